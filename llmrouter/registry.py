@@ -1,0 +1,104 @@
+"""The model registry: which models exist, who serves them, what they cost and how good they are expected to
+be. One YAML file, shared by the router (policy) and the providers service (gateways)."""
+
+from __future__ import annotations
+
+import os
+from decimal import Decimal
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+DEFAULT_REGISTRY = Path(__file__).resolve().parent.parent / "config" / "models.yaml"
+MTOK = Decimal(1_000_000)
+
+
+class ProviderSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["openai", "anthropic", "local"]
+    base_url: str = ""
+    # The key is read from this environment variable, or from this file (a mounted Kubernetes secret).
+    api_key_env: str = ""
+    api_key_file: str = ""
+    headers: dict[str, str] = Field(default_factory=dict)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    read_timeout_s: float = Field(default=60.0, gt=0)
+    total_timeout_s: float = Field(default=120.0, gt=0)
+    max_retries: int = Field(default=2, ge=0, le=10)
+    max_concurrency: int = Field(default=64, ge=1)
+
+    def api_key(self) -> str:
+        if self.api_key_file and Path(self.api_key_file).is_file():
+            return Path(self.api_key_file).read_text().strip()
+        return os.environ.get(self.api_key_env, "") if self.api_key_env else ""
+
+    @property
+    def needs_key(self) -> bool:
+        return bool(self.api_key_env or self.api_key_file)
+
+
+class ModelSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1)
+    provider: str
+    upstream: str = ""  # the provider's own name for the model; defaults to `name`
+    tier: str
+    input_usd_per_mtok: Decimal = Field(ge=0)
+    output_usd_per_mtok: Decimal = Field(ge=0)
+    context_window: int = Field(gt=0)
+    max_output_tokens: int = Field(default=4096, gt=0)
+    latency_slo_ms: int = Field(default=30_000, gt=0)
+    # Quality comes from the classifier's prediction for `quality_from` (a model it was trained on),
+    # or, for a model it cannot predict, from the fixed prior `quality_prior`.
+    quality_from: str = ""
+    quality_prior: float | None = Field(default=None, ge=0, le=1)
+
+    @property
+    def upstream_name(self) -> str:
+        return self.upstream or self.name
+
+    def cost_usd(self, input_tokens: int, output_tokens: int) -> Decimal:
+        """Exact cost: Decimal arithmetic on prices per 1M tokens, never a float."""
+        return (self.input_usd_per_mtok * input_tokens + self.output_usd_per_mtok * output_tokens) / MTOK
+
+
+class Registry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Tiers from weakest to strongest; escalation moves right.
+    tiers: list[str] = Field(min_length=1)
+    providers: dict[str, ProviderSpec]
+    models: list[ModelSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Registry:
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate model names in {names}")
+        for m in self.models:
+            if m.provider not in self.providers:
+                raise ValueError(f"model {m.name!r}: unknown provider {m.provider!r}")
+            if m.tier not in self.tiers:
+                raise ValueError(f"model {m.name!r}: tier {m.tier!r} is not one of {self.tiers}")
+            if not m.quality_from and m.quality_prior is None:
+                raise ValueError(f"model {m.name!r}: give quality_from (a classifier model) or quality_prior")
+        return self
+
+    def get(self, name: str) -> ModelSpec | None:
+        return next((m for m in self.models if m.name == name), None)
+
+    def tier_rank(self, model: ModelSpec) -> int:
+        return self.tiers.index(model.tier)
+
+
+def load_registry(path: str | Path | None = None) -> Registry:
+    path = Path(path) if path else DEFAULT_REGISTRY
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"cannot read model registry {path}: {exc}") from exc
+    return Registry.model_validate(raw)

@@ -1,0 +1,109 @@
+"""Bootstrap shared by every gRPC service: an aio server with health checking, reflection, the service
+interceptor, Prometheus metrics on their own port, and a graceful drain on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from llmrouter.interceptors import ServiceInterceptor
+from llmrouter.logs import setup_logging
+from llmrouter.settings import ServiceSettings
+
+log = logging.getLogger("llmrouter.server")
+
+# Full service name (e.g. "llmrouter.v1.Router") -> function adding its servicer to a server.
+Registrations = Mapping[str, Callable[[grpc.aio.Server], None]]
+Closer = Callable[[], Awaitable[None]]
+
+# Messages up to 16 MiB: long prompts must be refused with a clear error by the policy, not by the transport.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+]
+
+
+@dataclass
+class RunningServer:
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    services: list[str]
+    closers: list[Closer] = field(default_factory=list)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop taking calls (health NOT_SERVING), drain in-flight ones for `grace` seconds, then close."""
+        for name in [*self.services, ""]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.stop(grace)
+        for close in reversed(self.closers):
+            await close()
+
+
+async def start_server(
+    service: str,
+    settings: ServiceSettings,
+    registrations: Registrations,
+    closers: list[Closer] | None = None,
+) -> RunningServer:
+    server = grpc.aio.server(interceptors=[ServiceInterceptor(service)], options=CHANNEL_OPTIONS)
+    for add in registrations.values():
+        add(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = list(registrations)
+    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    if port == 0:
+        raise SystemExit(f"{service}: cannot bind {settings.host}:{settings.port}")
+    await server.start()
+    for name in [*names, ""]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return RunningServer(server, port, health_servicer, names, closers or [])
+
+
+def run_service(
+    service: str,
+    settings: ServiceSettings,
+    build: Callable[[], Awaitable[tuple[Registrations, list[Closer]]]],
+) -> None:
+    """Entry point of `python -m services.<name>`: serve until SIGTERM or SIGINT, then drain."""
+    setup_logging(service, settings.log_level)
+
+    async def main() -> None:
+        registrations, closers = await build()
+        running = await start_server(service, settings, registrations, closers)
+        if settings.metrics_port is not None:
+            start_http_server(settings.metrics_port, addr=settings.host)
+        log.info("serving", extra={"port": running.port, "metrics_port": settings.metrics_port})
+        # One line on stdout that supervisors and tests can wait for.
+        print(f"READY {service} {running.port}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("draining", extra={"grace_seconds": settings.grace_seconds})
+        await running.stop(settings.grace_seconds)
+        log.info("stopped")
+
+    run(main())
+
+
+def run(coro: Awaitable[None]) -> None:
+    """Run on uvloop where it is installed (the fastest loop for grpc.aio here), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(coro)  # type: ignore[arg-type]
+    else:
+        uvloop.run(coro)  # type: ignore[arg-type]

@@ -1,0 +1,1 @@
+"""Generated from protos/llmrouter/v1 by scripts/gen_protos.py: do not edit."""

@@ -1,0 +1,102 @@
+from llmrouter.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class CompleteRequest(_message.Message):
+    __slots__ = ("messages", "tenant", "api_key", "model", "quality_target", "max_cost_usd", "max_latency_ms", "session_id", "max_tokens", "temperature", "request_id", "passthrough_json")
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    API_KEY_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_TARGET_FIELD_NUMBER: _ClassVar[int]
+    MAX_COST_USD_FIELD_NUMBER: _ClassVar[int]
+    MAX_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PASSTHROUGH_JSON_FIELD_NUMBER: _ClassVar[int]
+    messages: _containers.RepeatedCompositeFieldContainer[_common_pb2.ChatMessage]
+    tenant: str
+    api_key: str
+    model: str
+    quality_target: float
+    max_cost_usd: str
+    max_latency_ms: int
+    session_id: str
+    max_tokens: int
+    temperature: float
+    request_id: str
+    passthrough_json: str
+    def __init__(self, messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ..., tenant: _Optional[str] = ..., api_key: _Optional[str] = ..., model: _Optional[str] = ..., quality_target: _Optional[float] = ..., max_cost_usd: _Optional[str] = ..., max_latency_ms: _Optional[int] = ..., session_id: _Optional[str] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., request_id: _Optional[str] = ..., passthrough_json: _Optional[str] = ...) -> None: ...
+
+class Candidate(_message.Message):
+    __slots__ = ("model", "predicted_quality", "estimated_cost_usd", "eligible", "excluded_because")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_QUALITY_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATED_COST_USD_FIELD_NUMBER: _ClassVar[int]
+    ELIGIBLE_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDED_BECAUSE_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    predicted_quality: float
+    estimated_cost_usd: str
+    eligible: bool
+    excluded_because: str
+    def __init__(self, model: _Optional[str] = ..., predicted_quality: _Optional[float] = ..., estimated_cost_usd: _Optional[str] = ..., eligible: _Optional[bool] = ..., excluded_because: _Optional[str] = ...) -> None: ...
+
+class Decision(_message.Message):
+    __slots__ = ("model", "reason", "candidates", "quality_target", "classifier_version")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_TARGET_FIELD_NUMBER: _ClassVar[int]
+    CLASSIFIER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    reason: str
+    candidates: _containers.RepeatedCompositeFieldContainer[Candidate]
+    quality_target: float
+    classifier_version: str
+    def __init__(self, model: _Optional[str] = ..., reason: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., quality_target: _Optional[float] = ..., classifier_version: _Optional[str] = ...) -> None: ...
+
+class CompleteResponse(_message.Message):
+    __slots__ = ("id", "content", "model", "provider", "usage", "cost_usd", "latency_ms", "decision", "cache_hit", "escalated", "retries", "finish_reason")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    COST_USD_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    CACHE_HIT_FIELD_NUMBER: _ClassVar[int]
+    ESCALATED_FIELD_NUMBER: _ClassVar[int]
+    RETRIES_FIELD_NUMBER: _ClassVar[int]
+    FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    content: str
+    model: str
+    provider: str
+    usage: _common_pb2.Usage
+    cost_usd: str
+    latency_ms: int
+    decision: Decision
+    cache_hit: bool
+    escalated: bool
+    retries: int
+    finish_reason: str
+    def __init__(self, id: _Optional[str] = ..., content: _Optional[str] = ..., model: _Optional[str] = ..., provider: _Optional[str] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., cost_usd: _Optional[str] = ..., latency_ms: _Optional[int] = ..., decision: _Optional[_Union[Decision, _Mapping]] = ..., cache_hit: _Optional[bool] = ..., escalated: _Optional[bool] = ..., retries: _Optional[int] = ..., finish_reason: _Optional[str] = ...) -> None: ...
+
+class CompleteChunk(_message.Message):
+    __slots__ = ("decision", "delta", "final")
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    FINAL_FIELD_NUMBER: _ClassVar[int]
+    decision: Decision
+    delta: str
+    final: CompleteResponse
+    def __init__(self, decision: _Optional[_Union[Decision, _Mapping]] = ..., delta: _Optional[str] = ..., final: _Optional[_Union[CompleteResponse, _Mapping]] = ...) -> None: ...

@@ -1,0 +1,1 @@
+"""The services of llm-cost-router, one package each; each runs as its own process."""
