@@ -11,9 +11,10 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from prometheus_client import Counter, Histogram
 
-from llmrouter.errors import ServiceError
+from llmrouter.errors import ServiceError, invalid
 
 log = logging.getLogger("llmrouter.grpc")
 
@@ -26,6 +27,16 @@ RPC_SECONDS = Histogram(
 )
 
 _UNMEASURED = ("/grpc.health.", "/grpc.reflection.")
+Parser = Callable[[bytes], Any] | None
+
+
+def _parse(parse: Parser, raw: bytes) -> Any:
+    if parse is None:
+        return raw
+    try:
+        return parse(raw)
+    except DecodeError as exc:
+        raise invalid(f"malformed request message: {exc}") from None
 
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
@@ -41,31 +52,34 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or details.method.startswith(_UNMEASURED):
             return handler
         method = details.method.rsplit("/", 1)[-1]
+        # Requests arrive as bytes and are parsed inside the guard, so a malformed message (invalid UTF-8 in
+        # a string field, say) becomes INVALID_ARGUMENT instead of grpc's opaque deserialization failure.
+        parse = handler.request_deserializer
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                self._unary(method, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
+                self._unary(method, parse, handler.unary_unary), response_serializer=handler.response_serializer
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                self._stream(method, handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
+                self._stream(method, parse, handler.unary_stream), response_serializer=handler.response_serializer
             )
         return handler
 
-    def _unary(self, method: str, behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    def _unary(
+        self, method: str, parse: Parser, behaviour: Callable[..., Awaitable[Any]]
+    ) -> Callable[..., Awaitable[Any]]:
+        async def wrapped(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
             async with self._guard(method, context):
-                return await behaviour(request, context)
+                return await behaviour(_parse(parse, raw), context)
 
         return wrapped
 
-    def _stream(self, method: str, behaviour: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
-        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    def _stream(
+        self, method: str, parse: Parser, behaviour: Callable[..., AsyncIterator[Any]]
+    ) -> Callable[..., AsyncIterator[Any]]:
+        async def wrapped(raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             async with self._guard(method, context):
-                async for item in behaviour(request, context):
+                async for item in behaviour(_parse(parse, raw), context):
                     yield item
 
         return wrapped

@@ -44,10 +44,16 @@ def main() -> int:
         target = ROOT / PACKAGE
         if check:
             present = sorted(p.relative_to(ROOT) for p in target.iterdir() if p.is_file()) if target.exists() else []
-            drifted = [str(p) for p in fresh if not (ROOT / p).exists() or not filecmp.cmp(Path(tmp) / p, ROOT / p, shallow=False)]
+            drifted = [
+                str(p)
+                for p in fresh
+                if not (ROOT / p).exists() or not filecmp.cmp(Path(tmp) / p, ROOT / p, shallow=False)
+            ]
             extra = [str(p) for p in present if p not in fresh]
             if drifted or extra:
-                print(f"generated gRPC code drifted from protos/: {drifted + extra}; run `make protos`", file=sys.stderr)
+                print(
+                    f"generated gRPC code drifted from protos/: {drifted + extra}; run `make protos`", file=sys.stderr
+                )
                 return 1
             print("generated gRPC code matches protos/")
             return 0
