@@ -1,0 +1,1 @@
+"""The REST edge: OpenAI-compatible HTTP over the Router's gRPC API."""

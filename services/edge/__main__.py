@@ -1,0 +1,40 @@
+"""Serve the edge with uvicorn (uvloop where installed); SIGTERM drains open requests before exit."""
+
+import grpc
+import uvicorn
+from prometheus_client import start_http_server
+
+from llmrouter.logs import setup_logging
+from llmrouter.server import CHANNEL_OPTIONS
+from llmrouter.settings import load_settings
+from llmrouter.v1 import router_pb2_grpc
+from services.edge.app import create_app
+from services.edge.settings import EdgeSettings
+
+
+async def main(settings: EdgeSettings) -> None:
+    channel = grpc.aio.insecure_channel(settings.router_addr, options=CHANNEL_OPTIONS)
+    app = create_app(settings, router_pb2_grpc.RouterStub(channel))
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.grace_seconds),
+    )
+    server = uvicorn.Server(config)
+    if settings.metrics_port is not None:
+        start_http_server(settings.metrics_port, addr=settings.host)
+    try:
+        await server.serve()
+    finally:
+        await channel.close()
+
+
+if __name__ == "__main__":
+    from llmrouter.server import run
+
+    settings = load_settings(EdgeSettings)
+    setup_logging("edge", settings.log_level)
+    run(main(settings))

@@ -1,0 +1,270 @@
+"""The REST edge: OpenAI-compatible HTTP in front of the Router's gRPC API, so the official `openai` SDK works
+unchanged. It authenticates, validates and translates; every decision is the router's."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from prometheus_client import Counter, Histogram
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from llmrouter.errors import ServiceError
+from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
+from services.edge.openai_api import (
+    ApiError,
+    chunk_body,
+    completion_body,
+    models_body,
+    parse_request,
+    router_extension,
+    usage_body,
+)
+from services.edge.settings import EdgeSettings
+
+log = logging.getLogger("llmrouter.edge")
+
+HTTP_REQUESTS = Counter("llmrouter_edge_http_requests_total", "HTTP requests", ["route", "status"])
+HTTP_SECONDS = Histogram(
+    "llmrouter_edge_http_request_duration_seconds",
+    "HTTP request duration (to the response start for streams)",
+    ["route"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+
+# gRPC status of the router -> HTTP status of the edge. Upstream trouble is 502/503/504.
+HTTP_STATUS = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.CANCELLED: 499,
+}
+# OpenAI's codes where one exists, the router's reason otherwise.
+OPENAI_CODES = {
+    "BUDGET_EXCEEDED": "insufficient_quota",
+    "RATE_LIMITED": "rate_limit_exceeded",
+    "UPSTREAM_RATE_LIMITED": "rate_limit_exceeded",
+    "MODEL_NOT_FOUND": "model_not_found",
+    "CONTEXT_LENGTH_EXCEEDED": "context_length_exceeded",
+}
+
+
+def api_error(err: grpc.RpcError) -> ApiError:
+    error = ServiceError.from_rpc_error(err)
+    status = HTTP_STATUS.get(error.code, 502)
+    message = error.message if status < 500 else f"upstream error: {error.message}"
+    code = OPENAI_CODES.get(error.reason, error.reason.lower())
+    retry_after = error.metadata.get("retry_after_s", "")
+    return ApiError(status, message, param=error.metadata.get("field") or None, code=code, retry_after=retry_after)
+
+
+def error_response(error: ApiError) -> JSONResponse:
+    headers = {"retry-after": error.retry_after} if error.retry_after else None
+    return JSONResponse(error.body(), status_code=error.status, headers=headers)
+
+
+def header_safe(text: str) -> str:
+    return text.encode("ascii", "replace").decode().replace("\r", " ").replace("\n", " ")[:512]
+
+
+def sse(payload: dict[str, Any] | str) -> bytes:
+    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
+    return f"data: {data}\n\n".encode()
+
+
+class Edge:
+    def __init__(self, settings: EdgeSettings, router: router_pb2_grpc.RouterStub) -> None:
+        self.settings = settings
+        self.router = router
+        self.keys = settings.key_tenants()
+
+    def caller(self, request: Request) -> tuple[str, str]:
+        """(tenant, api key) from the Authorization header; 401 when keys are configured and it is wrong."""
+        auth = request.headers.get("authorization", "")
+        key = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+        if not self.keys:
+            return request.headers.get("x-router-tenant", "default"), key
+        if key not in self.keys:
+            raise ApiError(401, "invalid API key", code="invalid_api_key")
+        return self.keys[key], key
+
+    async def chat_completions(self, request: Request) -> Response:
+        tenant, key = self.caller(request)
+        body = await self._body(request)
+        parsed, raw = parse_request(body)
+        request_id = uuid.uuid4().hex
+        message = parsed.to_router(raw, tenant, key, request_id)
+        self._apply_headers(request, message)
+        timeout = self.settings.request_timeout_s
+        if not parsed.stream:
+            try:
+                response = await self.router.Complete(message, timeout=timeout)
+            except grpc.RpcError as err:
+                raise api_error(err) from None
+            headers = {
+                "x-router-model": response.model,
+                "x-router-cost-usd": response.cost_usd,
+                "x-router-reason": header_safe(response.decision.reason),
+                "x-request-id": request_id,
+            }
+            return JSONResponse(completion_body(response), headers=headers)
+        call = self.router.CompleteStream(message, timeout=timeout)
+        try:
+            first = await call.read()  # the decision: routing errors become HTTP errors before any byte
+        except grpc.RpcError as err:
+            raise api_error(err) from None
+        decision = first.decision
+        include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
+        headers = {
+            "x-router-model": decision.model,
+            "x-router-reason": header_safe(decision.reason),
+            "x-request-id": request_id,
+            "cache-control": "no-cache",
+        }
+        return StreamingResponse(
+            self._stream(call, request_id, decision.model, include_usage),
+            media_type="text/event-stream",
+            headers=headers,
+        )
+
+    async def _stream(self, call: Any, request_id: str, model: str, include_usage: bool) -> AsyncIterator[bytes]:
+        try:
+            yield sse(chunk_body(request_id, model, {"role": "assistant", "content": ""}))
+            while True:
+                chunk = await call.read()
+                if chunk is grpc.aio.EOF:
+                    break
+                if chunk.WhichOneof("kind") == "delta":
+                    yield sse(chunk_body(request_id, model, {"content": chunk.delta}))
+                elif chunk.WhichOneof("kind") == "final":
+                    final = chunk.final
+                    yield sse(chunk_body(request_id, final.model, {}, final.finish_reason or "stop"))
+                    if include_usage:
+                        tail = chunk_body(request_id, final.model, {})
+                        tail.update(choices=[], usage=usage_body(final), x_router=router_extension(final))
+                        yield sse(tail)
+            yield sse("[DONE]")
+        except grpc.RpcError as err:
+            # Headers are gone: report the failure in the stream, as OpenAI does, and end it.
+            yield sse(api_error(err).body())
+        finally:
+            call.cancel()  # the caller left or the stream ended: stop the work downstream
+
+    def _apply_headers(self, request: Request, message: router_pb2.CompleteRequest) -> None:
+        """x-router-* headers set the routing limits where a client cannot add body fields."""
+        headers = request.headers
+        try:
+            if "x-router-quality-target" in headers:
+                message.quality_target = float(headers["x-router-quality-target"])
+            if "x-router-max-latency-ms" in headers:
+                message.max_latency_ms = int(headers["x-router-max-latency-ms"])
+        except ValueError:
+            raise ApiError(400, "x-router-* headers must be numbers", code="invalid_value") from None
+        if "x-router-max-cost-usd" in headers:
+            message.max_cost_usd = headers["x-router-max-cost-usd"]
+        if "x-router-session-id" in headers:
+            message.session_id = headers["x-router-session-id"]
+
+    async def _body(self, request: Request) -> bytes:
+        limit = self.settings.max_body_bytes
+        if int(request.headers.get("content-length") or 0) > limit:
+            raise ApiError(413, f"request body over {limit} bytes", code="request_too_large")
+        body = bytearray()
+        async for part in request.stream():
+            body += part
+            if len(body) > limit:
+                raise ApiError(413, f"request body over {limit} bytes", code="request_too_large")
+        return bytes(body)
+
+    async def models(self, request: Request) -> Response:
+        self.caller(request)
+        try:
+            reply = await self.router.ListModels(common_pb2.ListModelsRequest(), timeout=10)
+        except grpc.RpcError as err:
+            raise api_error(err) from None
+        body = models_body(list(reply.models))
+        if "model" in request.path_params:
+            entry = next((m for m in body["data"] if m["id"] == request.path_params["model"]), None)
+            if entry is None:
+                raise ApiError(404, f"model {request.path_params['model']!r} does not exist", code="model_not_found")
+            return JSONResponse(entry)
+        return JSONResponse(body)
+
+    async def healthz(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+
+class Observe:
+    """ASGI middleware: metrics per route and status, and OpenAI-style bodies for every failure."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, status = time.perf_counter(), 500
+        route = scope["path"] if scope["path"] in ROUTES else "other"
+
+        async def observed_send(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                HTTP_SECONDS.labels(route).observe(time.perf_counter() - start)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observed_send)
+        finally:
+            HTTP_REQUESTS.labels(route, str(status)).inc()
+
+
+ROUTES = {"/v1/chat/completions", "/v1/models", "/healthz"}
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(exc)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error", exc_info=exc)
+    return error_response(ApiError(500, "internal error", code="internal_error"))
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    return error_response(ApiError(404, f"no route {request.method} {request.url.path}", code="not_found"))
+
+
+async def _method(request: Request, exc: Exception) -> Response:
+    return error_response(ApiError(405, f"method {request.method} not allowed", code="method_not_allowed"))
+
+
+def create_app(settings: EdgeSettings, router: router_pb2_grpc.RouterStub) -> Starlette:
+    edge = Edge(settings, router)
+    routes = [
+        Route("/v1/chat/completions", edge.chat_completions, methods=["POST"]),
+        Route("/v1/models", edge.models, methods=["GET"]),
+        Route("/v1/models/{model:path}", edge.models, methods=["GET"]),
+        Route("/healthz", edge.healthz, methods=["GET"]),
+    ]
+    handlers = {ApiError: _api_error, 404: _not_found, 405: _method, Exception: _unexpected}
+    app = Starlette(routes=routes, exception_handlers=handlers)  # type: ignore[arg-type]
+    app.add_middleware(Observe)
+    return app

@@ -1,0 +1,214 @@
+"""OpenAI's chat completions wire format: the request as callers send it, validated strictly (a wrong type is
+a 400, never a coercion), and the bodies the official SDK expects back."""
+
+from __future__ import annotations
+
+import json
+import time
+from decimal import Decimal
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
+
+from llmrouter.v1 import common_pb2, router_pb2
+
+# Body fields the edge maps itself; every other field is passed through to the provider untouched.
+MAPPED = {
+    "model",
+    "messages",
+    "stream",
+    "stream_options",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "n",
+    "user",
+    "quality_target",
+    "max_cost_usd",
+    "max_latency_ms",
+    "session_id",
+}
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["text"]
+    text: StrictStr
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="allow")  # tool_calls, tool_call_id, ... are tolerated
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: StrictStr | list[TextPart] | None = None
+    name: StrictStr | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(part.text for part in self.content)
+        return self.content or ""
+
+
+class StreamOptions(BaseModel):
+    include_usage: StrictBool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: StrictStr | None = None
+    messages: list[Message] = Field(min_length=1)
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: StrictInt | None = Field(default=None, ge=1)
+    max_completion_tokens: StrictInt | None = Field(default=None, ge=1)
+    temperature: StrictFloat | StrictInt | None = Field(default=None, ge=0, le=2)
+    n: StrictInt | None = Field(default=None, ge=1, le=1)
+    user: StrictStr | None = None
+    # Router extensions (also accepted as x-router-* headers).
+    quality_target: StrictFloat | StrictInt | None = Field(default=None, ge=0, le=1)
+    max_cost_usd: StrictStr | StrictFloat | StrictInt | None = None
+    max_latency_ms: StrictInt | None = Field(default=None, ge=1)
+    session_id: StrictStr | None = None
+
+    def to_router(self, raw: dict[str, Any], tenant: str, api_key: str, request_id: str) -> router_pb2.CompleteRequest:
+        passthrough = {k: v for k, v in raw.items() if k not in MAPPED}
+        request = router_pb2.CompleteRequest(
+            messages=[common_pb2.ChatMessage(role=m.role, content=m.text(), name=m.name or "") for m in self.messages],
+            tenant=tenant,
+            api_key=api_key,
+            model="" if self.model in (None, "auto") else self.model,
+            max_cost_usd="" if self.max_cost_usd is None else str(Decimal(str(self.max_cost_usd))),
+            session_id=self.session_id or "",
+            request_id=request_id,
+            passthrough_json=json.dumps(passthrough) if passthrough else "",
+        )
+        max_tokens = self.max_completion_tokens or self.max_tokens
+        if max_tokens is not None:
+            request.max_tokens = max_tokens
+        if self.temperature is not None:
+            request.temperature = float(self.temperature)
+        if self.quality_target is not None:
+            request.quality_target = float(self.quality_target)
+        if self.max_latency_ms is not None:
+            request.max_latency_ms = self.max_latency_ms
+        return request
+
+
+def parse_request(body: bytes) -> tuple[ChatCompletionRequest, dict[str, Any]]:
+    """Raises ApiError (400) for invalid JSON or UTF-8, a non-object body, or a field of the wrong type."""
+    try:
+        raw = json.loads(body)
+    except ValueError as exc:  # UnicodeDecodeError is a ValueError too
+        raise ApiError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(raw, dict):
+        raise ApiError(400, "request body must be a JSON object", code="invalid_json")
+    try:
+        request = ChatCompletionRequest.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(p) for p in first["loc"])
+        raise ApiError(400, f"{param}: {first['msg']}", param=param, code="invalid_value") from None
+    if request.max_cost_usd is not None:
+        try:
+            cost = Decimal(str(request.max_cost_usd))
+        except ArithmeticError:
+            cost = Decimal("NaN")
+        if not cost.is_finite() or cost < 0:
+            raise ApiError(400, "max_cost_usd must be a non-negative number", param="max_cost_usd")
+    return request, raw
+
+
+class ApiError(Exception):
+    """An error as OpenAI reports it: HTTP status plus {"error": {message, type, param, code}}."""
+
+    TYPES: ClassVar[dict[int, str]] = {
+        400: "invalid_request_error",
+        401: "authentication_error",
+        403: "permission_error",
+        404: "not_found_error",
+    }
+
+    def __init__(
+        self, status: int, message: str, param: str | None = None, code: str | None = None, retry_after: str = ""
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.retry_after = status, message, param, code, retry_after
+
+    def body(self) -> dict[str, Any]:
+        kind = self.TYPES.get(self.status, "rate_limit_error" if self.status == 429 else "api_error")
+        return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
+
+
+def completion_body(response: router_pb2.CompleteResponse) -> dict[str, Any]:
+    return {
+        "id": f"chatcmpl-{response.id}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": response.model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": response.content},
+                "finish_reason": response.finish_reason or "stop",
+            }
+        ],
+        "usage": usage_body(response),
+        "x_router": router_extension(response),
+    }
+
+
+def chunk_body(request_id: str, model: str, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+    return {
+        "id": f"chatcmpl-{request_id}",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+    }
+
+
+def usage_body(response: router_pb2.CompleteResponse) -> dict[str, int]:
+    usage = response.usage
+    return {
+        "prompt_tokens": usage.input_tokens,
+        "completion_tokens": usage.output_tokens,
+        "total_tokens": usage.input_tokens + usage.output_tokens,
+    }
+
+
+def router_extension(response: router_pb2.CompleteResponse) -> dict[str, Any]:
+    """The router's accounting, beside OpenAI's fields (SDKs keep unknown fields as extras)."""
+    return {
+        "cost_usd": response.cost_usd,
+        "provider": response.provider,
+        "latency_ms": response.latency_ms,
+        "reason": response.decision.reason,
+        "cache_hit": response.cache_hit,
+        "escalated": response.escalated,
+        "retries": response.retries,
+        "tokens_estimated": response.usage.estimated,
+        "candidates": [
+            {"model": c.model, "quality": round(c.predicted_quality, 4), "estimated_cost_usd": c.estimated_cost_usd}
+            for c in response.decision.candidates
+        ],
+    }
+
+
+def models_body(models: list[common_pb2.ModelInfo]) -> dict[str, Any]:
+    entries = [{"id": "auto", "object": "model", "created": 0, "owned_by": "llm-cost-router"}]
+    entries += [
+        {
+            "id": m.name,
+            "object": "model",
+            "created": 0,
+            "owned_by": m.provider,
+            "tier": m.tier,
+            "input_usd_per_mtok": m.input_usd_per_mtok,
+            "output_usd_per_mtok": m.output_usd_per_mtok,
+            "context_window": m.context_window,
+        }
+        for m in models
+    ]
+    return {"object": "list", "data": entries}

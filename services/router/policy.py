@@ -1,0 +1,113 @@
+"""The routing policy, free of I/O: from predicted qualities, prices and the caller's limits to a plan, the
+ordered models to try. The first is the decision; the rest are fallbacks when a provider fails."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+
+import grpc
+
+from llmrouter.errors import ServiceError
+from llmrouter.registry import ModelSpec, Registry
+
+
+@dataclass(frozen=True)
+class Limits:
+    quality_target: float
+    input_tokens: int
+    max_output_tokens: int | None  # the caller's cap, if any
+    expected_output_tokens: int  # for cost estimates
+    max_cost_usd: Decimal | None = None
+    max_latency_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class Option:
+    model: ModelSpec
+    quality: float
+    cost: Decimal  # estimated, for this prompt
+    excluded: str  # why a hard limit rules it out; '' when it is within every limit
+
+
+@dataclass(frozen=True)
+class Plan:
+    options: list[Option]  # every candidate, as evaluated, for the decision record
+    order: list[Option]  # what to try, first to last
+    code: str  # low-cardinality reason, a metric label
+    reason: str  # the same for humans
+
+
+def predicted_quality(model: ModelSpec, scores: Mapping[str, float] | None) -> float | None:
+    if model.quality_from and scores is not None and model.quality_from in scores:
+        return scores[model.quality_from]
+    return model.quality_prior
+
+
+def evaluate(models: Sequence[ModelSpec], scores: Mapping[str, float] | None, limits: Limits) -> list[Option]:
+    options = []
+    for model in models:
+        output = min(limits.max_output_tokens or limits.expected_output_tokens, model.max_output_tokens)
+        cost = model.cost_usd(limits.input_tokens, output)
+        excluded = ""
+        if limits.input_tokens + (limits.max_output_tokens or 1) > model.context_window:
+            excluded = f"prompt of {limits.input_tokens} tokens exceeds context window {model.context_window}"
+        elif limits.max_cost_usd is not None and cost > limits.max_cost_usd:
+            excluded = f"estimated cost {cost} over max_cost_usd {limits.max_cost_usd}"
+        elif limits.max_latency_ms is not None and model.latency_slo_ms > limits.max_latency_ms:
+            excluded = f"latency SLO {model.latency_slo_ms} ms over max_latency_ms {limits.max_latency_ms}"
+        quality = predicted_quality(model, scores)
+        options.append(Option(model, -1.0 if quality is None else quality, cost, excluded))
+    return options
+
+
+def plan(registry: Registry, options: list[Option], limits: Limits, classified: bool) -> Plan:
+    """Cheapest model predicted to meet the target; if none does, the best predicted one. Without the
+    classifier, the strongest tier within limits: quality is kept, savings are not."""
+    within = [o for o in options if not o.excluded]
+    if not within:
+        raise _nothing_fits(options)
+    by_cost = sorted(within, key=lambda o: (o.cost, -o.quality))
+    meeting = [o for o in by_cost if o.quality >= limits.quality_target]
+    below = sorted((o for o in within if o.quality < limits.quality_target), key=lambda o: (-o.quality, o.cost))
+    if not classified:
+        order = sorted(within, key=lambda o: (-registry.tier_rank(o.model), o.cost))
+        return Plan(options, order, "classifier_unavailable", "classifier unavailable: strongest tier within limits")
+    if meeting:
+        first = meeting[0]
+        reason = (
+            f"cheapest of {len(meeting)} model(s) predicted to meet quality {limits.quality_target:.2f} "
+            f"(predicted {first.quality:.2f}, est. ${first.cost})"
+        )
+        return Plan(options, meeting + below, "cheapest_meeting_target", reason)
+    first = below[0]
+    reason = f"no model predicted to meet quality {limits.quality_target:.2f}; best predicted ({first.quality:.2f})"
+    return Plan(options, below, "best_below_target", reason)
+
+
+def explicit(options: list[Option], name: str) -> Plan:
+    """A model the caller named is honoured, limits still apply; no fallback to another model."""
+    option = next((o for o in options if o.model.name == name), None)
+    if option is None:
+        raise ServiceError(grpc.StatusCode.NOT_FOUND, "MODEL_NOT_FOUND", f"model {name!r} is not available")
+    if option.excluded:
+        raise _nothing_fits([option])
+    return Plan(options, [option], "explicit_model", f"model {name} requested by the caller")
+
+
+def escalation_target(order: list[Option], current: Option, registry: Registry) -> Option | None:
+    """The cheapest option of a stronger tier than the current one, for a weak answer."""
+    stronger = [o for o in order if registry.tier_rank(o.model) > registry.tier_rank(current.model)]
+    return min(stronger, key=lambda o: o.cost, default=None)
+
+
+def _nothing_fits(options: list[Option]) -> ServiceError:
+    if all(o.excluded.startswith("prompt of") for o in options):
+        return ServiceError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "CONTEXT_LENGTH_EXCEEDED",
+            f"the prompt does not fit any available model: {options[0].excluded if options else 'no models'}",
+        )
+    reasons = "; ".join(f"{o.model.name}: {o.excluded}" for o in options)
+    return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, "NO_ELIGIBLE_MODEL", f"no model within limits ({reasons})")
