@@ -37,7 +37,7 @@ local-model: $(VENV)/.installed
 
 # --- the main job -----------------------------------------------------------------------------------------
 run: setup
-	$(PY) -m stack
+	$(PY) -m services
 
 # --- tests and checks -------------------------------------------------------------------------------------
 test: setup check-protos lint

@@ -110,7 +110,9 @@ class RedisStore:
     def __init__(self, url: str) -> None:
         import redis.asyncio as redis  # imported here: the in-process store must not need it
 
-        self.redis = redis.from_url(url)
+        # A blocking pool: under a burst, calls wait for a connection instead of failing.
+        pool = redis.BlockingConnectionPool.from_url(url, max_connections=64, timeout=5)
+        self.redis = redis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
         self._rate = self.redis.register_script(_RATE_LUA)
         self._budget = self.redis.register_script(_BUDGET_LUA)
         self._charge = self.redis.register_script(_CHARGE_LUA)

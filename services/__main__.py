@@ -1,0 +1,122 @@
+"""The whole stack on one machine: `python -m services` starts the four services as their own processes (as
+Kubernetes runs them), sends one chat completion through edge -> router -> classifier -> providers, prints
+it, then serves until Ctrl-C. `--once` stops after the demo request.
+
+Ports come from the usual settings (CLASSIFIER_PORT, PROVIDERS_PORT, ROUTER_PORT, EDGE_PORT)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+
+from services.classifier.settings import ClassifierSettings
+from services.edge.settings import EdgeSettings
+from services.providers.settings import ProvidersSettings
+from services.router.settings import RouterSettings
+
+START_TIMEOUT_S = 180
+
+
+def launch(name: str, env: dict[str, str]) -> tuple[subprocess.Popen[str], threading.Event]:
+    """Start `python -m services.<name>`; the event is set when it reports READY (or, for the edge, at once)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", f"services.{name}"], env=env, stdout=subprocess.PIPE, text=True, bufsize=1
+    )
+    ready = threading.Event()
+
+    def watch() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("READY "):
+                ready.set()
+            else:
+                sys.stdout.write(line)
+
+    threading.Thread(target=watch, daemon=True).start()
+    return proc, ready
+
+
+def wait_ready(procs: dict[str, tuple[subprocess.Popen[str], threading.Event]], names: list[str]) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    for name in names:
+        proc, ready = procs[name]
+        while not ready.wait(0.2):
+            if proc.poll() is not None:
+                raise SystemExit(f"{name} exited with code {proc.returncode} (its log is above)")
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{name} did not start within {START_TIMEOUT_S} s")
+
+
+def wait_http(url: str, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"edge exited with code {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise SystemExit(f"edge did not answer {url}")
+
+
+def demo(base_url: str) -> None:
+    body = {"model": "auto", "messages": [{"role": "user", "content": "What is the capital of France?"}]}
+    reply = httpx.post(f"{base_url}/v1/chat/completions", json=body, timeout=120)
+    print(f"\nPOST {base_url}/v1/chat/completions -> {reply.status_code}")
+    if reply.status_code != 200:
+        print(reply.text)
+        raise SystemExit(1)
+    data = reply.json()
+    print(f"  answer : {data['choices'][0]['message']['content'].strip()!r}")
+    for header in ("x-router-model", "x-router-cost-usd", "x-router-reason"):
+        print(f"  {header}: {reply.headers[header]}")
+    print(f"  usage  : {json.dumps(data['usage'])}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--once", action="store_true", help="stop after the demo request")
+    args = parser.parse_args()
+
+    classifier, providers = ClassifierSettings(), ProvidersSettings()
+    router, edge = RouterSettings(), EdgeSettings()
+    env = dict(os.environ)
+    env.setdefault("ROUTER_CLASSIFIER_ADDR", f"{classifier.host}:{classifier.port}")
+    env.setdefault("ROUTER_PROVIDERS_ADDR", f"{providers.host}:{providers.port}")
+    env.setdefault("EDGE_ROUTER_ADDR", f"{router.host}:{router.port}")
+
+    procs = {name: launch(name, env) for name in ("classifier", "providers", "router")}
+    try:
+        wait_ready(procs, ["classifier", "providers", "router"])
+        procs["edge"] = launch("edge", env)
+        base_url = f"http://{edge.host}:{edge.port}"
+        wait_http(f"{base_url}/healthz", procs["edge"][0])
+        print(f"llm-cost-router is up: OpenAI-compatible API at {base_url}/v1")
+        demo(base_url)
+        if not args.once:
+            print(f"\nServing; try: curl {base_url}/v1/models   (Ctrl-C stops)")
+            stop = threading.Event()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda *_: stop.set())
+            stop.wait()
+    finally:
+        for proc, _ in procs.values():
+            proc.send_signal(signal.SIGTERM)
+        for proc, _ in procs.values():
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""Fixtures shared by every test: a real Redis server, and the repository paths."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as redis
+
+ROOT = Path(__file__).resolve().parent.parent
+# .ci/run points this at a redis-server it started when none answered on the default port.
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+@pytest.fixture
+async def redis_url() -> AsyncIterator[str]:
+    """A real, empty Redis database. No Redis is a failure, not a skip: .ci/run provides one."""
+    client = redis.from_url(REDIS_URL)
+    try:
+        await client.ping()
+    except (redis.ConnectionError, OSError) as exc:
+        pytest.fail(f"no Redis at {REDIS_URL} ({exc}); start redis-server or set TEST_REDIS_URL")
+    await client.flushdb()
+    yield REDIS_URL
+    await client.flushdb()
+    await client.aclose()

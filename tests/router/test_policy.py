@@ -1,0 +1,112 @@
+"""The routing policy on a small registry: cheapest adequate model, limits, and what happens when none fits."""
+
+from decimal import Decimal
+
+import grpc
+import pytest
+
+from llmrouter.errors import ServiceError
+from llmrouter.registry import Registry
+from services.router import policy
+
+REGISTRY = Registry.model_validate(
+    {
+        "tiers": ["economy", "premium"],
+        "providers": {"p": {"kind": "openai", "base_url": "http://x"}},
+        "models": [
+            {"name": "cheap", "provider": "p", "tier": "economy", "input_usd_per_mtok": "0.10",
+             "output_usd_per_mtok": "0.20", "context_window": 1000, "latency_slo_ms": 1000, "quality_from": "weak"},
+            {"name": "strong", "provider": "p", "tier": "premium", "input_usd_per_mtok": "5",
+             "output_usd_per_mtok": "15", "context_window": 100000, "latency_slo_ms": 9000, "quality_from": "big"},
+        ],
+    }
+)  # fmt: skip
+
+
+def limits(**overrides: object) -> policy.Limits:
+    values: dict = {"quality_target": 0.7, "input_tokens": 100, "max_output_tokens": None}
+    return policy.Limits(**{**values, "expected_output_tokens": 100, **overrides})
+
+
+def route(scores: dict[str, float] | None, **overrides: object) -> policy.Plan:
+    lim = limits(**overrides)
+    return policy.plan(REGISTRY, policy.evaluate(REGISTRY.models, scores, lim), lim, classified=scores is not None)
+
+
+def test_cheapest_model_meeting_the_target_wins() -> None:
+    plan = route({"weak": 0.8, "big": 0.95})
+    assert [o.model.name for o in plan.order] == ["cheap", "strong"]
+    assert plan.code == "cheapest_meeting_target"
+
+
+def test_strong_model_when_the_cheap_one_falls_short() -> None:
+    plan = route({"weak": 0.4, "big": 0.9})
+    assert plan.order[0].model.name == "strong"
+    assert plan.order[1].model.name == "cheap"  # still a fallback if the strong provider fails
+
+
+def test_quality_target_moves_the_choice() -> None:
+    scores = {"weak": 0.6, "big": 0.9}
+    assert route(scores, quality_target=0.5).order[0].model.name == "cheap"
+    assert route(scores, quality_target=0.65).order[0].model.name == "strong"
+
+
+def test_best_predicted_when_none_meets_the_target() -> None:
+    plan = route({"weak": 0.3, "big": 0.5})
+    assert plan.order[0].model.name == "strong"
+    assert plan.code == "best_below_target"
+
+
+def test_estimated_cost_is_exact() -> None:
+    options = policy.evaluate(REGISTRY.models, {"weak": 1, "big": 1}, limits(input_tokens=1234, max_output_tokens=56))
+    cheap = next(o for o in options if o.model.name == "cheap")
+    assert cheap.cost == (Decimal("0.10") * 1234 + Decimal("0.20") * 56) / 1_000_000
+
+
+def test_max_cost_and_latency_exclude_models() -> None:
+    plan = route({"weak": 0.2, "big": 0.99}, max_cost_usd=Decimal("0.0001"))
+    assert [o.model.name for o in plan.order] == ["cheap"]
+    assert "over max_cost_usd" in next(o for o in plan.options if o.model.name == "strong").excluded
+    plan = route({"weak": 0.2, "big": 0.99}, max_latency_ms=2000)
+    assert [o.model.name for o in plan.order] == ["cheap"]
+
+
+def test_long_prompt_skips_small_context_windows() -> None:
+    plan = route({"weak": 0.9, "big": 0.9}, input_tokens=5000)
+    assert [o.model.name for o in plan.order] == ["strong"]
+
+
+def test_prompt_over_every_context_window_is_a_clear_error() -> None:
+    with pytest.raises(ServiceError) as err:
+        route({"weak": 0.9, "big": 0.9}, input_tokens=200_000)
+    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.reason == "CONTEXT_LENGTH_EXCEEDED"
+
+
+def test_no_model_within_limits_names_each_reason() -> None:
+    with pytest.raises(ServiceError) as err:
+        route({"weak": 0.9, "big": 0.9}, max_cost_usd=Decimal("0"))
+    assert err.value.reason == "NO_ELIGIBLE_MODEL"
+    assert "cheap:" in err.value.message and "strong:" in err.value.message
+
+
+def test_without_classifier_the_strongest_tier_keeps_quality() -> None:
+    plan = route(None)
+    assert plan.order[0].model.name == "strong"
+    assert plan.code == "classifier_unavailable"
+
+
+def test_explicit_model_is_honoured_or_not_found() -> None:
+    lim = limits()
+    options = policy.evaluate(REGISTRY.models, None, lim)
+    assert [o.model.name for o in policy.explicit(options, "cheap").order] == ["cheap"]
+    with pytest.raises(ServiceError) as err:
+        policy.explicit(options, "nope")
+    assert err.value.code == grpc.StatusCode.NOT_FOUND
+
+
+def test_escalation_goes_to_a_stronger_tier() -> None:
+    plan = route({"weak": 0.9, "big": 0.95})
+    target = policy.escalation_target(plan.order, plan.order[0], REGISTRY)
+    assert target is not None and target.model.name == "strong"
+    assert policy.escalation_target(plan.order, target, REGISTRY) is None

@@ -1,0 +1,82 @@
+"""Budgets, the exactly-once charge, rate limits and the cache: the same behaviour from the Redis store (a real
+redis-server) and the in-process store that stands in when no Redis is configured."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from decimal import Decimal
+
+import pytest
+import redis.asyncio as redis
+
+from services.router.store import LEDGER, Account, MemoryStore, RedisStore, Store, from_pico, to_pico
+
+ACCOUNT = Account("acme", "key1")
+
+
+@pytest.fixture(params=["redis", "memory"])
+async def store(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[Store]:
+    made: Store = RedisStore(redis_url) if request.param == "redis" else MemoryStore()
+    yield made
+    await made.close()
+
+
+def test_pico_dollars_are_exact() -> None:
+    cost = Decimal("0.15") * 1234 / 1_000_000 + Decimal("0.60") * 7 / 1_000_000
+    assert to_pico(cost) == 189_300_000
+    assert from_pico(to_pico(cost)) == cost
+
+
+async def test_charge_is_once_per_request_id_under_concurrency(store: Store) -> None:
+    results = await asyncio.gather(*(store.charge("req-1", ACCOUNT, "day", 1_000, {"n": i}) for i in range(50)))
+    assert results.count(True) == 1
+    assert await store.spent(ACCOUNT, "day") == (1_000, 1_000)
+
+
+async def test_concurrent_distinct_charges_all_add_up(store: Store) -> None:
+    await asyncio.gather(*(store.charge(f"req-{i}", ACCOUNT, "day", 7, {}) for i in range(200)))
+    assert await store.spent(ACCOUNT, "day") == (1_400, 1_400)
+    other_key = Account("acme", "key2")
+    await store.charge("req-x", other_key, "day", 5, {})
+    assert await store.spent(other_key, "day") == (1_405, 5)  # the tenant sums its keys
+
+
+async def test_budget_exhausts_at_its_limit(store: Store) -> None:
+    assert await store.exhausted_budget(ACCOUNT, "day", 100, None) == ""
+    await store.charge("a", ACCOUNT, "day", 99, {})
+    assert await store.exhausted_budget(ACCOUNT, "day", 100, None) == ""
+    await store.charge("b", ACCOUNT, "day", 1, {})
+    assert await store.exhausted_budget(ACCOUNT, "day", 100, None) == "tenant"
+    assert await store.exhausted_budget(ACCOUNT, "day", None, 50) == "key"
+    assert await store.exhausted_budget(ACCOUNT, "month", 100, 50) == ""  # another period, another budget
+
+
+async def test_rate_limit_counts_per_subject(store: Store) -> None:
+    hits = [await store.hit_rate_limit("acme:key1", 3) for _ in range(5)]
+    assert hits == [False, False, False, True, True]
+    assert await store.hit_rate_limit("acme:key2", 3) is False
+
+
+async def test_cache_round_trip_and_expiry(store: Store) -> None:
+    assert await store.cache_get("k") is None
+    await store.cache_set("k", b"value", 1)
+    assert await store.cache_get("k") == b"value"
+    await asyncio.sleep(1.1)
+    assert await store.cache_get("k") is None
+
+
+async def test_redis_ledger_and_operator_limit_override(redis_url: str) -> None:
+    store = RedisStore(redis_url)
+    client = redis.from_url(redis_url)
+    try:
+        await store.charge("r1", ACCOUNT, "day", 10, {"model": "m", "cost_usd": "0.00000000001"})
+        entries = await client.xrange(LEDGER)
+        assert [json.loads(e[1][b"record"])["model"] for e in entries] == ["m"]
+        # An operator's per-tenant limit in Redis overrides the default limit.
+        await client.set(ACCOUNT.limit_keys()[0], 5)
+        assert await store.exhausted_budget(ACCOUNT, "day", 1_000_000, None) == "tenant"
+    finally:
+        await client.aclose()
+        await store.close()
