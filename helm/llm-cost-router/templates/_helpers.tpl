@@ -1,0 +1,161 @@
+{{/* The four services, in dependency order: each entry is a key of values.yaml. */}}
+{{- define "llmrouter.services" -}}
+classifier providers router edge
+{{- end }}
+
+{{/* Who may call each service (NetworkPolicy): only the edge takes traffic from outside the chart. */}}
+{{- define "llmrouter.callers" -}}
+{{- dict "router" "edge" "classifier" "router" "providers" "router" "redis" "router" | toJson -}}
+{{- end }}
+
+{{- define "llmrouter.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "llmrouter.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Name of one component's objects: <fullname>-<component>. Call with (list $ "router"). */}}
+{{- define "llmrouter.component" -}}
+{{- $root := index . 0 }}
+{{- printf "%s-%s" (include "llmrouter.fullname" $root | trunc 52 | trimSuffix "-") (index . 1) }}
+{{- end }}
+
+{{- define "llmrouter.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/name: {{ include "llmrouter.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: llm-cost-router
+{{- end }}
+
+{{/* Selector labels of one component. Call with (list $ "router"). */}}
+{{- define "llmrouter.selectorLabels" -}}
+{{- $root := index . 0 -}}
+app.kubernetes.io/name: {{ include "llmrouter.name" $root }}
+app.kubernetes.io/instance: {{ $root.Release.Name }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end }}
+
+{{/* Full labels of one component's objects. Call with (list $ "router"). */}}
+{{- define "llmrouter.componentLabels" -}}
+{{ include "llmrouter.labels" (index . 0) }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end }}
+
+{{- define "llmrouter.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "llmrouter.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "llmrouter.image" -}}
+{{- $img := .Values.image }}
+{{- if $img.digest }}
+{{- printf "%s@%s" $img.repository $img.digest }}
+{{- else }}
+{{- printf "%s:%s" $img.repository (default .Chart.AppVersion $img.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* host:port of a gRPC service inside the cluster. Call with (list $ "classifier"). */}}
+{{- define "llmrouter.addr" -}}
+{{- $root := index . 0 }}
+{{- $svc := index . 1 }}
+{{- printf "%s:%v" (include "llmrouter.component" .) (index $root.Values $svc).port }}
+{{- end }}
+
+{{- define "llmrouter.redisEnabled" -}}
+{{- if or .Values.redis.url .Values.redis.urlSecret.name .Values.redis.enabled }}true{{ end }}
+{{- end }}
+
+{{/* Environment of one service: <PREFIX>_HOST/PORT/METRICS_PORT/LOG_LEVEL, its peers, then values' env. */}}
+{{- define "llmrouter.env" -}}
+{{- $root := index . 0 }}
+{{- $svc := index . 1 }}
+{{- $v := index $root.Values $svc }}
+{{- $p := upper $svc }}
+- name: {{ $p }}_HOST
+  value: 0.0.0.0
+- name: {{ $p }}_PORT
+  value: {{ $v.port | quote }}
+- name: {{ $p }}_METRICS_PORT
+  value: {{ $v.metricsPort | quote }}
+- name: {{ $p }}_LOG_LEVEL
+  value: {{ $root.Values.logLevel | quote }}
+{{- if has $svc (list "router" "providers") }}
+- name: {{ $p }}_REGISTRY_PATH
+  value: {{ printf "%s/models.yaml" $root.Values.registry.mountPath | quote }}
+{{- end }}
+{{- if eq $svc "router" }}
+- name: ROUTER_CLASSIFIER_ADDR
+  value: {{ include "llmrouter.addr" (list $root "classifier") | quote }}
+- name: ROUTER_PROVIDERS_ADDR
+  value: {{ include "llmrouter.addr" (list $root "providers") | quote }}
+{{- with $root.Values.redis }}
+{{- if .urlSecret.name }}
+- name: ROUTER_REDIS_URL
+  valueFrom:
+    secretKeyRef: {name: {{ .urlSecret.name | quote }}, key: {{ .urlSecret.key | quote }}}
+{{- else if .url }}
+- name: ROUTER_REDIS_URL
+  value: {{ .url | quote }}
+{{- else if .enabled }}
+- name: ROUTER_REDIS_URL
+  value: {{ printf "redis://%s:%v/0" (include "llmrouter.component" (list $root "redis")) .port | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if eq $svc "edge" }}
+- name: EDGE_ROUTER_ADDR
+  value: {{ include "llmrouter.addr" (list $root "router") | quote }}
+{{- end }}
+{{- range $name, $value := $v.env }}
+- name: {{ $name }}
+  value: {{ $value | quote }}
+{{- end }}
+{{- end }}
+
+{{/* Probes: native gRPC health checks (grpc.health.v1) for the gRPC services, GET /healthz for the edge. */}}
+{{- define "llmrouter.probes" -}}
+{{- $svc := index . 1 }}
+{{- $check := ternary (dict "httpGet" (dict "path" "/healthz" "port" "http")) (dict "grpc" (dict "port" (index (index . 0).Values $svc).port)) (eq $svc "edge") }}
+startupProbe:
+  {{- toYaml $check | nindent 2 }}
+  periodSeconds: 2
+  failureThreshold: 60      # up to 2 minutes to load the models
+readinessProbe:
+  {{- toYaml $check | nindent 2 }}
+  periodSeconds: 5
+  failureThreshold: 2
+livenessProbe:
+  {{- toYaml $check | nindent 2 }}
+  periodSeconds: 10
+  timeoutSeconds: 3
+  failureThreshold: 3
+{{- end }}
+
+{{/* NetworkPolicy ingress rule letting a component's pods in. Call with (list $ "router"). */}}
+{{- define "llmrouter.podPeer" -}}
+- podSelector:
+    matchLabels:
+      {{- include "llmrouter.selectorLabels" . | nindent 6 }}
+{{- end }}
+
+{{/* The single Redis in the chart runs only when no external one is given. */}}
+{{- define "llmrouter.inChartRedis" -}}
+{{- if and .Values.redis.enabled (not .Values.redis.url) (not .Values.redis.urlSecret.name) }}true{{ end }}
+{{- end }}

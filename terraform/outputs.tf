@@ -1,0 +1,29 @@
+output "namespace" {
+  description = "Namespace of the release."
+  value       = var.namespace
+}
+
+output "release_name" {
+  description = "Helm release name."
+  value       = helm_release.llm_cost_router.name
+}
+
+output "release_revision" {
+  description = "Helm release revision, bumped by every upgrade."
+  value       = helm_release.llm_cost_router.metadata.revision
+}
+
+output "edge_endpoint" {
+  description = "In-cluster URL of the OpenAI-compatible API."
+  value       = "http://${local.edge_service_dns}:8080/v1"
+}
+
+output "public_endpoint" {
+  description = "Public URL of the API through the Ingress, when there is one."
+  value       = var.ingress == null ? null : "${var.ingress.tls_secret == "" ? "http" : "https"}://${var.ingress.host}/v1"
+}
+
+output "provider_keys_secret" {
+  description = "Secret holding the provider API keys (mounted as files into the providers pods)."
+  value       = kubernetes_secret_v1.provider_keys.metadata[0].name
+}
