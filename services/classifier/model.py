@@ -1,0 +1,91 @@
+"""The trained artefact at serving time: one onnxruntime session that maps token ids to the predicted
+probability that each known model answers correctly. Needs only onnxruntime, tokenizers and numpy."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from services.classifier.text import PromptTokenizer
+
+MODEL_FILE = "model.onnx"
+METADATA_FILE = "metadata.json"
+TOKENIZER_FILE = "tokenizer.json"
+
+
+class ArtefactMissing(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Metadata:
+    version: str
+    models: list[str]
+    head_tokens: int
+    tail_tokens: int
+    raw: dict
+
+    @classmethod
+    def read(cls, model_dir: Path) -> Metadata:
+        raw = json.loads((model_dir / METADATA_FILE).read_text())
+        trunc = raw["truncation"]
+        return cls(raw["version"], list(raw["models"]), int(trunc["head_tokens"]), int(trunc["tail_tokens"]), raw)
+
+
+def check_artefacts(model_dir: Path) -> None:
+    missing = [f for f in (MODEL_FILE, METADATA_FILE, TOKENIZER_FILE) if not (model_dir / f).is_file()]
+    if missing:
+        raise ArtefactMissing(
+            f"classifier artefacts missing in {model_dir} ({', '.join(missing)}): run `make train-classifier`"
+        )
+
+
+def session(path: Path, threads: int) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+class QualityModel:
+    def __init__(
+        self,
+        model_dir: Path,
+        threads: int = 2,
+        head_tokens: int | None = None,
+        tail_tokens: int | None = None,
+    ) -> None:
+        check_artefacts(model_dir)
+        self.metadata = Metadata.read(model_dir)
+        self.models = self.metadata.models
+        self.version = self.metadata.version
+        self.tokenizer = PromptTokenizer(
+            model_dir / TOKENIZER_FILE,
+            self.metadata.head_tokens if head_tokens is None else head_tokens,
+            self.metadata.tail_tokens if tail_tokens is None else tail_tokens,
+        )
+        self._session = session(model_dir / MODEL_FILE, threads)
+
+    def predict(self, texts: Sequence[str]) -> np.ndarray:
+        """[len(texts), len(self.models)] probabilities of a correct answer."""
+        if not texts:
+            return np.zeros((0, len(self.models)), dtype=np.float32)
+        input_ids, mask = self.tokenizer.batch(texts)
+        (quality,) = self._session.run(["quality"], {"input_ids": input_ids, "attention_mask": mask})
+        return quality
+
+    def predict_many(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Offline scoring: batches of similar length so little compute goes to padding."""
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = np.zeros((len(texts), len(self.models)), dtype=np.float32)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            out[idx] = self.predict([texts[i] for i in idx])
+        return out

