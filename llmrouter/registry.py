@@ -28,7 +28,14 @@ class ProviderSpec(BaseModel):
     read_timeout_s: float = Field(default=60.0, gt=0)
     total_timeout_s: float = Field(default=120.0, gt=0)
     max_retries: int = Field(default=2, ge=0, le=10)
+    # Exponential backoff with full jitter between retries; a Retry-After from the provider takes precedence.
+    backoff_base_s: float = Field(default=0.25, gt=0)
+    backoff_max_s: float = Field(default=8.0, gt=0)
     max_concurrency: int = Field(default=64, ge=1)
+    # Circuit breaker per (provider, model): opens after this many consecutive failures, lets one probe
+    # through after the cool-down, closes again when the probe succeeds.
+    breaker_failures: int = Field(default=5, ge=1)
+    breaker_cooldown_s: float = Field(default=30.0, gt=0)
 
     def api_key(self) -> str:
         if self.api_key_file and Path(self.api_key_file).is_file():

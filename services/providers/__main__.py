@@ -1,0 +1,15 @@
+"""python -m services.providers: serve llmrouter.v1.Provider until SIGTERM."""
+
+from llmrouter.server import run_service
+from llmrouter.settings import load_settings
+from services.providers.service import SERVICE, build
+from services.providers.settings import ProvidersSettings
+
+
+def main() -> None:
+    settings = load_settings(ProvidersSettings)
+    run_service(SERVICE, settings, lambda: build(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,244 @@
+"""Calls to one provider made safe: a concurrency limit, a total deadline, retries with backoff on 429, 5xx
+and connection errors, a circuit breaker per model, no retry once a streamed token reached the caller, and
+exact usage and cost on every answer (and on every interrupted stream)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import grpc
+
+from llmrouter.errors import ServiceError
+from llmrouter.registry import ModelSpec, ProviderSpec
+from llmrouter.v1 import provider_pb2
+from services.providers import metrics
+from services.providers.accounting import settle
+from services.providers.backoff import retry_delay
+from services.providers.breaker import CircuitBreaker, State
+from services.providers.gateways.base import Completion, Gateway, StreamEvent, UpstreamError, UpstreamRequest
+
+_STATUS = {
+    "timeout": (grpc.StatusCode.DEADLINE_EXCEEDED, "UPSTREAM_TIMEOUT", "timeout"),
+    "rate_limited": (grpc.StatusCode.RESOURCE_EXHAUSTED, "UPSTREAM_RATE_LIMITED", "rate_limited"),
+    "unavailable": (grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE", "error"),
+    "bad_response": (grpc.StatusCode.INTERNAL, "UPSTREAM_ERROR", "error"),
+    "rejected": (grpc.StatusCode.FAILED_PRECONDITION, "UPSTREAM_ERROR", "error"),
+    "context_length": (grpc.StatusCode.INVALID_ARGUMENT, "CONTEXT_LENGTH_EXCEEDED", "error"),
+}
+# Failures that say something about the upstream's health; a 429 or a refused request does not.
+_UNHEALTHY = {"timeout", "unavailable", "bad_response"}
+
+
+class Dispatcher:
+    def __init__(self, provider: str, spec: ProviderSpec, gateway: Gateway, secret: str = "") -> None:
+        self.provider = provider
+        self.spec = spec
+        self.gateway = gateway
+        self.secret = secret
+        self.slots = asyncio.Semaphore(spec.max_concurrency)
+        self.breakers: dict[str, CircuitBreaker] = {}
+
+    async def aclose(self) -> None:
+        await self.gateway.aclose()
+
+    def breaker(self, model: str) -> CircuitBreaker:
+        if model not in self.breakers:
+            gauge = metrics.CIRCUIT.labels(self.provider, model)
+            gauge.set(State.CLOSED)
+            self.breakers[model] = CircuitBreaker(
+                self.spec.breaker_failures, self.spec.breaker_cooldown_s, on_change=lambda s: gauge.set(s)
+            )
+        return self.breakers[model]
+
+    async def generate(self, model: ModelSpec, request: UpstreamRequest) -> provider_pb2.GenerateResponse:
+        start = time.perf_counter()
+        deadline = asyncio.get_running_loop().time() + self.spec.total_timeout_s
+        retries = 0
+        try:
+            async with self._slot(deadline):
+                while True:
+                    breaker = self._admit(model)
+                    try:
+                        async with asyncio.timeout_at(deadline):
+                            completion = await self.gateway.complete(request)
+                    except (UpstreamError, TimeoutError) as exc:
+                        err = self._judge(breaker, exc)
+                        await self._backoff(model, err, retries, deadline)
+                        retries += 1
+                        continue
+                    except asyncio.CancelledError:
+                        breaker.release()
+                        raise
+                    breaker.success()
+                    break
+        finally:
+            metrics.DURATION.labels(self.provider, model.name).observe(time.perf_counter() - start)
+        return self._response(model, request, completion, retries, start)
+
+    async def generate_stream(
+        self, model: ModelSpec, request: UpstreamRequest
+    ) -> AsyncIterator[provider_pb2.GenerateChunk]:
+        start = time.perf_counter()
+        deadline = asyncio.get_running_loop().time() + self.spec.total_timeout_s
+        retries = 0
+        delivered: list[str] = []
+        end = Completion()
+        try:
+            async with self._slot(deadline):
+                while True:
+                    breaker = self._admit(model)
+                    events = self.gateway.stream(request)
+                    try:
+                        while (event := await _next(events, deadline)) is not None:
+                            if isinstance(event, Completion):
+                                _merge(end, event)
+                                continue
+                            if not delivered:
+                                metrics.TTFT.labels(self.provider, model.name).observe(time.perf_counter() - start)
+                            delivered.append(event)
+                            yield provider_pb2.GenerateChunk(delta=event)
+                    except (UpstreamError, TimeoutError) as exc:
+                        err = self._judge(breaker, exc)
+                        if delivered:
+                            raise self._interrupted(model, request, "".join(delivered), end, err) from None
+                        await self._backoff(model, err, retries, deadline)
+                        retries += 1
+                        continue
+                    except (asyncio.CancelledError, GeneratorExit):
+                        breaker.release()
+                        raise
+                    finally:
+                        await events.aclose()  # closes the HTTP stream: cancellation reaches the upstream
+                    breaker.success()
+                    break
+        finally:
+            metrics.DURATION.labels(self.provider, model.name).observe(time.perf_counter() - start)
+        end.content = "".join(delivered)
+        yield provider_pb2.GenerateChunk(final=self._response(model, request, end, retries, start))
+
+    @asynccontextmanager
+    async def _slot(self, deadline: float) -> AsyncIterator[None]:
+        """Wait for one of the provider's concurrency slots, but not past the deadline."""
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self.slots.acquire()
+        except TimeoutError:
+            raise ServiceError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                "UPSTREAM_TIMEOUT",
+                f"{self.provider}: no free slot within the total timeout ({self.spec.max_concurrency} busy)",
+            ) from None
+        try:
+            yield
+        finally:
+            self.slots.release()
+
+    def _admit(self, model: ModelSpec) -> CircuitBreaker:
+        breaker = self.breaker(model.name)
+        if not breaker.allow():
+            metrics.REQUESTS.labels(self.provider, model.name, "circuit_open").inc()
+            raise ServiceError(
+                grpc.StatusCode.UNAVAILABLE,
+                "CIRCUIT_OPEN",
+                f"{self.provider}/{model.name}: circuit open after repeated failures",
+                {"provider": self.provider, "model": model.name},
+            )
+        return breaker
+
+    def _judge(self, breaker: CircuitBreaker, exc: UpstreamError | TimeoutError) -> UpstreamError:
+        """Record what a failed attempt says about the upstream's health."""
+        if isinstance(exc, TimeoutError):
+            exc = UpstreamError("timeout", f"no answer within the total timeout of {self.spec.total_timeout_s}s")
+        if exc.kind in _UNHEALTHY:
+            breaker.failure()
+        else:
+            breaker.release()
+        return exc
+
+    async def _backoff(self, model: ModelSpec, err: UpstreamError, retries: int, deadline: float) -> None:
+        """Sleep before the next attempt, or raise when retrying is not allowed or cannot finish in time."""
+        if not err.retryable or retries >= self.spec.max_retries:
+            raise self._failure(model, err, retries)
+        delay = retry_delay(retries, self.spec.backoff_base_s, self.spec.backoff_max_s, err.retry_after)
+        if asyncio.get_running_loop().time() + delay >= deadline:
+            raise self._failure(model, err, retries)
+        metrics.RETRIES.labels(self.provider, model.name).inc()
+        await asyncio.sleep(delay)
+
+    def _failure(self, model: ModelSpec, err: UpstreamError, retries: int) -> ServiceError:
+        code, reason, outcome = _STATUS[err.kind]
+        metrics.REQUESTS.labels(self.provider, model.name, outcome).inc()
+        metadata = {"provider": self.provider, "model": model.name, "retries": str(retries)}
+        if err.status is not None:
+            metadata["upstream_status"] = str(err.status)
+        if err.retry_after is not None:
+            metadata["retry_after_s"] = f"{err.retry_after:g}"
+        return ServiceError(code, reason, self._redact(f"{self.provider}/{model.name}: {err.message}"), metadata)
+
+    def _interrupted(
+        self, model: ModelSpec, request: UpstreamRequest, served: str, end: Completion, err: UpstreamError
+    ) -> ServiceError:
+        """The caller already holds part of the answer: fail, charging exactly what was served."""
+        metrics.REQUESTS.labels(self.provider, model.name, _STATUS[err.kind][2]).inc()
+        # Output counts the provider sent belong to an unfinished stream; count what the caller received.
+        usage, cost = settle(model, request.messages, served, end.input_tokens, None)
+        self._count_tokens(model, usage.input_tokens, usage.output_tokens)
+        return ServiceError(
+            grpc.StatusCode.UNAVAILABLE,
+            "STREAM_INTERRUPTED",
+            self._redact(f"{self.provider}/{model.name}: stream interrupted after {len(served)} chars: {err.message}"),
+            {
+                "provider": self.provider,
+                "model": model.name,
+                "cause": _STATUS[err.kind][1],
+                "input_tokens": str(usage.input_tokens),
+                "output_tokens": str(usage.output_tokens),
+                "estimated": "true" if usage.estimated else "false",
+                "cost_usd": cost,
+            },
+        )
+
+    def _response(
+        self, model: ModelSpec, request: UpstreamRequest, done: Completion, retries: int, start: float
+    ) -> provider_pb2.GenerateResponse:
+        usage, cost = settle(model, request.messages, done.content, done.input_tokens, done.output_tokens)
+        metrics.REQUESTS.labels(self.provider, model.name, "ok").inc()
+        self._count_tokens(model, usage.input_tokens, usage.output_tokens)
+        return provider_pb2.GenerateResponse(
+            content=done.content,
+            usage=usage,
+            cost_usd=cost,
+            finish_reason=done.finish_reason or "stop",
+            model=model.name,
+            provider=self.provider,
+            retries=retries,
+            latency_ms=int((time.perf_counter() - start) * 1000),
+        )
+
+    def _count_tokens(self, model: ModelSpec, input_tokens: int, output_tokens: int) -> None:
+        metrics.TOKENS.labels(self.provider, model.name, "input").inc(input_tokens)
+        metrics.TOKENS.labels(self.provider, model.name, "output").inc(output_tokens)
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self.secret, "[redacted]") if self.secret else text
+
+
+async def _next(events: AsyncIterator[StreamEvent], deadline: float) -> StreamEvent | None:
+    """The next event, bounded by the call's deadline; None at the end of the stream."""
+    async with asyncio.timeout_at(deadline):
+        try:
+            return await anext(events)
+        except StopAsyncIteration:
+            return None
+
+
+def _merge(into: Completion, update: Completion) -> None:
+    """Streams report usage in pieces (Anthropic: input at the start, output at the end)."""
+    into.finish_reason = update.finish_reason or into.finish_reason
+    if update.input_tokens is not None:
+        into.input_tokens = update.input_tokens
+    if update.output_tokens is not None:
+        into.output_tokens = update.output_tokens

@@ -1,0 +1,124 @@
+"""Anthropic Messages API: system prompt and content blocks in, stop reasons mapped to OpenAI's
+finish_reason out, and the streaming events message_start / content_block_delta / message_delta /
+message_stop."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from llmrouter.registry import ProviderSpec
+from services.providers.gateways.base import Completion, StreamEvent, UpstreamError, UpstreamRequest
+from services.providers.gateways.http import loads, make_client, post_json, post_sse
+
+PATH = "/v1/messages"
+API_VERSION = "2023-06-01"
+DEFAULT_MAX_TOKENS = 4096  # Anthropic requires max_tokens; the servicer normally sets it from the registry
+FINISH_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+
+
+class AnthropicGateway:
+    def __init__(self, spec: ProviderSpec, api_key: str) -> None:
+        headers = {"anthropic-version": API_VERSION, **({"x-api-key": api_key} if api_key else {})}
+        self.client = make_client(spec, headers)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def complete(self, request: UpstreamRequest) -> Completion:
+        payload = await post_json(self.client, PATH, _body(request))
+        blocks = payload.get("content")
+        if not isinstance(blocks, list):
+            raise UpstreamError("bad_response", "upstream reply has no content blocks")
+        text = "".join(b.get("text", "") for b in blocks if isinstance(b, dict) and b.get("type") == "text")
+        input_tokens, output_tokens = _usage(payload.get("usage"))
+        return Completion(text, _finish(payload.get("stop_reason")), input_tokens, output_tokens)
+
+    async def stream(self, request: UpstreamRequest) -> AsyncIterator[StreamEvent]:
+        stopped = False
+        async for event, data in post_sse(self.client, PATH, {**_body(request), "stream": True}):
+            payload = loads(data)
+            kind = payload.get("type", event)
+            if kind == "message_start":
+                input_tokens, _ = _usage((payload.get("message") or {}).get("usage"))
+                yield Completion(input_tokens=input_tokens)
+            elif kind == "content_block_delta":
+                delta = payload.get("delta") or {}
+                if delta.get("type") == "text_delta" and delta.get("text"):
+                    yield delta["text"]
+            elif kind == "message_delta":
+                _, output_tokens = _usage(payload.get("usage"))
+                stop_reason = (payload.get("delta") or {}).get("stop_reason")
+                yield Completion(finish_reason=_finish(stop_reason) if stop_reason else "", output_tokens=output_tokens)
+            elif kind == "message_stop":
+                stopped = True
+                break
+            elif kind == "error":
+                error = payload.get("error") or {}
+                raise UpstreamError(
+                    "unavailable", f"upstream error mid-stream: {error.get('type', 'unknown')}", retryable=True
+                )
+        if not stopped:
+            raise UpstreamError("unavailable", "upstream stream ended before message_stop", retryable=True)
+
+
+def _body(request: UpstreamRequest) -> dict[str, Any]:
+    system = "\n\n".join(m.content for m in request.messages if m.role == "system")
+    messages = [
+        # Anthropic knows only user and assistant turns; a tool result is shown to the model as user text.
+        {"role": "assistant" if m.role == "assistant" else "user", "content": [{"type": "text", "text": m.content}]}
+        for m in request.messages
+        if m.role != "system"
+    ]
+    body: dict[str, Any] = {
+        "model": request.model,
+        "messages": messages,
+        "max_tokens": request.max_tokens or DEFAULT_MAX_TOKENS,
+    }
+    if system:
+        body["system"] = system
+    if request.temperature is not None:
+        body["temperature"] = request.temperature
+    body.update(_translate_passthrough(request.passthrough))
+    return body
+
+
+def _translate_passthrough(extra: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAI-style extras Anthropic has an equivalent for; the rest cannot be honoured and is dropped."""
+    out: dict[str, Any] = {}
+    if "top_p" in extra:
+        out["top_p"] = extra["top_p"]
+    if stop := extra.get("stop"):
+        out["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+    tools = [t.get("function") for t in extra.get("tools") or [] if isinstance(t, dict) and t.get("function")]
+    if tools:
+        out["tools"] = [
+            {
+                "name": f["name"],
+                "description": f.get("description", ""),
+                "input_schema": f.get("parameters") or {"type": "object", "properties": {}},
+            }
+            for f in tools
+        ]
+    return out
+
+
+def _finish(stop_reason: Any) -> str:
+    return FINISH_REASONS.get(str(stop_reason), str(stop_reason or "stop"))
+
+
+def _usage(usage: Any) -> tuple[int | None, int | None]:
+    """Cache writes and reads are input tokens too (billed at the input price here, an upper bound)."""
+    if not isinstance(usage, dict):
+        return None, None
+    parts = [usage.get(k) for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")]
+    input_tokens = sum(p for p in parts if isinstance(p, int)) if isinstance(parts[0], int) else None
+    output = usage.get("output_tokens")
+    return input_tokens, (output if isinstance(output, int) else None)

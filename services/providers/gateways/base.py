@@ -1,0 +1,81 @@
+"""What every gateway takes and returns, and the one error type it raises."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+
+@dataclass(frozen=True)
+class Message:
+    role: str
+    content: str
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class UpstreamRequest:
+    model: str  # the provider's own model name
+    messages: Sequence[Message]
+    max_tokens: int | None = None
+    temperature: float | None = None
+    # OpenAI-style extras (tools, response_format, ...) passed through untouched.
+    passthrough: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Completion:
+    """A whole generation, or the end of a stream (content then holds nothing). Token counts are None when
+    the provider did not report them."""
+
+    content: str = ""
+    finish_reason: str = ""
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+
+
+# A stream yields text deltas, then exactly one Completion carrying usage and finish reason.
+StreamEvent = str | Completion
+
+ErrorKind = Literal["timeout", "rate_limited", "unavailable", "bad_response", "rejected", "context_length"]
+
+
+class UpstreamError(Exception):
+    """A failed upstream call. `retryable` covers 429, 5xx and connection errors; `retry_after` is the
+    provider's Retry-After in seconds when it sent one."""
+
+    def __init__(
+        self,
+        kind: ErrorKind,
+        message: str,
+        *,
+        status: int | None = None,
+        retryable: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.status = status
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+class Gateway(Protocol):
+    async def complete(self, request: UpstreamRequest) -> Completion: ...
+
+    def stream(self, request: UpstreamRequest) -> AsyncIterator[StreamEvent]: ...
+
+    async def aclose(self) -> None: ...
+
+
+def parse_passthrough(raw: str) -> dict[str, Any]:
+    """passthrough_json must be a JSON object; ValueError otherwise."""
+    if not raw.strip():
+        return {}
+    value = json.loads(raw)
+    if not isinstance(value, dict):
+        raise ValueError("passthrough_json must be a JSON object")
+    return value

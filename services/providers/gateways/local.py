@@ -1,0 +1,79 @@
+"""The local model (SmolLM2-135M-Instruct via onnxruntime-genai), in-process. Generation runs in worker
+threads so the event loop stays free; leaving the stream early stops the generation at the next token."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from services.providers.gateways.base import Completion, StreamEvent, UpstreamError, UpstreamRequest
+
+_END = object()
+
+
+class LocalGateway:
+    def __init__(self, model_dir: Path, max_concurrency: int, threads: int) -> None:
+        from services.providers.local_model.engine import LocalEngine  # onnxruntime-genai loads only if used
+
+        self.engine = LocalEngine(model_dir, threads=threads)
+        self.workers = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="local-model")
+        self.running = 0  # generations still going, read by tests to see cancellation stop them
+        self._lock = threading.Lock()
+
+    async def aclose(self) -> None:
+        self.workers.shutdown(wait=False, cancel_futures=True)
+
+    async def complete(self, request: UpstreamRequest) -> Completion:
+        parts: list[str] = []
+        end = Completion()
+        async for event in self.stream(request):
+            if isinstance(event, Completion):
+                end = event
+            else:
+                parts.append(event)
+        end.content = "".join(parts)
+        return end
+
+    async def stream(self, request: UpstreamRequest) -> AsyncIterator[StreamEvent]:
+        from services.providers.local_model.engine import Outcome
+
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[object] = asyncio.Queue()
+        stop = threading.Event()
+        outcome = Outcome()
+        turns = [(m.role, m.content) for m in request.messages]
+        max_tokens = request.max_tokens or 256
+
+        def put(item: object) -> None:
+            if stop.is_set():
+                return
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the loop closed under us (shutdown): nobody is listening any more
+                stop.set()
+
+        def work() -> None:
+            with self._lock:
+                self.running += 1
+            try:
+                for piece in self.engine.stream(turns, max_tokens, outcome, request.temperature, stop):
+                    put(piece)
+                put(_END)
+            except Exception as exc:  # surfaced to the caller as an upstream failure
+                put(exc)
+            finally:
+                with self._lock:
+                    self.running -= 1
+
+        loop.run_in_executor(self.workers, work)
+        try:
+            while (item := await queue.get()) is not _END:
+                if isinstance(item, Exception):
+                    raise UpstreamError("bad_response", f"local model failed: {type(item).__name__}: {item}")
+                yield str(item)
+        finally:
+            stop.set()
+        yield Completion("", outcome.finish_reason, outcome.input_tokens, outcome.output_tokens)

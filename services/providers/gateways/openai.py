@@ -1,0 +1,73 @@
+"""OpenAI-compatible chat completions (OpenAI, Groq, Together, vLLM, Ollama, llama.cpp server, LM Studio)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from llmrouter.registry import ProviderSpec
+from services.providers.gateways.base import Completion, StreamEvent, UpstreamError, UpstreamRequest
+from services.providers.gateways.http import loads, make_client, post_json, post_sse
+
+PATH = "/chat/completions"
+
+
+class OpenAIGateway:
+    def __init__(self, spec: ProviderSpec, api_key: str) -> None:
+        self.client = make_client(spec, {"authorization": f"Bearer {api_key}"} if api_key else {})
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def complete(self, request: UpstreamRequest) -> Completion:
+        payload = await post_json(self.client, PATH, _body(request))
+        try:
+            choice = payload["choices"][0]
+            content = choice["message"].get("content") or ""
+            finish = choice.get("finish_reason") or ""
+        except (KeyError, IndexError, TypeError, AttributeError):
+            raise UpstreamError("bad_response", "upstream reply has no choices[0].message") from None
+        input_tokens, output_tokens = _usage(payload.get("usage"))
+        return Completion(content, finish, input_tokens, output_tokens)
+
+    async def stream(self, request: UpstreamRequest) -> AsyncIterator[StreamEvent]:
+        body = {**_body(request), "stream": True, "stream_options": {"include_usage": True}}
+        end = Completion()
+        done = False
+        async for _, data in post_sse(self.client, PATH, body):
+            if data.strip() == "[DONE]":
+                done = True
+                break
+            chunk = loads(data)
+            if "error" in chunk:
+                raise UpstreamError("unavailable", "upstream reported an error mid-stream", retryable=True)
+            for choice in chunk.get("choices") or []:
+                delta = (choice.get("delta") or {}).get("content")
+                if delta:
+                    yield delta
+                end.finish_reason = choice.get("finish_reason") or end.finish_reason
+            if chunk.get("usage"):
+                end.input_tokens, end.output_tokens = _usage(chunk["usage"])
+        if not done and not end.finish_reason:
+            raise UpstreamError("unavailable", "upstream stream ended before it was complete", retryable=True)
+        yield end
+
+
+def _body(request: UpstreamRequest) -> dict[str, Any]:
+    messages = [
+        {"role": m.role, "content": m.content, **({"name": m.name} if m.name else {})} for m in request.messages
+    ]
+    # Passthrough fields first: they may add tools or response_format, never replace model or messages.
+    body: dict[str, Any] = {**request.passthrough, "model": request.model, "messages": messages}
+    if request.max_tokens is not None:
+        body["max_tokens"] = request.max_tokens
+    if request.temperature is not None:
+        body["temperature"] = request.temperature
+    return body
+
+
+def _usage(usage: Any) -> tuple[int | None, int | None]:
+    if not isinstance(usage, dict):
+        return None, None
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    return (prompt if isinstance(prompt, int) else None), (completion if isinstance(completion, int) else None)

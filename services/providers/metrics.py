@@ -1,0 +1,26 @@
+"""Provider metrics; names and labels are fixed by docs/conventions.md (dashboards and alerts use them)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120)
+
+REQUESTS = Counter("llmrouter_provider_requests_total", "Upstream calls by outcome", ["provider", "model", "outcome"])
+DURATION = Histogram(
+    "llmrouter_provider_request_duration_seconds",
+    "Upstream call duration, retries included",
+    ["provider", "model"],
+    buckets=_LATENCY_BUCKETS,
+)
+TTFT = Histogram(
+    "llmrouter_provider_time_to_first_token_seconds",
+    "Time to the first streamed token",
+    ["provider", "model"],
+    buckets=_LATENCY_BUCKETS,
+)
+RETRIES = Counter("llmrouter_provider_retries_total", "Upstream retries", ["provider", "model"])
+CIRCUIT = Gauge(
+    "llmrouter_provider_circuit_state", "Circuit state: 0 closed, 1 half-open, 2 open", ["provider", "model"]
+)
+TOKENS = Counter("llmrouter_provider_tokens_total", "Tokens billed", ["provider", "model", "direction"])

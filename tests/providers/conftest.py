@@ -1,0 +1,125 @@
+"""Fixtures: the fake upstreams (one pair per session, reset between tests) and a providers service started
+in-process on a loopback port, against a registry that points at the fakes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import yaml
+
+from llmrouter.server import start_server
+from llmrouter.v1 import provider_pb2_grpc
+from services.providers import ProvidersSettings, build
+from services.providers.service import SERVICE
+from tests.fakes import FakeAnthropic, FakeOpenAI
+
+OPENAI_KEY = "sk-fake-openai-0123456789"
+ANTHROPIC_KEY = "sk-ant-fake-0123456789"
+# Tight limits so resilience tests run in milliseconds; each test may override any of them.
+FAST = {
+    "connect_timeout_s": 1.0,
+    "read_timeout_s": 2.0,
+    "total_timeout_s": 5.0,
+    "max_retries": 2,
+    "backoff_base_s": 0.01,
+    "backoff_max_s": 0.05,
+    "breaker_failures": 3,
+    "breaker_cooldown_s": 0.3,
+}
+
+
+@pytest.fixture(scope="session")
+def openai_fake() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="session")
+def anthropic_fake() -> Iterator[FakeAnthropic]:
+    with FakeAnthropic() as fake:
+        yield fake
+
+
+@pytest.fixture(autouse=True)
+def _fresh_fakes(openai_fake: FakeOpenAI, anthropic_fake: FakeAnthropic, monkeypatch: pytest.MonkeyPatch) -> None:
+    for fake, key in ((openai_fake, OPENAI_KEY), (anthropic_fake, ANTHROPIC_KEY)):
+        fake.clear()
+        fake.api_key, fake.latency, fake.chunk_delay = key, 0.0, 0.0
+    monkeypatch.setenv("FAKE_OPENAI_KEY", OPENAI_KEY)
+    monkeypatch.setenv("FAKE_ANTHROPIC_KEY", ANTHROPIC_KEY)
+
+
+def registry(openai_url: str, anthropic_url: str, **overrides: Any) -> dict[str, Any]:
+    limits = {**FAST, **overrides}
+    return {
+        "tiers": ["local", "economy", "premium"],
+        "providers": {
+            "local": {"kind": "local", "max_concurrency": 2},
+            "fakeai": {
+                "kind": "openai",
+                "base_url": openai_url,
+                "api_key_env": "FAKE_OPENAI_KEY",
+                "headers": {"x-team": "router"},
+                **limits,
+            },
+            "fakeanthropic": {
+                "kind": "anthropic",
+                "base_url": anthropic_url,
+                "api_key_env": "FAKE_ANTHROPIC_KEY",
+                **limits,
+            },
+            "nokey": {"kind": "openai", "base_url": openai_url, "api_key_env": "FAKE_UNSET_KEY"},
+        },
+        "models": [
+            _model("smollm2-135m", "local", "local", "0", "0", upstream="smollm2-135m-instruct", max_output_tokens=64),
+            _model("cheap", "fakeai", "economy", "0.15", "0.60", upstream="cheap-upstream-v1"),
+            _model("strong", "fakeai", "premium", "2.50", "10.00"),
+            _model("claude", "fakeanthropic", "premium", "3.00", "15.00", upstream="claude-fake-20250101"),
+            _model("keyless", "nokey", "economy", "1", "1"),
+        ],
+    }
+
+
+def _model(name: str, provider: str, tier: str, inp: str, out: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "provider": provider,
+        "tier": tier,
+        "input_usd_per_mtok": inp,
+        "output_usd_per_mtok": out,
+        "context_window": 8192,
+        "quality_prior": 0.5,
+        **extra,
+    }
+
+
+@asynccontextmanager
+async def providers_service(
+    tmp_path: Path, openai_url: str, anthropic_url: str, local_model_dir: Path | None = None, **overrides: Any
+) -> AsyncIterator[provider_pb2_grpc.ProviderStub]:
+    """The real service on 127.0.0.1:<free port>, reached through a real gRPC channel."""
+    path = tmp_path / "models.yaml"
+    path.write_text(yaml.safe_dump(registry(openai_url, anthropic_url, **overrides)))
+    settings = ProvidersSettings(
+        port=0, metrics_port=None, registry_path=path, local_model_dir=local_model_dir or tmp_path / "no-model"
+    )
+    registrations, closers = await build(settings)
+    running = await start_server(SERVICE, settings, registrations, closers)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            yield provider_pb2_grpc.ProviderStub(channel)
+    finally:
+        await running.stop(0)
+
+
+@pytest.fixture
+async def stub(
+    tmp_path: Path, openai_fake: FakeOpenAI, anthropic_fake: FakeAnthropic
+) -> AsyncIterator[provider_pb2_grpc.ProviderStub]:
+    async with providers_service(tmp_path, openai_fake.base_url, anthropic_fake.base_url) as s:
+        yield s
