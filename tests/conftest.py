@@ -14,9 +14,9 @@ ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
-@pytest.fixture
-async def redis_url() -> AsyncIterator[str]:
-    """A real, empty Redis database. No Redis is a failure, not a skip: .ci/run provides one."""
+@pytest.fixture(scope="session")
+async def session_redis_url() -> AsyncIterator[str]:
+    """A real Redis database, emptied once. No Redis is a failure, not a skip: .ci/run provides one."""
     client = redis.from_url(REDIS_URL)
     try:
         await client.ping()
@@ -24,5 +24,14 @@ async def redis_url() -> AsyncIterator[str]:
         pytest.fail(f"no Redis at {REDIS_URL} ({exc}); start redis-server or set TEST_REDIS_URL")
     await client.flushdb()
     yield REDIS_URL
+    await client.aclose()
+
+
+@pytest.fixture
+async def redis_url(session_redis_url: str) -> AsyncIterator[str]:
+    """The same database, empty for this test."""
+    client = redis.from_url(session_redis_url)
+    await client.flushdb()
+    yield session_redis_url
     await client.flushdb()
     await client.aclose()

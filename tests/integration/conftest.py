@@ -1,0 +1,128 @@
+"""The real chain on loopback: edge (uvicorn) -> router -> classifier (the shipped ONNX model) and providers,
+whose upstreams are two fake OpenAI-compatible servers speaking the exact wire format: a cheap provider and a
+premium one. Every part is the production code; only the upstream LLM APIs are stand-ins."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+import uvicorn
+import yaml
+
+from llmrouter.server import RunningServer, start_server
+from llmrouter.v1 import router_pb2_grpc
+from services import classifier, providers, router
+from services.classifier.settings import ClassifierSettings
+from services.edge.app import create_app
+from services.edge.settings import EdgeSettings
+from services.providers.settings import ProvidersSettings
+from services.router.settings import RouterSettings
+from tests.conftest import ROOT
+from tests.fakes.fake_openai import FakeOpenAI
+
+CLASSIFIER_DIR = ROOT / "artefacts" / "classifier"
+
+
+def registry(budget_url: str, premium_url: str) -> dict:
+    def model(name: str, provider: str, tier: str, prices: tuple[str, str], window: int, quality_from: str) -> dict:
+        return {
+            "name": name,
+            "provider": provider,
+            "tier": tier,
+            "input_usd_per_mtok": prices[0],
+            "output_usd_per_mtok": prices[1],
+            "context_window": window,
+            "latency_slo_ms": 2000 if tier == "economy" else 10000,
+            "quality_from": quality_from,
+        }
+
+    fast = {"max_retries": 1, "backoff_base_s": 0.01, "backoff_max_s": 0.05, "breaker_failures": 100}
+    return {
+        "tiers": ["economy", "premium"],
+        "providers": {
+            "budgetai": {"kind": "openai", "base_url": budget_url, "api_key_env": "BUDGETAI_KEY", **fast},
+            "premiumai": {"kind": "openai", "base_url": premium_url, "api_key_env": "PREMIUMAI_KEY", **fast},
+        },
+        "models": [
+            model("cheap-model", "budgetai", "economy", ("0.60", "0.60"), 4096, "mistralai/mixtral-8x7b-chat"),
+            model("strong-model", "premiumai", "premium", ("2.50", "10.00"), 128000, "gpt-4-1106-preview"),
+        ],
+    }
+
+
+@dataclass
+class Chain:
+    base_url: str  # the edge, ending in /v1
+    router_addr: str
+    servers: dict[str, RunningServer]
+    budget: FakeOpenAI
+    premium: FakeOpenAI
+    registry_path: Path
+    redis_url: str
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def start_edge(settings: EdgeSettings) -> tuple[uvicorn.Server, asyncio.Task[None], grpc.aio.Channel]:
+    channel = grpc.aio.insecure_channel(settings.router_addr)
+    app = create_app(settings, router_pb2_grpc.RouterStub(channel))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_config=None))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.02)
+    return server, task, channel
+
+
+@pytest.fixture(scope="session")
+def classifier_dir() -> Path:
+    if not (CLASSIFIER_DIR / "model.onnx").exists():
+        pytest.fail("artefacts/classifier is missing: `make setup` (or make train-classifier) builds it")
+    return CLASSIFIER_DIR
+
+
+@pytest.fixture(scope="session")
+async def chain(
+    tmp_path_factory: pytest.TempPathFactory, classifier_dir: Path, session_redis_url: str
+) -> AsyncIterator[Chain]:
+    with FakeOpenAI() as budget, FakeOpenAI() as premium, pytest.MonkeyPatch.context() as env:
+        env.setenv("BUDGETAI_KEY", "sk-budget")
+        env.setenv("PREMIUMAI_KEY", "sk-premium")
+        path = tmp_path_factory.mktemp("chain") / "models.yaml"
+        path.write_text(yaml.safe_dump(registry(budget.base_url, premium.base_url)))
+        servers: dict[str, RunningServer] = {}
+        c_settings = ClassifierSettings(port=0, model_dir=classifier_dir)
+        servers["classifier"] = await start_server("classifier", c_settings, *await classifier.build(c_settings))
+        p_settings = ProvidersSettings(port=0, registry_path=path)
+        servers["providers"] = await start_server("providers", p_settings, *await providers.build(p_settings))
+        r_settings = RouterSettings(
+            port=0,
+            registry_path=path,
+            classifier_addr=f"127.0.0.1:{servers['classifier'].port}",
+            providers_addr=f"127.0.0.1:{servers['providers'].port}",
+            redis_url=session_redis_url,
+            classifier_timeout_s=5.0,  # the first calls on a loaded CI machine may be slow
+        )
+        servers["router"] = await start_server("router", r_settings, *await router.build(r_settings))
+        router_addr = f"127.0.0.1:{servers['router'].port}"
+        e_settings = EdgeSettings(port=free_port(), router_addr=router_addr, request_timeout_s=20)
+        edge, edge_task, channel = await start_edge(e_settings)
+        try:
+            yield Chain(
+                f"http://127.0.0.1:{e_settings.port}/v1", router_addr, servers, budget, premium, path, session_redis_url
+            )
+        finally:
+            edge.should_exit = True
+            await edge_task
+            await channel.close()
+            for name in ("router", "providers", "classifier"):
+                await servers[name].stop(1)
