@@ -1,0 +1,144 @@
+"""Bad input at the edge and at the router: a clear 4xx (OpenAI's error body) or INVALID_ARGUMENT with
+details, never a traceback, a hang or a dead service."""
+
+from __future__ import annotations
+
+import json
+
+import grpc
+import httpx
+import pytest
+
+from llmrouter.errors import ServiceError
+from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
+from services.edge.settings import EdgeSettings
+from tests.integration.conftest import Chain, free_port, start_edge
+
+GOOD = {"model": "auto", "messages": [{"role": "user", "content": "hello"}]}
+LONG_PROMPT = "lorem ipsum dolor sit amet " * 30_000  # ~150k tokens: over both context windows
+
+CASES = [
+    ("invalid json", b'{"model": "auto", "messages": [', 400, "invalid_json"),
+    ("invalid utf-8", b'{"messages": [{"role": "user", "content": "\xff\xfe"}]}', 400, "invalid_json"),
+    ("not an object", b"[1, 2, 3]", 400, "invalid_json"),
+    ("messages missing", json.dumps({"model": "auto"}).encode(), 400, "invalid_value"),
+    ("messages empty", json.dumps({"messages": []}).encode(), 400, "invalid_value"),
+    ("messages wrong type", json.dumps({"messages": "hello"}).encode(), 400, "invalid_value"),
+    ("unknown role", json.dumps({"messages": [{"role": "wizard", "content": "x"}]}).encode(), 400, "invalid_value"),
+    ("content wrong type", json.dumps({"messages": [{"role": "user", "content": 5}]}).encode(), 400, "invalid_value"),
+    ("max_tokens negative", json.dumps({**GOOD, "max_tokens": -5}).encode(), 400, "invalid_value"),
+    ("max_tokens a string", json.dumps({**GOOD, "max_tokens": "5"}).encode(), 400, "invalid_value"),
+    ("temperature out of range", json.dumps({**GOOD, "temperature": 9}).encode(), 400, "invalid_value"),
+    ("stream not a bool", json.dumps({**GOOD, "stream": "yes"}).encode(), 400, "invalid_value"),
+    ("max_cost_usd negative", json.dumps({**GOOD, "max_cost_usd": "-1"}).encode(), 400, None),
+    ("max_cost_usd not a number", json.dumps({**GOOD, "max_cost_usd": "lots"}).encode(), 400, None),
+    ("only empty content", json.dumps({"messages": [{"role": "user", "content": "  "}]}).encode(), 400, None),
+    ("unknown model", json.dumps({**GOOD, "model": "gpt-17"}).encode(), 404, "model_not_found"),
+    (
+        "prompt over every context window",
+        json.dumps({"messages": [{"role": "user", "content": LONG_PROMPT}]}).encode(),
+        400,
+        "context_length_exceeded",
+    ),
+    ("no model within max_cost_usd", json.dumps({**GOOD, "max_cost_usd": 0}).encode(), 400, "no_eligible_model"),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "code"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+async def test_bad_request_gets_a_clear_openai_error(
+    chain: Chain, body: bytes, status: int, code: str | None, stream: bool
+) -> None:
+    if stream:
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            parsed = None  # stays as broken as it was
+        if isinstance(parsed, dict) and "stream" not in parsed:
+            body = json.dumps({**parsed, "stream": True}).encode()
+    async with httpx.AsyncClient(timeout=30) as http:
+        reply = await http.post(
+            f"{chain.base_url}/chat/completions", content=body, headers={"content-type": "application/json"}
+        )
+        assert reply.status_code == status, reply.text
+        error = reply.json()["error"]
+        assert error["message"] and error["type"]
+        assert "Traceback" not in reply.text
+        if code:
+            assert error["code"] == code
+        # The service keeps serving.
+        assert (await http.post(f"{chain.base_url}/chat/completions", json=GOOD)).status_code == 200
+
+
+async def test_oversized_body_is_413(chain: Chain) -> None:
+    settings = EdgeSettings(port=free_port(), router_addr=chain.router_addr, max_body_bytes=1000)
+    server, task, channel = await start_edge(settings)
+    try:
+        async with httpx.AsyncClient() as http:
+            reply = await http.post(f"http://127.0.0.1:{settings.port}/v1/chat/completions", content=b"x" * 5000)
+        assert reply.status_code == 413 and reply.json()["error"]["code"] == "request_too_large"
+    finally:
+        server.should_exit = True
+        await task
+        await channel.close()
+
+
+async def test_api_keys_when_configured(chain: Chain) -> None:
+    settings = EdgeSettings(port=free_port(), router_addr=chain.router_addr, api_keys="sk-good=acme")
+    server, task, channel = await start_edge(settings)
+    url = f"http://127.0.0.1:{settings.port}/v1/chat/completions"
+    try:
+        async with httpx.AsyncClient() as http:
+            for headers in ({}, {"authorization": "Bearer sk-bad"}):
+                reply = await http.post(url, json=GOOD, headers=headers)
+                assert reply.status_code == 401 and reply.json()["error"]["code"] == "invalid_api_key"
+            good = await http.post(url, json=GOOD, headers={"authorization": "Bearer sk-good"})
+            assert good.status_code == 200
+    finally:
+        server.should_exit = True
+        await task
+        await channel.close()
+
+
+async def test_unknown_route_and_method(chain: Chain) -> None:
+    async with httpx.AsyncClient() as http:
+        assert (await http.get(f"{chain.base_url}/nothing")).json()["error"]["code"] == "not_found"
+        reply = await http.get(f"{chain.base_url}/chat/completions")
+        assert reply.status_code == 405 and "error" in reply.json()
+        assert (await http.get(f"{chain.base_url}/models/nope")).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("request_", "reason"),
+    [
+        (router_pb2.CompleteRequest(), "INVALID_REQUEST"),
+        (router_pb2.CompleteRequest(messages=[common_pb2.ChatMessage(role="x", content="hi")]), "INVALID_REQUEST"),
+        (
+            router_pb2.CompleteRequest(messages=[common_pb2.ChatMessage(role="user", content="hi")], max_tokens=-1),
+            "INVALID_REQUEST",
+        ),
+        (
+            router_pb2.CompleteRequest(
+                messages=[common_pb2.ChatMessage(role="user", content="hi")], passthrough_json="[1]"
+            ),
+            "INVALID_REQUEST",
+        ),
+    ],
+    ids=["no messages", "bad role", "negative max_tokens", "passthrough not an object"],
+)
+async def test_router_rejects_bad_requests_with_details(
+    chain: Chain, request_: router_pb2.CompleteRequest, reason: str
+) -> None:
+    async with grpc.aio.insecure_channel(chain.router_addr) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await router_pb2_grpc.RouterStub(channel).Complete(request_, timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert ServiceError.from_rpc_error(err.value).reason == reason
+
+
+async def test_router_rejects_invalid_utf8(chain: Chain) -> None:
+    async with grpc.aio.insecure_channel(chain.router_addr) as channel:
+        raw = channel.unary_unary("/llmrouter.v1.Router/Complete")
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await raw(b"\x0a\x06\x12\x04\xff\xfe\xfd\xfc", timeout=10)  # messages[0].content with bad UTF-8
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
