@@ -26,11 +26,12 @@ class Fault:
     retry_after: float | None = None
     seconds: float = 0.0
     after_chunks: int = 0
+    message: str = ""
 
     @classmethod
-    def error(cls, status: int, retry_after: float | None = None) -> Fault:
-        """Reply `status` with the provider's error JSON (429 and 5xx are retryable; Retry-After if given)."""
-        return cls("status", status=status, retry_after=retry_after)
+    def error(cls, status: int, retry_after: float | None = None, message: str = "") -> Fault:
+        """Reply `status` with the provider's error JSON (message optional), and Retry-After if given."""
+        return cls("status", status=status, retry_after=retry_after, message=message)
 
     @classmethod
     def delay(cls, seconds: float) -> Fault:
@@ -49,7 +50,7 @@ class Fault:
 
     @classmethod
     def malformed(cls) -> Fault:
-        """200 with a body (or a stream event) that is not valid JSON."""
+        """200 with a body that is not valid JSON (for a stream: one broken event half-way through)."""
         return cls("malformed")
 
     @classmethod
@@ -220,7 +221,10 @@ class FakeServer:
             await _send_json(writer, 401, self.error_body(401, request))
         elif fault and fault.kind == "status":
             headers = {"retry-after": f"{fault.retry_after:g}"} if fault.retry_after is not None else {}
-            await _send_json(writer, fault.status, self.error_body(fault.status, request), headers)
+            body = self.error_body(fault.status, request)
+            if fault.message:
+                body["error"]["message"] = fault.message
+            await _send_json(writer, fault.status, body, headers)
         elif (reply := self.route(request, fault)) is None:
             await _send_json(writer, 404, self.error_body(404, request))
         elif reply.body is not None:
@@ -246,7 +250,8 @@ class FakeServer:
         headers = {"content-type": "text/event-stream", "cache-control": "no-cache", "transfer-encoding": "chunked"}
         writer.write(_head(200, headers))
         if fault and fault.kind == "malformed":
-            events = [events[0], self.malformed_event(), *events[1:]]
+            middle = len(events) // 2  # after some text has gone out
+            events = [*events[:middle], self.malformed_event(), *events[middle:]]
         for i, event in enumerate(events):
             if fault and fault.kind == "cut" and i == fault.after_chunks:
                 await writer.drain()

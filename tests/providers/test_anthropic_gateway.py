@@ -1,0 +1,64 @@
+"""The Anthropic Messages gateway against a fake that speaks the exact wire format: system prompt and
+content blocks out, stop reasons mapped to OpenAI's finish_reason, the streaming events and their usage."""
+
+from __future__ import annotations
+
+import json
+
+from tests.fakes import FakeAnthropic, Fault
+from tests.providers.conftest import ANTHROPIC_KEY
+from tests.providers.helpers import collect, cost, request
+
+
+async def test_generate_maps_system_and_content_blocks(stub, anthropic_fake: FakeAnthropic) -> None:
+    tools = [{"type": "function", "function": {"name": "add", "description": "sum", "parameters": {"type": "object"}}}]
+    resp = await stub.Generate(request("claude", temperature=0.5, passthrough_json=json.dumps({"tools": tools})))
+
+    sent = anthropic_fake.requests[-1]
+    body = sent.json
+    assert sent.path == "/v1/messages"
+    assert sent.headers["x-api-key"] == ANTHROPIC_KEY and sent.headers["anthropic-version"] == "2023-06-01"
+    assert body["model"] == "claude-fake-20250101"
+    assert body["system"] == "Be brief."
+    assert body["messages"] == [{"role": "user", "content": [{"type": "text", "text": "What is 2+2?"}]}]
+    assert body["max_tokens"] == 4096  # the registry's max_output_tokens default: Anthropic requires one
+    assert body["temperature"] == 0.5
+    assert body["tools"] == [{"name": "add", "description": "sum", "input_schema": {"type": "object"}}]
+
+    content, _, usage = anthropic_fake.answer(body)
+    assert resp.content == content and resp.finish_reason == "stop"  # end_turn
+    assert (resp.usage.input_tokens, resp.usage.output_tokens) == (usage["input_tokens"], usage["output_tokens"])
+    assert not resp.usage.estimated
+    assert resp.cost_usd == cost(usage["input_tokens"], usage["output_tokens"], "3.00", "15.00")
+
+
+async def test_max_tokens_stop_reason_maps_to_length(stub) -> None:
+    resp = await stub.Generate(request("claude", "a b c d e f g h", max_tokens=2))
+    assert resp.finish_reason == "length" and resp.usage.output_tokens == 2
+
+
+async def test_stream_events_give_deltas_and_usage(stub, anthropic_fake: FakeAnthropic) -> None:
+    deltas, final = await collect(stub, request("claude", "Tell me about the sea", max_tokens=14))
+
+    body = anthropic_fake.requests[-1].json
+    assert body["stream"] is True
+    content, _, usage = anthropic_fake.answer(body)
+    assert len(deltas) > 1 and "".join(deltas) == content
+    assert final is not None and final.finish_reason == "length"
+    # input tokens come from message_start, output tokens from message_delta
+    assert (final.usage.input_tokens, final.usage.output_tokens) == (usage["input_tokens"], usage["output_tokens"])
+    assert not final.usage.estimated
+    assert final.cost_usd == cost(usage["input_tokens"], usage["output_tokens"], "3.00", "15.00")
+
+
+async def test_overloaded_529_is_retried(stub, anthropic_fake: FakeAnthropic) -> None:
+    anthropic_fake.enqueue(Fault.error(529))
+    resp = await stub.Generate(request("claude"))
+    assert resp.retries == 1 and len(anthropic_fake.requests) == 2
+
+
+async def test_stream_without_usage_is_estimated(stub, anthropic_fake: FakeAnthropic) -> None:
+    anthropic_fake.enqueue(Fault.no_usage())
+    deltas, final = await collect(stub, request("claude"))
+    assert final is not None and final.usage.estimated
+    assert final.usage.output_tokens > 0 and final.content == "".join(deltas)

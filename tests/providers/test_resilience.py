@@ -1,0 +1,248 @@
+"""Every resilience behaviour, each with a test that fails if the behaviour is removed: retries and their
+count, Retry-After, no retry of non-retryable failures, timeouts, no retry once a token was streamed (with
+the exact charge of what was served), the circuit breaker, the concurrency limit, cancellation upstream."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from llmrouter.tokens import count_message_tokens, count_tokens
+from tests.fakes import FakeAnthropic, FakeOpenAI, Fault
+from tests.fakes.server import FakeServer
+from tests.providers.conftest import providers_service
+from tests.providers.helpers import collect, cost, error_of, metric, request
+
+
+@dataclass
+class Upstream:
+    model: str
+    provider: str
+    fake: FakeServer
+    prices: tuple[str, str]
+
+
+@pytest.fixture(params=["openai", "anthropic"])
+def upstream(request: pytest.FixtureRequest, openai_fake: FakeOpenAI, anthropic_fake: FakeAnthropic) -> Upstream:
+    if request.param == "openai":
+        return Upstream("cheap", "fakeai", openai_fake, ("0.15", "0.60"))
+    return Upstream("claude", "fakeanthropic", anthropic_fake, ("3.00", "15.00"))
+
+
+@pytest.fixture
+def service(tmp_path: Path, openai_fake: FakeOpenAI, anthropic_fake: FakeAnthropic) -> Iterator[object]:
+    def start(**overrides: object) -> object:
+        return providers_service(tmp_path, openai_fake.base_url, anthropic_fake.base_url, **overrides)
+
+    yield start
+
+
+async def _fails(call: object) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call  # type: ignore[misc]
+    return info.value
+
+
+@pytest.mark.parametrize(
+    "fault", [Fault.error(500), Fault.error(503), Fault.error(429), Fault.reset()], ids=["500", "503", "429", "reset"]
+)
+async def test_retryable_failure_is_retried(stub, upstream: Upstream, fault: Fault) -> None:
+    upstream.fake.enqueue(fault, fault)
+    before = metric("llmrouter_provider_retries_total", provider=upstream.provider, model=upstream.model)
+    resp = await stub.Generate(request(upstream.model))
+    assert resp.retries == 2 and len(upstream.fake.requests) == 3
+    assert metric("llmrouter_provider_retries_total", provider=upstream.provider, model=upstream.model) == before + 2
+
+
+async def test_retries_are_bounded_then_unavailable(stub, upstream: Upstream) -> None:
+    upstream.fake.enqueue(*[Fault.error(500)] * 5)
+    err = await _fails(stub.Generate(request(upstream.model)))
+    assert err.code() is grpc.StatusCode.UNAVAILABLE
+    assert error_of(err).reason == "UPSTREAM_UNAVAILABLE" and error_of(err).metadata["retries"] == "2"
+    assert len(upstream.fake.requests) == 3  # 1 + max_retries
+
+
+async def test_rate_limit_exhausted_is_resource_exhausted(stub, upstream: Upstream) -> None:
+    upstream.fake.enqueue(*[Fault.error(429, retry_after=0)] * 3)
+    err = await _fails(stub.Generate(request(upstream.model)))
+    assert err.code() is grpc.StatusCode.RESOURCE_EXHAUSTED and error_of(err).reason == "UPSTREAM_RATE_LIMITED"
+
+
+async def test_retry_after_is_honoured(stub, upstream: Upstream) -> None:
+    # The backoff itself is capped at 0.05 s in these tests: only Retry-After explains a longer wait.
+    upstream.fake.enqueue(Fault.error(429, retry_after=0.6))
+    start = time.perf_counter()
+    resp = await stub.Generate(request(upstream.model))
+    assert resp.retries == 1 and time.perf_counter() - start >= 0.6
+
+
+async def test_retry_after_beyond_the_deadline_fails_at_once(stub, upstream: Upstream) -> None:
+    upstream.fake.enqueue(Fault.error(429, retry_after=30))  # total timeout is 5 s
+    start = time.perf_counter()
+    err = await _fails(stub.Generate(request(upstream.model)))
+    assert time.perf_counter() - start < 1 and len(upstream.fake.requests) == 1
+    assert error_of(err).reason == "UPSTREAM_RATE_LIMITED" and error_of(err).metadata["retry_after_s"] == "30"
+
+
+@pytest.mark.parametrize("fault", [Fault.error(400), Fault.error(401), Fault.malformed()], ids=["400", "401", "bad"])
+async def test_non_retryable_failure_is_not_retried(stub, upstream: Upstream, fault: Fault) -> None:
+    upstream.fake.enqueue(fault)
+    err = await _fails(stub.Generate(request(upstream.model)))
+    assert error_of(err).reason == "UPSTREAM_ERROR" and len(upstream.fake.requests) == 1
+    if fault.kind == "malformed":
+        assert err.code() is grpc.StatusCode.INTERNAL and "malformed" in err.details()
+
+
+async def test_context_length_error_is_recognised(stub, upstream: Upstream) -> None:
+    message = "This model's maximum context length is 8192 tokens. (context_length_exceeded)"
+    upstream.fake.enqueue(Fault.error(400, message=message))
+    err = await _fails(stub.Generate(request(upstream.model)))
+    assert err.code() is grpc.StatusCode.INVALID_ARGUMENT and error_of(err).reason == "CONTEXT_LENGTH_EXCEEDED"
+
+
+async def test_slow_first_byte_within_read_timeout_succeeds(stub, upstream: Upstream) -> None:
+    upstream.fake.enqueue(Fault.delay(0.3))
+    resp = await stub.Generate(request(upstream.model))
+    assert resp.retries == 0 and resp.latency_ms >= 300
+
+
+async def test_read_timeout_is_deadline_exceeded_without_retry(service, upstream: Upstream) -> None:
+    upstream.fake.enqueue(Fault.delay(2))
+    async with service(read_timeout_s=0.3) as stub:
+        err = await _fails(stub.Generate(request(upstream.model)))
+    assert err.code() is grpc.StatusCode.DEADLINE_EXCEEDED and error_of(err).reason == "UPSTREAM_TIMEOUT"
+    assert len(upstream.fake.requests) == 1
+    assert upstream.fake.wait_disconnect(0, timeout=2)  # the slow request was abandoned, not left running
+
+
+async def test_total_timeout_bounds_the_call(service, upstream: Upstream) -> None:
+    upstream.fake.chunk_delay = 0.1  # every event arrives within the read timeout; the whole stream cannot
+    start = time.perf_counter()
+    async with service(total_timeout_s=0.5) as stub:
+        err = await _fails(collect(stub, request(upstream.model, "one two three four five six seven eight")))
+    assert time.perf_counter() - start < 2
+    assert error_of(err).reason == "STREAM_INTERRUPTED" and error_of(err).metadata["cause"] == "UPSTREAM_TIMEOUT"
+
+
+async def test_hang_before_any_token_times_out(service, upstream: Upstream) -> None:
+    upstream.fake.enqueue(Fault.hang())
+    async with service(total_timeout_s=0.5) as stub:
+        err = await _fails(stub.Generate(request(upstream.model)))
+    assert err.code() is grpc.StatusCode.DEADLINE_EXCEEDED and error_of(err).reason == "UPSTREAM_TIMEOUT"
+    assert upstream.fake.wait_disconnect(0, timeout=2)
+
+
+async def test_stream_cut_before_any_token_is_retried(stub, upstream: Upstream) -> None:
+    # The first events carry no text (role / message_start): cutting there costs the caller nothing.
+    upstream.fake.enqueue(Fault.cut(after_chunks=1))
+    deltas, final = await collect(stub, request(upstream.model))
+    assert final is not None and final.retries == 1 and "".join(deltas) == final.content
+
+
+@pytest.mark.parametrize("fault", [Fault.cut(after_chunks=5), Fault.malformed()], ids=["cut", "malformed"])
+async def test_stream_failure_after_a_token_is_not_retried_and_charges_what_was_served(
+    stub, upstream: Upstream, fault: Fault
+) -> None:
+    upstream.fake.enqueue(fault)
+    received: list[str] = []
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        async for chunk in stub.GenerateStream(request(upstream.model, "one two three four five six seven")):
+            received.append(chunk.delta)
+    err = error_of(info.value)
+    assert err.reason == "STREAM_INTERRUPTED" and info.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert received and len(upstream.fake.requests) == 1
+    served = "".join(received)
+    output_tokens = count_tokens(served)
+    if upstream.model == "claude":  # message_start already gave the exact input tokens
+        input_tokens = upstream.fake.answer(upstream.fake.requests[0].json)[2]["input_tokens"]
+    else:
+        msgs = request(upstream.model, "one two three four five six seven").messages
+        input_tokens = count_message_tokens(msgs)
+    assert err.metadata["input_tokens"] == str(input_tokens)
+    assert err.metadata["output_tokens"] == str(output_tokens)
+    assert err.metadata["cost_usd"] == cost(input_tokens, output_tokens, *upstream.prices)
+
+
+async def test_breaker_opens_then_half_open_probe_closes_it(service, upstream: Upstream) -> None:
+    labels = {"provider": upstream.provider, "model": upstream.model}
+    async with service(max_retries=0, breaker_failures=3, breaker_cooldown_s=0.4) as stub:
+        upstream.fake.enqueue(*[Fault.error(500)] * 3)
+        for _ in range(3):
+            assert error_of(await _fails(stub.Generate(request(upstream.model)))).reason == "UPSTREAM_UNAVAILABLE"
+        assert metric("llmrouter_provider_circuit_state", **labels) == 2
+
+        err = await _fails(stub.Generate(request(upstream.model)))
+        assert err.code() is grpc.StatusCode.UNAVAILABLE and error_of(err).reason == "CIRCUIT_OPEN"
+        assert len(upstream.fake.requests) == 3  # refused without calling the upstream
+
+        await asyncio.sleep(0.45)
+        resp = await stub.Generate(request(upstream.model))  # the half-open probe, which succeeds
+        assert resp.content and metric("llmrouter_provider_circuit_state", **labels) == 0
+        await stub.Generate(request(upstream.model))
+
+
+async def test_failed_probe_reopens_and_only_one_probe_goes_out(service, upstream: Upstream) -> None:
+    async with service(max_retries=0, breaker_failures=1, breaker_cooldown_s=0.3) as stub:
+        upstream.fake.enqueue(Fault.error(500), Fault.error(500))
+        await _fails(stub.Generate(request(upstream.model)))
+        await asyncio.sleep(0.35)
+        assert error_of(await _fails(stub.Generate(request(upstream.model)))).reason == "UPSTREAM_UNAVAILABLE"
+        assert error_of(await _fails(stub.Generate(request(upstream.model)))).reason == "CIRCUIT_OPEN"
+
+        await asyncio.sleep(0.35)
+        upstream.fake.latency = 0.3
+        results = await asyncio.gather(
+            *(stub.Generate(request(upstream.model)) for _ in range(3)), return_exceptions=True
+        )
+        refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+        assert len(refused) == 2 and all(error_of(r).reason == "CIRCUIT_OPEN" for r in refused)
+        assert len(upstream.fake.requests) == 3  # two failures and the single probe
+
+
+async def test_breaker_is_per_model(service, openai_fake: FakeOpenAI) -> None:
+    async with service(max_retries=0, breaker_failures=1) as stub:
+        openai_fake.enqueue(Fault.error(500))
+        await _fails(stub.Generate(request("cheap")))
+        assert error_of(await _fails(stub.Generate(request("cheap")))).reason == "CIRCUIT_OPEN"
+        assert (await stub.Generate(request("strong"))).content
+
+
+async def test_rate_limits_do_not_open_the_breaker(service, upstream: Upstream) -> None:
+    async with service(max_retries=0, breaker_failures=1) as stub:
+        upstream.fake.enqueue(Fault.error(429), Fault.error(429))
+        for _ in range(2):
+            assert error_of(await _fails(stub.Generate(request(upstream.model)))).reason == "UPSTREAM_RATE_LIMITED"
+        assert (await stub.Generate(request(upstream.model))).content
+
+
+async def test_concurrency_limit_per_provider(service, upstream: Upstream) -> None:
+    upstream.fake.latency = 0.15
+    async with service(max_concurrency=2) as stub:
+        results = await asyncio.gather(*(stub.Generate(request(upstream.model, f"q{i}")) for i in range(6)))
+    assert all(r.content for r in results)
+    assert len(upstream.fake.requests) == 6 and upstream.fake.max_in_flight == 2
+
+
+async def test_cancelling_a_call_cancels_the_upstream_request(stub, upstream: Upstream) -> None:
+    upstream.fake.enqueue(Fault.hang())
+    call = stub.Generate(request(upstream.model))
+    await asyncio.sleep(0.3)
+    assert len(upstream.fake.requests) == 1 and not upstream.fake.requests[0].disconnected.is_set()
+    call.cancel()
+    assert await asyncio.to_thread(upstream.fake.wait_disconnect, 0, 2.0)
+
+
+async def test_cancelling_a_stream_cancels_the_upstream_stream(stub, upstream: Upstream) -> None:
+    upstream.fake.chunk_delay = 0.2
+    call = stub.GenerateStream(request(upstream.model, "one two three four five six seven eight nine ten"))
+    async for chunk in call:
+        assert chunk.delta
+        break
+    call.cancel()
+    assert await asyncio.to_thread(upstream.fake.wait_disconnect, 0, 2.0)
