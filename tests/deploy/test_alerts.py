@@ -1,0 +1,122 @@
+"""The alert rules against docs/conventions.md and their promtool tests (fast: plain YAML and regexes; the
+promtool run itself is in deploy/lint.sh and test_tools.py)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import yaml
+
+from .conftest import CHART, ROOT, documented_metrics
+
+RULES = yaml.safe_load((CHART / "files" / "prometheus-rules.yaml").read_text())
+RULE_TESTS = yaml.safe_load((ROOT / "deploy" / "prometheus" / "rules_test.yaml").read_text())
+ALERTS = [r for g in RULES["groups"] for r in g["rules"] if "alert" in r]
+RECORDED = {r["record"] for g in RULES["groups"] for r in g["rules"] if "record" in r}
+# Recorded by the chart's PrometheusRule template from values.yaml.
+CHART_RECORDED = set(re.findall(r"record: (\S+)", (CHART / "templates" / "prometheusrule.yaml").read_text()))
+# Prometheus' own series that the rules may use.
+BUILTIN = {"up", "ALERTS"}
+PROMQL_WORDS = {
+    "sum", "rate", "increase", "histogram_quantile", "by", "and", "or", "unless", "on", "ignoring", "group_left",
+    "group_right", "absent", "max", "min", "avg", "count", "vector", "scalar", "offset", "bool", "le",
+    "round", "without", "topk",
+}  # fmt: skip
+HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
+
+
+def series_names(expr: str) -> set[str]:
+    """Metric and recording-rule names an expression reads (label matchers, strings and keywords removed)."""
+    expr = re.sub(r'"[^"]*"', "", expr)
+    expr = re.sub(r"\{[^}]*\}", "", expr)
+    expr = re.sub(r"\[[^\]]*\]", "", expr)
+    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)
+    names = set(re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", expr))
+    return {n for n in names if n not in PROMQL_WORDS and not re.fullmatch(r"\d+[smhd]?", n)}
+
+
+def conventions_name(name: str) -> str:
+    for suffix in HISTOGRAM_SUFFIXES:
+        if name.endswith(suffix) and name.removesuffix(suffix) in documented_metrics():
+            return name.removesuffix(suffix)
+    return name
+
+
+def check_names(expr: str, where: str) -> None:
+    for name in series_names(expr):
+        if ":" in name:
+            assert name in RECORDED | CHART_RECORDED, f"{where}: recording rule {name} is recorded nowhere"
+        elif name not in BUILTIN:
+            assert conventions_name(name) in documented_metrics(), f"{where}: {name} is not in docs/conventions.md"
+
+
+def check_labels(expr: str, where: str) -> None:
+    """Label matchers name labels the metric has, per docs/conventions.md."""
+    for name, matchers in re.findall(r"(llmrouter_[a-z0-9_]+)\{([^}]*)\}", expr):
+        metric = conventions_name(name)
+        allowed = documented_metrics()[metric] | ({"le"} if name.endswith("_bucket") else set())
+        for label in re.findall(r"([a-z_]+)\s*(?:=~|!~|!=|=)", matchers):
+            assert label in allowed, f"{where}: {metric} has no label {label!r} (conventions: {sorted(allowed)})"
+
+
+def test_conventions_parse() -> None:
+    metrics = documented_metrics()
+    assert metrics["llmrouter_provider_requests_total"] == {"provider", "model", "outcome"}
+    assert "llmrouter_router_baseline_cost_usd_total" in metrics
+
+
+@pytest.mark.parametrize("rule", ALERTS, ids=lambda r: r["alert"])
+def test_alert_reads_documented_metrics_only(rule: dict) -> None:
+    check_names(rule["expr"], rule["alert"])
+    check_labels(rule["expr"], rule["alert"])
+
+
+@pytest.mark.parametrize("rule", ALERTS, ids=lambda r: r["alert"])
+def test_alert_is_actionable(rule: dict) -> None:
+    assert rule["labels"]["severity"] in {"warning", "critical"}
+    assert rule["labels"]["service"] in {"edge", "router", "classifier", "providers"}
+    assert {"summary", "description", "runbook"} <= set(rule["annotations"]), rule["alert"]
+    assert re.fullmatch(r"\d+m", rule["for"]), "every alert waits before firing"
+
+
+@pytest.mark.parametrize("rule", ALERTS, ids=lambda r: r["alert"])
+def test_alert_has_promtool_cases_that_fire_and_do_not(rule: dict) -> None:
+    name = rule["alert"]
+    quiet = [
+        case
+        for test in RULE_TESTS["tests"]
+        for case in test.get("alert_rule_test", [])
+        if case["alertname"] == name and case["exp_alerts"] == []
+    ]
+    firing = [
+        sample
+        for test in RULE_TESTS["tests"]
+        for case in test.get("promql_expr_test", [])
+        for sample in case["exp_samples"]
+        if f'alertname="{name}"' in sample["labels"] and 'alertstate="firing"' in sample["labels"]
+    ]
+    assert quiet, f"no promtool case where {name} stays quiet"
+    assert firing, f"no promtool case where {name} fires"
+
+
+def test_recording_rules_read_documented_metrics() -> None:
+    for group in RULES["groups"]:
+        for rule in group["rules"]:
+            if "record" in rule:
+                check_names(rule["expr"], rule["record"])
+
+
+def test_dashboard_reads_documented_metrics_only() -> None:
+    dashboard = json.loads((CHART / "files" / "dashboard.json").read_text())
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            expr = target["expr"].replace("$__rate_interval", "5m").replace("$__range", "1h")
+            check_names(expr, panel["title"])
+            check_labels(expr, panel["title"])
+
+
+def test_name_extraction() -> None:
+    expr = 'sum by (provider) (rate(llmrouter_provider_requests_total{outcome=~"error|timeout"}[5m])) > on() x:y'
+    assert series_names(expr) == {"llmrouter_provider_requests_total", "x:y"}

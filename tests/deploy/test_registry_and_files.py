@@ -1,0 +1,56 @@
+"""Fast checks of the chart's files: one source of truth for the model registry, valid dashboards."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from llmrouter.registry import load_registry
+
+from .conftest import CHART, ROOT
+
+
+def test_chart_registry_is_config_models_yaml() -> None:
+    chart_copy = CHART / "files" / "models.yaml"
+    source = ROOT / "config" / "models.yaml"
+    assert chart_copy.read_bytes() == source.read_bytes(), (
+        "helm/llm-cost-router/files/models.yaml differs from config/models.yaml: "
+        "cp config/models.yaml helm/llm-cost-router/files/models.yaml"
+    )
+    assert load_registry(chart_copy).models  # and it is a registry the services accept
+
+
+def test_dashboard_is_grafana_json_with_the_promised_panels() -> None:
+    dashboard = json.loads((CHART / "files" / "dashboard.json").read_text())
+    assert dashboard["uid"] == "llm-cost-router"
+    panels = [p for p in dashboard["panels"] if p["type"] != "row"]
+    assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
+    for p in panels:
+        assert p["datasource"]["uid"] == "${datasource}", p["title"]
+        assert p["targets"] and all(t["expr"].strip() for t in p["targets"]), p["title"]
+    exprs = " ".join(t["expr"] for p in panels for t in p["targets"])
+    # savings vs always-strongest, and each concern the dashboard is for
+    assert (
+        "llmrouter_router_baseline_cost_usd_total[$__rate_interval])) - sum(rate(llmrouter_router_cost_usd_total"
+        in exprs
+    )
+    for metric in (
+        "llmrouter_router_requests_total",
+        "llmrouter_router_escalations_total",
+        "llmrouter_router_fallbacks_total",
+        "llmrouter_router_cache_requests_total",
+        "llmrouter_router_budget_rejections_total",
+        "llmrouter_grpc_request_duration_seconds_bucket",
+        "llmrouter_edge_http_request_duration_seconds_bucket",
+        "llmrouter_provider_requests_total",
+        "llmrouter_provider_circuit_state",
+        "llmrouter_classifier_batch_size_bucket",
+        "llmrouter_classifier_inference_seconds_bucket",
+    ):
+        assert metric in exprs, f"no dashboard panel uses {metric}"
+
+
+def test_ci_values_files_are_yaml_mappings() -> None:
+    for path in (CHART / "ci").glob("*-values.yaml"):
+        assert isinstance(yaml.safe_load(path.read_text()), dict), path

@@ -1,0 +1,58 @@
+"""The promtool unit tests bite: they pass on the real rules and fail when an alert is broken. Needs promtool
+(deploy/install-tools.sh): marked slow."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .conftest import CHART, ROOT
+
+pytestmark = pytest.mark.slow
+RULES = CHART / "files" / "prometheus-rules.yaml"
+TESTS = ROOT / "deploy" / "prometheus" / "rules_test.yaml"
+
+
+def promtool() -> str:
+    local = ROOT / ".tools" / "bin" / "promtool"
+    found = str(local) if local.is_file() else shutil.which("promtool")
+    if found is None:
+        pytest.skip("promtool is not installed: run deploy/install-tools.sh (deploy/lint.sh does)")
+    return found
+
+
+def run_tests(rules: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    suite = yaml.safe_load(TESTS.read_text())
+    suite["rule_files"] = [str(rules)]
+    test_file = tmp_path / "suite_test.yaml"
+    test_file.write_text(yaml.safe_dump(suite, sort_keys=False))
+    return subprocess.run([promtool(), "test", "rules", str(test_file)], capture_output=True, text=True)
+
+
+def test_rules_pass_their_tests(tmp_path: Path) -> None:
+    result = run_tests(RULES, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("alert", "field", "before", "after"),
+    [
+        ("LLMRouterEdgeHigh5xxRatio", "expr", "> 0.05\n", "> 0.5\n"),  # too lax: the firing case fails
+        ("LLMRouterCircuitBreakerOpen", "expr", "== 2", ">= 1"),  # half-open taken for open: a quiet case fails
+        ("LLMRouterClassifierDown", "for", "3m", "0m"),  # no wait: the pending case fails
+    ],
+)
+def test_a_broken_alert_fails_its_tests(tmp_path: Path, alert: str, field: str, before: str, after: str) -> None:
+    rules = yaml.safe_load(RULES.read_text())
+    (rule,) = [r for g in rules["groups"] for r in g["rules"] if r.get("alert") == alert]
+    assert before in rule[field]
+    rule[field] = rule[field].replace(before, after, 1)
+    broken = tmp_path / "broken-rules.yaml"
+    broken.write_text(yaml.safe_dump(rules, sort_keys=False))
+    result = run_tests(broken, tmp_path)
+    assert result.returncode != 0
+    assert alert in result.stdout + result.stderr
