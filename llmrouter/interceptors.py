@@ -7,7 +7,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from typing import Any
 
 import grpc
@@ -78,8 +78,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         self, method: str, parse: Parser, behaviour: Callable[..., AsyncIterator[Any]]
     ) -> Callable[..., AsyncIterator[Any]]:
         async def wrapped(raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            async with self._guard(method, context):
-                async for item in behaviour(_parse(parse, raw), context):
+            # aclosing: a cancelled call closes the handler at once, running its cleanup now.
+            async with self._guard(method, context), aclosing(behaviour(_parse(parse, raw), context)) as items:
+                async for item in items:
                     yield item
 
         return wrapped

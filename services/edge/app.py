@@ -163,7 +163,7 @@ class Edge:
             # Headers are gone: report the failure in the stream, as OpenAI does, and end it.
             yield sse(api_error(err).body())
         finally:
-            call.cancel()  # the caller left or the stream ended: stop the work downstream
+            call.cancel()  # ended, failed or the caller left: stop the work downstream
 
     def _apply_headers(self, request: Request, message: router_pb2.CompleteRequest) -> None:
         """x-router-* headers set the routing limits where a client cannot add body fields."""

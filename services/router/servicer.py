@@ -11,6 +11,7 @@ import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -162,8 +163,10 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             return
         stream = StreamState(routed.plan.order[0].model)
         try:
-            async for delta in self._generate_stream(routed, context, stream):
-                yield router_pb2.CompleteChunk(delta=delta)
+            # aclosing: when the caller leaves, the provider stream is cancelled now, not at garbage collection.
+            async with aclosing(self._generate_stream(routed, context, stream)) as deltas:
+                async for delta in deltas:
+                    yield router_pb2.CompleteChunk(delta=delta)
             response = self._response(routed, stream.served)
             await self._settle(routed, response)
             await self._to_cache(routed, response)
