@@ -5,6 +5,7 @@ exact usage and cost on every answer (and on every interrupted stream)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -30,6 +31,8 @@ _STATUS = {
 }
 # Failures that say something about the upstream's health; a 429 or a refused request does not.
 _UNHEALTHY = {"timeout", "unavailable", "bad_response"}
+
+log = logging.getLogger("llmrouter.providers")
 
 
 class Dispatcher:
@@ -166,6 +169,16 @@ class Dispatcher:
         if asyncio.get_running_loop().time() + delay >= deadline:
             raise self._failure(model, err, retries)
         metrics.RETRIES.labels(self.provider, model.name).inc()
+        log.warning(
+            "retrying upstream call",
+            extra={
+                "provider": self.provider,
+                "model": model.name,
+                "error": self._redact(err.message),
+                "attempt": retries + 1,
+                "delay_s": round(delay, 3),
+            },
+        )
         await asyncio.sleep(delay)
 
     def _failure(self, model: ModelSpec, err: UpstreamError, retries: int) -> ServiceError:

@@ -16,7 +16,6 @@ class ProvidersSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="PROVIDERS_", extra="ignore", frozen=True)
 
     port: int = Field(default=50052, ge=0, le=65535, description="gRPC port; 0 picks a free one")
-    metrics_port: int | None = Field(default=9102, ge=0, le=65535, description="Prometheus port; unset disables")
     registry_path: Path = Field(default=Path("config/models.yaml"), description="the model registry (YAML)")
     local_model_dir: Path = Field(default=Path("artefacts/smollm2"), description="built by `make local-model`")
     local_threads: int = Field(default=2, ge=1, le=64, description="CPU threads per local generation")

@@ -64,6 +64,11 @@ async def test_max_tokens_truncates_with_length_finish(stub, openai_fake: FakeOp
     assert resp.finish_reason == "length" and resp.usage.output_tokens == 3
 
 
+async def test_max_tokens_is_capped_by_the_registry(stub, openai_fake: FakeOpenAI) -> None:
+    await stub.Generate(request("cheap", max_tokens=1_000_000))
+    assert openai_fake.requests[-1].json["max_tokens"] == 4096  # the model's max_output_tokens
+
+
 @pytest.mark.parametrize("stream", [False, True])
 async def test_missing_usage_is_counted_locally_and_flagged(stub, openai_fake: FakeOpenAI, stream: bool) -> None:
     openai_fake.enqueue(Fault.no_usage())

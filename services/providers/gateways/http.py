@@ -21,10 +21,11 @@ _CONTEXT_HINTS = ("context_length_exceeded", "maximum context length", "prompt i
 
 def make_client(spec: ProviderSpec, headers: dict[str, str]) -> httpx.AsyncClient:
     timeout = httpx.Timeout(
-        connect=spec.connect_timeout_s, read=spec.read_timeout_s, write=spec.read_timeout_s, pool=spec.total_timeout_s
+        connect=spec.connect_timeout_s, read=spec.read_timeout_s, write=spec.read_timeout_s, pool=spec.connect_timeout_s
     )
-    # The dispatcher bounds concurrency per provider; the pool never needs to be the bottleneck.
-    limits = httpx.Limits(max_connections=spec.max_concurrency, max_keepalive_connections=spec.max_concurrency)
+    # The dispatcher's semaphore is the one concurrency limit (it bounds the wait by the call's deadline and
+    # reports it clearly): the pool itself must never make a call wait.
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=spec.max_concurrency)
     return httpx.AsyncClient(
         base_url=spec.base_url.rstrip("/"), headers={**spec.headers, **headers}, timeout=timeout, limits=limits
     )

@@ -69,20 +69,23 @@ def hf_to_onnx(hf_dir: Path, out_dir: Path, cache_dir: Path) -> None:
 
 
 def smoke_test(model_dir: Path) -> str:
-    """Generate a few tokens: an artefact that loads but cannot answer is not built."""
+    """Generate a few tokens; raise if the artefact does not load or answers nothing."""
     from services.providers.local_model.engine import LocalEngine
 
     engine = LocalEngine(model_dir, threads=2)
     text, _ = engine.generate_sync([("user", "What is the capital of France?")], max_tokens=16)
     if not text.strip():
-        raise SystemExit(f"{model_dir}: the built model generated nothing")
+        raise RuntimeError(f"{model_dir}: the model generated nothing")
     return text
 
 
 def build(out: Path, force: bool = False) -> None:
     if not force and (out / "genai_config.json").is_file():
-        print(f"{out} already built; smoke test: {smoke_test(out)!r}")
-        return
+        try:
+            print(f"{out} already built; smoke test: {smoke_test(out)!r}")
+            return
+        except Exception as exc:  # a damaged artefact is rebuilt, not trusted
+            print(f"{out} is unusable ({exc}); rebuilding")
     start = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="smollm2-", dir=out.parent) as tmp:
