@@ -5,6 +5,7 @@ premium one. Every part is the production code; only the upstream LLM APIs are s
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from services.edge.settings import EdgeSettings
 from services.providers.settings import ProvidersSettings
 from services.router.settings import RouterSettings
 from tests.conftest import ROOT
-from tests.fakes.fake_openai import FakeOpenAI
+from tests.fakes.fake_openai import FakeOpenAI, echo_reply
 
 CLASSIFIER_DIR = ROOT / "artefacts" / "classifier"
 
@@ -54,6 +55,14 @@ def registry(budget_url: str, premium_url: str) -> dict:
             model("strong-model", "premiumai", "premium", ("2.50", "10.00"), 128000, "gpt-4-1106-preview"),
         ],
     }
+
+
+SILENCE = "(answer with nothing)"
+
+
+def reply_or_silence(body: dict) -> str:
+    """The cheap upstream's weak answer, on cue: an empty reply, which the router escalates."""
+    return "" if SILENCE in json.dumps(body) else echo_reply(body)
 
 
 @dataclass
@@ -94,7 +103,7 @@ def classifier_dir() -> Path:
 async def chain(
     tmp_path_factory: pytest.TempPathFactory, classifier_dir: Path, session_redis_url: str
 ) -> AsyncIterator[Chain]:
-    with FakeOpenAI() as budget, FakeOpenAI() as premium, pytest.MonkeyPatch.context() as env:
+    with FakeOpenAI(reply_or_silence) as budget, FakeOpenAI() as premium, pytest.MonkeyPatch.context() as env:
         env.setenv("BUDGETAI_KEY", "sk-budget")
         env.setenv("PREMIUMAI_KEY", "sk-premium")
         path = tmp_path_factory.mktemp("chain") / "models.yaml"

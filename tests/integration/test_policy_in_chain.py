@@ -1,0 +1,111 @@
+"""Router policies in the running chain: escalation of a weak answer, rate limits, routing on without the
+classifier, and the metrics SREs watch."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from decimal import Decimal
+
+import grpc
+import pytest
+from prometheus_client import REGISTRY
+
+from llmrouter.errors import ServiceError
+from llmrouter.registry import load_registry
+from llmrouter.server import RunningServer, start_server
+from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
+from services import router
+from services.router.settings import RouterSettings
+from tests.integration.conftest import SILENCE, Chain, free_port
+
+
+def ask(text: str, **fields: object) -> router_pb2.CompleteRequest:
+    return router_pb2.CompleteRequest(messages=[common_pb2.ChatMessage(role="user", content=text)], **fields)
+
+
+async def extra_router(chain: Chain, **overrides: object) -> RunningServer:
+    values: dict = {
+        "port": 0,
+        "registry_path": chain.registry_path,
+        "classifier_addr": f"127.0.0.1:{chain.servers['classifier'].port}",
+        "providers_addr": f"127.0.0.1:{chain.servers['providers'].port}",
+        "classifier_timeout_s": 5.0,
+    }
+    settings = RouterSettings(**{**values, **overrides})
+    return await start_server("router", settings, *await router.build(settings))
+
+
+@pytest.fixture
+async def stub(chain: Chain) -> AsyncIterator[router_pb2_grpc.RouterStub]:
+    async with grpc.aio.insecure_channel(chain.router_addr) as channel:
+        yield router_pb2_grpc.RouterStub(channel)
+
+
+async def test_empty_answer_escalates_to_a_stronger_tier_and_both_are_charged(
+    chain: Chain, stub: router_pb2_grpc.RouterStub
+) -> None:
+    reply = await stub.Complete(ask(f"{SILENCE} {uuid.uuid4().hex}", quality_target=0), timeout=20)
+    assert reply.escalated and reply.model == "strong-model" and reply.content.startswith("[strong-model]")
+    weak = chain.budget.answer(chain.budget.requests[-1].json)[2]
+    strong = chain.premium.answer(chain.premium.requests[-1].json)[2]
+    registry = {m: load_registry(chain.registry_path).get(m) for m in ("cheap-model", "strong-model")}
+    expected = registry["cheap-model"].cost_usd(weak["prompt_tokens"], weak["completion_tokens"]) + registry[
+        "strong-model"
+    ].cost_usd(strong["prompt_tokens"], strong["completion_tokens"])
+    assert Decimal(reply.cost_usd) == expected
+
+
+async def test_rate_limit_refuses_with_retry_after(chain: Chain) -> None:
+    limited = await extra_router(chain, rate_limit_rpm=2, redis_url=None)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{limited.port}") as channel:
+            stub = router_pb2_grpc.RouterStub(channel)
+            for _ in range(2):
+                await stub.Complete(ask(uuid.uuid4().hex, tenant="busy", quality_target=0), timeout=20)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.Complete(ask(uuid.uuid4().hex, tenant="busy", quality_target=0), timeout=20)
+            error = ServiceError.from_rpc_error(err.value)
+            assert error.code == grpc.StatusCode.RESOURCE_EXHAUSTED and error.reason == "RATE_LIMITED"
+            assert 0 < int(error.metadata["retry_after_s"]) <= 60
+            # Another tenant has its own allowance.
+            await stub.Complete(ask(uuid.uuid4().hex, tenant="quiet", quality_target=0), timeout=20)
+    finally:
+        await limited.stop(1)
+
+
+async def test_routing_goes_on_when_the_classifier_is_down(chain: Chain) -> None:
+    blind = await extra_router(chain, classifier_addr=f"127.0.0.1:{free_port()}", classifier_timeout_s=0.5)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{blind.port}") as channel:
+            reply = await router_pb2_grpc.RouterStub(channel).Complete(ask(uuid.uuid4().hex), timeout=20)
+        assert reply.model == "strong-model"  # quality is kept when predictions are missing
+        assert "classifier unavailable" in reply.decision.reason
+    finally:
+        await blind.stop(1)
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_metrics_account_for_cost_and_savings(chain: Chain, stub: router_pb2_grpc.RouterStub) -> None:
+    before = {
+        "cost": sample("llmrouter_router_cost_usd_total", model="cheap-model"),
+        "baseline": sample("llmrouter_router_baseline_cost_usd_total"),
+        "requests": sample(
+            "llmrouter_router_requests_total", model="cheap-model", reason="cheapest_meeting_target", outcome="ok"
+        ),
+        "rpcs": sample("llmrouter_grpc_requests_total", service="router", method="Complete", code="OK"),
+    }
+    reply = await stub.Complete(ask(uuid.uuid4().hex, quality_target=0), timeout=20)
+    assert reply.model == "cheap-model"
+    cost = sample("llmrouter_router_cost_usd_total", model="cheap-model") - before["cost"]
+    assert cost == pytest.approx(float(reply.cost_usd))
+    baseline = sample("llmrouter_router_baseline_cost_usd_total") - before["baseline"]
+    assert baseline > cost  # the strong model would have cost more: the difference is the saving
+    assert (
+        sample("llmrouter_router_requests_total", model="cheap-model", reason="cheapest_meeting_target", outcome="ok")
+        == before["requests"] + 1
+    )
+    assert sample("llmrouter_grpc_requests_total", service="router", method="Complete", code="OK") == before["rpcs"] + 1
