@@ -56,9 +56,11 @@ class Dispatcher:
             )
         return self.breakers[model]
 
-    async def generate(self, model: ModelSpec, request: UpstreamRequest) -> provider_pb2.GenerateResponse:
+    async def generate(
+        self, model: ModelSpec, request: UpstreamRequest, budget_s: float | None = None
+    ) -> provider_pb2.GenerateResponse:
         start = time.perf_counter()
-        deadline = asyncio.get_running_loop().time() + self.spec.total_timeout_s
+        deadline = self._deadline(budget_s)
         retries = 0
         try:
             async with self._slot(deadline):
@@ -82,10 +84,10 @@ class Dispatcher:
         return self._response(model, request, completion, retries, start)
 
     async def generate_stream(
-        self, model: ModelSpec, request: UpstreamRequest
+        self, model: ModelSpec, request: UpstreamRequest, budget_s: float | None = None
     ) -> AsyncIterator[provider_pb2.GenerateChunk]:
         start = time.perf_counter()
-        deadline = asyncio.get_running_loop().time() + self.spec.total_timeout_s
+        deadline = self._deadline(budget_s)
         retries = 0
         delivered: list[str] = []
         end = Completion()
@@ -122,6 +124,12 @@ class Dispatcher:
         end.content = "".join(delivered)
         yield provider_pb2.GenerateChunk(final=self._response(model, request, end, retries, start))
 
+    def _deadline(self, budget_s: float | None) -> float:
+        """The provider's total timeout, shortened to the caller's own gRPC deadline when that comes first, so
+        a retry is never scheduled past it: the caller gets the real error, not a bare DEADLINE_EXCEEDED."""
+        total = self.spec.total_timeout_s if budget_s is None else min(self.spec.total_timeout_s, budget_s)
+        return asyncio.get_running_loop().time() + total
+
     @asynccontextmanager
     async def _slot(self, deadline: float) -> AsyncIterator[None]:
         """Wait for one of the provider's concurrency slots, but not past the deadline."""
@@ -154,7 +162,7 @@ class Dispatcher:
     def _judge(self, breaker: CircuitBreaker, exc: UpstreamError | TimeoutError) -> UpstreamError:
         """Record what a failed attempt says about the upstream's health."""
         if isinstance(exc, TimeoutError):
-            exc = UpstreamError("timeout", f"no answer within the total timeout of {self.spec.total_timeout_s}s")
+            exc = UpstreamError("timeout", "no answer within the call's deadline")
         if exc.kind in _UNHEALTHY:
             breaker.failure()
         else:

@@ -26,13 +26,14 @@ class ProviderServicer(provider_pb2_grpc.ProviderServicer):
         self, request: provider_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> provider_pb2.GenerateResponse:
         model, dispatcher = self.catalog.resolve(request.model)
-        return await dispatcher.generate(model, upstream_request(model, request))
+        return await dispatcher.generate(model, upstream_request(model, request), context.time_remaining())
 
     async def GenerateStream(
         self, request: provider_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[provider_pb2.GenerateChunk]:
         model, dispatcher = self.catalog.resolve(request.model)
-        async for chunk in dispatcher.generate_stream(model, upstream_request(model, request)):
+        upstream = upstream_request(model, request)
+        async for chunk in dispatcher.generate_stream(model, upstream, context.time_remaining()):
             yield chunk
 
     async def ListModels(

@@ -6,13 +6,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import grpc
 import pytest
 
 from llmrouter.v1 import common_pb2
 from services.providers.settings import ProvidersSettings
 from tests.fakes import FakeAnthropic, FakeOpenAI
 from tests.providers.conftest import providers_service
-from tests.providers.helpers import request
+from tests.providers.helpers import error_of, request
 
 MODEL_DIR = ProvidersSettings().local_model_dir
 pytestmark = pytest.mark.skipif(
@@ -72,3 +73,10 @@ def test_build_is_idempotent() -> None:
     start = time.perf_counter()
     build(MODEL_DIR)  # already built: only a smoke test runs
     assert weights.stat().st_mtime_ns == before and time.perf_counter() - start < 15
+
+
+async def test_prompt_beyond_the_context_is_refused(local_stub) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await local_stub.Generate(request("smollm2-135m", "word " * 9000, max_tokens=4))
+    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert error_of(info.value).reason == "CONTEXT_LENGTH_EXCEEDED"

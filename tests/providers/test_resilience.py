@@ -246,3 +246,11 @@ async def test_cancelling_a_stream_cancels_the_upstream_stream(stub, upstream: U
         break
     call.cancel()
     assert await asyncio.to_thread(upstream.fake.wait_disconnect, 0, 2.0)
+
+
+async def test_no_retry_is_scheduled_past_the_callers_deadline(stub, upstream: Upstream) -> None:
+    upstream.fake.enqueue(Fault.error(429, retry_after=2))
+    start = time.perf_counter()
+    err = await _fails(stub.Generate(request(upstream.model), timeout=1.0))
+    # The caller learns why at once, instead of a bare DEADLINE_EXCEEDED a second later.
+    assert error_of(err).reason == "UPSTREAM_RATE_LIMITED" and time.perf_counter() - start < 0.5

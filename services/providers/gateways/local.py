@@ -38,7 +38,7 @@ class LocalGateway:
         return end
 
     async def stream(self, request: UpstreamRequest) -> AsyncIterator[StreamEvent]:
-        from services.providers.local_model.engine import Outcome
+        from services.providers.local_model.engine import Outcome, PromptTooLong
 
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] = asyncio.Queue()
@@ -71,6 +71,8 @@ class LocalGateway:
         loop.run_in_executor(self.workers, work)
         try:
             while (item := await queue.get()) is not _END:
+                if isinstance(item, PromptTooLong):
+                    raise UpstreamError("context_length", str(item))
                 if isinstance(item, Exception):
                     raise UpstreamError("bad_response", f"local model failed: {type(item).__name__}: {item}")
                 yield str(item)

@@ -16,6 +16,10 @@ Turn = tuple[str, str]  # (role, content)
 REPETITION_PENALTY = 1.2
 
 
+class PromptTooLong(ValueError):
+    pass
+
+
 @dataclass
 class Outcome:
     """Filled while a generation runs; final once its iterator is exhausted."""
@@ -48,7 +52,9 @@ class LocalEngine:
         )
         tokens = self.tokenizer.encode(prompt)
         outcome.input_tokens = len(tokens)
-        max_tokens = max(1, min(max_tokens, self.context_length - len(tokens)))
+        if len(tokens) >= self.context_length:
+            raise PromptTooLong(f"prompt of {len(tokens)} tokens exceeds the context of {self.context_length}")
+        max_tokens = min(max_tokens, self.context_length - len(tokens))
         params = og.GeneratorParams(self.model)
         sampling = {"do_sample": True, "temperature": temperature} if temperature else {"do_sample": False}
         params.set_search_options(
