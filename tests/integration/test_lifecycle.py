@@ -137,3 +137,19 @@ async def test_shutdown_drains_in_flight_calls(slow_budget: Chain) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.Complete(request, timeout=2)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_every_provider_failing_is_a_5xx_with_an_openai_body(slow_budget: Chain) -> None:
+    chain = slow_budget
+    # Each provider makes a first attempt and one retry; all four fail.
+    chain.budget.enqueue(Fault.error(503), Fault.error(503))
+    chain.premium.enqueue(Fault.error(503), Fault.error(503))
+    try:
+        async with httpx.AsyncClient(timeout=30) as http:
+            body = {"messages": [{"role": "user", "content": uuid.uuid4().hex}], "quality_target": 0}
+            reply = await http.post(f"{chain.base_url}/chat/completions", json=body)
+        assert reply.status_code in (502, 503), reply.text
+        assert reply.json()["error"]["message"].startswith("upstream error")
+        assert len(chain.budget.faults) == len(chain.premium.faults) == 0  # both were tried
+    finally:
+        chain.premium.faults.clear()
