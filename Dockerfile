@@ -12,19 +12,23 @@ ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 # checkov:skip=CKV_DOCKER_2: Kubernetes ignores HEALTHCHECK; the chart probes each service (gRPC health, /healthz)
 
 FROM ${PYTHON_IMAGE} AS build
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-# Dependencies first (cached while only the code changes), then the project itself.
 COPY pyproject.toml README.md ./
 COPY llmrouter llmrouter
 COPY services services
-RUN pip install .
+# A regular (not editable) install: the runtime stage takes /opt/venv alone. The pip cache stays in BuildKit.
+RUN --mount=type=cache,target=/root/.cache/pip pip install .
 
 FROM ${PYTHON_IMAGE}
 ARG ARTEFACTS=artefacts
+# HOME and caches on /tmp: the root filesystem is read-only in the pods (onnxruntime keeps a cache under ~/.cache,
+# tiktoken under /tmp); the chart mounts an emptyDir there.
 ENV PATH=/opt/venv/bin:$PATH \
+    HOME=/tmp \
+    XDG_CACHE_HOME=/tmp/.cache \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     HF_HUB_OFFLINE=1 \

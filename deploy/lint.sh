@@ -5,7 +5,7 @@
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$ROOT"
+cd "$ROOT" || exit 1
 deploy/install-tools.sh || { echo "deploy lint: cannot install the tools" >&2; exit 1; }
 export PATH="$ROOT/.tools/bin:$PATH" CHECKPOINT_DISABLE=1
 TOOLS_PY="$ROOT/.tools/venv/bin/python"
@@ -25,7 +25,8 @@ step() {  # step NAME COMMAND...: run one check, record its outcome
   if "$@"; then passed=$((passed + 1)); else failed+=("$name"); echo "FAILED: $name"; fi
 }
 
-# --- image ---------------------------------------------------------------------------------------------------
+# --- scripts and image ----------------------------------------------------------------------------------------
+step "shellcheck deploy/*.sh" shellcheck deploy/*.sh
 step "hadolint Dockerfile" hadolint Dockerfile
 step "checkov Dockerfile" checkov --skip-download --compact --quiet --framework dockerfile -f Dockerfile
 

@@ -234,3 +234,18 @@ def test_a_shared_router_without_redis_is_refused() -> None:
     with pytest.raises(subprocess.CalledProcessError) as failure:
         render("--set", "redis.enabled=false")
     assert "more than one replica needs redis" in failure.value.stderr
+
+
+@pytest.mark.parametrize(
+    ("setting", "complaint"),
+    [
+        ("edge.porrt=1", "additional properties 'porrt' not allowed"),
+        ("image.tag=latest", "/image/tag"),
+        ("monitoring.prometheusRule.hourlyBudgetUsd=0", "hourlyBudgetUsd"),
+        ("redis.url=http://redis:6379", "/redis/url"),
+    ],
+)
+def test_values_schema_refuses_mistakes(setting: str, complaint: str) -> None:
+    with pytest.raises(subprocess.CalledProcessError) as failure:
+        render("--set", setting)
+    assert complaint in failure.value.stderr
