@@ -90,11 +90,11 @@ class Dispatcher:
         deadline = self._deadline(budget_s)
         retries = 0
         delivered: list[str] = []
-        end = Completion()
         try:
             async with self._slot(deadline):
                 while True:
                     breaker = self._admit(model)
+                    end = Completion()  # usage of a failed attempt must not leak into the next one
                     events = self.gateway.stream(request)
                     try:
                         while (event := await _next(events, deadline)) is not None:

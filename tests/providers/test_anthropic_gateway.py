@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+from llmrouter.tokens import count_message_tokens
 from tests.fakes import FakeAnthropic, Fault
 from tests.providers.conftest import ANTHROPIC_KEY
 from tests.providers.helpers import collect, cost, request
@@ -62,3 +63,12 @@ async def test_stream_without_usage_is_estimated(stub, anthropic_fake: FakeAnthr
     deltas, final = await collect(stub, request("claude"))
     assert final is not None and final.usage.estimated
     assert final.usage.output_tokens > 0 and final.content == "".join(deltas)
+
+
+async def test_retried_stream_reports_only_the_final_attempts_usage(stub, anthropic_fake: FakeAnthropic) -> None:
+    # The first attempt is cut after message_start (which reported input tokens), before any text; the retry
+    # reports no usage at all. Nothing from the failed attempt may be billed as if it were measured.
+    anthropic_fake.enqueue(Fault.cut(after_chunks=1), Fault.no_usage())
+    _, final = await collect(stub, request("claude"))
+    assert final is not None and final.retries == 1 and final.usage.estimated
+    assert final.usage.input_tokens == count_message_tokens(request("claude").messages)  # counted, not leaked

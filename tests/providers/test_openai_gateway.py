@@ -10,7 +10,7 @@ import pytest
 
 from llmrouter.v1 import common_pb2
 from tests.fakes import FakeOpenAI, Fault
-from tests.providers.conftest import OPENAI_KEY
+from tests.providers.conftest import OPENAI_KEY, providers_service
 from tests.providers.helpers import collect, cost, error_of, request
 
 
@@ -119,3 +119,15 @@ async def test_api_key_is_redacted_from_errors(stub, openai_fake: FakeOpenAI) ->
     assert err.reason == "UPSTREAM_ERROR" and info.value.code() is grpc.StatusCode.FAILED_PRECONDITION
     assert OPENAI_KEY not in info.value.details() and "[redacted]" in info.value.details()
     assert OPENAI_KEY not in str(err.metadata)
+
+
+async def test_models_without_a_key_are_not_offered(
+    tmp_path, openai_fake: FakeOpenAI, anthropic_fake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("FAKE_OPENAI_KEY")
+    async with providers_service(tmp_path, openai_fake.base_url, anthropic_fake.base_url) as stub:
+        models = await stub.ListModels(common_pb2.ListModelsRequest())
+        assert [m.name for m in models.models] == ["claude"]
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Generate(request("cheap"))
+    assert error_of(info.value).reason == "MODEL_NOT_FOUND" and not openai_fake.requests
