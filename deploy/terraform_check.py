@@ -26,9 +26,10 @@ ROOT = Path(__file__).resolve().parent.parent
 MODULE = ROOT / "terraform"
 CHART_VALUES = ROOT / "helm" / "llm-cost-router" / "values.yaml"
 
-# Inputs the module must accept: name -> variables.
-GOOD: dict[str, dict] = {
+# Inputs the module must accept: name -> variables, or the path of a .tfvars file.
+GOOD: dict[str, dict | Path] = {
     "defaults": {},
+    "example": MODULE / "terraform.tfvars.example",
     "full": {
         "namespace": "llm-prod",
         "release_name": "llm",
@@ -40,6 +41,7 @@ GOOD: dict[str, dict] = {
             "router": {"min_replicas": 2, "max_replicas": 6},
         },
         "ingress": {"host": "llm.example.com", "class_name": "nginx", "tls_secret": "llm-tls"},
+        "edge_api_keys": {"k-0123456789abcdef": "acme", "k-fedcba9876543210": "globex"},
         "hourly_budget_usd": 12.5,
         "edge_p99_slo_seconds": 30,
     },
@@ -56,6 +58,8 @@ BAD: list[tuple[dict, str]] = [
     ({"provider_api_keys": {"openai": "sk-test"}}, "ending in _API_KEY"),
     ({"provider_api_keys": {"OPENAI_API_KEY": " "}}, "must not be empty"),
     ({"redis_url": "http://redis:6379"}, "redis_url must start with"),
+    ({"edge_api_keys": {"short": "acme"}}, "edge_api_keys keys must be at least 16"),
+    ({"edge_api_keys": {"k-0123456789abcdef": "Acme Corp"}}, "edge_api_keys tenants must be"),
     ({"ingress": {"host": "not a host"}}, "ingress.host must be a fully qualified"),
     ({"hourly_budget_usd": 0}, "hourly_budget_usd must be positive"),
     ({"edge_p99_slo_seconds": 900}, "edge_p99_slo_seconds must be in"),
@@ -63,7 +67,7 @@ BAD: list[tuple[dict, str]] = [
 
 OUTPUTS = """
 output "values_yaml" {
-  value = yamlencode(local.values)
+  value = yamlencode(local.chart_values)
 }
 """
 
@@ -107,8 +111,12 @@ def main(out_dir: Path) -> int:
             return 1
 
         for name, variables in GOOD.items():
-            var_file = work / f"{name}.tfvars.json"
-            var_file.write_text(json.dumps(variables))
+            if isinstance(variables, Path):
+                var_file = work / f"{name}.tfvars"
+                shutil.copy(variables, var_file)
+            else:
+                var_file = work / f"{name}.tfvars.json"
+                var_file.write_text(json.dumps(variables))
             state = work / f"{name}.tfstate"
             code, out, err = terraform(
                 work, "apply", "-auto-approve", "-input=false", "-no-color", f"-state={state}", f"-var-file={var_file}"

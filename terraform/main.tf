@@ -35,17 +35,36 @@ resource "kubernetes_secret_v1" "redis" {
   data = { url = var.redis_url }
 }
 
+resource "kubernetes_secret_v1" "edge_keys" {
+  count      = local.edge_auth ? 1 : 0
+  depends_on = [kubernetes_namespace_v1.this]
+
+  metadata {
+    name      = local.edge_secret
+    namespace = var.namespace
+    labels    = { "app.kubernetes.io/part-of" = "llm-cost-router" }
+  }
+  type = "Opaque"
+  # The edge's EDGE_API_KEYS_FILE format: one "key=tenant" per line.
+  data = { "api-keys" = join("\n", [for key, tenant in var.edge_api_keys : "${key}=${tenant}"]) }
+}
+
 resource "helm_release" "llm_cost_router" {
   name      = var.release_name
   namespace = var.namespace
   chart     = coalesce(var.chart_path, "${path.module}/../helm/llm-cost-router")
 
-  values = concat([yamlencode(local.values)], var.extra_values)
+  values = concat([yamlencode(local.chart_values)], var.extra_values)
 
   atomic          = true
   cleanup_on_fail = true
   wait            = true
   timeout         = 600
 
-  depends_on = [kubernetes_namespace_v1.this, kubernetes_secret_v1.provider_keys, kubernetes_secret_v1.redis]
+  depends_on = [
+    kubernetes_namespace_v1.this,
+    kubernetes_secret_v1.provider_keys,
+    kubernetes_secret_v1.redis,
+    kubernetes_secret_v1.edge_keys,
+  ]
 }

@@ -3,8 +3,10 @@
 locals {
   provider_secret = "${var.release_name}-provider-keys"
   redis_secret    = "${var.release_name}-redis"
+  edge_secret     = "${var.release_name}-edge-keys"
   # Whether there is a URL is no secret; the URL itself stays sensitive.
   external_redis   = nonsensitive(var.redis_url != null)
+  edge_auth        = nonsensitive(length(var.edge_api_keys) > 0)
   edge_service_dns = "${var.release_name}-edge.${var.namespace}.svc.cluster.local" # fullnameOverride
 
   # Values for the chart (helm/llm-cost-router/values.yaml), only what this module decides.
@@ -13,6 +15,9 @@ locals {
       image = var.image
       providers = {
         apiKeys = { existingSecret = local.provider_secret }
+      }
+      edge = {
+        apiKeys = { existingSecret = local.edge_auth ? local.edge_secret : "" }
       }
       fullnameOverride = var.release_name
       redis = {
@@ -35,10 +40,11 @@ locals {
         tls       = try(var.ingress.tls_secret, "") == "" ? [] : [{ secretName = var.ingress.tls_secret, hosts = [var.ingress.host] }]
       }
     },
-    {
-      for name, a in var.autoscaling : name => {
-        autoscaling = { enabled = true, minReplicas = a.min_replicas, maxReplicas = a.max_replicas }
-      }
-    },
   )
+  # Per-service HPA bounds, merged into the service sections above.
+  chart_values = merge(local.values, {
+    for name, a in var.autoscaling : name => merge(lookup(local.values, name, {}), {
+      autoscaling = { enabled = true, minReplicas = a.min_replicas, maxReplicas = a.max_replicas }
+    })
+  })
 }

@@ -102,6 +102,22 @@ variable "provider_api_keys" {
   }
 }
 
+variable "edge_api_keys" {
+  description = "Client API keys the edge accepts, key => tenant (budgets and rate limits are per tenant). Kept in a Secret mounted as a file; empty: the edge accepts every caller."
+  type        = map(string)
+  default     = {}
+  sensitive   = true
+
+  validation {
+    condition     = alltrue([for key in keys(var.edge_api_keys) : can(regex("^[A-Za-z0-9_.-]{16,}$", key))])
+    error_message = "edge_api_keys keys must be at least 16 characters of letters, digits, '_', '.' or '-'."
+  }
+  validation {
+    condition     = alltrue([for tenant in values(var.edge_api_keys) : can(regex("^[a-z0-9][a-z0-9_-]*$", tenant))])
+    error_message = "edge_api_keys tenants must be lower-case names (letters, digits, '_', '-')."
+  }
+}
+
 variable "redis_url" {
   description = "URL of an external Redis (redis:// or rediss://), kept in a Secret; null runs the chart's single Redis."
   type        = string

@@ -249,3 +249,13 @@ def test_values_schema_refuses_mistakes(setting: str, complaint: str) -> None:
     with pytest.raises(subprocess.CalledProcessError) as failure:
         render("--set", setting)
     assert complaint in failure.value.stderr
+
+
+@pytest.mark.parametrize("svc", SERVICES)
+def test_shutdown_fits_in_the_grace_period(docs: list[dict], svc: str) -> None:
+    pod = by_kind(docs, "Deployment")[name(svc)]["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    sleep = int(c["lifecycle"]["preStop"]["exec"]["command"][1])
+    drain = 10  # ServiceSettings.grace_seconds default
+    assert sleep > 0
+    assert pod["terminationGracePeriodSeconds"] > sleep + drain

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -56,3 +57,19 @@ def test_a_broken_alert_fails_its_tests(tmp_path: Path, alert: str, field: str, 
     result = run_tests(broken, tmp_path)
     assert result.returncode != 0
     assert alert in result.stdout + result.stderr
+
+
+def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
+    """promtool parses every dashboard query (Grafana's variables replaced), as the rules of a scratch file."""
+    dashboard = json.loads((CHART / "files" / "dashboard.json").read_text())
+    rules = [
+        {"record": f"dashboard:panel{panel['id']}:{target['refId']}", "expr": expr}
+        for panel in dashboard["panels"]
+        for target in panel.get("targets", [])
+        for expr in [target["expr"].replace("$__rate_interval", "5m").replace("$__range", "1h")]
+    ]
+    assert len(rules) > 20
+    path = tmp_path / "dashboard-rules.yaml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    result = subprocess.run([promtool(), "check", "rules", str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
