@@ -32,6 +32,9 @@ _STATUS = {
 # Failures that say something about the upstream's health; a 429 or a refused request does not.
 _UNHEALTHY = {"timeout", "unavailable", "bad_response"}
 
+# Time kept back from the caller's deadline for our error to travel back to it.
+_DEADLINE_MARGIN_S = 0.05
+
 log = logging.getLogger("llmrouter.providers")
 
 
@@ -125,9 +128,12 @@ class Dispatcher:
         yield provider_pb2.GenerateChunk(final=self._response(model, request, end, retries, start))
 
     def _deadline(self, budget_s: float | None) -> float:
-        """The provider's total timeout, shortened to the caller's own gRPC deadline when that comes first, so
-        a retry is never scheduled past it: the caller gets the real error, not a bare DEADLINE_EXCEEDED."""
-        total = self.spec.total_timeout_s if budget_s is None else min(self.spec.total_timeout_s, budget_s)
+        """The provider's total timeout, shortened to just before the caller's own gRPC deadline when that
+        comes first: no retry is scheduled past it, and the caller gets the real error in time rather than a
+        bare DEADLINE_EXCEEDED."""
+        total = self.spec.total_timeout_s
+        if budget_s is not None:
+            total = min(total, max(0.0, budget_s - _DEADLINE_MARGIN_S))
         return asyncio.get_running_loop().time() + total
 
     @asynccontextmanager

@@ -254,3 +254,42 @@ async def test_no_retry_is_scheduled_past_the_callers_deadline(stub, upstream: U
     err = await _fails(stub.Generate(request(upstream.model), timeout=1.0))
     # The caller learns why at once, instead of a bare DEADLINE_EXCEEDED a second later.
     assert error_of(err).reason == "UPSTREAM_RATE_LIMITED" and time.perf_counter() - start < 0.5
+
+
+async def test_waiting_for_a_slot_ends_with_a_clear_error_before_the_callers_deadline(
+    service, openai_fake: FakeOpenAI
+) -> None:
+    openai_fake.enqueue(Fault.hang())
+    async with service(max_concurrency=1) as stub:
+        busy = stub.Generate(request("cheap"))
+        await asyncio.sleep(0.2)
+        err = await _fails(stub.Generate(request("cheap"), timeout=0.5))
+        busy.cancel()
+    assert error_of(err).reason == "UPSTREAM_TIMEOUT" and "no free slot" in err.details()
+    assert len(openai_fake.requests) == 1  # the queued call never reached the upstream
+
+
+async def test_metrics_follow_the_conventions(stub, openai_fake: FakeOpenAI) -> None:
+    labels = {"provider": "fakeai", "model": "strong"}
+
+    def snapshot() -> dict[str, float]:
+        return {
+            "ok": metric("llmrouter_provider_requests_total", outcome="ok", **labels),
+            "rate_limited": metric("llmrouter_provider_requests_total", outcome="rate_limited", **labels),
+            "input": metric("llmrouter_provider_tokens_total", direction="input", **labels),
+            "output": metric("llmrouter_provider_tokens_total", direction="output", **labels),
+            "calls": metric("llmrouter_provider_request_duration_seconds_count", **labels),
+            "ttft": metric("llmrouter_provider_time_to_first_token_seconds_count", **labels),
+        }
+
+    before = snapshot()
+    resp = await stub.Generate(request("strong"))
+    _, final = await collect(stub, request("strong"))
+    openai_fake.enqueue(*[Fault.error(429, retry_after=0)] * 3)
+    await _fails(stub.Generate(request("strong")))
+    after = snapshot()
+    assert final is not None
+    assert after["ok"] - before["ok"] == 2 and after["rate_limited"] - before["rate_limited"] == 1
+    assert after["input"] - before["input"] == resp.usage.input_tokens + final.usage.input_tokens
+    assert after["output"] - before["output"] == resp.usage.output_tokens + final.usage.output_tokens
+    assert after["calls"] - before["calls"] == 3 and after["ttft"] - before["ttft"] == 1
