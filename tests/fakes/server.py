@@ -12,7 +12,7 @@ import threading
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 FaultKind = Literal["status", "delay", "hang", "reset", "malformed", "cut", "no_usage"]
 
@@ -93,7 +93,7 @@ class _Disconnected(Exception):
 
 class FakeServer:
     """Base class: parses requests, applies queued faults, records what it received. Subclasses implement
-    `route`, `error_body` and `malformed_event`."""
+    `route`, `authorized`, `error_body` and `malformed_event`."""
 
     def __init__(self) -> None:
         self.faults: deque[Fault] = deque()
@@ -157,7 +157,7 @@ class FakeServer:
         loop.call_soon_threadsafe(loop.stop)
         self._thread.join(5)
 
-    def __enter__(self) -> FakeServer:
+    def __enter__(self) -> Self:
         self.start()
         return self
 

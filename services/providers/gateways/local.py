@@ -20,8 +20,6 @@ class LocalGateway:
 
         self.engine = LocalEngine(model_dir, threads=threads)
         self.workers = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="local-model")
-        self.running = 0  # generations still going, read by tests to see cancellation stop them
-        self._lock = threading.Lock()
 
     async def aclose(self) -> None:
         self.workers.shutdown(wait=False, cancel_futures=True)
@@ -56,17 +54,12 @@ class LocalGateway:
                 stop.set()
 
         def work() -> None:
-            with self._lock:
-                self.running += 1
             try:
                 for piece in self.engine.stream(turns, max_tokens, outcome, request.temperature, stop):
                     put(piece)
                 put(_END)
             except Exception as exc:  # surfaced to the caller as an upstream failure
                 put(exc)
-            finally:
-                with self._lock:
-                    self.running -= 1
 
         loop.run_in_executor(self.workers, work)
         try:

@@ -17,7 +17,7 @@ REPETITION_PENALTY = 1.2
 
 
 class PromptTooLong(ValueError):
-    pass
+    """The prompt alone fills the model's context window."""
 
 
 @dataclass
@@ -56,6 +56,7 @@ class LocalEngine:
             raise PromptTooLong(f"prompt of {len(tokens)} tokens exceeds the context of {self.context_length}")
         max_tokens = min(max_tokens, self.context_length - len(tokens))
         params = og.GeneratorParams(self.model)
+        # Temperature 0 or unset means greedy decoding, as with OpenAI.
         sampling = {"do_sample": True, "temperature": temperature} if temperature else {"do_sample": False}
         params.set_search_options(
             max_length=len(tokens) + max_tokens, repetition_penalty=REPETITION_PENALTY, **sampling
