@@ -12,7 +12,7 @@ TOOLS_PY="$ROOT/.tools/venv/bin/python"
 PY="$ROOT/.venv/bin/python"; [[ -x "$PY" ]] || PY="$TOOLS_PY"
 
 CHART=helm/llm-cost-router
-K8S_VERSION=1.34.0            # the kubectl/helm layer's Kubernetes minor
+K8S_VERSIONS=(1.27.0 1.34.0)  # the chart's kubeVersion floor (native gRPC probes) and the kubectl layer's minor
 NAMESPACE=llm-cost-router
 RENDER=.tools/render
 rm -rf "$RENDER" && mkdir -p "$RENDER/manifests" "$RENDER/values" "$RENDER/rules"
@@ -51,11 +51,13 @@ step "helm template refuses a multi-replica router without redis" \
   bash -c "! helm template x $CHART --set redis.enabled=false >/dev/null 2>&1"
 
 # --- rendered manifests ----------------------------------------------------------------------------------------
-# Core kinds against the Kubernetes $K8S_VERSION schemas (strict: no unknown fields). kubernetes-validate has no
-# schemas for the Prometheus Operator's CRDs: the PrometheusRule is checked by promtool below, the
-# ServiceMonitor's wiring by tests/deploy.
-step "kubernetes-validate (strict, $K8S_VERSION)" \
-  kubernetes-validate --strict --quiet --no-warn -k "$K8S_VERSION" "$RENDER"/manifests/*.yaml
+# Core kinds against the Kubernetes schemas (strict: no unknown fields). kubernetes-validate has no schemas for
+# the Prometheus Operator's CRDs: the PrometheusRule is checked by promtool below, the ServiceMonitor's wiring by
+# tests/deploy.
+for version in "${K8S_VERSIONS[@]}"; do
+  step "kubernetes-validate (strict, $version)" \
+    kubernetes-validate --strict --quiet --no-warn -k "$version" "$RENDER"/manifests/*.yaml
+done
 step "checkov kubernetes (rendered manifests)" \
   checkov --skip-download --compact --quiet --framework kubernetes -d "$RENDER/manifests"
 

@@ -9,7 +9,7 @@ import re
 import pytest
 import yaml
 
-from .conftest import CHART, ROOT, documented_metrics
+from .support import CHART, ROOT, documented_metrics
 
 RULES = yaml.safe_load((CHART / "files" / "prometheus-rules.yaml").read_text())
 RULE_TESTS = yaml.safe_load((ROOT / "deploy" / "prometheus" / "rules_test.yaml").read_text())

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 import yaml
 
-from .conftest import CHART, GRPC_SERVICES, SERVICES, by_kind, documented_ports, render
+from .support import CHART, GRPC_SERVICES, SERVICES, by_kind, documented_ports, render
 
 pytestmark = pytest.mark.slow
 VALUES = yaml.safe_load((CHART / "values.yaml").read_text())

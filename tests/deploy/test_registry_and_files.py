@@ -8,7 +8,7 @@ import yaml
 
 from llmrouter.registry import load_registry
 
-from .conftest import CHART, ROOT
+from .support import CHART, ROOT
 
 
 def test_chart_registry_is_config_models_yaml() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import CHART, ROOT
+from .support import CHART, ROOT
 
 pytestmark = pytest.mark.slow
 RULES = CHART / "files" / "prometheus-rules.yaml"
