@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 
 import grpc
@@ -253,7 +253,7 @@ class Dispatcher:
         return text.replace(self.secret, "[redacted]") if self.secret else text
 
 
-async def _next(events: AsyncIterator[StreamEvent], deadline: float) -> StreamEvent | None:
+async def _next(events: AsyncGenerator[StreamEvent, None], deadline: float) -> StreamEvent | None:
     """The next event, bounded by the call's deadline; None at the end of the stream."""
     async with asyncio.timeout_at(deadline):
         try:

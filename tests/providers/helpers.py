@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 import grpc
 from prometheus_client import REGISTRY
@@ -11,7 +12,7 @@ from llmrouter.errors import ServiceError
 from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc
 
 
-def request(model: str, text: str = "What is 2+2?", **fields: object) -> provider_pb2.GenerateRequest:
+def request(model: str, text: str = "What is 2+2?", **fields: Any) -> provider_pb2.GenerateRequest:
     messages = [
         common_pb2.ChatMessage(role="system", content="Be brief."),
         common_pb2.ChatMessage(role="user", content=text),

@@ -30,7 +30,7 @@ class Clock:
 
 
 def test_breaker_cycle() -> None:
-    clock, states = Clock(), []
+    clock, states = Clock(), list[State]()
     breaker = CircuitBreaker(failures=2, cooldown_s=10, on_change=states.append, clock=clock)
     breaker.failure()
     assert breaker.allow()  # one failure is not enough

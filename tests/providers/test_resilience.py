@@ -6,25 +6,29 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 
 from llmrouter.tokens import count_message_tokens, count_tokens
+from llmrouter.v1 import provider_pb2_grpc
 from tests.fakes import FakeAnthropic, FakeOpenAI, Fault
-from tests.fakes.server import FakeServer
 from tests.providers.conftest import providers_service
 from tests.providers.helpers import collect, cost, error_of, metric, request
+
+Starter = Callable[..., AbstractAsyncContextManager[provider_pb2_grpc.ProviderStub]]
 
 
 @dataclass
 class Upstream:
     model: str
     provider: str
-    fake: FakeServer
+    fake: FakeOpenAI | FakeAnthropic
     prices: tuple[str, str]
 
 
@@ -36,8 +40,8 @@ def upstream(request: pytest.FixtureRequest, openai_fake: FakeOpenAI, anthropic_
 
 
 @pytest.fixture
-def service(tmp_path: Path, openai_fake: FakeOpenAI, anthropic_fake: FakeAnthropic) -> Iterator[object]:
-    def start(**overrides: object) -> object:
+def service(tmp_path: Path, openai_fake: FakeOpenAI, anthropic_fake: FakeAnthropic) -> Iterator[Starter]:
+    def start(**overrides: Any) -> AbstractAsyncContextManager[provider_pb2_grpc.ProviderStub]:
         return providers_service(tmp_path, openai_fake.base_url, anthropic_fake.base_url, **overrides)
 
     yield start

@@ -4,7 +4,7 @@ message_stop."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from llmrouter.registry import ProviderSpec
@@ -41,7 +41,7 @@ class AnthropicGateway:
         input_tokens, output_tokens = _usage(payload.get("usage"))
         return Completion(text, _finish(payload.get("stop_reason")), input_tokens, output_tokens)
 
-    async def stream(self, request: UpstreamRequest) -> AsyncIterator[StreamEvent]:
+    async def stream(self, request: UpstreamRequest) -> AsyncGenerator[StreamEvent, None]:
         stopped = False
         async for event, data in post_sse(self.client, PATH, {**_body(request), "stream": True}):
             payload = loads(data)
@@ -97,7 +97,9 @@ def _translate_passthrough(extra: dict[str, Any]) -> dict[str, Any]:
         out["top_p"] = extra["top_p"]
     if stop := extra.get("stop"):
         out["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
-    tools = [t.get("function") for t in extra.get("tools") or [] if isinstance(t, dict) and t.get("function")]
+    tools: list[dict[str, Any]] = [
+        t["function"] for t in extra.get("tools") or [] if isinstance(t, dict) and isinstance(t.get("function"), dict)
+    ]
     if tools:
         out["tools"] = [
             {

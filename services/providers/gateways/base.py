@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 
-@dataclass(frozen=True)
+@dataclass
 class Message:
     role: str
     content: str
@@ -66,7 +66,7 @@ class UpstreamError(Exception):
 class Gateway(Protocol):
     async def complete(self, request: UpstreamRequest) -> Completion: ...
 
-    def stream(self, request: UpstreamRequest) -> AsyncIterator[StreamEvent]: ...
+    def stream(self, request: UpstreamRequest) -> AsyncGenerator[StreamEvent, None]: ...
 
     async def aclose(self) -> None: ...
 

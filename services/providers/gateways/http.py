@@ -117,12 +117,12 @@ async def post_sse(client: httpx.AsyncClient, path: str, body: dict[str, Any]) -
 
 
 async def _sse(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, str]]:
-    event, data = "", []
+    event, data = "", list[str]()
     async for line in lines:
         if not line:
             if data:
                 yield event or "message", "\n".join(data)
-            event, data = "", []
+            event, data = "", list[str]()
         elif not line.startswith(":"):  # ":" starts a comment (keep-alive)
             name, _, value = line.partition(":")
             value = value.removeprefix(" ")

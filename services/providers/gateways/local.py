@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -35,7 +35,7 @@ class LocalGateway:
         end.content = "".join(parts)
         return end
 
-    async def stream(self, request: UpstreamRequest) -> AsyncIterator[StreamEvent]:
+    async def stream(self, request: UpstreamRequest) -> AsyncGenerator[StreamEvent, None]:
         from services.providers.local_model.engine import Outcome, PromptTooLong
 
         loop = asyncio.get_running_loop()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from llmrouter.registry import ProviderSpec
@@ -30,7 +30,7 @@ class OpenAIGateway:
         input_tokens, output_tokens = _usage(payload.get("usage"))
         return Completion(content, finish, input_tokens, output_tokens)
 
-    async def stream(self, request: UpstreamRequest) -> AsyncIterator[StreamEvent]:
+    async def stream(self, request: UpstreamRequest) -> AsyncGenerator[StreamEvent, None]:
         body = {**_body(request), "stream": True, "stream_options": {"include_usage": True}}
         end = Completion()
         done = False
