@@ -8,9 +8,9 @@ output "release_name" {
   value       = helm_release.llm_cost_router.name
 }
 
-output "release_revision" {
-  description = "Helm release revision, bumped by every upgrade."
-  value       = helm_release.llm_cost_router.metadata.revision
+output "release_status" {
+  description = "Status of the Helm release (deployed, failed, ...)."
+  value       = helm_release.llm_cost_router.status
 }
 
 output "edge_endpoint" {
