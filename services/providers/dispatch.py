@@ -74,7 +74,7 @@ class Dispatcher:
                             completion = await self.gateway.complete(request)
                     except (UpstreamError, TimeoutError) as exc:
                         err = self._judge(breaker, exc)
-                        await self._backoff(model, err, retries, deadline)
+                        await self._backoff(model, request, err, retries, deadline)
                         retries += 1
                         continue
                     except asyncio.CancelledError:
@@ -112,7 +112,7 @@ class Dispatcher:
                         err = self._judge(breaker, exc)
                         if delivered:
                             raise self._interrupted(model, request, "".join(delivered), end, err) from None
-                        await self._backoff(model, err, retries, deadline)
+                        await self._backoff(model, request, err, retries, deadline)
                         retries += 1
                         continue
                     except (asyncio.CancelledError, GeneratorExit):
@@ -175,29 +175,32 @@ class Dispatcher:
             breaker.release()
         return exc
 
-    async def _backoff(self, model: ModelSpec, err: UpstreamError, retries: int, deadline: float) -> None:
+    async def _backoff(
+        self, model: ModelSpec, request: UpstreamRequest, err: UpstreamError, retries: int, deadline: float
+    ) -> None:
         """Sleep before the next attempt, or raise when retrying is not allowed or cannot finish in time."""
-        if not err.retryable or retries >= self.spec.max_retries:
-            raise self._failure(model, err, retries)
         delay = retry_delay(retries, self.spec.backoff_base_s, self.spec.backoff_max_s, err.retry_after)
-        if asyncio.get_running_loop().time() + delay >= deadline:
-            raise self._failure(model, err, retries)
+        give_up = not err.retryable or retries >= self.spec.max_retries
+        if give_up or asyncio.get_running_loop().time() + delay >= deadline:
+            raise self._failure(model, request, err, retries)
         metrics.RETRIES.labels(self.provider, model.name).inc()
         log.warning(
-            "retrying upstream call",
-            extra={
-                "provider": self.provider,
-                "model": model.name,
-                "error": self._redact(err.message),
-                "attempt": retries + 1,
-                "delay_s": round(delay, 3),
-            },
+            "retrying upstream call", extra={**self._log_fields(model, request, err), "delay_s": round(delay, 3)}
         )
         await asyncio.sleep(delay)
 
-    def _failure(self, model: ModelSpec, err: UpstreamError, retries: int) -> ServiceError:
+    def _log_fields(self, model: ModelSpec, request: UpstreamRequest, err: UpstreamError) -> dict[str, str]:
+        return {
+            "provider": self.provider,
+            "model": model.name,
+            "request_id": request.request_id,
+            "error": self._redact(err.message),
+        }
+
+    def _failure(self, model: ModelSpec, request: UpstreamRequest, err: UpstreamError, retries: int) -> ServiceError:
         code, reason, outcome = _STATUS[err.kind]
         metrics.REQUESTS.labels(self.provider, model.name, outcome).inc()
+        log.warning("upstream call failed", extra={**self._log_fields(model, request, err), "retries": retries})
         metadata = {"provider": self.provider, "model": model.name, "retries": str(retries)}
         if err.status is not None:
             metadata["upstream_status"] = str(err.status)
@@ -210,6 +213,7 @@ class Dispatcher:
     ) -> ServiceError:
         """The caller already holds part of the answer: fail, charging exactly what was served."""
         metrics.REQUESTS.labels(self.provider, model.name, _STATUS[err.kind][2]).inc()
+        log.warning("upstream stream interrupted", extra=self._log_fields(model, request, err))
         # Output counts the provider sent belong to an unfinished stream; count what the caller received.
         usage, cost = settle(model, request.messages, served, end.input_tokens, None)
         self._count_tokens(model, usage.input_tokens, usage.output_tokens)

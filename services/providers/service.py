@@ -75,6 +75,7 @@ def upstream_request(model: ModelSpec, request: provider_pb2.GenerateRequest) ->
         max_tokens=min(wanted, model.max_output_tokens),
         temperature=request.temperature if request.HasField("temperature") else None,
         passthrough=passthrough,
+        request_id=request.request_id,
     )
 
 

@@ -111,7 +111,9 @@ async def test_bad_passthrough_is_invalid_argument(stub) -> None:
     assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
 
 
-async def test_api_key_is_redacted_from_errors(stub, openai_fake: FakeOpenAI) -> None:
+async def test_api_key_is_redacted_from_errors_and_logs(
+    stub, openai_fake: FakeOpenAI, caplog: pytest.LogCaptureFixture
+) -> None:
     openai_fake.api_key = "a-different-key"  # the fake now rejects ours, quoting it like OpenAI does
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stub.Generate(request("cheap"))
@@ -119,6 +121,17 @@ async def test_api_key_is_redacted_from_errors(stub, openai_fake: FakeOpenAI) ->
     assert err.reason == "UPSTREAM_ERROR" and info.value.code() is grpc.StatusCode.FAILED_PRECONDITION
     assert OPENAI_KEY not in info.value.details() and "[redacted]" in info.value.details()
     assert OPENAI_KEY not in str(err.metadata)
+    logged = [r for r in caplog.records if r.name == "llmrouter.providers"]
+    assert logged and all(OPENAI_KEY not in str(r.__dict__) for r in logged)
+
+
+async def test_connection_refused_is_retried_then_unavailable(tmp_path, anthropic_fake) -> None:
+    async with providers_service(tmp_path, "http://127.0.0.1:9/v1", anthropic_fake.base_url) as stub:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Generate(request("cheap"))
+    err = error_of(info.value)
+    assert info.value.code() is grpc.StatusCode.UNAVAILABLE and err.reason == "UPSTREAM_UNAVAILABLE"
+    assert err.metadata["retries"] == "2"
 
 
 async def test_models_without_a_key_are_not_offered(

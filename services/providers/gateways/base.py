@@ -23,6 +23,7 @@ class UpstreamRequest:
     temperature: float | None = None
     # OpenAI-style extras (tools, response_format, ...) passed through untouched.
     passthrough: dict[str, Any] = field(default_factory=dict)
+    request_id: str = ""  # for logs only
 
 
 @dataclass
