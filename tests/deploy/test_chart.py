@@ -259,3 +259,38 @@ def test_shutdown_fits_in_the_grace_period(docs: list[dict], svc: str) -> None:
     drain = 10  # ServiceSettings.grace_seconds default
     assert sleep > 0
     assert pod["terminationGracePeriodSeconds"] > sleep + drain
+
+
+def _egress_ports(policy: dict) -> dict[int, list[dict]]:
+    return {port["port"]: rule.get("to") for rule in policy["spec"]["egress"] for port in rule["ports"]}
+
+
+def test_egress_reaches_dns_and_callees_only() -> None:
+    policies = by_kind(render("--set", "networkPolicy.egress.enabled=true"), "NetworkPolicy")
+    for policy in policies.values():
+        assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    component = {
+        svc: {
+            port: sorted(
+                peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+                for peer in to
+                if "podSelector" in peer and "namespaceSelector" not in peer
+            )
+            for port, to in _egress_ports(policies[name(svc)]).items()
+        }
+        for svc in SERVICES
+    }
+    assert component["edge"] == {53: [], 50053: ["router"]}
+    assert component["router"] == {53: [], 50051: ["classifier"], 50052: ["providers"], 6379: ["redis"]}
+    assert component["classifier"] == {53: []}
+    assert component["providers"] == {53: [], 443: []}
+    (api,) = _egress_ports(policies[name("providers")])[443]
+    assert api["ipBlock"]["cidr"] == "0.0.0.0/0" and "10.0.0.0/8" in api["ipBlock"]["except"]
+    assert policies[name("redis")]["spec"]["egress"] == []
+
+
+def test_egress_to_an_external_redis() -> None:
+    docs = render("-f", str(CHART / "ci" / "production-values.yaml"))
+    router = _egress_ports(by_kind(docs, "NetworkPolicy")[name("router")])
+    assert router[6380] == [{"ipBlock": {"cidr": "10.20.0.0/24"}}]
+    assert 6379 not in router

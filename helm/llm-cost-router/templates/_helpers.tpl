@@ -8,6 +8,11 @@ classifier providers router edge
 {{- dict "router" "edge" "classifier" "router" "providers" "router" "redis" "router" | toJson -}}
 {{- end }}
 
+{{/* Whom each service calls (egress NetworkPolicy): the reverse of llmrouter.callers. */}}
+{{- define "llmrouter.callees" -}}
+{{- dict "edge" (list "router") "router" (list "classifier" "providers") "classifier" list "providers" list | toJson -}}
+{{- end }}
+
 {{- define "llmrouter.name" -}}
 {{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
 {{- end }}
