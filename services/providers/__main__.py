@@ -2,13 +2,13 @@
 
 from llmrouter.server import run_service
 from llmrouter.settings import load_settings
-from services.providers.service import SERVICE, build
+from services.providers.service import build
 from services.providers.settings import ProvidersSettings
 
 
 def main() -> None:
     settings = load_settings(ProvidersSettings)
-    run_service(SERVICE, settings, lambda: build(settings))
+    run_service("providers", settings, lambda: build(settings))  # the `service` label of metrics and logs
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ import yaml
 from llmrouter.server import start_server
 from llmrouter.v1 import provider_pb2_grpc
 from services.providers import ProvidersSettings, build
-from services.providers.service import SERVICE
 from tests.fakes import FakeAnthropic, FakeOpenAI
 
 OPENAI_KEY = "sk-fake-openai-0123456789"
@@ -109,7 +108,7 @@ async def providers_service(
         port=0, metrics_port=None, registry_path=path, local_model_dir=local_model_dir or tmp_path / "no-model"
     )
     registrations, closers = await build(settings)
-    running = await start_server(SERVICE, settings, registrations, closers)
+    running = await start_server("providers", settings, registrations, closers)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             yield provider_pb2_grpc.ProviderStub(channel)

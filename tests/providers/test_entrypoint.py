@@ -37,7 +37,7 @@ async def test_serves_and_drains(tmp_path: Path, openai_fake: FakeOpenAI, anthro
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
-        assert line.startswith("READY llmrouter.v1.Provider "), line
+        assert line.startswith("READY providers "), line
         port = int(line.split()[-1])
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             models = await provider_pb2_grpc.ProviderStub(channel).ListModels(common_pb2.ListModelsRequest())

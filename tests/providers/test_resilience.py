@@ -284,6 +284,7 @@ async def test_metrics_follow_the_conventions(stub, openai_fake: FakeOpenAI) -> 
             "output": metric("llmrouter_provider_tokens_total", direction="output", **labels),
             "calls": metric("llmrouter_provider_request_duration_seconds_count", **labels),
             "ttft": metric("llmrouter_provider_time_to_first_token_seconds_count", **labels),
+            "rpc_ok": metric("llmrouter_grpc_requests_total", service="providers", method="Generate", code="OK"),
         }
 
     before = snapshot()
@@ -297,3 +298,4 @@ async def test_metrics_follow_the_conventions(stub, openai_fake: FakeOpenAI) -> 
     assert after["input"] - before["input"] == resp.usage.input_tokens + final.usage.input_tokens
     assert after["output"] - before["output"] == resp.usage.output_tokens + final.usage.output_tokens
     assert after["calls"] - before["calls"] == 3 and after["ttft"] - before["ttft"] == 1
+    assert after["rpc_ok"] - before["rpc_ok"] == 1
