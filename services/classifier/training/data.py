@@ -99,8 +99,8 @@ def merge(a: OutcomeMatrix, b: OutcomeMatrix) -> OutcomeMatrix:
 class TrainingData:
     matrix: OutcomeMatrix
     routerbench_models: list[str]
-    sha256: str
-    files: list[str]
+    sha256: str  # of both files, in order
+    file_sha256: dict[str, str]
 
 
 def load_training_data(directory: Path | None = None) -> TrainingData:
@@ -112,5 +112,8 @@ def load_training_data(directory: Path | None = None) -> TrainingData:
     mmlu = build_matrix(list(read_jsonl(mmlu_path)), "domain")
     mmlu.groups = [f"mmlu:{g}" for g in mmlu.groups]
     return TrainingData(
-        merge(routerbench, mmlu), routerbench.models, file_sha256(rb_path, mmlu_path), [rb_path.name, mmlu_path.name]
+        merge(routerbench, mmlu),
+        routerbench.models,
+        file_sha256(rb_path, mmlu_path),
+        {p.name: file_sha256(p) for p in (rb_path, mmlu_path)},
     )

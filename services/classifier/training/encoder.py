@@ -15,6 +15,9 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +38,20 @@ def minilm_dir() -> Path:
 
 
 QUANTIZATIONS = ("weight-only", "dynamic")
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """The exporter warns about tracing and the quantisers log every node at INFO on the root logger."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.setLevel(level)
 
 
 def export_encoder(out: Path, quantization: str = "weight-only") -> Path:
@@ -61,7 +78,7 @@ def export_encoder(out: Path, quantization: str = "weight-only") -> Path:
 
     model = MeanPooled(AutoModel.from_pretrained(str(minilm_dir())).eval())
     dummy = torch.ones(2, 16, dtype=torch.long)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _quiet():
         fp32 = Path(tmp) / "encoder-fp32.onnx"
         with torch.no_grad():
             torch.onnx.export(

@@ -25,6 +25,10 @@ TAIL_TOKENS = 94  # 32 + 94 + [CLS] + [SEP] = 128, the length MiniLM was trained
 FOLDS = 5
 
 
+def encoder_path(cache_dir: Path, quantization: str) -> Path:
+    return cache_dir / f"encoder-{quantization}-int8.onnx"
+
+
 def sample(matrix: OutcomeMatrix, per_group_source: int, seed: int) -> OutcomeMatrix:
     """A small reproducible sample: `per_group_source` prompts from RouterBench and as many from MMLU."""
     rng = np.random.default_rng(seed)
@@ -80,7 +84,7 @@ def train(
     cache_dir = cache_dir or out / "cache"
     cache_dir.mkdir(parents=True, exist_ok=True)
     matrix = sample(data.matrix, sample_prompts, seed) if sample_prompts else data.matrix
-    encoder = export_encoder(cache_dir / f"encoder-{quantization}-int8.onnx", quantization)
+    encoder = export_encoder(encoder_path(cache_dir, quantization), quantization)
     tokenizer = PromptTokenizer(copy_tokenizer(out), HEAD_TOKENS, TAIL_TOKENS)
     log.info("embedding %d prompts", len(matrix.texts))
     features = embed(matrix.texts, encoder, tokenizer, cache_dir, threads)
@@ -93,13 +97,14 @@ def train(
         "models": matrix.models,
         "routerbench_models": data.routerbench_models,
         "model_aliases_applied": {"mistralai/Mixtral-8x7B-Instruct-v0.1": "mistralai/mixtral-8x7b-chat"},
-        "representation": f"all-MiniLM-L6-v2 mean-pooled, L2-normalised, int8 ({quantization})",
+        "representation": "all-MiniLM-L6-v2 mean-pooled, L2-normalised, int8",
+        "quantization": quantization,
         "heads": {"kind": "logistic regression per model", "C": c},
         "truncation": {"head_tokens": HEAD_TOKENS, "tail_tokens": TAIL_TOKENS},
         "seed": seed,
         "training_data": {
             "sha256": data.sha256,
-            "files": data.files,
+            "file_sha256": data.file_sha256,
             "prompts": len(matrix.texts),
             "rows": int((~np.isnan(matrix.labels)).sum()),
             "sampled_prompts_per_source": sample_prompts,

@@ -1,0 +1,85 @@
+"""Routers as score functions: higher means the strong model is more needed.
+
+The learned router reads the classifier's per-model probabilities of a correct answer. A model name the
+classifier was not trained on is resolved to one it knows: an alias of the same weights, then the registry's
+`quality_from`, then a known model whose name shares its family and size (e.g. "mixtral-8x7b"). A name that
+still resolves to nothing uses a generic difficulty: 1 minus the mean predicted quality over all known models."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from services.classifier.model import QualityModel
+from services.classifier.training.data import MODEL_ALIASES
+
+GENERIC = "<generic difficulty>"
+REGISTRY = Path(__file__).resolve().parents[1] / "config" / "models.yaml"
+_NOISE = {"chat", "instruct", "preview", "turbo", "hf", "v0", "v1", "v0.1", "v1.2"}
+
+
+def _registry_quality_from() -> dict[str, str]:
+    import yaml
+
+    if not REGISTRY.is_file():
+        return {}
+    models = yaml.safe_load(REGISTRY.read_text()).get("models", [])
+    return {m["name"]: m["quality_from"] for m in models if m.get("quality_from")}
+
+
+def _name_tokens(name: str) -> set[str]:
+    base = name.lower().rsplit("/", 1)[-1]
+    return {t for t in re.split(r"[-_\s]+", base) if t and t not in _NOISE and not t.isdigit()}
+
+
+def resolve_model(name: str, known: Sequence[str]) -> str:
+    """The known model whose predictions stand for `name`, or GENERIC."""
+    if name in known:
+        return name
+    for mapping in (MODEL_ALIASES, _registry_quality_from()):
+        if mapping.get(name) in known:
+            return mapping[name]
+    wanted = _name_tokens(name)
+    best, best_overlap = GENERIC, 0
+    for candidate in known:
+        overlap = len(wanted & _name_tokens(candidate))
+        if overlap > best_overlap and overlap == len(_name_tokens(candidate)):
+            best, best_overlap = candidate, overlap
+    return best
+
+
+class LearnedRouter:
+    def __init__(self, model_dir: Path, threads: int = 2) -> None:
+        self.model = QualityModel(model_dir, threads)
+
+    def quality(self, prompts: Sequence[str]) -> np.ndarray:
+        return self.model.predict_many(list(prompts))
+
+    def scores(self, prompts: Sequence[str], strong: str, weak: str) -> np.ndarray:
+        return pair_score(self.quality(prompts), self.model.models, strong, weak)
+
+
+def pair_score(quality: np.ndarray, known: Sequence[str], strong: str, weak: str) -> np.ndarray:
+    """How much the strong model is needed: its expected quality gain over the weak one, P(strong right) -
+    P(weak right), which is what maximises mean quality at a given share of strong calls when the
+    probabilities are calibrated. When both names resolve to the same predictions there is no gain to
+    estimate, and the weak side's predicted failure rate ranks the prompts instead."""
+
+    def column(name: str) -> np.ndarray:
+        resolved = resolve_model(name, known)
+        return quality.mean(axis=1) if resolved == GENERIC else quality[:, list(known).index(resolved)]
+
+    if resolve_model(strong, known) == resolve_model(weak, known):
+        return 1.0 - column(weak)
+    return column(strong) - column(weak)
+
+
+def length_scores(prompts: Sequence[str]) -> np.ndarray:
+    return np.array([len(p) for p in prompts], dtype=np.float64)
+
+
+def random_scores(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).random(n)
