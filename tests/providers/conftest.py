@@ -75,7 +75,7 @@ def registry(openai_url: str, anthropic_url: str, **overrides: Any) -> dict[str,
             "nokey": {"kind": "openai", "base_url": openai_url, "api_key_env": "FAKE_UNSET_KEY"},
         },
         "models": [
-            _model("smollm2-135m", "local", "local", "0", "0", upstream="smollm2-135m-instruct", max_output_tokens=256),
+            _model("smollm2-135m", "local", "local", "0", "0", upstream="smollm2-135m-instruct", max_output_tokens=512),
             _model("cheap", "fakeai", "economy", "0.15", "0.60", upstream="cheap-upstream-v1"),
             _model("strong", "fakeai", "premium", "2.50", "10.00"),
             _model("claude", "fakeanthropic", "premium", "3.00", "15.00", upstream="claude-fake-20250101"),

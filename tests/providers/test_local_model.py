@@ -53,7 +53,7 @@ async def test_cancelling_stops_generation(local_stub) -> None:
     # Two long generations fill both local worker threads. Cancelled, they must stop at the next token: if
     # they ran on, a third request would queue behind them for seconds.
     calls = [
-        local_stub.GenerateStream(request("smollm2-135m", "Write a long story about a dragon.", max_tokens=256))
+        local_stub.GenerateStream(request("smollm2-135m", "Write a long story about a dragon.", max_tokens=512))
         for _ in range(2)
     ]
     for call in calls:
@@ -62,7 +62,7 @@ async def test_cancelling_stops_generation(local_stub) -> None:
         call.cancel()
     start = time.perf_counter()
     resp = await local_stub.Generate(request("smollm2-135m", "Say hi.", max_tokens=2))
-    assert resp.usage.output_tokens <= 2 and time.perf_counter() - start < 0.5
+    assert resp.usage.output_tokens <= 2 and time.perf_counter() - start < 1.0
 
 
 def test_build_is_idempotent() -> None:

@@ -175,7 +175,7 @@ async def test_stream_failure_after_a_token_is_not_retried_and_charges_what_was_
 
 async def test_breaker_opens_then_half_open_probe_closes_it(service, upstream: Upstream) -> None:
     labels = {"provider": upstream.provider, "model": upstream.model}
-    async with service(max_retries=0, breaker_failures=3, breaker_cooldown_s=0.4) as stub:
+    async with service(max_retries=0, breaker_failures=3, breaker_cooldown_s=0.8) as stub:
         upstream.fake.enqueue(*[Fault.error(500)] * 3)
         for _ in range(3):
             assert error_of(await _fails(stub.Generate(request(upstream.model)))).reason == "UPSTREAM_UNAVAILABLE"
@@ -185,7 +185,7 @@ async def test_breaker_opens_then_half_open_probe_closes_it(service, upstream: U
         assert err.code() is grpc.StatusCode.UNAVAILABLE and error_of(err).reason == "CIRCUIT_OPEN"
         assert len(upstream.fake.requests) == 3  # refused without calling the upstream
 
-        await asyncio.sleep(0.45)
+        await asyncio.sleep(0.85)
         resp = await stub.Generate(request(upstream.model))  # the half-open probe, which succeeds
         assert resp.content and metric("llmrouter_provider_circuit_state", **labels) == 0
         await stub.Generate(request(upstream.model))
