@@ -144,3 +144,17 @@ async def test_models_without_a_key_are_not_offered(
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await stub.Generate(request("cheap"))
     assert error_of(info.value).reason == "MODEL_NOT_FOUND" and not openai_fake.requests
+
+
+async def test_key_from_a_mounted_secret_file(
+    tmp_path, openai_fake: FakeOpenAI, anthropic_fake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = tmp_path / "openai-key"
+    secret.write_text("sk-from-file-42\n")
+    monkeypatch.delenv("FAKE_OPENAI_KEY")
+    openai_fake.api_key = "sk-from-file-42"
+    async with providers_service(
+        tmp_path, openai_fake.base_url, anthropic_fake.base_url, api_key_env="", api_key_file=str(secret)
+    ) as stub:
+        assert (await stub.Generate(request("cheap"))).content
+    assert openai_fake.requests[-1].headers["authorization"] == "Bearer sk-from-file-42"
