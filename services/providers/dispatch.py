@@ -88,7 +88,7 @@ class Dispatcher:
 
     async def generate_stream(
         self, model: ModelSpec, request: UpstreamRequest, budget_s: float | None = None
-    ) -> AsyncIterator[provider_pb2.GenerateChunk]:
+    ) -> AsyncGenerator[provider_pb2.GenerateChunk, None]:
         start = time.perf_counter()
         deadline = self._deadline(budget_s)
         retries = 0

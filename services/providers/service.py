@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 
 import grpc
 
@@ -33,8 +34,10 @@ class ProviderServicer(provider_pb2_grpc.ProviderServicer):
     ) -> AsyncIterator[provider_pb2.GenerateChunk]:
         model, dispatcher = self.catalog.resolve(request.model)
         upstream = upstream_request(model, request)
-        async for chunk in dispatcher.generate_stream(model, upstream, context.time_remaining()):
-            yield chunk
+        # aclosing: a caller that goes away closes the upstream stream now, not whenever the GC gets to it.
+        async with aclosing(dispatcher.generate_stream(model, upstream, context.time_remaining())) as chunks:
+            async for chunk in chunks:
+                yield chunk
 
     async def ListModels(
         self, request: common_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
