@@ -4,6 +4,7 @@ threads so the event loop stays free; leaving the stream early stops the generat
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import AsyncGenerator
 from concurrent.futures import ThreadPoolExecutor
@@ -12,6 +13,7 @@ from pathlib import Path
 from services.providers.gateways.base import Completion, StreamEvent, UpstreamError, UpstreamRequest
 
 _END = object()
+log = logging.getLogger("llmrouter.providers")
 
 
 class LocalGateway:
@@ -67,7 +69,8 @@ class LocalGateway:
                 if isinstance(item, PromptTooLong):
                     raise UpstreamError("context_length", str(item))
                 if isinstance(item, Exception):
-                    raise UpstreamError("bad_response", f"local model failed: {type(item).__name__}: {item}")
+                    log.error("local generation failed", exc_info=item)  # details in the log, not to callers
+                    raise UpstreamError("bad_response", "local model failed")
                 yield str(item)
         finally:
             stop.set()
