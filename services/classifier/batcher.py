@@ -1,4 +1,4 @@
-"""Dynamic micro-batching: requests queue up, a single worker takes what is there (waiting at most
+"""Dynamic micro-batching: requests queue up, a single worker takes what is there (under load waiting at most
 max_wait_ms for a batch to fill up to max_batch) and scores it in one onnxruntime run off the event loop."""
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ class MicroBatcher:
         # One inference at a time: onnxruntime already uses every thread it was given for one run.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="classifier-infer")
         self._worker: asyncio.Task[None] | None = None
+        self._last_size = 0
 
     def start(self) -> None:
         self._worker = asyncio.get_running_loop().create_task(self._run())
@@ -60,11 +61,14 @@ class MicroBatcher:
 
     async def _next_batch(self) -> list[tuple[str, asyncio.Future[np.ndarray]]]:
         batch = [await self._queue.get()]
+        while len(batch) < self._max_batch and not self._queue.empty():
+            batch.append(self._queue.get_nowait())
+        # Waiting for a batch to fill only pays under concurrent load (the last run held more than one
+        # prompt); a lone request is scored at once instead of paying max_wait_ms for nothing.
+        if self._last_size <= 1 or len(batch) >= self._max_batch:
+            return batch
         deadline = time.monotonic() + self._max_wait
         while len(batch) < self._max_batch:
-            if not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-                continue
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
@@ -79,6 +83,7 @@ class MicroBatcher:
         while True:
             batch = await self._next_batch()
             QUEUE_DEPTH.set(self._queue.qsize())
+            self._last_size = len(batch)
             live = [(p, f) for p, f in batch if not f.done()]  # callers that gave up are not scored
             if not live:
                 continue

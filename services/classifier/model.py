@@ -51,6 +51,8 @@ def session(path: Path, threads: int) -> ort.InferenceSession:
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Idle worker threads must not spin: on 2 cores they would starve the event loop serving gRPC.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
@@ -61,8 +63,10 @@ class QualityModel:
         threads: int = 2,
         head_tokens: int | None = None,
         tail_tokens: int | None = None,
+        token_budget: int = 2048,
     ) -> None:
         check_artefacts(model_dir)
+        self.token_budget = token_budget
         self.metadata = Metadata.read(model_dir)
         self.models = self.metadata.models
         self.version = self.metadata.version
@@ -75,11 +79,21 @@ class QualityModel:
 
     def predict(self, texts: Sequence[str]) -> np.ndarray:
         """[len(texts), len(self.models)] probabilities of a correct answer."""
-        if not texts:
-            return np.zeros((0, len(self.models)), dtype=np.float32)
-        input_ids, mask = self.tokenizer.batch(texts)
-        (quality,) = self._session.run(["quality"], {"input_ids": input_ids, "attention_mask": mask})
-        return quality
+        out = np.zeros((len(texts), len(self.models)), dtype=np.float32)
+        seqs = [self.tokenizer.ids(t) for t in texts]
+        # Runs of similar length, each at most token_budget padded tokens: little compute spent on padding,
+        # and activation memory bounded whatever the batch (32 long prompts at once would add ~150 MB).
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+        start = 0
+        while start < len(order):
+            end = start + 1
+            while end < len(order) and (end + 1 - start) * len(seqs[order[end]]) <= self.token_budget:
+                end += 1
+            idx = order[start:end]
+            input_ids, mask = self.tokenizer.pad([seqs[i] for i in idx])
+            out[idx] = self._session.run(["quality"], {"input_ids": input_ids, "attention_mask": mask})[0]
+            start = end
+        return out
 
     def predict_many(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """Offline scoring: batches of similar length so little compute goes to padding."""

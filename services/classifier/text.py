@@ -41,8 +41,10 @@ class PromptTokenizer:
         return [ids[0], *body, ids[-1]]
 
     def batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Right-padded (input_ids, attention_mask), int64, padded to the longest prompt of the batch."""
-        seqs = [self.ids(t) for t in texts]
+        return self.pad([self.ids(t) for t in texts])
+
+    def pad(self, seqs: Sequence[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """Right-padded (input_ids, attention_mask), int64, padded to the longest sequence."""
         width = max(len(s) for s in seqs)
         input_ids = np.full((len(seqs), width), self._pad_id, dtype=np.int64)
         mask = np.zeros((len(seqs), width), dtype=np.int64)

@@ -1,0 +1,175 @@
+"""Benchmark of the classifier through the real gRPC service (a separate process, as deployed): p50/p99 per
+prompt at batch 1 and prompts/s under concurrent load, for short (~15 tokens) and long (~500 tokens, cut to
+128 by the truncation policy) prompts; onnxruntime alone beside it shows what the transport adds; server RSS.
+
+    python -m benchmarks.classifier [--seconds 5] [--concurrency 64] [--threads 2]"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from llmrouter.server import CHANNEL_OPTIONS
+from llmrouter.v1 import classifier_pb2, classifier_pb2_grpc
+from services.classifier.model import QualityModel
+from services.classifier.settings import DEFAULT_MODEL_DIR
+
+REPO = Path(__file__).resolve().parents[1]
+_WORDS = (
+    "the model answer question data river history energy python function list table market price city law cell "
+    "protein planet light value number graph memory network court contract theory design story music"
+).split()
+
+
+def prompts(kind: str, n: int, seed: int = 0) -> list[str]:
+    """Distinct prompts: short ~15 tokens, long ~500 tokens."""
+    rng = random.Random(seed)
+    words = 12 if kind == "short" else 480
+    return [f"Q{i}: " + " ".join(rng.choice(_WORDS) for _ in range(words)) + "?" for i in range(n)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_mb(pid: int) -> tuple[float, float]:
+    """(current, peak) resident set size of a process, MB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    get = lambda key: int(re.search(rf"{key}:\s+(\d+) kB", status).group(1)) / 1024  # noqa: E731
+    return get("VmRSS"), get("VmHWM")
+
+
+def batch_stats(metrics_port: int) -> tuple[float, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    get = lambda name: float(re.search(rf"^{name} (\S+)$", text, re.M).group(1))  # noqa: E731
+    return get("llmrouter_classifier_batch_size_count"), get("llmrouter_classifier_batch_size_sum")
+
+
+def pct(samples: list[float]) -> tuple[float, float]:
+    return float(np.percentile(samples, 50) * 1e3), float(np.percentile(samples, 99) * 1e3)
+
+
+async def sequential(stub: classifier_pb2_grpc.ClassifierStub, texts: list[str]) -> list[float]:
+    latencies = []
+    for text in texts:
+        start = time.perf_counter()
+        await stub.Score(classifier_pb2.ScoreRequest(prompts=[text]))
+        latencies.append(time.perf_counter() - start)
+    return latencies
+
+
+async def load(stub: classifier_pb2_grpc.ClassifierStub, texts: list[str], concurrency: int, seconds: float) -> int:
+    done = 0
+    stop = time.perf_counter() + seconds
+
+    async def client(offset: int) -> None:
+        nonlocal done
+        i = offset
+        while time.perf_counter() < stop:
+            await stub.Score(classifier_pb2.ScoreRequest(prompts=[texts[i % len(texts)]]))
+            done += 1
+            i += concurrency
+
+    await asyncio.gather(*(client(k) for k in range(concurrency)))
+    return done
+
+
+async def bench_service(args: argparse.Namespace) -> list[tuple[str, str]]:
+    port, metrics_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "CLASSIFIER_PORT": str(port),
+        "CLASSIFIER_METRICS_PORT": str(metrics_port),
+        "CLASSIFIER_THREADS": str(args.threads),
+        "CLASSIFIER_MAX_BATCH": str(args.max_batch),
+        "CLASSIFIER_MAX_WAIT_MS": str(args.max_wait_ms),
+        "CLASSIFIER_LOG_LEVEL": "WARNING",
+    }
+    server = subprocess.Popen([sys.executable, "-m", "services.classifier"], cwd=REPO, env=env, stdout=subprocess.PIPE)
+    rows = []
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline().decode()
+        if not line.startswith("READY"):
+            raise SystemExit(f"classifier did not start: {line!r}")
+        rows.append(("RSS after start (MB)", f"{rss_mb(server.pid)[0]:.0f}"))
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS) as channel:
+            stub = classifier_pb2_grpc.ClassifierStub(channel)
+            for kind, n in (("short", 400), ("long", 150)):
+                texts = prompts(kind, n)
+                await sequential(stub, texts[:20])  # warm the channel
+                p50, p99 = pct(await sequential(stub, texts))
+                rows.append((f"gRPC {kind}, batch 1: p50 / p99 (ms)", f"{p50:.2f} / {p99:.2f}"))
+                runs0, scored0 = batch_stats(metrics_port)
+                start = time.perf_counter()
+                done = await load(stub, prompts(kind, 2000, seed=1), args.concurrency, args.seconds)
+                rate = done / (time.perf_counter() - start)
+                runs, scored = batch_stats(metrics_port)
+                mean_batch = (scored - scored0) / max(runs - runs0, 1)
+                rows.append(
+                    (
+                        f"gRPC {kind}, {args.concurrency} concurrent: prompts/s (mean batch)",
+                        f"{rate:.0f} ({mean_batch:.1f})",
+                    )
+                )
+        current, peak = rss_mb(server.pid)
+        rows.append(("RSS after load: current / peak (MB)", f"{current:.0f} / {peak:.0f}"))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    return rows
+
+
+def bench_direct(args: argparse.Namespace) -> list[tuple[str, str]]:
+    model = QualityModel(DEFAULT_MODEL_DIR, threads=args.threads)
+    rows = []
+    for kind in ("short", "long"):
+        texts = prompts(kind, 300)
+        model.predict(texts[:10])
+        latencies = []
+        for text in texts:
+            start = time.perf_counter()
+            model.predict([text])
+            latencies.append(time.perf_counter() - start)
+        p50, p99 = pct(latencies)
+        rows.append((f"onnxruntime {kind}, batch 1: p50 / p99 (ms)", f"{p50:.2f} / {p99:.2f}"))
+        batch = texts[: args.max_batch]
+        start = time.perf_counter()
+        for _ in range(5):
+            model.predict(batch)
+        rate = 5 * len(batch) / (time.perf_counter() - start)
+        rows.append((f"onnxruntime {kind}, batch {len(batch)}: prompts/s", f"{rate:.0f}"))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=5.0, help="duration of each load phase")
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--max-batch", type=int, default=32)
+    parser.add_argument("--max-wait-ms", type=float, default=2.0)
+    args = parser.parse_args()
+    rows = bench_direct(args) + asyncio.run(bench_service(args))
+    width = max(len(k) for k, _ in rows)
+    print(f"classifier benchmark ({os.cpu_count()} CPUs, {args.threads} onnxruntime threads)")
+    for key, value in rows:
+        print(f"  {key:<{width}}  {value}")
+
+
+if __name__ == "__main__":
+    main()
