@@ -12,6 +12,7 @@ import os
 import random
 import re
 import socket
+import string
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+from tokenizers import Tokenizer
 
 from llmrouter.server import CHANNEL_OPTIONS
 from llmrouter.v1 import classifier_pb2, classifier_pb2_grpc
@@ -27,17 +29,20 @@ from services.classifier.model import QualityModel
 from services.classifier.settings import DEFAULT_MODEL_DIR
 
 REPO = Path(__file__).resolve().parents[1]
-_WORDS = (
-    "the model answer question data river history energy python function list table market price city law cell "
-    "protein planet light value number graph memory network court contract theory design story music"
-).split()
 
 
-def prompts(kind: str, n: int, seed: int = 0) -> list[str]:
-    """Distinct prompts: short ~15 tokens, long ~500 tokens."""
+def prompts(tokenizer: Tokenizer, tokens: int, n: int, seed: int = 0) -> list[str]:
+    """Distinct prompts of about `tokens` tokens (before truncation), made of random lowercase words."""
     rng = random.Random(seed)
-    words = 12 if kind == "short" else 480
-    return [f"Q{i}: " + " ".join(rng.choice(_WORDS) for _ in range(words)) + "?" for i in range(n)]
+    out = []
+    for i in range(n):
+        words = [f"q{i}"]
+        while (missing := tokens - len(tokenizer.encode(" ".join(words), add_special_tokens=False).ids)) > 0:
+            words.extend(
+                "".join(rng.choices(string.ascii_lowercase, k=rng.randint(2, 8))) for _ in range(1 + missing // 3)
+            )
+        out.append(" ".join(words))
+    return out
 
 
 def free_port() -> int:
@@ -88,7 +93,7 @@ async def load(stub: classifier_pb2_grpc.ClassifierStub, texts: list[str], concu
     return done
 
 
-async def bench_service(args: argparse.Namespace) -> list[tuple[str, str]]:
+async def bench_service(args: argparse.Namespace, sets: dict[str, list[str]]) -> list[tuple[str, str]]:
     port, metrics_port = free_port(), free_port()
     env = {
         **os.environ,
@@ -109,14 +114,13 @@ async def bench_service(args: argparse.Namespace) -> list[tuple[str, str]]:
         rows.append(("RSS after start (MB)", f"{rss_mb(server.pid)[0]:.0f}"))
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS) as channel:
             stub = classifier_pb2_grpc.ClassifierStub(channel)
-            for kind, n in (("short", 400), ("long", 150)):
-                texts = prompts(kind, n)
+            for kind, texts in sets.items():
                 await sequential(stub, texts[:20])  # warm the channel
                 p50, p99 = pct(await sequential(stub, texts))
                 rows.append((f"gRPC {kind}, batch 1: p50 / p99 (ms)", f"{p50:.2f} / {p99:.2f}"))
                 runs0, scored0 = batch_stats(metrics_port)
                 start = time.perf_counter()
-                done = await load(stub, prompts(kind, 2000, seed=1), args.concurrency, args.seconds)
+                done = await load(stub, texts, args.concurrency, args.seconds)
                 rate = done / (time.perf_counter() - start)
                 runs, scored = batch_stats(metrics_port)
                 mean_batch = (scored - scored0) / max(runs - runs0, 1)
@@ -134,11 +138,10 @@ async def bench_service(args: argparse.Namespace) -> list[tuple[str, str]]:
     return rows
 
 
-def bench_direct(args: argparse.Namespace) -> list[tuple[str, str]]:
+def bench_direct(args: argparse.Namespace, sets: dict[str, list[str]]) -> list[tuple[str, str]]:
     model = QualityModel(DEFAULT_MODEL_DIR, threads=args.threads)
     rows = []
-    for kind in ("short", "long"):
-        texts = prompts(kind, 300)
+    for kind, texts in sets.items():
         model.predict(texts[:10])
         latencies = []
         for text in texts:
@@ -164,7 +167,11 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--max-wait-ms", type=float, default=2.0)
     args = parser.parse_args()
-    rows = bench_direct(args) + asyncio.run(bench_service(args))
+    tokenizer = Tokenizer.from_file(str(DEFAULT_MODEL_DIR / "tokenizer.json"))
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    sets = {"short": prompts(tokenizer, 15, 300), "long": prompts(tokenizer, 500, 300)}
+    rows = bench_direct(args, sets) + asyncio.run(bench_service(args, sets))
     width = max(len(k) for k, _ in rows)
     print(f"classifier benchmark ({os.cpu_count()} CPUs, {args.threads} onnxruntime threads)")
     for key, value in rows:

@@ -18,7 +18,9 @@ from services.classifier.training.data import MODEL_ALIASES
 
 GENERIC = "<generic difficulty>"
 REGISTRY = Path(__file__).resolve().parents[1] / "config" / "models.yaml"
-_NOISE = {"chat", "instruct", "preview", "turbo", "hf", "v0", "v1", "v0.1", "v1.2"}
+_NOISE = re.compile(r"^(chat|instruct|preview|turbo|hf|v\d+(\.\d+)*)$")
+# Below this Jaccard overlap of name tokens a model is not taken for a known one.
+_MIN_SIMILARITY = 0.5
 
 
 def _registry_quality_from() -> dict[str, str]:
@@ -32,7 +34,7 @@ def _registry_quality_from() -> dict[str, str]:
 
 def _name_tokens(name: str) -> set[str]:
     base = name.lower().rsplit("/", 1)[-1]
-    return {t for t in re.split(r"[-_\s]+", base) if t and t not in _NOISE and not t.isdigit()}
+    return {t for t in re.split(r"[-_\s]+", base) if t and not _NOISE.match(t)}
 
 
 def resolve_model(name: str, known: Sequence[str]) -> str:
@@ -43,11 +45,12 @@ def resolve_model(name: str, known: Sequence[str]) -> str:
         if mapping.get(name) in known:
             return mapping[name]
     wanted = _name_tokens(name)
-    best, best_overlap = GENERIC, 0
-    for candidate in known:
-        overlap = len(wanted & _name_tokens(candidate))
-        if overlap > best_overlap and overlap == len(_name_tokens(candidate)):
-            best, best_overlap = candidate, overlap
+    best, best_similarity = GENERIC, 0.0
+    for candidate in known:  # on a tie, the first known name wins
+        tokens = _name_tokens(candidate)
+        similarity = len(wanted & tokens) / len(wanted | tokens) if wanted | tokens else 0.0
+        if similarity >= _MIN_SIMILARITY and similarity > best_similarity:
+            best, best_similarity = candidate, similarity
     return best
 
 
@@ -56,7 +59,7 @@ class LearnedRouter:
         self.model = QualityModel(model_dir, threads)
 
     def quality(self, prompts: Sequence[str]) -> np.ndarray:
-        return self.model.predict_many(list(prompts))
+        return self.model.predict(list(prompts))
 
     def scores(self, prompts: Sequence[str], strong: str, weak: str) -> np.ndarray:
         return pair_score(self.quality(prompts), self.model.models, strong, weak)

@@ -94,12 +94,3 @@ class QualityModel:
             out[idx] = self._session.run(["quality"], {"input_ids": input_ids, "attention_mask": mask})[0]
             start = end
         return out
-
-    def predict_many(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        """Offline scoring: batches of similar length so little compute goes to padding."""
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        out = np.zeros((len(texts), len(self.models)), dtype=np.float32)
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            out[idx] = self.predict([texts[i] for i in idx])
-        return out

@@ -34,7 +34,7 @@ def test_artefacts_and_metadata(small_model: tuple[Path, dict]) -> None:
 def test_beats_random_on_held_out_prompts(small_model: tuple[Path, dict]) -> None:
     model = QualityModel(small_model[0])
     items = load_items(data_dir() / ROUTERBENCH_FILE, {"split_in_routerdc": "test"})[::3]  # 315: quick to embed
-    quality = model.predict_many([i.prompt for i in items])
+    quality = model.predict([i.prompt for i in items])
     # Probabilities carry information per model: lower log loss than each model's base rate.
     losses, priors = [], []
     for j, name in enumerate(model.models):

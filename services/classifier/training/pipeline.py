@@ -14,7 +14,7 @@ from sklearn.metrics import log_loss, roc_auc_score
 
 from services.classifier.model import METADATA_FILE, MODEL_FILE, TOKENIZER_FILE
 from services.classifier.text import PromptTokenizer
-from services.classifier.training.data import OutcomeMatrix, TrainingData
+from services.classifier.training.data import MODEL_ALIASES, OutcomeMatrix, TrainingData
 from services.classifier.training.encoder import copy_tokenizer, embed, export_encoder
 from services.classifier.training.graph import attach_heads
 from services.classifier.training.heads import fit_heads
@@ -96,7 +96,7 @@ def train(
         "version": version,
         "models": matrix.models,
         "routerbench_models": data.routerbench_models,
-        "model_aliases_applied": {"mistralai/Mixtral-8x7B-Instruct-v0.1": "mistralai/mixtral-8x7b-chat"},
+        "model_aliases_applied": MODEL_ALIASES,
         "representation": "all-MiniLM-L6-v2 mean-pooled, L2-normalised, int8",
         "quantization": quantization,
         "heads": {"kind": "logistic regression per model", "C": c},
