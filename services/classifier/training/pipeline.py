@@ -20,8 +20,10 @@ from services.classifier.training.graph import attach_heads
 from services.classifier.training.heads import fit_heads
 
 log = logging.getLogger("classifier.training")
-HEAD_TOKENS = 32
-TAIL_TOKENS = 94  # 32 + 94 + [CLS] + [SEP] = 128, the length MiniLM was trained on
+# 16 + 46 + [CLS] + [SEP] = 64 tokens. Measured against 128 (32 + 94, 16 + 110, 0 + 126) and 64 (8 + 56):
+# on MMLU by unseen subject APGR 0.67 against 0.56-0.57 at 128, RouterBench test within 0.02, half the cost.
+HEAD_TOKENS = 16
+TAIL_TOKENS = 46
 FOLDS = 5
 
 
