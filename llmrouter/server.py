@@ -29,6 +29,14 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    # Spread calls over every address a (headless) Service resolves to, not one pod per client.
+    ("grpc.lb_policy_name", "round_robin"),
+]
+# Servers close connections after a while so clients re-resolve and find pods added by the autoscaler.
+SERVER_OPTIONS = [
+    *CHANNEL_OPTIONS[:2],
+    ("grpc.max_connection_age_ms", 5 * 60_000),
+    ("grpc.max_connection_age_grace_ms", 30_000),
 ]
 
 
@@ -55,7 +63,7 @@ async def start_server(
     registrations: Registrations,
     closers: list[Closer] | None = None,
 ) -> RunningServer:
-    server = grpc.aio.server(interceptors=[ServiceInterceptor(service)], options=CHANNEL_OPTIONS)
+    server = grpc.aio.server(interceptors=[ServiceInterceptor(service)], options=SERVER_OPTIONS)
     for add in registrations.values():
         add(server)
     health_servicer = health.aio.HealthServicer()
