@@ -3,14 +3,13 @@ item per prompt, or per question for multi-turn files (rows carrying question_id
 
 from __future__ import annotations
 
-import gzip
-import json
 from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from services.classifier.training.data import read_jsonl
 
 
 @dataclass
@@ -23,18 +22,11 @@ class Item:
     split: str = ""  # RouterBench's split_in_routerdc when the file has one
 
 
-def read_rows(path: Path) -> Iterator[dict]:
-    with (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                yield json.loads(line)
-
-
 def load_items(path: Path, where: dict[str, str] | None = None) -> list[Item]:
     """Items in file order; `where` keeps only rows whose fields equal the given values."""
     items: dict[str, Item] = {}
     first_turn: dict[str, int] = defaultdict(lambda: 1 << 30)
-    for row in read_rows(path):
+    for row in read_jsonl(path):
         if where and any(str(row.get(k)) != v for k, v in where.items()):
             continue
         multi_turn = "question_id" in row and "turn" in row

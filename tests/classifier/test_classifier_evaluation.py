@@ -12,9 +12,8 @@ import pytest
 
 from evaluation import evaluate, score
 from evaluation.metrics import routing_curve
-from evaluation.outcomes import read_rows
 from evaluation.routers import GENERIC, resolve_model
-from services.classifier.training.data import ROUTERBENCH_FILE, data_dir
+from services.classifier.training.data import ROUTERBENCH_FILE, data_dir, read_jsonl
 
 KNOWN = ["gpt-4-1106-preview", "gpt-3.5-turbo-1106", "mistralai/mixtral-8x7b-chat", "mistralai/mistral-7b-chat"]
 
@@ -29,7 +28,7 @@ def test_rows(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """60 prompts of RouterBench's test split, two models, gzipped like the shared files."""
     keep = ("gpt-4-1106-preview", "mistralai/mixtral-8x7b-chat")
     rows, prompts = [], set()
-    for row in read_rows(data_dir() / ROUTERBENCH_FILE):
+    for row in read_jsonl(data_dir() / ROUTERBENCH_FILE):
         if (
             row["split_in_routerdc"] == "test"
             and row["model"] in keep
