@@ -11,7 +11,10 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-DEFAULT_REGISTRY = Path(__file__).resolve().parent.parent / "config" / "models.yaml"
+from llmrouter.settings import REPO_ROOT
+from llmrouter.v1 import common_pb2
+
+DEFAULT_REGISTRY = REPO_ROOT / "config" / "models.yaml"
 MTOK = Decimal(1_000_000)
 
 
@@ -67,6 +70,18 @@ class ModelSpec(BaseModel):
     @property
     def upstream_name(self) -> str:
         return self.upstream or self.name
+
+    def info(self) -> common_pb2.ModelInfo:
+        """The model as callers see it (ListModels)."""
+        return common_pb2.ModelInfo(
+            name=self.name,
+            provider=self.provider,
+            tier=self.tier,
+            input_usd_per_mtok=str(self.input_usd_per_mtok),
+            output_usd_per_mtok=str(self.output_usd_per_mtok),
+            context_window=self.context_window,
+            latency_slo_ms=self.latency_slo_ms,
+        )
 
     def cost_usd(self, input_tokens: int, output_tokens: int) -> Decimal:
         """Exact cost: Decimal arithmetic on prices per 1M tokens, never a float."""

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import sys
-from typing import TypeVar
+from pathlib import Path
+from typing import Annotated, TypeVar
 
-from pydantic import Field, ValidationError
+from pydantic import AfterValidator, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The checkout (or the image's working copy) holding config/ and artefacts/.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# A path setting: relative paths mean the same file whatever directory a service starts in.
+RepoPath = Annotated[Path, AfterValidator(lambda path: path if path.is_absolute() else REPO_ROOT / path)]
 
 
 class ServiceSettings(BaseSettings):

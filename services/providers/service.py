@@ -42,20 +42,7 @@ class ProviderServicer(provider_pb2_grpc.ProviderServicer):
     async def ListModels(
         self, request: common_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> common_pb2.ListModelsResponse:
-        return common_pb2.ListModelsResponse(
-            models=[
-                common_pb2.ModelInfo(
-                    name=m.name,
-                    provider=m.provider,
-                    tier=m.tier,
-                    input_usd_per_mtok=str(m.input_usd_per_mtok),
-                    output_usd_per_mtok=str(m.output_usd_per_mtok),
-                    context_window=m.context_window,
-                    latency_slo_ms=m.latency_slo_ms,
-                )
-                for m in self.catalog.usable_models()
-            ]
-        )
+        return common_pb2.ListModelsResponse(models=[m.info() for m in self.catalog.usable_models()])
 
 
 def upstream_request(model: ModelSpec, request: provider_pb2.GenerateRequest) -> UpstreamRequest:

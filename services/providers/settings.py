@@ -4,24 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from llmrouter.settings import ServiceSettings
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from llmrouter.settings import RepoPath, ServiceSettings
 
 
 class ProvidersSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="PROVIDERS_", extra="ignore", frozen=True)
 
     port: int = Field(default=50052, ge=0, le=65535, description="gRPC port; 0 picks a free one")
-    registry_path: Path = Field(default=Path("config/models.yaml"), description="the model registry (YAML)")
-    local_model_dir: Path = Field(default=Path("artefacts/smollm2"), description="built by `make local-model`")
+    registry_path: RepoPath = Field(default=Path("config/models.yaml"), description="the model registry (YAML)")
+    local_model_dir: RepoPath = Field(default=Path("artefacts/smollm2"), description="built by `make local-model`")
     local_threads: int = Field(default=2, ge=1, le=64, description="CPU threads per local generation")
-
-    @field_validator("registry_path", "local_model_dir")
-    @classmethod
-    def _from_repo_root(cls, path: Path) -> Path:
-        """Relative paths mean the same thing whatever directory the service starts in."""
-        return path if path.is_absolute() else REPO_ROOT / path

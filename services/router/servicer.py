@@ -134,7 +134,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     # --- RPCs -------------------------------------------------------------------------------------------
     async def ListModels(self, request: common_pb2.ListModelsRequest, context: Any) -> common_pb2.ListModelsResponse:
         models = await self.available.get(context.time_remaining())
-        return common_pb2.ListModelsResponse(models=[_model_info(m) for m in models])
+        return common_pb2.ListModelsResponse(models=[m.info() for m in models])
 
     async def Decide(self, request: router_pb2.CompleteRequest, context: Any) -> router_pb2.Decision:
         return (await self._route(request, context, admit=False)).decision
@@ -476,15 +476,3 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     async def _to_cache(self, routed: Routed, response: router_pb2.CompleteResponse) -> None:
         if self.settings.cache_ttl_s and response.content:
             await self.store.cache_set(self._cache_key(routed), response.SerializeToString(), self.settings.cache_ttl_s)
-
-
-def _model_info(model: ModelSpec) -> common_pb2.ModelInfo:
-    return common_pb2.ModelInfo(
-        name=model.name,
-        provider=model.provider,
-        tier=model.tier,
-        input_usd_per_mtok=str(model.input_usd_per_mtok),
-        output_usd_per_mtok=str(model.output_usd_per_mtok),
-        context_window=model.context_window,
-        latency_slo_ms=model.latency_slo_ms,
-    )

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 from decimal import Decimal
-from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from llmrouter.registry import DEFAULT_REGISTRY
-from llmrouter.settings import ServiceSettings
+from llmrouter.settings import RepoPath, ServiceSettings
 
 
 class RouterSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="ROUTER_", extra="ignore", frozen=True)
 
     port: int = Field(default=50053, ge=0, le=65535)
-    registry_path: Path = DEFAULT_REGISTRY
+    registry_path: RepoPath = DEFAULT_REGISTRY
     classifier_addr: str = "127.0.0.1:50051"
     providers_addr: str = "127.0.0.1:50052"
     # Unset: an in-process store stands in for Redis (one replica only; budgets reset on restart).
