@@ -58,6 +58,17 @@ def cheapest_reaching(points: np.ndarray, target: float) -> float:
     return float(np.interp(target, frontier[:, 1], frontier[:, 0]))
 
 
+def ece(predicted: np.ndarray, actual: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error over equal-width probability bins."""
+    which = np.clip((predicted * bins).astype(int), 0, bins - 1)
+    return float(
+        sum(
+            abs(predicted[which == b].mean() - actual[which == b].mean()) * (which == b).mean()
+            for b in np.unique(which)
+        )
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, default=None, help="RouterBench outcome file")
@@ -104,9 +115,13 @@ def main() -> None:
     ref_cost, ref_quality = single[REFERENCE]
 
     print(f"RouterBench test split: {len(test)} prompts, {len(models)} models; classifier {router.model.version}\n")
-    print(f"{'model':<36}{'cost $':>9}{'quality':>9}")
+    # Calibration matters: the router compares these probabilities with absolute quality targets.
+    print(f"{'model':<36}{'cost $':>9}{'quality':>9}{'predicted':>11}{'ECE':>7}")
     for m, (c, q) in sorted(single.items(), key=lambda kv: kv[1][0]):
-        print(f"{m:<36}{c:>9.3f}{q:>9.3f}")
+        j = models.index(m)
+        print(
+            f"{m:<36}{c:>9.3f}{q:>9.3f}{predicted[:, j].mean():>11.3f}{ece(predicted[:, j], quality_true[:, j]):>7.3f}"
+        )
     print(f"{'oracle (cheapest correct)':<36}{point(oracle_choice)[0]:>9.3f}{point(oracle_choice)[1]:>9.3f}\n")
     print(f"{'router':<26}{'AIQ':>7}{'best quality':>14}{'$ for GPT-4 quality':>21}{'$ for 95% of it':>17}")
     for name, pts in (
