@@ -67,6 +67,8 @@ OPENAI_CODES = {
 def api_error(err: grpc.RpcError) -> ApiError:
     error = ServiceError.from_rpc_error(err)
     status = HTTP_STATUS.get(error.code, 502)
+    if error.reason == "UPSTREAM_ERROR" and error.metadata.get("upstream_status") not in ("400", "422"):
+        status = 502  # a provider refusing our key or payload is the gateway's failure, not the caller's
     message = error.message if status < 500 else f"upstream error: {error.message}"
     code = OPENAI_CODES.get(error.reason, error.reason.lower())
     retry_after = error.metadata.get("retry_after_s", "")

@@ -153,3 +153,16 @@ async def test_every_provider_failing_is_a_5xx_with_an_openai_body(slow_budget: 
         assert len(chain.budget.faults) == len(chain.premium.faults) == 0  # both were tried
     finally:
         chain.premium.faults.clear()
+
+
+async def test_provider_refusing_our_key_is_a_502_not_the_callers_fault(slow_budget: Chain) -> None:
+    chain = slow_budget
+    chain.budget.api_key = "sk-someone-else"  # the upstream answers 401 to the key the providers hold
+    try:
+        async with httpx.AsyncClient(timeout=30) as http:
+            body = {"model": "cheap-model", "messages": [{"role": "user", "content": uuid.uuid4().hex}]}
+            reply = await http.post(f"{chain.base_url}/chat/completions", json=body)
+        assert reply.status_code == 502, reply.text
+        assert "sk-budget" not in reply.text  # the key is redacted
+    finally:
+        chain.budget.api_key = None
