@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
+from llmrouter.registry import DEFAULT_REGISTRY
 from services.classifier.model import QualityModel
 from services.classifier.training.data import MODEL_ALIASES
 
 GENERIC = "<generic difficulty>"
-REGISTRY = Path(__file__).resolve().parents[1] / "config" / "models.yaml"
 _NOISE = re.compile(r"^(chat|instruct|preview|turbo|hf|v\d+(\.\d+)*)$")
 # Below this Jaccard overlap of name tokens a model is not taken for a known one.
 _MIN_SIMILARITY = 0.5
@@ -26,9 +26,9 @@ _MIN_SIMILARITY = 0.5
 def _registry_quality_from() -> dict[str, str]:
     import yaml
 
-    if not REGISTRY.is_file():
+    if not DEFAULT_REGISTRY.is_file():
         return {}
-    models = yaml.safe_load(REGISTRY.read_text()).get("models", [])
+    models = yaml.safe_load(DEFAULT_REGISTRY.read_text()).get("models", [])
     return {m["name"]: m["quality_from"] for m in models if m.get("quality_from")}
 
 

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from pydantic import Field, field_validator
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from llmrouter.settings import ServiceSettings
+from llmrouter.settings import REPO_ROOT, RepoPath, ServiceSettings
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL_DIR = REPO_ROOT / "artefacts" / "classifier"
 
 
@@ -17,7 +14,7 @@ class ClassifierSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="CLASSIFIER_", extra="ignore", frozen=True)
 
     port: int = Field(default=50051, ge=0, le=65535)
-    model_dir: Path = Field(default=DEFAULT_MODEL_DIR, description="directory written by make train-classifier")
+    model_dir: RepoPath = Field(default=DEFAULT_MODEL_DIR, description="directory written by make train-classifier")
     threads: int = Field(default=2, ge=1, le=64, description="onnxruntime intra-op threads")
     max_batch: int = Field(default=32, ge=1, le=1024, description="prompts per inference run")
     max_wait_ms: float = Field(default=2.0, ge=0, le=1000, description="how long a batch waits to fill")
@@ -25,8 +22,3 @@ class ClassifierSettings(ServiceSettings):
     # Unset: the truncation the model was trained with (metadata.json); changing it degrades predictions.
     head_tokens: int | None = Field(default=None, ge=0, le=510)
     tail_tokens: int | None = Field(default=None, ge=0, le=510)
-
-    @field_validator("model_dir")
-    @classmethod
-    def _resolve(cls, value: Path) -> Path:
-        return value if value.is_absolute() else (REPO_ROOT / value).resolve()

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
+from llmrouter.settings import REPO_ROOT
+
 ROUTERBENCH_FILE = "routerbench_subset.jsonl.gz"
 MMLU_FILE = "mmlu_29_domains.jsonl.gz"
 # MMLU's answers come from Mixtral-8x7B-Instruct-v0.1, the very model RouterBench calls mixtral-8x7b-chat
