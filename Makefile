@@ -7,8 +7,8 @@ ART ?= artefacts
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup artefacts run demo test test-slow lint fmt protos check-protos train-classifier local-model \
-        score evaluate bench lint-deploy clean
+.PHONY: setup artefacts run test test-slow lint fmt protos check-protos train-classifier local-model \
+        score evaluate evaluate-mmlu-cv evaluate-multitier bench lint-deploy clean
 
 # --- set-up -----------------------------------------------------------------------------------------------
 $(VENV)/.installed: pyproject.toml
@@ -66,6 +66,12 @@ score: setup
 
 evaluate: setup
 	$(PY) -m evaluation.evaluate --data "$(DATA)" --strong "$(STRONG)" --weak "$(WEAK)" --plots reports
+
+evaluate-mmlu-cv: setup          # MMLU, each subject scored by a model trained without it
+	$(PY) -m evaluation.crossval --plots reports
+
+evaluate-multitier: setup        # routing over all 11 RouterBench models against the single models
+	$(PY) -m evaluation.multitier --plots reports
 
 bench: setup
 	$(PY) -m benchmarks.classifier
