@@ -3,29 +3,25 @@
 from __future__ import annotations
 
 import grpc
-from google.protobuf.message import DecodeError
 
 from llmrouter.errors import invalid
-from llmrouter.v1 import classifier_pb2
+from llmrouter.v1 import classifier_pb2, classifier_pb2_grpc
 from services.classifier.batcher import MicroBatcher
 from services.classifier.model import QualityModel
 
 SERVICE_NAME = "llmrouter.v1.Classifier"
 
 
-class ClassifierService:
+class ClassifierService(classifier_pb2_grpc.ClassifierServicer):
     def __init__(self, model: QualityModel, batcher: MicroBatcher, max_prompts: int) -> None:
         self.model = model
         self.batcher = batcher
         self.max_prompts = max_prompts
 
-    async def score(self, raw: bytes, context: grpc.aio.ServicerContext) -> classifier_pb2.ScoreResponse:
-        # Parsed here rather than by grpc so a prompt that is not valid UTF-8 gets INVALID_ARGUMENT with a
-        # reason instead of grpc's generic deserialisation failure.
-        try:
-            request = classifier_pb2.ScoreRequest.FromString(raw)
-        except DecodeError:
-            raise invalid("prompts must be valid UTF-8 strings", "prompts") from None
+    async def Score(
+        self, request: classifier_pb2.ScoreRequest, context: grpc.aio.ServicerContext
+    ) -> classifier_pb2.ScoreResponse:
+        # A prompt that is not valid UTF-8 never gets here: the shared interceptor answers INVALID_ARGUMENT.
         if not request.prompts:
             raise invalid("at least one prompt is required", "prompts")
         if len(request.prompts) > self.max_prompts:
@@ -41,7 +37,4 @@ class ClassifierService:
         )
 
     def register(self, server: grpc.aio.Server) -> None:
-        handler = grpc.unary_unary_rpc_method_handler(
-            self.score, response_serializer=classifier_pb2.ScoreResponse.SerializeToString
-        )
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, {"Score": handler}),))
+        classifier_pb2_grpc.add_ClassifierServicer_to_server(self, server)
