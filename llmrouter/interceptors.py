@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing, asynccontextmanager
 from typing import Any
 
@@ -75,7 +75,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         return wrapped
 
     def _stream(
-        self, method: str, parse: Parser, behaviour: Callable[..., AsyncIterator[Any]]
+        self, method: str, parse: Parser, behaviour: Callable[..., AsyncGenerator[Any]]
     ) -> Callable[..., AsyncIterator[Any]]:
         async def wrapped(raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             # aclosing: a cancelled call closes the handler at once, running its cleanup now.

@@ -31,10 +31,10 @@ class ServiceSettings(BaseSettings):
 S = TypeVar("S", bound=BaseSettings)
 
 
-def load_settings(cls: type[S], **overrides: object) -> S:
+def load_settings(cls: type[S]) -> S:
     """Build settings from the environment; on bad values exit with one clear line per problem."""
     try:
-        return cls(**overrides)
+        return cls()
     except ValidationError as exc:
         prefix = cls.model_config.get("env_prefix", "")
         lines = [f"invalid configuration for {cls.__name__}:"]

@@ -7,7 +7,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from typing import Any
 
 import grpc
@@ -224,7 +224,7 @@ class Observe:
         start, status = time.perf_counter(), 500
         route = scope["path"] if scope["path"] in ROUTES else "other"
 
-        async def observed_send(message: dict[str, Any]) -> None:
+        async def observed_send(message: MutableMapping[str, Any]) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]

@@ -10,7 +10,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -167,6 +167,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             async with aclosing(self._generate_stream(routed, context, stream)) as deltas:
                 async for delta in deltas:
                     yield router_pb2.CompleteChunk(delta=delta)
+            assert stream.served is not None  # _generate_stream returns only with the final chunk, or raises
             response = self._response(routed, stream.served)
             await self._settle(routed, response)
             await self._to_cache(routed, response)
@@ -346,7 +347,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         served.add(reply, target.model)
         served.escalated = True
 
-    async def _generate_stream(self, routed: Routed, context: Any, stream: StreamState) -> AsyncIterator[str]:
+    async def _generate_stream(self, routed: Routed, context: Any, stream: StreamState) -> AsyncGenerator[str]:
         """Yields deltas and fills `stream`. Falls back to the next model only before the first delta."""
         order = routed.plan.order
         for index, option in enumerate(order):

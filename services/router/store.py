@@ -131,7 +131,7 @@ class RedisStore:
     async def charge(self, request_id: str, account: Account, period: str, pico: int, record: dict) -> bool:
         tenant_spend, key_spend = account.spend_keys(period_id(period))
         keys = [f"llmrouter:charged:{request_id}", tenant_spend, key_spend, LEDGER]
-        args = [pico, CHARGE_DEDUPE_S, json.dumps(record), PERIOD_TTL_S[period], LEDGER_MAXLEN]
+        args: list[int | str] = [pico, CHARGE_DEDUPE_S, json.dumps(record), PERIOD_TTL_S[period], LEDGER_MAXLEN]
         return bool(await self._charge(keys=keys, args=args))
 
     async def spent(self, account: Account, period: str) -> tuple[int, int]:
@@ -139,7 +139,8 @@ class RedisStore:
         return int(values[0] or 0), int(values[1] or 0)
 
     async def cache_get(self, key: str) -> bytes | None:
-        return await self.redis.get(f"llmrouter:cache:{key}")
+        value = await self.redis.get(f"llmrouter:cache:{key}")
+        return value.encode() if isinstance(value, str) else value
 
     async def cache_set(self, key: str, value: bytes, ttl_s: int) -> None:
         await self.redis.set(f"llmrouter:cache:{key}", value, ex=ttl_s)
