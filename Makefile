@@ -73,8 +73,9 @@ evaluate-mmlu-cv: setup          # MMLU, each subject scored by a model trained 
 evaluate-multitier: setup        # routing over all 11 RouterBench models against the single models
 	$(PY) -m evaluation.multitier --plots reports
 
-bench: setup
+bench: setup                     # classifier latency/throughput/RSS; what routing adds to a request
 	$(PY) -m benchmarks.classifier
+	$(PY) -m benchmarks.router
 
 lint-deploy: $(VENV)/.installed
 	deploy/lint.sh
