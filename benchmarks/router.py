@@ -21,7 +21,7 @@ import httpx
 import numpy as np
 import yaml
 
-from services.__main__ import launch, wait_http, wait_ready
+from services.__main__ import running_stack
 from tests.fakes.fake_openai import FakeOpenAI
 from tests.integration.conftest import free_port, registry
 
@@ -74,21 +74,12 @@ def main() -> None:
     with FakeOpenAI() as upstream, tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "models.yaml"
         path.write_text(yaml.safe_dump(registry(upstream.base_url, upstream.base_url)))
-        env = {**os.environ, "BUDGETAI_KEY": "sk-bench", "PREMIUMAI_KEY": "sk-bench", "LOG_LEVEL": "WARNING"}
-        env |= {"ROUTER_REGISTRY_PATH": str(path), "PROVIDERS_REGISTRY_PATH": str(path), "ROUTER_CACHE_TTL_S": "0"}
+        os.environ |= {"BUDGETAI_KEY": "sk-bench", "PREMIUMAI_KEY": "sk-bench", "ROUTER_CACHE_TTL_S": "0"}
+        os.environ |= {"ROUTER_REGISTRY_PATH": str(path), "PROVIDERS_REGISTRY_PATH": str(path)}
         for service in ("CLASSIFIER", "PROVIDERS", "ROUTER", "EDGE"):
-            env[f"{service}_PORT"] = str(free_port())
-            env[f"{service}_LOG_LEVEL"] = "WARNING"
-            env.pop(f"{service}_METRICS_PORT", None)
-        env["ROUTER_CLASSIFIER_ADDR"] = f"127.0.0.1:{env['CLASSIFIER_PORT']}"
-        env["ROUTER_PROVIDERS_ADDR"] = f"127.0.0.1:{env['PROVIDERS_PORT']}"
-        env["EDGE_ROUTER_ADDR"] = f"127.0.0.1:{env['ROUTER_PORT']}"
-        procs = {name: launch(name, env) for name in ("classifier", "providers", "router")}
-        try:
-            wait_ready(procs, ["classifier", "providers", "router"])
-            procs["edge"] = launch("edge", env)
-            edge = f"http://127.0.0.1:{env['EDGE_PORT']}"
-            wait_http(f"{edge}/healthz", procs["edge"][0])
+            os.environ |= {f"{service}_PORT": str(free_port()), f"{service}_LOG_LEVEL": "WARNING"}
+            os.environ.pop(f"{service}_METRICS_PORT", None)
+        with running_stack() as (edge, procs):
             arms = {
                 "upstream directly": (f"{upstream.base_url}/chat/completions", "cheap-model"),
                 "through the stack (auto)": (f"{edge}/v1/chat/completions", "auto"),
@@ -99,12 +90,7 @@ def main() -> None:
                 latencies = asyncio.run(sequential(url, model, args.requests))
                 rps = asyncio.run(throughput(url, model, args.concurrency, args.seconds))
                 rows[name] = (np.percentile(latencies, 50) * 1e3, np.percentile(latencies, 99) * 1e3, rps)
-            memory = {name: rss_mb(proc.pid) for name, (proc, _) in procs.items()}
-        finally:
-            for proc, _ in procs.values():
-                proc.terminate()
-            for proc, _ in procs.values():
-                proc.wait(timeout=15)
+            memory = {name: rss_mb(proc.pid) for name, proc in procs.items()}
 
     base = rows["upstream directly"]
     print(f"\n{'arm':<28}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}{'p50 x':>8}{'req/s x':>9}")

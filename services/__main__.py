@@ -14,6 +14,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
 
@@ -82,32 +84,23 @@ def demo(base_url: str) -> None:
     print(f"  usage  : {json.dumps(data['usage'])}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--once", action="store_true", help="stop after the demo request")
-    args = parser.parse_args()
-
+@contextmanager
+def running_stack() -> Iterator[tuple[str, dict[str, subprocess.Popen[str]]]]:
+    """Start the four services, configured by the environment as usual; yield the edge's URL and the
+    processes; on exit, SIGTERM each (they drain in-flight work) and wait."""
     classifier, providers = ClassifierSettings(), ProvidersSettings()
     router, edge = RouterSettings(), EdgeSettings()
     env = dict(os.environ)
     env.setdefault("ROUTER_CLASSIFIER_ADDR", f"{classifier.host}:{classifier.port}")
     env.setdefault("ROUTER_PROVIDERS_ADDR", f"{providers.host}:{providers.port}")
     env.setdefault("EDGE_ROUTER_ADDR", f"{router.host}:{router.port}")
-
     procs = {name: launch(name, env) for name in ("classifier", "providers", "router")}
     try:
         wait_ready(procs, ["classifier", "providers", "router"])
         procs["edge"] = launch("edge", env)
         base_url = f"http://{edge.host}:{edge.port}"
         wait_http(f"{base_url}/healthz", procs["edge"][0])
-        print(f"llm-cost-router is up: OpenAI-compatible API at {base_url}/v1")
-        demo(base_url)
-        if not args.once:
-            print(f"\nServing; try: curl {base_url}/v1/models   (Ctrl-C stops)")
-            stop = threading.Event()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, lambda *_: stop.set())
-            stop.wait()
+        yield base_url, {name: proc for name, (proc, _) in procs.items()}
     finally:
         for proc, _ in procs.values():
             proc.send_signal(signal.SIGTERM)
@@ -116,6 +109,21 @@ def main() -> None:
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--once", action="store_true", help="stop after the demo request")
+    args = parser.parse_args()
+    with running_stack() as (base_url, _):
+        print(f"llm-cost-router is up: OpenAI-compatible API at {base_url}/v1")
+        demo(base_url)
+        if not args.once:
+            print(f"\nServing; try: curl {base_url}/v1/models   (Ctrl-C stops)")
+            stop = threading.Event()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda *_: stop.set())
+            stop.wait()
 
 
 if __name__ == "__main__":
