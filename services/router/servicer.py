@@ -33,7 +33,7 @@ from llmrouter.v1 import (
 from services.router import metrics, policy
 from services.router.models import AvailableModels
 from services.router.settings import RouterSettings
-from services.router.store import Account, Store, key_id, to_pico
+from services.router.store import Account, Allowance, Store, key_id, to_pico
 
 log = logging.getLogger("llmrouter.router")
 
@@ -75,10 +75,12 @@ class Served:
     retries: int = 0
     finish_reason: str = ""
     escalated: bool = False
+    tool_calls_json: str = ""
 
     def add(self, reply: provider_pb2.GenerateResponse, model: ModelSpec) -> None:
         self.model, self.provider = model, reply.provider
         self.content, self.finish_reason = reply.content or self.content, reply.finish_reason
+        self.tool_calls_json = reply.tool_calls_json or self.tool_calls_json
         self.input_tokens += reply.usage.input_tokens
         self.output_tokens += reply.usage.output_tokens
         self.estimated |= reply.usage.estimated
@@ -130,6 +132,12 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self.providers = providers
         self.available = AvailableModels(registry, providers, settings.models_refresh_s)
         self._settling: set[asyncio.Task[None]] = set()
+        self.allowance = Allowance(
+            settings.budget_period,
+            settings.rate_limit_rpm,
+            None if settings.tenant_budget_usd is None else to_pico(settings.tenant_budget_usd),
+            None if settings.key_budget_usd is None else to_pico(settings.key_budget_usd),
+        )
 
     # --- RPCs -------------------------------------------------------------------------------------------
     async def ListModels(self, request: common_pb2.ListModelsRequest, context: Any) -> common_pb2.ListModelsResponse:
@@ -157,7 +165,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         yield router_pb2.CompleteChunk(decision=routed.decision)
         cached = await self._from_cache(routed)
         if cached is not None:
-            yield router_pb2.CompleteChunk(delta=cached.content)
+            if cached.content:
+                yield router_pb2.CompleteChunk(delta=cached.content)
             cached.content = ""
             yield router_pb2.CompleteChunk(final=cached)
             return
@@ -265,9 +274,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
 
     async def _admit(self, account: Account) -> None:
         settings = self.settings
-        if settings.rate_limit_rpm and await self.store.hit_rate_limit(
-            f"{account.tenant}:{account.key}", settings.rate_limit_rpm
-        ):
+        refused = await self.store.admit(account, self.allowance)
+        if refused == "rate":
             metrics.RATE_LIMITED.inc()
             raise ServiceError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -275,19 +283,13 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 f"rate limit of {settings.rate_limit_rpm} requests per minute reached",
                 {"retry_after_s": str(60 - int(time.time()) % 60)},
             )
-        exhausted = await self.store.exhausted_budget(
-            account,
-            settings.budget_period,
-            None if settings.tenant_budget_usd is None else to_pico(settings.tenant_budget_usd),
-            None if settings.key_budget_usd is None else to_pico(settings.key_budget_usd),
-        )
-        if exhausted:
+        if refused:
             metrics.BUDGET_REJECTIONS.inc()
             raise ServiceError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 "BUDGET_EXCEEDED",
-                f"the {exhausted} budget for this {settings.budget_period} is spent",
-                {"budget": exhausted},
+                f"the {refused} budget for this {settings.budget_period} is spent",
+                {"budget": refused},
             )
 
     async def _classify(self, request: router_pb2.CompleteRequest, context: Any) -> tuple[dict[str, float] | None, str]:
@@ -325,7 +327,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 continue
             served = Served(option.model)
             served.add(reply, option.model)
-            if not reply.content.strip():
+            if not reply.content.strip() and not reply.tool_calls_json:  # a tool call is an answer
                 await self._escalate(routed, context, served, option)
             return served
         raise AssertionError("unreachable: the last option raises")
@@ -401,6 +403,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             escalated=served.escalated,
             retries=served.retries,
             finish_reason=served.finish_reason,
+            tool_calls_json=served.tool_calls_json,
         )
 
     async def _settle(self, routed: Routed, response: router_pb2.CompleteResponse, outcome: str = "ok") -> None:
@@ -475,5 +478,5 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         return response
 
     async def _to_cache(self, routed: Routed, response: router_pb2.CompleteResponse) -> None:
-        if self.settings.cache_ttl_s and response.content:
+        if self.settings.cache_ttl_s and (response.content or response.tool_calls_json):
             await self.store.cache_set(self._cache_key(routed), response.SerializeToString(), self.settings.cache_ttl_s)

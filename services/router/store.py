@@ -57,13 +57,21 @@ def period_id(period: str, now: float | None = None) -> str:
 PERIOD_TTL_S = {"day": 2 * 86400, "month": 62 * 86400, "total": 0}
 
 
-class Store(Protocol):
-    async def hit_rate_limit(self, subject: str, per_minute: int) -> bool:
-        """Count one request; True when the subject is over its limit this minute."""
+@dataclass(frozen=True)
+class Allowance:
+    """What an account may do: requests per minute (0: unlimited) and spend per period, in pico-USD (None:
+    unlimited). A limit stored for a tenant or key overrides these defaults."""
 
-    async def exhausted_budget(self, account: Account, period: str, tenant_usd: int | None, key_usd: int | None) -> str:
-        """'' when both budgets have room, else 'tenant' or 'key'. Limits in pico-USD; a limit stored
-        in the store for the tenant or key overrides the default given here."""
+    period: str
+    per_minute: int = 0
+    tenant_pico: int | None = None
+    key_pico: int | None = None
+
+
+class Store(Protocol):
+    async def admit(self, account: Account, allowance: Allowance) -> str:
+        """Count one request in: '' when it may go on, else what stops it: 'rate' (over the requests this
+        minute), 'tenant' or 'key' (that budget is spent)."""
 
     async def charge(self, request_id: str, account: Account, period: str, pico: int, record: dict) -> bool:
         """Add the cost to both budgets and the record to the ledger, once per request id.
@@ -78,14 +86,14 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
 
-_RATE_LUA = """
-local n = redis.call('INCR', KEYS[1])
-if n == 1 then redis.call('EXPIRE', KEYS[1], 61) end
-return n
-"""
-
-_BUDGET_LUA = """
-local checks = {{KEYS[1], KEYS[2], ARGV[1], 'tenant'}, {KEYS[3], KEYS[4], ARGV[2], 'key'}}
+# One round trip per request in: the rate count, then both budgets.
+_ADMIT_LUA = """
+if tonumber(ARGV[1]) > 0 then
+  local n = redis.call('INCR', KEYS[1])
+  if n == 1 then redis.call('EXPIRE', KEYS[1], 61) end
+  if n > tonumber(ARGV[1]) then return 'rate' end
+end
+local checks = {{KEYS[2], KEYS[3], ARGV[2], 'tenant'}, {KEYS[4], KEYS[5], ARGV[3], 'key'}}
 for _, c in ipairs(checks) do
   local limit = redis.call('GET', c[2]) or c[3]
   if limit ~= '' and tonumber(redis.call('GET', c[1]) or '0') >= tonumber(limit) then return c[4] end
@@ -113,19 +121,20 @@ class RedisStore:
         # A blocking pool: under a burst, calls wait for a connection instead of failing.
         pool = redis.BlockingConnectionPool.from_url(url, max_connections=64, timeout=5)
         self.redis = redis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
-        self._rate = self.redis.register_script(_RATE_LUA)
-        self._budget = self.redis.register_script(_BUDGET_LUA)
+        self._admit = self.redis.register_script(_ADMIT_LUA)
         self._charge = self.redis.register_script(_CHARGE_LUA)
 
-    async def hit_rate_limit(self, subject: str, per_minute: int) -> bool:
-        window = int(time.time() // 60)
-        return int(await self._rate(keys=[f"llmrouter:rate:{subject}:{window}"])) > per_minute
-
-    async def exhausted_budget(self, account: Account, period: str, tenant_usd: int | None, key_usd: int | None) -> str:
-        tenant_spend, key_spend = account.spend_keys(period_id(period))
+    async def admit(self, account: Account, allowance: Allowance) -> str:
+        rate = f"llmrouter:rate:{account.tenant}:{account.key}:{int(time.time() // 60)}"
+        tenant_spend, key_spend = account.spend_keys(period_id(allowance.period))
         tenant_limit, key_limit = account.limit_keys()
-        args = ["" if tenant_usd is None else tenant_usd, "" if key_usd is None else key_usd]
-        result = await self._budget(keys=[tenant_spend, tenant_limit, key_spend, key_limit], args=args)
+        unlimited = ""
+        args = [
+            allowance.per_minute,
+            unlimited if allowance.tenant_pico is None else allowance.tenant_pico,
+            unlimited if allowance.key_pico is None else allowance.key_pico,
+        ]
+        result = await self._admit(keys=[rate, tenant_spend, tenant_limit, key_spend, key_limit], args=args)
         return result.decode() if isinstance(result, bytes) else str(result or "")
 
     async def charge(self, request_id: str, account: Account, period: str, pico: int, record: dict) -> bool:
@@ -162,18 +171,20 @@ class MemoryStore:
         self.cache: dict[str, tuple[float, bytes]] = {}
         self.rate_window, self.rate_counts = 0, dict[str, int]()
 
-    async def hit_rate_limit(self, subject: str, per_minute: int) -> bool:
-        window = int(time.time() // 60)
-        if window != self.rate_window:
-            self.rate_window, self.rate_counts = window, {}
-        self.rate_counts[subject] = self.rate_counts.get(subject, 0) + 1
-        return self.rate_counts[subject] > per_minute
-
-    async def exhausted_budget(self, account: Account, period: str, tenant_usd: int | None, key_usd: int | None) -> str:
-        tenant_spend, key_spend = account.spend_keys(period_id(period))
+    async def admit(self, account: Account, allowance: Allowance) -> str:
+        if allowance.per_minute:
+            window, subject = int(time.time() // 60), f"{account.tenant}:{account.key}"
+            if window != self.rate_window:
+                self.rate_window, self.rate_counts = window, {}
+            self.rate_counts[subject] = self.rate_counts.get(subject, 0) + 1
+            if self.rate_counts[subject] > allowance.per_minute:
+                return "rate"
+        tenant_spend, key_spend = account.spend_keys(period_id(allowance.period))
         tenant_limit, key_limit = account.limit_keys()
-        checks = [(tenant_spend, self.limits.get(tenant_limit, tenant_usd), "tenant")]
-        checks.append((key_spend, self.limits.get(key_limit, key_usd), "key"))
+        checks = [
+            (tenant_spend, self.limits.get(tenant_limit, allowance.tenant_pico), "tenant"),
+            (key_spend, self.limits.get(key_limit, allowance.key_pico), "key"),
+        ]
         for spend_key, limit, name in checks:
             if limit is not None and self.counters.get(spend_key, 0) >= limit:
                 return name

@@ -11,7 +11,7 @@ from decimal import Decimal
 import pytest
 import redis.asyncio as redis
 
-from services.router.store import LEDGER, Account, MemoryStore, RedisStore, Store, from_pico, to_pico
+from services.router.store import LEDGER, Account, Allowance, MemoryStore, RedisStore, Store, from_pico, to_pico
 
 ACCOUNT = Account("acme", "key1")
 
@@ -44,19 +44,23 @@ async def test_concurrent_distinct_charges_all_add_up(store: Store) -> None:
 
 
 async def test_budget_exhausts_at_its_limit(store: Store) -> None:
-    assert await store.exhausted_budget(ACCOUNT, "day", 100, None) == ""
+    tenant_100 = Allowance("day", tenant_pico=100)
+    assert await store.admit(ACCOUNT, tenant_100) == ""
     await store.charge("a", ACCOUNT, "day", 99, {})
-    assert await store.exhausted_budget(ACCOUNT, "day", 100, None) == ""
+    assert await store.admit(ACCOUNT, tenant_100) == ""
     await store.charge("b", ACCOUNT, "day", 1, {})
-    assert await store.exhausted_budget(ACCOUNT, "day", 100, None) == "tenant"
-    assert await store.exhausted_budget(ACCOUNT, "day", None, 50) == "key"
-    assert await store.exhausted_budget(ACCOUNT, "month", 100, 50) == ""  # another period, another budget
+    assert await store.admit(ACCOUNT, tenant_100) == "tenant"
+    assert await store.admit(ACCOUNT, Allowance("day", key_pico=50)) == "key"
+    assert await store.admit(ACCOUNT, Allowance("month", 0, 100, 50)) == ""  # another period, another budget
+    assert await store.admit(ACCOUNT, Allowance("day")) == ""  # no limits
 
 
-async def test_rate_limit_counts_per_subject(store: Store) -> None:
-    hits = [await store.hit_rate_limit("acme:key1", 3) for _ in range(5)]
-    assert hits == [False, False, False, True, True]
-    assert await store.hit_rate_limit("acme:key2", 3) is False
+async def test_rate_limit_counts_per_tenant_and_key(store: Store) -> None:
+    three = Allowance("day", per_minute=3)
+    refusals = [await store.admit(ACCOUNT, three) for _ in range(5)]
+    assert refusals == ["", "", "", "rate", "rate"]
+    assert await store.admit(Account("acme", "key2"), three) == ""
+    assert await store.admit(Account("other", "key1"), three) == ""
 
 
 async def test_cache_round_trip_and_expiry(store: Store) -> None:
@@ -76,7 +80,7 @@ async def test_redis_ledger_and_operator_limit_override(redis_url: str) -> None:
         assert [json.loads(e[1][b"record"])["model"] for e in entries] == ["m"]
         # An operator's per-tenant limit in Redis overrides the default limit.
         await client.set(ACCOUNT.limit_keys()[0], 5)
-        assert await store.exhausted_budget(ACCOUNT, "day", 1_000_000, None) == "tenant"
+        assert await store.admit(ACCOUNT, Allowance("day", tenant_pico=1_000_000)) == "tenant"
     finally:
         await client.aclose()
         await store.close()
