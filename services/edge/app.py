@@ -27,6 +27,7 @@ from services.edge.openai_api import (
     models_body,
     parse_request,
     router_extension,
+    tool_calls_delta,
     usage_body,
 )
 from services.edge.settings import EdgeSettings
@@ -155,6 +156,8 @@ class Edge:
                     yield sse(chunk_body(request_id, model, {"content": chunk.delta}))
                 elif chunk.WhichOneof("kind") == "final":
                     final = chunk.final
+                    if final.tool_calls_json:
+                        yield sse(chunk_body(request_id, final.model, tool_calls_delta(final)))
                     yield sse(chunk_body(request_id, final.model, {}, final.finish_reason or "stop"))
                     if include_usage:
                         tail = chunk_body(request_id, final.model, {})

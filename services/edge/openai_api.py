@@ -37,17 +37,39 @@ class TextPart(BaseModel):
     text: StrictStr
 
 
+class FunctionCall(BaseModel):
+    name: StrictStr
+    arguments: StrictStr  # JSON, as the model wrote it
+
+
+class ToolCall(BaseModel):
+    id: StrictStr
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class Message(BaseModel):
-    model_config = ConfigDict(extra="allow")  # tool_calls, tool_call_id, ... are tolerated
+    model_config = ConfigDict(extra="allow")  # refusal, audio, ... are tolerated
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: StrictStr | list[TextPart] | None = None
     name: StrictStr | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: StrictStr | None = None
 
     def text(self) -> str:
         if isinstance(self.content, list):
             return "".join(part.text for part in self.content)
         return self.content or ""
+
+    def to_router(self) -> common_pb2.ChatMessage:
+        return common_pb2.ChatMessage(
+            role=self.role,
+            content=self.text(),
+            name=self.name or "",
+            tool_call_id=self.tool_call_id or "",
+            tool_calls_json=json.dumps([c.model_dump() for c in self.tool_calls]) if self.tool_calls else "",
+        )
 
 
 class StreamOptions(BaseModel):
@@ -75,7 +97,7 @@ class ChatCompletionRequest(BaseModel):
     def to_router(self, raw: dict[str, Any], tenant: str, api_key: str, request_id: str) -> router_pb2.CompleteRequest:
         passthrough = {k: v for k, v in raw.items() if k not in MAPPED}
         request = router_pb2.CompleteRequest(
-            messages=[common_pb2.ChatMessage(role=m.role, content=m.text(), name=m.name or "") for m in self.messages],
+            messages=[m.to_router() for m in self.messages],
             tenant=tenant,
             api_key=api_key,
             model="" if self.model in (None, "auto") else self.model,
@@ -142,6 +164,10 @@ class ApiError(Exception):
 
 
 def completion_body(response: router_pb2.CompleteResponse) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": response.content}
+    if response.tool_calls_json:
+        # OpenAI sends null content, not "", when the model only called tools.
+        message.update(content=response.content or None, tool_calls=json.loads(response.tool_calls_json))
     return {
         "id": f"chatcmpl-{response.id}",
         "object": "chat.completion",
@@ -150,7 +176,7 @@ def completion_body(response: router_pb2.CompleteResponse) -> dict[str, Any]:
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": response.content},
+                "message": message,
                 "finish_reason": response.finish_reason or "stop",
             }
         ],
@@ -167,6 +193,12 @@ def chunk_body(request_id: str, model: str, delta: dict[str, Any], finish_reason
         "model": model,
         "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
     }
+
+
+def tool_calls_delta(response: router_pb2.CompleteResponse) -> dict[str, Any]:
+    """A stream's tool calls, all whole in one delta (OpenAI streams them in pieces; SDKs join either)."""
+    calls = json.loads(response.tool_calls_json)
+    return {"tool_calls": [{"index": i, **call} for i, call in enumerate(calls)]}
 
 
 def usage_body(response: router_pb2.CompleteResponse) -> dict[str, int]:

@@ -5,6 +5,7 @@ exact usage and cost on every answer (and on every interrupted stream)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -235,7 +236,9 @@ class Dispatcher:
     def _response(
         self, model: ModelSpec, request: UpstreamRequest, done: Completion, retries: int, start: float
     ) -> provider_pb2.GenerateResponse:
-        usage, cost = settle(model, request.messages, done.content, done.input_tokens, done.output_tokens)
+        tool_calls = json.dumps(done.tool_calls) if done.tool_calls else ""
+        # Without the provider's count, the tool calls are output too, as their JSON.
+        usage, cost = settle(model, request.messages, done.content + tool_calls, done.input_tokens, done.output_tokens)
         metrics.REQUESTS.labels(self.provider, model.name, "ok").inc()
         self._count_tokens(model, usage.input_tokens, usage.output_tokens)
         return provider_pb2.GenerateResponse(
@@ -247,6 +250,7 @@ class Dispatcher:
             provider=self.provider,
             retries=retries,
             latency_ms=int((time.perf_counter() - start) * 1000),
+            tool_calls_json=tool_calls,
         )
 
     def _count_tokens(self, model: ModelSpec, input_tokens: int, output_tokens: int) -> None:
@@ -267,9 +271,10 @@ async def _next(events: AsyncGenerator[StreamEvent, None], deadline: float) -> S
 
 
 def _merge(into: Completion, update: Completion) -> None:
-    """Streams report usage in pieces (Anthropic: input at the start, output at the end)."""
+    """Streams report usage in pieces (Anthropic: input at the start, output at the end), tool calls at the end."""
     into.finish_reason = update.finish_reason or into.finish_reason
     if update.input_tokens is not None:
         into.input_tokens = update.input_tokens
     if update.output_tokens is not None:
         into.output_tokens = update.output_tokens
+    into.tool_calls = update.tool_calls or into.tool_calls

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import aclosing
+from typing import Any
 
 import grpc
 
@@ -57,16 +59,34 @@ def upstream_request(model: ModelSpec, request: provider_pb2.GenerateRequest) ->
         passthrough = parse_passthrough(request.passthrough_json)
     except ValueError as exc:
         raise invalid(f"passthrough_json: {exc}", "passthrough_json") from None
+    messages = [
+        Message(m.role, m.content, m.name, m.tool_call_id, _tool_calls(m.tool_calls_json, i))
+        for i, m in enumerate(request.messages)
+    ]
     # Never ask for more than the model can give: upstreams refuse it, and it bounds the worst-case cost.
     wanted = request.max_tokens if request.HasField("max_tokens") else model.max_output_tokens
     return UpstreamRequest(
         model=model.upstream_name,
-        messages=[Message(m.role, m.content, m.name) for m in request.messages],
+        messages=messages,
         max_tokens=min(wanted, model.max_output_tokens),
         temperature=request.temperature if request.HasField("temperature") else None,
         passthrough=passthrough,
         request_id=request.request_id,
     )
+
+
+def _tool_calls(raw: str, index: int) -> list[dict[str, Any]]:
+    """A message's tool_calls_json: a JSON array of objects, or nothing."""
+    if not raw:
+        return []
+    try:
+        calls = json.loads(raw)
+    except ValueError:
+        calls = None
+    if not isinstance(calls, list) or not all(isinstance(c, dict) for c in calls):
+        field = f"messages[{index}].tool_calls_json"
+        raise invalid(f"{field} must be a JSON array of objects", field)
+    return calls
 
 
 async def build(settings: ProvidersSettings) -> tuple[Registrations, list[Closer]]:

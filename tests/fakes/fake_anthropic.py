@@ -1,15 +1,17 @@
 """A fake Anthropic Messages API: POST /v1/messages, JSON or SSE (`event: ...` + `data: ...`) with
 message_start, content_block_start, ping, content_block_delta, content_block_stop, message_delta (stop_reason
-and output usage) and message_stop, exactly as api.anthropic.com sends them."""
+and output usage) and message_stop, exactly as api.anthropic.com sends them; tool calls as tool_use blocks
+(whole in JSON, as input_json_delta pieces in SSE)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
 import tiktoken
 
-from tests.fakes.server import FakeServer, Fault, Received, Reply, sse, words
+from tests.fakes.server import TOOL_CUE, FakeServer, Fault, Received, Reply, pieces, sse, words
 
 ReplyFn = Callable[[dict[str, Any]], str]
 
@@ -20,8 +22,17 @@ def _text(content: Any) -> str:
     return "".join(b.get("text", "") for b in content or [] if isinstance(b, dict) and b.get("type") == "text")
 
 
+def _tool_results(content: Any) -> str:
+    blocks = [] if isinstance(content, str) else content or []
+    return "".join(_text(b.get("content")) for b in blocks if isinstance(b, dict) and b.get("type") == "tool_result")
+
+
 def echo_reply(body: dict[str, Any]) -> str:
-    """The default answer: deterministic, derived from the model and the last user message."""
+    """The default answer: deterministic, derived from the model and the last user message (or the tool
+    results, when the last message brings some)."""
+    messages = body.get("messages") or []
+    if messages and (results := _tool_results(messages[-1]["content"])):
+        return f"[{body.get('model', '')}] The tool said: {results}"
     last = next((_text(m.get("content")) for m in reversed(body.get("messages", [])) if m["role"] == "user"), "")
     return f"[{body.get('model', '')}] You said: {last}"
 
@@ -45,14 +56,32 @@ class FakeAnthropic(FakeServer):
     def _count(self, text: str) -> int:
         return len(self._encoding.encode(text, disallowed_special=()))
 
+    def tool_uses(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        """On TOOL_CUE, a tool_use block for every tool offered, its input quoting the message; else none."""
+        messages, tools = body.get("messages") or [], body.get("tools") or []
+        last = messages[-1] if messages else {}
+        if not tools or last.get("role") != "user" or TOOL_CUE not in _text(last.get("content")):
+            return []
+        text = _text(last["content"])
+        return [
+            {"type": "tool_use", "id": f"toolu_fake{i}", "name": t["name"], "input": {"text": text}}
+            for i, t in enumerate(tools)
+        ]
+
     def answer(self, body: dict[str, Any]) -> tuple[str, str, dict[str, int]]:
+        """A tool-use answer has no text; its output tokens are those of each block's name and input JSON."""
+        uses = self.tool_uses(body)
         tokens = self._encoding.encode(self.reply(body), disallowed_special=())
         stop = "end_turn"
-        if len(tokens) > body["max_tokens"]:
+        if uses:
+            text = "".join(u["name"] + json.dumps(u["input"]) for u in uses)
+            tokens, stop = self._encoding.encode(text, disallowed_special=()), "tool_use"
+        elif len(tokens) > body["max_tokens"]:
             tokens, stop = tokens[: body["max_tokens"]], "max_tokens"
         system = body.get("system") or ""
         input_tokens = self._count(_text(system)) + sum(self._count(_text(m["content"])) for m in body["messages"])
-        return self._encoding.decode(tokens), stop, {"input_tokens": input_tokens, "output_tokens": len(tokens)}
+        content = "" if uses else self._encoding.decode(tokens)
+        return content, stop, {"input_tokens": input_tokens, "output_tokens": len(tokens)}
 
     def authorized(self, request: Received) -> bool:
         return self.api_key is None or request.headers.get("x-api-key") == self.api_key
@@ -70,6 +99,7 @@ class FakeAnthropic(FakeServer):
             return None
         body = request.json
         content, stop, usage = self.answer(body)
+        uses = self.tool_uses(body)
         with_usage = not (fault and fault.kind == "no_usage")
         ident, model = f"msg_fake{len(self.requests)}", body["model"]
         if not body.get("stream"):
@@ -78,7 +108,7 @@ class FakeAnthropic(FakeServer):
                 "type": "message",
                 "role": "assistant",
                 "model": model,
-                "content": [{"type": "text", "text": content}],
+                "content": uses or [{"type": "text", "text": content}],
                 "stop_reason": stop,
                 "stop_sequence": None,
             }
@@ -96,24 +126,27 @@ class FakeAnthropic(FakeServer):
             "stop_sequence": None,
             **({"usage": start_usage} if with_usage else {}),
         }
-        events = [
-            sse({"type": "message_start", "message": message}, "message_start"),
-            sse(
-                {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
-                "content_block_start",
-            ),
-            sse({"type": "ping"}, "ping"),
-        ]
-        events += [
-            sse(
-                {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}},
-                "content_block_delta",
-            )
-            for piece in words(content)
-        ]
+        events = [sse({"type": "message_start", "message": message}, "message_start")]
+        if uses:
+            events += self._tool_use_events(uses)
+        else:
+            events += [
+                sse(
+                    {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+                    "content_block_start",
+                ),
+                sse({"type": "ping"}, "ping"),
+            ]
+            events += [
+                sse(
+                    {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}},
+                    "content_block_delta",
+                )
+                for piece in words(content)
+            ]
+            events.append(sse({"type": "content_block_stop", "index": 0}, "content_block_stop"))
         end_usage = {"usage": {"output_tokens": usage["output_tokens"]}} if with_usage else {}
         events += [
-            sse({"type": "content_block_stop", "index": 0}, "content_block_stop"),
             sse(
                 {"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None}, **end_usage},
                 "message_delta",
@@ -121,3 +154,19 @@ class FakeAnthropic(FakeServer):
             sse({"type": "message_stop"}, "message_stop"),
         ]
         return Reply(events=events)
+
+    def _tool_use_events(self, uses: list[dict[str, Any]]) -> list[bytes]:
+        """Per block: its start with an empty input, an empty first input_json_delta, then the input in pieces."""
+        events = []
+        for i, use in enumerate(uses):
+            start = {"type": "content_block_start", "index": i, "content_block": {**use, "input": {}}}
+            events.append(sse(start, "content_block_start"))
+            for piece in ["", *pieces(json.dumps(use["input"]))]:
+                delta = {
+                    "type": "content_block_delta",
+                    "index": i,
+                    "delta": {"type": "input_json_delta", "partial_json": piece},
+                }
+                events.append(sse(delta, "content_block_delta"))
+            events.append(sse({"type": "content_block_stop", "index": i}, "content_block_stop"))
+        return events

@@ -1,8 +1,10 @@
 """A fake OpenAI-compatible server: POST /v1/chat/completions, JSON or SSE with a final usage chunk and
-`data: [DONE]`, exactly as api.openai.com sends them; GET /v1/models lists `models`."""
+`data: [DONE]`, exactly as api.openai.com sends them, tool calls included (whole in JSON, in fragments by
+index in SSE); GET /v1/models lists `models`."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from types import SimpleNamespace
@@ -11,13 +13,17 @@ from typing import Any
 import tiktoken
 
 from llmrouter.tokens import count_message_tokens
-from tests.fakes.server import FakeServer, Fault, Received, Reply, sse, words
+from tests.fakes.server import TOOL_CUE, FakeServer, Fault, Received, Reply, pieces, sse, words
 
 ReplyFn = Callable[[dict[str, Any]], str]
 
 
 def echo_reply(body: dict[str, Any]) -> str:
-    """The default answer: deterministic, derived from the model and the last user message."""
+    """The default answer: deterministic, derived from the model and the last user message (or the tool
+    result, when the last message is one)."""
+    messages = body.get("messages") or []
+    if messages and messages[-1].get("role") == "tool":
+        return f"[{body.get('model', '')}] The tool said: {messages[-1].get('content') or ''}"
     last = next((m.get("content") or "" for m in reversed(body.get("messages", [])) if m.get("role") == "user"), "")
     return f"[{body.get('model', '')}] You said: {last}"
 
@@ -39,14 +45,35 @@ class FakeOpenAI(FakeServer):
     def base_url(self) -> str:
         return f"{self.url}/v1"
 
+    def tool_calls(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        """On TOOL_CUE, a call of every tool offered, its arguments quoting the message; else none."""
+        messages, tools = body.get("messages") or [], body.get("tools") or []
+        last = messages[-1] if messages else {}
+        if not tools or last.get("role") != "user" or TOOL_CUE not in json.dumps(last.get("content")):
+            return []
+        arguments = json.dumps({"text": last["content"]})
+        return [
+            {
+                "id": f"call_fake{i}",
+                "type": "function",
+                "function": {"name": t["function"]["name"], "arguments": arguments},
+            }
+            for i, t in enumerate(tools)
+        ]
+
     def answer(self, body: dict[str, Any]) -> tuple[str, str, dict[str, int]]:
-        """(content, finish_reason, usage) the fake gives to this request body: tests compute expectations."""
+        """(content, finish_reason, usage) the fake gives to this request body: tests compute expectations.
+        A tool-call answer has no content; its completion tokens are those of each call's name and arguments."""
+        calls = self.tool_calls(body)
         tokens = self._encoding.encode(self.reply(body), disallowed_special=())
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
         finish = "stop"
-        if limit is not None and len(tokens) > limit:
+        if calls:
+            text = "".join(c["function"]["name"] + c["function"]["arguments"] for c in calls)
+            tokens, finish = self._encoding.encode(text, disallowed_special=()), "tool_calls"
+        elif limit is not None and len(tokens) > limit:
             tokens, finish = tokens[:limit], "length"
-        content = self._encoding.decode(tokens)
+        content = "" if calls else self._encoding.decode(tokens)
         messages = [SimpleNamespace(role=m["role"], content=m.get("content") or "") for m in body["messages"]]
         prompt = count_message_tokens(messages)
         return (
@@ -82,6 +109,7 @@ class FakeOpenAI(FakeServer):
             return None
         body = request.json
         content, finish, usage = self.answer(body)
+        calls = self.tool_calls(body)
         with_usage = not (fault and fault.kind == "no_usage")
         ident, created, model = f"chatcmpl-fake{len(self.requests)}", int(time.time()), body["model"]
         if not body.get("stream"):
@@ -93,7 +121,12 @@ class FakeOpenAI(FakeServer):
                 "choices": [
                     {
                         "index": 0,
-                        "message": {"role": "assistant", "content": content, "refusal": None},
+                        "message": {
+                            "role": "assistant",
+                            "content": None if calls else content,
+                            "refusal": None,
+                            **({"tool_calls": calls} if calls else {}),
+                        },
                         "logprobs": None,
                         "finish_reason": finish,
                     }
@@ -123,8 +156,22 @@ class FakeOpenAI(FakeServer):
         include_usage = with_usage and (body.get("stream_options") or {}).get("include_usage")
         # With include_usage every chunk carries "usage": null, and one last chunk has no choices but the usage.
         usage_null = {"usage": None} if include_usage else {}
-        events = [chunk([delta({"role": "assistant", "content": "", "refusal": None})], **usage_null)]
+        events = [
+            chunk([delta({"role": "assistant", "content": None if calls else "", "refusal": None})], **usage_null)
+        ]
         events += [chunk([delta({"content": piece})], **usage_null) for piece in words(content)]
+        for i, call in enumerate(calls):  # the id and name first, then the arguments in pieces
+            head = {
+                "index": i,
+                "id": call["id"],
+                "type": "function",
+                "function": {"name": call["function"]["name"], "arguments": ""},
+            }
+            events.append(chunk([delta({"tool_calls": [head]})], **usage_null))
+            events += [
+                chunk([delta({"tool_calls": [{"index": i, "function": {"arguments": piece}}]})], **usage_null)
+                for piece in pieces(call["function"]["arguments"])
+            ]
         events.append(chunk([delta({}, finish)], **usage_null))
         if include_usage:
             events.append(chunk([], usage=usage))

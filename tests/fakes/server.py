@@ -271,6 +271,15 @@ def sse(data: Any, event: str | None = None) -> bytes:
     return (f"event: {event}\n" if event else "").encode() + f"data: {payload}\n\n".encode()
 
 
+# In the last message, a user's, with tools offered: the fakes answer by calling every tool offered.
+TOOL_CUE = "(call a tool)"
+
+
+def pieces(text: str, size: int = 8) -> list[str]:
+    """Split a tool call's arguments into stream fragments, as providers do, that join back to exactly them."""
+    return [text[i : i + size] for i in range(0, len(text), size)]
+
+
 def words(text: str) -> Iterable[str]:
     """Split a reply into stream pieces that join back to exactly the reply."""
     piece = ""

@@ -3,10 +3,13 @@ streams and errors like api.openai.com's."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import openai
 import pytest
 
 from tests.fakes import FakeOpenAI, Fault
+from tests.fakes.server import TOOL_CUE
 from tests.providers.conftest import OPENAI_KEY
 
 
@@ -45,3 +48,18 @@ def test_sdk_sees_rate_limits_and_bad_keys(client: openai.OpenAI, openai_fake: F
     openai_fake.api_key = "another"
     with pytest.raises(openai.AuthenticationError):
         client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
+
+
+def test_sdk_joins_the_streamed_tool_call_fragments(client: openai.OpenAI, openai_fake: FakeOpenAI) -> None:
+    tools: list[Any] = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
+    messages: list[Any] = [{"role": "user", "content": f"find it {TOOL_CUE}"}]
+    with client.chat.completions.stream(model="m", messages=messages, tools=tools) as stream:
+        final = stream.get_final_completion()
+    expected = openai_fake.tool_calls(openai_fake.requests[-1].json)
+    assert len(expected[0]["function"]["arguments"]) > 8  # sent in several fragments
+    calls = final.choices[0].message.tool_calls
+    assert calls is not None
+    assert [
+        {"id": c.id, "type": c.type, "function": c.function.model_dump(include={"name", "arguments"})} for c in calls
+    ] == expected
+    assert final.choices[0].finish_reason == "tool_calls" and final.choices[0].message.content is None

@@ -1,14 +1,16 @@
 """Anthropic Messages API: system prompt and content blocks in, stop reasons mapped to OpenAI's
-finish_reason out, and the streaming events message_start / content_block_delta / message_delta /
-message_stop."""
+finish_reason out, and the streaming events message_start / content_block_start / content_block_delta /
+message_delta / message_stop. Tool calls travel as tool_use and tool_result blocks, shown to callers in
+OpenAI's shape."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncGenerator
 from typing import Any
 
 from llmrouter.registry import ProviderSpec
-from services.providers.gateways.base import Completion, StreamEvent, UpstreamError, UpstreamRequest
+from services.providers.gateways.base import Completion, Message, StreamEvent, UpstreamError, UpstreamRequest
 from services.providers.gateways.http import loads, make_client, post_json, post_sse
 
 PATH = "/v1/messages"
@@ -37,22 +39,35 @@ class AnthropicGateway:
         blocks = payload.get("content")
         if not isinstance(blocks, list):
             raise UpstreamError("bad_response", "upstream reply has no content blocks")
-        text = "".join(b.get("text", "") for b in blocks if isinstance(b, dict) and b.get("type") == "text")
+        blocks = [b for b in blocks if isinstance(b, dict)]
+        text = "".join(b.get("text", "") for b in blocks if b.get("type") == "text")
+        calls = [
+            _tool_call(b.get("id", ""), b.get("name", ""), json.dumps(b.get("input") or {}))
+            for b in blocks
+            if b.get("type") == "tool_use"
+        ]
         input_tokens, output_tokens = _usage(payload.get("usage"))
-        return Completion(text, _finish(payload.get("stop_reason")), input_tokens, output_tokens)
+        return Completion(text, _finish(payload.get("stop_reason")), input_tokens, output_tokens, calls)
 
     async def stream(self, request: UpstreamRequest) -> AsyncGenerator[StreamEvent, None]:
         stopped = False
+        calls: dict[int, dict[str, Any]] = {}  # tool_use blocks by their index; input arrives as JSON pieces
         async for event, data in post_sse(self.client, PATH, {**_body(request), "stream": True}):
             payload = loads(data)
             kind = payload.get("type", event)
             if kind == "message_start":
                 input_tokens, _ = _usage((payload.get("message") or {}).get("usage"))
                 yield Completion(input_tokens=input_tokens)
+            elif kind == "content_block_start":
+                block = payload.get("content_block") or {}
+                if block.get("type") == "tool_use":
+                    calls[payload.get("index", len(calls))] = _tool_call(block.get("id", ""), block.get("name", ""), "")
             elif kind == "content_block_delta":
                 delta = payload.get("delta") or {}
                 if delta.get("type") == "text_delta" and delta.get("text"):
                     yield delta["text"]
+                elif delta.get("type") == "input_json_delta" and payload.get("index") in calls:
+                    calls[payload["index"]]["function"]["arguments"] += delta.get("partial_json") or ""
             elif kind == "message_delta":
                 _, output_tokens = _usage(payload.get("usage"))
                 stop_reason = (payload.get("delta") or {}).get("stop_reason")
@@ -67,16 +82,25 @@ class AnthropicGateway:
                 )
         if not stopped:
             raise UpstreamError("unavailable", "upstream stream ended before message_stop", retryable=True)
+        if calls:
+            for call in calls.values():  # a tool without parameters streams no input at all
+                call["function"]["arguments"] = call["function"]["arguments"] or "{}"
+            yield Completion(tool_calls=[calls[i] for i in sorted(calls)])
 
 
 def _body(request: UpstreamRequest) -> dict[str, Any]:
     system = "\n\n".join(m.content for m in request.messages if m.role == "system")
-    messages = [
-        # Anthropic knows only user and assistant turns; a tool result is shown to the model as user text.
-        {"role": "assistant" if m.role == "assistant" else "user", "content": [{"type": "text", "text": m.content}]}
-        for m in request.messages
-        if m.role != "system"
-    ]
+    messages: list[dict[str, Any]] = []
+    for m in request.messages:
+        if m.role == "system":
+            continue
+        # Anthropic knows only user and assistant turns, and wants one turn per side: consecutive ones merge,
+        # so the results of parallel tool calls share the user turn that follows the calls.
+        role = "assistant" if m.role == "assistant" else "user"
+        if messages and messages[-1]["role"] == role:
+            messages[-1]["content"] += _blocks(m)
+        else:
+            messages.append({"role": role, "content": _blocks(m)})
     body: dict[str, Any] = {
         "model": request.model,
         "messages": messages,
@@ -88,6 +112,28 @@ def _body(request: UpstreamRequest) -> dict[str, Any]:
         body["temperature"] = request.temperature
     body.update(_translate_passthrough(request.passthrough))
     return body
+
+
+def _blocks(m: Message) -> list[dict[str, Any]]:
+    if m.role == "tool":
+        return [{"type": "tool_result", "tool_use_id": m.tool_call_id, "content": m.content}]
+    blocks: list[dict[str, Any]] = [{"type": "text", "text": m.content}] if m.content or not m.tool_calls else []
+    for call in m.tool_calls:
+        function = call.get("function") or {}
+        try:
+            arguments = json.loads(function.get("arguments") or "{}")
+        except ValueError:
+            arguments = None
+        if not isinstance(arguments, dict):  # Anthropic takes the input as an object: the request cannot be sent
+            raise UpstreamError("rejected", "a tool call's arguments are not a JSON object", status=400)
+        blocks.append(
+            {"type": "tool_use", "id": call.get("id", ""), "name": function.get("name", ""), "input": arguments}
+        )
+    return blocks
+
+
+def _tool_call(call_id: str, name: str, arguments: str) -> dict[str, Any]:
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
 
 
 def _translate_passthrough(extra: dict[str, Any]) -> dict[str, Any]:
@@ -109,6 +155,11 @@ def _translate_passthrough(extra: dict[str, Any]) -> dict[str, Any]:
             }
             for f in tools
         ]
+    choice = extra.get("tool_choice")
+    if tools and choice in ("auto", "none", "required"):
+        out["tool_choice"] = {"type": "any" if choice == "required" else choice}
+    elif tools and isinstance(choice, dict) and isinstance(choice.get("function"), dict):
+        out["tool_choice"] = {"type": "tool", "name": choice["function"].get("name", "")}
     return out
 
 

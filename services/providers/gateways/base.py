@@ -13,6 +13,9 @@ class Message:
     role: str
     content: str
     name: str = ""
+    tool_call_id: str = ""  # on a tool message: the call it answers
+    # On an assistant message: its tool calls in OpenAI's shape, {"id", "type", "function": {"name", "arguments"}}.
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -35,9 +38,10 @@ class Completion:
     finish_reason: str = ""
     input_tokens: int | None = None
     output_tokens: int | None = None
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)  # OpenAI's shape, arguments a JSON string
 
 
-# A stream yields text deltas, then exactly one Completion carrying usage and finish reason.
+# A stream yields text deltas and Completions carrying usage, finish reason and the whole tool calls.
 StreamEvent = str | Completion
 
 ErrorKind = Literal["timeout", "rate_limited", "unavailable", "bad_response", "rejected", "context_length"]

@@ -6,7 +6,7 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from llmrouter.registry import ProviderSpec
-from services.providers.gateways.base import Completion, StreamEvent, UpstreamError, UpstreamRequest
+from services.providers.gateways.base import Completion, Message, StreamEvent, UpstreamError, UpstreamRequest
 from services.providers.gateways.http import loads, make_client, post_json, post_sse
 
 PATH = "/chat/completions"
@@ -25,14 +25,18 @@ class OpenAIGateway:
             choice = payload["choices"][0]
             content = choice["message"].get("content") or ""
             finish = choice.get("finish_reason") or ""
+            tool_calls = choice["message"].get("tool_calls") or []
         except (KeyError, IndexError, TypeError, AttributeError):
             raise UpstreamError("bad_response", "upstream reply has no choices[0].message") from None
+        if not isinstance(tool_calls, list):
+            raise UpstreamError("bad_response", "upstream reply's tool_calls is not a list")
         input_tokens, output_tokens = _usage(payload.get("usage"))
-        return Completion(content, finish, input_tokens, output_tokens)
+        return Completion(content, finish, input_tokens, output_tokens, tool_calls)
 
     async def stream(self, request: UpstreamRequest) -> AsyncGenerator[StreamEvent, None]:
         body = {**_body(request), "stream": True, "stream_options": {"include_usage": True}}
         end = Completion()
+        calls: dict[int, dict[str, Any]] = {}  # tool calls arrive in fragments, keyed by their index
         done = False
         async for _, data in post_sse(self.client, PATH, body):
             if data.strip() == "[DONE]":
@@ -42,21 +46,35 @@ class OpenAIGateway:
             if "error" in chunk:
                 raise UpstreamError("unavailable", "upstream reported an error mid-stream", retryable=True)
             for choice in chunk.get("choices") or []:
-                delta = (choice.get("delta") or {}).get("content")
-                if delta:
-                    yield delta
+                delta = choice.get("delta") or {}
+                if delta.get("content"):
+                    yield delta["content"]
+                for fragment in delta.get("tool_calls") or []:
+                    _add_fragment(calls, fragment)
                 end.finish_reason = choice.get("finish_reason") or end.finish_reason
             if chunk.get("usage"):
                 end.input_tokens, end.output_tokens = _usage(chunk["usage"])
         if not done and not end.finish_reason:
             raise UpstreamError("unavailable", "upstream stream ended before it was complete", retryable=True)
+        end.tool_calls = [calls[i] for i in sorted(calls)]
         yield end
 
 
+def _add_fragment(calls: dict[int, dict[str, Any]], fragment: Any) -> None:
+    """The first fragment of a call brings its id and name, the following ones pieces of its arguments."""
+    function = (fragment.get("function") or {}) if isinstance(fragment, dict) else None
+    if not isinstance(function, dict) or not isinstance(fragment.get("index", 0), int):
+        raise UpstreamError("bad_response", "upstream sent a malformed tool call fragment")
+    call = calls.setdefault(
+        fragment.get("index", len(calls)), {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
+    )
+    call["id"] = fragment.get("id") or call["id"]
+    call["function"]["name"] = function.get("name") or call["function"]["name"]
+    call["function"]["arguments"] += function.get("arguments") or ""
+
+
 def _body(request: UpstreamRequest) -> dict[str, Any]:
-    messages = [
-        {"role": m.role, "content": m.content, **({"name": m.name} if m.name else {})} for m in request.messages
-    ]
+    messages = [_message(m) for m in request.messages]
     # Passthrough fields first: they may add tools or response_format, never replace model or messages.
     body: dict[str, Any] = {**request.passthrough, "model": request.model, "messages": messages}
     if request.max_tokens is not None:
@@ -64,6 +82,18 @@ def _body(request: UpstreamRequest) -> dict[str, Any]:
     if request.temperature is not None:
         body["temperature"] = request.temperature
     return body
+
+
+def _message(m: Message) -> dict[str, Any]:
+    # An assistant turn that only called tools has null content, as OpenAI itself sends it.
+    out: dict[str, Any] = {"role": m.role, "content": m.content or (None if m.tool_calls else "")}
+    if m.name:
+        out["name"] = m.name
+    if m.tool_call_id:
+        out["tool_call_id"] = m.tool_call_id
+    if m.tool_calls:
+        out["tool_calls"] = m.tool_calls
+    return out
 
 
 def _usage(usage: Any) -> tuple[int | None, int | None]:

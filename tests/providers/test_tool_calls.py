@@ -1,0 +1,157 @@
+"""Tool calls through both gateways against fakes speaking the exact wire formats: OpenAI's tool_calls (whole,
+and in fragments by index when streamed) and Anthropic's tool_use blocks (input_json_delta when streamed)
+come back in OpenAI's shape with finish_reason "tool_calls" and exact usage; tool-call history goes out as
+each provider expects it."""
+
+from __future__ import annotations
+
+import json
+
+import grpc
+import pytest
+
+from llmrouter.v1 import common_pb2, provider_pb2
+from tests.fakes import FakeAnthropic, FakeOpenAI
+from tests.fakes.server import TOOL_CUE
+from tests.providers.helpers import collect, cost, error_of, request
+
+PROMPT = f"What is the weather in Paris and the time there? {TOOL_CUE}"
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather of a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    },
+    {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}},
+]
+CALLS = [
+    {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
+    {"id": "call_2", "type": "function", "function": {"name": "get_time", "arguments": "{}"}},
+]
+
+
+def tool_request(model: str) -> provider_pb2.GenerateRequest:
+    return request(model, PROMPT, passthrough_json=json.dumps({"tools": TOOLS, "tool_choice": "auto"}))
+
+
+def history(model: str) -> provider_pb2.GenerateRequest:
+    """The follow-up: the model's two calls and their results."""
+    messages = [
+        common_pb2.ChatMessage(role="user", content=PROMPT),
+        common_pb2.ChatMessage(role="assistant", tool_calls_json=json.dumps(CALLS)),
+        common_pb2.ChatMessage(role="tool", tool_call_id="call_1", content="sunny"),
+        common_pb2.ChatMessage(role="tool", tool_call_id="call_2", content="noon"),
+    ]
+    return provider_pb2.GenerateRequest(model=model, messages=messages, passthrough_json=json.dumps({"tools": TOOLS}))
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_openai_tool_calls_come_back(stub, openai_fake: FakeOpenAI, stream: bool) -> None:
+    if stream:
+        deltas, resp = await collect(stub, tool_request("cheap"))
+        assert deltas == [] and resp is not None
+    else:
+        resp = await stub.Generate(tool_request("cheap"))
+
+    body = openai_fake.requests[-1].json
+    expected = openai_fake.tool_calls(body)
+    assert [c["function"]["name"] for c in expected] == ["get_weather", "get_time"]
+    # Streamed, the arguments arrived in several fragments per call and were joined by index.
+    assert json.loads(resp.tool_calls_json) == expected
+    assert json.loads(expected[0]["function"]["arguments"]) == {"text": PROMPT}
+    _, finish, usage = openai_fake.answer(body)
+    assert resp.content == "" and resp.finish_reason == finish == "tool_calls"
+    assert (resp.usage.input_tokens, resp.usage.output_tokens) == (usage["prompt_tokens"], usage["completion_tokens"])
+    assert resp.cost_usd == cost(usage["prompt_tokens"], usage["completion_tokens"], "0.15", "0.60")
+
+
+async def test_openai_tool_call_history_is_sent(stub, openai_fake: FakeOpenAI) -> None:
+    resp = await stub.Generate(history("cheap"))
+
+    body = openai_fake.requests[-1].json
+    assert body["messages"] == [
+        {"role": "user", "content": PROMPT},
+        {"role": "assistant", "content": None, "tool_calls": CALLS},
+        {"role": "tool", "content": "sunny", "tool_call_id": "call_1"},
+        {"role": "tool", "content": "noon", "tool_call_id": "call_2"},
+    ]
+    assert resp.content == "[cheap-upstream-v1] The tool said: noon"
+    assert resp.finish_reason == "stop" and resp.tool_calls_json == ""
+
+
+async def test_tool_calls_json_must_be_an_array(stub, openai_fake: FakeOpenAI) -> None:
+    req = history("cheap")
+    req.messages[1].tool_calls_json = '{"id": "call_1"}'
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Generate(req)
+    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert error_of(info.value).metadata["field"] == "messages[1].tool_calls_json"
+    assert not openai_fake.requests
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_anthropic_tool_use_becomes_openai_tool_calls(stub, anthropic_fake: FakeAnthropic, stream: bool) -> None:
+    if stream:
+        deltas, resp = await collect(stub, tool_request("claude"))
+        assert deltas == [] and resp is not None
+    else:
+        resp = await stub.Generate(tool_request("claude"))
+
+    body = anthropic_fake.requests[-1].json
+    assert body["tools"][0] == {
+        "name": "get_weather",
+        "description": "Weather of a city",
+        "input_schema": TOOLS[0]["function"]["parameters"],
+    }
+    assert body["tool_choice"] == {"type": "auto"}
+    assert json.loads(resp.tool_calls_json) == [
+        {
+            "id": use["id"],
+            "type": "function",
+            "function": {"name": use["name"], "arguments": json.dumps(use["input"])},
+        }
+        for use in anthropic_fake.tool_uses(body)
+    ]
+    assert [json.loads(c["function"]["arguments"]) for c in json.loads(resp.tool_calls_json)] == [{"text": PROMPT}] * 2
+    _, stop, usage = anthropic_fake.answer(body)
+    assert stop == "tool_use" and resp.finish_reason == "tool_calls" and resp.content == ""
+    assert (resp.usage.input_tokens, resp.usage.output_tokens) == (usage["input_tokens"], usage["output_tokens"])
+    assert resp.cost_usd == cost(usage["input_tokens"], usage["output_tokens"], "3.00", "15.00")
+
+
+async def test_anthropic_tool_call_history_becomes_blocks(stub, anthropic_fake: FakeAnthropic) -> None:
+    resp = await stub.Generate(history("claude"))
+
+    body = anthropic_fake.requests[-1].json
+    assert body["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": PROMPT}]},
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {"city": "Paris"}},
+                {"type": "tool_use", "id": "call_2", "name": "get_time", "input": {}},
+            ],
+        },
+        # Both results in the one user turn that follows the calls.
+        {
+            "role": "user",
+            "content": [
+                {"type": "tool_result", "tool_use_id": "call_1", "content": "sunny"},
+                {"type": "tool_result", "tool_use_id": "call_2", "content": "noon"},
+            ],
+        },
+    ]
+    assert resp.content == "[claude-fake-20250101] The tool said: sunnynoon" and resp.finish_reason == "stop"
+
+
+async def test_anthropic_refuses_arguments_that_are_not_an_object(stub, anthropic_fake: FakeAnthropic) -> None:
+    req = history("claude")
+    req.messages[1].tool_calls_json = json.dumps([{**CALLS[0], "function": {"name": "f", "arguments": "[1]"}}])
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Generate(req)
+    err = error_of(info.value)
+    assert err.reason == "UPSTREAM_ERROR" and err.metadata["upstream_status"] == "400"
+    assert not anthropic_fake.requests
