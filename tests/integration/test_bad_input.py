@@ -32,6 +32,19 @@ CASES = [
     ("stream not a bool", json.dumps({**GOOD, "stream": "yes"}).encode(), 400, "invalid_value"),
     ("max_cost_usd negative", json.dumps({**GOOD, "max_cost_usd": "-1"}).encode(), 400, None),
     ("max_cost_usd not a number", json.dumps({**GOOD, "max_cost_usd": "lots"}).encode(), 400, None),
+    (
+        "tool call arguments not a string",
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": "x"},
+                    {"role": "assistant", "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": {}}}]},
+                ]
+            }
+        ).encode(),
+        400,
+        "invalid_value",
+    ),
     ("only empty content", json.dumps({"messages": [{"role": "user", "content": "  "}]}).encode(), 400, None),
     ("unknown model", json.dumps({**GOOD, "model": "gpt-17"}).encode(), 404, "model_not_found"),
     (

@@ -85,3 +85,24 @@ async def test_tool_call_round_trip(chain: Chain, stream: bool) -> None:
     assert sent["tools"] == TOOLS
     assert follow_up.choices[0].message.content == "[cheap-model] The tool said: sunny, 21 C"
     assert follow_up.choices[0].message.tool_calls is None and follow_up.choices[0].finish_reason == "stop"
+
+
+async def test_a_cached_tool_call_is_served_whole(chain: Chain) -> None:
+    sdk = client(chain)
+    messages: list[Any] = [{"role": "user", "content": unique(f"Weather in Rome? {TOOL_CUE}")}]
+    options: dict[str, Any] = {"model": "auto", "tools": TOOLS, "extra_body": {"quality_target": 0}}
+    first = await sdk.chat.completions.create(messages=messages, **options)
+    calls = len(chain.budget.requests)
+
+    again = await sdk.chat.completions.create(messages=messages, **options)
+    chunks = [c async for c in await sdk.chat.completions.create(messages=messages, stream=True, **options)]
+
+    assert len(chain.budget.requests) == calls  # both from the cache
+    assert again.model_extra["x_router"]["cache_hit"] is True
+    assert again.choices[0].message.tool_calls == first.choices[0].message.tool_calls
+    streamed = [call for c in chunks if c.choices for call in c.choices[0].delta.tool_calls or []]
+    assert first.choices[0].message.tool_calls is not None and len(streamed) == 1
+    assert streamed[0].id == first.choices[0].message.tool_calls[0].id
+    assert streamed[0].function is not None
+    assert streamed[0].function.arguments == first.choices[0].message.tool_calls[0].function.arguments
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
