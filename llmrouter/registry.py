@@ -62,6 +62,7 @@ class ModelSpec(BaseModel):
     context_window: int = Field(gt=0)
     max_output_tokens: int = Field(default=4096, gt=0)
     latency_slo_ms: int = Field(default=30_000, gt=0)
+    tools: bool = True  # can call tools; a request offering tools is routed only to models that can
     # Quality comes from the classifier's prediction for `quality_from` (a model it was trained on),
     # or, for a model it cannot predict, from the fixed prior `quality_prior`.
     quality_from: str = ""

@@ -21,6 +21,7 @@ class Limits:
     expected_output_tokens: int  # for cost estimates
     max_cost_usd: Decimal | None = None
     max_latency_ms: int | None = None
+    needs_tools: bool = False
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,8 @@ def evaluate(models: Sequence[ModelSpec], scores: Mapping[str, float] | None, li
             excluded = f"estimated cost {cost} over max_cost_usd {limits.max_cost_usd}"
         elif limits.max_latency_ms is not None and model.latency_slo_ms > limits.max_latency_ms:
             excluded = f"latency SLO {model.latency_slo_ms} ms over max_latency_ms {limits.max_latency_ms}"
+        elif limits.needs_tools and not model.tools:
+            excluded = "cannot call the tools the request offers"
         quality = predicted_quality(model, scores)
         options.append(Option(model, -1.0 if quality is None else quality, cost, excluded))
     return options

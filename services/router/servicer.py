@@ -254,6 +254,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 raise invalid("max_cost_usd must be a decimal number", "max_cost_usd") from None
             if not max_cost.is_finite() or max_cost < 0:
                 raise invalid("max_cost_usd must be a non-negative number", "max_cost_usd")
+        extra: Any = {}
         if request.passthrough_json:
             try:
                 extra = json.loads(request.passthrough_json)
@@ -270,6 +271,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             expected_output_tokens=self.settings.expected_output_tokens,
             max_cost_usd=max_cost,
             max_latency_ms=request.max_latency_ms if request.HasField("max_latency_ms") else None,
+            needs_tools=bool(extra.get("tools")),
         )
 
     async def _admit(self, account: Account) -> None:

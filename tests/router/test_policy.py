@@ -17,7 +17,8 @@ REGISTRY = Registry.model_validate(
             {"name": "cheap", "provider": "p", "tier": "economy", "input_usd_per_mtok": "0.10",
              "output_usd_per_mtok": "0.20", "context_window": 1000, "latency_slo_ms": 1000, "quality_from": "weak"},
             {"name": "strong", "provider": "p", "tier": "premium", "input_usd_per_mtok": "5",
-             "output_usd_per_mtok": "15", "context_window": 100000, "latency_slo_ms": 9000, "quality_from": "big"},
+             "output_usd_per_mtok": "15", "context_window": 100000, "latency_slo_ms": 9000, "quality_from": "big",
+             "tools": False},
         ],
     }
 )  # fmt: skip
@@ -110,3 +111,9 @@ def test_escalation_goes_to_a_stronger_tier() -> None:
     target = policy.escalation_target(plan.order, plan.order[0], REGISTRY)
     assert target is not None and target.model.name == "strong"
     assert policy.escalation_target(plan.order, target, REGISTRY) is None
+
+
+def test_a_request_offering_tools_skips_models_that_cannot_call_them() -> None:
+    plan = route({"weak": 0.2, "big": 0.99}, needs_tools=True)
+    assert [o.model.name for o in plan.order] == ["cheap"]
+    assert "tools" in next(o for o in plan.options if o.model.name == "strong").excluded
