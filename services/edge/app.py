@@ -128,10 +128,13 @@ class Edge:
             return JSONResponse(completion_body(response), headers=headers)
         call = self.router.CompleteStream(message, timeout=timeout)
         try:
-            first = await call.read()  # the decision: routing errors become HTTP errors before any byte
+            # The decision, then the first delta (or the final chunk): routing errors and provider failures
+            # before any token become HTTP errors with their proper status, not a 200 with an error event.
+            decision = (await call.read()).decision
+            pending = await call.read()
         except grpc.RpcError as err:
+            call.cancel()
             raise api_error(err) from None
-        decision = first.decision
         include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
         headers = {
             "x-router-model": decision.model,
@@ -140,16 +143,19 @@ class Edge:
             "cache-control": "no-cache",
         }
         return StreamingResponse(
-            self._stream(call, request_id, decision.model, include_usage),
+            self._stream(call, pending, request_id, decision.model, include_usage),
             media_type="text/event-stream",
             headers=headers,
         )
 
-    async def _stream(self, call: Any, request_id: str, model: str, include_usage: bool) -> AsyncIterator[bytes]:
+    async def _stream(
+        self, call: Any, pending: Any, request_id: str, model: str, include_usage: bool
+    ) -> AsyncIterator[bytes]:
         try:
             yield sse(chunk_body(request_id, model, {"role": "assistant", "content": ""}))
             while True:
-                chunk = await call.read()
+                chunk = pending if pending is not None else await call.read()
+                pending = None
                 if chunk is grpc.aio.EOF:
                     break
                 if chunk.WhichOneof("kind") == "delta":

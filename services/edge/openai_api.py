@@ -30,6 +30,9 @@ MAPPED = {
 }
 
 
+INT32_MAX = 2**31 - 1  # bounds integers well inside the int64 fields of the contract
+
+
 class TextPart(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -83,15 +86,15 @@ class ChatCompletionRequest(BaseModel):
     messages: list[Message] = Field(min_length=1)
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
-    max_tokens: StrictInt | None = Field(default=None, ge=1)
-    max_completion_tokens: StrictInt | None = Field(default=None, ge=1)
+    max_tokens: StrictInt | None = Field(default=None, ge=1, le=INT32_MAX)
+    max_completion_tokens: StrictInt | None = Field(default=None, ge=1, le=INT32_MAX)
     temperature: StrictFloat | StrictInt | None = Field(default=None, ge=0, le=2)
     n: StrictInt | None = Field(default=None, ge=1, le=1)
     user: StrictStr | None = None
     # Router extensions (also accepted as x-router-* headers).
     quality_target: StrictFloat | StrictInt | None = Field(default=None, ge=0, le=1)
     max_cost_usd: StrictStr | StrictFloat | StrictInt | None = None
-    max_latency_ms: StrictInt | None = Field(default=None, ge=1)
+    max_latency_ms: StrictInt | None = Field(default=None, ge=1, le=INT32_MAX)
     session_id: StrictStr | None = None
 
     def to_router(self, raw: dict[str, Any], tenant: str, api_key: str, request_id: str) -> router_pb2.CompleteRequest:

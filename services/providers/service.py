@@ -18,7 +18,7 @@ from services.providers.gateways.base import Message, UpstreamRequest, parse_pas
 from services.providers.settings import ProvidersSettings
 
 SERVICE = "llmrouter.v1.Provider"
-ROLES = {"system", "user", "assistant", "tool"}
+ROLES = {"system", "developer", "user", "assistant", "tool"}
 
 
 class ProviderServicer(provider_pb2_grpc.ProviderServicer):
@@ -59,8 +59,16 @@ def upstream_request(model: ModelSpec, request: provider_pb2.GenerateRequest) ->
         passthrough = parse_passthrough(request.passthrough_json)
     except ValueError as exc:
         raise invalid(f"passthrough_json: {exc}", "passthrough_json") from None
+    # OpenAI's "developer" role is its newer name for "system"; upstreams that predate it (vLLM, Ollama,
+    # Anthropic, the local model) know only "system".
     messages = [
-        Message(m.role, m.content, m.name, m.tool_call_id, _tool_calls(m.tool_calls_json, i))
+        Message(
+            "system" if m.role == "developer" else m.role,
+            m.content,
+            m.name,
+            m.tool_call_id,
+            _tool_calls(m.tool_calls_json, i),
+        )
         for i, m in enumerate(request.messages)
     ]
     # Never ask for more than the model can give: upstreams refuse it, and it bounds the worst-case cost.

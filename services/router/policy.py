@@ -52,7 +52,8 @@ def evaluate(models: Sequence[ModelSpec], scores: Mapping[str, float] | None, li
         output = min(limits.max_output_tokens or limits.expected_output_tokens, model.max_output_tokens)
         cost = model.cost_usd(limits.input_tokens, output)
         excluded = ""
-        if limits.input_tokens + (limits.max_output_tokens or 1) > model.context_window:
+        # The providers cap max_tokens at the model's output limit, so only the capped reply must fit.
+        if limits.input_tokens + min(limits.max_output_tokens or 1, model.max_output_tokens) > model.context_window:
             excluded = f"prompt of {limits.input_tokens} tokens exceeds context window {model.context_window}"
         elif limits.max_cost_usd is not None and cost > limits.max_cost_usd:
             excluded = f"estimated cost {cost} over max_cost_usd {limits.max_cost_usd}"

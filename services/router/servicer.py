@@ -480,5 +480,10 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         return response
 
     async def _to_cache(self, routed: Routed, response: router_pb2.CompleteResponse) -> None:
-        if self.settings.cache_ttl_s and (response.content or response.tool_calls_json):
+        """Best effort: the answer is served and charged already; failing the call now would bill a retry."""
+        if not (self.settings.cache_ttl_s and (response.content or response.tool_calls_json)):
+            return
+        try:
             await self.store.cache_set(self._cache_key(routed), response.SerializeToString(), self.settings.cache_ttl_s)
+        except Exception:
+            log.warning("response cache unavailable; answer served uncached", exc_info=True)

@@ -28,6 +28,8 @@ CASES = [
     ("content wrong type", json.dumps({"messages": [{"role": "user", "content": 5}]}).encode(), 400, "invalid_value"),
     ("max_tokens negative", json.dumps({**GOOD, "max_tokens": -5}).encode(), 400, "invalid_value"),
     ("max_tokens a string", json.dumps({**GOOD, "max_tokens": "5"}).encode(), 400, "invalid_value"),
+    ("max_tokens beyond int64", json.dumps({**GOOD, "max_tokens": 2**70}).encode(), 400, "invalid_value"),
+    ("max_latency_ms beyond int64", json.dumps({**GOOD, "max_latency_ms": 2**70}).encode(), 400, "invalid_value"),
     ("temperature out of range", json.dumps({**GOOD, "temperature": 9}).encode(), 400, "invalid_value"),
     ("stream not a bool", json.dumps({**GOOD, "stream": "yes"}).encode(), 400, "invalid_value"),
     ("max_cost_usd negative", json.dumps({**GOOD, "max_cost_usd": "-1"}).encode(), 400, None),

@@ -198,3 +198,19 @@ async def test_edge_health(chain: Chain) -> None:
     async with httpx.AsyncClient() as http:
         reply = await http.get(chain.base_url.removesuffix("/v1") + "/healthz")
     assert reply.status_code == 200
+
+
+async def test_developer_role_and_a_generous_max_tokens_are_served(chain: Chain) -> None:
+    """Current SDKs send "developer" for system prompts; a max_tokens above every model's output cap is capped
+    by the provider, so a short prompt is served instead of being called too long."""
+    completion = await client(chain).chat.completions.create(
+        model="auto",
+        messages=[{"role": "developer", "content": "Be brief."}, {"role": "user", "content": unique("hi")}],
+        max_tokens=2**31 - 1,
+        extra_body={"quality_target": 0},
+    )
+    assert completion.choices[0].message.content
+    fake = chain.budget if completion.model == "cheap-model" else chain.premium
+    sent = fake.requests[-1].json
+    assert sent["messages"][0]["role"] == "system"
+    assert sent["max_tokens"] == 4096  # the registry's max_output_tokens

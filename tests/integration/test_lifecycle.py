@@ -139,14 +139,16 @@ async def test_shutdown_drains_in_flight_calls(slow_budget: Chain) -> None:
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-async def test_every_provider_failing_is_a_5xx_with_an_openai_body(slow_budget: Chain) -> None:
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+async def test_every_provider_failing_is_a_5xx_with_an_openai_body(slow_budget: Chain, stream: bool) -> None:
     chain = slow_budget
-    # Each provider makes a first attempt and one retry; all four fail.
+    # Each provider makes a first attempt and one retry; all four fail. A stream fails before its first token,
+    # so the status is still free to tell.
     chain.budget.enqueue(Fault.error(503), Fault.error(503))
     chain.premium.enqueue(Fault.error(503), Fault.error(503))
     try:
         async with httpx.AsyncClient(timeout=30) as http:
-            body = {"messages": [{"role": "user", "content": uuid.uuid4().hex}], "quality_target": 0}
+            body = {"messages": [{"role": "user", "content": uuid.uuid4().hex}], "quality_target": 0, "stream": stream}
             reply = await http.post(f"{chain.base_url}/chat/completions", json=body)
         assert reply.status_code in (502, 503), reply.text
         assert reply.json()["error"]["message"].startswith("upstream error")
