@@ -33,7 +33,7 @@ from llmrouter.v1 import (
 from services.router import metrics, policy
 from services.router.models import AvailableModels
 from services.router.settings import RouterSettings
-from services.router.store import Account, Allowance, Store, key_id, to_pico
+from services.router.store import Account, Allowance, Hold, Store, key_id, to_pico
 
 log = logging.getLogger("llmrouter.router")
 
@@ -59,6 +59,8 @@ class Routed:
     plan: policy.Plan
     decision: router_pb2.Decision
     started: float = field(default_factory=time.perf_counter)
+    hold: Hold | None = None  # what admission holds against the budgets until the charge
+    settled: bool = False  # charged (which drops the hold)
 
 
 @dataclass
@@ -149,6 +151,28 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
 
     async def Complete(self, request: router_pb2.CompleteRequest, context: Any) -> router_pb2.CompleteResponse:
         routed = await self._route(request, context)
+        try:
+            return await self._complete(routed, context)
+        finally:
+            await self._release_unsettled(routed)
+
+    async def CompleteStream(
+        self, request: router_pb2.CompleteRequest, context: Any
+    ) -> AsyncIterator[router_pb2.CompleteChunk]:
+        routed = await self._route(request, context)
+        try:
+            async with aclosing(self._complete_stream(routed, context)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+        finally:
+            await self._release_unsettled(routed)
+
+    async def close(self) -> None:
+        if self._settling:
+            await asyncio.gather(*self._settling, return_exceptions=True)
+
+    # --- serving ----------------------------------------------------------------------------------------
+    async def _complete(self, routed: Routed, context: Any) -> router_pb2.CompleteResponse:
         cached = await self._from_cache(routed)
         if cached is not None:
             return cached
@@ -158,10 +182,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         await self._to_cache(routed, response)
         return response
 
-    async def CompleteStream(
-        self, request: router_pb2.CompleteRequest, context: Any
-    ) -> AsyncIterator[router_pb2.CompleteChunk]:
-        routed = await self._route(request, context)
+    async def _complete_stream(self, routed: Routed, context: Any) -> AsyncGenerator[router_pb2.CompleteChunk]:
         yield router_pb2.CompleteChunk(decision=routed.decision)
         cached = await self._from_cache(routed)
         if cached is not None:
@@ -190,16 +211,12 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 await self._settle(routed, self._response(routed, partial), outcome)
             raise
 
-    async def close(self) -> None:
-        if self._settling:
-            await asyncio.gather(*self._settling, return_exceptions=True)
-
     # --- admission and routing --------------------------------------------------------------------------
     async def _route(self, request: router_pb2.CompleteRequest, context: Any, admit: bool = True) -> Routed:
+        """Validate, route, and (last, so nothing after it can fail before serving) admit: claim the request
+        id, count it against the rate limit, hold its costliest estimate against the budgets."""
         limits = self._limits(request)
         account = Account(request.tenant or "default", key_id(request.api_key))
-        if admit:
-            await self._admit(account)
         models = await self.available.get(context.time_remaining())
         if request.model and request.model != "auto":
             if self.registry.get(request.model) is None:
@@ -228,7 +245,11 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 for o in plan.options
             ],
         )
-        return Routed(request, request.request_id or uuid.uuid4().hex, account, limits, plan, decision)
+        routed = Routed(request, request.request_id or uuid.uuid4().hex, account, limits, plan, decision)
+        if admit:
+            routed.hold = Hold(routed.request_id, max(to_pico(o.cost) for o in plan.order))
+            await self._admit(account, routed.hold)
+        return routed
 
     def _limits(self, request: router_pb2.CompleteRequest) -> policy.Limits:
         if not request.messages:
@@ -274,9 +295,16 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             needs_tools=bool(extra.get("tools")),
         )
 
-    async def _admit(self, account: Account) -> None:
+    async def _admit(self, account: Account, hold: Hold) -> None:
         settings = self.settings
-        refused = await self.store.admit(account, self.allowance)
+        refused = await self.store.admit(account, self.allowance, hold)
+        if refused == "duplicate":
+            raise ServiceError(
+                grpc.StatusCode.ALREADY_EXISTS,
+                "DUPLICATE_REQUEST",
+                f"request id {hold.request_id!r} was used before: each request needs its own",
+                {"field": "request_id"},
+            )
         if refused == "rate":
             metrics.RATE_LIMITED.inc()
             raise ServiceError(
@@ -305,7 +333,6 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             return None, ""
         return dict(reply.results[0].quality), reply.model_version
 
-    # --- serving ----------------------------------------------------------------------------------------
     def _generate_request(self, routed: Routed, model: ModelSpec) -> provider_pb2.GenerateRequest:
         request = routed.request
         return provider_pb2.GenerateRequest(
@@ -442,9 +469,10 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             "retries": response.retries,
             "outcome": outcome,
         }
-        charged = await self.store.charge(
-            routed.request_id, routed.account, self.settings.budget_period, to_pico(cost), record
-        )
+        assert routed.hold is not None  # only admitted requests are served
+        period = self.settings.budget_period
+        charged = await self.store.charge(routed.account, period, routed.hold, to_pico(cost), record)
+        routed.settled = True
         if not charged:
             log.warning("request id charged before; not charged again", extra={"request_id": routed.request_id})
             return
@@ -455,6 +483,11 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         metrics.BASELINE_COST.inc(float(baseline))
         metrics.TOKENS.labels(model, "input").inc(response.usage.input_tokens)
         metrics.TOKENS.labels(model, "output").inc(response.usage.output_tokens)
+
+    async def _release_unsettled(self, routed: Routed) -> None:
+        """A request that ends without a charge (refused upstream, failed, cancelled) frees its hold."""
+        if routed.hold is not None and not routed.settled:
+            await asyncio.shield(self.store.release(routed.account, routed.hold))
 
     # --- cache ------------------------------------------------------------------------------------------
     def _cache_key(self, routed: Routed) -> str:

@@ -1,7 +1,10 @@
-"""Shared state of the router: rate limits, budgets, the charge ledger and the response cache.
+"""Shared state of the router: request ids, rate limits, budgets, the charge ledger and the response cache.
 
-Redis in production (every check or charge is one Lua call, atomic across replicas); an in-process store
+Redis in production (admission and charge are one Lua call each, atomic across replicas); an in-process store
 with the same behaviour when no Redis URL is set, so the stack runs with nothing else installed.
+Admission holds a worst-case estimate of the request's cost against both budgets until it is charged or
+released, so concurrent requests cannot spend past a limit by more than one request's overrun; holds expire
+on their own if a router dies with requests in flight.
 Money is stored as integer pico-dollars (1e-12 USD): registry prices have at most 6 decimals per 1M tokens,
 so every cost is an exact integer there and sums never drift.
 """
@@ -18,7 +21,8 @@ from typing import Protocol
 
 PICO = Decimal(10) ** 12
 LEDGER_MAXLEN = 100_000
-CHARGE_DEDUPE_S = 7 * 24 * 3600
+REQUEST_ID_TTL_S = 7 * 24 * 3600  # how long a request id stays used (and charged at most once)
+HOLD_S = 600  # a hold outlives any request; it only matters when a router dies mid-request
 
 
 def to_pico(usd: Decimal) -> int:
@@ -48,6 +52,25 @@ class Account:
         """Where operators set a tenant's or key's own limit (pico-USD), overriding the default."""
         return f"llmrouter:limit:tenant:{self.tenant}", f"llmrouter:limit:key:{self.key}"
 
+    def hold_keys(self) -> tuple[str, str]:
+        return f"llmrouter:held:tenant:{self.tenant}", f"llmrouter:held:key:{self.key}"
+
+    def request_keys(self, request_id: str) -> tuple[str, str]:
+        """(used, charged) markers of a request id; per tenant, so tenants cannot collide."""
+        return f"llmrouter:request:{self.tenant}:{request_id}", f"llmrouter:charged:{self.tenant}:{request_id}"
+
+
+@dataclass(frozen=True)
+class Hold:
+    """A request's worst-case cost, held against its budgets while it runs."""
+
+    request_id: str
+    pico: int
+
+    @property
+    def member(self) -> str:
+        return f"{self.pico}:{self.request_id}"
+
 
 def period_id(period: str, now: float | None = None) -> str:
     day = datetime.fromtimestamp(now if now is not None else time.time(), UTC)
@@ -69,13 +92,17 @@ class Allowance:
 
 
 class Store(Protocol):
-    async def admit(self, account: Account, allowance: Allowance) -> str:
-        """Count one request in: '' when it may go on, else what stops it: 'rate' (over the requests this
-        minute), 'tenant' or 'key' (that budget is spent)."""
+    async def admit(self, account: Account, allowance: Allowance, hold: Hold) -> str:
+        """Let one request in: '' when it may go on (its id is now used and `hold` is held against both
+        budgets), else why not: 'duplicate' (the id was used before), 'rate' (over the requests this
+        minute), 'tenant' or 'key' (that budget, with what is held for requests in flight, is spent)."""
 
-    async def charge(self, request_id: str, account: Account, period: str, pico: int, record: dict) -> bool:
-        """Add the cost to both budgets and the record to the ledger, once per request id.
+    async def charge(self, account: Account, period: str, hold: Hold, pico: int, record: dict) -> bool:
+        """Add the cost to both budgets and the record to the ledger, once per request id, and drop the hold.
         Returns False when this request id was charged before (nothing is added again)."""
+
+    async def release(self, account: Account, hold: Hold) -> None:
+        """Drop the hold of a request that ends without a charge."""
 
     async def spent(self, account: Account, period: str) -> tuple[int, int]: ...
 
@@ -86,22 +113,40 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
 
-# One round trip per request in: the rate count, then both budgets.
 _ADMIT_LUA = """
+-- KEYS: rate, used id, then per budget (tenant, key): spend, limit, holds
+-- ARGV: per minute, tenant default limit, key default limit ('' = none), now, hold member, hold expiry, id ttl
+if redis.call('EXISTS', KEYS[2]) == 1 then return 'duplicate' end
 if tonumber(ARGV[1]) > 0 then
   local n = redis.call('INCR', KEYS[1])
   if n == 1 then redis.call('EXPIRE', KEYS[1], 61) end
   if n > tonumber(ARGV[1]) then return 'rate' end
 end
-local checks = {{KEYS[2], KEYS[3], ARGV[2], 'tenant'}, {KEYS[4], KEYS[5], ARGV[3], 'key'}}
-for _, c in ipairs(checks) do
-  local limit = redis.call('GET', c[2]) or c[3]
-  if limit ~= '' and tonumber(redis.call('GET', c[1]) or '0') >= tonumber(limit) then return c[4] end
+local budgets = {{KEYS[3], KEYS[4], KEYS[5], ARGV[2], 'tenant'}, {KEYS[6], KEYS[7], KEYS[8], ARGV[3], 'key'}}
+for _, b in ipairs(budgets) do
+  redis.call('ZREMRANGEBYSCORE', b[3], '-inf', ARGV[4])
+  local limit = redis.call('GET', b[2]) or b[4]
+  if limit ~= '' then
+    local used = tonumber(redis.call('GET', b[1]) or '0')
+    for _, held in ipairs(redis.call('ZRANGE', b[3], 0, -1)) do
+      used = used + tonumber(string.match(held, '^(%d+):'))
+    end
+    if used >= tonumber(limit) then return b[5] end
+  end
+end
+redis.call('SET', KEYS[2], '1', 'EX', ARGV[7])
+for _, b in ipairs(budgets) do
+  redis.call('ZADD', b[3], ARGV[6], ARGV[5])
+  redis.call('EXPIREAT', b[3], ARGV[6])
 end
 return ''
 """
 
 _CHARGE_LUA = """
+-- KEYS: charged marker, tenant spend, key spend, ledger, tenant holds, key holds
+-- ARGV: pico, marker ttl, record, spend ttl, ledger length, hold member
+redis.call('ZREM', KEYS[5], ARGV[6])
+redis.call('ZREM', KEYS[6], ARGV[6])
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2]) then return 0 end
 for i = 2, 3 do
   redis.call('INCRBY', KEYS[i], ARGV[1])
@@ -124,24 +169,45 @@ class RedisStore:
         self._admit = self.redis.register_script(_ADMIT_LUA)
         self._charge = self.redis.register_script(_CHARGE_LUA)
 
-    async def admit(self, account: Account, allowance: Allowance) -> str:
-        rate = f"llmrouter:rate:{account.tenant}:{account.key}:{int(time.time() // 60)}"
-        tenant_spend, key_spend = account.spend_keys(period_id(allowance.period))
+    async def admit(self, account: Account, allowance: Allowance, hold: Hold) -> str:
+        now = time.time()
+        rate = f"llmrouter:rate:{account.tenant}:{account.key}:{int(now // 60)}"
+        used, _ = account.request_keys(hold.request_id)
+        tenant_spend, key_spend = account.spend_keys(period_id(allowance.period, now))
         tenant_limit, key_limit = account.limit_keys()
-        unlimited = ""
+        tenant_held, key_held = account.hold_keys()
+        keys = [rate, used, tenant_spend, tenant_limit, tenant_held, key_spend, key_limit, key_held]
+        none = ""
         args = [
             allowance.per_minute,
-            unlimited if allowance.tenant_pico is None else allowance.tenant_pico,
-            unlimited if allowance.key_pico is None else allowance.key_pico,
+            none if allowance.tenant_pico is None else allowance.tenant_pico,
+            none if allowance.key_pico is None else allowance.key_pico,
+            now,
+            hold.member,
+            int(now) + HOLD_S,
+            REQUEST_ID_TTL_S,
         ]
-        result = await self._admit(keys=[rate, tenant_spend, tenant_limit, key_spend, key_limit], args=args)
+        result = await self._admit(keys=keys, args=args)
         return result.decode() if isinstance(result, bytes) else str(result or "")
 
-    async def charge(self, request_id: str, account: Account, period: str, pico: int, record: dict) -> bool:
+    async def charge(self, account: Account, period: str, hold: Hold, pico: int, record: dict) -> bool:
         tenant_spend, key_spend = account.spend_keys(period_id(period))
-        keys = [f"llmrouter:charged:{request_id}", tenant_spend, key_spend, LEDGER]
-        args: list[int | str] = [pico, CHARGE_DEDUPE_S, json.dumps(record), PERIOD_TTL_S[period], LEDGER_MAXLEN]
+        keys = [account.request_keys(hold.request_id)[1], tenant_spend, key_spend, LEDGER, *account.hold_keys()]
+        args: list[int | str] = [
+            pico,
+            REQUEST_ID_TTL_S,
+            json.dumps(record),
+            PERIOD_TTL_S[period],
+            LEDGER_MAXLEN,
+            hold.member,
+        ]
         return bool(await self._charge(keys=keys, args=args))
+
+    async def release(self, account: Account, hold: Hold) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for held in account.hold_keys():
+                pipe.zrem(held, hold.member)
+            await pipe.execute()
 
     async def spent(self, account: Account, period: str) -> tuple[int, int]:
         values = await self.redis.mget(account.spend_keys(period_id(period)))
@@ -162,43 +228,66 @@ class MemoryStore:
     """Same semantics as RedisStore for one process; each method runs without awaiting, so it is atomic."""
 
     MAX_CACHE_ENTRIES = 10_000
+    MAX_REQUEST_IDS = 1_000_000
 
     def __init__(self) -> None:
         self.counters: dict[str, int] = {}
         self.limits: dict[str, int] = {}
-        self.charged: set[str] = set()
+        self.used: dict[str, None] = {}  # request ids, oldest first; an ordered set with a cap
+        self.charged: dict[str, None] = {}
+        self.held: dict[str, dict[str, tuple[float, int]]] = {}  # holds key -> member -> (expiry, pico)
         self.ledger: list[dict] = []
         self.cache: dict[str, tuple[float, bytes]] = {}
         self.rate_window, self.rate_counts = 0, dict[str, int]()
 
-    async def admit(self, account: Account, allowance: Allowance) -> str:
+    async def admit(self, account: Account, allowance: Allowance, hold: Hold) -> str:
+        used_key, _ = account.request_keys(hold.request_id)
+        if used_key in self.used:
+            return "duplicate"
+        now = time.time()
         if allowance.per_minute:
-            window, subject = int(time.time() // 60), f"{account.tenant}:{account.key}"
+            window, subject = int(now // 60), f"{account.tenant}:{account.key}"
             if window != self.rate_window:
                 self.rate_window, self.rate_counts = window, {}
             self.rate_counts[subject] = self.rate_counts.get(subject, 0) + 1
             if self.rate_counts[subject] > allowance.per_minute:
                 return "rate"
-        tenant_spend, key_spend = account.spend_keys(period_id(allowance.period))
-        tenant_limit, key_limit = account.limit_keys()
-        checks = [
-            (tenant_spend, self.limits.get(tenant_limit, allowance.tenant_pico), "tenant"),
-            (key_spend, self.limits.get(key_limit, allowance.key_pico), "key"),
-        ]
-        for spend_key, limit, name in checks:
-            if limit is not None and self.counters.get(spend_key, 0) >= limit:
+        holds = account.hold_keys()
+        budgets = zip(
+            account.spend_keys(period_id(allowance.period, now)),
+            account.limit_keys(),
+            holds,
+            (allowance.tenant_pico, allowance.key_pico),
+            ("tenant", "key"),
+            strict=True,
+        )
+        for spend_key, limit_key, held_key, default, name in budgets:
+            held = self.held.setdefault(held_key, {})
+            for member in [m for m, (expiry, _) in held.items() if expiry <= now]:
+                del held[member]
+            limit = self.limits.get(limit_key, default)
+            if limit is not None and self.counters.get(spend_key, 0) + sum(p for _, p in held.values()) >= limit:
                 return name
+        _remember(self.used, used_key, self.MAX_REQUEST_IDS)
+        for held_key in holds:
+            self.held[held_key][hold.member] = (now + HOLD_S, hold.pico)
         return ""
 
-    async def charge(self, request_id: str, account: Account, period: str, pico: int, record: dict) -> bool:
-        if request_id in self.charged:
+    async def charge(self, account: Account, period: str, hold: Hold, pico: int, record: dict) -> bool:
+        await self.release(account, hold)
+        _, charged_key = account.request_keys(hold.request_id)
+        if charged_key in self.charged:
             return False
-        self.charged.add(request_id)
+        _remember(self.charged, charged_key, self.MAX_REQUEST_IDS)
         for spend_key in account.spend_keys(period_id(period)):
             self.counters[spend_key] = self.counters.get(spend_key, 0) + pico
         self.ledger.append(record)
         del self.ledger[:-LEDGER_MAXLEN]
         return True
+
+    async def release(self, account: Account, hold: Hold) -> None:
+        for held_key in account.hold_keys():
+            self.held.get(held_key, {}).pop(hold.member, None)
 
     async def spent(self, account: Account, period: str) -> tuple[int, int]:
         tenant_spend, key_spend = account.spend_keys(period_id(period))
@@ -218,6 +307,12 @@ class MemoryStore:
 
     async def close(self) -> None:
         self.cache.clear()
+
+
+def _remember(seen: dict[str, None], key: str, cap: int) -> None:
+    seen[key] = None
+    if len(seen) > cap:
+        del seen[next(iter(seen))]  # the oldest: Redis would have expired it first too
 
 
 def open_store(redis_url: str | None) -> Store:

@@ -11,7 +11,7 @@ from decimal import Decimal
 import pytest
 import redis.asyncio as redis
 
-from services.router.store import LEDGER, Account, Allowance, MemoryStore, RedisStore, Store, from_pico, to_pico
+from services.router.store import LEDGER, Account, Allowance, Hold, MemoryStore, RedisStore, Store, from_pico, to_pico
 
 ACCOUNT = Account("acme", "key1")
 
@@ -29,38 +29,66 @@ def test_pico_dollars_are_exact() -> None:
     assert from_pico(to_pico(cost)) == cost
 
 
+def hold(request_id: str, pico: int = 0) -> Hold:
+    return Hold(request_id, pico)
+
+
 async def test_charge_is_once_per_request_id_under_concurrency(store: Store) -> None:
-    results = await asyncio.gather(*(store.charge("req-1", ACCOUNT, "day", 1_000, {"n": i}) for i in range(50)))
+    results = await asyncio.gather(*(store.charge(ACCOUNT, "day", hold("req-1"), 1_000, {"n": i}) for i in range(50)))
     assert results.count(True) == 1
     assert await store.spent(ACCOUNT, "day") == (1_000, 1_000)
 
 
 async def test_concurrent_distinct_charges_all_add_up(store: Store) -> None:
-    await asyncio.gather(*(store.charge(f"req-{i}", ACCOUNT, "day", 7, {}) for i in range(200)))
+    await asyncio.gather(*(store.charge(ACCOUNT, "day", hold(f"req-{i}"), 7, {}) for i in range(200)))
     assert await store.spent(ACCOUNT, "day") == (1_400, 1_400)
     other_key = Account("acme", "key2")
-    await store.charge("req-x", other_key, "day", 5, {})
+    await store.charge(other_key, "day", hold("req-x"), 5, {})
     assert await store.spent(other_key, "day") == (1_405, 5)  # the tenant sums its keys
+
+
+async def test_a_request_id_is_admitted_once_per_tenant(store: Store) -> None:
+    free = Allowance("day")
+    assert await store.admit(ACCOUNT, free, hold("same")) == ""
+    assert await store.admit(ACCOUNT, free, hold("same")) == "duplicate"
+    assert await store.admit(Account("other", "key1"), free, hold("same")) == ""  # tenants never collide
 
 
 async def test_budget_exhausts_at_its_limit(store: Store) -> None:
     tenant_100 = Allowance("day", tenant_pico=100)
-    assert await store.admit(ACCOUNT, tenant_100) == ""
-    await store.charge("a", ACCOUNT, "day", 99, {})
-    assert await store.admit(ACCOUNT, tenant_100) == ""
-    await store.charge("b", ACCOUNT, "day", 1, {})
-    assert await store.admit(ACCOUNT, tenant_100) == "tenant"
-    assert await store.admit(ACCOUNT, Allowance("day", key_pico=50)) == "key"
-    assert await store.admit(ACCOUNT, Allowance("month", 0, 100, 50)) == ""  # another period, another budget
-    assert await store.admit(ACCOUNT, Allowance("day")) == ""  # no limits
+    assert await store.admit(ACCOUNT, tenant_100, hold("a")) == ""
+    await store.charge(ACCOUNT, "day", hold("a"), 99, {})
+    assert await store.admit(ACCOUNT, tenant_100, hold("b")) == ""
+    await store.charge(ACCOUNT, "day", hold("b"), 1, {})
+    assert await store.admit(ACCOUNT, tenant_100, hold("c")) == "tenant"
+    assert await store.admit(ACCOUNT, Allowance("day", key_pico=50), hold("d")) == "key"
+    assert await store.admit(ACCOUNT, Allowance("month", 0, 100, 50), hold("e")) == ""  # another period
+    assert await store.admit(ACCOUNT, Allowance("day"), hold("f")) == ""  # no limits
+
+
+async def test_holds_keep_concurrent_requests_within_the_budget(store: Store) -> None:
+    limit = Allowance("day", tenant_pico=100)
+    # Ten requests arrive together, each estimated at 60. A request is let in while spend plus holds is under
+    # the limit, so two are (60, then 120 held) and eight are refused: at most one request's overrun.
+    refusals = await asyncio.gather(*(store.admit(ACCOUNT, limit, hold(f"r{i}", 60)) for i in range(10)))
+    assert sorted(refusals) == ["", "", *["tenant"] * 8]
+    first, second = (hold(f"r{i}", 60) for i, refused in enumerate(refusals) if not refused)
+    # A charge (30, less than held) replaces its hold: 30 spent + 60 held leaves room for one more.
+    await store.charge(ACCOUNT, "day", first, 30, {})
+    assert await store.admit(ACCOUNT, limit, hold("third", 60)) == ""
+    assert await store.admit(ACCOUNT, limit, hold("fourth", 60)) == "tenant"
+    # A request that ends without a charge releases its hold.
+    await store.release(ACCOUNT, second)
+    await store.release(ACCOUNT, hold("third", 60))
+    assert await store.admit(ACCOUNT, limit, hold("fifth", 60)) == ""
 
 
 async def test_rate_limit_counts_per_tenant_and_key(store: Store) -> None:
     three = Allowance("day", per_minute=3)
-    refusals = [await store.admit(ACCOUNT, three) for _ in range(5)]
+    refusals = [await store.admit(ACCOUNT, three, hold(f"q{i}")) for i in range(5)]
     assert refusals == ["", "", "", "rate", "rate"]
-    assert await store.admit(Account("acme", "key2"), three) == ""
-    assert await store.admit(Account("other", "key1"), three) == ""
+    assert await store.admit(Account("acme", "key2"), three, hold("k2")) == ""
+    assert await store.admit(Account("other", "key1"), three, hold("o1")) == ""
 
 
 async def test_cache_round_trip_and_expiry(store: Store) -> None:
@@ -75,12 +103,18 @@ async def test_redis_ledger_and_operator_limit_override(redis_url: str) -> None:
     store = RedisStore(redis_url)
     client = redis.from_url(redis_url)
     try:
-        await store.charge("r1", ACCOUNT, "day", 10, {"model": "m", "cost_usd": "0.00000000001"})
+        await store.charge(ACCOUNT, "day", hold("r1"), 10, {"model": "m", "cost_usd": "0.00000000001"})
         entries = await client.xrange(LEDGER)
         assert [json.loads(e[1][b"record"])["model"] for e in entries] == ["m"]
         # An operator's per-tenant limit in Redis overrides the default limit.
         await client.set(ACCOUNT.limit_keys()[0], 5)
-        assert await store.admit(ACCOUNT, Allowance("day", tenant_pico=1_000_000)) == "tenant"
+        assert await store.admit(ACCOUNT, Allowance("day", tenant_pico=1_000_000), hold("r2")) == "tenant"
+        # A hold left by a router that died expires by itself.
+        held = ACCOUNT.hold_keys()[0]
+        await client.delete(ACCOUNT.limit_keys()[0])
+        await client.zadd(held, {"999:dead": 1})  # expired long ago
+        assert await store.admit(ACCOUNT, Allowance("day", tenant_pico=1_000), hold("r3")) == ""
+        assert await client.zscore(held, "999:dead") is None
     finally:
         await client.aclose()
         await store.close()
