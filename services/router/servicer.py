@@ -374,6 +374,10 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         except grpc.RpcError as err:
             log.warning("escalation failed; keeping the weak answer", extra={"error": err.details()})
             return
+        except asyncio.CancelledError:
+            # The caller left while the stronger model worked: the weak answer was generated all the same.
+            await self._settle(routed, self._response(routed, served), "cancelled")
+            raise
         metrics.ESCALATIONS.labels(weak.model.name, target.model.name).inc()
         served.add(reply, target.model)
         served.escalated = True

@@ -3,12 +3,15 @@ classifier, and the metrics SREs watch."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import grpc
 import pytest
+import redis.asyncio as redis
 from prometheus_client import REGISTRY
 
 from llmrouter.errors import ServiceError
@@ -17,6 +20,7 @@ from llmrouter.server import RunningServer, start_server
 from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
 from services import router
 from services.router.settings import RouterSettings
+from services.router.store import LEDGER
 from tests.integration.conftest import SILENCE, Chain, free_port
 
 
@@ -109,3 +113,33 @@ async def test_metrics_account_for_cost_and_savings(chain: Chain, stub: router_p
         == before["requests"] + 1
     )
     assert sample("llmrouter_grpc_requests_total", service="router", method="Complete", code="OK") == before["rpcs"] + 1
+
+
+async def test_caller_leaving_during_escalation_still_pays_for_the_weak_answer(chain: Chain) -> None:
+    tenant = f"impatient-{uuid.uuid4().hex[:8]}"
+    chain.premium.latency = 2.0  # the escalation is slow: the caller gives up during it
+    try:
+        async with grpc.aio.insecure_channel(chain.router_addr) as channel:
+            stub = router_pb2_grpc.RouterStub(channel)
+            call = stub.Complete(ask(f"{SILENCE} {uuid.uuid4().hex}", quality_target=0, tenant=tenant), timeout=20)
+            await asyncio.sleep(0.5)  # the weak answer is in; the stronger model is still working
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+    finally:
+        chain.premium.latency = 0.0
+    weak = chain.budget.answer(chain.budget.requests[-1].json)[2]
+    expected = (
+        load_registry(chain.registry_path).get("cheap-model").cost_usd(weak["prompt_tokens"], weak["completion_tokens"])
+    )
+    db = redis.from_url(chain.redis_url)
+    try:
+        for _ in range(50):
+            records = [r for e in await db.xrange(LEDGER) if (r := json.loads(e[1][b"record"]))["tenant"] == tenant]
+            if records:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await db.aclose()
+    assert len(records) == 1 and records[0]["outcome"] == "cancelled"
+    assert Decimal(records[0]["cost_usd"]) == expected
