@@ -29,10 +29,6 @@ def to_pico(usd: Decimal) -> int:
     return int((usd * PICO).to_integral_value(rounding=ROUND_CEILING))
 
 
-def from_pico(pico: int) -> Decimal:
-    return (Decimal(pico) / PICO).normalize() if pico else Decimal(0)
-
-
 def key_id(api_key: str) -> str:
     """Budgets and ledger refer to a key by a hash prefix: the key itself is never stored."""
     return hashlib.sha256(api_key.encode()).hexdigest()[:16] if api_key else "anonymous"

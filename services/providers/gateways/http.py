@@ -94,13 +94,7 @@ async def post_json(client: httpx.AsyncClient, path: str, body: dict[str, Any]) 
         raise transport_error(exc) from None
     if response.status_code != 200:
         raise status_error(response, raw)
-    try:
-        payload = json.loads(raw)
-    except ValueError:
-        raise UpstreamError("bad_response", "upstream sent malformed JSON") from None
-    if not isinstance(payload, dict):
-        raise UpstreamError("bad_response", "upstream sent JSON that is not an object")
-    return payload
+    return loads(raw, "response")
 
 
 async def post_sse(client: httpx.AsyncClient, path: str, body: dict[str, Any]) -> AsyncIterator[tuple[str, str]]:
@@ -133,12 +127,12 @@ async def _sse(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, str]]:
     # An event not ended by a blank line was cut off: the SSE spec says to drop it.
 
 
-def loads(data: str) -> dict[str, Any]:
-    """Parse one JSON payload of a stream, or fail as a bad response."""
+def loads(data: str | bytes, what: str = "stream event") -> dict[str, Any]:
+    """Parse an upstream JSON object (a response body or one stream event), or fail as a bad response."""
     try:
         value = json.loads(data)
     except ValueError:
-        raise UpstreamError("bad_response", "upstream sent a malformed stream event") from None
+        raise UpstreamError("bad_response", f"upstream sent a malformed {what}") from None
     if not isinstance(value, dict):
-        raise UpstreamError("bad_response", "upstream sent a stream event that is not an object")
+        raise UpstreamError("bad_response", f"upstream sent a {what} that is not a JSON object")
     return value
