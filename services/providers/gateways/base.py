@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -74,13 +73,3 @@ class Gateway(Protocol):
     def stream(self, request: UpstreamRequest) -> AsyncGenerator[StreamEvent, None]: ...
 
     async def aclose(self) -> None: ...
-
-
-def parse_passthrough(raw: str) -> dict[str, Any]:
-    """passthrough_json must be a JSON object; ValueError otherwise."""
-    if not raw.strip():
-        return {}
-    value = json.loads(raw)
-    if not isinstance(value, dict):
-        raise ValueError("passthrough_json must be a JSON object")
-    return value

@@ -1,0 +1,85 @@
+"""One validation of a generation request, shared by the router (CompleteRequest) and the providers service
+(GenerateRequest): the chat messages and the fields both carry. A bad field is an INVALID_ARGUMENT naming it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from llmrouter.errors import invalid
+
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
+
+
+class ChatMessage(Protocol):
+    role: str
+    content: str
+    tool_calls_json: str
+
+
+class GenerationRequest(Protocol):
+    """The fields CompleteRequest and GenerateRequest share."""
+
+    @property
+    def messages(self) -> Sequence[ChatMessage]: ...
+
+    max_tokens: int
+    temperature: float
+    passthrough_json: str
+
+    def HasField(self, field_name: Any) -> bool: ...
+
+
+@dataclass(frozen=True)
+class Validated:
+    """What validation parsed on the way, so nobody parses it twice."""
+
+    tool_calls: list[list[dict[str, Any]]]  # per message, its tool calls (empty when none)
+    passthrough: dict[str, Any]  # OpenAI-style extras, a JSON object
+
+
+def validate(request: GenerationRequest) -> Validated:
+    if not request.messages:
+        raise invalid("messages must not be empty", "messages")
+    for i, message in enumerate(request.messages):
+        if message.role not in ROLES:
+            raise invalid(
+                f"messages[{i}].role must be one of {sorted(ROLES)}, got {message.role!r}", f"messages[{i}].role"
+            )
+    if not any(m.content.strip() for m in request.messages):
+        raise invalid("messages have no content", "messages")
+    if request.HasField("max_tokens") and request.max_tokens <= 0:
+        raise invalid("max_tokens must be positive", "max_tokens")
+    if request.HasField("temperature") and not 0 <= request.temperature <= 2:
+        raise invalid("temperature must be within [0, 2]", "temperature")
+    tool_calls = [_tool_calls(m.tool_calls_json, i) for i, m in enumerate(request.messages)]
+    return Validated(tool_calls, passthrough(request.passthrough_json))
+
+
+def passthrough(raw: str) -> dict[str, Any]:
+    """passthrough_json: a JSON object, or nothing."""
+    if not raw.strip():
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise invalid("passthrough_json must be a JSON object", "passthrough_json")
+    return value
+
+
+def _tool_calls(raw: str, index: int) -> list[dict[str, Any]]:
+    """A message's tool_calls_json: a JSON array of objects, or nothing."""
+    if not raw:
+        return []
+    try:
+        calls = json.loads(raw)
+    except ValueError:
+        calls = None
+    if not isinstance(calls, list) or not all(isinstance(c, dict) for c in calls):
+        field = f"messages[{index}].tool_calls_json"
+        raise invalid(f"{field} must be a JSON array of objects", field)
+    return calls

@@ -1,0 +1,103 @@
+"""Charging: the response and its charge record, and the one path by which a request's cost reaches the
+budgets and the ledger (settle), or its hold is dropped without a charge (release)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from decimal import Decimal
+
+from llmrouter.v1 import common_pb2, router_pb2
+from services.router import metrics
+from services.router.models import AvailableModels
+from services.router.routed import Routed, Served
+from services.router.store import Store, to_pico
+
+log = logging.getLogger("llmrouter.router")
+
+
+def response(routed: Routed, served: Served) -> router_pb2.CompleteResponse:
+    return router_pb2.CompleteResponse(
+        id=routed.request_id,
+        content=served.content,
+        model=served.model.name,
+        provider=served.provider,
+        usage=common_pb2.Usage(
+            input_tokens=served.input_tokens, output_tokens=served.output_tokens, estimated=served.estimated
+        ),
+        cost_usd=str(served.cost),
+        latency_ms=int((time.perf_counter() - routed.started) * 1000),
+        decision=routed.decision,
+        cache_hit=False,
+        escalated=served.escalated,
+        retries=served.retries,
+        finish_reason=served.finish_reason,
+        tool_calls_json=served.tool_calls_json,
+    )
+
+
+class Charger:
+    def __init__(self, store: Store, budget_period: str, available: AvailableModels) -> None:
+        self.store = store
+        self.budget_period = budget_period
+        self.available = available
+        self._settling: set[asyncio.Task[None]] = set()
+
+    async def settle(self, routed: Routed, response: router_pb2.CompleteResponse, outcome: str = "ok") -> None:
+        """Charge once, whatever happens to the caller meanwhile: the charge runs shielded to its end."""
+        task = asyncio.ensure_future(self._charge(routed, response, outcome))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+        await asyncio.shield(task)
+
+    async def release_unsettled(self, routed: Routed) -> None:
+        """A request that ends without a charge (refused upstream, failed, cancelled) frees its hold."""
+        if routed.hold is not None and not routed.settled:
+            await asyncio.shield(self.store.release(routed.account, routed.hold))
+
+    async def close(self) -> None:
+        """Let charges still running finish: a stopping router loses none."""
+        if self._settling:
+            await asyncio.gather(*self._settling, return_exceptions=True)
+
+    async def _charge(self, routed: Routed, response: router_pb2.CompleteResponse, outcome: str) -> None:
+        cost = Decimal(response.cost_usd or "0")
+        baseline_model = self.available.baseline()
+        baseline = (
+            baseline_model.cost_usd(response.usage.input_tokens, response.usage.output_tokens)
+            if baseline_model and not response.cache_hit
+            else cost
+        )
+        record = {
+            "request_id": routed.request_id,
+            "ts": time.time(),
+            "tenant": routed.account.tenant,
+            "key": routed.account.key,
+            "model": response.model,
+            "provider": response.provider,
+            "input_tokens": response.usage.input_tokens,
+            "output_tokens": response.usage.output_tokens,
+            "tokens_estimated": response.usage.estimated,
+            "cost_usd": str(cost),
+            "baseline_cost_usd": str(baseline),
+            "latency_ms": response.latency_ms,
+            "reason": routed.plan.code,
+            "cache_hit": response.cache_hit,
+            "escalated": response.escalated,
+            "retries": response.retries,
+            "outcome": outcome,
+        }
+        assert routed.hold is not None  # only admitted requests are served
+        charged = await self.store.charge(routed.account, self.budget_period, routed.hold, to_pico(cost), record)
+        routed.settled = True
+        if not charged:
+            log.warning("request id charged before; not charged again", extra={"request_id": routed.request_id})
+            return
+        log.info("request served", extra=record)
+        model = response.model
+        metrics.REQUESTS.labels(model, routed.plan.code, outcome).inc()
+        metrics.COST.labels(model).inc(float(cost))
+        metrics.BASELINE_COST.inc(float(baseline))
+        metrics.TOKENS.labels(model, "input").inc(response.usage.input_tokens)
+        metrics.TOKENS.labels(model, "output").inc(response.usage.output_tokens)

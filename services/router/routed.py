@@ -1,0 +1,54 @@
+"""A request's state as it moves through the router: admitted and routed, then served."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from llmrouter.registry import ModelSpec
+from llmrouter.v1 import provider_pb2, router_pb2
+from services.router import policy
+from services.router.store import Account, Hold
+
+
+@dataclass
+class Routed:
+    """A request admitted and routed, not yet served."""
+
+    request: router_pb2.CompleteRequest
+    request_id: str
+    account: Account
+    limits: policy.Limits
+    plan: policy.Plan
+    decision: router_pb2.Decision
+    started: float = field(default_factory=time.perf_counter)
+    hold: Hold | None = None  # what admission holds against the budgets until the charge
+    settled: bool = False  # charged (which drops the hold)
+
+
+@dataclass
+class Served:
+    """What the providers delivered for one request, summed over escalation."""
+
+    model: ModelSpec
+    content: str = ""
+    provider: str = ""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    estimated: bool = False
+    cost: Decimal = Decimal(0)
+    retries: int = 0
+    finish_reason: str = ""
+    escalated: bool = False
+    tool_calls_json: str = ""
+
+    def add(self, reply: provider_pb2.GenerateResponse, model: ModelSpec) -> None:
+        self.model, self.provider = model, reply.provider
+        self.content, self.finish_reason = reply.content or self.content, reply.finish_reason
+        self.tool_calls_json = reply.tool_calls_json or self.tool_calls_json
+        self.input_tokens += reply.usage.input_tokens
+        self.output_tokens += reply.usage.output_tokens
+        self.estimated |= reply.usage.estimated
+        self.cost += Decimal(reply.cost_usd or "0")
+        self.retries += reply.retries

@@ -1,0 +1,80 @@
+"""The routing decision in one call: the classifier's predictions (when it answers in time) and the policy,
+as a plan to serve and a Decision to show the caller."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import grpc
+
+from llmrouter.errors import ServiceError
+from llmrouter.registry import Registry
+from llmrouter.v1 import classifier_pb2, classifier_pb2_grpc, router_pb2
+from services.router import policy
+from services.router.models import AvailableModels
+
+log = logging.getLogger("llmrouter.router")
+
+
+class Routing:
+    def __init__(
+        self,
+        registry: Registry,
+        classifier: classifier_pb2_grpc.ClassifierStub,
+        available: AvailableModels,
+        classifier_timeout_s: float,
+    ) -> None:
+        self.registry = registry
+        self.classifier = classifier
+        self.available = available
+        self.classifier_timeout_s = classifier_timeout_s
+
+    async def decide(
+        self, request: router_pb2.CompleteRequest, limits: policy.Limits, time_remaining: float | None
+    ) -> tuple[policy.Plan, router_pb2.Decision]:
+        models = await self.available.get(time_remaining)
+        if request.model and request.model != "auto":
+            if self.registry.get(request.model) is None:
+                raise ServiceError(
+                    grpc.StatusCode.NOT_FOUND, "MODEL_NOT_FOUND", f"model {request.model!r} does not exist"
+                )
+            options = policy.evaluate(models, None, limits)
+            plan, version = policy.explicit(options, request.model), ""
+        else:
+            scores, version = await self._classify(request, time_remaining)
+            options = policy.evaluate(models, scores, limits)
+            plan = policy.plan(self.registry, options, limits, classified=scores is not None)
+        return plan, decision(plan, limits, version)
+
+    async def _classify(
+        self, request: router_pb2.CompleteRequest, time_remaining: float | None
+    ) -> tuple[dict[str, float] | None, str]:
+        """The classifier's predictions for the last user turn; None when it cannot answer in time."""
+        prompt = next((m.content for m in reversed(request.messages) if m.role == "user"), request.messages[-1].content)
+        timeout = min(time_remaining or math.inf, self.classifier_timeout_s)
+        try:
+            reply = await self.classifier.Score(classifier_pb2.ScoreRequest(prompts=[prompt]), timeout=timeout)
+        except grpc.RpcError as err:
+            log.warning("classifier unavailable; routing without it", extra={"code": str(err.code())})
+            return None, ""
+        return dict(reply.results[0].quality), reply.model_version
+
+
+def decision(plan: policy.Plan, limits: policy.Limits, classifier_version: str) -> router_pb2.Decision:
+    return router_pb2.Decision(
+        model=plan.order[0].model.name,
+        reason=plan.reason,
+        quality_target=limits.quality_target,
+        classifier_version=classifier_version,
+        candidates=[
+            router_pb2.Candidate(
+                model=o.model.name,
+                predicted_quality=o.quality,
+                estimated_cost_usd=str(o.cost),
+                eligible=not o.excluded,
+                excluded_because=o.excluded,
+            )
+            for o in plan.options
+        ],
+    )
