@@ -1,21 +1,28 @@
-"""Admission: a request's limits, who pays for it, and letting it in (request id, rate limit, and a hold of
-its costliest estimate against the budgets) or refusing it with a clear reason."""
+"""Admission: a request's limits, who pays for it, the most each model of its plan may write, and letting it
+in (request id, rate limit, a hold of its worst-case cost against the budgets) or refusing it clearly."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from decimal import Decimal, InvalidOperation
 
 import grpc
 
 from llmrouter.errors import ServiceError, invalid
-from llmrouter.tokens import count_message_tokens
+from llmrouter.registry import Registry
+from llmrouter.tokens import count_prompt_tokens
 from llmrouter.v1 import router_pb2
 from llmrouter.validation import validate
 from services.router import metrics, policy
+from services.router.costs import affordable_output, floor_pico, worst_pico
 from services.router.routed import Routed
 from services.router.settings import RouterSettings
-from services.router.store import Account, Allowance, Hold, Store, key_id, to_pico
+from services.router.store import Account, Allowance, Hold, Store, Verdict, key_id, to_pico
+
+# A budget refusal says what the budget has left; the hold is resized to it and tried again. Another request
+# may take that room first, so the retries are bounded.
+ADMIT_ATTEMPTS = 3
 
 
 def account_for(request: router_pb2.CompleteRequest) -> Account:
@@ -23,24 +30,138 @@ def account_for(request: router_pb2.CompleteRequest) -> Account:
     return Account(request.tenant or "default", key_id(request.api_key))
 
 
-def limits(request: router_pb2.CompleteRequest, settings: RouterSettings) -> policy.Limits:
-    """The request, validated, as the limits routing must respect."""
-    valid = validate(request)
-    if request.HasField("quality_target") and not 0 <= request.quality_target <= 1:
-        raise invalid("quality_target must be within [0, 1]", "quality_target")
-    if request.HasField("max_latency_ms") and request.max_latency_ms <= 0:
-        raise invalid("max_latency_ms must be positive", "max_latency_ms")
-    return policy.Limits(
-        quality_target=(
-            request.quality_target if request.HasField("quality_target") else settings.default_quality_target
-        ),
-        input_tokens=count_message_tokens(request.messages),
-        max_output_tokens=request.max_tokens if request.HasField("max_tokens") else None,
-        expected_output_tokens=settings.expected_output_tokens,
-        max_cost_usd=_max_cost(request.max_cost_usd),
-        max_latency_ms=request.max_latency_ms if request.HasField("max_latency_ms") else None,
-        needs_tools=bool(valid.passthrough.get("tools")),
+def output_caps(plan: policy.Plan, limits: policy.Limits, decision: router_pb2.Decision) -> dict[str, int]:
+    """Per model of the plan, the most it may write: the caller's max_tokens, the model's output limit, the
+    room left in its context window, and what max_cost_usd can pay for. The decision says when the last
+    lowered the chosen model's max_tokens."""
+    caps = {}
+    for option in plan.order:
+        model = option.model
+        cap = min(model.max_output_tokens, model.context_window - limits.input_tokens)
+        if limits.max_output_tokens is not None:
+            cap = min(cap, limits.max_output_tokens)
+        if limits.max_cost_usd is not None:
+            affordable = affordable_output(model, limits.input_tokens, floor_pico(limits.max_cost_usd))
+            if affordable < cap and option is plan.order[0]:
+                _say_capped(decision, plan, affordable, "max_cost_usd")
+            cap = min(cap, affordable)
+        caps[model.name] = cap
+    return caps
+
+
+class Admission:
+    def __init__(self, settings: RouterSettings, registry: Registry, store: Store) -> None:
+        self.settings = settings
+        self.store = store
+        # A prompt over every context window is refused; counting it further is wasted work.
+        self.max_context = max(m.context_window for m in registry.models)
+        self.allowance = Allowance(
+            settings.budget_period,
+            settings.rate_limit_rpm,
+            None if settings.tenant_budget_usd is None else to_pico(settings.tenant_budget_usd),
+            None if settings.key_budget_usd is None else to_pico(settings.key_budget_usd),
+        )
+
+    async def limits(self, request: router_pb2.CompleteRequest) -> policy.Limits:
+        """The request, validated, as the limits routing must respect."""
+        valid = validate(request)
+        if request.HasField("quality_target") and not 0 <= request.quality_target <= 1:
+            raise invalid("quality_target must be within [0, 1]", "quality_target")
+        if request.HasField("max_latency_ms") and request.max_latency_ms <= 0:
+            raise invalid("max_latency_ms must be positive", "max_latency_ms")
+        max_cost = _max_cost(request.max_cost_usd)
+        tools = bool(valid.passthrough.get("tools"))
+        input_tokens = await count_prompt_tokens(request.messages, request.passthrough_json, tools, self.max_context)
+        if input_tokens > self.max_context:  # refused before anything else sees it (the classifier above all)
+            raise invalid(
+                f"the prompt is over {self.max_context} tokens, the largest context window of any model",
+                "messages",
+                "CONTEXT_LENGTH_EXCEEDED",
+            )
+        settings = self.settings
+        return policy.Limits(
+            quality_target=(
+                request.quality_target if request.HasField("quality_target") else settings.default_quality_target
+            ),
+            input_tokens=input_tokens,
+            max_output_tokens=request.max_tokens if request.HasField("max_tokens") else None,
+            expected_output_tokens=settings.expected_output_tokens,
+            max_cost_usd=max_cost,
+            max_latency_ms=request.max_latency_ms if request.HasField("max_latency_ms") else None,
+            needs_tools=tools,
+            min_output_tokens=settings.min_output_tokens,
+        )
+
+    async def admit(self, routed: Routed) -> None:
+        """Claim the request id, count it against the rate limit and hold its worst-case cost (the costliest
+        model of its plan writing all it may) against the budgets. When a budget cannot hold that, max_tokens
+        is lowered to what it can pay for; refused when it cannot pay for even a short answer."""
+        for _ in range(ADMIT_ATTEMPTS):
+            hold = Hold(routed.request_id, _worst_case(routed))
+            verdict = await self.store.admit(routed.account, self.allowance, hold)
+            if not verdict.refused:
+                routed.hold = hold
+                return
+            if verdict.refused not in ("tenant", "key"):
+                raise self._refusal(verdict, hold)
+            self._fit(routed, verdict)
+        raise self._budget_spent(verdict.refused)
+
+    def _fit(self, routed: Routed, verdict: Verdict) -> None:
+        """Lower every model's max_tokens to what the budget's remainder pays for; a fallback that cannot
+        afford a short answer is dropped, and the request is refused when the chosen model cannot."""
+        plan, limits = routed.plan, routed.limits
+        kept = []
+        for option in plan.order:
+            name = option.model.name
+            affordable = affordable_output(option.model, limits.input_tokens, verdict.remaining)
+            if affordable >= min(self.settings.min_output_tokens, routed.max_tokens[name]):
+                kept.append(option)
+                if affordable < routed.max_tokens[name]:
+                    routed.max_tokens[name] = affordable
+                    if option is plan.order[0]:
+                        _say_capped(routed.decision, plan, affordable, f"the remaining {verdict.refused} budget")
+        if not kept or kept[0] is not plan.order[0]:
+            raise self._budget_spent(verdict.refused)
+        routed.plan = dataclasses.replace(plan, order=kept)
+
+    def _budget_spent(self, budget: str) -> ServiceError:
+        metrics.BUDGET_REJECTIONS.inc()
+        return ServiceError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "BUDGET_EXCEEDED",
+            f"the {budget} budget for this {self.settings.budget_period} is spent: what remains cannot pay for "
+            f"a {self.settings.min_output_tokens}-token answer",
+            {"budget": budget},
+        )
+
+    def _refusal(self, verdict: Verdict, hold: Hold) -> ServiceError:
+        if verdict.refused == "duplicate":
+            return ServiceError(
+                grpc.StatusCode.ALREADY_EXISTS,
+                "DUPLICATE_REQUEST",
+                f"request id {hold.request_id!r} was used before: each request needs its own",
+                {"field": "request_id"},
+            )
+        metrics.RATE_LIMITED.inc()
+        return ServiceError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "RATE_LIMITED",
+            f"rate limit of {self.settings.rate_limit_rpm} requests per minute reached",
+            {"retry_after_s": str(60 - int(time.time()) % 60)},
+        )
+
+
+def _worst_case(routed: Routed) -> int:
+    """The most the request can cost: its costliest model writing all it may."""
+    return max(
+        worst_pico(o.model, routed.limits.input_tokens, routed.max_tokens[o.model.name]) for o in routed.plan.order
     )
+
+
+def _say_capped(decision: router_pb2.Decision, plan: policy.Plan, max_tokens: int, because: str) -> None:
+    decision.max_tokens_capped = max_tokens
+    decision.reason = f"{plan.reason}; max_tokens capped to {max_tokens} to fit {because}"
 
 
 def _max_cost(raw: str) -> Decimal | None:
@@ -53,47 +174,3 @@ def _max_cost(raw: str) -> Decimal | None:
     if not max_cost.is_finite() or max_cost < 0:
         raise invalid("max_cost_usd must be a non-negative number", "max_cost_usd")
     return max_cost
-
-
-class Admission:
-    def __init__(self, settings: RouterSettings, store: Store) -> None:
-        self.settings = settings
-        self.store = store
-        self.allowance = Allowance(
-            settings.budget_period,
-            settings.rate_limit_rpm,
-            None if settings.tenant_budget_usd is None else to_pico(settings.tenant_budget_usd),
-            None if settings.key_budget_usd is None else to_pico(settings.key_budget_usd),
-        )
-
-    async def admit(self, routed: Routed) -> None:
-        """Claim the request id, count it against the rate limit and hold its costliest estimate against the
-        budgets; raises when any of them refuses."""
-        hold = Hold(routed.request_id, max(to_pico(o.cost) for o in routed.plan.order))
-        refused = await self.store.admit(routed.account, self.allowance, hold)
-        if not refused:
-            routed.hold = hold
-            return
-        settings = self.settings
-        if refused == "duplicate":
-            raise ServiceError(
-                grpc.StatusCode.ALREADY_EXISTS,
-                "DUPLICATE_REQUEST",
-                f"request id {hold.request_id!r} was used before: each request needs its own",
-                {"field": "request_id"},
-            )
-        if refused == "rate":
-            metrics.RATE_LIMITED.inc()
-            raise ServiceError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                "RATE_LIMITED",
-                f"rate limit of {settings.rate_limit_rpm} requests per minute reached",
-                {"retry_after_s": str(60 - int(time.time()) % 60)},
-            )
-        metrics.BUDGET_REJECTIONS.inc()
-        raise ServiceError(
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            "BUDGET_EXCEEDED",
-            f"the {refused} budget for this {settings.budget_period} is spent",
-            {"budget": refused},
-        )

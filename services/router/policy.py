@@ -18,10 +18,11 @@ class Limits:
     quality_target: float
     input_tokens: int
     max_output_tokens: int | None  # the caller's cap, if any
-    expected_output_tokens: int  # for cost estimates
+    expected_output_tokens: int  # for the cost estimates that rank models, never for what is held
     max_cost_usd: Decimal | None = None
     max_latency_ms: int | None = None
     needs_tools: bool = False
+    min_output_tokens: int = 1  # the shortest useful answer: a model that cannot afford it is not eligible
 
 
 @dataclass(frozen=True)
@@ -51,12 +52,18 @@ def evaluate(models: Sequence[ModelSpec], scores: Mapping[str, float] | None, li
     for model in models:
         output = min(limits.max_output_tokens or limits.expected_output_tokens, model.max_output_tokens)
         cost = model.cost_usd(limits.input_tokens, output)
+        # The caller's max_tokens (at most the model's own limit) must fit the context window; without it,
+        # max_tokens is lowered to the room left. max_cost_usd lowers it too: only a short answer must fit.
+        wanted = min(limits.max_output_tokens or limits.min_output_tokens, model.max_output_tokens)
+        shortest = min(limits.min_output_tokens, wanted)
         excluded = ""
-        # The providers cap max_tokens at the model's output limit, so only the capped reply must fit.
-        if limits.input_tokens + min(limits.max_output_tokens or 1, model.max_output_tokens) > model.context_window:
+        if limits.input_tokens + wanted > model.context_window:
             excluded = f"prompt of {limits.input_tokens} tokens exceeds context window {model.context_window}"
-        elif limits.max_cost_usd is not None and cost > limits.max_cost_usd:
-            excluded = f"estimated cost {cost} over max_cost_usd {limits.max_cost_usd}"
+        elif limits.max_cost_usd is not None and model.cost_usd(limits.input_tokens, shortest) > limits.max_cost_usd:
+            excluded = (
+                f"the prompt and a {shortest}-token answer cost {model.cost_usd(limits.input_tokens, shortest)}, "
+                f"over max_cost_usd {limits.max_cost_usd}"
+            )
         elif limits.max_latency_ms is not None and model.latency_slo_ms > limits.max_latency_ms:
             excluded = f"latency SLO {model.latency_slo_ms} ms over max_latency_ms {limits.max_latency_ms}"
         elif limits.needs_tools and not model.tools:
@@ -114,4 +121,8 @@ def _nothing_fits(options: list[Option]) -> ServiceError:
             f"the prompt does not fit any available model: {options[0].excluded if options else 'no models'}",
         )
     reasons = "; ".join(f"{o.model.name}: {o.excluded}" for o in options)
-    return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, "NO_ELIGIBLE_MODEL", f"no model within limits ({reasons})")
+    # When the caller's own cost cap is what rules out every model, name it as the field to change.
+    field = {"field": "max_cost_usd"} if options and all("max_cost_usd" in o.excluded for o in options) else None
+    return ServiceError(
+        grpc.StatusCode.INVALID_ARGUMENT, "NO_ELIGIBLE_MODEL", f"no model within limits ({reasons})", field
+    )

@@ -22,6 +22,7 @@ class Routed:
     limits: policy.Limits
     plan: policy.Plan
     decision: router_pb2.Decision
+    max_tokens: dict[str, int]  # per model of the plan: the max_tokens sent, the most it may write and cost
     started: float = field(default_factory=time.perf_counter)
     hold: Hold | None = None  # what admission holds against the budgets until the charge
     settled: bool = False  # charged (which drops the hold)

@@ -33,7 +33,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     ) -> None:
         self.settings = settings
         self.available = AvailableModels(registry, providers, settings.models_refresh_s)
-        self.admission = Admission(settings, store)
+        self.admission = Admission(settings, registry, store)
         self.routing = Routing(registry, classifier, self.available, settings.classifier_timeout_s)
         self.charger = charging.Charger(store, settings.budget_period, self.available)
         self.serving = Serving(registry, providers, self.charger)
@@ -69,10 +69,11 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
 
     async def _route(self, request: router_pb2.CompleteRequest, context: Any, admit: bool = True) -> Routed:
         """Validate, route, and (last, so nothing after it can fail before serving) admit."""
-        limits = admission.limits(request, self.settings)
+        limits = await self.admission.limits(request)
         account = admission.account_for(request)
         plan, decision = await self.routing.decide(request, limits, context.time_remaining())
-        routed = Routed(request, request.request_id or uuid.uuid4().hex, account, limits, plan, decision)
+        caps = admission.output_caps(plan, limits, decision)
+        routed = Routed(request, request.request_id or uuid.uuid4().hex, account, limits, plan, decision, caps)
         if admit:
             await self.admission.admit(routed)
         return routed

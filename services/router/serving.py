@@ -17,7 +17,9 @@ from llmrouter.registry import ModelSpec, Registry
 from llmrouter.tokens import count_tokens
 from llmrouter.v1 import provider_pb2, provider_pb2_grpc
 from services.router import charging, metrics, policy
+from services.router.costs import affordable_output
 from services.router.routed import Routed, Served
+from services.router.store import to_pico
 
 log = logging.getLogger("llmrouter.router")
 
@@ -90,9 +92,18 @@ class Serving:
         target = policy.escalation_target(routed.plan.order, weak, self.registry)
         if target is None:
             return
+        # Both answers are charged: the stronger one may write only what the hold has left after the first.
+        assert routed.hold is not None  # only admitted requests are served
+        affordable = affordable_output(
+            target.model, routed.limits.input_tokens, routed.hold.pico - to_pico(served.cost)
+        )
+        max_tokens = min(routed.max_tokens[target.model.name], affordable)
+        if max_tokens < min(routed.limits.min_output_tokens, routed.max_tokens[target.model.name]):
+            log.warning("no room left in the hold to escalate; keeping the weak answer")
+            return
         try:
             reply = await self.providers.Generate(
-                generate_request(routed, target.model), timeout=context.time_remaining()
+                generate_request(routed, target.model, max_tokens), timeout=context.time_remaining()
             )
         except grpc.RpcError as err:
             log.warning("escalation failed; keeping the weak answer", extra={"error": err.details()})
@@ -134,12 +145,13 @@ class Serving:
             raise ServiceError(grpc.StatusCode.INTERNAL, "UPSTREAM_ERROR", "provider stream ended without usage")
 
 
-def generate_request(routed: Routed, model: ModelSpec) -> provider_pb2.GenerateRequest:
+def generate_request(routed: Routed, model: ModelSpec, max_tokens: int | None = None) -> provider_pb2.GenerateRequest:
+    """The provider call for one model of the plan, never allowed to write more than admission held for."""
     request = routed.request
     return provider_pb2.GenerateRequest(
         model=model.name,
         messages=request.messages,
-        max_tokens=request.max_tokens if request.HasField("max_tokens") else None,
+        max_tokens=routed.max_tokens[model.name] if max_tokens is None else max_tokens,
         temperature=request.temperature if request.HasField("temperature") else None,
         request_id=routed.request_id,
         passthrough_json=request.passthrough_json,

@@ -22,8 +22,12 @@ class RouterSettings(ServiceSettings):
     redis_url: str | None = None
 
     default_quality_target: float = Field(default=0.7, ge=0, le=1)
-    # Output tokens assumed when the caller sets no max_tokens, for cost estimates before the call.
+    # Output tokens assumed when the caller sets no max_tokens, for the cost estimates that rank models. What
+    # admission holds is the worst case: the most the model may write.
     expected_output_tokens: int = Field(default=256, gt=0)
+    # The shortest answer worth serving: when max_cost_usd or the remaining budget cannot pay for this many
+    # output tokens, the request is refused rather than served with a smaller max_tokens.
+    min_output_tokens: int = Field(default=16, gt=0)
     classifier_timeout_s: float = Field(default=0.5, gt=0)
     models_refresh_s: float = Field(default=10.0, gt=0)
 

@@ -2,9 +2,9 @@
 
 Redis in production (admission and charge are one Lua call each, atomic across replicas); an in-process store
 with the same behaviour when no Redis URL is set, so the stack runs with nothing else installed.
-Admission holds a worst-case estimate of the request's cost against both budgets until it is charged or
-released, so concurrent requests cannot spend past a limit by more than one request's overrun; holds expire
-on their own if a router dies with requests in flight.
+Admission holds the request's worst-case cost against both budgets until it is charged or released, and lets
+a request in only when spend + holds + its own hold fits each limit, so concurrent requests never spend past
+a limit; holds expire on their own if a router dies with requests in flight.
 Money is stored as integer pico-dollars (1e-12 USD): registry prices have at most 6 decimals per 1M tokens,
 so every cost is an exact integer there and sums never drift.
 """
@@ -87,11 +87,21 @@ class Allowance:
     key_pico: int | None = None
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """Admission's answer. `refused` is '' when the request may go on, else why not: 'duplicate' (the id was
+    used before), 'rate' (over the requests this minute), 'tenant' or 'key' (that budget cannot hold this
+    request on top of its spend and the holds of requests in flight). On a budget refusal, `remaining` is
+    what the tighter budget has left (pico-USD): a smaller hold up to it would have been admitted then."""
+
+    refused: str
+    remaining: int = 0
+
+
 class Store(Protocol):
-    async def admit(self, account: Account, allowance: Allowance, hold: Hold) -> str:
-        """Let one request in: '' when it may go on (its id is now used and `hold` is held against both
-        budgets), else why not: 'duplicate' (the id was used before), 'rate' (over the requests this
-        minute), 'tenant' or 'key' (that budget, with what is held for requests in flight, is spent)."""
+    async def admit(self, account: Account, allowance: Allowance, hold: Hold) -> Verdict:
+        """Let one request in when spend + holds + `hold` fits both budgets: its id is then used, it counts
+        against the rate limit and `hold` is held against both budgets. Nothing changes when it is refused."""
 
     async def charge(self, account: Account, period: str, hold: Hold, pico: int, record: dict) -> bool:
         """Add the cost to both budgets and the record to the ledger, once per request id, and drop the hold.
@@ -111,31 +121,32 @@ class Store(Protocol):
 
 _ADMIT_LUA = """
 -- KEYS: rate, used id, then per budget (tenant, key): spend, limit, holds
--- ARGV: per minute, tenant default limit, key default limit ('' = none), now, hold member, hold expiry, id ttl
-if redis.call('EXISTS', KEYS[2]) == 1 then return 'duplicate' end
-if tonumber(ARGV[1]) > 0 then
-  local n = redis.call('INCR', KEYS[1])
-  if n == 1 then redis.call('EXPIRE', KEYS[1], 61) end
-  if n > tonumber(ARGV[1]) then return 'rate' end
-end
+-- ARGV: per minute, tenant default limit, key default limit ('' = none), now, hold member, hold expiry, id ttl,
+--       hold pico
+if redis.call('EXISTS', KEYS[2]) == 1 then return {'duplicate', 0} end
+local per_minute = tonumber(ARGV[1])
+if per_minute > 0 and tonumber(redis.call('GET', KEYS[1]) or '0') >= per_minute then return {'rate', 0} end
 local budgets = {{KEYS[3], KEYS[4], KEYS[5], ARGV[2], 'tenant'}, {KEYS[6], KEYS[7], KEYS[8], ARGV[3], 'key'}}
+local tightest, remaining = '', nil
 for _, b in ipairs(budgets) do
   redis.call('ZREMRANGEBYSCORE', b[3], '-inf', ARGV[4])
   local limit = redis.call('GET', b[2]) or b[4]
   if limit ~= '' then
-    local used = tonumber(redis.call('GET', b[1]) or '0')
+    local left = tonumber(limit) - tonumber(redis.call('GET', b[1]) or '0')
     for _, held in ipairs(redis.call('ZRANGE', b[3], 0, -1)) do
-      used = used + tonumber(string.match(held, '^(%d+):'))
+      left = left - tonumber(string.match(held, '^(%d+):'))
     end
-    if used >= tonumber(limit) then return b[5] end
+    if remaining == nil or left < remaining then tightest, remaining = b[5], left end
   end
 end
+if remaining ~= nil and tonumber(ARGV[8]) > remaining then return {tightest, math.max(remaining, 0)} end
+if per_minute > 0 and redis.call('INCR', KEYS[1]) == 1 then redis.call('EXPIRE', KEYS[1], 61) end
 redis.call('SET', KEYS[2], '1', 'EX', ARGV[7])
 for _, b in ipairs(budgets) do
   redis.call('ZADD', b[3], ARGV[6], ARGV[5])
   redis.call('EXPIREAT', b[3], ARGV[6])
 end
-return ''
+return {'', 0}
 """
 
 _CHARGE_LUA = """
@@ -165,7 +176,7 @@ class RedisStore:
         self._admit = self.redis.register_script(_ADMIT_LUA)
         self._charge = self.redis.register_script(_CHARGE_LUA)
 
-    async def admit(self, account: Account, allowance: Allowance, hold: Hold) -> str:
+    async def admit(self, account: Account, allowance: Allowance, hold: Hold) -> Verdict:
         now = time.time()
         rate = f"llmrouter:rate:{account.tenant}:{account.key}:{int(now // 60)}"
         used, _ = account.request_keys(hold.request_id)
@@ -182,9 +193,10 @@ class RedisStore:
             hold.member,
             int(now) + HOLD_S,
             REQUEST_ID_TTL_S,
+            hold.pico,
         ]
-        result = await self._admit(keys=keys, args=args)
-        return result.decode() if isinstance(result, bytes) else str(result or "")
+        refused, remaining = await self._admit(keys=keys, args=args)
+        return Verdict(refused.decode() if isinstance(refused, bytes) else str(refused), int(remaining))
 
     async def charge(self, account: Account, period: str, hold: Hold, pico: int, record: dict) -> bool:
         tenant_spend, key_spend = account.spend_keys(period_id(period))
@@ -236,18 +248,16 @@ class MemoryStore:
         self.cache: dict[str, tuple[float, bytes]] = {}
         self.rate_window, self.rate_counts = 0, dict[str, int]()
 
-    async def admit(self, account: Account, allowance: Allowance, hold: Hold) -> str:
+    async def admit(self, account: Account, allowance: Allowance, hold: Hold) -> Verdict:
         used_key, _ = account.request_keys(hold.request_id)
         if used_key in self.used:
-            return "duplicate"
+            return Verdict("duplicate")
         now = time.time()
-        if allowance.per_minute:
-            window, subject = int(now // 60), f"{account.tenant}:{account.key}"
-            if window != self.rate_window:
-                self.rate_window, self.rate_counts = window, {}
-            self.rate_counts[subject] = self.rate_counts.get(subject, 0) + 1
-            if self.rate_counts[subject] > allowance.per_minute:
-                return "rate"
+        window, subject = int(now // 60), f"{account.tenant}:{account.key}"
+        if window != self.rate_window:
+            self.rate_window, self.rate_counts = window, {}
+        if allowance.per_minute and self.rate_counts.get(subject, 0) >= allowance.per_minute:
+            return Verdict("rate")
         holds = account.hold_keys()
         budgets = zip(
             account.spend_keys(period_id(allowance.period, now)),
@@ -257,17 +267,24 @@ class MemoryStore:
             ("tenant", "key"),
             strict=True,
         )
+        tightest, remaining = "", None
         for spend_key, limit_key, held_key, default, name in budgets:
             held = self.held.setdefault(held_key, {})
             for member in [m for m, (expiry, _) in held.items() if expiry <= now]:
                 del held[member]
             limit = self.limits.get(limit_key, default)
-            if limit is not None and self.counters.get(spend_key, 0) + sum(p for _, p in held.values()) >= limit:
-                return name
+            if limit is not None:
+                left = limit - self.counters.get(spend_key, 0) - sum(p for _, p in held.values())
+                if remaining is None or left < remaining:
+                    tightest, remaining = name, left
+        if remaining is not None and hold.pico > remaining:
+            return Verdict(tightest, max(remaining, 0))
+        if allowance.per_minute:
+            self.rate_counts[subject] = self.rate_counts.get(subject, 0) + 1
         _remember(self.used, used_key, self.MAX_REQUEST_IDS)
         for held_key in holds:
             self.held[held_key][hold.member] = (now + HOLD_S, hold.pico)
-        return ""
+        return Verdict("")
 
     async def charge(self, account: Account, period: str, hold: Hold, pico: int, record: dict) -> bool:
         await self.release(account, hold)

@@ -28,6 +28,12 @@ def echo_reply(body: dict[str, Any]) -> str:
     return f"[{body.get('model', '')}] You said: {last}"
 
 
+def write_as_long_as_allowed(body: dict[str, Any]) -> str:
+    """A model that never stops on its own: as many tokens as max_tokens permits, 4,000 and more without it."""
+    limit = body.get("max_completion_tokens") or body.get("max_tokens") or 4_000
+    return " lorem" * (limit + 8)  # one token per word in cl100k_base; the fake truncates to max_tokens
+
+
 class FakeOpenAI(FakeServer):
     """Use as a context manager; point clients at `base_url` (ends in /v1, like the OpenAI SDK expects).
 

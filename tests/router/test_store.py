@@ -11,7 +11,7 @@ from decimal import Decimal
 import pytest
 import redis.asyncio as redis
 
-from services.router.store import LEDGER, Account, Allowance, Hold, MemoryStore, RedisStore, Store, to_pico
+from services.router.store import LEDGER, Account, Allowance, Hold, MemoryStore, RedisStore, Store, Verdict, to_pico
 
 ACCOUNT = Account("acme", "key1")
 
@@ -47,48 +47,63 @@ async def test_concurrent_distinct_charges_all_add_up(store: Store) -> None:
     assert await store.spent(other_key, "day") == (1_405, 5)  # the tenant sums its keys
 
 
+async def refused(store: Store, account: Account, allowance: Allowance, held: Hold) -> str:
+    return (await store.admit(account, allowance, held)).refused
+
+
 async def test_a_request_id_is_admitted_once_per_tenant(store: Store) -> None:
     free = Allowance("day")
-    assert await store.admit(ACCOUNT, free, hold("same")) == ""
-    assert await store.admit(ACCOUNT, free, hold("same")) == "duplicate"
-    assert await store.admit(Account("other", "key1"), free, hold("same")) == ""  # tenants never collide
+    assert await refused(store, ACCOUNT, free, hold("same")) == ""
+    assert await refused(store, ACCOUNT, free, hold("same")) == "duplicate"
+    assert await refused(store, Account("other", "key1"), free, hold("same")) == ""  # tenants never collide
 
 
 async def test_budget_exhausts_at_its_limit(store: Store) -> None:
     tenant_100 = Allowance("day", tenant_pico=100)
-    assert await store.admit(ACCOUNT, tenant_100, hold("a")) == ""
-    await store.charge(ACCOUNT, "day", hold("a"), 99, {})
-    assert await store.admit(ACCOUNT, tenant_100, hold("b")) == ""
-    await store.charge(ACCOUNT, "day", hold("b"), 1, {})
-    assert await store.admit(ACCOUNT, tenant_100, hold("c")) == "tenant"
-    assert await store.admit(ACCOUNT, Allowance("day", key_pico=50), hold("d")) == "key"
-    assert await store.admit(ACCOUNT, Allowance("month", 0, 100, 50), hold("e")) == ""  # another period
-    assert await store.admit(ACCOUNT, Allowance("day"), hold("f")) == ""  # no limits
+    assert await refused(store, ACCOUNT, tenant_100, hold("a", 99)) == ""
+    await store.charge(ACCOUNT, "day", hold("a", 99), 99, {})
+    assert await store.admit(ACCOUNT, tenant_100, hold("b", 2)) == Verdict("tenant", 1)  # 99 + 2 > 100
+    assert await refused(store, ACCOUNT, tenant_100, hold("b", 1)) == ""  # 99 + 1 fits exactly
+    await store.charge(ACCOUNT, "day", hold("b", 1), 1, {})
+    assert await store.admit(ACCOUNT, tenant_100, hold("c", 1)) == Verdict("tenant", 0)
+    assert await store.admit(ACCOUNT, Allowance("day", key_pico=150), hold("d", 51)) == Verdict("key", 50)
+    # The tighter of the two budgets answers.
+    assert await store.admit(ACCOUNT, Allowance("day", 0, 120, 110), hold("e", 30)) == Verdict("key", 10)
+    assert await refused(store, ACCOUNT, Allowance("month", 0, 100, 50), hold("f", 50)) == ""  # another period
+    assert await refused(store, ACCOUNT, Allowance("day"), hold("g", 10**15)) == ""  # no limits
 
 
 async def test_holds_keep_concurrent_requests_within_the_budget(store: Store) -> None:
     limit = Allowance("day", tenant_pico=100)
-    # Ten requests arrive together, each estimated at 60. A request is let in while spend plus holds is under
-    # the limit, so two are (60, then 120 held) and eight are refused: at most one request's overrun.
-    refusals = await asyncio.gather(*(store.admit(ACCOUNT, limit, hold(f"r{i}", 60)) for i in range(10)))
-    assert sorted(refusals) == ["", "", *["tenant"] * 8]
-    first, second = (hold(f"r{i}", 60) for i, refused in enumerate(refusals) if not refused)
-    # A charge (30, less than held) replaces its hold: 30 spent + 60 held leaves room for one more.
+    # Ten requests arrive together, each holding 60: a request is let in only when spend + holds + its own
+    # hold fits, so one is (60 held) and nine are refused, told that 40 remain.
+    verdicts = await asyncio.gather(*(store.admit(ACCOUNT, limit, hold(f"r{i}", 60)) for i in range(10)))
+    assert sorted(v.refused for v in verdicts) == ["", *["tenant"] * 9]
+    assert {v.remaining for v in verdicts if v.refused} == {40}
+    (first,) = (hold(f"r{i}", 60) for i, v in enumerate(verdicts) if not v.refused)
+    assert await refused(store, ACCOUNT, limit, hold("small", 40)) == ""  # a hold sized to what remains fits
+    # A charge (30, less than held) replaces its hold: 30 spent + 40 held leaves 30.
     await store.charge(ACCOUNT, "day", first, 30, {})
-    assert await store.admit(ACCOUNT, limit, hold("third", 60)) == ""
-    assert await store.admit(ACCOUNT, limit, hold("fourth", 60)) == "tenant"
+    assert await store.admit(ACCOUNT, limit, hold("third", 31)) == Verdict("tenant", 30)
     # A request that ends without a charge releases its hold.
-    await store.release(ACCOUNT, second)
-    await store.release(ACCOUNT, hold("third", 60))
-    assert await store.admit(ACCOUNT, limit, hold("fifth", 60)) == ""
+    await store.release(ACCOUNT, hold("small", 40))
+    assert await refused(store, ACCOUNT, limit, hold("fourth", 70)) == ""
+
+
+async def test_refused_requests_change_nothing(store: Store) -> None:
+    """A refusal leaves no trace: the id stays free, no rate is counted, nothing is held, so a request
+    resized to fit can be admitted right after."""
+    limit = Allowance("day", per_minute=1, tenant_pico=100)
+    assert await store.admit(ACCOUNT, limit, hold("x", 101)) == Verdict("tenant", 100)
+    assert await refused(store, ACCOUNT, limit, hold("x", 100)) == ""
 
 
 async def test_rate_limit_counts_per_tenant_and_key(store: Store) -> None:
     three = Allowance("day", per_minute=3)
-    refusals = [await store.admit(ACCOUNT, three, hold(f"q{i}")) for i in range(5)]
+    refusals = [await refused(store, ACCOUNT, three, hold(f"q{i}")) for i in range(5)]
     assert refusals == ["", "", "", "rate", "rate"]
-    assert await store.admit(Account("acme", "key2"), three, hold("k2")) == ""
-    assert await store.admit(Account("other", "key1"), three, hold("o1")) == ""
+    assert await refused(store, Account("acme", "key2"), three, hold("k2")) == ""
+    assert await refused(store, Account("other", "key1"), three, hold("o1")) == ""
 
 
 async def test_cache_round_trip_and_expiry(store: Store) -> None:
@@ -108,12 +123,12 @@ async def test_redis_ledger_and_operator_limit_override(redis_url: str) -> None:
         assert [json.loads(e[1][b"record"])["model"] for e in entries] == ["m"]
         # An operator's per-tenant limit in Redis overrides the default limit.
         await client.set(ACCOUNT.limit_keys()[0], 5)
-        assert await store.admit(ACCOUNT, Allowance("day", tenant_pico=1_000_000), hold("r2")) == "tenant"
+        assert await refused(store, ACCOUNT, Allowance("day", tenant_pico=1_000_000), hold("r2", 6)) == "tenant"
         # A hold left by a router that died expires by itself.
         held = ACCOUNT.hold_keys()[0]
         await client.delete(ACCOUNT.limit_keys()[0])
         await client.zadd(held, {"999:dead": 1})  # expired long ago
-        assert await store.admit(ACCOUNT, Allowance("day", tenant_pico=1_000), hold("r3")) == ""
+        assert await refused(store, ACCOUNT, Allowance("day", tenant_pico=1_000), hold("r3", 990)) == ""
         assert await client.zscore(held, "999:dead") is None
     finally:
         await client.aclose()

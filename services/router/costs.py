@@ -1,0 +1,32 @@
+"""Worst-case costs in integer pico-dollars, and the most output tokens an amount can pay for. Registry prices
+are exact Decimals; a cost is rounded up to the pico-dollar exactly as the charge rounds it (store.to_pico),
+so a request whose output stays within `affordable_output` never costs more than the amount."""
+
+from __future__ import annotations
+
+from decimal import ROUND_FLOOR, Decimal
+
+from llmrouter.registry import ModelSpec
+from services.router.store import PICO, to_pico
+
+# Prices are per 1M tokens: a price in USD/Mtok is this many pico-dollars per token.
+_PICO_PER_TOKEN = PICO / 1_000_000
+
+
+def worst_pico(model: ModelSpec, input_tokens: int, output_tokens: int) -> int:
+    return to_pico(model.cost_usd(input_tokens, output_tokens))
+
+
+def affordable_output(model: ModelSpec, input_tokens: int, pico: int) -> int:
+    """The largest n with worst_pico(model, input_tokens, n) <= pico; negative when the input alone costs more.
+    A model with free output can write up to its own limit."""
+    room = Decimal(pico) - model.input_usd_per_mtok * _PICO_PER_TOKEN * input_tokens
+    per_token = model.output_usd_per_mtok * _PICO_PER_TOKEN
+    if per_token == 0:
+        return model.max_output_tokens if room >= 0 else -1
+    return int((room / per_token).to_integral_value(rounding=ROUND_FLOOR))
+
+
+def floor_pico(usd: Decimal) -> int:
+    """A caller's cap in pico-dollars, rounded down: what fits under it fits under the cap itself."""
+    return int((usd * PICO).to_integral_value(rounding=ROUND_FLOOR))

@@ -1,0 +1,224 @@
+"""Money limits are hard caps, in the running chain: upstreams that write as long as they are allowed, a
+budget under a flood of concurrent requests, a caller's max_cost_usd far below a model's worst case, a
+budget's last cents, and a prompt far over every context window. Each runs against the Redis store and the
+in-process one."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+
+import grpc
+import pytest
+import redis.asyncio as redis
+
+import services.router
+from llmrouter.errors import ServiceError
+from llmrouter.server import start_server
+from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
+from services import router
+from services.router.settings import RouterSettings
+from services.router.store import LEDGER, Account, MemoryStore, key_id
+from tests.fakes.fake_openai import write_as_long_as_allowed
+from tests.integration.conftest import Chain
+
+PICO = 10**12
+
+
+def ask(text: str, **fields: object) -> router_pb2.CompleteRequest:
+    return router_pb2.CompleteRequest(
+        messages=[common_pb2.ChatMessage(role="user", content=f"{text} {uuid.uuid4().hex}")], **fields
+    )
+
+
+@dataclass
+class Money:
+    """A router and a view of the store behind it: limits to set, spend counters and ledger to read."""
+
+    stub: router_pb2_grpc.RouterStub
+    redis_url: str | None = None  # None: the router's in-process store, `memory`
+    memory: MemoryStore | None = None
+
+    async def set_tenant_limit(self, tenant: str, pico: int) -> None:
+        key = Account(tenant, "").limit_keys()[0]
+        if self.memory is not None:
+            self.memory.limits[key] = pico
+            return
+        db = redis.from_url(self.redis_url)
+        await db.set(key, pico)
+        await db.aclose()
+
+    async def spent(self, tenant: str) -> int:
+        """The tenant's spend counter, in pico-dollars."""
+        if self.memory is not None:
+            return (await self.memory.spent(Account(tenant, key_id("")), "day"))[0]
+        db = redis.from_url(self.redis_url)
+        try:
+            keys = await db.keys(f"llmrouter:spend:tenant:{tenant}:*")
+            return sum(int(v) for v in await db.mget(keys)) if keys else 0
+        finally:
+            await db.aclose()
+
+    async def ledger(self, tenant: str) -> list[dict]:
+        if self.memory is not None:
+            return [r for r in self.memory.ledger if r["tenant"] == tenant]
+        db = redis.from_url(self.redis_url)
+        try:
+            records = [json.loads(e[1][b"record"]) for e in await db.xrange(LEDGER)]
+        finally:
+            await db.aclose()
+        return [r for r in records if r["tenant"] == tenant]
+
+
+@pytest.fixture
+def long_writers(chain: Chain) -> Iterator[None]:
+    replies = chain.budget.reply, chain.premium.reply
+    chain.budget.reply = chain.premium.reply = write_as_long_as_allowed
+    yield
+    chain.budget.reply, chain.premium.reply = replies
+
+
+@pytest.fixture(params=["redis", "memory"])
+async def money(
+    request: pytest.FixtureRequest, chain: Chain, long_writers: None, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Money]:
+    if request.param == "redis":
+        async with grpc.aio.insecure_channel(chain.router_addr) as channel:
+            yield Money(router_pb2_grpc.RouterStub(channel), redis_url=chain.redis_url)
+        return
+    memory = MemoryStore()
+    monkeypatch.setattr(services.router, "open_store", lambda url: memory)
+    settings = RouterSettings(
+        port=0,
+        registry_path=chain.registry_path,
+        classifier_addr=f"127.0.0.1:{chain.servers['classifier'].port}",
+        providers_addr=f"127.0.0.1:{chain.servers['providers'].port}",
+        classifier_timeout_s=5.0,
+    )
+    server = await start_server("router", settings, *await router.build(settings))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            yield Money(router_pb2_grpc.RouterStub(channel), memory=memory)
+    finally:
+        await server.stop(1)
+
+
+async def assert_counters_match_ledger(money: Money, tenant: str, budget_pico: int | None = None) -> int:
+    """Spend never past the budget, to the pico-dollar, and the ledger adds up to the counters exactly."""
+    spent = await money.spent(tenant)
+    records = await money.ledger(tenant)
+    assert sum(Decimal(r["cost_usd"]) * PICO for r in records) == spent
+    if budget_pico is not None:
+        assert spent <= budget_pico
+    return spent
+
+
+async def test_a_flood_of_uncapped_requests_never_spends_past_the_budget(money: Money) -> None:
+    """500 concurrent requests without max_tokens, each answer as long as the model may write (about 4,000
+    tokens here), against a budget that affords about 10 of them."""
+    tenant = f"flood-{uuid.uuid4().hex[:8]}"
+    worst_case = Decimal("0.60") * 4096 / 1_000_000  # cheap-model at most: 4,096 tokens in and out, $0.60/Mtok
+    budget_pico = int(Decimal("10.5") * worst_case * PICO)  # the last one fits only half an answer
+    await money.set_tenant_limit(tenant, budget_pico)
+
+    async def one(i: int) -> router_pb2.CompleteResponse | None:
+        try:
+            return await money.stub.Complete(ask(f"flood {i}", tenant=tenant, model="cheap-model"), timeout=120)
+        except grpc.aio.AioRpcError as err:
+            assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.details()
+            assert ServiceError.from_rpc_error(err).reason == "BUDGET_EXCEEDED"
+            return None
+
+    replies = [r for r in await asyncio.gather(*(one(i) for i in range(500))) if r is not None]
+    assert 1 <= len(replies) <= 20
+    assert max(r.usage.output_tokens for r in replies) >= 4_000  # the upstream wrote all it was allowed
+    spent = await assert_counters_match_ledger(money, tenant, budget_pico)
+    assert sum(Decimal(r.cost_usd) for r in replies) * PICO == spent
+    assert len(await money.ledger(tenant)) == len(replies)
+
+
+async def test_max_cost_far_below_the_worst_case_caps_max_tokens(money: Money) -> None:
+    """$0.0002 pays for about 300 tokens of cheap-model, which could write 4,000: max_tokens is lowered to what
+    the cap pays for, plain and streamed, and the decision says so."""
+    tenant, cap = f"capped-{uuid.uuid4().hex[:8]}", Decimal("0.0002")
+    request = ask("Tell me everything.", tenant=tenant, max_cost_usd=str(cap), quality_target=0)
+    reply = await money.stub.Complete(request, timeout=60)
+    assert Decimal(reply.cost_usd) <= cap
+    assert reply.decision.HasField("max_tokens_capped") and "max_tokens capped" in reply.decision.reason
+    assert reply.usage.output_tokens == reply.decision.max_tokens_capped  # it wrote all it was allowed
+
+    request = ask("Tell me everything.", tenant=tenant, max_cost_usd=str(cap), quality_target=0)
+    chunks = [c async for c in money.stub.CompleteStream(request, timeout=60)]
+    decision, final = chunks[0].decision, chunks[-1].final
+    assert decision.HasField("max_tokens_capped")
+    assert Decimal(final.cost_usd) <= cap and final.usage.output_tokens == decision.max_tokens_capped
+    assert all(Decimal(r["cost_usd"]) <= cap for r in await money.ledger(tenant))
+    await assert_counters_match_ledger(money, tenant)
+
+
+async def test_max_cost_that_cannot_pay_for_a_short_answer_is_a_400_naming_it(money: Money) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await money.stub.Complete(ask("Hello", max_cost_usd="0.000001"), timeout=20)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    error = ServiceError.from_rpc_error(err.value)
+    assert error.reason == "NO_ELIGIBLE_MODEL" and error.metadata["field"] == "max_cost_usd"
+
+
+async def test_the_last_of_a_budget_buys_a_shorter_answer_then_a_429(money: Money) -> None:
+    tenant = f"last-cents-{uuid.uuid4().hex[:8]}"
+    budget_pico = 1_200_000_000  # $0.0012: about 2,000 tokens of cheap-model, half its worst case
+    await money.set_tenant_limit(tenant, budget_pico)
+    reply = await money.stub.Complete(ask("Go on.", tenant=tenant, model="cheap-model"), timeout=60)
+    assert "remaining tenant budget" in reply.decision.reason
+    assert 1_000 < reply.usage.output_tokens == reply.decision.max_tokens_capped < 4_000
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await money.stub.Complete(ask("More.", tenant=tenant, model="cheap-model"), timeout=60)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert ServiceError.from_rpc_error(err.value).reason == "BUDGET_EXCEEDED"
+    await assert_counters_match_ledger(money, tenant, budget_pico)
+
+
+async def test_an_escalation_fits_in_what_the_first_answer_left_of_the_cap(chain: Chain, money: Money) -> None:
+    """An empty weak answer escalates to the strong model, and both are charged: together within the cap."""
+    chain.budget.reply = lambda body: ""
+    cap = Decimal("0.002")
+    reply = await money.stub.Complete(ask("Think hard.", max_cost_usd=str(cap), quality_target=0), timeout=60)
+    assert reply.escalated and reply.model == "strong-model"
+    assert reply.usage.output_tokens >= 16 and Decimal(reply.cost_usd) <= cap
+
+
+async def test_a_prompt_far_over_every_context_window_is_refused_without_stalling_others(chain: Chain) -> None:
+    """8 MB of prompt: refused as over every context window after counting only what it takes to know, with
+    the event loop (which serves everything else) never held for long."""
+    huge = ask("lorem ipsum dolor sit amet " * 310_000)
+    assert huge.ByteSize() > 8_000_000
+    stalls: list[float] = []
+
+    async def watch_the_loop() -> None:
+        while True:
+            started = time.perf_counter()
+            await asyncio.sleep(0.01)
+            stalls.append(time.perf_counter() - started - 0.01)
+
+    async def refused() -> float:
+        started = time.perf_counter()
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.Complete(huge, timeout=30)
+        assert ServiceError.from_rpc_error(err.value).reason == "CONTEXT_LENGTH_EXCEEDED"
+        return time.perf_counter() - started
+
+    async with grpc.aio.insecure_channel(chain.router_addr) as channel:
+        stub = router_pb2_grpc.RouterStub(channel)
+        watcher = asyncio.create_task(watch_the_loop())
+        try:
+            took, small = await asyncio.gather(refused(), stub.Complete(ask("hello", quality_target=0), timeout=30))
+        finally:
+            watcher.cancel()
+    assert small.content
+    assert took < 5  # tokenising all of it took ~1 s of CPU before, on an idle machine
+    assert max(stalls) < 0.4  # the whole prompt in the tokenizer at once held the loop for ~0.8 s
