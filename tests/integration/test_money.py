@@ -222,3 +222,26 @@ async def test_a_prompt_far_over_every_context_window_is_refused_without_stallin
     assert small.content
     assert took < 5  # tokenising all of it took ~1 s of CPU before, on an idle machine
     assert max(stalls) < 0.4  # the whole prompt in the tokenizer at once held the loop for ~0.8 s
+
+
+async def test_tool_schemas_raise_the_estimate_the_router_works_from(chain: Chain) -> None:
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": f"tool_{i}",
+                "description": "Does one thing well, given a long list of carefully described parameters.",
+                "parameters": {"type": "object", "properties": {f"p{j}": {"type": "string"} for j in range(20)}},
+            },
+        }
+        for i in range(5)
+    ]
+    plain = ask("What now?", model="strong-model")
+    offered = ask("What now?", model="strong-model", passthrough_json=json.dumps({"tools": tools}))
+    async with grpc.aio.insecure_channel(chain.router_addr) as channel:
+        stub = router_pb2_grpc.RouterStub(channel)
+        without, with_tools = [(await stub.Decide(r, timeout=20)).candidates for r in (plain, offered)]
+    cost = {c.model: Decimal(c.estimated_cost_usd) for c in without}
+    cost_with_tools = {c.model: Decimal(c.estimated_cost_usd) for c in with_tools}
+    # strong-model reads input at $2.50/Mtok: the schemas are well over 1,000 tokens more.
+    assert cost_with_tools["strong-model"] - cost["strong-model"] > Decimal("0.0025")
