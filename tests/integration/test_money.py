@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 import grpc
+import httpx
 import pytest
 import redis.asyncio as redis
 
@@ -245,3 +246,28 @@ async def test_tool_schemas_raise_the_estimate_the_router_works_from(chain: Chai
     cost_with_tools = {c.model: Decimal(c.estimated_cost_usd) for c in with_tools}
     # strong-model reads input at $2.50/Mtok: the schemas are well over 1,000 tokens more.
     assert cost_with_tools["strong-model"] - cost["strong-model"] > Decimal("0.0025")
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+async def test_the_edge_keeps_a_callers_cost_cap(chain: Chain, long_writers: None, stream: bool) -> None:
+    cap = Decimal("0.0002")
+    body = {
+        "model": "auto",
+        "messages": [{"role": "user", "content": f"Tell me everything. {uuid.uuid4().hex}"}],
+        "quality_target": 0,
+        "stream": stream,
+        **({"stream_options": {"include_usage": True}} if stream else {}),
+    }
+    url = f"{chain.base_url}/chat/completions"
+    async with httpx.AsyncClient(timeout=60) as http:
+        reply = await http.post(url, json=body, headers={"x-router-max-cost-usd": str(cap)})
+        assert reply.status_code == 200, reply.text
+        assert "max_tokens capped" in reply.headers["x-router-reason"]
+        if stream:
+            events = [json.loads(line[6:]) for line in reply.text.splitlines() if line.startswith("data: {")]
+            cost = Decimal(next(e["x_router"]["cost_usd"] for e in events if e.get("usage")))
+        else:
+            cost = Decimal(reply.json()["x_router"]["cost_usd"])
+        assert 0 < cost <= cap
+        refused = await http.post(url, json=body, headers={"x-router-max-cost-usd": "0.000001"})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "max_cost_usd"
