@@ -123,30 +123,57 @@ _ADMIT_LUA = """
 -- KEYS: rate, used id, then per budget (tenant, key): spend, limit, holds
 -- ARGV: per minute, tenant default limit, key default limit ('' = none), now, hold member, hold expiry, id ttl,
 --       hold pico
-if redis.call('EXISTS', KEYS[2]) == 1 then return {'duplicate', 0} end
+if redis.call('EXISTS', KEYS[2]) == 1 then return {'duplicate', '0'} end
 local per_minute = tonumber(ARGV[1])
-if per_minute > 0 and tonumber(redis.call('GET', KEYS[1]) or '0') >= per_minute then return {'rate', 0} end
+if per_minute > 0 and tonumber(redis.call('GET', KEYS[1]) or '0') >= per_minute then return {'rate', '0'} end
+-- Amounts are pico-dollar integers up to 2^63, beyond a Lua number's exact 2^53: they are kept as
+-- (high, low) pairs of base 10^9 digits, each exact as a Lua number.
+local B = 1000000000
+local function split(s)
+  local n = #s
+  if n <= 9 then return 0, tonumber(s) end
+  return tonumber(string.sub(s, 1, n - 9)), tonumber(string.sub(s, n - 8))
+end
+local function add(a_hi, a_lo, b_hi, b_lo)
+  local lo = a_lo + b_lo
+  return a_hi + b_hi + math.floor(lo / B), lo % B
+end
+local function less(a_hi, a_lo, b_hi, b_lo)
+  return a_hi < b_hi or (a_hi == b_hi and a_lo < b_lo)
+end
 local budgets = {{KEYS[3], KEYS[4], KEYS[5], ARGV[2], 'tenant'}, {KEYS[6], KEYS[7], KEYS[8], ARGV[3], 'key'}}
-local tightest, remaining = '', nil
+local tightest, r_hi, r_lo = '', nil, nil
 for _, b in ipairs(budgets) do
   redis.call('ZREMRANGEBYSCORE', b[3], '-inf', ARGV[4])
   local limit = redis.call('GET', b[2]) or b[4]
   if limit ~= '' then
-    local left = tonumber(limit) - tonumber(redis.call('GET', b[1]) or '0')
+    local u_hi, u_lo = split(redis.call('GET', b[1]) or '0')
     for _, held in ipairs(redis.call('ZRANGE', b[3], 0, -1)) do
-      left = left - tonumber(string.match(held, '^(%d+):'))
+      local h_hi, h_lo = split(string.match(held, '^(%d+):'))
+      u_hi, u_lo = add(u_hi, u_lo, h_hi, h_lo)
     end
-    if remaining == nil or left < remaining then tightest, remaining = b[5], left end
+    local l_hi, l_lo = split(limit)
+    local left_hi, left_lo = 0, 0  -- limit minus spend and holds, or nothing when they are over it
+    if not less(l_hi, l_lo, u_hi, u_lo) then
+      left_hi, left_lo = l_hi - u_hi, l_lo - u_lo
+      if left_lo < 0 then left_hi, left_lo = left_hi - 1, left_lo + B end
+    end
+    if r_hi == nil or less(left_hi, left_lo, r_hi, r_lo) then tightest, r_hi, r_lo = b[5], left_hi, left_lo end
   end
 end
-if remaining ~= nil and tonumber(ARGV[8]) > remaining then return {tightest, math.max(remaining, 0)} end
+if r_hi ~= nil then
+  local h_hi, h_lo = split(ARGV[8])
+  if less(r_hi, r_lo, h_hi, h_lo) then
+    return {tightest, r_hi > 0 and string.format('%d%09d', r_hi, r_lo) or string.format('%d', r_lo)}
+  end
+end
 if per_minute > 0 and redis.call('INCR', KEYS[1]) == 1 then redis.call('EXPIRE', KEYS[1], 61) end
 redis.call('SET', KEYS[2], '1', 'EX', ARGV[7])
 for _, b in ipairs(budgets) do
   redis.call('ZADD', b[3], ARGV[6], ARGV[5])
   redis.call('EXPIREAT', b[3], ARGV[6])
 end
-return {'', 0}
+return {'', '0'}
 """
 
 _CHARGE_LUA = """

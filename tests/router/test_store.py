@@ -98,6 +98,19 @@ async def test_refused_requests_change_nothing(store: Store) -> None:
     assert await refused(store, ACCOUNT, limit, hold("x", 100)) == ""
 
 
+async def test_budgets_are_exact_to_the_pico_dollar_beyond_a_double(store: Store) -> None:
+    """A million-dollar budget is 10^18 pico-dollars, past the 2^53 a double (a Lua number) holds exactly."""
+    million = Allowance("day", tenant_pico=10**18 + 1)
+    await store.charge(ACCOUNT, "day", hold("big"), 10**18 - 7, {})
+    assert await refused(store, ACCOUNT, million, hold("h1", 5)) == ""
+    assert await store.admit(ACCOUNT, million, hold("h2", 4)) == Verdict("tenant", 3)
+    assert await refused(store, ACCOUNT, million, hold("h2", 3)) == ""
+    assert await store.admit(ACCOUNT, million, hold("h3", 1)) == Verdict("tenant", 0)
+    assert await store.admit(ACCOUNT, Allowance("day", tenant_pico=2**62), hold("h4", 2**62)) == Verdict(
+        "tenant", 2**62 - 10**18 - 1
+    )
+
+
 async def test_rate_limit_counts_per_tenant_and_key(store: Store) -> None:
     three = Allowance("day", per_minute=3)
     refusals = [await refused(store, ACCOUNT, three, hold(f"q{i}")) for i in range(5)]
