@@ -1,0 +1,110 @@
+"""Admission on its own, over the in-process store: each model's max_tokens, the hold of the plan's worst case,
+and what a budget's remainder does to both."""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+
+import grpc
+import pytest
+
+from llmrouter.errors import ServiceError
+from llmrouter.registry import Registry
+from llmrouter.v1 import common_pb2, router_pb2
+from services.router import admission, policy, routing
+from services.router.costs import worst_pico
+from services.router.routed import Routed
+from services.router.settings import RouterSettings
+from services.router.store import Account, MemoryStore
+
+REGISTRY = Registry.model_validate(
+    {
+        "tiers": ["economy", "premium"],
+        "providers": {"p": {"kind": "openai", "base_url": "http://x"}},
+        "models": [
+            {"name": "cheap", "provider": "p", "tier": "economy", "input_usd_per_mtok": "0.50",
+             "output_usd_per_mtok": "1.50", "context_window": 8000, "max_output_tokens": 4000, "quality_prior": 0.8},
+            {"name": "strong", "provider": "p", "tier": "premium", "input_usd_per_mtok": "5",
+             "output_usd_per_mtok": "15", "context_window": 100000, "max_output_tokens": 16000,
+             "quality_prior": 0.95},
+        ],
+    }
+)  # fmt: skip
+SETTINGS = RouterSettings(min_output_tokens=16)
+ACCOUNT = Account("acme", "key")
+
+
+async def routed(
+    request: router_pb2.CompleteRequest, gate: admission.Admission | None = None
+) -> tuple[admission.Admission, Routed]:
+    """A request as the servicer routes it: the cheap model first, the strong one as its fallback."""
+    gate = gate or admission.Admission(SETTINGS, REGISTRY, MemoryStore())
+    limits = await gate.limits(request)
+    plan = policy.plan(REGISTRY, policy.evaluate(REGISTRY.models, {}, limits), limits, classified=True)
+    decision = routing.decision(plan, limits, "")
+    caps = admission.output_caps(plan, limits, decision)
+    return gate, Routed(request, uuid.uuid4().hex, ACCOUNT, limits, plan, decision, caps)
+
+
+def request(content: str = "Hello there", **fields: object) -> router_pb2.CompleteRequest:
+    return router_pb2.CompleteRequest(messages=[common_pb2.ChatMessage(role="user", content=content)], **fields)
+
+
+async def test_without_limits_each_model_may_write_all_it_can_and_the_hold_is_the_costliest() -> None:
+    gate, r = await routed(request())
+    assert [o.model.name for o in r.plan.order] == ["cheap", "strong"]
+    assert r.max_tokens == {"cheap": 4000, "strong": 16000}
+    await gate.admit(r)
+    assert r.hold is not None
+    assert r.hold.pico == worst_pico(REGISTRY.models[1], r.limits.input_tokens, 16000)  # not an estimate
+    assert not r.decision.HasField("max_tokens_capped")
+
+
+async def test_the_context_window_and_the_callers_max_tokens_bound_the_output() -> None:
+    _, r = await routed(request("word " * 6000))
+    assert r.max_tokens["cheap"] == 8000 - r.limits.input_tokens
+    _, r = await routed(request(max_tokens=100))
+    assert r.max_tokens == {"cheap": 100, "strong": 100}
+
+
+async def test_max_cost_lowers_max_tokens_and_says_so() -> None:
+    _, r = await routed(request(max_cost_usd="0.001"))  # cheap: ~660 tokens; strong: ~65
+    cheap, strong = REGISTRY.models
+    for model in (cheap, strong):
+        cap = r.max_tokens[model.name]
+        assert (
+            worst_pico(model, r.limits.input_tokens, cap) <= 10**9 < worst_pico(model, r.limits.input_tokens, cap + 1)
+        )
+    assert r.decision.max_tokens_capped == r.max_tokens["cheap"]
+    assert "to fit max_cost_usd" in r.decision.reason
+
+
+async def test_a_budgets_remainder_caps_the_chosen_model_and_drops_a_fallback_it_cannot_pay() -> None:
+    gate, r = await routed(request())
+    remainder = 200_000_000  # $0.0002: about 130 tokens of cheap, under 16 of strong
+    assert isinstance(gate.store, MemoryStore)
+    gate.store.limits[ACCOUNT.limit_keys()[0]] = remainder
+    await gate.admit(r)
+    assert [o.model.name for o in r.plan.order] == ["cheap"]
+    assert r.hold is not None and r.hold.pico <= remainder
+    assert r.decision.max_tokens_capped == r.max_tokens["cheap"] and 100 < r.max_tokens["cheap"] < 4000
+    assert "remaining tenant budget" in r.decision.reason
+
+    _, again = await routed(request(), gate)
+    with pytest.raises(ServiceError) as err:
+        await gate.admit(again)  # what is left cannot pay for 16 tokens
+    assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED and err.value.reason == "BUDGET_EXCEEDED"
+    assert again.hold is None
+
+
+async def test_a_cost_cap_below_any_short_answer_names_max_cost_usd() -> None:
+    with pytest.raises(ServiceError) as err:
+        await routed(request(max_cost_usd=str(Decimal("0.0000001"))))
+    assert err.value.reason == "NO_ELIGIBLE_MODEL" and err.value.metadata == {"field": "max_cost_usd"}
+
+
+async def test_a_prompt_over_every_context_window_is_refused_before_routing() -> None:
+    with pytest.raises(ServiceError) as err:
+        await routed(request("lorem ipsum " * 100_000))
+    assert err.value.reason == "CONTEXT_LENGTH_EXCEEDED"
