@@ -105,7 +105,10 @@ def _bind(
     server: grpc.aio.Server, service: str, host: str, port: int, credentials: grpc.ServerCredentials | None
 ) -> int:
     address = f"{host}:{port}"
-    bound = server.add_insecure_port(address) if credentials is None else server.add_secure_port(address, credentials)
+    if credentials is None:
+        bound = int(server.add_insecure_port(address))
+    else:
+        bound = int(server.add_secure_port(address, credentials))
     if bound == 0:
         raise SystemExit(f"{service}: cannot bind {address}")
     return bound
