@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 import redis.asyncio as redis
 import yaml
@@ -24,6 +25,8 @@ from llmrouter.server import RunningServer, start_server
 from llmrouter.settings import ServiceSettings
 from llmrouter.v1 import common_pb2, provider_pb2_grpc, router_pb2, router_pb2_grpc
 from services import providers, router
+from services.edge.app import create_app
+from services.edge.settings import EdgeSettings
 from services.providers.settings import ProvidersSettings
 from services.router.settings import RouterSettings
 from services.router.store import LEDGER
@@ -252,3 +255,15 @@ def test_settings_refuse_unsafe_or_incomplete_auth(tmp_path: Path) -> None:
         with pytest.raises(ValidationError, match=complaint):
             RouterSettings(**values)  # type: ignore[arg-type]
     assert RouterSettings(auth="none", host="0.0.0.0", auth_none_allow_remote=True).auth == "none"
+
+
+async def test_edge_refused_by_the_router_is_a_gateway_error(secured: Secured, redis_url: str) -> None:
+    """An edge whose certificate the router does not accept: the deployment's fault (502), not the caller's."""
+    settings = EdgeSettings(router_addr=secured.router_addr, tls_dir=secured.certs["mallory"])
+    async with open_channel(secured.router_addr, settings) as channel:
+        app = create_app(settings, router_pb2_grpc.RouterStub(channel))
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://edge") as http:
+            body = {"model": "cheap-model", "messages": [{"role": "user", "content": "Hi"}]}
+            reply = await http.post("/v1/chat/completions", json=body)
+    assert reply.status_code == 502, reply.text
+    assert await spend_by_tenant(redis_url) == {}
