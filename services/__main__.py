@@ -109,6 +109,7 @@ def with_throwaway_certificates(env: dict[str, str], directory: Path) -> dict[st
         host = env.get(f"{prefix}_HOST", "")
         hosts = LOOPBACK_NAMES if host in ("", "0.0.0.0", "::") else (*LOOPBACK_NAMES, host)
         env.setdefault(f"{prefix}_TLS_DIR", str(authority.write(directory / name, name, hosts)))
+    print(f"mTLS certificates of this run (CN = service): {directory}/<service>, deleted at exit", flush=True)
     return env
 
 
