@@ -114,6 +114,11 @@ def load_settings(cls: type[S]) -> S:
         lines = [f"invalid configuration for {cls.__name__}:"]
         for err in exc.errors():
             field = ".".join(str(p) for p in err["loc"])
-            lines.append(f"  {prefix}{field.upper()}: {err['msg']} (got {err.get('input')!r})")
+            if not field:  # a rule across settings: its input is all of them, secrets included
+                lines.append(f"  {prefix}*: {err['msg']}")
+            elif "SecretStr" in str(cls.model_fields[field].annotation if field in cls.model_fields else ""):
+                lines.append(f"  {prefix}{field.upper()}: {err['msg']}")
+            else:
+                lines.append(f"  {prefix}{field.upper()}: {err['msg']} (got {err.get('input')!r})")
         print("\n".join(lines), file=sys.stderr)
         raise SystemExit(2) from None

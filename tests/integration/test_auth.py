@@ -22,7 +22,7 @@ from llmrouter.auth import token_digest
 from llmrouter.certs import Authority
 from llmrouter.channels import open_channel
 from llmrouter.server import RunningServer, start_server
-from llmrouter.settings import ServiceSettings
+from llmrouter.settings import ServiceSettings, load_settings
 from llmrouter.v1 import common_pb2, provider_pb2_grpc, router_pb2, router_pb2_grpc
 from services import providers, router
 from services.edge.app import create_app
@@ -267,3 +267,15 @@ async def test_edge_refused_by_the_router_is_a_gateway_error(secured: Secured, r
             reply = await http.post("/v1/chat/completions", json=body)
     assert reply.status_code == 502, reply.text
     assert await spend_by_tenant(redis_url) == {}
+
+
+def test_a_refused_configuration_names_the_problem_but_never_the_token(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("ROUTER_AUTH", "mtls")
+    monkeypatch.setenv("ROUTER_CALL_TOKEN", "sk-do-not-print")
+    with pytest.raises(SystemExit):
+        load_settings(RouterSettings)
+    err = capsys.readouterr().err
+    assert "auth=mtls needs tls_dir" in err
+    assert "sk-do-not-print" not in err
