@@ -73,9 +73,10 @@ evaluate-mmlu-cv: setup          # MMLU, each subject scored by a model trained 
 evaluate-multitier: setup        # routing over all 11 RouterBench models against the single models
 	$(PY) -m evaluation.multitier --plots reports
 
-bench: setup                     # classifier latency/throughput/RSS; what routing adds to a request
+bench: setup                     # classifier latency/throughput/RSS; what routing and authentication add
 	$(PY) -m benchmarks.classifier
 	$(PY) -m benchmarks.router
+	$(PY) -m benchmarks.auth
 
 lint-deploy: $(VENV)/.installed
 	deploy/lint.sh

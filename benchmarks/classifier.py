@@ -15,15 +15,17 @@ import socket
 import string
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
-import grpc
 import numpy as np
 from tokenizers import Tokenizer
 
-from llmrouter.server import CHANNEL_OPTIONS
+from llmrouter.certs import Authority
+from llmrouter.channels import open_channel
+from llmrouter.settings import ServiceSettings
 from llmrouter.v1 import classifier_pb2, classifier_pb2_grpc
 from services.classifier.model import QualityModel
 from services.classifier.settings import DEFAULT_MODEL_DIR
@@ -94,9 +96,20 @@ async def load(stub: classifier_pb2_grpc.ClassifierStub, texts: list[str], concu
 
 
 async def bench_service(args: argparse.Namespace, sets: dict[str, list[str]]) -> list[tuple[str, str]]:
+    with tempfile.TemporaryDirectory(prefix="llmrouter-bench-tls-") as certs:
+        # Measured as deployed: mTLS, the benchmark calling as the router.
+        authority = Authority.create()
+        server_dir, client_dir = (authority.write(Path(certs) / name, name) for name in ("classifier", "router"))
+        return await _bench_service(args, sets, server_dir, ServiceSettings(tls_dir=client_dir))
+
+
+async def _bench_service(
+    args: argparse.Namespace, sets: dict[str, list[str]], server_dir: Path, caller: ServiceSettings
+) -> list[tuple[str, str]]:
     port, metrics_port = free_port(), free_port()
     env = {
         **os.environ,
+        "CLASSIFIER_TLS_DIR": str(server_dir),
         "CLASSIFIER_PORT": str(port),
         "CLASSIFIER_METRICS_PORT": str(metrics_port),
         "CLASSIFIER_THREADS": str(args.threads),
@@ -112,7 +125,7 @@ async def bench_service(args: argparse.Namespace, sets: dict[str, list[str]]) ->
         if not line.startswith("READY"):
             raise SystemExit(f"classifier did not start: {line!r}")
         rows.append(("RSS after start (MB)", f"{rss_mb(server.pid)[0]:.0f}"))
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS) as channel:
+        async with open_channel(f"127.0.0.1:{port}", caller) as channel:
             stub = classifier_pb2_grpc.ClassifierStub(channel)
             for kind, texts in sets.items():
                 await sequential(stub, texts[:20])  # warm the channel

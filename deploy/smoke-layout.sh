@@ -23,8 +23,8 @@ cp "$ROOT/config/models.yaml" "$WORK/app/config/"
 cp -r "$ROOT/artefacts" "$WORK/app/"
 
 free_port() { "$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-declare -A PORT METRICS
-for s in classifier providers router edge; do PORT[$s]=$(free_port); METRICS[$s]=$(free_port); done
+declare -A PORT METRICS HEALTH
+for s in classifier providers router edge; do PORT[$s]=$(free_port); METRICS[$s]=$(free_port); HEALTH[$s]=$(free_port); done
 
 cd "$WORK/app"
 export PATH="$WORK/venv/bin:$PATH" HOME="$WORK/app/tmp" XDG_CACHE_HOME="$WORK/app/tmp/.cache" \
@@ -34,24 +34,29 @@ export PATH="$WORK/venv/bin:$PATH" HOME="$WORK/app/tmp" XDG_CACHE_HOME="$WORK/ap
   ROUTER_CLASSIFIER_ADDR="127.0.0.1:${PORT[classifier]}" ROUTER_PROVIDERS_ADDR="127.0.0.1:${PORT[providers]}" \
   EDGE_ROUTER_ADDR="127.0.0.1:${PORT[router]}"
 mkdir -p tmp
+# As the chart mounts them: one kubernetes.io/tls directory per service (mTLS, identity = subject CN).
+python -c 'import sys; from pathlib import Path; from llmrouter.certs import Authority
+ca = Authority.create()
+for s in ("classifier", "providers", "router", "edge"): ca.write(Path(sys.argv[1]) / s, s)' "$PWD/tmp/tls"
 pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; }
 trap cleanup EXIT
 for s in classifier providers router edge; do
   P="${s^^}"
   env "${P}_HOST=127.0.0.1" "${P}_PORT=${PORT[$s]}" "${P}_METRICS_PORT=${METRICS[$s]}" \
+    "${P}_TLS_DIR=$PWD/tmp/tls/$s" "${P}_HEALTH_PORT=${HEALTH[$s]}" \
     python -m "services.$s" >"$WORK/$s.log" 2>&1 &
   pids+=($!)
 done
 
 fail() { echo "FAIL: $*" >&2; tail -n 5 "$WORK"/*.log >&2; exit 1; }
-python - "${PORT[classifier]}" "${PORT[providers]}" "${PORT[router]}" "${PORT[edge]}" <<'PY' || fail "services not healthy"
+python - "${HEALTH[classifier]}" "${HEALTH[providers]}" "${HEALTH[router]}" "${PORT[edge]}" <<'PY' || fail "services not healthy"
 import sys, time, urllib.request
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 *grpc_ports, edge = sys.argv[1:]
 deadline = time.monotonic() + 120
-for port in grpc_ports:  # what the kubelet's native gRPC probe asks
+for port in grpc_ports:  # what the kubelet's native gRPC probe asks, on the plaintext health port
     while True:
         try:
             stub = health_pb2_grpc.HealthStub(grpc.insecure_channel(f"127.0.0.1:{port}"))

@@ -1,5 +1,6 @@
-"""Server interceptor kept apart from business logic: metrics for every call, ServiceError to a rich
-status, and any other exception to a plain INTERNAL status (logged with its traceback, never sent)."""
+"""Server interceptor kept apart from business logic: the caller authenticated before its request is even
+parsed (llmrouter.auth), metrics for every call, ServiceError to a rich status, and any other exception to
+a plain INTERNAL status (logged with its traceback, never sent)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from prometheus_client import Counter, Histogram
 
+from llmrouter.auth import Authenticator, acting_as
 from llmrouter.errors import ServiceError, invalid
 
 log = logging.getLogger("llmrouter.grpc")
@@ -40,14 +42,15 @@ def _parse(parse: Parser, raw: bytes) -> Any:
 
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, service: str) -> None:
+    def __init__(self, service: str, authenticator: Authenticator) -> None:
         self.service = service
+        self.authenticator = authenticator
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(details)
         if handler is None or details.method.startswith(_UNMEASURED):
             return handler
@@ -63,14 +66,15 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             return grpc.unary_stream_rpc_method_handler(
                 self._stream(method, parse, handler.unary_stream), response_serializer=handler.response_serializer
             )
-        return handler
+        return None  # client-streaming RPCs would bypass authentication: none is served (UNIMPLEMENTED)
 
     def _unary(
         self, method: str, parse: Parser, behaviour: Callable[..., Awaitable[Any]]
     ) -> Callable[..., Awaitable[Any]]:
         async def wrapped(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
             async with self._guard(method, context):
-                return await behaviour(_parse(parse, raw), context)
+                with acting_as(self.authenticator.identify(context)):
+                    return await behaviour(_parse(parse, raw), context)
 
         return wrapped
 
@@ -79,9 +83,11 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
     ) -> Callable[..., AsyncIterator[Any]]:
         async def wrapped(raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             # aclosing: a cancelled call closes the handler at once, running its cleanup now.
-            async with self._guard(method, context), aclosing(behaviour(_parse(parse, raw), context)) as items:
-                async for item in items:
-                    yield item
+            async with self._guard(method, context):
+                with acting_as(self.authenticator.identify(context)):
+                    async with aclosing(behaviour(_parse(parse, raw), context)) as items:
+                        async for item in items:
+                            yield item
 
         return wrapped
 

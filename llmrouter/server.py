@@ -14,9 +14,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from llmrouter.auth import Authenticator, parse_callers, parse_tokens
 from llmrouter.interceptors import ServiceInterceptor
 from llmrouter.logs import setup_logging
-from llmrouter.settings import ServiceSettings
+from llmrouter.settings import GrpcServiceSettings
 
 log = logging.getLogger("llmrouter.server")
 
@@ -47,41 +48,75 @@ class RunningServer:
     health: health.aio.HealthServicer
     services: list[str]
     closers: list[Closer] = field(default_factory=list)
+    health_server: grpc.aio.Server | None = None  # plaintext, health checking only (for probes)
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop taking calls (health NOT_SERVING), drain in-flight ones for `grace` seconds, then close."""
         for name in [*self.services, ""]:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.stop(grace)
+        if self.health_server is not None:
+            await self.health_server.stop(None)
         for close in reversed(self.closers):
             await close()
 
 
 async def start_server(
     service: str,
-    settings: ServiceSettings,
+    settings: GrpcServiceSettings,
     registrations: Registrations,
     closers: list[Closer] | None = None,
 ) -> RunningServer:
-    server = grpc.aio.server(interceptors=[ServiceInterceptor(service)], options=SERVER_OPTIONS)
+    authenticator = Authenticator(settings.auth, parse_callers(settings.callers), parse_tokens(settings.token_lines()))
+    server = grpc.aio.server(interceptors=[ServiceInterceptor(service, authenticator)], options=SERVER_OPTIONS)
     for add in registrations.values():
         add(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = list(registrations)
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
-    if port == 0:
-        raise SystemExit(f"{service}: cannot bind {settings.host}:{settings.port}")
+    port = _bind(server, service, settings.host, settings.port, server_credentials(settings))
+    health_server = None
+    if settings.health_port is not None:
+        # The same health servicer: a draining server says NOT_SERVING on both ports.
+        health_server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
+        _bind(health_server, service, settings.host, settings.health_port, None)
+        await health_server.start()
     await server.start()
     for name in [*names, ""]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, health_servicer, names, closers or [])
+    return RunningServer(server, port, health_servicer, names, closers or [], health_server)
+
+
+def server_credentials(settings: GrpcServiceSettings) -> grpc.ServerCredentials | None:
+    """TLS when the service has a certificate; client certificates required (and verified against ca.crt)
+    in mtls mode. None: plaintext."""
+    if settings.tls_dir is None:
+        return None
+    return grpc.ssl_server_credentials(
+        [((settings.tls_dir / "tls.key").read_bytes(), (settings.tls_dir / "tls.crt").read_bytes())],
+        root_certificates=(settings.tls_dir / "ca.crt").read_bytes(),
+        require_client_auth=settings.auth == "mtls",
+    )
+
+
+def _bind(
+    server: grpc.aio.Server, service: str, host: str, port: int, credentials: grpc.ServerCredentials | None
+) -> int:
+    address = f"{host}:{port}"
+    if credentials is None:
+        bound = int(server.add_insecure_port(address))
+    else:
+        bound = int(server.add_secure_port(address, credentials))
+    if bound == 0:
+        raise SystemExit(f"{service}: cannot bind {address}")
+    return bound
 
 
 def run_service(
     service: str,
-    settings: ServiceSettings,
+    settings: GrpcServiceSettings,
     build: Callable[[], Awaitable[tuple[Registrations, list[Closer]]]],
 ) -> None:
     """Entry point of `python -m services.<name>`: serve until SIGTERM or SIGINT, then drain."""
@@ -92,7 +127,7 @@ def run_service(
         running = await start_server(service, settings, registrations, closers)
         if settings.metrics_port is not None:
             start_http_server(settings.metrics_port, addr=settings.host)
-        log.info("serving", extra={"port": running.port, "metrics_port": settings.metrics_port})
+        log.info("serving", extra={"port": running.port, "metrics_port": settings.metrics_port, "auth": settings.auth})
         # One line on stdout that supervisors and tests can wait for.
         print(f"READY {service} {running.port}", flush=True)
         stop = asyncio.Event()

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import ipaddress
 import sys
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Literal, TypeVar
 
-from pydantic import AfterValidator, Field, ValidationError
+from pydantic import AfterValidator, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from llmrouter.auth import parse_callers, parse_tokens
 
 # The checkout (or the image's working copy) holding config/ and artefacts/.
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -15,9 +18,12 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # A path setting: relative paths mean the same file whatever directory a service starts in.
 RepoPath = Annotated[Path, AfterValidator(lambda path: path if path.is_absolute() else REPO_ROOT / path)]
 
+# A kubernetes.io/tls Secret's files (cert-manager writes the same three).
+TLS_FILES = ("tls.crt", "tls.key", "ca.crt")
+
 
 class ServiceSettings(BaseSettings):
-    """What every gRPC service has; each service subclasses it with its own env prefix."""
+    """What every service has; each service subclasses it with its own env prefix."""
 
     model_config = SettingsConfigDict(env_prefix="", extra="ignore", frozen=True)
 
@@ -26,6 +32,74 @@ class ServiceSettings(BaseSettings):
     metrics_port: int | None = Field(default=None, ge=0, le=65535, description="Prometheus port; unset disables")
     log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
     grace_seconds: float = Field(default=10.0, ge=0, description="drain time for in-flight calls on SIGTERM")
+    # This service's certificate: served by a gRPC server, presented when calling other services (mTLS).
+    tls_dir: Path | None = Field(default=None, description="directory with tls.crt, tls.key, ca.crt")
+    # Bearer token presented to the services this one calls, for servers in token mode.
+    call_token: SecretStr | None = None
+
+    @field_validator("tls_dir")
+    @classmethod
+    def _tls_files(cls, path: Path | None) -> Path | None:
+        missing = [name for name in TLS_FILES if path is not None and not (path / name).is_file()]
+        if missing:
+            raise ValueError(f"{path} lacks {', '.join(missing)}")
+        return path
+
+
+class GrpcServiceSettings(ServiceSettings):
+    """A gRPC server's settings: who may call it (see docs/conventions.md, Authentication)."""
+
+    # mtls: client certificates signed by tls_dir/ca.crt, identity = subject CN. token: a bearer token from
+    # auth_tokens (over TLS when tls_dir is set). none: no authentication, every caller fully trusted.
+    auth: Literal["mtls", "token", "none"] = "mtls"
+    auth_none_allow_remote: bool = Field(default=False, description="let auth=none listen beyond loopback")
+    # "sha256-hex-of-token=identity" pairs, comma-separated, or one per line in auth_tokens_file.
+    auth_tokens: str = ""
+    auth_tokens_file: Path | None = None
+    # Identities allowed to call: "name" (pays as tenant "name"), "name=tenant", or "name=*" (may act for
+    # any tenant named in the request). Each service sets its default.
+    callers: str = ""
+    # A plaintext port serving only gRPC health checking (for kubelet probes, which do not speak mTLS).
+    health_port: int | None = Field(default=None, ge=0, le=65535)
+
+    @field_validator("auth_tokens_file")
+    @classmethod
+    def _readable(cls, path: Path | None) -> Path | None:
+        if path is not None and not path.is_file():
+            raise ValueError(f"{path} is not a readable file")
+        return path
+
+    @field_validator("callers")
+    @classmethod
+    def _callers(cls, text: str) -> str:
+        parse_callers(text)
+        return text
+
+    @model_validator(mode="after")
+    def _auth_configured(self) -> GrpcServiceSettings:
+        parse_tokens(self.token_lines())
+        if self.auth == "mtls" and self.tls_dir is None:
+            raise ValueError("auth=mtls needs tls_dir (or set auth=token with auth_tokens, or auth=none)")
+        if self.auth == "token" and not self.token_lines():
+            raise ValueError("auth=token needs auth_tokens or auth_tokens_file")
+        if self.auth == "none" and not is_loopback(self.host) and not self.auth_none_allow_remote:
+            raise ValueError(f"auth=none on {self.host}: serve on loopback, or set auth_none_allow_remote=true")
+        return self
+
+    def token_lines(self) -> list[str]:
+        text = self.auth_tokens.replace(",", "\n")
+        if self.auth_tokens_file is not None:
+            text += "\n" + self.auth_tokens_file.read_text()
+        return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 S = TypeVar("S", bound=BaseSettings)
@@ -40,6 +114,11 @@ def load_settings(cls: type[S]) -> S:
         lines = [f"invalid configuration for {cls.__name__}:"]
         for err in exc.errors():
             field = ".".join(str(p) for p in err["loc"])
-            lines.append(f"  {prefix}{field.upper()}: {err['msg']} (got {err.get('input')!r})")
+            if not field:  # a rule across settings: its input is all of them, secrets included
+                lines.append(f"  {prefix}*: {err['msg']}")
+            elif "SecretStr" in str(cls.model_fields[field].annotation if field in cls.model_fields else ""):
+                lines.append(f"  {prefix}{field.upper()}: {err['msg']}")
+            else:
+                lines.append(f"  {prefix}{field.upper()}: {err['msg']} (got {err.get('input')!r})")
         print("\n".join(lines), file=sys.stderr)
         raise SystemExit(2) from None

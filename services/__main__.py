@@ -2,7 +2,9 @@
 Kubernetes runs them), sends one chat completion through edge -> router -> classifier -> providers, prints
 it, then serves until Ctrl-C. `--once` stops after the demo request.
 
-Ports come from the usual settings (CLASSIFIER_PORT, PROVIDERS_PORT, ROUTER_PORT, EDGE_PORT)."""
+Ports come from the usual settings (CLASSIFIER_PORT, PROVIDERS_PORT, ROUTER_PORT, EDGE_PORT). The services
+authenticate each other with mTLS: unless *_TLS_DIR says otherwise, a throwaway CA and one certificate per
+service are made at start in a temporary directory, deleted at exit."""
 
 from __future__ import annotations
 
@@ -12,19 +14,23 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 
+from llmrouter.certs import LOOPBACK_NAMES, Authority
 from services.classifier.settings import ClassifierSettings
 from services.edge.settings import EdgeSettings
 from services.providers.settings import ProvidersSettings
 from services.router.settings import RouterSettings
 
 START_TIMEOUT_S = 180
+SERVICES = ("classifier", "providers", "router", "edge")
 
 
 def launch(name: str, env: dict[str, str]) -> tuple[subprocess.Popen[str], threading.Event]:
@@ -88,9 +94,34 @@ def demo(base_url: str) -> None:
 def running_stack() -> Iterator[tuple[str, dict[str, subprocess.Popen[str]]]]:
     """Start the four services, configured by the environment as usual; yield the edge's URL and the
     processes; on exit, SIGTERM each (they drain in-flight work) and wait."""
-    classifier, providers = ClassifierSettings(), ProvidersSettings()
-    router, edge = RouterSettings(), EdgeSettings()
-    env = dict(os.environ)
+    with tempfile.TemporaryDirectory(prefix="llmrouter-tls-") as certs:
+        env = with_throwaway_certificates(dict(os.environ), Path(certs))
+        with _running(env) as stack:
+            yield stack
+
+
+def with_throwaway_certificates(env: dict[str, str], directory: Path) -> dict[str, str]:
+    """Give every service without a *_TLS_DIR one made here: its identity (subject CN) is its name, valid
+    for loopback and the host it serves on."""
+    authority = Authority.create()
+    for name in SERVICES:
+        prefix = name.upper()
+        host = env.get(f"{prefix}_HOST", "")
+        hosts = LOOPBACK_NAMES if host in ("", "0.0.0.0", "::") else (*LOOPBACK_NAMES, host)
+        env.setdefault(f"{prefix}_TLS_DIR", str(authority.write(directory / name, name, hosts)))
+    print(f"mTLS certificates of this run (CN = service): {directory}/<service>, deleted at exit", flush=True)
+    return env
+
+
+@contextmanager
+def _running(env: dict[str, str]) -> Iterator[tuple[str, dict[str, subprocess.Popen[str]]]]:
+    def tls_dir(name: str) -> Path:
+        return Path(env[f"{name.upper()}_TLS_DIR"])
+
+    # Each service's own settings, as its process will read them (the certificates are not in os.environ).
+    classifier = ClassifierSettings(tls_dir=tls_dir("classifier"))
+    providers = ProvidersSettings(tls_dir=tls_dir("providers"))
+    router, edge = RouterSettings(tls_dir=tls_dir("router")), EdgeSettings(tls_dir=tls_dir("edge"))
     env.setdefault("ROUTER_CLASSIFIER_ADDR", f"{classifier.host}:{classifier.port}")
     env.setdefault("ROUTER_PROVIDERS_ADDR", f"{providers.host}:{providers.port}")
     env.setdefault("EDGE_ROUTER_ADDR", f"{router.host}:{router.port}")

@@ -12,6 +12,10 @@ import redis.asyncio as redis
 ROOT = Path(__file__).resolve().parent.parent
 # .ci/run points this at a redis-server it started when none answered on the default port.
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+# Services that tests start on loopback are unauthenticated unless a test sets up credentials itself
+# (tests/integration/test_auth.py does, with real certificates and tokens).
+for _service in ("CLASSIFIER", "PROVIDERS", "ROUTER"):
+    os.environ.setdefault(f"{_service}_AUTH", "none")
 
 
 @pytest.fixture(scope="session")

@@ -5,15 +5,16 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from llmrouter.settings import REPO_ROOT, RepoPath, ServiceSettings
+from llmrouter.settings import REPO_ROOT, GrpcServiceSettings, RepoPath
 
 DEFAULT_MODEL_DIR = REPO_ROOT / "artefacts" / "classifier"
 
 
-class ClassifierSettings(ServiceSettings):
+class ClassifierSettings(GrpcServiceSettings):
     model_config = SettingsConfigDict(env_prefix="CLASSIFIER_", extra="ignore", frozen=True)
 
     port: int = Field(default=50051, ge=0, le=65535)
+    callers: str = "router"  # who may call (docs/conventions.md, Authentication)
     model_dir: RepoPath = Field(default=DEFAULT_MODEL_DIR, description="directory written by make train-classifier")
     threads: int = Field(default=2, ge=1, le=64, description="onnxruntime intra-op threads")
     max_batch: int = Field(default=32, ge=1, le=1024, description="prompts per inference run")

@@ -1,11 +1,10 @@
 """Serve the edge with uvicorn (uvloop where installed); SIGTERM drains open requests before exit."""
 
-import grpc
 import uvicorn
 from prometheus_client import start_http_server
 
+from llmrouter.channels import open_channel
 from llmrouter.logs import setup_logging
-from llmrouter.server import CHANNEL_OPTIONS
 from llmrouter.settings import load_settings
 from llmrouter.v1 import router_pb2_grpc
 from services.edge.app import create_app
@@ -13,7 +12,7 @@ from services.edge.settings import EdgeSettings
 
 
 async def main(settings: EdgeSettings) -> None:
-    channel = grpc.aio.insecure_channel(settings.router_addr, options=CHANNEL_OPTIONS)
+    channel = open_channel(settings.router_addr, settings)
     app = create_app(settings, router_pb2_grpc.RouterStub(channel))
     config = uvicorn.Config(
         app,

@@ -42,13 +42,12 @@ HTTP_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
 )
 
-# gRPC status of the router -> HTTP status of the edge. Upstream trouble is 502/503/504.
+# gRPC status of the router -> HTTP status of the edge. Upstream trouble is 502/503/504, and so is the router
+# refusing the edge's own credentials (UNAUTHENTICATED, PERMISSION_DENIED): the deployment's fault, not the caller's.
 HTTP_STATUS = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
     grpc.StatusCode.OUT_OF_RANGE: 400,
     grpc.StatusCode.FAILED_PRECONDITION: 400,
-    grpc.StatusCode.UNAUTHENTICATED: 401,
-    grpc.StatusCode.PERMISSION_DENIED: 403,
     grpc.StatusCode.NOT_FOUND: 404,
     grpc.StatusCode.ALREADY_EXISTS: 409,
     grpc.StatusCode.RESOURCE_EXHAUSTED: 429,

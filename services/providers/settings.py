@@ -7,13 +7,14 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from llmrouter.settings import RepoPath, ServiceSettings
+from llmrouter.settings import GrpcServiceSettings, RepoPath
 
 
-class ProvidersSettings(ServiceSettings):
+class ProvidersSettings(GrpcServiceSettings):
     model_config = SettingsConfigDict(env_prefix="PROVIDERS_", extra="ignore", frozen=True)
 
     port: int = Field(default=50052, ge=0, le=65535, description="gRPC port; 0 picks a free one")
+    callers: str = "router"  # who may call (docs/conventions.md, Authentication)
     registry_path: RepoPath = Field(default=Path("config/models.yaml"), description="the model registry (YAML)")
     local_model_dir: RepoPath = Field(default=Path("artefacts/smollm2"), description="built by `make local-model`")
     local_threads: int = Field(default=2, ge=1, le=64, description="CPU threads per local generation")

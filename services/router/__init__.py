@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import grpc
-
+from llmrouter.channels import open_channel
 from llmrouter.registry import load_registry
-from llmrouter.server import CHANNEL_OPTIONS, Closer, Registrations
+from llmrouter.server import Closer, Registrations
 from llmrouter.v1 import classifier_pb2_grpc, provider_pb2_grpc, router_pb2_grpc
 from services.router.servicer import RouterServicer
 from services.router.settings import RouterSettings
@@ -18,8 +17,8 @@ async def build(settings: RouterSettings) -> tuple[Registrations, list[Closer]]:
     except ValueError as exc:
         raise SystemExit(f"router: {exc}") from None
     store = open_store(settings.redis_url)
-    classifier = grpc.aio.insecure_channel(settings.classifier_addr, options=CHANNEL_OPTIONS)
-    providers = grpc.aio.insecure_channel(settings.providers_addr, options=CHANNEL_OPTIONS)
+    classifier = open_channel(settings.classifier_addr, settings)
+    providers = open_channel(settings.providers_addr, settings)
     servicer = RouterServicer(
         settings,
         registry,

@@ -9,6 +9,7 @@ from decimal import Decimal, InvalidOperation
 
 import grpc
 
+from llmrouter.auth import current_identity
 from llmrouter.errors import ServiceError, invalid
 from llmrouter.registry import Registry
 from llmrouter.tokens import count_prompt_tokens
@@ -26,8 +27,13 @@ ADMIT_ATTEMPTS = 3
 
 
 def account_for(request: router_pb2.CompleteRequest) -> Account:
-    """Who pays for a request: the one place the paying tenant and key are derived."""
-    return Account(request.tenant or "default", key_id(request.api_key))
+    """Who pays for a request: the one place the paying tenant and key are derived. The tenant and key named
+    in the request when the caller may act for tenants (the edge, which authenticated the end user);
+    otherwise the authenticated caller itself, whatever the request says."""
+    caller = current_identity()
+    if caller.may_act_for_tenants:
+        return Account(request.tenant or "default", key_id(request.api_key))
+    return Account(caller.tenant or caller.name, f"caller:{caller.name}")
 
 
 def output_caps(plan: policy.Plan, limits: policy.Limits, decision: router_pb2.Decision) -> dict[str, int]:

@@ -8,13 +8,14 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from llmrouter.registry import DEFAULT_REGISTRY
-from llmrouter.settings import RepoPath, ServiceSettings
+from llmrouter.settings import GrpcServiceSettings, RepoPath
 
 
-class RouterSettings(ServiceSettings):
+class RouterSettings(GrpcServiceSettings):
     model_config = SettingsConfigDict(env_prefix="ROUTER_", extra="ignore", frozen=True)
 
     port: int = Field(default=50053, ge=0, le=65535)
+    callers: str = "edge=*"  # who may call (docs/conventions.md, Authentication)
     registry_path: RepoPath = DEFAULT_REGISTRY
     classifier_addr: str = "127.0.0.1:50051"
     providers_addr: str = "127.0.0.1:50052"

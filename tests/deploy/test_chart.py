@@ -55,9 +55,11 @@ def test_ports_and_env_follow_the_conventions(docs: list[dict], svc: str) -> Non
     prefix, port, metrics_port = documented_ports()[svc]
     c = container(docs, svc)
     assert c["command"] == ["python", "-m", f"services.{svc}"]
+    health = {} if svc == "edge" else {"health": VALUES["tls"]["healthPort"]}
     assert {p["name"]: p["containerPort"] for p in c["ports"]} == {
         ("http" if svc == "edge" else "grpc"): port,
         "metrics": metrics_port,
+        **health,
     }
     e = env(docs, svc)
     assert e[f"{prefix}_HOST"] == "0.0.0.0"
@@ -85,10 +87,87 @@ def test_peer_addresses(docs: list[dict]) -> None:
 
 @pytest.mark.parametrize("svc", GRPC_SERVICES)
 def test_grpc_services_use_native_grpc_health_probes(docs: list[dict], svc: str) -> None:
+    """On the plaintext health-only port: kubelet's gRPC probes cannot present a client certificate."""
     c = container(docs, svc)
-    port = documented_ports()[svc][1]
+    health_port = VALUES["tls"]["healthPort"]
+    assert env(docs, svc)[f"{documented_ports()[svc][0]}_HEALTH_PORT"] == str(health_port)
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert c[probe]["grpc"] == {"port": port}, probe
+        assert c[probe]["grpc"] == {"port": health_port}, probe
+    service_ports = {p["port"] for p in by_kind(docs, "Service")[name(svc)]["spec"]["ports"]}
+    policy_ports = {
+        p["port"] for rule in by_kind(docs, "NetworkPolicy")[name(svc)]["spec"]["ingress"] for p in rule["ports"]
+    }
+    assert health_port not in service_ports | policy_ports
+
+
+@pytest.mark.parametrize("svc", SERVICES)
+def test_every_service_mounts_its_certificate(docs: list[dict], svc: str) -> None:
+    pod = by_kind(docs, "Deployment")[name(svc)]["spec"]["template"]["spec"]
+    mount_path = VALUES["tls"]["mountPath"]
+    assert env(docs, svc)[f"{documented_ports()[svc][0]}_TLS_DIR"] == mount_path
+    assert {"name": "tls", "mountPath": mount_path, "readOnly": True} in pod["containers"][0]["volumeMounts"]
+    (volume,) = (v for v in pod["volumes"] if v["name"] == "tls")
+    assert volume["secret"]["secretName"] == f"{name(svc)}-tls"
+    assert {item["path"] for item in volume["secret"]["items"]} == {"tls.crt", "tls.key", "ca.crt"}
+
+
+def test_cert_manager_issues_each_identity_from_the_release_ca(docs: list[dict]) -> None:
+    """CN = the identity the services check (the router trusts "edge" with tenants); DNS names = what callers
+    dial; the chart's own CA unless an issuer is given."""
+    certificates = by_kind(docs, "Certificate")
+    issuers = by_kind(docs, "Issuer")
+    ca_issuer = "llm-llm-cost-router-ca"
+    assert issuers[ca_issuer]["spec"]["ca"]["secretName"] == certificates[ca_issuer]["spec"]["secretName"]
+    assert certificates[ca_issuer]["spec"]["isCA"] is True
+    dialed = {
+        "classifier": env(docs, "router")["ROUTER_CLASSIFIER_ADDR"],
+        "providers": env(docs, "router")["ROUTER_PROVIDERS_ADDR"],
+        "router": env(docs, "edge")["EDGE_ROUTER_ADDR"],
+    }
+    for svc in SERVICES:
+        spec = certificates[name(svc)]["spec"]
+        assert spec["commonName"] == svc
+        assert spec["secretName"] == f"{name(svc)}-tls"
+        assert spec["issuerRef"]["name"] == ca_issuer
+        assert {"server auth", "client auth"} <= set(spec["usages"])
+        if svc in dialed:
+            assert dialed[svc].split(":")[0] in spec["dnsNames"]
+    external = render(
+        "--set", "tls.certManager.issuerRef.name=corp-ca", "--set", "tls.certManager.issuerRef.kind=ClusterIssuer"
+    )
+    assert "Issuer" not in {d["kind"] for d in external}
+    for certificate in by_kind(external, "Certificate").values():
+        assert certificate["spec"]["issuerRef"] == {
+            "name": "corp-ca",
+            "kind": "ClusterIssuer",
+            "group": "cert-manager.io",
+        }
+
+
+def test_existing_tls_secrets_without_cert_manager() -> None:
+    docs = render("--set", "tls.certManager.enabled=false", "--set", "tls.existingSecrets.router=router-mtls")
+    assert {"Certificate", "Issuer"}.isdisjoint({d["kind"] for d in docs})
+    secrets = {
+        svc: next(
+            v
+            for v in by_kind(docs, "Deployment")[name(svc)]["spec"]["template"]["spec"]["volumes"]
+            if v["name"] == "tls"
+        )
+        for svc in SERVICES
+    }
+    assert secrets["router"]["secret"]["secretName"] == "router-mtls"
+    assert secrets["edge"]["secret"]["secretName"] == f"{name('edge')}-tls"
+
+
+def test_turning_tls_off_is_explicit_and_unauthenticated() -> None:
+    docs = render("--set", "tls.enabled=false")
+    assert {"Certificate", "Issuer"}.isdisjoint({d["kind"] for d in docs})
+    for svc in GRPC_SERVICES:
+        prefix, port, _ = documented_ports()[svc]
+        e = env(docs, svc)
+        assert e[f"{prefix}_AUTH"] == "none" and e[f"{prefix}_AUTH_NONE_ALLOW_REMOTE"] == "true"
+        assert f"{prefix}_TLS_DIR" not in e
+        assert container(docs, svc)["readinessProbe"]["grpc"] == {"port": port}
 
 
 def test_edge_probes_healthz(docs: list[dict]) -> None:
@@ -109,7 +188,7 @@ def test_registry_configmap_is_mounted_where_the_services_read_it(docs: list[dic
 
 def test_provider_keys_come_from_an_existing_secret_as_files(docs: list[dict]) -> None:
     pod = by_kind(docs, "Deployment")[name("providers")]["spec"]["template"]["spec"]
-    (volume,) = [v for v in pod["volumes"] if "secret" in v]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "api-keys"]
     assert volume["secret"]["secretName"] == VALUES["providers"]["apiKeys"]["existingSecret"]
     (mount,) = [m for m in container(docs, "providers")["volumeMounts"] if m["name"] == volume["name"]]
     assert mount == {"name": volume["name"], "mountPath": VALUES["providers"]["apiKeys"]["mountPath"], "readOnly": True}

@@ -132,16 +132,42 @@ app.kubernetes.io/component: {{ index . 1 }}
   value: {{ printf "%s/%s" .mountPath .key | quote }}
 {{- end }}{{ end }}
 {{- end }}
+{{- with $root.Values.tls }}
+{{- if .enabled }}
+- name: {{ $p }}_TLS_DIR
+  value: {{ .mountPath | quote }}
+{{- if ne $svc "edge" }}
+- name: {{ $p }}_HEALTH_PORT
+  value: {{ .healthPort | quote }}
+{{- end }}
+{{- else if ne $svc "edge" }}
+- name: {{ $p }}_AUTH
+  value: none
+- name: {{ $p }}_AUTH_NONE_ALLOW_REMOTE
+  value: "true"
+{{- end }}
+{{- end }}
 {{- range $name, $value := $v.env }}
 - name: {{ $name }}
   value: {{ $value | quote }}
 {{- end }}
 {{- end }}
 
-{{/* Probes: native gRPC health checks (grpc.health.v1) for the gRPC services, GET /healthz for the edge. */}}
-{{- define "llmrouter.probes" -}}
+{{/* The kubernetes.io/tls Secret a service mounts. Call with (list $ "router"). */}}
+{{- define "llmrouter.tlsSecret" -}}
+{{- $root := index . 0 }}
 {{- $svc := index . 1 }}
-{{- $check := ternary (dict "httpGet" (dict "path" "/healthz" "port" "http")) (dict "grpc" (dict "port" (index (index . 0).Values $svc).port)) (eq $svc "edge") }}
+{{- $existing := ternary "" (index $root.Values.tls.existingSecrets $svc) $root.Values.tls.certManager.enabled }}
+{{- default (printf "%s-tls" (include "llmrouter.component" .)) $existing }}
+{{- end }}
+
+{{/* Probes: native gRPC health checks (grpc.health.v1) for the gRPC services, GET /healthz for the edge.
+With mTLS they use the plaintext health-only port: kubelet's gRPC probes cannot present a certificate. */}}
+{{- define "llmrouter.probes" -}}
+{{- $root := index . 0 }}
+{{- $svc := index . 1 }}
+{{- $grpcPort := ternary $root.Values.tls.healthPort (index $root.Values $svc).port $root.Values.tls.enabled }}
+{{- $check := ternary (dict "httpGet" (dict "path" "/healthz" "port" "http")) (dict "grpc" (dict "port" $grpcPort)) (eq $svc "edge") }}
 startupProbe:
   {{- toYaml $check | nindent 2 }}
   periodSeconds: 2
