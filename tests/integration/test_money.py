@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 import grpc
 import httpx
@@ -31,7 +32,7 @@ from tests.integration.conftest import Chain
 PICO = 10**12
 
 
-def ask(text: str, **fields: object) -> router_pb2.CompleteRequest:
+def ask(text: str, **fields: Any) -> router_pb2.CompleteRequest:
     return router_pb2.CompleteRequest(
         messages=[common_pb2.ChatMessage(role="user", content=f"{text} {uuid.uuid4().hex}")], **fields
     )
@@ -42,7 +43,7 @@ class Money:
     """A router and a view of the store behind it: limits to set, spend counters and ledger to read."""
 
     stub: router_pb2_grpc.RouterStub
-    redis_url: str | None = None  # None: the router's in-process store, `memory`
+    redis_url: str = ""  # the Redis store's, unless the router has its in-process store, `memory`
     memory: MemoryStore | None = None
 
     async def set_tenant_limit(self, tenant: str, pico: int) -> None:
@@ -61,7 +62,7 @@ class Money:
         db = redis.from_url(self.redis_url)
         try:
             keys = await db.keys(f"llmrouter:spend:tenant:{tenant}:*")
-            return sum(int(v) for v in await db.mget(keys)) if keys else 0
+            return sum(int(v or 0) for v in await db.mget(keys)) if keys else 0
         finally:
             await db.aclose()
 
@@ -70,7 +71,8 @@ class Money:
             return [r for r in self.memory.ledger if r["tenant"] == tenant]
         db = redis.from_url(self.redis_url)
         try:
-            records = [json.loads(e[1][b"record"]) for e in await db.xrange(LEDGER)]
+            entries: Any = await db.xrange(LEDGER)
+            records = [json.loads(e[1][b"record"]) for e in entries]
         finally:
             await db.aclose()
         return [r for r in records if r["tenant"] == tenant]
@@ -222,7 +224,7 @@ async def test_a_prompt_far_over_every_context_window_is_refused_without_stallin
             watcher.cancel()
     assert small.content
     assert took < 5  # tokenising all of it took ~1 s of CPU before, on an idle machine
-    assert max(stalls) < 0.4  # the whole prompt in the tokenizer at once held the loop for ~0.8 s
+    assert max(stalls) < 0.5  # the whole prompt in the tokenizer at once held the loop for ~0.8 s
 
 
 async def test_tool_schemas_raise_the_estimate_the_router_works_from(chain: Chain) -> None:

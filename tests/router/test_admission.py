@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from decimal import Decimal
+from typing import Any
 
 import grpc
 import pytest
@@ -47,7 +48,7 @@ async def routed(
     return gate, Routed(request, uuid.uuid4().hex, ACCOUNT, limits, plan, decision, caps)
 
 
-def request(content: str = "Hello there", **fields: object) -> router_pb2.CompleteRequest:
+def request(content: str = "Hello there", **fields: Any) -> router_pb2.CompleteRequest:
     return router_pb2.CompleteRequest(messages=[common_pb2.ChatMessage(role="user", content=content)], **fields)
 
 
