@@ -61,26 +61,35 @@ async def count_prompt_tokens(
     tool call id and tool calls, the passthrough fields (tools, tool_choice, response_format, ...) and the
     framing of each. Exact in cl100k_base except where a run of CHUNK_CHARS without a space is cut, which
     counts one token more per cut. Stops as soon as the count passes `stop_above` (a prompt over every context
-    window needs no exact count), and awaits between chunks: a megabyte prompt never stalls other requests."""
-    total = REPLY_PRIMING
-    texts: list[str] = []
-    for m in messages:
-        total += MESSAGE_FRAMING + (NAME_FRAMING if m.name else 0)
-        texts += (m.role, m.content, m.name, m.tool_call_id, m.tool_calls_json)
-    if passthrough_json:
-        texts.append(passthrough_json)
-    if tools:
-        total += TOOL_USE_FRAMING
-    for text in texts:
-        if len(text) <= CHUNK_CHARS:
-            total += count_tokens(text)
-            continue
+    window needs no exact count), and gives the event loop a turn every CHUNK_CHARS characters: a prompt of
+    megabytes or of thousands of messages never stalls other requests."""
+    total = REPLY_PRIMING + (TOOL_USE_FRAMING if tools else 0)
+    since_turn = 0  # characters counted since the event loop last had a turn
+    for framing, text in _billed_texts(messages, passthrough_json):
+        total += framing
         for chunk, cuts in _chunks(text):
             total += count_tokens(chunk) + cuts
             if total > stop_above:
                 return total
-            await asyncio.sleep(0)
+            since_turn += len(chunk) + 1
+            if since_turn >= CHUNK_CHARS:
+                since_turn = 0
+                await asyncio.sleep(0)
     return total
+
+
+def fewest_prompt_tokens(messages: int) -> int:
+    """A floor on any prompt of this many messages: each costs its framing and at least a token of role."""
+    return REPLY_PRIMING + messages * (MESSAGE_FRAMING + 1)
+
+
+def _billed_texts(messages: Iterable[PromptMessage], passthrough_json: str) -> Iterator[tuple[int, str]]:
+    """(framing tokens, text) of everything a provider reads, one field at a time."""
+    for m in messages:
+        yield MESSAGE_FRAMING + (NAME_FRAMING if m.name else 0), m.role
+        for text in (m.content, m.name, m.tool_call_id, m.tool_calls_json):
+            yield 0, text
+    yield 0, passthrough_json
 
 
 def _chunks(text: str) -> Iterator[tuple[str, int]]:

@@ -12,7 +12,7 @@ import grpc
 from llmrouter.auth import current_identity
 from llmrouter.errors import ServiceError, invalid
 from llmrouter.registry import Registry
-from llmrouter.tokens import count_prompt_tokens
+from llmrouter.tokens import count_prompt_tokens, fewest_prompt_tokens
 from llmrouter.v1 import router_pb2
 from llmrouter.validation import validate
 from services.router import metrics, policy
@@ -70,6 +70,8 @@ class Admission:
 
     async def limits(self, request: router_pb2.CompleteRequest) -> policy.Limits:
         """The request, validated, as the limits routing must respect."""
+        if fewest_prompt_tokens(len(request.messages)) > self.max_context:  # known without reading them
+            raise self._over_every_window()
         valid = validate(request)
         if request.HasField("quality_target") and not 0 <= request.quality_target <= 1:
             raise invalid("quality_target must be within [0, 1]", "quality_target")
@@ -79,11 +81,7 @@ class Admission:
         tools = bool(valid.passthrough.get("tools"))
         input_tokens = await count_prompt_tokens(request.messages, request.passthrough_json, tools, self.max_context)
         if input_tokens > self.max_context:  # refused before anything else sees it (the classifier above all)
-            raise invalid(
-                f"the prompt is over {self.max_context} tokens, the largest context window of any model",
-                "messages",
-                "CONTEXT_LENGTH_EXCEEDED",
-            )
+            raise self._over_every_window()
         settings = self.settings
         return policy.Limits(
             quality_target=(
@@ -96,6 +94,13 @@ class Admission:
             max_latency_ms=request.max_latency_ms if request.HasField("max_latency_ms") else None,
             needs_tools=tools,
             min_output_tokens=settings.min_output_tokens,
+        )
+
+    def _over_every_window(self) -> ServiceError:
+        return invalid(
+            f"the prompt is over {self.max_context} tokens, the largest context window of any model",
+            "messages",
+            "CONTEXT_LENGTH_EXCEEDED",
         )
 
     async def admit(self, routed: Routed) -> None:
