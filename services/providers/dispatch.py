@@ -10,14 +10,15 @@ import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
+from decimal import Decimal
 
 import grpc
 
 from llmrouter.errors import ServiceError
 from llmrouter.registry import ModelSpec, ProviderSpec
-from llmrouter.v1 import provider_pb2
+from llmrouter.v1 import common_pb2, provider_pb2
 from services.providers import metrics
-from services.providers.accounting import settle
+from services.providers.accounting import decimal_str, settle
 from services.providers.backoff import retry_delay
 from services.providers.breaker import CircuitBreaker, State
 from services.providers.gateways.base import Completion, Gateway, StreamEvent, UpstreamError, UpstreamRequest
@@ -32,6 +33,9 @@ _STATUS = {
 }
 # Failures that say something about the upstream's health; a 429 or a refused request does not.
 _UNHEALTHY = {"timeout", "unavailable", "bad_response"}
+# Failures after which nobody knows what the upstream generated: the router charges the attempt's worst case,
+# which covers whatever it consumed, so that is not reported on top.
+_UNKNOWN_OUTCOME = {"timeout", "bad_response"}
 
 # Time kept back from the caller's deadline for our error to travel back to it.
 _DEADLINE_MARGIN_S = 0.05
@@ -94,6 +98,7 @@ class Dispatcher:
         deadline = self._deadline(budget_s)
         retries = 0
         delivered: list[str] = []
+        wasted = Wasted()  # what attempts that failed before delivering anything consumed
         try:
             async with self._slot(deadline):
                 while True:
@@ -112,8 +117,10 @@ class Dispatcher:
                     except (UpstreamError, TimeoutError) as exc:
                         err = self._judge(breaker, exc)
                         if delivered:
-                            raise self._interrupted(model, request, "".join(delivered), end, err) from None
-                        await self._backoff(model, request, err, retries, deadline)
+                            raise self._interrupted(model, request, "".join(delivered), end, err, wasted) from None
+                        if err.kind not in _UNKNOWN_OUTCOME:
+                            wasted.add(model, request, end, exc.consumed if isinstance(exc, UpstreamError) else None)
+                        await self._backoff(model, request, err, retries, deadline, wasted)
                         retries += 1
                         continue
                     except (asyncio.CancelledError, GeneratorExit):
@@ -126,7 +133,7 @@ class Dispatcher:
         finally:
             metrics.DURATION.labels(self.provider, model.name).observe(time.perf_counter() - start)
         end.content = "".join(delivered)
-        yield provider_pb2.GenerateChunk(final=self._response(model, request, end, retries, start))
+        yield provider_pb2.GenerateChunk(final=self._response(model, request, end, retries, start, wasted))
 
     def _deadline(self, budget_s: float | None) -> float:
         """The provider's total timeout, shortened to just before the caller's own gRPC deadline when that
@@ -148,6 +155,7 @@ class Dispatcher:
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 "UPSTREAM_TIMEOUT",
                 f"{self.provider}: no free slot within the total timeout ({self.spec.max_concurrency} busy)",
+                {"sent": "false"},  # nothing reached the upstream: nothing to pay
             ) from None
         try:
             yield
@@ -177,13 +185,19 @@ class Dispatcher:
         return exc
 
     async def _backoff(
-        self, model: ModelSpec, request: UpstreamRequest, err: UpstreamError, retries: int, deadline: float
+        self,
+        model: ModelSpec,
+        request: UpstreamRequest,
+        err: UpstreamError,
+        retries: int,
+        deadline: float,
+        wasted: Wasted | None = None,
     ) -> None:
         """Sleep before the next attempt, or raise when retrying is not allowed or cannot finish in time."""
         delay = retry_delay(retries, self.spec.backoff_base_s, self.spec.backoff_max_s, err.retry_after)
         give_up = not err.retryable or retries >= self.spec.max_retries
         if give_up or asyncio.get_running_loop().time() + delay >= deadline:
-            raise self._failure(model, request, err, retries)
+            raise self._failure(model, request, err, retries, wasted)
         metrics.RETRIES.labels(self.provider, model.name).inc()
         log.warning(
             "retrying upstream call", extra={**self._log_fields(model, request, err), "delay_s": round(delay, 3)}
@@ -198,7 +212,9 @@ class Dispatcher:
             "error": self._redact(err.message),
         }
 
-    def _failure(self, model: ModelSpec, request: UpstreamRequest, err: UpstreamError, retries: int) -> ServiceError:
+    def _failure(
+        self, model: ModelSpec, request: UpstreamRequest, err: UpstreamError, retries: int, wasted: Wasted | None
+    ) -> ServiceError:
         code, reason, outcome = _STATUS[err.kind]
         metrics.REQUESTS.labels(self.provider, model.name, outcome).inc()
         log.warning("upstream call failed", extra={**self._log_fields(model, request, err), "retries": retries})
@@ -207,16 +223,26 @@ class Dispatcher:
             metadata["upstream_status"] = str(err.status)
         if err.retry_after is not None:
             metadata["retry_after_s"] = f"{err.retry_after:g}"
+        if wasted and wasted.cost:  # tokens the failed attempts consumed: the caller charges them
+            metadata.update(wasted.metadata())
         return ServiceError(code, reason, self._redact(f"{self.provider}/{model.name}: {err.message}"), metadata)
 
     def _interrupted(
-        self, model: ModelSpec, request: UpstreamRequest, served: str, end: Completion, err: UpstreamError
+        self,
+        model: ModelSpec,
+        request: UpstreamRequest,
+        served: str,
+        end: Completion,
+        err: UpstreamError,
+        wasted: Wasted,
     ) -> ServiceError:
-        """The caller already holds part of the answer: fail, charging exactly what was served."""
+        """The caller already holds part of the answer: fail, charging exactly what was served (and what
+        attempts that failed before it consumed)."""
         metrics.REQUESTS.labels(self.provider, model.name, _STATUS[err.kind][2]).inc()
         log.warning("upstream stream interrupted", extra=self._log_fields(model, request, err))
         # Output counts the provider sent belong to an unfinished stream; count what the caller received.
         usage, cost = settle(model, request.messages, served, end.input_tokens, None)
+        usage, cost = wasted.on_top(usage, cost)
         self._count_tokens(model, usage.input_tokens, usage.output_tokens)
         return ServiceError(
             grpc.StatusCode.UNAVAILABLE,
@@ -234,11 +260,19 @@ class Dispatcher:
         )
 
     def _response(
-        self, model: ModelSpec, request: UpstreamRequest, done: Completion, retries: int, start: float
+        self,
+        model: ModelSpec,
+        request: UpstreamRequest,
+        done: Completion,
+        retries: int,
+        start: float,
+        wasted: Wasted | None = None,
     ) -> provider_pb2.GenerateResponse:
         tool_calls = json.dumps(done.tool_calls) if done.tool_calls else ""
         # Without the provider's count, the tool calls are output too, as their JSON.
         usage, cost = settle(model, request.messages, done.content + tool_calls, done.input_tokens, done.output_tokens)
+        if wasted is not None:
+            usage, cost = wasted.on_top(usage, cost)
         metrics.REQUESTS.labels(self.provider, model.name, "ok").inc()
         self._count_tokens(model, usage.input_tokens, usage.output_tokens)
         return provider_pb2.GenerateResponse(
@@ -278,3 +312,43 @@ def _merge(into: Completion, update: Completion) -> None:
     if update.output_tokens is not None:
         into.output_tokens = update.output_tokens
     into.tool_calls = update.tool_calls or into.tool_calls
+
+
+class Wasted:
+    """Usage of stream attempts that failed before delivering anything but had the upstream generating: it
+    bills them, so they are added to the final usage (or the failure's metadata) and charged."""
+
+    def __init__(self) -> None:
+        self.input_tokens = self.output_tokens = 0
+        self.cost = Decimal(0)
+        self.estimated = False
+
+    def add(self, model: ModelSpec, request: UpstreamRequest, end: Completion, consumed: Completion | None) -> None:
+        if consumed is not None:
+            _merge(end, consumed)
+        elif end.input_tokens is None and end.output_tokens is None:
+            return  # the upstream never began answering: nothing billed
+        calls = json.dumps(end.tool_calls) if end.tool_calls else ""
+        usage, cost = settle(model, request.messages, calls, end.input_tokens, end.output_tokens)
+        self.input_tokens += usage.input_tokens
+        self.output_tokens += usage.output_tokens
+        self.cost += Decimal(cost)
+        self.estimated |= usage.estimated
+
+    def on_top(self, usage: common_pb2.Usage, cost: str) -> tuple[common_pb2.Usage, str]:
+        if not self.cost and not self.input_tokens:
+            return usage, cost
+        total = common_pb2.Usage(
+            input_tokens=usage.input_tokens + self.input_tokens,
+            output_tokens=usage.output_tokens + self.output_tokens,
+            estimated=usage.estimated or self.estimated,
+        )
+        return total, decimal_str(Decimal(cost) + self.cost)
+
+    def metadata(self) -> dict[str, str]:
+        return {
+            "input_tokens": str(self.input_tokens),
+            "output_tokens": str(self.output_tokens),
+            "estimated": "true" if self.estimated else "false",
+            "cost_usd": decimal_str(self.cost),
+        }

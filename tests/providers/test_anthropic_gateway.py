@@ -65,10 +65,12 @@ async def test_stream_without_usage_is_estimated(stub, anthropic_fake: FakeAnthr
     assert final.usage.output_tokens > 0 and final.content == "".join(deltas)
 
 
-async def test_retried_stream_reports_only_the_final_attempts_usage(stub, anthropic_fake: FakeAnthropic) -> None:
-    # The first attempt is cut after message_start (which reported input tokens), before any text; the retry
-    # reports no usage at all. Nothing from the failed attempt may be billed as if it were measured.
+async def test_retried_stream_adds_the_failed_attempts_usage(stub, anthropic_fake: FakeAnthropic) -> None:
+    # The first attempt is cut after message_start (which reported its input tokens), before any text: the
+    # upstream bills that prompt. The retry reports no usage at all, so its input is counted locally.
     anthropic_fake.enqueue(Fault.cut(after_chunks=1), Fault.no_usage())
     _, final = await collect(stub, request("claude"))
     assert final is not None and final.retries == 1 and final.usage.estimated
-    assert final.usage.input_tokens == count_message_tokens(request("claude").messages)  # counted, not leaked
+    reported_by_first_attempt = anthropic_fake._count("Be brief.") + anthropic_fake._count("What is 2+2?")
+    counted = count_message_tokens(request("claude").messages)
+    assert final.usage.input_tokens == reported_by_first_attempt + counted

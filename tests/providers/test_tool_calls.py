@@ -6,13 +6,14 @@ each provider expects it."""
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 
 import grpc
 import pytest
 
 from llmrouter.v1 import common_pb2, provider_pb2
 from tests.fakes import FakeAnthropic, FakeOpenAI
-from tests.fakes.server import TOOL_CUE
+from tests.fakes.server import TOOL_CUE, Fault
 from tests.providers.helpers import collect, cost, error_of, request
 
 PROMPT = f"What is the weather in Paris and the time there? {TOOL_CUE}"
@@ -155,3 +156,27 @@ async def test_anthropic_refuses_arguments_that_are_not_an_object(stub, anthropi
     err = error_of(info.value)
     assert err.reason == "UPSTREAM_ERROR" and err.metadata["upstream_status"] == "400"
     assert not anthropic_fake.requests
+
+
+async def test_a_tool_call_stream_retried_after_a_cut_charges_both_attempts(stub, openai_fake: FakeOpenAI) -> None:
+    # The first attempt is cut after some tool-call fragments: nothing reached the caller, so it is retried,
+    # but the upstream generated those fragments and bills them (and the prompt) all the same.
+    openai_fake.enqueue(Fault.cut(after_chunks=4))
+    deltas, resp = await collect(stub, tool_request("cheap"))
+    assert deltas == [] and resp is not None and resp.retries == 1
+    _, _, usage = openai_fake.answer(openai_fake.requests[-1].json)
+    assert resp.usage.estimated  # the cut attempt's counts were made locally
+    assert resp.usage.input_tokens > usage["prompt_tokens"] and resp.usage.output_tokens > usage["completion_tokens"]
+    only_the_retry = cost(usage["prompt_tokens"], usage["completion_tokens"], "0.15", "0.60")
+    assert Decimal(resp.cost_usd) > Decimal(only_the_retry)
+
+
+async def test_a_tool_call_stream_failing_every_attempt_reports_what_they_consumed(
+    stub, openai_fake: FakeOpenAI
+) -> None:
+    openai_fake.enqueue(*[Fault.cut(after_chunks=4)] * 3)  # the first attempt and both retries
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await collect(stub, tool_request("cheap"))
+    err = error_of(info.value)
+    assert err.reason == "UPSTREAM_UNAVAILABLE" and err.metadata["retries"] == "2"
+    assert int(err.metadata["output_tokens"]) > 0 and Decimal(err.metadata["cost_usd"]) > 0

@@ -50,38 +50,49 @@ class AnthropicGateway:
         return Completion(text, _finish(payload.get("stop_reason")), input_tokens, output_tokens, calls)
 
     async def stream(self, request: UpstreamRequest) -> AsyncGenerator[StreamEvent, None]:
-        stopped = False
+        stopped = started = False
         calls: dict[int, dict[str, Any]] = {}  # tool_use blocks by their index; input arrives as JSON pieces
-        async for event, data in post_sse(self.client, PATH, {**_body(request), "stream": True}):
-            payload = loads(data)
-            kind = payload.get("type", event)
-            if kind == "message_start":
-                input_tokens, _ = _usage((payload.get("message") or {}).get("usage"))
-                yield Completion(input_tokens=input_tokens)
-            elif kind == "content_block_start":
-                block = payload.get("content_block") or {}
-                if block.get("type") == "tool_use":
-                    calls[payload.get("index", len(calls))] = _tool_call(block.get("id", ""), block.get("name", ""), "")
-            elif kind == "content_block_delta":
-                delta = payload.get("delta") or {}
-                if delta.get("type") == "text_delta" and delta.get("text"):
-                    yield delta["text"]
-                elif delta.get("type") == "input_json_delta" and payload.get("index") in calls:
-                    calls[payload["index"]]["function"]["arguments"] += delta.get("partial_json") or ""
-            elif kind == "message_delta":
-                _, output_tokens = _usage(payload.get("usage"))
-                stop_reason = (payload.get("delta") or {}).get("stop_reason")
-                yield Completion(finish_reason=_finish(stop_reason) if stop_reason else "", output_tokens=output_tokens)
-            elif kind == "message_stop":
-                stopped = True
-                break
-            elif kind == "error":
-                error = payload.get("error") or {}
-                raise UpstreamError(
-                    "unavailable", f"upstream error mid-stream: {error.get('type', 'unknown')}", retryable=True
-                )
-        if not stopped:
-            raise UpstreamError("unavailable", "upstream stream ended before message_stop", retryable=True)
+        input_tokens: int | None = None
+        output_tokens: int | None = None
+        try:
+            async for event, data in post_sse(self.client, PATH, {**_body(request), "stream": True}):
+                started = True
+                payload = loads(data)
+                kind = payload.get("type", event)
+                if kind == "message_start":
+                    input_tokens, _ = _usage((payload.get("message") or {}).get("usage"))
+                    yield Completion(input_tokens=input_tokens)
+                elif kind == "content_block_start":
+                    block = payload.get("content_block") or {}
+                    if block.get("type") == "tool_use":
+                        call = _tool_call(block.get("id", ""), block.get("name", ""), "")
+                        calls[payload.get("index", len(calls))] = call
+                elif kind == "content_block_delta":
+                    delta = payload.get("delta") or {}
+                    if delta.get("type") == "text_delta" and delta.get("text"):
+                        yield delta["text"]
+                    elif delta.get("type") == "input_json_delta" and payload.get("index") in calls:
+                        calls[payload["index"]]["function"]["arguments"] += delta.get("partial_json") or ""
+                elif kind == "message_delta":
+                    _, output_tokens = _usage(payload.get("usage"))
+                    stop_reason = (payload.get("delta") or {}).get("stop_reason")
+                    finish = _finish(stop_reason) if stop_reason else ""
+                    yield Completion(finish_reason=finish, output_tokens=output_tokens)
+                elif kind == "message_stop":
+                    stopped = True
+                    break
+                elif kind == "error":
+                    error = payload.get("error") or {}
+                    raise UpstreamError(
+                        "unavailable", f"upstream error mid-stream: {error.get('type', 'unknown')}", retryable=True
+                    )
+            if not stopped:
+                raise UpstreamError("unavailable", "upstream stream ended before message_stop", retryable=True)
+        except UpstreamError as exc:
+            if started:  # the upstream was generating: what it made so far is billed
+                exc.consumed = Completion(input_tokens=input_tokens, output_tokens=output_tokens)
+                exc.consumed.tool_calls = [calls[i] for i in sorted(calls)]
+            raise
         if calls:
             for call in calls.values():  # a tool without parameters streams no input at all
                 call["function"]["arguments"] = call["function"]["arguments"] or "{}"

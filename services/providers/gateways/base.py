@@ -48,7 +48,9 @@ ErrorKind = Literal["timeout", "rate_limited", "unavailable", "bad_response", "r
 
 class UpstreamError(Exception):
     """A failed upstream call. `retryable` covers 429, 5xx and connection errors; `retry_after` is the
-    provider's Retry-After in seconds when it sent one."""
+    provider's Retry-After in seconds when it sent one. `consumed` is set on a stream that failed after the
+    upstream began answering: what it had reported and generated (tool calls so far) but not yet delivered,
+    which the provider bills all the same."""
 
     def __init__(
         self,
@@ -65,6 +67,7 @@ class UpstreamError(Exception):
         self.status = status
         self.retryable = retryable
         self.retry_after = retry_after
+        self.consumed: Completion | None = None
 
 
 class Gateway(Protocol):

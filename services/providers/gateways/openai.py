@@ -37,25 +37,32 @@ class OpenAIGateway:
         body = {**_body(request), "stream": True, "stream_options": {"include_usage": True}}
         end = Completion()
         calls: dict[int, dict[str, Any]] = {}  # tool calls arrive in fragments, keyed by their index
-        done = False
-        async for _, data in post_sse(self.client, PATH, body):
-            if data.strip() == "[DONE]":
-                done = True
-                break
-            chunk = loads(data)
-            if "error" in chunk:
-                raise UpstreamError("unavailable", "upstream reported an error mid-stream", retryable=True)
-            for choice in chunk.get("choices") or []:
-                delta = choice.get("delta") or {}
-                if delta.get("content"):
-                    yield delta["content"]
-                for fragment in delta.get("tool_calls") or []:
-                    _add_fragment(calls, fragment)
-                end.finish_reason = choice.get("finish_reason") or end.finish_reason
-            if chunk.get("usage"):
-                end.input_tokens, end.output_tokens = _usage(chunk["usage"])
-        if not done and not end.finish_reason:
-            raise UpstreamError("unavailable", "upstream stream ended before it was complete", retryable=True)
+        done = started = False
+        try:
+            async for _, data in post_sse(self.client, PATH, body):
+                started = True
+                if data.strip() == "[DONE]":
+                    done = True
+                    break
+                chunk = loads(data)
+                if "error" in chunk:
+                    raise UpstreamError("unavailable", "upstream reported an error mid-stream", retryable=True)
+                for choice in chunk.get("choices") or []:
+                    delta = choice.get("delta") or {}
+                    if delta.get("content"):
+                        yield delta["content"]
+                    for fragment in delta.get("tool_calls") or []:
+                        _add_fragment(calls, fragment)
+                    end.finish_reason = choice.get("finish_reason") or end.finish_reason
+                if chunk.get("usage"):
+                    end.input_tokens, end.output_tokens = _usage(chunk["usage"])
+            if not done and not end.finish_reason:
+                raise UpstreamError("unavailable", "upstream stream ended before it was complete", retryable=True)
+        except UpstreamError as exc:
+            if started:  # the upstream was generating: what it made so far is billed
+                exc.consumed = Completion(input_tokens=end.input_tokens, output_tokens=end.output_tokens)
+                exc.consumed.tool_calls = [calls[i] for i in sorted(calls)]
+            raise
         end.tool_calls = [calls[i] for i in sorted(calls)]
         yield end
 
