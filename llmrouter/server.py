@@ -49,9 +49,21 @@ class RunningServer:
     services: list[str]
     closers: list[Closer] = field(default_factory=list)
     health_server: grpc.aio.Server | None = None  # plaintext, health checking only (for probes)
+    stopping: bool = False
+
+    async def set_serving(self, serving: bool) -> None:
+        """Report the services (un)able to serve, e.g. while a store they need is unreachable; once stopping,
+        they stay NOT_SERVING. The server's own status ("") is untouched: the process is alive, and a liveness
+        probe must not restart it for an outage elsewhere."""
+        status = health_pb2.HealthCheckResponse.SERVING
+        if not serving or self.stopping:
+            status = health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in self.services:
+            await self.health.set(name, status)
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop taking calls (health NOT_SERVING), drain in-flight ones for `grace` seconds, then close."""
+        self.stopping = True
         for name in [*self.services, ""]:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.stop(grace)
@@ -66,7 +78,9 @@ async def start_server(
     settings: GrpcServiceSettings,
     registrations: Registrations,
     closers: list[Closer] | None = None,
+    on_started: Callable[[RunningServer], None] | None = None,
 ) -> RunningServer:
+    """`on_started` is called once the server serves, e.g. to start work that reports its health."""
     authenticator = Authenticator(settings.auth, parse_callers(settings.callers), parse_tokens(settings.token_lines()))
     server = grpc.aio.server(interceptors=[ServiceInterceptor(service, authenticator)], options=SERVER_OPTIONS)
     for add in registrations.values():
@@ -86,7 +100,10 @@ async def start_server(
     await server.start()
     for name in [*names, ""]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, health_servicer, names, closers or [], health_server)
+    running = RunningServer(server, port, health_servicer, names, closers or [], health_server)
+    if on_started is not None:
+        on_started(running)
+    return running
 
 
 def server_credentials(settings: GrpcServiceSettings) -> grpc.ServerCredentials | None:
@@ -114,17 +131,20 @@ def _bind(
     return bound
 
 
+# What a service's build() returns: its servicers, what closes them, optionally a hook run once serving.
+Built = tuple[Registrations, list[Closer]] | tuple[Registrations, list[Closer], Callable[[RunningServer], None]]
+
+
 def run_service(
     service: str,
     settings: GrpcServiceSettings,
-    build: Callable[[], Awaitable[tuple[Registrations, list[Closer]]]],
+    build: Callable[[], Awaitable[Built]],
 ) -> None:
     """Entry point of `python -m services.<name>`: serve until SIGTERM or SIGINT, then drain."""
     setup_logging(service, settings.log_level)
 
     async def main() -> None:
-        registrations, closers = await build()
-        running = await start_server(service, settings, registrations, closers)
+        running = await start_server(service, settings, *await build())
         if settings.metrics_port is not None:
             start_http_server(settings.metrics_port, addr=settings.host)
         log.info("serving", extra={"port": running.port, "metrics_port": settings.metrics_port, "auth": settings.auth})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,6 +17,8 @@ REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 # (tests/integration/test_auth.py does, with real certificates and tokens).
 for _service in ("CLASSIFIER", "PROVIDERS", "ROUTER"):
     os.environ.setdefault(f"{_service}_AUTH", "none")
+# Routers started by tests keep their charge outbox in a scratch directory, never in the checkout.
+os.environ.setdefault("ROUTER_DATA_DIR", tempfile.mkdtemp(prefix="llmrouter-test-"))
 
 
 @pytest.fixture(scope="session")

@@ -2,31 +2,55 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from llmrouter.channels import open_channel
 from llmrouter.registry import load_registry
-from llmrouter.server import Closer, Registrations
+from llmrouter.server import Closer, Registrations, RunningServer
 from llmrouter.tokens import count_tokens
 from llmrouter.v1 import classifier_pb2_grpc, provider_pb2_grpc, router_pb2_grpc
+from services.router.cache import open_cache
+from services.router.money_check import check_money_redis
+from services.router.outbox import Outbox
 from services.router.servicer import RouterServicer
 from services.router.settings import RouterSettings
 from services.router.store import open_store
+from services.router.upkeep import Upkeep
 
 
-async def build(settings: RouterSettings) -> tuple[Registrations, list[Closer]]:
+async def build(
+    settings: RouterSettings,
+) -> tuple[Registrations, list[Closer], Callable[[RunningServer], None]]:
     try:
         registry = load_registry(settings.registry_path)
     except ValueError as exc:
         raise SystemExit(f"router: {exc}") from None
     count_tokens("")  # loads the tokenizer now: on the first request it would hold the event loop for ~0.3 s
-    store = open_store(settings.redis_url)
+    if settings.redis_url:
+        await check_money_redis(settings.redis_url, settings.allow_evicting_money_store)
+    store = open_store(settings.redis_url, settings.request_id_ttl_s)
+    cache = open_cache(settings.cache_redis_url)
+    try:
+        outbox = Outbox(settings.data_dir)
+    except OSError as exc:
+        raise SystemExit(f"router: ROUTER_DATA_DIR={settings.data_dir} cannot keep the charge outbox: {exc}") from None
+    upkeep = Upkeep(store, outbox, settings.instance_id, settings.upkeep_interval_s, settings.heartbeat_ttl_s)
+    await upkeep.tick()  # heartbeat first: pending charges must never belong to a router not known alive
     classifier = open_channel(settings.classifier_addr, settings)
     providers = open_channel(settings.providers_addr, settings)
     servicer = RouterServicer(
         settings,
         registry,
         store,
+        cache,
+        outbox,
         classifier_pb2_grpc.ClassifierStub(classifier),
         provider_pb2_grpc.ProviderStub(providers),
     )
     registrations = {"llmrouter.v1.Router": lambda srv: router_pb2_grpc.add_RouterServicer_to_server(servicer, srv)}
-    return registrations, [servicer.close, store.close, classifier.close, providers.close]
+
+    def on_started(server: RunningServer) -> None:
+        upkeep.start(server.set_serving)
+
+    closers = [upkeep.close, servicer.close, store.close, cache.close, classifier.close, providers.close]
+    return registrations, closers, on_started

@@ -4,6 +4,7 @@ in (request id, rate limit, a hold of its worst-case cost against the budgets) o
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from decimal import Decimal, InvalidOperation
 
@@ -19,7 +20,9 @@ from services.router import metrics, policy
 from services.router.costs import affordable_output, floor_pico, worst_pico
 from services.router.routed import Routed
 from services.router.settings import RouterSettings
-from services.router.store import Account, Allowance, Hold, Store, Verdict, key_id, to_pico
+from services.router.store import Account, Allowance, Hold, Store, Verdict, key_id, period_id, to_pico
+
+log = logging.getLogger("llmrouter.router")
 
 # A budget refusal says what the budget has left; the hold is resized to it and tried again. Another request
 # may take that room first, so the retries are bounded.
@@ -107,8 +110,10 @@ class Admission:
         """Claim the request id, count it against the rate limit and hold its worst-case cost (the costliest
         model of its plan writing all it may) against the budgets. When a budget cannot hold that, max_tokens
         is lowered to what it can pay for; refused when it cannot pay for even a short answer."""
+        # The budget period is fixed here, once: a request admitted before midnight is charged to that day.
+        period = period_id(self.settings.budget_period)
         for _ in range(ADMIT_ATTEMPTS):
-            hold = Hold(routed.request_id, _worst_case(routed))
+            hold = Hold(routed.request_id, _worst_case(routed), period, self.settings.instance_id)
             verdict = await self.store.admit(routed.account, self.allowance, hold)
             if not verdict.refused:
                 routed.hold = hold
@@ -117,6 +122,24 @@ class Admission:
                 raise self._refusal(verdict, hold)
             self._fit(routed, verdict)
         raise self._budget_spent(verdict.refused)
+
+    async def cover(self, routed: Routed, next_pico: int) -> bool:
+        """Before another generation for the same request (a fallback after a failed attempt): grow the hold,
+        when needed, to what is owed plus that generation's worst case. False when that would pass the
+        caller's max_cost_usd or the budgets cannot cover it."""
+        assert routed.hold is not None  # only admitted requests are served
+        needed = to_pico(routed.owed) + next_pico
+        max_cost = routed.limits.max_cost_usd
+        if max_cost is not None and needed > floor_pico(max_cost):
+            log.warning("max_cost_usd cannot cover another attempt", extra={"request_id": routed.request_id})
+            return False
+        if needed <= routed.hold.pico:
+            return True
+        if await self.store.extend(routed.account, self.allowance, routed.hold, needed):
+            log.warning("budget cannot cover another attempt", extra={"request_id": routed.request_id})
+            return False
+        routed.hold = dataclasses.replace(routed.hold, pico=needed)
+        return True
 
     def _fit(self, routed: Routed, verdict: Verdict) -> None:
         """Lower every model's max_tokens to what the budget's remainder pays for; a fallback that cannot

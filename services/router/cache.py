@@ -1,29 +1,103 @@
-"""The response cache: an identical request from the same tenant is answered again for free."""
+"""The response cache: an identical request from the same tenant is answered again for free. It lives apart
+from the money: on its own Redis (ROUTER_CACHE_REDIS_URL, which may evict freely) or in process. Best effort:
+a cache that fails is bypassed, never failing a request."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 import time
+from typing import Protocol
 
 from llmrouter.v1 import router_pb2
 from services.router import metrics
 from services.router.routed import Routed
-from services.router.store import Store
 
 log = logging.getLogger("llmrouter.router")
 
 
+class Cache(Protocol):
+    async def get(self, key: str) -> bytes | None:
+        """The cached value, or None when absent or the cache cannot be reached."""
+
+    async def set(self, key: str, value: bytes, ttl_s: int) -> None:
+        """Store a value; a cache that cannot be reached drops it."""
+
+    async def close(self) -> None: ...
+
+
+class RedisCache:
+    def __init__(self, url: str) -> None:
+        import redis.asyncio as redis
+
+        pool = redis.BlockingConnectionPool.from_url(
+            url, max_connections=32, timeout=1, socket_connect_timeout=1, socket_timeout=1
+        )
+        self.redis = redis.Redis.from_pool(pool)
+
+    async def get(self, key: str) -> bytes | None:
+        try:
+            value = await self.redis.get(f"llmrouter:cache:{key}")
+        except Exception:
+            _down("read")
+            return None
+        metrics.STORE_UP.labels("cache").set(1)
+        return value.encode() if isinstance(value, str) else value
+
+    async def set(self, key: str, value: bytes, ttl_s: int) -> None:
+        try:
+            await self.redis.set(f"llmrouter:cache:{key}", value, ex=ttl_s)
+        except Exception:
+            _down("write")
+            return
+        metrics.STORE_UP.labels("cache").set(1)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+
+def _down(what: str) -> None:
+    metrics.STORE_UP.labels("cache").set(0)
+    log.warning(f"response cache {what} failed; bypassed", exc_info=True)
+
+
+class MemoryCache:
+    MAX_ENTRIES = 10_000
+
+    def __init__(self) -> None:
+        self.entries: dict[str, tuple[float, bytes]] = {}
+        metrics.STORE_UP.labels("cache").set(1)
+
+    async def get(self, key: str) -> bytes | None:
+        expires, value = self.entries.get(key, (0.0, b""))
+        return value if expires > time.monotonic() else None
+
+    async def set(self, key: str, value: bytes, ttl_s: int) -> None:
+        now = time.monotonic()
+        if len(self.entries) >= self.MAX_ENTRIES:
+            self.entries = {k: v for k, v in self.entries.items() if v[0] > now}
+            if len(self.entries) >= self.MAX_ENTRIES:
+                del self.entries[next(iter(self.entries))]  # the oldest insertion
+        self.entries[key] = (now + ttl_s, value)
+
+    async def close(self) -> None:
+        self.entries.clear()
+
+
+def open_cache(redis_url: str | None) -> Cache:
+    return RedisCache(redis_url) if redis_url else MemoryCache()
+
+
 class ResponseCache:
-    def __init__(self, store: Store, ttl_s: int) -> None:
-        self.store = store
+    def __init__(self, backend: Cache, ttl_s: int) -> None:
+        self.backend = backend
         self.ttl_s = ttl_s  # 0 disables
 
     async def lookup(self, routed: Routed) -> router_pb2.CompleteResponse | None:
         """The cached answer, as this request's free response; None on a miss."""
         if not self.ttl_s:
             return None
-        raw = await self.store.cache_get(_key(routed))
+        raw = await self.backend.get(_key(routed))
         metrics.CACHE.labels("hit" if raw else "miss").inc()
         if raw is None:
             return None
@@ -35,13 +109,9 @@ class ResponseCache:
         return response
 
     async def put(self, routed: Routed, response: router_pb2.CompleteResponse) -> None:
-        """Best effort: the answer is served and charged already; failing the call now would bill a retry."""
-        if not (self.ttl_s and (response.content or response.tool_calls_json)):
-            return
-        try:
-            await self.store.cache_set(_key(routed), response.SerializeToString(), self.ttl_s)
-        except Exception:
-            log.warning("response cache unavailable; answer served uncached", exc_info=True)
+        """Best effort (the backend never fails a request): the answer is served and charged already."""
+        if self.ttl_s and (response.content or response.tool_calls_json):
+            await self.backend.set(_key(routed), response.SerializeToString(), self.ttl_s)
 
 
 def _key(routed: Routed) -> str:

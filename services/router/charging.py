@@ -1,23 +1,30 @@
 """Charging: the response and its charge record, and the one path by which a request's cost reaches the
-budgets and the ledger (settle), or its hold is dropped without a charge (release)."""
+budgets and the ledger (settle), or its hold is dropped without a charge (release). When the money store
+cannot be reached, the charge goes to the local outbox before the answer is released."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections.abc import Coroutine
 from decimal import Decimal
+from typing import Any, TypeVar
 
+from llmrouter.registry import ModelSpec
 from llmrouter.v1 import common_pb2, router_pb2
 from services.router import metrics
 from services.router.models import AvailableModels
+from services.router.outbox import Outbox, OutboxCharge
 from services.router.routed import Routed, Served
-from services.router.store import Store, to_pico
+from services.router.store import Store, StoreUnavailable, to_pico
 
 log = logging.getLogger("llmrouter.router")
+T = TypeVar("T")
 
 
 def response(routed: Routed, served: Served) -> router_pb2.CompleteResponse:
+    """The answer, costing what it generated plus what failed attempts for it cost."""
     return router_pb2.CompleteResponse(
         id=routed.request_id,
         content=served.content,
@@ -26,7 +33,7 @@ def response(routed: Routed, served: Served) -> router_pb2.CompleteResponse:
         usage=common_pb2.Usage(
             input_tokens=served.input_tokens, output_tokens=served.output_tokens, estimated=served.estimated
         ),
-        cost_usd=str(served.cost),
+        cost_usd=str(served.cost + routed.owed),
         latency_ms=int((time.perf_counter() - routed.started) * 1000),
         decision=routed.decision,
         cache_hit=False,
@@ -38,23 +45,46 @@ def response(routed: Routed, served: Served) -> router_pb2.CompleteResponse:
 
 
 class Charger:
-    def __init__(self, store: Store, budget_period: str, available: AvailableModels) -> None:
+    def __init__(self, store: Store, outbox: Outbox, available: AvailableModels) -> None:
         self.store = store
-        self.budget_period = budget_period
+        self.outbox = outbox
         self.available = available
-        self._settling: set[asyncio.Task[None]] = set()
+        self._settling: set[asyncio.Task[Any]] = set()
+
+    def run_to_end(self, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """Run work that money depends on to its end, whatever happens to the call: close() waits for it."""
+        task = asyncio.ensure_future(work)
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+        task.add_done_callback(_consume_error)  # its caller may be gone: the interceptor logged the error
+        return task
 
     async def settle(self, routed: Routed, response: router_pb2.CompleteResponse, outcome: str = "ok") -> None:
         """Charge once, whatever happens to the caller meanwhile: the charge runs shielded to its end."""
-        task = asyncio.ensure_future(self._charge(routed, response, outcome))
-        self._settling.add(task)
-        task.add_done_callback(self._settling.discard)
-        await asyncio.shield(task)
+        await asyncio.shield(self.run_to_end(self._charge(routed, response, outcome)))
 
-    async def release_unsettled(self, routed: Routed) -> None:
-        """A request that ends without a charge (refused upstream, failed, cancelled) frees its hold."""
-        if routed.hold is not None and not routed.settled:
+    async def settle_unsettled(self, routed: Routed, model: ModelSpec) -> None:
+        """A request that ends without an answer (refused upstream, failed, cancelled) is charged what its
+        failed attempts cost, or, when they cost nothing, frees its hold."""
+        if routed.hold is None or routed.settled:
+            return
+        if routed.owed:
+            failed = Served(model, finish_reason="error", estimated=True)
+            await self.settle(routed, response(routed, failed), routed.failure)
+            return
+        try:
             await asyncio.shield(self.store.release(routed.account, routed.hold))
+        except StoreUnavailable:
+            # Settled at nothing through the outbox once the store is back: the hold and pending charge go.
+            record = {
+                "request_id": routed.request_id,
+                "ts": time.time(),
+                "tenant": routed.account.tenant,
+                "key": routed.account.key,
+                "cost_usd": "0",
+                "outcome": "released",
+            }
+            await self.outbox.add(OutboxCharge(routed.account, routed.hold, 0, record))
 
     async def close(self) -> None:
         """Let charges still running finish: a stopping router loses none."""
@@ -89,7 +119,12 @@ class Charger:
             "outcome": outcome,
         }
         assert routed.hold is not None  # only admitted requests are served
-        charged = await self.store.charge(routed.account, self.budget_period, routed.hold, to_pico(cost), record)
+        try:
+            charged = await self.store.charge(routed.account, routed.hold, to_pico(cost), record)
+        except StoreUnavailable:
+            # Kept on local disk before the answer is released, and charged once the store is back.
+            await self.outbox.add(OutboxCharge(routed.account, routed.hold, to_pico(cost), record))
+            charged = True
         routed.settled = True
         if not charged:
             log.warning("request id charged before; not charged again", extra={"request_id": routed.request_id})
@@ -101,3 +136,8 @@ class Charger:
         metrics.BASELINE_COST.inc(float(baseline))
         metrics.TOKENS.labels(model, "input").inc(response.usage.input_tokens)
         metrics.TOKENS.labels(model, "output").inc(response.usage.output_tokens)
+
+
+def _consume_error(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()

@@ -1,6 +1,6 @@
 """Router metrics, named as docs/conventions.md lists them (dashboards and alerts depend on the names)."""
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 REQUESTS = Counter("llmrouter_router_requests_total", "Routed requests", ["model", "reason", "outcome"])
 COST = Counter("llmrouter_router_cost_usd_total", "USD charged", ["model"])
@@ -13,3 +13,8 @@ FALLBACKS = Counter("llmrouter_router_fallbacks_total", "Provider failures route
 CACHE = Counter("llmrouter_router_cache_requests_total", "Response cache lookups", ["result"])
 BUDGET_REJECTIONS = Counter("llmrouter_router_budget_rejections_total", "Requests refused for an exhausted budget")
 RATE_LIMITED = Counter("llmrouter_router_rate_limited_total", "Requests refused by the rate limit")
+STORE_UP = Gauge("llmrouter_router_store_up", "1 when the router reaches the store, else 0", ["store"])
+PENDING_RECONCILED = Counter(
+    "llmrouter_router_reconciled_charges_total", "Pending charges of dead routers settled at their hold"
+)
+OUTBOX = Gauge("llmrouter_router_outbox_charges", "Charges waiting in the local outbox for the money store")

@@ -26,6 +26,9 @@ class Routed:
     started: float = field(default_factory=time.perf_counter)
     hold: Hold | None = None  # what admission holds against the budgets until the charge
     settled: bool = False  # charged (which drops the hold)
+    # What failed attempts (fallbacks, escalation) cost: what they consumed, or their worst case if unknown.
+    owed: Decimal = Decimal(0)
+    failure: str = "failed"  # the ledger outcome when the request ends without an answer
 
 
 @dataclass

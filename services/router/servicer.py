@@ -13,8 +13,9 @@ from llmrouter.registry import Registry
 from llmrouter.v1 import classifier_pb2_grpc, common_pb2, provider_pb2_grpc, router_pb2, router_pb2_grpc
 from services.router import admission, charging
 from services.router.admission import Admission
-from services.router.cache import ResponseCache
+from services.router.cache import Cache, ResponseCache
 from services.router.models import AvailableModels
+from services.router.outbox import Outbox
 from services.router.routed import Routed
 from services.router.routing import Routing
 from services.router.serving import Serving, StreamState
@@ -28,6 +29,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         settings: RouterSettings,
         registry: Registry,
         store: Store,
+        cache: Cache,
+        outbox: Outbox,
         classifier: classifier_pb2_grpc.ClassifierStub,
         providers: provider_pb2_grpc.ProviderStub,
     ) -> None:
@@ -35,9 +38,9 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self.available = AvailableModels(registry, providers, settings.models_refresh_s)
         self.admission = Admission(settings, registry, store)
         self.routing = Routing(registry, classifier, self.available, settings.classifier_timeout_s)
-        self.charger = charging.Charger(store, settings.budget_period, self.available)
-        self.serving = Serving(registry, providers, self.charger)
-        self.cache = ResponseCache(store, settings.cache_ttl_s)
+        self.charger = charging.Charger(store, outbox, self.available)
+        self.serving = Serving(registry, providers, self.admission)
+        self.cache = ResponseCache(cache, settings.cache_ttl_s)
 
     async def ListModels(self, request: common_pb2.ListModelsRequest, context: Any) -> common_pb2.ListModelsResponse:
         models = await self.available.get(context.time_remaining())
@@ -48,10 +51,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
 
     async def Complete(self, request: router_pb2.CompleteRequest, context: Any) -> router_pb2.CompleteResponse:
         routed = await self._route(request, context)
-        try:
-            return await self._complete(routed, context)
-        finally:
-            await self.charger.release_unsettled(routed)
+        # Shielded: a caller that leaves does not stop the generation it caused, which is charged when done.
+        return await asyncio.shield(self.charger.run_to_end(self._complete_and_settle(routed, context)))
 
     async def CompleteStream(
         self, request: router_pb2.CompleteRequest, context: Any
@@ -62,7 +63,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 async for chunk in chunks:
                     yield chunk
         finally:
-            await self.charger.release_unsettled(routed)
+            await self.charger.settle_unsettled(routed, routed.plan.order[0].model)
 
     async def close(self) -> None:
         await self.charger.close()
@@ -77,6 +78,12 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         if admit:
             await self.admission.admit(routed)
         return routed
+
+    async def _complete_and_settle(self, routed: Routed, context: Any) -> router_pb2.CompleteResponse:
+        try:
+            return await self._complete(routed, context)
+        finally:
+            await self.charger.settle_unsettled(routed, routed.plan.order[0].model)
 
     async def _complete(self, routed: Routed, context: Any) -> router_pb2.CompleteResponse:
         cached = await self.cache.lookup(routed)
@@ -117,4 +124,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 outcome = "interrupted" if isinstance(exc, ServiceError) else "cancelled"
                 partial = stream.partial(routed, exc.metadata if isinstance(exc, ServiceError) else {})
                 await self.charger.settle(routed, charging.response(routed, partial), outcome)
+            elif not stream.parts and stream.served is None and not isinstance(exc, ServiceError):
+                # Left before the first token: what the upstream generated is unknown, so its worst case.
+                routed.owed += stream.worst
+                routed.failure = "cancelled"
             raise

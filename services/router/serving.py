@@ -1,9 +1,9 @@
 """Serving a routed request: the provider calls, with fallback to the next model of the plan when a provider
-fails, and escalation of an empty answer to a stronger tier."""
+fails, and escalation of an empty answer to a stronger tier. What a failed attempt cost is owed by the
+request; another attempt is made only when the hold can grow to cover it."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
@@ -16,10 +16,11 @@ from llmrouter.errors import ServiceError
 from llmrouter.registry import ModelSpec, Registry
 from llmrouter.tokens import count_tokens
 from llmrouter.v1 import provider_pb2, provider_pb2_grpc
-from services.router import charging, metrics, policy
-from services.router.costs import affordable_output
+from services.router import metrics, policy
+from services.router.admission import Admission
+from services.router.costs import affordable_output, worst_pico
 from services.router.routed import Routed, Served
-from services.router.store import to_pico
+from services.router.store import PICO, to_pico
 
 log = logging.getLogger("llmrouter.router")
 
@@ -31,6 +32,8 @@ FALLBACK_CODES = {
     grpc.StatusCode.INTERNAL,
     grpc.StatusCode.UNKNOWN,
 }
+# Failures after which the upstream may have generated (and billed) anything up to the attempt's worst case.
+UNKNOWN_OUTCOME = {grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
 
 
 @dataclass
@@ -38,6 +41,7 @@ class StreamState:
     """A stream in flight: the model answering, what reached the caller, and the summary once complete."""
 
     model: ModelSpec
+    worst: Decimal = Decimal(0)  # the worst case of the attempt in progress
     parts: list[str] = field(default_factory=list)
     served: Served | None = None
 
@@ -62,12 +66,10 @@ class StreamState:
 
 
 class Serving:
-    def __init__(
-        self, registry: Registry, providers: provider_pb2_grpc.ProviderStub, charger: charging.Charger
-    ) -> None:
+    def __init__(self, registry: Registry, providers: provider_pb2_grpc.ProviderStub, admission: Admission) -> None:
         self.registry = registry
         self.providers = providers
-        self.charger = charger
+        self.admission = admission
 
     async def generate(self, routed: Routed, context: Any) -> Served:
         order = routed.plan.order
@@ -77,7 +79,7 @@ class Serving:
                     generate_request(routed, option.model), timeout=context.time_remaining()
                 )
             except grpc.RpcError as err:
-                _fall_back_or_raise(ServiceError.from_rpc_error(err), order, index)
+                await self._after_failed_attempt(routed, ServiceError.from_rpc_error(err), index)
                 continue
             served = Served(option.model)
             served.add(reply, option.model)
@@ -92,10 +94,11 @@ class Serving:
         target = policy.escalation_target(routed.plan.order, weak, self.registry)
         if target is None:
             return
-        # Both answers are charged: the stronger one may write only what the hold has left after the first.
+        # Both answers are charged: the stronger one may write only what the hold has left after the first
+        # (and after what failed attempts owe).
         assert routed.hold is not None  # only admitted requests are served
         affordable = affordable_output(
-            target.model, routed.limits.input_tokens, routed.hold.pico - to_pico(served.cost)
+            target.model, routed.limits.input_tokens, routed.hold.pico - to_pico(served.cost + routed.owed)
         )
         max_tokens = min(routed.max_tokens[target.model.name], affordable)
         if max_tokens < min(routed.limits.min_output_tokens, routed.max_tokens[target.model.name]):
@@ -107,11 +110,8 @@ class Serving:
             )
         except grpc.RpcError as err:
             log.warning("escalation failed; keeping the weak answer", extra={"error": err.details()})
+            routed.owed += attempt_cost(ServiceError.from_rpc_error(err), worst_usd(routed, target.model, max_tokens))
             return
-        except asyncio.CancelledError:
-            # The caller left while the stronger model worked: the weak answer was generated all the same.
-            await self.charger.settle(routed, charging.response(routed, served), "cancelled")
-            raise
         metrics.ESCALATIONS.labels(weak.model.name, target.model.name).inc()
         served.add(reply, target.model)
         served.escalated = True
@@ -120,7 +120,7 @@ class Serving:
         """Yields deltas and fills `stream`. Falls back to the next model only before the first delta."""
         order = routed.plan.order
         for index, option in enumerate(order):
-            stream.model = option.model
+            stream.model, stream.worst = option.model, worst_usd(routed, option.model)
             call = self.providers.GenerateStream(
                 generate_request(routed, option.model), timeout=context.time_remaining()
             )
@@ -138,11 +138,27 @@ class Serving:
                 error = ServiceError.from_rpc_error(err)
                 if stream.parts:
                     raise error from None
-                _fall_back_or_raise(error, order, index)
+                await self._after_failed_attempt(routed, error, index)
                 continue
             finally:
                 call.cancel()
             raise ServiceError(grpc.StatusCode.INTERNAL, "UPSTREAM_ERROR", "provider stream ended without usage")
+
+    async def _after_failed_attempt(self, routed: Routed, error: ServiceError, index: int) -> None:
+        """Owe what the failed attempt cost, then fall back to the next model only if it is worth it and the
+        hold can grow to cover what is owed plus the next attempt's worst case; else raise."""
+        order = routed.plan.order
+        routed.owed += attempt_cost(error, worst_usd(routed, order[index].model))
+        if error.code not in FALLBACK_CODES or index + 1 >= len(order):
+            raise error
+        following = order[index + 1].model
+        if not await self.admission.cover(routed, to_pico(worst_usd(routed, following))):
+            raise error
+        log.warning(
+            "provider failed; falling back",
+            extra={"model": order[index].model.name, "next": following.name, "reason": error.reason},
+        )
+        metrics.FALLBACKS.labels(order[index].model.name, following.name).inc()
 
 
 def generate_request(routed: Routed, model: ModelSpec, max_tokens: int | None = None) -> provider_pb2.GenerateRequest:
@@ -158,11 +174,15 @@ def generate_request(routed: Routed, model: ModelSpec, max_tokens: int | None = 
     )
 
 
-def _fall_back_or_raise(error: ServiceError, order: list[policy.Option], index: int) -> None:
-    if error.code not in FALLBACK_CODES or index + 1 >= len(order):
-        raise error
-    log.warning(
-        "provider failed; falling back",
-        extra={"model": order[index].model.name, "next": order[index + 1].model.name, "reason": error.reason},
-    )
-    metrics.FALLBACKS.labels(order[index].model.name, order[index + 1].model.name).inc()
+def worst_usd(routed: Routed, model: ModelSpec, max_tokens: int | None = None) -> Decimal:
+    """The most one generation by `model` can cost for this request: writing all it may."""
+    output = routed.max_tokens[model.name] if max_tokens is None else max_tokens
+    return Decimal(worst_pico(model, routed.limits.input_tokens, output)) / PICO
+
+
+def attempt_cost(error: ServiceError, worst: Decimal) -> Decimal:
+    """What a failed provider call costs: what the providers measured it consumed (failed retries included),
+    plus, when the upstream may have generated without saying so, the attempt's worst case."""
+    measured = Decimal(error.metadata.get("cost_usd", "0"))
+    unknown = error.code in UNKNOWN_OUTCOME and error.metadata.get("sent") != "false"
+    return measured + (worst if unknown else 0)

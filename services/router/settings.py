@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import socket
+import tempfile
+import uuid
 from decimal import Decimal
+from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from llmrouter.registry import DEFAULT_REGISTRY
 from llmrouter.settings import GrpcServiceSettings, RepoPath
+from services.router.store import REQUEST_ID_TTL_S
 
 
 class RouterSettings(GrpcServiceSettings):
@@ -19,8 +24,29 @@ class RouterSettings(GrpcServiceSettings):
     registry_path: RepoPath = DEFAULT_REGISTRY
     classifier_addr: str = "127.0.0.1:50051"
     providers_addr: str = "127.0.0.1:50052"
+    # The money store: spend, holds, request ids, pending charges, ledger. It must never evict keys
+    # (maxmemory-policy noeviction; the router refuses to start otherwise) and should persist (AOF).
     # Unset: an in-process store stands in for Redis (one replica only; budgets reset on restart).
     redis_url: str | None = None
+    # Development only: start even when the money store may evict keys.
+    allow_evicting_money_store: bool = False
+    # The response cache's own Redis (may evict: allkeys-lru). Unset: an in-process cache per router.
+    cache_redis_url: str | None = None
+    # How long a request id stays used (a replay within it is refused and never charged twice). Memory:
+    # about 200 bytes per request for its two markers, so 1M requests a day need ~200 MB per day kept.
+    request_id_ttl_s: int = Field(default=REQUEST_ID_TTL_S, gt=0)
+    # This router instance's id in pending charges and heartbeats (default: host name and a random suffix).
+    instance_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}")
+    # Where charges wait (an append-only file) when the money store is unreachable. The default survives
+    # container restarts in the chart (an emptyDir on /tmp); a volume that outlives the pod is better still.
+    # Charges lost with it are not lost to the budgets: the reconciler settles them at their hold.
+    data_dir: RepoPath = Path(tempfile.gettempdir()) / "llmrouter-router"
+    # The upkeep loop: heartbeat, outbox replay, reconciler. A router whose heartbeat is older than
+    # heartbeat_ttl_s is dead: its pending charges are settled at their hold.
+    upkeep_interval_s: float = Field(default=2.0, gt=0)
+    heartbeat_ttl_s: float = Field(default=15.0, gt=0)
+    # Ledger entries older than this are exported and then trimmed by `python -m services.router.ledger trim`.
+    ledger_retention_days: int = Field(default=90, gt=0)
 
     default_quality_target: float = Field(default=0.7, ge=0, le=1)
     # Output tokens assumed when the caller sets no max_tokens, for the cost estimates that rank models. What

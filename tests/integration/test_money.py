@@ -25,7 +25,7 @@ from llmrouter.server import start_server
 from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
 from services import router
 from services.router.settings import RouterSettings
-from services.router.store import LEDGER, Account, MemoryStore, key_id
+from services.router.store import LEDGER, Account, MemoryStore, key_id, period_id
 from tests.fakes.fake_openai import write_as_long_as_allowed
 from tests.integration.conftest import Chain
 
@@ -58,7 +58,7 @@ class Money:
     async def spent(self, tenant: str) -> int:
         """The tenant's spend counter, in pico-dollars."""
         if self.memory is not None:
-            return (await self.memory.spent(Account(tenant, key_id("")), "day"))[0]
+            return (await self.memory.spent(Account(tenant, key_id("")), period_id("day")))[0]
         db = redis.from_url(self.redis_url)
         try:
             keys = await db.keys(f"llmrouter:spend:tenant:{tenant}:*")
@@ -95,7 +95,7 @@ async def money(
             yield Money(router_pb2_grpc.RouterStub(channel), redis_url=chain.redis_url)
         return
     memory = MemoryStore()
-    monkeypatch.setattr(services.router, "open_store", lambda url: memory)
+    monkeypatch.setattr(services.router, "open_store", lambda *_: memory)
     settings = RouterSettings(
         port=0,
         registry_path=chain.registry_path,

@@ -1,4 +1,4 @@
-"""Budgets, the exactly-once charge, rate limits and the cache: the same behaviour from the Redis store (a real
+"""Budgets, the exactly-once charge, holds and rate limits: the same behaviour from the Redis store (a real
 redis-server) and the in-process store that stands in when no Redis is configured."""
 
 from __future__ import annotations
@@ -11,7 +11,18 @@ from decimal import Decimal
 import pytest
 import redis.asyncio as redis
 
-from services.router.store import LEDGER, Account, Allowance, Hold, MemoryStore, RedisStore, Store, Verdict, to_pico
+from services.router.store import (
+    LEDGER,
+    Account,
+    Allowance,
+    Hold,
+    MemoryStore,
+    RedisStore,
+    Store,
+    Verdict,
+    period_id,
+    to_pico,
+)
 
 ACCOUNT = Account("acme", "key1")
 
@@ -29,22 +40,25 @@ def test_pico_dollars_are_exact() -> None:
     assert Decimal(to_pico(cost)) / 10**12 == cost  # nothing rounded away
 
 
-def hold(request_id: str, pico: int = 0) -> Hold:
-    return Hold(request_id, pico)
+DAY = period_id("day")
+
+
+def hold(request_id: str, pico: int = 0, period: str = DAY) -> Hold:
+    return Hold(request_id, pico, period, "router-1")
 
 
 async def test_charge_is_once_per_request_id_under_concurrency(store: Store) -> None:
-    results = await asyncio.gather(*(store.charge(ACCOUNT, "day", hold("req-1"), 1_000, {"n": i}) for i in range(50)))
+    results = await asyncio.gather(*(store.charge(ACCOUNT, hold("req-1"), 1_000, {"n": i}) for i in range(50)))
     assert results.count(True) == 1
-    assert await store.spent(ACCOUNT, "day") == (1_000, 1_000)
+    assert await store.spent(ACCOUNT, DAY) == (1_000, 1_000)
 
 
 async def test_concurrent_distinct_charges_all_add_up(store: Store) -> None:
-    await asyncio.gather(*(store.charge(ACCOUNT, "day", hold(f"req-{i}"), 7, {}) for i in range(200)))
-    assert await store.spent(ACCOUNT, "day") == (1_400, 1_400)
+    await asyncio.gather(*(store.charge(ACCOUNT, hold(f"req-{i}"), 7, {}) for i in range(200)))
+    assert await store.spent(ACCOUNT, DAY) == (1_400, 1_400)
     other_key = Account("acme", "key2")
-    await store.charge(other_key, "day", hold("req-x"), 5, {})
-    assert await store.spent(other_key, "day") == (1_405, 5)  # the tenant sums its keys
+    await store.charge(other_key, hold("req-x"), 5, {})
+    assert await store.spent(other_key, DAY) == (1_405, 5)  # the tenant sums its keys
 
 
 async def refused(store: Store, account: Account, allowance: Allowance, held: Hold) -> str:
@@ -61,15 +75,16 @@ async def test_a_request_id_is_admitted_once_per_tenant(store: Store) -> None:
 async def test_budget_exhausts_at_its_limit(store: Store) -> None:
     tenant_100 = Allowance("day", tenant_pico=100)
     assert await refused(store, ACCOUNT, tenant_100, hold("a", 99)) == ""
-    await store.charge(ACCOUNT, "day", hold("a", 99), 99, {})
+    await store.charge(ACCOUNT, hold("a", 99), 99, {})
     assert await store.admit(ACCOUNT, tenant_100, hold("b", 2)) == Verdict("tenant", 1)  # 99 + 2 > 100
     assert await refused(store, ACCOUNT, tenant_100, hold("b", 1)) == ""  # 99 + 1 fits exactly
-    await store.charge(ACCOUNT, "day", hold("b", 1), 1, {})
+    await store.charge(ACCOUNT, hold("b", 1), 1, {})
     assert await store.admit(ACCOUNT, tenant_100, hold("c", 1)) == Verdict("tenant", 0)
     assert await store.admit(ACCOUNT, Allowance("day", key_pico=150), hold("d", 51)) == Verdict("key", 50)
     # The tighter of the two budgets answers.
     assert await store.admit(ACCOUNT, Allowance("day", 0, 120, 110), hold("e", 30)) == Verdict("key", 10)
-    assert await refused(store, ACCOUNT, Allowance("month", 0, 100, 50), hold("f", 50)) == ""  # another period
+    month = Allowance("month", 0, 100, 50)
+    assert await refused(store, ACCOUNT, month, hold("f", 50, period_id("month"))) == ""  # another period
     assert await refused(store, ACCOUNT, Allowance("day"), hold("g", 10**15)) == ""  # no limits
 
 
@@ -83,7 +98,7 @@ async def test_holds_keep_concurrent_requests_within_the_budget(store: Store) ->
     (first,) = (hold(f"r{i}", 60) for i, v in enumerate(verdicts) if not v.refused)
     assert await refused(store, ACCOUNT, limit, hold("small", 40)) == ""  # a hold sized to what remains fits
     # A charge (30, less than held) replaces its hold: 30 spent + 40 held leaves 30.
-    await store.charge(ACCOUNT, "day", first, 30, {})
+    await store.charge(ACCOUNT, first, 30, {})
     assert await store.admit(ACCOUNT, limit, hold("third", 31)) == Verdict("tenant", 30)
     # A request that ends without a charge releases its hold.
     await store.release(ACCOUNT, hold("small", 40))
@@ -101,7 +116,7 @@ async def test_refused_requests_change_nothing(store: Store) -> None:
 async def test_budgets_are_exact_to_the_pico_dollar_beyond_a_double(store: Store) -> None:
     """A million-dollar budget is 10^18 pico-dollars, past the 2^53 a double (a Lua number) holds exactly."""
     million = Allowance("day", tenant_pico=10**18 + 1)
-    await store.charge(ACCOUNT, "day", hold("big"), 10**18 - 7, {})
+    await store.charge(ACCOUNT, hold("big"), 10**18 - 7, {})
     assert await refused(store, ACCOUNT, million, hold("h1", 5)) == ""
     assert await store.admit(ACCOUNT, million, hold("h2", 4)) == Verdict("tenant", 3)
     assert await refused(store, ACCOUNT, million, hold("h2", 3)) == ""
@@ -109,6 +124,23 @@ async def test_budgets_are_exact_to_the_pico_dollar_beyond_a_double(store: Store
     assert await store.admit(ACCOUNT, Allowance("day", tenant_pico=2**62), hold("h4", 2**62)) == Verdict(
         "tenant", 2**62 - 10**18 - 1
     )
+
+
+async def test_a_hold_grows_only_when_the_budget_covers_it(store: Store) -> None:
+    limit = Allowance("day", tenant_pico=100)
+    first, second = hold("a", 40), hold("b", 40)
+    assert await refused(store, ACCOUNT, limit, first) == ""
+    assert await refused(store, ACCOUNT, limit, second) == ""
+    assert await store.extend(ACCOUNT, limit, first, 61) == "tenant"  # 61 + 40 > 100
+    assert await store.extend(ACCOUNT, limit, first, 60) == ""  # 60 + 40 == 100: grown
+    assert await refused(store, ACCOUNT, limit, hold("c", 1)) == "tenant"
+    await store.release(ACCOUNT, hold("a", 60))  # the grown hold is the one held
+    assert await refused(store, ACCOUNT, limit, hold("d", 1)) == ""
+    # Exact beyond a double, as admission is.
+    huge = Allowance("day", tenant_pico=2**62 + 1)
+    assert await refused(store, ACCOUNT, huge, hold("e", 1)) == ""
+    assert await store.extend(ACCOUNT, huge, hold("e", 1), 2**62 - 40) == ""  # + 41 held elsewhere: 2**62 + 1
+    assert await store.extend(ACCOUNT, huge, hold("e", 2**62 - 40), 2**62 - 39) == "tenant"
 
 
 async def test_rate_limit_counts_per_tenant_and_key(store: Store) -> None:
@@ -119,19 +151,11 @@ async def test_rate_limit_counts_per_tenant_and_key(store: Store) -> None:
     assert await refused(store, Account("other", "key1"), three, hold("o1")) == ""
 
 
-async def test_cache_round_trip_and_expiry(store: Store) -> None:
-    assert await store.cache_get("k") is None
-    await store.cache_set("k", b"value", 1)
-    assert await store.cache_get("k") == b"value"
-    await asyncio.sleep(1.1)
-    assert await store.cache_get("k") is None
-
-
 async def test_redis_ledger_and_operator_limit_override(redis_url: str) -> None:
     store = RedisStore(redis_url)
     client = redis.from_url(redis_url)
     try:
-        await store.charge(ACCOUNT, "day", hold("r1"), 10, {"model": "m", "cost_usd": "0.00000000001"})
+        await store.charge(ACCOUNT, hold("r1"), 10, {"model": "m", "cost_usd": "0.00000000001"})
         entries = await client.xrange(LEDGER)
         assert [json.loads(e[1][b"record"])["model"] for e in entries] == ["m"]
         # An operator's per-tenant limit in Redis overrides the default limit.

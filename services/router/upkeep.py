@@ -1,0 +1,68 @@
+"""The router's background duties towards the money store, on one loop: say it is alive (heartbeat), replay
+the charge outbox, settle the pending charges of dead routers (one replica at a time, by lease), and report
+whether the store is reachable (metric and gRPC health)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from services.router import metrics
+from services.router.outbox import Outbox
+from services.router.store import Store, StoreUnavailable
+
+log = logging.getLogger("llmrouter.router")
+
+HealthReport = Callable[[bool], Awaitable[None]]
+
+
+class Upkeep:
+    def __init__(self, store: Store, outbox: Outbox, router: str, interval_s: float, heartbeat_ttl_s: float) -> None:
+        self.store = store
+        self.outbox = outbox
+        self.router = router
+        self.interval_s = interval_s
+        self.heartbeat_ttl_s = heartbeat_ttl_s
+        self.report: HealthReport | None = None
+        self.up: bool | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self, report: HealthReport | None = None) -> None:
+        self.report = report
+        self._task = asyncio.create_task(self._run())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except Exception:  # never let one bad round end the loop that keeps money settled
+                log.exception("router upkeep failed; retrying")
+            await asyncio.sleep(self.interval_s)
+
+    async def tick(self) -> None:
+        up = await self.store.ping()
+        if up != self.up:
+            self.up = up
+            metrics.STORE_UP.labels("money").set(1 if up else 0)
+            (log.info if up else log.error)("money store " + ("reachable" if up else "unreachable: failing closed"))
+            if self.report is not None:
+                await self.report(up)
+        if not up:
+            return
+        try:
+            await self.store.heartbeat(self.router, self.heartbeat_ttl_s)
+            await self.outbox.replay(self.store)
+            settled = await self.store.reconcile(self.router, self.heartbeat_ttl_s)
+        except StoreUnavailable:
+            return  # the next round's ping reports it
+        if settled:
+            metrics.PENDING_RECONCILED.inc(settled)
+            log.warning("settled the pending charges of dead routers at their hold", extra={"settled": settled})

@@ -1,0 +1,200 @@
+"""Money under faults, with real processes: a router SIGKILLed between admission and charge (its pending
+charge is settled by another router's reconciler), and a money store that goes away mid-test (the router
+fails closed and says so in its health and metrics; the cache going away fails nothing)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+import redis.asyncio as redis
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from llmrouter.errors import ServiceError
+from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
+from services.router.store import LEDGER, Pending, pending_key, period_id
+from tests.conftest import ROOT
+from tests.integration.conftest import Chain, free_port
+from tests.integration.test_policy_in_chain import extra_router
+from tests.redis_servers import RedisServer, cache_redis, money_redis
+
+
+@pytest.fixture
+def money(tmp_path: Path) -> Iterator[RedisServer]:
+    server = money_redis(tmp_path / "money").start()
+    yield server
+    server.stop()
+
+
+class RouterProcess:
+    """`python -m services.router` as a deployment runs it."""
+
+    def __init__(self, chain: Chain, tmp_path: Path, **env: str) -> None:
+        self.port, self.metrics_port = free_port(), free_port()
+        settings = {
+            "ROUTER_PORT": str(self.port),
+            "ROUTER_METRICS_PORT": str(self.metrics_port),
+            "ROUTER_REGISTRY_PATH": str(chain.registry_path),
+            "ROUTER_CLASSIFIER_ADDR": f"127.0.0.1:{chain.servers['classifier'].port}",
+            "ROUTER_PROVIDERS_ADDR": f"127.0.0.1:{chain.servers['providers'].port}",
+            "ROUTER_CLASSIFIER_TIMEOUT_S": "5",
+            "ROUTER_DATA_DIR": str(tmp_path / "router-data"),
+            "ROUTER_UPKEEP_INTERVAL_S": "0.2",
+            **env,
+        }
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "services.router"],
+            cwd=ROOT,
+            env={**os.environ, **settings},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+
+    async def ready(self) -> None:
+        assert self.process.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(self.process.stdout.readline), timeout=60)
+        assert line.startswith("READY router"), f"router did not start: {line!r}"
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+    async def metric(self, name: str, **labels: str) -> float | None:
+        async with httpx.AsyncClient() as http:
+            text = (await http.get(f"http://127.0.0.1:{self.metrics_port}/metrics")).text
+        wanted = name + "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
+        return next((float(line.split()[-1]) for line in text.splitlines() if line.startswith(wanted)), None)
+
+
+Spawn = Callable[..., Awaitable[RouterProcess]]
+
+
+@pytest.fixture
+async def spawn(chain: Chain, tmp_path: Path) -> AsyncIterator[Spawn]:
+    started: list[RouterProcess] = []
+
+    async def start(**env: str) -> RouterProcess:
+        process = RouterProcess(chain, tmp_path, **env)
+        started.append(process)
+        await process.ready()
+        return process
+
+    yield start
+    for process in started:
+        process.kill()
+
+
+def ask(model: str = "") -> router_pb2.CompleteRequest:
+    message = common_pb2.ChatMessage(role="user", content=f"hello {uuid.uuid4().hex}")
+    return router_pb2.CompleteRequest(messages=[message], model=model, tenant=f"t-{uuid.uuid4().hex[:8]}")
+
+
+async def wait_for(check: Callable[[], Awaitable[Any]], timeout: float = 20.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        if result := await check():
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting")
+        await asyncio.sleep(0.1)
+
+
+async def test_a_router_killed_mid_request_leaves_its_charge_to_the_reconciler(
+    chain: Chain, money: RedisServer, spawn: Spawn
+) -> None:
+    doomed = await spawn(ROUTER_REDIS_URL=money.url, ROUTER_INSTANCE_ID="doomed", ROUTER_HEARTBEAT_TTL_S="1")
+    db = redis.from_url(money.url)
+    chain.premium.latency = 5.0  # the upstream is still working when the router dies
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{doomed.port}") as channel:
+            request = ask("strong-model")
+            call = asyncio.ensure_future(router_pb2_grpc.RouterStub(channel).Complete(request, timeout=30))
+            pending_raw = await wait_for(lambda: db.hvals(pending_key("doomed")))
+            doomed.kill()  # between admission and charge
+            with pytest.raises(grpc.aio.AioRpcError):
+                await call
+        pending = Pending(**json.loads(pending_raw[0]))
+        assert pending.tenant == request.tenant and pending.period == period_id("day") and pending.hold_pico > 0
+
+        survivor = await extra_router(
+            chain, redis_url=money.url, instance_id="survivor", heartbeat_ttl_s=1, upkeep_interval_s=0.2
+        )
+        try:
+
+            async def reconciled() -> list[dict]:
+                records = [json.loads(e[1][b"record"]) for e in await db.xrange(LEDGER)]
+                return [r for r in records if r["tenant"] == request.tenant]
+
+            (record,) = await wait_for(reconciled)
+        finally:
+            await survivor.stop(1)
+        assert record["outcome"] == "reconciled" and record["request_id"] == pending.request_id
+        tenant_spend, key_spend = (int(v) for v in await db.mget(*_spend_keys(pending)))
+        assert tenant_spend == key_spend == pending.hold_pico  # unknown outcome: charged at the hold
+        assert await db.zcard(f"llmrouter:held:tenant:{pending.tenant}") == 0  # and the hold released
+        assert not await db.exists(pending_key("doomed"))
+    finally:
+        chain.premium.latency = 0.0
+        await db.aclose()
+
+
+def _spend_keys(pending: Pending) -> tuple[str, str]:
+    return (
+        f"llmrouter:spend:tenant:{pending.tenant}:{pending.period}",
+        f"llmrouter:spend:key:{pending.key}:{pending.period}",
+    )
+
+
+async def test_money_store_down_fails_closed_and_says_so(
+    chain: Chain, money: RedisServer, spawn: Spawn, tmp_path: Path
+) -> None:
+    cache = cache_redis(tmp_path / "cache").start()
+    router = await spawn(ROUTER_REDIS_URL=money.url, ROUTER_CACHE_REDIS_URL=cache.url)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{router.port}") as channel:
+            stub = router_pb2_grpc.RouterStub(channel)
+            health = health_pb2_grpc.HealthStub(channel)
+
+            async def status(service: str = "llmrouter.v1.Router") -> int:
+                reply = await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+                return reply.status
+
+            assert (await stub.Complete(ask(), timeout=20)).content
+            cache.stop()  # the cache going away fails nothing: it is bypassed
+            assert (await stub.Complete(ask(), timeout=20)).content
+            assert await router.metric("llmrouter_router_store_up", store="cache") == 0
+
+            money.stop()
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.Complete(ask(), timeout=20)
+            error = ServiceError.from_rpc_error(refused.value)
+            assert error.code == grpc.StatusCode.UNAVAILABLE and error.reason == "STORE_UNAVAILABLE"
+            assert "127.0.0.1" not in error.message  # no internal address
+            await wait_for(lambda: _is(status, health_pb2.HealthCheckResponse.NOT_SERVING))
+            assert await status("") == health_pb2.HealthCheckResponse.SERVING  # alive: liveness must not restart it
+            assert await router.metric("llmrouter_router_store_up", store="money") == 0
+
+            money.start()  # AOF: the same counters come back
+            await wait_for(lambda: _is(status, health_pb2.HealthCheckResponse.SERVING))
+            assert await router.metric("llmrouter_router_store_up", store="money") == 1
+            assert (await stub.Complete(ask(), timeout=20)).content
+    finally:
+        cache.stop()
+
+
+async def _is(status: Callable[[], Awaitable[int]], wanted: int) -> bool:
+    return await status() == wanted

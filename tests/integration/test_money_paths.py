@@ -1,0 +1,156 @@
+"""Every path charges what was generated: a caller leaving a unary call (the generation runs on and is
+charged), a stream left before its first token (unknown: its worst case), and a fallback after a timeout
+(the timed-out attempt at its worst case, the hold grown to cover the next attempt, or the fallback refused
+when the budget cannot cover it)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import grpc
+import pytest
+import redis.asyncio as redis
+import yaml
+
+from llmrouter.errors import ServiceError
+from llmrouter.registry import load_registry
+from llmrouter.server import RunningServer, start_server
+from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
+from services import providers
+from services.providers.settings import ProvidersSettings
+from services.router.store import LEDGER
+from tests.integration.conftest import Chain
+from tests.integration.test_policy_in_chain import extra_router
+
+
+def ask(tenant: str, **fields: object) -> router_pb2.CompleteRequest:
+    message = common_pb2.ChatMessage(role="user", content=f"hello {uuid.uuid4().hex}")
+    return router_pb2.CompleteRequest(messages=[message], tenant=tenant, quality_target=0, max_tokens=50, **fields)
+
+
+async def ledger_of(chain: Chain, tenant: str, wait_s: float = 15.0) -> list[dict]:
+    db = redis.from_url(chain.redis_url)
+    try:
+        for _ in range(int(wait_s / 0.05)):
+            records = [r for e in await db.xrange(LEDGER) if (r := json.loads(e[1][b"record"]))["tenant"] == tenant]
+            if records:
+                return records
+            await asyncio.sleep(0.05)
+        return []
+    finally:
+        await db.aclose()
+
+
+def estimate(decision: router_pb2.Decision, model: str) -> Decimal:
+    """The worst case the router holds for an attempt on `model`."""
+    return next(Decimal(c.estimated_cost_usd) for c in decision.candidates if c.model == model)
+
+
+@pytest.fixture
+def slow_upstreams(chain: Chain) -> Iterator[Chain]:
+    yield chain
+    chain.budget.latency = chain.premium.latency = 0.0
+
+
+async def test_a_caller_leaving_a_unary_call_pays_for_the_generation_it_caused(slow_upstreams: Chain) -> None:
+    chain, tenant = slow_upstreams, f"left-{uuid.uuid4().hex[:8]}"
+    chain.budget.latency = 1.0
+    async with grpc.aio.insecure_channel(chain.router_addr) as channel:
+        call = router_pb2_grpc.RouterStub(channel).Complete(ask(tenant), timeout=20)
+        await asyncio.sleep(0.4)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+    (record,) = await ledger_of(chain, tenant)
+    _, _, usage = chain.budget.answer(chain.budget.requests[-1].json)
+    model = load_registry(chain.registry_path).get("cheap-model")
+    assert record["outcome"] == "ok" and record["output_tokens"] == usage["completion_tokens"]
+    assert Decimal(record["cost_usd"]) == model.cost_usd(usage["prompt_tokens"], usage["completion_tokens"])
+
+
+async def test_a_stream_left_before_its_first_token_pays_the_attempts_worst_case(slow_upstreams: Chain) -> None:
+    chain, tenant = slow_upstreams, f"gone-{uuid.uuid4().hex[:8]}"
+    chain.budget.latency = 2.0
+    async with grpc.aio.insecure_channel(chain.router_addr) as channel:
+        call = router_pb2_grpc.RouterStub(channel).CompleteStream(ask(tenant), timeout=20)
+        decision = (await call.read()).decision
+        await asyncio.sleep(0.3)
+        call.cancel()
+    (record,) = await ledger_of(chain, tenant)
+    assert record["outcome"] == "cancelled"
+    assert Decimal(record["cost_usd"]) == estimate(decision, "cheap-model")
+
+
+@pytest.fixture
+async def quick_timeout_providers(chain: Chain, tmp_path: Path) -> AsyncIterator[RunningServer]:
+    """The chain's upstreams behind a providers service that gives the cheap one 1 s."""
+    spec = yaml.safe_load(chain.registry_path.read_text())
+    spec["providers"]["budgetai"]["total_timeout_s"] = 1.0
+    path = tmp_path / "models.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    settings = ProvidersSettings(port=0, registry_path=path)
+    running = await start_server("providers", settings, *await providers.build(settings))
+    yield running
+    await running.stop(1)
+
+
+async def test_a_fallback_after_a_timeout_pays_the_timed_out_attempts_worst_case(
+    slow_upstreams: Chain, quick_timeout_providers: RunningServer
+) -> None:
+    chain, tenant = slow_upstreams, f"fallback-{uuid.uuid4().hex[:8]}"
+    router = await extra_router(
+        chain, redis_url=chain.redis_url, providers_addr=f"127.0.0.1:{quick_timeout_providers.port}"
+    )
+    chain.budget.latency = 3.0  # the cheap upstream may have generated: nobody knows
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{router.port}") as channel:
+            reply = await router_pb2_grpc.RouterStub(channel).Complete(ask(tenant), timeout=20)
+    finally:
+        await router.stop(1)
+    assert reply.model == "strong-model"
+    _, _, usage = chain.premium.answer(chain.premium.requests[-1].json)
+    strong = load_registry(chain.registry_path).get("strong-model")
+    expected = estimate(reply.decision, "cheap-model") + strong.cost_usd(
+        usage["prompt_tokens"], usage["completion_tokens"]
+    )
+    assert Decimal(reply.cost_usd) == expected
+    (record,) = await ledger_of(chain, tenant)
+    assert Decimal(record["cost_usd"]) == expected
+
+
+async def test_a_fallback_the_budget_cannot_cover_is_refused(
+    slow_upstreams: Chain, quick_timeout_providers: RunningServer
+) -> None:
+    chain, tenant = slow_upstreams, f"capped-{uuid.uuid4().hex[:8]}"
+    request = ask(tenant)
+    probe = await extra_router(chain, providers_addr=f"127.0.0.1:{quick_timeout_providers.port}")
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{probe.port}") as channel:
+            decision = await router_pb2_grpc.RouterStub(channel).Decide(request, timeout=20)
+    finally:
+        await probe.stop(1)
+    cheap, strong = estimate(decision, "cheap-model"), estimate(decision, "strong-model")
+    budget = strong + cheap / 2  # admits one attempt, not the timed-out one and the fallback
+    router = await extra_router(
+        chain,
+        redis_url=chain.redis_url,
+        providers_addr=f"127.0.0.1:{quick_timeout_providers.port}",
+        tenant_budget_usd=budget,
+    )
+    chain.budget.latency = 3.0
+    premium_calls = len(chain.premium.requests)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{router.port}") as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await router_pb2_grpc.RouterStub(channel).Complete(request, timeout=20)
+    finally:
+        await router.stop(1)
+    assert ServiceError.from_rpc_error(refused.value).reason == "UPSTREAM_TIMEOUT"
+    assert len(chain.premium.requests) == premium_calls  # no fallback was tried
+    (record,) = await ledger_of(chain, tenant)
+    assert record["outcome"] == "failed" and Decimal(record["cost_usd"]) == cheap <= budget

@@ -1,0 +1,211 @@
+"""Money cannot be evicted or lost: real redis-server processes, the money store apart from the cache, the
+start-up check, the outbox that keeps charges through an outage, the reconciler, and the ledger's export."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as redis
+
+from services.router import ledger
+from services.router.cache import RedisCache
+from services.router.money_check import check_money_redis
+from services.router.outbox import Outbox, OutboxCharge
+from services.router.store import (
+    LEDGER,
+    Account,
+    Allowance,
+    Hold,
+    RedisStore,
+    StoreUnavailable,
+    pending_key,
+    period_id,
+)
+from tests.conftest import ROOT
+from tests.redis_servers import RedisServer, cache_redis, money_redis
+
+DAY = period_id("day")
+
+
+@pytest.fixture
+def money(tmp_path: Path) -> Iterator[RedisServer]:
+    server = money_redis(tmp_path / "money").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def cache_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = cache_redis(tmp_path / "cache").start()
+    yield server
+    server.stop()
+
+
+async def test_a_cache_flood_evicts_no_money(money: RedisServer, cache_server: RedisServer) -> None:
+    store, cache = RedisStore(money.url), RedisCache(cache_server.url)
+    accounts = [Account(f"tenant-{i}", f"key-{i}") for i in range(50)]
+    try:
+        for i, account in enumerate(accounts):
+            hold = Hold(f"req-{i}", 1_000, DAY, "router-1")
+            assert (await store.admit(account, Allowance("day", tenant_pico=10_000), hold)).refused == ""
+            assert await store.charge(account, hold, 100 + i, {"request_id": hold.request_id})
+        # 8 MB of answers into a 2 MB cache: it evicts, as it should.
+        for i in range(2_000):
+            await cache.set(f"answer-{i}", b"x" * 4096, 300)
+        assert cache_server.info("stats")["evicted_keys"] > 0
+        assert money.info("stats")["evicted_keys"] == 0
+        for i, account in enumerate(accounts):
+            assert await store.spent(account, DAY) == (100 + i, 100 + i)
+    finally:
+        await store.close()
+        await cache.close()
+
+
+async def test_the_router_refuses_a_money_store_that_may_evict(tmp_path: Path) -> None:
+    evicting = RedisServer(tmp_path / "lru", "--save", "", "--maxmemory-policy", "volatile-lru").start()
+    try:
+        with pytest.raises(SystemExit, match=r"maxmemory-policy 'volatile-lru'.*noeviction"):
+            await check_money_redis(evicting.url, allow_eviction=False)
+        await check_money_redis(evicting.url, allow_eviction=True)  # development: a warning only
+    finally:
+        evicting.stop()
+
+
+async def test_an_unreachable_money_store_refuses_admission(money: RedisServer) -> None:
+    store = RedisStore(money.url)
+    money.stop()
+    try:
+        with pytest.raises(StoreUnavailable) as refused:
+            await store.admit(Account("t", "k"), Allowance("day"), Hold("r", 1, DAY, "router-1"))
+        assert refused.value.reason == "STORE_UNAVAILABLE"
+        assert not await store.ping()
+    finally:
+        await store.close()
+
+
+async def test_a_charge_kept_in_the_outbox_lands_once_when_the_store_is_back(
+    money: RedisServer, tmp_path: Path
+) -> None:
+    account, hold = Account("t", "k"), Hold("r-outbox", 5_000, DAY, "router-1")
+    store = RedisStore(money.url)
+    outbox = Outbox(tmp_path / "data")
+    try:
+        assert (await store.admit(account, Allowance("day"), hold)).refused == ""
+        money.stop()
+        with pytest.raises(StoreUnavailable):
+            await store.charge(account, hold, 1_234, {"request_id": hold.request_id, "outcome": "ok"})
+        await outbox.add(OutboxCharge(account, hold, 1_234, {"request_id": hold.request_id, "outcome": "ok"}))
+        assert await outbox.replay(store) == 0 and len(outbox) == 1  # still down: kept
+        assert len(Outbox(tmp_path / "data")) == 1  # on disk: a restarted router finds it
+        money.start()  # AOF: the hold and the pending charge are still there
+        assert await outbox.replay(store) == 1 and len(outbox) == 0
+        # A second copy (say, replayed by another router sharing the data dir) is not charged again, even once
+        # the charged marker has expired: its pending charge is settled.
+        client = redis.from_url(money.url)
+        await client.delete(account.request_keys(hold.request_id)[1])
+        await client.aclose()
+        await outbox.add(OutboxCharge(account, hold, 1_234, {"request_id": hold.request_id, "outcome": "ok"}))
+        assert await outbox.replay(store) == 1
+        assert await store.spent(account, DAY) == (1_234, 1_234)
+        client = redis.from_url(money.url)
+        try:
+            assert len(await client.xrange(LEDGER)) == 1
+            assert await client.zcard(account.hold_keys()[0]) == 0  # the hold is released
+            assert await client.hlen(pending_key("router-1")) == 0  # the pending charge settled
+        finally:
+            await client.aclose()
+    finally:
+        await store.close()
+
+
+async def test_the_reconciler_settles_a_dead_routers_pending_charges_at_their_hold(money: RedisServer) -> None:
+    account = Account("t", "k")
+    store = RedisStore(money.url)
+    try:
+        await store.heartbeat("dead", 0.2)
+        await store.heartbeat("alive", 30)
+        for router, request_id in (("dead", "r-dead"), ("alive", "r-alive")):
+            assert (await store.admit(account, Allowance("day"), Hold(request_id, 7_000, DAY, router))).refused == ""
+        time.sleep(0.3)  # the dead router's heartbeat expires
+        assert await store.reconcile("alive", 0.5) == 0  # seen missing once: it gets time to come back
+        time.sleep(0.6)
+        assert await store.reconcile("alive", 0.5) == 1
+        assert await store.spent(account, DAY) == (7_000, 7_000)  # only the dead router's, at its hold
+        assert await store.reconcile("alive", 0.5) == 0  # settled once
+        assert await store.reconcile("other", 0.5) == 0  # one reconciler at a time: "alive" holds the lease
+        client = redis.from_url(money.url)
+        try:
+            (entry,) = await client.xrange(LEDGER)
+            record = json.loads(entry[1][b"record"])
+            assert record["outcome"] == "reconciled" and record["request_id"] == "r-dead"
+            assert await client.zrange(account.hold_keys()[0], 0, -1) == [b"7000:r-alive"]
+        finally:
+            await client.aclose()
+    finally:
+        await store.close()
+
+
+async def test_ledger_trim_exports_before_it_deletes(money: RedisServer, tmp_path: Path) -> None:
+    client = redis.from_url(money.url)
+    old_ms = int((time.time() - 100 * 86400) * 1000)
+    try:
+        for i in range(3):
+            await client.xadd(LEDGER, {"record": json.dumps({"n": i})}, id=f"{old_ms + i}-0")
+        await client.xadd(LEDGER, {"record": json.dumps({"n": "recent"})})
+        out = tmp_path / "ledger.jsonl"
+        assert await ledger.trim(client, out, retention_days=90) == 3
+        lines = [json.loads(line) for line in out.read_text().splitlines()]
+        assert [line["record"]["n"] for line in lines] == [0, 1, 2]
+        remaining = await client.xrange(LEDGER)
+        assert [json.loads(e[1][b"record"])["n"] for e in remaining] == ["recent"]
+    finally:
+        await client.aclose()
+
+
+async def test_the_ledger_command_exports_then_trims(money: RedisServer, tmp_path: Path) -> None:
+    client = redis.from_url(money.url)
+    old_ms = int((time.time() - 10 * 86400) * 1000)
+    try:
+        await client.xadd(LEDGER, {"record": json.dumps({"n": "old"})}, id=f"{old_ms}-0")
+        await client.xadd(LEDGER, {"record": json.dumps({"n": "new"})})
+        out = tmp_path / "archive.jsonl"
+        env = {**os.environ, "ROUTER_REDIS_URL": money.url, "ROUTER_LEDGER_RETENTION_DAYS": "7"}
+        command = [sys.executable, "-m", "services.router.ledger", "trim", "--out", str(out)]
+        done = await asyncio.to_thread(subprocess.run, command, cwd=ROOT, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert [json.loads(line)["record"]["n"] for line in out.read_text().splitlines()] == ["old"]
+        assert [json.loads(e[1][b"record"])["n"] for e in await client.xrange(LEDGER)] == ["new"]
+    finally:
+        await client.aclose()
+
+
+class SlowStore(RedisStore):
+    """A real store whose charges take a while, so another router can append to the outbox meanwhile."""
+
+    async def charge(self, account: Account, hold: Hold, pico: int, record: dict, late: bool = False) -> bool:
+        await asyncio.sleep(0.3)
+        return await super().charge(account, hold, pico, record, late)
+
+
+async def test_a_charge_added_during_a_replay_is_kept(money: RedisServer, tmp_path: Path) -> None:
+    store = SlowStore(money.url)
+    replaying, appending = Outbox(tmp_path / "data"), Outbox(tmp_path / "data")  # two routers, one data dir
+    first, second = Hold("r-1", 10, DAY, "router-1"), Hold("r-2", 20, DAY, "router-2")
+    account = Account("t", "k")
+    try:
+        await replaying.add(OutboxCharge(account, first, 10, {"request_id": "r-1"}))
+        replay = asyncio.create_task(replaying.replay(store))
+        await asyncio.sleep(0.1)  # the replay holds the file while it charges
+        await appending.add(OutboxCharge(account, second, 20, {"request_id": "r-2"}))
+        assert await replay == 1
+        assert [c.hold.request_id for c in appending._read()] == ["r-2"]
+    finally:
+        await store.close()
