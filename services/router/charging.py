@@ -33,7 +33,7 @@ def response(routed: Routed, served: Served) -> router_pb2.CompleteResponse:
         usage=common_pb2.Usage(
             input_tokens=served.input_tokens, output_tokens=served.output_tokens, estimated=served.estimated
         ),
-        cost_usd=str(served.cost + routed.owed),
+        cost_usd=format(served.cost + routed.owed, "f"),  # plain notation, never 7E-9
         latency_ms=int((time.perf_counter() - routed.started) * 1000),
         decision=routed.decision,
         cache_hit=False,

@@ -208,7 +208,7 @@ def reconciled_record(pending: Pending) -> dict[str, Any]:
         "ts": time.time(),
         "tenant": pending.tenant,
         "key": pending.key,
-        "cost_usd": str(Decimal(pending.hold_pico) / PICO),
+        "cost_usd": format(Decimal(pending.hold_pico) / PICO, "f"),  # plain notation, as every charge
         "outcome": "reconciled",
         "router": pending.router,
         "admitted_ts": pending.ts,

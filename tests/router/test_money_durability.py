@@ -146,6 +146,7 @@ async def test_the_reconciler_settles_a_dead_routers_pending_charges_at_their_ho
             (entry,) = await client.xrange(LEDGER)
             record = json.loads(entry[1][b"record"])
             assert record["outcome"] == "reconciled" and record["request_id"] == "r-dead"
+            assert record["cost_usd"] == "0.000000007"  # the hold, 7,000 pico-dollars
             assert await client.zrange(account.hold_keys()[0], 0, -1) == [b"7000:r-alive"]
         finally:
             await client.aclose()
