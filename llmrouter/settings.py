@@ -116,8 +116,6 @@ def load_settings(cls: type[S]) -> S:
             field = ".".join(str(p) for p in err["loc"])
             if not field:  # a rule across settings: its input is all of them, secrets included
                 lines.append(f"  {prefix}*: {err['msg']}")
-            elif "SecretStr" in str(cls.model_fields[field].annotation if field in cls.model_fields else ""):
-                lines.append(f"  {prefix}{field.upper()}: {err['msg']}")
             else:
                 lines.append(f"  {prefix}{field.upper()}: {err['msg']} (got {err.get('input')!r})")
         print("\n".join(lines), file=sys.stderr)

@@ -16,6 +16,7 @@ import redis.asyncio as redis
 import yaml
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from pydantic import SecretStr, ValidationError
 
 from llmrouter.auth import token_digest
@@ -186,12 +187,16 @@ async def test_providers_serve_only_the_router(secured: Secured) -> None:
         assert error_reason(refused.value) == "PERMISSION_DENIED"
 
 
-async def test_health_checking_answers_any_tls_caller_and_probes_in_plaintext(secured: Secured) -> None:
-    """Health checking needs no identity (a certificate still opens the TLS connection); a health port
-    serves kubelet's plaintext probes and nothing else."""
+async def test_health_and_reflection_answer_any_tls_caller_and_probes_in_plaintext(secured: Secured) -> None:
+    """Health checking and reflection need no identity (a certificate still opens the TLS connection); a
+    health port serves kubelet's plaintext probes and nothing else."""
     async with open_channel(secured.router_addr, client(secured.certs["mallory"])) as channel:
         reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        listing = reflection_pb2.ServerReflectionRequest(list_services="")
+        stream = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(iter([listing]), timeout=5)
+        (answer,) = [a async for a in stream]
+        assert "llmrouter.v1.Router" in {s.name for s in answer.list_services_response.service}
     settings = RouterSettings(
         port=0,
         health_port=free_port(),
