@@ -12,6 +12,7 @@ import httpx
 import openai
 import pytest
 import redis.asyncio as redis
+from prometheus_client import REGISTRY
 
 from llmrouter.passthrough import PASSTHROUGH_FIELDS
 from services.edge.openai_api import PRICED
@@ -205,3 +206,52 @@ async def test_router_down_is_a_503_with_retry_after_and_not_ready(chain: Chain)
         server.should_exit = True
         await task
         await channel.close()
+
+
+def edge_status_count(status: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "llmrouter_edge_http_requests_total", {"route": "/v1/chat/completions", "status": status}
+    )
+    return value or 0.0
+
+
+async def raw_exchange(base_url: str, head: bytes, body: bytes, close_early: bool = False) -> bytes:
+    """One HTTP/1.1 request written byte for byte (clients will not send a lying content-length)."""
+    host, port = base_url.removeprefix("http://").split("/")[0].split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: edge\r\nconnection: close\r\n" + head + b"\r\n" + body
+        )
+        await writer.drain()
+        if close_early:
+            writer.write_eof()
+        return await asyncio.wait_for(reader.read(), timeout=20)
+    finally:
+        writer.close()
+
+
+GOOD_BODY = json.dumps(ask("hello there")).encode()
+
+
+@pytest.mark.parametrize(
+    ("head", "body", "status"),
+    [
+        (b"content-length: 99999999999\r\n", GOOD_BODY, b"413"),
+        (f"content-length: {len(GOOD_BODY) - 5}\r\n".encode(), GOOD_BODY, b"400"),  # the body read is cut short
+        (b"content-length: abc\r\n", GOOD_BODY, b"400"),
+        (b"content-length: -1\r\n", GOOD_BODY, b"400"),
+        (b"content-length: \xb2\r\n", GOOD_BODY, b"400"),
+    ],
+    ids=["over the limit", "shorter than the body", "not a number", "negative", "a superscript digit"],
+)
+async def test_a_lying_content_length_is_a_4xx(chain: Chain, head: bytes, body: bytes, status: bytes) -> None:
+    reply = await raw_exchange(chain.base_url, head, body)
+    assert reply.split(b" ", 2)[1] == status, reply[:300]
+
+
+async def test_a_body_cut_short_by_the_client_is_not_a_500(chain: Chain) -> None:
+    before = edge_status_count("500")
+    await raw_exchange(chain.base_url, b"content-length: 1000\r\n", GOOD_BODY, close_early=True)
+    await asyncio.sleep(0.2)
+    assert edge_status_count("500") == before
