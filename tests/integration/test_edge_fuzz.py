@@ -144,8 +144,13 @@ def check(http: httpx.Client, url: str, body: bytes, sent_headers: dict[str, byt
         assert reply.json()["choices"][0]["message"]["role"] == "assistant"
 
 
+# Which edge: mostly the anonymous one; the keyed one with whatever authorization was drawn, or a valid key.
+EDGES = st.sampled_from(["anonymous", "anonymous", "anonymous", "keyed", "keyed with a valid key"])
+
+
 async def test_no_body_or_header_makes_the_edge_fail(chain: Chain) -> None:
-    url = f"{chain.base_url}/chat/completions"
+    urls = {"anonymous": f"{chain.base_url}/chat/completions", "keyed": f"{chain.keyed_url}/chat/completions"}
+    valid_key = f"Bearer {chain.keys['acme'][1]}".encode()
     tried = 0
 
     @settings(
@@ -155,11 +160,13 @@ async def test_no_body_or_header_makes_the_edge_fail(chain: Chain) -> None:
         deadline=None,
         suppress_health_check=list(HealthCheck),
     )
-    @given(body=bodies, sent_headers=headers)
-    def property_holds(body: bytes, sent_headers: dict[str, bytes]) -> None:
+    @given(body=bodies, sent_headers=headers, edge=EDGES)
+    def property_holds(body: bytes, sent_headers: dict[str, bytes], edge: str) -> None:
         nonlocal tried
         tried += 1
-        check(http, url, body, sent_headers)
+        if edge == "keyed with a valid key":
+            sent_headers = {**sent_headers, "authorization": valid_key}
+        check(http, urls[edge.split()[0]], body, sent_headers)
 
     # In a thread: the services run on this event loop and must keep serving while the examples run.
     with httpx.Client(timeout=30) as http:
