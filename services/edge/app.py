@@ -77,7 +77,6 @@ CALLER_REASONS = {
     "DUPLICATE_REQUEST",
     "BUDGET_EXCEEDED",
     "RATE_LIMITED",
-    "UNAUTHENTICATED",
 }
 GENERIC_MESSAGES = {
     400: "the provider refused the request",

@@ -8,6 +8,7 @@ import asyncio
 import json
 import uuid
 
+import grpc
 import httpx
 import openai
 import pytest
@@ -15,6 +16,7 @@ import redis.asyncio as redis
 from prometheus_client import REGISTRY
 
 from llmrouter.passthrough import PASSTHROUGH_FIELDS
+from llmrouter.v1 import router_pb2, router_pb2_grpc
 from services.edge.openai_api import PRICED
 from services.edge.settings import EdgeSettings
 from services.router.store import LEDGER
@@ -255,3 +257,29 @@ async def test_a_body_cut_short_by_the_client_is_not_a_500(chain: Chain) -> None
     await raw_exchange(chain.base_url, b"content-length: 1000\r\n", GOOD_BODY, close_early=True)
     await asyncio.sleep(0.2)
     assert edge_status_count("500") == before
+
+
+class RefusingRouter(router_pb2_grpc.RouterServicer):
+    """A router that refuses the edge's own credentials, naming an internal address as interceptors may."""
+
+    async def Complete(self, request: router_pb2.CompleteRequest, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no client certificate from 10.1.2.3:50999")
+
+
+async def test_router_refusing_the_edges_credentials_is_a_502_not_the_callers_401() -> None:
+    server = grpc.aio.server()
+    router_pb2_grpc.add_RouterServicer_to_server(RefusingRouter(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    settings = EdgeSettings(port=free_port(), router_addr=f"127.0.0.1:{port}", request_timeout_s=5)
+    edge, task, channel = await start_edge(settings)
+    try:
+        async with httpx.AsyncClient(timeout=30) as http:
+            reply = await http.post(f"http://127.0.0.1:{settings.port}/v1/chat/completions", json=ask())
+        assert reply.status_code == 502, reply.text
+        assert "10.1.2.3" not in reply.text and "request id" in reply.json()["error"]["message"]
+    finally:
+        edge.should_exit = True
+        await task
+        await channel.close()
+        await server.stop(None)
