@@ -13,6 +13,7 @@ import httpx
 import openai
 import pytest
 import redis.asyncio as redis
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
 
 from llmrouter.passthrough import PASSTHROUGH_FIELDS
@@ -278,6 +279,30 @@ async def test_router_refusing_the_edges_credentials_is_a_502_not_the_callers_40
             reply = await http.post(f"http://127.0.0.1:{settings.port}/v1/chat/completions", json=ask())
         assert reply.status_code == 502, reply.text
         assert "10.1.2.3" not in reply.text and "request id" in reply.json()["error"]["message"]
+    finally:
+        edge.should_exit = True
+        await task
+        await channel.close()
+        await server.stop(None)
+
+
+async def test_readiness_follows_the_routers_health_status() -> None:
+    """A router that answers but drains (NOT_SERVING) makes the edge not ready; SERVING makes it ready."""
+    server = grpc.aio.server()
+    status = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(status, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    settings = EdgeSettings(port=free_port(), router_addr=f"127.0.0.1:{port}")
+    edge, task, channel = await start_edge(settings)
+    url = f"http://127.0.0.1:{settings.port}/readyz"
+    try:
+        async with httpx.AsyncClient(timeout=30) as http:
+            assert (await http.get(url)).status_code == 503  # the Router service is not registered yet
+            await status.set("llmrouter.v1.Router", health_pb2.HealthCheckResponse.SERVING)
+            assert (await http.get(url)).status_code == 200
+            await status.set("llmrouter.v1.Router", health_pb2.HealthCheckResponse.NOT_SERVING)
+            assert (await http.get(url)).status_code == 503
     finally:
         edge.should_exit = True
         await task
