@@ -40,8 +40,6 @@ PRICED = {
     "reasoning_effort": "it changes how many tokens the model writes",
 }
 MAX_DEPTH = 64  # JSON nesting; deeper bodies are refused before anything re-encodes them
-
-
 INT32_MAX = 2**31 - 1  # bounds integers well inside the int64 fields of the contract
 
 
