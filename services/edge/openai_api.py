@@ -38,6 +38,8 @@ PRICED = {
     "modalities": "audio output is billed apart",
     "web_search_options": "web search is billed apart",
     "reasoning_effort": "it changes how many tokens the model writes",
+    "verbosity": "it changes how many tokens the model writes",
+    "prompt_cache_retention": "it keeps the prompt at the provider",
 }
 MAX_DEPTH = 64  # JSON nesting; deeper bodies are refused before anything re-encodes them
 INT32_MAX = 2**31 - 1  # bounds integers well inside the int64 fields of the contract
@@ -169,6 +171,7 @@ class ChatCompletionRequest(BaseModel):
     logprobs: StrictBool | None = None
     top_logprobs: StrictInt | None = Field(default=None, ge=0, le=20)
     user: StrictStr | None = None
+    safety_identifier: StrictStr | None = None
     # Router extensions (also accepted as x-router-* headers).
     quality_target: StrictFloat | StrictInt | None = Field(default=None, ge=0, le=1)
     max_cost_usd: StrictStr | StrictFloat | StrictInt | None = None

@@ -69,6 +69,7 @@ TYPED: dict[str, st.SearchStrategy[Any]] = {
     "logprobs": st.booleans(),
     "top_logprobs": st.integers(min_value=-1, max_value=30),
     "user": text,
+    "safety_identifier": text,
 }
 assert set(TYPED) == KNOWN_FIELDS
 field_value = {name: strategy | json_values for name, strategy in TYPED.items()}

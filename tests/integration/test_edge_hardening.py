@@ -114,6 +114,7 @@ async def test_the_sdk_still_works_and_price_neutral_fields_reach_the_provider(c
         "seed": 7,
         "stop": ["\n\n"],
         "user": "end-user-1",
+        "safety_identifier": "hashed-end-user",
         "presence_penalty": 0.1,
         "frequency_penalty": 0.2,
         "logit_bias": {"50256": -100},
