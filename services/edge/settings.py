@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from llmrouter.settings import ServiceSettings
+from llmrouter.settings import ServiceSettings, is_loopback
 from services.edge.keys import KeyRing, parse_keys
 
 
@@ -19,7 +18,7 @@ class EdgeSettings(ServiceSettings):
     router_addr: str = "127.0.0.1:50053"
     # Client API keys as `<tenant> <sha256 hex of the key>` entries (services/edge/keys.py): comma- or
     # newline-separated in api_keys, one per line in api_keys_file. Both may be set; the entries add up.
-    api_keys: str = ""
+    api_keys: SecretStr = SecretStr("")  # secret in case a raw key is pasted here by mistake: never echoed
     api_keys_file: Path | None = None
     # No keys: every caller is one anonymous tenant. Only on a loopback host, unless this says so.
     allow_anonymous: bool = Field(default=False, validate_default=True)
@@ -29,8 +28,8 @@ class EdgeSettings(ServiceSettings):
 
     @field_validator("api_keys")
     @classmethod
-    def _keys_parse(cls, text: str) -> str:
-        parse_keys(text.replace(",", "\n"))
+    def _keys_parse(cls, text: SecretStr) -> SecretStr:
+        parse_keys(text.get_secret_value().replace(",", "\n"))
         return text
 
     @field_validator("api_keys_file")
@@ -45,9 +44,9 @@ class EdgeSettings(ServiceSettings):
     @field_validator("allow_anonymous")
     @classmethod
     def _keys_or_loopback(cls, allow: bool, info: ValidationInfo) -> bool:
-        keyed = bool(key_ring(info.data.get("api_keys", ""), info.data.get("api_keys_file")))
+        keyed = bool(key_ring(info.data.get("api_keys", SecretStr("")), info.data.get("api_keys_file")))
         host = info.data.get("host", "127.0.0.1")
-        if not allow and not keyed and not _loopback(host):
+        if not allow and not keyed and not is_loopback(host):
             raise ValueError(
                 f"no API keys configured and host {host} is not loopback: set EDGE_API_KEYS_FILE (or "
                 "EDGE_API_KEYS), or EDGE_ALLOW_ANONYMOUS=true to serve every caller as one anonymous tenant"
@@ -58,17 +57,8 @@ class EdgeSettings(ServiceSettings):
         return key_ring(self.api_keys, self.api_keys_file)
 
 
-def key_ring(api_keys: str, api_keys_file: Path | None) -> KeyRing:
-    text = api_keys.replace(",", "\n")
+def key_ring(api_keys: SecretStr, api_keys_file: Path | None) -> KeyRing:
+    text = api_keys.get_secret_value().replace(",", "\n")
     if api_keys_file is not None:
         text += "\n" + api_keys_file.read_text()
     return parse_keys(text)
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

@@ -120,3 +120,12 @@ def test_the_key_tool_prints_the_line_to_store() -> None:
         check=True,
     )
     assert parse_keys(result.stdout).tenant_for("sk-new-key==") == "acme"
+
+
+def test_a_key_in_the_old_format_is_refused_without_echoing_it(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.setenv("EDGE_API_KEYS", "sk-live-secret=acme")
+    with pytest.raises(SystemExit):
+        load_settings(EdgeSettings)
+    err = capsys.readouterr().err
+    assert "EDGE_API_KEYS" in err and "line 1 is not '<tenant> <sha256 hex of the key>'" in err
+    assert "sk-live-secret" not in err
