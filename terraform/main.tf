@@ -45,8 +45,8 @@ resource "kubernetes_secret_v1" "edge_keys" {
     labels    = { "app.kubernetes.io/part-of" = "llm-cost-router" }
   }
   type = "Opaque"
-  # The edge's EDGE_API_KEYS_FILE format: one "key=tenant" per line.
-  data = { "api-keys" = join("\n", [for key, tenant in var.edge_api_keys : "${key}=${tenant}"]) }
+  # The edge's EDGE_API_KEYS_FILE format: one "<tenant> <sha256 hex of the key>" per line (digests, not keys).
+  data = { "api-keys" = join("\n", [for key, tenant in var.edge_api_keys : "${tenant} ${sha256(key)}"]) }
 }
 
 resource "helm_release" "llm_cost_router" {

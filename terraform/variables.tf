@@ -103,7 +103,7 @@ variable "provider_api_keys" {
 }
 
 variable "edge_api_keys" {
-  description = "Client API keys the edge accepts, key => tenant (budgets and rate limits are per tenant). Kept in a Secret mounted as a file; empty: the edge accepts every caller."
+  description = "Client API keys the edge accepts, key => tenant (budgets and rate limits are per tenant). Their SHA-256 digests are kept in a Secret mounted as a file; empty: the edge refuses to start unless EDGE_ALLOW_ANONYMOUS=true is set (then every caller is one anonymous tenant)."
   type        = map(string)
   default     = {}
   sensitive   = true

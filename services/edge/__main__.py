@@ -6,14 +6,13 @@ from prometheus_client import start_http_server
 from llmrouter.channels import open_channel
 from llmrouter.logs import setup_logging
 from llmrouter.settings import load_settings
-from llmrouter.v1 import router_pb2_grpc
 from services.edge.app import create_app
 from services.edge.settings import EdgeSettings
 
 
 async def main(settings: EdgeSettings) -> None:
     channel = open_channel(settings.router_addr, settings)
-    app = create_app(settings, router_pb2_grpc.RouterStub(channel))
+    app = create_app(settings, channel)
     config = uvicorn.Config(
         app,
         host=settings.host,

@@ -11,9 +11,10 @@ from collections.abc import AsyncIterator, MutableMapping
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import Counter, Histogram
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -33,6 +34,7 @@ from services.edge.openai_api import (
 from services.edge.settings import EdgeSettings
 
 log = logging.getLogger("llmrouter.edge")
+ROUTER_SERVICE = router_pb2.DESCRIPTOR.services_by_name["Router"].full_name
 
 HTTP_REQUESTS = Counter("llmrouter_edge_http_requests_total", "HTTP requests", ["route", "status"])
 HTTP_SECONDS = Histogram(
@@ -65,15 +67,47 @@ OPENAI_CODES = {
 }
 
 
-def api_error(err: grpc.RpcError) -> ApiError:
+# Reasons whose message the router wrote itself, about the caller's request: safe to show. Every other message
+# may quote a provider (whose error bodies can carry the operator's organisation id) or name an internal
+# address, so the caller gets a generic one and the request id that finds the full error in the logs.
+CALLER_REASONS = {
+    "INVALID_REQUEST",
+    "MODEL_NOT_FOUND",
+    "NO_ELIGIBLE_MODEL",
+    "DUPLICATE_REQUEST",
+    "BUDGET_EXCEEDED",
+    "RATE_LIMITED",
+}
+GENERIC_MESSAGES = {
+    400: "the provider refused the request",
+    429: "the provider is rate limiting requests",
+    502: "the provider failed to answer",
+    503: "the service is temporarily unavailable",
+    504: "the provider did not answer in time",
+}
+
+
+def api_error(err: grpc.RpcError, request_id: str) -> ApiError:
     error = ServiceError.from_rpc_error(err)
     status = HTTP_STATUS.get(error.code, 502)
     if error.reason == "UPSTREAM_ERROR" and error.metadata.get("upstream_status") not in ("400", "422"):
         status = 502  # a provider refusing our key or payload is the gateway's failure, not the caller's
-    message = error.message if status < 500 else f"upstream error: {error.message}"
+    if error.code == grpc.StatusCode.UNAVAILABLE:
+        status = 503  # the router itself unreachable (no ErrorInfo) or a provider out of service
     code = OPENAI_CODES.get(error.reason, error.reason.lower())
-    retry_after = error.metadata.get("retry_after_s", "")
-    return ApiError(status, message, param=error.metadata.get("field") or None, code=code, retry_after=retry_after)
+    retry_after = error.metadata.get("retry_after_s", "") or ("1" if status == 503 else "")
+    message = error.message
+    if error.reason not in CALLER_REASONS or "upstream_status" in error.metadata:
+        log.warning(
+            "request failed",
+            extra={"request_id": request_id, "reason": error.reason, "grpc_code": error.code.name, "detail": message},
+        )
+        generic = GENERIC_MESSAGES.get(status, "the request failed")
+        if error.reason == "CONTEXT_LENGTH_EXCEEDED":
+            generic = "the prompt is longer than the model's context window"
+        message = f"{generic} (request id {request_id})"
+    param = error.metadata.get("field") or None
+    return ApiError(status, message, param=param, code=code, retry_after=retry_after)
 
 
 def error_response(error: ApiError) -> JSONResponse:
@@ -90,27 +124,34 @@ def sse(payload: dict[str, Any] | str) -> bytes:
     return f"data: {data}\n\n".encode()
 
 
+ANONYMOUS_TENANT = "default"  # the router's own name for a request without a tenant
+
+
 class Edge:
-    def __init__(self, settings: EdgeSettings, router: router_pb2_grpc.RouterStub) -> None:
+    def __init__(self, settings: EdgeSettings, channel: grpc.aio.Channel) -> None:
         self.settings = settings
-        self.router = router
-        self.keys = settings.key_tenants()
+        self.router = router_pb2_grpc.RouterStub(channel)
+        self.health = health_pb2_grpc.HealthStub(channel)
+        self.keys = settings.key_ring()
 
     def caller(self, request: Request) -> tuple[str, str]:
-        """(tenant, api key) from the Authorization header; 401 when keys are configured and it is wrong."""
+        """(tenant, api key) from the Authorization header alone; no header chooses the tenant. With no keys
+        configured every caller is the one anonymous tenant, sent without a key: a made-up bearer string must
+        not open a fresh per-key budget or rate limit. With keys, a missing or unknown key is a 401."""
+        if not self.keys:
+            return ANONYMOUS_TENANT, ""
         auth = request.headers.get("authorization", "")
         key = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
-        if not self.keys:
-            return request.headers.get("x-router-tenant", "default"), key
-        if key not in self.keys:
+        tenant = self.keys.tenant_for(key)
+        if tenant is None:
             raise ApiError(401, "invalid API key", code="invalid_api_key")
-        return self.keys[key], key
+        return tenant, key
 
     async def chat_completions(self, request: Request) -> Response:
+        request_id = uuid.uuid4().hex
         tenant, key = self.caller(request)
         body = await self._body(request)
         parsed, raw = parse_request(body)
-        request_id = uuid.uuid4().hex
         message = parsed.to_router(raw, tenant, key, request_id)
         self._apply_headers(request, message)
         timeout = self.settings.request_timeout_s
@@ -118,7 +159,7 @@ class Edge:
             try:
                 response = await self.router.Complete(message, timeout=timeout)
             except grpc.RpcError as err:
-                raise api_error(err) from None
+                raise api_error(err, request_id) from None
             headers = {
                 "x-router-model": response.model,
                 "x-router-cost-usd": response.cost_usd,
@@ -134,7 +175,7 @@ class Edge:
             pending = await call.read()
         except grpc.RpcError as err:
             call.cancel()
-            raise api_error(err) from None
+            raise api_error(err, request_id) from None
         include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
         headers = {
             "x-router-model": decision.model,
@@ -172,7 +213,7 @@ class Edge:
             yield sse("[DONE]")
         except grpc.RpcError as err:
             # Headers are gone: report the failure in the stream, as OpenAI does, and end it.
-            yield sse(api_error(err).body())
+            yield sse(api_error(err, request_id).body())
         finally:
             call.cancel()  # ended, failed or the caller left: stop the work downstream
 
@@ -193,13 +234,17 @@ class Edge:
 
     async def _body(self, request: Request) -> bytes:
         limit = self.settings.max_body_bytes
-        if int(request.headers.get("content-length") or 0) > limit:
+        declared = request.headers.get("content-length", "")
+        if declared.isascii() and declared.isdigit() and int(declared) > limit:
             raise ApiError(413, f"request body over {limit} bytes", code="request_too_large")
         body = bytearray()
-        async for part in request.stream():
-            body += part
-            if len(body) > limit:
-                raise ApiError(413, f"request body over {limit} bytes", code="request_too_large")
+        try:
+            async for part in request.stream():
+                body += part
+                if len(body) > limit:
+                    raise ApiError(413, f"request body over {limit} bytes", code="request_too_large")
+        except ClientDisconnect:
+            raise ApiError(499, "the client closed the request", code="client_closed_request") from None
         return bytes(body)
 
     async def models(self, request: Request) -> Response:
@@ -207,7 +252,7 @@ class Edge:
         try:
             reply = await self.router.ListModels(common_pb2.ListModelsRequest(), timeout=10)
         except grpc.RpcError as err:
-            raise api_error(err) from None
+            raise api_error(err, uuid.uuid4().hex) from None
         body = models_body(list(reply.models))
         if "model" in request.path_params:
             entry = next((m for m in body["data"] if m["id"] == request.path_params["model"]), None)
@@ -217,7 +262,20 @@ class Edge:
         return JSONResponse(body)
 
     async def healthz(self, request: Request) -> Response:
+        """Liveness: the process answers. Whether it can serve is /readyz."""
         return JSONResponse({"status": "ok"})
+
+    async def readyz(self, request: Request) -> Response:
+        """Readiness: the router answers its gRPC health check as serving (not while it drains)."""
+        check = health_pb2.HealthCheckRequest(service=ROUTER_SERVICE)
+        try:
+            reply = await self.health.Check(check, timeout=self.settings.readiness_timeout_s)
+            serving = reply.status == health_pb2.HealthCheckResponse.SERVING
+        except grpc.RpcError:
+            serving = False
+        if serving:
+            return JSONResponse({"status": "ready"})
+        return JSONResponse({"status": "not ready", "router": "unavailable"}, status_code=503)
 
 
 class Observe:
@@ -246,7 +304,7 @@ class Observe:
             HTTP_REQUESTS.labels(route, str(status)).inc()
 
 
-ROUTES = {"/v1/chat/completions", "/v1/models", "/healthz"}
+ROUTES = {"/v1/chat/completions", "/v1/models", "/healthz", "/readyz"}
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
@@ -267,13 +325,15 @@ async def _method(request: Request, exc: Exception) -> Response:
     return error_response(ApiError(405, f"method {request.method} not allowed", code="method_not_allowed"))
 
 
-def create_app(settings: EdgeSettings, router: router_pb2_grpc.RouterStub) -> Starlette:
-    edge = Edge(settings, router)
+def create_app(settings: EdgeSettings, channel: grpc.aio.Channel) -> Starlette:
+    """The app over a channel to the router (its Router service and its gRPC health)."""
+    edge = Edge(settings, channel)
     routes = [
         Route("/v1/chat/completions", edge.chat_completions, methods=["POST"]),
         Route("/v1/models", edge.models, methods=["GET"]),
         Route("/v1/models/{model:path}", edge.models, methods=["GET"]),
         Route("/healthz", edge.healthz, methods=["GET"]),
+        Route("/readyz", edge.readyz, methods=["GET"]),
     ]
     handlers = {ApiError: _api_error, 404: _not_found, 405: _method, Exception: _unexpected}
     app = Starlette(routes=routes, exception_handlers=handlers)  # type: ignore[arg-type]

@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import time
 from decimal import Decimal
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
 
+from llmrouter.passthrough import PASSTHROUGH_FIELDS
 from llmrouter.v1 import common_pb2, router_pb2
 
-# Body fields the edge maps itself; every other field is passed through to the provider untouched.
+# Body fields the edge maps to the router's request itself.
 MAPPED = {
     "model",
     "messages",
@@ -22,14 +23,25 @@ MAPPED = {
     "max_completion_tokens",
     "temperature",
     "n",
-    "user",
     "quality_target",
     "max_cost_usd",
     "max_latency_ms",
     "session_id",
 }
-
-
+# Fields OpenAI knows that change the price or retention of a call: refused by name (llmrouter/passthrough.py).
+PRICED = {
+    "service_tier": "it buys a different price tier",
+    "store": "it keeps the conversation at the provider",
+    "metadata": "it only applies to conversations kept at the provider",
+    "prediction": "predicted output is billed apart",
+    "audio": "audio output is billed apart",
+    "modalities": "audio output is billed apart",
+    "web_search_options": "web search is billed apart",
+    "reasoning_effort": "it changes how many tokens the model writes",
+    "verbosity": "it changes how many tokens the model writes",
+    "prompt_cache_retention": "it keeps the prompt at the provider",
+}
+MAX_DEPTH = 64  # JSON nesting; deeper bodies are refused before anything re-encodes them
 INT32_MAX = 2**31 - 1  # bounds integers well inside the int64 fields of the contract
 
 
@@ -76,11 +88,64 @@ class Message(BaseModel):
 
 
 class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     include_usage: StrictBool = False
 
 
+# The passthrough fields, typed as OpenAI documents them: a wrong type is the caller's 400 here, not a
+# provider's refusal later.
+JsonObject = dict[StrictStr, Any]
+Penalty = Annotated[StrictFloat | StrictInt, Field(ge=-2, le=2)]
+
+
+class FunctionDefinition(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: StrictStr = Field(min_length=1, max_length=64)
+    description: StrictStr | None = None
+    parameters: JsonObject | None = None
+    strict: StrictBool | None = None
+
+
+class Tool(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: StrictStr
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: StrictStr = Field(min_length=1, max_length=64)
+    description: StrictStr | None = None
+    json_schema: JsonObject | None = Field(default=None, alias="schema")
+    strict: StrictBool | None = None
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
 class ChatCompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="forbid")
 
     model: StrictStr | None = None
     messages: list[Message] = Field(min_length=1)
@@ -89,8 +154,24 @@ class ChatCompletionRequest(BaseModel):
     max_tokens: StrictInt | None = Field(default=None, ge=1, le=INT32_MAX)
     max_completion_tokens: StrictInt | None = Field(default=None, ge=1, le=INT32_MAX)
     temperature: StrictFloat | StrictInt | None = Field(default=None, ge=0, le=2)
-    n: StrictInt | None = Field(default=None, ge=1, le=1)
+    n: StrictInt | None = Field(default=None, ge=1, le=1)  # more choices would multiply the output's cost
+    # Passed through (llmrouter/passthrough.py).
+    response_format: ResponseFormat | None = None
+    top_p: StrictFloat | StrictInt | None = Field(default=None, ge=0, le=1)
+    stop: StrictStr | list[StrictStr] | None = Field(default=None, max_length=4)
+    seed: StrictInt | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
+    tools: list[Tool] | None = Field(default=None, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: StrictBool | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    logit_bias: (
+        dict[Annotated[StrictStr, Field(pattern=r"^[0-9]{1,9}$")], Annotated[StrictInt, Field(ge=-100, le=100)]] | None
+    ) = None
+    logprobs: StrictBool | None = None
+    top_logprobs: StrictInt | None = Field(default=None, ge=0, le=20)
     user: StrictStr | None = None
+    safety_identifier: StrictStr | None = None
     # Router extensions (also accepted as x-router-* headers).
     quality_target: StrictFloat | StrictInt | None = Field(default=None, ge=0, le=1)
     max_cost_usd: StrictStr | StrictFloat | StrictInt | None = None
@@ -98,7 +179,7 @@ class ChatCompletionRequest(BaseModel):
     session_id: StrictStr | None = None
 
     def to_router(self, raw: dict[str, Any], tenant: str, api_key: str, request_id: str) -> router_pb2.CompleteRequest:
-        passthrough = {k: v for k, v in raw.items() if k not in MAPPED}
+        passthrough = {k: v for k, v in raw.items() if k in PASSTHROUGH_FIELDS and v is not None}
         request = router_pb2.CompleteRequest(
             messages=[m.to_router() for m in self.messages],
             tenant=tenant,
@@ -121,19 +202,26 @@ class ChatCompletionRequest(BaseModel):
         return request
 
 
+KNOWN_FIELDS = MAPPED | PASSTHROUGH_FIELDS
+
+
 def parse_request(body: bytes) -> tuple[ChatCompletionRequest, dict[str, Any]]:
-    """Raises ApiError (400) for invalid JSON or UTF-8, a non-object body, or a field of the wrong type."""
-    try:
-        raw = json.loads(body)
-    except ValueError as exc:  # UnicodeDecodeError is a ValueError too
-        raise ApiError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
+    """Raises ApiError (400) for a body that is not a JSON object in UTF-8, a field that is unknown, changes the
+    price or has the wrong type."""
+    raw = decode_json(body)
     if not isinstance(raw, dict):
         raise ApiError(400, "request body must be a JSON object", code="invalid_json")
+    for name in raw:
+        if name in PRICED:
+            raise ApiError(400, f"{name} is not supported: {PRICED[name]}", param=name, code="unsupported_parameter")
+        if name not in KNOWN_FIELDS:
+            shown = name[:64]
+            raise ApiError(400, f"unrecognized request argument: {shown!r}", param=shown, code="unknown_parameter")
     try:
         request = ChatCompletionRequest.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
-        param = ".".join(str(p) for p in first["loc"])
+        param = ".".join(str(p) for p in first["loc"])[:256]
         raise ApiError(400, f"{param}: {first['msg']}", param=param, code="invalid_value") from None
     if request.max_cost_usd is not None:
         try:
@@ -143,6 +231,43 @@ def parse_request(body: bytes) -> tuple[ChatCompletionRequest, dict[str, Any]]:
         if not cost.is_finite() or cost < 0:
             raise ApiError(400, "max_cost_usd must be a non-negative number", param="max_cost_usd")
     return request, raw
+
+
+def decode_json(body: bytes) -> Any:
+    """Strict JSON in UTF-8: no NaN or Infinity, no nesting deeper than MAX_DEPTH and no lone UTF-16 surrogate
+    (neither JSON nor protobuf strings can carry one onward)."""
+    try:
+        text = body.decode()  # strict: UTF-8-encoded surrogates are refused here
+        value = json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise ApiError(400, f"request body is nested deeper than {MAX_DEPTH} levels", code="invalid_json") from None
+    except ValueError as exc:  # UnicodeDecodeError is a ValueError too
+        raise ApiError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
+    if _depth_over(value, MAX_DEPTH):
+        raise ApiError(400, f"request body is nested deeper than {MAX_DEPTH} levels", code="invalid_json")
+    if "\\u" in text:  # only an escape can bring a lone surrogate
+        try:
+            json.dumps(value, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            raise ApiError(400, "request body has a lone UTF-16 surrogate in a string", code="invalid_json") from None
+    return value
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _depth_over(value: Any, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
 
 
 class ApiError(Exception):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from llmrouter.settings import ServiceSettings
+from llmrouter.settings import ServiceSettings, is_loopback
+from services.edge.keys import KeyRing, parse_keys
 
 
 class EdgeSettings(ServiceSettings):
@@ -15,23 +16,49 @@ class EdgeSettings(ServiceSettings):
 
     port: int = Field(default=8080, ge=0, le=65535)
     router_addr: str = "127.0.0.1:50053"
-    # API keys the edge accepts, "key=tenant" pairs separated by commas (a bare key belongs to tenant
-    # "default"), or one pair per line in api_keys_file. None configured: every caller is accepted.
-    api_keys: str = ""
+    # Client API keys as `<tenant> <sha256 hex of the key>` entries (services/edge/keys.py): comma- or
+    # newline-separated in api_keys, one per line in api_keys_file. Both may be set; the entries add up.
+    api_keys: SecretStr = SecretStr("")  # secret in case a raw key is pasted here by mistake: never echoed
     api_keys_file: Path | None = None
+    # No keys: every caller is one anonymous tenant. Only on a loopback host, unless this says so.
+    allow_anonymous: bool = Field(default=False, validate_default=True)
     request_timeout_s: float = Field(default=120.0, gt=0)
     max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
+    readiness_timeout_s: float = Field(default=1.0, gt=0)
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_parse(cls, text: SecretStr) -> SecretStr:
+        parse_keys(text.get_secret_value().replace(",", "\n"))
+        return text
 
     @field_validator("api_keys_file")
     @classmethod
-    def _readable(cls, path: Path | None) -> Path | None:
-        if path is not None and not path.is_file():
-            raise ValueError(f"{path} is not a readable file")
+    def _file_parses(cls, path: Path | None) -> Path | None:
+        if path is not None:
+            if not path.is_file():
+                raise ValueError(f"{path} is not a readable file")
+            parse_keys(path.read_text())
         return path
 
-    def key_tenants(self) -> dict[str, str]:
-        text = self.api_keys.replace(",", "\n")
-        if self.api_keys_file is not None:
-            text += "\n" + self.api_keys_file.read_text()
-        pairs = (line.strip().partition("=") for line in text.splitlines() if line.strip())
-        return {key.strip(): (tenant.strip() or "default") for key, _, tenant in pairs}
+    @field_validator("allow_anonymous")
+    @classmethod
+    def _keys_or_loopback(cls, allow: bool, info: ValidationInfo) -> bool:
+        keyed = bool(key_ring(info.data.get("api_keys", SecretStr("")), info.data.get("api_keys_file")))
+        host = info.data.get("host", "127.0.0.1")
+        if not allow and not keyed and not is_loopback(host):
+            raise ValueError(
+                f"no API keys configured and host {host} is not loopback: set EDGE_API_KEYS_FILE (or "
+                "EDGE_API_KEYS), or EDGE_ALLOW_ANONYMOUS=true to serve every caller as one anonymous tenant"
+            )
+        return allow
+
+    def key_ring(self) -> KeyRing:
+        return key_ring(self.api_keys, self.api_keys_file)
+
+
+def key_ring(api_keys: SecretStr, api_keys_file: Path | None) -> KeyRing:
+    text = api_keys.get_secret_value().replace(",", "\n")
+    if api_keys_file is not None:
+        text += "\n" + api_keys_file.read_text()
+    return parse_keys(text)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,10 +18,10 @@ import uvicorn
 import yaml
 
 from llmrouter.server import RunningServer, start_server
-from llmrouter.v1 import router_pb2_grpc
 from services import classifier, providers, router
 from services.classifier.settings import ClassifierSettings
 from services.edge.app import create_app
+from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
 from services.providers.settings import ProvidersSettings
 from services.router.settings import RouterSettings
@@ -65,9 +66,15 @@ def reply_or_silence(body: dict) -> str:
     return "" if SILENCE in json.dumps(body) else echo_reply(body)
 
 
+# Tenants of the keyed edge, one per test that needs its own budget or ledger records.
+TENANT_ROLES = ("spender", "poor", "leaver", "cut", "acme", "globex")
+
+
 @dataclass
 class Chain:
-    base_url: str  # the edge, ending in /v1
+    base_url: str  # the anonymous edge (every caller is tenant "default"), ending in /v1
+    keyed_url: str  # an edge with API keys, one per tenant in `keys`, ending in /v1
+    keys: dict[str, tuple[str, str]]  # role -> (tenant, API key); tenant names are unique to this session
     router_addr: str
     servers: dict[str, RunningServer]
     budget: FakeOpenAI
@@ -84,7 +91,7 @@ def free_port() -> int:
 
 async def start_edge(settings: EdgeSettings) -> tuple[uvicorn.Server, asyncio.Task[None], grpc.aio.Channel]:
     channel = grpc.aio.insecure_channel(settings.router_addr)
-    app = create_app(settings, router_pb2_grpc.RouterStub(channel))
+    app = create_app(settings, channel)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_config=None))
     task = asyncio.create_task(server.serve())
     while not server.started:
@@ -125,13 +132,32 @@ async def chain(
         router_addr = f"127.0.0.1:{servers['router'].port}"
         e_settings = EdgeSettings(port=free_port(), router_addr=router_addr, request_timeout_s=20)
         edge, edge_task, channel = await start_edge(e_settings)
+        session = secrets.token_hex(4)
+        keys = {role: (f"{role}-{session}", f"sk-{role}-{secrets.token_urlsafe(16)}=") for role in TENANT_ROLES}
+        k_settings = EdgeSettings(
+            port=free_port(),
+            router_addr=router_addr,
+            request_timeout_s=20,
+            api_keys=",".join(key_line(tenant, key) for tenant, key in keys.values()),
+        )
+        keyed, keyed_task, keyed_channel = await start_edge(k_settings)
         try:
             yield Chain(
-                f"http://127.0.0.1:{e_settings.port}/v1", router_addr, servers, budget, premium, path, session_redis_url
+                f"http://127.0.0.1:{e_settings.port}/v1",
+                f"http://127.0.0.1:{k_settings.port}/v1",
+                keys,
+                router_addr,
+                servers,
+                budget,
+                premium,
+                path,
+                session_redis_url,
             )
         finally:
-            edge.should_exit = True
+            edge.should_exit = keyed.should_exit = True
             await edge_task
+            await keyed_task
             await channel.close()
+            await keyed_channel.close()
             for name in ("router", "providers", "classifier"):
                 await servers[name].stop(1)

@@ -266,7 +266,7 @@ async def test_edge_refused_by_the_router_is_a_gateway_error(secured: Secured, r
     """An edge whose certificate the router does not accept: the deployment's fault (502), not the caller's."""
     settings = EdgeSettings(router_addr=secured.router_addr, tls_dir=secured.certs["mallory"])
     async with open_channel(secured.router_addr, settings) as channel:
-        app = create_app(settings, router_pb2_grpc.RouterStub(channel))
+        app = create_app(settings, channel)
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://edge") as http:
             body = {"model": "cheap-model", "messages": [{"role": "user", "content": "Hi"}]}
             reply = await http.post("/v1/chat/completions", json=body)

@@ -22,10 +22,11 @@ from services.router.store import LEDGER
 from tests.integration.conftest import Chain
 
 
-def client(chain: Chain, tenant: str = "default") -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(
-        base_url=chain.base_url, api_key="sk-test", max_retries=0, default_headers={"x-router-tenant": tenant}
-    )
+def client(chain: Chain, role: str | None = None) -> openai.AsyncOpenAI:
+    """The anonymous edge (tenant "default"), or the keyed edge as the tenant of `role`."""
+    if role is None:
+        return openai.AsyncOpenAI(base_url=chain.base_url, api_key="sk-test", max_retries=0)
+    return openai.AsyncOpenAI(base_url=chain.keyed_url, api_key=chain.keys[role][1], max_retries=0)
 
 
 def expected_cost(chain: Chain, model: str, usage: dict[str, int]) -> Decimal:
@@ -118,8 +119,8 @@ async def test_cache_serves_a_repeat_for_free(chain: Chain) -> None:
 
 
 async def test_every_served_request_is_charged_once_under_concurrency(chain: Chain) -> None:
-    tenant = f"t-{uuid.uuid4().hex[:8]}"
-    sdk = client(chain, tenant)
+    tenant = chain.keys["spender"][0]
+    sdk = client(chain, "spender")
 
     async def plain(i: int) -> Decimal:
         raw = await sdk.chat.completions.with_raw_response.create(
@@ -155,12 +156,12 @@ async def test_every_served_request_is_charged_once_under_concurrency(chain: Cha
 
 
 async def test_spent_budget_is_refused_with_429(chain: Chain) -> None:
-    tenant = f"poor-{uuid.uuid4().hex[:8]}"
+    tenant = chain.keys["poor"][0]
     db = redis.from_url(chain.redis_url)
     await db.set(f"llmrouter:limit:tenant:{tenant}", 1)  # one pico-dollar: not enough for any answer
     await db.aclose()
     with pytest.raises(openai.RateLimitError) as err:
-        await client(chain, tenant).chat.completions.create(
+        await client(chain, "poor").chat.completions.create(
             model="auto", messages=[{"role": "user", "content": unique("first")}]
         )
     assert err.value.code == "insufficient_quota"

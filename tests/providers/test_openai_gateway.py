@@ -158,3 +158,20 @@ async def test_key_from_a_mounted_secret_file(
     ) as stub:
         assert (await stub.Generate(request("cheap"))).content
     assert openai_fake.requests[-1].headers["authorization"] == "Bearer sk-from-file-42"
+
+
+async def test_only_price_neutral_passthrough_reaches_the_upstream(stub, openai_fake: FakeOpenAI) -> None:
+    """Defence in depth for direct gRPC callers: fields that change the price or retention are not forwarded."""
+    passthrough = {
+        "top_p": 0.5,
+        "seed": 3,
+        "service_tier": "priority",
+        "store": True,
+        "n": 4,
+        "prediction": {"type": "content", "content": "x"},
+        "modalities": ["text", "audio"],
+    }
+    await stub.Generate(request("cheap", passthrough_json=json.dumps(passthrough)))
+    body = openai_fake.requests[-1].json
+    assert (body["top_p"], body["seed"]) == (0.5, 3)
+    assert not {"service_tier", "store", "n", "prediction", "modalities"} & set(body)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from typing import Any
 
+from llmrouter.passthrough import PASSTHROUGH_FIELDS
 from llmrouter.registry import ProviderSpec
 from services.providers.gateways.base import Completion, Message, StreamEvent, UpstreamError, UpstreamRequest
 from services.providers.gateways.http import loads, make_client, post_json, post_sse
@@ -82,8 +83,11 @@ def _add_fragment(calls: dict[int, dict[str, Any]], fragment: Any) -> None:
 
 def _body(request: UpstreamRequest) -> dict[str, Any]:
     messages = [_message(m) for m in request.messages]
-    # Passthrough fields first: they may add tools or response_format, never replace model or messages.
-    body: dict[str, Any] = {**request.passthrough, "model": request.model, "messages": messages}
+    # Only the allowlisted passthrough fields, whoever sent the request: one that changes the price (service_tier,
+    # store, n, ...) would be billed by the provider beyond what the registry charges. They come first: they may
+    # add tools or response_format, never replace model or messages.
+    passthrough = {k: v for k, v in request.passthrough.items() if k in PASSTHROUGH_FIELDS}
+    body: dict[str, Any] = {**passthrough, "model": request.model, "messages": messages}
     if request.max_tokens is not None:
         body["max_tokens"] = request.max_tokens
     if request.temperature is not None:

@@ -1,0 +1,78 @@
+"""Client API keys: which tenant a bearer key belongs to.
+
+The edge stores SHA-256 digests, never keys: one entry per line (or comma-separated in EDGE_API_KEYS),
+`<tenant> <sha256 hex of the key>`, `#` starts a comment. Neither part can contain a separator, so the
+format holds for any key (base64 padding `=`, commas, spaces). `python -m services.edge.keys TENANT` reads a key
+on stdin and prints its line."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import sys
+
+TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+DIGEST = re.compile(r"[0-9a-fA-F]{64}")
+EMPTY_KEY_DIGEST = hashlib.sha256(b"").hexdigest()
+
+
+def digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+class KeyRing:
+    """Tenants by key digest. Lookups compare the presented key's digest with every entry in constant time."""
+
+    def __init__(self, entries: list[tuple[bytes, str]]) -> None:
+        self.entries = entries
+
+    def __bool__(self) -> bool:
+        return bool(self.entries)
+
+    def tenant_for(self, key: str) -> str | None:
+        if not key:
+            return None
+        presented = digest(key)
+        found = None
+        for known, tenant in self.entries:  # no early exit: the time does not depend on which entry matched
+            if hmac.compare_digest(presented, known):
+                found = tenant
+        return found
+
+
+def parse_keys(text: str) -> KeyRing:
+    """One entry per line; raises ValueError naming the line (1-based) that is not `<tenant> <sha256 hex>`."""
+    by_digest: dict[bytes, str] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.split()
+        if len(parts) != 2 or not TENANT.fullmatch(parts[0]) or not DIGEST.fullmatch(parts[1]):
+            raise ValueError(f"line {number} is not '<tenant> <sha256 hex of the key>'")
+        tenant, hex_digest = parts[0], parts[1].lower()
+        if hex_digest == EMPTY_KEY_DIGEST:
+            raise ValueError(f"line {number} is the digest of the empty key")
+        known = bytes.fromhex(hex_digest)
+        if by_digest.get(known, tenant) != tenant:
+            raise ValueError(f"line {number} gives a key already given to another tenant")
+        by_digest[known] = tenant
+    return KeyRing(list(by_digest.items()))
+
+
+def key_line(tenant: str, key: str) -> str:
+    if not TENANT.fullmatch(tenant):
+        raise ValueError("a tenant is 1-128 letters, digits, '_', '.' or '-', starting with a letter or digit")
+    if not key:
+        raise ValueError("the key is empty")
+    return f"{tenant} {digest(key).hex()}"
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m services.edge.keys TENANT < key")
+    try:
+        print(key_line(sys.argv[1], sys.stdin.read().strip()))
+    except ValueError as exc:
+        sys.exit(str(exc))

@@ -1,0 +1,131 @@
+"""API keys at the edge: the key file holds digests in an unambiguous format, lookups are constant time, and an
+edge on a public address never starts open to everyone by accident."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import subprocess
+import sys
+
+import pytest
+from pydantic import ValidationError
+
+from llmrouter.settings import load_settings
+from services.edge import keys
+from services.edge.keys import key_line, parse_keys
+from services.edge.settings import EdgeSettings
+from tests.conftest import ROOT
+
+ODD_KEYS = ["c2stYWNtZQ==", "a,b=c", "=acme", "k#not-a-comment", "ключ-ü"]
+
+
+def test_any_key_resolves_to_its_tenant_padding_commas_and_all() -> None:
+    ring = parse_keys("\n".join(key_line(f"t{i}", key) for i, key in enumerate(ODD_KEYS)))
+    for i, key in enumerate(ODD_KEYS):
+        assert ring.tenant_for(key) == f"t{i}"
+    assert ring.tenant_for("c2stYWNtZQ") is None  # the key without its padding is another key
+    assert ring.tenant_for("acme") is None
+
+
+def test_the_file_holds_digests_not_keys() -> None:
+    line = key_line("acme", "sk-secret=")
+    assert "sk-secret" not in line
+    assert line == f"acme {hashlib.sha256(b'sk-secret=').hexdigest()}"
+
+
+def test_empty_key_is_refused_everywhere() -> None:
+    with pytest.raises(ValueError, match="empty key"):
+        parse_keys(f"acme {hashlib.sha256(b'').hexdigest()}")
+    with pytest.raises(ValueError, match="empty"):
+        key_line("acme", "")
+    assert parse_keys(key_line("acme", "sk-a")).tenant_for("") is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "sk-good=acme",  # the old key=tenant format: ambiguous, refused rather than guessed
+        "acme sk-raw-key-instead-of-a-digest",
+        f"acme {'ab' * 31}",  # a digest too short
+        f"Acme Corp {'ab' * 32}",
+        f"-acme {'ab' * 32}",
+    ],
+)
+def test_a_malformed_line_is_refused_naming_it(text: str) -> None:
+    with pytest.raises(ValueError, match="line 2 is not"):
+        parse_keys(f"# keys\n{text}\n")
+
+
+def test_one_key_for_two_tenants_is_refused() -> None:
+    with pytest.raises(ValueError, match="another tenant"):
+        parse_keys(f"{key_line('acme', 'sk-a')}\n{key_line('globex', 'sk-a')}")
+
+
+def test_lookup_compares_the_digest_with_every_entry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Constant time: one compare_digest per entry whether the key is first, last or unknown, over digests (the
+    raw key is never compared or used as a dict key)."""
+    ring = parse_keys("\n".join(key_line(f"t{i}", f"sk-{i}") for i in range(5)))
+    compared: list[tuple[bytes, bytes]] = []
+    real = hmac.compare_digest
+
+    def counting(a: bytes, b: bytes) -> bool:
+        compared.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(keys.hmac, "compare_digest", counting)
+    for key, tenant in (("sk-0", "t0"), ("sk-4", "t4"), ("sk-unknown", None)):
+        compared.clear()
+        assert ring.tenant_for(key) == tenant
+        assert len(compared) == 5
+        assert all(a == hashlib.sha256(key.encode()).digest() and len(b) == 32 for a, b in compared)
+
+
+def test_keys_from_the_variable_and_the_file_add_up(tmp_path) -> None:
+    path = tmp_path / "keys"
+    path.write_text(f"# tenant digest\n{key_line('globex', 'sk-g=')}\n")
+    settings = EdgeSettings(api_keys=f"{key_line('acme', 'sk-a==')},{key_line('initech', 'sk-i')}", api_keys_file=path)
+    ring = settings.key_ring()
+    assert [ring.tenant_for(k) for k in ("sk-a==", "sk-i", "sk-g=")] == ["acme", "initech", "globex"]
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "10.1.2.3", "::", "edge.internal"])
+def test_a_public_edge_without_keys_refuses_to_start(host: str) -> None:
+    with pytest.raises(ValidationError, match="EDGE_ALLOW_ANONYMOUS=true"):
+        EdgeSettings(host=host)
+    assert EdgeSettings(host=host, allow_anonymous=True).allow_anonymous
+    assert EdgeSettings(host=host, api_keys=key_line("acme", "sk-a")).key_ring()
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])
+def test_a_loopback_edge_may_serve_anonymously(host: str) -> None:
+    assert not EdgeSettings(host=host).key_ring()
+
+
+def test_the_refusal_is_one_clear_line_at_start(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.setenv("EDGE_HOST", "0.0.0.0")
+    with pytest.raises(SystemExit):
+        load_settings(EdgeSettings)
+    err = capsys.readouterr().err
+    assert "EDGE_ALLOW_ANONYMOUS" in err and "not loopback" in err
+
+
+def test_the_key_tool_prints_the_line_to_store() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "services.edge.keys", "acme"],
+        input="sk-new-key==\n",
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+    )
+    assert parse_keys(result.stdout).tenant_for("sk-new-key==") == "acme"
+
+
+def test_a_key_in_the_old_format_is_refused_without_echoing_it(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.setenv("EDGE_API_KEYS", "sk-live-secret=acme")
+    with pytest.raises(SystemExit):
+        load_settings(EdgeSettings)
+    err = capsys.readouterr().err
+    assert "EDGE_API_KEYS" in err and "line 1 is not '<tenant> <sha256 hex of the key>'" in err
+    assert "sk-live-secret" not in err

@@ -1,0 +1,311 @@
+"""The edge against hostile callers and faults: no caller chooses its tenant, only price-neutral fields reach a
+provider, malformed bodies are 400s, provider error text stays in the logs, and a router outage is a 503 the
+readiness endpoint reports."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import grpc
+import httpx
+import openai
+import pytest
+import redis.asyncio as redis
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from prometheus_client import REGISTRY
+
+from llmrouter.passthrough import PASSTHROUGH_FIELDS
+from llmrouter.v1 import router_pb2, router_pb2_grpc
+from services.edge.openai_api import PRICED
+from services.edge.settings import EdgeSettings
+from services.router.store import LEDGER
+from tests.fakes.server import Fault
+from tests.integration.conftest import Chain, free_port, start_edge
+
+SECRET = "org-Zq81SecretOrganisation"  # what a provider's error text may carry
+
+
+def ask(text: str = "", **fields: object) -> dict:
+    return {"messages": [{"role": "user", "content": text or uuid.uuid4().hex}], "quality_target": 0, **fields}
+
+
+async def record_of(chain: Chain, request_id: str) -> dict:
+    db = redis.from_url(chain.redis_url)
+    try:
+        for _ in range(100):
+            for _, entry in await db.xrange(LEDGER):
+                if (record := json.loads(entry[b"record"]))["request_id"] == request_id:
+                    return record
+            await asyncio.sleep(0.05)
+    finally:
+        await db.aclose()
+    raise AssertionError(f"no ledger record for {request_id}")
+
+
+async def test_without_keys_every_caller_is_the_anonymous_tenant(chain: Chain) -> None:
+    """A spoofed tenant header chooses nothing, and a made-up bearer string is not a fresh per-key allowance."""
+    victim = f"victim-{uuid.uuid4().hex[:8]}"
+    async with httpx.AsyncClient(timeout=30) as http:
+        reply = await http.post(
+            f"{chain.base_url}/chat/completions",
+            json=ask(),
+            headers={"x-router-tenant": victim, "authorization": f"Bearer sk-fresh-{uuid.uuid4().hex}"},
+        )
+    assert reply.status_code == 200, reply.text
+    record = await record_of(chain, reply.headers["x-request-id"])
+    assert (record["tenant"], record["key"]) == ("default", "anonymous")
+    db = redis.from_url(chain.redis_url)
+    try:
+        assert await db.keys(f"llmrouter:*{victim}*") == []
+    finally:
+        await db.aclose()
+
+
+async def test_with_keys_the_key_alone_names_the_tenant(chain: Chain) -> None:
+    tenant, key = chain.keys["acme"]
+    assert key.endswith("=")  # base64 padding is part of the key
+    async with httpx.AsyncClient(timeout=30) as http:
+        url = f"{chain.keyed_url}/chat/completions"
+        spoofed = {"authorization": f"Bearer {key}", "x-router-tenant": chain.keys["globex"][0]}
+        reply = await http.post(url, json=ask(), headers=spoofed)
+        assert reply.status_code == 200, reply.text
+        assert (await record_of(chain, reply.headers["x-request-id"]))["tenant"] == tenant
+        for auth in (None, "Bearer", f"Bearer {key.rstrip('=')}", f"Bearer {key}x", key, f"Basic {key}"):
+            headers = {"authorization": auth} if auth is not None else {}
+            refused = await http.post(url, json=ask(), headers={**headers, "x-router-tenant": tenant})
+            assert refused.status_code == 401, auth
+            assert refused.json()["error"] == {
+                "message": "invalid API key",
+                "type": "authentication_error",
+                "param": None,
+                "code": "invalid_api_key",
+            }
+        assert (await http.get(f"{chain.keyed_url}/models")).status_code == 401
+
+
+@pytest.mark.parametrize("field", sorted(PRICED))
+async def test_a_price_changing_field_is_refused_naming_it(chain: Chain, field: str) -> None:
+    sent = len(chain.budget.requests) + len(chain.premium.requests)
+    async with httpx.AsyncClient(timeout=30) as http:
+        reply = await http.post(f"{chain.base_url}/chat/completions", json=ask(**{field: "priority"}))
+    assert reply.status_code == 400
+    error = reply.json()["error"]
+    assert (error["param"], error["code"], error["type"]) == (field, "unsupported_parameter", "invalid_request_error")
+    assert field in error["message"]
+    assert len(chain.budget.requests) + len(chain.premium.requests) == sent  # nothing reached a provider
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [({"n": 2}, "n"), ({"functions": []}, "functions"), ({"frobnicate": 1}, "frobnicate")],
+)
+async def test_more_choices_and_unknown_fields_are_refused(chain: Chain, fields: dict, param: str) -> None:
+    async with httpx.AsyncClient(timeout=30) as http:
+        reply = await http.post(f"{chain.base_url}/chat/completions", json=ask(**fields))
+    assert reply.status_code == 400 and reply.json()["error"]["param"] == param
+
+
+async def test_the_sdk_still_works_and_price_neutral_fields_reach_the_provider(chain: Chain) -> None:
+    sdk = openai.AsyncOpenAI(base_url=chain.base_url, api_key="unused", max_retries=0)
+    neutral = {
+        "top_p": 0.5,
+        "seed": 7,
+        "stop": ["\n\n"],
+        "user": "end-user-1",
+        "safety_identifier": "hashed-end-user",
+        "presence_penalty": 0.1,
+        "frequency_penalty": 0.2,
+        "logit_bias": {"50256": -100},
+        "response_format": {"type": "text"},
+    }
+    completion = await sdk.chat.completions.create(
+        model="cheap-model", messages=[{"role": "user", "content": uuid.uuid4().hex}], n=1, **neutral
+    )
+    assert completion.choices[0].message.content
+    sent = chain.budget.requests[-1].json
+    assert {k: sent[k] for k in neutral} == neutral
+    assert set(sent) - {"model", "messages", "max_tokens"} <= PASSTHROUGH_FIELDS
+    with pytest.raises(openai.BadRequestError) as err:
+        await sdk.chat.completions.create(
+            model="auto", messages=[{"role": "user", "content": "hi"}], service_tier="priority"
+        )
+    assert err.value.param == "service_tier"
+
+
+DEEP = b'{"messages": [{"role": "user", "content": "x"}], "stop": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+BAD_BODIES = [
+    ("nesting past the interpreter's recursion limit", DEEP),
+    (
+        "nesting past the edge's limit",
+        b'{"messages": [{"role": "user", "content": "x"}], "tools": ' + b"[" * 65 + b"]" * 65 + b"}",
+    ),
+    ("lone surrogate escaped in content", b'{"messages": [{"role": "user", "content": "a\\ud800b"}]}'),
+    ("lone low surrogate escaped", b'{"messages": [{"role": "user", "content": "\\udc00"}]}'),
+    ("lone surrogate in a key", b'{"messages": [{"role": "user", "content": "x", "\\ud800": 1}]}'),
+    ("lone surrogate in a passthrough value", b'{"messages": [{"role": "user", "content": "x"}], "user": "\\ud800"}'),
+    ("surrogate encoded as UTF-8 bytes", b'{"messages": [{"role": "user", "content": "\xed\xa0\x80"}]}'),
+    ("NaN", b'{"messages": [{"role": "user", "content": "x"}], "top_p": NaN}'),
+    ("a 5000-digit integer", b'{"messages": [{"role": "user", "content": "x"}], "seed": ' + b"9" * 5000 + b"}"),
+]
+
+
+@pytest.mark.parametrize("body", [b for _, b in BAD_BODIES], ids=[n for n, _ in BAD_BODIES])
+async def test_malformed_bodies_are_400s_not_500s(chain: Chain, body: bytes) -> None:
+    async with httpx.AsyncClient(timeout=30) as http:
+        reply = await http.post(f"{chain.base_url}/chat/completions", content=body)
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["error"]["type"] == "invalid_request_error"
+
+
+async def test_a_surrogate_pair_is_fine(chain: Chain) -> None:
+    body = b'{"messages": [{"role": "user", "content": "smile \\ud83d\\ude00 ' + uuid.uuid4().hex.encode() + b'"}]}'
+    async with httpx.AsyncClient(timeout=30) as http:
+        reply = await http.post(f"{chain.base_url}/chat/completions", content=body)
+    assert reply.status_code == 200, reply.text
+
+
+@pytest.mark.parametrize(
+    ("faults", "status"),
+    [([Fault.error(400, message=f"bad schema for {SECRET}")], 400), ([Fault.error(500, message=SECRET)] * 2, 502)],
+    ids=["provider 400", "provider 500"],
+)
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+async def test_provider_error_text_is_not_echoed(chain: Chain, faults: list, status: int, stream: bool) -> None:
+    chain.budget.enqueue(*faults)
+    try:
+        async with httpx.AsyncClient(timeout=30) as http:
+            body = {"model": "cheap-model", **ask(stream=stream)}
+            reply = await http.post(f"{chain.base_url}/chat/completions", json=body)
+    finally:
+        chain.budget.faults.clear()
+    assert reply.status_code in (status, 503), reply.text
+    assert SECRET not in reply.text and "fake upstream" not in reply.text
+    error = reply.json()["error"]
+    assert "request id" in error["message"] and error["type"]
+
+
+async def test_router_down_is_a_503_with_retry_after_and_not_ready(chain: Chain) -> None:
+    dead = f"127.0.0.1:{free_port()}"  # nothing listens there
+    settings = EdgeSettings(port=free_port(), router_addr=dead, request_timeout_s=5)
+    server, task, channel = await start_edge(settings)
+    base = f"http://127.0.0.1:{settings.port}"
+    try:
+        async with httpx.AsyncClient(timeout=30) as http:
+            for stream in (False, True):
+                reply = await http.post(f"{base}/v1/chat/completions", json=ask(stream=stream))
+                assert reply.status_code == 503, reply.text
+                assert int(reply.headers["retry-after"]) >= 1
+                assert reply.json()["error"]["type"] == "api_error"
+                assert dead not in reply.text and "127.0.0.1" not in reply.text
+            models = await http.get(f"{base}/v1/models")
+            assert models.status_code == 503 and dead not in models.text
+            assert (await http.get(f"{base}/healthz")).status_code == 200  # alive, only not ready
+            ready = await http.get(f"{base}/readyz")
+            assert ready.status_code == 503 and ready.json()["status"] == "not ready"
+            assert dead not in ready.text
+            assert (await http.get(chain.base_url.removesuffix("/v1") + "/readyz")).json() == {"status": "ready"}
+    finally:
+        server.should_exit = True
+        await task
+        await channel.close()
+
+
+def edge_status_count(status: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "llmrouter_edge_http_requests_total", {"route": "/v1/chat/completions", "status": status}
+    )
+    return value or 0.0
+
+
+async def raw_exchange(base_url: str, head: bytes, body: bytes, close_early: bool = False) -> bytes:
+    """One HTTP/1.1 request written byte for byte (clients will not send a lying content-length)."""
+    host, port = base_url.removeprefix("http://").split("/")[0].split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: edge\r\nconnection: close\r\n" + head + b"\r\n" + body
+        )
+        await writer.drain()
+        if close_early:
+            writer.write_eof()
+        return await asyncio.wait_for(reader.read(), timeout=20)
+    finally:
+        writer.close()
+
+
+GOOD_BODY = json.dumps(ask("hello there")).encode()
+
+
+@pytest.mark.parametrize(
+    ("head", "body", "status"),
+    [
+        (b"content-length: 99999999999\r\n", GOOD_BODY, b"413"),
+        (f"content-length: {len(GOOD_BODY) - 5}\r\n".encode(), GOOD_BODY, b"400"),  # the body read is cut short
+        (b"content-length: abc\r\n", GOOD_BODY, b"400"),
+        (b"content-length: -1\r\n", GOOD_BODY, b"400"),
+        (b"content-length: \xb2\r\n", GOOD_BODY, b"400"),
+    ],
+    ids=["over the limit", "shorter than the body", "not a number", "negative", "a superscript digit"],
+)
+async def test_a_lying_content_length_is_a_4xx(chain: Chain, head: bytes, body: bytes, status: bytes) -> None:
+    reply = await raw_exchange(chain.base_url, head, body)
+    assert reply.split(b" ", 2)[1] == status, reply[:300]
+
+
+async def test_a_body_cut_short_by_the_client_is_not_a_500(chain: Chain) -> None:
+    before = edge_status_count("500")
+    await raw_exchange(chain.base_url, b"content-length: 1000\r\n", GOOD_BODY, close_early=True)
+    await asyncio.sleep(0.2)
+    assert edge_status_count("500") == before
+
+
+class RefusingRouter(router_pb2_grpc.RouterServicer):
+    """A router that refuses the edge's own credentials, naming an internal address as interceptors may."""
+
+    async def Complete(self, request: router_pb2.CompleteRequest, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no client certificate from 10.1.2.3:50999")
+
+
+async def test_router_refusing_the_edges_credentials_is_a_502_not_the_callers_401() -> None:
+    server = grpc.aio.server()
+    router_pb2_grpc.add_RouterServicer_to_server(RefusingRouter(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    settings = EdgeSettings(port=free_port(), router_addr=f"127.0.0.1:{port}", request_timeout_s=5)
+    edge, task, channel = await start_edge(settings)
+    try:
+        async with httpx.AsyncClient(timeout=30) as http:
+            reply = await http.post(f"http://127.0.0.1:{settings.port}/v1/chat/completions", json=ask())
+        assert reply.status_code == 502, reply.text
+        assert "10.1.2.3" not in reply.text and "request id" in reply.json()["error"]["message"]
+    finally:
+        edge.should_exit = True
+        await task
+        await channel.close()
+        await server.stop(None)
+
+
+async def test_readiness_follows_the_routers_health_status() -> None:
+    """A router that answers but drains (NOT_SERVING) makes the edge not ready; SERVING makes it ready."""
+    server = grpc.aio.server()
+    status = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(status, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    settings = EdgeSettings(port=free_port(), router_addr=f"127.0.0.1:{port}")
+    edge, task, channel = await start_edge(settings)
+    url = f"http://127.0.0.1:{settings.port}/readyz"
+    try:
+        async with httpx.AsyncClient(timeout=30) as http:
+            assert (await http.get(url)).status_code == 503  # the Router service is not registered yet
+            await status.set("llmrouter.v1.Router", health_pb2.HealthCheckResponse.SERVING)
+            assert (await http.get(url)).status_code == 200
+            await status.set("llmrouter.v1.Router", health_pb2.HealthCheckResponse.NOT_SERVING)
+            assert (await http.get(url)).status_code == 503
+    finally:
+        edge.should_exit = True
+        await task
+        await channel.close()
+        await server.stop(None)
