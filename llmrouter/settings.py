@@ -103,6 +103,7 @@ def is_loopback(host: str) -> bool:
 
 
 S = TypeVar("S", bound=BaseSettings)
+SECRET_WORDS = {"key", "keys", "secret", "token", "tokens", "password"}
 
 
 def load_settings(cls: type[S]) -> S:
@@ -116,6 +117,8 @@ def load_settings(cls: type[S]) -> S:
             field = ".".join(str(p) for p in err["loc"])
             if not field:  # a rule across settings: its input is all of them, secrets included
                 lines.append(f"  {prefix}*: {err['msg']}")
+            elif SECRET_WORDS & set(field.lower().split("_")):  # never echo a credential, however malformed
+                lines.append(f"  {prefix}{field.upper()}: {err['msg']}")
             else:
                 lines.append(f"  {prefix}{field.upper()}: {err['msg']} (got {err.get('input')!r})")
         print("\n".join(lines), file=sys.stderr)
