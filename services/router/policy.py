@@ -74,27 +74,26 @@ def evaluate(models: Sequence[ModelSpec], scores: Mapping[str, float] | None, li
 
 
 def plan(registry: Registry, options: list[Option], limits: Limits, classified: bool) -> Plan:
-    """Cheapest model predicted to meet the target; if none does, the best predicted one. Without the
-    classifier, the strongest tier within limits: quality is kept, savings are not."""
+    """The cheapest model predicted to reach `quality_target` of the best candidate's predicted quality. The
+    target is relative, so a prompt the classifier reads poorly (every prediction low) still goes to a cheap
+    model that is about as good as any, never to the priciest by default. Without the classifier, the
+    strongest tier within limits: quality is kept, savings are not."""
     within = [o for o in options if not o.excluded]
     if not within:
         raise _nothing_fits(options)
-    by_cost = sorted(within, key=lambda o: (o.cost, -o.quality))
-    meeting = [o for o in by_cost if o.quality >= limits.quality_target]
-    below = sorted((o for o in within if o.quality < limits.quality_target), key=lambda o: (-o.quality, o.cost))
     if not classified:
         order = sorted(within, key=lambda o: (-registry.tier_rank(o.model), o.cost))
         return Plan(options, order, "classifier_unavailable", "classifier unavailable: strongest tier within limits")
-    if meeting:
-        first = meeting[0]
-        reason = (
-            f"cheapest of {len(meeting)} model(s) predicted to meet quality {limits.quality_target:.2f} "
-            f"(predicted {first.quality:.2f}, est. ${first.cost})"
-        )
-        return Plan(options, meeting + below, "cheapest_meeting_target", reason)
-    first = below[0]
-    reason = f"no model predicted to meet quality {limits.quality_target:.2f}; best predicted ({first.quality:.2f})"
-    return Plan(options, below, "best_below_target", reason)
+    best = max(within, key=lambda o: (o.quality, -o.cost))
+    bar = min(limits.quality_target * best.quality, best.quality)  # the best meets it, even unknown (-1)
+    meeting = sorted((o for o in within if o.quality >= bar), key=lambda o: (o.cost, -o.quality))
+    below = sorted((o for o in within if o.quality < bar), key=lambda o: (-o.quality, o.cost))
+    first = meeting[0]
+    reason = (
+        f"cheapest model predicted within {limits.quality_target:.2f} of the best "
+        f"({best.model.name} {best.quality:.2f}): predicted {first.quality:.2f}, est. ${first.cost}"
+    )
+    return Plan(options, meeting + below, "cheapest_near_best", reason)
 
 
 def explicit(options: list[Option], name: str) -> Plan:

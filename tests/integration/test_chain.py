@@ -88,9 +88,9 @@ async def test_quality_target_trades_cost_for_quality(chain: Chain) -> None:
     messages = [common_pb2.ChatMessage(role="user", content="Prove that there are infinitely many primes.")]
     low = await stub.Decide(router_pb2.CompleteRequest(messages=messages, quality_target=0.0))
     high = await stub.Decide(router_pb2.CompleteRequest(messages=messages, quality_target=1.0))
-    assert low.model == "cheap-model"  # every model meets 0: the cheapest wins
+    assert low.model == "cheap-model"  # every model reaches 0 x the best: the cheapest wins
     qualities = {c.model: c.predicted_quality for c in high.candidates}
-    assert high.model == max(qualities, key=qualities.__getitem__)  # none meets 1: the best predicted
+    assert high.model == max(qualities, key=qualities.__getitem__)  # only the best reaches 1 x the best
     assert 0 < qualities["cheap-model"] < 1 and high.classifier_version
 
 

@@ -98,7 +98,7 @@ async def test_metrics_account_for_cost_and_savings(chain: Chain, stub: router_p
         "cost": sample("llmrouter_router_cost_usd_total", model="cheap-model"),
         "baseline": sample("llmrouter_router_baseline_cost_usd_total"),
         "requests": sample(
-            "llmrouter_router_requests_total", model="cheap-model", reason="cheapest_meeting_target", outcome="ok"
+            "llmrouter_router_requests_total", model="cheap-model", reason="cheapest_near_best", outcome="ok"
         ),
         "rpcs": sample("llmrouter_grpc_requests_total", service="router", method="Complete", code="OK"),
     }
@@ -109,7 +109,7 @@ async def test_metrics_account_for_cost_and_savings(chain: Chain, stub: router_p
     baseline = sample("llmrouter_router_baseline_cost_usd_total") - before["baseline"]
     assert baseline > cost  # the strong model would have cost more: the difference is the saving
     assert (
-        sample("llmrouter_router_requests_total", model="cheap-model", reason="cheapest_meeting_target", outcome="ok")
+        sample("llmrouter_router_requests_total", model="cheap-model", reason="cheapest_near_best", outcome="ok")
         == before["requests"] + 1
     )
     assert sample("llmrouter_grpc_requests_total", service="router", method="Complete", code="OK") == before["rpcs"] + 1
