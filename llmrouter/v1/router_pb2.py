@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from llmrouter.v1 import common_pb2 as llmrouter_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19llmrouter/v1/router.proto\x12\x0cllmrouter.v1\x1a\x19llmrouter/v1/common.proto\"\xf8\x02\n\x0f\x43ompleteRequest\x12+\n\x08messages\x18\x01 \x03(\x0b\x32\x19.llmrouter.v1.ChatMessage\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x0f\n\x07\x61pi_key\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x1b\n\x0equality_target\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x14\n\x0cmax_cost_usd\x18\x06 \x01(\t\x12\x1b\n\x0emax_latency_ms\x18\x07 \x01(\x03H\x01\x88\x01\x01\x12\x12\n\nsession_id\x18\x08 \x01(\t\x12\x17\n\nmax_tokens\x18\t \x01(\x03H\x02\x88\x01\x01\x12\x18\n\x0btemperature\x18\n \x01(\x01H\x03\x88\x01\x01\x12\x12\n\nrequest_id\x18\x0b \x01(\t\x12\x18\n\x10passthrough_json\x18\x0c \x01(\tB\x11\n\x0f_quality_targetB\x11\n\x0f_max_latency_msB\r\n\x0b_max_tokensB\x0e\n\x0c_temperature\"}\n\tCandidate\x12\r\n\x05model\x18\x01 \x01(\t\x12\x19\n\x11predicted_quality\x18\x02 \x01(\x01\x12\x1a\n\x12\x65stimated_cost_usd\x18\x03 \x01(\t\x12\x10\n\x08\x65ligible\x18\x04 \x01(\x08\x12\x18\n\x10\x65xcluded_because\x18\x05 \x01(\t\"\xc0\x01\n\x08\x44\x65\x63ision\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12+\n\ncandidates\x18\x03 \x03(\x0b\x32\x17.llmrouter.v1.Candidate\x12\x16\n\x0equality_target\x18\x04 \x01(\x01\x12\x1a\n\x12\x63lassifier_version\x18\x05 \x01(\t\x12\x1e\n\x11max_tokens_capped\x18\x06 \x01(\x03H\x00\x88\x01\x01\x42\x14\n\x12_max_tokens_capped\"\xab\x02\n\x10\x43ompleteResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x10\n\x08provider\x18\x04 \x01(\t\x12\"\n\x05usage\x18\x05 \x01(\x0b\x32\x13.llmrouter.v1.Usage\x12\x10\n\x08\x63ost_usd\x18\x06 \x01(\t\x12\x12\n\nlatency_ms\x18\x07 \x01(\x03\x12(\n\x08\x64\x65\x63ision\x18\x08 \x01(\x0b\x32\x16.llmrouter.v1.Decision\x12\x11\n\tcache_hit\x18\t \x01(\x08\x12\x11\n\tescalated\x18\n \x01(\x08\x12\x0f\n\x07retries\x18\x0b \x01(\x03\x12\x15\n\rfinish_reason\x18\x0c \x01(\t\x12\x17\n\x0ftool_calls_json\x18\r \x01(\t\"\x85\x01\n\rCompleteChunk\x12*\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x16.llmrouter.v1.DecisionH\x00\x12\x0f\n\x05\x64\x65lta\x18\x02 \x01(\tH\x00\x12/\n\x05\x66inal\x18\x03 \x01(\x0b\x32\x1e.llmrouter.v1.CompleteResponseH\x00\x42\x06\n\x04kind2\xb5\x02\n\x06Router\x12I\n\x08\x43omplete\x12\x1d.llmrouter.v1.CompleteRequest\x1a\x1e.llmrouter.v1.CompleteResponse\x12N\n\x0e\x43ompleteStream\x12\x1d.llmrouter.v1.CompleteRequest\x1a\x1b.llmrouter.v1.CompleteChunk0\x01\x12?\n\x06\x44\x65\x63ide\x12\x1d.llmrouter.v1.CompleteRequest\x1a\x16.llmrouter.v1.Decision\x12O\n\nListModels\x12\x1f.llmrouter.v1.ListModelsRequest\x1a .llmrouter.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19llmrouter/v1/router.proto\x12\x0cllmrouter.v1\x1a\x19llmrouter/v1/common.proto\"\xa4\x03\n\x0f\x43ompleteRequest\x12+\n\x08messages\x18\x01 \x03(\x0b\x32\x19.llmrouter.v1.ChatMessage\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x0f\n\x07\x61pi_key\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x1b\n\x0equality_target\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x14\n\x0cmax_cost_usd\x18\x06 \x01(\t\x12\x1b\n\x0emax_latency_ms\x18\x07 \x01(\x03H\x01\x88\x01\x01\x12\x12\n\nsession_id\x18\x08 \x01(\t\x12\x17\n\nmax_tokens\x18\t \x01(\x03H\x02\x88\x01\x01\x12\x18\n\x0btemperature\x18\n \x01(\x01H\x03\x88\x01\x01\x12\x12\n\nrequest_id\x18\x0b \x01(\t\x12\x18\n\x10passthrough_json\x18\x0c \x01(\t\x12\x19\n\x0cstrong_share\x18\r \x01(\x01H\x04\x88\x01\x01\x42\x11\n\x0f_quality_targetB\x11\n\x0f_max_latency_msB\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x0f\n\r_strong_share\"}\n\tCandidate\x12\r\n\x05model\x18\x01 \x01(\t\x12\x19\n\x11predicted_quality\x18\x02 \x01(\x01\x12\x1a\n\x12\x65stimated_cost_usd\x18\x03 \x01(\t\x12\x10\n\x08\x65ligible\x18\x04 \x01(\x08\x12\x18\n\x10\x65xcluded_because\x18\x05 \x01(\t\"\xc0\x01\n\x08\x44\x65\x63ision\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12+\n\ncandidates\x18\x03 \x03(\x0b\x32\x17.llmrouter.v1.Candidate\x12\x16\n\x0equality_target\x18\x04 \x01(\x01\x12\x1a\n\x12\x63lassifier_version\x18\x05 \x01(\t\x12\x1e\n\x11max_tokens_capped\x18\x06 \x01(\x03H\x00\x88\x01\x01\x42\x14\n\x12_max_tokens_capped\"\xab\x02\n\x10\x43ompleteResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x10\n\x08provider\x18\x04 \x01(\t\x12\"\n\x05usage\x18\x05 \x01(\x0b\x32\x13.llmrouter.v1.Usage\x12\x10\n\x08\x63ost_usd\x18\x06 \x01(\t\x12\x12\n\nlatency_ms\x18\x07 \x01(\x03\x12(\n\x08\x64\x65\x63ision\x18\x08 \x01(\x0b\x32\x16.llmrouter.v1.Decision\x12\x11\n\tcache_hit\x18\t \x01(\x08\x12\x11\n\tescalated\x18\n \x01(\x08\x12\x0f\n\x07retries\x18\x0b \x01(\x03\x12\x15\n\rfinish_reason\x18\x0c \x01(\t\x12\x17\n\x0ftool_calls_json\x18\r \x01(\t\"\x85\x01\n\rCompleteChunk\x12*\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x16.llmrouter.v1.DecisionH\x00\x12\x0f\n\x05\x64\x65lta\x18\x02 \x01(\tH\x00\x12/\n\x05\x66inal\x18\x03 \x01(\x0b\x32\x1e.llmrouter.v1.CompleteResponseH\x00\x42\x06\n\x04kind2\xb5\x02\n\x06Router\x12I\n\x08\x43omplete\x12\x1d.llmrouter.v1.CompleteRequest\x1a\x1e.llmrouter.v1.CompleteResponse\x12N\n\x0e\x43ompleteStream\x12\x1d.llmrouter.v1.CompleteRequest\x1a\x1b.llmrouter.v1.CompleteChunk0\x01\x12?\n\x06\x44\x65\x63ide\x12\x1d.llmrouter.v1.CompleteRequest\x1a\x16.llmrouter.v1.Decision\x12O\n\nListModels\x12\x1f.llmrouter.v1.ListModelsRequest\x1a .llmrouter.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,15 +33,15 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'llmrouter.v1.router_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_COMPLETEREQUEST']._serialized_start=71
-  _globals['_COMPLETEREQUEST']._serialized_end=447
-  _globals['_CANDIDATE']._serialized_start=449
-  _globals['_CANDIDATE']._serialized_end=574
-  _globals['_DECISION']._serialized_start=577
-  _globals['_DECISION']._serialized_end=769
-  _globals['_COMPLETERESPONSE']._serialized_start=772
-  _globals['_COMPLETERESPONSE']._serialized_end=1071
-  _globals['_COMPLETECHUNK']._serialized_start=1074
-  _globals['_COMPLETECHUNK']._serialized_end=1207
-  _globals['_ROUTER']._serialized_start=1210
-  _globals['_ROUTER']._serialized_end=1519
+  _globals['_COMPLETEREQUEST']._serialized_end=491
+  _globals['_CANDIDATE']._serialized_start=493
+  _globals['_CANDIDATE']._serialized_end=618
+  _globals['_DECISION']._serialized_start=621
+  _globals['_DECISION']._serialized_end=813
+  _globals['_COMPLETERESPONSE']._serialized_start=816
+  _globals['_COMPLETERESPONSE']._serialized_end=1115
+  _globals['_COMPLETECHUNK']._serialized_start=1118
+  _globals['_COMPLETECHUNK']._serialized_end=1251
+  _globals['_ROUTER']._serialized_start=1254
+  _globals['_ROUTER']._serialized_end=1563
 # @@protoc_insertion_point(module_scope)

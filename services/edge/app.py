@@ -223,6 +223,8 @@ class Edge:
         try:
             if "x-router-quality-target" in headers:
                 message.quality_target = float(headers["x-router-quality-target"])
+            if "x-router-strong-share" in headers:
+                message.strong_share = float(headers["x-router-strong-share"])
             if "x-router-max-latency-ms" in headers:
                 message.max_latency_ms = int(headers["x-router-max-latency-ms"])
         except ValueError:

@@ -24,6 +24,7 @@ MAPPED = {
     "temperature",
     "n",
     "quality_target",
+    "strong_share",
     "max_cost_usd",
     "max_latency_ms",
     "session_id",
@@ -174,6 +175,7 @@ class ChatCompletionRequest(BaseModel):
     safety_identifier: StrictStr | None = None
     # Router extensions (also accepted as x-router-* headers).
     quality_target: StrictFloat | StrictInt | None = Field(default=None, ge=0, le=1)
+    strong_share: StrictFloat | StrictInt | None = Field(default=None, ge=0, le=1)
     max_cost_usd: StrictStr | StrictFloat | StrictInt | None = None
     max_latency_ms: StrictInt | None = Field(default=None, ge=1, le=INT32_MAX)
     session_id: StrictStr | None = None
@@ -197,6 +199,8 @@ class ChatCompletionRequest(BaseModel):
             request.temperature = float(self.temperature)
         if self.quality_target is not None:
             request.quality_target = float(self.quality_target)
+        if self.strong_share is not None:
+            request.strong_share = float(self.strong_share)
         if self.max_latency_ms is not None:
             request.max_latency_ms = self.max_latency_ms
         return request

@@ -78,6 +78,11 @@ class Admission:
         valid = validate(request)
         if request.HasField("quality_target") and not 0 <= request.quality_target <= 1:
             raise invalid("quality_target must be within [0, 1]", "quality_target")
+        if request.HasField("strong_share"):
+            if not 0 <= request.strong_share <= 1:
+                raise invalid("strong_share must be within [0, 1]", "strong_share")
+            if request.HasField("quality_target"):
+                raise invalid("set quality_target or strong_share, not both", "strong_share")
         if request.HasField("max_latency_ms") and request.max_latency_ms <= 0:
             raise invalid("max_latency_ms must be positive", "max_latency_ms")
         max_cost = _max_cost(request.max_cost_usd)

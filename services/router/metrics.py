@@ -18,3 +18,27 @@ PENDING_RECONCILED = Counter(
     "llmrouter_router_reconciled_charges_total", "Pending charges of dead routers settled at their hold"
 )
 OUTBOX = Gauge("llmrouter_router_outbox_charges", "Charges waiting in the local outbox for the money store")
+ROUTED = Counter(
+    "llmrouter_router_routed_total",
+    "Auto-routed requests admitted, by tenant (the first N seen, then 'other') and the chosen model's tier",
+    ["tenant", "tier"],
+)
+
+
+class BoundedLabels:
+    """A tenant label per tenant for the first `limit` tenants seen, 'other' for the rest: the series stay
+    bounded whatever tenant names callers send."""
+
+    OTHER = "other"
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._seen: set[str] = set()
+
+    def label(self, tenant: str) -> str:
+        if tenant in self._seen:
+            return tenant
+        if len(self._seen) < self.limit and tenant != self.OTHER:
+            self._seen.add(tenant)
+            return tenant
+        return self.OTHER

@@ -3,6 +3,7 @@ as a plan to serve and a Decision to show the caller."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 
@@ -11,8 +12,10 @@ import grpc
 from llmrouter.errors import ServiceError
 from llmrouter.registry import Registry
 from llmrouter.v1 import classifier_pb2, classifier_pb2_grpc, router_pb2
-from services.router import policy
+from services.router import metrics, policy
 from services.router.models import AvailableModels
+from services.router.routed import Routed
+from services.router.targets import Targets
 
 log = logging.getLogger("llmrouter.router")
 
@@ -24,16 +27,23 @@ class Routing:
         classifier: classifier_pb2_grpc.ClassifierStub,
         available: AvailableModels,
         classifier_timeout_s: float,
+        targets: Targets,
+        tenant_labels: metrics.BoundedLabels,
     ) -> None:
         self.registry = registry
         self.classifier = classifier
         self.available = available
         self.classifier_timeout_s = classifier_timeout_s
+        self.targets = targets
+        self.tenant_labels = tenant_labels
 
     async def decide(
-        self, request: router_pb2.CompleteRequest, limits: policy.Limits, time_remaining: float | None
+        self, request: router_pb2.CompleteRequest, limits: policy.Limits, tenant: str, time_remaining: float | None
     ) -> tuple[policy.Plan, router_pb2.Decision]:
+        """The plan and the Decision; an auto-routed request's quality target comes from `targets` once the
+        classifier has answered (a strong share needs the calibration of the classifier that scored it)."""
         models = await self.available.get(time_remaining)
+        note = ""
         if request.model and request.model != "auto":
             if self.registry.get(request.model) is None:
                 raise ServiceError(
@@ -43,9 +53,18 @@ class Routing:
             plan, version = policy.explicit(options, request.model), ""
         else:
             scores, version = await self._classify(request, time_remaining)
+            if scores is not None:
+                target = self.targets.choose(request, tenant, models, version)
+                limits, note = dataclasses.replace(limits, quality_target=target.quality), target.note
             options = policy.evaluate(models, scores, limits)
             plan = policy.plan(self.registry, options, limits, classified=scores is not None)
-        return plan, decision(plan, limits, version)
+        return plan, decision(plan, limits, version, note)
+
+    def count(self, routed: Routed) -> None:
+        """An admitted auto-routed request, by tenant and the chosen tier: the realised strong share."""
+        if routed.plan.code != "explicit_model":
+            tier = routed.plan.order[0].model.tier
+            metrics.ROUTED.labels(self.tenant_labels.label(routed.account.tenant), tier).inc()
 
     async def _classify(
         self, request: router_pb2.CompleteRequest, time_remaining: float | None
@@ -61,10 +80,10 @@ class Routing:
         return dict(reply.results[0].quality), reply.model_version
 
 
-def decision(plan: policy.Plan, limits: policy.Limits, classifier_version: str) -> router_pb2.Decision:
+def decision(plan: policy.Plan, limits: policy.Limits, classifier_version: str, note: str) -> router_pb2.Decision:
     return router_pb2.Decision(
         model=plan.order[0].model.name,
-        reason=plan.reason,
+        reason=f"{plan.reason}; {note}" if note else plan.reason,
         quality_target=limits.quality_target,
         classifier_version=classifier_version,
         candidates=[

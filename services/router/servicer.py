@@ -11,7 +11,7 @@ from typing import Any
 from llmrouter.errors import ServiceError
 from llmrouter.registry import Registry
 from llmrouter.v1 import classifier_pb2_grpc, common_pb2, provider_pb2_grpc, router_pb2, router_pb2_grpc
-from services.router import admission, charging
+from services.router import admission, calibration, charging, metrics
 from services.router.admission import Admission
 from services.router.cache import Cache, ResponseCache
 from services.router.models import AvailableModels
@@ -21,6 +21,7 @@ from services.router.routing import Routing
 from services.router.serving import Serving, StreamState
 from services.router.settings import RouterSettings
 from services.router.store import Store
+from services.router.targets import Targets
 
 
 class RouterServicer(router_pb2_grpc.RouterServicer):
@@ -37,7 +38,14 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self.settings = settings
         self.available = AvailableModels(registry, providers, settings.models_refresh_s)
         self.admission = Admission(settings, registry, store)
-        self.routing = Routing(registry, classifier, self.available, settings.classifier_timeout_s)
+        self.routing = Routing(
+            registry,
+            classifier,
+            self.available,
+            settings.classifier_timeout_s,
+            Targets(settings, registry, calibration.load(settings.calibration_path)),
+            metrics.BoundedLabels(settings.metrics_tenants),
+        )
         self.charger = charging.Charger(store, outbox, self.available)
         self.serving = Serving(registry, providers, self.admission)
         self.cache = ResponseCache(cache, settings.cache_ttl_s)
@@ -72,11 +80,12 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         """Validate, route, and (last, so nothing after it can fail before serving) admit."""
         limits = await self.admission.limits(request)
         account = admission.account_for(request)
-        plan, decision = await self.routing.decide(request, limits, context.time_remaining())
+        plan, decision = await self.routing.decide(request, limits, account.tenant, context.time_remaining())
         caps = admission.output_caps(plan, limits, decision)
         routed = Routed(request, request.request_id or uuid.uuid4().hex, account, limits, plan, decision, caps)
         if admit:
             await self.admission.admit(routed)
+            self.routing.count(routed)
         return routed
 
     async def _complete_and_settle(self, routed: Routed, context: Any) -> router_pb2.CompleteResponse:

@@ -7,13 +7,16 @@ import tempfile
 import uuid
 from decimal import Decimal
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from llmrouter.registry import DEFAULT_REGISTRY
-from llmrouter.settings import GrpcServiceSettings, RepoPath
+from llmrouter.settings import REPO_ROOT, GrpcServiceSettings, RepoPath
 from services.router.store import REQUEST_ID_TTL_S
+
+Share = Annotated[float, Field(ge=0, le=1)]
 
 
 class RouterSettings(GrpcServiceSettings):
@@ -48,7 +51,15 @@ class RouterSettings(GrpcServiceSettings):
     # Ledger entries older than this are exported and then trimmed by `python -m services.router.ledger trim`.
     ledger_retention_days: int = Field(default=90, gt=0)
 
-    default_quality_target: float = Field(default=0.7, ge=0, le=1)
+    # Routing targets when a request sets none: the tenant's strong share, else the default strong share, else
+    # the default quality target (a fraction of the best candidate's predicted quality; see policy.plan).
+    default_quality_target: Share = 0.9
+    default_strong_share: Share | None = None
+    tenant_strong_share: dict[str, Share] = Field(default_factory=dict)  # JSON: {"tenant": 0.2}
+    # Strong shares are turned into quality targets with this file (python -m services.classifier.calibrate).
+    calibration_path: RepoPath = REPO_ROOT / "artefacts" / "classifier" / "calibration.json"
+    # Tenants with their own label on llmrouter_router_routed_total (the first seen); the rest are "other".
+    metrics_tenants: int = Field(default=20, ge=0, le=1000)
     # Output tokens assumed when the caller sets no max_tokens, for the cost estimates that rank models. What
     # admission holds is the worst case: the most the model may write.
     expected_output_tokens: int = Field(default=256, gt=0)
