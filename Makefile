@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
 .PHONY: setup artefacts run test test-slow lint fmt protos check-protos train-classifier local-model \
-        score evaluate evaluate-mmlu-cv evaluate-multitier bench lint-deploy clean
+        calibrate score evaluate evaluate-mmlu-cv evaluate-multitier bench lint-deploy clean
 
 # --- set-up -----------------------------------------------------------------------------------------------
 $(VENV)/.installed: pyproject.toml
@@ -21,16 +21,23 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed artefacts
 
-artefacts: $(ART)/classifier/model.onnx $(ART)/smollm2/genai_config.json
+artefacts: $(ART)/classifier/model.onnx $(ART)/classifier/calibration.json $(ART)/smollm2/genai_config.json
 
 $(ART)/classifier/model.onnx: $(VENV)/.installed
 	$(MAKE) train-classifier
+
+$(ART)/classifier/calibration.json: $(ART)/classifier/model.onnx
+	$(MAKE) calibrate
 
 $(ART)/smollm2/genai_config.json: $(VENV)/.installed
 	$(MAKE) local-model
 
 train-classifier: $(VENV)/.installed
 	$(PY) -m services.classifier.training --out $(ART)/classifier
+	$(MAKE) calibrate
+
+calibrate: $(VENV)/.installed   # the reference mix's scores behind strong-share routing, beside the classifier
+	$(PY) -m services.classifier.calibrate --model-dir $(ART)/classifier
 
 local-model: $(VENV)/.installed
 	$(PY) -m services.providers.local_model.build --out $(ART)/smollm2

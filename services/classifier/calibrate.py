@@ -3,7 +3,7 @@ train rows of every outcome file in the routing data, scored by the shipped clas
 `calibration.json`. The router turns these scores into the quality target that sends a chosen share of
 calls to the strongest tier (services/router/calibration.py).
 
-`python -m services.classifier.calibrate [--model-dir artefacts/classifier] [--per-file 150] [--seed 0]`"""
+`python -m services.classifier.calibrate [--model-dir artefacts/classifier] [--per-file 150] [--seed 0] [--out F]`"""
 
 from __future__ import annotations
 
@@ -63,9 +63,10 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=None, help="default: ROUTING_DATA_DIR or ../shared")
     parser.add_argument("--per-file", type=int, default=150)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None, help=f"default: MODEL_DIR/{CALIBRATION_FILE}")
     args = parser.parse_args()
     calibration = build(args.model_dir, args.data_dir or data_dir(), args.per_file, args.seed)
-    out = args.model_dir / CALIBRATION_FILE
+    out = args.out or args.model_dir / CALIBRATION_FILE
     out.write_text(json.dumps(calibration, separators=(",", ":")) + "\n")
     print(f"{out}: {len(calibration['scores'])} reference prompts, classifier {calibration['classifier_version']}")
 

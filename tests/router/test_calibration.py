@@ -1,0 +1,95 @@
+"""Strong share to quality target: on a reference mix, the target routes the requested share of prompts to
+the strongest tier through the real policy; which target a request gets; bounded tenant labels."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from llmrouter.v1 import router_pb2
+from services.router import calibration, policy
+from services.router.calibration import Calibration, CalibrationError
+from services.router.metrics import BoundedLabels
+from services.router.settings import RouterSettings
+from services.router.targets import Targets
+from tests.router.test_policy import REGISTRY, limits
+
+# weak/big ratios 0.5, 0.6, 0.7, 0.8, 0.9 and one prompt where the weak model is predicted best.
+ROWS = [[0.4, 0.8], [0.3, 0.5], [0.7, 1.0], [0.4, 0.5], [0.81, 0.9], [0.9, 0.6]]
+REFERENCE = Calibration("v1", ["weak", "big"], ROWS)
+
+
+def strong_calls(target: float) -> int:
+    """How many reference prompts the real policy sends to the premium model at this target."""
+    lim = limits(quality_target=target)
+    options = [policy.evaluate(REGISTRY.models, dict(zip(["weak", "big"], row, strict=True)), lim) for row in ROWS]
+    plans = [policy.plan(REGISTRY, o, lim, classified=True) for o in options]
+    return sum(p.order[0].model.name == "strong" for p in plans)
+
+
+@pytest.mark.parametrize(("share", "calls"), [(0, 0), (0.1, 1), (1 / 6, 1), (0.34, 3), (0.5, 3), (0.8, 5)])
+def test_the_target_sends_the_requested_share_of_the_reference_mix_to_the_strong_tier(share: float, calls: int) -> None:
+    target = REFERENCE.quality_target(share, REGISTRY.models, REGISTRY)
+    assert strong_calls(target) == calls
+
+
+def test_the_target_sits_halfway_between_reference_prompts() -> None:
+    assert REFERENCE.quality_target(0.3, REGISTRY.models, REGISTRY) == pytest.approx(0.65)  # between 0.6 and 0.7
+    assert REFERENCE.quality_target(0.0, REGISTRY.models, REGISTRY) == 0.0
+
+
+def test_a_share_beyond_reach_is_the_highest_target() -> None:
+    """On one prompt the weak model is predicted best: no target sends it to the strong tier."""
+    assert REFERENCE.quality_target(1.0, REGISTRY.models, REGISTRY) == 1.0
+    assert strong_calls(1.0) == 5
+
+
+def test_with_one_tier_available_everything_is_the_strong_tier() -> None:
+    strong_only = [m for m in REGISTRY.models if m.name == "strong"]
+    assert REFERENCE.quality_target(0.5, strong_only, REGISTRY) == 0.0
+
+
+def test_calibration_file_round_trip_and_bad_files(tmp_path: Path) -> None:
+    path = tmp_path / "calibration.json"
+    assert calibration.load(path) is None  # never built
+    path.write_text(json.dumps({"classifier_version": "v1", "models": ["weak", "big"], "scores": ROWS}))
+    loaded = calibration.load(path)
+    assert loaded is not None and loaded.classifier_version == "v1" and loaded.scores == ROWS
+    path.write_text("{not json")
+    with pytest.raises(CalibrationError, match="unreadable"):
+        calibration.load(path)
+    path.write_text(json.dumps({"classifier_version": "v1", "models": ["weak", "big"], "scores": [[0.1]]}))
+    with pytest.raises(CalibrationError, match="rows of 2 scores"):
+        calibration.load(path)
+
+
+def request(**fields: float) -> router_pb2.CompleteRequest:
+    return router_pb2.CompleteRequest(**fields)
+
+
+def test_which_target_a_request_gets() -> None:
+    settings = RouterSettings(default_quality_target=0.8, tenant_strong_share={"acme": 0.5})
+    targets = Targets(settings, REGISTRY, REFERENCE)
+    choose = targets.choose
+    models = REGISTRY.models
+    assert choose(request(quality_target=0.3), "acme", models, "v1").quality == 0.3  # the request's own target
+    own = choose(request(strong_share=0.3), "acme", models, "v1")
+    assert own.quality == pytest.approx(0.65) and own.note == "strong share 0.30 on the reference mix"
+    assert choose(request(), "acme", models, "v1").quality == pytest.approx(0.75)  # the tenant's share
+    assert choose(request(), "other", models, "v1").quality == 0.8  # the default target
+    with_default = Targets(RouterSettings(default_strong_share=0.1), REGISTRY, REFERENCE)
+    assert with_default.choose(request(), "other", models, "v1").quality == pytest.approx(0.55)
+
+
+def test_a_strong_share_needs_the_calibration_of_the_classifier_that_scored() -> None:
+    settings = RouterSettings(default_quality_target=0.8)
+    stale = Targets(settings, REGISTRY, REFERENCE).choose(request(strong_share=0.3), "t", REGISTRY.models, "v2")
+    assert stale.quality == 0.8 and "not calibrated for this classifier" in stale.note
+    missing = Targets(settings, REGISTRY, None).choose(request(strong_share=0.3), "t", REGISTRY.models, "v1")
+    assert missing.quality == 0.8 and "not calibrated" in missing.note
+
+
+def test_tenant_labels_stay_bounded() -> None:
+    labels = BoundedLabels(2)
+    assert [labels.label(t) for t in ("a", "b", "c", "a", "other", "d")] == ["a", "b", "other", "a", "other", "other"]
+    assert BoundedLabels(0).label("a") == "other"
