@@ -1,0 +1,158 @@
+"""The shipped registry with every provider available (dummy keys, fake OpenAI-compatible and Anthropic
+upstreams on loopback, the local model as built), the real classifier and router at their defaults:
+how prompts from trivial to expert are routed (tests/router/behaviour/prompts.jsonl, written for this test),
+and strong-share routing on the reference mix the calibration was built from."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+import yaml
+
+from llmrouter.registry import DEFAULT_REGISTRY, Registry, load_registry
+from llmrouter.server import start_server
+from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
+from services import classifier, providers, router
+from services.classifier.calibrate import build, reference_prompts
+from services.classifier.model import Metadata
+from services.classifier.settings import ClassifierSettings
+from services.classifier.training.data import data_dir
+from services.providers.settings import ProvidersSettings
+from services.router.settings import RouterSettings
+from tests.conftest import ROOT
+from tests.fakes import FakeAnthropic, FakeOpenAI
+from tests.integration.conftest import CLASSIFIER_DIR
+
+BEHAVIOUR = ROOT / "tests" / "router" / "behaviour" / "prompts.jsonl"
+PREMIUM = "premium"
+REFERENCE_PER_FILE = 12  # 60 reference prompts: quick to score, enough to see the share move
+# The classifier shipped when this set was written reads these prompts no better than chance (trivial
+# prompts reach the premium tier at 38%, expert ones at 56%: see the report). The assertions stand; only
+# that artefact is expected to miss them, and a classifier that passes must drop this entry.
+SHORT_OF_THE_BEHAVIOUR_SET = {"edcc947f166e67fc"}
+
+
+def shipped_classifier_version() -> str:
+    return Metadata.read(CLASSIFIER_DIR).version if (CLASSIFIER_DIR / "metadata.json").is_file() else ""
+
+
+KNOWN_SHORT = pytest.mark.xfail(
+    shipped_classifier_version() in SHORT_OF_THE_BEHAVIOUR_SET,
+    reason="the shipped classifier cannot tell these prompts apart; the policy cannot make up for it",
+    strict=True,
+)
+
+
+@dataclass
+class Shipped:
+    stub: router_pb2_grpc.RouterStub
+    registry: Registry
+    reference: list[str]
+
+
+def shipped_registry(openai_url: str, anthropic_url: str) -> dict:
+    """config/models.yaml as shipped, every upstream pointed at a fake."""
+    raw = yaml.safe_load(DEFAULT_REGISTRY.read_text())
+    for spec in raw["providers"].values():
+        if spec["kind"] != "local":
+            spec["base_url"] = anthropic_url if spec["kind"] == "anthropic" else openai_url
+    return raw
+
+
+@pytest.fixture(scope="module")
+async def shipped(
+    tmp_path_factory: pytest.TempPathFactory, classifier_dir: Path, session_redis_url: str
+) -> AsyncIterator[Shipped]:
+    tmp = tmp_path_factory.mktemp("shipped")
+    with FakeOpenAI() as openai_fake, FakeAnthropic() as anthropic_fake, pytest.MonkeyPatch.context() as env:
+        registry = shipped_registry(openai_fake.base_url, anthropic_fake.base_url)
+        for spec in registry["providers"].values():
+            if "api_key_env" in spec:
+                env.setenv(spec["api_key_env"], "dummy-key")
+        path = tmp / "models.yaml"
+        path.write_text(yaml.safe_dump(registry))
+        mix = reference_prompts(data_dir(), REFERENCE_PER_FILE, seed=0)
+        calibration = tmp / "calibration.json"
+        calibration.write_text(json.dumps(build(classifier_dir, data_dir(), REFERENCE_PER_FILE, seed=0)))
+        c_settings = ClassifierSettings(port=0, model_dir=classifier_dir)
+        c_server = await start_server("classifier", c_settings, *await classifier.build(c_settings))
+        p_settings = ProvidersSettings(port=0, registry_path=path)
+        p_server = await start_server("providers", p_settings, *await providers.build(p_settings))
+        r_settings = RouterSettings(
+            port=0,
+            registry_path=path,
+            classifier_addr=f"127.0.0.1:{c_server.port}",
+            providers_addr=f"127.0.0.1:{p_server.port}",
+            redis_url=session_redis_url,
+            classifier_timeout_s=10.0,  # a loaded CI machine
+            calibration_path=calibration,
+        )
+        r_server = await start_server("router", r_settings, *await router.build(r_settings))
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{r_server.port}") as channel:
+                stub = router_pb2_grpc.RouterStub(channel)
+                yield Shipped(stub, load_registry(path), [p for texts in mix.values() for p in texts])
+        finally:
+            for server in (r_server, p_server, c_server):
+                await server.stop(1)
+
+
+async def decide(stub: router_pb2_grpc.RouterStub, prompt: str, **fields: float) -> router_pb2.Decision:
+    message = common_pb2.ChatMessage(role="user", content=prompt)
+    return await stub.Decide(router_pb2.CompleteRequest(messages=[message], **fields), timeout=30)
+
+
+def tier(shipped: Shipped, decision: router_pb2.Decision) -> str:
+    model = shipped.registry.get(decision.model)
+    assert model is not None
+    return model.tier
+
+
+@pytest.fixture(scope="module")
+async def premium_rates(shipped: Shipped) -> dict[str, float]:
+    """Per label, the share of the behaviour set's prompts the router sends to the premium tier."""
+    rows = [json.loads(line) for line in BEHAVIOUR.read_text().splitlines() if line.strip()]
+    decisions = [await decide(shipped.stub, row["prompt"]) for row in rows]
+    available = {c.model for c in decisions[0].candidates if c.eligible}
+    assert available == {m.name for m in shipped.registry.models}  # every provider is available
+    rates = {}
+    for label in ("trivial", "moderate", "expert"):
+        tiers = [tier(shipped, d) for row, d in zip(rows, decisions, strict=True) if row["label"] == label]
+        rates[label] = sum(t == PREMIUM for t in tiers) / len(tiers)
+    print(f"premium-tier share by label: {rates}")
+    return rates
+
+
+def test_the_behaviour_set_spans_trivial_to_expert() -> None:
+    labels = [json.loads(line)["label"] for line in BEHAVIOUR.read_text().splitlines() if line.strip()]
+    assert len(labels) >= 40
+    assert {label: labels.count(label) for label in set(labels)} == {"trivial": 16, "moderate": 16, "expert": 16}
+
+
+@KNOWN_SHORT
+async def test_trivial_prompts_stay_off_the_premium_tier(premium_rates: dict[str, float]) -> None:
+    assert premium_rates["trivial"] <= 0.05
+
+
+@KNOWN_SHORT
+async def test_expert_prompts_reach_the_premium_tier(premium_rates: dict[str, float]) -> None:
+    assert premium_rates["expert"] >= 0.95
+
+
+@pytest.mark.parametrize("share", [0.2, 0.5])
+async def test_a_strong_share_sends_that_share_of_the_reference_mix_to_the_premium_tier(
+    shipped: Shipped, share: float
+) -> None:
+    decisions = await asyncio.gather(*(decide(shipped.stub, p, strong_share=share) for p in shipped.reference))
+    strong = sum(tier(shipped, d) == PREMIUM for d in decisions)
+    # The same prompts the calibration scored; one may sit on the threshold after rounding to 3 decimals.
+    assert abs(strong - math.ceil(share * len(decisions))) <= 1
+    assert f"strong share {share:.2f} on the reference mix" in decisions[0].reason
+    assert len({d.quality_target for d in decisions}) == 1 and 0 < decisions[0].quality_target < 1
