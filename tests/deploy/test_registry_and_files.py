@@ -41,6 +41,7 @@ def test_dashboard_is_grafana_json_with_the_promised_panels() -> None:
         "llmrouter_router_fallbacks_total",
         "llmrouter_router_cache_requests_total",
         "llmrouter_router_budget_rejections_total",
+        "llmrouter_router_routed_total",
         "llmrouter_grpc_request_duration_seconds_bucket",
         "llmrouter_edge_http_request_duration_seconds_bucket",
         "llmrouter_provider_requests_total",
