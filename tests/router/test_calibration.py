@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from llmrouter.v1 import router_pb2
 from services.router import calibration, policy
@@ -93,3 +94,11 @@ def test_tenant_labels_stay_bounded() -> None:
     labels = BoundedLabels(2)
     assert [labels.label(t) for t in ("a", "b", "c", "a", "other", "d")] == ["a", "b", "other", "a", "other", "other"]
     assert BoundedLabels(0).label("a") == "other"
+
+
+def test_tenant_strong_shares_come_from_a_json_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ROUTER_TENANT_STRONG_SHARE", '{"acme": 0.2}')
+    assert RouterSettings().tenant_strong_share == {"acme": 0.2}
+    monkeypatch.setenv("ROUTER_TENANT_STRONG_SHARE", '{"acme": 2}')
+    with pytest.raises(ValidationError, match="less than or equal to 1"):
+        RouterSettings()
