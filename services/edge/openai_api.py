@@ -349,6 +349,7 @@ def router_extension(response: router_pb2.CompleteResponse) -> dict[str, Any]:
         "provider": response.provider,
         "latency_ms": response.latency_ms,
         "reason": response.decision.reason,
+        "quality_target": round(response.decision.quality_target, 4),  # as applied, e.g. from a strong_share
         "cache_hit": response.cache_hit,
         "escalated": response.escalated,
         "retries": response.retries,

@@ -32,6 +32,16 @@ async def test_strong_share_as_header_or_body_field_sets_the_routing_target(chai
     assert "strong share 0.25" in by_field.headers["x-router-reason"]
 
 
+async def test_the_reply_shows_the_quality_target_applied(chain: Chain) -> None:
+    async with grpc.aio.insecure_channel(chain.router_addr) as channel:
+        decided = await router_pb2_grpc.RouterStub(channel).Decide(ask("hi", strong_share=0.25), timeout=20)
+    async with httpx.AsyncClient(base_url=chain.base_url, timeout=20) as http:
+        by_share = await http.post("/chat/completions", json=body(strong_share=0.25))
+        by_target = await http.post("/chat/completions", json=body(quality_target=0.42))
+    assert by_share.json()["x_router"]["quality_target"] == round(decided.quality_target, 4)
+    assert by_target.json()["x_router"]["quality_target"] == 0.42
+
+
 @pytest.mark.parametrize(
     ("fields", "headers", "says"),
     [
