@@ -2,10 +2,12 @@
 against each single model, RouterBench's AIQ (area under the non-decreasing convex hull of quality against
 cost, normalised over the single models' cost range), and the cost to reach GPT-4's quality.
 
-Two policies, both on predicted quality and an estimated cost (per model, linear in the prompt's length, fitted
+Three policies, on predicted quality and an estimated cost (per model, linear in the prompt's length, fitted
 on the train split, since a router knows the price but not the answer's length in advance):
-- threshold: the cheapest model whose predicted quality meets a target, else the best predicted (what the
-  router service does); the target is swept from 0 to 1.
+- relative target: the cheapest model predicted to reach a fraction of the best prediction (what the router
+  service does); the fraction is swept from 0 to 1.
+- threshold: the cheapest model whose predicted quality meets an absolute target, else the best predicted;
+  the target is swept from 0 to 1.
 - trade-off: the model maximising predicted quality - lambda x estimated cost; lambda is swept."""
 
 from __future__ import annotations
@@ -104,6 +106,11 @@ def main() -> None:
         meets = np.take_along_axis(predicted, by_cost, axis=1) >= target
         first = np.where(meets.any(axis=1), by_cost[rows, meets.argmax(axis=1)], predicted.argmax(axis=1))
         threshold_points.append(point(first))
+    best = predicted.max(axis=1, keepdims=True)
+    relative_points = []
+    for target in np.linspace(0, 1, 201):
+        meets = np.take_along_axis(predicted, by_cost, axis=1) >= np.minimum(target * best, best)
+        relative_points.append(point(by_cost[rows, meets.argmax(axis=1)]))
     tradeoff_points = [
         point((predicted - lam * cost_est / cost_est.mean()).argmax(axis=1)) for lam in np.geomspace(1e-4, 10, 200)
     ]
@@ -124,25 +131,21 @@ def main() -> None:
         )
     print(f"{'oracle (cheapest correct)':<36}{point(oracle_choice)[0]:>9.3f}{point(oracle_choice)[1]:>9.3f}\n")
     print(f"{'router':<26}{'AIQ':>7}{'best quality':>14}{'$ for GPT-4 quality':>21}{'$ for 95% of it':>17}")
-    for name, pts in (
-        ("single models (zero rtr)", single_pts),
-        ("learned, threshold", np.array(threshold_points)),
-        ("learned, trade-off", np.array(tradeoff_points)),
-    ):
+    curves = {
+        "learned, relative target": np.array(relative_points),
+        "learned, threshold": np.array(threshold_points),
+        "learned, trade-off": np.array(tradeoff_points),
+    }
+    for name, pts in {"single models (zero rtr)": single_pts, **curves}.items():
         print(
             f"{name:<26}{aiq(pts, low, high):>7.3f}{pts[:, 1].max():>14.3f}"
             f"{cheapest_reaching(pts, ref_quality):>21.3f}{cheapest_reaching(pts, 0.95 * ref_quality):>17.3f}"
         )
     print(f"({REFERENCE}: ${ref_cost:.3f}, quality {ref_quality:.3f})")
-    _plot(
-        single,
-        np.array(threshold_points),
-        np.array(tradeoff_points),
-        args.plots / f"{slug(path.name.split('.')[0])}-multitier.png",
-    )
+    _plot(single, curves, args.plots / f"{slug(path.name.split('.')[0])}-multitier.png")
 
 
-def _plot(single: dict[str, tuple[float, float]], threshold: np.ndarray, tradeoff: np.ndarray, out: Path) -> None:
+def _plot(single: dict[str, tuple[float, float]], curves: dict[str, np.ndarray], out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -150,7 +153,7 @@ def _plot(single: dict[str, tuple[float, float]], threshold: np.ndarray, tradeof
 
     out.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(7, 4.8))
-    for name, pts in (("learned, threshold", threshold), ("learned, trade-off", tradeoff)):
+    for name, pts in curves.items():
         frontier = hull(pts)
         ax.plot(frontier[:, 0], frontier[:, 1], marker=".", label=name)
     for m, (c, q) in single.items():
