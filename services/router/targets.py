@@ -26,6 +26,7 @@ class Targets:
         self.settings = settings
         self.registry = registry
         self.calibration = calibration
+        self._warned: set[str] = set()  # classifier versions already reported as uncalibrated
 
     def strong_share(self, request: router_pb2.CompleteRequest, tenant: str) -> float | None:
         if request.HasField("quality_target"):
@@ -45,11 +46,13 @@ class Targets:
             return Target(default, "")
         calibration = self.calibration
         if calibration is None or calibration.classifier_version != classifier_version:
-            have = "none" if calibration is None else f"for classifier {calibration.classifier_version}"
-            log.warning(
-                "no calibration for this classifier; default quality target used",
-                extra={"classifier_version": classifier_version, "calibration": have},
-            )
+            if classifier_version not in self._warned:
+                self._warned.add(classifier_version)
+                have = "none" if calibration is None else f"for classifier {calibration.classifier_version}"
+                log.warning(
+                    "no calibration for this classifier (make calibrate); strong shares use the default target",
+                    extra={"classifier_version": classifier_version, "calibration": have},
+                )
             return Target(default, f"strong share {share:.2f} not calibrated for this classifier; default target")
         quality = calibration.quality_target(share, models, self.registry)
         return Target(quality, f"strong share {share:.2f} on the reference mix")
