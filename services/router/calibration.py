@@ -62,6 +62,8 @@ class Calibration:
                 strong = max((_quality(m, scores) for m in models if registry.tier_rank(m) == top), default=-1.0)
                 weak = max((_quality(m, scores) for m in models if registry.tier_rank(m) < top), default=-math.inf)
                 ratios.append(math.inf if weak >= strong else weak / strong if strong > 0 else -math.inf)
+            if len(self._ratios) >= 32:  # model sets rarely change; never let them pile up
+                self._ratios.clear()
             self._ratios[key] = sorted(ratios)
         return self._ratios[key]
 
