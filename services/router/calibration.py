@@ -1,7 +1,7 @@
 """Strong share to quality target, RouteLLM-style: on a reference traffic mix scored by the classifier
 (`calibration.json`, built by `python -m services.classifier.calibrate`), the relative quality target that
-sends a chosen share of calls to the strongest tier available. Computed for the models available now and
-without the caller's cost, latency or tool limits, which can only move calls to cheaper models."""
+sends a chosen share of calls to the strongest tier available. Computed for the models available now,
+without any request's own limits (cost, latency, tools, context), which rule models out per request."""
 
 from __future__ import annotations
 
