@@ -53,7 +53,7 @@ class RouterSettings(GrpcServiceSettings):
 
     # Routing targets when a request sets none: the tenant's strong share, else the default strong share, else
     # the default quality target (a fraction of the best candidate's predicted quality; see policy.plan).
-    default_quality_target: Share = 0.9
+    default_quality_target: Share = 0.85
     default_strong_share: Share | None = None
     tenant_strong_share: dict[str, Share] = Field(default_factory=dict)  # JSON: {"tenant": 0.2}
     # Strong shares are turned into quality targets with this file (python -m services.classifier.calibrate).
