@@ -80,7 +80,7 @@ class Routing:
         return dict(reply.results[0].quality), reply.model_version
 
 
-def decision(plan: policy.Plan, limits: policy.Limits, classifier_version: str, note: str) -> router_pb2.Decision:
+def decision(plan: policy.Plan, limits: policy.Limits, classifier_version: str, note: str = "") -> router_pb2.Decision:
     return router_pb2.Decision(
         model=plan.order[0].model.name,
         reason=f"{plan.reason}; {note}" if note else plan.reason,

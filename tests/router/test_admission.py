@@ -33,7 +33,8 @@ REGISTRY = Registry.model_validate(
         ],
     }
 )  # fmt: skip
-SETTINGS = RouterSettings(min_output_tokens=16)
+# The cheap model (0.8) is within 0.8 of the strong one's quality (0.95): routed first, whatever the default.
+SETTINGS = RouterSettings(min_output_tokens=16, default_quality_target=0.8)
 ACCOUNT = Account("acme", "key")
 
 
