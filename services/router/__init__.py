@@ -9,6 +9,7 @@ from llmrouter.registry import load_registry
 from llmrouter.server import Closer, Registrations, RunningServer
 from llmrouter.tokens import count_tokens
 from llmrouter.v1 import classifier_pb2_grpc, provider_pb2_grpc, router_pb2_grpc
+from services.router import calibration
 from services.router.cache import open_cache
 from services.router.money_check import check_money_redis
 from services.router.outbox import Outbox
@@ -23,7 +24,8 @@ async def build(
 ) -> tuple[Registrations, list[Closer], Callable[[RunningServer], None]]:
     try:
         registry = load_registry(settings.registry_path)
-    except ValueError as exc:
+        reference = calibration.load(settings.calibration_path)
+    except ValueError as exc:  # CalibrationError is one too
         raise SystemExit(f"router: {exc}") from None
     count_tokens("")  # loads the tokenizer now: on the first request it would hold the event loop for ~0.3 s
     if settings.redis_url:
@@ -46,6 +48,7 @@ async def build(
         outbox,
         classifier_pb2_grpc.ClassifierStub(classifier),
         provider_pb2_grpc.ProviderStub(providers),
+        reference,
     )
     registrations = {"llmrouter.v1.Router": lambda srv: router_pb2_grpc.add_RouterServicer_to_server(servicer, srv)}
 

@@ -11,9 +11,10 @@ from typing import Any
 from llmrouter.errors import ServiceError
 from llmrouter.registry import Registry
 from llmrouter.v1 import classifier_pb2_grpc, common_pb2, provider_pb2_grpc, router_pb2, router_pb2_grpc
-from services.router import admission, calibration, charging, metrics
+from services.router import admission, charging, metrics
 from services.router.admission import Admission
 from services.router.cache import Cache, ResponseCache
+from services.router.calibration import Calibration
 from services.router.models import AvailableModels
 from services.router.outbox import Outbox
 from services.router.routed import Routed
@@ -34,6 +35,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         outbox: Outbox,
         classifier: classifier_pb2_grpc.ClassifierStub,
         providers: provider_pb2_grpc.ProviderStub,
+        reference: Calibration | None,  # turns strong shares into quality targets; None: never built
     ) -> None:
         self.settings = settings
         self.available = AvailableModels(registry, providers, settings.models_refresh_s)
@@ -43,7 +45,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             classifier,
             self.available,
             settings.classifier_timeout_s,
-            Targets(settings, registry, calibration.load(settings.calibration_path)),
+            Targets(settings, registry, reference),
             metrics.BoundedLabels(settings.metrics_tenants),
         )
         self.charger = charging.Charger(store, outbox, self.available)

@@ -8,6 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from llmrouter.v1 import router_pb2
+from services import router
 from services.router import calibration, policy
 from services.router.calibration import Calibration, CalibrationError
 from services.router.metrics import BoundedLabels
@@ -102,3 +103,10 @@ def test_tenant_strong_shares_come_from_a_json_setting(monkeypatch: pytest.Monke
     monkeypatch.setenv("ROUTER_TENANT_STRONG_SHARE", '{"acme": 2}')
     with pytest.raises(ValidationError, match="less than or equal to 1"):
         RouterSettings()
+
+
+async def test_a_corrupt_calibration_file_stops_the_router_with_a_clear_message(tmp_path: Path) -> None:
+    path = tmp_path / "calibration.json"
+    path.write_text('{"classifier_version": "v1"}')
+    with pytest.raises(SystemExit, match=f"router: unreadable calibration file {path}"):
+        await router.build(RouterSettings(calibration_path=path))
