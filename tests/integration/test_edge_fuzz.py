@@ -53,6 +53,7 @@ TYPED: dict[str, st.SearchStrategy[Any]] = {
     "temperature": st.floats(min_value=-1, max_value=3),
     "n": st.integers(min_value=-1, max_value=3),
     "quality_target": st.floats(min_value=-0.5, max_value=1.5),
+    "strong_share": st.floats(min_value=-0.5, max_value=1.5),
     "max_cost_usd": st.decimals(allow_nan=True).map(str) | numbers,
     "max_latency_ms": st.integers(min_value=-5, max_value=10**6) | HUGE,
     "session_id": text,
@@ -119,6 +120,7 @@ header_value = header_text.map(lambda s: s.strip().encode("latin-1")) | st.sampl
 )
 HEADERS = (
     "x-router-quality-target",
+    "x-router-strong-share",
     "x-router-max-latency-ms",
     "x-router-max-cost-usd",
     "x-router-session-id",
