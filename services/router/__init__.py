@@ -34,7 +34,14 @@ async def build(
         outbox = Outbox(settings.data_dir)
     except OSError as exc:
         raise SystemExit(f"router: ROUTER_DATA_DIR={settings.data_dir} cannot keep the charge outbox: {exc}") from None
-    upkeep = Upkeep(store, outbox, settings.instance_id, settings.upkeep_interval_s, settings.heartbeat_ttl_s)
+    upkeep = Upkeep(
+        store,
+        outbox,
+        settings.instance_id,
+        settings.upkeep_interval_s,
+        settings.heartbeat_ttl_s,
+        settings.pending_stale_s,
+    )
     await upkeep.tick()  # heartbeat first: pending charges must never belong to a router not known alive
     classifier = open_channel(settings.classifier_addr, settings)
     providers = open_channel(settings.providers_addr, settings)

@@ -45,6 +45,9 @@ class RouterSettings(GrpcServiceSettings):
     # heartbeat_ttl_s is dead: its pending charges are settled at their hold.
     upkeep_interval_s: float = Field(default=2.0, gt=0)
     heartbeat_ttl_s: float = Field(default=15.0, gt=0)
+    # A pending charge of a live router older than this lost its charge (store and outbox both failed): it is
+    # settled at its hold. Longer than any request may run.
+    pending_stale_s: float = Field(default=3600.0, gt=0)
     # Ledger entries older than this are exported and then trimmed by `python -m services.router.ledger trim`.
     ledger_retention_days: int = Field(default=90, gt=0)
 
