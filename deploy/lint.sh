@@ -26,7 +26,7 @@ step() {  # step NAME COMMAND...: run one check, record its outcome
 }
 
 # --- scripts and image ----------------------------------------------------------------------------------------
-step "shellcheck deploy/*.sh" shellcheck deploy/*.sh
+step "shellcheck deploy/*.sh .ci/run" shellcheck deploy/*.sh .ci/run
 step "hadolint Dockerfile" hadolint Dockerfile
 step "checkov Dockerfile" checkov --skip-download --compact --quiet --framework dockerfile -f Dockerfile
 
@@ -74,8 +74,8 @@ step "promtool check rules (chart file + rendered PrometheusRule)" \
   promtool check rules "$CHART/files/prometheus-rules.yaml" "$RENDER/rules/rendered-rules.yaml"
 step "promtool test rules" promtool test rules deploy/prometheus/*_test.yaml
 
-# --- tests/deploy, slow ones included (they use the tools above) -----------------------------------------------
-step "pytest tests/deploy" "$PY" -m pytest -q -p no:cacheprovider -m "" tests/deploy
+# --- tests/deploy (they use the tools above) ----------------------------------------------------------------
+step "pytest tests/deploy" env CI=true "$PY" -m pytest -q -p no:cacheprovider tests/deploy
 
 printf '\n'
 for name in "${failed[@]}"; do echo "FAILED: $name"; done
