@@ -23,7 +23,8 @@ class ProviderSpec(BaseModel):
 
     kind: Literal["openai", "anthropic", "local"]
     base_url: str = ""
-    # The key is read from this environment variable, or from this file (a mounted Kubernetes secret).
+    # The key is read from this file, else from the file named like api_key_env in the service's keys directory
+    # (a mounted Kubernetes Secret, PROVIDERS_API_KEYS_DIR), else from the environment variable api_key_env.
     api_key_env: str = ""
     api_key_file: str = ""
     headers: dict[str, str] = Field(default_factory=dict)
@@ -40,9 +41,13 @@ class ProviderSpec(BaseModel):
     breaker_failures: int = Field(default=5, ge=1)
     breaker_cooldown_s: float = Field(default=30.0, gt=0)
 
-    def api_key(self) -> str:
-        if self.api_key_file and Path(self.api_key_file).is_file():
-            return Path(self.api_key_file).read_text().strip()
+    def api_key(self, keys_dir: Path | None = None) -> str:
+        files = [Path(self.api_key_file)] if self.api_key_file else []
+        if keys_dir is not None and self.api_key_env:
+            files.append(keys_dir / self.api_key_env)
+        for path in files:
+            if path.is_file():
+                return path.read_text().strip()
         return os.environ.get(self.api_key_env, "") if self.api_key_env else ""
 
     @property

@@ -62,7 +62,7 @@ async def _gateway(name: str, spec: ProviderSpec, settings: ProvidersSettings) -
             LocalGateway, settings.local_model_dir, spec.max_concurrency, settings.local_threads
         )
         return gateway, ""
-    key = spec.api_key()
+    key = spec.api_key(settings.api_keys_dir)
     if spec.needs_key and not key:
         return None, ""
     cls = AnthropicGateway if spec.kind == "anthropic" else OpenAIGateway

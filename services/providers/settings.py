@@ -18,3 +18,6 @@ class ProvidersSettings(GrpcServiceSettings):
     registry_path: RepoPath = Field(default=Path("config/models.yaml"), description="the model registry (YAML)")
     local_model_dir: RepoPath = Field(default=Path("artefacts/smollm2"), description="built by `make local-model`")
     local_threads: int = Field(default=2, ge=1, le=64, description="CPU threads per local generation")
+    api_keys_dir: Path | None = Field(
+        default=None, description="directory of key files named like the registry's api_key_env (a mounted Secret)"
+    )

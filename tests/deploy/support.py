@@ -60,12 +60,12 @@ def tool(name: str) -> str:
 MONITORING_APIS = ("monitoring.coreos.com/v1/ServiceMonitor", "monitoring.coreos.com/v1/PrometheusRule")
 
 
-def render(*args: str, monitoring_crds: bool = True) -> list[dict]:
-    """`helm template` of the chart with extra arguments, by default for a cluster with the Prometheus
-    Operator's CRDs; the manifests, parsed."""
+def render(*args: str, namespace: str = "llm", monitoring_crds: bool = True) -> list[dict]:
+    """`helm template` of the chart as release "llm" with extra arguments, by default for a cluster with the
+    Prometheus Operator's CRDs; the manifests, parsed."""
     apis = [arg for api in MONITORING_APIS for arg in ("--api-versions", api)] if monitoring_crds else []
     out = subprocess.run(
-        [tool("helm"), "template", "llm", str(CHART), "--namespace", "llm", *apis, *args],
+        [tool("helm"), "template", "llm", str(CHART), "--namespace", namespace, *apis, *args],
         check=True,
         capture_output=True,
         text=True,
