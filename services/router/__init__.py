@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from llmrouter.channels import open_channel
-from llmrouter.registry import load_registry
+from llmrouter.registry import LiveRegistry
 from llmrouter.server import Closer, Registrations, RunningServer
 from llmrouter.tokens import count_tokens
 from llmrouter.v1 import classifier_pb2_grpc, provider_pb2_grpc, router_pb2_grpc
@@ -21,8 +21,8 @@ from services.router.upkeep import Upkeep
 async def build(
     settings: RouterSettings,
 ) -> tuple[Registrations, list[Closer], Callable[[RunningServer], None]]:
-    try:
-        registry = load_registry(settings.registry_path)
+    try:  # reloaded when the file changes; the models list follows at the next request
+        registry = LiveRegistry(settings.registry_path, "router", settings.registry_reload_s)
     except ValueError as exc:
         raise SystemExit(f"router: {exc}") from None
     count_tokens("")  # loads the tokenizer now: on the first request it would hold the event loop for ~0.3 s
@@ -58,6 +58,8 @@ async def build(
 
     def on_started(server: RunningServer) -> None:
         upkeep.start(server.set_serving)
+        registry.start()
 
-    closers = [upkeep.close, servicer.close, store.close, cache.close, classifier.close, providers.close]
+    closers = [registry.close, upkeep.close, servicer.close, store.close, cache.close, classifier.close]
+    closers.append(providers.close)
     return registrations, closers, on_started

@@ -20,22 +20,22 @@ log = logging.getLogger("llmrouter.router")
 class Routing:
     def __init__(
         self,
-        registry: Registry,
         classifier: classifier_pb2_grpc.ClassifierStub,
         available: AvailableModels,
         classifier_timeout_s: float,
     ) -> None:
-        self.registry = registry
         self.classifier = classifier
         self.available = available
         self.classifier_timeout_s = classifier_timeout_s
 
     async def decide(
         self, request: router_pb2.CompleteRequest, limits: policy.Limits, time_remaining: float | None
-    ) -> tuple[policy.Plan, router_pb2.Decision]:
+    ) -> tuple[policy.Plan, router_pb2.Decision, Registry]:
+        """The plan, the decision, and the registry snapshot both come from: the request's prices until it ends."""
         models = await self.available.get(time_remaining)
+        registry = self.available.registry  # read with the models, before any other await
         if request.model and request.model != "auto":
-            if self.registry.get(request.model) is None:
+            if registry.get(request.model) is None:
                 raise ServiceError(
                     grpc.StatusCode.NOT_FOUND, "MODEL_NOT_FOUND", f"model {request.model!r} does not exist"
                 )
@@ -44,8 +44,8 @@ class Routing:
         else:
             scores, version = await self._classify(request, time_remaining)
             options = policy.evaluate(models, scores, limits)
-            plan = policy.plan(self.registry, options, limits, classified=scores is not None)
-        return plan, decision(plan, limits, version)
+            plan = policy.plan(registry, options, limits, classified=scores is not None)
+        return plan, decision(plan, limits, version), registry
 
     async def _classify(
         self, request: router_pb2.CompleteRequest, time_remaining: float | None

@@ -22,6 +22,7 @@ class RouterSettings(GrpcServiceSettings):
     port: int = Field(default=50053, ge=0, le=65535)
     callers: str = "edge=*"  # who may call (docs/conventions.md, Authentication)
     registry_path: RepoPath = DEFAULT_REGISTRY
+    registry_reload_s: float = Field(default=5.0, gt=0, description="how often the registry file is checked")
     classifier_addr: str = "127.0.0.1:50051"
     providers_addr: str = "127.0.0.1:50052"
     # The money store: spend, holds, request ids, pending charges, ledger. It must never evict keys
