@@ -10,6 +10,7 @@ import grpc
 import pytest
 from prometheus_client import REGISTRY
 
+from llmrouter.auth import Authenticator
 from llmrouter.interceptors import ServiceInterceptor
 
 SERVICE = "inflight-test"
@@ -39,7 +40,7 @@ async def server() -> AsyncIterator[tuple[str, asyncio.Event]]:
             "Stream": grpc.unary_stream_rpc_method_handler(stream),
         },
     )
-    srv = grpc.aio.server(interceptors=[ServiceInterceptor(SERVICE)])
+    srv = grpc.aio.server(interceptors=[ServiceInterceptor(SERVICE, Authenticator("none", {}, {}))])
     srv.add_generic_rpc_handlers([handlers])
     port = srv.add_insecure_port("127.0.0.1:0")
     await srv.start()
