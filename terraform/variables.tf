@@ -86,7 +86,7 @@ variable "provider_keys_secret" {
 }
 
 variable "edge_keys_secret" {
-  description = "Existing Secret whose key `api-keys` lists the client keys the edge accepts (\"key=tenant\" per line). null: every caller is served as one anonymous tenant, which allow_anonymous_edge must then say on purpose."
+  description = "Existing Secret whose key `api-keys` lists the client keys the edge accepts (one \"<tenant> <sha256 hex of the key>\" per line). null: every caller is served as one anonymous tenant, which allow_anonymous_edge must then say on purpose."
   type        = string
   default     = "llm-edge-keys"
 

@@ -194,10 +194,11 @@ def test_turning_tls_off_is_explicit_and_unauthenticated() -> None:
         assert container(docs, svc)["readinessProbe"]["grpc"] == {"port": port}
 
 
-def test_edge_probes_healthz(docs: list[dict]) -> None:
+def test_edge_is_ready_only_when_its_router_is(docs: list[dict]) -> None:
     c = container(docs, "edge")
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+    for probe in ("startupProbe", "livenessProbe"):
         assert c[probe]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
 
 
 def test_registry_configmap_is_mounted_where_the_services_read_it(docs: list[dict]) -> None:

@@ -208,7 +208,8 @@ money cache
 {{- default (printf "%s-tls" (include "llmrouter.component" .)) $existing }}
 {{- end }}
 
-{{/* Probes: native gRPC health checks (grpc.health.v1) for the gRPC services, GET /healthz for the edge.
+{{/* Probes: native gRPC health checks (grpc.health.v1) for the gRPC services; for the edge GET /healthz
+(the process answers) and, for readiness, GET /readyz (the router behind it is serving).
 With mTLS they use the plaintext health-only port: kubelet's gRPC probes cannot present a certificate. */}}
 {{- define "llmrouter.probes" -}}
 {{- $root := index . 0 }}
@@ -220,7 +221,7 @@ startupProbe:
   periodSeconds: 2
   failureThreshold: 60      # up to 2 minutes to load the models
 readinessProbe:
-  {{- toYaml $check | nindent 2 }}
+  {{- toYaml (ternary (dict "httpGet" (dict "path" "/readyz" "port" "http")) $check (eq $svc "edge")) | nindent 2 }}
   periodSeconds: 5
   failureThreshold: 2
 livenessProbe:
