@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
 .PHONY: setup artefacts run test test-slow lint fmt protos check-protos train-classifier local-model \
-        calibrate score evaluate evaluate-mmlu-cv evaluate-multitier bench lint-deploy clean
+        calibrate score evaluate evaluate-mmlu-cv evaluate-multitier bench loadtest lint-deploy clean
 
 # --- set-up -----------------------------------------------------------------------------------------------
 $(VENV)/.installed: pyproject.toml
@@ -84,6 +84,9 @@ bench: setup                     # classifier latency/throughput/RSS; what routi
 	$(PY) -m benchmarks.classifier
 	$(PY) -m benchmarks.router
 	$(PY) -m benchmarks.auth
+
+loadtest: setup                  # Locust against the local stack + a fast stub upstream: req/s, p50/p95/p99, errors, cost
+	$(PY) -m benchmarks.loadtest --users $(or $(USERS),20) --time $(or $(TIME),30s)
 
 lint-deploy: $(VENV)/.installed
 	deploy/lint.sh

@@ -26,7 +26,7 @@ step() {  # step NAME COMMAND...: run one check, record its outcome
 }
 
 # --- scripts and image ----------------------------------------------------------------------------------------
-step "shellcheck deploy/*.sh" shellcheck deploy/*.sh
+step "shellcheck deploy/*.sh .ci/run" shellcheck deploy/*.sh .ci/run
 step "hadolint Dockerfile" hadolint Dockerfile
 step "checkov Dockerfile" checkov --skip-download --compact --quiet --framework dockerfile -f Dockerfile
 
@@ -39,16 +39,19 @@ cases=("default=")
 for f in "$CHART"/ci/*-values.yaml "$RENDER"/values/terraform-*.yaml; do
   [[ -f "$f" ]] && cases+=("$(basename "$f" .yaml)=$f")
 done
+# As on a cluster with the Prometheus Operator, so the ServiceMonitor and PrometheusRule are rendered too.
+MONITORING_APIS=(--api-versions monitoring.coreos.com/v1/ServiceMonitor --api-versions monitoring.coreos.com/v1/PrometheusRule)
 render() {  # render NAME [VALUES_FILE]
   local args=(--namespace "$NAMESPACE")
   [[ -n "${2:-}" ]] && args+=(-f "$2")
-  helm lint --strict "$CHART" "${args[@]}" && helm template llm-cost-router "$CHART" "${args[@]}" >"$RENDER/manifests/$1.yaml"
+  helm lint --strict "$CHART" "${args[@]}" &&
+    helm template llm-cost-router "$CHART" "${args[@]}" "${MONITORING_APIS[@]}" >"$RENDER/manifests/$1.yaml"
 }
 for case in "${cases[@]}"; do
   step "helm lint + template: ${case%%=*}" render "${case%%=*}" "${case#*=}"
 done
 step "helm template refuses a multi-replica router without redis" \
-  bash -c "! helm template x $CHART --set redis.enabled=false >/dev/null 2>&1"
+  bash -c "! helm template x $CHART --set redis.money.enabled=false >/dev/null 2>&1"
 
 # --- rendered manifests ----------------------------------------------------------------------------------------
 # Core kinds against the Kubernetes schemas (strict: no unknown fields). kubernetes-validate has no schemas for
@@ -61,21 +64,30 @@ done
 step "checkov kubernetes (rendered manifests)" \
   checkov --skip-download --compact --quiet --framework kubernetes -d "$RENDER/manifests"
 
-extract_rules() {  # the rendered PrometheusRule's spec, as a plain Prometheus rules file
-  "$TOOLS_PY" - "$RENDER/manifests/default.yaml" "$RENDER/rules/rendered-rules.yaml" <<'PY'
+extract_rules() {  # extract_rules MANIFESTS OUT [DROP_GROUP]: the PrometheusRule's spec, as a plain rules file
+  "$TOOLS_PY" - "$@" <<'PY'
 import sys, yaml
 docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d["kind"] == "PrometheusRule"]
 assert len(docs) == 1, f"expected one PrometheusRule, got {len(docs)}"
-yaml.safe_dump(docs[0]["spec"], open(sys.argv[2], "w"), sort_keys=False)
+spec = docs[0]["spec"]
+spec["groups"] = [g for g in spec["groups"] if g["name"] not in sys.argv[3:]]
+yaml.safe_dump(spec, open(sys.argv[2], "w"), sort_keys=False)
 PY
 }
-step "extract the rendered PrometheusRule" extract_rules
+# The unit tests run on the rules as rendered for release "llm" in namespace "prod", minus the recorded thresholds
+# (the tests give those as input series); rules_test.yaml reads .tools/render/rules/scoped-rules.yaml.
+scoped_rules() {
+  helm template llm "$CHART" --namespace prod "${MONITORING_APIS[@]}" >"$RENDER/rules/prod.yaml" &&
+    extract_rules "$RENDER/rules/prod.yaml" "$RENDER/rules/scoped-rules.yaml" llmrouter.parameters
+}
+step "extract the rendered PrometheusRule" extract_rules "$RENDER/manifests/default.yaml" "$RENDER/rules/rendered-rules.yaml"
 step "promtool check rules (chart file + rendered PrometheusRule)" \
   promtool check rules "$CHART/files/prometheus-rules.yaml" "$RENDER/rules/rendered-rules.yaml"
-step "promtool test rules" promtool test rules deploy/prometheus/*_test.yaml
+test_rules() { scoped_rules && promtool test rules deploy/prometheus/*_test.yaml; }
+step "promtool test rules (rules scoped to a release)" test_rules
 
-# --- tests/deploy, slow ones included (they use the tools above) -----------------------------------------------
-step "pytest tests/deploy" "$PY" -m pytest -q -p no:cacheprovider -m "" tests/deploy
+# --- tests/deploy (they use the tools above) ----------------------------------------------------------------
+step "pytest tests/deploy" env CI=true "$PY" -m pytest -q -p no:cacheprovider tests/deploy
 
 printf '\n'
 for name in "${failed[@]}"; do echo "FAILED: $name"; done

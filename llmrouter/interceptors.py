@@ -13,7 +13,7 @@ from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from llmrouter.auth import Authenticator, acting_as
 from llmrouter.errors import ServiceError, invalid
@@ -27,6 +27,9 @@ RPC_SECONDS = Histogram(
     ["service", "method"],
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
+
+# Calls being served, the autoscaling signal (the services wait on I/O, so CPU understates how full they are).
+INFLIGHT = Gauge("llmrouter_inflight_requests", "Requests being served (to the last message for streams)", ["service"])
 
 _UNMEASURED = ("/grpc.health.", "/grpc.reflection.")
 Parser = Callable[[bytes], Any] | None
@@ -94,6 +97,8 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
     @asynccontextmanager
     async def _guard(self, method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
         start, code = time.perf_counter(), grpc.StatusCode.OK
+        inflight = INFLIGHT.labels(self.service)
+        inflight.inc()
         try:
             yield
         except ServiceError as exc:
@@ -110,5 +115,6 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             log.exception("unhandled error in %s", method)
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}")
         finally:
+            inflight.dec()
             RPCS.labels(self.service, method, code.name).inc()
             RPC_SECONDS.labels(self.service, method).observe(time.perf_counter() - start)

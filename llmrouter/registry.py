@@ -1,14 +1,21 @@
 """The model registry: which models exist, who serves them, what they cost and how good they are expected to
-be. One YAML file, shared by the router (policy) and the providers service (gateways)."""
+be. One YAML file, shared by the router (policy) and the providers service (gateways), reloaded in place when
+it changes (LiveRegistry)."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import logging
 import os
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from decimal import Decimal
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import yaml
+from prometheus_client import Counter, Gauge
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from llmrouter.settings import REPO_ROOT
@@ -17,13 +24,24 @@ from llmrouter.v1 import common_pb2
 DEFAULT_REGISTRY = REPO_ROOT / "config" / "models.yaml"
 MTOK = Decimal(1_000_000)
 
+log = logging.getLogger("llmrouter.registry")
+RELOADS = Counter(
+    "llmrouter_registry_reloads_total", "Changes of the registry file, by outcome (ok, invalid)", ["service", "outcome"]
+)
+VALID = Gauge(
+    "llmrouter_registry_valid",
+    "1 when the registry file in place is the one in force; 0 when it is invalid and the previous one is kept",
+    ["service"],
+)
+
 
 class ProviderSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: Literal["openai", "anthropic", "local"]
     base_url: str = ""
-    # The key is read from this environment variable, or from this file (a mounted Kubernetes secret).
+    # The key is read from this file, else from the file named like api_key_env in the service's keys directory
+    # (a mounted Kubernetes Secret, PROVIDERS_API_KEYS_DIR), else from the environment variable api_key_env.
     api_key_env: str = ""
     api_key_file: str = ""
     headers: dict[str, str] = Field(default_factory=dict)
@@ -40,9 +58,13 @@ class ProviderSpec(BaseModel):
     breaker_failures: int = Field(default=5, ge=1)
     breaker_cooldown_s: float = Field(default=30.0, gt=0)
 
-    def api_key(self) -> str:
-        if self.api_key_file and Path(self.api_key_file).is_file():
-            return Path(self.api_key_file).read_text().strip()
+    def api_key(self, keys_dir: Path | None = None) -> str:
+        files = [Path(self.api_key_file)] if self.api_key_file else []
+        if keys_dir is not None and self.api_key_env:
+            files.append(keys_dir / self.api_key_env)
+        for path in files:
+            if path.is_file():
+                return path.read_text().strip()
         return os.environ.get(self.api_key_env, "") if self.api_key_env else ""
 
     @property
@@ -111,6 +133,11 @@ class Registry(BaseModel):
                 raise ValueError(f"model {m.name!r}: give quality_from (a classifier model) or quality_prior")
         return self
 
+    @property
+    def current(self) -> Registry:
+        """A registry that never changes is its own snapshot (as LiveRegistry.current gives one)."""
+        return self
+
     def get(self, name: str) -> ModelSpec | None:
         return next((m for m in self.models if m.name == name), None)
 
@@ -121,7 +148,97 @@ class Registry(BaseModel):
 def load_registry(path: str | Path | None = None) -> Registry:
     path = Path(path) if path else DEFAULT_REGISTRY
     try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read model registry {path}: {exc}") from exc
+    return parse_registry(text, path)
+
+
+def parse_registry(text: bytes, path: Path) -> Registry:
+    """A registry from the bytes of its file; ValueError (pydantic's included) says what is wrong."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
         raise ValueError(f"cannot read model registry {path}: {exc}") from exc
     return Registry.model_validate(raw)
+
+
+class RegistrySource(Protocol):
+    """A fixed Registry or a LiveRegistry: where the registry in force is read, once per request."""
+
+    @property
+    def current(self) -> Registry: ...
+
+
+class LiveRegistry:
+    """The registry in force, reloaded when its file changes. The file's content is compared, so every kind of
+    update is seen (a mounted ConfigMap changes by an atomic symlink swap). A new version is validated whole and
+    swapped in at once; an invalid one is logged and counted (llmrouter_registry_valid drops to 0, an alert
+    fires) while the previous registry stays in force. Callers read `current` once per request and keep that
+    snapshot, so a request is priced with the registry it was admitted with."""
+
+    def __init__(
+        self,
+        path: Path,
+        service: str,
+        interval_s: float = 5.0,
+        on_change: Callable[[Registry], Awaitable[None]] | None = None,
+    ) -> None:
+        self.path, self.service, self.interval_s, self.on_change = path, service, interval_s, on_change
+        text = self._read()
+        if text is None:
+            raise ValueError(f"cannot read model registry {path}")
+        self._current = parse_registry(text, path)
+        self._seen = hashlib.sha256(text).digest()
+        self._task: asyncio.Task[None] | None = None
+        VALID.labels(service).set(1)
+
+    @property
+    def current(self) -> Registry:
+        return self._current
+
+    def check(self) -> bool:
+        """Look at the file once: True when a new, valid registry is now in force."""
+        text = self._read()
+        digest = hashlib.sha256(text if text is not None else b"\0unreadable").digest()
+        if digest == self._seen:
+            return False
+        self._seen = digest
+        try:
+            if text is None:
+                raise ValueError(f"cannot read model registry {self.path}")
+            registry = parse_registry(text, self.path)
+        except ValueError as exc:
+            RELOADS.labels(self.service, "invalid").inc()
+            VALID.labels(self.service).set(0)
+            log.error("new registry is invalid; the previous one stays in force", extra={"error": str(exc)})
+            return False
+        self._current = registry
+        RELOADS.labels(self.service, "ok").inc()
+        VALID.labels(self.service).set(1)
+        log.info("registry reloaded", extra={"path": str(self.path), "models": len(registry.models)})
+        return True
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._watch())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            if self.check() and self.on_change is not None:
+                try:
+                    await self.on_change(self._current)
+                except Exception:  # the service keeps serving with what it has; the log says why
+                    log.exception("applying the new registry failed")
+
+    def _read(self) -> bytes | None:
+        try:
+            return self.path.read_bytes()
+        except OSError:
+            return None

@@ -33,11 +33,12 @@ CHANNEL_OPTIONS = [
     # Spread calls over every address a (headless) Service resolves to, not one pod per client.
     ("grpc.lb_policy_name", "round_robin"),
 ]
-# Servers close connections after a while so clients re-resolve and find pods added by the autoscaler.
+# Servers close connections after a minute so clients re-resolve and find pods added by the autoscaler; calls
+# in flight on a closing connection get a grace longer than the longest request (120 s) to finish.
 SERVER_OPTIONS = [
     *CHANNEL_OPTIONS[:2],
-    ("grpc.max_connection_age_ms", 5 * 60_000),
-    ("grpc.max_connection_age_grace_ms", 30_000),
+    ("grpc.max_connection_age_ms", 60_000),
+    ("grpc.max_connection_age_grace_ms", 150_000),
 ]
 
 

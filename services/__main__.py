@@ -2,6 +2,9 @@
 Kubernetes runs them), sends one chat completion through edge -> router -> classifier -> providers, prints
 it, then serves until Ctrl-C. `--once` stops after the demo request.
 
+While serving it supervises: a service that exits is reported at once and the whole stack stops with a non-zero
+status (a half stack would answer /healthz while every request fails).
+
 Ports come from the usual settings (CLASSIFIER_PORT, PROVIDERS_PORT, ROUTER_PORT, EDGE_PORT). The services
 authenticate each other with mTLS: unless *_TLS_DIR says otherwise, a throwaway CA and one certificate per
 service are made at start in a temporary directory, deleted at exit."""
@@ -31,6 +34,7 @@ from services.router.settings import RouterSettings
 
 START_TIMEOUT_S = 180
 SERVICES = ("classifier", "providers", "router", "edge")
+POLL_S = 0.2
 
 
 def launch(name: str, env: dict[str, str]) -> tuple[subprocess.Popen[str], threading.Event]:
@@ -142,19 +146,36 @@ def _running(env: dict[str, str]) -> Iterator[tuple[str, dict[str, subprocess.Po
                 proc.kill()
 
 
+def supervise(procs: dict[str, subprocess.Popen[str]], stop: threading.Event) -> tuple[str, int] | None:
+    """Block until `stop` is set (None) or a service exits: then its name and exit code."""
+    while not stop.wait(POLL_S):
+        for name, proc in procs.items():
+            if (code := proc.poll()) is not None:
+                return name, code
+    return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--once", action="store_true", help="stop after the demo request")
     args = parser.parse_args()
-    with running_stack() as (base_url, _):
+    with running_stack() as (base_url, procs):
         print(f"llm-cost-router is up: OpenAI-compatible API at {base_url}/v1")
         demo(base_url)
         if not args.once:
-            print(f"\nServing; try: curl {base_url}/v1/models   (Ctrl-C stops)")
+            print(f"\nServing; try: curl {base_url}/v1/models   (Ctrl-C stops)", flush=True)
             stop = threading.Event()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, lambda *_: stop.set())
-            stop.wait()
+            exited = supervise(procs, stop)
+            if exited is not None:
+                name, code = exited
+                print(
+                    f"llm-cost-router: {name} exited with code {code} (its log is above); stopping the stack",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                raise SystemExit(1)
 
 
 if __name__ == "__main__":

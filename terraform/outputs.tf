@@ -24,6 +24,6 @@ output "public_endpoint" {
 }
 
 output "provider_keys_secret" {
-  description = "Secret holding the provider API keys (mounted as files into the providers pods)."
-  value       = kubernetes_secret_v1.provider_keys.metadata[0].name
+  description = "Secret the providers pods read the provider API keys from (mounted as files)."
+  value       = var.provider_keys_secret
 }

@@ -1,46 +1,42 @@
 # The chart's values derived from the variables. Pure computation (no resources), so deploy/terraform_check.py
-# can evaluate it offline, without the providers, and render the chart with the result.
+# can evaluate it offline, without the providers, and render the chart with the result. No secret passes through
+# here: Secrets are referenced by name only, so neither the plan nor the state holds a key or a Redis URL.
 locals {
-  provider_secret = "${var.release_name}-provider-keys"
-  redis_secret    = "${var.release_name}-redis"
-  edge_secret     = "${var.release_name}-edge-keys"
-  # Whether there is a URL is no secret; the URL itself stays sensitive.
-  external_redis   = nonsensitive(var.redis_url != null)
-  edge_auth        = nonsensitive(length(var.edge_api_keys) > 0)
   edge_service_dns = "${var.release_name}-edge.${var.namespace}.svc.cluster.local" # fullnameOverride
 
   # Values for the chart (helm/llm-cost-router/values.yaml), only what this module decides.
-  values = merge(
-    {
-      image = var.image
-      providers = {
-        apiKeys = { existingSecret = local.provider_secret }
+  values = {
+    image = var.image
+    providers = {
+      apiKeys = { existingSecret = var.provider_keys_secret }
+    }
+    edge = {
+      allowAnonymous = var.allow_anonymous_edge
+      apiKeys        = { existingSecret = var.edge_keys_secret == null ? "" : var.edge_keys_secret }
+    }
+    fullnameOverride = var.release_name
+    redis = {
+      # In-chart when no Secret is named; the chart ignores enabled when urlSecret.name is set.
+      money = { urlSecret = coalesce(var.money_redis_secret, { name = "", key = "" }) }
+      cache = { urlSecret = coalesce(var.cache_redis_secret, { name = "", key = "" }) }
+    }
+    monitoring = {
+      serviceMonitor = { enabled = var.monitoring_enabled, labels = { release = var.prometheus_release_label } }
+      prometheusRule = {
+        enabled           = var.monitoring_enabled
+        labels            = { release = var.prometheus_release_label }
+        hourlyBudgetUsd   = var.hourly_budget_usd
+        edgeP99SloSeconds = var.edge_p99_slo_seconds
       }
-      edge = {
-        apiKeys = { existingSecret = local.edge_auth ? local.edge_secret : "" }
-      }
-      fullnameOverride = var.release_name
-      redis = {
-        enabled   = !local.external_redis
-        urlSecret = { name = local.external_redis ? local.redis_secret : "", key = local.external_redis ? "url" : "" }
-      }
-      monitoring = {
-        serviceMonitor = { enabled = var.monitoring_enabled }
-        prometheusRule = {
-          enabled           = var.monitoring_enabled
-          hourlyBudgetUsd   = var.hourly_budget_usd
-          edgeP99SloSeconds = var.edge_p99_slo_seconds
-        }
-        dashboard = { enabled = var.monitoring_enabled }
-      }
-      ingress = {
-        enabled   = var.ingress != null
-        className = try(var.ingress.class_name, "")
-        hosts     = var.ingress == null ? [] : [{ host = var.ingress.host, paths = [{ path = "/", pathType = "Prefix" }] }]
-        tls       = try(var.ingress.tls_secret, "") == "" ? [] : [{ secretName = var.ingress.tls_secret, hosts = [var.ingress.host] }]
-      }
-    },
-  )
+      dashboard = { enabled = var.monitoring_enabled }
+    }
+    ingress = {
+      enabled   = var.ingress != null
+      className = try(var.ingress.class_name, "")
+      hosts     = var.ingress == null ? [] : [{ host = var.ingress.host, paths = [{ path = "/", pathType = "Prefix" }] }]
+      tls       = try(var.ingress.tls_secret, "") == "" ? [] : [{ secretName = var.ingress.tls_secret, hosts = [var.ingress.host] }]
+    }
+  }
   # Per-service HPA bounds, merged into the service sections above.
   chart_values = merge(local.values, {
     for name, a in var.autoscaling : name => merge(lookup(local.values, name, {}), {

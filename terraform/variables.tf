@@ -1,16 +1,4 @@
-# --- cluster -------------------------------------------------------------------------------------------------
-variable "kubeconfig_path" {
-  description = "Path of the kubeconfig used by the kubernetes and helm providers."
-  type        = string
-  default     = "~/.kube/config"
-}
-
-variable "kube_context" {
-  description = "kubeconfig context; null uses the current one."
-  type        = string
-  default     = null
-}
-
+# --- cluster ---------------------------------------------------------------------------------------------------
 variable "namespace" {
   description = "Namespace of the release."
   type        = string
@@ -85,49 +73,56 @@ variable "autoscaling" {
   }
 }
 
-# --- secrets -------------------------------------------------------------------------------------------------
-variable "provider_api_keys" {
-  description = "Provider API keys by the registry's api_key_env name (OPENAI_API_KEY, ANTHROPIC_API_KEY, GROQ_API_KEY, TOGETHER_API_KEY). Stored in a Secret mounted as files into the providers pods; a provider without a key is not offered."
-  type        = map(string)
-  default     = {}
-  sensitive   = true
-
-  validation {
-    condition     = alltrue([for name in keys(var.provider_api_keys) : can(regex("^[A-Z][A-Z0-9_]*_API_KEY$", name))])
-    error_message = "provider_api_keys keys must be environment-style names ending in _API_KEY, e.g. OPENAI_API_KEY."
-  }
-  validation {
-    condition     = alltrue([for key in values(var.provider_api_keys) : length(trimspace(key)) > 0])
-    error_message = "provider_api_keys values must not be empty: leave the provider out instead."
-  }
-}
-
-variable "edge_api_keys" {
-  description = "Client API keys the edge accepts, key => tenant (budgets and rate limits are per tenant). Their SHA-256 digests are kept in a Secret mounted as a file; empty: the edge refuses to start unless EDGE_ALLOW_ANONYMOUS=true is set (then every caller is one anonymous tenant)."
-  type        = map(string)
-  default     = {}
-  sensitive   = true
-
-  validation {
-    condition     = alltrue([for key in keys(var.edge_api_keys) : can(regex("^[A-Za-z0-9_.-]{16,}$", key))])
-    error_message = "edge_api_keys keys must be at least 16 characters of letters, digits, '_', '.' or '-'."
-  }
-  validation {
-    condition     = alltrue([for tenant in values(var.edge_api_keys) : can(regex("^[a-z0-9][a-z0-9_-]*$", tenant))])
-    error_message = "edge_api_keys tenants must be lower-case names (letters, digits, '_', '-')."
-  }
-}
-
-variable "redis_url" {
-  description = "URL of an external Redis (redis:// or rediss://), kept in a Secret; null runs the chart's single Redis."
+# --- secrets: referenced by name, never passed in (Terraform state holds no key and no Redis URL) -------------
+variable "provider_keys_secret" {
+  description = "Existing Secret with the provider API keys, one key per registry api_key_env name (OPENAI_API_KEY, ANTHROPIC_API_KEY, ...), mounted as files into the providers pods; a provider without a key is not offered."
   type        = string
-  default     = null
-  sensitive   = true
+  default     = "llm-provider-keys"
 
   validation {
-    condition     = var.redis_url == null || can(regex("^rediss?://", var.redis_url))
-    error_message = "redis_url must start with redis:// or rediss://."
+    condition     = can(regex("^[a-z0-9]([-.a-z0-9]{0,251}[a-z0-9])?$", var.provider_keys_secret))
+    error_message = "provider_keys_secret must be a Secret name (DNS-1123 subdomain)."
   }
+}
+
+variable "edge_keys_secret" {
+  description = "Existing Secret whose key `api-keys` lists the client keys the edge accepts (one \"<tenant> <sha256 hex of the key>\" per line). null: every caller is served as one anonymous tenant, which allow_anonymous_edge must then say on purpose."
+  type        = string
+  default     = "llm-edge-keys"
+
+  validation {
+    condition     = var.edge_keys_secret == null || can(regex("^[a-z0-9]([-.a-z0-9]{0,251}[a-z0-9])?$", var.edge_keys_secret))
+    error_message = "edge_keys_secret must be a Secret name (DNS-1123 subdomain)."
+  }
+}
+
+variable "allow_anonymous_edge" {
+  description = "Serve callers without a key (one anonymous tenant). Only for a private edge: it spends the provider keys for anyone who can reach it."
+  type        = bool
+  default     = false
+
+  validation {
+    condition     = var.allow_anonymous_edge || var.edge_keys_secret != null
+    error_message = "edge_keys_secret is null: set allow_anonymous_edge = true to serve every caller as one tenant, on purpose."
+  }
+}
+
+variable "money_redis_secret" {
+  description = "Existing Secret holding the URL of an external money Redis (spend, holds, request ids, ledger; it must be noeviction and persistent): {name, key}. null runs the chart's own (AOF on a volume)."
+  type = object({
+    name = string
+    key  = optional(string, "url")
+  })
+  default = null
+}
+
+variable "cache_redis_secret" {
+  description = "Existing Secret holding the URL of an external cache Redis (allkeys-lru is right for it): {name, key}. null runs the chart's own."
+  type = object({
+    name = string
+    key  = optional(string, "url")
+  })
+  default = null
 }
 
 # --- exposure and operations ---------------------------------------------------------------------------------
@@ -169,9 +164,15 @@ variable "edge_p99_slo_seconds" {
 }
 
 variable "monitoring_enabled" {
-  description = "Create the ServiceMonitor, PrometheusRule and Grafana dashboard (needs the Prometheus Operator CRDs)."
+  description = "Create the ServiceMonitor and PrometheusRule (where the cluster serves the Prometheus Operator's CRDs; skipped elsewhere) and the Grafana dashboard."
   type        = bool
   default     = true
+}
+
+variable "prometheus_release_label" {
+  description = "The `release` label the Prometheus' selectors expect on ServiceMonitors and PrometheusRules (kube-prometheus-stack: its release name)."
+  type        = string
+  default     = "kube-prometheus-stack"
 }
 
 variable "extra_values" {

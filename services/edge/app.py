@@ -20,6 +20,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llmrouter.errors import ServiceError
+from llmrouter.interceptors import INFLIGHT
 from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
 from services.edge.openai_api import (
     ApiError,
@@ -182,6 +183,7 @@ class Edge:
             "x-router-reason": header_safe(decision.reason),
             "x-request-id": request_id,
             "cache-control": "no-cache",
+            "x-accel-buffering": "no",  # proxies (nginx ingress) pass each event on at once
         }
         return StreamingResponse(
             self._stream(call, pending, request_id, decision.model, include_usage),
@@ -300,9 +302,12 @@ class Observe:
                 HTTP_SECONDS.labels(route).observe(time.perf_counter() - start)
             await send(message)
 
+        inflight = INFLIGHT.labels("edge")
+        inflight.inc()
         try:
             await self.app(scope, receive, observed_send)
         finally:
+            inflight.dec()
             HTTP_REQUESTS.labels(route, str(status)).inc()
 
 

@@ -18,6 +18,9 @@ from services.providers.gateways.openai import OpenAIGateway
 from services.providers.settings import ProvidersSettings
 
 log = logging.getLogger("llmrouter.providers")
+# A dispatcher replaced by a registry reload is closed this long after, so the calls it serves finish first
+# (the longest request is 120 s).
+RETIRE_AFTER_S = 150.0
 
 
 @dataclass
@@ -40,9 +43,45 @@ class Catalog:
             await dispatcher.aclose()
 
 
-async def build_catalog(registry: Registry, settings: ProvidersSettings) -> Catalog:
+class Retirement:
+    """Closes the dispatchers a reload replaced, once the calls they serve are done (or at shutdown)."""
+
+    def __init__(self, after_s: float = RETIRE_AFTER_S) -> None:
+        self.after_s = after_s
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def retire(self, old: Catalog, new: Catalog) -> None:
+        kept = {id(d) for d in new.dispatchers.values()}
+        gone = [d for d in old.dispatchers.values() if id(d) not in kept]
+        if gone:
+            task = asyncio.get_running_loop().create_task(self._close_later(gone))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _close_later(self, dispatchers: list[Dispatcher]) -> None:
+        try:
+            await asyncio.sleep(self.after_s)
+        finally:
+            for dispatcher in dispatchers:
+                await dispatcher.aclose()
+
+
+async def build_catalog(
+    registry: Registry, settings: ProvidersSettings, reuse: dict[str, Dispatcher] | None = None
+) -> Catalog:
+    """The catalog of a registry; `reuse` (a previous catalog's dispatchers) keeps the dispatcher, its gateway
+    and its breakers, of every provider whose spec did not change (a price change reopens nothing)."""
     dispatchers: dict[str, Dispatcher] = {}
     for name, spec in registry.providers.items():
+        previous = (reuse or {}).get(name)
+        if previous is not None and previous.spec == spec:
+            dispatchers[name] = previous
+            continue
         gateway, secret = await _gateway(name, spec, settings)
         if gateway is not None:
             dispatchers[name] = Dispatcher(name, spec, gateway, secret)
@@ -62,7 +101,7 @@ async def _gateway(name: str, spec: ProviderSpec, settings: ProvidersSettings) -
             LocalGateway, settings.local_model_dir, spec.max_concurrency, settings.local_threads
         )
         return gateway, ""
-    key = spec.api_key()
+    key = spec.api_key(settings.api_keys_dir)
     if spec.needs_key and not key:
         return None, ""
     cls = AnthropicGateway if spec.kind == "anthropic" else OpenAIGateway

@@ -7,11 +7,11 @@ from contextlib import aclosing
 
 import grpc
 
-from llmrouter.registry import ModelSpec, load_registry
+from llmrouter.registry import LiveRegistry, ModelSpec, Registry
 from llmrouter.server import Closer, Registrations
 from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc
 from llmrouter.validation import validate
-from services.providers.catalog import Catalog, build_catalog
+from services.providers.catalog import Catalog, Retirement, build_catalog
 from services.providers.gateways.base import Message, UpstreamRequest
 from services.providers.settings import ProvidersSettings
 
@@ -65,13 +65,27 @@ def upstream_request(model: ModelSpec, request: provider_pb2.GenerateRequest) ->
 
 
 async def build(settings: ProvidersSettings) -> tuple[Registrations, list[Closer]]:
+    retirement = Retirement()
+
+    async def reload(new: Registry) -> None:
+        """Swap in the new registry's catalog; calls in flight keep the model and dispatcher they resolved."""
+        old = servicer.catalog
+        servicer.catalog = await build_catalog(new, settings, reuse=old.dispatchers)
+        retirement.retire(old, servicer.catalog)
+
     try:
-        registry = load_registry(settings.registry_path)
+        registry = LiveRegistry(settings.registry_path, "providers", settings.registry_reload_s, on_change=reload)
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
-    catalog = await build_catalog(registry, settings)
-    servicer = ProviderServicer(catalog)
+    servicer = ProviderServicer(await build_catalog(registry.current, settings))
+    registry.start()
+
+    async def close() -> None:
+        await registry.close()
+        await retirement.aclose()
+        await servicer.catalog.aclose()
+
     registrations: Registrations = {
         SERVICE: lambda server: provider_pb2_grpc.add_ProviderServicer_to_server(servicer, server)
     }
-    return registrations, [catalog.aclose]
+    return registrations, [close]

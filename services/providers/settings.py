@@ -16,5 +16,9 @@ class ProvidersSettings(GrpcServiceSettings):
     port: int = Field(default=50052, ge=0, le=65535, description="gRPC port; 0 picks a free one")
     callers: str = "router"  # who may call (docs/conventions.md, Authentication)
     registry_path: RepoPath = Field(default=Path("config/models.yaml"), description="the model registry (YAML)")
+    registry_reload_s: float = Field(default=5.0, gt=0, description="how often the registry file is checked")
     local_model_dir: RepoPath = Field(default=Path("artefacts/smollm2"), description="built by `make local-model`")
     local_threads: int = Field(default=2, ge=1, le=64, description="CPU threads per local generation")
+    api_keys_dir: Path | None = Field(
+        default=None, description="directory of key files named like the registry's api_key_env (a mounted Secret)"
+    )

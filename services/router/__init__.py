@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from llmrouter.channels import open_channel
-from llmrouter.registry import load_registry
+from llmrouter.registry import LiveRegistry
 from llmrouter.server import Closer, Registrations, RunningServer
 from llmrouter.tokens import count_tokens
 from llmrouter.v1 import classifier_pb2_grpc, provider_pb2_grpc, router_pb2_grpc
@@ -22,8 +22,8 @@ from services.router.upkeep import Upkeep
 async def build(
     settings: RouterSettings,
 ) -> tuple[Registrations, list[Closer], Callable[[RunningServer], None]]:
-    try:
-        registry = load_registry(settings.registry_path)
+    try:  # reloaded when the file changes; the models list follows at the next request
+        registry = LiveRegistry(settings.registry_path, "router", settings.registry_reload_s)
         reference = calibration.load(settings.calibration_path)
     except ValueError as exc:  # CalibrationError is one too
         raise SystemExit(f"router: {exc}") from None
@@ -36,7 +36,14 @@ async def build(
         outbox = Outbox(settings.data_dir)
     except OSError as exc:
         raise SystemExit(f"router: ROUTER_DATA_DIR={settings.data_dir} cannot keep the charge outbox: {exc}") from None
-    upkeep = Upkeep(store, outbox, settings.instance_id, settings.upkeep_interval_s, settings.heartbeat_ttl_s)
+    upkeep = Upkeep(
+        store,
+        outbox,
+        settings.instance_id,
+        settings.upkeep_interval_s,
+        settings.heartbeat_ttl_s,
+        settings.pending_stale_s,
+    )
     await upkeep.tick()  # heartbeat first: pending charges must never belong to a router not known alive
     classifier = open_channel(settings.classifier_addr, settings)
     providers = open_channel(settings.providers_addr, settings)
@@ -54,6 +61,8 @@ async def build(
 
     def on_started(server: RunningServer) -> None:
         upkeep.start(server.set_serving)
+        registry.start()
 
-    closers = [upkeep.close, servicer.close, store.close, cache.close, classifier.close, providers.close]
+    closers = [registry.close, upkeep.close, servicer.close, store.close, cache.close, classifier.close]
+    closers.append(providers.close)
     return registrations, closers, on_started

@@ -12,7 +12,7 @@ import grpc
 
 from llmrouter.auth import current_identity
 from llmrouter.errors import ServiceError, invalid
-from llmrouter.registry import Registry
+from llmrouter.registry import RegistrySource
 from llmrouter.tokens import count_prompt_tokens, fewest_prompt_tokens
 from llmrouter.v1 import router_pb2
 from llmrouter.validation import validate
@@ -59,17 +59,22 @@ def output_caps(plan: policy.Plan, limits: policy.Limits, decision: router_pb2.D
 
 
 class Admission:
-    def __init__(self, settings: RouterSettings, registry: Registry, store: Store) -> None:
+    def __init__(self, settings: RouterSettings, registry: RegistrySource, store: Store) -> None:
         self.settings = settings
+        self.registry = registry
         self.store = store
-        # A prompt over every context window is refused; counting it further is wasted work.
-        self.max_context = max(m.context_window for m in registry.models)
         self.allowance = Allowance(
             settings.budget_period,
             settings.rate_limit_rpm,
             None if settings.tenant_budget_usd is None else to_pico(settings.tenant_budget_usd),
             None if settings.key_budget_usd is None else to_pico(settings.key_budget_usd),
         )
+
+    @property
+    def max_context(self) -> int:
+        """A prompt over every context window (of the registry in force) is refused; counting it further is
+        wasted work."""
+        return max(m.context_window for m in self.registry.current.models)
 
     async def limits(self, request: router_pb2.CompleteRequest) -> policy.Limits:
         """The request, validated, as the limits routing must respect."""

@@ -23,7 +23,7 @@ class Calibration:
     classifier_version: str
     models: list[str]
     scores: list[list[float]]  # one row per reference prompt, one column per classifier model
-    _ratios: dict[tuple[str, ...], list[float]] = field(default_factory=dict, repr=False)
+    _ratios: dict[tuple[object, ...], list[float]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def read(cls, path: Path) -> Calibration:
@@ -53,7 +53,8 @@ class Calibration:
     def _ratios_for(self, models: list[ModelSpec], registry: Registry) -> list[float]:
         """Per reference prompt, sorted: the target above which the policy picks the strongest tier, the best
         weaker model's prediction over the best prediction (inf: a weaker model is predicted best)."""
-        key = tuple(sorted(m.name for m in models))
+        # The registry may be reloaded: a model's tier or quality source is part of what the ratios depend on.
+        key = (tuple(registry.tiers), tuple(sorted((m.name, m.tier, m.quality_from, m.quality_prior) for m in models)))
         if key not in self._ratios:
             top = max((registry.tier_rank(m) for m in models), default=0)
             ratios = []

@@ -1,5 +1,6 @@
 """Which registry models can be used right now: those the providers service reports usable (its API key is
-set, its artefact built). Refreshed in the background of requests; a stale list beats no list."""
+set, its artefact built). Refreshed in the background of requests, and at once when the registry was reloaded;
+a stale list beats no list."""
 
 from __future__ import annotations
 
@@ -10,15 +11,16 @@ import time
 import grpc
 
 from llmrouter.errors import ServiceError
-from llmrouter.registry import ModelSpec, Registry
+from llmrouter.registry import LiveRegistry, ModelSpec, Registry
 from llmrouter.v1 import common_pb2, provider_pb2_grpc
 
 log = logging.getLogger("llmrouter.router.models")
 
 
 class AvailableModels:
-    def __init__(self, registry: Registry, providers: provider_pb2_grpc.ProviderStub, refresh_s: float) -> None:
-        self.registry = registry
+    def __init__(self, registry: LiveRegistry, providers: provider_pb2_grpc.ProviderStub, refresh_s: float) -> None:
+        self.live = registry
+        self.registry: Registry = registry.current  # the snapshot the models below come from
         self.providers = providers
         self.refresh_s = refresh_s
         self._models: list[ModelSpec] = []
@@ -26,14 +28,19 @@ class AvailableModels:
         self._lock = asyncio.Lock()
 
     async def get(self, timeout: float | None) -> list[ModelSpec]:
-        if time.monotonic() - self._fetched_at < self.refresh_s and self._models:
+        if not self._stale():
             return self._models
         async with self._lock:
-            if time.monotonic() - self._fetched_at >= self.refresh_s or not self._models:
+            if self._stale():
                 await self._refresh(timeout)
         return self._models
 
+    def _stale(self) -> bool:
+        too_old = time.monotonic() - self._fetched_at >= self.refresh_s
+        return too_old or not self._models or self.registry is not self.live.current
+
     async def _refresh(self, timeout: float | None) -> None:
+        registry = self.live.current
         try:
             reply = await self.providers.ListModels(common_pb2.ListModelsRequest(), timeout=timeout or 5.0)
         except grpc.RpcError as err:
@@ -44,7 +51,7 @@ class AvailableModels:
                 grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE", "providers service unavailable"
             ) from None
         usable = {m.name for m in reply.models}
-        self._models = [m for m in self.registry.models if m.name in usable]
+        self._models, self.registry = [m for m in registry.models if m.name in usable], registry
         self._fetched_at = time.monotonic()
 
     def baseline(self) -> ModelSpec | None:

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from llmrouter.registry import ModelSpec
+from llmrouter.registry import ModelSpec, Registry
 from llmrouter.v1 import provider_pb2, router_pb2
 from services.router import policy
 from services.router.store import Account, Hold
@@ -29,6 +29,7 @@ class Routed:
     # What failed attempts (fallbacks, escalation) cost: what they consumed, or their worst case if unknown.
     owed: Decimal = Decimal(0)
     failure: str = "failed"  # the ledger outcome when the request ends without an answer
+    registry: Registry | None = None  # the snapshot the plan came from, kept for the request's life
 
 
 @dataclass
@@ -54,5 +55,7 @@ class Served:
         self.input_tokens += reply.usage.input_tokens
         self.output_tokens += reply.usage.output_tokens
         self.estimated |= reply.usage.estimated
-        self.cost += Decimal(reply.cost_usd or "0")
+        # At the prices the request was admitted with (the same formula as the providers', which may by now
+        # run a reloaded registry).
+        self.cost += model.cost_usd(reply.usage.input_tokens, reply.usage.output_tokens)
         self.retries += reply.retries

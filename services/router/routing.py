@@ -23,14 +23,12 @@ log = logging.getLogger("llmrouter.router")
 class Routing:
     def __init__(
         self,
-        registry: Registry,
         classifier: classifier_pb2_grpc.ClassifierStub,
         available: AvailableModels,
         classifier_timeout_s: float,
         targets: Targets,
         tenant_labels: metrics.BoundedLabels,
     ) -> None:
-        self.registry = registry
         self.classifier = classifier
         self.available = available
         self.classifier_timeout_s = classifier_timeout_s
@@ -39,13 +37,15 @@ class Routing:
 
     async def decide(
         self, request: router_pb2.CompleteRequest, limits: policy.Limits, tenant: str, time_remaining: float | None
-    ) -> tuple[policy.Plan, router_pb2.Decision]:
-        """The plan and the Decision; an auto-routed request's quality target comes from `targets` once the
-        classifier has answered (a strong share needs the calibration of the classifier that scored it)."""
+    ) -> tuple[policy.Plan, router_pb2.Decision, Registry]:
+        """The plan, the decision, and the registry snapshot both come from: the request's prices until it ends.
+        An auto-routed request's quality target comes from `targets` once the classifier has answered (a strong
+        share needs the calibration of the classifier that scored it)."""
         models = await self.available.get(time_remaining)
+        registry = self.available.registry  # read with the models, before any other await
         note = ""
         if request.model and request.model != "auto":
-            if self.registry.get(request.model) is None:
+            if registry.get(request.model) is None:
                 raise ServiceError(
                     grpc.StatusCode.NOT_FOUND, "MODEL_NOT_FOUND", f"model {request.model!r} does not exist"
                 )
@@ -54,11 +54,11 @@ class Routing:
         else:
             scores, version = await self._classify(request, time_remaining)
             if scores is not None:
-                target = self.targets.choose(request, tenant, models, version)
+                target = self.targets.choose(request, tenant, models, registry, version)
                 limits, note = dataclasses.replace(limits, quality_target=target.quality), target.note
             options = policy.evaluate(models, scores, limits)
-            plan = policy.plan(self.registry, options, limits, classified=scores is not None)
-        return plan, decision(plan, limits, version, note)
+            plan = policy.plan(registry, options, limits, classified=scores is not None)
+        return plan, decision(plan, limits, version, note), registry
 
     def count(self, routed: Routed) -> None:
         """An admitted auto-routed request, by tenant and the chosen tier: the realised strong share."""

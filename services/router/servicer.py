@@ -9,7 +9,7 @@ from contextlib import aclosing
 from typing import Any
 
 from llmrouter.errors import ServiceError
-from llmrouter.registry import Registry
+from llmrouter.registry import LiveRegistry
 from llmrouter.v1 import classifier_pb2_grpc, common_pb2, provider_pb2_grpc, router_pb2, router_pb2_grpc
 from services.router import admission, charging, metrics
 from services.router.admission import Admission
@@ -29,7 +29,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     def __init__(
         self,
         settings: RouterSettings,
-        registry: Registry,
+        registry: LiveRegistry,
         store: Store,
         cache: Cache,
         outbox: Outbox,
@@ -41,15 +41,14 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self.available = AvailableModels(registry, providers, settings.models_refresh_s)
         self.admission = Admission(settings, registry, store)
         self.routing = Routing(
-            registry,
             classifier,
             self.available,
             settings.classifier_timeout_s,
-            Targets(settings, registry, reference),
+            Targets(settings, reference),
             metrics.BoundedLabels(settings.metrics_tenants),
         )
         self.charger = charging.Charger(store, outbox, self.available)
-        self.serving = Serving(registry, providers, self.admission)
+        self.serving = Serving(providers, self.admission)
         self.cache = ResponseCache(cache, settings.cache_ttl_s)
 
     async def ListModels(self, request: common_pb2.ListModelsRequest, context: Any) -> common_pb2.ListModelsResponse:
@@ -82,9 +81,10 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         """Validate, route, and (last, so nothing after it can fail before serving) admit."""
         limits = await self.admission.limits(request)
         account = admission.account_for(request)
-        plan, decision = await self.routing.decide(request, limits, account.tenant, context.time_remaining())
+        plan, decision, registry = await self.routing.decide(request, limits, account.tenant, context.time_remaining())
         caps = admission.output_caps(plan, limits, decision)
-        routed = Routed(request, request.request_id or uuid.uuid4().hex, account, limits, plan, decision, caps)
+        request_id = request.request_id or uuid.uuid4().hex
+        routed = Routed(request, request_id, account, limits, plan, decision, caps, registry=registry)
         if admit:
             await self.admission.admit(routed)
             self.routing.count(routed)

@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 
 from llmrouter.errors import ServiceError
-from llmrouter.registry import ModelSpec, Registry
+from llmrouter.registry import ModelSpec
 from llmrouter.tokens import count_tokens
 from llmrouter.v1 import provider_pb2, provider_pb2_grpc
 from services.router import metrics, policy
@@ -66,8 +66,7 @@ class StreamState:
 
 
 class Serving:
-    def __init__(self, registry: Registry, providers: provider_pb2_grpc.ProviderStub, admission: Admission) -> None:
-        self.registry = registry
+    def __init__(self, providers: provider_pb2_grpc.ProviderStub, admission: Admission) -> None:
         self.providers = providers
         self.admission = admission
 
@@ -91,7 +90,8 @@ class Serving:
     async def _escalate(self, routed: Routed, context: Any, served: Served, weak: policy.Option) -> None:
         """An empty answer is a weak one: ask the cheapest stronger tier once; the first answer stays
         charged either way, because it was generated."""
-        target = policy.escalation_target(routed.plan.order, weak, self.registry)
+        assert routed.registry is not None  # set with the plan
+        target = policy.escalation_target(routed.plan.order, weak, routed.registry)
         if target is None:
             return
         # Both answers are charged: the stronger one may write only what the hold has left after the first

@@ -25,6 +25,7 @@ class RouterSettings(GrpcServiceSettings):
     port: int = Field(default=50053, ge=0, le=65535)
     callers: str = "edge=*"  # who may call (docs/conventions.md, Authentication)
     registry_path: RepoPath = DEFAULT_REGISTRY
+    registry_reload_s: float = Field(default=5.0, gt=0, description="how often the registry file is checked")
     classifier_addr: str = "127.0.0.1:50051"
     providers_addr: str = "127.0.0.1:50052"
     # The money store: spend, holds, request ids, pending charges, ledger. It must never evict keys
@@ -48,6 +49,9 @@ class RouterSettings(GrpcServiceSettings):
     # heartbeat_ttl_s is dead: its pending charges are settled at their hold.
     upkeep_interval_s: float = Field(default=2.0, gt=0)
     heartbeat_ttl_s: float = Field(default=15.0, gt=0)
+    # A pending charge of a live router older than this lost its charge (store and outbox both failed): it is
+    # settled at its hold. Longer than any request may run.
+    pending_stale_s: float = Field(default=3600.0, gt=0)
     # Ledger entries older than this are exported and then trimmed by `python -m services.router.ledger trim`.
     ledger_retention_days: int = Field(default=90, gt=0)
 

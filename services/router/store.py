@@ -85,7 +85,8 @@ class Hold:
 
 @dataclass(frozen=True)
 class Pending:
-    """A charge recorded at admission and not yet settled: enough to settle it at its hold after a crash."""
+    """A charge recorded at admission and not yet settled: enough to settle it at its hold after a crash.
+    `ts` is when it was recorded (or its hold last grown)."""
 
     tenant: str
     key: str
@@ -191,10 +192,12 @@ class Store(Protocol):
     async def heartbeat(self, router: str, ttl_s: float) -> None:
         """Say that this router instance is alive for `ttl_s` more seconds."""
 
-    async def reconcile(self, router: str, lease_s: float) -> int:
+    async def reconcile(self, router: str, lease_s: float, stale_s: float) -> int:
         """When this router holds the reconciler lease: settle the pending charges of routers whose heartbeat
         has been missing for `lease_s` (seen by this router: after a store outage every heartbeat has expired,
-        and live routers get that long to renew theirs), each at its hold. Returns how many were settled."""
+        and live routers get that long to renew theirs), each at its hold; and, about every `lease_s`, those
+        of live routers left pending for over `stale_s` (no request runs that long: its charge was lost).
+        Returns how many were settled."""
 
     async def ping(self) -> bool: ...
 
@@ -372,6 +375,7 @@ class RedisStore:
         self._extend = self.redis.register_script(_EXTEND_LUA)
         self._forget = self.redis.register_script(_FORGET_LUA)
         self._missing_since: dict[str, float] = {}  # routers seen without a heartbeat, since when (monotonic)
+        self._last_sweep = float("-inf")  # when live routers' pending charges were last checked for stale ones
 
     async def admit(self, account: Account, allowance: Allowance, hold: Hold) -> Verdict:
         now = time.time()
@@ -455,26 +459,37 @@ class RedisStore:
             pipe.sadd(ROUTERS, router)
             await pipe.execute()
 
-    async def reconcile(self, router: str, lease_s: float) -> int:
+    async def reconcile(self, router: str, lease_s: float, stale_s: float) -> int:
         async with _reachable():
             if not await self._lease(keys=[LEASE], args=[router, int(lease_s * 1000)]):
                 return 0
             settled, now = 0, time.monotonic()
+            sweep = now - self._last_sweep >= lease_s
+            self._last_sweep = now if sweep else self._last_sweep
             for raw in await self.redis.smembers(ROUTERS):
                 other = raw.decode() if isinstance(raw, bytes) else raw
                 if other == router or await self.redis.exists(alive_key(other)):
                     self._missing_since.pop(other, None)
+                    if sweep:
+                        settled += await self._settle_pending(other, time.time() - stale_s)
                     continue
                 if now - self._missing_since.setdefault(other, now) < lease_s:
                     continue
-                for value in (await self.redis.hgetall(pending_key(other))).values():
-                    pending = Pending(**json.loads(value))
-                    account, hold = pending.account_and_hold()
-                    settled += await self.charge(account, hold, hold.pico, reconciled_record(pending))
+                settled += await self._settle_pending(other, None)
                 # Its pending charges are all settled: forget it, unless it came back meanwhile.
                 await self._forget(keys=[ROUTERS, pending_key(other), alive_key(other)], args=[other])
                 self._missing_since.pop(other, None)
             return settled
+
+    async def _settle_pending(self, router: str, before: float | None) -> int:
+        """Charge a router's pending charges (those recorded before `before`, when given) at their hold."""
+        settled = 0
+        for value in (await self.redis.hgetall(pending_key(router))).values():
+            pending = Pending(**json.loads(value))
+            if before is None or pending.ts < before:
+                account, hold = pending.account_and_hold()
+                settled += await self.charge(account, hold, hold.pico, reconciled_record(pending))
+        return settled
 
     async def ping(self) -> bool:
         try:
@@ -590,7 +605,7 @@ class MemoryStore:
     async def heartbeat(self, router: str, ttl_s: float) -> None:
         return None
 
-    async def reconcile(self, router: str, lease_s: float) -> int:
+    async def reconcile(self, router: str, lease_s: float, stale_s: float) -> int:
         return 0
 
     async def ping(self) -> bool:

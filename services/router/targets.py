@@ -22,9 +22,8 @@ class Target:
 
 
 class Targets:
-    def __init__(self, settings: RouterSettings, registry: Registry, calibration: Calibration | None) -> None:
+    def __init__(self, settings: RouterSettings, calibration: Calibration | None) -> None:
         self.settings = settings
-        self.registry = registry
         self.calibration = calibration
         self._warned: set[str] = set()  # classifier versions already reported as uncalibrated
 
@@ -36,7 +35,12 @@ class Targets:
         return self.settings.tenant_strong_share.get(tenant, self.settings.default_strong_share)
 
     def choose(
-        self, request: router_pb2.CompleteRequest, tenant: str, models: list[ModelSpec], classifier_version: str
+        self,
+        request: router_pb2.CompleteRequest,
+        tenant: str,
+        models: list[ModelSpec],
+        registry: Registry,
+        classifier_version: str,
     ) -> Target:
         if request.HasField("quality_target"):
             return Target(request.quality_target, "")
@@ -54,5 +58,5 @@ class Targets:
                     extra={"classifier_version": classifier_version, "calibration": have},
                 )
             return Target(default, f"strong share {share:.2f} not calibrated for this classifier; default target")
-        quality = calibration.quality_target(share, models, self.registry)
+        quality = calibration.quality_target(share, models, registry)
         return Target(quality, f"strong share {share:.2f} on the reference mix")

@@ -19,12 +19,15 @@ HealthReport = Callable[[bool], Awaitable[None]]
 
 
 class Upkeep:
-    def __init__(self, store: Store, outbox: Outbox, router: str, interval_s: float, heartbeat_ttl_s: float) -> None:
+    def __init__(
+        self, store: Store, outbox: Outbox, router: str, interval_s: float, heartbeat_ttl_s: float, stale_s: float
+    ) -> None:
         self.store = store
         self.outbox = outbox
         self.router = router
         self.interval_s = interval_s
         self.heartbeat_ttl_s = heartbeat_ttl_s
+        self.stale_s = stale_s
         self.report: HealthReport | None = None
         self.up: bool | None = None
         self._task: asyncio.Task[None] | None = None
@@ -60,9 +63,9 @@ class Upkeep:
         try:
             await self.store.heartbeat(self.router, self.heartbeat_ttl_s)
             await self.outbox.replay(self.store)
-            settled = await self.store.reconcile(self.router, self.heartbeat_ttl_s)
+            settled = await self.store.reconcile(self.router, self.heartbeat_ttl_s, self.stale_s)
         except StoreUnavailable:
             return  # the next round's ping reports it
         if settled:
             metrics.PENDING_RECONCILED.inc(settled)
-            log.warning("settled the pending charges of dead routers at their hold", extra={"settled": settled})
+            log.warning("settled orphaned pending charges at their hold", extra={"settled": settled})

@@ -1,8 +1,12 @@
 """Shared helpers for the deployment tests: repository paths, docs/conventions.md parsed, and the chart
-rendered with the real helm (found on PATH or in .tools/bin, installed by deploy/install-tools.sh)."""
+rendered with the real helm (found in .tools/bin, installed by deploy/install-tools.sh, or on PATH).
+
+A missing tool skips a test on a developer's machine and fails it in CI (CI=true): a check that did not run
+must never pass there."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -36,18 +40,32 @@ def documented_ports() -> dict[str, tuple[str, int, int]]:
     return {svc: (prefix, int(port), int(metrics)) for svc, prefix, port, metrics in rows}
 
 
-def helm_binary() -> str | None:
-    local = ROOT / ".tools" / "bin" / "helm"
-    return str(local) if local.is_file() else shutil.which("helm")
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
-def render(*args: str) -> list[dict]:
-    """`helm template` of the chart with extra arguments; the manifests, parsed."""
-    helm = helm_binary()
-    if helm is None:
-        pytest.skip("helm is not installed: run deploy/install-tools.sh (deploy/lint.sh does)")
+def tool(name: str) -> str:
+    """Path of a deploy tool; when it is missing: a failure under CI, a skip elsewhere."""
+    local = ROOT / ".tools" / "bin" / name
+    found = str(local) if local.is_file() else shutil.which(name)
+    if found is None:
+        reason = f"{name} is not installed: run deploy/install-tools.sh (deploy/lint.sh and .ci/run do)"
+        if in_ci():
+            pytest.fail(f"CI=true: {reason}", pytrace=False)
+        pytest.skip(reason)
+    return found
+
+
+# The Prometheus Operator's kinds, as a cluster that has its CRDs announces them (helm --api-versions).
+MONITORING_APIS = ("monitoring.coreos.com/v1/ServiceMonitor", "monitoring.coreos.com/v1/PrometheusRule")
+
+
+def render(*args: str, namespace: str = "llm", monitoring_crds: bool = True) -> list[dict]:
+    """`helm template` of the chart as release "llm" with extra arguments, by default for a cluster with the
+    Prometheus Operator's CRDs; the manifests, parsed."""
+    apis = [arg for api in MONITORING_APIS for arg in ("--api-versions", api)] if monitoring_crds else []
     out = subprocess.run(
-        [helm, "template", "llm", str(CHART), "--namespace", "llm", *args],
+        [tool("helm"), "template", "llm", str(CHART), "--namespace", namespace, *apis, *args],
         check=True,
         capture_output=True,
         text=True,

@@ -13,12 +13,16 @@ from .support import CHART, ROOT, documented_metrics
 
 RULES = yaml.safe_load((CHART / "files" / "prometheus-rules.yaml").read_text())
 RULE_TESTS = yaml.safe_load((ROOT / "deploy" / "prometheus" / "rules_test.yaml").read_text())
+RUNBOOKS = (ROOT / "deploy" / "runbooks.md").read_text()
 ALERTS = [r for g in RULES["groups"] for r in g["rules"] if "alert" in r]
 RECORDED = {r["record"] for g in RULES["groups"] for r in g["rules"] if "record" in r}
 # Recorded by the chart's PrometheusRule template from values.yaml.
 CHART_RECORDED = set(re.findall(r"record: (\S+)", (CHART / "templates" / "prometheusrule.yaml").read_text()))
 # Prometheus' own series that the rules may use.
 BUILTIN = {"up", "ALERTS"}
+# Labels every scraped series carries besides its own: the ServiceMonitor's target labels.
+TARGET_LABELS = {"namespace", "release", "job", "instance"}
+SCOPE = 'namespace="$NAMESPACE",release="$RELEASE"'
 PROMQL_WORDS = {
     "sum", "rate", "increase", "histogram_quantile", "by", "and", "or", "unless", "on", "ignoring", "group_left",
     "group_right", "absent", "max", "min", "avg", "count", "vector", "scalar", "offset", "bool", "le",
@@ -56,7 +60,7 @@ def check_labels(expr: str, where: str) -> None:
     """Label matchers name labels the metric has, per docs/conventions.md."""
     for name, matchers in re.findall(r"(llmrouter_[a-z0-9_]+)\{([^}]*)\}", expr):
         metric = conventions_name(name)
-        allowed = documented_metrics()[metric] | ({"le"} if name.endswith("_bucket") else set())
+        allowed = documented_metrics()[metric] | TARGET_LABELS | ({"le"} if name.endswith("_bucket") else set())
         for label in re.findall(r"([a-z_]+)\s*(?:=~|!~|!=|=)", matchers):
             assert label in allowed, f"{where}: {metric} has no label {label!r} (conventions: {sorted(allowed)})"
 
@@ -77,7 +81,9 @@ def test_alert_reads_documented_metrics_only(rule: dict) -> None:
 def test_alert_is_actionable(rule: dict) -> None:
     assert rule["labels"]["severity"] in {"warning", "critical"}
     assert rule["labels"]["service"] in {"edge", "router", "classifier", "providers"}
-    assert {"summary", "description", "runbook"} <= set(rule["annotations"]), rule["alert"]
+    assert {"summary", "description", "runbook_url"} <= set(rule["annotations"]), rule["alert"]
+    assert rule["annotations"]["runbook_url"] == f"$RUNBOOK_BASE#{rule['alert'].lower()}"
+    assert f"## {rule['alert']}\n" in RUNBOOKS, f"deploy/runbooks.md has no section for {rule['alert']}"
     assert re.fullmatch(r"\d+m", rule["for"]), "every alert waits before firing"
 
 
@@ -115,6 +121,34 @@ def test_dashboard_reads_documented_metrics_only() -> None:
             expr = target["expr"].replace("$__rate_interval", "5m").replace("$__range", "1h")
             check_names(expr, panel["title"])
             check_labels(expr, panel["title"])
+
+
+RULE_IDS = [r.get("alert", r.get("record")) for g in RULES["groups"] for r in g["rules"]]
+
+
+@pytest.mark.parametrize("rule", [r for g in RULES["groups"] for r in g["rules"]], ids=RULE_IDS)
+def test_every_selector_is_scoped_to_one_release(rule: dict) -> None:
+    """Two releases (or staging and production) never mix: every series a rule reads is matched on both."""
+    selectors = re.findall(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*)\{([^}]*)\}", rule["expr"])
+    blanked = re.sub(r"\{[^}]*\}", "{}", rule["expr"])
+    bare = re.findall(r"\b(llmrouter[_:][a-z0-9_:]+|up)\b(?!\{)(?![a-z0-9_:])", blanked)
+    assert selectors
+    assert not [n for n in bare if n not in {s for s, _ in selectors}], f"unscoped series in {rule['expr']}"
+    for name, matchers in selectors:
+        assert matchers.startswith(SCOPE) or SCOPE in matchers, f"{name}{{{matchers}}} is not scoped"
+
+
+@pytest.mark.parametrize("svc", ["edge", "router", "classifier", "providers"])
+def test_a_down_alert_per_service(svc: str) -> None:
+    (down,) = [r for r in ALERTS if f'up{{job="llmrouter-{svc}",{SCOPE}}} == 1' in r["expr"]]
+    assert down["expr"].startswith("absent(")
+    assert down["labels"] == {
+        "severity": "critical",
+        "service": svc,
+        "job": f"llmrouter-{svc}",
+        "namespace": "$NAMESPACE",
+        "release": "$RELEASE",
+    }
 
 
 def test_name_extraction() -> None:

@@ -1,5 +1,6 @@
 """The chart rendered by the real helm: kinds per service, wiring (ports, addresses, probes, mounts), the
-network and security posture, monitoring objects. Needs helm (deploy/install-tools.sh): marked slow."""
+network and security posture, monitoring objects. Needs helm (deploy/install-tools.sh; without it, a failure
+under CI=true)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import yaml
 
 from .support import CHART, GRPC_SERVICES, SERVICES, by_kind, documented_ports, render
 
-pytestmark = pytest.mark.slow
 VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
 
 
@@ -47,7 +47,30 @@ def test_every_service_has_its_kinds(docs: list[dict], kind: str) -> None:
 def test_monitoring_and_config_objects(docs: list[dict]) -> None:
     kinds = {d["kind"] for d in docs}
     assert {"ServiceMonitor", "PrometheusRule", "ConfigMap", "ServiceAccount"} <= kinds
-    assert by_kind(docs, "Deployment").keys() == {name(s) for s in (*SERVICES, "redis")}
+    assert by_kind(docs, "Deployment").keys() == {name(s) for s in (*SERVICES, "redis-cache")}
+    assert by_kind(docs, "StatefulSet").keys() == {name("redis-money")}
+
+
+def test_monitoring_objects_only_where_the_operator_crds_exist() -> None:
+    """No Prometheus Operator: the install must not fail on unknown kinds; the dashboard (a ConfigMap) stays."""
+    docs = render(monitoring_crds=False)
+    kinds = {d["kind"] for d in docs}
+    assert kinds.isdisjoint({"ServiceMonitor", "PrometheusRule"})
+    assert any(c["metadata"]["name"] == name("dashboard") for c in by_kind(docs, "ConfigMap").values())
+
+
+def test_monitoring_objects_carry_the_prometheus_selector_label(docs: list[dict]) -> None:
+    for kind in ("ServiceMonitor", "PrometheusRule"):
+        (obj,) = by_kind(docs, kind).values()
+        assert obj["metadata"]["labels"]["release"] == "kube-prometheus-stack", kind
+
+
+def test_metrics_ports_open_to_prometheus_pods_in_any_namespace(docs: list[dict]) -> None:
+    for svc in SERVICES:
+        (_, metrics_rule) = by_kind(docs, "NetworkPolicy")[name(svc)]["spec"]["ingress"]
+        assert metrics_rule["from"] == [
+            {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}
+        ]
 
 
 @pytest.mark.parametrize("svc", SERVICES)
@@ -73,7 +96,8 @@ def test_peer_addresses(docs: list[dict]) -> None:
     router = env(docs, "router")
     assert router["ROUTER_CLASSIFIER_ADDR"] == f"{name('classifier')}:50051"
     assert router["ROUTER_PROVIDERS_ADDR"] == f"{name('providers')}:50052"
-    assert router["ROUTER_REDIS_URL"] == f"redis://{name('redis')}:6379/0"
+    assert router["ROUTER_REDIS_URL"] == f"redis://{name('redis-money')}:6379/0"
+    assert router["ROUTER_CACHE_REDIS_URL"] == f"redis://{name('redis-cache')}:6379/0"
     assert env(docs, "edge")["EDGE_ROUTER_ADDR"] == f"{name('router')}:50053"
     services = by_kind(docs, "Service")
     for addr in (
@@ -170,10 +194,11 @@ def test_turning_tls_off_is_explicit_and_unauthenticated() -> None:
         assert container(docs, svc)["readinessProbe"]["grpc"] == {"port": port}
 
 
-def test_edge_probes_healthz(docs: list[dict]) -> None:
+def test_edge_is_ready_only_when_its_router_is(docs: list[dict]) -> None:
     c = container(docs, "edge")
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+    for probe in ("startupProbe", "livenessProbe"):
         assert c[probe]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
 
 
 def test_registry_configmap_is_mounted_where_the_services_read_it(docs: list[dict]) -> None:
@@ -192,23 +217,25 @@ def test_provider_keys_come_from_an_existing_secret_as_files(docs: list[dict]) -
     assert volume["secret"]["secretName"] == VALUES["providers"]["apiKeys"]["existingSecret"]
     (mount,) = [m for m in container(docs, "providers")["volumeMounts"] if m["name"] == volume["name"]]
     assert mount == {"name": volume["name"], "mountPath": VALUES["providers"]["apiKeys"]["mountPath"], "readOnly": True}
-    assert not any("KEY" in e["name"] for c in pod["containers"] for e in c["env"])
+    assert not any("KEY" in e["name"] and "DIR" not in e["name"] for c in pod["containers"] for e in c["env"])
     assert "Secret" not in {d["kind"] for d in docs}  # the chart never holds a key
 
 
-def test_registry_reads_the_mounted_keys() -> None:
+@pytest.mark.parametrize("mount", [None, "/keys/elsewhere"])
+def test_providers_read_keys_where_the_chart_mounts_them(mount: str | None) -> None:
+    """The registry names no key path: the chart tells the providers the mount (PROVIDERS_API_KEYS_DIR)."""
+    docs = render(*(["--set", f"providers.apiKeys.mountPath={mount}"] if mount else []))
+    (volume_mount,) = [m for m in container(docs, "providers")["volumeMounts"] if m["name"] == "api-keys"]
+    assert env(docs, "providers")["PROVIDERS_API_KEYS_DIR"] == volume_mount["mountPath"]
+    assert volume_mount["mountPath"] == (mount or VALUES["providers"]["apiKeys"]["mountPath"])
     registry = yaml.safe_load((CHART / "files" / "models.yaml").read_text())
-    keyed = {n: p for n, p in registry["providers"].items() if p.get("api_key_env")}
-    if not any(p.get("api_key_file") for p in keyed.values()):
-        pytest.skip("config/models.yaml sets no api_key_file yet: the providers read keys from env vars only")
-    mount = VALUES["providers"]["apiKeys"]["mountPath"]
-    for provider, spec in keyed.items():
-        assert spec.get("api_key_file") == f"{mount}/{spec['api_key_env']}", provider
+    assert not any("api_key_file" in spec for spec in registry["providers"].values())
 
 
-@pytest.mark.parametrize("svc", [*SERVICES, "redis"])
+@pytest.mark.parametrize("svc", [*SERVICES, "redis-money", "redis-cache"])
 def test_pods_are_locked_down(docs: list[dict], svc: str) -> None:
-    pod = by_kind(docs, "Deployment")[name(svc)]["spec"]["template"]["spec"]
+    workloads = by_kind(docs, "Deployment") | by_kind(docs, "StatefulSet")
+    pod = workloads[name(svc)]["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert pod["automountServiceAccountToken"] is False
@@ -229,7 +256,8 @@ def _callers(policy: dict) -> list[dict | None]:
 def test_network_policies_only_edge_is_open(docs: list[dict]) -> None:
     policies = by_kind(docs, "NetworkPolicy")
     assert _callers(policies[name("edge")]) is None
-    expected = {"router": "edge", "classifier": "router", "providers": "router", "redis": "router"}
+    expected = {"router": "edge", "classifier": "router", "providers": "router", "redis-money": "router"}
+    expected["redis-cache"] = "router"
     for svc, caller in expected.items():
         (peer,) = _callers(policies[name(svc)])
         assert peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == caller, svc
@@ -247,6 +275,7 @@ def test_autoscaling_and_disruption_budgets(docs: list[dict]) -> None:
             VALUES[svc]["autoscaling"]["maxReplicas"],
         )
         assert hpa["metrics"][0]["resource"]["name"] == "cpu"
+        assert hpa["behavior"]["scaleDown"]["stabilizationWindowSeconds"] >= 300
         assert "replicas" not in by_kind(docs, "Deployment")[name(svc)]["spec"]  # the HPA owns it
         pdb = by_kind(docs, "PodDisruptionBudget")[name(svc)]["spec"]
         assert pdb["selector"]["matchLabels"]["app.kubernetes.io/component"] == svc
@@ -264,27 +293,50 @@ def test_service_monitor_scrapes_the_jobs_the_alerts_use(docs: list[dict]) -> No
     assert {s["metadata"]["labels"][job_label] for s in selected} == {f"llmrouter-{svc}" for svc in SERVICES}
     for s in selected:
         assert "metrics" in {p["name"] for p in s["spec"]["ports"]}
-    assert [e["port"] for e in sm["spec"]["endpoints"]] == ["metrics"]
-    rules = (CHART / "files" / "prometheus-rules.yaml").read_text()
-    assert 'up{job="llmrouter-classifier"}' in rules
+    (endpoint,) = sm["spec"]["endpoints"]
+    assert endpoint["port"] == "metrics"
+    # the `release` target label the alerts select on is the release's name
+    assert endpoint["relabelings"] == [
+        {"sourceLabels": ["__meta_kubernetes_service_label_app_kubernetes_io_instance"], "targetLabel": "release"}
+    ]
+    assert all(s["metadata"]["labels"]["app.kubernetes.io/instance"] == "llm" for s in selected)
 
 
-def test_prometheus_rule_carries_the_file_and_the_thresholds(docs: list[dict]) -> None:
+def test_prometheus_rule_carries_the_file_scoped_and_the_thresholds(docs: list[dict]) -> None:
     (rule,) = by_kind(docs, "PrometheusRule").values()
     groups = {g["name"]: g for g in rule["spec"]["groups"]}
-    source = yaml.safe_load((CHART / "files" / "prometheus-rules.yaml").read_text())
-    for group in source["groups"]:
-        assert groups[group["name"]] == group
-    params = {r["record"]: r["expr"] for r in groups["llmrouter.parameters"]["rules"]}
     monitoring = VALUES["monitoring"]["prometheusRule"]
-    assert params["llmrouter:budget_usd_per_hour"] == f"vector({monitoring['hourlyBudgetUsd']})"
-    assert params["llmrouter:edge_p99_slo_seconds"] == f"vector({monitoring['edgeP99SloSeconds']})"
+    text = (CHART / "files" / "prometheus-rules.yaml").read_text()
+    scope = {"$NAMESPACE": "llm", "$RELEASE": "llm", "$RUNBOOK_BASE": monitoring["runbookBaseUrl"]}
+    for placeholder, value in scope.items():
+        text = text.replace(placeholder, value)
+    for group in yaml.safe_load(text)["groups"]:
+        assert groups[group["name"]] == group
+    assert "$" not in json.dumps(groups).replace("$value", "").replace("$labels", "")
+    params = {r["record"]: r for r in groups["llmrouter.parameters"]["rules"]}
+    budget, slo = params["llmrouter:budget_usd_per_hour"], params["llmrouter:edge_p99_slo_seconds"]
+    assert budget["expr"] == f"vector({monitoring['hourlyBudgetUsd']})"
+    assert slo["expr"] == f"vector({monitoring['edgeP99SloSeconds']})"
+    assert budget["labels"] == slo["labels"] == {"namespace": "llm", "release": "llm"}
 
 
 def test_dashboard_configmap_for_the_grafana_sidecar(docs: list[dict]) -> None:
     (cm,) = [c for c in by_kind(docs, "ConfigMap").values() if c["metadata"]["labels"].get("grafana_dashboard") == "1"]
     (body,) = cm["data"].values()
-    assert json.loads(body) == json.loads((CHART / "files" / "dashboard.json").read_text())
+    rendered, source = json.loads(body), json.loads((CHART / "files" / "dashboard.json").read_text())
+    assert rendered["panels"] == source["panels"]
+    assert rendered["title"] == f"{source['title']} (llm/llm)"
+
+
+def test_dashboard_uid_is_per_release() -> None:
+    def uid(*args: str, namespace: str = "llm") -> str:
+        (cm,) = [c for c in render(*args, namespace=namespace) if c["metadata"]["name"].endswith("-dashboard")]
+        uid = json.loads(next(iter(cm["data"].values())))["uid"]
+        assert len(uid) <= 40  # Grafana's limit
+        return uid
+
+    assert len({uid(), uid(namespace="staging"), uid("--set", "fullnameOverride=other")}) == 2  # name != release
+    assert uid() != uid(namespace="staging")
 
 
 def test_minimal_values_drop_the_optional_objects() -> None:
@@ -311,7 +363,7 @@ def test_production_values() -> None:
 
 def test_a_shared_router_without_redis_is_refused() -> None:
     with pytest.raises(subprocess.CalledProcessError) as failure:
-        render("--set", "redis.enabled=false")
+        render("--set", "redis.money.enabled=false")
     assert "more than one replica needs redis" in failure.value.stderr
 
 
@@ -321,7 +373,9 @@ def test_a_shared_router_without_redis_is_refused() -> None:
         ("edge.porrt=1", "additional properties 'porrt' not allowed"),
         ("image.tag=latest", "/image/tag"),
         ("monitoring.prometheusRule.hourlyBudgetUsd=0", "hourlyBudgetUsd"),
-        ("redis.url=http://redis:6379", "/redis/url"),
+        ("redis.money.url=http://redis:6379", "/redis/money"),
+        ("redisUrl=redis://x", "additional properties 'redisUrl' not allowed"),  # a typo at the top level
+        ("redis.cache.maxmemory=lots", "/redis/cache/maxmemory"),
     ],
 )
 def test_values_schema_refuses_mistakes(setting: str, complaint: str) -> None:
@@ -330,18 +384,117 @@ def test_values_schema_refuses_mistakes(setting: str, complaint: str) -> None:
     assert complaint in failure.value.stderr
 
 
+LONGEST_REQUEST_S = 120  # the providers' total_timeout_s and the edge's request_timeout_s
+
+
 @pytest.mark.parametrize("svc", SERVICES)
-def test_shutdown_fits_in_the_grace_period(docs: list[dict], svc: str) -> None:
+def test_shutdown_lets_the_longest_request_finish(docs: list[dict], svc: str) -> None:
     pod = by_kind(docs, "Deployment")[name(svc)]["spec"]["template"]["spec"]
     (c,) = pod["containers"]
     sleep = int(c["lifecycle"]["preStop"]["exec"]["command"][1])
-    drain = 10  # ServiceSettings.grace_seconds default
+    drain = float(env(docs, svc)[f"{documented_ports()[svc][0]}_GRACE_SECONDS"])
     assert sleep > 0
+    assert drain > LONGEST_REQUEST_S
     assert pod["terminationGracePeriodSeconds"] > sleep + drain
 
 
+def test_grpc_connection_age_grace_outlasts_the_longest_request() -> None:
+    from llmrouter.server import SERVER_OPTIONS
+
+    options = dict(SERVER_OPTIONS)
+    assert options["grpc.max_connection_age_grace_ms"] > LONGEST_REQUEST_S * 1000
+    assert options["grpc.max_connection_age_ms"] <= 60_000  # new pods get calls within a minute
+
+
+def test_topology_spread_is_kept_with_affinity() -> None:
+    required = {"nodeSelectorTerms": [{"matchExpressions": [{"key": "pool", "operator": "In", "values": ["llm"]}]}]}
+    affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": required}}
+    docs = render("--set-json", f"affinity={json.dumps(affinity)}")
+    for svc in SERVICES:
+        pod = by_kind(docs, "Deployment")[name(svc)]["spec"]["template"]["spec"]
+        assert pod["affinity"]["nodeAffinity"]
+        keys = [c["topologyKey"] for c in pod["topologySpreadConstraints"]]
+        assert keys == ["kubernetes.io/hostname", "topology.kubernetes.io/zone"]
+        for c in pod["topologySpreadConstraints"]:
+            assert c["labelSelector"]["matchLabels"]["app.kubernetes.io/component"] == svc
+
+
+def test_registry_and_key_changes_roll_the_pods() -> None:
+    def annotations(*args: str) -> dict[str, dict]:
+        deployments = by_kind(render(*args), "Deployment")
+        return {svc: deployments[name(svc)]["spec"]["template"]["metadata"]["annotations"] for svc in SERVICES}
+
+    registry = yaml.safe_load((CHART / "files" / "models.yaml").read_text())
+    registry["models"][0]["output_usd_per_mtok"] = "99"  # a price change
+    before = annotations()
+    after = annotations("--set-json", f"registry.models={json.dumps(registry)}")
+    for svc in ("router", "providers"):
+        assert before[svc]["checksum/registry"] != after[svc]["checksum/registry"]
+    for svc in ("edge", "providers"):  # the Secret's content, read by helm upgrade (lookup)
+        assert "checksum/api-keys" in before[svc]
+
+
+def test_registry_overridden_from_values() -> None:
+    from llmrouter.registry import Registry
+
+    docs = render("-f", str(CHART / "ci" / "production-values.yaml"))
+    (cm,) = [c for c in by_kind(docs, "ConfigMap").values() if "models.yaml" in c["data"]]
+    registry = Registry.model_validate(yaml.safe_load(cm["data"]["models.yaml"]))
+    assert [m.name for m in registry.models] == ["gpt-4o-mini", "gpt-4o"]
+
+
+def test_money_redis_never_evicts_and_persists(docs: list[dict]) -> None:
+    money = by_kind(docs, "StatefulSet")[name("redis-money")]
+    (c,) = money["spec"]["template"]["spec"]["containers"]
+    args = dict(zip(c["args"][::2], c["args"][1::2], strict=True))
+    assert args["--maxmemory-policy"] == "noeviction"
+    assert args["--appendonly"] == "yes" and args["--appendfsync"] == "everysec"
+    assert args["--maxmemory"] == VALUES["redis"]["money"]["maxmemory"]
+    (claim,) = money["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == VALUES["redis"]["money"]["persistence"]["size"]
+    assert {"name": "data", "mountPath": "/data"} in c["volumeMounts"]
+
+
+def test_cache_redis_evicts_least_recently_used(docs: list[dict]) -> None:
+    (c,) = by_kind(docs, "Deployment")[name("redis-cache")]["spec"]["template"]["spec"]["containers"]
+    args = dict(zip(c["args"][::2], c["args"][1::2], strict=True))
+    assert args["--maxmemory-policy"] == "allkeys-lru"
+    assert args["--maxmemory"] == VALUES["redis"]["cache"]["maxmemory"]
+    assert args["--appendonly"] == "no"
+
+
+def test_edge_requires_keys_unless_anonymous_is_chosen() -> None:
+    assert env(render(), "edge")["EDGE_ALLOW_ANONYMOUS"] == "false"
+    with pytest.raises(subprocess.CalledProcessError) as failure:
+        render("--set", "edge.apiKeys.existingSecret=")
+    assert "edge.allowAnonymous=true" in failure.value.stderr
+    anonymous = render("--set", "edge.apiKeys.existingSecret=", "--set", "edge.allowAnonymous=true")
+    assert env(anonymous, "edge")["EDGE_ALLOW_ANONYMOUS"] == "true"
+    assert "EDGE_API_KEYS_FILE" not in env(anonymous, "edge")
+
+
+def test_hpa_on_requests_in_flight() -> None:
+    docs = render("--set", "autoscaling.inflight.enabled=true")
+    for svc in SERVICES:
+        cpu, inflight = by_kind(docs, "HorizontalPodAutoscaler")[name(svc)]["spec"]["metrics"]
+        assert cpu["resource"]["name"] == "cpu"
+        assert inflight["pods"]["metric"] == {"name": "llmrouter_inflight_requests"}
+        assert inflight["pods"]["target"]["averageValue"] == str(VALUES[svc]["autoscaling"]["targetInflightPerPod"])
+
+
+def test_egress_with_an_external_redis_needs_its_peers() -> None:
+    with pytest.raises(subprocess.CalledProcessError) as failure:
+        render("--set", "networkPolicy.egress.enabled=true", "--set", "redis.cache.url=redis://cache.example:6379/0")
+    assert "networkPolicy.egress.redisTo" in failure.value.stderr
+
+
 def _egress_ports(policy: dict) -> dict[int, list[dict]]:
-    return {port["port"]: rule.get("to") for rule in policy["spec"]["egress"] for port in rule["ports"]}
+    """Port -> the peers every egress rule allows on it."""
+    ports: dict[int, list[dict]] = {}
+    for rule in policy["spec"]["egress"]:
+        for port in rule["ports"]:
+            ports.setdefault(port["port"], []).extend(rule["to"])
+    return ports
 
 
 def test_egress_reaches_dns_and_callees_only() -> None:
@@ -360,12 +513,13 @@ def test_egress_reaches_dns_and_callees_only() -> None:
         for svc in SERVICES
     }
     assert component["edge"] == {53: [], 50053: ["router"]}
-    assert component["router"] == {53: [], 50051: ["classifier"], 50052: ["providers"], 6379: ["redis"]}
+    redis = ["redis-cache", "redis-money"]
+    assert component["router"] == {53: [], 50051: ["classifier"], 50052: ["providers"], 6379: redis}
     assert component["classifier"] == {53: []}
     assert component["providers"] == {53: [], 443: []}
     (api,) = _egress_ports(policies[name("providers")])[443]
     assert api["ipBlock"]["cidr"] == "0.0.0.0/0" and "10.0.0.0/8" in api["ipBlock"]["except"]
-    assert policies[name("redis")]["spec"]["egress"] == []
+    assert policies[name("redis-money")]["spec"]["egress"] == policies[name("redis-cache")]["spec"]["egress"] == []
 
 
 def test_egress_to_an_external_redis() -> None:

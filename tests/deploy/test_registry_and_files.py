@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 
 import yaml
 
@@ -30,11 +33,10 @@ def test_dashboard_is_grafana_json_with_the_promised_panels() -> None:
         assert p["datasource"]["uid"] == "${datasource}", p["title"]
         assert p["targets"] and all(t["expr"].strip() for t in p["targets"]), p["title"]
     exprs = " ".join(t["expr"] for p in panels for t in p["targets"])
+    scope = '{namespace="$namespace",release="$release"}'
     # savings vs always-strongest, and each concern the dashboard is for
-    assert (
-        "llmrouter_router_baseline_cost_usd_total[$__rate_interval])) - sum(rate(llmrouter_router_cost_usd_total"
-        in exprs
-    )
+    baseline, cost = "llmrouter_router_baseline_cost_usd_total", "llmrouter_router_cost_usd_total"
+    assert f"{baseline}{scope}[$__rate_interval])) - sum(rate({cost}" in exprs
     for metric in (
         "llmrouter_router_requests_total",
         "llmrouter_router_escalations_total",
@@ -48,8 +50,25 @@ def test_dashboard_is_grafana_json_with_the_promised_panels() -> None:
         "llmrouter_provider_circuit_state",
         "llmrouter_classifier_batch_size_bucket",
         "llmrouter_classifier_inference_seconds_bucket",
+        "llmrouter_inflight_requests",
+        "llmrouter_registry_valid",
     ):
         assert metric in exprs, f"no dashboard panel uses {metric}"
+    # every query reads one release only: its series carry the chosen namespace and release
+    for p in panels:
+        for t in p["targets"]:
+            for selector in re.findall(r"llmrouter_[a-z0-9_]+(\{[^}]*\})?", t["expr"]):
+                assert selector.startswith(scope[:-1]), (p["title"], t["expr"])
+    variables = {v["name"] for v in dashboard["templating"]["list"]}
+    assert {"datasource", "namespace", "release"} <= variables
+
+
+def test_dashboard_is_generated_by_deploy_dashboard_py() -> None:
+    """The JSON is built by deploy/dashboard.py with grafana-foundation-sdk; hand edits would drift."""
+    check = subprocess.run(
+        [sys.executable, str(ROOT / "deploy" / "dashboard.py"), "--check"], capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stderr
 
 
 def test_ci_values_files_are_yaml_mappings() -> None:

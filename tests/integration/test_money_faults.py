@@ -24,9 +24,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from llmrouter.errors import ServiceError
 from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
+from services.edge.settings import EdgeSettings
 from services.router.store import LEDGER, Pending, pending_key, period_id
 from tests.conftest import ROOT
-from tests.integration.conftest import Chain, free_port
+from tests.integration.conftest import Chain, free_port, start_edge
 from tests.integration.test_policy_in_chain import extra_router
 from tests.redis_servers import RedisServer, cache_redis, money_redis
 
@@ -184,6 +185,19 @@ async def test_money_store_down_fails_closed_and_says_so(
             error = ServiceError.from_rpc_error(refused.value)
             assert error.code == grpc.StatusCode.UNAVAILABLE and error.reason == "STORE_UNAVAILABLE"
             assert "127.0.0.1" not in error.message  # no internal address
+            # At the edge: a 503 the client may retry, in OpenAI's shape, naming no internal address.
+            edge_settings = EdgeSettings(port=free_port(), router_addr=f"127.0.0.1:{router.port}")
+            edge, edge_task, edge_channel = await start_edge(edge_settings)
+            try:
+                async with httpx.AsyncClient(timeout=20) as http:
+                    body = {"messages": [{"role": "user", "content": "hello"}]}
+                    reply = await http.post(f"http://127.0.0.1:{edge_settings.port}/v1/chat/completions", json=body)
+            finally:
+                edge.should_exit = True
+                await edge_task
+                await edge_channel.close()
+            assert reply.status_code == 503 and reply.headers["retry-after"] == "1", reply.text
+            assert reply.json()["error"]["message"] and "127.0.0.1" not in reply.text
             await wait_for(lambda: _is(status, health_pb2.HealthCheckResponse.NOT_SERVING))
             assert await status("") == health_pb2.HealthCheckResponse.SERVING  # alive: liveness must not restart it
             assert await router.metric("llmrouter_router_store_up", store="money") == 0

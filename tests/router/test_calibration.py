@@ -71,23 +71,25 @@ def request(**fields: float) -> router_pb2.CompleteRequest:
 
 def test_which_target_a_request_gets() -> None:
     settings = RouterSettings(default_quality_target=0.8, tenant_strong_share={"acme": 0.5})
-    targets = Targets(settings, REGISTRY, REFERENCE)
+    targets = Targets(settings, REFERENCE)
     choose = targets.choose
     models = REGISTRY.models
-    assert choose(request(quality_target=0.3), "acme", models, "v1").quality == 0.3  # the request's own target
-    own = choose(request(strong_share=0.3), "acme", models, "v1")
+    assert (
+        choose(request(quality_target=0.3), "acme", models, REGISTRY, "v1").quality == 0.3
+    )  # the request's own target
+    own = choose(request(strong_share=0.3), "acme", models, REGISTRY, "v1")
     assert own.quality == pytest.approx(0.65) and own.note == "strong share 0.30 on the reference mix"
-    assert choose(request(), "acme", models, "v1").quality == pytest.approx(0.75)  # the tenant's share
-    assert choose(request(), "other", models, "v1").quality == 0.8  # the default target
-    with_default = Targets(RouterSettings(default_strong_share=0.1), REGISTRY, REFERENCE)
-    assert with_default.choose(request(), "other", models, "v1").quality == pytest.approx(0.55)
+    assert choose(request(), "acme", models, REGISTRY, "v1").quality == pytest.approx(0.75)  # the tenant's share
+    assert choose(request(), "other", models, REGISTRY, "v1").quality == 0.8  # the default target
+    with_default = Targets(RouterSettings(default_strong_share=0.1), REFERENCE)
+    assert with_default.choose(request(), "other", models, REGISTRY, "v1").quality == pytest.approx(0.55)
 
 
 def test_a_strong_share_needs_the_calibration_of_the_classifier_that_scored() -> None:
     settings = RouterSettings(default_quality_target=0.8)
-    stale = Targets(settings, REGISTRY, REFERENCE).choose(request(strong_share=0.3), "t", REGISTRY.models, "v2")
+    stale = Targets(settings, REFERENCE).choose(request(strong_share=0.3), "t", REGISTRY.models, REGISTRY, "v2")
     assert stale.quality == 0.8 and "not calibrated for this classifier" in stale.note
-    missing = Targets(settings, REGISTRY, None).choose(request(strong_share=0.3), "t", REGISTRY.models, "v1")
+    missing = Targets(settings, None).choose(request(strong_share=0.3), "t", REGISTRY.models, REGISTRY, "v1")
     assert missing.quality == 0.8 and "not calibrated" in missing.note
 
 

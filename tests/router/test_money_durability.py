@@ -24,6 +24,7 @@ from services.router.store import (
     Account,
     Allowance,
     Hold,
+    Pending,
     RedisStore,
     StoreUnavailable,
     pending_key,
@@ -135,12 +136,12 @@ async def test_the_reconciler_settles_a_dead_routers_pending_charges_at_their_ho
         for router, request_id in (("dead", "r-dead"), ("alive", "r-alive")):
             assert (await store.admit(account, Allowance("day"), Hold(request_id, 7_000, DAY, router))).refused == ""
         time.sleep(0.3)  # the dead router's heartbeat expires
-        assert await store.reconcile("alive", 0.5) == 0  # seen missing once: it gets time to come back
+        assert await store.reconcile("alive", 0.5, 3600) == 0  # seen missing once: it gets time to come back
         time.sleep(0.6)
-        assert await store.reconcile("alive", 0.5) == 1
+        assert await store.reconcile("alive", 0.5, 3600) == 1
         assert await store.spent(account, DAY) == (7_000, 7_000)  # only the dead router's, at its hold
-        assert await store.reconcile("alive", 0.5) == 0  # settled once
-        assert await store.reconcile("other", 0.5) == 0  # one reconciler at a time: "alive" holds the lease
+        assert await store.reconcile("alive", 0.5, 3600) == 0  # settled once
+        assert await store.reconcile("other", 0.5, 3600) == 0  # one reconciler at a time: "alive" holds the lease
         client = redis.from_url(money.url)
         try:
             (entry,) = await client.xrange(LEDGER)
@@ -151,6 +152,29 @@ async def test_the_reconciler_settles_a_dead_routers_pending_charges_at_their_ho
         finally:
             await client.aclose()
     finally:
+        await store.close()
+
+
+async def test_a_live_routers_charge_left_pending_too_long_is_settled_at_its_hold(money: RedisServer) -> None:
+    account = Account("t", "k")
+    store = RedisStore(money.url)
+    client = redis.from_url(money.url)
+    try:
+        await store.heartbeat("alive", 30)
+        for request_id in ("r-lost", "r-running"):
+            hold = Hold(request_id, 5_000, DAY, "alive")
+            assert (await store.admit(account, Allowance("day"), hold)).refused == ""
+        # The charge of r-lost reached neither the store nor the outbox: its pending charge is two hours old.
+        field = Pending.of(account, Hold("r-lost", 5_000, DAY, "alive")).field
+        lost = json.loads(await client.hget(pending_key("alive"), field))
+        await client.hset(pending_key("alive"), field, json.dumps({**lost, "ts": time.time() - 7200}))
+        assert await store.reconcile("alive", 0.5, 3600) == 1  # r-running is recent: left alone
+        assert await store.spent(account, DAY) == (5_000, 5_000)
+        (entry,) = await client.xrange(LEDGER)
+        assert json.loads(entry[1][b"record"])["request_id"] == "r-lost"
+        assert await client.hlen(pending_key("alive")) == 1
+    finally:
+        await client.aclose()
         await store.close()
 
 

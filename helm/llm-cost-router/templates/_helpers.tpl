@@ -5,7 +5,7 @@ classifier providers router edge
 
 {{/* Who may call each service (NetworkPolicy): only the edge takes traffic from outside the chart. */}}
 {{- define "llmrouter.callers" -}}
-{{- dict "router" "edge" "classifier" "router" "providers" "router" "redis" "router" | toJson -}}
+{{- dict "router" "edge" "classifier" "router" "providers" "router" "redis-money" "router" "redis-cache" "router" | toJson -}}
 {{- end }}
 
 {{/* Whom each service calls (egress NetworkPolicy): the reverse of llmrouter.callers. */}}
@@ -83,8 +83,58 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- printf "%s:%v" (include "llmrouter.component" .) (index $root.Values $svc).port }}
 {{- end }}
 
+{{/* The two Redis roles: money (ROUTER_REDIS_URL) and the response cache (ROUTER_CACHE_REDIS_URL). */}}
+{{- define "llmrouter.redisRoles" -}}
+money cache
+{{- end }}
+
+{{/* "true" when a Redis role has a Redis, external or in-chart. Call with (list $ "money"). */}}
 {{- define "llmrouter.redisEnabled" -}}
-{{- if or .Values.redis.url .Values.redis.urlSecret.name .Values.redis.enabled }}true{{ end }}
+{{- with index (index . 0).Values.redis (index . 1) }}
+{{- if or .url .urlSecret.name .enabled }}true{{ end }}
+{{- end }}
+{{- end }}
+
+{{/* "true" when a Redis role runs in the chart: enabled and no external one given. Call with (list $ "money"). */}}
+{{- define "llmrouter.inChartRedis" -}}
+{{- with index (index . 0).Values.redis (index . 1) }}
+{{- if and .enabled (not .url) (not .urlSecret.name) }}true{{ end }}
+{{- end }}
+{{- end }}
+
+{{/* "true" when some Redis role is external (the router's egress then needs networkPolicy.egress.redisTo). */}}
+{{- define "llmrouter.externalRedis" -}}
+{{- range $role := splitList " " (include "llmrouter.redisRoles" .) }}
+{{- with index $.Values.redis $role }}{{ if or .url .urlSecret.name }}true{{ end }}{{ end }}
+{{- end }}
+{{- end }}
+
+{{/* The env entry giving the router one Redis role's URL. Call with (list $ "money" "ROUTER_REDIS_URL"). */}}
+{{- define "llmrouter.redisUrlEnv" -}}
+{{- $root := index . 0 }}
+{{- $role := index . 1 }}
+{{- with index $root.Values.redis $role }}
+{{- if .urlSecret.name }}
+- name: {{ index $ 2 }}
+  valueFrom:
+    secretKeyRef: {name: {{ .urlSecret.name | quote }}, key: {{ .urlSecret.key | quote }}}
+{{- else if .url }}
+- name: {{ index $ 2 }}
+  value: {{ .url | quote }}
+{{- else if .enabled }}
+- name: {{ index $ 2 }}
+  value: {{ printf "redis://%s:%v/0" (include "llmrouter.component" (list $root (printf "redis-%s" $role))) .port | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The registry file the router and providers read: values' registry.models, else files/models.yaml. */}}
+{{- define "llmrouter.registryYaml" -}}
+{{- if .Values.registry.models }}
+{{- toYaml .Values.registry.models }}
+{{- else }}
+{{- .Files.Get "files/models.yaml" }}
+{{- end }}
 {{- end }}
 
 {{/* Environment of one service: <PREFIX>_HOST/PORT/METRICS_PORT/LOG_LEVEL, its peers, then values' env. */}}
@@ -101,6 +151,8 @@ app.kubernetes.io/component: {{ index . 1 }}
   value: {{ $v.metricsPort | quote }}
 - name: {{ $p }}_LOG_LEVEL
   value: {{ $root.Values.logLevel | quote }}
+- name: {{ $p }}_GRACE_SECONDS
+  value: {{ $root.Values.drainSeconds | quote }}
 {{- if has $svc (list "router" "providers") }}
 - name: {{ $p }}_REGISTRY_PATH
   value: {{ printf "%s/models.yaml" $root.Values.registry.mountPath | quote }}
@@ -110,23 +162,18 @@ app.kubernetes.io/component: {{ index . 1 }}
   value: {{ include "llmrouter.addr" (list $root "classifier") | quote }}
 - name: ROUTER_PROVIDERS_ADDR
   value: {{ include "llmrouter.addr" (list $root "providers") | quote }}
-{{- with $root.Values.redis }}
-{{- if .urlSecret.name }}
-- name: ROUTER_REDIS_URL
-  valueFrom:
-    secretKeyRef: {name: {{ .urlSecret.name | quote }}, key: {{ .urlSecret.key | quote }}}
-{{- else if .url }}
-- name: ROUTER_REDIS_URL
-  value: {{ .url | quote }}
-{{- else if .enabled }}
-- name: ROUTER_REDIS_URL
-  value: {{ printf "redis://%s:%v/0" (include "llmrouter.component" (list $root "redis")) .port | quote }}
+{{- include "llmrouter.redisUrlEnv" (list $root "money" "ROUTER_REDIS_URL") }}
+{{- include "llmrouter.redisUrlEnv" (list $root "cache" "ROUTER_CACHE_REDIS_URL") }}
 {{- end }}
-{{- end }}
+{{- if eq $svc "providers" }}
+- name: PROVIDERS_API_KEYS_DIR
+  value: {{ $v.apiKeys.mountPath | quote }}
 {{- end }}
 {{- if eq $svc "edge" }}
 - name: EDGE_ROUTER_ADDR
   value: {{ include "llmrouter.addr" (list $root "router") | quote }}
+- name: EDGE_ALLOW_ANONYMOUS
+  value: {{ $v.allowAnonymous | quote }}
 {{- with $v.apiKeys }}{{ if .existingSecret }}
 - name: EDGE_API_KEYS_FILE
   value: {{ printf "%s/%s" .mountPath .key | quote }}
@@ -161,7 +208,8 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- default (printf "%s-tls" (include "llmrouter.component" .)) $existing }}
 {{- end }}
 
-{{/* Probes: native gRPC health checks (grpc.health.v1) for the gRPC services, GET /healthz for the edge.
+{{/* Probes: native gRPC health checks (grpc.health.v1) for the gRPC services; for the edge GET /healthz
+(the process answers) and, for readiness, GET /readyz (the router behind it is serving).
 With mTLS they use the plaintext health-only port: kubelet's gRPC probes cannot present a certificate. */}}
 {{- define "llmrouter.probes" -}}
 {{- $root := index . 0 }}
@@ -173,7 +221,7 @@ startupProbe:
   periodSeconds: 2
   failureThreshold: 60      # up to 2 minutes to load the models
 readinessProbe:
-  {{- toYaml $check | nindent 2 }}
+  {{- toYaml (ternary (dict "httpGet" (dict "path" "/readyz" "port" "http")) $check (eq $svc "edge")) | nindent 2 }}
   periodSeconds: 5
   failureThreshold: 2
 livenessProbe:
@@ -188,11 +236,6 @@ livenessProbe:
 - podSelector:
     matchLabels:
       {{- include "llmrouter.selectorLabels" . | nindent 6 }}
-{{- end }}
-
-{{/* The single Redis in the chart runs only when no external one is given. */}}
-{{- define "llmrouter.inChartRedis" -}}
-{{- if and .Values.redis.enabled (not .Values.redis.url) (not .Values.redis.urlSecret.name) }}true{{ end }}
 {{- end }}
 
 {{/* checkov skips, each with its reason, for a Deployment. Call with (list imageValues extraSkips). */}}

@@ -1,0 +1,352 @@
+"""The Grafana dashboard as code, built with Grafana's grafana-foundation-sdk: one release's traffic, cost,
+routing, latency, providers and classifier. Every query is scoped to the `namespace` and `release` chosen in the
+dashboard's variables (the ServiceMonitor labels each target with both), and names only metrics the services
+export (tests/ops/test_dashboard.py scrapes a running stack to prove it).
+
+    python deploy/dashboard.py            # writes helm/llm-cost-router/files/dashboard.json
+    python deploy/dashboard.py --check    # exit 1 when the committed file differs from what this builds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from grafana_foundation_sdk.builders import dashboard, prometheus, stat, statetimeline, timeseries
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models.dashboard import (
+    DashboardCursorSync,
+    DataSourceRef,
+    VariableOption,
+    VariableRefresh,
+    VariableSort,
+)
+
+OUT = Path(__file__).resolve().parent.parent / "helm" / "llm-cost-router" / "files" / "dashboard.json"
+DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
+SCOPE = 'namespace="$namespace",release="$release"'
+RATE = "[$__rate_interval]"
+HIT, SERVER_ERROR, NOT_OK = 'result="hit"', 'status=~"5.."', 'outcome!="ok"'
+PREMIUM = 'tier="premium"'
+
+
+def s(metric: str, matchers: str = "") -> str:
+    """A selector of `metric` in the chosen release, with more matchers."""
+    return f"{metric}{{{SCOPE}{',' + matchers if matchers else ''}}}"
+
+
+def rate(metric: str, matchers: str = "", window: str = RATE) -> str:
+    return f"rate({s(metric, matchers)}{window})"
+
+
+def query(expr: str, legend: str, ref: str = "A") -> prometheus.Dataquery:
+    return prometheus.Dataquery().expr(expr).legend_format(legend).ref_id(ref).datasource(DATASOURCE)
+
+
+def series(title: str, unit: str, *queries: tuple[str, str], span: int = 8) -> timeseries.Panel:
+    panel = timeseries.Panel().title(title).unit(unit).datasource(DATASOURCE).span(span).height(8)
+    for ref, (expr, legend) in zip("ABCDEF", queries, strict=False):
+        panel = panel.with_target(query(expr, legend, ref))
+    return panel
+
+
+def big(title: str, unit: str, expr: str, legend: str) -> stat.Panel:
+    return (
+        stat.Panel().title(title).unit(unit).datasource(DATASOURCE).span(4).height(4).with_target(query(expr, legend))
+    )
+
+
+def quantiles(metric: str, by: str, label: str) -> list[tuple[str, str]]:
+    return [
+        (f"histogram_quantile({q}, sum by ({by}le) ({rate(metric + '_bucket')}))", f"{name} {label}".strip())
+        for q, name in ((0.5, "p50"), (0.99, "p99"))
+    ]
+
+
+def variable(name: str, query_text: str) -> dashboard.QueryVariable:
+    return (
+        dashboard.QueryVariable(name)
+        .label(name)
+        .query(query_text)
+        .datasource(DATASOURCE)
+        .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(VariableSort.ALPHABETICAL_ASC)
+    )
+
+
+def build() -> dict:
+    cost = f"sum({rate('llmrouter_router_cost_usd_total')}) * 3600"
+    baseline = f"sum({rate('llmrouter_router_baseline_cost_usd_total')}) * 3600"
+    savings = (
+        f"(sum({rate('llmrouter_router_baseline_cost_usd_total')}) - sum({rate('llmrouter_router_cost_usd_total')}))"
+        " * 3600"
+    )
+    cache_ratio = (
+        f"sum({rate('llmrouter_router_cache_requests_total', HIT)})"
+        f" / sum({rate('llmrouter_router_cache_requests_total')})"
+    )
+    board = (
+        dashboard.Dashboard("LLM cost router")
+        .uid("llm-cost-router")  # the chart gives each release its own
+        .tags(["llm", "llm-cost-router"])
+        .timezone("utc")
+        .editable()
+        .refresh("30s")
+        .tooltip(DashboardCursorSync.CROSSHAIR)
+        .time("now-6h", "now")
+        .with_variable(
+            dashboard.DatasourceVariable("datasource")
+            .label("Prometheus")
+            .type("prometheus")
+            .current(VariableOption(selected=True, text="default", value="default"))
+        )
+        .with_variable(variable("namespace", "label_values(llmrouter_inflight_requests, namespace)"))
+        .with_variable(
+            variable("release", 'label_values(llmrouter_inflight_requests{namespace="$namespace"}, release)')
+        )
+        .with_row(dashboard.Row("Traffic and cost"))
+        .with_panel(big("Requests/s", "reqps", f"sum({rate('llmrouter_edge_http_requests_total')})", "edge"))
+        .with_panel(big("Cost", "currencyUSD", cost, "USD/h"))
+        .with_panel(big("Savings", "currencyUSD", savings, "USD/h"))
+        .with_panel(
+            big(
+                "Savings ratio",
+                "percentunit",
+                f"1 - sum(increase({s('llmrouter_router_cost_usd_total')}[$__range]))"
+                f" / sum(increase({s('llmrouter_router_baseline_cost_usd_total')}[$__range]))",
+                "saved",
+            )
+        )
+        .with_panel(
+            big(
+                "Edge 5xx ratio",
+                "percentunit",
+                f"sum({rate('llmrouter_edge_http_requests_total', SERVER_ERROR)})"
+                f" / sum({rate('llmrouter_edge_http_requests_total')})",
+                "5xx",
+            )
+        )
+        .with_panel(big("Cache hit ratio", "percentunit", cache_ratio, "hits"))
+        .with_panel(
+            series(
+                "Requests/s by model",
+                "reqps",
+                (f"sum by (model) ({rate('llmrouter_router_requests_total')})", "{{model}}"),
+            )
+        )
+        .with_panel(
+            series(
+                "Cost by model (USD/h)",
+                "currencyUSD",
+                (f"sum by (model) ({rate('llmrouter_router_cost_usd_total')}) * 3600", "{{model}}"),
+            )
+        )
+        .with_panel(
+            series(
+                "Cost vs always-strongest (USD/h)",
+                "currencyUSD",
+                (cost, "actual"),
+                (baseline, "always strongest"),
+                (savings, "savings"),
+            )
+        )
+        .with_row(dashboard.Row("Routing policy"))
+        .with_panel(
+            series(
+                "Model mix",
+                "percentunit",
+                (
+                    f"sum by (model) ({rate('llmrouter_router_requests_total')})"
+                    f" / ignoring(model) group_left() sum({rate('llmrouter_router_requests_total')})",
+                    "{{model}}",
+                ),
+            )
+        )
+        .with_panel(
+            series(
+                "Escalations/s",
+                "reqps",
+                (
+                    f"sum by (from_model, to_model) ({rate('llmrouter_router_escalations_total')})",
+                    "{{from_model}} → {{to_model}}",
+                ),
+            )
+        )
+        .with_panel(
+            series(
+                "Fallbacks/s",
+                "reqps",
+                (
+                    f"sum by (from_model, to_model) ({rate('llmrouter_router_fallbacks_total')})",
+                    "{{from_model}} → {{to_model}}",
+                ),
+            )
+        )
+        .with_panel(series("Cache hit ratio", "percentunit", (cache_ratio, "hit ratio")))
+        .with_panel(
+            series(
+                "Budget rejections and rate limiting",
+                "reqps",
+                (f"sum({rate('llmrouter_router_budget_rejections_total')})", "budget rejections/s"),
+                (f"sum({rate('llmrouter_router_rate_limited_total')})", "rate limited/s"),
+            )
+        )
+        .with_panel(
+            series(
+                "Router outcomes",
+                "reqps",
+                (f"sum by (outcome, reason) ({rate('llmrouter_router_requests_total')})", "{{outcome}} {{reason}}"),
+            )
+        )
+        .with_panel(
+            series(
+                "Premium-tier share by tenant",
+                "percentunit",
+                (
+                    f"sum by (tenant) ({rate('llmrouter_router_routed_total', PREMIUM)})"
+                    f" / sum by (tenant) ({rate('llmrouter_router_routed_total')})",
+                    "{{tenant}}",
+                ),
+            )
+        )
+        .with_row(dashboard.Row("Load and configuration"))
+        .with_panel(
+            series(
+                "Requests in flight per pod (the HPA signal)",
+                "short",
+                (f"sum by (service, pod) ({s('llmrouter_inflight_requests')})", "{{service}} {{pod}}"),
+                span=12,
+            )
+        )
+        .with_panel(
+            series(
+                "Registry valid (0: an invalid new registry was refused)",
+                "short",
+                (f"min by (service) ({s('llmrouter_registry_valid')})", "{{service}}"),
+                (
+                    f"sum by (service, outcome) (increase({s('llmrouter_registry_reloads_total')}[1h]))",
+                    "{{service}} {{outcome}}/h",
+                ),
+                span=12,
+            )
+        )
+        .with_row(dashboard.Row("Latency"))
+        .with_panel(
+            series(
+                "Edge latency p50 / p99",
+                "s",
+                *quantiles("llmrouter_edge_http_request_duration_seconds", "route, ", "{{route}}"),
+                span=12,
+            )
+        )
+        .with_panel(
+            series(
+                "gRPC latency p50 / p99 per service",
+                "s",
+                *quantiles("llmrouter_grpc_request_duration_seconds", "service, ", "{{service}}"),
+                span=12,
+            )
+        )
+        .with_row(dashboard.Row("Providers"))
+        .with_panel(
+            series(
+                "Provider errors/s",
+                "reqps",
+                (
+                    f"sum by (provider, outcome) ({rate('llmrouter_provider_requests_total', NOT_OK)})",
+                    "{{provider}} {{outcome}}",
+                ),
+            )
+        )
+        .with_panel(
+            statetimeline.Panel()
+            .title("Circuit state (0 closed, 1 half-open, 2 open)")
+            .unit("short")
+            .datasource(DATASOURCE)
+            .span(8)
+            .height(8)
+            .with_target(
+                query(f"max by (provider, model) ({s('llmrouter_provider_circuit_state')})", "{{provider}}/{{model}}")
+            )
+        )
+        .with_panel(
+            series(
+                "Provider latency p99 / time to first token p99",
+                "s",
+                (
+                    "histogram_quantile(0.99, sum by (provider, le)"
+                    f" ({rate('llmrouter_provider_request_duration_seconds_bucket')}))",
+                    "total {{provider}}",
+                ),
+                (
+                    "histogram_quantile(0.99, sum by (provider, le)"
+                    f" ({rate('llmrouter_provider_time_to_first_token_seconds_bucket')}))",
+                    "ttft {{provider}}",
+                ),
+            )
+        )
+        .with_panel(
+            series(
+                "Tokens/s by model",
+                "short",
+                (f"sum by (model, direction) ({rate('llmrouter_provider_tokens_total')})", "{{model}} {{direction}}"),
+                span=12,
+            )
+        )
+        .with_panel(
+            series(
+                "Provider retries/s",
+                "short",
+                (f"sum by (provider, model) ({rate('llmrouter_provider_retries_total')})", "{{provider}}/{{model}}"),
+                span=12,
+            )
+        )
+        .with_row(dashboard.Row("Classifier"))
+        .with_panel(
+            series(
+                "Batch size p50 / p99",
+                "short",
+                *quantiles("llmrouter_classifier_batch_size", "", ""),
+                (
+                    f"sum({rate('llmrouter_classifier_batch_size_sum')})"
+                    f" / sum({rate('llmrouter_classifier_batch_size_count')})",
+                    "mean",
+                ),
+            )
+        )
+        .with_panel(
+            series("Inference latency p50 / p99", "s", *quantiles("llmrouter_classifier_inference_seconds", "", ""))
+        )
+        .with_panel(
+            series("Queue depth", "short", (f"sum by (pod) ({s('llmrouter_classifier_queue_depth')})", "{{pod}}"))
+        )
+    )
+    built = json.loads(json.dumps(board.build(), cls=JSONEncoder))
+    for number, panel in enumerate(built["panels"], 1):  # stable ids, for links and the tests
+        panel["id"] = number
+    return built
+
+
+def render() -> str:
+    return json.dumps(build(), indent=2, ensure_ascii=False) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="fail when the committed file differs")
+    args = parser.parse_args()
+    text = render()
+    if args.check:
+        if OUT.read_text() != text:
+            print(f"{OUT} is out of date: run python deploy/dashboard.py", file=sys.stderr)
+            return 1
+        return 0
+    OUT.write_text(text)
+    print(f"wrote {OUT}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

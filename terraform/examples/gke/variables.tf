@@ -1,0 +1,51 @@
+variable "project" {
+  description = "Google Cloud project id."
+  type        = string
+}
+
+variable "region" {
+  description = "Region of the cluster (regional: the control plane and nodes span its zones)."
+  type        = string
+  default     = "europe-west1"
+}
+
+variable "name" {
+  description = "Name of the cluster, its network and the release."
+  type        = string
+  default     = "llm-cost-router"
+}
+
+variable "authorized_networks" {
+  description = "CIDR blocks allowed to reach the cluster's control plane (kubectl, Terraform)."
+  type        = map(string)
+}
+
+variable "node_machine_type" {
+  description = "Machine type of the node pool (the local model wants ~0.5 GB per providers pod)."
+  type        = string
+  default     = "e2-standard-4"
+}
+
+variable "node_count" {
+  description = "Node pool autoscaling bounds, per zone."
+  type = object({
+    min = number
+    max = number
+  })
+  default = { min = 1, max = 5 }
+}
+
+variable "image" {
+  description = "Image of the four services (see the root module)."
+  type = object({
+    repository = string
+    tag        = optional(string, "")
+    digest     = optional(string, "")
+  })
+}
+
+variable "edge_keys_secret" {
+  description = "Existing Secret with the edge's client keys (created before the release; see the root module)."
+  type        = string
+  default     = "llm-edge-keys"
+}

@@ -1,0 +1,100 @@
+"""The launcher behind `make run` supervises: a service that dies is reported at once and the stack stops
+(non-zero status, no orphan left serving half a stack)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from services.__main__ import supervise
+from tests.conftest import ROOT
+from tests.integration.conftest import free_port
+
+LOCAL_MODEL = ROOT / "artefacts" / "smollm2" / "genai_config.json"
+
+
+def python(code: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-c", code], text=True)
+
+
+def test_supervise_reports_the_service_that_exits() -> None:
+    procs = {
+        "steady": python("import time; time.sleep(30)"),
+        "dying": python("import time, sys; time.sleep(0.5); sys.exit(3)"),
+    }
+    try:
+        start = time.monotonic()
+        assert supervise(procs, threading.Event()) == ("dying", 3)
+        assert time.monotonic() - start < 10
+    finally:
+        for proc in procs.values():
+            proc.kill()
+            proc.wait()
+
+
+def test_supervise_returns_when_asked_to_stop() -> None:
+    procs = {"steady": python("import time; time.sleep(30)")}
+    stop = threading.Event()
+    threading.Timer(0.3, stop.set).start()
+    try:
+        assert supervise(procs, stop) is None
+        assert procs["steady"].poll() is None
+    finally:
+        procs["steady"].kill()
+        procs["steady"].wait()
+
+
+def children(pid: int) -> dict[str, int]:
+    """The launcher's child processes: service name -> pid."""
+    found = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+            if len(cmdline) > 2 and cmdline[1] == b"-m" and cmdline[2].startswith(b"services."):
+                found[cmdline[2].decode().removeprefix("services.")] = int(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not LOCAL_MODEL.exists(), reason="artefacts/smollm2 not built: `make local-model` builds it")
+def test_a_dead_service_stops_the_stack_at_once() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and not k.startswith("ROUTER_")}
+    for service in ("CLASSIFIER", "PROVIDERS", "ROUTER", "EDGE"):
+        env[f"{service}_PORT"] = str(free_port())
+        env[f"{service}_METRICS_PORT"] = str(free_port())
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "services"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert launcher.stdout is not None
+        deadline = time.monotonic() + 300
+        for line in launcher.stdout:  # the demo answered: now serving
+            if line.startswith("Serving;") or time.monotonic() > deadline:
+                break
+        assert launcher.poll() is None, "the stack did not come up"
+        services = children(launcher.pid)
+        assert set(services) == {"classifier", "providers", "router", "edge"}
+        os.kill(services["router"], signal.SIGKILL)
+        killed = time.monotonic()
+        _, stderr = launcher.communicate(timeout=60)
+        assert launcher.returncode == 1
+        assert "router exited with code -9" in stderr
+        assert time.monotonic() - killed < 30  # the drain of the other three included
+        assert not [name for name, pid in services.items() if alive(pid)]
+    finally:
+        if launcher.poll() is None:
+            launcher.send_signal(signal.SIGTERM)
+            launcher.wait(timeout=60)

@@ -1,0 +1,151 @@
+"""`python -m llmrouter.opscheck`: the judgement of a release's API objects, on objects built with the
+kubernetes client's own models (as the API returns them); the live path where a cluster is reachable."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import yaml
+from kubernetes.client import (
+    V1ConfigMap,
+    V1Container,
+    V1Deployment,
+    V1DeploymentSpec,
+    V1DeploymentStatus,
+    V1GRPCAction,
+    V1LabelSelector,
+    V1NetworkPolicy,
+    V1ObjectMeta,
+    V1PodDisruptionBudget,
+    V1PodSpec,
+    V1PodTemplateSpec,
+    V1Probe,
+    V2CrossVersionObjectReference,
+    V2HorizontalPodAutoscaler,
+    V2HorizontalPodAutoscalerCondition,
+    V2HorizontalPodAutoscalerSpec,
+    V2HorizontalPodAutoscalerStatus,
+    V2MetricSpec,
+    V2MetricStatus,
+)
+
+from llmrouter import opscheck
+from llmrouter.registry import DEFAULT_REGISTRY
+
+SERVICES = opscheck.SERVICES
+
+
+def meta(svc: str, generation: int = 1) -> V1ObjectMeta:
+    return V1ObjectMeta(
+        name=f"llm-{svc}",
+        generation=generation,
+        labels={"app.kubernetes.io/instance": "llm", "app.kubernetes.io/component": svc},
+    )
+
+
+def deployment(svc: str, replicas: int = 2, available: int = 2, updated: int = 2, observed: int = 1) -> V1Deployment:
+    probe = V1Probe(grpc=V1GRPCAction(port=50060)) if svc != "edge" else None
+    pod = V1PodSpec(containers=[V1Container(name=svc, readiness_probe=probe)])
+    return V1Deployment(
+        metadata=meta(svc),
+        spec=V1DeploymentSpec(replicas=replicas, selector=V1LabelSelector(), template=V1PodTemplateSpec(spec=pod)),
+        status=V1DeploymentStatus(
+            replicas=replicas, updated_replicas=updated, available_replicas=available, observed_generation=observed
+        ),
+    )
+
+
+def hpa(svc: str, active: str = "True", reading: int = 2) -> V2HorizontalPodAutoscaler:
+    metrics = [V2MetricSpec(type="Resource"), V2MetricSpec(type="Pods")]
+    return V2HorizontalPodAutoscaler(
+        metadata=meta(svc),
+        spec=V2HorizontalPodAutoscalerSpec(
+            max_replicas=4,
+            scale_target_ref=V2CrossVersionObjectReference(api_version="apps/v1", kind="Deployment", name=f"llm-{svc}"),
+            metrics=metrics,
+        ),
+        status=V2HorizontalPodAutoscalerStatus(
+            desired_replicas=2,
+            current_metrics=[V2MetricStatus(type="Resource")] * reading,
+            conditions=[
+                V2HorizontalPodAutoscalerCondition(
+                    type="ScalingActive", status=active, reason="FailedGetPodsMetric", message="no metrics returned"
+                )
+            ],
+        ),
+    )
+
+
+def healthy() -> opscheck.Objects:
+    return opscheck.Objects(
+        deployments=[deployment(s) for s in SERVICES],
+        hpas=[hpa(s) for s in SERVICES],
+        pdbs=[V1PodDisruptionBudget(metadata=meta(s)) for s in SERVICES],
+        policies=[V1NetworkPolicy(metadata=meta(s)) for s in SERVICES],
+        configmaps=[V1ConfigMap(metadata=meta("registry"), data={"models.yaml": DEFAULT_REGISTRY.read_text()})],
+    )
+
+
+def failing(findings: list[opscheck.Finding]) -> list[str]:
+    return [f.line() for f in findings if not f.ok]
+
+
+def test_a_healthy_release_passes() -> None:
+    findings = opscheck.evaluate(healthy())
+    assert not failing(findings)
+    assert len(findings) == 1 + 4 + 4 + 3
+
+
+@pytest.mark.parametrize(
+    ("broken", "complaint"),
+    [
+        (deployment("router", available=1), "1/2 replicas available"),
+        (deployment("router", updated=1), "1/2 replicas on the latest spec"),
+        (deployment("router", observed=0), "has not acted on the latest spec"),
+    ],
+)
+def test_a_deployment_not_rolled_out_fails(broken: V1Deployment, complaint: str) -> None:
+    objects = healthy()
+    objects.deployments[2] = broken
+    (problem,) = failing(opscheck.evaluate(objects))
+    assert "Deployment llm-router rolled out" in problem and complaint in problem
+
+
+def test_an_hpa_without_its_metrics_fails() -> None:
+    objects = healthy()
+    objects.hpas[0] = hpa("classifier", active="False", reading=1)
+    (problem,) = failing(opscheck.evaluate(objects))
+    assert "HPA llm-classifier" in problem
+    assert "not scaling (FailedGetPodsMetric: no metrics returned)" in problem
+    assert "reads 1 of its 2 metrics" in problem
+
+
+def test_missing_disruption_budgets_and_policies_are_named() -> None:
+    objects = healthy()
+    objects.pdbs.pop(3)
+    objects.policies = []
+    problems = failing(opscheck.evaluate(objects))
+    assert "FAIL a PodDisruptionBudget per service: none for edge" in problems
+    assert "FAIL a NetworkPolicy per service: none for classifier, edge, providers, router" in problems
+
+
+def test_an_invalid_registry_configmap_fails() -> None:
+    objects = healthy()
+    registry = yaml.safe_load(DEFAULT_REGISTRY.read_text())
+    registry["models"][0]["tier"] = "no-such-tier"
+    objects.configmaps = [V1ConfigMap(metadata=meta("registry"), data={"models.yaml": yaml.safe_dump(registry)})]
+    (problem,) = failing(opscheck.evaluate(objects))
+    assert "registry ConfigMap llm-registry valid" in problem and "no-such-tier" in problem
+
+
+def test_health_port_is_the_probe_port() -> None:
+    assert opscheck.health_port(deployment("router")) == 50060
+    assert opscheck.health_port(deployment("edge")) is None
+
+
+def test_live_release_when_a_cluster_is_reachable() -> None:
+    namespace = os.environ.get("OPS_CHECK_NAMESPACE")
+    if not namespace:
+        pytest.skip("no cluster here: set OPS_CHECK_NAMESPACE (and a kubeconfig) to check a live release")
+    assert opscheck.main(["--namespace", namespace, "--release", os.environ.get("OPS_CHECK_RELEASE", "llm")]) == 0
