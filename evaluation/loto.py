@@ -125,12 +125,18 @@ def collect(corpus: Corpus, quality: np.ndarray, rows: np.ndarray, task_of: Call
     return out
 
 
-def run_loto(corpus: Corpus, features: np.ndarray, fit: Fitter) -> list[PairScores]:
+def run_loto(
+    corpus: Corpus, features: np.ndarray, fit: Fitter, only: Callable[[str], bool] = lambda task: True
+) -> list[PairScores]:
+    """Held-out scores of every task (or of the tasks `only` keeps), pooled per pair."""
     quality = np.full(corpus.labels.shape, np.nan)
-    for _task, train, held_out in loto_folds(corpus):
-        heads = fit(features[train], corpus.labels[train], corpus.raters)
-        quality[held_out] = heads.predict(features[held_out])
-    return collect(corpus, quality, np.arange(len(corpus.texts)), lambda i: str(corpus.tasks[i]))
+    held = np.zeros(len(corpus.texts), bool)
+    for task, train, held_out in loto_folds(corpus):
+        if only(task):
+            heads = fit(features[train], corpus.labels[train], corpus.raters)
+            quality[held_out] = heads.predict(features[held_out])
+            held |= held_out
+    return collect(corpus, quality, np.flatnonzero(held), lambda i: str(corpus.tasks[i]))
 
 
 def run_in_distribution(corpus: Corpus, features: np.ndarray, fit: Fitter) -> list[PairScores]:

@@ -24,7 +24,7 @@ NAMES = (
     "few_shot",
 )
 _CODE = re.compile(r"```|\bdef |\breturn\b|[{};]\s*$|\bimport |#include|=>|\bfunction\b|\bclass ", re.M)
-_MATH = re.compile(r"[=^√∑∫π≤≥±×÷]|\\frac|\\\(|\$[^$]+\$|\b\d+\s*[-+*/]\s*\d+")
+_MATH = re.compile(r"[=^√∑∫π≤≥±\u00d7÷]|\\frac|\\\(|\$[^$]+\$|\b\d+\s*[-+*/]\s*\d+")
 _OPTION = re.compile(r"^\s*\(?[A-J][.)]\s", re.M)
 _CONSTRAINT = re.compile(
     r"\b(must|exactly|at least|at most|no more than|without|only|do not|don't|step by step)\b", re.I

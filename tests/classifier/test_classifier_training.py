@@ -65,3 +65,30 @@ def test_missing_data_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path
     monkeypatch.setenv("ROUTING_DATA_DIR", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="ROUTING_DATA_DIR"):
         data_dir()
+
+
+def test_whole_prompt_length_reaches_the_prediction(small_model: tuple[Path, dict]) -> None:
+    """The token window sees only 256 tokens; the features input carries the rest of a long prompt's size."""
+    model = QualityModel(small_model[0])
+    question = "Which of the following best explains the result above? A. one B. two C. three D. four"
+    short = "Some context. " * 200 + question
+    long = "Some context. " * 4000 + question  # 20x the text
+    assert model.tokenizer.ids(short) == model.tokenizer.ids(long)  # the encoder sees the same tokens
+    assert np.abs(model.predict([short])[0] - model.predict([long])[0]).max() > 1e-3
+
+
+def test_stronger_models_are_not_predicted_far_below_weaker_ones(small_model: tuple[Path, dict]) -> None:
+    """One difficulty per prompt shared by every model: gpt-4 stays above the 7B model on prompts of any kind."""
+    model = QualityModel(small_model[0])
+    prompts = [
+        "What is the capital of France?",
+        "Thanks, that's all I needed!",
+        "Prove that there are infinitely many primes.",
+        "Write a Python function that merges two sorted lists.",
+        "Explain the Higgs mechanism and derive the W boson mass from the Higgs vacuum expectation value.",
+        "Is it safe to take ibuprofen with warfarin? Explain the interaction.",
+        "Summarise this text in one sentence: " + "The committee met on Tuesday to discuss the budget. " * 30,
+    ]
+    quality = model.predict(prompts)
+    strong, weak = model.models.index(STRONG), model.models.index("mistralai/mistral-7b-chat")
+    assert (quality[:, strong] > quality[:, weak]).all(), quality[:, [strong, weak]]

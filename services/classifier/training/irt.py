@@ -1,61 +1,74 @@
 """Heads that share one difficulty per prompt across every rater of every file (item response theory, 2PL):
 
-    logit P(rater r right on prompt x) = alpha_r - beta_r * difficulty(x) + gamma_r . skills(x)
+    logit P(rater r right on prompt x) = alpha_r - beta_r * difficulty(x),   beta_r > 0
 
-difficulty(x) = w . x and skills(x) = V x (a few directions, `rank`) are functions of the prompt's features,
-fitted on all raters at once (outcomes of models outside the registry still teach what makes a prompt hard);
-alpha_r (ability) and beta_r > 0 (slope) are per rater, gamma_r a small per-rater skill profile. With the
-skills small, a stronger model is predicted above a weaker one on every prompt, and a new rater needs only
-its alpha, beta (and gamma) from a few hundred labelled prompts. Each rater's logit is linear in x, so the
-served graph keeps one MatMul + Add + Sigmoid."""
+Fitted in closed form, in three steps:
+1. each training prompt's observed difficulty: minus the mean, over the raters that scored it, of their
+   standardised outcome (a one-factor summary with equal loadings; soft scores such as a judge's rating count
+   as they are). Outcomes of models outside the registry still say how hard a prompt is.
+2. difficulty(x) = w . x, a ridge regression of that target on the prompt's features, each prompt weighted by
+   its number of raters.
+3. per rater, alpha_r and beta_r: a two-parameter logistic regression of its outcomes on difficulty(x).
+A stronger model (higher alpha at similar slope) is predicted above a weaker one on every prompt, and a new
+rater needs only its two numbers, from a few hundred labelled prompts (step 3 alone). Each rater's logit is
+linear in x, so the served graph keeps one MatMul + Add + Sigmoid."""
 
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from services.classifier.training.heads import Heads
 
+MIN_SLOPE = 0.05
 
-def fit_irt(
-    features: np.ndarray,
-    labels: np.ndarray,
-    raters: list[str],
-    rank: int = 4,
-    l2: float = 1e-3,
-    skill_l2: float = 1e-2,
-    steps: int = 150,
-    seed: int = 0,
-) -> Heads:
-    """labels: [prompts, raters] in [0, 1] (soft targets allowed), NaN where not scored."""
-    torch.manual_seed(seed)
-    x = torch.from_numpy(features.astype(np.float32))
+
+def observed_difficulty(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(difficulty, number of raters) per prompt; difficulty is NaN-free, 0 where no rater scored the prompt."""
     seen = ~np.isnan(labels)
-    y = torch.from_numpy(np.nan_to_num(labels).astype(np.float32))
-    # Each rater weighs the same in the loss whatever its number of rows: the few registry raters are not
-    # drowned by the big files, and a file's many raters do not dominate the difficulty.
-    per_rater = seen.sum(axis=0).astype(np.float32)
-    active = per_rater > 0
-    weight = torch.from_numpy(
-        np.where(seen, 1.0 / np.maximum(per_rater, 1.0), 0.0).astype(np.float32) / max(1, active.sum())
-    )
-    base = np.where(active, np.nanmean(np.where(seen, labels, np.nan), axis=0, where=seen), 0.5).clip(0.02, 0.98)
-    dim = x.shape[1]
-    w = torch.zeros(dim, requires_grad=True)
-    v = (0.01 * torch.randn(rank, dim)).requires_grad_()
-    alpha = torch.tensor(np.log(base / (1 - base)).astype(np.float32), requires_grad=True)
-    slope = torch.zeros(len(raters), requires_grad=True)  # beta = softplus(slope) + 0.05 > 0
-    gamma = torch.zeros(len(raters), rank, requires_grad=True)
-    optimiser = torch.optim.Adam([w, v, alpha, slope, gamma], lr=0.1)
-    for _ in range(steps):
-        optimiser.zero_grad()
-        beta = torch.nn.functional.softplus(slope) + 0.05
-        logit = alpha - (x @ w)[:, None] * beta + (x @ v.T) @ gamma.T  # [prompts, raters]
-        loss = (weight * torch.nn.functional.binary_cross_entropy_with_logits(logit, y, reduction="none")).sum()
-        loss = loss + l2 * (w.square().sum() + v.square().sum()) + skill_l2 * gamma.square().sum()
-        loss.backward()
-        optimiser.step()
-    with torch.no_grad():
-        beta = torch.nn.functional.softplus(slope) + 0.05
-        weights = -w[:, None] * beta[None, :] + v.T @ gamma.T  # [dim, raters]
-        return Heads(list(raters), weights.numpy().astype(np.float32), alpha.numpy().astype(np.float32))
+    values = np.nan_to_num(labels)
+    counts = np.maximum(seen.sum(axis=0), 1)
+    mean = values.sum(axis=0) / counts
+    spread = np.sqrt((np.where(seen, values - mean, 0.0) ** 2).sum(axis=0) / counts) + 1e-3
+    z = np.where(seen, (values - mean) / spread, 0.0)
+    raters = seen.sum(axis=1)
+    return -z.sum(axis=1) / np.maximum(raters, 1), raters
+
+
+def fit_difficulty(features: np.ndarray, labels: np.ndarray, ridge: float = 3.0) -> tuple[np.ndarray, float]:
+    """(w, intercept) of difficulty(x) = x . w + intercept."""
+    target, raters = observed_difficulty(labels)
+    x = np.hstack([features, np.ones((len(features), 1))]).astype(np.float64)
+    weighted = x * raters[:, None]
+    penalty = ridge * np.eye(x.shape[1])
+    penalty[-1, -1] = 0.0  # the intercept is not shrunk
+    coef = np.linalg.solve(x.T @ weighted + penalty, weighted.T @ target)
+    return coef[:-1], float(coef[-1])
+
+
+def fit_rater(difficulty: np.ndarray, outcome: np.ndarray, iterations: int = 25) -> tuple[float, float]:
+    """(alpha, beta) of logit = alpha - beta * difficulty by Newton's method (soft outcomes allowed)."""
+    mean = float(np.clip(outcome.mean(), 0.01, 0.99))
+    params = np.array([np.log(mean / (1 - mean)), 0.0])
+    design = np.stack([np.ones_like(difficulty), -difficulty], axis=1)
+    for _ in range(iterations):
+        p = 1.0 / (1.0 + np.exp(-(design @ params)))
+        gradient = design.T @ (outcome - p) - 1e-3 * params
+        hessian = (design * (p * (1 - p))[:, None]).T @ design + 1e-3 * np.eye(2)
+        params = params + np.linalg.solve(hessian, gradient)
+    return float(params[0]), max(float(params[1]), MIN_SLOPE)
+
+
+def fit_irt(features: np.ndarray, labels: np.ndarray, raters: list[str], ridge: float = 3.0) -> Heads:
+    """labels: [prompts, raters] in [0, 1], NaN where not scored. Raters without outcomes get a flat head."""
+    w, intercept = fit_difficulty(features, labels, ridge)
+    difficulty = features @ w + intercept
+    weights = np.zeros((features.shape[1], len(raters)))
+    bias = np.zeros(len(raters))
+    for j in range(len(raters)):
+        seen = ~np.isnan(labels[:, j])
+        if not seen.any():
+            continue
+        alpha, beta = fit_rater(difficulty[seen], labels[seen, j])
+        weights[:, j] = -beta * w
+        bias[j] = alpha - beta * intercept
+    return Heads(list(raters), weights.astype(np.float32), bias.astype(np.float32))

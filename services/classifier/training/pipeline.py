@@ -74,7 +74,7 @@ def fit(embeddings: np.ndarray, features: np.ndarray, labels: np.ndarray, raters
     """The shipped recipe: heads over [embedding | raw whole-prompt features] for every rater, the features'
     standardisation folded into the weights (the served graph takes the raw features)."""
     scaler = FeatureScaler(features)
-    heads = fit_irt(np.hstack([embeddings, scaler(features)]), labels, raters, RANK, seed=seed)
+    heads = fit_irt(np.hstack([embeddings, scaler(features)]), labels, raters)
     weights = heads.weights.copy()
     weights[EMBEDDING_DIM:] *= scaler.scale[:, None]
     bias = heads.bias - scaler.mean @ weights[EMBEDDING_DIM:]
