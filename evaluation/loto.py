@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from evaluation.report import RouterResult, compare, table
+from evaluation.routers import pair_score
 from services.classifier.features import prompt_features
 from services.classifier.settings import DEFAULT_MODEL_DIR
 from services.classifier.text import PromptTokenizer
@@ -102,11 +103,11 @@ class PairScores:
 
 
 def collect(corpus: Corpus, quality: np.ndarray, rows: np.ndarray, task_of: Callable[[int], str]) -> list[PairScores]:
-    """Per pair, the prompts among `rows` that both outcome raters scored, with score P(strong) - P(weak)."""
+    """Per pair, the prompts among `rows` that both outcome raters scored, with the router's pair score."""
     out = []
     for pair in PAIRS:
         collected = PairScores(pair, [], [], [], [], [])
-        s_pred, w_pred = (corpus.column(r) for r in pair.predict)
+        scores = pair_score(quality, corpus.raters, *pair.predict)
         for i in rows:
             file = str(corpus.files[i])
             if file not in pair.files:
@@ -117,7 +118,7 @@ def collect(corpus: Corpus, quality: np.ndarray, rows: np.ndarray, task_of: Call
                 continue
             collected.tasks.append(task_of(i))
             collected.prompts.append(corpus.texts[i])
-            collected.scores.append(float(quality[i, s_pred] - quality[i, w_pred]))
+            collected.scores.append(float(scores[i]))
             collected.strong.append(float(strong))
             collected.weak.append(float(weak))
         if collected.prompts:

@@ -69,6 +69,6 @@ def test_collect_pairs_predictions_with_each_files_outcomes(corpus: Corpus) -> N
     # Arena's 1-10 judge ratings arrive as soft scores in [0, 1].
     arena = np.asarray(gpt4.tasks) == "arena-bench-v1"
     assert min(np.asarray(gpt4.strong)[arena]) >= 0.0 and max(np.asarray(gpt4.strong)[arena]) <= 1.0
-    s, w = (corpus.column(r) for r in PAIRS[0].predict)
+    w = corpus.column(PAIRS[0].predict[1])
     first = int(np.flatnonzero(corpus.files == ROUTERBENCH_FILE)[0])
-    assert gpt4.scores[0] == pytest.approx(quality[first, s] - quality[first, w])
+    assert gpt4.scores[0] == pytest.approx(1.0 - quality[first, w])  # the pair score: P(weak wrong)

@@ -151,8 +151,11 @@ def encoder_key(encoder: Path, tokenizer: PromptTokenizer) -> str:
     return key.hexdigest()[:20]
 
 
+TEXT_KEY_BYTES = 16
+
+
 def text_key(text: str) -> bytes:
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()[:16]
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()[:TEXT_KEY_BYTES]
 
 
 def embed(
@@ -169,7 +172,9 @@ def embed(
     known: dict[bytes, np.ndarray] = {}
     if cached and cached.is_file():
         with np.load(cached) as stored:
-            known = dict(zip((bytes(k) for k in stored["keys"]), stored["vectors"], strict=True))
+            # numpy's fixed-width bytes drop trailing NULs: pad the keys back to their length.
+            keys_read = (bytes(k).ljust(TEXT_KEY_BYTES, b"\0") for k in stored["keys"])
+            known = dict(zip(keys_read, stored["vectors"], strict=True))
     keys = [text_key(t) for t in texts]
     missing = sorted({k: i for i, k in enumerate(keys) if k not in known}.values())
     if missing:
@@ -179,7 +184,9 @@ def embed(
             cached.parent.mkdir(parents=True, exist_ok=True)
             ordered = sorted(known)
             tmp = cached.with_suffix(".tmp.npz")
-            np.savez(tmp, keys=np.array(ordered, dtype="S16"), vectors=np.stack([known[k] for k in ordered]))
+            np.savez(
+                tmp, keys=np.array(ordered, dtype=f"S{TEXT_KEY_BYTES}"), vectors=np.stack([known[k] for k in ordered])
+            )
             tmp.replace(cached)
     return np.stack([known[k] for k in keys]) if texts else np.zeros((0, EMBEDDING_DIM), np.float32)
 
