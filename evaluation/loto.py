@@ -164,11 +164,11 @@ def per_task_table(collected: list[PairScores]) -> str:
     return "\n".join(lines)
 
 
-def shipped_fitter(seed: int = 0) -> Fitter:
+def shipped_fitter() -> Fitter:
     """The recipe `make train-classifier` ships, on [embedding | raw whole-prompt features] rows."""
 
     def fit_fold(x: np.ndarray, labels: np.ndarray, raters: list[str]) -> Heads:
-        return fit(x[:, :EMBEDDING_DIM], x[:, EMBEDDING_DIM:], labels, raters, seed)
+        return fit(x[:, :EMBEDDING_DIM], x[:, EMBEDDING_DIM:], labels, raters)
 
     return fit_fold
 

@@ -1,6 +1,6 @@
 """make train-classifier: every outcome file -> embeddings + whole-prompt features -> heads sharing one difficulty
 per prompt (irt.py) -> model.onnx + metadata.json. Deterministic for a given seed: the export, the quantisation,
-the batching and the optimiser are."""
+the batching and the closed-form fit are."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from services.classifier.features import NAMES as FEATURE_NAMES
 from services.classifier.features import prompt_features
@@ -32,7 +31,6 @@ HEAD_TOKENS = 64
 TAIL_TOKENS = 190
 # Standardised whole-prompt features are scaled to an embedding component's size, so one L2 penalty fits both.
 FEATURE_SCALE = 0.05
-RANK = 4
 
 
 def encoder_path(cache_dir: Path, quantization: str) -> Path:
@@ -70,7 +68,7 @@ class FeatureScaler:
         return ((features - self.mean) * self.scale).astype(np.float32)
 
 
-def fit(embeddings: np.ndarray, features: np.ndarray, labels: np.ndarray, raters: list[str], seed: int = 0) -> Heads:
+def fit(embeddings: np.ndarray, features: np.ndarray, labels: np.ndarray, raters: list[str]) -> Heads:
     """The shipped recipe: heads over [embedding | raw whole-prompt features] for every rater, the features'
     standardisation folded into the weights (the served graph takes the raw features)."""
     scaler = FeatureScaler(features)
@@ -91,7 +89,6 @@ def train(
     quantization: str = "weight-only",
 ) -> dict:
     started = time.perf_counter()
-    torch.set_num_threads(threads)
     out.mkdir(parents=True, exist_ok=True)
     cache_dir = cache_dir or out / "cache"
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -102,7 +99,7 @@ def train(
     tokenizer = PromptTokenizer(copy_tokenizer(out), HEAD_TOKENS, TAIL_TOKENS)
     log.info("embedding %d prompts", len(texts))
     embeddings = embed(texts, encoder, tokenizer, cache_dir, threads)
-    heads = fit(embeddings, prompt_features(texts), data.labels[rows], data.raters, seed)
+    heads = fit(embeddings, prompt_features(texts), data.labels[rows], data.raters)
     served = [data.raters.index(m) for m in data.served]
     weights = heads.weights[:, served]
     attach_heads(encoder, weights[:EMBEDDING_DIM], weights[EMBEDDING_DIM:], heads.bias[served], out / MODEL_FILE)
@@ -116,9 +113,8 @@ def train(
         "features": list(FEATURE_NAMES),
         "quantization": quantization,
         "heads": {
-            "kind": "one difficulty per prompt shared by every rater of every file (2PL) + rank-4 skills",
+            "kind": "one difficulty per prompt shared by every rater of every file (2PL, closed form)",
             "raters": len(data.raters),
-            "rank": RANK,
         },
         "truncation": {"head_tokens": HEAD_TOKENS, "tail_tokens": TAIL_TOKENS},
         "seed": seed,
