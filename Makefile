@@ -71,10 +71,10 @@ check-protos: $(VENV)/.installed
 score: setup
 	$(PY) -m evaluation.score --data "$(DATA)" --strong "$(STRONG)" --weak "$(WEAK)" --out "$(OUT)"
 
-evaluate: setup
-	$(PY) -m evaluation.evaluate --data "$(DATA)" --strong "$(STRONG)" --weak "$(WEAK)" --plots reports
+evaluate: setup                  # no DATA: leave-one-task-out and in-distribution tables over ../shared
+	$(PY) -m evaluation.evaluate $(if $(DATA),--data "$(DATA)" --strong "$(STRONG)" --weak "$(WEAK)") --plots reports
 
-evaluate-mmlu-cv: setup          # MMLU, each subject scored by a model trained without it
+evaluate-mmlu-cv: setup          # MMLU, each group of subjects scored by a model trained without it, pooled
 	$(PY) -m evaluation.crossval --plots reports
 
 evaluate-multitier: setup        # routing over all 11 RouterBench models against the single models

@@ -1,5 +1,7 @@
-"""make evaluate: RouteLLM's metrics for the learned router beside a random and a prompt-length router on one
-outcome file, the cost saved at 95% of the strong model's quality when costs are present, and PNG plots."""
+"""make evaluate: without --data, the leave-one-task-out table over every task of the routing data and the
+in-distribution table (evaluation/loto.py). With --data, RouteLLM's metrics for the shipped router beside a random
+and a prompt-length router on that outcome file, the cost saved at 95% of the strong model's quality when costs
+are present, and PNG plots."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from evaluation import loto
 from evaluation.outcomes import costs, load_items, models_in, outcomes
 from evaluation.report import compare, plot, slug, table
 from evaluation.routers import LearnedRouter, resolve_model
@@ -17,14 +20,19 @@ from services.classifier.training.data import file_sha256
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--strong", required=True)
-    parser.add_argument("--weak", required=True)
+    parser.add_argument("--data", type=Path, default=None, help="an outcome file; none: leave-one-task-out")
+    parser.add_argument("--strong")
+    parser.add_argument("--weak")
     parser.add_argument("--plots", type=Path, default=Path("reports"))
     parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR)
     parser.add_argument("--where", action="append", default=[], metavar="FIELD=VALUE", help="keep matching rows")
     parser.add_argument("--include-train", action="store_true", help="keep prompts of a train split")
     args = parser.parse_args()
+    if args.data is None:
+        loto.main(args.model_dir)
+        return
+    if not args.strong or not args.weak:
+        parser.error("--data needs --strong and --weak")
     where = dict(w.split("=", 1) for w in args.where)
     try:
         router = LearnedRouter(args.model_dir)

@@ -66,18 +66,15 @@ class LearnedRouter:
 
 
 def pair_score(quality: np.ndarray, known: Sequence[str], strong: str, weak: str) -> np.ndarray:
-    """How much the strong model is needed: its expected quality gain over the weak one, P(strong right) -
-    P(weak right), which is what maximises mean quality at a given share of strong calls when the
-    probabilities are calibrated. When both names resolve to the same predictions there is no gain to
-    estimate, and the weak side's predicted failure rate ranks the prompts instead."""
-
-    def column(name: str) -> np.ndarray:
-        resolved = resolve_model(name, known)
-        return quality.mean(axis=1) if resolved == GENERIC else quality[:, list(known).index(resolved)]
-
-    if resolve_model(strong, known) == resolve_model(weak, known):
-        return 1.0 - column(weak)
-    return column(strong) - column(weak)
+    """How much the strong model is needed: the weak model's predicted failure rate, 1 - P(weak right).
+    The classifier's heads share one difficulty per prompt, so this ranks prompts by predicted difficulty
+    whatever the weak model. The expected gain P(strong right) - P(weak right) would be optimal for calibrated
+    probabilities, but on tasks the classifier never saw it ranked worse (leave-one-task-out APGR 0.542
+    against 0.580 for gpt-4-1106 vs mixtral, 0.394 against 0.541 on llmrouter_tasks): it sends the prompts
+    predicted hardest to the weak model as hopeless, and calibration is the first thing lost off-distribution."""
+    del strong  # kept in the signature: a router is asked for a pair
+    resolved = resolve_model(weak, known)
+    return 1.0 - (quality.mean(axis=1) if resolved == GENERIC else quality[:, list(known).index(resolved)])
 
 
 def length_scores(prompts: Sequence[str]) -> np.ndarray:

@@ -11,9 +11,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from services.classifier.features import prompt_features
 from services.classifier.text import PromptTokenizer
 
 MODEL_FILE = "model.onnx"
+FEATURES_INPUT = "prompt_features"
 METADATA_FILE = "metadata.json"
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -76,11 +78,13 @@ class QualityModel:
             self.metadata.tail_tokens if tail_tokens is None else tail_tokens,
         )
         self._session = session(model_dir / MODEL_FILE, threads)
+        self._wants_features = FEATURES_INPUT in {i.name for i in self._session.get_inputs()}
 
     def predict(self, texts: Sequence[str]) -> np.ndarray:
         """[len(texts), len(self.models)] probabilities of a correct answer."""
         out = np.zeros((len(texts), len(self.models)), dtype=np.float32)
         seqs = [self.tokenizer.ids(t) for t in texts]
+        features = prompt_features(texts) if self._wants_features else None
         # Runs of similar length, each at most token_budget padded tokens: little compute spent on padding,
         # and activation memory bounded whatever the batch (32 long prompts at once would add ~150 MB).
         order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
@@ -91,6 +95,9 @@ class QualityModel:
                 end += 1
             idx = order[start:end]
             input_ids, mask = self.tokenizer.pad([seqs[i] for i in idx])
-            out[idx] = self._session.run(["quality"], {"input_ids": input_ids, "attention_mask": mask})[0]
+            inputs = {"input_ids": input_ids, "attention_mask": mask}
+            if features is not None:
+                inputs[FEATURES_INPUT] = features[idx]
+            out[idx] = self._session.run(["quality"], inputs)[0]
             start = end
         return out

@@ -13,21 +13,21 @@ from llmrouter.v1 import classifier_pb2_grpc
 from services.classifier import build
 from services.classifier.model import MODEL_FILE
 from services.classifier.settings import DEFAULT_MODEL_DIR, ClassifierSettings
-from services.classifier.training.data import TrainingData, load_training_data
+from services.classifier.training.corpus import Corpus, load_corpus
 from services.classifier.training.pipeline import train
 
-SAMPLE_PROMPTS = 300  # per source: enough to beat random, quick to embed
+SAMPLE_PROMPTS = 200  # trainable prompts per file: enough to beat random, quick to embed
 
 
 @pytest.fixture(scope="session")
-def training_data() -> TrainingData:
-    return load_training_data()
+def corpus() -> Corpus:
+    return load_corpus()
 
 
 @pytest.fixture(scope="session")
-def small_model(tmp_path_factory: pytest.TempPathFactory, training_data: TrainingData) -> tuple[Path, dict]:
+def small_model(tmp_path_factory: pytest.TempPathFactory, corpus: Corpus) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("classifier")
-    return out, train(out, training_data, seed=0, sample_prompts=SAMPLE_PROMPTS)
+    return out, train(out, corpus, seed=0, sample_prompts=SAMPLE_PROMPTS)
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,8 @@ from evaluation.metrics import routing_curve
 from evaluation.outcomes import load_items, outcomes
 from evaluation.routers import length_scores, pair_score, random_scores
 from services.classifier.model import QualityModel
-from services.classifier.training.data import ROUTERBENCH_FILE, TrainingData, data_dir
+from services.classifier.training.corpus import Corpus
+from services.classifier.training.data import ROUTERBENCH_FILE, data_dir
 from services.classifier.training.pipeline import train
 
 STRONG, WEAK = "gpt-4-1106-preview", "mistralai/mixtral-8x7b-chat"
@@ -40,7 +41,7 @@ def test_beats_random_on_held_out_prompts(small_model: tuple[Path, dict]) -> Non
     for j, name in enumerate(model.models):
         y, p = outcomes(items, name), np.clip(quality[:, j], 1e-6, 1 - 1e-6)
         losses.append(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
-        base = small_model[1]["metrics"]["per_model"][name]["accuracy"]
+        base = small_model[1]["base_rates"][name]["accuracy"]
         priors.append(-np.mean(y * np.log(base) + (1 - y) * np.log(1 - base)))
     assert np.mean(losses) < np.mean(priors)
     # And routing on them beats a random router (APGR ~0.5) and the length router.
@@ -52,10 +53,10 @@ def test_beats_random_on_held_out_prompts(small_model: tuple[Path, dict]) -> Non
     assert learned > length, (learned, rand, length)
 
 
-def test_same_seed_same_bytes(tmp_path: Path, training_data: TrainingData, small_model: tuple[Path, dict]) -> None:
-    sampled = small_model[1]["training_data"]["sampled_prompts_per_source"]
+def test_same_seed_same_bytes(tmp_path: Path, corpus: Corpus, small_model: tuple[Path, dict]) -> None:
+    sampled = small_model[1]["training_data"]["sampled_prompts_per_file"]
     # Same embedding cache: the export, quantisation and heads are rebuilt; embedding again would only be slow.
-    again = train(tmp_path, training_data, seed=0, sample_prompts=sampled, cache_dir=small_model[0] / "cache")
+    again = train(tmp_path, corpus, seed=0, sample_prompts=sampled, cache_dir=small_model[0] / "cache")
     assert again["version"] == small_model[1]["version"]
     assert (tmp_path / "model.onnx").read_bytes() == (small_model[0] / "model.onnx").read_bytes()
 
@@ -64,3 +65,30 @@ def test_missing_data_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path
     monkeypatch.setenv("ROUTING_DATA_DIR", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="ROUTING_DATA_DIR"):
         data_dir()
+
+
+def test_whole_prompt_length_reaches_the_prediction(small_model: tuple[Path, dict]) -> None:
+    """The token window sees only 256 tokens; the features input carries the rest of a long prompt's size."""
+    model = QualityModel(small_model[0])
+    question = "Which of the following best explains the result above? A. one B. two C. three D. four"
+    short = "Some context. " * 200 + question
+    long = "Some context. " * 4000 + question  # 20x the text
+    assert model.tokenizer.ids(short) == model.tokenizer.ids(long)  # the encoder sees the same tokens
+    assert np.abs(model.predict([short])[0] - model.predict([long])[0]).max() > 1e-3
+
+
+def test_stronger_models_are_not_predicted_far_below_weaker_ones(small_model: tuple[Path, dict]) -> None:
+    """One difficulty per prompt shared by every model: gpt-4 stays above the 7B model on prompts of any kind."""
+    model = QualityModel(small_model[0])
+    prompts = [
+        "What is the capital of France?",
+        "Thanks, that's all I needed!",
+        "Prove that there are infinitely many primes.",
+        "Write a Python function that merges two sorted lists.",
+        "Explain the Higgs mechanism and derive the W boson mass from the Higgs vacuum expectation value.",
+        "Is it safe to take ibuprofen with warfarin? Explain the interaction.",
+        "Summarise this text in one sentence: " + "The committee met on Tuesday to discuss the budget. " * 30,
+    ]
+    quality = model.predict(prompts)
+    strong, weak = model.models.index(STRONG), model.models.index("mistralai/mistral-7b-chat")
+    assert (quality[:, strong] > quality[:, weak]).all(), quality[:, [strong, weak]]

@@ -7,7 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
-from services.classifier.training.data import data_dir, load_training_data
+from services.classifier.training.corpus import load_corpus
+from services.classifier.training.data import data_dir
 from services.classifier.training.encoder import QUANTIZATIONS
 from services.classifier.training.pipeline import train
 
@@ -16,9 +17,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--c", type=float, default=1.0, help="inverse L2 strength of the heads")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--sample", type=int, default=None, help="prompts per source, for quick runs")
+    parser.add_argument("--sample", type=int, default=None, help="trainable prompts per file, for quick runs")
     parser.add_argument("--quantization", choices=QUANTIZATIONS, default="weight-only")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
@@ -29,9 +29,8 @@ def main() -> None:
         sys.exit(str(exc))
     metadata = train(
         args.out,
-        load_training_data(directory),
+        load_corpus(directory),
         seed=args.seed,
-        c=args.c,
         threads=args.threads,
         sample_prompts=args.sample,
         quantization=args.quantization,

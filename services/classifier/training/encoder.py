@@ -144,6 +144,20 @@ def copy_tokenizer(out_dir: Path) -> Path:
     return Path(shutil.copyfile(tokenizer_file(), out_dir / "tokenizer.json"))
 
 
+def encoder_key(encoder: Path, tokenizer: PromptTokenizer) -> str:
+    """What an embedding depends on besides its text: the encoder's bytes and the truncation."""
+    key = hashlib.sha256(encoder.read_bytes())
+    key.update(f"{tokenizer.head}:{tokenizer.tail}".encode())
+    return key.hexdigest()[:20]
+
+
+TEXT_KEY_BYTES = 16
+
+
+def text_key(text: str) -> bytes:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()[:TEXT_KEY_BYTES]
+
+
 def embed(
     texts: list[str],
     encoder: Path,
@@ -152,14 +166,32 @@ def embed(
     threads: int = 2,
     batch_size: int = 32,
 ) -> np.ndarray:
-    """[len(texts), 384] float32 embeddings, cached on disk by encoder, truncation and texts."""
-    key = hashlib.sha256(encoder.read_bytes())
-    key.update(f"{tokenizer.head}:{tokenizer.tail}".encode())
-    for text in texts:
-        key.update(hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest())
-    cached = cache_dir / f"embeddings-{key.hexdigest()[:20]}.npy" if cache_dir else None
+    """[len(texts), 384] float32 embeddings. Cached on disk per text (keyed by the text's hash, the encoder and
+    the truncation), so every fold of an evaluation and every training run encodes a prompt once."""
+    cached = cache_dir / f"embeddings-{encoder_key(encoder, tokenizer)}.npz" if cache_dir else None
+    known: dict[bytes, np.ndarray] = {}
     if cached and cached.is_file():
-        return np.load(cached)
+        with np.load(cached) as stored:
+            # numpy's fixed-width bytes drop trailing NULs: pad the keys back to their length.
+            keys_read = (bytes(k).ljust(TEXT_KEY_BYTES, b"\0") for k in stored["keys"])
+            known = dict(zip(keys_read, stored["vectors"], strict=True))
+    keys = [text_key(t) for t in texts]
+    missing = sorted({k: i for i, k in enumerate(keys) if k not in known}.values())
+    if missing:
+        fresh = _encode([texts[i] for i in missing], encoder, tokenizer, threads, batch_size)
+        known.update({keys[i]: v for i, v in zip(missing, fresh, strict=True)})
+        if cached:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            ordered = sorted(known)
+            tmp = cached.with_suffix(".tmp.npz")
+            np.savez(
+                tmp, keys=np.array(ordered, dtype=f"S{TEXT_KEY_BYTES}"), vectors=np.stack([known[k] for k in ordered])
+            )
+            tmp.replace(cached)
+    return np.stack([known[k] for k in keys]) if texts else np.zeros((0, EMBEDDING_DIM), np.float32)
+
+
+def _encode(texts: list[str], encoder: Path, tokenizer: PromptTokenizer, threads: int, batch_size: int) -> np.ndarray:
     sess = session(encoder, threads)
     # Fixed batches of similar length: little padding, and the same batches (same floats) on every run.
     order = sorted(range(len(texts)), key=lambda i: (len(tokenizer.ids(texts[i])), i))
@@ -170,7 +202,4 @@ def embed(
         out[idx] = sess.run(["embedding"], {"input_ids": input_ids, "attention_mask": mask})[0]
         if start // batch_size % 50 == 0:
             log.info("embedded %d/%d prompts", start + len(idx), len(texts))
-    if cached:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        np.save(cached, out)
     return out

@@ -1,5 +1,6 @@
-"""make train-classifier: outcome data -> embeddings -> per-model heads -> model.onnx + metadata.json.
-Deterministic for a given seed: the export, the quantisation, the batching and the solver are."""
+"""make train-classifier: every outcome file -> embeddings + whole-prompt features -> heads sharing one difficulty
+per prompt (irt.py) -> model.onnx + metadata.json. Deterministic for a given seed: the export, the quantisation,
+the batching and the closed-form fit are."""
 
 from __future__ import annotations
 
@@ -7,75 +8,81 @@ import hashlib
 import json
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import log_loss, roc_auc_score
 
+from services.classifier.features import NAMES as FEATURE_NAMES
+from services.classifier.features import prompt_features
 from services.classifier.model import METADATA_FILE, MODEL_FILE, TOKENIZER_FILE
 from services.classifier.text import PromptTokenizer
-from services.classifier.training.data import MODEL_ALIASES, OutcomeMatrix, TrainingData
-from services.classifier.training.encoder import copy_tokenizer, embed, export_encoder
+from services.classifier.training.corpus import Corpus
+from services.classifier.training.data import MODEL_ALIASES
+from services.classifier.training.encoder import EMBEDDING_DIM, copy_tokenizer, embed, export_encoder
 from services.classifier.training.graph import attach_heads
-from services.classifier.training.heads import fit_heads
+from services.classifier.training.heads import Heads
+from services.classifier.training.irt import fit_irt
 
 log = logging.getLogger("classifier.training")
-# 16 + 46 + [CLS] + [SEP] = 64 tokens. Measured against 128 (32 + 94, 16 + 110, 0 + 126) and 64 (8 + 56):
-# on MMLU by unseen subject APGR 0.67 against 0.56-0.57 at 128, RouterBench test within 0.02, half the cost.
-HEAD_TOKENS = 16
-TAIL_TOKENS = 46
-FOLDS = 5
+# 64 + 190 + [CLS] + [SEP] = 256 tokens, mean-pooled: the prompt's instructions and most of its content.
+# Measured by leave-one-task-out against 16 + 46 (see services/classifier/README.md).
+HEAD_TOKENS = 64
+TAIL_TOKENS = 190
+# Standardised whole-prompt features are scaled to an embedding component's size, so one L2 penalty fits both.
+FEATURE_SCALE = 0.05
 
 
 def encoder_path(cache_dir: Path, quantization: str) -> Path:
     return cache_dir / f"encoder-{quantization}-int8.onnx"
 
 
-def sample(matrix: OutcomeMatrix, per_group_source: int, seed: int) -> OutcomeMatrix:
-    """A small reproducible sample: `per_group_source` prompts from RouterBench and as many from MMLU."""
+def sample(corpus: Corpus, per_file: int, seed: int) -> Corpus:
+    """A small reproducible sample: `per_file` trainable prompts from each file."""
     rng = np.random.default_rng(seed)
-    is_mmlu = np.array([g.startswith("mmlu:") for g in matrix.groups])
     picked = [
-        rng.choice(np.flatnonzero(part), size=min(per_group_source, part.sum()), replace=False)
-        for part in (~is_mmlu, is_mmlu)
+        rng.choice(part, size=min(per_file, len(part)), replace=False)
+        for file in sorted(set(corpus.files.tolist()))
+        if len(part := np.flatnonzero((corpus.files == file) & corpus.trainable))
     ]
-    return matrix.subset(np.sort(np.concatenate(picked)))
+    idx = np.sort(np.concatenate(picked))
+    return replace(
+        corpus,
+        prompt_ids=[corpus.prompt_ids[i] for i in idx],
+        texts=[corpus.texts[i] for i in idx],
+        files=corpus.files[idx],
+        tasks=corpus.tasks[idx],
+        trainable=corpus.trainable[idx],
+        labels=corpus.labels[idx],
+    )
 
 
-def fold_ids(groups: list[str], seed: int, folds: int = FOLDS) -> np.ndarray:
-    """MMLU folds by subject (unseen subjects at test time); RouterBench folds by prompt."""
-    rng = np.random.default_rng(seed)
-    subjects = sorted({g for g in groups if g.startswith("mmlu:")})
-    subject_fold = dict(zip(subjects, rng.permutation(len(subjects)) % folds, strict=True))
-    prompt_fold = rng.permutation(len(groups)) % folds
-    return np.array([subject_fold.get(g, prompt_fold[i]) for i, g in enumerate(groups)])
+class FeatureScaler:
+    """Standardises whole-prompt features (mean and spread of the training prompts) to FEATURE_SCALE."""
+
+    def __init__(self, features: np.ndarray) -> None:
+        self.mean = features.mean(axis=0)
+        self.scale = FEATURE_SCALE / (features.std(axis=0) + 1e-6)
+
+    def __call__(self, features: np.ndarray) -> np.ndarray:
+        return ((features - self.mean) * self.scale).astype(np.float32)
 
 
-def cross_validate(features: np.ndarray, matrix: OutcomeMatrix, seed: int, c: float) -> dict:
-    folds = fold_ids(matrix.groups, seed)
-    oof = np.zeros_like(matrix.labels)
-    for k in range(FOLDS):
-        train, test = folds != k, folds == k
-        oof[test] = fit_heads(features[train], matrix.labels[train], matrix.models, c).predict(features[test])
-    per_model = {}
-    for j, name in enumerate(matrix.models):
-        seen = ~np.isnan(matrix.labels[:, j])
-        y, p = matrix.labels[seen, j], np.clip(oof[seen, j], 1e-6, 1 - 1e-6)
-        per_model[name] = {
-            "rows": int(seen.sum()),
-            "accuracy": round(float(y.mean()), 4),
-            "auc": round(float(roc_auc_score(y, p)), 4) if 0 < y.mean() < 1 else None,
-            "log_loss": round(float(log_loss(y, p, labels=[0, 1])), 4),
-            "log_loss_prior": round(float(log_loss(y, np.full_like(y, y.mean()), labels=[0, 1])), 4),
-        }
-    return {"folds": FOLDS, "fold_by": "MMLU subject / RouterBench prompt", "per_model": per_model}
+def fit(embeddings: np.ndarray, features: np.ndarray, labels: np.ndarray, raters: list[str]) -> Heads:
+    """The shipped recipe: heads over [embedding | raw whole-prompt features] for every rater, the features'
+    standardisation folded into the weights (the served graph takes the raw features)."""
+    scaler = FeatureScaler(features)
+    heads = fit_irt(np.hstack([embeddings, scaler(features)]), labels, raters)
+    weights = heads.weights.copy()
+    weights[EMBEDDING_DIM:] *= scaler.scale[:, None]
+    bias = heads.bias - scaler.mean @ weights[EMBEDDING_DIM:]
+    return Heads(heads.models, weights.astype(np.float32), bias.astype(np.float32))
 
 
 def train(
     out: Path,
-    data: TrainingData,
+    corpus: Corpus,
     seed: int = 0,
-    c: float = 1.0,
     threads: int = 2,
     sample_prompts: int | None = None,
     cache_dir: Path | None = None,
@@ -85,33 +92,43 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     cache_dir = cache_dir or out / "cache"
     cache_dir.mkdir(parents=True, exist_ok=True)
-    matrix = sample(data.matrix, sample_prompts, seed) if sample_prompts else data.matrix
+    data = sample(corpus, sample_prompts, seed) if sample_prompts else corpus
+    rows = np.flatnonzero(data.trainable)  # never the reserved test rows
+    texts = [data.texts[i] for i in rows]
     encoder = export_encoder(encoder_path(cache_dir, quantization), quantization)
     tokenizer = PromptTokenizer(copy_tokenizer(out), HEAD_TOKENS, TAIL_TOKENS)
-    log.info("embedding %d prompts", len(matrix.texts))
-    features = embed(matrix.texts, encoder, tokenizer, cache_dir, threads)
-    metrics = cross_validate(features, matrix, seed, c)
-    heads = fit_heads(features, matrix.labels, matrix.models, c)
-    attach_heads(encoder, heads, out / MODEL_FILE)
+    log.info("embedding %d prompts", len(texts))
+    embeddings = embed(texts, encoder, tokenizer, cache_dir, threads)
+    heads = fit(embeddings, prompt_features(texts), data.labels[rows], data.raters)
+    served = [data.raters.index(m) for m in data.served]
+    weights = heads.weights[:, served]
+    attach_heads(encoder, weights[:EMBEDDING_DIM], weights[EMBEDDING_DIM:], heads.bias[served], out / MODEL_FILE)
     version = hashlib.sha256((out / MODEL_FILE).read_bytes()).hexdigest()[:16]
+    labels = data.labels[rows][:, served]
     metadata = {
         "version": version,
-        "models": matrix.models,
-        "routerbench_models": data.routerbench_models,
+        "models": data.served,
         "model_aliases_applied": MODEL_ALIASES,
-        "representation": "all-MiniLM-L6-v2 mean-pooled, L2-normalised, int8",
+        "representation": "all-MiniLM-L6-v2 mean-pooled over 256 tokens, L2-normalised, int8; whole-prompt features",
+        "features": list(FEATURE_NAMES),
         "quantization": quantization,
-        "heads": {"kind": "logistic regression per model", "C": c},
+        "heads": {
+            "kind": "one difficulty per prompt shared by every rater of every file (2PL, closed form)",
+            "raters": len(data.raters),
+        },
         "truncation": {"head_tokens": HEAD_TOKENS, "tail_tokens": TAIL_TOKENS},
         "seed": seed,
         "training_data": {
-            "sha256": data.sha256,
-            "file_sha256": data.file_sha256,
-            "prompts": len(matrix.texts),
-            "rows": int((~np.isnan(matrix.labels)).sum()),
-            "sampled_prompts_per_source": sample_prompts,
+            "sha256": corpus.sha256,
+            "file_sha256": corpus.file_sha256,
+            "prompts": len(rows),
+            "rows": int((~np.isnan(data.labels[rows])).sum()),
+            "sampled_prompts_per_file": sample_prompts,
         },
-        "metrics": metrics,
+        "base_rates": {
+            m: {"rows": int((~np.isnan(labels[:, j])).sum()), "accuracy": round(float(np.nanmean(labels[:, j])), 4)}
+            for j, m in enumerate(data.served)
+        },
         "artefact_sha256": {
             MODEL_FILE: hashlib.sha256((out / MODEL_FILE).read_bytes()).hexdigest(),
             TOKENIZER_FILE: hashlib.sha256((out / TOKENIZER_FILE).read_bytes()).hexdigest(),
