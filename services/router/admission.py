@@ -24,6 +24,10 @@ from services.router.store import Account, Allowance, Hold, Store, Verdict, key_
 
 log = logging.getLogger("llmrouter.router")
 
+# No request costs anywhere near this; a larger cap is refused rather than converted to pico-dollars, which for a
+# number like 1e300000 takes the event loop seconds (and past 1e999987 raises decimal.Overflow).
+MAX_COST_USD = Decimal(10) ** 9
+
 # A budget refusal says what the budget has left; the hold is resized to it and tried again. Another request
 # may take that room first, so the retries are bounded.
 ADMIT_ATTEMPTS = 3
@@ -212,4 +216,6 @@ def _max_cost(raw: str) -> Decimal | None:
         raise invalid("max_cost_usd must be a decimal number", "max_cost_usd") from None
     if not max_cost.is_finite() or max_cost < 0:
         raise invalid("max_cost_usd must be a non-negative number", "max_cost_usd")
+    if max_cost > MAX_COST_USD:
+        raise invalid(f"max_cost_usd must be at most {MAX_COST_USD:f}", "max_cost_usd")
     return max_cost

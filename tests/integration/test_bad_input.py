@@ -34,6 +34,9 @@ CASES = [
     ("stream not a bool", json.dumps({**GOOD, "stream": "yes"}).encode(), 400, "invalid_value"),
     ("max_cost_usd negative", json.dumps({**GOOD, "max_cost_usd": "-1"}).encode(), 400, None),
     ("max_cost_usd not a number", json.dumps({**GOOD, "max_cost_usd": "lots"}).encode(), 400, None),
+    # Once 500s (decimal.Overflow in pico-dollars) and a router event loop stalled for seconds by int(1e300012).
+    ("max_cost_usd past decimal range", json.dumps({**GOOD, "max_cost_usd": "1e999999"}).encode(), 400, None),
+    ("max_cost_usd with a huge exponent", json.dumps({**GOOD, "max_cost_usd": "1e300000"}).encode(), 400, None),
     (
         "tool call arguments not a string",
         json.dumps(
