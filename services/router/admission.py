@@ -3,6 +3,7 @@ in (request id, rate limit, a hold of its worst-case cost against the budgets) o
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
@@ -20,7 +21,17 @@ from services.router import metrics, policy
 from services.router.costs import affordable_output, floor_pico, worst_pico
 from services.router.routed import Routed
 from services.router.settings import RouterSettings
-from services.router.store import Account, Allowance, Hold, Store, Verdict, key_id, period_id, to_pico
+from services.router.store import (
+    Account,
+    Allowance,
+    Hold,
+    Store,
+    StoreUnavailable,
+    Verdict,
+    key_id,
+    period_id,
+    to_pico,
+)
 
 log = logging.getLogger("llmrouter.router")
 
@@ -67,6 +78,7 @@ class Admission:
         self.settings = settings
         self.registry = registry
         self.store = store
+        self._undoing: set[asyncio.Task[None]] = set()  # releases of holds made for callers that left
         self.allowance = Allowance(
             settings.budget_period,
             settings.rate_limit_rpm,
@@ -123,7 +135,7 @@ class Admission:
         period = period_id(self.settings.budget_period)
         for _ in range(ADMIT_ATTEMPTS):
             hold = Hold(routed.request_id, _worst_case(routed), period, self.settings.instance_id)
-            verdict = await self.store.admit(routed.account, self.allowance, hold)
+            verdict = await self._hold(routed.account, hold)
             if not verdict.refused:
                 routed.hold = hold
                 return
@@ -131,6 +143,26 @@ class Admission:
                 raise self._refusal(verdict, hold)
             self._fit(routed, verdict)
         raise self._budget_spent(verdict.refused)
+
+    async def _hold(self, account: Account, hold: Hold) -> Verdict:
+        """The store's admission, run to its end even when the caller leaves meanwhile (the script may run
+        after its reply is abandoned): a hold made for a request nobody serves is released at once, rather
+        than blocking the budget until it expires and being charged in full as an unsettled pending charge."""
+        admitting = asyncio.ensure_future(self.store.admit(account, self.allowance, hold))
+        try:
+            return await asyncio.shield(admitting)
+        except asyncio.CancelledError:
+            undo = asyncio.ensure_future(self._release_if_held(admitting, account, hold))
+            self._undoing.add(undo)
+            undo.add_done_callback(self._undoing.discard)
+            raise
+
+    async def _release_if_held(self, admitting: asyncio.Future[Verdict], account: Account, hold: Hold) -> None:
+        try:
+            if not (await admitting).refused:
+                await self.store.release(account, hold)
+        except StoreUnavailable:  # the reconciler settles the pending charge at its hold
+            log.warning("hold of an abandoned admission not released", extra={"request_id": hold.request_id})
 
     async def cover(self, routed: Routed, next_pico: int) -> bool:
         """Before another generation for the same request (a fallback after a failed attempt): grow the hold,
