@@ -124,8 +124,31 @@ async def test_unknown_route_and_method(chain: Chain) -> None:
             ),
             "INVALID_REQUEST",
         ),
+        (
+            router_pb2.CompleteRequest(
+                messages=[common_pb2.ChatMessage(role="user", content="hi")],
+                passthrough_json='{"tools": ' + "[" * 100_000 + "]" * 100_000 + "}",
+            ),
+            "INVALID_REQUEST",
+        ),
+        (
+            router_pb2.CompleteRequest(
+                messages=[
+                    common_pb2.ChatMessage(role="user", content="hi"),
+                    common_pb2.ChatMessage(role="assistant", tool_calls_json="[" * 100_000 + "]" * 100_000),
+                ]
+            ),
+            "INVALID_REQUEST",
+        ),
     ],
-    ids=["no messages", "bad role", "negative max_tokens", "passthrough not an object"],
+    ids=[
+        "no messages",
+        "bad role",
+        "negative max_tokens",
+        "passthrough not an object",
+        "passthrough nested too deep",
+        "tool calls nested too deep",
+    ],
 )
 async def test_router_rejects_bad_requests_with_details(
     chain: Chain, request_: router_pb2.CompleteRequest, reason: str
