@@ -64,7 +64,7 @@ def passthrough(raw: str) -> dict[str, Any]:
         return {}
     try:
         value = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested past the parser's depth is as unusable as malformed
         value = None
     if not isinstance(value, dict):
         raise invalid("passthrough_json must be a JSON object", "passthrough_json")
@@ -77,7 +77,7 @@ def _tool_calls(raw: str, index: int) -> list[dict[str, Any]]:
         return []
     try:
         calls = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         calls = None
     if not isinstance(calls, list) or not all(isinstance(c, dict) for c in calls):
         field = f"messages[{index}].tool_calls_json"

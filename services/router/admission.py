@@ -3,6 +3,7 @@ in (request id, rate limit, a hold of its worst-case cost against the budgets) o
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
@@ -20,9 +21,23 @@ from services.router import metrics, policy
 from services.router.costs import affordable_output, floor_pico, worst_pico
 from services.router.routed import Routed
 from services.router.settings import RouterSettings
-from services.router.store import Account, Allowance, Hold, Store, Verdict, key_id, period_id, to_pico
+from services.router.store import (
+    Account,
+    Allowance,
+    Hold,
+    Store,
+    StoreUnavailable,
+    Verdict,
+    key_id,
+    period_id,
+    to_pico,
+)
 
 log = logging.getLogger("llmrouter.router")
+
+# No request costs anywhere near this; a larger cap is refused rather than converted to pico-dollars, which for a
+# number like 1e300000 takes the event loop seconds (and past 1e999987 raises decimal.Overflow).
+MAX_COST_USD = Decimal(10) ** 9
 
 # A budget refusal says what the budget has left; the hold is resized to it and tried again. Another request
 # may take that room first, so the retries are bounded.
@@ -63,6 +78,7 @@ class Admission:
         self.settings = settings
         self.registry = registry
         self.store = store
+        self._undoing: set[asyncio.Task[None]] = set()  # releases of holds made for callers that left
         self.allowance = Allowance(
             settings.budget_period,
             settings.rate_limit_rpm,
@@ -124,7 +140,7 @@ class Admission:
         period = period_id(self.settings.budget_period)
         for _ in range(ADMIT_ATTEMPTS):
             hold = Hold(routed.request_id, _worst_case(routed), period, self.settings.instance_id)
-            verdict = await self.store.admit(routed.account, self.allowance, hold)
+            verdict = await self._hold(routed.account, hold)
             if not verdict.refused:
                 routed.hold = hold
                 return
@@ -132,6 +148,26 @@ class Admission:
                 raise self._refusal(verdict, hold)
             self._fit(routed, verdict)
         raise self._budget_spent(verdict.refused)
+
+    async def _hold(self, account: Account, hold: Hold) -> Verdict:
+        """The store's admission, run to its end even when the caller leaves meanwhile (the script may run
+        after its reply is abandoned): a hold made for a request nobody serves is released at once, rather
+        than blocking the budget until it expires and being charged in full as an unsettled pending charge."""
+        admitting = asyncio.ensure_future(self.store.admit(account, self.allowance, hold))
+        try:
+            return await asyncio.shield(admitting)
+        except asyncio.CancelledError:
+            undo = asyncio.ensure_future(self._release_if_held(admitting, account, hold))
+            self._undoing.add(undo)
+            undo.add_done_callback(self._undoing.discard)
+            raise
+
+    async def _release_if_held(self, admitting: asyncio.Future[Verdict], account: Account, hold: Hold) -> None:
+        try:
+            if not (await admitting).refused:
+                await self.store.release(account, hold)
+        except StoreUnavailable:  # the reconciler settles the pending charge at its hold
+            log.warning("hold of an abandoned admission not released", extra={"request_id": hold.request_id})
 
     async def cover(self, routed: Routed, next_pico: int) -> bool:
         """Before another generation for the same request (a fallback after a failed attempt): grow the hold,
@@ -217,4 +253,6 @@ def _max_cost(raw: str) -> Decimal | None:
         raise invalid("max_cost_usd must be a decimal number", "max_cost_usd") from None
     if not max_cost.is_finite() or max_cost < 0:
         raise invalid("max_cost_usd must be a non-negative number", "max_cost_usd")
+    if max_cost > MAX_COST_USD:
+        raise invalid(f"max_cost_usd must be at most {MAX_COST_USD:f}", "max_cost_usd")
     return max_cost

@@ -348,12 +348,13 @@ end
 
 @asynccontextmanager
 async def _reachable() -> AsyncIterator[None]:
-    """Turn a lost connection into StoreUnavailable, and keep the store's up/down gauge true."""
+    """Turn a lost connection into StoreUnavailable, and keep the store's up/down gauge true. A primary
+    demoted by a failover (READONLY) is out of reach too: nothing was written, so the charge may wait."""
     import redis.exceptions as errors
 
     try:
         yield
-    except (errors.ConnectionError, errors.TimeoutError, OSError) as exc:
+    except (errors.ConnectionError, errors.TimeoutError, errors.ReadOnlyError, OSError) as exc:
         metrics.STORE_UP.labels("money").set(0)
         raise StoreUnavailable() from exc
     metrics.STORE_UP.labels("money").set(1)

@@ -34,6 +34,9 @@ CASES = [
     ("stream not a bool", json.dumps({**GOOD, "stream": "yes"}).encode(), 400, "invalid_value"),
     ("max_cost_usd negative", json.dumps({**GOOD, "max_cost_usd": "-1"}).encode(), 400, None),
     ("max_cost_usd not a number", json.dumps({**GOOD, "max_cost_usd": "lots"}).encode(), 400, None),
+    # Once 500s (decimal.Overflow in pico-dollars) and a router event loop stalled for seconds by int(1e300012).
+    ("max_cost_usd past decimal range", json.dumps({**GOOD, "max_cost_usd": "1e999999"}).encode(), 400, None),
+    ("max_cost_usd with a huge exponent", json.dumps({**GOOD, "max_cost_usd": "1e300000"}).encode(), 400, None),
     (
         "tool call arguments not a string",
         json.dumps(
@@ -121,8 +124,31 @@ async def test_unknown_route_and_method(chain: Chain) -> None:
             ),
             "INVALID_REQUEST",
         ),
+        (
+            router_pb2.CompleteRequest(
+                messages=[common_pb2.ChatMessage(role="user", content="hi")],
+                passthrough_json='{"tools": ' + "[" * 100_000 + "]" * 100_000 + "}",
+            ),
+            "INVALID_REQUEST",
+        ),
+        (
+            router_pb2.CompleteRequest(
+                messages=[
+                    common_pb2.ChatMessage(role="user", content="hi"),
+                    common_pb2.ChatMessage(role="assistant", tool_calls_json="[" * 100_000 + "]" * 100_000),
+                ]
+            ),
+            "INVALID_REQUEST",
+        ),
     ],
-    ids=["no messages", "bad role", "negative max_tokens", "passthrough not an object"],
+    ids=[
+        "no messages",
+        "bad role",
+        "negative max_tokens",
+        "passthrough not an object",
+        "passthrough nested too deep",
+        "tool calls nested too deep",
+    ],
 )
 async def test_router_rejects_bad_requests_with_details(
     chain: Chain, request_: router_pb2.CompleteRequest, reason: str

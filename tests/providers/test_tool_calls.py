@@ -158,6 +158,19 @@ async def test_anthropic_refuses_arguments_that_are_not_an_object(stub, anthropi
     assert not anthropic_fake.requests
 
 
+async def test_anthropic_refuses_arguments_nested_too_deep(stub, anthropic_fake: FakeAnthropic) -> None:
+    # Once a RecursionError: INTERNAL, which the router charges as an attempt of unknown outcome (its worst case)
+    # though nothing was sent, and a half-open circuit's probe never released (the model refused for good).
+    deep = "[" * 100_000 + "]" * 100_000
+    req = history("claude")
+    req.messages[1].tool_calls_json = json.dumps([{**CALLS[0], "function": {"name": "f", "arguments": deep}}])
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Generate(req)
+    err = error_of(info.value)
+    assert err.reason == "UPSTREAM_ERROR" and err.metadata["upstream_status"] == "400"
+    assert not anthropic_fake.requests
+
+
 async def test_a_tool_call_stream_retried_after_a_cut_charges_both_attempts(stub, openai_fake: FakeOpenAI) -> None:
     # The first attempt is cut after some tool-call fragments: nothing reached the caller, so it is retried,
     # but the upstream generated those fragments and bills them (and the prompt) all the same.

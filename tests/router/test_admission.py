@@ -3,6 +3,7 @@ and what a budget's remainder does to both."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from decimal import Decimal
@@ -10,6 +11,7 @@ from typing import Any
 
 import grpc
 import pytest
+import redis.asyncio as redis
 
 from llmrouter.errors import ServiceError
 from llmrouter.registry import Registry
@@ -18,7 +20,7 @@ from services.router import admission, policy, routing
 from services.router.costs import worst_pico
 from services.router.routed import Routed
 from services.router.settings import RouterSettings
-from services.router.store import Account, MemoryStore
+from services.router.store import Account, MemoryStore, RedisStore, pending_key
 
 REGISTRY = Registry.model_validate(
     {
@@ -120,3 +122,41 @@ async def test_more_messages_than_any_context_window_holds_are_refused_unread() 
         await routed(many)  # 30,000 messages of at least 4 tokens each: over 100,000 tokens
     assert err.value.reason == "CONTEXT_LENGTH_EXCEEDED"
     assert time.perf_counter() - started < 0.2  # unread: counting them takes about 0.6 s
+
+
+# Keeps the Redis server busy for about half a second, so that a command sent meanwhile runs only after it.
+_BUSY_LUA = """
+local t = redis.call('TIME')
+local until_us = (t[1] * 1000000 + t[2]) + tonumber(ARGV[1])
+repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] >= until_us
+"""
+
+
+async def test_a_caller_leaving_during_admission_leaves_no_hold_and_no_pending_charge(redis_url: str) -> None:
+    """The admission script may run after its caller left (it was sent, the reply never read): the hold and
+    pending charge it made for a request nobody serves are released, instead of blocking the budget for the
+    hold's lifetime and being charged in full by the reconciler as an unsettled pending charge."""
+    store = RedisStore(redis_url)
+    other = redis.from_url(redis_url)
+    try:
+        await store.ping()  # the connection is ready: the admission script is all that is sent
+        gate, r = await routed(request(), admission.Admission(SETTINGS, REGISTRY, store))
+        busy = asyncio.ensure_future(other.eval(_BUSY_LUA, 0, 600_000))
+        await asyncio.sleep(0.1)
+        admitting = asyncio.ensure_future(gate.admit(r))
+        await asyncio.sleep(0.2)  # the script is sent and waits behind the busy one
+        admitting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await admitting
+        await busy
+        pending, holds = pending_key(SETTINGS.instance_id), ACCOUNT.hold_keys()
+        for _ in range(100):
+            if not await other.hlen(pending) and not any([await other.zcard(key) for key in holds]):
+                break
+            await asyncio.sleep(0.05)
+        assert await other.exists(ACCOUNT.request_keys(r.request_id)[0])  # the admission did run
+        assert await other.hlen(pending) == 0
+        assert [await other.zcard(key) for key in holds] == [0, 0]
+    finally:
+        await other.aclose()
+        await store.close()

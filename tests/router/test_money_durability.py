@@ -234,3 +234,30 @@ async def test_a_charge_added_during_a_replay_is_kept(money: RedisServer, tmp_pa
         assert [c.hold.request_id for c in appending._read()] == ["r-2"]
     finally:
         await store.close()
+
+
+async def test_a_money_store_that_turned_read_only_keeps_the_charge_in_the_outbox(
+    money: RedisServer, tmp_path: Path
+) -> None:
+    """A failover leaves connections on a demoted primary, which answers READONLY: that is the store being out
+    of reach, so the charge waits in the outbox and admission fails closed, instead of a 500 that loses the
+    answer and leaves the charge to the reconciler (at the hold, an hour later)."""
+    account, hold = Account("t", "k"), Hold("r-readonly", 5_000, DAY, "router-1")
+    store = RedisStore(money.url)
+    client = redis.from_url(money.url)
+    try:
+        assert (await store.admit(account, Allowance("day"), hold)).refused == ""
+        unused = RedisServer(tmp_path / "unused").port  # a primary that never answers: no sync wipes the data
+        await client.replicaof("127.0.0.1", unused)
+        with pytest.raises(StoreUnavailable):
+            await store.charge(account, hold, 1_234, {"request_id": hold.request_id, "outcome": "ok"})
+        with pytest.raises(StoreUnavailable):
+            await store.admit(account, Allowance("day"), Hold("r-next", 1, DAY, "router-1"))
+        await client.replicaof("no", "one")
+        outbox = Outbox(tmp_path / "data")
+        await outbox.add(OutboxCharge(account, hold, 1_234, {"request_id": hold.request_id, "outcome": "ok"}))
+        assert await outbox.replay(store) == 1
+        assert await store.spent(account, DAY) == (1_234, 1_234)
+    finally:
+        await client.aclose()
+        await store.close()

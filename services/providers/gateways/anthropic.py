@@ -133,7 +133,7 @@ def _blocks(m: Message) -> list[dict[str, Any]]:
         function = call.get("function") or {}
         try:
             arguments = json.loads(function.get("arguments") or "{}")
-        except ValueError:
+        except (ValueError, RecursionError):
             arguments = None
         if not isinstance(arguments, dict):  # Anthropic takes the input as an object: the request cannot be sent
             raise UpstreamError("rejected", "a tool call's arguments are not a JSON object", status=400)
