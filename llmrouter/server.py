@@ -146,7 +146,7 @@ def run_service(
 
     async def main() -> None:
         running = await start_server(service, settings, *await build())
-        if settings.metrics_port is not None:
+        if settings.metrics_port:
             start_http_server(settings.metrics_port, addr=settings.host)
         log.info("serving", extra={"port": running.port, "metrics_port": settings.metrics_port, "auth": settings.auth})
         # One line on stdout that supervisors and tests can wait for.

@@ -29,7 +29,8 @@ class ServiceSettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=0, ge=0, le=65535, description="gRPC port; 0 picks a free one")
-    metrics_port: int | None = Field(default=None, ge=0, le=65535, description="Prometheus port; unset disables")
+    # Each service defaults to its documented port (docs/conventions.md); 0 disables.
+    metrics_port: int = Field(default=0, ge=0, le=65535, description="Prometheus port; 0 disables")
     log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
     grace_seconds: float = Field(default=10.0, ge=0, description="drain time for in-flight calls on SIGTERM")
     # This service's certificate: served by a gRPC server, presented when calling other services (mTLS).

@@ -1,6 +1,6 @@
 """The whole stack on one machine: `python -m services` starts the four services as their own processes (as
-Kubernetes runs them), sends one chat completion through edge -> router -> classifier -> providers, prints
-it, then serves until Ctrl-C. `--once` stops after the demo request.
+Kubernetes runs them), prints the routing demo (services/demo.py: prompts of different difficulty through
+edge -> router -> classifier -> providers), then serves until Ctrl-C. `--once` stops after the demo.
 
 While serving it supervises: a service that exits is reported at once and the whole stack stops with a non-zero
 status (a half stack would answer /healthz while every request fails).
@@ -12,7 +12,6 @@ service are made at start in a temporary directory, deleted at exit."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess
@@ -27,7 +26,10 @@ from pathlib import Path
 import httpx
 
 from llmrouter.certs import LOOPBACK_NAMES, Authority
+from llmrouter.registry import DEFAULT_REGISTRY, load_registry
+from llmrouter.settings import REPO_ROOT
 from services.classifier.settings import ClassifierSettings
+from services.demo import run_demo
 from services.edge.settings import EdgeSettings
 from services.providers.settings import ProvidersSettings
 from services.router.settings import RouterSettings
@@ -78,20 +80,6 @@ def wait_http(url: str, proc: subprocess.Popen[str]) -> None:
         except httpx.HTTPError:
             time.sleep(0.2)
     raise SystemExit(f"edge did not answer {url}")
-
-
-def demo(base_url: str) -> None:
-    body = {"model": "auto", "messages": [{"role": "user", "content": "What is the capital of France?"}]}
-    reply = httpx.post(f"{base_url}/v1/chat/completions", json=body, timeout=120)
-    print(f"\nPOST {base_url}/v1/chat/completions -> {reply.status_code}")
-    if reply.status_code != 200:
-        print(reply.text)
-        raise SystemExit(1)
-    data = reply.json()
-    print(f"  answer : {data['choices'][0]['message']['content'].strip()!r}")
-    for header in ("x-router-model", "x-router-cost-usd", "x-router-reason"):
-        print(f"  {header}: {reply.headers[header]}")
-    print(f"  usage  : {json.dumps(data['usage'])}")
 
 
 @contextmanager
@@ -155,13 +143,19 @@ def supervise(procs: dict[str, subprocess.Popen[str]], stop: threading.Event) ->
     return None
 
 
+def registry_path() -> Path:
+    """The registry the router serves (ROUTER_REGISTRY_PATH, relative to the checkout), for the demo's prices."""
+    path = Path(os.environ.get("ROUTER_REGISTRY_PATH", DEFAULT_REGISTRY))
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--once", action="store_true", help="stop after the demo request")
+    parser.add_argument("--once", action="store_true", help="stop after the routing demo")
     args = parser.parse_args()
     with running_stack() as (base_url, procs):
         print(f"llm-cost-router is up: OpenAI-compatible API at {base_url}/v1")
-        demo(base_url)
+        run_demo(base_url, load_registry(registry_path()))
         if not args.once:
             print(f"\nServing; try: curl {base_url}/v1/models   (Ctrl-C stops)", flush=True)
             stop = threading.Event()

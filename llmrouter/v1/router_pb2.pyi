@@ -52,20 +52,24 @@ class Candidate(_message.Message):
     def __init__(self, model: _Optional[str] = ..., predicted_quality: _Optional[float] = ..., estimated_cost_usd: _Optional[str] = ..., eligible: _Optional[bool] = ..., excluded_because: _Optional[str] = ...) -> None: ...
 
 class Decision(_message.Message):
-    __slots__ = ("model", "reason", "candidates", "quality_target", "classifier_version", "max_tokens_capped")
+    __slots__ = ("model", "reason", "candidates", "quality_target", "classifier_version", "max_tokens_capped", "model_with_every_provider", "reason_with_every_provider")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     QUALITY_TARGET_FIELD_NUMBER: _ClassVar[int]
     CLASSIFIER_VERSION_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_CAPPED_FIELD_NUMBER: _ClassVar[int]
+    MODEL_WITH_EVERY_PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    REASON_WITH_EVERY_PROVIDER_FIELD_NUMBER: _ClassVar[int]
     model: str
     reason: str
     candidates: _containers.RepeatedCompositeFieldContainer[Candidate]
     quality_target: float
     classifier_version: str
     max_tokens_capped: int
-    def __init__(self, model: _Optional[str] = ..., reason: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., quality_target: _Optional[float] = ..., classifier_version: _Optional[str] = ..., max_tokens_capped: _Optional[int] = ...) -> None: ...
+    model_with_every_provider: str
+    reason_with_every_provider: str
+    def __init__(self, model: _Optional[str] = ..., reason: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., quality_target: _Optional[float] = ..., classifier_version: _Optional[str] = ..., max_tokens_capped: _Optional[int] = ..., model_with_every_provider: _Optional[str] = ..., reason_with_every_provider: _Optional[str] = ...) -> None: ...
 
 class CompleteResponse(_message.Message):
     __slots__ = ("id", "content", "model", "provider", "usage", "cost_usd", "latency_ms", "decision", "cache_hit", "escalated", "retries", "finish_reason", "tool_calls_json")

@@ -14,6 +14,7 @@ class ClassifierSettings(GrpcServiceSettings):
     model_config = SettingsConfigDict(env_prefix="CLASSIFIER_", extra="ignore", frozen=True)
 
     port: int = Field(default=50051, ge=0, le=65535)
+    metrics_port: int = Field(default=9101, ge=0, le=65535, description="Prometheus port; 0 disables")
     callers: str = "router"  # who may call (docs/conventions.md, Authentication)
     model_dir: RepoPath = Field(default=DEFAULT_MODEL_DIR, description="directory written by make train-classifier")
     threads: int = Field(default=2, ge=1, le=64, description="onnxruntime intra-op threads")

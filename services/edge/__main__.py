@@ -22,7 +22,7 @@ async def main(settings: EdgeSettings) -> None:
         timeout_graceful_shutdown=int(settings.grace_seconds),
     )
     server = uvicorn.Server(config)
-    if settings.metrics_port is not None:
+    if settings.metrics_port:
         start_http_server(settings.metrics_port, addr=settings.host)
     try:
         await server.serve()

@@ -21,7 +21,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llmrouter.errors import ServiceError
 from llmrouter.interceptors import INFLIGHT
-from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
+from llmrouter.v1 import common_pb2, operator_pb2_grpc, router_pb2, router_pb2_grpc
+from services.edge import legacy
 from services.edge.openai_api import (
     ApiError,
     chunk_body,
@@ -32,6 +33,7 @@ from services.edge.openai_api import (
     tool_calls_delta,
     usage_body,
 )
+from services.edge.operator_routes import OperatorRoutes
 from services.edge.settings import EdgeSettings
 
 log = logging.getLogger("llmrouter.edge")
@@ -149,12 +151,25 @@ class Edge:
         return tenant, key
 
     async def chat_completions(self, request: Request) -> Response:
-        request_id = uuid.uuid4().hex
         tenant, key = self.caller(request)
-        body = await self._body(request)
+        return await self._chat(request, tenant, key, await self.read_body(request))
+
+    async def completions(self, request: Request) -> Response:
+        """OpenAI's legacy completions, served as a chat completion of one user turn."""
+        tenant, key = self.caller(request)
+        response = await self._chat(request, tenant, key, legacy.to_chat(await self.read_body(request)))
+        if isinstance(response, StreamingResponse):
+            response.body_iterator = legacy.text_events(response.body_iterator)
+            return response
+        body = legacy.text_completion(json.loads(bytes(response.body)))
+        headers = {k: v for k, v in response.headers.items() if k.startswith("x-")}
+        return JSONResponse(body, headers=headers)
+
+    async def _chat(self, request: Request, tenant: str, key: str, body: bytes) -> Response:
+        request_id = uuid.uuid4().hex
         parsed, raw = parse_request(body)
         message = parsed.to_router(raw, tenant, key, request_id)
-        self._apply_headers(request, message)
+        self.apply_headers(request, message)
         timeout = self.settings.request_timeout_s
         if not parsed.stream:
             try:
@@ -219,7 +234,7 @@ class Edge:
         finally:
             call.cancel()  # ended, failed or the caller left: stop the work downstream
 
-    def _apply_headers(self, request: Request, message: router_pb2.CompleteRequest) -> None:
+    def apply_headers(self, request: Request, message: router_pb2.CompleteRequest) -> None:
         """x-router-* headers set the routing limits where a client cannot add body fields."""
         headers = request.headers
         try:
@@ -236,7 +251,7 @@ class Edge:
         if "x-router-session-id" in headers:
             message.session_id = headers["x-router-session-id"]
 
-    async def _body(self, request: Request) -> bytes:
+    async def read_body(self, request: Request) -> bytes:
         limit = self.settings.max_body_bytes
         declared = request.headers.get("content-length", "")
         if declared.isascii() and declared.isdigit() and int(declared) > limit:
@@ -311,7 +326,16 @@ class Observe:
             HTTP_REQUESTS.labels(route, str(status)).inc()
 
 
-ROUTES = {"/v1/chat/completions", "/v1/models", "/healthz", "/readyz"}
+ROUTES = {
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/models",
+    "/healthz",
+    "/readyz",
+    "/v1/router/stats",
+    "/v1/router/budgets",
+    "/v1/router/decide",
+}
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
@@ -335,8 +359,11 @@ async def _method(request: Request, exc: Exception) -> Response:
 def create_app(settings: EdgeSettings, channel: grpc.aio.Channel) -> Starlette:
     """The app over a channel to the router (its Router service and its gRPC health)."""
     edge = Edge(settings, channel)
+    operator = OperatorRoutes(edge, operator_pb2_grpc.OperatorStub(channel), edge.router, api_error)
     routes = [
+        *operator.routes(),
         Route("/v1/chat/completions", edge.chat_completions, methods=["POST"]),
+        Route("/v1/completions", edge.completions, methods=["POST"]),
         Route("/v1/models", edge.models, methods=["GET"]),
         Route("/v1/models/{model:path}", edge.models, methods=["GET"]),
         Route("/healthz", edge.healthz, methods=["GET"]),

@@ -2,7 +2,8 @@
 
 The edge stores SHA-256 digests, never keys: one entry per line (or comma-separated in EDGE_API_KEYS),
 `<tenant> <sha256 hex of the key>`, `#` starts a comment. Neither part can contain a separator, so the
-format holds for any key (base64 padding `=`, commas, spaces). `python -m services.edge.keys TENANT` reads a key
+format holds for any key (base64 padding `=`, commas, spaces). A third word `admin` makes an admin key: it sees
+every tenant's stats and budgets and sets budget overrides. `python -m services.edge.keys TENANT` reads a key
 on stdin and prints its line."""
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 DIGEST = re.compile(r"[0-9a-fA-F]{64}")
 EMPTY_KEY_DIGEST = hashlib.sha256(b"").hexdigest()
+ADMIN_ROLE = "admin"
 
 
 def digest(key: str) -> bytes:
@@ -24,8 +26,9 @@ def digest(key: str) -> bytes:
 class KeyRing:
     """Tenants by key digest. Lookups compare the presented key's digest with every entry in constant time."""
 
-    def __init__(self, entries: list[tuple[bytes, str]]) -> None:
+    def __init__(self, entries: list[tuple[bytes, str]], admins: frozenset[bytes] = frozenset()) -> None:
         self.entries = entries
+        self.admins = admins
 
     def __bool__(self) -> bool:
         return bool(self.entries)
@@ -40,17 +43,23 @@ class KeyRing:
                 found = tenant
         return found
 
+    def is_admin(self, key: str) -> bool:
+        presented = digest(key) if key else b""
+        return any([hmac.compare_digest(presented, known) for known in self.admins])  # a list: no early exit
+
 
 def parse_keys(text: str) -> KeyRing:
     """One entry per line; raises ValueError naming the line (1-based) that is not `<tenant> <sha256 hex>`."""
     by_digest: dict[bytes, str] = {}
+    admins = set()
     for number, line in enumerate(text.splitlines(), 1):
         line = line.split("#", 1)[0].strip()
         if not line:
             continue
         parts = line.split()
+        role = parts.pop() if len(parts) == 3 and parts[2] == ADMIN_ROLE else ""
         if len(parts) != 2 or not TENANT.fullmatch(parts[0]) or not DIGEST.fullmatch(parts[1]):
-            raise ValueError(f"line {number} is not '<tenant> <sha256 hex of the key>'")
+            raise ValueError(f"line {number} is not '<tenant> <sha256 hex of the key> [admin]'")
         tenant, hex_digest = parts[0], parts[1].lower()
         if hex_digest == EMPTY_KEY_DIGEST:
             raise ValueError(f"line {number} is the digest of the empty key")
@@ -58,7 +67,9 @@ def parse_keys(text: str) -> KeyRing:
         if by_digest.get(known, tenant) != tenant:
             raise ValueError(f"line {number} gives a key already given to another tenant")
         by_digest[known] = tenant
-    return KeyRing(list(by_digest.items()))
+        if role:
+            admins.add(known)
+    return KeyRing(list(by_digest.items()), frozenset(admins))
 
 
 def key_line(tenant: str, key: str) -> str:

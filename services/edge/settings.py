@@ -15,6 +15,7 @@ class EdgeSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="EDGE_", extra="ignore", frozen=True)
 
     port: int = Field(default=8080, ge=0, le=65535)
+    metrics_port: int = Field(default=9104, ge=0, le=65535, description="Prometheus port; 0 disables")
     router_addr: str = "127.0.0.1:50053"
     # Client API keys as `<tenant> <sha256 hex of the key>` entries (services/edge/keys.py): comma- or
     # newline-separated in api_keys, one per line in api_keys_file. Both may be set; the entries add up.

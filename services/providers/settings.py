@@ -14,6 +14,7 @@ class ProvidersSettings(GrpcServiceSettings):
     model_config = SettingsConfigDict(env_prefix="PROVIDERS_", extra="ignore", frozen=True)
 
     port: int = Field(default=50052, ge=0, le=65535, description="gRPC port; 0 picks a free one")
+    metrics_port: int = Field(default=9102, ge=0, le=65535, description="Prometheus port; 0 disables")
     callers: str = "router"  # who may call (docs/conventions.md, Authentication)
     registry_path: RepoPath = Field(default=Path("config/models.yaml"), description="the model registry (YAML)")
     registry_reload_s: float = Field(default=5.0, gt=0, description="how often the registry file is checked")

@@ -8,7 +8,7 @@ from llmrouter.channels import open_channel
 from llmrouter.registry import LiveRegistry
 from llmrouter.server import Closer, Registrations, RunningServer
 from llmrouter.tokens import count_tokens
-from llmrouter.v1 import classifier_pb2_grpc, provider_pb2_grpc, router_pb2_grpc
+from llmrouter.v1 import classifier_pb2_grpc, operator_pb2_grpc, provider_pb2_grpc, router_pb2_grpc
 from services.router import calibration
 from services.router.cache import open_cache
 from services.router.money_check import check_money_redis
@@ -57,12 +57,25 @@ async def build(
         provider_pb2_grpc.ProviderStub(providers),
         reference,
     )
-    registrations = {"llmrouter.v1.Router": lambda srv: router_pb2_grpc.add_RouterServicer_to_server(servicer, srv)}
+    # Imported here: the ledger package builds on the router's modules, which import this package first.
+    from services.ledger.service import open_ledger_sink
+    from services.router.budget_alerts import start_budget_watch
+    from services.router.operations import Operations
+    from services.router.operator_servicer import OperatorServicer
+
+    ledger, stop_sink = await open_ledger_sink(settings, store)
+    operations = Operations(store, servicer.admission.allowance, ledger)
+    operator = OperatorServicer(operations)
+    stop_watch = start_budget_watch(settings, operations)
+    registrations = {
+        "llmrouter.v1.Router": lambda srv: router_pb2_grpc.add_RouterServicer_to_server(servicer, srv),
+        "llmrouter.v1.Operator": lambda srv: operator_pb2_grpc.add_OperatorServicer_to_server(operator, srv),
+    }
 
     def on_started(server: RunningServer) -> None:
         upkeep.start(server.set_serving)
         registry.start()
 
-    closers = [registry.close, upkeep.close, servicer.close, store.close, cache.close, classifier.close]
-    closers.append(providers.close)
+    closers = [registry.close, upkeep.close, servicer.close, stop_watch, stop_sink, store.close, cache.close]
+    closers += [classifier.close, providers.close]
     return registrations, closers, on_started

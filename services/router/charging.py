@@ -112,7 +112,22 @@ class Charger:
             "cost_usd": format(cost, "f"),
             "baseline_cost_usd": format(baseline, "f"),
             "latency_ms": response.latency_ms,
+            "session_id": routed.request.session_id,
             "reason": routed.plan.code,
+            "reason_detail": routed.decision.reason,
+            "candidates": [
+                {
+                    "model": c.model,
+                    "predicted_quality": round(c.predicted_quality, 4),
+                    "estimated_cost_usd": c.estimated_cost_usd,
+                    "eligible": c.eligible,
+                    "excluded_because": c.excluded_because,
+                }
+                for c in routed.decision.candidates
+            ],
+            # Served by another model than the one chosen, not by escalation: a fallback after a failure.
+            "fallback": bool(response.model) and response.model != routed.decision.model and not response.escalated,
+            "error": "" if outcome in ("ok", "cache_hit") else outcome,
             "cache_hit": response.cache_hit,
             "escalated": response.escalated,
             "retries": response.retries,

@@ -42,3 +42,14 @@ class BoundedLabels:
             self._seen.add(tenant)
             return tenant
         return self.OTHER
+
+
+# Budget use, bounded: two scopes, two thresholds, whatever the number of tenants and keys.
+BUDGET_USE = Gauge(
+    "llmrouter_router_budget_use_ratio", "Highest share of its limit any budget of the scope has spent", ["scope"]
+)
+BUDGETS_OVER = Gauge(
+    "llmrouter_router_budgets_over_threshold",
+    "Budgets that spent at least a share of their limit",
+    ["scope", "threshold"],
+)

@@ -3,6 +3,7 @@ ordered models to try. The first is the decision; the rest are fallbacks when a 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -73,6 +74,17 @@ def evaluate(models: Sequence[ModelSpec], scores: Mapping[str, float] | None, li
     return options
 
 
+UNAVAILABLE = "unavailable here (no API key for its provider)"
+
+
+def without_unavailable(options: list[Option], usable: set[str]) -> list[Option]:
+    """The options with every model the providers cannot serve here excluded: they stay in the decision as
+    candidates, and never in a plan."""
+    return [
+        o if o.model.name in usable or o.excluded else dataclasses.replace(o, excluded=UNAVAILABLE) for o in options
+    ]
+
+
 def plan(registry: Registry, options: list[Option], limits: Limits, classified: bool) -> Plan:
     """The cheapest model predicted to reach `quality_target` of the best candidate's predicted quality. The
     target is relative, so a prompt the classifier reads poorly (every prediction low) still goes to a cheap
@@ -112,7 +124,9 @@ def escalation_target(order: list[Option], current: Option, registry: Registry) 
     return min(stronger, key=lambda o: o.cost, default=None)
 
 
-def _nothing_fits(options: list[Option]) -> ServiceError:
+def _nothing_fits(every: list[Option]) -> ServiceError:
+    # What the caller can change is about the models available here; the others are listed only when none is.
+    options = [o for o in every if o.excluded != UNAVAILABLE] or every
     if all(o.excluded.startswith("prompt of") for o in options):
         return ServiceError(
             grpc.StatusCode.INVALID_ARGUMENT,

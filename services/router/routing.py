@@ -56,8 +56,14 @@ class Routing:
             if scores is not None:
                 target = self.targets.choose(request, tenant, models, registry, version)
                 limits, note = dataclasses.replace(limits, quality_target=target.quality), target.note
-            options = policy.evaluate(models, scores, limits)
+            # Every registry model is a candidate; those the providers cannot serve here are shown excluded,
+            # beside what routing would choose with every provider configured.
+            every = policy.evaluate(registry.models, scores, limits)
+            options = policy.without_unavailable(every, {m.name for m in models})
             plan = policy.plan(registry, options, limits, classified=scores is not None)
+            if options != every:
+                ideal = ideal_plan(registry, every, limits, scores)
+                return plan, decision(plan, limits, version, note, ideal), registry
         return plan, decision(plan, limits, version, note), registry
 
     def count(self, routed: Routed) -> None:
@@ -80,10 +86,27 @@ class Routing:
         return dict(reply.results[0].quality), reply.model_version
 
 
-def decision(plan: policy.Plan, limits: policy.Limits, classifier_version: str, note: str = "") -> router_pb2.Decision:
+def ideal_plan(
+    registry: Registry, options: list[policy.Option], limits: policy.Limits, scores: dict[str, float] | None
+) -> policy.Plan | None:
+    try:
+        return policy.plan(registry, options, limits, classified=scores is not None)
+    except ServiceError:
+        return None  # nothing fits even with every provider: the decision says so by leaving it empty
+
+
+def decision(
+    plan: policy.Plan,
+    limits: policy.Limits,
+    classifier_version: str,
+    note: str = "",
+    ideal: policy.Plan | None = None,
+) -> router_pb2.Decision:
     return router_pb2.Decision(
         model=plan.order[0].model.name,
         reason=f"{plan.reason}; {note}" if note else plan.reason,
+        model_with_every_provider=ideal.order[0].model.name if ideal else "",
+        reason_with_every_provider=ideal.reason if ideal else "",
         quality_target=limits.quality_target,
         classifier_version=classifier_version,
         candidates=[

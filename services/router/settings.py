@@ -9,7 +9,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from llmrouter.registry import DEFAULT_REGISTRY
@@ -23,6 +23,7 @@ class RouterSettings(GrpcServiceSettings):
     model_config = SettingsConfigDict(env_prefix="ROUTER_", extra="ignore", frozen=True)
 
     port: int = Field(default=50053, ge=0, le=65535)
+    metrics_port: int = Field(default=9103, ge=0, le=65535, description="Prometheus port; 0 disables")
     callers: str = "edge=*"  # who may call (docs/conventions.md, Authentication)
     registry_path: RepoPath = DEFAULT_REGISTRY
     registry_reload_s: float = Field(default=5.0, gt=0, description="how often the registry file is checked")
@@ -81,3 +82,19 @@ class RouterSettings(GrpcServiceSettings):
     rate_limit_rpm: int = Field(default=0, ge=0)
     # Response cache for identical requests; 0 disables.
     cache_ttl_s: int = Field(default=300, ge=0)
+
+    # The SQL ledger (services/ledger): a sink in the router copies every charge from the ledger stream into
+    # it; Stats reads it. PostgreSQL when the DSN is set, else the SQLite file.
+    ledger_sql_sink: bool = True
+    ledger_sql_dsn: SecretStr = SecretStr("")
+    ledger_sql_path: RepoPath = Path(tempfile.gettempdir()) / "llmrouter-ledger.sqlite3"
+    # Rows older than this many days are deleted by the sink (hourly) and by `python -m services.ledger trim`;
+    # 0 keeps them forever.
+    ledger_sql_retention_days: float = Field(default=0, ge=0)
+    # A sink's pending entries idle this long are claimed by another sink (its consumer died).
+    ledger_sql_claim_idle_s: float = Field(default=60.0, gt=0)
+
+    # Budget alerts: gauges of budget use every budget_watch_interval_s (for the 80% and 100% alerts) and,
+    # when set, a JSON POST to this URL once per budget, threshold and period (retried).
+    budget_watch_interval_s: float = Field(default=30.0, gt=0)
+    budget_alert_webhook_url: SecretStr = SecretStr("")

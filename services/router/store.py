@@ -35,6 +35,7 @@ HOLD_S = 600  # a hold outlives any request; after that admission ignores it (th
 LEDGER = "llmrouter:ledger"
 ROUTERS = "llmrouter:routers"  # router instances that may have pending charges
 LEASE = "llmrouter:reconciler:lease"
+LIMIT_PREFIX = "llmrouter:limit:"
 
 
 def to_pico(usd: Decimal) -> int:
@@ -58,7 +59,7 @@ class Account:
 
     def limit_keys(self) -> tuple[str, str]:
         """Where operators set a tenant's or key's own limit (pico-USD), overriding the default."""
-        return f"llmrouter:limit:tenant:{self.tenant}", f"llmrouter:limit:key:{self.key}"
+        return f"{LIMIT_PREFIX}tenant:{self.tenant}", f"{LIMIT_PREFIX}key:{self.key}"
 
     def hold_keys(self) -> tuple[str, str]:
         return f"llmrouter:held:tenant:{self.tenant}", f"llmrouter:held:key:{self.key}"
@@ -191,6 +192,15 @@ class Store(Protocol):
 
     async def heartbeat(self, router: str, ttl_s: float) -> None:
         """Say that this router instance is alive for `ttl_s` more seconds."""
+
+    async def held_pico(self, account: Account) -> tuple[int, int]:
+        """What the holds of requests in flight keep from the tenant's and the key's budget (pico-USD)."""
+
+    async def limit_overrides(self) -> dict[tuple[str, str], int]:
+        """Every limit set for one tenant or key, by (scope, name): scope is 'tenant' or 'key'."""
+
+    async def set_limit(self, scope: str, name: str, pico: int | None) -> None:
+        """Set (or with None remove) the limit of one tenant or key, overriding the default."""
 
     async def reconcile(self, router: str, lease_s: float, stale_s: float) -> int:
         """When this router holds the reconciler lease: settle the pending charges of routers whose heartbeat
@@ -460,6 +470,25 @@ class RedisStore:
             pipe.sadd(ROUTERS, router)
             await pipe.execute()
 
+    async def held_pico(self, account: Account) -> tuple[int, int]:
+        now = time.time()
+        tenant, key = [await self.redis.zrangebyscore(k, f"({now}", "+inf") for k in account.hold_keys()]
+        return _held_sum(list(tenant)), _held_sum(list(key))
+
+    async def limit_overrides(self) -> dict[tuple[str, str], int]:
+        found = {}
+        async for name in self.redis.scan_iter(match=f"{LIMIT_PREFIX}*", count=500):
+            value = await self.redis.get(name)
+            if value is not None:
+                found[_limit_subject(name.decode() if isinstance(name, bytes) else name)] = int(value)
+        return found
+
+    async def set_limit(self, scope: str, name: str, pico: int | None) -> None:
+        if pico is None:
+            await self.redis.delete(f"{LIMIT_PREFIX}{scope}:{name}")
+        else:
+            await self.redis.set(f"{LIMIT_PREFIX}{scope}:{name}", pico)
+
     async def reconcile(self, router: str, lease_s: float, stale_s: float) -> int:
         async with _reachable():
             if not await self._lease(keys=[LEASE], args=[router, int(lease_s * 1000)]):
@@ -518,6 +547,7 @@ class MemoryStore:
         self.held: dict[str, dict[str, tuple[float, int]]] = {}  # holds key -> member -> (expiry, pico)
         self.pending: dict[str, Pending] = {}
         self.ledger: list[dict] = []
+        self.ledger_appended = 0  # every record ever appended: the SQL sink's cursor counts against it
         self.rate_window, self.rate_counts = 0, dict[str, int]()
 
     async def admit(self, account: Account, allowance: Allowance, hold: Hold) -> Verdict:
@@ -570,6 +600,7 @@ class MemoryStore:
         for spend_key in account.spend_keys(hold.period):
             self.counters[spend_key] = self.counters.get(spend_key, 0) + pico
         self.ledger.append(record)
+        self.ledger_appended += 1
         return True
 
     async def extend(self, account: Account, allowance: Allowance, hold: Hold, pico: int) -> str:
@@ -606,6 +637,20 @@ class MemoryStore:
     async def heartbeat(self, router: str, ttl_s: float) -> None:
         return None
 
+    async def held_pico(self, account: Account) -> tuple[int, int]:
+        now = time.time()
+        tenant, key = [self.held.get(k, {}).values() for k in account.hold_keys()]
+        return sum(p for expiry, p in tenant if expiry > now), sum(p for expiry, p in key if expiry > now)
+
+    async def limit_overrides(self) -> dict[tuple[str, str], int]:
+        return {_limit_subject(name): pico for name, pico in self.limits.items()}
+
+    async def set_limit(self, scope: str, name: str, pico: int | None) -> None:
+        if pico is None:
+            self.limits.pop(f"{LIMIT_PREFIX}{scope}:{name}", None)
+        else:
+            self.limits[f"{LIMIT_PREFIX}{scope}:{name}"] = pico
+
     async def reconcile(self, router: str, lease_s: float, stale_s: float) -> int:
         return 0
 
@@ -614,6 +659,16 @@ class MemoryStore:
 
     async def close(self) -> None:
         return None
+
+
+def _held_sum(members: list[Any]) -> int:
+    """Hold members are '<pico>:<request id>'."""
+    return sum(int((m.decode() if isinstance(m, bytes) else m).split(":", 1)[0]) for m in members)
+
+
+def _limit_subject(name: str) -> tuple[str, str]:
+    scope, _, subject = name[len(LIMIT_PREFIX) :].partition(":")
+    return scope, subject
 
 
 def _remember(seen: dict[str, None], key: str, cap: int) -> None:

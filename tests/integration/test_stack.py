@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 import grpc
@@ -16,6 +17,7 @@ import pytest
 from llmrouter.certs import Authority
 from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
 from services.__main__ import running_stack
+from services.demo import PROMPTS
 from tests.conftest import ROOT
 from tests.integration.conftest import free_port
 
@@ -23,20 +25,29 @@ LOCAL_MODEL = ROOT / "artefacts" / "smollm2" / "genai_config.json"
 
 
 @pytest.mark.skipif(not LOCAL_MODEL.exists(), reason="artefacts/smollm2 not built: `make local-model` builds it")
-def test_stack_answers_with_no_keys_and_no_redis() -> None:
+def test_stack_shows_routing_with_no_keys_and_no_redis(tmp_path: Path) -> None:
+    """The demo: every prompt's decision over the whole registry (cloud models unavailable without keys, the
+    choice they would get with keys), the local model's answer, and a summary whose sums add up."""
     env = {k: v for k, v in os.environ.items() if not k.endswith(("_API_KEY", "_AUTH")) and not k.startswith("ROUTER_")}
+    env["ROUTER_LEDGER_SQL_PATH"] = str(tmp_path / "ledger.sqlite3")
     for service in ("CLASSIFIER", "PROVIDERS", "ROUTER", "EDGE"):
         env[f"{service}_PORT"] = str(free_port())
         env[f"{service}_METRICS_PORT"] = str(free_port())
     done = subprocess.run(
-        [sys.executable, "-m", "services", "--once"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "services", "--once"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "-> 200" in done.stdout
-    assert "x-router-model: smollm2-135m" in done.stdout
-    assert "x-router-cost-usd: 0" in done.stdout
-    answer = next(line for line in done.stdout.splitlines() if line.strip().startswith("answer"))
-    assert answer.split(":", 1)[1].strip() not in ("''", "")
+    out = done.stdout
+    assert [line.split("]")[0] for line in out.splitlines() if line.startswith("[")] == [f"[{d}" for d, _ in PROMPTS]
+    assert out.count("  here      : smollm2-135m: ") == len(PROMPTS)  # answered by the local model
+    assert out.count("  with keys : ") == len(PROMPTS)  # and what would be chosen with every key
+    assert out.count("would be chosen with keys; unavailable here (no API key for its provider)") == len(PROMPTS)
+    answers = [line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("  answer    :")]
+    assert len(answers) == len(PROMPTS) and all(answers)
+    total = next(line for line in out.splitlines() if line.startswith("total "))
+    here, with_keys, always = (Decimal(cell.lstrip("$")) for cell in total.split()[1:])
+    assert here == 0 < with_keys < always  # the local model is free; routing costs less than always-strongest
+    assert f"{always - with_keys:.6f} saved" in out
 
 
 @pytest.mark.skipif(not LOCAL_MODEL.exists(), reason="artefacts/smollm2 not built: `make local-model` builds it")
@@ -47,8 +58,11 @@ def test_launched_stack_serves_only_its_own_certificates(monkeypatch: pytest.Mon
         if key.endswith(("_API_KEY", "_AUTH", "_TLS_DIR")) or key.startswith("ROUTER_"):
             monkeypatch.delenv(key)
     ports = {service: free_port() for service in ("CLASSIFIER", "PROVIDERS", "ROUTER", "EDGE")}
+    metrics_ports = {service: free_port() for service in ports}
     for service, port in ports.items():
         monkeypatch.setenv(f"{service}_PORT", str(port))
+        monkeypatch.setenv(f"{service}_METRICS_PORT", str(metrics_ports[service]))
+    monkeypatch.setenv("ROUTER_LEDGER_SQL_PATH", str(tmp_path / "ledger.sqlite3"))
     impostor = Authority.create().write(tmp_path / "edge", "edge")
     request = router_pb2.CompleteRequest(
         messages=[common_pb2.ChatMessage(role="user", content="Hi")], tenant="victim", model="smollm2-135m"
@@ -56,6 +70,9 @@ def test_launched_stack_serves_only_its_own_certificates(monkeypatch: pytest.Mon
     with running_stack() as (base_url, _):
         body = {"model": "auto", "messages": [{"role": "user", "content": "What is 2 + 2?"}]}
         assert httpx.post(f"{base_url}/v1/chat/completions", json=body, timeout=120).status_code == 200
+        for service, port in metrics_ports.items():  # every process serves its metrics
+            scraped = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
+            assert scraped.status_code == 200 and "llmrouter_" in scraped.text, service
         router_addr = f"127.0.0.1:{ports['ROUTER']}"
         foreign = grpc.ssl_channel_credentials(
             None, (impostor / "tls.key").read_bytes(), (impostor / "tls.crt").read_bytes()

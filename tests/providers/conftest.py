@@ -105,7 +105,7 @@ async def providers_service(
     path = tmp_path / "models.yaml"
     path.write_text(yaml.safe_dump(registry(openai_url, anthropic_url, **overrides)))
     settings = ProvidersSettings(
-        port=0, metrics_port=None, registry_path=path, local_model_dir=local_model_dir or tmp_path / "no-model"
+        port=0, metrics_port=0, registry_path=path, local_model_dir=local_model_dir or tmp_path / "no-model"
     )
     registrations, closers = await build(settings)
     running = await start_server("providers", settings, registrations, closers)

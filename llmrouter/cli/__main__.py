@@ -1,0 +1,73 @@
+"""`llmrouter COMMAND`: ask, decide, stats, budgets, ledger export, evaluate. Human tables by default, --json
+for scripts. The edge's URL and key come from --url/--api-key or LLMROUTER_URL/LLMROUTER_API_KEY."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from llmrouter.cli import commands
+from llmrouter.cli.client import DEFAULT_URL, ApiFailure, Client
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="llmrouter", description=__doc__.split("\n")[0])
+    root.add_argument("--url", help=f"the edge's API base (default $LLMROUTER_URL or {DEFAULT_URL})")
+    root.add_argument("--api-key", help="bearer key (default $LLMROUTER_API_KEY)")
+    root.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    sub = root.add_subparsers(dest="command", required=True)
+
+    def routing_limits(command: argparse.ArgumentParser) -> None:
+        command.add_argument("prompt")
+        command.add_argument("--model", default="auto")
+        command.add_argument("--quality-target", type=float)
+        command.add_argument("--max-cost-usd")
+        command.add_argument("--max-tokens", type=int)
+
+    routing_limits(sub.add_parser("ask", help="send a prompt through the router; print answer, model, cost, why"))
+    routing_limits(sub.add_parser("decide", help="every candidate and why it was or was not chosen; calls no model"))
+    stats = sub.add_parser("stats", help="requests, success, latency, cost, baseline, savings")
+    stats.add_argument("--since", help="Unix seconds or YYYY-MM-DD (UTC)")
+    stats.add_argument("--until", help="Unix seconds or YYYY-MM-DD (UTC)")
+    stats.add_argument("--group-by", choices=["model", "tenant", "day"])
+    budgets = sub.add_parser("budgets", help="limit, spent, held, remaining, period end; an admin sets limits")
+    budgets.add_argument("--set", nargs=3, metavar=("SCOPE", "NAME", "USD"), help="admin: set tenant|key NAME's limit")
+    budgets.add_argument("--clear", nargs=2, metavar=("SCOPE", "NAME"), help="admin: back to the default limit")
+    ledger = sub.add_parser("ledger", help="the SQL ledger (ROUTER_LEDGER_SQL_* settings, where it lives)")
+    ledger_sub = ledger.add_subparsers(dest="ledger_command", required=True)
+    export = ledger_sub.add_parser("export", help="write the rows as CSV or JSONL")
+    export.add_argument("--format", choices=["csv", "jsonl"], default="jsonl")
+    export.add_argument("--out", type=Path, required=True)
+    export.add_argument("--since")
+    export.add_argument("--until")
+    export.add_argument("--tenant")
+    evaluate = sub.add_parser("evaluate", help="route a prompt file (decisions only) and sum what it would cost")
+    evaluate.add_argument("prompts", type=Path, help="JSONL with a 'prompt' field, or one prompt per line")
+    evaluate.add_argument("--limit", type=int, help="only the first N prompts")
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command == "ledger":
+        return commands.ledger_export(args)
+    client = Client(args.url, args.api_key)
+    try:
+        result: Any = getattr(commands, args.command)(client, args)
+    except ApiFailure as exc:
+        print(f"llmrouter {args.command}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    if args.json:
+        print(json.dumps(result.data, indent=2))
+    else:
+        print(result.text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""The CLI's commands: each calls the edge's API and returns its data (for --json) and a human rendering."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from llmrouter.cli.client import Client
+from llmrouter.cli.output import progress, table
+
+
+@dataclass
+class Result:
+    data: Any
+    text: str
+
+
+def _chat(args: argparse.Namespace) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": args.model, "messages": [{"role": "user", "content": args.prompt}]}
+    for field in ("quality_target", "max_cost_usd", "max_tokens"):
+        if getattr(args, field) is not None:
+            body[field] = getattr(args, field)
+    return body
+
+
+def ask(client: Client, args: argparse.Namespace) -> Result:
+    reply = client.call("POST", "/chat/completions", json=_chat(args))
+    body = reply.json()
+    answer = body["choices"][0]["message"]["content"] or ""
+    data = {
+        "answer": answer,
+        "model": reply.headers.get("x-router-model", body.get("model")),
+        "cost_usd": reply.headers.get("x-router-cost-usd", ""),
+        "reason": reply.headers.get("x-router-reason", ""),
+        "usage": body.get("usage", {}),
+    }
+    text = f"{answer}\n\nmodel   {data['model']}\ncost    ${data['cost_usd']}\nreason  {data['reason']}"
+    return Result(data, text)
+
+
+def why(candidate: dict[str, Any], decision: dict[str, Any]) -> str:
+    if candidate["model"] == decision["model"]:
+        return "chosen"
+    if candidate.get("excluded_because"):
+        return str(candidate["excluded_because"])
+    if candidate["predicted_quality"] < decision["quality_target"]:
+        return "predicted below the quality target"
+    return "meets the target, costs more"
+
+
+def decision_text(decision: dict[str, Any]) -> str:
+    candidates = sorted(decision["candidates"], key=lambda c: Decimal(c["estimated_cost_usd"]))
+    rows = [
+        (c["model"], f"{c['predicted_quality']:.2f}", f"${c['estimated_cost_usd']}", why(c, decision))
+        for c in candidates
+    ]
+    lines = [table(("model", "predicted quality", "est. cost", "why"), rows), ""]
+    lines.append(f"chosen: {decision['model']} ({decision['reason']})")
+    if decision.get("model_with_every_provider"):
+        lines.append(
+            f"with every provider's key: {decision['model_with_every_provider']} "
+            f"({decision.get('reason_with_every_provider', '')})"
+        )
+    return "\n".join(lines)
+
+
+def decide(client: Client, args: argparse.Namespace) -> Result:
+    decision = client.json("POST", "/router/decide", json=_chat(args))
+    return Result(decision, decision_text(decision))
+
+
+STATS_COLUMNS = (
+    ("key", "group"),
+    ("requests", "requests"),
+    ("success_rate", "success"),
+    ("latency_p50_ms", "p50 ms"),
+    ("latency_p95_ms", "p95 ms"),
+    ("latency_p99_ms", "p99 ms"),
+    ("escalation_rate", "escalated"),
+    ("cache_hit_rate", "cached"),
+    ("input_tokens", "tokens in"),
+    ("output_tokens", "tokens out"),
+    ("cost_usd", "cost $"),
+    ("baseline_cost_usd", "baseline $"),
+    ("saved_usd", "saved $"),
+)
+
+
+def _cell(value: Any, field: str) -> str:
+    if field.endswith("_rate"):
+        return f"{float(value):.0%}"
+    return str(value)
+
+
+def stats(client: Client, args: argparse.Namespace) -> Result:
+    params = {k: v for k, v in (("since", args.since), ("until", args.until), ("group_by", args.group_by)) if v}
+    body = client.json("GET", "/router/stats", params=params)
+    groups = [*body.get("groups", []), body["total"]]
+    rows = [[_cell(g.get(field, ""), field) for field, _ in STATS_COLUMNS] for g in groups]
+    share = ", ".join(f"{m} {s:.0%}" for m, s in sorted(body["total"].get("model_share", {}).items()))
+    text = table([title for _, title in STATS_COLUMNS], rows) + f"\n\nshare of calls: {share or 'none yet'}"
+    return Result(body, text)
+
+
+def budgets(client: Client, args: argparse.Namespace) -> Result:
+    if args.set:
+        scope, name, usd = args.set
+        client.json("PUT", f"/router/budgets/{scope}/{name}", json={"limit_usd": usd})
+    elif args.clear:
+        client.json("DELETE", f"/router/budgets/{args.clear[0]}/{args.clear[1]}")
+    body = client.json("GET", "/router/budgets")
+    rows = [
+        (
+            b["scope"],
+            b["name"],
+            b["tenant"],
+            b["limit_usd"] or "unlimited",
+            b["spent_usd"],
+            b["held_usd"],
+            b["remaining_usd"] or "-",
+            b["period"],
+            time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(int(b["period_end"]))) if int(b["period_end"]) else "-",
+        )
+        for b in body["budgets"]
+    ]
+    headers = ("scope", "name", "tenant", "limit $", "spent $", "held $", "remaining $", "period", "period end")
+    return Result(body, table(headers, rows))
+
+
+def read_prompts(path: Path) -> list[str]:
+    prompts = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except ValueError:
+            item = line
+        prompts.append(str(item["prompt"]) if isinstance(item, dict) and "prompt" in item else str(item))
+    return prompts
+
+
+def evaluate(client: Client, args: argparse.Namespace) -> Result:
+    """Route every prompt (decisions only: nothing is generated or charged) and compare the estimated cost of
+    the router's choices with always using the strongest candidate the registry prices highest."""
+    prompts = read_prompts(args.prompts)[: args.limit]
+    chosen: dict[str, int] = {}
+    routed_cost, strongest_cost = Decimal(0), Decimal(0)
+    for prompt in progress(prompts, "evaluate", sys.stderr):
+        decision = client.json("POST", "/router/decide", json={"messages": [{"role": "user", "content": prompt}]})
+        costs = {c["model"]: Decimal(c["estimated_cost_usd"]) for c in decision["candidates"] if c["eligible"]}
+        chosen[decision["model"]] = chosen.get(decision["model"], 0) + 1
+        routed_cost += costs.get(decision["model"], Decimal(0))
+        strongest_cost += max(costs.values(), default=Decimal(0))
+    data = {
+        "prompts": len(prompts),
+        "chosen": chosen,
+        "estimated_cost_usd": str(routed_cost),
+        "always_strongest_usd": str(strongest_cost),
+        "saved_usd": str(strongest_cost - routed_cost),
+    }
+    rows = [(model, n, f"{n / max(len(prompts), 1):.0%}") for model, n in sorted(chosen.items())]
+    text = table(("model", "prompts", "share"), rows)
+    text += f"\n\nestimated cost ${routed_cost}; always the priciest eligible model ${strongest_cost}"
+    text += f"; saved ${strongest_cost - routed_cost}"
+    return Result(data, text)
+
+
+def ledger_export(args: argparse.Namespace) -> int:
+    """Runs where the ledger's database is reachable, with the router's ROUTER_LEDGER_SQL_* settings."""
+    from services.ledger.__main__ import main as ledger_main
+
+    argv = ["export", "--format", args.format, "--out", str(args.out)]
+    for flag in ("since", "until", "tenant"):
+        if getattr(args, flag):
+            argv += [f"--{flag}", getattr(args, flag)]
+    return asyncio.run(ledger_main(argv))

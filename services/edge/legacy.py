@@ -1,0 +1,81 @@
+"""OpenAI's legacy completions (`POST /v1/completions`, prompt in, text out) as a chat completion of one user
+turn: the same routing, limits, headers and accounting. The request is translated before it reaches the chat
+path, the answer and stream chunks after; fields that only a completion model understands are refused."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import Any
+
+from services.edge.openai_api import ApiError
+
+# Meaningless for a chat model: refused by name instead of silently ignored, unless set to their defaults.
+UNSUPPORTED = {"suffix": ("",), "echo": (False,), "logprobs": (0,), "best_of": (1,)}
+
+
+def to_chat(body: bytes) -> bytes:
+    """The chat completion request for a legacy one; 400 for what cannot be translated."""
+    try:
+        raw = json.loads(body)
+    except ValueError:
+        raise ApiError(400, "the body is not valid JSON", code="invalid_json") from None
+    if not isinstance(raw, dict):
+        raise ApiError(400, "the body must be a JSON object", code="invalid_request")
+    prompt = raw.pop("prompt", None)
+    if isinstance(prompt, list) and len(prompt) == 1:
+        prompt = prompt[0]
+    if not isinstance(prompt, str) or not prompt:
+        raise ApiError(400, "prompt must be one non-empty string", param="prompt", code="invalid_value")
+    for field, defaults in UNSUPPORTED.items():
+        value = raw.pop(field, None)
+        if value is not None and not any(type(value) is type(d) and value == d for d in defaults):
+            raise ApiError(400, f"{field} is not supported: the router serves chat models", param=field)
+    if "messages" in raw:
+        raise ApiError(400, "messages belongs to /v1/chat/completions; send prompt here", param="messages")
+    raw["messages"] = [{"role": "user", "content": prompt}]
+    return json.dumps(raw).encode()
+
+
+def text_completion(chat: dict[str, Any]) -> dict[str, Any]:
+    choice = chat["choices"][0]
+    return {
+        **chat,
+        "id": chat["id"].replace("chatcmpl-", "cmpl-", 1),
+        "object": "text_completion",
+        "choices": [
+            {
+                "text": choice["message"]["content"] or "",
+                "index": 0,
+                "logprobs": None,
+                "finish_reason": choice["finish_reason"],
+            }
+        ],
+    }
+
+
+def text_chunk(chunk: dict[str, Any]) -> dict[str, Any]:
+    choices = [
+        {"text": c["delta"].get("content") or "", "index": 0, "logprobs": None, "finish_reason": c["finish_reason"]}
+        for c in chunk.get("choices", [])
+    ]
+    return {
+        **chunk,
+        "id": chunk["id"].replace("chatcmpl-", "cmpl-", 1),
+        "object": "text_completion",
+        "choices": choices,
+    }
+
+
+async def text_events(events: AsyncIterable[Any]) -> AsyncIterator[bytes]:
+    """A chat stream's server-sent events as legacy completion events; errors and [DONE] pass unchanged."""
+    async for event in events:
+        raw = event if isinstance(event, bytes) else str(event).encode()
+        data = raw.decode().removeprefix("data: ").strip()
+        if data == "[DONE]":
+            yield raw
+            continue
+        payload = json.loads(data)
+        if "error" not in payload:
+            payload = text_chunk(payload)
+        yield f"data: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()

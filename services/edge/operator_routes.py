@@ -1,0 +1,118 @@
+"""The edge's operator API over the Router's Operator and Decide RPCs: stats, budgets (an admin sets
+overrides), and the routing decision without a generation. A tenant's key sees its own tenant; an admin key
+sees all. Bodies are the RPCs' answers as JSON, money as exact decimal strings."""
+
+from __future__ import annotations
+
+import calendar
+import json
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from google.protobuf.json_format import MessageToDict
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from llmrouter.v1 import operator_pb2, operator_pb2_grpc, router_pb2_grpc
+from services.edge.openai_api import ApiError, parse_request
+
+GROUPINGS = ("", "model", "tenant", "day")
+
+
+def as_json(message: Any) -> dict[str, Any]:
+    return MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+
+
+def instant(params: Any, name: str) -> float:
+    """A query parameter as Unix seconds: a number, or a UTC date or time (YYYY-MM-DD[THH:MM:SS]); 0 if absent."""
+    text = params.get(name, "")
+    if not text:
+        return 0.0
+    try:
+        value = float(text)
+    except ValueError:
+        for layout in ("%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%SZ"):
+            try:
+                return float(calendar.timegm(time.strptime(text, layout)))
+            except ValueError:
+                pass
+        raise ApiError(400, f"{name} must be Unix seconds or a UTC date YYYY-MM-DD", param=name) from None
+    if not 0 <= value < 1e11:
+        raise ApiError(400, f"{name} must be Unix seconds or a UTC date YYYY-MM-DD", param=name)
+    return value
+
+
+class OperatorRoutes:
+    def __init__(
+        self,
+        edge: Any,
+        operator: operator_pb2_grpc.OperatorStub,
+        router: router_pb2_grpc.RouterStub,
+        api_error: Callable[[grpc.RpcError, str], ApiError],
+    ) -> None:
+        self.edge = edge  # services.edge.app.Edge: who the caller is, its body limit and routing headers
+        self.operator = operator
+        self.router = router
+        self.api_error = api_error
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/v1/router/stats", self.stats, methods=["GET"]),
+            Route("/v1/router/budgets", self.budgets, methods=["GET"]),
+            Route("/v1/router/budgets/{scope}/{name}", self.set_budget, methods=["PUT", "DELETE"]),
+            Route("/v1/router/decide", self.decide, methods=["POST"]),
+        ]
+
+    async def stats(self, request: Request) -> Response:
+        tenant, admin = self._who(request)
+        group_by = request.query_params.get("group_by", "")
+        if group_by not in GROUPINGS:
+            raise ApiError(400, "group_by must be model, tenant or day", param="group_by")
+        since, until = instant(request.query_params, "since"), instant(request.query_params, "until")
+        message = operator_pb2.StatsRequest(since=since, until=until, group_by=group_by, tenant=tenant, admin=admin)
+        return JSONResponse(as_json(await self._call(self.operator.Stats, message)))
+
+    async def budgets(self, request: Request) -> Response:
+        tenant, admin = self._who(request)
+        reply = await self._call(self.operator.Budgets, operator_pb2.BudgetsRequest(tenant=tenant, admin=admin))
+        return JSONResponse(as_json(reply))
+
+    async def set_budget(self, request: Request) -> Response:
+        _, admin = self._who(request)
+        if not admin:
+            raise ApiError(403, "only an admin key may set budgets", code="permission_denied")
+        limit: Any = ""
+        if request.method == "PUT":
+            try:
+                body = json.loads(await self.edge.read_body(request))
+            except ValueError:
+                raise ApiError(400, 'the body must be JSON: {"limit_usd": "10.00"}') from None
+            limit = body.get("limit_usd") if isinstance(body, dict) else None
+            if not isinstance(limit, str) or not limit:
+                raise ApiError(400, "limit_usd must be a decimal string of USD", param="limit_usd")
+        message = operator_pb2.SetBudgetRequest(
+            scope=request.path_params["scope"], name=request.path_params["name"], limit_usd=limit, admin=True
+        )
+        return JSONResponse(as_json(await self._call(self.operator.SetBudget, message)))
+
+    async def decide(self, request: Request) -> Response:
+        """The Decide RPC: the chat completion request's routing decision; no provider is called."""
+        tenant, key = self.edge.caller(request)
+        parsed, raw = parse_request(await self.edge.read_body(request))
+        message = parsed.to_router(raw, tenant, key, uuid.uuid4().hex)
+        self.edge.apply_headers(request, message)
+        return JSONResponse(as_json(await self._call(self.router.Decide, message)))
+
+    def _who(self, request: Request) -> tuple[str, bool]:
+        tenant, key = self.edge.caller(request)
+        return tenant, self.edge.keys.is_admin(key)
+
+    async def _call(self, method: Any, message: Any) -> Any:
+        try:
+            return await method(message, timeout=30)
+        except grpc.RpcError as err:
+            raise self.api_error(err, uuid.uuid4().hex) from None

@@ -1,0 +1,87 @@
+"""`python -m services.ledger export|trim|sink`: the SQL ledger's commands, with the router's ROUTER_LEDGER_SQL_*
+settings (ROUTER_REDIS_URL for the sink).
+
+export  writes the rows (optionally --since/--until, Unix seconds or YYYY-MM-DD) as CSV or JSONL
+trim    deletes the rows older than --days (default ROUTER_LEDGER_SQL_RETENTION_DAYS)
+sink    copies the Redis ledger stream into the table until stopped, beside or instead of the routers' sinks
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import calendar
+import sys
+import time
+from pathlib import Path
+
+from llmrouter.settings import load_settings
+from services.ledger import export
+from services.ledger.service import ledger_for
+from services.ledger.sink import LedgerSink, RedisSource, consumer_name
+from services.router.settings import RouterSettings
+
+
+def when(text: str) -> float:
+    """Unix seconds, or a UTC date YYYY-MM-DD."""
+    try:
+        return float(text)
+    except ValueError:
+        return float(calendar.timegm(time.strptime(text, "%Y-%m-%d")))
+
+
+def parser() -> argparse.ArgumentParser:
+    commands = argparse.ArgumentParser(prog="python -m services.ledger", description=__doc__.split("\n")[0])
+    sub = commands.add_subparsers(dest="command", required=True)
+    out = sub.add_parser("export", help="write the rows as CSV or JSONL")
+    out.add_argument("--format", choices=export.FORMATS, default="jsonl")
+    out.add_argument("--out", type=Path, help="file to write (default: standard output)")
+    out.add_argument("--since", type=when)
+    out.add_argument("--until", type=when)
+    out.add_argument("--tenant")
+    trim = sub.add_parser("trim", help="delete rows older than the retention")
+    trim.add_argument("--days", type=float)
+    sub.add_parser("sink", help="copy the Redis ledger stream into the table until stopped")
+    return commands
+
+
+async def main(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
+    settings = load_settings(RouterSettings)
+    db = ledger_for(settings)
+    try:
+        if args.command == "export":
+            rows = db.iter_rows(args.since, args.until, args.tenant)
+            if args.out is None:
+                count = export.write(rows, sys.stdout, args.format)
+            else:
+                with args.out.open("w", encoding="utf-8", newline="") as file:
+                    count = export.write(rows, file, args.format)
+            print(f"exported {count} rows", file=sys.stderr)
+        elif args.command == "trim":
+            days = args.days if args.days is not None else settings.ledger_sql_retention_days
+            if not days:
+                print("no retention: pass --days or set ROUTER_LEDGER_SQL_RETENTION_DAYS", file=sys.stderr)
+                return 2
+            print(f"deleted {await db.trim(time.time() - days * 86400)} rows older than {days} days")
+        else:
+            if not settings.redis_url:
+                print("ROUTER_REDIS_URL is not set: the in-process ledger is copied by its router", file=sys.stderr)
+                return 2
+            import redis.asyncio as redis
+
+            client = redis.Redis.from_url(settings.redis_url)
+            try:
+                await LedgerSink(RedisSource(client, consumer_name(), settings.ledger_sql_claim_idle_s), db).run()
+            finally:
+                await client.aclose()
+    finally:
+        db.close()
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(asyncio.run(main(sys.argv[1:])))
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,240 @@
+"""The ledger table: one row per charged request, keyed by (tenant, request_id) so a replayed entry is a no-op.
+
+SQLite (a file, the default) or PostgreSQL (when a DSN is set): the same table and statements on both. Money
+is stored as integer pico-dollars, as the money store keeps it, so sums here equal the budgets exactly.
+Calls run in a worker thread: the drivers are synchronous and the router's event loop must not wait on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from services.router.store import to_pico
+
+log = logging.getLogger("llmrouter.ledger")
+
+COLUMNS = (
+    "tenant",
+    "request_id",
+    "key_id",
+    "session_id",
+    "ts",
+    "model",
+    "provider",
+    "reason",
+    "reason_detail",
+    "candidates",
+    "input_tokens",
+    "output_tokens",
+    "tokens_estimated",
+    "cost_pico",
+    "baseline_pico",
+    "latency_ms",
+    "cache_hit",
+    "escalated",
+    "retries",
+    "fallback",
+    "outcome",
+    "error",
+)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS requests (
+  tenant TEXT NOT NULL,
+  request_id TEXT NOT NULL,
+  key_id TEXT NOT NULL,
+  session_id TEXT NOT NULL,
+  ts DOUBLE PRECISION NOT NULL,
+  model TEXT NOT NULL,
+  provider TEXT NOT NULL,
+  reason TEXT NOT NULL,
+  reason_detail TEXT NOT NULL,
+  candidates TEXT NOT NULL,
+  input_tokens BIGINT NOT NULL,
+  output_tokens BIGINT NOT NULL,
+  tokens_estimated INTEGER NOT NULL,
+  cost_pico BIGINT NOT NULL,
+  baseline_pico BIGINT NOT NULL,
+  latency_ms BIGINT NOT NULL,
+  cache_hit INTEGER NOT NULL,
+  escalated INTEGER NOT NULL,
+  retries INTEGER NOT NULL,
+  fallback INTEGER NOT NULL,
+  outcome TEXT NOT NULL,
+  error TEXT NOT NULL,
+  PRIMARY KEY (tenant, request_id)
+)"""
+INDEX = "CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts)"
+
+
+@dataclass(frozen=True)
+class Row:
+    """A ledger row as the table holds it."""
+
+    values: tuple[Any, ...]
+
+    def get(self, column: str) -> Any:
+        return self.values[COLUMNS.index(column)]
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(zip(COLUMNS, self.values, strict=True))
+
+
+def row_from_record(record: dict[str, Any]) -> tuple[Any, ...]:
+    """A ledger stream record (services/router/charging.py) as table values. Fields an older or partial record
+    lacks (a released hold, a charge settled by the reconciler) take neutral defaults."""
+    candidates = record.get("candidates", [])
+    return (
+        str(record["tenant"]),
+        str(record["request_id"]),
+        str(record.get("key", "")),
+        str(record.get("session_id", "")),
+        float(record.get("ts", 0.0)),
+        str(record.get("model", "")),
+        str(record.get("provider", "")),
+        str(record.get("reason", "")),
+        str(record.get("reason_detail", "")),
+        candidates if isinstance(candidates, str) else json.dumps(candidates, separators=(",", ":")),
+        int(record.get("input_tokens", 0)),
+        int(record.get("output_tokens", 0)),
+        int(bool(record.get("tokens_estimated", False))),
+        to_pico(Decimal(str(record.get("cost_usd", "0")))),
+        to_pico(Decimal(str(record.get("baseline_cost_usd", record.get("cost_usd", "0"))))),
+        int(record.get("latency_ms", 0)),
+        int(bool(record.get("cache_hit", False))),
+        int(bool(record.get("escalated", False))),
+        int(record.get("retries", 0)),
+        int(bool(record.get("fallback", False))),
+        str(record.get("outcome", "ok")),
+        str(record.get("error", "")),
+    )
+
+
+class LedgerDB:
+    """One connection, used from one worker thread at a time."""
+
+    def __init__(self, dsn: str = "", path: Path | None = None) -> None:
+        if not dsn and path is None:
+            raise ValueError("a ledger needs a PostgreSQL DSN or a SQLite path")
+        self.postgres = bool(dsn)
+        self._lock = threading.Lock()
+        if self.postgres:
+            import psycopg  # imported here: SQLite needs nothing installed
+
+            self._conn: Any = psycopg.connect(dsn, autocommit=False)
+            self._mark = "%s"
+            self._data_errors: tuple[type[Exception], ...] = (psycopg.DataError, psycopg.IntegrityError, ValueError)
+        else:
+            assert path is not None
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(path, check_same_thread=False, timeout=30)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._mark = "?"
+            self._data_errors = (sqlite3.DataError, sqlite3.IntegrityError, OverflowError, ValueError)
+        with self._lock:
+            self._conn.execute(SCHEMA)
+            self._conn.execute(INDEX)
+            self._conn.commit()
+
+    async def insert(self, rows: Sequence[tuple[Any, ...]]) -> int:
+        """Insert rows, skipping any (tenant, request_id) already there; returns how many were new."""
+        return await asyncio.to_thread(self._insert, rows)
+
+    async def rows(
+        self, since: float | None = None, until: float | None = None, tenant: str | None = None
+    ) -> list[Row]:
+        """Rows with since <= ts < until (either bound optional), of one tenant when given, oldest first."""
+        return await asyncio.to_thread(lambda: list(self.iter_rows(since, until, tenant)))
+
+    async def accounts(self, tenant: str | None = None) -> list[tuple[str, str]]:
+        """Every (tenant, key id) that has a row, of one tenant when given."""
+        return await asyncio.to_thread(self._accounts, tenant)
+
+    async def trim(self, before: float) -> int:
+        """Delete rows older than `before`; returns how many."""
+        return await asyncio.to_thread(self._trim, before)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def iter_rows(
+        self, since: float | None = None, until: float | None = None, tenant: str | None = None
+    ) -> Iterator[Row]:
+        where, args = [], []
+        for clause, value in (("ts >= {}", since), ("ts < {}", until), ("tenant = {}", tenant)):
+            if value is not None:
+                where.append(clause.format(self._mark))
+                args.append(value)
+        sql = f"SELECT {', '.join(COLUMNS)} FROM requests"
+        sql += f" WHERE {' AND '.join(where)}" if where else ""
+        sql += " ORDER BY ts, tenant, request_id"
+        with self._lock:
+            cursor = self._conn.execute(sql, args)
+            fetched = cursor.fetchall()
+            self._conn.commit()  # ends PostgreSQL's implicit transaction
+        for values in fetched:
+            yield Row(tuple(values))
+
+    def _insert(self, rows: Sequence[tuple[Any, ...]]) -> int:
+        if not rows:
+            return 0
+        with self._lock:
+            try:
+                return self._insert_all(rows)
+            except self._data_errors:
+                self._conn.rollback()
+            # A row the database refuses (a value out of range) must not hold back the rest: one at a time.
+            added = 0
+            for row in rows:
+                try:
+                    added += self._insert_all([row])
+                except self._data_errors as exc:
+                    self._conn.rollback()
+                    log.error("ledger row refused by the database, skipped: %s %s: %s", row[0], row[1], exc)
+            return added
+
+    def _insert_all(self, rows: Sequence[tuple[Any, ...]]) -> int:
+        marks = ", ".join([self._mark] * len(COLUMNS))
+        sql = (
+            f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({marks}) ON CONFLICT (tenant, request_id) DO NOTHING"
+        )
+        added = 0
+        try:
+            for row in rows:
+                added += max(self._conn.execute(sql, row).rowcount, 0)
+            self._conn.commit()
+        except BaseException:
+            self._conn.rollback()
+            raise
+        return added
+
+    def _accounts(self, tenant: str | None) -> list[tuple[str, str]]:
+        sql = "SELECT DISTINCT tenant, key_id FROM requests"
+        args: tuple[str, ...] = ()
+        if tenant is not None:
+            sql, args = sql + f" WHERE tenant = {self._mark}", (tenant,)
+        with self._lock:
+            found = self._conn.execute(sql + " ORDER BY tenant, key_id", args).fetchall()
+            self._conn.commit()
+        return [(str(t), str(k)) for t, k in found]
+
+    def _trim(self, before: float) -> int:
+        with self._lock:
+            deleted = self._conn.execute(f"DELETE FROM requests WHERE ts < {self._mark}", (before,)).rowcount
+            self._conn.commit()
+        return int(deleted)
+
+
+def open_ledger(dsn: str, path: Path) -> LedgerDB:
+    """PostgreSQL when a DSN is set, else the SQLite file."""
+    return LedgerDB(dsn=dsn) if dsn else LedgerDB(path=path)

@@ -1,0 +1,41 @@
+"""Export of the ledger table as CSV or JSONL (candidates as their JSON text in CSV, as a list in JSONL);
+money as exact USD decimal strings beside the pico-dollar integers."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable
+from typing import IO, Any
+
+from services.ledger.db import COLUMNS, Row
+from services.router.budgets import usd
+
+FORMATS = ("csv", "jsonl")
+FIELDS = (*COLUMNS, "cost_usd", "baseline_cost_usd")
+
+
+def exported(row: Row) -> dict[str, Any]:
+    values = row.as_dict()
+    values["cost_usd"] = usd(values["cost_pico"])
+    values["baseline_cost_usd"] = usd(values["baseline_pico"])
+    return values
+
+
+def write(rows: Iterable[Row], out: IO[str], fmt: str) -> int:
+    """Write the rows; returns how many."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}")
+    count = 0
+    writer = csv.DictWriter(out, fieldnames=FIELDS) if fmt == "csv" else None
+    if writer is not None:
+        writer.writeheader()
+    for row in rows:
+        values = exported(row)
+        if writer is not None:
+            writer.writerow(values)
+        else:
+            values["candidates"] = json.loads(values["candidates"] or "[]")
+            out.write(json.dumps(values, separators=(",", ":")) + "\n")
+        count += 1
+    return count

@@ -1,0 +1,73 @@
+"""The sink's life in the router process: open the table, copy the ledger into it in the background, apply
+the retention hourly, and stop cleanly (entries not yet committed stay pending and are copied next time)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from services.ledger.db import LedgerDB, open_ledger
+from services.ledger.sink import LedgerSink, MemorySource, RedisSource, Source, consumer_name
+from services.router.settings import RouterSettings
+from services.router.store import MemoryStore, Store
+
+log = logging.getLogger("llmrouter.ledger")
+RETENTION_EVERY_S = 3600
+
+
+def ledger_for(settings: RouterSettings) -> LedgerDB:
+    return open_ledger(settings.ledger_sql_dsn.get_secret_value(), settings.ledger_sql_path)
+
+
+def source_for(settings: RouterSettings, store: Store) -> tuple[Source, Any]:
+    """The ledger the store writes, and a client to close with the sink (None for the in-process store)."""
+    if isinstance(store, MemoryStore):
+        return MemorySource(store), None
+    assert settings.redis_url, "a Redis store has a URL"
+    import redis.asyncio as redis
+
+    client = redis.Redis.from_url(settings.redis_url)  # its own connection: XREADGROUP blocks on it
+    return RedisSource(client, consumer_name(), settings.ledger_sql_claim_idle_s), client
+
+
+async def keep_retention(db: LedgerDB, days: float) -> None:
+    while True:
+        try:
+            deleted = await db.trim(time.time() - days * 86400)
+            if deleted:
+                log.info("ledger rows past retention deleted", extra={"deleted": deleted})
+        except Exception as exc:
+            log.warning("ledger retention failed; retried later", extra={"error": str(exc)})
+        await asyncio.sleep(RETENTION_EVERY_S)
+
+
+async def open_ledger_sink(settings: RouterSettings, store: Store) -> tuple[LedgerDB, Callable[[], Awaitable[None]]]:
+    db = await asyncio.to_thread(ledger_for, settings)
+    tasks: list[asyncio.Task[None]] = []
+    client, sink = None, None
+    if settings.ledger_sql_sink:
+        source, client = source_for(settings, store)
+        sink = LedgerSink(source, db)
+        tasks.append(asyncio.create_task(sink.run()))
+    if settings.ledger_sql_retention_days:
+        tasks.append(asyncio.create_task(keep_retention(db, settings.ledger_sql_retention_days)))
+
+    async def stop() -> None:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if sink is not None and client is None:
+            # The in-process ledger dies with this process: copy what is left before it does.
+            with contextlib.suppress(Exception):
+                await sink.drain()
+        if client is not None:
+            await client.aclose()
+        await asyncio.to_thread(db.close)
+
+    return db, stop

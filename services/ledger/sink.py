@@ -1,0 +1,163 @@
+"""The SQL sink: copies the router's ledger into the ledger table, at least once and idempotently.
+
+From Redis it reads the ledger stream as a consumer group: an entry is acknowledged (XACK) only after its row
+is committed, so a sink that stops (crash, database outage, deploy) leaves its entries pending; the same
+consumer reads its pending entries again when it returns, and another consumer claims them (XAUTOCLAIM) once
+they have been idle for `claim_idle_s`. Rows are keyed by (tenant, request id): an entry delivered twice is
+inserted once. Without Redis (the in-process store) it reads the store's ledger list from a cursor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+from typing import Any, Protocol
+
+from services.ledger.db import LedgerDB, row_from_record
+from services.router.store import LEDGER, MemoryStore
+
+log = logging.getLogger("llmrouter.ledger")
+
+GROUP = "llmrouter-sql-sink"
+BATCH = 500
+
+
+class Source(Protocol):
+    async def read(self, block_s: float) -> list[tuple[str, dict[str, Any] | None]]:
+        """Up to a batch of unacknowledged entries as (id, record); a record that cannot be read is None."""
+
+    async def ack(self, ids: list[str]) -> None: ...
+
+
+def consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class RedisSource:
+    def __init__(
+        self, client: Any, consumer: str, claim_idle_s: float = 60.0, stream: str = LEDGER, group: str = GROUP
+    ) -> None:
+        self.client, self.consumer, self.stream, self.group = client, consumer, stream, group
+        self.claim_idle_ms = int(claim_idle_s * 1000)
+        self._group_ready = False
+
+    async def _ensure_group(self) -> None:
+        if self._group_ready:
+            return
+        try:
+            # From the stream's first entry: a sink started after the router copies everything still there.
+            await self.client.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+        except Exception as exc:  # redis.ResponseError BUSYGROUP: made before, by this or another sink
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._group_ready = True
+
+    async def read(self, block_s: float) -> list[tuple[str, dict[str, Any] | None]]:
+        await self._ensure_group()
+        try:
+            return await self._read(block_s)
+        except Exception as exc:
+            if "NOGROUP" in str(exc):  # the stream or the group was deleted: made again on the next read
+                self._group_ready = False
+            raise
+
+    async def _read(self, block_s: float) -> list[tuple[str, dict[str, Any] | None]]:
+        # Own pending first (delivered before a restart or a failed commit), then entries of dead consumers,
+        # then new ones.
+        own = await self.client.xreadgroup(self.group, self.consumer, {self.stream: "0"}, count=BATCH)
+        entries = own[0][1] if own else []
+        if not entries:
+            claimed = await self.client.xautoclaim(
+                self.stream, self.group, self.consumer, self.claim_idle_ms, start_id="0-0", count=BATCH
+            )
+            entries = claimed[1]
+        if not entries:
+            new = await self.client.xreadgroup(
+                self.group, self.consumer, {self.stream: ">"}, count=BATCH, block=max(int(block_s * 1000), 1)
+            )
+            entries = new[0][1] if new else []
+        return [(_text(entry_id), _record(fields)) for entry_id, fields in entries]
+
+    async def ack(self, ids: list[str]) -> None:
+        if ids:
+            await self.client.xack(self.stream, self.group, *ids)
+
+
+class MemorySource:
+    """The in-process store's ledger, read from a cursor over every record it ever appended."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+        self.consumed = 0
+
+    async def read(self, block_s: float) -> list[tuple[str, dict[str, Any] | None]]:
+        if self.store.ledger_appended == self.consumed:
+            await asyncio.sleep(block_s)
+        unread = self.store.ledger_appended - self.consumed
+        kept = self.store.ledger[len(self.store.ledger) - min(unread, len(self.store.ledger)) :]
+        if unread > len(kept):
+            log.error(
+                "ledger records dropped from memory before the sink read them", extra={"lost": unread - len(kept)}
+            )
+            self.consumed += unread - len(kept)
+        return [(str(self.consumed + i), record) for i, record in enumerate(kept[:BATCH])]
+
+    async def ack(self, ids: list[str]) -> None:
+        self.consumed += len(ids)
+
+
+class LedgerSink:
+    def __init__(self, source: Source, db: LedgerDB, block_s: float = 1.0, retry_s: float = 2.0) -> None:
+        self.source, self.db = source, db
+        self.block_s, self.retry_s = block_s, retry_s
+        self.inserted = 0
+
+    async def step(self, block_s: float | None = None) -> int:
+        """Copy one batch; returns how many entries it handled (0: nothing was waiting)."""
+        entries = await self.source.read(self.block_s if block_s is None else block_s)
+        rows = []
+        for entry_id, record in entries:
+            try:
+                if record is None:
+                    raise ValueError("unreadable entry")
+                rows.append(row_from_record(record))
+            except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
+                # Not a charge anyone can account for: kept in the log, not retried forever.
+                log.error("ledger entry %s skipped: %s", entry_id, exc)
+        self.inserted += await self.db.insert(rows)
+        await self.source.ack([entry_id for entry_id, _ in entries])
+        return len(entries)
+
+    async def drain(self) -> None:
+        """Copy until nothing is waiting (tests, and the export command's catch-up)."""
+        while await self.step(block_s=0.001):
+            pass
+
+    async def run(self) -> None:
+        """Copy until cancelled; a failure (Redis or the database away) is retried, never fatal."""
+        while True:
+            try:
+                await self.step()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("ledger sink retrying: %s: %s", exc.__class__.__name__, exc)
+                await asyncio.sleep(self.retry_s)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _record(fields: Any) -> dict[str, Any] | None:
+    if not fields:
+        return None  # the entry was trimmed from the stream after it was delivered
+    raw = fields.get(b"record", fields.get("record"))
+    try:
+        record = json.loads(raw)
+    except (TypeError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None

@@ -1,0 +1,170 @@
+"""Budget alerts before the limit: every `interval_s` the router measures each budget's use (spent / limit)
+and exports the highest per scope and how many budgets passed 80% and 100% (bounded gauges for the
+PrometheusRules), and, when a webhook is configured, notifies it once per budget, threshold and period.
+
+"Once" holds across routers: the first to claim the notification (SET NX in Redis, in-process without Redis)
+sends it, retrying; when every attempt fails the claim is dropped, so a later round tries again."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import httpx
+
+from services.router import metrics
+from services.router.budgets import SCOPES, BudgetView, usd
+from services.router.operations import ALL, Operations
+from services.router.settings import RouterSettings
+from services.router.store import period_id
+
+log = logging.getLogger("llmrouter.router.budgets")
+
+THRESHOLDS = (0.8, 1.0)
+TOTAL_PERIOD_TTL_S = 400 * 86400
+
+
+def use(view: BudgetView) -> float | None:
+    """Spent / limit; None for an unlimited budget. A zero limit is used up."""
+    if view.limit_pico is None:
+        return None
+    return view.spent_pico / view.limit_pico if view.limit_pico else 1.0
+
+
+class Once(Protocol):
+    async def claim(self, key: str, ttl_s: int) -> bool: ...
+
+    async def release(self, key: str) -> None: ...
+
+
+class MemoryOnce:
+    def __init__(self) -> None:
+        self.claimed: dict[str, float] = {}
+
+    async def claim(self, key: str, ttl_s: int) -> bool:
+        now = time.time()
+        if self.claimed.get(key, 0.0) > now:
+            return False
+        self.claimed = {k: until for k, until in self.claimed.items() if until > now}  # forget finished periods
+        self.claimed[key] = now + ttl_s
+        return True
+
+    async def release(self, key: str) -> None:
+        self.claimed.pop(key, None)
+
+
+class RedisOnce:
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    async def claim(self, key: str, ttl_s: int) -> bool:
+        return bool(await self.client.set(f"llmrouter:budget-alert:{key}", "1", nx=True, ex=ttl_s))
+
+    async def release(self, key: str) -> None:
+        await self.client.delete(f"llmrouter:budget-alert:{key}")
+
+
+class BudgetWatch:
+    def __init__(
+        self,
+        operations: Operations,
+        once: Once,
+        webhook_url: str = "",
+        attempts: int = 3,
+        backoff_s: float = 1.0,
+        timeout_s: float = 5.0,
+    ) -> None:
+        self.operations = operations
+        self.once = once
+        self.webhook_url = webhook_url
+        self.attempts, self.backoff_s, self.timeout_s = attempts, backoff_s, timeout_s
+
+    async def check(self) -> int:
+        """Measure every budget, export the gauges, notify new crossings; returns how many were notified."""
+        views = await self.operations.budgets(ALL)
+        for scope in SCOPES:
+            uses = [u for v in views if v.scope == scope and (u := use(v)) is not None]
+            metrics.BUDGET_USE.labels(scope).set(max(uses, default=0.0))
+            for threshold in THRESHOLDS:
+                metrics.BUDGETS_OVER.labels(scope, str(threshold)).set(sum(u >= threshold for u in uses))
+        if not self.webhook_url:
+            return 0
+        sent = 0
+        for view in views:
+            used = use(view)
+            crossed = [t for t in THRESHOLDS if used is not None and used >= t]
+            if crossed and await self._notify_once(view, max(crossed), used or 0.0):
+                sent += 1
+        return sent
+
+    async def run(self, interval_s: float) -> None:
+        while True:
+            try:
+                await self.check()
+            except Exception as exc:  # the store or the ledger away: the next round tries again
+                log.warning("budget check failed", extra={"error": str(exc)})
+            await asyncio.sleep(interval_s)
+
+    async def _notify_once(self, view: BudgetView, threshold: float, used: float) -> bool:
+        period = period_id(view.period)
+        key = f"{view.scope}:{view.name}:{period}:{threshold}"
+        ttl = view.period_end - int(time.time()) + 86400 if view.period_end else TOTAL_PERIOD_TTL_S
+        if not await self.once.claim(key, max(ttl, 60)):
+            return False
+        payload = {
+            "alert": "budget_spent" if threshold >= 1 else "budget_nearly_spent",
+            "threshold": threshold,
+            "use": round(used, 6),
+            "scope": view.scope,
+            "name": view.name,
+            "tenant": view.tenant,
+            "limit_usd": usd(view.limit_pico),
+            "spent_usd": usd(view.spent_pico),
+            "period": view.period,
+            "period_id": period,
+            "period_end": view.period_end,
+        }
+        if await self._post(payload):
+            return True
+        await self.once.release(key)
+        return False
+
+    async def _post(self, payload: dict[str, Any]) -> bool:
+        async with httpx.AsyncClient(timeout=self.timeout_s) as http:
+            for attempt in range(self.attempts):
+                try:
+                    reply = await http.post(self.webhook_url, json=payload)
+                    if reply.is_success:
+                        return True
+                    failure = f"HTTP {reply.status_code}"
+                except httpx.HTTPError as exc:
+                    failure = exc.__class__.__name__
+                log.warning("budget webhook failed", extra={"attempt": attempt + 1, "error": failure})
+                if attempt + 1 < self.attempts:
+                    await asyncio.sleep(self.backoff_s * 2**attempt)
+        return False
+
+
+def start_budget_watch(settings: RouterSettings, operations: Operations) -> Callable[[], Awaitable[None]]:
+    """The watch as a background task of the router; returns its closer."""
+    client = None
+    if settings.redis_url:
+        import redis.asyncio as redis
+
+        client = redis.Redis.from_url(settings.redis_url)
+    once: Once = RedisOnce(client) if client is not None else MemoryOnce()
+    watch = BudgetWatch(operations, once, settings.budget_alert_webhook_url.get_secret_value())
+    task = asyncio.create_task(watch.run(settings.budget_watch_interval_s))
+
+    async def stop() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        if client is not None:
+            await client.aclose()
+
+    return stop

@@ -1,0 +1,72 @@
+"""Budgets as operators and tenants see them: per tenant and per key, the limit (an admin's override or the
+default), what the period has spent, what requests in flight hold, what remains, and when the period ends.
+Read from the money store, the same numbers admission decides with."""
+
+from __future__ import annotations
+
+import calendar
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from services.router.store import PICO, Account, Allowance, Store, period_id
+
+SCOPES = ("tenant", "key")
+
+
+@dataclass(frozen=True)
+class BudgetView:
+    scope: str
+    name: str
+    tenant: str
+    limit_pico: int | None
+    spent_pico: int
+    held_pico: int
+    period: str
+    period_end: int
+    overridden: bool
+
+    @property
+    def remaining_pico(self) -> int | None:
+        return None if self.limit_pico is None else max(self.limit_pico - self.spent_pico - self.held_pico, 0)
+
+
+def period_end(period: str, now: float | None = None) -> int:
+    """Unix seconds when the period's spend starts again from nothing (0: never)."""
+    day = datetime.fromtimestamp(time.time() if now is None else now, UTC)
+    if period == "day":
+        return calendar.timegm((day.year, day.month, day.day, 0, 0, 0)) + 86400
+    if period == "month":
+        year, month = (day.year + 1, 1) if day.month == 12 else (day.year, day.month + 1)
+        return calendar.timegm((year, month, 1, 0, 0, 0))
+    return 0
+
+
+def usd(pico: int | None) -> str:
+    """Pico-dollars as an exact USD decimal string ('' for none)."""
+    return "" if pico is None else format((Decimal(pico) / PICO).normalize(), "f")  # never 1E+1
+
+
+async def budgets(store: Store, allowance: Allowance, accounts: list[Account]) -> list[BudgetView]:
+    """The tenant budget of each tenant named, then the key budget of each key, in the order given."""
+    overrides = await store.limit_overrides()
+    end = period_end(allowance.period)
+    views, seen = [], set()
+    for account in accounts:
+        spent = await store.spent(account, period_id(allowance.period))
+        held = await store.held_pico(account)
+        for index, (scope, name, default) in enumerate(
+            (("tenant", account.tenant, allowance.tenant_pico), ("key", account.key, allowance.key_pico))
+        ):
+            if (scope, name) in seen or not name:
+                continue
+            seen.add((scope, name))
+            limit = overrides.get((scope, name), default)
+            overridden = (scope, name) in overrides
+            views.append(
+                BudgetView(
+                    scope, name, account.tenant, limit, spent[index], held[index], allowance.period, end, overridden
+                )
+            )
+    return views

@@ -1,0 +1,80 @@
+"""What the Operator service answers, as plain Python: stats over the SQL ledger, budgets from the money store,
+and an admin's budget overrides. Who may see what is decided here, from the authenticated caller."""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal, InvalidOperation
+
+import grpc
+
+from llmrouter.auth import current_identity
+from llmrouter.errors import ServiceError, invalid
+from services.ledger.db import LedgerDB
+from services.ledger.stats import GROUPINGS, Group, summarize
+from services.router.budgets import SCOPES, BudgetView, budgets
+from services.router.store import Account, Allowance, Store, to_pico
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
+ALL = None  # an admin's view: every tenant
+
+
+def viewer(tenant: str, admin: bool) -> str | None:
+    """The one tenant the caller may see, or ALL. The request's tenant and admin flag are believed only from
+    a caller that may act for tenants (the edge, which authenticated the end user's key)."""
+    caller = current_identity()
+    if caller.may_act_for_tenants:
+        return ALL if admin else (tenant or "default")
+    return caller.tenant or caller.name
+
+
+def _admin_only(who: str | None) -> None:
+    if who is not ALL:
+        raise ServiceError(grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED", "only an admin key may do this")
+
+
+class Operations:
+    def __init__(self, store: Store, allowance: Allowance, ledger: LedgerDB) -> None:
+        self.store = store
+        self.allowance = allowance
+        self.ledger = ledger
+
+    async def stats(self, who: str | None, since: float, until: float, group_by: str) -> tuple[Group, list[Group]]:
+        if group_by not in GROUPINGS:
+            raise invalid("group_by must be one of model, tenant, day", "group_by")
+        if since < 0 or until < 0 or (since and until and since >= until):
+            raise invalid("since and until are Unix seconds, since before until", "since")
+        rows = await self.ledger.rows(since or None, until or None, who)
+        return summarize(rows, group_by)
+
+    async def budgets(self, who: str | None) -> list[BudgetView]:
+        accounts = [Account(tenant, key) for tenant, key in await self.ledger.accounts(who)]
+        if who is ALL:
+            overrides = await self.store.limit_overrides()
+            known = {a.tenant for a in accounts}
+            accounts += [Account(name, "") for scope, name in overrides if scope == "tenant" and name not in known]
+            known_keys = {a.key for a in accounts}
+            accounts += [Account("", name) for scope, name in overrides if scope == "key" and name not in known_keys]
+        elif not any(a.tenant == who for a in accounts):
+            accounts.insert(0, Account(who, ""))
+        return await budgets(self.store, self.allowance, accounts)
+
+    async def set_budget(self, who: str | None, scope: str, name: str, limit_usd: str) -> BudgetView:
+        _admin_only(who)
+        if scope not in SCOPES:
+            raise invalid("scope must be tenant or key", "scope")
+        if not NAME.fullmatch(name):
+            raise invalid("name must be a tenant or a key id (letters, digits, '_', '.', ':', '@', '-')", "name")
+        pico = None
+        if limit_usd:
+            try:
+                amount = Decimal(limit_usd)
+            except InvalidOperation:
+                raise invalid("limit_usd must be a decimal number of USD", "limit_usd") from None
+            if not amount.is_finite() or amount < 0 or amount > Decimal(9_000_000):
+                raise invalid("limit_usd must be between 0 and 9000000", "limit_usd")
+            pico = to_pico(amount)
+        await self.store.set_limit(scope, name, pico)
+        account = Account(name, "") if scope == "tenant" else Account("", name)
+        views = await budgets(self.store, self.allowance, [account])
+        return next(v for v in views if v.scope == scope)

@@ -1,0 +1,182 @@
+"""The SQL sink copies every charge from the real Redis ledger stream into the table exactly once, through a
+sink killed mid-run, a database outage and a consumer that died holding entries; stats over the table equal
+the money store to the pico-dollar, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import redis.asyncio as redis
+
+from services.ledger.db import LedgerDB, row_from_record
+from services.ledger.sink import LedgerSink, MemorySource, RedisSource
+from services.ledger.stats import summarize
+from services.router.budgets import usd
+from services.router.store import LEDGER, PICO, Account, Hold, MemoryStore, RedisStore, to_pico
+
+TENANTS = [Account("acme", "k-acme"), Account("globex", "k-globex")]
+# Its own consumer group: a router's sink still running in this test session reads the same stream.
+GROUP = "test-sink"
+MODELS = ["gpt-4o-mini", "claude-3-5-sonnet", "smollm2-135m"]
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[Any]:
+    made = redis.Redis.from_url(redis_url)
+    yield made
+    await made.aclose()
+
+
+def record(request_id: str, account: Account, rng: random.Random) -> dict[str, Any]:
+    """A ledger record as charging writes it, with an odd exact cost (pico-dollars that floats would lose)."""
+    cost = Decimal(rng.randrange(1, 10**9)) / PICO * 7 + Decimal("0.000123")
+    return {
+        "request_id": request_id,
+        "ts": 1_780_000_000.0 + rng.random() * 86400 * 3,
+        "tenant": account.tenant,
+        "key": account.key,
+        "model": rng.choice(MODELS),
+        "provider": "fake",
+        "input_tokens": rng.randrange(1, 500),
+        "output_tokens": rng.randrange(1, 500),
+        "cost_usd": str(cost),
+        "baseline_cost_usd": str(cost * 3),
+        "latency_ms": rng.randrange(5, 3000),
+        "reason": "cheapest_meeting_target",
+        "candidates": [{"model": "gpt-4o-mini", "predicted_quality": 0.8, "estimated_cost_usd": "0.001"}],
+        "cache_hit": rng.random() < 0.2,
+        "escalated": rng.random() < 0.1,
+        "retries": 0,
+        "outcome": rng.choice(["ok", "ok", "ok", "interrupted"]),
+    }
+
+
+async def charge_some(store: RedisStore | MemoryStore, start: int, count: int, rng: random.Random) -> None:
+    """Charges through the store's real charge path, which appends the ledger entry."""
+    for i in range(start, start + count):
+        account = TENANTS[i % len(TENANTS)]
+        entry = record(f"req-{i}", account, rng)
+        await store.charge(account, Hold(f"req-{i}", 0, "all"), to_pico(Decimal(entry["cost_usd"])), entry)
+
+
+def source(client: Any, consumer: str) -> RedisSource:
+    """A consumer of this test's group that claims entries idle for 50 ms (a dead consumer's)."""
+    return RedisSource(client, consumer, claim_idle_s=0.05, group=GROUP)
+
+
+class FlakyDB:
+    """The real table, refusing inserts while `down` (a database outage)."""
+
+    def __init__(self, db: LedgerDB) -> None:
+        self.db, self.down = db, False
+
+    async def insert(self, rows: Any) -> int:
+        if self.down:
+            raise ConnectionError("database unreachable")
+        return await self.db.insert(rows)
+
+
+async def test_every_charge_lands_once_through_kills_outages_and_dead_consumers(
+    redis_url: str, client: Any, ledger_db: LedgerDB
+) -> None:
+    rng = random.Random(7)
+    store = RedisStore(redis_url)
+    flaky = FlakyDB(ledger_db)
+    try:
+        await charge_some(store, 0, 120, rng)
+        # A consumer takes entries and dies before committing them: they stay pending under its name.
+        dead = source(client, "dead-consumer")
+        taken = await dead.read(0.01)
+        assert len(taken) == 120
+
+        sink = LedgerSink(
+            RedisSource(client, "sink-a", claim_idle_s=0.05, group=GROUP), flaky, block_s=0.05, retry_s=0.05
+        )  # type: ignore[arg-type]
+        task = asyncio.create_task(sink.run())
+        writer = asyncio.create_task(charge_some(store, 120, 200, rng))
+        await asyncio.sleep(0.2)
+        task.cancel()  # killed mid-run, while charges keep coming
+        await asyncio.gather(task, return_exceptions=True)
+        await writer
+        await charge_some(store, 320, 80, rng)
+
+        flaky.down = True  # back, but the database is away: nothing is acknowledged
+        sink = LedgerSink(
+            RedisSource(client, "sink-a", claim_idle_s=0.05, group=GROUP), flaky, block_s=0.05, retry_s=0.05
+        )  # type: ignore[arg-type]
+        with pytest.raises(ConnectionError):
+            await sink.step()
+        flaky.down = False
+        await asyncio.sleep(0.1)  # the dead consumer's entries are idle long enough to be claimed
+        await sink.drain()
+        again = LedgerSink(source(client, "sink-b"), flaky)  # type: ignore[arg-type]
+        await again.drain()
+        pending = await client.xpending(LEDGER, GROUP)
+        assert pending["pending"] == 0
+
+        rows = await ledger_db.rows()
+        assert sorted(r.get("request_id") for r in rows) == sorted(f"req-{i}" for i in range(400))
+        # Replaying the whole stream adds nothing: rows are keyed by (tenant, request id).
+        replay = [json.loads(f[b"record"]) for _, f in await client.xrange(LEDGER)]
+        assert await ledger_db.insert([row_from_record(r) for r in replay]) == 0
+
+        total, by_tenant = summarize(rows, "tenant")
+        for account, group in zip(TENANTS, by_tenant, strict=True):
+            spent_tenant, _ = await store.spent(account, "all")
+            assert group.key == account.tenant
+            assert group.cost_pico == spent_tenant  # the table equals the budgets to the pico-dollar
+        exact = sum((Decimal(r["cost_usd"]) for r in replay), Decimal(0))
+        assert Decimal(usd(total.cost_pico)) == exact
+        assert total.requests == 400
+    finally:
+        await store.close()
+
+
+async def test_the_in_process_ledger_is_copied_from_a_cursor(ledger_db: LedgerDB) -> None:
+    store = MemoryStore()
+    rng = random.Random(3)
+    source = MemorySource(store)
+    sink = LedgerSink(source, ledger_db, block_s=0.01)
+    await charge_some(store, 0, 30, rng)
+    await sink.drain()
+    await charge_some(store, 30, 30, rng)
+    await sink.drain()
+    assert source.consumed == 60
+    rows = await ledger_db.rows()
+    assert len(rows) == 60
+    total, _ = summarize(rows)
+    spent = [(await store.spent(account, "all"))[0] for account in TENANTS]
+    assert total.cost_pico == sum(spent)
+
+
+async def test_an_unreadable_entry_is_skipped_not_retried_forever(client: Any, ledger_db: LedgerDB) -> None:
+    await client.xadd(LEDGER, {"record": b"not json"})
+    await client.xadd(LEDGER, {"record": json.dumps({"request_id": "r1", "tenant": "acme", "cost_usd": "0.5"})})
+    sink = LedgerSink(RedisSource(client, "s", group=GROUP), ledger_db)
+    await sink.drain()
+    rows = await ledger_db.rows()
+    assert [r.get("request_id") for r in rows] == ["r1"]
+    assert rows[0].get("cost_pico") == 500_000_000_000
+    assert (await client.xpending(LEDGER, GROUP))["pending"] == 0
+
+
+@pytest.mark.parametrize(
+    ("pico", "text"), [(0, "0"), (10 * 10**12, "10"), (1, "0.000000000001"), (1_234_500_000_000, "1.2345"), (None, "")]
+)
+def test_money_is_an_exact_plain_decimal_string(pico: int | None, text: str) -> None:
+    assert usd(pico) == text
+
+
+async def test_a_row_the_database_refuses_does_not_hold_back_the_others(client: Any, ledger_db: LedgerDB) -> None:
+    huge = str(Decimal(2**70) / PICO)  # more pico-dollars than a BIGINT holds
+    for request_id, cost in (("ok-1", "0.1"), ("huge", huge), ("ok-2", "0.2")):
+        await client.xadd(LEDGER, {"record": json.dumps({"request_id": request_id, "tenant": "t", "cost_usd": cost})})
+    await LedgerSink(RedisSource(client, "s", group=GROUP), ledger_db).drain()
+    assert sorted(r.get("request_id") for r in await ledger_db.rows()) == ["ok-1", "ok-2"]
+    assert (await client.xpending(LEDGER, GROUP))["pending"] == 0

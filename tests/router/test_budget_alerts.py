@@ -1,0 +1,140 @@
+"""Budget alerts before the limit: bounded gauges of budget use, and a webhook notified once per budget,
+threshold and period (retried through failures; once across routers sharing Redis)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as redis
+import uvicorn
+from prometheus_client import REGISTRY
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from services.ledger.db import LedgerDB
+from services.ledger.sink import LedgerSink, MemorySource
+from services.router.budget_alerts import BudgetWatch, MemoryOnce, RedisOnce
+from services.router.operations import Operations
+from services.router.store import Account, Allowance, Hold, MemoryStore, period_id
+
+PICO = 10**12
+ACME, GLOBEX = Account("acme", "k-acme"), Account("globex", "k-globex")
+
+
+class Webhook:
+    """A real HTTP receiver that fails its first `failures` calls."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.failures, self.received, self.calls = failures, list[dict[str, Any]](), 0
+
+    async def receive(self, request: Request) -> JSONResponse:
+        self.calls += 1
+        if self.calls <= self.failures:
+            return JSONResponse({"error": "try later"}, status_code=503)
+        self.received.append(json.loads(await request.body()))
+        return JSONResponse({"ok": True})
+
+
+@pytest.fixture
+async def webhook() -> AsyncIterator[tuple[str, Webhook]]:
+    hook = Webhook(failures=2)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = Starlette(routes=[Route("/hook", hook.receive, methods=["POST"])])
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.02)
+    yield f"http://127.0.0.1:{port}/hook", hook
+    server.should_exit = True
+    await task
+
+
+async def charge(store: MemoryStore, account: Account, request_id: str, usd_pico: int) -> None:
+    record = {"request_id": request_id, "tenant": account.tenant, "key": account.key, "cost_usd": str(usd_pico / PICO)}
+    await store.charge(account, Hold(request_id, 0, period_id("day")), usd_pico, record)
+
+
+def gauge(name: str, **labels: str) -> float | None:
+    return REGISTRY.get_sample_value(name, labels)
+
+
+async def test_gauges_and_one_webhook_per_threshold_and_period(tmp_path: Path, webhook: tuple[str, Webhook]) -> None:
+    url, hook = webhook
+    store = MemoryStore()
+    db = LedgerDB(path=tmp_path / "ledger.sqlite3")
+    sink = LedgerSink(MemorySource(store), db)
+    operations = Operations(store, Allowance("day", tenant_pico=10 * PICO), db)
+    watch = BudgetWatch(operations, MemoryOnce(), url, attempts=3, backoff_s=0.01)
+    try:
+        await charge(store, ACME, "r1", 7 * PICO)
+        await charge(store, GLOBEX, "r2", 1 * PICO)
+        await sink.drain()
+        assert await watch.check() == 0  # 70%: nothing to say
+        assert gauge("llmrouter_router_budget_use_ratio", scope="tenant") == pytest.approx(0.7)
+        assert gauge("llmrouter_router_budgets_over_threshold", scope="tenant", threshold="0.8") == 0
+
+        await charge(store, ACME, "r3", 1 * PICO)  # 80%
+        await sink.drain()
+        assert await watch.check() == 1
+        assert hook.calls == 3  # two refusals, retried, then delivered
+        assert [(m["tenant"], m["threshold"], m["alert"]) for m in hook.received] == [
+            ("acme", 0.8, "budget_nearly_spent")
+        ]
+        assert hook.received[0]["spent_usd"] == "8" and hook.received[0]["limit_usd"] == "10"
+        assert await watch.check() == 0  # once per threshold and period
+        assert gauge("llmrouter_router_budgets_over_threshold", scope="tenant", threshold="0.8") == 1
+
+        await store.set_limit("tenant", "globex", PICO)  # an override: globex has spent its whole limit
+        await charge(store, ACME, "r4", 2 * PICO)  # acme at 100%
+        await sink.drain()
+        assert await watch.check() == 2
+        assert {(m["tenant"], m["threshold"]) for m in hook.received[1:]} == {("acme", 1.0), ("globex", 1.0)}
+        assert gauge("llmrouter_router_budget_use_ratio", scope="tenant") == pytest.approx(1.0)
+        assert gauge("llmrouter_router_budgets_over_threshold", scope="tenant", threshold="1.0") == 2
+        assert await watch.check() == 0
+    finally:
+        db.close()
+
+
+async def test_a_webhook_that_never_answers_is_tried_again_next_round(tmp_path: Path) -> None:
+    store = MemoryStore()
+    db = LedgerDB(path=tmp_path / "ledger.sqlite3")
+    sink = LedgerSink(MemorySource(store), db)
+    operations = Operations(store, Allowance("day", tenant_pico=PICO), db)
+    watch = BudgetWatch(operations, MemoryOnce(), "http://127.0.0.1:9/nowhere", attempts=2, backoff_s=0.01)
+    try:
+        await charge(store, ACME, "r1", PICO)
+        await sink.drain()
+        assert await watch.check() == 0
+        assert watch.once.claimed == {}  # type: ignore[attr-defined]  # released: the next round tries again
+    finally:
+        db.close()
+
+
+async def test_routers_sharing_redis_notify_once(redis_url: str, tmp_path: Path, webhook: tuple[str, Webhook]) -> None:
+    url, hook = webhook
+    hook.failures = 0
+    client = redis.Redis.from_url(redis_url)
+    store = MemoryStore()
+    db = LedgerDB(path=tmp_path / "ledger.sqlite3")
+    sink = LedgerSink(MemorySource(store), db)
+    operations = Operations(store, Allowance("day", tenant_pico=PICO), db)
+    watches = [BudgetWatch(operations, RedisOnce(client), url) for _ in range(3)]
+    try:
+        await charge(store, ACME, "r1", PICO)
+        await sink.drain()
+        assert sorted(await asyncio.gather(*(w.check() for w in watches))) == [0, 0, 1]
+        assert len(hook.received) == 1
+    finally:
+        db.close()
+        await client.aclose()

@@ -1,0 +1,61 @@
+"""Models the providers cannot serve here (no API key) stay candidates in the decision, excluded as unavailable,
+beside what routing would choose with every provider configured; they never enter a plan, and they do not
+change which error a request that fits nothing gets."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from llmrouter.errors import ServiceError
+from llmrouter.registry import load_registry
+from services.router import policy
+from services.router.routing import decision, ideal_plan
+from tests.conftest import ROOT
+
+REGISTRY = load_registry(ROOT / "config" / "models.yaml")
+LOCAL = {m.name for m in REGISTRY.models if m.provider == "local"}
+
+
+def limits(**fields: object) -> policy.Limits:
+    base: dict[str, object] = {"input_tokens": 20, "quality_target": 0.7, "max_output_tokens": None}
+    base["expected_output_tokens"] = 256
+    base.update(fields)
+    return policy.Limits(**base)  # type: ignore[arg-type]
+
+
+def test_cloud_models_without_keys_are_candidates_and_the_ideal_choice_is_reported() -> None:
+    assert LOCAL, "the shipped registry has a local model"
+    scores = {m.quality_from: 0.9 for m in REGISTRY.models if m.quality_from}
+    every = policy.evaluate(REGISTRY.models, scores, limits())
+    options = policy.without_unavailable(every, LOCAL)
+    plan = policy.plan(REGISTRY, options, limits(), classified=True)
+    ideal = ideal_plan(REGISTRY, every, limits(), scores)
+    assert ideal is not None
+    made = decision(plan, limits(), "v1", ideal=ideal)
+    assert {c.model for c in made.candidates} == {m.name for m in REGISTRY.models}
+    assert {o.model.name for o in plan.order} <= LOCAL  # only what can be served is ever tried
+    unavailable = [c for c in made.candidates if c.model not in LOCAL]
+    assert unavailable and all(not c.eligible and c.excluded_because == policy.UNAVAILABLE for c in unavailable)
+    assert made.model in LOCAL
+    assert made.model_with_every_provider == ideal.order[0].model.name
+    assert made.model_with_every_provider not in LOCAL  # a priced cloud model would be chosen with keys
+    assert made.reason_with_every_provider == ideal.reason
+
+
+def test_a_decision_with_every_model_available_reports_no_alternative() -> None:
+    every = policy.evaluate(REGISTRY.models, None, limits())
+    plan = policy.plan(REGISTRY, every, limits(), classified=False)
+    made = decision(plan, limits(), "")
+    assert made.model_with_every_provider == "" and made.reason_with_every_provider == ""
+
+
+def test_a_cost_cap_that_rules_out_every_available_model_still_names_max_cost_usd() -> None:
+    capped = limits(max_cost_usd=Decimal("0.0000000001"))
+    every = policy.evaluate(REGISTRY.models, None, capped)
+    cloud = {m.name for m in REGISTRY.models} - LOCAL
+    options = policy.without_unavailable(every, cloud)  # only the paid models here: the cap rules them out
+    with pytest.raises(ServiceError) as raised:
+        policy.plan(REGISTRY, options, capped, classified=False)
+    assert raised.value.reason == "NO_ELIGIBLE_MODEL" and raised.value.metadata == {"field": "max_cost_usd"}
