@@ -127,5 +127,14 @@ def test_a_key_in_the_old_format_is_refused_without_echoing_it(monkeypatch: pyte
     with pytest.raises(SystemExit):
         load_settings(EdgeSettings)
     err = capsys.readouterr().err
-    assert "EDGE_API_KEYS" in err and "line 1 is not '<tenant> <sha256 hex of the key>'" in err
+    assert "EDGE_API_KEYS" in err and "line 1 is not '<tenant> <sha256 hex of the key> [admin]'" in err
     assert "sk-live-secret" not in err
+
+
+def test_the_admin_role_word_marks_an_admin_key_and_nothing_else_does() -> None:
+    ring = parse_keys(f"{key_line('ops', 'sk-root')} admin\n{key_line('acme', 'sk-acme')}")
+    assert ring.tenant_for("sk-root") == "ops" and ring.is_admin("sk-root")
+    assert ring.tenant_for("sk-acme") == "acme" and not ring.is_admin("sk-acme")
+    assert not ring.is_admin("") and not ring.is_admin("sk-unknown")
+    with pytest.raises(ValueError, match="line 1"):
+        parse_keys(f"{key_line('ops', 'sk-root')} root")  # only `admin` is a role
