@@ -9,6 +9,7 @@ from decimal import Decimal
 from llmrouter.registry import ModelSpec, Registry
 from llmrouter.v1 import provider_pb2, router_pb2
 from services.router import policy
+from services.router.sessions import Session
 from services.router.store import Account, Hold
 
 
@@ -30,6 +31,7 @@ class Routed:
     owed: Decimal = Decimal(0)
     failure: str = "failed"  # the ledger outcome when the request ends without an answer
     registry: Registry | None = None  # the snapshot the plan came from, kept for the request's life
+    session: Session | None = None  # the conversation this turn belongs to, as it stood before the turn
 
 
 @dataclass
