@@ -23,6 +23,7 @@ from llmrouter.errors import ServiceError
 from llmrouter.interceptors import INFLIGHT
 from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
 from services.edge.openai_api import (
+    ESCALATION_MODES,
     ApiError,
     chunk_body,
     completion_body,
@@ -235,6 +236,10 @@ class Edge:
             message.max_cost_usd = headers["x-router-max-cost-usd"]
         if "x-router-session-id" in headers:
             message.session_id = headers["x-router-session-id"]
+        if "x-router-escalation" in headers:
+            if headers["x-router-escalation"] not in ESCALATION_MODES:
+                raise ApiError(400, "x-router-escalation must be off, auto or strict", code="invalid_value")
+            message.escalation = headers["x-router-escalation"]
 
     async def _body(self, request: Request) -> bytes:
         limit = self.settings.max_body_bytes

@@ -6,11 +6,15 @@ import time
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from typing import Literal
+
 from llmrouter.registry import ModelSpec, Registry
 from llmrouter.v1 import provider_pb2, router_pb2
 from services.router import policy
 from services.router.sessions import Session
 from services.router.store import Account, Hold
+
+Mode = Literal["off", "auto", "strict"]
 
 
 @dataclass
@@ -31,6 +35,7 @@ class Routed:
     owed: Decimal = Decimal(0)
     failure: str = "failed"  # the ledger outcome when the request ends without an answer
     registry: Registry | None = None  # the snapshot the plan came from, kept for the request's life
+    escalation: Mode = "auto"  # when a weak answer is asked again of a stronger tier (escalation.py)
     session: Session | None = None  # the conversation this turn belongs to, as it stood before the turn
 
 
@@ -48,6 +53,7 @@ class Served:
     retries: int = 0
     finish_reason: str = ""
     escalated: bool = False
+    escalation_signal: str = ""  # why it was escalated: empty, truncated, refusal, doubt
     tool_calls_json: str = ""
 
     def add(self, reply: provider_pb2.GenerateResponse, model: ModelSpec) -> None:

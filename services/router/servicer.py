@@ -11,7 +11,7 @@ from typing import Any
 from llmrouter.errors import ServiceError
 from llmrouter.registry import LiveRegistry
 from llmrouter.v1 import classifier_pb2_grpc, common_pb2, provider_pb2_grpc, router_pb2, router_pb2_grpc
-from services.router import admission, charging, metrics
+from services.router import admission, charging, escalation, metrics
 from services.router.admission import Admission
 from services.router.cache import Cache, ResponseCache
 from services.router.calibration import Calibration
@@ -49,7 +49,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             metrics.BoundedLabels(settings.metrics_tenants),
         )
         self.charger = charging.Charger(store, outbox, self.available)
-        self.serving = Serving(providers, self.admission)
+        # The answer verifier's seam (escalation.Verifier): none is wired yet, so doubt never escalates.
+        self.serving = Serving(providers, self.admission, verifier=None)
         self.cache = ResponseCache(cache, settings.cache_ttl_s)
         self.sessions = Sessions(cache, settings.session_ttl_s)
 
@@ -82,6 +83,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     async def _route(self, request: router_pb2.CompleteRequest, context: Any, admit: bool = True) -> Routed:
         """Validate, route, and (last, so nothing after it can fail before serving) admit."""
         limits = await self.admission.limits(request)
+        mode = escalation.mode_of(request.escalation, self.settings.escalation)
         account = admission.account_for(request)
         plan, decision, registry = await self.routing.decide(request, limits, account.tenant, context.time_remaining())
         session = await self.sessions.get(account.tenant, request)
@@ -92,7 +94,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         caps = admission.output_caps(plan, limits, decision)
         request_id = request.request_id or uuid.uuid4().hex
         routed = Routed(request, request_id, account, limits, plan, decision, caps, registry=registry)
-        routed.session = session
+        routed.session, routed.escalation = session, mode
         if admit:
             await self.admission.admit(routed)
             self.routing.count(routed)

@@ -81,5 +81,8 @@ class RouterSettings(GrpcServiceSettings):
     rate_limit_rpm: int = Field(default=0, ge=0)
     # Response cache for identical requests; 0 disables.
     cache_ttl_s: int = Field(default=300, ge=0)
+    # Escalating a weak answer (empty, truncated, refused, doubted) to a stronger tier when the request does
+    # not say (services/router/escalation.py): off, auto or strict.
+    escalation: str = Field(default="auto", pattern="^(off|auto|strict)$")
     # How long a session (session_id) keeps its model after its last turn, in the cache store; 0 disables.
     session_ttl_s: int = Field(default=3600, ge=0)
