@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
-
 from typing import Literal
 
 from llmrouter.registry import ModelSpec, Registry

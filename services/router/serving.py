@@ -1,6 +1,6 @@
 """Serving a routed request: the provider calls, with fallback to the next model of the plan when a provider
-fails, and escalation of a weak answer (services/router/escalation.py) to a stronger tier. What a failed attempt cost is owed by the
-request; another attempt is made only when the hold can grow to cover it."""
+fails, and escalation of a weak answer (services/router/escalation.py) to a stronger tier. What a failed
+attempt cost is owed by the request; another attempt is made only when the hold can grow to cover it."""
 
 from __future__ import annotations
 

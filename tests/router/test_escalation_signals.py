@@ -14,7 +14,7 @@ MODEL = load_registry().models[0]
 
 REFUSALS = [
     "I'm sorry, but I can't help with that.",
-    "I’m sorry, I cannot assist with this request.",
+    "I\u2019m sorry, I cannot assist with this request.",  # a typographic apostrophe
     "I cannot provide instructions for that.",
     "As an AI language model, I can't browse the internet.",
     "I must decline to answer.",
