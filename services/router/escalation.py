@@ -4,6 +4,9 @@
 - truncated: finish_reason "length" while the answer is shorter than the caller's own max_tokens (the
   model's or the router's cap cut it, not the caller's);
 - refusal: the answer opens by declining (a small phrase detector; `strict` looks through the whole answer);
+- low_confidence: the mean log-probability of the answer's tokens (asked of OpenAI-compatible upstreams when
+  escalation is on) is below the mode's threshold: a geometric-mean token probability under 25% in auto,
+  under 50% in strict;
 - doubt: a verifier's probability that the answer is good is below the mode's threshold. The verifier is
   pluggable (`Verifier`); without one this signal is never raised.
 
@@ -12,6 +15,7 @@ Modes: `off` never escalates; `auto` (the default, ROUTER_ESCALATION) escalates 
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Protocol
 
@@ -19,6 +23,8 @@ from llmrouter.errors import invalid
 from services.router.routed import Mode, Served
 
 MODES: tuple[Mode, ...] = ("off", "auto", "strict")
+# Below this mean token log-probability, per mode, the model itself was unsure (ln 0.25 and ln 0.5).
+MIN_MEAN_LOGPROB = {"off": -math.inf, "auto": math.log(0.25), "strict": math.log(0.5)}
 # Below this probability of a good answer, per mode, the verifier's doubt escalates.
 GOOD_THRESHOLD = {"off": 0.0, "auto": 0.3, "strict": 0.5}
 # A refusal is said early: in auto only the opening is read, so an answer that quotes one is not taken for it.
@@ -58,7 +64,8 @@ def is_refusal(text: str, mode: Mode) -> bool:
 
 
 def signal(served: Served, mode: Mode, caller_max_tokens: int | None) -> str:
-    """Why the answer is weak without asking a verifier ('' when it is not): empty, truncated or refusal."""
+    """Why the answer is weak without asking a verifier ('' when it is not): empty, truncated, refusal or
+    low_confidence."""
     if mode == "off" or served.tool_calls_json:  # a tool call is an answer
         return ""
     if not served.content.strip():
@@ -67,6 +74,8 @@ def signal(served: Served, mode: Mode, caller_max_tokens: int | None) -> str:
         return "truncated"
     if is_refusal(served.content, mode):
         return "refusal"
+    if served.mean_logprob is not None and served.mean_logprob < MIN_MEAN_LOGPROB[mode]:
+        return "low_confidence"
     return ""
 
 

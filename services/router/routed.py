@@ -54,11 +54,13 @@ class Served:
     escalated: bool = False
     escalation_signal: str = ""  # why it was escalated: empty, truncated, refusal, doubt
     tool_calls_json: str = ""
+    mean_logprob: float | None = None  # of the last answer's tokens, when the provider gave log-probabilities
 
     def add(self, reply: provider_pb2.GenerateResponse, model: ModelSpec) -> None:
         self.model, self.provider = model, reply.provider
         self.content, self.finish_reason = reply.content or self.content, reply.finish_reason
         self.tool_calls_json = reply.tool_calls_json or self.tool_calls_json
+        self.mean_logprob = reply.mean_logprob if reply.HasField("mean_logprob") else None
         self.input_tokens += reply.usage.input_tokens
         self.output_tokens += reply.usage.output_tokens
         self.estimated |= reply.usage.estimated

@@ -79,9 +79,12 @@ class Serving:
     async def generate(self, routed: Routed, context: Any) -> Served:
         order = routed.plan.order
         for index, option in enumerate(order):
+            # Token log-probabilities inform escalation, so they are asked for only when it could follow.
+            stronger = None if routed.escalation == "off" else policy.escalation_target(order, option, self.registry)
             try:
                 reply = await self.providers.Generate(
-                    generate_request(routed, option.model), timeout=context.time_remaining()
+                    generate_request(routed, option.model, want_confidence=stronger is not None),
+                    timeout=context.time_remaining(),
                 )
             except grpc.RpcError as err:
                 await self._after_failed_attempt(routed, ServiceError.from_rpc_error(err), index)
@@ -172,7 +175,9 @@ class Serving:
         metrics.FALLBACKS.labels(order[index].model.name, following.name).inc()
 
 
-def generate_request(routed: Routed, model: ModelSpec, max_tokens: int | None = None) -> provider_pb2.GenerateRequest:
+def generate_request(
+    routed: Routed, model: ModelSpec, max_tokens: int | None = None, want_confidence: bool = False
+) -> provider_pb2.GenerateRequest:
     """The provider call for one model of the plan, never allowed to write more than admission held for."""
     request = routed.request
     return provider_pb2.GenerateRequest(
@@ -182,6 +187,7 @@ def generate_request(routed: Routed, model: ModelSpec, max_tokens: int | None = 
         temperature=request.temperature if request.HasField("temperature") else None,
         request_id=routed.request_id,
         passthrough_json=request.passthrough_json,
+        want_confidence=want_confidence,
     )
 
 

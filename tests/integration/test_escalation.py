@@ -23,13 +23,15 @@ from tests.integration.conftest import Chain
 
 TRUNCATE = "(write on and on)"
 DECLINE = "(decline)"
+UNSURE = "(unsure)"
 REFUSAL = "I'm sorry, but I can't help with that request."
 
 
 @pytest.fixture
 async def weak_cheap(chain: Chain) -> AsyncIterator[router_pb2_grpc.RouterStub]:
-    """The cheap upstream writes until it is cut off, or declines, on cue; otherwise as before."""
+    """The cheap upstream writes until it is cut off, declines, or is unsure of every token, on cue."""
     before: Callable[[dict[str, Any]], str] = chain.budget.reply
+    sure: Callable[[dict[str, Any]], float] = chain.budget.logprob
 
     def reply(body: dict[str, Any]) -> str:
         text = json.dumps(body.get("messages"))
@@ -38,11 +40,12 @@ async def weak_cheap(chain: Chain) -> AsyncIterator[router_pb2_grpc.RouterStub]:
         return REFUSAL if DECLINE in text else before(body)
 
     chain.budget.reply = reply
+    chain.budget.logprob = lambda body: -2.0 if UNSURE in json.dumps(body.get("messages")) else sure(body)
     try:
         async with grpc.aio.insecure_channel(chain.router_addr) as channel:
             yield router_pb2_grpc.RouterStub(channel)
     finally:
-        chain.budget.reply = before
+        chain.budget.reply, chain.budget.logprob = before, sure
 
 
 def ask(text: str, tenant: str, **fields: Any) -> router_pb2.CompleteRequest:
@@ -74,7 +77,7 @@ def both_generations(chain: Chain) -> Decimal:
     ).cost_usd(strong["prompt_tokens"], strong["completion_tokens"])
 
 
-@pytest.mark.parametrize(("cue", "signal"), [(TRUNCATE, "truncated"), (DECLINE, "refusal")])
+@pytest.mark.parametrize(("cue", "signal"), [(TRUNCATE, "truncated"), (DECLINE, "refusal"), (UNSURE, "low_confidence")])
 async def test_a_weak_answer_escalates_and_both_generations_are_charged(
     chain: Chain, weak_cheap: router_pb2_grpc.RouterStub, cue: str, signal: str
 ) -> None:
@@ -83,7 +86,10 @@ async def test_a_weak_answer_escalates_and_both_generations_are_charged(
     assert reply.escalated and reply.escalation_signal == signal
     assert reply.model == "strong-model" and reply.content.startswith("[strong-model]")
     weak = chain.budget.answer(chain.budget.requests[-1].json)
-    assert weak[1] == "length" if signal == "truncated" else weak[0] == REFUSAL  # the premise
+    sent = chain.budget.requests[-1].json
+    assert sent["logprobs"] is True  # asked of the upstream: an escalation could follow
+    premise = {"truncated": weak[1] == "length", "refusal": weak[0] == REFUSAL, "low_confidence": True}
+    assert premise[signal]
     expected = both_generations(chain)
     assert Decimal(reply.cost_usd) == expected
     spend, ledger = await charged(chain, tenant)
@@ -102,6 +108,13 @@ async def test_the_callers_own_max_tokens_is_not_a_truncation(
 async def test_escalation_off_keeps_the_weak_answer(chain: Chain, weak_cheap: router_pb2_grpc.RouterStub) -> None:
     reply = await weak_cheap.Complete(ask(DECLINE, "no-escalation", escalation="off"), timeout=30)
     assert not reply.escalated and reply.content == REFUSAL and reply.model == "cheap-model"
+    assert "logprobs" not in chain.budget.requests[-1].json  # nothing to decide: not asked for
+
+
+async def test_a_confident_answer_is_kept(chain: Chain, weak_cheap: router_pb2_grpc.RouterStub) -> None:
+    reply = await weak_cheap.Complete(ask("What is 2 + 2?", "confident"), timeout=30)
+    assert chain.budget.requests[-1].json["logprobs"] is True
+    assert not reply.escalated and reply.model == "cheap-model" and reply.escalation_signal == ""
 
 
 async def test_edge_header_sets_the_escalation_mode(chain: Chain, weak_cheap: router_pb2_grpc.RouterStub) -> None:

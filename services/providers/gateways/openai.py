@@ -32,7 +32,7 @@ class OpenAIGateway:
         if not isinstance(tool_calls, list):
             raise UpstreamError("bad_response", "upstream reply's tool_calls is not a list")
         input_tokens, output_tokens = _usage(payload.get("usage"))
-        return Completion(content, finish, input_tokens, output_tokens, tool_calls)
+        return Completion(content, finish, input_tokens, output_tokens, tool_calls, _mean_logprob(choice))
 
     async def stream(self, request: UpstreamRequest) -> AsyncGenerator[StreamEvent, None]:
         body = {**_body(request), "stream": True, "stream_options": {"include_usage": True}}
@@ -92,7 +92,22 @@ def _body(request: UpstreamRequest) -> dict[str, Any]:
         body["max_tokens"] = request.max_tokens
     if request.temperature is not None:
         body["temperature"] = request.temperature
+    if request.want_logprobs and "logprobs" not in passthrough:  # free of charge; the caller's choice stands
+        body["logprobs"] = True
     return body
+
+
+def _mean_logprob(choice: dict[str, Any]) -> float | None:
+    """The mean of choices[0].logprobs.content[*].logprob; None when absent or malformed (never an error:
+    it only informs escalation)."""
+    logprobs = choice.get("logprobs")
+    tokens = logprobs.get("content") if isinstance(logprobs, dict) else None
+    if not isinstance(tokens, list) or not tokens:
+        return None
+    values = [t.get("logprob") if isinstance(t, dict) else None for t in tokens]
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) and v <= 0 for v in values):
+        return None
+    return sum(values) / len(values)
 
 
 def _message(m: Message) -> dict[str, Any]:
