@@ -240,6 +240,10 @@ class Edge:
             if headers["x-router-escalation"] not in ESCALATION_MODES:
                 raise ApiError(400, "x-router-escalation must be off, auto or strict", code="invalid_value")
             message.escalation = headers["x-router-escalation"]
+        if "x-router-buffer-stream" in headers:
+            if headers["x-router-buffer-stream"] not in ("true", "false"):
+                raise ApiError(400, "x-router-buffer-stream must be true or false", code="invalid_value")
+            message.buffer_stream = headers["x-router-buffer-stream"] == "true"
 
     async def _body(self, request: Request) -> bytes:
         limit = self.settings.max_body_bytes

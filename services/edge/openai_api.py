@@ -29,6 +29,7 @@ MAPPED = {
     "max_latency_ms",
     "session_id",
     "escalation",
+    "buffer_stream",
 }
 ESCALATION_MODES = ("off", "auto", "strict")
 # Fields OpenAI knows that change the price or retention of a call: refused by name (llmrouter/passthrough.py).
@@ -182,6 +183,7 @@ class ChatCompletionRequest(BaseModel):
     max_latency_ms: StrictInt | None = Field(default=None, ge=1, le=INT32_MAX)
     session_id: StrictStr | None = None
     escalation: Literal["off", "auto", "strict"] | None = None
+    buffer_stream: StrictBool | None = None
 
     def to_router(self, raw: dict[str, Any], tenant: str, api_key: str, request_id: str) -> router_pb2.CompleteRequest:
         passthrough = {k: v for k, v in raw.items() if k in PASSTHROUGH_FIELDS and v is not None}
@@ -193,6 +195,7 @@ class ChatCompletionRequest(BaseModel):
             max_cost_usd="" if self.max_cost_usd is None else str(Decimal(str(self.max_cost_usd))),
             session_id=self.session_id or "",
             escalation=self.escalation or "",
+            buffer_stream=bool(self.buffer_stream),
             request_id=request_id,
             passthrough_json=json.dumps(passthrough) if passthrough else "",
         )

@@ -127,6 +127,14 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
 
     async def _complete_stream(self, routed: Routed, context: Any) -> AsyncGenerator[router_pb2.CompleteChunk]:
         yield router_pb2.CompleteChunk(decision=routed.decision)
+        if routed.request.buffer_stream:
+            # Served as a unary call (escalation included) and shielded like one: the caller opted in to wait.
+            response = await asyncio.shield(self.charger.run_to_end(self._complete_and_settle(routed, context)))
+            if response.content:
+                yield router_pb2.CompleteChunk(delta=response.content)
+            response.content = ""
+            yield router_pb2.CompleteChunk(final=response)
+            return
         cached = await self.cache.lookup(routed)
         if cached is not None:
             await self.charger.settle(routed, cached, "cache_hit")

@@ -130,3 +130,36 @@ async def test_edge_header_sets_the_escalation_mode(chain: Chain, weak_cheap: ro
     assert kept.status_code == 200 and kept.json()["choices"][0]["message"]["content"] == REFUSAL
     assert escalated.status_code == 200 and escalated.json()["x_router"]["escalation_signal"] == "refusal"
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_value"
+
+
+async def stream_through_edge(chain: Chain, text: str, headers: dict[str, str]) -> tuple[str, dict[str, Any]]:
+    """The streamed content and the usage chunk's x_router, as an SSE client reads them."""
+    body = {
+        "model": "auto",
+        "quality_target": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "messages": [{"role": "user", "content": f"{text} {uuid.uuid4()}"}],
+    }
+    content, extension = "", {}
+    client = httpx.AsyncClient(base_url=chain.base_url, timeout=30)
+    async with client, client.stream("POST", "/chat/completions", json=body, headers=headers) as response:
+        assert response.status_code == 200
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line.removeprefix("data: "))
+            content += "".join((c.get("delta") or {}).get("content") or "" for c in chunk["choices"])
+            extension = chunk.get("x_router") or extension
+    return content, extension
+
+
+async def test_a_buffered_stream_escalates_and_an_unbuffered_one_does_not(
+    chain: Chain, weak_cheap: router_pb2_grpc.RouterStub
+) -> None:
+    content, extension = await stream_through_edge(chain, DECLINE, {"x-router-buffer-stream": "true"})
+    assert content.startswith("[strong-model]") and extension["escalation_signal"] == "refusal"
+    cost = Decimal(extension["cost_usd"])
+    assert cost == both_generations(chain)  # both generations charged, as in a unary call
+    content, extension = await stream_through_edge(chain, DECLINE, {})
+    assert content == REFUSAL and not extension["escalated"]
