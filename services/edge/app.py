@@ -8,6 +8,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, MutableMapping
+from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
@@ -22,6 +23,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from llmrouter.errors import ServiceError
 from llmrouter.interceptors import INFLIGHT
 from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
+from services.batches.api import BatchApi
+from services.batches.runner import Runner
+from services.batches.store import open_store
 from services.edge.openai_api import (
     ESCALATION_MODES,
     ApiError,
@@ -320,7 +324,7 @@ class Observe:
             HTTP_REQUESTS.labels(route, str(status)).inc()
 
 
-ROUTES = {"/v1/chat/completions", "/v1/models", "/healthz", "/readyz"}
+ROUTES = {"/v1/chat/completions", "/v1/models", "/healthz", "/readyz", "/v1/files", "/v1/batches"}
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
@@ -342,16 +346,31 @@ async def _method(request: Request, exc: Exception) -> Response:
 
 
 def create_app(settings: EdgeSettings, channel: grpc.aio.Channel) -> Starlette:
-    """The app over a channel to the router (its Router service and its gRPC health)."""
+    """The app over a channel to the router (its Router service and its gRPC health). Batches left unfinished
+    by a previous edge resume at start; at shutdown the lines in flight finish first."""
     edge = Edge(settings, channel)
+    store = open_store(settings.batch_redis_url)
+    runner = Runner(store, edge.router, api_error, settings.batch_concurrency, settings.request_timeout_s)
+    batches = BatchApi(store, runner, edge.caller, settings.batch_max_file_bytes)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await runner.resume()
+        try:
+            yield
+        finally:
+            await runner.close()
+            await store.close()
+
     routes = [
         Route("/v1/chat/completions", edge.chat_completions, methods=["POST"]),
         Route("/v1/models", edge.models, methods=["GET"]),
         Route("/v1/models/{model:path}", edge.models, methods=["GET"]),
         Route("/healthz", edge.healthz, methods=["GET"]),
         Route("/readyz", edge.readyz, methods=["GET"]),
+        *batches.routes(),
     ]
     handlers = {ApiError: _api_error, 404: _not_found, 405: _method, Exception: _unexpected}
-    app = Starlette(routes=routes, exception_handlers=handlers)  # type: ignore[arg-type]
+    app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)  # type: ignore[arg-type]
     app.add_middleware(Observe)
     return app
