@@ -11,11 +11,14 @@ import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal
 
+import grpc
 import pytest
 import redis.asyncio as redis
 from openai import AsyncOpenAI, BadRequestError, NotFoundError
 
+from llmrouter.errors import ServiceError
 from llmrouter.server import RunningServer
+from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
 from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
 from services.router.store import LEDGER, Account, key_id, period_id, to_pico
@@ -187,3 +190,14 @@ async def test_batch_files_and_batches_are_per_tenant_and_bad_files_are_refused(
         edge.should_exit = True
         await task
         await channel.close()
+
+
+async def test_the_router_refuses_a_malformed_key_id(chain: Chain) -> None:
+    request = router_pb2.CompleteRequest(
+        messages=[common_pb2.ChatMessage(role="user", content="hi")], tenant="t", api_key_id="llmrouter:limit:x"
+    )
+    async with grpc.aio.insecure_channel(chain.router_addr) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await router_pb2_grpc.RouterStub(channel).Complete(request, timeout=20)
+    error = ServiceError.from_rpc_error(err.value)
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT and error.metadata == {"field": "api_key_id"}
