@@ -16,12 +16,13 @@ PATH = "/chat/completions"
 class OpenAIGateway:
     def __init__(self, spec: ProviderSpec, api_key: str) -> None:
         self.client = make_client(spec, {"authorization": f"Bearer {api_key}"} if api_key else {})
+        self.logprobs = spec.logprobs
 
     async def aclose(self) -> None:
         await self.client.aclose()
 
     async def complete(self, request: UpstreamRequest) -> Completion:
-        payload = await post_json(self.client, PATH, _body(request))
+        payload = await post_json(self.client, PATH, _body(request, self.logprobs))
         try:
             choice = payload["choices"][0]
             content = choice["message"].get("content") or ""
@@ -81,7 +82,7 @@ def _add_fragment(calls: dict[int, dict[str, Any]], fragment: Any) -> None:
     call["function"]["arguments"] += function.get("arguments") or ""
 
 
-def _body(request: UpstreamRequest) -> dict[str, Any]:
+def _body(request: UpstreamRequest, logprobs: bool = False) -> dict[str, Any]:
     messages = [_message(m) for m in request.messages]
     # Only the allowlisted passthrough fields, whoever sent the request: one that changes the price (service_tier,
     # store, n, ...) would be billed by the provider beyond what the registry charges. They come first: they may
@@ -92,7 +93,9 @@ def _body(request: UpstreamRequest) -> dict[str, Any]:
         body["max_tokens"] = request.max_tokens
     if request.temperature is not None:
         body["temperature"] = request.temperature
-    if request.want_logprobs and "logprobs" not in passthrough:  # free of charge; the caller's choice stands
+    if (
+        logprobs and request.want_logprobs and "logprobs" not in passthrough
+    ):  # free of charge; the caller's choice stands
         body["logprobs"] = True
     return body
 
