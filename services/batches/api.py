@@ -23,8 +23,9 @@ Caller = Callable[[Request], tuple[str, str]]
 
 
 class BatchApi:
-    def __init__(self, store: Store, runner: Runner, caller: Caller, max_file_bytes: int) -> None:
+    def __init__(self, store: Store, runner: Runner, caller: Caller, max_file_bytes: int, retention_s: int) -> None:
         self.store = store
+        self.retention_s = retention_s  # uploaded files, and batches and their files once complete
         self.runner = runner
         self.caller = caller  # (tenant, API key) of the request, as the edge authenticates it
         self.max_file_bytes = max_file_bytes
@@ -59,6 +60,7 @@ class BatchApi:
         file_id = f"file-{uuid.uuid4().hex}"
         fields = file_fields(tenant, (upload.filename or "batch.jsonl")[:256], content, purpose="batch")
         await self.store.put(file_key(file_id), fields)
+        await self.store.expire([file_key(file_id)], self.retention_s)
         return JSONResponse(wire.file_body(file_id, await self.store.get(file_key(file_id))))
 
     async def get_file(self, request: Request) -> Response:

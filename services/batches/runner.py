@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import uuid
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
@@ -32,6 +33,7 @@ LINES = Counter("llmrouter_edge_batch_lines_total", "Batch lines finished", ["ou
 RUNNING = Gauge("llmrouter_edge_batches_running", "Batches this edge is running")
 COST = Counter("llmrouter_edge_batch_cost_usd_total", "What finished batch lines cost")
 
+LEASE_S = 30  # an edge that stops renewing (crashed) loses its batches to another within this
 RETRY_S = (0.2, 0.5, 1.0, 2.0, 5.0)  # then every 5 s, until the router admits the line
 
 ErrorFor = Callable[[grpc.RpcError, str], ApiError]
@@ -39,35 +41,66 @@ ErrorFor = Callable[[grpc.RpcError, str], ApiError]
 
 class Runner:
     def __init__(
-        self, store: Store, router: router_pb2_grpc.RouterStub, error_for: ErrorFor, concurrency: int, timeout_s: float
+        self,
+        store: Store,
+        router: router_pb2_grpc.RouterStub,
+        error_for: ErrorFor,
+        concurrency: int,
+        timeout_s: float,
+        retention_s: int,
     ) -> None:
         self.store = store
+        self.owner = uuid.uuid4().hex  # this edge, in batch leases
+        self.retention_s = retention_s
         self.router = router
         self.error_for = error_for  # the edge's mapping of a router error to OpenAI's status and body
         self.slots = asyncio.Semaphore(concurrency)
         self.timeout_s = timeout_s
         self.runs: dict[str, asyncio.Task[None]] = {}
         self.stopping = False
+        self._watch: asyncio.Task[None] | None = None
 
     async def resume(self) -> None:
-        """Run every batch still active in the store: those a stopped or crashed edge left unfinished."""
+        """Run the batches still active in the store that no other edge runs (a stopped or crashed edge
+        left them unfinished), now and then every LEASE_S / 2, so another edge's batches outlive it."""
+        await self._adopt()
+        self._watch = asyncio.create_task(self._keep_adopting())
+
+    async def _adopt(self) -> None:
         for batch_id in sorted(await self.store.active()):
             self.start(batch_id)
+
+    async def _keep_adopting(self) -> None:
+        while True:
+            await asyncio.sleep(LEASE_S / 2)
+            try:
+                await self._adopt()
+            except Exception:
+                log.warning("batch store unreachable; will look for batches to resume again", exc_info=True)
 
     def start(self, batch_id: str) -> None:
         if batch_id not in self.runs and not self.stopping:
             task = asyncio.create_task(self._run(batch_id))
             self.runs[batch_id] = task
             RUNNING.inc()
-            task.add_done_callback(lambda _: (self.runs.pop(batch_id, None), RUNNING.dec()))
+            task.add_done_callback(lambda _: self._ended(batch_id))
+
+    def _ended(self, batch_id: str) -> None:
+        self.runs.pop(batch_id, None)
+        RUNNING.dec()
 
     async def close(self) -> None:
         """Take no more lines; let the lines in flight finish and record their results."""
         self.stopping = True
+        if self._watch is not None:
+            self._watch.cancel()
         if self.runs:
             await asyncio.gather(*self.runs.values(), return_exceptions=True)
 
     async def _run(self, batch_id: str) -> None:
+        if not await self.store.lease(batch_id, self.owner, LEASE_S):
+            return  # another edge runs it
+        renewing = asyncio.create_task(self._renew(batch_id))
         try:
             batch = await self.store.get(batch_key(batch_id))
             content = (await self.store.get(file_key(batch["input_file_id"].decode())))["content"]
@@ -80,13 +113,27 @@ class Runner:
                     if str(index) in done:
                         continue
                     await self.slots.acquire()
-                    if self.stopping:
+                    if self.stopping or renewing.done():  # stopping, or the lease is lost: another edge resumes
                         self.slots.release()
-                        return  # resumed from the store by the next edge
+                        return
                     group.create_task(self._line(batch_id, batch, index, line))
             await self._finish(batch_id, batch, len(lines))
         except Exception:
-            log.exception("batch run failed; it stays active and resumes at the next start", extra={"id": batch_id})
+            log.exception("batch run failed; it stays active and is resumed", extra={"id": batch_id})
+        finally:
+            renewing.cancel()
+
+    async def _renew(self, batch_id: str) -> None:
+        """Keeps the lease while the batch runs; returns when it is lost (the run then stops taking lines)."""
+        while True:
+            await asyncio.sleep(LEASE_S / 3)
+            try:
+                if not await self.store.lease(batch_id, self.owner, LEASE_S):
+                    log.warning("batch lease lost to another edge; stopping", extra={"id": batch_id})
+                    return
+            except Exception:
+                log.warning("batch lease not renewed; stopping", extra={"id": batch_id}, exc_info=True)
+                return
 
     async def _line(self, batch_id: str, batch: dict[str, bytes], index: int, line: dict[str, Any]) -> None:
         try:
@@ -148,6 +195,12 @@ class Runner:
                 await self.store.put(file_key(file_id), file_fields(tenant, f"{batch_id}_{kind}.jsonl", content))
                 fields[f"{kind}_file_id"] = file_id
         await self.store.put(batch_key(batch_id), fields)
+        kept = [
+            batch_key(batch_id),
+            results_key(batch_id),
+            *(file_key(str(fields[f"{k}_file_id"])) for k in ("output", "error") if f"{k}_file_id" in fields),
+        ]
+        await self.store.expire(kept, self.retention_s)
         await self.store.activate(batch_id, False)
         log.info("batch completed", extra={"id": batch_id, "lines": total})
 

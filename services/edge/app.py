@@ -350,8 +350,15 @@ def create_app(settings: EdgeSettings, channel: grpc.aio.Channel) -> Starlette:
     by a previous edge resume at start; at shutdown the lines in flight finish first."""
     edge = Edge(settings, channel)
     store = open_store(settings.batch_redis_url)
-    runner = Runner(store, edge.router, api_error, settings.batch_concurrency, settings.request_timeout_s)
-    batches = BatchApi(store, runner, edge.caller, settings.batch_max_file_bytes)
+    runner = Runner(
+        store,
+        edge.router,
+        api_error,
+        settings.batch_concurrency,
+        settings.request_timeout_s,
+        settings.batch_retention_s,
+    )
+    batches = BatchApi(store, runner, edge.caller, settings.batch_max_file_bytes, settings.batch_retention_s)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -30,6 +30,8 @@ class EdgeSettings(ServiceSettings):
     batch_redis_url: str | None = None
     batch_concurrency: int = Field(default=8, gt=0)  # lines in flight at once, across this edge's batches
     batch_max_file_bytes: int = Field(default=100 * 1024 * 1024, gt=0)
+    # How long an uploaded file, and a completed batch with its output and error files, are kept.
+    batch_retention_s: int = Field(default=30 * 86_400, gt=0)
 
     @field_validator("api_keys")
     @classmethod
