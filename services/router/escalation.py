@@ -63,14 +63,16 @@ def is_refusal(text: str, mode: Mode) -> bool:
     return bool(_REFUSAL.search(normalised if mode == "strict" else normalised[:OPENING_CHARS]))
 
 
-def signal(served: Served, mode: Mode, caller_max_tokens: int | None) -> str:
+def signal(served: Served, mode: Mode, caller_max_tokens: int | None, money_capped: bool = False) -> str:
     """Why the answer is weak without asking a verifier ('' when it is not): empty, truncated, refusal or
     low_confidence."""
     if mode == "off" or served.tool_calls_json:  # a tool call is an answer
         return ""
     if not served.content.strip():
         return "empty"
-    if served.finish_reason == "length" and (caller_max_tokens is None or served.output_tokens < caller_max_tokens):
+    cut_short = caller_max_tokens is None or served.output_tokens < caller_max_tokens
+    # When max_cost_usd or the budget set the cap, a stronger model would be cut shorter still: not a signal.
+    if served.finish_reason == "length" and cut_short and not money_capped:
         return "truncated"
     if is_refusal(served.content, mode):
         return "refusal"

@@ -102,7 +102,8 @@ class Serving:
         target = policy.escalation_target(routed.plan.order, weak, routed.registry)
         if target is None or routed.escalation == "off":
             return
-        why = escalation.signal(served, routed.escalation, routed.limits.max_output_tokens)
+        capped = routed.decision.HasField("max_tokens_capped")
+        why = escalation.signal(served, routed.escalation, routed.limits.max_output_tokens, capped)
         if not why:
             prompt = next((m.content for m in reversed(routed.request.messages) if m.role == "user"), "")
             why = await escalation.doubt(self.verifier, prompt, served, routed.escalation)

@@ -46,14 +46,17 @@ def session_key(tenant: str, session_id: str) -> str:
 
 def stick(plan: policy.Plan, session: Session | None, registry: Registry) -> policy.Plan | None:
     """The plan with the session's model first, when affinity applies: its model is within the turn's limits
-    (available, eligible) and the turn's own choice is no stronger a tier. None when the plan stands."""
+    (available, eligible) and the turn's own choice is no stronger a tier. Without the classifier the turn's
+    need is unknown (the plan is then the strongest tier): the session's model is the better guess, so a
+    classifier outage does not move every session up for good. None when the plan stands."""
     if session is None:
         return None
     current = next((o for o in plan.order if o.model.name == session.model), None)
     if current is None:  # unavailable, excluded by this turn's limits, or gone from the registry
         return None
     chosen = plan.order[0]
-    if chosen is current or registry.tier_rank(chosen.model) > registry.tier_rank(current.model):
+    harder = registry.tier_rank(chosen.model) > registry.tier_rank(current.model)
+    if chosen is current or (harder and plan.code != "classifier_unavailable"):
         return None
     reason = (
         f"session affinity: stays on {current.model.name} (turn {session.turns + 1}; "

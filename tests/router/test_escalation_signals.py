@@ -49,6 +49,7 @@ def test_truncation_below_the_callers_cap_is_a_signal_and_at_it_is_not() -> None
     assert signal(cut, "auto", 100) == "truncated"
     assert signal(cut, "auto", 50) == ""
     assert signal(cut, "off", None) == ""
+    assert signal(cut, "auto", None, money_capped=True) == ""  # the cap was the money's: stronger is shorter
 
 
 def test_empty_is_a_signal_but_a_tool_call_is_an_answer() -> None:

@@ -34,6 +34,13 @@ def test_a_harder_turn_moves_the_session_up() -> None:
     assert stick(plan("gpt-4o", "mixtral-8x7b"), Session("mixtral-8x7b"), REGISTRY) is None
 
 
+def test_without_the_classifier_the_session_keeps_its_model() -> None:
+    strongest = plan("gpt-4o", "mixtral-8x7b")
+    unclassified = policy.Plan(strongest.options, strongest.order, "classifier_unavailable", "no classifier")
+    kept = stick(unclassified, Session("mixtral-8x7b"), REGISTRY)
+    assert kept is not None and kept.order[0].model.name == "mixtral-8x7b"
+
+
 def test_a_model_the_turn_cannot_use_is_not_kept() -> None:
     excluded = policy.Plan([option("gpt-4o", "too slow")], [option("mixtral-8x7b")], "x", "x")
     assert stick(excluded, Session("gpt-4o"), REGISTRY) is None
