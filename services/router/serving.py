@@ -80,7 +80,8 @@ class Serving:
         order = routed.plan.order
         for index, option in enumerate(order):
             # Token log-probabilities inform escalation, so they are asked for only when it could follow.
-            stronger = None if routed.escalation == "off" else policy.escalation_target(order, option, self.registry)
+            assert routed.registry is not None  # set with the plan
+            stronger = None if routed.escalation == "off" else policy.escalation_target(order, option, routed.registry)
             try:
                 reply = await self.providers.Generate(
                     generate_request(routed, option.model, want_confidence=stronger is not None),

@@ -108,9 +108,8 @@ def _mean_logprob(choice: dict[str, Any]) -> float | None:
     if not isinstance(tokens, list) or not tokens:
         return None
     values = [t.get("logprob") if isinstance(t, dict) else None for t in tokens]
-    if not all(isinstance(v, int | float) and not isinstance(v, bool) and v <= 0 for v in values):
-        return None
-    return sum(values) / len(values)
+    numbers = [float(v) for v in values if isinstance(v, int | float) and not isinstance(v, bool) and v <= 0]
+    return sum(numbers) / len(numbers) if len(numbers) == len(values) else None
 
 
 def _message(m: Message) -> dict[str, Any]:
