@@ -1,5 +1,5 @@
 """The Files and Batches routes: POST /v1/files, GET /v1/files/{id}, GET /v1/files/{id}/content,
-POST /v1/batches, GET /v1/batches/{id}. Per tenant: another tenant's file or batch is a 404."""
+POST /v1/batches, GET /v1/batches/{id}, POST /v1/batches/{id}/cancel. Per tenant: another tenant's file or batch is a 404."""
 
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ class BatchApi:
             Route("/v1/files/{id}/content", self.file_content, methods=["GET"]),
             Route("/v1/batches", self.create_batch, methods=["POST"]),
             Route("/v1/batches/{id}", self.get_batch, methods=["GET"]),
+            Route("/v1/batches/{id}/cancel", self.cancel_batch, methods=["POST"]),
         ]
 
     async def create_file(self, request: Request) -> Response:
@@ -102,12 +103,25 @@ class BatchApi:
         return JSONResponse(wire.batch_body(batch_id, await self.store.get(batch_key(batch_id))))
 
     async def get_batch(self, request: Request) -> Response:
+        batch_id, fields = await self._batch(request)
+        return JSONResponse(wire.batch_body(batch_id, fields))
+
+    async def cancel_batch(self, request: Request) -> Response:
+        """Lines not yet sent are not sent; those in flight finish. The batch ends `cancelled`, with the files
+        of the lines that finished. A batch already ending or ended is returned as it is."""
+        batch_id, fields = await self._batch(request)
+        if fields["status"] in (b"validating", b"in_progress"):
+            await self.store.put(batch_key(batch_id), {"status": "cancelling", "cancelling_at": now()})
+            self.runner.start(batch_id)  # on this edge, if no other runs it: it ends the batch
+        return JSONResponse(wire.batch_body(batch_id, await self.store.get(batch_key(batch_id))))
+
+    async def _batch(self, request: Request) -> tuple[str, dict[str, bytes]]:
         tenant, _ = self.caller(request)
         batch_id = request.path_params["id"]
         fields = await self.store.get(batch_key(batch_id))
         if not fields or fields["tenant"].decode() != tenant:
             raise ApiError(404, f"no batch {batch_id[:64]!r}", code="not_found")
-        return JSONResponse(wire.batch_body(batch_id, fields))
+        return batch_id, fields
 
     async def _file(self, request: Request) -> tuple[str, dict[str, bytes]]:
         tenant, _ = self.caller(request)

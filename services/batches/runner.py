@@ -106,8 +106,9 @@ class Runner:
             content = (await self.store.get(file_key(batch["input_file_id"].decode())))["content"]
             lines = wire.parse_lines(content)  # validated when the batch was created
             done = await self.store.get(results_key(batch_id))
-            if "in_progress_at" not in batch:
+            if batch["status"] == b"validating":
                 await self.store.put(batch_key(batch_id), {"status": "in_progress", "in_progress_at": now()})
+            cancelled = False
             async with asyncio.TaskGroup() as group:
                 for index, line in enumerate(lines):
                     if str(index) in done:
@@ -116,8 +117,12 @@ class Runner:
                     if self.stopping or renewing.done():  # stopping, or the lease is lost: another edge resumes
                         self.slots.release()
                         return
+                    if (await self.store.get(batch_key(batch_id))).get("status") == b"cancelling":
+                        self.slots.release()
+                        cancelled = True  # the lines in flight finish; no more are sent
+                        break
                     group.create_task(self._line(batch_id, batch, index, line))
-            await self._finish(batch_id, batch, len(lines))
+            await self._finish(batch_id, batch, len(lines), cancelled)
         except Exception:
             log.exception("batch run failed; it stays active and is resumed", extra={"id": batch_id})
         finally:
@@ -179,14 +184,19 @@ class Runner:
                 continue
             return 200, completion_body(response)
 
-    async def _finish(self, batch_id: str, batch: dict[str, bytes], total: int) -> None:
-        """The output and error files, in input order; ids derived from the batch, so a finish interrupted and
-        run again writes the same files."""
-        await self.store.put(batch_key(batch_id), {"status": "finalizing", "finalizing_at": now()})
+    async def _finish(self, batch_id: str, batch: dict[str, bytes], total: int, cancelled: bool) -> None:
+        """The output and error files of the lines that finished, in input order; ids derived from the batch,
+        so a finish interrupted and run again writes the same files."""
+        if not cancelled:
+            await self.store.put(batch_key(batch_id), {"status": "finalizing", "finalizing_at": now()})
         results = await self.store.get(results_key(batch_id))
-        parsed = [json.loads(results[str(i)]) for i in range(total)]
+        parsed = [json.loads(results[str(i)]) for i in range(total) if str(i) in results]
         tenant = batch["tenant"].decode()
-        fields: dict[str, str | bytes] = {"status": "completed", "completed_at": now()}
+        fields: dict[str, str | bytes] = (
+            {"status": "cancelled", "cancelled_at": now()}
+            if cancelled
+            else {"status": "completed", "completed_at": now()}
+        )
         for kind, ok in (("output", True), ("error", False)):
             lines = [r["line"] for r in parsed if r["ok"] is ok]
             if lines:
@@ -202,7 +212,7 @@ class Runner:
         ]
         await self.store.expire(kept, self.retention_s)
         await self.store.activate(batch_id, False)
-        log.info("batch completed", extra={"id": batch_id, "lines": total})
+        log.info("batch ended", extra={"id": batch_id, "lines": len(parsed), "status": fields["status"]})
 
 
 def not_admitted(error: ServiceError) -> bool:

@@ -103,8 +103,8 @@ def batch_body(batch_id: str, fields: dict[str, bytes]) -> dict[str, Any]:
         "completed_at": at("completed_at"),
         "failed_at": None,
         "expired_at": None,
-        "cancelling_at": None,
-        "cancelled_at": None,
+        "cancelling_at": at("cancelling_at"),
+        "cancelled_at": at("cancelled_at"),
         "request_counts": {
             "total": int(fields["total"]),
             "completed": int(fields.get("completed", b"0")),

@@ -201,3 +201,49 @@ async def test_the_router_refuses_a_malformed_key_id(chain: Chain) -> None:
             await router_pb2_grpc.RouterStub(channel).Complete(request, timeout=20)
     error = ServiceError.from_rpc_error(err.value)
     assert error.code == grpc.StatusCode.INVALID_ARGUMENT and error.metadata == {"field": "api_key_id"}
+
+
+async def test_a_cancelled_batch_sends_no_more_lines_and_charges_only_those_it_answered(chain: Chain) -> None:
+    tenant, key = f"canceller-{secrets.token_hex(4)}", f"sk-cancel-{secrets.token_urlsafe(12)}"
+    settings = EdgeSettings(
+        port=free_port(),
+        router_addr=chain.router_addr,
+        api_keys=key_line(tenant, key),
+        batch_redis_url=chain.redis_url,
+        batch_concurrency=2,
+    )
+    chain.budget.latency = 0.05
+    edge, task, channel = await start_edge(settings)
+    client = AsyncOpenAI(base_url=f"http://127.0.0.1:{settings.port}/v1", api_key=key, max_retries=0)
+    try:
+        uploaded = await client.files.create(file=("many.jsonl", batch_file()), purpose="batch")
+        batch = await client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        await wait_for(client, batch.id, 10)
+        cancelling = await client.batches.cancel(batch.id)
+        assert cancelling.status in ("cancelling", "cancelled") and cancelling.cancelling_at
+        for _ in range(200):
+            batch = await client.batches.retrieve(batch.id)
+            if batch.status == "cancelled":
+                break
+            await asyncio.sleep(0.05)
+        assert batch.status == "cancelled" and batch.cancelled_at and batch.output_file_id
+        counts = batch.request_counts
+        assert counts is not None and 10 <= counts.completed < LINES
+        output = (await client.files.content(batch.output_file_id)).text.splitlines()
+    finally:
+        chain.budget.latency = 0.0
+        await client.close()
+        edge.should_exit = True
+        await task
+        await channel.close()
+    assert len(output) == counts.completed
+    db = redis.from_url(chain.redis_url)
+    try:
+        ledger = [r for _, e in await db.xrange(LEDGER) if (r := json.loads(e[b"record"]))["tenant"] == tenant]
+    finally:
+        await db.aclose()
+    assert sorted(r["request_id"] for r in ledger) == sorted(
+        json.loads(line)["response"]["request_id"] for line in output
+    )
