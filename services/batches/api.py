@@ -1,5 +1,6 @@
 """The Files and Batches routes: POST /v1/files, GET /v1/files/{id}, GET /v1/files/{id}/content,
-POST /v1/batches, GET /v1/batches/{id}, POST /v1/batches/{id}/cancel. Per tenant: another tenant's file or batch is a 404."""
+POST /v1/batches, GET /v1/batches/{id}, POST /v1/batches/{id}/cancel. Per tenant: another tenant's file or
+batch is a 404."""
 
 from __future__ import annotations
 
