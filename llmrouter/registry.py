@@ -57,6 +57,9 @@ class ProviderSpec(BaseModel):
     # through after the cool-down, closes again when the probe succeeds.
     breaker_failures: int = Field(default=5, ge=1)
     breaker_cooldown_s: float = Field(default=30.0, gt=0)
+    # An OpenAI-compatible upstream that returns token log-probabilities when asked (`logprobs: true`): asked
+    # only when the router could escalate on low confidence. Off by default: some upstreams refuse the field.
+    logprobs: bool = False
 
     def api_key(self, keys_dir: Path | None = None) -> str:
         files = [Path(self.api_key_file)] if self.api_key_file else []

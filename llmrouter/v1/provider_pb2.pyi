@@ -8,23 +8,25 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("model", "messages", "max_tokens", "temperature", "request_id", "passthrough_json")
+    __slots__ = ("model", "messages", "max_tokens", "temperature", "request_id", "passthrough_json", "want_confidence")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PASSTHROUGH_JSON_FIELD_NUMBER: _ClassVar[int]
+    WANT_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     model: str
     messages: _containers.RepeatedCompositeFieldContainer[_common_pb2.ChatMessage]
     max_tokens: int
     temperature: float
     request_id: str
     passthrough_json: str
-    def __init__(self, model: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., request_id: _Optional[str] = ..., passthrough_json: _Optional[str] = ...) -> None: ...
+    want_confidence: bool
+    def __init__(self, model: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., request_id: _Optional[str] = ..., passthrough_json: _Optional[str] = ..., want_confidence: _Optional[bool] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
-    __slots__ = ("content", "usage", "cost_usd", "finish_reason", "model", "provider", "retries", "latency_ms", "tool_calls_json")
+    __slots__ = ("content", "usage", "cost_usd", "finish_reason", "model", "provider", "retries", "latency_ms", "tool_calls_json", "mean_logprob")
     CONTENT_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     COST_USD_FIELD_NUMBER: _ClassVar[int]
@@ -34,6 +36,7 @@ class GenerateResponse(_message.Message):
     RETRIES_FIELD_NUMBER: _ClassVar[int]
     LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     TOOL_CALLS_JSON_FIELD_NUMBER: _ClassVar[int]
+    MEAN_LOGPROB_FIELD_NUMBER: _ClassVar[int]
     content: str
     usage: _common_pb2.Usage
     cost_usd: str
@@ -43,7 +46,8 @@ class GenerateResponse(_message.Message):
     retries: int
     latency_ms: int
     tool_calls_json: str
-    def __init__(self, content: _Optional[str] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., cost_usd: _Optional[str] = ..., finish_reason: _Optional[str] = ..., model: _Optional[str] = ..., provider: _Optional[str] = ..., retries: _Optional[int] = ..., latency_ms: _Optional[int] = ..., tool_calls_json: _Optional[str] = ...) -> None: ...
+    mean_logprob: float
+    def __init__(self, content: _Optional[str] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., cost_usd: _Optional[str] = ..., finish_reason: _Optional[str] = ..., model: _Optional[str] = ..., provider: _Optional[str] = ..., retries: _Optional[int] = ..., latency_ms: _Optional[int] = ..., tool_calls_json: _Optional[str] = ..., mean_logprob: _Optional[float] = ...) -> None: ...
 
 class GenerateChunk(_message.Message):
     __slots__ = ("delta", "final")

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CompleteRequest(_message.Message):
-    __slots__ = ("messages", "tenant", "api_key", "model", "quality_target", "max_cost_usd", "max_latency_ms", "session_id", "max_tokens", "temperature", "request_id", "passthrough_json", "strong_share")
+    __slots__ = ("messages", "tenant", "api_key", "model", "quality_target", "max_cost_usd", "max_latency_ms", "session_id", "max_tokens", "temperature", "request_id", "passthrough_json", "strong_share", "escalation", "buffer_stream", "api_key_id")
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     API_KEY_FIELD_NUMBER: _ClassVar[int]
@@ -22,6 +22,9 @@ class CompleteRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PASSTHROUGH_JSON_FIELD_NUMBER: _ClassVar[int]
     STRONG_SHARE_FIELD_NUMBER: _ClassVar[int]
+    ESCALATION_FIELD_NUMBER: _ClassVar[int]
+    BUFFER_STREAM_FIELD_NUMBER: _ClassVar[int]
+    API_KEY_ID_FIELD_NUMBER: _ClassVar[int]
     messages: _containers.RepeatedCompositeFieldContainer[_common_pb2.ChatMessage]
     tenant: str
     api_key: str
@@ -35,7 +38,10 @@ class CompleteRequest(_message.Message):
     request_id: str
     passthrough_json: str
     strong_share: float
-    def __init__(self, messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ..., tenant: _Optional[str] = ..., api_key: _Optional[str] = ..., model: _Optional[str] = ..., quality_target: _Optional[float] = ..., max_cost_usd: _Optional[str] = ..., max_latency_ms: _Optional[int] = ..., session_id: _Optional[str] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., request_id: _Optional[str] = ..., passthrough_json: _Optional[str] = ..., strong_share: _Optional[float] = ...) -> None: ...
+    escalation: str
+    buffer_stream: bool
+    api_key_id: str
+    def __init__(self, messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ..., tenant: _Optional[str] = ..., api_key: _Optional[str] = ..., model: _Optional[str] = ..., quality_target: _Optional[float] = ..., max_cost_usd: _Optional[str] = ..., max_latency_ms: _Optional[int] = ..., session_id: _Optional[str] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., request_id: _Optional[str] = ..., passthrough_json: _Optional[str] = ..., strong_share: _Optional[float] = ..., escalation: _Optional[str] = ..., buffer_stream: _Optional[bool] = ..., api_key_id: _Optional[str] = ...) -> None: ...
 
 class Candidate(_message.Message):
     __slots__ = ("model", "predicted_quality", "estimated_cost_usd", "eligible", "excluded_because")
@@ -52,7 +58,7 @@ class Candidate(_message.Message):
     def __init__(self, model: _Optional[str] = ..., predicted_quality: _Optional[float] = ..., estimated_cost_usd: _Optional[str] = ..., eligible: _Optional[bool] = ..., excluded_because: _Optional[str] = ...) -> None: ...
 
 class Decision(_message.Message):
-    __slots__ = ("model", "reason", "candidates", "quality_target", "classifier_version", "max_tokens_capped", "model_with_every_provider", "reason_with_every_provider")
+    __slots__ = ("model", "reason", "candidates", "quality_target", "classifier_version", "max_tokens_capped", "model_with_every_provider", "reason_with_every_provider", "session_affinity")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
@@ -61,6 +67,7 @@ class Decision(_message.Message):
     MAX_TOKENS_CAPPED_FIELD_NUMBER: _ClassVar[int]
     MODEL_WITH_EVERY_PROVIDER_FIELD_NUMBER: _ClassVar[int]
     REASON_WITH_EVERY_PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    SESSION_AFFINITY_FIELD_NUMBER: _ClassVar[int]
     model: str
     reason: str
     candidates: _containers.RepeatedCompositeFieldContainer[Candidate]
@@ -69,10 +76,11 @@ class Decision(_message.Message):
     max_tokens_capped: int
     model_with_every_provider: str
     reason_with_every_provider: str
-    def __init__(self, model: _Optional[str] = ..., reason: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., quality_target: _Optional[float] = ..., classifier_version: _Optional[str] = ..., max_tokens_capped: _Optional[int] = ..., model_with_every_provider: _Optional[str] = ..., reason_with_every_provider: _Optional[str] = ...) -> None: ...
+    session_affinity: bool
+    def __init__(self, model: _Optional[str] = ..., reason: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., quality_target: _Optional[float] = ..., classifier_version: _Optional[str] = ..., max_tokens_capped: _Optional[int] = ..., model_with_every_provider: _Optional[str] = ..., reason_with_every_provider: _Optional[str] = ..., session_affinity: _Optional[bool] = ...) -> None: ...
 
 class CompleteResponse(_message.Message):
-    __slots__ = ("id", "content", "model", "provider", "usage", "cost_usd", "latency_ms", "decision", "cache_hit", "escalated", "retries", "finish_reason", "tool_calls_json")
+    __slots__ = ("id", "content", "model", "provider", "usage", "cost_usd", "latency_ms", "decision", "cache_hit", "escalated", "retries", "finish_reason", "tool_calls_json", "escalation_signal")
     ID_FIELD_NUMBER: _ClassVar[int]
     CONTENT_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -86,6 +94,7 @@ class CompleteResponse(_message.Message):
     RETRIES_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     TOOL_CALLS_JSON_FIELD_NUMBER: _ClassVar[int]
+    ESCALATION_SIGNAL_FIELD_NUMBER: _ClassVar[int]
     id: str
     content: str
     model: str
@@ -99,7 +108,8 @@ class CompleteResponse(_message.Message):
     retries: int
     finish_reason: str
     tool_calls_json: str
-    def __init__(self, id: _Optional[str] = ..., content: _Optional[str] = ..., model: _Optional[str] = ..., provider: _Optional[str] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., cost_usd: _Optional[str] = ..., latency_ms: _Optional[int] = ..., decision: _Optional[_Union[Decision, _Mapping]] = ..., cache_hit: _Optional[bool] = ..., escalated: _Optional[bool] = ..., retries: _Optional[int] = ..., finish_reason: _Optional[str] = ..., tool_calls_json: _Optional[str] = ...) -> None: ...
+    escalation_signal: str
+    def __init__(self, id: _Optional[str] = ..., content: _Optional[str] = ..., model: _Optional[str] = ..., provider: _Optional[str] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., cost_usd: _Optional[str] = ..., latency_ms: _Optional[int] = ..., decision: _Optional[_Union[Decision, _Mapping]] = ..., cache_hit: _Optional[bool] = ..., escalated: _Optional[bool] = ..., retries: _Optional[int] = ..., finish_reason: _Optional[str] = ..., tool_calls_json: _Optional[str] = ..., escalation_signal: _Optional[str] = ...) -> None: ...
 
 class CompleteChunk(_message.Message):
     __slots__ = ("decision", "delta", "final")

@@ -8,6 +8,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, MutableMapping
+from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
@@ -22,8 +23,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from llmrouter.errors import ServiceError
 from llmrouter.interceptors import INFLIGHT
 from llmrouter.v1 import common_pb2, operator_pb2_grpc, router_pb2, router_pb2_grpc
+from services.batches.api import BatchApi
+from services.batches.runner import Runner
+from services.batches.store import open_store
 from services.edge import legacy
 from services.edge.openai_api import (
+    ESCALATION_MODES,
     ApiError,
     chunk_body,
     completion_body,
@@ -250,6 +255,14 @@ class Edge:
             message.max_cost_usd = headers["x-router-max-cost-usd"]
         if "x-router-session-id" in headers:
             message.session_id = headers["x-router-session-id"]
+        if "x-router-escalation" in headers:
+            if headers["x-router-escalation"] not in ESCALATION_MODES:
+                raise ApiError(400, "x-router-escalation must be off, auto or strict", code="invalid_value")
+            message.escalation = headers["x-router-escalation"]
+        if "x-router-buffer-stream" in headers:
+            if headers["x-router-buffer-stream"] not in ("true", "false"):
+                raise ApiError(400, "x-router-buffer-stream must be true or false", code="invalid_value")
+            message.buffer_stream = headers["x-router-buffer-stream"] == "true"
 
     async def read_body(self, request: Request) -> bytes:
         limit = self.settings.max_body_bytes
@@ -335,6 +348,8 @@ ROUTES = {
     "/v1/router/stats",
     "/v1/router/budgets",
     "/v1/router/decide",
+    "/v1/files",
+    "/v1/batches",
 }
 
 
@@ -357,9 +372,30 @@ async def _method(request: Request, exc: Exception) -> Response:
 
 
 def create_app(settings: EdgeSettings, channel: grpc.aio.Channel) -> Starlette:
-    """The app over a channel to the router (its Router service and its gRPC health)."""
+    """The app over a channel to the router (its Router service and its gRPC health). Batches left unfinished
+    by a previous edge resume at start; at shutdown the lines in flight finish first."""
     edge = Edge(settings, channel)
     operator = OperatorRoutes(edge, operator_pb2_grpc.OperatorStub(channel), edge.router, api_error)
+    store = open_store(settings.batch_redis_url)
+    runner = Runner(
+        store,
+        edge.router,
+        api_error,
+        settings.batch_concurrency,
+        settings.request_timeout_s,
+        settings.batch_retention_s,
+    )
+    batches = BatchApi(store, runner, edge.caller, settings.batch_max_file_bytes, settings.batch_retention_s)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await runner.resume()
+        try:
+            yield
+        finally:
+            await runner.close()
+            await store.close()
+
     routes = [
         *operator.routes(),
         Route("/v1/chat/completions", edge.chat_completions, methods=["POST"]),
@@ -368,8 +404,9 @@ def create_app(settings: EdgeSettings, channel: grpc.aio.Channel) -> Starlette:
         Route("/v1/models/{model:path}", edge.models, methods=["GET"]),
         Route("/healthz", edge.healthz, methods=["GET"]),
         Route("/readyz", edge.readyz, methods=["GET"]),
+        *batches.routes(),
     ]
     handlers = {ApiError: _api_error, 404: _not_found, 405: _method, Exception: _unexpected}
-    app = Starlette(routes=routes, exception_handlers=handlers)  # type: ignore[arg-type]
+    app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)  # type: ignore[arg-type]
     app.add_middleware(Observe)
     return app

@@ -28,7 +28,10 @@ MAPPED = {
     "max_cost_usd",
     "max_latency_ms",
     "session_id",
+    "escalation",
+    "buffer_stream",
 }
+ESCALATION_MODES = ("off", "auto", "strict")
 # Fields OpenAI knows that change the price or retention of a call: refused by name (llmrouter/passthrough.py).
 PRICED = {
     "service_tier": "it buys a different price tier",
@@ -179,6 +182,8 @@ class ChatCompletionRequest(BaseModel):
     max_cost_usd: StrictStr | StrictFloat | StrictInt | None = None
     max_latency_ms: StrictInt | None = Field(default=None, ge=1, le=INT32_MAX)
     session_id: StrictStr | None = None
+    escalation: Literal["off", "auto", "strict"] | None = None
+    buffer_stream: StrictBool | None = None
 
     def to_router(self, raw: dict[str, Any], tenant: str, api_key: str, request_id: str) -> router_pb2.CompleteRequest:
         passthrough = {k: v for k, v in raw.items() if k in PASSTHROUGH_FIELDS and v is not None}
@@ -189,6 +194,8 @@ class ChatCompletionRequest(BaseModel):
             model="" if self.model in (None, "auto") else self.model,
             max_cost_usd="" if self.max_cost_usd is None else str(Decimal(str(self.max_cost_usd))),
             session_id=self.session_id or "",
+            escalation=self.escalation or "",
+            buffer_stream=bool(self.buffer_stream),
             request_id=request_id,
             passthrough_json=json.dumps(passthrough) if passthrough else "",
         )
@@ -352,6 +359,8 @@ def router_extension(response: router_pb2.CompleteResponse) -> dict[str, Any]:
         "quality_target": round(response.decision.quality_target, 4),  # as applied, e.g. from a strong_share
         "cache_hit": response.cache_hit,
         "escalated": response.escalated,
+        "escalation_signal": response.escalation_signal,
+        "session_affinity": response.decision.session_affinity,
         "retries": response.retries,
         "tokens_estimated": response.usage.estimated,
         "candidates": [

@@ -26,6 +26,13 @@ class EdgeSettings(ServiceSettings):
     request_timeout_s: float = Field(default=120.0, gt=0)
     max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
     readiness_timeout_s: float = Field(default=1.0, gt=0)
+    # Batches (POST /v1/batches): their files and progress in this Redis, which edge replicas share and a
+    # restarted edge resumes from (it may be the cache's; a batch evicted is lost). Unset: in process.
+    batch_redis_url: str | None = None
+    batch_concurrency: int = Field(default=8, gt=0)  # lines in flight at once, across this edge's batches
+    batch_max_file_bytes: int = Field(default=100 * 1024 * 1024, gt=0)
+    # How long an uploaded file, and a completed batch with its output and error files, are kept.
+    batch_retention_s: int = Field(default=30 * 86_400, gt=0)
 
     @field_validator("api_keys")
     @classmethod

@@ -285,6 +285,7 @@ class Dispatcher:
             retries=retries,
             latency_ms=int((time.perf_counter() - start) * 1000),
             tool_calls_json=tool_calls,
+            mean_logprob=done.mean_logprob,
         )
 
     def _count_tokens(self, model: ModelSpec, input_tokens: int, output_tokens: int) -> None:

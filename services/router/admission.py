@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import re
 import time
 from decimal import Decimal, InvalidOperation
 
@@ -42,6 +43,7 @@ MAX_COST_USD = Decimal(10) ** 9
 # A budget refusal says what the budget has left; the hold is resized to it and tried again. Another request
 # may take that room first, so the retries are bounded.
 ADMIT_ATTEMPTS = 3
+KEY_ID = re.compile(r"[0-9a-f]{16}|anonymous")
 
 
 def account_for(request: router_pb2.CompleteRequest) -> Account:
@@ -50,6 +52,10 @@ def account_for(request: router_pb2.CompleteRequest) -> Account:
     otherwise the authenticated caller itself, whatever the request says."""
     caller = current_identity()
     if caller.may_act_for_tenants:
+        if not request.api_key and request.api_key_id:
+            if not KEY_ID.fullmatch(request.api_key_id):
+                raise invalid("api_key_id must be 16 hex digits or 'anonymous'", "api_key_id")
+            return Account(request.tenant or "default", request.api_key_id)
         return Account(request.tenant or "default", key_id(request.api_key))
     return Account(caller.tenant or caller.name, f"caller:{caller.name}")
 

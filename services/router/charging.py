@@ -38,6 +38,7 @@ def response(routed: Routed, served: Served) -> router_pb2.CompleteResponse:
         decision=routed.decision,
         cache_hit=False,
         escalated=served.escalated,
+        escalation_signal=served.escalation_signal,
         retries=served.retries,
         finish_reason=served.finish_reason,
         tool_calls_json=served.tool_calls_json,
@@ -130,6 +131,7 @@ class Charger:
             "error": "" if outcome in ("ok", "cache_hit") else outcome,
             "cache_hit": response.cache_hit,
             "escalated": response.escalated,
+            "escalation_signal": response.escalation_signal,
             "retries": response.retries,
             "outcome": outcome,
         }

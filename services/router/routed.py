@@ -5,11 +5,15 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Literal
 
 from llmrouter.registry import ModelSpec, Registry
 from llmrouter.v1 import provider_pb2, router_pb2
 from services.router import policy
+from services.router.sessions import Session
 from services.router.store import Account, Hold
+
+Mode = Literal["off", "auto", "strict"]
 
 
 @dataclass
@@ -30,6 +34,8 @@ class Routed:
     owed: Decimal = Decimal(0)
     failure: str = "failed"  # the ledger outcome when the request ends without an answer
     registry: Registry | None = None  # the snapshot the plan came from, kept for the request's life
+    escalation: Mode = "auto"  # when a weak answer is asked again of a stronger tier (escalation.py)
+    session: Session | None = None  # the conversation this turn belongs to, as it stood before the turn
 
 
 @dataclass
@@ -46,12 +52,15 @@ class Served:
     retries: int = 0
     finish_reason: str = ""
     escalated: bool = False
+    escalation_signal: str = ""  # why it was escalated: empty, truncated, refusal, doubt
     tool_calls_json: str = ""
+    mean_logprob: float | None = None  # of the last answer's tokens, when the provider gave log-probabilities
 
     def add(self, reply: provider_pb2.GenerateResponse, model: ModelSpec) -> None:
         self.model, self.provider = model, reply.provider
         self.content, self.finish_reason = reply.content or self.content, reply.finish_reason
         self.tool_calls_json = reply.tool_calls_json or self.tool_calls_json
+        self.mean_logprob = reply.mean_logprob if reply.HasField("mean_logprob") else None
         self.input_tokens += reply.usage.input_tokens
         self.output_tokens += reply.usage.output_tokens
         self.estimated |= reply.usage.estimated

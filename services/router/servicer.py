@@ -11,7 +11,7 @@ from typing import Any
 from llmrouter.errors import ServiceError
 from llmrouter.registry import LiveRegistry
 from llmrouter.v1 import classifier_pb2_grpc, common_pb2, provider_pb2_grpc, router_pb2, router_pb2_grpc
-from services.router import admission, charging, metrics
+from services.router import admission, charging, escalation, metrics
 from services.router.admission import Admission
 from services.router.cache import Cache, ResponseCache
 from services.router.calibration import Calibration
@@ -20,6 +20,7 @@ from services.router.outbox import Outbox
 from services.router.routed import Routed
 from services.router.routing import Routing
 from services.router.serving import Serving, StreamState
+from services.router.sessions import Sessions, stick
 from services.router.settings import RouterSettings
 from services.router.store import Store
 from services.router.targets import Targets
@@ -48,8 +49,10 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             metrics.BoundedLabels(settings.metrics_tenants),
         )
         self.charger = charging.Charger(store, outbox, self.available)
-        self.serving = Serving(providers, self.admission)
+        # The answer verifier's seam (escalation.Verifier): none is wired yet, so doubt never escalates.
+        self.serving = Serving(providers, self.admission, verifier=None)
         self.cache = ResponseCache(cache, settings.cache_ttl_s)
+        self.sessions = Sessions(cache, settings.session_ttl_s)
 
     async def ListModels(self, request: common_pb2.ListModelsRequest, context: Any) -> common_pb2.ListModelsResponse:
         models = await self.available.get(context.time_remaining())
@@ -80,11 +83,18 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     async def _route(self, request: router_pb2.CompleteRequest, context: Any, admit: bool = True) -> Routed:
         """Validate, route, and (last, so nothing after it can fail before serving) admit."""
         limits = await self.admission.limits(request)
+        mode = escalation.mode_of(request.escalation, self.settings.escalation)
         account = admission.account_for(request)
         plan, decision, registry = await self.routing.decide(request, limits, account.tenant, context.time_remaining())
+        session = await self.sessions.get(account.tenant, request)
+        kept = stick(plan, session, registry)
+        if kept is not None:
+            plan = kept
+            decision.model, decision.reason, decision.session_affinity = kept.order[0].model.name, kept.reason, True
         caps = admission.output_caps(plan, limits, decision)
         request_id = request.request_id or uuid.uuid4().hex
         routed = Routed(request, request_id, account, limits, plan, decision, caps, registry=registry)
+        routed.session, routed.escalation = session, mode
         if admit:
             await self.admission.admit(routed)
             self.routing.count(routed)
@@ -104,11 +114,27 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         served = await self.serving.generate(routed, context)
         response = charging.response(routed, served)
         await self.charger.settle(routed, response)
-        await self.cache.put(routed, response)
+        await self._after_turn(routed, response)
         return response
+
+    async def _after_turn(self, routed: Routed, response: router_pb2.CompleteResponse) -> None:
+        await self.cache.put(routed, response)
+        planned = routed.plan.order[0].model.name
+        assert routed.registry is not None  # every routed request keeps the snapshot it was routed with
+        await self.sessions.record(
+            routed.account.tenant, routed.request, routed.session, planned, response, routed.registry
+        )
 
     async def _complete_stream(self, routed: Routed, context: Any) -> AsyncGenerator[router_pb2.CompleteChunk]:
         yield router_pb2.CompleteChunk(decision=routed.decision)
+        if routed.request.buffer_stream:
+            # Served as a unary call (escalation included) and shielded like one: the caller opted in to wait.
+            response = await asyncio.shield(self.charger.run_to_end(self._complete_and_settle(routed, context)))
+            if response.content:
+                yield router_pb2.CompleteChunk(delta=response.content)
+            response.content = ""
+            yield router_pb2.CompleteChunk(final=response)
+            return
         cached = await self.cache.lookup(routed)
         if cached is not None:
             await self.charger.settle(routed, cached, "cache_hit")
@@ -126,7 +152,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             assert stream.served is not None  # generate_stream returns only with the final chunk, or raises
             response = charging.response(routed, stream.served)
             await self.charger.settle(routed, response)
-            await self.cache.put(routed, response)
+            await self._after_turn(routed, response)
             response.content = ""
             yield router_pb2.CompleteChunk(final=response)
         except (ServiceError, asyncio.CancelledError, GeneratorExit) as exc:

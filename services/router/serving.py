@@ -1,6 +1,6 @@
 """Serving a routed request: the provider calls, with fallback to the next model of the plan when a provider
-fails, and escalation of an empty answer to a stronger tier. What a failed attempt cost is owed by the
-request; another attempt is made only when the hold can grow to cover it."""
+fails, and escalation of a weak answer (services/router/escalation.py) to a stronger tier. What a failed
+attempt cost is owed by the request; another attempt is made only when the hold can grow to cover it."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from llmrouter.errors import ServiceError
 from llmrouter.registry import ModelSpec
 from llmrouter.tokens import count_tokens
 from llmrouter.v1 import provider_pb2, provider_pb2_grpc
-from services.router import metrics, policy
+from services.router import escalation, metrics, policy
 from services.router.admission import Admission
 from services.router.costs import affordable_output, worst_pico
 from services.router.routed import Routed, Served
@@ -66,33 +66,49 @@ class StreamState:
 
 
 class Serving:
-    def __init__(self, providers: provider_pb2_grpc.ProviderStub, admission: Admission) -> None:
+    def __init__(
+        self,
+        providers: provider_pb2_grpc.ProviderStub,
+        admission: Admission,
+        verifier: escalation.Verifier | None = None,
+    ) -> None:
         self.providers = providers
         self.admission = admission
+        self.verifier = verifier
 
     async def generate(self, routed: Routed, context: Any) -> Served:
         order = routed.plan.order
         for index, option in enumerate(order):
+            # Token log-probabilities inform escalation, so they are asked for only when it could follow.
+            assert routed.registry is not None  # set with the plan
+            stronger = None if routed.escalation == "off" else policy.escalation_target(order, option, routed.registry)
             try:
                 reply = await self.providers.Generate(
-                    generate_request(routed, option.model), timeout=context.time_remaining()
+                    generate_request(routed, option.model, want_confidence=stronger is not None),
+                    timeout=context.time_remaining(),
                 )
             except grpc.RpcError as err:
                 await self._after_failed_attempt(routed, ServiceError.from_rpc_error(err), index)
                 continue
             served = Served(option.model)
             served.add(reply, option.model)
-            if not reply.content.strip() and not reply.tool_calls_json:  # a tool call is an answer
-                await self._escalate(routed, context, served, option)
+            await self._escalate_if_weak(routed, context, served, option)
             return served
         raise AssertionError("unreachable: the last option raises")
 
-    async def _escalate(self, routed: Routed, context: Any, served: Served, weak: policy.Option) -> None:
-        """An empty answer is a weak one: ask the cheapest stronger tier once; the first answer stays
-        charged either way, because it was generated."""
+    async def _escalate_if_weak(self, routed: Routed, context: Any, served: Served, weak: policy.Option) -> None:
+        """A weak answer (a signal of escalation.py) is asked again of the cheapest stronger tier, once; the
+        first answer stays charged either way, because it was generated."""
         assert routed.registry is not None  # set with the plan
         target = policy.escalation_target(routed.plan.order, weak, routed.registry)
-        if target is None:
+        if target is None or routed.escalation == "off":
+            return
+        capped = routed.decision.HasField("max_tokens_capped")
+        why = escalation.signal(served, routed.escalation, routed.limits.max_output_tokens, capped)
+        if not why:
+            prompt = next((m.content for m in reversed(routed.request.messages) if m.role == "user"), "")
+            why = await escalation.doubt(self.verifier, prompt, served, routed.escalation)
+        if not why:
             return
         # Both answers are charged: the stronger one may write only what the hold has left after the first
         # (and after what failed attempts owe).
@@ -102,7 +118,7 @@ class Serving:
         )
         max_tokens = min(routed.max_tokens[target.model.name], affordable)
         if max_tokens < min(routed.limits.min_output_tokens, routed.max_tokens[target.model.name]):
-            log.warning("no room left in the hold to escalate; keeping the weak answer")
+            log.warning("no room left in the hold to escalate; keeping the weak answer", extra={"signal": why})
             return
         try:
             reply = await self.providers.Generate(
@@ -114,7 +130,7 @@ class Serving:
             return
         metrics.ESCALATIONS.labels(weak.model.name, target.model.name).inc()
         served.add(reply, target.model)
-        served.escalated = True
+        served.escalated, served.escalation_signal = True, why
 
     async def generate_stream(self, routed: Routed, context: Any, stream: StreamState) -> AsyncGenerator[str]:
         """Yields deltas and fills `stream`. Falls back to the next model only before the first delta."""
@@ -161,7 +177,9 @@ class Serving:
         metrics.FALLBACKS.labels(order[index].model.name, following.name).inc()
 
 
-def generate_request(routed: Routed, model: ModelSpec, max_tokens: int | None = None) -> provider_pb2.GenerateRequest:
+def generate_request(
+    routed: Routed, model: ModelSpec, max_tokens: int | None = None, want_confidence: bool = False
+) -> provider_pb2.GenerateRequest:
     """The provider call for one model of the plan, never allowed to write more than admission held for."""
     request = routed.request
     return provider_pb2.GenerateRequest(
@@ -171,6 +189,7 @@ def generate_request(routed: Routed, model: ModelSpec, max_tokens: int | None = 
         temperature=request.temperature if request.HasField("temperature") else None,
         request_id=routed.request_id,
         passthrough_json=request.passthrough_json,
+        want_confidence=want_confidence,
     )
 
 

@@ -98,3 +98,8 @@ class RouterSettings(GrpcServiceSettings):
     # when set, a JSON POST to this URL once per budget, threshold and period (retried).
     budget_watch_interval_s: float = Field(default=30.0, gt=0)
     budget_alert_webhook_url: SecretStr = SecretStr("")
+    # Escalating a weak answer (empty, truncated, refused, doubted) to a stronger tier when the request does
+    # not say (services/router/escalation.py): off, auto or strict.
+    escalation: str = Field(default="auto", pattern="^(off|auto|strict)$")
+    # How long a session (session_id) keeps its model after its last turn, in the cache store; 0 disables.
+    session_ttl_s: int = Field(default=3600, ge=0)

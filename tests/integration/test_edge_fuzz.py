@@ -57,6 +57,8 @@ TYPED: dict[str, st.SearchStrategy[Any]] = {
     "max_cost_usd": st.decimals(allow_nan=True).map(str) | numbers,
     "max_latency_ms": st.integers(min_value=-5, max_value=10**6) | HUGE,
     "session_id": text,
+    "escalation": st.sampled_from(["off", "auto", "strict"]) | text,
+    "buffer_stream": st.booleans(),
     "response_format": st.fixed_dictionaries({"type": st.sampled_from(["text", "json_object", "json_schema"])}),
     "top_p": st.floats(min_value=-1, max_value=2),
     "stop": text | st.lists(text, max_size=5),

@@ -26,6 +26,7 @@ class UpstreamRequest:
     # OpenAI-style extras (tools, response_format, ...) passed through untouched.
     passthrough: dict[str, Any] = field(default_factory=dict)
     request_id: str = ""  # for logs only
+    want_logprobs: bool = False  # token log-probabilities for a confidence signal, where the upstream has them
 
 
 @dataclass
@@ -38,6 +39,7 @@ class Completion:
     input_tokens: int | None = None
     output_tokens: int | None = None
     tool_calls: list[dict[str, Any]] = field(default_factory=list)  # OpenAI's shape, arguments a JSON string
+    mean_logprob: float | None = None  # over the answer's tokens, when asked for and given
 
 
 # A stream yields text deltas and Completions carrying usage, finish reason and the whole tool calls.

@@ -16,12 +16,13 @@ PATH = "/chat/completions"
 class OpenAIGateway:
     def __init__(self, spec: ProviderSpec, api_key: str) -> None:
         self.client = make_client(spec, {"authorization": f"Bearer {api_key}"} if api_key else {})
+        self.logprobs = spec.logprobs
 
     async def aclose(self) -> None:
         await self.client.aclose()
 
     async def complete(self, request: UpstreamRequest) -> Completion:
-        payload = await post_json(self.client, PATH, _body(request))
+        payload = await post_json(self.client, PATH, _body(request, self.logprobs))
         try:
             choice = payload["choices"][0]
             content = choice["message"].get("content") or ""
@@ -32,7 +33,7 @@ class OpenAIGateway:
         if not isinstance(tool_calls, list):
             raise UpstreamError("bad_response", "upstream reply's tool_calls is not a list")
         input_tokens, output_tokens = _usage(payload.get("usage"))
-        return Completion(content, finish, input_tokens, output_tokens, tool_calls)
+        return Completion(content, finish, input_tokens, output_tokens, tool_calls, _mean_logprob(choice))
 
     async def stream(self, request: UpstreamRequest) -> AsyncGenerator[StreamEvent, None]:
         body = {**_body(request), "stream": True, "stream_options": {"include_usage": True}}
@@ -81,7 +82,7 @@ def _add_fragment(calls: dict[int, dict[str, Any]], fragment: Any) -> None:
     call["function"]["arguments"] += function.get("arguments") or ""
 
 
-def _body(request: UpstreamRequest) -> dict[str, Any]:
+def _body(request: UpstreamRequest, logprobs: bool = False) -> dict[str, Any]:
     messages = [_message(m) for m in request.messages]
     # Only the allowlisted passthrough fields, whoever sent the request: one that changes the price (service_tier,
     # store, n, ...) would be billed by the provider beyond what the registry charges. They come first: they may
@@ -92,7 +93,23 @@ def _body(request: UpstreamRequest) -> dict[str, Any]:
         body["max_tokens"] = request.max_tokens
     if request.temperature is not None:
         body["temperature"] = request.temperature
+    if (
+        logprobs and request.want_logprobs and "logprobs" not in passthrough
+    ):  # free of charge; the caller's choice stands
+        body["logprobs"] = True
     return body
+
+
+def _mean_logprob(choice: dict[str, Any]) -> float | None:
+    """The mean of choices[0].logprobs.content[*].logprob; None when absent or malformed (never an error:
+    it only informs escalation)."""
+    logprobs = choice.get("logprobs")
+    tokens = logprobs.get("content") if isinstance(logprobs, dict) else None
+    if not isinstance(tokens, list) or not tokens:
+        return None
+    values = [t.get("logprob") if isinstance(t, dict) else None for t in tokens]
+    numbers = [float(v) for v in values if isinstance(v, int | float) and not isinstance(v, bool) and v <= 0]
+    return sum(numbers) / len(numbers) if len(numbers) == len(values) else None
 
 
 def _message(m: Message) -> dict[str, Any]:

@@ -1,0 +1,114 @@
+"""OpenAI's Batch API shapes: the input file's lines, the output and error files' lines, and the File and
+Batch objects, as the official SDK reads them."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from services.edge.openai_api import ApiError
+
+ENDPOINT = "/v1/chat/completions"
+MAX_LINES = 50_000  # as OpenAI
+MAX_CUSTOM_ID = 200
+DAY_S = 86_400
+
+
+def parse_lines(content: bytes) -> list[dict[str, Any]]:
+    """The input file's requests, or a 400 naming the first bad line: each a JSON object with a unique string
+    custom_id, method POST, url /v1/chat/completions and an object body (checked as a request when it runs)."""
+    try:
+        text = content.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, "the batch file is not UTF-8", param="file", code="invalid_file") from None
+    lines, seen = [], set()
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            raise _bad(number, "is not JSON") from None
+        if not isinstance(entry, dict):
+            raise _bad(number, "is not a JSON object")
+        custom_id = entry.get("custom_id")
+        if not isinstance(custom_id, str) or not 0 < len(custom_id) <= MAX_CUSTOM_ID:
+            raise _bad(number, f"needs a custom_id string of 1 to {MAX_CUSTOM_ID} characters")
+        if custom_id in seen:
+            raise _bad(number, f"repeats custom_id {custom_id[:64]!r}")
+        if entry.get("method") != "POST" or entry.get("url") != ENDPOINT:
+            raise _bad(number, f"must be method POST to url {ENDPOINT}")
+        if not isinstance(entry.get("body"), dict):
+            raise _bad(number, "needs a body object")
+        seen.add(custom_id)
+        lines.append(entry)
+    if not lines:
+        raise ApiError(400, "the batch file has no requests", param="file", code="invalid_file")
+    if len(lines) > MAX_LINES:
+        raise ApiError(400, f"the batch file has over {MAX_LINES} requests", param="file", code="invalid_file")
+    return lines
+
+
+def _bad(number: int, what: str) -> ApiError:
+    return ApiError(400, f"line {number} of the batch file {what}", param="file", code="invalid_file")
+
+
+def output_line(custom_id: str, request_id: str, status: int, body: dict[str, Any]) -> str:
+    """One line of the output file (status 200) or of the error file (the error's status and body)."""
+    return json.dumps(
+        {
+            "id": f"batch_req_{request_id}",
+            "custom_id": custom_id,
+            "response": {"status_code": status, "request_id": request_id, "body": body},
+            "error": None,
+        }
+    )
+
+
+def file_body(file_id: str, fields: dict[str, bytes]) -> dict[str, Any]:
+    return {
+        "id": file_id,
+        "object": "file",
+        "bytes": int(fields["bytes"]),
+        "created_at": int(fields["created_at"]),
+        "filename": fields["filename"].decode(),
+        "purpose": fields["purpose"].decode(),
+        "status": "processed",
+        "status_details": None,
+    }
+
+
+def batch_body(batch_id: str, fields: dict[str, bytes]) -> dict[str, Any]:
+    def at(name: str) -> int | None:
+        return int(fields[name]) if name in fields else None
+
+    def text(name: str) -> str | None:
+        return fields[name].decode() if name in fields else None
+
+    created = int(fields["created_at"])
+    return {
+        "id": batch_id,
+        "object": "batch",
+        "endpoint": fields["endpoint"].decode(),
+        "errors": None,
+        "input_file_id": fields["input_file_id"].decode(),
+        "completion_window": fields["completion_window"].decode(),
+        "status": fields["status"].decode(),
+        "output_file_id": text("output_file_id"),
+        "error_file_id": text("error_file_id"),
+        "created_at": created,
+        "in_progress_at": at("in_progress_at"),
+        "expires_at": created + DAY_S,
+        "finalizing_at": at("finalizing_at"),
+        "completed_at": at("completed_at"),
+        "failed_at": None,
+        "expired_at": None,
+        "cancelling_at": at("cancelling_at"),
+        "cancelled_at": at("cancelled_at"),
+        "request_counts": {
+            "total": int(fields["total"]),
+            "completed": int(fields.get("completed", b"0")),
+            "failed": int(fields.get("failed", b"0")),
+        },
+        "metadata": json.loads(fields["metadata"]) if "metadata" in fields else None,
+    }

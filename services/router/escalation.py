@@ -1,0 +1,89 @@
+"""When a cheap model's answer is weak enough to ask a stronger tier: the signals, per escalation mode.
+
+- empty: no content and no tool call;
+- truncated: finish_reason "length" while the answer is shorter than the caller's own max_tokens (the
+  model's or the router's cap cut it, not the caller's);
+- refusal: the answer opens by declining (a small phrase detector; `strict` looks through the whole answer);
+- low_confidence: the mean log-probability of the answer's tokens (asked of OpenAI-compatible upstreams when
+  escalation is on) is below the mode's threshold: a geometric-mean token probability under 25% in auto,
+  under 50% in strict;
+- doubt: a verifier's probability that the answer is good is below the mode's threshold. The verifier is
+  pluggable (`Verifier`); without one this signal is never raised.
+
+Modes: `off` never escalates; `auto` (the default, ROUTER_ESCALATION) escalates on the signals above;
+`strict` also on a longer refusal and at a higher doubt threshold."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Protocol
+
+from llmrouter.errors import invalid
+from services.router.routed import Mode, Served
+
+MODES: tuple[Mode, ...] = ("off", "auto", "strict")
+# Below this mean token log-probability, per mode, the model itself was unsure (ln 0.25 and ln 0.5).
+MIN_MEAN_LOGPROB = {"off": -math.inf, "auto": math.log(0.25), "strict": math.log(0.5)}
+# Below this probability of a good answer, per mode, the verifier's doubt escalates.
+GOOD_THRESHOLD = {"off": 0.0, "auto": 0.3, "strict": 0.5}
+# A refusal is said early: in auto only the opening is read, so an answer that quotes one is not taken for it.
+OPENING_CHARS = 160
+
+_REFUSAL = re.compile(
+    r"\b(?:"
+    r"i(?:'m| am)\s+(?:sorry|afraid)[^.!?]{0,40}\b(?:can(?:'|no)t|cannot|unable|not able)"
+    r"|i\s+(?:can(?:'|no)t|cannot|won't|will not|am unable to|'m unable to|am not able to|'m not able to)\s+"
+    r"(?:help|assist|answer|provide|comply|do that|fulfil|fulfill|support|complete)"
+    r"|as an ai(?: language model)?,? i (?:can(?:'|no)t|cannot|don't|do not)"
+    r"|i must (?:decline|refuse)"
+    r")",
+    re.IGNORECASE,
+)
+
+
+class Verifier(Protocol):
+    """The seam for an answer verifier: P(the answer to the prompt is good), or None when it cannot say."""
+
+    async def good(self, prompt: str, answer: str) -> float | None: ...
+
+
+def mode_of(requested: str, default: str) -> Mode:
+    """The request's mode, else the router's default; anything else is the caller's error."""
+    value = requested or default
+    for mode in MODES:
+        if value == mode:
+            return mode
+    raise invalid("escalation must be off, auto or strict", "escalation")
+
+
+def is_refusal(text: str, mode: Mode) -> bool:
+    """Whether the answer declines to answer: its opening in auto, anywhere in strict."""
+    normalised = text.replace("\u2019", "'")
+    return bool(_REFUSAL.search(normalised if mode == "strict" else normalised[:OPENING_CHARS]))
+
+
+def signal(served: Served, mode: Mode, caller_max_tokens: int | None, money_capped: bool = False) -> str:
+    """Why the answer is weak without asking a verifier ('' when it is not): empty, truncated, refusal or
+    low_confidence."""
+    if mode == "off" or served.tool_calls_json:  # a tool call is an answer
+        return ""
+    if not served.content.strip():
+        return "empty"
+    cut_short = caller_max_tokens is None or served.output_tokens < caller_max_tokens
+    # When max_cost_usd or the budget set the cap, a stronger model would be cut shorter still: not a signal.
+    if served.finish_reason == "length" and cut_short and not money_capped:
+        return "truncated"
+    if is_refusal(served.content, mode):
+        return "refusal"
+    if served.mean_logprob is not None and served.mean_logprob < MIN_MEAN_LOGPROB[mode]:
+        return "low_confidence"
+    return ""
+
+
+async def doubt(verifier: Verifier | None, prompt: str, served: Served, mode: Mode) -> str:
+    """'doubt' when the verifier judges the answer unlikely to be good; '' otherwise or without one."""
+    if verifier is None or mode == "off" or served.tool_calls_json:
+        return ""
+    good = await verifier.good(prompt, served.content)
+    return "doubt" if good is not None and good < GOOD_THRESHOLD[mode] else ""

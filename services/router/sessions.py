@@ -1,0 +1,129 @@
+"""Session affinity: the turns of one conversation (`session_id`, per tenant) stay on one model while it is
+healthy and the new turn needs no stronger tier, so a provider's prompt cache stays warm and the style of
+the answers does not change mid-conversation. A session may move up a tier, never down, unless its model
+fails. History (turns, tokens, cost) is kept beside the model.
+
+Sessions live in the cache store (ROUTER_CACHE_REDIS_URL, shared by replicas and surviving restarts; in
+process without it), with a TTL renewed on every turn. A session is not money: when the cache evicts it or
+it expires, the next turn is routed afresh as a new session's first turn and its history restarts."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import TYPE_CHECKING
+
+from llmrouter.registry import Registry
+from llmrouter.v1 import router_pb2
+from services.router import policy
+
+if TYPE_CHECKING:  # the cache module imports Routed, which carries a Session
+    from services.router.cache import Cache
+
+log = logging.getLogger("llmrouter.router")
+
+REASON_CODE = "session_affinity"
+
+
+@dataclass(frozen=True)
+class Session:
+    model: str  # the model the session stays on
+    turns: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: Decimal = Decimal(0)
+
+
+def session_key(tenant: str, session_id: str) -> str:
+    """Per tenant: the same session id from another tenant is another session."""
+    digest = hashlib.sha256(f"{tenant}\0{session_id}".encode()).hexdigest()
+    return f"session:{digest}"
+
+
+def stick(plan: policy.Plan, session: Session | None, registry: Registry) -> policy.Plan | None:
+    """The plan with the session's model first, when affinity applies: its model is within the turn's limits
+    (available, eligible) and the turn's own choice is no stronger a tier. Without the classifier the turn's
+    need is unknown (the plan is then the strongest tier): the session's model is the better guess, so a
+    classifier outage does not move every session up for good. None when the plan stands."""
+    if session is None:
+        return None
+    current = next((o for o in plan.order if o.model.name == session.model), None)
+    if current is None:  # unavailable, excluded by this turn's limits, or gone from the registry
+        return None
+    chosen = plan.order[0]
+    harder = registry.tier_rank(chosen.model) > registry.tier_rank(current.model)
+    if chosen is current or (harder and plan.code != "classifier_unavailable"):
+        return None
+    reason = (
+        f"session affinity: stays on {current.model.name} (turn {session.turns + 1}; "
+        f"the turn alone would pick {chosen.model.name}, no stronger a tier)"
+    )
+    order = [current] + [o for o in plan.order if o is not current]
+    return policy.Plan(plan.options, order, REASON_CODE, reason)
+
+
+def next_model(registry: Registry, session: Session | None, planned: str, served: str) -> str:
+    """The model the session continues on after a turn: the one that answered when no weaker a tier (an
+    escalation or a harder turn moves the session up); a weaker one only when the session's model, planned
+    first, did not answer (it failed: the session is no longer healthy on it)."""
+    if session is None or session.model == served:
+        return served
+    old, new = registry.get(session.model), registry.get(served)
+    if old is None or new is None or registry.tier_rank(new) >= registry.tier_rank(old):
+        return served
+    return served if planned == session.model else session.model
+
+
+class Sessions:
+    def __init__(self, backend: Cache, ttl_s: int) -> None:
+        self.backend = backend
+        self.ttl_s = ttl_s  # 0 disables affinity
+
+    async def get(self, tenant: str, request: router_pb2.CompleteRequest) -> Session | None:
+        """The request's session, when it names one and routes automatically; None for a new session."""
+        if not self.ttl_s or not request.session_id or request.model not in ("", "auto"):
+            return None
+        raw = await self.backend.get(session_key(tenant, request.session_id))
+        if raw is None:
+            return None
+        try:
+            fields = json.loads(raw)
+            return Session(
+                fields["model"],
+                int(fields["turns"]),
+                int(fields["input_tokens"]),
+                int(fields["output_tokens"]),
+                Decimal(fields["cost_usd"]),
+            )
+        except (ValueError, KeyError, TypeError):
+            log.warning("unreadable session record; starting the session afresh")
+            return None
+
+    async def record(
+        self,
+        tenant: str,
+        request: router_pb2.CompleteRequest,
+        session: Session | None,
+        planned: str,
+        response: router_pb2.CompleteResponse,
+        registry: Registry,
+    ) -> None:
+        """Count the turn and keep the model the session continues on. Best effort, like the cache: a lost
+        write costs affinity, never money. Concurrent turns of one session: the last one written wins."""
+        if not self.ttl_s or not request.session_id or request.model not in ("", "auto"):
+            return
+        before = session or Session(response.model)
+        after = dataclasses.replace(
+            before,
+            model=next_model(registry, session, planned, response.model),
+            turns=before.turns + 1,
+            input_tokens=before.input_tokens + response.usage.input_tokens,
+            output_tokens=before.output_tokens + response.usage.output_tokens,
+            cost_usd=before.cost_usd + Decimal(response.cost_usd or "0"),
+        )
+        value = json.dumps({**dataclasses.asdict(after), "cost_usd": format(after.cost_usd, "f")})
+        await self.backend.set(session_key(tenant, request.session_id), value.encode(), self.ttl_s)

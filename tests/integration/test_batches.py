@@ -1,0 +1,249 @@
+"""Batches through the official SDK: a 1,000-line file runs line by line through the router (its policy,
+budgets and ledger), survives a router restart and an edge restart halfway, and what its output lines cost
+equals the ledger's and the tenant's spend."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import uuid
+from collections.abc import AsyncIterator
+from decimal import Decimal
+
+import grpc
+import pytest
+import redis.asyncio as redis
+from openai import AsyncOpenAI, BadRequestError, NotFoundError
+
+from llmrouter.errors import ServiceError
+from llmrouter.server import RunningServer
+from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
+from services.edge.keys import key_line
+from services.edge.settings import EdgeSettings
+from services.router.store import LEDGER, Account, key_id, period_id, to_pico
+from tests.integration.conftest import Chain, free_port, start_edge
+from tests.integration.test_policy_in_chain import extra_router
+
+LINES = 1000
+
+
+@pytest.fixture
+async def batch_stack(chain: Chain) -> AsyncIterator[tuple[Chain, str, str, EdgeSettings]]:
+    """(chain, tenant, key, edge settings): a router and an edge of their own, which the test restarts."""
+    tenant, key = f"batcher-{secrets.token_hex(4)}", f"sk-batch-{secrets.token_urlsafe(12)}"
+    router_port = free_port()
+    settings = EdgeSettings(
+        port=free_port(),
+        router_addr=f"127.0.0.1:{router_port}",
+        request_timeout_s=30,
+        api_keys=key_line(tenant, key),
+        batch_redis_url=chain.redis_url,
+        batch_concurrency=8,
+    )
+    chain.budget.latency = 0.03  # slow enough that "halfway" is seen
+    try:
+        yield chain, tenant, key, settings
+    finally:
+        chain.budget.latency = 0.0
+
+
+async def start_router(chain: Chain, port: int) -> RunningServer:
+    return await extra_router(chain, port=port, redis_url=chain.redis_url)
+
+
+def batch_file() -> bytes:
+    lines = []
+    for i in range(LINES):
+        body: dict = {"messages": [{"role": "user", "content": f"line {i}: {uuid.uuid4().hex}"}], "max_tokens": 40}
+        # Most lines name the cheap model; every tenth is routed by the policy (the classifier) like any request.
+        body.update({"model": "auto", "quality_target": 0} if i % 10 == 0 else {"model": "cheap-model"})
+        lines.append(
+            json.dumps({"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions", "body": body})
+        )
+    return ("\n".join(lines) + "\n").encode()
+
+
+async def wait_for(client: AsyncOpenAI, batch_id: str, done: int, timeout_s: float = 240) -> int:
+    """Polls the batch until at least `done` lines finished; returns how many had."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while loop.time() < deadline:
+        batch = await client.batches.retrieve(batch_id)
+        finished = batch.request_counts.completed + batch.request_counts.failed if batch.request_counts else 0
+        if finished >= done:
+            return finished
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"batch {batch_id} did not reach {done} lines in {timeout_s} s")
+
+
+async def test_a_thousand_line_batch_survives_restarts_and_costs_what_the_ledger_says(
+    batch_stack: tuple[Chain, str, str, EdgeSettings],
+) -> None:
+    chain, tenant, key, settings = batch_stack
+    router_port = int(settings.router_addr.rsplit(":", 1)[1])
+    router = await start_router(chain, router_port)
+    edge, task, channel = await start_edge(settings)
+    client = AsyncOpenAI(base_url=f"http://127.0.0.1:{settings.port}/v1", api_key=key, max_retries=5)
+    try:
+        content = batch_file()
+        uploaded = await client.files.create(file=("prompts.jsonl", content), purpose="batch")
+        assert uploaded.purpose == "batch" and uploaded.bytes == len(content)
+        batch = await client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        assert batch.status in ("validating", "in_progress") and batch.request_counts.total == LINES
+
+        # The router restarts a third of the way through: lines not admitted meanwhile wait and are sent again.
+        assert await wait_for(client, batch.id, LINES // 3) < LINES
+        await router.stop(10)
+        await asyncio.sleep(0.5)
+        router = await start_router(chain, router_port)
+
+        # The edge running the batch restarts past halfway: the next one resumes from Redis.
+        assert await wait_for(client, batch.id, LINES * 2 // 3) < LINES
+        edge.should_exit = True
+        await task
+        await channel.close()
+        edge, task, channel = await start_edge(settings)
+
+        await wait_for(client, batch.id, LINES)
+        for _ in range(200):
+            batch = await client.batches.retrieve(batch.id)
+            if batch.status == "completed":
+                break
+            await asyncio.sleep(0.05)
+        assert batch.status == "completed", batch
+        assert batch.request_counts.completed == LINES and batch.request_counts.failed == 0
+        assert batch.error_file_id is None and batch.output_file_id
+        output = (await client.files.content(batch.output_file_id)).text.splitlines()
+    finally:
+        await client.close()
+        edge.should_exit = True
+        await task
+        await channel.close()
+        await router.stop(5)
+
+    lines = [json.loads(line) for line in output]
+    assert [line["custom_id"] for line in lines] == [f"req-{i}" for i in range(LINES)]  # input order
+    assert all(line["response"]["status_code"] == 200 for line in lines)
+    costs = {
+        line["response"]["request_id"]: Decimal(line["response"]["body"]["x_router"]["cost_usd"]) for line in lines
+    }
+    assert set(costs) == {f"{batch.id}:req-{i}" for i in range(LINES)}  # the custom_id in the request id
+
+    db = redis.from_url(chain.redis_url)
+    try:
+        ledger = [r for _, e in await db.xrange(LEDGER) if (r := json.loads(e[b"record"]))["tenant"] == tenant]
+        spend = int(await db.get(Account(tenant, key_id(key)).spend_keys(period_id("day"))[0]) or 0)
+    finally:
+        await db.aclose()
+    charged = {r["request_id"]: Decimal(r["cost_usd"]) for r in ledger}
+    assert len(ledger) == LINES and charged == costs  # each line charged once, at the cost it reported
+    assert all(r["key"] == key_id(key) for r in ledger)  # the key's budget, though the edge keeps no raw key
+    assert spend == sum(to_pico(c) for c in costs.values())
+
+
+async def test_batch_files_and_batches_are_per_tenant_and_bad_files_are_refused(chain: Chain) -> None:
+    keys = {role: (f"{role}-{secrets.token_hex(4)}", f"sk-{role}-{secrets.token_urlsafe(12)}") for role in "ab"}
+    settings = EdgeSettings(
+        port=free_port(),
+        router_addr=chain.router_addr,
+        api_keys=",".join(key_line(t, k) for t, k in keys.values()),
+        batch_redis_url=chain.redis_url,
+    )
+    edge, task, channel = await start_edge(settings)
+    owner = AsyncOpenAI(base_url=f"http://127.0.0.1:{settings.port}/v1", api_key=keys["a"][1], max_retries=0)
+    other = AsyncOpenAI(base_url=f"http://127.0.0.1:{settings.port}/v1", api_key=keys["b"][1], max_retries=0)
+    try:
+        line = {"custom_id": "x", "method": "POST", "url": "/v1/chat/completions", "body": {"messages": []}}
+        uploaded = await owner.files.create(file=("one.jsonl", json.dumps(line).encode()), purpose="batch")
+        with pytest.raises(NotFoundError):
+            await other.files.content(uploaded.id)
+        with pytest.raises(NotFoundError):
+            await other.batches.create(
+                input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+            )
+        with pytest.raises(BadRequestError) as err:
+            await owner.files.create(file=("bad.jsonl", b'{"custom_id": "x"}\n'), purpose="batch")
+        assert "line 1" in err.value.message
+        with pytest.raises(BadRequestError) as err:
+            await owner.files.create(file=("twice.jsonl", ((json.dumps(line) + "\n") * 2).encode()), purpose="batch")
+        assert "repeats custom_id" in err.value.message
+        batch = await owner.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        with pytest.raises(NotFoundError):
+            await other.batches.retrieve(batch.id)
+        # The line itself is invalid (no messages): it lands in the error file with the 400 it would get alone.
+        for _ in range(200):
+            batch = await owner.batches.retrieve(batch.id)
+            if batch.status == "completed":
+                break
+            await asyncio.sleep(0.05)
+        assert batch.status == "completed" and batch.request_counts.failed == 1 and batch.error_file_id
+        error = json.loads((await owner.files.content(batch.error_file_id)).text)
+        assert error["custom_id"] == "x" and error["response"]["status_code"] == 400
+    finally:
+        await owner.close()
+        await other.close()
+        edge.should_exit = True
+        await task
+        await channel.close()
+
+
+async def test_the_router_refuses_a_malformed_key_id(chain: Chain) -> None:
+    request = router_pb2.CompleteRequest(
+        messages=[common_pb2.ChatMessage(role="user", content="hi")], tenant="t", api_key_id="llmrouter:limit:x"
+    )
+    async with grpc.aio.insecure_channel(chain.router_addr) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await router_pb2_grpc.RouterStub(channel).Complete(request, timeout=20)
+    error = ServiceError.from_rpc_error(err.value)
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT and error.metadata == {"field": "api_key_id"}
+
+
+async def test_a_cancelled_batch_sends_no_more_lines_and_charges_only_those_it_answered(chain: Chain) -> None:
+    tenant, key = f"canceller-{secrets.token_hex(4)}", f"sk-cancel-{secrets.token_urlsafe(12)}"
+    settings = EdgeSettings(
+        port=free_port(),
+        router_addr=chain.router_addr,
+        api_keys=key_line(tenant, key),
+        batch_redis_url=chain.redis_url,
+        batch_concurrency=2,
+    )
+    chain.budget.latency = 0.05
+    edge, task, channel = await start_edge(settings)
+    client = AsyncOpenAI(base_url=f"http://127.0.0.1:{settings.port}/v1", api_key=key, max_retries=0)
+    try:
+        uploaded = await client.files.create(file=("many.jsonl", batch_file()), purpose="batch")
+        batch = await client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        await wait_for(client, batch.id, 10)
+        cancelling = await client.batches.cancel(batch.id)
+        assert cancelling.status in ("cancelling", "cancelled") and cancelling.cancelling_at
+        for _ in range(200):
+            batch = await client.batches.retrieve(batch.id)
+            if batch.status == "cancelled":
+                break
+            await asyncio.sleep(0.05)
+        assert batch.status == "cancelled" and batch.cancelled_at and batch.output_file_id
+        counts = batch.request_counts
+        assert counts is not None and 10 <= counts.completed < LINES
+        output = (await client.files.content(batch.output_file_id)).text.splitlines()
+    finally:
+        chain.budget.latency = 0.0
+        await client.close()
+        edge.should_exit = True
+        await task
+        await channel.close()
+    assert len(output) == counts.completed
+    db = redis.from_url(chain.redis_url)
+    try:
+        ledger = [r for _, e in await db.xrange(LEDGER) if (r := json.loads(e[b"record"]))["tenant"] == tenant]
+    finally:
+        await db.aclose()
+    assert sorted(r["request_id"] for r in ledger) == sorted(
+        json.loads(line)["response"]["request_id"] for line in output
+    )
