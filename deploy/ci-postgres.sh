@@ -16,7 +16,8 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
 fi
-bin=$(dirname "$(ls -d /usr/lib/postgresql/*/bin/initdb | sort -V | tail -1)")
+initdbs=(/usr/lib/postgresql/*/bin/initdb)  # one per installed major version; the glob sorts them, newest last
+bin=$(dirname "${initdbs[-1]}")
 data=${PGDATA_CI:-/tmp/llmrouter-ci-postgres}
 run_as=(); [[ $(id -u) == 0 ]] && run_as=(runuser -u postgres --)
 if [[ ! -f $data/PG_VERSION ]]; then
