@@ -34,6 +34,9 @@ FALLBACK_CODES = {
 }
 # Failures after which the upstream may have generated (and billed) anything up to the attempt's worst case.
 UNKNOWN_OUTCOME = {grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
+# A fallback with less of the caller's deadline left than this would time out before reaching its upstream,
+# and be charged its worst case as an unknown outcome all the same: none is made.
+MIN_FALLBACK_S = 0.1
 
 
 @dataclass
@@ -88,7 +91,8 @@ class Serving:
                     timeout=context.time_remaining(),
                 )
             except grpc.RpcError as err:
-                await self._after_failed_attempt(routed, ServiceError.from_rpc_error(err), index)
+                error = ServiceError.from_rpc_error(err)
+                await self._after_failed_attempt(routed, error, index, context.time_remaining())
                 continue
             served = Served(option.model)
             served.add(reply, option.model)
@@ -154,18 +158,23 @@ class Serving:
                 error = ServiceError.from_rpc_error(err)
                 if stream.parts:
                     raise error from None
-                await self._after_failed_attempt(routed, error, index)
+                await self._after_failed_attempt(routed, error, index, context.time_remaining())
                 continue
             finally:
                 call.cancel()
             raise ServiceError(grpc.StatusCode.INTERNAL, "UPSTREAM_ERROR", "provider stream ended without usage")
 
-    async def _after_failed_attempt(self, routed: Routed, error: ServiceError, index: int) -> None:
-        """Owe what the failed attempt cost, then fall back to the next model only if it is worth it and the
-        hold can grow to cover what is owed plus the next attempt's worst case; else raise."""
+    async def _after_failed_attempt(
+        self, routed: Routed, error: ServiceError, index: int, time_left: float | None
+    ) -> None:
+        """Owe what the failed attempt cost, then fall back to the next model only if it is worth it, the
+        caller's deadline leaves time for it, and the hold can grow to cover what is owed plus the next
+        attempt's worst case; else raise."""
         order = routed.plan.order
         routed.owed += attempt_cost(error, worst_usd(routed, order[index].model))
         if error.code not in FALLBACK_CODES or index + 1 >= len(order):
+            raise error
+        if time_left is not None and time_left < MIN_FALLBACK_S:
             raise error
         following = order[index + 1].model
         if not await self.admission.cover(routed, to_pico(worst_usd(routed, following))):

@@ -154,3 +154,26 @@ async def test_a_fallback_the_budget_cannot_cover_is_refused(
     assert len(chain.premium.requests) == premium_calls  # no fallback was tried
     (record,) = await ledger_of(chain, tenant)
     assert record["outcome"] == "failed" and Decimal(record["cost_usd"]) == cheap <= budget
+
+
+async def test_a_fallback_after_the_callers_deadline_is_neither_tried_nor_charged(slow_upstreams: Chain) -> None:
+    """The cheap attempt times out at the caller's own deadline: no time is left for a fallback, so none is
+    made. (Once the strong model was 'tried' with no time left, refused before anything reached its upstream,
+    and its worst case charged as an unknown outcome on top of the cheap attempt's.)"""
+    chain, tenant = slow_upstreams, f"late-{uuid.uuid4().hex[:8]}"
+    request = ask(tenant)
+    router = await extra_router(chain, redis_url=chain.redis_url)
+    chain.budget.latency = 5.0
+    premium_calls = len(chain.premium.requests)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{router.port}") as channel:
+            stub = router_pb2_grpc.RouterStub(channel)
+            decision = await stub.Decide(request, timeout=20)
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                await stub.Complete(request, timeout=1.5)
+    finally:
+        await router.stop(3)
+    assert failed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    (record,) = await ledger_of(chain, tenant)
+    assert len(chain.premium.requests) == premium_calls
+    assert record["outcome"] == "failed" and Decimal(record["cost_usd"]) == estimate(decision, "cheap-model")
