@@ -2,7 +2,7 @@
 doubts the answer) against the one-shot router (choose from the prompt alone) and random, on held-out tasks.
 
 Leave-one-task-out: for every task (arena-bench-v1, MMLU-Pro's non-MMLU sources, its MMLU questions by
-category) the verifier is trained without it and scores its answers; the one-shot router is a prompt-only
+field) the verifier is trained without it and scores its answers; the one-shot router is a prompt-only
 logistic pair (P(strong good) - P(weak good)) trained on the same folds, except on arena-bench-v1, the only task
 with those models' ratings, where it is the shipped classifier (never trained on arena-bench-v1). Scores are
 pooled over held-out tasks per pair, then swept over deciles (RouteLLM's recipe, evaluation/metrics.py).
@@ -142,21 +142,20 @@ def loto_router(answers: Answers, prompt_emb: np.ndarray, pair: Pair, ids: list[
     rows = np.array([index[p] for p in ids])
     tasks = answers.prompt_tasks[rows]
     x = prompt_emb[rows]
-    labels = {m: np.array([answers.outcomes[p][m] for p in ids]) for m in (pair.strong, pair.weak)}
-    scores = np.zeros(len(ids))
-    for task in sorted(set(tasks.tolist())):
-        held = tasks == task
-        p = {}
-        for model, y in labels.items():
-            clf = LogisticRegression(C=1.0, max_iter=2000).fit(x[~held], y[~held].astype(int))
-            p[model] = clf.predict_proba(x[held])[:, 1]
-        scores[held] = p[pair.strong] - p[pair.weak]
-    return scores
+    predicted = np.zeros((len(ids), 2))
+    for column, model in enumerate((pair.strong, pair.weak)):
+        y = np.array([answers.outcomes[p][model] for p in ids]).astype(int)
+        for task in sorted(set(tasks.tolist())):
+            held = tasks == task
+            clf = LogisticRegression(C=1.0, max_iter=2000).fit(x[~held], y[~held])
+            predicted[held, column] = clf.predict_proba(x[held])[:, 1]
+    return predicted[:, 0] - predicted[:, 1]
 
 
 def evaluate_pair(
     pair: Pair, answers: Answers, verifier: np.ndarray, router: np.ndarray, ids: list[str], cost: dict
 ) -> list[Line]:
+    """`verifier`: P(good) per answer row; `router`: the one-shot router's score per id (higher: strong)."""
     row_of = {
         (answers.prompt_ids[p], m): r for r, (p, m) in enumerate(zip(answers.prompt_of, answers.models, strict=True))
     }
@@ -221,9 +220,8 @@ def run(cache_dir: Path, classifier_dir: Path, ablation: bool, mmlu_pro_sample: 
             and all(m in answers.outcomes[pid] and (pid, m) in cost for m in (pair.strong, pair.weak))
         ]
         if pair.file == ARENA_FILE:
-            router = arena.scores(
-                [answers.prompt_texts[answers.prompt_ids.index(p)] for p in ids], pair.strong, pair.weak
-            )
+            prompts = [answers.prompt_texts[answers.prompt_ids.index(p)] for p in ids]
+            router = arena.scores(prompts, pair.strong, pair.weak)
         else:
             router = loto_router(answers, prompt_emb, pair, ids)
         lines = evaluate_pair(pair, answers, verifiers[DEFAULT_BLOCKS], router, ids, cost)

@@ -3,7 +3,7 @@ joined with their outcome files by (prompt_id, model), each tagged with its leav
 
 - arena-bench-v1: every model's answer, good = the GPT-4 judge's 1-10 rating mapped to [0, 1]; one task.
 - MMLU-Pro: the cheap models' chains of thought, good = the extracted letter is right. Tasks: its non-MMLU
-  sources (stemez, theoremQA, scibench), and its MMLU questions by MMLU-Pro category (a field never seen).
+  sources (stemez, theoremQA, scibench), and its MMLU questions by field (four groups of its categories).
   A fixed sample of questions keeps the first build's embedding time in minutes on two shared cores."""
 
 from __future__ import annotations
@@ -42,9 +42,28 @@ class Answers:
         return self.prompt_tasks[self.prompt_of]
 
 
+# MMLU-Pro's MMLU questions held out by field: its categories in four groups of related subjects.
+MMLU_FIELDS = {
+    "math": "stem",
+    "physics": "stem",
+    "chemistry": "stem",
+    "computer science": "stem",
+    "engineering": "stem",
+    "health": "life",
+    "biology": "life",
+    "psychology": "life",
+    "economics": "social",
+    "business": "social",
+    "law": "social",
+    "philosophy": "humanities",
+    "history": "humanities",
+    "other": "humanities",
+}
+
+
 def mmlu_pro_task(src: str, category: str) -> str:
     kind, _, _ = src.partition("-")
-    return f"mmlu_pro-mmlu-{category.replace(' ', '_')}" if kind == "ori_mmlu" else f"mmlu_pro-{kind}"
+    return f"mmlu_pro-mmlu-{MMLU_FIELDS[category]}" if kind == "ori_mmlu" else f"mmlu_pro-{kind}"
 
 
 def load_answers(
