@@ -112,7 +112,7 @@ def _crossing(x: np.ndarray, y: np.ndarray, target: float) -> float:
     return float("nan")
 
 
-def _costs(directory: Path, file: str, models: set[str]) -> dict[tuple[str, str], float]:
+def answer_costs(directory: Path, file: str, models: set[str]) -> dict[tuple[str, str], float]:
     """(prompt_id, model) -> USD for the stored prompt in and that model's answer out (chars / 4 tokens)."""
     out = {}
     for row in read_jsonl(directory / file):
@@ -152,13 +152,18 @@ def loto_router(answers: Answers, prompt_emb: np.ndarray, pair: Pair, ids: list[
     return predicted[:, 0] - predicted[:, 1]
 
 
+def row_index(answers: Answers) -> dict[tuple[str, str], int]:
+    """(prompt_id, model) -> answer row."""
+    return {
+        (answers.prompt_ids[p], m): r for r, (p, m) in enumerate(zip(answers.prompt_of, answers.models, strict=True))
+    }
+
+
 def evaluate_pair(
     pair: Pair, answers: Answers, verifier: np.ndarray, router: np.ndarray, ids: list[str], cost: dict
 ) -> list[Line]:
     """`verifier`: P(good) per answer row; `router`: the one-shot router's score per id (higher: strong)."""
-    row_of = {
-        (answers.prompt_ids[p], m): r for r, (p, m) in enumerate(zip(answers.prompt_of, answers.models, strict=True))
-    }
+    row_of = row_index(answers)
     weak_rows = np.array([row_of[(p, pair.weak)] for p in ids])
     strong = np.array([answers.outcomes[p][pair.strong] for p in ids])
     weak = np.array([answers.outcomes[p][pair.weak] for p in ids])
@@ -204,8 +209,8 @@ def run(cache_dir: Path, classifier_dir: Path, ablation: bool, mmlu_pro_sample: 
     prompt_emb = np.zeros((len(answers.prompt_texts), encoded.prompt.shape[1]), np.float32)
     prompt_emb[answers.prompt_of] = encoded.prompt
     cost = {
-        **_costs(directory, ARENA_FILE, {p.strong for p in PAIRS} | {p.weak for p in PAIRS}),
-        **_costs(directory, MMLU_PRO_FILE, set(PRICES)),
+        **answer_costs(directory, ARENA_FILE, {p.strong for p in PAIRS} | {p.weak for p in PAIRS}),
+        **answer_costs(directory, MMLU_PRO_FILE, set(PRICES)),
     }
     variants = ABLATIONS if ablation else (DEFAULT_BLOCKS,)
     verifiers = {blocks: loto_verifier(answers, encoded, blocks) for blocks in variants}
@@ -228,6 +233,10 @@ def run(cache_dir: Path, classifier_dir: Path, ablation: bool, mmlu_pro_sample: 
         strong_usd = sum(cost[(p, pair.strong)] for p in ids)
         print(f"\n{pair.name}: {len(ids)} held-out prompts, the strong model alone costs ${strong_usd:.3f}")
         print(table(lines))
+        weak_good = verifiers[DEFAULT_BLOCKS][[row_index(answers)[(p, pair.weak)] for p in ids]]
+        if lines[0].escalated == lines[0].escalated:  # reached 95%: the P(good) below which it escalated
+            below = float(np.quantile(weak_good, lines[0].escalated))
+            print(f"cascade reaches 95% escalating answers with P(good) < {below:.2f}")
         if ablation:
             for blocks in variants:
                 line = evaluate_pair(pair, answers, verifiers[blocks], router, ids, cost)[0]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from evaluation.cascade import MMLU_PRO_FILE, PAIRS, _costs, evaluate_pair
+from evaluation.cascade import MMLU_PRO_FILE, PAIRS, answer_costs, evaluate_pair, row_index
 from services.classifier.training.data import data_dir
 from services.verifier.training.data import Answers
 
@@ -14,11 +14,8 @@ from services.verifier.training.data import Answers
 def test_cascade_costs_and_quality_on_real_mmlu_pro_outcomes(small_answers: Answers) -> None:
     pair = next(p for p in PAIRS if p.file == MMLU_PRO_FILE)
     ids = [pid for pid in small_answers.prompt_ids if pair.strong in small_answers.outcomes[pid]]
-    cost = _costs(data_dir(), MMLU_PRO_FILE, {pair.strong, pair.weak})
-    row_of = {
-        (small_answers.prompt_ids[p], m): r
-        for r, (p, m) in enumerate(zip(small_answers.prompt_of, small_answers.models, strict=True))
-    }
+    cost = answer_costs(data_dir(), MMLU_PRO_FILE, {pair.strong, pair.weak})
+    row_of = row_index(small_answers)
     # An oracle verifier: P(good) is the cheap answer's real outcome. The one-shot router gets the same order.
     oracle = small_answers.labels.copy()
     weak_right = np.array([oracle[row_of[(p, pair.weak)]] for p in ids])
