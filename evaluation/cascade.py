@@ -63,6 +63,8 @@ class Pair:
 
 
 MIXTRAL, MISTRAL, LLAMA8 = "mistralai/mixtral-8x7b-chat", "mistralai/mistral-7b-chat", "Meta-Llama-3_1-8B-Instruct"
+# The other cheap model asked for a second opinion (agreement between cheap models, MMLU-Pro only).
+SECOND_OPINION = {MIXTRAL: LLAMA8, MISTRAL: LLAMA8, LLAMA8: MIXTRAL}
 PAIRS = (
     Pair("arena-bench-v1: mixtral-8x7b -> gpt-4-1106", ARENA_FILE, "gpt-4-1106-preview", MIXTRAL),
     *(
@@ -124,6 +126,15 @@ def answer_costs(directory: Path, file: str, models: set[str]) -> dict[tuple[str
     return out
 
 
+def final_letters(directory: Path) -> dict[tuple[str, str], str | None]:
+    """(prompt_id, model) -> the MMLU-Pro letter read from that model's answer (None: none stated)."""
+    return {
+        (row["prompt_id"], row["model"]): row["pred"]
+        for row in read_jsonl(directory / MMLU_PRO_FILE)
+        if row["model"] in SECOND_OPINION
+    }
+
+
 def loto_verifier(answers: Answers, encoded: Encoded, blocks: tuple[str, ...], c: float = 1.0) -> np.ndarray:
     """P(good) per answer row, each from a verifier trained without that row's task."""
     tasks = answers.tasks
@@ -160,9 +171,16 @@ def row_index(answers: Answers) -> dict[tuple[str, str], int]:
 
 
 def evaluate_pair(
-    pair: Pair, answers: Answers, verifier: np.ndarray, router: np.ndarray, ids: list[str], cost: dict
+    pair: Pair,
+    answers: Answers,
+    verifier: np.ndarray,
+    router: np.ndarray,
+    ids: list[str],
+    cost: dict,
+    agreement: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> list[Line]:
-    """`verifier`: P(good) per answer row; `router`: the one-shot router's score per id (higher: strong)."""
+    """`verifier`: P(good) per answer row; `router`: the one-shot router's score per id (higher: strong);
+    `agreement`: whether a second cheap model gave the same final answer, and what it cost, per id."""
     row_of = row_index(answers)
     weak_rows = np.array([row_of[(p, pair.weak)] for p in ids])
     strong = np.array([answers.outcomes[p][pair.strong] for p in ids])
@@ -179,8 +197,15 @@ def evaluate_pair(
         return routing_curve(scores, strong, weak, strong_cost + weak_cost, weak_cost)
 
     randoms = [random_scores(len(ids), s) for s in range(RANDOM_SEEDS)]
+    extra = []
+    if agreement is not None:  # escalate disagreements first, then by the verifier's doubt; both cheap paid
+        agree, second_cost = agreement
+        both = weak_cost + second_cost
+        curve = routing_curve((1.0 - agree) + 0.5 * (1.0 - verifier[weak_rows]), strong, weak, strong_cost + both, both)
+        extra.append(_line("cascade (2 cheap agree)", [curve], baseline))
     return [
         _line("cascade (verifier)", [cascade(1.0 - verifier[weak_rows])], baseline),
+        *extra,
         _line("one-shot router", [one_shot(router)], baseline),
         _line("one-shot length", [one_shot(length_scores(prompts))], baseline),
         _line(f"one-shot random ({RANDOM_SEEDS})", [one_shot(r) for r in randoms], baseline),
@@ -212,6 +237,7 @@ def run(cache_dir: Path, classifier_dir: Path, ablation: bool, mmlu_pro_sample: 
         **answer_costs(directory, ARENA_FILE, {p.strong for p in PAIRS} | {p.weak for p in PAIRS}),
         **answer_costs(directory, MMLU_PRO_FILE, set(PRICES)),
     }
+    letters = final_letters(directory)
     variants = ABLATIONS if ablation else (DEFAULT_BLOCKS,)
     verifiers = {blocks: loto_verifier(answers, encoded, blocks) for blocks in variants}
     arena = LearnedRouter(classifier_dir)
@@ -229,7 +255,14 @@ def run(cache_dir: Path, classifier_dir: Path, ablation: bool, mmlu_pro_sample: 
             router = arena.scores(prompts, pair.strong, pair.weak)
         else:
             router = loto_router(answers, prompt_emb, pair, ids)
-        lines = evaluate_pair(pair, answers, verifiers[DEFAULT_BLOCKS], router, ids, cost)
+        agreement = None
+        if pair.file == MMLU_PRO_FILE:
+            second = SECOND_OPINION[pair.weak]
+            agree = [
+                letters[(p, pair.weak)] is not None and letters[(p, pair.weak)] == letters[(p, second)] for p in ids
+            ]
+            agreement = (np.array(agree, dtype=float), np.array([cost[(p, second)] for p in ids]))
+        lines = evaluate_pair(pair, answers, verifiers[DEFAULT_BLOCKS], router, ids, cost, agreement)
         strong_usd = sum(cost[(p, pair.strong)] for p in ids)
         print(f"\n{pair.name}: {len(ids)} held-out prompts, the strong model alone costs ${strong_usd:.3f}")
         print(table(lines))
