@@ -4,7 +4,8 @@ doubts the answer) against the one-shot router (choose from the prompt alone) an
 Leave-one-task-out: for every task (arena-bench-v1, MMLU-Pro's non-MMLU sources, its MMLU questions by
 field) the verifier is trained without it and scores its answers; the one-shot router is a prompt-only
 logistic pair (P(strong good) - P(weak good)) trained on the same folds, except on arena-bench-v1, the only task
-with those models' ratings, where it is the shipped classifier (never trained on arena-bench-v1). Scores are
+with those models' ratings, where it is the classifier in --classifier (held out only if it was not trained on
+arena-bench-v1, as the RouterBench + MMLU one of version edcc947f166e67fc was; the table says which). Scores are
 pooled over held-out tasks per pair, then swept over deciles (RouteLLM's recipe, evaluation/metrics.py).
 
 Cost: tokens estimated as characters / 4 (the stored prompt in, each model's own answer out) at list prices.
@@ -214,12 +215,13 @@ def evaluate_pair(
 
 
 def table(lines: list[Line]) -> str:
-    head = f"{'':<24}{'APGR':>7}" + "".join(f"{f'CPT({t:.0%})':>10}" for t in CPT_TARGETS)
+    width = max(24, *(len(line.name) + 2 for line in lines))
+    head = f"{'':<{width}}{'APGR':>7}" + "".join(f"{f'CPT({t:.0%})':>10}" for t in CPT_TARGETS)
     head += f"{'strong% @95%':>14}{'saved @95%':>12}{'saved $':>10}"
     rows = [head, "-" * len(head)]
     for line in lines:
         rows.append(
-            f"{line.name:<24}{line.apgr:>7.3f}"
+            f"{line.name:<{width}}{line.apgr:>7.3f}"
             + "".join(f"{line.cpt[t]:>10.1%}" for t in CPT_TARGETS)
             + f"{line.escalated:>14.1%}{line.saved:>12.1%}{line.saved_usd:>10.3f}"
         )
@@ -241,6 +243,9 @@ def run(cache_dir: Path, classifier_dir: Path, ablation: bool, mmlu_pro_sample: 
     variants = ABLATIONS if ablation else (DEFAULT_BLOCKS,)
     verifiers = {blocks: loto_verifier(answers, encoded, blocks) for blocks in variants}
     arena = LearnedRouter(classifier_dir)
+    # The shipped classifier may have been trained on arena-bench-v1: then its line is not a held-out figure.
+    arena_seen = ARENA_FILE in arena.model.metadata.raw.get("training_data", {}).get("file_sha256", {})
+    arena_router = f"one-shot router ({'trained on it' if arena_seen else 'held out'}, {arena.model.version})"
     n_tasks = len(set(answers.prompt_tasks.tolist()))
     print(f"{len(answers.texts)} judged answers on {len(answers.prompt_texts)} prompts, {n_tasks} held-out tasks")
     for pair in PAIRS:
@@ -263,6 +268,8 @@ def run(cache_dir: Path, classifier_dir: Path, ablation: bool, mmlu_pro_sample: 
             ]
             agreement = (np.array(agree, dtype=float), np.array([cost[(p, second)] for p in ids]))
         lines = evaluate_pair(pair, answers, verifiers[DEFAULT_BLOCKS], router, ids, cost, agreement)
+        if pair.file == ARENA_FILE:
+            next(line for line in lines if line.name == "one-shot router").name = arena_router
         strong_usd = sum(cost[(p, pair.strong)] for p in ids)
         print(f"\n{pair.name}: {len(ids)} held-out prompts, the strong model alone costs ${strong_usd:.3f}")
         print(table(lines))

@@ -13,7 +13,7 @@ from llmrouter.v1 import classifier_pb2_grpc
 from services.classifier import build
 from services.classifier.model import MODEL_FILE
 from services.classifier.settings import DEFAULT_MODEL_DIR, DEFAULT_VERIFIER_DIR, ClassifierSettings
-from services.classifier.training.data import load_training_data
+from services.classifier.training.corpus import load_corpus
 from services.classifier.training.pipeline import train as train_classifier
 from services.verifier.training.data import Answers, load_answers
 from services.verifier.training.pipeline import train
@@ -54,7 +54,7 @@ def classifier_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if (DEFAULT_MODEL_DIR / MODEL_FILE).is_file():
         return DEFAULT_MODEL_DIR
     out = tmp_path_factory.mktemp("classifier")
-    train_classifier(out, load_training_data(), sample_prompts=100)
+    train_classifier(out, load_corpus(), seed=0, sample_prompts=100)
     return out
 
 
