@@ -5,7 +5,7 @@
 # Model artefacts are NOT built here. Training the classifier needs the routing data set (kept outside the
 # repository, in ../shared/data/routing) and the heavy `build` extras (torch, transformers), none of which the
 # serving image should carry. Build them once on the build host, then copy them in from the build context:
-#   make artefacts                          # -> artefacts/classifier, artefacts/smollm2
+#   make artefacts                          # -> artefacts/classifier, artefacts/verifier, artefacts/smollm2
 #   docker build -t llm-cost-router .       # or --build-arg ARTEFACTS=<another dir in the context>
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 # checkov:skip=CKV_DOCKER_7: the base image is the PYTHON_IMAGE build arg above, pinned to a version tag
@@ -35,6 +35,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     ROUTER_REGISTRY_PATH=/app/config/models.yaml \
     PROVIDERS_REGISTRY_PATH=/app/config/models.yaml \
     CLASSIFIER_MODEL_DIR=/app/artefacts/classifier \
+    CLASSIFIER_VERIFIER_DIR=/app/artefacts/verifier \
     PROVIDERS_LOCAL_MODEL_DIR=/app/artefacts/smollm2
 RUN groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid app --home-dir /app --shell /usr/sbin/nologin app
@@ -42,6 +43,7 @@ WORKDIR /app
 COPY --from=build /opt/venv /opt/venv
 COPY config/models.yaml config/models.yaml
 COPY ${ARTEFACTS}/classifier artefacts/classifier
+COPY ${ARTEFACTS}/verifier artefacts/verifier
 COPY ${ARTEFACTS}/smollm2 artefacts/smollm2
 USER 10001:10001
 EXPOSE 8080 50051 50052 50053 9101 9102 9103 9104

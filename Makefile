@@ -7,8 +7,8 @@ ART ?= artefacts
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup artefacts run test test-slow lint fmt protos check-protos train-classifier local-model \
-        calibrate score evaluate evaluate-mmlu-cv evaluate-multitier bench loadtest lint-deploy clean
+.PHONY: setup artefacts run test test-slow lint fmt protos check-protos train-classifier train-verifier local-model \
+        calibrate score evaluate evaluate-mmlu-cv evaluate-multitier evaluate-cascade bench loadtest lint-deploy clean
 
 # --- set-up -----------------------------------------------------------------------------------------------
 $(VENV)/.installed: pyproject.toml
@@ -21,13 +21,17 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed artefacts
 
-artefacts: $(ART)/classifier/model.onnx $(ART)/classifier/calibration.json $(ART)/smollm2/genai_config.json
+artefacts: $(ART)/classifier/model.onnx $(ART)/classifier/calibration.json $(ART)/verifier/model.onnx \
+           $(ART)/smollm2/genai_config.json
 
 $(ART)/classifier/model.onnx: $(VENV)/.installed
 	$(MAKE) train-classifier
 
 $(ART)/classifier/calibration.json: $(ART)/classifier/model.onnx
 	$(MAKE) calibrate
+
+$(ART)/verifier/model.onnx: $(VENV)/.installed
+	$(MAKE) train-verifier
 
 $(ART)/smollm2/genai_config.json: $(VENV)/.installed
 	$(MAKE) local-model
@@ -38,6 +42,9 @@ train-classifier: $(VENV)/.installed
 
 calibrate: $(VENV)/.installed   # the reference mix's scores behind strong-share routing, beside the classifier
 	$(PY) -m services.classifier.calibrate --model-dir $(ART)/classifier
+
+train-verifier: $(VENV)/.installed   # embeddings cached in $(ART)/verifier/cache: the first build takes minutes
+	$(PY) -m services.verifier.training --out $(ART)/verifier
 
 local-model: $(VENV)/.installed
 	$(PY) -m services.providers.local_model.build --out $(ART)/smollm2
@@ -79,6 +86,9 @@ evaluate-mmlu-cv: setup          # MMLU, each group of subjects scored by a mode
 
 evaluate-multitier: setup        # routing over all 11 RouterBench models against the single models
 	$(PY) -m evaluation.multitier --plots reports
+
+evaluate-cascade: setup          # cheap model first, escalate when the verifier doubts; against the one-shot router
+	$(PY) -m evaluation.cascade --cache $(ART)/verifier/cache --classifier $(ART)/classifier
 
 bench: setup                     # classifier latency/throughput/RSS; what routing and authentication add
 	$(PY) -m benchmarks.classifier

@@ -32,3 +32,25 @@ class ScoreResponse(_message.Message):
     results: _containers.RepeatedCompositeFieldContainer[PromptScore]
     model_version: str
     def __init__(self, results: _Optional[_Iterable[_Union[PromptScore, _Mapping]]] = ..., model_version: _Optional[str] = ...) -> None: ...
+
+class AnswerToVerify(_message.Message):
+    __slots__ = ("prompt", "answer")
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_FIELD_NUMBER: _ClassVar[int]
+    prompt: str
+    answer: str
+    def __init__(self, prompt: _Optional[str] = ..., answer: _Optional[str] = ...) -> None: ...
+
+class VerifyRequest(_message.Message):
+    __slots__ = ("pairs",)
+    PAIRS_FIELD_NUMBER: _ClassVar[int]
+    pairs: _containers.RepeatedCompositeFieldContainer[AnswerToVerify]
+    def __init__(self, pairs: _Optional[_Iterable[_Union[AnswerToVerify, _Mapping]]] = ...) -> None: ...
+
+class VerifyResponse(_message.Message):
+    __slots__ = ("good", "model_version")
+    GOOD_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    good: _containers.RepeatedScalarFieldContainer[float]
+    model_version: str
+    def __init__(self, good: _Optional[_Iterable[float]] = ..., model_version: _Optional[str] = ...) -> None: ...

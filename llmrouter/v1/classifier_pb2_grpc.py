@@ -40,6 +40,11 @@ class ClassifierStub:
                 request_serializer=llmrouter_dot_v1_dot_classifier__pb2.ScoreRequest.SerializeToString,
                 response_deserializer=llmrouter_dot_v1_dot_classifier__pb2.ScoreResponse.FromString,
                 _registered_method=True)
+        self.Verify = channel.unary_unary(
+                '/llmrouter.v1.Classifier/Verify',
+                request_serializer=llmrouter_dot_v1_dot_classifier__pb2.VerifyRequest.SerializeToString,
+                response_deserializer=llmrouter_dot_v1_dot_classifier__pb2.VerifyResponse.FromString,
+                _registered_method=True)
 
 
 class ClassifierServicer:
@@ -52,6 +57,14 @@ class ClassifierServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Verify(self, request, context):
+        """The verifier: for each (prompt, answer) pair, the probability that the answer is good, so a caller can
+        escalate a cheap model's doubtful answer to a stronger model (a cascade).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClassifierServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -59,6 +72,11 @@ def add_ClassifierServicer_to_server(servicer, server):
                     servicer.Score,
                     request_deserializer=llmrouter_dot_v1_dot_classifier__pb2.ScoreRequest.FromString,
                     response_serializer=llmrouter_dot_v1_dot_classifier__pb2.ScoreResponse.SerializeToString,
+            ),
+            'Verify': grpc.unary_unary_rpc_method_handler(
+                    servicer.Verify,
+                    request_deserializer=llmrouter_dot_v1_dot_classifier__pb2.VerifyRequest.FromString,
+                    response_serializer=llmrouter_dot_v1_dot_classifier__pb2.VerifyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -89,6 +107,33 @@ class Classifier:
             '/llmrouter.v1.Classifier/Score',
             llmrouter_dot_v1_dot_classifier__pb2.ScoreRequest.SerializeToString,
             llmrouter_dot_v1_dot_classifier__pb2.ScoreResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Verify(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmrouter.v1.Classifier/Verify',
+            llmrouter_dot_v1_dot_classifier__pb2.VerifyRequest.SerializeToString,
+            llmrouter_dot_v1_dot_classifier__pb2.VerifyResponse.FromString,
             options,
             channel_credentials,
             insecure,

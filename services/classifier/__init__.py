@@ -1,4 +1,5 @@
-"""The classifier service: predicts, per prompt, the probability that each known model answers correctly."""
+"""The classifier service: predicts, per prompt, the probability that each known model answers correctly, and
+(Verify) the probability that a given answer is good."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from services.classifier.batcher import MicroBatcher
 from services.classifier.model import QualityModel
 from services.classifier.service import SERVICE_NAME, ClassifierService
 from services.classifier.settings import ClassifierSettings
+from services.classifier.verification import Verification
 
 log = logging.getLogger("classifier")
 # Warm-up: a short and a long prompt at a few batch sizes so the first real calls do not pay for
@@ -26,6 +28,7 @@ async def build(settings: ClassifierSettings) -> tuple[Registrations, list[Close
             await asyncio.to_thread(model.predict, [prompt] * size)
     batcher = MicroBatcher(model.predict, settings.max_batch, settings.max_wait_ms)
     batcher.start()
-    service = ClassifierService(model, batcher, settings.max_prompts)
+    verification = await Verification.load(settings.verifier_dir, settings.threads, settings.max_prompts)
+    service = ClassifierService(model, batcher, settings.max_prompts, verification)
     log.info("classifier model loaded", extra={"version": model.version, "models": len(model.models)})
-    return {SERVICE_NAME: service.register}, [batcher.close]
+    return {SERVICE_NAME: service.register}, [batcher.close, verification.close]

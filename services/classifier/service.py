@@ -1,4 +1,4 @@
-"""llmrouter.v1.Classifier: validate, micro-batch, answer one quality map per prompt."""
+"""llmrouter.v1.Classifier: validate, micro-batch, answer one quality map per prompt; Verify judges answers."""
 
 from __future__ import annotations
 
@@ -8,15 +8,19 @@ from llmrouter.errors import invalid
 from llmrouter.v1 import classifier_pb2, classifier_pb2_grpc
 from services.classifier.batcher import MicroBatcher
 from services.classifier.model import QualityModel
+from services.classifier.verification import Verification
 
 SERVICE_NAME = "llmrouter.v1.Classifier"
 
 
 class ClassifierService(classifier_pb2_grpc.ClassifierServicer):
-    def __init__(self, model: QualityModel, batcher: MicroBatcher, max_prompts: int) -> None:
+    def __init__(
+        self, model: QualityModel, batcher: MicroBatcher, max_prompts: int, verification: Verification
+    ) -> None:
         self.model = model
         self.batcher = batcher
         self.max_prompts = max_prompts
+        self.verification = verification
 
     async def Score(
         self, request: classifier_pb2.ScoreRequest, context: grpc.aio.ServicerContext
@@ -35,6 +39,11 @@ class ClassifierService(classifier_pb2_grpc.ClassifierServicer):
             ],
             model_version=self.model.version,
         )
+
+    async def Verify(
+        self, request: classifier_pb2.VerifyRequest, context: grpc.aio.ServicerContext
+    ) -> classifier_pb2.VerifyResponse:
+        return await self.verification.verify(request)
 
     def register(self, server: grpc.aio.Server) -> None:
         classifier_pb2_grpc.add_ClassifierServicer_to_server(self, server)

@@ -8,6 +8,7 @@ from pydantic_settings import SettingsConfigDict
 from llmrouter.settings import REPO_ROOT, GrpcServiceSettings, RepoPath
 
 DEFAULT_MODEL_DIR = REPO_ROOT / "artefacts" / "classifier"
+DEFAULT_VERIFIER_DIR = REPO_ROOT / "artefacts" / "verifier"
 
 
 class ClassifierSettings(GrpcServiceSettings):
@@ -20,7 +21,10 @@ class ClassifierSettings(GrpcServiceSettings):
     threads: int = Field(default=2, ge=1, le=64, description="onnxruntime intra-op threads")
     max_batch: int = Field(default=32, ge=1, le=1024, description="prompts per inference run")
     max_wait_ms: float = Field(default=2.0, ge=0, le=1000, description="how long a batch waits to fill")
-    max_prompts: int = Field(default=256, ge=1, description="prompts per request")
+    max_prompts: int = Field(default=256, ge=1, description="prompts per request (and answers per Verify)")
+    verifier_dir: RepoPath = Field(
+        default=DEFAULT_VERIFIER_DIR, description="directory written by make train-verifier; Verify is off without it"
+    )
     # Unset: the truncation the model was trained with (metadata.json); changing it degrades predictions.
     head_tokens: int | None = Field(default=None, ge=0, le=510)
     tail_tokens: int | None = Field(default=None, ge=0, le=510)

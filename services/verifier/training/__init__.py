@@ -1,0 +1,1 @@
+"""Training the verifier: answer data -> embeddings of prompt and answer + answer features -> one ONNX graph."""
