@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from evaluation.metrics import Curve, routing_curve
+from evaluation.metrics import Curve, first_crossing, routing_curve
 from evaluation.routers import LearnedRouter, length_scores, random_scores
 from services.classifier.settings import DEFAULT_MODEL_DIR
 from services.classifier.training.data import data_dir, read_jsonl
@@ -91,7 +91,7 @@ def _line(name: str, curves: Sequence[Curve], baseline: float) -> Line:
     escalated, saved = [], []
     for c in curves:
         target = QUALITY_SHARE * c.strong_quality
-        fraction = _crossing(c.strong_fraction, c.quality, target)
+        fraction = first_crossing(c.strong_fraction, c.quality, target)
         assert c.cost is not None
         cost = float(np.interp(fraction, c.strong_fraction, c.cost)) if fraction == fraction else float("nan")
         escalated.append(fraction)
@@ -104,15 +104,6 @@ def _line(name: str, curves: Sequence[Curve], baseline: float) -> Line:
         float(np.mean(saved)),
         float(np.mean(saved)) * baseline,
     )
-
-
-def _crossing(x: np.ndarray, y: np.ndarray, target: float) -> float:
-    if y[0] >= target:
-        return float(x[0])
-    for i in range(1, len(x)):
-        if y[i] >= target:
-            return float(x[i - 1] + (target - y[i - 1]) * (x[i] - x[i - 1]) / (y[i] - y[i - 1]))
-    return float("nan")
 
 
 def answer_costs(directory: Path, file: str, models: set[str]) -> dict[tuple[str, str], float]:

@@ -27,19 +27,20 @@ class Curve:
 
     def cpt(self, target: float) -> float:
         """Smallest fraction of strong calls at which PGR reaches `target`, interpolated on the curve."""
-        return _first_crossing(self.strong_fraction, self.pgr, target)
+        return first_crossing(self.strong_fraction, self.pgr, target)
 
     def cost_saved_at(self, quality_share: float) -> tuple[float, float] | None:
         """(fraction of strong calls, cost saved against always-strong) at quality_share x the strong model's."""
         if self.cost is None:
             return None
         target = quality_share * self.strong_quality
-        fraction = _first_crossing(self.strong_fraction, self.quality, target)
+        fraction = first_crossing(self.strong_fraction, self.quality, target)
         cost = float(np.interp(fraction, self.strong_fraction, self.cost))
         return fraction, 1.0 - cost / float(self.cost[-1])
 
 
-def _first_crossing(x: np.ndarray, y: np.ndarray, target: float) -> float:
+def first_crossing(x: np.ndarray, y: np.ndarray, target: float) -> float:
+    """The x at which y first reaches target, interpolated linearly; NaN when it never does."""
     if y[0] >= target:
         return float(x[0])
     for i in range(1, len(x)):
