@@ -63,6 +63,7 @@ test-slow: setup
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy   # the files and settings are in pyproject.toml
 
 fmt: $(VENV)/.installed
 	$(VENV)/bin/ruff check --fix .

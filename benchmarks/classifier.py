@@ -53,16 +53,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _match(pattern: str, text: str, flags: int = 0) -> str:
+    """The first group of a pattern that must be in the text (a /proc or /metrics line)."""
+    found = re.search(pattern, text, flags)
+    if found is None:
+        raise RuntimeError(f"{pattern!r} not found")
+    return found.group(1)
+
+
 def rss_mb(pid: int) -> tuple[float, float]:
     """(current, peak) resident set size of a process, MB."""
     status = Path(f"/proc/{pid}/status").read_text()
-    get = lambda key: int(re.search(rf"{key}:\s+(\d+) kB", status).group(1)) / 1024  # noqa: E731
+    get = lambda key: int(_match(rf"{key}:\s+(\d+) kB", status)) / 1024  # noqa: E731
     return get("VmRSS"), get("VmHWM")
 
 
 def batch_stats(metrics_port: int) -> tuple[float, float]:
     text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
-    get = lambda name: float(re.search(rf"^{name} (\S+)$", text, re.M).group(1))  # noqa: E731
+    get = lambda name: float(_match(rf"^{name} (\S+)$", text, re.M))  # noqa: E731
     return get("llmrouter_classifier_batch_size_count"), get("llmrouter_classifier_batch_size_sum")
 
 

@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import itertools
 import os
-import re
 import tempfile
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ import httpx
 import numpy as np
 import yaml
 
+from benchmarks.classifier import rss_mb
 from services.__main__ import running_stack
 from tests.fakes.fake_openai import FakeOpenAI
 from tests.integration.conftest import free_port, registry
@@ -60,10 +60,6 @@ async def throughput(url: str, model: str, concurrency: int, seconds: float) -> 
     return done / seconds
 
 
-def rss_mb(pid: int) -> float:
-    return int(re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text()).group(1)) / 1024
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=200)
@@ -90,7 +86,7 @@ def main() -> None:
                 latencies = asyncio.run(sequential(url, model, args.requests))
                 rps = asyncio.run(throughput(url, model, args.concurrency, args.seconds))
                 rows[name] = (np.percentile(latencies, 50) * 1e3, np.percentile(latencies, 99) * 1e3, rps)
-            memory = {name: rss_mb(proc.pid) for name, proc in procs.items()}
+            memory = {name: rss_mb(proc.pid)[0] for name, proc in procs.items()}
 
     base = rows["upstream directly"]
     print(f"\n{'arm':<28}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}{'p50 x':>8}{'req/s x':>9}")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evaluation.outcomes import costs, load_items, outcomes
+from evaluation.outcomes import load_items, outcomes, required_costs
 from evaluation.report import slug
 from evaluation.routers import LearnedRouter
 from services.classifier.model import ArtefactMissing
@@ -87,12 +87,12 @@ def main() -> None:
     test = [i for i in everything if i.split == "test"]
     models = [m for m in router.model.models if all(m in i.scores and m in i.costs for i in test)]
     quality_true = np.stack([outcomes(test, m) for m in models], axis=1)
-    cost_true = np.stack([costs(test, m) for m in models], axis=1)  # type: ignore[arg-type]
+    cost_true = np.stack([required_costs(test, m) for m in models], axis=1)
     # Estimated cost per prompt: per model, linear in the prompt's length, fitted on the train split.
     train_len, test_len = (np.array([len(i.prompt) for i in part], dtype=float) for part in (train, test))
     cost_est = np.stack(
-        [np.polyval(np.polyfit(train_len, costs(train, m), 1), test_len) for m in models],
-        axis=1,  # type: ignore[arg-type]
+        [np.polyval(np.polyfit(train_len, required_costs(train, m), 1), test_len) for m in models],
+        axis=1,
     ).clip(min=1e-9)
     predicted = router.quality([i.prompt for i in test])[:, [router.model.models.index(m) for m in models]]
     rows = np.arange(len(test))

@@ -53,9 +53,17 @@ def outcomes(items: list[Item], model: str) -> np.ndarray:
 
 
 def costs(items: list[Item], model: str) -> np.ndarray | None:
+    """Cost per item, or None when some item has no cost for the model."""
     if not all(model in item.costs for item in items):
         return None
     return np.array([item.costs[model] for item in items])
+
+
+def required_costs(items: list[Item], model: str) -> np.ndarray:
+    found = costs(items, model)
+    if found is None:
+        raise ValueError(f"{model} has no cost on some items")
+    return found
 
 
 def models_in(items: list[Item]) -> list[str]:

@@ -95,7 +95,7 @@ def plot(results: list[RouterResult], title: str, out_dir: Path, stem: str) -> l
     for kind, label in axes:
         fig, ax = plt.subplots(figsize=(6.4, 4.4))
         for r in results:
-            x = r.curve.strong_fraction * 100 if kind == "strong" else r.curve.cost
+            x = r.curve.strong_fraction * 100 if kind == "strong" or r.curve.cost is None else r.curve.cost
             ax.plot(x, r.curve.quality, marker="o", markersize=3, label=f"{r.name} (APGR {r.apgr:.3f})")
         ref = results[0].curve
         ax.axhline(ref.strong_quality, color="grey", linestyle="--", linewidth=0.8, label="always strong")

@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any, cast
 
 import grpc
 from google.protobuf import any_pb2
@@ -42,7 +43,10 @@ class ServiceError(Exception):
         code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
         message = (err.details() if hasattr(err, "details") else None) or str(err)
         reason, metadata = "UPSTREAM_ERROR", {}
-        for key, value in (err.trailing_metadata() if hasattr(err, "trailing_metadata") else None) or ():
+        trailing = cast(
+            Iterable[tuple[str, Any]], (err.trailing_metadata() if hasattr(err, "trailing_metadata") else None) or ()
+        )
+        for key, value in trailing:  # (key, value) pairs at run time, whatever the stubs say
             if key == _DETAILS_KEY:
                 status = status_pb2.Status.FromString(value)
                 for detail in status.details:

@@ -163,7 +163,8 @@ def grpc_health(deployment: V1Deployment, namespace: str, context: str | None) -
         if match is None:
             return Finding(False, what, "kubectl port-forward did not start")
         with grpc.insecure_channel(f"127.0.0.1:{match.group(1)}") as channel:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+            stub = health_pb2_grpc.HealthStub(channel)
+            reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=10)  # type: ignore[attr-defined]  # stubs list no methods
         serving = reply.status == health_pb2.HealthCheckResponse.SERVING
         return Finding(
             serving, what, "" if serving else health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)

@@ -56,7 +56,7 @@ class RunningServer:
         """Report the services (un)able to serve, e.g. while a store they need is unreachable; once stopping,
         they stay NOT_SERVING. The server's own status ("") is untouched: the process is alive, and a liveness
         probe must not restart it for an outage elsewhere."""
-        status = health_pb2.HealthCheckResponse.SERVING
+        status: int = health_pb2.HealthCheckResponse.SERVING
         if not serving or self.stopping:
             status = health_pb2.HealthCheckResponse.NOT_SERVING
         for name in self.services:

@@ -301,7 +301,7 @@ class Edge:
         """Readiness: the router answers its gRPC health check as serving (not while it drains)."""
         check = health_pb2.HealthCheckRequest(service=ROUTER_SERVICE)
         try:
-            reply = await self.health.Check(check, timeout=self.settings.readiness_timeout_s)
+            reply = await self.health.Check(check, timeout=self.settings.readiness_timeout_s)  # type: ignore[attr-defined]  # stubs list no methods
             serving = reply.status == health_pb2.HealthCheckResponse.SERVING
         except grpc.RpcError:
             serving = False

@@ -16,6 +16,7 @@ import grpc
 import pytest
 import uvicorn
 import yaml
+from pydantic import SecretStr
 
 from llmrouter.server import RunningServer, start_server
 from services import classifier, providers, router
@@ -144,7 +145,7 @@ async def chain(
             port=free_port(),
             router_addr=router_addr,
             request_timeout_s=20,
-            api_keys=",".join(key_line(tenant, key) for tenant, key in keys.values()),
+            api_keys=SecretStr(",".join(key_line(tenant, key) for tenant, key in keys.values())),
         )
         keyed, keyed_task, keyed_channel = await start_edge(k_settings)
         try:

@@ -100,9 +100,9 @@ def export_encoder(out: Path, quantization: str = "weight-only") -> Path:
             quantizer = MatMulNBitsQuantizer(onnx.load(str(fp32)), algo_config=config)
             quantizer.process()
             quantizer.model.save_model_to_file(str(out), False)
-            model = onnx.load(str(out))
-            _int8_word_embeddings(model)
-            onnx.save(model, str(out))
+            quantized = onnx.load(str(out))
+            _int8_word_embeddings(quantized)
+            onnx.save(quantized, str(out))
     return out
 
 
