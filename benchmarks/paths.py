@@ -135,8 +135,11 @@ def stub_upstream() -> Iterator[str]:
 
 
 @contextmanager
-def stack(upstream: str) -> Iterator[tuple[str, dict[str, int]]]:
+def stack(upstream: str, redis_url: str) -> Iterator[tuple[str, dict[str, int]]]:
+    """The four services against the stub; money in `redis_url` when set, else in the router's process."""
     with tempfile.TemporaryDirectory() as tmp:
+        if redis_url:
+            os.environ["ROUTER_REDIS_URL"] = redis_url
         path = Path(tmp) / "models.yaml"
         path.write_text(yaml.safe_dump(registry(upstream, upstream)))
         os.environ |= {"BUDGETAI_KEY": "sk-bench", "PREMIUMAI_KEY": "sk-bench", "ROUTER_CACHE_TTL_S": "0"}
@@ -158,16 +161,19 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="duration of each timed run")
     parser.add_argument("--concurrency", type=int, default=16, help="connections for max req/s")
     parser.add_argument("--rss-requests", type=int, default=100_000, help="requests before the last RSS")
+    parser.add_argument("--redis-url", default="", help="money store (a Redis that never evicts); unset: in process")
+    parser.add_argument("--arms", default="stub directly,named model,auto", help="comma-separated subset")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("benchmarks.paths needs wrk: apt-get install wrk")
     print(f"load average before the run: {load_average()} ({os.cpu_count()} CPUs)", flush=True)
-    with stub_upstream() as upstream, stack(upstream) as (edge_url, services):
+    with stub_upstream() as upstream, stack(upstream, args.redis_url) as (edge_url, services):
         arms = {
             "stub directly": (f"{upstream}/chat/completions", "cheap-model"),
             "named model": (edge_url, "cheap-model"),
             "auto": (edge_url, "auto"),
         }
+        arms = {name: arm for name, arm in arms.items() if name in args.arms.split(",")}
         # Memory early in the stack's life (about 1,000 requests), then after all the runs below and more
         # `auto` runs until --rss-requests in all.
         served = wrk(edge_url, "auto", services, connections=2, seconds=1).requests
@@ -190,7 +196,7 @@ def main() -> None:
 
 
 def print_table(rows: dict[str, tuple[Run, Run, Run]], memory: list, args: argparse.Namespace) -> None:
-    base = rows["stub directly"][0].p50_ms
+    base = rows["stub directly"][0].p50_ms if "stub directly" in rows else 0.0
     print(
         f"\n{'path':<16}{'max req/s':>10}{'added p50 @1':>14}{'CPU/req':>10}{'CPU/req @1':>12}"
         f"{'streamed req/s @8':>19}{'errors':>8}"
@@ -201,7 +207,10 @@ def print_table(rows: dict[str, tuple[Run, Run, Run]], memory: list, args: argpa
         cpu1 = "-" if name == "stub directly" else f"{single.cpu_ms_per_request():.2f} ms"
         errors = single.errors + loaded.errors + streamed.errors
         print(f"{name:<16}{loaded.rps:>10.0f}{added:>14}{cpu:>10}{cpu1:>12}{streamed.rps:>19.0f}{errors:>8}")
-    print(f"\nstub p50 at 1 in flight {base:.3f} ms; max req/s at {args.concurrency} connections (wrk, 2 threads)")
+    print(
+        f"\nmoney store: {args.redis_url or 'in process'}; stub p50 at 1 in flight {base:.3f} ms; "
+        f"max req/s at {args.concurrency} connections (wrk, 2 threads)"
+    )
     print("CPU per request by service at max load, ms:")
     for name, (_, loaded, _) in rows.items():
         if name != "stub directly":

@@ -19,6 +19,9 @@ class ClassifierSettings(GrpcServiceSettings):
     callers: str = "router"  # who may call (docs/conventions.md, Authentication)
     model_dir: RepoPath = Field(default=DEFAULT_MODEL_DIR, description="directory written by make train-classifier")
     threads: int = Field(default=2, ge=1, le=64, description="onnxruntime intra-op threads")
+    small_batch: int = Field(
+        default=4, ge=0, le=1024, description="runs of at most this many prompts use one intra-op thread; 0: off"
+    )
     max_batch: int = Field(default=32, ge=1, le=1024, description="prompts per inference run")
     max_wait_ms: float = Field(default=2.0, ge=0, le=1000, description="how long a batch waits to fill")
     max_prompts: int = Field(default=256, ge=1, description="prompts per request (and answers per Verify)")
