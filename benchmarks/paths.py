@@ -111,7 +111,7 @@ def wrk(
         "BENCH_STREAM": "1" if stream else "0",
         "BENCH_SALT": f"{time.time_ns()}",
     }
-    command = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--timeout", "30s"]
+    command = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(seconds))}s", "--timeout", "30s"]
     before = {name: cpu_seconds(pid) for name, pid in services.items()}
     out = subprocess.run([*command, "-s", str(LUA), url], env=env, capture_output=True, text=True, check=True).stdout
     cpu = {name: cpu_seconds(pid) - before[name] for name, pid in services.items()}
