@@ -4,6 +4,7 @@
 local model = os.getenv("BENCH_MODEL") or "auto"
 local stream = os.getenv("BENCH_STREAM") == "1"
 local salt = os.getenv("BENCH_SALT") or "0"
+local repeated = os.getenv("BENCH_REPEAT") == "1"  -- one prompt for every request: the score cache's best case
 local next_id = 0
 
 function setup(thread)
@@ -19,7 +20,7 @@ function request()
   counter = counter + 1
   local body = string.format(
     '{"model":"%s","messages":[{"role":"user","content":"Question %s-%d-%d: how far is the moon from the earth?"}]%s}',
-    model, salt, id, counter, stream and ',"stream":true' or "")
+    model, salt, repeated and 0 or id, repeated and 0 or counter, stream and ',"stream":true' or "")
   return wrk.format(nil, nil, nil, body)
 end
 

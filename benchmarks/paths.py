@@ -6,6 +6,8 @@ OpenAI-compatible stub (benchmarks/stub.py, its own process), beside the stub ca
   worker processes, divided by the requests served), at that load and at 1 in flight;
 - added p50 at 1 in flight: the path's p50 minus the stub's own;
 - streamed req/s at 8 in flight (server-sent events, 8 deltas each);
+- `auto (seen)`: `auto` with one prompt over and over, what the router's score cache saves (every other arm
+  sends a prompt of its own with each request, so no cache answers it);
 - RSS of each service after about 1,000 requests and after --rss-requests: flat means no growth.
 
 The load generator is wrk (Debian's `wrk`, C, event-driven) with benchmarks/chat.lua: every request carries a
@@ -34,6 +36,7 @@ from services.__main__ import running_stack
 from tests.integration.conftest import free_port, registry
 
 LUA = Path(__file__).with_name("chat.lua")
+ARMS = ("stub directly", "named model", "auto", "auto (seen)")
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -103,15 +106,27 @@ def wrk(
     connections: int,
     seconds: float,
     stream: bool = False,
+    repeat: bool = False,
 ) -> Run:
     threads = min(2, connections)
     env = {
         **os.environ,
         "BENCH_MODEL": model,
         "BENCH_STREAM": "1" if stream else "0",
+        "BENCH_REPEAT": "1" if repeat else "0",
         "BENCH_SALT": f"{time.time_ns()}",
     }
-    command = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(seconds))}s", "--timeout", "30s"]
+    command = [
+        "wrk",
+        "-t",
+        str(threads),
+        "-c",
+        str(connections),
+        "-d",
+        f"{max(1, round(seconds))}s",
+        "--timeout",
+        "30s",
+    ]
     before = {name: cpu_seconds(pid) for name, pid in services.items()}
     out = subprocess.run([*command, "-s", str(LUA), url], env=env, capture_output=True, text=True, check=True).stdout
     cpu = {name: cpu_seconds(pid) - before[name] for name, pid in services.items()}
@@ -162,7 +177,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16, help="connections for max req/s")
     parser.add_argument("--rss-requests", type=int, default=100_000, help="requests before the last RSS")
     parser.add_argument("--redis-url", default="", help="money store (a Redis that never evicts); unset: in process")
-    parser.add_argument("--arms", default="stub directly,named model,auto", help="comma-separated subset")
+    parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated subset")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("benchmarks.paths needs wrk: apt-get install wrk")
@@ -172,6 +187,7 @@ def main() -> None:
             "stub directly": (f"{upstream}/chat/completions", "cheap-model"),
             "named model": (edge_url, "cheap-model"),
             "auto": (edge_url, "auto"),
+            "auto (seen)": (edge_url, "auto"),  # one prompt again and again: scored once, then from the cache
         }
         arms = {name: arm for name, arm in arms.items() if name in args.arms.split(",")}
         # Memory early in the stack's life (about 1,000 requests), then after all the runs below and more
@@ -180,10 +196,11 @@ def main() -> None:
         memory = [(served, {name: rss_mb(pid) for name, pid in services.items()})]
         rows: dict[str, tuple[Run, Run, Run]] = {}
         for name, (url, model) in arms.items():
-            warm = wrk(url, model, services, connections=args.concurrency, seconds=2)
-            single = wrk(url, model, services, connections=1, seconds=args.seconds)
-            loaded = wrk(url, model, services, connections=args.concurrency, seconds=args.seconds)
-            streamed = wrk(url, model, services, connections=8, seconds=args.seconds, stream=True)
+            repeat = name == "auto (seen)"
+            warm = wrk(url, model, services, connections=args.concurrency, seconds=2, repeat=repeat)
+            single = wrk(url, model, services, connections=1, seconds=args.seconds, repeat=repeat)
+            loaded = wrk(url, model, services, connections=args.concurrency, seconds=args.seconds, repeat=repeat)
+            streamed = wrk(url, model, services, connections=8, seconds=args.seconds, stream=True, repeat=repeat)
             rows[name] = (single, loaded, streamed)
             if url == edge_url:
                 served += sum(run.requests for run in (warm, single, loaded, streamed))

@@ -32,7 +32,7 @@ class Routing:
         score_cache: ScoreCache | None = None,
     ) -> None:
         self.classifier = classifier
-        self.score_cache = score_cache or ScoreCache(0)
+        self.score_cache = ScoreCache(0) if score_cache is None else score_cache
         self.available = available
         self.classifier_timeout_s = classifier_timeout_s
         self.targets = targets
