@@ -20,6 +20,7 @@ class ScoreCache:
         self.max_entries = max_entries
         self.version = ""  # of the classifier's latest answer
         self._entries: OrderedDict[tuple[str, bytes], tuple[tuple[str, ...], tuple[float, ...]]] = OrderedDict()
+        self._names: dict[tuple[str, ...], tuple[str, ...]] = {}  # one copy of each model list, shared
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -36,10 +37,12 @@ class ScoreCache:
     def put(self, key: bytes, scores: Scores, version: str) -> None:
         if version != self.version:
             self._entries.clear()
+            self._names.clear()
             self.version = version
         if self.max_entries <= 0:
             return
-        self._entries[(version, key)] = (tuple(scores), tuple(scores.values()))
+        names = tuple(scores)
+        self._entries[(version, key)] = (self._names.setdefault(names, names), tuple(scores.values()))
         self._entries.move_to_end((version, key))
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
