@@ -91,7 +91,8 @@ evaluate-multitier: setup        # routing over all 11 RouterBench models agains
 evaluate-cascade: setup          # cheap model first, escalate when the verifier doubts; against the one-shot router
 	$(PY) -m evaluation.cascade --cache $(ART)/verifier/cache --classifier $(ART)/classifier
 
-bench: setup                     # classifier latency/throughput/RSS; what routing and authentication add
+bench: setup                     # the routed path's table (needs wrk); classifier; what routing and authentication add
+	$(PY) -m benchmarks.paths
 	$(PY) -m benchmarks.classifier
 	$(PY) -m benchmarks.router
 	$(PY) -m benchmarks.auth

@@ -68,6 +68,11 @@ def rss_mb(pid: int) -> tuple[float, float]:
     return get("VmRSS"), get("VmHWM")
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def batch_stats(metrics_port: int) -> tuple[float, float]:
     text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
     get = lambda name: float(_match(rf"^{name} (\S+)$", text, re.M))  # noqa: E731
@@ -123,6 +128,7 @@ async def _bench_service(
         "CLASSIFIER_THREADS": str(args.threads),
         "CLASSIFIER_MAX_BATCH": str(args.max_batch),
         "CLASSIFIER_MAX_WAIT_MS": str(args.max_wait_ms),
+        "CLASSIFIER_SMALL_BATCH": str(args.small_batch),
         "CLASSIFIER_LOG_LEVEL": "WARNING",
     }
     server = subprocess.Popen([sys.executable, "-m", "services.classifier"], cwd=REPO, env=env, stdout=subprocess.PIPE)
@@ -137,8 +143,12 @@ async def _bench_service(
             stub = classifier_pb2_grpc.ClassifierStub(channel)
             for kind, texts in sets.items():
                 await sequential(stub, texts[:20])  # warm the channel
+                cpu0 = cpu_seconds(server.pid)
                 p50, p99 = pct(await sequential(stub, texts))
-                rows.append((f"gRPC {kind}, batch 1: p50 / p99 (ms)", f"{p50:.2f} / {p99:.2f}"))
+                cpu = (cpu_seconds(server.pid) - cpu0) * 1e3 / len(texts)
+                rows.append(
+                    (f"gRPC {kind}, batch 1: p50 / p99 (ms), server CPU (ms)", f"{p50:.2f} / {p99:.2f}, {cpu:.2f}")
+                )
                 runs0, scored0 = batch_stats(metrics_port)
                 start = time.perf_counter()
                 done = await load(stub, texts, args.concurrency, args.seconds)
@@ -160,7 +170,7 @@ async def _bench_service(
 
 
 def bench_direct(args: argparse.Namespace, sets: dict[str, list[str]]) -> list[tuple[str, str]]:
-    model = QualityModel(DEFAULT_MODEL_DIR, threads=args.threads)
+    model = QualityModel(DEFAULT_MODEL_DIR, threads=args.threads, small_batch=args.small_batch)
     rows = []
     for kind, texts in sets.items():
         model.predict(texts[:10])
@@ -185,9 +195,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each load phase")
     parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--max-wait-ms", type=float, default=2.0)
+    parser.add_argument("--small-batch", type=int, default=4, help="runs up to this size use one thread")
     args = parser.parse_args()
     tokenizer = Tokenizer.from_file(str(DEFAULT_MODEL_DIR / "tokenizer.json"))
     tokenizer.no_truncation()

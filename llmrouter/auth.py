@@ -8,7 +8,7 @@ import hashlib
 import hmac
 import re
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -50,7 +50,10 @@ def acting_as(identity: Identity) -> Iterator[None]:
     try:
         yield
     finally:
-        _current.reset(token)
+        # A streaming handler cancelled by its caller is closed from another task, in a context where this
+        # was never set: there is nothing to undo there (and reset would raise, failing the close).
+        with suppress(ValueError):
+            _current.reset(token)
 
 
 def parse_callers(text: str) -> dict[str, Identity]:

@@ -21,7 +21,12 @@ _WARMUP = ["What is 2 + 2?", "Explain the difference between a list and a tuple.
 
 async def build(settings: ClassifierSettings) -> tuple[Registrations, list[Closer]]:
     model = await asyncio.to_thread(
-        QualityModel, settings.model_dir, settings.threads, settings.head_tokens, settings.tail_tokens
+        QualityModel,
+        settings.model_dir,
+        settings.threads,
+        settings.head_tokens,
+        settings.tail_tokens,
+        small_batch=settings.small_batch,
     )
     for size in (1, min(8, settings.max_batch)):
         for prompt in _WARMUP:

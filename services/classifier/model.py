@@ -66,7 +66,10 @@ class QualityModel:
         head_tokens: int | None = None,
         tail_tokens: int | None = None,
         token_budget: int = 1024,
+        small_batch: int = 0,
     ) -> None:
+        """`small_batch` > 0 (with threads > 1): runs of at most that many prompts use a second, single-threaded
+        session. Waking a second intra-op thread for one short prompt costs more CPU than it saves time."""
         check_artefacts(model_dir)
         self.token_budget = token_budget
         self.metadata = Metadata.read(model_dir)
@@ -78,6 +81,8 @@ class QualityModel:
             self.metadata.tail_tokens if tail_tokens is None else tail_tokens,
         )
         self._session = session(model_dir / MODEL_FILE, threads)
+        self.small_batch = small_batch if threads > 1 else 0
+        self._small_session = session(model_dir / MODEL_FILE, 1) if self.small_batch else self._session
         self._wants_features = FEATURES_INPUT in {i.name for i in self._session.get_inputs()}
 
     def predict(self, texts: Sequence[str]) -> np.ndarray:
@@ -99,6 +104,7 @@ class QualityModel:
             inputs = {"input_ids": input_ids, "attention_mask": mask}
             if features is not None:
                 inputs[FEATURES_INPUT] = features[idx]
-            out[idx] = self._session.run(["quality"], inputs)[0]
+            run = self._small_session if len(idx) <= self.small_batch else self._session
+            out[idx] = run.run(["quality"], inputs)[0]
             start = end
         return out

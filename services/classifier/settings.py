@@ -18,7 +18,12 @@ class ClassifierSettings(GrpcServiceSettings):
     metrics_port: int = Field(default=9101, ge=0, le=65535, description="Prometheus port; 0 disables")
     callers: str = "router"  # who may call (docs/conventions.md, Authentication)
     model_dir: RepoPath = Field(default=DEFAULT_MODEL_DIR, description="directory written by make train-classifier")
-    threads: int = Field(default=2, ge=1, le=64, description="onnxruntime intra-op threads")
+    # One thread: per prompt it costs 5-13% less CPU than two at every batch size (benchmarks/README.md), and
+    # the chart requests half a core. More only where a pod has cores to itself and batch latency matters.
+    threads: int = Field(default=1, ge=1, le=64, description="onnxruntime intra-op threads")
+    small_batch: int = Field(
+        default=4, ge=0, le=1024, description="with threads > 1: runs of at most this many prompts use one thread"
+    )
     max_batch: int = Field(default=32, ge=1, le=1024, description="prompts per inference run")
     max_wait_ms: float = Field(default=2.0, ge=0, le=1000, description="how long a batch waits to fill")
     max_prompts: int = Field(default=256, ge=1, description="prompts per request (and answers per Verify)")

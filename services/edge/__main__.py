@@ -17,6 +17,7 @@ async def main(settings: EdgeSettings) -> None:
         app,
         host=settings.host,
         port=settings.port,
+        http="httptools",
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=int(settings.grace_seconds),

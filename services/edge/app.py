@@ -27,6 +27,7 @@ from services.batches.api import BatchApi
 from services.batches.runner import Runner
 from services.batches.store import open_store
 from services.edge import legacy
+from services.edge.access_log import AccessLog
 from services.edge.openai_api import (
     ESCALATION_MODES,
     ApiError,
@@ -311,10 +312,11 @@ class Edge:
 
 
 class Observe:
-    """ASGI middleware: metrics per route and status, and OpenAI-style bodies for every failure."""
+    """ASGI middleware: metrics per route and status, one access-log line per request."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, access_log: AccessLog | None = None) -> None:
         self.app = app
+        self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -322,12 +324,19 @@ class Observe:
             return
         start, status = time.perf_counter(), 500
         route = scope["path"] if scope["path"] in ROUTES else "other"
+        request_id = model = ""
 
         async def observed_send(message: MutableMapping[str, Any]) -> None:
-            nonlocal status
+            nonlocal status, request_id, model
             if message["type"] == "http.response.start":
                 status = message["status"]
                 HTTP_SECONDS.labels(route).observe(time.perf_counter() - start)
+                if self.access_log is not None:
+                    for name, value in message.get("headers", ()):
+                        if name == b"x-request-id":
+                            request_id = value.decode("latin-1")
+                        elif name == b"x-router-model":
+                            model = value.decode("latin-1")
             await send(message)
 
         inflight = INFLIGHT.labels("edge")
@@ -337,8 +346,13 @@ class Observe:
         finally:
             inflight.dec()
             HTTP_REQUESTS.labels(route, str(status)).inc()
+            if self.access_log is not None:
+                path = scope["path"][:MAX_LOGGED_PATH]
+                elapsed = time.perf_counter() - start
+                self.access_log.record((time.time(), scope["method"], path, status, elapsed, request_id, model))
 
 
+MAX_LOGGED_PATH = 256  # a caller chooses the path: its length in the log is bounded
 ROUTES = {
     "/v1/chat/completions",
     "/v1/completions",
@@ -386,6 +400,7 @@ def create_app(settings: EdgeSettings, channel: grpc.aio.Channel) -> Starlette:
         settings.batch_retention_s,
     )
     batches = BatchApi(store, runner, edge.caller, settings.batch_max_file_bytes, settings.batch_retention_s)
+    access_log = AccessLog.open(settings.access_log)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -395,6 +410,8 @@ def create_app(settings: EdgeSettings, channel: grpc.aio.Channel) -> Starlette:
         finally:
             await runner.close()
             await store.close()
+            if access_log is not None:
+                access_log.close()
 
     routes = [
         *operator.routes(),
@@ -408,5 +425,5 @@ def create_app(settings: EdgeSettings, channel: grpc.aio.Channel) -> Starlette:
     ]
     handlers = {ApiError: _api_error, 404: _not_found, 405: _method, Exception: _unexpected}
     app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)  # type: ignore[arg-type]
-    app.add_middleware(Observe)
+    app.add_middleware(Observe, access_log=access_log)
     return app

@@ -11,6 +11,7 @@ TOKENS = Counter("llmrouter_router_tokens_total", "Tokens served", ["model", "di
 ESCALATIONS = Counter("llmrouter_router_escalations_total", "Weak answers escalated", ["from_model", "to_model"])
 FALLBACKS = Counter("llmrouter_router_fallbacks_total", "Provider failures routed around", ["from_model", "to_model"])
 CACHE = Counter("llmrouter_router_cache_requests_total", "Response cache lookups", ["result"])
+SCORE_CACHE = Counter("llmrouter_router_score_cache_requests_total", "Classifier score cache lookups", ["result"])
 BUDGET_REJECTIONS = Counter("llmrouter_router_budget_rejections_total", "Requests refused for an exhausted budget")
 RATE_LIMITED = Counter("llmrouter_router_rate_limited_total", "Requests refused by the rate limit")
 STORE_UP = Gauge("llmrouter_router_store_up", "1 when the router reaches the store, else 0", ["store"])

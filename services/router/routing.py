@@ -15,6 +15,7 @@ from llmrouter.v1 import classifier_pb2, classifier_pb2_grpc, router_pb2
 from services.router import metrics, policy
 from services.router.models import AvailableModels
 from services.router.routed import Routed
+from services.router.score_cache import ScoreCache, digest
 from services.router.targets import Targets
 
 log = logging.getLogger("llmrouter.router")
@@ -28,8 +29,10 @@ class Routing:
         classifier_timeout_s: float,
         targets: Targets,
         tenant_labels: metrics.BoundedLabels,
+        score_cache: ScoreCache | None = None,
     ) -> None:
         self.classifier = classifier
+        self.score_cache = ScoreCache(0) if score_cache is None else score_cache
         self.available = available
         self.classifier_timeout_s = classifier_timeout_s
         self.targets = targets
@@ -77,13 +80,20 @@ class Routing:
     ) -> tuple[dict[str, float] | None, str]:
         """The classifier's predictions for the last user turn; None when it cannot answer in time."""
         prompt = next((m.content for m in reversed(request.messages) if m.role == "user"), request.messages[-1].content)
+        key = digest(prompt)
+        if (kept := self.score_cache.get(key)) is not None:
+            metrics.SCORE_CACHE.labels("hit").inc()
+            return kept
+        metrics.SCORE_CACHE.labels("miss").inc()
         timeout = min(time_remaining or math.inf, self.classifier_timeout_s)
         try:
             reply = await self.classifier.Score(classifier_pb2.ScoreRequest(prompts=[prompt]), timeout=timeout)
         except grpc.RpcError as err:
             log.warning("classifier unavailable; routing without it", extra={"code": str(err.code())})
             return None, ""
-        return dict(reply.results[0].quality), reply.model_version
+        scores = dict(reply.results[0].quality)
+        self.score_cache.put(key, scores, reply.model_version)
+        return scores, reply.model_version
 
 
 def ideal_plan(

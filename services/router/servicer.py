@@ -19,6 +19,7 @@ from services.router.models import AvailableModels
 from services.router.outbox import Outbox
 from services.router.routed import Routed
 from services.router.routing import Routing
+from services.router.score_cache import ScoreCache
 from services.router.serving import Serving, StreamState
 from services.router.sessions import Sessions, stick
 from services.router.settings import RouterSettings
@@ -47,6 +48,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             settings.classifier_timeout_s,
             Targets(settings, reference),
             metrics.BoundedLabels(settings.metrics_tenants),
+            ScoreCache(settings.score_cache_entries),
         )
         self.charger = charging.Charger(store, outbox, self.available)
         # The answer verifier's seam (escalation.Verifier): none is wired yet, so doubt never escalates.

@@ -72,6 +72,8 @@ class RouterSettings(GrpcServiceSettings):
     # output tokens, the request is refused rather than served with a smaller max_tokens.
     min_output_tokens: int = Field(default=16, gt=0)
     classifier_timeout_s: float = Field(default=0.5, gt=0)
+    # Classifier answers kept for prompts seen again (services/router/score_cache.py); 0 turns the cache off.
+    score_cache_entries: int = Field(default=10_000, ge=0)
     models_refresh_s: float = Field(default=10.0, gt=0)
 
     # Spend limits per budget period, in USD; unset means unlimited. Keyed by tenant and by API key.

@@ -1,15 +1,17 @@
 """HTTP plumbing shared by the HTTP gateways: the client with the provider's timeouts, mapping of transport
-failures and status codes to UpstreamError, and server-sent-events framing."""
+failures and status codes to UpstreamError, and server-sent-events framing. The client is aiohttp's: its C
+HTTP parser costs a fraction of httpx's pure-Python stack, which was half of this service's CPU per call
+(benchmarks/README.md)."""
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-import httpx
+import aiohttp
 
 from llmrouter.registry import ProviderSpec
 from services.providers.gateways.base import UpstreamError
@@ -19,29 +21,54 @@ _MAX_ERROR_CHARS = 300
 _CONTEXT_HINTS = ("context_length_exceeded", "maximum context length", "prompt is too long", "context window")
 
 
-def make_client(spec: ProviderSpec, headers: dict[str, str]) -> httpx.AsyncClient:
-    timeout = httpx.Timeout(
-        connect=spec.connect_timeout_s, read=spec.read_timeout_s, write=spec.read_timeout_s, pool=spec.connect_timeout_s
-    )
-    # The dispatcher's semaphore is the one concurrency limit (it bounds the wait by the call's deadline and
-    # reports it clearly): the pool itself must never make a call wait.
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=spec.max_concurrency)
-    return httpx.AsyncClient(
-        base_url=spec.base_url.rstrip("/"), headers={**spec.headers, **headers}, timeout=timeout, limits=limits
-    )
+class HttpClient:
+    """One provider's connection pool, with its timeouts and headers. The aiohttp session is made on first use:
+    it belongs to the event loop that uses it, which may not run yet when the gateway is built."""
+
+    def __init__(self, spec: ProviderSpec, headers: dict[str, str]) -> None:
+        self.base_url = spec.base_url.rstrip("/")
+        self.headers = {**spec.headers, **headers, "content-type": "application/json"}
+        # Per socket operation, as before: connecting, and each read (a stream may run long while it flows).
+        self.timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=spec.connect_timeout_s, sock_read=spec.read_timeout_s
+        )
+        self._session: aiohttp.ClientSession | None = None
+
+    def post(self, path: str, body: dict[str, Any], headers: Mapping[str, str] | None = None) -> Any:
+        if self._session is None:
+            # The dispatcher's semaphore is the one concurrency limit (it bounds the wait by the call's deadline
+            # and reports it clearly): the pool itself never makes a call wait (limit=0). trust_env: the
+            # HTTP(S)_PROXY settings apply, as they did.
+            connector = aiohttp.TCPConnector(limit=0)
+            self._session = aiohttp.ClientSession(
+                headers=self.headers, timeout=self.timeout, connector=connector, trust_env=True
+            )
+        return self._session.post(self.base_url + path, data=json.dumps(body).encode(), headers=headers)
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
 
 
-def transport_error(exc: httpx.TransportError) -> UpstreamError:
+def make_client(spec: ProviderSpec, headers: dict[str, str]) -> HttpClient:
+    return HttpClient(spec, headers)
+
+
+# What the transport raises: aiohttp's errors, and TimeoutError for a socket operation over its timeout.
+TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError)
+
+
+def transport_error(exc: BaseException) -> UpstreamError:
     """Connection failures are worth a retry; a read that timed out is not (the upstream is slow, not down)."""
     name = type(exc).__name__
-    if isinstance(exc, httpx.ConnectTimeout):
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return UpstreamError("unavailable", f"connect timeout ({name})", retryable=True)
-    if isinstance(exc, httpx.TimeoutException):
+    if isinstance(exc, TimeoutError):
         return UpstreamError("timeout", f"upstream timed out ({name})")
     return UpstreamError("unavailable", f"connection failed ({name}: {exc})", retryable=True)
 
 
-def retry_after(headers: httpx.Headers) -> float | None:
+def retry_after(headers: Mapping[str, str]) -> float | None:
     """Seconds to wait from `retry-after-ms` (OpenAI) or `retry-after` (seconds or an HTTP date)."""
     if (ms := headers.get("retry-after-ms")) is not None:
         try:
@@ -70,9 +97,9 @@ def _error_message(body: bytes) -> str:
     return str(message)[:_MAX_ERROR_CHARS]
 
 
-def status_error(response: httpx.Response, body: bytes) -> UpstreamError:
-    status, message = response.status_code, _error_message(body)
-    wait = retry_after(response.headers)
+def status_error(status: int, headers: Mapping[str, str], body: bytes) -> UpstreamError:
+    message = _error_message(body)
+    wait = retry_after(headers)
     if status == 429:
         return UpstreamError(
             "rate_limited", f"rate limited (429): {message}", status=status, retryable=True, retry_after=wait
@@ -86,28 +113,48 @@ def status_error(response: httpx.Response, body: bytes) -> UpstreamError:
     return UpstreamError("rejected", f"upstream refused the request ({status}): {message}", status=status)
 
 
-async def post_json(client: httpx.AsyncClient, path: str, body: dict[str, Any]) -> dict[str, Any]:
+async def post_json(client: HttpClient, path: str, body: dict[str, Any]) -> dict[str, Any]:
     try:
-        response = await client.post(path, json=body)
-        raw = response.content
-    except httpx.TransportError as exc:
+        async with client.post(path, body) as response:
+            raw = await response.read()
+    except TRANSPORT_ERRORS as exc:
         raise transport_error(exc) from None
-    if response.status_code != 200:
-        raise status_error(response, raw)
+    if response.status != 200:
+        raise status_error(response.status, response.headers, raw)
     return loads(raw, "response")
 
 
-async def post_sse(client: httpx.AsyncClient, path: str, body: dict[str, Any]) -> AsyncIterator[tuple[str, str]]:
+async def post_sse(client: HttpClient, path: str, body: dict[str, Any]) -> AsyncIterator[tuple[str, str]]:
     """POST and yield (event, data) pairs. Leaving the iterator early closes the connection, which is how a
     cancelled call reaches the upstream."""
     try:
-        async with client.stream("POST", path, json=body, headers={"accept": "text/event-stream"}) as response:
-            if response.status_code != 200:
-                raise status_error(response, await response.aread())
-            async for event in _sse(response.aiter_lines()):
+        async with client.post(path, body, {"accept": "text/event-stream"}) as response:
+            if response.status != 200:
+                raise status_error(response.status, response.headers, await response.read())
+            async for event in _sse(_lines(response.content)):
                 yield event
-    except httpx.TransportError as exc:
+    except TRANSPORT_ERRORS as exc:
         raise transport_error(exc) from None
+
+
+async def _lines(content: aiohttp.StreamReader) -> AsyncIterator[str]:
+    """Lines as they arrive, however long, without their line ending (LF or CRLF)."""
+    buffer = bytearray()
+    async for chunk in content.iter_any():
+        searched = len(buffer)  # no newline before this: search only what arrived
+        buffer += chunk
+        end = buffer.rfind(b"\n", searched)
+        if end < 0:
+            continue
+        for line in bytes(buffer[:end]).split(b"\n"):
+            yield _text(line)
+        del buffer[: end + 1]
+    if buffer:
+        yield _text(bytes(buffer))
+
+
+def _text(line: bytes) -> str:
+    return line.removesuffix(b"\r").decode("utf-8", "replace")
 
 
 async def _sse(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, str]]:

@@ -1,0 +1,48 @@
+"""The classifier's answers kept in the router, so a prompt seen again is routed without a classifier call.
+Keyed by a digest of the exact text the classifier reads and the version of the model that scored it; bounded
+(least recently used out first). A classifier answering with a new model version empties the cache, so no
+score of an older model outlives the first answer of a new one by more than the requests already in flight."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+
+Scores = dict[str, float]
+
+
+def digest(text: str) -> bytes:
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+class ScoreCache:
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self.version = ""  # of the classifier's latest answer
+        self._entries: OrderedDict[tuple[str, bytes], tuple[tuple[str, ...], tuple[float, ...]]] = OrderedDict()
+        self._names: dict[tuple[str, ...], tuple[str, ...]] = {}  # one copy of each model list, shared
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: bytes) -> tuple[Scores, str] | None:
+        """(scores, version) of the current model for this digest, if kept."""
+        entry = self._entries.get((self.version, key))
+        if entry is None:
+            return None
+        self._entries.move_to_end((self.version, key))
+        names, values = entry
+        return dict(zip(names, values, strict=True)), self.version
+
+    def put(self, key: bytes, scores: Scores, version: str) -> None:
+        if version != self.version:
+            self._entries.clear()
+            self._names.clear()
+            self.version = version
+        if self.max_entries <= 0:
+            return
+        names = tuple(scores)
+        self._entries[(version, key)] = (self._names.setdefault(names, names), tuple(scores.values()))
+        self._entries.move_to_end((version, key))
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)

@@ -1,0 +1,32 @@
+"""A prompt routed again is decided from the router's score cache: the same decision, no classifier call."""
+
+from __future__ import annotations
+
+import uuid
+
+import grpc
+from prometheus_client import REGISTRY
+
+from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
+from tests.integration.conftest import Chain
+
+
+def classifier_scores() -> float:
+    labels = {"service": "classifier", "method": "Score", "code": "OK"}
+    return REGISTRY.get_sample_value("llmrouter_grpc_requests_total", labels) or 0.0
+
+
+async def test_a_prompt_seen_again_is_routed_without_the_classifier(chain: Chain) -> None:
+    async with grpc.aio.insecure_channel(chain.router_addr) as channel:
+        stub = router_pb2_grpc.RouterStub(channel)
+        prompt = f"Prove that the square root of 2 is irrational. [{uuid.uuid4().hex[:8]}]"
+        request = router_pb2.CompleteRequest(messages=[common_pb2.ChatMessage(role="user", content=prompt)])
+        before = classifier_scores()
+        first = await stub.Decide(request, timeout=20)
+        assert classifier_scores() == before + 1
+        again = await stub.Decide(request, timeout=20)
+        assert classifier_scores() == before + 1  # answered from the cache
+        assert again == first and first.classifier_version
+        other = router_pb2.CompleteRequest(messages=[common_pb2.ChatMessage(role="user", content=prompt + " ")])
+        await stub.Decide(other, timeout=20)
+        assert classifier_scores() == before + 2  # another text is another key

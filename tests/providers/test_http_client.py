@@ -1,0 +1,42 @@
+"""The gateways' HTTP client against a real socket: server-sent events of any length, split anywhere."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from llmrouter.registry import ProviderSpec
+from services.providers.gateways.http import make_client, post_sse
+
+LONG = "x" * 300_000  # one event of 300 KB, arriving over 300 reads
+
+
+async def serve_events(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answers one POST with three events, written in 1,000-byte pieces so lines straddle reads."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next(int(h.split(b":")[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length"))
+    await reader.readexactly(length)
+    body = (
+        f"data: {json.dumps({'content': LONG})}\n\n"
+        "event: note\r\ndata: é, split across reads\r\n\r\n"
+        ": a comment\n\ndata: [DONE]\n\n"
+    ).encode()
+    writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: %d\r\n\r\n" % len(body))
+    for start in range(0, len(body), 1000):
+        writer.write(body[start : start + 1000])
+        await writer.drain()
+    writer.close()
+
+
+async def test_events_of_any_length_arrive_whole() -> None:
+    server = await asyncio.start_server(serve_events, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = make_client(ProviderSpec(kind="openai", base_url=f"http://127.0.0.1:{port}/v1"), {})
+    try:
+        events = [event async for event in post_sse(client, "/chat/completions", {"stream": True})]
+    finally:
+        await client.aclose()
+        server.close()
+    assert [name for name, _ in events] == ["message", "note", "message"]
+    assert json.loads(events[0][1]) == {"content": LONG}
+    assert events[1][1] == "é, split across reads" and events[2][1] == "[DONE]"
