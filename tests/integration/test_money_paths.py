@@ -20,6 +20,7 @@ import yaml
 from llmrouter.errors import ServiceError
 from llmrouter.registry import load_registry
 from llmrouter.server import RunningServer, start_server
+from llmrouter.tokens import count_tokens
 from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
 from services import providers
 from services.providers.settings import ProvidersSettings
@@ -177,3 +178,34 @@ async def test_a_fallback_after_the_callers_deadline_is_neither_tried_nor_charge
     (record,) = await ledger_of(chain, tenant)
     assert len(chain.premium.requests) == premium_calls
     assert record["outcome"] == "failed" and Decimal(record["cost_usd"]) == estimate(decision, "cheap-model")
+
+
+async def test_a_stream_past_the_request_time_limit_is_cut_and_charged_what_it_delivered(
+    slow_upstreams: Chain,
+) -> None:
+    """ROUTER_REQUEST_TIMEOUT_S bounds a request whatever the caller's deadline (here none), so its hold, which
+    expires, always outlives it: the stream is cut at the limit and charged what reached the caller."""
+    chain, tenant = slow_upstreams, f"long-{uuid.uuid4().hex[:8]}"
+    router = await extra_router(chain, redis_url=chain.redis_url, request_timeout_s=1.5)
+    chain.budget.chunk_delay = 0.3  # the answer's dozen events take about 4 s
+    deltas = []
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{router.port}") as channel:
+            with pytest.raises(grpc.aio.AioRpcError):
+                async for chunk in router_pb2_grpc.RouterStub(channel).CompleteStream(ask(tenant, model="cheap-model")):
+                    assert not chunk.HasField("final")  # never completes
+                    if chunk.HasField("delta"):
+                        deltas.append(chunk.delta)
+    finally:
+        chain.budget.chunk_delay = 0.0
+        await router.stop(1)
+    (record,) = await ledger_of(chain, tenant)
+    cheap = load_registry(chain.registry_path).get("cheap-model")
+    assert deltas and record["outcome"] == "interrupted"
+    assert record["output_tokens"] == count_tokens("".join(deltas))
+    assert Decimal(record["cost_usd"]) == cheap.cost_usd(record["input_tokens"], record["output_tokens"])
+    db = redis.from_url(chain.redis_url)
+    try:
+        assert await db.zcard(f"llmrouter:held:tenant:{tenant}") == 0
+    finally:
+        await db.aclose()
