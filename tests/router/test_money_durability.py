@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -238,6 +239,35 @@ async def test_a_charge_added_during_a_replay_is_kept(money: RedisServer, tmp_pa
         assert await replay == 1
         assert [c.hold.request_id for c in appending._read()] == ["r-2"]
     finally:
+        await store.close()
+
+
+async def test_a_router_starting_while_another_replays_the_outbox_does_not_freeze_the_process(
+    money: RedisServer, tmp_path: Path
+) -> None:
+    """Routers in one process (tests start many, sharing ROUTER_DATA_DIR) take turns with the outbox's file lock.
+    Once a router starting up waited for that lock on the event loop's thread: with another router holding it
+    across an await (a replay charging the store), the lock could never be released and the process froze."""
+    store = SlowStore(money.url)
+    replaying = Outbox(tmp_path / "data")
+    account = Account("t", "k")
+
+    def frozen(signum: int, frame: object) -> None:
+        raise TimeoutError("the event loop was blocked on the outbox's lock")
+
+    previous = signal.signal(signal.SIGALRM, frozen)
+    try:
+        await replaying.add(OutboxCharge(account, Hold("r-1", 10, DAY, "router-1"), 10, {"request_id": "r-1"}))
+        replay = asyncio.create_task(replaying.replay(store))
+        await asyncio.sleep(0.1)  # the replay holds the file while it charges
+        signal.setitimer(signal.ITIMER_REAL, 3)
+        starting = Outbox(tmp_path / "data")  # as a router's build() makes it, on the event loop
+        await starting.add(OutboxCharge(account, Hold("r-2", 20, DAY, "router-2"), 20, {"request_id": "r-2"}))
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        assert await replay == 1 and [c.hold.request_id for c in starting._read()] == ["r-2"]
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
         await store.close()
 
 
