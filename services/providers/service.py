@@ -69,6 +69,7 @@ def upstream_request(model: ModelSpec, request: provider_pb2.GenerateRequest) ->
 
 
 def retry_budget(request: provider_pb2.GenerateRequest) -> Decimal | None:
+    """What the caller lets failed stream attempts consume before no more are made (None: no limit)."""
     if not request.HasField("retry_budget_usd"):
         return None
     try:
