@@ -5,10 +5,10 @@ whether the store is reachable (metric and gRPC health)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
+from llmrouter.tasks import stop as stop_task
 from services.router import metrics
 from services.router.outbox import Outbox
 from services.router.store import Store, StoreUnavailable
@@ -38,9 +38,7 @@ class Upkeep:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task)
 
     async def _run(self) -> None:
         while True:
