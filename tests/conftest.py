@@ -52,3 +52,11 @@ async def redis_url(session_redis_url: str) -> AsyncIterator[str]:
     yield session_redis_url
     await client.flushdb()
     await client.aclose()
+
+
+@pytest.fixture
+def local_model() -> Path:
+    """The local model's directory (artefacts/smollm2): missing, a skip, or a failure under CI=true."""
+    from tests.ci import require_local_model  # tests.ci imports this module
+
+    return require_local_model()

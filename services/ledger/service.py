@@ -10,6 +10,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from llmrouter.tasks import stop as stop_task
 from services.ledger.db import LedgerDB, open_ledger
 from services.ledger.sink import LedgerSink, MemorySource, RedisSource, Source, consumer_name
 from services.router.settings import RouterSettings
@@ -58,10 +59,7 @@ async def open_ledger_sink(settings: RouterSettings, store: Store) -> tuple[Ledg
 
     async def stop() -> None:
         for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop_task(task)
         if sink is not None and client is None:
             # The in-process ledger dies with this process: copy what is left before it does.
             with contextlib.suppress(Exception):

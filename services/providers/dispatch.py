@@ -92,8 +92,14 @@ class Dispatcher:
         return self._response(model, request, completion, retries, start)
 
     async def generate_stream(
-        self, model: ModelSpec, request: UpstreamRequest, budget_s: float | None = None
+        self,
+        model: ModelSpec,
+        request: UpstreamRequest,
+        budget_s: float | None = None,
+        retry_budget: Decimal | None = None,
     ) -> AsyncGenerator[provider_pb2.GenerateChunk, None]:
+        """Retried before the first delivered token; what failed attempts consumed is reported on top, and no
+        attempt is retried once that exceeds `retry_budget` (USD; None: no limit)."""
         start = time.perf_counter()
         deadline = self._deadline(budget_s)
         retries = 0
@@ -120,6 +126,9 @@ class Dispatcher:
                             raise self._interrupted(model, request, "".join(delivered), end, err, wasted) from None
                         if err.kind not in _UNKNOWN_OUTCOME:
                             wasted.add(model, request, end, exc.consumed if isinstance(exc, UpstreamError) else None)
+                        if retry_budget is not None and wasted.cost > retry_budget:
+                            # Another attempt could write its all on top: past what the caller holds for the call.
+                            raise self._failure(model, request, err, retries, wasted) from None
                         await self._backoff(model, request, err, retries, deadline, wasted)
                         retries += 1
                         continue

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import aclosing
+from decimal import Decimal, InvalidOperation
 
 import grpc
 
+from llmrouter.errors import invalid
 from llmrouter.registry import LiveRegistry, ModelSpec, Registry
 from llmrouter.server import Closer, Registrations
 from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc
@@ -33,8 +35,9 @@ class ProviderServicer(provider_pb2_grpc.ProviderServicer):
     ) -> AsyncIterator[provider_pb2.GenerateChunk]:
         model, dispatcher = self.catalog.resolve(request.model)
         upstream = upstream_request(model, request)
+        budget = retry_budget(request)
         # aclosing: a caller that goes away closes the upstream stream now, not whenever the GC gets to it.
-        async with aclosing(dispatcher.generate_stream(model, upstream, context.time_remaining())) as chunks:
+        async with aclosing(dispatcher.generate_stream(model, upstream, context.time_remaining(), budget)) as chunks:
             async for chunk in chunks:
                 yield chunk
 
@@ -63,6 +66,19 @@ def upstream_request(model: ModelSpec, request: provider_pb2.GenerateRequest) ->
         request_id=request.request_id,
         want_logprobs=request.want_confidence,
     )
+
+
+def retry_budget(request: provider_pb2.GenerateRequest) -> Decimal | None:
+    """What the caller lets failed stream attempts consume before no more are made (None: no limit)."""
+    if not request.HasField("retry_budget_usd"):
+        return None
+    try:
+        budget = Decimal(request.retry_budget_usd)
+    except InvalidOperation:
+        raise invalid("retry_budget_usd must be a decimal number", "retry_budget_usd") from None
+    if not budget.is_finite() or budget < 0:
+        raise invalid("retry_budget_usd must be a non-negative number", "retry_budget_usd")
+    return budget
 
 
 async def build(settings: ProvidersSettings) -> tuple[Registrations, list[Closer]]:

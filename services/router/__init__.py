@@ -29,7 +29,7 @@ async def build(
         raise SystemExit(f"router: {exc}") from None
     count_tokens("")  # loads the tokenizer now: on the first request it would hold the event loop for ~0.3 s
     if settings.redis_url:
-        await check_money_redis(settings.redis_url, settings.allow_evicting_money_store)
+        await check_money_redis(settings.redis_url, settings.allow_evicting_money_store, settings.cache_redis_url)
     store = open_store(settings.redis_url, settings.request_id_ttl_s)
     cache = open_cache(settings.cache_redis_url)
     try:

@@ -4,6 +4,7 @@ in (request id, rate limit, a hold of its worst-case cost against the budgets) o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import re
@@ -187,7 +188,17 @@ class Admission:
             return False
         if needed <= routed.hold.pico:
             return True
-        if await self.store.extend(routed.account, self.allowance, routed.hold, needed):
+        growing = asyncio.ensure_future(self.store.extend(routed.account, self.allowance, routed.hold, needed))
+        try:
+            refused = await asyncio.shield(growing)
+        except asyncio.CancelledError:
+            # The caller left while the hold was being grown: the store may have grown it all the same, and the
+            # hold the request settles next must be the one the store holds, or the larger one would linger.
+            with contextlib.suppress(StoreUnavailable):
+                if not await growing:
+                    routed.hold = dataclasses.replace(routed.hold, pico=needed)
+            raise
+        if refused:
             log.warning("budget cannot cover another attempt", extra={"request_id": routed.request_id})
             return False
         routed.hold = dataclasses.replace(routed.hold, pico=needed)

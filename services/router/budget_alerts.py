@@ -8,7 +8,6 @@ sends it, retrying; when every attempt fails the claim is dropped, so a later ro
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -16,6 +15,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from llmrouter.tasks import stop as stop_task
 from services.router import metrics
 from services.router.budgets import SCOPES, BudgetView, usd
 from services.router.operations import ALL, Operations
@@ -161,9 +161,7 @@ def start_budget_watch(settings: RouterSettings, operations: Operations) -> Call
     task = asyncio.create_task(watch.run(settings.budget_watch_interval_s))
 
     async def stop() -> None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await stop_task(task)
         if client is not None:
             await client.aclose()
 

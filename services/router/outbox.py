@@ -2,7 +2,9 @@
 
 A charge is written here (and fsynced) before the answer is released, so a Redis outage at charge time never
 loses it; a background task replays the file. Replays are idempotent: the store charges a request id once.
-The file is locked while it is appended to or rewritten, so routers sharing a data dir do not interleave."""
+The file is locked while it is appended to or rewritten, so routers sharing a data dir do not interleave; the
+lock is waited for without blocking the event loop or a thread, so routers in one process (tests start many)
+take turns rather than freeze it."""
 
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ from services.router import metrics
 from services.router.store import Account, Hold, Store, StoreUnavailable
 
 log = logging.getLogger("llmrouter.router")
+
+LOCK_POLL_S = 0.01  # how often a router waiting for the file's lock tries again
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,8 @@ class Outbox:
     async def add(self, charge: OutboxCharge) -> None:
         async with self._lock:
             try:
-                await asyncio.to_thread(self._append, charge.to_json())
+                # Closed (unlocked) by the thread, which runs to its end even if this call is cancelled.
+                await asyncio.to_thread(_append_and_close, await self._locked("a"), charge.to_json())
             except OSError as exc:
                 # Neither the store nor the disk keeps it: the log is the last record, and the call fails.
                 log.critical("charge kept by neither store nor outbox", extra={**charge.record, "error": str(exc)})
@@ -60,7 +65,7 @@ class Outbox:
         """Charge what the file holds, oldest first, until the store fails; returns how many landed. The
         file stays locked throughout, so a line appended meanwhile by another router is never rewritten away."""
         async with self._lock:
-            with await asyncio.to_thread(self._lock_file) as file:
+            with await self._locked() as file:
                 waiting = _parse(file)
                 landed = 0
                 for charge in waiting:
@@ -78,25 +83,24 @@ class Outbox:
     def __len__(self) -> int:
         return len(self._read())
 
-    def _lock_file(self, mode: str = "r") -> IO[str]:
+    async def _locked(self, mode: str = "r") -> IO[str]:
         """The file, open and locked (closing it unlocks); reopened if another router replaced it while this
         one waited for the lock."""
         while True:
             file = self.path.open(mode, encoding="utf-8")
-            fcntl.flock(file, fcntl.LOCK_EX)
+            try:
+                while not _try_lock(file):
+                    await asyncio.sleep(LOCK_POLL_S)
+            except BaseException:  # cancelled while waiting: nothing is left locked
+                file.close()
+                raise
             if os.fstat(file.fileno()).st_ino == os.stat(self.path).st_ino:
                 return file
             file.close()
 
-    def _append(self, line: str) -> None:
-        with self._lock_file("a") as file:
-            # The leading newline ends a line a crash may have cut short (its answer was never released).
-            file.write("\n" + line + "\n")
-            file.flush()
-            os.fsync(file.fileno())
-
     def _read(self) -> list[OutboxCharge]:
-        with self._lock_file() as file:
+        """What the file holds now, read without its lock (a count, for the metric and tests): never waits."""
+        with self.path.open(encoding="utf-8") as file:
             return _parse(file)
 
     def _rewrite(self, remaining: list[OutboxCharge]) -> None:
@@ -107,6 +111,22 @@ class Outbox:
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, self.path)
+
+
+def _try_lock(file: IO[str]) -> bool:
+    try:
+        fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _append_and_close(file: IO[str], line: str) -> None:
+    with file:
+        # The leading newline ends a line a crash may have cut short (its answer was never released).
+        file.write("\n" + line + "\n")
+        file.flush()
+        os.fsync(file.fileno())
 
 
 def _parse(file: IO[str]) -> list[OutboxCharge]:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Literal
+from typing import Any, Literal
 
 from llmrouter.registry import ModelSpec, Registry
 from llmrouter.v1 import provider_pb2, router_pb2
 from services.router import policy
 from services.router.sessions import Session
+from services.router.settings import MAX_REQUEST_S
 from services.router.store import Account, Hold
 
 Mode = Literal["off", "auto", "strict"]
@@ -28,6 +29,7 @@ class Routed:
     decision: router_pb2.Decision
     max_tokens: dict[str, int]  # per model of the plan: the max_tokens sent, the most it may write and cost
     started: float = field(default_factory=time.perf_counter)
+    timeout_s: float = MAX_REQUEST_S  # the most the request may run from `started` (RouterSettings.request_timeout_s)
     hold: Hold | None = None  # what admission holds against the budgets until the charge
     settled: bool = False  # charged (which drops the hold)
     # What failed attempts (fallbacks, escalation) cost: what they consumed, or their worst case if unknown.
@@ -36,6 +38,12 @@ class Routed:
     registry: Registry | None = None  # the snapshot the plan came from, kept for the request's life
     escalation: Mode = "auto"  # when a weak answer is asked again of a stronger tier (escalation.py)
     session: Session | None = None  # the conversation this turn belongs to, as it stood before the turn
+
+    def time_left(self, context: Any) -> float:
+        """What the request may still run: its own time limit, or the caller's deadline when that comes first."""
+        left = self.timeout_s - (time.perf_counter() - self.started)
+        caller = context.time_remaining()
+        return left if caller is None else min(left, caller)
 
 
 @dataclass

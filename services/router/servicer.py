@@ -96,7 +96,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         caps = admission.output_caps(plan, limits, decision)
         request_id = request.request_id or uuid.uuid4().hex
         routed = Routed(request, request_id, account, limits, plan, decision, caps, registry=registry)
-        routed.session, routed.escalation = session, mode
+        routed.timeout_s, routed.session, routed.escalation = self.settings.request_timeout_s, session, mode
         if admit:
             await self.admission.admit(routed)
             self.routing.count(routed)

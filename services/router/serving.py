@@ -34,8 +34,8 @@ FALLBACK_CODES = {
 }
 # Failures after which the upstream may have generated (and billed) anything up to the attempt's worst case.
 UNKNOWN_OUTCOME = {grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
-# A fallback with less of the caller's deadline left than this would time out before reaching its upstream,
-# and be charged its worst case as an unknown outcome all the same: none is made.
+# A fallback (or escalation) with less of the request's time left than this would time out before reaching its
+# upstream, and be charged its worst case as an unknown outcome all the same: none is made.
 MIN_FALLBACK_S = 0.1
 
 
@@ -88,11 +88,11 @@ class Serving:
             try:
                 reply = await self.providers.Generate(
                     generate_request(routed, option.model, want_confidence=stronger is not None),
-                    timeout=context.time_remaining(),
+                    timeout=routed.time_left(context),
                 )
             except grpc.RpcError as err:
                 error = ServiceError.from_rpc_error(err)
-                await self._after_failed_attempt(routed, error, index, context.time_remaining())
+                await self._after_failed_attempt(routed, error, index, routed.time_left(context))
                 continue
             served = Served(option.model)
             served.add(reply, option.model)
@@ -124,9 +124,12 @@ class Serving:
         if max_tokens < min(routed.limits.min_output_tokens, routed.max_tokens[target.model.name]):
             log.warning("no room left in the hold to escalate; keeping the weak answer", extra={"signal": why})
             return
+        if routed.time_left(context) < MIN_FALLBACK_S:  # it would time out unsent, yet be owed as unknown
+            log.warning("no time left to escalate; keeping the weak answer", extra={"signal": why})
+            return
         try:
             reply = await self.providers.Generate(
-                generate_request(routed, target.model, max_tokens), timeout=context.time_remaining()
+                generate_request(routed, target.model, max_tokens), timeout=routed.time_left(context)
             )
         except grpc.RpcError as err:
             log.warning("escalation failed; keeping the weak answer", extra={"error": err.details()})
@@ -141,9 +144,9 @@ class Serving:
         order = routed.plan.order
         for index, option in enumerate(order):
             stream.model, stream.worst = option.model, worst_usd(routed, option.model)
-            call = self.providers.GenerateStream(
-                generate_request(routed, option.model), timeout=context.time_remaining()
-            )
+            request = generate_request(routed, option.model)
+            request.retry_budget_usd = format(retry_budget(routed, stream.worst), "f")
+            call = self.providers.GenerateStream(request, timeout=routed.time_left(context))
             try:
                 async for chunk in call:
                     if chunk.WhichOneof("kind") == "delta":
@@ -158,23 +161,21 @@ class Serving:
                 error = ServiceError.from_rpc_error(err)
                 if stream.parts:
                     raise error from None
-                await self._after_failed_attempt(routed, error, index, context.time_remaining())
+                await self._after_failed_attempt(routed, error, index, routed.time_left(context))
                 continue
             finally:
                 call.cancel()
             raise ServiceError(grpc.StatusCode.INTERNAL, "UPSTREAM_ERROR", "provider stream ended without usage")
 
-    async def _after_failed_attempt(
-        self, routed: Routed, error: ServiceError, index: int, time_left: float | None
-    ) -> None:
+    async def _after_failed_attempt(self, routed: Routed, error: ServiceError, index: int, time_left: float) -> None:
         """Owe what the failed attempt cost, then fall back to the next model only if it is worth it, the
-        caller's deadline leaves time for it, and the hold can grow to cover what is owed plus the next
+        request's time leaves room for it, and the hold can grow to cover what is owed plus the next
         attempt's worst case; else raise."""
         order = routed.plan.order
         routed.owed += attempt_cost(error, worst_usd(routed, order[index].model))
         if error.code not in FALLBACK_CODES or index + 1 >= len(order):
             raise error
-        if time_left is not None and time_left < MIN_FALLBACK_S:
+        if time_left < MIN_FALLBACK_S:
             raise error
         following = order[index + 1].model
         if not await self.admission.cover(routed, to_pico(worst_usd(routed, following))):
@@ -206,6 +207,13 @@ def worst_usd(routed: Routed, model: ModelSpec, max_tokens: int | None = None) -
     """The most one generation by `model` can cost for this request: writing all it may."""
     output = routed.max_tokens[model.name] if max_tokens is None else max_tokens
     return Decimal(worst_pico(model, routed.limits.input_tokens, output)) / PICO
+
+
+def retry_budget(routed: Routed, worst: Decimal) -> Decimal:
+    """What the providers' retries of an attempt may consume on top of its own worst case: the room the hold
+    leaves after what is owed, so that the attempt's charge stays within the hold."""
+    assert routed.hold is not None  # only admitted requests are served
+    return max(Decimal(routed.hold.pico - to_pico(routed.owed + worst)), Decimal(0)) / PICO
 
 
 def attempt_cost(error: ServiceError, worst: Decimal) -> Decimal:

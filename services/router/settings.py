@@ -14,7 +14,10 @@ from pydantic_settings import SettingsConfigDict
 
 from llmrouter.registry import DEFAULT_REGISTRY
 from llmrouter.settings import REPO_ROOT, GrpcServiceSettings, RepoPath
-from services.router.store import REQUEST_ID_TTL_S
+from services.router.store import HOLD_S, REQUEST_ID_TTL_S
+
+# The longest a request may run: a hold lives HOLD_S, and the charge after the last token needs time to land.
+MAX_REQUEST_S = HOLD_S - 60
 
 Share = Annotated[float, Field(ge=0, le=1)]
 
@@ -74,6 +77,10 @@ class RouterSettings(GrpcServiceSettings):
     classifier_timeout_s: float = Field(default=0.5, gt=0)
     # Classifier answers kept for prompts seen again (services/router/score_cache.py); 0 turns the cache off.
     score_cache_entries: int = Field(default=10_000, ge=0)
+    # The longest a request may run from admission to its last token, fallbacks and escalation included, whatever
+    # the caller's deadline: then generation is cut and charged (a stream what it delivered, a call cut mid-way
+    # its worst case). Below a hold's life, so no hold expires while its request runs.
+    request_timeout_s: float = Field(default=300.0, gt=0, le=MAX_REQUEST_S)
     models_refresh_s: float = Field(default=10.0, gt=0)
 
     # Spend limits per budget period, in USD; unset means unlimited. Keyed by tenant and by API key.

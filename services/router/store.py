@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,6 +29,8 @@ import grpc
 
 from llmrouter.errors import ServiceError
 from services.router import metrics
+
+log = logging.getLogger("llmrouter.router")
 
 PICO = Decimal(10) ** 12
 REQUEST_ID_TTL_S = 24 * 3600  # default: how long a request id stays used (and charged at most once)
@@ -246,8 +249,15 @@ local function less(a_hi, a_lo, b_hi, b_lo)
 end
 """
 
+# Scripts that take new memory (admission, a hold grown) are refused whole when the store is full (OOM under
+# noeviction: a flagged script is checked before it runs, never half-way); a charge or release of what was
+# already admitted must land even then (allow-oom): what was served is always paid for. Redis 7 or newer.
+_MAY_GROW = "#!lua\n"
+_MUST_LAND = "#!lua flags=allow-oom\n"
+
 _ADMIT_LUA = (
-    _EXACT_LUA
+    _MAY_GROW
+    + _EXACT_LUA
     + """
 -- KEYS: rate, used id, then per budget (tenant, key): spend, limit, holds; then pending charges, routers
 -- ARGV: per minute, tenant default limit, key default limit ('' = none), now, hold member, hold expiry, id ttl,
@@ -293,7 +303,9 @@ return {'', '0'}
 """
 )
 
-_CHARGE_LUA = """
+_CHARGE_LUA = (
+    _MUST_LAND
+    + """
 -- KEYS: charged marker, tenant spend, key spend, ledger, tenant holds, key holds, pending charges
 -- ARGV: pico, marker ttl, record, spend ttl, hold member, pending field, late ('1': only if still pending)
 redis.call('ZREM', KEYS[5], ARGV[5])
@@ -307,9 +319,21 @@ end
 redis.call('XADD', KEYS[4], '*', 'record', ARGV[3])
 return 1
 """
+)
+
+_RELEASE_LUA = (
+    _MUST_LAND
+    + """
+-- KEYS: tenant holds, key holds, pending charges; ARGV: hold member, pending field
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[2])
+"""
+)
 
 _EXTEND_LUA = (
-    _EXACT_LUA
+    _MAY_GROW
+    + _EXACT_LUA
     + """
 -- KEYS: per budget (tenant, key): spend, limit, holds; then pending charges
 -- ARGV: tenant default limit, key default limit ('' = none), old member, new member, new pico, expiry,
@@ -367,6 +391,10 @@ async def _reachable() -> AsyncIterator[None]:
     except (errors.ConnectionError, errors.TimeoutError, errors.ReadOnlyError, OSError) as exc:
         metrics.STORE_UP.labels("money").set(0)
         raise StoreUnavailable() from exc
+    except errors.OutOfMemoryError as exc:  # full under noeviction: nothing new is admitted until it has room
+        log.error("the money store is full (OOM under noeviction): raise its maxmemory")
+        metrics.STORE_UP.labels("money").set(0)
+        raise StoreUnavailable() from exc
     metrics.STORE_UP.labels("money").set(1)
 
 
@@ -385,6 +413,7 @@ class RedisStore:
         self._lease = self.redis.register_script(_LEASE_LUA)
         self._extend = self.redis.register_script(_EXTEND_LUA)
         self._forget = self.redis.register_script(_FORGET_LUA)
+        self._release = self.redis.register_script(_RELEASE_LUA)
         self._missing_since: dict[str, float] = {}  # routers seen without a heartbeat, since when (monotonic)
         self._last_sweep = float("-inf")  # when live routers' pending charges were last checked for stale ones
 
@@ -453,11 +482,9 @@ class RedisStore:
         return result.decode() if isinstance(result, bytes) else str(result or "")
 
     async def release(self, account: Account, hold: Hold) -> None:
-        async with _reachable(), self.redis.pipeline(transaction=True) as pipe:
-            for held in account.hold_keys():
-                pipe.zrem(held, hold.member)
-            pipe.hdel(pending_key(hold.router), pending_field(account, hold.request_id))
-            await pipe.execute()
+        keys = [*account.hold_keys(), pending_key(hold.router)]
+        async with _reachable():
+            await self._release(keys=keys, args=[hold.member, pending_field(account, hold.request_id)])
 
     async def spent(self, account: Account, period: str) -> tuple[int, int]:
         async with _reachable():

@@ -5,10 +5,10 @@ whether the store is reachable (metric and gRPC health)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
+from llmrouter.tasks import stop as stop_task
 from services.router import metrics
 from services.router.outbox import Outbox
 from services.router.store import Store, StoreUnavailable
@@ -38,9 +38,7 @@ class Upkeep:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task)
 
     async def _run(self) -> None:
         while True:
@@ -51,7 +49,7 @@ class Upkeep:
             await asyncio.sleep(self.interval_s)
 
     async def tick(self) -> None:
-        up = await self.store.ping()
+        up = await self.store.ping() and await self._heartbeat()
         if up != self.up:
             self.up = up
             metrics.STORE_UP.labels("money").set(1 if up else 0)
@@ -61,7 +59,6 @@ class Upkeep:
         if not up:
             return
         try:
-            await self.store.heartbeat(self.router, self.heartbeat_ttl_s)
             await self.outbox.replay(self.store)
             settled = await self.store.reconcile(self.router, self.heartbeat_ttl_s, self.stale_s)
         except StoreUnavailable:
@@ -69,3 +66,11 @@ class Upkeep:
         if settled:
             metrics.PENDING_RECONCILED.inc(settled)
             log.warning("settled orphaned pending charges at their hold", extra={"settled": settled})
+
+    async def _heartbeat(self) -> bool:
+        """False when the store answers but takes no writes (full, or a demoted primary): nothing is admitted."""
+        try:
+            await self.store.heartbeat(self.router, self.heartbeat_ttl_s)
+        except StoreUnavailable:
+            return False
+        return True

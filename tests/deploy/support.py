@@ -1,20 +1,19 @@
 """Shared helpers for the deployment tests: repository paths, docs/conventions.md parsed, and the chart
 rendered with the real helm (found in .tools/bin, installed by deploy/install-tools.sh, or on PATH).
 
-A missing tool skips a test on a developer's machine and fails it in CI (CI=true): a check that did not run
-must never pass there."""
+A missing tool skips a test on a developer's machine and fails it in CI (CI=true): tests/ci.py."""
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
 from functools import cache
 from pathlib import Path
 
-import pytest
 import yaml
+
+from tests.ci import missing
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "llm-cost-router"
@@ -40,19 +39,12 @@ def documented_ports() -> dict[str, tuple[str, int, int]]:
     return {svc: (prefix, int(port), int(metrics)) for svc, prefix, port, metrics in rows}
 
 
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
-
-
 def tool(name: str) -> str:
     """Path of a deploy tool; when it is missing: a failure under CI, a skip elsewhere."""
     local = ROOT / ".tools" / "bin" / name
     found = str(local) if local.is_file() else shutil.which(name)
     if found is None:
-        reason = f"{name} is not installed: run deploy/install-tools.sh (deploy/lint.sh and .ci/run do)"
-        if in_ci():
-            pytest.fail(f"CI=true: {reason}", pytrace=False)
-        pytest.skip(reason)
+        missing(f"{name} is not installed: run deploy/install-tools.sh (deploy/lint.sh and .ci/run do)")
     return found
 
 

@@ -77,9 +77,6 @@ async def wait_for(client: AsyncOpenAI, batch_id: str, done: int, timeout_s: flo
     raise AssertionError(f"batch {batch_id} did not reach {done} lines in {timeout_s} s")
 
 
-# Out of the default run: on a clean CI machine the runner stalled after the router restart (346 of 1,000 lines
-# done, its lease still renewed); it passes on other runs. Until that is understood it runs with `make test-slow`.
-@pytest.mark.slow
 async def test_a_thousand_line_batch_survives_restarts_and_costs_what_the_ledger_says(
     batch_stack: tuple[Chain, str, str, EdgeSettings],
 ) -> None:

@@ -13,6 +13,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import httpx
 import pytest
 import redis.asyncio as redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from redis.exceptions import OutOfMemoryError
 
 from llmrouter.errors import ServiceError
 from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
@@ -212,3 +214,54 @@ async def test_money_store_down_fails_closed_and_says_so(
 
 async def _is(status: Callable[[], Awaitable[int]], wanted: int) -> bool:
     return await status() == wanted
+
+
+async def test_a_full_money_store_refuses_new_requests_and_charges_the_one_in_flight(
+    chain: Chain, tmp_path: Path
+) -> None:
+    """At its maxmemory under noeviction Redis refuses writes: new requests get STORE_UNAVAILABLE (503 and
+    Retry-After at the edge), not a 502, and a request admitted before it filled is still charged."""
+    small = RedisServer(tmp_path / "small", "--save", "", "--maxmemory", "16mb", "--maxmemory-policy", "noeviction")
+    small.start()
+    router = await extra_router(chain, redis_url=small.url, instance_id="filling")
+    db = redis.from_url(small.url)
+    chain.budget.latency = 1.5  # the request in flight is still generating when the store fills
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{router.port}") as channel:
+            stub = router_pb2_grpc.RouterStub(channel)
+            early = ask("cheap-model")
+            in_flight = asyncio.ensure_future(stub.Complete(early, timeout=20))
+            await wait_for(lambda: db.hlen(pending_key("filling")))  # admitted
+            with pytest.raises(OutOfMemoryError):
+                for i in range(100_000):
+                    await db.set(f"junk-{i}", b"x" * 100_000)
+            await db.config_set("maxmemory", int((await db.info("memory"))["used_memory"]) - 100_000)
+
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.Complete(ask(), timeout=20)
+            error = ServiceError.from_rpc_error(refused.value)
+            assert error.code == grpc.StatusCode.UNAVAILABLE and error.reason == "STORE_UNAVAILABLE"
+            edge_settings = EdgeSettings(port=free_port(), router_addr=f"127.0.0.1:{router.port}")
+            edge, edge_task, edge_channel = await start_edge(edge_settings)
+            try:
+                async with httpx.AsyncClient(timeout=20) as http:
+                    body = {"messages": [{"role": "user", "content": "hello"}]}
+                    reply = await http.post(f"http://127.0.0.1:{edge_settings.port}/v1/chat/completions", json=body)
+            finally:
+                edge.should_exit = True
+                await edge_task
+                await edge_channel.close()
+            assert reply.status_code == 503 and reply.headers["retry-after"] == "1", reply.text
+
+            answer = await in_flight
+        records = [json.loads(e[1][b"record"]) for e in await db.xrange(LEDGER)]
+        (record,) = [r for r in records if r["tenant"] == early.tenant]
+        assert record["outcome"] == "ok" and Decimal(record["cost_usd"]) == Decimal(answer.cost_usd)
+        spend = await db.get(f"llmrouter:spend:tenant:{early.tenant}:{period_id('day')}")
+        assert int(spend) > 0 and await db.zcard(f"llmrouter:held:tenant:{early.tenant}") == 0
+        assert small.info("stats")["evicted_keys"] == 0
+    finally:
+        chain.budget.latency = 0.0
+        await db.aclose()
+        await router.stop(1)
+        small.stop()

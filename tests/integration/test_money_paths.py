@@ -20,10 +20,12 @@ import yaml
 from llmrouter.errors import ServiceError
 from llmrouter.registry import load_registry
 from llmrouter.server import RunningServer, start_server
+from llmrouter.tokens import count_tokens
 from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
 from services import providers
 from services.providers.settings import ProvidersSettings
 from services.router.store import LEDGER
+from tests.fakes.server import TOOL_CUE, Fault
 from tests.integration.conftest import Chain
 from tests.integration.test_policy_in_chain import extra_router
 
@@ -177,3 +179,61 @@ async def test_a_fallback_after_the_callers_deadline_is_neither_tried_nor_charge
     (record,) = await ledger_of(chain, tenant)
     assert len(chain.premium.requests) == premium_calls
     assert record["outcome"] == "failed" and Decimal(record["cost_usd"]) == estimate(decision, "cheap-model")
+
+
+async def test_a_stream_past_the_request_time_limit_is_cut_and_charged_what_it_delivered(
+    slow_upstreams: Chain,
+) -> None:
+    """ROUTER_REQUEST_TIMEOUT_S bounds a request whatever the caller's deadline (here none), so its hold, which
+    expires, always outlives it: the stream is cut at the limit and charged what reached the caller."""
+    chain, tenant = slow_upstreams, f"long-{uuid.uuid4().hex[:8]}"
+    router = await extra_router(chain, redis_url=chain.redis_url, request_timeout_s=1.5)
+    chain.budget.chunk_delay = 0.3  # the answer's dozen events take about 4 s
+    deltas = []
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{router.port}") as channel:
+            with pytest.raises(grpc.aio.AioRpcError):
+                async for chunk in router_pb2_grpc.RouterStub(channel).CompleteStream(ask(tenant, model="cheap-model")):
+                    assert not chunk.HasField("final")  # never completes
+                    if chunk.HasField("delta"):
+                        deltas.append(chunk.delta)
+    finally:
+        chain.budget.chunk_delay = 0.0
+        await router.stop(1)
+    (record,) = await ledger_of(chain, tenant)
+    cheap = load_registry(chain.registry_path).get("cheap-model")
+    assert deltas and record["outcome"] == "interrupted"
+    assert record["output_tokens"] == count_tokens("".join(deltas))
+    assert Decimal(record["cost_usd"]) == cheap.cost_usd(record["input_tokens"], record["output_tokens"])
+    db = redis.from_url(chain.redis_url)
+    try:
+        assert await db.zcard(f"llmrouter:held:tenant:{tenant}") == 0
+    finally:
+        await db.aclose()
+
+
+async def test_a_stream_retry_that_could_pass_the_hold_is_not_made(chain: Chain) -> None:
+    """A tool-call stream cut before its first delivered token is retried by the providers, and the upstream
+    bills the cut attempt too. With max_cost_usd at one attempt's worst case, the hold has no room for a retry
+    on top: the router says so (retry_budget_usd), none is made, and the charge stays within the cap."""
+    tenant = f"retry-{uuid.uuid4().hex[:8]}"
+    prompt = "Answer briefly. " * 500 + f"What is the weather in Paris? {TOOL_CUE} {uuid.uuid4().hex}"
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    request = router_pb2.CompleteRequest(
+        messages=[common_pb2.ChatMessage(role="user", content=prompt)],
+        tenant=tenant,
+        model="cheap-model",
+        max_tokens=50,
+        passthrough_json=json.dumps({"tools": tools}),
+    )
+    async with grpc.aio.insecure_channel(chain.router_addr) as channel:
+        stub = router_pb2_grpc.RouterStub(channel)
+        request.max_cost_usd = str(estimate(await stub.Decide(request, timeout=20), "cheap-model"))
+        chain.budget.enqueue(Fault.cut(after_chunks=4))
+        sent = len(chain.budget.requests)
+        with pytest.raises(grpc.aio.AioRpcError):
+            async for _ in stub.CompleteStream(request, timeout=20):
+                pass
+    assert len(chain.budget.requests) == sent + 1  # not retried
+    (record,) = await ledger_of(chain, tenant)
+    assert 0 < Decimal(record["cost_usd"]) <= Decimal(request.max_cost_usd)

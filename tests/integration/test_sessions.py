@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from decimal import Decimal
 
@@ -18,10 +18,7 @@ from services.router.sessions import session_key
 from services.router.store import LEDGER
 from tests.integration.conftest import Chain
 from tests.integration.test_policy_in_chain import extra_router
-
-# Out of the default run for now: in a full run, after tests/integration/test_routing_behaviour.py, a test here
-# stalled past 10 minutes (alone they pass in seconds); `make test-slow` runs them until that is understood.
-pytestmark = pytest.mark.slow
+from tests.redis_servers import cache_redis
 
 # Prompts the shipped classifier separates at this quality target: the cheap model is predicted above it
 # for the easy ones (about 0.82 to 0.86), below it for the hard one (about 0.53; the strong model 0.79).
@@ -63,10 +60,18 @@ class Conversation:
         return (await self.stub.Decide(self.request(text, session=False), timeout=30)).model
 
 
+@pytest.fixture(scope="module")
+def cache_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The cache Redis, a server of its own (the router refuses one shared with the money store)."""
+    server = cache_redis(tmp_path_factory.mktemp("cache")).start()
+    yield server.url
+    server.stop()
+
+
 @asynccontextmanager
-async def router_stub(chain: Chain) -> AsyncIterator[router_pb2_grpc.RouterStub]:
+async def router_stub(chain: Chain, cache_url: str) -> AsyncIterator[router_pb2_grpc.RouterStub]:
     """A router of its own whose sessions live in the cache Redis: replicas and restarts share them."""
-    server = await extra_router(chain, redis_url=chain.redis_url, cache_redis_url=chain.redis_url)
+    server = await extra_router(chain, redis_url=chain.redis_url, cache_redis_url=cache_url)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             yield router_pb2_grpc.RouterStub(channel)
@@ -74,9 +79,9 @@ async def router_stub(chain: Chain) -> AsyncIterator[router_pb2_grpc.RouterStub]
         await server.stop(1)
 
 
-async def test_five_turns_stay_on_one_model_and_move_up_once_for_a_hard_turn(chain: Chain) -> None:
+async def test_five_turns_stay_on_one_model_and_move_up_once_for_a_hard_turn(chain: Chain, cache_url: str) -> None:
     tenant = f"talker-{uuid.uuid4().hex[:6]}"
-    async with router_stub(chain) as stub:
+    async with router_stub(chain, cache_url) as stub:
         talk = Conversation(stub, tenant, "chat-1")
         for text in EASY:
             assert await talk.alone(text) == "cheap-model"  # the premise: the classifier separates them
@@ -93,12 +98,13 @@ async def test_five_turns_stay_on_one_model_and_move_up_once_for_a_hard_turn(cha
         assert "session affinity" in last.decision.reason and last.decision.model == "strong-model"
 
     turns = [*replies, hard, last]
-    client = redis.from_url(chain.redis_url)
+    cache, money = redis.from_url(cache_url), redis.from_url(chain.redis_url)
     try:
-        stored = json.loads(await client.get(f"llmrouter:cache:{session_key(tenant, 'chat-1')}"))
-        ledger = [r for _, e in await client.xrange(LEDGER) if (r := json.loads(e[b"record"]))["tenant"] == tenant]
+        stored = json.loads(await cache.get(f"llmrouter:cache:{session_key(tenant, 'chat-1')}"))
+        ledger = [r for _, e in await money.xrange(LEDGER) if (r := json.loads(e[b"record"]))["tenant"] == tenant]
     finally:
-        await client.aclose()
+        await cache.aclose()
+        await money.aclose()
     assert stored["model"] == "strong-model" and stored["turns"] == 5
     assert stored["input_tokens"] == sum(r.usage.input_tokens for r in turns)
     assert stored["output_tokens"] == sum(r.usage.output_tokens for r in turns)
@@ -108,8 +114,8 @@ async def test_five_turns_stay_on_one_model_and_move_up_once_for_a_hard_turn(cha
     assert reasons[last.id] == "session_affinity" and reasons[hard.id] != "session_affinity"
 
 
-async def test_a_session_is_per_tenant(chain: Chain) -> None:
-    async with router_stub(chain) as stub:
+async def test_a_session_is_per_tenant(chain: Chain, cache_url: str) -> None:
+    async with router_stub(chain, cache_url) as stub:
         owner = Conversation(stub, f"owner-{uuid.uuid4().hex[:6]}", "shared-id")
         await owner.turn(HARD)
         assert (await owner.turn(EASY[0])).decision.session_affinity
@@ -119,21 +125,21 @@ async def test_a_session_is_per_tenant(chain: Chain) -> None:
         assert reply.model == "cheap-model" and not reply.decision.session_affinity
 
 
-async def test_affinity_survives_a_router_restart(chain: Chain) -> None:
+async def test_affinity_survives_a_router_restart(chain: Chain, cache_url: str) -> None:
     tenant = f"restart-{uuid.uuid4().hex[:6]}"
-    async with router_stub(chain) as stub:
+    async with router_stub(chain, cache_url) as stub:
         before = Conversation(stub, tenant, "long-chat")
         assert (await before.turn(HARD)).model == "strong-model"
-    async with router_stub(chain) as stub:  # a new router process state: nothing kept in memory
+    async with router_stub(chain, cache_url) as stub:  # a new router process state: nothing kept in memory
         after = Conversation(stub, tenant, "long-chat")
         after.messages = before.messages
         reply = await after.turn(EASY[0])
     assert reply.model == "strong-model" and reply.decision.session_affinity
 
 
-async def test_a_named_model_is_honoured_inside_a_session(chain: Chain) -> None:
+async def test_a_named_model_is_honoured_inside_a_session(chain: Chain, cache_url: str) -> None:
     model = "cheap-model"
-    async with router_stub(chain) as stub:
+    async with router_stub(chain, cache_url) as stub:
         talk = Conversation(stub, f"named-{uuid.uuid4().hex[:6]}", "chat")
         await talk.turn(HARD)
         request = talk.request(EASY[0])

@@ -21,10 +21,8 @@ from services.demo import PROMPTS
 from tests.conftest import ROOT
 from tests.integration.conftest import free_port
 
-LOCAL_MODEL = ROOT / "artefacts" / "smollm2" / "genai_config.json"
 
-
-@pytest.mark.skipif(not LOCAL_MODEL.exists(), reason="artefacts/smollm2 not built: `make local-model` builds it")
+@pytest.mark.usefixtures("local_model")
 def test_stack_shows_routing_with_no_keys_and_no_redis(tmp_path: Path) -> None:
     """The demo: every prompt's decision over the whole registry (cloud models unavailable without keys, the
     choice they would get with keys), the local model's answer, and a summary whose sums add up."""
@@ -50,7 +48,7 @@ def test_stack_shows_routing_with_no_keys_and_no_redis(tmp_path: Path) -> None:
     assert f"{always - with_keys:.6f} saved" in out
 
 
-@pytest.mark.skipif(not LOCAL_MODEL.exists(), reason="artefacts/smollm2 not built: `make local-model` builds it")
+@pytest.mark.usefixtures("local_model")
 def test_launched_stack_serves_only_its_own_certificates(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Zero configuration and yet secure: the edge reaches the router over mTLS, while a direct call to the
     router in plaintext, or with a certificate from any other CA (even one named "edge"), is refused."""

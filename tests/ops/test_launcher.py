@@ -17,8 +17,6 @@ from services.__main__ import supervise
 from tests.conftest import ROOT
 from tests.integration.conftest import free_port
 
-LOCAL_MODEL = ROOT / "artefacts" / "smollm2" / "genai_config.json"
-
 
 def python(code: str) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-c", code], text=True)
@@ -69,7 +67,7 @@ def alive(pid: int) -> bool:
         return False
 
 
-@pytest.mark.skipif(not LOCAL_MODEL.exists(), reason="artefacts/smollm2 not built: `make local-model` builds it")
+@pytest.mark.usefixtures("local_model")
 def test_a_dead_service_stops_the_stack_at_once() -> None:
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and not k.startswith("ROUTER_")}
     for service in ("CLASSIFIER", "PROVIDERS", "ROUTER", "EDGE"):

@@ -15,11 +15,11 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.__main__ import running_stack
+from tests.ci import require_local_model
 from tests.conftest import ROOT
 from tests.integration.conftest import free_port
 
 CHART = ROOT / "helm" / "llm-cost-router"
-LOCAL_MODEL = ROOT / "artefacts" / "smollm2" / "genai_config.json"
 SERVICES = ("CLASSIFIER", "PROVIDERS", "ROUTER", "EDGE")
 SUFFIXES = {
     "counter": ("_total",),
@@ -44,8 +44,7 @@ def named_metrics(expr: str) -> set[str]:
 
 @pytest.fixture(scope="module")
 def scraped() -> Iterator[set[str]]:
-    if not LOCAL_MODEL.exists():
-        pytest.skip("artefacts/smollm2 not built: `make local-model` builds it")
+    require_local_model()
     metrics_ports = {service: free_port() for service in SERVICES}
     with pytest.MonkeyPatch.context() as env:
         for name in [k for k in os.environ if k.startswith("ROUTER_") or k.endswith("_API_KEY")]:

@@ -1,5 +1,5 @@
 """The local model for real: SmolLM2-135M-Instruct through onnxruntime-genai, via the gRPC service. Skipped
-only where the artefact was not built (`make local-model`)."""
+only where the artefact was not built (`make local-model`), and failed then under CI=true."""
 
 from __future__ import annotations
 
@@ -11,20 +11,20 @@ import pytest
 
 from llmrouter.v1 import common_pb2
 from services.providers.settings import ProvidersSettings
+from tests.ci import require_local_model
 from tests.fakes import FakeAnthropic, FakeOpenAI
 from tests.providers.conftest import providers_service
 from tests.providers.helpers import error_of, request
 
-MODEL_DIR = ProvidersSettings().local_model_dir
-pytestmark = pytest.mark.skipif(
-    not (MODEL_DIR / "genai_config.json").is_file(),
-    reason=f"local model not built at {MODEL_DIR}: run `make local-model`",
-)
+
+@pytest.fixture
+def model_dir() -> Path:
+    return require_local_model(ProvidersSettings().local_model_dir)
 
 
 @pytest.fixture
-async def local_stub(tmp_path: Path, openai_fake: FakeOpenAI, anthropic_fake: FakeAnthropic):
-    async with providers_service(tmp_path, openai_fake.base_url, anthropic_fake.base_url, MODEL_DIR) as stub:
+async def local_stub(tmp_path: Path, model_dir: Path, openai_fake: FakeOpenAI, anthropic_fake: FakeAnthropic):
+    async with providers_service(tmp_path, openai_fake.base_url, anthropic_fake.base_url, model_dir) as stub:
         yield stub
 
 
@@ -65,13 +65,13 @@ async def test_cancelling_stops_generation(local_stub) -> None:
     assert resp.usage.output_tokens <= 2 and time.perf_counter() - start < 1.0
 
 
-def test_build_is_idempotent() -> None:
+def test_build_is_idempotent(model_dir: Path) -> None:
     from services.providers.local_model.build import build
 
-    weights = MODEL_DIR / "model.onnx.data"
+    weights = model_dir / "model.onnx.data"
     before = weights.stat().st_mtime_ns
     start = time.perf_counter()
-    build(MODEL_DIR)  # already built: only a smoke test runs
+    build(model_dir)  # already built: only a smoke test runs
     assert weights.stat().st_mtime_ns == before and time.perf_counter() - start < 15
 
 

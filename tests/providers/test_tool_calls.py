@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from decimal import Decimal
+from typing import Any
 
 import grpc
 import pytest
@@ -34,8 +35,8 @@ CALLS = [
 ]
 
 
-def tool_request(model: str) -> provider_pb2.GenerateRequest:
-    return request(model, PROMPT, passthrough_json=json.dumps({"tools": TOOLS, "tool_choice": "auto"}))
+def tool_request(model: str, **fields: Any) -> provider_pb2.GenerateRequest:
+    return request(model, PROMPT, passthrough_json=json.dumps({"tools": TOOLS, "tool_choice": "auto"}), **fields)
 
 
 def history(model: str) -> provider_pb2.GenerateRequest:
@@ -193,3 +194,30 @@ async def test_a_tool_call_stream_failing_every_attempt_reports_what_they_consum
     err = error_of(info.value)
     assert err.reason == "UPSTREAM_UNAVAILABLE" and err.metadata["retries"] == "2"
     assert int(err.metadata["output_tokens"]) > 0 and Decimal(err.metadata["cost_usd"]) > 0
+
+
+async def test_a_stream_is_not_retried_once_what_failed_attempts_consumed_passes_the_retry_budget(
+    stub, openai_fake: FakeOpenAI
+) -> None:
+    # The router's hold covers one attempt's worst case plus this budget: another attempt after a cut one could
+    # write its all on top of what the cut one consumed, past the hold. Without room, it is not retried.
+    openai_fake.enqueue(Fault.cut(after_chunks=4))
+    sent = len(openai_fake.requests)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await collect(stub, tool_request("cheap", retry_budget_usd="0"))
+    err = error_of(info.value)
+    assert err.metadata["retries"] == "0" and len(openai_fake.requests) == sent + 1  # not retried
+    consumed = Decimal(err.metadata["cost_usd"])  # what the cut attempt consumed is reported, to be charged
+    assert consumed > 0
+
+    # Within the budget the retry is made, and the answer's usage includes the cut attempt's.
+    openai_fake.enqueue(Fault.cut(after_chunks=4))
+    _, final = await collect(stub, tool_request("cheap", retry_budget_usd=format(consumed, "f")))
+    assert final is not None and final.retries == 1 and Decimal(final.cost_usd) > consumed
+
+
+async def test_a_retry_budget_that_is_not_a_decimal_is_refused(stub) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await collect(stub, tool_request("cheap", retry_budget_usd="lots"))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_of(info.value).metadata["field"] == "retry_budget_usd"

@@ -160,3 +160,29 @@ async def test_a_caller_leaving_during_admission_leaves_no_hold_and_no_pending_c
     finally:
         await other.aclose()
         await store.close()
+
+
+async def test_a_caller_leaving_while_the_hold_grows_leaves_no_hold_behind(redis_url: str) -> None:
+    """Before a fallback the hold grows (the store replaces it with a larger one). A caller that leaves while
+    that runs must not make the request settle the old, smaller hold: the larger one would block the budget
+    until it expires."""
+    store = RedisStore(redis_url)
+    other = redis.from_url(redis_url)
+    try:
+        gate, r = await routed(request(), admission.Admission(SETTINGS, REGISTRY, store))
+        await gate.admit(r)
+        assert r.hold is not None
+        busy = asyncio.ensure_future(other.eval(_BUSY_LUA, 0, 600_000))
+        await asyncio.sleep(0.1)
+        growing = asyncio.ensure_future(gate.cover(r, r.hold.pico + 1_000))
+        await asyncio.sleep(0.2)  # the growth is sent and waits behind the busy script
+        growing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await growing
+        await busy
+        await store.release(r.account, r.hold)  # as the request settles once its caller has left
+        assert [await other.zcard(key) for key in ACCOUNT.hold_keys()] == [0, 0]
+        assert await other.hlen(pending_key(SETTINGS.instance_id)) == 0
+    finally:
+        await other.aclose()
+        await store.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -13,13 +14,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis as sync_redis
 import redis.asyncio as redis
 
+from llmrouter.settings import load_settings
 from services.router import ledger
 from services.router.cache import RedisCache
 from services.router.money_check import check_money_redis
 from services.router.outbox import Outbox, OutboxCharge
+from services.router.settings import RouterSettings
 from services.router.store import (
+    HOLD_S,
     LEDGER,
     Account,
     Allowance,
@@ -30,6 +35,7 @@ from services.router.store import (
     pending_key,
     period_id,
 )
+from services.router.upkeep import Upkeep
 from tests.conftest import ROOT
 from tests.redis_servers import RedisServer, cache_redis, money_redis
 
@@ -236,6 +242,35 @@ async def test_a_charge_added_during_a_replay_is_kept(money: RedisServer, tmp_pa
         await store.close()
 
 
+async def test_a_router_starting_while_another_replays_the_outbox_does_not_freeze_the_process(
+    money: RedisServer, tmp_path: Path
+) -> None:
+    """Routers in one process (tests start many, sharing ROUTER_DATA_DIR) take turns with the outbox's file lock.
+    Once a router starting up waited for that lock on the event loop's thread: with another router holding it
+    across an await (a replay charging the store), the lock could never be released and the process froze."""
+    store = SlowStore(money.url)
+    replaying = Outbox(tmp_path / "data")
+    account = Account("t", "k")
+
+    def frozen(signum: int, frame: object) -> None:
+        raise TimeoutError("the event loop was blocked on the outbox's lock")
+
+    previous = signal.signal(signal.SIGALRM, frozen)
+    try:
+        await replaying.add(OutboxCharge(account, Hold("r-1", 10, DAY, "router-1"), 10, {"request_id": "r-1"}))
+        replay = asyncio.create_task(replaying.replay(store))
+        await asyncio.sleep(0.1)  # the replay holds the file while it charges
+        signal.setitimer(signal.ITIMER_REAL, 3)
+        starting = Outbox(tmp_path / "data")  # as a router's build() makes it, on the event loop
+        await starting.add(OutboxCharge(account, Hold("r-2", 20, DAY, "router-2"), 20, {"request_id": "r-2"}))
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        assert await replay == 1 and [c.hold.request_id for c in starting._read()] == ["r-2"]
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        await store.close()
+
+
 async def test_a_money_store_that_turned_read_only_keeps_the_charge_in_the_outbox(
     money: RedisServer, tmp_path: Path
 ) -> None:
@@ -261,3 +296,81 @@ async def test_a_money_store_that_turned_read_only_keeps_the_charge_in_the_outbo
     finally:
         await client.aclose()
         await store.close()
+
+
+def fill(server: RedisServer) -> None:
+    """Junk until the server refuses writes (OOM under noeviction), then a maxmemory a little below what it
+    holds: full for good, not flapping around the limit as the rejected writes' buffers are freed."""
+    client = sync_redis.Redis(port=server.port)
+    try:
+        with pytest.raises(sync_redis.exceptions.OutOfMemoryError):
+            for i in range(100_000):
+                client.set(f"junk-{i}", b"x" * 10_000)
+        client.config_set("maxmemory", int(client.info("memory")["used_memory"]) - 100_000)
+    finally:
+        client.close()
+
+
+async def test_a_full_money_store_admits_nothing_and_still_settles_what_it_admitted(tmp_path: Path) -> None:
+    """Under noeviction a full Redis refuses writes (OOM): admission and a hold's growth fail closed with
+    STORE_UNAVAILABLE, changing nothing, while the charge and the release of requests already admitted land, so
+    nothing served goes unpaid and no hold lingers. The router's health says the store is down meanwhile."""
+    small = RedisServer(tmp_path / "small", "--save", "", "--maxmemory", "3mb", "--maxmemory-policy", "noeviction")
+    small.start()
+    store = RedisStore(small.url)
+    served, idle = Account("t", "served"), Account("t", "idle")
+    served_hold, idle_hold = Hold("r-served", 5_000, DAY, "router-1"), Hold("r-idle", 7_000, DAY, "router-1")
+    try:
+        allowance = Allowance("day", tenant_pico=1_000_000)
+        assert (await store.admit(served, allowance, served_hold)).refused == ""
+        assert (await store.admit(idle, allowance, idle_hold)).refused == ""
+        fill(small)
+
+        with pytest.raises(StoreUnavailable) as refused:
+            await store.admit(Account("t", "new"), allowance, Hold("r-new", 1_000, DAY, "router-1"))
+        assert refused.value.reason == "STORE_UNAVAILABLE"
+        with pytest.raises(StoreUnavailable):
+            await store.extend(served, allowance, served_hold, 9_000)
+        reports: list[bool] = []
+
+        async def report(up: bool) -> None:
+            reports.append(up)
+
+        upkeep = Upkeep(store, Outbox(tmp_path / "data"), "router-1", 1, 15, 3600)
+        upkeep.report = report
+        await upkeep.tick()
+        assert reports == [False]  # answers PING, takes no writes: not serving
+
+        assert await store.charge(served, served_hold, 4_321, {"request_id": served_hold.request_id})
+        await store.release(idle, idle_hold)
+        assert await store.spent(served, DAY) == (4_321, 4_321)
+        assert await store.held_pico(served) == (0, 0) and await store.held_pico(idle) == (0, 0)
+        client = redis.from_url(small.url)
+        try:
+            assert await client.hlen(pending_key("router-1")) == 0
+            assert not await client.exists(Account("t", "new").request_keys("r-new")[0])  # refused: nothing kept
+            assert len(await client.xrange(LEDGER)) == 1
+        finally:
+            await client.aclose()
+        assert small.info("stats")["evicted_keys"] == 0
+    finally:
+        await store.close()
+        small.stop()
+
+
+async def test_the_router_refuses_a_cache_on_the_money_redis(money: RedisServer, cache_server: RedisServer) -> None:
+    """maxmemory and its policy are per server: a cache in another database of the money Redis would fill it."""
+    other_db = money.url.rsplit("/", 1)[0] + "/3"
+    with pytest.raises(SystemExit, match=r"ROUTER_CACHE_REDIS_URL.*ROUTER_REDIS_URL"):
+        await check_money_redis(money.url, allow_eviction=False, cache_url=other_db)
+    await check_money_redis(money.url, allow_eviction=False, cache_url=cache_server.url)  # a Redis of its own
+
+
+def test_the_router_refuses_a_request_time_that_could_outlive_a_hold(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert RouterSettings().request_timeout_s < HOLD_S
+    monkeypatch.setenv("ROUTER_REQUEST_TIMEOUT_S", str(HOLD_S))
+    with pytest.raises(SystemExit):
+        load_settings(RouterSettings)
+    assert "ROUTER_REQUEST_TIMEOUT_S" in capsys.readouterr().err
