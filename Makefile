@@ -7,7 +7,7 @@ ART ?= artefacts
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup artefacts run test test-slow lint fmt protos check-protos train-classifier train-verifier local-model \
+.PHONY: setup artefacts run test lint fmt protos check-protos train-classifier train-verifier local-model \
         calibrate score evaluate evaluate-mmlu-cv evaluate-multitier evaluate-cascade bench loadtest lint-deploy clean
 
 # --- set-up -----------------------------------------------------------------------------------------------
@@ -56,9 +56,6 @@ run: setup
 # --- tests and checks -------------------------------------------------------------------------------------
 test: setup check-protos lint
 	$(PY) -m pytest -q
-
-test-slow: setup
-	$(PY) -m pytest -q -m slow
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
