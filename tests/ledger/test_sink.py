@@ -1,6 +1,6 @@
 """The SQL sink copies every charge from the real Redis ledger stream into the table exactly once, through a
-sink killed mid-run, a database outage and a consumer that died holding entries; stats over the table equal
-the money store to the pico-dollar, on SQLite and on PostgreSQL."""
+sink killed mid-run, a database outage and a consumer that died holding entries; stats over the table and the
+operator's Stats and Budgets answers equal the money store to the pico-dollar, on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from services.ledger.db import LedgerDB, row_from_record
 from services.ledger.sink import LedgerSink, MemorySource, RedisSource
 from services.ledger.stats import summarize
 from services.router.budgets import usd
-from services.router.store import LEDGER, PICO, Account, Hold, MemoryStore, RedisStore, to_pico
+from services.router.operations import ALL, Operations
+from services.router.store import LEDGER, PICO, Account, Allowance, Hold, MemoryStore, RedisStore, to_pico
 
 TENANTS = [Account("acme", "k-acme"), Account("globex", "k-globex")]
 # Its own consumer group: a router's sink still running in this test session reads the same stream.
@@ -180,3 +181,37 @@ async def test_a_row_the_database_refuses_does_not_hold_back_the_others(client: 
     await LedgerSink(RedisSource(client, "s", group=GROUP), ledger_db).drain()
     assert sorted(r.get("request_id") for r in await ledger_db.rows()) == ["ok-1", "ok-2"]
     assert (await client.xpending(LEDGER, GROUP))["pending"] == 0
+
+
+async def test_operator_stats_and_budgets_equal_the_money_store(
+    redis_url: str, client: Any, ledger_db: LedgerDB
+) -> None:
+    """The Stats and Budgets answers (services.router.operations, what the gRPC and REST APIs return) over a mixed
+    run copied by the sink: each tenant's cost equals its spend in the money store and the sum of its ledger
+    entries to the pico-dollar; a time window splits the run without losing or repeating a pico-dollar."""
+    rng = random.Random(11)
+    store = RedisStore(redis_url)
+    try:
+        await charge_some(store, 0, 90, rng)
+        await LedgerSink(source(client, "sink-ops"), ledger_db).drain()  # type: ignore[arg-type]
+        operations = Operations(store, Allowance("total", tenant_pico=to_pico(Decimal(500))), ledger_db)
+        entries = [json.loads(f[b"record"]) for _, f in await client.xrange(LEDGER)]
+        middle = sorted(e["ts"] for e in entries)[45]
+        for account in TENANTS:
+            mine = [e for e in entries if e["tenant"] == account.tenant]
+            total, groups = await operations.stats(account.tenant, 0, 0, "model")
+            spent, _ = await store.spent(account, "all")
+            assert total.cost_pico == spent == sum(to_pico(Decimal(e["cost_usd"])) for e in mine)
+            assert total.baseline_pico == sum(to_pico(Decimal(e["baseline_cost_usd"])) for e in mine)
+            assert sum(g.cost_pico for g in groups) == spent and total.requests == len(mine)
+            before, _ = await operations.stats(account.tenant, 0, middle, "day")
+            after, _ = await operations.stats(account.tenant, middle, 0, "day")
+            assert before.cost_pico + after.cost_pico == spent and before.requests + after.requests == len(mine)
+            (budget,) = [b for b in await operations.budgets(account.tenant) if b.scope == "tenant"]
+            assert (budget.tenant, budget.spent_pico, budget.held_pico) == (account.tenant, spent, 0)
+            assert budget.remaining_pico == to_pico(Decimal(500)) - spent
+        everyone, by_tenant = await operations.stats(ALL, 0, 0, "tenant")
+        assert {g.key: g.cost_pico for g in by_tenant} == {a.tenant: (await store.spent(a, "all"))[0] for a in TENANTS}
+        assert everyone.requests == 90
+    finally:
+        await store.close()
