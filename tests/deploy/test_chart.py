@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
 
+from .kube_api import KubeApi
 from .support import CHART, GRPC_SERVICES, SERVICES, by_kind, documented_ports, render
 
 VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
@@ -469,3 +471,27 @@ def test_egress_to_an_external_redis() -> None:
     router = _egress_ports(by_kind(docs, "NetworkPolicy")[name("router")])
     assert router[6380] == [{"ipBlock": {"cidr": "10.20.0.0/24"}}]
     assert 6379 not in router
+
+
+def test_a_changed_key_secret_rolls_its_pods(tmp_path: Path) -> None:
+    """helm upgrade reads the key Secrets (lookup, against a Kubernetes API on loopback): new content, new
+    checksum, so the pods that read the keys at start roll; the others keep theirs."""
+
+    def checksums(api: KubeApi) -> dict[str, str]:
+        deployments = by_kind(render(monitoring_crds=False, kubeconfig=api.kubeconfig), "Deployment")
+        return {svc: deployments[name(svc)]["spec"]["template"]["metadata"]["annotations"] for svc in SERVICES}
+
+    def key_secret(secret: str, data: dict[str, str]) -> dict:
+        return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": secret, "namespace": "llm"}, "data": data}
+
+    with KubeApi(tmp_path) as api:
+        api.store(key_secret(VALUES["providers"]["apiKeys"]["existingSecret"], {"OPENAI_API_KEY": "c2stb2xk"}))
+        api.store(key_secret(VALUES["edge"]["apiKeys"]["existingSecret"], {"api-keys": "YWNtZSAwMA=="}))
+        before = checksums(api)
+        api.store(key_secret(VALUES["providers"]["apiKeys"]["existingSecret"], {"OPENAI_API_KEY": "c2stbmV3"}))
+        after = checksums(api)
+    assert after["providers"]["checksum/api-keys"] != before["providers"]["checksum/api-keys"]
+    assert after["edge"]["checksum/api-keys"] == before["edge"]["checksum/api-keys"]
+    assert {svc: a.get("checksum/registry") for svc, a in after.items()} == {
+        svc: a.get("checksum/registry") for svc, a in before.items()
+    }
