@@ -5,6 +5,7 @@ operator's Stats and Budgets answers equal the money store to the pico-dollar, o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 from collections.abc import AsyncIterator
@@ -215,3 +216,25 @@ async def test_operator_stats_and_budgets_equal_the_money_store(
         assert everyone.requests == 90
     finally:
         await store.close()
+
+
+class SwallowingSource:
+    """A source whose read swallows a cancellation, as redis-py's blocking read did to one that landed as its
+    timeout fired."""
+
+    async def read(self, block_s: float) -> list[tuple[str, dict[str, Any] | None]]:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(block_s)
+        return []
+
+    async def ack(self, ids: list[str]) -> None:
+        pass
+
+
+async def test_a_cancelled_sink_stops_even_when_its_source_swallows_the_cancellation(ledger_db: LedgerDB) -> None:
+    """The router's stop() cancels the sink and waits for it: a sink that read on would hang the shutdown."""
+    task = asyncio.create_task(LedgerSink(SwallowingSource(), ledger_db, block_s=0.05).run())  # type: ignore[arg-type]
+    await asyncio.sleep(0.1)
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=2)
+    assert task in done and task.cancelled()
