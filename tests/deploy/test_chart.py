@@ -495,3 +495,13 @@ def test_a_changed_key_secret_rolls_its_pods(tmp_path: Path) -> None:
     assert {svc: a.get("checksum/registry") for svc, a in after.items()} == {
         svc: a.get("checksum/registry") for svc, a in before.items()
     }
+
+
+def test_pod_annotations_are_a_map_and_merged_with_the_checksums() -> None:
+    """A pod with no checksum to carry renders no `annotations: null`; values' podAnnotations reach every pod."""
+    plain = by_kind(render(cert_manager=True), "Deployment")
+    assert "annotations" not in plain[name("classifier")]["spec"]["template"]["metadata"]
+    docs = by_kind(render("--set", "podAnnotations.team=llm", cert_manager=True), "Deployment")
+    for svc in SERVICES:
+        assert docs[name(svc)]["spec"]["template"]["metadata"]["annotations"]["team"] == "llm"
+    assert "checksum/registry" in docs[name("router")]["spec"]["template"]["metadata"]["annotations"]
