@@ -238,3 +238,35 @@ async def test_a_cancelled_sink_stops_even_when_its_source_swallows_the_cancella
     task.cancel()
     done, _ = await asyncio.wait({task}, timeout=2)
     assert task in done and task.cancelled()
+
+
+async def test_a_postgresql_that_dropped_the_connection_is_reconnected(
+    redis_url: str, client: Any, postgres_dsn: str
+) -> None:
+    """The server ends the sink's session (what a restart or a failover does): the batch that met it stays
+    pending in Redis, and the next attempt reconnects and lands it; before, the sink and Stats failed with
+    'the connection is lost' until the router restarted."""
+    import psycopg
+
+    from tests.conftest import POSTGRES_URL
+
+    db = LedgerDB(dsn=postgres_dsn)
+    store = RedisStore(redis_url)
+    try:
+        db._conn.execute("DELETE FROM requests")
+        db._conn.commit()
+        rng = random.Random(5)
+        await charge_some(store, 0, 10, rng)
+        sink = LedgerSink(source(client, "sink-pg"), db)  # type: ignore[arg-type]
+        await sink.drain()
+        await charge_some(store, 10, 10, rng)
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (db._conn.info.backend_pid,))
+        with pytest.raises(psycopg.OperationalError):
+            await sink.step()
+        assert (await client.xpending(LEDGER, GROUP))["pending"] == 10  # nothing acknowledged, nothing lost
+        await sink.drain()
+        assert sorted(r.get("request_id") for r in await db.rows()) == sorted(f"req-{i}" for i in range(20))
+    finally:
+        await store.close()
+        db.close()
