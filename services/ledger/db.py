@@ -120,6 +120,10 @@ def row_from_record(record: dict[str, Any]) -> tuple[Any, ...]:
     )
 
 
+class LedgerUnavailable(Exception):
+    """The database did not answer (down, restarting, locked): try again later; nothing was written."""
+
+
 class LedgerDB:
     """One connection, used from one worker thread at a time."""
 
@@ -131,12 +135,14 @@ class LedgerDB:
         if self.postgres:
             import psycopg  # imported here: SQLite needs nothing installed
 
+            self._unreachable: tuple[type[Exception], ...] = (psycopg.OperationalError, psycopg.InterfaceError)
             self._conn: Any = psycopg.connect(dsn, autocommit=False)
             self._mark = "%s"
             self._data_errors: tuple[type[Exception], ...] = (psycopg.DataError, psycopg.IntegrityError, ValueError)
         else:
             assert path is not None
             path.parent.mkdir(parents=True, exist_ok=True)
+            self._unreachable = ()
             self._conn = sqlite3.connect(path, check_same_thread=False, timeout=30)
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._mark = "?"
@@ -171,14 +177,18 @@ class LedgerDB:
     @contextmanager
     def _connected(self) -> Iterator[Any]:
         """The connection, under the lock. PostgreSQL's is made again when the server dropped it (a restart, a
-        failover): the call that met the outage fails, the next ones work, without restarting the process."""
+        failover): the call that met the outage fails (LedgerUnavailable), the next ones work, without
+        restarting the process."""
         with self._lock:
-            if self.postgres and self._conn.closed:
-                import psycopg
+            try:
+                if self.postgres and self._conn.closed:
+                    import psycopg
 
-                self._conn = psycopg.connect(self._dsn, autocommit=False)
-                log.warning("ledger database connection made again")
-            yield self._conn
+                    self._conn = psycopg.connect(self._dsn, autocommit=False)
+                    log.warning("ledger database connection made again")
+                yield self._conn
+            except (sqlite3.OperationalError, *self._unreachable) as exc:
+                raise LedgerUnavailable(f"the ledger database is unreachable: {exc}") from exc
 
     def iter_rows(
         self, since: float | None = None, until: float | None = None, tenant: str | None = None

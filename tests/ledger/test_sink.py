@@ -12,10 +12,12 @@ from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
+import grpc
 import pytest
 import redis.asyncio as redis
 
-from services.ledger.db import LedgerDB, row_from_record
+from llmrouter.errors import ServiceError
+from services.ledger.db import LedgerDB, LedgerUnavailable, row_from_record
 from services.ledger.sink import LedgerSink, MemorySource, RedisSource
 from services.ledger.stats import summarize
 from services.router.budgets import usd
@@ -262,11 +264,20 @@ async def test_a_postgresql_that_dropped_the_connection_is_reconnected(
         await charge_some(store, 10, 10, rng)
         with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
             admin.execute("SELECT pg_terminate_backend(%s)", (db._conn.info.backend_pid,))
-        with pytest.raises(psycopg.OperationalError):
+        with pytest.raises(LedgerUnavailable):
             await sink.step()
         assert (await client.xpending(LEDGER, GROUP))["pending"] == 10  # nothing acknowledged, nothing lost
         await sink.drain()
         assert sorted(r.get("request_id") for r in await db.rows()) == sorted(f"req-{i}" for i in range(20))
+
+        # Stats meeting the outage: the service's own 503 (UNAVAILABLE, retry), then answers again.
+        operations = Operations(store, Allowance("total"), db)
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (db._conn.info.backend_pid,))
+        with pytest.raises(ServiceError) as refused:
+            await operations.stats(ALL, 0, 0, "tenant")
+        assert (refused.value.code, refused.value.reason) == (grpc.StatusCode.UNAVAILABLE, "LEDGER_UNAVAILABLE")
+        assert (await operations.stats(ALL, 0, 0, "tenant"))[0].requests == 20
     finally:
         await store.close()
         db.close()
