@@ -18,8 +18,8 @@ from pathlib import Path
 from llmrouter.settings import load_settings
 from services.ledger import export
 from services.ledger.service import ledger_for
+from services.ledger.settings import LedgerSettings
 from services.ledger.sink import LedgerSink, RedisSource, consumer_name
-from services.router.settings import RouterSettings
 
 
 def when(text: str) -> float:
@@ -47,7 +47,7 @@ def parser() -> argparse.ArgumentParser:
 
 async def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
-    settings = load_settings(RouterSettings)
+    settings = load_settings(LedgerSettings)
     db = ledger_for(settings)
     try:
         if args.command == "export":

@@ -13,6 +13,7 @@ import logging
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -119,31 +120,37 @@ def row_from_record(record: dict[str, Any]) -> tuple[Any, ...]:
     )
 
 
+class LedgerUnavailable(Exception):
+    """The database did not answer (down, restarting, locked): try again later; nothing was written."""
+
+
 class LedgerDB:
     """One connection, used from one worker thread at a time."""
 
     def __init__(self, dsn: str = "", path: Path | None = None) -> None:
         if not dsn and path is None:
             raise ValueError("a ledger needs a PostgreSQL DSN or a SQLite path")
-        self.postgres = bool(dsn)
+        self.postgres, self._dsn = bool(dsn), dsn
         self._lock = threading.Lock()
         if self.postgres:
             import psycopg  # imported here: SQLite needs nothing installed
 
+            self._unreachable: tuple[type[Exception], ...] = (psycopg.OperationalError, psycopg.InterfaceError)
             self._conn: Any = psycopg.connect(dsn, autocommit=False)
             self._mark = "%s"
             self._data_errors: tuple[type[Exception], ...] = (psycopg.DataError, psycopg.IntegrityError, ValueError)
         else:
             assert path is not None
             path.parent.mkdir(parents=True, exist_ok=True)
+            self._unreachable = ()
             self._conn = sqlite3.connect(path, check_same_thread=False, timeout=30)
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._mark = "?"
             self._data_errors = (sqlite3.DataError, sqlite3.IntegrityError, OverflowError, ValueError)
-        with self._lock:
-            self._conn.execute(SCHEMA)
-            self._conn.execute(INDEX)
-            self._conn.commit()
+        with self._connected() as conn:
+            conn.execute(SCHEMA)
+            conn.execute(INDEX)
+            conn.commit()
 
     async def insert(self, rows: Sequence[tuple[Any, ...]]) -> int:
         """Insert rows, skipping any (tenant, request_id) already there; returns how many were new."""
@@ -167,6 +174,22 @@ class LedgerDB:
         with self._lock:
             self._conn.close()
 
+    @contextmanager
+    def _connected(self) -> Iterator[Any]:
+        """The connection, under the lock. PostgreSQL's is made again when the server dropped it (a restart, a
+        failover): the call that met the outage fails (LedgerUnavailable), the next ones work, without
+        restarting the process."""
+        with self._lock:
+            try:
+                if self.postgres and self._conn.closed:
+                    import psycopg
+
+                    self._conn = psycopg.connect(self._dsn, autocommit=False)
+                    log.warning("ledger database connection made again")
+                yield self._conn
+            except (sqlite3.OperationalError, *self._unreachable) as exc:
+                raise LedgerUnavailable(f"the ledger database is unreachable: {exc}") from exc
+
     def iter_rows(
         self, since: float | None = None, until: float | None = None, tenant: str | None = None
     ) -> Iterator[Row]:
@@ -178,32 +201,31 @@ class LedgerDB:
         sql = f"SELECT {', '.join(COLUMNS)} FROM requests"
         sql += f" WHERE {' AND '.join(where)}" if where else ""
         sql += " ORDER BY ts, tenant, request_id"
-        with self._lock:
-            cursor = self._conn.execute(sql, args)
-            fetched = cursor.fetchall()
-            self._conn.commit()  # ends PostgreSQL's implicit transaction
+        with self._connected() as conn:
+            fetched = conn.execute(sql, args).fetchall()
+            conn.commit()  # ends PostgreSQL's implicit transaction
         for values in fetched:
             yield Row(tuple(values))
 
     def _insert(self, rows: Sequence[tuple[Any, ...]]) -> int:
         if not rows:
             return 0
-        with self._lock:
+        with self._connected() as conn:
             try:
-                return self._insert_all(rows)
+                return self._insert_all(conn, rows)
             except self._data_errors:
-                self._conn.rollback()
+                conn.rollback()
             # A row the database refuses (a value out of range) must not hold back the rest: one at a time.
             added = 0
             for row in rows:
                 try:
-                    added += self._insert_all([row])
+                    added += self._insert_all(conn, [row])
                 except self._data_errors as exc:
-                    self._conn.rollback()
+                    conn.rollback()
                     log.error("ledger row refused by the database, skipped: %s %s: %s", row[0], row[1], exc)
             return added
 
-    def _insert_all(self, rows: Sequence[tuple[Any, ...]]) -> int:
+    def _insert_all(self, conn: Any, rows: Sequence[tuple[Any, ...]]) -> int:
         marks = ", ".join([self._mark] * len(COLUMNS))
         sql = (
             f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({marks}) ON CONFLICT (tenant, request_id) DO NOTHING"
@@ -211,10 +233,10 @@ class LedgerDB:
         added = 0
         try:
             for row in rows:
-                added += max(self._conn.execute(sql, row).rowcount, 0)
-            self._conn.commit()
+                added += max(conn.execute(sql, row).rowcount, 0)
+            conn.commit()
         except BaseException:
-            self._conn.rollback()
+            conn.rollback()
             raise
         return added
 
@@ -223,15 +245,15 @@ class LedgerDB:
         args: tuple[str, ...] = ()
         if tenant is not None:
             sql, args = sql + f" WHERE tenant = {self._mark}", (tenant,)
-        with self._lock:
-            found = self._conn.execute(sql + " ORDER BY tenant, key_id", args).fetchall()
-            self._conn.commit()
+        with self._connected() as conn:
+            found = conn.execute(sql + " ORDER BY tenant, key_id", args).fetchall()
+            conn.commit()
         return [(str(t), str(k)) for t, k in found]
 
     def _trim(self, before: float) -> int:
-        with self._lock:
-            deleted = self._conn.execute(f"DELETE FROM requests WHERE ts < {self._mark}", (before,)).rowcount
-            self._conn.commit()
+        with self._connected() as conn:
+            deleted = conn.execute(f"DELETE FROM requests WHERE ts < {self._mark}", (before,)).rowcount
+            conn.commit()
         return int(deleted)
 
 

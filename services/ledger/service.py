@@ -12,6 +12,7 @@ from typing import Any
 
 from llmrouter.tasks import stop as stop_task
 from services.ledger.db import LedgerDB, open_ledger
+from services.ledger.settings import LedgerSettings
 from services.ledger.sink import LedgerSink, MemorySource, RedisSource, Source, consumer_name
 from services.router.settings import RouterSettings
 from services.router.store import MemoryStore, Store
@@ -20,11 +21,11 @@ log = logging.getLogger("llmrouter.ledger")
 RETENTION_EVERY_S = 3600
 
 
-def ledger_for(settings: RouterSettings) -> LedgerDB:
+def ledger_for(settings: LedgerSettings) -> LedgerDB:
     return open_ledger(settings.ledger_sql_dsn.get_secret_value(), settings.ledger_sql_path)
 
 
-def source_for(settings: RouterSettings, store: Store) -> tuple[Source, Any]:
+def source_for(settings: LedgerSettings, store: Store) -> tuple[Source, Any]:
     """The ledger the store writes, and a client to close with the sink (None for the in-process store)."""
     if isinstance(store, MemoryStore):
         return MemorySource(store), None

@@ -138,6 +138,7 @@ class LedgerSink:
 
     async def run(self) -> None:
         """Copy until cancelled; a failure (Redis or the database away) is retried, never fatal."""
+        task = asyncio.current_task()
         while True:
             try:
                 await self.step()
@@ -146,6 +147,10 @@ class LedgerSink:
             except Exception as exc:
                 log.warning("ledger sink retrying: %s: %s", exc.__class__.__name__, exc)
                 await asyncio.sleep(self.retry_s)
+            # A cancellation that lands as redis-py's blocking read times out can be swallowed there (seen: the
+            # sink kept reading, and the router's stop() waited for it forever); a cancelled sink stops anyway.
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError
 
 
 def _text(value: Any) -> str:

@@ -3,18 +3,22 @@ and an admin's budget overrides. Who may see what is decided here, from the auth
 
 from __future__ import annotations
 
+import logging
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal, InvalidOperation
 
 import grpc
 
 from llmrouter.auth import current_identity
 from llmrouter.errors import ServiceError, invalid
-from services.ledger.db import LedgerDB
+from services.ledger.db import LedgerDB, LedgerUnavailable
 from services.ledger.stats import GROUPINGS, Group, summarize
 from services.router.budgets import SCOPES, BudgetView, budgets
 from services.router.store import Account, Allowance, Store, to_pico
 
+log = logging.getLogger("llmrouter.router")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
 ALL = None  # an admin's view: every tenant
 
@@ -33,6 +37,18 @@ def _admin_only(who: str | None) -> None:
         raise ServiceError(grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED", "only an admin key may do this")
 
 
+@contextmanager
+def ledger_reachable() -> Iterator[None]:
+    """The ledger's database away is the service's own outage (503, retry), not a failed upstream."""
+    try:
+        yield
+    except LedgerUnavailable as exc:
+        log.warning("stats or budgets refused: %s", exc)
+        raise ServiceError(
+            grpc.StatusCode.UNAVAILABLE, "LEDGER_UNAVAILABLE", "the ledger database is unreachable; retry shortly"
+        ) from None
+
+
 class Operations:
     def __init__(self, store: Store, allowance: Allowance, ledger: LedgerDB) -> None:
         self.store = store
@@ -44,11 +60,13 @@ class Operations:
             raise invalid("group_by must be one of model, tenant, day", "group_by")
         if since < 0 or until < 0 or (since and until and since >= until):
             raise invalid("since and until are Unix seconds, since before until", "since")
-        rows = await self.ledger.rows(since or None, until or None, who)
+        with ledger_reachable():
+            rows = await self.ledger.rows(since or None, until or None, who)
         return summarize(rows, group_by)
 
     async def budgets(self, who: str | None) -> list[BudgetView]:
-        accounts = [Account(tenant, key) for tenant, key in await self.ledger.accounts(who)]
+        with ledger_reachable():
+            accounts = [Account(tenant, key) for tenant, key in await self.ledger.accounts(who)]
         if who is ALL:
             overrides = await self.store.limit_overrides()
             known = {a.tenant for a in accounts}

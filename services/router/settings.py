@@ -14,6 +14,7 @@ from pydantic_settings import SettingsConfigDict
 
 from llmrouter.registry import DEFAULT_REGISTRY
 from llmrouter.settings import REPO_ROOT, GrpcServiceSettings, RepoPath
+from services.ledger.settings import LedgerSettings
 from services.router.store import HOLD_S, REQUEST_ID_TTL_S
 
 # The longest a request may run: a hold lives HOLD_S, and the charge after the last token needs time to land.
@@ -22,7 +23,7 @@ MAX_REQUEST_S = HOLD_S - 60
 Share = Annotated[float, Field(ge=0, le=1)]
 
 
-class RouterSettings(GrpcServiceSettings):
+class RouterSettings(GrpcServiceSettings, LedgerSettings):  # the ledger's settings: services/ledger/settings.py
     model_config = SettingsConfigDict(env_prefix="ROUTER_", extra="ignore", frozen=True)
 
     port: int = Field(default=50053, ge=0, le=65535)
@@ -91,17 +92,6 @@ class RouterSettings(GrpcServiceSettings):
     rate_limit_rpm: int = Field(default=0, ge=0)
     # Response cache for identical requests; 0 disables.
     cache_ttl_s: int = Field(default=300, ge=0)
-
-    # The SQL ledger (services/ledger): a sink in the router copies every charge from the ledger stream into
-    # it; Stats reads it. PostgreSQL when the DSN is set, else the SQLite file.
-    ledger_sql_sink: bool = True
-    ledger_sql_dsn: SecretStr = SecretStr("")
-    ledger_sql_path: RepoPath = Path(tempfile.gettempdir()) / "llmrouter-ledger.sqlite3"
-    # Rows older than this many days are deleted by the sink (hourly) and by `python -m services.ledger trim`;
-    # 0 keeps them forever.
-    ledger_sql_retention_days: float = Field(default=0, ge=0)
-    # A sink's pending entries idle this long are claimed by another sink (its consumer died).
-    ledger_sql_claim_idle_s: float = Field(default=60.0, gt=0)
 
     # Budget alerts: gauges of budget use every budget_watch_interval_s (for the 80% and 100% alerts) and,
     # when set, a JSON POST to this URL once per budget, threshold and period (retried).

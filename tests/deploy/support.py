@@ -52,15 +52,25 @@ def tool(name: str) -> str:
 MONITORING_APIS = ("monitoring.coreos.com/v1/ServiceMonitor", "monitoring.coreos.com/v1/PrometheusRule")
 
 
-def render(*args: str, namespace: str = "llm", monitoring_crds: bool = True) -> list[dict]:
+def render(
+    *args: str,
+    namespace: str = "llm",
+    monitoring_crds: bool = True,
+    cert_manager: bool = False,
+    kubeconfig: Path | None = None,
+) -> list[dict]:
     """`helm template` of the chart as release "llm" with extra arguments, by default for a cluster with the
-    Prometheus Operator's CRDs; the manifests, parsed."""
-    apis = [arg for api in MONITORING_APIS for arg in ("--api-versions", api)] if monitoring_crds else []
+    Prometheus Operator's CRDs and without cert-manager's; the manifests, parsed. With a kubeconfig, rendered
+    against that cluster (`--dry-run=server`: its `lookup` answers)."""
+    apis = [*(MONITORING_APIS if monitoring_crds else ()), *(("cert-manager.io/v1",) if cert_manager else ())]
+    cluster = ["--dry-run=server", "--disable-openapi-validation"] if kubeconfig else []
     out = subprocess.run(
-        [tool("helm"), "template", "llm", str(CHART), "--namespace", namespace, *apis, *args],
+        [tool("helm"), "template", "llm", str(CHART), "--namespace", namespace, *cluster, *args]
+        + [arg for api in apis for arg in ("--api-versions", api)],
         check=True,
         capture_output=True,
         text=True,
+        env={**os.environ, "KUBECONFIG": str(kubeconfig)} if kubeconfig else None,
     ).stdout
     return [doc for doc in yaml.safe_load_all(out) if doc]
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
 
+from .kube_api import KubeApi
 from .support import CHART, GRPC_SERVICES, SERVICES, by_kind, documented_ports, render
 
 VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
@@ -135,65 +137,6 @@ def test_every_service_mounts_its_certificate(docs: list[dict], svc: str) -> Non
     assert {item["path"] for item in volume["secret"]["items"]} == {"tls.crt", "tls.key", "ca.crt"}
 
 
-def test_cert_manager_issues_each_identity_from_the_release_ca(docs: list[dict]) -> None:
-    """CN = the identity the services check (the router trusts "edge" with tenants); DNS names = what callers
-    dial; the chart's own CA unless an issuer is given."""
-    certificates = by_kind(docs, "Certificate")
-    issuers = by_kind(docs, "Issuer")
-    ca_issuer = "llm-llm-cost-router-ca"
-    assert issuers[ca_issuer]["spec"]["ca"]["secretName"] == certificates[ca_issuer]["spec"]["secretName"]
-    assert certificates[ca_issuer]["spec"]["isCA"] is True
-    dialed = {
-        "classifier": env(docs, "router")["ROUTER_CLASSIFIER_ADDR"],
-        "providers": env(docs, "router")["ROUTER_PROVIDERS_ADDR"],
-        "router": env(docs, "edge")["EDGE_ROUTER_ADDR"],
-    }
-    for svc in SERVICES:
-        spec = certificates[name(svc)]["spec"]
-        assert spec["commonName"] == svc
-        assert spec["secretName"] == f"{name(svc)}-tls"
-        assert spec["issuerRef"]["name"] == ca_issuer
-        assert {"server auth", "client auth"} <= set(spec["usages"])
-        if svc in dialed:
-            assert dialed[svc].split(":")[0] in spec["dnsNames"]
-    external = render(
-        "--set", "tls.certManager.issuerRef.name=corp-ca", "--set", "tls.certManager.issuerRef.kind=ClusterIssuer"
-    )
-    assert "Issuer" not in {d["kind"] for d in external}
-    for certificate in by_kind(external, "Certificate").values():
-        assert certificate["spec"]["issuerRef"] == {
-            "name": "corp-ca",
-            "kind": "ClusterIssuer",
-            "group": "cert-manager.io",
-        }
-
-
-def test_existing_tls_secrets_without_cert_manager() -> None:
-    docs = render("--set", "tls.certManager.enabled=false", "--set", "tls.existingSecrets.router=router-mtls")
-    assert {"Certificate", "Issuer"}.isdisjoint({d["kind"] for d in docs})
-    secrets = {
-        svc: next(
-            v
-            for v in by_kind(docs, "Deployment")[name(svc)]["spec"]["template"]["spec"]["volumes"]
-            if v["name"] == "tls"
-        )
-        for svc in SERVICES
-    }
-    assert secrets["router"]["secret"]["secretName"] == "router-mtls"
-    assert secrets["edge"]["secret"]["secretName"] == f"{name('edge')}-tls"
-
-
-def test_turning_tls_off_is_explicit_and_unauthenticated() -> None:
-    docs = render("--set", "tls.enabled=false")
-    assert {"Certificate", "Issuer"}.isdisjoint({d["kind"] for d in docs})
-    for svc in GRPC_SERVICES:
-        prefix, port, _ = documented_ports()[svc]
-        e = env(docs, svc)
-        assert e[f"{prefix}_AUTH"] == "none" and e[f"{prefix}_AUTH_NONE_ALLOW_REMOTE"] == "true"
-        assert f"{prefix}_TLS_DIR" not in e
-        assert container(docs, svc)["readinessProbe"]["grpc"] == {"port": port}
-
-
 def test_edge_is_ready_only_when_its_router_is(docs: list[dict]) -> None:
     c = container(docs, "edge")
     for probe in ("startupProbe", "livenessProbe"):
@@ -218,7 +161,8 @@ def test_provider_keys_come_from_an_existing_secret_as_files(docs: list[dict]) -
     (mount,) = [m for m in container(docs, "providers")["volumeMounts"] if m["name"] == volume["name"]]
     assert mount == {"name": volume["name"], "mountPath": VALUES["providers"]["apiKeys"]["mountPath"], "readOnly": True}
     assert not any("KEY" in e["name"] and "DIR" not in e["name"] for c in pod["containers"] for e in c["env"])
-    assert "Secret" not in {d["kind"] for d in docs}  # the chart never holds a key
+    # the chart never holds an API key: its only Secrets are the generated certificates (tls.mode auto, no cert-manager)
+    assert {s["type"] for s in by_kind(docs, "Secret").values()} == {"kubernetes.io/tls"}
 
 
 @pytest.mark.parametrize("mount", [None, "/keys/elsewhere"])
@@ -527,3 +471,37 @@ def test_egress_to_an_external_redis() -> None:
     router = _egress_ports(by_kind(docs, "NetworkPolicy")[name("router")])
     assert router[6380] == [{"ipBlock": {"cidr": "10.20.0.0/24"}}]
     assert 6379 not in router
+
+
+def test_a_changed_key_secret_rolls_its_pods(tmp_path: Path) -> None:
+    """helm upgrade reads the key Secrets (lookup, against a Kubernetes API on loopback): new content, new
+    checksum, so the pods that read the keys at start roll; the others keep theirs."""
+
+    def checksums(api: KubeApi) -> dict[str, str]:
+        deployments = by_kind(render(monitoring_crds=False, kubeconfig=api.kubeconfig), "Deployment")
+        return {svc: deployments[name(svc)]["spec"]["template"]["metadata"]["annotations"] for svc in SERVICES}
+
+    def key_secret(secret: str, data: dict[str, str]) -> dict:
+        return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": secret, "namespace": "llm"}, "data": data}
+
+    with KubeApi(tmp_path) as api:
+        api.store(key_secret(VALUES["providers"]["apiKeys"]["existingSecret"], {"OPENAI_API_KEY": "c2stb2xk"}))
+        api.store(key_secret(VALUES["edge"]["apiKeys"]["existingSecret"], {"api-keys": "YWNtZSAwMA=="}))
+        before = checksums(api)
+        api.store(key_secret(VALUES["providers"]["apiKeys"]["existingSecret"], {"OPENAI_API_KEY": "c2stbmV3"}))
+        after = checksums(api)
+    assert after["providers"]["checksum/api-keys"] != before["providers"]["checksum/api-keys"]
+    assert after["edge"]["checksum/api-keys"] == before["edge"]["checksum/api-keys"]
+    assert {svc: a.get("checksum/registry") for svc, a in after.items()} == {
+        svc: a.get("checksum/registry") for svc, a in before.items()
+    }
+
+
+def test_pod_annotations_are_a_map_and_merged_with_the_checksums() -> None:
+    """A pod with no checksum to carry renders no `annotations: null`; values' podAnnotations reach every pod."""
+    plain = by_kind(render(cert_manager=True), "Deployment")
+    assert "annotations" not in plain[name("classifier")]["spec"]["template"]["metadata"]
+    docs = by_kind(render("--set", "podAnnotations.team=llm", cert_manager=True), "Deployment")
+    for svc in SERVICES:
+        assert docs[name(svc)]["spec"]["template"]["metadata"]["annotations"]["team"] == "llm"
+    assert "checksum/registry" in docs[name("router")]["spec"]["template"]["metadata"]["annotations"]

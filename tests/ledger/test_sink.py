@@ -1,24 +1,28 @@
 """The SQL sink copies every charge from the real Redis ledger stream into the table exactly once, through a
-sink killed mid-run, a database outage and a consumer that died holding entries; stats over the table equal
-the money store to the pico-dollar, on SQLite and on PostgreSQL."""
+sink killed mid-run, a database outage and a consumer that died holding entries; stats over the table and the
+operator's Stats and Budgets answers equal the money store to the pico-dollar, on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
+import grpc
 import pytest
 import redis.asyncio as redis
 
-from services.ledger.db import LedgerDB, row_from_record
+from llmrouter.errors import ServiceError
+from services.ledger.db import LedgerDB, LedgerUnavailable, row_from_record
 from services.ledger.sink import LedgerSink, MemorySource, RedisSource
 from services.ledger.stats import summarize
 from services.router.budgets import usd
-from services.router.store import LEDGER, PICO, Account, Hold, MemoryStore, RedisStore, to_pico
+from services.router.operations import ALL, Operations
+from services.router.store import LEDGER, PICO, Account, Allowance, Hold, MemoryStore, RedisStore, to_pico
 
 TENANTS = [Account("acme", "k-acme"), Account("globex", "k-globex")]
 # Its own consumer group: a router's sink still running in this test session reads the same stream.
@@ -180,3 +184,100 @@ async def test_a_row_the_database_refuses_does_not_hold_back_the_others(client: 
     await LedgerSink(RedisSource(client, "s", group=GROUP), ledger_db).drain()
     assert sorted(r.get("request_id") for r in await ledger_db.rows()) == ["ok-1", "ok-2"]
     assert (await client.xpending(LEDGER, GROUP))["pending"] == 0
+
+
+async def test_operator_stats_and_budgets_equal_the_money_store(
+    redis_url: str, client: Any, ledger_db: LedgerDB
+) -> None:
+    """The Stats and Budgets answers (services.router.operations, what the gRPC and REST APIs return) over a mixed
+    run copied by the sink: each tenant's cost equals its spend in the money store and the sum of its ledger
+    entries to the pico-dollar; a time window splits the run without losing or repeating a pico-dollar."""
+    rng = random.Random(11)
+    store = RedisStore(redis_url)
+    try:
+        await charge_some(store, 0, 90, rng)
+        await LedgerSink(source(client, "sink-ops"), ledger_db).drain()  # type: ignore[arg-type]
+        operations = Operations(store, Allowance("total", tenant_pico=to_pico(Decimal(500))), ledger_db)
+        entries = [json.loads(f[b"record"]) for _, f in await client.xrange(LEDGER)]
+        middle = sorted(e["ts"] for e in entries)[45]
+        for account in TENANTS:
+            mine = [e for e in entries if e["tenant"] == account.tenant]
+            total, groups = await operations.stats(account.tenant, 0, 0, "model")
+            spent, _ = await store.spent(account, "all")
+            assert total.cost_pico == spent == sum(to_pico(Decimal(e["cost_usd"])) for e in mine)
+            assert total.baseline_pico == sum(to_pico(Decimal(e["baseline_cost_usd"])) for e in mine)
+            assert sum(g.cost_pico for g in groups) == spent and total.requests == len(mine)
+            before, _ = await operations.stats(account.tenant, 0, middle, "day")
+            after, _ = await operations.stats(account.tenant, middle, 0, "day")
+            assert before.cost_pico + after.cost_pico == spent and before.requests + after.requests == len(mine)
+            (budget,) = [b for b in await operations.budgets(account.tenant) if b.scope == "tenant"]
+            assert (budget.tenant, budget.spent_pico, budget.held_pico) == (account.tenant, spent, 0)
+            assert budget.remaining_pico == to_pico(Decimal(500)) - spent
+        everyone, by_tenant = await operations.stats(ALL, 0, 0, "tenant")
+        assert {g.key: g.cost_pico for g in by_tenant} == {a.tenant: (await store.spent(a, "all"))[0] for a in TENANTS}
+        assert everyone.requests == 90
+    finally:
+        await store.close()
+
+
+class SwallowingSource:
+    """A source whose read swallows a cancellation, as redis-py's blocking read did to one that landed as its
+    timeout fired."""
+
+    async def read(self, block_s: float) -> list[tuple[str, dict[str, Any] | None]]:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(block_s)
+        return []
+
+    async def ack(self, ids: list[str]) -> None:
+        pass
+
+
+async def test_a_cancelled_sink_stops_even_when_its_source_swallows_the_cancellation(ledger_db: LedgerDB) -> None:
+    """The router's stop() cancels the sink and waits for it: a sink that read on would hang the shutdown."""
+    task = asyncio.create_task(LedgerSink(SwallowingSource(), ledger_db, block_s=0.05).run())  # type: ignore[arg-type]
+    await asyncio.sleep(0.1)
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=2)
+    assert task in done and task.cancelled()
+
+
+async def test_a_postgresql_that_dropped_the_connection_is_reconnected(
+    redis_url: str, client: Any, postgres_dsn: str
+) -> None:
+    """The server ends the sink's session (what a restart or a failover does): the batch that met it stays
+    pending in Redis, and the next attempt reconnects and lands it; before, the sink and Stats failed with
+    'the connection is lost' until the router restarted."""
+    import psycopg
+
+    from tests.conftest import POSTGRES_URL
+
+    db = LedgerDB(dsn=postgres_dsn)
+    store = RedisStore(redis_url)
+    try:
+        db._conn.execute("DELETE FROM requests")
+        db._conn.commit()
+        rng = random.Random(5)
+        await charge_some(store, 0, 10, rng)
+        sink = LedgerSink(source(client, "sink-pg"), db)  # type: ignore[arg-type]
+        await sink.drain()
+        await charge_some(store, 10, 10, rng)
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (db._conn.info.backend_pid,))
+        with pytest.raises(LedgerUnavailable):
+            await sink.step()
+        assert (await client.xpending(LEDGER, GROUP))["pending"] == 10  # nothing acknowledged, nothing lost
+        await sink.drain()
+        assert sorted(r.get("request_id") for r in await db.rows()) == sorted(f"req-{i}" for i in range(20))
+
+        # Stats meeting the outage: the service's own 503 (UNAVAILABLE, retry), then answers again.
+        operations = Operations(store, Allowance("total"), db)
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (db._conn.info.backend_pid,))
+        with pytest.raises(ServiceError) as refused:
+            await operations.stats(ALL, 0, 0, "tenant")
+        assert (refused.value.code, refused.value.reason) == (grpc.StatusCode.UNAVAILABLE, "LEDGER_UNAVAILABLE")
+        assert (await operations.stats(ALL, 0, 0, "tenant"))[0].requests == 20
+    finally:
+        await store.close()
+        db.close()

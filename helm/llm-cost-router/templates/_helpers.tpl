@@ -200,12 +200,63 @@ money cache
 {{- end }}
 {{- end }}
 
+{{/* Where the services' certificates come from (values' tls.mode, `auto` resolved against the cluster):
+certManager, generated or existingSecrets; empty without TLS. */}}
+{{- define "llmrouter.tlsMode" -}}
+{{- with .Values.tls }}
+{{- if not .enabled }}
+{{- else if ne .mode "auto" }}{{ .mode }}
+{{- else if $.Capabilities.APIVersions.Has "cert-manager.io/v1" }}certManager
+{{- else }}generated
+{{- end }}
+{{- end }}
+{{- end }}
+
 {{/* The kubernetes.io/tls Secret a service mounts. Call with (list $ "router"). */}}
 {{- define "llmrouter.tlsSecret" -}}
 {{- $root := index . 0 }}
-{{- $svc := index . 1 }}
-{{- $existing := ternary "" (index $root.Values.tls.existingSecrets $svc) $root.Values.tls.certManager.enabled }}
+{{- $existing := "" }}
+{{- if eq (include "llmrouter.tlsMode" $root) "existingSecrets" }}
+{{- $existing = index $root.Values.tls.existingSecrets (index . 1) }}
+{{- end }}
 {{- default (printf "%s-tls" (include "llmrouter.component" .)) $existing }}
+{{- end }}
+
+{{/* The names a service's callers dial, as JSON: its Service's name and namespace forms. Call with (list $ "router"). */}}
+{{- define "llmrouter.dnsNames" -}}
+{{- $name := include "llmrouter.component" . }}
+{{- $ns := (index . 0).Release.Namespace }}
+{{- list $name (printf "%s.%s" $name $ns) (printf "%s.%s.svc" $name $ns) (printf "%s.%s.svc.cluster.local" $name $ns) | toJson }}
+{{- end }}
+
+{{/* tls.mode generated: the Secrets' data (base64) as JSON, {"ca": {tls.crt, tls.key}, "<service>": {tls.crt,
+tls.key, ca.crt}}. What the cluster holds is kept (lookup): the CA, and each service's certificate while the CA
+that signed it is the current one; anything missing is generated. Computed once per render and kept in .Values,
+since the Secrets and the pods' checksum annotations must see the same random keys. */}}
+{{- define "llmrouter.generatedTls" -}}
+{{- if not (hasKey .Values "_generatedTls") }}
+{{- $ns := .Release.Namespace }}
+{{- $days := int .Values.tls.generated.days }}
+{{- $caData := (lookup "v1" "Secret" $ns (printf "%s-ca" (include "llmrouter.fullname" .))).data | default dict }}
+{{- $ca := dict }}
+{{- if and (index $caData "tls.crt") (index $caData "tls.key") }}
+{{- $ca = buildCustomCert (index $caData "tls.crt") (index $caData "tls.key") }}
+{{- else }}
+{{- $ca = genCA (printf "%s CA" (include "llmrouter.fullname" .)) $days }}
+{{- $caData = dict "tls.crt" ($ca.Cert | b64enc) "tls.key" ($ca.Key | b64enc) }}
+{{- end }}
+{{- $generated := dict "ca" $caData }}
+{{- range $svc := splitList " " (include "llmrouter.services" $) }}
+{{- $data := (lookup "v1" "Secret" $ns (include "llmrouter.tlsSecret" (list $ $svc))).data | default dict }}
+{{- if or (not (index $data "tls.key")) (ne (index $data "ca.crt" | default "") (index $caData "tls.crt")) }}
+{{- $cert := genSignedCert $svc nil (include "llmrouter.dnsNames" (list $ $svc) | fromJsonArray) $days $ca }}
+{{- $data = dict "tls.crt" ($cert.Cert | b64enc) "tls.key" ($cert.Key | b64enc) "ca.crt" (index $caData "tls.crt") }}
+{{- end }}
+{{- $_ := set $generated $svc $data }}
+{{- end }}
+{{- $_ := set .Values "_generatedTls" (toJson $generated) }}
+{{- end }}
+{{- .Values._generatedTls }}
 {{- end }}
 
 {{/* Probes: native gRPC health checks (grpc.health.v1) for the gRPC services; for the edge GET /healthz

@@ -1,0 +1,30 @@
+"""The SQL ledger's settings (ROUTER_LEDGER_SQL_*, and ROUTER_REDIS_URL for a sink): part of the router's, and all
+that the ledger's commands (`python -m services.ledger`, `llmrouter ledger export`) read. Those serve nothing,
+so they need none of the router's server settings (its certificates above all)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from llmrouter.settings import RepoPath
+
+
+class LedgerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ROUTER_", extra="ignore", frozen=True)
+
+    # The money store whose ledger stream the sink copies (the router's; unset: its in-process store).
+    redis_url: str | None = None
+    # The SQL ledger (services/ledger): a sink in the router copies every charge from the ledger stream into
+    # it; Stats reads it. PostgreSQL when the DSN is set, else the SQLite file.
+    ledger_sql_sink: bool = True
+    ledger_sql_dsn: SecretStr = SecretStr("")
+    ledger_sql_path: RepoPath = Path(tempfile.gettempdir()) / "llmrouter-ledger.sqlite3"
+    # Rows older than this many days are deleted by the sink (hourly) and by `python -m services.ledger trim`;
+    # 0 keeps them forever.
+    ledger_sql_retention_days: float = Field(default=0, ge=0)
+    # A sink's pending entries idle this long are claimed by another sink (its consumer died).
+    ledger_sql_claim_idle_s: float = Field(default=60.0, gt=0)

@@ -1,0 +1,47 @@
+"""The ledger's commands run where its database is, in an operator's shell: they read the ledger's settings only,
+never the router's server settings (a shell has no ROUTER_TLS_DIR; the tests' conftest sets *_AUTH=none, so
+the command runs here in a clean environment)."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from services.ledger.db import LedgerDB, row_from_record
+from tests.conftest import ROOT
+
+
+def test_ledger_export_needs_no_router_certificates(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    db = LedgerDB(path=path)
+    record = {
+        "request_id": "r1",
+        "ts": 1_780_000_000.0,
+        "tenant": "acme",
+        "key": "k",
+        "model": "m",
+        "cost_usd": "0.000000000007",
+        "baseline_cost_usd": "0.1",
+        "outcome": "ok",
+    }
+    asyncio.run(db.insert([row_from_record(record)]))
+    db.close()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTER_")}
+    env["ROUTER_LEDGER_SQL_PATH"] = str(path)
+    out = tmp_path / "ledger.csv"
+    result = subprocess.run(
+        [sys.executable, "-m", "llmrouter.cli", "ledger", "export", "--format", "csv", "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == "exported 1 rows"
+    (row,) = csv.DictReader(out.open())
+    assert (row["tenant"], row["request_id"], row["cost_usd"]) == ("acme", "r1", "0.000000000007")
