@@ -179,6 +179,7 @@ class LedgerDB:
         """The connection, under the lock. PostgreSQL's is made again when the server dropped it (a restart, a
         failover): the call that met the outage fails (LedgerUnavailable), the next ones work, without
         restarting the process."""
+        unreachable: tuple[type[Exception], ...] = (sqlite3.OperationalError, *self._unreachable)
         with self._lock:
             try:
                 if self.postgres and self._conn.closed:
@@ -187,7 +188,7 @@ class LedgerDB:
                     self._conn = psycopg.connect(self._dsn, autocommit=False)
                     log.warning("ledger database connection made again")
                 yield self._conn
-            except (sqlite3.OperationalError, *self._unreachable) as exc:
+            except unreachable as exc:
                 raise LedgerUnavailable(f"the ledger database is unreachable: {exc}") from exc
 
     def iter_rows(

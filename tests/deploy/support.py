@@ -5,6 +5,7 @@ A missing tool skips a test on a developer's machine and fails it in CI (CI=true
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
