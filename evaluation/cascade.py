@@ -228,6 +228,7 @@ def run(
     ablation: bool,
     mmlu_pro_sample: int | None,
     write_threshold: Path | None = None,
+    per_task: bool = False,
 ) -> None:
     started = time.perf_counter()
     directory = data_dir()
@@ -279,6 +280,8 @@ def run(
         if below is not None:
             thresholds[pair.name] = below
             print(f"cascade reaches 95% escalating answers with P(good) < {below:.2f}")
+        if per_task and pair.file == MMLU_PRO_FILE:
+            print(per_task_table(pair, answers, verifiers[DEFAULT_BLOCKS], router, ids, cost))
         if ablation:
             for blocks in variants:
                 line = evaluate_pair(pair, answers, verifiers[blocks], router, ids, cost)[0]
@@ -287,6 +290,26 @@ def run(
         path = write_calibration(write_threshold, thresholds, answers.sha256)
         print(f"\nwrote {path}: {json.loads(path.read_text())['escalate_below']}")
     print(f"\n({time.perf_counter() - started:.0f}s)")
+
+
+def per_task_table(
+    pair: Pair, answers: Answers, verifier: np.ndarray, router: np.ndarray, ids: list[str], cost: dict
+) -> str:
+    """The cascade beside the one-shot router on each held-out task of the pair alone (its own 95% target)."""
+    task_of = dict(zip(answers.prompt_ids, answers.prompt_tasks.tolist(), strict=True))
+    tasks = np.array([task_of[p] for p in ids])
+    rows = [f"  {'held-out task':<24}{'n':>6}{'APGR cascade':>14}{'one-shot':>10}{'saved cascade':>15}{'one-shot':>10}"]
+    for task in sorted(set(tasks.tolist())):
+        held = tasks == task
+        lines = evaluate_pair(
+            pair, answers, verifier, router[held], [p for p, h in zip(ids, held, strict=True) if h], cost
+        )
+        cascade, one_shot = lines[0], next(line for line in lines if line.name == "one-shot router")
+        rows.append(
+            f"  {task[:24]:<24}{int(held.sum()):>6}{cascade.apgr:>14.3f}{one_shot.apgr:>10.3f}"
+            f"{cascade.saved:>15.1%}{one_shot.saved:>10.1%}"
+        )
+    return "\n".join(rows)
 
 
 def escalation_threshold(weak_good: np.ndarray, escalated: float) -> float | None:
@@ -321,9 +344,10 @@ def main() -> None:
     parser.add_argument(
         "--write-threshold", type=Path, metavar="DIR", help="write threshold.json for the verifier in DIR"
     )
+    parser.add_argument("--per-task", action="store_true", help="also each held-out MMLU-Pro task on its own")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    run(args.cache, args.classifier, args.ablation, args.mmlu_pro_sample, args.write_threshold)
+    run(args.cache, args.classifier, args.ablation, args.mmlu_pro_sample, args.write_threshold, args.per_task)
 
 
 if __name__ == "__main__":
