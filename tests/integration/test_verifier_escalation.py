@@ -33,7 +33,7 @@ from services.verifier.client import verify_answer
 from services.verifier.model import ARTEFACT_FILES, missing_artefacts
 from services.verifier.thresholds import write_thresholds
 from tests.fakes.fake_openai import FakeOpenAI
-from tests.integration.conftest import free_port, registry
+from tests.integration.conftest import registry
 
 QUESTION = (
     "Which gas makes up most of Earth's atmosphere?\nA. Oxygen\nB. Nitrogen\nC. Argon\nD. Carbon dioxide\nAnswer:"
@@ -48,7 +48,7 @@ ESCALATE_BELOW = {"auto": 0.35, "strict": 0.5}
 
 @dataclass
 class Stack:
-    routers: dict[str, router_pb2_grpc.RouterStub]  # verifier on; verifier late; classifier service down
+    routers: dict[str, router_pb2_grpc.RouterStub]  # verified; verifier late; verifier down
     verifier: classifier_pb2_grpc.ClassifierStub
     cheap: FakeOpenAI
     strong: FakeOpenAI
@@ -84,15 +84,19 @@ async def stack(
         path = tmp / "models.yaml"
         path.write_text(yaml.safe_dump(registry(cheap.base_url, strong.base_url)))
         servers: list[RunningServer] = []
-        c_settings = ClassifierSettings(port=0, model_dir=classifier_dir, verifier_dir=verifier_dir)
-        servers.append(await start_server("classifier", c_settings, *await classifier.build(c_settings)))
         p_settings = ProvidersSettings(port=0, registry_path=path)
         servers.append(await start_server("providers", p_settings, *await providers.build(p_settings)))
-        classifier_addr = f"127.0.0.1:{servers[0].port}"
+        addr = {}
+        # The second classifier service scores prompts but has no verifier to answer Verify: the verifier is down.
+        for name, verifying in (("verifying", verifier_dir), ("no verifier", tmp / "no-verifier")):
+            c_settings = ClassifierSettings(port=0, model_dir=classifier_dir, verifier_dir=verifying)
+            servers.append(await start_server("classifier", c_settings, *await classifier.build(c_settings)))
+            addr[name] = f"127.0.0.1:{servers[-1].port}"
+        classifier_addr = addr["verifying"]
         variants = {
             "verified": {"verifier_timeout_s": 30.0},  # a loaded CI machine may be slow: never late here
             "late": {"verifier_timeout_s": 1e-6},
-            "down": {"classifier_addr": f"127.0.0.1:{free_port()}"},  # nothing listens: Score and Verify fail
+            "down": {"classifier_addr": addr["no verifier"]},
         }
         channels, routers = [], {}
         for name, overrides in variants.items():
@@ -101,7 +105,7 @@ async def stack(
                     "port": 0,
                     "registry_path": path,
                     "classifier_addr": classifier_addr,
-                    "providers_addr": f"127.0.0.1:{servers[1].port}",
+                    "providers_addr": f"127.0.0.1:{servers[0].port}",
                     "redis_url": session_redis_url,
                     "classifier_timeout_s": 5.0,
                     "data_dir": tmp / name,
