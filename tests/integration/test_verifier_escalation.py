@@ -42,8 +42,9 @@ WEAK_CUE = "(ramble)"
 GOOD_ANSWER = "Nitrogen makes up about 78% of dry air, far more than oxygen (21%). The answer is (B)."
 WEAK_ANSWER = "Hmm, I'm not sure. It could be several of these, it is hard to say without more information"
 # Calibrated thresholds written beside the verifier copy: the test's, so that its verdicts are read against a
-# known value whatever the shipped artefact's calibration is.
-ESCALATE_BELOW = {"auto": 0.35, "strict": 0.5}
+# known value whatever the shipped artefact's calibration is. The shipped verifier (20be60dcc1b793af) gives the
+# rambling answer about 0.03 and the good one about 0.4: each test first checks its premise.
+ESCALATE_BELOW = {"auto": 0.2, "strict": 0.3}
 
 
 @dataclass
