@@ -319,8 +319,10 @@ def escalation_threshold(weak_good: np.ndarray, escalated: float) -> float | Non
 
 
 def write_calibration(model_dir: Path, thresholds: dict[str, float], data_sha256: str) -> Path:
-    """threshold.json beside the verifier in model_dir: `auto` reaches 95% of the strong model's quality on the
-    median held-out pair, `strict` on every one (the highest threshold)."""
+    """threshold.json beside the verifier in model_dir: `auto` is the lowest threshold that reaches 95% of the
+    strong model's quality on a held-out pair, `strict` the median pair's. The verifier's scale moves between
+    task types (~0.03 on open-ended chat, ~0.6 on multiple choice): a threshold above a traffic type's scale
+    escalates nearly every answer there, paying both models, so the default errs on the side of cost."""
     if not thresholds:
         raise SystemExit("the cascade reached 95% of the strong model's quality on no pair: no threshold to write")
     version = json.loads((model_dir / METADATA_FILE).read_text())["version"]
@@ -331,7 +333,7 @@ def write_calibration(model_dir: Path, thresholds: dict[str, float], data_sha256
         "per_pair": {name: round(value, 4) for name, value in thresholds.items()},
         "data_sha256": data_sha256,
     }
-    escalate_below = {"auto": round(float(np.median(values)), 4), "strict": round(values[-1], 4)}
+    escalate_below = {"auto": round(values[0], 4), "strict": round(float(np.median(values)), 4)}
     return write_thresholds(model_dir, version, escalate_below, evidence)
 
 

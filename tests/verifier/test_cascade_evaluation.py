@@ -63,5 +63,5 @@ def test_thresholds_written_beside_the_verifier_for_its_version(tmp_path: Path) 
     path = write_calibration(tmp_path, {"a": 0.2, "b": 0.6, "c": 0.4}, "data-hash")
     record = json.loads(path.read_text())
     assert record["verifier_version"] == "abc123"
-    assert record["escalate_below"] == {"auto": 0.4, "strict": 0.6}  # the median pair; every pair
+    assert record["escalate_below"] == {"auto": 0.2, "strict": 0.4}  # the lowest pair's; the median pair's
     assert record["evidence"]["per_pair"] == {"a": 0.2, "b": 0.6, "c": 0.4}
