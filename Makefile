@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
 .PHONY: setup artefacts run test lint fmt protos check-protos train-classifier train-verifier local-model \
-        calibrate score evaluate evaluate-mmlu-cv evaluate-multitier evaluate-cascade bench loadtest lint-deploy clean
+        calibrate calibrate-verifier score evaluate evaluate-mmlu-cv evaluate-multitier evaluate-cascade bench loadtest lint-deploy clean
 
 # --- set-up -----------------------------------------------------------------------------------------------
 $(VENV)/.installed: pyproject.toml
@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed artefacts
 
 artefacts: $(ART)/classifier/model.onnx $(ART)/classifier/calibration.json $(ART)/verifier/model.onnx \
-           $(ART)/smollm2/genai_config.json
+           $(ART)/verifier/threshold.json $(ART)/smollm2/genai_config.json
 
 $(ART)/classifier/model.onnx: $(VENV)/.installed
 	$(MAKE) train-classifier
@@ -32,6 +32,9 @@ $(ART)/classifier/calibration.json: $(ART)/classifier/model.onnx
 
 $(ART)/verifier/model.onnx: $(VENV)/.installed
 	$(MAKE) train-verifier
+
+$(ART)/verifier/threshold.json: $(ART)/verifier/model.onnx $(ART)/classifier/model.onnx
+	$(MAKE) calibrate-verifier
 
 $(ART)/smollm2/genai_config.json: $(VENV)/.installed
 	$(MAKE) local-model
@@ -45,6 +48,10 @@ calibrate: $(VENV)/.installed   # the reference mix's scores behind strong-share
 
 train-verifier: $(VENV)/.installed   # embeddings cached in $(ART)/verifier/cache: the first build takes minutes
 	$(PY) -m services.verifier.training --out $(ART)/verifier
+	$(MAKE) calibrate-verifier
+
+calibrate-verifier: $(VENV)/.installed   # the router's escalation thresholds, from the held-out cascade evaluation
+	$(PY) -m evaluation.cascade --cache $(ART)/verifier/cache --classifier $(ART)/classifier --write-threshold $(ART)/verifier
 
 local-model: $(VENV)/.installed
 	$(PY) -m services.providers.local_model.build --out $(ART)/smollm2

@@ -176,6 +176,13 @@ def build() -> dict:
         )
         .with_panel(
             series(
+                "Verifier verdicts/s",
+                "reqps",
+                (f"sum by (outcome) ({rate('llmrouter_router_verifier_total')})", "{{outcome}}"),
+            )
+        )
+        .with_panel(
+            series(
                 "Fallbacks/s",
                 "reqps",
                 (

@@ -15,6 +15,7 @@ always calling the strong model, at the share of escalations that reaches 95% of
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -26,8 +27,10 @@ from sklearn.linear_model import LogisticRegression
 
 from evaluation.metrics import Curve, first_crossing, routing_curve
 from evaluation.routers import LearnedRouter, length_scores, random_scores
+from services.classifier.model import METADATA_FILE
 from services.classifier.settings import DEFAULT_MODEL_DIR
 from services.classifier.training.data import data_dir, read_jsonl
+from services.verifier.thresholds import write_thresholds
 from services.verifier.training.data import ARENA_FILE, ARENA_TASK, MMLU_PRO_FILE, Answers, load_answers
 from services.verifier.training.head import DEFAULT_BLOCKS, fit_head
 from services.verifier.training.pipeline import Encoded, encode
@@ -219,7 +222,14 @@ def table(lines: list[Line]) -> str:
     return "\n".join(rows)
 
 
-def run(cache_dir: Path, classifier_dir: Path, ablation: bool, mmlu_pro_sample: int | None) -> None:
+def run(
+    cache_dir: Path,
+    classifier_dir: Path,
+    ablation: bool,
+    mmlu_pro_sample: int | None,
+    write_threshold: Path | None = None,
+    per_task: bool = False,
+) -> None:
     started = time.perf_counter()
     directory = data_dir()
     answers = load_answers(directory, mmlu_pro_sample)
@@ -237,6 +247,7 @@ def run(cache_dir: Path, classifier_dir: Path, ablation: bool, mmlu_pro_sample: 
     # The shipped classifier may have been trained on arena-bench-v1: then its line is not a held-out figure.
     arena_seen = ARENA_FILE in arena.model.metadata.raw.get("training_data", {}).get("file_sha256", {})
     arena_router = f"one-shot router ({'trained on it' if arena_seen else 'held out'}, {arena.model.version})"
+    thresholds: dict[str, float] = {}  # per pair: the held-out P(good) below which the cascade reaches 95%
     n_tasks = len(set(answers.prompt_tasks.tolist()))
     print(f"{len(answers.texts)} judged answers on {len(answers.prompt_texts)} prompts, {n_tasks} held-out tasks")
     for pair in PAIRS:
@@ -265,14 +276,65 @@ def run(cache_dir: Path, classifier_dir: Path, ablation: bool, mmlu_pro_sample: 
         print(f"\n{pair.name}: {len(ids)} held-out prompts, the strong model alone costs ${strong_usd:.3f}")
         print(table(lines))
         weak_good = verifiers[DEFAULT_BLOCKS][[row_index(answers)[(p, pair.weak)] for p in ids]]
-        if lines[0].escalated == lines[0].escalated:  # reached 95%: the P(good) below which it escalated
-            below = float(np.quantile(weak_good, lines[0].escalated))
+        below = escalation_threshold(weak_good, lines[0].escalated)
+        if below is not None:
+            thresholds[pair.name] = below
             print(f"cascade reaches 95% escalating answers with P(good) < {below:.2f}")
+        if per_task and pair.file == MMLU_PRO_FILE:
+            print(per_task_table(pair, answers, verifiers[DEFAULT_BLOCKS], router, ids, cost))
         if ablation:
             for blocks in variants:
                 line = evaluate_pair(pair, answers, verifiers[blocks], router, ids, cost)[0]
                 print(f"  verifier on {'+'.join(blocks):<32} APGR {line.apgr:.3f}  saved @95% {line.saved:.1%}")
+    if write_threshold is not None:
+        path = write_calibration(write_threshold, thresholds, answers.sha256)
+        print(f"\nwrote {path}: {json.loads(path.read_text())['escalate_below']}")
     print(f"\n({time.perf_counter() - started:.0f}s)")
+
+
+def per_task_table(
+    pair: Pair, answers: Answers, verifier: np.ndarray, router: np.ndarray, ids: list[str], cost: dict
+) -> str:
+    """The cascade beside the one-shot router on each held-out task of the pair alone (its own 95% target)."""
+    task_of = dict(zip(answers.prompt_ids, answers.prompt_tasks.tolist(), strict=True))
+    tasks = np.array([task_of[p] for p in ids])
+    rows = [f"  {'held-out task':<24}{'n':>6}{'APGR cascade':>14}{'one-shot':>10}{'saved cascade':>15}{'one-shot':>10}"]
+    for task in sorted(set(tasks.tolist())):
+        held = tasks == task
+        lines = evaluate_pair(
+            pair, answers, verifier, router[held], [p for p, h in zip(ids, held, strict=True) if h], cost
+        )
+        cascade, one_shot = lines[0], next(line for line in lines if line.name == "one-shot router")
+        rows.append(
+            f"  {task[:24]:<24}{int(held.sum()):>6}{cascade.apgr:>14.3f}{one_shot.apgr:>10.3f}"
+            f"{cascade.saved:>15.1%}{one_shot.saved:>10.1%}"
+        )
+    return "\n".join(rows)
+
+
+def escalation_threshold(weak_good: np.ndarray, escalated: float) -> float | None:
+    """The P(good) below which the cheap answers were escalated, at the share `escalated` (None: never
+    reached)."""
+    return float(np.quantile(weak_good, escalated)) if escalated == escalated else None
+
+
+def write_calibration(model_dir: Path, thresholds: dict[str, float], data_sha256: str) -> Path:
+    """threshold.json beside the verifier in model_dir: `auto` is the lowest threshold that reaches 95% of the
+    strong model's quality on a held-out pair, `strict` the median pair's. The verifier's scale moves between
+    task types (~0.03 on open-ended chat, ~0.6 on multiple choice): a threshold above a traffic type's scale
+    escalates nearly every answer there, paying both models, so the default errs on the side of cost."""
+    if not thresholds:
+        raise SystemExit("the cascade reached 95% of the strong model's quality on no pair: no threshold to write")
+    version = json.loads((model_dir / METADATA_FILE).read_text())["version"]
+    values = sorted(thresholds.values())
+    evidence = {
+        "how": "python -m evaluation.cascade --write-threshold: leave-one-task-out verifiers of the same recipe, "
+        f"P(good) below which the cascade reaches {QUALITY_SHARE:.0%} of the strong model's quality, per pair",
+        "per_pair": {name: round(value, 4) for name, value in thresholds.items()},
+        "data_sha256": data_sha256,
+    }
+    escalate_below = {"auto": round(values[0], 4), "strict": round(float(np.median(values)), 4)}
+    return write_thresholds(model_dir, version, escalate_below, evidence)
 
 
 def main() -> None:
@@ -281,9 +343,13 @@ def main() -> None:
     parser.add_argument("--classifier", type=Path, default=DEFAULT_MODEL_DIR, help="one-shot router on arena-bench-v1")
     parser.add_argument("--ablation", action="store_true", help="also compare the verifier's feature sets")
     parser.add_argument("--mmlu-pro-sample", type=int, default=2000)
+    parser.add_argument(
+        "--write-threshold", type=Path, metavar="DIR", help="write threshold.json for the verifier in DIR"
+    )
+    parser.add_argument("--per-task", action="store_true", help="also each held-out MMLU-Pro task on its own")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    run(args.cache, args.classifier, args.ablation, args.mmlu_pro_sample)
+    run(args.cache, args.classifier, args.ablation, args.mmlu_pro_sample, args.write_threshold, args.per_task)
 
 
 if __name__ == "__main__":

@@ -84,6 +84,10 @@ class ModelSpec(BaseModel):
     tier: str
     input_usd_per_mtok: Decimal = Field(ge=0)
     output_usd_per_mtok: Decimal = Field(ge=0)
+    # The provider's Batch API price (both or neither), for reference: this router's batches are served by the
+    # realtime API, which bills the realtime price, so they are charged that (README, Batches).
+    batch_input_usd_per_mtok: Decimal | None = Field(default=None, ge=0)
+    batch_output_usd_per_mtok: Decimal | None = Field(default=None, ge=0)
     context_window: int = Field(gt=0)
     max_output_tokens: int = Field(default=4096, gt=0)
     latency_slo_ms: int = Field(default=30_000, gt=0)
@@ -92,6 +96,12 @@ class ModelSpec(BaseModel):
     # or, for a model it cannot predict, from the fixed prior `quality_prior`.
     quality_from: str = ""
     quality_prior: float | None = Field(default=None, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _batch_price_whole(self) -> ModelSpec:
+        if (self.batch_input_usd_per_mtok is None) != (self.batch_output_usd_per_mtok is None):
+            raise ValueError(f"model {self.name!r}: give both batch prices or neither")
+        return self
 
     @property
     def upstream_name(self) -> str:
@@ -107,11 +117,17 @@ class ModelSpec(BaseModel):
             output_usd_per_mtok=str(self.output_usd_per_mtok),
             context_window=self.context_window,
             latency_slo_ms=self.latency_slo_ms,
+            batch_input_usd_per_mtok=_price(self.batch_input_usd_per_mtok),
+            batch_output_usd_per_mtok=_price(self.batch_output_usd_per_mtok),
         )
 
     def cost_usd(self, input_tokens: int, output_tokens: int) -> Decimal:
         """Exact cost: Decimal arithmetic on prices per 1M tokens, never a float."""
         return (self.input_usd_per_mtok * input_tokens + self.output_usd_per_mtok * output_tokens) / MTOK
+
+
+def _price(usd_per_mtok: Decimal | None) -> str:
+    return "" if usd_per_mtok is None else str(usd_per_mtok)
 
 
 class Registry(BaseModel):

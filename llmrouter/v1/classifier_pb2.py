@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dllmrouter/v1/classifier.proto\x12\x0cllmrouter.v1\"\x1f\n\x0cScoreRequest\x12\x0f\n\x07prompts\x18\x01 \x03(\t\"v\n\x0bPromptScore\x12\x37\n\x07quality\x18\x01 \x03(\x0b\x32&.llmrouter.v1.PromptScore.QualityEntry\x1a.\n\x0cQualityEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"R\n\rScoreResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.llmrouter.v1.PromptScore\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"0\n\x0e\x41nswerToVerify\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x0e\n\x06\x61nswer\x18\x02 \x01(\t\"<\n\rVerifyRequest\x12+\n\x05pairs\x18\x01 \x03(\x0b\x32\x1c.llmrouter.v1.AnswerToVerify\"5\n\x0eVerifyResponse\x12\x0c\n\x04good\x18\x01 \x03(\x01\x12\x15\n\rmodel_version\x18\x02 \x01(\t2\x93\x01\n\nClassifier\x12@\n\x05Score\x12\x1a.llmrouter.v1.ScoreRequest\x1a\x1b.llmrouter.v1.ScoreResponse\x12\x43\n\x06Verify\x12\x1b.llmrouter.v1.VerifyRequest\x1a\x1c.llmrouter.v1.VerifyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dllmrouter/v1/classifier.proto\x12\x0cllmrouter.v1\"\x1f\n\x0cScoreRequest\x12\x0f\n\x07prompts\x18\x01 \x03(\t\"v\n\x0bPromptScore\x12\x37\n\x07quality\x18\x01 \x03(\x0b\x32&.llmrouter.v1.PromptScore.QualityEntry\x1a.\n\x0cQualityEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"R\n\rScoreResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.llmrouter.v1.PromptScore\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"0\n\x0e\x41nswerToVerify\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x0e\n\x06\x61nswer\x18\x02 \x01(\t\"<\n\rVerifyRequest\x12+\n\x05pairs\x18\x01 \x03(\x0b\x32\x1c.llmrouter.v1.AnswerToVerify\"\xb4\x01\n\x0eVerifyResponse\x12\x0c\n\x04good\x18\x01 \x03(\x01\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12G\n\x0e\x65scalate_below\x18\x03 \x03(\x0b\x32/.llmrouter.v1.VerifyResponse.EscalateBelowEntry\x1a\x34\n\x12\x45scalateBelowEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x32\x93\x01\n\nClassifier\x12@\n\x05Score\x12\x1a.llmrouter.v1.ScoreRequest\x1a\x1b.llmrouter.v1.ScoreResponse\x12\x43\n\x06Verify\x12\x1b.llmrouter.v1.VerifyRequest\x1a\x1c.llmrouter.v1.VerifyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,6 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PROMPTSCORE_QUALITYENTRY']._loaded_options = None
   _globals['_PROMPTSCORE_QUALITYENTRY']._serialized_options = b'8\001'
+  _globals['_VERIFYRESPONSE_ESCALATEBELOWENTRY']._loaded_options = None
+  _globals['_VERIFYRESPONSE_ESCALATEBELOWENTRY']._serialized_options = b'8\001'
   _globals['_SCOREREQUEST']._serialized_start=47
   _globals['_SCOREREQUEST']._serialized_end=78
   _globals['_PROMPTSCORE']._serialized_start=80
@@ -45,8 +47,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ANSWERTOVERIFY']._serialized_end=332
   _globals['_VERIFYREQUEST']._serialized_start=334
   _globals['_VERIFYREQUEST']._serialized_end=394
-  _globals['_VERIFYRESPONSE']._serialized_start=396
-  _globals['_VERIFYRESPONSE']._serialized_end=449
-  _globals['_CLASSIFIER']._serialized_start=452
-  _globals['_CLASSIFIER']._serialized_end=599
+  _globals['_VERIFYRESPONSE']._serialized_start=397
+  _globals['_VERIFYRESPONSE']._serialized_end=577
+  _globals['_VERIFYRESPONSE_ESCALATEBELOWENTRY']._serialized_start=525
+  _globals['_VERIFYRESPONSE_ESCALATEBELOWENTRY']._serialized_end=577
+  _globals['_CLASSIFIER']._serialized_start=580
+  _globals['_CLASSIFIER']._serialized_end=727
 # @@protoc_insertion_point(module_scope)

@@ -48,9 +48,18 @@ class VerifyRequest(_message.Message):
     def __init__(self, pairs: _Optional[_Iterable[_Union[AnswerToVerify, _Mapping]]] = ...) -> None: ...
 
 class VerifyResponse(_message.Message):
-    __slots__ = ("good", "model_version")
+    __slots__ = ("good", "model_version", "escalate_below")
+    class EscalateBelowEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     GOOD_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ESCALATE_BELOW_FIELD_NUMBER: _ClassVar[int]
     good: _containers.RepeatedScalarFieldContainer[float]
     model_version: str
-    def __init__(self, good: _Optional[_Iterable[float]] = ..., model_version: _Optional[str] = ...) -> None: ...
+    escalate_below: _containers.ScalarMap[str, float]
+    def __init__(self, good: _Optional[_Iterable[float]] = ..., model_version: _Optional[str] = ..., escalate_below: _Optional[_Mapping[str, float]] = ...) -> None: ...

@@ -31,7 +31,7 @@ class Usage(_message.Message):
     def __init__(self, input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., estimated: _Optional[bool] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "provider", "tier", "input_usd_per_mtok", "output_usd_per_mtok", "context_window", "latency_slo_ms")
+    __slots__ = ("name", "provider", "tier", "input_usd_per_mtok", "output_usd_per_mtok", "context_window", "latency_slo_ms", "batch_input_usd_per_mtok", "batch_output_usd_per_mtok")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
@@ -39,6 +39,8 @@ class ModelInfo(_message.Message):
     OUTPUT_USD_PER_MTOK_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_WINDOW_FIELD_NUMBER: _ClassVar[int]
     LATENCY_SLO_MS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_INPUT_USD_PER_MTOK_FIELD_NUMBER: _ClassVar[int]
+    BATCH_OUTPUT_USD_PER_MTOK_FIELD_NUMBER: _ClassVar[int]
     name: str
     provider: str
     tier: str
@@ -46,7 +48,9 @@ class ModelInfo(_message.Message):
     output_usd_per_mtok: str
     context_window: int
     latency_slo_ms: int
-    def __init__(self, name: _Optional[str] = ..., provider: _Optional[str] = ..., tier: _Optional[str] = ..., input_usd_per_mtok: _Optional[str] = ..., output_usd_per_mtok: _Optional[str] = ..., context_window: _Optional[int] = ..., latency_slo_ms: _Optional[int] = ...) -> None: ...
+    batch_input_usd_per_mtok: str
+    batch_output_usd_per_mtok: str
+    def __init__(self, name: _Optional[str] = ..., provider: _Optional[str] = ..., tier: _Optional[str] = ..., input_usd_per_mtok: _Optional[str] = ..., output_usd_per_mtok: _Optional[str] = ..., context_window: _Optional[int] = ..., latency_slo_ms: _Optional[int] = ..., batch_input_usd_per_mtok: _Optional[str] = ..., batch_output_usd_per_mtok: _Optional[str] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()

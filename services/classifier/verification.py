@@ -1,5 +1,6 @@
 """llmrouter.v1.Classifier/Verify: the verifier judged off the event loop, one request's pairs in one run at a
-time (its own executor: a Verify never waits behind, or stalls, the Score micro-batches)."""
+time (its own executor: a Verify never waits behind, or stalls, the Score micro-batches), answered with the
+escalation thresholds calibrated for that verifier (services/verifier/thresholds.py), when there are some."""
 
 from __future__ import annotations
 
@@ -13,14 +14,18 @@ import grpc
 from llmrouter.errors import ServiceError, invalid
 from llmrouter.v1 import classifier_pb2
 from services.verifier.model import Verifier, missing_artefacts
+from services.verifier.thresholds import load_thresholds
 
 log = logging.getLogger("classifier")
 
 
 class Verification:
-    def __init__(self, verifier: Verifier | None, max_pairs: int) -> None:
+    def __init__(
+        self, verifier: Verifier | None, max_pairs: int, escalate_below: dict[str, float] | None = None
+    ) -> None:
         self.verifier = verifier
         self.max_pairs = max_pairs
+        self.escalate_below = escalate_below or {}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="verifier-infer")
 
     @classmethod
@@ -31,8 +36,9 @@ class Verification:
             return cls(None, max_pairs)
         verifier = await asyncio.to_thread(Verifier, model_dir, threads)
         await asyncio.to_thread(verifier.predict, [("What is 2 + 2?", "4")])  # first-run allocations
-        log.info("verifier model loaded", extra={"version": verifier.version})
-        return cls(verifier, max_pairs)
+        escalate_below = load_thresholds(model_dir, verifier.version)
+        log.info("verifier model loaded", extra={"version": verifier.version, "escalate_below": escalate_below})
+        return cls(verifier, max_pairs, escalate_below)
 
     async def verify(self, request: classifier_pb2.VerifyRequest) -> classifier_pb2.VerifyResponse:
         if self.verifier is None:
@@ -45,7 +51,9 @@ class Verification:
             raise invalid(f"at most {self.max_pairs} pairs per request", "pairs")
         pairs = [(p.prompt, p.answer) for p in request.pairs]
         good = await asyncio.get_running_loop().run_in_executor(self._executor, self.verifier.predict, pairs)
-        return classifier_pb2.VerifyResponse(good=[float(g) for g in good], model_version=self.verifier.version)
+        return classifier_pb2.VerifyResponse(
+            good=[float(g) for g in good], model_version=self.verifier.version, escalate_below=self.escalate_below
+        )
 
     async def close(self) -> None:
         self._executor.shutdown(wait=True)

@@ -250,6 +250,8 @@ class Edge:
                 message.strong_share = float(headers["x-router-strong-share"])
             if "x-router-max-latency-ms" in headers:
                 message.max_latency_ms = int(headers["x-router-max-latency-ms"])
+            if "x-router-verifier-threshold" in headers:
+                message.verifier_threshold = float(headers["x-router-verifier-threshold"])
         except ValueError:
             raise ApiError(400, "x-router-* headers must be numbers", code="invalid_value") from None
         if "x-router-max-cost-usd" in headers:

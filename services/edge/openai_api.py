@@ -30,6 +30,7 @@ MAPPED = {
     "session_id",
     "escalation",
     "buffer_stream",
+    "verifier_threshold",
 }
 ESCALATION_MODES = ("off", "auto", "strict")
 # Fields OpenAI knows that change the price or retention of a call: refused by name (llmrouter/passthrough.py).
@@ -184,6 +185,7 @@ class ChatCompletionRequest(BaseModel):
     session_id: StrictStr | None = None
     escalation: Literal["off", "auto", "strict"] | None = None
     buffer_stream: StrictBool | None = None
+    verifier_threshold: StrictFloat | StrictInt | None = Field(default=None, ge=0, le=1)
 
     def to_router(self, raw: dict[str, Any], tenant: str, api_key: str, request_id: str) -> router_pb2.CompleteRequest:
         passthrough = {k: v for k, v in raw.items() if k in PASSTHROUGH_FIELDS and v is not None}
@@ -210,6 +212,8 @@ class ChatCompletionRequest(BaseModel):
             request.strong_share = float(self.strong_share)
         if self.max_latency_ms is not None:
             request.max_latency_ms = self.max_latency_ms
+        if self.verifier_threshold is not None:
+            request.verifier_threshold = float(self.verifier_threshold)
         return request
 
 
@@ -382,6 +386,14 @@ def models_body(models: list[common_pb2.ModelInfo]) -> dict[str, Any]:
             "input_usd_per_mtok": m.input_usd_per_mtok,
             "output_usd_per_mtok": m.output_usd_per_mtok,
             "context_window": m.context_window,
+            **(
+                {
+                    "batch_input_usd_per_mtok": m.batch_input_usd_per_mtok,
+                    "batch_output_usd_per_mtok": m.batch_output_usd_per_mtok,
+                }
+                if m.batch_input_usd_per_mtok
+                else {}
+            ),
         }
         for m in models
     ]

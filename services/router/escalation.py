@@ -7,11 +7,12 @@
 - low_confidence: the mean log-probability of the answer's tokens (asked of OpenAI-compatible upstreams when
   escalation is on) is below the mode's threshold: a geometric-mean token probability under 25% in auto,
   under 50% in strict;
-- doubt: a verifier's probability that the answer is good is below the mode's threshold. The verifier is
-  pluggable (`Verifier`); without one this signal is never raised.
+- verifier: the answer verifier's P(good) is below the threshold: the request's own, else the router's setting
+  for the mode, else the one calibrated for the verifier for the mode (services/verifier/thresholds.py). A
+  verifier that cannot say in time, or is not calibrated, raises no signal: the answer is kept.
 
 Modes: `off` never escalates; `auto` (the default, ROUTER_ESCALATION) escalates on the signals above;
-`strict` also on a longer refusal and at a higher doubt threshold."""
+`strict` also on a longer refusal, at a higher log-probability threshold and at its own verifier threshold."""
 
 from __future__ import annotations
 
@@ -20,13 +21,14 @@ import re
 from typing import Protocol
 
 from llmrouter.errors import invalid
+from llmrouter.v1 import router_pb2
+from services.router import metrics
 from services.router.routed import Mode, Served
+from services.verifier.client import Verdict
 
 MODES: tuple[Mode, ...] = ("off", "auto", "strict")
 # Below this mean token log-probability, per mode, the model itself was unsure (ln 0.25 and ln 0.5).
 MIN_MEAN_LOGPROB = {"off": -math.inf, "auto": math.log(0.25), "strict": math.log(0.5)}
-# Below this probability of a good answer, per mode, the verifier's doubt escalates.
-GOOD_THRESHOLD = {"off": 0.0, "auto": 0.3, "strict": 0.5}
 # A refusal is said early: in auto only the opening is read, so an answer that quotes one is not taken for it.
 OPENING_CHARS = 160
 
@@ -43,9 +45,12 @@ _REFUSAL = re.compile(
 
 
 class Verifier(Protocol):
-    """The seam for an answer verifier: P(the answer to the prompt is good), or None when it cannot say."""
+    """The answer verifier: its verdict on the answer to the prompt, or None when it cannot say in time. Asked
+    in `modes` only, unless a request sets its own threshold."""
 
-    async def good(self, prompt: str, answer: str) -> float | None: ...
+    modes: frozenset[str]
+
+    async def verdict(self, prompt: str, answer: str, time_left: float | None) -> Verdict | None: ...
 
 
 def mode_of(requested: str, default: str) -> Mode:
@@ -55,6 +60,15 @@ def mode_of(requested: str, default: str) -> Mode:
         if value == mode:
             return mode
     raise invalid("escalation must be off, auto or strict", "escalation")
+
+
+def verifier_threshold(request: router_pb2.CompleteRequest) -> float | None:
+    """The request's own verifier threshold, when it sets one; outside [0, 1] is the caller's error."""
+    if not request.HasField("verifier_threshold"):
+        return None
+    if not 0 <= request.verifier_threshold <= 1:  # NaN included
+        raise invalid("verifier_threshold must be within [0, 1]", "verifier_threshold")
+    return request.verifier_threshold
 
 
 def is_refusal(text: str, mode: Mode) -> bool:
@@ -81,9 +95,27 @@ def signal(served: Served, mode: Mode, caller_max_tokens: int | None, money_capp
     return ""
 
 
-async def doubt(verifier: Verifier | None, prompt: str, served: Served, mode: Mode) -> str:
-    """'doubt' when the verifier judges the answer unlikely to be good; '' otherwise or without one."""
+async def doubt(
+    verifier: Verifier | None,
+    prompt: str,
+    served: Served,
+    mode: Mode,
+    time_left: float | None,
+    threshold: float | None = None,
+) -> str:
+    """'verifier 0.31 < 0.45' when the verifier's P(good) is below `threshold` (else the verdict's own for the
+    mode); '' when it is not, or the verifier cannot say, or no threshold is known."""
     if verifier is None or mode == "off" or served.tool_calls_json:
         return ""
-    good = await verifier.good(prompt, served.content)
-    return "doubt" if good is not None and good < GOOD_THRESHOLD[mode] else ""
+    if threshold is None and mode not in verifier.modes:
+        return ""
+    verdict = await verifier.verdict(prompt, served.content, time_left)
+    if verdict is None:
+        return ""  # counted by the verifier as unavailable or timeout
+    below = verdict.escalate_below.get(mode) if threshold is None else threshold
+    if below is None:
+        metrics.VERIFIER.labels("uncalibrated").inc()
+        return ""
+    doubted = verdict.doubtful(below)
+    metrics.VERIFIER.labels("doubted" if doubted else "kept").inc()
+    return f"verifier {verdict.good:.3g} < {below:.3g}" if doubted else ""

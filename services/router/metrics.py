@@ -9,6 +9,11 @@ BASELINE_COST = Counter(
 )
 TOKENS = Counter("llmrouter_router_tokens_total", "Tokens served", ["model", "direction"])
 ESCALATIONS = Counter("llmrouter_router_escalations_total", "Weak answers escalated", ["from_model", "to_model"])
+VERIFIER = Counter(
+    "llmrouter_router_verifier_total",
+    "Answers put to the verifier, by outcome: kept, doubted, uncalibrated, unavailable, timeout",
+    ["outcome"],
+)
 FALLBACKS = Counter("llmrouter_router_fallbacks_total", "Provider failures routed around", ["from_model", "to_model"])
 CACHE = Counter("llmrouter_router_cache_requests_total", "Response cache lookups", ["result"])
 SCORE_CACHE = Counter("llmrouter_router_score_cache_requests_total", "Classifier score cache lookups", ["result"])

@@ -37,6 +37,7 @@ class Routed:
     failure: str = "failed"  # the ledger outcome when the request ends without an answer
     registry: Registry | None = None  # the snapshot the plan came from, kept for the request's life
     escalation: Mode = "auto"  # when a weak answer is asked again of a stronger tier (escalation.py)
+    verifier_threshold: float | None = None  # the request's own P(good) threshold for the verifier's signal
     session: Session | None = None  # the conversation this turn belongs to, as it stood before the turn
 
     def time_left(self, context: Any) -> float:
@@ -60,7 +61,7 @@ class Served:
     retries: int = 0
     finish_reason: str = ""
     escalated: bool = False
-    escalation_signal: str = ""  # why it was escalated: empty, truncated, refusal, doubt
+    escalation_signal: str = ""  # why it was escalated: empty, truncated, refusal, low_confidence, verifier ...
     tool_calls_json: str = ""
     mean_logprob: float | None = None  # of the last answer's tokens, when the provider gave log-probabilities
 

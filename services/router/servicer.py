@@ -25,6 +25,7 @@ from services.router.sessions import Sessions, stick
 from services.router.settings import RouterSettings
 from services.router.store import Store
 from services.router.targets import Targets
+from services.router.verifying import ClassifierVerifier
 
 
 class RouterServicer(router_pb2_grpc.RouterServicer):
@@ -51,8 +52,17 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             ScoreCache(settings.score_cache_entries),
         )
         self.charger = charging.Charger(store, outbox, self.available)
-        # The answer verifier's seam (escalation.Verifier): none is wired yet, so doubt never escalates.
-        self.serving = Serving(providers, self.admission, verifier=None)
+        verifier = (
+            ClassifierVerifier(
+                classifier,
+                settings.verifier_timeout_s,
+                settings.verifier_escalate_below,
+                settings.verifier_modes,
+            )
+            if settings.verifier
+            else None
+        )
+        self.serving = Serving(providers, self.admission, verifier)
         self.cache = ResponseCache(cache, settings.cache_ttl_s)
         self.sessions = Sessions(cache, settings.session_ttl_s)
 
@@ -86,6 +96,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         """Validate, route, and (last, so nothing after it can fail before serving) admit."""
         limits = await self.admission.limits(request)
         mode = escalation.mode_of(request.escalation, self.settings.escalation)
+        verifier_threshold = escalation.verifier_threshold(request)
         account = admission.account_for(request)
         plan, decision, registry = await self.routing.decide(request, limits, account.tenant, context.time_remaining())
         session = await self.sessions.get(account.tenant, request)
@@ -97,6 +108,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         request_id = request.request_id or uuid.uuid4().hex
         routed = Routed(request, request_id, account, limits, plan, decision, caps, registry=registry)
         routed.timeout_s, routed.session, routed.escalation = self.settings.request_timeout_s, session, mode
+        routed.verifier_threshold = verifier_threshold
         if admit:
             await self.admission.admit(routed)
             self.routing.count(routed)

@@ -111,7 +111,9 @@ class Serving:
         why = escalation.signal(served, routed.escalation, routed.limits.max_output_tokens, capped)
         if not why:
             prompt = next((m.content for m in reversed(routed.request.messages) if m.role == "user"), "")
-            why = await escalation.doubt(self.verifier, prompt, served, routed.escalation)
+            why = await escalation.doubt(
+                self.verifier, prompt, served, routed.escalation, context.time_remaining(), routed.verifier_threshold
+            )
         if not why:
             return
         # Both answers are charged: the stronger one may write only what the hold has left after the first

@@ -7,7 +7,7 @@ import tempfile
 import uuid
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
@@ -100,5 +100,17 @@ class RouterSettings(GrpcServiceSettings, LedgerSettings):  # the ledger's setti
     # Escalating a weak answer (empty, truncated, refused, doubted) to a stronger tier when the request does
     # not say (services/router/escalation.py): off, auto or strict.
     escalation: str = Field(default="auto", pattern="^(off|auto|strict)$")
+    # The answer verifier (Classifier/Verify, on the classifier service) is asked about an answer from a cheaper
+    # tier than the plan's strongest when escalation is on. Unavailable or later than verifier_timeout_s: the
+    # answer is kept (counted in llmrouter_router_verifier_total).
+    verifier: bool = True
+    verifier_timeout_s: float = Field(default=1.0, gt=0)
+    # Per mode, the P(good) below which to escalate, replacing the thresholds calibrated for the verifier
+    # (JSON: {"auto": 0.4, "strict": 0.6}); a request's verifier_threshold replaces both.
+    verifier_escalate_below: dict[Literal["auto", "strict"], Share] = Field(default_factory=dict)
+    # The escalation modes that ask the verifier (a request with its own verifier_threshold asks in any). Not
+    # `auto` by default: on open-ended chat even the lowest held-out threshold (0.035) escalated 77% of cheap
+    # answers in the cascade evaluation, paying both models; `strict` is the caller's choice of quality over cost.
+    verifier_modes: frozenset[Literal["auto", "strict"]] = frozenset({"strict"})
     # How long a session (session_id) keeps its model after its last turn, in the cache store; 0 disables.
     session_ttl_s: int = Field(default=3600, ge=0)

@@ -59,6 +59,7 @@ TYPED: dict[str, st.SearchStrategy[Any]] = {
     "session_id": text,
     "escalation": st.sampled_from(["off", "auto", "strict"]) | text,
     "buffer_stream": st.booleans(),
+    "verifier_threshold": st.floats(min_value=-0.5, max_value=1.5) | numbers,
     "response_format": st.fixed_dictionaries({"type": st.sampled_from(["text", "json_object", "json_schema"])}),
     "top_p": st.floats(min_value=-1, max_value=2),
     "stop": text | st.lists(text, max_size=5),

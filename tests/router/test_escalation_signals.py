@@ -7,8 +7,11 @@ import pytest
 
 from llmrouter.errors import ServiceError
 from llmrouter.registry import load_registry
-from services.router.escalation import Verifier, doubt, is_refusal, mode_of, signal
+from llmrouter.v1 import router_pb2
+from services.router.escalation import Verifier, doubt, is_refusal, mode_of, signal, verifier_threshold
 from services.router.routed import Served
+from services.router.settings import RouterSettings
+from services.verifier.client import Verdict
 
 MODEL = load_registry().models[0]
 
@@ -65,18 +68,56 @@ def test_mode_defaults_and_refuses_unknown_values() -> None:
 
 
 class FixedVerifier:
-    def __init__(self, good: float | None) -> None:
+    """A verdict as Classifier/Verify would give it, calibrated at 0.3 (auto) and 0.5 (strict)."""
+
+    def __init__(
+        self, good: float | None, calibrated: bool = True, modes: tuple[str, ...] = ("auto", "strict")
+    ) -> None:
         self.value = good
+        self.thresholds = {"auto": 0.3, "strict": 0.5} if calibrated else {}
+        self.modes = frozenset(modes)
+        self.asked = 0
 
-    async def good(self, prompt: str, answer: str) -> float | None:
-        return self.value
+    async def verdict(self, prompt: str, answer: str, time_left: float | None) -> Verdict | None:
+        self.asked += 1
+        return None if self.value is None else Verdict(self.value, "v1", self.thresholds)
 
 
-async def test_the_verifiers_doubt_escalates_by_mode_threshold() -> None:
+async def test_the_verifiers_doubt_escalates_below_the_modes_threshold() -> None:
     served = Served(MODEL, content="42")
     unsure: Verifier = FixedVerifier(0.4)
-    assert await doubt(unsure, "q", served, "auto") == ""
-    assert await doubt(unsure, "q", served, "strict") == "doubt"
-    assert await doubt(FixedVerifier(0.1), "q", served, "auto") == "doubt"
-    assert await doubt(FixedVerifier(None), "q", served, "strict") == ""
-    assert await doubt(None, "q", served, "strict") == ""
+    assert await doubt(unsure, "q", served, "auto", None) == ""
+    assert await doubt(unsure, "q", served, "strict", None) == "verifier 0.4 < 0.5"
+    assert await doubt(FixedVerifier(0.123456), "q", served, "auto", None) == "verifier 0.123 < 0.3"
+    assert await doubt(unsure, "q", served, "off", None) == ""
+    assert await doubt(FixedVerifier(None), "q", served, "strict", None) == ""  # cannot say: kept
+    assert await doubt(None, "q", served, "strict", None) == ""
+
+
+async def test_the_requests_threshold_replaces_the_calibrated_one_and_none_means_no_signal() -> None:
+    served = Served(MODEL, content="42")
+    assert await doubt(FixedVerifier(0.4), "q", served, "auto", None, threshold=0.45) == "verifier 0.4 < 0.45"
+    assert await doubt(FixedVerifier(0.4), "q", served, "strict", None, threshold=0.2) == ""
+    assert await doubt(FixedVerifier(0.01, calibrated=False), "q", served, "strict", None) == ""
+    assert await doubt(FixedVerifier(0.01, calibrated=False), "q", served, "auto", None, 0.5) == "verifier 0.01 < 0.5"
+    tool_call = Served(MODEL, content="", tool_calls_json="[{}]")
+    assert await doubt(FixedVerifier(0.0), "q", tool_call, "strict", None) == ""  # a tool call is an answer
+
+
+async def test_the_verifier_is_asked_only_in_its_modes_unless_the_request_sets_a_threshold() -> None:
+    served = Served(MODEL, content="42")
+    strict_only = FixedVerifier(0.01, modes=("strict",))
+    assert await doubt(strict_only, "q", served, "auto", None) == "" and strict_only.asked == 0
+    assert await doubt(strict_only, "q", served, "strict", None) == "verifier 0.01 < 0.5"
+    assert await doubt(strict_only, "q", served, "auto", None, threshold=0.2) == "verifier 0.01 < 0.2"
+    assert RouterSettings().verifier_modes == {"strict"}  # auto keeps to the cheap signals
+
+
+def test_the_requests_verifier_threshold_must_be_a_share() -> None:
+    assert verifier_threshold(router_pb2.CompleteRequest()) is None
+    assert verifier_threshold(router_pb2.CompleteRequest(verifier_threshold=0.25)) == 0.25
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ServiceError) as err:
+            verifier_threshold(router_pb2.CompleteRequest(verifier_threshold=bad))
+        assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.metadata == {"field": "verifier_threshold"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import grpc
@@ -13,6 +14,7 @@ from llmrouter.v1 import classifier_pb2, classifier_pb2_grpc
 from services.classifier.settings import ClassifierSettings
 from services.verifier.client import verify_answer
 from services.verifier.model import Verifier
+from services.verifier.thresholds import write_thresholds
 from tests.verifier.conftest import Serve
 
 PROMPT = "Which gas makes up most of Earth's atmosphere?\nA. Oxygen\nB. Nitrogen\nC. Argon\nAnswer:"
@@ -77,6 +79,7 @@ async def test_the_router_api_returns_a_verdict(
     verdict = await verify_answer(classifier_with_verifier, *PAIRS[0], timeout_s=30)
     assert verdict is not None
     assert verdict.model_version == small_verifier[1]["version"]
+    assert verdict.escalate_below == {}  # not calibrated: no threshold.json beside the model
     assert verdict.doubtful(escalate_below=verdict.good + 0.01)
     assert not verdict.doubtful(escalate_below=verdict.good)
 
@@ -94,7 +97,28 @@ async def test_without_verifier_artefacts_score_works_and_verify_says_why(
             await stub.Verify(_request(PAIRS[:1]), timeout=30)
         assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert _error(caught.value).reason == "VERIFIER_UNAVAILABLE"
-        assert await verify_answer(stub, *PAIRS[0], timeout_s=30) is None  # the router keeps the answer
+        with pytest.raises(grpc.aio.AioRpcError):  # the router's verifier counts it and keeps the answer
+            await verify_answer(stub, *PAIRS[0], timeout_s=30)
     finally:
         await channel.close()
         await running.stop(0)
+
+
+async def test_the_thresholds_calibrated_for_this_verifier_come_with_its_verdicts(
+    tmp_path: Path, small_verifier: tuple[Path, dict], classifier_dir: Path, serve: Serve
+) -> None:
+    calibrated, stale = tmp_path / "calibrated", tmp_path / "stale"
+    for directory, version in ((calibrated, small_verifier[1]["version"]), (stale, "another-verifier")):
+        shutil.copytree(small_verifier[0], directory, ignore=shutil.ignore_patterns("cache"))
+        write_thresholds(directory, version, {"auto": 0.42, "strict": 0.61}, {"how": "test"})
+    verdicts = {}
+    for directory in (calibrated, stale):
+        settings = ClassifierSettings(port=0, model_dir=classifier_dir, verifier_dir=directory)
+        running, channel = await serve(settings)
+        try:
+            verdicts[directory] = await verify_answer(classifier_pb2_grpc.ClassifierStub(channel), *PAIRS[0], 30)
+        finally:
+            await channel.close()
+            await running.stop(0)
+    assert verdicts[calibrated].escalate_below == pytest.approx({"auto": 0.42, "strict": 0.61})
+    assert verdicts[stale].escalate_below == {}  # written for another version: ignored

@@ -1,0 +1,43 @@
+"""The answer verifier as the router asks it (escalation.Verifier): Classifier/Verify within a deadline, with the
+router's own thresholds over the calibrated ones. Unreachable, unloaded or late is None: the answer is kept,
+never the request failed."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Literal
+
+import grpc
+
+from llmrouter.v1 import classifier_pb2_grpc
+from services.router import metrics
+from services.verifier.client import Verdict, verify_answer
+
+log = logging.getLogger("llmrouter.router")
+
+
+class ClassifierVerifier:
+    def __init__(
+        self,
+        stub: classifier_pb2_grpc.ClassifierStub,
+        timeout_s: float,
+        escalate_below: Mapping[Literal["auto", "strict"], float],
+        modes: frozenset[str],
+    ) -> None:
+        self.stub = stub
+        self.modes = modes
+        self.timeout_s = timeout_s
+        # Per mode, replacing the verifier's calibrated thresholds.
+        self.escalate_below: dict[str, float] = {mode: value for mode, value in escalate_below.items()}
+
+    async def verdict(self, prompt: str, answer: str, time_left: float | None) -> Verdict | None:
+        timeout = self.timeout_s if time_left is None else min(self.timeout_s, time_left)
+        try:
+            verdict = await verify_answer(self.stub, prompt, answer, timeout)
+        except grpc.RpcError as err:
+            late = err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            metrics.VERIFIER.labels("timeout" if late else "unavailable").inc()
+            log.warning("verifier did not answer; answer kept unverified", extra={"code": str(err.code())})
+            return None
+        return Verdict(verdict.good, verdict.model_version, {**verdict.escalate_below, **self.escalate_below})

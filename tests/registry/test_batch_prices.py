@@ -1,0 +1,53 @@
+"""Batch prices in the registry: the providers' published Batch API prices, shown to callers for reference and
+never charged (the router's batches run on the realtime API, which bills the realtime price)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from pydantic import ValidationError
+
+from llmrouter.registry import DEFAULT_REGISTRY, ModelSpec, load_registry
+from services.edge.openai_api import models_body
+
+HALF = Decimal("0.5")
+
+
+def test_shipped_openai_and_anthropic_models_list_half_price_batch_prices() -> None:
+    registry = load_registry(DEFAULT_REGISTRY)
+    batch_priced = {m.name for m in registry.models if m.batch_input_usd_per_mtok is not None}
+    assert batch_priced == {m.name for m in registry.models if m.provider in ("openai", "anthropic")}
+    for name in batch_priced:
+        model = registry.get(name)
+        assert model is not None
+        assert model.batch_input_usd_per_mtok == model.input_usd_per_mtok * HALF
+        assert model.batch_output_usd_per_mtok == model.output_usd_per_mtok * HALF
+
+
+def test_a_batch_price_is_shown_but_never_charged() -> None:
+    model = load_registry(DEFAULT_REGISTRY).get("gpt-4o")
+    assert model is not None
+    assert model.cost_usd(1_000_000, 1_000_000) == Decimal("12.50")  # realtime: 2.50 + 10.00
+    listed = {entry["id"]: entry for entry in models_body([model.info()])["data"]}
+    assert (listed["gpt-4o"]["batch_input_usd_per_mtok"], listed["gpt-4o"]["batch_output_usd_per_mtok"]) == (
+        "1.25",
+        "5.00",
+    )
+    unpriced = load_registry(DEFAULT_REGISTRY).get("mixtral-8x7b")
+    assert unpriced is not None and "batch_input_usd_per_mtok" not in models_body([unpriced.info()])["data"][1]
+
+
+def test_a_batch_price_comes_whole() -> None:
+    fields = {
+        "name": "m",
+        "provider": "p",
+        "tier": "t",
+        "input_usd_per_mtok": "1",
+        "output_usd_per_mtok": "2",
+        "context_window": 1000,
+        "quality_prior": 0.5,
+    }
+    assert ModelSpec.model_validate({**fields, "batch_input_usd_per_mtok": "0.5", "batch_output_usd_per_mtok": "1"})
+    with pytest.raises(ValidationError, match="both batch prices or neither"):
+        ModelSpec.model_validate({**fields, "batch_input_usd_per_mtok": "0.5"})
