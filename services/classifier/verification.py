@@ -13,7 +13,9 @@ import grpc
 
 from llmrouter.errors import ServiceError, invalid
 from llmrouter.v1 import classifier_pb2
-from services.verifier.model import Verifier, missing_artefacts
+
+# The module, not its names: services.verifier.model imports services.classifier, so importing it first must work.
+from services.verifier import model as verifier_model
 from services.verifier.thresholds import load_thresholds
 
 log = logging.getLogger("classifier")
@@ -21,7 +23,7 @@ log = logging.getLogger("classifier")
 
 class Verification:
     def __init__(
-        self, verifier: Verifier | None, max_pairs: int, escalate_below: dict[str, float] | None = None
+        self, verifier: verifier_model.Verifier | None, max_pairs: int, escalate_below: dict[str, float] | None = None
     ) -> None:
         self.verifier = verifier
         self.max_pairs = max_pairs
@@ -31,10 +33,10 @@ class Verification:
     @classmethod
     async def load(cls, model_dir: Path, threads: int, max_pairs: int) -> Verification:
         """The verifier when its artefacts are there; without them the service starts and Verify says so."""
-        if missing_artefacts(model_dir):
+        if verifier_model.missing_artefacts(model_dir):
             log.warning("verifier artefacts missing: Verify is unavailable", extra={"dir": str(model_dir)})
             return cls(None, max_pairs)
-        verifier = await asyncio.to_thread(Verifier, model_dir, threads)
+        verifier = await asyncio.to_thread(verifier_model.Verifier, model_dir, threads)
         await asyncio.to_thread(verifier.predict, [("What is 2 + 2?", "4")])  # first-run allocations
         escalate_below = load_thresholds(model_dir, verifier.version)
         log.info("verifier model loaded", extra={"version": verifier.version, "escalate_below": escalate_below})

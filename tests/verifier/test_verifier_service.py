@@ -122,3 +122,13 @@ async def test_the_thresholds_calibrated_for_this_verifier_come_with_its_verdict
             await running.stop(0)
     assert verdicts[calibrated].escalate_below == pytest.approx({"auto": 0.42, "strict": 0.61})
     assert verdicts[stale].escalate_below == {}  # written for another version: ignored
+
+
+def test_the_verifier_model_imports_before_the_classifier_service() -> None:
+    """services.verifier.model reaches services.classifier, whose service imports it back: in a fresh interpreter
+    importing the verifier first must not meet a half-initialised module."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "import services.verifier.model"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
