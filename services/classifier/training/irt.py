@@ -64,11 +64,13 @@ def fit_irt(features: np.ndarray, labels: np.ndarray, raters: list[str], ridge: 
     difficulty = features @ w + intercept
     weights = np.zeros((features.shape[1], len(raters)))
     bias = np.zeros(len(raters))
+    abilities = {}
     for j in range(len(raters)):
         seen = ~np.isnan(labels[:, j])
         if not seen.any():
             continue
         alpha, beta = fit_rater(difficulty[seen], labels[seen, j])
+        abilities[raters[j]] = (alpha, beta)
         weights[:, j] = -beta * w
         bias[j] = alpha - beta * intercept
-    return Heads(list(raters), weights.astype(np.float32), bias.astype(np.float32))
+    return Heads(list(raters), weights.astype(np.float32), bias.astype(np.float32), abilities)

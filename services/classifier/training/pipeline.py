@@ -76,7 +76,7 @@ def fit(embeddings: np.ndarray, features: np.ndarray, labels: np.ndarray, raters
     weights = heads.weights.copy()
     weights[EMBEDDING_DIM:] *= scaler.scale[:, None]
     bias = heads.bias - scaler.mean @ weights[EMBEDDING_DIM:]
-    return Heads(heads.models, weights.astype(np.float32), bias.astype(np.float32))
+    return Heads(heads.models, weights.astype(np.float32), bias.astype(np.float32), heads.abilities)
 
 
 def train(
@@ -116,6 +116,9 @@ def train(
             "kind": "one difficulty per prompt shared by every rater of every file (2PL, closed form)",
             "raters": len(data.raters),
         },
+        # (alpha, beta) per served model: a model added later from a few labelled prompts (abilities.py)
+        # reads the shared difficulty back from these heads.
+        "abilities": {m: [a, b] for m, (a, b) in heads.abilities.items() if m in data.served},
         "truncation": {"head_tokens": HEAD_TOKENS, "tail_tokens": TAIL_TOKENS},
         "seed": seed,
         "training_data": {
