@@ -31,6 +31,10 @@ HEAD_TOKENS = 64
 TAIL_TOKENS = 190
 # Standardised whole-prompt features are scaled to an embedding component's size, so one L2 penalty fits both.
 FEATURE_SCALE = 0.05
+# How far the fitted difficulty leans towards the prompt's length (log characters), in its own spread per
+# standard deviation of length: the length rule is strong within task types, and this weight is what nested
+# leave-one-task-out chose (evaluation/blend.py).
+LENGTH_WEIGHT = 3.0
 
 
 def encoder_path(cache_dir: Path, quantization: str) -> Path:
@@ -68,11 +72,26 @@ class FeatureScaler:
         return ((features - self.mean) * self.scale).astype(np.float32)
 
 
-def fit(embeddings: np.ndarray, features: np.ndarray, labels: np.ndarray, raters: list[str]) -> Heads:
-    """The shipped recipe: heads over [embedding | raw whole-prompt features] for every rater, the features'
-    standardisation folded into the weights (the served graph takes the raw features)."""
+def length_direction() -> np.ndarray:
+    """Log characters' axis in [embedding | scaled features]."""
+    direction = np.zeros(EMBEDDING_DIM + len(FEATURE_NAMES))
+    direction[EMBEDDING_DIM + FEATURE_NAMES.index("log_chars")] = 1.0
+    return direction
+
+
+def fit(
+    embeddings: np.ndarray,
+    features: np.ndarray,
+    labels: np.ndarray,
+    raters: list[str],
+    length_weight: float = LENGTH_WEIGHT,
+) -> Heads:
+    """The shipped recipe: heads over [embedding | raw whole-prompt features] for every rater, the difficulty
+    leaning towards length by `length_weight`, the features' standardisation folded into the weights (the
+    served graph takes the raw features)."""
     scaler = FeatureScaler(features)
-    heads = fit_irt(np.hstack([embeddings, scaler(features)]), labels, raters)
+    x = np.hstack([embeddings, scaler(features)])
+    heads = fit_irt(x, labels, raters, lean=(length_direction(), length_weight))
     weights = heads.weights.copy()
     weights[EMBEDDING_DIM:] *= scaler.scale[:, None]
     bias = heads.bias - scaler.mean @ weights[EMBEDDING_DIM:]
