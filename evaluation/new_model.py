@@ -33,6 +33,7 @@ from services.classifier.training.irt import fit_rater
 
 DEFAULT_TARGET = 0.85  # the router's default relative quality target
 PRIOR = 0.7  # a registry quality_prior for a model the classifier cannot predict
+MIN_GAP = 0.03
 
 
 @dataclass
@@ -121,6 +122,9 @@ def main() -> None:
     for other in others:
         strong, weak = (other, args.model) if accuracy[other] >= accuracy[args.model] else (args.model, other)
         s, w = outcome[:, served.index(strong)], outcome[:, served.index(weak)]
+        if s.mean() - w.mean() < MIN_GAP:  # PGR divides by the gap: a near-tie makes APGR meaningless
+            print(f"{strong[:20]} vs {weak[:20]:<24}quality gap {s.mean() - w.mean():+.3f} on the test split: skipped")
+            continue
         row = []
         for e in estimates:
             p_weak = e.quality if weak == args.model else heads_without.predict(x[test])[:, corpus.column(weak)]

@@ -29,9 +29,7 @@ def model_copy(tmp_path: Path, small_model: tuple[Path, dict]) -> Path:
 def outcome_file(path: Path, model: str, split: str, limit: int) -> Path:
     """A model's RouterBench rows of one split, as an operator would ship them."""
     rows = [
-        r
-        for r in read_jsonl(data_dir() / ROUTERBENCH_FILE)
-        if r["model"] == model and r["split_in_routerdc"] == split
+        r for r in read_jsonl(data_dir() / ROUTERBENCH_FILE) if r["model"] == model and r["split_in_routerdc"] == split
     ][:limit]
     with gzip.open(path, "wt") as fh:
         fh.writelines(json.dumps(r) + "\n" for r in rows)

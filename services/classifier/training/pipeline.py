@@ -34,7 +34,7 @@ FEATURE_SCALE = 0.05
 # How far the fitted difficulty leans towards the prompt's length (log characters), in its own spread per
 # standard deviation of length: the length rule is strong within task types, and this weight is what nested
 # leave-one-task-out chose (evaluation/blend.py).
-LENGTH_WEIGHT = 3.0
+LENGTH_WEIGHT = 0.5
 
 
 def encoder_path(cache_dir: Path, quantization: str) -> Path:
