@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from services.classifier.abilities import AddedModels, read_added, trained_abilities
 from services.classifier.features import prompt_features
 from services.classifier.text import PromptTokenizer
 
@@ -73,8 +74,9 @@ class QualityModel:
         check_artefacts(model_dir)
         self.token_budget = token_budget
         self.metadata = Metadata.read(model_dir)
-        self.models = self.metadata.models
-        self.version = self.metadata.version
+        self.added = AddedModels(self.metadata.models, trained_abilities(self.metadata.raw), read_added(model_dir))
+        self.models = self.metadata.models + self.added.names
+        self.version = self.metadata.version + (f"+{self.added.fingerprint()}" if self.added.names else "")
         self.tokenizer = PromptTokenizer(
             model_dir / TOKENIZER_FILE,
             self.metadata.head_tokens if head_tokens is None else head_tokens,
@@ -86,8 +88,9 @@ class QualityModel:
         self._wants_features = FEATURES_INPUT in {i.name for i in self._session.get_inputs()}
 
     def predict(self, texts: Sequence[str]) -> np.ndarray:
-        """[len(texts), len(self.models)] probabilities of a correct answer."""
-        out = np.zeros((len(texts), len(self.models)), dtype=np.float32)
+        """[len(texts), len(self.models)] probabilities of a correct answer: the trained heads', then the
+        models added from outcome files (abilities.py)."""
+        out = np.zeros((len(texts), len(self.metadata.models)), dtype=np.float32)
         seqs = [self.tokenizer.ids(t) for t in texts]
         features = prompt_features(texts) if self._wants_features else None
         # Runs of similar length, each at most token_budget padded tokens: little compute spent on padding,
@@ -107,4 +110,4 @@ class QualityModel:
             run = self._small_session if len(idx) <= self.small_batch else self._session
             out[idx] = run.run(["quality"], inputs)[0]
             start = end
-        return out
+        return self.added.extend(out)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
 import socket
 from collections.abc import AsyncIterator
@@ -29,7 +30,8 @@ from services.router.settings import RouterSettings
 from tests.conftest import ROOT
 from tests.fakes.fake_openai import FakeOpenAI, echo_reply
 
-CLASSIFIER_DIR = ROOT / "artefacts" / "classifier"
+# The classifier service's own setting picks another build (e.g. a retrain not yet shipped).
+CLASSIFIER_DIR = Path(os.environ.get("CLASSIFIER_MODEL_DIR") or ROOT / "artefacts" / "classifier")
 
 
 def registry(budget_url: str, premium_url: str) -> dict:

@@ -3,7 +3,7 @@ router thresholds on). Fitted by irt.py; attached to the encoder by graph.py."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -13,6 +13,8 @@ class Heads:
     models: list[str]
     weights: np.ndarray  # [dim, models]
     bias: np.ndarray  # [models]
+    # Heads sharing one difficulty (irt.py): logit = alpha - beta * difficulty, (alpha, beta) per model.
+    abilities: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-(features @ self.weights + self.bias)))

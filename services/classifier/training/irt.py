@@ -9,6 +9,8 @@ Fitted in closed form, in three steps:
 2. difficulty(x) = w . x, a ridge regression of that target on the prompt's features, each prompt weighted by
    its number of raters.
 3. per rater, alpha_r and beta_r: a two-parameter logistic regression of its outcomes on difficulty(x).
+Optionally the difficulty leans towards one direction of x (the prompt's length) before step 3: by `weight` of
+its own spread per standard deviation of that direction (a blend chosen by leave-one-task-out).
 A stronger model (higher alpha at similar slope) is predicted above a weaker one on every prompt, and a new
 rater needs only its two numbers, from a few hundred labelled prompts (step 3 alone). Each rater's logit is
 linear in x, so the served graph keeps one MatMul + Add + Sigmoid."""
@@ -58,17 +60,29 @@ def fit_rater(difficulty: np.ndarray, outcome: np.ndarray, iterations: int = 25)
     return float(params[0]), max(float(params[1]), MIN_SLOPE)
 
 
-def fit_irt(features: np.ndarray, labels: np.ndarray, raters: list[str], ridge: float = 3.0) -> Heads:
-    """labels: [prompts, raters] in [0, 1], NaN where not scored. Raters without outcomes get a flat head."""
+def fit_irt(
+    features: np.ndarray,
+    labels: np.ndarray,
+    raters: list[str],
+    ridge: float = 3.0,
+    lean: tuple[np.ndarray, float] | None = None,
+) -> Heads:
+    """labels: [prompts, raters] in [0, 1], NaN where not scored. Raters without outcomes get a flat head.
+    lean: (direction u over the features, weight): difficulty += weight * spread(difficulty) * x.u / spread(x.u)."""
     w, intercept = fit_difficulty(features, labels, ridge)
+    if lean is not None and lean[1]:
+        direction, weight = lean
+        w = w + weight * float((features @ w).std()) / float((features @ direction).std()) * direction
     difficulty = features @ w + intercept
     weights = np.zeros((features.shape[1], len(raters)))
     bias = np.zeros(len(raters))
+    abilities = {}
     for j in range(len(raters)):
         seen = ~np.isnan(labels[:, j])
         if not seen.any():
             continue
         alpha, beta = fit_rater(difficulty[seen], labels[seen, j])
+        abilities[raters[j]] = (alpha, beta)
         weights[:, j] = -beta * w
         bias[j] = alpha - beta * intercept
-    return Heads(list(raters), weights.astype(np.float32), bias.astype(np.float32))
+    return Heads(list(raters), weights.astype(np.float32), bias.astype(np.float32), abilities)

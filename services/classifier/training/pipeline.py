@@ -31,6 +31,11 @@ HEAD_TOKENS = 64
 TAIL_TOKENS = 190
 # Standardised whole-prompt features are scaled to an embedding component's size, so one L2 penalty fits both.
 FEATURE_SCALE = 0.05
+# How far the fitted difficulty leans towards the prompt's length (log characters), in its own spread per
+# standard deviation of length (evaluation/blend.py). Off: 0.5, the best weight by leave-one-task-out, raises
+# held-out APGR on llmrouter_tasks and unseen MMLU subjects but costs the probabilities their calibration on
+# RouterBench's test split (log loss no better than the base rates); see services/classifier/README.md.
+LENGTH_WEIGHT = 0.0
 
 
 def encoder_path(cache_dir: Path, quantization: str) -> Path:
@@ -68,15 +73,30 @@ class FeatureScaler:
         return ((features - self.mean) * self.scale).astype(np.float32)
 
 
-def fit(embeddings: np.ndarray, features: np.ndarray, labels: np.ndarray, raters: list[str]) -> Heads:
-    """The shipped recipe: heads over [embedding | raw whole-prompt features] for every rater, the features'
-    standardisation folded into the weights (the served graph takes the raw features)."""
+def length_direction() -> np.ndarray:
+    """Log characters' axis in [embedding | scaled features]."""
+    direction = np.zeros(EMBEDDING_DIM + len(FEATURE_NAMES))
+    direction[EMBEDDING_DIM + FEATURE_NAMES.index("log_chars")] = 1.0
+    return direction
+
+
+def fit(
+    embeddings: np.ndarray,
+    features: np.ndarray,
+    labels: np.ndarray,
+    raters: list[str],
+    length_weight: float = LENGTH_WEIGHT,
+) -> Heads:
+    """The shipped recipe: heads over [embedding | raw whole-prompt features] for every rater, the difficulty
+    leaning towards length by `length_weight`, the features' standardisation folded into the weights (the
+    served graph takes the raw features)."""
     scaler = FeatureScaler(features)
-    heads = fit_irt(np.hstack([embeddings, scaler(features)]), labels, raters)
+    x = np.hstack([embeddings, scaler(features)])
+    heads = fit_irt(x, labels, raters, lean=(length_direction(), length_weight))
     weights = heads.weights.copy()
     weights[EMBEDDING_DIM:] *= scaler.scale[:, None]
     bias = heads.bias - scaler.mean @ weights[EMBEDDING_DIM:]
-    return Heads(heads.models, weights.astype(np.float32), bias.astype(np.float32))
+    return Heads(heads.models, weights.astype(np.float32), bias.astype(np.float32), heads.abilities)
 
 
 def train(
@@ -116,6 +136,9 @@ def train(
             "kind": "one difficulty per prompt shared by every rater of every file (2PL, closed form)",
             "raters": len(data.raters),
         },
+        # (alpha, beta) per served model: a model added later from a few labelled prompts (abilities.py)
+        # reads the shared difficulty back from these heads.
+        "abilities": {m: [a, b] for m, (a, b) in heads.abilities.items() if m in data.served},
         "truncation": {"head_tokens": HEAD_TOKENS, "tail_tokens": TAIL_TOKENS},
         "seed": seed,
         "training_data": {
