@@ -46,8 +46,8 @@ def add_model(model_dir: Path, name: str, prompts: list[str], outcomes: np.ndarr
     trained = model.metadata.models
     d = difficulty(model.predict(prompts)[:, : len(trained)], trained, trained_abilities(model.metadata.raw))
     alpha, beta = fit_rater(d, outcomes)  # irt.py's step 3 alone
-    entry = {"alpha": alpha, "beta": beta, "prompts": len(prompts), "mean_score": float(outcomes.mean())}
-    entry["source"] = source
+    entry: dict[str, float | str] = {"alpha": alpha, "beta": beta, "prompts": len(prompts), "source": source}
+    entry["mean_score"] = float(outcomes.mean())
     added = read_added(model_dir)
     added[name] = entry
     (model_dir / ABILITIES_FILE).write_text(json.dumps(added, indent=2, sort_keys=True) + "\n")
