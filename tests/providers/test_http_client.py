@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
+
 from llmrouter.registry import ProviderSpec
-from services.providers.gateways.http import make_client, post_sse
+from services.providers.gateways.base import UpstreamError
+from services.providers.gateways.http import make_client, post_json, post_sse
 
 LONG = "x" * 300_000  # one event of 300 KB, arriving over 300 reads
 
@@ -40,3 +43,28 @@ async def test_events_of_any_length_arrive_whole() -> None:
     assert [name for name, _ in events] == ["message", "note", "message"]
     assert json.loads(events[0][1]) == {"content": LONG}
     assert events[1][1] == "é, split across reads" and events[2][1] == "[DONE]"
+
+
+async def serve_cut_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answers 200 and begins the body, then drops the connection: the upstream generated (and bills) an answer
+    the client never read whole."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next(int(h.split(b":")[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length"))
+    await reader.readexactly(length)
+    writer.write(b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 500\r\n\r\n{"choices": [')
+    await writer.drain()
+    writer.close()
+
+
+async def test_an_answer_cut_after_its_status_is_an_unknown_outcome_not_a_retry() -> None:
+    server = await asyncio.start_server(serve_cut_answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = make_client(ProviderSpec(kind="openai", base_url=f"http://127.0.0.1:{port}/v1"), {})
+    try:
+        with pytest.raises(UpstreamError) as caught:
+            await post_json(client, "/chat/completions", {"model": "m"})
+    finally:
+        await client.aclose()
+        server.close()
+    # Retrying it, or charging it as a connection that never reached the upstream, would leave it unpaid.
+    assert caught.value.kind == "bad_response" and not caught.value.retryable

@@ -116,7 +116,14 @@ def status_error(status: int, headers: Mapping[str, str], body: bytes) -> Upstre
 async def post_json(client: HttpClient, path: str, body: dict[str, Any]) -> dict[str, Any]:
     try:
         async with client.post(path, body) as response:
-            raw = await response.read()
+            try:
+                raw = await response.read()
+            except aiohttp.ClientPayloadError as exc:
+                if response.status != 200:
+                    raise
+                # The upstream answered: it generated what it bills, which never arrived whole. Not a retry (the
+                # caller would pay one of two generations), an unknown outcome, owed at its worst case.
+                raise UpstreamError("bad_response", f"answer cut short ({type(exc).__name__})") from None
     except TRANSPORT_ERRORS as exc:
         raise transport_error(exc) from None
     if response.status != 200:
