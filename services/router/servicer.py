@@ -82,6 +82,10 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self, request: router_pb2.CompleteRequest, context: Any
     ) -> AsyncIterator[router_pb2.CompleteChunk]:
         routed = await self._route(request, context)
+        if request.buffer_stream:
+            async for chunk in self._buffered_stream(routed, context):
+                yield chunk
+            return
         try:
             async with aclosing(self._complete_stream(routed, context)) as chunks:
                 async for chunk in chunks:
@@ -139,16 +143,19 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             routed.account.tenant, routed.request, routed.session, planned, response, routed.registry
         )
 
+    async def _buffered_stream(self, routed: Routed, context: Any) -> AsyncGenerator[router_pb2.CompleteChunk]:
+        """Served as a unary call (escalation included) and like one, from the decision on, run to its end and
+        settled by itself whatever the caller does: nothing else may release its hold while it generates."""
+        work = self.charger.run_to_end(self._complete_and_settle(routed, context))
+        yield router_pb2.CompleteChunk(decision=routed.decision)
+        response = await asyncio.shield(work)
+        if response.content:
+            yield router_pb2.CompleteChunk(delta=response.content)
+        response.content = ""
+        yield router_pb2.CompleteChunk(final=response)
+
     async def _complete_stream(self, routed: Routed, context: Any) -> AsyncGenerator[router_pb2.CompleteChunk]:
         yield router_pb2.CompleteChunk(decision=routed.decision)
-        if routed.request.buffer_stream:
-            # Served as a unary call (escalation included) and shielded like one: the caller opted in to wait.
-            response = await asyncio.shield(self.charger.run_to_end(self._complete_and_settle(routed, context)))
-            if response.content:
-                yield router_pb2.CompleteChunk(delta=response.content)
-            response.content = ""
-            yield router_pb2.CompleteChunk(final=response)
-            return
         cached = await self.cache.lookup(routed)
         if cached is not None:
             await self.charger.settle(routed, cached, "cache_hit")

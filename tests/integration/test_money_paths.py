@@ -237,3 +237,28 @@ async def test_a_stream_retry_that_could_pass_the_hold_is_not_made(chain: Chain)
     assert len(chain.budget.requests) == sent + 1  # not retried
     (record,) = await ledger_of(chain, tenant)
     assert 0 < Decimal(record["cost_usd"]) <= Decimal(request.max_cost_usd)
+
+
+async def test_a_buffered_stream_left_keeps_its_hold_until_its_generation_is_charged(slow_upstreams: Chain) -> None:
+    """buffer_stream serves the stream as a unary call, shielded: a caller that leaves does not stop the
+    generation. Its hold must stay until that generation is charged; released at the caller's leaving, the
+    budget would admit other requests against money this one is still spending."""
+    chain, tenant = slow_upstreams, f"buffered-{uuid.uuid4().hex[:8]}"
+    chain.budget.latency = 1.5
+    db = redis.from_url(chain.redis_url)
+    try:
+        async with grpc.aio.insecure_channel(chain.router_addr) as channel:
+            call = router_pb2_grpc.RouterStub(channel).CompleteStream(ask(tenant, buffer_stream=True), timeout=20)
+            assert (await call.read()).HasField("decision")
+            call.cancel()
+        await asyncio.sleep(0.5)  # the caller is gone, the upstream still answering
+        held_while_generating = await db.zcard(f"llmrouter:held:tenant:{tenant}")
+        (record,) = await ledger_of(chain, tenant)
+        held_after = await db.zcard(f"llmrouter:held:tenant:{tenant}")
+    finally:
+        await db.aclose()
+    assert held_while_generating == 1 and held_after == 0
+    _, _, usage = chain.budget.answer(chain.budget.requests[-1].json)
+    model = load_registry(chain.registry_path).get("cheap-model")
+    assert record["outcome"] == "ok"
+    assert Decimal(record["cost_usd"]) == model.cost_usd(usage["prompt_tokens"], usage["completion_tokens"])
