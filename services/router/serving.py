@@ -112,7 +112,7 @@ class Serving:
         if not why:
             prompt = next((m.content for m in reversed(routed.request.messages) if m.role == "user"), "")
             why = await escalation.doubt(
-                self.verifier, prompt, served, routed.escalation, context.time_remaining(), routed.verifier_threshold
+                self.verifier, prompt, served, routed.escalation, routed.time_left(context), routed.verifier_threshold
             )
         if not why:
             return

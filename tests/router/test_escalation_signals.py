@@ -10,8 +10,10 @@ from llmrouter.registry import load_registry
 from llmrouter.v1 import router_pb2
 from services.router.escalation import Verifier, doubt, is_refusal, mode_of, signal, verifier_threshold
 from services.router.routed import Served
+from services.router.serving import Serving
 from services.router.settings import RouterSettings
 from services.verifier.client import Verdict
+from tests.router.test_admission import REGISTRY, request, routed
 
 MODEL = load_registry().models[0]
 
@@ -121,3 +123,32 @@ def test_the_requests_verifier_threshold_must_be_a_share() -> None:
             verifier_threshold(router_pb2.CompleteRequest(verifier_threshold=bad))
         assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
         assert err.value.metadata == {"field": "verifier_threshold"}
+
+
+class NoDeadline:
+    """A gRPC context whose caller set no deadline."""
+
+    def time_remaining(self) -> float | None:
+        return None
+
+
+async def test_the_verifier_is_given_only_what_is_left_of_the_requests_time_limit() -> None:
+    """With no caller deadline the request's own time limit bounds the verifier too: it must not be granted its
+    whole timeout past the point where the request is to be cut."""
+    _, routed_request = await routed(request(max_tokens=50))
+    routed_request.registry, routed_request.escalation, routed_request.timeout_s = REGISTRY, "strict", 0.5
+    verifier = RecordingVerifier()
+    serving = Serving(None, None, verifier)  # type: ignore[arg-type]  # no provider call: the answer is kept
+    cheap = routed_request.plan.order[0]
+    await serving._escalate_if_weak(routed_request, NoDeadline(), Served(cheap.model, content="42"), cheap)
+    assert verifier.time_left is not None and 0 < verifier.time_left <= 0.5
+
+
+class RecordingVerifier(FixedVerifier):
+    def __init__(self) -> None:
+        super().__init__(0.9)
+        self.time_left: float | None = -1.0  # not asked yet
+
+    async def verdict(self, prompt: str, answer: str, time_left: float | None) -> Verdict | None:
+        self.time_left = time_left
+        return await super().verdict(prompt, answer, time_left)
