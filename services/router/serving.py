@@ -163,6 +163,8 @@ class Serving:
                 error = ServiceError.from_rpc_error(err)
                 if stream.parts:
                     raise error from None
+                # Over: what it cost is owed next, so a caller leaving from here on has no attempt in progress.
+                stream.worst = Decimal(0)
                 await self._after_failed_attempt(routed, error, index, routed.time_left(context))
                 continue
             finally:

@@ -1,0 +1,68 @@
+"""A stream's failed attempt and a caller leaving before the next one: what the failed attempt cost is owed
+once, and no attempt is left 'in progress' for the clean-up to charge again at its worst case."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+import pytest
+
+from services.router.routed import Routed
+from services.router.serving import Serving, StreamState, worst_usd
+from services.router.store import Account, Allowance, Hold, MemoryStore
+from tests.router.test_admission import request, routed
+
+
+class SlowExtend(MemoryStore):
+    """The in-process store, with a hold that takes a while to grow (a loaded Redis)."""
+
+    async def extend(self, account: Account, allowance: Allowance, hold: Hold, pico: int) -> str:
+        await asyncio.sleep(0.5)
+        return await super().extend(account, allowance, hold, pico)
+
+
+class TimedOutCall:
+    """A provider stream that fails at once with DEADLINE_EXCEEDED: the upstream may have generated anything."""
+
+    def __aiter__(self) -> TimedOutCall:
+        return self
+
+    async def __anext__(self) -> Any:
+        raise grpc.aio.AioRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, grpc.aio.Metadata(), grpc.aio.Metadata(), "late")
+
+    def cancel(self) -> None:
+        pass
+
+
+class TimingOutProviders:
+    def GenerateStream(self, request: Any, timeout: float | None = None) -> TimedOutCall:
+        return TimedOutCall()
+
+
+class NoDeadline:
+    def time_remaining(self) -> float | None:
+        return None
+
+
+async def test_a_caller_leaving_while_the_hold_grows_for_a_fallback_leaves_no_attempt_to_charge_again() -> None:
+    gate, r = await routed(request(max_tokens=50))
+    gate.store = SlowExtend()
+    await gate.admit(r)
+    serving = Serving(TimingOutProviders(), gate)  # type: ignore[arg-type]
+    stream = StreamState(r.plan.order[0].model)
+
+    async def consume(routed_request: Routed) -> None:
+        async for _ in serving.generate_stream(routed_request, NoDeadline(), stream):
+            pass
+
+    leaving = asyncio.create_task(consume(r))
+    await asyncio.sleep(0.1)  # the first attempt timed out; the hold is growing for the fallback
+    leaving.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await leaving
+    # The timed-out attempt is owed at its worst case, once; the fallback was never made.
+    first = worst_usd(r, r.plan.order[0].model)
+    assert r.owed == first
+    assert stream.worst == 0  # what the servicer adds for an attempt cut before its first token
