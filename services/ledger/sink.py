@@ -1,10 +1,12 @@
 """The SQL sink: copies the router's ledger into the ledger table, at least once and idempotently.
 
-From Redis it reads the ledger stream as a consumer group: an entry is acknowledged (XACK) only after its row
-is committed, so a sink that stops (crash, database outage, deploy) leaves its entries pending; the same
-consumer reads its pending entries again when it returns, and another consumer claims them (XAUTOCLAIM) once
-they have been idle for `claim_idle_s`. Rows are keyed by (tenant, request id): an entry delivered twice is
-inserted once. Without Redis (the in-process store) it reads the store's ledger list from a cursor.
+From Redis it reads every shard's ledger stream as one consumer group per stream: an entry is acknowledged
+(XACK) only after its row is committed, so a sink that stops (crash, database outage, deploy) leaves its
+entries pending; the same consumer reads its pending entries again when it returns, and another consumer claims
+them (XAUTOCLAIM) once they have been idle for `claim_idle_s`. Rows are keyed by (tenant, request id): an entry
+delivered twice is inserted once. The streams are read in turn without blocking (on a Redis Cluster they live
+on different masters), and the sink waits `block_s` only when all of them are drained. Without Redis (the
+in-process store) it reads the store's ledger list from a cursor.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import socket
 from typing import Any, Protocol
 
 from services.ledger.db import LedgerDB, row_from_record
-from services.router.store import LEDGER, MemoryStore
+from services.router.store import SHARDS, MemoryStore, ledger_key
 
 log = logging.getLogger("llmrouter.ledger")
 
@@ -38,52 +40,68 @@ def consumer_name() -> str:
 
 class RedisSource:
     def __init__(
-        self, client: Any, consumer: str, claim_idle_s: float = 60.0, stream: str = LEDGER, group: str = GROUP
+        self,
+        client: Any,
+        consumer: str,
+        claim_idle_s: float = 60.0,
+        streams: list[str] | None = None,
+        group: str = GROUP,
     ) -> None:
-        self.client, self.consumer, self.stream, self.group = client, consumer, stream, group
+        self.client, self.consumer, self.group = client, consumer, group
+        self.streams = streams if streams is not None else [ledger_key(shard) for shard in range(SHARDS)]
         self.claim_idle_ms = int(claim_idle_s * 1000)
-        self._group_ready = False
+        self._ready: set[str] = set()  # streams whose group is known to exist
+        self._next = 0  # the stream read first next time: each gets its turn
 
-    async def _ensure_group(self) -> None:
-        if self._group_ready:
+    async def _ensure_group(self, stream: str) -> None:
+        if stream in self._ready:
             return
         try:
             # From the stream's first entry: a sink started after the router copies everything still there.
-            await self.client.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+            await self.client.xgroup_create(stream, self.group, id="0", mkstream=True)
         except Exception as exc:  # redis.ResponseError BUSYGROUP: made before, by this or another sink
             if "BUSYGROUP" not in str(exc):
                 raise
-        self._group_ready = True
+        self._ready.add(stream)
 
     async def read(self, block_s: float) -> list[tuple[str, dict[str, Any] | None]]:
-        await self._ensure_group()
+        """A batch from the first stream, in turn, that has one; ids are '<stream index> <entry id>'."""
+        for offset in range(len(self.streams)):
+            index = (self._next + offset) % len(self.streams)
+            entries = await self._read(self.streams[index])
+            if entries:
+                self._next = index + 1
+                return [(f"{index} {_text(entry_id)}", _record(fields)) for entry_id, fields in entries]
+        await asyncio.sleep(block_s)
+        return []
+
+    async def _read(self, stream: str) -> list[Any]:
+        await self._ensure_group(stream)
         try:
-            return await self._read(block_s)
+            # Own pending first (delivered before a restart or a failed commit), then entries of dead
+            # consumers, then new ones.
+            own = await self.client.xreadgroup(self.group, self.consumer, {stream: "0"}, count=BATCH)
+            if own and own[0][1]:
+                return own[0][1]
+            claimed = await self.client.xautoclaim(
+                stream, self.group, self.consumer, self.claim_idle_ms, start_id="0-0", count=BATCH
+            )
+            if claimed[1]:
+                return claimed[1]
+            new = await self.client.xreadgroup(self.group, self.consumer, {stream: ">"}, count=BATCH)
+            return new[0][1] if new else []
         except Exception as exc:
             if "NOGROUP" in str(exc):  # the stream or the group was deleted: made again on the next read
-                self._group_ready = False
+                self._ready.discard(stream)
             raise
 
-    async def _read(self, block_s: float) -> list[tuple[str, dict[str, Any] | None]]:
-        # Own pending first (delivered before a restart or a failed commit), then entries of dead consumers,
-        # then new ones.
-        own = await self.client.xreadgroup(self.group, self.consumer, {self.stream: "0"}, count=BATCH)
-        entries = own[0][1] if own else []
-        if not entries:
-            claimed = await self.client.xautoclaim(
-                self.stream, self.group, self.consumer, self.claim_idle_ms, start_id="0-0", count=BATCH
-            )
-            entries = claimed[1]
-        if not entries:
-            new = await self.client.xreadgroup(
-                self.group, self.consumer, {self.stream: ">"}, count=BATCH, block=max(int(block_s * 1000), 1)
-            )
-            entries = new[0][1] if new else []
-        return [(_text(entry_id), _record(fields)) for entry_id, fields in entries]
-
     async def ack(self, ids: list[str]) -> None:
-        if ids:
-            await self.client.xack(self.stream, self.group, *ids)
+        by_stream: dict[int, list[str]] = {}
+        for each in ids:
+            index, _, entry_id = each.partition(" ")
+            by_stream.setdefault(int(index), []).append(entry_id)
+        for index, entry_ids in by_stream.items():
+            await self.client.xack(self.streams[index], self.group, *entry_ids)
 
 
 class MemorySource:

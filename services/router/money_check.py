@@ -5,32 +5,39 @@ from __future__ import annotations
 
 import logging
 
+from redis.exceptions import RedisClusterException
+
+from llmrouter.redis_connect import connect, each_primary
+
 log = logging.getLogger("llmrouter.router")
 
 
 async def check_money_redis(url: str, allow_eviction: bool) -> None:
-    """Exit with a clear message when the money Redis cannot be reached or may evict; warn when AOF is off."""
+    """Exit with a clear message when the money Redis cannot be reached or may evict; warn when AOF is off. On a
+    Redis Cluster every master is checked: one that evicts loses the budgets of the tenants it holds."""
     import redis.asyncio as redis
 
-    client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
+    client = connect(url, socket_connect_timeout=5, socket_timeout=5)
     try:
-        memory = await client.info("memory")
-        persistence = await client.info("persistence")
-    except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+        memory = await each_primary(client, "INFO", "memory")
+        persistence = await each_primary(client, "INFO", "persistence")
+    except (redis.ConnectionError, redis.TimeoutError, redis.RedisError, RedisClusterException, OSError) as exc:
         reason = type(exc).__name__
         raise SystemExit(f"router: the money store (ROUTER_REDIS_URL) cannot be reached: {reason}") from None
     finally:
         await client.aclose()
-    policy = str(memory.get("maxmemory_policy", ""))
-    if policy != "noeviction":
-        message = (
-            f"router: the money store (ROUTER_REDIS_URL) has maxmemory-policy {policy!r}: it may evict spend "
-            "counters, holds and request ids, and budgets would reset. Set maxmemory-policy noeviction (the "
-            "response cache belongs on ROUTER_CACHE_REDIS_URL), or for development only "
-            "ROUTER_ALLOW_EVICTING_MONEY_STORE=true."
-        )
-        if not allow_eviction:
-            raise SystemExit(message)
-        log.warning(message)
-    if not int(persistence.get("aof_enabled", 0)):
+    for node, info in memory.items():
+        policy = str(info.get("maxmemory_policy", ""))
+        if policy != "noeviction":
+            where = "" if node == "server" else f" on master {node}"
+            message = (
+                f"router: the money store (ROUTER_REDIS_URL) has maxmemory-policy {policy!r}{where}: it may evict "
+                "spend counters, holds and request ids, and budgets would reset. Set maxmemory-policy noeviction "
+                "(the response cache belongs on ROUTER_CACHE_REDIS_URL), or for development only "
+                "ROUTER_ALLOW_EVICTING_MONEY_STORE=true."
+            )
+            if not allow_eviction:
+                raise SystemExit(message)
+            log.warning(message)
+    if not all(int(info.get("aof_enabled", 0)) for info in persistence.values()):
         log.warning("the money store has AOF off: a Redis restart loses the charges since its last snapshot")
