@@ -70,9 +70,9 @@ def cache_redis(workdir: Path, maxmemory: str = "2mb") -> RedisServer:
 
 
 class RedisCluster:
-    """A real Redis Cluster of `masters` redis-server processes (no replicas) on free loopback ports, each
-    slot range assigned with CLUSTER ADDSLOTSRANGE and introduced with CLUSTER MEET, in its own directory; as the money store must be
-    (never evicting, AOF on). A missing redis-server is an error, never a skip."""
+    """A real Redis Cluster of `masters` redis-server processes (no replicas) on free loopback ports, each in
+    its own directory, given an equal slot range (CLUSTER ADDSLOTSRANGE) and introduced (CLUSTER MEET); as the
+    money store must be (never evicting, AOF on). A missing redis-server is an error, never a skip."""
 
     def __init__(self, workdir: Path, masters: int = 3) -> None:
         cluster_args = ("--cluster-enabled", "yes", "--cluster-node-timeout", "5000")

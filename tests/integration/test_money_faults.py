@@ -25,8 +25,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from llmrouter.errors import ServiceError
 from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
 from services.edge.settings import EdgeSettings
-from services.router.store import LEDGER, Pending, pending_key, period_id
-from tests.conftest import ROOT
+from services.router.store import SHARDS, Account, AccountKeys, Pending, pending_key, period_id
+from tests.conftest import ROOT, ledger_records
 from tests.integration.conftest import Chain, free_port, start_edge
 from tests.integration.test_policy_in_chain import extra_router
 from tests.redis_servers import RedisServer, cache_redis, money_redis
@@ -124,7 +124,7 @@ async def test_a_router_killed_mid_request_leaves_its_charge_to_the_reconciler(
         async with grpc.aio.insecure_channel(f"127.0.0.1:{doomed.port}") as channel:
             request = ask("strong-model")
             call = asyncio.ensure_future(router_pb2_grpc.RouterStub(channel).Complete(request, timeout=30))
-            pending_raw = await wait_for(lambda: db.hvals(pending_key("doomed")))
+            pending_raw = await wait_for(lambda: pending_of(db, "doomed"))
             doomed.kill()  # between admission and charge
             with pytest.raises(grpc.aio.AioRpcError):
                 await call
@@ -137,27 +137,29 @@ async def test_a_router_killed_mid_request_leaves_its_charge_to_the_reconciler(
         try:
 
             async def reconciled() -> list[dict]:
-                records = [json.loads(e[1][b"record"]) for e in await db.xrange(LEDGER)]
+                records = await ledger_records(db)
                 return [r for r in records if r["tenant"] == request.tenant]
 
             (record,) = await wait_for(reconciled)
         finally:
             await survivor.stop(1)
         assert record["outcome"] == "reconciled" and record["request_id"] == pending.request_id
-        tenant_spend, key_spend = (int(v) for v in await db.mget(*_spend_keys(pending)))
+        keys = AccountKeys.of(Account(pending.tenant, pending.key))
+        tenant_spend, key_spend = (int(v) for v in await db.mget(*keys.spend(pending.period)))
         assert tenant_spend == key_spend == pending.hold_pico  # unknown outcome: charged at the hold
-        assert await db.zcard(f"llmrouter:held:tenant:{pending.tenant}") == 0  # and the hold released
-        assert not await db.exists(pending_key("doomed"))
+        assert await db.zcard(keys.held()[0]) == 0  # and the hold released
+        assert await pending_of(db, "doomed") == []
     finally:
         chain.premium.latency = 0.0
         await db.aclose()
 
 
-def _spend_keys(pending: Pending) -> tuple[str, str]:
-    return (
-        f"llmrouter:spend:tenant:{pending.tenant}:{pending.period}",
-        f"llmrouter:spend:key:{pending.key}:{pending.period}",
-    )
+async def pending_of(db: Any, router: str) -> list[bytes]:
+    """The pending charges a router left, from every shard."""
+    found = []
+    for shard in range(SHARDS):
+        found += [v for v in await db.hvals(pending_key(shard)) if json.loads(v)["router"] == router]
+    return found
 
 
 async def test_money_store_down_fails_closed_and_says_so(

@@ -6,7 +6,6 @@ when the budget cannot cover it)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
@@ -23,7 +22,7 @@ from llmrouter.server import RunningServer, start_server
 from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
 from services import providers
 from services.providers.settings import ProvidersSettings
-from services.router.store import LEDGER
+from tests.conftest import ledger_records
 from tests.integration.conftest import Chain
 from tests.integration.test_policy_in_chain import extra_router
 
@@ -37,7 +36,7 @@ async def ledger_of(chain: Chain, tenant: str, wait_s: float = 15.0) -> list[dic
     db = redis.from_url(chain.redis_url)
     try:
         for _ in range(int(wait_s / 0.05)):
-            records = [r for e in await db.xrange(LEDGER) if (r := json.loads(e[1][b"record"]))["tenant"] == tenant]
+            records = [r for r in await ledger_records(db) if r["tenant"] == tenant]
             if records:
                 return records
             await asyncio.sleep(0.05)

@@ -15,7 +15,7 @@ import redis.asyncio as redis
 
 from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
 from services.router.sessions import session_key
-from services.router.store import LEDGER
+from tests.conftest import ledger_records
 from tests.integration.conftest import Chain
 from tests.integration.test_policy_in_chain import extra_router
 
@@ -96,7 +96,7 @@ async def test_five_turns_stay_on_one_model_and_move_up_once_for_a_hard_turn(cha
     client = redis.from_url(chain.redis_url)
     try:
         stored = json.loads(await client.get(f"llmrouter:cache:{session_key(tenant, 'chat-1')}"))
-        ledger = [r for _, e in await client.xrange(LEDGER) if (r := json.loads(e[b"record"]))["tenant"] == tenant]
+        ledger = [r for r in await ledger_records(client) if r["tenant"] == tenant]
     finally:
         await client.aclose()
     assert stored["model"] == "strong-model" and stored["turns"] == 5

@@ -5,12 +5,10 @@ configured."""
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import pytest
-import redis.asyncio as redis
 
 from llmrouter.redis_connect import connect
 from services.router.store import (
