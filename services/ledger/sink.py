@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import socket
+import time
 from typing import Any, Protocol
 
 from services.ledger.db import LedgerDB, row_from_record
@@ -51,49 +52,66 @@ class RedisSource:
         self.streams = streams if streams is not None else [ledger_key(shard) for shard in range(SHARDS)]
         self.claim_idle_ms = int(claim_idle_s * 1000)
         self._ready: set[str] = set()  # streams whose group is known to exist
-        self._next = 0  # the stream read first next time: each gets its turn
+        self._unacked = True  # entries delivered to this consumer may await their ack (at start: maybe)
+        self._last_claim = float("-inf")
 
-    async def _ensure_group(self, stream: str) -> None:
-        if stream in self._ready:
-            return
-        try:
-            # From the stream's first entry: a sink started after the router copies everything still there.
-            await self.client.xgroup_create(stream, self.group, id="0", mkstream=True)
-        except Exception as exc:  # redis.ResponseError BUSYGROUP: made before, by this or another sink
-            if "BUSYGROUP" not in str(exc):
-                raise
-        self._ready.add(stream)
+    async def _ensure_groups(self) -> None:
+        for stream in self.streams:
+            if stream in self._ready:
+                continue
+            try:
+                # From the stream's first entry: a sink started after the router copies everything still there.
+                await self.client.xgroup_create(stream, self.group, id="0", mkstream=True)
+            except Exception as exc:  # redis.ResponseError BUSYGROUP: made before, by this or another sink
+                if "BUSYGROUP" not in str(exc):
+                    raise
+            self._ready.add(stream)
 
     async def read(self, block_s: float) -> list[tuple[str, dict[str, Any] | None]]:
-        """A batch from the first stream, in turn, that has one; ids are '<stream index> <entry id>'."""
-        for offset in range(len(self.streams)):
-            index = (self._next + offset) % len(self.streams)
-            entries = await self._read(self.streams[index])
-            if entries:
-                self._next = index + 1
-                return [(f"{index} {_text(entry_id)}", _record(fields)) for entry_id, fields in entries]
-        await asyncio.sleep(block_s)
-        return []
-
-    async def _read(self, stream: str) -> list[Any]:
-        await self._ensure_group(stream)
+        """Up to a batch from each stream; ids are '<stream index> <entry id>'. Own pending entries first
+        (delivered before a restart or a failed commit), then those of consumers idle for claim_idle_s (about
+        that often), then new ones: one XREADGROUP per stream in the common case. Not pipelined: redis-py 8.1
+        hands a pipeline cancelled mid-flight (a sink stopped) back with its replies unread, and the next
+        caller's replies shift, so entries were delivered that no one read (tests/ledger caught it)."""
+        await self._ensure_groups()
         try:
-            # Own pending first (delivered before a restart or a failed commit), then entries of dead
-            # consumers, then new ones.
-            own = await self.client.xreadgroup(self.group, self.consumer, {stream: "0"}, count=BATCH)
-            if own and own[0][1]:
-                return own[0][1]
-            claimed = await self.client.xautoclaim(
+            entries = await self._pending() if self._unacked else []
+            if not entries and time.monotonic() - self._last_claim >= self.claim_idle_ms / 2000:
+                self._last_claim = time.monotonic()
+                entries = await self._claimed()
+            if not entries:
+                entries = await self._new()
+        except Exception as exc:
+            if "NOGROUP" in str(exc):  # a stream or its group was deleted: made again on the next read
+                self._ready.clear()
+            raise
+        self._unacked = bool(entries)
+        if not entries:
+            await asyncio.sleep(block_s)
+        return [(f"{index} {_text(entry_id)}", _record(fields)) for index, entry_id, fields in entries]
+
+    async def _group_read(self, start: str) -> list[tuple[int, Any, Any]]:
+        """XREADGROUP on every stream, from `start` ('0': own pending, '>': new), without blocking."""
+        found = []
+        for index, stream in enumerate(self.streams):
+            reply = await self.client.xreadgroup(self.group, self.consumer, {stream: start}, count=BATCH)
+            found += [(index, *entry) for entry in (reply[0][1] if reply else [])]
+        return found
+
+    async def _pending(self) -> list[tuple[int, Any, Any]]:
+        return await self._group_read("0")
+
+    async def _new(self) -> list[tuple[int, Any, Any]]:
+        return await self._group_read(">")
+
+    async def _claimed(self) -> list[tuple[int, Any, Any]]:
+        found = []
+        for index, stream in enumerate(self.streams):
+            reply = await self.client.xautoclaim(
                 stream, self.group, self.consumer, self.claim_idle_ms, start_id="0-0", count=BATCH
             )
-            if claimed[1]:
-                return claimed[1]
-            new = await self.client.xreadgroup(self.group, self.consumer, {stream: ">"}, count=BATCH)
-            return new[0][1] if new else []
-        except Exception as exc:
-            if "NOGROUP" in str(exc):  # the stream or the group was deleted: made again on the next read
-                self._ready.discard(stream)
-            raise
+            found += [(index, *entry) for entry in reply[1]]
+        return found
 
     async def ack(self, ids: list[str]) -> None:
         by_stream: dict[int, list[str]] = {}
@@ -102,6 +120,7 @@ class RedisSource:
             by_stream.setdefault(int(index), []).append(entry_id)
         for index, entry_ids in by_stream.items():
             await self.client.xack(self.streams[index], self.group, *entry_ids)
+        self._unacked = False
 
 
 class MemorySource:

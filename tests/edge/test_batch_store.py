@@ -1,5 +1,5 @@
-"""The batch store on real Redis (one server and a Redis Cluster): one edge holds a batch's lease at a time, a result line is written once,
-and retention expires what is kept."""
+"""The batch store on real Redis (one server and a Redis Cluster): one edge holds a batch's lease at a time, a
+result line is written once, and retention expires what is kept."""
 
 from __future__ import annotations
 
