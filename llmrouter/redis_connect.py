@@ -28,6 +28,10 @@ def is_cluster(url: str) -> bool:
     return url.split("://", 1)[0] in CLUSTER_SCHEMES
 
 
+def is_cluster_client(client: Any) -> bool:
+    return isinstance(client, RedisCluster)
+
+
 def connect(url: str, *, max_connections: int = 64, pool_timeout: float | None = None, **options: Any) -> Any:
     """A redis.asyncio client (Redis or RedisCluster). `max_connections` caps the pool (per node on a cluster,
     where a command finding every connection busy fails: callers that must not fail bound their own
@@ -62,7 +66,7 @@ def connect(url: str, *, max_connections: int = 64, pool_timeout: float | None =
 async def each_primary(client: Any, *command: str) -> dict[str, Any]:
     """A command's answer from every primary (one entry, 'server', for a single server), by node address: for
     checks that must hold on every shard, such as the eviction policy."""
-    if not isinstance(client, RedisCluster):
+    if not is_cluster_client(client):
         return {"server": await client.execute_command(*command)}
     await client.initialize()
     return {node.name: await client.execute_command(*command, target_nodes=node) for node in client.get_primaries()}

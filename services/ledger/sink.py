@@ -19,6 +19,7 @@ import socket
 import time
 from typing import Any, Protocol
 
+from llmrouter.redis_connect import is_cluster_client
 from services.ledger.db import LedgerDB, row_from_record
 from services.router.store import SHARDS, MemoryStore, ledger_key
 
@@ -91,11 +92,14 @@ class RedisSource:
         return [(f"{index} {_text(entry_id)}", _record(fields)) for index, entry_id, fields in entries]
 
     async def _group_read(self, start: str) -> list[tuple[int, Any, Any]]:
-        """XREADGROUP on every stream, from `start` ('0': own pending, '>': new), without blocking."""
+        """XREADGROUP from `start` ('0': own pending, '>': new) without blocking: one command for every stream
+        on one server, one per stream on a cluster (each stream has its own slot)."""
+        index = {stream: i for i, stream in enumerate(self.streams)}
+        groups = [self.streams] if not is_cluster_client(self.client) else [[stream] for stream in self.streams]
         found = []
-        for index, stream in enumerate(self.streams):
-            reply = await self.client.xreadgroup(self.group, self.consumer, {stream: start}, count=BATCH)
-            found += [(index, *entry) for entry in (reply[0][1] if reply else [])]
+        for streams in groups:
+            reply = await self.client.xreadgroup(self.group, self.consumer, dict.fromkeys(streams, start), count=BATCH)
+            found += [(index[_text(name)], *entry) for name, entries in reply or [] for entry in entries]
         return found
 
     async def _pending(self) -> list[tuple[int, Any, Any]]:
