@@ -88,6 +88,13 @@ class RedisCluster:
         return "redis+cluster://" + ",".join(f"127.0.0.1:{node.port}" for node in self.nodes)
 
     def start(self) -> RedisCluster:
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()  # no node outlives a cluster that did not form
+            raise
+
+    def _start(self) -> RedisCluster:
         for node in self.nodes:
             node.start()
         # Each master takes an equal slot range, then they meet on their bus ports.
