@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as redis
+
+from tests.redis_servers import RedisCluster
 
 ROOT = Path(__file__).resolve().parent.parent
 # .ci/run points this at a redis-server it started when none answered on the default port.
@@ -60,3 +64,45 @@ def local_model() -> Path:
     from tests.ci import require_local_model  # tests.ci imports this module
 
     return require_local_model()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """A real 3-master Redis Cluster on loopback, started once per session (about a second)."""
+    cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster")).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def cluster_url(redis_cluster: RedisCluster) -> Iterator[str]:
+    """The cluster, empty for this test."""
+    redis_cluster.flush()
+    yield redis_cluster.url
+    redis_cluster.flush()
+
+
+@pytest.fixture(params=["redis", "cluster"])
+def any_redis_url(request: pytest.FixtureRequest) -> str:
+    """One Redis server, then a Redis Cluster: a test that takes this runs on both, each emptied for it."""
+    return request.getfixturevalue("any_redis_url_" + request.param)
+
+
+@pytest.fixture
+def any_redis_url_redis(redis_url: str) -> str:
+    return redis_url
+
+
+@pytest.fixture
+def any_redis_url_cluster(cluster_url: str) -> str:
+    return cluster_url
+
+
+async def ledger_records(client: Any) -> list[dict]:
+    """Every record of every ledger shard (the router's ledger streams), shard by shard."""
+    from services.router.store import SHARDS, ledger_key  # not at import: the settings above come first
+
+    records = []
+    for shard in range(SHARDS):
+        records += [json.loads(fields[b"record"]) for _, fields in await client.xrange(ledger_key(shard))]
+    return records

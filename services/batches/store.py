@@ -14,6 +14,8 @@ import math
 import time
 from typing import Protocol
 
+from llmrouter.redis_connect import connect
+
 PREFIX = "llmrouter:batch:"
 ACTIVE = PREFIX + "active"
 
@@ -63,9 +65,7 @@ return 1
 
 class RedisStore:
     def __init__(self, url: str) -> None:
-        import redis.asyncio as redis
-
-        self.redis = redis.from_url(url, socket_connect_timeout=2, socket_timeout=10)
+        self.redis = connect(url, socket_connect_timeout=2, socket_timeout=10)
 
     async def put(self, key: str, fields: dict[str, str | bytes]) -> None:
         await self.redis.hset(key, mapping=fields)  # type: ignore[arg-type]

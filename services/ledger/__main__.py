@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from llmrouter.redis_connect import connect
 from llmrouter.settings import load_settings
 from services.ledger import export
 from services.ledger.service import ledger_for
@@ -68,9 +69,7 @@ async def main(argv: list[str]) -> int:
             if not settings.redis_url:
                 print("ROUTER_REDIS_URL is not set: the in-process ledger is copied by its router", file=sys.stderr)
                 return 2
-            import redis.asyncio as redis
-
-            client = redis.Redis.from_url(settings.redis_url)
+            client = connect(settings.redis_url)
             try:
                 await LedgerSink(RedisSource(client, consumer_name(), settings.ledger_sql_claim_idle_s), db).run()
             finally:

@@ -10,6 +10,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from llmrouter.redis_connect import connect
 from llmrouter.tasks import stop as stop_task
 from services.ledger.db import LedgerDB, open_ledger
 from services.ledger.settings import LedgerSettings
@@ -30,9 +31,7 @@ def source_for(settings: LedgerSettings, store: Store) -> tuple[Source, Any]:
     if isinstance(store, MemoryStore):
         return MemorySource(store), None
     assert settings.redis_url, "a Redis store has a URL"
-    import redis.asyncio as redis
-
-    client = redis.Redis.from_url(settings.redis_url)  # its own connection: XREADGROUP blocks on it
+    client = connect(settings.redis_url)  # its own client: the store's keeps serving requests meanwhile
     return RedisSource(client, consumer_name(), settings.ledger_sql_claim_idle_s), client
 
 

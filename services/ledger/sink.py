@@ -1,10 +1,12 @@
 """The SQL sink: copies the router's ledger into the ledger table, at least once and idempotently.
 
-From Redis it reads the ledger stream as a consumer group: an entry is acknowledged (XACK) only after its row
-is committed, so a sink that stops (crash, database outage, deploy) leaves its entries pending; the same
-consumer reads its pending entries again when it returns, and another consumer claims them (XAUTOCLAIM) once
-they have been idle for `claim_idle_s`. Rows are keyed by (tenant, request id): an entry delivered twice is
-inserted once. Without Redis (the in-process store) it reads the store's ledger list from a cursor.
+From Redis it reads every shard's ledger stream as one consumer group per stream: an entry is acknowledged
+(XACK) only after its row is committed, so a sink that stops (crash, database outage, deploy) leaves its
+entries pending; the same consumer reads its pending entries again when it returns, and another consumer claims
+them (XAUTOCLAIM) once they have been idle for `claim_idle_s`. Rows are keyed by (tenant, request id): an entry
+delivered twice is inserted once. The streams are read in turn without blocking (on a Redis Cluster they live
+on different masters), and the sink waits `block_s` only when all of them are drained. Without Redis (the
+in-process store) it reads the store's ledger list from a cursor.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ import json
 import logging
 import os
 import socket
+import time
 from typing import Any, Protocol
 
+from llmrouter.redis_connect import is_cluster_client
 from services.ledger.db import LedgerDB, row_from_record
-from services.router.store import LEDGER, MemoryStore
+from services.router.store import SHARDS, MemoryStore, ledger_key
 
 log = logging.getLogger("llmrouter.ledger")
 
@@ -38,52 +42,89 @@ def consumer_name() -> str:
 
 class RedisSource:
     def __init__(
-        self, client: Any, consumer: str, claim_idle_s: float = 60.0, stream: str = LEDGER, group: str = GROUP
+        self,
+        client: Any,
+        consumer: str,
+        claim_idle_s: float = 60.0,
+        streams: list[str] | None = None,
+        group: str = GROUP,
     ) -> None:
-        self.client, self.consumer, self.stream, self.group = client, consumer, stream, group
+        self.client, self.consumer, self.group = client, consumer, group
+        self.streams = streams if streams is not None else [ledger_key(shard) for shard in range(SHARDS)]
         self.claim_idle_ms = int(claim_idle_s * 1000)
-        self._group_ready = False
+        self._ready: set[str] = set()  # streams whose group is known to exist
+        self._unacked = True  # entries delivered to this consumer may await their ack (at start: maybe)
+        self._last_claim = float("-inf")
 
-    async def _ensure_group(self) -> None:
-        if self._group_ready:
-            return
-        try:
-            # From the stream's first entry: a sink started after the router copies everything still there.
-            await self.client.xgroup_create(self.stream, self.group, id="0", mkstream=True)
-        except Exception as exc:  # redis.ResponseError BUSYGROUP: made before, by this or another sink
-            if "BUSYGROUP" not in str(exc):
-                raise
-        self._group_ready = True
+    async def _ensure_groups(self) -> None:
+        for stream in self.streams:
+            if stream in self._ready:
+                continue
+            try:
+                # From the stream's first entry: a sink started after the router copies everything still there.
+                await self.client.xgroup_create(stream, self.group, id="0", mkstream=True)
+            except Exception as exc:  # redis.ResponseError BUSYGROUP: made before, by this or another sink
+                if "BUSYGROUP" not in str(exc):
+                    raise
+            self._ready.add(stream)
 
     async def read(self, block_s: float) -> list[tuple[str, dict[str, Any] | None]]:
-        await self._ensure_group()
+        """Up to a batch from each stream; ids are '<stream index> <entry id>'. Own pending entries first
+        (delivered before a restart or a failed commit), then those of consumers idle for claim_idle_s (about
+        that often), then new ones: one XREADGROUP per stream in the common case. Not pipelined: redis-py 8.1
+        hands a pipeline cancelled mid-flight (a sink stopped) back with its replies unread, and the next
+        caller's replies shift, so entries were delivered that no one read (tests/ledger caught it)."""
+        await self._ensure_groups()
         try:
-            return await self._read(block_s)
+            entries = await self._pending() if self._unacked else []
+            if not entries and time.monotonic() - self._last_claim >= self.claim_idle_ms / 2000:
+                self._last_claim = time.monotonic()
+                entries = await self._claimed()
+            if not entries:
+                entries = await self._new()
         except Exception as exc:
-            if "NOGROUP" in str(exc):  # the stream or the group was deleted: made again on the next read
-                self._group_ready = False
+            if "NOGROUP" in str(exc):  # a stream or its group was deleted: made again on the next read
+                self._ready.clear()
             raise
+        self._unacked = bool(entries)
+        if not entries:
+            await asyncio.sleep(block_s)
+        return [(f"{index} {_text(entry_id)}", _record(fields)) for index, entry_id, fields in entries]
 
-    async def _read(self, block_s: float) -> list[tuple[str, dict[str, Any] | None]]:
-        # Own pending first (delivered before a restart or a failed commit), then entries of dead consumers,
-        # then new ones.
-        own = await self.client.xreadgroup(self.group, self.consumer, {self.stream: "0"}, count=BATCH)
-        entries = own[0][1] if own else []
-        if not entries:
-            claimed = await self.client.xautoclaim(
-                self.stream, self.group, self.consumer, self.claim_idle_ms, start_id="0-0", count=BATCH
+    async def _group_read(self, start: str) -> list[tuple[int, Any, Any]]:
+        """XREADGROUP from `start` ('0': own pending, '>': new) without blocking: one command for every stream
+        on one server, one per stream on a cluster (each stream has its own slot)."""
+        index = {stream: i for i, stream in enumerate(self.streams)}
+        groups = [self.streams] if not is_cluster_client(self.client) else [[stream] for stream in self.streams]
+        found = []
+        for streams in groups:
+            reply = await self.client.xreadgroup(self.group, self.consumer, dict.fromkeys(streams, start), count=BATCH)
+            found += [(index[_text(name)], *entry) for name, entries in reply or [] for entry in entries]
+        return found
+
+    async def _pending(self) -> list[tuple[int, Any, Any]]:
+        return await self._group_read("0")
+
+    async def _new(self) -> list[tuple[int, Any, Any]]:
+        return await self._group_read(">")
+
+    async def _claimed(self) -> list[tuple[int, Any, Any]]:
+        found = []
+        for index, stream in enumerate(self.streams):
+            reply = await self.client.xautoclaim(
+                stream, self.group, self.consumer, self.claim_idle_ms, start_id="0-0", count=BATCH
             )
-            entries = claimed[1]
-        if not entries:
-            new = await self.client.xreadgroup(
-                self.group, self.consumer, {self.stream: ">"}, count=BATCH, block=max(int(block_s * 1000), 1)
-            )
-            entries = new[0][1] if new else []
-        return [(_text(entry_id), _record(fields)) for entry_id, fields in entries]
+            found += [(index, *entry) for entry in reply[1]]
+        return found
 
     async def ack(self, ids: list[str]) -> None:
-        if ids:
-            await self.client.xack(self.stream, self.group, *ids)
+        by_stream: dict[int, list[str]] = {}
+        for each in ids:
+            stream, _, entry_id = each.partition(" ")
+            by_stream.setdefault(int(stream), []).append(entry_id)
+        for index, entry_ids in by_stream.items():
+            await self.client.xack(self.streams[index], self.group, *entry_ids)
+        self._unacked = False
 
 
 class MemorySource:

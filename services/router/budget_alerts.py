@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from llmrouter.redis_connect import connect
 from llmrouter.tasks import stop as stop_task
 from services.router import metrics
 from services.router.budgets import SCOPES, BudgetView, usd
@@ -153,9 +154,7 @@ def start_budget_watch(settings: RouterSettings, operations: Operations) -> Call
     """The watch as a background task of the router; returns its closer."""
     client = None
     if settings.redis_url:
-        import redis.asyncio as redis
-
-        client = redis.Redis.from_url(settings.redis_url)
+        client = connect(settings.redis_url)
     once: Once = RedisOnce(client) if client is not None else MemoryOnce()
     watch = BudgetWatch(operations, once, settings.budget_alert_webhook_url.get_secret_value())
     task = asyncio.create_task(watch.run(settings.budget_watch_interval_s))

@@ -9,6 +9,7 @@ import logging
 import time
 from typing import Protocol
 
+from llmrouter.redis_connect import connect
 from llmrouter.v1 import router_pb2
 from services.router import metrics
 from services.router.routed import Routed
@@ -28,12 +29,7 @@ class Cache(Protocol):
 
 class RedisCache:
     def __init__(self, url: str) -> None:
-        import redis.asyncio as redis
-
-        pool = redis.BlockingConnectionPool.from_url(
-            url, max_connections=32, timeout=1, socket_connect_timeout=1, socket_timeout=1
-        )
-        self.redis = redis.Redis.from_pool(pool)
+        self.redis = connect(url, max_connections=32, pool_timeout=1, socket_connect_timeout=1, socket_timeout=1)
 
     async def get(self, key: str) -> bytes | None:
         try:

@@ -3,7 +3,6 @@ services (upstream: the OpenAI wire-format fake), money checked in real Redis.""
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from services.edge.app import create_app
 from services.edge.settings import EdgeSettings
 from services.providers.settings import ProvidersSettings
 from services.router.settings import RouterSettings
-from services.router.store import LEDGER
+from tests.conftest import ledger_records
 from tests.fakes.fake_openai import FakeOpenAI
 from tests.integration.conftest import free_port, registry
 
@@ -106,10 +105,10 @@ async def spend_by_tenant(redis_url: str) -> dict[str, int]:
     client_ = redis.from_url(redis_url)
     try:
         spend: dict[str, int] = {}
-        async for key in client_.scan_iter("llmrouter:spend:tenant:*"):
-            tenant = key.decode().split(":")[3]
+        async for key in client_.scan_iter("*:t:*:spend:*"):
+            tenant = bytes.fromhex(key.decode().split(":")[2]).decode()
             spend[tenant] = spend.get(tenant, 0) + int(await client_.get(key))
-        ledger = [json.loads(fields[b"record"]) for _, fields in await client_.xrange(LEDGER)]
+        ledger = await ledger_records(client_)
         assert {r["tenant"] for r in ledger} == set(spend)
         return spend
     finally:
@@ -154,7 +153,7 @@ async def test_untrusted_caller_pays_as_its_own_tenant_whatever_it_asks(secured:
     assert set(spend) == {"acme"} and spend["acme"] > 0
     keys = redis.from_url(redis_url)
     try:
-        assert [k async for k in keys.scan_iter("llmrouter:spend:key:caller:batch:*")]
+        assert [k async for k in keys.scan_iter(f"*:k:{b'caller:batch'.hex()}:spend:*")]
     finally:
         await keys.aclose()
 

@@ -21,7 +21,8 @@ from llmrouter.server import RunningServer
 from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
 from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
-from services.router.store import LEDGER, Account, key_id, period_id, to_pico
+from services.router.store import Account, AccountKeys, key_id, period_id, to_pico
+from tests.conftest import ledger_records
 from tests.integration.conftest import Chain, free_port, start_edge
 from tests.integration.test_policy_in_chain import extra_router
 
@@ -134,8 +135,8 @@ async def test_a_thousand_line_batch_survives_restarts_and_costs_what_the_ledger
 
     db = redis.from_url(chain.redis_url)
     try:
-        ledger = [r for _, e in await db.xrange(LEDGER) if (r := json.loads(e[b"record"]))["tenant"] == tenant]
-        spend = int(await db.get(Account(tenant, key_id(key)).spend_keys(period_id("day"))[0]) or 0)
+        ledger = [r for r in await ledger_records(db) if r["tenant"] == tenant]
+        spend = int(await db.get(AccountKeys.of(Account(tenant, key_id(key))).spend(period_id("day"))[0]) or 0)
     finally:
         await db.aclose()
     charged = {r["request_id"]: Decimal(r["cost_usd"]) for r in ledger}
@@ -241,7 +242,7 @@ async def test_a_cancelled_batch_sends_no_more_lines_and_charges_only_those_it_a
     assert len(output) == counts.completed
     db = redis.from_url(chain.redis_url)
     try:
-        ledger = [r for _, e in await db.xrange(LEDGER) if (r := json.loads(e[b"record"]))["tenant"] == tenant]
+        ledger = [r for r in await ledger_records(db) if r["tenant"] == tenant]
     finally:
         await db.aclose()
     assert sorted(r["request_id"] for r in ledger) == sorted(

@@ -4,7 +4,6 @@ accounting it leaves behind."""
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from decimal import Decimal
 
@@ -18,7 +17,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from llmrouter.registry import load_registry
 from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
-from services.router.store import LEDGER
+from services.router.store import Account, AccountKeys, RedisStore, period_id
+from tests.conftest import ledger_records
 from tests.integration.conftest import Chain
 
 
@@ -145,9 +145,9 @@ async def test_every_served_request_is_charged_once_under_concurrency(chain: Cha
     costs = await asyncio.gather(*(plain(i) for i in range(12)), *(streamed(i) for i in range(12)))
     db = redis.from_url(chain.redis_url)
     try:
-        records = [json.loads(e[1][b"record"]) for e in await db.xrange(LEDGER)]
+        records = await ledger_records(db)
         mine = [r for r in records if r["tenant"] == tenant]
-        spent = [int(v or 0) for v in await db.mget(await db.keys(f"llmrouter:spend:tenant:{tenant}:*"))]
+        spent = [int(await db.get(AccountKeys.of(Account(tenant, "")).spend(period_id("day"))[0]) or 0)]
     finally:
         await db.aclose()
     assert len(mine) == 24 and len({r["request_id"] for r in mine}) == 24
@@ -157,9 +157,9 @@ async def test_every_served_request_is_charged_once_under_concurrency(chain: Cha
 
 async def test_spent_budget_is_refused_with_429(chain: Chain) -> None:
     tenant = chain.keys["poor"][0]
-    db = redis.from_url(chain.redis_url)
-    await db.set(f"llmrouter:limit:tenant:{tenant}", 1)  # one pico-dollar: not enough for any answer
-    await db.aclose()
+    store = RedisStore(chain.redis_url)
+    await store.set_limit("tenant", tenant, 1)  # one pico-dollar: not enough for any answer
+    await store.close()
     with pytest.raises(openai.RateLimitError) as err:
         await client(chain, "poor").chat.completions.create(
             model="auto", messages=[{"role": "user", "content": unique("first")}]

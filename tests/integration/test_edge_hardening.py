@@ -20,7 +20,7 @@ from llmrouter.passthrough import PASSTHROUGH_FIELDS
 from llmrouter.v1 import router_pb2, router_pb2_grpc
 from services.edge.openai_api import PRICED
 from services.edge.settings import EdgeSettings
-from services.router.store import LEDGER
+from tests.conftest import ledger_records
 from tests.fakes.server import Fault
 from tests.integration.conftest import Chain, free_port, start_edge
 
@@ -35,8 +35,8 @@ async def record_of(chain: Chain, request_id: str) -> dict:
     db = redis.from_url(chain.redis_url)
     try:
         for _ in range(100):
-            for _, entry in await db.xrange(LEDGER):
-                if (record := json.loads(entry[b"record"]))["request_id"] == request_id:
+            for record in await ledger_records(db):
+                if record["request_id"] == request_id:
                     return record
             await asyncio.sleep(0.05)
     finally:
@@ -58,7 +58,7 @@ async def test_without_keys_every_caller_is_the_anonymous_tenant(chain: Chain) -
     assert (record["tenant"], record["key"]) == ("default", "anonymous")
     db = redis.from_url(chain.redis_url)
     try:
-        assert await db.keys(f"llmrouter:*{victim}*") == []
+        assert await db.keys(f"*{victim}*") == [] and await db.keys(f"*{victim.encode().hex()}*") == []
     finally:
         await db.aclose()
 

@@ -17,7 +17,8 @@ import redis.asyncio as redis
 
 from llmrouter.registry import load_registry
 from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
-from services.router.store import LEDGER, Account, key_id, period_id, to_pico
+from services.router.store import Account, AccountKeys, key_id, period_id, to_pico
+from tests.conftest import ledger_records
 from tests.fakes.fake_openai import write_as_long_as_allowed
 from tests.integration.conftest import Chain
 
@@ -60,8 +61,8 @@ def ask(text: str, tenant: str, **fields: Any) -> router_pb2.CompleteRequest:
 async def charged(chain: Chain, tenant: str) -> tuple[int, list[dict[str, Any]]]:
     db = redis.from_url(chain.redis_url)
     try:
-        spend = await db.get(Account(tenant, key_id("")).spend_keys(period_id("day"))[0])
-        ledger = [r for _, e in await db.xrange(LEDGER) if (r := json.loads(e[b"record"]))["tenant"] == tenant]
+        spend = await db.get(AccountKeys.of(Account(tenant, key_id(""))).spend(period_id("day"))[0])
+        ledger = [r for r in await ledger_records(db) if r["tenant"] == tenant]
     finally:
         await db.aclose()
     return int(spend or 0), ledger

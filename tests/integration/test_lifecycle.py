@@ -18,7 +18,7 @@ from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
 from services import router
 from services.edge.settings import EdgeSettings
 from services.router.settings import RouterSettings
-from services.router.store import LEDGER
+from tests.conftest import ledger_records
 from tests.fakes.server import Fault
 from tests.integration.conftest import Chain, free_port, start_edge
 
@@ -35,7 +35,7 @@ def slow_budget(chain: Chain) -> Iterator[Chain]:
 async def ledger_for(chain: Chain, tenant: str) -> list[dict]:
     db = redis.from_url(chain.redis_url)
     try:
-        return [r for e in await db.xrange(LEDGER) if (r := json.loads(e[1][b"record"]))["tenant"] == tenant]
+        return [r for r in await ledger_records(db) if r["tenant"] == tenant]
     finally:
         await db.aclose()
 

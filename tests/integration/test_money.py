@@ -25,7 +25,8 @@ from llmrouter.server import start_server
 from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
 from services import router
 from services.router.settings import RouterSettings
-from services.router.store import LEDGER, Account, MemoryStore, key_id, period_id
+from services.router.store import Account, AccountKeys, MemoryStore, RedisStore, key_id, period_id
+from tests.conftest import ledger_records
 from tests.fakes.fake_openai import write_as_long_as_allowed
 from tests.integration.conftest import Chain
 
@@ -47,13 +48,12 @@ class Money:
     memory: MemoryStore | None = None
 
     async def set_tenant_limit(self, tenant: str, pico: int) -> None:
-        key = Account(tenant, "").limit_keys()[0]
         if self.memory is not None:
-            self.memory.limits[key] = pico
+            await self.memory.set_limit("tenant", tenant, pico)
             return
-        db = redis.from_url(self.redis_url)
-        await db.set(key, pico)
-        await db.aclose()
+        store = RedisStore(self.redis_url)
+        await store.set_limit("tenant", tenant, pico)
+        await store.close()
 
     async def spent(self, tenant: str) -> int:
         """The tenant's spend counter, in pico-dollars."""
@@ -61,8 +61,7 @@ class Money:
             return (await self.memory.spent(Account(tenant, key_id("")), period_id("day")))[0]
         db = redis.from_url(self.redis_url)
         try:
-            keys = await db.keys(f"llmrouter:spend:tenant:{tenant}:*")
-            return sum(int(v or 0) for v in await db.mget(keys)) if keys else 0
+            return int(await db.get(AccountKeys.of(Account(tenant, "")).spend(period_id("day"))[0]) or 0)
         finally:
             await db.aclose()
 
@@ -71,8 +70,7 @@ class Money:
             return [r for r in self.memory.ledger if r["tenant"] == tenant]
         db = redis.from_url(self.redis_url)
         try:
-            entries: Any = await db.xrange(LEDGER)
-            records = [json.loads(e[1][b"record"]) for e in entries]
+            records = await ledger_records(db)
         finally:
             await db.aclose()
         return [r for r in records if r["tenant"] == tenant]

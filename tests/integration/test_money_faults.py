@@ -27,8 +27,8 @@ from redis.exceptions import OutOfMemoryError
 from llmrouter.errors import ServiceError
 from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
 from services.edge.settings import EdgeSettings
-from services.router.store import LEDGER, Pending, pending_key, period_id
-from tests.conftest import ROOT
+from services.router.store import SHARDS, Account, AccountKeys, Pending, pending_key, period_id
+from tests.conftest import ROOT, ledger_records
 from tests.integration.conftest import Chain, free_port, start_edge
 from tests.integration.test_policy_in_chain import extra_router
 from tests.redis_servers import RedisServer, cache_redis, money_redis
@@ -126,7 +126,7 @@ async def test_a_router_killed_mid_request_leaves_its_charge_to_the_reconciler(
         async with grpc.aio.insecure_channel(f"127.0.0.1:{doomed.port}") as channel:
             request = ask("strong-model")
             call = asyncio.ensure_future(router_pb2_grpc.RouterStub(channel).Complete(request, timeout=30))
-            pending_raw = await wait_for(lambda: db.hvals(pending_key("doomed")))
+            pending_raw = await wait_for(lambda: pending_of(db, "doomed"))
             doomed.kill()  # between admission and charge
             with pytest.raises(grpc.aio.AioRpcError):
                 await call
@@ -139,27 +139,29 @@ async def test_a_router_killed_mid_request_leaves_its_charge_to_the_reconciler(
         try:
 
             async def reconciled() -> list[dict]:
-                records = [json.loads(e[1][b"record"]) for e in await db.xrange(LEDGER)]
+                records = await ledger_records(db)
                 return [r for r in records if r["tenant"] == request.tenant]
 
             (record,) = await wait_for(reconciled)
         finally:
             await survivor.stop(1)
         assert record["outcome"] == "reconciled" and record["request_id"] == pending.request_id
-        tenant_spend, key_spend = (int(v) for v in await db.mget(*_spend_keys(pending)))
+        keys = AccountKeys.of(Account(pending.tenant, pending.key))
+        tenant_spend, key_spend = (int(v) for v in await db.mget(*keys.spend(pending.period)))
         assert tenant_spend == key_spend == pending.hold_pico  # unknown outcome: charged at the hold
-        assert await db.zcard(f"llmrouter:held:tenant:{pending.tenant}") == 0  # and the hold released
-        assert not await db.exists(pending_key("doomed"))
+        assert await db.zcard(keys.held()[0]) == 0  # and the hold released
+        assert await pending_of(db, "doomed") == []
     finally:
         chain.premium.latency = 0.0
         await db.aclose()
 
 
-def _spend_keys(pending: Pending) -> tuple[str, str]:
-    return (
-        f"llmrouter:spend:tenant:{pending.tenant}:{pending.period}",
-        f"llmrouter:spend:key:{pending.key}:{pending.period}",
-    )
+async def pending_of(db: Any, router: str) -> list[bytes]:
+    """The pending charges a router left, from every shard."""
+    found = []
+    for shard in range(SHARDS):
+        found += [v for v in await db.hvals(pending_key(shard)) if json.loads(v)["router"] == router]
+    return found
 
 
 async def test_money_store_down_fails_closed_and_says_so(
@@ -231,7 +233,7 @@ async def test_a_full_money_store_refuses_new_requests_and_charges_the_one_in_fl
             stub = router_pb2_grpc.RouterStub(channel)
             early = ask("cheap-model")
             in_flight = asyncio.ensure_future(stub.Complete(early, timeout=20))
-            await wait_for(lambda: db.hlen(pending_key("filling")))  # admitted
+            await wait_for(lambda: pending_of(db, "filling"))  # admitted
             with pytest.raises(OutOfMemoryError):
                 for i in range(100_000):
                     await db.set(f"junk-{i}", b"x" * 100_000)
@@ -254,11 +256,11 @@ async def test_a_full_money_store_refuses_new_requests_and_charges_the_one_in_fl
             assert reply.status_code == 503 and reply.headers["retry-after"] == "1", reply.text
 
             answer = await in_flight
-        records = [json.loads(e[1][b"record"]) for e in await db.xrange(LEDGER)]
-        (record,) = [r for r in records if r["tenant"] == early.tenant]
+        (record,) = [r for r in await ledger_records(db) if r["tenant"] == early.tenant]
         assert record["outcome"] == "ok" and Decimal(record["cost_usd"]) == Decimal(answer.cost_usd)
-        spend = await db.get(f"llmrouter:spend:tenant:{early.tenant}:{period_id('day')}")
-        assert int(spend) > 0 and await db.zcard(f"llmrouter:held:tenant:{early.tenant}") == 0
+        keys = AccountKeys.of(Account(early.tenant, ""))
+        spend = await db.get(keys.spend(period_id("day"))[0])
+        assert int(spend) > 0 and await db.zcard(keys.held()[0]) == 0
         assert small.info("stats")["evicted_keys"] == 0
     finally:
         chain.budget.latency = 0.0

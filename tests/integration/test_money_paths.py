@@ -24,7 +24,8 @@ from llmrouter.tokens import count_tokens
 from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
 from services import providers
 from services.providers.settings import ProvidersSettings
-from services.router.store import LEDGER
+from services.router.store import Account, AccountKeys
+from tests.conftest import ledger_records
 from tests.fakes.server import TOOL_CUE, Fault
 from tests.integration.conftest import Chain
 from tests.integration.test_policy_in_chain import extra_router
@@ -39,7 +40,7 @@ async def ledger_of(chain: Chain, tenant: str, wait_s: float = 15.0) -> list[dic
     db = redis.from_url(chain.redis_url)
     try:
         for _ in range(int(wait_s / 0.05)):
-            records = [r for e in await db.xrange(LEDGER) if (r := json.loads(e[1][b"record"]))["tenant"] == tenant]
+            records = [r for r in await ledger_records(db) if r["tenant"] == tenant]
             if records:
                 return records
             await asyncio.sleep(0.05)
@@ -207,7 +208,7 @@ async def test_a_stream_past_the_request_time_limit_is_cut_and_charged_what_it_d
     assert Decimal(record["cost_usd"]) == cheap.cost_usd(record["input_tokens"], record["output_tokens"])
     db = redis.from_url(chain.redis_url)
     try:
-        assert await db.zcard(f"llmrouter:held:tenant:{tenant}") == 0
+        assert await db.zcard(AccountKeys.of(Account(tenant, "")).held()[0]) == 0
     finally:
         await db.aclose()
 
@@ -252,9 +253,9 @@ async def test_a_buffered_stream_left_keeps_its_hold_until_its_generation_is_cha
             assert (await call.read()).HasField("decision")
             call.cancel()
         await asyncio.sleep(0.5)  # the caller is gone, the upstream still answering
-        held_while_generating = await db.zcard(f"llmrouter:held:tenant:{tenant}")
+        held_while_generating = await db.zcard(AccountKeys.of(Account(tenant, "")).held()[0])
         (record,) = await ledger_of(chain, tenant)
-        held_after = await db.zcard(f"llmrouter:held:tenant:{tenant}")
+        held_after = await db.zcard(AccountKeys.of(Account(tenant, "")).held()[0])
     finally:
         await db.aclose()
     assert held_while_generating == 1 and held_after == 0

@@ -6,7 +6,6 @@ decision without a generation over REST charges nothing."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -20,7 +19,7 @@ from pydantic import SecretStr
 
 from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
-from services.router.store import LEDGER
+from tests.conftest import ledger_records
 from tests.integration.conftest import SILENCE, Chain, free_port, start_edge
 
 
@@ -51,7 +50,7 @@ def chat(text: str) -> dict[str, Any]:
 async def redis_ledger(chain: Chain, tenant: str) -> list[dict[str, Any]]:
     db = redis.from_url(chain.redis_url)
     try:
-        return [r for _, f in await db.xrange(LEDGER) if (r := json.loads(f[b"record"]))["tenant"] == tenant]
+        return [r for r in await ledger_records(db) if r["tenant"] == tenant]
     finally:
         await db.aclose()
 

@@ -4,7 +4,6 @@ classifier, and the metrics SREs watch."""
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -20,7 +19,7 @@ from llmrouter.server import RunningServer, start_server
 from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
 from services import router
 from services.router.settings import RouterSettings
-from services.router.store import LEDGER
+from tests.conftest import ledger_records
 from tests.integration.conftest import SILENCE, Chain, free_port
 
 
@@ -132,7 +131,7 @@ async def test_caller_leaving_during_escalation_pays_for_both_generations(chain:
     try:
         # The caller left, but the stronger model's generation it caused runs to its end and is charged.
         for _ in range(400):
-            records = [r for e in await db.xrange(LEDGER) if (r := json.loads(e[1][b"record"]))["tenant"] == tenant]
+            records = [r for r in await ledger_records(db) if r["tenant"] == tenant]
             if records:
                 break
             await asyncio.sleep(0.05)

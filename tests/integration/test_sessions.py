@@ -15,7 +15,7 @@ import redis.asyncio as redis
 
 from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
 from services.router.sessions import session_key
-from services.router.store import LEDGER
+from tests.conftest import ledger_records
 from tests.integration.conftest import Chain
 from tests.integration.test_policy_in_chain import extra_router
 from tests.redis_servers import cache_redis
@@ -101,7 +101,7 @@ async def test_five_turns_stay_on_one_model_and_move_up_once_for_a_hard_turn(cha
     cache, money = redis.from_url(cache_url), redis.from_url(chain.redis_url)
     try:
         stored = json.loads(await cache.get(f"llmrouter:cache:{session_key(tenant, 'chat-1')}"))
-        ledger = [r for _, e in await money.xrange(LEDGER) if (r := json.loads(e[b"record"]))["tenant"] == tenant]
+        ledger = [r for r in await ledger_records(money) if r["tenant"] == tenant]
     finally:
         await cache.aclose()
         await money.aclose()

@@ -28,10 +28,11 @@ from services.classifier.model import METADATA_FILE
 from services.classifier.settings import DEFAULT_VERIFIER_DIR, ClassifierSettings
 from services.providers.settings import ProvidersSettings
 from services.router.settings import RouterSettings
-from services.router.store import LEDGER, Account, key_id, period_id, to_pico
+from services.router.store import Account, AccountKeys, key_id, period_id, to_pico
 from services.verifier.client import verify_answer
 from services.verifier.model import ARTEFACT_FILES, missing_artefacts
 from services.verifier.thresholds import write_thresholds
+from tests.conftest import ledger_records
 from tests.fakes.fake_openai import FakeOpenAI
 from tests.integration.conftest import registry
 
@@ -151,8 +152,8 @@ async def verdict(stack: Stack, weak: bool) -> float:
 async def charged(redis_url: str, tenant: str) -> tuple[int, list[dict[str, Any]]]:
     db = redis.from_url(redis_url)
     try:
-        spend = await db.get(Account(tenant, key_id("")).spend_keys(period_id("day"))[0])
-        ledger = [r for _, e in await db.xrange(LEDGER) if (r := json.loads(e[b"record"]))["tenant"] == tenant]
+        spend = await db.get(AccountKeys.of(Account(tenant, key_id(""))).spend(period_id("day"))[0])
+        ledger = [r for r in await ledger_records(db) if r["tenant"] == tenant]
     finally:
         await db.aclose()
     return int(spend or 0), ledger

@@ -1,6 +1,7 @@
-"""The SQL sink copies every charge from the real Redis ledger stream into the table exactly once, through a
-sink killed mid-run, a database outage and a consumer that died holding entries; stats over the table and the
-operator's Stats and Budgets answers equal the money store to the pico-dollar, on SQLite and on PostgreSQL."""
+"""The SQL sink copies every charge from the real Redis ledger streams (one per shard; one server and a 3-master
+Redis Cluster) into the table exactly once, through a sink killed mid-run, a database outage and a consumer that
+died holding entries; stats over the table and the operator's Stats and Budgets answers equal the money store to
+the pico-dollar, on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -14,27 +15,44 @@ from typing import Any
 
 import grpc
 import pytest
-import redis.asyncio as redis
 
 from llmrouter.errors import ServiceError
+from llmrouter.redis_connect import connect
 from services.ledger.db import LedgerDB, LedgerUnavailable, row_from_record
 from services.ledger.sink import LedgerSink, MemorySource, RedisSource
 from services.ledger.stats import summarize
 from services.router.budgets import usd
 from services.router.operations import ALL, Operations
-from services.router.store import LEDGER, PICO, Account, Allowance, Hold, MemoryStore, RedisStore, to_pico
+from services.router.store import (
+    PICO,
+    SHARDS,
+    Account,
+    Allowance,
+    Hold,
+    MemoryStore,
+    RedisStore,
+    ledger_key,
+    to_pico,
+)
+from services.router.store.keys import shard_of
+from tests.conftest import ledger_records
 
-TENANTS = [Account("acme", "k-acme"), Account("globex", "k-globex")]
+TENANTS = [Account(name, f"k-{name}") for name in ("acme", "globex", "initech", "umbrella", "wayne")]
 # Its own consumer group: a router's sink still running in this test session reads the same stream.
 GROUP = "test-sink"
 MODELS = ["gpt-4o-mini", "claude-3-5-sonnet", "smollm2-135m"]
 
 
 @pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[Any]:
-    made = redis.Redis.from_url(redis_url)
+async def client(any_redis_url: str) -> AsyncIterator[Any]:
+    made = connect(any_redis_url)
     yield made
     await made.aclose()
+
+
+async def pending_entries(client: Any) -> int:
+    """Entries delivered to this test's group and not acknowledged, over every shard's stream."""
+    return sum([(await client.xpending(ledger_key(shard), GROUP))["pending"] for shard in range(SHARDS)])
 
 
 def record(request_id: str, account: Account, rng: random.Random) -> dict[str, Any]:
@@ -87,16 +105,21 @@ class FlakyDB:
 
 
 async def test_every_charge_lands_once_through_kills_outages_and_dead_consumers(
-    redis_url: str, client: Any, ledger_db: LedgerDB
+    any_redis_url: str, client: Any, ledger_db: LedgerDB
 ) -> None:
+    assert len({shard_of(account.tenant) for account in TENANTS}) >= 3  # several ledger streams to read
     rng = random.Random(7)
-    store = RedisStore(redis_url)
+    store = RedisStore(any_redis_url)
     flaky = FlakyDB(ledger_db)
     try:
         await charge_some(store, 0, 120, rng)
         # A consumer takes entries and dies before committing them: they stay pending under its name.
         dead = source(client, "dead-consumer")
-        taken = await dead.read(0.01)
+        taken: dict[str, Any] = {}
+        # Stream after stream; its own pending entries come first, so a batch seen again means every stream
+        # has been read.
+        while (batch := await dead.read(0.01)) and batch[0][0] not in taken:
+            taken.update(batch)
         assert len(taken) == 120
 
         sink = LedgerSink(
@@ -121,13 +144,12 @@ async def test_every_charge_lands_once_through_kills_outages_and_dead_consumers(
         await sink.drain()
         again = LedgerSink(source(client, "sink-b"), flaky)  # type: ignore[arg-type]
         await again.drain()
-        pending = await client.xpending(LEDGER, GROUP)
-        assert pending["pending"] == 0
+        assert await pending_entries(client) == 0
 
         rows = await ledger_db.rows()
         assert sorted(r.get("request_id") for r in rows) == sorted(f"req-{i}" for i in range(400))
         # Replaying the whole stream adds nothing: rows are keyed by (tenant, request id).
-        replay = [json.loads(f[b"record"]) for _, f in await client.xrange(LEDGER)]
+        replay = await ledger_records(client)
         assert await ledger_db.insert([row_from_record(r) for r in replay]) == 0
 
         total, by_tenant = summarize(rows, "tenant")
@@ -160,14 +182,14 @@ async def test_the_in_process_ledger_is_copied_from_a_cursor(ledger_db: LedgerDB
 
 
 async def test_an_unreadable_entry_is_skipped_not_retried_forever(client: Any, ledger_db: LedgerDB) -> None:
-    await client.xadd(LEDGER, {"record": b"not json"})
-    await client.xadd(LEDGER, {"record": json.dumps({"request_id": "r1", "tenant": "acme", "cost_usd": "0.5"})})
+    await client.xadd(ledger_key(0), {"record": b"not json"})
+    await client.xadd(ledger_key(9), {"record": json.dumps({"request_id": "r1", "tenant": "acme", "cost_usd": "0.5"})})
     sink = LedgerSink(RedisSource(client, "s", group=GROUP), ledger_db)
     await sink.drain()
     rows = await ledger_db.rows()
     assert [r.get("request_id") for r in rows] == ["r1"]
     assert rows[0].get("cost_pico") == 500_000_000_000
-    assert (await client.xpending(LEDGER, GROUP))["pending"] == 0
+    assert await pending_entries(client) == 0
 
 
 @pytest.mark.parametrize(
@@ -180,25 +202,26 @@ def test_money_is_an_exact_plain_decimal_string(pico: int | None, text: str) -> 
 async def test_a_row_the_database_refuses_does_not_hold_back_the_others(client: Any, ledger_db: LedgerDB) -> None:
     huge = str(Decimal(2**70) / PICO)  # more pico-dollars than a BIGINT holds
     for request_id, cost in (("ok-1", "0.1"), ("huge", huge), ("ok-2", "0.2")):
-        await client.xadd(LEDGER, {"record": json.dumps({"request_id": request_id, "tenant": "t", "cost_usd": cost})})
+        record = {"request_id": request_id, "tenant": "t", "cost_usd": cost}
+        await client.xadd(ledger_key(5), {"record": json.dumps(record)})
     await LedgerSink(RedisSource(client, "s", group=GROUP), ledger_db).drain()
     assert sorted(r.get("request_id") for r in await ledger_db.rows()) == ["ok-1", "ok-2"]
-    assert (await client.xpending(LEDGER, GROUP))["pending"] == 0
+    assert await pending_entries(client) == 0
 
 
 async def test_operator_stats_and_budgets_equal_the_money_store(
-    redis_url: str, client: Any, ledger_db: LedgerDB
+    any_redis_url: str, client: Any, ledger_db: LedgerDB
 ) -> None:
     """The Stats and Budgets answers (services.router.operations, what the gRPC and REST APIs return) over a mixed
     run copied by the sink: each tenant's cost equals its spend in the money store and the sum of its ledger
     entries to the pico-dollar; a time window splits the run without losing or repeating a pico-dollar."""
     rng = random.Random(11)
-    store = RedisStore(redis_url)
+    store = RedisStore(any_redis_url)
     try:
         await charge_some(store, 0, 90, rng)
         await LedgerSink(source(client, "sink-ops"), ledger_db).drain()  # type: ignore[arg-type]
         operations = Operations(store, Allowance("total", tenant_pico=to_pico(Decimal(500))), ledger_db)
-        entries = [json.loads(f[b"record"]) for _, f in await client.xrange(LEDGER)]
+        entries = await ledger_records(client)
         middle = sorted(e["ts"] for e in entries)[45]
         for account in TENANTS:
             mine = [e for e in entries if e["tenant"] == account.tenant]
@@ -243,7 +266,7 @@ async def test_a_cancelled_sink_stops_even_when_its_source_swallows_the_cancella
 
 
 async def test_a_postgresql_that_dropped_the_connection_is_reconnected(
-    redis_url: str, client: Any, postgres_dsn: str
+    any_redis_url: str, client: Any, postgres_dsn: str
 ) -> None:
     """The server ends the sink's session (what a restart or a failover does): the batch that met it stays
     pending in Redis, and the next attempt reconnects and lands it; before, the sink and Stats failed with
@@ -253,7 +276,7 @@ async def test_a_postgresql_that_dropped_the_connection_is_reconnected(
     from tests.conftest import POSTGRES_URL
 
     db = LedgerDB(dsn=postgres_dsn)
-    store = RedisStore(redis_url)
+    store = RedisStore(any_redis_url)
     try:
         db._conn.execute("DELETE FROM requests")
         db._conn.commit()
@@ -266,7 +289,7 @@ async def test_a_postgresql_that_dropped_the_connection_is_reconnected(
             admin.execute("SELECT pg_terminate_backend(%s)", (db._conn.info.backend_pid,))
         with pytest.raises(LedgerUnavailable):
             await sink.step()
-        assert (await client.xpending(LEDGER, GROUP))["pending"] == 10  # nothing acknowledged, nothing lost
+        assert await pending_entries(client) == 10  # nothing acknowledged, nothing lost
         await sink.drain()
         assert sorted(r.get("request_id") for r in await db.rows()) == sorted(f"req-{i}" for i in range(20))
 

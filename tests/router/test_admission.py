@@ -20,7 +20,7 @@ from services.router import admission, policy, routing
 from services.router.costs import worst_pico
 from services.router.routed import Routed
 from services.router.settings import RouterSettings
-from services.router.store import Account, MemoryStore, RedisStore, pending_key
+from services.router.store import Account, AccountKeys, MemoryStore, RedisStore
 
 REGISTRY = Registry.model_validate(
     {
@@ -89,7 +89,7 @@ async def test_a_budgets_remainder_caps_the_chosen_model_and_drops_a_fallback_it
     gate, r = await routed(request())
     remainder = 200_000_000  # $0.0002: about 130 tokens of cheap, under 16 of strong
     assert isinstance(gate.store, MemoryStore)
-    gate.store.limits[ACCOUNT.limit_keys()[0]] = remainder
+    await gate.store.set_limit("tenant", ACCOUNT.tenant, remainder)
     await gate.admit(r)
     assert [o.model.name for o in r.plan.order] == ["cheap"]
     assert r.hold is not None and r.hold.pico <= remainder
@@ -149,12 +149,13 @@ async def test_a_caller_leaving_during_admission_leaves_no_hold_and_no_pending_c
         with pytest.raises(asyncio.CancelledError):
             await admitting
         await busy
-        pending, holds = pending_key(SETTINGS.instance_id), ACCOUNT.hold_keys()
+        keys = AccountKeys.of(ACCOUNT)
+        pending, holds = keys.pending, keys.held()
         for _ in range(100):
             if not await other.hlen(pending) and not any([await other.zcard(key) for key in holds]):
                 break
             await asyncio.sleep(0.05)
-        assert await other.exists(ACCOUNT.request_keys(r.request_id)[0])  # the admission did run
+        assert await other.exists(keys.used(r.request_id))  # the admission did run
         assert await other.hlen(pending) == 0
         assert [await other.zcard(key) for key in holds] == [0, 0]
     finally:
@@ -181,8 +182,9 @@ async def test_a_caller_leaving_while_the_hold_grows_leaves_no_hold_behind(redis
             await growing
         await busy
         await store.release(r.account, r.hold)  # as the request settles once its caller has left
-        assert [await other.zcard(key) for key in ACCOUNT.hold_keys()] == [0, 0]
-        assert await other.hlen(pending_key(SETTINGS.instance_id)) == 0
+        keys = AccountKeys.of(ACCOUNT)
+        assert [await other.zcard(key) for key in keys.held()] == [0, 0]
+        assert not [v for v in await other.hvals(keys.pending) if SETTINGS.instance_id in v.decode()]
     finally:
         await other.aclose()
         await store.close()

@@ -17,6 +17,7 @@ import pytest
 import redis as sync_redis
 import redis.asyncio as redis
 
+from llmrouter.redis_connect import connect
 from llmrouter.settings import load_settings
 from services.router import ledger
 from services.router.cache import RedisCache
@@ -25,19 +26,20 @@ from services.router.outbox import Outbox, OutboxCharge
 from services.router.settings import RouterSettings
 from services.router.store import (
     HOLD_S,
-    LEDGER,
     Account,
+    AccountKeys,
     Allowance,
     Hold,
     Pending,
     RedisStore,
     StoreUnavailable,
-    pending_key,
+    ledger_key,
     period_id,
 )
+from services.router.store.keys import shard_of
 from services.router.upkeep import Upkeep
-from tests.conftest import ROOT
-from tests.redis_servers import RedisServer, cache_redis, money_redis
+from tests.conftest import ROOT, ledger_records
+from tests.redis_servers import RedisCluster, RedisServer, cache_redis, money_redis
 
 DAY = period_id("day")
 
@@ -47,6 +49,14 @@ def money(tmp_path: Path) -> Iterator[RedisServer]:
     server = money_redis(tmp_path / "money").start()
     yield server
     server.stop()
+
+
+@pytest.fixture(params=["server", "cluster"])
+def money_url(request: pytest.FixtureRequest) -> str:
+    """The money store as one server, then as a 3-master Redis Cluster."""
+    if request.param == "server":
+        return request.getfixturevalue("money").url
+    return request.getfixturevalue("cluster_url")
 
 
 @pytest.fixture
@@ -86,6 +96,19 @@ async def test_the_router_refuses_a_money_store_that_may_evict(tmp_path: Path) -
         evicting.stop()
 
 
+async def test_every_master_of_a_cluster_must_never_evict(redis_cluster: RedisCluster, cluster_url: str) -> None:
+    await check_money_redis(cluster_url, allow_eviction=False)  # all three masters: noeviction
+    last = redis_cluster.nodes[-1]
+    client = redis.Redis(port=last.port)
+    await client.config_set("maxmemory-policy", "allkeys-lru")
+    try:
+        with pytest.raises(SystemExit, match=rf"'allkeys-lru' on master 127.0.0.1:{last.port}"):
+            await check_money_redis(cluster_url, allow_eviction=False)
+    finally:
+        await client.config_set("maxmemory-policy", "noeviction")
+        await client.aclose()
+
+
 async def test_an_unreachable_money_store_refuses_admission(money: RedisServer) -> None:
     store = RedisStore(money.url)
     money.stop()
@@ -117,54 +140,61 @@ async def test_a_charge_kept_in_the_outbox_lands_once_when_the_store_is_back(
         # A second copy (say, replayed by another router sharing the data dir) is not charged again, even once
         # the charged marker has expired: its pending charge is settled.
         client = redis.from_url(money.url)
-        await client.delete(account.request_keys(hold.request_id)[1])
+        await client.delete(AccountKeys.of(account).charged(hold.request_id))
         await client.aclose()
         await outbox.add(OutboxCharge(account, hold, 1_234, {"request_id": hold.request_id, "outcome": "ok"}))
         assert await outbox.replay(store) == 1
         assert await store.spent(account, DAY) == (1_234, 1_234)
         client = redis.from_url(money.url)
         try:
-            assert len(await client.xrange(LEDGER)) == 1
-            assert await client.zcard(account.hold_keys()[0]) == 0  # the hold is released
-            assert await client.hlen(pending_key("router-1")) == 0  # the pending charge settled
+            assert len(await ledger_records(client)) == 1
+            assert await client.zcard(AccountKeys.of(account).held()[0]) == 0  # the hold is released
+            assert await client.hlen(AccountKeys.of(account).pending) == 0  # the pending charge settled
         finally:
             await client.aclose()
     finally:
         await store.close()
 
 
-async def test_the_reconciler_settles_a_dead_routers_pending_charges_at_their_hold(money: RedisServer) -> None:
-    account = Account("t", "k")
-    store = RedisStore(money.url)
+async def test_the_reconciler_settles_a_dead_routers_pending_charges_at_their_hold(money_url: str) -> None:
+    account, elsewhere = Account("t", "k"), Account("t2", "k2")
+    assert shard_of(account.tenant) != shard_of(elsewhere.tenant)  # the reconciler reads every shard
+    store = RedisStore(money_url)
     try:
         await store.heartbeat("dead", 0.2)
         await store.heartbeat("alive", 30)
-        for router, request_id in (("dead", "r-dead"), ("alive", "r-alive")):
-            assert (await store.admit(account, Allowance("day"), Hold(request_id, 7_000, DAY, router))).refused == ""
+        for who, router, request_id in (
+            (account, "dead", "r-dead"),
+            (elsewhere, "dead", "r-dead-2"),
+            (account, "alive", "r-alive"),
+        ):
+            assert (await store.admit(who, Allowance("day"), Hold(request_id, 7_000, DAY, router))).refused == ""
         time.sleep(0.3)  # the dead router's heartbeat expires
         assert await store.reconcile("alive", 0.5, 3600) == 0  # seen missing once: it gets time to come back
         time.sleep(0.6)
-        assert await store.reconcile("alive", 0.5, 3600) == 1
+        assert await store.reconcile("alive", 0.5, 3600) == 2
         assert await store.spent(account, DAY) == (7_000, 7_000)  # only the dead router's, at its hold
-        assert await store.reconcile("alive", 0.5, 3600) == 0  # settled once
+        assert await store.spent(elsewhere, DAY) == (7_000, 7_000)
         assert await store.reconcile("other", 0.5, 3600) == 0  # one reconciler at a time: "alive" holds the lease
-        client = redis.from_url(money.url)
+        time.sleep(0.6)
+        assert await store.reconcile("alive", 0.5, 3600) == 0  # settled once
+        client = connect(money_url)
         try:
-            (entry,) = await client.xrange(LEDGER)
-            record = json.loads(entry[1][b"record"])
-            assert record["outcome"] == "reconciled" and record["request_id"] == "r-dead"
-            assert record["cost_usd"] == "0.000000007"  # the hold, 7,000 pico-dollars
-            assert await client.zrange(account.hold_keys()[0], 0, -1) == [b"7000:r-alive"]
+            records = sorted(await ledger_records(client), key=lambda r: r["request_id"])
+            assert [r["request_id"] for r in records] == ["r-dead", "r-dead-2"]
+            assert {r["outcome"] for r in records} == {"reconciled"}
+            assert records[0]["cost_usd"] == "0.000000007"  # the hold, 7,000 pico-dollars
+            assert await client.zrange(AccountKeys.of(account).held()[0], 0, -1) == [b"7000:r-alive"]
         finally:
             await client.aclose()
     finally:
         await store.close()
 
 
-async def test_a_live_routers_charge_left_pending_too_long_is_settled_at_its_hold(money: RedisServer) -> None:
+async def test_a_live_routers_charge_left_pending_too_long_is_settled_at_its_hold(money_url: str) -> None:
     account = Account("t", "k")
-    store = RedisStore(money.url)
-    client = redis.from_url(money.url)
+    store = RedisStore(money_url)
+    client = connect(money_url)
     try:
         await store.heartbeat("alive", 30)
         for request_id in ("r-lost", "r-running"):
@@ -172,13 +202,14 @@ async def test_a_live_routers_charge_left_pending_too_long_is_settled_at_its_hol
             assert (await store.admit(account, Allowance("day"), hold)).refused == ""
         # The charge of r-lost reached neither the store nor the outbox: its pending charge is two hours old.
         field = Pending.of(account, Hold("r-lost", 5_000, DAY, "alive")).field
-        lost = json.loads(await client.hget(pending_key("alive"), field))
-        await client.hset(pending_key("alive"), field, json.dumps({**lost, "ts": time.time() - 7200}))
+        pending = AccountKeys.of(account).pending
+        lost = json.loads(await client.hget(pending, field))
+        await client.hset(pending, field, json.dumps({**lost, "ts": time.time() - 7200}))
         assert await store.reconcile("alive", 0.5, 3600) == 1  # r-running is recent: left alone
         assert await store.spent(account, DAY) == (5_000, 5_000)
-        (entry,) = await client.xrange(LEDGER)
-        assert json.loads(entry[1][b"record"])["request_id"] == "r-lost"
-        assert await client.hlen(pending_key("alive")) == 1
+        (record,) = await ledger_records(client)
+        assert record["request_id"] == "r-lost"
+        assert await client.hlen(pending) == 1
     finally:
         await client.aclose()
         await store.close()
@@ -189,14 +220,13 @@ async def test_ledger_trim_exports_before_it_deletes(money: RedisServer, tmp_pat
     old_ms = int((time.time() - 100 * 86400) * 1000)
     try:
         for i in range(3):
-            await client.xadd(LEDGER, {"record": json.dumps({"n": i})}, id=f"{old_ms + i}-0")
-        await client.xadd(LEDGER, {"record": json.dumps({"n": "recent"})})
+            await client.xadd(ledger_key(i), {"record": json.dumps({"n": i})}, id=f"{old_ms + i}-0")
+        await client.xadd(ledger_key(0), {"record": json.dumps({"n": "recent"})})
         out = tmp_path / "ledger.jsonl"
         assert await ledger.trim(client, out, retention_days=90) == 3
         lines = [json.loads(line) for line in out.read_text().splitlines()]
-        assert [line["record"]["n"] for line in lines] == [0, 1, 2]
-        remaining = await client.xrange(LEDGER)
-        assert [json.loads(e[1][b"record"])["n"] for e in remaining] == ["recent"]
+        assert [(line["shard"], line["record"]["n"]) for line in lines] == [(0, 0), (1, 1), (2, 2)]
+        assert [r["n"] for r in await ledger_records(client)] == ["recent"]
     finally:
         await client.aclose()
 
@@ -205,15 +235,15 @@ async def test_the_ledger_command_exports_then_trims(money: RedisServer, tmp_pat
     client = redis.from_url(money.url)
     old_ms = int((time.time() - 10 * 86400) * 1000)
     try:
-        await client.xadd(LEDGER, {"record": json.dumps({"n": "old"})}, id=f"{old_ms}-0")
-        await client.xadd(LEDGER, {"record": json.dumps({"n": "new"})})
+        await client.xadd(ledger_key(3), {"record": json.dumps({"n": "old"})}, id=f"{old_ms}-0")
+        await client.xadd(ledger_key(3), {"record": json.dumps({"n": "new"})})
         out = tmp_path / "archive.jsonl"
         env = {**os.environ, "ROUTER_REDIS_URL": money.url, "ROUTER_LEDGER_RETENTION_DAYS": "7"}
         command = [sys.executable, "-m", "services.router.ledger", "trim", "--out", str(out)]
         done = await asyncio.to_thread(subprocess.run, command, cwd=ROOT, env=env, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
         assert [json.loads(line)["record"]["n"] for line in out.read_text().splitlines()] == ["old"]
-        assert [json.loads(e[1][b"record"])["n"] for e in await client.xrange(LEDGER)] == ["new"]
+        assert [r["n"] for r in await ledger_records(client)] == ["new"]
     finally:
         await client.aclose()
 
@@ -347,9 +377,9 @@ async def test_a_full_money_store_admits_nothing_and_still_settles_what_it_admit
         assert await store.held_pico(served) == (0, 0) and await store.held_pico(idle) == (0, 0)
         client = redis.from_url(small.url)
         try:
-            assert await client.hlen(pending_key("router-1")) == 0
-            assert not await client.exists(Account("t", "new").request_keys("r-new")[0])  # refused: nothing kept
-            assert len(await client.xrange(LEDGER)) == 1
+            assert sum([await client.hlen(AccountKeys.of(a).pending) for a in (served, idle)]) == 0
+            assert not await client.exists(AccountKeys.of(Account("t", "new")).used("r-new"))  # refused: nothing kept
+            assert len(await ledger_records(client)) == 1
         finally:
             await client.aclose()
         assert small.info("stats")["evicted_keys"] == 0

@@ -1,19 +1,20 @@
 """Budgets, the exactly-once charge, holds and rate limits: the same behaviour from the Redis store (a real
-redis-server) and the in-process store that stands in when no Redis is configured."""
+redis-server, and a real 3-master Redis Cluster) and the in-process store that stands in when no Redis is
+configured."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import pytest
-import redis.asyncio as redis
 
+from llmrouter.redis_connect import connect
 from services.router.store import (
-    LEDGER,
+    SHARDS,
     Account,
+    AccountKeys,
     Allowance,
     Hold,
     MemoryStore,
@@ -23,13 +24,20 @@ from services.router.store import (
     period_id,
     to_pico,
 )
+from services.router.store.keys import TAGS, limit_field, limits_key, shard_of
+from tests.conftest import ledger_records
 
 ACCOUNT = Account("acme", "key1")
 
 
-@pytest.fixture(params=["redis", "memory"])
-async def store(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[Store]:
-    made: Store = RedisStore(redis_url) if request.param == "redis" else MemoryStore()
+@pytest.fixture(params=["redis", "cluster", "memory"])
+def store_url(request: pytest.FixtureRequest) -> str | None:
+    return None if request.param == "memory" else request.getfixturevalue("any_redis_url_" + request.param)
+
+
+@pytest.fixture
+async def store(store_url: str | None) -> AsyncIterator[Store]:
+    made: Store = RedisStore(store_url) if store_url else MemoryStore()
     yield made
     await made.close()
 
@@ -151,22 +159,52 @@ async def test_rate_limit_counts_per_tenant_and_key(store: Store) -> None:
     assert await refused(store, Account("other", "key1"), three, hold("o1")) == ""
 
 
-async def test_redis_ledger_and_operator_limit_override(redis_url: str) -> None:
-    store = RedisStore(redis_url)
-    client = redis.from_url(redis_url)
+async def test_redis_ledger_and_operator_limit_override(any_redis_url: str) -> None:
+    store = RedisStore(any_redis_url)
+    client = connect(any_redis_url)
+    keys = AccountKeys.of(ACCOUNT)
     try:
         await store.charge(ACCOUNT, hold("r1"), 10, {"model": "m", "cost_usd": "0.00000000001"})
-        entries = await client.xrange(LEDGER)
-        assert [json.loads(e[1][b"record"])["model"] for e in entries] == ["m"]
+        assert [r["model"] for r in await ledger_records(client)] == ["m"]
         # An operator's per-tenant limit in Redis overrides the default limit.
-        await client.set(ACCOUNT.limit_keys()[0], 5)
+        await store.set_limit("tenant", ACCOUNT.tenant, 5)
+        assert await client.hget(keys.limits, limit_field("tenant", ACCOUNT.tenant)) == b"5"
         assert await refused(store, ACCOUNT, Allowance("day", tenant_pico=1_000_000), hold("r2", 6)) == "tenant"
         # A hold left by a router that died expires by itself.
-        held = ACCOUNT.hold_keys()[0]
-        await client.delete(ACCOUNT.limit_keys()[0])
+        held = keys.held()[0]
+        await store.set_limit("tenant", ACCOUNT.tenant, None)
         await client.zadd(held, {"999:dead": 1})  # expired long ago
         assert await refused(store, ACCOUNT, Allowance("day", tenant_pico=1_000), hold("r3", 990)) == ""
         assert await client.zscore(held, "999:dead") is None
     finally:
         await client.aclose()
         await store.close()
+
+
+async def test_a_key_limit_holds_whichever_shard_its_tenant_is_in(store: Store) -> None:
+    """A key's limit is set without its tenant: admission finds it beside the spend of any tenant."""
+    tenants = [f"tenant-{i}" for i in range(40)]
+    assert len({shard_of(t) for t in tenants}) > SHARDS // 2  # spread over many shards
+    await store.set_limit("key", "shared-key", 50)
+    await store.set_limit("tenant", "tenant-0", 7)
+    assert await store.limit_overrides() == {("key", "shared-key"): 50, ("tenant", "tenant-0"): 7}
+    for tenant in tenants[1:]:
+        account = Account(tenant, "shared-key")
+        assert await store.admit(account, Allowance("day"), hold(f"{tenant}-a", 51)) == Verdict("key", 50)
+    await store.charge(Account("tenant-5", "shared-key"), hold("spent"), 30, {})
+    assert await store.spent(Account("", "shared-key"), DAY) == (0, 30)  # the key's spend, its tenant unknown
+    await store.set_limit("key", "shared-key", None)
+    assert await store.limit_overrides() == {("tenant", "tenant-0"): 7}
+
+
+async def test_tenant_names_cannot_collide_or_escape_their_slot(store: Store) -> None:
+    """Names with ':' and braces are encoded: 'a:b'+'c' is not 'a'+'b:c', and '{x}' picks no slot of its own."""
+    confusable = [Account("a:b", "c"), Account("a", "b:c"), Account("{m0.61}", "k"), Account("}{", "{")]
+    for i, account in enumerate(confusable):
+        await store.charge(account, hold("same-id"), 10 + i, {})
+    for i, account in enumerate(confusable):
+        assert await store.spent(account, DAY) == (10 + i, 10 + i)
+        keys = AccountKeys.of(account)
+        for name in [*keys.spend(DAY), *keys.held(), keys.used("r{1}"), keys.rate(0), keys.ledger, keys.pending]:
+            assert name.startswith(TAGS[keys.shard] + ":")  # the shard's tag is the key's only hash tag
+        assert keys.limits == limits_key(keys.shard)

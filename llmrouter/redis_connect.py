@@ -1,0 +1,72 @@
+"""One way to open a Redis client from a URL, for every service: `redis://` (or `rediss://`) is one server,
+`redis+cluster://host:port[,host:port...]` (or `rediss+cluster://`) a Redis Cluster reached through any of the
+nodes listed (the rest are discovered). Callers use the same commands on either; multi-key scripts must keep
+their keys in one hash slot (services/router/store/keys.py does)."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import redis.asyncio as redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+CLUSTER_SCHEMES = {"redis+cluster": False, "rediss+cluster": True}  # scheme -> TLS
+
+
+class Cluster(RedisCluster):
+    """Learns the cluster's layout before its first command: redis-py 8.1 lets commands issued while the first
+    discovery runs pick a startup connection that discovery closes (AttributeError under a burst)."""
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        if self._initialize:
+            await self.initialize()
+        return await super().execute_command(*args, **kwargs)
+
+
+def is_cluster(url: str) -> bool:
+    return url.split("://", 1)[0] in CLUSTER_SCHEMES
+
+
+def is_cluster_client(client: Any) -> bool:
+    return isinstance(client, RedisCluster)
+
+
+def connect(url: str, *, max_connections: int = 64, pool_timeout: float | None = None, **options: Any) -> Any:
+    """A redis.asyncio client (Redis or RedisCluster). `max_connections` caps the pool (per node on a cluster,
+    where a command finding every connection busy fails: callers that must not fail bound their own
+    concurrency); with `pool_timeout`, a single server's pool makes callers wait that long for a free
+    connection instead."""
+    if not is_cluster(url):
+        if pool_timeout is None:
+            return redis.Redis.from_url(url, max_connections=max_connections, **options)
+        pool = redis.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=pool_timeout, **options
+        )
+        return redis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
+    parts = urlsplit(url)
+    credentials, _, addresses = parts.netloc.rpartition("@")
+    nodes = []
+    for address in addresses.split(","):
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"a Redis Cluster URL lists host:port pairs, not {address!r}")
+        nodes.append(ClusterNode(host.strip("[]"), int(port)))
+    username, _, password = credentials.partition(":")
+    return Cluster(
+        startup_nodes=nodes,
+        username=unquote(username) or None,
+        password=unquote(password) or None,
+        ssl=CLUSTER_SCHEMES[parts.scheme],
+        max_connections=max_connections,
+        **options,
+    )
+
+
+async def each_primary(client: Any, *command: str) -> dict[str, Any]:
+    """A command's answer from every primary (one entry, 'server', for a single server), by node address: for
+    checks that must hold on every shard, such as the eviction policy."""
+    if not is_cluster_client(client):
+        return {"server": await client.execute_command(*command)}
+    await client.initialize()
+    return {node.name: await client.execute_command(*command, target_nodes=node) for node in client.get_primaries()}

@@ -1,0 +1,58 @@
+"""The router's money: request ids, rate limits, budgets, holds, pending charges and the charge ledger.
+
+Redis in production (admission and charge are one Lua call each on one hash slot, atomic across replicas, on
+one server or a Redis Cluster); an in-process store with the same behaviour when no Redis URL is set, so the
+stack runs with nothing else installed. The response cache lives elsewhere (services/router/cache.py):
+nothing here may be evicted."""
+
+from services.router.store.keys import SHARDS, AccountKeys, ledger_key, pending_key
+from services.router.store.memory import MemoryStore
+from services.router.store.model import (
+    HOLD_S,
+    PICO,
+    REQUEST_ID_TTL_S,
+    Account,
+    Allowance,
+    Hold,
+    Pending,
+    Store,
+    StoreUnavailable,
+    Verdict,
+    key_id,
+    pending_field,
+    period_id,
+    reconciled_record,
+    spend_ttl_s,
+    to_pico,
+)
+from services.router.store.redis_store import RedisStore
+
+__all__ = [
+    "HOLD_S",
+    "PICO",
+    "REQUEST_ID_TTL_S",
+    "SHARDS",
+    "Account",
+    "AccountKeys",
+    "Allowance",
+    "Hold",
+    "MemoryStore",
+    "Pending",
+    "RedisStore",
+    "Store",
+    "StoreUnavailable",
+    "Verdict",
+    "key_id",
+    "ledger_key",
+    "open_store",
+    "pending_field",
+    "pending_key",
+    "period_id",
+    "reconciled_record",
+    "spend_ttl_s",
+    "to_pico",
+]
+
+
+def open_store(redis_url: str | None, request_id_ttl_s: int = REQUEST_ID_TTL_S) -> Store:
+    return RedisStore(redis_url, request_id_ttl_s) if redis_url else MemoryStore()

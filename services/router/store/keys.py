@@ -1,0 +1,132 @@
+"""Where the money lives in Redis, laid out for Redis Cluster: every key a script touches shares one hash slot.
+
+A tenant's keys (spend, holds, request ids, rate counters) carry the hash tag of the tenant's shard, one of
+SHARDS, together with that shard's ledger stream, pending charges and limit overrides. So admission (limits,
+hold, pending charge) and the charge (settle, spend, ledger append) are each one script on one slot, and the
+global parts are sharded: SHARDS ledger streams that the SQL sink reads, SHARDS pending hashes the reconciler
+reads; nothing grows with the number of tenants. Each shard's tag is chosen to hash into its own 1/SHARDS of
+the slot range, so a cluster whose masters own equal slot ranges carries equal shares of the shards.
+
+Names are unambiguous for any tenant, key or router text: those are hex-encoded (no ':' or braces to escape
+their slot or collide); a request id, which may hold anything, always ends its key. SHARDS and the tags are
+part of the data format: changing them moves every tenant's counters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from dataclasses import dataclass
+from typing import Protocol
+
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+
+SHARDS = 16
+GLOBAL = "{llmrouter}"  # one slot, knowingly: the reconciler's lease and the routers' heartbeats (rare)
+LEASE = f"{GLOBAL}:reconciler:lease"
+
+
+class _Named(Protocol):
+    @property
+    def tenant(self) -> str: ...
+
+    @property
+    def key(self) -> str: ...
+
+
+def _tag(shard: int) -> str:
+    for n in itertools.count():
+        tag = f"m{shard}.{n}"
+        if key_slot(tag.encode()) * SHARDS // REDIS_CLUSTER_HASH_SLOTS == shard:
+            return "{" + tag + "}"
+    raise AssertionError("unreachable")
+
+
+TAGS = tuple(_tag(shard) for shard in range(SHARDS))
+
+
+def shard_of(tenant: str) -> int:
+    return int.from_bytes(hashlib.sha256(tenant.encode()).digest()[:8], "big") % SHARDS
+
+
+def ledger_key(shard: int) -> str:
+    """The shard's charge ledger, a stream: one entry per charge of its tenants."""
+    return f"{TAGS[shard]}:ledger"
+
+
+def pending_key(shard: int) -> str:
+    """The shard's pending charges, a hash: field pending_field(...), value the Pending record as JSON."""
+    return f"{TAGS[shard]}:pending"
+
+
+def limits_key(shard: int) -> str:
+    """Operators' limit overrides, a hash from limit_field(scope, name) to pico-USD: a tenant's in its shard,
+    a key's in every shard (its tenant, which picks the shard, is not known where the limit is set)."""
+    return f"{TAGS[shard]}:limits"
+
+
+def limit_field(scope: str, name: str) -> str:
+    return f"{scope}:{name}"  # the scope has no ':': the first one ends it
+
+
+def alive_key(router: str) -> str:
+    return f"{GLOBAL}:alive:{router.encode().hex()}"
+
+
+@dataclass(frozen=True)
+class AccountKeys:
+    """The names of one account's keys (a tenant and, within it, an API key id), all in the tenant's shard."""
+
+    shard: int
+    tenant_hex: str
+    key_hex: str
+
+    @classmethod
+    def of(cls, account: _Named) -> AccountKeys:
+        return cls(shard_of(account.tenant), account.tenant.encode().hex(), account.key.encode().hex())
+
+    @property
+    def _tenant(self) -> str:
+        return f"{TAGS[self.shard]}:t:{self.tenant_hex}"
+
+    @property
+    def _key(self) -> str:
+        return f"{TAGS[self.shard]}:k:{self.key_hex}"
+
+    def spend(self, period: str) -> tuple[str, str]:
+        """The tenant's and the key's spend in a period (an id from period_id)."""
+        return f"{self._tenant}:spend:{period}", f"{self._key}:spend:{period}"
+
+    def held(self) -> tuple[str, str]:
+        """Sorted sets of '<pico>:<request id>' members, scored by expiry."""
+        return f"{self._tenant}:held", f"{self._key}:held"
+
+    def used(self, request_id: str) -> str:
+        """Set at admission: a request id is admitted once per tenant."""
+        return f"{self._tenant}:used:{request_id}"
+
+    def charged(self, request_id: str) -> str:
+        """Set by the charge: a request id is charged once per tenant."""
+        return f"{self._tenant}:charged:{request_id}"
+
+    def rate(self, now: float) -> str:
+        """Requests of this tenant's API key in the minute of `now`."""
+        return f"{self._tenant}:rate:{self.key_hex}:{int(now // 60)}"
+
+    @property
+    def ledger(self) -> str:
+        return ledger_key(self.shard)
+
+    @property
+    def pending(self) -> str:
+        return pending_key(self.shard)
+
+    @property
+    def limits(self) -> str:
+        return limits_key(self.shard)
+
+
+def key_everywhere(key: str) -> list[AccountKeys]:
+    """An API key's keys in every shard: where its spend and holds are summed when its tenant is not known
+    (an operator's view of one key; a key serves one tenant, so one shard has them)."""
+    return [AccountKeys(shard, "", key.encode().hex()) for shard in range(SHARDS)]

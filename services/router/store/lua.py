@@ -1,0 +1,143 @@
+"""The money store's Redis scripts. Each touches the keys of one account's shard only (one hash slot), so it
+runs atomically on one server or on the one Redis Cluster master that owns the slot."""
+
+# Amounts are pico-dollar integers up to 2^63, beyond a Lua number's exact 2^53: the scripts that add them
+# keep them as (high, low) pairs of base 10^9 digits, each exact as a Lua number.
+_EXACT = """
+local B = 1000000000
+local function split(s)
+  local n = #s
+  if n <= 9 then return 0, tonumber(s) end
+  return tonumber(string.sub(s, 1, n - 9)), tonumber(string.sub(s, n - 8))
+end
+local function add(a_hi, a_lo, b_hi, b_lo)
+  local lo = a_lo + b_lo
+  return a_hi + b_hi + math.floor(lo / B), lo % B
+end
+local function less(a_hi, a_lo, b_hi, b_lo)
+  return a_hi < b_hi or (a_hi == b_hi and a_lo < b_lo)
+end
+"""
+
+# Scripts that take new memory (admission, a hold grown) are refused whole when the store is full (OOM under
+# noeviction: a flagged script is checked before it runs, never half-way); a charge or release of what was
+# already admitted must land even then (allow-oom): what was served is always paid for. Redis 7 or newer.
+_MAY_GROW = "#!lua\n"
+_MUST_LAND = "#!lua flags=allow-oom\n"
+
+ADMIT = (
+    _MAY_GROW
+    + _EXACT
+    + """
+-- KEYS: rate, used id, tenant spend, tenant holds, key spend, key holds, limit overrides, pending charges
+-- ARGV: per minute, tenant default limit, key default limit ('' = none), now, hold member, hold expiry, id ttl,
+--       hold pico, pending field, pending record, tenant limit field, key limit field
+if redis.call('EXISTS', KEYS[2]) == 1 then return {'duplicate', '0'} end
+local per_minute = tonumber(ARGV[1])
+if per_minute > 0 and tonumber(redis.call('GET', KEYS[1]) or '0') >= per_minute then return {'rate', '0'} end
+local budgets = {{KEYS[3], KEYS[4], ARGV[2], ARGV[11], 'tenant'}, {KEYS[5], KEYS[6], ARGV[3], ARGV[12], 'key'}}
+local tightest, r_hi, r_lo = '', nil, nil
+for _, b in ipairs(budgets) do
+  redis.call('ZREMRANGEBYSCORE', b[2], '-inf', ARGV[4])
+  local limit = redis.call('HGET', KEYS[7], b[4]) or b[3]
+  if limit ~= '' then
+    local u_hi, u_lo = split(redis.call('GET', b[1]) or '0')
+    for _, held in ipairs(redis.call('ZRANGE', b[2], 0, -1)) do
+      local h_hi, h_lo = split(string.match(held, '^(%d+):'))
+      u_hi, u_lo = add(u_hi, u_lo, h_hi, h_lo)
+    end
+    local l_hi, l_lo = split(limit)
+    local left_hi, left_lo = 0, 0  -- limit minus spend and holds, or nothing when they are over it
+    if not less(l_hi, l_lo, u_hi, u_lo) then
+      left_hi, left_lo = l_hi - u_hi, l_lo - u_lo
+      if left_lo < 0 then left_hi, left_lo = left_hi - 1, left_lo + B end
+    end
+    if r_hi == nil or less(left_hi, left_lo, r_hi, r_lo) then tightest, r_hi, r_lo = b[5], left_hi, left_lo end
+  end
+end
+if r_hi ~= nil then
+  local h_hi, h_lo = split(ARGV[8])
+  if less(r_hi, r_lo, h_hi, h_lo) then
+    return {tightest, r_hi > 0 and string.format('%d%09d', r_hi, r_lo) or string.format('%d', r_lo)}
+  end
+end
+if per_minute > 0 and redis.call('INCR', KEYS[1]) == 1 then redis.call('EXPIRE', KEYS[1], 61) end
+redis.call('SET', KEYS[2], '1', 'EX', ARGV[7])
+for _, b in ipairs(budgets) do
+  redis.call('ZADD', b[2], ARGV[6], ARGV[5])
+  redis.call('EXPIREAT', b[2], ARGV[6])
+end
+redis.call('HSET', KEYS[8], ARGV[9], ARGV[10])
+return {'', '0'}
+"""
+)
+
+CHARGE = (
+    _MUST_LAND
+    + """
+-- KEYS: charged marker, tenant spend, key spend, ledger, tenant holds, key holds, pending charges
+-- ARGV: pico, marker ttl, record, spend ttl, hold member, pending field, late ('1': only if still pending)
+redis.call('ZREM', KEYS[5], ARGV[5])
+redis.call('ZREM', KEYS[6], ARGV[5])
+if redis.call('HDEL', KEYS[7], ARGV[6]) == 0 and ARGV[7] == '1' then return 0 end
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2]) then return 0 end
+for i = 2, 3 do
+  redis.call('INCRBY', KEYS[i], ARGV[1])
+  if tonumber(ARGV[4]) > 0 then redis.call('EXPIRE', KEYS[i], ARGV[4]) end
+end
+redis.call('XADD', KEYS[4], '*', 'record', ARGV[3])
+return 1
+"""
+)
+
+EXTEND = (
+    _MAY_GROW
+    + _EXACT
+    + """
+-- KEYS: tenant spend, tenant holds, key spend, key holds, limit overrides, pending charges
+-- ARGV: tenant default limit, key default limit ('' = none), old member, new member, new pico, expiry,
+--       pending field, pending record, tenant limit field, key limit field
+local budgets = {{KEYS[1], KEYS[2], ARGV[1], ARGV[9], 'tenant'}, {KEYS[3], KEYS[4], ARGV[2], ARGV[10], 'key'}}
+for _, b in ipairs(budgets) do
+  local limit = redis.call('HGET', KEYS[5], b[4]) or b[3]
+  if limit ~= '' then
+    local u_hi, u_lo = split(redis.call('GET', b[1]) or '0')
+    local n_hi, n_lo = split(ARGV[5])
+    u_hi, u_lo = add(u_hi, u_lo, n_hi, n_lo)
+    for _, held in ipairs(redis.call('ZRANGE', b[2], 0, -1)) do
+      if held ~= ARGV[3] then
+        local h_hi, h_lo = split(string.match(held, '^(%d+):'))
+        u_hi, u_lo = add(u_hi, u_lo, h_hi, h_lo)
+      end
+    end
+    local l_hi, l_lo = split(limit)
+    if less(l_hi, l_lo, u_hi, u_lo) then return b[5] end
+  end
+end
+for _, b in ipairs(budgets) do
+  redis.call('ZREM', b[2], ARGV[3])
+  redis.call('ZADD', b[2], ARGV[6], ARGV[4])
+  redis.call('EXPIREAT', b[2], ARGV[6])
+end
+redis.call('HSET', KEYS[6], ARGV[7], ARGV[8])
+return ''
+"""
+)
+
+RELEASE = (
+    _MUST_LAND
+    + """
+-- KEYS: tenant holds, key holds, pending charges; ARGV: hold member, pending field
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[2])
+"""
+)
+
+# Taken (or renewed) by one router at a time; returns 1 when `router` holds it.
+LEASE = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""

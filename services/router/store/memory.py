@@ -1,0 +1,143 @@
+"""The in-process money store: RedisStore's semantics for one process, under the same key names."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+from services.router.store.keys import AccountKeys, key_everywhere, limit_field
+from services.router.store.model import HOLD_S, Account, Allowance, Hold, Pending, Verdict, pending_field
+
+
+class MemoryStore:
+    """Each method runs without awaiting, so it is atomic. Nothing outlives the process, so there is nothing to
+    reconcile."""
+
+    MAX_REQUEST_IDS = 1_000_000
+
+    def __init__(self) -> None:
+        self.counters: dict[str, int] = {}
+        self.limits: dict[str, int] = {}  # by limit_field(scope, name)
+        self.used: dict[str, None] = {}  # request ids, oldest first; an ordered set with a cap
+        self.charged: dict[str, None] = {}
+        self.held: dict[str, dict[str, tuple[float, int]]] = {}  # holds key -> member -> (expiry, pico)
+        self.pending: dict[str, Pending] = {}
+        self.ledger: list[dict] = []
+        self.ledger_appended = 0  # every record ever appended: the SQL sink's cursor counts against it
+        self.rate_window, self.rate_counts = 0, dict[str, int]()
+
+    def _budgets(self, account: Account, allowance: Allowance, period: str) -> list[tuple[str, str, int | None, str]]:
+        """(spend key, holds key, limit, name) of the tenant's and the key's budget."""
+        keys = AccountKeys.of(account)
+        limits = [
+            self.limits.get(limit_field(scope, name), default)
+            for scope, name, default in (
+                ("tenant", account.tenant, allowance.tenant_pico),
+                ("key", account.key, allowance.key_pico),
+            )
+        ]
+        return list(zip(keys.spend(period), keys.held(), limits, ("tenant", "key"), strict=True))
+
+    async def admit(self, account: Account, allowance: Allowance, hold: Hold) -> Verdict:
+        keys = AccountKeys.of(account)
+        if keys.used(hold.request_id) in self.used:
+            return Verdict("duplicate")
+        now = time.time()
+        window, subject = int(now // 60), keys.rate(now)
+        if window != self.rate_window:
+            self.rate_window, self.rate_counts = window, {}
+        if allowance.per_minute and self.rate_counts.get(subject, 0) >= allowance.per_minute:
+            return Verdict("rate")
+        tightest, remaining = "", None
+        for spend_key, held_key, limit, name in self._budgets(account, allowance, hold.period):
+            held = self.held.setdefault(held_key, {})
+            for member in [m for m, (expiry, _) in held.items() if expiry <= now]:
+                del held[member]
+            if limit is not None:
+                left = limit - self.counters.get(spend_key, 0) - sum(p for _, p in held.values())
+                if remaining is None or left < remaining:
+                    tightest, remaining = name, left
+        if remaining is not None and hold.pico > remaining:
+            return Verdict(tightest, max(remaining, 0))
+        if allowance.per_minute:
+            self.rate_counts[subject] = self.rate_counts.get(subject, 0) + 1
+        _remember(self.used, keys.used(hold.request_id), self.MAX_REQUEST_IDS)
+        for held_key in keys.held():
+            self.held[held_key][hold.member] = (now + HOLD_S, hold.pico)
+        pending = Pending.of(account, hold)
+        self.pending[pending.field] = pending
+        return Verdict("")
+
+    async def charge(self, account: Account, hold: Hold, pico: int, record: dict, late: bool = False) -> bool:
+        was_pending = pending_field(account, hold.request_id) in self.pending
+        await self.release(account, hold)
+        keys = AccountKeys.of(account)
+        if keys.charged(hold.request_id) in self.charged or (late and not was_pending):
+            return False
+        _remember(self.charged, keys.charged(hold.request_id), self.MAX_REQUEST_IDS)
+        for spend_key in keys.spend(hold.period):
+            self.counters[spend_key] = self.counters.get(spend_key, 0) + pico
+        self.ledger.append(record)
+        self.ledger_appended += 1
+        return True
+
+    async def extend(self, account: Account, allowance: Allowance, hold: Hold, pico: int) -> str:
+        for spend_key, held_key, limit, name in self._budgets(account, allowance, hold.period):
+            others = sum(p for m, (_, p) in self.held.get(held_key, {}).items() if m != hold.member)
+            if limit is not None and self.counters.get(spend_key, 0) + others + pico > limit:
+                return name
+        await self.release(account, hold)
+        grown = replace(hold, pico=pico)
+        for held_key in AccountKeys.of(account).held():
+            self.held.setdefault(held_key, {})[grown.member] = (time.time() + HOLD_S, pico)
+        pending = Pending.of(account, grown)
+        self.pending[pending.field] = pending
+        return ""
+
+    async def release(self, account: Account, hold: Hold) -> None:
+        for held_key in AccountKeys.of(account).held():
+            self.held.get(held_key, {}).pop(hold.member, None)
+        self.pending.pop(pending_field(account, hold.request_id), None)
+
+    async def spent(self, account: Account, period: str) -> tuple[int, int]:
+        keys = AccountKeys.of(account)
+        key_keys = [keys] if account.tenant else key_everywhere(account.key)
+        key = sum(self.counters.get(each.spend(period)[1], 0) for each in key_keys)
+        return self.counters.get(keys.spend(period)[0], 0), key
+
+    async def heartbeat(self, router: str, ttl_s: float) -> None:
+        return None
+
+    async def held_pico(self, account: Account) -> tuple[int, int]:
+        now = time.time()
+        keys = AccountKeys.of(account)
+        key_keys = [keys] if account.tenant else key_everywhere(account.key)
+
+        def live(held_key: str) -> int:
+            return sum(p for expiry, p in self.held.get(held_key, {}).values() if expiry > now)
+
+        return live(keys.held()[0]), sum(live(each.held()[1]) for each in key_keys)
+
+    async def limit_overrides(self) -> dict[tuple[str, str], int]:
+        return {(field.partition(":")[0], field.partition(":")[2]): pico for field, pico in self.limits.items()}
+
+    async def set_limit(self, scope: str, name: str, pico: int | None) -> None:
+        if pico is None:
+            self.limits.pop(limit_field(scope, name), None)
+        else:
+            self.limits[limit_field(scope, name)] = pico
+
+    async def reconcile(self, router: str, lease_s: float, stale_s: float) -> int:
+        return 0
+
+    async def ping(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        return None
+
+
+def _remember(seen: dict[str, None], key: str, cap: int) -> None:
+    seen[key] = None
+    if len(seen) > cap:
+        del seen[next(iter(seen))]  # the oldest: Redis would have expired it first too

@@ -1,0 +1,198 @@
+"""The router's money, what every store shares: accounts, holds, pending charges, allowances and verdicts, and
+the Store protocol (RedisStore in redis_store.py, MemoryStore in memory.py).
+
+Admission holds the request's worst-case cost against both budgets until it is charged or released, and lets
+a request in only when spend + holds + its own hold fits each limit, so concurrent requests never spend past
+a limit. It also records a pending charge (who pays, the hold, the budget period fixed for the request, the
+router serving it). The charge settles it exactly once; a router that dies leaves its pending charges to the
+reconciler, which charges them at their hold.
+Money is stored as integer pico-dollars (1e-12 USD): registry prices have at most 6 decimals per 1M tokens,
+so every cost is an exact integer there and sums never drift.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import ROUND_CEILING, Decimal
+from typing import Any, Protocol
+
+import grpc
+
+from llmrouter.errors import ServiceError
+
+PICO = Decimal(10) ** 12
+REQUEST_ID_TTL_S = 24 * 3600  # default: how long a request id stays used (and charged at most once)
+HOLD_S = 600  # a hold outlives any request; after that admission ignores it (the reconciler charges it)
+
+
+def to_pico(usd: Decimal) -> int:
+    return int((usd * PICO).to_integral_value(rounding=ROUND_CEILING))
+
+
+def key_id(api_key: str) -> str:
+    """Budgets and ledger refer to a key by a hash prefix: the key itself is never stored."""
+    return hashlib.sha256(api_key.encode()).hexdigest()[:16] if api_key else "anonymous"
+
+
+@dataclass(frozen=True)
+class Account:
+    """Who pays: a tenant and, within it, an API key (by its id)."""
+
+    tenant: str
+    key: str
+
+
+@dataclass(frozen=True)
+class Hold:
+    """A request's worst-case cost, held against its budgets while it runs, and the budget period (an id
+    such as 20261130) it is charged to, fixed at admission. `router` is the instance serving it."""
+
+    request_id: str
+    pico: int
+    period: str
+    router: str = ""
+
+    @property
+    def member(self) -> str:
+        return f"{self.pico}:{self.request_id}"
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A charge recorded at admission and not yet settled: enough to settle it at its hold after a crash.
+    `ts` is when it was recorded (or its hold last grown)."""
+
+    tenant: str
+    key: str
+    request_id: str
+    hold_pico: int
+    period: str
+    router: str
+    ts: float
+
+    @classmethod
+    def of(cls, account: Account, hold: Hold) -> Pending:
+        return cls(account.tenant, account.key, hold.request_id, hold.pico, hold.period, hold.router, time.time())
+
+    @property
+    def field(self) -> str:
+        return pending_field(Account(self.tenant, self.key), self.request_id)
+
+    def account_and_hold(self) -> tuple[Account, Hold]:
+        return Account(self.tenant, self.key), Hold(self.request_id, self.hold_pico, self.period, self.router)
+
+
+def pending_field(account: Account, request_id: str) -> str:
+    """Unambiguous for any tenant and request id (both may hold any character)."""
+    return json.dumps([account.tenant, request_id])
+
+
+def period_id(period: str, now: float | None = None) -> str:
+    day = datetime.fromtimestamp(now if now is not None else time.time(), UTC)
+    return {"day": day.strftime("%Y%m%d"), "month": day.strftime("%Y%m"), "total": "all"}[period]
+
+
+def spend_ttl_s(period: str) -> int:
+    """Spend counters outlive their period (a day id has 8 digits, a month 6, 'all' never ends); every charge
+    renews the TTL, so a counter is never dropped before its period is over."""
+    return {8: 2 * 86400, 6: 62 * 86400}.get(len(period), 0) if period != "all" else 0
+
+
+class StoreUnavailable(ServiceError):
+    """The money store cannot be reached: nothing is admitted without it (fail closed)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            grpc.StatusCode.UNAVAILABLE,
+            "STORE_UNAVAILABLE",
+            "the budget store is unreachable; no request is served until it is back",
+            {"retry_after_s": "1"},
+        )
+
+
+@dataclass(frozen=True)
+class Allowance:
+    """What an account may do: requests per minute (0: unlimited) and spend per period, in pico-USD (None:
+    unlimited). A limit stored for a tenant or key overrides these defaults."""
+
+    period: str
+    per_minute: int = 0
+    tenant_pico: int | None = None
+    key_pico: int | None = None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Admission's answer. `refused` is '' when the request may go on, else why not: 'duplicate' (the id was
+    used before), 'rate' (over the requests this minute), 'tenant' or 'key' (that budget cannot hold this
+    request on top of its spend and the holds of requests in flight). On a budget refusal, `remaining` is
+    what the tighter budget has left (pico-USD): a smaller hold up to it would have been admitted then."""
+
+    refused: str
+    remaining: int = 0
+
+
+class Store(Protocol):
+    async def admit(self, account: Account, allowance: Allowance, hold: Hold) -> Verdict:
+        """Let one request in when spend + holds + `hold` fits both budgets: its id is then used, it counts
+        against the rate limit, `hold` is held against both budgets and a pending charge is recorded. Nothing
+        changes when it is refused. StoreUnavailable when the store cannot be reached."""
+
+    async def charge(self, account: Account, hold: Hold, pico: int, record: dict, late: bool = False) -> bool:
+        """Settle the pending charge: add the cost to both budgets of the hold's period and the record to the
+        ledger, once per request id, and drop the hold. Returns False when this request id was charged before
+        (nothing is added again). `late` (an outbox replay, perhaps after the charged marker expired): charge
+        only while the pending charge is still open, so a charge the reconciler settled is never added again.
+        StoreUnavailable when the store cannot be reached."""
+
+    async def extend(self, account: Account, allowance: Allowance, hold: Hold, pico: int) -> str:
+        """Raise a hold to `pico` (before a fallback or escalation that may cost more than it covers): ''
+        when both budgets cover spend + every other hold + the new amount, else the budget that does not."""
+
+    async def release(self, account: Account, hold: Hold) -> None:
+        """Drop the hold and pending charge of a request that ends without generating anything."""
+
+    async def spent(self, account: Account, period: str) -> tuple[int, int]:
+        """What the account's tenant and key spent in a period (an id from period_id). Without a tenant, the
+        key's spend wherever it is kept (an operator's view of one key)."""
+
+    async def heartbeat(self, router: str, ttl_s: float) -> None:
+        """Say that this router instance is alive for `ttl_s` more seconds."""
+
+    async def held_pico(self, account: Account) -> tuple[int, int]:
+        """What the holds of requests in flight keep from the tenant's and the key's budget (pico-USD)."""
+
+    async def limit_overrides(self) -> dict[tuple[str, str], int]:
+        """Every limit set for one tenant or key, by (scope, name): scope is 'tenant' or 'key'."""
+
+    async def set_limit(self, scope: str, name: str, pico: int | None) -> None:
+        """Set (or with None remove) the limit of one tenant or key, overriding the default."""
+
+    async def reconcile(self, router: str, lease_s: float, stale_s: float) -> int:
+        """When this router holds the reconciler lease, about every `lease_s`: settle, each at its hold, the
+        pending charges of routers whose heartbeat this router has seen missing for `lease_s` (after a store
+        outage every heartbeat has expired, and live routers get that long to renew theirs), and those left
+        pending for over `stale_s` (no request runs that long: its charge was lost). Returns how many were
+        settled."""
+
+    async def ping(self) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+def reconciled_record(pending: Pending) -> dict[str, Any]:
+    """The ledger entry of a charge settled for a dead router: the outcome was never known, so the hold."""
+    return {
+        "request_id": pending.request_id,
+        "ts": time.time(),
+        "tenant": pending.tenant,
+        "key": pending.key,
+        "cost_usd": format(Decimal(pending.hold_pico) / PICO, "f"),  # plain notation, as every charge
+        "outcome": "reconciled",
+        "router": pending.router,
+        "admitted_ts": pending.ts,
+    }

@@ -1,0 +1,272 @@
+"""The money store on Redis: one server (`redis://`) or a Redis Cluster (`redis+cluster://`). Admission, charge,
+extension and release are one script each on the account's shard (keys.py); the rest is pipelined."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import asdict, replace
+from typing import Any
+
+from llmrouter.redis_connect import connect
+from services.router import metrics
+from services.router.store import lua
+from services.router.store.keys import (
+    LEASE,
+    SHARDS,
+    AccountKeys,
+    alive_key,
+    key_everywhere,
+    limit_field,
+    limits_key,
+    pending_key,
+    shard_of,
+)
+from services.router.store.model import (
+    HOLD_S,
+    REQUEST_ID_TTL_S,
+    Account,
+    Allowance,
+    Hold,
+    Pending,
+    StoreUnavailable,
+    Verdict,
+    pending_field,
+    reconciled_record,
+    spend_ttl_s,
+)
+
+log = logging.getLogger("llmrouter.router")
+CONNECTIONS = 64  # per client; on a cluster, per node at most
+
+
+@asynccontextmanager
+async def _reachable() -> AsyncIterator[None]:
+    """Connection failures, timeouts, a demoted primary (READONLY) and a cluster without a master for the
+    slot are the store being out of reach: StoreUnavailable (fail closed, charges to the outbox)."""
+    import redis.exceptions as errors
+
+    try:
+        yield
+    except (
+        errors.ConnectionError,
+        errors.TimeoutError,
+        errors.ReadOnlyError,
+        errors.ClusterDownError,
+        errors.TryAgainError,
+        errors.SlotNotCoveredError,
+        OSError,
+    ) as exc:
+        metrics.STORE_UP.labels("money").set(0)
+        raise StoreUnavailable() from exc
+    except errors.OutOfMemoryError as exc:  # full under noeviction: nothing new is admitted until it has room
+        log.error("the money store is full (OOM under noeviction): raise its maxmemory")
+        metrics.STORE_UP.labels("money").set(0)
+        raise StoreUnavailable() from exc
+    metrics.STORE_UP.labels("money").set(1)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _held_sum(members: list[Any]) -> int:
+    """Hold members are '<pico>:<request id>'."""
+    return sum(int(_text(m).split(":", 1)[0]) for m in members)
+
+
+def _limit_args(allowance: Allowance) -> list[str | int]:
+    none = ""  # no limit
+    return [
+        none if allowance.tenant_pico is None else allowance.tenant_pico,
+        none if allowance.key_pico is None else allowance.key_pico,
+    ]
+
+
+class RedisStore:
+    def __init__(self, url: str, request_id_ttl_s: int = REQUEST_ID_TTL_S) -> None:
+        self.redis = connect(
+            url, max_connections=CONNECTIONS, pool_timeout=5, socket_connect_timeout=2, socket_timeout=5
+        )
+        # A cluster client fails a command that finds its node's connections all busy: under a burst, calls
+        # wait here instead (a single server's blocking pool does the same).
+        self._calls = asyncio.Semaphore(CONNECTIONS)
+        self.request_id_ttl_s = request_id_ttl_s
+        self._admit = self.redis.register_script(lua.ADMIT)
+        self._charge = self.redis.register_script(lua.CHARGE)
+        self._extend = self.redis.register_script(lua.EXTEND)
+        self._release = self.redis.register_script(lua.RELEASE)
+        self._lease = self.redis.register_script(lua.LEASE)
+        self._missing_since: dict[str, float] = {}  # routers seen without a heartbeat, since when (monotonic)
+        self._last_sweep = float("-inf")  # when the pending charges were last read
+
+    @asynccontextmanager
+    async def _call(self) -> AsyncIterator[None]:
+        async with self._calls, _reachable():
+            yield
+
+    async def admit(self, account: Account, allowance: Allowance, hold: Hold) -> Verdict:
+        now = time.time()
+        keys = AccountKeys.of(account)
+        tenant_spend, key_spend = keys.spend(hold.period)
+        tenant_held, key_held = keys.held()
+        pending = Pending.of(account, hold)
+        args = [
+            allowance.per_minute,
+            *_limit_args(allowance),
+            now,
+            hold.member,
+            int(now) + HOLD_S,
+            self.request_id_ttl_s,
+            hold.pico,
+            pending.field,
+            json.dumps(asdict(pending)),
+            limit_field("tenant", account.tenant),
+            limit_field("key", account.key),
+        ]
+        names = [keys.rate(now), keys.used(hold.request_id), tenant_spend, tenant_held, key_spend, key_held]
+        async with self._call():
+            refused, remaining = await self._admit(keys=[*names, keys.limits, keys.pending], args=args)
+        return Verdict(_text(refused), int(remaining))
+
+    async def charge(self, account: Account, hold: Hold, pico: int, record: dict, late: bool = False) -> bool:
+        keys = AccountKeys.of(account)
+        names = [keys.charged(hold.request_id), *keys.spend(hold.period), keys.ledger, *keys.held(), keys.pending]
+        args: list[int | str] = [
+            pico,
+            self.request_id_ttl_s,
+            json.dumps(record),
+            spend_ttl_s(hold.period),
+            hold.member,
+            pending_field(account, hold.request_id),
+            "1" if late else "0",
+        ]
+        async with self._call():
+            return bool(await self._charge(keys=names, args=args))
+
+    async def extend(self, account: Account, allowance: Allowance, hold: Hold, pico: int) -> str:
+        keys = AccountKeys.of(account)
+        tenant_spend, key_spend = keys.spend(hold.period)
+        tenant_held, key_held = keys.held()
+        grown = replace(hold, pico=pico)
+        pending = Pending.of(account, grown)
+        args = [
+            *_limit_args(allowance),
+            hold.member,
+            grown.member,
+            pico,
+            int(time.time()) + HOLD_S,
+            pending.field,
+            json.dumps(asdict(pending)),
+            limit_field("tenant", account.tenant),
+            limit_field("key", account.key),
+        ]
+        names = [tenant_spend, tenant_held, key_spend, key_held, keys.limits, keys.pending]
+        async with self._call():
+            return _text(await self._extend(keys=names, args=args) or "")
+
+    async def release(self, account: Account, hold: Hold) -> None:
+        keys = AccountKeys.of(account)
+        async with self._call():
+            await self._release(
+                keys=[*keys.held(), keys.pending], args=[hold.member, pending_field(account, hold.request_id)]
+            )
+
+    async def spent(self, account: Account, period: str) -> tuple[int, int]:
+        keys = AccountKeys.of(account)
+        key_keys = [keys] if account.tenant else key_everywhere(account.key)
+        async with self._call(), self.redis.pipeline(transaction=False) as pipe:
+            pipe.get(keys.spend(period)[0])
+            for each in key_keys:
+                pipe.get(each.spend(period)[1])
+            tenant, *key = await pipe.execute()
+        return int(tenant or 0), sum(int(v or 0) for v in key)
+
+    async def held_pico(self, account: Account) -> tuple[int, int]:
+        now = f"({time.time()}"
+        keys = AccountKeys.of(account)
+        key_keys = [keys] if account.tenant else key_everywhere(account.key)
+        async with self._call(), self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrangebyscore(keys.held()[0], now, "+inf")
+            for each in key_keys:
+                pipe.zrangebyscore(each.held()[1], now, "+inf")
+            tenant, *key = await pipe.execute()
+        return _held_sum(tenant), sum(_held_sum(members) for members in key)
+
+    async def heartbeat(self, router: str, ttl_s: float) -> None:
+        async with self._call():
+            await self.redis.set(alive_key(router), str(time.time()), px=int(ttl_s * 1000))
+
+    async def limit_overrides(self) -> dict[tuple[str, str], int]:
+        async with self._call(), self.redis.pipeline(transaction=False) as pipe:
+            for shard in range(SHARDS):
+                pipe.hgetall(limits_key(shard))
+            found = {}
+            for fields in await pipe.execute():
+                for field, value in fields.items():
+                    scope, _, name = _text(field).partition(":")
+                    found[(scope, name)] = int(value)
+        return found
+
+    async def set_limit(self, scope: str, name: str, pico: int | None) -> None:
+        # A key's limit goes to every shard: admission reads it beside the spend of whichever tenant the key
+        # serves. Not atomic across shards: a failure part way raises, and setting it again repairs it.
+        shards = [shard_of(name)] if scope == "tenant" else range(SHARDS)
+        field = limit_field(scope, name)
+        async with self._call(), self.redis.pipeline(transaction=False) as pipe:
+            for shard in shards:
+                if pico is None:
+                    pipe.hdel(limits_key(shard), field)
+                else:
+                    pipe.hset(limits_key(shard), field, pico)
+            await pipe.execute()
+
+    async def reconcile(self, router: str, lease_s: float, stale_s: float) -> int:
+        async with _reachable():
+            if not await self._lease(keys=[LEASE], args=[router, int(lease_s * 1000)]):
+                return 0
+            now = time.monotonic()
+            if now - self._last_sweep < lease_s:
+                return 0
+            self._last_sweep = now
+            pending = [p async for p in self._pending()]
+            others = sorted({p.router for p in pending} - {router})
+            alive = await self._alive(others)
+            self._missing_since = {r: self._missing_since.get(r, now) for r in others if not alive[r]}
+            dead = {r for r, since in self._missing_since.items() if now - since >= lease_s}
+            stale_before = time.time() - stale_s
+            settled = 0
+            for charge in pending:
+                if charge.router in dead or charge.ts < stale_before:
+                    account, hold = charge.account_and_hold()
+                    settled += await self.charge(account, hold, hold.pico, reconciled_record(charge))
+            return settled
+
+    async def _pending(self) -> AsyncIterator[Pending]:
+        """Every pending charge, shard by shard."""
+        for shard in range(SHARDS):
+            async for _, value in self.redis.hscan_iter(pending_key(shard), count=1000):
+                yield Pending(**json.loads(value))
+
+    async def _alive(self, routers: list[str]) -> dict[str, bool]:
+        if not routers:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for router in routers:
+                pipe.exists(alive_key(router))
+            return {router: bool(found) for router, found in zip(routers, await pipe.execute(), strict=True)}
+
+    async def ping(self) -> bool:
+        try:
+            async with _reachable():
+                await self.redis.ping()
+        except StoreUnavailable:
+            return False
+        return True
+
+    async def close(self) -> None:
+        await self.redis.aclose()
