@@ -12,6 +12,7 @@ in-process store) it reads the store's ledger list from a cursor.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import os
@@ -138,7 +139,8 @@ class MemorySource:
         if self.store.ledger_appended == self.consumed:
             await asyncio.sleep(block_s)
         unread = self.store.ledger_appended - self.consumed
-        kept = self.store.ledger[len(self.store.ledger) - min(unread, len(self.store.ledger)) :]
+        ledger = self.store.ledger
+        kept = list(itertools.islice(ledger, len(ledger) - min(unread, len(ledger)), None))
         if unread > len(kept):
             log.error(
                 "ledger records dropped from memory before the sink read them", extra={"lost": unread - len(kept)}

@@ -181,6 +181,22 @@ async def test_the_in_process_ledger_is_copied_from_a_cursor(ledger_db: LedgerDB
     assert total.cost_pico == sum(spent)
 
 
+async def test_the_in_process_ledger_keeps_a_bounded_tail_and_the_sink_loses_nothing(
+    ledger_db: LedgerDB, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The in-process store keeps only its last records (a long-running process must not grow by every charge);
+    a sink that keeps up still copies every one."""
+    monkeypatch.setattr(MemoryStore, "MAX_LEDGER_RECORDS", 50)
+    store = MemoryStore()
+    sink = LedgerSink(MemorySource(store), ledger_db, block_s=0.01)
+    rng = random.Random(4)
+    for start in range(0, 200, 40):
+        await charge_some(store, start, 40, rng)
+        await sink.drain()
+    assert len(store.ledger) == 50 and store.ledger_appended == 200
+    assert len(await ledger_db.rows()) == 200
+
+
 async def test_an_unreadable_entry_is_skipped_not_retried_forever(client: Any, ledger_db: LedgerDB) -> None:
     await client.xadd(ledger_key(0), {"record": b"not json"})
     await client.xadd(ledger_key(9), {"record": json.dumps({"request_id": "r1", "tenant": "acme", "cost_usd": "0.5"})})

