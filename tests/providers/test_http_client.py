@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -68,3 +70,47 @@ async def test_an_answer_cut_after_its_status_is_an_unknown_outcome_not_a_retry(
         server.close()
     # Retrying it, or charging it as a connection that never reached the upstream, would leave it unpaid.
     assert caught.value.kind == "bad_response" and not caught.value.retryable
+
+
+def serve_endless(status: int) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any]:
+    """Answers with a body (one line) that never ends, 64 KB at a time, until the client leaves."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(int(h.split(b":")[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length"))
+        await reader.readexactly(length)
+        writer.write(b"HTTP/1.1 %d X\r\ncontent-type: text/event-stream\r\n\r\ndata: " % status)
+        try:
+            while True:
+                writer.write(b"x" * 65536)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    return serve
+
+
+@pytest.mark.parametrize(
+    ("status", "call", "expected"),
+    [
+        (200, "json", "answer larger than"),  # an answer without end
+        (200, "sse", "stream line longer than"),  # one event line without end
+        (500, "json", "upstream error (500)"),  # an error body without end: its beginning is enough
+    ],
+)
+async def test_an_upstream_that_never_stops_sending_is_cut_at_a_bound(status: int, call: str, expected: str) -> None:
+    server = await asyncio.start_server(serve_endless(status), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = make_client(ProviderSpec(kind="openai", base_url=f"http://127.0.0.1:{port}/v1"), {})
+    try:
+        with pytest.raises(UpstreamError) as caught:
+            if call == "json":
+                await asyncio.wait_for(post_json(client, "/chat/completions", {"model": "m"}), 60)
+            else:
+                await asyncio.wait_for(anext(post_sse(client, "/chat/completions", {"stream": True})), 60)
+    finally:
+        await client.aclose()
+        server.close()
+    assert expected in caught.value.message

@@ -17,6 +17,11 @@ from llmrouter.registry import ProviderSpec
 from services.providers.gateways.base import UpstreamError
 
 _MAX_ERROR_CHARS = 300
+# What an upstream may send before it is a bad response rather than memory this service gives away: an answer
+# (16k tokens with log-probabilities is a few MB), one stream line, an error body (only its message is kept).
+MAX_ANSWER_BYTES = 32 << 20
+MAX_LINE_BYTES = 8 << 20
+MAX_ERROR_BYTES = 64 << 10
 # How OpenAI-compatible servers and Anthropic word a prompt that does not fit the context window.
 _CONTEXT_HINTS = ("context_length_exceeded", "maximum context length", "prompt is too long", "context window")
 
@@ -117,7 +122,8 @@ async def post_json(client: HttpClient, path: str, body: dict[str, Any]) -> dict
     try:
         async with client.post(path, body) as response:
             try:
-                raw = await response.read()
+                ok = response.status == 200
+                raw = await _read(response.content, MAX_ANSWER_BYTES if ok else MAX_ERROR_BYTES, truncate=not ok)
             except aiohttp.ClientPayloadError as exc:
                 if response.status != 200:
                     raise
@@ -137,21 +143,38 @@ async def post_sse(client: HttpClient, path: str, body: dict[str, Any]) -> Async
     try:
         async with client.post(path, body, {"accept": "text/event-stream"}) as response:
             if response.status != 200:
-                raise status_error(response.status, response.headers, await response.read())
+                raise status_error(
+                    response.status, response.headers, await _read(response.content, MAX_ERROR_BYTES, True)
+                )
             async for event in _sse(_lines(response.content)):
                 yield event
     except TRANSPORT_ERRORS as exc:
         raise transport_error(exc) from None
 
 
+async def _read(content: aiohttp.StreamReader, limit: int, truncate: bool = False) -> bytes:
+    """The body; over `limit`, its beginning when `truncate` (an error body), else a bad response (an answer
+    the upstream generated: owed at its worst case, not retried)."""
+    body = bytearray()
+    async for chunk in content.iter_any():
+        body += chunk
+        if len(body) > limit:
+            if truncate:
+                return bytes(body[:limit])
+            raise UpstreamError("bad_response", f"answer larger than {limit >> 20} MB")
+    return bytes(body)
+
+
 async def _lines(content: aiohttp.StreamReader) -> AsyncIterator[str]:
-    """Lines as they arrive, however long, without their line ending (LF or CRLF)."""
+    """Lines as they arrive, up to MAX_LINE_BYTES each, without their line ending (LF or CRLF)."""
     buffer = bytearray()
     async for chunk in content.iter_any():
         searched = len(buffer)  # no newline before this: search only what arrived
         buffer += chunk
         end = buffer.rfind(b"\n", searched)
         if end < 0:
+            if len(buffer) > MAX_LINE_BYTES:
+                raise UpstreamError("bad_response", f"stream line longer than {MAX_LINE_BYTES >> 20} MB")
             continue
         for line in bytes(buffer[:end]).split(b"\n"):
             yield _text(line)
