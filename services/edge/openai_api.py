@@ -293,6 +293,7 @@ class ApiError(Exception):
         401: "authentication_error",
         403: "permission_error",
         404: "not_found_error",
+        413: "invalid_request_error",  # the caller's body is too large: their request to fix, not our failure
     }
 
     def __init__(
