@@ -106,6 +106,20 @@ def ask(model: str = "") -> router_pb2.CompleteRequest:
     return router_pb2.CompleteRequest(messages=[message], model=model, tenant=f"t-{uuid.uuid4().hex[:8]}")
 
 
+async def chat_through_edge(router_port: int) -> httpx.Response:
+    """One chat completion through an edge started for it in front of the router."""
+    settings = EdgeSettings(port=free_port(), router_addr=f"127.0.0.1:{router_port}")
+    edge, edge_task, edge_channel = await start_edge(settings)
+    try:
+        async with httpx.AsyncClient(timeout=20) as http:
+            body = {"messages": [{"role": "user", "content": "hello"}]}
+            return await http.post(f"http://127.0.0.1:{settings.port}/v1/chat/completions", json=body)
+    finally:
+        edge.should_exit = True
+        await edge_task
+        await edge_channel.close()
+
+
 async def wait_for(check: Callable[[], Awaitable[Any]], timeout: float = 20.0) -> Any:
     deadline = time.monotonic() + timeout
     while True:
@@ -190,16 +204,7 @@ async def test_money_store_down_fails_closed_and_says_so(
             assert error.code == grpc.StatusCode.UNAVAILABLE and error.reason == "STORE_UNAVAILABLE"
             assert "127.0.0.1" not in error.message  # no internal address
             # At the edge: a 503 the client may retry, in OpenAI's shape, naming no internal address.
-            edge_settings = EdgeSettings(port=free_port(), router_addr=f"127.0.0.1:{router.port}")
-            edge, edge_task, edge_channel = await start_edge(edge_settings)
-            try:
-                async with httpx.AsyncClient(timeout=20) as http:
-                    body = {"messages": [{"role": "user", "content": "hello"}]}
-                    reply = await http.post(f"http://127.0.0.1:{edge_settings.port}/v1/chat/completions", json=body)
-            finally:
-                edge.should_exit = True
-                await edge_task
-                await edge_channel.close()
+            reply = await chat_through_edge(router.port)
             assert reply.status_code == 503 and reply.headers["retry-after"] == "1", reply.text
             assert reply.json()["error"]["message"] and "127.0.0.1" not in reply.text
             await wait_for(lambda: _is(status, health_pb2.HealthCheckResponse.NOT_SERVING))
@@ -243,16 +248,7 @@ async def test_a_full_money_store_refuses_new_requests_and_charges_the_one_in_fl
                 await stub.Complete(ask(), timeout=20)
             error = ServiceError.from_rpc_error(refused.value)
             assert error.code == grpc.StatusCode.UNAVAILABLE and error.reason == "STORE_UNAVAILABLE"
-            edge_settings = EdgeSettings(port=free_port(), router_addr=f"127.0.0.1:{router.port}")
-            edge, edge_task, edge_channel = await start_edge(edge_settings)
-            try:
-                async with httpx.AsyncClient(timeout=20) as http:
-                    body = {"messages": [{"role": "user", "content": "hello"}]}
-                    reply = await http.post(f"http://127.0.0.1:{edge_settings.port}/v1/chat/completions", json=body)
-            finally:
-                edge.should_exit = True
-                await edge_task
-                await edge_channel.close()
+            reply = await chat_through_edge(router.port)
             assert reply.status_code == 503 and reply.headers["retry-after"] == "1", reply.text
 
             answer = await in_flight
