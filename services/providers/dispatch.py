@@ -1,6 +1,9 @@
-"""Calls to one provider made safe: a concurrency limit, a total deadline, retries with backoff on 429, 5xx
-and connection errors, a circuit breaker per model, no retry once a streamed token reached the caller, and
-exact usage and cost on every answer (and on every interrupted stream)."""
+"""Calls to one provider made safe: a concurrency limit, a total deadline, retries with backoff of failures whose
+cost is known (429, 5xx, a connection that never carried the request; a stream cut after events that said what it
+consumed, which is charged), a circuit breaker per model, no retry once a streamed token reached the caller, and
+exact usage and cost on every answer (and on every interrupted stream). A failure whose cost nobody knows (a
+timeout, a malformed answer, a connection lost after the request was sent) is never retried: the caller owes it
+at its worst case, and a retry would make the upstream generate, and bill, a second answer."""
 
 from __future__ import annotations
 
@@ -30,12 +33,13 @@ _STATUS = {
     "bad_response": (grpc.StatusCode.INTERNAL, "UPSTREAM_ERROR", "error"),
     "rejected": (grpc.StatusCode.FAILED_PRECONDITION, "UPSTREAM_ERROR", "error"),
     "context_length": (grpc.StatusCode.INVALID_ARGUMENT, "CONTEXT_LENGTH_EXCEEDED", "error"),
+    "lost": (grpc.StatusCode.INTERNAL, "UPSTREAM_CONNECTION_LOST", "error"),
 }
 # Failures that say something about the upstream's health; a 429 or a refused request does not.
-_UNHEALTHY = {"timeout", "unavailable", "bad_response"}
+_UNHEALTHY = {"timeout", "unavailable", "bad_response", "lost"}
 # Failures after which nobody knows what the upstream generated: the router charges the attempt's worst case,
 # which covers whatever it consumed, so that is not reported on top.
-_UNKNOWN_OUTCOME = {"timeout", "bad_response"}
+_UNKNOWN_OUTCOME = {"timeout", "bad_response", "lost"}
 
 # Time kept back from the caller's deadline for our error to travel back to it.
 _DEADLINE_MARGIN_S = 0.05

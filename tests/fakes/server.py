@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Self
 
-FaultKind = Literal["status", "delay", "hang", "reset", "malformed", "cut", "no_usage"]
+FaultKind = Literal["status", "delay", "hang", "reset", "close", "malformed", "cut", "no_usage"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,11 @@ class Fault:
     def reset(cls) -> Fault:
         """Reset the TCP connection (RST) instead of answering."""
         return cls("reset")
+
+    @classmethod
+    def close(cls) -> Fault:
+        """Close the connection (FIN) instead of answering, once the request was read."""
+        return cls("close")
 
     @classmethod
     def malformed(cls) -> Fault:
@@ -217,6 +222,8 @@ class FakeServer:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             writer.transport.abort()
             return
+        if fault and fault.kind == "close":
+            return  # the caller closes the connection
         if not self.authorized(request):
             await _send_json(writer, 401, self.error_body(401, request))
         elif fault and fault.kind == "status":

@@ -1,10 +1,12 @@
 """Every resilience behaviour, each with a test that fails if the behaviour is removed: retries and their
-count, Retry-After, no retry of non-retryable failures, timeouts, no retry once a token was streamed (with
-the exact charge of what was served), the circuit breaker, the concurrency limit, cancellation upstream."""
+count, Retry-After, no retry of non-retryable failures (a connection lost once the request was sent above all:
+the upstream may have generated, and a retry would generate again), timeouts, no retry once a token was streamed
+(with the exact charge of what was served), the circuit breaker, the concurrency limit, cancellation upstream."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractAsyncContextManager
@@ -53,9 +55,7 @@ async def _fails(call: object) -> grpc.aio.AioRpcError:
     return info.value
 
 
-@pytest.mark.parametrize(
-    "fault", [Fault.error(500), Fault.error(503), Fault.error(429), Fault.reset()], ids=["500", "503", "429", "reset"]
-)
+@pytest.mark.parametrize("fault", [Fault.error(500), Fault.error(503), Fault.error(429)], ids=["500", "503", "429"])
 async def test_retryable_failure_is_retried(stub, upstream: Upstream, fault: Fault) -> None:
     upstream.fake.enqueue(fault, fault)
     before = metric("llmrouter_provider_retries_total", provider=upstream.provider, model=upstream.model)
@@ -70,6 +70,37 @@ async def test_retries_are_bounded_then_unavailable(stub, upstream: Upstream) ->
     assert err.code() is grpc.StatusCode.UNAVAILABLE
     assert error_of(err).reason == "UPSTREAM_UNAVAILABLE" and error_of(err).metadata["retries"] == "2"
     assert len(upstream.fake.requests) == 3  # 1 + max_retries
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+async def test_a_connection_that_never_reached_the_upstream_is_retried(
+    tmp_path: Path, anthropic_fake: FakeAnthropic, stream: bool
+) -> None:
+    with socket.socket() as unused:  # nothing listens there: every connection is refused
+        unused.bind(("127.0.0.1", 0))
+        nowhere = f"http://127.0.0.1:{unused.getsockname()[1]}/v1"
+    async with providers_service(tmp_path, nowhere, anthropic_fake.base_url) as stub:
+        call = collect(stub, request("cheap")) if stream else stub.Generate(request("cheap"))
+        err = await _fails(call)
+    assert err.code() is grpc.StatusCode.UNAVAILABLE and error_of(err).reason == "UPSTREAM_UNAVAILABLE"
+    assert error_of(err).metadata["retries"] == "2"  # 1 + max_retries attempts, all free
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+@pytest.mark.parametrize(
+    "fault", [Fault.reset(), Fault.close(), Fault.cut(after_chunks=0)], ids=["reset", "closed", "cut-at-status"]
+)
+async def test_a_connection_lost_after_the_request_was_sent_is_not_retried(
+    stub, upstream: Upstream, fault: Fault, stream: bool
+) -> None:
+    """The upstream had the request and may have generated (and bill) an answer: an unknown outcome, which the
+    router owes at the attempt's worst case. A retry would have it generate, and bill, a second one."""
+    upstream.fake.enqueue(fault, fault)
+    call = collect(stub, request(upstream.model)) if stream else stub.Generate(request(upstream.model))
+    err = await _fails(call)
+    assert err.code() is grpc.StatusCode.INTERNAL and error_of(err).reason == "UPSTREAM_CONNECTION_LOST"
+    assert len(upstream.fake.requests) == 1 and error_of(err).metadata["retries"] == "0"
+    assert "cost_usd" not in error_of(err).metadata  # nothing measured: the worst case is the router's to charge
 
 
 async def test_rate_limit_exhausted_is_resource_exhausted(stub, upstream: Upstream) -> None:

@@ -45,11 +45,14 @@ class Completion:
 # A stream yields text deltas and Completions carrying usage, finish reason and the whole tool calls.
 StreamEvent = str | Completion
 
-ErrorKind = Literal["timeout", "rate_limited", "unavailable", "bad_response", "rejected", "context_length"]
+# "lost": the connection failed after the request was sent (or a stream the upstream accepted ended before its first
+# event): the upstream may have generated, and bill, anything up to the call's worst case.
+ErrorKind = Literal["timeout", "rate_limited", "unavailable", "bad_response", "rejected", "context_length", "lost"]
 
 
 class UpstreamError(Exception):
-    """A failed upstream call. `retryable` covers 429, 5xx and connection errors; `retry_after` is the
+    """A failed upstream call. `retryable` covers failures whose cost is known: 429, 5xx and a connection that
+    never carried the request (nothing), a stream cut after its first event (what `consumed` says); `retry_after` is the
     provider's Retry-After in seconds when it sent one. `consumed` is set on a stream that failed after the
     upstream began answering: what it had reported and generated (tool calls so far) but not yet delivered,
     which the provider bills all the same."""

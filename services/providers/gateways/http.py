@@ -61,16 +61,22 @@ def make_client(spec: ProviderSpec, headers: dict[str, str]) -> HttpClient:
 
 # What the transport raises: aiohttp's errors, and TimeoutError for a socket operation over its timeout.
 TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError)
+# Failures before the request left this service: connecting (refused, DNS, TLS, proxy), its timeout, a URL aiohttp
+# will not send to. The upstream never saw the request, so it generated and bills nothing: free to retry. Every
+# other transport failure (the server disconnected or reset the connection, sent no valid status line, cut the
+# body) comes after the request was written: the upstream may have generated an answer and bill it.
+NEVER_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError, aiohttp.InvalidURL)
 
 
 def transport_error(exc: BaseException) -> UpstreamError:
-    """Connection failures are worth a retry; a read that timed out is not (the upstream is slow, not down)."""
+    """A connection that never carried the request is worth a retry; a read that timed out is not (the upstream
+    is slow, not down), nor a connection lost once the request was sent (an unknown outcome, not a free retry)."""
     name = type(exc).__name__
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return UpstreamError("unavailable", f"connect timeout ({name})", retryable=True)
+    if isinstance(exc, NEVER_SENT):
+        return UpstreamError("unavailable", f"connection failed before sending ({name}: {exc})", retryable=True)
     if isinstance(exc, TimeoutError):
         return UpstreamError("timeout", f"upstream timed out ({name})")
-    return UpstreamError("unavailable", f"connection failed ({name}: {exc})", retryable=True)
+    return UpstreamError("lost", f"connection lost after the request was sent ({name}: {exc})")
 
 
 def retry_after(headers: Mapping[str, str]) -> float | None:
@@ -121,35 +127,44 @@ def status_error(status: int, headers: Mapping[str, str], body: bytes) -> Upstre
 async def post_json(client: HttpClient, path: str, body: dict[str, Any]) -> dict[str, Any]:
     try:
         async with client.post(path, body) as response:
-            try:
-                ok = response.status == 200
-                raw = await _read(response.content, MAX_ANSWER_BYTES if ok else MAX_ERROR_BYTES, truncate=not ok)
-            except aiohttp.ClientPayloadError as exc:
-                if response.status != 200:
-                    raise
-                # The upstream answered: it generated what it bills, which never arrived whole. Not a retry (the
-                # caller would pay one of two generations), an unknown outcome, owed at its worst case.
-                raise UpstreamError("bad_response", f"answer cut short ({type(exc).__name__})") from None
+            if response.status != 200:
+                raise status_error(response.status, response.headers, await _error_body(response))
+            raw = await _read(response.content, MAX_ANSWER_BYTES)
     except TRANSPORT_ERRORS as exc:
+        # An answer cut short is lost too: the upstream generated what it bills, which never arrived whole.
         raise transport_error(exc) from None
-    if response.status != 200:
-        raise status_error(response.status, response.headers, raw)
     return loads(raw, "response")
 
 
 async def post_sse(client: HttpClient, path: str, body: dict[str, Any]) -> AsyncIterator[tuple[str, str]]:
     """POST and yield (event, data) pairs. Leaving the iterator early closes the connection, which is how a
-    cancelled call reaches the upstream."""
+    cancelled call reaches the upstream. Once the upstream accepted the stream (200), a stream that ends or is
+    cut before its first event is lost: the upstream may be generating, and nothing says what. Cut after an
+    event, it is retryable: the gateway reports what the events said was consumed, which is charged."""
+    started = False
     try:
         async with client.post(path, body, {"accept": "text/event-stream"}) as response:
             if response.status != 200:
-                raise status_error(
-                    response.status, response.headers, await _read(response.content, MAX_ERROR_BYTES, True)
-                )
+                raise status_error(response.status, response.headers, await _error_body(response))
             async for event in _sse(_lines(response.content)):
+                started = True
                 yield event
+            if not started:
+                raise UpstreamError("lost", "the upstream accepted the stream, then ended it before its first event")
     except TRANSPORT_ERRORS as exc:
-        raise transport_error(exc) from None
+        if not started:
+            raise transport_error(exc) from None
+        if isinstance(exc, TimeoutError):  # no event within the read timeout: slow, and no longer reporting
+            raise UpstreamError("timeout", f"upstream timed out mid-stream ({type(exc).__name__})") from None
+        raise UpstreamError("unavailable", f"stream cut ({type(exc).__name__}: {exc})", retryable=True) from None
+
+
+async def _error_body(response: aiohttp.ClientResponse) -> bytes:
+    """The beginning of an error answer's body; nothing when it cannot be read (the status says enough)."""
+    try:
+        return await _read(response.content, MAX_ERROR_BYTES, truncate=True)
+    except TRANSPORT_ERRORS:
+        return b""
 
 
 async def _read(content: aiohttp.StreamReader, limit: int, truncate: bool = False) -> bytes:
