@@ -4,7 +4,6 @@ in (request id, rate limit, a hold of its worst-case cost against the budgets) o
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import re
@@ -188,18 +187,11 @@ class Admission:
             return False
         if needed <= routed.hold.pico:
             return True
-        growing = asyncio.ensure_future(self.store.extend(routed.account, self.allowance, routed.hold, needed))
-        try:
-            refused = await asyncio.shield(growing)
-        except asyncio.CancelledError:
-            # The caller left while the hold was being grown: the store may have grown it all the same, and the
-            # hold the request settles next must be the one the store holds, or the larger one would linger.
-            with contextlib.suppress(StoreUnavailable):
-                if not await growing:
-                    routed.hold = dataclasses.replace(routed.hold, pico=needed)
-            raise
+        # Its reply may be lost (the connection drops, the caller leaves) after the store grew the hold: the
+        # request then settles the hold the store holds, not routed.hold (store/model.py), so none lingers.
+        refused = await self.store.extend(routed.account, self.allowance, routed.hold, needed)
         if refused:
-            log.warning("budget cannot cover another attempt", extra={"request_id": routed.request_id})
+            log.warning("no hold for another attempt", extra={"request_id": routed.request_id, "refused": refused})
             return False
         routed.hold = dataclasses.replace(routed.hold, pico=needed)
         return True

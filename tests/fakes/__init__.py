@@ -12,7 +12,8 @@
 
 Default replies are deterministic, "[<model>] You said: <last user message>", with exact usage, so the same
 fake can stand in for a cheap and a strong model (they differ by model name). Faults: Fault.error(status,
-retry_after), .delay(s) (slow first byte), .hang() (timeout), .reset() (TCP RST), .malformed(), .cut(n)
+retry_after), .delay(s) (slow first byte), .hang() (timeout), .reset() (TCP RST), .close() (FIN, no answer),
+.malformed(), .cut(n)
 (stream dropped after n events), .no_usage(). Knobs: `latency`, `chunk_delay`, `api_key`; observations:
 `requests`, `in_flight`, `max_in_flight`, `wait_disconnect()`."""
 

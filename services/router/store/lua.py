@@ -19,6 +19,19 @@ local function less(a_hi, a_lo, b_hi, b_lo)
 end
 """
 
+# The hold the store holds for a request: the one its pending charge records. A router may know a smaller one: when
+# the reply to a hold's extension is lost (a dropped connection, a caller that left) the store may have grown it
+# all the same. Settling or growing a hold acts on this one, so none lingers, whatever reply went missing. A hold
+# member is '<pico>:<request id>'; the pending record is JSON, its hold_pico written by the router's json.dumps.
+_HELD = """
+local function held_member(pending_key, field, member)
+  local record = redis.call('HGET', pending_key, field)
+  local pico = record and string.match(record, '"hold_pico":%s*(%d+)')
+  if not pico then return member end
+  return pico .. string.match(member, '^%d+(:.*)$')
+end
+"""
+
 # Scripts that take new memory (admission, a hold grown) are refused whole when the store is full (OOM under
 # noeviction: a flagged script is checked before it runs, never half-way); a charge or release of what was
 # already admitted must land even then (allow-oom): what was served is always paid for. Redis 7 or newer.
@@ -74,11 +87,13 @@ return {'', '0'}
 
 CHARGE = (
     _MUST_LAND
+    + _HELD
     + """
 -- KEYS: charged marker, tenant spend, key spend, ledger, tenant holds, key holds, pending charges
 -- ARGV: pico, marker ttl, record, spend ttl, hold member, pending field, late ('1': only if still pending)
-redis.call('ZREM', KEYS[5], ARGV[5])
-redis.call('ZREM', KEYS[6], ARGV[5])
+local held = held_member(KEYS[7], ARGV[6], ARGV[5])
+redis.call('ZREM', KEYS[5], ARGV[5], held)
+redis.call('ZREM', KEYS[6], ARGV[5], held)
 if redis.call('HDEL', KEYS[7], ARGV[6]) == 0 and ARGV[7] == '1' then return 0 end
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2]) then return 0 end
 for i = 2, 3 do
@@ -93,10 +108,14 @@ return 1
 EXTEND = (
     _MAY_GROW
     + _EXACT
+    + _HELD
     + """
 -- KEYS: tenant spend, tenant holds, key spend, key holds, limit overrides, pending charges
 -- ARGV: tenant default limit, key default limit ('' = none), old member, new member, new pico, expiry,
 --       pending field, pending record, tenant limit field, key limit field
+-- A request already settled has no hold to grow (its extension arrived late): refused, nothing made again.
+if redis.call('HEXISTS', KEYS[6], ARGV[7]) == 0 then return 'settled' end
+local old = held_member(KEYS[6], ARGV[7], ARGV[3])
 local budgets = {{KEYS[1], KEYS[2], ARGV[1], ARGV[9], 'tenant'}, {KEYS[3], KEYS[4], ARGV[2], ARGV[10], 'key'}}
 for _, b in ipairs(budgets) do
   local limit = redis.call('HGET', KEYS[5], b[4]) or b[3]
@@ -105,7 +124,7 @@ for _, b in ipairs(budgets) do
     local n_hi, n_lo = split(ARGV[5])
     u_hi, u_lo = add(u_hi, u_lo, n_hi, n_lo)
     for _, held in ipairs(redis.call('ZRANGE', b[2], 0, -1)) do
-      if held ~= ARGV[3] then
+      if held ~= old then
         local h_hi, h_lo = split(string.match(held, '^(%d+):'))
         u_hi, u_lo = add(u_hi, u_lo, h_hi, h_lo)
       end
@@ -115,7 +134,7 @@ for _, b in ipairs(budgets) do
   end
 end
 for _, b in ipairs(budgets) do
-  redis.call('ZREM', b[2], ARGV[3])
+  redis.call('ZREM', b[2], old)
   redis.call('ZADD', b[2], ARGV[6], ARGV[4])
   redis.call('EXPIREAT', b[2], ARGV[6])
 end
@@ -126,10 +145,12 @@ return ''
 
 RELEASE = (
     _MUST_LAND
+    + _HELD
     + """
 -- KEYS: tenant holds, key holds, pending charges; ARGV: hold member, pending field
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
+local held = held_member(KEYS[3], ARGV[2], ARGV[1])
+redis.call('ZREM', KEYS[1], ARGV[1], held)
+redis.call('ZREM', KEYS[2], ARGV[1], held)
 redis.call('HDEL', KEYS[3], ARGV[2])
 """
 )

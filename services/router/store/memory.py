@@ -86,8 +86,11 @@ class MemoryStore:
         return True
 
     async def extend(self, account: Account, allowance: Allowance, hold: Hold, pico: int) -> str:
+        if pending_field(account, hold.request_id) not in self.pending:
+            return "settled"
+        held = self._held(account, hold)
         for spend_key, held_key, limit, name in self._budgets(account, allowance, hold.period):
-            others = sum(p for m, (_, p) in self.held.get(held_key, {}).items() if m != hold.member)
+            others = sum(p for m, (_, p) in self.held.get(held_key, {}).items() if m != held.member)
             if limit is not None and self.counters.get(spend_key, 0) + others + pico > limit:
                 return name
         await self.release(account, hold)
@@ -99,9 +102,16 @@ class MemoryStore:
         return ""
 
     async def release(self, account: Account, hold: Hold) -> None:
+        held = self._held(account, hold)
         for held_key in AccountKeys.of(account).held():
-            self.held.get(held_key, {}).pop(hold.member, None)
+            for member in {hold.member, held.member}:
+                self.held.get(held_key, {}).pop(member, None)
         self.pending.pop(pending_field(account, hold.request_id), None)
+
+    def _held(self, account: Account, hold: Hold) -> Hold:
+        """The hold as this store holds it (RedisStore's held_member): its pending charge's."""
+        pending = self.pending.get(pending_field(account, hold.request_id))
+        return hold if pending is None else replace(hold, pico=pending.hold_pico)
 
     async def spent(self, account: Account, period: str) -> tuple[int, int]:
         keys = AccountKeys.of(account)

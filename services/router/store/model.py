@@ -137,6 +137,9 @@ class Verdict:
 
 
 class Store(Protocol):
+    """charge, extend and release act on the hold the store holds for the request (its pending charge's), which
+    may be larger than the `hold` given when the reply to an extension was lost: none outlives its request."""
+
     async def admit(self, account: Account, allowance: Allowance, hold: Hold) -> Verdict:
         """Let one request in when spend + holds + `hold` fits both budgets: its id is then used, it counts
         against the rate limit, `hold` is held against both budgets and a pending charge is recorded. Nothing
@@ -151,7 +154,8 @@ class Store(Protocol):
 
     async def extend(self, account: Account, allowance: Allowance, hold: Hold, pico: int) -> str:
         """Raise a hold to `pico` (before a fallback or escalation that may cost more than it covers): ''
-        when both budgets cover spend + every other hold + the new amount, else the budget that does not."""
+        when both budgets cover spend + every other hold + the new amount, else the budget that does not, or
+        'settled' when the request's pending charge is gone (nothing is held for it any more)."""
 
     async def release(self, account: Account, hold: Hold) -> None:
         """Drop the hold and pending charge of a request that ends without generating anything."""

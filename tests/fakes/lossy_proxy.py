@@ -1,0 +1,78 @@
+"""A TCP proxy on loopback in front of a real server (Redis here), for the failures no server makes on its own:
+a reply lost after the command ran (`lose_next_reply`: the server applied it, its caller only sees the connection
+drop) and a command lost before it ran (`swallow_next`: never forwarded, the connection dropped a little later).
+Runs in the test's own event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Self
+
+
+class LossyProxy:
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._lose_reply = False
+        self._swallow_s: float | None = None
+        self._pipes: set[asyncio.Task[None]] = set()
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def lose_next_reply(self) -> None:
+        """The next reply from the server is not forwarded: the client's connection is dropped instead."""
+        self._lose_reply = True
+
+    def swallow_next(self, seconds: float) -> None:
+        """The next request from a client is not forwarded; its connection is dropped `seconds` later."""
+        self._swallow_s = seconds
+
+    async def __aenter__(self) -> Self:
+        self._server = await asyncio.start_server(self._connect, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for pipe in list(self._pipes):
+            pipe.cancel()
+        await asyncio.gather(*self._pipes, return_exceptions=True)
+
+    async def _connect(self, client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter) -> None:
+        server_in, server_out = await asyncio.open_connection(*self.target)
+        pipes = [
+            asyncio.ensure_future(self._requests(client_in, server_out)),
+            asyncio.ensure_future(self._replies(server_in, client_out)),
+        ]
+        self._pipes.update(pipes)
+        try:
+            await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for pipe in pipes:
+                pipe.cancel()
+                self._pipes.discard(pipe)
+            for writer in (client_out, server_out):
+                writer.transport.abort()
+
+    async def _requests(self, source: asyncio.StreamReader, server: asyncio.StreamWriter) -> None:
+        while data := await source.read(65536):
+            if self._swallow_s is not None:
+                seconds, self._swallow_s = self._swallow_s, None
+                await asyncio.sleep(seconds)
+                return  # the connection drops; the command never reached the server
+            server.write(data)
+            with contextlib.suppress(ConnectionError):
+                await server.drain()
+
+    async def _replies(self, source: asyncio.StreamReader, client: asyncio.StreamWriter) -> None:
+        while data := await source.read(65536):
+            if self._lose_reply:
+                self._lose_reply = False
+                return  # the connection drops; the server has run the command
+            client.write(data)
+            with contextlib.suppress(ConnectionError):
+                await client.drain()

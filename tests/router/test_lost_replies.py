@@ -1,0 +1,158 @@
+"""Money when a reply from the money store goes missing, with a real Redis behind a proxy that loses exactly that
+reply: an extension of a hold the store applied while the router never learned it (the request settles the hold
+the store holds, so none lingers), an extension that arrives after its request settled (it grows nothing), and a
+release whose caller leaves while the store is out of reach (the release still lands in the outbox)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import grpc
+import pytest
+import redis.asyncio as redis
+
+from llmrouter.registry import LiveRegistry
+from llmrouter.v1 import provider_pb2_grpc
+from services.router import admission, charging
+from services.router.models import AvailableModels
+from services.router.outbox import Outbox
+from services.router.store import (
+    Account,
+    AccountKeys,
+    Allowance,
+    Hold,
+    MemoryStore,
+    RedisStore,
+    StoreUnavailable,
+    lua,
+    period_id,
+)
+from services.router.store.model import Store
+from tests.conftest import ROOT, ledger_records
+from tests.fakes.lossy_proxy import LossyProxy
+from tests.router.test_admission import ACCOUNT, REGISTRY, SETTINGS, request, routed
+
+DAY = period_id("day")
+
+
+@pytest.fixture
+async def proxy(redis_url: str) -> AsyncIterator[LossyProxy]:
+    parts = urlsplit(redis_url)
+    async with LossyProxy(parts.hostname or "127.0.0.1", parts.port or 6379) as running:
+        yield running
+
+
+def db_of(url: str) -> int:
+    return int(urlsplit(url).path.strip("/") or 0)
+
+
+async def holds_and_pending(client: redis.Redis, account: Account) -> tuple[list[list[bytes]], int]:
+    keys = AccountKeys.of(account)
+    return [await client.zrange(key, 0, -1) for key in keys.held()], await client.hlen(keys.pending)
+
+
+@pytest.mark.parametrize("settle", ["charge", "release"])
+async def test_a_lost_reply_to_a_hold_extension_leaves_no_hold_behind(
+    redis_url: str, proxy: LossyProxy, settle: str
+) -> None:
+    """The store grew the hold before a fallback, the reply was lost: the router still knows the smaller hold.
+    Settling with it must drop the larger one, or it blocks the tenant's budget until it expires (10 min)."""
+    store = RedisStore(proxy.url(db_of(redis_url)))
+    direct = redis.from_url(redis_url)
+    try:
+        gate, r = await routed(request(), admission.Admission(SETTINGS, REGISTRY, store))
+        await gate.admit(r)
+        assert r.hold is not None
+        admitted = r.hold
+        await direct.script_load(lua.EXTEND)  # the extension itself is the next reply, not a NOSCRIPT
+        proxy.lose_next_reply()
+        with pytest.raises(StoreUnavailable):
+            await gate.cover(r, admitted.pico + 1_000)
+        grown = f"{admitted.pico + 1_000}:{r.request_id}".encode()
+        assert await holds_and_pending(direct, ACCOUNT) == ([[grown], [grown]], 1)  # the store did grow it
+        assert r.hold == admitted  # ... and the router never learned it
+        if settle == "charge":
+            assert await store.charge(r.account, r.hold, 700, {"request_id": r.request_id, "outcome": "failed"})
+            assert await store.spent(ACCOUNT, r.hold.period) == (700, 700)
+        else:
+            await store.release(r.account, r.hold)
+        assert await holds_and_pending(direct, ACCOUNT) == ([[], []], 0)
+    finally:
+        await direct.aclose()
+        await store.close()
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[Store]:
+    if request.param == "memory":
+        yield MemoryStore()
+        return
+    redis_store = RedisStore(redis_url)
+    yield redis_store
+    await redis_store.close()
+
+
+async def test_settling_with_the_hold_before_an_extension_drops_the_grown_one(store: Store) -> None:
+    """Both stores settle the hold they hold (the pending charge's), whichever hold the router names."""
+    account, hold = Account("t", "k"), Hold(f"r-{uuid.uuid4().hex}", 5_000, DAY, "router-1")
+    assert (await store.admit(account, Allowance("day"), hold)).refused == ""
+    assert await store.extend(account, Allowance("day"), hold, 9_000) == ""
+    assert await store.held_pico(account) == (9_000, 9_000)
+    await store.release(account, hold)  # the hold as admitted, not as grown
+    assert await store.held_pico(account) == (0, 0)
+
+
+async def test_an_extension_arriving_after_its_request_settled_grows_nothing(store: Store) -> None:
+    """A late extension (sent before the request settled, run after) would otherwise make a hold and a pending
+    charge for a finished request: the budget blocked for 10 minutes, then the hold charged by the reconciler."""
+    account, hold = Account("t", "k"), Hold(f"r-{uuid.uuid4().hex}", 5_000, DAY, "router-1")
+    assert (await store.admit(account, Allowance("day"), hold)).refused == ""
+    assert await store.charge(account, hold, 1_000, {"request_id": hold.request_id, "outcome": "ok"})
+    assert await store.extend(account, Allowance("day"), hold, 9_000) == "settled"
+    assert await store.held_pico(account) == (0, 0)
+    assert await store.reconcile("router-1", 1.0, 0.0) == 0  # no pending charge left to settle at its hold
+    assert await store.spent(account, DAY) == (1_000, 1_000)
+
+
+@pytest.fixture
+async def charger(proxy: LossyProxy, redis_url: str, tmp_path: Path) -> AsyncIterator[charging.Charger]:
+    """A Charger on a real store (through the proxy) and outbox. Its providers channel is never used: only a
+    charge prices a baseline, and this charger only releases."""
+    store = RedisStore(proxy.url(db_of(redis_url)))
+    async with grpc.aio.insecure_channel("127.0.0.1:1") as unused:
+        available = AvailableModels(
+            LiveRegistry(ROOT / "config" / "models.yaml", "router"), provider_pb2_grpc.ProviderStub(unused), 60
+        )
+        yield charging.Charger(store, Outbox(tmp_path / "data"), available)
+    await store.close()
+
+
+async def test_a_release_whose_caller_leaves_while_the_store_is_unreachable_lands_in_the_outbox(
+    charger: charging.Charger, proxy: LossyProxy, redis_url: str
+) -> None:
+    """A request that owes nothing releases its hold. The store does not answer, and the caller leaves while
+    the release waits: the release must still reach the outbox (replayed once the store is back), or its
+    pending charge would be charged at its hold by the reconciler, for a request that generated nothing."""
+    gate, r = await routed(request(), admission.Admission(SETTINGS, REGISTRY, charger.store))
+    await gate.admit(r)
+    proxy.swallow_next(0.5)  # the release never reaches the store; its connection drops in 0.5 s
+    leaving = asyncio.ensure_future(charger.settle_unsettled(r, r.plan.order[0].model))
+    await asyncio.sleep(0.2)
+    leaving.cancel()  # the caller leaves while the release waits for the store
+    with pytest.raises(asyncio.CancelledError):
+        await leaving
+    await charger.close()  # what was shielded runs to its end
+    assert len(charger.outbox) == 1
+    direct = redis.from_url(redis_url)
+    try:
+        assert await holds_and_pending(direct, ACCOUNT) != ([[], []], 0)  # the store never saw the release
+        assert await charger.outbox.replay(charger.store) == 1
+        assert await holds_and_pending(direct, ACCOUNT) == ([[], []], 0)
+        (record,) = await ledger_records(direct)
+        assert record["outcome"] == "released" and record["cost_usd"] == "0"
+    finally:
+        await direct.aclose()
