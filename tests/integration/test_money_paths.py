@@ -1,7 +1,8 @@
 """Every path charges what was generated: a caller leaving a unary call (the generation runs on and is
-charged), a stream left before its first token (unknown: its worst case), and a fallback after a timeout
+charged), a stream left before its first token (unknown: its worst case), a fallback after a timeout
 (the timed-out attempt at its worst case, the hold grown to cover the next attempt, or the fallback refused
-when the budget cannot cover it)."""
+when the budget cannot cover it), and a fallback after a connection lost once the request was sent (unknown
+too: never retried, owed at its worst case)."""
 
 from __future__ import annotations
 
@@ -121,6 +122,39 @@ async def test_a_fallback_after_a_timeout_pays_the_timed_out_attempts_worst_case
     expected = estimate(reply.decision, "cheap-model") + strong.cost_usd(
         usage["prompt_tokens"], usage["completion_tokens"]
     )
+    assert Decimal(reply.cost_usd) == expected
+    (record,) = await ledger_of(chain, tenant)
+    assert Decimal(record["cost_usd"]) == expected
+
+
+@pytest.mark.parametrize(
+    ("stream", "fault"),
+    [(False, Fault.reset()), (True, Fault.cut(after_chunks=0)), (True, Fault.close())],
+    ids=["unary-reset", "stream-cut-at-status", "stream-closed"],
+)
+async def test_a_connection_lost_after_the_request_was_sent_is_owed_at_its_worst_case_then_falls_back(
+    chain: Chain, stream: bool, fault: Fault
+) -> None:
+    """The cheap upstream had the request and may have generated (and bill) an answer nobody saw. The providers
+    do not retry it (a retry would generate, and bill, a second one); the router owes it at its worst case and
+    falls back to the strong model, whose answer is charged on top."""
+    tenant = f"lost-{uuid.uuid4().hex[:8]}"
+    chain.budget.enqueue(fault, fault)  # the chain's providers retry once: a retry would meet the second
+    sent = len(chain.budget.requests)
+    async with grpc.aio.insecure_channel(chain.router_addr) as channel:
+        stub = router_pb2_grpc.RouterStub(channel)
+        if stream:
+            chunks = [chunk async for chunk in stub.CompleteStream(ask(tenant), timeout=20)]
+            decision, reply = chunks[0].decision, chunks[-1].final
+        else:
+            reply = await stub.Complete(ask(tenant), timeout=20)
+            decision = reply.decision
+    attempts = len(chain.budget.requests) - sent
+    chain.budget.faults.clear()  # the second fault, unmet, must not hit a later test
+    assert attempts == 1 and reply.model == "strong-model"
+    _, _, usage = chain.premium.answer(chain.premium.requests[-1].json)
+    strong = load_registry(chain.registry_path).get("strong-model")
+    expected = estimate(decision, "cheap-model") + strong.cost_usd(usage["prompt_tokens"], usage["completion_tokens"])
     assert Decimal(reply.cost_usd) == expected
     (record,) = await ledger_of(chain, tenant)
     assert Decimal(record["cost_usd"]) == expected
