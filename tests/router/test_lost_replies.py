@@ -1,11 +1,13 @@
 """Money when a reply from the money store goes missing, with a real Redis behind a proxy that loses exactly that
 reply: an extension of a hold the store applied while the router never learned it (the request settles the hold
-the store holds, so none lingers), an extension that arrives after its request settled (it grows nothing), and a
-release whose caller leaves while the store is out of reach (the release still lands in the outbox)."""
+the store holds, so none lingers), an extension that arrives after its request settled (it grows nothing), a
+release whose caller leaves while the store is out of reach (the release still lands in the outbox), and an
+admission resent after its reply was lost (admitted once, not refused as a duplicate)."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -156,3 +158,27 @@ async def test_a_release_whose_caller_leaves_while_the_store_is_unreachable_land
         assert record["outcome"] == "released" and record["cost_usd"] == "0"
     finally:
         await direct.aclose()
+
+
+async def test_an_admission_sent_again_after_a_lost_reply_is_admitted_once(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Redis Cluster client resends a command whose reply it lost (redis-py: up to 10 times). The admission had
+    run: answered 'duplicate', the request would be refused while its hold and pending charge stayed, the hold
+    blocking the budget and the reconciler charging it for a request never served. The resend carries the very
+    same arguments, here made so by a frozen clock."""
+    store = RedisStore(redis_url)
+    direct = redis.from_url(redis_url)
+    account, allowance = Account("t", "k"), Allowance("day", per_minute=100)
+    hold = Hold(f"r-{uuid.uuid4().hex}", 5_000, DAY, "router-1")
+    try:
+        monkeypatch.setattr(time, "time", lambda: 1_800_000_000.25)
+        assert (await store.admit(account, allowance, hold)).refused == ""
+        assert (await store.admit(account, allowance, hold)).refused == ""  # the resend
+        assert await holds_and_pending(direct, account) == ([[hold.member.encode()]] * 2, 1)
+        assert await direct.get(AccountKeys.of(account).rate(time.time())) == b"1"  # counted once
+        monkeypatch.setattr(time, "time", lambda: 1_800_000_000.5)
+        assert (await store.admit(account, allowance, hold)).refused == "duplicate"  # another admission
+    finally:
+        await direct.aclose()
+        await store.close()

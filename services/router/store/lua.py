@@ -45,7 +45,12 @@ ADMIT = (
 -- KEYS: rate, used id, tenant spend, tenant holds, key spend, key holds, limit overrides, pending charges
 -- ARGV: per minute, tenant default limit, key default limit ('' = none), now, hold member, hold expiry, id ttl,
 --       hold pico, pending field, pending record, tenant limit field, key limit field
-if redis.call('EXISTS', KEYS[2]) == 1 then return {'duplicate', '0'} end
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  -- The very same admission sent again (a Redis Cluster client resends a command whose reply it lost; the record
+  -- holds its admission time): it was admitted, once. Another request with this id is a duplicate.
+  if redis.call('HGET', KEYS[8], ARGV[9]) == ARGV[10] then return {'', '0'} end
+  return {'duplicate', '0'}
+end
 local per_minute = tonumber(ARGV[1])
 if per_minute > 0 and tonumber(redis.call('GET', KEYS[1]) or '0') >= per_minute then return {'rate', '0'} end
 local budgets = {{KEYS[3], KEYS[4], ARGV[2], ARGV[11], 'tenant'}, {KEYS[5], KEYS[6], ARGV[3], ARGV[12], 'key'}}
