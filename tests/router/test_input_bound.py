@@ -21,8 +21,9 @@ from services.router import admission, policy, routing
 from services.router.costs import worst_pico
 from services.router.input_bound import InputBound
 from services.router.routed import Routed
+from services.router.serving import worst_usd
 from services.router.settings import RouterSettings
-from services.router.store import Account, MemoryStore
+from services.router.store import PICO, Account, MemoryStore
 
 NO_LIMIT = 10**9
 REGISTRY = Registry.model_validate(
@@ -141,6 +142,8 @@ async def test_an_openai_model_is_held_at_its_exact_count_and_any_other_at_the_b
     utf8 = REQUEST_ALLOWANCE + sum(MESSAGE_ALLOWANCE + len(m.role) + len(m.content.encode()) for m in messages)
     assert mixtral.limits.billed_input(MIXTRAL) == utf8 > 10 * mixtral.limits.input_tokens
     assert mixtral.hold is not None and mixtral.hold.pico == worst_pico(MIXTRAL, utf8, 100)
+    # What a fallback or an escalation is covered for, and a failed attempt owes when its outcome is unknown.
+    assert worst_usd(mixtral, MIXTRAL) * PICO == worst_pico(MIXTRAL, utf8, 100)
 
 
 async def test_max_cost_usd_pays_for_the_byte_bound_first() -> None:
