@@ -77,8 +77,8 @@ def test_deep_json_is_not_rendered_and_counting_stops_past_the_limit() -> None:
     for _ in range(900):  # as deep as the JSON parser allows: rendered indented, gigabytes for a large file
         deep = [deep, "x" * 1000]
     started = time.perf_counter()
-    assert widest_json_bytes([deep] * 10_000, 200_000) > 200_000
-    assert time.perf_counter() - started < 0.05
+    assert widest_json_bytes([deep] * 10_000, 200_000) > 200_000  # 58 GB rendered: counted whole, 100 s
+    assert time.perf_counter() - started < 1.0  # about 10 ms on a quiet machine
 
 
 def test_the_byte_bound_counts_every_byte_and_the_template() -> None:
