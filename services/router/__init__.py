@@ -7,7 +7,7 @@ from collections.abc import Callable
 from llmrouter.channels import open_channel
 from llmrouter.registry import LiveRegistry
 from llmrouter.server import Closer, Registrations, RunningServer
-from llmrouter.tokens import count_tokens
+from llmrouter.tokens import encoding
 from llmrouter.v1 import classifier_pb2_grpc, operator_pb2_grpc, provider_pb2_grpc, router_pb2_grpc
 from services.router import calibration
 from services.router.cache import open_cache
@@ -27,7 +27,8 @@ async def build(
         reference = calibration.load(settings.calibration_path)
     except ValueError as exc:  # CalibrationError is one too
         raise SystemExit(f"router: {exc}") from None
-    count_tokens("")  # loads the tokenizer now: on the first request it would hold the event loop for ~0.3 s
+    for name in ("cl100k_base", "o200k_base"):  # loaded now: on a request each would hold the event loop ~0.3 s
+        encoding(name)
     if settings.redis_url:
         await check_money_redis(settings.redis_url, settings.allow_evicting_money_store, settings.cache_redis_url)
     store = open_store(settings.redis_url, settings.request_id_ttl_s)

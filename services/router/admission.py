@@ -20,6 +20,7 @@ from llmrouter.v1 import router_pb2
 from llmrouter.validation import validate
 from services.router import metrics, policy
 from services.router.costs import affordable_output, floor_pico, worst_pico
+from services.router.input_bound import bound_input
 from services.router.routed import Routed
 from services.router.settings import RouterSettings
 from services.router.store import (
@@ -62,8 +63,9 @@ def account_for(request: router_pb2.CompleteRequest) -> Account:
 
 def output_caps(plan: policy.Plan, limits: policy.Limits, decision: router_pb2.Decision) -> dict[str, int]:
     """Per model of the plan, the most it may write: the caller's max_tokens, the model's output limit, the
-    room left in its context window, and what max_cost_usd can pay for. The decision says when the last
-    lowered the chosen model's max_tokens."""
+    room left in its context window (after the prompt's estimate), and what max_cost_usd can pay for (after
+    the most input the model can be billed). The decision says when the last lowered the chosen model's
+    max_tokens."""
     caps = {}
     for option in plan.order:
         model = option.model
@@ -71,7 +73,7 @@ def output_caps(plan: policy.Plan, limits: policy.Limits, decision: router_pb2.D
         if limits.max_output_tokens is not None:
             cap = min(cap, limits.max_output_tokens)
         if limits.max_cost_usd is not None:
-            affordable = affordable_output(model, limits.input_tokens, floor_pico(limits.max_cost_usd))
+            affordable = affordable_output(model, limits.billed_input(model), floor_pico(limits.max_cost_usd))
             if affordable < cap and option is plan.order[0]:
                 _say_capped(decision, plan, affordable, "max_cost_usd")
             cap = min(cap, affordable)
@@ -117,6 +119,15 @@ class Admission:
         input_tokens = await count_prompt_tokens(request.messages, request.passthrough_json, tools, self.max_context)
         if input_tokens > self.max_context:  # refused before anything else sees it (the classifier above all)
             raise self._over_every_window()
+        bound = await bound_input(
+            self.registry.current,
+            request.messages,
+            request.passthrough_json,
+            valid,
+            tools,
+            input_tokens,
+            self.max_context,
+        )
         settings = self.settings
         return policy.Limits(
             quality_target=(
@@ -125,6 +136,7 @@ class Admission:
             input_tokens=input_tokens,
             max_output_tokens=request.max_tokens if request.HasField("max_tokens") else None,
             expected_output_tokens=settings.expected_output_tokens,
+            input_bound=bound,
             max_cost_usd=max_cost,
             max_latency_ms=request.max_latency_ms if request.HasField("max_latency_ms") else None,
             needs_tools=tools,
@@ -203,7 +215,7 @@ class Admission:
         kept = []
         for option in plan.order:
             name = option.model.name
-            affordable = affordable_output(option.model, limits.input_tokens, verdict.remaining)
+            affordable = affordable_output(option.model, limits.billed_input(option.model), verdict.remaining)
             if affordable >= min(self.settings.min_output_tokens, routed.max_tokens[name]):
                 kept.append(option)
                 if affordable < routed.max_tokens[name]:
@@ -242,9 +254,10 @@ class Admission:
 
 
 def _worst_case(routed: Routed) -> int:
-    """The most the request can cost: its costliest model writing all it may."""
+    """The most the request can cost: its costliest model, billed the most input it can be, writing all it may."""
+    limits = routed.limits
     return max(
-        worst_pico(o.model, routed.limits.input_tokens, routed.max_tokens[o.model.name]) for o in routed.plan.order
+        worst_pico(o.model, limits.billed_input(o.model), routed.max_tokens[o.model.name]) for o in routed.plan.order
     )
 
 

@@ -12,18 +12,23 @@ import grpc
 
 from llmrouter.errors import ServiceError
 from llmrouter.registry import ModelSpec, Registry
+from services.router.input_bound import InputBound
 
 
 @dataclass(frozen=True)
 class Limits:
     quality_target: float
-    input_tokens: int
+    input_tokens: int  # the prompt counted in cl100k_base: sizes it against context windows, ranks by cost
     max_output_tokens: int | None  # the caller's cap, if any
     expected_output_tokens: int  # for the cost estimates that rank models, never for what is held
+    input_bound: InputBound  # per model, the most input its provider can bill: what money is held for
     max_cost_usd: Decimal | None = None
     max_latency_ms: int | None = None
     needs_tools: bool = False
     min_output_tokens: int = 1  # the shortest useful answer: a model that cannot afford it is not eligible
+
+    def billed_input(self, model: ModelSpec) -> int:
+        return self.input_bound.tokens(model)
 
 
 @dataclass(frozen=True)
@@ -57,12 +62,14 @@ def evaluate(models: Sequence[ModelSpec], scores: Mapping[str, float] | None, li
         # max_tokens is lowered to the room left. max_cost_usd lowers it too: only a short answer must fit.
         wanted = min(limits.max_output_tokens or limits.min_output_tokens, model.max_output_tokens)
         shortest = min(limits.min_output_tokens, wanted)
+        # A short answer after the most input the provider can bill must fit max_cost_usd.
+        least_worst = model.cost_usd(limits.billed_input(model), shortest)
         excluded = ""
         if limits.input_tokens + wanted > model.context_window:
             excluded = f"prompt of {limits.input_tokens} tokens exceeds context window {model.context_window}"
-        elif limits.max_cost_usd is not None and model.cost_usd(limits.input_tokens, shortest) > limits.max_cost_usd:
+        elif limits.max_cost_usd is not None and least_worst > limits.max_cost_usd:
             excluded = (
-                f"the prompt and a {shortest}-token answer cost {model.cost_usd(limits.input_tokens, shortest)}, "
+                f"the prompt and a {shortest}-token answer may cost {least_worst}, "
                 f"over max_cost_usd {limits.max_cost_usd}"
             )
         elif limits.max_latency_ms is not None and model.latency_slo_ms > limits.max_latency_ms:

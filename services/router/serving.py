@@ -120,7 +120,9 @@ class Serving:
         # (and after what failed attempts owe).
         assert routed.hold is not None  # only admitted requests are served
         affordable = affordable_output(
-            target.model, routed.limits.input_tokens, routed.hold.pico - to_pico(served.cost + routed.owed)
+            target.model,
+            routed.limits.billed_input(target.model),
+            routed.hold.pico - to_pico(served.cost + routed.owed),
         )
         max_tokens = min(routed.max_tokens[target.model.name], affordable)
         if max_tokens < min(routed.limits.min_output_tokens, routed.max_tokens[target.model.name]):
@@ -208,9 +210,10 @@ def generate_request(
 
 
 def worst_usd(routed: Routed, model: ModelSpec, max_tokens: int | None = None) -> Decimal:
-    """The most one generation by `model` can cost for this request: writing all it may."""
+    """The most one generation by `model` can cost for this request: billed the most input it can be, writing
+    all it may."""
     output = routed.max_tokens[model.name] if max_tokens is None else max_tokens
-    return Decimal(worst_pico(model, routed.limits.input_tokens, output)) / PICO
+    return Decimal(worst_pico(model, routed.limits.billed_input(model), output)) / PICO
 
 
 def retry_budget(routed: Routed, worst: Decimal) -> Decimal:

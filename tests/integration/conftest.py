@@ -45,6 +45,7 @@ def registry(budget_url: str, premium_url: str) -> dict:
             "context_window": window,
             "latency_slo_ms": 2000 if tier == "economy" else 10000,
             "quality_from": quality_from,
+            "tokenizer": "cl100k_base",  # what the fake upstreams bill with
         }
 
     fast = {

@@ -28,10 +28,11 @@ REGISTRY = Registry.model_validate(
         "providers": {"p": {"kind": "openai", "base_url": "http://x"}},
         "models": [
             {"name": "cheap", "provider": "p", "tier": "economy", "input_usd_per_mtok": "0.50",
-             "output_usd_per_mtok": "1.50", "context_window": 8000, "max_output_tokens": 4000, "quality_prior": 0.8},
+             "output_usd_per_mtok": "1.50", "context_window": 8000, "max_output_tokens": 4000, "quality_prior": 0.8,
+             "tokenizer": "cl100k_base"},
             {"name": "strong", "provider": "p", "tier": "premium", "input_usd_per_mtok": "5",
              "output_usd_per_mtok": "15", "context_window": 100000, "max_output_tokens": 16000,
-             "quality_prior": 0.95},
+             "quality_prior": 0.95, "tokenizer": "cl100k_base"},
         ],
     }
 )  # fmt: skip

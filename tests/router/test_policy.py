@@ -8,6 +8,7 @@ import pytest
 from llmrouter.errors import ServiceError
 from llmrouter.registry import Registry
 from services.router import policy
+from services.router.input_bound import InputBound
 
 REGISTRY = Registry.model_validate(
     {
@@ -26,7 +27,10 @@ REGISTRY = Registry.model_validate(
 
 def limits(**overrides: object) -> policy.Limits:
     values: dict = {"quality_target": 0.7, "input_tokens": 100, "max_output_tokens": None}
-    return policy.Limits(**{**values, "expected_output_tokens": 100, **overrides})
+    values = {**values, "expected_output_tokens": 100, **overrides}
+    # Every model billed the input counted: the bound per model is tested in test_input_bound.py.
+    values.setdefault("input_bound", InputBound({"utf8_bytes": values["input_tokens"]}, 10**9))
+    return policy.Limits(**values)
 
 
 def route(scores: dict[str, float] | None, **overrides: object) -> policy.Plan:

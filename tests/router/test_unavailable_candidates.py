@@ -11,6 +11,7 @@ import pytest
 from llmrouter.errors import ServiceError
 from llmrouter.registry import load_registry
 from services.router import policy
+from services.router.input_bound import InputBound
 from services.router.routing import decision, ideal_plan
 from tests.conftest import ROOT
 
@@ -22,6 +23,7 @@ def limits(**fields: object) -> policy.Limits:
     base: dict[str, object] = {"input_tokens": 20, "quality_target": 0.7, "max_output_tokens": None}
     base["expected_output_tokens"] = 256
     base.update(fields)
+    base.setdefault("input_bound", InputBound({"utf8_bytes": base["input_tokens"]}, 10**9))  # type: ignore[dict-item]
     return policy.Limits(**base)  # type: ignore[arg-type]
 
 
