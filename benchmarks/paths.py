@@ -8,12 +8,13 @@ OpenAI-compatible stub (benchmarks/stub.py, its own process), beside the stub ca
 - streamed req/s at 8 in flight (server-sent events, 8 deltas each);
 - `auto (seen)`: `auto` with one prompt over and over, what the router's score cache saves (every other arm
   sends a prompt of its own with each request, so no cache answers it);
-- RSS of each service after about 1,000 requests and after --rss-requests: flat means no growth.
+- RSS of each service after about 1,000 requests, after about 20,000 and after --rss-requests: the last two
+  equal means no growth (every bounded structure is full by 20,000).
 
 The load generator is wrk (Debian's `wrk`, C, event-driven) with benchmarks/chat.lua: every request carries a
 prompt of its own, so no cache answers it. It shares the machine's cores with the services: say the load.
 
-    python -m benchmarks.paths [--seconds 10] [--concurrency 16] [--rss-requests 100000]"""
+    python -m benchmarks.paths [--seconds 10] [--concurrency 16] [--rss-requests 100000] [--rss-model auto]"""
 
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ from tests.integration.conftest import free_port, registry
 LUA = Path(__file__).with_name("chat.lua")
 ARMS = ("stub directly", "named model", "auto", "auto (seen)")
 TICK = os.sysconf("SC_CLK_TCK")
+RSS_MIDWAY = 20_000  # requests: every bounded structure in the services is full well before this
 
 
 @dataclass
@@ -176,6 +178,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="duration of each timed run")
     parser.add_argument("--concurrency", type=int, default=16, help="connections for max req/s")
     parser.add_argument("--rss-requests", type=int, default=100_000, help="requests before the last RSS")
+    parser.add_argument("--rss-model", default="auto", help="the model of the requests sent for the RSS figures")
     parser.add_argument("--redis-url", default="", help="money store (a Redis that never evicts); unset: in process")
     parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated subset")
     args = parser.parse_args()
@@ -190,8 +193,8 @@ def main() -> None:
             "auto (seen)": (edge_url, "auto"),  # one prompt again and again: scored once, then from the cache
         }
         arms = {name: arm for name, arm in arms.items() if name in args.arms.split(",")}
-        # Memory early in the stack's life (about 1,000 requests), then after all the runs below and more
-        # `auto` runs until --rss-requests in all.
+        # Memory early in the stack's life (about 1,000 requests), then after all the runs below and more runs
+        # of --rss-model (`auto` by default: every service in the path).
         served = wrk(edge_url, "auto", services, connections=2, seconds=1).requests
         memory = [(served, {name: rss_mb(pid) for name, pid in services.items()})]
         rows: dict[str, tuple[Run, Run, Run]] = {}
@@ -205,10 +208,12 @@ def main() -> None:
             if url == edge_url:
                 served += sum(run.requests for run in (warm, single, loaded, streamed))
             print(f"  measured: {name}", flush=True)
-        if args.rss_requests:
-            while served < args.rss_requests:
-                served += wrk(edge_url, "auto", services, connections=args.concurrency, seconds=20).requests
-            memory.append((served, {name: rss_mb(pid) for name, pid in services.items()}))
+        # Then after about RSS_MIDWAY requests (every cap is full by then) and after --rss-requests.
+        for target in sorted({min(RSS_MIDWAY, args.rss_requests), args.rss_requests} - {0}):
+            if served < target:
+                while served < target:
+                    served += wrk(edge_url, args.rss_model, services, connections=args.concurrency, seconds=10).requests
+                memory.append((served, {name: rss_mb(pid) for name, pid in services.items()}))
     print_table(rows, memory, args)
 
 

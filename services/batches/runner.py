@@ -22,6 +22,7 @@ import grpc
 from prometheus_client import Counter, Gauge
 
 from llmrouter.errors import ServiceError
+from llmrouter.tasks import stop as stop_task
 from llmrouter.v1 import router_pb2_grpc
 from services.batches import wire
 from services.batches.store import Store, batch_key, file_key, now, results_key
@@ -93,7 +94,7 @@ class Runner:
         """Take no more lines; let the lines in flight finish and record their results."""
         self.stopping = True
         if self._watch is not None:
-            self._watch.cancel()
+            await stop_task(self._watch)  # it reads the store, which can swallow one cancellation
         if self.runs:
             await asyncio.gather(*self.runs.values(), return_exceptions=True)
 
@@ -126,7 +127,7 @@ class Runner:
         except Exception:
             log.exception("batch run failed; it stays active and is resumed", extra={"id": batch_id})
         finally:
-            renewing.cancel()
+            await stop_task(renewing)  # not left renewing the lease of a run that ended
 
     async def _renew(self, batch_id: str) -> None:
         """Keeps the lease while the batch runs; returns when it is lost (the run then stops taking lines)."""

@@ -21,6 +21,7 @@ import time
 from typing import Any, Protocol
 
 from llmrouter.redis_connect import is_cluster_client
+from llmrouter.tasks import raise_if_cancelled
 from services.ledger.db import LedgerDB, row_from_record
 from services.router.store import SHARDS, MemoryStore, ledger_key
 
@@ -181,7 +182,6 @@ class LedgerSink:
 
     async def run(self) -> None:
         """Copy until cancelled; a failure (Redis or the database away) is retried, never fatal."""
-        task = asyncio.current_task()
         while True:
             try:
                 await self.step()
@@ -190,10 +190,9 @@ class LedgerSink:
             except Exception as exc:
                 log.warning("ledger sink retrying: %s: %s", exc.__class__.__name__, exc)
                 await asyncio.sleep(self.retry_s)
-            # A cancellation that lands as redis-py's blocking read times out can be swallowed there (seen: the
-            # sink kept reading, and the router's stop() waited for it forever); a cancelled sink stops anyway.
-            if task is not None and task.cancelling():
-                raise asyncio.CancelledError
+            # redis-py can swallow a cancellation (seen: the sink kept reading, and the router's stop() waited for
+            # it forever); a cancelled sink stops anyway.
+            raise_if_cancelled()
 
 
 def _text(value: Any) -> str:

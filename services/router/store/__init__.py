@@ -55,4 +55,4 @@ __all__ = [
 
 
 def open_store(redis_url: str | None, request_id_ttl_s: int = REQUEST_ID_TTL_S) -> Store:
-    return RedisStore(redis_url, request_id_ttl_s) if redis_url else MemoryStore()
+    return RedisStore(redis_url, request_id_ttl_s) if redis_url else MemoryStore(request_id_ttl_s)

@@ -7,23 +7,36 @@ from collections import deque
 from dataclasses import replace
 
 from services.router.store.keys import AccountKeys, key_everywhere, limit_field
-from services.router.store.model import HOLD_S, Account, Allowance, Hold, Pending, Verdict, pending_field
+from services.router.store.model import (
+    HOLD_S,
+    REQUEST_ID_TTL_S,
+    Account,
+    Allowance,
+    Hold,
+    Pending,
+    Verdict,
+    pending_field,
+)
+from services.router.store.recent_ids import RecentIds
 
 
 class MemoryStore:
     """Each method runs without awaiting, so it is atomic. Nothing outlives the process, so there is nothing to
-    reconcile."""
+    reconcile. Memory is bounded: what grows with the requests served (request ids, ledger records) is capped."""
 
-    MAX_REQUEST_IDS = 1_000_000
+    # Request ids kept, each for the request id TTL at most (as in Redis) and, beyond this many, oldest first:
+    # this store serves one development router, where a retry comes within seconds, not 10,000 requests later.
+    # An id seen again after that many newer ones is admitted (and charged) as a new request.
+    MAX_REQUEST_IDS = 10_000
     # Records kept for the SQL sink, which reads them within a second or so: a bound, so a long-running
     # process does not grow by every record it ever charged (measured: +290 MB over 100,000 requests).
     MAX_LEDGER_RECORDS = 10_000
 
-    def __init__(self) -> None:
+    def __init__(self, request_id_ttl_s: float = REQUEST_ID_TTL_S) -> None:
         self.counters: dict[str, int] = {}
         self.limits: dict[str, int] = {}  # by limit_field(scope, name)
-        self.used: dict[str, None] = {}  # request ids, oldest first; an ordered set with a cap
-        self.charged: dict[str, None] = {}
+        self.used = RecentIds(request_id_ttl_s, self.MAX_REQUEST_IDS)  # admitted
+        self.charged = RecentIds(request_id_ttl_s, self.MAX_REQUEST_IDS)
         self.held: dict[str, dict[str, tuple[float, int]]] = {}  # holds key -> member -> (expiry, pico)
         self.pending: dict[str, Pending] = {}
         self.ledger: deque[dict] = deque(maxlen=self.MAX_LEDGER_RECORDS)
@@ -65,7 +78,7 @@ class MemoryStore:
             return Verdict(tightest, max(remaining, 0))
         if allowance.per_minute:
             self.rate_counts[subject] = self.rate_counts.get(subject, 0) + 1
-        _remember(self.used, keys.used(hold.request_id), self.MAX_REQUEST_IDS)
+        self.used.add(keys.used(hold.request_id))
         for held_key in keys.held():
             self.held[held_key][hold.member] = (now + HOLD_S, hold.pico)
         pending = Pending.of(account, hold)
@@ -76,9 +89,8 @@ class MemoryStore:
         was_pending = pending_field(account, hold.request_id) in self.pending
         await self.release(account, hold)
         keys = AccountKeys.of(account)
-        if keys.charged(hold.request_id) in self.charged or (late and not was_pending):
+        if (late and not was_pending) or not self.charged.add(keys.charged(hold.request_id)):
             return False
-        _remember(self.charged, keys.charged(hold.request_id), self.MAX_REQUEST_IDS)
         for spend_key in keys.spend(hold.period):
             self.counters[spend_key] = self.counters.get(spend_key, 0) + pico
         self.ledger.append(record)
@@ -149,9 +161,3 @@ class MemoryStore:
 
     async def close(self) -> None:
         return None
-
-
-def _remember(seen: dict[str, None], key: str, cap: int) -> None:
-    seen[key] = None
-    if len(seen) > cap:
-        del seen[next(iter(seen))]  # the oldest: Redis would have expired it first too

@@ -13,6 +13,7 @@ from dataclasses import asdict, replace
 from typing import Any
 
 from llmrouter.redis_connect import connect
+from llmrouter.tasks import raise_if_cancelled
 from services.router import metrics
 from services.router.store import lua
 from services.router.store.keys import (
@@ -47,7 +48,9 @@ CONNECTIONS = 64  # per client; on a cluster, per node at most
 @asynccontextmanager
 async def _reachable() -> AsyncIterator[None]:
     """Connection failures, timeouts, a demoted primary (READONLY) and a cluster without a master for the
-    slot are the store being out of reach: StoreUnavailable (fail closed, charges to the outbox)."""
+    slot are the store being out of reach: StoreUnavailable (fail closed, charges to the outbox). A cancellation
+    that redis-py swallowed is raised after the call (llmrouter.tasks.raise_if_cancelled): the loops that read
+    the store (upkeep, budget watch) stop when cancelled."""
     import redis.exceptions as errors
 
     try:
@@ -68,6 +71,7 @@ async def _reachable() -> AsyncIterator[None]:
         metrics.STORE_UP.labels("money").set(0)
         raise StoreUnavailable() from exc
     metrics.STORE_UP.labels("money").set(1)
+    raise_if_cancelled()
 
 
 def _text(value: Any) -> str:

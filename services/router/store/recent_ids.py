@@ -1,0 +1,50 @@
+"""Request ids seen recently, for the in-process money store: what Redis's `used` and `charged` markers do (an
+id counts for ROUTER_REQUEST_ID_TTL_S), in memory bounded by a cap.
+
+An id is kept as a 128-bit digest (no two of a few thousand ids collide in practice: ~1e-31) with its expiry,
+about 125 bytes, and forgotten when its TTL ends or, once `cap` ids are kept, oldest first. So a duplicate is
+caught only within the last `cap` ids of the TTL: an id seen again after that many newer ones counts as new."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import deque
+from collections.abc import Callable
+
+
+class RecentIds:
+    def __init__(self, ttl_s: float, cap: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl_s = ttl_s
+        self.cap = cap
+        self._clock = clock
+        self._expiry: dict[int, float] = {}  # digest -> when it is forgotten
+        self._order: deque[int] = deque()  # digests, oldest first: the TTL is the same for all, so expiry order
+
+    def __contains__(self, request_key: str) -> bool:
+        expiry = self._expiry.get(_digest(request_key))
+        return expiry is not None and expiry > self._clock()
+
+    def add(self, request_key: str) -> bool:
+        """Keep the id, unless it is kept already: then False, and its expiry stays (as Redis's SET NX)."""
+        now = self._clock()
+        self._forget(now)
+        digest = _digest(request_key)
+        if digest in self._expiry:
+            return False
+        if len(self._order) >= self.cap:
+            del self._expiry[self._order.popleft()]
+        self._expiry[digest] = now + self.ttl_s
+        self._order.append(digest)
+        return True
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def _forget(self, now: float) -> None:
+        while self._order and self._expiry[self._order[0]] <= now:
+            del self._expiry[self._order.popleft()]
+
+
+def _digest(request_key: str) -> int:
+    return int.from_bytes(hashlib.blake2b(request_key.encode(), digest_size=16).digest(), "big")
