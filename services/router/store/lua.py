@@ -42,15 +42,18 @@ ADMIT = (
     _MAY_GROW
     + _EXACT
     + """
--- KEYS: rate, used id, tenant spend, tenant holds, key spend, key holds, limit overrides, pending charges
+-- KEYS: rate, used id, tenant spend, tenant holds, key spend, key holds, limit overrides, pending charges,
+--       charged id
 -- ARGV: per minute, tenant default limit, key default limit ('' = none), now, hold member, hold expiry, id ttl,
 --       hold pico, pending field, pending record, tenant limit field, key limit field
-if redis.call('EXISTS', KEYS[2]) == 1 then
-  -- The very same admission sent again (a Redis Cluster client resends a command whose reply it lost; the record
-  -- holds its admission time): it was admitted, once. Another request with this id is a duplicate.
-  if redis.call('HGET', KEYS[8], ARGV[9]) == ARGV[10] then return {'', '0'} end
-  return {'duplicate', '0'}
-end
+local recorded = redis.call('HGET', KEYS[8], ARGV[9])
+-- The very same admission sent again (a Redis Cluster client resends a command whose reply it lost; the record
+-- holds its admission time): it was admitted, once.
+if recorded == ARGV[10] then return {'', '0'} end
+-- Another request with this id is a duplicate while the id is used, in flight, or charged: the charged marker
+-- outlives the used one by the request's run time, and a request admitted then would be served and its charge
+-- refused as a repeat.
+if recorded or redis.call('EXISTS', KEYS[2], KEYS[9]) > 0 then return {'duplicate', '0'} end
 local per_minute = tonumber(ARGV[1])
 if per_minute > 0 and tonumber(redis.call('GET', KEYS[1]) or '0') >= per_minute then return {'rate', '0'} end
 local budgets = {{KEYS[3], KEYS[4], ARGV[2], ARGV[11], 'tenant'}, {KEYS[5], KEYS[6], ARGV[3], ARGV[12], 'key'}}

@@ -57,7 +57,13 @@ class MemoryStore:
 
     async def admit(self, account: Account, allowance: Allowance, hold: Hold) -> Verdict:
         keys = AccountKeys.of(account)
-        if keys.used(hold.request_id) in self.used:
+        # Used, in flight or charged: each is kept in its own window, and a request admitted while its id is
+        # charged but no longer used would be served with its charge refused as a repeat.
+        if (
+            keys.used(hold.request_id) in self.used
+            or pending_field(account, hold.request_id) in self.pending
+            or keys.charged(hold.request_id) in self.charged
+        ):
             return Verdict("duplicate")
         now = time.time()
         window, subject = int(now // 60), keys.rate(now)

@@ -134,7 +134,9 @@ class RedisStore:
         ]
         names = [keys.rate(now), keys.used(hold.request_id), tenant_spend, tenant_held, key_spend, key_held]
         async with self._call():
-            refused, remaining = await self._admit(keys=[*names, keys.limits, keys.pending], args=args)
+            refused, remaining = await self._admit(
+                keys=[*names, keys.limits, keys.pending, keys.charged(hold.request_id)], args=args
+            )
         return Verdict(_text(refused), int(remaining))
 
     async def charge(self, account: Account, hold: Hold, pico: int, record: dict, late: bool = False) -> bool:
