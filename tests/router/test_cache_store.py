@@ -7,10 +7,11 @@ import uuid
 from decimal import Decimal
 
 from llmrouter.redis_connect import connect, each_primary
-from llmrouter.registry import load_registry
+from llmrouter.registry import UTF8_BYTES, load_registry
 from llmrouter.v1 import common_pb2, router_pb2
 from services.router import policy
 from services.router.cache import RedisCache, ResponseCache
+from services.router.input_bound import InputBound
 from services.router.routed import Routed
 from services.router.sessions import Session, Sessions
 from services.router.store import Account
@@ -22,7 +23,13 @@ def routed(tenant: str, text: str) -> Routed:
     request = router_pb2.CompleteRequest(
         messages=[common_pb2.ChatMessage(role="user", content=text)], model="auto", request_id=uuid.uuid4().hex
     )
-    limits = policy.Limits(quality_target=0.8, input_tokens=4, max_output_tokens=None, expected_output_tokens=16)
+    limits = policy.Limits(
+        quality_target=0.8,
+        input_tokens=4,
+        max_output_tokens=None,
+        expected_output_tokens=16,
+        input_bound=InputBound({UTF8_BYTES: 4}, 100_000),
+    )
     plan = policy.Plan([], [], "cheapest_meeting_target", "test")
     return Routed(request, request.request_id, Account(tenant, "key1"), limits, plan, router_pb2.Decision(), {})
 
