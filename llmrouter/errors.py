@@ -29,6 +29,9 @@ class ServiceError(Exception):
         self.reason = reason
         self.message = message
         self.metadata = dict(metadata or {})
+        # Raised by one of our services (it travels with its ErrorInfo), rather than a call that broke between
+        # services (a server that died or drained mid-call), which nobody on the other side answered.
+        self.explained = True
 
     def trailing_metadata(self) -> tuple[tuple[str, bytes], ...]:
         info = error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN, metadata=self.metadata)
@@ -42,7 +45,7 @@ class ServiceError(Exception):
         """Rebuild the error a downstream service raised, keeping its reason and metadata."""
         code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
         message = (err.details() if hasattr(err, "details") else None) or str(err)
-        reason, metadata = "UPSTREAM_ERROR", {}
+        reason, metadata, explained = "UPSTREAM_ERROR", {}, False
         trailing = cast(
             Iterable[tuple[str, Any]], (err.trailing_metadata() if hasattr(err, "trailing_metadata") else None) or ()
         )
@@ -52,8 +55,10 @@ class ServiceError(Exception):
                 for detail in status.details:
                     info = error_details_pb2.ErrorInfo()
                     if detail.Unpack(info):
-                        reason, metadata = info.reason, dict(info.metadata)
-        return cls(code, reason, message, metadata)
+                        reason, metadata, explained = info.reason, dict(info.metadata), info.domain == DOMAIN
+        error = cls(code, reason, message, metadata)
+        error.explained = explained
+        return error
 
 
 def invalid(message: str, field: str = "", reason: str = "INVALID_REQUEST") -> ServiceError:

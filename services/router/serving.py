@@ -34,6 +34,9 @@ FALLBACK_CODES = {
 }
 # Failures after which the upstream may have generated (and billed) anything up to the attempt's worst case.
 UNKNOWN_OUTCOME = {grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
+# How gRPC words a call that never reached the providers service (it could not connect, or resolve its name).
+# Any other call that broke between the services may have been sent upstream before the providers went away.
+NEVER_CONNECTED = ("failed to connect to all addresses", "DNS resolution failed")
 # A fallback (or escalation) with less of the request's time left than this would time out before reaching its
 # upstream, and be charged its worst case as an unknown outcome all the same: none is made.
 MIN_FALLBACK_S = 0.1
@@ -227,5 +230,12 @@ def attempt_cost(error: ServiceError, worst: Decimal) -> Decimal:
     """What a failed provider call costs: what the providers measured it consumed (failed retries included),
     plus, when the upstream may have generated without saying so, the attempt's worst case."""
     measured = Decimal(error.metadata.get("cost_usd", "0"))
-    unknown = error.code in UNKNOWN_OUTCOME and error.metadata.get("sent") != "false"
+    unknown = (error.code in UNKNOWN_OUTCOME or cut_in_transit(error)) and error.metadata.get("sent") != "false"
     return measured + (worst if unknown else 0)
+
+
+def cut_in_transit(error: ServiceError) -> bool:
+    """A providers call that broke between the services (the providers process died, or drained past its grace,
+    mid-call: UNAVAILABLE without their ErrorInfo). The upstream may have the request and bill it, as after an
+    upstream connection lost once the request was sent; unless gRPC never connected to the providers at all."""
+    return not error.explained and not error.message.startswith(NEVER_CONNECTED)

@@ -1,0 +1,89 @@
+"""The router's call to the providers service breaking in transit (the providers process dies or drains past its
+grace mid-call): the providers may have sent the request upstream, which generates and bills it, so the attempt
+is owed at its worst case, as an upstream connection lost after sending is. A providers service the router never
+reached cost nothing. Real gRPC servers on loopback; the router's serving over the in-process store."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+
+from llmrouter.errors import ServiceError
+from llmrouter.v1 import provider_pb2, provider_pb2_grpc
+from services.router.serving import Serving, StreamState, worst_usd
+from tests.router.test_admission import REGISTRY, request, routed
+
+
+class Generating(provider_pb2_grpc.ProviderServicer):
+    """A providers service in the middle of a generation: the upstream has the request."""
+
+    def __init__(self) -> None:
+        self.called = asyncio.Event()
+
+    async def Generate(self, request: Any, context: Any) -> provider_pb2.GenerateResponse:
+        self.called.set()
+        await asyncio.sleep(30)
+        raise AssertionError("stopped before")
+
+    async def GenerateStream(self, request: Any, context: Any) -> AsyncIterator[provider_pb2.GenerateChunk]:
+        self.called.set()
+        await asyncio.sleep(30)
+        yield provider_pb2.GenerateChunk(delta="never")
+
+
+class NoDeadline:
+    def time_remaining(self) -> float | None:
+        return None
+
+
+async def start(servicer: Generating) -> tuple[grpc.aio.Server, int]:
+    server = grpc.aio.server()
+    provider_pb2_grpc.add_ProviderServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, port
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_a_providers_call_cut_in_transit_is_owed_at_its_worst_case(streamed: bool) -> None:
+    servicer = Generating()
+    server, port = await start(servicer)
+    gate, r = await routed(request(max_tokens=50))
+    r.registry, r.escalation = REGISTRY, "off"
+    await gate.admit(r)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        serving = Serving(provider_pb2_grpc.ProviderStub(channel), gate)
+
+        async def serve() -> None:
+            if streamed:
+                async for _ in serving.generate_stream(r, NoDeadline(), StreamState(r.plan.order[0].model)):
+                    pass
+            else:
+                await serving.generate(r, NoDeadline())
+
+        serving_task = asyncio.create_task(serve())
+        await servicer.called.wait()
+        await server.stop(0)  # the providers process goes mid-call; the fallback finds no server to connect to
+        with pytest.raises(ServiceError) as failed:
+            await serving_task
+    assert failed.value.code == grpc.StatusCode.UNAVAILABLE
+    cheap = r.plan.order[0].model
+    assert r.owed == worst_usd(r, cheap)  # the cut attempt at its worst case; the unsent fallback, nothing
+
+
+async def test_a_providers_service_never_reached_costs_nothing() -> None:
+    server, port = await start(Generating())
+    await server.stop(0)  # nothing listens there any more
+    gate, r = await routed(request(max_tokens=50))
+    r.registry, r.escalation = REGISTRY, "off"
+    await gate.admit(r)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        serving = Serving(provider_pb2_grpc.ProviderStub(channel), gate)
+        with pytest.raises(ServiceError) as failed:
+            await serving.generate(r, NoDeadline())
+    assert failed.value.code == grpc.StatusCode.UNAVAILABLE
+    assert r.owed == 0
