@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
-from llmrouter.tokens import TOOL_USE_FRAMING, PromptMessage
+from llmrouter.tokens import TOOL_USE_FRAMING
 
 # Per message, the template's tokens around its text (the role is counted as text besides):
 #   Llama 3: <|start_header_id|> <|end_header_id|> "\n\n" ... <|eot_id|>: 3 special tokens and 2 bytes;
@@ -32,8 +32,17 @@ REQUEST_ALLOWANCE = 128
 _INDENT = 4
 
 
+class TemplatedMessage(Protocol):
+    """What a chat template renders of a message besides its tool calls (passed parsed)."""
+
+    role: str
+    content: str
+    name: str
+    tool_call_id: str
+
+
 def utf8_bound(
-    messages: Sequence[PromptMessage],
+    messages: Sequence[TemplatedMessage],
     tool_calls: Sequence[Sequence[dict[str, Any]]],
     passthrough: dict[str, Any],
     tools: bool,

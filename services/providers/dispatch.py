@@ -21,7 +21,7 @@ from llmrouter.errors import ServiceError
 from llmrouter.registry import ModelSpec, ProviderSpec
 from llmrouter.v1 import common_pb2, provider_pb2
 from services.providers import metrics
-from services.providers.accounting import decimal_str, settle
+from services.providers.accounting import decimal_str, input_bound, settle
 from services.providers.backoff import retry_delay
 from services.providers.breaker import CircuitBreaker, State
 from services.providers.gateways.base import Completion, Gateway, StreamEvent, UpstreamError, UpstreamRequest
@@ -129,7 +129,8 @@ class Dispatcher:
                         if delivered:
                             raise self._interrupted(model, request, "".join(delivered), end, err, wasted) from None
                         if err.kind not in _UNKNOWN_OUTCOME:
-                            wasted.add(model, request, end, exc.consumed if isinstance(exc, UpstreamError) else None)
+                            consumed = exc.consumed if isinstance(exc, UpstreamError) else None
+                            await wasted.add(model, request, end, consumed)
                         if retry_budget is not None and wasted.cost > retry_budget:
                             # Another attempt could write its all on top: past what the caller holds for the call.
                             raise self._failure(model, request, err, retries, wasted) from None
@@ -337,13 +338,19 @@ class Wasted:
         self.cost = Decimal(0)
         self.estimated = False
 
-    def add(self, model: ModelSpec, request: UpstreamRequest, end: Completion, consumed: Completion | None) -> None:
+    async def add(
+        self, model: ModelSpec, request: UpstreamRequest, end: Completion, consumed: Completion | None
+    ) -> None:
         if consumed is not None:
             _merge(end, consumed)
         elif end.input_tokens is None and end.output_tokens is None:
             return  # the upstream never began answering: nothing billed
         calls = json.dumps(end.tool_calls) if end.tool_calls else ""
-        usage, cost = settle(model, request.messages, calls, end.input_tokens, end.output_tokens)
+        # Unreported (OpenAI-style streams say it only at their end), the prompt is billed whole all the same:
+        # counted as high as the router holds for it, so the retry budget is never passed by what went uncounted.
+        billed_input = end.input_tokens if end.input_tokens is not None else await input_bound(model, request)
+        usage, cost = settle(model, request.messages, calls, billed_input, end.output_tokens)
+        usage.estimated |= end.input_tokens is None
         self.input_tokens += usage.input_tokens
         self.output_tokens += usage.output_tokens
         self.cost += Decimal(cost)

@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 import pytest
 
+from llmrouter.tokens import count_tokens
 from llmrouter.v1 import common_pb2, provider_pb2
 from tests.fakes import FakeAnthropic, FakeOpenAI
 from tests.fakes.server import TOOL_CUE, Fault
@@ -221,3 +222,20 @@ async def test_a_retry_budget_that_is_not_a_decimal_is_refused(stub) -> None:
         await collect(stub, tool_request("cheap", retry_budget_usd="lots"))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error_of(info.value).metadata["field"] == "retry_budget_usd"
+
+
+async def test_a_cut_stream_that_reported_no_usage_is_charged_its_whole_prompt_tools_included(
+    stub, openai_fake: FakeOpenAI
+) -> None:
+    # OpenAI-style streams report usage only in their last chunk: a stream cut before it consumed the whole prompt,
+    # tool definitions included, which the upstream bills. Counting only the messages let retries run on while the
+    # upstream billed far more than the retry budget the router holds for them.
+    tools = [{**TOOLS[0], "function": {**TOOLS[0]["function"], "description": "Weather of a city. " * 500}}]
+    big = request("cheap", PROMPT, passthrough_json=json.dumps({"tools": tools}), retry_budget_usd="0.0001")
+    openai_fake.enqueue(Fault.cut(after_chunks=4))
+    sent = len(openai_fake.requests)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await collect(stub, big)
+    err = error_of(info.value)
+    assert int(err.metadata["input_tokens"]) >= count_tokens(json.dumps(tools))  # ~2,500 tokens: $0.0004
+    assert err.metadata["retries"] == "0" and len(openai_fake.requests) == sent + 1  # past the retry budget
