@@ -128,9 +128,10 @@ class Allowance:
 @dataclass(frozen=True)
 class Verdict:
     """Admission's answer. `refused` is '' when the request may go on, else why not: 'duplicate' (the id was
-    used before, is in flight, or its charge is still remembered), 'rate' (over the requests this minute), 'tenant' or 'key' (that budget cannot hold this
-    request on top of its spend and the holds of requests in flight). On a budget refusal, `remaining` is
-    what the tighter budget has left (pico-USD): a smaller hold up to it would have been admitted then."""
+    used before, is in flight, or its charge is still remembered), 'rate' (over the requests this minute),
+    'tenant' or 'key' (that budget cannot hold this request on top of its spend and the holds of requests in
+    flight). On a budget refusal, `remaining` is what the tighter budget has left (pico-USD): a smaller hold up
+    to it would have been admitted then."""
 
     refused: str
     remaining: int = 0
