@@ -24,6 +24,7 @@ class MemoryStore:
         self.limits: dict[str, int] = {}  # by limit_field(scope, name)
         self.used: dict[str, None] = {}  # request ids, oldest first; an ordered set with a cap
         self.charged: dict[str, None] = {}
+        self.undone: dict[str, None] = {}  # undone admissions, by nonce
         self.held: dict[str, dict[str, tuple[float, int]]] = {}  # holds key -> member -> (expiry, pico)
         self.pending: dict[str, Pending] = {}
         self.ledger: deque[dict] = deque(maxlen=self.MAX_LEDGER_RECORDS)
@@ -44,6 +45,8 @@ class MemoryStore:
 
     async def admit(self, account: Account, allowance: Allowance, hold: Hold) -> Verdict:
         keys = AccountKeys.of(account)
+        if keys.undone(hold.nonce) in self.undone:
+            return Verdict("undone")
         if keys.used(hold.request_id) in self.used:
             return Verdict("duplicate")
         now = time.time()
@@ -107,6 +110,17 @@ class MemoryStore:
             for member in {hold.member, held.member}:
                 self.held.get(held_key, {}).pop(member, None)
         self.pending.pop(pending_field(account, hold.request_id), None)
+
+    async def undo(self, account: Account, hold: Hold) -> bool:
+        assert hold.nonce, "only an admission with a nonce can be undone"
+        keys = AccountKeys.of(account)
+        _remember(self.undone, keys.undone(hold.nonce), self.MAX_REQUEST_IDS)
+        pending = self.pending.get(pending_field(account, hold.request_id))
+        if pending is None or pending.nonce != hold.nonce:
+            return False
+        await self.release(account, hold)
+        self.used.pop(keys.used(hold.request_id), None)
+        return True
 
     def _held(self, account: Account, hold: Hold) -> Hold:
         """The hold as this store holds it (RedisStore's held_member): its pending charge's."""
