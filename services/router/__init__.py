@@ -74,7 +74,12 @@ async def build(
     }
 
     def on_started(server: RunningServer) -> None:
-        upkeep.start(server.set_serving)
+        async def report(up: bool) -> None:
+            if up:  # back within reach: admissions go to it again at once, not a probe later
+                servicer.admission.undoing.answered()
+            await server.set_serving(up)
+
+        upkeep.start(report)
         registry.start()
 
     closers = [registry.close, upkeep.close, servicer.close, stop_watch, stop_sink, store.close, cache.close]

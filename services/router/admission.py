@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import logging
 import re
+import secrets
 import time
 from decimal import Decimal, InvalidOperation
 
@@ -21,6 +22,7 @@ from llmrouter.validation import validate
 from services.router import metrics, policy
 from services.router.costs import affordable_output, floor_pico, worst_pico
 from services.router.input_bound import bound_input
+from services.router.outbox import Outbox
 from services.router.routed import Routed
 from services.router.settings import RouterSettings
 from services.router.store import (
@@ -34,6 +36,7 @@ from services.router.store import (
     period_id,
     to_pico,
 )
+from services.router.undoing import Undoing
 
 log = logging.getLogger("llmrouter.router")
 
@@ -82,11 +85,11 @@ def output_caps(plan: policy.Plan, limits: policy.Limits, decision: router_pb2.D
 
 
 class Admission:
-    def __init__(self, settings: RouterSettings, registry: RegistrySource, store: Store) -> None:
+    def __init__(self, settings: RouterSettings, registry: RegistrySource, store: Store, outbox: Outbox) -> None:
         self.settings = settings
         self.registry = registry
         self.store = store
-        self._undoing: set[asyncio.Task[None]] = set()  # releases of holds made for callers that left
+        self.undoing = Undoing(store, outbox)
         self.allowance = Allowance(
             settings.budget_period,
             settings.rate_limit_rpm,
@@ -157,7 +160,8 @@ class Admission:
         # The budget period is fixed here, once: a request admitted before midnight is charged to that day.
         period = period_id(self.settings.budget_period)
         for _ in range(ADMIT_ATTEMPTS):
-            hold = Hold(routed.request_id, _worst_case(routed), period, self.settings.instance_id)
+            nonce = secrets.token_hex(8)  # names this admission: its undo touches no other of the request id
+            hold = Hold(routed.request_id, _worst_case(routed), period, self.settings.instance_id, nonce)
             verdict = await self._hold(routed.account, hold)
             if not verdict.refused:
                 routed.hold = hold
@@ -168,24 +172,27 @@ class Admission:
         raise self._budget_spent(verdict.refused)
 
     async def _hold(self, account: Account, hold: Hold) -> Verdict:
-        """The store's admission, run to its end even when the caller leaves meanwhile (the script may run
-        after its reply is abandoned): a hold made for a request nobody serves is released at once, rather
-        than blocking the budget until it expires and being charged in full as an unsettled pending charge."""
+        """The store's admission. One that is not known to have been refused, and is not served, is undone: the
+        caller left meanwhile (the script may run after its reply is abandoned), or its reply was lost (a timeout,
+        a dropped connection) after the script may have run. Undone before the refusal is answered, so a retry of
+        the request id is admitted."""
+        if not self.undoing.may_send():
+            raise StoreUnavailable()  # out of reach a moment ago: the request is refused without a lost reply to undo
         admitting = asyncio.ensure_future(self.store.admit(account, self.allowance, hold))
         try:
-            return await asyncio.shield(admitting)
+            verdict = await asyncio.shield(admitting)
         except asyncio.CancelledError:
-            undo = asyncio.ensure_future(self._release_if_held(admitting, account, hold))
-            self._undoing.add(undo)
-            undo.add_done_callback(self._undoing.discard)
+            self.undoing.undo_if_held(admitting, account, hold)
             raise
+        except StoreUnavailable as failure:
+            await self.undoing.undo(account, hold, failure)
+            raise
+        self.undoing.answered()
+        return verdict
 
-    async def _release_if_held(self, admitting: asyncio.Future[Verdict], account: Account, hold: Hold) -> None:
-        try:
-            if not (await admitting).refused:
-                await self.store.release(account, hold)
-        except StoreUnavailable:  # the reconciler settles the pending charge at its hold
-            log.warning("hold of an abandoned admission not released", extra={"request_id": hold.request_id})
+    async def close(self) -> None:
+        """Let undos still running finish: a stopping router leaves none half-done."""
+        await self.undoing.close()
 
     async def cover(self, routed: Routed, next_pico: int) -> bool:
         """Before another generation for the same request (a fallback after a failed attempt): grow the hold,
@@ -244,13 +251,15 @@ class Admission:
                 f"request id {hold.request_id!r} was used before: each request needs its own",
                 {"field": "request_id"},
             )
-        metrics.RATE_LIMITED.inc()
-        return ServiceError(
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            "RATE_LIMITED",
-            f"rate limit of {self.settings.rate_limit_rpm} requests per minute reached",
-            {"retry_after_s": str(60 - int(time.time()) % 60)},
-        )
+        if verdict.refused == "rate":
+            metrics.RATE_LIMITED.inc()
+            return ServiceError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "RATE_LIMITED",
+                f"rate limit of {self.settings.rate_limit_rpm} requests per minute reached",
+                {"retry_after_s": str(60 - int(time.time()) % 60)},
+            )
+        return StoreUnavailable()  # 'undone': a resent copy of an admission this router undid and gave up on
 
 
 def _worst_case(routed: Routed) -> int:

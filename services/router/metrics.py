@@ -23,7 +23,9 @@ STORE_UP = Gauge("llmrouter_router_store_up", "1 when the router reaches the sto
 PENDING_RECONCILED = Counter(
     "llmrouter_router_reconciled_charges_total", "Pending charges of dead routers settled at their hold"
 )
-OUTBOX = Gauge("llmrouter_router_outbox_charges", "Charges waiting in the local outbox for the money store")
+OUTBOX = Gauge(
+    "llmrouter_router_outbox_charges", "Charges and undos of lost admissions waiting in the outbox for the money store"
+)
 ROUTED = Counter(
     "llmrouter_router_routed_total",
     "Auto-routed requests admitted, by tenant (the first N seen, then 'other') and the chosen model's tier",

@@ -1,10 +1,11 @@
-"""Charges that could not reach the money store, kept in an append-only local file until they land.
+"""Charges that could not reach the money store, kept in an append-only local file until they land; and the undos
+of admissions whose reply was lost, likewise.
 
 A charge is written here (and fsynced) before the answer is released, so a Redis outage at charge time never
-loses it; a background task replays the file. Replays are idempotent: the store charges a request id once.
-The file is locked while it is appended to or rewritten, so routers sharing a data dir do not interleave; the
-lock is waited for without blocking the event loop or a thread, so routers in one process (tests start many)
-take turns rather than freeze it."""
+loses it; a background task replays the file. Replays are idempotent: the store charges a request id once, and
+undoes an admission (by its nonce) once. The file is locked while it is appended to or rewritten, so routers
+sharing a data dir do not interleave; the lock is waited for without blocking the event loop or a thread, so
+routers in one process (tests start many) take turns rather than freeze it."""
 
 from __future__ import annotations
 
@@ -35,10 +36,39 @@ class OutboxCharge:
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
 
-    @classmethod
-    def from_json(cls, line: str) -> OutboxCharge:
-        raw = json.loads(line)
-        return cls(Account(**raw["account"]), Hold(**raw["hold"]), raw["pico"], raw["record"])
+    async def land(self, store: Store) -> None:
+        await store.charge(self.account, self.hold, self.pico, self.record, late=True)
+
+    def logged(self) -> tuple[str, dict[str, Any]]:
+        return "charge", self.record
+
+
+@dataclass(frozen=True)
+class OutboxUndo:
+    """An admission to undo (Store.undo): its reply was lost, and the store was out of reach for the undo too."""
+
+    account: Account
+    hold: Hold
+
+    def to_json(self) -> str:
+        return json.dumps({"undo": asdict(self)}, separators=(",", ":"))
+
+    async def land(self, store: Store) -> None:
+        await store.undo(self.account, self.hold)
+
+    def logged(self) -> tuple[str, dict[str, Any]]:
+        return "undo of a lost admission", {"request_id": self.hold.request_id, "tenant": self.account.tenant}
+
+
+OutboxEntry = OutboxCharge | OutboxUndo
+
+
+def entry_from_json(line: str) -> OutboxEntry:
+    raw = json.loads(line)
+    if "undo" in raw:
+        undo = raw["undo"]
+        return OutboxUndo(Account(**undo["account"]), Hold(**undo["hold"]))
+    return OutboxCharge(Account(**raw["account"]), Hold(**raw["hold"]), raw["pico"], raw["record"])
 
 
 class Outbox:
@@ -47,30 +77,31 @@ class Outbox:
         self.path = data_dir / "charges-outbox.jsonl"
         self.path.touch(exist_ok=True)
         self._lock = asyncio.Lock()
-        metrics.OUTBOX.set(len(self._read()))
+        metrics.OUTBOX.set(len(self.waiting()))
 
-    async def add(self, charge: OutboxCharge) -> None:
+    async def add(self, entry: OutboxEntry) -> None:
+        what, fields = entry.logged()
         async with self._lock:
             try:
                 # Closed (unlocked) by the thread, which runs to its end even if this call is cancelled.
-                await asyncio.to_thread(_append_and_close, await self._locked("a"), charge.to_json())
+                await asyncio.to_thread(_append_and_close, await self._locked("a"), entry.to_json())
             except OSError as exc:
                 # Neither the store nor the disk keeps it: the log is the last record, and the call fails.
-                log.critical("charge kept by neither store nor outbox", extra={**charge.record, "error": str(exc)})
+                log.critical(f"{what} kept by neither store nor outbox", extra={**fields, "error": str(exc)})
                 raise StoreUnavailable() from exc
         metrics.OUTBOX.inc()
-        log.error("money store unreachable: charge kept in the outbox", extra=charge.record)
+        log.error(f"money store unreachable: {what} kept in the outbox", extra=fields)
 
     async def replay(self, store: Store) -> int:
-        """Charge what the file holds, oldest first, until the store fails; returns how many landed. The
+        """Land what the file holds, oldest first, until the store fails; returns how many landed. The
         file stays locked throughout, so a line appended meanwhile by another router is never rewritten away."""
         async with self._lock:
             with await self._locked() as file:
                 waiting = _parse(file)
                 landed = 0
-                for charge in waiting:
+                for entry in waiting:
                     try:
-                        await store.charge(charge.account, charge.hold, charge.pico, charge.record, late=True)
+                        await entry.land(store)
                     except StoreUnavailable:
                         break
                     landed += 1
@@ -81,7 +112,7 @@ class Outbox:
             return landed
 
     def __len__(self) -> int:
-        return len(self._read())
+        return len(self.waiting())
 
     async def _locked(self, mode: str = "r") -> IO[str]:
         """The file, open and locked (closing it unlocks); reopened if another router replaced it while this
@@ -98,16 +129,16 @@ class Outbox:
                 return file
             file.close()
 
-    def _read(self) -> list[OutboxCharge]:
-        """What the file holds now, read without its lock (a count, for the metric and tests): never waits."""
+    def waiting(self) -> list[OutboxEntry]:
+        """What the file holds now, read without its lock (for the metric and tests): never waits."""
         with self.path.open(encoding="utf-8") as file:
             return _parse(file)
 
-    def _rewrite(self, remaining: list[OutboxCharge]) -> None:
+    def _rewrite(self, remaining: list[OutboxEntry]) -> None:
         """Replace the file (its lock held by the caller) with what is still waiting."""
         tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
         with tmp.open("w", encoding="utf-8") as out:
-            out.writelines(charge.to_json() + "\n" for charge in remaining)
+            out.writelines(entry.to_json() + "\n" for entry in remaining)
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, self.path)
@@ -129,12 +160,12 @@ def _append_and_close(file: IO[str], line: str) -> None:
         os.fsync(file.fileno())
 
 
-def _parse(file: IO[str]) -> list[OutboxCharge]:
-    charges = []
+def _parse(file: IO[str]) -> list[OutboxEntry]:
+    entries = []
     for line in file:
         if line.strip():
             try:
-                charges.append(OutboxCharge.from_json(line))
+                entries.append(entry_from_json(line))
             except (ValueError, KeyError, TypeError):
                 log.error("outbox line cut short by a crash; skipped", extra={"line": line[:200]})
-    return charges
+    return entries

@@ -42,7 +42,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     ) -> None:
         self.settings = settings
         self.available = AvailableModels(registry, providers, settings.models_refresh_s)
-        self.admission = Admission(settings, registry, store)
+        self.admission = Admission(settings, registry, store, outbox)
         self.routing = Routing(
             classifier,
             self.available,
@@ -94,6 +94,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             await self.charger.settle_unsettled(routed, routed.plan.order[0].model)
 
     async def close(self) -> None:
+        await self.admission.close()
         await self.charger.close()
 
     async def _route(self, request: router_pb2.CompleteRequest, context: Any, admit: bool = True) -> Routed:

@@ -1,7 +1,7 @@
 """A TCP proxy on loopback in front of a real server (Redis here), for the failures no server makes on its own:
 a reply lost after the command ran (`lose_next_reply`: the server applied it, its caller only sees the connection
-drop) and a command lost before it ran (`swallow_next`: never forwarded, the connection dropped a little later).
-Runs in the test's own event loop."""
+drop; and with `then_down`, the server out of reach from then on, until `come_back`) and a command lost before it
+ran (`swallow_next`: never forwarded, the connection dropped a little later). Runs in the test's own event loop."""
 
 from __future__ import annotations
 
@@ -16,15 +16,27 @@ class LossyProxy:
         self.port = 0
         self._server: asyncio.Server | None = None
         self._lose_reply = False
+        self._down_after_loss = False
+        self.down = False  # every connection is dropped at once
         self._swallow_s: float | None = None
         self._pipes: set[asyncio.Task[None]] = set()
 
     def url(self, db: int = 0) -> str:
         return f"redis://127.0.0.1:{self.port}/{db}"
 
-    def lose_next_reply(self) -> None:
-        """The next reply from the server is not forwarded: the client's connection is dropped instead."""
-        self._lose_reply = True
+    def lose_next_reply(self, then_down: bool = False) -> None:
+        """The next reply from the server is not forwarded: the client's connection is dropped instead; with
+        `then_down`, so is every connection from then on (a client that resends finds the server out of reach)."""
+        self._lose_reply, self._down_after_loss = True, then_down
+
+    def go_down(self) -> None:
+        """Every connection, open or new, is dropped at once until come_back()."""
+        self.down = True
+        for pipe in list(self._pipes):
+            pipe.cancel()
+
+    def come_back(self) -> None:
+        self.down = False
 
     def swallow_next(self, seconds: float) -> None:
         """The next request from a client is not forwarded; its connection is dropped `seconds` later."""
@@ -43,6 +55,9 @@ class LossyProxy:
         await asyncio.gather(*self._pipes, return_exceptions=True)
 
     async def _connect(self, client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter) -> None:
+        if self.down:
+            client_out.transport.abort()
+            return
         server_in, server_out = await asyncio.open_connection(*self.target)
         pipes = [
             asyncio.ensure_future(self._requests(client_in, server_out)),
@@ -72,6 +87,8 @@ class LossyProxy:
         while data := await source.read(65536):
             if self._lose_reply:
                 self._lose_reply = False
+                if self._down_after_loss:
+                    self.go_down()
                 return  # the connection drops; the server has run the command
             client.write(data)
             with contextlib.suppress(ConnectionError):

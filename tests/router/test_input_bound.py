@@ -24,6 +24,7 @@ from services.router.routed import Routed
 from services.router.serving import worst_usd
 from services.router.settings import RouterSettings
 from services.router.store import PICO, Account, MemoryStore
+from tests.router.test_admission import scratch_outbox
 
 NO_LIMIT = 10**9
 REGISTRY = Registry.model_validate(
@@ -109,7 +110,7 @@ def test_a_model_is_billed_at_most_its_context_window() -> None:
 
 
 async def admitted(request: router_pb2.CompleteRequest) -> Routed:
-    gate = admission.Admission(RouterSettings(min_output_tokens=16), REGISTRY, MemoryStore())
+    gate = admission.Admission(RouterSettings(min_output_tokens=16), REGISTRY, MemoryStore(), scratch_outbox())
     limits = await gate.limits(request)
     plan = policy.explicit(policy.evaluate(REGISTRY.models, None, limits), request.model)
     decision = routing.decision(plan, limits, "")
@@ -152,7 +153,7 @@ async def test_max_cost_usd_pays_for_the_byte_bound_first() -> None:
     messages = [message("user", " international" * 2_000)]
     estimate = await count_prompt_tokens(messages, "", False, NO_LIMIT)
     utf8 = REQUEST_ALLOWANCE + MESSAGE_ALLOWANCE + len("user") + len(messages[0].content)
-    gate = admission.Admission(RouterSettings(min_output_tokens=16), REGISTRY, MemoryStore())
+    gate = admission.Admission(RouterSettings(min_output_tokens=16), REGISTRY, MemoryStore(), scratch_outbox())
     near_estimate = MIXTRAL.cost_usd(estimate, 1000)
     limits = await gate.limits(router_pb2.CompleteRequest(messages=messages, max_cost_usd=str(near_estimate)))
     (option,) = [o for o in policy.evaluate([MIXTRAL], None, limits)]

@@ -36,7 +36,7 @@ from services.router.store import (
 from services.router.store.model import Store
 from tests.conftest import ROOT, ledger_records
 from tests.fakes.lossy_proxy import LossyProxy
-from tests.router.test_admission import ACCOUNT, REGISTRY, SETTINGS, request, routed
+from tests.router.test_admission import ACCOUNT, REGISTRY, SETTINGS, request, routed, scratch_outbox
 
 DAY = period_id("day")
 
@@ -66,7 +66,7 @@ async def test_a_lost_reply_to_a_hold_extension_leaves_no_hold_behind(
     store = RedisStore(proxy.url(db_of(redis_url)))
     direct = redis.from_url(redis_url)
     try:
-        gate, r = await routed(request(), admission.Admission(SETTINGS, REGISTRY, store))
+        gate, r = await routed(request(), admission.Admission(SETTINGS, REGISTRY, store, scratch_outbox()))
         await gate.admit(r)
         assert r.hold is not None
         admitted = r.hold
@@ -139,7 +139,7 @@ async def test_a_release_whose_caller_leaves_while_the_store_is_unreachable_land
     """A request that owes nothing releases its hold. The store does not answer, and the caller leaves while
     the release waits: the release must still reach the outbox (replayed once the store is back), or its
     pending charge would be charged at its hold by the reconciler, for a request that generated nothing."""
-    gate, r = await routed(request(), admission.Admission(SETTINGS, REGISTRY, charger.store))
+    gate, r = await routed(request(), admission.Admission(SETTINGS, REGISTRY, charger.store, charger.outbox))
     await gate.admit(r)
     proxy.swallow_next(0.5)  # the release never reaches the store; its connection drops in 0.5 s
     leaving = asyncio.ensure_future(charger.settle_unsettled(r, r.plan.order[0].model))

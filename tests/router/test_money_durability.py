@@ -267,7 +267,7 @@ async def test_a_charge_added_during_a_replay_is_kept(money: RedisServer, tmp_pa
         await asyncio.sleep(0.1)  # the replay holds the file while it charges
         await appending.add(OutboxCharge(account, second, 20, {"request_id": "r-2"}))
         assert await replay == 1
-        assert [c.hold.request_id for c in appending._read()] == ["r-2"]
+        assert [c.hold.request_id for c in appending.waiting()] == ["r-2"]
     finally:
         await store.close()
 
@@ -294,7 +294,7 @@ async def test_a_router_starting_while_another_replays_the_outbox_does_not_freez
         starting = Outbox(tmp_path / "data")  # as a router's build() makes it, on the event loop
         await starting.add(OutboxCharge(account, Hold("r-2", 20, DAY, "router-2"), 20, {"request_id": "r-2"}))
         signal.setitimer(signal.ITIMER_REAL, 0)
-        assert await replay == 1 and [c.hold.request_id for c in starting._read()] == ["r-2"]
+        assert await replay == 1 and [c.hold.request_id for c in starting.waiting()] == ["r-2"]
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)

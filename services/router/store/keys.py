@@ -105,6 +105,10 @@ class AccountKeys:
         """Set at admission: a request id is admitted once per tenant."""
         return f"{self._tenant}:used:{request_id}"
 
+    def undone(self, nonce: str) -> str:
+        """Set by an undo: the admission with this nonce admits nothing, should it run after its undo."""
+        return f"{self._tenant}:undone:{nonce}"
+
     def charged(self, request_id: str) -> str:
         """Set by the charge: a request id is charged once per tenant."""
         return f"{self._tenant}:charged:{request_id}"

@@ -43,9 +43,11 @@ ADMIT = (
     + _EXACT
     + """
 -- KEYS: rate, used id, tenant spend, tenant holds, key spend, key holds, limit overrides, pending charges,
---       charged id
+--       charged id, undone marker (of this admission's nonce)
 -- ARGV: per minute, tenant default limit, key default limit ('' = none), now, hold member, hold expiry, id ttl,
 --       hold pico, pending field, pending record, tenant limit field, key limit field
+-- Undone before it ran (it reached the store after the router gave up on it and undid it): nothing happens.
+if redis.call('EXISTS', KEYS[10]) == 1 then return {'undone', '0'} end
 local recorded = redis.call('HGET', KEYS[8], ARGV[9])
 -- The very same admission sent again (a Redis Cluster client resends a command whose reply it lost; the record
 -- holds its admission time): it was admitted, once.
@@ -160,6 +162,26 @@ local held = held_member(KEYS[3], ARGV[2], ARGV[1])
 redis.call('ZREM', KEYS[1], ARGV[1], held)
 redis.call('ZREM', KEYS[2], ARGV[1], held)
 redis.call('HDEL', KEYS[3], ARGV[2])
+"""
+)
+
+# An admission whose reply was lost, undone: only the one admission named by its nonce (the pending record's), so a
+# late or replayed undo never touches a later admission of the same request id. The nonce is hex: no JSON escaping.
+UNDO = (
+    _MUST_LAND
+    + _HELD
+    + """
+-- KEYS: tenant holds, key holds, pending charges, used id, undone marker
+-- ARGV: hold member, pending field, nonce, marker ttl
+redis.call('SET', KEYS[5], '1', 'EX', ARGV[4])
+local record = redis.call('HGET', KEYS[3], ARGV[2])
+if not record or string.match(record, '"nonce":%s*"(%x*)"') ~= ARGV[3] then return 0 end
+local held = held_member(KEYS[3], ARGV[2], ARGV[1])
+redis.call('ZREM', KEYS[1], held)
+redis.call('ZREM', KEYS[2], held)
+redis.call('HDEL', KEYS[3], ARGV[2])
+redis.call('DEL', KEYS[4])
+return 1
 """
 )
 

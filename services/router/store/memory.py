@@ -37,6 +37,7 @@ class MemoryStore:
         self.limits: dict[str, int] = {}  # by limit_field(scope, name)
         self.used = RecentIds(request_id_ttl_s, self.MAX_REQUEST_IDS)  # admitted
         self.charged = RecentIds(request_id_ttl_s, self.MAX_REQUEST_IDS)
+        self.undone = RecentIds(request_id_ttl_s, self.MAX_REQUEST_IDS)  # undone admissions, by nonce
         self.held: dict[str, dict[str, tuple[float, int]]] = {}  # holds key -> member -> (expiry, pico)
         self.pending: dict[str, Pending] = {}
         self.ledger: deque[dict] = deque(maxlen=self.MAX_LEDGER_RECORDS)
@@ -57,6 +58,8 @@ class MemoryStore:
 
     async def admit(self, account: Account, allowance: Allowance, hold: Hold) -> Verdict:
         keys = AccountKeys.of(account)
+        if keys.undone(hold.nonce) in self.undone:
+            return Verdict("undone")
         # Used, in flight or charged: each is kept in its own window, and a request admitted while its id is
         # charged but no longer used would be served with its charge refused as a repeat.
         if (
@@ -125,6 +128,17 @@ class MemoryStore:
             for member in {hold.member, held.member}:
                 self.held.get(held_key, {}).pop(member, None)
         self.pending.pop(pending_field(account, hold.request_id), None)
+
+    async def undo(self, account: Account, hold: Hold) -> bool:
+        assert hold.nonce, "only an admission with a nonce can be undone"
+        keys = AccountKeys.of(account)
+        self.undone.add(keys.undone(hold.nonce))
+        pending = self.pending.get(pending_field(account, hold.request_id))
+        if pending is None or pending.nonce != hold.nonce:
+            return False
+        await self.release(account, hold)
+        self.used.discard(keys.used(hold.request_id))
+        return True
 
     def _held(self, account: Account, hold: Hold) -> Hold:
         """The hold as this store holds it (RedisStore's held_member): its pending charge's."""

@@ -49,12 +49,14 @@ class Account:
 @dataclass(frozen=True)
 class Hold:
     """A request's worst-case cost, held against its budgets while it runs, and the budget period (an id
-    such as 20261130) it is charged to, fixed at admission. `router` is the instance serving it."""
+    such as 20261130) it is charged to, fixed at admission. `router` is the instance serving it; `nonce` names
+    this one admission (recorded in its pending charge), so undoing it never touches another of the same id."""
 
     request_id: str
     pico: int
     period: str
     router: str = ""
+    nonce: str = ""
 
     @property
     def member(self) -> str:
@@ -73,17 +75,21 @@ class Pending:
     period: str
     router: str
     ts: float
+    nonce: str = ""  # absent from records written before admissions had one
 
     @classmethod
     def of(cls, account: Account, hold: Hold) -> Pending:
-        return cls(account.tenant, account.key, hold.request_id, hold.pico, hold.period, hold.router, time.time())
+        return cls(
+            account.tenant, account.key, hold.request_id, hold.pico, hold.period, hold.router, time.time(), hold.nonce
+        )
 
     @property
     def field(self) -> str:
         return pending_field(Account(self.tenant, self.key), self.request_id)
 
     def account_and_hold(self) -> tuple[Account, Hold]:
-        return Account(self.tenant, self.key), Hold(self.request_id, self.hold_pico, self.period, self.router)
+        hold = Hold(self.request_id, self.hold_pico, self.period, self.router, self.nonce)
+        return Account(self.tenant, self.key), hold
 
 
 def pending_field(account: Account, request_id: str) -> str:
@@ -114,6 +120,10 @@ class StoreUnavailable(ServiceError):
         )
 
 
+class StoreRefusing(StoreUnavailable):
+    """The store answered, refusing writes: full (maxmemory under noeviction) or a primary demoted (read-only)."""
+
+
 @dataclass(frozen=True)
 class Allowance:
     """What an account may do: requests per minute (0: unlimited) and spend per period, in pico-USD (None:
@@ -130,8 +140,9 @@ class Verdict:
     """Admission's answer. `refused` is '' when the request may go on, else why not: 'duplicate' (the id was
     used before, is in flight, or its charge is still remembered), 'rate' (over the requests this minute),
     'tenant' or 'key' (that budget cannot hold this request on top of its spend and the holds of requests in
-    flight). On a budget refusal, `remaining` is what the tighter budget has left (pico-USD): a smaller hold up
-    to it would have been admitted then."""
+    flight), 'undone' (this very admission was undone before it ran: only a resent or delayed copy meets it). On
+    a budget refusal, `remaining` is what the tighter budget has left (pico-USD): a smaller hold up to it would
+    have been admitted then."""
 
     refused: str
     remaining: int = 0
@@ -160,6 +171,12 @@ class Store(Protocol):
 
     async def release(self, account: Account, hold: Hold) -> None:
         """Drop the hold and pending charge of a request that ends without generating anything."""
+
+    async def undo(self, account: Account, hold: Hold) -> bool:
+        """Undo the admission of `hold` (its nonce), whose reply was lost: when the request's pending charge is
+        that admission's, drop its hold and pending charge and free its request id; and from now on that
+        admission admits nothing, should it run only later. Any other admission of the id is left alone. True
+        when something was undone. Idempotent."""
 
     async def spent(self, account: Account, period: str) -> tuple[int, int]:
         """What the account's tenant and key spent in a period (an id from period_id). Without a tenant, the

@@ -38,6 +38,12 @@ class RecentIds:
         self._order.append(digest)
         return True
 
+    def discard(self, request_key: str) -> None:
+        """Forget the id now (an undone admission frees its id). Rare: a linear walk of at most `cap` ids."""
+        digest = _digest(request_key)
+        if self._expiry.pop(digest, None) is not None:
+            self._order.remove(digest)
+
     def __len__(self) -> int:
         return len(self._order)
 

@@ -34,6 +34,7 @@ from services.router.store.model import (
     Allowance,
     Hold,
     Pending,
+    StoreRefusing,
     StoreUnavailable,
     Verdict,
     pending_field,
@@ -58,7 +59,6 @@ async def _reachable() -> AsyncIterator[None]:
     except (
         errors.ConnectionError,
         errors.TimeoutError,
-        errors.ReadOnlyError,
         errors.ClusterDownError,
         errors.TryAgainError,
         errors.SlotNotCoveredError,
@@ -66,10 +66,13 @@ async def _reachable() -> AsyncIterator[None]:
     ) as exc:
         metrics.STORE_UP.labels("money").set(0)
         raise StoreUnavailable() from exc
+    except errors.ReadOnlyError as exc:
+        metrics.STORE_UP.labels("money").set(0)
+        raise StoreRefusing() from exc
     except errors.OutOfMemoryError as exc:  # full under noeviction: nothing new is admitted until it has room
         log.error("the money store is full (OOM under noeviction): raise its maxmemory")
         metrics.STORE_UP.labels("money").set(0)
-        raise StoreUnavailable() from exc
+        raise StoreRefusing() from exc
     metrics.STORE_UP.labels("money").set(1)
     raise_if_cancelled()
 
@@ -104,6 +107,7 @@ class RedisStore:
         self._charge = self.redis.register_script(lua.CHARGE)
         self._extend = self.redis.register_script(lua.EXTEND)
         self._release = self.redis.register_script(lua.RELEASE)
+        self._undo = self.redis.register_script(lua.UNDO)
         self._lease = self.redis.register_script(lua.LEASE)
         self._missing_since: dict[str, float] = {}  # routers seen without a heartbeat, since when (monotonic)
         self._last_sweep = float("-inf")  # when the pending charges were last read
@@ -133,10 +137,9 @@ class RedisStore:
             limit_field("key", account.key),
         ]
         names = [keys.rate(now), keys.used(hold.request_id), tenant_spend, tenant_held, key_spend, key_held]
+        names += [keys.limits, keys.pending, keys.charged(hold.request_id), keys.undone(hold.nonce)]
         async with self._call():
-            refused, remaining = await self._admit(
-                keys=[*names, keys.limits, keys.pending, keys.charged(hold.request_id)], args=args
-            )
+            refused, remaining = await self._admit(keys=names, args=args)
         return Verdict(_text(refused), int(remaining))
 
     async def charge(self, account: Account, hold: Hold, pico: int, record: dict, late: bool = False) -> bool:
@@ -181,6 +184,14 @@ class RedisStore:
             await self._release(
                 keys=[*keys.held(), keys.pending], args=[hold.member, pending_field(account, hold.request_id)]
             )
+
+    async def undo(self, account: Account, hold: Hold) -> bool:
+        assert hold.nonce, "only an admission with a nonce can be undone"
+        keys = AccountKeys.of(account)
+        names = [*keys.held(), keys.pending, keys.used(hold.request_id), keys.undone(hold.nonce)]
+        args = [hold.member, pending_field(account, hold.request_id), hold.nonce, self.request_id_ttl_s]
+        async with self._call():
+            return bool(await self._undo(keys=names, args=args))
 
     async def spent(self, account: Account, period: str) -> tuple[int, int]:
         keys = AccountKeys.of(account)

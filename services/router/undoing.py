@@ -1,0 +1,96 @@
+"""Undoing an admission whose outcome is unknown: the store may have run it while its reply was lost (a timeout, a
+dropped connection), or it may run after its caller left. The request is not served, so it must leave nothing
+behind: no hold blocking the budget, no pending charge for the reconciler to charge at its hold, no used request
+id refusing the caller's retry. The undo names the one admission by its nonce (Store.undo); one that cannot reach
+the store waits in the outbox, replayed until it lands.
+
+An outage would otherwise make an undo, and an fsynced outbox line, of every request refused meanwhile (and a full
+store a marker for each). So once an undo finds the store unreachable, or the store refuses writes, admissions are
+not sent to it at all (refused at once, STORE_UNAVAILABLE), but for one probe every PROBE_S, until the store
+answers one: an outage leaves the admissions in flight when it began and one a probe to undo, not one per
+request."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from services.router.outbox import Outbox, OutboxUndo
+from services.router.store import Account, Hold, Store, StoreRefusing, StoreUnavailable, Verdict
+
+log = logging.getLogger("llmrouter.router")
+
+PROBE_S = 1.0  # while the store is out of reach, one admission a second is sent to learn that it is back
+
+
+class Undoing:
+    def __init__(self, store: Store, outbox: Outbox, probe_s: float = PROBE_S) -> None:
+        self.store = store
+        self.outbox = outbox
+        self.probe_s = probe_s
+        self._next_probe: float | None = None  # set while the store is out of reach (monotonic time)
+        self._running: set[asyncio.Task[None]] = set()
+
+    def may_send(self) -> bool:
+        """Whether to send an admission to the store: always, but while it is out of reach once every probe_s."""
+        if self._next_probe is None:
+            return True
+        now = time.monotonic()
+        if now < self._next_probe:
+            return False
+        self._next_probe = now + self.probe_s
+        return True
+
+    def answered(self) -> None:
+        """The store answered an admission (or the upkeep's ping and heartbeat): it is within reach."""
+        self._next_probe = None
+
+    async def undo(self, account: Account, hold: Hold, failure: StoreUnavailable) -> None:
+        """Undo an admission that failed (its reply may have been lost after it ran). Runs to its end (the outbox
+        write included) whatever the caller does meanwhile; close() waits for it. A store that refuses writes (full,
+        read-only) is treated as out of reach: it would refuse every admission sent meanwhile too."""
+        if isinstance(failure, StoreRefusing):
+            self._out_of_reach()
+        await asyncio.shield(self._run(self._undo(account, hold)))
+
+    def undo_if_held(self, admitting: asyncio.Future[Verdict], account: Account, hold: Hold) -> None:
+        """For a caller that left while it was admitted: once the admission ends, undo it unless it was refused."""
+        self._run(self._undo_if_held(admitting, account, hold))
+
+    def _out_of_reach(self) -> None:
+        self._next_probe = time.monotonic() + self.probe_s
+
+    async def close(self) -> None:
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+
+    def _run(self, work: Any) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(work)
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        task.add_done_callback(_consume_error)  # its caller may be gone: the outbox logged a failure
+        return task
+
+    async def _undo_if_held(self, admitting: asyncio.Future[Verdict], account: Account, hold: Hold) -> None:
+        try:
+            if (await admitting).refused:
+                return  # refused: it made nothing
+        except StoreUnavailable:
+            pass  # its outcome is unknown
+        await self._undo(account, hold)
+
+    async def _undo(self, account: Account, hold: Hold) -> None:
+        try:
+            undone = await self.store.undo(account, hold)
+        except StoreUnavailable:
+            self._out_of_reach()
+            await self.outbox.add(OutboxUndo(account, hold))
+            return
+        log.warning("admission of a request not served undone", extra={"request_id": hold.request_id, "undone": undone})
+
+
+def _consume_error(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        task.exception()
