@@ -25,8 +25,10 @@ class PromptTokenizer:
         self.head = head_tokens
         self.tail = tail_tokens
         self._pad_id = self._tok.token_to_id("[PAD]") or 0
-        self._cls = self._tok.token_to_id("[CLS]")
-        self._sep = self._tok.token_to_id("[SEP]")
+        cls, sep = self._tok.token_to_id("[CLS]"), self._tok.token_to_id("[SEP]")
+        if cls is None or sep is None:
+            raise ValueError(f"{tokenizer_file} has no [CLS] / [SEP] token")
+        self._cls, self._sep = cls, sep
 
     def _cut(self, text: str) -> str:
         head_chars, tail_chars = self.head * _CHARS_PER_TOKEN, self.tail * _CHARS_PER_TOKEN
