@@ -1,8 +1,9 @@
 """Benchmark of the classifier through the real gRPC service (a separate process, as deployed): p50/p99 per
-prompt at batch 1 and prompts/s under concurrent load, for short (~15 tokens) and long (~500 tokens, cut to
-128 by the truncation policy) prompts; onnxruntime alone beside it shows what the transport adds; server RSS.
+prompt at batch 1 and prompts/s under concurrent load, for short (~15 tokens) and long (~500 tokens, all of them
+read by the static embedding) prompts; onnxruntime alone beside it shows what the transport adds; server RSS,
+with the verifier loaded beside the quality model when its artefacts are there (`--no-verifier`: without).
 
-    python -m benchmarks.classifier [--seconds 5] [--concurrency 64] [--threads 2]"""
+    python -m benchmarks.classifier [--seconds 5] [--concurrency 64] [--threads 1] [--model-dir DIR]"""
 
 from __future__ import annotations
 
@@ -130,7 +131,10 @@ async def _bench_service(
         "CLASSIFIER_MAX_WAIT_MS": str(args.max_wait_ms),
         "CLASSIFIER_SMALL_BATCH": str(args.small_batch),
         "CLASSIFIER_LOG_LEVEL": "WARNING",
+        "CLASSIFIER_MODEL_DIR": str(args.model_dir.resolve()),
     }
+    if args.no_verifier:
+        env["CLASSIFIER_VERIFIER_DIR"] = str(Path(server_dir) / "no-verifier")
     server = subprocess.Popen([sys.executable, "-m", "services.classifier"], cwd=REPO, env=env, stdout=subprocess.PIPE)
     rows = []
     try:
@@ -170,7 +174,7 @@ async def _bench_service(
 
 
 def bench_direct(args: argparse.Namespace, sets: dict[str, list[str]]) -> list[tuple[str, str]]:
-    model = QualityModel(DEFAULT_MODEL_DIR, threads=args.threads, small_batch=args.small_batch)
+    model = QualityModel(args.model_dir, threads=args.threads, small_batch=args.small_batch)
     rows = []
     for kind, texts in sets.items():
         model.predict(texts[:10])
@@ -199,8 +203,10 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--max-wait-ms", type=float, default=2.0)
     parser.add_argument("--small-batch", type=int, default=4, help="runs up to this size use one thread")
+    parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR)
+    parser.add_argument("--no-verifier", action="store_true", help="serve without the verifier (its RSS apart)")
     args = parser.parse_args()
-    tokenizer = Tokenizer.from_file(str(DEFAULT_MODEL_DIR / "tokenizer.json"))
+    tokenizer = Tokenizer.from_file(str(args.model_dir / "tokenizer.json"))
     tokenizer.no_truncation()
     tokenizer.no_padding()
     sets = {"short": prompts(tokenizer, 15, 300), "long": prompts(tokenizer, 500, 300)}
@@ -208,7 +214,8 @@ def main() -> None:
     rows = [("prompt tokens, short / long (before truncation)", f"{sizes['short']:.0f} / {sizes['long']:.0f}")]
     rows += bench_direct(args, sets) + asyncio.run(bench_service(args, sets))
     width = max(len(k) for k, _ in rows)
-    print(f"classifier benchmark ({os.cpu_count()} CPUs, {args.threads} onnxruntime threads)")
+    verifier = "without the verifier" if args.no_verifier else "verifier loaded when built"
+    print(f"classifier benchmark ({os.cpu_count()} CPUs, {args.threads} onnxruntime threads, {verifier})")
     for key, value in rows:
         print(f"  {key:<{width}}  {value}")
 

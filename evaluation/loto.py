@@ -26,9 +26,10 @@ from services.classifier.training.data import (
     MMLU_PRO_FILE,
     ROUTERBENCH_FILE,
 )
-from services.classifier.training.encoder import EMBEDDING_DIM, embed, export_encoder, tokenizer_file
+from services.classifier.training.encoder import EMBEDDING_DIM, export_encoder, tokenizer_file
 from services.classifier.training.heads import Heads
 from services.classifier.training.pipeline import HEAD_TOKENS, TAIL_TOKENS, encoder_path, fit
+from services.classifier.training.static import static_embeddings, static_table
 
 # A fitter maps (features, labels [prompts, raters], raters) to heads predicting every rater.
 Fitter = Callable[[np.ndarray, np.ndarray, list[str]], Heads]
@@ -174,14 +175,17 @@ def shipped_fitter() -> Fitter:
 
 
 def corpus_representation(corpus: Corpus, model_dir: Path, quantization: str = "weight-only") -> np.ndarray:
-    """[prompts, 384 + features] for every prompt of the corpus, embeddings from the on-disk cache."""
+    """[prompts, 384 + features] for every prompt of the corpus: static embeddings from the table cached beside
+    the model (built once), and whole-prompt features."""
     cache = model_dir / "cache"
     encoder = encoder_path(cache, quantization)
     if not encoder.is_file():
         cache.mkdir(parents=True, exist_ok=True)
         export_encoder(encoder, quantization)
+    table, scale = static_table(encoder, cache)
     tokenizer = PromptTokenizer(tokenizer_file(), HEAD_TOKENS, TAIL_TOKENS)
-    return np.hstack([embed(corpus.texts, encoder, tokenizer, cache), prompt_features(corpus.texts)])
+    embeddings = static_embeddings([tokenizer.body(t) for t in corpus.texts], table, scale)
+    return np.hstack([embeddings, prompt_features(corpus.texts)])
 
 
 def print_tables(title: str, collected: list[PairScores]) -> None:

@@ -45,7 +45,7 @@ def prompt_features(texts: Sequence[str]) -> np.ndarray:
             math.log1p(words / lines),
             math.log1p(len(_CODE.findall(text))),
             math.log1p(len(_MATH.findall(text))),
-            sum(c.isdigit() for c in text) / max(1, len(text)),
+            sum(map(str.isdigit, text)) / max(1, len(text)),
             math.log1p(len(_OPTION.findall(text))),
             math.log1p(text.count("?")),
             math.log1p(len(_CONSTRAINT.findall(text))),

@@ -1,5 +1,6 @@
-"""The trained artefact at serving time: one onnxruntime session that maps token ids to the predicted
-probability that each known model answers correctly. Needs only onnxruntime, tokenizers and numpy."""
+"""The trained artefact at serving time: one onnxruntime session that maps a prompt's token ids (the whole prompt,
+bounded) and its whole-prompt features to the predicted probability that each known model answers correctly.
+Needs only onnxruntime, tokenizers and numpy."""
 
 from __future__ import annotations
 
@@ -17,6 +18,11 @@ from services.classifier.text import PromptTokenizer
 
 MODEL_FILE = "model.onnx"
 FEATURES_INPUT = "prompt_features"
+TOKEN_IDS_INPUT = "token_ids"
+TOKEN_MASK_INPUT = "token_mask"
+# What the graph expects (training/graph.py); metadata.json names it, so an artefact of another pipeline is refused
+# at load with the command that rebuilds it instead of failing on its first prompt.
+ARTEFACT_FORMAT = "static-embedding-v1"
 METADATA_FILE = "metadata.json"
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -45,6 +51,12 @@ def check_artefacts(model_dir: Path) -> None:
     if missing:
         raise ArtefactMissing(
             f"classifier artefacts missing in {model_dir} ({', '.join(missing)}): run `make train-classifier`"
+        )
+    found = json.loads((model_dir / METADATA_FILE).read_text()).get("format")
+    if found != ARTEFACT_FORMAT:
+        raise ArtefactMissing(
+            f"classifier artefacts in {model_dir} are of format {found!r}, this code serves {ARTEFACT_FORMAT!r}: "
+            "run `make train-classifier`"
         )
 
 
@@ -85,17 +97,15 @@ class QualityModel:
         self._session = session(model_dir / MODEL_FILE, threads)
         self.small_batch = small_batch if threads > 1 else 0
         self._small_session = session(model_dir / MODEL_FILE, 1) if self.small_batch else self._session
-        self._wants_features = FEATURES_INPUT in {i.name for i in self._session.get_inputs()}
 
     def predict(self, texts: Sequence[str]) -> np.ndarray:
         """[len(texts), len(self.models)] probabilities of a correct answer: the trained heads', then the
         models added from outcome files (abilities.py)."""
         out = np.zeros((len(texts), len(self.metadata.models)), dtype=np.float32)
-        seqs = [self.tokenizer.ids(t) for t in texts]
-        features = prompt_features(texts) if self._wants_features else None
-        # Runs of similar length, each at most token_budget padded tokens: little compute spent on padding,
-        # and activation memory bounded whatever the batch. With the 256-token window, 1,024 keeps the peak near
-        # 210 MB resident where 2,048 reached 270 MB (32 long prompts, measured side by side).
+        seqs = [self.tokenizer.body(t) for t in texts]
+        features = prompt_features(texts)
+        # Runs of similar length, each at most token_budget padded tokens: little work spent on padding, and
+        # activation memory (a float vector per token) bounded whatever the batch.
         order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
         start = 0
         while start < len(order):
@@ -103,10 +113,8 @@ class QualityModel:
             while end < len(order) and (end + 1 - start) * len(seqs[order[end]]) <= self.token_budget:
                 end += 1
             idx = order[start:end]
-            input_ids, mask = self.tokenizer.pad([seqs[i] for i in idx])
-            inputs = {"input_ids": input_ids, "attention_mask": mask}
-            if features is not None:
-                inputs[FEATURES_INPUT] = features[idx]
+            token_ids, mask = self.tokenizer.pad([seqs[i] for i in idx])
+            inputs = {TOKEN_IDS_INPUT: token_ids, TOKEN_MASK_INPUT: mask, FEATURES_INPUT: features[idx]}
             run = self._small_session if len(idx) <= self.small_batch else self._session
             out[idx] = run.run(["quality"], inputs)[0]
             start = end

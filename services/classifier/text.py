@@ -25,6 +25,10 @@ class PromptTokenizer:
         self.head = head_tokens
         self.tail = tail_tokens
         self._pad_id = self._tok.token_to_id("[PAD]") or 0
+        cls, sep = self._tok.token_to_id("[CLS]"), self._tok.token_to_id("[SEP]")
+        if cls is None or sep is None:
+            raise ValueError(f"{tokenizer_file} has no [CLS] / [SEP] token")
+        self._cls, self._sep = cls, sep
 
     def _cut(self, text: str) -> str:
         head_chars, tail_chars = self.head * _CHARS_PER_TOKEN, self.tail * _CHARS_PER_TOKEN
@@ -34,18 +38,22 @@ class PromptTokenizer:
 
     def ids(self, text: str) -> list[int]:
         """Token ids with [CLS] and [SEP], at most head + tail + 2 of them."""
-        ids = self._tok.encode(self._cut(text)).ids
-        body = ids[1:-1]
+        return [self._cls, *self.body(text), self._sep]
+
+    def body(self, text: str) -> list[int]:
+        """Token ids without [CLS] and [SEP]: the first `head` and the last `tail` of the prompt's tokens."""
+        body = self._tok.encode(self._cut(text), add_special_tokens=False).ids
         if len(body) > self.head + self.tail:
             body = body[: self.head] + (body[len(body) - self.tail :] if self.tail else [])
-        return [ids[0], *body, ids[-1]]
+        return body
 
     def batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         return self.pad([self.ids(t) for t in texts])
 
     def pad(self, seqs: Sequence[list[int]]) -> tuple[np.ndarray, np.ndarray]:
-        """Right-padded (input_ids, attention_mask), int64, padded to the longest sequence."""
-        width = max(len(s) for s in seqs)
+        """Right-padded (input_ids, attention_mask), int64, padded to the longest sequence (at least one column:
+        a batch of empty prompts is still a valid tensor)."""
+        width = max([1, *(len(s) for s in seqs)])
         input_ids = np.full((len(seqs), width), self._pad_id, dtype=np.int64)
         mask = np.zeros((len(seqs), width), dtype=np.int64)
         for i, s in enumerate(seqs):

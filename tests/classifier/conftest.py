@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 from llmrouter.server import CHANNEL_OPTIONS, RunningServer, start_server
 from llmrouter.v1 import classifier_pb2_grpc
 from services.classifier import build
-from services.classifier.model import MODEL_FILE
+from services.classifier.model import ArtefactMissing, check_artefacts
 from services.classifier.settings import DEFAULT_MODEL_DIR, ClassifierSettings
 from services.classifier.training.corpus import Corpus, load_corpus
 from services.classifier.training.pipeline import train
@@ -30,12 +31,21 @@ def small_model(tmp_path_factory: pytest.TempPathFactory, corpus: Corpus) -> tup
     return out, train(out, corpus, seed=0, sample_prompts=SAMPLE_PROMPTS)
 
 
+def built_classifier() -> Path | None:
+    """The artefact the service would serve (CLASSIFIER_MODEL_DIR, else the shipped one) when it is built for this
+    code; None when it is missing or of an older pipeline."""
+    built = Path(os.environ.get("CLASSIFIER_MODEL_DIR") or DEFAULT_MODEL_DIR)
+    try:
+        check_artefacts(built)
+    except ArtefactMissing:
+        return None
+    return built
+
+
 @pytest.fixture(scope="session")
 def model_dir(request: pytest.FixtureRequest) -> Path:
-    """The shipped artefact when it was built, else a small one trained here (never a skip)."""
-    if (DEFAULT_MODEL_DIR / MODEL_FILE).is_file():
-        return DEFAULT_MODEL_DIR
-    return request.getfixturevalue("small_model")[0]
+    """The built artefact when there is one for this code, else a small one trained here (never a skip)."""
+    return built_classifier() or request.getfixturevalue("small_model")[0]
 
 
 @pytest.fixture(scope="session")

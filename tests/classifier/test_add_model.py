@@ -27,10 +27,12 @@ def model_copy(tmp_path: Path, small_model: tuple[Path, dict]) -> Path:
 
 
 def outcome_file(path: Path, model: str, split: str, limit: int) -> Path:
-    """A model's RouterBench rows of one split, as an operator would ship them."""
+    """A sample of a model's RouterBench rows of one split, as an operator would ship them: drawn across its
+    tasks (the file is sorted by task; its first rows are all one task's), seeded."""
     rows = [
         r for r in read_jsonl(data_dir() / ROUTERBENCH_FILE) if r["model"] == model and r["split_in_routerdc"] == split
-    ][:limit]
+    ]
+    rows = [rows[i] for i in sorted(np.random.default_rng(0).choice(len(rows), limit, replace=False))]
     with gzip.open(path, "wt") as fh:
         fh.writelines(json.dumps(r) + "\n" for r in rows)
     return path
@@ -57,7 +59,13 @@ def test_a_model_added_from_200_labelled_prompts_is_ranked_by_its_outcomes(model
     model = QualityModel(model_copy)
     version = json.loads((model_copy / "metadata.json").read_text())["version"]
     assert model.version.startswith(version + "+")  # a calibration of the heads alone no longer applies
-    test = [r["prompt"] for r in read_jsonl(data_dir() / ROUTERBENCH_FILE) if r["model"] == STRONG][-300:]
+    # Unseen prompts drawn across the tasks of the test split, as the added model's traffic would be.
+    unseen = [
+        r["prompt"]
+        for r in read_jsonl(data_dir() / ROUTERBENCH_FILE)
+        if r["model"] == STRONG and r["split_in_routerdc"] == "test"
+    ]
+    test = [unseen[i] for i in np.random.default_rng(1).choice(len(unseen), 300, replace=False)]
     quality = model.predict(test)
     strong, weak = quality[:, model.models.index("added-strong")], quality[:, model.models.index("added-weak")]
     assert strong.mean() > weak.mean() + 0.2  # gpt-4 88% correct on RouterBench, mistral-7b about 50%

@@ -68,12 +68,12 @@ def test_missing_data_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path
 
 
 def test_whole_prompt_length_reaches_the_prediction(small_model: tuple[Path, dict]) -> None:
-    """The token window sees only 256 tokens; the features input carries the rest of a long prompt's size."""
+    """The static embedding reads at most 1,024 tokens; the features input carries the rest of a long prompt's size."""
     model = QualityModel(small_model[0])
     question = "Which of the following best explains the result above? A. one B. two C. three D. four"
-    short = "Some context. " * 200 + question
-    long = "Some context. " * 4000 + question  # 20x the text
-    assert model.tokenizer.ids(short) == model.tokenizer.ids(long)  # the encoder sees the same tokens
+    short = "Some context. " * 2000 + question
+    long = "Some context. " * 40000 + question  # 20x the text
+    assert model.tokenizer.body(short) == model.tokenizer.body(long)  # the embedding reads the same tokens
     assert np.abs(model.predict([short])[0] - model.predict([long])[0]).max() > 1e-3
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 from llmrouter.server import CHANNEL_OPTIONS, RunningServer, start_server
 from llmrouter.v1 import classifier_pb2_grpc
 from services.classifier import build
-from services.classifier.model import MODEL_FILE
+from services.classifier.model import MODEL_FILE, ArtefactMissing, check_artefacts
 from services.classifier.settings import DEFAULT_MODEL_DIR, DEFAULT_VERIFIER_DIR, ClassifierSettings
 from services.classifier.training.corpus import load_corpus
 from services.classifier.training.pipeline import train as train_classifier
@@ -50,8 +51,10 @@ def verifier_dir(request: pytest.FixtureRequest) -> Path:
 
 @pytest.fixture(scope="session")
 def classifier_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The service needs its quality model too: the shipped one when built, else a small one trained here."""
-    if (DEFAULT_MODEL_DIR / MODEL_FILE).is_file():
+    """The service needs its quality model too: the shipped one when built for this code, else a small one trained
+    here."""
+    with contextlib.suppress(ArtefactMissing):
+        check_artefacts(DEFAULT_MODEL_DIR)
         return DEFAULT_MODEL_DIR
     out = tmp_path_factory.mktemp("classifier")
     train_classifier(out, load_corpus(), seed=0, sample_prompts=100)

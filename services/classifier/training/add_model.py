@@ -39,13 +39,21 @@ def read_outcomes(path: Path, model: str) -> tuple[list[str], np.ndarray]:
     return list(scores), np.array([np.mean(v) for v in scores.values()])
 
 
+# One unit of precision on the slope: outweighed by 200 prompts spanning the training prompts' spread of difficulty,
+# outweighing 200 prompts of a single task.
+SLOPE_PRIOR_PRECISION = 1.0
+
+
 def add_model(model_dir: Path, name: str, prompts: list[str], outcomes: np.ndarray, source: str) -> dict:
     model = QualityModel(model_dir)
     if name in model.metadata.models:
         raise ValueError(f"{name!r} already has a trained head in {model_dir}")
     trained = model.metadata.models
     d = difficulty(model.predict(prompts)[:, : len(trained)], trained, trained_abilities(model.metadata.raw))
-    alpha, beta = fit_rater(d, outcomes)  # irt.py's step 3 alone
+    # irt.py's step 3 alone, the slope shrunk towards the trained heads' median: a few hundred prompts of one task
+    # span too little difficulty to fix a slope, and an unshrunk one extrapolates to other tasks' prompts.
+    slopes = [b for _, b in model.metadata.raw["abilities"].values()]
+    alpha, beta = fit_rater(d, outcomes, slope_prior=(float(np.median(slopes)), SLOPE_PRIOR_PRECISION))
     entry: dict[str, float | str] = {"alpha": alpha, "beta": beta, "prompts": len(prompts), "source": source}
     entry["mean_score"] = float(outcomes.mean())
     added = read_added(model_dir)

@@ -47,15 +47,22 @@ def fit_difficulty(features: np.ndarray, labels: np.ndarray, ridge: float = 3.0)
     return coef[:-1], float(coef[-1])
 
 
-def fit_rater(difficulty: np.ndarray, outcome: np.ndarray, iterations: int = 25) -> tuple[float, float]:
-    """(alpha, beta) of logit = alpha - beta * difficulty by Newton's method (soft outcomes allowed)."""
+def fit_rater(
+    difficulty: np.ndarray, outcome: np.ndarray, iterations: int = 25, slope_prior: tuple[float, float] | None = None
+) -> tuple[float, float]:
+    """(alpha, beta) of logit = alpha - beta * difficulty by Newton's method (soft outcomes allowed).
+    slope_prior (mean, precision): beta is shrunk towards mean, for few prompts over a narrow range of difficulty."""
     mean = float(np.clip(outcome.mean(), 0.01, 0.99))
     params = np.array([np.log(mean / (1 - mean)), 0.0])
     design = np.stack([np.ones_like(difficulty), -difficulty], axis=1)
+    centre = np.zeros(2)
+    precision = np.full(2, 1e-3)
+    if slope_prior is not None:
+        centre[1], precision[1] = slope_prior
     for _ in range(iterations):
         p = 1.0 / (1.0 + np.exp(-(design @ params)))
-        gradient = design.T @ (outcome - p) - 1e-3 * params
-        hessian = (design * (p * (1 - p))[:, None]).T @ design + 1e-3 * np.eye(2)
+        gradient = design.T @ (outcome - p) - precision * (params - centre)
+        hessian = (design * (p * (1 - p))[:, None]).T @ design + np.diag(precision)
         params = params + np.linalg.solve(hessian, gradient)
     return float(params[0]), max(float(params[1]), MIN_SLOPE)
 

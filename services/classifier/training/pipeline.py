@@ -1,6 +1,7 @@
-"""make train-classifier: every outcome file -> embeddings + whole-prompt features -> heads sharing one difficulty
-per prompt (irt.py) -> model.onnx + metadata.json. Deterministic for a given seed: the export, the quantisation,
-the batching and the closed-form fit are."""
+"""make train-classifier: every outcome file -> static embeddings (a token table distilled from the int8 MiniLM,
+static.py) + whole-prompt features -> heads sharing one difficulty per prompt (irt.py) -> model.onnx +
+metadata.json. Deterministic for a given seed: the export, the quantisation, the table's fixed batches and the
+closed-form fit are."""
 
 from __future__ import annotations
 
@@ -15,20 +16,21 @@ import numpy as np
 
 from services.classifier.features import NAMES as FEATURE_NAMES
 from services.classifier.features import prompt_features
-from services.classifier.model import METADATA_FILE, MODEL_FILE, TOKENIZER_FILE
+from services.classifier.model import ARTEFACT_FORMAT, METADATA_FILE, MODEL_FILE, TOKENIZER_FILE
 from services.classifier.text import PromptTokenizer
 from services.classifier.training.corpus import Corpus
 from services.classifier.training.data import MODEL_ALIASES
-from services.classifier.training.encoder import EMBEDDING_DIM, copy_tokenizer, embed, export_encoder
-from services.classifier.training.graph import attach_heads
+from services.classifier.training.encoder import EMBEDDING_DIM, copy_tokenizer, export_encoder
+from services.classifier.training.graph import build_graph
 from services.classifier.training.heads import Heads
 from services.classifier.training.irt import fit_irt
+from services.classifier.training.static import static_embeddings, static_table
 
 log = logging.getLogger("classifier.training")
-# 64 + 190 + [CLS] + [SEP] = 256 tokens, mean-pooled: the prompt's instructions and most of its content.
-# Measured by leave-one-task-out against 16 + 46 (see services/classifier/README.md).
-HEAD_TOKENS = 64
-TAIL_TOKENS = 190
+# The tokens a static embedding reads: the first 512 and the last 512 of the prompt, all of every training prompt
+# (the longest has about 1,500; 99% have under 540). A token costs a table lookup, not a transformer pass.
+HEAD_TOKENS = 512
+TAIL_TOKENS = 512
 # Standardised whole-prompt features are scaled to an embedding component's size, so one L2 penalty fits both.
 FEATURE_SCALE = 0.05
 # How far the fitted difficulty leans towards the prompt's length (log characters), in its own spread per
@@ -116,20 +118,25 @@ def train(
     rows = np.flatnonzero(data.trainable)  # never the reserved test rows
     texts = [data.texts[i] for i in rows]
     encoder = export_encoder(encoder_path(cache_dir, quantization), quantization)
+    table, scale = static_table(encoder, cache_dir, threads)
     tokenizer = PromptTokenizer(copy_tokenizer(out), HEAD_TOKENS, TAIL_TOKENS)
     log.info("embedding %d prompts", len(texts))
-    embeddings = embed(texts, encoder, tokenizer, cache_dir, threads)
+    embeddings = static_embeddings([tokenizer.body(t) for t in texts], table, scale)
     heads = fit(embeddings, prompt_features(texts), data.labels[rows], data.raters)
     served = [data.raters.index(m) for m in data.served]
     weights = heads.weights[:, served]
-    attach_heads(encoder, weights[:EMBEDDING_DIM], weights[EMBEDDING_DIM:], heads.bias[served], out / MODEL_FILE)
+    build_graph(table, scale, weights[:EMBEDDING_DIM], weights[EMBEDDING_DIM:], heads.bias[served], out / MODEL_FILE)
     version = hashlib.sha256((out / MODEL_FILE).read_bytes()).hexdigest()[:16]
     labels = data.labels[rows][:, served]
     metadata = {
         "version": version,
+        "format": ARTEFACT_FORMAT,
         "models": data.served,
         "model_aliases_applied": MODEL_ALIASES,
-        "representation": "all-MiniLM-L6-v2 mean-pooled over 256 tokens, L2-normalised, int8; whole-prompt features",
+        "representation": (
+            "static embedding: all-MiniLM-L6-v2 int8 run on each token alone, summed over the prompt's first 512"
+            " and last 512 tokens, L2-normalised; whole-prompt features"
+        ),
         "features": list(FEATURE_NAMES),
         "quantization": quantization,
         "heads": {
