@@ -163,7 +163,8 @@ async def test_a_caller_leaving_during_admission_leaves_no_hold_and_no_pending_c
         keys = AccountKeys.of(ACCOUNT)
         pending, holds = keys.pending, keys.held()
         await gate.close()  # the undo has run
-        assert [getattr(rec, "undone", None) for rec in caplog.records] == [True]  # the admission did run
+        # The admission did run (other loggers may have written meanwhile: only the undo's record counts).
+        assert [rec.undone for rec in caplog.records if hasattr(rec, "undone")] == [True]
         assert await other.hlen(pending) == 0
         assert [await other.zcard(key) for key in holds] == [0, 0]
         assert not await other.exists(keys.used(r.request_id))  # a retry of the request id is admitted
