@@ -218,8 +218,9 @@ class Runner:
 
 def not_admitted(error: ServiceError) -> bool:
     """A failure before the router admitted the request (nothing claimed, nothing charged): the same request
-    id may be sent again. UNAVAILABLE without the router's ErrorInfo is the router itself unreachable."""
-    unreachable = error.code == grpc.StatusCode.UNAVAILABLE and error.reason == "UPSTREAM_ERROR"
+    id may be sent again. UNAVAILABLE without the router's ErrorInfo is the router itself unreachable; with it
+    (reason UPSTREAM_ERROR: the router's own call to the providers broke), the request was admitted."""
+    unreachable = error.code == grpc.StatusCode.UNAVAILABLE and not error.explained
     return unreachable or error.reason in ("STORE_UNAVAILABLE", "RATE_LIMITED")
 
 

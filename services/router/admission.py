@@ -208,7 +208,13 @@ class Admission:
             return True
         # Its reply may be lost (the connection drops, the caller leaves) after the store grew the hold: the
         # request then settles the hold the store holds, not routed.hold (store/model.py), so none lingers.
-        refused = await self.store.extend(routed.account, self.allowance, routed.hold, needed)
+        try:
+            refused = await self.store.extend(routed.account, self.allowance, routed.hold, needed)
+        except StoreUnavailable:
+            # Admitted already, so never answered STORE_UNAVAILABLE (which says: not admitted, send the same request
+            # id again, and that retry would be refused as a duplicate). No fallback: the request ends with its
+            # attempt's error, and what it owes is charged through the outbox.
+            refused = "store_unavailable"
         if refused:
             log.warning("no hold for another attempt", extra={"request_id": routed.request_id, "refused": refused})
             return False

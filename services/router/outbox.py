@@ -18,12 +18,28 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
+import grpc
+
+from llmrouter.errors import ServiceError
 from services.router import metrics
 from services.router.store import Account, Hold, Store, StoreUnavailable
 
 log = logging.getLogger("llmrouter.router")
 
 LOCK_POLL_S = 0.01  # how often a router waiting for the file's lock tries again
+
+
+class NotRecorded(ServiceError):
+    """Neither the money store nor the outbox kept a charge, a release or an undo. The request stays admitted (its
+    pending charge is settled at its hold by the reconciler, see ROUTER_PENDING_STALE_S), so this is never
+    STORE_UNAVAILABLE, which tells the caller that nothing was admitted and to send the same request id again."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            grpc.StatusCode.INTERNAL,
+            "MONEY_NOT_RECORDED",
+            "the money store is unreachable, and what this request owes could not be kept on disk either",
+        )
 
 
 @dataclass(frozen=True)
@@ -88,7 +104,7 @@ class Outbox:
             except OSError as exc:
                 # Neither the store nor the disk keeps it: the log is the last record, and the call fails.
                 log.critical(f"{what} kept by neither store nor outbox", extra={**fields, "error": str(exc)})
-                raise StoreUnavailable() from exc
+                raise NotRecorded() from exc
         metrics.OUTBOX.inc()
         log.error(f"money store unreachable: {what} kept in the outbox", extra=fields)
 

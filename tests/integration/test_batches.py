@@ -17,10 +17,13 @@ import redis.asyncio as redis
 from openai import AsyncOpenAI, BadRequestError, NotFoundError
 
 from llmrouter.errors import ServiceError
-from llmrouter.server import RunningServer
+from llmrouter.server import RunningServer, start_server
 from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
+from services import providers
+from services.batches.runner import not_admitted
 from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
+from services.providers.settings import ProvidersSettings
 from services.router.store import Account, AccountKeys, key_id, period_id, to_pico
 from tests.conftest import ledger_records
 from tests.integration.conftest import Chain, free_port, start_edge
@@ -248,3 +251,42 @@ async def test_a_cancelled_batch_sends_no_more_lines_and_charges_only_those_it_a
     assert sorted(r["request_id"] for r in ledger) == sorted(
         json.loads(line)["response"]["request_id"] for line in output
     )
+
+
+async def test_a_line_the_router_admitted_is_not_sent_again_when_its_providers_call_breaks(chain: Chain) -> None:
+    """After admission, the router's call to the providers service breaks (the providers went away): the router
+    answers UNAVAILABLE, reason UPSTREAM_ERROR, with its own ErrorInfo. The batch runner must not take that for the
+    router being unreachable and send the request id again: the router refuses it as a duplicate, and the line's
+    error file would say DUPLICATE_REQUEST rather than what failed."""
+    p_settings = ProvidersSettings(port=0, registry_path=chain.registry_path)
+    own_providers = await start_server("providers", p_settings, *await providers.build(p_settings))
+    router = await extra_router(chain, providers_addr=f"127.0.0.1:{own_providers.port}", redis_url=None)
+    line = router_pb2.CompleteRequest(
+        messages=[common_pb2.ChatMessage(role="user", content=f"line: {uuid.uuid4().hex}")],
+        model="cheap-model",
+        request_id=f"batch_x:{uuid.uuid4().hex}",
+    )
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{router.port}") as channel:
+            stub = router_pb2_grpc.RouterStub(channel)
+            first = router_pb2.CompleteRequest(
+                messages=[common_pb2.ChatMessage(role="user", content=f"first: {uuid.uuid4().hex}")],
+                model="cheap-model",
+            )
+            assert (await stub.Complete(first, timeout=20)).content  # the router knows the models available
+            await own_providers.stop(0)
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                await stub.Complete(line, timeout=20)
+            error = ServiceError.from_rpc_error(failed.value)
+            assert (error.code, error.reason) == (grpc.StatusCode.UNAVAILABLE, "UPSTREAM_ERROR")
+            assert not not_admitted(error)
+            with pytest.raises(grpc.aio.AioRpcError) as again:  # what sending it again would get
+                await stub.Complete(line, timeout=20)
+            assert ServiceError.from_rpc_error(again.value).reason == "DUPLICATE_REQUEST"
+            await router.stop(0)
+            with pytest.raises(grpc.aio.AioRpcError) as unreachable:  # the router itself gone: sent again
+                await stub.Complete(line, timeout=5)
+            assert not_admitted(ServiceError.from_rpc_error(unreachable.value))
+    finally:
+        await router.stop(0)
+        await own_providers.stop(0)

@@ -10,6 +10,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -21,7 +22,7 @@ from llmrouter.registry import LiveRegistry
 from llmrouter.v1 import provider_pb2_grpc
 from services.router import admission, charging
 from services.router.models import AvailableModels
-from services.router.outbox import Outbox
+from services.router.outbox import NotRecorded, Outbox
 from services.router.store import (
     Account,
     AccountKeys,
@@ -29,7 +30,6 @@ from services.router.store import (
     Hold,
     MemoryStore,
     RedisStore,
-    StoreUnavailable,
     lua,
     period_id,
 )
@@ -72,8 +72,7 @@ async def test_a_lost_reply_to_a_hold_extension_leaves_no_hold_behind(
         admitted = r.hold
         await direct.script_load(lua.EXTEND)  # the extension itself is the next reply, not a NOSCRIPT
         proxy.lose_next_reply()
-        with pytest.raises(StoreUnavailable):
-            await gate.cover(r, admitted.pico + 1_000)
+        assert not await gate.cover(r, admitted.pico + 1_000)  # no fallback; never STORE_UNAVAILABLE once admitted
         grown = f"{admitted.pico + 1_000}:{r.request_id}".encode()
         assert await holds_and_pending(direct, ACCOUNT) == ([[grown], [grown]], 1)  # the store did grow it
         assert r.hold == admitted  # ... and the router never learned it
@@ -156,6 +155,29 @@ async def test_a_release_whose_caller_leaves_while_the_store_is_unreachable_land
         assert await holds_and_pending(direct, ACCOUNT) == ([[], []], 0)
         (record,) = await ledger_records(direct)
         assert record["outcome"] == "released" and record["cost_usd"] == "0"
+    finally:
+        await direct.aclose()
+
+
+@pytest.mark.parametrize("owed", ["0", "0.000002"], ids=["release", "charge"])
+async def test_a_charge_kept_by_neither_the_store_nor_the_disk_is_never_answered_store_unavailable(
+    charger: charging.Charger, proxy: LossyProxy, redis_url: str, owed: str
+) -> None:
+    """The store is down and the outbox's disk is full (the outbox file is /dev/full): the request was admitted and
+    stays so, its pending charge left to the reconciler. STORE_UNAVAILABLE would tell the caller (and the batch
+    runner) that nothing was admitted and to send the same request id again, which would be refused as a duplicate."""
+    gate, r = await routed(request(), admission.Admission(SETTINGS, REGISTRY, charger.store, charger.outbox))
+    await gate.admit(r)
+    r.owed = Decimal(owed)  # what failed attempts cost: charged, or when nothing, the hold released
+    charger.outbox.path.unlink()
+    charger.outbox.path.symlink_to("/dev/full")  # every write fails: ENOSPC
+    proxy.go_down()
+    with pytest.raises(NotRecorded) as failed:
+        await charger.settle_unsettled(r, r.plan.order[0].model)
+    assert failed.value.reason == "MONEY_NOT_RECORDED" and failed.value.code != grpc.StatusCode.UNAVAILABLE
+    direct = redis.from_url(redis_url)
+    try:
+        assert await holds_and_pending(direct, ACCOUNT) != ([[], []], 0)  # pending: the reconciler charges its hold
     finally:
         await direct.aclose()
 

@@ -13,6 +13,7 @@ import grpc
 import pytest
 
 from llmrouter.errors import ServiceError
+from llmrouter.server import CHANNEL_OPTIONS
 from llmrouter.v1 import provider_pb2, provider_pb2_grpc
 from services.router.serving import Serving, StreamState, worst_usd
 from tests.router.test_admission import REGISTRY, request, routed
@@ -87,3 +88,21 @@ async def test_a_providers_service_never_reached_costs_nothing() -> None:
             await serving.generate(r, NoDeadline())
     assert failed.value.code == grpc.StatusCode.UNAVAILABLE
     assert r.owed == 0
+
+
+async def test_a_providers_service_gone_after_the_channel_connected_costs_nothing() -> None:
+    """The router's channel (its production options: round-robin over the service's addresses) was connected, then
+    the providers service went away before the call: gRPC fails the call without sending it (its connections all
+    failing), so it bills nothing, and neither does the fallback that finds it gone too."""
+    server, port = await start(Generating())
+    gate, r = await routed(request(max_tokens=50))
+    r.registry, r.escalation = REGISTRY, "off"
+    await gate.admit(r)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS) as channel:
+        await asyncio.wait_for(channel.channel_ready(), 10)
+        await server.stop(0)
+        serving = Serving(provider_pb2_grpc.ProviderStub(channel), gate)
+        with pytest.raises(ServiceError) as failed:
+            await serving.generate(r, NoDeadline())
+    assert failed.value.code == grpc.StatusCode.UNAVAILABLE
+    assert r.owed == 0, failed.value.message
