@@ -86,6 +86,7 @@ def cheap_first(request_id: str) -> router_pb2.CompleteRequest:
         quality_target=0,
         request_id=request_id,
         tenant=f"t-{uuid.uuid4().hex[:8]}",
+        api_key=f"sk-{uuid.uuid4().hex}",  # a key of its own: its spend counter is this request's alone
         max_tokens=50,
         escalation="off",
     )
@@ -120,6 +121,7 @@ async def settled_once(router: ProxiedRouter, request_id: str, pending: Pending)
     assert await router.records(request_id) == [record]
     assert len(Outbox(router.data)) == 0
     keys = AccountKeys.of(Account(pending.tenant, pending.key))
+    assert pending.key  # the request's own key: no other test's spend shares its counter
     spend = [int(v or 0) for v in await router.direct.mget(*keys.spend(pending.period))]
     assert spend == [to_pico(Decimal(record["cost_usd"]))] * 2
     assert [await router.direct.zcard(k) for k in keys.held()] == [0, 0]
