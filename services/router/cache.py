@@ -9,6 +9,8 @@ import logging
 import time
 from typing import Protocol
 
+from google.protobuf.message import DecodeError
+
 from llmrouter.redis_connect import connect
 from llmrouter.v1 import router_pb2
 from services.router import metrics
@@ -94,10 +96,14 @@ class ResponseCache:
         if not self.ttl_s:
             return None
         raw = await self.backend.get(_key(routed))
-        metrics.CACHE.labels("hit" if raw else "miss").inc()
-        if raw is None:
+        try:
+            response = None if raw is None else router_pb2.CompleteResponse.FromString(raw)
+        except DecodeError:  # not an answer this router wrote (a corrupted or foreign entry): a miss, not a failure
+            log.warning("unreadable response cache entry ignored", extra={"request_id": routed.request_id})
+            response = None
+        metrics.CACHE.labels("miss" if response is None else "hit").inc()
+        if response is None:
             return None
-        response = router_pb2.CompleteResponse.FromString(raw)
         response.id, response.cache_hit, response.cost_usd = routed.request_id, True, "0"
         response.latency_ms = int((time.perf_counter() - routed.started) * 1000)
         response.decision.CopyFrom(routed.decision)

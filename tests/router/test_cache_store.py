@@ -63,6 +63,20 @@ async def test_an_answer_is_cached_per_tenant_with_its_ttl(any_redis_url: str) -
         await client.aclose()
 
 
+async def test_an_unreadable_cache_entry_is_a_miss_not_a_failure(any_redis_url: str) -> None:
+    cache = ResponseCache(RedisCache(any_redis_url), ttl_s=60)
+    client = connect(any_redis_url)
+    try:
+        await cache.put(routed("acme", "question"), answer("gpt-4o-mini"))
+        assert await cache.lookup(routed("acme", "question")) is not None
+        async for key in client.scan_iter(match="llmrouter:cache:*"):
+            await client.set(key, b"\xff not a response", ex=60)  # corrupted, or written by something else
+        assert await cache.lookup(routed("acme", "question")) is None
+    finally:
+        await cache.backend.close()
+        await client.aclose()
+
+
 async def test_a_session_keeps_its_model_and_history(any_redis_url: str) -> None:
     sessions = Sessions(RedisCache(any_redis_url), ttl_s=60)
     try:
