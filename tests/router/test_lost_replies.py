@@ -28,7 +28,6 @@ from services.router.store import (
     AccountKeys,
     Allowance,
     Hold,
-    MemoryStore,
     RedisStore,
     lua,
     period_id,
@@ -85,16 +84,6 @@ async def test_a_lost_reply_to_a_hold_extension_leaves_no_hold_behind(
     finally:
         await direct.aclose()
         await store.close()
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def store(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[Store]:
-    if request.param == "memory":
-        yield MemoryStore()
-        return
-    redis_store = RedisStore(redis_url)
-    yield redis_store
-    await redis_store.close()
 
 
 async def test_settling_with_the_hold_before_an_extension_drops_the_grown_one(store: Store) -> None:

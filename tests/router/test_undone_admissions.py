@@ -24,7 +24,6 @@ from services.router.store import (
     AccountKeys,
     Allowance,
     Hold,
-    MemoryStore,
     RedisStore,
     StoreUnavailable,
     lua,
@@ -167,16 +166,6 @@ async def test_while_the_store_is_out_of_reach_admissions_are_not_sent_so_undos_
     await gate.admit(r)
     assert await outbox.replay(proxied.store) == 1
     assert len(outbox) == 0
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def store(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[Store]:
-    if request.param == "memory":
-        yield MemoryStore()
-        return
-    redis_store = RedisStore(redis_url)
-    yield redis_store
-    await redis_store.close()
 
 
 def hold(request_id: str, nonce: str) -> Hold:
