@@ -9,7 +9,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from llmrouter.registry import DEFAULT_REGISTRY
@@ -54,7 +54,7 @@ class RouterSettings(GrpcServiceSettings, LedgerSettings):  # the ledger's setti
     # The upkeep loop: heartbeat, outbox replay, reconciler. A router whose heartbeat is older than
     # heartbeat_ttl_s is dead: its pending charges are settled at their hold.
     upkeep_interval_s: float = Field(default=2.0, gt=0)
-    heartbeat_ttl_s: float = Field(default=15.0, gt=0)
+    heartbeat_ttl_s: float = Field(default=15.0, ge=0.01)  # Redis expiries are whole milliseconds
     # A pending charge of a live router older than this lost its charge (store and outbox both failed): it is
     # settled at its hold. Longer than any request may run.
     pending_stale_s: float = Field(default=3600.0, gt=0)
@@ -115,3 +115,13 @@ class RouterSettings(GrpcServiceSettings, LedgerSettings):  # the ledger's setti
     verifier_modes: frozenset[Literal["auto", "strict"]] = frozenset({"strict"})
     # How long a session (session_id) keeps its model after its last turn, in the cache store; 0 disables.
     session_ttl_s: int = Field(default=3600, ge=0)
+
+    @model_validator(mode="after")
+    def _heartbeat_outlasts_upkeep(self) -> RouterSettings:
+        # A heartbeat that expires between two beats makes a live router look dead to the reconciler, which
+        # would then settle its requests at their holds while they run.
+        if self.heartbeat_ttl_s < 3 * self.upkeep_interval_s:
+            raise ValueError(
+                "heartbeat_ttl_s must be at least 3 x upkeep_interval_s (a live router must never look dead)"
+            )
+        return self
