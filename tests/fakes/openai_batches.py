@@ -56,6 +56,7 @@ class FakeBatches:
         parts = {part.get_param("name", header="content-disposition"): part for part in form.iter_parts()}
         assert parts["purpose"].get_content().strip() == "batch", "purpose must be batch"
         content = parts["file"].get_payload(decode=True)
+        assert isinstance(content, bytes), "the file part holds the JSONL"
         file = self._file(content, "batch", parts["file"].get_filename() or "upload.jsonl")
         return Reply(body={k: v for k, v in file.items() if k != "content"})
 
@@ -128,7 +129,7 @@ class FakeBatches:
                 response = {"status_code": 200, "request_id": uuid.uuid4().hex, "body": self.completion(line["body"])}
                 output.append({"id": ident, "custom_id": custom_id, "response": response, "error": None})
             elif fate == "error":
-                error = {"message": "fake invalid request", "type": "invalid_request_error", "param": None, "code": None}
+                error = {"message": "fake refusal", "type": "invalid_request_error", "param": None, "code": None}
                 response = {"status_code": 400, "request_id": uuid.uuid4().hex, "body": {"error": error}}
                 errors.append({"id": ident, "custom_id": custom_id, "response": response, "error": None})
             else:

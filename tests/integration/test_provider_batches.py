@@ -169,6 +169,12 @@ async def money(stack: Stack) -> tuple[dict[str, Decimal], int, int, list[Pendin
     return charged, spend, held, [p for p in pending if p.tenant == stack.tenant]
 
 
+def costs_of(output: dict[str, dict[str, Any]]) -> dict[str, Decimal]:
+    """What each output line says it cost, by request id."""
+    responses = [entry["response"] for entry in output.values()]
+    return {r["request_id"]: Decimal(r["body"]["x_router"]["cost_usd"]) for r in responses}
+
+
 def chat_calls(upstream: FakeOpenAI) -> list[dict[str, Any]]:
     return [r.json for r in upstream.requests if r.path == "/v1/chat/completions"]
 
@@ -198,18 +204,20 @@ async def test_lines_of_a_batch_priced_model_go_through_the_batch_api_at_the_bat
     assert {c["model"] for c in chat_calls(stack.upstream)} == {REALTIME} and len(chat_calls(stack.upstream)) == 4
 
     models = load_registry(stack.registry_path)
-    priced = {BATCHED: models.batch_priced(models.get(BATCHED)), REALTIME: models.get(REALTIME)}  # type: ignore[arg-type]
+    batched, realtime = models.get(BATCHED), models.get(REALTIME)
+    assert batched is not None and realtime is not None
+    batch_priced = models.batch_priced(batched)
+    assert batch_priced is not None
+    prices = {BATCHED: batch_priced, REALTIME: realtime}
     costs = {}
     for custom_id, entry in output.items():
         body = entry["response"]["body"]
-        usage = body["usage"]
-        expected = priced[body["model"]].cost_usd(usage["prompt_tokens"], usage["completion_tokens"])  # type: ignore[union-attr]
+        tokens = (body["usage"]["prompt_tokens"], body["usage"]["completion_tokens"])
+        expected = prices[body["model"]].cost_usd(*tokens)
         assert Decimal(body["x_router"]["cost_usd"]) == expected, custom_id
         costs[entry["response"]["request_id"]] = expected
-    # The batch price is half the realtime one here: a batched line costs half what it would realtime.
-    sample = next(e["response"]["body"] for e in output.values() if e["response"]["body"]["model"] == BATCHED)
-    realtime = models.get(BATCHED).cost_usd(sample["usage"]["prompt_tokens"], sample["usage"]["completion_tokens"])  # type: ignore[union-attr]
-    assert Decimal(sample["x_router"]["cost_usd"]) * 2 == realtime
+        if body["model"] == BATCHED:  # the batch price is half the realtime one here
+            assert expected * 2 == batched.cost_usd(*tokens)
 
     charged, spend, held, pending = await money(stack)
     assert charged == costs  # each line charged once, at what its output says
@@ -243,7 +251,7 @@ async def test_failed_and_expired_provider_lines_are_released_not_charged(stack:
     assert all(e["response"]["status_code"] == 502 for e in errors.values())
     assert "completion window expired" in errors["req-1"]["response"]["body"]["error"]["message"]
     charged, spend, held, pending = await money(stack)
-    costs = {e["response"]["request_id"]: Decimal(e["response"]["body"]["x_router"]["cost_usd"]) for e in output.values()}
+    costs = costs_of(output)
     assert charged == costs  # only the answered lines: the failed and expired ones were released
     assert spend == sum(to_pico(c) for c in costs.values()) and held == 0 and not pending
 
@@ -282,6 +290,6 @@ async def test_a_router_restart_while_the_provider_batch_runs_loses_nothing(stac
     assert batch.status == "completed" and batch.request_counts.completed == 5 and batch.error_file_id is None
     assert len(stack.upstream.batches.batches) == 1 and not chat_calls(stack.upstream)
     charged, spend, held, pending = await money(stack)
-    costs = {e["response"]["request_id"]: Decimal(e["response"]["body"]["x_router"]["cost_usd"]) for e in output.values()}
+    costs = costs_of(output)
     assert len(costs) == 5 and charged == costs
     assert spend == sum(to_pico(c) for c in costs.values()) and held == 0 and not pending

@@ -57,7 +57,9 @@ async def test_a_batch_is_uploaded_created_and_read_back_in_openai_wire_format(
     assert (answer.input_tokens, answer.output_tokens) == (usage["prompt_tokens"], usage["completion_tokens"])
 
 
-async def test_a_batch_refused_whole_ends_failed_with_no_results(fake_and_api: tuple[FakeOpenAI, OpenAIBatches]) -> None:
+async def test_a_batch_refused_whole_ends_failed_with_no_results(
+    fake_and_api: tuple[FakeOpenAI, OpenAIBatches],
+) -> None:
     fake, api = fake_and_api
     fake.batches.fail_next = True
     state = await api.poll(await api.submit(lines("hello")))
