@@ -118,7 +118,10 @@ class Deferred:
                     await self.admission.withdraw(routed)
                 return {}
             log.error("provider batch creation outcome unknown", extra={"model": model, "error": error.message})
-            unknown = f"the provider batch's creation failed with an unknown outcome: {error.message}"
+            unknown = (
+                f"the provider batch's creation failed with an unknown outcome ({error.message}): the line is "
+                "charged its hold at the batch price when the hold lapses"
+            )
             return {
                 r.request_id: router_pb2.DeferredLine(
                     request_id=r.request_id, deferred=True, model=model, error=unknown

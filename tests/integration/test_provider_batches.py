@@ -32,6 +32,7 @@ from services.router.settings import RouterSettings
 from services.router.store import Account, AccountKeys, Pending, key_id, pending_key, period_id, to_pico
 from tests.conftest import ledger_records
 from tests.fakes.fake_openai import FakeOpenAI
+from tests.fakes.server import Fault
 from tests.integration.conftest import free_port, start_edge
 
 BATCHED, REALTIME = "batch-model", "realtime-model"
@@ -293,3 +294,50 @@ async def test_a_router_restart_while_the_provider_batch_runs_loses_nothing(stac
     costs = costs_of(output)
     assert len(costs) == 5 and charged == costs
     assert spend == sum(to_pico(c) for c in costs.values()) and held == 0 and not pending
+
+
+async def run_to_end(stack: Stack, bodies: list[tuple[str, str]]) -> tuple[Any, dict, dict]:
+    """(batch, output lines, error lines) of a batch run through a router and an edge started for it."""
+    server = await start_router(stack)
+    edge, task, channel = await start_edge(stack.edge)
+    client = AsyncOpenAI(base_url=f"http://127.0.0.1:{stack.edge.port}/v1", api_key=stack.key, max_retries=3)
+    try:
+        batch = await finished(client, await run_batch(client, batch_file(bodies)))
+        return batch, await lines_of(client, batch.output_file_id), await lines_of(client, batch.error_file_id)
+    finally:
+        await client.close()
+        edge.should_exit = True
+        await task
+        await channel.close()
+        await server.stop(5)
+
+
+async def test_lines_of_a_provider_batch_never_created_run_realtime_once(stack: Stack) -> None:
+    stack.upstream.enqueue(Fault.error(500))  # the upload fails: the provider created no batch
+    batch, output, errors = await run_to_end(stack, [(BATCHED, f"line {i}") for i in range(4)])
+
+    assert batch.status == "completed" and not errors and len(output) == 4, errors
+    assert not stack.upstream.batches.batches and len(chat_calls(stack.upstream)) == 4
+    models = load_registry(stack.registry_path)
+    batched = models.get(BATCHED)
+    assert batched is not None
+    for entry in output.values():
+        body = entry["response"]["body"]
+        realtime = batched.cost_usd(body["usage"]["prompt_tokens"], body["usage"]["completion_tokens"])
+        assert Decimal(body["x_router"]["cost_usd"]) == realtime  # the realtime API, the realtime price
+    charged, spend, held, pending = await money(stack)
+    assert charged == costs_of(output) and spend == sum(to_pico(c) for c in charged.values())
+    assert held == 0 and not pending
+
+
+async def test_lines_of_a_provider_batch_created_or_not_are_held_to_their_worst_case(stack: Stack) -> None:
+    stack.upstream.enqueue(Fault.delay(0), Fault.reset())  # the creation's reply is lost: it may run
+    batch, output, errors = await run_to_end(stack, [(BATCHED, f"line {i}") for i in range(3)])
+
+    assert batch.status == "completed" and not output and len(errors) == 3
+    assert all(e["response"]["body"]["error"]["code"] == "provider_batch_outcome_unknown" for e in errors.values())
+    assert not chat_calls(stack.upstream)  # never sent again realtime: the provider may be running them
+    charged, spend, held, pending = await money(stack)
+    assert not charged and spend == 0  # not yet: held at the batch price until the provider's window is over
+    assert len(pending) == 3 and held == sum(p.hold_pico for p in pending) > 0
+    assert all(p.until > time.time() + 24 * 3600 for p in pending)
