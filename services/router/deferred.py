@@ -176,6 +176,9 @@ class Deferred:
         if pending is not None and not pending.until:
             raise invalid(f"request {request_id!r} is not a provider batch line", "request_ids")
         if result is not None and result.succeeded:
+            if pending is None and not await self.store.was_charged(account, request_id):
+                # Neither held nor charged for this account: not its line, and not its answer to read.
+                return router_pb2.CollectedLine(request_id=request_id, error="no batch line of this account")
             reply = result.response
             if reply.usage.estimated:  # the provider said nothing of what it billed: the worst case
                 return await self._owe_hold(account, pending, request_id, "the provider reported no usage")

@@ -17,6 +17,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import redis.asyncio as redis
 import yaml
@@ -24,6 +25,7 @@ from openai import AsyncOpenAI
 
 from llmrouter.registry import load_registry
 from llmrouter.server import RunningServer, start_server
+from llmrouter.v1 import router_pb2, router_pb2_grpc
 from services import providers, router
 from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
@@ -190,6 +192,17 @@ async def test_lines_of_a_batch_priced_model_go_through_the_batch_api_at_the_bat
         batch = await finished(client, batch_id)
         output = await lines_of(client, batch.output_file_id)
         errors = await lines_of(client, batch.error_file_id)
+        # Collected again: the same answers, charged once; by another tenant: nothing of them.
+        (provider_batch,) = stack.upstream.batches.batches
+        ids = [f"{batch_id}:req-{i}" for i in range(12) if i % 3]
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.router_port}") as router_channel:
+            stub = router_pb2_grpc.RouterStub(router_channel)
+            ask = router_pb2.CollectBatchRequest(
+                tenant=stack.tenant, api_key=stack.key, model=BATCHED, provider_batch_id=provider_batch, request_ids=ids
+            )
+            again = await stub.CollectBatch(ask, timeout=10)
+            ask.tenant = "intruder"
+            intruder = await stub.CollectBatch(ask, timeout=10)
     finally:
         await client.close()
         edge.should_exit = True
@@ -220,6 +233,11 @@ async def test_lines_of_a_batch_priced_model_go_through_the_batch_api_at_the_bat
         if body["model"] == BATCHED:  # the batch price is half the realtime one here
             assert expected * 2 == batched.cost_usd(*tokens)
 
+    by_id = {e["response"]["request_id"]: e["response"]["body"] for e in output.values()}
+    assert [(line.request_id, line.response.content) for line in again.lines] == [
+        (i, by_id[i]["choices"][0]["message"]["content"]) for i in ids
+    ]
+    assert not any(line.succeeded or line.response.content for line in intruder.lines)
     charged, spend, held, pending = await money(stack)
     assert charged == costs  # each line charged once, at what its output says
     assert spend == sum(to_pico(c) for c in costs.values()) and held == 0 and not pending

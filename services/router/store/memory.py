@@ -148,6 +148,9 @@ class MemoryStore:
     async def pending_charge(self, account: Account, request_id: str) -> Pending | None:
         return self.pending.get(pending_field(account, request_id))
 
+    async def was_charged(self, account: Account, request_id: str) -> bool:
+        return AccountKeys.of(account).charged(request_id) in self.charged
+
     async def spent(self, account: Account, period: str) -> tuple[int, int]:
         keys = AccountKeys.of(account)
         key_keys = [keys] if account.tenant else key_everywhere(account.key)

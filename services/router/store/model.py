@@ -196,6 +196,9 @@ class Store(Protocol):
     async def pending_charge(self, account: Account, request_id: str) -> Pending | None:
         """The request's pending charge; None once it is settled (or was never admitted)."""
 
+    async def was_charged(self, account: Account, request_id: str) -> bool:
+        """Whether the account's request id was charged (within the request id TTL)."""
+
     async def spent(self, account: Account, period: str) -> tuple[int, int]:
         """What the account's tenant and key spent in a period (an id from period_id). Without a tenant, the
         key's spend wherever it is kept (an operator's view of one key)."""

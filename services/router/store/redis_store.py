@@ -198,6 +198,10 @@ class RedisStore:
             value = await self.redis.hget(AccountKeys.of(account).pending, pending_field(account, request_id))  # type: ignore[misc]
         return None if value is None else Pending(**json.loads(value))
 
+    async def was_charged(self, account: Account, request_id: str) -> bool:
+        async with self._call():
+            return bool(await self.redis.exists(AccountKeys.of(account).charged(request_id)))
+
     async def spent(self, account: Account, period: str) -> tuple[int, int]:
         keys = AccountKeys.of(account)
         key_keys = [keys] if account.tenant else key_everywhere(account.key)
