@@ -56,6 +56,8 @@ class Deferral:
                     router_pb2.SubmitLinesRequest(lines=[request for _, _, request in part]), timeout=CALL_S
                 )
             except grpc.RpcError as err:
+                if err.code() == grpc.StatusCode.UNIMPLEMENTED:  # a router from before provider batches
+                    break
                 log.warning("batch lines not offered to provider batches", extra={"id": batch_id, "error": str(err)})
                 return None
             for (index, line, _), answer in zip(part, reply.lines, strict=True):
