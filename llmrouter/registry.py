@@ -28,6 +28,9 @@ MTOK = Decimal(1_000_000)
 # here (OpenAI's), else by the UTF-8 bytes of the prompt plus its chat template (llmrouter/byte_bound.py).
 Tokenizer = Literal["cl100k_base", "o200k_base", "utf8_bytes"]
 UTF8_BYTES: Tokenizer = "utf8_bytes"
+# Provider kinds whose Batch API the providers service speaks: a model of one with a batch price has its batch
+# lines sent through it (OpenAI's /v1/files and /v1/batches, as Groq and Together also serve it).
+BATCH_KINDS = frozenset({"openai"})
 
 log = logging.getLogger("llmrouter.registry")
 RELOADS = Counter(
@@ -89,8 +92,8 @@ class ModelSpec(BaseModel):
     tier: str
     input_usd_per_mtok: Decimal = Field(ge=0)
     output_usd_per_mtok: Decimal = Field(ge=0)
-    # The provider's Batch API price (both or neither), for reference: this router's batches are served by the
-    # realtime API, which bills the realtime price, so they are charged that (README, Batches).
+    # The provider's Batch API price (both or neither): batch lines sent through a provider's Batch API are
+    # charged this; lines served by the realtime API, the realtime price (README, Batches).
     batch_input_usd_per_mtok: Decimal | None = Field(default=None, ge=0)
     batch_output_usd_per_mtok: Decimal | None = Field(default=None, ge=0)
     context_window: int = Field(gt=0)
@@ -126,6 +129,13 @@ class ModelSpec(BaseModel):
             batch_input_usd_per_mtok=_price(self.batch_input_usd_per_mtok),
             batch_output_usd_per_mtok=_price(self.batch_output_usd_per_mtok),
         )
+
+    def at_batch_price(self) -> ModelSpec | None:
+        """The model priced as its provider's Batch API bills it; None without a batch price."""
+        if self.batch_input_usd_per_mtok is None or self.batch_output_usd_per_mtok is None:
+            return None
+        batch_input, batch_output = self.batch_input_usd_per_mtok, self.batch_output_usd_per_mtok
+        return self.model_copy(update={"input_usd_per_mtok": batch_input, "output_usd_per_mtok": batch_output})
 
     def cost_usd(self, input_tokens: int, output_tokens: int) -> Decimal:
         """Exact cost: Decimal arithmetic on prices per 1M tokens, never a float."""
@@ -165,6 +175,11 @@ class Registry(BaseModel):
 
     def get(self, name: str) -> ModelSpec | None:
         return next((m for m in self.models if m.name == name), None)
+
+    def batch_priced(self, model: ModelSpec) -> ModelSpec | None:
+        """The model at its batch price when its provider has a Batch API spoken here; None otherwise."""
+        provider = self.providers.get(model.provider)
+        return model.at_batch_price() if provider is not None and provider.kind in BATCH_KINDS else None
 
     def tier_rank(self, model: ModelSpec) -> int:
         return self.tiers.index(model.tier)

@@ -58,3 +58,47 @@ class GenerateChunk(_message.Message):
     delta: str
     final: GenerateResponse
     def __init__(self, delta: _Optional[str] = ..., final: _Optional[_Union[GenerateResponse, _Mapping]] = ...) -> None: ...
+
+class SubmitBatchRequest(_message.Message):
+    __slots__ = ("model", "requests")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    requests: _containers.RepeatedCompositeFieldContainer[GenerateRequest]
+    def __init__(self, model: _Optional[str] = ..., requests: _Optional[_Iterable[_Union[GenerateRequest, _Mapping]]] = ...) -> None: ...
+
+class SubmitBatchResponse(_message.Message):
+    __slots__ = ("batch_id",)
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    batch_id: str
+    def __init__(self, batch_id: _Optional[str] = ...) -> None: ...
+
+class PollBatchRequest(_message.Message):
+    __slots__ = ("model", "batch_id")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    batch_id: str
+    def __init__(self, model: _Optional[str] = ..., batch_id: _Optional[str] = ...) -> None: ...
+
+class BatchLineResult(_message.Message):
+    __slots__ = ("request_id", "succeeded", "response", "error")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SUCCEEDED_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    succeeded: bool
+    response: GenerateResponse
+    error: str
+    def __init__(self, request_id: _Optional[str] = ..., succeeded: _Optional[bool] = ..., response: _Optional[_Union[GenerateResponse, _Mapping]] = ..., error: _Optional[str] = ...) -> None: ...
+
+class PollBatchResponse(_message.Message):
+    __slots__ = ("status", "ended", "results")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    ENDED_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    status: str
+    ended: bool
+    results: _containers.RepeatedCompositeFieldContainer[BatchLineResult]
+    def __init__(self, status: _Optional[str] = ..., ended: _Optional[bool] = ..., results: _Optional[_Iterable[_Union[BatchLineResult, _Mapping]]] = ...) -> None: ...

@@ -51,6 +51,16 @@ class ProviderStub:
                 request_serializer=llmrouter_dot_v1_dot_common__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=llmrouter_dot_v1_dot_common__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.SubmitBatch = channel.unary_unary(
+                '/llmrouter.v1.Provider/SubmitBatch',
+                request_serializer=llmrouter_dot_v1_dot_provider__pb2.SubmitBatchRequest.SerializeToString,
+                response_deserializer=llmrouter_dot_v1_dot_provider__pb2.SubmitBatchResponse.FromString,
+                _registered_method=True)
+        self.PollBatch = channel.unary_unary(
+                '/llmrouter.v1.Provider/PollBatch',
+                request_serializer=llmrouter_dot_v1_dot_provider__pb2.PollBatchRequest.SerializeToString,
+                response_deserializer=llmrouter_dot_v1_dot_provider__pb2.PollBatchResponse.FromString,
+                _registered_method=True)
 
 
 class ProviderServicer:
@@ -75,6 +85,22 @@ class ProviderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitBatch(self, request, context):
+        """The provider's Batch API (OpenAI kind): the requests go up as one provider batch, answered within 24 h at the
+        provider's batch price. Fails with reason BATCH_NOT_CREATED when the provider is known to have created no
+        batch (nothing will run or be billed); any other failure leaves that unknown.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PollBatch(self, request, context):
+        """The batch's status and, once it has ended, the result of every request it returned.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ProviderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +118,16 @@ def add_ProviderServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=llmrouter_dot_v1_dot_common__pb2.ListModelsRequest.FromString,
                     response_serializer=llmrouter_dot_v1_dot_common__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'SubmitBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitBatch,
+                    request_deserializer=llmrouter_dot_v1_dot_provider__pb2.SubmitBatchRequest.FromString,
+                    response_serializer=llmrouter_dot_v1_dot_provider__pb2.SubmitBatchResponse.SerializeToString,
+            ),
+            'PollBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.PollBatch,
+                    request_deserializer=llmrouter_dot_v1_dot_provider__pb2.PollBatchRequest.FromString,
+                    response_serializer=llmrouter_dot_v1_dot_provider__pb2.PollBatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -176,6 +212,60 @@ class Provider:
             '/llmrouter.v1.Provider/ListModels',
             llmrouter_dot_v1_dot_common__pb2.ListModelsRequest.SerializeToString,
             llmrouter_dot_v1_dot_common__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmrouter.v1.Provider/SubmitBatch',
+            llmrouter_dot_v1_dot_provider__pb2.SubmitBatchRequest.SerializeToString,
+            llmrouter_dot_v1_dot_provider__pb2.SubmitBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PollBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmrouter.v1.Provider/PollBatch',
+            llmrouter_dot_v1_dot_provider__pb2.PollBatchRequest.SerializeToString,
+            llmrouter_dot_v1_dot_provider__pb2.PollBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

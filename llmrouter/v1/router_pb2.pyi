@@ -122,3 +122,69 @@ class CompleteChunk(_message.Message):
     delta: str
     final: CompleteResponse
     def __init__(self, decision: _Optional[_Union[Decision, _Mapping]] = ..., delta: _Optional[str] = ..., final: _Optional[_Union[CompleteResponse, _Mapping]] = ...) -> None: ...
+
+class SubmitLinesRequest(_message.Message):
+    __slots__ = ("lines",)
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    lines: _containers.RepeatedCompositeFieldContainer[CompleteRequest]
+    def __init__(self, lines: _Optional[_Iterable[_Union[CompleteRequest, _Mapping]]] = ...) -> None: ...
+
+class DeferredLine(_message.Message):
+    __slots__ = ("request_id", "deferred", "model", "provider_batch_id", "error")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    DEFERRED_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    deferred: bool
+    model: str
+    provider_batch_id: str
+    error: str
+    def __init__(self, request_id: _Optional[str] = ..., deferred: _Optional[bool] = ..., model: _Optional[str] = ..., provider_batch_id: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
+
+class SubmitLinesResponse(_message.Message):
+    __slots__ = ("lines",)
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    lines: _containers.RepeatedCompositeFieldContainer[DeferredLine]
+    def __init__(self, lines: _Optional[_Iterable[_Union[DeferredLine, _Mapping]]] = ...) -> None: ...
+
+class CollectBatchRequest(_message.Message):
+    __slots__ = ("tenant", "api_key", "api_key_id", "model", "provider_batch_id", "request_ids")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    API_KEY_FIELD_NUMBER: _ClassVar[int]
+    API_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    api_key: str
+    api_key_id: str
+    model: str
+    provider_batch_id: str
+    request_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, tenant: _Optional[str] = ..., api_key: _Optional[str] = ..., api_key_id: _Optional[str] = ..., model: _Optional[str] = ..., provider_batch_id: _Optional[str] = ..., request_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class CollectedLine(_message.Message):
+    __slots__ = ("request_id", "succeeded", "response", "error", "charged_usd")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SUCCEEDED_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    CHARGED_USD_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    succeeded: bool
+    response: CompleteResponse
+    error: str
+    charged_usd: str
+    def __init__(self, request_id: _Optional[str] = ..., succeeded: _Optional[bool] = ..., response: _Optional[_Union[CompleteResponse, _Mapping]] = ..., error: _Optional[str] = ..., charged_usd: _Optional[str] = ...) -> None: ...
+
+class CollectBatchResponse(_message.Message):
+    __slots__ = ("status", "ended", "lines")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    ENDED_FIELD_NUMBER: _ClassVar[int]
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    status: str
+    ended: bool
+    lines: _containers.RepeatedCompositeFieldContainer[CollectedLine]
+    def __init__(self, status: _Optional[str] = ..., ended: _Optional[bool] = ..., lines: _Optional[_Iterable[_Union[CollectedLine, _Mapping]]] = ...) -> None: ...

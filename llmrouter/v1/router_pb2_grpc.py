@@ -56,6 +56,16 @@ class RouterStub:
                 request_serializer=llmrouter_dot_v1_dot_common__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=llmrouter_dot_v1_dot_common__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.SubmitBatch = channel.unary_unary(
+                '/llmrouter.v1.Router/SubmitBatch',
+                request_serializer=llmrouter_dot_v1_dot_router__pb2.SubmitLinesRequest.SerializeToString,
+                response_deserializer=llmrouter_dot_v1_dot_router__pb2.SubmitLinesResponse.FromString,
+                _registered_method=True)
+        self.CollectBatch = channel.unary_unary(
+                '/llmrouter.v1.Router/CollectBatch',
+                request_serializer=llmrouter_dot_v1_dot_router__pb2.CollectBatchRequest.SerializeToString,
+                response_deserializer=llmrouter_dot_v1_dot_router__pb2.CollectBatchResponse.FromString,
+                _registered_method=True)
 
 
 class RouterServicer:
@@ -88,6 +98,24 @@ class RouterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitBatch(self, request, context):
+        """Batch lines (the edge's batches): each line routed like Complete; a line whose model has a batch price and
+        whose provider has a Batch API is admitted with a hold at that price that lasts the provider's batch window,
+        and sent with the other lines for its model as one provider batch. The other lines are not admitted: the
+        caller sends them to Complete.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CollectBatch(self, request, context):
+        """A provider batch's results: once it has ended, each line is charged at the batch price from the usage the
+        provider reports (once, however often this is asked), or released when the provider did not run it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -110,6 +138,16 @@ def add_RouterServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=llmrouter_dot_v1_dot_common__pb2.ListModelsRequest.FromString,
                     response_serializer=llmrouter_dot_v1_dot_common__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'SubmitBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitBatch,
+                    request_deserializer=llmrouter_dot_v1_dot_router__pb2.SubmitLinesRequest.FromString,
+                    response_serializer=llmrouter_dot_v1_dot_router__pb2.SubmitLinesResponse.SerializeToString,
+            ),
+            'CollectBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.CollectBatch,
+                    request_deserializer=llmrouter_dot_v1_dot_router__pb2.CollectBatchRequest.FromString,
+                    response_serializer=llmrouter_dot_v1_dot_router__pb2.CollectBatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -221,6 +259,60 @@ class Router:
             '/llmrouter.v1.Router/ListModels',
             llmrouter_dot_v1_dot_common__pb2.ListModelsRequest.SerializeToString,
             llmrouter_dot_v1_dot_common__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmrouter.v1.Router/SubmitBatch',
+            llmrouter_dot_v1_dot_router__pb2.SubmitLinesRequest.SerializeToString,
+            llmrouter_dot_v1_dot_router__pb2.SubmitLinesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CollectBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmrouter.v1.Router/CollectBatch',
+            llmrouter_dot_v1_dot_router__pb2.CollectBatchRequest.SerializeToString,
+            llmrouter_dot_v1_dot_router__pb2.CollectBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

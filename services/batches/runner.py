@@ -1,6 +1,7 @@
-"""Running batches: every line is a chat completion sent to the router like any request (same policy,
-budgets and ledger), as the batch's tenant and key, with request id `<batch id>:<custom_id>`, at most
-EDGE_BATCH_CONCURRENCY lines at a time across the edge's batches.
+"""Running batches: the lines the router defers go to the providers' Batch APIs (deferral.py); every other line
+is a chat completion sent to the router like any request (same policy, budgets and ledger), as the batch's tenant
+and key, with request id `<batch id>:<custom_id>`, at most EDGE_BATCH_CONCURRENCY lines at a time across the
+edge's batches.
 
 Each line's result is written once to the store, so a restarted edge resumes a batch where it stopped. A
 line the router never admitted (the router unreachable or restarting, the money store down, a rate limit)
@@ -15,24 +16,22 @@ import json
 import logging
 import uuid
 from collections.abc import Callable
-from decimal import Decimal
 from typing import Any
 
 import grpc
-from prometheus_client import Counter, Gauge
+from prometheus_client import Gauge
 
 from llmrouter.errors import ServiceError
 from llmrouter.tasks import stop as stop_task
 from llmrouter.v1 import router_pb2_grpc
-from services.batches import wire
+from services.batches import results, wire
+from services.batches.deferral import Deferral
 from services.batches.store import Store, batch_key, file_key, now, results_key
 from services.edge.openai_api import ApiError, completion_body, parse_request
 
 log = logging.getLogger("llmrouter.edge.batches")
 
-LINES = Counter("llmrouter_edge_batch_lines_total", "Batch lines finished", ["outcome"])  # completed, failed
 RUNNING = Gauge("llmrouter_edge_batches_running", "Batches this edge is running")
-COST = Counter("llmrouter_edge_batch_cost_usd_total", "What finished batch lines cost")
 
 LEASE_S = 30  # an edge that stops renewing (crashed) loses its batches to another within this
 RETRY_S = (0.2, 0.5, 1.0, 2.0, 5.0)  # then every 5 s, until the router admits the line
@@ -49,8 +48,10 @@ class Runner:
         concurrency: int,
         timeout_s: float,
         retention_s: int,
+        poll_s: float = 60.0,
     ) -> None:
         self.store = store
+        self.deferral = Deferral(store, router, poll_s)  # the lines sent through the providers' Batch APIs
         self.owner = uuid.uuid4().hex  # this edge, in batch leases
         self.retention_s = retention_s
         self.router = router
@@ -109,10 +110,17 @@ class Runner:
             done = await self.store.get(results_key(batch_id))
             if batch["status"] == b"validating":
                 await self.store.put(batch_key(batch_id), {"status": "in_progress", "in_progress_at": now()})
+            if batch["status"] == b"cancelling":
+                deferred: dict[int, dict[str, str]] | None = await self.deferral.recorded(batch_id)
+            else:
+                deferred = await self.deferral.offer(batch_id, batch, lines, set(done))
+            if deferred is None:
+                return  # the router is out of reach: resumed later
+            done = await self.store.get(results_key(batch_id))
             cancelled = False
             async with asyncio.TaskGroup() as group:
                 for index, line in enumerate(lines):
-                    if str(index) in done:
+                    if str(index) in done or index in deferred:
                         continue
                     await self.slots.acquire()
                     if self.stopping or renewing.done():  # stopping, or the lease is lost: another edge resumes
@@ -123,6 +131,11 @@ class Runner:
                         cancelled = True  # the lines in flight finish; no more are sent
                         break
                     group.create_task(self._line(batch_id, batch, index, line))
+            # The lines in provider batches finish too, cancelled or not: they run at the provider.
+            if not await self.deferral.collect(
+                batch_id, batch, lines, deferred, lambda: not (self.stopping or renewing.done())
+            ):
+                return
             await self._finish(batch_id, batch, len(lines), cancelled)
         except Exception:
             log.exception("batch run failed; it stays active and is resumed", extra={"id": batch_id})
@@ -144,18 +157,12 @@ class Runner:
     async def _line(self, batch_id: str, batch: dict[str, bytes], index: int, line: dict[str, Any]) -> None:
         try:
             custom_id = line["custom_id"]
-            request_id = f"{batch_id}:{custom_id}"
-            answered = await self._complete(batch, request_id, line["body"])
+            answered = await self._complete(batch, f"{batch_id}:{custom_id}", line["body"])
             if answered is None:
                 return  # stopping before the router admitted it: the next run sends it
             status, body = answered
             cost = body.get("x_router", {}).get("cost_usd", "0") if status == 200 else "0"
-            result = {"ok": status == 200, "line": wire.output_line(custom_id, request_id, status, body), "cost": cost}
-            if await self.store.put_once(results_key(batch_id), str(index), json.dumps(result).encode()):
-                outcome = "completed" if status == 200 else "failed"
-                await self.store.add(batch_key(batch_id), outcome, 1)
-                LINES.labels(outcome).inc()
-                COST.inc(float(Decimal(cost)))
+            await results.record(self.store, batch_id, index, custom_id, status, body, cost)
         finally:
             self.slots.release()
 

@@ -4,7 +4,8 @@ of another tenant is not found.
 
 Keys (prefix llmrouter:batch:): `file:<id>` a hash (tenant, filename, purpose, created_at, bytes, content);
 `batch:<id>` a hash (the batch's fields, counters included); `batch:<id>:results` a hash from line index to
-its result line, written once (the line counts once however often it is retried); `active` the set of
+its result line, written once (the line counts once however often it is retried); `batch:<id>:deferred` a
+hash from line index to the provider batch it was sent in (deferral.py); `active` the set of
 batches still to run; `lease:<id>` which edge runs a batch now (one at a time, or two would send each line
 twice)."""
 
@@ -30,6 +31,10 @@ def batch_key(batch_id: str) -> str:
 
 def results_key(batch_id: str) -> str:
     return f"{PREFIX}batch:{batch_id}:results"
+
+
+def deferred_key(batch_id: str) -> str:
+    return f"{PREFIX}batch:{batch_id}:deferred"
 
 
 class Store(Protocol):

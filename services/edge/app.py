@@ -400,6 +400,7 @@ def create_app(settings: EdgeSettings, channel: grpc.aio.Channel) -> Starlette:
         settings.batch_concurrency,
         settings.request_timeout_s,
         settings.batch_retention_s,
+        settings.batch_poll_s,
     )
     batches = BatchApi(store, runner, edge.caller, settings.batch_max_file_bytes, settings.batch_retention_s)
     access_log = AccessLog.open(settings.access_log)

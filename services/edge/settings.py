@@ -32,6 +32,8 @@ class EdgeSettings(ServiceSettings):
     # restarted edge resumes from (it may be the cache's; a batch evicted is lost). Unset: in process.
     batch_redis_url: str | None = None
     batch_concurrency: int = Field(default=8, gt=0)  # lines in flight at once, across this edge's batches
+    # How often a provider batch (lines sent through a provider's Batch API) is asked whether it has ended.
+    batch_poll_s: float = Field(default=60.0, gt=0)
     batch_max_file_bytes: int = Field(default=100 * 1024 * 1024, gt=0)
     # How long an uploaded file, and a completed batch with its output and error files, are kept.
     batch_retention_s: int = Field(default=30 * 86_400, gt=0)

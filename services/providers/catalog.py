@@ -10,11 +10,12 @@ from dataclasses import dataclass
 import grpc
 
 from llmrouter.errors import ServiceError
-from llmrouter.registry import ModelSpec, ProviderSpec, Registry
+from llmrouter.registry import BATCH_KINDS, ModelSpec, ProviderSpec, Registry
 from services.providers.dispatch import Dispatcher
 from services.providers.gateways.anthropic import AnthropicGateway
 from services.providers.gateways.base import Gateway
 from services.providers.gateways.openai import OpenAIGateway
+from services.providers.gateways.openai_batch import OpenAIBatches
 from services.providers.settings import ProvidersSettings
 
 log = logging.getLogger("llmrouter.providers")
@@ -84,7 +85,8 @@ async def build_catalog(
             continue
         gateway, secret = await _gateway(name, spec, settings)
         if gateway is not None:
-            dispatchers[name] = Dispatcher(name, spec, gateway, secret)
+            batches = OpenAIBatches(spec, secret) if spec.kind in BATCH_KINDS else None
+            dispatchers[name] = Dispatcher(name, spec, gateway, secret, batches)
     log.info("usable providers", extra={"providers": sorted(dispatchers)})
     return Catalog(registry, dispatchers)
 

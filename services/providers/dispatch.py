@@ -25,6 +25,7 @@ from services.providers.accounting import decimal_str, input_bound, settle
 from services.providers.backoff import retry_delay
 from services.providers.breaker import CircuitBreaker, State
 from services.providers.gateways.base import Completion, Gateway, StreamEvent, UpstreamError, UpstreamRequest
+from services.providers.gateways.openai_batch import OpenAIBatches
 
 _STATUS = {
     "timeout": (grpc.StatusCode.DEADLINE_EXCEEDED, "UPSTREAM_TIMEOUT", "timeout"),
@@ -48,16 +49,26 @@ log = logging.getLogger("llmrouter.providers")
 
 
 class Dispatcher:
-    def __init__(self, provider: str, spec: ProviderSpec, gateway: Gateway, secret: str = "") -> None:
+    def __init__(
+        self,
+        provider: str,
+        spec: ProviderSpec,
+        gateway: Gateway,
+        secret: str = "",
+        batches: OpenAIBatches | None = None,
+    ) -> None:
         self.provider = provider
         self.spec = spec
         self.gateway = gateway
         self.secret = secret
+        self.batches = batches  # the provider's Batch API, when it has one spoken here
         self.slots = asyncio.Semaphore(spec.max_concurrency)
         self.breakers: dict[str, CircuitBreaker] = {}
 
     async def aclose(self) -> None:
         await self.gateway.aclose()
+        if self.batches is not None:
+            await self.batches.aclose()
 
     def breaker(self, model: str) -> CircuitBreaker:
         if model not in self.breakers:

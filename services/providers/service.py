@@ -8,11 +8,12 @@ from decimal import Decimal, InvalidOperation
 
 import grpc
 
-from llmrouter.errors import invalid
+from llmrouter.errors import ServiceError, invalid
 from llmrouter.registry import LiveRegistry, ModelSpec, Registry
 from llmrouter.server import Closer, Registrations
 from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc
 from llmrouter.validation import validate
+from services.providers import batches
 from services.providers.catalog import Catalog, Retirement, build_catalog
 from services.providers.gateways.base import Message, UpstreamRequest
 from services.providers.settings import ProvidersSettings
@@ -40,6 +41,25 @@ class ProviderServicer(provider_pb2_grpc.ProviderServicer):
         async with aclosing(dispatcher.generate_stream(model, upstream, context.time_remaining(), budget)) as chunks:
             async for chunk in chunks:
                 yield chunk
+
+    async def SubmitBatch(
+        self, request: provider_pb2.SubmitBatchRequest, context: grpc.aio.ServicerContext
+    ) -> provider_pb2.SubmitBatchResponse:
+        try:
+            model, dispatcher = self.catalog.resolve(request.model)
+        except ServiceError as exc:
+            raise batches.not_created(exc.message) from None
+        api, _ = batches.batch_api(self.catalog.registry, model, dispatcher)
+        lines = [(r.request_id, upstream_request(model, r)) for r in request.requests]
+        provider_batch = await batches.submit(api, lines)
+        return provider_pb2.SubmitBatchResponse(batch_id=provider_batch)
+
+    async def PollBatch(
+        self, request: provider_pb2.PollBatchRequest, context: grpc.aio.ServicerContext
+    ) -> provider_pb2.PollBatchResponse:
+        model, dispatcher = self.catalog.resolve(request.model)
+        api, priced = batches.batch_api(self.catalog.registry, model, dispatcher)
+        return await batches.poll(api, priced, request.batch_id)
 
     async def ListModels(
         self, request: common_pb2.ListModelsRequest, context: grpc.aio.ServicerContext

@@ -153,15 +153,16 @@ class Admission:
             "CONTEXT_LENGTH_EXCEEDED",
         )
 
-    async def admit(self, routed: Routed) -> None:
+    async def admit(self, routed: Routed, until: float = 0.0) -> None:
         """Claim the request id, count it against the rate limit and hold its worst-case cost (the costliest
         model of its plan writing all it may) against the budgets. When a budget cannot hold that, max_tokens
-        is lowered to what it can pay for; refused when it cannot pay for even a short answer."""
+        is lowered to what it can pay for; refused when it cannot pay for even a short answer. `until`: a
+        deferred request's hold lasts until then (Hold.until)."""
         # The budget period is fixed here, once: a request admitted before midnight is charged to that day.
         period = period_id(self.settings.budget_period)
         for _ in range(ADMIT_ATTEMPTS):
             nonce = secrets.token_hex(8)  # names this admission: its undo touches no other of the request id
-            hold = Hold(routed.request_id, _worst_case(routed), period, self.settings.instance_id, nonce)
+            hold = Hold(routed.request_id, _worst_case(routed), period, self.settings.instance_id, nonce, until)
             verdict = await self._hold(routed.account, hold)
             if not verdict.refused:
                 routed.hold = hold
@@ -189,6 +190,12 @@ class Admission:
             raise
         self.undoing.answered()
         return verdict
+
+    async def withdraw(self, routed: Routed) -> None:
+        """Undo the admission of a request that will not be served after all: as if it had never been admitted."""
+        assert routed.hold is not None  # only admitted requests are withdrawn
+        await self.undoing.withdraw(routed.account, routed.hold)
+        routed.settled = True
 
     async def close(self) -> None:
         """Let undos still running finish: a stopping router leaves none half-done."""

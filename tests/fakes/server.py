@@ -86,10 +86,11 @@ class Received:
 
 @dataclass
 class Reply:
-    """A successful answer in wire form: a JSON body, or SSE events (already framed)."""
+    """A successful answer in wire form: a JSON body, SSE events (already framed), or a file's bytes."""
 
     body: dict[str, Any] | None = None
     events: list[bytes] = field(default_factory=list)
+    raw: bytes | None = None  # sent as application/octet-stream, as OpenAI sends a file's content
 
 
 class _Disconnected(Exception):
@@ -234,6 +235,8 @@ class FakeServer:
             await _send_json(writer, fault.status, body, headers)
         elif (reply := self.route(request, fault)) is None:
             await _send_json(writer, 404, self.error_body(404, request))
+        elif reply.raw is not None:
+            await _send(writer, 200, "application/octet-stream", reply.raw)
         elif reply.body is not None:
             await self._send_body(writer, reply.body, fault)
         else:

@@ -1,5 +1,5 @@
-"""Batch prices in the registry: the providers' published Batch API prices, shown to callers for reference and
-never charged (the router's batches run on the realtime API, which bills the realtime price)."""
+"""Batch prices in the registry: the providers' published Batch API prices, shown to callers, and the price a model
+has through its provider's Batch API (Registry.batch_priced); a realtime call is charged the realtime price."""
 
 from __future__ import annotations
 
@@ -25,10 +25,13 @@ def test_shipped_openai_and_anthropic_models_list_half_price_batch_prices() -> N
         assert model.batch_output_usd_per_mtok == model.output_usd_per_mtok * HALF
 
 
-def test_a_batch_price_is_shown_but_never_charged() -> None:
-    model = load_registry(DEFAULT_REGISTRY).get("gpt-4o")
+def test_a_batch_price_is_shown_and_is_the_price_through_the_batch_api() -> None:
+    registry = load_registry(DEFAULT_REGISTRY)
+    model = registry.get("gpt-4o")
     assert model is not None
     assert model.cost_usd(1_000_000, 1_000_000) == Decimal("12.50")  # realtime: 2.50 + 10.00
+    batch_priced = registry.batch_priced(model)
+    assert batch_priced is not None and batch_priced.cost_usd(1_000_000, 1_000_000) == Decimal("6.25")
     listed = {entry["id"]: entry for entry in models_body([model.info()])["data"]}
     assert (listed["gpt-4o"]["batch_input_usd_per_mtok"], listed["gpt-4o"]["batch_output_usd_per_mtok"]) == (
         "1.25",

@@ -22,26 +22,15 @@ class OpenAIGateway:
         await self.client.aclose()
 
     async def complete(self, request: UpstreamRequest) -> Completion:
-        payload = await post_json(self.client, PATH, _body(request, self.logprobs))
-        try:
-            choice = payload["choices"][0]
-            content = choice["message"].get("content") or ""
-            finish = choice.get("finish_reason") or ""
-            tool_calls = choice["message"].get("tool_calls") or []
-        except (KeyError, IndexError, TypeError, AttributeError):
-            raise UpstreamError("bad_response", "upstream reply has no choices[0].message") from None
-        if not isinstance(tool_calls, list):
-            raise UpstreamError("bad_response", "upstream reply's tool_calls is not a list")
-        input_tokens, output_tokens = _usage(payload.get("usage"))
-        return Completion(content, finish, input_tokens, output_tokens, tool_calls, _mean_logprob(choice))
+        return completion(await post_json(self.client, PATH, body(request, self.logprobs)))
 
     async def stream(self, request: UpstreamRequest) -> AsyncGenerator[StreamEvent, None]:
-        body = {**_body(request), "stream": True, "stream_options": {"include_usage": True}}
+        payload = {**body(request), "stream": True, "stream_options": {"include_usage": True}}
         end = Completion()
         calls: dict[int, dict[str, Any]] = {}  # tool calls arrive in fragments, keyed by their index
         done = started = False
         try:
-            async for _, data in post_sse(self.client, PATH, body):
+            async for _, data in post_sse(self.client, PATH, payload):
                 started = True
                 if data.strip() == "[DONE]":
                     done = True
@@ -69,6 +58,21 @@ class OpenAIGateway:
         yield end
 
 
+def completion(payload: dict[str, Any]) -> Completion:
+    """A chat completion object (a reply, or the body of a Batch API output line) as a Completion."""
+    try:
+        choice = payload["choices"][0]
+        content = choice["message"].get("content") or ""
+        finish = choice.get("finish_reason") or ""
+        tool_calls = choice["message"].get("tool_calls") or []
+    except (KeyError, IndexError, TypeError, AttributeError):
+        raise UpstreamError("bad_response", "upstream reply has no choices[0].message") from None
+    if not isinstance(tool_calls, list):
+        raise UpstreamError("bad_response", "upstream reply's tool_calls is not a list")
+    input_tokens, output_tokens = _usage(payload.get("usage"))
+    return Completion(content, finish, input_tokens, output_tokens, tool_calls, _mean_logprob(choice))
+
+
 def _add_fragment(calls: dict[int, dict[str, Any]], fragment: Any) -> None:
     """The first fragment of a call brings its id and name, the following ones pieces of its arguments."""
     function = (fragment.get("function") or {}) if isinstance(fragment, dict) else None
@@ -82,7 +86,8 @@ def _add_fragment(calls: dict[int, dict[str, Any]], fragment: Any) -> None:
     call["function"]["arguments"] += function.get("arguments") or ""
 
 
-def _body(request: UpstreamRequest, logprobs: bool = False) -> dict[str, Any]:
+def body(request: UpstreamRequest, logprobs: bool = False) -> dict[str, Any]:
+    """The chat completions request body (also the body of a Batch API input line)."""
     messages = [_message(m) for m in request.messages]
     # Only the allowlisted passthrough fields, whoever sent the request: one that changes the price (service_tier,
     # store, n, ...) would be billed by the provider beyond what the registry charges. They come first: they may

@@ -8,6 +8,7 @@ nothing here may be evicted."""
 from services.router.store.keys import SHARDS, AccountKeys, ledger_key, pending_key
 from services.router.store.memory import MemoryStore
 from services.router.store.model import (
+    DEFERRED_HOLD_S,
     HOLD_S,
     PICO,
     REQUEST_ID_TTL_S,
@@ -29,6 +30,7 @@ from services.router.store.model import (
 from services.router.store.redis_store import RedisStore
 
 __all__ = [
+    "DEFERRED_HOLD_S",
     "HOLD_S",
     "PICO",
     "REQUEST_ID_TTL_S",

@@ -32,6 +32,15 @@ local function held_member(pending_key, field, member)
 end
 """
 
+# A holds set lives as long as its last hold (scores are expiries): a short hold added beside a deferred one (a
+# provider batch line's, a day long) must not cut the set's life short.
+_OUTLIVE = """
+local function outlive_holds(key)
+  local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+  redis.call('EXPIREAT', key, math.ceil(tonumber(last[2])))
+end
+"""
+
 # Scripts that take new memory (admission, a hold grown) are refused whole when the store is full (OOM under
 # noeviction: a flagged script is checked before it runs, never half-way); a charge or release of what was
 # already admitted must land even then (allow-oom): what was served is always paid for. Redis 7 or newer.
@@ -41,6 +50,7 @@ _MUST_LAND = "#!lua flags=allow-oom\n"
 ADMIT = (
     _MAY_GROW
     + _EXACT
+    + _OUTLIVE
     + """
 -- KEYS: rate, used id, tenant spend, tenant holds, key spend, key holds, limit overrides, pending charges,
 --       charged id, undone marker (of this admission's nonce)
@@ -88,7 +98,7 @@ if per_minute > 0 and redis.call('INCR', KEYS[1]) == 1 then redis.call('EXPIRE',
 redis.call('SET', KEYS[2], '1', 'EX', ARGV[7])
 for _, b in ipairs(budgets) do
   redis.call('ZADD', b[2], ARGV[6], ARGV[5])
-  redis.call('EXPIREAT', b[2], ARGV[6])
+  outlive_holds(b[2])
 end
 redis.call('HSET', KEYS[8], ARGV[9], ARGV[10])
 return {'', '0'}
@@ -119,6 +129,7 @@ EXTEND = (
     _MAY_GROW
     + _EXACT
     + _HELD
+    + _OUTLIVE
     + """
 -- KEYS: tenant spend, tenant holds, key spend, key holds, limit overrides, pending charges
 -- ARGV: tenant default limit, key default limit ('' = none), old member, new member, new pico, expiry,
@@ -146,7 +157,7 @@ end
 for _, b in ipairs(budgets) do
   redis.call('ZREM', b[2], old)
   redis.call('ZADD', b[2], ARGV[6], ARGV[4])
-  redis.call('EXPIREAT', b[2], ARGV[6])
+  outlive_holds(b[2])
 end
 redis.call('HSET', KEYS[6], ARGV[7], ARGV[8])
 return ''

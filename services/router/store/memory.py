@@ -89,7 +89,7 @@ class MemoryStore:
             self.rate_counts[subject] = self.rate_counts.get(subject, 0) + 1
         self.used.add(keys.used(hold.request_id))
         for held_key in keys.held():
-            self.held[held_key][hold.member] = (now + HOLD_S, hold.pico)
+            self.held[held_key][hold.member] = (hold.until or now + HOLD_S, hold.pico)
         pending = Pending.of(account, hold)
         self.pending[pending.field] = pending
         return Verdict("")
@@ -144,6 +144,12 @@ class MemoryStore:
         """The hold as this store holds it (RedisStore's held_member): its pending charge's."""
         pending = self.pending.get(pending_field(account, hold.request_id))
         return hold if pending is None else replace(hold, pico=pending.hold_pico)
+
+    async def pending_charge(self, account: Account, request_id: str) -> Pending | None:
+        return self.pending.get(pending_field(account, request_id))
+
+    async def was_charged(self, account: Account, request_id: str) -> bool:
+        return AccountKeys.of(account).charged(request_id) in self.charged
 
     async def spent(self, account: Account, period: str) -> tuple[int, int]:
         keys = AccountKeys.of(account)

@@ -27,6 +27,9 @@ from llmrouter.errors import ServiceError
 PICO = Decimal(10) ** 12
 REQUEST_ID_TTL_S = 24 * 3600  # default: how long a request id stays used (and charged at most once)
 HOLD_S = 600  # a hold outlives any request; after that admission ignores it (the reconciler charges it)
+# A line sent through a provider's Batch API: its hold lasts the provider's 24 h window and a margin for its
+# results to be collected; only then does the reconciler charge it (at its hold: its outcome was never known).
+DEFERRED_HOLD_S = 26 * 3600
 
 
 def to_pico(usd: Decimal) -> int:
@@ -50,13 +53,16 @@ class Account:
 class Hold:
     """A request's worst-case cost, held against its budgets while it runs, and the budget period (an id
     such as 20261130) it is charged to, fixed at admission. `router` is the instance serving it; `nonce` names
-    this one admission (recorded in its pending charge), so undoing it never touches another of the same id."""
+    this one admission (recorded in its pending charge), so undoing it never touches another of the same id.
+    `until` is set for a request whose result comes later than any router lives (a provider batch line)."""
 
     request_id: str
     pico: int
     period: str
     router: str = ""
     nonce: str = ""
+    # A deferred request's (a provider batch line's): when its hold lapses, Unix seconds; 0: HOLD_S after admission.
+    until: float = 0.0
 
     @property
     def member(self) -> str:
@@ -76,11 +82,20 @@ class Pending:
     router: str
     ts: float
     nonce: str = ""  # absent from records written before admissions had one
+    until: float = 0.0  # a deferred request's: settled by no one but its collector until then (Hold.until)
 
     @classmethod
     def of(cls, account: Account, hold: Hold) -> Pending:
         return cls(
-            account.tenant, account.key, hold.request_id, hold.pico, hold.period, hold.router, time.time(), hold.nonce
+            account.tenant,
+            account.key,
+            hold.request_id,
+            hold.pico,
+            hold.period,
+            hold.router,
+            time.time(),
+            hold.nonce,
+            hold.until,
         )
 
     @property
@@ -88,7 +103,7 @@ class Pending:
         return pending_field(Account(self.tenant, self.key), self.request_id)
 
     def account_and_hold(self) -> tuple[Account, Hold]:
-        hold = Hold(self.request_id, self.hold_pico, self.period, self.router, self.nonce)
+        hold = Hold(self.request_id, self.hold_pico, self.period, self.router, self.nonce, self.until)
         return Account(self.tenant, self.key), hold
 
 
@@ -178,6 +193,12 @@ class Store(Protocol):
         admission admits nothing, should it run only later. Any other admission of the id is left alone. True
         when something was undone. Idempotent."""
 
+    async def pending_charge(self, account: Account, request_id: str) -> Pending | None:
+        """The request's pending charge; None once it is settled (or was never admitted)."""
+
+    async def was_charged(self, account: Account, request_id: str) -> bool:
+        """Whether the account's request id was charged (within the request id TTL)."""
+
     async def spent(self, account: Account, period: str) -> tuple[int, int]:
         """What the account's tenant and key spent in a period (an id from period_id). Without a tenant, the
         key's spend wherever it is kept (an operator's view of one key)."""
@@ -198,8 +219,8 @@ class Store(Protocol):
         """When this router holds the reconciler lease, about every `lease_s`: settle, each at its hold, the
         pending charges of routers whose heartbeat this router has seen missing for `lease_s` (after a store
         outage every heartbeat has expired, and live routers get that long to renew theirs), and those left
-        pending for over `stale_s` (no request runs that long: its charge was lost). Returns how many were
-        settled."""
+        pending for over `stale_s` (no request runs that long: its charge was lost); a deferred one (Hold.until)
+        only once its hold has lapsed, whatever became of its router. Returns how many were settled."""
 
     async def ping(self) -> bool: ...
 

@@ -128,7 +128,7 @@ class RedisStore:
             *_limit_args(allowance),
             now,
             hold.member,
-            int(now) + HOLD_S,
+            int(hold.until) if hold.until else int(now) + HOLD_S,
             self.request_id_ttl_s,
             hold.pico,
             pending.field,
@@ -192,6 +192,15 @@ class RedisStore:
         args = [hold.member, pending_field(account, hold.request_id), hold.nonce, self.request_id_ttl_s]
         async with self._call():
             return bool(await self._undo(keys=names, args=args))
+
+    async def pending_charge(self, account: Account, request_id: str) -> Pending | None:
+        async with self._call():
+            value = await self.redis.hget(AccountKeys.of(account).pending, pending_field(account, request_id))  # type: ignore[misc]
+        return None if value is None else Pending(**json.loads(value))
+
+    async def was_charged(self, account: Account, request_id: str) -> bool:
+        async with self._call():
+            return bool(await self.redis.exists(AccountKeys.of(account).charged(request_id)))
 
     async def spent(self, account: Account, period: str) -> tuple[int, int]:
         keys = AccountKeys.of(account)
@@ -258,7 +267,9 @@ class RedisStore:
             stale_before = time.time() - stale_s
             settled = 0
             for charge in pending:
-                if charge.router in dead or charge.ts < stale_before:
+                # A provider batch line's is its collector's to settle until its hold lapses.
+                due = charge.until < time.time() if charge.until else charge.router in dead or charge.ts < stale_before
+                if due:
                     account, hold = charge.account_and_hold()
                     settled += await self.charge(account, hold, hold.pico, reconciled_record(charge))
             return settled

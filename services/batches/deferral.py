@@ -1,0 +1,152 @@
+"""A batch's lines offered to the providers' Batch APIs through the router, and their results collected.
+
+Before its lines run one by one, a batch's lines are offered to the router (SubmitBatch) PART_LINES at a time;
+the router defers those it sends in a provider batch, at the batch price, and declines the rest, which then run
+through Complete as any batch line. Each deferred line's provider batch is written to the store
+(`batch:<id>:deferred`, line index -> model and provider batch), so a restarted edge collects what the last one
+submitted. Collecting (CollectBatch) polls each provider batch every `poll_s` until it has ended; the router then
+charges each line once and returns its answer or error. A crash between the router's reply and that write leaves
+the lines submitted but unrecorded: offered again, the router refuses their ids as used, so they end in the error
+file (duplicate_request), and their holds are charged when they lapse, as the provider bills them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from llmrouter.v1 import router_pb2, router_pb2_grpc
+from services.batches import results
+from services.batches.store import Store, batch_key, deferred_key, results_key
+from services.edge.openai_api import ApiError, completion_body, parse_request
+
+log = logging.getLogger("llmrouter.edge.batches")
+
+PART_LINES = 200  # lines per SubmitBatch call, so each provider batch's results fit one gRPC message
+COLLECT_IDS = 100  # lines per CollectBatch call
+CALL_S = 300.0  # a part's routing, admission and upload
+
+
+class Deferral:
+    def __init__(self, store: Store, router: router_pb2_grpc.RouterStub, poll_s: float) -> None:
+        self.store = store
+        self.router = router
+        self.poll_s = poll_s
+
+    async def offer(
+        self, batch_id: str, batch: dict[str, bytes], lines: list[dict[str, Any]], done: set[str]
+    ) -> dict[int, dict[str, str]] | None:
+        """The deferred lines (index -> model and provider batch), the lines not yet offered offered first;
+        None when the router cannot be reached (the batch is resumed later)."""
+        deferred = await self.recorded(batch_id)
+        if batch.get("offered") == b"1":
+            return deferred
+        pending = [(i, line) for i, line in enumerate(lines) if str(i) not in done and i not in deferred]
+        for start in range(0, len(pending), PART_LINES):
+            requests = [(i, line, _request(batch_id, batch, line)) for i, line in pending[start : start + PART_LINES]]
+            part = [(i, line, request) for i, line, request in requests if request is not None]
+            if not part:
+                continue
+            try:
+                reply = await self.router.SubmitBatch(
+                    router_pb2.SubmitLinesRequest(lines=[request for _, _, request in part]), timeout=CALL_S
+                )
+            except grpc.RpcError as err:
+                if err.code() == grpc.StatusCode.UNIMPLEMENTED:  # a router from before provider batches
+                    break
+                log.warning("batch lines not offered to provider batches", extra={"id": batch_id, "error": str(err)})
+                return None
+            for (index, line, _), answer in zip(part, reply.lines, strict=True):
+                if not answer.deferred:
+                    continue
+                if answer.error:  # the provider batch may run and bill, but has no answer for us
+                    body = ApiError(502, answer.error, code="provider_batch_outcome_unknown").body()
+                    await results.record(self.store, batch_id, index, line["custom_id"], 502, body)
+                    continue
+                entry = {"model": answer.model, "provider_batch_id": answer.provider_batch_id}
+                await self.store.put_once(deferred_key(batch_id), str(index), json.dumps(entry).encode())
+                deferred[index] = entry
+        await self.store.put(batch_key(batch_id), {"offered": "1"})
+        return deferred
+
+    async def recorded(self, batch_id: str) -> dict[int, dict[str, str]]:
+        return {int(k): json.loads(v) for k, v in (await self.store.get(deferred_key(batch_id))).items()}
+
+    async def collect(
+        self,
+        batch_id: str,
+        batch: dict[str, bytes],
+        lines: list[dict[str, Any]],
+        deferred: dict[int, dict[str, str]],
+        go_on: Callable[[], bool],
+    ) -> bool:
+        """Collect the deferred lines without a result until all have one: True; False when `go_on` says to stop
+        first (the edge stops, or lost the batch's lease)."""
+        groups: dict[tuple[str, str], list[int]] = {}
+        for index, entry in sorted(deferred.items()):
+            groups.setdefault((entry["model"], entry["provider_batch_id"]), []).append(index)
+        while True:
+            done = await self.store.get(results_key(batch_id))
+            for key, indices in list(groups.items()):
+                waiting = [i for i in indices if str(i) not in done]
+                if not waiting or await self._collect(batch_id, batch, lines, key, waiting):
+                    del groups[key]
+            if not groups:
+                return True
+            for _ in range(max(1, int(self.poll_s / 0.1))):  # a stopping edge leaves within 0.1 s
+                if not go_on():
+                    return False
+                await asyncio.sleep(min(self.poll_s, 0.1))
+
+    async def _collect(
+        self,
+        batch_id: str,
+        batch: dict[str, bytes],
+        lines: list[dict[str, Any]],
+        key: tuple[str, str],
+        waiting: list[int],
+    ) -> bool:
+        """One provider batch's lines recorded, when it has ended: True."""
+        model, provider_batch_id = key
+        for start in range(0, len(waiting), COLLECT_IDS):
+            part = waiting[start : start + COLLECT_IDS]
+            custom_ids = [lines[i]["custom_id"] for i in part]
+            request = router_pb2.CollectBatchRequest(
+                tenant=batch["tenant"].decode(),
+                api_key_id=batch["key_id"].decode(),
+                model=model,
+                provider_batch_id=provider_batch_id,
+                request_ids=[f"{batch_id}:{c}" for c in custom_ids],
+            )
+            try:
+                reply = await self.router.CollectBatch(request, timeout=CALL_S)
+            except grpc.RpcError as err:
+                log.warning("provider batch not collected; will try again", extra={"id": batch_id, "error": str(err)})
+                return False
+            if not reply.ended:
+                return False
+            for index, custom_id, line in zip(part, custom_ids, reply.lines, strict=True):
+                if line.succeeded:
+                    body = completion_body(line.response)
+                    await results.record(self.store, batch_id, index, custom_id, 200, body, line.response.cost_usd)
+                else:
+                    body = ApiError(502, line.error, code="provider_batch_line_failed").body()
+                    await results.record(self.store, batch_id, index, custom_id, 502, body, line.charged_usd or "0")
+        return True
+
+
+def _request(batch_id: str, batch: dict[str, bytes], line: dict[str, Any]) -> router_pb2.CompleteRequest | None:
+    """The line as the router takes it; None when it is not a valid request (Complete's path reports that)."""
+    try:
+        parsed, raw = parse_request(json.dumps(line["body"]).encode())
+    except ApiError:
+        return None
+    if parsed.stream:
+        return None
+    message = parsed.to_router(raw, batch["tenant"].decode(), "", f"{batch_id}:{line['custom_id']}")
+    message.api_key_id = batch["key_id"].decode()
+    return message

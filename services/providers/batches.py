@@ -1,0 +1,83 @@
+"""Provider batches: requests for one model sent through its provider's Batch API, and their results read back,
+each answer costed at the model's batch price (what the provider bills for it)."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import grpc
+
+from llmrouter.errors import ServiceError, invalid
+from llmrouter.registry import ModelSpec, Registry
+from llmrouter.v1 import common_pb2, provider_pb2
+from services.providers.accounting import decimal_str
+from services.providers.dispatch import Dispatcher
+from services.providers.gateways.base import UpstreamError, UpstreamRequest
+from services.providers.gateways.openai import body
+from services.providers.gateways.openai_batch import LineResult, NotCreated, OpenAIBatches
+
+log = logging.getLogger("llmrouter.providers")
+MAX_REQUESTS = 50_000  # OpenAI's limit per batch
+
+
+def batch_api(registry: Registry, model: ModelSpec, dispatcher: Dispatcher) -> tuple[OpenAIBatches, ModelSpec]:
+    """The model's Batch API and the model at its batch price; BATCH_NOT_CREATED when it has none here."""
+    priced = registry.batch_priced(model)
+    if dispatcher.batches is None or priced is None:
+        raise not_created(f"model {model.name!r} has no Batch API and batch price here")
+    return dispatcher.batches, priced
+
+
+async def submit(api: OpenAIBatches, requests: list[tuple[str, UpstreamRequest]]) -> str:
+    """A provider batch of (custom_id, request): its id."""
+    ids = [custom_id for custom_id, _ in requests]
+    if not ids or len(ids) > MAX_REQUESTS:
+        raise invalid(f"a batch holds 1 to {MAX_REQUESTS} requests", "requests")
+    if len(set(ids)) != len(ids) or not all(ids):
+        raise invalid("every request of a batch needs its own non-empty request_id", "requests")
+    try:
+        return await api.submit([(custom_id, body(request)) for custom_id, request in requests])
+    except NotCreated as exc:
+        raise not_created(str(exc)) from None
+    except UpstreamError as exc:
+        log.warning("batch creation outcome unknown", extra={"error": exc.message})
+        raise ServiceError(grpc.StatusCode.UNAVAILABLE, "BATCH_OUTCOME_UNKNOWN", exc.message) from None
+
+
+async def poll(api: OpenAIBatches, priced: ModelSpec, batch_id: str) -> provider_pb2.PollBatchResponse:
+    try:
+        state = await api.poll(batch_id)
+    except UpstreamError as exc:
+        raise ServiceError(grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE", exc.message) from None
+    return provider_pb2.PollBatchResponse(
+        status=state.status, ended=state.ended, results=[_result(priced, r) for r in state.results]
+    )
+
+
+def _result(priced: ModelSpec, line: LineResult) -> provider_pb2.BatchLineResult:
+    answer = line.answer
+    if answer is None:
+        return provider_pb2.BatchLineResult(request_id=line.custom_id, error=line.error)
+    # Without the provider's counts the usage is unknown here (the prompt is not at hand): flagged, and the router
+    # charges such a line its worst case.
+    estimated = answer.input_tokens is None or answer.output_tokens is None
+    usage = common_pb2.Usage(
+        input_tokens=answer.input_tokens or 0, output_tokens=answer.output_tokens or 0, estimated=estimated
+    )
+    return provider_pb2.BatchLineResult(
+        request_id=line.custom_id,
+        succeeded=True,
+        response=provider_pb2.GenerateResponse(
+            content=answer.content,
+            usage=usage,
+            cost_usd=decimal_str(priced.cost_usd(usage.input_tokens, usage.output_tokens)),
+            finish_reason=answer.finish_reason or "stop",
+            model=priced.name,
+            tool_calls_json=json.dumps(answer.tool_calls) if answer.tool_calls else "",
+        ),
+    )
+
+
+def not_created(message: str) -> ServiceError:
+    return ServiceError(grpc.StatusCode.FAILED_PRECONDITION, "BATCH_NOT_CREATED", message)

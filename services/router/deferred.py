@@ -1,0 +1,252 @@
+"""Batch lines sent through a provider's Batch API, at its batch price.
+
+A line routed to a model with a batch price whose provider has a Batch API (Registry.batch_priced) is admitted
+like any request, for that one model at its batch price (no fallback: the provider answers within its window or
+not at all), with a hold that lasts the provider's 24 h window and a margin (DEFERRED_HOLD_S): admission counts
+it against the budgets meanwhile, and the reconciler leaves it alone until then, whatever becomes of the router
+that admitted it. The lines admitted together for one model go up as one provider batch.
+
+Collecting a provider batch that has ended settles each line once: charged at the batch price from the usage the
+provider reports; released when the provider reports it failed, expired or cancelled (it bills none of those);
+charged its hold when its outcome is unknown (no usage, or no result from a batch that ran). Everything needed
+lives in the money store (the pending charges), so any router collects what another admitted. A line whose batch
+is never collected is charged its hold by the reconciler when its hold lapses."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+from typing import Any
+
+import grpc
+
+from llmrouter.errors import ServiceError, invalid
+from llmrouter.registry import ModelSpec, RegistrySource
+from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2
+from services.router import admission as admitting
+from services.router.admission import Admission
+from services.router.routed import Routed
+from services.router.serving import generate_request
+from services.router.store import DEFERRED_HOLD_S, PICO, Account, Pending, Store, to_pico
+
+log = logging.getLogger("llmrouter.router")
+
+RouteFn = Callable[[router_pb2.CompleteRequest, Any], Awaitable[Routed]]
+MAX_LINES = 1_000  # per SubmitBatch call: the caller sends a large batch in parts
+ROUTING_CONCURRENCY = 16
+PROVIDER_CALL_S = 120.0  # an upload of up to MAX_LINES requests, or a read of their results
+NOT_CREATED = ("BATCH_NOT_CREATED", "INVALID_ARGUMENT", "MODEL_NOT_FOUND")
+
+
+class Deferred:
+    def __init__(
+        self,
+        route: RouteFn,
+        admission: Admission,
+        store: Store,
+        providers: provider_pb2_grpc.ProviderStub,
+        registry: RegistrySource,
+        baseline: Callable[[], ModelSpec | None],
+    ) -> None:
+        self.route = route  # routes a request without admitting it (the servicer's)
+        self.admission = admission
+        self.store = store
+        self.providers = providers
+        self.registry = registry
+        self.baseline = baseline  # the strongest available model, as the ledger's baseline
+
+    async def submit(self, request: router_pb2.SubmitLinesRequest, context: Any) -> router_pb2.SubmitLinesResponse:
+        lines = list(request.lines)
+        ids = [line.request_id for line in lines]
+        if not 0 < len(lines) <= MAX_LINES:
+            raise invalid(f"send 1 to {MAX_LINES} lines at a time", "lines")
+        if not all(ids) or len(set(ids)) != len(ids):
+            raise invalid("every line needs its own request_id", "lines")
+        slots = asyncio.Semaphore(ROUTING_CONCURRENCY)
+
+        async def admit(line: router_pb2.CompleteRequest) -> Routed | None:
+            async with slots:
+                return await self._admit(line, context)
+
+        admitted = await asyncio.gather(*(admit(line) for line in lines))
+        groups: dict[str, list[Routed]] = {}
+        for routed in admitted:
+            if routed is not None:
+                groups.setdefault(routed.plan.order[0].model.name, []).append(routed)
+        answers = {i: router_pb2.DeferredLine(request_id=i) for i in ids}
+        for model, group in groups.items():
+            answers.update(await self._send(model, group))
+        return router_pb2.SubmitLinesResponse(lines=[answers[i] for i in ids])
+
+    async def _admit(self, request: router_pb2.CompleteRequest, context: Any) -> Routed | None:
+        """The line routed and admitted at its model's batch price; None when it is not deferred (nothing held):
+        its model has no batch price or Batch API, or routing or admission refused it (Complete says why)."""
+        try:
+            routed = await self.route(request, context)
+            assert routed.registry is not None  # every routed request keeps its registry snapshot
+            priced = routed.registry.batch_priced(routed.plan.order[0].model)
+            if priced is None:
+                return None
+            routed.plan = dataclasses.replace(
+                routed.plan, order=[dataclasses.replace(routed.plan.order[0], model=priced)]
+            )
+            routed.max_tokens = admitting.output_caps(routed.plan, routed.limits, routed.decision)
+            await self.admission.admit(routed, until=time.time() + DEFERRED_HOLD_S)
+        except ServiceError as exc:
+            log.info("batch line not deferred", extra={"request_id": request.request_id, "reason": exc.reason})
+            return None
+        return routed
+
+    async def _send(self, model: str, group: list[Routed]) -> dict[str, router_pb2.DeferredLine]:
+        """One provider batch of the lines for `model`. When the provider is known to have created none, their
+        admissions are withdrawn (they go to Complete instead); when that is unknown, their holds stay, to be
+        charged when they lapse."""
+        calls = [generate_request(routed, routed.plan.order[0].model) for routed in group]
+        try:
+            reply = await self.providers.SubmitBatch(
+                provider_pb2.SubmitBatchRequest(model=model, requests=calls), timeout=PROVIDER_CALL_S
+            )
+        except grpc.RpcError as err:
+            error = ServiceError.from_rpc_error(err)
+            if error.explained and error.reason in NOT_CREATED:
+                log.warning("provider batch not created", extra={"model": model, "error": error.message})
+                for routed in group:
+                    await self.admission.withdraw(routed)
+                return {}
+            log.error("provider batch creation outcome unknown", extra={"model": model, "error": error.message})
+            unknown = (
+                f"the provider batch's creation failed with an unknown outcome ({error.message}): the line is "
+                "charged its hold at the batch price when the hold lapses"
+            )
+            return {
+                r.request_id: router_pb2.DeferredLine(
+                    request_id=r.request_id, deferred=True, model=model, error=unknown
+                )
+                for r in group
+            }
+        log.info("provider batch created", extra={"model": model, "batch": reply.batch_id, "lines": len(group)})
+        return {
+            r.request_id: router_pb2.DeferredLine(
+                request_id=r.request_id, deferred=True, model=model, provider_batch_id=reply.batch_id
+            )
+            for r in group
+        }
+
+    async def collect(self, request: router_pb2.CollectBatchRequest, context: Any) -> router_pb2.CollectBatchResponse:
+        account = admitting.account_for(
+            router_pb2.CompleteRequest(tenant=request.tenant, api_key=request.api_key, api_key_id=request.api_key_id)
+        )
+        model = self.registry.current.get(request.model)
+        priced = None if model is None else self.registry.current.batch_priced(model)
+        if priced is None:
+            raise ServiceError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "NO_BATCH_PRICE",
+                f"model {request.model!r} has no batch price here: its lines are charged their hold when it lapses",
+                {"model": request.model},
+            )
+        polled = await self.providers.PollBatch(
+            provider_pb2.PollBatchRequest(model=request.model, batch_id=request.provider_batch_id),
+            timeout=PROVIDER_CALL_S,
+        )
+        if not polled.ended:
+            return router_pb2.CollectBatchResponse(status=polled.status)
+        results = {r.request_id: r for r in polled.results}
+        lines = [
+            await self._settle(account, priced, request_id, results.get(request_id), polled.status)
+            for request_id in request.request_ids
+        ]
+        return router_pb2.CollectBatchResponse(status=polled.status, ended=True, lines=lines)
+
+    async def _settle(
+        self,
+        account: Account,
+        model: ModelSpec,
+        request_id: str,
+        result: provider_pb2.BatchLineResult | None,
+        status: str,
+    ) -> router_pb2.CollectedLine:
+        """One line's outcome, settled once: a line whose pending charge is gone was settled before (by an
+        earlier collect, or at its hold by the reconciler) and is only reported."""
+        pending = await self.store.pending_charge(account, request_id)
+        if pending is not None and not pending.until:
+            raise invalid(f"request {request_id!r} is not a provider batch line", "request_ids")
+        if result is not None and result.succeeded:
+            if pending is None and not await self.store.was_charged(account, request_id):
+                # Neither held nor charged for this account: not its line, and not its answer to read.
+                return router_pb2.CollectedLine(request_id=request_id, error="no batch line of this account")
+            reply = result.response
+            if reply.usage.estimated:  # the provider said nothing of what it billed: the worst case
+                return await self._owe_hold(account, pending, request_id, "the provider reported no usage")
+            cost = model.cost_usd(reply.usage.input_tokens, reply.usage.output_tokens)
+            response = router_pb2.CompleteResponse(
+                id=request_id,
+                content=reply.content,
+                model=model.name,
+                provider=model.provider,
+                usage=common_pb2.Usage(input_tokens=reply.usage.input_tokens, output_tokens=reply.usage.output_tokens),
+                cost_usd=format(cost, "f"),
+                finish_reason=reply.finish_reason,
+                tool_calls_json=reply.tool_calls_json,
+            )
+            if pending is not None:
+                await self._charge(account, pending, to_pico(cost), self._record(pending, response, "ok"))
+            return router_pb2.CollectedLine(request_id=request_id, succeeded=True, response=response)
+        if result is None and status != "failed":  # it ran, or may have: unknown, so its worst case
+            return await self._owe_hold(account, pending, request_id, f"no result from the provider batch ({status})")
+        error = result.error if result is not None else "the provider batch failed before running"
+        if pending is not None:
+            held_account, hold = pending.account_and_hold()
+            await self.store.release(held_account, hold)
+        return router_pb2.CollectedLine(request_id=request_id, error=error, charged_usd="0")
+
+    async def _owe_hold(
+        self, account: Account, pending: Pending | None, request_id: str, why: str
+    ) -> router_pb2.CollectedLine:
+        charged = "0"
+        if pending is not None:
+            charged = format(Decimal(pending.hold_pico) / PICO, "f")
+            record = {
+                "request_id": request_id,
+                "ts": time.time(),
+                "tenant": account.tenant,
+                "key": account.key,
+                "cost_usd": charged,
+                "outcome": "batch_unknown",
+                "error": why,
+            }
+            await self._charge(account, pending, pending.hold_pico, record)
+        return router_pb2.CollectedLine(request_id=request_id, error=why, charged_usd=charged)
+
+    async def _charge(self, account: Account, pending: Pending, pico: int, record: dict[str, Any]) -> None:
+        held_account, hold = pending.account_and_hold()
+        if not await self.store.charge(held_account, hold, pico, record):
+            log.warning("batch line charged before; not charged again", extra={"request_id": hold.request_id})
+
+    def _record(self, pending: Pending, response: router_pb2.CompleteResponse, outcome: str) -> dict[str, Any]:
+        baseline_model = self.baseline()
+        usage = response.usage
+        baseline = (
+            baseline_model.cost_usd(usage.input_tokens, usage.output_tokens) if baseline_model else response.cost_usd
+        )
+        return {
+            "request_id": pending.request_id,
+            "ts": time.time(),
+            "tenant": pending.tenant,
+            "key": pending.key,
+            "model": response.model,
+            "provider": response.provider,
+            "input_tokens": usage.input_tokens,
+            "output_tokens": usage.output_tokens,
+            "tokens_estimated": False,
+            "cost_usd": response.cost_usd,
+            "baseline_cost_usd": format(Decimal(baseline), "f"),
+            "reason": "batch",
+            "reason_detail": "served by the provider's Batch API at its batch price",
+            "outcome": outcome,
+            "admitted_ts": pending.ts,
+        }

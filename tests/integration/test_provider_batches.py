@@ -1,0 +1,361 @@
+"""Batch lines through a provider's Batch API, at its batch price: the official SDK's batch runs in the real edge,
+router and providers services against a fake OpenAI speaking the exact Batch API wire format. Lines routed to a
+batch-priced model go up as one provider batch and are charged the batch price from the usage it reports; lines of
+a model without one run realtime at the realtime price; lines the provider failed or let expire are released;
+a router restart while the provider batch runs loses nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import redis.asyncio as redis
+import yaml
+from openai import AsyncOpenAI
+
+from llmrouter.registry import load_registry
+from llmrouter.server import RunningServer, start_server
+from llmrouter.v1 import router_pb2, router_pb2_grpc
+from services import providers, router
+from services.edge.keys import key_line
+from services.edge.settings import EdgeSettings
+from services.providers.settings import ProvidersSettings
+from services.router.settings import RouterSettings
+from services.router.store import Account, AccountKeys, Pending, key_id, pending_key, period_id, to_pico
+from tests.conftest import ledger_records
+from tests.fakes.fake_openai import FakeOpenAI
+from tests.fakes.server import Fault
+from tests.integration.conftest import free_port, start_edge
+
+BATCHED, REALTIME = "batch-model", "realtime-model"
+
+
+def registry(base_url: str) -> dict[str, Any]:
+    def model(name: str, prices: tuple[str, str], batch: tuple[str, str] | None) -> dict[str, Any]:
+        spec = {
+            "name": name,
+            "provider": "batchai",
+            "tier": "economy",
+            "input_usd_per_mtok": prices[0],
+            "output_usd_per_mtok": prices[1],
+            "context_window": 8192,
+            "quality_prior": 0.5,
+            "tokenizer": "cl100k_base",  # what the fake bills with
+        }
+        if batch:
+            spec.update(batch_input_usd_per_mtok=batch[0], batch_output_usd_per_mtok=batch[1])
+        return spec
+
+    return {
+        "tiers": ["economy"],
+        "providers": {
+            "batchai": {"kind": "openai", "base_url": base_url, "api_key_env": "BATCHAI_KEY", "max_retries": 0}
+        },
+        "models": [model(BATCHED, ("0.60", "2.40"), ("0.30", "1.20")), model(REALTIME, ("0.50", "1.50"), None)],
+    }
+
+
+@dataclass
+class Stack:
+    upstream: FakeOpenAI
+    registry_path: Path
+    redis_url: str
+    providers_port: int
+    router_port: int
+    edge: EdgeSettings
+    tenant: str
+    key: str
+
+
+@pytest.fixture
+async def stack(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Stack]:
+    monkeypatch.setenv("BATCHAI_KEY", "sk-batchai")
+    with FakeOpenAI() as upstream:
+        upstream.api_key = "sk-batchai"
+        path = tmp_path / "models.yaml"
+        path.write_text(yaml.safe_dump(registry(upstream.base_url)))
+        p_settings = ProvidersSettings(port=0, registry_path=path)
+        providers_server = await start_server("providers", p_settings, *await providers.build(p_settings))
+        tenant, key = f"batcher-{secrets.token_hex(4)}", f"sk-{secrets.token_urlsafe(12)}"
+        edge = EdgeSettings(
+            port=free_port(),
+            router_addr=f"127.0.0.1:{free_port()}",
+            request_timeout_s=30,
+            api_keys=key_line(tenant, key),
+            batch_redis_url=redis_url,
+            batch_poll_s=0.1,
+        )
+        router_port = int(edge.router_addr.rsplit(":", 1)[1])
+        try:
+            yield Stack(upstream, path, redis_url, providers_server.port, router_port, edge, tenant, key)
+        finally:
+            await providers_server.stop(1)
+
+
+async def start_router(stack: Stack) -> RunningServer:
+    settings = RouterSettings(
+        port=stack.router_port,
+        registry_path=stack.registry_path,
+        classifier_addr=f"127.0.0.1:{free_port()}",  # every line names its model: no classifier is asked
+        providers_addr=f"127.0.0.1:{stack.providers_port}",
+        redis_url=stack.redis_url,
+        verifier=False,
+    )
+    return await start_server("router", settings, *await router.build(settings))
+
+
+def batch_file(bodies: list[tuple[str, str]]) -> bytes:
+    """One line per (model, prompt)."""
+    lines = [
+        {
+            "custom_id": f"req-{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": model, "messages": [{"role": "user", "content": f"{prompt} {uuid.uuid4().hex}"}]},
+        }
+        for i, (model, prompt) in enumerate(bodies)
+    ]
+    return "".join(json.dumps(line) + "\n" for line in lines).encode()
+
+
+async def run_batch(client: AsyncOpenAI, content: bytes) -> str:
+    uploaded = await client.files.create(file=("lines.jsonl", content), purpose="batch")
+    batch = await client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    return batch.id
+
+
+async def finished(client: AsyncOpenAI, batch_id: str, timeout_s: float = 60) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        batch = await client.batches.retrieve(batch_id)
+        if batch.status in ("completed", "cancelled", "failed"):
+            return batch
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"batch {batch_id} did not finish in {timeout_s} s")
+
+
+async def lines_of(client: AsyncOpenAI, file_id: str | None) -> dict[str, dict[str, Any]]:
+    if file_id is None:
+        return {}
+    text = (await client.files.content(file_id)).text
+    return {entry["custom_id"]: entry for entry in map(json.loads, text.splitlines())}
+
+
+async def money(stack: Stack) -> tuple[dict[str, Decimal], int, int, list[Pending]]:
+    """The tenant's ledger charges by request id, its spend, what its holds keep, and its pending charges."""
+    account = Account(stack.tenant, key_id(stack.key))
+    keys = AccountKeys.of(account)
+    db = redis.from_url(stack.redis_url)
+    try:
+        ledger = [r for r in await ledger_records(db) if r["tenant"] == stack.tenant]
+        spend = int(await db.get(keys.spend(period_id("day"))[0]) or 0)
+        held = sum(int(m.split(b":", 1)[0]) for m in await db.zrangebyscore(keys.held()[0], time.time(), "+inf"))
+        pending = [Pending(**json.loads(v)) for v in (await db.hgetall(pending_key(keys.shard))).values()]
+    finally:
+        await db.aclose()
+    charged: dict[str, Decimal] = {}
+    for record in ledger:
+        assert record["request_id"] not in charged, f"{record['request_id']} charged twice"
+        charged[record["request_id"]] = Decimal(record["cost_usd"])
+    return charged, spend, held, [p for p in pending if p.tenant == stack.tenant]
+
+
+def costs_of(output: dict[str, dict[str, Any]]) -> dict[str, Decimal]:
+    """What each output line says it cost, by request id."""
+    responses = [entry["response"] for entry in output.values()]
+    return {r["request_id"]: Decimal(r["body"]["x_router"]["cost_usd"]) for r in responses}
+
+
+def chat_calls(upstream: FakeOpenAI) -> list[dict[str, Any]]:
+    return [r.json for r in upstream.requests if r.path == "/v1/chat/completions"]
+
+
+async def test_lines_of_a_batch_priced_model_go_through_the_batch_api_at_the_batch_price(stack: Stack) -> None:
+    server = await start_router(stack)
+    edge, task, channel = await start_edge(stack.edge)
+    client = AsyncOpenAI(base_url=f"http://127.0.0.1:{stack.edge.port}/v1", api_key=stack.key, max_retries=3)
+    try:
+        bodies = [(BATCHED if i % 3 else REALTIME, f"line {i}") for i in range(12)]
+        batch_id = await run_batch(client, batch_file(bodies))
+        batch = await finished(client, batch_id)
+        output = await lines_of(client, batch.output_file_id)
+        errors = await lines_of(client, batch.error_file_id)
+        # Collected again: the same answers, charged once; by another tenant: nothing of them.
+        (provider_batch,) = stack.upstream.batches.batches
+        ids = [f"{batch_id}:req-{i}" for i in range(12) if i % 3]
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.router_port}") as router_channel:
+            stub = router_pb2_grpc.RouterStub(router_channel)
+            ask = router_pb2.CollectBatchRequest(
+                tenant=stack.tenant, api_key=stack.key, model=BATCHED, provider_batch_id=provider_batch, request_ids=ids
+            )
+            again = await stub.CollectBatch(ask, timeout=10)
+            ask.tenant = "intruder"
+            intruder = await stub.CollectBatch(ask, timeout=10)
+    finally:
+        await client.close()
+        edge.should_exit = True
+        await task
+        await channel.close()
+        await server.stop(5)
+
+    assert batch.status == "completed" and not errors, errors
+    assert batch.request_counts.completed == 12 and sorted(output) == sorted(f"req-{i}" for i in range(12))
+    # The batch-priced lines went up as one provider batch, never through the realtime API; the others realtime.
+    assert len(stack.upstream.batches.batches) == 1
+    assert sorted(stack.upstream.batches.answered) == sorted(f"{batch_id}:req-{i}" for i in range(12) if i % 3)
+    assert {c["model"] for c in chat_calls(stack.upstream)} == {REALTIME} and len(chat_calls(stack.upstream)) == 4
+
+    models = load_registry(stack.registry_path)
+    batched, realtime = models.get(BATCHED), models.get(REALTIME)
+    assert batched is not None and realtime is not None
+    batch_priced = models.batch_priced(batched)
+    assert batch_priced is not None
+    prices = {BATCHED: batch_priced, REALTIME: realtime}
+    costs = {}
+    for custom_id, entry in output.items():
+        body = entry["response"]["body"]
+        tokens = (body["usage"]["prompt_tokens"], body["usage"]["completion_tokens"])
+        expected = prices[body["model"]].cost_usd(*tokens)
+        assert Decimal(body["x_router"]["cost_usd"]) == expected, custom_id
+        costs[entry["response"]["request_id"]] = expected
+        if body["model"] == BATCHED:  # the batch price is half the realtime one here
+            assert expected * 2 == batched.cost_usd(*tokens)
+
+    by_id = {e["response"]["request_id"]: e["response"]["body"] for e in output.values()}
+    assert [(line.request_id, line.response.content) for line in again.lines] == [
+        (i, by_id[i]["choices"][0]["message"]["content"]) for i in ids
+    ]
+    assert not any(line.succeeded or line.response.content for line in intruder.lines)
+    charged, spend, held, pending = await money(stack)
+    assert charged == costs  # each line charged once, at what its output says
+    assert spend == sum(to_pico(c) for c in costs.values()) and held == 0 and not pending
+
+
+async def test_failed_and_expired_provider_lines_are_released_not_charged(stack: Stack) -> None:
+    fates = {"EXPIRE": "expire", "REFUSE": "error"}
+    stack.upstream.batches.fate = lambda body: next(
+        (fate for cue, fate in fates.items() if cue in body["messages"][0]["content"]), "ok"
+    )
+    server = await start_router(stack)
+    edge, task, channel = await start_edge(stack.edge)
+    client = AsyncOpenAI(base_url=f"http://127.0.0.1:{stack.edge.port}/v1", api_key=stack.key, max_retries=3)
+    try:
+        cues = ["ok", "EXPIRE", "ok", "REFUSE", "EXPIRE", "ok"]
+        batch_id = await run_batch(client, batch_file([(BATCHED, cue) for cue in cues]))
+        batch = await finished(client, batch_id)
+        output = await lines_of(client, batch.output_file_id)
+        errors = await lines_of(client, batch.error_file_id)
+    finally:
+        await client.close()
+        edge.should_exit = True
+        await task
+        await channel.close()
+        await server.stop(5)
+
+    ok = {f"req-{i}" for i, cue in enumerate(cues) if cue == "ok"}
+    assert set(output) == ok and set(errors) == {f"req-{i}" for i in range(len(cues))} - ok
+    assert batch.request_counts.completed == 3 and batch.request_counts.failed == 3
+    assert all(e["response"]["status_code"] == 502 for e in errors.values())
+    assert "completion window expired" in errors["req-1"]["response"]["body"]["error"]["message"]
+    charged, spend, held, pending = await money(stack)
+    costs = costs_of(output)
+    assert charged == costs  # only the answered lines: the failed and expired ones were released
+    assert spend == sum(to_pico(c) for c in costs.values()) and held == 0 and not pending
+
+
+async def test_a_router_restart_while_the_provider_batch_runs_loses_nothing(stack: Stack) -> None:
+    stack.upstream.batches.release.clear()  # the provider batch runs until released
+    server = await start_router(stack)
+    edge, task, channel = await start_edge(stack.edge)
+    client = AsyncOpenAI(base_url=f"http://127.0.0.1:{stack.edge.port}/v1", api_key=stack.key, max_retries=5)
+    try:
+        batch_id = await run_batch(client, batch_file([(BATCHED, f"line {i}") for i in range(5)]))
+        deadline = time.monotonic() + 30
+        while not stack.upstream.batches.batches and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert stack.upstream.batches.batches, "no provider batch was created"
+
+        # Held meanwhile, for the provider's window, in the money store: the restart keeps them.
+        _, spend, held, pending = await money(stack)
+        assert spend == 0 and held > 0 and len(pending) == 5
+        assert all(p.until > time.time() + 24 * 3600 for p in pending)
+        assert held == sum(p.hold_pico for p in pending)
+        await server.stop(5)
+        await asyncio.sleep(0.5)
+        server = await start_router(stack)
+        stack.upstream.batches.release.set()
+
+        batch = await finished(client, batch_id)
+        output = await lines_of(client, batch.output_file_id)
+    finally:
+        await client.close()
+        edge.should_exit = True
+        await task
+        await channel.close()
+        await server.stop(5)
+
+    assert batch.status == "completed" and batch.request_counts.completed == 5 and batch.error_file_id is None
+    assert len(stack.upstream.batches.batches) == 1 and not chat_calls(stack.upstream)
+    charged, spend, held, pending = await money(stack)
+    costs = costs_of(output)
+    assert len(costs) == 5 and charged == costs
+    assert spend == sum(to_pico(c) for c in costs.values()) and held == 0 and not pending
+
+
+async def run_to_end(stack: Stack, bodies: list[tuple[str, str]]) -> tuple[Any, dict, dict]:
+    """(batch, output lines, error lines) of a batch run through a router and an edge started for it."""
+    server = await start_router(stack)
+    edge, task, channel = await start_edge(stack.edge)
+    client = AsyncOpenAI(base_url=f"http://127.0.0.1:{stack.edge.port}/v1", api_key=stack.key, max_retries=3)
+    try:
+        batch = await finished(client, await run_batch(client, batch_file(bodies)))
+        return batch, await lines_of(client, batch.output_file_id), await lines_of(client, batch.error_file_id)
+    finally:
+        await client.close()
+        edge.should_exit = True
+        await task
+        await channel.close()
+        await server.stop(5)
+
+
+async def test_lines_of_a_provider_batch_never_created_run_realtime_once(stack: Stack) -> None:
+    stack.upstream.enqueue(Fault.error(500))  # the upload fails: the provider created no batch
+    batch, output, errors = await run_to_end(stack, [(BATCHED, f"line {i}") for i in range(4)])
+
+    assert batch.status == "completed" and not errors and len(output) == 4, errors
+    assert not stack.upstream.batches.batches and len(chat_calls(stack.upstream)) == 4
+    models = load_registry(stack.registry_path)
+    batched = models.get(BATCHED)
+    assert batched is not None
+    for entry in output.values():
+        body = entry["response"]["body"]
+        realtime = batched.cost_usd(body["usage"]["prompt_tokens"], body["usage"]["completion_tokens"])
+        assert Decimal(body["x_router"]["cost_usd"]) == realtime  # the realtime API, the realtime price
+    charged, spend, held, pending = await money(stack)
+    assert charged == costs_of(output) and spend == sum(to_pico(c) for c in charged.values())
+    assert held == 0 and not pending
+
+
+async def test_lines_of_a_provider_batch_created_or_not_are_held_to_their_worst_case(stack: Stack) -> None:
+    stack.upstream.enqueue(Fault.delay(0), Fault.reset())  # the creation's reply is lost: it may run
+    batch, output, errors = await run_to_end(stack, [(BATCHED, f"line {i}") for i in range(3)])
+
+    assert batch.status == "completed" and not output and len(errors) == 3
+    assert all(e["response"]["body"]["error"]["code"] == "provider_batch_outcome_unknown" for e in errors.values())
+    assert not chat_calls(stack.upstream)  # never sent again realtime: the provider may be running them
+    charged, spend, held, pending = await money(stack)
+    assert not charged and spend == 0  # not yet: held at the batch price until the provider's window is over
+    assert len(pending) == 3 and held == sum(p.hold_pico for p in pending) > 0
+    assert all(p.until > time.time() + 24 * 3600 for p in pending)
