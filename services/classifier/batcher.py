@@ -62,6 +62,8 @@ class MicroBatcher:
             self._queue.put_nowait((prompt, future))
             futures.append(future)
         QUEUE_DEPTH.set(self._queue.qsize())
+        if len(futures) == 1:  # the usual request: no gather and stack (~15 us)
+            return (await futures[0])[np.newaxis]
         return np.stack(await asyncio.gather(*futures))
 
     async def _next_batch(self) -> list[tuple[str, asyncio.Future[np.ndarray]]]:
