@@ -1,10 +1,12 @@
 """Benchmark of the classifier through the real gRPC service (a separate process, as deployed): p50/p99 per
 prompt at batch 1 (one call at a time for --seconds) and prompts/s under concurrent load, for short (~15 tokens)
-and long (~500 tokens, all of them read by the static embedding) prompts; onnxruntime alone beside it shows what
-the transport adds; server RSS, with the verifier loaded beside the quality model when its artefacts are there
-(`--no-verifier`: without).
+and long (~500 tokens, all of them read by the static embedding) prompts; onnxruntime alone and Score in process
+beside it show what the transport adds (`--floor`: and a server answering a constant, what gRPC alone costs);
+server RSS, with the verifier loaded beside the quality model when its artefacts are there (`--no-verifier`:
+without).
 
-    python -m benchmarks.classifier [--seconds 5] [--concurrency 64] [--threads 1] [--model-dir DIR] [--floor]"""
+    python -m benchmarks.classifier [--seconds 5] [--concurrency 64] [--threads 1] [--inline-chars 256]
+        [--model-dir DIR] [--floor]"""
 
 from __future__ import annotations
 
@@ -23,7 +25,9 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import cast
 
+import grpc
 import numpy as np
 from tokenizers import Tokenizer
 
@@ -31,8 +35,11 @@ from llmrouter.certs import Authority
 from llmrouter.channels import open_channel
 from llmrouter.settings import ServiceSettings
 from llmrouter.v1 import classifier_pb2, classifier_pb2_grpc
+from services.classifier.batcher import MicroBatcher
 from services.classifier.model import QualityModel
+from services.classifier.service import ClassifierService
 from services.classifier.settings import DEFAULT_MODEL_DIR
+from services.classifier.verification import Verification
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -183,6 +190,7 @@ async def _bench_service(
         "CLASSIFIER_MAX_BATCH": str(args.max_batch),
         "CLASSIFIER_MAX_WAIT_MS": str(args.max_wait_ms),
         "CLASSIFIER_SMALL_BATCH": str(args.small_batch),
+        "CLASSIFIER_INLINE_CHARS": str(args.inline_chars),
     }
     if args.no_verifier:
         env["CLASSIFIER_VERIFIER_DIR"] = str(Path(server_dir) / "no-verifier")
@@ -209,6 +217,30 @@ async def _bench_service(
         current, peak = rss_mb(server.pid)
         rows.append(("RSS after load: current / peak (MB)", f"{current:.0f} / {peak:.0f}"))
     return rows
+
+
+async def bench_in_process(args: argparse.Namespace, sets: dict[str, list[str]]) -> list[tuple[str, str]]:
+    """Score awaited in this process, one call at a time (servicer, batcher, model; no gRPC): the service's own CPU
+    per call, the inference thread's included when runs go to it."""
+    model = QualityModel(args.model_dir, threads=args.threads, small_batch=args.small_batch)
+    batcher = MicroBatcher(model.predict, args.max_batch, args.max_wait_ms, args.inline_chars)
+    batcher.start()
+    service = ClassifierService(model, batcher, max_prompts=1, verification=Verification(None, 1))
+    no_context = cast(grpc.aio.ServicerContext, None)  # Score reads none
+    figures = []
+    try:
+        for texts in sets.values():
+            requests = [classifier_pb2.ScoreRequest(prompts=[text]) for text in texts]
+            for request in requests[:20]:
+                await service.Score(request, no_context)
+            calls, cpu0, stop = 0, time.process_time(), time.perf_counter() + args.seconds / 2
+            while time.perf_counter() < stop:
+                await service.Score(requests[calls % len(requests)], no_context)
+                calls += 1
+            figures.append(f"{(time.process_time() - cpu0) / calls * 1e6:.0f}")
+    finally:
+        await batcher.close()
+    return [("Score in process (no gRPC), short / long: CPU per call (us)", " / ".join(figures))]
 
 
 def bench_direct(args: argparse.Namespace, sets: dict[str, list[str]]) -> list[tuple[str, str]]:
@@ -240,6 +272,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--max-wait-ms", type=float, default=2.0)
+    parser.add_argument("--inline-chars", type=int, default=256, help="runs up to this many characters: event loop")
     parser.add_argument("--small-batch", type=int, default=4, help="runs up to this size use one thread")
     parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR)
     parser.add_argument("--no-verifier", action="store_true", help="serve without the verifier (its RSS apart)")
@@ -251,7 +284,9 @@ def main() -> None:
     sets = {"short": prompts(tokenizer, 15, 300), "long": prompts(tokenizer, 500, 300)}
     sizes = {k: np.mean([len(tokenizer.encode(t).ids) for t in v]) for k, v in sets.items()}
     rows = [("prompt tokens, short / long (before truncation)", f"{sizes['short']:.0f} / {sizes['long']:.0f}")]
-    rows += bench_direct(args, sets) + asyncio.run(bench_service(args, sets))
+    rows += (
+        bench_direct(args, sets) + asyncio.run(bench_in_process(args, sets)) + asyncio.run(bench_service(args, sets))
+    )
     width = max(len(k) for k, _ in rows)
     verifier = "without the verifier" if args.no_verifier else "verifier loaded when built"
     print(f"classifier benchmark ({os.cpu_count()} CPUs, {args.threads} onnxruntime threads, {verifier})")
