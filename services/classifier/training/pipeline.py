@@ -34,10 +34,12 @@ TAIL_TOKENS = 512
 # Standardised whole-prompt features are scaled to an embedding component's size, so one L2 penalty fits both.
 FEATURE_SCALE = 0.05
 # How far the fitted difficulty leans towards the prompt's length (log characters), in its own spread per
-# standard deviation of length (evaluation/blend.py). Off: 0.5, the best weight by leave-one-task-out, raises
-# held-out APGR on llmrouter_tasks and unseen MMLU subjects but costs the probabilities their calibration on
-# RouterBench's test split (log loss no better than the base rates); see services/classifier/README.md.
-LENGTH_WEIGHT = 0.0
+# standard deviation of length (evaluation/blend.py). Within a task a longer prompt is more often one the weak
+# model fails, which the pooled fit cannot see; at 0.5 the static-embedding model beats the length rule on every
+# leave-one-task-out table (unseen MMLU subjects included, where it lost at 0), and its probabilities still beat
+# the base rates on RouterBench's test split (log loss 0.589 against 0.600; 0.567 at 0). See
+# services/classifier/README.md.
+LENGTH_WEIGHT = 0.5
 
 
 def encoder_path(cache_dir: Path, quantization: str) -> Path:
