@@ -118,13 +118,14 @@ class Deferred:
                     await self.admission.withdraw(routed)
                 return {}
             log.error("provider batch creation outcome unknown", extra={"model": model, "error": error.message})
+            # The caller is told no more than that: the error may quote the provider or name an internal address.
             unknown = (
-                f"the provider batch's creation failed with an unknown outcome ({error.message}): the line is "
+                "the provider batch's creation failed with an unknown outcome (request id {}): the line is "
                 "charged its hold at the batch price when the hold lapses"
             )
             return {
                 r.request_id: router_pb2.DeferredLine(
-                    request_id=r.request_id, deferred=True, model=model, error=unknown
+                    request_id=r.request_id, deferred=True, model=model, error=unknown.format(r.request_id)
                 )
                 for r in group
             }
@@ -155,7 +156,12 @@ class Deferred:
         )
         if not polled.ended:
             return router_pb2.CollectBatchResponse(status=polled.status)
-        results = {r.request_id: r for r in polled.results}
+        results: dict[str, provider_pb2.BatchLineResult] = {}
+        for result in polled.results:
+            known = results.get(result.request_id)
+            # A line both answered and failed (a provider's duplicate) was billed: its first answer counts.
+            if known is None or (result.succeeded and not known.succeeded):
+                results[result.request_id] = result
         lines = [
             await self._settle(account, priced, request_id, results.get(request_id), polled.status)
             for request_id in request.request_ids
@@ -183,6 +189,11 @@ class Deferred:
             if reply.usage.estimated:  # the provider said nothing of what it billed: the worst case
                 return await self._owe_hold(account, pending, request_id, "the provider reported no usage")
             cost = model.cost_usd(reply.usage.input_tokens, reply.usage.output_tokens)
+            if pending is not None and to_pico(cost) > pending.hold_pico:
+                # More than the line could be billed (its prompt, max_tokens written): a false report, and a
+                # charge beyond the hold would pass the budget that admitted it.
+                why = "the provider reported more usage than the line may be billed"
+                return await self._owe_hold(account, pending, request_id, why)
             response = router_pb2.CompleteResponse(
                 id=request_id,
                 content=reply.content,
@@ -199,6 +210,7 @@ class Deferred:
         if result is None and status != "failed":  # it ran, or may have: unknown, so its worst case
             return await self._owe_hold(account, pending, request_id, f"no result from the provider batch ({status})")
         error = result.error if result is not None else "the provider batch failed before running"
+        error = f"{error} (request id {request_id})"
         if pending is not None:
             held_account, hold = pending.account_and_hold()
             await self.store.release(held_account, hold)

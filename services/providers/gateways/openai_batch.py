@@ -5,6 +5,7 @@ output and error files read (GET /files/{id}/content): one line per request, key
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,9 +22,16 @@ from services.providers.gateways.http import (
 )
 from services.providers.gateways.openai import completion
 
+log = logging.getLogger("llmrouter.providers")
+
 ENDPOINT = "/v1/chat/completions"
 WINDOW = "24h"
 ENDED = frozenset({"completed", "failed", "expired", "cancelled"})
+# The codes of lines the provider did not run, in its error file: said in our words.
+FAILURES = {
+    "batch_expired": "the provider's completion window expired before the line ran",
+    "batch_cancelled": "the provider batch was cancelled before the line ran",
+}
 # A batch's files hold up to 50,000 answers: far more than one answer may weigh.
 MAX_FILE_BYTES = 64 * MAX_ANSWER_BYTES
 
@@ -100,7 +108,7 @@ class OpenAIBatches:
             for key in ("output_file_id", "error_file_id"):
                 if batch.get(key):
                     raw = await self._read("GET", f"/files/{_text(batch, key)}/content")
-                    state.results += [_line(line) for line in raw.decode("utf-8", "replace").splitlines() if line]
+                    state.results += _lines(raw.decode("utf-8", "replace").splitlines())
         return state
 
     async def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
@@ -121,19 +129,43 @@ class OpenAIBatches:
         return bytes(body)
 
 
+def _lines(raw_lines: list[str]) -> list[LineResult]:
+    """The file's results. A malformed line is skipped, not the whole file: its request (if any) is left without
+    a result, an unknown outcome, and the others are settled from theirs."""
+    results = []
+    for raw in raw_lines:
+        if not raw.strip():
+            continue
+        try:
+            results.append(_line(raw))
+        except UpstreamError as exc:
+            log.warning("malformed batch result line skipped", extra={"error": exc.message, "line": raw[:200]})
+    return results
+
+
 def _line(raw: str) -> LineResult:
-    """One output or error file line: {id, custom_id, response: {status_code, request_id, body}, error}."""
+    """One output or error file line: {id, custom_id, response: {status_code, request_id, body}, error}. A line
+    that neither answers (status 200 and a chat completion) nor says why it failed is malformed."""
     entry = loads(raw, "batch result line")
     custom_id = entry.get("custom_id")
     if not isinstance(custom_id, str):
         raise UpstreamError("bad_response", "batch result line without a custom_id")
     response, error = _object(entry.get("response")), _object(entry.get("error"))
-    body = _object(response.get("body"))
-    if response.get("status_code") == 200 and not error:
-        return LineResult(custom_id, completion(body))
-    reason = error or _object(body.get("error"))
     status = response.get("status_code")
-    message = str(reason.get("message") or reason.get("code") or f"status {status}")[:300]
+    if status == 200 and not error:
+        return LineResult(custom_id, completion(_object(response.get("body"))))
+    if not error and not (isinstance(status, int) and status != 200):
+        raise UpstreamError("bad_response", "batch result line neither answered nor failed")
+    # Our own words: the provider's message may quote the operator's organisation; it is logged for them.
+    code = error.get("code")
+    message = FAILURES.get(code) if isinstance(code, str) else None
+    if message is None:
+        reason = error or _object(_object(response.get("body")).get("error"))
+        log.info(
+            "provider batch line failed",
+            extra={"custom_id": custom_id, "status": status, "error": str(reason.get("message"))[:300]},
+        )
+        message = f"the provider failed the line (status {status})" if status else "the provider failed the line"
     return LineResult(custom_id, None, message)
 
 
