@@ -39,6 +39,7 @@ RouteFn = Callable[[router_pb2.CompleteRequest, Any], Awaitable[Routed]]
 MAX_LINES = 1_000  # per SubmitBatch call: the caller sends a large batch in parts
 ROUTING_CONCURRENCY = 16
 PROVIDER_CALL_S = 120.0  # an upload of up to MAX_LINES requests, or a read of their results
+POLL_IDS = 50  # lines whose answers are read in one PollBatch: 50 of 16k tokens fit its 16 MB message
 NOT_CREATED = ("BATCH_NOT_CREATED", "INVALID_ARGUMENT", "MODEL_NOT_FOUND")
 
 
@@ -150,22 +151,29 @@ class Deferred:
                 f"model {request.model!r} has no batch price here: its lines are charged their hold when it lapses",
                 {"model": request.model},
             )
-        polled = await self.providers.PollBatch(
-            provider_pb2.PollBatchRequest(model=request.model, batch_id=request.provider_batch_id),
-            timeout=PROVIDER_CALL_S,
-        )
-        if not polled.ended:
-            return router_pb2.CollectBatchResponse(status=polled.status)
-        results: dict[str, provider_pb2.BatchLineResult] = {}
-        for result in polled.results:
-            known = results.get(result.request_id)
-            # A line both answered and failed (a provider's duplicate) was billed: its first answer counts.
-            if known is None or (result.succeeded and not known.succeeded):
-                results[result.request_id] = result
-        lines = [
-            await self._settle(account, priced, request_id, results.get(request_id), polled.status)
-            for request_id in request.request_ids
-        ]
+        ids = list(request.request_ids)
+        if not 0 < len(ids) <= MAX_LINES:
+            raise invalid(f"collect 1 to {MAX_LINES} lines at a time", "request_ids")
+        lines = []
+        # The answers are read POLL_IDS lines at a time: each part's within one gRPC message.
+        for start in range(0, len(ids), POLL_IDS):
+            part = ids[start : start + POLL_IDS]
+            polled = await self.providers.PollBatch(
+                provider_pb2.PollBatchRequest(
+                    model=request.model, batch_id=request.provider_batch_id, request_ids=part
+                ),
+                timeout=PROVIDER_CALL_S,
+            )
+            if not polled.ended:
+                return router_pb2.CollectBatchResponse(status=polled.status)
+            results: dict[str, provider_pb2.BatchLineResult] = {}
+            for result in polled.results:
+                known = results.get(result.request_id)
+                # A line both answered and failed (a provider's duplicate) was billed: its first answer counts.
+                if known is None or (result.succeeded and not known.succeeded):
+                    results[result.request_id] = result
+            for request_id in part:
+                lines.append(await self._settle(account, priced, request_id, results.get(request_id), polled.status))
         return router_pb2.CollectBatchResponse(status=polled.status, ended=True, lines=lines)
 
     async def _settle(

@@ -464,3 +464,22 @@ async def test_provider_error_messages_and_addresses_stay_out_of_the_error_file(
         message = entry["response"]["body"]["error"]["message"]
         assert "S3CRET" not in message and "10.1.2.3" not in message and "127.0.0.1" not in message, message
         assert entry["response"]["request_id"] in message  # what finds the provider's own words in the logs
+
+
+async def test_a_part_whose_answers_outweigh_one_grpc_message_is_collected(stack: Stack) -> None:
+    # 200 lines (one edge part, one provider batch) of ~100 KB answers: 20 MB, over the 16 MB of one message.
+    answer = stack.upstream.batches.completion
+
+    def completion(body: dict[str, Any]) -> dict[str, Any]:
+        reply = answer(body)
+        reply["choices"][0]["message"]["content"] = "long answer " * 8_500
+        return reply
+
+    stack.upstream.batches.completion = completion
+    batch, output, errors = await run_to_end(stack, [(BATCHED, f"line {i}") for i in range(200)])
+
+    assert batch.status == "completed" and len(output) == 200 and not errors, list(errors.values())[:1]
+    assert all(len(e["response"]["body"]["choices"][0]["message"]["content"]) == 102_000 for e in output.values())
+    charged, spend, held, pending = await money(stack)
+    assert charged == costs_of(output) and spend == sum(to_pico(c) for c in charged.values())
+    assert held == 0 and not pending
