@@ -74,12 +74,14 @@ class SubmitBatchResponse(_message.Message):
     def __init__(self, batch_id: _Optional[str] = ...) -> None: ...
 
 class PollBatchRequest(_message.Message):
-    __slots__ = ("model", "batch_id")
+    __slots__ = ("model", "batch_id", "request_ids")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
     model: str
     batch_id: str
-    def __init__(self, model: _Optional[str] = ..., batch_id: _Optional[str] = ...) -> None: ...
+    request_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model: _Optional[str] = ..., batch_id: _Optional[str] = ..., request_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class BatchLineResult(_message.Message):
     __slots__ = ("request_id", "succeeded", "response", "error")

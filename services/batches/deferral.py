@@ -27,7 +27,7 @@ from services.edge.openai_api import ApiError, completion_body, parse_request
 log = logging.getLogger("llmrouter.edge.batches")
 
 PART_LINES = 200  # lines per SubmitBatch call, so each provider batch's results fit one gRPC message
-COLLECT_IDS = 100  # lines per CollectBatch call
+COLLECT_IDS = 50  # lines per CollectBatch call: 50 answers of 16k tokens fit one gRPC message
 CALL_S = 300.0  # a part's routing, admission and upload
 
 

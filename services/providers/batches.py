@@ -45,9 +45,11 @@ async def submit(api: OpenAIBatches, requests: list[tuple[str, UpstreamRequest]]
         raise ServiceError(grpc.StatusCode.UNAVAILABLE, "BATCH_OUTCOME_UNKNOWN", exc.message) from None
 
 
-async def poll(api: OpenAIBatches, priced: ModelSpec, batch_id: str) -> provider_pb2.PollBatchResponse:
+async def poll(
+    api: OpenAIBatches, priced: ModelSpec, batch_id: str, wanted: frozenset[str]
+) -> provider_pb2.PollBatchResponse:
     try:
-        state = await api.poll(batch_id)
+        state = await api.poll(batch_id, wanted)
     except UpstreamError as exc:
         raise ServiceError(grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE", exc.message) from None
     return provider_pb2.PollBatchResponse(

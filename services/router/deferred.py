@@ -39,6 +39,7 @@ RouteFn = Callable[[router_pb2.CompleteRequest, Any], Awaitable[Routed]]
 MAX_LINES = 1_000  # per SubmitBatch call: the caller sends a large batch in parts
 ROUTING_CONCURRENCY = 16
 PROVIDER_CALL_S = 120.0  # an upload of up to MAX_LINES requests, or a read of their results
+POLL_IDS = 50  # lines whose answers are read in one PollBatch: 50 of 16k tokens fit its 16 MB message
 NOT_CREATED = ("BATCH_NOT_CREATED", "INVALID_ARGUMENT", "MODEL_NOT_FOUND")
 
 
@@ -118,13 +119,14 @@ class Deferred:
                     await self.admission.withdraw(routed)
                 return {}
             log.error("provider batch creation outcome unknown", extra={"model": model, "error": error.message})
+            # The caller is told no more than that: the error may quote the provider or name an internal address.
             unknown = (
-                f"the provider batch's creation failed with an unknown outcome ({error.message}): the line is "
+                "the provider batch's creation failed with an unknown outcome (request id {}): the line is "
                 "charged its hold at the batch price when the hold lapses"
             )
             return {
                 r.request_id: router_pb2.DeferredLine(
-                    request_id=r.request_id, deferred=True, model=model, error=unknown
+                    request_id=r.request_id, deferred=True, model=model, error=unknown.format(r.request_id)
                 )
                 for r in group
             }
@@ -149,17 +151,29 @@ class Deferred:
                 f"model {request.model!r} has no batch price here: its lines are charged their hold when it lapses",
                 {"model": request.model},
             )
-        polled = await self.providers.PollBatch(
-            provider_pb2.PollBatchRequest(model=request.model, batch_id=request.provider_batch_id),
-            timeout=PROVIDER_CALL_S,
-        )
-        if not polled.ended:
-            return router_pb2.CollectBatchResponse(status=polled.status)
-        results = {r.request_id: r for r in polled.results}
-        lines = [
-            await self._settle(account, priced, request_id, results.get(request_id), polled.status)
-            for request_id in request.request_ids
-        ]
+        ids = list(request.request_ids)
+        if not 0 < len(ids) <= MAX_LINES:
+            raise invalid(f"collect 1 to {MAX_LINES} lines at a time", "request_ids")
+        lines = []
+        # The answers are read POLL_IDS lines at a time: each part's within one gRPC message.
+        for start in range(0, len(ids), POLL_IDS):
+            part = ids[start : start + POLL_IDS]
+            polled = await self.providers.PollBatch(
+                provider_pb2.PollBatchRequest(
+                    model=request.model, batch_id=request.provider_batch_id, request_ids=part
+                ),
+                timeout=PROVIDER_CALL_S,
+            )
+            if not polled.ended:
+                return router_pb2.CollectBatchResponse(status=polled.status)
+            results: dict[str, provider_pb2.BatchLineResult] = {}
+            for result in polled.results:
+                known = results.get(result.request_id)
+                # A line both answered and failed (a provider's duplicate) was billed: its first answer counts.
+                if known is None or (result.succeeded and not known.succeeded):
+                    results[result.request_id] = result
+            for request_id in part:
+                lines.append(await self._settle(account, priced, request_id, results.get(request_id), polled.status))
         return router_pb2.CollectBatchResponse(status=polled.status, ended=True, lines=lines)
 
     async def _settle(
@@ -183,6 +197,11 @@ class Deferred:
             if reply.usage.estimated:  # the provider said nothing of what it billed: the worst case
                 return await self._owe_hold(account, pending, request_id, "the provider reported no usage")
             cost = model.cost_usd(reply.usage.input_tokens, reply.usage.output_tokens)
+            if pending is not None and to_pico(cost) > pending.hold_pico:
+                # More than the line could be billed (its prompt, max_tokens written): a false report, and a
+                # charge beyond the hold would pass the budget that admitted it.
+                why = "the provider reported more usage than the line may be billed"
+                return await self._owe_hold(account, pending, request_id, why)
             response = router_pb2.CompleteResponse(
                 id=request_id,
                 content=reply.content,
@@ -199,6 +218,7 @@ class Deferred:
         if result is None and status != "failed":  # it ran, or may have: unknown, so its worst case
             return await self._owe_hold(account, pending, request_id, f"no result from the provider batch ({status})")
         error = result.error if result is not None else "the provider batch failed before running"
+        error = f"{error} (request id {request_id})"
         if pending is not None:
             held_account, hold = pending.account_and_hold()
             await self.store.release(held_account, hold)

@@ -5,7 +5,8 @@ A batch is `validating`, then `in_progress` until `release` is set (set by defau
 `completed`, or `expired` when any line's fate is "expire" (the lines answered are in the output file, the others
 in the error file with code batch_expired), or `failed` when `fail_next` is set (refused whole: errors, no files).
 Each line's fate comes from `fate(body)`: "ok" (answered, with exact usage, in the output file), "error" (a 400
-in the error file) or "expire"."""
+in the error file) or "expire". `tamper(output, errors)` may rewrite the two files' lines (JSON text) before they are
+written, as a faulty provider would."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from tests.fakes.server import Received, Reply
 
 CompletionFn = Callable[[dict[str, Any]], dict[str, Any]]
 FateFn = Callable[[dict[str, Any]], str]
+TamperFn = Callable[[list[str], list[str]], tuple[list[str], list[str]]]
 EXPIRED = "This request could not be executed before the completion window expired."
 
 
@@ -29,6 +31,7 @@ class FakeBatches:
     def __init__(self, completion: CompletionFn) -> None:
         self.completion = completion
         self.fate: FateFn = lambda body: "ok"
+        self.tamper: TamperFn = lambda output, errors: (output, errors)
         self.release = threading.Event()  # while clear, batches stay in_progress
         self.release.set()
         self.fail_next = False
@@ -136,9 +139,10 @@ class FakeBatches:
                 error = {"code": "batch_expired", "message": EXPIRED}
                 errors.append({"id": ident, "custom_id": custom_id, "response": None, "error": error})
         expired = any(e["error"] for e in errors)
-        for kind, entries in (("output", output), ("error", errors)):
+        files = self.tamper([json.dumps(e) for e in output], [json.dumps(e) for e in errors])
+        for kind, entries in zip(("output", "error"), files, strict=True):
             if entries:
-                content = "".join(json.dumps(e) + "\n" for e in entries).encode()
+                content = "".join(e + "\n" for e in entries).encode()
                 batch[f"{kind}_file_id"] = self._file(content, f"batch_{kind}", f"{kind}.jsonl")["id"]
         batch["request_counts"].update(completed=len(output), failed=len(errors))
         batch.update(finalizing_at=now, status="expired" if expired else "completed")

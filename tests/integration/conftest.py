@@ -19,6 +19,7 @@ import uvicorn
 import yaml
 from pydantic import SecretStr
 
+from llmrouter.channels import open_channel
 from llmrouter.server import RunningServer, start_server
 from services import classifier, providers, router
 from services.classifier.settings import ClassifierSettings
@@ -100,7 +101,7 @@ def free_port() -> int:
 
 
 async def start_edge(settings: EdgeSettings) -> tuple[uvicorn.Server, asyncio.Task[None], grpc.aio.Channel]:
-    channel = grpc.aio.insecure_channel(settings.router_addr)
+    channel = open_channel(settings.router_addr, settings)  # as the edge opens it: its message limits included
     app = create_app(settings, channel)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_config=None))
     task = asyncio.create_task(server.serve())

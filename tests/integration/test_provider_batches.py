@@ -359,3 +359,127 @@ async def test_lines_of_a_provider_batch_created_or_not_are_held_to_their_worst_
     assert not charged and spend == 0  # not yet: held at the batch price until the provider's window is over
     assert len(pending) == 3 and held == sum(p.hold_pico for p in pending) > 0
     assert all(p.until > time.time() + 24 * 3600 for p in pending)
+
+
+async def ledger_by_id(stack: Stack) -> dict[str, dict[str, Any]]:
+    db = redis.from_url(stack.redis_url)
+    try:
+        return {r["request_id"]: r for r in await ledger_records(db) if r["tenant"] == stack.tenant}
+    finally:
+        await db.aclose()
+
+
+def by_cue(cues: list[str], custom_ids: dict[str, Any]) -> dict[str, str]:
+    """The cue of each custom_id present."""
+    return {f"req-{i}": cue for i, cue in enumerate(cues) if f"req-{i}" in custom_ids}
+
+
+async def test_usage_a_provider_reports_out_of_bounds_is_never_charged_beyond_the_hold(stack: Stack) -> None:
+    usages = {"NEGATIVE": (-5_000_000, -1_000), "HUGE": (10**9, 10**9), "OVERFLOW": (2**70, 3), "BOOL": (True, True)}
+    answer = stack.upstream.batches.completion
+
+    def completion(body: dict[str, Any]) -> dict[str, Any]:
+        reply = answer(body)
+        for cue, (prompt, completion_tokens) in usages.items():
+            if cue in body["messages"][0]["content"]:
+                reply["usage"].update(prompt_tokens=prompt, completion_tokens=completion_tokens)
+        return reply
+
+    stack.upstream.batches.completion = completion
+    cues = ["ok", "NEGATIVE", "HUGE", "OVERFLOW", "BOOL", "ok"]
+    batch, output, errors = await run_to_end(stack, [(BATCHED, cue) for cue in cues])
+
+    assert batch.status == "completed" and set(by_cue(cues, output).values()) == {"ok"}, errors
+    assert set(by_cue(cues, errors).values()) == set(usages)
+    ledger = await ledger_by_id(stack)
+    charged, spend, held, pending = await money(stack)
+    assert all(cost >= 0 for cost in charged.values()) and spend == sum(to_pico(c) for c in charged.values())
+    assert held == 0 and not pending
+    for entry in errors.values():  # the usage is not believed: the line's worst case, no more
+        record = ledger[entry["response"]["request_id"]]
+        assert record["outcome"] == "batch_unknown" and Decimal(record["cost_usd"]) > 0, record
+        # At most: 8192 tokens of prompt at 0.30 and 4096 written at 1.20 per 1M, under a cent.
+        assert Decimal(record["cost_usd"]) < Decimal("0.01"), record
+    assert {ledger[i]["outcome"] for i in costs_of(output)} == {"ok"} and charged.items() >= costs_of(output).items()
+
+
+async def test_malformed_lines_in_a_provider_file_cost_only_their_own_line(stack: Stack) -> None:
+    def tamper(output: list[str], errors: list[str]) -> tuple[list[str], list[str]]:
+        entries = [json.loads(line) for line in output]
+        for entry in entries:
+            if entry["custom_id"].endswith(":req-1"):  # answered, but its body is no chat completion
+                entry["response"]["body"] = {"choices": []}
+        known = entries[0]["custom_id"]
+        stranger = {**entries[0], "custom_id": "batch_elsewhere:req-0"}  # no line of this batch
+        garbage = ["not json {", "[1, 2]", json.dumps({"custom_id": 7}), json.dumps(stranger)]
+        garbage.append(json.dumps({"custom_id": known, "response": "nonsense", "error": None}))
+        return [json.dumps(e) for e in entries] + garbage, errors
+
+    stack.upstream.batches.tamper = tamper
+    batch, output, errors = await run_to_end(stack, [(BATCHED, f"line {i}") for i in range(4)])
+
+    assert batch.status == "completed" and sorted(output) == ["req-0", "req-2", "req-3"], errors
+    assert list(errors) == ["req-1"]
+    ledger = await ledger_by_id(stack)
+    charged, spend, held, pending = await money(stack)
+    assert ledger[errors["req-1"]["response"]["request_id"]]["outcome"] == "batch_unknown"  # its worst case
+    assert costs_of(output).items() <= charged.items() and len(charged) == 4
+    assert spend == sum(to_pico(c) for c in charged.values()) and held == 0 and not pending
+
+
+async def test_a_line_the_provider_both_answered_and_failed_is_charged_its_answer(stack: Stack) -> None:
+    def tamper(output: list[str], errors: list[str]) -> tuple[list[str], list[str]]:
+        answered = json.loads(output[0])["custom_id"]
+        error = {"code": "server_error", "message": "failed after all"}
+        return output, [
+            *errors,
+            json.dumps({"id": "batch_req_x", "custom_id": answered, "response": None, "error": error}),
+        ]
+
+    stack.upstream.batches.tamper = tamper
+    batch, output, errors = await run_to_end(stack, [(BATCHED, f"line {i}") for i in range(3)])
+
+    assert batch.status == "completed" and len(output) == 3 and not errors, errors
+    charged, spend, held, pending = await money(stack)
+    assert charged == costs_of(output)  # billed by the provider: charged, not released
+    assert spend == sum(to_pico(c) for c in charged.values()) and held == 0 and not pending
+
+
+async def test_provider_error_messages_and_addresses_stay_out_of_the_error_file(stack: Stack) -> None:
+    secret = "organization org-S3CRET at 10.1.2.3"
+    stack.upstream.batches.fate = lambda body: "error" if "REFUSE" in body["messages"][0]["content"] else "ok"
+
+    def tamper(output: list[str], errors: list[str]) -> tuple[list[str], list[str]]:
+        return output, [line.replace("fake refusal", f"refused in {secret}") for line in errors]
+
+    stack.upstream.batches.tamper = tamper
+    _, output, errors = await run_to_end(stack, [(BATCHED, "REFUSE"), (BATCHED, "ok")])
+    assert list(output) == ["req-1"] and list(errors) == ["req-0"]
+    # The creation of a second provider batch fails with a body quoting the operator's organisation.
+    stack.upstream.enqueue(Fault.delay(0), Fault.error(500, message=f"overloaded for {secret}"))
+    _, output, unknown = await run_to_end(stack, [(BATCHED, "line")])
+    assert not output and list(unknown) == ["req-0"]
+
+    for entry in (errors["req-0"], unknown["req-0"]):
+        message = entry["response"]["body"]["error"]["message"]
+        assert "S3CRET" not in message and "10.1.2.3" not in message and "127.0.0.1" not in message, message
+        assert entry["response"]["request_id"] in message  # what finds the provider's own words in the logs
+
+
+async def test_a_part_whose_answers_outweigh_one_grpc_message_is_collected(stack: Stack) -> None:
+    # 200 lines (one edge part, one provider batch) of ~100 KB answers: 20 MB, over the 16 MB of one message.
+    answer = stack.upstream.batches.completion
+
+    def completion(body: dict[str, Any]) -> dict[str, Any]:
+        reply = answer(body)
+        reply["choices"][0]["message"]["content"] = "long answer " * 8_500
+        return reply
+
+    stack.upstream.batches.completion = completion
+    batch, output, errors = await run_to_end(stack, [(BATCHED, f"line {i}") for i in range(200)])
+
+    assert batch.status == "completed" and len(output) == 200 and not errors, list(errors.values())[:1]
+    assert all(len(e["response"]["body"]["choices"][0]["message"]["content"]) == 102_000 for e in output.values())
+    charged, spend, held, pending = await money(stack)
+    assert charged == costs_of(output) and spend == sum(to_pico(c) for c in charged.values())
+    assert held == 0 and not pending

@@ -10,6 +10,7 @@ import pytest
 
 from llmrouter.registry import ProviderSpec
 from services.providers.gateways.base import UpstreamError
+from services.providers.gateways.http import MAX_LINE_BYTES
 from services.providers.gateways.openai_batch import NotCreated, OpenAIBatches
 from tests.fakes import FakeOpenAI, Fault
 
@@ -82,3 +83,19 @@ async def test_which_failures_created_no_batch(
     fake.enqueue(*faults)
     with pytest.raises(UpstreamError if created is None else NotCreated):
         await api.submit(lines("hello"))
+
+
+async def test_only_the_wanted_results_are_kept_and_an_overlong_line_is_skipped(
+    fake_and_api: tuple[FakeOpenAI, OpenAIBatches],
+) -> None:
+    fake, api = fake_and_api
+    overlong = '{"custom_id": "id-1", "padding": "' + "x" * (MAX_LINE_BYTES + 1) + '"}'
+    fake.batches.tamper = lambda output, errors: ([overlong, *output], errors)
+    batch_id = await api.submit(lines("hello", "there", "bye"))
+    await api.poll(batch_id)  # in progress
+
+    state = await api.poll(batch_id, frozenset({"id-0", "id-2"}))
+    assert state.status == "completed" and sorted(r.custom_id for r in state.results) == ["id-0", "id-2"]
+    assert all(r.answer is not None for r in state.results)
+    everything = await api.poll(batch_id)
+    assert sorted(r.custom_id for r in everything.results) == ["id-0", "id-1", "id-2"]  # id-1's own line
