@@ -4,6 +4,10 @@ content blocks out, stop reasons mapped to OpenAI's finish_reason, the streaming
 from __future__ import annotations
 
 import json
+from decimal import Decimal
+from typing import Any
+
+import pytest
 
 from llmrouter.tokens import count_message_tokens
 from tests.fakes import FakeAnthropic, Fault
@@ -74,3 +78,27 @@ async def test_retried_stream_adds_the_failed_attempts_usage(stub, anthropic_fak
     reported_by_first_attempt = anthropic_fake._count("Be brief.") + anthropic_fake._count("What is 2+2?")
     counted = count_message_tokens(request("claude").messages)
     assert final.usage.input_tokens == reported_by_first_attempt + counted
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("reported", [-5000, 2**60, True])
+async def test_usage_that_is_no_token_count_is_counted_locally_never_credited(
+    stub, anthropic_fake: FakeAnthropic, monkeypatch: pytest.MonkeyPatch, stream: bool, reported: int
+) -> None:
+    honest = anthropic_fake.answer
+
+    def hostile(body: dict[str, Any]) -> tuple[str, str, dict[str, int]]:
+        content, stop, _ = honest(body)
+        return content, stop, {"input_tokens": reported, "output_tokens": reported}
+
+    monkeypatch.setattr(anthropic_fake, "answer", hostile)
+    if stream:
+        _, final = await collect(stub, request("claude"))
+        assert final is not None
+        resp = final
+    else:
+        resp = await stub.Generate(request("claude"))
+    assert resp.usage.estimated
+    assert resp.usage.input_tokens == count_message_tokens(request("claude").messages)
+    assert 0 < resp.usage.output_tokens < 100
+    assert Decimal(resp.cost_usd) == Decimal(cost(resp.usage.input_tokens, resp.usage.output_tokens, "3.00", "15.00"))

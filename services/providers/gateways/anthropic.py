@@ -10,7 +10,14 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from llmrouter.registry import ProviderSpec
-from services.providers.gateways.base import Completion, Message, StreamEvent, UpstreamError, UpstreamRequest
+from services.providers.gateways.base import (
+    Completion,
+    Message,
+    StreamEvent,
+    UpstreamError,
+    UpstreamRequest,
+    token_count,
+)
 from services.providers.gateways.http import loads, make_client, post_json, post_sse
 
 PATH = "/v1/messages"
@@ -182,7 +189,8 @@ def _usage(usage: Any) -> tuple[int | None, int | None]:
     """Cache writes and reads are input tokens too (billed at the input price here, an upper bound)."""
     if not isinstance(usage, dict):
         return None, None
-    parts = [usage.get(k) for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")]
-    input_tokens = sum(p for p in parts if isinstance(p, int)) if isinstance(parts[0], int) else None
-    output = usage.get("output_tokens")
-    return input_tokens, (output if isinstance(output, int) else None)
+    parts = [
+        token_count(usage.get(k)) for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+    ]
+    input_tokens = token_count(sum(p for p in parts if p is not None)) if parts[0] is not None else None
+    return input_tokens, token_count(usage.get("output_tokens"))

@@ -81,3 +81,14 @@ class Gateway(Protocol):
     def stream(self, request: UpstreamRequest) -> AsyncGenerator[StreamEvent, None]: ...
 
     async def aclose(self) -> None: ...
+
+
+# A token count beyond this is no count (2^53: exact as a JSON number anywhere, and well inside int64).
+MAX_TOKEN_COUNT = 2**53
+
+
+def token_count(value: Any) -> int | None:
+    """A provider's token count, or None when it is not a whole number of tokens (negative, a bool, absurdly
+    large): taken as reported, it would credit the tenant or charge an unbounded amount; None is counted locally."""
+    is_count = isinstance(value, int) and not isinstance(value, bool) and 0 <= value < MAX_TOKEN_COUNT
+    return value if is_count else None

@@ -7,7 +7,14 @@ from typing import Any
 
 from llmrouter.passthrough import PASSTHROUGH_FIELDS
 from llmrouter.registry import ProviderSpec
-from services.providers.gateways.base import Completion, Message, StreamEvent, UpstreamError, UpstreamRequest
+from services.providers.gateways.base import (
+    Completion,
+    Message,
+    StreamEvent,
+    UpstreamError,
+    UpstreamRequest,
+    token_count,
+)
 from services.providers.gateways.http import loads, make_client, post_json, post_sse
 
 PATH = "/chat/completions"
@@ -129,18 +136,9 @@ def _message(m: Message) -> dict[str, Any]:
     return out
 
 
-# A token count beyond this is no count (2^53: exact as a JSON number anywhere, and well inside int64).
-MAX_TOKEN_COUNT = 2**53
-
-
 def _usage(usage: Any) -> tuple[int | None, int | None]:
     """The provider's counts; a count that is not a whole number of tokens (negative, a bool, absurdly large)
     is unknown, as if it were missing: it would charge the tenant a negative or unbounded amount."""
     if not isinstance(usage, dict):
         return None, None
-    return _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
-
-
-def _count(value: Any) -> int | None:
-    is_count = isinstance(value, int) and not isinstance(value, bool) and 0 <= value < MAX_TOKEN_COUNT
-    return value if is_count else None
+    return token_count(usage.get("prompt_tokens")), token_count(usage.get("completion_tokens"))
