@@ -33,6 +33,13 @@ class ServiceError(Exception):
         # services (a server that died or drained mid-call), which nobody on the other side answered.
         self.explained = True
 
+    @property
+    def unanswered(self) -> bool:
+        """The service never answered the call: it could not be reached (UNAVAILABLE), or it dropped the call
+        unserved (CANCELLED: a gRPC server that starts to stop cancels the calls it has received but given to
+        no handler yet, which a loaded server can have several of). Neither carries our ErrorInfo."""
+        return not self.explained and self.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+
     def trailing_metadata(self) -> tuple[tuple[str, bytes], ...]:
         info = error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN, metadata=self.metadata)
         detail = any_pb2.Any()

@@ -225,10 +225,10 @@ class Runner:
 
 def not_admitted(error: ServiceError) -> bool:
     """A failure before the router admitted the request (nothing claimed, nothing charged): the same request
-    id may be sent again. UNAVAILABLE without the router's ErrorInfo is the router itself unreachable; with it
-    (reason UPSTREAM_ERROR: the router's own call to the providers broke), the request was admitted."""
-    unreachable = error.code == grpc.StatusCode.UNAVAILABLE and not error.explained
-    return unreachable or error.reason in ("STORE_UNAVAILABLE", "RATE_LIMITED")
+    id may be sent again. A call without the router's ErrorInfo that it never answered is the router itself
+    unreachable, or stopping (a restart) and dropping the call unserved; with the ErrorInfo (reason
+    UPSTREAM_ERROR: the router's own call to the providers broke), the request was admitted."""
+    return error.unanswered or error.reason in ("STORE_UNAVAILABLE", "RATE_LIMITED")
 
 
 def file_fields(tenant: str, filename: str, content: bytes, purpose: str = "batch_output") -> dict[str, str | bytes]:

@@ -101,8 +101,8 @@ def api_error(err: grpc.RpcError, request_id: str) -> ApiError:
     status = HTTP_STATUS.get(error.code, 502)
     if error.reason == "UPSTREAM_ERROR" and error.metadata.get("upstream_status") not in ("400", "422"):
         status = 502  # a provider refusing our key or payload is the gateway's failure, not the caller's
-    if error.code == grpc.StatusCode.UNAVAILABLE:
-        status = 503  # the router itself unreachable (no ErrorInfo) or a provider out of service
+    if error.code == grpc.StatusCode.UNAVAILABLE or error.unanswered:
+        status = 503  # the router unreachable or restarting (no ErrorInfo), or a provider out of service
     code = OPENAI_CODES.get(error.reason, error.reason.lower())
     retry_after = error.metadata.get("retry_after_s", "") or ("1" if status == 503 else "")
     message = error.message

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import threading
+import time
 import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -21,6 +23,7 @@ from llmrouter.server import RunningServer, start_server
 from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
 from services import providers
 from services.batches.runner import not_admitted
+from services.edge.app import api_error
 from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
 from services.providers.settings import ProvidersSettings
@@ -292,3 +295,76 @@ async def test_a_line_the_router_admitted_is_not_sent_again_when_its_providers_c
     finally:
         await router.stop(0)
         await own_providers.stop(0)
+
+
+async def test_calls_a_stopping_router_drops_unserved_are_sent_again_and_charged_once(chain: Chain) -> None:
+    """A router that starts to stop while its event loop is busy (a loaded machine) cancels the calls that have
+    reached it but no handler took yet: CANCELLED, without its ErrorInfo. It never saw them, so the batch runner
+    sends them again with the same request id and the edge answers 503 with Retry-After, not a 502 saying the
+    provider failed; sent again, each is admitted and charged once."""
+    port = free_port()
+    router = await extra_router(chain, port=port, redis_url=chain.redis_url)
+    tenant = f"cut-{secrets.token_hex(4)}"
+    lines = [
+        router_pb2.CompleteRequest(
+            messages=[common_pb2.ChatMessage(role="user", content=f"line {i}: {uuid.uuid4().hex}")],
+            model="cheap-model",
+            tenant=tenant,
+            request_id=f"batch_{tenant}:req-{i}",
+        )
+        for i in range(4)
+    ]
+    connected, go = threading.Event(), threading.Event()
+
+    def send_lines() -> list[router_pb2.CompleteResponse | grpc.RpcError]:
+        """From a thread of its own: this loop, which runs the router, is held busy meanwhile."""
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=20)
+            connected.set()
+            go.wait(20)
+            calls = [router_pb2_grpc.RouterStub(channel).Complete.future(line, timeout=20) for line in lines]
+            outcomes: list[router_pb2.CompleteResponse | grpc.RpcError] = []
+            for call in calls:
+                try:
+                    outcomes.append(call.result())
+                except grpc.RpcError as err:
+                    outcomes.append(err)
+            return outcomes
+
+    sending = asyncio.get_running_loop().run_in_executor(None, send_lines)
+    try:
+        while not connected.is_set():
+            await asyncio.sleep(0.01)
+        go.set()
+        time.sleep(0.5)  # the router's loop busy: the calls reach its transport, no handler takes them
+        await router.stop(10)
+        outcomes = await sending
+        cut = [(line, o) for line, o in zip(lines, outcomes, strict=True) if isinstance(o, grpc.RpcError)]
+        assert cut, outcomes
+        for _, err in cut:
+            error = ServiceError.from_rpc_error(err)
+            assert error.code == grpc.StatusCode.CANCELLED and not error.explained, error.message
+            assert not_admitted(error)  # the runner sends the line again
+            answer = api_error(err, "req")
+            assert (answer.status, answer.retry_after) == (503, "1"), answer.body()
+        answered = {
+            line.request_id: o.cost_usd
+            for line, o in zip(lines, outcomes, strict=True)
+            if not isinstance(o, grpc.RpcError)
+        }
+
+        router = await extra_router(chain, port=port, redis_url=chain.redis_url)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = router_pb2_grpc.RouterStub(channel)
+            for line, _ in cut:  # the same request id: admitted, not refused as a duplicate
+                answered[line.request_id] = (await stub.Complete(line, timeout=20)).cost_usd
+    finally:
+        go.set()
+        await router.stop(5)
+    db = redis.from_url(chain.redis_url)
+    try:
+        ledger = [r for r in await ledger_records(db) if r["tenant"] == tenant]
+    finally:
+        await db.aclose()
+    assert sorted(r["request_id"] for r in ledger) == sorted(line.request_id for line in lines)  # each once
+    assert {r["request_id"]: Decimal(r["cost_usd"]) for r in ledger} == {k: Decimal(v) for k, v in answered.items()}
