@@ -488,11 +488,12 @@ async def test_a_part_whose_answers_outweigh_one_grpc_message_is_collected(stack
     assert held == 0 and not pending
 
 
-async def run_past_the_window(stack: Stack, lose_the_batch: bool) -> tuple[Any, dict, dict, dict[str, Decimal]]:
-    """(batch, output lines, error lines, each deferred line's hold) of a batch whose provider batch never ends
-    (or, `lose_the_batch`, is soon unknown to the provider: a 404), run with a WINDOW_S window."""
+async def run_past_the_window(stack: Stack, lose: str = "") -> tuple[Any, dict, dict, dict[str, Decimal]]:
+    """(batch, output lines, error lines, each deferred line's hold) of a batch whose provider batch never ends,
+    run with a WINDOW_S window; once it runs, `lose` "batch": the provider no longer knows it (a 404); "price": a
+    registry reload removes the model's batch price."""
     stack.upstream.batches.release.clear()  # in_progress for ever
-    server = await start_router(stack, provider_batch_hold_s=WINDOW_S)
+    server = await start_router(stack, provider_batch_hold_s=WINDOW_S, registry_reload_s=0.1)
     edge, task, channel = await start_edge(stack.edge)
     client = AsyncOpenAI(base_url=f"http://127.0.0.1:{stack.edge.port}/v1", api_key=stack.key, max_retries=3)
     try:
@@ -504,8 +505,14 @@ async def run_past_the_window(stack: Stack, lose_the_batch: bool) -> tuple[Any, 
         assert stack.upstream.batches.batches, "no provider batch was created"
         _, _, _, pending = await money(stack)
         holds = {p.request_id: Decimal(p.hold_pico) / PICO for p in pending}
-        if lose_the_batch:
+        if lose == "batch":
             stack.upstream.batches.batches.clear()
+        if lose == "price":
+            models = registry(stack.upstream.base_url)
+            for model in models["models"]:
+                for price in ("batch_input_usd_per_mtok", "batch_output_usd_per_mtok"):
+                    model.pop(price, None)
+            stack.registry_path.write_text(yaml.safe_dump(models))
         batch = await finished(client, batch_id, timeout_s=WINDOW_S + 10)
         return batch, await lines_of(client, batch.output_file_id), await lines_of(client, batch.error_file_id), holds
     finally:
@@ -532,17 +539,24 @@ async def assert_given_up(stack: Stack, output: dict, errors: dict, holds: dict[
 
 
 async def test_a_provider_batch_that_never_ends_is_given_up_as_its_window_ends(stack: Stack) -> None:
-    batch, output, errors, holds = await run_past_the_window(stack, lose_the_batch=False)
+    batch, output, errors, holds = await run_past_the_window(stack)
 
     assert batch.status == "completed" and batch.request_counts.failed == 2
     await assert_given_up(stack, output, errors, holds)
 
 
 async def test_a_provider_batch_the_provider_no_longer_knows_is_given_up_as_its_window_ends(stack: Stack) -> None:
-    batch, output, errors, holds = await run_past_the_window(stack, lose_the_batch=True)
+    batch, output, errors, holds = await run_past_the_window(stack, lose="batch")
 
     assert batch.status == "completed" and batch.request_counts.failed == 2
     assert any(r.path.startswith("/v1/batches/") for r in stack.upstream.requests)  # asked, and answered 404
+    await assert_given_up(stack, output, errors, holds)
+
+
+async def test_a_provider_batch_whose_model_lost_its_batch_price_is_given_up_as_its_window_ends(stack: Stack) -> None:
+    batch, output, errors, holds = await run_past_the_window(stack, lose="price")
+
+    assert batch.status == "completed" and batch.request_counts.failed == 2
     await assert_given_up(stack, output, errors, holds)
 
 
