@@ -130,18 +130,20 @@ class SubmitLinesRequest(_message.Message):
     def __init__(self, lines: _Optional[_Iterable[_Union[CompleteRequest, _Mapping]]] = ...) -> None: ...
 
 class DeferredLine(_message.Message):
-    __slots__ = ("request_id", "deferred", "model", "provider_batch_id", "error")
+    __slots__ = ("request_id", "deferred", "model", "provider_batch_id", "error", "held_usd")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     DEFERRED_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    HELD_USD_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     deferred: bool
     model: str
     provider_batch_id: str
     error: str
-    def __init__(self, request_id: _Optional[str] = ..., deferred: _Optional[bool] = ..., model: _Optional[str] = ..., provider_batch_id: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
+    held_usd: str
+    def __init__(self, request_id: _Optional[str] = ..., deferred: _Optional[bool] = ..., model: _Optional[str] = ..., provider_batch_id: _Optional[str] = ..., error: _Optional[str] = ..., held_usd: _Optional[str] = ...) -> None: ...
 
 class SubmitLinesResponse(_message.Message):
     __slots__ = ("lines",)

@@ -1,11 +1,13 @@
 """A batch's lines offered to the providers' Batch APIs through the router, and their results collected.
 
-Before its lines run one by one, a batch's lines are offered to the router (SubmitBatch) PART_LINES at a time;
-the router defers those it sends in a provider batch, at the batch price, and declines the rest, which then run
-through Complete as any batch line. Each deferred line's provider batch is written to the store
-(`batch:<id>:deferred`, line index -> model and provider batch), so a restarted edge collects what the last one
-submitted. Collecting (CollectBatch) polls each provider batch every `poll_s` until it has ended; the router then
-charges each line once and returns its answer or error. A crash between the router's reply and that write leaves
+Before its lines run one by one, a batch's lines are offered to the router (SubmitBatch) PART_LINES at a time; the
+router defers those it sends in a provider batch, at the batch price, and declines the rest, which then run through
+Complete as any batch line. Each deferred line's provider batch is written to the store (`batch:<id>:deferred`, line
+index -> model and provider batch), so a restarted edge collects what the last one submitted. Collecting
+(CollectBatch) polls each provider batch every `poll_s` until it has ended, or its lines' window nears its end (the
+router then gives up on it); the router then charges each line once and returns its answer or error. A line charged
+its hold, without an answer, is recorded of unknown outcome at that cost, as is one whose provider batch's creation
+had an unknown outcome (its hold, charged when it lapses). A crash between the router's reply and that write leaves
 the lines submitted but unrecorded: offered again, the router refuses their ids as used, so they end in the error
 file (duplicate_request), and their holds are charged when they lapse, as the provider bills them."""
 
@@ -15,6 +17,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 import grpc
@@ -29,6 +32,7 @@ log = logging.getLogger("llmrouter.edge.batches")
 PART_LINES = 200  # lines per SubmitBatch call, so each provider batch's results fit one gRPC message
 COLLECT_IDS = 50  # lines per CollectBatch call: 50 answers of 16k tokens fit one gRPC message
 CALL_S = 300.0  # a part's routing, admission and upload
+UNKNOWN = "provider_batch_outcome_unknown"  # the error file's code of a line charged its hold, without an answer
 
 
 class Deferral:
@@ -64,8 +68,10 @@ class Deferral:
                 if not answer.deferred:
                     continue
                 if answer.error:  # the provider batch may run and bill, but has no answer for us
-                    body = ApiError(502, answer.error, code="provider_batch_outcome_unknown").body()
-                    await results.record(self.store, batch_id, index, line["custom_id"], 502, body)
+                    # Charged its hold when the hold ends: the ledger's cost, known now.
+                    cost = answer.held_usd or "0"
+                    body = _charged_error(answer.error, UNKNOWN, cost)
+                    await results.record(self.store, batch_id, index, line["custom_id"], 502, body, cost)
                     continue
                 entry = {"model": answer.model, "provider_batch_id": answer.provider_batch_id}
                 await self.store.put_once(deferred_key(batch_id), str(index), json.dumps(entry).encode())
@@ -134,9 +140,18 @@ class Deferral:
                     body = completion_body(line.response)
                     await results.record(self.store, batch_id, index, custom_id, 200, body, line.response.cost_usd)
                 else:
-                    body = ApiError(502, line.error, code="provider_batch_line_failed").body()
-                    await results.record(self.store, batch_id, index, custom_id, 502, body, line.charged_usd or "0")
+                    cost = line.charged_usd or "0"
+                    # Charged without an answer: its worst case, as the provider may have run and billed it.
+                    code = UNKNOWN if Decimal(cost) else "provider_batch_line_failed"
+                    body = _charged_error(line.error, code, cost)
+                    await results.record(self.store, batch_id, index, custom_id, 502, body, cost)
         return True
+
+
+def _charged_error(message: str, code: str, cost: str) -> dict[str, Any]:
+    """A deferred line's error body, with what it is charged (as an answer's x_router.cost_usd): the files' costs
+    add up to the ledger's."""
+    return {**ApiError(502, message, code=code).body(), "x_router": {"cost_usd": cost}}
 
 
 def _request(batch_id: str, batch: dict[str, bytes], line: dict[str, Any]) -> router_pb2.CompleteRequest | None:

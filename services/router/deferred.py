@@ -2,15 +2,17 @@
 
 A line routed to a model with a batch price whose provider has a Batch API (Registry.batch_priced) is admitted
 like any request, for that one model at its batch price (no fallback: the provider answers within its window or
-not at all), with a hold that lasts the provider's 24 h window and a margin (DEFERRED_HOLD_S): admission counts
-it against the budgets meanwhile, and the reconciler leaves it alone until then, whatever becomes of the router
-that admitted it. The lines admitted together for one model go up as one provider batch.
+not at all), with a hold that lasts the provider's 24 h window and a margin (ROUTER_PROVIDER_BATCH_HOLD_S, 26 h):
+admission counts it against the budgets meanwhile, and the reconciler leaves it alone until then, whatever becomes
+of the router that admitted it. The lines admitted together for one model go up as one provider batch.
 
 Collecting a provider batch that has ended settles each line once: charged at the batch price from the usage the
 provider reports; released when the provider reports it failed, expired or cancelled (it bills none of those);
 charged its hold when its outcome is unknown (no usage, or no result from a batch that ran). Everything needed
-lives in the money store (the pending charges), so any router collects what another admitted. A line whose batch
-is never collected is charged its hold by the reconciler when its hold lapses."""
+lives in the money store (the pending charges), so any router collects what another admitted. A collect in the
+last `give_up_s` of the lines' holds gives up on a provider batch that has not ended (or cannot be read, or whose
+model lost its batch price): the lines still pending are charged their hold and reported ended, so the caller's
+batch ends too. A line whose batch is never collected is charged its hold by the reconciler when its hold lapses."""
 
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ from services.router import admission as admitting
 from services.router.admission import Admission
 from services.router.routed import Routed
 from services.router.serving import generate_request
-from services.router.store import DEFERRED_HOLD_S, PICO, Account, Pending, Store, to_pico
+from services.router.store import PICO, Account, Pending, Store, to_pico
 
 log = logging.getLogger("llmrouter.router")
 
@@ -41,6 +43,8 @@ ROUTING_CONCURRENCY = 16
 PROVIDER_CALL_S = 120.0  # an upload of up to MAX_LINES requests, or a read of their results
 POLL_IDS = 50  # lines whose answers are read in one PollBatch: 50 of 16k tokens fit its 16 MB message
 NOT_CREATED = ("BATCH_NOT_CREATED", "INVALID_ARGUMENT", "MODEL_NOT_FOUND")
+GIVE_UP_MAX_S = 600.0  # how early before its lines' holds end a provider batch is given up, at most
+GAVE_UP = "the provider batch did not end within its window"
 
 
 class Deferred:
@@ -52,6 +56,7 @@ class Deferred:
         providers: provider_pb2_grpc.ProviderStub,
         registry: RegistrySource,
         baseline: Callable[[], ModelSpec | None],
+        hold_s: float,
     ) -> None:
         self.route = route  # routes a request without admitting it (the servicer's)
         self.admission = admission
@@ -59,6 +64,9 @@ class Deferred:
         self.providers = providers
         self.registry = registry
         self.baseline = baseline  # the strongest available model, as the ledger's baseline
+        self.hold_s = hold_s  # a deferred line's hold: the provider's window and a margin
+        # Time enough before the holds end for the edge's next poll to land, however slow the provider batch.
+        self.give_up_s = min(GIVE_UP_MAX_S, hold_s / 4)
 
     async def submit(self, request: router_pb2.SubmitLinesRequest, context: Any) -> router_pb2.SubmitLinesResponse:
         lines = list(request.lines)
@@ -96,7 +104,7 @@ class Deferred:
                 routed.plan, order=[dataclasses.replace(routed.plan.order[0], model=priced)]
             )
             routed.max_tokens = admitting.output_caps(routed.plan, routed.limits, routed.decision)
-            await self.admission.admit(routed, until=time.time() + DEFERRED_HOLD_S)
+            await self.admission.admit(routed, until=time.time() + self.hold_s)
         except ServiceError as exc:
             log.info("batch line not deferred", extra={"request_id": request.request_id, "reason": exc.reason})
             return None
@@ -126,14 +134,22 @@ class Deferred:
             )
             return {
                 r.request_id: router_pb2.DeferredLine(
-                    request_id=r.request_id, deferred=True, model=model, error=unknown.format(r.request_id)
+                    request_id=r.request_id,
+                    deferred=True,
+                    model=model,
+                    error=unknown.format(r.request_id),
+                    held_usd=_held_usd(r),
                 )
                 for r in group
             }
         log.info("provider batch created", extra={"model": model, "batch": reply.batch_id, "lines": len(group)})
         return {
             r.request_id: router_pb2.DeferredLine(
-                request_id=r.request_id, deferred=True, model=model, provider_batch_id=reply.batch_id
+                request_id=r.request_id,
+                deferred=True,
+                model=model,
+                provider_batch_id=reply.batch_id,
+                held_usd=_held_usd(r),
             )
             for r in group
         }
@@ -142,18 +158,20 @@ class Deferred:
         account = admitting.account_for(
             router_pb2.CompleteRequest(tenant=request.tenant, api_key=request.api_key, api_key_id=request.api_key_id)
         )
+        ids = list(request.request_ids)
+        if not 0 < len(ids) <= MAX_LINES:
+            raise invalid(f"collect 1 to {MAX_LINES} lines at a time", "request_ids")
+        if await self._window_ending(account, ids):
+            return await self._give_up(account, ids)
         model = self.registry.current.get(request.model)
         priced = None if model is None else self.registry.current.batch_priced(model)
         if priced is None:
             raise ServiceError(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 "NO_BATCH_PRICE",
-                f"model {request.model!r} has no batch price here: its lines are charged their hold when it lapses",
+                f"model {request.model!r} has no batch price here: its lines are charged their hold at window's end",
                 {"model": request.model},
             )
-        ids = list(request.request_ids)
-        if not 0 < len(ids) <= MAX_LINES:
-            raise invalid(f"collect 1 to {MAX_LINES} lines at a time", "request_ids")
         lines = []
         # The answers are read POLL_IDS lines at a time: each part's within one gRPC message.
         for start in range(0, len(ids), POLL_IDS):
@@ -175,6 +193,29 @@ class Deferred:
             for request_id in part:
                 lines.append(await self._settle(account, priced, request_id, results.get(request_id), polled.status))
         return router_pb2.CollectBatchResponse(status=polled.status, ended=True, lines=lines)
+
+    async def _window_ending(self, account: Account, ids: list[str]) -> bool:
+        """Whether a line still pending has its hold end within give_up_s: its provider batch is given up on
+        before the reconciler charges the hold unseen by the caller, who would then wait forever."""
+        for request_id in ids:
+            pending = await self.store.pending_charge(account, request_id)
+            if pending is not None and pending.until and pending.until - time.time() <= self.give_up_s:
+                return True
+        return False
+
+    async def _give_up(self, account: Account, ids: list[str]) -> router_pb2.CollectBatchResponse:
+        """The lines ended without asking the provider: each still pending charged its hold (its outcome is
+        unknown: the provider batch may still run and bill it); one settled before only reported."""
+        log.warning("provider batch given up at its window's end", extra={"lines": len(ids)})
+        pending = {request_id: await self.store.pending_charge(account, request_id) for request_id in ids}
+        for request_id, line in pending.items():
+            if line is not None and not line.until:
+                raise invalid(f"request {request_id!r} is not a provider batch line", "request_ids")
+        lines = [
+            await self._owe_hold(account, line, request_id, f"{GAVE_UP} (request id {request_id})")
+            for request_id, line in pending.items()
+        ]
+        return router_pb2.CollectBatchResponse(status="window_ended", ended=True, lines=lines)
 
     async def _settle(
         self,
@@ -270,3 +311,8 @@ class Deferred:
             "outcome": outcome,
             "admitted_ts": pending.ts,
         }
+
+
+def _held_usd(routed: Routed) -> str:
+    assert routed.hold is not None  # every deferred line was admitted
+    return format(Decimal(routed.hold.pico) / PICO, "f")

@@ -73,6 +73,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             providers,
             registry,
             self.available.baseline,
+            settings.provider_batch_hold_s,
         )
 
     async def ListModels(self, request: common_pb2.ListModelsRequest, context: Any) -> common_pb2.ListModelsResponse:

@@ -15,7 +15,7 @@ from pydantic_settings import SettingsConfigDict
 from llmrouter.registry import DEFAULT_REGISTRY
 from llmrouter.settings import REPO_ROOT, GrpcServiceSettings, RepoPath
 from services.ledger.settings import LedgerSettings
-from services.router.store import HOLD_S, REQUEST_ID_TTL_S
+from services.router.store import DEFERRED_HOLD_S, HOLD_S, REQUEST_ID_TTL_S
 
 # The longest a request may run: a hold lives HOLD_S, and the charge after the last token needs time to land.
 MAX_REQUEST_S = HOLD_S - 60
@@ -58,6 +58,11 @@ class RouterSettings(GrpcServiceSettings, LedgerSettings):  # the ledger's setti
     # A pending charge of a live router older than this lost its charge (store and outbox both failed): it is
     # settled at its hold. Longer than any request may run.
     pending_stale_s: float = Field(default=3600.0, gt=0)
+    # How long a provider batch line's hold lasts (the provider's 24 h window and a margin to collect it): admission
+    # counts it against the budgets that long. A collect in its last quarter, at most 600 s, gives up on the
+    # provider batch: the lines still pending are charged their hold. Shorter than the provider's window only in
+    # tests (the lines are then charged their hold before the provider may answer).
+    provider_batch_hold_s: float = Field(default=DEFERRED_HOLD_S, ge=1, le=7 * 86400)
     # Ledger entries older than this are exported and then trimmed by `python -m services.router.ledger trim`.
     ledger_retention_days: int = Field(default=90, gt=0)
 

@@ -2,7 +2,8 @@
 router and providers services against a fake OpenAI speaking the exact Batch API wire format. Lines routed to a
 batch-priced model go up as one provider batch and are charged the batch price from the usage it reports; lines of
 a model without one run realtime at the realtime price; lines the provider failed or let expire are released;
-a router restart while the provider batch runs loses nothing."""
+a router restart while the provider batch runs loses nothing; a provider batch that never ends is given up on as
+its lines' window ends."""
 
 from __future__ import annotations
 
@@ -31,13 +32,14 @@ from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
 from services.providers.settings import ProvidersSettings
 from services.router.settings import RouterSettings
-from services.router.store import Account, AccountKeys, Pending, key_id, pending_key, period_id, to_pico
+from services.router.store import PICO, Account, AccountKeys, Pending, key_id, pending_key, period_id, to_pico
 from tests.conftest import ledger_records
 from tests.fakes.fake_openai import FakeOpenAI
 from tests.fakes.server import Fault
 from tests.integration.conftest import free_port, start_edge
 
 BATCHED, REALTIME = "batch-model", "realtime-model"
+WINDOW_S = 4.0  # a deferred line's hold where the window's end is tested: given up on 1 s before it ends
 
 
 def registry(base_url: str) -> dict[str, Any]:
@@ -102,7 +104,7 @@ async def stack(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch)
             await providers_server.stop(1)
 
 
-async def start_router(stack: Stack) -> RunningServer:
+async def start_router(stack: Stack, **overrides: Any) -> RunningServer:
     settings = RouterSettings(
         port=stack.router_port,
         registry_path=stack.registry_path,
@@ -110,6 +112,7 @@ async def start_router(stack: Stack) -> RunningServer:
         providers_addr=f"127.0.0.1:{stack.providers_port}",
         redis_url=stack.redis_url,
         verifier=False,
+        **overrides,
     )
     return await start_server("router", settings, *await router.build(settings))
 
@@ -483,3 +486,102 @@ async def test_a_part_whose_answers_outweigh_one_grpc_message_is_collected(stack
     charged, spend, held, pending = await money(stack)
     assert charged == costs_of(output) and spend == sum(to_pico(c) for c in charged.values())
     assert held == 0 and not pending
+
+
+async def run_past_the_window(stack: Stack, lose: str = "") -> tuple[Any, dict, dict, dict[str, Decimal]]:
+    """(batch, output lines, error lines, each deferred line's hold) of a batch whose provider batch never ends,
+    run with a WINDOW_S window; once it runs, `lose` "batch": the provider no longer knows it (a 404); "price": a
+    registry reload removes the model's batch price."""
+    stack.upstream.batches.release.clear()  # in_progress for ever
+    server = await start_router(stack, provider_batch_hold_s=WINDOW_S, registry_reload_s=0.1)
+    edge, task, channel = await start_edge(stack.edge)
+    client = AsyncOpenAI(base_url=f"http://127.0.0.1:{stack.edge.port}/v1", api_key=stack.key, max_retries=3)
+    try:
+        bodies = [(BATCHED, "line 0"), (REALTIME, "line 1"), (BATCHED, "line 2")]
+        batch_id = await run_batch(client, batch_file(bodies))
+        deadline = time.monotonic() + 10
+        while not stack.upstream.batches.batches and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert stack.upstream.batches.batches, "no provider batch was created"
+        _, _, _, pending = await money(stack)
+        holds = {p.request_id: Decimal(p.hold_pico) / PICO for p in pending}
+        if lose == "batch":
+            stack.upstream.batches.batches.clear()
+        if lose == "price":
+            models = registry(stack.upstream.base_url)
+            for model in models["models"]:
+                for price in ("batch_input_usd_per_mtok", "batch_output_usd_per_mtok"):
+                    model.pop(price, None)
+            stack.registry_path.write_text(yaml.safe_dump(models))
+        batch = await finished(client, batch_id, timeout_s=WINDOW_S + 10)
+        return batch, await lines_of(client, batch.output_file_id), await lines_of(client, batch.error_file_id), holds
+    finally:
+        await client.close()
+        edge.should_exit = True
+        await task
+        await channel.close()
+        await server.stop(5)
+
+
+async def assert_given_up(stack: Stack, output: dict, errors: dict, holds: dict[str, Decimal]) -> None:
+    """The deferred lines in the error file, each charged its hold once; the realtime line answered."""
+    assert list(output) == ["req-1"] and sorted(errors) == ["req-0", "req-2"], errors
+    for entry in errors.values():
+        error = entry["response"]["body"]["error"]
+        assert error["code"] == "provider_batch_outcome_unknown", error
+        assert "did not end within its window" in error["message"], error
+    assert costs_of(errors) == holds and len(holds) == 2 and all(hold > 0 for hold in holds.values())
+    ledger = await ledger_by_id(stack)
+    assert {ledger[i]["outcome"] for i in holds} == {"batch_unknown"}
+    charged, spend, held, pending = await money(stack)
+    assert charged == costs_of(output) | costs_of(errors)  # the files' costs are the ledger's
+    assert spend == sum(to_pico(c) for c in charged.values()) and held == 0 and not pending
+
+
+async def test_a_provider_batch_that_never_ends_is_given_up_as_its_window_ends(stack: Stack) -> None:
+    batch, output, errors, holds = await run_past_the_window(stack)
+
+    assert batch.status == "completed" and batch.request_counts.failed == 2
+    await assert_given_up(stack, output, errors, holds)
+
+
+async def test_a_provider_batch_the_provider_no_longer_knows_is_given_up_as_its_window_ends(stack: Stack) -> None:
+    batch, output, errors, holds = await run_past_the_window(stack, lose="batch")
+
+    assert batch.status == "completed" and batch.request_counts.failed == 2
+    assert any(r.path.startswith("/v1/batches/") for r in stack.upstream.requests)  # asked, and answered 404
+    await assert_given_up(stack, output, errors, holds)
+
+
+async def test_a_provider_batch_whose_model_lost_its_batch_price_is_given_up_as_its_window_ends(stack: Stack) -> None:
+    batch, output, errors, holds = await run_past_the_window(stack, lose="price")
+
+    assert batch.status == "completed" and batch.request_counts.failed == 2
+    await assert_given_up(stack, output, errors, holds)
+
+
+async def test_a_line_of_a_provider_batch_created_or_not_costs_in_its_file_what_the_ledger_charges(
+    stack: Stack,
+) -> None:
+    stack.upstream.enqueue(Fault.delay(0), Fault.reset())  # the creation's reply is lost: it may run
+    server = await start_router(stack, provider_batch_hold_s=1, upkeep_interval_s=0.2, heartbeat_ttl_s=1.0)
+    edge, task, channel = await start_edge(stack.edge)
+    client = AsyncOpenAI(base_url=f"http://127.0.0.1:{stack.edge.port}/v1", api_key=stack.key, max_retries=3)
+    try:
+        batch = await finished(client, await run_batch(client, batch_file([(BATCHED, "line 0"), (BATCHED, "line 1")])))
+        errors = await lines_of(client, batch.error_file_id)
+        deadline = time.monotonic() + 8
+        while (await money(stack))[3] and time.monotonic() < deadline:  # until the reconciler charges the holds
+            await asyncio.sleep(0.1)
+    finally:
+        await client.close()
+        edge.should_exit = True
+        await task
+        await channel.close()
+        await server.stop(5)
+
+    assert sorted(errors) == ["req-0", "req-1"] and batch.output_file_id is None
+    charged, spend, held, pending = await money(stack)
+    assert not pending and held == 0, pending
+    assert costs_of(errors) == charged and all(cost > 0 for cost in charged.values())
+    assert spend == sum(to_pico(c) for c in charged.values())

@@ -17,3 +17,20 @@ def test_a_heartbeat_that_could_expire_between_beats_is_refused(ttl: float, inte
 def test_a_heartbeat_outlasting_three_beats_is_accepted() -> None:
     settings = RouterSettings(heartbeat_ttl_s=6.0, upkeep_interval_s=2.0)
     assert settings.heartbeat_ttl_s == 6.0
+
+
+@pytest.mark.parametrize("window", ["0", "-5", "nan", str(8 * 86400)])
+def test_a_provider_batch_window_of_no_time_or_past_a_week_is_refused(
+    window: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ROUTER_PROVIDER_BATCH_HOLD_S", window)
+    with pytest.raises(ValidationError, match="provider_batch_hold_s"):
+        RouterSettings()
+
+
+def test_the_provider_batch_window_is_the_providers_day_and_a_margin_unless_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert RouterSettings().provider_batch_hold_s == 26 * 3600
+    monkeypatch.setenv("ROUTER_PROVIDER_BATCH_HOLD_S", "90")
+    assert RouterSettings().provider_batch_hold_s == 90
