@@ -5,6 +5,7 @@ premium one. Every part is the production code; only the upstream LLM APIs are s
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import secrets
@@ -79,6 +80,18 @@ def reply_or_silence(body: dict) -> str:
 
 # Tenants of the keyed edge, one per test that needs its own budget or ledger records.
 TENANT_ROLES = ("spender", "poor", "leaver", "cut", "acme", "globex")
+
+
+@pytest.fixture(autouse=True)
+async def _close_dropped_sdk_clients() -> AsyncIterator[None]:
+    """An openai.AsyncOpenAI a test drops unclosed closes itself from __del__, on the running loop, whenever the
+    garbage collector gets to it: in a later test, aborting transports by file descriptors that new sockets may
+    hold by then, which silently unregisters their readers (requests then hang unread). Collected here instead,
+    at the end of the test that dropped it, while its sockets are still its own."""
+    yield
+    gc.collect()
+    for _ in range(10):  # the closes __del__ scheduled: a few loop turns each
+        await asyncio.sleep(0)
 
 
 @dataclass
