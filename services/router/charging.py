@@ -17,7 +17,7 @@ from services.router import metrics
 from services.router.models import AvailableModels
 from services.router.outbox import Outbox, OutboxCharge
 from services.router.routed import Routed, Served
-from services.router.store import Store, StoreUnavailable, to_pico
+from services.router.store import PICO, Store, StoreUnavailable, to_pico
 
 log = logging.getLogger("llmrouter.router")
 T = TypeVar("T")
@@ -62,6 +62,7 @@ class Charger:
 
     async def settle(self, routed: Routed, response: router_pb2.CompleteResponse, outcome: str = "ok") -> None:
         """Charge once, whatever happens to the caller meanwhile: the charge runs shielded to its end."""
+        _cap_at_hold(routed, response)
         await asyncio.shield(self.run_to_end(self._charge(routed, response, outcome)))
 
     async def settle_unsettled(self, routed: Routed, model: ModelSpec) -> None:
@@ -159,6 +160,19 @@ class Charger:
         metrics.BASELINE_COST.inc(float(baseline))
         metrics.TOKENS.labels(model, "input").inc(response.usage.input_tokens)
         metrics.TOKENS.labels(model, "output").inc(response.usage.output_tokens)
+
+
+def _cap_at_hold(routed: Routed, response: router_pb2.CompleteResponse) -> None:
+    """A cost past the request's hold (its worst case: prompt bound, max_tokens written, every attempt it made
+    room for) comes from usage no upstream could have billed, a buggy or hostile provider's report (a count under
+    2^53 is still a count): charged the hold, so no budget or max_cost_usd is passed."""
+    assert routed.hold is not None  # only admitted requests are settled
+    if to_pico(Decimal(response.cost_usd or "0")) > routed.hold.pico:
+        log.warning(
+            "usage past the request's hold; charged the hold",
+            extra={"request_id": routed.request_id, "reported_cost_usd": response.cost_usd},
+        )
+        response.cost_usd = format(Decimal(routed.hold.pico) / PICO, "f")
 
 
 def _consume_error(task: asyncio.Task[Any]) -> None:

@@ -271,3 +271,31 @@ async def test_the_edge_keeps_a_callers_cost_cap(chain: Chain, long_writers: Non
         assert 0 < cost <= cap
         refused = await http.post(url, json=body, headers={"x-router-max-cost-usd": "0.000001"})
     assert refused.status_code == 400 and refused.json()["error"]["param"] == "max_cost_usd"
+
+
+async def test_a_provider_reporting_more_usage_than_the_hold_is_charged_no_more_than_the_hold(
+    money: Money, chain: Chain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upstream whose usage says it wrote a billion tokens where max_tokens let it write a few hundred (a
+    buggy or hostile provider: a whole number under 2^53, so a valid count): the tenant's budget and the caller's
+    max_cost_usd still hold, plain and streamed; the charge is the request's worst case, its hold."""
+    answer = chain.budget.answer
+
+    def inflated(body: dict[str, Any]) -> tuple[str, str, dict[str, int]]:
+        content, finish, usage = answer(body)
+        return content, finish, {**usage, "completion_tokens": 10**9}
+
+    monkeypatch.setattr(chain.budget, "answer", inflated)
+    tenant, cap = f"inflated-{uuid.uuid4().hex[:8]}", Decimal("0.0002")
+    budget_pico = int(Decimal("0.01") * PICO)
+    await money.set_tenant_limit(tenant, budget_pico)
+    reply = await money.stub.Complete(
+        ask("Tell me everything.", tenant=tenant, model="cheap-model", max_cost_usd=str(cap)), timeout=60
+    )
+    assert Decimal(reply.cost_usd) <= cap
+    request = ask("Tell me everything.", tenant=tenant, model="cheap-model", max_cost_usd=str(cap))
+    chunks = [c async for c in money.stub.CompleteStream(request, timeout=60)]
+    assert Decimal(chunks[-1].final.cost_usd) <= cap
+    records = await money.ledger(tenant)
+    assert len(records) == 2 and all(Decimal(r["cost_usd"]) <= cap for r in records)
+    await assert_counters_match_ledger(money, tenant, budget_pico)
