@@ -161,29 +161,40 @@ class Deferred:
         ids = list(request.request_ids)
         if not 0 < len(ids) <= MAX_LINES:
             raise invalid(f"collect 1 to {MAX_LINES} lines at a time", "request_ids")
-        if await self._window_ending(account, ids):
-            return await self._give_up(account, ids)
+        # Near the window's end the provider is still asked first: a batch that has ended gives its answers.
+        ending = await self._window_ending(account, ids)
         model = self.registry.current.get(request.model)
         priced = None if model is None else self.registry.current.batch_priced(model)
         if priced is None:
+            if ending:
+                return await self._give_up(account, ids)
             raise ServiceError(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 "NO_BATCH_PRICE",
                 f"model {request.model!r} has no batch price here: its lines are charged their hold at window's end",
                 {"model": request.model},
             )
-        lines = []
+        lines: list[router_pb2.CollectedLine] = []
         # The answers are read POLL_IDS lines at a time: each part's within one gRPC message.
         for start in range(0, len(ids), POLL_IDS):
             part = ids[start : start + POLL_IDS]
-            polled = await self.providers.PollBatch(
-                provider_pb2.PollBatchRequest(
-                    model=request.model, batch_id=request.provider_batch_id, request_ids=part
-                ),
-                timeout=PROVIDER_CALL_S,
-            )
+            try:
+                polled = await self.providers.PollBatch(
+                    provider_pb2.PollBatchRequest(
+                        model=request.model, batch_id=request.provider_batch_id, request_ids=part
+                    ),
+                    timeout=PROVIDER_CALL_S,
+                )
+            except grpc.RpcError:
+                if not ending:
+                    raise
+                polled = provider_pb2.PollBatchResponse(status="unreadable")
             if not polled.ended:
-                return router_pb2.CollectBatchResponse(status=polled.status)
+                if not ending:
+                    return router_pb2.CollectBatchResponse(status=polled.status)
+                # The parts settled already keep their outcome; the rest are given up on.
+                lines.extend((await self._give_up(account, ids[start:])).lines)
+                return router_pb2.CollectBatchResponse(status="window_ended", ended=True, lines=lines)
             results: dict[str, provider_pb2.BatchLineResult] = {}
             for result in polled.results:
                 known = results.get(result.request_id)

@@ -26,7 +26,7 @@ from openai import AsyncOpenAI
 
 from llmrouter.registry import load_registry
 from llmrouter.server import RunningServer, start_server
-from llmrouter.v1 import router_pb2, router_pb2_grpc
+from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
 from services import providers, router
 from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
@@ -585,3 +585,45 @@ async def test_a_line_of_a_provider_batch_created_or_not_costs_in_its_file_what_
     assert not pending and held == 0, pending
     assert costs_of(errors) == charged and all(cost > 0 for cost in charged.values())
     assert spend == sum(to_pico(c) for c in charged.values())
+
+
+async def test_a_provider_batch_that_ended_is_collected_even_in_its_window_s_last_moments(stack: Stack) -> None:
+    """Collected late (the edge down through the window's margin), a provider batch that has ended gives its
+    answers, charged what the provider billed: only one that has not ended, or cannot be read, is given up."""
+    stack.upstream.batches.release.clear()
+    server = await start_router(stack, provider_batch_hold_s=WINDOW_S)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.router_port}") as channel:
+            stub = router_pb2_grpc.RouterStub(channel)
+            lines = [
+                router_pb2.CompleteRequest(
+                    messages=[common_pb2.ChatMessage(role="user", content=f"line {i} {uuid.uuid4().hex}")],
+                    model=BATCHED,
+                    tenant=stack.tenant,
+                    api_key=stack.key,
+                    request_id=f"late-{uuid.uuid4().hex}",
+                )
+                for i in range(2)
+            ]
+            submitted = await stub.SubmitBatch(router_pb2.SubmitLinesRequest(lines=lines), timeout=30)
+            assert all(line.deferred and line.provider_batch_id for line in submitted.lines), submitted
+            _, _, _, pending = await money(stack)
+            holds = {p.request_id: Decimal(p.hold_pico) / PICO for p in pending}
+            ask = router_pb2.CollectBatchRequest(
+                tenant=stack.tenant,
+                api_key=stack.key,
+                model=BATCHED,
+                provider_batch_id=submitted.lines[0].provider_batch_id,
+                request_ids=[line.request_id for line in lines],
+            )
+            assert not (await stub.CollectBatch(ask, timeout=10)).ended  # the edge's last poll: it runs
+            await asyncio.sleep(WINDOW_S - 0.6)  # within the window's last second, the give-up's
+            stack.upstream.batches.release.set()  # the provider batch has ended, answers and all
+            collected = await stub.CollectBatch(ask, timeout=10)
+    finally:
+        await server.stop(5)
+
+    assert collected.ended and all(line.succeeded and line.response.content for line in collected.lines), collected
+    charged, _, held, pending = await money(stack)
+    assert charged == {line.request_id: Decimal(line.response.cost_usd) for line in collected.lines}
+    assert all(charged[i] < holds[i] for i in holds) and held == 0 and not pending
