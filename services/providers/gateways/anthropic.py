@@ -191,11 +191,15 @@ def _finish(stop_reason: Any) -> str:
 
 
 def _usage(usage: Any) -> tuple[int | None, int | None]:
-    """Cache writes and reads are input tokens too (billed at the input price here, an upper bound)."""
+    """Cache writes and reads are input tokens too (billed at the input price here, an upper bound). A cache count
+    given (not null) that is no count leaves the input unknown, as a missing input count does: skipped, it would
+    lower the charge."""
     if not isinstance(usage, dict):
         return None, None
-    parts = [
-        token_count(usage.get(k)) for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
-    ]
-    input_tokens = token_count(sum(p for p in parts if p is not None)) if parts[0] is not None else None
+    given = [usage.get(k) for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")]
+    parts = [token_count(value) for value in given]
+    known = given[0] is not None and all(
+        p is not None for p, value in zip(parts, given, strict=True) if value is not None
+    )
+    input_tokens = token_count(sum(p for p in parts if p is not None)) if known else None
     return input_tokens, token_count(usage.get("output_tokens"))
