@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from llmrouter.registry import ProviderSpec
+from llmrouter.registry import BATCH_KINDS, ProviderSpec
+from services.providers.catalog import BATCH_APIS
 from services.providers.gateways.anthropic_batch import AnthropicBatches, custom_id
 from services.providers.gateways.base import Message, UpstreamError, UpstreamRequest
 from services.providers.gateways.batch_client import NotCreated
@@ -143,3 +144,7 @@ async def test_usage_that_is_no_token_count_is_left_unknown(
     for i in range(len(hostile)):
         answer = answers[f"batch_x:req {i}/ü"]
         assert answer is not None and None in (answer.input_tokens, answer.output_tokens), (i, answer)
+
+
+def test_every_provider_kind_batch_priced_has_its_batch_api_spoken() -> None:
+    assert set(BATCH_APIS) == BATCH_KINDS and BATCH_APIS["anthropic"] is AnthropicBatches
