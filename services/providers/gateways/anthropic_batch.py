@@ -68,8 +68,8 @@ class AnthropicBatches:
         """The batch's status and, once it has ended, the results of the `wanted` request ids (when empty: every
         line's, keyed by the custom_id sent)."""
         batch = await self.client.call("GET", f"{PATH}/{batch_id}")
-        state = BatchState(text_field(batch, "processing_status"), False)
-        state.ended = state.status == ENDED
+        status = text_field(batch, "processing_status")
+        state = BatchState(status, status == ENDED)
         # results_url says the results are there; they are read from the provider's own address all the same, so
         # its key never goes to one a reply names.
         if state.ended and batch.get("results_url"):
