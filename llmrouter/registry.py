@@ -29,8 +29,9 @@ MTOK = Decimal(1_000_000)
 Tokenizer = Literal["cl100k_base", "o200k_base", "utf8_bytes"]
 UTF8_BYTES: Tokenizer = "utf8_bytes"
 # Provider kinds whose Batch API the providers service speaks: a model of one with a batch price has its batch
-# lines sent through it (OpenAI's /v1/files and /v1/batches, as Groq and Together also serve it).
-BATCH_KINDS = frozenset({"openai"})
+# lines sent through it (OpenAI's /v1/files and /v1/batches, as Groq and Together also serve it; Anthropic's
+# /v1/messages/batches).
+BATCH_KINDS = frozenset({"openai", "anthropic"})
 
 log = logging.getLogger("llmrouter.registry")
 RELOADS = Counter(

@@ -14,14 +14,12 @@ from llmrouter.v1 import common_pb2, provider_pb2
 from services.providers.accounting import decimal_str
 from services.providers.dispatch import Dispatcher
 from services.providers.gateways.base import UpstreamError, UpstreamRequest
-from services.providers.gateways.openai import body
-from services.providers.gateways.openai_batch import LineResult, NotCreated, OpenAIBatches
+from services.providers.gateways.batch_client import LineResult, NotCreated, ProviderBatches
 
 log = logging.getLogger("llmrouter.providers")
-MAX_REQUESTS = 50_000  # OpenAI's limit per batch
 
 
-def batch_api(registry: Registry, model: ModelSpec, dispatcher: Dispatcher) -> tuple[OpenAIBatches, ModelSpec]:
+def batch_api(registry: Registry, model: ModelSpec, dispatcher: Dispatcher) -> tuple[ProviderBatches, ModelSpec]:
     """The model's Batch API and the model at its batch price; BATCH_NOT_CREATED when it has none here."""
     priced = registry.batch_priced(model)
     if dispatcher.batches is None or priced is None:
@@ -29,15 +27,19 @@ def batch_api(registry: Registry, model: ModelSpec, dispatcher: Dispatcher) -> t
     return dispatcher.batches, priced
 
 
-async def submit(api: OpenAIBatches, requests: list[tuple[str, UpstreamRequest]]) -> str:
+async def submit(api: ProviderBatches, requests: list[tuple[str, UpstreamRequest]]) -> str:
     """A provider batch of (custom_id, request): its id."""
     ids = [custom_id for custom_id, _ in requests]
-    if not ids or len(ids) > MAX_REQUESTS:
-        raise invalid(f"a batch holds 1 to {MAX_REQUESTS} requests", "requests")
+    if not ids or len(ids) > api.max_requests:
+        raise invalid(f"a batch holds 1 to {api.max_requests} requests", "requests")
     if len(set(ids)) != len(ids) or not all(ids):
         raise invalid("every request of a batch needs its own non-empty request_id", "requests")
+    try:  # a request this provider cannot take: nothing sent, the lines run realtime (and fail there alone)
+        bodies = [(custom_id, api.body(request)) for custom_id, request in requests]
+    except UpstreamError as exc:
+        raise not_created(f"a request cannot go into a batch: {exc.message}") from None
     try:
-        return await api.submit([(custom_id, body(request)) for custom_id, request in requests])
+        return await api.submit(bodies)
     except NotCreated as exc:
         raise not_created(str(exc)) from None
     except UpstreamError as exc:
@@ -46,7 +48,7 @@ async def submit(api: OpenAIBatches, requests: list[tuple[str, UpstreamRequest]]
 
 
 async def poll(
-    api: OpenAIBatches, priced: ModelSpec, batch_id: str, wanted: frozenset[str]
+    api: ProviderBatches, priced: ModelSpec, batch_id: str, wanted: frozenset[str]
 ) -> provider_pb2.PollBatchResponse:
     try:
         state = await api.poll(batch_id, wanted)

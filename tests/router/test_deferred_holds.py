@@ -104,7 +104,7 @@ def test_only_a_batch_api_spoken_here_makes_a_model_batch_priced(kind: str) -> N
     model = registry.get("m")
     assert model is not None
     priced = registry.batch_priced(model)
-    if kind == "openai":
+    if kind in ("openai", "anthropic"):
         assert priced is not None and priced.cost_usd(1_000_000, 1_000_000) == 2 + 0.5
     else:
         assert priced is None

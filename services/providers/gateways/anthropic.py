@@ -42,19 +42,7 @@ class AnthropicGateway:
         await self.client.aclose()
 
     async def complete(self, request: UpstreamRequest) -> Completion:
-        payload = await post_json(self.client, PATH, _body(request))
-        blocks = payload.get("content")
-        if not isinstance(blocks, list):
-            raise UpstreamError("bad_response", "upstream reply has no content blocks")
-        blocks = [b for b in blocks if isinstance(b, dict)]
-        text = "".join(b.get("text", "") for b in blocks if b.get("type") == "text")
-        calls = [
-            _tool_call(b.get("id", ""), b.get("name", ""), json.dumps(b.get("input") or {}))
-            for b in blocks
-            if b.get("type") == "tool_use"
-        ]
-        input_tokens, output_tokens = _usage(payload.get("usage"))
-        return Completion(text, _finish(payload.get("stop_reason")), input_tokens, output_tokens, calls)
+        return completion(await post_json(self.client, PATH, body(request)))
 
     async def stream(self, request: UpstreamRequest) -> AsyncGenerator[StreamEvent, None]:
         stopped = started = False
@@ -62,7 +50,7 @@ class AnthropicGateway:
         input_tokens: int | None = None
         output_tokens: int | None = None
         try:
-            async for event, data in post_sse(self.client, PATH, {**_body(request), "stream": True}):
+            async for event, data in post_sse(self.client, PATH, {**body(request), "stream": True}):
                 started = True
                 payload = loads(data)
                 kind = payload.get("type", event)
@@ -106,7 +94,24 @@ class AnthropicGateway:
             yield Completion(tool_calls=[calls[i] for i in sorted(calls)])
 
 
-def _body(request: UpstreamRequest) -> dict[str, Any]:
+def completion(payload: dict[str, Any]) -> Completion:
+    """A Message (a reply, or a Message Batches result's message) as a Completion."""
+    blocks = payload.get("content")
+    if not isinstance(blocks, list):
+        raise UpstreamError("bad_response", "upstream reply has no content blocks")
+    blocks = [b for b in blocks if isinstance(b, dict)]
+    text = "".join(b.get("text", "") for b in blocks if b.get("type") == "text")
+    calls = [
+        _tool_call(b.get("id", ""), b.get("name", ""), json.dumps(b.get("input") or {}))
+        for b in blocks
+        if b.get("type") == "tool_use"
+    ]
+    input_tokens, output_tokens = _usage(payload.get("usage"))
+    return Completion(text, _finish(payload.get("stop_reason")), input_tokens, output_tokens, calls)
+
+
+def body(request: UpstreamRequest) -> dict[str, Any]:
+    """The Messages request body, without stream (also the params of a Message Batches request)."""
     system = "\n\n".join(m.content for m in request.messages if m.role == "system")
     messages: list[dict[str, Any]] = []
     for m in request.messages:
@@ -119,17 +124,17 @@ def _body(request: UpstreamRequest) -> dict[str, Any]:
             messages[-1]["content"] += _blocks(m)
         else:
             messages.append({"role": role, "content": _blocks(m)})
-    body: dict[str, Any] = {
+    params: dict[str, Any] = {
         "model": request.model,
         "messages": messages,
         "max_tokens": request.max_tokens or DEFAULT_MAX_TOKENS,
     }
     if system:
-        body["system"] = system
+        params["system"] = system
     if request.temperature is not None:
-        body["temperature"] = request.temperature
-    body.update(_translate_passthrough(request.passthrough))
-    return body
+        params["temperature"] = request.temperature
+    params.update(_translate_passthrough(request.passthrough))
+    return params
 
 
 def _blocks(m: Message) -> list[dict[str, Any]]:
@@ -186,11 +191,15 @@ def _finish(stop_reason: Any) -> str:
 
 
 def _usage(usage: Any) -> tuple[int | None, int | None]:
-    """Cache writes and reads are input tokens too (billed at the input price here, an upper bound)."""
+    """Cache writes and reads are input tokens too (billed at the input price here, an upper bound). A cache count
+    given (not null) that is no count leaves the input unknown, as a missing input count does: skipped, it would
+    lower the charge."""
     if not isinstance(usage, dict):
         return None, None
-    parts = [
-        token_count(usage.get(k)) for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
-    ]
-    input_tokens = token_count(sum(p for p in parts if p is not None)) if parts[0] is not None else None
+    given = [usage.get(k) for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")]
+    parts = [token_count(value) for value in given]
+    known = given[0] is not None and all(
+        p is not None for p, value in zip(parts, given, strict=True) if value is not None
+    )
+    input_tokens = token_count(sum(p for p in parts if p is not None)) if known else None
     return input_tokens, token_count(usage.get("output_tokens"))
