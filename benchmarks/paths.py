@@ -210,10 +210,9 @@ def main() -> None:
             print(f"  measured: {name}", flush=True)
         # Then after about RSS_MIDWAY requests (every cap is full by then) and after --rss-requests.
         for target in sorted({min(RSS_MIDWAY, args.rss_requests), args.rss_requests} - {0}):
-            if served < target:
-                while served < target:
-                    served += wrk(edge_url, args.rss_model, services, connections=args.concurrency, seconds=10).requests
-                memory.append((served, {name: rss_mb(pid) for name, pid in services.items()}))
+            while served < target:
+                served += wrk(edge_url, args.rss_model, services, connections=args.concurrency, seconds=10).requests
+            memory.append((served, {name: rss_mb(pid) for name, pid in services.items()}))
     print_table(rows, memory, args)
 
 
