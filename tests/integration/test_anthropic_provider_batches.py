@@ -7,7 +7,6 @@ held, never run again realtime."""
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -15,25 +14,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from llmrouter.registry import load_registry
-from llmrouter.server import start_server
-from services import providers
-from services.edge.keys import key_line
-from services.edge.settings import EdgeSettings
 from services.providers.gateways.anthropic_batch import custom_id
-from services.providers.settings import ProvidersSettings
 from services.router.store import to_pico
 from tests.fakes.fake_anthropic import FakeAnthropic
 from tests.fakes.server import Fault
-from tests.integration.conftest import free_port
 from tests.integration.test_provider_batches import (
     Stack,
     by_cue,
     costs_of,
     ledger_by_id,
     money,
+    open_stack,
     run_to_end,
 )
 
@@ -70,24 +63,8 @@ async def stack(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("ANTHROPIC_KEY", "sk-ant-batches")
     with FakeAnthropic() as upstream:
         upstream.api_key = "sk-ant-batches"
-        path = tmp_path / "models.yaml"
-        path.write_text(yaml.safe_dump(registry(upstream.base_url)))
-        p_settings = ProvidersSettings(port=0, registry_path=path)
-        providers_server = await start_server("providers", p_settings, *await providers.build(p_settings))
-        tenant, key = f"batcher-{secrets.token_hex(4)}", f"sk-{secrets.token_urlsafe(12)}"
-        edge = EdgeSettings(
-            port=free_port(),
-            router_addr=f"127.0.0.1:{free_port()}",
-            request_timeout_s=30,
-            api_keys=key_line(tenant, key),
-            batch_redis_url=redis_url,
-            batch_poll_s=0.1,
-        )
-        router_port = int(edge.router_addr.rsplit(":", 1)[1])
-        try:
-            yield Stack(upstream, path, redis_url, providers_server.port, router_port, edge, tenant, key)
-        finally:
-            await providers_server.stop(1)
+        async with open_stack(upstream, registry(upstream.base_url), tmp_path, redis_url) as opened:
+            yield opened
 
 
 def realtime_calls(upstream: FakeAnthropic) -> list[dict[str, Any]]:

@@ -13,6 +13,7 @@ import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -79,29 +80,39 @@ class Stack:
     key: str
 
 
+@asynccontextmanager
+async def open_stack(
+    upstream: Any, raw_registry: dict[str, Any], tmp_path: Path, redis_url: str
+) -> AsyncIterator[Stack]:
+    """The providers service on `raw_registry` (its upstream the fake), an edge's settings with one API key, and
+    the router's port: each test starts the router and edge it needs."""
+    path = tmp_path / "models.yaml"
+    path.write_text(yaml.safe_dump(raw_registry))
+    p_settings = ProvidersSettings(port=0, registry_path=path)
+    providers_server = await start_server("providers", p_settings, *await providers.build(p_settings))
+    tenant, key = f"batcher-{secrets.token_hex(4)}", f"sk-{secrets.token_urlsafe(12)}"
+    edge = EdgeSettings(
+        port=free_port(),
+        router_addr=f"127.0.0.1:{free_port()}",
+        request_timeout_s=30,
+        api_keys=key_line(tenant, key),
+        batch_redis_url=redis_url,
+        batch_poll_s=0.1,
+    )
+    router_port = int(edge.router_addr.rsplit(":", 1)[1])
+    try:
+        yield Stack(upstream, path, redis_url, providers_server.port, router_port, edge, tenant, key)
+    finally:
+        await providers_server.stop(1)
+
+
 @pytest.fixture
 async def stack(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Stack]:
     monkeypatch.setenv("BATCHAI_KEY", "sk-batchai")
     with FakeOpenAI() as upstream:
         upstream.api_key = "sk-batchai"
-        path = tmp_path / "models.yaml"
-        path.write_text(yaml.safe_dump(registry(upstream.base_url)))
-        p_settings = ProvidersSettings(port=0, registry_path=path)
-        providers_server = await start_server("providers", p_settings, *await providers.build(p_settings))
-        tenant, key = f"batcher-{secrets.token_hex(4)}", f"sk-{secrets.token_urlsafe(12)}"
-        edge = EdgeSettings(
-            port=free_port(),
-            router_addr=f"127.0.0.1:{free_port()}",
-            request_timeout_s=30,
-            api_keys=key_line(tenant, key),
-            batch_redis_url=redis_url,
-            batch_poll_s=0.1,
-        )
-        router_port = int(edge.router_addr.rsplit(":", 1)[1])
-        try:
-            yield Stack(upstream, path, redis_url, providers_server.port, router_port, edge, tenant, key)
-        finally:
-            await providers_server.stop(1)
+        async with open_stack(upstream, registry(upstream.base_url), tmp_path, redis_url) as opened:
+            yield opened
 
 
 async def start_router(stack: Stack, **overrides: Any) -> RunningServer:
