@@ -27,35 +27,15 @@ from tests.integration.test_provider_batches import (
     ledger_by_id,
     money,
     open_stack,
+    registry,
     run_to_end,
 )
 
 BATCHED, REALTIME = "claude-batch", "claude-realtime"
 
 
-def registry(base_url: str) -> dict[str, Any]:
-    def model(name: str, prices: tuple[str, str], batch: tuple[str, str] | None) -> dict[str, Any]:
-        spec = {
-            "name": name,
-            "provider": "anthropic",
-            "tier": "economy",
-            "input_usd_per_mtok": prices[0],
-            "output_usd_per_mtok": prices[1],
-            "context_window": 8192,
-            "quality_prior": 0.5,
-            "tokenizer": "cl100k_base",  # what the fake bills with
-        }
-        if batch:
-            spec.update(batch_input_usd_per_mtok=batch[0], batch_output_usd_per_mtok=batch[1])
-        return spec
-
-    return {
-        "tiers": ["economy"],
-        "providers": {
-            "anthropic": {"kind": "anthropic", "base_url": base_url, "api_key_env": "ANTHROPIC_KEY", "max_retries": 0}
-        },
-        "models": [model(BATCHED, ("3.00", "15.00"), ("1.50", "7.50")), model(REALTIME, ("0.80", "4.00"), None)],
-    }
+def anthropic_registry(base_url: str) -> dict[str, Any]:
+    return registry(base_url, "anthropic", ("3.00", "15.00", "1.50", "7.50"), ("0.80", "4.00"), (BATCHED, REALTIME))
 
 
 @pytest.fixture
@@ -63,7 +43,7 @@ async def stack(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("ANTHROPIC_KEY", "sk-ant-batches")
     with FakeAnthropic() as upstream:
         upstream.api_key = "sk-ant-batches"
-        async with open_stack(upstream, registry(upstream.base_url), tmp_path, redis_url) as opened:
+        async with open_stack(upstream, anthropic_registry(upstream.base_url), tmp_path, redis_url) as opened:
             yield opened
 
 

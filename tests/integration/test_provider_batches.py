@@ -43,11 +43,19 @@ BATCHED, REALTIME = "batch-model", "realtime-model"
 WINDOW_S = 4.0  # a deferred line's hold where the window's end is tested: given up on 1 s before it ends
 
 
-def registry(base_url: str) -> dict[str, Any]:
+def registry(
+    base_url: str,
+    kind: str = "openai",
+    batched: tuple[str, str, str, str] = ("0.60", "2.40", "0.30", "1.20"),  # realtime then batch, in and out
+    realtime: tuple[str, str] = ("0.50", "1.50"),
+    names: tuple[str, str] = (BATCHED, REALTIME),
+) -> dict[str, Any]:
+    """One provider of `kind` (its key in <KIND>_KEY) with a batch-priced model and a realtime-only one."""
+
     def model(name: str, prices: tuple[str, str], batch: tuple[str, str] | None) -> dict[str, Any]:
         spec = {
             "name": name,
-            "provider": "batchai",
+            "provider": kind,
             "tier": "economy",
             "input_usd_per_mtok": prices[0],
             "output_usd_per_mtok": prices[1],
@@ -62,9 +70,9 @@ def registry(base_url: str) -> dict[str, Any]:
     return {
         "tiers": ["economy"],
         "providers": {
-            "batchai": {"kind": "openai", "base_url": base_url, "api_key_env": "BATCHAI_KEY", "max_retries": 0}
+            kind: {"kind": kind, "base_url": base_url, "api_key_env": f"{kind.upper()}_KEY", "max_retries": 0}
         },
-        "models": [model(BATCHED, ("0.60", "2.40"), ("0.30", "1.20")), model(REALTIME, ("0.50", "1.50"), None)],
+        "models": [model(names[0], batched[:2], batched[2:]), model(names[1], realtime, None)],
     }
 
 
@@ -108,7 +116,7 @@ async def open_stack(
 
 @pytest.fixture
 async def stack(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Stack]:
-    monkeypatch.setenv("BATCHAI_KEY", "sk-batchai")
+    monkeypatch.setenv("OPENAI_KEY", "sk-batchai")
     with FakeOpenAI() as upstream:
         upstream.api_key = "sk-batchai"
         async with open_stack(upstream, registry(upstream.base_url), tmp_path, redis_url) as opened:
