@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from evaluation.metrics import routing_curve
 from evaluation.report import RouterResult, compare, table
-from evaluation.routers import pair_score
+from evaluation.routers import length_scores, pair_score
 from services.classifier.features import prompt_features
 from services.classifier.settings import DEFAULT_MODEL_DIR
 from services.classifier.text import PromptTokenizer
@@ -150,18 +151,61 @@ def run_in_distribution(corpus: Corpus, features: np.ndarray, fit: Fitter) -> li
     return collect(corpus, quality, test, lambda i: f"{corpus.files[i].split('.')[0]} test")
 
 
+BOOTSTRAP_SAMPLES = 200
+# Below this gap between the two models' mean outcomes a cell's APGR is off scale (PGR divides by the gap).
+MIN_GAP = 0.05
+
+
+def margin_over_length(
+    scores: np.ndarray, prompts: list[str], strong: np.ndarray, weak: np.ndarray, seed: int = 0
+) -> tuple[float, float, float]:
+    """Learned minus length-rule APGR on these prompts, and its 95% interval from a paired bootstrap (the same
+    resampled prompts for both routers): a cell of a few hundred prompts moves by a few hundredths by chance."""
+    length = length_scores(prompts)
+    point = routing_curve(scores, strong, weak).apgr() - routing_curve(length, strong, weak).apgr()
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(BOOTSTRAP_SAMPLES):
+        i = rng.integers(0, len(prompts), len(prompts))
+        draws.append(
+            routing_curve(scores[i], strong[i], weak[i]).apgr() - routing_curve(length[i], strong[i], weak[i]).apgr()
+        )
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return point, float(low), float(high)
+
+
 def per_task_table(collected: list[PairScores]) -> str:
-    head = f"{'held-out task':<34}{'pair':<10}{'prompts':>8}{'learned':>9}{'length':>8}{'random':>8}{'CPT50 l/r':>12}"
+    """APGR per held-out task, with the margin over the length rule and whether it is beyond chance."""
+    head = (
+        f"{'held-out task':<34}{'pair':<10}{'prompts':>8}{'learned':>9}{'length':>8}{'random':>8}{'CPT50 l/r':>12}"
+        f"  {'learned - length [95% bootstrap]':<34}"
+    )
     lines = [head, "-" * len(head)]
+    verdicts = {"above": 0, "within chance": 0, "below": 0, "off scale": 0}
     for pairs in collected:
         label = pairs.pair.predict[0].split(":")[-1][:9]
         tasks = np.asarray(pairs.tasks)
         for task in sorted(set(pairs.tasks)):
-            learned, rand, length = pairs.results(tasks == task)
+            keep = tasks == task
+            learned, rand, length = pairs.results(keep)
+            strong, weak = np.asarray(pairs.strong)[keep], np.asarray(pairs.weak)[keep]
+            prompts = [p for p, k in zip(pairs.prompts, keep, strict=True) if k]
+            margin, low, high = margin_over_length(np.asarray(pairs.scores)[keep], prompts, strong, weak)
+            if abs(strong.mean() - weak.mean()) < MIN_GAP:
+                verdict = "off scale"
+            else:
+                verdict = "above" if low > 0 else "below" if high < 0 else "within chance"
+            verdicts[verdict] += 1
             lines.append(
-                f"{task:<34}{label:<10}{int((tasks == task).sum()):>8}{learned.apgr:>9.3f}{length.apgr:>8.3f}"
+                f"{task:<34}{label:<10}{int(keep.sum()):>8}{learned.apgr:>9.3f}{length.apgr:>8.3f}"
                 f"{rand.apgr:>8.3f}{learned.cpt[0.5]:>6.0%}/{rand.cpt[0.5]:<5.0%}"
+                f"  {margin:+.3f} [{low:+.3f}, {high:+.3f}] {verdict}"
             )
+    lines.append(
+        "cells: "
+        + ", ".join(f"{n} {v}" for v, n in verdicts.items())
+        + f" (off scale: the two models' mean outcomes within {MIN_GAP})"
+    )
     return "\n".join(lines)
 
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from evaluation.loto import PAIRS, PairScores, collect, loto_folds
+from evaluation.loto import PAIRS, PairScores, collect, loto_folds, margin_over_length, per_task_table
 from evaluation.metrics import routing_curve
+from evaluation.routers import length_scores
 from services.classifier.training.corpus import Corpus
 from services.classifier.training.data import LLMROUTER_FILE, MMLU_PRO_FILE, ROUTERBENCH_FILE
 
@@ -72,3 +73,37 @@ def test_collect_pairs_predictions_with_each_files_outcomes(corpus: Corpus) -> N
     w = corpus.column(PAIRS[0].predict[1])
     first = int(np.flatnonzero(corpus.files == ROUTERBENCH_FILE)[0])
     assert gpt4.scores[0] == pytest.approx(1.0 - quality[first, w])  # the pair score: P(weak wrong)
+
+
+def cell(scores: np.ndarray, strong: np.ndarray, weak: np.ndarray, task: str = "t") -> PairScores:
+    prompts = [f"prompt {i}" for i in range(len(scores))]  # the same length up to the digits: length rule ~ random
+    return PairScores(PAIRS[0], [task] * len(scores), prompts, list(scores), list(strong), list(weak))
+
+
+def test_the_margin_over_length_is_judged_against_its_bootstrap_interval() -> None:
+    rng = np.random.default_rng(1)
+    n = 300
+    strong = np.ones(n)
+    weak = (rng.random(n) < 0.6).astype(float)
+    gain = strong - weak + rng.random(n) * 1e-3
+    prompts = [f"prompt {i}" for i in range(n)]
+    margin, low, high = margin_over_length(gain, prompts, strong, weak)
+    assert margin > 0.2 and low > 0  # ranking by the true gain beats length beyond chance
+    margin, low, high = margin_over_length(-gain, prompts, strong, weak)
+    assert margin < -0.2 and high < 0
+    same = margin_over_length(length_scores(prompts), prompts, strong, weak)
+    assert same == (0.0, 0.0, 0.0)  # the length rule itself: no margin, whatever the resample
+
+    rows = per_task_table([cell(gain, strong, weak, "good"), cell(-gain, strong, weak, "bad")]).splitlines()
+    assert rows[2].startswith("good") and rows[2].endswith(" above")
+    assert rows[3].startswith("bad") and rows[3].endswith(" below")
+    assert rows[-1].startswith("cells: 1 above, 0 within chance, 1 below, 0 off scale")
+
+
+def test_a_cell_where_the_two_models_tie_is_marked_off_scale() -> None:
+    rng = np.random.default_rng(2)
+    strong = (rng.random(200) < 0.7).astype(float)
+    weak = strong.copy()
+    weak[:2] = 1 - weak[:2]  # a gap of at most 0.01: PGR divides by it
+    row = per_task_table([cell(rng.random(200), strong, weak)]).splitlines()[2]
+    assert row.endswith(" off scale")
