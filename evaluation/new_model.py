@@ -1,7 +1,7 @@
 """A model added without retraining (issue 8, point 5): heads trained without one RouterBench model (none of its
 outcomes, in any file), the model then added back from N labelled prompts of RouterBench's train split
-(its two IRT numbers on the shared difficulty: services/classifier/abilities.py), judged on RouterBench's test
-split against the same heads with no estimate for it and against heads trained with it:
+(its ability on the shared difficulty, with the served models' slope: services/classifier/abilities.py), judged
+on RouterBench's test split against the same heads with no estimate for it and against heads trained with it:
 
 - APGR of every pair it forms with another RouterBench model (pair score 1 - P(weak), as served). Where it is
   the strong model the score does not involve it; where it is the weak one, a fixed prior (what a registry
@@ -29,7 +29,7 @@ from services.classifier.abilities import Ability, difficulty
 from services.classifier.settings import DEFAULT_MODEL_DIR
 from services.classifier.training.corpus import Corpus, load_corpus
 from services.classifier.training.data import ROUTERBENCH_FILE, data_dir
-from services.classifier.training.irt import fit_rater
+from services.classifier.training.irt import fit_ability
 
 DEFAULT_TARGET = 0.85  # the router's default relative quality target
 PRIOR = 0.7  # a registry quality_prior for a model the classifier cannot predict
@@ -92,7 +92,8 @@ def main() -> None:
     quality_without = heads_without.predict(x)
     abilities = {m: Ability(*heads_without.abilities[m]) for m in others}
     d = difficulty(quality_without[:, [corpus.column(m) for m in others]], others, abilities)
-    alpha, beta = fit_rater(d[labelled], corpus.labels[labelled, new])
+    beta = float(np.median([a.beta for a in abilities.values()]))  # the slope the served models share
+    alpha = fit_ability(d[labelled], corpus.labels[labelled, new], beta)
     named = resolve_model(args.model, others)
     by_name = (
         quality_without[test][:, [corpus.column(m) for m in others]].mean(axis=1)

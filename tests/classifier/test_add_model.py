@@ -1,4 +1,4 @@
-"""A model added without retraining (services/classifier/abilities.py, training/add_model.py): its two IRT numbers
+"""A model added without retraining (services/classifier/abilities.py, training/add_model.py): its ability
 fitted from a small outcome file on the trained heads' shared difficulty, served beside the trained heads."""
 
 from __future__ import annotations

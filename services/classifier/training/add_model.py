@@ -1,8 +1,8 @@
 """Add a model to a trained classifier without retraining it: from an outcome file of a few hundred prompts the
 model answered (JSONL, gzipped or not, rows {"prompt", "model", "score"} with scores in [0, 1], the routing
-data's format), fit its two IRT numbers on the classifier's shared difficulty and write them to
-`abilities.json` beside the model (services/classifier/abilities.py serves them). Then restart the classifier,
-rebuild the calibration (`python -m services.classifier.calibrate`) and name the model in the registry's
+data's format), fit its ability on the classifier's shared difficulty (with the slope its served models share)
+and write it to `abilities.json` beside the model (services/classifier/abilities.py serves it). Then restart the
+classifier, rebuild the calibration (`python -m services.classifier.calibrate`) and name the model in the registry's
 `quality_from`.
 
 python -m services.classifier.training.add_model --model-dir artefacts/classifier --outcomes FILE --model NAME
@@ -21,9 +21,9 @@ from services.classifier.abilities import ABILITIES_FILE, difficulty, read_added
 from services.classifier.model import QualityModel
 from services.classifier.settings import DEFAULT_MODEL_DIR
 from services.classifier.training.data import read_jsonl
-from services.classifier.training.irt import fit_rater
+from services.classifier.training.irt import fit_ability
 
-MIN_PROMPTS = 50  # below this, two parameters from 0/1 outcomes are mostly noise
+MIN_PROMPTS = 50  # below this, an ability from 0/1 outcomes is mostly noise
 
 
 def read_outcomes(path: Path, model: str) -> tuple[list[str], np.ndarray]:
@@ -39,21 +39,16 @@ def read_outcomes(path: Path, model: str) -> tuple[list[str], np.ndarray]:
     return list(scores), np.array([np.mean(v) for v in scores.values()])
 
 
-# One unit of precision on the slope: outweighed by 200 prompts spanning the training prompts' spread of difficulty,
-# outweighing 200 prompts of a single task.
-SLOPE_PRIOR_PRECISION = 1.0
-
-
 def add_model(model_dir: Path, name: str, prompts: list[str], outcomes: np.ndarray, source: str) -> dict:
     model = QualityModel(model_dir)
     if name in model.metadata.models:
         raise ValueError(f"{name!r} already has a trained head in {model_dir}")
     trained = model.metadata.models
     d = difficulty(model.predict(prompts)[:, : len(trained)], trained, trained_abilities(model.metadata.raw))
-    # irt.py's step 3 alone, the slope shrunk towards the trained heads' median: a few hundred prompts of one task
-    # span too little difficulty to fix a slope, and an unshrunk one extrapolates to other tasks' prompts.
-    slopes = [b for _, b in model.metadata.raw["abilities"].values()]
-    alpha, beta = fit_rater(d, outcomes, slope_prior=(float(np.median(slopes)), SLOPE_PRIOR_PRECISION))
+    # irt.py's step 3 alone, with the slope the served models share: a few hundred prompts of one task span too
+    # little difficulty to fix a slope of its own, and one that differs would cross the others' curves.
+    beta = float(np.median([b for _, b in model.metadata.raw["abilities"].values()]))
+    alpha = fit_ability(d, outcomes, beta)
     entry: dict[str, float | str] = {"alpha": alpha, "beta": beta, "prompts": len(prompts), "source": source}
     entry["mean_score"] = float(outcomes.mean())
     added = read_added(model_dir)

@@ -37,7 +37,7 @@ FEATURE_SCALE = 0.05
 # standard deviation of length (evaluation/blend.py). Within a task a longer prompt is more often one the weak
 # model fails, which the pooled fit cannot see; at 0.5 the static-embedding model beats the length rule on every
 # leave-one-task-out table (unseen MMLU subjects included, where it lost at 0), and its probabilities still beat
-# the base rates on RouterBench's test split (log loss 0.589 against 0.600; 0.567 at 0). See
+# the base rates on RouterBench's test split (log loss 0.592 against 0.600; 0.567 at 0, slopes per model). See
 # services/classifier/README.md.
 LENGTH_WEIGHT = 0.5
 
