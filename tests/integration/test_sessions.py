@@ -20,9 +20,9 @@ from tests.integration.conftest import Chain
 from tests.integration.test_policy_in_chain import extra_router
 from tests.redis_servers import cache_redis
 
-# Prompts the shipped classifier separates at this quality target: the cheap model is predicted above it
-# for the easy ones (about 0.82 to 0.86), below it for the hard one (about 0.53; the strong model 0.79).
-TARGET = 0.75
+# Prompts the shipped classifier separates at this relative quality target: the cheap model is predicted within
+# it of the strong one for the easy ones (a ratio of about 0.91), not for the hard one (about 0.77: 0.57 / 0.74).
+TARGET = 0.85
 EASY = ["Tell me a joke.", "Write a haiku about the sea."]
 HARD = (
     "Write a Python function that computes the longest palindromic subsequence with O(n^2) DP"
