@@ -81,7 +81,7 @@ class BatchApi:
         _check(body)
         input_id = body["input_file_id"]
         fields = await self.store.get(file_key(input_id))
-        if not fields or fields["tenant"].decode() != tenant:
+        if fields.get("tenant", b"").decode() != tenant:
             raise ApiError(404, f"no file {input_id[:64]!r}", param="input_file_id", code="not_found")
         if fields["purpose"] != b"batch":
             raise ApiError(400, "the input file's purpose is not 'batch'", param="input_file_id", code="invalid_file")
@@ -120,7 +120,7 @@ class BatchApi:
         tenant, _ = self.caller(request)
         batch_id = request.path_params["id"]
         fields = await self.store.get(batch_key(batch_id))
-        if not fields or fields["tenant"].decode() != tenant:
+        if fields.get("tenant", b"").decode() != tenant:  # also a hash of the store that is no batch (`<id>:results`)
             raise ApiError(404, f"no batch {batch_id[:64]!r}", code="not_found")
         return batch_id, fields
 
@@ -128,7 +128,7 @@ class BatchApi:
         tenant, _ = self.caller(request)
         file_id = request.path_params["id"]
         fields = await self.store.get(file_key(file_id))
-        if not fields or fields["tenant"].decode() != tenant:
+        if fields.get("tenant", b"").decode() != tenant:
             raise ApiError(404, f"no file {file_id[:64]!r}", code="not_found")
         return file_id, fields
 

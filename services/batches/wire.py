@@ -22,13 +22,16 @@ def parse_lines(content: bytes) -> list[dict[str, Any]]:
     except UnicodeDecodeError:
         raise ApiError(400, "the batch file is not UTF-8", param="file", code="invalid_file") from None
     lines, seen = [], set()
-    for number, line in enumerate(text.splitlines(), 1):
+    # Lines end at \n alone: str.splitlines would also cut at U+2028, U+2029 and U+0085, legal inside JSON strings.
+    for number, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:
             entry = json.loads(line)
         except ValueError:
             raise _bad(number, "is not JSON") from None
+        except RecursionError:
+            raise _bad(number, "is nested too deeply") from None
         if not isinstance(entry, dict):
             raise _bad(number, "is not a JSON object")
         custom_id = entry.get("custom_id")

@@ -1,0 +1,129 @@
+"""A hostile tenant's requests the edge must answer with a clear 4xx (never a 500, a 5xx blaming the provider, or a
+batch that never ends): deep nesting on every JSON route, ids naming the batch store's internal hashes, bodies
+that grow past the gRPC message limit once encoded for the router, and batch files the router cannot take whole."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import uuid
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from openai import AsyncOpenAI
+
+from services.edge.keys import key_line
+from services.edge.settings import EdgeSettings
+from tests.integration.conftest import Chain, free_port, start_edge
+
+DEEP = b"[" * 100_000 + b"]" * 100_000  # past the interpreter's recursion limit
+
+
+@pytest.fixture
+async def edge(chain: Chain) -> AsyncIterator[tuple[str, dict[str, str], dict[str, str]]]:
+    """(base url, a tenant's auth header, an admin's auth header): an edge with its batches in Redis."""
+    run = secrets.token_hex(4)
+    tenant, admin = (f"t-{run}", f"sk-t-{run}"), (f"ops-{run}", f"sk-ops-{run}")
+    settings = EdgeSettings(
+        port=free_port(),
+        router_addr=chain.router_addr,
+        api_keys=f"{key_line(*tenant)},{key_line(*admin)} admin",
+        batch_redis_url=chain.redis_url,
+        request_timeout_s=20,
+    )
+    server, task, channel = await start_edge(settings)
+    try:
+        yield (
+            f"http://127.0.0.1:{settings.port}/v1",
+            {"authorization": f"Bearer {tenant[1]}"},
+            {"authorization": f"Bearer {admin[1]}"},
+        )
+    finally:
+        server.should_exit = True
+        await task
+        await channel.close()
+
+
+def assert_clear_400(reply: httpx.Response) -> None:
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["error"]["type"] == "invalid_request_error"
+
+
+def line(custom_id: str, content: str, **body: object) -> dict:
+    return {
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": "cheap-model", "messages": [{"role": "user", "content": content}], "max_tokens": 8, **body},
+    }
+
+
+async def finished(client: AsyncOpenAI, batch_id: str, timeout_s: float = 60) -> object:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while loop.time() < deadline:
+        batch = await client.batches.retrieve(batch_id)
+        if batch.status in ("completed", "cancelled", "failed"):
+            return batch
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"batch {batch_id} still {batch.status} after {timeout_s} s")
+
+
+async def test_deep_nesting_is_a_400_on_every_json_route(edge: tuple[str, dict[str, str], dict[str, str]]) -> None:
+    base, tenant, admin = edge
+    deep_line = b'{"custom_id": "d", "method": "POST", "url": "/v1/chat/completions", "body": {"stop": ' + DEEP + b"}}"
+    async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+        assert_clear_400(
+            await http.post("/completions", content=b'{"prompt": "x", "stop": ' + DEEP + b"}", headers=tenant)
+        )
+        assert_clear_400(await http.put("/router/budgets/tenant/anyone", content=DEEP, headers=admin))
+        files = {"file": ("deep.jsonl", deep_line)}
+        assert_clear_400(await http.post("/files", files=files, data={"purpose": "batch"}, headers=tenant))
+
+
+async def test_a_batch_line_with_a_unicode_line_separator_in_a_string_is_valid(
+    edge: tuple[str, dict[str, str], dict[str, str]],
+) -> None:
+    """JSONL lines end at \\n only: U+2028, U+2029 and U+0085 are legal unescaped inside JSON strings."""
+    base, tenant, _ = edge
+    content = "\n".join(
+        json.dumps(line(f"l{i}", f"{uuid.uuid4().hex} a{sep}b"), ensure_ascii=False)
+        for i, sep in enumerate(("\u2028", "\u2029", "\u0085"))
+    )
+    client = AsyncOpenAI(base_url=base, api_key=tenant["authorization"][7:], max_retries=0)
+    try:
+        uploaded = await client.files.create(file=("seps.jsonl", content.encode()), purpose="batch")
+        batch = await client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        batch = await finished(client, batch.id)
+        assert batch.request_counts.completed == 3, batch  # type: ignore[attr-defined]
+    finally:
+        await client.close()
+
+
+async def test_a_batch_id_naming_a_batchs_results_hash_is_a_404(
+    edge: tuple[str, dict[str, str], dict[str, str]],
+) -> None:
+    """`batch:<id>:results` is a hash of the store too, without a tenant field."""
+    base, tenant, _ = edge
+    client = AsyncOpenAI(base_url=base, api_key=tenant["authorization"][7:], max_retries=0)
+    try:
+        uploaded = await client.files.create(
+            file=("one.jsonl", json.dumps(line("x", uuid.uuid4().hex)).encode()), purpose="batch"
+        )
+        batch = await client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        await finished(client, batch.id)
+    finally:
+        await client.close()
+    async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+        for reply in (
+            await http.get(f"/batches/{batch.id}:results", headers=tenant),
+            await http.post(f"/batches/{batch.id}:results/cancel", headers=tenant),
+        ):
+            assert reply.status_code == 404, reply.text
+            assert reply.json()["error"]["code"] == "not_found"
