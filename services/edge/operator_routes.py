@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from llmrouter.v1 import operator_pb2, operator_pb2_grpc, router_pb2_grpc
-from services.edge.openai_api import ApiError, decode_json, parse_request
+from services.edge.openai_api import ApiError, check_encoded_size, decode_json, parse_request
 
 GROUPINGS = ("", "model", "tenant", "day")
 
@@ -101,6 +101,7 @@ class OperatorRoutes:
         parsed, raw = parse_request(await self.edge.read_body(request))
         message = parsed.to_router(raw, tenant, key, uuid.uuid4().hex)
         self.edge.apply_headers(request, message)
+        check_encoded_size(message)
         return JSONResponse(as_json(await self._call(self.router.Decide, message)))
 
     def _who(self, request: Request) -> tuple[str, bool]:

@@ -127,3 +127,60 @@ async def test_a_batch_id_naming_a_batchs_results_hash_is_a_404(
         ):
             assert reply.status_code == 404, reply.text
             assert reply.json()["error"]["code"] == "not_found"
+
+
+async def test_a_long_model_name_is_a_404_without_the_transports_words(
+    edge: tuple[str, dict[str, str], dict[str, str]],
+) -> None:
+    """The router's refusal quotes the name: quoted whole, it overflowed the gRPC metadata limit, and the edge
+    answered 429 with the transport's error text, or 502 blaming a provider."""
+    base, tenant, _ = edge
+    async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+        for length in (6_000, 20_000):
+            body = {"model": "m" * length, "messages": [{"role": "user", "content": "hi"}]}
+            reply = await http.post("/chat/completions", json=body, headers=tenant)
+            assert reply.status_code == 404, (length, reply.text[:300])
+            assert reply.json()["error"]["code"] == "model_not_found" and "metadata" not in reply.text
+
+
+EMOJI = "\U0001f600"  # 4 bytes of UTF-8, 12 once escaped as JSON (\\ud83d\\ude00)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+async def test_a_body_under_the_limit_that_grows_past_the_routers_message_limit_is_a_413(
+    edge: tuple[str, dict[str, str], dict[str, str]], stream: bool
+) -> None:
+    """7.6 MB of emoji in a tool's description is under the 8 MiB body limit, but re-encoded as ASCII JSON for the
+    router it is 23 MB, over gRPC's 16 MiB: that was a 502 'the provider failed to answer'."""
+    base, tenant, _ = edge
+    tools = [{"type": "function", "function": {"name": "f", "description": EMOJI * 1_900_000}}]
+    body = {"messages": [{"role": "user", "content": "hi"}], "tools": tools, "stream": stream}
+    async with httpx.AsyncClient(base_url=base, timeout=60) as http:
+        for path in ("/chat/completions", "/router/decide"):
+            reply = await http.post(path, content=json.dumps(body, ensure_ascii=False).encode(), headers=tenant)
+            assert reply.status_code == 413, (path, reply.text[:300])
+            assert reply.json()["error"]["code"] == "request_too_large"
+
+
+async def test_a_batch_too_large_for_one_router_message_still_ends(
+    edge: tuple[str, dict[str, str], dict[str, str]],
+) -> None:
+    """Lines are offered to the router's SubmitBatch in parts: a part over gRPC's 16 MiB (4 lines of 4.5 MB), or
+    one line over it alone, failed the offer, and the batch was offered again every 15 s, never ending."""
+    base, tenant, _ = edge
+    lines = [line(f"big-{i}", "a" * 4_500_000) for i in range(4)]  # each over the cheap model's window: a 400
+    lines += [line("huge", "b" * 17_000_000), line("small", uuid.uuid4().hex)]
+    client = AsyncOpenAI(base_url=base, api_key=tenant["authorization"][7:], max_retries=0, timeout=120)
+    try:
+        content = "\n".join(json.dumps(x) for x in lines).encode()
+        uploaded = await client.files.create(file=("large.jsonl", content), purpose="batch")
+        batch = await client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        batch = await finished(client, batch.id, timeout_s=40)
+        assert (batch.request_counts.completed, batch.request_counts.failed) == (1, 5), batch  # type: ignore[attr-defined]
+        errors = [json.loads(x) for x in (await client.files.content(batch.error_file_id)).text.splitlines()]  # type: ignore[attr-defined]
+        status = {e["custom_id"]: e["response"]["status_code"] for e in errors}
+        assert status == {**{f"big-{i}": 400 for i in range(4)}, "huge": 413}, status
+    finally:
+        await client.close()
