@@ -37,6 +37,8 @@ def parse_lines(content: bytes) -> list[dict[str, Any]]:
         custom_id = entry.get("custom_id")
         if not isinstance(custom_id, str) or not 0 < len(custom_id) <= MAX_CUSTOM_ID:
             raise _bad(number, f"needs a custom_id string of 1 to {MAX_CUSTOM_ID} characters")
+        if not custom_id.isascii() and not _utf8(custom_id):  # it joins the request id, a protobuf string
+            raise _bad(number, "has a custom_id with a lone UTF-16 surrogate")
         if custom_id in seen:
             raise _bad(number, f"repeats custom_id {custom_id[:64]!r}")
         if entry.get("method") != "POST" or entry.get("url") != ENDPOINT:
@@ -50,6 +52,14 @@ def parse_lines(content: bytes) -> list[dict[str, Any]]:
     if len(lines) > MAX_LINES:
         raise ApiError(400, f"the batch file has over {MAX_LINES} requests", param="file", code="invalid_file")
     return lines
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _bad(number: int, what: str) -> ApiError:

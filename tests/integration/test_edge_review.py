@@ -184,3 +184,18 @@ async def test_a_batch_too_large_for_one_router_message_still_ends(
         assert status == {**{f"big-{i}": 400 for i in range(4)}, "huge": 413}, status
     finally:
         await client.close()
+
+
+async def test_a_custom_id_with_a_lone_surrogate_is_refused_at_upload(
+    edge: tuple[str, dict[str, str], dict[str, str]],
+) -> None:
+    """JSON lets a string escape a lone UTF-16 surrogate, which no request id can carry to the router: accepted at
+    upload, the line failed every run of its batch, which never ended."""
+    base, tenant, _ = edge
+    bad = json.dumps(line("a\ud800b", uuid.uuid4().hex))  # travels as the escape \\ud800
+    async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+        reply = await http.post(
+            "/files", files={"file": ("s.jsonl", bad.encode())}, data={"purpose": "batch"}, headers=tenant
+        )
+    assert_clear_400(reply)
+    assert "line 1" in reply.json()["error"]["message"]
