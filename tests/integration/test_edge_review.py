@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from openai import AsyncOpenAI
+from prometheus_client import REGISTRY
 
 from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
@@ -199,3 +200,55 @@ async def test_a_custom_id_with_a_lone_surrogate_is_refused_at_upload(
         )
     assert_clear_400(reply)
     assert "line 1" in reply.json()["error"]["message"]
+
+
+async def test_a_chunked_upload_past_the_file_limit_is_refused_as_it_arrives(chain: Chain) -> None:
+    """A chunked upload declares no length: the form parser spooled every byte to disk, however many, and the
+    413 came only once the caller stopped sending. Here the caller never stops; the 413 must come anyway."""
+    settings = EdgeSettings(
+        port=free_port(), router_addr=chain.router_addr, batch_max_file_bytes=1024, access_log="off"
+    )
+    server, task, channel = await start_edge(settings)
+    reader, writer = await asyncio.open_connection("127.0.0.1", settings.port)
+    try:
+        head = (
+            "POST /v1/files HTTP/1.1\r\nhost: edge\r\ntransfer-encoding: chunked\r\n"
+            "content-type: multipart/form-data; boundary=b\r\n\r\n"
+        )
+        part = b'--b\r\ncontent-disposition: form-data; name="file"; filename="f.jsonl"\r\n\r\n'
+        writer.write(head.encode() + b"%x\r\n%s\r\n" % (len(part), part))
+        chunk = b"x" * 65_536
+        for _ in range(80):  # 5 MiB, and no last chunk: the upload is never finished
+            writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))  # buffered: an edge that stops reading is fine
+        status = await asyncio.wait_for(reader.readline(), timeout=10)
+        assert status.split(b" ")[1] == b"413", status
+    finally:
+        writer.close()
+        server.should_exit = True
+        await task
+        await channel.close()
+
+
+async def test_a_batch_body_cut_short_by_the_client_is_not_a_500(
+    edge: tuple[str, dict[str, str], dict[str, str]],
+) -> None:
+    base, tenant, _ = edge
+    before = (
+        REGISTRY.get_sample_value("llmrouter_edge_http_requests_total", {"route": "/v1/batches", "status": "500"})
+        or 0.0
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", int(base.split(":")[2].split("/")[0]))
+    try:
+        writer.write(
+            b"POST /v1/batches HTTP/1.1\r\nhost: edge\r\ncontent-length: 1000\r\n"
+            + f"authorization: {tenant['authorization']}\r\n\r\n".encode()
+            + b'{"input_file_id": '
+        )
+        await writer.drain()
+        writer.write_eof()
+        await asyncio.wait_for(reader.read(), timeout=10)
+    finally:
+        writer.close()
+    await asyncio.sleep(0.2)
+    after = REGISTRY.get_sample_value("llmrouter_edge_http_requests_total", {"route": "/v1/batches", "status": "500"})
+    assert (after or 0.0) == before
