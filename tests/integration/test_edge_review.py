@@ -146,6 +146,21 @@ async def test_a_long_model_name_is_a_404_without_the_transports_words(
             assert reply.json()["error"]["code"] == "model_not_found" and "metadata" not in reply.text
 
 
+async def test_a_refusal_quoting_a_long_max_cost_is_a_400(edge: tuple[str, dict[str, str], dict[str, str]]) -> None:
+    """0.00000001 followed by 20,000 zeros is a valid decimal, too small for any model: the router's refusal quotes
+    it for every model, which overflowed gRPC's metadata limit, and the edge answered 502 blaming a provider."""
+    base, tenant, _ = edge
+    tiny = "0.00000001" + "0" * 20_000
+    async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+        ask = {"messages": [{"role": "user", "content": uuid.uuid4().hex}]}
+        for reply in (
+            await http.post("/chat/completions", json={**ask, "max_cost_usd": tiny}, headers=tenant),
+            await http.post("/chat/completions", json=ask, headers={**tenant, "x-router-max-cost-usd": tiny[:12_000]}),
+        ):
+            assert reply.status_code == 400, reply.text[:300]
+            assert reply.json()["error"]["code"] == "no_eligible_model"
+
+
 EMOJI = "\U0001f600"  # 4 bytes of UTF-8, 12 once escaped as JSON (\\ud83d\\ude00)
 
 
