@@ -18,7 +18,7 @@ def parse_lines(content: bytes) -> list[dict[str, Any]]:
     """The input file's requests, or a 400 naming the first bad line: each a JSON object with a unique string
     custom_id, method POST, url /v1/chat/completions and an object body (checked as a request when it runs)."""
     try:
-        text = content.decode("utf-8")
+        text = content.decode("utf-8-sig")  # a leading byte-order mark is no part of the first line
     except UnicodeDecodeError:
         raise ApiError(400, "the batch file is not UTF-8", param="file", code="invalid_file") from None
     lines, seen = [], set()

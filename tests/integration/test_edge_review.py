@@ -103,6 +103,9 @@ async def test_a_batch_line_with_a_unicode_line_separator_in_a_string_is_valid(
         )
         batch = await finished(client, batch.id)
         assert batch.request_counts.completed == 3, batch  # type: ignore[attr-defined]
+        # A byte-order mark (as Windows editors write one) opens a UTF-8 file; it is not part of the first line.
+        bom = b"\xef\xbb\xbf" + json.dumps(line("first", uuid.uuid4().hex)).encode()
+        assert (await client.files.create(file=("bom.jsonl", bom), purpose="batch")).bytes == len(bom)
     finally:
         await client.close()
 
