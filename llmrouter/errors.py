@@ -11,6 +11,10 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 DOMAIN = "llmrouter"
+# A status carries its message twice (grpc-message and the details), and gRPC drops the whole status past 8 KiB of
+# metadata: a message quoting a caller's long value (a max_cost_usd of 20,000 digits) then reached the edge as a
+# transport error. Longer messages are cut; the exception keeps the whole one for logs.
+MAX_MESSAGE_CHARS = 2_000
 _DETAILS_KEY = "grpc-status-details-bin"
 
 
@@ -27,7 +31,7 @@ class ServiceError(Exception):
         super().__init__(message)
         self.code = code
         self.reason = reason
-        self.message = message
+        self.message = message if len(message) <= MAX_MESSAGE_CHARS else message[: MAX_MESSAGE_CHARS - 3] + "..."
         self.metadata = dict(metadata or {})
         # Raised by one of our services (it travels with its ErrorInfo), rather than a call that broke between
         # services (a server that died or drained mid-call), which nobody on the other side answered.

@@ -10,9 +10,10 @@ from collections.abc import Callable
 from typing import Any
 
 from starlette.datastructures import UploadFile
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Message
 
 from services.batches import wire
 from services.batches.runner import Runner, file_fields
@@ -47,7 +48,11 @@ class BatchApi:
         if declared.isdigit() and int(declared) > self.max_file_bytes + 64 * 1024:
             raise ApiError(413, f"file over {self.max_file_bytes} bytes", code="request_too_large")
         try:
-            form = await request.form(max_files=1, max_fields=4, max_part_size=self.max_file_bytes)
+            form = await _bounded(request, self.max_file_bytes + 64 * 1024).form(
+                max_files=1, max_fields=4, max_part_size=self.max_file_bytes
+            )
+        except ApiError:
+            raise
         except Exception:  # starlette's MultiPartException and a malformed or oversized body alike
             raise ApiError(400, "expected a multipart form with file and purpose", code="invalid_file") from None
         upload, purpose = form.get("file"), form.get("purpose")
@@ -81,7 +86,7 @@ class BatchApi:
         _check(body)
         input_id = body["input_file_id"]
         fields = await self.store.get(file_key(input_id))
-        if not fields or fields["tenant"].decode() != tenant:
+        if fields.get("tenant", b"").decode() != tenant:
             raise ApiError(404, f"no file {input_id[:64]!r}", param="input_file_id", code="not_found")
         if fields["purpose"] != b"batch":
             raise ApiError(400, "the input file's purpose is not 'batch'", param="input_file_id", code="invalid_file")
@@ -120,7 +125,7 @@ class BatchApi:
         tenant, _ = self.caller(request)
         batch_id = request.path_params["id"]
         fields = await self.store.get(batch_key(batch_id))
-        if not fields or fields["tenant"].decode() != tenant:
+        if fields.get("tenant", b"").decode() != tenant:  # also a hash of the store that is no batch (`<id>:results`)
             raise ApiError(404, f"no batch {batch_id[:64]!r}", code="not_found")
         return batch_id, fields
 
@@ -128,17 +133,36 @@ class BatchApi:
         tenant, _ = self.caller(request)
         file_id = request.path_params["id"]
         fields = await self.store.get(file_key(file_id))
-        if not fields or fields["tenant"].decode() != tenant:
+        if fields.get("tenant", b"").decode() != tenant:
             raise ApiError(404, f"no file {file_id[:64]!r}", code="not_found")
         return file_id, fields
 
 
+def _bounded(request: Request, limit: int) -> Request:
+    """The request, refused (413) once its body passes limit as it arrives: a chunked upload declares no length,
+    and starlette's form parser spools a file part to disk without bound."""
+    received = 0
+
+    async def receive() -> Message:
+        nonlocal received
+        message = await request.receive()
+        received += len(message.get("body", b""))
+        if received > limit:
+            raise ApiError(413, f"upload over {limit} bytes", code="request_too_large")
+        return message
+
+    return Request(request.scope, receive)
+
+
 async def _small_body(request: Request, limit: int = 64 * 1024) -> bytes:
     body = bytearray()
-    async for part in request.stream():
-        body += part
-        if len(body) > limit:
-            raise ApiError(413, f"request body over {limit} bytes", code="request_too_large")
+    try:
+        async for part in request.stream():
+            body += part
+            if len(body) > limit:
+                raise ApiError(413, f"request body over {limit} bytes", code="request_too_large")
+    except ClientDisconnect:
+        raise ApiError(499, "the client closed the request", code="client_closed_request") from None
     return bytes(body)
 
 

@@ -16,12 +16,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
 
 import grpc
 
+from llmrouter.server import MAX_MESSAGE_BYTES
 from llmrouter.v1 import router_pb2, router_pb2_grpc
 from services.batches import results
 from services.batches.store import Store, batch_key, deferred_key, results_key
@@ -30,6 +31,7 @@ from services.edge.openai_api import ApiError, completion_body, parse_request
 log = logging.getLogger("llmrouter.edge.batches")
 
 PART_LINES = 200  # lines per SubmitBatch call, so each provider batch's results fit one gRPC message
+PART_BYTES = MAX_MESSAGE_BYTES // 2  # and a call's lines fit one, with room for the message's own framing
 COLLECT_IDS = 50  # lines per CollectBatch call: 50 answers of 16k tokens fit one gRPC message
 CALL_S = 300.0  # a part's routing, admission and upload
 UNKNOWN = "provider_batch_outcome_unknown"  # the error file's code of a line charged its hold, without an answer
@@ -50,11 +52,7 @@ class Deferral:
         if batch.get("offered") == b"1":
             return deferred
         pending = [(i, line) for i, line in enumerate(lines) if str(i) not in done and i not in deferred]
-        for start in range(0, len(pending), PART_LINES):
-            requests = [(i, line, _request(batch_id, batch, line)) for i, line in pending[start : start + PART_LINES]]
-            part = [(i, line, request) for i, line, request in requests if request is not None]
-            if not part:
-                continue
+        for part in _parts(batch_id, batch, pending):
             try:
                 reply = await self.router.SubmitBatch(
                     router_pb2.SubmitLinesRequest(lines=[request for _, _, request in part]), timeout=CALL_S
@@ -152,6 +150,27 @@ def _charged_error(message: str, code: str, cost: str) -> dict[str, Any]:
     """A deferred line's error body, with what it is charged (as an answer's x_router.cost_usd): the files' costs
     add up to the ledger's."""
     return {**ApiError(502, message, code=code).body(), "x_router": {"cost_usd": cost}}
+
+
+def _parts(
+    batch_id: str, batch: dict[str, bytes], pending: list[tuple[int, dict[str, Any]]]
+) -> Iterator[list[tuple[int, dict[str, Any], router_pb2.CompleteRequest]]]:
+    """The valid lines in parts of at most PART_LINES lines and PART_BYTES bytes. A line larger alone is not
+    offered but runs through Complete (a 413 past gRPC's limit): one call over the limit failed every offer, and the
+    batch, resumed to offer again, never ended."""
+    part: list[tuple[int, dict[str, Any], router_pb2.CompleteRequest]] = []
+    size = 0
+    for index, line in pending:
+        request = _request(batch_id, batch, line)
+        if request is None or request.ByteSize() > PART_BYTES:
+            continue
+        if len(part) == PART_LINES or size + request.ByteSize() > PART_BYTES:
+            yield part
+            part, size = [], 0
+        part.append((index, line, request))
+        size += request.ByteSize()
+    if part:
+        yield part
 
 
 def _request(batch_id: str, batch: dict[str, bytes], line: dict[str, Any]) -> router_pb2.CompleteRequest | None:

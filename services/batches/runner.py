@@ -27,7 +27,7 @@ from llmrouter.v1 import router_pb2_grpc
 from services.batches import results, wire
 from services.batches.deferral import Deferral
 from services.batches.store import Store, batch_key, file_key, now, results_key
-from services.edge.openai_api import ApiError, completion_body, parse_request
+from services.edge.openai_api import ApiError, check_encoded_size, completion_body, parse_request
 
 log = logging.getLogger("llmrouter.edge.batches")
 
@@ -173,10 +173,11 @@ class Runner:
             parsed, raw = parse_request(json.dumps(body).encode())
             if parsed.stream:
                 raise ApiError(400, "a batch request cannot stream", param="stream", code="invalid_value")
+            message = parsed.to_router(raw, batch["tenant"].decode(), "", request_id)
+            message.api_key_id = batch["key_id"].decode()
+            check_encoded_size(message)
         except ApiError as err:
             return err.status, err.body()
-        message = parsed.to_router(raw, batch["tenant"].decode(), "", request_id)
-        message.api_key_id = batch["key_id"].decode()
         attempt = 0
         while True:
             try:

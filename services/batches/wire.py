@@ -18,22 +18,27 @@ def parse_lines(content: bytes) -> list[dict[str, Any]]:
     """The input file's requests, or a 400 naming the first bad line: each a JSON object with a unique string
     custom_id, method POST, url /v1/chat/completions and an object body (checked as a request when it runs)."""
     try:
-        text = content.decode("utf-8")
+        text = content.decode("utf-8-sig")  # a leading byte-order mark is no part of the first line
     except UnicodeDecodeError:
         raise ApiError(400, "the batch file is not UTF-8", param="file", code="invalid_file") from None
     lines, seen = [], set()
-    for number, line in enumerate(text.splitlines(), 1):
+    # Lines end at \n alone: str.splitlines would also cut at U+2028, U+2029 and U+0085, legal inside JSON strings.
+    for number, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:
             entry = json.loads(line)
         except ValueError:
             raise _bad(number, "is not JSON") from None
+        except RecursionError:
+            raise _bad(number, "is nested too deeply") from None
         if not isinstance(entry, dict):
             raise _bad(number, "is not a JSON object")
         custom_id = entry.get("custom_id")
         if not isinstance(custom_id, str) or not 0 < len(custom_id) <= MAX_CUSTOM_ID:
             raise _bad(number, f"needs a custom_id string of 1 to {MAX_CUSTOM_ID} characters")
+        if not custom_id.isascii() and not _utf8(custom_id):  # it joins the request id, a protobuf string
+            raise _bad(number, "has a custom_id with a lone UTF-16 surrogate")
         if custom_id in seen:
             raise _bad(number, f"repeats custom_id {custom_id[:64]!r}")
         if entry.get("method") != "POST" or entry.get("url") != ENDPOINT:
@@ -47,6 +52,14 @@ def parse_lines(content: bytes) -> list[dict[str, Any]]:
     if len(lines) > MAX_LINES:
         raise ApiError(400, f"the batch file has over {MAX_LINES} requests", param="file", code="invalid_file")
     return lines
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _bad(number: int, what: str) -> ApiError:

@@ -31,6 +31,7 @@ from services.edge.access_log import AccessLog
 from services.edge.openai_api import (
     ESCALATION_MODES,
     ApiError,
+    check_encoded_size,
     chunk_body,
     completion_body,
     models_body,
@@ -176,6 +177,7 @@ class Edge:
         parsed, raw = parse_request(body)
         message = parsed.to_router(raw, tenant, key, request_id)
         self.apply_headers(request, message)
+        check_encoded_size(message)
         timeout = self.settings.request_timeout_s
         if not parsed.stream:
             try:

@@ -8,7 +8,7 @@ import json
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
-from services.edge.openai_api import ApiError
+from services.edge.openai_api import ApiError, decode_json
 
 # Meaningless for a chat model: refused by name instead of silently ignored, unless set to their defaults.
 UNSUPPORTED = {"suffix": ("",), "echo": (False,), "logprobs": (0,), "best_of": (1,)}
@@ -16,10 +16,7 @@ UNSUPPORTED = {"suffix": ("",), "echo": (False,), "logprobs": (0,), "best_of": (
 
 def to_chat(body: bytes) -> bytes:
     """The chat completion request for a legacy one; 400 for what cannot be translated."""
-    try:
-        raw = json.loads(body)
-    except ValueError:
-        raise ApiError(400, "the body is not valid JSON", code="invalid_json") from None
+    raw = decode_json(body)  # strict, as the chat route: a nesting past the recursion limit is a 400 too
     if not isinstance(raw, dict):
         raise ApiError(400, "the body must be a JSON object", code="invalid_request")
     prompt = raw.pop("prompt", None)

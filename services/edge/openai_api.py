@@ -11,6 +11,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
 
 from llmrouter.passthrough import PASSTHROUGH_FIELDS
+from llmrouter.server import MAX_MESSAGE_BYTES
 from llmrouter.v1 import common_pb2, router_pb2
 
 # Body fields the edge maps to the router's request itself.
@@ -218,6 +219,14 @@ class ChatCompletionRequest(BaseModel):
 
 
 KNOWN_FIELDS = MAPPED | PASSTHROUGH_FIELDS
+
+
+def check_encoded_size(message: router_pb2.CompleteRequest) -> None:
+    """A 413 for a request over gRPC's message limit: a body under the edge's limit can still pass it once its
+    tool calls and passthrough fields are re-encoded as ASCII JSON (an emoji of 4 bytes becomes 12)."""
+    if message.ByteSize() > MAX_MESSAGE_BYTES:
+        limit = MAX_MESSAGE_BYTES
+        raise ApiError(413, f"request over {limit} bytes once encoded for the router", code="request_too_large")
 
 
 def parse_request(body: bytes) -> tuple[ChatCompletionRequest, dict[str, Any]]:

@@ -5,7 +5,6 @@ sees all. Bodies are the RPCs' answers as JSON, money as exact decimal strings."
 from __future__ import annotations
 
 import calendar
-import json
 import time
 import uuid
 from collections.abc import Callable
@@ -18,7 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from llmrouter.v1 import operator_pb2, operator_pb2_grpc, router_pb2_grpc
-from services.edge.openai_api import ApiError, parse_request
+from services.edge.openai_api import ApiError, check_encoded_size, decode_json, parse_request
 
 GROUPINGS = ("", "model", "tenant", "day")
 
@@ -87,10 +86,7 @@ class OperatorRoutes:
             raise ApiError(403, "only an admin key may set budgets", code="permission_denied")
         limit: Any = ""
         if request.method == "PUT":
-            try:
-                body = json.loads(await self.edge.read_body(request))
-            except ValueError:
-                raise ApiError(400, 'the body must be JSON: {"limit_usd": "10.00"}') from None
+            body = decode_json(await self.edge.read_body(request))  # strict: deep nesting is a 400, not a 500
             limit = body.get("limit_usd") if isinstance(body, dict) else None
             if not isinstance(limit, str) or not limit:
                 raise ApiError(400, "limit_usd must be a decimal string of USD", param="limit_usd")
@@ -105,6 +101,7 @@ class OperatorRoutes:
         parsed, raw = parse_request(await self.edge.read_body(request))
         message = parsed.to_router(raw, tenant, key, uuid.uuid4().hex)
         self.edge.apply_headers(request, message)
+        check_encoded_size(message)
         return JSONResponse(as_json(await self._call(self.router.Decide, message)))
 
     def _who(self, request: Request) -> tuple[str, bool]:

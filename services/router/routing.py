@@ -49,8 +49,9 @@ class Routing:
         note = ""
         if request.model and request.model != "auto":
             if registry.get(request.model) is None:
+                # Quoted in part: a whole name of kilobytes overflows gRPC's metadata limit on the way back.
                 raise ServiceError(
-                    grpc.StatusCode.NOT_FOUND, "MODEL_NOT_FOUND", f"model {request.model!r} does not exist"
+                    grpc.StatusCode.NOT_FOUND, "MODEL_NOT_FOUND", f"model {request.model[:128]!r} does not exist"
                 )
             options = policy.evaluate(models, None, limits)
             plan, version = policy.explicit(options, request.model), ""
