@@ -297,3 +297,36 @@ async def test_a_buffered_stream_left_keeps_its_hold_until_its_generation_is_cha
     model = load_registry(chain.registry_path).get("cheap-model")
     assert record["outcome"] == "ok"
     assert Decimal(record["cost_usd"]) == model.cost_usd(usage["prompt_tokens"], usage["completion_tokens"])
+
+
+async def test_a_stream_left_during_a_retry_pays_what_the_failed_attempt_consumed_too(slow_upstreams: Chain) -> None:
+    """A tool-call stream cut after its first events had the upstream generating, and it bills that attempt; the
+    providers retry it (the hold, sized for the strong model, leaves room). The caller leaves during the retry,
+    before any token: the attempt in progress is owed at its worst case, and what the cut attempt consumed, which
+    only the providers knew, must be charged on top (once it was not: the cancelled call never said)."""
+    chain, tenant = slow_upstreams, f"retry-left-{uuid.uuid4().hex[:8]}"
+    prompt = f"What is the weather in Paris? {TOOL_CUE} {uuid.uuid4().hex}"
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    request = router_pb2.CompleteRequest(
+        messages=[common_pb2.ChatMessage(role="user", content=prompt)],
+        tenant=tenant,
+        quality_target=0,
+        max_tokens=50,
+        passthrough_json=json.dumps({"tools": tools}),
+    )
+    chain.budget.enqueue(Fault.cut(after_chunks=2), Fault.delay(3.0))
+    sent = len(chain.budget.requests)
+    async with grpc.aio.insecure_channel(chain.router_addr) as channel:
+        call = router_pb2_grpc.RouterStub(channel).CompleteStream(request, timeout=20)
+        decision = (await call.read()).decision
+        for _ in range(100):  # until the retry reached the upstream
+            if len(chain.budget.requests) == sent + 2:
+                break
+            await asyncio.sleep(0.02)
+        call.cancel()
+    chain.budget.faults.clear()
+    assert decision.model == "cheap-model" and len(chain.budget.requests) == sent + 2
+    (record,) = await ledger_of(chain, tenant)
+    assert record["outcome"] == "cancelled"
+    worst = estimate(decision, "cheap-model")
+    assert worst < Decimal(record["cost_usd"]) <= estimate(decision, "strong-model")
