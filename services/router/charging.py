@@ -15,7 +15,7 @@ from llmrouter.registry import ModelSpec
 from llmrouter.v1 import common_pb2, router_pb2
 from services.router import metrics
 from services.router.models import AvailableModels
-from services.router.outbox import Outbox, OutboxCharge
+from services.router.outbox import NotRecorded, Outbox, OutboxCharge
 from services.router.routed import Routed, Served
 from services.router.store import PICO, Store, StoreUnavailable, to_pico
 
@@ -147,7 +147,13 @@ class Charger:
             charged = await self.store.charge(routed.account, routed.hold, to_pico(cost), record)
         except StoreUnavailable:
             # Kept on local disk before the answer is released, and charged once the store is back.
-            await self.outbox.add(OutboxCharge(routed.account, routed.hold, to_pico(cost), record))
+            try:
+                await self.outbox.add(OutboxCharge(routed.account, routed.hold, to_pico(cost), record))
+            except NotRecorded:
+                # Kept nowhere: its pending charge is the reconciler's to charge at the hold. Settled as far as this
+                # request goes, so its clean-up never releases that hold, which would charge the generation nothing.
+                routed.settled = True
+                raise
             charged = True
         routed.settled = True
         if not charged:
