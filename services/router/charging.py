@@ -15,7 +15,7 @@ from llmrouter.registry import ModelSpec
 from llmrouter.v1 import common_pb2, router_pb2
 from services.router import metrics
 from services.router.models import AvailableModels
-from services.router.outbox import NotRecorded, Outbox, OutboxCharge
+from services.router.outbox import Outbox, OutboxCharge
 from services.router.routed import Routed, Served
 from services.router.store import PICO, Store, StoreUnavailable, to_pico
 
@@ -63,6 +63,11 @@ class Charger:
     async def settle(self, routed: Routed, response: router_pb2.CompleteResponse, outcome: str = "ok") -> None:
         """Charge once, whatever happens to the caller meanwhile: the charge runs shielded to its end."""
         _cap_at_hold(routed, response)
+        # Settled from here as far as the request goes: a caller that leaves while the charge is on its way must not
+        # have its clean-up release the hold beside it (replayed first from the outbox, a release would settle the
+        # request at nothing), nor may a charge kept neither by the store nor the outbox (its pending charge left to
+        # the reconciler, at its hold) be released afterwards.
+        routed.settled = True
         await asyncio.shield(self.run_to_end(self._charge(routed, response, outcome)))
 
     async def settle_unsettled(self, routed: Routed, model: ModelSpec) -> None:
@@ -147,13 +152,7 @@ class Charger:
             charged = await self.store.charge(routed.account, routed.hold, to_pico(cost), record)
         except StoreUnavailable:
             # Kept on local disk before the answer is released, and charged once the store is back.
-            try:
-                await self.outbox.add(OutboxCharge(routed.account, routed.hold, to_pico(cost), record))
-            except NotRecorded:
-                # Kept nowhere: its pending charge is the reconciler's to charge at the hold. Settled as far as this
-                # request goes, so its clean-up never releases that hold, which would charge the generation nothing.
-                routed.settled = True
-                raise
+            await self.outbox.add(OutboxCharge(routed.account, routed.hold, to_pico(cost), record))
             charged = True
         routed.settled = True
         if not charged:
