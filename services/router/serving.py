@@ -92,6 +92,7 @@ class Serving:
         self.verifier = verifier
 
     async def generate(self, routed: Routed, context: Any) -> Served:
+        _check_time_left(routed, context)
         order = routed.plan.order
         for index, option in enumerate(order):
             # Token log-probabilities inform escalation, so they are asked for only when it could follow.
@@ -157,6 +158,7 @@ class Serving:
 
     async def generate_stream(self, routed: Routed, context: Any, stream: StreamState) -> AsyncGenerator[str]:
         """Yields deltas and fills `stream`. Falls back to the next model only before the first delta."""
+        _check_time_left(routed, context)
         order = routed.plan.order
         for index, option in enumerate(order):
             stream.model, stream.worst = option.model, worst_usd(routed, option.model)
@@ -209,6 +211,16 @@ class Serving:
             extra={"model": order[index].model.name, "next": following.name, "reason": error.reason},
         )
         metrics.FALLBACKS.labels(order[index].model.name, following.name).inc()
+
+
+def _check_time_left(routed: Routed, context: Any) -> None:
+    """A first attempt, like a fallback, needs time to reach its upstream: made with none (the caller's deadline
+    passed while a unary call's generation, shielded, looked up the cache), it would fail before it did, yet be
+    owed its worst case as an unknown outcome."""
+    if routed.time_left(context) < MIN_FALLBACK_S:
+        raise ServiceError(
+            grpc.StatusCode.DEADLINE_EXCEEDED, "UPSTREAM_TIMEOUT", "no time left for a provider call; none was made"
+        )
 
 
 def generate_request(
