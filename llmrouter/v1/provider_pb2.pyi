@@ -52,12 +52,14 @@ class GenerateResponse(_message.Message):
     def __init__(self, content: _Optional[str] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., cost_usd: _Optional[str] = ..., finish_reason: _Optional[str] = ..., model: _Optional[str] = ..., provider: _Optional[str] = ..., retries: _Optional[int] = ..., latency_ms: _Optional[int] = ..., tool_calls_json: _Optional[str] = ..., mean_logprob: _Optional[float] = ...) -> None: ...
 
 class GenerateChunk(_message.Message):
-    __slots__ = ("delta", "final")
+    __slots__ = ("delta", "final", "consumed")
     DELTA_FIELD_NUMBER: _ClassVar[int]
     FINAL_FIELD_NUMBER: _ClassVar[int]
+    CONSUMED_FIELD_NUMBER: _ClassVar[int]
     delta: str
     final: GenerateResponse
-    def __init__(self, delta: _Optional[str] = ..., final: _Optional[_Union[GenerateResponse, _Mapping]] = ...) -> None: ...
+    consumed: GenerateResponse
+    def __init__(self, delta: _Optional[str] = ..., final: _Optional[_Union[GenerateResponse, _Mapping]] = ..., consumed: _Optional[_Union[GenerateResponse, _Mapping]] = ...) -> None: ...
 
 class SubmitBatchRequest(_message.Message):
     __slots__ = ("model", "requests")

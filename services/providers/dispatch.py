@@ -145,6 +145,9 @@ class Dispatcher:
                         if retry_budget is not None and wasted.cost > retry_budget:
                             # Another attempt could write its all on top: past what the caller holds for the call.
                             raise self._failure(model, request, err, retries, wasted) from None
+                        if wasted.cost or wasted.input_tokens:
+                            # Said before the retry: a caller that leaves during it still knows what to charge.
+                            yield provider_pb2.GenerateChunk(consumed=wasted.response())
                         await self._backoff(model, request, err, retries, deadline, wasted)
                         retries += 1
                         continue
@@ -376,6 +379,12 @@ class Wasted:
             estimated=usage.estimated or self.estimated,
         )
         return total, decimal_str(Decimal(cost) + self.cost)
+
+    def response(self) -> provider_pb2.GenerateResponse:
+        usage = common_pb2.Usage(
+            input_tokens=self.input_tokens, output_tokens=self.output_tokens, estimated=self.estimated
+        )
+        return provider_pb2.GenerateResponse(usage=usage, cost_usd=decimal_str(self.cost))
 
     def metadata(self) -> dict[str, str]:
         return {

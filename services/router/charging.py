@@ -63,6 +63,11 @@ class Charger:
     async def settle(self, routed: Routed, response: router_pb2.CompleteResponse, outcome: str = "ok") -> None:
         """Charge once, whatever happens to the caller meanwhile: the charge runs shielded to its end."""
         _cap_at_hold(routed, response)
+        # Settled from here as far as the request goes: a caller that leaves while the charge is on its way must not
+        # have its clean-up release the hold beside it (replayed first from the outbox, a release would settle the
+        # request at nothing), nor may a charge kept neither by the store nor the outbox (its pending charge left to
+        # the reconciler, at its hold) be released afterwards.
+        routed.settled = True
         await asyncio.shield(self.run_to_end(self._charge(routed, response, outcome)))
 
     async def settle_unsettled(self, routed: Routed, model: ModelSpec) -> None:

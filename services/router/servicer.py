@@ -203,7 +203,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 partial = stream.partial(routed, exc.metadata if isinstance(exc, ServiceError) else {})
                 await self.charger.settle(routed, charging.response(routed, partial), outcome)
             elif not stream.parts and stream.served is None and not isinstance(exc, ServiceError):
-                # Left before the first token: what the upstream generated is unknown, so its worst case.
-                routed.owed += stream.worst
+                # Left before the first token: what the upstream generated is unknown, so its worst case, on top of
+                # what the attempt's failed retries consumed.
+                routed.owed += stream.worst + stream.consumed_usd
                 routed.failure = "cancelled"
             raise

@@ -15,7 +15,7 @@ import grpc
 from llmrouter.errors import ServiceError
 from llmrouter.registry import ModelSpec
 from llmrouter.tokens import count_tokens
-from llmrouter.v1 import provider_pb2, provider_pb2_grpc
+from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc
 from services.router import escalation, metrics, policy
 from services.router.admission import Admission
 from services.router.costs import affordable_output, worst_pico
@@ -51,6 +51,13 @@ class StreamState:
     worst: Decimal = Decimal(0)  # the worst case of the attempt in progress
     parts: list[str] = field(default_factory=list)
     served: Served | None = None
+    # What the providers' failed retries of the attempt in progress consumed (a `consumed` chunk): charged only when
+    # no final chunk or error metadata, which count it again, reaches the router.
+    consumed: common_pb2.Usage = field(default_factory=common_pb2.Usage)
+
+    @property
+    def consumed_usd(self) -> Decimal:
+        return self.model.cost_usd(self.consumed.input_tokens, self.consumed.output_tokens)
 
     def partial(self, routed: Routed, measured: Mapping[str, str]) -> Served:
         """What an interrupted stream served: as the provider measured it, else counted here."""
@@ -58,8 +65,9 @@ class StreamState:
         if "cost_usd" in measured:
             input_tokens, output_tokens = int(measured.get("input_tokens", 0)), int(measured.get("output_tokens", 0))
             cost, estimated = Decimal(measured["cost_usd"]), False
-        else:
-            input_tokens, output_tokens = routed.limits.input_tokens, count_tokens(text)
+        else:  # counted here, with what failed retries consumed (no metadata counted it: the caller left, or a cut)
+            input_tokens = routed.limits.input_tokens + self.consumed.input_tokens
+            output_tokens = count_tokens(text) + self.consumed.output_tokens
             cost, estimated = self.model.cost_usd(input_tokens, output_tokens), True
         return Served(
             self.model,
@@ -84,6 +92,7 @@ class Serving:
         self.verifier = verifier
 
     async def generate(self, routed: Routed, context: Any) -> Served:
+        _check_time_left(routed, context)
         order = routed.plan.order
         for index, option in enumerate(order):
             # Token log-probabilities inform escalation, so they are asked for only when it could follow.
@@ -149,17 +158,22 @@ class Serving:
 
     async def generate_stream(self, routed: Routed, context: Any, stream: StreamState) -> AsyncGenerator[str]:
         """Yields deltas and fills `stream`. Falls back to the next model only before the first delta."""
+        _check_time_left(routed, context)
         order = routed.plan.order
         for index, option in enumerate(order):
             stream.model, stream.worst = option.model, worst_usd(routed, option.model)
+            stream.consumed = common_pb2.Usage()
             request = generate_request(routed, option.model)
             request.retry_budget_usd = format(retry_budget(routed, stream.worst), "f")
             call = self.providers.GenerateStream(request, timeout=routed.time_left(context))
             try:
                 async for chunk in call:
-                    if chunk.WhichOneof("kind") == "delta":
+                    kind = chunk.WhichOneof("kind")
+                    if kind == "delta":
                         stream.parts.append(chunk.delta)
                         yield chunk.delta
+                    elif kind == "consumed":
+                        stream.consumed = chunk.consumed.usage
                     else:
                         stream.served = Served(option.model)
                         stream.served.add(chunk.final, option.model)
@@ -169,8 +183,10 @@ class Serving:
                 error = ServiceError.from_rpc_error(err)
                 if stream.parts:
                     raise error from None
+                if "cost_usd" not in error.metadata:  # the providers' account of its retries never arrived
+                    routed.owed += stream.consumed_usd
                 # Over: what it cost is owed next, so a caller leaving from here on has no attempt in progress.
-                stream.worst = Decimal(0)
+                stream.worst, stream.consumed = Decimal(0), common_pb2.Usage()
                 await self._after_failed_attempt(routed, error, index, routed.time_left(context))
                 continue
             finally:
@@ -195,6 +211,16 @@ class Serving:
             extra={"model": order[index].model.name, "next": following.name, "reason": error.reason},
         )
         metrics.FALLBACKS.labels(order[index].model.name, following.name).inc()
+
+
+def _check_time_left(routed: Routed, context: Any) -> None:
+    """A first attempt, like a fallback, needs time to reach its upstream: made with none (the caller's deadline
+    passed while a unary call's generation, shielded, looked up the cache), it would fail before it did, yet be
+    owed its worst case as an unknown outcome."""
+    if routed.time_left(context) < MIN_FALLBACK_S:
+        raise ServiceError(
+            grpc.StatusCode.DEADLINE_EXCEEDED, "UPSTREAM_TIMEOUT", "no time left for a provider call; none was made"
+        )
 
 
 def generate_request(

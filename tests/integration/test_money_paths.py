@@ -297,3 +297,90 @@ async def test_a_buffered_stream_left_keeps_its_hold_until_its_generation_is_cha
     model = load_registry(chain.registry_path).get("cheap-model")
     assert record["outcome"] == "ok"
     assert Decimal(record["cost_usd"]) == model.cost_usd(usage["prompt_tokens"], usage["completion_tokens"])
+
+
+async def test_a_stream_left_during_a_retry_pays_what_the_failed_attempt_consumed_too(slow_upstreams: Chain) -> None:
+    """A tool-call stream cut after its first events had the upstream generating, and it bills that attempt; the
+    providers retry it (the hold, sized for the strong model, leaves room). The caller leaves during the retry,
+    before any token: the attempt in progress is owed at its worst case, and what the cut attempt consumed, which
+    only the providers knew, must be charged on top (once it was not: the cancelled call never said)."""
+    chain, tenant = slow_upstreams, f"retry-left-{uuid.uuid4().hex[:8]}"
+    prompt = f"What is the weather in Paris? {TOOL_CUE} {uuid.uuid4().hex}"
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    request = router_pb2.CompleteRequest(
+        messages=[common_pb2.ChatMessage(role="user", content=prompt)],
+        tenant=tenant,
+        quality_target=0,
+        max_tokens=50,
+        passthrough_json=json.dumps({"tools": tools}),
+    )
+    chain.budget.enqueue(Fault.cut(after_chunks=2), Fault.delay(3.0))
+    sent = len(chain.budget.requests)
+    async with grpc.aio.insecure_channel(chain.router_addr) as channel:
+        call = router_pb2_grpc.RouterStub(channel).CompleteStream(request, timeout=20)
+        decision = (await call.read()).decision
+        for _ in range(100):  # until the retry reached the upstream
+            if len(chain.budget.requests) == sent + 2:
+                break
+            await asyncio.sleep(0.02)
+        call.cancel()
+    chain.budget.faults.clear()
+    assert decision.model == "cheap-model" and len(chain.budget.requests) == sent + 2
+    (record,) = await ledger_of(chain, tenant)
+    assert record["outcome"] == "cancelled"
+    worst = estimate(decision, "cheap-model")
+    assert worst < Decimal(record["cost_usd"]) <= estimate(decision, "strong-model")
+
+
+class Blackhole:
+    """A cache Redis that stops answering (a partition): connections are taken and never answered once `hang`;
+    before that, closed at once (the router's start-up check finds no server there, and goes on)."""
+
+    def __init__(self) -> None:
+        self.hang = False
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.hang:
+            while await reader.read(1024):
+                pass
+        writer.close()
+
+    async def __aenter__(self) -> Blackhole:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+
+async def test_a_unary_call_whose_deadline_passed_in_a_slow_cache_lookup_is_neither_sent_nor_charged(
+    chain: Chain,
+) -> None:
+    """A unary call's generation runs on after its caller leaves, shielded. When the caller's deadline passes while
+    the response cache does not answer (bypassed after its 1 s timeout), no time is left for a provider call: made
+    all the same, it failed before reaching the upstream and, its outcome looking unknown, was charged its worst
+    case, for a request the caller had already seen fail."""
+    tenant = f"deadline-{uuid.uuid4().hex[:8]}"
+    async with Blackhole() as cache:
+        router = await extra_router(chain, redis_url=chain.redis_url, cache_redis_url=f"redis://127.0.0.1:{cache.port}")
+        cache.hang = True
+        sent = len(chain.budget.requests) + len(chain.premium.requests)
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{router.port}") as channel:
+                with pytest.raises(grpc.aio.AioRpcError) as failed:
+                    await router_pb2_grpc.RouterStub(channel).Complete(ask(tenant), timeout=0.8)
+            await asyncio.sleep(1.5)  # the cache lookup gives up; the generation goes on without its caller
+        finally:
+            await router.stop(1)
+    assert failed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert len(chain.budget.requests) + len(chain.premium.requests) == sent
+    assert await ledger_of(chain, tenant, wait_s=0.5) == []  # released: nothing was generated
+    db = redis.from_url(chain.redis_url)
+    try:
+        assert await db.zcard(AccountKeys.of(Account(tenant, "")).held()[0]) == 0
+    finally:
+        await db.aclose()

@@ -28,7 +28,7 @@ async def collect(
     async for chunk in stub.GenerateStream(req):
         if chunk.HasField("final"):
             final = chunk.final
-        else:
+        elif chunk.HasField("delta"):  # not a `consumed` chunk, which only accounts for a retry
             deltas.append(chunk.delta)
     return deltas, final
 

@@ -186,6 +186,22 @@ async def test_a_tool_call_stream_retried_after_a_cut_charges_both_attempts(stub
     assert Decimal(resp.cost_usd) > Decimal(only_the_retry)
 
 
+async def test_a_tool_call_stream_says_what_the_cut_attempt_consumed_before_retrying(
+    stub, openai_fake: FakeOpenAI
+) -> None:
+    # A caller that leaves during the retry gets no final chunk: the `consumed` chunk sent before the retry is its
+    # only account of what the cut attempt consumed, which the upstream bills.
+    openai_fake.enqueue(Fault.cut(after_chunks=4))
+    chunks = [chunk async for chunk in stub.GenerateStream(tool_request("cheap"))]
+    kinds = [chunk.WhichOneof("kind") for chunk in chunks]
+    assert kinds == ["consumed", "final"]
+    _, _, usage = openai_fake.answer(openai_fake.requests[-1].json)
+    only_the_retry = cost(usage["prompt_tokens"], usage["completion_tokens"], "0.15", "0.60")
+    consumed, final = chunks[0].consumed, chunks[1].final
+    assert Decimal(consumed.cost_usd) == Decimal(final.cost_usd) - Decimal(only_the_retry) > 0
+    assert consumed.usage.input_tokens == final.usage.input_tokens - usage["prompt_tokens"]
+
+
 async def test_a_tool_call_stream_failing_every_attempt_reports_what_they_consumed(
     stub, openai_fake: FakeOpenAI
 ) -> None:

@@ -23,6 +23,7 @@ from llmrouter.v1 import provider_pb2_grpc
 from services.router import admission, charging
 from services.router.models import AvailableModels
 from services.router.outbox import NotRecorded, Outbox
+from services.router.routed import Served
 from services.router.store import (
     Account,
     AccountKeys,
@@ -167,6 +168,34 @@ async def test_a_charge_kept_by_neither_the_store_nor_the_disk_is_never_answered
     direct = redis.from_url(redis_url)
     try:
         assert await holds_and_pending(direct, ACCOUNT) != ([[], []], 0)  # pending: the reconciler charges its hold
+    finally:
+        await direct.aclose()
+
+
+async def test_an_answer_whose_charge_neither_the_store_nor_the_disk_kept_is_never_released_for_nothing(
+    charger: charging.Charger, proxy: LossyProxy, redis_url: str
+) -> None:
+    """An answer was generated (a stream's already delivered), and its charge reached neither the store (a blip)
+    nor the outbox (disk full): MONEY_NOT_RECORDED, its pending charge left for the reconciler to charge at its
+    hold. The servicer's clean-up after a failed request (settle_unsettled) then finds the store back: releasing
+    the hold there, as for a request that owes nothing, would leave the generation charged nothing at all."""
+    gate, r = await routed(request(), admission.Admission(SETTINGS, REGISTRY, charger.store, charger.outbox))
+    await gate.admit(r)
+    assert r.hold is not None
+    model = r.plan.order[0].model
+    served = Served(model, content="an answer", input_tokens=10, output_tokens=5, cost=model.cost_usd(10, 5))
+    charger.outbox.path.unlink()
+    charger.outbox.path.symlink_to("/dev/full")  # every write fails: ENOSPC
+    proxy.go_down()
+    with pytest.raises(NotRecorded):
+        await charger.settle(r, charging.response(r, served))
+    proxy.come_back()
+    await charger.settle_unsettled(r, model)  # the clean-up every request ends with
+    direct = redis.from_url(redis_url)
+    try:
+        assert await holds_and_pending(direct, ACCOUNT) != ([[], []], 0)  # left for the reconciler
+        assert await charger.store.reconcile(SETTINGS.instance_id, 1.0, 0.0) == 1
+        assert await charger.store.spent(ACCOUNT, DAY) == (r.hold.pico, r.hold.pico)
     finally:
         await direct.aclose()
 

@@ -106,3 +106,35 @@ async def test_a_providers_service_gone_after_the_channel_connected_costs_nothin
             await serving.generate(r, NoDeadline())
     assert failed.value.code == grpc.StatusCode.UNAVAILABLE
     assert r.owed == 0, failed.value.message
+
+
+class DeadlineGone:
+    """A caller whose deadline passed before the first attempt: a unary call's generation runs on, shielded, after
+    its caller's deadline (a cache lookup that took the time, a slow admission)."""
+
+    def time_remaining(self) -> float | None:
+        return 0.0
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_a_first_attempt_with_no_time_left_is_neither_made_nor_charged(streamed: bool) -> None:
+    """As a fallback with no time left is not made: the call would fail before reaching the providers, yet, its
+    outcome looking unknown (DEADLINE_EXCEEDED), be charged its worst case."""
+    servicer = Generating()
+    server, port = await start(servicer)
+    gate, r = await routed(request(max_tokens=50))
+    r.registry, r.escalation = REGISTRY, "off"
+    await gate.admit(r)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            serving = Serving(provider_pb2_grpc.ProviderStub(channel), gate)
+            with pytest.raises(ServiceError) as failed:
+                if streamed:
+                    async for _ in serving.generate_stream(r, DeadlineGone(), StreamState(r.plan.order[0].model)):
+                        pass
+                else:
+                    await serving.generate(r, DeadlineGone())
+    finally:
+        await server.stop(0)
+    assert failed.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert r.owed == 0 and not servicer.called.is_set()
