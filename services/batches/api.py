@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from starlette.datastructures import UploadFile
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Message
@@ -18,8 +18,10 @@ from starlette.types import Message
 from services.batches import wire
 from services.batches.runner import Runner, file_fields
 from services.batches.store import Store, batch_key, file_key, now
-from services.edge.openai_api import ApiError, decode_json
+from services.edge.openai_api import ApiError, decode_json, read_limited
 from services.router.store import key_id
+
+SMALL_BODY_BYTES = 64 * 1024  # a batch creation's JSON: ids and metadata, never content
 
 Caller = Callable[[Request], tuple[str, str]]
 
@@ -80,7 +82,7 @@ class BatchApi:
 
     async def create_batch(self, request: Request) -> Response:
         tenant, key = self.caller(request)
-        body = decode_json(await _small_body(request))
+        body = decode_json(await read_limited(request, SMALL_BODY_BYTES))
         if not isinstance(body, dict):
             raise ApiError(400, "request body must be a JSON object", code="invalid_json")
         _check(body)
@@ -152,18 +154,6 @@ def _bounded(request: Request, limit: int) -> Request:
         return message
 
     return Request(request.scope, receive)
-
-
-async def _small_body(request: Request, limit: int = 64 * 1024) -> bytes:
-    body = bytearray()
-    try:
-        async for part in request.stream():
-            body += part
-            if len(body) > limit:
-                raise ApiError(413, f"request body over {limit} bytes", code="request_too_large")
-    except ClientDisconnect:
-        raise ApiError(499, "the client closed the request", code="client_closed_request") from None
-    return bytes(body)
 
 
 def _check(body: dict[str, Any]) -> None:

@@ -15,7 +15,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import Counter, Histogram
 from starlette.applications import Starlette
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -36,6 +36,7 @@ from services.edge.openai_api import (
     completion_body,
     models_body,
     parse_request,
+    read_limited,
     router_extension,
     tool_calls_delta,
     usage_body,
@@ -270,19 +271,7 @@ class Edge:
             message.buffer_stream = headers["x-router-buffer-stream"] == "true"
 
     async def read_body(self, request: Request) -> bytes:
-        limit = self.settings.max_body_bytes
-        declared = request.headers.get("content-length", "")
-        if declared.isascii() and declared.isdigit() and int(declared) > limit:
-            raise ApiError(413, f"request body over {limit} bytes", code="request_too_large")
-        body = bytearray()
-        try:
-            async for part in request.stream():
-                body += part
-                if len(body) > limit:
-                    raise ApiError(413, f"request body over {limit} bytes", code="request_too_large")
-        except ClientDisconnect:
-            raise ApiError(499, "the client closed the request", code="client_closed_request") from None
-        return bytes(body)
+        return await read_limited(request, self.settings.max_body_bytes)
 
     async def models(self, request: Request) -> Response:
         self.caller(request)

@@ -9,6 +9,7 @@ from decimal import Decimal
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
+from starlette.requests import ClientDisconnect, Request
 
 from llmrouter.passthrough import PASSTHROUGH_FIELDS
 from llmrouter.server import MAX_MESSAGE_BYTES
@@ -408,3 +409,20 @@ def models_body(models: list[common_pb2.ModelInfo]) -> dict[str, Any]:
         for m in models
     ]
     return {"object": "list", "data": entries}
+
+
+async def read_limited(request: Request, limit: int) -> bytes:
+    """The request's body, refused (413) as soon as it passes `limit` bytes, declared or not: a chunked body has no
+    length to check up front. A caller that leaves mid-body is a 499, never a 500."""
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"request body over {limit} bytes", code="request_too_large")
+    body = bytearray()
+    try:
+        async for part in request.stream():
+            body += part
+            if len(body) > limit:
+                raise ApiError(413, f"request body over {limit} bytes", code="request_too_large")
+    except ClientDisconnect:
+        raise ApiError(499, "the client closed the request", code="client_closed_request") from None
+    return bytes(body)

@@ -20,6 +20,7 @@ from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
 from tests.integration.conftest import Chain, free_port, start_edge
 from tests.integration.test_policy_in_chain import extra_router
+from tests.integration.test_provider_batches import finished
 
 DEEP = b"[" * 100_000 + b"]" * 100_000  # past the interpreter's recursion limit
 
@@ -61,17 +62,6 @@ def line(custom_id: str, content: str, **body: object) -> dict:
         "url": "/v1/chat/completions",
         "body": {"model": "cheap-model", "messages": [{"role": "user", "content": content}], "max_tokens": 8, **body},
     }
-
-
-async def finished(client: AsyncOpenAI, batch_id: str, timeout_s: float = 60) -> object:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while loop.time() < deadline:
-        batch = await client.batches.retrieve(batch_id)
-        if batch.status in ("completed", "cancelled", "failed"):
-            return batch
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"batch {batch_id} still {batch.status} after {timeout_s} s")
 
 
 async def test_deep_nesting_is_a_400_on_every_json_route(edge: tuple[str, dict[str, str], dict[str, str]]) -> None:
