@@ -5,7 +5,8 @@ edge's batches.
 
 Each line's result is written once to the store, so a restarted edge resumes a batch where it stopped. A
 line the router never admitted (the router unreachable or restarting, the money store down, a rate limit)
-is retried with the same request id; any other failure is the line's error (the error file). Stopping the
+is retried with the same request id, its batch parked until the router's retry time (pending.py) so that its
+lines hold no slot meanwhile; any other failure is the line's error (the error file). Stopping the
 edge stops taking lines and lets those in flight finish; a crash loses the results of lines in flight,
 whose retry the router then refuses as a duplicate (charged once, in the ledger, and in the error file)."""
 
@@ -14,8 +15,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
+import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -26,6 +30,7 @@ from llmrouter.tasks import stop as stop_task
 from llmrouter.v1 import router_pb2_grpc
 from services.batches import results, wire
 from services.batches.deferral import Deferral
+from services.batches.pending import Pending
 from services.batches.store import Store, batch_key, file_key, now, results_key
 from services.edge.openai_api import ApiError, check_encoded_size, completion_body, parse_request
 
@@ -34,9 +39,17 @@ log = logging.getLogger("llmrouter.edge.batches")
 RUNNING = Gauge("llmrouter_edge_batches_running", "Batches this edge is running")
 
 LEASE_S = 30  # an edge that stops renewing (crashed) loses its batches to another within this
-RETRY_S = (0.2, 0.5, 1.0, 2.0, 5.0)  # then every 5 s, until the router admits the line
+STOP_CHECK_S = 0.1  # a parked batch of a stopping edge, or one that lost its lease, leaves within this
+CANCEL_CHECK_S = 1.0  # and a parked batch cancelled, perhaps through another edge, ends within this
 
 ErrorFor = Callable[[grpc.RpcError, str], ApiError]
+
+
+@dataclass(frozen=True)
+class Refused:
+    """The router did not admit a line for now; retry_after_s: when it said to try again, if it did."""
+
+    retry_after_s: float | None
 
 
 class Runner:
@@ -117,20 +130,31 @@ class Runner:
             if deferred is None:
                 return  # the router is out of reach: resumed later
             done = await self.store.get(results_key(batch_id))
+            pending = Pending(i for i in range(len(lines)) if str(i) not in done and i not in deferred)
             cancelled = False
+            checked = 0.0  # when a parked batch last looked for a cancel
             async with asyncio.TaskGroup() as group:
-                for index, line in enumerate(lines):
-                    if str(index) in done or index in deferred:
+                while (wait_s := pending.wait_s()) is not None:
+                    if self.stopping or renewing.done():  # stopping, or the lease is lost: another edge resumes
+                        return
+                    if wait_s > 0:  # parked, holding no slot; or only lines in flight are left
+                        await pending.changed(min(wait_s, STOP_CHECK_S))
+                        if pending.parked() and time.monotonic() - checked >= CANCEL_CHECK_S:
+                            checked = time.monotonic()
+                            if await self._cancelling(batch_id):
+                                cancelled = True
+                                break
                         continue
                     await self.slots.acquire()
-                    if self.stopping or renewing.done():  # stopping, or the lease is lost: another edge resumes
+                    if pending.wait_s() != 0 or self.stopping or renewing.done():  # parked, or stopping, meanwhile
                         self.slots.release()
-                        return
-                    if (await self.store.get(batch_key(batch_id))).get("status") == b"cancelling":
+                        continue
+                    if await self._cancelling(batch_id):
                         self.slots.release()
                         cancelled = True  # the lines in flight finish; no more are sent
                         break
-                    group.create_task(self._line(batch_id, batch, index, line))
+                    index = pending.take()
+                    group.create_task(self._line(batch_id, batch, index, lines[index], pending))
             # The lines in provider batches finish too, cancelled or not: they run at the provider.
             if not await self.deferral.collect(
                 batch_id, batch, lines, deferred, lambda: not (self.stopping or renewing.done())
@@ -154,21 +178,28 @@ class Runner:
                 log.warning("batch lease not renewed; stopping", extra={"id": batch_id}, exc_info=True)
                 return
 
-    async def _line(self, batch_id: str, batch: dict[str, bytes], index: int, line: dict[str, Any]) -> None:
+    async def _cancelling(self, batch_id: str) -> bool:
+        return (await self.store.get(batch_key(batch_id))).get("status") == b"cancelling"
+
+    async def _line(
+        self, batch_id: str, batch: dict[str, bytes], index: int, line: dict[str, Any], pending: Pending
+    ) -> None:
         try:
             custom_id = line["custom_id"]
             answered = await self._complete(batch, f"{batch_id}:{custom_id}", line["body"])
-            if answered is None:
-                return  # stopping before the router admitted it: the next run sends it
+            if isinstance(answered, Refused):
+                pending.refused(index, answered.retry_after_s)  # it waits parked, holding no slot
+                return
             status, body = answered
             cost = body.get("x_router", {}).get("cost_usd", "0") if status == 200 else "0"
             await results.record(self.store, batch_id, index, custom_id, status, body, cost)
+            pending.finished()
         finally:
             self.slots.release()
 
-    async def _complete(self, batch: dict[str, bytes], request_id: str, body: Any) -> tuple[int, Any] | None:
-        """(HTTP status, body) of one line, as POST /v1/chat/completions would answer it; None when the edge
-        stops before the router admitted it."""
+    async def _complete(self, batch: dict[str, bytes], request_id: str, body: Any) -> tuple[int, Any] | Refused:
+        """(HTTP status, body) of one line, as POST /v1/chat/completions would answer it; Refused when the router
+        did not admit it (nothing claimed, nothing charged): the line is sent again, with the same request id."""
         try:
             parsed, raw = parse_request(json.dumps(body).encode())
             if parsed.stream:
@@ -178,20 +209,15 @@ class Runner:
             check_encoded_size(message)
         except ApiError as err:
             return err.status, err.body()
-        attempt = 0
-        while True:
-            try:
-                response = await self.router.Complete(message, timeout=self.timeout_s)
-            except grpc.RpcError as err:
-                if not not_admitted(ServiceError.from_rpc_error(err)):
-                    error = self.error_for(err, request_id)
-                    return error.status, error.body()
-                if self.stopping:
-                    return None
-                await asyncio.sleep(RETRY_S[min(attempt, len(RETRY_S) - 1)])
-                attempt += 1
-                continue
-            return 200, completion_body(response)
+        try:
+            response = await self.router.Complete(message, timeout=self.timeout_s)
+        except grpc.RpcError as err:
+            error = ServiceError.from_rpc_error(err)
+            if not_admitted(error):
+                return Refused(_seconds(error.metadata.get("retry_after_s", "")))
+            api_error = self.error_for(err, request_id)
+            return api_error.status, api_error.body()
+        return 200, completion_body(response)
 
     async def _finish(self, batch_id: str, batch: dict[str, bytes], total: int, cancelled: bool) -> None:
         """The output and error files of the lines that finished, in input order; ids derived from the batch,
@@ -230,6 +256,15 @@ def not_admitted(error: ServiceError) -> bool:
     unreachable, or stopping (a restart) and dropping the call unserved; with the ErrorInfo (reason
     UPSTREAM_ERROR: the router's own call to the providers broke), the request was admitted."""
     return error.unanswered or error.reason in ("STORE_UNAVAILABLE", "RATE_LIMITED")
+
+
+def _seconds(text: str) -> float | None:
+    """The router's retry_after_s, when it gave a usable one."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value >= 0 else None
 
 
 def file_fields(tenant: str, filename: str, content: bytes, purpose: str = "batch_output") -> dict[str, str | bytes]:
