@@ -73,7 +73,7 @@ async def test_a_lost_reply_to_a_hold_extension_leaves_no_hold_behind(
         await direct.script_load(lua.EXTEND)  # the extension itself is the next reply, not a NOSCRIPT
         proxy.lose_next_reply()
         assert not await gate.cover(r, admitted.pico + 1_000)  # no fallback; never STORE_UNAVAILABLE once admitted
-        grown = f"{admitted.pico + 1_000}:{r.request_id}".encode()
+        grown = AccountKeys.of(ACCOUNT).hold_member(admitted.pico + 1_000, r.request_id).encode()
         assert await holds_and_pending(direct, ACCOUNT) == ([[grown], [grown]], 1)  # the store did grow it
         assert r.hold == admitted  # ... and the router never learned it
         if settle == "charge":
@@ -215,7 +215,8 @@ async def test_an_admission_sent_again_after_a_lost_reply_is_admitted_once(
         monkeypatch.setattr(time, "time", lambda: 1_800_000_000.25)
         assert (await store.admit(account, allowance, hold)).refused == ""
         assert (await store.admit(account, allowance, hold)).refused == ""  # the resend
-        assert await holds_and_pending(direct, account) == ([[hold.member.encode()]] * 2, 1)
+        member = AccountKeys.of(account).hold_member(hold.pico, hold.request_id).encode()
+        assert await holds_and_pending(direct, account) == ([[member]] * 2, 1)
         assert await direct.get(AccountKeys.of(account).rate(time.time())) == b"1"  # counted once
         monkeypatch.setattr(time, "time", lambda: 1_800_000_000.5)
         assert (await store.admit(account, allowance, hold)).refused == "duplicate"  # another admission

@@ -184,7 +184,9 @@ async def test_the_reconciler_settles_a_dead_routers_pending_charges_at_their_ho
             assert [r["request_id"] for r in records] == ["r-dead", "r-dead-2"]
             assert {r["outcome"] for r in records} == {"reconciled"}
             assert records[0]["cost_usd"] == "0.000000007"  # the hold, 7,000 pico-dollars
-            assert await client.zrange(AccountKeys.of(account).held()[0], 0, -1) == [b"7000:r-alive"]
+            assert await client.zrange(AccountKeys.of(account).held()[0], 0, -1) == [
+                AccountKeys.of(account).hold_member(7_000, "r-alive").encode()
+            ]
         finally:
             await client.aclose()
     finally:

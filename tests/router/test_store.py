@@ -5,20 +5,26 @@ configured."""
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+import time
 from collections.abc import AsyncIterator
+from dataclasses import asdict
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
 from llmrouter.redis_connect import connect
 from services.router.store import (
+    HOLD_S,
     SHARDS,
     Account,
     AccountKeys,
     Allowance,
     Hold,
     MemoryStore,
+    Pending,
     RedisStore,
     Store,
     Verdict,
@@ -233,20 +239,57 @@ async def test_a_loop_reading_the_store_stops_at_its_first_cancellation(any_redi
         await store.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a key's holds are one set per shard, their members '<pico>:<request id>' without the tenant: the same "
-    "key id (anonymous) in two tenants of a shard, with one request id each, is held once (see the report)",
-)
+def two_tenants_of_one_shard() -> tuple[str, str]:
+    first = "tenant-0"
+    return first, next(f"tenant-{n}" for n in range(1, 1000) if shard_of(f"tenant-{n}") == shard_of(first))
+
+
 async def test_a_key_shared_by_two_tenants_holds_each_tenants_request(store: Store) -> None:
     """A trusted caller acting for tenants without API keys pays as the key 'anonymous' in each. Request ids are
     per tenant, so both tenants may send 'r1': each must be held against the key's budget, or a third request
     is admitted past it (and one tenant's charge drops the other's hold)."""
-    first = "tenant-0"
-    second = next(f"tenant-{n}" for n in range(1, 1000) if shard_of(f"tenant-{n}") == shard_of(first))
+    first, second = two_tenants_of_one_shard()
     allowance = Allowance("day", key_pico=2_000)
     for tenant in (first, second):
-        hold = Hold("r1", 1_000, period_id("day"), "router-1")
-        assert (await store.admit(Account(tenant, "anonymous"), allowance, hold)).refused == ""
-    third = Hold("r2", 1_000, period_id("day"), "router-1")
+        assert (await store.admit(Account(tenant, "anonymous"), allowance, hold("r1", 1_000))).refused == ""
+    third = hold("r2", 1_000)
     assert (await store.admit(Account(first, "anonymous"), allowance, third)).refused == "key"
+    # One tenant's charge settles its own hold: the other's stays held against the key.
+    assert await store.charge(Account(first, "anonymous"), hold("r1", 1_000), 1_000, {})
+    assert await store.held_pico(Account(second, "anonymous")) == (1_000, 1_000)
+    assert (await store.admit(Account(first, "anonymous"), allowance, third)).refused == "key"
+
+
+async def admit_as_before_holds_named_the_tenant(client: Any, account: Account, admitted: Hold) -> None:
+    """What a router from before hold members named the tenant wrote on admission (the same ADMIT script, its hold
+    member '<pico>:<request id>'): met in Redis during a rolling upgrade."""
+    keys, pending = AccountKeys.of(account), Pending.of(account, admitted)
+    for held in keys.held():
+        await client.zadd(held, {f"{admitted.pico}:{admitted.request_id}": int(time.time()) + HOLD_S})
+    await client.hset(keys.pending, pending.field, json.dumps(asdict(pending)))
+
+
+async def test_holds_written_before_they_named_the_tenant_are_settled_with_their_request(any_redis_url: str) -> None:
+    """A charge, release or extension drops such a hold from the tenant's and the key's set, and an extension
+    does not count it beside its grown self; another tenant's hold of the same request id under the key stays."""
+    store, client = RedisStore(any_redis_url), connect(any_redis_url)
+    first, second = (Account(tenant, "anonymous") for tenant in two_tenants_of_one_shard())
+    try:
+        for request_id in ("r1", "r2", "r3"):
+            await admit_as_before_holds_named_the_tenant(client, first, hold(request_id, 1_000))
+        assert (await store.admit(second, Allowance("day"), hold("r1", 1_000))).refused == ""
+        assert await store.held_pico(first) == (3_000, 4_000)
+        assert await store.charge(first, hold("r1", 1_000), 1_000, {})
+        assert await store.held_pico(first) == (2_000, 3_000)
+        await store.release(first, hold("r2", 1_000))
+        assert await store.held_pico(first) == (1_000, 2_000)
+        # Spend 1,000 + the grown hold 3,000 fit 4,000; the old hold counted beside it would not.
+        assert await store.extend(first, Allowance("day", tenant_pico=4_000), hold("r3", 1_000), 3_000) == ""
+        assert await store.held_pico(first) == (3_000, 4_000)
+        assert await store.charge(first, hold("r3", 1_000), 3_000, {})
+        keys = AccountKeys.of(first)
+        assert await client.zrange(keys.held()[0], 0, -1) == []
+        assert await client.zrange(keys.held()[1], 0, -1) == [AccountKeys.of(second).hold_member(1_000, "r1").encode()]
+    finally:
+        await client.aclose()
+        await store.close()

@@ -98,8 +98,15 @@ class AccountKeys:
         return f"{self._tenant}:spend:{period}", f"{self._key}:spend:{period}"
 
     def held(self) -> tuple[str, str]:
-        """Sorted sets of '<pico>:<request id>' members, scored by expiry."""
+        """Sorted sets of hold_member(...) members, scored by expiry. The key's set is the key id's in the shard,
+        as its spend: an id such as 'anonymous', used by many tenants, holds each tenant's requests there."""
         return f"{self._tenant}:held", f"{self._key}:held"
+
+    def hold_member(self, pico: int, request_id: str) -> str:
+        """A request's member in both holds sets: '<pico>:<tenant hex>:<request id>'. Request ids are per tenant,
+        so the tenant keeps two tenants' same-id requests apart in the key's set. Members written before this had
+        no tenant ('<pico>:<request id>'); the scripts still settle those (lua.py, _HELD)."""
+        return f"{pico}:{self.tenant_hex}:{request_id}"
 
     def used(self, request_id: str) -> str:
         """Set at admission: a request id is admitted once per tenant."""

@@ -22,13 +22,33 @@ end
 # The hold the store holds for a request: the one its pending charge records. A router may know a smaller one: when
 # the reply to a hold's extension is lost (a dropped connection, a caller that left) the store may have grown it
 # all the same. Settling or growing a hold acts on this one, so none lingers, whatever reply went missing. A hold
-# member is '<pico>:<request id>'; the pending record is JSON, its hold_pico written by the router's json.dumps.
+# member is '<pico>:<tenant hex>:<request id>' (keys.py, hold_member); the pending record is JSON, its hold_pico
+# written by the router's json.dumps.
+# Routers from before members named the tenant wrote '<pico>:<request id>'. Such a hold, met during a rolling
+# upgrade, is dropped with its request: it is the tenant's when the tenant's own set holds it (request ids are
+# per tenant), and then its copy in the key's set goes too (which, as then, may stand for the same request id
+# of another tenant of the key: both were held once). One never settled lapses at its expiry like any other.
+# The pico still leads, behind no other ':', so those routers sum and grow members of either form alike.
 _HELD = """
 local function held_member(pending_key, field, member)
   local record = redis.call('HGET', pending_key, field)
   local pico = record and string.match(record, '"hold_pico":%s*(%d+)')
   if not pico then return member end
   return pico .. string.match(member, '^%d+(:.*)$')
+end
+local function tenantless_member(tenant_holds, member)
+  local old = string.gsub(member, '^(%d+):%x*:', '%1:', 1)
+  if redis.call('ZSCORE', tenant_holds, old) then return old end
+  return false
+end
+local function drop_hold(tenant_holds, key_holds, members)
+  for _, member in ipairs(members) do
+    local old = tenantless_member(tenant_holds, member)
+    for _, holds in ipairs({tenant_holds, key_holds}) do
+      redis.call('ZREM', holds, member)
+      if old then redis.call('ZREM', holds, old) end
+    end
+  end
 end
 """
 
@@ -111,9 +131,7 @@ CHARGE = (
     + """
 -- KEYS: charged marker, tenant spend, key spend, ledger, tenant holds, key holds, pending charges
 -- ARGV: pico, marker ttl, record, spend ttl, hold member, pending field, late ('1': only if still pending)
-local held = held_member(KEYS[7], ARGV[6], ARGV[5])
-redis.call('ZREM', KEYS[5], ARGV[5], held)
-redis.call('ZREM', KEYS[6], ARGV[5], held)
+drop_hold(KEYS[5], KEYS[6], {ARGV[5], held_member(KEYS[7], ARGV[6], ARGV[5])})
 if redis.call('HDEL', KEYS[7], ARGV[6]) == 0 and ARGV[7] == '1' then return 0 end
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2]) then return 0 end
 for i = 2, 3 do
@@ -137,6 +155,7 @@ EXTEND = (
 -- A request already settled has no hold to grow (its extension arrived late): refused, nothing made again.
 if redis.call('HEXISTS', KEYS[6], ARGV[7]) == 0 then return 'settled' end
 local old = held_member(KEYS[6], ARGV[7], ARGV[3])
+local tenantless = tenantless_member(KEYS[2], old)
 local budgets = {{KEYS[1], KEYS[2], ARGV[1], ARGV[9], 'tenant'}, {KEYS[3], KEYS[4], ARGV[2], ARGV[10], 'key'}}
 for _, b in ipairs(budgets) do
   local limit = redis.call('HGET', KEYS[5], b[4]) or b[3]
@@ -145,7 +164,7 @@ for _, b in ipairs(budgets) do
     local n_hi, n_lo = split(ARGV[5])
     u_hi, u_lo = add(u_hi, u_lo, n_hi, n_lo)
     for _, held in ipairs(redis.call('ZRANGE', b[2], 0, -1)) do
-      if held ~= old then
+      if held ~= old and held ~= tenantless then
         local h_hi, h_lo = split(string.match(held, '^(%d+):'))
         u_hi, u_lo = add(u_hi, u_lo, h_hi, h_lo)
       end
@@ -154,8 +173,8 @@ for _, b in ipairs(budgets) do
     if less(l_hi, l_lo, u_hi, u_lo) then return b[5] end
   end
 end
+drop_hold(KEYS[2], KEYS[4], {old})
 for _, b in ipairs(budgets) do
-  redis.call('ZREM', b[2], old)
   redis.call('ZADD', b[2], ARGV[6], ARGV[4])
   outlive_holds(b[2])
 end
@@ -169,9 +188,7 @@ RELEASE = (
     + _HELD
     + """
 -- KEYS: tenant holds, key holds, pending charges; ARGV: hold member, pending field
-local held = held_member(KEYS[3], ARGV[2], ARGV[1])
-redis.call('ZREM', KEYS[1], ARGV[1], held)
-redis.call('ZREM', KEYS[2], ARGV[1], held)
+drop_hold(KEYS[1], KEYS[2], {ARGV[1], held_member(KEYS[3], ARGV[2], ARGV[1])})
 redis.call('HDEL', KEYS[3], ARGV[2])
 """
 )
@@ -187,9 +204,7 @@ UNDO = (
 redis.call('SET', KEYS[5], '1', 'EX', ARGV[4])
 local record = redis.call('HGET', KEYS[3], ARGV[2])
 if not record or string.match(record, '"nonce":%s*"(%x*)"') ~= ARGV[3] then return 0 end
-local held = held_member(KEYS[3], ARGV[2], ARGV[1])
-redis.call('ZREM', KEYS[1], held)
-redis.call('ZREM', KEYS[2], held)
+drop_hold(KEYS[1], KEYS[2], {held_member(KEYS[3], ARGV[2], ARGV[1])})
 redis.call('HDEL', KEYS[3], ARGV[2])
 redis.call('DEL', KEYS[4])
 return 1

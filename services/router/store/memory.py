@@ -89,7 +89,7 @@ class MemoryStore:
             self.rate_counts[subject] = self.rate_counts.get(subject, 0) + 1
         self.used.add(keys.used(hold.request_id))
         for held_key in keys.held():
-            self.held[held_key][hold.member] = (hold.until or now + HOLD_S, hold.pico)
+            self.held[held_key][keys.hold_member(hold.pico, hold.request_id)] = (hold.until or now + HOLD_S, hold.pico)
         pending = Pending.of(account, hold)
         self.pending[pending.field] = pending
         return Verdict("")
@@ -109,23 +109,25 @@ class MemoryStore:
     async def extend(self, account: Account, allowance: Allowance, hold: Hold, pico: int) -> str:
         if pending_field(account, hold.request_id) not in self.pending:
             return "settled"
-        held = self._held(account, hold)
+        keys = AccountKeys.of(account)
+        held = keys.hold_member(self._held(account, hold).pico, hold.request_id)
         for spend_key, held_key, limit, name in self._budgets(account, allowance, hold.period):
-            others = sum(p for m, (_, p) in self.held.get(held_key, {}).items() if m != held.member)
+            others = sum(p for m, (_, p) in self.held.get(held_key, {}).items() if m != held)
             if limit is not None and self.counters.get(spend_key, 0) + others + pico > limit:
                 return name
         await self.release(account, hold)
         grown = replace(hold, pico=pico)
-        for held_key in AccountKeys.of(account).held():
-            self.held.setdefault(held_key, {})[grown.member] = (time.time() + HOLD_S, pico)
+        for held_key in keys.held():
+            self.held.setdefault(held_key, {})[keys.hold_member(pico, hold.request_id)] = (time.time() + HOLD_S, pico)
         pending = Pending.of(account, grown)
         self.pending[pending.field] = pending
         return ""
 
     async def release(self, account: Account, hold: Hold) -> None:
-        held = self._held(account, hold)
-        for held_key in AccountKeys.of(account).held():
-            for member in {hold.member, held.member}:
+        keys = AccountKeys.of(account)
+        members = {keys.hold_member(each.pico, hold.request_id) for each in (hold, self._held(account, hold))}
+        for held_key in keys.held():
+            for member in members:
                 self.held.get(held_key, {}).pop(member, None)
         self.pending.pop(pending_field(account, hold.request_id), None)
 

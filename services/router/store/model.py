@@ -64,10 +64,6 @@ class Hold:
     # A deferred request's (a provider batch line's): when its hold lapses, Unix seconds; 0: HOLD_S after admission.
     until: float = 0.0
 
-    @property
-    def member(self) -> str:
-        return f"{self.pico}:{self.request_id}"
-
 
 @dataclass(frozen=True)
 class Pending:

@@ -82,7 +82,7 @@ def _text(value: Any) -> str:
 
 
 def _held_sum(members: list[Any]) -> int:
-    """Hold members are '<pico>:<request id>'."""
+    """Hold members begin '<pico>:' (keys.py, hold_member; and those written before members named the tenant)."""
     return sum(int(_text(m).split(":", 1)[0]) for m in members)
 
 
@@ -127,7 +127,7 @@ class RedisStore:
             allowance.per_minute,
             *_limit_args(allowance),
             now,
-            hold.member,
+            keys.hold_member(hold.pico, hold.request_id),
             int(hold.until) if hold.until else int(now) + HOLD_S,
             self.request_id_ttl_s,
             hold.pico,
@@ -150,7 +150,7 @@ class RedisStore:
             self.request_id_ttl_s,
             json.dumps(record),
             spend_ttl_s(hold.period),
-            hold.member,
+            keys.hold_member(hold.pico, hold.request_id),
             pending_field(account, hold.request_id),
             "1" if late else "0",
         ]
@@ -165,8 +165,8 @@ class RedisStore:
         pending = Pending.of(account, grown)
         args = [
             *_limit_args(allowance),
-            hold.member,
-            grown.member,
+            keys.hold_member(hold.pico, hold.request_id),
+            keys.hold_member(pico, hold.request_id),
             pico,
             int(time.time()) + HOLD_S,
             pending.field,
@@ -180,16 +180,16 @@ class RedisStore:
 
     async def release(self, account: Account, hold: Hold) -> None:
         keys = AccountKeys.of(account)
+        args = [keys.hold_member(hold.pico, hold.request_id), pending_field(account, hold.request_id)]
         async with self._call():
-            await self._release(
-                keys=[*keys.held(), keys.pending], args=[hold.member, pending_field(account, hold.request_id)]
-            )
+            await self._release(keys=[*keys.held(), keys.pending], args=args)
 
     async def undo(self, account: Account, hold: Hold) -> bool:
         assert hold.nonce, "only an admission with a nonce can be undone"
         keys = AccountKeys.of(account)
         names = [*keys.held(), keys.pending, keys.used(hold.request_id), keys.undone(hold.nonce)]
-        args = [hold.member, pending_field(account, hold.request_id), hold.nonce, self.request_id_ttl_s]
+        member = keys.hold_member(hold.pico, hold.request_id)
+        args = [member, pending_field(account, hold.request_id), hold.nonce, self.request_id_ttl_s]
         async with self._call():
             return bool(await self._undo(keys=names, args=args))
 
