@@ -9,7 +9,9 @@ of the router that admitted it. The lines admitted together for one model go up 
 Collecting a provider batch that has ended settles each line once: charged at the batch price from the usage the
 provider reports; released when the provider reports it failed, expired or cancelled (it bills none of those);
 charged its hold when its outcome is unknown (no usage, or no result from a batch that ran). Everything needed
-lives in the money store (the pending charges), so any router collects what another admitted. A collect in the
+lives in the money store (the pending charges), so any router collects what another admitted. Request ids are the
+callers' (two tenants may both send 'r1'), so each line's pending charge records the provider batch it was sent in,
+and a collect settles, or reports, only the lines of the batch it names. A collect in the
 last `give_up_s` of the lines' holds gives up on a provider batch that has not ended (or cannot be read, or whose
 model lost its batch price): the lines still pending are charged their hold and reported ended, so the caller's
 batch ends too. A line whose batch is never collected is charged its hold by the reconciler when its hold lapses."""
@@ -33,7 +35,7 @@ from services.router import admission as admitting
 from services.router.admission import Admission
 from services.router.routed import Routed
 from services.router.serving import generate_request
-from services.router.store import PICO, Account, Pending, Store, to_pico
+from services.router.store import PICO, Account, Pending, Store, StoreUnavailable, to_pico
 
 log = logging.getLogger("llmrouter.router")
 
@@ -45,6 +47,10 @@ POLL_IDS = 50  # lines whose answers are read in one PollBatch: 50 of 16k tokens
 NOT_CREATED = ("BATCH_NOT_CREATED", "INVALID_ARGUMENT", "MODEL_NOT_FOUND")
 GIVE_UP_MAX_S = 600.0  # how early before its lines' holds end a provider batch is given up, at most
 GAVE_UP = "the provider batch did not end within its window"
+UNRECORDED = (
+    "no provider batch is recorded for the line (request id {}): it was sent by an older router, or its batch could "
+    "not be recorded, so no batch's results settle it; it is charged its hold at the batch price when the hold lapses"
+)
 
 
 class Deferred:
@@ -143,6 +149,7 @@ class Deferred:
                 for r in group
             }
         log.info("provider batch created", extra={"model": model, "batch": reply.batch_id, "lines": len(group)})
+        recorded = await self._record_batch(group, reply.batch_id)
         return {
             r.request_id: router_pb2.DeferredLine(
                 request_id=r.request_id,
@@ -150,24 +157,46 @@ class Deferred:
                 model=model,
                 provider_batch_id=reply.batch_id,
                 held_usd=_held_usd(r),
+                error="" if r.request_id in recorded else UNRECORDED.format(r.request_id),
             )
             for r in group
         }
+
+    async def _record_batch(self, group: list[Routed], batch_id: str) -> set[str]:
+        """The request ids of the lines whose pending charge now names their provider batch: only its results
+        settle them. One not recorded (the store out of reach) is collected from no batch: its hold is charged when
+        it lapses, as the provider runs and bills it all the same."""
+        slots = asyncio.Semaphore(ROUTING_CONCURRENCY)
+
+        async def record(routed: Routed) -> bool:
+            assert routed.hold is not None  # every deferred line was admitted
+            async with slots:
+                try:
+                    return await self.store.record_provider_batch(routed.account, routed.hold, batch_id)
+                except StoreUnavailable:
+                    log.error("provider batch of a line not recorded", extra={"request_id": routed.request_id})
+                    return False
+
+        done = await asyncio.gather(*(record(routed) for routed in group))
+        return {routed.request_id for routed, ok in zip(group, done, strict=True) if ok}
 
     async def collect(self, request: router_pb2.CollectBatchRequest, context: Any) -> router_pb2.CollectBatchResponse:
         account = admitting.account_for(
             router_pb2.CompleteRequest(tenant=request.tenant, api_key=request.api_key, api_key_id=request.api_key_id)
         )
         ids = list(request.request_ids)
+        batch_id = request.provider_batch_id
         if not 0 < len(ids) <= MAX_LINES:
             raise invalid(f"collect 1 to {MAX_LINES} lines at a time", "request_ids")
+        if not batch_id:
+            raise invalid("name the provider batch the lines were sent in", "provider_batch_id")
         # Near the window's end the provider is still asked first: a batch that has ended gives its answers.
-        ending = await self._window_ending(account, ids)
+        ending = await self._window_ending(account, ids, batch_id)
         model = self.registry.current.get(request.model)
         priced = None if model is None else self.registry.current.batch_priced(model)
         if priced is None:
             if ending:
-                return await self._give_up(account, ids)
+                return await self._give_up(account, ids, batch_id)
             raise ServiceError(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 "NO_BATCH_PRICE",
@@ -180,9 +209,7 @@ class Deferred:
             part = ids[start : start + POLL_IDS]
             try:
                 polled = await self.providers.PollBatch(
-                    provider_pb2.PollBatchRequest(
-                        model=request.model, batch_id=request.provider_batch_id, request_ids=part
-                    ),
+                    provider_pb2.PollBatchRequest(model=request.model, batch_id=batch_id, request_ids=part),
                     timeout=PROVIDER_CALL_S,
                 )
             except grpc.RpcError:
@@ -193,7 +220,7 @@ class Deferred:
                 if not ending:
                     return router_pb2.CollectBatchResponse(status=polled.status)
                 # The parts settled already keep their outcome; the rest are given up on.
-                lines.extend((await self._give_up(account, ids[start:])).lines)
+                lines.extend((await self._give_up(account, ids[start:], batch_id)).lines)
                 return router_pb2.CollectBatchResponse(status="window_ended", ended=True, lines=lines)
             results: dict[str, provider_pb2.BatchLineResult] = {}
             for result in polled.results:
@@ -202,28 +229,35 @@ class Deferred:
                 if known is None or (result.succeeded and not known.succeeded):
                     results[result.request_id] = result
             for request_id in part:
-                lines.append(await self._settle(account, priced, request_id, results.get(request_id), polled.status))
+                result = results.get(request_id)
+                lines.append(await self._settle(account, priced, batch_id, request_id, result, polled.status))
         return router_pb2.CollectBatchResponse(status=polled.status, ended=True, lines=lines)
 
-    async def _window_ending(self, account: Account, ids: list[str]) -> bool:
-        """Whether a line still pending has its hold end within give_up_s: its provider batch is given up on
-        before the reconciler charges the hold unseen by the caller, who would then wait forever."""
+    async def _window_ending(self, account: Account, ids: list[str], batch_id: str) -> bool:
+        """Whether a line of this provider batch still pending has its hold end within give_up_s: the batch is
+        given up on before the reconciler charges the hold unseen by the caller, who would then wait forever."""
         for request_id in ids:
             pending = await self.store.pending_charge(account, request_id)
-            if pending is not None and pending.until and pending.until - time.time() <= self.give_up_s:
+            if (
+                pending is not None
+                and pending.provider_batch == batch_id
+                and pending.until
+                and pending.until - time.time() <= self.give_up_s
+            ):
                 return True
         return False
 
-    async def _give_up(self, account: Account, ids: list[str]) -> router_pb2.CollectBatchResponse:
-        """The lines ended without asking the provider: each still pending charged its hold (its outcome is
-        unknown: the provider batch may still run and bill it); one settled before only reported."""
+    async def _give_up(self, account: Account, ids: list[str], batch_id: str) -> router_pb2.CollectBatchResponse:
+        """The lines ended without asking the provider: each of this batch still pending charged its hold (its
+        outcome is unknown: the provider batch may still run and bill it); one settled before only reported."""
         log.warning("provider batch given up at its window's end", extra={"lines": len(ids)})
         pending = {request_id: await self.store.pending_charge(account, request_id) for request_id in ids}
         for request_id, line in pending.items():
             if line is not None and not line.until:
                 raise invalid(f"request {request_id!r} is not a provider batch line", "request_ids")
         lines = [
-            await self._owe_hold(account, line, request_id, f"{GAVE_UP} (request id {request_id})")
+            _of_another_batch(line, request_id, batch_id)
+            or await self._owe_hold(account, line, request_id, f"{GAVE_UP} (request id {request_id})")
             for request_id, line in pending.items()
         ]
         return router_pb2.CollectBatchResponse(status="window_ended", ended=True, lines=lines)
@@ -232,19 +266,27 @@ class Deferred:
         self,
         account: Account,
         model: ModelSpec,
+        batch_id: str,
         request_id: str,
         result: provider_pb2.BatchLineResult | None,
         status: str,
     ) -> router_pb2.CollectedLine:
-        """One line's outcome, settled once: a line whose pending charge is gone was settled before (by an
-        earlier collect, or at its hold by the reconciler) and is only reported."""
+        """One line's outcome, settled once, and only from the results of the provider batch it was sent in:
+        request ids are the callers', so another tenant's line (or another of the account's batches) may have the
+        same id there. A line whose pending charge is gone was settled before (by an earlier collect, or at its
+        hold by the reconciler) and is only reported, when it was charged from this batch."""
         pending = await self.store.pending_charge(account, request_id)
         if pending is not None and not pending.until:
             raise invalid(f"request {request_id!r} is not a provider batch line", "request_ids")
+        if pending is not None:
+            foreign = _of_another_batch(pending, request_id, batch_id)
+            if foreign is not None:
+                return foreign
+        elif await self.store.charged_batch(account, request_id) != batch_id:
+            # Neither held nor charged for this account from this batch: not its line, and not its answer to read.
+            error = f"no line of this account in provider batch {batch_id!r} (request id {request_id})"
+            return router_pb2.CollectedLine(request_id=request_id, error=error, charged_usd="0")
         if result is not None and result.succeeded:
-            if pending is None and not await self.store.was_charged(account, request_id):
-                # Neither held nor charged for this account: not its line, and not its answer to read.
-                return router_pb2.CollectedLine(request_id=request_id, error="no batch line of this account")
             reply = result.response
             if reply.usage.estimated:  # the provider said nothing of what it billed: the worst case
                 return await self._owe_hold(account, pending, request_id, "the provider reported no usage")
@@ -322,6 +364,18 @@ class Deferred:
             "outcome": outcome,
             "admitted_ts": pending.ts,
         }
+
+
+def _of_another_batch(pending: Pending | None, request_id: str, batch_id: str) -> router_pb2.CollectedLine | None:
+    """A pending line not sent in `batch_id`, reported and left unsettled: its hold stays for its own batch's
+    collect, or for the reconciler when it lapses. None for a line of this batch (or no longer pending)."""
+    if pending is None or (pending.provider_batch and pending.provider_batch == batch_id):
+        return None
+    if not pending.provider_batch:  # its hold is all it will ever be charged: said now, as at submit
+        held = format(Decimal(pending.hold_pico) / PICO, "f")
+        return router_pb2.CollectedLine(request_id=request_id, error=UNRECORDED.format(request_id), charged_usd=held)
+    error = f"request {request_id!r} was sent in another provider batch than {batch_id!r}: it is settled from that one"
+    return router_pb2.CollectedLine(request_id=request_id, error=error, charged_usd="0")
 
 
 def _held_usd(routed: Routed) -> str:

@@ -33,7 +33,17 @@ from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
 from services.providers.settings import ProvidersSettings
 from services.router.settings import RouterSettings
-from services.router.store import PICO, Account, AccountKeys, Pending, key_id, pending_key, period_id, to_pico
+from services.router.store import (
+    PICO,
+    Account,
+    AccountKeys,
+    Pending,
+    RedisStore,
+    key_id,
+    pending_key,
+    period_id,
+    to_pico,
+)
 from tests.conftest import ledger_records
 from tests.fakes.fake_openai import FakeOpenAI
 from tests.fakes.server import Fault
@@ -648,17 +658,14 @@ async def test_a_provider_batch_that_ended_is_collected_even_in_its_window_s_las
     assert all(charged[i] < holds[i] for i in holds) and held == 0 and not pending
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a line's provider batch is not recorded: CollectBatch settles a pending line from the results of "
-    "whatever provider_batch_id the caller names (see the report: record it beside the pending charge at submit)",
-)
 async def test_a_line_is_settled_only_from_its_own_provider_batch(stack: Stack) -> None:
     """Request ids are the caller's, per tenant: two tenants may each have a line 'r1' (a direct gRPC caller picks
     its ids). Collected with the other tenant's provider batch, the line must not be settled from that batch's
     result: the caller would read another tenant's answer and pay for it, while its own line, generated and billed
     by the provider, is charged nothing (a caller holding two tenants underpays at will: an expensive line paid at
-    the price of a cheap one)."""
+    the price of a cheap one). Its hold stays for its own batch's collect; once settled there, the other batch
+    still gives it nothing."""
+    store = RedisStore(stack.redis_url)
     server = await start_router(stack)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.router_port}") as channel:
@@ -672,18 +679,36 @@ async def test_a_line_is_settled_only_from_its_own_provider_batch(stack: Stack) 
                     request_id="r1",
                 )
                 reply = await stub.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[line]), timeout=10)
-                assert reply.lines[0].deferred, reply
+                assert reply.lines[0].deferred and not reply.lines[0].error, reply
                 batch_ids[tenant] = reply.lines[0].provider_batch_id
-            collect = router_pb2.CollectBatchRequest(
-                tenant="mine", model=BATCHED, provider_batch_id=batch_ids["theirs"], request_ids=["r1"]
-            )
-            for _ in range(100):
-                collected = await stub.CollectBatch(collect, timeout=10)
-                if collected.ended:
-                    break
-                await asyncio.sleep(0.1)
+            assert batch_ids["mine"] != batch_ids["theirs"]
+
+            async def collect(batch_id: str) -> router_pb2.CollectedLine:
+                ask = router_pb2.CollectBatchRequest(
+                    tenant="mine", model=BATCHED, provider_batch_id=batch_id, request_ids=["r1"]
+                )
+                for _ in range(100):
+                    collected = await stub.CollectBatch(ask, timeout=10)
+                    if collected.ended:
+                        (line,) = collected.lines
+                        return line
+                    await asyncio.sleep(0.1)
+                raise AssertionError(f"provider batch {batch_id} did not end")
+
+            foreign = await collect(batch_ids["theirs"])
+            pending = await store.pending_charge(Account("mine", key_id("")), "r1")
+            own = await collect(batch_ids["mine"])
+            foreign_after = await collect(batch_ids["theirs"])
+            theirs = await store.pending_charge(Account("theirs", key_id("")), "r1")
+            charged_from = await store.charged_batch(Account("mine", key_id("")), "r1")
     finally:
         await server.stop(5)
-    (line,) = collected.lines
-    assert "their secret question" not in line.response.content
-    assert not line.succeeded
+        await store.close()
+    for line in (foreign, foreign_after):
+        assert not line.succeeded and not line.response.content and line.charged_usd == "0", line
+    assert "another provider batch" in foreign.error
+    # Not settled by the foreign collect: still held, with its own batch recorded; then settled from it alone.
+    assert pending is not None and pending.provider_batch == batch_ids["mine"]
+    assert own.succeeded and "their secret question" not in own.response.content, own
+    assert charged_from == batch_ids["mine"]
+    assert theirs is not None and theirs.provider_batch == batch_ids["theirs"]  # the other tenant's, untouched

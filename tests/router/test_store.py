@@ -5,6 +5,7 @@ configured."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import random
 import time
@@ -293,3 +294,36 @@ async def test_holds_written_before_they_named_the_tenant_are_settled_with_their
     finally:
         await client.aclose()
         await store.close()
+
+
+async def test_a_deferred_line_keeps_its_provider_batch_through_its_charge(store: Store) -> None:
+    """A provider batch line's pending charge records the batch it was sent in (only that batch's results settle
+    it), for its own admission only; its charge keeps the batch, so a line settled before is reported from that
+    batch alone. The record is rewritten exactly: a hold beyond a double's precision is unchanged."""
+    pico = 2**60 + 1
+    line = Hold("line-1", pico, DAY, "router-1", nonce="0a1b", until=time.time() + 3600)
+    assert (await store.admit(ACCOUNT, Allowance("day"), line)).refused == ""
+    batch = 'batch "7" \\ ünïcode'  # any text the provider names its batch with
+    assert not await store.record_provider_batch(ACCOUNT, dataclasses.replace(line, nonce="ffff"), batch)
+    assert await store.record_provider_batch(ACCOUNT, line, batch)
+    pending = await store.pending_charge(ACCOUNT, "line-1")
+    assert pending is not None and pending.provider_batch == batch and pending.hold_pico == pico
+    assert pending.nonce == line.nonce and pending.until == line.until
+    assert await store.held_pico(ACCOUNT) == (pico, pico)
+    assert await store.charged_batch(ACCOUNT, "line-1") is None
+
+    assert await store.charge(ACCOUNT, line, 5, {})
+    assert await store.charged_batch(ACCOUNT, "line-1") == batch
+    assert await store.held_pico(ACCOUNT) == (0, 0)
+    assert not await store.record_provider_batch(ACCOUNT, line, "another")  # settled: nothing to record on
+    assert await store.charge(ACCOUNT, hold("plain"), 5, {})
+    assert await store.charged_batch(ACCOUNT, "plain") == ""  # charged, from no provider batch
+    assert await store.charged_batch(Account("other", "key1"), "line-1") is None  # per tenant
+
+
+async def test_a_recorded_provider_batch_leaves_the_admission_undoable(store: Store) -> None:
+    line = Hold("line-2", 1_000, DAY, "router-1", nonce="0c0d", until=time.time() + 3600)
+    assert (await store.admit(ACCOUNT, Allowance("day"), line)).refused == ""
+    assert await store.record_provider_batch(ACCOUNT, line, "batch-1")
+    assert await store.undo(ACCOUNT, line)
+    assert await store.pending_charge(ACCOUNT, "line-2") is None and await store.held_pico(ACCOUNT) == (0, 0)

@@ -131,9 +131,18 @@ CHARGE = (
     + """
 -- KEYS: charged marker, tenant spend, key spend, ledger, tenant holds, key holds, pending charges
 -- ARGV: pico, marker ttl, record, spend ttl, hold member, pending field, late ('1': only if still pending)
+-- The marker keeps the provider batch the pending charge recorded ('batch:<id>'; '1' for none): a collect of
+-- another batch naming the request then reads nothing of that batch's answer for it.
+local pending = redis.call('HGET', KEYS[7], ARGV[6])
+local marker = '1'
+if pending then  -- a record that does not decode keeps the plain marker: the charge itself must land
+  local decoded, record = pcall(cjson.decode, pending)
+  local batch = decoded and type(record) == 'table' and record['provider_batch']
+  if type(batch) == 'string' and batch ~= '' then marker = 'batch:' .. batch end
+end
 drop_hold(KEYS[5], KEYS[6], {ARGV[5], held_member(KEYS[7], ARGV[6], ARGV[5])})
 if redis.call('HDEL', KEYS[7], ARGV[6]) == 0 and ARGV[7] == '1' then return 0 end
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2]) then return 0 end
+if not redis.call('SET', KEYS[1], marker, 'NX', 'EX', ARGV[2]) then return 0 end
 for i = 2, 3 do
   redis.call('INCRBY', KEYS[i], ARGV[1])
   if tonumber(ARGV[4]) > 0 then redis.call('EXPIRE', KEYS[i], ARGV[4]) end
@@ -207,6 +216,20 @@ if not record or string.match(record, '"nonce":%s*"(%x*)"') ~= ARGV[3] then retu
 drop_hold(KEYS[1], KEYS[2], {held_member(KEYS[3], ARGV[2], ARGV[1])})
 redis.call('HDEL', KEYS[3], ARGV[2])
 redis.call('DEL', KEYS[4])
+return 1
+"""
+)
+
+# A deferred request's provider batch written into its pending charge: the record is rewritten by the router
+# (json.dumps keeps hold_pico exact; Lua's cjson would not) and set only if it is still the one the router read, so a
+# charge, release or undo in between is never undone. It must land even when the store is full (allow-oom): the
+# provider batch exists, and a line without it is never settled from its results.
+RECORD_BATCH = (
+    _MUST_LAND
+    + """
+-- KEYS: pending charges; ARGV: pending field, record as read, record with its provider batch
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 return 1
 """
 )

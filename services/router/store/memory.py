@@ -95,10 +95,11 @@ class MemoryStore:
         return Verdict("")
 
     async def charge(self, account: Account, hold: Hold, pico: int, record: dict, late: bool = False) -> bool:
-        was_pending = pending_field(account, hold.request_id) in self.pending
+        pending = self.pending.get(pending_field(account, hold.request_id))
         await self.release(account, hold)
         keys = AccountKeys.of(account)
-        if (late and not was_pending) or not self.charged.add(keys.charged(hold.request_id)):
+        batch = pending.provider_batch if pending is not None else ""
+        if (late and pending is None) or not self.charged.add(keys.charged(hold.request_id), batch):
             return False
         for spend_key in keys.spend(hold.period):
             self.counters[spend_key] = self.counters.get(spend_key, 0) + pico
@@ -150,8 +151,15 @@ class MemoryStore:
     async def pending_charge(self, account: Account, request_id: str) -> Pending | None:
         return self.pending.get(pending_field(account, request_id))
 
-    async def was_charged(self, account: Account, request_id: str) -> bool:
-        return AccountKeys.of(account).charged(request_id) in self.charged
+    async def record_provider_batch(self, account: Account, hold: Hold, batch_id: str) -> bool:
+        pending = self.pending.get(pending_field(account, hold.request_id))
+        if pending is None or pending.nonce != hold.nonce:
+            return False
+        self.pending[pending.field] = replace(pending, provider_batch=batch_id)
+        return True
+
+    async def charged_batch(self, account: Account, request_id: str) -> str | None:
+        return self.charged.get(AccountKeys.of(account).charged(request_id))
 
     async def spent(self, account: Account, period: str) -> tuple[int, int]:
         keys = AccountKeys.of(account)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from decimal import ROUND_CEILING, Decimal
 from typing import Any, Protocol
@@ -79,6 +79,9 @@ class Pending:
     ts: float
     nonce: str = ""  # absent from records written before admissions had one
     until: float = 0.0  # a deferred request's: settled by no one but its collector until then (Hold.until)
+    # A deferred request's provider batch, recorded once the provider created it: only that batch's results settle
+    # it. '' until then, and in records written before lines had one: such a line is settled from no batch's results.
+    provider_batch: str = ""
 
     @classmethod
     def of(cls, account: Account, hold: Hold) -> Pending:
@@ -93,6 +96,12 @@ class Pending:
             hold.nonce,
             hold.until,
         )
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Pending:
+        """A stored record; fields this version does not know (written by a newer router) are left out."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{name: value for name, value in json.loads(text).items() if name in known})
 
     @property
     def field(self) -> str:
@@ -192,8 +201,15 @@ class Store(Protocol):
     async def pending_charge(self, account: Account, request_id: str) -> Pending | None:
         """The request's pending charge; None once it is settled (or was never admitted)."""
 
-    async def was_charged(self, account: Account, request_id: str) -> bool:
-        """Whether the account's request id was charged (within the request id TTL)."""
+    async def record_provider_batch(self, account: Account, hold: Hold, batch_id: str) -> bool:
+        """Record the provider batch a deferred request was sent in on its pending charge (Pending.provider_batch),
+        when that charge is still this admission's (`hold`'s nonce). False when it is not: settled, withdrawn, or
+        another admission's."""
+
+    async def charged_batch(self, account: Account, request_id: str) -> str | None:
+        """None when the account's request id was not charged (within the request id TTL); else the provider batch
+        its pending charge recorded when it was charged, '' for none (a request that was no provider batch line,
+        or was charged by a router from before lines recorded theirs)."""
 
     async def spent(self, account: Account, period: str) -> tuple[int, int]:
         """What the account's tenant and key spent in a period (an id from period_id). Without a tenant, the

@@ -20,28 +20,37 @@ class RecentIds:
         self._clock = clock
         self._expiry: dict[int, float] = {}  # digest -> when it is forgotten
         self._order: deque[int] = deque()  # digests, oldest first: the TTL is the same for all, so expiry order
+        self._values: dict[int, str] = {}  # digest -> what was kept with it, when not ''
 
     def __contains__(self, request_key: str) -> bool:
         expiry = self._expiry.get(_digest(request_key))
         return expiry is not None and expiry > self._clock()
 
-    def add(self, request_key: str) -> bool:
-        """Keep the id, unless it is kept already: then False, and its expiry stays (as Redis's SET NX)."""
+    def get(self, request_key: str) -> str | None:
+        """What was kept with the id ('' by default); None when the id is not kept."""
+        return self._values.get(_digest(request_key), "") if request_key in self else None
+
+    def add(self, request_key: str, value: str = "") -> bool:
+        """Keep the id (and `value` with it), unless it is kept already: then False, and its expiry and value
+        stay (as Redis's SET NX)."""
         now = self._clock()
         self._forget(now)
         digest = _digest(request_key)
         if digest in self._expiry:
             return False
         if len(self._order) >= self.cap:
-            del self._expiry[self._order.popleft()]
+            self._drop(self._order.popleft())
         self._expiry[digest] = now + self.ttl_s
         self._order.append(digest)
+        if value:
+            self._values[digest] = value
         return True
 
     def discard(self, request_key: str) -> None:
         """Forget the id now (an undone admission frees its id). Rare: a linear walk of at most `cap` ids."""
         digest = _digest(request_key)
-        if self._expiry.pop(digest, None) is not None:
+        if digest in self._expiry:
+            self._drop(digest)
             self._order.remove(digest)
 
     def __len__(self) -> int:
@@ -49,7 +58,11 @@ class RecentIds:
 
     def _forget(self, now: float) -> None:
         while self._order and self._expiry[self._order[0]] <= now:
-            del self._expiry[self._order.popleft()]
+            self._drop(self._order.popleft())
+
+    def _drop(self, digest: int) -> None:
+        del self._expiry[digest]
+        self._values.pop(digest, None)
 
 
 def _digest(request_key: str) -> int:

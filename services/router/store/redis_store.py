@@ -108,6 +108,7 @@ class RedisStore:
         self._extend = self.redis.register_script(lua.EXTEND)
         self._release = self.redis.register_script(lua.RELEASE)
         self._undo = self.redis.register_script(lua.UNDO)
+        self._record_batch = self.redis.register_script(lua.RECORD_BATCH)
         self._lease = self.redis.register_script(lua.LEASE)
         self._missing_since: dict[str, float] = {}  # routers seen without a heartbeat, since when (monotonic)
         self._last_sweep = float("-inf")  # when the pending charges were last read
@@ -196,11 +197,31 @@ class RedisStore:
     async def pending_charge(self, account: Account, request_id: str) -> Pending | None:
         async with self._call():
             value = await self.redis.hget(AccountKeys.of(account).pending, pending_field(account, request_id))  # type: ignore[misc]
-        return None if value is None else Pending(**json.loads(value))
+        return None if value is None else Pending.from_json(value)
 
-    async def was_charged(self, account: Account, request_id: str) -> bool:
+    async def record_provider_batch(self, account: Account, hold: Hold, batch_id: str) -> bool:
+        keys, field = AccountKeys.of(account), pending_field(account, hold.request_id)
+        for _ in range(3):  # a record rewritten in between (a hold grown: never a deferred line's) is read again
+            async with self._call():
+                read = await self.redis.hget(keys.pending, field)  # type: ignore[misc]
+            if read is None:
+                return False
+            pending = Pending.from_json(read)
+            if pending.nonce != hold.nonce:
+                return False
+            recorded = json.dumps(asdict(replace(pending, provider_batch=batch_id)))
+            async with self._call():
+                if await self._record_batch(keys=[keys.pending], args=[field, read, recorded]):
+                    return True
+        return False
+
+    async def charged_batch(self, account: Account, request_id: str) -> str | None:
         async with self._call():
-            return bool(await self.redis.exists(AccountKeys.of(account).charged(request_id)))
+            marker = await self.redis.get(AccountKeys.of(account).charged(request_id))
+        if marker is None:
+            return None
+        text = _text(marker)  # 'batch:<id>', or '1' for a charge that recorded none
+        return text.removeprefix("batch:") if text.startswith("batch:") else ""
 
     async def spent(self, account: Account, period: str) -> tuple[int, int]:
         keys = AccountKeys.of(account)
@@ -278,7 +299,7 @@ class RedisStore:
         """Every pending charge, shard by shard."""
         for shard in range(SHARDS):
             async for _, value in self.redis.hscan_iter(pending_key(shard), count=1000):
-                yield Pending(**json.loads(value))
+                yield Pending.from_json(value)
 
     async def _alive(self, routers: list[str]) -> dict[str, bool]:
         if not routers:
