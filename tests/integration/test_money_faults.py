@@ -144,7 +144,7 @@ async def test_a_router_killed_mid_request_leaves_its_charge_to_the_reconciler(
             doomed.kill()  # between admission and charge
             with pytest.raises(grpc.aio.AioRpcError):
                 await call
-        pending = Pending(**json.loads(pending_raw[0]))
+        pending = Pending.from_json(pending_raw[0])
         assert pending.tenant == request.tenant and pending.period == period_id("day") and pending.hold_pico > 0
 
         survivor = await extra_router(

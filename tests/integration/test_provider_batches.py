@@ -194,7 +194,7 @@ async def money(stack: Stack) -> tuple[dict[str, Decimal], int, int, list[Pendin
         ledger = [r for r in await ledger_records(db) if r["tenant"] == stack.tenant]
         spend = int(await db.get(keys.spend(period_id("day"))[0]) or 0)
         held = sum(int(m.split(b":", 1)[0]) for m in await db.zrangebyscore(keys.held()[0], time.time(), "+inf"))
-        pending = [Pending(**json.loads(v)) for v in (await db.hgetall(pending_key(keys.shard))).values()]
+        pending = [Pending.from_json(v) for v in (await db.hgetall(pending_key(keys.shard))).values()]
     finally:
         await db.aclose()
     charged: dict[str, Decimal] = {}

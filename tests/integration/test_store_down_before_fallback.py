@@ -8,7 +8,6 @@ upstreams, a router of its own) and a real Redis behind a proxy that takes it do
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -47,7 +46,7 @@ class ProxiedRouter:
     async def admitted(self) -> Pending:
         """The pending charge this router's request left once admitted."""
         (raw,) = await wait_for(lambda: pending_of(self.direct, self.name), timeout=10)
-        return Pending(**json.loads(raw))
+        return Pending.from_json(raw)
 
     async def records(self, request_id: str) -> list[dict]:
         return [r for r in await ledger_records(self.direct) if r["request_id"] == request_id]

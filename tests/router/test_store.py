@@ -29,6 +29,7 @@ from services.router.store import (
     RedisStore,
     Store,
     Verdict,
+    pending_field,
     period_id,
     to_pico,
 )
@@ -327,3 +328,23 @@ async def test_a_recorded_provider_batch_leaves_the_admission_undoable(store: St
     assert await store.record_provider_batch(ACCOUNT, line, "batch-1")
     assert await store.undo(ACCOUNT, line)
     assert await store.pending_charge(ACCOUNT, "line-2") is None and await store.held_pico(ACCOUNT) == (0, 0)
+
+
+async def test_a_request_without_a_provider_batch_is_stored_as_the_version_before_wrote_it(any_redis_url: str) -> None:
+    """Routers of the version before provider batches were recorded build Pending(**record) and fail on a field they
+    do not know: during a rolling upgrade they must still read every pending charge but a recorded batch line's."""
+    store, client = RedisStore(any_redis_url), connect(any_redis_url)
+    before = {"tenant", "key", "request_id", "hold_pico", "period", "router", "ts", "nonce", "until"}
+    try:
+        plain, line = hold("plain", 1_000), Hold("line", 1_000, DAY, "router-1", nonce="0e0f", until=time.time() + 60)
+        for admitted in (plain, line):
+            assert (await store.admit(ACCOUNT, Allowance("day"), admitted)).refused == ""
+        keys = AccountKeys.of(ACCOUNT)
+        for request_id in ("plain", "line"):
+            assert set(json.loads(await client.hget(keys.pending, pending_field(ACCOUNT, request_id)))) == before
+        assert await store.record_provider_batch(ACCOUNT, line, "batch-1")
+        recorded = json.loads(await client.hget(keys.pending, pending_field(ACCOUNT, "line")))
+        assert set(recorded) == before | {"provider_batch"} and recorded["provider_batch"] == "batch-1"
+    finally:
+        await client.aclose()
+        await store.close()

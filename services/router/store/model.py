@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from decimal import ROUND_CEILING, Decimal
 from typing import Any, Protocol
@@ -102,6 +102,14 @@ class Pending:
         """A stored record; fields this version does not know (written by a newer router) are left out."""
         known = {f.name for f in fields(cls)}
         return cls(**{name: value for name, value in json.loads(text).items() if name in known})
+
+    def to_json(self) -> str:
+        """The stored record. provider_batch only when set: a router of the version before it reads every record
+        but a recorded provider batch line's (it knew no such field), so a rolling upgrade breaks none of the rest."""
+        record = asdict(self)
+        if not self.provider_batch:
+            del record["provider_batch"]
+        return json.dumps(record)
 
     @property
     def field(self) -> str:

@@ -9,7 +9,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import asdict, replace
+from dataclasses import replace
 from typing import Any
 
 from llmrouter.redis_connect import connect
@@ -133,7 +133,7 @@ class RedisStore:
             self.request_id_ttl_s,
             hold.pico,
             pending.field,
-            json.dumps(asdict(pending)),
+            pending.to_json(),
             limit_field("tenant", account.tenant),
             limit_field("key", account.key),
         ]
@@ -171,7 +171,7 @@ class RedisStore:
             pico,
             int(time.time()) + HOLD_S,
             pending.field,
-            json.dumps(asdict(pending)),
+            pending.to_json(),
             limit_field("tenant", account.tenant),
             limit_field("key", account.key),
         ]
@@ -209,7 +209,7 @@ class RedisStore:
             pending = Pending.from_json(read)
             if pending.nonce != hold.nonce:
                 return False
-            recorded = json.dumps(asdict(replace(pending, provider_batch=batch_id)))
+            recorded = replace(pending, provider_batch=batch_id).to_json()
             async with self._call():
                 if await self._record_batch(keys=[keys.pending], args=[field, read, recorded]):
                     return True
