@@ -17,12 +17,14 @@ import grpc
 import pytest
 import redis.asyncio as redis
 from openai import AsyncOpenAI, BadRequestError, NotFoundError
+from openai.types import Batch
 
 from llmrouter.errors import ServiceError
 from llmrouter.server import RunningServer, start_server
 from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
 from services import providers
 from services.batches.runner import not_admitted
+from services.batches.store import ACTIVE, PREFIX, file_key
 from services.edge.app import api_error
 from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
@@ -368,3 +370,121 @@ async def test_calls_a_stopping_router_drops_unserved_are_sent_again_and_charged
         await db.aclose()
     assert sorted(r["request_id"] for r in ledger) == sorted(line.request_id for line in lines)  # each once
     assert {r["request_id"]: Decimal(r["cost_usd"]) for r in ledger} == {k: Decimal(v) for k, v in answered.items()}
+
+
+def small_file(prefix: str, count: int) -> bytes:
+    """`count` lines for the cheap model, custom ids `<prefix>-<i>`."""
+    bodies = [
+        {"model": "cheap-model", "messages": [{"role": "user", "content": uuid.uuid4().hex}]} for _ in range(count)
+    ]
+    lines = [
+        {"custom_id": f"{prefix}-{i}", "method": "POST", "url": "/v1/chat/completions", "body": b}
+        for i, b in enumerate(bodies)
+    ]
+    return "".join(json.dumps(line) + "\n" for line in lines).encode()
+
+
+async def ended(client: AsyncOpenAI, batch_id: str, timeout_s: float = 20) -> Batch:
+    """The batch once it has ended, however it ended."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        batch = await client.batches.retrieve(batch_id)
+        if batch.status in ("completed", "cancelled", "failed", "expired"):
+            return batch
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"batch {batch_id} did not end in {timeout_s} s: {batch}")
+
+
+async def test_an_expiring_batch_records_the_lines_in_flight_and_fails_those_never_sent(chain: Chain) -> None:
+    """A 3 s window over lines that take 4 s at least: at its end the lines in flight finish and keep their
+    answers (each charged once, and in the output file); the others are never sent (no charge) and are failed
+    `batch_expired` lines of the error file."""
+    tenant, key = f"expiring-{secrets.token_hex(4)}", f"sk-expiring-{secrets.token_urlsafe(12)}"
+    settings = EdgeSettings(
+        port=free_port(),
+        router_addr=chain.router_addr,
+        api_keys=key_line(tenant, key),
+        batch_redis_url=chain.redis_url,
+        batch_concurrency=2,
+        batch_window_s=3,
+    )
+    chain.budget.latency = 0.4
+    edge, task, channel = await start_edge(settings)
+    client = AsyncOpenAI(base_url=f"http://127.0.0.1:{settings.port}/v1", api_key=key, max_retries=0)
+    try:
+        uploaded = await client.files.create(file=("slow.jsonl", small_file("slow", 20)), purpose="batch")
+        batch = await client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        assert batch.expires_at == batch.created_at + 3
+        batch = await ended(client, batch.id)
+        assert batch.output_file_id and batch.error_file_id
+        output = [json.loads(o) for o in (await client.files.content(batch.output_file_id)).text.splitlines()]
+        errors = [json.loads(e) for e in (await client.files.content(batch.error_file_id)).text.splitlines()]
+    finally:
+        chain.budget.latency = 0.0
+        await client.close()
+        edge.should_exit = True
+        await task
+        await channel.close()
+    assert batch.status == "expired" and batch.expired_at and batch.expires_at
+    assert batch.expired_at >= batch.expires_at
+    counts = batch.request_counts
+    assert counts is not None and (counts.total, counts.completed, counts.failed) == (20, len(output), len(errors))
+    assert output and errors and all(o["response"]["status_code"] == 200 for o in output)
+    # Lines in flight as the window ended were answered after it, and kept.
+    assert any(o["response"]["body"]["created"] >= batch.expires_at for o in output)
+    assert all(e["error"]["code"] == "batch_expired" and e["response"] is None for e in errors)
+    assert sorted(line["custom_id"] for line in output + errors) == sorted(f"slow-{i}" for i in range(20))
+    db = redis.from_url(chain.redis_url)
+    try:
+        ledger = [r for r in await ledger_records(db) if r["tenant"] == tenant]
+    finally:
+        await db.aclose()
+    assert sorted(r["request_id"] for r in ledger) == sorted(o["response"]["request_id"] for o in output)
+
+
+async def test_a_batch_whose_input_file_is_gone_fails_with_the_files_of_what_finished(chain: Chain) -> None:
+    """The edge running a batch stops; its input file is gone from the store (evicted, flushed) when the next edge
+    resumes the batch: it ends `failed`, saying why in `errors`, with the answers it has; not a run that raises at
+    every adoption."""
+    tenant, key = f"orphan-{secrets.token_hex(4)}", f"sk-orphan-{secrets.token_urlsafe(12)}"
+    settings = EdgeSettings(
+        port=free_port(),
+        router_addr=chain.router_addr,
+        api_keys=key_line(tenant, key),
+        batch_redis_url=chain.redis_url,
+        batch_concurrency=1,
+    )
+    chain.budget.latency = 0.1
+    edge, task, channel = await start_edge(settings)
+    client = AsyncOpenAI(base_url=f"http://127.0.0.1:{settings.port}/v1", api_key=key, max_retries=0)
+    db = redis.from_url(chain.redis_url)
+    try:
+        uploaded = await client.files.create(file=("gone.jsonl", small_file("gone", 50)), purpose="batch")
+        batch = await client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        await wait_for(client, batch.id, 2)
+        edge.should_exit = True
+        await task
+        await channel.close()
+        # The input file gone, and the stopped edge's lease lapsed (as it does 30 s on) so the next edge runs it now.
+        await db.delete(file_key(uploaded.id), f"{PREFIX}lease:{batch.id}")
+        edge, task, channel = await start_edge(settings)
+        batch = await ended(client, batch.id)
+        assert batch.output_file_id
+        output = (await client.files.content(batch.output_file_id)).text.splitlines()
+        active = await db.smembers(ACTIVE)
+    finally:
+        chain.budget.latency = 0.0
+        await db.aclose()
+        await client.close()
+        edge.should_exit = True
+        await task
+        await channel.close()
+    assert batch.status == "failed" and batch.failed_at and batch.errors and batch.errors.data
+    assert [(e.code, e.param) for e in batch.errors.data] == [("input_file_missing", "input_file_id")]
+    counts = batch.request_counts
+    assert counts is not None and 2 <= counts.completed == len(output) < 50 and counts.failed == 0
+    assert batch.id.encode() not in active  # not adopted again
