@@ -17,7 +17,6 @@ import grpc
 import pytest
 import redis.asyncio as redis
 from openai import AsyncOpenAI, BadRequestError, NotFoundError
-from openai.types import Batch
 
 from llmrouter.errors import ServiceError
 from llmrouter.server import RunningServer, start_server
@@ -31,8 +30,10 @@ from services.edge.settings import EdgeSettings
 from services.providers.settings import ProvidersSettings
 from services.router.store import Account, AccountKeys, key_id, period_id, to_pico
 from tests.conftest import ledger_records
+from tests.fakes import Fault
 from tests.integration.conftest import Chain, free_port, start_edge
 from tests.integration.test_policy_in_chain import extra_router
+from tests.integration.test_provider_batches import finished
 
 LINES = 1000
 
@@ -384,21 +385,10 @@ def small_file(prefix: str, count: int) -> bytes:
     return "".join(json.dumps(line) + "\n" for line in lines).encode()
 
 
-async def ended(client: AsyncOpenAI, batch_id: str, timeout_s: float = 20) -> Batch:
-    """The batch once it has ended, however it ended."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        batch = await client.batches.retrieve(batch_id)
-        if batch.status in ("completed", "cancelled", "failed", "expired"):
-            return batch
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"batch {batch_id} did not end in {timeout_s} s: {batch}")
-
-
 async def test_an_expiring_batch_records_the_lines_in_flight_and_fails_those_never_sent(chain: Chain) -> None:
-    """A 3 s window over lines that take 4 s at least: at its end the lines in flight finish and keep their
-    answers (each charged once, and in the output file); the others are never sent (no charge) and are failed
-    `batch_expired` lines of the error file."""
+    """A 3 s window over lines that take 4 s at least, the first sent taking 4 s alone: at the window's end the
+    lines in flight finish and keep their answers (each charged once, and in the output file); the others are never
+    sent (no charge) and are failed `batch_expired` lines of the error file."""
     tenant, key = f"expiring-{secrets.token_hex(4)}", f"sk-expiring-{secrets.token_urlsafe(12)}"
     settings = EdgeSettings(
         port=free_port(),
@@ -411,13 +401,18 @@ async def test_an_expiring_batch_records_the_lines_in_flight_and_fails_those_nev
     chain.budget.latency = 0.4
     edge, task, channel = await start_edge(settings)
     client = AsyncOpenAI(base_url=f"http://127.0.0.1:{settings.port}/v1", api_key=key, max_retries=0)
+    content = small_file("slow", 20)
+    lines = [json.loads(line) for line in content.splitlines()]
+    custom_ids = {line["body"]["messages"][0]["content"]: line["custom_id"] for line in lines}
+    seen = len(chain.budget.requests)
     try:
-        uploaded = await client.files.create(file=("slow.jsonl", small_file("slow", 20)), purpose="batch")
+        uploaded = await client.files.create(file=("slow.jsonl", content), purpose="batch")
+        chain.budget.enqueue(Fault.delay(4))  # in flight from the start to past the window's end
         batch = await client.batches.create(
             input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
         )
         assert batch.expires_at == batch.created_at + 3
-        batch = await ended(client, batch.id)
+        batch = await finished(client, batch.id, timeout_s=20)
         assert batch.output_file_id and batch.error_file_id
         output = [json.loads(o) for o in (await client.files.content(batch.output_file_id)).text.splitlines()]
         errors = [json.loads(e) for e in (await client.files.content(batch.error_file_id)).text.splitlines()]
@@ -432,8 +427,8 @@ async def test_an_expiring_batch_records_the_lines_in_flight_and_fails_those_nev
     counts = batch.request_counts
     assert counts is not None and (counts.total, counts.completed, counts.failed) == (20, len(output), len(errors))
     assert output and errors and all(o["response"]["status_code"] == 200 for o in output)
-    # Lines in flight as the window ended were answered after it, and kept.
-    assert any(o["response"]["body"]["created"] >= batch.expires_at for o in output)
+    sent = {custom_ids[r.json["messages"][-1]["content"]] for r in chain.budget.requests[seen:]}
+    assert sent == {o["custom_id"] for o in output}  # every line sent was answered, the slow one included
     assert all(e["error"]["code"] == "batch_expired" and e["response"] is None for e in errors)
     assert sorted(line["custom_id"] for line in output + errors) == sorted(f"slow-{i}" for i in range(20))
     db = redis.from_url(chain.redis_url)
@@ -472,7 +467,7 @@ async def test_a_batch_whose_input_file_is_gone_fails_with_the_files_of_what_fin
         # The input file gone, and the stopped edge's lease lapsed (as it does 30 s on) so the next edge runs it now.
         await db.delete(file_key(uploaded.id), f"{PREFIX}lease:{batch.id}")
         edge, task, channel = await start_edge(settings)
-        batch = await ended(client, batch.id)
+        batch = await finished(client, batch.id, timeout_s=20)
         assert batch.output_file_id
         output = (await client.files.content(batch.output_file_id)).text.splitlines()
         active = await db.smembers(ACTIVE)
