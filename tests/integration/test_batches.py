@@ -483,3 +483,32 @@ async def test_a_batch_whose_input_file_is_gone_fails_with_the_files_of_what_fin
     counts = batch.request_counts
     assert counts is not None and 2 <= counts.completed == len(output) < 50 and counts.failed == 0
     assert batch.id.encode() not in active  # not adopted again
+
+
+async def test_a_batchs_input_file_outlives_a_retention_shorter_than_its_window(chain: Chain) -> None:
+    """Files are kept 2 s here, but a batch's input file as long as the batch may run (its 60 s window and the
+    retention): an edge resuming the batch reads it again."""
+    tenant, key = f"keeper-{secrets.token_hex(4)}", f"sk-keeper-{secrets.token_urlsafe(12)}"
+    settings = EdgeSettings(
+        port=free_port(),
+        router_addr=chain.router_addr,
+        api_keys=key_line(tenant, key),
+        batch_redis_url=chain.redis_url,
+        batch_retention_s=2,
+        batch_window_s=60,
+    )
+    edge, task, channel = await start_edge(settings)
+    client = AsyncOpenAI(base_url=f"http://127.0.0.1:{settings.port}/v1", api_key=key, max_retries=0)
+    try:
+        unused = await client.files.create(file=("unused.jsonl", small_file("unused", 1)), purpose="batch")
+        uploaded = await client.files.create(file=("kept.jsonl", small_file("kept", 1)), purpose="batch")
+        await client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
+        await asyncio.sleep(3)
+        assert (await client.files.retrieve(uploaded.id)).id == uploaded.id
+        with pytest.raises(NotFoundError):  # a file no batch reads is kept the retention only
+            await client.files.retrieve(unused.id)
+    finally:
+        await client.close()
+        edge.should_exit = True
+        await task
+        await channel.close()
