@@ -27,9 +27,12 @@ Caller = Callable[[Request], tuple[str, str]]
 
 
 class BatchApi:
-    def __init__(self, store: Store, runner: Runner, caller: Caller, max_file_bytes: int, retention_s: int) -> None:
+    def __init__(
+        self, store: Store, runner: Runner, caller: Caller, max_file_bytes: int, retention_s: int, window_s: int
+    ) -> None:
         self.store = store
-        self.retention_s = retention_s  # uploaded files, and batches and their files once complete
+        self.retention_s = retention_s  # uploaded files, and batches and their files once ended
+        self.window_s = window_s  # a batch's completion window: it expires this long after its creation
         self.runner = runner
         self.caller = caller  # (tenant, API key) of the request, as the edge authenticates it
         self.max_file_bytes = max_file_bytes
@@ -93,6 +96,7 @@ class BatchApi:
         if fields["purpose"] != b"batch":
             raise ApiError(400, "the input file's purpose is not 'batch'", param="input_file_id", code="invalid_file")
         batch_id = f"batch_{uuid.uuid4().hex}"
+        created = now()
         batch: dict[str, str | bytes] = {
             "tenant": tenant,
             "key_id": key_id(key),
@@ -100,12 +104,16 @@ class BatchApi:
             "endpoint": wire.ENDPOINT,
             "completion_window": "24h",
             "status": "validating",
-            "created_at": now(),
+            "created_at": created,
+            "expires_at": str(int(created) + self.window_s),
             "total": str(len(wire.parse_lines(fields["content"]))),
         }
         if body.get("metadata") is not None:
             batch["metadata"] = json.dumps(body["metadata"])
         await self.store.put(batch_key(batch_id), batch)
+        # The input file outlives the batch's window, however short the retention: a batch resumed by another
+        # edge reads it again.
+        await self.store.expire([file_key(input_id)], self.window_s + self.retention_s)
         await self.store.activate(batch_id, True)
         self.runner.start(batch_id)
         return JSONResponse(wire.batch_body(batch_id, await self.store.get(batch_key(batch_id))))

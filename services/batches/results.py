@@ -1,5 +1,6 @@
 """A batch line's result, written once to the store (however often the line is run or collected again), and
-counted in the batch's request_counts and the edge's metrics."""
+counted in the batch's request_counts and the edge's metrics. A line never sent before its batch expired is
+written as OpenAI writes it (batch_expired, no response) and counts as failed."""
 
 from __future__ import annotations
 
@@ -12,17 +13,26 @@ from prometheus_client import Counter
 from services.batches import wire
 from services.batches.store import Store, batch_key, results_key
 
-LINES = Counter("llmrouter_edge_batch_lines_total", "Batch lines finished", ["outcome"])  # completed, failed
+# outcome: completed, failed, expired (never sent; in request_counts, failed)
+LINES = Counter("llmrouter_edge_batch_lines_total", "Batch lines finished", ["outcome"])
 COST = Counter("llmrouter_edge_batch_cost_usd_total", "What finished batch lines cost")
 
 
 async def record(
     store: Store, batch_id: str, index: int, custom_id: str, status: int, body: Any, cost: str = "0"
 ) -> None:
-    request_id = f"{batch_id}:{custom_id}"
-    result = {"ok": status == 200, "line": wire.output_line(custom_id, request_id, status, body), "cost": cost}
+    line = wire.output_line(custom_id, f"{batch_id}:{custom_id}", status, body)
+    await _write(store, batch_id, index, status == 200, line, cost, "completed" if status == 200 else "failed")
+
+
+async def record_expired(store: Store, batch_id: str, index: int, custom_id: str) -> None:
+    line = wire.expired_line(custom_id, f"{batch_id}:{custom_id}")
+    await _write(store, batch_id, index, False, line, "0", "expired")
+
+
+async def _write(store: Store, batch_id: str, index: int, ok: bool, line: str, cost: str, outcome: str) -> None:
+    result = {"ok": ok, "line": line, "cost": cost}
     if await store.put_once(results_key(batch_id), str(index), json.dumps(result).encode()):
-        outcome = "completed" if status == 200 else "failed"
-        await store.add(batch_key(batch_id), outcome, 1)
+        await store.add(batch_key(batch_id), "completed" if ok else "failed", 1)
         LINES.labels(outcome).inc()
         COST.inc(float(Decimal(cost)))

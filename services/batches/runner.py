@@ -8,7 +8,14 @@ line the router never admitted (the router unreachable or restarting, the money 
 is retried with the same request id, its batch parked until the router's retry time (pending.py) so that its
 lines hold no slot meanwhile; any other failure is the line's error (the error file). Stopping the
 edge stops taking lines and lets those in flight finish; a crash loses the results of lines in flight,
-whose retry the router then refuses as a duplicate (charged once, in the ledger, and in the error file)."""
+whose retry the router then refuses as a duplicate (charged once, in the ledger, and in the error file).
+
+A batch expires at its expires_at (EDGE_BATCH_WINDOW_S after its creation), as OpenAI's do: no line is sent or
+offered after it; the lines in flight finish and are recorded; the lines never sent go to the error file as
+`batch_expired` (failed in request_counts). The lines in provider batches were sent: they finish within their
+provider's window, bounded by the router's hold on them, and are collected as ever, so a charged line keeps its
+answer; the batch then ends `expired` (or `completed`, when every line was sent in time). A batch whose input file
+is gone from the store ends `failed`, with OpenAI's `errors` and the files of the lines that finished."""
 
 from __future__ import annotations
 
@@ -43,6 +50,8 @@ STOP_CHECK_S = 0.1  # a parked batch of a stopping edge, or one that lost its le
 CANCEL_CHECK_S = 1.0  # and a parked batch cancelled, perhaps through another edge, ends within this
 
 ErrorFor = Callable[[grpc.RpcError, str], ApiError]
+
+MISSING_INPUT = ("input_file_missing", "The batch's input file is no longer stored, so its lines cannot be run.")
 
 
 @dataclass(frozen=True)
@@ -118,12 +127,19 @@ class Runner:
         renewing = asyncio.create_task(self._renew(batch_id))
         try:
             batch = await self.store.get(batch_key(batch_id))
-            content = (await self.store.get(file_key(batch["input_file_id"].decode())))["content"]
+            if not batch:  # evicted from the store: nothing left to run or to report to
+                await self.store.activate(batch_id, False)
+                return
+            content = (await self.store.get(file_key(batch["input_file_id"].decode()))).get("content")
+            if content is None:  # evicted, or the store flushed: the batch cannot go on (and its run not crash)
+                await self._finish(batch_id, batch, "failed", wire.batch_errors(*MISSING_INPUT, "input_file_id"))
+                return
             lines = wire.parse_lines(content)  # validated when the batch was created
             done = await self.store.get(results_key(batch_id))
             if batch["status"] == b"validating":
                 await self.store.put(batch_key(batch_id), {"status": "in_progress", "in_progress_at": now()})
-            if batch["status"] == b"cancelling":
+            expires_at = wire.expires_at(batch)
+            if batch["status"] == b"cancelling" or time.time() >= expires_at:  # no line goes out any more
                 deferred: dict[int, dict[str, str]] | None = await self.deferral.recorded(batch_id)
             else:
                 deferred = await self.deferral.offer(batch_id, batch, lines, set(done))
@@ -131,12 +147,15 @@ class Runner:
                 return  # the router is out of reach: resumed later
             done = await self.store.get(results_key(batch_id))
             pending = Pending(i for i in range(len(lines)) if str(i) not in done and i not in deferred)
-            cancelled = False
+            cancelled = expired = False
             checked = 0.0  # when a parked batch last looked for a cancel
             async with asyncio.TaskGroup() as group:
                 while (wait_s := pending.wait_s()) is not None:
                     if self.stopping or renewing.done():  # stopping, or the lease is lost: another edge resumes
                         return
+                    if pending.waiting and time.time() >= expires_at:
+                        expired = True  # the lines in flight finish (those refused meanwhile wait); no more are sent
+                        break
                     if wait_s > 0:  # parked, holding no slot; or only lines in flight are left
                         await pending.changed(min(wait_s, STOP_CHECK_S))
                         if pending.parked() and time.monotonic() - checked >= CANCEL_CHECK_S:
@@ -146,7 +165,8 @@ class Runner:
                                 break
                         continue
                     await self.slots.acquire()
-                    if pending.wait_s() != 0 or self.stopping or renewing.done():  # parked, or stopping, meanwhile
+                    # parked, stopping or expired while waiting for the slot
+                    if pending.wait_s() != 0 or self.stopping or renewing.done() or time.time() >= expires_at:
                         self.slots.release()
                         continue
                     if await self._cancelling(batch_id):
@@ -155,12 +175,16 @@ class Runner:
                         break
                     index = pending.take()
                     group.create_task(self._line(batch_id, batch, index, lines[index], pending))
-            # The lines in provider batches finish too, cancelled or not: they run at the provider.
+            if expired:
+                await self._expire(batch_id, lines, deferred)
+            # The lines in provider batches finish too, cancelled, expired or not: they run at the provider, within
+            # its own window, charged when collected; their answers are kept.
             if not await self.deferral.collect(
                 batch_id, batch, lines, deferred, lambda: not (self.stopping or renewing.done())
             ):
                 return
-            await self._finish(batch_id, batch, len(lines), cancelled)
+            expired = "expired_at" in await self.store.get(batch_key(batch_id))  # perhaps by an earlier run
+            await self._finish(batch_id, batch, "cancelled" if cancelled else "expired" if expired else "completed")
         except Exception:
             log.exception("batch run failed; it stays active and is resumed", extra={"id": batch_id})
         finally:
@@ -219,19 +243,29 @@ class Runner:
             return api_error.status, api_error.body()
         return 200, completion_body(response)
 
-    async def _finish(self, batch_id: str, batch: dict[str, bytes], total: int, cancelled: bool) -> None:
-        """The output and error files of the lines that finished, in input order; ids derived from the batch,
-        so a finish interrupted and run again writes the same files."""
-        if not cancelled:
+    async def _expire(self, batch_id: str, lines: list[dict[str, Any]], deferred: dict[int, dict[str, str]]) -> None:
+        """The window ended with lines unsent: they go to the error file as OpenAI writes them, and count as failed.
+        A line in flight when an edge crashed has no result either and is among them, though the router may have
+        charged it (the ledger has it under its request id): unexpired, it would have been a duplicate_request."""
+        await self.store.put_once(batch_key(batch_id), "expired_at", now().encode())  # when, kept if run again
+        done = await self.store.get(results_key(batch_id))
+        for index in (i for i in range(len(lines)) if str(i) not in done and i not in deferred):
+            await results.record_expired(self.store, batch_id, index, lines[index]["custom_id"])
+
+    async def _finish(self, batch_id: str, batch: dict[str, bytes], status: str, errors: str | None = None) -> None:
+        """The batch ends with `status` (completed, cancelled, expired or failed with `errors`) and the output and
+        error files of the lines that finished, in input order; ids derived from the batch, so a finish interrupted
+        and run again writes the same files."""
+        if status == "completed":
             await self.store.put(batch_key(batch_id), {"status": "finalizing", "finalizing_at": now()})
         results = await self.store.get(results_key(batch_id))
-        parsed = [json.loads(results[str(i)]) for i in range(total) if str(i) in results]
+        parsed = [json.loads(results[str(i)]) for i in range(int(batch["total"])) if str(i) in results]
         tenant = batch["tenant"].decode()
-        fields: dict[str, str | bytes] = (
-            {"status": "cancelled", "cancelled_at": now()}
-            if cancelled
-            else {"status": "completed", "completed_at": now()}
-        )
+        fields: dict[str, str | bytes] = {"status": status}
+        if status != "expired":  # an expired batch's expired_at is when it expired, not when its last lines came
+            fields[f"{status}_at"] = now()
+        if errors is not None:
+            fields["errors"] = errors
         for kind, ok in (("output", True), ("error", False)):
             lines = [r["line"] for r in parsed if r["ok"] is ok]
             if lines:

@@ -1,5 +1,9 @@
-"""OpenAI's Batch API shapes: the input file's lines, the output and error files' lines, and the File and
-Batch objects, as the official SDK reads them."""
+"""OpenAI's Batch API shapes: the input file's lines, the output and error files' lines (an expired line's
+included), and the File and Batch objects, as the official SDK reads them.
+
+A batch's status: `validating` when created, `in_progress` once it runs, then `finalizing` and `completed`; or
+`cancelling` and `cancelled`; `expired` when lines were still unsent at its `expires_at` (they are `batch_expired`
+lines of the error file and count as failed); `failed` (with `errors`) when its input file is gone."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ ENDPOINT = "/v1/chat/completions"
 MAX_LINES = 50_000  # as OpenAI
 MAX_CUSTOM_ID = 200
 DAY_S = 86_400
+EXPIRED_MESSAGE = "This request could not be executed before the completion window expired."
 
 
 def parse_lines(content: bytes) -> list[dict[str, Any]]:
@@ -78,6 +83,28 @@ def output_line(custom_id: str, request_id: str, status: int, body: dict[str, An
     )
 
 
+def expired_line(custom_id: str, request_id: str) -> str:
+    """One line of the error file for a request never sent before the batch expired, as OpenAI writes it."""
+    return json.dumps(
+        {
+            "id": f"batch_req_{request_id}",
+            "custom_id": custom_id,
+            "response": None,
+            "error": {"code": "batch_expired", "message": EXPIRED_MESSAGE},
+        }
+    )
+
+
+def batch_errors(code: str, message: str, param: str | None = None) -> str:
+    """A failed batch's `errors` (OpenAI's list of BatchError), as the batch's store field holds it."""
+    return json.dumps({"object": "list", "data": [{"code": code, "message": message, "param": param, "line": None}]})
+
+
+def expires_at(fields: dict[str, bytes]) -> int:
+    """When the batch's completion window ends; a day after its creation for a batch created without the field."""
+    return int(fields["expires_at"]) if "expires_at" in fields else int(fields["created_at"]) + DAY_S
+
+
 def file_body(file_id: str, fields: dict[str, bytes]) -> dict[str, Any]:
     return {
         "id": file_id,
@@ -98,24 +125,23 @@ def batch_body(batch_id: str, fields: dict[str, bytes]) -> dict[str, Any]:
     def text(name: str) -> str | None:
         return fields[name].decode() if name in fields else None
 
-    created = int(fields["created_at"])
     return {
         "id": batch_id,
         "object": "batch",
         "endpoint": fields["endpoint"].decode(),
-        "errors": None,
+        "errors": json.loads(fields["errors"]) if "errors" in fields else None,
         "input_file_id": fields["input_file_id"].decode(),
         "completion_window": fields["completion_window"].decode(),
         "status": fields["status"].decode(),
         "output_file_id": text("output_file_id"),
         "error_file_id": text("error_file_id"),
-        "created_at": created,
+        "created_at": int(fields["created_at"]),
         "in_progress_at": at("in_progress_at"),
-        "expires_at": created + DAY_S,
+        "expires_at": expires_at(fields),
         "finalizing_at": at("finalizing_at"),
         "completed_at": at("completed_at"),
-        "failed_at": None,
-        "expired_at": None,
+        "failed_at": at("failed_at"),
+        "expired_at": at("expired_at"),
         "cancelling_at": at("cancelling_at"),
         "cancelled_at": at("cancelled_at"),
         "request_counts": {

@@ -393,7 +393,14 @@ def create_app(settings: EdgeSettings, channel: grpc.aio.Channel) -> Starlette:
         settings.batch_retention_s,
         settings.batch_poll_s,
     )
-    batches = BatchApi(store, runner, edge.caller, settings.batch_max_file_bytes, settings.batch_retention_s)
+    batches = BatchApi(
+        store,
+        runner,
+        edge.caller,
+        settings.batch_max_file_bytes,
+        settings.batch_retention_s,
+        settings.batch_window_s,
+    )
     access_log = AccessLog.open(settings.access_log)
 
     @asynccontextmanager

@@ -8,6 +8,7 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from llmrouter.settings import ServiceSettings, is_loopback
+from services.batches.wire import DAY_S
 from services.edge.keys import KeyRing, parse_keys
 
 
@@ -35,8 +36,11 @@ class EdgeSettings(ServiceSettings):
     # How often a provider batch (lines sent through a provider's Batch API) is asked whether it has ended.
     batch_poll_s: float = Field(default=60.0, gt=0)
     batch_max_file_bytes: int = Field(default=100 * 1024 * 1024, gt=0)
-    # How long an uploaded file, and a completed batch with its output and error files, are kept.
+    # How long an uploaded file, and an ended batch with its output and error files, are kept.
     batch_retention_s: int = Field(default=30 * 86_400, gt=0)
+    # A batch's completion window: lines not sent by its expires_at never are, and it ends `expired`. 24 h, the
+    # only window OpenAI's API takes; shorter only in tests, which cannot wait a day for a batch to expire.
+    batch_window_s: int = Field(default=DAY_S, gt=0, le=DAY_S)
 
     @field_validator("api_keys")
     @classmethod

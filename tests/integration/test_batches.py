@@ -23,14 +23,17 @@ from llmrouter.server import RunningServer, start_server
 from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
 from services import providers
 from services.batches.runner import not_admitted
+from services.batches.store import ACTIVE, PREFIX, file_key
 from services.edge.app import api_error
 from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
 from services.providers.settings import ProvidersSettings
 from services.router.store import Account, AccountKeys, key_id, period_id, to_pico
 from tests.conftest import ledger_records
+from tests.fakes import Fault
 from tests.integration.conftest import Chain, free_port, start_edge
 from tests.integration.test_policy_in_chain import extra_router
+from tests.integration.test_provider_batches import finished
 
 LINES = 1000
 
@@ -368,3 +371,144 @@ async def test_calls_a_stopping_router_drops_unserved_are_sent_again_and_charged
         await db.aclose()
     assert sorted(r["request_id"] for r in ledger) == sorted(line.request_id for line in lines)  # each once
     assert {r["request_id"]: Decimal(r["cost_usd"]) for r in ledger} == {k: Decimal(v) for k, v in answered.items()}
+
+
+def small_file(prefix: str, count: int) -> bytes:
+    """`count` lines for the cheap model, custom ids `<prefix>-<i>`."""
+    bodies = [
+        {"model": "cheap-model", "messages": [{"role": "user", "content": uuid.uuid4().hex}]} for _ in range(count)
+    ]
+    lines = [
+        {"custom_id": f"{prefix}-{i}", "method": "POST", "url": "/v1/chat/completions", "body": b}
+        for i, b in enumerate(bodies)
+    ]
+    return "".join(json.dumps(line) + "\n" for line in lines).encode()
+
+
+async def test_an_expiring_batch_records_the_lines_in_flight_and_fails_those_never_sent(chain: Chain) -> None:
+    """A 3 s window over lines that take 4 s at least, the first sent taking 4 s alone: at the window's end the
+    lines in flight finish and keep their answers (each charged once, and in the output file); the others are never
+    sent (no charge) and are failed `batch_expired` lines of the error file."""
+    tenant, key = f"expiring-{secrets.token_hex(4)}", f"sk-expiring-{secrets.token_urlsafe(12)}"
+    settings = EdgeSettings(
+        port=free_port(),
+        router_addr=chain.router_addr,
+        api_keys=key_line(tenant, key),
+        batch_redis_url=chain.redis_url,
+        batch_concurrency=2,
+        batch_window_s=3,
+    )
+    chain.budget.latency = 0.4
+    edge, task, channel = await start_edge(settings)
+    client = AsyncOpenAI(base_url=f"http://127.0.0.1:{settings.port}/v1", api_key=key, max_retries=0)
+    content = small_file("slow", 20)
+    lines = [json.loads(line) for line in content.splitlines()]
+    custom_ids = {line["body"]["messages"][0]["content"]: line["custom_id"] for line in lines}
+    seen = len(chain.budget.requests)
+    try:
+        uploaded = await client.files.create(file=("slow.jsonl", content), purpose="batch")
+        chain.budget.enqueue(Fault.delay(4))  # in flight from the start to past the window's end
+        batch = await client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        assert batch.expires_at == batch.created_at + 3
+        batch = await finished(client, batch.id, timeout_s=20)
+        assert batch.output_file_id and batch.error_file_id
+        output = [json.loads(o) for o in (await client.files.content(batch.output_file_id)).text.splitlines()]
+        errors = [json.loads(e) for e in (await client.files.content(batch.error_file_id)).text.splitlines()]
+    finally:
+        chain.budget.latency = 0.0
+        await client.close()
+        edge.should_exit = True
+        await task
+        await channel.close()
+    assert batch.status == "expired" and batch.expired_at and batch.expires_at
+    assert batch.expired_at >= batch.expires_at
+    counts = batch.request_counts
+    assert counts is not None and (counts.total, counts.completed, counts.failed) == (20, len(output), len(errors))
+    assert output and errors and all(o["response"]["status_code"] == 200 for o in output)
+    sent = {custom_ids[r.json["messages"][-1]["content"]] for r in chain.budget.requests[seen:]}
+    assert sent == {o["custom_id"] for o in output}  # every line sent was answered, the slow one included
+    assert all(e["error"]["code"] == "batch_expired" and e["response"] is None for e in errors)
+    assert sorted(line["custom_id"] for line in output + errors) == sorted(f"slow-{i}" for i in range(20))
+    db = redis.from_url(chain.redis_url)
+    try:
+        ledger = [r for r in await ledger_records(db) if r["tenant"] == tenant]
+    finally:
+        await db.aclose()
+    assert sorted(r["request_id"] for r in ledger) == sorted(o["response"]["request_id"] for o in output)
+
+
+async def test_a_batch_whose_input_file_is_gone_fails_with_the_files_of_what_finished(chain: Chain) -> None:
+    """The edge running a batch stops; its input file is gone from the store (evicted, flushed) when the next edge
+    resumes the batch: it ends `failed`, saying why in `errors`, with the answers it has; not a run that raises at
+    every adoption."""
+    tenant, key = f"orphan-{secrets.token_hex(4)}", f"sk-orphan-{secrets.token_urlsafe(12)}"
+    settings = EdgeSettings(
+        port=free_port(),
+        router_addr=chain.router_addr,
+        api_keys=key_line(tenant, key),
+        batch_redis_url=chain.redis_url,
+        batch_concurrency=1,
+    )
+    chain.budget.latency = 0.1
+    edge, task, channel = await start_edge(settings)
+    client = AsyncOpenAI(base_url=f"http://127.0.0.1:{settings.port}/v1", api_key=key, max_retries=0)
+    db = redis.from_url(chain.redis_url)
+    try:
+        uploaded = await client.files.create(file=("gone.jsonl", small_file("gone", 50)), purpose="batch")
+        batch = await client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        await wait_for(client, batch.id, 2)
+        edge.should_exit = True
+        await task
+        await channel.close()
+        # The input file gone, and the stopped edge's lease lapsed (as it does 30 s on) so the next edge runs it now.
+        await db.delete(file_key(uploaded.id), f"{PREFIX}lease:{batch.id}")
+        edge, task, channel = await start_edge(settings)
+        batch = await finished(client, batch.id, timeout_s=20)
+        assert batch.output_file_id
+        output = (await client.files.content(batch.output_file_id)).text.splitlines()
+        active = await db.smembers(ACTIVE)
+    finally:
+        chain.budget.latency = 0.0
+        await db.aclose()
+        await client.close()
+        edge.should_exit = True
+        await task
+        await channel.close()
+    assert batch.status == "failed" and batch.failed_at and batch.errors and batch.errors.data
+    assert [(e.code, e.param) for e in batch.errors.data] == [("input_file_missing", "input_file_id")]
+    counts = batch.request_counts
+    assert counts is not None and 2 <= counts.completed == len(output) < 50 and counts.failed == 0
+    assert batch.id.encode() not in active  # not adopted again
+
+
+async def test_a_batchs_input_file_outlives_a_retention_shorter_than_its_window(chain: Chain) -> None:
+    """Files are kept 2 s here, but a batch's input file as long as the batch may run (its 60 s window and the
+    retention): an edge resuming the batch reads it again."""
+    tenant, key = f"keeper-{secrets.token_hex(4)}", f"sk-keeper-{secrets.token_urlsafe(12)}"
+    settings = EdgeSettings(
+        port=free_port(),
+        router_addr=chain.router_addr,
+        api_keys=key_line(tenant, key),
+        batch_redis_url=chain.redis_url,
+        batch_retention_s=2,
+        batch_window_s=60,
+    )
+    edge, task, channel = await start_edge(settings)
+    client = AsyncOpenAI(base_url=f"http://127.0.0.1:{settings.port}/v1", api_key=key, max_retries=0)
+    try:
+        unused = await client.files.create(file=("unused.jsonl", small_file("unused", 1)), purpose="batch")
+        uploaded = await client.files.create(file=("kept.jsonl", small_file("kept", 1)), purpose="batch")
+        await client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
+        await asyncio.sleep(3)
+        assert (await client.files.retrieve(uploaded.id)).id == uploaded.id
+        with pytest.raises(NotFoundError):  # a file no batch reads is kept the retention only
+            await client.files.retrieve(unused.id)
+    finally:
+        await client.close()
+        edge.should_exit = True
+        await task
+        await channel.close()

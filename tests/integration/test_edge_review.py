@@ -10,6 +10,8 @@ import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 import pytest
@@ -294,18 +296,25 @@ class RateLimitedEdge:
 
 @pytest.fixture
 async def rate_limited(chain: Chain) -> AsyncIterator[RateLimitedEdge]:
+    async with rate_limited_edge(chain) as edge:
+        yield edge
+
+
+@asynccontextmanager
+async def rate_limited_edge(chain: Chain, **settings: Any) -> AsyncIterator[RateLimitedEdge]:
     limited = await extra_router(chain, rate_limit_rpm=2, redis_url=None)
     run = secrets.token_hex(4)
     keys = {name: (f"{name}-{run}", f"sk-{name}-{run}") for name in ("busy", "other")}
-    settings = EdgeSettings(
+    edge_settings = EdgeSettings(
         port=free_port(),
         router_addr=f"127.0.0.1:{limited.port}",
         api_keys=",".join(key_line(*k) for k in keys.values()),
         batch_concurrency=2,
         access_log="off",
+        **settings,
     )
-    server, task, channel = await start_edge(settings)
-    edge = RateLimitedEdge(f"http://127.0.0.1:{settings.port}/v1", {name: k[1] for name, k in keys.items()})
+    server, task, channel = await start_edge(edge_settings)
+    edge = RateLimitedEdge(f"http://127.0.0.1:{edge_settings.port}/v1", {name: k[1] for name, k in keys.items()})
     try:
         yield edge
     finally:
@@ -333,3 +342,23 @@ async def test_a_batch_parked_until_its_retry_time_is_cancelled_meanwhile(rate_l
     assert (done.request_counts.completed, done.request_counts.failed) == (2, 0)  # type: ignore[attr-defined]
     output = (await client.files.content(done.output_file_id)).text.splitlines()  # type: ignore[attr-defined]
     assert len({json.loads(o)["custom_id"] for o in output}) == 2  # the lines answered, each once
+
+
+async def test_a_batch_the_router_keeps_refusing_expires_at_the_end_of_its_window(chain: Chain) -> None:
+    """Lines refused until the next minute are never sent once the batch's 3 s window ends: the batch ends then,
+    `expired`, with the lines answered in its output file and the others in its error file as OpenAI writes them."""
+    async with rate_limited_edge(chain, batch_window_s=3) as edge:
+        client = edge.clients["busy"]
+        busy = await edge.parked("busy", 5)
+        done = await finished(client, busy, timeout_s=10)  # not at the next minute, when its lines could run
+        errors = (await client.files.content(done.error_file_id)).text.splitlines()  # type: ignore[attr-defined]
+        output = (await client.files.content(done.output_file_id)).text.splitlines()  # type: ignore[attr-defined]
+    assert done.status == "expired" and done.expired_at >= done.expires_at == done.created_at + 3  # type: ignore[attr-defined]
+    assert (done.request_counts.completed, done.request_counts.failed) == (2, 3)  # type: ignore[attr-defined]
+    assert len({json.loads(o)["custom_id"] for o in output}) == 2
+    message = "This request could not be executed before the completion window expired."
+    expected = {"code": "batch_expired", "message": message}
+    assert [(e["response"], e["error"]) for e in map(json.loads, errors)] == [(None, expected)] * 3
+    assert {json.loads(e)["custom_id"] for e in errors} | {json.loads(o)["custom_id"] for o in output} == {
+        f"busy-{i}" for i in range(5)
+    }

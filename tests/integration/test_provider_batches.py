@@ -172,7 +172,7 @@ async def finished(client: AsyncOpenAI, batch_id: str, timeout_s: float = 60) ->
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         batch = await client.batches.retrieve(batch_id)
-        if batch.status in ("completed", "cancelled", "failed"):
+        if batch.status in ("completed", "cancelled", "failed", "expired"):
             return batch
         await asyncio.sleep(0.1)
     raise AssertionError(f"batch {batch_id} did not finish in {timeout_s} s")
