@@ -3,7 +3,8 @@ router and providers services against a fake OpenAI speaking the exact Batch API
 batch-priced model go up as one provider batch and are charged the batch price from the usage it reports; lines of
 a model without one run realtime at the realtime price; lines the provider failed or let expire are released;
 a router restart while the provider batch runs loses nothing; a provider batch that never ends is given up on as
-its lines' window ends."""
+its lines' window ends; an edge batch whose window ends while its provider batch runs waits for it, keeping its
+answers, and expires only the lines never sent."""
 
 from __future__ import annotations
 
@@ -614,6 +615,66 @@ async def test_a_line_of_a_provider_batch_created_or_not_costs_in_its_file_what_
     assert not pending and held == 0, pending
     assert costs_of(errors) == charged and all(cost > 0 for cost in charged.values())
     assert spend == sum(to_pico(c) for c in charged.values())
+
+
+async def test_an_edge_batch_expiring_with_lines_in_a_provider_batch_keeps_them_and_expires_the_unsent(
+    stack: Stack,
+) -> None:
+    """A 3 s edge window: the batch-priced lines go up in a provider batch still running when it ends; of the
+    realtime lines, the rate limit (4 a minute, 3 taken by the deferred lines) admits one and holds the rest back
+    past it. The batch stays in_progress past expires_at until the provider batch ends, then ends `expired`: the
+    deferred lines answered and charged once, the unsent ones batch_expired, charged nothing."""
+    stack.upstream.batches.release.clear()  # the provider batch runs until released
+    server = await start_router(stack, rate_limit_rpm=4)
+    edge_settings = stack.edge.model_copy(update={"batch_window_s": 3})
+    edge, task, channel = await start_edge(edge_settings)
+    client = AsyncOpenAI(base_url=f"http://127.0.0.1:{edge_settings.port}/v1", api_key=stack.key, max_retries=3)
+    cues = [BATCHED, REALTIME, BATCHED, REALTIME, BATCHED, REALTIME]
+    try:
+        while time.time() % 60 > 50:  # the rate limit's minute lasts past the window: the held-back stay so
+            await asyncio.sleep(0.5)
+        batch_id = await run_batch(client, batch_file([(model, f"line {i}") for i, model in enumerate(cues)]))
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # until the unsent lines expire (nothing else fails) or the batch ends
+            running = await client.batches.retrieve(batch_id)
+            ended = running.status not in ("validating", "in_progress")
+            if ended or (running.request_counts and running.request_counts.failed):
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1)  # a batch wrongly ended at expiry would have by now
+        seen_at, running = time.time(), await client.batches.retrieve(batch_id)
+        _, _, held_meanwhile, pending_meanwhile = await money(stack)
+        stack.upstream.batches.release.set()
+        batch = await finished(client, batch_id)
+        output = await lines_of(client, batch.output_file_id)
+        errors = await lines_of(client, batch.error_file_id)
+    finally:
+        await client.close()
+        edge.should_exit = True
+        await task
+        await channel.close()
+        await server.stop(5)
+
+    deferred = {f"req-{i}" for i, model in enumerate(cues) if model == BATCHED}
+    assert running.status == "in_progress" and running.expires_at is not None and seen_at > running.expires_at + 1
+    assert running.request_counts is not None and running.request_counts.failed == 2
+    assert len(pending_meanwhile) == 3 and held_meanwhile == sum(p.hold_pico for p in pending_meanwhile) > 0
+
+    assert batch.status == "expired" and batch.expires_at == batch.created_at + 3, batch
+    assert batch.expired_at is not None and batch.expires_at <= batch.expired_at <= running.expires_at + 2
+    sent = set(output) - deferred  # the one realtime line the rate limit admitted
+    assert deferred < set(output) and len(sent) == 1 and not sent & set(errors), (output, errors)
+    assert set(output) | set(errors) == {f"req-{i}" for i in range(len(cues))} and len(errors) == 2
+    assert all(e["error"]["code"] == "batch_expired" and e["response"] is None for e in errors.values())
+    assert {output[c]["response"]["body"]["model"] for c in deferred} == {BATCHED}
+    assert sorted(stack.upstream.batches.answered) == sorted(f"{batch_id}:{c}" for c in deferred)
+    assert len(chat_calls(stack.upstream)) == 1  # the expired lines never went out
+    counts = batch.request_counts
+    assert counts is not None and (counts.total, counts.completed, counts.failed) == (6, 4, 2), counts
+
+    charged, spend, held, pending = await money(stack)
+    assert charged == costs_of(output)  # each answered line once, at its output's cost; the expired ones nothing
+    assert spend == sum(to_pico(c) for c in charged.values()) and held == 0 and not pending
 
 
 async def test_a_provider_batch_that_ended_is_collected_even_in_its_window_s_last_moments(stack: Stack) -> None:
