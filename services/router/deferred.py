@@ -10,8 +10,12 @@ Collecting a provider batch that has ended settles each line once: charged at th
 provider reports; released when the provider reports it failed, expired or cancelled (it bills none of those);
 charged its hold when its outcome is unknown (no usage, or no result from a batch that ran). Everything needed
 lives in the money store (the pending charges), so any router collects what another admitted. Request ids are the
-callers' (two tenants may both send 'r1'), so each line's pending charge records the provider batch it was sent in,
-and a collect settles, or reports, only the lines of the batch it names. A collect in the
+callers' (two tenants may both send 'r1'), so the provider batch each line was sent in is recorded beside its
+pending charge, and a collect settles, or reports, only the lines of the batch it names. A line with no batch
+recorded (admitted by a router of the version before, or one whose batch could not be recorded because the store
+was out of reach) is settled as that version did, from the batch a collect names, when that batch's results hold
+its request id: for such lines alone, until their holds lapse, the old risk stays that another tenant's line of the
+same request id in the named batch settles it (and its answer is read). A collect in the
 last `give_up_s` of the lines' holds gives up on a provider batch that has not ended (or cannot be read, or whose
 model lost its batch price): the lines still pending are charged their hold and reported ended, so the caller's
 batch ends too. A line whose batch is never collected is charged its hold by the reconciler when its hold lapses."""
@@ -47,9 +51,10 @@ POLL_IDS = 50  # lines whose answers are read in one PollBatch: 50 of 16k tokens
 NOT_CREATED = ("BATCH_NOT_CREATED", "INVALID_ARGUMENT", "MODEL_NOT_FOUND")
 GIVE_UP_MAX_S = 600.0  # how early before its lines' holds end a provider batch is given up, at most
 GAVE_UP = "the provider batch did not end within its window"
-UNRECORDED = (
-    "no provider batch is recorded for the line (request id {}): it was sent by an older router, or its batch could "
-    "not be recorded, so no batch's results settle it; it is charged its hold at the batch price when the hold lapses"
+UNANSWERED = (
+    "no result for request id {} in provider batch {!r}, and no provider batch is recorded for the line (it was sent "
+    "by an older router, or its batch could not be recorded): it is settled from the batch that answers it, or "
+    "charged its hold at the batch price when the hold lapses"
 )
 
 
@@ -149,7 +154,7 @@ class Deferred:
                 for r in group
             }
         log.info("provider batch created", extra={"model": model, "batch": reply.batch_id, "lines": len(group)})
-        recorded = await self._record_batch(group, reply.batch_id)
+        await self._record_batch(group, reply.batch_id)
         return {
             r.request_id: router_pb2.DeferredLine(
                 request_id=r.request_id,
@@ -157,15 +162,13 @@ class Deferred:
                 model=model,
                 provider_batch_id=reply.batch_id,
                 held_usd=_held_usd(r),
-                error="" if r.request_id in recorded else UNRECORDED.format(r.request_id),
             )
             for r in group
         }
 
-    async def _record_batch(self, group: list[Routed], batch_id: str) -> set[str]:
-        """The request ids of the lines whose pending charge now names their provider batch: only its results
-        settle them. One not recorded (the store out of reach) is collected from no batch: its hold is charged when
-        it lapses, as the provider runs and bills it all the same."""
+    async def _record_batch(self, group: list[Routed], batch_id: str) -> None:
+        """Each line's provider batch recorded beside its pending charge: only its results settle the line. One not
+        recorded (the store out of reach) is settled as a line of a router of the version before (module docstring)."""
         slots = asyncio.Semaphore(ROUTING_CONCURRENCY)
 
         async def record(routed: Routed) -> bool:
@@ -177,8 +180,7 @@ class Deferred:
                     log.error("provider batch of a line not recorded", extra={"request_id": routed.request_id})
                     return False
 
-        done = await asyncio.gather(*(record(routed) for routed in group))
-        return {routed.request_id for routed, ok in zip(group, done, strict=True) if ok}
+        await asyncio.gather(*(record(routed) for routed in group))
 
     async def collect(self, request: router_pb2.CollectBatchRequest, context: Any) -> router_pb2.CollectBatchResponse:
         account = admitting.account_for(
@@ -234,13 +236,14 @@ class Deferred:
         return router_pb2.CollectBatchResponse(status=polled.status, ended=True, lines=lines)
 
     async def _window_ending(self, account: Account, ids: list[str], batch_id: str) -> bool:
-        """Whether a line of this provider batch still pending has its hold end within give_up_s: the batch is
-        given up on before the reconciler charges the hold unseen by the caller, who would then wait forever."""
+        """Whether a line of this provider batch (or with none recorded) still pending has its hold end within
+        give_up_s: the batch is given up on before the reconciler charges the hold unseen by the caller, who would
+        then wait forever."""
         for request_id in ids:
             pending = await self.store.pending_charge(account, request_id)
             if (
                 pending is not None
-                and pending.provider_batch == batch_id
+                and pending.provider_batch in (batch_id, "")
                 and pending.until
                 and pending.until - time.time() <= self.give_up_s
             ):
@@ -274,7 +277,8 @@ class Deferred:
         """One line's outcome, settled once, and only from the results of the provider batch it was sent in:
         request ids are the callers', so another tenant's line (or another of the account's batches) may have the
         same id there. A line whose pending charge is gone was settled before (by an earlier collect, or at its
-        hold by the reconciler) and is only reported, when it was charged from this batch."""
+        hold by the reconciler) and is only reported, when it was charged from this batch. A line with no batch
+        recorded is settled from this one only when its results hold the line's request id (module docstring)."""
         pending = await self.store.pending_charge(account, request_id)
         if pending is not None and not pending.until:
             raise invalid(f"request {request_id!r} is not a provider batch line", "request_ids")
@@ -282,6 +286,13 @@ class Deferred:
             foreign = _of_another_batch(pending, request_id, batch_id)
             if foreign is not None:
                 return foreign
+            if not pending.provider_batch:
+                if result is None:  # nothing says the line is this batch's: left for the batch that answers it
+                    error = UNANSWERED.format(request_id, batch_id)
+                    return router_pb2.CollectedLine(request_id=request_id, error=error, charged_usd="0")
+                # Settled from this batch from now on: its charge keeps the batch, so a collect again reports it.
+                held_account, hold = pending.account_and_hold()
+                await self.store.record_provider_batch(held_account, hold, batch_id)
         elif await self.store.charged_batch(account, request_id) != batch_id:
             # Neither held nor charged for this account from this batch: not its line, and not its answer to read.
             error = f"no line of this account in provider batch {batch_id!r} (request id {request_id})"
@@ -367,13 +378,11 @@ class Deferred:
 
 
 def _of_another_batch(pending: Pending | None, request_id: str, batch_id: str) -> router_pb2.CollectedLine | None:
-    """A pending line not sent in `batch_id`, reported and left unsettled: its hold stays for its own batch's
-    collect, or for the reconciler when it lapses. None for a line of this batch (or no longer pending)."""
-    if pending is None or (pending.provider_batch and pending.provider_batch == batch_id):
+    """A pending line recorded as sent in another batch than `batch_id`, reported and left unsettled: its hold stays
+    for its own batch's collect, or for the reconciler when it lapses. None for a line of this batch, one with no
+    batch recorded (settled as the version before did), or one no longer pending."""
+    if pending is None or pending.provider_batch in (batch_id, ""):
         return None
-    if not pending.provider_batch:  # its hold is all it will ever be charged: said now, as at submit
-        held = format(Decimal(pending.hold_pico) / PICO, "f")
-        return router_pb2.CollectedLine(request_id=request_id, error=UNRECORDED.format(request_id), charged_usd=held)
     error = f"request {request_id!r} was sent in another provider batch than {batch_id!r}: it is settled from that one"
     return router_pb2.CollectedLine(request_id=request_id, error=error, charged_usd="0")
 

@@ -41,6 +41,7 @@ from services.router.store import (
     Pending,
     RedisStore,
     key_id,
+    pending_field,
     pending_key,
     period_id,
     to_pico,
@@ -773,3 +774,59 @@ async def test_a_line_is_settled_only_from_its_own_provider_batch(stack: Stack) 
     assert own.succeeded and "their secret question" not in own.response.content, own
     assert charged_from == batch_ids["mine"]
     assert theirs is not None and theirs.provider_batch == batch_ids["theirs"]  # the other tenant's, untouched
+
+
+async def test_a_line_with_no_batch_recorded_is_settled_from_the_batch_whose_results_answer_it(stack: Stack) -> None:
+    """A line admitted by a router of the version before (or whose batch could not be recorded) has no provider batch
+    recorded. Collected with a batch whose results do not hold its request id it is left held and reported; collected
+    with the batch that answers it, it is answered and charged from that batch once, which a collect again reports."""
+    store = RedisStore(stack.redis_url)
+    server = await start_router(stack)
+    account = Account("legacy", key_id(""))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.router_port}") as channel:
+            stub = router_pb2_grpc.RouterStub(channel)
+            batch_ids = {}
+            for tenant, request_id in (("legacy", "r1"), ("elsewhere", "x1")):
+                line = router_pb2.CompleteRequest(
+                    messages=[common_pb2.ChatMessage(role="user", content=f"a question {uuid.uuid4().hex}")],
+                    tenant=tenant,
+                    model=BATCHED,
+                    request_id=request_id,
+                )
+                reply = await stub.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[line]), timeout=10)
+                assert reply.lines[0].deferred and not reply.lines[0].error, reply
+                batch_ids[tenant] = reply.lines[0].provider_batch_id
+            # As the version before left it: no batch recorded beside the pending charge.
+            keys = AccountKeys.of(account)
+            assert await store.redis.hdel(keys.batches, pending_field(account, "r1")) == 1
+
+            async def collect(batch_id: str) -> router_pb2.CollectedLine:
+                ask = router_pb2.CollectBatchRequest(
+                    tenant="legacy", model=BATCHED, provider_batch_id=batch_id, request_ids=["r1"]
+                )
+                for _ in range(100):
+                    collected = await stub.CollectBatch(ask, timeout=10)
+                    if collected.ended:
+                        (line,) = collected.lines
+                        return line
+                    await asyncio.sleep(0.1)
+                raise AssertionError(f"provider batch {batch_id} did not end")
+
+            unanswered = await collect(batch_ids["elsewhere"])
+            still = await store.pending_charge(account, "r1")
+            answered = await collect(batch_ids["legacy"])
+            again = await collect(batch_ids["legacy"])
+            charged_from = await store.charged_batch(account, "r1")
+            held = await store.held_pico(account)
+            ledger = [r for r in await ledger_records(store.redis) if r["tenant"] == "legacy"]
+    finally:
+        await server.stop(5)
+        await store.close()
+    assert not unanswered.succeeded and unanswered.charged_usd == "0" and "no result" in unanswered.error, unanswered
+    assert still is not None and still.provider_batch == ""
+    assert answered.succeeded and answered.response.content, answered
+    assert again.succeeded and again.response.content == answered.response.content, again
+    assert charged_from == batch_ids["legacy"]
+    assert [Decimal(r["cost_usd"]) for r in ledger] == [Decimal(answered.response.cost_usd)]  # charged once
+    assert held == (0, 0)

@@ -59,6 +59,13 @@ def pending_key(shard: int) -> str:
     return f"{TAGS[shard]}:pending"
 
 
+def batches_key(shard: int) -> str:
+    """The provider batch each deferred line of the shard was sent in, a hash: field pending_field(...) (its pending
+    charge's), value the provider's batch id. Kept beside the pending charge, not in it: a router of the version
+    before reads every pending record as a Pending of the fields it knew."""
+    return f"{TAGS[shard]}:batches"
+
+
 def limits_key(shard: int) -> str:
     """Operators' limit overrides, a hash from limit_field(scope, name) to pico-USD: a tenant's in its shard,
     a key's in every shard (its tenant, which picks the shard, is not known where the limit is set)."""
@@ -105,7 +112,8 @@ class AccountKeys:
     def hold_member(self, pico: int, request_id: str) -> str:
         """A request's member in both holds sets: '<pico>:<tenant hex>:<request id>'. Request ids are per tenant,
         so the tenant keeps two tenants' same-id requests apart in the key's set. Members written before this had
-        no tenant ('<pico>:<request id>'); the scripts still settle those (lua.py, _HELD)."""
+        no tenant ('<pico>:<request id>'): no script settles those (which request one stands for is ambiguous),
+        so each is counted until its expiry: a budget over-counted during an upgrade, never overspent."""
         return f"{pico}:{self.tenant_hex}:{request_id}"
 
     def used(self, request_id: str) -> str:
@@ -131,6 +139,10 @@ class AccountKeys:
     @property
     def pending(self) -> str:
         return pending_key(self.shard)
+
+    @property
+    def batches(self) -> str:
+        return batches_key(self.shard)
 
     @property
     def limits(self) -> str:

@@ -24,10 +24,10 @@ end
 # all the same. Settling or growing a hold acts on this one, so none lingers, whatever reply went missing. A hold
 # member is '<pico>:<tenant hex>:<request id>' (keys.py, hold_member); the pending record is JSON, its hold_pico
 # written by the router's json.dumps.
-# Routers from before members named the tenant wrote '<pico>:<request id>'. Such a hold, met during a rolling
-# upgrade, is dropped with its request: it is the tenant's when the tenant's own set holds it (request ids are
-# per tenant), and then its copy in the key's set goes too (which, as then, may stand for the same request id
-# of another tenant of the key: both were held once). One never settled lapses at its expiry like any other.
+# Routers from before members named the tenant wrote '<pico>:<request id>'. No script drops such a hold: which
+# request one stands for cannot be told from a member of the new form (request '<tenant hex>:r' of the old form is
+# request 'r' of the new), and a guess would drop another request's hold. So each is counted (admission, extension)
+# until its score, its expiry, passes: budgets are over-counted during a rolling upgrade, never overspent.
 # The pico still leads, behind no other ':', so those routers sum and grow members of either form alike.
 _HELD = """
 local function held_member(pending_key, field, member)
@@ -36,18 +36,9 @@ local function held_member(pending_key, field, member)
   if not pico then return member end
   return pico .. string.match(member, '^%d+(:.*)$')
 end
-local function tenantless_member(tenant_holds, member)
-  local old = string.gsub(member, '^(%d+):%x*:', '%1:', 1)
-  if redis.call('ZSCORE', tenant_holds, old) then return old end
-  return false
-end
 local function drop_hold(tenant_holds, key_holds, members)
   for _, member in ipairs(members) do
-    local old = tenantless_member(tenant_holds, member)
-    for _, holds in ipairs({tenant_holds, key_holds}) do
-      redis.call('ZREM', holds, member)
-      if old then redis.call('ZREM', holds, old) end
-    end
+    for _, holds in ipairs({tenant_holds, key_holds}) do redis.call('ZREM', holds, member) end
   end
 end
 """
@@ -73,7 +64,7 @@ ADMIT = (
     + _OUTLIVE
     + """
 -- KEYS: rate, used id, tenant spend, tenant holds, key spend, key holds, limit overrides, pending charges,
---       charged id, undone marker (of this admission's nonce)
+--       charged id, undone marker (of this admission's nonce), provider batches
 -- ARGV: per minute, tenant default limit, key default limit ('' = none), now, hold member, hold expiry, id ttl,
 --       hold pico, pending field, pending record, tenant limit field, key limit field
 -- Undone before it ran (it reached the store after the router gave up on it and undid it): nothing happens.
@@ -121,6 +112,8 @@ for _, b in ipairs(budgets) do
   outlive_holds(b[2])
 end
 redis.call('HSET', KEYS[8], ARGV[9], ARGV[10])
+-- A batch left by a charge of the version before (which knew no batches hash) is no batch of this admission's.
+redis.call('HDEL', KEYS[11], ARGV[9])
 return {'', '0'}
 """
 )
@@ -129,17 +122,13 @@ CHARGE = (
     _MUST_LAND
     + _HELD
     + """
--- KEYS: charged marker, tenant spend, key spend, ledger, tenant holds, key holds, pending charges
+-- KEYS: charged marker, tenant spend, key spend, ledger, tenant holds, key holds, pending charges, provider batches
 -- ARGV: pico, marker ttl, record, spend ttl, hold member, pending field, late ('1': only if still pending)
--- The marker keeps the provider batch the pending charge recorded ('batch:<id>'; '1' for none): a collect of
+-- The marker keeps the provider batch recorded for the request ('batch:<id>'; '1' for none): a collect of
 -- another batch naming the request then reads nothing of that batch's answer for it.
-local pending = redis.call('HGET', KEYS[7], ARGV[6])
-local marker = '1'
-if pending then  -- a record that does not decode keeps the plain marker: the charge itself must land
-  local decoded, record = pcall(cjson.decode, pending)
-  local batch = decoded and type(record) == 'table' and record['provider_batch']
-  if type(batch) == 'string' and batch ~= '' then marker = 'batch:' .. batch end
-end
+local batch = redis.call('HGET', KEYS[8], ARGV[6])
+local marker = batch and ('batch:' .. batch) or '1'
+redis.call('HDEL', KEYS[8], ARGV[6])
 drop_hold(KEYS[5], KEYS[6], {ARGV[5], held_member(KEYS[7], ARGV[6], ARGV[5])})
 if redis.call('HDEL', KEYS[7], ARGV[6]) == 0 and ARGV[7] == '1' then return 0 end
 if not redis.call('SET', KEYS[1], marker, 'NX', 'EX', ARGV[2]) then return 0 end
@@ -164,7 +153,6 @@ EXTEND = (
 -- A request already settled has no hold to grow (its extension arrived late): refused, nothing made again.
 if redis.call('HEXISTS', KEYS[6], ARGV[7]) == 0 then return 'settled' end
 local old = held_member(KEYS[6], ARGV[7], ARGV[3])
-local tenantless = tenantless_member(KEYS[2], old)
 local budgets = {{KEYS[1], KEYS[2], ARGV[1], ARGV[9], 'tenant'}, {KEYS[3], KEYS[4], ARGV[2], ARGV[10], 'key'}}
 for _, b in ipairs(budgets) do
   local limit = redis.call('HGET', KEYS[5], b[4]) or b[3]
@@ -173,7 +161,7 @@ for _, b in ipairs(budgets) do
     local n_hi, n_lo = split(ARGV[5])
     u_hi, u_lo = add(u_hi, u_lo, n_hi, n_lo)
     for _, held in ipairs(redis.call('ZRANGE', b[2], 0, -1)) do
-      if held ~= old and held ~= tenantless then
+      if held ~= old then  -- every other member counts, of either form
         local h_hi, h_lo = split(string.match(held, '^(%d+):'))
         u_hi, u_lo = add(u_hi, u_lo, h_hi, h_lo)
       end
@@ -196,9 +184,10 @@ RELEASE = (
     _MUST_LAND
     + _HELD
     + """
--- KEYS: tenant holds, key holds, pending charges; ARGV: hold member, pending field
+-- KEYS: tenant holds, key holds, pending charges, provider batches; ARGV: hold member, pending field
 drop_hold(KEYS[1], KEYS[2], {ARGV[1], held_member(KEYS[3], ARGV[2], ARGV[1])})
 redis.call('HDEL', KEYS[3], ARGV[2])
+redis.call('HDEL', KEYS[4], ARGV[2])
 """
 )
 
@@ -208,31 +197,42 @@ UNDO = (
     _MUST_LAND
     + _HELD
     + """
--- KEYS: tenant holds, key holds, pending charges, used id, undone marker
+-- KEYS: tenant holds, key holds, pending charges, used id, undone marker, provider batches
 -- ARGV: hold member, pending field, nonce, marker ttl
 redis.call('SET', KEYS[5], '1', 'EX', ARGV[4])
 local record = redis.call('HGET', KEYS[3], ARGV[2])
 if not record or string.match(record, '"nonce":%s*"(%x*)"') ~= ARGV[3] then return 0 end
 drop_hold(KEYS[1], KEYS[2], {held_member(KEYS[3], ARGV[2], ARGV[1])})
 redis.call('HDEL', KEYS[3], ARGV[2])
+redis.call('HDEL', KEYS[6], ARGV[2])
 redis.call('DEL', KEYS[4])
 return 1
 """
 )
 
-# A deferred request's provider batch written into its pending charge: the record is rewritten by the router
-# (json.dumps keeps hold_pico exact; Lua's cjson would not) and set only if it is still the one the router read, so a
-# charge, release or undo in between is never undone. It must land even when the store is full (allow-oom): the
-# provider batch exists, and a line without it is never settled from its results.
+# A deferred request's provider batch, recorded beside its pending charge (keys.py, batches_key) only while that
+# charge is still the admission's (its nonce): a charge, release or undo before it leaves nothing to record on. The
+# record is only read (cjson would not re-encode hold_pico exactly). It must land even when the store is full
+# (allow-oom): the provider batch exists, and its results are what settle the line.
 RECORD_BATCH = (
     _MUST_LAND
     + """
--- KEYS: pending charges; ARGV: pending field, record as read, record with its provider batch
-if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+-- KEYS: pending charges, provider batches; ARGV: pending field, nonce, provider batch id
+local pending = redis.call('HGET', KEYS[1], ARGV[1])
+if not pending then return 0 end
+local decoded, record = pcall(cjson.decode, pending)
+if not decoded or type(record) ~= 'table' or (record['nonce'] or '') ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
 return 1
 """
 )
+
+# A pending charge and the provider batch recorded for it, read at one instant: a charge in between two reads
+# would show a recorded line as one with none.
+PENDING_CHARGE = """#!lua flags=no-writes
+-- KEYS: pending charges, provider batches; ARGV: pending field
+return {redis.call('HGET', KEYS[1], ARGV[1]), redis.call('HGET', KEYS[2], ARGV[1])}
+"""
 
 # Taken (or renewed) by one router at a time; returns 1 when `router` holds it.
 LEASE = """

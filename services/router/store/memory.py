@@ -39,7 +39,8 @@ class MemoryStore:
         self.charged = RecentIds(request_id_ttl_s, self.MAX_REQUEST_IDS)
         self.undone = RecentIds(request_id_ttl_s, self.MAX_REQUEST_IDS)  # undone admissions, by nonce
         self.held: dict[str, dict[str, tuple[float, int]]] = {}  # holds key -> member -> (expiry, pico)
-        self.pending: dict[str, Pending] = {}
+        self.pending: dict[str, Pending] = {}  # as stored: provider_batch always ''
+        self.batches: dict[str, str] = {}  # pending field -> provider batch (RedisStore's batches hash)
         self.ledger: deque[dict] = deque(maxlen=self.MAX_LEDGER_RECORDS)
         self.ledger_appended = 0  # every record ever appended: the SQL sink's cursor counts against it
         self.rate_window, self.rate_counts = 0, dict[str, int]()
@@ -92,13 +93,14 @@ class MemoryStore:
             self.held[held_key][keys.hold_member(hold.pico, hold.request_id)] = (hold.until or now + HOLD_S, hold.pico)
         pending = Pending.of(account, hold)
         self.pending[pending.field] = pending
+        self.batches.pop(pending.field, None)
         return Verdict("")
 
     async def charge(self, account: Account, hold: Hold, pico: int, record: dict, late: bool = False) -> bool:
-        pending = self.pending.get(pending_field(account, hold.request_id))
+        field = pending_field(account, hold.request_id)
+        pending, batch = self.pending.get(field), self.batches.get(field, "")
         await self.release(account, hold)
         keys = AccountKeys.of(account)
-        batch = pending.provider_batch if pending is not None else ""
         if (late and pending is None) or not self.charged.add(keys.charged(hold.request_id), batch):
             return False
         for spend_key in keys.spend(hold.period):
@@ -131,6 +133,7 @@ class MemoryStore:
             for member in members:
                 self.held.get(held_key, {}).pop(member, None)
         self.pending.pop(pending_field(account, hold.request_id), None)
+        self.batches.pop(pending_field(account, hold.request_id), None)
 
     async def undo(self, account: Account, hold: Hold) -> bool:
         assert hold.nonce, "only an admission with a nonce can be undone"
@@ -149,13 +152,15 @@ class MemoryStore:
         return hold if pending is None else replace(hold, pico=pending.hold_pico)
 
     async def pending_charge(self, account: Account, request_id: str) -> Pending | None:
-        return self.pending.get(pending_field(account, request_id))
+        field = pending_field(account, request_id)
+        pending = self.pending.get(field)
+        return None if pending is None else replace(pending, provider_batch=self.batches.get(field, ""))
 
     async def record_provider_batch(self, account: Account, hold: Hold, batch_id: str) -> bool:
         pending = self.pending.get(pending_field(account, hold.request_id))
         if pending is None or pending.nonce != hold.nonce:
             return False
-        self.pending[pending.field] = replace(pending, provider_batch=batch_id)
+        self.batches[pending.field] = batch_id
         return True
 
     async def charged_batch(self, account: Account, request_id: str) -> str | None:

@@ -80,7 +80,8 @@ class Pending:
     nonce: str = ""  # absent from records written before admissions had one
     until: float = 0.0  # a deferred request's: settled by no one but its collector until then (Hold.until)
     # A deferred request's provider batch, recorded once the provider created it: only that batch's results settle
-    # it. '' until then, and in records written before lines had one: such a line is settled from no batch's results.
+    # it. '' until then, and for lines of routers from before lines recorded theirs (deferred.py says how those are
+    # settled). Kept beside the record, never in it (keys.py, batches_key): the store fills it in when read.
     provider_batch: str = ""
 
     @classmethod
@@ -99,16 +100,16 @@ class Pending:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Pending:
-        """A stored record; fields this version does not know (written by a newer router) are left out."""
-        known = {f.name for f in fields(cls)}
+        """A stored record; fields this version does not know (written by a newer router) are left out, and so is a
+        provider_batch (the store keeps it beside the record)."""
+        known = {f.name for f in fields(cls)} - {"provider_batch"}
         return cls(**{name: value for name, value in json.loads(text).items() if name in known})
 
     def to_json(self) -> str:
-        """The stored record. provider_batch only when set: a router of the version before it reads every record
-        but a recorded provider batch line's (it knew no such field), so a rolling upgrade breaks none of the rest."""
+        """The stored record, without provider_batch: a router of the version before builds a Pending of every
+        record's fields in its reconcile sweep, and one field it does not know would stop that sweep."""
         record = asdict(self)
-        if not self.provider_batch:
-            del record["provider_batch"]
+        del record["provider_batch"]
         return json.dumps(record)
 
     @property
@@ -210,9 +211,9 @@ class Store(Protocol):
         """The request's pending charge; None once it is settled (or was never admitted)."""
 
     async def record_provider_batch(self, account: Account, hold: Hold, batch_id: str) -> bool:
-        """Record the provider batch a deferred request was sent in on its pending charge (Pending.provider_batch),
-        when that charge is still this admission's (`hold`'s nonce). False when it is not: settled, withdrawn, or
-        another admission's."""
+        """Record the provider batch a deferred request was sent in beside its pending charge (read back as
+        Pending.provider_batch; dropped when the charge is settled), when that charge is still this admission's
+        (`hold`'s nonce). False when it is not: settled, withdrawn, or another admission's."""
 
     async def charged_batch(self, account: Account, request_id: str) -> str | None:
         """None when the account's request id was not charged (within the request id TTL); else the provider batch

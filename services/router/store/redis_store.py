@@ -109,6 +109,7 @@ class RedisStore:
         self._release = self.redis.register_script(lua.RELEASE)
         self._undo = self.redis.register_script(lua.UNDO)
         self._record_batch = self.redis.register_script(lua.RECORD_BATCH)
+        self._pending_charge = self.redis.register_script(lua.PENDING_CHARGE)
         self._lease = self.redis.register_script(lua.LEASE)
         self._missing_since: dict[str, float] = {}  # routers seen without a heartbeat, since when (monotonic)
         self._last_sweep = float("-inf")  # when the pending charges were last read
@@ -138,7 +139,7 @@ class RedisStore:
             limit_field("key", account.key),
         ]
         names = [keys.rate(now), keys.used(hold.request_id), tenant_spend, tenant_held, key_spend, key_held]
-        names += [keys.limits, keys.pending, keys.charged(hold.request_id), keys.undone(hold.nonce)]
+        names += [keys.limits, keys.pending, keys.charged(hold.request_id), keys.undone(hold.nonce), keys.batches]
         async with self._call():
             refused, remaining = await self._admit(keys=names, args=args)
         return Verdict(_text(refused), int(remaining))
@@ -146,6 +147,7 @@ class RedisStore:
     async def charge(self, account: Account, hold: Hold, pico: int, record: dict, late: bool = False) -> bool:
         keys = AccountKeys.of(account)
         names = [keys.charged(hold.request_id), *keys.spend(hold.period), keys.ledger, *keys.held(), keys.pending]
+        names.append(keys.batches)
         args: list[int | str] = [
             pico,
             self.request_id_ttl_s,
@@ -183,37 +185,30 @@ class RedisStore:
         keys = AccountKeys.of(account)
         args = [keys.hold_member(hold.pico, hold.request_id), pending_field(account, hold.request_id)]
         async with self._call():
-            await self._release(keys=[*keys.held(), keys.pending], args=args)
+            await self._release(keys=[*keys.held(), keys.pending, keys.batches], args=args)
 
     async def undo(self, account: Account, hold: Hold) -> bool:
         assert hold.nonce, "only an admission with a nonce can be undone"
         keys = AccountKeys.of(account)
-        names = [*keys.held(), keys.pending, keys.used(hold.request_id), keys.undone(hold.nonce)]
+        names = [*keys.held(), keys.pending, keys.used(hold.request_id), keys.undone(hold.nonce), keys.batches]
         member = keys.hold_member(hold.pico, hold.request_id)
         args = [member, pending_field(account, hold.request_id), hold.nonce, self.request_id_ttl_s]
         async with self._call():
             return bool(await self._undo(keys=names, args=args))
 
     async def pending_charge(self, account: Account, request_id: str) -> Pending | None:
+        keys, field = AccountKeys.of(account), pending_field(account, request_id)
         async with self._call():
-            value = await self.redis.hget(AccountKeys.of(account).pending, pending_field(account, request_id))  # type: ignore[misc]
-        return None if value is None else Pending.from_json(value)
+            value, batch = await self._pending_charge(keys=[keys.pending, keys.batches], args=[field])
+        if value is None:
+            return None
+        return replace(Pending.from_json(value), provider_batch="" if batch is None else _text(batch))
 
     async def record_provider_batch(self, account: Account, hold: Hold, batch_id: str) -> bool:
-        keys, field = AccountKeys.of(account), pending_field(account, hold.request_id)
-        for _ in range(3):  # a record rewritten in between (a hold grown: never a deferred line's) is read again
-            async with self._call():
-                read = await self.redis.hget(keys.pending, field)  # type: ignore[misc]
-            if read is None:
-                return False
-            pending = Pending.from_json(read)
-            if pending.nonce != hold.nonce:
-                return False
-            recorded = replace(pending, provider_batch=batch_id).to_json()
-            async with self._call():
-                if await self._record_batch(keys=[keys.pending], args=[field, read, recorded]):
-                    return True
-        return False
+        keys = AccountKeys.of(account)
+        args = [pending_field(account, hold.request_id), hold.nonce, batch_id]
+        async with self._call():
+            return bool(await self._record_batch(keys=[keys.pending, keys.batches], args=args))
 
     async def charged_batch(self, account: Account, request_id: str) -> str | None:
         async with self._call():
