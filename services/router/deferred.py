@@ -287,12 +287,13 @@ class Deferred:
             if foreign is not None:
                 return foreign
             if not pending.provider_batch:
-                if result is None:  # nothing says the line is this batch's: left for the batch that answers it
+                if result is None and status != "failed":  # nothing says it is this batch's: left for the one that is
                     error = UNANSWERED.format(request_id, batch_id)
                     return router_pb2.CollectedLine(request_id=request_id, error=error, charged_usd="0")
-                # Settled from this batch from now on: its charge keeps the batch, so a collect again reports it.
-                held_account, hold = pending.account_and_hold()
-                await self.store.record_provider_batch(held_account, hold, batch_id)
+                if result is not None:  # its charge keeps the batch from now on, so a collect again reports it
+                    held_account, hold = pending.account_and_hold()
+                    await self.store.record_provider_batch(held_account, hold, batch_id)
+                # A batch that failed before running bills none of its lines: released, as the version before did.
         elif await self.store.charged_batch(account, request_id) != batch_id:
             # Neither held nor charged for this account from this batch: not its line, and not its answer to read.
             error = f"no line of this account in provider batch {batch_id!r} (request id {request_id})"

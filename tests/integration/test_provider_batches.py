@@ -720,6 +720,18 @@ async def test_a_provider_batch_that_ended_is_collected_even_in_its_window_s_las
     assert all(charged[i] < holds[i] for i in holds) and held == 0 and not pending
 
 
+async def collect_r1(stub: router_pb2_grpc.RouterStub, tenant: str, batch_id: str) -> router_pb2.CollectedLine:
+    """Line 'r1' of a tenant, collected with `batch_id` until that provider batch has ended."""
+    ask = router_pb2.CollectBatchRequest(tenant=tenant, model=BATCHED, provider_batch_id=batch_id, request_ids=["r1"])
+    for _ in range(100):
+        collected = await stub.CollectBatch(ask, timeout=10)
+        if collected.ended:
+            (line,) = collected.lines
+            return line
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"provider batch {batch_id} did not end")
+
+
 async def test_a_line_is_settled_only_from_its_own_provider_batch(stack: Stack) -> None:
     """Request ids are the caller's, per tenant: two tenants may each have a line 'r1' (a direct gRPC caller picks
     its ids). Collected with the other tenant's provider batch, the line must not be settled from that batch's
@@ -745,22 +757,10 @@ async def test_a_line_is_settled_only_from_its_own_provider_batch(stack: Stack) 
                 batch_ids[tenant] = reply.lines[0].provider_batch_id
             assert batch_ids["mine"] != batch_ids["theirs"]
 
-            async def collect(batch_id: str) -> router_pb2.CollectedLine:
-                ask = router_pb2.CollectBatchRequest(
-                    tenant="mine", model=BATCHED, provider_batch_id=batch_id, request_ids=["r1"]
-                )
-                for _ in range(100):
-                    collected = await stub.CollectBatch(ask, timeout=10)
-                    if collected.ended:
-                        (line,) = collected.lines
-                        return line
-                    await asyncio.sleep(0.1)
-                raise AssertionError(f"provider batch {batch_id} did not end")
-
-            foreign = await collect(batch_ids["theirs"])
+            foreign = await collect_r1(stub, "mine", batch_ids["theirs"])
             pending = await store.pending_charge(Account("mine", key_id("")), "r1")
-            own = await collect(batch_ids["mine"])
-            foreign_after = await collect(batch_ids["theirs"])
+            own = await collect_r1(stub, "mine", batch_ids["mine"])
+            foreign_after = await collect_r1(stub, "mine", batch_ids["theirs"])
             theirs = await store.pending_charge(Account("theirs", key_id("")), "r1")
             charged_from = await store.charged_batch(Account("mine", key_id("")), "r1")
     finally:
@@ -801,22 +801,10 @@ async def test_a_line_with_no_batch_recorded_is_settled_from_the_batch_whose_res
             keys = AccountKeys.of(account)
             assert await store.redis.hdel(keys.batches, pending_field(account, "r1")) == 1
 
-            async def collect(batch_id: str) -> router_pb2.CollectedLine:
-                ask = router_pb2.CollectBatchRequest(
-                    tenant="legacy", model=BATCHED, provider_batch_id=batch_id, request_ids=["r1"]
-                )
-                for _ in range(100):
-                    collected = await stub.CollectBatch(ask, timeout=10)
-                    if collected.ended:
-                        (line,) = collected.lines
-                        return line
-                    await asyncio.sleep(0.1)
-                raise AssertionError(f"provider batch {batch_id} did not end")
-
-            unanswered = await collect(batch_ids["elsewhere"])
+            unanswered = await collect_r1(stub, "legacy", batch_ids["elsewhere"])
             still = await store.pending_charge(account, "r1")
-            answered = await collect(batch_ids["legacy"])
-            again = await collect(batch_ids["legacy"])
+            answered = await collect_r1(stub, "legacy", batch_ids["legacy"])
+            again = await collect_r1(stub, "legacy", batch_ids["legacy"])
             charged_from = await store.charged_batch(account, "r1")
             held = await store.held_pico(account)
             ledger = [r for r in await ledger_records(store.redis) if r["tenant"] == "legacy"]
@@ -830,3 +818,35 @@ async def test_a_line_with_no_batch_recorded_is_settled_from_the_batch_whose_res
     assert charged_from == batch_ids["legacy"]
     assert [Decimal(r["cost_usd"]) for r in ledger] == [Decimal(answered.response.cost_usd)]  # charged once
     assert held == (0, 0)
+
+
+async def test_a_line_with_no_batch_recorded_is_released_when_its_batch_failed_before_running(stack: Stack) -> None:
+    """A provider batch that failed before running bills none of its lines: a line with no batch recorded (admitted by
+    the version before) is released by a collect of that batch, as that version did, never left to be charged its
+    hold when the hold lapses."""
+    store = RedisStore(stack.redis_url)
+    server = await start_router(stack)
+    account = Account("legacy", key_id(""))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.router_port}") as channel:
+            stub = router_pb2_grpc.RouterStub(channel)
+            line = router_pb2.CompleteRequest(
+                messages=[common_pb2.ChatMessage(role="user", content=f"a question {uuid.uuid4().hex}")],
+                tenant="legacy",
+                model=BATCHED,
+                request_id="r1",
+            )
+            reply = await stub.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[line]), timeout=10)
+            assert reply.lines[0].deferred and not reply.lines[0].error, reply
+            keys = AccountKeys.of(account)
+            assert await store.redis.hdel(keys.batches, pending_field(account, "r1")) == 1
+            stack.upstream.batches.fail_next = True  # it fails as it is first polled
+            released = await collect_r1(stub, "legacy", reply.lines[0].provider_batch_id)
+            pending = await store.pending_charge(account, "r1")
+            held = await store.held_pico(account)
+            ledger = [r for r in await ledger_records(store.redis) if r["tenant"] == "legacy"]
+    finally:
+        await server.stop(5)
+        await store.close()
+    assert not released.succeeded and released.charged_usd in ("", "0"), released
+    assert pending is None and held == (0, 0) and not ledger
