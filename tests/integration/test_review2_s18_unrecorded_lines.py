@@ -1,0 +1,133 @@
+"""Review s18 (round 2): lines with no provider batch recorded, as this version now settles them (deferred.py,
+_settle). Such a line is no longer only one admitted by a router of the version before: the lines of a provider
+batch whose creation had an unknown outcome, and those whose batch could not be recorded (the store out of reach),
+have none either. Failing tests, xfail strict, for what that lets through."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from decimal import Decimal
+
+import grpc
+import pytest
+
+from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
+from services.router.store import PICO, Account, AccountKeys, RedisStore, key_id, pending_field
+from tests.conftest import ledger_records
+from tests.fakes.server import Fault
+from tests.integration.test_provider_batches import BATCHED, Stack, collect_r1, stack, start_router
+
+__all__ = ["stack"]  # the fixture, shared
+
+
+def line(tenant: str, request_id: str) -> router_pb2.CompleteRequest:
+    return router_pb2.CompleteRequest(
+        messages=[common_pb2.ChatMessage(role="user", content=f"a question {uuid.uuid4().hex}")],
+        tenant=tenant,
+        model=BATCHED,
+        request_id=request_id,
+    )
+
+
+async def failed_batch(stack: Stack, stub: router_pb2_grpc.RouterStub, tenant: str) -> str:
+    """A provider batch of the tenant's that failed before running (its one line, 'f1', released): its id."""
+    stack.upstream.batches.fail_next = True
+    reply = await stub.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[line(tenant, "f1")]), timeout=10)
+    assert reply.lines[0].deferred and reply.lines[0].provider_batch_id, reply
+    ask = router_pb2.CollectBatchRequest(
+        tenant=tenant, model=BATCHED, provider_batch_id=reply.lines[0].provider_batch_id, request_ids=["f1"]
+    )
+    for _ in range(100):
+        if (await stub.CollectBatch(ask, timeout=10)).ended:
+            return reply.lines[0].provider_batch_id
+    raise AssertionError("the failing batch did not end")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a line whose provider batch creation had an unknown outcome (it may run and bill) is released at 0 by a "
+    "collect naming any other provider batch that failed before running: legacy 'failed' release, deferred.py _settle",
+)
+async def test_a_line_of_a_batch_created_or_not_is_not_released_by_another_failed_batch(stack: Stack) -> None:
+    store = RedisStore(stack.redis_url)
+    server = await start_router(stack)
+    account = Account("payer", key_id(""))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.router_port}") as channel:
+            stub = router_pb2_grpc.RouterStub(channel)
+            stack.upstream.enqueue(Fault.delay(0), Fault.reset())  # the creation's reply is lost: it may run
+            unknown = await stub.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[line("payer", "r1")]), timeout=10)
+            assert unknown.lines[0].deferred and unknown.lines[0].error, unknown  # held to its worst case
+            held_before = await store.held_pico(account)
+            other = await failed_batch(stack, stub, "payer")
+            released = await collect_r1(stub, "payer", other)  # any failed batch id will do
+            pending = await store.pending_charge(account, "r1")
+            held_after = await store.held_pico(account)
+    finally:
+        await server.stop(5)
+        await store.close()
+    assert held_before[0] > 0
+    # Expected: the line is none of that batch's; its hold stays, to be charged when it lapses.
+    assert pending is not None and held_after == held_before, (released, held_after)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a line whose batch could not be recorded, answered and billed by the provider, is released at 0 by a "
+    "collect naming another (failed) provider batch: deferred.py _settle, legacy 'failed' release",
+)
+async def test_an_unrecorded_line_the_provider_billed_is_not_released_by_another_failed_batch(stack: Stack) -> None:
+    store = RedisStore(stack.redis_url)
+    server = await start_router(stack)
+    account = Account("payer", key_id(""))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.router_port}") as channel:
+            stub = router_pb2_grpc.RouterStub(channel)
+            sent = await stub.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[line("payer", "r1")]), timeout=10)
+            assert sent.lines[0].deferred and sent.lines[0].provider_batch_id, sent
+            # Its batch not recorded, as when the store was out of reach just then (deferred.py, _record_batch).
+            keys = AccountKeys.of(account)
+            assert await store.redis.hdel(keys.batches, pending_field(account, "r1")) == 1
+            fake = stack.upstream.batches
+            for _ in range(2):  # its own batch runs at the provider, which answers and bills the line
+                fake._advance(fake.batches[sent.lines[0].provider_batch_id])
+            assert "r1" in fake.answered
+            other = await failed_batch(stack, stub, "payer")
+            released = await collect_r1(stub, "payer", other)
+            pending = await store.pending_charge(account, "r1")
+            ledger = [r for r in await ledger_records(store.redis) if r["tenant"] == "payer"]
+    finally:
+        await server.stop(5)
+        await store.close()
+    assert pending is not None or ledger, ("released unpaid", released)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="an unrecorded line without a result in its own completed batch is reported ended with charged_usd 0, "
+    "yet left held and charged its hold by the reconciler later: the edge's file says 0, the ledger the hold",
+)
+async def test_an_unrecorded_line_reported_ended_costs_what_the_ledger_will_charge(stack: Stack) -> None:
+    def drop_r1(output: list[str], errors: list[str]) -> tuple[list[str], list[str]]:
+        return [o for o in output if json.loads(o)["custom_id"] != "r1"], errors  # it ran; its result is lost
+
+    stack.upstream.batches.tamper = drop_r1
+    store = RedisStore(stack.redis_url)
+    server = await start_router(stack)
+    account = Account("payer", key_id(""))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.router_port}") as channel:
+            stub = router_pb2_grpc.RouterStub(channel)
+            sent = await stub.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[line("payer", "r1")]), timeout=10)
+            batch_id = sent.lines[0].provider_batch_id
+            keys = AccountKeys.of(account)
+            assert await store.redis.hdel(keys.batches, pending_field(account, "r1")) == 1  # not recorded
+            collected = await collect_r1(stub, "payer", batch_id)  # what the edge does: its own batch
+            pending = await store.pending_charge(account, "r1")
+    finally:
+        await server.stop(5)
+        await store.close()
+    assert pending is not None  # left held: the reconciler charges its hold when it lapses
+    owed = format(Decimal(pending.hold_pico) / PICO, "f")
+    assert collected.charged_usd == owed, collected  # reported ended (edge writes it final) at 0
