@@ -11,11 +11,13 @@ provider reports; released when the provider reports it failed, expired or cance
 charged its hold when its outcome is unknown (no usage, or no result from a batch that ran). Everything needed
 lives in the money store (the pending charges), so any router collects what another admitted. Request ids are the
 callers' (two tenants may both send 'r1'), so the provider batch each line was sent in is recorded beside its
-pending charge, and a collect settles, or reports, only the lines of the batch it names. A line with no batch
-recorded (admitted by a router of the version before, or one whose batch could not be recorded because the store
-was out of reach) is settled as that version did, from the batch a collect names, when that batch's results hold
-its request id: for such lines alone, until their holds lapse, the old risk stays that another tenant's line of the
-same request id in the named batch settles it (and its answer is read). A collect in the
+pending charge ('' from admission until then), and a collect settles, or reports, only the lines of the batch it
+names. A line whose batch stays unrecorded (its creation's outcome unknown, or the store out of reach to record it)
+is settled from no batch's results: it is charged its hold, its worst case. A line with nothing beside its pending
+charge was admitted by a router of the version before: it is settled as that version did, from the batch a collect
+names when that batch's results hold its request id (else charged its hold); for such lines alone, until their
+holds lapse, the old risk stays that another tenant's line of the same request id in the named batch settles it
+(and its answer is read). A collect in the
 last `give_up_s` of the lines' holds gives up on a provider batch that has not ended (or cannot be read, or whose
 model lost its batch price): the lines still pending are charged their hold and reported ended, so the caller's
 batch ends too. A line whose batch is never collected is charged its hold by the reconciler when its hold lapses."""
@@ -51,10 +53,13 @@ POLL_IDS = 50  # lines whose answers are read in one PollBatch: 50 of 16k tokens
 NOT_CREATED = ("BATCH_NOT_CREATED", "INVALID_ARGUMENT", "MODEL_NOT_FOUND")
 GIVE_UP_MAX_S = 600.0  # how early before its lines' holds end a provider batch is given up, at most
 GAVE_UP = "the provider batch did not end within its window"
+UNRECORDED = (
+    "no provider batch is recorded for request id {}: its batch's creation had an unknown outcome, or the store was "
+    "out of reach to record it, so no batch's results settle it; it is charged its hold at the batch price"
+)
 UNANSWERED = (
     "no result for request id {} in provider batch {!r}, and no provider batch is recorded for the line (it was sent "
-    "by an older router, or its batch could not be recorded): it is settled from the batch that answers it, or "
-    "charged its hold at the batch price when the hold lapses"
+    "by a router of the version before): it is charged its hold at the batch price"
 )
 
 
@@ -168,7 +173,7 @@ class Deferred:
 
     async def _record_batch(self, group: list[Routed], batch_id: str) -> None:
         """Each line's provider batch recorded beside its pending charge: only its results settle the line. One not
-        recorded (the store out of reach) is settled as a line of a router of the version before (module docstring)."""
+        recorded (the store out of reach) keeps '' there: no batch's results settle it (module docstring)."""
         slots = asyncio.Semaphore(ROUTING_CONCURRENCY)
 
         async def record(routed: Routed) -> bool:
@@ -243,7 +248,7 @@ class Deferred:
             pending = await self.store.pending_charge(account, request_id)
             if (
                 pending is not None
-                and pending.provider_batch in (batch_id, "")
+                and pending.provider_batch in (batch_id, "", None)
                 and pending.until
                 and pending.until - time.time() <= self.give_up_s
             ):
@@ -283,17 +288,16 @@ class Deferred:
         if pending is not None and not pending.until:
             raise invalid(f"request {request_id!r} is not a provider batch line", "request_ids")
         if pending is not None:
+            if pending.provider_batch == "":  # which batch ran it is unknown: its worst case, whatever batch is named
+                return await self._owe_hold(account, pending, request_id, UNRECORDED.format(request_id))
             foreign = _of_another_batch(pending, request_id, batch_id)
             if foreign is not None:
                 return foreign
-            if not pending.provider_batch:
-                if result is None and status != "failed":  # nothing says it is this batch's: left for the one that is
-                    error = UNANSWERED.format(request_id, batch_id)
-                    return router_pb2.CollectedLine(request_id=request_id, error=error, charged_usd="0")
-                if result is not None:  # its charge keeps the batch from now on, so a collect again reports it
-                    held_account, hold = pending.account_and_hold()
-                    await self.store.record_provider_batch(held_account, hold, batch_id)
-                # A batch that failed before running bills none of its lines: released, as the version before did.
+            if pending.provider_batch is None:  # a line of the version before
+                if result is None:  # nothing says it is this batch's (a failed one would release it): its worst case
+                    return await self._owe_hold(account, pending, request_id, UNANSWERED.format(request_id, batch_id))
+                held_account, hold = pending.account_and_hold()  # its charge keeps the batch, so a collect again
+                await self.store.record_provider_batch(held_account, hold, batch_id)  # reports it
         elif await self.store.charged_batch(account, request_id) != batch_id:
             # Neither held nor charged for this account from this batch: not its line, and not its answer to read.
             error = f"no line of this account in provider batch {batch_id!r} (request id {request_id})"
@@ -382,7 +386,7 @@ def _of_another_batch(pending: Pending | None, request_id: str, batch_id: str) -
     """A pending line recorded as sent in another batch than `batch_id`, reported and left unsettled: its hold stays
     for its own batch's collect, or for the reconciler when it lapses. None for a line of this batch, one with no
     batch recorded (settled as the version before did), or one no longer pending."""
-    if pending is None or pending.provider_batch in (batch_id, ""):
+    if pending is None or pending.provider_batch in (batch_id, "", None):
         return None
     error = f"request {request_id!r} was sent in another provider batch than {batch_id!r}: it is settled from that one"
     return router_pb2.CollectedLine(request_id=request_id, error=error, charged_usd="0")

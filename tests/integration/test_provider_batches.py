@@ -777,53 +777,9 @@ async def test_a_line_is_settled_only_from_its_own_provider_batch(stack: Stack) 
 
 
 async def test_a_line_with_no_batch_recorded_is_settled_from_the_batch_whose_results_answer_it(stack: Stack) -> None:
-    """A line admitted by a router of the version before (or whose batch could not be recorded) has no provider batch
-    recorded. Collected with a batch whose results do not hold its request id it is left held and reported; collected
-    with the batch that answers it, it is answered and charged from that batch once, which a collect again reports."""
-    store = RedisStore(stack.redis_url)
-    server = await start_router(stack)
-    account = Account("legacy", key_id(""))
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.router_port}") as channel:
-            stub = router_pb2_grpc.RouterStub(channel)
-            batch_ids = {}
-            for tenant, request_id in (("legacy", "r1"), ("elsewhere", "x1")):
-                line = router_pb2.CompleteRequest(
-                    messages=[common_pb2.ChatMessage(role="user", content=f"a question {uuid.uuid4().hex}")],
-                    tenant=tenant,
-                    model=BATCHED,
-                    request_id=request_id,
-                )
-                reply = await stub.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[line]), timeout=10)
-                assert reply.lines[0].deferred and not reply.lines[0].error, reply
-                batch_ids[tenant] = reply.lines[0].provider_batch_id
-            # As the version before left it: no batch recorded beside the pending charge.
-            keys = AccountKeys.of(account)
-            assert await store.redis.hdel(keys.batches, pending_field(account, "r1")) == 1
-
-            unanswered = await collect_r1(stub, "legacy", batch_ids["elsewhere"])
-            still = await store.pending_charge(account, "r1")
-            answered = await collect_r1(stub, "legacy", batch_ids["legacy"])
-            again = await collect_r1(stub, "legacy", batch_ids["legacy"])
-            charged_from = await store.charged_batch(account, "r1")
-            held = await store.held_pico(account)
-            ledger = [r for r in await ledger_records(store.redis) if r["tenant"] == "legacy"]
-    finally:
-        await server.stop(5)
-        await store.close()
-    assert not unanswered.succeeded and unanswered.charged_usd == "0" and "no result" in unanswered.error, unanswered
-    assert still is not None and still.provider_batch == ""
-    assert answered.succeeded and answered.response.content, answered
-    assert again.succeeded and again.response.content == answered.response.content, again
-    assert charged_from == batch_ids["legacy"]
-    assert [Decimal(r["cost_usd"]) for r in ledger] == [Decimal(answered.response.cost_usd)]  # charged once
-    assert held == (0, 0)
-
-
-async def test_a_line_with_no_batch_recorded_is_released_when_its_batch_failed_before_running(stack: Stack) -> None:
-    """A provider batch that failed before running bills none of its lines: a line with no batch recorded (admitted by
-    the version before) is released by a collect of that batch, as that version did, never left to be charged its
-    hold when the hold lapses."""
+    """A line admitted by a router of the version before has nothing recorded beside its pending charge. Collected with
+    the batch whose results answer it, it is answered and charged from that batch once, which a collect again reports
+    (one collected with a batch without its result is charged its hold: test_unrecorded_batch_lines.py)."""
     store = RedisStore(stack.redis_url)
     server = await start_router(stack)
     account = Account("legacy", key_id(""))
@@ -838,15 +794,21 @@ async def test_a_line_with_no_batch_recorded_is_released_when_its_batch_failed_b
             )
             reply = await stub.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[line]), timeout=10)
             assert reply.lines[0].deferred and not reply.lines[0].error, reply
+            batch_id = reply.lines[0].provider_batch_id
+            # As the version before left it: nothing recorded beside the pending charge.
             keys = AccountKeys.of(account)
             assert await store.redis.hdel(keys.batches, pending_field(account, "r1")) == 1
-            stack.upstream.batches.fail_next = True  # it fails as it is first polled
-            released = await collect_r1(stub, "legacy", reply.lines[0].provider_batch_id)
-            pending = await store.pending_charge(account, "r1")
+
+            answered = await collect_r1(stub, "legacy", batch_id)
+            again = await collect_r1(stub, "legacy", batch_id)
+            charged_from = await store.charged_batch(account, "r1")
             held = await store.held_pico(account)
             ledger = [r for r in await ledger_records(store.redis) if r["tenant"] == "legacy"]
     finally:
         await server.stop(5)
         await store.close()
-    assert not released.succeeded and released.charged_usd in ("", "0"), released
-    assert pending is None and held == (0, 0) and not ledger
+    assert answered.succeeded and answered.response.content, answered
+    assert again.succeeded and again.response.content == answered.response.content, again
+    assert charged_from == batch_id
+    assert [Decimal(r["cost_usd"]) for r in ledger] == [Decimal(answered.response.cost_usd)]  # charged once
+    assert held == (0, 0)

@@ -334,6 +334,10 @@ async def test_a_deferred_line_keeps_its_provider_batch_through_its_charge(store
     pico = 2**60 + 1
     line = Hold("line-1", pico, DAY, "router-1", nonce="0a1b", until=time.time() + 3600)
     assert (await store.admit(ACCOUNT, Allowance("day"), line)).refused == ""
+    assert (await store.admit(ACCOUNT, Allowance("day"), hold("plain-1"))).refused == ""
+    unrecorded, plain = [await store.pending_charge(ACCOUNT, r) for r in ("line-1", "plain-1")]
+    assert unrecorded is not None and unrecorded.provider_batch == ""  # from admission: a line of this version
+    assert plain is not None and plain.provider_batch is None  # no provider batch line
     batch = 'batch "7" \\ ünïcode'  # any text the provider names its batch with
     assert not await store.record_provider_batch(ACCOUNT, dataclasses.replace(line, nonce="ffff"), batch)
     assert await store.record_provider_batch(ACCOUNT, line, batch)
@@ -375,8 +379,9 @@ async def test_a_recorded_provider_batch_stays_out_of_the_pending_record_and_goe
         nonce = request_id.encode().hex()  # an undone admission's nonce admits nothing again
         line = Hold(request_id, 1_000, DAY, "router-1", nonce=nonce, until=time.time() + until_s)
         assert (await store.admit(ACCOUNT, Allowance("day"), line)).refused == ""
-        assert await store.record_provider_batch(ACCOUNT, line, f"batch-{request_id}")
         field = pending_field(ACCOUNT, request_id)
+        assert await client.hget(keys.batches, field) == b""  # a batch line of this version, its batch to come
+        assert await store.record_provider_batch(ACCOUNT, line, f"batch-{request_id}")
         assert set(json.loads(await client.hget(keys.pending, field))) == before
         assert await client.hget(keys.batches, field) == f"batch-{request_id}".encode()
         return line
@@ -392,10 +397,13 @@ async def test_a_recorded_provider_batch_stays_out_of_the_pending_record_and_goe
         assert await store.charged_batch(ACCOUNT, "lapsed") == "batch-lapsed"
         assert await client.hlen(keys.batches) == 0
         # Left by a charge that knew no batches hash: the next admission of the id does not inherit it.
-        await client.hset(keys.batches, pending_field(ACCOUNT, "again"), "batch-stale")
-        assert (await store.admit(ACCOUNT, Allowance("day"), hold("again", 1_000))).refused == ""
-        pending = await store.pending_charge(ACCOUNT, "again")
-        assert pending is not None and pending.provider_batch == ""
+        for request_id, until in (("again", 0.0), ("again-line", time.time() + 60)):
+            await client.hset(keys.batches, pending_field(ACCOUNT, request_id), "batch-stale")
+            admitted = Hold(request_id, 1_000, DAY, "router-1", nonce="0b", until=until)
+            assert (await store.admit(ACCOUNT, Allowance("day"), admitted)).refused == ""
+        plain, line = [await store.pending_charge(ACCOUNT, r) for r in ("again", "again-line")]
+        assert plain is not None and plain.provider_batch is None  # no provider batch line: nothing beside it
+        assert line is not None and line.provider_batch == ""  # a line whose batch is yet to be recorded
     finally:
         await client.aclose()
         await store.close()
@@ -405,4 +413,4 @@ def test_a_pending_record_never_carries_its_provider_batch() -> None:
     pending = Pending("t", "k", "r", 1, DAY, "router-1", 0.0, "0a", 1.0, provider_batch="batch-1")
     assert "provider_batch" not in json.loads(pending.to_json())
     written_by_an_earlier_router = json.dumps({**json.loads(pending.to_json()), "provider_batch": "batch-1"})
-    assert Pending.from_json(written_by_an_earlier_router).provider_batch == ""
+    assert Pending.from_json(written_by_an_earlier_router).provider_batch is None

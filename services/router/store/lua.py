@@ -66,7 +66,7 @@ ADMIT = (
 -- KEYS: rate, used id, tenant spend, tenant holds, key spend, key holds, limit overrides, pending charges,
 --       charged id, undone marker (of this admission's nonce), provider batches
 -- ARGV: per minute, tenant default limit, key default limit ('' = none), now, hold member, hold expiry, id ttl,
---       hold pico, pending field, pending record, tenant limit field, key limit field
+--       hold pico, pending field, pending record, tenant limit field, key limit field, provider batch line ('1')
 -- Undone before it ran (it reached the store after the router gave up on it and undid it): nothing happens.
 if redis.call('EXISTS', KEYS[10]) == 1 then return {'undone', '0'} end
 local recorded = redis.call('HGET', KEYS[8], ARGV[9])
@@ -112,8 +112,9 @@ for _, b in ipairs(budgets) do
   outlive_holds(b[2])
 end
 redis.call('HSET', KEYS[8], ARGV[9], ARGV[10])
--- A batch left by a charge of the version before (which knew no batches hash) is no batch of this admission's.
-redis.call('HDEL', KEYS[11], ARGV[9])
+-- A provider batch line's batch is '' until recorded: so a line of this version is never taken for one of the
+-- version before (no entry), and a batch left by that version's charge (it knew no batches hash) is dropped.
+if ARGV[13] == '1' then redis.call('HSET', KEYS[11], ARGV[9], '') else redis.call('HDEL', KEYS[11], ARGV[9]) end
 return {'', '0'}
 """
 )
@@ -127,7 +128,7 @@ CHARGE = (
 -- The marker keeps the provider batch recorded for the request ('batch:<id>'; '1' for none): a collect of
 -- another batch naming the request then reads nothing of that batch's answer for it.
 local batch = redis.call('HGET', KEYS[8], ARGV[6])
-local marker = batch and ('batch:' .. batch) or '1'
+local marker = (batch and batch ~= '') and ('batch:' .. batch) or '1'
 redis.call('HDEL', KEYS[8], ARGV[6])
 drop_hold(KEYS[5], KEYS[6], {ARGV[5], held_member(KEYS[7], ARGV[6], ARGV[5])})
 if redis.call('HDEL', KEYS[7], ARGV[6]) == 0 and ARGV[7] == '1' then return 0 end

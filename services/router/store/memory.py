@@ -39,7 +39,7 @@ class MemoryStore:
         self.charged = RecentIds(request_id_ttl_s, self.MAX_REQUEST_IDS)
         self.undone = RecentIds(request_id_ttl_s, self.MAX_REQUEST_IDS)  # undone admissions, by nonce
         self.held: dict[str, dict[str, tuple[float, int]]] = {}  # holds key -> member -> (expiry, pico)
-        self.pending: dict[str, Pending] = {}  # as stored: provider_batch always ''
+        self.pending: dict[str, Pending] = {}  # as stored: provider_batch always None
         self.batches: dict[str, str] = {}  # pending field -> provider batch (RedisStore's batches hash)
         self.ledger: deque[dict] = deque(maxlen=self.MAX_LEDGER_RECORDS)
         self.ledger_appended = 0  # every record ever appended: the SQL sink's cursor counts against it
@@ -93,7 +93,10 @@ class MemoryStore:
             self.held[held_key][keys.hold_member(hold.pico, hold.request_id)] = (hold.until or now + HOLD_S, hold.pico)
         pending = Pending.of(account, hold)
         self.pending[pending.field] = pending
-        self.batches.pop(pending.field, None)
+        if hold.until:  # a provider batch line: '' until its batch is recorded, as RedisStore's ADMIT
+            self.batches[pending.field] = ""
+        else:
+            self.batches.pop(pending.field, None)
         return Verdict("")
 
     async def charge(self, account: Account, hold: Hold, pico: int, record: dict, late: bool = False) -> bool:
@@ -154,7 +157,7 @@ class MemoryStore:
     async def pending_charge(self, account: Account, request_id: str) -> Pending | None:
         field = pending_field(account, request_id)
         pending = self.pending.get(field)
-        return None if pending is None else replace(pending, provider_batch=self.batches.get(field, ""))
+        return None if pending is None else replace(pending, provider_batch=self.batches.get(field))
 
     async def record_provider_batch(self, account: Account, hold: Hold, batch_id: str) -> bool:
         pending = self.pending.get(pending_field(account, hold.request_id))

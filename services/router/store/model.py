@@ -80,9 +80,12 @@ class Pending:
     nonce: str = ""  # absent from records written before admissions had one
     until: float = 0.0  # a deferred request's: settled by no one but its collector until then (Hold.until)
     # A deferred request's provider batch, recorded once the provider created it: only that batch's results settle
-    # it. '' until then, and for lines of routers from before lines recorded theirs (deferred.py says how those are
-    # settled). Kept beside the record, never in it (keys.py, batches_key): the store fills it in when read.
-    provider_batch: str = ""
+    # it. '' from its admission until then (and for good when the creation's outcome is unknown, or the store was
+    # out of reach to record it: such a line is settled from no batch's results). None when nothing is kept beside
+    # the record: a request that is no provider batch line, or a line of a router from before lines recorded theirs
+    # (deferred.py says how those are settled). Kept beside the record, never in it (keys.py, batches_key): the
+    # store fills it in when read.
+    provider_batch: str | None = None
 
     @classmethod
     def of(cls, account: Account, hold: Hold) -> Pending:

@@ -137,6 +137,7 @@ class RedisStore:
             pending.to_json(),
             limit_field("tenant", account.tenant),
             limit_field("key", account.key),
+            "1" if hold.until else "0",  # a provider batch line (deferred)
         ]
         names = [keys.rate(now), keys.used(hold.request_id), tenant_spend, tenant_held, key_spend, key_held]
         names += [keys.limits, keys.pending, keys.charged(hold.request_id), keys.undone(hold.nonce), keys.batches]
@@ -202,7 +203,7 @@ class RedisStore:
             value, batch = await self._pending_charge(keys=[keys.pending, keys.batches], args=[field])
         if value is None:
             return None
-        return replace(Pending.from_json(value), provider_batch="" if batch is None else _text(batch))
+        return replace(Pending.from_json(value), provider_batch=None if batch is None else _text(batch))
 
     async def record_provider_batch(self, account: Account, hold: Hold, batch_id: str) -> bool:
         keys = AccountKeys.of(account)
