@@ -720,6 +720,19 @@ async def test_a_provider_batch_that_ended_is_collected_even_in_its_window_s_las
     assert all(charged[i] < holds[i] for i in holds) and held == 0 and not pending
 
 
+@asynccontextmanager
+async def direct_router(stack: Stack) -> AsyncIterator[tuple[router_pb2_grpc.RouterStub, RedisStore]]:
+    """The stack's router, called directly over gRPC as a trusted caller acting for tenants, and its money store."""
+    store = RedisStore(stack.redis_url)
+    server = await start_router(stack)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.router_port}") as channel:
+            yield router_pb2_grpc.RouterStub(channel), store
+    finally:
+        await server.stop(5)
+        await store.close()
+
+
 async def collect_r1(stub: router_pb2_grpc.RouterStub, tenant: str, batch_id: str) -> router_pb2.CollectedLine:
     """Line 'r1' of a tenant, collected with `batch_id` until that provider batch has ended."""
     ask = router_pb2.CollectBatchRequest(tenant=tenant, model=BATCHED, provider_batch_id=batch_id, request_ids=["r1"])
@@ -739,33 +752,26 @@ async def test_a_line_is_settled_only_from_its_own_provider_batch(stack: Stack) 
     by the provider, is charged nothing (a caller holding two tenants underpays at will: an expensive line paid at
     the price of a cheap one). Its hold stays for its own batch's collect; once settled there, the other batch
     still gives it nothing."""
-    store = RedisStore(stack.redis_url)
-    server = await start_router(stack)
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.router_port}") as channel:
-            stub = router_pb2_grpc.RouterStub(channel)
-            batch_ids = {}
-            for tenant, prompt in (("mine", "a long question " * 40), ("theirs", "their secret question")):
-                line = router_pb2.CompleteRequest(
-                    messages=[common_pb2.ChatMessage(role="user", content=f"{prompt} {uuid.uuid4().hex}")],
-                    tenant=tenant,
-                    model=BATCHED,
-                    request_id="r1",
-                )
-                reply = await stub.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[line]), timeout=10)
-                assert reply.lines[0].deferred and not reply.lines[0].error, reply
-                batch_ids[tenant] = reply.lines[0].provider_batch_id
-            assert batch_ids["mine"] != batch_ids["theirs"]
+    async with direct_router(stack) as (stub, store):
+        batch_ids = {}
+        for tenant, prompt in (("mine", "a long question " * 40), ("theirs", "their secret question")):
+            line = router_pb2.CompleteRequest(
+                messages=[common_pb2.ChatMessage(role="user", content=f"{prompt} {uuid.uuid4().hex}")],
+                tenant=tenant,
+                model=BATCHED,
+                request_id="r1",
+            )
+            reply = await stub.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[line]), timeout=10)
+            assert reply.lines[0].deferred and not reply.lines[0].error, reply
+            batch_ids[tenant] = reply.lines[0].provider_batch_id
+        assert batch_ids["mine"] != batch_ids["theirs"]
 
-            foreign = await collect_r1(stub, "mine", batch_ids["theirs"])
-            pending = await store.pending_charge(Account("mine", key_id("")), "r1")
-            own = await collect_r1(stub, "mine", batch_ids["mine"])
-            foreign_after = await collect_r1(stub, "mine", batch_ids["theirs"])
-            theirs = await store.pending_charge(Account("theirs", key_id("")), "r1")
-            charged_from = await store.charged_batch(Account("mine", key_id("")), "r1")
-    finally:
-        await server.stop(5)
-        await store.close()
+        foreign = await collect_r1(stub, "mine", batch_ids["theirs"])
+        pending = await store.pending_charge(Account("mine", key_id("")), "r1")
+        own = await collect_r1(stub, "mine", batch_ids["mine"])
+        foreign_after = await collect_r1(stub, "mine", batch_ids["theirs"])
+        theirs = await store.pending_charge(Account("theirs", key_id("")), "r1")
+        charged_from = await store.charged_batch(Account("mine", key_id("")), "r1")
     for line in (foreign, foreign_after):
         assert not line.succeeded and not line.response.content and line.charged_usd == "0", line
     assert "another provider batch" in foreign.error
@@ -780,33 +786,26 @@ async def test_a_line_with_no_batch_recorded_is_settled_from_the_batch_whose_res
     """A line admitted by a router of the version before has nothing recorded beside its pending charge. Collected with
     the batch whose results answer it, it is answered and charged from that batch once, which a collect again reports
     (one collected with a batch without its result is charged its hold: test_unrecorded_batch_lines.py)."""
-    store = RedisStore(stack.redis_url)
-    server = await start_router(stack)
     account = Account("legacy", key_id(""))
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.router_port}") as channel:
-            stub = router_pb2_grpc.RouterStub(channel)
-            line = router_pb2.CompleteRequest(
-                messages=[common_pb2.ChatMessage(role="user", content=f"a question {uuid.uuid4().hex}")],
-                tenant="legacy",
-                model=BATCHED,
-                request_id="r1",
-            )
-            reply = await stub.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[line]), timeout=10)
-            assert reply.lines[0].deferred and not reply.lines[0].error, reply
-            batch_id = reply.lines[0].provider_batch_id
-            # As the version before left it: nothing recorded beside the pending charge.
-            keys = AccountKeys.of(account)
-            assert await store.redis.hdel(keys.batches, pending_field(account, "r1")) == 1
+    async with direct_router(stack) as (stub, store):
+        line = router_pb2.CompleteRequest(
+            messages=[common_pb2.ChatMessage(role="user", content=f"a question {uuid.uuid4().hex}")],
+            tenant="legacy",
+            model=BATCHED,
+            request_id="r1",
+        )
+        reply = await stub.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[line]), timeout=10)
+        assert reply.lines[0].deferred and not reply.lines[0].error, reply
+        batch_id = reply.lines[0].provider_batch_id
+        # As the version before left it: nothing recorded beside the pending charge.
+        keys = AccountKeys.of(account)
+        assert await store.redis.hdel(keys.batches, pending_field(account, "r1")) == 1
 
-            answered = await collect_r1(stub, "legacy", batch_id)
-            again = await collect_r1(stub, "legacy", batch_id)
-            charged_from = await store.charged_batch(account, "r1")
-            held = await store.held_pico(account)
-            ledger = [r for r in await ledger_records(store.redis) if r["tenant"] == "legacy"]
-    finally:
-        await server.stop(5)
-        await store.close()
+        answered = await collect_r1(stub, "legacy", batch_id)
+        again = await collect_r1(stub, "legacy", batch_id)
+        charged_from = await store.charged_batch(account, "r1")
+        held = await store.held_pico(account)
+        ledger = [r for r in await ledger_records(store.redis) if r["tenant"] == "legacy"]
     assert answered.succeeded and answered.response.content, answered
     assert again.succeeded and again.response.content == answered.response.content, again
     assert charged_from == batch_id

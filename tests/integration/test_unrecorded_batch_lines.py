@@ -9,13 +9,11 @@ import json
 import uuid
 from decimal import Decimal
 
-import grpc
-
 from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
-from services.router.store import PICO, Account, AccountKeys, RedisStore, key_id, pending_field, to_pico
+from services.router.store import PICO, Account, AccountKeys, key_id, pending_field, to_pico
 from tests.conftest import ledger_records
 from tests.fakes.server import Fault
-from tests.integration.test_provider_batches import BATCHED, Stack, collect_r1, stack, start_router
+from tests.integration.test_provider_batches import BATCHED, Stack, collect_r1, direct_router, stack
 
 __all__ = ["stack"]  # the fixture, shared
 
@@ -44,52 +42,38 @@ async def failed_batch(stack: Stack, stub: router_pb2_grpc.RouterStub, tenant: s
 
 
 async def test_a_line_of_a_batch_created_or_not_is_not_released_by_another_failed_batch(stack: Stack) -> None:
-    store = RedisStore(stack.redis_url)
-    server = await start_router(stack)
     account = Account("payer", key_id(""))
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.router_port}") as channel:
-            stub = router_pb2_grpc.RouterStub(channel)
-            stack.upstream.enqueue(Fault.delay(0), Fault.reset())  # the creation's reply is lost: it may run
-            unknown = await stub.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[line("payer", "r1")]), timeout=10)
-            assert unknown.lines[0].deferred and unknown.lines[0].error, unknown  # held to its worst case
-            held_before = await store.held_pico(account)
-            other = await failed_batch(stack, stub, "payer")
-            released = await collect_r1(stub, "payer", other)  # any failed batch id will do
-            pending = await store.pending_charge(account, "r1")
-            held_after = await store.held_pico(account)
-    finally:
-        await server.stop(5)
-        await store.close()
+    async with direct_router(stack) as (stub, store):
+        stack.upstream.enqueue(Fault.delay(0), Fault.reset())  # the creation's reply is lost: it may run
+        unknown = await stub.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[line("payer", "r1")]), timeout=10)
+        assert unknown.lines[0].deferred and unknown.lines[0].error, unknown  # held to its worst case
+        held_before = await store.held_pico(account)
+        other = await failed_batch(stack, stub, "payer")
+        released = await collect_r1(stub, "payer", other)  # any failed batch id will do
+        pending = await store.pending_charge(account, "r1")
+        held_after = await store.held_pico(account)
     assert held_before[0] > 0 and pending is None and held_after == (0, 0)
     # Not released by that batch's failure: charged its hold, its worst case (the provider may have run it).
     assert not released.succeeded and to_pico(Decimal(released.charged_usd)) == held_before[0], released
 
 
 async def test_an_unrecorded_line_the_provider_billed_is_not_released_by_another_failed_batch(stack: Stack) -> None:
-    store = RedisStore(stack.redis_url)
-    server = await start_router(stack)
     account = Account("payer", key_id(""))
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.router_port}") as channel:
-            stub = router_pb2_grpc.RouterStub(channel)
-            sent = await stub.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[line("payer", "r1")]), timeout=10)
-            assert sent.lines[0].deferred and sent.lines[0].provider_batch_id, sent
-            # Its batch not recorded, as when the store was out of reach just then (deferred.py, _record_batch).
-            keys = AccountKeys.of(account)
-            held = (await store.pending_charge(account, "r1")).hold_pico  # type: ignore[union-attr]
-            await store.redis.hset(keys.batches, pending_field(account, "r1"), "")
-            fake = stack.upstream.batches
-            for _ in range(2):  # its own batch runs at the provider, which answers and bills the line
-                fake._advance(fake.batches[sent.lines[0].provider_batch_id])
-            assert "r1" in fake.answered
-            other = await failed_batch(stack, stub, "payer")
-            released = await collect_r1(stub, "payer", other)
-            pending = await store.pending_charge(account, "r1")
-            ledger = [r for r in await ledger_records(store.redis) if r["tenant"] == "payer"]
-    finally:
-        await server.stop(5)
-        await store.close()
+    async with direct_router(stack) as (stub, store):
+        sent = await stub.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[line("payer", "r1")]), timeout=10)
+        assert sent.lines[0].deferred and sent.lines[0].provider_batch_id, sent
+        # Its batch not recorded, as when the store was out of reach just then (deferred.py, _record_batch).
+        keys = AccountKeys.of(account)
+        held = (await store.pending_charge(account, "r1")).hold_pico  # type: ignore[union-attr]
+        await store.redis.hset(keys.batches, pending_field(account, "r1"), "")
+        fake = stack.upstream.batches
+        for _ in range(2):  # its own batch runs at the provider, which answers and bills the line
+            fake._advance(fake.batches[sent.lines[0].provider_batch_id])
+        assert "r1" in fake.answered
+        other = await failed_batch(stack, stub, "payer")
+        released = await collect_r1(stub, "payer", other)
+        pending = await store.pending_charge(account, "r1")
+        ledger = [r for r in await ledger_records(store.redis) if r["tenant"] == "payer"]
     charged = [to_pico(Decimal(r["cost_usd"])) for r in ledger]
     assert pending is None and charged == [held], ("released unpaid", released)
 
@@ -99,24 +83,17 @@ async def test_an_unrecorded_line_reported_ended_costs_what_the_ledger_will_char
         return [o for o in output if json.loads(o)["custom_id"] != "r1"], errors  # it ran; its result is lost
 
     stack.upstream.batches.tamper = drop_r1
-    store = RedisStore(stack.redis_url)
-    server = await start_router(stack)
     account = Account("payer", key_id(""))
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.router_port}") as channel:
-            stub = router_pb2_grpc.RouterStub(channel)
-            sent = await stub.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[line("payer", "r1")]), timeout=10)
-            batch_id = sent.lines[0].provider_batch_id
-            keys = AccountKeys.of(account)
-            held = (await store.pending_charge(account, "r1")).hold_pico  # type: ignore[union-attr]
-            # As a router of the version before left it: nothing recorded beside the pending charge.
-            assert await store.redis.hdel(keys.batches, pending_field(account, "r1")) == 1
-            collected = await collect_r1(stub, "payer", batch_id)  # what the edge does: its own batch
-            pending = await store.pending_charge(account, "r1")
-            ledger = [r for r in await ledger_records(store.redis) if r["tenant"] == "payer"]
-    finally:
-        await server.stop(5)
-        await store.close()
+    async with direct_router(stack) as (stub, store):
+        sent = await stub.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[line("payer", "r1")]), timeout=10)
+        batch_id = sent.lines[0].provider_batch_id
+        keys = AccountKeys.of(account)
+        held = (await store.pending_charge(account, "r1")).hold_pico  # type: ignore[union-attr]
+        # As a router of the version before left it: nothing recorded beside the pending charge.
+        assert await store.redis.hdel(keys.batches, pending_field(account, "r1")) == 1
+        collected = await collect_r1(stub, "payer", batch_id)  # what the edge does: its own batch
+        pending = await store.pending_charge(account, "r1")
+        ledger = [r for r in await ledger_records(store.redis) if r["tenant"] == "payer"]
     owed = format(Decimal(held) / PICO, "f")
     assert pending is None and [r["cost_usd"] for r in ledger] == [owed]  # its worst case, charged once
     assert collected.charged_usd == owed, collected  # reported at what the ledger charges: the edge writes it final
