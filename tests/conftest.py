@@ -8,6 +8,7 @@ import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis.asyncio as redis
@@ -45,6 +46,19 @@ async def session_redis_url() -> AsyncIterator[str]:
         pytest.fail(f"no Redis at {REDIS_URL} ({exc}); start redis-server or set TEST_REDIS_URL")
     await client.flushdb()
     yield REDIS_URL
+    await client.aclose()
+
+
+@pytest.fixture(scope="session")
+async def chain_redis_url(session_redis_url: str) -> AsyncIterator[str]:
+    """Another database of the same server, for servers that live all session (the chain's router runs its upkeep
+    throughout): tests that empty theirs (redis_url) never empty it, nor meet its heartbeats or reconciler lease."""
+    parts = urlsplit(session_redis_url)
+    db = int(parts.path.strip("/") or 0)
+    url = urlunsplit(parts._replace(path=f"/{(db + 1) % 16}"))
+    client = redis.from_url(url)
+    await client.flushdb()
+    yield url
     await client.aclose()
 
 

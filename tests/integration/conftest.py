@@ -132,7 +132,7 @@ def classifier_dir() -> Path:
 
 @pytest.fixture(scope="session")
 async def chain(
-    tmp_path_factory: pytest.TempPathFactory, classifier_dir: Path, session_redis_url: str
+    tmp_path_factory: pytest.TempPathFactory, classifier_dir: Path, chain_redis_url: str
 ) -> AsyncIterator[Chain]:
     with FakeOpenAI(reply_or_silence) as budget, FakeOpenAI() as premium, pytest.MonkeyPatch.context() as env:
         env.setenv("BUDGETAI_KEY", "sk-budget")
@@ -149,7 +149,7 @@ async def chain(
             registry_path=path,
             classifier_addr=f"127.0.0.1:{servers['classifier'].port}",
             providers_addr=f"127.0.0.1:{servers['providers'].port}",
-            redis_url=session_redis_url,
+            redis_url=chain_redis_url,
             classifier_timeout_s=5.0,  # the first calls on a loaded CI machine may be slow
             # The fakes' echo answers are no test of the verifier: test_verifier_escalation.py runs its own.
             verifier=False,
@@ -177,7 +177,7 @@ async def chain(
                 budget,
                 premium,
                 path,
-                session_redis_url,
+                chain_redis_url,
             )
         finally:
             edge.should_exit = keyed.should_exit = True

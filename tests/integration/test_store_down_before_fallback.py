@@ -53,8 +53,8 @@ class ProxiedRouter:
 
 
 @pytest.fixture
-async def proxied_router(chain: Chain, session_redis_url: str, tmp_path: Path) -> AsyncIterator[ProxiedRouter]:
-    redis_url = session_redis_url  # the chain's database, not emptied: records are told apart by request id
+async def proxied_router(chain: Chain, tmp_path: Path) -> AsyncIterator[ProxiedRouter]:
+    redis_url = chain.redis_url  # the chain's database, not emptied: records are told apart by request id
     parts = urlsplit(redis_url)
     name = f"down-{uuid.uuid4().hex[:8]}"
     async with LossyProxy(parts.hostname or "127.0.0.1", parts.port or 6379) as proxy:
