@@ -55,7 +55,7 @@ async def chain_redis_url(session_redis_url: str) -> AsyncIterator[str]:
     throughout): tests that empty theirs (redis_url) never empty it, nor meet its heartbeats or reconciler lease."""
     parts = urlsplit(session_redis_url)
     db = int(parts.path.strip("/") or 0)
-    url = urlunsplit(parts._replace(path=f"/{(db + 1) % 16}"))
+    url = urlunsplit(parts._replace(path=f"/{(db - 1) % 16}"))  # the one below: never 0, the default, for 15
     client = redis.from_url(url)
     await client.flushdb()
     yield url
