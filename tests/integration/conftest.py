@@ -113,6 +113,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_ports(count: int) -> list[int]:
+    """Distinct free ports, held together while they are picked: free_port() twice may give one port twice, and two
+    gRPC servers (SO_REUSEPORT) then share it, each answering calls meant for the other."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 async def start_edge(settings: EdgeSettings) -> tuple[uvicorn.Server, asyncio.Task[None], grpc.aio.Channel]:
     channel = open_channel(settings.router_addr, settings)  # as the edge opens it: its message limits included
     app = create_app(settings, channel)

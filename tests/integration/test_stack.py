@@ -19,7 +19,7 @@ from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
 from services.__main__ import running_stack
 from services.demo import PROMPTS
 from tests.conftest import ROOT
-from tests.integration.conftest import free_port
+from tests.integration.conftest import free_ports
 
 
 @pytest.mark.usefixtures("local_model")
@@ -28,9 +28,10 @@ def test_stack_shows_routing_with_no_keys_and_no_redis(tmp_path: Path) -> None:
     choice they would get with keys), the local model's answer, and a summary whose sums add up."""
     env = {k: v for k, v in os.environ.items() if not k.endswith(("_API_KEY", "_AUTH")) and not k.startswith("ROUTER_")}
     env["ROUTER_LEDGER_SQL_PATH"] = str(tmp_path / "ledger.sqlite3")
+    ports = iter(free_ports(8))
     for service in ("CLASSIFIER", "PROVIDERS", "ROUTER", "EDGE"):
-        env[f"{service}_PORT"] = str(free_port())
-        env[f"{service}_METRICS_PORT"] = str(free_port())
+        env[f"{service}_PORT"] = str(next(ports))
+        env[f"{service}_METRICS_PORT"] = str(next(ports))
     done = subprocess.run(
         [sys.executable, "-m", "services", "--once"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
     )
@@ -55,8 +56,8 @@ def test_launched_stack_serves_only_its_own_certificates(monkeypatch: pytest.Mon
     for key in list(os.environ):
         if key.endswith(("_API_KEY", "_AUTH", "_TLS_DIR")) or key.startswith("ROUTER_"):
             monkeypatch.delenv(key)
-    ports = {service: free_port() for service in ("CLASSIFIER", "PROVIDERS", "ROUTER", "EDGE")}
-    metrics_ports = {service: free_port() for service in ports}
+    services, picked = ("CLASSIFIER", "PROVIDERS", "ROUTER", "EDGE"), free_ports(8)
+    ports, metrics_ports = dict(zip(services, picked[:4], strict=True)), dict(zip(services, picked[4:], strict=True))
     for service, port in ports.items():
         monkeypatch.setenv(f"{service}_PORT", str(port))
         monkeypatch.setenv(f"{service}_METRICS_PORT", str(metrics_ports[service]))

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from services.__main__ import running_stack
 from tests.ci import require_local_model
 from tests.conftest import ROOT
-from tests.integration.conftest import free_port
+from tests.integration.conftest import free_ports
 
 CHART = ROOT / "helm" / "llm-cost-router"
 SERVICES = ("CLASSIFIER", "PROVIDERS", "ROUTER", "EDGE")
@@ -45,12 +45,14 @@ def named_metrics(expr: str) -> set[str]:
 @pytest.fixture(scope="module")
 def scraped() -> Iterator[set[str]]:
     require_local_model()
-    metrics_ports = {service: free_port() for service in SERVICES}
+    picked = free_ports(2 * len(SERVICES))
+    ports = dict(zip(SERVICES, picked[: len(SERVICES)], strict=True))
+    metrics_ports = dict(zip(SERVICES, picked[len(SERVICES) :], strict=True))
     with pytest.MonkeyPatch.context() as env:
         for name in [k for k in os.environ if k.startswith("ROUTER_") or k.endswith("_API_KEY")]:
             env.delenv(name)
         for service in SERVICES:
-            env.setenv(f"{service}_PORT", str(free_port()))
+            env.setenv(f"{service}_PORT", str(ports[service]))
             env.setenv(f"{service}_METRICS_PORT", str(metrics_ports[service]))
         with running_stack() as (base_url, _):
             body = {"model": "auto", "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 8}
