@@ -347,6 +347,9 @@ async def test_a_deferred_line_keeps_its_provider_batch_through_its_charge(store
     assert pending.nonce == line.nonce and pending.until == line.until
     assert await store.held_pico(ACCOUNT) == (pico, pico)
     assert await store.charged_batch(ACCOUNT, "line-1") is None
+    assert await store.extend(ACCOUNT, Allowance("day"), line, pico + 1) == ""  # a grown hold keeps its batch
+    grown = await store.pending_charge(ACCOUNT, "line-1")
+    assert grown is not None and grown.provider_batch == batch and grown.hold_pico == pico + 1
 
     assert await store.charge(ACCOUNT, line, 5, {})
     assert await store.charged_batch(ACCOUNT, "line-1") == batch

@@ -121,7 +121,11 @@ class MemoryStore:
             others = sum(p for m, (_, p) in self.held.get(held_key, {}).items() if m != held)
             if limit is not None and self.counters.get(spend_key, 0) + others + pico > limit:
                 return name
+        field = pending_field(account, hold.request_id)
+        batch = self.batches.get(field)
         await self.release(account, hold)
+        if batch is not None:  # growing the hold keeps the line's batch, as RedisStore's EXTEND leaves it
+            self.batches[field] = batch
         grown = replace(hold, pico=pico)
         for held_key in keys.held():
             self.held.setdefault(held_key, {})[keys.hold_member(pico, hold.request_id)] = (time.time() + HOLD_S, pico)
