@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from services.router.store import PICO, Account, Allowance, Store, period_id
+from services.router.store import KEYLESS, PICO, Account, Allowance, Store, period_id
 
 SCOPES = ("tenant", "key")
 
@@ -59,9 +59,11 @@ async def budgets(store: Store, allowance: Allowance, accounts: list[Account]) -
         for index, (scope, name, default) in enumerate(
             (("tenant", account.tenant, allowance.tenant_pico), ("key", account.key, allowance.key_pico))
         ):
-            if (scope, name) in seen or not name:
+            # A keyless request's key budget is its tenant's own (store/keys.py, KEYLESS): a row per tenant.
+            row = (scope, name, account.tenant if scope == "key" and name == KEYLESS else "")
+            if row in seen or not name:
                 continue
-            seen.add((scope, name))
+            seen.add(row)
             limit = overrides.get((scope, name), default)
             overridden = (scope, name) in overrides
             views.append(

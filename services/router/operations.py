@@ -16,7 +16,7 @@ from llmrouter.errors import ServiceError, invalid
 from services.ledger.db import LedgerDB, LedgerUnavailable
 from services.ledger.stats import GROUPINGS, Group, summarize
 from services.router.budgets import SCOPES, BudgetView, budgets
-from services.router.store import Account, Allowance, Store, to_pico
+from services.router.store import KEYLESS, Account, Allowance, Store, to_pico
 
 log = logging.getLogger("llmrouter.router")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
@@ -72,7 +72,12 @@ class Operations:
             known = {a.tenant for a in accounts}
             accounts += [Account(name, "") for scope, name in overrides if scope == "tenant" and name not in known]
             known_keys = {a.key for a in accounts}
-            accounts += [Account("", name) for scope, name in overrides if scope == "key" and name not in known_keys]
+            # A key limit for 'anonymous' binds each tenant's keyless requests on that tenant's spend: shown there.
+            accounts += [
+                Account("", name)
+                for scope, name in overrides
+                if scope == "key" and name not in known_keys and name != KEYLESS
+            ]
         elif not any(a.tenant == who for a in accounts):
             accounts.insert(0, Account(who, ""))
         return await budgets(self.store, self.allowance, accounts)

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from llmrouter.redis_connect import connect
+from services.router.budgets import budgets
 from services.router.store import (
     HOLD_S,
     SHARDS,
@@ -29,6 +30,7 @@ from services.router.store import (
     RedisStore,
     Store,
     Verdict,
+    key_id,
     pending_field,
     period_id,
     to_pico,
@@ -37,6 +39,7 @@ from services.router.store.keys import LEASE, TAGS, limit_field, limits_key, sha
 from tests.conftest import ledger_records
 
 ACCOUNT = Account("acme", "key1")
+SHARED_KEY = "0123456789abcdef"  # a key id a trusted caller names for two tenants
 
 
 @pytest.fixture(params=["redis", "cluster", "memory"])
@@ -247,19 +250,39 @@ def two_tenants_of_one_shard() -> tuple[str, str]:
 
 
 async def test_a_key_shared_by_two_tenants_holds_each_tenants_request(store: Store) -> None:
-    """A trusted caller acting for tenants without API keys pays as the key 'anonymous' in each. Request ids are
-    per tenant, so both tenants may send 'r1': each must be held against the key's budget, or a third request
-    is admitted past it (and one tenant's charge drops the other's hold)."""
-    first, second = two_tenants_of_one_shard()
+    """A trusted caller may name one API key id for two tenants. Request ids are per tenant, so both tenants may
+    send 'r1': each must be held against the key's budget, or a third request is admitted past it (and one
+    tenant's charge drops the other's hold)."""
+    first, second = (Account(tenant, SHARED_KEY) for tenant in two_tenants_of_one_shard())
     allowance = Allowance("day", key_pico=2_000)
-    for tenant in (first, second):
-        assert (await store.admit(Account(tenant, "anonymous"), allowance, hold("r1", 1_000))).refused == ""
+    for account in (first, second):
+        assert (await store.admit(account, allowance, hold("r1", 1_000))).refused == ""
     third = hold("r2", 1_000)
-    assert (await store.admit(Account(first, "anonymous"), allowance, third)).refused == "key"
+    assert (await store.admit(first, allowance, third)).refused == "key"
     # One tenant's charge settles its own hold: the other's stays held against the key.
-    assert await store.charge(Account(first, "anonymous"), hold("r1", 1_000), 1_000, {})
-    assert await store.held_pico(Account(second, "anonymous")) == (1_000, 1_000)
-    assert (await store.admit(Account(first, "anonymous"), allowance, third)).refused == "key"
+    assert await store.charge(first, hold("r1", 1_000), 1_000, {})
+    assert await store.held_pico(second) == (1_000, 1_000)
+    assert (await store.admit(first, allowance, third)).refused == "key"
+
+
+async def test_keyless_requests_of_two_tenants_never_share_a_key_budget(store: Store) -> None:
+    """Every tenant's requests without an API key carry the key id 'anonymous' (a trusted caller acting for
+    tenants, the edge without keys). The key budget holds each to its own tenant's spend and holds: one tenant
+    spending it neither refuses the other (one budget per shard shared by its tenants) nor shows in its view."""
+    first, second = (Account(tenant, key_id("")) for tenant in two_tenants_of_one_shard())
+    allowance = Allowance("day", key_pico=2_000)
+    assert (await store.admit(first, allowance, hold("r1", 1_500))).refused == ""
+    assert await store.held_pico(first) == (1_500, 1_500)
+    assert await store.held_pico(second) == (0, 0)
+    assert (await store.admit(first, allowance, hold("r2", 1_000))).refused == "key"  # its own budget still binds
+    assert await store.charge(first, hold("r1", 1_500), 1_500, {})
+    assert await store.spent(first, DAY) == (1_500, 1_500)  # added once: the key's spend is its tenant's
+    assert await store.spent(second, DAY) == (0, 0)
+    assert (await store.admit(second, allowance, hold("r1", 2_000))).refused == ""  # the whole budget, its own
+    assert await store.extend(second, allowance, hold("r1", 2_000), 2_001) == "key"
+    assert await store.extend(first, allowance, hold("r9", 0), 1) == "settled"
+    assert (await store.admit(first, allowance, hold("r3", 500))).refused == ""
+    assert (await store.admit(first, allowance, hold("r4", 1))).refused == "key"
 
 
 async def admit_as_before_holds_named_the_tenant(
@@ -280,7 +303,7 @@ async def test_holds_written_before_they_named_the_tenant_are_counted_until_they
     it: it stays counted, in the tenant's and the key's set, until its expiry passes. A budget is over-counted
     during a rolling upgrade, never overspent; another tenant's hold of the same request id stays untouched."""
     store, client = RedisStore(any_redis_url), connect(any_redis_url)
-    first, second = (Account(tenant, "anonymous") for tenant in two_tenants_of_one_shard())
+    first, second = (Account(tenant, SHARED_KEY) for tenant in two_tenants_of_one_shard())
     try:
         r1_expires = await admit_as_before_holds_named_the_tenant(client, first, hold("r1", 1_000), expires_in_s=3)
         await admit_as_before_holds_named_the_tenant(client, first, hold("r2", 1_000))
@@ -423,3 +446,15 @@ def test_a_pending_record_never_carries_its_provider_batch() -> None:
     assert "provider_batch" not in json.loads(pending.to_json())
     written_by_an_earlier_router = json.dumps({**json.loads(pending.to_json()), "provider_batch": "batch-1"})
     assert Pending.from_json(written_by_an_earlier_router).provider_batch is None
+
+
+@pytest.mark.parametrize("store_url", ["memory"], indirect=True)
+async def test_each_tenant_sees_its_own_keyless_spend(store: Store) -> None:
+    """The budgets view (Operator API, alerts) shows a key budget for 'anonymous' per tenant, from that tenant's
+    spend: never one tenant's keyless spend in another's view."""
+    first, second = (Account(tenant, key_id("")) for tenant in two_tenants_of_one_shard())
+    assert await store.charge(first, hold("r1"), 1_500, {})
+    assert await store.charge(second, hold("r1"), 200, {})
+    views = await budgets(store, Allowance("day", key_pico=2_000), [first, second])
+    keyless = {(v.tenant, v.spent_pico, v.remaining_pico) for v in views if v.scope == "key"}
+    assert keyless == {(first.tenant, 1_500, 500), (second.tenant, 200, 1_800)}

@@ -5,7 +5,7 @@ one server or a Redis Cluster); an in-process store with the same behaviour when
 stack runs with nothing else installed. The response cache lives elsewhere (services/router/cache.py):
 nothing here may be evicted."""
 
-from services.router.store.keys import SHARDS, AccountKeys, ledger_key, pending_key
+from services.router.store.keys import KEYLESS, SHARDS, AccountKeys, ledger_key, pending_key
 from services.router.store.memory import MemoryStore
 from services.router.store.model import (
     DEFERRED_HOLD_S,
@@ -32,6 +32,7 @@ from services.router.store.redis_store import RedisStore
 __all__ = [
     "DEFERRED_HOLD_S",
     "HOLD_S",
+    "KEYLESS",
     "PICO",
     "REQUEST_ID_TTL_S",
     "SHARDS",

@@ -24,6 +24,10 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 SHARDS = 16
 GLOBAL = "{llmrouter}"  # one slot, knowingly: the reconciler's lease and the routers' heartbeats (rare)
 LEASE = f"{GLOBAL}:reconciler:lease"
+# The key id of a request without an API key. It is no key of its own, and every tenant's keyless requests carry
+# it: the key budget holds such a request to its tenant's own spend and holds (AccountKeys), never to one budget
+# shared by the tenants of a shard.
+KEYLESS = "anonymous"
 
 
 class _Named(Protocol):
@@ -97,8 +101,14 @@ class AccountKeys:
         return f"{TAGS[self.shard]}:t:{self.tenant_hex}"
 
     @property
+    def keyless(self) -> bool:
+        return self.key_hex == KEYLESS.encode().hex()
+
+    @property
     def _key(self) -> str:
-        return f"{TAGS[self.shard]}:k:{self.key_hex}"
+        # A keyless request's key budget counts its tenant's spend and holds: the same keys, so the scripts add
+        # to a spend or drop a hold once when the two names are one.
+        return self._tenant if self.keyless else f"{TAGS[self.shard]}:k:{self.key_hex}"
 
     def spend(self, period: str) -> tuple[str, str]:
         """The tenant's and the key's spend in a period (an id from period_id)."""
@@ -106,7 +116,8 @@ class AccountKeys:
 
     def held(self) -> tuple[str, str]:
         """Sorted sets of hold_member(...) members, scored by expiry. The key's set is the key id's in the shard,
-        as its spend: an id such as 'anonymous', used by many tenants, holds each tenant's requests there."""
+        as its spend (a keyless request's: its tenant's). A key a trusted caller names for two tenants holds
+        each tenant's requests there."""
         return f"{self._tenant}:held", f"{self._key}:held"
 
     def hold_member(self, pico: int, request_id: str) -> str:

@@ -133,7 +133,8 @@ redis.call('HDEL', KEYS[8], ARGV[6])
 drop_hold(KEYS[5], KEYS[6], {ARGV[5], held_member(KEYS[7], ARGV[6], ARGV[5])})
 if redis.call('HDEL', KEYS[7], ARGV[6]) == 0 and ARGV[7] == '1' then return 0 end
 if not redis.call('SET', KEYS[1], marker, 'NX', 'EX', ARGV[2]) then return 0 end
-for i = 2, 3 do
+-- A keyless request's key spend is its tenant's (keys.py, KEYLESS): one key, added to once.
+for i = 2, KEYS[3] == KEYS[2] and 2 or 3 do
   redis.call('INCRBY', KEYS[i], ARGV[1])
   if tonumber(ARGV[4]) > 0 then redis.call('EXPIRE', KEYS[i], ARGV[4]) end
 end

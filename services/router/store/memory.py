@@ -106,7 +106,7 @@ class MemoryStore:
         keys = AccountKeys.of(account)
         if (late and pending is None) or not self.charged.add(keys.charged(hold.request_id), batch):
             return False
-        for spend_key in keys.spend(hold.period):
+        for spend_key in set(keys.spend(hold.period)):  # one key for a keyless request (keys.py, KEYLESS)
             self.counters[spend_key] = self.counters.get(spend_key, 0) + pico
         self.ledger.append(record)
         self.ledger_appended += 1

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import grpc
 
 from llmrouter.errors import ServiceError
+from services.router.store.keys import KEYLESS
 
 PICO = Decimal(10) ** 12
 REQUEST_ID_TTL_S = 24 * 3600  # default: how long a request id stays used (and charged at most once)
@@ -38,7 +39,7 @@ def to_pico(usd: Decimal) -> int:
 
 def key_id(api_key: str) -> str:
     """Budgets and ledger refer to a key by a hash prefix: the key itself is never stored."""
-    return hashlib.sha256(api_key.encode()).hexdigest()[:16] if api_key else "anonymous"
+    return hashlib.sha256(api_key.encode()).hexdigest()[:16] if api_key else KEYLESS
 
 
 @dataclass(frozen=True)
