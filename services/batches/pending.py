@@ -37,6 +37,12 @@ class Pending:
         self.in_flight += 1
         return self.waiting.popleft()
 
+    def keep(self, indices: set[int]) -> bool:
+        """Only these lines may still be sent: the others stop waiting. True when any did."""
+        before = len(self.waiting)
+        self.waiting = deque(i for i in self.waiting if i in indices)
+        return len(self.waiting) < before
+
     def finished(self) -> None:
         """The line has its result, written once: it is not sent again."""
         self.in_flight -= 1

@@ -8,7 +8,9 @@ line the router never admitted (the router unreachable or restarting, the money 
 is retried with the same request id, its batch parked until the router's retry time (pending.py) so that its
 lines hold no slot meanwhile; any other failure is the line's error (the error file). Stopping the
 edge stops taking lines and lets those in flight finish; a crash loses the results of lines in flight,
-whose retry the router then refuses as a duplicate (charged once, in the ledger, and in the error file).
+whose retry the router then refuses as a duplicate (charged once, in the ledger, and in the error file). Such a
+line, sent and without a result, is in doubt: it goes first when the batch resumes, even past its window (sent
+before its end, only the router knows whether it ran), and is never reported as never sent.
 
 A batch expires at its expires_at (EDGE_BATCH_WINDOW_S after its creation), as OpenAI's do: no line is sent or
 offered after it; the lines in flight finish and are recorded; the lines never sent go to the error file as
@@ -38,7 +40,7 @@ from llmrouter.v1 import router_pb2_grpc
 from services.batches import results, wire
 from services.batches.deferral import Deferral
 from services.batches.pending import Pending
-from services.batches.store import Store, batch_key, file_key, now, results_key
+from services.batches.store import Store, batch_key, deferred_key, file_key, now, results_key, sent_key
 from services.edge.openai_api import ApiError, check_encoded_size, completion_body, parse_request
 
 log = logging.getLogger("llmrouter.edge.batches")
@@ -51,6 +53,7 @@ CANCEL_CHECK_S = 1.0  # and a parked batch cancelled, perhaps through another ed
 
 ErrorFor = Callable[[grpc.RpcError, str], ApiError]
 
+SENT, REFUSED = b"sent", b"refused"  # a line's mark in sent_key: sent to the router; not admitted by it
 MISSING_INPUT = ("input_file_missing", "The batch's input file is no longer stored, so its lines cannot be run.")
 
 
@@ -146,16 +149,18 @@ class Runner:
             if deferred is None:
                 return  # the router is out of reach: resumed later
             done = await self.store.get(results_key(batch_id))
-            pending = Pending(i for i in range(len(lines)) if str(i) not in done and i not in deferred)
+            sent = await self.store.get(sent_key(batch_id))
+            unfinished = [i for i in range(len(lines)) if str(i) not in done and i not in deferred]
+            in_doubt = {i for i in unfinished if sent.get(str(i)) == SENT}
+            pending = Pending(sorted(unfinished, key=lambda i: i not in in_doubt))
             cancelled = expired = False
             checked = 0.0  # when a parked batch last looked for a cancel
             async with asyncio.TaskGroup() as group:
                 while (wait_s := pending.wait_s()) is not None:
                     if self.stopping or renewing.done():  # stopping, or the lease is lost: another edge resumes
                         return
-                    if pending.waiting and time.time() >= expires_at:
-                        expired = True  # the lines in flight finish (those refused meanwhile wait); no more are sent
-                        break
+                    if time.time() >= expires_at and pending.keep(in_doubt):
+                        expired = True  # the lines in flight finish (those refused meanwhile wait); no new one is sent
                     if wait_s > 0:  # parked, holding no slot; or only lines in flight are left
                         await pending.changed(min(wait_s, STOP_CHECK_S))
                         if pending.parked() and time.monotonic() - checked >= CANCEL_CHECK_S:
@@ -165,8 +170,10 @@ class Runner:
                                 break
                         continue
                     await self.slots.acquire()
-                    # parked, stopping or expired while waiting for the slot
-                    if pending.wait_s() != 0 or self.stopping or renewing.done() or time.time() >= expires_at:
+                    if time.time() >= expires_at and pending.keep(in_doubt):
+                        expired = True
+                    # parked, stopping, or expired with nothing to send, while waiting for the slot
+                    if pending.wait_s() != 0 or self.stopping or renewing.done():
                         self.slots.release()
                         continue
                     if await self._cancelling(batch_id):
@@ -210,8 +217,10 @@ class Runner:
     ) -> None:
         try:
             custom_id = line["custom_id"]
+            await self.store.put(sent_key(batch_id), {str(index): SENT})
             answered = await self._complete(batch, f"{batch_id}:{custom_id}", line["body"])
             if isinstance(answered, Refused):
+                await self.store.put(sent_key(batch_id), {str(index): REFUSED})  # not admitted: nothing in doubt
                 pending.refused(index, answered.retry_after_s)  # it waits parked, holding no slot
                 return
             status, body = answered
@@ -245,8 +254,7 @@ class Runner:
 
     async def _expire(self, batch_id: str, lines: list[dict[str, Any]], deferred: dict[int, dict[str, str]]) -> None:
         """The window ended with lines unsent: they go to the error file as OpenAI writes them, and count as failed.
-        A line in flight when an edge crashed has no result either and is among them, though the router may have
-        charged it (the ledger has it under its request id): unexpired, it would have been a duplicate_request."""
+        Lines in doubt are not among them: sent again past the window, they have the router's answer."""
         await self.store.put_once(batch_key(batch_id), "expired_at", now().encode())  # when, kept if run again
         done = await self.store.get(results_key(batch_id))
         for index in (i for i in range(len(lines)) if str(i) not in done and i not in deferred):
@@ -277,6 +285,8 @@ class Runner:
         kept = [
             batch_key(batch_id),
             results_key(batch_id),
+            sent_key(batch_id),
+            deferred_key(batch_id),
             *(file_key(str(fields[f"{k}_file_id"])) for k in ("output", "error") if f"{k}_file_id" in fields),
         ]
         await self.store.expire(kept, self.retention_s)

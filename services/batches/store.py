@@ -37,6 +37,11 @@ def deferred_key(batch_id: str) -> str:
     return f"{PREFIX}batch:{batch_id}:deferred"
 
 
+def sent_key(batch_id: str) -> str:
+    """Per line sent to the router, 'sent'; 'refused' once the router did not admit it (runner.py)."""
+    return f"{PREFIX}batch:{batch_id}:sent"
+
+
 class Store(Protocol):
     async def put(self, key: str, fields: dict[str, str | bytes]) -> None: ...
 

@@ -1,0 +1,109 @@
+"""An edge process SIGKILLed with a batch line in flight, and the batch's window over before another edge resumes
+it: the line may have been admitted and charged, so it is sent again (the router's answer decides its result),
+never reported as a line that was never sent."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import redis.asyncio as redis
+from openai import AsyncOpenAI
+
+from services.batches.store import PREFIX
+from services.edge.keys import key_line
+from services.edge.settings import EdgeSettings
+from tests.conftest import ROOT, ledger_records
+from tests.fakes import Fault
+from tests.integration.conftest import Chain, free_port, start_edge
+from tests.integration.test_batches import small_file
+from tests.integration.test_provider_batches import finished
+
+WINDOW_S = 3
+
+
+async def healthy(port: int, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    async with httpx.AsyncClient() as http:
+        while time.monotonic() < deadline:
+            try:
+                if (await http.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.1)
+    raise AssertionError("the edge did not start")
+
+
+async def test_a_line_in_flight_when_the_edge_dies_is_not_reported_never_sent_after_the_window(chain: Chain) -> None:
+    tenant, key = f"crashing-{secrets.token_hex(4)}", f"sk-crashing-{secrets.token_urlsafe(12)}"
+    port = free_port()
+    env = {
+        "EDGE_PORT": str(port),
+        "EDGE_ROUTER_ADDR": chain.router_addr,
+        "EDGE_API_KEYS": key_line(tenant, key),
+        "EDGE_BATCH_REDIS_URL": chain.redis_url,
+        "EDGE_BATCH_CONCURRENCY": "1",  # the first line in flight, the second waiting behind it
+        "EDGE_BATCH_WINDOW_S": str(WINDOW_S),
+    }
+    doomed = subprocess.Popen(
+        [sys.executable, "-m", "services.edge"],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    db = redis.from_url(chain.redis_url)
+    client = AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
+    seen = len(chain.budget.requests)
+    try:
+        await healthy(port)
+        uploaded = await client.files.create(file=("doomed.jsonl", small_file("doomed", 2)), purpose="batch")
+        chain.budget.enqueue(Fault.delay(2))  # the first line is at the upstream when the edge dies
+        batch = await client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        deadline = time.monotonic() + 20
+        while len(chain.budget.requests) == seen:
+            assert time.monotonic() < deadline, "the first line never reached the upstream"
+            await asyncio.sleep(0.02)
+        doomed.send_signal(signal.SIGKILL)
+        doomed.wait()
+        await asyncio.sleep(max(0.0, batch.expires_at + 0.5 - time.time()))  # the window is over
+        await db.delete(f"{PREFIX}lease:{batch.id}")  # the dead edge's lease lapses (30 s), sooner
+        await client.close()
+
+        settings = EdgeSettings(**{k.removeprefix("EDGE_").lower(): v for k, v in env.items()})  # type: ignore[arg-type]
+        edge, task, channel = await start_edge(settings)
+        client = AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
+        try:
+            batch = await finished(client, batch.id, timeout_s=30)
+            errors = [json.loads(e) for e in (await client.files.content(batch.error_file_id)).text.splitlines()]
+            output = (await client.files.content(batch.output_file_id)).text if batch.output_file_id else ""
+        finally:
+            edge.should_exit = True
+            await task
+            await channel.close()
+        ledger = [r for r in await ledger_records(db) if r["tenant"] == tenant]
+    finally:
+        doomed.kill()
+        await client.close()
+        await db.aclose()
+
+    assert batch.status == "expired"
+    by_line = {e["custom_id"]: e for e in errors}
+    assert by_line["doomed-1"]["error"]["code"] == "batch_expired"  # never sent: failed, as OpenAI reports it
+    # The line in flight was admitted by the router: sent again, it is refused as a duplicate, with the request id
+    # the ledger has it under, whether or not it was charged; never reported as never sent.
+    in_doubt = by_line["doomed-0"]
+    assert in_doubt["error"] is None and in_doubt["response"]["status_code"] == 409, in_doubt
+    assert in_doubt["response"]["body"]["error"]["code"] == "duplicate_request"
+    assert output == ""
+    assert {r["request_id"] for r in ledger} <= {f"{batch.id}:doomed-0"}
