@@ -458,3 +458,38 @@ async def test_each_tenant_sees_its_own_keyless_spend(store: Store) -> None:
     views = await budgets(store, Allowance("day", key_pico=2_000), [first, second])
     keyless = {(v.tenant, v.spent_pico, v.remaining_pico) for v in views if v.scope == "key"}
     assert keyless == {(first.tenant, 1_500, 500), (second.tenant, 200, 1_800)}
+
+
+async def test_the_reconciler_settles_only_the_pending_charge_it_swept(any_redis_url: str) -> None:
+    """Between the sweep that reads a due pending charge and the reconciler's charge of it, its owner may settle it
+    (a collect releasing a provider batch line as its hold lapses, a slow request's own charge), grow its hold, or
+    undo it and admit the id again. The reconciler then charges nothing: the next sweep meets what is left."""
+    store, client = RedisStore(any_redis_url), connect(any_redis_url)
+    keys = AccountKeys.of(ACCOUNT)
+
+    async def swept(admitted: Hold) -> str:
+        assert (await store.admit(ACCOUNT, Allowance("day"), admitted)).refused == ""
+        return (await client.hget(keys.pending, pending_field(ACCOUNT, admitted.request_id))).decode()
+
+    try:
+        released = Hold("released", 1_000, DAY, "router-1", nonce="01")
+        record = await swept(released)
+        await store.release(ACCOUNT, released)
+        assert not await store.settle_swept(record)
+        grown = Hold("grown", 1_000, DAY, "router-1", nonce="02")
+        record = await swept(grown)
+        assert await store.extend(ACCOUNT, Allowance("day"), grown, 3_000) == ""
+        assert not await store.settle_swept(record)  # the hold it read is not the one held now
+        undone = Hold("undone", 1_000, DAY, "router-1", nonce="03")
+        record = await swept(undone)
+        assert await store.undo(ACCOUNT, undone)
+        assert (await store.admit(ACCOUNT, Allowance("day"), dataclasses.replace(undone, nonce="04"))).refused == ""
+        assert not await store.settle_swept(record)  # another admission of the id: its own to settle
+        assert await store.spent(ACCOUNT, DAY) == (0, 0)
+        grown_now = (await client.hget(keys.pending, pending_field(ACCOUNT, "grown"))).decode()
+        assert await store.settle_swept(grown_now)  # the record as held now: charged at its hold, once
+        assert not await store.settle_swept(grown_now)
+        assert await store.spent(ACCOUNT, DAY) == (3_000, 3_000)
+    finally:
+        await client.aclose()
+        await store.close()

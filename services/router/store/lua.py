@@ -124,7 +124,11 @@ CHARGE = (
     + _HELD
     + """
 -- KEYS: charged marker, tenant spend, key spend, ledger, tenant holds, key holds, pending charges, provider batches
--- ARGV: pico, marker ttl, record, spend ttl, hold member, pending field, late ('1': only if still pending)
+-- ARGV: pico, marker ttl, record, spend ttl, hold member, pending field, late ('1': only if still pending),
+--       the reconciler's: the pending record as its sweep read it (absent from routers of the version before)
+-- The reconciler settles only the very record it swept: not one released, charged, grown or undone and admitted
+-- again since (the next sweep meets that one), so it never charges what its owner settled meanwhile.
+if ARGV[8] and redis.call('HGET', KEYS[7], ARGV[6]) ~= ARGV[8] then return 0 end
 -- The marker keeps the provider batch recorded for the request ('batch:<id>'; '1' for none): a collect of
 -- another batch naming the request then reads nothing of that batch's answer for it.
 local batch = redis.call('HGET', KEYS[8], ARGV[6])

@@ -146,6 +146,16 @@ class RedisStore:
         return Verdict(_text(refused), int(remaining))
 
     async def charge(self, account: Account, hold: Hold, pico: int, record: dict, late: bool = False) -> bool:
+        return await self._settle(account, hold, pico, record, ["1" if late else "0"])
+
+    async def settle_swept(self, swept: str) -> bool:
+        """The reconciler's charge of a pending charge at its hold (its outcome never known): only while the store
+        still holds this very record, as read by the sweep. True when it was charged."""
+        charge = Pending.from_json(swept)
+        account, hold = charge.account_and_hold()
+        return await self._settle(account, hold, hold.pico, reconciled_record(charge), ["1", swept])
+
+    async def _settle(self, account: Account, hold: Hold, pico: int, record: dict, only: list[str]) -> bool:
         keys = AccountKeys.of(account)
         names = [keys.charged(hold.request_id), *keys.spend(hold.period), keys.ledger, *keys.held(), keys.pending]
         names.append(keys.batches)
@@ -156,7 +166,7 @@ class RedisStore:
             spend_ttl_s(hold.period),
             keys.hold_member(hold.pico, hold.request_id),
             pending_field(account, hold.request_id),
-            "1" if late else "0",
+            *only,
         ]
         async with self._call():
             return bool(await self._charge(keys=names, args=args))
@@ -276,26 +286,25 @@ class RedisStore:
             if now - self._last_sweep < lease_s:
                 return 0
             self._last_sweep = now
-            pending = [p async for p in self._pending()]
-            others = sorted({p.router for p in pending} - {router})
+            swept = [(record, Pending.from_json(record)) async for record in self._pending()]
+            others = sorted({p.router for _, p in swept} - {router})
             alive = await self._alive(others)
             self._missing_since = {r: self._missing_since.get(r, now) for r in others if not alive[r]}
             dead = {r for r, since in self._missing_since.items() if now - since >= lease_s}
             stale_before = time.time() - stale_s
             settled = 0
-            for charge in pending:
+            for record, charge in swept:
                 # A provider batch line's is its collector's to settle until its hold lapses.
                 due = charge.until < time.time() if charge.until else charge.router in dead or charge.ts < stale_before
                 if due:
-                    account, hold = charge.account_and_hold()
-                    settled += await self.charge(account, hold, hold.pico, reconciled_record(charge))
+                    settled += await self.settle_swept(record)
             return settled
 
-    async def _pending(self) -> AsyncIterator[Pending]:
-        """Every pending charge, shard by shard."""
+    async def _pending(self) -> AsyncIterator[str]:
+        """Every pending charge's record, shard by shard."""
         for shard in range(SHARDS):
             async for _, value in self.redis.hscan_iter(pending_key(shard), count=1000):
-                yield Pending.from_json(value)
+                yield _text(value)
 
     async def _alive(self, routers: list[str]) -> dict[str, bool]:
         if not routers:
