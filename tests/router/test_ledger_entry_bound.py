@@ -1,0 +1,103 @@
+"""What one request leaves in the money store is bounded, whatever text its caller chose. The charge's ledger record
+(one stream entry per charge, kept until the ledger is trimmed, ROUTER_LEDGER_RETENTION_DAYS later) carries the
+request's session_id, which the edge takes from the body unbounded (up to EDGE_MAX_BODY_BYTES, 8 MiB). A tenant
+sending a one-token question with megabytes of session id, or the same question again (a cache hit, charged 0),
+fills the store that every tenant's admission needs (noeviction: full, it refuses them all). The router's servicer
+over Redis, the request built by the edge's own parser; a real providers gRPC server."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import redis.asyncio as redis
+import yaml
+
+from llmrouter.auth import ANONYMOUS, acting_as
+from llmrouter.errors import ServiceError
+from llmrouter.registry import LiveRegistry
+from llmrouter.v1 import classifier_pb2_grpc, common_pb2, provider_pb2, provider_pb2_grpc
+from services.edge.openai_api import parse_request
+from services.router.cache import MemoryCache
+from services.router.outbox import Outbox
+from services.router.servicer import RouterServicer
+from services.router.settings import RouterSettings
+from services.router.store import SHARDS, RedisStore, ledger_key
+from tests.router.test_admission import REGISTRY
+
+SESSION_ID = "s" * (4 * 1024 * 1024)  # 4 MiB, well inside the edge's 8 MiB body limit
+MAX_ENTRY_BYTES = 64 * 1024
+
+
+class Answering(provider_pb2_grpc.ProviderServicer):
+    async def ListModels(self, request: Any, context: Any) -> common_pb2.ListModelsResponse:
+        return common_pb2.ListModelsResponse(models=[m.info() for m in REGISTRY.models])
+
+    async def Generate(self, request: Any, context: Any) -> provider_pb2.GenerateResponse:
+        usage = common_pb2.Usage(input_tokens=8, output_tokens=1)
+        return provider_pb2.GenerateResponse(content="ok", usage=usage, model=request.model, finish_reason="stop")
+
+
+class NoDeadline:
+    def time_remaining(self) -> float | None:
+        return None
+
+
+@pytest.fixture
+async def servicer(redis_url: str, tmp_path: Path) -> AsyncIterator[RouterServicer]:
+    providers = grpc.aio.server()
+    provider_pb2_grpc.add_ProviderServicer_to_server(Answering(), providers)
+    port = providers.add_insecure_port("127.0.0.1:0")
+    await providers.start()
+    registry_path = tmp_path / "models.yaml"
+    registry_path.write_text(yaml.safe_dump(REGISTRY.model_dump(mode="json", exclude_none=True)))
+    settings = RouterSettings(registry_path=registry_path, data_dir=tmp_path / "data", verifier=False)
+    store = RedisStore(redis_url)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            made = RouterServicer(
+                settings,
+                LiveRegistry(registry_path, "router"),
+                store,
+                MemoryCache(),
+                Outbox(settings.data_dir),
+                classifier_pb2_grpc.ClassifierStub(channel),  # never asked: the request names its model
+                provider_pb2_grpc.ProviderStub(channel),
+                None,
+            )
+            yield made
+            await made.close()
+    finally:
+        await store.close()
+        await providers.stop(0)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="session_id is not bounded (edge or router) and is copied into the charge's ledger record in the money "
+    "store: a caller chooses how many bytes each of its requests leaves there, for 90 days",
+)
+async def test_a_callers_session_id_cannot_make_its_ledger_entry_megabytes(
+    servicer: RouterServicer, redis_url: str
+) -> None:
+    body = {"model": "cheap", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}
+    parsed, raw = parse_request(json.dumps({**body, "session_id": SESSION_ID}).encode())
+    message = parsed.to_router(raw, "mallory", "", "req-1")  # as the edge sends it for tenant mallory
+    with acting_as(ANONYMOUS):  # the edge's identity (auth=none): it acts for the tenants it authenticated
+        try:
+            await servicer.Complete(message, NoDeadline())
+        except ServiceError as refused:  # refused as too long: nothing was stored
+            assert refused.code == grpc.StatusCode.INVALID_ARGUMENT
+            return
+    client: Any = redis.from_url(redis_url)
+    try:
+        entries = [e for shard in range(SHARDS) for e in await client.xrange(ledger_key(shard))]
+    finally:
+        await client.aclose()
+    assert len(entries) == 1
+    (_, fields) = entries[0]
+    assert len(fields[b"record"]) <= MAX_ENTRY_BYTES
