@@ -112,7 +112,7 @@ class BudgetWatch:
 
     async def _notify_once(self, view: BudgetView, threshold: float, used: float) -> bool:
         period = period_id(view.period)
-        key = f"{view.scope}:{view.name}:{period}:{threshold}"
+        key = f"{view.ident}:{period}:{threshold}"
         ttl = view.period_end - int(time.time()) + 86400 if view.period_end else TOTAL_PERIOD_TTL_S
         if not await self.once.claim(key, max(ttl, 60)):
             return False

@@ -28,6 +28,13 @@ class BudgetView:
     overridden: bool
 
     @property
+    def ident(self) -> str:
+        """What names the budget: its scope and name, and for a keyless request's key budget (one per tenant, on
+        its tenant's spend: store/keys.py, KEYLESS) its tenant too."""
+        keyless = self.scope == "key" and self.name == KEYLESS
+        return f"{self.scope}:{self.name}" + (f"@{self.tenant.encode().hex()}" if keyless else "")
+
+    @property
     def remaining_pico(self) -> int | None:
         return None if self.limit_pico is None else max(self.limit_pico - self.spent_pico - self.held_pico, 0)
 
@@ -59,16 +66,14 @@ async def budgets(store: Store, allowance: Allowance, accounts: list[Account]) -
         for index, (scope, name, default) in enumerate(
             (("tenant", account.tenant, allowance.tenant_pico), ("key", account.key, allowance.key_pico))
         ):
-            # A keyless request's key budget is its tenant's own (store/keys.py, KEYLESS): a row per tenant.
-            row = (scope, name, account.tenant if scope == "key" and name == KEYLESS else "")
-            if row in seen or not name:
+            if not name:
                 continue
-            seen.add(row)
             limit = overrides.get((scope, name), default)
             overridden = (scope, name) in overrides
-            views.append(
-                BudgetView(
-                    scope, name, account.tenant, limit, spent[index], held[index], allowance.period, end, overridden
-                )
+            view = BudgetView(
+                scope, name, account.tenant, limit, spent[index], held[index], allowance.period, end, overridden
             )
+            if view.ident not in seen:
+                seen.add(view.ident)
+                views.append(view)
     return views

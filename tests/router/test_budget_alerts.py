@@ -23,7 +23,7 @@ from services.ledger.db import LedgerDB
 from services.ledger.sink import LedgerSink, MemorySource
 from services.router.budget_alerts import BudgetWatch, MemoryOnce, RedisOnce
 from services.router.operations import Operations
-from services.router.store import Account, Allowance, Hold, MemoryStore, period_id
+from services.router.store import Account, Allowance, Hold, MemoryStore, key_id, period_id
 
 PICO = 10**12
 ACME, GLOBEX = Account("acme", "k-acme"), Account("globex", "k-globex")
@@ -138,3 +138,27 @@ async def test_routers_sharing_redis_notify_once(redis_url: str, tmp_path: Path,
     finally:
         db.close()
         await client.aclose()
+
+
+async def test_each_tenants_keyless_budget_is_alerted_on_its_own(tmp_path: Path, webhook: tuple[str, Webhook]) -> None:
+    """Requests without an API key (key id 'anonymous') are held to the key budget on their own tenant's spend: two
+    tenants crossing it are two budgets crossed, each notified, not one name notified once."""
+    url, hook = webhook
+    store = MemoryStore()
+    db = LedgerDB(path=tmp_path / "ledger.sqlite3")
+    sink = LedgerSink(MemorySource(store), db)
+    operations = Operations(store, Allowance("day", key_pico=PICO), db)
+    watch = BudgetWatch(operations, MemoryOnce(), url, attempts=3, backoff_s=0.01)
+    try:
+        for tenant in ("acme", "globex"):
+            await charge(store, Account(tenant, key_id("")), f"{tenant}-r1", PICO)
+        await sink.drain()
+        assert await watch.check() == 2
+        assert {(m["scope"], m["name"], m["tenant"]) for m in hook.received} == {
+            ("key", "anonymous", "acme"),
+            ("key", "anonymous", "globex"),
+        }
+        assert gauge("llmrouter_router_budgets_over_threshold", scope="key", threshold="1.0") == 2
+        assert await watch.check() == 0
+    finally:
+        db.close()
