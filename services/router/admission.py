@@ -47,6 +47,9 @@ MAX_COST_USD = Decimal(10) ** 9
 # A budget refusal says what the budget has left; the hold is resized to it and tried again. Another request
 # may take that room first, so the retries are bounded.
 ADMIT_ATTEMPTS = 3
+# Caller-chosen names stored with every charge (ledger record, request id keys): a caller decides their size, so
+# they are bounded, far above any real id (a batch line's request id is at most 239).
+MAX_ID_CHARS = 256
 KEY_ID = re.compile(r"[0-9a-f]{16}|anonymous")
 
 
@@ -105,6 +108,9 @@ class Admission:
 
     async def limits(self, request: router_pb2.CompleteRequest) -> policy.Limits:
         """The request, validated, as the limits routing must respect."""
+        for name in ("request_id", "session_id", "tenant"):  # each is kept with the charge, in the money store
+            if len(getattr(request, name)) > MAX_ID_CHARS:
+                raise invalid(f"{name} must be at most {MAX_ID_CHARS} characters", name)
         if fewest_prompt_tokens(len(request.messages)) > self.max_context:  # known without reading them
             raise self._over_every_window()
         valid = validate(request)

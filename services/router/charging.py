@@ -149,7 +149,9 @@ class Charger:
         }
         assert routed.hold is not None  # only admitted requests are served
         try:
-            charged = await self.store.charge(routed.account, routed.hold, to_pico(cost), record)
+            # Only while its pending charge is open: one the reconciler settled at its hold (this router cut off from
+            # the store past its heartbeat) stays settled, however long ago its charged marker expired.
+            charged = await self.store.charge(routed.account, routed.hold, to_pico(cost), record, late=True)
         except StoreUnavailable:
             # Kept on local disk before the answer is released, and charged once the store is back.
             await self.outbox.add(OutboxCharge(routed.account, routed.hold, to_pico(cost), record))

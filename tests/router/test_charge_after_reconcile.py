@@ -1,38 +1,108 @@
 """A request is charged once, also when the reconciler settled it at its hold while it ran: its router was taken for
 dead (cut off from the money store past its heartbeat), then finished the request once the store was back in reach.
 Its own charge must find the pending charge gone and add nothing, however long ago the reconciler's charge (and its
-charged marker, which lives ROUTER_REQUEST_ID_TTL_S) was. Real Redis."""
+charged marker, which lives ROUTER_REQUEST_ID_TTL_S) was. The router's servicer over real Redis; a real providers
+gRPC server."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+from pathlib import Path
+from typing import Any
 
-import pytest
+import grpc
+import redis.asyncio as redis
+import yaml
 
-from services.router.store import Account, Allowance, Hold, RedisStore, period_id
+from llmrouter.auth import ANONYMOUS, acting_as
+from llmrouter.registry import LiveRegistry
+from llmrouter.v1 import classifier_pb2_grpc, common_pb2, provider_pb2, provider_pb2_grpc, router_pb2
+from services.router.cache import MemoryCache
+from services.router.outbox import Outbox
+from services.router.servicer import RouterServicer
+from services.router.settings import RouterSettings
+from services.router.store import Account, AccountKeys, RedisStore, key_id, period_id
+from tests.router.test_admission import REGISTRY
 
-DAY = period_id("day")
-ACCOUNT = Account("acme", "k-acme")
+ACCOUNT = Account("acme", key_id(""))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a router's own charge (late=False) is settled whenever the charged marker is gone, even when its pending "
-    "charge was settled already: past the request id TTL the reconciler's charge and the router's both count",
-)
-async def test_a_request_the_reconciler_settled_is_not_charged_again_by_its_router(redis_url: str) -> None:
-    store = RedisStore(redis_url, request_id_ttl_s=1)  # ROUTER_REQUEST_ID_TTL_S=1, shorter than the request
-    running = Hold("r-long", 50_000, DAY, "router-cut-off", "n-1")
+class Held(provider_pb2_grpc.ProviderServicer):
+    """A providers service whose answer waits until `answer` is set."""
+
+    def __init__(self) -> None:
+        self.called, self.answer = asyncio.Event(), asyncio.Event()
+
+    async def ListModels(self, request: Any, context: Any) -> common_pb2.ListModelsResponse:
+        return common_pb2.ListModelsResponse(models=[m.info() for m in REGISTRY.models])
+
+    async def Generate(self, request: Any, context: Any) -> provider_pb2.GenerateResponse:
+        self.called.set()
+        await self.answer.wait()
+        usage = common_pb2.Usage(input_tokens=10, output_tokens=5)
+        return provider_pb2.GenerateResponse(content="an answer", usage=usage, model=request.model)
+
+
+class NoDeadline:
+    def time_remaining(self) -> float | None:
+        return None
+
+
+async def test_a_request_the_reconciler_settled_is_not_charged_again_by_its_router(
+    tmp_path: Path, redis_url: str
+) -> None:
+    held = Held()
+    providers = grpc.aio.server()
+    provider_pb2_grpc.add_ProviderServicer_to_server(held, providers)
+    port = providers.add_insecure_port("127.0.0.1:0")
+    await providers.start()
+    registry_path = tmp_path / "models.yaml"
+    registry_path.write_text(yaml.safe_dump(REGISTRY.model_dump(mode="json", exclude_none=True)))
+    settings = RouterSettings(registry_path=registry_path, data_dir=tmp_path / "data", verifier=False)
+    store, reconciler = RedisStore(redis_url), RedisStore(redis_url, request_id_ttl_s=1)
+    db: Any = redis.from_url(redis_url)
+    keys = AccountKeys.of(ACCOUNT)
     try:
-        assert (await store.admit(ACCOUNT, Allowance("day"), running)).refused == ""
-        # router-cut-off never beats (it cannot reach the store): another router settles its request at its hold.
-        assert await store.reconcile("router-alive", 0.2, 3600) == 0  # seen missing once
-        await asyncio.sleep(0.3)
-        assert await store.reconcile("router-alive", 0.2, 3600) == 1
-        assert await store.spent(ACCOUNT, DAY) == (50_000, 50_000)
-        await asyncio.sleep(1.2)  # the request runs on; the reconciler's charged marker expires meanwhile
-        # Back in reach, router-cut-off charges what the request cost.
-        await store.charge(ACCOUNT, running, 20_000, {"request_id": running.request_id, "outcome": "ok"})
-        assert await store.spent(ACCOUNT, DAY) == (50_000, 50_000)  # once, at the hold
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            servicer = RouterServicer(
+                settings,
+                LiveRegistry(registry_path, "router"),
+                store,
+                MemoryCache(),
+                Outbox(settings.data_dir),
+                classifier_pb2_grpc.ClassifierStub(channel),  # never asked: the request names its model
+                provider_pb2_grpc.ProviderStub(channel),
+                None,
+            )
+            message = common_pb2.ChatMessage(role="user", content="Hello there")
+            request = router_pb2.CompleteRequest(
+                messages=[message], tenant=ACCOUNT.tenant, model="cheap", max_tokens=50, request_id="r-long"
+            )
+
+            async def complete() -> router_pb2.CompleteResponse:
+                with acting_as(ANONYMOUS):
+                    return await servicer.Complete(request, NoDeadline())
+
+            completing = asyncio.create_task(complete())
+            await held.called.wait()
+            # This router never beats (no upkeep runs here, as if cut off from the store): another router's
+            # reconciler settles its request at its hold, with a charged marker of a second.
+            assert await reconciler.reconcile("router-alive", 0.2, 3600) == 0  # seen missing once
+            await asyncio.sleep(0.3)
+            assert await reconciler.reconcile("router-alive", 0.2, 3600) == 1
+            hold = json.loads((await db.xrange(keys.ledger))[-1][1][b"record"])["cost_usd"]
+            spent = await store.spent(ACCOUNT, period_id("day"))
+            await asyncio.sleep(1.2)  # the request runs on; the reconciler's charged marker expires meanwhile
+            held.answer.set()  # back in reach, the router finishes the request and charges what it cost
+            response = await completing
+            await servicer.close()
+        assert response.content == "an answer"
+        assert await store.spent(ACCOUNT, period_id("day")) == spent  # once, at the hold
+        records = [json.loads(r[b"record"]) for _, r in await db.xrange(keys.ledger)]
+        assert [(r["request_id"], r["outcome"], r["cost_usd"]) for r in records] == [("r-long", "reconciled", hold)]
     finally:
+        await providers.stop(0)
+        await db.aclose()
         await store.close()
+        await reconciler.close()

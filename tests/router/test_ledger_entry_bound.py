@@ -20,8 +20,9 @@ import yaml
 from llmrouter.auth import ANONYMOUS, acting_as
 from llmrouter.errors import ServiceError
 from llmrouter.registry import LiveRegistry
-from llmrouter.v1 import classifier_pb2_grpc, common_pb2, provider_pb2, provider_pb2_grpc
+from llmrouter.v1 import classifier_pb2_grpc, common_pb2, provider_pb2, provider_pb2_grpc, router_pb2
 from services.edge.openai_api import parse_request
+from services.router.admission import MAX_ID_CHARS
 from services.router.cache import MemoryCache
 from services.router.outbox import Outbox
 from services.router.servicer import RouterServicer
@@ -76,11 +77,6 @@ async def servicer(redis_url: str, tmp_path: Path) -> AsyncIterator[RouterServic
         await providers.stop(0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="session_id is not bounded (edge or router) and is copied into the charge's ledger record in the money "
-    "store: a caller chooses how many bytes each of its requests leaves there, for 90 days",
-)
 async def test_a_callers_session_id_cannot_make_its_ledger_entry_megabytes(
     servicer: RouterServicer, redis_url: str
 ) -> None:
@@ -101,3 +97,18 @@ async def test_a_callers_session_id_cannot_make_its_ledger_entry_megabytes(
     assert len(entries) == 1
     (_, fields) = entries[0]
     assert len(fields[b"record"]) <= MAX_ENTRY_BYTES
+
+
+@pytest.mark.parametrize("field", ["request_id", "session_id", "tenant"])
+async def test_names_a_caller_chooses_are_refused_past_their_bound(servicer: RouterServicer, field: str) -> None:
+    """A direct gRPC caller acting for tenants chooses each of these; all are kept with the charge."""
+    message = common_pb2.ChatMessage(role="user", content="hi")
+    request = router_pb2.CompleteRequest(messages=[message], model="cheap", max_tokens=1, tenant="acme")
+    setattr(request, field, "x" * (MAX_ID_CHARS + 1))
+    with acting_as(ANONYMOUS), pytest.raises(ServiceError) as refused:
+        await servicer.Complete(request, NoDeadline())
+    assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.metadata == {"field": field}
+    setattr(request, field, "x" * MAX_ID_CHARS)
+    with acting_as(ANONYMOUS):
+        assert (await servicer.Complete(request, NoDeadline())).content == "ok"
