@@ -63,14 +63,16 @@ class RunningServer:
             await self.health.set(name, status)
 
     async def stop(self, grace: float | None = None) -> None:
-        """Stop taking calls (health NOT_SERVING), drain in-flight ones for `grace` seconds, then close."""
+        """Stop taking calls (health NOT_SERVING), drain in-flight ones for `grace` seconds, then run the closers in
+        the order given: what uses the others first (the router's servicer lets its charges land before the money
+        store, and its generations end before the providers channel, closes)."""
         self.stopping = True
         for name in [*self.services, ""]:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.stop(grace)
         if self.health_server is not None:
             await self.health_server.stop(None)
-        for close in reversed(self.closers):
+        for close in self.closers:
             await close()
 
 
