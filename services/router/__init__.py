@@ -82,6 +82,8 @@ async def build(
         upkeep.start(report)
         registry.start()
 
-    closers = [registry.close, upkeep.close, servicer.close, stop_watch, stop_sink, store.close, cache.close]
+    # In this order (the server's stop runs them so): the servicer's charges land while the heartbeat still says
+    # this router lives (no reconciler takes them for a dead one's), and before the stores and channels close.
+    closers = [servicer.close, upkeep.close, registry.close, stop_watch, stop_sink, store.close, cache.close]
     closers += [classifier.close, providers.close]
     return registrations, closers, on_started
