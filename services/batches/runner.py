@@ -224,7 +224,7 @@ class Runner:
                 pending.refused(index, answered.retry_after_s)  # it waits parked, holding no slot
                 return
             status, body = answered
-            cost = body.get("x_router", {}).get("cost_usd", "0") if status == 200 else "0"
+            cost = body.get("x_router", {}).get("cost_usd", "0")  # a failure's too: what its attempts were charged
             await results.record(self.store, batch_id, index, custom_id, status, body, cost)
             pending.finished()
         finally:
@@ -249,7 +249,10 @@ class Runner:
             if not_admitted(error):
                 return Refused(_seconds(error.metadata.get("retry_after_s", "")))
             api_error = self.error_for(err, request_id)
-            return api_error.status, api_error.body()
+            body = api_error.body()
+            if api_error.charged_usd:  # the error file says what the failed line was charged, as the ledger does
+                body["x_router"] = {"cost_usd": api_error.charged_usd}
+            return api_error.status, body
         return 200, completion_body(response)
 
     async def _expire(self, batch_id: str, lines: list[dict[str, Any]], deferred: dict[int, dict[str, str]]) -> None:

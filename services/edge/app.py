@@ -118,12 +118,15 @@ def api_error(err: grpc.RpcError, request_id: str) -> ApiError:
             generic = "the prompt is longer than the model's context window"
         message = f"{generic} (request id {request_id})"
     param = error.metadata.get("field") or None
-    return ApiError(status, message, param=param, code=code, retry_after=retry_after)
+    charged = error.metadata.get("charged_usd", "")
+    return ApiError(status, message, param=param, code=code, retry_after=retry_after, charged_usd=charged)
 
 
 def error_response(error: ApiError) -> JSONResponse:
-    headers = {"retry-after": error.retry_after} if error.retry_after else None
-    return JSONResponse(error.body(), status_code=error.status, headers=headers)
+    headers = {"retry-after": error.retry_after} if error.retry_after else {}
+    if error.charged_usd:  # a failure that cost something (its attempts): as an answer's cost is told
+        headers["x-router-cost-usd"] = error.charged_usd
+    return JSONResponse(error.body(), status_code=error.status, headers=headers or None)
 
 
 def header_safe(text: str) -> str:

@@ -307,10 +307,17 @@ class ApiError(Exception):
     }
 
     def __init__(
-        self, status: int, message: str, param: str | None = None, code: str | None = None, retry_after: str = ""
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        retry_after: str = "",
+        charged_usd: str = "",
     ) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.retry_after = status, message, param, code, retry_after
+        self.charged_usd = charged_usd  # what the failed request was charged (its attempts' cost), when anything
 
     def body(self) -> dict[str, Any]:
         kind = self.TYPES.get(self.status, "rate_limit_error" if self.status == 429 else "api_error")

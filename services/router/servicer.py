@@ -141,6 +141,11 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     async def _complete_and_settle(self, routed: Routed, context: Any) -> router_pb2.CompleteResponse:
         try:
             return await self._complete(routed, context)
+        except ServiceError as failed:
+            await self.charger.settle_unsettled(routed, routed.plan.order[0].model)
+            if routed.owed:  # what its failed attempts cost, charged: the caller's error says so (charged_usd)
+                failed.metadata["charged_usd"] = format(routed.owed, "f")
+            raise
         finally:
             await self.charger.settle_unsettled(routed, routed.plan.order[0].model)
 
