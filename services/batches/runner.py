@@ -181,7 +181,7 @@ class Runner:
                         cancelled = True  # the lines in flight finish; no more are sent
                         break
                     index = pending.take()
-                    group.create_task(self._line(batch_id, batch, index, lines[index], pending))
+                    group.create_task(self._line(batch_id, batch, index, lines[index], pending, index in in_doubt))
             if expired:
                 await self._expire(batch_id, lines, deferred)
             # The lines in provider batches finish too, cancelled, expired or not: they run at the provider, within
@@ -213,14 +213,16 @@ class Runner:
         return (await self.store.get(batch_key(batch_id))).get("status") == b"cancelling"
 
     async def _line(
-        self, batch_id: str, batch: dict[str, bytes], index: int, line: dict[str, Any], pending: Pending
+        self, batch_id: str, batch: dict[str, bytes], index: int, line: dict[str, Any], pending: Pending, doubt: bool
     ) -> None:
+        """Send one line and record its result; `doubt`: it was sent before and may have been admitted then."""
         try:
             custom_id = line["custom_id"]
             await self.store.put(sent_key(batch_id), {str(index): SENT})
             answered = await self._complete(batch, f"{batch_id}:{custom_id}", line["body"])
             if isinstance(answered, Refused):
-                await self.store.put(sent_key(batch_id), {str(index): REFUSED})  # not admitted: nothing in doubt
+                if not doubt:  # never admitted. A line in doubt stays so: its first sending may have been
+                    await self.store.put(sent_key(batch_id), {str(index): REFUSED})
                 pending.refused(index, answered.retry_after_s)  # it waits parked, holding no slot
                 return
             status, body = answered

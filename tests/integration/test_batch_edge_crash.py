@@ -14,6 +14,7 @@ import sys
 import time
 
 import httpx
+import pytest
 import redis.asyncio as redis
 from openai import AsyncOpenAI
 
@@ -42,7 +43,10 @@ async def healthy(port: int, timeout_s: float = 60) -> None:
     raise AssertionError("the edge did not start")
 
 
-async def test_a_line_in_flight_when_the_edge_dies_is_not_reported_never_sent_after_the_window(chain: Chain) -> None:
+@pytest.mark.parametrize("router_away_first", [False, True], ids=["resumed", "resumed-without-router-first"])
+async def test_a_line_in_flight_when_the_edge_dies_is_not_reported_never_sent_after_the_window(
+    chain: Chain, router_away_first: bool
+) -> None:
     tenant, key = f"crashing-{secrets.token_hex(4)}", f"sk-crashing-{secrets.token_urlsafe(12)}"
     port = free_port()
     env = {
@@ -81,6 +85,18 @@ async def test_a_line_in_flight_when_the_edge_dies_is_not_reported_never_sent_af
         await client.close()
 
         settings = EdgeSettings(**{k.removeprefix("EDGE_").lower(): v for k, v in env.items()})  # type: ignore[arg-type]
+        if router_away_first:  # the next edge finds no router: the line, refused unsent, is still in doubt after
+            away = settings.model_copy(update={"router_addr": f"127.0.0.1:{free_port()}"})
+            edge, task, channel = await start_edge(away)
+            deadline = time.monotonic() + 20
+            while not await db.exists(f"{PREFIX}lease:{batch.id}"):  # it runs the batch
+                assert time.monotonic() < deadline, "the batch was not resumed"
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(1.0)  # its line refused (the router unreachable), parked
+            edge.should_exit = True
+            await task
+            await channel.close()
+            await db.delete(f"{PREFIX}lease:{batch.id}")
         edge, task, channel = await start_edge(settings)
         client = AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
         try:
