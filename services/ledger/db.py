@@ -1,4 +1,6 @@
-"""The ledger table: one row per charged request, keyed by (tenant, request_id) so a replayed entry is a no-op.
+"""The ledger table: one row per charge, keyed by (tenant, request_id, ledger_entry), the entry of the money store's
+ledger it was copied from, so an entry delivered again is a no-op while a request id charged again (reused after
+ROUTER_REQUEST_ID_TTL_S: a new request, charged again by the budgets) is a row of its own.
 
 SQLite (a file, the default) or PostgreSQL (when a DSN is set): the same table and statements on both. Money
 is stored as integer pico-dollars, as the money store keeps it, so sums here equal the budgets exactly.
@@ -46,10 +48,17 @@ COLUMNS = (
     "fallback",
     "outcome",
     "error",
+    "ledger_entry",
 )
+# The ledger_entry of rows copied by versions that keyed rows by (tenant, request_id) alone (see LedgerDB._prepare).
+UNKEYED = ""
+# Held while a process creates or migrates the table (PostgreSQL): sinks starting at once take turns.
+PREPARE_LOCK = 0x6C6C6D72_6C646772
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS requests (
+
+def _schema(table: str) -> str:
+    return f"""
+CREATE TABLE IF NOT EXISTS {table} (
   tenant TEXT NOT NULL,
   request_id TEXT NOT NULL,
   key_id TEXT NOT NULL,
@@ -72,8 +81,12 @@ CREATE TABLE IF NOT EXISTS requests (
   fallback INTEGER NOT NULL,
   outcome TEXT NOT NULL,
   error TEXT NOT NULL,
-  PRIMARY KEY (tenant, request_id)
+  ledger_entry TEXT NOT NULL DEFAULT '',
+  PRIMARY KEY (tenant, request_id, ledger_entry)
 )"""
+
+
+SCHEMA = _schema("requests")
 INDEX = "CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts)"
 
 
@@ -90,9 +103,10 @@ class Row:
         return dict(zip(COLUMNS, self.values, strict=True))
 
 
-def row_from_record(record: dict[str, Any]) -> tuple[Any, ...]:
-    """A ledger stream record (services/router/charging.py) as table values. Fields an older or partial record
-    lacks (a released hold, a charge settled by the reconciler) take neutral defaults."""
+def row_from_record(record: dict[str, Any], entry: str) -> tuple[Any, ...]:
+    """A ledger stream record (services/router/charging.py) as table values; `entry` names the ledger entry it was
+    read from (the same on every delivery: services/ledger/sink.py). Fields an older or partial record lacks (a
+    released hold, a charge settled by the reconciler) take neutral defaults."""
     candidates = record.get("candidates", [])
     return (
         str(record["tenant"]),
@@ -117,6 +131,7 @@ def row_from_record(record: dict[str, Any]) -> tuple[Any, ...]:
         int(bool(record.get("fallback", False))),
         str(record.get("outcome", "ok")),
         str(record.get("error", "")),
+        entry,
     )
 
 
@@ -148,12 +163,11 @@ class LedgerDB:
             self._mark = "?"
             self._data_errors = (sqlite3.DataError, sqlite3.IntegrityError, OverflowError, ValueError)
         with self._connected() as conn:
-            conn.execute(SCHEMA)
-            conn.execute(INDEX)
-            conn.commit()
+            self._prepare(conn)
 
     async def insert(self, rows: Sequence[tuple[Any, ...]]) -> int:
-        """Insert rows, skipping any (tenant, request_id) already there; returns how many were new."""
+        """Insert rows, skipping any whose (tenant, request_id, ledger_entry) is already there, and any a version
+        before copied already (see _prepare); returns how many were new."""
         return await asyncio.to_thread(self._insert, rows)
 
     async def rows(
@@ -191,6 +205,49 @@ class LedgerDB:
             except unreachable as exc:
                 raise LedgerUnavailable(f"the ledger database is unreachable: {exc}") from exc
 
+    def _prepare(self, conn: Any) -> None:
+        """Create the table, or migrate the one versions before made: keyed by (tenant, request_id), it kept only
+        the first charge of a request id, so a second one (the id reused after its TTL) was skipped as a
+        redelivery. Its rows are kept, with ledger_entry UNKEYED. Every process runs this at start-up, under a
+        lock that sinks starting at once take in turn (PostgreSQL: an advisory lock; SQLite: the write lock),
+        so each finds the table made or migrated by the one before; one transaction, so a failed migration
+        leaves the old table as it was."""
+        try:
+            conn.execute(f"SELECT pg_advisory_xact_lock({PREPARE_LOCK})" if self.postgres else "BEGIN IMMEDIATE")
+            conn.execute(SCHEMA)
+            if "ledger_entry" not in self._columns(conn):
+                self._migrate(conn)
+            conn.execute(INDEX)
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+
+    def _columns(self, conn: Any) -> set[str]:
+        if self.postgres:
+            sql = (
+                "SELECT column_name FROM information_schema.columns"
+                " WHERE table_schema = current_schema() AND table_name = 'requests'"
+            )
+            return {str(name) for (name,) in conn.execute(sql).fetchall()}
+        return {str(row[1]) for row in conn.execute("PRAGMA table_info(requests)").fetchall()}
+
+    def _migrate(self, conn: Any) -> None:
+        old = ", ".join(c for c in COLUMNS if c != "ledger_entry")
+        if self.postgres:
+            conn.execute(f"ALTER TABLE requests ADD COLUMN ledger_entry TEXT NOT NULL DEFAULT '{UNKEYED}'")
+            (key,) = conn.execute(
+                "SELECT conname FROM pg_constraint WHERE conrelid = 'requests'::regclass AND contype = 'p'"
+            ).fetchone()
+            conn.execute(f'ALTER TABLE requests DROP CONSTRAINT "{key}"')
+            conn.execute("ALTER TABLE requests ADD PRIMARY KEY (tenant, request_id, ledger_entry)")
+        else:  # SQLite changes no primary key in place: the table is copied into the new one
+            conn.execute(_schema("requests_migrated"))
+            conn.execute(f"INSERT INTO requests_migrated ({old}) SELECT {old} FROM requests")
+            conn.execute("DROP TABLE requests")  # its ts index with it: made again by the caller
+            conn.execute("ALTER TABLE requests_migrated RENAME TO requests")
+        log.warning("ledger table migrated: rows are keyed by their ledger entry; earlier rows kept")
+
     def iter_rows(
         self, since: float | None = None, until: float | None = None, tenant: str | None = None
     ) -> Iterator[Row]:
@@ -201,7 +258,7 @@ class LedgerDB:
                 args.append(value)
         sql = f"SELECT {', '.join(COLUMNS)} FROM requests"
         sql += f" WHERE {' AND '.join(where)}" if where else ""
-        sql += " ORDER BY ts, tenant, request_id"
+        sql += " ORDER BY ts, tenant, request_id, ledger_entry"
         with self._connected() as conn:
             fetched = conn.execute(sql, args).fetchall()
             conn.commit()  # ends PostgreSQL's implicit transaction
@@ -227,14 +284,21 @@ class LedgerDB:
             return added
 
     def _insert_all(self, conn: Any, rows: Sequence[tuple[Any, ...]]) -> int:
-        marks = ", ".join([self._mark] * len(COLUMNS))
+        # An entry a version before copied has no ledger_entry in its row: an entry delivered again after the
+        # upgrade (copied, then the sink stopped before acknowledging it) is that row's request id with the very
+        # same time and cost, where the same id charged again is a later request.
+        mark = self._mark
         sql = (
-            f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({marks}) ON CONFLICT (tenant, request_id) DO NOTHING"
+            f"INSERT INTO requests ({', '.join(COLUMNS)}) SELECT {', '.join([mark] * len(COLUMNS))}"
+            f" WHERE NOT EXISTS (SELECT 1 FROM requests WHERE tenant = {mark} AND request_id = {mark}"
+            f" AND ledger_entry = '{UNKEYED}' AND ts = {mark} AND cost_pico = {mark})"
+            " ON CONFLICT (tenant, request_id, ledger_entry) DO NOTHING"
         )
+        unkeyed = [COLUMNS.index(c) for c in ("tenant", "request_id", "ts", "cost_pico")]
         added = 0
         try:
             for row in rows:
-                added += max(conn.execute(sql, row).rowcount, 0)
+                added += max(conn.execute(sql, (*row, *(row[i] for i in unkeyed))).rowcount, 0)
             conn.commit()
         except BaseException:
             conn.rollback()

@@ -3,10 +3,11 @@
 From Redis it reads every shard's ledger stream as one consumer group per stream: an entry is acknowledged
 (XACK) only after its row is committed, so a sink that stops (crash, database outage, deploy) leaves its
 entries pending; the same consumer reads its pending entries again when it returns, and another consumer claims
-them (XAUTOCLAIM) once they have been idle for `claim_idle_s`. Rows are keyed by (tenant, request id): an entry
-delivered twice is inserted once. The streams are read in turn without blocking (on a Redis Cluster they live
-on different masters), and the sink waits `block_s` only when all of them are drained. Without Redis (the
-in-process store) it reads the store's ledger list from a cursor.
+them (XAUTOCLAIM) once they have been idle for `claim_idle_s`. Rows are keyed by the entry they were copied from
+(its stream and entry id): an entry delivered twice is inserted once, and a request id charged twice (reused after
+its TTL, a new request) is in the table twice, as in the budgets. The streams are read in turn without blocking
+(on a Redis Cluster they live on different masters), and the sink waits `block_s` only when all of them are
+drained. Without Redis (the in-process store) it reads the store's ledger list from a cursor.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import logging
 import os
 import socket
 import time
+import uuid
 from typing import Any, Protocol
 
 from llmrouter.redis_connect import is_cluster_client
@@ -33,9 +35,16 @@ BATCH = 500
 
 class Source(Protocol):
     async def read(self, block_s: float) -> list[tuple[str, dict[str, Any] | None]]:
-        """Up to a batch of unacknowledged entries as (id, record); a record that cannot be read is None."""
+        """Up to a batch of unacknowledged entries as (id, record); a record that cannot be read is None. An id
+        names its entry, the same on every delivery and never another entry's: the table's rows are keyed by it."""
 
     async def ack(self, ids: list[str]) -> None: ...
+
+
+def stream_entry(stream: str, entry_id: str) -> str:
+    """A Redis ledger entry's id as the sink reads it: its stream (a shard's, services/router/store/keys.py) and
+    its entry id there."""
+    return f"{stream} {entry_id}"
 
 
 def consumer_name() -> str:
@@ -71,7 +80,7 @@ class RedisSource:
             self._ready.add(stream)
 
     async def read(self, block_s: float) -> list[tuple[str, dict[str, Any] | None]]:
-        """Up to a batch from each stream; ids are '<stream index> <entry id>'. Own pending entries first
+        """Up to a batch from each stream; ids are '<stream> <entry id>' (stream_entry). Own pending entries first
         (delivered before a restart or a failed commit), then those of consumers idle for claim_idle_s (about
         that often), then new ones: one XREADGROUP per stream in the common case. Not pipelined: redis-py 8.1
         hands a pipeline cancelled mid-flight (a sink stopped) back with its replies unread, and the next
@@ -91,7 +100,7 @@ class RedisSource:
         self._unacked = bool(entries)
         if not entries:
             await asyncio.sleep(block_s)
-        return [(f"{index} {_text(entry_id)}", _record(fields)) for index, entry_id, fields in entries]
+        return [(stream_entry(self.streams[i], _text(entry_id)), _record(fields)) for i, entry_id, fields in entries]
 
     async def _group_read(self, start: str) -> list[tuple[int, Any, Any]]:
         """XREADGROUP from `start` ('0': own pending, '>': new) without blocking: one command for every stream
@@ -120,21 +129,24 @@ class RedisSource:
         return found
 
     async def ack(self, ids: list[str]) -> None:
-        by_stream: dict[int, list[str]] = {}
+        by_stream: dict[str, list[str]] = {}
         for each in ids:
-            stream, _, entry_id = each.partition(" ")
-            by_stream.setdefault(int(stream), []).append(entry_id)
-        for index, entry_ids in by_stream.items():
-            await self.client.xack(self.streams[index], self.group, *entry_ids)
+            stream, _, entry_id = each.rpartition(" ")
+            by_stream.setdefault(stream, []).append(entry_id)
+        for stream, entry_ids in by_stream.items():
+            await self.client.xack(stream, self.group, *entry_ids)
         self._unacked = False
 
 
 class MemorySource:
-    """The in-process store's ledger, read from a cursor over every record it ever appended."""
+    """The in-process store's ledger, read from a cursor over every record it ever appended. Ids are
+    '<origin> <position>': the origin is new with each source, as the store is with each process, whose ledger
+    starts again at 0 while the table keeps the rows of the processes before."""
 
     def __init__(self, store: MemoryStore) -> None:
         self.store = store
         self.consumed = 0
+        self.origin = f"memory-{uuid.uuid4().hex}"
 
     async def read(self, block_s: float) -> list[tuple[str, dict[str, Any] | None]]:
         if self.store.ledger_appended == self.consumed:
@@ -147,7 +159,7 @@ class MemorySource:
                 "ledger records dropped from memory before the sink read them", extra={"lost": unread - len(kept)}
             )
             self.consumed += unread - len(kept)
-        return [(str(self.consumed + i), record) for i, record in enumerate(kept[:BATCH])]
+        return [(f"{self.origin} {self.consumed + i}", record) for i, record in enumerate(kept[:BATCH])]
 
     async def ack(self, ids: list[str]) -> None:
         self.consumed += len(ids)
@@ -167,7 +179,7 @@ class LedgerSink:
             try:
                 if record is None:
                     raise ValueError("unreadable entry")
-                rows.append(row_from_record(record))
+                rows.append(row_from_record(record, entry_id))
             except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
                 # Not a charge anyone can account for: kept in the log, not retried forever.
                 log.error("ledger entry %s skipped: %s", entry_id, exc)

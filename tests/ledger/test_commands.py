@@ -28,7 +28,7 @@ def test_ledger_export_needs_no_router_certificates(tmp_path: Path) -> None:
         "baseline_cost_usd": "0.1",
         "outcome": "ok",
     }
-    asyncio.run(db.insert([row_from_record(record)]))
+    asyncio.run(db.insert([row_from_record(record, "{m0.0}:ledger 1780000000000-0")]))
     db.close()
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTER_")}
     env["ROUTER_LEDGER_SQL_PATH"] = str(path)

@@ -1,14 +1,12 @@
 """A request id is charged once within ROUTER_REQUEST_ID_TTL_S; once that has passed, the same id is a new request,
 admitted and charged again (services/router/store/model.py). The SQL ledger, which stats and reports read, must hold
-both charges as the money store's spend does. Real Redis (the money store and its ledger stream), a SQLite table."""
+both charges as the money store's spend does, while an entry delivered again is still one row. Real Redis (the money
+store and its ledger stream), the table on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
 import asyncio
 from decimal import Decimal
-from pathlib import Path
-
-import pytest
 
 from llmrouter.redis_connect import connect
 from services.ledger.db import LedgerDB
@@ -21,12 +19,9 @@ ALLOWANCE = Allowance("day")
 COSTS = (3_000_000, 5_000_000)  # pico-USD of the two requests that share an id, a day apart
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the ledger table's key is (tenant, request_id): the second charge of an id reused after the request id "
-    "TTL is skipped as a redelivery, so the SQL ledger and stats miss spend the budgets counted",
-)
-async def test_an_id_charged_again_after_its_ttl_is_in_the_sql_ledger_twice(redis_url: str, tmp_path: Path) -> None:
+async def test_an_id_charged_again_after_its_ttl_is_in_the_sql_ledger_twice(
+    redis_url: str, ledger_db: LedgerDB
+) -> None:
     store = RedisStore(redis_url, request_id_ttl_s=1)
     period = period_id("day")
     try:
@@ -42,12 +37,19 @@ async def test_an_id_charged_again_after_its_ttl_is_in_the_sql_ledger_twice(redi
     assert spent == sum(COSTS)
 
     client = connect(redis_url)
-    db = LedgerDB(path=tmp_path / "ledger.sqlite3")
     try:
-        await LedgerSink(RedisSource(client, "test", group="test-reused-ids"), db).drain()
-        total, _ = summarize(await db.rows(tenant=ACCOUNT.tenant), "")
+        sink = LedgerSink(RedisSource(client, "test", group="test-reused-ids"), ledger_db)
+        await sink.drain()
+        assert sink.inserted == 2
+        # Every entry delivered again (another consumer group reads the streams from their start): no new row.
+        again = LedgerSink(RedisSource(client, "test", group="test-reused-ids-again"), ledger_db)
+        await again.drain()
+        assert again.inserted == 0
+        rows = await ledger_db.rows(tenant=ACCOUNT.tenant)
+        total, _ = summarize(rows, "")
     finally:
-        db.close()
         await client.aclose()
+    assert [r.get("request_id") for r in rows] == ["nightly-report", "nightly-report"]
+    assert sorted(r.get("cost_pico") for r in rows) == list(COSTS)
     assert total.requests == 2
     assert total.cost_pico == spent

@@ -19,7 +19,7 @@ import pytest
 from llmrouter.errors import ServiceError
 from llmrouter.redis_connect import connect
 from services.ledger.db import LedgerDB, LedgerUnavailable, row_from_record
-from services.ledger.sink import LedgerSink, MemorySource, RedisSource
+from services.ledger.sink import LedgerSink, MemorySource, RedisSource, stream_entry
 from services.ledger.stats import summarize
 from services.router.budgets import usd
 from services.router.operations import ALL, Operations
@@ -53,6 +53,15 @@ async def client(any_redis_url: str) -> AsyncIterator[Any]:
 async def pending_entries(client: Any) -> int:
     """Entries delivered to this test's group and not acknowledged, over every shard's stream."""
     return sum([(await client.xpending(ledger_key(shard), GROUP))["pending"] for shard in range(SHARDS)])
+
+
+async def ledger_entries(client: Any) -> list[tuple[str, dict[str, Any]]]:
+    """Every entry of every ledger shard as (the sink's id for it, its record)."""
+    return [
+        (stream_entry(ledger_key(shard), entry_id.decode()), json.loads(fields[b"record"]))
+        for shard in range(SHARDS)
+        for entry_id, fields in await client.xrange(ledger_key(shard))
+    ]
 
 
 def record(request_id: str, account: Account, rng: random.Random) -> dict[str, Any]:
@@ -148,9 +157,10 @@ async def test_every_charge_lands_once_through_kills_outages_and_dead_consumers(
 
         rows = await ledger_db.rows()
         assert sorted(r.get("request_id") for r in rows) == sorted(f"req-{i}" for i in range(400))
-        # Replaying the whole stream adds nothing: rows are keyed by (tenant, request id).
-        replay = await ledger_records(client)
-        assert await ledger_db.insert([row_from_record(r) for r in replay]) == 0
+        # Replaying the whole stream adds nothing: rows are keyed by the entry they were copied from.
+        entries = await ledger_entries(client)
+        assert await ledger_db.insert([row_from_record(r, e) for e, r in entries]) == 0
+        replay = [r for _, r in entries]
 
         total, by_tenant = summarize(rows, "tenant")
         for account, group in zip(TENANTS, by_tenant, strict=True):
@@ -179,6 +189,24 @@ async def test_the_in_process_ledger_is_copied_from_a_cursor(ledger_db: LedgerDB
     total, _ = summarize(rows)
     spent = [(await store.spent(account, "all"))[0] for account in TENANTS]
     assert total.cost_pico == sum(spent)
+
+
+async def test_a_restarted_in_process_ledger_is_copied_beside_the_rows_of_the_process_before(
+    ledger_db: LedgerDB,
+) -> None:
+    """The in-process store's ledger (and its request ids) start again with each process, while the table keeps
+    the rows of the one before: the same request ids charged by the next process are new charges, new rows."""
+    rng = random.Random(6)
+    spent = 0
+    for _ in range(2):  # a router process, then the next one
+        store = MemoryStore()
+        sink = LedgerSink(MemorySource(store), ledger_db, block_s=0.01)
+        await charge_some(store, 0, 20, rng)
+        await sink.drain()
+        assert sink.inserted == 20
+        spent += sum([(await store.spent(account, "all"))[0] for account in TENANTS])
+    rows = await ledger_db.rows()
+    assert len(rows) == 40 and summarize(rows)[0].cost_pico == spent
 
 
 async def test_the_in_process_ledger_keeps_a_bounded_tail_and_the_sink_loses_nothing(
