@@ -17,8 +17,10 @@ from llmrouter.settings import REPO_ROOT, GrpcServiceSettings, RepoPath
 from services.ledger.settings import LedgerSettings
 from services.router.store import DEFERRED_HOLD_S, HOLD_S, REQUEST_ID_TTL_S
 
+# The time kept for a request's charge to land after its last token.
+CHARGE_LANDS_S = 60
 # The longest a request may run: a hold lives HOLD_S, and the charge after the last token needs time to land.
-MAX_REQUEST_S = HOLD_S - 60
+MAX_REQUEST_S = HOLD_S - CHARGE_LANDS_S
 
 Share = Annotated[float, Field(ge=0, le=1)]
 
@@ -56,7 +58,7 @@ class RouterSettings(GrpcServiceSettings, LedgerSettings):  # the ledger's setti
     upkeep_interval_s: float = Field(default=2.0, gt=0)
     heartbeat_ttl_s: float = Field(default=15.0, ge=0.01)  # Redis expiries are whole milliseconds
     # A pending charge of a live router older than this lost its charge (store and outbox both failed): it is
-    # settled at its hold. Longer than any request may run.
+    # settled at its hold. Longer than any request may run: at least request_timeout_s + CHARGE_LANDS_S.
     pending_stale_s: float = Field(default=3600.0, gt=0)
     # How long a provider batch line's hold lasts (the provider's 24 h window and a margin to collect it): admission
     # counts it against the budgets that long. A collect in its last quarter, at most 600 s, gives up on the
@@ -128,5 +130,17 @@ class RouterSettings(GrpcServiceSettings, LedgerSettings):  # the ledger's setti
         if self.heartbeat_ttl_s < 3 * self.upkeep_interval_s:
             raise ValueError(
                 "heartbeat_ttl_s must be at least 3 x upkeep_interval_s (a live router must never look dead)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _pending_outlasts_requests(self) -> RouterSettings:
+        # The reconciler charges every pending charge older than pending_stale_s at its hold, a live router's too: a
+        # request still running then would be charged its worst case, and its own charge refused as a repeat.
+        if self.pending_stale_s < self.request_timeout_s + CHARGE_LANDS_S:
+            raise ValueError(
+                f"pending_stale_s ({self.pending_stale_s:g} s) must be at least request_timeout_s "
+                f"({self.request_timeout_s:g} s) + {CHARGE_LANDS_S} s for the charge to land: the reconciler "
+                "charges a pending charge older than pending_stale_s its hold, a request still running too"
             )
         return self

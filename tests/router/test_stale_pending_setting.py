@@ -12,11 +12,6 @@ from services.router.settings import RouterSettings
 from services.router.store import HOLD_S
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pending_stale_s is not checked against request_timeout_s: a live request is charged its hold by the "
-    "reconciler once it has run pending_stale_s",
-)
 @pytest.mark.parametrize("stale", [30.0, 299.0])
 def test_pending_charges_that_go_stale_before_a_request_may_end_are_refused(stale: float) -> None:
     assert RouterSettings().request_timeout_s == 300.0

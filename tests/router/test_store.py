@@ -31,6 +31,7 @@ from services.router.store import (
     Store,
     Verdict,
     key_id,
+    lua,
     pending_field,
     period_id,
     to_pico,
@@ -493,3 +494,83 @@ async def test_the_reconciler_settles_only_the_pending_charge_it_swept(any_redis
     finally:
         await client.aclose()
         await store.close()
+
+
+async def past_its_expiry(store: Store, account: Account, admitted: Hold) -> None:
+    """The store as it stands once the hold of `admitted` has expired (HOLD_S after its admission): its score (its
+    expiry in the in-process store) is behind it. Nothing else changes with time."""
+    keys = AccountKeys.of(account)
+    member, past = keys.hold_member(admitted.pico, admitted.request_id), time.time() - 1
+    for held in keys.held():
+        if isinstance(store, MemoryStore):
+            assert member in store.held[held]
+            store.held[held][member] = (past, admitted.pico)
+        else:
+            assert isinstance(store, RedisStore)
+            assert await store.redis.zadd(held, {member: past}, xx=True, ch=True) == 1
+
+
+# Tenants and request ids whose pending field (json.dumps) escapes: quotes, backslashes, control characters, DEL,
+# non-ASCII and characters beyond the BMP (a surrogate pair), ':' in a request id. The Redis scripts rebuild it.
+AWKWARD = [("acme", "r1"), ('tén"\\a\n\x01\x7f😀', 'r:"\\/\n\u2028😀\x00é'), ("", "::")]
+
+
+@pytest.mark.parametrize(("tenant", "request_id"), AWKWARD)
+async def test_an_expired_hold_counts_while_its_pending_charge_is_open(
+    store: Store, tenant: str, request_id: str
+) -> None:
+    """A hold's expiry passing (a store outage outlasting it while its charge waits in a router's outbox) does not
+    free its budget while its pending charge is open: the charge, when it lands, is on top of what was admitted
+    meanwhile. Settled (the charge, or the reconciler's at the hold), the hold goes."""
+    account = Account(tenant, "key-expiring")
+    limit = Allowance("day", tenant_pico=10_000, key_pico=10_000)
+    admitted = hold(request_id, 6_000)
+    assert await refused(store, account, limit, admitted) == ""
+    await past_its_expiry(store, account, admitted)
+    assert await store.admit(account, limit, hold("other", 5_000)) == Verdict("tenant", 4_000)
+    assert await store.held_pico(account) == (6_000, 6_000)  # budget views count it as admission does
+    assert (await store.held_pico(Account("", account.key)))[1] == 6_000  # the operator's view of the key
+    assert await store.charge(account, admitted, 2_000, {})
+    assert await refused(store, account, limit, hold("other", 5_000)) == ""  # 2,000 spent, 5,000 held
+    assert await store.held_pico(account) == (5_000, 5_000)
+
+
+async def test_an_expired_hold_of_no_open_pending_charge_goes(store: Store) -> None:
+    """Only the very hold of an open pending charge outlives its expiry: one the pending charge no longer records
+    (left behind beside its grown hold) is dropped at its expiry, as any hold whose charge has settled."""
+    limit = Allowance("day", tenant_pico=10_000)
+    first, second = hold("r1", 3_000), hold("r2", 3_000)
+    assert await refused(store, ACCOUNT, limit, first) == ""
+    assert await refused(store, ACCOUNT, limit, second) == ""
+    await past_its_expiry(store, ACCOUNT, first)
+    await past_its_expiry(store, ACCOUNT, second)
+    keys = AccountKeys.of(ACCOUNT)
+    stale = keys.hold_member(2_000, "r1")  # a member of r1 that its pending charge (3,000) does not name
+    for held in keys.held():
+        if isinstance(store, MemoryStore):
+            store.held[held][stale] = (time.time() - 1, 2_000)
+        else:
+            assert isinstance(store, RedisStore)
+            await store.redis.zadd(held, {stale: time.time() - 1})
+    await store.release(ACCOUNT, second)  # settled: its hold goes with it, expired or not
+    assert await store.admit(ACCOUNT, limit, hold("r3", 8_000)) == Verdict("tenant", 7_000)  # only r1's 3,000
+    assert await store.held_pico(ACCOUNT) == (3_000, 3_000)
+
+
+async def test_the_scripts_find_the_pending_charge_of_any_hold_member(any_redis_url: str) -> None:
+    """The scripts rebuild a hold member's pending field (Python's json.dumps of tenant and request id) to tell
+    whether its charge is open: for any text a tenant or request id may hold, the very field the router writes."""
+    rebuilt = lua._OPEN + "\nlocal _, field = pending_of(ARGV[1])\nreturn field or false"
+    rng = random.Random(7)
+    alphabet = [chr(c) for c in range(0x250)] + ["\u2028", "\ud7ff", "\ue000", "\uffff", "😀", "\U0010ffff"]
+    client = connect(any_redis_url)
+    try:
+        for _ in range(300):
+            tenant, request_id = ("".join(rng.choices(alphabet, k=rng.randint(0, 6))) for _ in range(2))
+            account = Account(tenant, "k")
+            member = AccountKeys.of(account).hold_member(5, request_id)
+            assert (await client.eval(rebuilt, 0, member)).decode() == pending_field(account, request_id)
+        for unknown in ("999:dead", "5:r1", "5:abc:x", "5:c3:x"):  # no tenant, an odd or not UTF-8 one: none
+            assert await client.eval(rebuilt, 0, unknown) is None
+    finally:
+        await client.aclose()

@@ -52,6 +52,68 @@ local function outlive_holds(key)
 end
 """
 
+# A hold whose expiry has passed is still counted while the pending charge it stands for is open (with that very
+# hold): its charge may wait in a router's outbox through a store outage longer than the hold, and a request
+# admitted before the replay would spend the same budget again. Such a hold goes when its charge settles: the
+# outbox replay, or at the latest the reconciler (ROUTER_PENDING_STALE_S; a dead router's after its heartbeat TTL),
+# which charges it at its hold. Only holds that stand for no open pending charge go at their expiry: those a
+# router of a version before left behind (a member without the tenant, or one its scripts did not drop).
+# The pending field of a member '<pico>:<tenant hex>:<request id>' is Python's json.dumps([tenant, request id])
+# (model.py, pending_field: ensure_ascii, ', ' between items), rebuilt here; nil for what no router writes.
+_OPEN = r"""
+local SHORT = {[8] = '\\b', [9] = '\\t', [10] = '\\n', [12] = '\\f', [13] = '\\r', [34] = '\\"', [92] = '\\\\'}
+local function u4(n)
+  return '\\u' .. string.format('%04x', n)
+end
+local function json_string(s)
+  local out, i, n = {}, 1, #s
+  while i <= n do
+    local c, cp, len = string.byte(s, i), 0, 0
+    if c < 128 then cp, len = c, 1
+    elseif c >= 194 and c < 224 then cp, len = c - 192, 2
+    elseif c >= 224 and c < 240 then cp, len = c - 224, 3
+    elseif c >= 240 and c < 245 then cp, len = c - 240, 4
+    else return nil end
+    for j = i + 1, i + len - 1 do
+      local d = string.byte(s, j)
+      if not d or d < 128 or d > 191 then return nil end
+      cp = cp * 64 + d - 128
+    end
+    if (len == 3 and cp < 2048) or (len == 4 and (cp < 65536 or cp > 1114111)) or (cp >= 55296 and cp < 57344) then
+      return nil
+    end
+    i = i + len
+    if SHORT[cp] then out[#out + 1] = SHORT[cp]
+    elseif cp >= 32 and cp < 127 then out[#out + 1] = string.char(cp)
+    elseif cp < 65536 then out[#out + 1] = u4(cp)
+    else
+      cp = cp - 65536
+      out[#out + 1] = u4(55296 + math.floor(cp / 1024)) .. u4(56320 + cp % 1024)
+    end
+  end
+  return '"' .. table.concat(out) .. '"'
+end
+local function pending_of(member)
+  local pico, tenant_hex, request_id = string.match(member, '^(%d+):(%x*):(.*)$')
+  if not pico or #tenant_hex % 2 == 1 then return nil end
+  local tenant = string.gsub(tenant_hex, '..', function(h) return string.char(tonumber(h, 16)) end)
+  local t, r = json_string(tenant), json_string(request_id)
+  if not t or not r then return nil end
+  return pico, '[' .. t .. ', ' .. r .. ']'
+end
+-- Whether a hold stands for an open pending charge (in `pending_key`, its shard's) with that very hold.
+local function open_hold(member, pending_key)
+  local pico, field = pending_of(member)
+  local record = field and redis.call('HGET', pending_key, field)
+  return record and string.match(record, '"hold_pico":%s*(%d+)') == pico
+end
+local function drop_expired(holds, pending_key, now)
+  for _, member in ipairs(redis.call('ZRANGEBYSCORE', holds, '-inf', now)) do
+    if not open_hold(member, pending_key) then redis.call('ZREM', holds, member) end
+  end
+end
+"""
+
 # Scripts that take new memory (admission, a hold grown) are refused whole when the store is full (OOM under
 # noeviction: a flagged script is checked before it runs, never half-way); a charge or release of what was
 # already admitted must land even then (allow-oom): what was served is always paid for. Redis 7 or newer.
@@ -62,6 +124,7 @@ ADMIT = (
     _MAY_GROW
     + _EXACT
     + _OUTLIVE
+    + _OPEN
     + """
 -- KEYS: rate, used id, tenant spend, tenant holds, key spend, key holds, limit overrides, pending charges,
 --       charged id, undone marker (of this admission's nonce), provider batches
@@ -82,7 +145,7 @@ if per_minute > 0 and tonumber(redis.call('GET', KEYS[1]) or '0') >= per_minute 
 local budgets = {{KEYS[3], KEYS[4], ARGV[2], ARGV[11], 'tenant'}, {KEYS[5], KEYS[6], ARGV[3], ARGV[12], 'key'}}
 local tightest, r_hi, r_lo = '', nil, nil
 for _, b in ipairs(budgets) do
-  redis.call('ZREMRANGEBYSCORE', b[2], '-inf', ARGV[4])
+  drop_expired(b[2], KEYS[8], ARGV[4])
   local limit = redis.call('HGET', KEYS[7], b[4]) or b[3]
   if limit ~= '' then
     local u_hi, u_lo = split(redis.call('GET', b[1]) or '0')
@@ -239,6 +302,25 @@ PENDING_CHARGE = """#!lua flags=no-writes
 -- KEYS: pending charges, provider batches; ARGV: pending field
 return {redis.call('HGET', KEYS[1], ARGV[1]), redis.call('HGET', KEYS[2], ARGV[1])}
 """
+
+# The holds admission counts, of each holds set given (all in the shard of the pending charges given): those not
+# expired, and those of open pending charges (_OPEN). Members, not a sum: Lua numbers are not exact past 2^53.
+HELD = (
+    "#!lua flags=no-writes\n"
+    + _OPEN
+    + """
+-- KEYS: pending charges, holds sets...; ARGV: now
+local counted = {}
+for i = 2, #KEYS do
+  local members = redis.call('ZRANGEBYSCORE', KEYS[i], '(' .. ARGV[1], '+inf')
+  for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[i], '-inf', ARGV[1])) do
+    if open_hold(member, KEYS[1]) then members[#members + 1] = member end
+  end
+  counted[#counted + 1] = members
+end
+return counted
+"""
+)
 
 # Taken (or renewed) by one router at a time; returns 1 when `router` holds it.
 LEASE = """

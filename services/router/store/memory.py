@@ -78,7 +78,7 @@ class MemoryStore:
         tightest, remaining = "", None
         for spend_key, held_key, limit, name in self._budgets(account, allowance, hold.period):
             held = self.held.setdefault(held_key, {})
-            for member in [m for m, (expiry, _) in held.items() if expiry <= now]:
+            for member in [m for m, (expiry, pico) in held.items() if expiry <= now and not self._open(m, pico)]:
                 del held[member]
             if limit is not None:
                 left = limit - self.counters.get(spend_key, 0) - sum(p for _, p in held.values())
@@ -153,6 +153,13 @@ class MemoryStore:
         self.used.discard(keys.used(hold.request_id))
         return True
 
+    def _open(self, member: str, pico: int) -> bool:
+        """Whether a hold member stands for an open pending charge with that very hold: then it counts past its
+        expiry, as in RedisStore's ADMIT (lua.py, _OPEN: its charge may be on its way, and must find the budget)."""
+        _, tenant_hex, request_id = member.split(":", 2)  # keys.py, hold_member
+        pending = self.pending.get(pending_field(Account(bytes.fromhex(tenant_hex).decode(), ""), request_id))
+        return pending is not None and pending.hold_pico == pico
+
     def _held(self, account: Account, hold: Hold) -> Hold:
         """The hold as this store holds it (RedisStore's held_member): its pending charge's."""
         pending = self.pending.get(pending_field(account, hold.request_id))
@@ -188,7 +195,8 @@ class MemoryStore:
         key_keys = [keys] if account.tenant else key_everywhere(account.key)
 
         def live(held_key: str) -> int:
-            return sum(p for expiry, p in self.held.get(held_key, {}).values() if expiry > now)
+            held = self.held.get(held_key, {}).items()
+            return sum(p for m, (expiry, p) in held if expiry > now or self._open(m, p))
 
         return live(keys.held()[0]), sum(live(each.held()[1]) for each in key_keys)
 

@@ -27,7 +27,9 @@ from services.router.store.keys import KEYLESS
 
 PICO = Decimal(10) ** 12
 REQUEST_ID_TTL_S = 24 * 3600  # default: how long a request id stays used (and charged at most once)
-HOLD_S = 600  # a hold outlives any request; after that admission ignores it (the reconciler charges it)
+# A hold outlives any request. Past it, admission still counts the hold while its pending charge is open (the charge
+# may wait in a router's outbox through a store outage; lua.py, _OPEN), and drops it once that is settled.
+HOLD_S = 600
 # A line sent through a provider's Batch API: its hold lasts the provider's 24 h window and a margin for its
 # results to be collected; only then does the reconciler charge it (at its hold: its outcome was never known).
 DEFERRED_HOLD_S = 26 * 3600
@@ -186,7 +188,8 @@ class Store(Protocol):
     may be larger than the `hold` given when the reply to an extension was lost: none outlives its request."""
 
     async def admit(self, account: Account, allowance: Allowance, hold: Hold) -> Verdict:
-        """Let one request in when spend + holds + `hold` fits both budgets: its id is then used, it counts
+        """Let one request in when spend + holds + `hold` fits both budgets (a hold past its expiry counts while its
+        pending charge is open, with that hold; lua.py, _OPEN): its id is then used, it counts
         against the rate limit, `hold` is held against both budgets and a pending charge is recorded. Nothing
         changes when it is refused. StoreUnavailable when the store cannot be reached."""
 
@@ -232,7 +235,8 @@ class Store(Protocol):
         """Say that this router instance is alive for `ttl_s` more seconds."""
 
     async def held_pico(self, account: Account) -> tuple[int, int]:
-        """What the holds of requests in flight keep from the tenant's and the key's budget (pico-USD)."""
+        """What the holds of requests in flight keep from the tenant's and the key's budget (pico-USD), counted as
+        admission counts them."""
 
     async def limit_overrides(self) -> dict[tuple[str, str], int]:
         """Every limit set for one tenant or key, by (scope, name): scope is 'tenant' or 'key'."""

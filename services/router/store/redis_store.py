@@ -110,6 +110,7 @@ class RedisStore:
         self._undo = self.redis.register_script(lua.UNDO)
         self._record_batch = self.redis.register_script(lua.RECORD_BATCH)
         self._pending_charge = self.redis.register_script(lua.PENDING_CHARGE)
+        self._held = self.redis.register_script(lua.HELD)
         self._lease = self.redis.register_script(lua.LEASE)
         self._missing_since: dict[str, float] = {}  # routers seen without a heartbeat, since when (monotonic)
         self._last_sweep = float("-inf")  # when the pending charges were last read
@@ -240,15 +241,19 @@ class RedisStore:
         return int(tenant or 0), sum(int(v or 0) for v in key)
 
     async def held_pico(self, account: Account) -> tuple[int, int]:
-        now = f"({time.time()}"
+        """As admission counts them (lua.HELD): a hold past its expiry still counts while its charge is open."""
+        now = time.time()
         keys = AccountKeys.of(account)
-        key_keys = [keys] if account.tenant else key_everywhere(account.key)
-        async with self._call(), self.redis.pipeline(transaction=False) as pipe:
-            pipe.zrangebyscore(keys.held()[0], now, "+inf")
-            for each in key_keys:
-                pipe.zrangebyscore(each.held()[1], now, "+inf")
-            tenant, *key = await pipe.execute()
-        return _held_sum(tenant), sum(_held_sum(members) for members in key)
+        async with self._call():
+            if account.tenant:
+                tenant, key = await self._held(keys=[keys.pending, *keys.held()], args=[now])
+                return _held_sum(tenant), _held_sum(key)
+            key_held = 0  # an operator's view of one key: its holds in every shard, one script a shard
+            for each in key_everywhere(account.key):
+                (members,) = await self._held(keys=[each.pending, each.held()[1]], args=[now])
+                key_held += _held_sum(members)
+            (tenant,) = await self._held(keys=[keys.pending, keys.held()[0]], args=[now])
+        return _held_sum(tenant), key_held
 
     async def heartbeat(self, router: str, ttl_s: float) -> None:
         async with self._call():
