@@ -16,14 +16,17 @@ whose batch stays unrecorded (its creation's outcome unknown, or the store out o
 from no batch's results: it is charged its hold, its worst case. The model a line is admitted for is recorded beside
 its pending charge too, and the line is priced at that model's batch price: a collect naming another model is
 refused whole, before the provider is asked (the model named also picks the provider's Batch API that is). A line
-with nothing beside its pending charge was admitted by a router of the version before: it is settled as that version
-did, from the batch a collect names when that batch's results hold its request id (else charged its hold), at the
-model the collect names; for such lines alone, until their holds lapse, the old risks stay that another tenant's
-line of the same request id in the named batch settles it (and its answer is read), and that a collect naming a
-cheaper model of the same provider underprices it. A collect in the last `give_up_s` of the lines' holds gives up on
-a provider batch that has not ended (or cannot be read, or whose model lost its batch price): the lines still
-pending are charged their hold and reported ended, so the caller's batch ends too. A line whose batch is never
-collected is charged its hold by the reconciler when its hold lapses."""
+offered again after it was sent in a recorded batch (the reply to its SubmitBatch lost: the call runs to its end
+after its caller left) is answered deferred in that batch, for its recorded model, so the caller collects it; one
+pending with no batch recorded is refused as a duplicate, as any request id in use. A line with nothing beside its
+pending charge was admitted by a router of the version before: it is settled as that version did, from the batch a
+collect names when that batch's results hold its request id (else charged its hold), at the model the collect names;
+for such lines alone, until their holds lapse, the old risks stay that another tenant's line of the same request id
+in the named batch settles it (and its answer is read), and that a collect naming a cheaper model of the same
+provider underprices it. A collect in the last `give_up_s` of the lines' holds gives up on a provider batch that has
+not ended (or cannot be read, or whose model lost its batch price): the lines still pending are charged their hold
+and reported ended, so the caller's batch ends too. A line whose batch is never collected is charged its hold by the
+reconciler when its hold lapses."""
 
 from __future__ import annotations
 
@@ -95,9 +98,14 @@ class Deferred:
         if not all(ids) or len(set(ids)) != len(ids):
             raise invalid("every line needs its own request_id", "lines")
         slots = asyncio.Semaphore(ROUTING_CONCURRENCY)
+        answers = {i: router_pb2.DeferredLine(request_id=i) for i in ids}
 
         async def admit(line: router_pb2.CompleteRequest) -> Routed | None:
             async with slots:
+                sent = await self._sent_before(line)
+                if sent is not None:
+                    answers[line.request_id] = sent
+                    return None
                 return await self._admit(line, context)
 
         admitted = await asyncio.gather(*(admit(line) for line in lines))
@@ -105,10 +113,35 @@ class Deferred:
         for routed in admitted:
             if routed is not None:
                 groups.setdefault(routed.plan.order[0].model.name, []).append(routed)
-        answers = {i: router_pb2.DeferredLine(request_id=i) for i in ids}
         for model, group in groups.items():
             answers.update(await self._send(model, group))
         return router_pb2.SubmitLinesResponse(lines=[answers[i] for i in ids])
+
+    async def _sent_before(self, request: router_pb2.CompleteRequest) -> router_pb2.DeferredLine | None:
+        """A line offered again that was sent in a provider batch before, answered as that SubmitBatch answered it:
+        deferred in that batch, for the model recorded with it. SubmitBatch runs to its end after its caller left
+        (its deadline passed, its connection closed), so a reply lost that way is asked for again by offering the
+        lines again: refused as duplicates, they would never be collected, and be charged their hold with no answer.
+        None for any other line, which admission then takes as before: a new one, or one pending with no batch
+        recorded (its batch's creation still running, or its outcome unknown) or admitted by a router of the
+        version before (no model recorded), which it refuses as a duplicate."""
+        try:
+            account = admitting.account_for(request)
+            pending = await self.store.pending_charge(account, request.request_id)
+        except ServiceError:  # admission refuses it the same way
+            return None
+        if pending is None or pending.key != account.key or not (pending.until and pending.provider_batch):
+            return None
+        if not pending.model:
+            return None
+        log.info("batch line offered again: deferred in its provider batch", extra={"request_id": request.request_id})
+        return router_pb2.DeferredLine(
+            request_id=request.request_id,
+            deferred=True,
+            model=pending.model,
+            provider_batch_id=pending.provider_batch,
+            held_usd=format(Decimal(pending.hold_pico) / PICO, "f"),
+        )
 
     async def _admit(self, request: router_pb2.CompleteRequest, context: Any) -> Routed | None:
         """The line routed and admitted at its model's batch price; None when it is not deferred (nothing held):
