@@ -26,7 +26,9 @@ in the named batch settles it (and its answer is read), and that a collect namin
 provider underprices it. A collect in the last `give_up_s` of the lines' holds gives up on a provider batch that has
 not ended (or cannot be read, or whose model lost its batch price): the lines still pending are charged their hold
 and reported ended, so the caller's batch ends too. A line whose batch is never collected is charged its hold by the
-reconciler when its hold lapses."""
+reconciler when its hold lapses. A collect charges a line only while its pending charge is open: one the reconciler
+(or another collect) settled after the collect read it is never charged twice, whether or not its charged marker has
+expired."""
 
 from __future__ import annotations
 
@@ -391,8 +393,11 @@ class Deferred:
         return router_pb2.CollectedLine(request_id=request_id, error=why, charged_usd=charged)
 
     async def _charge(self, account: Account, pending: Pending, pico: int, record: dict[str, Any]) -> None:
+        """Charged only while its pending charge (read before) is still open: one settled meanwhile (by another
+        collect, or by the reconciler as its hold lapsed) is never charged again, even once its charged marker
+        (kept for the request id TTL, which may be shorter than the hold) has expired."""
         held_account, hold = pending.account_and_hold()
-        if not await self.store.charge(held_account, hold, pico, record):
+        if not await self.store.charge(held_account, hold, pico, record, late=True):
             log.warning("batch line charged before; not charged again", extra={"request_id": hold.request_id})
 
     def _record(self, pending: Pending, response: router_pb2.CompleteResponse, outcome: str) -> dict[str, Any]:
