@@ -7,9 +7,11 @@ index -> model and provider batch), so a restarted edge collects what the last o
 (CollectBatch) polls each provider batch every `poll_s` until it has ended, or its lines' window nears its end (the
 router then gives up on it); the router then charges each line once and returns its answer or error. A line charged
 its hold, without an answer, is recorded of unknown outcome at that cost, as is one whose provider batch's creation
-had an unknown outcome (its hold, charged when it lapses). A crash between the router's reply and that write leaves
-the lines submitted but unrecorded: offered again, the router refuses their ids as used, so they end in the error
-file (duplicate_request), and their holds are charged when they lapse, as the provider bills them."""
+had an unknown outcome (its hold, charged when it lapses). A reply lost before that write (a crash, a call that timed
+out or lost its connection while the router, which runs the call to its end, sent the lines) leaves the lines
+submitted but unrecorded: offered again, the router answers each it sent in a provider batch it recorded as deferred
+in that batch, so it is recorded and collected here; one whose batch the router did not record it refuses as used,
+so it ends in the error file (duplicate_request), and its hold is charged when it lapses."""
 
 from __future__ import annotations
 

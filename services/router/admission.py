@@ -163,13 +163,14 @@ class Admission:
         """Claim the request id, count it against the rate limit and hold its worst-case cost (the costliest
         model of its plan writing all it may) against the budgets. When a budget cannot hold that, max_tokens
         is lowered to what it can pay for; refused when it cannot pay for even a short answer. `until`: a
-        deferred request's hold lasts until then (Hold.until)."""
+        deferred request's hold lasts until then (Hold.until), and the model it is admitted for (its plan's first,
+        the only one) is recorded beside its pending charge (Pending.model)."""
         # The budget period is fixed here, once: a request admitted before midnight is charged to that day.
         period = period_id(self.settings.budget_period)
         for _ in range(ADMIT_ATTEMPTS):
             nonce = secrets.token_hex(8)  # names this admission: its undo touches no other of the request id
             hold = Hold(routed.request_id, _worst_case(routed), period, self.settings.instance_id, nonce, until)
-            verdict = await self._hold(routed.account, hold)
+            verdict = await self._hold(routed.account, hold, routed.plan.order[0].model.name if until else "")
             if not verdict.refused:
                 routed.hold = hold
                 return
@@ -178,14 +179,14 @@ class Admission:
             self._fit(routed, verdict)
         raise self._budget_spent(verdict.refused)
 
-    async def _hold(self, account: Account, hold: Hold) -> Verdict:
+    async def _hold(self, account: Account, hold: Hold, model: str) -> Verdict:
         """The store's admission. One that is not known to have been refused, and is not served, is undone: the
         caller left meanwhile (the script may run after its reply is abandoned), or its reply was lost (a timeout,
         a dropped connection) after the script may have run. Undone before the refusal is answered, so a retry of
         the request id is admitted."""
         if not self.undoing.may_send():
             raise StoreUnavailable()  # out of reach a moment ago: the request is refused without a lost reply to undo
-        admitting = asyncio.ensure_future(self.store.admit(account, self.allowance, hold))
+        admitting = asyncio.ensure_future(self.store.admit(account, self.allowance, hold, model))
         try:
             verdict = await asyncio.shield(admitting)
         except asyncio.CancelledError:

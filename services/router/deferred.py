@@ -8,19 +8,27 @@ of the router that admitted it. The lines admitted together for one model go up 
 
 Collecting a provider batch that has ended settles each line once: charged at the batch price from the usage the
 provider reports; released when the provider reports it failed, expired or cancelled (it bills none of those);
-charged its hold when its outcome is unknown (no usage, or no result from a batch that ran). Everything needed
-lives in the money store (the pending charges), so any router collects what another admitted. Request ids are the
-callers' (two tenants may both send 'r1'), so the provider batch each line was sent in is recorded beside its
-pending charge ('' from admission until then), and a collect settles, or reports, only the lines of the batch it
-names. A line whose batch stays unrecorded (its creation's outcome unknown, or the store out of reach to record it)
-is settled from no batch's results: it is charged its hold, its worst case. A line with nothing beside its pending
-charge was admitted by a router of the version before: it is settled as that version did, from the batch a collect
-names when that batch's results hold its request id (else charged its hold); for such lines alone, until their
-holds lapse, the old risk stays that another tenant's line of the same request id in the named batch settles it
-(and its answer is read). A collect in the
-last `give_up_s` of the lines' holds gives up on a provider batch that has not ended (or cannot be read, or whose
-model lost its batch price): the lines still pending are charged their hold and reported ended, so the caller's
-batch ends too. A line whose batch is never collected is charged its hold by the reconciler when its hold lapses."""
+charged its hold when its outcome is unknown (no usage, or no result from a batch that ran). Everything needed lives
+in the money store (the pending charges), so any router collects what another admitted. Request ids are the callers'
+(two tenants may both send 'r1'), so the provider batch each line was sent in is recorded beside its pending charge
+('' from admission until then), and a collect settles, or reports, only the lines of the batch it names. A line
+whose batch stays unrecorded (its creation's outcome unknown, or the store out of reach to record it) is settled
+from no batch's results: it is charged its hold, its worst case. The model a line is admitted for is recorded beside
+its pending charge too, and the line is priced at that model's batch price: a collect naming another model is
+refused whole, before the provider is asked (the model named also picks the provider's Batch API that is). A line
+offered again after it was sent in a recorded batch (the reply to its SubmitBatch lost: the call runs to its end
+after its caller left) is answered deferred in that batch, for its recorded model, so the caller collects it; one
+pending with no batch recorded is refused as a duplicate, as any request id in use. A line with nothing beside its
+pending charge was admitted by a router of the version before: it is settled as that version did, from the batch a
+collect names when that batch's results hold its request id (else charged its hold), at the model the collect names;
+for such lines alone, until their holds lapse, the old risks stay that another tenant's line of the same request id
+in the named batch settles it (and its answer is read), and that a collect naming a cheaper model of the same
+provider underprices it. A collect in the last `give_up_s` of the lines' holds gives up on a provider batch that has
+not ended (or cannot be read, or whose model lost its batch price): the lines still pending are charged their hold
+and reported ended, so the caller's batch ends too. A line whose batch is never collected is charged its hold by the
+reconciler when its hold lapses. A collect charges a line only while its pending charge is open: one the reconciler
+(or another collect) settled after the collect read it is never charged twice, whether or not its charged marker has
+expired."""
 
 from __future__ import annotations
 
@@ -92,9 +100,14 @@ class Deferred:
         if not all(ids) or len(set(ids)) != len(ids):
             raise invalid("every line needs its own request_id", "lines")
         slots = asyncio.Semaphore(ROUTING_CONCURRENCY)
+        answers = {i: router_pb2.DeferredLine(request_id=i) for i in ids}
 
         async def admit(line: router_pb2.CompleteRequest) -> Routed | None:
             async with slots:
+                sent = await self._sent_before(line)
+                if sent is not None:
+                    answers[line.request_id] = sent
+                    return None
                 return await self._admit(line, context)
 
         admitted = await asyncio.gather(*(admit(line) for line in lines))
@@ -102,10 +115,35 @@ class Deferred:
         for routed in admitted:
             if routed is not None:
                 groups.setdefault(routed.plan.order[0].model.name, []).append(routed)
-        answers = {i: router_pb2.DeferredLine(request_id=i) for i in ids}
         for model, group in groups.items():
             answers.update(await self._send(model, group))
         return router_pb2.SubmitLinesResponse(lines=[answers[i] for i in ids])
+
+    async def _sent_before(self, request: router_pb2.CompleteRequest) -> router_pb2.DeferredLine | None:
+        """A line offered again that was sent in a provider batch before, answered as that SubmitBatch answered it:
+        deferred in that batch, for the model recorded with it. SubmitBatch runs to its end after its caller left
+        (its deadline passed, its connection closed), so a reply lost that way is asked for again by offering the
+        lines again: refused as duplicates, they would never be collected, and be charged their hold with no answer.
+        None for any other line, which admission then takes as before: a new one, or one pending with no batch
+        recorded (its batch's creation still running, or its outcome unknown) or admitted by a router of the
+        version before (no model recorded), which it refuses as a duplicate."""
+        try:
+            account = admitting.account_for(request)
+            pending = await self.store.pending_charge(account, request.request_id)
+        except ServiceError:  # admission refuses it the same way
+            return None
+        if pending is None or pending.key != account.key or not (pending.until and pending.provider_batch):
+            return None
+        if not pending.model:
+            return None
+        log.info("batch line offered again: deferred in its provider batch", extra={"request_id": request.request_id})
+        return router_pb2.DeferredLine(
+            request_id=request.request_id,
+            deferred=True,
+            model=pending.model,
+            provider_batch_id=pending.provider_batch,
+            held_usd=format(Decimal(pending.hold_pico) / PICO, "f"),
+        )
 
     async def _admit(self, request: router_pb2.CompleteRequest, context: Any) -> Routed | None:
         """The line routed and admitted at its model's batch price; None when it is not deferred (nothing held):
@@ -197,8 +235,10 @@ class Deferred:
             raise invalid(f"collect 1 to {MAX_LINES} lines at a time", "request_ids")
         if not batch_id:
             raise invalid("name the provider batch the lines were sent in", "provider_batch_id")
+        pending = {request_id: await self.store.pending_charge(account, request_id) for request_id in ids}
+        _refuse_another_model(pending, request.model)
         # Near the window's end the provider is still asked first: a batch that has ended gives its answers.
-        ending = await self._window_ending(account, ids, batch_id)
+        ending = self._window_ending(pending, batch_id)
         model = self.registry.current.get(request.model)
         priced = None if model is None else self.registry.current.batch_priced(model)
         if priced is None:
@@ -240,20 +280,17 @@ class Deferred:
                 lines.append(await self._settle(account, priced, batch_id, request_id, result, polled.status))
         return router_pb2.CollectBatchResponse(status=polled.status, ended=True, lines=lines)
 
-    async def _window_ending(self, account: Account, ids: list[str], batch_id: str) -> bool:
+    def _window_ending(self, pending: dict[str, Pending | None], batch_id: str) -> bool:
         """Whether a line of this provider batch (or with none recorded) still pending has its hold end within
         give_up_s: the batch is given up on before the reconciler charges the hold unseen by the caller, who would
         then wait forever."""
-        for request_id in ids:
-            pending = await self.store.pending_charge(account, request_id)
-            if (
-                pending is not None
-                and pending.provider_batch in (batch_id, "", None)
-                and pending.until
-                and pending.until - time.time() <= self.give_up_s
-            ):
-                return True
-        return False
+        return any(
+            line is not None
+            and line.provider_batch in (batch_id, "", None)
+            and line.until
+            and line.until - time.time() <= self.give_up_s
+            for line in pending.values()
+        )
 
     async def _give_up(self, account: Account, ids: list[str], batch_id: str) -> router_pb2.CollectBatchResponse:
         """The lines ended without asking the provider: each of this batch still pending charged its hold (its
@@ -293,6 +330,9 @@ class Deferred:
             foreign = _of_another_batch(pending, request_id, batch_id)
             if foreign is not None:
                 return foreign
+            if pending.model is not None and pending.model != model.name:  # refused before polling: not met here
+                error = f"request {request_id!r} was sent for model {pending.model!r}: collect it naming that model"
+                return router_pb2.CollectedLine(request_id=request_id, error=error, charged_usd="0")
             if pending.provider_batch is None:  # a line of the version before
                 if result is None:  # nothing says it is this batch's (a failed one would release it): its worst case
                     return await self._owe_hold(account, pending, request_id, UNANSWERED.format(request_id, batch_id))
@@ -353,8 +393,11 @@ class Deferred:
         return router_pb2.CollectedLine(request_id=request_id, error=why, charged_usd=charged)
 
     async def _charge(self, account: Account, pending: Pending, pico: int, record: dict[str, Any]) -> None:
+        """Charged only while its pending charge (read before) is still open: one settled meanwhile (by another
+        collect, or by the reconciler as its hold lapsed) is never charged again, even once its charged marker
+        (kept for the request id TTL, which may be shorter than the hold) has expired."""
         held_account, hold = pending.account_and_hold()
-        if not await self.store.charge(held_account, hold, pico, record):
+        if not await self.store.charge(held_account, hold, pico, record, late=True):
             log.warning("batch line charged before; not charged again", extra={"request_id": hold.request_id})
 
     def _record(self, pending: Pending, response: router_pb2.CompleteResponse, outcome: str) -> dict[str, Any]:
@@ -380,6 +423,22 @@ class Deferred:
             "outcome": outcome,
             "admitted_ts": pending.ts,
         }
+
+
+def _refuse_another_model(pending: dict[str, Pending | None], model: str) -> None:
+    """A collect naming another model than a line still pending was admitted and sent for is refused, whole, before
+    the provider is asked: the line is priced at its own model's batch price, and the model named picks the
+    provider's Batch API that is asked. Lines with no model recorded (admitted by a router of the version before)
+    are collected with the model named, as that version did."""
+    for request_id, line in pending.items():
+        if line is not None and line.model is not None and line.model != model:
+            raise ServiceError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "INVALID_REQUEST",
+                f"request {request_id!r} was sent for model {line.model!r}, not {model!r}: collect it naming that "
+                "model",
+                {"field": "model", "request_id": request_id, "model": line.model},
+            )
 
 
 def _of_another_batch(pending: Pending | None, request_id: str, batch_id: str) -> router_pb2.CollectedLine | None:

@@ -1,7 +1,8 @@
 """A provider batch line is charged at the batch price of the model it was admitted and sent for, whatever model a
-caller names when it collects the line. CollectBatch takes the model from the request; a caller that pays as its own
-tenant (ROUTER_CALLERS `name=tenant`) calls it directly. The router's servicer over Redis (the money store); a real
-providers gRPC server whose one provider (a Batch API) runs both models."""
+caller names when it collects the line: a collect naming another model is refused, and the line waits for one naming
+its own. CollectBatch takes the model from the request; a caller that pays as its own tenant (ROUTER_CALLERS
+`name=tenant`) calls it directly. The router's servicer over Redis (the money store); a real providers gRPC server
+whose one provider (a Batch API) runs both models."""
 
 from __future__ import annotations
 
@@ -14,13 +15,15 @@ import pytest
 import yaml
 
 from llmrouter.auth import Identity, acting_as
+from llmrouter.errors import ServiceError
 from llmrouter.registry import LiveRegistry, Registry
 from llmrouter.v1 import classifier_pb2_grpc, common_pb2, provider_pb2, provider_pb2_grpc, router_pb2
 from services.router.cache import MemoryCache
 from services.router.outbox import Outbox
 from services.router.servicer import RouterServicer
 from services.router.settings import RouterSettings
-from services.router.store import Account, RedisStore, period_id, to_pico
+from services.router.store import Account, AccountKeys, RedisStore, pending_field, period_id, to_pico
+from tests.conftest import ledger_records
 
 REGISTRY = Registry.model_validate(
     {
@@ -39,6 +42,18 @@ REGISTRY = Registry.model_validate(
 )  # fmt: skip
 USAGE = common_pb2.Usage(input_tokens=100, output_tokens=1000)
 TENANT_CALLER = Identity("billing-service", "acme")  # ROUTER_CALLERS billing-service=acme: pays as acme
+ACCOUNT = Account("acme", "caller:billing-service")
+LINE = router_pb2.CompleteRequest(
+    messages=[common_pb2.ChatMessage(role="user", content="Summarise the plot of Hamlet")],
+    model="strong",
+    max_tokens=2000,
+    request_id="line-1",
+)
+
+
+def batch_cost(model: str) -> int:
+    priced = REGISTRY.get(model).at_batch_price()  # type: ignore[union-attr]
+    return to_pico(priced.cost_usd(USAGE.input_tokens, USAGE.output_tokens))  # type: ignore[union-attr]
 
 
 class BatchProvider(provider_pb2_grpc.ProviderServicer):
@@ -94,30 +109,48 @@ class NoDeadline:
         return None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="CollectBatch prices a line at the batch price of request.model, which the caller chooses; the pending "
-    "charge does not record the model the line was admitted and sent for",
-)
 async def test_a_line_is_charged_at_its_own_models_batch_price_whatever_model_the_collect_names(
     router: tuple[RouterServicer, RedisStore],
 ) -> None:
     servicer, store = router
-    line = router_pb2.CompleteRequest(
-        messages=[common_pb2.ChatMessage(role="user", content="Summarise the plot of Hamlet")],
-        model="strong",
-        max_tokens=2000,
-        request_id="line-1",
-    )
     with acting_as(TENANT_CALLER):
-        submitted = await servicer.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[line]), NoDeadline())
+        submitted = await servicer.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[LINE]), NoDeadline())
         (sent,) = submitted.lines
         assert sent.deferred and sent.model == "strong" and sent.provider_batch_id == "pbatch-1"
-        # The same provider batch, collected under the name of the provider's cheaper model.
+        # The same provider batch, collected under the name of the provider's cheaper model: refused, nothing settled.
         collect = router_pb2.CollectBatchRequest(model="cheap", provider_batch_id="pbatch-1", request_ids=["line-1"])
+        with pytest.raises(ServiceError) as refused:
+            await servicer.CollectBatch(collect, NoDeadline())
+        waiting = await store.pending_charge(ACCOUNT, "line-1")
+        collect = router_pb2.CollectBatchRequest(model="strong", provider_batch_id="pbatch-1", request_ids=["line-1"])
         collected = await servicer.CollectBatch(collect, NoDeadline())
+    assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.metadata == {"field": "model", "request_id": "line-1", "model": "strong"}
+    assert waiting is not None and waiting.model == "strong"  # still held, for a collect naming its own model
+    assert collected.ended and collected.lines[0].succeeded and collected.lines[0].response.model == "strong"
+    tenant_spent, _ = await store.spent(ACCOUNT, period_id("day"))
+    assert tenant_spent == batch_cost(
+        "strong"
+    )  # charged 10x less (the cheap model's batch price) when it named "cheap"
+    (record,) = [r for r in await ledger_records(store.redis) if r["tenant"] == "acme"]
+    assert record["model"] == "strong"
+
+
+async def test_a_line_with_no_model_recorded_is_settled_at_the_model_its_collect_names(
+    router: tuple[RouterServicer, RedisStore],
+) -> None:
+    """A line admitted by a router of the version before has nothing recorded beside its pending charge (neither
+    batch nor model): it is collected as that version collected it, at the batch price of the model named."""
+    servicer, store = router
+    with acting_as(TENANT_CALLER):
+        submitted = await servicer.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[LINE]), NoDeadline())
+        assert submitted.lines[0].provider_batch_id == "pbatch-1"
+        keys, field = AccountKeys.of(ACCOUNT), pending_field(ACCOUNT, "line-1")
+        assert await store.redis.hdel(keys.batches, field) == 1 and await store.redis.hdel(keys.models, field) == 1
+        legacy = await store.pending_charge(ACCOUNT, "line-1")
+        collect = router_pb2.CollectBatchRequest(model="strong", provider_batch_id="pbatch-1", request_ids=["line-1"])
+        collected = await servicer.CollectBatch(collect, NoDeadline())
+    assert legacy is not None and legacy.model is None and legacy.provider_batch is None
     assert collected.ended and collected.lines[0].succeeded
-    strong = REGISTRY.get("strong").at_batch_price()  # type: ignore[union-attr]
-    owed = to_pico(strong.cost_usd(USAGE.input_tokens, USAGE.output_tokens))  # type: ignore[union-attr]
-    tenant_spent, _ = await store.spent(Account("acme", "caller:billing-service"), period_id("day"))
-    assert tenant_spent == owed  # charged 10x less (the cheap model's batch price) when the collect names "cheap"
+    assert (await store.spent(ACCOUNT, period_id("day")))[0] == batch_cost("strong")
+    assert await store.pending_charge(ACCOUNT, "line-1") is None

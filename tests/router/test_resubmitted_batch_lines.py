@@ -3,12 +3,16 @@ deadline passed, or the connection was cut: the router's server closes connectio
 open), finds the lines the router sent meanwhile in their provider batch. Otherwise they are refused as duplicates,
 end in the error file (duplicate_request, charged 0) and are charged their hold, the worst case, when it lapses a day
 later: the tenant pays the most for answers it never gets. A real router gRPC server (its interceptor, auth none)
-over Redis; a providers gRPC server whose Batch API is slow to create a batch; the edge's Deferral."""
+over Redis; a providers gRPC server whose Batch API is slow to create a batch; the edge's Deferral, which then collects
+them."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +22,16 @@ import yaml
 
 from llmrouter.registry import LiveRegistry
 from llmrouter.server import RunningServer, start_server
-from llmrouter.v1 import classifier_pb2_grpc, common_pb2, provider_pb2, provider_pb2_grpc, router_pb2_grpc
+from llmrouter.v1 import classifier_pb2_grpc, common_pb2, provider_pb2, provider_pb2_grpc, router_pb2, router_pb2_grpc
 from services.batches import deferral
 from services.batches.deferral import Deferral
 from services.batches.store import MemoryStore as BatchStore
+from services.batches.store import results_key
 from services.router.cache import MemoryCache
 from services.router.outbox import Outbox
 from services.router.servicer import RouterServicer
 from services.router.settings import RouterSettings
-from services.router.store import Account, RedisStore
+from services.router.store import PICO, Account, Allowance, Hold, RedisStore, period_id
 from tests.router.test_collect_model import REGISTRY
 
 CREATE_S = 1.0  # the provider takes this long to create a batch
@@ -49,6 +54,15 @@ class SlowBatchProvider(provider_pb2_grpc.ProviderServicer):
     async def SubmitBatch(self, request: Any, context: Any) -> provider_pb2.SubmitBatchResponse:
         await asyncio.sleep(CREATE_S)
         return provider_pb2.SubmitBatchResponse(batch_id="pbatch-1")
+
+    async def PollBatch(self, request: Any, context: Any) -> provider_pb2.PollBatchResponse:
+        usage = common_pb2.Usage(input_tokens=10, output_tokens=20)
+        answer = provider_pb2.GenerateResponse(content="the moon", usage=usage, finish_reason="stop")
+        results = [
+            provider_pb2.BatchLineResult(request_id=request_id, succeeded=True, response=answer)
+            for request_id in request.request_ids
+        ]
+        return provider_pb2.PollBatchResponse(status="completed", ended=True, results=results)
 
 
 @pytest.fixture
@@ -83,17 +97,13 @@ async def router(redis_url: str, tmp_path: Path) -> AsyncIterator[tuple[RunningS
         await providers.stop(0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SubmitBatch refuses a line already sent in a provider batch as a duplicate (it is not deferred), so a "
-    "second offer after a lost reply never learns its provider batch: the line is never collected",
-)
 async def test_lines_offered_again_after_a_lost_reply_are_found_in_their_provider_batch(
     router: tuple[RunningServer, RedisStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     running, store = router
+    files = BatchStore()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-        edge = Deferral(BatchStore(), router_pb2_grpc.RouterStub(channel), poll_s=0.1)
+        edge = Deferral(files, router_pb2_grpc.RouterStub(channel), poll_s=0.1)
         monkeypatch.setattr(deferral, "CALL_S", CREATE_S / 4)  # the edge's call ends before the router's reply
         assert await edge.offer(BATCH_ID, dict(BATCH), LINES, set()) is None  # out of reach: resumed later
         monkeypatch.undo()
@@ -107,4 +117,39 @@ async def test_lines_offered_again_after_a_lost_reply_are_found_in_their_provide
         else:
             raise AssertionError("the line was never sent in a provider batch")
         deferred = await edge.offer(BATCH_ID, dict(BATCH), LINES, set())
-    assert deferred == {0: {"model": "strong", "provider_batch_id": "pbatch-1"}}
+        assert deferred == {0: {"model": "strong", "provider_batch_id": "pbatch-1"}}
+        # Collected as any deferred line: answered, and charged its answer rather than its hold.
+        assert await edge.collect(BATCH_ID, dict(BATCH), LINES, deferred, lambda: True)
+        result = json.loads((await files.get(results_key(BATCH_ID)))["0"])
+        settled = await store.pending_charge(Account("acme", "anonymous"), line)
+        spent, _ = await store.spent(Account("acme", "anonymous"), pending.period)
+    assert (
+        result["ok"]
+        and json.loads(result["line"])["response"]["body"]["choices"][0]["message"]["content"] == "the moon"
+    )
+    assert settled is None and 0 < spent < pending.hold_pico and Decimal(result["cost"]) * PICO == spent
+
+
+async def test_a_line_offered_again_with_no_provider_batch_recorded_is_still_refused(
+    router: tuple[RunningServer, RedisStore],
+) -> None:
+    """A line pending with no batch recorded (its batch's creation still running, or its outcome unknown) is not
+    deferred again: no batch's results settle it (it is charged its hold), and its first reply says so."""
+    running, store = router
+    account = Account("acme", "anonymous")
+    unrecorded = Hold("b:c2", 1_000, period_id("day"), "router-1", nonce="0e", until=time.time() + 3600)
+    assert (await store.admit(account, Allowance("day"), unrecorded, "strong")).refused == ""
+    line = router_pb2.CompleteRequest(
+        messages=[common_pb2.ChatMessage(role="user", content="Explain tides")],
+        model="strong",
+        tenant="acme",
+        api_key_id="anonymous",
+        request_id="b:c2",
+    )
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        reply = await router_pb2_grpc.RouterStub(channel).SubmitBatch(
+            router_pb2.SubmitLinesRequest(lines=[line]), timeout=10
+        )
+    assert not reply.lines[0].deferred and not reply.lines[0].provider_batch_id
+    still = await store.pending_charge(account, "b:c2")
+    assert still is not None and still.provider_batch == "" and still.nonce == "0e"

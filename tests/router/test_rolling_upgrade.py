@@ -41,8 +41,8 @@ async def test_an_old_reconciler_still_settles_stale_charges_beside_a_recorded_b
     redis_url: str, old_tree: Path
 ) -> None:
     """The version before builds Pending(**record) of every pending record in its reconcile sweep: a recorded
-    provider batch kept in the record would raise there, and the router holding the reconciler lease would settle
-    no stale charge until upgraded."""
+    provider batch (or model) kept in the record would raise there, and the router holding the reconciler lease would
+    settle no stale charge until upgraded."""
     store = RedisStore(redis_url)
     day = period_id("day")
     try:
@@ -51,7 +51,7 @@ async def test_an_old_reconciler_still_settles_stale_charges_beside_a_recorded_b
         assert (await store.admit(stale, Allowance("day"), old)).refused == ""
         line_account = Account("tenant-batch", "k")
         line = Hold("line", 1_000, day, "router-new", nonce="02", until=time.time() + 3600)
-        assert (await store.admit(line_account, Allowance("day"), line)).refused == ""
+        assert (await store.admit(line_account, Allowance("day"), line, "strong")).refused == ""
         assert await store.record_provider_batch(line_account, line, "batch-1")
         await asyncio.sleep(0.05)  # 'r-stale' is older than the stale_s of 0 s below
         ran = await asyncio.to_thread(
@@ -65,6 +65,6 @@ async def test_an_old_reconciler_still_settles_stale_charges_beside_a_recorded_b
         assert ran.returncode == 0, ran.stderr[-600:]
         assert await store.pending_charge(stale, "r-stale") is None  # the old router settled the stale charge
         recorded = await store.pending_charge(line_account, "line")  # left to its collector, its batch kept
-        assert recorded is not None and recorded.provider_batch == "batch-1"
+        assert recorded is not None and recorded.provider_batch == "batch-1" and recorded.model == "strong"
     finally:
         await store.close()

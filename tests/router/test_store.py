@@ -354,26 +354,30 @@ async def test_settling_one_request_never_drops_another_requests_hold(store: Sto
 
 async def test_a_deferred_line_keeps_its_provider_batch_through_its_charge(store: Store) -> None:
     """A provider batch line's pending charge records the batch it was sent in (only that batch's results settle
-    it), for its own admission only; its charge keeps the batch, so a line settled before is reported from that
-    batch alone. The record is left as it was: a hold beyond a double's precision is unchanged."""
+    it), for its own admission only, and the model it was admitted for (its price); its charge keeps the batch, so a
+    line settled before is reported from that batch alone. The record is left as it was: a hold beyond a double's
+    precision is unchanged."""
     pico = 2**60 + 1
     line = Hold("line-1", pico, DAY, "router-1", nonce="0a1b", until=time.time() + 3600)
-    assert (await store.admit(ACCOUNT, Allowance("day"), line)).refused == ""
-    assert (await store.admit(ACCOUNT, Allowance("day"), hold("plain-1"))).refused == ""
+    assert (await store.admit(ACCOUNT, Allowance("day"), line, "model-ü")).refused == ""
+    assert (await store.admit(ACCOUNT, Allowance("day"), hold("plain-1"), "model-ü")).refused == ""
     unrecorded, plain = [await store.pending_charge(ACCOUNT, r) for r in ("line-1", "plain-1")]
     assert unrecorded is not None and unrecorded.provider_batch == ""  # from admission: a line of this version
-    assert plain is not None and plain.provider_batch is None  # no provider batch line
+    assert unrecorded.model == "model-ü"
+    assert plain is not None and plain.provider_batch is None and plain.model is None  # no provider batch line
     batch = 'batch "7" \\ ünïcode'  # any text the provider names its batch with
     assert not await store.record_provider_batch(ACCOUNT, dataclasses.replace(line, nonce="ffff"), batch)
     assert await store.record_provider_batch(ACCOUNT, line, batch)
     pending = await store.pending_charge(ACCOUNT, "line-1")
     assert pending is not None and pending.provider_batch == batch and pending.hold_pico == pico
+    assert pending.model == "model-ü"
     assert pending.nonce == line.nonce and pending.until == line.until
     assert await store.held_pico(ACCOUNT) == (pico, pico)
     assert await store.charged_batch(ACCOUNT, "line-1") is None
     assert await store.extend(ACCOUNT, Allowance("day"), line, pico + 1) == ""  # a grown hold keeps its batch
     grown = await store.pending_charge(ACCOUNT, "line-1")
     assert grown is not None and grown.provider_batch == batch and grown.hold_pico == pico + 1
+    assert grown.model == "model-ü"
 
     assert await store.charge(ACCOUNT, line, 5, {})
     assert await store.charged_batch(ACCOUNT, "line-1") == batch
@@ -398,7 +402,8 @@ async def test_a_recorded_provider_batch_stays_out_of_the_pending_record_and_goe
     """Routers of the version before provider batches were recorded build Pending(**record) of every pending charge
     in their reconcile sweep, and fail on a field they do not know: a line's batch is kept beside its record, in a
     hash of the shard, and leaves it when the line is charged (by its collect or the reconciler), released or
-    undone. A new admission of the request id starts with no batch, whatever an old router's charge left."""
+    undone; so is the model it was admitted for. A new admission of the request id starts with no batch and its own
+    model, whatever an old router's charge left."""
     store, client = RedisStore(any_redis_url), connect(any_redis_url)
     before = {"tenant", "key", "request_id", "hold_pico", "period", "router", "ts", "nonce", "until"}
     keys = AccountKeys.of(ACCOUNT)
@@ -406,9 +411,10 @@ async def test_a_recorded_provider_batch_stays_out_of_the_pending_record_and_goe
     async def recorded_line(request_id: str, until_s: float = 3600) -> Hold:
         nonce = request_id.encode().hex()  # an undone admission's nonce admits nothing again
         line = Hold(request_id, 1_000, DAY, "router-1", nonce=nonce, until=time.time() + until_s)
-        assert (await store.admit(ACCOUNT, Allowance("day"), line)).refused == ""
+        assert (await store.admit(ACCOUNT, Allowance("day"), line, "strong")).refused == ""
         field = pending_field(ACCOUNT, request_id)
         assert await client.hget(keys.batches, field) == b""  # a batch line of this version, its batch to come
+        assert await client.hget(keys.models, field) == b"strong"
         assert await store.record_provider_batch(ACCOUNT, line, f"batch-{request_id}")
         assert set(json.loads(await client.hget(keys.pending, field))) == before
         assert await client.hget(keys.batches, field) == f"batch-{request_id}".encode()
@@ -428,23 +434,26 @@ async def test_a_recorded_provider_batch_stays_out_of_the_pending_record_and_goe
             await asyncio.sleep(0.05)
         assert await store.pending_charge(ACCOUNT, "lapsed") is None
         assert await store.charged_batch(ACCOUNT, "lapsed") == "batch-lapsed"
-        assert await client.hlen(keys.batches) == 0
-        # Left by a charge that knew no batches hash: the next admission of the id does not inherit it.
+        assert await client.hlen(keys.batches) == 0 and await client.hlen(keys.models) == 0
+        # Left by a charge that knew no batches or models hash: the next admission of the id does not inherit them.
         for request_id, until in (("again", 0.0), ("again-line", time.time() + 60)):
             await client.hset(keys.batches, pending_field(ACCOUNT, request_id), "batch-stale")
+            await client.hset(keys.models, pending_field(ACCOUNT, request_id), "model-stale")
             admitted = Hold(request_id, 1_000, DAY, "router-1", nonce="0b", until=until)
-            assert (await store.admit(ACCOUNT, Allowance("day"), admitted)).refused == ""
+            assert (await store.admit(ACCOUNT, Allowance("day"), admitted, "strong")).refused == ""
         plain, line = [await store.pending_charge(ACCOUNT, r) for r in ("again", "again-line")]
         assert plain is not None and plain.provider_batch is None  # no provider batch line: nothing beside it
+        assert plain.model is None
         assert line is not None and line.provider_batch == ""  # a line whose batch is yet to be recorded
+        assert line.model == "strong"
     finally:
         await client.aclose()
         await store.close()
 
 
-def test_a_pending_record_never_carries_its_provider_batch() -> None:
-    pending = Pending("t", "k", "r", 1, DAY, "router-1", 0.0, "0a", 1.0, provider_batch="batch-1")
-    assert "provider_batch" not in json.loads(pending.to_json())
+def test_a_pending_record_never_carries_its_provider_batch_or_model() -> None:
+    pending = Pending("t", "k", "r", 1, DAY, "router-1", 0.0, "0a", 1.0, provider_batch="batch-1", model="strong")
+    assert not {"provider_batch", "model"} & set(json.loads(pending.to_json()))
     written_by_an_earlier_router = json.dumps({**json.loads(pending.to_json()), "provider_batch": "batch-1"})
     assert Pending.from_json(written_by_an_earlier_router).provider_batch is None
 

@@ -70,6 +70,13 @@ def batches_key(shard: int) -> str:
     return f"{TAGS[shard]}:batches"
 
 
+def models_key(shard: int) -> str:
+    """The model each deferred line of the shard was admitted (and sent) for, a hash: field pending_field(...), value
+    the model's name, written by its admission. Its collect is priced from it, whatever model the caller names. Kept
+    beside the pending charge for the reason batches_key is."""
+    return f"{TAGS[shard]}:models"
+
+
 def limits_key(shard: int) -> str:
     """Operators' limit overrides, a hash from limit_field(scope, name) to pico-USD: a tenant's in its shard,
     a key's in every shard (its tenant, which picks the shard, is not known where the limit is set)."""
@@ -154,6 +161,10 @@ class AccountKeys:
     @property
     def batches(self) -> str:
         return batches_key(self.shard)
+
+    @property
+    def models(self) -> str:
+        return models_key(self.shard)
 
     @property
     def limits(self) -> str:

@@ -127,9 +127,10 @@ ADMIT = (
     + _OPEN
     + """
 -- KEYS: rate, used id, tenant spend, tenant holds, key spend, key holds, limit overrides, pending charges,
---       charged id, undone marker (of this admission's nonce), provider batches
+--       charged id, undone marker (of this admission's nonce), provider batches, models
 -- ARGV: per minute, tenant default limit, key default limit ('' = none), now, hold member, hold expiry, id ttl,
---       hold pico, pending field, pending record, tenant limit field, key limit field, provider batch line ('1')
+--       hold pico, pending field, pending record, tenant limit field, key limit field, provider batch line ('1'),
+--       the model a provider batch line is admitted for ('' = none)
 -- Undone before it ran (it reached the store after the router gave up on it and undid it): nothing happens.
 if redis.call('EXISTS', KEYS[10]) == 1 then return {'undone', '0'} end
 local recorded = redis.call('HGET', KEYS[8], ARGV[9])
@@ -178,6 +179,8 @@ redis.call('HSET', KEYS[8], ARGV[9], ARGV[10])
 -- A provider batch line's batch is '' until recorded: so a line of this version is never taken for one of the
 -- version before (no entry), and a batch left by that version's charge (it knew no batches hash) is dropped.
 if ARGV[13] == '1' then redis.call('HSET', KEYS[11], ARGV[9], '') else redis.call('HDEL', KEYS[11], ARGV[9]) end
+-- Its model likewise: its collect is priced from it, whatever model the caller names.
+if ARGV[14] ~= '' then redis.call('HSET', KEYS[12], ARGV[9], ARGV[14]) else redis.call('HDEL', KEYS[12], ARGV[9]) end
 return {'', '0'}
 """
 )
@@ -186,7 +189,8 @@ CHARGE = (
     _MUST_LAND
     + _HELD
     + """
--- KEYS: charged marker, tenant spend, key spend, ledger, tenant holds, key holds, pending charges, provider batches
+-- KEYS: charged marker, tenant spend, key spend, ledger, tenant holds, key holds, pending charges, provider batches,
+--       models
 -- ARGV: pico, marker ttl, record, spend ttl, hold member, pending field, late ('1': only if still pending),
 --       the reconciler's: the pending record as its sweep read it (absent from routers of the version before)
 -- The reconciler settles only the very record it swept: not one released, charged, grown or undone and admitted
@@ -197,6 +201,7 @@ if ARGV[8] and redis.call('HGET', KEYS[7], ARGV[6]) ~= ARGV[8] then return 0 end
 local batch = redis.call('HGET', KEYS[8], ARGV[6])
 local marker = (batch and batch ~= '') and ('batch:' .. batch) or '1'
 redis.call('HDEL', KEYS[8], ARGV[6])
+redis.call('HDEL', KEYS[9], ARGV[6])
 drop_hold(KEYS[5], KEYS[6], {ARGV[5], held_member(KEYS[7], ARGV[6], ARGV[5])})
 if redis.call('HDEL', KEYS[7], ARGV[6]) == 0 and ARGV[7] == '1' then return 0 end
 if not redis.call('SET', KEYS[1], marker, 'NX', 'EX', ARGV[2]) then return 0 end
@@ -253,10 +258,11 @@ RELEASE = (
     _MUST_LAND
     + _HELD
     + """
--- KEYS: tenant holds, key holds, pending charges, provider batches; ARGV: hold member, pending field
+-- KEYS: tenant holds, key holds, pending charges, provider batches, models; ARGV: hold member, pending field
 drop_hold(KEYS[1], KEYS[2], {ARGV[1], held_member(KEYS[3], ARGV[2], ARGV[1])})
 redis.call('HDEL', KEYS[3], ARGV[2])
 redis.call('HDEL', KEYS[4], ARGV[2])
+redis.call('HDEL', KEYS[5], ARGV[2])
 """
 )
 
@@ -266,7 +272,7 @@ UNDO = (
     _MUST_LAND
     + _HELD
     + """
--- KEYS: tenant holds, key holds, pending charges, used id, undone marker, provider batches
+-- KEYS: tenant holds, key holds, pending charges, used id, undone marker, provider batches, models
 -- ARGV: hold member, pending field, nonce, marker ttl
 redis.call('SET', KEYS[5], '1', 'EX', ARGV[4])
 local record = redis.call('HGET', KEYS[3], ARGV[2])
@@ -274,6 +280,7 @@ if not record or string.match(record, '"nonce":%s*"(%x*)"') ~= ARGV[3] then retu
 drop_hold(KEYS[1], KEYS[2], {held_member(KEYS[3], ARGV[2], ARGV[1])})
 redis.call('HDEL', KEYS[3], ARGV[2])
 redis.call('HDEL', KEYS[6], ARGV[2])
+redis.call('HDEL', KEYS[7], ARGV[2])
 redis.call('DEL', KEYS[4])
 return 1
 """
@@ -296,11 +303,12 @@ return 1
 """
 )
 
-# A pending charge and the provider batch recorded for it, read at one instant: a charge in between two reads
-# would show a recorded line as one with none.
+# A pending charge and the provider batch and model recorded for it, read at one instant: a charge in between two
+# reads would show a recorded line as one with none.
 PENDING_CHARGE = """#!lua flags=no-writes
--- KEYS: pending charges, provider batches; ARGV: pending field
-return {redis.call('HGET', KEYS[1], ARGV[1]), redis.call('HGET', KEYS[2], ARGV[1])}
+-- KEYS: pending charges, provider batches, models; ARGV: pending field
+local field = ARGV[1]
+return {redis.call('HGET', KEYS[1], field), redis.call('HGET', KEYS[2], field), redis.call('HGET', KEYS[3], field)}
 """
 
 # The holds admission counts, of each holds set given (all in the shard of the pending charges given): those not

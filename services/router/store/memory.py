@@ -41,6 +41,7 @@ class MemoryStore:
         self.held: dict[str, dict[str, tuple[float, int]]] = {}  # holds key -> member -> (expiry, pico)
         self.pending: dict[str, Pending] = {}  # as stored: provider_batch always None
         self.batches: dict[str, str] = {}  # pending field -> provider batch (RedisStore's batches hash)
+        self.models: dict[str, str] = {}  # pending field -> a deferred request's model (RedisStore's models hash)
         self.ledger: deque[dict] = deque(maxlen=self.MAX_LEDGER_RECORDS)
         self.ledger_appended = 0  # every record ever appended: the SQL sink's cursor counts against it
         self.rate_window, self.rate_counts = 0, dict[str, int]()
@@ -57,7 +58,7 @@ class MemoryStore:
         ]
         return list(zip(keys.spend(period), keys.held(), limits, ("tenant", "key"), strict=True))
 
-    async def admit(self, account: Account, allowance: Allowance, hold: Hold) -> Verdict:
+    async def admit(self, account: Account, allowance: Allowance, hold: Hold, model: str = "") -> Verdict:
         keys = AccountKeys.of(account)
         if keys.undone(hold.nonce) in self.undone:
             return Verdict("undone")
@@ -97,6 +98,10 @@ class MemoryStore:
             self.batches[pending.field] = ""
         else:
             self.batches.pop(pending.field, None)
+        if hold.until and model:
+            self.models[pending.field] = model
+        else:
+            self.models.pop(pending.field, None)
         return Verdict("")
 
     async def charge(self, account: Account, hold: Hold, pico: int, record: dict, late: bool = False) -> bool:
@@ -122,10 +127,12 @@ class MemoryStore:
             if limit is not None and self.counters.get(spend_key, 0) + others + pico > limit:
                 return name
         field = pending_field(account, hold.request_id)
-        batch = self.batches.get(field)
+        batch, model = self.batches.get(field), self.models.get(field)
         await self.release(account, hold)
-        if batch is not None:  # growing the hold keeps the line's batch, as RedisStore's EXTEND leaves it
+        if batch is not None:  # growing the hold keeps the line's batch and model, as RedisStore's EXTEND leaves them
             self.batches[field] = batch
+        if model is not None:
+            self.models[field] = model
         grown = replace(hold, pico=pico)
         for held_key in keys.held():
             self.held.setdefault(held_key, {})[keys.hold_member(pico, hold.request_id)] = (time.time() + HOLD_S, pico)
@@ -141,6 +148,7 @@ class MemoryStore:
                 self.held.get(held_key, {}).pop(member, None)
         self.pending.pop(pending_field(account, hold.request_id), None)
         self.batches.pop(pending_field(account, hold.request_id), None)
+        self.models.pop(pending_field(account, hold.request_id), None)
 
     async def undo(self, account: Account, hold: Hold) -> bool:
         assert hold.nonce, "only an admission with a nonce can be undone"
@@ -168,7 +176,9 @@ class MemoryStore:
     async def pending_charge(self, account: Account, request_id: str) -> Pending | None:
         field = pending_field(account, request_id)
         pending = self.pending.get(field)
-        return None if pending is None else replace(pending, provider_batch=self.batches.get(field))
+        if pending is None:
+            return None
+        return replace(pending, provider_batch=self.batches.get(field), model=self.models.get(field))
 
     async def record_provider_batch(self, account: Account, hold: Hold, batch_id: str) -> bool:
         pending = self.pending.get(pending_field(account, hold.request_id))

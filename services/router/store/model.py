@@ -89,6 +89,10 @@ class Pending:
     # (deferred.py says how those are settled). Kept beside the record, never in it (keys.py, batches_key): the
     # store fills it in when read.
     provider_batch: str | None = None
+    # A deferred request's model (Store.admit's `model`), recorded by its admission and kept beside the record as
+    # provider_batch is (keys.py, models_key): its collect is priced from it. None when nothing is kept: a request
+    # that is no provider batch line, or a line admitted by a router of the version before (deferred.py).
+    model: str | None = None
 
     @classmethod
     def of(cls, account: Account, hold: Hold) -> Pending:
@@ -106,16 +110,17 @@ class Pending:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Pending:
-        """A stored record; fields this version does not know (written by a newer router) are left out, and so is a
-        provider_batch (the store keeps it beside the record)."""
-        known = {f.name for f in fields(cls)} - {"provider_batch"}
+        """A stored record; fields this version does not know (written by a newer router) are left out, and so are
+        provider_batch and model (the store keeps them beside the record)."""
+        known = {f.name for f in fields(cls)} - set(_BESIDE)
         return cls(**{name: value for name, value in json.loads(text).items() if name in known})
 
     def to_json(self) -> str:
-        """The stored record, without provider_batch: a router of the version before builds a Pending of every
-        record's fields in its reconcile sweep, and one field it does not know would stop that sweep."""
+        """The stored record, without provider_batch and model: a router of the version before builds a Pending of
+        every record's fields in its reconcile sweep, and one field it does not know would stop that sweep."""
         record = asdict(self)
-        del record["provider_batch"]
+        for name in _BESIDE:
+            del record[name]
         return json.dumps(record)
 
     @property
@@ -125,6 +130,10 @@ class Pending:
     def account_and_hold(self) -> tuple[Account, Hold]:
         hold = Hold(self.request_id, self.hold_pico, self.period, self.router, self.nonce, self.until)
         return Account(self.tenant, self.key), hold
+
+
+# Pending's fields the store keeps beside the stored record, never in it (Pending.to_json).
+_BESIDE = ("provider_batch", "model")
 
 
 def pending_field(account: Account, request_id: str) -> str:
@@ -187,11 +196,12 @@ class Store(Protocol):
     """charge, extend and release act on the hold the store holds for the request (its pending charge's), which
     may be larger than the `hold` given when the reply to an extension was lost: none outlives its request."""
 
-    async def admit(self, account: Account, allowance: Allowance, hold: Hold) -> Verdict:
+    async def admit(self, account: Account, allowance: Allowance, hold: Hold, model: str = "") -> Verdict:
         """Let one request in when spend + holds + `hold` fits both budgets (a hold past its expiry counts while its
-        pending charge is open, with that hold; lua.py, _OPEN): its id is then used, it counts
-        against the rate limit, `hold` is held against both budgets and a pending charge is recorded. Nothing
-        changes when it is refused. StoreUnavailable when the store cannot be reached."""
+        pending charge is open, with that hold; lua.py, _OPEN): its id is then used, it counts against the rate
+        limit, `hold` is held against both budgets and a pending charge is recorded (for a deferred request,
+        `model` beside it: Pending.model). Nothing changes when it is refused. StoreUnavailable when the store
+        cannot be reached."""
 
     async def charge(self, account: Account, hold: Hold, pico: int, record: dict, late: bool = False) -> bool:
         """Settle the pending charge: add the cost to both budgets of the hold's period and the record to the

@@ -120,7 +120,7 @@ class RedisStore:
         async with self._calls, _reachable():
             yield
 
-    async def admit(self, account: Account, allowance: Allowance, hold: Hold) -> Verdict:
+    async def admit(self, account: Account, allowance: Allowance, hold: Hold, model: str = "") -> Verdict:
         now = time.time()
         keys = AccountKeys.of(account)
         tenant_spend, key_spend = keys.spend(hold.period)
@@ -139,9 +139,11 @@ class RedisStore:
             limit_field("tenant", account.tenant),
             limit_field("key", account.key),
             "1" if hold.until else "0",  # a provider batch line (deferred)
+            model if hold.until else "",
         ]
         names = [keys.rate(now), keys.used(hold.request_id), tenant_spend, tenant_held, key_spend, key_held]
         names += [keys.limits, keys.pending, keys.charged(hold.request_id), keys.undone(hold.nonce), keys.batches]
+        names.append(keys.models)
         async with self._call():
             refused, remaining = await self._admit(keys=names, args=args)
         return Verdict(_text(refused), int(remaining))
@@ -159,7 +161,7 @@ class RedisStore:
     async def _settle(self, account: Account, hold: Hold, pico: int, record: dict, only: list[str]) -> bool:
         keys = AccountKeys.of(account)
         names = [keys.charged(hold.request_id), *keys.spend(hold.period), keys.ledger, *keys.held(), keys.pending]
-        names.append(keys.batches)
+        names += [keys.batches, keys.models]
         args: list[int | str] = [
             pico,
             self.request_id_ttl_s,
@@ -197,12 +199,13 @@ class RedisStore:
         keys = AccountKeys.of(account)
         args = [keys.hold_member(hold.pico, hold.request_id), pending_field(account, hold.request_id)]
         async with self._call():
-            await self._release(keys=[*keys.held(), keys.pending, keys.batches], args=args)
+            await self._release(keys=[*keys.held(), keys.pending, keys.batches, keys.models], args=args)
 
     async def undo(self, account: Account, hold: Hold) -> bool:
         assert hold.nonce, "only an admission with a nonce can be undone"
         keys = AccountKeys.of(account)
         names = [*keys.held(), keys.pending, keys.used(hold.request_id), keys.undone(hold.nonce), keys.batches]
+        names.append(keys.models)
         member = keys.hold_member(hold.pico, hold.request_id)
         args = [member, pending_field(account, hold.request_id), hold.nonce, self.request_id_ttl_s]
         async with self._call():
@@ -211,10 +214,15 @@ class RedisStore:
     async def pending_charge(self, account: Account, request_id: str) -> Pending | None:
         keys, field = AccountKeys.of(account), pending_field(account, request_id)
         async with self._call():
-            value, batch = await self._pending_charge(keys=[keys.pending, keys.batches], args=[field])
+            names = [keys.pending, keys.batches, keys.models]
+            value, batch, model = await self._pending_charge(keys=names, args=[field])
         if value is None:
             return None
-        return replace(Pending.from_json(value), provider_batch=None if batch is None else _text(batch))
+        return replace(
+            Pending.from_json(value),
+            provider_batch=None if batch is None else _text(batch),
+            model=_text(model) if model else None,
+        )
 
     async def record_provider_batch(self, account: Account, hold: Hold, batch_id: str) -> bool:
         keys = AccountKeys.of(account)
