@@ -63,6 +63,7 @@ class Charger:
     async def settle(self, routed: Routed, response: router_pb2.CompleteResponse, outcome: str = "ok") -> None:
         """Charge once, whatever happens to the caller meanwhile: the charge runs shielded to its end."""
         _cap_at_hold(routed, response)
+        routed.charged = Decimal(response.cost_usd or "0")
         # Settled from here as far as the request goes: a caller that leaves while the charge is on its way must not
         # have its clean-up release the hold beside it (replayed first from the outbox, a release would settle the
         # request at nothing), nor may a charge kept neither by the store nor the outbox (its pending charge left to
@@ -149,9 +150,11 @@ class Charger:
         }
         assert routed.hold is not None  # only admitted requests are served
         try:
-            # Only while its pending charge is open: one the reconciler settled at its hold (this router cut off from
-            # the store past its heartbeat) stays settled, however long ago its charged marker expired.
-            charged = await self.store.charge(routed.account, routed.hold, to_pico(cost), record, late=True)
+            # Not only while its pending charge is open: a store that lost the admission (a crash within its fsync
+            # interval, a failover to a replica behind) is still charged what was served. The charged marker keeps
+            # it once, a reconciler's charge of a router it took for dead included: it outlives any request
+            # (request_id_ttl_s, settings).
+            charged = await self.store.charge(routed.account, routed.hold, to_pico(cost), record)
         except StoreUnavailable:
             # Kept on local disk before the answer is released, and charged once the store is back.
             await self.outbox.add(OutboxCharge(routed.account, routed.hold, to_pico(cost), record))

@@ -34,6 +34,7 @@ class Routed:
     settled: bool = False  # charged (which drops the hold)
     # What failed attempts (fallbacks, escalation) cost: what they consumed, or their worst case if unknown.
     owed: Decimal = Decimal(0)
+    charged: Decimal = Decimal(0)  # what its settlement charged (capped at the hold), a failure's error says it
     failure: str = "failed"  # the ledger outcome when the request ends without an answer
     registry: Registry | None = None  # the snapshot the plan came from, kept for the request's life
     escalation: Mode = "auto"  # when a weak answer is asked again of a stronger tier (escalation.py)

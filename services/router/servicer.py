@@ -100,6 +100,9 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             async with aclosing(self._complete_stream(routed, context)) as chunks:
                 async for chunk in chunks:
                     yield chunk
+        except ServiceError as failed:
+            await self._settle_failed(routed, failed)
+            raise
         finally:
             await self.charger.settle_unsettled(routed, routed.plan.order[0].model)
 
@@ -142,12 +145,17 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         try:
             return await self._complete(routed, context)
         except ServiceError as failed:
-            await self.charger.settle_unsettled(routed, routed.plan.order[0].model)
-            if routed.owed:  # what its failed attempts cost, charged: the caller's error says so (charged_usd)
-                failed.metadata["charged_usd"] = format(routed.owed, "f")
+            await self._settle_failed(routed, failed)
             raise
         finally:
             await self.charger.settle_unsettled(routed, routed.plan.order[0].model)
+
+    async def _settle_failed(self, routed: Routed, failed: ServiceError) -> None:
+        """A request ending in an error is settled first, so the error says what it was charged (charged_usd): what
+        its attempts cost, or what a cut stream delivered."""
+        await self.charger.settle_unsettled(routed, routed.plan.order[0].model)
+        if routed.charged:
+            failed.metadata["charged_usd"] = format(routed.charged, "f")
 
     async def _complete(self, routed: Routed, context: Any) -> router_pb2.CompleteResponse:
         cached = await self.cache.lookup(routed)

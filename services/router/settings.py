@@ -134,6 +134,18 @@ class RouterSettings(GrpcServiceSettings, LedgerSettings):  # the ledger's setti
         return self
 
     @model_validator(mode="after")
+    def _charged_marker_outlasts_requests(self) -> RouterSettings:
+        # A request's charged marker keeps it charged once: a reconciler that took its router for dead (cut off
+        # from the store) charges it at its hold, and the router's own charge must still find the marker.
+        if self.request_id_ttl_s < self.request_timeout_s + CHARGE_LANDS_S:
+            raise ValueError(
+                f"request_id_ttl_s ({self.request_id_ttl_s} s) must be at least request_timeout_s "
+                f"({self.request_timeout_s:g} s) + {CHARGE_LANDS_S} s: a request's charged marker must outlive it, "
+                "or a request the reconciler charged could be charged again by its own router"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _pending_outlasts_requests(self) -> RouterSettings:
         # The reconciler charges every pending charge older than pending_stale_s at its hold, a live router's too: a
         # request still running then would be charged its worst case, and its own charge refused as a repeat.

@@ -1,8 +1,9 @@
 """A request is charged once, also when the reconciler settled it at its hold while it ran: its router was taken for
 dead (cut off from the money store past its heartbeat), then finished the request once the store was back in reach.
-Its own charge must find the pending charge gone and add nothing, however long ago the reconciler's charge (and its
-charged marker, which lives ROUTER_REQUEST_ID_TTL_S) was. The router's servicer over real Redis; a real providers
-gRPC server."""
+Its own charge finds the reconciler's charged marker and adds nothing: the marker lives ROUTER_REQUEST_ID_TTL_S,
+which the router refuses to start with under a request's longest run. (The charge does not require the pending
+charge: a store that lost the admission is still charged what was served, test_charge_after_store_loss.py.) The
+router's servicer over real Redis; a real providers gRPC server."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 import redis.asyncio as redis
 import yaml
+from pydantic import ValidationError
 
 from llmrouter.auth import ANONYMOUS, acting_as
 from llmrouter.registry import LiveRegistry
@@ -60,7 +63,7 @@ async def test_a_request_the_reconciler_settled_is_not_charged_again_by_its_rout
     registry_path = tmp_path / "models.yaml"
     registry_path.write_text(yaml.safe_dump(REGISTRY.model_dump(mode="json", exclude_none=True)))
     settings = RouterSettings(registry_path=registry_path, data_dir=tmp_path / "data", verifier=False)
-    store, reconciler = RedisStore(redis_url), RedisStore(redis_url, request_id_ttl_s=1)
+    store, reconciler = RedisStore(redis_url), RedisStore(redis_url)
     db: Any = redis.from_url(redis_url)
     keys = AccountKeys.of(ACCOUNT)
     try:
@@ -87,13 +90,12 @@ async def test_a_request_the_reconciler_settled_is_not_charged_again_by_its_rout
             completing = asyncio.create_task(complete())
             await held.called.wait()
             # This router never beats (no upkeep runs here, as if cut off from the store): another router's
-            # reconciler settles its request at its hold, with a charged marker of a second.
+            # reconciler settles its request at its hold.
             assert await reconciler.reconcile("router-alive", 0.2, 3600) == 0  # seen missing once
             await asyncio.sleep(0.3)
             assert await reconciler.reconcile("router-alive", 0.2, 3600) == 1
             hold = json.loads((await db.xrange(keys.ledger))[-1][1][b"record"])["cost_usd"]
             spent = await store.spent(ACCOUNT, period_id("day"))
-            await asyncio.sleep(1.2)  # the request runs on; the reconciler's charged marker expires meanwhile
             held.answer.set()  # back in reach, the router finishes the request and charges what it cost
             response = await completing
             await servicer.close()
@@ -106,3 +108,10 @@ async def test_a_request_the_reconciler_settled_is_not_charged_again_by_its_rout
         await db.aclose()
         await store.close()
         await reconciler.close()
+
+
+@pytest.mark.parametrize("ttl", [1, 359])
+def test_a_charged_marker_shorter_than_a_request_may_run_is_refused(ttl: int) -> None:
+    with pytest.raises(ValidationError, match="request_id_ttl_s"):
+        RouterSettings(request_id_ttl_s=ttl)  # request_timeout_s 300 + a minute for the charge to land
+    assert RouterSettings(request_id_ttl_s=360).request_id_ttl_s == 360

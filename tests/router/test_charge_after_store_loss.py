@@ -37,11 +37,6 @@ async def charger(redis_url: str, tmp_path: Path) -> AsyncIterator[charging.Char
     await store.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="charging.py charges with late=True: a charge whose pending charge is gone adds nothing, and a store "
-    "that lost the admission's writes (crash within appendfsync everysec, failover) leaves the answer charged nothing",
-)
 async def test_an_answer_is_charged_when_the_store_lost_its_admission(
     charger: charging.Charger, redis_url: str
 ) -> None:

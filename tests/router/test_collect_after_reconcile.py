@@ -72,8 +72,7 @@ async def router(redis_url: str, tmp_path: Path) -> AsyncIterator[tuple[RouterSe
         registry_path=registry_path,
         data_dir=tmp_path / "data",
         verifier=False,
-        provider_batch_hold_s=HOLD_S,
-        request_id_ttl_s=MARKER_S,
+        provider_batch_hold_s=HOLD_S,  # the store's marker lives MARKER_S: a line's hold outlives a day's marker
     )
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:

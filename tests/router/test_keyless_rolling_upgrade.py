@@ -54,11 +54,6 @@ async def old_admit(old_tree: Path, redis_url: str, tenant: str, day: str, pico:
     return ran.stdout.strip()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="this version charges and holds a keyless request on the tenant's keys only; the version before still "
-    "reads the key budget from {shard}:k:<'anonymous'>:spend/held, which this version no longer writes",
-)
 async def test_the_old_version_sees_the_keyless_spend_of_this_one(redis_url: str, old_tree: Path) -> None:
     store = RedisStore(redis_url)
     day = period_id("day")

@@ -113,19 +113,26 @@ class AccountKeys:
 
     @property
     def _key(self) -> str:
-        # A keyless request's key budget counts its tenant's spend and holds: the same keys, so the scripts add
-        # to a spend or drop a hold once when the two names are one.
-        return self._tenant if self.keyless else f"{TAGS[self.shard]}:k:{self.key_hex}"
+        return f"{TAGS[self.shard]}:k:{self.key_hex}"
 
     def spend(self, period: str) -> tuple[str, str]:
-        """The tenant's and the key's spend in a period (an id from period_id)."""
+        """The tenant's and the key's spend in a period (an id from period_id), as charges add to them."""
         return f"{self._tenant}:spend:{period}", f"{self._key}:spend:{period}"
 
     def held(self) -> tuple[str, str]:
-        """Sorted sets of hold_member(...) members, scored by expiry. The key's set is the key id's in the shard,
-        as its spend (a keyless request's: its tenant's). A key a trusted caller names for two tenants holds
-        each tenant's requests there."""
+        """Sorted sets of hold_member(...) members, scored by expiry, as admissions add to them. The key's set is
+        the key id's in the shard, as its spend: a key a trusted caller names for two tenants holds each tenant's
+        requests there."""
         return f"{self._tenant}:held", f"{self._key}:held"
+
+    def key_budget(self, period: str) -> tuple[str, str]:
+        """The spend and holds the key's budget is checked (and shown) against: the key's, but for a keyless
+        request its tenant's. The keyless id's own spend and holds, shared by the shard's tenants, are still
+        kept: routers of the version before check keyless requests against them (more than the tenant's own,
+        so during a rolling upgrade they over-count, never overspend)."""
+        if self.keyless:
+            return f"{self._tenant}:spend:{period}", f"{self._tenant}:held"
+        return self.spend(period)[1], self.held()[1]
 
     def hold_member(self, pico: int, request_id: str) -> str:
         """A request's member in both holds sets: '<pico>:<tenant hex>:<request id>'. Request ids are per tenant,

@@ -127,7 +127,8 @@ ADMIT = (
     + _OPEN
     + """
 -- KEYS: rate, used id, tenant spend, tenant holds, key spend, key holds, limit overrides, pending charges,
---       charged id, undone marker (of this admission's nonce), provider batches, models
+--       charged id, undone marker (of this admission's nonce), provider batches, models, the spend and holds the
+--       key budget is checked against (keys.py, key_budget: a keyless request's tenant's)
 -- ARGV: per minute, tenant default limit, key default limit ('' = none), now, hold member, hold expiry, id ttl,
 --       hold pico, pending field, pending record, tenant limit field, key limit field, provider batch line ('1'),
 --       the model a provider batch line is admitted for ('' = none)
@@ -143,10 +144,11 @@ if recorded == ARGV[10] then return {'', '0'} end
 if recorded or redis.call('EXISTS', KEYS[2], KEYS[9]) > 0 then return {'duplicate', '0'} end
 local per_minute = tonumber(ARGV[1])
 if per_minute > 0 and tonumber(redis.call('GET', KEYS[1]) or '0') >= per_minute then return {'rate', '0'} end
-local budgets = {{KEYS[3], KEYS[4], ARGV[2], ARGV[11], 'tenant'}, {KEYS[5], KEYS[6], ARGV[3], ARGV[12], 'key'}}
+local budgets = {{KEYS[3], KEYS[4], ARGV[2], ARGV[11], 'tenant'}, {KEYS[13], KEYS[14], ARGV[3], ARGV[12], 'key'}}
+local held = {KEYS[4], KEYS[6]}  -- where the hold goes: the tenant's and the key id's
+for _, holds in ipairs(held) do drop_expired(holds, KEYS[8], ARGV[4]) end
 local tightest, r_hi, r_lo = '', nil, nil
 for _, b in ipairs(budgets) do
-  drop_expired(b[2], KEYS[8], ARGV[4])
   local limit = redis.call('HGET', KEYS[7], b[4]) or b[3]
   if limit ~= '' then
     local u_hi, u_lo = split(redis.call('GET', b[1]) or '0')
@@ -171,9 +173,9 @@ if r_hi ~= nil then
 end
 if per_minute > 0 and redis.call('INCR', KEYS[1]) == 1 then redis.call('EXPIRE', KEYS[1], 61) end
 redis.call('SET', KEYS[2], '1', 'EX', ARGV[7])
-for _, b in ipairs(budgets) do
-  redis.call('ZADD', b[2], ARGV[6], ARGV[5])
-  outlive_holds(b[2])
+for _, holds in ipairs(held) do
+  redis.call('ZADD', holds, ARGV[6], ARGV[5])
+  outlive_holds(holds)
 end
 redis.call('HSET', KEYS[8], ARGV[9], ARGV[10])
 -- A provider batch line's batch is '' until recorded: so a line of this version is never taken for one of the
@@ -205,8 +207,7 @@ redis.call('HDEL', KEYS[9], ARGV[6])
 drop_hold(KEYS[5], KEYS[6], {ARGV[5], held_member(KEYS[7], ARGV[6], ARGV[5])})
 if redis.call('HDEL', KEYS[7], ARGV[6]) == 0 and ARGV[7] == '1' then return 0 end
 if not redis.call('SET', KEYS[1], marker, 'NX', 'EX', ARGV[2]) then return 0 end
--- A keyless request's key spend is its tenant's (keys.py, KEYLESS): one key, added to once.
-for i = 2, KEYS[3] == KEYS[2] and 2 or 3 do
+for i = 2, 3 do
   redis.call('INCRBY', KEYS[i], ARGV[1])
   if tonumber(ARGV[4]) > 0 then redis.call('EXPIRE', KEYS[i], ARGV[4]) end
 end
@@ -221,13 +222,14 @@ EXTEND = (
     + _HELD
     + _OUTLIVE
     + """
--- KEYS: tenant spend, tenant holds, key spend, key holds, limit overrides, pending charges
+-- KEYS: tenant spend, tenant holds, key spend, key holds, limit overrides, pending charges, the spend and holds the
+--       key budget is checked against (keys.py, key_budget)
 -- ARGV: tenant default limit, key default limit ('' = none), old member, new member, new pico, expiry,
 --       pending field, pending record, tenant limit field, key limit field
 -- A request already settled has no hold to grow (its extension arrived late): refused, nothing made again.
 if redis.call('HEXISTS', KEYS[6], ARGV[7]) == 0 then return 'settled' end
 local old = held_member(KEYS[6], ARGV[7], ARGV[3])
-local budgets = {{KEYS[1], KEYS[2], ARGV[1], ARGV[9], 'tenant'}, {KEYS[3], KEYS[4], ARGV[2], ARGV[10], 'key'}}
+local budgets = {{KEYS[1], KEYS[2], ARGV[1], ARGV[9], 'tenant'}, {KEYS[7], KEYS[8], ARGV[2], ARGV[10], 'key'}}
 for _, b in ipairs(budgets) do
   local limit = redis.call('HGET', KEYS[5], b[4]) or b[3]
   if limit ~= '' then
@@ -245,9 +247,9 @@ for _, b in ipairs(budgets) do
   end
 end
 drop_hold(KEYS[2], KEYS[4], {old})
-for _, b in ipairs(budgets) do
-  redis.call('ZADD', b[2], ARGV[6], ARGV[4])
-  outlive_holds(b[2])
+for _, holds in ipairs({KEYS[2], KEYS[4]}) do
+  redis.call('ZADD', holds, ARGV[6], ARGV[4])
+  outlive_holds(holds)
 end
 redis.call('HSET', KEYS[6], ARGV[7], ARGV[8])
 return ''

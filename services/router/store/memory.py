@@ -56,7 +56,8 @@ class MemoryStore:
                 ("key", account.key, allowance.key_pico),
             )
         ]
-        return list(zip(keys.spend(period), keys.held(), limits, ("tenant", "key"), strict=True))
+        tenant, key = (keys.spend(period)[0], keys.held()[0]), keys.key_budget(period)
+        return [(*tenant, limits[0], "tenant"), (*key, limits[1], "key")]
 
     async def admit(self, account: Account, allowance: Allowance, hold: Hold, model: str = "") -> Verdict:
         keys = AccountKeys.of(account)
@@ -91,7 +92,8 @@ class MemoryStore:
             self.rate_counts[subject] = self.rate_counts.get(subject, 0) + 1
         self.used.add(keys.used(hold.request_id))
         for held_key in keys.held():
-            self.held[held_key][keys.hold_member(hold.pico, hold.request_id)] = (hold.until or now + HOLD_S, hold.pico)
+            expires = hold.until or now + HOLD_S
+            self.held.setdefault(held_key, {})[keys.hold_member(hold.pico, hold.request_id)] = (expires, hold.pico)
         pending = Pending.of(account, hold)
         self.pending[pending.field] = pending
         if hold.until:  # a provider batch line: '' until its batch is recorded, as RedisStore's ADMIT
@@ -111,7 +113,7 @@ class MemoryStore:
         keys = AccountKeys.of(account)
         if (late and pending is None) or not self.charged.add(keys.charged(hold.request_id), batch):
             return False
-        for spend_key in set(keys.spend(hold.period)):  # one key for a keyless request (keys.py, KEYLESS)
+        for spend_key in keys.spend(hold.period):
             self.counters[spend_key] = self.counters.get(spend_key, 0) + pico
         self.ledger.append(record)
         self.ledger_appended += 1
@@ -193,7 +195,7 @@ class MemoryStore:
     async def spent(self, account: Account, period: str) -> tuple[int, int]:
         keys = AccountKeys.of(account)
         key_keys = [keys] if account.tenant else key_everywhere(account.key)
-        key = sum(self.counters.get(each.spend(period)[1], 0) for each in key_keys)
+        key = sum(self.counters.get(each.key_budget(period)[0], 0) for each in key_keys)
         return self.counters.get(keys.spend(period)[0], 0), key
 
     async def heartbeat(self, router: str, ttl_s: float) -> None:
@@ -208,7 +210,7 @@ class MemoryStore:
             held = self.held.get(held_key, {}).items()
             return sum(p for m, (expiry, p) in held if expiry > now or self._open(m, p))
 
-        return live(keys.held()[0]), sum(live(each.held()[1]) for each in key_keys)
+        return live(keys.held()[0]), sum(live(each.key_budget("")[1]) for each in key_keys)
 
     async def limit_overrides(self) -> dict[tuple[str, str], int]:
         return {(field.partition(":")[0], field.partition(":")[2]): pico for field, pico in self.limits.items()}

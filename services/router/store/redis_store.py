@@ -143,7 +143,7 @@ class RedisStore:
         ]
         names = [keys.rate(now), keys.used(hold.request_id), tenant_spend, tenant_held, key_spend, key_held]
         names += [keys.limits, keys.pending, keys.charged(hold.request_id), keys.undone(hold.nonce), keys.batches]
-        names.append(keys.models)
+        names += [keys.models, *keys.key_budget(hold.period)]
         async with self._call():
             refused, remaining = await self._admit(keys=names, args=args)
         return Verdict(_text(refused), int(remaining))
@@ -192,6 +192,7 @@ class RedisStore:
             limit_field("key", account.key),
         ]
         names = [tenant_spend, tenant_held, key_spend, key_held, keys.limits, keys.pending]
+        names += keys.key_budget(hold.period)
         async with self._call():
             return _text(await self._extend(keys=names, args=args) or "")
 
@@ -244,7 +245,7 @@ class RedisStore:
         async with self._call(), self.redis.pipeline(transaction=False) as pipe:
             pipe.get(keys.spend(period)[0])
             for each in key_keys:
-                pipe.get(each.spend(period)[1])
+                pipe.get(each.key_budget(period)[0])
             tenant, *key = await pipe.execute()
         return int(tenant or 0), sum(int(v or 0) for v in key)
 
@@ -254,11 +255,12 @@ class RedisStore:
         keys = AccountKeys.of(account)
         async with self._call():
             if account.tenant:
-                tenant, key = await self._held(keys=[keys.pending, *keys.held()], args=[now])
+                held = [keys.held()[0], keys.key_budget("")[1]]  # as admission checks them
+                tenant, key = await self._held(keys=[keys.pending, *held], args=[now])
                 return _held_sum(tenant), _held_sum(key)
             key_held = 0  # an operator's view of one key: its holds in every shard, one script a shard
             for each in key_everywhere(account.key):
-                (members,) = await self._held(keys=[each.pending, each.held()[1]], args=[now])
+                (members,) = await self._held(keys=[each.pending, each.key_budget("")[1]], args=[now])
                 key_held += _held_sum(members)
             (tenant,) = await self._held(keys=[keys.pending, keys.held()[0]], args=[now])
         return _held_sum(tenant), key_held
