@@ -18,6 +18,11 @@ MAX_MESSAGE_CHARS = 2_000
 _DETAILS_KEY = "grpc-status-details-bin"
 
 
+# How gRPC words a call that never reached its server (it could not connect, or resolve its name): the first under
+# pick-first, the second under round-robin (llmrouter.server.CHANNEL_OPTIONS).
+NEVER_CONNECTED = ("failed to connect to all addresses", "connections to all backends failing", "DNS resolution failed")
+
+
 class ServiceError(Exception):
     """Raised by business logic; the server interceptor turns it into a status with details."""
 
@@ -43,6 +48,17 @@ class ServiceError(Exception):
         unserved (CANCELLED: a gRPC server that starts to stop cancels the calls it has received but given to
         no handler yet, which a loaded server can have several of). Neither carries our ErrorInfo."""
         return not self.explained and self.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+
+    @property
+    def cut_mid_call(self) -> bool:
+        """The call reached the service, which then went away (died, or drained past its grace) without answering:
+        UNAVAILABLE without our ErrorInfo, unless gRPC never connected at all. What the call set off may have
+        happened."""
+        return (
+            not self.explained
+            and self.code == grpc.StatusCode.UNAVAILABLE
+            and not self.message.startswith(NEVER_CONNECTED)
+        )
 
     def trailing_metadata(self) -> tuple[tuple[str, bytes], ...]:
         info = error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN, metadata=self.metadata)

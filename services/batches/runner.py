@@ -59,9 +59,11 @@ MISSING_INPUT = ("input_file_missing", "The batch's input file is no longer stor
 
 @dataclass(frozen=True)
 class Refused:
-    """The router did not admit a line for now; retry_after_s: when it said to try again, if it did."""
+    """The router did not admit a line for now; retry_after_s: when it said to try again, if it did. `maybe`: or
+    did it, and died mid-call without answering (ServiceError.cut_mid_call)."""
 
     retry_after_s: float | None
+    maybe: bool = False
 
 
 class Runner:
@@ -181,7 +183,7 @@ class Runner:
                         cancelled = True  # the lines in flight finish; no more are sent
                         break
                     index = pending.take()
-                    group.create_task(self._line(batch_id, batch, index, lines[index], pending, index in in_doubt))
+                    group.create_task(self._line(batch_id, batch, index, lines[index], pending, in_doubt))
             if expired:
                 await self._expire(batch_id, lines, deferred)
             # The lines in provider batches finish too, cancelled, expired or not: they run at the provider, within
@@ -213,15 +215,24 @@ class Runner:
         return (await self.store.get(batch_key(batch_id))).get("status") == b"cancelling"
 
     async def _line(
-        self, batch_id: str, batch: dict[str, bytes], index: int, line: dict[str, Any], pending: Pending, doubt: bool
+        self,
+        batch_id: str,
+        batch: dict[str, bytes],
+        index: int,
+        line: dict[str, Any],
+        pending: Pending,
+        in_doubt: set[int],
     ) -> None:
-        """Send one line and record its result; `doubt`: it was sent before and may have been admitted then."""
+        """Send one line and record its result. `in_doubt`: the run's lines sent before that may have been admitted
+        then (resent past the window: only the router knows)."""
         try:
             custom_id = line["custom_id"]
             await self.store.put(sent_key(batch_id), {str(index): SENT})
             answered = await self._complete(batch, f"{batch_id}:{custom_id}", line["body"])
             if isinstance(answered, Refused):
-                if not doubt:  # never admitted. A line in doubt stays so: its first sending may have been
+                if answered.maybe:  # perhaps admitted by a router that died mid-call: in doubt
+                    in_doubt.add(index)
+                elif index not in in_doubt:  # never admitted (a line in doubt stays so: sent before, maybe admitted)
                     await self.store.put(sent_key(batch_id), {str(index): REFUSED})
                 pending.refused(index, answered.retry_after_s)  # it waits parked, holding no slot
                 return
@@ -249,7 +260,7 @@ class Runner:
         except grpc.RpcError as err:
             error = ServiceError.from_rpc_error(err)
             if not_admitted(error):
-                return Refused(_seconds(error.metadata.get("retry_after_s", "")))
+                return Refused(_seconds(error.metadata.get("retry_after_s", "")), error.cut_mid_call)
             api_error = self.error_for(err, request_id)
             body = api_error.body()
             if api_error.charged_usd:  # the error file says what the failed line was charged, as the ledger does

@@ -12,7 +12,7 @@ from typing import Any
 
 import grpc
 
-from llmrouter.errors import ServiceError
+from llmrouter.errors import NEVER_CONNECTED, ServiceError
 from llmrouter.registry import ModelSpec
 from llmrouter.tokens import count_tokens
 from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc
@@ -34,10 +34,6 @@ FALLBACK_CODES = {
 }
 # Failures after which the upstream may have generated (and billed) anything up to the attempt's worst case.
 UNKNOWN_OUTCOME = {grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
-# How gRPC words a call that never reached the providers service (it could not connect, or resolve its name): the
-# first under pick-first, the second under round-robin (the router's channel, llmrouter.server.CHANNEL_OPTIONS).
-# Any other call that broke between the services may have been sent upstream before the providers went away.
-NEVER_CONNECTED = ("failed to connect to all addresses", "connections to all backends failing", "DNS resolution failed")
 # A fallback (or escalation) with less of the request's time left than this would time out before reaching its
 # upstream, and be charged its worst case as an unknown outcome all the same: none is made.
 MIN_FALLBACK_S = 0.1

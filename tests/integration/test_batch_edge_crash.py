@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -25,6 +26,7 @@ from tests.conftest import ROOT, ledger_records
 from tests.fakes import Fault
 from tests.integration.conftest import Chain, free_port, start_edge
 from tests.integration.test_batches import small_file
+from tests.integration.test_money_faults import RouterProcess
 from tests.integration.test_provider_batches import finished
 
 WINDOW_S = 3
@@ -123,3 +125,57 @@ async def test_a_line_in_flight_when_the_edge_dies_is_not_reported_never_sent_af
     assert in_doubt["response"]["body"]["error"]["code"] == "duplicate_request"
     assert output == ""
     assert {r["request_id"] for r in ledger} <= {f"{batch.id}:doomed-0"}
+
+
+async def test_a_line_in_flight_when_the_router_dies_is_not_reported_never_sent_after_the_window(
+    chain: Chain, tmp_path: Path
+) -> None:
+    """The router process is SIGKILLed with a line admitted and at the upstream: the edge's call breaks mid-way
+    (UNAVAILABLE, no answer), which may follow an admission. The window ends before a router is back: the line is
+    sent again then, refused as a duplicate (the reconciler charges its hold), never reported as never sent."""
+    tenant, key = f"router-dies-{secrets.token_hex(4)}", f"sk-router-dies-{secrets.token_urlsafe(12)}"
+    router_port = free_port()
+    env = {"ROUTER_PORT": str(router_port), "ROUTER_REDIS_URL": chain.redis_url}
+    doomed = RouterProcess(chain, tmp_path, **env)
+    await doomed.ready()
+    settings = EdgeSettings(
+        port=free_port(),
+        router_addr=f"127.0.0.1:{router_port}",
+        api_keys=key_line(tenant, key),
+        batch_redis_url=chain.redis_url,
+        batch_concurrency=1,
+        batch_window_s=WINDOW_S,
+    )
+    edge, task, channel = await start_edge(settings)
+    client = AsyncOpenAI(base_url=f"http://127.0.0.1:{settings.port}/v1", api_key=key, max_retries=0)
+    seen = len(chain.budget.requests)
+    revived: RouterProcess | None = None
+    try:
+        uploaded = await client.files.create(file=("doomed.jsonl", small_file("doomed", 2)), purpose="batch")
+        chain.budget.enqueue(Fault.delay(3))
+        batch = await client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        deadline = time.monotonic() + 20
+        while len(chain.budget.requests) == seen:
+            assert time.monotonic() < deadline, "the first line never reached the upstream"
+            await asyncio.sleep(0.02)
+        doomed.kill()
+        await asyncio.sleep(max(0.0, batch.expires_at + 0.5 - time.time()))  # the window ends with no router
+        revived = RouterProcess(chain, tmp_path, **env)
+        await revived.ready()
+        batch = await finished(client, batch.id, timeout_s=30)
+        errors = [json.loads(e) for e in (await client.files.content(batch.error_file_id)).text.splitlines()]
+    finally:
+        await client.close()
+        edge.should_exit = True
+        await task
+        await channel.close()
+        doomed.kill()
+        if revived is not None:
+            revived.kill()
+    by_line = {e["custom_id"]: e for e in errors}
+    assert batch.status == "expired" and by_line["doomed-1"]["error"]["code"] == "batch_expired"
+    in_doubt = by_line["doomed-0"]
+    assert in_doubt["error"] is None and in_doubt["response"]["status_code"] == 409, in_doubt
+    assert in_doubt["response"]["body"]["error"]["code"] == "duplicate_request"
