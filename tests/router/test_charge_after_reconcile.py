@@ -12,20 +12,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 import redis.asyncio as redis
-import yaml
 from pydantic import ValidationError
 
 from llmrouter.auth import ANONYMOUS, acting_as
-from llmrouter.registry import LiveRegistry
-from llmrouter.v1 import classifier_pb2_grpc, common_pb2, provider_pb2, provider_pb2_grpc, router_pb2
-from services.router.cache import MemoryCache
-from services.router.outbox import Outbox
-from services.router.servicer import RouterServicer
+from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2
 from services.router.settings import RouterSettings
 from services.router.store import Account, AccountKeys, RedisStore, key_id, period_id
+from tests.router.servicer_kit import NoDeadline, router_servicer
 from tests.router.test_admission import REGISTRY
 
 ACCOUNT = Account("acme", key_id(""))
@@ -47,37 +42,15 @@ class Held(provider_pb2_grpc.ProviderServicer):
         return provider_pb2.GenerateResponse(content="an answer", usage=usage, model=request.model)
 
 
-class NoDeadline:
-    def time_remaining(self) -> float | None:
-        return None
-
-
 async def test_a_request_the_reconciler_settled_is_not_charged_again_by_its_router(
     tmp_path: Path, redis_url: str
 ) -> None:
     held = Held()
-    providers = grpc.aio.server()
-    provider_pb2_grpc.add_ProviderServicer_to_server(held, providers)
-    port = providers.add_insecure_port("127.0.0.1:0")
-    await providers.start()
-    registry_path = tmp_path / "models.yaml"
-    registry_path.write_text(yaml.safe_dump(REGISTRY.model_dump(mode="json", exclude_none=True)))
-    settings = RouterSettings(registry_path=registry_path, data_dir=tmp_path / "data", verifier=False)
     store, reconciler = RedisStore(redis_url), RedisStore(redis_url)
     db: Any = redis.from_url(redis_url)
     keys = AccountKeys.of(ACCOUNT)
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            servicer = RouterServicer(
-                settings,
-                LiveRegistry(registry_path, "router"),
-                store,
-                MemoryCache(),
-                Outbox(settings.data_dir),
-                classifier_pb2_grpc.ClassifierStub(channel),  # never asked: the request names its model
-                provider_pb2_grpc.ProviderStub(channel),
-                None,
-            )
+        async with router_servicer(tmp_path, store, held) as servicer:
             message = common_pb2.ChatMessage(role="user", content="Hello there")
             request = router_pb2.CompleteRequest(
                 messages=[message], tenant=ACCOUNT.tenant, model="cheap", max_tokens=50, request_id="r-long"
@@ -98,13 +71,11 @@ async def test_a_request_the_reconciler_settled_is_not_charged_again_by_its_rout
             spent = await store.spent(ACCOUNT, period_id("day"))
             held.answer.set()  # back in reach, the router finishes the request and charges what it cost
             response = await completing
-            await servicer.close()
         assert response.content == "an answer"
         assert await store.spent(ACCOUNT, period_id("day")) == spent  # once, at the hold
         records = [json.loads(r[b"record"]) for _, r in await db.xrange(keys.ledger)]
         assert [(r["request_id"], r["outcome"], r["cost_usd"]) for r in records] == [("r-long", "reconciled", hold)]
     finally:
-        await providers.stop(0)
         await db.aclose()
         await store.close()
         await reconciler.close()

@@ -13,20 +13,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
-import yaml
 
 from llmrouter.auth import acting_as
-from llmrouter.registry import LiveRegistry
-from llmrouter.v1 import classifier_pb2_grpc, provider_pb2, provider_pb2_grpc, router_pb2
-from services.router.cache import MemoryCache
-from services.router.outbox import Outbox
+from llmrouter.v1 import provider_pb2, router_pb2
 from services.router.servicer import RouterServicer
-from services.router.settings import RouterSettings
 from services.router.store import Account, Pending, RedisStore, period_id
 from tests.conftest import ledger_records
-from tests.router.test_collect_model import ACCOUNT, LINE, REGISTRY, TENANT_CALLER, BatchProvider, NoDeadline
+from tests.router.servicer_kit import NoDeadline, router_servicer
+from tests.router.test_collect_model import ACCOUNT, LINE, REGISTRY, TENANT_CALLER, BatchProvider
 
 HOLD_S = 1.0  # ROUTER_PROVIDER_BATCH_HOLD_S, its least
 MARKER_S = 1  # ROUTER_REQUEST_ID_TTL_S: the charged marker's life
@@ -62,35 +57,13 @@ class ArmingProvider(BatchProvider):
 @pytest.fixture
 async def router(redis_url: str, tmp_path: Path) -> AsyncIterator[tuple[RouterServicer, ReconciledMeanwhile]]:
     store = ReconciledMeanwhile(redis_url, request_id_ttl_s=MARKER_S)
-    providers = grpc.aio.server()
-    provider_pb2_grpc.add_ProviderServicer_to_server(ArmingProvider(store), providers)
-    port = providers.add_insecure_port("127.0.0.1:0")
-    await providers.start()
-    registry_path = tmp_path / "models.yaml"
-    registry_path.write_text(yaml.safe_dump(REGISTRY.model_dump(mode="json", exclude_none=True)))
-    settings = RouterSettings(
-        registry_path=registry_path,
-        data_dir=tmp_path / "data",
-        verifier=False,
-        provider_batch_hold_s=HOLD_S,  # the store's marker lives MARKER_S: a line's hold outlives a day's marker
-    )
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            servicer = RouterServicer(
-                settings,
-                LiveRegistry(registry_path, "router"),
-                store,
-                MemoryCache(),
-                Outbox(settings.data_dir),
-                classifier_pb2_grpc.ClassifierStub(channel),  # never asked: every line names its model
-                provider_pb2_grpc.ProviderStub(channel),
-                None,
-            )
+        # The store's marker lives MARKER_S: a line's hold outlives a day's marker.
+        provider = ArmingProvider(store)
+        async with router_servicer(tmp_path, store, provider, REGISTRY, provider_batch_hold_s=HOLD_S) as servicer:
             yield servicer, store
-            await servicer.close()
     finally:
         await store.close()
-        await providers.stop(0)
 
 
 async def test_a_line_the_reconciler_settled_during_its_collect_is_not_charged_again(

@@ -12,18 +12,15 @@ from typing import Any
 
 import grpc
 import pytest
-import yaml
 
 from llmrouter.auth import Identity, acting_as
 from llmrouter.errors import ServiceError
-from llmrouter.registry import LiveRegistry, Registry
-from llmrouter.v1 import classifier_pb2_grpc, common_pb2, provider_pb2, provider_pb2_grpc, router_pb2
-from services.router.cache import MemoryCache
-from services.router.outbox import Outbox
+from llmrouter.registry import Registry
+from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2
 from services.router.servicer import RouterServicer
-from services.router.settings import RouterSettings
 from services.router.store import Account, AccountKeys, RedisStore, pending_field, period_id, to_pico
 from tests.conftest import ledger_records
+from tests.router.servicer_kit import NoDeadline, router_servicer
 
 REGISTRY = Registry.model_validate(
     {
@@ -77,36 +74,12 @@ class BatchProvider(provider_pb2_grpc.ProviderServicer):
 
 @pytest.fixture
 async def router(redis_url: str, tmp_path: Path) -> AsyncIterator[tuple[RouterServicer, RedisStore]]:
-    providers = grpc.aio.server()
-    provider_pb2_grpc.add_ProviderServicer_to_server(BatchProvider(), providers)
-    port = providers.add_insecure_port("127.0.0.1:0")
-    await providers.start()
-    registry_path = tmp_path / "models.yaml"
-    registry_path.write_text(yaml.safe_dump(REGISTRY.model_dump(mode="json", exclude_none=True)))
-    settings = RouterSettings(registry_path=registry_path, data_dir=tmp_path / "data", verifier=False)
     store = RedisStore(redis_url)
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            servicer = RouterServicer(
-                settings,
-                LiveRegistry(registry_path, "router"),
-                store,
-                MemoryCache(),
-                Outbox(settings.data_dir),
-                classifier_pb2_grpc.ClassifierStub(channel),  # never asked: every line names its model
-                provider_pb2_grpc.ProviderStub(channel),
-                None,
-            )
+        async with router_servicer(tmp_path, store, BatchProvider(), REGISTRY) as servicer:
             yield servicer, store
-            await servicer.close()
     finally:
         await store.close()
-        await providers.stop(0)
-
-
-class NoDeadline:
-    def time_remaining(self) -> float | None:
-        return None
 
 
 async def test_a_line_is_charged_at_its_own_models_batch_price_whatever_model_the_collect_names(

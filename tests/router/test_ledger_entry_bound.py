@@ -15,19 +15,15 @@ from typing import Any
 import grpc
 import pytest
 import redis.asyncio as redis
-import yaml
 
 from llmrouter.auth import ANONYMOUS, acting_as
 from llmrouter.errors import ServiceError
-from llmrouter.registry import LiveRegistry
-from llmrouter.v1 import classifier_pb2_grpc, common_pb2, provider_pb2, provider_pb2_grpc, router_pb2
+from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2
 from services.edge.openai_api import parse_request
 from services.router.admission import MAX_ID_CHARS
-from services.router.cache import MemoryCache
-from services.router.outbox import Outbox
 from services.router.servicer import RouterServicer
-from services.router.settings import RouterSettings
 from services.router.store import SHARDS, RedisStore, ledger_key
+from tests.router.servicer_kit import NoDeadline, router_servicer
 from tests.router.test_admission import REGISTRY
 
 SESSION_ID = "s" * (4 * 1024 * 1024)  # 4 MiB, well inside the edge's 8 MiB body limit
@@ -43,38 +39,14 @@ class Answering(provider_pb2_grpc.ProviderServicer):
         return provider_pb2.GenerateResponse(content="ok", usage=usage, model=request.model, finish_reason="stop")
 
 
-class NoDeadline:
-    def time_remaining(self) -> float | None:
-        return None
-
-
 @pytest.fixture
 async def servicer(redis_url: str, tmp_path: Path) -> AsyncIterator[RouterServicer]:
-    providers = grpc.aio.server()
-    provider_pb2_grpc.add_ProviderServicer_to_server(Answering(), providers)
-    port = providers.add_insecure_port("127.0.0.1:0")
-    await providers.start()
-    registry_path = tmp_path / "models.yaml"
-    registry_path.write_text(yaml.safe_dump(REGISTRY.model_dump(mode="json", exclude_none=True)))
-    settings = RouterSettings(registry_path=registry_path, data_dir=tmp_path / "data", verifier=False)
     store = RedisStore(redis_url)
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            made = RouterServicer(
-                settings,
-                LiveRegistry(registry_path, "router"),
-                store,
-                MemoryCache(),
-                Outbox(settings.data_dir),
-                classifier_pb2_grpc.ClassifierStub(channel),  # never asked: the request names its model
-                provider_pb2_grpc.ProviderStub(channel),
-                None,
-            )
+        async with router_servicer(tmp_path, store, Answering()) as made:
             yield made
-            await made.close()
     finally:
         await store.close()
-        await providers.stop(0)
 
 
 async def test_a_callers_session_id_cannot_make_its_ledger_entry_megabytes(

@@ -16,6 +16,7 @@ from llmrouter.errors import ServiceError
 from llmrouter.server import CHANNEL_OPTIONS
 from llmrouter.v1 import provider_pb2, provider_pb2_grpc
 from services.router.serving import Serving, StreamState, worst_usd
+from tests.router.servicer_kit import NoDeadline
 from tests.router.test_admission import REGISTRY, request, routed
 
 
@@ -34,11 +35,6 @@ class Generating(provider_pb2_grpc.ProviderServicer):
         self.called.set()
         await asyncio.sleep(30)
         yield provider_pb2.GenerateChunk(delta="never")
-
-
-class NoDeadline:
-    def time_remaining(self) -> float | None:
-        return None
 
 
 async def start(servicer: Generating) -> tuple[grpc.aio.Server, int]:

@@ -18,20 +18,15 @@ from typing import Any
 
 import grpc
 import pytest
-import yaml
 
-from llmrouter.registry import LiveRegistry
 from llmrouter.server import RunningServer, start_server
-from llmrouter.v1 import classifier_pb2_grpc, common_pb2, provider_pb2, provider_pb2_grpc, router_pb2, router_pb2_grpc
+from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2, router_pb2_grpc
 from services.batches import deferral
 from services.batches.deferral import Deferral
 from services.batches.store import MemoryStore as BatchStore
 from services.batches.store import results_key
-from services.router.cache import MemoryCache
-from services.router.outbox import Outbox
-from services.router.servicer import RouterServicer
-from services.router.settings import RouterSettings
 from services.router.store import PICO, Account, Allowance, Hold, RedisStore, period_id
+from tests.router.servicer_kit import router_servicer
 from tests.router.test_collect_model import REGISTRY
 
 CREATE_S = 1.0  # the provider takes this long to create a batch
@@ -67,34 +62,16 @@ class SlowBatchProvider(provider_pb2_grpc.ProviderServicer):
 
 @pytest.fixture
 async def router(redis_url: str, tmp_path: Path) -> AsyncIterator[tuple[RunningServer, RedisStore]]:
-    providers = grpc.aio.server()
-    provider_pb2_grpc.add_ProviderServicer_to_server(SlowBatchProvider(), providers)
-    port = providers.add_insecure_port("127.0.0.1:0")
-    await providers.start()
-    registry_path = tmp_path / "models.yaml"
-    registry_path.write_text(yaml.safe_dump(REGISTRY.model_dump(mode="json", exclude_none=True)))
-    settings = RouterSettings(port=0, registry_path=registry_path, data_dir=tmp_path / "data", verifier=False)
     store = RedisStore(redis_url)
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            servicer = RouterServicer(
-                settings,
-                LiveRegistry(registry_path, "router"),
-                store,
-                MemoryCache(),
-                Outbox(settings.data_dir),
-                classifier_pb2_grpc.ClassifierStub(channel),  # never asked: every line names its model
-                provider_pb2_grpc.ProviderStub(channel),
-                None,
-            )
+        async with router_servicer(tmp_path, store, SlowBatchProvider(), REGISTRY, port=0) as servicer:
             add = router_pb2_grpc.add_RouterServicer_to_server
-            running = await start_server("router", settings, {"llmrouter.v1.Router": lambda srv: add(servicer, srv)})
+            registrations = {"llmrouter.v1.Router": lambda srv: add(servicer, srv)}
+            running = await start_server("router", servicer.settings, registrations)
             yield running, store
             await running.stop(1)
-            await servicer.close()
     finally:
         await store.close()
-        await providers.stop(0)
 
 
 async def test_lines_offered_again_after_a_lost_reply_are_found_in_their_provider_batch(

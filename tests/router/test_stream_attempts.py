@@ -12,6 +12,7 @@ import pytest
 from services.router.routed import Routed
 from services.router.serving import Serving, StreamState, worst_usd
 from services.router.store import Account, Allowance, Hold, MemoryStore
+from tests.router.servicer_kit import NoDeadline
 from tests.router.test_admission import request, routed
 
 
@@ -39,11 +40,6 @@ class TimedOutCall:
 class TimingOutProviders:
     def GenerateStream(self, request: Any, timeout: float | None = None) -> TimedOutCall:
         return TimedOutCall()
-
-
-class NoDeadline:
-    def time_remaining(self) -> float | None:
-        return None
 
 
 async def test_a_caller_leaving_while_the_hold_grows_for_a_fallback_leaves_no_attempt_to_charge_again() -> None:

@@ -10,17 +10,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import grpc
-import yaml
-
 from llmrouter.auth import ANONYMOUS, acting_as
-from llmrouter.registry import LiveRegistry
-from llmrouter.v1 import classifier_pb2_grpc, common_pb2, provider_pb2, provider_pb2_grpc, router_pb2
-from services.router.cache import MemoryCache
-from services.router.outbox import Outbox
-from services.router.servicer import RouterServicer
-from services.router.settings import RouterSettings
+from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2
 from services.router.store import Account, Hold, MemoryStore, StoreUnavailable, period_id, to_pico
+from tests.router.servicer_kit import NoDeadline, router_servicer
 from tests.router.test_admission import REGISTRY
 
 
@@ -59,49 +52,25 @@ class Unreachable(MemoryStore):
         await super().release(account, hold)
 
 
-class NoDeadline:
-    def time_remaining(self) -> float | None:
-        return None
-
-
 async def test_a_caller_leaving_while_its_stream_is_charged_never_has_the_hold_released_beside_it(
     tmp_path: Path,
 ) -> None:
-    providers = grpc.aio.server()
-    provider_pb2_grpc.add_ProviderServicer_to_server(Answering(), providers)
-    port = providers.add_insecure_port("127.0.0.1:0")
-    await providers.start()
-    registry_path = tmp_path / "models.yaml"
-    registry_path.write_text(yaml.safe_dump(REGISTRY.model_dump(mode="json", exclude_none=True)))
-    settings = RouterSettings(registry_path=registry_path, data_dir=tmp_path / "data", verifier=False)
-    store, outbox = Unreachable(), Outbox(settings.data_dir)
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            servicer = RouterServicer(
-                settings,
-                LiveRegistry(registry_path, "router"),
-                store,
-                MemoryCache(),
-                outbox,
-                classifier_pb2_grpc.ClassifierStub(channel),  # never asked: the request names its model
-                provider_pb2_grpc.ProviderStub(channel),
-                None,
-            )
-            message = common_pb2.ChatMessage(role="user", content="Hello there")
-            request = router_pb2.CompleteRequest(messages=[message], tenant="t", model="cheap", max_tokens=50)
+    store = Unreachable()
+    async with router_servicer(tmp_path, store, Answering()) as servicer:
+        message = common_pb2.ChatMessage(role="user", content="Hello there")
+        request = router_pb2.CompleteRequest(messages=[message], tenant="t", model="cheap", max_tokens=50)
 
-            async def read() -> None:
-                with acting_as(ANONYMOUS):
-                    async for _ in servicer.CompleteStream(request, NoDeadline()):
-                        store.down = True  # the partition begins once the request was admitted
+        async def read() -> None:
+            with acting_as(ANONYMOUS):
+                async for _ in servicer.CompleteStream(request, NoDeadline()):
+                    store.down = True  # the partition begins once the request was admitted
 
-            reading = asyncio.create_task(read())
-            await store.charging.wait()  # every token delivered, the charge on its way
-            reading.cancel()  # the caller leaves before the final chunk
-            await asyncio.gather(reading, return_exceptions=True)
-            await servicer.close()  # the shielded charge runs to its end: into the outbox
-    finally:
-        await providers.stop(0)
+        reading = asyncio.create_task(read())
+        await store.charging.wait()  # every token delivered, the charge on its way
+        reading.cancel()  # the caller leaves before the final chunk
+        await asyncio.gather(reading, return_exceptions=True)
+        await servicer.close()  # the shielded charge runs to its end: into the outbox
+    outbox, settings = servicer.charger.outbox, servicer.settings
     store.down = False
     await outbox.replay(store)
     charged = to_pico(REGISTRY.get("cheap").cost_usd(10, 5))  # type: ignore[union-attr]

@@ -1,0 +1,65 @@
+"""The router's servicer, called directly as the gRPC server would: over a money store the test chooses, a real
+providers gRPC server on loopback serving the test's provider, and a registry (test_admission.REGISTRY unless
+given). The classifier is never asked: the requests name their model."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import grpc
+import yaml
+
+from llmrouter.registry import LiveRegistry, Registry
+from llmrouter.v1 import classifier_pb2_grpc, provider_pb2_grpc
+from services.router.cache import MemoryCache
+from services.router.outbox import Outbox
+from services.router.servicer import RouterServicer
+from services.router.settings import RouterSettings
+from services.router.store import Store
+from tests.router.test_admission import REGISTRY
+
+
+class NoDeadline:
+    """A gRPC context whose caller set no deadline."""
+
+    def time_remaining(self) -> float | None:
+        return None
+
+
+@asynccontextmanager
+async def router_servicer(
+    tmp_path: Path,
+    store: Store,
+    provider: provider_pb2_grpc.ProviderServicer,
+    registry: Registry = REGISTRY,
+    **settings: Any,
+) -> AsyncIterator[RouterServicer]:
+    """Closed (its charges still running finish) before the providers server stops; the store is the caller's."""
+    providers = grpc.aio.server()
+    provider_pb2_grpc.add_ProviderServicer_to_server(provider, providers)
+    port = providers.add_insecure_port("127.0.0.1:0")
+    await providers.start()
+    registry_path = tmp_path / "models.yaml"
+    registry_path.write_text(yaml.safe_dump(registry.model_dump(mode="json", exclude_none=True)))
+    config = RouterSettings(registry_path=registry_path, data_dir=tmp_path / "data", verifier=False, **settings)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            servicer = RouterServicer(
+                config,
+                LiveRegistry(registry_path, "router"),
+                store,
+                MemoryCache(),
+                Outbox(config.data_dir),
+                classifier_pb2_grpc.ClassifierStub(channel),
+                provider_pb2_grpc.ProviderStub(channel),
+                None,
+            )
+            try:
+                yield servicer
+            finally:
+                await servicer.close()
+    finally:
+        await providers.stop(0)
