@@ -4,15 +4,12 @@ spends or holds must be seen by the other, or the key budget is overspent while 
 
 from __future__ import annotations
 
-import asyncio
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from services.router.store import KEYLESS, PICO, Account, Allowance, Hold, RedisStore, period_id
-from tests.ci import missing
+from tests.router.old_version import checkout, run
 
 BEFORE = "cb31851"  # the version before keyless requests were held to their tenant's spend
 KEY_LIMIT = int(PICO)  # the key budget: 1 USD
@@ -33,25 +30,11 @@ asyncio.run(main())
 
 @pytest.fixture
 def old_tree(tmp_path: Path) -> Path:
-    repo = Path(__file__).resolve().parents[2]
-    archive = subprocess.run(["git", "-C", str(repo), "archive", BEFORE, "services", "llmrouter"], capture_output=True)
-    if archive.returncode:
-        missing(f"commit {BEFORE} is not in this checkout (a shallow clone?): the upgrade test runs its code")
-    subprocess.run(["tar", "-x", "-C", str(tmp_path)], input=archive.stdout, check=True)
-    return tmp_path
+    return checkout(BEFORE, tmp_path)
 
 
 async def old_admit(old_tree: Path, redis_url: str, tenant: str, day: str, pico: int) -> str:
-    ran = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-c", OLD_ADMIT, redis_url, tenant, day, str(pico), str(KEY_LIMIT)],
-        cwd=old_tree,
-        env={"PYTHONPATH": str(old_tree), "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-    )
-    assert ran.returncode == 0, ran.stderr[-600:]
-    return ran.stdout.strip()
+    return await run(old_tree, OLD_ADMIT, redis_url, tenant, day, str(pico), str(KEY_LIMIT))
 
 
 async def test_the_old_version_sees_the_keyless_spend_of_this_one(redis_url: str, old_tree: Path) -> None:

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from services.router.store import Account, Allowance, Hold, RedisStore, period_id
-from tests.ci import missing
+from tests.router.old_version import checkout, run
 
 BEFORE = "8d87703"
 OLD_RECONCILE = """
@@ -29,12 +27,7 @@ asyncio.run(main())
 
 @pytest.fixture
 def old_tree(tmp_path: Path) -> Path:
-    repo = Path(__file__).resolve().parents[2]
-    archive = subprocess.run(["git", "-C", str(repo), "archive", BEFORE, "services", "llmrouter"], capture_output=True)
-    if archive.returncode:
-        missing(f"commit {BEFORE} is not in this checkout (a shallow clone?): the upgrade test runs its code")
-    subprocess.run(["tar", "-x", "-C", str(tmp_path)], input=archive.stdout, check=True)
-    return tmp_path
+    return checkout(BEFORE, tmp_path)
 
 
 async def test_an_old_reconciler_still_settles_stale_charges_beside_a_recorded_batch_line(
@@ -54,15 +47,7 @@ async def test_an_old_reconciler_still_settles_stale_charges_beside_a_recorded_b
         assert (await store.admit(line_account, Allowance("day"), line, "strong")).refused == ""
         assert await store.record_provider_batch(line_account, line, "batch-1")
         await asyncio.sleep(0.05)  # 'r-stale' is older than the stale_s of 0 s below
-        ran = await asyncio.to_thread(
-            subprocess.run,
-            [sys.executable, "-c", OLD_RECONCILE, redis_url],
-            cwd=old_tree,
-            env={"PYTHONPATH": str(old_tree), "PATH": "/usr/bin:/bin"},
-            capture_output=True,
-            text=True,
-        )
-        assert ran.returncode == 0, ran.stderr[-600:]
+        await run(old_tree, OLD_RECONCILE, redis_url)
         assert await store.pending_charge(stale, "r-stale") is None  # the old router settled the stale charge
         recorded = await store.pending_charge(line_account, "line")  # left to its collector, its batch kept
         assert recorded is not None and recorded.provider_batch == "batch-1" and recorded.model == "strong"
