@@ -1,0 +1,72 @@
+"""A request served is charged when the money store lost its admission (a restart from an AOF without its last second,
+a failover to a replica behind), also when its charge met the outage itself and waited in the outbox: the router's own
+charge lands without its pending charge (charging.py), and a charge kept through the outage is that same charge. A
+request admitted just before the crash that finishes while the store restarts is exactly such a one. A real
+redis-server process, killed, its AOF lost, started again."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import redis.asyncio as redis
+
+from llmrouter.registry import LiveRegistry
+from llmrouter.v1 import provider_pb2_grpc
+from services.router import admission, charging
+from services.router.models import AvailableModels
+from services.router.outbox import Outbox
+from services.router.routed import Served
+from services.router.store import RedisStore, period_id, to_pico
+from tests.conftest import ROOT
+from tests.redis_servers import RedisServer, money_redis
+from tests.router.test_admission import ACCOUNT, REGISTRY, SETTINGS, request, routed
+
+DAY = period_id("day")
+
+
+@pytest.fixture
+def money(tmp_path: Path) -> Iterator[RedisServer]:
+    server = money_redis(tmp_path / "money").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def charger(money: RedisServer, tmp_path: Path) -> AsyncIterator[charging.Charger]:
+    store = RedisStore(money.url)
+    async with grpc.aio.insecure_channel("127.0.0.1:1") as unused:
+        available = AvailableModels(
+            LiveRegistry(ROOT / "config" / "models.yaml", "router"), provider_pb2_grpc.ProviderStub(unused), 60
+        )
+        yield charging.Charger(store, Outbox(tmp_path / "data"), available)
+    await store.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="an outbox charge lands only while its pending charge is open (OutboxCharge.land, late=True): a charge "
+    "that met the outage of a store that lost its admission is never charged",
+)
+async def test_an_answer_charged_through_the_outbox_is_paid_when_the_store_lost_its_admission(
+    charger: charging.Charger, money: RedisServer
+) -> None:
+    gate, r = await routed(request(), admission.Admission(SETTINGS, REGISTRY, charger.store, charger.outbox))
+    await gate.admit(r)
+    money.stop()  # the store crashes; its AOF had not kept the admission (its last second)
+    shutil.rmtree(money.workdir / "appendonlydir")
+    model = r.plan.order[0].model
+    served = Served(model, content="an answer", input_tokens=10, output_tokens=5, cost=model.cost_usd(10, 5))
+    await charger.settle(r, charging.response(r, served))  # it finishes during the outage: its charge is kept on disk
+    money.start()
+    direct = redis.from_url(money.url)
+    try:
+        assert await direct.dbsize() == 0  # nothing of the admission is left
+        assert await charger.outbox.replay(charger.store) == 1
+        cost = to_pico(model.cost_usd(10, 5))
+        assert await charger.store.spent(ACCOUNT, DAY) == (cost, cost)  # the answer is paid for
+    finally:
+        await direct.aclose()
