@@ -14,7 +14,7 @@ from services.router.cache import open_cache
 from services.router.money_check import check_money_redis
 from services.router.outbox import Outbox
 from services.router.servicer import RouterServicer
-from services.router.settings import RouterSettings
+from services.router.settings import CHARGE_LANDS_S, RouterSettings
 from services.router.store import open_store
 from services.router.upkeep import Upkeep
 
@@ -34,7 +34,7 @@ async def build(
     store = open_store(settings.redis_url, settings.request_id_ttl_s)
     cache = open_cache(settings.cache_redis_url)
     try:
-        outbox = Outbox(settings.data_dir)
+        outbox = Outbox(settings.data_dir, settings.request_id_ttl_s - settings.request_timeout_s - CHARGE_LANDS_S)
     except OSError as exc:
         raise SystemExit(f"router: ROUTER_DATA_DIR={settings.data_dir} cannot keep the charge outbox: {exc}") from None
     upkeep = Upkeep(

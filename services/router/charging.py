@@ -63,7 +63,6 @@ class Charger:
     async def settle(self, routed: Routed, response: router_pb2.CompleteResponse, outcome: str = "ok") -> None:
         """Charge once, whatever happens to the caller meanwhile: the charge runs shielded to its end."""
         _cap_at_hold(routed, response)
-        routed.charged = Decimal(response.cost_usd or "0")
         # Settled from here as far as the request goes: a caller that leaves while the charge is on its way must not
         # have its clean-up release the hold beside it (replayed first from the outbox, a release would settle the
         # request at nothing), nor may a charge kept neither by the store nor the outbox (its pending charge left to
@@ -163,6 +162,7 @@ class Charger:
         if not charged:
             log.warning("request id charged before; not charged again", extra={"request_id": routed.request_id})
             return
+        routed.charged = cost
         log.info("request served", extra=record)
         model = response.model
         metrics.REQUESTS.labels(model, routed.plan.code, outcome).inc()

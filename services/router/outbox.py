@@ -14,6 +14,7 @@ import fcntl
 import json
 import logging
 import os
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -22,7 +23,7 @@ import grpc
 
 from llmrouter.errors import ServiceError
 from services.router import metrics
-from services.router.store import Account, Hold, Store, StoreUnavailable
+from services.router.store import HOLD_S, REQUEST_ID_TTL_S, Account, Hold, Store, StoreUnavailable
 
 log = logging.getLogger("llmrouter.router")
 
@@ -52,8 +53,13 @@ class OutboxCharge:
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
 
-    async def land(self, store: Store) -> None:
-        await store.charge(self.account, self.hold, self.pico, self.record, late=True)
+    async def land(self, store: Store, marked_s: float) -> None:
+        """Within `marked_s` of the charge, a charge of the request by anyone else (the reconciler's, of a router it
+        took for dead) is surely still marked, so it lands whether or not its pending charge is open: a store that
+        lost the admission (a crash, a failover behind) is still paid. Later, only while it is open: the marker may
+        have expired."""
+        late = time.time() - float(self.record.get("ts", 0)) > marked_s
+        await store.charge(self.account, self.hold, self.pico, self.record, late=late)
 
     def logged(self) -> tuple[str, dict[str, Any]]:
         return "charge", self.record
@@ -69,8 +75,8 @@ class OutboxUndo:
     def to_json(self) -> str:
         return json.dumps({"undo": asdict(self)}, separators=(",", ":"))
 
-    async def land(self, store: Store) -> None:
-        await store.undo(self.account, self.hold)
+    async def land(self, store: Store, marked_s: float) -> None:
+        await store.undo(self.account, self.hold)  # once by its nonce, whenever it lands
 
     def logged(self) -> tuple[str, dict[str, Any]]:
         return "undo of a lost admission", {"request_id": self.hold.request_id, "tenant": self.account.tenant}
@@ -88,7 +94,10 @@ def entry_from_json(line: str) -> OutboxEntry:
 
 
 class Outbox:
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, marked_s: float = REQUEST_ID_TTL_S - HOLD_S) -> None:
+        """`marked_s`: how long after a charge any other charge of its request is surely still marked (the request id
+        TTL less the longest a request runs and its charge lands); the default holds for every request timeout."""
+        self.marked_s = marked_s
         data_dir.mkdir(parents=True, exist_ok=True)
         self.path = data_dir / "charges-outbox.jsonl"
         self.path.touch(exist_ok=True)
@@ -117,7 +126,7 @@ class Outbox:
                 landed = 0
                 for entry in waiting:
                     try:
-                        await entry.land(store)
+                        await entry.land(store, self.marked_s)
                     except StoreUnavailable:
                         break
                     landed += 1

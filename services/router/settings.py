@@ -15,7 +15,7 @@ from pydantic_settings import SettingsConfigDict
 from llmrouter.registry import DEFAULT_REGISTRY
 from llmrouter.settings import REPO_ROOT, GrpcServiceSettings, RepoPath
 from services.ledger.settings import LedgerSettings
-from services.router.store import DEFERRED_HOLD_S, HOLD_S, REQUEST_ID_TTL_S
+from services.router.store import DEFERRED_HOLD_S, HOLD_S, HOLDS_LINGER_S, REQUEST_ID_TTL_S
 
 # The time kept for a request's charge to land after its last token.
 CHARGE_LANDS_S = 60
@@ -59,7 +59,7 @@ class RouterSettings(GrpcServiceSettings, LedgerSettings):  # the ledger's setti
     heartbeat_ttl_s: float = Field(default=15.0, ge=0.01)  # Redis expiries are whole milliseconds
     # A pending charge of a live router older than this lost its charge (store and outbox both failed): it is
     # settled at its hold. Longer than any request may run: at least request_timeout_s + CHARGE_LANDS_S.
-    pending_stale_s: float = Field(default=3600.0, gt=0)
+    pending_stale_s: float = Field(default=3600.0, gt=0, le=HOLDS_LINGER_S)
     # How long a provider batch line's hold lasts (the provider's 24 h window and a margin to collect it): admission
     # counts it against the budgets that long. A collect in its last quarter, at most 600 s, gives up on the
     # provider batch: the lines still pending are charged their hold. Shorter than the provider's window only in

@@ -1,7 +1,8 @@
 """A hold past its expiry still counts while its pending charge is open (lua.py, _OPEN): its charge may wait in a
-router's outbox through a store outage longer than the hold. The holds sets themselves expire in Redis at their last
-hold's expiry (lua.py, _OUTLIVE): a set whose holds have all expired is deleted by Redis with them, so the hold of an
-open pending charge is gone once real time passes, not only when its score is moved back."""
+router's outbox through a store outage longer than the hold. The holds sets themselves expire in Redis, HOLDS_LINGER_S
+after their last hold's expiry (lua.py, _OUTLIVE): at that expiry itself, Redis deleted a set whose holds had all
+expired, and the hold of an open pending charge with it, once real time passed (not only when its score was moved
+back)."""
 
 from __future__ import annotations
 
@@ -17,11 +18,6 @@ DAY = period_id("day")
 LIMIT = Allowance("day", tenant_pico=10_000)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the holds set expires at its last hold's expiry (EXPIREAT in outlive_holds): Redis deletes the open "
-    "pending charge's hold with it, and admission spends the budget again",
-)
 async def test_the_hold_of_an_open_pending_charge_outlives_its_holds_set_expiry(
     redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -46,11 +46,6 @@ async def charger(money: RedisServer, tmp_path: Path) -> AsyncIterator[charging.
     await store.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an outbox charge lands only while its pending charge is open (OutboxCharge.land, late=True): a charge "
-    "that met the outage of a store that lost its admission is never charged",
-)
 async def test_an_answer_charged_through_the_outbox_is_paid_when_the_store_lost_its_admission(
     charger: charging.Charger, money: RedisServer
 ) -> None:

@@ -10,6 +10,7 @@ from services.router.store.memory import MemoryStore
 from services.router.store.model import (
     DEFERRED_HOLD_S,
     HOLD_S,
+    HOLDS_LINGER_S,
     PICO,
     REQUEST_ID_TTL_S,
     Account,
@@ -31,6 +32,7 @@ from services.router.store.redis_store import RedisStore
 
 __all__ = [
     "DEFERRED_HOLD_S",
+    "HOLDS_LINGER_S",
     "HOLD_S",
     "KEYLESS",
     "PICO",

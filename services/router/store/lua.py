@@ -1,6 +1,8 @@
 """The money store's Redis scripts. Each touches the keys of one account's shard only (one hash slot), so it
 runs atomically on one server or on the one Redis Cluster master that owns the slot."""
 
+from services.router.store.model import HOLDS_LINGER_S
+
 # Amounts are pico-dollar integers up to 2^63, beyond a Lua number's exact 2^53: the scripts that add them
 # keep them as (high, low) pairs of base 10^9 digits, each exact as a Lua number.
 _EXACT = """
@@ -43,12 +45,13 @@ local function drop_hold(tenant_holds, key_holds, members)
 end
 """
 
-# A holds set lives as long as its last hold (scores are expiries): a short hold added beside a deferred one (a
-# provider batch line's, a day long) must not cut the set's life short.
-_OUTLIVE = """
+# A holds set outlives its last hold (scores are expiries) by HOLDS_LINGER_S: a short hold added beside a deferred one
+# (a provider batch line's, a day long) must not cut the set's life short, and a hold past its expiry is still
+# counted while its pending charge is open (_OPEN), which the reconciler settles within ROUTER_PENDING_STALE_S.
+_OUTLIVE = f"""
 local function outlive_holds(key)
   local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
-  redis.call('EXPIREAT', key, math.ceil(tonumber(last[2])))
+  redis.call('EXPIREAT', key, math.ceil(tonumber(last[2])) + {HOLDS_LINGER_S})
 end
 """
 

@@ -30,6 +30,9 @@ REQUEST_ID_TTL_S = 24 * 3600  # default: how long a request id stays used (and c
 # A hold outlives any request. Past it, admission still counts the hold while its pending charge is open (the charge
 # may wait in a router's outbox through a store outage; lua.py, _OPEN), and drops it once that is settled.
 HOLD_S = 600
+# How long the store keeps a holds set past its last hold's expiry: a hold of a pending charge still open is counted
+# until the reconciler settles it, within ROUTER_PENDING_STALE_S, which may not be longer.
+HOLDS_LINGER_S = 7 * 86400
 # A line sent through a provider's Batch API: its hold lasts the provider's 24 h window and a margin for its
 # results to be collected; only then does the reconciler charge it (at its hold: its outcome was never known).
 DEFERRED_HOLD_S = 26 * 3600
