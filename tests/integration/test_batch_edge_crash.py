@@ -32,6 +32,14 @@ from tests.integration.test_provider_batches import finished
 WINDOW_S = 3
 
 
+async def reached_upstream(chain: Chain, seen: int) -> None:
+    """Returns once the upstream has had a request past the first `seen`: the batch's first line is there."""
+    deadline = time.monotonic() + 20
+    while len(chain.budget.requests) == seen:
+        assert time.monotonic() < deadline, "the first line never reached the upstream"
+        await asyncio.sleep(0.02)
+
+
 async def healthy(port: int, timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     async with httpx.AsyncClient() as http:
@@ -76,10 +84,7 @@ async def test_a_line_in_flight_when_the_edge_dies_is_not_reported_never_sent_af
         batch = await client.batches.create(
             input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
         )
-        deadline = time.monotonic() + 20
-        while len(chain.budget.requests) == seen:
-            assert time.monotonic() < deadline, "the first line never reached the upstream"
-            await asyncio.sleep(0.02)
+        await reached_upstream(chain, seen)
         doomed.send_signal(signal.SIGKILL)
         doomed.wait()
         await asyncio.sleep(max(0.0, batch.expires_at + 0.5 - time.time()))  # the window is over
@@ -156,10 +161,7 @@ async def test_a_line_in_flight_when_the_router_dies_is_not_reported_never_sent_
         batch = await client.batches.create(
             input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
         )
-        deadline = time.monotonic() + 20
-        while len(chain.budget.requests) == seen:
-            assert time.monotonic() < deadline, "the first line never reached the upstream"
-            await asyncio.sleep(0.02)
+        await reached_upstream(chain, seen)
         doomed.kill()
         await asyncio.sleep(max(0.0, batch.expires_at + 0.5 - time.time()))  # the window ends with no router
         revived = RouterProcess(chain, tmp_path, **env)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -12,9 +13,10 @@ from services.ledger.db import LedgerDB
 from tests.conftest import POSTGRES_URL
 
 
-@pytest.fixture(scope="session")
-def postgres_dsn() -> Iterator[str]:
-    """A uniquely named database for this test run, dropped at its end. No server is a failure, not a skip."""
+@contextmanager
+def fresh_postgres() -> Iterator[str]:
+    """The DSN of a uniquely named, empty database on the real server, dropped on exit. No server is a failure,
+    not a skip."""
     import psycopg
 
     name = f"llmrouter_test_{uuid.uuid4().hex[:12]}"
@@ -24,9 +26,18 @@ def postgres_dsn() -> Iterator[str]:
         pytest.fail(f"no PostgreSQL at {POSTGRES_URL} ({exc}); start one or set TEST_POSTGRES_URL")
     admin.execute(f'CREATE DATABASE "{name}"')
     base, _, _ = POSTGRES_URL.rpartition("/")
-    yield f"{base}/{name}"
-    admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.close()
+    try:
+        yield f"{base}/{name}"
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn() -> Iterator[str]:
+    """A database for this test run."""
+    with fresh_postgres() as dsn:
+        yield dsn
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -21,7 +20,8 @@ from services.ledger.db import COLUMNS, LedgerDB, row_from_record
 from services.ledger.sink import LedgerSink, RedisSource
 from services.ledger.stats import summarize
 from services.router.store import PICO, Account, Allowance, Hold, RedisStore, period_id
-from tests.conftest import POSTGRES_URL, ledger_records
+from tests.conftest import ledger_records
+from tests.ledger.conftest import fresh_postgres
 
 # The table as the version before made it, and its insert, verbatim.
 OLD_SCHEMA = """
@@ -121,20 +121,8 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
     if request.param == "sqlite":
         yield Backend(path=tmp_path / "ledger.sqlite3")
         return
-    import psycopg
-
-    name = f"llmrouter_test_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = psycopg.connect(POSTGRES_URL, autocommit=True)
-    except psycopg.OperationalError as exc:
-        pytest.fail(f"no PostgreSQL at {POSTGRES_URL} ({exc}); start one or set TEST_POSTGRES_URL")
-    admin.execute(f'CREATE DATABASE "{name}"')
-    base, _, _ = POSTGRES_URL.rpartition("/")
-    try:
-        yield Backend(dsn=f"{base}/{name}")
-    finally:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    with fresh_postgres() as dsn:
+        yield Backend(dsn=dsn)
 
 
 async def charge(store: RedisStore, account: Account, request_id: str, nonce: str, pico: int, ts: float) -> None:

@@ -14,11 +14,14 @@ import yaml
 
 from llmrouter.registry import LiveRegistry, Registry
 from llmrouter.v1 import classifier_pb2_grpc, provider_pb2_grpc
+from services.router import charging
 from services.router.cache import MemoryCache
+from services.router.models import AvailableModels
 from services.router.outbox import Outbox
 from services.router.servicer import RouterServicer
 from services.router.settings import RouterSettings
-from services.router.store import Store
+from services.router.store import RedisStore, Store
+from tests.conftest import ROOT
 from tests.router.test_admission import REGISTRY
 
 
@@ -63,3 +66,18 @@ async def router_servicer(
                 await servicer.close()
     finally:
         await providers.stop(0)
+
+
+@asynccontextmanager
+async def charger_on(store_url: str, data_dir: Path) -> AsyncIterator[charging.Charger]:
+    """The router's Charger over a RedisStore at `store_url` and an outbox in `data_dir`, with the shipped registry's
+    models. Its providers channel is never called: the baseline a charge prices comes from the registry."""
+    store = RedisStore(store_url)
+    try:
+        async with grpc.aio.insecure_channel("127.0.0.1:1") as unused:
+            available = AvailableModels(
+                LiveRegistry(ROOT / "config" / "models.yaml", "router"), provider_pb2_grpc.ProviderStub(unused), 60
+            )
+            yield charging.Charger(store, Outbox(data_dir), available)
+    finally:
+        await store.close()

@@ -18,11 +18,8 @@ import grpc
 import pytest
 import redis.asyncio as redis
 
-from llmrouter.registry import LiveRegistry
-from llmrouter.v1 import provider_pb2_grpc
 from services.router import admission, charging
-from services.router.models import AvailableModels
-from services.router.outbox import NotRecorded, Outbox
+from services.router.outbox import NotRecorded
 from services.router.routed import Served
 from services.router.store import (
     Account,
@@ -34,8 +31,9 @@ from services.router.store import (
     period_id,
 )
 from services.router.store.model import Store
-from tests.conftest import ROOT, ledger_records
+from tests.conftest import ledger_records
 from tests.fakes.lossy_proxy import LossyProxy
+from tests.router.servicer_kit import charger_on
 from tests.router.test_admission import ACCOUNT, REGISTRY, SETTINGS, request, routed, scratch_outbox
 
 DAY = period_id("day")
@@ -111,15 +109,9 @@ async def test_an_extension_arriving_after_its_request_settled_grows_nothing(sto
 
 @pytest.fixture
 async def charger(proxy: LossyProxy, redis_url: str, tmp_path: Path) -> AsyncIterator[charging.Charger]:
-    """A Charger on a real store (through the proxy) and outbox. Its providers channel is never used: only a
-    charge prices a baseline, and this charger only releases."""
-    store = RedisStore(proxy.url(db_of(redis_url)))
-    async with grpc.aio.insecure_channel("127.0.0.1:1") as unused:
-        available = AvailableModels(
-            LiveRegistry(ROOT / "config" / "models.yaml", "router"), provider_pb2_grpc.ProviderStub(unused), 60
-        )
-        yield charging.Charger(store, Outbox(tmp_path / "data"), available)
-    await store.close()
+    """A Charger on a real store (through the proxy) and outbox; this one only releases."""
+    async with charger_on(proxy.url(db_of(redis_url)), tmp_path / "data") as made:
+        yield made
 
 
 async def test_a_release_whose_caller_leaves_while_the_store_is_unreachable_lands_in_the_outbox(

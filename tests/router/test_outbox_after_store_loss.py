@@ -10,19 +10,14 @@ import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 import redis.asyncio as redis
 
-from llmrouter.registry import LiveRegistry
-from llmrouter.v1 import provider_pb2_grpc
 from services.router import admission, charging
-from services.router.models import AvailableModels
-from services.router.outbox import Outbox
 from services.router.routed import Served
-from services.router.store import RedisStore, period_id, to_pico
-from tests.conftest import ROOT
+from services.router.store import period_id, to_pico
 from tests.redis_servers import RedisServer, money_redis
+from tests.router.servicer_kit import charger_on
 from tests.router.test_admission import ACCOUNT, REGISTRY, SETTINGS, request, routed
 
 DAY = period_id("day")
@@ -37,13 +32,8 @@ def money(tmp_path: Path) -> Iterator[RedisServer]:
 
 @pytest.fixture
 async def charger(money: RedisServer, tmp_path: Path) -> AsyncIterator[charging.Charger]:
-    store = RedisStore(money.url)
-    async with grpc.aio.insecure_channel("127.0.0.1:1") as unused:
-        available = AvailableModels(
-            LiveRegistry(ROOT / "config" / "models.yaml", "router"), provider_pb2_grpc.ProviderStub(unused), 60
-        )
-        yield charging.Charger(store, Outbox(tmp_path / "data"), available)
-    await store.close()
+    async with charger_on(money.url, tmp_path / "data") as made:
+        yield made
 
 
 async def test_an_answer_charged_through_the_outbox_is_paid_when_the_store_lost_its_admission(
