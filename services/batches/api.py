@@ -68,7 +68,7 @@ class BatchApi:
         content = await upload.read(self.max_file_bytes + 1)
         if len(content) > self.max_file_bytes:
             raise ApiError(413, f"file over {self.max_file_bytes} bytes", code="request_too_large")
-        wire.parse_lines(content)  # a bad file is refused now, naming its first bad line
+        await wire.parse_lines_off_loop(content)  # a bad file is refused now, naming its first bad line
         file_id = f"file-{uuid.uuid4().hex}"
         fields = file_fields(tenant, (upload.filename or "batch.jsonl")[:256], content, purpose="batch")
         await self.store.put(file_key(file_id), fields)
@@ -106,7 +106,7 @@ class BatchApi:
             "status": "validating",
             "created_at": created,
             "expires_at": str(int(created) + self.window_s),
-            "total": str(len(wire.parse_lines(fields["content"]))),
+            "total": str(len(await wire.parse_lines_off_loop(fields["content"]))),
         }
         if body.get("metadata") is not None:
             batch["metadata"] = json.dumps(body["metadata"])

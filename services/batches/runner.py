@@ -139,7 +139,7 @@ class Runner:
             if content is None:  # evicted, or the store flushed: the batch cannot go on (and its run not crash)
                 await self._finish(batch_id, batch, "failed", wire.batch_errors(*MISSING_INPUT, "input_file_id"))
                 return
-            lines = wire.parse_lines(content)  # validated when the batch was created
+            lines = await wire.parse_lines_off_loop(content)  # validated when the batch was created
             done = await self.store.get(results_key(batch_id))
             if batch["status"] == b"validating":
                 await self.store.put(batch_key(batch_id), {"status": "in_progress", "in_progress_at": now()})

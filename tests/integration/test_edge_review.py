@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -18,6 +19,7 @@ import pytest
 from openai import AsyncOpenAI
 from prometheus_client import REGISTRY
 
+from services.batches import wire
 from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
 from tests.integration.conftest import Chain, free_port, start_edge
@@ -197,6 +199,33 @@ async def test_a_batch_too_large_for_one_router_message_still_ends(
         assert status == {**{f"big-{i}": 400 for i in range(4)}, "huge": 413}, status
     finally:
         await client.close()
+
+
+async def test_batch_files_are_parsed_off_the_event_loop(
+    edge: tuple[str, dict[str, str], dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parsing a 100 MB file takes most of a second: on the event loop it stalled every other caller of the edge,
+    at upload, at batch creation and when the batch runs."""
+    base, tenant, _ = edge
+    parsed_on: list[int] = []
+    parse = wire.parse_lines
+
+    def recording(content: bytes) -> list[dict[str, Any]]:
+        parsed_on.append(threading.get_ident())
+        return parse(content)
+
+    monkeypatch.setattr(wire, "parse_lines", recording)
+    client = AsyncOpenAI(base_url=base, api_key=tenant["authorization"][7:], max_retries=0)
+    try:
+        content = "\n".join(json.dumps(line(f"r{i}", uuid.uuid4().hex)) for i in range(3)).encode()
+        uploaded = await client.files.create(file=("b.jsonl", content), purpose="batch")
+        batch = await client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        assert (await finished(client, batch.id)).request_counts.completed == 3  # type: ignore[union-attr]
+    finally:
+        await client.close()
+    assert len(parsed_on) == 3 and threading.get_ident() not in parsed_on  # upload, creation, the run
 
 
 async def test_a_custom_id_with_a_lone_surrogate_is_refused_at_upload(
