@@ -135,6 +135,26 @@ async def stack(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch)
             yield opened
 
 
+@asynccontextmanager
+async def serving(
+    stack: Stack, edge: EdgeSettings | None = None, **router_overrides: Any
+) -> AsyncIterator[AsyncOpenAI]:
+    """A router and an edge on the stack (the stack's edge settings unless given), and the tenant's SDK client on
+    the edge; all stopped on the way out."""
+    settings = edge or stack.edge
+    server = await start_router(stack, **router_overrides)
+    running, task, channel = await start_edge(settings)
+    client = AsyncOpenAI(base_url=f"http://127.0.0.1:{settings.port}/v1", api_key=stack.key, max_retries=3)
+    try:
+        yield client
+    finally:
+        await client.close()
+        running.should_exit = True
+        await task
+        await channel.close()
+        await server.stop(5)
+
+
 async def start_router(stack: Stack, **overrides: Any) -> RunningServer:
     settings = RouterSettings(
         port=stack.router_port,
@@ -217,10 +237,7 @@ def chat_calls(upstream: FakeOpenAI) -> list[dict[str, Any]]:
 
 
 async def test_lines_of_a_batch_priced_model_go_through_the_batch_api_at_the_batch_price(stack: Stack) -> None:
-    server = await start_router(stack)
-    edge, task, channel = await start_edge(stack.edge)
-    client = AsyncOpenAI(base_url=f"http://127.0.0.1:{stack.edge.port}/v1", api_key=stack.key, max_retries=3)
-    try:
+    async with serving(stack) as client:
         bodies = [(BATCHED if i % 3 else REALTIME, f"line {i}") for i in range(12)]
         batch_id = await run_batch(client, batch_file(bodies))
         batch = await finished(client, batch_id)
@@ -237,12 +254,6 @@ async def test_lines_of_a_batch_priced_model_go_through_the_batch_api_at_the_bat
             again = await stub.CollectBatch(ask, timeout=10)
             ask.tenant = "intruder"
             intruder = await stub.CollectBatch(ask, timeout=10)
-    finally:
-        await client.close()
-        edge.should_exit = True
-        await task
-        await channel.close()
-        await server.stop(5)
 
     assert batch.status == "completed" and not errors, errors
     assert batch.request_counts.completed == 12 and sorted(output) == sorted(f"req-{i}" for i in range(12))
@@ -282,21 +293,12 @@ async def test_failed_and_expired_provider_lines_are_released_not_charged(stack:
     stack.upstream.batches.fate = lambda body: next(
         (fate for cue, fate in fates.items() if cue in body["messages"][0]["content"]), "ok"
     )
-    server = await start_router(stack)
-    edge, task, channel = await start_edge(stack.edge)
-    client = AsyncOpenAI(base_url=f"http://127.0.0.1:{stack.edge.port}/v1", api_key=stack.key, max_retries=3)
-    try:
+    async with serving(stack) as client:
         cues = ["ok", "EXPIRE", "ok", "REFUSE", "EXPIRE", "ok"]
         batch_id = await run_batch(client, batch_file([(BATCHED, cue) for cue in cues]))
         batch = await finished(client, batch_id)
         output = await lines_of(client, batch.output_file_id)
         errors = await lines_of(client, batch.error_file_id)
-    finally:
-        await client.close()
-        edge.should_exit = True
-        await task
-        await channel.close()
-        await server.stop(5)
 
     ok = {f"req-{i}" for i, cue in enumerate(cues) if cue == "ok"}
     assert set(output) == ok and set(errors) == {f"req-{i}" for i in range(len(cues))} - ok
@@ -350,18 +352,9 @@ async def test_a_router_restart_while_the_provider_batch_runs_loses_nothing(stac
 
 async def run_to_end(stack: Stack, bodies: list[tuple[str, str]]) -> tuple[Any, dict, dict]:
     """(batch, output lines, error lines) of a batch run through a router and an edge started for it."""
-    server = await start_router(stack)
-    edge, task, channel = await start_edge(stack.edge)
-    client = AsyncOpenAI(base_url=f"http://127.0.0.1:{stack.edge.port}/v1", api_key=stack.key, max_retries=3)
-    try:
+    async with serving(stack) as client:
         batch = await finished(client, await run_batch(client, batch_file(bodies)))
         return batch, await lines_of(client, batch.output_file_id), await lines_of(client, batch.error_file_id)
-    finally:
-        await client.close()
-        edge.should_exit = True
-        await task
-        await channel.close()
-        await server.stop(5)
 
 
 async def test_lines_of_a_provider_batch_never_created_run_realtime_once(stack: Stack) -> None:
@@ -524,10 +517,7 @@ async def run_past_the_window(stack: Stack, lose: str = "") -> tuple[Any, dict, 
     run with a WINDOW_S window; once it runs, `lose` "batch": the provider no longer knows it (a 404); "price": a
     registry reload removes the model's batch price."""
     stack.upstream.batches.release.clear()  # in_progress for ever
-    server = await start_router(stack, provider_batch_hold_s=WINDOW_S, registry_reload_s=0.1)
-    edge, task, channel = await start_edge(stack.edge)
-    client = AsyncOpenAI(base_url=f"http://127.0.0.1:{stack.edge.port}/v1", api_key=stack.key, max_retries=3)
-    try:
+    async with serving(stack, provider_batch_hold_s=WINDOW_S, registry_reload_s=0.1) as client:
         bodies = [(BATCHED, "line 0"), (REALTIME, "line 1"), (BATCHED, "line 2")]
         batch_id = await run_batch(client, batch_file(bodies))
         deadline = time.monotonic() + 10
@@ -547,12 +537,6 @@ async def run_past_the_window(stack: Stack, lose: str = "") -> tuple[Any, dict, 
             stack.registry_path.write_text(yaml.safe_dump(models))
         batch = await finished(client, batch_id, timeout_s=WINDOW_S + 10)
         return batch, await lines_of(client, batch.output_file_id), await lines_of(client, batch.error_file_id), holds
-    finally:
-        await client.close()
-        edge.should_exit = True
-        await task
-        await channel.close()
-        await server.stop(5)
 
 
 async def assert_given_up(stack: Stack, output: dict, errors: dict, holds: dict[str, Decimal]) -> None:
@@ -596,21 +580,12 @@ async def test_a_line_of_a_provider_batch_created_or_not_costs_in_its_file_what_
     stack: Stack,
 ) -> None:
     stack.upstream.enqueue(Fault.delay(0), Fault.reset())  # the creation's reply is lost: it may run
-    server = await start_router(stack, provider_batch_hold_s=1, upkeep_interval_s=0.2, heartbeat_ttl_s=1.0)
-    edge, task, channel = await start_edge(stack.edge)
-    client = AsyncOpenAI(base_url=f"http://127.0.0.1:{stack.edge.port}/v1", api_key=stack.key, max_retries=3)
-    try:
+    async with serving(stack, provider_batch_hold_s=1, upkeep_interval_s=0.2, heartbeat_ttl_s=1.0) as client:
         batch = await finished(client, await run_batch(client, batch_file([(BATCHED, "line 0"), (BATCHED, "line 1")])))
         errors = await lines_of(client, batch.error_file_id)
         deadline = time.monotonic() + 8
         while (await money(stack))[3] and time.monotonic() < deadline:  # until the reconciler charges the holds
             await asyncio.sleep(0.1)
-    finally:
-        await client.close()
-        edge.should_exit = True
-        await task
-        await channel.close()
-        await server.stop(5)
 
     assert sorted(errors) == ["req-0", "req-1"] and batch.output_file_id is None
     charged, spend, held, pending = await money(stack)
@@ -627,12 +602,8 @@ async def test_an_edge_batch_expiring_with_lines_in_a_provider_batch_keeps_them_
     past it. The batch stays in_progress past expires_at until the provider batch ends, then ends `expired`: the
     deferred lines answered and charged once, the unsent ones batch_expired, charged nothing."""
     stack.upstream.batches.release.clear()  # the provider batch runs until released
-    server = await start_router(stack, rate_limit_rpm=4)
-    edge_settings = stack.edge.model_copy(update={"batch_window_s": 3})
-    edge, task, channel = await start_edge(edge_settings)
-    client = AsyncOpenAI(base_url=f"http://127.0.0.1:{edge_settings.port}/v1", api_key=stack.key, max_retries=3)
     cues = [BATCHED, REALTIME, BATCHED, REALTIME, BATCHED, REALTIME]
-    try:
+    async with serving(stack, stack.edge.model_copy(update={"batch_window_s": 3}), rate_limit_rpm=4) as client:
         while time.time() % 60 > 50:  # the rate limit's minute lasts past the window: the held-back stay so
             await asyncio.sleep(0.5)
         batch_id = await run_batch(client, batch_file([(model, f"line {i}") for i, model in enumerate(cues)]))
@@ -650,12 +621,6 @@ async def test_an_edge_batch_expiring_with_lines_in_a_provider_batch_keeps_them_
         batch = await finished(client, batch_id)
         output = await lines_of(client, batch.output_file_id)
         errors = await lines_of(client, batch.error_file_id)
-    finally:
-        await client.close()
-        edge.should_exit = True
-        await task
-        await channel.close()
-        await server.stop(5)
 
     deferred = {f"req-{i}" for i, model in enumerate(cues) if model == BATCHED}
     assert running.status == "in_progress" and running.expires_at is not None and seen_at > running.expires_at + 1
