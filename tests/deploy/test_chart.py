@@ -200,11 +200,11 @@ def _callers(policy: dict) -> list[dict | None]:
 def test_network_policies_only_edge_is_open(docs: list[dict]) -> None:
     policies = by_kind(docs, "NetworkPolicy")
     assert _callers(policies[name("edge")]) is None
-    expected = {"router": "edge", "classifier": "router", "providers": "router", "redis-money": "router"}
-    expected["redis-cache"] = "router"
-    for svc, caller in expected.items():
-        (peer,) = _callers(policies[name(svc)])
-        assert peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == caller, svc
+    expected = {"router": ["edge"], "classifier": ["router"], "providers": ["router"], "redis-money": ["router"]}
+    expected["redis-cache"] = ["router", "edge"]  # the edge keeps its batches there (edge.batchRedis)
+    for svc, callers in expected.items():
+        peers = _callers(policies[name(svc)])
+        assert [p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in peers] == callers, svc
         assert policies[name(svc)]["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == svc
     for policy in policies.values():
         assert policy["spec"]["policyTypes"] == ["Ingress"]
@@ -456,7 +456,7 @@ def test_egress_reaches_dns_and_callees_only() -> None:
         }
         for svc in SERVICES
     }
-    assert component["edge"] == {53: [], 50053: ["router"]}
+    assert component["edge"] == {53: [], 50053: ["router"], 6379: ["redis-cache"]}
     redis = ["redis-cache", "redis-money"]
     assert component["router"] == {53: [], 50051: ["classifier"], 50052: ["providers"], 6379: redis}
     assert component["classifier"] == {53: []}
@@ -505,3 +505,29 @@ def test_pod_annotations_are_a_map_and_merged_with_the_checksums() -> None:
     for svc in SERVICES:
         assert docs[name(svc)]["spec"]["template"]["metadata"]["annotations"]["team"] == "llm"
     assert "checksum/registry" in docs[name("router")]["spec"]["template"]["metadata"]["annotations"]
+
+
+def test_edge_replicas_share_their_batches_through_redis() -> None:
+    """Batches live in EDGE_BATCH_REDIS_URL, or in each edge process without it: there a file uploaded to one
+    replica is not found by the batch created on another, and a pod the autoscaler removes takes its batches."""
+    docs = render("--set", "networkPolicy.egress.enabled=true")
+    assert env(docs, "edge")["EDGE_BATCH_REDIS_URL"] == env(docs, "router")["ROUTER_CACHE_REDIS_URL"]
+    policies = by_kind(docs, "NetworkPolicy")
+    (rule,) = policies[name("redis-cache")]["spec"]["ingress"]
+    assert sorted(p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in rule["from"]) == [
+        "edge",
+        "router",
+    ]
+    (to_cache,) = _egress_ports(policies[name("edge")])[6379]
+    assert to_cache["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "redis-cache"
+    # An external cache from a Secret: the edge reads the same Secret.
+    external = render("--set", "redis.cache.urlSecret.name=llm-cache", "--set", "redis.cache.urlSecret.key=url")
+    assert env(external, "edge")["EDGE_BATCH_REDIS_URL"] == {"secretKeyRef": {"name": "llm-cache", "key": "url"}}
+    # Without a batch Redis only a single edge keeps its batches whole.
+    with pytest.raises(subprocess.CalledProcessError) as failure:
+        render("--set", "edge.batchRedis=")
+    assert "edge: more than one replica needs a batch Redis" in failure.value.stderr
+    single = render(
+        "--set", "redis.cache.enabled=false", "--set", "edge.replicas=1", "--set", "edge.autoscaling.enabled=false"
+    )
+    assert "EDGE_BATCH_REDIS_URL" not in env(single, "edge")
