@@ -531,3 +531,12 @@ def test_edge_replicas_share_their_batches_through_redis() -> None:
         "--set", "redis.cache.enabled=false", "--set", "edge.replicas=1", "--set", "edge.autoscaling.enabled=false"
     )
     assert "EDGE_BATCH_REDIS_URL" not in env(single, "edge")
+
+
+@pytest.mark.parametrize("scheme", ["redis", "rediss", "redis+cluster", "rediss+cluster"])
+def test_redis_urls_take_every_scheme_the_services_open(scheme: str, tmp_path: Path) -> None:
+    """values.yaml and docs/capacity.md point redis.*.url at a Redis Cluster (llmrouter/redis_connect.py)."""
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({"redis": {"money": {"url": f"{scheme}://node-a:6379,node-b:6379"}}}))
+    docs = render("-f", str(values))
+    assert env(docs, "router")["ROUTER_REDIS_URL"] == f"{scheme}://node-a:6379,node-b:6379"
