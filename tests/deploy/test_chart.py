@@ -540,3 +540,15 @@ def test_redis_urls_take_every_scheme_the_services_open(scheme: str, tmp_path: P
     values.write_text(yaml.safe_dump({"redis": {"money": {"url": f"{scheme}://node-a:6379,node-b:6379"}}}))
     docs = render("-f", str(values))
     assert env(docs, "router")["ROUTER_REDIS_URL"] == f"{scheme}://node-a:6379,node-b:6379"
+
+
+def test_latency_slo_is_under_the_edge_histograms_top_bucket() -> None:
+    """histogram_quantile answers at most the highest finite bucket, so an SLO at or above it would keep
+    LLMRouterEdgeLatencyOverSLO from ever firing, however slow the edge."""
+    from services.edge.app import HTTP_SECONDS
+
+    top = max(b for b in HTTP_SECONDS._upper_bounds if b != float("inf"))
+    render("--set", f"monitoring.prometheusRule.edgeP99SloSeconds={top - 1:g}")
+    with pytest.raises(subprocess.CalledProcessError) as failure:
+        render("--set", f"monitoring.prometheusRule.edgeP99SloSeconds={top:g}")
+    assert "edgeP99SloSeconds" in failure.value.stderr
