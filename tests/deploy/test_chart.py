@@ -552,3 +552,20 @@ def test_latency_slo_is_under_the_edge_histograms_top_bucket() -> None:
     with pytest.raises(subprocess.CalledProcessError) as failure:
         render("--set", f"monitoring.prometheusRule.edgeP99SloSeconds={top:g}")
     assert "edgeP99SloSeconds" in failure.value.stderr
+
+
+def test_router_ledger_in_postgresql_from_a_secret() -> None:
+    """Without ROUTER_LEDGER_SQL_DSN each router pod keeps its own SQLite ledger on /tmp: with two replicas each
+    holds a part of it (Stats sees half), and the pod's deletion loses it. The DSN holds a password: a Secret."""
+    dsn = ("--set", "router.ledgerDsnSecret.name=llm-ledger", "--set", "router.ledgerDsnSecret.key=dsn")
+    assert env(render(*dsn), "router")["ROUTER_LEDGER_SQL_DSN"] == {
+        "secretKeyRef": {"name": "llm-ledger", "key": "dsn"}
+    }
+    assert "ROUTER_LEDGER_SQL_DSN" not in env(render(), "router")
+    egress = ("--set", "networkPolicy.egress.enabled=true")
+    with pytest.raises(subprocess.CalledProcessError) as failure:
+        render(*dsn, *egress)
+    assert "networkPolicy.egress.ledgerTo" in failure.value.stderr
+    docs = render(*dsn, *egress, "--set", "networkPolicy.egress.ledgerTo[0].ipBlock.cidr=10.30.0.5/32")
+    router = _egress_ports(by_kind(docs, "NetworkPolicy")[name("router")])
+    assert router[5432] == [{"ipBlock": {"cidr": "10.30.0.5/32"}}]

@@ -169,6 +169,11 @@ money cache
   value: {{ include "llmrouter.addr" (list $root "providers") | quote }}
 {{- include "llmrouter.redisUrlEnv" (list $root "money" "ROUTER_REDIS_URL") }}
 {{- include "llmrouter.redisUrlEnv" (list $root "cache" "ROUTER_CACHE_REDIS_URL") }}
+{{- with $v.ledgerDsnSecret }}{{ if .name }}
+- name: ROUTER_LEDGER_SQL_DSN
+  valueFrom:
+    secretKeyRef: {name: {{ .name | quote }}, key: {{ .key | quote }}}
+{{- end }}{{ end }}
 {{- end }}
 {{- if eq $svc "providers" }}
 - name: PROVIDERS_API_KEYS_DIR
