@@ -70,6 +70,8 @@ BAD: list[tuple[dict, str]] = [
     ({"ingress": {"host": "not a host"}}, "ingress.host must be a fully qualified"),
     ({"hourly_budget_usd": 0}, "hourly_budget_usd must be positive"),
     ({"edge_p99_slo_seconds": 900}, "edge_p99_slo_seconds must be in"),
+    # At the edge histogram's highest finite bucket (120 s) histogram_quantile can never exceed it.
+    ({"edge_p99_slo_seconds": 120}, "edge_p99_slo_seconds must be in"),
 ]
 
 OUTPUTS = """

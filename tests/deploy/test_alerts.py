@@ -14,6 +14,8 @@ from .support import CHART, ROOT, documented_metrics
 RULES = yaml.safe_load((CHART / "files" / "prometheus-rules.yaml").read_text())
 RULE_TESTS = yaml.safe_load((ROOT / "deploy" / "prometheus" / "rules_test.yaml").read_text())
 RUNBOOKS = (ROOT / "deploy" / "runbooks.md").read_text()
+README_LINES = (ROOT / "deploy" / "README.md").read_text().splitlines()
+ALERT_TABLE = [line for line in README_LINES if line.startswith("| LLMRouter")]
 ALERTS = [r for g in RULES["groups"] for r in g["rules"] if "alert" in r]
 RECORDED = {r["record"] for g in RULES["groups"] for r in g["rules"] if "record" in r}
 # Recorded by the chart's PrometheusRule template from values.yaml.
@@ -26,7 +28,7 @@ SCOPE = 'namespace="$NAMESPACE",release="$RELEASE"'
 PROMQL_WORDS = {
     "sum", "rate", "increase", "histogram_quantile", "by", "and", "or", "unless", "on", "ignoring", "group_left",
     "group_right", "absent", "max", "min", "avg", "count", "vector", "scalar", "offset", "bool", "le",
-    "round", "without", "topk",
+    "round", "without", "topk", "max_over_time", "min_over_time",
 }  # fmt: skip
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
@@ -85,6 +87,11 @@ def test_alert_is_actionable(rule: dict) -> None:
     assert rule["annotations"]["runbook_url"] == f"$RUNBOOK_BASE#{rule['alert'].lower()}"
     assert f"## {rule['alert']}\n" in RUNBOOKS, f"deploy/runbooks.md has no section for {rule['alert']}"
     assert re.fullmatch(r"\d+m", rule["for"]), "every alert waits before firing"
+
+
+@pytest.mark.parametrize("rule", ALERTS, ids=lambda r: r["alert"])
+def test_alert_is_in_the_deploy_readme_table(rule: dict) -> None:
+    assert [row for row in ALERT_TABLE if re.search(rf"\b{rule['alert']}\b", row.split("|")[1])], rule["alert"]
 
 
 @pytest.mark.parametrize("rule", ALERTS, ids=lambda r: r["alert"])

@@ -200,11 +200,11 @@ def _callers(policy: dict) -> list[dict | None]:
 def test_network_policies_only_edge_is_open(docs: list[dict]) -> None:
     policies = by_kind(docs, "NetworkPolicy")
     assert _callers(policies[name("edge")]) is None
-    expected = {"router": "edge", "classifier": "router", "providers": "router", "redis-money": "router"}
-    expected["redis-cache"] = "router"
-    for svc, caller in expected.items():
-        (peer,) = _callers(policies[name(svc)])
-        assert peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == caller, svc
+    expected = {"router": ["edge"], "classifier": ["router"], "providers": ["router"], "redis-money": ["router"]}
+    expected["redis-cache"] = ["router", "edge"]  # the edge keeps its batches there (edge.batchRedis)
+    for svc, callers in expected.items():
+        peers = _callers(policies[name(svc)])
+        assert [p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in peers] == callers, svc
         assert policies[name(svc)]["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == svc
     for policy in policies.values():
         assert policy["spec"]["policyTypes"] == ["Ingress"]
@@ -456,7 +456,7 @@ def test_egress_reaches_dns_and_callees_only() -> None:
         }
         for svc in SERVICES
     }
-    assert component["edge"] == {53: [], 50053: ["router"]}
+    assert component["edge"] == {53: [], 50053: ["router"], 6379: ["redis-cache"]}
     redis = ["redis-cache", "redis-money"]
     assert component["router"] == {53: [], 50051: ["classifier"], 50052: ["providers"], 6379: redis}
     assert component["classifier"] == {53: []}
@@ -505,3 +505,67 @@ def test_pod_annotations_are_a_map_and_merged_with_the_checksums() -> None:
     for svc in SERVICES:
         assert docs[name(svc)]["spec"]["template"]["metadata"]["annotations"]["team"] == "llm"
     assert "checksum/registry" in docs[name("router")]["spec"]["template"]["metadata"]["annotations"]
+
+
+def test_edge_replicas_share_their_batches_through_redis() -> None:
+    """Batches live in EDGE_BATCH_REDIS_URL, or in each edge process without it: there a file uploaded to one
+    replica is not found by the batch created on another, and a pod the autoscaler removes takes its batches."""
+    docs = render("--set", "networkPolicy.egress.enabled=true")
+    assert env(docs, "edge")["EDGE_BATCH_REDIS_URL"] == env(docs, "router")["ROUTER_CACHE_REDIS_URL"]
+    policies = by_kind(docs, "NetworkPolicy")
+    (rule,) = policies[name("redis-cache")]["spec"]["ingress"]
+    assert sorted(p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in rule["from"]) == [
+        "edge",
+        "router",
+    ]
+    (to_cache,) = _egress_ports(policies[name("edge")])[6379]
+    assert to_cache["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "redis-cache"
+    # An external cache from a Secret: the edge reads the same Secret.
+    external = render("--set", "redis.cache.urlSecret.name=llm-cache", "--set", "redis.cache.urlSecret.key=url")
+    assert env(external, "edge")["EDGE_BATCH_REDIS_URL"] == {"secretKeyRef": {"name": "llm-cache", "key": "url"}}
+    # Without a batch Redis only a single edge keeps its batches whole.
+    with pytest.raises(subprocess.CalledProcessError) as failure:
+        render("--set", "edge.batchRedis=")
+    assert "edge: more than one replica needs a batch Redis" in failure.value.stderr
+    single = render(
+        "--set", "redis.cache.enabled=false", "--set", "edge.replicas=1", "--set", "edge.autoscaling.enabled=false"
+    )
+    assert "EDGE_BATCH_REDIS_URL" not in env(single, "edge")
+
+
+@pytest.mark.parametrize("scheme", ["redis", "rediss", "redis+cluster", "rediss+cluster"])
+def test_redis_urls_take_every_scheme_the_services_open(scheme: str, tmp_path: Path) -> None:
+    """values.yaml and docs/capacity.md point redis.*.url at a Redis Cluster (llmrouter/redis_connect.py)."""
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({"redis": {"money": {"url": f"{scheme}://node-a:6379,node-b:6379"}}}))
+    docs = render("-f", str(values))
+    assert env(docs, "router")["ROUTER_REDIS_URL"] == f"{scheme}://node-a:6379,node-b:6379"
+
+
+def test_latency_slo_is_under_the_edge_histograms_top_bucket() -> None:
+    """histogram_quantile answers at most the highest finite bucket, so an SLO at or above it would keep
+    LLMRouterEdgeLatencyOverSLO from ever firing, however slow the edge."""
+    from services.edge.app import HTTP_SECONDS
+
+    top = max(b for b in HTTP_SECONDS._upper_bounds if b != float("inf"))
+    render("--set", f"monitoring.prometheusRule.edgeP99SloSeconds={top - 1:g}")
+    with pytest.raises(subprocess.CalledProcessError) as failure:
+        render("--set", f"monitoring.prometheusRule.edgeP99SloSeconds={top:g}")
+    assert "edgeP99SloSeconds" in failure.value.stderr
+
+
+def test_router_ledger_in_postgresql_from_a_secret() -> None:
+    """Without ROUTER_LEDGER_SQL_DSN each router pod keeps its own SQLite ledger on /tmp: with two replicas each
+    holds a part of it (Stats sees half), and the pod's deletion loses it. The DSN holds a password: a Secret."""
+    dsn = ("--set", "router.ledgerDsnSecret.name=llm-ledger", "--set", "router.ledgerDsnSecret.key=dsn")
+    assert env(render(*dsn), "router")["ROUTER_LEDGER_SQL_DSN"] == {
+        "secretKeyRef": {"name": "llm-ledger", "key": "dsn"}
+    }
+    assert "ROUTER_LEDGER_SQL_DSN" not in env(render(), "router")
+    egress = ("--set", "networkPolicy.egress.enabled=true")
+    with pytest.raises(subprocess.CalledProcessError) as failure:
+        render(*dsn, *egress)
+    assert "networkPolicy.egress.ledgerTo" in failure.value.stderr
+    docs = render(*dsn, *egress, "--set", "networkPolicy.egress.ledgerTo[0].ipBlock.cidr=10.30.0.5/32")
+    router = _egress_ports(by_kind(docs, "NetworkPolicy")[name("router")])
+    assert router[5432] == [{"ipBlock": {"cidr": "10.30.0.5/32"}}]

@@ -52,6 +52,9 @@ def test_rules_pass_their_tests(tmp_path: Path) -> None:
         ("LLMRouterEdgeDown", "expr", "llmrouter-edge", "llmrouter-edg"),  # a dead edge must fire
         ("LLMRouterClassifierDown", "expr", 'namespace="prod",', ""),  # unscoped: staging's classifier masks it
         ("LLMRouterEdgeLatencyOverSLO", "expr", "> 0.05", "> 0"),  # no traffic floor: a trickle fires
+        ("LLMRouterCircuitBreakerOpen", "expr", "[5m]", "[1m]"),  # a slow failing probe hides a flapping outage
+        ("LLMRouterBudgetRejectionsSpike", "expr", "or 0 *", "and 0 *"),  # nothing served: 100% refused is missed
+        ("LLMRouterMoneyStoreUnreachable", "expr", ',store="money"', ""),  # the cache store taken for the money's
     ],
 )
 def test_a_broken_alert_fails_its_tests(tmp_path: Path, alert: str, field: str, before: str, after: str) -> None:

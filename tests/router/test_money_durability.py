@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import redis as sync_redis
 import redis.asyncio as redis
+from prometheus_client import REGISTRY
 
 from llmrouter.redis_connect import connect
 from llmrouter.settings import load_settings
@@ -121,6 +122,10 @@ async def test_an_unreachable_money_store_refuses_admission(money: RedisServer) 
         await store.close()
 
 
+def outbox_gauge() -> float | None:
+    return REGISTRY.get_sample_value("llmrouter_router_outbox_charges")
+
+
 async def test_a_charge_kept_in_the_outbox_lands_once_when_the_store_is_back(
     money: RedisServer, tmp_path: Path
 ) -> None:
@@ -133,10 +138,13 @@ async def test_a_charge_kept_in_the_outbox_lands_once_when_the_store_is_back(
         with pytest.raises(StoreUnavailable):
             await store.charge(account, hold, 1_234, {"request_id": hold.request_id, "outcome": "ok"})
         await outbox.add(OutboxCharge(account, hold, 1_234, {"request_id": hold.request_id, "outcome": "ok"}))
+        assert outbox_gauge() == 1  # what LLMRouterOutboxNotDraining pages on
         assert await outbox.replay(store) == 0 and len(outbox) == 1  # still down: kept
+        assert outbox_gauge() == 1
         assert len(Outbox(tmp_path / "data")) == 1  # on disk: a restarted router finds it
         money.start()  # AOF: the hold and the pending charge are still there
         assert await outbox.replay(store) == 1 and len(outbox) == 0
+        assert outbox_gauge() == 0
         # A second copy (say, replayed by another router sharing the data dir) is not charged again, even once
         # the charged marker has expired: its pending charge is settled.
         client = redis.from_url(money.url)

@@ -109,7 +109,12 @@ money cache
 {{- end }}
 {{- end }}
 
-{{/* The env entry giving the router one Redis role's URL. Call with (list $ "money" "ROUTER_REDIS_URL"). */}}
+{{/* The Redis role holding the edge's batches (edge.batchRedis) when that role has a Redis; empty: in process. */}}
+{{- define "llmrouter.batchRedis" -}}
+{{- with .Values.edge.batchRedis }}{{ if include "llmrouter.redisEnabled" (list $ .) }}{{ . }}{{ end }}{{ end }}
+{{- end }}
+
+{{/* The env entry giving a service one Redis role's URL. Call with (list $ "money" "ROUTER_REDIS_URL"). */}}
 {{- define "llmrouter.redisUrlEnv" -}}
 {{- $root := index . 0 }}
 {{- $role := index . 1 }}
@@ -164,6 +169,11 @@ money cache
   value: {{ include "llmrouter.addr" (list $root "providers") | quote }}
 {{- include "llmrouter.redisUrlEnv" (list $root "money" "ROUTER_REDIS_URL") }}
 {{- include "llmrouter.redisUrlEnv" (list $root "cache" "ROUTER_CACHE_REDIS_URL") }}
+{{- with $v.ledgerDsnSecret }}{{ if .name }}
+- name: ROUTER_LEDGER_SQL_DSN
+  valueFrom:
+    secretKeyRef: {name: {{ .name | quote }}, key: {{ .key | quote }}}
+{{- end }}{{ end }}
 {{- end }}
 {{- if eq $svc "providers" }}
 - name: PROVIDERS_API_KEYS_DIR
@@ -174,6 +184,9 @@ money cache
   value: {{ include "llmrouter.addr" (list $root "router") | quote }}
 - name: EDGE_ALLOW_ANONYMOUS
   value: {{ $v.allowAnonymous | quote }}
+{{- with include "llmrouter.batchRedis" $root }}
+{{- include "llmrouter.redisUrlEnv" (list $root . "EDGE_BATCH_REDIS_URL") }}
+{{- end }}
 {{- with $v.apiKeys }}{{ if .existingSecret }}
 - name: EDGE_API_KEYS_FILE
   value: {{ printf "%s/%s" .mountPath .key | quote }}
