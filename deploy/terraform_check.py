@@ -50,7 +50,12 @@ GOOD: dict[str, dict | Path] = {
             "edge": {"min_replicas": 3, "max_replicas": 30},
             "router": {"min_replicas": 2, "max_replicas": 6},
         },
-        "ingress": {"host": "llm.example.com", "class_name": "nginx", "tls_secret": "llm-tls"},
+        "ingress": {
+            "host": "llm.example.com",
+            "class_name": "nginx",
+            "tls_secret": "llm-tls",
+            "annotations": {"nginx.ingress.kubernetes.io/proxy-body-size": "101m"},
+        },
         "hourly_budget_usd": 12.5,
         "edge_p99_slo_seconds": 30,
     },
@@ -87,7 +92,7 @@ def unknown_keys(values: dict, chart: dict, path: str = "") -> list[str]:
     for key, value in values.items():
         if key not in chart:
             unknown.append(f"{path}{key}")
-        elif isinstance(value, dict) and isinstance(chart[key], dict):
+        elif isinstance(value, dict) and isinstance(chart[key], dict) and chart[key]:  # {}: a free-form map
             unknown += unknown_keys(value, chart[key], f"{path}{key}.")
     return unknown
 

@@ -31,10 +31,11 @@ locals {
       dashboard = { enabled = var.monitoring_enabled }
     }
     ingress = {
-      enabled   = var.ingress != null
-      className = try(var.ingress.class_name, "")
-      hosts     = var.ingress == null ? [] : [{ host = var.ingress.host, paths = [{ path = "/", pathType = "Prefix" }] }]
-      tls       = try(var.ingress.tls_secret, "") == "" ? [] : [{ secretName = var.ingress.tls_secret, hosts = [var.ingress.host] }]
+      enabled     = var.ingress != null
+      className   = try(var.ingress.class_name, "")
+      annotations = try(var.ingress.annotations, {})
+      hosts       = var.ingress == null ? [] : [{ host = var.ingress.host, paths = [{ path = "/", pathType = "Prefix" }] }]
+      tls         = try(var.ingress.tls_secret, "") == "" ? [] : [{ secretName = var.ingress.tls_secret, hosts = [var.ingress.host] }]
     }
   }
   # Per-service HPA bounds, merged into the service sections above.

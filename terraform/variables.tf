@@ -132,6 +132,9 @@ variable "ingress" {
     host       = string
     class_name = optional(string, "")
     tls_secret = optional(string, "")
+    # The controller's own settings, e.g. nginx's body limit (1 MB by default), which batch uploads exceed:
+    # { "nginx.ingress.kubernetes.io/proxy-body-size" = "101m" }.
+    annotations = optional(map(string), {})
   })
   default = null
 

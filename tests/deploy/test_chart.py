@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from services.edge.settings import EdgeSettings
+
 from .kube_api import KubeApi
 from .support import CHART, GRPC_SERVICES, SERVICES, by_kind, documented_ports, render
 
@@ -301,6 +303,10 @@ def test_production_values() -> None:
     (ingress,) = by_kind(docs, "Ingress").values()
     backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
     assert backend == {"name": name("edge"), "port": {"name": "http"}}
+    # nginx's own body limit (1 MB unless raised) must let the largest batch upload through to the edge.
+    body_limit = ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"]
+    largest_upload = EdgeSettings.model_fields["batch_max_file_bytes"].default
+    assert body_limit.endswith("m") and int(body_limit[:-1]) * 2**20 > largest_upload
     (peer,) = _callers(by_kind(docs, "NetworkPolicy")[name("edge")])
     assert peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "ingress-nginx"}
 
