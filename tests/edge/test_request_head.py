@@ -1,0 +1,82 @@
+"""`python -m services.edge` as deployed bounds a request's line and headers: httptools alone would buffer a head
+of any size, hundreds of megabytes per connection, before the caller is even authenticated."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from services.edge.protocol import MAX_HEAD_BYTES
+from tests.conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def edge_port() -> Iterator[int]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port, nowhere = s.getsockname()[1], s.getsockname()[1] + 1
+    env = {**os.environ, "EDGE_PORT": str(port), "EDGE_METRICS_PORT": "0", "EDGE_ROUTER_ADDR": f"127.0.0.1:{nowhere}"}
+    edge = subprocess.Popen(
+        [sys.executable, "-m", "services.edge"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "the edge did not start"
+                time.sleep(0.1)
+        yield port
+    finally:
+        edge.terminate()
+        edge.wait(timeout=30)
+
+
+def answer(port: int, sent: bytes) -> bytes:
+    """What the edge answers to `sent` (a head it never ends), up to its closing the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(sent)
+        received = b""
+        try:
+            while chunk := s.recv(65536):
+                received += chunk
+        except TimeoutError:
+            pytest.fail(f"no answer after {len(sent)} bytes of head: the edge is still buffering it")
+        return received
+
+
+@pytest.mark.parametrize("head", ["one long header", "many headers", "a long path"])
+def test_a_head_past_the_bound_is_a_431_with_an_openai_body(edge_port: int, head: str) -> None:
+    size = MAX_HEAD_BYTES + 16 * 1024
+    sent = {
+        "one long header": b"POST /v1/chat/completions HTTP/1.1\r\nHost: edge\r\nX-Big: " + b"a" * size,
+        "many headers": b"POST /v1/chat/completions HTTP/1.1\r\nHost: edge\r\n" + b"X-H: v\r\n" * (size // 8),
+        "a long path": b"GET /v1/models/" + b"m" * size,
+    }[head]
+    status, _, body = answer(edge_port, sent).partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 431 "), status
+    assert json.loads(body)["error"]["code"] == "request_header_fields_too_large"
+
+
+def test_a_body_past_the_bound_arriving_with_its_head_is_served(edge_port: int) -> None:
+    prompt = "x" * (4 * MAX_HEAD_BYTES)
+    body = json.dumps({"messages": [{"role": "user", "content": prompt}]}).encode()
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: edge\r\nConnection: close\r\nContent-Length: %d\r\n\r\n"
+    status, _, _ = answer(edge_port, head % len(body) + body).partition(b"\r\n")
+    assert status == b"HTTP/1.1 503 Service Unavailable"  # read whole, then the router is not there
+    with httpx.Client(base_url=f"http://127.0.0.1:{edge_port}") as http:  # a head under the bound, kept alive
+        for _ in range(3):
+            assert http.get("/healthz", headers={"x-big": "a" * (MAX_HEAD_BYTES // 2)}).status_code == 200
+    with httpx.Client(base_url=f"http://127.0.0.1:{edge_port}") as http:  # heads under the bound, one connection
+        for _ in range(3):
+            assert http.get("/healthz", headers={"x-big": "a" * (MAX_HEAD_BYTES // 2)}).status_code == 200
