@@ -1,6 +1,7 @@
 """The edge's HTTP/1.1 protocol: uvicorn's httptools one, with the request's head (request line and headers)
-bounded. httptools keeps a head in memory however long it grows (uvicorn bounds it for h11 only), so one caller,
-before it is even authenticated, could hold hundreds of megabytes of the edge per connection."""
+bounded, and its refusals of malformed HTTP in OpenAI's error body like every other 4xx. httptools keeps a head in
+memory however long it grows (uvicorn bounds it for h11 only), so one caller, before it is even authenticated,
+could hold hundreds of megabytes of the edge per connection."""
 
 from __future__ import annotations
 
@@ -9,20 +10,11 @@ import json
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 MAX_HEAD_BYTES = 64 * 1024  # four times what nginx and Node accept by default
-TOO_LARGE = json.dumps(
-    {
-        "error": {
-            "message": f"request line and headers over {MAX_HEAD_BYTES} bytes",
-            "type": "invalid_request_error",
-            "param": None,
-            "code": "request_header_fields_too_large",
-        }
-    }
-).encode()
+REASONS = {400: b"Bad Request", 431: b"Request Header Fields Too Large"}
 
 
 class BoundedHeadProtocol(HttpToolsProtocol):
-    """A head past MAX_HEAD_BYTES gets a 431 with OpenAI's error body and the connection is closed."""
+    """A head past MAX_HEAD_BYTES gets a 431 and the connection is closed, as after a malformed request's 400."""
 
     in_head = False  # a request's head has begun and not ended
     head_bytes = 0  # received since it began (the whole chunk it began in)
@@ -35,11 +27,20 @@ class BoundedHeadProtocol(HttpToolsProtocol):
             return
         self.head_bytes += len(data)
         if self.head_bytes > MAX_HEAD_BYTES:
-            self.transport.write(
-                b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
-                b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(TOO_LARGE), TOO_LARGE)
-            )
-            self.transport.close()
+            message = f"request line and headers over {MAX_HEAD_BYTES} bytes"
+            self.refuse(431, message, "request_header_fields_too_large")
+
+    def send_400_response(self, msg: str) -> None:
+        self.refuse(400, msg, "invalid_http_request")
+
+    def refuse(self, status: int, message: str, code: str) -> None:
+        error = {"message": message, "type": "invalid_request_error", "param": None, "code": code}
+        body = json.dumps({"error": error}).encode()
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
+            % (status, REASONS[status], len(body), body)
+        )
+        self.transport.close()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()

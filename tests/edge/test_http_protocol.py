@@ -1,5 +1,6 @@
-"""`python -m services.edge` as deployed bounds a request's line and headers: httptools alone would buffer a head
-of any size, hundreds of megabytes per connection, before the caller is even authenticated."""
+"""`python -m services.edge` as deployed bounds a request's line and headers (httptools alone would buffer a head
+of any size, hundreds of megabytes per connection, before the caller is even authenticated) and refuses malformed
+HTTP with OpenAI's error body, as any other bad input."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def edge_port() -> Iterator[int]:
 
 
 def answer(port: int, sent: bytes) -> bytes:
-    """What the edge answers to `sent` (a head it never ends), up to its closing the connection."""
+    """What the edge answers to `sent`, up to its closing the connection."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         s.sendall(sent)
         received = b""
@@ -80,3 +81,19 @@ def test_a_body_past_the_bound_arriving_with_its_head_is_served(edge_port: int) 
     with httpx.Client(base_url=f"http://127.0.0.1:{edge_port}") as http:  # heads under the bound, one connection
         for _ in range(3):
             assert http.get("/healthz", headers={"x-big": "a" * (MAX_HEAD_BYTES // 2)}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: edge\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: edge\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+        b"GET /healthz HTTP/1.1\r\nHost: edge\r\nA header: with a space\r\n\r\n",
+        b"GET /v1/models/\xff HTTP/1.1\r\nHost: edge\r\n\r\n",
+    ],
+    ids=["bad chunk size", "two lengths", "bad header name", "raw byte in path"],
+)
+def test_malformed_http_is_a_400_with_an_openai_body(edge_port: int, sent: bytes) -> None:
+    status, _, body = answer(edge_port, sent).partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 400 "), status
+    assert json.loads(body)["error"]["code"] == "invalid_http_request"
