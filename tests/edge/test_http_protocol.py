@@ -1,6 +1,7 @@
-"""`python -m services.edge` as deployed bounds a request's line and headers (httptools alone would buffer a head
-of any size, hundreds of megabytes per connection, before the caller is even authenticated) and refuses malformed
-HTTP with OpenAI's error body, as any other bad input."""
+"""`python -m services.edge` as deployed bounds a request's line and headers in size and time (httptools alone
+would buffer a head of any size, hundreds of megabytes per connection, and uvicorn would wait for one forever:
+before the caller is even authenticated) and refuses malformed HTTP with OpenAI's error body, as any other bad
+input."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ import pytest
 from services.edge.protocol import MAX_HEAD_BYTES
 from tests.conftest import ROOT
 
+HEAD_TIMEOUT_S = 2
+
 
 @pytest.fixture(scope="module")
 def edge_port() -> Iterator[int]:
@@ -25,6 +28,7 @@ def edge_port() -> Iterator[int]:
         s.bind(("127.0.0.1", 0))
         port, nowhere = s.getsockname()[1], s.getsockname()[1] + 1
     env = {**os.environ, "EDGE_PORT": str(port), "EDGE_METRICS_PORT": "0", "EDGE_ROUTER_ADDR": f"127.0.0.1:{nowhere}"}
+    env["EDGE_HEAD_TIMEOUT_S"] = str(HEAD_TIMEOUT_S)
     edge = subprocess.Popen(
         [sys.executable, "-m", "services.edge"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -43,10 +47,13 @@ def edge_port() -> Iterator[int]:
         edge.wait(timeout=30)
 
 
-def answer(port: int, sent: bytes) -> bytes:
-    """What the edge answers to `sent`, up to its closing the connection."""
+def answer(port: int, sent: bytes, pause_s: float = 0) -> bytes:
+    """What the edge answers to `sent` (its first byte, then after pause_s the rest), up to its closing the
+    connection."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(sent)
+        s.sendall(sent[:1])
+        time.sleep(pause_s)
+        s.sendall(sent[1:])
         received = b""
         try:
             while chunk := s.recv(65536):
@@ -97,3 +104,14 @@ def test_malformed_http_is_a_400_with_an_openai_body(edge_port: int, sent: bytes
     status, _, body = answer(edge_port, sent).partition(b"\r\n\r\n")
     assert status.startswith(b"HTTP/1.1 400 "), status
     assert json.loads(body)["error"]["code"] == "invalid_http_request"
+
+
+def test_a_head_not_whole_in_time_is_a_408_and_a_silent_connection_is_closed(edge_port: int) -> None:
+    trickled = b"GET /healthz HTTP/1.1\r\nHost: edge\r\nX-Slow: "
+    start = time.monotonic()
+    status, _, body = answer(edge_port, trickled, pause_s=HEAD_TIMEOUT_S / 2).partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 408 "), status
+    assert json.loads(body)["error"]["code"] == "request_timeout"
+    assert time.monotonic() - start < HEAD_TIMEOUT_S + 2  # counted from the request's first byte
+    with socket.create_connection(("127.0.0.1", edge_port), timeout=10) as silent:
+        assert silent.recv(1024) == b""
