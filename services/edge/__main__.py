@@ -18,7 +18,7 @@ async def main(settings: EdgeSettings) -> None:
         app,
         host=settings.host,
         port=settings.port,
-        http=edge_protocol(settings.head_timeout_s),  # httptools, its request heads bounded
+        http=edge_protocol(settings.read_timeout_s),  # httptools, its request heads bounded
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=int(settings.grace_seconds),

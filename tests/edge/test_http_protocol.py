@@ -1,7 +1,7 @@
-"""`python -m services.edge` as deployed bounds a request's line and headers in size and time (httptools alone
-would buffer a head of any size, hundreds of megabytes per connection, and uvicorn would wait for one forever:
-before the caller is even authenticated) and refuses malformed HTTP with OpenAI's error body, as any other bad
-input."""
+"""`python -m services.edge` as deployed bounds a request's line and headers in size and time, and its body's
+stalls (httptools alone would buffer a head of any size, hundreds of megabytes per connection, and uvicorn would
+wait for a head or a body forever: before the caller is even authenticated), and refuses malformed HTTP with
+OpenAI's error body, as any other bad input."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import pytest
 from services.edge.protocol import MAX_HEAD_BYTES
 from tests.conftest import ROOT
 
-HEAD_TIMEOUT_S = 2
+READ_TIMEOUT_S = 2
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def edge_port() -> Iterator[int]:
         s.bind(("127.0.0.1", 0))
         port, nowhere = s.getsockname()[1], s.getsockname()[1] + 1
     env = {**os.environ, "EDGE_PORT": str(port), "EDGE_METRICS_PORT": "0", "EDGE_ROUTER_ADDR": f"127.0.0.1:{nowhere}"}
-    env["EDGE_HEAD_TIMEOUT_S"] = str(HEAD_TIMEOUT_S)
+    env["EDGE_READ_TIMEOUT_S"] = str(READ_TIMEOUT_S)
     edge = subprocess.Popen(
         [sys.executable, "-m", "services.edge"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -59,7 +59,7 @@ def answer(port: int, sent: bytes, pause_s: float = 0) -> bytes:
             while chunk := s.recv(65536):
                 received += chunk
         except TimeoutError:
-            pytest.fail(f"no answer after {len(sent)} bytes of head: the edge is still buffering it")
+            pytest.fail(f"no answer after {len(sent)} bytes: the edge still waits for the rest")
         return received
 
 
@@ -109,9 +109,25 @@ def test_malformed_http_is_a_400_with_an_openai_body(edge_port: int, sent: bytes
 def test_a_head_not_whole_in_time_is_a_408_and_a_silent_connection_is_closed(edge_port: int) -> None:
     trickled = b"GET /healthz HTTP/1.1\r\nHost: edge\r\nX-Slow: "
     start = time.monotonic()
-    status, _, body = answer(edge_port, trickled, pause_s=HEAD_TIMEOUT_S / 2).partition(b"\r\n\r\n")
+    status, _, body = answer(edge_port, trickled, pause_s=READ_TIMEOUT_S / 2).partition(b"\r\n\r\n")
     assert status.startswith(b"HTTP/1.1 408 "), status
     assert json.loads(body)["error"]["code"] == "request_timeout"
-    assert time.monotonic() - start < HEAD_TIMEOUT_S + 2  # counted from the request's first byte
+    assert time.monotonic() - start < READ_TIMEOUT_S + 2  # counted from the request's first byte
     with socket.create_connection(("127.0.0.1", edge_port), timeout=10) as silent:
         assert silent.recv(1024) == b""
+
+
+def test_a_body_that_stalls_is_a_408_and_one_that_trickles_is_read(edge_port: int) -> None:
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: edge\r\nContent-Length: 100\r\n\r\n"
+    status, _, body = answer(edge_port, head + b'{"messages": [').partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 408 "), status
+    assert json.loads(body)["error"]["code"] == "request_timeout"
+    trickled = json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode()
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: edge\r\nConnection: close\r\nContent-Length: %d\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", edge_port), timeout=10) as s:
+        s.sendall(head % len(trickled))
+        for byte in trickled[:4]:  # each within the timeout, together past it
+            time.sleep(READ_TIMEOUT_S / 2)
+            s.sendall(bytes([byte]))
+        s.sendall(trickled[4:])
+        assert s.recv(1024).startswith(b"HTTP/1.1 503 ")  # read whole, then the router is not there
