@@ -63,6 +63,10 @@ class BoundedReadProtocol(HttpToolsProtocol):
         self.ended, self.in_body = True, False
         self.disarm()
 
+    def handle_websocket_upgrade(self) -> None:
+        self.disarm()  # the connection is the WebSocket protocol's from here
+        super().handle_websocket_upgrade()
+
     def send_400_response(self, msg: str) -> None:
         self.refuse(400, msg, "invalid_http_request")
 
