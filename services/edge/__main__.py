@@ -7,6 +7,7 @@ from llmrouter.channels import open_channel
 from llmrouter.logs import setup_logging
 from llmrouter.settings import load_settings
 from services.edge.app import create_app
+from services.edge.protocol import edge_protocol
 from services.edge.settings import EdgeSettings
 
 
@@ -17,7 +18,7 @@ async def main(settings: EdgeSettings) -> None:
         app,
         host=settings.host,
         port=settings.port,
-        http="httptools",
+        http=edge_protocol(settings.read_timeout_s),  # httptools, its request heads bounded
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=int(settings.grace_seconds),

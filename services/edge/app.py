@@ -241,8 +241,13 @@ class Edge:
                         yield sse(tail)
             yield sse("[DONE]")
         except grpc.RpcError as err:
-            # Headers are gone: report the failure in the stream, as OpenAI does, and end it.
-            yield sse(api_error(err, request_id).body())
+            # Headers are gone: report the failure in the stream, as OpenAI does, and end it; with what it was
+            # charged (what reached the caller), as x-router-cost-usd would have said.
+            error = api_error(err, request_id)
+            body = error.body()
+            if error.charged_usd:
+                body["x_router"] = {"cost_usd": error.charged_usd}
+            yield sse(body)
         finally:
             call.cancel()  # ended, failed or the caller left: stop the work downstream
 

@@ -27,6 +27,9 @@ class EdgeSettings(ServiceSettings):
     request_timeout_s: float = Field(default=120.0, gt=0)
     max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
     readiness_timeout_s: float = Field(default=1.0, gt=0)
+    # A request's line and headers must arrive whole this long after the connection opened or the request began,
+    # and its body may stall no longer (services/edge/protocol.py).
+    read_timeout_s: float = Field(default=30.0, gt=0)
     # One JSON line per HTTP request, written by a thread off the hot path: stderr, off, or a file path.
     access_log: str = Field(default="stderr", min_length=1)
     # Batches (POST /v1/batches): their files and progress in this Redis, which edge replicas share and a

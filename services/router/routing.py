@@ -124,7 +124,7 @@ def decision(
             router_pb2.Candidate(
                 model=o.model.name,
                 predicted_quality=o.quality,
-                estimated_cost_usd=str(o.cost),
+                estimated_cost_usd=format(o.cost, "f"),  # plain notation, as every amount: never 4.8E-7
                 eligible=not o.excluded,
                 excluded_because=o.excluded,
             )

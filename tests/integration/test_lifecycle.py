@@ -98,6 +98,8 @@ async def test_stream_cut_upstream_ends_with_an_error_event_and_a_partial_charge
     assert any(e.get("choices") and e["choices"][0]["delta"].get("content") for e in events[:-1])
     record = await wait_for_record(chain, tenant)
     assert record["outcome"] == "interrupted" and float(record["cost_usd"]) > 0
+    # The headers are gone: the error event tells what was charged, as a batch line's error does.
+    assert events[-1]["x_router"] == {"cost_usd": record["cost_usd"]}
 
 
 async def test_deadline_reaches_the_upstream_call(slow_budget: Chain) -> None:

@@ -61,3 +61,14 @@ def test_a_cost_cap_that_rules_out_every_available_model_still_names_max_cost_us
     with pytest.raises(ServiceError) as raised:
         policy.plan(REGISTRY, options, capped, classified=False)
     assert raised.value.reason == "NO_ELIGIBLE_MODEL" and raised.value.metadata == {"field": "max_cost_usd"}
+
+
+def test_a_tiny_estimated_cost_is_in_plain_notation_as_every_other_amount() -> None:
+    short = limits(input_tokens=1, expected_output_tokens=1, input_bound=InputBound({"utf8_bytes": 1}, 10**9))
+    every = policy.evaluate(REGISTRY.models, None, short)
+    made = decision(policy.plan(REGISTRY, every, short, classified=False), short, "")
+    tiny = [
+        c for c in made.candidates if Decimal(c.estimated_cost_usd) and Decimal(c.estimated_cost_usd) < Decimal("1e-6")
+    ]
+    assert tiny, "the shipped registry prices some answer under a millionth of a dollar"
+    assert all("E" not in c.estimated_cost_usd.upper() for c in made.candidates), made.candidates

@@ -1,0 +1,103 @@
+"""The edge's HTTP/1.1 protocol: uvicorn's httptools one, with each request's head (request line and headers)
+bounded in size and time and its body in stalls, and its refusals of malformed HTTP in OpenAI's error body like
+every other 4xx. httptools keeps a head in memory however long it grows (uvicorn bounds it for h11 only), and
+uvicorn waits for a head or a body however slowly it comes (its keep-alive timeout ends only before the first
+byte of a next request): one caller, before it is even authenticated, could hold hundreds of megabytes of the
+edge per connection, or as many connections as it likes (until the process has no file descriptor left)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+MAX_HEAD_BYTES = 64 * 1024  # four times what nginx and Node accept by default
+REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+
+
+class BoundedReadProtocol(HttpToolsProtocol):
+    """A head past MAX_HEAD_BYTES gets a 431; a head not whole read_timeout_s after the connection opened or the
+    request began, or a body that stalls that long, a 408; then the connection is closed, as after a malformed
+    request's 400. A connection that sends nothing for read_timeout_s is closed."""
+
+    read_timeout_s = 30.0  # the edge's setting EDGE_READ_TIMEOUT_S (edge_protocol)
+    read_timer: asyncio.TimerHandle | None = None
+    in_head = False  # a request's head has begun and not ended
+    in_body = False  # a request's head has ended and its body not
+    head_bytes = 0  # received since the head began (the whole chunk it began in)
+    ended = False  # a request ended in the chunk being parsed: the next one's head, pipelined, is not counted
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self.ended = False
+        if self.in_body:  # the body progresses
+            self.arm()
+        super().data_received(data)
+        if not self.in_head or self.ended or self.transport.is_closing():
+            return
+        self.head_bytes += len(data)
+        if self.head_bytes > MAX_HEAD_BYTES:
+            self.refuse(431, f"request line and headers over {MAX_HEAD_BYTES} bytes", "request_header_fields_too_large")
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.in_head, self.head_bytes = True, 0
+        if self.read_timer is None:  # a next request on the connection: its own time
+            self.arm()
+
+    def on_headers_complete(self) -> None:
+        self.in_head, self.in_body = False, True
+        self.arm()
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self.ended, self.in_body = True, False
+        self.disarm()
+
+    def handle_websocket_upgrade(self) -> None:
+        self.disarm()  # the connection is the WebSocket protocol's from here
+        super().handle_websocket_upgrade()
+
+    def send_400_response(self, msg: str) -> None:
+        self.refuse(400, msg, "invalid_http_request")
+
+    def arm(self) -> None:
+        self.disarm()
+        self.read_timer = self.loop.call_later(self.read_timeout_s, self.timed_out)
+
+    def disarm(self) -> None:
+        if self.read_timer is not None:
+            self.read_timer.cancel()
+            self.read_timer = None
+
+    def timed_out(self) -> None:
+        self.read_timer = None
+        if self.in_body and self.flow.read_paused:  # the app has yet to take what came: no stall of the caller's
+            self.arm()
+        elif (self.in_head or self.in_body) and not (self.cycle is not None and self.cycle.response_started):
+            what = "request line and headers not received" if self.in_head else "request body stalled"
+            self.refuse(408, f"{what} within {self.read_timeout_s:g} s", "request_timeout")
+        else:  # nothing sent, or an answer begun: no answer of ours can follow
+            self.transport.close()
+
+    def refuse(self, status: int, message: str, code: str) -> None:
+        error = {"message": message, "type": "invalid_request_error", "param": None, "code": code}
+        body = json.dumps({"error": error}).encode()
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
+            % (status, REASONS[status], len(body), body)
+        )
+        self.transport.close()
+
+
+def edge_protocol(read_timeout_s: float) -> type[BoundedReadProtocol]:
+    return type("EdgeHttpProtocol", (BoundedReadProtocol,), {"read_timeout_s": read_timeout_s})

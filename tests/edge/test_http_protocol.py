@@ -1,0 +1,133 @@
+"""`python -m services.edge` as deployed bounds a request's line and headers in size and time, and its body's
+stalls (httptools alone would buffer a head of any size, hundreds of megabytes per connection, and uvicorn would
+wait for a head or a body forever: before the caller is even authenticated), and refuses malformed HTTP with
+OpenAI's error body, as any other bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from services.edge.protocol import MAX_HEAD_BYTES
+from tests.conftest import ROOT
+
+READ_TIMEOUT_S = 2
+
+
+@pytest.fixture(scope="module")
+def edge_port() -> Iterator[int]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port, nowhere = s.getsockname()[1], s.getsockname()[1] + 1
+    env = {**os.environ, "EDGE_PORT": str(port), "EDGE_METRICS_PORT": "0", "EDGE_ROUTER_ADDR": f"127.0.0.1:{nowhere}"}
+    env["EDGE_READ_TIMEOUT_S"] = str(READ_TIMEOUT_S)
+    edge = subprocess.Popen(
+        [sys.executable, "-m", "services.edge"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "the edge did not start"
+                time.sleep(0.1)
+        yield port
+    finally:
+        edge.terminate()
+        edge.wait(timeout=30)
+
+
+def answer(port: int, sent: bytes, pause_s: float = 0) -> bytes:
+    """What the edge answers to `sent` (its first byte, then after pause_s the rest), up to its closing the
+    connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(sent[:1])
+        time.sleep(pause_s)
+        s.sendall(sent[1:])
+        received = b""
+        try:
+            while chunk := s.recv(65536):
+                received += chunk
+        except TimeoutError:
+            pytest.fail(f"no answer after {len(sent)} bytes: the edge still waits for the rest")
+        return received
+
+
+@pytest.mark.parametrize("head", ["one long header", "many headers", "a long path"])
+def test_a_head_past_the_bound_is_a_431_with_an_openai_body(edge_port: int, head: str) -> None:
+    size = MAX_HEAD_BYTES + 16 * 1024
+    sent = {
+        "one long header": b"POST /v1/chat/completions HTTP/1.1\r\nHost: edge\r\nX-Big: " + b"a" * size,
+        "many headers": b"POST /v1/chat/completions HTTP/1.1\r\nHost: edge\r\n" + b"X-H: v\r\n" * (size // 8),
+        "a long path": b"GET /v1/models/" + b"m" * size,
+    }[head]
+    status, _, body = answer(edge_port, sent).partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 431 "), status
+    assert json.loads(body)["error"]["code"] == "request_header_fields_too_large"
+
+
+def test_a_body_past_the_bound_arriving_with_its_head_is_served(edge_port: int) -> None:
+    prompt = "x" * (4 * MAX_HEAD_BYTES)
+    body = json.dumps({"messages": [{"role": "user", "content": prompt}]}).encode()
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: edge\r\nConnection: close\r\nContent-Length: %d\r\n\r\n"
+    status, _, _ = answer(edge_port, head % len(body) + body).partition(b"\r\n")
+    assert status == b"HTTP/1.1 503 Service Unavailable"  # read whole, then the router is not there
+    with httpx.Client(base_url=f"http://127.0.0.1:{edge_port}") as http:  # a head under the bound, kept alive
+        for _ in range(3):
+            assert http.get("/healthz", headers={"x-big": "a" * (MAX_HEAD_BYTES // 2)}).status_code == 200
+    with httpx.Client(base_url=f"http://127.0.0.1:{edge_port}") as http:  # heads under the bound, one connection
+        for _ in range(3):
+            assert http.get("/healthz", headers={"x-big": "a" * (MAX_HEAD_BYTES // 2)}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: edge\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: edge\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+        b"GET /healthz HTTP/1.1\r\nHost: edge\r\nA header: with a space\r\n\r\n",
+        b"GET /v1/models/\xff HTTP/1.1\r\nHost: edge\r\n\r\n",
+    ],
+    ids=["bad chunk size", "two lengths", "bad header name", "raw byte in path"],
+)
+def test_malformed_http_is_a_400_with_an_openai_body(edge_port: int, sent: bytes) -> None:
+    status, _, body = answer(edge_port, sent).partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 400 "), status
+    assert json.loads(body)["error"]["code"] == "invalid_http_request"
+
+
+def test_a_head_not_whole_in_time_is_a_408_and_a_silent_connection_is_closed(edge_port: int) -> None:
+    trickled = b"GET /healthz HTTP/1.1\r\nHost: edge\r\nX-Slow: "
+    start = time.monotonic()
+    status, _, body = answer(edge_port, trickled, pause_s=READ_TIMEOUT_S / 2).partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 408 "), status
+    assert json.loads(body)["error"]["code"] == "request_timeout"
+    assert time.monotonic() - start < READ_TIMEOUT_S + 2  # counted from the request's first byte
+    with socket.create_connection(("127.0.0.1", edge_port), timeout=10) as silent:
+        assert silent.recv(1024) == b""
+
+
+def test_a_body_that_stalls_is_a_408_and_one_that_trickles_is_read(edge_port: int) -> None:
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: edge\r\nContent-Length: 100\r\n\r\n"
+    status, _, body = answer(edge_port, head + b'{"messages": [').partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 408 "), status
+    assert json.loads(body)["error"]["code"] == "request_timeout"
+    trickled = json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode()
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: edge\r\nConnection: close\r\nContent-Length: %d\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", edge_port), timeout=10) as s:
+        s.sendall(head % len(trickled))
+        for byte in trickled[:4]:  # each within the timeout, together past it
+            time.sleep(READ_TIMEOUT_S / 2)
+            s.sendall(bytes([byte]))
+        s.sendall(trickled[4:])
+        assert s.recv(1024).startswith(b"HTTP/1.1 503 ")  # read whole, then the router is not there
