@@ -2,6 +2,7 @@
 
 import uvicorn
 from prometheus_client import start_http_server
+from starlette.applications import Starlette
 
 from llmrouter.channels import open_channel
 from llmrouter.logs import setup_logging
@@ -11,10 +12,9 @@ from services.edge.protocol import edge_protocol
 from services.edge.settings import EdgeSettings
 
 
-async def main(settings: EdgeSettings) -> None:
-    channel = open_channel(settings.router_addr, settings)
-    app = create_app(settings, channel)
-    config = uvicorn.Config(
+def server_config(app: Starlette, settings: EdgeSettings) -> uvicorn.Config:
+    """How the edge is served: in production and by the tests that start one in process."""
+    return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -23,7 +23,11 @@ async def main(settings: EdgeSettings) -> None:
         access_log=False,
         timeout_graceful_shutdown=int(settings.grace_seconds),
     )
-    server = uvicorn.Server(config)
+
+
+async def main(settings: EdgeSettings) -> None:
+    channel = open_channel(settings.router_addr, settings)
+    server = uvicorn.Server(server_config(create_app(settings, channel), settings))
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr=settings.host)
     try:

@@ -24,6 +24,7 @@ from llmrouter.channels import open_channel
 from llmrouter.server import RunningServer, start_server
 from services import classifier, providers, router
 from services.classifier.settings import ClassifierSettings
+from services.edge.__main__ import server_config
 from services.edge.app import create_app
 from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
@@ -129,7 +130,7 @@ def free_ports(count: int) -> list[int]:
 async def start_edge(settings: EdgeSettings) -> tuple[uvicorn.Server, asyncio.Task[None], grpc.aio.Channel]:
     channel = open_channel(settings.router_addr, settings)  # as the edge opens it: its message limits included
     app = create_app(settings, channel)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_config=None))
+    server = uvicorn.Server(server_config(app, settings))  # as the edge is served: its HTTP protocol included
     task = asyncio.create_task(server.serve())
     while not server.started:
         await asyncio.sleep(0.02)
