@@ -12,6 +12,7 @@ from services.edge.openai_api import ApiError, decode_json
 
 # Meaningless for a chat model: refused by name instead of silently ignored, unless set to their defaults.
 UNSUPPORTED = {"suffix": ("",), "echo": (False,), "logprobs": (0,), "best_of": (1,)}
+DEFAULT_MAX_TOKENS = 16
 
 
 def to_chat(body: bytes) -> bytes:
@@ -31,6 +32,10 @@ def to_chat(body: bytes) -> bytes:
     if "messages" in raw:
         raise ApiError(400, "messages belongs to /v1/chat/completions; send prompt here", param="messages")
     raw["messages"] = [{"role": "user", "content": prompt}]
+    if raw.get("max_tokens") is None and raw.get("max_completion_tokens") is None:
+        # OpenAI's default for this route: a caller leaving it out expects (and pays for) 16 tokens, not a
+        # chat model's whole answer.
+        raw["max_tokens"] = DEFAULT_MAX_TOKENS
     return json.dumps(raw).encode()
 
 
