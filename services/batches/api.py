@@ -37,8 +37,13 @@ class BatchApi:
         max_file_bytes: int,
         retention_s: int,
         window_s: int,
+        max_uploads: int,
     ) -> None:
         self.store = store
+        # Each upload is held whole in memory (up to max_file_bytes, several times over while parsed): past
+        # max_uploads at once a new one is refused (429) before its body is read.
+        self.max_uploads = max_uploads
+        self.uploads = 0
         self.retention_s = retention_s  # uploaded files, and batches and their files once ended
         self.window_s = window_s  # a batch's completion window: it expires this long after its creation
         self.runner = runner
@@ -60,6 +65,20 @@ class BatchApi:
 
     async def create_file(self, request: Request) -> Response:
         tenant, _ = self.caller(request)
+        if self.uploads >= self.max_uploads:
+            raise ApiError(
+                429,
+                f"{self.max_uploads} file uploads are in progress on this server; retry shortly",
+                code="rate_limit_exceeded",
+                retry_after="1",
+            )
+        self.uploads += 1  # no await since the check: the event loop runs one request at a time up to here
+        try:
+            return await self._create_file(request, tenant)
+        finally:
+            self.uploads -= 1
+
+    async def _create_file(self, request: Request, tenant: str) -> Response:
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_file_bytes + 64 * 1024:
             raise ApiError(413, f"file over {self.max_file_bytes} bytes", code="request_too_large")

@@ -1,6 +1,6 @@
 """Listing and deleting files and batches through the official SDK (files.list, batches.list, files.delete), per
-tenant, from the store's per-tenant index (Redis, and the in-process store); and a running batch's input file
-deleted under it."""
+tenant, from the store's per-tenant index (Redis, and the in-process store); a running batch's input file deleted
+under it; and the bound on uploads at once, refused before their body is read."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as redis
-from openai import AsyncOpenAI, BadRequestError, NotFoundError
+from openai import AsyncOpenAI, BadRequestError, NotFoundError, RateLimitError
 
 from services.batches.store import file_key, readers_key
 from services.edge.keys import key_line
@@ -161,3 +161,37 @@ async def test_a_running_batchs_input_file_deleted_is_gone_from_the_api_and_the_
     finally:
         chain.budget.latency = 0.0
         await db.aclose()
+
+
+async def test_an_upload_past_the_bound_gets_a_429_before_its_body_is_read(chain: Chain) -> None:
+    async with running_edge(chain, batch_max_concurrent_uploads=1) as edge:
+        await past_the_bound(edge)
+
+
+async def past_the_bound(edge: Edge) -> None:
+    owner = edge.clients["owner"]
+    head = (
+        f"POST /v1/files HTTP/1.1\r\nhost: edge\r\nauthorization: Bearer {edge.keys['owner']}\r\n"
+        "content-type: multipart/form-data; boundary=b\r\ncontent-length: {length}\r\n\r\n"
+    )
+    part = b'--b\r\ncontent-disposition: form-data; name="file"; filename="f.jsonl"\r\n\r\n'
+    _, slow = await asyncio.open_connection("127.0.0.1", edge.settings.port)  # an upload that takes its time
+    slow.write(head.replace("{length}", "1000000").encode() + part)
+    await slow.drain()
+    await asyncio.sleep(0.3)
+    try:
+        with pytest.raises(RateLimitError) as refused:
+            await owner.files.create(file=("f.jsonl", jsonl(1)), purpose="batch")
+        assert refused.value.response.headers["retry-after"] == "1"
+        assert refused.value.body["type"] == "rate_limit_error"  # type: ignore[index]
+        # Refused on its head alone: its body is never awaited.
+        reader, writer = await asyncio.open_connection("127.0.0.1", edge.settings.port)
+        writer.write(head.replace("{length}", "50000000").encode())
+        status = await asyncio.wait_for(reader.readline(), timeout=5)
+        assert status.split(b" ")[1] == b"429", status
+        writer.close()
+    finally:
+        slow.close()
+    # The slow upload gave up: the SDK's own retry, after the Retry-After, gets in.
+    patient = owner.with_options(max_retries=5)
+    assert (await patient.files.create(file=("f.jsonl", jsonl(1)), purpose="batch")).bytes > 0
