@@ -1,6 +1,6 @@
-"""The Files and Batches routes: POST /v1/files, GET /v1/files/{id}, GET /v1/files/{id}/content,
-POST /v1/batches, GET /v1/batches/{id}, POST /v1/batches/{id}/cancel. Per tenant: another tenant's file or
-batch is a 404."""
+"""The Files and Batches routes: POST and GET /v1/files, GET and DELETE /v1/files/{id}, GET
+/v1/files/{id}/content, POST and GET /v1/batches, GET /v1/batches/{id}, POST /v1/batches/{id}/cancel. Per
+tenant: another tenant's file or batch is a 404, and never listed."""
 
 from __future__ import annotations
 
@@ -17,20 +17,33 @@ from starlette.types import Message
 
 from services.batches import wire
 from services.batches.runner import Runner, file_fields
-from services.batches.store import Store, batch_key, file_key, now
+from services.batches.store import Store, batch_key, delete_if_unread, file_key, now, readers_key
 from services.edge.openai_api import ApiError, decode_json, read_limited
 from services.router.store import key_id
 
 SMALL_BODY_BYTES = 64 * 1024  # a batch creation's JSON: ids and metadata, never content
+FILE_LISTED = ["tenant", "filename", "purpose", "created_at", "bytes", "deleted"]  # never the content
+PAGE_CHUNK = 1000  # ids read from an index at a time
 
 Caller = Callable[[Request], tuple[str, str]]
 
 
 class BatchApi:
     def __init__(
-        self, store: Store, runner: Runner, caller: Caller, max_file_bytes: int, retention_s: int, window_s: int
+        self,
+        store: Store,
+        runner: Runner,
+        caller: Caller,
+        max_file_bytes: int,
+        retention_s: int,
+        window_s: int,
+        max_uploads: int,
     ) -> None:
         self.store = store
+        # Each upload is held whole in memory (up to max_file_bytes, several times over while parsed): past
+        # max_uploads at once a new one is refused (429) before its body is read.
+        self.max_uploads = max_uploads
+        self.uploads = 0
         self.retention_s = retention_s  # uploaded files, and batches and their files once ended
         self.window_s = window_s  # a batch's completion window: it expires this long after its creation
         self.runner = runner
@@ -40,15 +53,32 @@ class BatchApi:
     def routes(self) -> list[Route]:
         return [
             Route("/v1/files", self.create_file, methods=["POST"]),
+            Route("/v1/files", self.list_files, methods=["GET"]),
             Route("/v1/files/{id}", self.get_file, methods=["GET"]),
+            Route("/v1/files/{id}", self.delete_file, methods=["DELETE"]),
             Route("/v1/files/{id}/content", self.file_content, methods=["GET"]),
             Route("/v1/batches", self.create_batch, methods=["POST"]),
+            Route("/v1/batches", self.list_batches, methods=["GET"]),
             Route("/v1/batches/{id}", self.get_batch, methods=["GET"]),
             Route("/v1/batches/{id}/cancel", self.cancel_batch, methods=["POST"]),
         ]
 
     async def create_file(self, request: Request) -> Response:
         tenant, _ = self.caller(request)
+        if self.uploads >= self.max_uploads:
+            raise ApiError(
+                429,
+                f"{self.max_uploads} file uploads are in progress on this server; retry shortly",
+                code="rate_limit_exceeded",
+                retry_after="1",
+            )
+        self.uploads += 1  # no await since the check: the event loop runs one request at a time up to here
+        try:
+            return await self._create_file(request, tenant)
+        finally:
+            self.uploads -= 1
+
+    async def _create_file(self, request: Request, tenant: str) -> Response:
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_file_bytes + 64 * 1024:
             raise ApiError(413, f"file over {self.max_file_bytes} bytes", code="request_too_large")
@@ -73,7 +103,38 @@ class BatchApi:
         fields = file_fields(tenant, (upload.filename or "batch.jsonl")[:256], content, purpose="batch")
         await self.store.put(file_key(file_id), fields)
         await self.store.expire([file_key(file_id)], self.retention_s)
+        await self.store.index(tenant, "file", file_id, self.retention_s)
         return JSONResponse(wire.file_body(file_id, await self.store.get(file_key(file_id))))
+
+    async def list_files(self, request: Request) -> Response:
+        """As OpenAI's: newest first unless order=asc, up to `limit` (1 to 10,000, all by default) past `after`,
+        of one `purpose` if given."""
+        tenant, _ = self.caller(request)
+        query = request.query_params
+        order = query.get("order", "desc")
+        if order not in ("asc", "desc"):
+            raise ApiError(400, "order must be 'asc' or 'desc'", param="order", code="invalid_value")
+        limit, purpose = _limit(query.get("limit"), 10_000, 10_000), query.get("purpose")
+        found = await self._list(
+            tenant,
+            "file",
+            query.get("after"),
+            limit,
+            order == "desc",
+            FILE_LISTED,
+            lambda fields: purpose is None or fields["purpose"].decode() == purpose,
+        )
+        return JSONResponse(_page([wire.file_body(i, f) for i, f in found], limit))
+
+    async def delete_file(self, request: Request) -> Response:
+        """The file is gone from the API at once. One a running batch reads keeps its content, unseen, until the
+        batch ends (or a batch resumed by another edge would fail): the batch goes on, as at OpenAI."""
+        tenant, _ = self.caller(request)
+        file_id, _ = await self._file(request)
+        await self.store.put(file_key(file_id), {"deleted": now()})
+        await delete_if_unread(self.store, file_id)
+        await self.store.unindex(tenant, "file", file_id)
+        return JSONResponse({"id": file_id, "object": "file", "deleted": True})
 
     async def get_file(self, request: Request) -> Response:
         file_id, fields = await self._file(request)
@@ -91,7 +152,7 @@ class BatchApi:
         _check(body)
         input_id = body["input_file_id"]
         fields = await self.store.get(file_key(input_id))
-        if fields.get("tenant", b"").decode() != tenant:
+        if fields.get("tenant", b"").decode() != tenant or "deleted" in fields:
             raise ApiError(404, f"no file {input_id[:64]!r}", param="input_file_id", code="not_found")
         if fields["purpose"] != b"batch":
             raise ApiError(400, "the input file's purpose is not 'batch'", param="input_file_id", code="invalid_file")
@@ -111,9 +172,13 @@ class BatchApi:
         if body.get("metadata") is not None:
             batch["metadata"] = json.dumps(body["metadata"])
         await self.store.put(batch_key(batch_id), batch)
+        await self.store.put(readers_key(input_id), {batch_id: created})  # its content stays, deleted, until the end
         # The input file outlives the batch's window, however short the retention: a batch resumed by another
         # edge reads it again.
-        await self.store.expire([file_key(input_id)], self.window_s + self.retention_s)
+        kept_s = self.window_s + self.retention_s
+        await self.store.expire([file_key(input_id), readers_key(input_id)], kept_s)
+        await self.store.index(tenant, "file", input_id, kept_s)
+        await self.store.index(tenant, "batch", batch_id, None)  # listed for as long as it runs, then retention_s
         await self.store.activate(batch_id, True)
         self.runner.start(batch_id)
         return JSONResponse(wire.batch_body(batch_id, await self.store.get(batch_key(batch_id))))
@@ -121,6 +186,44 @@ class BatchApi:
     async def get_batch(self, request: Request) -> Response:
         batch_id, fields = await self._batch(request)
         return JSONResponse(wire.batch_body(batch_id, fields))
+
+    async def list_batches(self, request: Request) -> Response:
+        """As OpenAI's: newest first, up to `limit` (1 to 100, 20 by default) past `after`."""
+        tenant, _ = self.caller(request)
+        limit = _limit(request.query_params.get("limit"), 20, 100)
+        found = await self._list(tenant, "batch", request.query_params.get("after"), limit, True, None, lambda _: True)
+        return JSONResponse(_page([wire.batch_body(i, f) for i, f in found], limit))
+
+    async def _list(
+        self,
+        tenant: str,
+        kind: str,
+        after: str | None,
+        limit: int,
+        newest_first: bool,
+        names: list[str] | None,
+        wanted: Callable[[dict[str, bytes]], bool],
+    ) -> list[tuple[str, dict[str, bytes]]]:
+        """Up to limit + 1 (the one past says there are more) of the tenant's listed items past `after`, from its
+        index. An entry whose hash is gone (evicted, or deleted) is passed over, and left to lapse."""
+        key = file_key if kind == "file" else batch_key
+        found: list[tuple[str, dict[str, bytes]]] = []
+        cursor = after
+        while len(found) <= limit:
+            ids = await self.store.page(tenant, kind, cursor, min(limit + 1, PAGE_CHUNK), newest_first)
+            if ids is None:
+                raise ApiError(
+                    400, f"after: no {kind} {cursor!r:.64} to list from", param="after", code="invalid_value"
+                )
+            for item_id, fields in zip(ids, await self.store.fields([key(i) for i in ids], names), strict=True):
+                if fields.get("tenant", b"").decode() != tenant:
+                    await self.store.unindex(tenant, kind, item_id)
+                elif "deleted" not in fields and wanted(fields):
+                    found.append((item_id, fields))
+            if len(ids) < min(limit + 1, PAGE_CHUNK):
+                break
+            cursor = ids[-1]
+        return found[: limit + 1]
 
     async def cancel_batch(self, request: Request) -> Response:
         """Lines not yet sent are not sent; those in flight finish. The batch ends `cancelled`, with the files
@@ -143,9 +246,29 @@ class BatchApi:
         tenant, _ = self.caller(request)
         file_id = request.path_params["id"]
         fields = await self.store.get(file_key(file_id))
-        if fields.get("tenant", b"").decode() != tenant:
+        if fields.get("tenant", b"").decode() != tenant or "deleted" in fields:
             raise ApiError(404, f"no file {file_id[:64]!r}", code="not_found")
         return file_id, fields
+
+
+def _limit(text: str | None, default: int, most: int) -> int:
+    if text is None:
+        return default
+    if not text.isdigit() or not 1 <= int(text) <= most:
+        raise ApiError(400, f"limit must be an integer from 1 to {most}", param="limit", code="invalid_value")
+    return int(text)
+
+
+def _page(data: list[dict[str, Any]], limit: int) -> dict[str, Any]:
+    """OpenAI's list object; `data` holds one item past the page when there are more."""
+    shown = data[:limit]
+    return {
+        "object": "list",
+        "data": shown,
+        "first_id": shown[0]["id"] if shown else None,
+        "last_id": shown[-1]["id"] if shown else None,
+        "has_more": len(data) > limit,
+    }
 
 
 def _bounded(request: Request, limit: int) -> Request:

@@ -40,7 +40,17 @@ from llmrouter.v1 import router_pb2_grpc
 from services.batches import results, wire
 from services.batches.deferral import Deferral
 from services.batches.pending import Pending
-from services.batches.store import Store, batch_key, deferred_key, file_key, now, results_key, sent_key
+from services.batches.store import (
+    Store,
+    batch_key,
+    deferred_key,
+    delete_if_unread,
+    file_key,
+    now,
+    readers_key,
+    results_key,
+    sent_key,
+)
 from services.edge.openai_api import ApiError, check_encoded_size, completion_body, parse_request
 
 log = logging.getLogger("llmrouter.edge.batches")
@@ -306,6 +316,13 @@ class Runner:
             *(file_key(str(fields[f"{k}_file_id"])) for k in ("output", "error") if f"{k}_file_id" in fields),
         ]
         await self.store.expire(kept, self.retention_s)
+        await self.store.index(tenant, "batch", batch_id, self.retention_s)
+        for kind in ("output", "error"):
+            if f"{kind}_file_id" in fields:
+                await self.store.index(tenant, "file", str(fields[f"{kind}_file_id"]), self.retention_s)
+        input_id = batch["input_file_id"].decode()
+        await self.store.drop(readers_key(input_id), batch_id)  # before it leaves the active set: a rerun redoes it
+        await delete_if_unread(self.store, input_id)  # deleted while the batch ran: now it goes
         await self.store.activate(batch_id, False)
         log.info("batch ended", extra={"id": batch_id, "lines": len(parsed), "status": fields["status"]})
 

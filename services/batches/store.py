@@ -7,7 +7,16 @@ Keys (prefix llmrouter:batch:): `file:<id>` a hash (tenant, filename, purpose, c
 its result line, written once (the line counts once however often it is retried); `batch:<id>:deferred` a
 hash from line index to the provider batch it was sent in (deferral.py); `active` the set of
 batches still to run; `lease:<id>` which edge runs a batch now (one at a time, or two would send each line
-twice)."""
+twice); `file:<id>:readers` a hash of the batches created on an input file (a deleted file's content stays
+while one of them runs).
+
+A tenant's files and batches are listed from its index, never a scan of the keyspace: `index:{<tenant>}:<kind>`
+(kind `file` or `batch`) a sorted set of ids by creation time (ms), and `index:{<tenant>}:<kind>:until` the
+same ids by when their hash expires (+inf while it does not: a running batch). Entries past that time leave the
+index whenever it is written, and the index itself expires with its last entry. A deleted or vanished entry
+stays a TOMBSTONE_S more, hidden, so that a listing that deletes as it pages (the SDK's next page starts `after`
+the last id it saw) goes on from there. Both keys of a tenant share a Redis Cluster hash slot (the braces), so
+one script updates them together."""
 
 from __future__ import annotations
 
@@ -37,6 +46,19 @@ def deferred_key(batch_id: str) -> str:
     return f"{PREFIX}batch:{batch_id}:deferred"
 
 
+def readers_key(file_id: str) -> str:
+    return f"{PREFIX}file:{file_id}:readers"
+
+
+def index_keys(tenant: str, kind: str) -> tuple[str, str]:
+    base = f"{PREFIX}index:{{{tenant}}}:{kind}"
+    return base, base + ":until"
+
+
+TOMBSTONE_S = 3600
+ENDED = (b"completed", b"failed", b"expired", b"cancelled")  # a batch in no other status still reads its input
+
+
 def sent_key(batch_id: str) -> str:
     """Per line sent to the router, 'sent'; 'refused' once the router did not admit it (runner.py)."""
     return f"{PREFIX}batch:{batch_id}:sent"
@@ -61,6 +83,23 @@ class Store(Protocol):
 
     async def expire(self, keys: list[str], ttl_s: int) -> None: ...
 
+    async def fields(self, keys: list[str], names: list[str] | None) -> list[dict[str, bytes]]:
+        """These fields (all with None) of each hash: a file's metadata read without its content."""
+
+    async def drop(self, key: str, field: str) -> None: ...
+
+    async def delete(self, keys: list[str]) -> None: ...
+
+    async def index(self, tenant: str, kind: str, item_id: str, ttl_s: float | None) -> None:
+        """List the item in its tenant's index, placed at its first listing, until ttl_s from now (None: for
+        as long as it has no expiry), as its hash's expiry is set."""
+
+    async def unindex(self, tenant: str, kind: str, item_id: str) -> None:
+        """The item is deleted or gone: its entry stays a TOMBSTONE_S more, if it had longer."""
+
+    async def page(self, tenant: str, kind: str, after: str | None, count: int, newest_first: bool) -> list[str] | None:
+        """Up to count ids of the tenant's index past `after`, in order of creation; None when `after` is not in it."""
+
     async def close(self) -> None: ...
 
 
@@ -70,6 +109,54 @@ local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return 1
+"""
+
+
+# KEYS: a tenant's index (ids by creation) and its deadlines. ARGV: id, created (ms; only where not yet listed),
+# deadline ('+inf' for none), now, and 'drop' to only shorten the deadline (a tombstone). Then the entries past
+# their deadline leave (a thousand at a time), and the index expires with its last entry.
+INDEX = """
+if ARGV[5] == 'drop' then
+  redis.call('ZADD', KEYS[2], 'XX', 'LT', ARGV[3], ARGV[1])
+else
+  redis.call('ZADD', KEYS[1], 'NX', ARGV[2], ARGV[1])
+  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+end
+local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[4], 'LIMIT', 0, 1000)
+if #gone > 0 then
+  redis.call('ZREM', KEYS[1], unpack(gone))
+  redis.call('ZREM', KEYS[2], unpack(gone))
+end
+local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+if #last == 0 then
+  redis.call('DEL', KEYS[1], KEYS[2])
+elseif last[2] == 'inf' then
+  redis.call('PERSIST', KEYS[1])
+  redis.call('PERSIST', KEYS[2])
+else
+  local at = math.ceil(tonumber(last[2]))
+  redis.call('EXPIREAT', KEYS[1], at)
+  redis.call('EXPIREAT', KEYS[2], at)
+end
+return 1
+"""
+
+# KEYS: a tenant's index. ARGV: after ('' for the start), count, 'desc' for newest first. False: no such `after`.
+PAGE = """
+local start = 0
+if ARGV[1] ~= '' then
+  local rank
+  if ARGV[3] == 'desc' then
+    rank = redis.call('ZREVRANK', KEYS[1], ARGV[1])
+  else
+    rank = redis.call('ZRANK', KEYS[1], ARGV[1])
+  end
+  if not rank then return false end
+  start = rank + 1
+end
+local stop = start + tonumber(ARGV[2]) - 1
+if ARGV[3] == 'desc' then return redis.call('ZREVRANGE', KEYS[1], start, stop) end
+return redis.call('ZRANGE', KEYS[1], start, stop)
 """
 
 
@@ -108,6 +195,41 @@ class RedisStore:
                 pipe.expire(key, ttl_s)
             await pipe.execute()
 
+    async def fields(self, keys: list[str], names: list[str] | None) -> list[dict[str, bytes]]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hgetall(key) if names is None else pipe.hmget(key, names)
+            replies = await pipe.execute()
+        if names is None:
+            return [{_text(k): _bytes(v) for k, v in reply.items()} for reply in replies]
+        return [{n: _bytes(v) for n, v in zip(names, reply, strict=True) if v is not None} for reply in replies]
+
+    async def drop(self, key: str, field: str) -> None:
+        await self.redis.hdel(key, field)  # type: ignore[misc]
+
+    async def delete(self, keys: list[str]) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:  # one key at a time: a cluster's slots differ
+            for key in keys:
+                pipe.delete(key)
+            await pipe.execute()
+
+    async def index(self, tenant: str, kind: str, item_id: str, ttl_s: float | None) -> None:
+        at = time.time()
+        until = "+inf" if ttl_s is None else str(at + ttl_s)
+        await self._index(tenant, kind, item_id, str(int(at * 1000)), until, "keep")
+
+    async def unindex(self, tenant: str, kind: str, item_id: str) -> None:
+        await self._index(tenant, kind, item_id, "0", str(time.time() + TOMBSTONE_S), "drop")
+
+    async def _index(self, tenant: str, kind: str, item_id: str, created: str, until: str, mode: str) -> None:
+        keys = index_keys(tenant, kind)
+        await self.redis.eval(INDEX, 2, *keys, item_id, created, until, str(time.time()), mode)  # type: ignore[misc]
+
+    async def page(self, tenant: str, kind: str, after: str | None, count: int, newest_first: bool) -> list[str] | None:
+        order = "desc" if newest_first else "asc"
+        ids = await self.redis.eval(PAGE, 1, index_keys(tenant, kind)[0], after or "", count, order)  # type: ignore[misc]
+        return None if ids is None else [_text(i) for i in ids]
+
     async def close(self) -> None:
         await self.redis.aclose()
 
@@ -125,6 +247,8 @@ class MemoryStore:
         self.hashes: dict[str, dict[str, bytes]] = {}
         self.running: set[str] = set()
         self.expiry: dict[str, float] = {}
+        # (tenant, kind) -> id -> (created, deadline), the deadline on the monotonic clock as `expiry`
+        self.indexes: dict[tuple[str, str], dict[str, tuple[float, float]]] = {}
 
     async def put(self, key: str, fields: dict[str, str | bytes]) -> None:
         entry = self.hashes.setdefault(key, {})
@@ -165,8 +289,61 @@ class MemoryStore:
                 del self.expiry[key]
         self.expiry.update({key: now + ttl_s for key in keys})
 
+    async def fields(self, keys: list[str], names: list[str] | None) -> list[dict[str, bytes]]:
+        found = [await self.get(key) for key in keys]
+        return found if names is None else [{n: f[n] for n in names if n in f} for f in found]
+
+    async def drop(self, key: str, field: str) -> None:
+        self.hashes.get(key, {}).pop(field, None)
+
+    async def delete(self, keys: list[str]) -> None:
+        for key in keys:
+            self.hashes.pop(key, None)
+            self.expiry.pop(key, None)
+
+    async def index(self, tenant: str, kind: str, item_id: str, ttl_s: float | None) -> None:
+        entries = self._entries(tenant, kind)
+        created = entries[item_id][0] if item_id in entries else time.time()
+        entries[item_id] = (created, math.inf if ttl_s is None else time.monotonic() + ttl_s)
+
+    async def unindex(self, tenant: str, kind: str, item_id: str) -> None:
+        entries = self._entries(tenant, kind)
+        if item_id in entries:
+            created, until = entries[item_id]
+            entries[item_id] = (created, min(until, time.monotonic() + TOMBSTONE_S))
+
+    def _entries(self, tenant: str, kind: str) -> dict[str, tuple[float, float]]:
+        """The tenant's index, without the entries past their deadline."""
+        entries = self.indexes.setdefault((tenant, kind), {})
+        clock = time.monotonic()
+        for gone in [i for i, (_, until) in entries.items() if until <= clock]:
+            del entries[gone]
+        return entries
+
+    async def page(self, tenant: str, kind: str, after: str | None, count: int, newest_first: bool) -> list[str] | None:
+        entries = self._entries(tenant, kind)
+        ordered = sorted(entries, key=lambda i: (entries[i][0], i), reverse=newest_first)
+        if after is None:
+            return ordered[:count]
+        if after not in entries:
+            return None
+        start = ordered.index(after) + 1
+        return ordered[start : start + count]
+
     async def close(self) -> None:
         self.hashes.clear()
+
+
+async def delete_if_unread(store: Store, file_id: str) -> None:
+    """Remove a file marked deleted once no running batch reads it: one deleted while its batch runs keeps its
+    content until the batch ends. Called after each change to either (the mark, a batch's end), so whichever
+    comes last removes it."""
+    if "deleted" not in (await store.fields([file_key(file_id)], ["deleted"]))[0]:
+        return
+    readers = list(await store.get(readers_key(file_id)))
+    statuses = await store.fields([batch_key(b) for b in readers], ["status"])
+    if all(s.get("status", ENDED[0]) in ENDED for s in statuses):  # a batch gone from the store reads nothing
+        await store.delete([file_key(file_id), readers_key(file_id)])
 
 
 def open_store(url: str | None) -> Store:

@@ -408,6 +408,7 @@ def create_app(settings: EdgeSettings, channel: grpc.aio.Channel) -> Starlette:
         settings.batch_max_file_bytes,
         settings.batch_retention_s,
         settings.batch_window_s,
+        settings.batch_max_concurrent_uploads,
     )
     access_log = AccessLog.open(settings.access_log)
 

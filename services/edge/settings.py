@@ -39,6 +39,8 @@ class EdgeSettings(ServiceSettings):
     # How often a provider batch (lines sent through a provider's Batch API) is asked whether it has ended.
     batch_poll_s: float = Field(default=60.0, gt=0)
     batch_max_file_bytes: int = Field(default=100 * 1024 * 1024, gt=0)
+    # File uploads at once in this process, each held whole in memory: past it a 429 (Retry-After) before the body.
+    batch_max_concurrent_uploads: int = Field(default=4, gt=0)
     # How long an uploaded file, and an ended batch with its output and error files, are kept.
     batch_retention_s: int = Field(default=30 * 86_400, gt=0)
     # A batch's completion window: lines not sent by its expires_at never are, and it ends `expired`. 24 h, the

@@ -1,12 +1,16 @@
 """The batch store on real Redis (one server and a Redis Cluster): one edge holds a batch's lease at a time, a
-result line is written once, and retention expires what is kept."""
+result line is written once, and retention expires what is kept; a tenant's index (Redis and in process) lists
+its files and batches in creation order and keeps in step with their expiry."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
 
 from llmrouter.redis_connect import connect
-from services.batches.store import RedisStore, batch_key, results_key
+from services.batches.store import RedisStore, Store, batch_key, index_keys, open_store, results_key
 
 
 async def test_a_lease_is_held_by_one_edge_and_renewed_by_it(any_redis_url: str) -> None:
@@ -45,4 +49,64 @@ async def test_a_result_is_written_once_and_retention_expires_keys(any_redis_url
         assert 0 < await client.ttl(batch_key("b1")) <= 100 and 0 < await client.ttl(results_key("b1")) <= 100
         await client.aclose()
     finally:
+        await store.close()
+
+
+@pytest.fixture(params=["redis", "cluster", "memory"])
+def store_url(request: pytest.FixtureRequest) -> str | None:
+    """A Redis server, a Redis Cluster, and None for the in-process store: all list alike."""
+    return None if request.param == "memory" else request.getfixturevalue(f"any_redis_url_{request.param}")
+
+
+@pytest.fixture
+async def store(store_url: str | None) -> AsyncIterator[Store]:
+    store = open_store(store_url)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def test_a_tenants_index_pages_in_creation_order_from_any_entry(store: Store) -> None:
+    for i in range(5):
+        await store.index("t1", "file", f"f{i}", 60)
+        await asyncio.sleep(0.002)  # a millisecond apart: listed in the order made, not of their ids
+    await store.index("t2", "file", "other", 60)
+    await store.index("t1", "file", "f0", 600)  # a later expiry keeps its place
+    assert await store.page("t1", "file", None, 10, True) == ["f4", "f3", "f2", "f1", "f0"]
+    assert await store.page("t1", "file", "f3", 2, True) == ["f2", "f1"]
+    assert await store.page("t1", "file", "f1", 10, False) == ["f2", "f3", "f4"]
+    assert await store.page("t1", "file", "other", 10, True) is None  # another tenant's id is no cursor here
+    assert await store.page("t1", "batch", None, 10, True) == []
+
+
+async def test_index_entries_leave_with_their_expiry_and_deleted_ones_stay_a_while_as_cursors(store: Store) -> None:
+    await store.index("t1", "batch", "running", None)  # no expiry while it runs
+    await store.index("t1", "batch", "short", 0.05)
+    await store.index("t1", "file", "deleted", 600)
+    await store.unindex("t1", "file", "deleted")
+    await store.unindex("t1", "file", "never-listed")  # not added by a deletion
+    await asyncio.sleep(0.1)
+    await store.index("t1", "batch", "new", 60)  # a write drops what expired
+    assert await store.page("t1", "batch", None, 10, True) == ["new", "running"]
+    assert await store.page("t1", "file", "deleted", 10, True) == []  # still a place to page on from
+    assert await store.page("t1", "file", "never-listed", 10, True) is None
+
+
+async def test_the_redis_index_expires_with_its_last_entry(any_redis_url: str) -> None:
+    store, client = RedisStore(any_redis_url), connect(any_redis_url)
+    order, until = index_keys("t1", "batch")
+    try:
+        await store.index("t1", "batch", "b1", None)
+        await store.index("t1", "batch", "b2", 100)
+        assert await client.ttl(order) == await client.ttl(until) == -1  # b1 runs: the index stays
+        await store.index("t1", "batch", "b1", 1000)  # b1 ended, kept 1000 s
+        assert 990 < await client.ttl(order) <= 1001 and 990 < await client.ttl(until) <= 1001  # whole seconds, up
+        await store.index("t1", "batch", "b1", 0.01)
+        await store.index("t1", "batch", "b2", 0.01)
+        await asyncio.sleep(0.05)
+        await store.unindex("t1", "batch", "b2")  # any write drops the lapsed entries, then the empty index
+        assert not await client.exists(order, until)
+    finally:
+        await client.aclose()
         await store.close()
