@@ -72,32 +72,13 @@ class Charger:
 
     async def settle_unsettled(self, routed: Routed, model: ModelSpec) -> None:
         """A request that ends without an answer (refused upstream, failed, cancelled) is charged what its
-        failed attempts cost, or, when they cost nothing, frees its hold. Either runs shielded to its end, the
-        outbox write included: a caller that leaves meanwhile cannot leave the hold or the record half-done."""
+        failed attempts cost, nothing when they cost nothing: either way on record in the ledger, as the outbox
+        would have it had the store been out of reach. Runs shielded to its end, the outbox write included: a
+        caller that leaves meanwhile cannot leave the hold or the record half-done."""
         if routed.hold is None or routed.settled:
             return
-        if routed.owed:
-            failed = Served(model, finish_reason="error", estimated=True)
-            await self.settle(routed, response(routed, failed), routed.failure)
-            return
-        await asyncio.shield(self.run_to_end(self._release(routed)))
-
-    async def _release(self, routed: Routed) -> None:
-        assert routed.hold is not None  # only admitted requests are released
-        try:
-            await self.store.release(routed.account, routed.hold)
-        except StoreUnavailable:
-            # Settled at nothing through the outbox once the store is back: the hold and pending charge go.
-            record = {
-                "request_id": routed.request_id,
-                "ts": time.time(),
-                "tenant": routed.account.tenant,
-                "key": routed.account.key,
-                "cost_usd": "0",
-                "outcome": "released",
-            }
-            await self.outbox.add(OutboxCharge(routed.account, routed.hold, 0, record))
-        routed.settled = True
+        failed = Served(model, finish_reason="error", estimated=True)
+        await self.settle(routed, response(routed, failed), routed.failure)
 
     async def close(self) -> None:
         """Let charges still running finish: a stopping router loses none."""
