@@ -14,6 +14,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 import redis.asyncio as redis
 
@@ -189,3 +190,22 @@ async def test_a_request_that_fails_owing_nothing_is_recorded_at_no_cost(
     assert record["request_id"] == request.request_id and Decimal(record["cost_usd"]) == 0
     assert record["model"] == "cheap-model" and record["reason"] and record["outcome"] == "failed"
     assert isinstance(record["latency_ms"], int)
+
+
+async def test_a_failed_request_at_the_edge_names_its_request_id_as_its_answers_do(chain: Chain) -> None:
+    """Both upstreams cut the connection once the request was sent: each attempt is owed its worst case and the
+    request fails, 502, charged. Its x-request-id (which the access log reads) finds its ledger record, of the cost
+    the caller was told, as an answer's does."""
+    chain.budget.enqueue(Fault.reset())
+    chain.premium.enqueue(Fault.reset())
+    body = {"messages": [{"role": "user", "content": uuid.uuid4().hex}], "quality_target": 0, "max_tokens": 40}
+    async with httpx.AsyncClient(timeout=30) as http:
+        reply = await http.post(f"{chain.base_url}/chat/completions", json=body)
+    assert reply.status_code == 502, reply.text
+    db = redis.from_url(chain.redis_url)
+    try:
+        records = [r for r in await ledger_records(db) if r["request_id"] == reply.headers.get("x-request-id")]
+    finally:
+        await db.aclose()
+    (record,) = records
+    assert record["cost_usd"] == reply.headers["x-router-cost-usd"] and record["outcome"] == "failed"
