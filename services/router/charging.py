@@ -93,6 +93,11 @@ class Charger:
             if baseline_model and not response.cache_hit
             else cost
         )
+        # A cache hit repeats an answer's flags (what the caller is shown); this request made no attempt of its own.
+        generated = not response.cache_hit
+        escalated = generated and response.escalated
+        # Served by another model than the one chosen, not by escalation: a fallback after a failure.
+        fallback = generated and bool(response.model) and response.model != routed.decision.model and not escalated
         record = {
             "request_id": routed.request_id,
             "ts": time.time(),
@@ -119,13 +124,12 @@ class Charger:
                 }
                 for c in routed.decision.candidates
             ],
-            # Served by another model than the one chosen, not by escalation: a fallback after a failure.
-            "fallback": bool(response.model) and response.model != routed.decision.model and not response.escalated,
+            "fallback": fallback,
             "error": "" if outcome in ("ok", "cache_hit") else outcome,
             "cache_hit": response.cache_hit,
-            "escalated": response.escalated,
-            "escalation_signal": response.escalation_signal,
-            "retries": response.retries,
+            "escalated": escalated,
+            "escalation_signal": response.escalation_signal if escalated else "",
+            "retries": response.retries if generated else 0,
             "outcome": outcome,
         }
         assert routed.hold is not None  # only admitted requests are served

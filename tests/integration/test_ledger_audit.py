@@ -209,3 +209,26 @@ async def test_a_failed_request_at_the_edge_names_its_request_id_as_its_answers_
         await db.aclose()
     (record,) = records
     assert record["cost_usd"] == reply.headers["x-router-cost-usd"] and record["outcome"] == "failed"
+
+
+async def test_a_cache_hit_is_recorded_as_neither_a_fallback_nor_an_escalation(
+    chain: Chain, stub: router_pb2_grpc.RouterStub
+) -> None:
+    """The answers cached came from a fallback (the cheap upstream refused) and from an escalation. Served again from
+    the cache, nothing failed and nothing was asked again: the stats' fallback and escalation rates count requests
+    that fell back or escalated, not repeats of their answers."""
+    tenant, seen = f"audit-{uuid.uuid4().hex[:8]}", Seen()
+    fell_back, weak = f"fall back {uuid.uuid4().hex}", f"{SILENCE} {uuid.uuid4().hex}"
+    chain.budget.enqueue(Fault.error(503), Fault.error(503))
+    for text in (fell_back, weak, fell_back, weak):
+        await unary(stub, seen, ask(tenant, text, request_id=uuid.uuid4().hex))
+    assert [a.cache_hit for _, a in seen.answers] == [False, False, True, True]
+    db = redis.from_url(chain.redis_url)
+    try:
+        records = {r["request_id"]: r for r in await ledger_records(db) if r["tenant"] == tenant}
+    finally:
+        await db.aclose()
+    first, second, *hits = (records[a.id] for _, a in seen.answers)
+    assert first["fallback"] and second["escalated"]  # as they happened
+    for hit in hits:
+        assert hit["cache_hit"] and not hit["fallback"] and not hit["escalated"] and hit["retries"] == 0, hit
