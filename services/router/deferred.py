@@ -386,6 +386,8 @@ class Deferred:
                 "tenant": account.tenant,
                 "key": account.key,
                 "cost_usd": charged,
+                "model": pending.model or "",  # none recorded for a line of the version before
+                "reason": "batch",
                 "outcome": "batch_unknown",
                 "error": why,
             }

@@ -425,6 +425,7 @@ async def test_usage_a_provider_reports_out_of_bounds_is_never_charged_beyond_th
     for entry in errors.values():  # the usage is not believed: the line's worst case, no more
         record = ledger[entry["response"]["request_id"]]
         assert record["outcome"] == "batch_unknown" and Decimal(record["cost_usd"]) > 0, record
+        assert record["model"] == BATCHED and record["reason"] == "batch", record  # on record as the answered lines
         # At most: 8192 tokens of prompt at 0.30 and 4096 written at 1.20 per 1M, under a cent.
         assert Decimal(record["cost_usd"]) < Decimal("0.01"), record
     assert {ledger[i]["outcome"] for i in costs_of(output)} == {"ok"} and charged.items() >= costs_of(output).items()
