@@ -232,3 +232,27 @@ async def test_a_cache_hit_is_recorded_as_neither_a_fallback_nor_an_escalation(
     assert first["fallback"] and second["escalated"]  # as they happened
     for hit in hits:
         assert hit["cache_hit"] and not hit["fallback"] and not hit["escalated"] and hit["retries"] == 0, hit
+
+
+async def test_the_sql_ledger_on_postgresql_holds_every_charge_whatever_ids_a_caller_chose(
+    chain: Chain, stub: router_pb2_grpc.RouterStub
+) -> None:
+    """PostgreSQL's text holds no NUL character, which a protobuf or JSON string may carry: a request charged under a
+    session or request id with one would be in the budgets and never in the SQL ledger (its row refused, skipped).
+    Such a request is refused before it is admitted: nothing is charged that the ledger cannot hold."""
+    tenant, seen = f"audit-{uuid.uuid4().hex[:8]}", Seen()
+    await unary(stub, seen, ask(tenant, request_id=uuid.uuid4().hex, session_id="chat\x00one"))
+    await unary(stub, seen, ask(tenant, request_id=f"{uuid.uuid4().hex}\x00"))
+    assert not seen.answers
+    store = RedisStore(chain.redis_url)
+    try:
+        spent = await store.spent(Account(tenant, key_id("")), period_id("day"))
+    finally:
+        await store.close()
+    with fresh_postgres() as dsn:
+        sql = LedgerDB(dsn=dsn)
+        try:
+            await copy_to_sql(chain, sql)
+            assert sum(row.get("cost_pico") for row in await sql.rows(tenant=tenant)) == spent[0]
+        finally:
+            sql.close()
