@@ -94,6 +94,7 @@ class Charger:
             else cost
         )
         # A cache hit repeats an answer's flags (what the caller is shown); this request made no attempt of its own.
+        assert routed.hold is not None  # only admitted requests are settled
         generated = not response.cache_hit
         escalated = generated and response.escalated
         # Served by another model than the one chosen, not by escalation: a fallback after a failure.
@@ -103,6 +104,7 @@ class Charger:
             "ts": time.time(),
             "tenant": routed.account.tenant,
             "key": routed.account.key,
+            "period": routed.hold.period,  # the budget period charged, fixed at admission (ts may fall in the next)
             "model": response.model,
             "provider": response.provider,
             "input_tokens": response.usage.input_tokens,
@@ -132,7 +134,6 @@ class Charger:
             "retries": response.retries if generated else 0,
             "outcome": outcome,
         }
-        assert routed.hold is not None  # only admitted requests are served
         try:
             # Not only while its pending charge is open: a store that lost the admission (a crash within its fsync
             # interval, a failover to a replica behind) is still charged what was served. The charged marker keeps

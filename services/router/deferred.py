@@ -385,6 +385,7 @@ class Deferred:
                 "ts": time.time(),
                 "tenant": account.tenant,
                 "key": account.key,
+                "period": pending.period,
                 "cost_usd": charged,
                 "model": pending.model or "",  # none recorded for a line of the version before
                 "reason": "batch",
@@ -413,6 +414,7 @@ class Deferred:
             "ts": time.time(),
             "tenant": pending.tenant,
             "key": pending.key,
+            "period": pending.period,
             "model": response.model,
             "provider": response.provider,
             "input_tokens": usage.input_tokens,

@@ -147,20 +147,24 @@ async def test_every_charged_request_has_one_record_and_the_ledgers_add_up_to_th
 
     store = RedisStore(chain.redis_url)
     try:
-        spent = {t: await store.spent(Account(t, key_id("")), period_id("day")) for t in (tenant, other)}
+        # Per budget period, as an auditor reconciles: each record names the period its charge was counted in.
+        periods = {r["period"] for r in mine + theirs}
+        spent = {(t, p): await store.spent(Account(t, key_id("")), p) for t in (tenant, other) for p in periods}
     finally:
         await store.close()
-    for t, rows in ((tenant, mine), (other, theirs)):
-        assert sum(to_pico(Decimal(r["cost_usd"])) for r in rows) == spent[t][0] == spent[t][1]
+    for (t, period), counters in spent.items():
+        rows = [r for r in records if r["tenant"] == t and r["period"] == period]
+        assert sum(to_pico(Decimal(r["cost_usd"])) for r in rows) == counters[0] == counters[1]
 
     with fresh_postgres() as dsn:
         for sql in (LedgerDB(path=tmp_path / "ledger.sqlite3"), LedgerDB(dsn=dsn)):
             try:
                 await copy_to_sql(chain, sql)
                 for t, rows in ((tenant, mine), (other, theirs)):
-                    table = await sql.rows(tenant=t)
-                    assert len(table) == len(rows)
-                    assert sum(row.get("cost_pico") for row in table) == spent[t][0]
+                    assert len(await sql.rows(tenant=t)) == len(rows)
+                for (t, period), counters in spent.items():
+                    table = [row for row in await sql.rows(tenant=t) if row.get("period") == period]
+                    assert sum(row.get("cost_pico") for row in table) == counters[0]
             finally:
                 sql.close()
 
