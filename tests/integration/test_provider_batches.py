@@ -307,8 +307,12 @@ async def test_failed_and_expired_provider_lines_are_released_not_charged(stack:
     assert "completion window expired" in errors["req-1"]["response"]["body"]["error"]["message"]
     charged, spend, held, pending = await money(stack)
     costs = costs_of(output)
-    assert charged == costs  # only the answered lines: the failed and expired ones were released
+    failed = {e["response"]["request_id"] for e in errors.values()}
+    # Only the answered lines cost anything: the failed and expired ones were released, on record at nothing.
+    assert charged == {**costs, **dict.fromkeys(failed, Decimal(0))}
     assert spend == sum(to_pico(c) for c in costs.values()) and held == 0 and not pending
+    ledger = await ledger_by_id(stack)
+    assert {(ledger[i]["outcome"], ledger[i]["model"]) for i in failed} == {("batch_failed", BATCHED)}
 
 
 async def test_a_router_restart_while_the_provider_batch_runs_loses_nothing(stack: Stack) -> None:
