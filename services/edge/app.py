@@ -128,7 +128,7 @@ def error_response(error: ApiError) -> JSONResponse:
     headers = {"retry-after": error.retry_after} if error.retry_after else {}
     if error.charged_usd:  # a failure that cost something (its attempts): as an answer's cost is told
         headers["x-router-cost-usd"] = error.charged_usd
-    if error.request_id:  # as an answer's: the access log and the caller find its ledger record by it
+    if error.request_id:  # as an answer's: the access log names the request by it, and so does the ledger once admitted
         headers["x-request-id"] = error.request_id
     return JSONResponse(error.body(), status_code=error.status, headers=headers or None)
 
