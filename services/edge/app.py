@@ -119,13 +119,17 @@ def api_error(err: grpc.RpcError, request_id: str) -> ApiError:
         message = f"{generic} (request id {request_id})"
     param = error.metadata.get("field") or None
     charged = error.metadata.get("charged_usd", "")
-    return ApiError(status, message, param=param, code=code, retry_after=retry_after, charged_usd=charged)
+    return ApiError(
+        status, message, param=param, code=code, retry_after=retry_after, charged_usd=charged, request_id=request_id
+    )
 
 
 def error_response(error: ApiError) -> JSONResponse:
     headers = {"retry-after": error.retry_after} if error.retry_after else {}
     if error.charged_usd:  # a failure that cost something (its attempts): as an answer's cost is told
         headers["x-router-cost-usd"] = error.charged_usd
+    if error.request_id:  # as an answer's: the access log names the request by it, and so does the ledger once admitted
+        headers["x-request-id"] = error.request_id
     return JSONResponse(error.body(), status_code=error.status, headers=headers or None)
 
 

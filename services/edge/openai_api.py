@@ -314,10 +314,12 @@ class ApiError(Exception):
         code: str | None = None,
         retry_after: str = "",
         charged_usd: str = "",
+        request_id: str = "",
     ) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.retry_after = status, message, param, code, retry_after
         self.charged_usd = charged_usd  # what the failed request was charged (its attempts' cost), when anything
+        self.request_id = request_id  # when the request reached the router: its access-log and ledger name
 
     def body(self) -> dict[str, Any]:
         kind = self.TYPES.get(self.status, "rate_limit_error" if self.status == 429 else "api_error")

@@ -2,6 +2,10 @@
 ledger it was copied from, so an entry delivered again is a no-op while a request id charged again (reused after
 ROUTER_REQUEST_ID_TTL_S: a new request, charged again by the budgets) is a row of its own.
 
+Each row names the budget period its charge was counted in (`period`, fixed at admission: a charge that lands after
+midnight, or a batch line collected the next day, still counts in the day it was admitted; '' in rows of the
+versions before), so sums per tenant and period equal the budgets' spend counters.
+
 SQLite (a file, the default) or PostgreSQL (when a DSN is set): the same table and statements on both. Money
 is stored as integer pico-dollars, as the money store keeps it, so sums here equal the budgets exactly.
 Calls run in a worker thread: the drivers are synchronous and the router's event loop must not wait on disk.
@@ -49,6 +53,7 @@ COLUMNS = (
     "outcome",
     "error",
     "ledger_entry",
+    "period",
 )
 # The ledger_entry of rows copied by versions that keyed rows by (tenant, request_id) alone (see LedgerDB._prepare).
 UNKEYED = ""
@@ -82,6 +87,7 @@ CREATE TABLE IF NOT EXISTS {table} (
   outcome TEXT NOT NULL,
   error TEXT NOT NULL,
   ledger_entry TEXT NOT NULL DEFAULT '',
+  period TEXT NOT NULL DEFAULT '',
   PRIMARY KEY (tenant, request_id, ledger_entry)
 )"""
 
@@ -132,6 +138,7 @@ def row_from_record(record: dict[str, Any], entry: str) -> tuple[Any, ...]:
         str(record.get("outcome", "ok")),
         str(record.get("error", "")),
         entry,
+        str(record.get("period", "")),  # '' from routers of the versions before
     )
 
 
@@ -217,6 +224,8 @@ class LedgerDB:
             conn.execute(SCHEMA)
             if "ledger_entry" not in self._columns(conn):
                 self._migrate(conn)
+            if "period" not in self._columns(conn):  # made by the version before: its rows name no period
+                conn.execute("ALTER TABLE requests ADD COLUMN period TEXT NOT NULL DEFAULT ''")
             conn.execute(INDEX)
             conn.commit()
         except BaseException:
@@ -233,7 +242,7 @@ class LedgerDB:
         return {str(row[1]) for row in conn.execute("PRAGMA table_info(requests)").fetchall()}
 
     def _migrate(self, conn: Any) -> None:
-        old = ", ".join(c for c in COLUMNS if c != "ledger_entry")
+        old = ", ".join(c for c in COLUMNS if c not in ("ledger_entry", "period"))
         if self.postgres:
             conn.execute(f"ALTER TABLE requests ADD COLUMN ledger_entry TEXT NOT NULL DEFAULT '{UNKEYED}'")
             (key,) = conn.execute(

@@ -111,6 +111,8 @@ class Admission:
         for name in ("request_id", "session_id", "tenant"):  # each is kept with the charge, in the money store
             if len(getattr(request, name)) > MAX_ID_CHARS:
                 raise invalid(f"{name} must be at most {MAX_ID_CHARS} characters", name)
+            if "\x00" in getattr(request, name):  # PostgreSQL's text refuses it: the SQL ledger would lose the charge
+                raise invalid(f"{name} must not contain a NUL character", name)
         if fewest_prompt_tokens(len(request.messages)) > self.max_context:  # known without reading them
             raise self._over_every_window()
         valid = validate(request)

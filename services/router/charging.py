@@ -72,32 +72,13 @@ class Charger:
 
     async def settle_unsettled(self, routed: Routed, model: ModelSpec) -> None:
         """A request that ends without an answer (refused upstream, failed, cancelled) is charged what its
-        failed attempts cost, or, when they cost nothing, frees its hold. Either runs shielded to its end, the
-        outbox write included: a caller that leaves meanwhile cannot leave the hold or the record half-done."""
+        failed attempts cost, nothing when they cost nothing: either way on record in the ledger, as the outbox
+        would have it had the store been out of reach. Runs shielded to its end, the outbox write included: a
+        caller that leaves meanwhile cannot leave the hold or the record half-done."""
         if routed.hold is None or routed.settled:
             return
-        if routed.owed:
-            failed = Served(model, finish_reason="error", estimated=True)
-            await self.settle(routed, response(routed, failed), routed.failure)
-            return
-        await asyncio.shield(self.run_to_end(self._release(routed)))
-
-    async def _release(self, routed: Routed) -> None:
-        assert routed.hold is not None  # only admitted requests are released
-        try:
-            await self.store.release(routed.account, routed.hold)
-        except StoreUnavailable:
-            # Settled at nothing through the outbox once the store is back: the hold and pending charge go.
-            record = {
-                "request_id": routed.request_id,
-                "ts": time.time(),
-                "tenant": routed.account.tenant,
-                "key": routed.account.key,
-                "cost_usd": "0",
-                "outcome": "released",
-            }
-            await self.outbox.add(OutboxCharge(routed.account, routed.hold, 0, record))
-        routed.settled = True
+        failed = Served(model, finish_reason="error", estimated=True)
+        await self.settle(routed, response(routed, failed), routed.failure)
 
     async def close(self) -> None:
         """Let charges still running finish: a stopping router loses none."""
@@ -112,11 +93,18 @@ class Charger:
             if baseline_model and not response.cache_hit
             else cost
         )
+        # A cache hit repeats an answer's flags (what the caller is shown); this request made no attempt of its own.
+        assert routed.hold is not None  # only admitted requests are settled
+        generated = not response.cache_hit
+        escalated = generated and response.escalated
+        # Served by another model than the one chosen, not by escalation: a fallback after a failure.
+        fallback = generated and bool(response.model) and response.model != routed.decision.model and not escalated
         record = {
             "request_id": routed.request_id,
             "ts": time.time(),
             "tenant": routed.account.tenant,
             "key": routed.account.key,
+            "period": routed.hold.period,  # the budget period charged, fixed at admission (ts may fall in the next)
             "model": response.model,
             "provider": response.provider,
             "input_tokens": response.usage.input_tokens,
@@ -138,16 +126,14 @@ class Charger:
                 }
                 for c in routed.decision.candidates
             ],
-            # Served by another model than the one chosen, not by escalation: a fallback after a failure.
-            "fallback": bool(response.model) and response.model != routed.decision.model and not response.escalated,
+            "fallback": fallback,
             "error": "" if outcome in ("ok", "cache_hit") else outcome,
             "cache_hit": response.cache_hit,
-            "escalated": response.escalated,
-            "escalation_signal": response.escalation_signal,
-            "retries": response.retries,
+            "escalated": escalated,
+            "escalation_signal": response.escalation_signal if escalated else "",
+            "retries": response.retries if generated else 0,
             "outcome": outcome,
         }
-        assert routed.hold is not None  # only admitted requests are served
         try:
             # Not only while its pending charge is open: a store that lost the admission (a crash within its fsync
             # interval, a failover to a replica behind) is still charged what was served. The charged marker keeps

@@ -369,9 +369,8 @@ class Deferred:
             return await self._owe_hold(account, pending, request_id, f"no result from the provider batch ({status})")
         error = result.error if result is not None else "the provider batch failed before running"
         error = f"{error} (request id {request_id})"
-        if pending is not None:
-            held_account, hold = pending.account_and_hold()
-            await self.store.release(held_account, hold)
+        if pending is not None:  # the provider bills none of it: released, on record at nothing
+            await self._charge(account, pending, 0, _unanswered(pending, "0", "batch_failed", error))
         return router_pb2.CollectedLine(request_id=request_id, error=error, charged_usd="0")
 
     async def _owe_hold(
@@ -380,16 +379,7 @@ class Deferred:
         charged = "0"
         if pending is not None:
             charged = format(Decimal(pending.hold_pico) / PICO, "f")
-            record = {
-                "request_id": request_id,
-                "ts": time.time(),
-                "tenant": account.tenant,
-                "key": account.key,
-                "cost_usd": charged,
-                "outcome": "batch_unknown",
-                "error": why,
-            }
-            await self._charge(account, pending, pending.hold_pico, record)
+            await self._charge(account, pending, pending.hold_pico, _unanswered(pending, charged, "batch_unknown", why))
         return router_pb2.CollectedLine(request_id=request_id, error=why, charged_usd=charged)
 
     async def _charge(self, account: Account, pending: Pending, pico: int, record: dict[str, Any]) -> None:
@@ -411,6 +401,7 @@ class Deferred:
             "ts": time.time(),
             "tenant": pending.tenant,
             "key": pending.key,
+            "period": pending.period,
             "model": response.model,
             "provider": response.provider,
             "input_tokens": usage.input_tokens,
@@ -423,6 +414,22 @@ class Deferred:
             "outcome": outcome,
             "admitted_ts": pending.ts,
         }
+
+
+def _unanswered(pending: Pending, cost_usd: str, outcome: str, why: str) -> dict[str, Any]:
+    """The ledger record of a line settled without an answer: failed (at nothing), or unknown (at its hold)."""
+    return {
+        "request_id": pending.request_id,
+        "ts": time.time(),
+        "tenant": pending.tenant,
+        "key": pending.key,
+        "period": pending.period,
+        "cost_usd": cost_usd,
+        "model": pending.model or "",  # none recorded for a line of the version before
+        "reason": "batch",
+        "outcome": outcome,
+        "error": why,
+    }
 
 
 def _refuse_another_model(pending: dict[str, Pending | None], model: str) -> None:

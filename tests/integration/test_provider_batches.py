@@ -307,8 +307,12 @@ async def test_failed_and_expired_provider_lines_are_released_not_charged(stack:
     assert "completion window expired" in errors["req-1"]["response"]["body"]["error"]["message"]
     charged, spend, held, pending = await money(stack)
     costs = costs_of(output)
-    assert charged == costs  # only the answered lines: the failed and expired ones were released
+    failed = {e["response"]["request_id"] for e in errors.values()}
+    # Only the answered lines cost anything: the failed and expired ones were released, on record at nothing.
+    assert charged == {**costs, **dict.fromkeys(failed, Decimal(0))}
     assert spend == sum(to_pico(c) for c in costs.values()) and held == 0 and not pending
+    ledger = await ledger_by_id(stack)
+    assert {(ledger[i]["outcome"], ledger[i]["model"]) for i in failed} == {("batch_failed", BATCHED)}
 
 
 async def test_a_router_restart_while_the_provider_batch_runs_loses_nothing(stack: Stack) -> None:
@@ -425,6 +429,7 @@ async def test_usage_a_provider_reports_out_of_bounds_is_never_charged_beyond_th
     for entry in errors.values():  # the usage is not believed: the line's worst case, no more
         record = ledger[entry["response"]["request_id"]]
         assert record["outcome"] == "batch_unknown" and Decimal(record["cost_usd"]) > 0, record
+        assert record["model"] == BATCHED and record["reason"] == "batch", record  # on record as the answered lines
         # At most: 8192 tokens of prompt at 0.30 and 4096 written at 1.20 per 1M, under a cent.
         assert Decimal(record["cost_usd"]) < Decimal("0.01"), record
     assert {ledger[i]["outcome"] for i in costs_of(output)} == {"ok"} and charged.items() >= costs_of(output).items()

@@ -73,7 +73,7 @@ async def test_an_unrecorded_line_the_provider_billed_is_not_released_by_another
         other = await failed_batch(stack, stub, "payer")
         released = await collect_r1(stub, "payer", other)
         pending = await store.pending_charge(account, "r1")
-        ledger = [r for r in await ledger_records(store.redis) if r["tenant"] == "payer"]
+        ledger = [r for r in await ledger_records(store.redis) if (r["tenant"], r["request_id"]) == ("payer", "r1")]
     charged = [to_pico(Decimal(r["cost_usd"])) for r in ledger]
     assert pending is None and charged == [held], ("released unpaid", released)
 

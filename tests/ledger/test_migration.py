@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from llmrouter.redis_connect import connect
-from services.ledger.db import COLUMNS, LedgerDB, row_from_record
+from services.ledger.db import COLUMNS, LedgerDB, _schema, row_from_record
 from services.ledger.sink import LedgerSink, RedisSource
 from services.ledger.stats import summarize
 from services.router.store import PICO, Account, Allowance, Hold, RedisStore, period_id
@@ -218,3 +218,42 @@ def test_processes_starting_at_once_migrate_the_table_once(backend: Backend) -> 
         for db in opened:
             if isinstance(db, LedgerDB):
                 db.close()
+
+
+async def test_a_table_whose_rows_name_no_period_gains_the_column_once_keeping_its_rows(backend: Backend) -> None:
+    """The table as the version before made it (keyed by ledger entry, no period column): processes starting at once
+    add the column once; its rows name no period (''), rows copied from now on name theirs."""
+    before = [c for c in COLUMNS if c != "period"]
+    conn = backend.connect()
+    try:
+        conn.execute(_schema("requests").replace("  period TEXT NOT NULL DEFAULT '',\n", ""))
+        record = {"request_id": "r0", "tenant": "acme", "ts": 1_780_000_000.0, "cost_usd": "0.001"}
+        marks = ", ".join([backend.mark] * len(before))
+        conn.execute(
+            f"INSERT INTO requests ({', '.join(before)}) VALUES ({marks})", row_from_record(record, "s 1")[:-1]
+        )
+        conn.commit()
+    finally:
+        conn.close()
+    opened = at_once(4, backend.ledger)
+    try:
+        assert all(isinstance(db, LedgerDB) for db in opened), opened
+        db = opened[0]
+        assert isinstance(db, LedgerDB)
+        record = {
+            "request_id": "r1",
+            "tenant": "acme",
+            "ts": 1_780_000_001.0,
+            "cost_usd": "0.002",
+            "period": "20260601",
+        }
+        assert await db.insert([row_from_record(record, "s 2")]) == 1
+        rows = await db.rows(tenant="acme")
+        assert [(r.get("request_id"), r.get("period"), r.get("cost_pico")) for r in rows] == [
+            ("r0", "", 10**9),
+            ("r1", "20260601", 2 * 10**9),
+        ]
+    finally:
+        for each in opened:
+            if isinstance(each, LedgerDB):
+                each.close()

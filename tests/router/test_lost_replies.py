@@ -136,7 +136,8 @@ async def test_a_release_whose_caller_leaves_while_the_store_is_unreachable_land
         assert await charger.outbox.replay(charger.store) == 1
         assert await holds_and_pending(direct, ACCOUNT) == ([[], []], 0)
         (record,) = await ledger_records(direct)
-        assert record["outcome"] == "released" and record["cost_usd"] == "0"
+        # On record as when the store answers: at no cost, with the model it was routed to.
+        assert record["outcome"] == "failed" and Decimal(record["cost_usd"]) == 0 and record["model"]
     finally:
         await direct.aclose()
 

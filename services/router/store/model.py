@@ -276,6 +276,7 @@ def reconciled_record(pending: Pending) -> dict[str, Any]:
         "ts": time.time(),
         "tenant": pending.tenant,
         "key": pending.key,
+        "period": pending.period,
         "cost_usd": format(Decimal(pending.hold_pico) / PICO, "f"),  # plain notation, as every charge
         "outcome": "reconciled",
         "router": pending.router,
