@@ -195,3 +195,33 @@ async def past_the_bound(edge: Edge) -> None:
     # The slow upload gave up: the SDK's own retry, after the Retry-After, gets in.
     patient = owner.with_options(max_retries=5)
     assert (await patient.files.create(file=("f.jsonl", jsonl(1)), purpose="batch")).bytes > 0
+
+
+async def test_a_finish_interrupted_then_its_input_file_deleted_leaves_the_batch_completed(chain: Chain) -> None:
+    """A finish that stopped after the batch's status (a crash, or the store failing one of its later steps) is
+    run again by an edge; the tenant, told the batch completed, may delete its input file meanwhile. The batch
+    stays completed, not failed for want of an input it no longer needs."""
+    db = redis.from_url(chain.redis_url)
+    try:
+        async with running_edge(chain) as edge:
+            owner = edge.clients["owner"]
+            uploaded = await owner.files.create(file=("in.jsonl", jsonl(3)), purpose="batch")
+            batch = await owner.batches.create(
+                input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+            )
+            done = await finished(owner, batch.id)
+            assert done.status == "completed"
+            # As if the finish had stopped before the batch left the active set, the edge that ran it gone.
+            lease = f"llmrouter:batch:lease:{batch.id}"
+            await db.set(lease, "a crashed edge", ex=60)
+            await db.sadd("llmrouter:batch:active", batch.id)
+            assert (await owner.files.delete(uploaded.id)).deleted
+            await edge.stop()
+            await db.delete(lease)  # lapsed
+            await edge.start()  # resumes the batch
+            while await db.sismember("llmrouter:batch:active", batch.id):
+                await asyncio.sleep(0.05)
+            again = await owner.batches.retrieve(batch.id)
+        assert (again.status, again.errors, again.output_file_id) == ("completed", None, done.output_file_id), again
+    finally:
+        await db.aclose()
