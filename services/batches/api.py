@@ -208,6 +208,7 @@ class BatchApi:
         index. An entry whose hash is gone (evicted, or deleted) is passed over, and left to lapse."""
         key = file_key if kind == "file" else batch_key
         found: list[tuple[str, dict[str, bytes]]] = []
+        gone: list[str] = []
         cursor = after
         while len(found) <= limit:
             ids = await self.store.page(tenant, kind, cursor, min(limit + 1, PAGE_CHUNK), newest_first)
@@ -217,12 +218,16 @@ class BatchApi:
                 )
             for item_id, fields in zip(ids, await self.store.fields([key(i) for i in ids], names), strict=True):
                 if fields.get("tenant", b"").decode() != tenant:
-                    await self.store.unindex(tenant, kind, item_id)
+                    gone.append(item_id)
                 elif "deleted" not in fields and wanted(fields):
                     found.append((item_id, fields))
             if len(ids) < min(limit + 1, PAGE_CHUNK):
                 break
             cursor = ids[-1]
+        # Unindexed once the listing is done: a write to the index drops every entry past its deadline, perhaps the
+        # last one read, which the next page starts after.
+        for item_id in gone:
+            await self.store.unindex(tenant, kind, item_id)
         return found[: limit + 1]
 
     async def cancel_batch(self, request: Request) -> Response:

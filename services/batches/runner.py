@@ -41,6 +41,7 @@ from services.batches import results, wire
 from services.batches.deferral import Deferral
 from services.batches.pending import Pending
 from services.batches.store import (
+    ENDED,
     Store,
     batch_key,
     deferred_key,
@@ -146,6 +147,10 @@ class Runner:
                 await self.store.activate(batch_id, False)
                 return
             content = (await self.store.get(file_key(batch["input_file_id"].decode()))).get("content")
+            if content is None and batch["status"] in ENDED:
+                # A finish interrupted past the batch's status, the input deleted since: finished again without it.
+                await self._finish(batch_id, batch, batch["status"].decode())
+                return
             if content is None:  # evicted, or the store flushed: the batch cannot go on (and its run not crash)
                 await self._finish(batch_id, batch, "failed", wire.batch_errors(*MISSING_INPUT, "input_file_id"))
                 return

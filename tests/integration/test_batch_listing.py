@@ -195,3 +195,59 @@ async def past_the_bound(edge: Edge) -> None:
     # The slow upload gave up: the SDK's own retry, after the Retry-After, gets in.
     patient = owner.with_options(max_retries=5)
     assert (await patient.files.create(file=("f.jsonl", jsonl(1)), purpose="batch")).bytes > 0
+
+
+async def test_a_finish_interrupted_then_its_input_file_deleted_leaves_the_batch_completed(chain: Chain) -> None:
+    """A finish that stopped after the batch's status (a crash, or the store failing one of its later steps) is
+    run again by an edge; the tenant, told the batch completed, may delete its input file meanwhile. The batch
+    stays completed, not failed for want of an input it no longer needs."""
+    db = redis.from_url(chain.redis_url)
+    try:
+        async with running_edge(chain) as edge:
+            owner = edge.clients["owner"]
+            uploaded = await owner.files.create(file=("in.jsonl", jsonl(3)), purpose="batch")
+            batch = await owner.batches.create(
+                input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+            )
+            done = await finished(owner, batch.id)
+            assert done.status == "completed"
+            # As if the finish had stopped before the batch left the active set, the edge that ran it gone.
+            lease = f"llmrouter:batch:lease:{batch.id}"
+            await db.set(lease, "a crashed edge", ex=60)
+            await db.sadd("llmrouter:batch:active", batch.id)
+            assert (await owner.files.delete(uploaded.id)).deleted
+            await edge.stop()
+            await db.delete(lease)  # lapsed
+            await edge.start()  # resumes the batch
+            while await db.sismember("llmrouter:batch:active", batch.id):
+                await asyncio.sleep(0.05)
+            again = await owner.batches.retrieve(batch.id)
+        assert (again.status, again.errors, again.output_file_id) == ("completed", None, done.output_file_id), again
+    finally:
+        await db.aclose()
+
+
+@pytest.mark.parametrize("order", ["desc", "asc"])
+async def test_a_listing_past_files_expired_and_still_in_the_index_goes_on(chain: Chain, order: str) -> None:
+    """Entries stay in the index past their file's expiry until it is next written. A listing that reads a page
+    of them, passing over them, must not lose its place among them: the next page of the index starts after the
+    last one read."""
+    async with running_edge(chain, batch_retention_s=1) as brief:
+        settings = brief.settings.model_copy(update={"port": free_port(), "batch_retention_s": 3600})
+        kept = Edge(settings, brief.keys)  # another edge of the same tenants, keeping files longer
+        await kept.start()
+        try:
+            owner = brief.clients["owner"]
+            lasting = (await kept.clients["owner"].files.create(file=("kept.jsonl", jsonl(1)), purpose="batch")).id
+            for i in range(4):
+                await owner.files.create(file=(f"f{i}.jsonl", jsonl(1)), purpose="batch")
+            if order == "desc":  # the lasting one among the newest, then the expired ones
+                await asyncio.sleep(0.01)
+                lasting = (await kept.clients["owner"].files.create(file=("k.jsonl", jsonl(1)), purpose="batch")).id
+            await asyncio.sleep(1.5)  # the four expired; the index not written since
+            listed = [f.id async for f in owner.files.list(limit=2, order=order)]  # type: ignore[arg-type]
+            assert lasting in listed and len(listed) == (2 if order == "desc" else 1), listed
+        finally:
+            for client in kept.clients.values():
+                await client.close()
+            await kept.stop()
