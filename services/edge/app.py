@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import Counter, Histogram
+from redis.exceptions import OutOfMemoryError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -382,6 +383,14 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return error_response(ApiError(500, "internal error", code="internal_error"))
 
 
+async def _store_full(request: Request, exc: Exception) -> Response:
+    # The edge's only Redis is the batch store, which never evicts (noeviction): when full it refuses writes, and
+    # so the upload or batch, rather than drop a batch or file kept there. Not the caller's fault, nor a crash.
+    log.warning("batch store full: %s refused", request.url.path[:MAX_LOGGED_PATH])
+    message = "batch storage is full: delete files no longer needed, or retry once older files expire"
+    return error_response(ApiError(507, message, code="storage_full"))
+
+
 async def _not_found(request: Request, exc: Exception) -> Response:
     return error_response(ApiError(404, f"no route {request.method} {request.url.path}", code="not_found"))
 
@@ -437,7 +446,13 @@ def create_app(settings: EdgeSettings, channel: grpc.aio.Channel) -> Starlette:
         Route("/readyz", edge.readyz, methods=["GET"]),
         *batches.routes(),
     ]
-    handlers = {ApiError: _api_error, 404: _not_found, 405: _method, Exception: _unexpected}
+    handlers = {
+        ApiError: _api_error,
+        OutOfMemoryError: _store_full,
+        404: _not_found,
+        405: _method,
+        Exception: _unexpected,
+    }
     app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)  # type: ignore[arg-type]
     app.add_middleware(Observe, access_log=access_log)
     return app
