@@ -37,6 +37,7 @@ GOOD: dict[str, dict | Path] = {
     "defaults": {},
     "example": MODULE / "terraform.tfvars.example",
     "anonymous-edge": {"edge_keys_secret": None, "allow_anonymous_edge": True, "monitoring_enabled": False},
+    "external-batch-redis": {"batches_redis_secret": {"name": "llm-batches"}},  # the key defaults to url
     "full": {
         "namespace": "llm-prod",
         "release_name": "llm",
@@ -45,6 +46,7 @@ GOOD: dict[str, dict | Path] = {
         "edge_keys_secret": "llm-prod-edge-keys",
         "money_redis_secret": {"name": "llm-prod-redis", "key": "money-url"},
         "cache_redis_secret": {"name": "llm-prod-redis"},
+        "batches_redis_secret": {"name": "llm-prod-redis", "key": "batches-url"},
         "prometheus_release_label": "prometheus",
         "autoscaling": {
             "edge": {"min_replicas": 3, "max_replicas": 30},

@@ -17,8 +17,9 @@ locals {
     fullnameOverride = var.release_name
     redis = {
       # In-chart when no Secret is named; the chart ignores enabled when urlSecret.name is set.
-      money = { urlSecret = coalesce(var.money_redis_secret, { name = "", key = "" }) }
-      cache = { urlSecret = coalesce(var.cache_redis_secret, { name = "", key = "" }) }
+      money   = { urlSecret = coalesce(var.money_redis_secret, { name = "", key = "" }) }
+      cache   = { urlSecret = coalesce(var.cache_redis_secret, { name = "", key = "" }) }
+      batches = { urlSecret = coalesce(var.batches_redis_secret, { name = "", key = "" }) }
     }
     monitoring = {
       serviceMonitor = { enabled = var.monitoring_enabled, labels = { release = var.prometheus_release_label } }

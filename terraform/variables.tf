@@ -125,6 +125,15 @@ variable "cache_redis_secret" {
   default = null
 }
 
+variable "batches_redis_secret" {
+  description = "Existing Secret holding the URL of an external batch Redis (the edge's Batch API files, batches and results; it must be noeviction and persistent, and apart from the money Redis, which uploads would fill): {name, key}. null runs the chart's own (AOF on a volume)."
+  type = object({
+    name = string
+    key  = optional(string, "url")
+  })
+  default = null
+}
+
 # --- exposure and operations ---------------------------------------------------------------------------------
 variable "ingress" {
   description = "Expose the edge through an Ingress at this host; null keeps it cluster-internal."

@@ -33,7 +33,7 @@ class EdgeSettings(ServiceSettings):
     # One JSON line per HTTP request, written by a thread off the hot path: stderr, off, or a file path.
     access_log: str = Field(default="stderr", min_length=1)
     # Batches (POST /v1/batches): their files and progress in this Redis, which edge replicas share and a
-    # restarted edge resumes from (it may be the cache's; a batch evicted is lost). Unset: in process.
+    # restarted edge resumes from: noeviction and persisted (the chart's redis.batches). Unset: in process.
     batch_redis_url: str | None = None
     batch_concurrency: int = Field(default=8, gt=0)  # lines in flight at once, across this edge's batches
     # How often a provider batch (lines sent through a provider's Batch API) is asked whether it has ended.

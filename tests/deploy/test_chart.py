@@ -14,7 +14,7 @@ import yaml
 from services.edge.settings import EdgeSettings
 
 from .kube_api import KubeApi
-from .support import CHART, GRPC_SERVICES, SERVICES, by_kind, documented_ports, render
+from .support import CHART, GRPC_SERVICES, SERVICES, by_kind, documented_ports, render, tool
 
 VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
 
@@ -52,7 +52,7 @@ def test_monitoring_and_config_objects(docs: list[dict]) -> None:
     kinds = {d["kind"] for d in docs}
     assert {"ServiceMonitor", "PrometheusRule", "ConfigMap", "ServiceAccount"} <= kinds
     assert by_kind(docs, "Deployment").keys() == {name(s) for s in (*SERVICES, "redis-cache")}
-    assert by_kind(docs, "StatefulSet").keys() == {name("redis-money")}
+    assert by_kind(docs, "StatefulSet").keys() == {name("redis-money"), name("redis-batches")}
 
 
 def test_monitoring_objects_only_where_the_operator_crds_exist() -> None:
@@ -178,7 +178,7 @@ def test_providers_read_keys_where_the_chart_mounts_them(mount: str | None) -> N
     assert not any("api_key_file" in spec for spec in registry["providers"].values())
 
 
-@pytest.mark.parametrize("svc", [*SERVICES, "redis-money", "redis-cache"])
+@pytest.mark.parametrize("svc", [*SERVICES, "redis-money", "redis-cache", "redis-batches"])
 def test_pods_are_locked_down(docs: list[dict], svc: str) -> None:
     workloads = by_kind(docs, "Deployment") | by_kind(docs, "StatefulSet")
     pod = workloads[name(svc)]["spec"]["template"]["spec"]
@@ -203,7 +203,7 @@ def test_network_policies_only_edge_is_open(docs: list[dict]) -> None:
     policies = by_kind(docs, "NetworkPolicy")
     assert _callers(policies[name("edge")]) is None
     expected = {"router": ["edge"], "classifier": ["router"], "providers": ["router"], "redis-money": ["router"]}
-    expected["redis-cache"] = ["router", "edge"]  # the edge keeps its batches there (edge.batchRedis)
+    expected |= {"redis-cache": ["router"], "redis-batches": ["edge"]}  # the edge's batches (edge.batchRedis)
     for svc, callers in expected.items():
         peers = _callers(policies[name(svc)])
         assert [p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in peers] == callers, svc
@@ -290,6 +290,7 @@ def test_minimal_values_drop_the_optional_objects() -> None:
     kinds = {d["kind"] for d in docs}
     assert kinds.isdisjoint({"HorizontalPodAutoscaler", "NetworkPolicy", "ServiceMonitor", "PrometheusRule"})
     assert by_kind(docs, "Deployment").keys() == {name(s) for s in SERVICES}
+    assert by_kind(docs, "StatefulSet") == {}
     assert all(by_kind(docs, "Deployment")[name(s)]["spec"]["replicas"] == 1 for s in SERVICES)
     assert "ROUTER_REDIS_URL" not in env(docs, "router")
 
@@ -297,7 +298,10 @@ def test_minimal_values_drop_the_optional_objects() -> None:
 def test_production_values() -> None:
     docs = render("-f", str(CHART / "ci" / "production-values.yaml"))
     assert env(docs, "router")["ROUTER_REDIS_URL"] == {"secretKeyRef": {"name": "llm-redis", "key": "url"}}
-    assert name("redis") not in by_kind(docs, "Deployment")
+    assert env(docs, "edge")["EDGE_BATCH_REDIS_URL"] == {"secretKeyRef": {"name": "llm-redis", "key": "batches-url"}}
+    assert "EDGE_BATCH_REDIS_URL" not in env(docs, "router")
+    assert by_kind(docs, "StatefulSet") == {}  # external money and batch Redis
+    assert name("redis-cache") not in by_kind(docs, "Deployment")
     assert "@sha256:" in container(docs, "edge")["image"]
     assert env(docs, "edge")["EDGE_API_KEYS_FILE"] == "/var/run/secrets/llmrouter/edge/api-keys"
     (ingress,) = by_kind(docs, "Ingress").values()
@@ -326,6 +330,8 @@ def test_a_shared_router_without_redis_is_refused() -> None:
         ("redis.money.url=http://redis:6379", "/redis/money"),
         ("redisUrl=redis://x", "additional properties 'redisUrl' not allowed"),  # a typo at the top level
         ("redis.cache.maxmemory=lots", "/redis/cache/maxmemory"),
+        ("redis.batches.maxmemory=lots", "/redis/batches/maxmemory"),
+        ("edge.batchRedis=elsewhere", "/edge/batchRedis"),
     ],
 )
 def test_values_schema_refuses_mistakes(setting: str, complaint: str) -> None:
@@ -393,16 +399,36 @@ def test_registry_overridden_from_values() -> None:
     assert [m.name for m in registry.models] == ["gpt-4o-mini", "gpt-4o"]
 
 
-def test_money_redis_never_evicts_and_persists(docs: list[dict]) -> None:
-    money = by_kind(docs, "StatefulSet")[name("redis-money")]
-    (c,) = money["spec"]["template"]["spec"]["containers"]
+@pytest.mark.parametrize("role", ["money", "batches"])
+def test_money_and_batch_redis_never_evict_and_persist(docs: list[dict], role: str) -> None:
+    """Batches too: an eviction could drop the set of batches to resume (one stuck in_progress), a lease (two
+    edges run one batch), paid-for results or a running batch's input; a restart must keep every batch."""
+    redis = by_kind(docs, "StatefulSet")[name(f"redis-{role}")]
+    (c,) = redis["spec"]["template"]["spec"]["containers"]
     args = dict(zip(c["args"][::2], c["args"][1::2], strict=True))
     assert args["--maxmemory-policy"] == "noeviction"
     assert args["--appendonly"] == "yes" and args["--appendfsync"] == "everysec"
-    assert args["--maxmemory"] == VALUES["redis"]["money"]["maxmemory"]
-    (claim,) = money["spec"]["volumeClaimTemplates"]
-    assert claim["spec"]["resources"]["requests"]["storage"] == VALUES["redis"]["money"]["persistence"]["size"]
+    assert args["--maxmemory"] == VALUES["redis"][role]["maxmemory"]
+    (claim,) = redis["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == VALUES["redis"][role]["persistence"]["size"]
     assert {"name": "data", "mountPath": "/data"} in c["volumeMounts"]
+
+
+def _bytes(size: str) -> int:
+    """A Redis maxmemory ("2gb") or a Kubernetes quantity ("3Gi") in bytes."""
+    units = {"kb": 2**10, "mb": 2**20, "gb": 2**30, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+    unit = next(u for u in units if size.endswith(u))
+    return int(size.removesuffix(unit)) * units[unit]
+
+
+def test_batch_redis_is_sized_for_the_files_kept() -> None:
+    """maxmemory holds several of the largest uploads; the pod room for the AOF rewrite's fork; the volume for the
+    AOF and its rewrite."""
+    batches = VALUES["redis"]["batches"]
+    maxmemory = _bytes(batches["maxmemory"])
+    assert maxmemory >= 10 * EdgeSettings.model_fields["batch_max_file_bytes"].default
+    assert _bytes(batches["resources"]["limits"]["memory"]) >= 1.5 * maxmemory
+    assert _bytes(batches["persistence"]["size"]) >= 2 * maxmemory
 
 
 def test_cache_redis_evicts_least_recently_used(docs: list[dict]) -> None:
@@ -432,9 +458,10 @@ def test_hpa_on_requests_in_flight() -> None:
         assert inflight["pods"]["target"]["averageValue"] == str(VALUES[svc]["autoscaling"]["targetInflightPerPod"])
 
 
-def test_egress_with_an_external_redis_needs_its_peers() -> None:
+@pytest.mark.parametrize("role", ["cache", "batches"])
+def test_egress_with_an_external_redis_needs_its_peers(role: str) -> None:
     with pytest.raises(subprocess.CalledProcessError) as failure:
-        render("--set", "networkPolicy.egress.enabled=true", "--set", "redis.cache.url=redis://cache.example:6379/0")
+        render("--set", "networkPolicy.egress.enabled=true", "--set", f"redis.{role}.url=redis://r.example:6379/0")
     assert "networkPolicy.egress.redisTo" in failure.value.stderr
 
 
@@ -462,21 +489,38 @@ def test_egress_reaches_dns_and_callees_only() -> None:
         }
         for svc in SERVICES
     }
-    assert component["edge"] == {53: [], 50053: ["router"], 6379: ["redis-cache"]}
+    assert component["edge"] == {53: [], 50053: ["router"], 6379: ["redis-batches"]}
     redis = ["redis-cache", "redis-money"]
     assert component["router"] == {53: [], 50051: ["classifier"], 50052: ["providers"], 6379: redis}
     assert component["classifier"] == {53: []}
     assert component["providers"] == {53: [], 443: []}
     (api,) = _egress_ports(policies[name("providers")])[443]
     assert api["ipBlock"]["cidr"] == "0.0.0.0/0" and "10.0.0.0/8" in api["ipBlock"]["except"]
-    assert policies[name("redis-money")]["spec"]["egress"] == policies[name("redis-cache")]["spec"]["egress"] == []
+    for redis in ("redis-money", "redis-cache", "redis-batches"):
+        assert policies[name(redis)]["spec"]["egress"] == [], redis
 
 
 def test_egress_to_an_external_redis() -> None:
     docs = render("-f", str(CHART / "ci" / "production-values.yaml"))
-    router = _egress_ports(by_kind(docs, "NetworkPolicy")[name("router")])
-    assert router[6380] == [{"ipBlock": {"cidr": "10.20.0.0/24"}}]
-    assert 6379 not in router
+    for svc in ("router", "edge"):  # money and cache; batches
+        egress = _egress_ports(by_kind(docs, "NetworkPolicy")[name(svc)])
+        assert egress[6380] == [{"ipBlock": {"cidr": "10.20.0.0/24"}}], svc
+        assert 6379 not in egress, svc
+
+
+def test_external_batch_redis_alone_opens_the_edge_only() -> None:
+    """The router never calls the batch Redis: an external one alone gives the edge, not the router, its peers."""
+    docs = render(
+        "--set", "redis.batches.url=redis://batches.example:6379/0",
+        "--set", "networkPolicy.egress.enabled=true",
+        "--set", "networkPolicy.egress.redisTo[0].ipBlock.cidr=10.40.0.0/24",
+    )  # fmt: skip
+    policies = by_kind(docs, "NetworkPolicy")
+    assert _egress_ports(policies[name("edge")])[6379] == [{"ipBlock": {"cidr": "10.40.0.0/24"}}]
+    router = _egress_ports(policies[name("router")])[6379]
+    assert all("ipBlock" not in peer for peer in router)  # the in-chart money and cache only
+    assert env(docs, "edge")["EDGE_BATCH_REDIS_URL"] == "redis://batches.example:6379/0"
+    assert name("redis-batches") not in by_kind(docs, "StatefulSet") | policies
 
 
 def test_a_changed_key_secret_rolls_its_pods(tmp_path: Path) -> None:
@@ -515,28 +559,48 @@ def test_pod_annotations_are_a_map_and_merged_with_the_checksums() -> None:
 
 def test_edge_replicas_share_their_batches_through_redis() -> None:
     """Batches live in EDGE_BATCH_REDIS_URL, or in each edge process without it: there a file uploaded to one
-    replica is not found by the batch created on another, and a pod the autoscaler removes takes its batches."""
+    replica is not found by the batch created on another, and a pod the autoscaler removes takes its batches.
+    By default their own Redis (redis.batches), which only the edge reaches."""
     docs = render("--set", "networkPolicy.egress.enabled=true")
-    assert env(docs, "edge")["EDGE_BATCH_REDIS_URL"] == env(docs, "router")["ROUTER_CACHE_REDIS_URL"]
+    assert env(docs, "edge")["EDGE_BATCH_REDIS_URL"] == f"redis://{name('redis-batches')}:6379/0"
+    assert "redis-batches" not in json.dumps(env(docs, "router"))
     policies = by_kind(docs, "NetworkPolicy")
-    (rule,) = policies[name("redis-cache")]["spec"]["ingress"]
-    assert sorted(p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in rule["from"]) == [
-        "edge",
-        "router",
-    ]
-    (to_cache,) = _egress_ports(policies[name("edge")])[6379]
-    assert to_cache["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "redis-cache"
-    # An external cache from a Secret: the edge reads the same Secret.
-    external = render("--set", "redis.cache.urlSecret.name=llm-cache", "--set", "redis.cache.urlSecret.key=url")
-    assert env(external, "edge")["EDGE_BATCH_REDIS_URL"] == {"secretKeyRef": {"name": "llm-cache", "key": "url"}}
+    (to_batches,) = _egress_ports(policies[name("edge")])[6379]
+    assert to_batches["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "redis-batches"
+    # cache and money stay choices: that role's Redis then takes the edge too, and no batch Redis is run.
+    for role in ("cache", "money"):
+        shared = render("--set", f"edge.batchRedis={role}")
+        assert env(shared, "edge")["EDGE_BATCH_REDIS_URL"] == f"redis://{name(f'redis-{role}')}:6379/0"
+        (rule,) = by_kind(shared, "NetworkPolicy")[name(f"redis-{role}")]["spec"]["ingress"]
+        callers = sorted(p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in rule["from"])
+        assert callers == ["edge", "router"], role
+        assert name("redis-batches") not in by_kind(shared, "StatefulSet") | by_kind(shared, "NetworkPolicy")
+    # An external batch Redis from a Secret: the edge reads it, and checkov knows the Secret is only referenced.
+    external = render("--set", "redis.batches.urlSecret.name=llm-batches", "--set", "redis.batches.urlSecret.key=url")
+    assert env(external, "edge")["EDGE_BATCH_REDIS_URL"] == {"secretKeyRef": {"name": "llm-batches", "key": "url"}}
+    skips = by_kind(external, "Deployment")[name("edge")]["metadata"]["annotations"].values()
+    assert any(skip.startswith("CKV_K8S_35=") for skip in skips)
     # Without a batch Redis only a single edge keeps its batches whole.
     with pytest.raises(subprocess.CalledProcessError) as failure:
         render("--set", "edge.batchRedis=")
     assert "edge: more than one replica needs a batch Redis" in failure.value.stderr
     single = render(
-        "--set", "redis.cache.enabled=false", "--set", "edge.replicas=1", "--set", "edge.autoscaling.enabled=false"
+        "--set", "redis.batches.enabled=false", "--set", "edge.replicas=1", "--set", "edge.autoscaling.enabled=false"
     )
     assert "EDGE_BATCH_REDIS_URL" not in env(single, "edge")
+
+
+@pytest.mark.parametrize(("role", "warning"), [("cache", "eviction may drop"), ("money", "can fill")])
+def test_notes_warn_of_batches_in_a_shared_redis(role: str, warning: str) -> None:
+    notes = subprocess.run(
+        [tool("helm"), "install", "llm", str(CHART), "--dry-run", "--set", f"edge.batchRedis={role}"],
+        check=True, capture_output=True, text=True,
+    ).stdout.split("NOTES:", 1)[1]  # fmt: skip
+    assert warning in notes and "edge.batchRedis=batches" in notes
+    default = subprocess.run(
+        [tool("helm"), "install", "llm", str(CHART), "--dry-run"], check=True, capture_output=True, text=True
+    ).stdout.split("NOTES:", 1)[1]
+    assert "edge.batchRedis" not in default
 
 
 @pytest.mark.parametrize("scheme", ["redis", "rediss", "redis+cluster", "rediss+cluster"])

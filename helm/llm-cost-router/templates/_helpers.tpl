@@ -5,7 +5,7 @@ classifier providers router edge
 
 {{/* Who may call each service (NetworkPolicy): only the edge takes traffic from outside the chart. */}}
 {{- define "llmrouter.callers" -}}
-{{- dict "router" "edge" "classifier" "router" "providers" "router" "redis-money" "router" "redis-cache" "router" | toJson -}}
+{{- dict "router" "edge" "classifier" "router" "providers" "router" "redis-money" "router" "redis-cache" "router" "redis-batches" "edge" | toJson -}}
 {{- end }}
 
 {{/* Whom each service calls (egress NetworkPolicy): the reverse of llmrouter.callers. */}}
@@ -83,8 +83,14 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- printf "%s:%v" (include "llmrouter.component" .) (index $root.Values $svc).port }}
 {{- end }}
 
-{{/* The two Redis roles: money (ROUTER_REDIS_URL) and the response cache (ROUTER_CACHE_REDIS_URL). */}}
+{{/* The three Redis roles: money (ROUTER_REDIS_URL), the response cache (ROUTER_CACHE_REDIS_URL), and the
+edge's batches (EDGE_BATCH_REDIS_URL, when edge.batchRedis names it). */}}
 {{- define "llmrouter.redisRoles" -}}
+money cache batches
+{{- end }}
+
+{{/* The Redis roles the router uses. */}}
+{{- define "llmrouter.routerRedisRoles" -}}
 money cache
 {{- end }}
 
@@ -95,17 +101,22 @@ money cache
 {{- end }}
 {{- end }}
 
-{{/* "true" when a Redis role runs in the chart: enabled and no external one given. Call with (list $ "money"). */}}
+{{/* "true" when a Redis role runs in the chart: enabled, no external one given, and used (the batches role only
+when edge.batchRedis names it). Call with (list $ "money"). */}}
 {{- define "llmrouter.inChartRedis" -}}
-{{- with index (index . 0).Values.redis (index . 1) }}
-{{- if and .enabled (not .url) (not .urlSecret.name) }}true{{ end }}
+{{- $root := index . 0 }}
+{{- $role := index . 1 }}
+{{- with index $root.Values.redis $role }}
+{{- if and .enabled (not .url) (not .urlSecret.name) (or (ne $role "batches") (eq $root.Values.edge.batchRedis "batches")) }}true{{ end }}
 {{- end }}
 {{- end }}
 
-{{/* "true" when some Redis role is external (the router's egress then needs networkPolicy.egress.redisTo). */}}
+{{/* "true" when one of these Redis roles is external (its callers' egress then needs networkPolicy.egress.redisTo).
+Call with (list $ "money cache"). */}}
 {{- define "llmrouter.externalRedis" -}}
-{{- range $role := splitList " " (include "llmrouter.redisRoles" .) }}
-{{- with index $.Values.redis $role }}{{ if or .url .urlSecret.name }}true{{ end }}{{ end }}
+{{- $root := index . 0 }}
+{{- range $role := splitList " " (index . 1) }}
+{{- with index $root.Values.redis $role }}{{ if or .url .urlSecret.name }}true{{ end }}{{ end }}
 {{- end }}
 {{- end }}
 
