@@ -52,7 +52,7 @@ async def test_an_upload_past_a_full_batch_store_is_a_clear_507(edge: httpx.Asyn
     refused = await upload(edge, batch_file(3000))
     assert refused.status_code == 507, refused.text
     assert refused.json()["error"] == {
-        "message": "batch storage is full: delete files no longer needed, or retry once older files expire",
+        "message": "batch storage is full: retry once older files expire or storage is added",
         "type": "api_error",
         "param": None,
         "code": "storage_full",
