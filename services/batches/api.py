@@ -17,7 +17,7 @@ from starlette.types import Message
 
 from services.batches import wire
 from services.batches.runner import Runner, file_fields
-from services.batches.store import Store, batch_key, delete_if_unread, file_key, now, readers_key
+from services.batches.store import Store, batch_key, delete_if_unread, file_key, now, readers_key, unread
 from services.edge.openai_api import ApiError, decode_json, read_limited
 from services.router.store import key_id
 
@@ -131,8 +131,13 @@ class BatchApi:
         batch ends (or a batch resumed by another edge would fail): the batch goes on, as at OpenAI."""
         tenant, _ = self.caller(request)
         file_id, _ = await self._file(request)
-        await self.store.put(file_key(file_id), {"deleted": now()})
-        await delete_if_unread(self.store, file_id)
+        if await unread(self.store, file_id):
+            # Removed at once, before any write: a full batch Redis (noeviction) refuses writes but takes deletes,
+            # and the room freed lets the unindexing through.
+            await self.store.delete([file_key(file_id), readers_key(file_id)])
+        else:
+            await self.store.put(file_key(file_id), {"deleted": now()})
+            await delete_if_unread(self.store, file_id)  # its batches may have ended since
         await self.store.unindex(tenant, "file", file_id)
         return JSONResponse({"id": file_id, "object": "file", "deleted": True})
 

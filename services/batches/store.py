@@ -334,15 +334,20 @@ class MemoryStore:
         self.hashes.clear()
 
 
+async def unread(store: Store, file_id: str) -> bool:
+    """True when no running batch reads the file."""
+    readers = list(await store.get(readers_key(file_id)))
+    statuses = await store.fields([batch_key(b) for b in readers], ["status"])
+    return all(s.get("status", ENDED[0]) in ENDED for s in statuses)  # a batch gone from the store reads nothing
+
+
 async def delete_if_unread(store: Store, file_id: str) -> None:
     """Remove a file marked deleted once no running batch reads it: one deleted while its batch runs keeps its
     content until the batch ends. Called after each change to either (the mark, a batch's end), so whichever
     comes last removes it."""
     if "deleted" not in (await store.fields([file_key(file_id)], ["deleted"]))[0]:
         return
-    readers = list(await store.get(readers_key(file_id)))
-    statuses = await store.fields([batch_key(b) for b in readers], ["status"])
-    if all(s.get("status", ENDED[0]) in ENDED for s in statuses):  # a batch gone from the store reads nothing
+    if await unread(store, file_id):
         await store.delete([file_key(file_id), readers_key(file_id)])
 
 

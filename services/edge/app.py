@@ -387,7 +387,7 @@ async def _store_full(request: Request, exc: Exception) -> Response:
     # The edge's only Redis is the batch store, which never evicts (noeviction): when full it refuses writes, and
     # so the upload or batch, rather than drop a batch or file kept there. Not the caller's fault, nor a crash.
     log.warning("batch store full: %s refused", request.url.path[:MAX_LOGGED_PATH])
-    message = "batch storage is full: retry once older files expire or storage is added"
+    message = "batch storage is full: delete files no longer needed, or retry once older files expire"
     return error_response(ApiError(507, message, code="storage_full"))
 
 

@@ -1,14 +1,17 @@
 """A full batch Redis (noeviction, as the chart's redis.batches runs it) refuses writes: the edge refuses the
-upload or batch with a clear OpenAI-style 507 at once (never a hang, nor a bare 500), and keeps what it held."""
+upload or batch with a clear OpenAI-style 507 at once (never a hang, nor a bare 500), keeps what it held, and
+still deletes a file, which makes room."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
 from services.edge.settings import EdgeSettings
 from tests.integration.conftest import free_port, start_edge
@@ -25,11 +28,18 @@ def batch_file(lines: int) -> bytes:
 
 
 @pytest.fixture
-async def edge(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
-    """An anonymous edge whose batch Redis holds 4 MB and never evicts; no router (files need none)."""
-    redis = RedisServer(tmp_path, "--save", "", "--maxmemory", "4mb", "--maxmemory-policy", "noeviction").start()
+async def batch_redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
+    """Holding 4 MB, never evicting."""
+    server = RedisServer(tmp_path, "--save", "", "--maxmemory", "4mb", "--maxmemory-policy", "noeviction").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def edge(batch_redis: RedisServer) -> AsyncIterator[httpx.AsyncClient]:
+    """An anonymous edge with its batches in batch_redis; no router (files need none)."""
     settings = EdgeSettings(
-        port=free_port(), router_addr="127.0.0.1:1", batch_redis_url=redis.url, access_log="off", metrics_port=0
+        port=free_port(), router_addr="127.0.0.1:1", batch_redis_url=batch_redis.url, access_log="off", metrics_port=0
     )
     server, task, channel = await start_edge(settings)
     try:
@@ -39,7 +49,6 @@ async def edge(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
         server.should_exit = True
         await task
         await channel.close()
-        redis.stop()
 
 
 async def upload(client: httpx.AsyncClient, content: bytes) -> httpx.Response:
@@ -52,10 +61,30 @@ async def test_an_upload_past_a_full_batch_store_is_a_clear_507(edge: httpx.Asyn
     refused = await upload(edge, batch_file(3000))
     assert refused.status_code == 507, refused.text
     assert refused.json()["error"] == {
-        "message": "batch storage is full: retry once older files expire or storage is added",
+        "message": "batch storage is full: delete files no longer needed, or retry once older files expire",
         "type": "api_error",
         "param": None,
         "code": "storage_full",
     }
     listed = (await edge.get("/files")).json()["data"]
     assert [f["id"] for f in listed] == [kept.json()["id"]]  # the refused file left nothing behind
+
+
+async def test_a_full_batch_store_still_deletes_a_file(edge: httpx.AsyncClient, batch_redis: RedisServer) -> None:
+    """Deleting is how a tenant makes room: it must not start with a write the full store refuses."""
+    kept = (await upload(edge, batch_file(1000))).json()["id"]
+    client = redis.Redis(port=batch_redis.port)
+    for _ in range(100):  # Redis releases the upload's request buffer within a second or so
+        if client.info("memory")["used_memory"] < 2.5 * 2**20:
+            break
+        await asyncio.sleep(0.05)
+    client.config_set("maxmemory", "1500kb")  # past it now (about 2 MB held): full
+    try:
+        assert (await upload(edge, batch_file(10))).status_code == 507
+        deleted = await edge.delete(f"/files/{kept}")
+        assert deleted.status_code == 200, deleted.text
+        assert (await edge.get(f"/files/{kept}")).status_code == 404
+        assert (await edge.get("/files")).json()["data"] == []
+        assert client.info("memory")["used_memory"] < 2 * 2**20  # the content is gone, not marked
+    finally:
+        client.close()
