@@ -152,7 +152,7 @@ class BatchApi:
         the uploads' places."""
         file_id, _ = await self._file(request)
         async with self._upload_slot():
-            content = (await self.store.fields([file_key(file_id)], ["content"]))[0].get("content")
+            content = await self.store.content(file_key(file_id))
             if content is None:  # deleted or expired since
                 raise ApiError(404, f"no file {file_id[:64]!r}", code="not_found")
             return Response(content, media_type="application/jsonl")
@@ -201,7 +201,7 @@ class BatchApi:
         """The requests of a file uploaded before files kept their count: its content read and checked again,
         an upload's worth of memory, so within the uploads' bound."""
         async with self._upload_slot():
-            content = (await self.store.fields([file_key(file_id)], ["content"]))[0].get("content")
+            content = await self.store.content(file_key(file_id))
             if content is None:  # gone since: as a file never stored
                 raise ApiError(404, f"no file {file_id[:64]!r}", param="input_file_id", code="not_found")
             return await wire.check_lines_off_loop(content)

@@ -1,7 +1,8 @@
 """Running batches: the lines the router defers go to the providers' Batch APIs (deferral.py); every other line
 is a chat completion sent to the router like any request (same policy, budgets and ledger), as the batch's tenant
 and key, with request id `<batch id>:<custom_id>`, at most EDGE_BATCH_CONCURRENCY lines at a time across the
-edge's batches.
+edge's batches, and at most EDGE_BATCH_MAX_RUNNING batches at a time, each holding its input file (wire.Lines: the
+bytes and where each line is, a line parsed as it is sent); the others wait in the store's active set.
 
 Each line's result is written once to the store, so a restarted edge resumes a batch where it stopped. A
 line the router never admitted (the router unreachable or restarting, the money store down, a rate limit)
@@ -25,6 +26,7 @@ import asyncio
 import json
 import logging
 import math
+import random
 import time
 import uuid
 from collections.abc import Callable
@@ -94,9 +96,6 @@ class Runner:
         # active set, run by another edge, or here once a batch running here ends.
         self.max_running = max_running
         self._ended_here: set[str] = set()  # batches whose run ended them (not one that stopped, to resume later)
-        # One input file read at a time: redis-py copies a reply twice as it reads it (~3x the file's size at once,
-        # for a moment), which several batches starting together (an edge restarting) would multiply.
-        self._reading = asyncio.Lock()
         self._freed = asyncio.Event()
         self.deferral = Deferral(store, router, poll_s)  # the lines sent through the providers' Batch APIs
         self.owner = uuid.uuid4().hex  # this edge, in batch leases
@@ -116,7 +115,9 @@ class Runner:
         self._watch = asyncio.create_task(self._keep_adopting())
 
     async def _adopt(self) -> None:
-        for batch_id in sorted(await self.store.active()):
+        active = list(await self.store.active())
+        random.shuffle(active)  # past max_running, the same few (perhaps parked for long) do not always go first
+        for batch_id in active:
             if self.stopping or len(self.runs) >= self.max_running:
                 return
             # Only batches no other edge runs take a place here (its run renews the lease taken now).
@@ -168,10 +169,7 @@ class Runner:
                 await self.store.activate(batch_id, False)
                 self._ended_here.add(batch_id)
                 return
-            async with self._reading:
-                content = (await self.store.fields([file_key(batch["input_file_id"].decode())], ["content"]))[0].get(
-                    "content"
-                )
+            content = await self.store.content(file_key(batch["input_file_id"].decode()))
             if content is None and batch["status"] in ENDED:
                 # A finish interrupted past the batch's status, the input deleted since: finished again without it.
                 await self._finish(batch_id, batch, batch["status"].decode())
