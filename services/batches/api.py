@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 from starlette.datastructures import UploadFile
@@ -22,7 +23,7 @@ from services.edge.openai_api import ApiError, decode_json, read_limited
 from services.router.store import key_id
 
 SMALL_BODY_BYTES = 64 * 1024  # a batch creation's JSON: ids and metadata, never content
-FILE_LISTED = ["tenant", "filename", "purpose", "created_at", "bytes", "deleted"]  # never the content
+FILE_LISTED = ["tenant", "filename", "purpose", "created_at", "bytes", "deleted", "lines"]  # never the content
 PAGE_CHUNK = 1000  # ids read from an index at a time
 
 Caller = Callable[[Request], tuple[str, str]]
@@ -40,8 +41,8 @@ class BatchApi:
         max_uploads: int,
     ) -> None:
         self.store = store
-        # Each upload is held whole in memory (up to max_file_bytes, several times over while parsed): past
-        # max_uploads at once a new one is refused (429) before its body is read.
+        # Each upload is held whole in memory (up to max_file_bytes, once: its lines are checked one at a time):
+        # past max_uploads at once a new one is refused (429) before its body is read.
         self.max_uploads = max_uploads
         self.uploads = 0
         self.retention_s = retention_s  # uploaded files, and batches and their files once ended
@@ -65,16 +66,22 @@ class BatchApi:
 
     async def create_file(self, request: Request) -> Response:
         tenant, _ = self.caller(request)
+        async with self._upload_slot():
+            return await self._create_file(request, tenant)
+
+    @asynccontextmanager
+    async def _upload_slot(self) -> AsyncIterator[None]:
+        """One of max_uploads (a file's content in memory), or a 429."""
         if self.uploads >= self.max_uploads:
             raise ApiError(
                 429,
-                f"{self.max_uploads} file uploads are in progress on this server; retry shortly",
+                f"{self.max_uploads} file uploads or downloads are in progress on this server; retry shortly",
                 code="rate_limit_exceeded",
                 retry_after="1",
             )
         self.uploads += 1  # no await since the check: the event loop runs one request at a time up to here
         try:
-            return await self._create_file(request, tenant)
+            yield
         finally:
             self.uploads -= 1
 
@@ -98,13 +105,13 @@ class BatchApi:
         content = await upload.read(self.max_file_bytes + 1)
         if len(content) > self.max_file_bytes:
             raise ApiError(413, f"file over {self.max_file_bytes} bytes", code="request_too_large")
-        await wire.parse_lines_off_loop(content)  # a bad file is refused now, naming its first bad line
+        count = await wire.check_lines_off_loop(content)  # a bad file is refused now, naming its first bad line
         file_id = f"file-{uuid.uuid4().hex}"
-        fields = file_fields(tenant, (upload.filename or "batch.jsonl")[:256], content, purpose="batch")
+        fields = file_fields(tenant, (upload.filename or "batch.jsonl")[:256], content, "batch", count)
         await self.store.put(file_key(file_id), fields)
         await self.store.expire([file_key(file_id)], self.retention_s)
         await self.store.index(tenant, "file", file_id, self.retention_s)
-        return JSONResponse(wire.file_body(file_id, await self.store.get(file_key(file_id))))
+        return JSONResponse(wire.file_body(file_id, (await self.store.fields([file_key(file_id)], FILE_LISTED))[0]))
 
     async def list_files(self, request: Request) -> Response:
         """As OpenAI's: newest first unless order=asc, up to `limit` (1 to 10,000, all by default) past `after`,
@@ -146,8 +153,14 @@ class BatchApi:
         return JSONResponse(wire.file_body(file_id, fields))
 
     async def file_content(self, request: Request) -> Response:
-        _, fields = await self._file(request)
-        return Response(fields["content"], media_type="application/jsonl")
+        """The content is read whole (up to max_file_bytes, or an output file's size), so a download takes one of
+        the uploads' places."""
+        file_id, _ = await self._file(request)
+        async with self._upload_slot():
+            content = await self.store.content(file_key(file_id))
+            if content is None:  # deleted or expired since
+                raise ApiError(404, f"no file {file_id[:64]!r}", code="not_found")
+            return Response(content, media_type="application/jsonl")
 
     async def create_batch(self, request: Request) -> Response:
         tenant, key = self.caller(request)
@@ -156,11 +169,12 @@ class BatchApi:
             raise ApiError(400, "request body must be a JSON object", code="invalid_json")
         _check(body)
         input_id = body["input_file_id"]
-        fields = await self.store.get(file_key(input_id))
+        fields = (await self.store.fields([file_key(input_id)], FILE_LISTED))[0]
         if fields.get("tenant", b"").decode() != tenant or "deleted" in fields:
             raise ApiError(404, f"no file {input_id[:64]!r}", param="input_file_id", code="not_found")
         if fields["purpose"] != b"batch":
             raise ApiError(400, "the input file's purpose is not 'batch'", param="input_file_id", code="invalid_file")
+        total = int(fields["lines"]) if "lines" in fields else await self._count(tenant, input_id)
         batch_id = f"batch_{uuid.uuid4().hex}"
         created = now()
         batch: dict[str, str | bytes] = {
@@ -172,7 +186,7 @@ class BatchApi:
             "status": "validating",
             "created_at": created,
             "expires_at": str(int(created) + self.window_s),
-            "total": str(len(await wire.parse_lines_off_loop(fields["content"]))),
+            "total": str(total),
         }
         if body.get("metadata") is not None:
             batch["metadata"] = json.dumps(body["metadata"])
@@ -187,6 +201,15 @@ class BatchApi:
         await self.store.activate(batch_id, True)
         self.runner.start(batch_id)
         return JSONResponse(wire.batch_body(batch_id, await self.store.get(batch_key(batch_id))))
+
+    async def _count(self, tenant: str, file_id: str) -> int:
+        """The requests of a file uploaded before files kept their count: its content read and checked again,
+        an upload's worth of memory, so within the uploads' bound."""
+        async with self._upload_slot():
+            content = await self.store.content(file_key(file_id))
+            if content is None:  # gone since: as a file never stored
+                raise ApiError(404, f"no file {file_id[:64]!r}", param="input_file_id", code="not_found")
+            return await wire.check_lines_off_loop(content)
 
     async def get_batch(self, request: Request) -> Response:
         batch_id, fields = await self._batch(request)
@@ -255,7 +278,7 @@ class BatchApi:
     async def _file(self, request: Request) -> tuple[str, dict[str, bytes]]:
         tenant, _ = self.caller(request)
         file_id = request.path_params["id"]
-        fields = await self.store.get(file_key(file_id))
+        fields = (await self.store.fields([file_key(file_id)], FILE_LISTED))[0]  # not its content
         if fields.get("tenant", b"").decode() != tenant or "deleted" in fields:
             raise ApiError(404, f"no file {file_id[:64]!r}", code="not_found")
         return file_id, fields

@@ -26,7 +26,7 @@ import grpc
 
 from llmrouter.server import MAX_MESSAGE_BYTES
 from llmrouter.v1 import router_pb2, router_pb2_grpc
-from services.batches import results
+from services.batches import results, wire
 from services.batches.store import Store, batch_key, deferred_key, results_key
 from services.edge.openai_api import ApiError, completion_body, parse_request
 
@@ -46,15 +46,15 @@ class Deferral:
         self.poll_s = poll_s
 
     async def offer(
-        self, batch_id: str, batch: dict[str, bytes], lines: list[dict[str, Any]], done: set[str]
+        self, batch_id: str, batch: dict[str, bytes], lines: wire.Lines, done: set[str]
     ) -> dict[int, dict[str, str]] | None:
         """The deferred lines (index -> model and provider batch), the lines not yet offered offered first;
         None when the router cannot be reached (the batch is resumed later)."""
         deferred = await self.recorded(batch_id)
         if batch.get("offered") == b"1":
             return deferred
-        pending = [(i, line) for i, line in enumerate(lines) if str(i) not in done and i not in deferred]
-        for part in _parts(batch_id, batch, pending):
+        pending = [i for i in range(len(lines)) if str(i) not in done and i not in deferred]
+        for part in _parts(batch_id, batch, lines, pending):
             try:
                 reply = await self.router.SubmitBatch(
                     router_pb2.SubmitLinesRequest(lines=[request for _, _, request in part]), timeout=CALL_S
@@ -64,14 +64,14 @@ class Deferral:
                     break
                 log.warning("batch lines not offered to provider batches", extra={"id": batch_id, "error": str(err)})
                 return None
-            for (index, line, _), answer in zip(part, reply.lines, strict=True):
+            for (index, custom_id, _), answer in zip(part, reply.lines, strict=True):
                 if not answer.deferred:
                     continue
                 if answer.error:  # the provider batch may run and bill, but has no answer for us
                     # Charged its hold when the hold ends: the ledger's cost, known now.
                     cost = answer.held_usd or "0"
                     body = _charged_error(answer.error, UNKNOWN, cost)
-                    await results.record(self.store, batch_id, index, line["custom_id"], 502, body, cost)
+                    await results.record(self.store, batch_id, index, custom_id, 502, body, cost)
                     continue
                 entry = {"model": answer.model, "provider_batch_id": answer.provider_batch_id}
                 await self.store.put_once(deferred_key(batch_id), str(index), json.dumps(entry).encode())
@@ -86,7 +86,7 @@ class Deferral:
         self,
         batch_id: str,
         batch: dict[str, bytes],
-        lines: list[dict[str, Any]],
+        lines: wire.Lines,
         deferred: dict[int, dict[str, str]],
         go_on: Callable[[], bool],
     ) -> bool:
@@ -112,7 +112,7 @@ class Deferral:
         self,
         batch_id: str,
         batch: dict[str, bytes],
-        lines: list[dict[str, Any]],
+        lines: wire.Lines,
         key: tuple[str, str],
         waiting: list[int],
     ) -> bool:
@@ -155,21 +155,22 @@ def _charged_error(message: str, code: str, cost: str) -> dict[str, Any]:
 
 
 def _parts(
-    batch_id: str, batch: dict[str, bytes], pending: list[tuple[int, dict[str, Any]]]
-) -> Iterator[list[tuple[int, dict[str, Any], router_pb2.CompleteRequest]]]:
-    """The valid lines in parts of at most PART_LINES lines and PART_BYTES bytes. A line larger alone is not
-    offered but runs through Complete (a 413 past gRPC's limit): one call over the limit failed every offer, and the
-    batch, resumed to offer again, never ended."""
-    part: list[tuple[int, dict[str, Any], router_pb2.CompleteRequest]] = []
+    batch_id: str, batch: dict[str, bytes], lines: wire.Lines, pending: list[int]
+) -> Iterator[list[tuple[int, str, router_pb2.CompleteRequest]]]:
+    """The valid lines (index, custom_id, request) in parts of at most PART_LINES lines and PART_BYTES bytes, each
+    line parsed as its part is built. A line larger alone is not offered but runs through Complete (a 413 past
+    gRPC's limit): one call over the limit failed every offer, and the batch, resumed to offer again, never ended."""
+    part: list[tuple[int, str, router_pb2.CompleteRequest]] = []
     size = 0
-    for index, line in pending:
+    for index in pending:
+        line = lines[index]
         request = _request(batch_id, batch, line)
         if request is None or request.ByteSize() > PART_BYTES:
             continue
         if len(part) == PART_LINES or size + request.ByteSize() > PART_BYTES:
             yield part
             part, size = [], 0
-        part.append((index, line, request))
+        part.append((index, line["custom_id"], request))
         size += request.ByteSize()
     if part:
         yield part

@@ -1,7 +1,8 @@
 """Running batches: the lines the router defers go to the providers' Batch APIs (deferral.py); every other line
 is a chat completion sent to the router like any request (same policy, budgets and ledger), as the batch's tenant
 and key, with request id `<batch id>:<custom_id>`, at most EDGE_BATCH_CONCURRENCY lines at a time across the
-edge's batches.
+edge's batches, and at most EDGE_BATCH_MAX_RUNNING batches at a time, each holding its input file (wire.Lines: the
+bytes and where each line is, a line parsed as it is sent); the others wait in the store's active set.
 
 Each line's result is written once to the store, so a restarted edge resumes a batch where it stopped. A
 line the router never admitted (the router unreachable or restarting, the money store down, a rate limit)
@@ -25,6 +26,7 @@ import asyncio
 import json
 import logging
 import math
+import random
 import time
 import uuid
 from collections.abc import Callable
@@ -87,8 +89,14 @@ class Runner:
         timeout_s: float,
         retention_s: int,
         poll_s: float = 60.0,
+        max_running: int = 4,
     ) -> None:
         self.store = store
+        # Each batch running holds its input file's content: past max_running the others stay in the store's
+        # active set, run by another edge, or here once a batch running here ends.
+        self.max_running = max_running
+        self._ended_here: set[str] = set()  # batches whose run ended them (not one that stopped, to resume later)
+        self._freed = asyncio.Event()
         self.deferral = Deferral(store, router, poll_s)  # the lines sent through the providers' Batch APIs
         self.owner = uuid.uuid4().hex  # this edge, in batch leases
         self.retention_s = retention_s
@@ -107,19 +115,30 @@ class Runner:
         self._watch = asyncio.create_task(self._keep_adopting())
 
     async def _adopt(self) -> None:
-        for batch_id in sorted(await self.store.active()):
-            self.start(batch_id)
+        active = list(await self.store.active())
+        random.shuffle(active)  # past max_running, the same few (perhaps parked for long) do not always go first
+        for batch_id in active:
+            if self.stopping or len(self.runs) >= self.max_running:
+                return
+            # Only batches no other edge runs take a place here (its run renews the lease taken now).
+            if batch_id not in self.runs and await self.store.lease(batch_id, self.owner, LEASE_S):
+                self.start(batch_id)
 
     async def _keep_adopting(self) -> None:
         while True:
-            await asyncio.sleep(LEASE_S / 2)
+            try:
+                async with asyncio.timeout(LEASE_S / 2):
+                    await self._freed.wait()
+            except TimeoutError:
+                pass
+            self._freed.clear()
             try:
                 await self._adopt()
             except Exception:
                 log.warning("batch store unreachable; will look for batches to resume again", exc_info=True)
 
     def start(self, batch_id: str) -> None:
-        if batch_id not in self.runs and not self.stopping:
+        if batch_id not in self.runs and not self.stopping and len(self.runs) < self.max_running:
             task = asyncio.create_task(self._run(batch_id))
             self.runs[batch_id] = task
             RUNNING.inc()
@@ -128,6 +147,9 @@ class Runner:
     def _ended(self, batch_id: str) -> None:
         self.runs.pop(batch_id, None)
         RUNNING.dec()
+        if batch_id in self._ended_here:  # a batch waiting for a place starts now; one that failed is retried later
+            self._ended_here.discard(batch_id)
+            self._freed.set()
 
     async def close(self) -> None:
         """Take no more lines; let the lines in flight finish and record their results."""
@@ -145,8 +167,9 @@ class Runner:
             batch = await self.store.get(batch_key(batch_id))
             if not batch:  # evicted from the store: nothing left to run or to report to
                 await self.store.activate(batch_id, False)
+                self._ended_here.add(batch_id)
                 return
-            content = (await self.store.get(file_key(batch["input_file_id"].decode()))).get("content")
+            content = await self.store.content(file_key(batch["input_file_id"].decode()))
             if content is None and batch["status"] in ENDED:
                 # A finish interrupted past the batch's status, the input deleted since: finished again without it.
                 await self._finish(batch_id, batch, batch["status"].decode())
@@ -154,7 +177,7 @@ class Runner:
             if content is None:  # evicted, or the store flushed: the batch cannot go on (and its run not crash)
                 await self._finish(batch_id, batch, "failed", wire.batch_errors(*MISSING_INPUT, "input_file_id"))
                 return
-            lines = await wire.parse_lines_off_loop(content)  # validated when the batch was created
+            lines = await wire.index_off_loop(content)  # validated at upload; each line parsed as it is sent
             done = await self.store.get(results_key(batch_id))
             if batch["status"] == b"validating":
                 await self.store.put(batch_key(batch_id), {"status": "in_progress", "in_progress_at": now()})
@@ -198,7 +221,7 @@ class Runner:
                         cancelled = True  # the lines in flight finish; no more are sent
                         break
                     index = pending.take()
-                    group.create_task(self._line(batch_id, batch, index, lines[index], pending, in_doubt))
+                    group.create_task(self._line(batch_id, batch, index, lines, pending, in_doubt))
             if expired:
                 await self._expire(batch_id, lines, deferred)
             # The lines in provider batches finish too, cancelled, expired or not: they run at the provider, within
@@ -234,13 +257,14 @@ class Runner:
         batch_id: str,
         batch: dict[str, bytes],
         index: int,
-        line: dict[str, Any],
+        lines: wire.Lines,
         pending: Pending,
         in_doubt: set[int],
     ) -> None:
         """Send one line and record its result. `in_doubt`: the run's lines sent before that may have been admitted
         then (resent past the window: only the router knows)."""
         try:
+            line = lines[index]
             custom_id = line["custom_id"]
             await self.store.put(sent_key(batch_id), {str(index): SENT})
             answered = await self._complete(batch, f"{batch_id}:{custom_id}", line["body"])
@@ -283,13 +307,16 @@ class Runner:
             return api_error.status, body
         return 200, completion_body(response)
 
-    async def _expire(self, batch_id: str, lines: list[dict[str, Any]], deferred: dict[int, dict[str, str]]) -> None:
+    async def _expire(self, batch_id: str, lines: wire.Lines, deferred: dict[int, dict[str, str]]) -> None:
         """The window ended with lines unsent: they go to the error file as OpenAI writes them, and count as failed.
         Lines in doubt are not among them: sent again past the window, they have the router's answer."""
         await self.store.put_once(batch_key(batch_id), "expired_at", now().encode())  # when, kept if run again
         done = await self.store.get(results_key(batch_id))
-        for index in (i for i in range(len(lines)) if str(i) not in done and i not in deferred):
-            await results.record_expired(self.store, batch_id, index, lines[index]["custom_id"])
+        unsent = [i for i in range(len(lines)) if str(i) not in done and i not in deferred]
+        # Up to every line parsed for its custom_id: off the event loop, as the file's check is.
+        custom_ids = await asyncio.to_thread(lambda: [lines[i]["custom_id"] for i in unsent])
+        for index, custom_id in zip(unsent, custom_ids, strict=True):
+            await results.record_expired(self.store, batch_id, index, custom_id)
 
     async def _finish(self, batch_id: str, batch: dict[str, bytes], status: str, errors: str | None = None) -> None:
         """The batch ends with `status` (completed, cancelled, expired or failed with `errors`) and the output and
@@ -329,6 +356,7 @@ class Runner:
         await self.store.drop(readers_key(input_id), batch_id)  # before it leaves the active set: a rerun redoes it
         await delete_if_unread(self.store, input_id)  # deleted while the batch ran: now it goes
         await self.store.activate(batch_id, False)
+        self._ended_here.add(batch_id)
         log.info("batch ended", extra={"id": batch_id, "lines": len(parsed), "status": fields["status"]})
 
 
@@ -349,8 +377,11 @@ def _seconds(text: str) -> float | None:
     return value if math.isfinite(value) and value >= 0 else None
 
 
-def file_fields(tenant: str, filename: str, content: bytes, purpose: str = "batch_output") -> dict[str, str | bytes]:
-    return {
+def file_fields(
+    tenant: str, filename: str, content: bytes, purpose: str = "batch_output", lines: int | None = None
+) -> dict[str, str | bytes]:
+    """`lines`: an input file's requests, counted at upload, so that a batch's creation never reads its content."""
+    fields: dict[str, str | bytes] = {
         "tenant": tenant,
         "filename": filename,
         "purpose": purpose,
@@ -358,3 +389,6 @@ def file_fields(tenant: str, filename: str, content: bytes, purpose: str = "batc
         "bytes": str(len(content)),
         "content": content,
     }
+    if lines is not None:
+        fields["lines"] = str(lines)
+    return fields

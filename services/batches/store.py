@@ -20,6 +20,7 @@ one script updates them together."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from typing import Protocol
@@ -85,6 +86,10 @@ class Store(Protocol):
 
     async def fields(self, keys: list[str], names: list[str] | None) -> list[dict[str, bytes]]:
         """These fields (all with None) of each hash: a file's metadata read without its content."""
+
+    async def content(self, key: str) -> bytes | None:
+        """A file's content (None when the file is gone), read one at a time: reading a reply, redis-py holds it
+        in its stream's buffer too, so a file read takes twice its size for a moment."""
 
     async def drop(self, key: str, field: str) -> None: ...
 
@@ -163,6 +168,7 @@ return redis.call('ZRANGE', KEYS[1], start, stop)
 class RedisStore:
     def __init__(self, url: str) -> None:
         self.redis = connect(url, socket_connect_timeout=2, socket_timeout=10)
+        self._reading = asyncio.Lock()
 
     async def put(self, key: str, fields: dict[str, str | bytes]) -> None:
         await self.redis.hset(key, mapping=fields)  # type: ignore[arg-type]
@@ -203,6 +209,11 @@ class RedisStore:
         if names is None:
             return [{_text(k): _bytes(v) for k, v in reply.items()} for reply in replies]
         return [{n: _bytes(v) for n, v in zip(names, reply, strict=True) if v is not None} for reply in replies]
+
+    async def content(self, key: str) -> bytes | None:
+        async with self._reading:
+            value = await self.redis.hget(key, "content")  # type: ignore[misc]
+        return None if value is None else _bytes(value)
 
     async def drop(self, key: str, field: str) -> None:
         await self.redis.hdel(key, field)  # type: ignore[misc]
@@ -292,6 +303,9 @@ class MemoryStore:
     async def fields(self, keys: list[str], names: list[str] | None) -> list[dict[str, bytes]]:
         found = [await self.get(key) for key in keys]
         return found if names is None else [{n: f[n] for n in names if n in f} for f in found]
+
+    async def content(self, key: str) -> bytes | None:
+        return (await self.get(key)).get("content")
 
     async def drop(self, key: str, field: str) -> None:
         self.hashes.get(key, {}).pop(field, None)

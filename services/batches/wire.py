@@ -8,7 +8,10 @@ lines of the error file and count as failed); `failed` (with `errors`) when its 
 from __future__ import annotations
 
 import asyncio
+import codecs
 import json
+from array import array
+from collections.abc import Iterator
 from typing import Any
 
 from services.edge.openai_api import ApiError
@@ -20,51 +23,103 @@ DAY_S = 86_400
 EXPIRED_MESSAGE = "This request could not be executed before the completion window expired."
 
 
-def parse_lines(content: bytes) -> list[dict[str, Any]]:
-    """The input file's requests, or a 400 naming the first bad line: each a JSON object with a unique string
-    custom_id, method POST, url /v1/chat/completions and an object body (checked as a request when it runs)."""
-    try:
-        text = content.decode("utf-8-sig")  # a leading byte-order mark is no part of the first line
-    except UnicodeDecodeError:
-        raise ApiError(400, "the batch file is not UTF-8", param="file", code="invalid_file") from None
-    lines: list[dict[str, Any]] = []
+class Lines:
+    """A validated input file's requests, each parsed only when asked for: the file's bytes and where each
+    request's line starts and ends (16 bytes a line), not every line parsed (several times the file's size)."""
+
+    def __init__(self, content: bytes, spans: array[int]) -> None:
+        self.content = content
+        self.spans = spans  # start, end of each request's line, in turn
+
+    @classmethod
+    def index(cls, content: bytes) -> Lines:
+        """Where the requests are in a file check_lines took (their JSON is not parsed)."""
+        spans = array("q")
+        for _, start, end, _ in _lines(content):
+            spans.extend((start, end))
+        return cls(content, spans)
+
+    def __len__(self) -> int:
+        return len(self.spans) // 2
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        line: dict[str, Any] = json.loads(self.content[self.spans[2 * index] : self.spans[2 * index + 1]].decode())
+        return line
+
+
+def check_lines(content: bytes) -> int:
+    """How many requests the input file holds, or a 400 naming the first bad line: each a JSON object with a
+    unique string custom_id, method POST, url /v1/chat/completions and an object body (checked as a request when
+    it runs). Each line is dropped once checked: what is kept is the custom_ids."""
     seen: set[str] = set()
-    # Lines end at \n alone: str.splitlines would also cut at U+2028, U+2029 and U+0085, legal inside JSON strings.
-    for number, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            raise _bad(number, "is not JSON") from None
-        except RecursionError:
-            raise _bad(number, "is nested too deeply") from None
-        if not isinstance(entry, dict):
-            raise _bad(number, "is not a JSON object")
-        custom_id = entry.get("custom_id")
-        if not isinstance(custom_id, str) or not 0 < len(custom_id) <= MAX_CUSTOM_ID:
-            raise _bad(number, f"needs a custom_id string of 1 to {MAX_CUSTOM_ID} characters")
-        if not custom_id.isascii() and not _utf8(custom_id):  # it joins the request id, a protobuf string
-            raise _bad(number, "has a custom_id with a lone UTF-16 surrogate")
-        if custom_id in seen:
-            raise _bad(number, f"repeats custom_id {custom_id[:64]!r}")
-        if len(seen) == MAX_LINES:  # refused at the first line too many, not after reading a million
-            raise ApiError(400, f"the batch file has over {MAX_LINES} requests", param="file", code="invalid_file")
-        if entry.get("method") != "POST" or entry.get("url") != ENDPOINT:
-            raise _bad(number, f"must be method POST to url {ENDPOINT}")
-        if not isinstance(entry.get("body"), dict):
-            raise _bad(number, "needs a body object")
-        seen.add(custom_id)
-        lines.append(entry)
-    if not lines:
+    try:
+        for number, _, _, line in _lines(content):
+            _check_line(number, line, seen)
+    except ApiError:
+        _check_utf8(content)  # a file that is not UTF-8 is refused as such, whichever line failed first
+        raise
+    if not seen:
         raise ApiError(400, "the batch file has no requests", param="file", code="invalid_file")
-    return lines
+    return len(seen)
 
 
-async def parse_lines_off_loop(content: bytes) -> list[dict[str, Any]]:
-    """parse_lines on a worker thread: a 100 MB file takes most of a second, which would stall every other
+async def check_lines_off_loop(content: bytes) -> int:
+    """check_lines on a worker thread: a 100 MB file takes most of a second, which would stall every other
     request the process serves."""
-    return await asyncio.to_thread(parse_lines, content)
+    return await asyncio.to_thread(check_lines, content)
+
+
+async def index_off_loop(content: bytes) -> Lines:
+    return await asyncio.to_thread(Lines.index, content)
+
+
+def _lines(content: bytes) -> Iterator[tuple[int, int, int, str]]:
+    """(line number, start, end, text) of each line that is not blank, one at a time. Lines end at \\n alone:
+    str.splitlines would also cut at U+2028, U+2029 and U+0085, legal inside JSON strings; no byte of a
+    multi-byte UTF-8 character is \\n, so each line decodes alone."""
+    start = 3 if content.startswith(codecs.BOM_UTF8) else 0  # a byte-order mark is no part of the first line
+    number = 0
+    while start <= len(content):
+        end = content.find(b"\n", start)
+        end = len(content) if end < 0 else end
+        number += 1
+        try:
+            text = content[start:end].decode()
+        except UnicodeDecodeError:
+            raise ApiError(400, "the batch file is not UTF-8", param="file", code="invalid_file") from None
+        if text.strip():
+            yield number, start, end, text
+        start = end + 1
+
+
+def _check_utf8(content: bytes) -> None:
+    for _ in _lines(content):
+        pass
+
+
+def _check_line(number: int, line: str, seen: set[str]) -> None:
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        raise _bad(number, "is not JSON") from None
+    except RecursionError:
+        raise _bad(number, "is nested too deeply") from None
+    if not isinstance(entry, dict):
+        raise _bad(number, "is not a JSON object")
+    custom_id = entry.get("custom_id")
+    if not isinstance(custom_id, str) or not 0 < len(custom_id) <= MAX_CUSTOM_ID:
+        raise _bad(number, f"needs a custom_id string of 1 to {MAX_CUSTOM_ID} characters")
+    if not custom_id.isascii() and not _utf8(custom_id):  # it joins the request id, a protobuf string
+        raise _bad(number, "has a custom_id with a lone UTF-16 surrogate")
+    if custom_id in seen:
+        raise _bad(number, f"repeats custom_id {custom_id[:64]!r}")
+    if len(seen) == MAX_LINES:  # refused at the first line too many, not after reading a million
+        raise ApiError(400, f"the batch file has over {MAX_LINES} requests", param="file", code="invalid_file")
+    if entry.get("method") != "POST" or entry.get("url") != ENDPOINT:
+        raise _bad(number, f"must be method POST to url {ENDPOINT}")
+    if not isinstance(entry.get("body"), dict):
+        raise _bad(number, "needs a body object")
+    seen.add(custom_id)
 
 
 def _utf8(text: str) -> bool:

@@ -413,6 +413,7 @@ def create_app(settings: EdgeSettings, channel: grpc.aio.Channel) -> Starlette:
         settings.request_timeout_s,
         settings.batch_retention_s,
         settings.batch_poll_s,
+        settings.batch_max_running,
     )
     batches = BatchApi(
         store,

@@ -603,6 +603,20 @@ def test_notes_warn_of_batches_in_a_shared_redis(role: str, warning: str) -> Non
     assert "edge.batchRedis" not in default
 
 
+def test_the_edges_memory_limit_fits_its_batch_limits(docs: list[dict]) -> None:
+    """deploy/README.md, "Edge memory": ~80 MB serving plus (uploads + running batches + 2) x the largest file. The
+    limit was 384Mi against 4 uploads and every active batch of up to 100 MiB each, held ~5x over: one upload
+    took the edge past it."""
+    settings = env(docs, "edge")
+    file_bytes = int(settings["EDGE_BATCH_MAX_FILE_BYTES"])
+    held = int(settings["EDGE_BATCH_MAX_CONCURRENT_UPLOADS"]) + int(settings["EDGE_BATCH_MAX_RUNNING"]) + 2
+    limit = container(docs, "edge")["resources"]["limits"]["memory"]
+    assert limit.endswith("Mi") or limit.endswith("Gi"), limit
+    limit_bytes = int(limit[:-2]) * 1024 ** (2 if limit.endswith("Mi") else 3)
+    assert limit_bytes >= 80 * 1024**2 + held * file_bytes, (limit, settings)
+    assert EdgeSettings(**{k[5:].lower(): v for k, v in settings.items() if k.startswith("EDGE_BATCH_MAX")})
+
+
 @pytest.mark.parametrize("scheme", ["redis", "rediss", "redis+cluster", "rediss+cluster"])
 def test_redis_urls_take_every_scheme_the_services_open(scheme: str, tmp_path: Path) -> None:
     """values.yaml and docs/capacity.md point redis.*.url at a Redis Cluster (llmrouter/redis_connect.py)."""

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from llmrouter.redis_connect import connect
-from services.batches.store import RedisStore, Store, batch_key, index_keys, open_store, results_key
+from services.batches.store import RedisStore, Store, batch_key, file_key, index_keys, open_store, results_key
 
 
 async def test_a_lease_is_held_by_one_edge_and_renewed_by_it(any_redis_url: str) -> None:
@@ -110,3 +110,13 @@ async def test_the_redis_index_expires_with_its_last_entry(any_redis_url: str) -
     finally:
         await client.aclose()
         await store.close()
+
+
+async def test_a_files_content_is_read_alone_and_none_once_gone(store: Store) -> None:
+    """What the runner and a download read (one at a time, in Redis); a file's listing fields never carry it."""
+    key = file_key("f-content")
+    await store.put(key, {"tenant": "t1", "content": b"\xef\xbb\xbf{}\n"})
+    assert await asyncio.gather(store.content(key), store.content(key)) == [b"\xef\xbb\xbf{}\n"] * 2
+    assert (await store.fields([key], ["tenant"]))[0] == {"tenant": b"t1"}
+    await store.delete([key])
+    assert await store.content(key) is None

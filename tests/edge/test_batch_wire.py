@@ -18,8 +18,32 @@ def test_a_file_over_the_line_limit_is_refused_at_the_first_line_too_many() -> N
     # Everything after the line past the limit is garbage: the parser must stop before it reads any of it.
     content = "\n".join([entry(i) for i in range(wire.MAX_LINES + 1)] + ["not json"]).encode()
     with pytest.raises(ApiError, match=f"over {wire.MAX_LINES} requests"):
-        wire.parse_lines(content)
+        wire.check_lines(content)
 
 
 def test_a_file_at_the_line_limit_is_taken() -> None:
-    assert len(wire.parse_lines("\n".join(entry(i) for i in range(wire.MAX_LINES)).encode())) == wire.MAX_LINES
+    assert wire.check_lines("\n".join(entry(i) for i in range(wire.MAX_LINES)).encode()) == wire.MAX_LINES
+
+
+def test_the_lines_found_are_the_requests_checked_each_parsed_alone() -> None:
+    """The runner's lines (offsets into the file, parsed one at a time) are the requests the check counted: a
+    byte-order mark, CRLF endings, blank and Unicode-whitespace lines skipped, U+2028 kept inside a string."""
+    requests = [
+        {"custom_id": "a", "method": "POST", "url": wire.ENDPOINT, "body": {"x": "one\u2028two"}},
+        {"custom_id": "b\u00e9", "method": "POST", "url": wire.ENDPOINT, "body": {}},
+        {"custom_id": "c", "method": "POST", "url": wire.ENDPOINT, "body": {"y": [1, 2]}},
+    ]
+    text = "\r\n".join(json.dumps(r, ensure_ascii=False) for r in requests[:2]) + "\n\n \u3000\t\n"
+    content = b"\xef\xbb\xbf" + (text + json.dumps(requests[2]) + "\r\n").encode()
+    assert wire.check_lines(content) == 3
+    lines = wire.Lines.index(content)
+    assert [lines[i] for i in range(len(lines))] == requests
+
+
+def test_a_file_not_utf8_is_refused_as_such_even_past_its_first_bad_line() -> None:
+    """As when the whole file was decoded first: not UTF-8 anywhere is the file's error, before any line's."""
+    content = b"not json\n" + entry(1).encode() + b"\n\xff\n"
+    with pytest.raises(ApiError, match="not UTF-8"):
+        wire.check_lines(content)
+    with pytest.raises(ApiError, match="line 1 of the batch file is not JSON"):
+        wire.check_lines(content[:-2])

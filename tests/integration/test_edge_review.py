@@ -201,20 +201,26 @@ async def test_a_batch_too_large_for_one_router_message_still_ends(
         await client.close()
 
 
-async def test_batch_files_are_parsed_off_the_event_loop(
+async def test_batch_files_are_read_off_the_event_loop(
     edge: tuple[str, dict[str, str], dict[str, str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Parsing a 100 MB file takes most of a second: on the event loop it stalled every other caller of the edge,
-    at upload, at batch creation and when the batch runs."""
+    """Checking a 100 MB file takes most of a second: on the event loop it stalled every other caller of the edge,
+    at upload and when the batch runs (its lines found again). A batch's creation reads only the count kept at
+    upload, never the content."""
     base, tenant, _ = edge
-    parsed_on: list[int] = []
-    parse = wire.parse_lines
+    read_on: list[tuple[str, int]] = []
+    check, index = wire.check_lines, wire.Lines.index
 
-    def recording(content: bytes) -> list[dict[str, Any]]:
-        parsed_on.append(threading.get_ident())
-        return parse(content)
+    def checking(content: bytes) -> int:
+        read_on.append(("check", threading.get_ident()))
+        return check(content)
 
-    monkeypatch.setattr(wire, "parse_lines", recording)
+    def indexing(content: bytes) -> wire.Lines:
+        read_on.append(("index", threading.get_ident()))
+        return index(content)
+
+    monkeypatch.setattr(wire, "check_lines", checking)
+    monkeypatch.setattr(wire.Lines, "index", indexing)
     client = AsyncOpenAI(base_url=base, api_key=tenant["authorization"][7:], max_retries=0)
     try:
         content = "\n".join(json.dumps(line(f"r{i}", uuid.uuid4().hex)) for i in range(3)).encode()
@@ -225,7 +231,8 @@ async def test_batch_files_are_parsed_off_the_event_loop(
         assert (await finished(client, batch.id)).request_counts.completed == 3  # type: ignore[union-attr]
     finally:
         await client.close()
-    assert len(parsed_on) == 3 and threading.get_ident() not in parsed_on  # upload, creation, the run
+    assert [what for what, _ in read_on] == ["check", "index"]  # upload, the run
+    assert threading.get_ident() not in [thread for _, thread in read_on]
 
 
 async def test_a_custom_id_with_a_lone_surrogate_is_refused_at_upload(

@@ -195,6 +195,12 @@ Call with (list $ "money cache"). */}}
   value: {{ include "llmrouter.addr" (list $root "router") | quote }}
 - name: EDGE_ALLOW_ANONYMOUS
   value: {{ $v.allowAnonymous | quote }}
+- name: EDGE_BATCH_MAX_FILE_BYTES
+  value: {{ $v.batches.maxFileBytes | int64 | quote }}
+- name: EDGE_BATCH_MAX_CONCURRENT_UPLOADS
+  value: {{ $v.batches.maxConcurrentUploads | quote }}
+- name: EDGE_BATCH_MAX_RUNNING
+  value: {{ $v.batches.maxRunning | quote }}
 {{- with include "llmrouter.batchRedis" $root }}
 {{- include "llmrouter.redisUrlEnv" (list $root . "EDGE_BATCH_REDIS_URL") }}
 {{- end }}
