@@ -396,40 +396,30 @@ class Deferred:
         baseline = (
             baseline_model.cost_usd(usage.input_tokens, usage.output_tokens) if baseline_model else response.cost_usd
         )
-        return {
-            "request_id": pending.request_id,
-            "ts": time.time(),
-            "tenant": pending.tenant,
-            "key": pending.key,
-            "period": pending.period,
-            "model": response.model,
-            "provider": response.provider,
-            "input_tokens": usage.input_tokens,
-            "output_tokens": usage.output_tokens,
-            "tokens_estimated": False,
-            "cost_usd": response.cost_usd,
-            "baseline_cost_usd": format(Decimal(baseline), "f"),
-            "reason": "batch",
-            "reason_detail": "served by the provider's Batch API at its batch price",
-            "outcome": outcome,
-            "admitted_ts": pending.ts,
-        }
+        return pending.ledger_record(
+            model=response.model,
+            provider=response.provider,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            tokens_estimated=False,
+            cost_usd=response.cost_usd,
+            baseline_cost_usd=format(Decimal(baseline), "f"),
+            reason="batch",
+            reason_detail="served by the provider's Batch API at its batch price",
+            outcome=outcome,
+            admitted_ts=pending.ts,
+        )
 
 
 def _unanswered(pending: Pending, cost_usd: str, outcome: str, why: str) -> dict[str, Any]:
     """The ledger record of a line settled without an answer: failed (at nothing), or unknown (at its hold)."""
-    return {
-        "request_id": pending.request_id,
-        "ts": time.time(),
-        "tenant": pending.tenant,
-        "key": pending.key,
-        "period": pending.period,
-        "cost_usd": cost_usd,
-        "model": pending.model or "",  # none recorded for a line of the version before
-        "reason": "batch",
-        "outcome": outcome,
-        "error": why,
-    }
+    return pending.ledger_record(
+        cost_usd=cost_usd,
+        model=pending.model or "",  # none recorded for a line of the version before
+        reason="batch",
+        outcome=outcome,
+        error=why,
+    )
 
 
 def _refuse_another_model(pending: dict[str, Pending | None], model: str) -> None:

@@ -97,6 +97,11 @@ class Pending:
     # that is no provider batch line, or a line admitted by a router of the version before (deferred.py).
     model: str | None = None
 
+    def ledger_record(self, **fields: Any) -> dict[str, Any]:
+        """A ledger entry settling this charge: who pays, in which budget period, and `fields`."""
+        base = {"request_id": self.request_id, "ts": time.time(), "tenant": self.tenant, "key": self.key}
+        return {**base, "period": self.period, **fields}
+
     @classmethod
     def of(cls, account: Account, hold: Hold) -> Pending:
         return cls(
@@ -271,14 +276,9 @@ class Store(Protocol):
 
 def reconciled_record(pending: Pending) -> dict[str, Any]:
     """The ledger entry of a charge settled for a dead router: the outcome was never known, so the hold."""
-    return {
-        "request_id": pending.request_id,
-        "ts": time.time(),
-        "tenant": pending.tenant,
-        "key": pending.key,
-        "period": pending.period,
-        "cost_usd": format(Decimal(pending.hold_pico) / PICO, "f"),  # plain notation, as every charge
-        "outcome": "reconciled",
-        "router": pending.router,
-        "admitted_ts": pending.ts,
-    }
+    return pending.ledger_record(
+        cost_usd=format(Decimal(pending.hold_pico) / PICO, "f"),  # plain notation, as every charge
+        outcome="reconciled",
+        router=pending.router,
+        admitted_ts=pending.ts,
+    )
