@@ -217,18 +217,22 @@ class Runner:
                                 break
                         continue
                     await self.slots.acquire()
-                    if time.time() >= expires_at and pending.keep(in_doubt):
-                        expired = True
-                    # parked, stopping, or expired with nothing to send, while waiting for the slot
-                    if pending.wait_s() != 0 or self.stopping or renewing.done():
-                        self.slots.release()
-                        continue
-                    if await self._cancelling(batch_id):
-                        self.slots.release()
-                        cancelled = True  # the lines in flight finish; no more are sent
-                        break
-                    index = pending.take()
-                    group.create_task(self._line(batch_id, batch, index, lines, pending, in_doubt))
+                    sending = False  # the slot goes to the line's task, which gives it back
+                    try:
+                        if time.time() >= expires_at and pending.keep(in_doubt):
+                            expired = True
+                        # parked, stopping, or expired with nothing to send, while waiting for the slot
+                        if pending.wait_s() != 0 or self.stopping or renewing.done():
+                            continue
+                        if await self._cancelling(batch_id):
+                            cancelled = True  # the lines in flight finish; no more are sent
+                            break
+                        index = pending.take()
+                        group.create_task(self._line(batch_id, batch, index, lines, pending, in_doubt))
+                        sending = True
+                    finally:
+                        if not sending:  # a store error too: a slot lost was lost for good, and once all were, no
+                            self.slots.release()  # line was sent again nor the edge able to stop
             if expired:
                 await self._expire(batch_id, lines, deferred)
             # The lines in provider batches finish too, cancelled, expired or not: they run at the provider, within
