@@ -7,14 +7,14 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Message
+from starlette.types import Message, Receive, Scope, Send
 
 from services.batches import wire
 from services.batches.runner import Runner, file_fields
@@ -24,6 +24,7 @@ from services.router.store import key_id
 
 SMALL_BODY_BYTES = 64 * 1024  # a batch creation's JSON: ids and metadata, never content
 FILE_LISTED = ["tenant", "filename", "purpose", "created_at", "bytes", "deleted", "lines"]  # never the content
+SENT_PART_BYTES = 1024 * 1024  # a file's content sent at a time
 PAGE_CHUNK = 1000  # ids read from an index at a time
 
 Caller = Callable[[Request], tuple[str, str]]
@@ -154,13 +155,14 @@ class BatchApi:
 
     async def file_content(self, request: Request) -> Response:
         """The content is read whole (up to max_file_bytes, or an output file's size), so a download takes one of
-        the uploads' places."""
+        the uploads' places, until the content is sent."""
         file_id, _ = await self._file(request)
-        async with self._upload_slot():
+        async with AsyncExitStack() as held:
+            await held.enter_async_context(self._upload_slot())
             content = await self.store.content(file_key(file_id))
             if content is None:  # deleted or expired since
                 raise ApiError(404, f"no file {file_id[:64]!r}", code="not_found")
-            return Response(content, media_type="application/jsonl")
+            return _Sent(content, held.pop_all())
 
     async def create_batch(self, request: Request) -> Response:
         tenant, key = self.caller(request)
@@ -282,6 +284,27 @@ class BatchApi:
         if fields.get("tenant", b"").decode() != tenant or "deleted" in fields:
             raise ApiError(404, f"no file {file_id[:64]!r}", code="not_found")
         return file_id, fields
+
+
+class _Sent(Response):
+    """A file's content that gives back its upload place once sent or its client gone: returned by the handler,
+    the content is held until then (a slow reader holds it for long). Sent a part at a time: the server takes a
+    whole body into its send buffer at once, so the last send returned (and the place went) before the client had
+    read any of it."""
+
+    def __init__(self, content: bytes, place: AsyncExitStack) -> None:
+        super().__init__(content, media_type="application/jsonl")
+        self.place = place
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            for start in range(0, len(self.body), SENT_PART_BYTES):  # each waits for the client to take the last
+                part = self.body[start : start + SENT_PART_BYTES]
+                await send({"type": "http.response.body", "body": part, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            await self.place.aclose()
 
 
 def _limit(text: str | None, default: int, most: int) -> int:

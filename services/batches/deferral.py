@@ -86,12 +86,12 @@ class Deferral:
         self,
         batch_id: str,
         batch: dict[str, bytes],
-        lines: wire.Lines,
+        custom_ids: dict[int, str],
         deferred: dict[int, dict[str, str]],
         go_on: Callable[[], bool],
     ) -> bool:
-        """Collect the deferred lines without a result until all have one: True; False when `go_on` says to stop
-        first (the edge stops, or lost the batch's lease)."""
+        """Collect the deferred lines (`custom_ids`: theirs) without a result until all have one: True; False when
+        `go_on` says to stop first (the edge stops, or lost the batch's lease)."""
         groups: dict[tuple[str, str], list[int]] = {}
         for index, entry in sorted(deferred.items()):
             groups.setdefault((entry["model"], entry["provider_batch_id"]), []).append(index)
@@ -99,7 +99,7 @@ class Deferral:
             done = await self.store.get(results_key(batch_id))
             for key, indices in list(groups.items()):
                 waiting = [i for i in indices if str(i) not in done]
-                if not waiting or await self._collect(batch_id, batch, lines, key, waiting):
+                if not waiting or await self._collect(batch_id, batch, custom_ids, key, waiting):
                     del groups[key]
             if not groups:
                 return True
@@ -112,7 +112,7 @@ class Deferral:
         self,
         batch_id: str,
         batch: dict[str, bytes],
-        lines: wire.Lines,
+        custom_ids: dict[int, str],
         key: tuple[str, str],
         waiting: list[int],
     ) -> bool:
@@ -120,13 +120,12 @@ class Deferral:
         model, provider_batch_id = key
         for start in range(0, len(waiting), COLLECT_IDS):
             part = waiting[start : start + COLLECT_IDS]
-            custom_ids = [lines[i]["custom_id"] for i in part]
             request = router_pb2.CollectBatchRequest(
                 tenant=batch["tenant"].decode(),
                 api_key_id=batch["key_id"].decode(),
                 model=model,
                 provider_batch_id=provider_batch_id,
-                request_ids=[f"{batch_id}:{c}" for c in custom_ids],
+                request_ids=[f"{batch_id}:{custom_ids[i]}" for i in part],
             )
             try:
                 reply = await self.router.CollectBatch(request, timeout=CALL_S)
@@ -135,7 +134,8 @@ class Deferral:
                 return False
             if not reply.ended:
                 return False
-            for index, custom_id, line in zip(part, custom_ids, reply.lines, strict=True):
+            for index, line in zip(part, reply.lines, strict=True):
+                custom_id = custom_ids[index]
                 if line.succeeded:
                     body = completion_body(line.response)
                     await results.record(self.store, batch_id, index, custom_id, 200, body, line.response.cost_usd)

@@ -29,7 +29,7 @@ import math
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,6 +96,9 @@ class Runner:
         # active set, run by another edge, or here once a batch running here ends.
         self.max_running = max_running
         self._ended_here: set[str] = set()  # batches whose run ended them (not one that stopped, to resume later)
+        # Runs only waiting for their provider batches (up to the provider's 24 h): their input file dropped, they
+        # take no place, or batches created meanwhile would wait that long and expire unsent.
+        self._collecting: set[str] = set()
         self._freed = asyncio.Event()
         self.deferral = Deferral(store, router, poll_s)  # the lines sent through the providers' Batch APIs
         self.owner = uuid.uuid4().hex  # this edge, in batch leases
@@ -118,7 +121,7 @@ class Runner:
         active = list(await self.store.active())
         random.shuffle(active)  # past max_running, the same few (perhaps parked for long) do not always go first
         for batch_id in active:
-            if self.stopping or len(self.runs) >= self.max_running:
+            if self.stopping or self._full():
                 return
             # Only batches no other edge runs take a place here (its run renews the lease taken now).
             if batch_id not in self.runs and await self.store.lease(batch_id, self.owner, LEASE_S):
@@ -138,14 +141,18 @@ class Runner:
                 log.warning("batch store unreachable; will look for batches to resume again", exc_info=True)
 
     def start(self, batch_id: str) -> None:
-        if batch_id not in self.runs and not self.stopping and len(self.runs) < self.max_running:
+        if batch_id not in self.runs and not self.stopping and not self._full():
             task = asyncio.create_task(self._run(batch_id))
             self.runs[batch_id] = task
             RUNNING.inc()
             task.add_done_callback(lambda _: self._ended(batch_id))
 
+    def _full(self) -> bool:
+        return len(self.runs) - len(self._collecting) >= self.max_running
+
     def _ended(self, batch_id: str) -> None:
         self.runs.pop(batch_id, None)
+        self._collecting.discard(batch_id)
         RUNNING.dec()
         if batch_id in self._ended_here:  # a batch waiting for a place starts now; one that failed is retried later
             self._ended_here.discard(batch_id)
@@ -210,24 +217,33 @@ class Runner:
                                 break
                         continue
                     await self.slots.acquire()
-                    if time.time() >= expires_at and pending.keep(in_doubt):
-                        expired = True
-                    # parked, stopping, or expired with nothing to send, while waiting for the slot
-                    if pending.wait_s() != 0 or self.stopping or renewing.done():
-                        self.slots.release()
-                        continue
-                    if await self._cancelling(batch_id):
-                        self.slots.release()
-                        cancelled = True  # the lines in flight finish; no more are sent
-                        break
-                    index = pending.take()
-                    group.create_task(self._line(batch_id, batch, index, lines, pending, in_doubt))
+                    sending = False  # the slot goes to the line's task, which gives it back
+                    try:
+                        if time.time() >= expires_at and pending.keep(in_doubt):
+                            expired = True
+                        # parked, stopping, or expired with nothing to send, while waiting for the slot
+                        if pending.wait_s() != 0 or self.stopping or renewing.done():
+                            continue
+                        if await self._cancelling(batch_id):
+                            cancelled = True  # the lines in flight finish; no more are sent
+                            break
+                        index = pending.take()
+                        group.create_task(self._line(batch_id, batch, index, lines, pending, in_doubt))
+                        sending = True
+                    finally:
+                        if not sending:  # a store error too: a slot lost was lost for good, and once all were, no
+                            self.slots.release()  # line was sent again nor the edge able to stop
             if expired:
                 await self._expire(batch_id, lines, deferred)
             # The lines in provider batches finish too, cancelled, expired or not: they run at the provider, within
-            # its own window, charged when collected; their answers are kept.
+            # its own window, charged when collected; their answers are kept. Only their custom_ids are needed: the
+            # input file is dropped and its place goes to a batch waiting for one.
+            custom_ids = await asyncio.to_thread(_custom_ids, lines, deferred)
+            del content, lines
+            self._collecting.add(batch_id)
+            self._freed.set()
             if not await self.deferral.collect(
-                batch_id, batch, lines, deferred, lambda: not (self.stopping or renewing.done())
+                batch_id, batch, custom_ids, deferred, lambda: not (self.stopping or renewing.done())
             ):
                 return
             expired = "expired_at" in await self.store.get(batch_key(batch_id))  # perhaps by an earlier run
@@ -358,6 +374,10 @@ class Runner:
         await self.store.activate(batch_id, False)
         self._ended_here.add(batch_id)
         log.info("batch ended", extra={"id": batch_id, "lines": len(parsed), "status": fields["status"]})
+
+
+def _custom_ids(lines: wire.Lines, indices: Iterable[int]) -> dict[int, str]:
+    return {i: lines[i]["custom_id"] for i in indices}
 
 
 def not_admitted(error: ServiceError) -> bool:

@@ -170,3 +170,39 @@ async def test_a_download_takes_an_uploads_place(chain: Chain) -> None:
                 assert reply.status_code == 200 and reply.content == content, reply.text
         finally:
             writer.close()
+
+
+async def test_a_download_keeps_its_uploads_place_until_sent(chain: Chain) -> None:
+    """The place was given back as the handler returned, before the content was sent: a client that reads slowly
+    (or not at all) kept the whole file in the edge's memory with no place taken, so downloads at once were not
+    bounded after all."""
+    async with edge_client(chain, batch_max_concurrent_uploads=1) as client:
+        line = {"custom_id": "", "method": "POST", "url": "/v1/chat/completions", "body": {"pad": "x" * 5000}}
+        content = "".join(json.dumps({**line, "custom_id": f"r{i}"}) + "\n" for i in range(2000)).encode()  # 10 MB
+        uploaded = await client.files.create(file=("b.jsonl", content), purpose="batch")
+        base, key = str(client.base_url).rstrip("/"), client.api_key
+        port = int(base.rsplit(":", 1)[1].split("/")[0])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:  # a download whose client reads nothing
+            writer.write(
+                b"GET /v1/files/%s/content HTTP/1.1\r\nhost: edge\r\nauthorization: Bearer %s\r\n\r\n"
+                % (
+                    uploaded.id.encode(),
+                    key.encode(),
+                )
+            )
+            await writer.drain()
+            await reader.readuntil(b"\r\n\r\n")  # the edge has begun sending the content
+            async with httpx.AsyncClient(base_url=base, headers={"authorization": f"Bearer {key}"}) as http:
+                small = batch_file(1)
+                refused = await http.post("/files", files={"file": ("s.jsonl", small)}, data={"purpose": "batch"})
+                assert refused.status_code == 429, refused.text
+                writer.close()
+                for _ in range(100):  # the place is free again once the client has gone
+                    reply = await http.post("/files", files={"file": ("s.jsonl", small)}, data={"purpose": "batch"})
+                    if reply.status_code == 200:
+                        break
+                    await asyncio.sleep(0.05)
+                assert reply.status_code == 200, reply.text
+        finally:
+            writer.close()

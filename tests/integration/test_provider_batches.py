@@ -782,3 +782,25 @@ async def test_a_line_with_no_batch_recorded_is_settled_from_the_batch_whose_res
     assert charged_from == batch_id
     assert [Decimal(r["cost_usd"]) for r in ledger] == [Decimal(answered.response.cost_usd)]  # charged once
     assert held == (0, 0)
+
+
+async def test_a_batch_waiting_on_its_provider_batch_leaves_its_running_place_to_others(stack: Stack) -> None:
+    """A batch whose lines all went to a provider batch only polls it (for up to the provider's 24 h), its input
+    file no longer needed: it held one of the edge's EDGE_BATCH_MAX_RUNNING places all along, so a batch created
+    meanwhile never ran, and expired unsent."""
+    stack.upstream.batches.release.clear()  # the first batch's provider batch runs until released
+    edge = stack.edge.model_copy(update={"batch_max_running": 1})
+    try:
+        async with serving(stack, edge) as client:
+            waiting = await run_batch(client, batch_file([(BATCHED, "line 0")]))
+            deadline = time.monotonic() + 10
+            while not stack.upstream.batches.batches and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert stack.upstream.batches.batches, "no provider batch was created"
+            realtime = await finished(client, await run_batch(client, batch_file([(REALTIME, "now")])), timeout_s=10)
+            assert realtime.status == "completed" and realtime.request_counts.completed == 1
+            assert (await client.batches.retrieve(waiting)).status == "in_progress"
+            stack.upstream.batches.release.set()
+            assert (await finished(client, waiting)).request_counts.completed == 1
+    finally:
+        stack.upstream.batches.release.set()

@@ -96,7 +96,8 @@ async def test_lines_offered_again_after_a_lost_reply_are_found_in_their_provide
         deferred = await edge.offer(BATCH_ID, dict(BATCH), LINES, set())
         assert deferred == {0: {"model": "strong", "provider_batch_id": "pbatch-1"}}
         # Collected as any deferred line: answered, and charged its answer rather than its hold.
-        assert await edge.collect(BATCH_ID, dict(BATCH), LINES, deferred, lambda: True)
+        custom_ids = {i: line["custom_id"] for i, line in enumerate(LINES)}
+        assert await edge.collect(BATCH_ID, dict(BATCH), custom_ids, deferred, lambda: True)
         result = json.loads((await files.get(results_key(BATCH_ID)))["0"])
         settled = await store.pending_charge(Account("acme", "anonymous"), line)
         spent, _ = await store.spent(Account("acme", "anonymous"), pending.period)

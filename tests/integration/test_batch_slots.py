@@ -1,0 +1,58 @@
+"""The edge's EDGE_BATCH_CONCURRENCY line slots outlive a batch run that fails: a slot taken for a line and lost on
+an error of the batch store was never given back, and once all were lost no batch line was sent again."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from pathlib import Path
+
+import redis
+from openai import AsyncOpenAI
+
+from services.edge.keys import key_line
+from services.edge.settings import EdgeSettings
+from tests.integration.conftest import Chain, free_port, start_edge
+from tests.integration.test_batch_memory import batch_file
+from tests.integration.test_provider_batches import finished
+from tests.redis_servers import RedisServer
+
+
+async def test_a_line_slot_taken_when_the_batch_store_fails_is_given_back(chain: Chain, tmp_path: Path) -> None:
+    """With one slot: the first line in flight, the store starts refusing the batch reads (an ACL change here; a
+    connection error alike), so the run, slot taken for the second line, fails and is resumed once the store
+    answers again. It must then get the slot back, and the batch finish."""
+    store = RedisServer(tmp_path, "--save", "").start()
+    admin = redis.Redis(port=store.port)
+    tenant, key = f"slots-{secrets.token_hex(4)}", f"sk-slots-{secrets.token_urlsafe(12)}"
+    settings = EdgeSettings(
+        port=free_port(),
+        router_addr=chain.router_addr,
+        api_keys=key_line(tenant, key),
+        batch_redis_url=store.url,
+        batch_concurrency=1,
+        request_timeout_s=20,
+    )
+    chain.budget.latency = 2.0  # each line takes that long at the provider
+    server, task, channel = await start_edge(settings)
+    client = AsyncOpenAI(base_url=f"http://127.0.0.1:{settings.port}/v1", api_key=key, max_retries=0)
+    try:
+        uploaded = await client.files.create(file=("b.jsonl", batch_file(2)), purpose="batch")
+        batch = await client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        await asyncio.sleep(1.0)  # the first line in flight, the run waiting for the slot
+        admin.execute_command("ACL", "SETUSER", "default", "-hgetall")
+        await asyncio.sleep(2.5)  # the first line recorded (no read), the slot taken, the read refused
+        admin.execute_command("ACL", "SETUSER", "default", "+hgetall")
+        done = await finished(client, batch.id, timeout_s=30)  # resumed within 15 s
+        assert done.status == "completed" and done.request_counts.completed == 2, done
+    finally:
+        chain.budget.latency = 0.0
+        await client.close()
+        server.should_exit = True
+        async with asyncio.timeout(20):  # a run waiting for a lost slot held the edge's shutdown for ever too
+            await task
+        await channel.close()
+        admin.close()
+        store.stop()
