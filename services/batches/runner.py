@@ -7,7 +7,9 @@ bytes and where each line is, a line parsed as it is sent); the others wait in t
 Each line's result is written once to the store, so a restarted edge resumes a batch where it stopped. A
 line the router never admitted (the router unreachable or restarting, the money store down, a rate limit)
 is retried with the same request id, its batch parked until the router's retry time (pending.py) so that its
-lines hold no slot meanwhile; any other failure is the line's error (the error file). Stopping the
+lines hold no slot meanwhile; a park of PARK_LEAVE_S or more (a rate limit's next window) ends the run, its input file
+dropped and its running place given up, with its time to run again in the batch's hash (parked_until, seen by every
+edge's adoption); any other failure is the line's error (the error file). Stopping the
 edge stops taking lines and lets those in flight finish; a crash loses the results of lines in flight,
 whose retry the router then refuses as a duplicate (charged once, in the ledger, and in the error file). Such a
 line, sent and without a result, is in doubt: it goes first when the batch resumes, even past its window (sent
@@ -63,6 +65,10 @@ RUNNING = Gauge("llmrouter_edge_batches_running", "Batches this edge is running"
 LEASE_S = 30  # an edge that stops renewing (crashed) loses its batches to another within this
 STOP_CHECK_S = 0.1  # a parked batch of a stopping edge, or one that lost its lease, leaves within this
 CANCEL_CHECK_S = 1.0  # and a parked batch cancelled, perhaps through another edge, ends within this
+# A park this long ends the run: parked for a rate limit's window (up to MAX_PARK_S, again and again), it held its
+# place and input file, and one tenant's batches kept every other tenant's waiting. Shorter parks keep the run, so
+# that a backoff's quick retries do not read the input file again each time.
+PARK_LEAVE_S = 5.0
 
 ErrorFor = Callable[[grpc.RpcError, str], ApiError]
 
@@ -95,7 +101,8 @@ class Runner:
         # Each batch running holds its input file's content: past max_running the others stay in the store's
         # active set, run by another edge, or here once a batch running here ends.
         self.max_running = max_running
-        self._ended_here: set[str] = set()  # batches whose run ended them (not one that stopped, to resume later)
+        # Batches whose run ended them or parked them (not one that stopped, to resume later): their place is free.
+        self._ended_here: set[str] = set()
         # Runs only waiting for their provider batches (up to the provider's 24 h): their input file dropped, they
         # take no place, or batches created meanwhile would wait that long and expire unsent.
         self._collecting: set[str] = set()
@@ -114,30 +121,40 @@ class Runner:
     async def resume(self) -> None:
         """Run the batches still active in the store that no other edge runs (a stopped or crashed edge
         left them unfinished), now and then every LEASE_S / 2, so another edge's batches outlive it."""
-        await self._adopt()
-        self._watch = asyncio.create_task(self._keep_adopting())
+        wake_s = await self._adopt()
+        self._watch = asyncio.create_task(self._keep_adopting(wake_s))
 
-    async def _adopt(self) -> None:
+    async def _adopt(self) -> float:
+        """Start the batches that may run, as places allow; returns when to look again (a parked batch's time)."""
         active = list(await self.store.active())
-        random.shuffle(active)  # past max_running, the same few (perhaps parked for long) do not always go first
-        for batch_id in active:
+        random.shuffle(active)  # past max_running, the same few do not always go first
+        states = await self.store.fields([batch_key(b) for b in active], ["parked_until", "status"])
+        wake_s = LEASE_S / 2
+        for batch_id, state in zip(active, states, strict=True):
             if self.stopping or self._full():
-                return
+                break
+            # A parked batch waits for its time, unless cancelled: its run then ends it at once.
+            parked_s = float(state.get("parked_until", b"0")) - time.time()
+            if parked_s > 0 and state.get("status") != b"cancelling":
+                wake_s = min(wake_s, parked_s)
+                continue
             # Only batches no other edge runs take a place here (its run renews the lease taken now).
             if batch_id not in self.runs and await self.store.lease(batch_id, self.owner, LEASE_S):
                 self.start(batch_id)
+        return wake_s
 
-    async def _keep_adopting(self) -> None:
+    async def _keep_adopting(self, wake_s: float) -> None:
         while True:
             try:
-                async with asyncio.timeout(LEASE_S / 2):
+                async with asyncio.timeout(wake_s):
                     await self._freed.wait()
             except TimeoutError:
                 pass
             self._freed.clear()
             try:
-                await self._adopt()
+                wake_s = await self._adopt()
             except Exception:
+                wake_s = LEASE_S / 2
                 log.warning("batch store unreachable; will look for batches to resume again", exc_info=True)
 
     def start(self, batch_id: str) -> None:
@@ -208,6 +225,11 @@ class Runner:
                         return
                     if time.time() >= expires_at and pending.keep(in_doubt):
                         expired = True  # the lines in flight finish (those refused meanwhile wait); no new one is sent
+                    if wait_s >= PARK_LEAVE_S and pending.parked() and not pending.in_flight:
+                        # Its place and input file go to other batches; any edge resumes it at its time (_adopt).
+                        until = time.time() + wait_s  # or its window's end, when it ends sooner: it expires then
+                        await self._park(batch_id, until if time.time() >= expires_at else min(until, expires_at))
+                        return
                     if wait_s > 0:  # parked, holding no slot; or only lines in flight are left
                         await pending.changed(min(wait_s, STOP_CHECK_S))
                         if pending.parked() and time.monotonic() - checked >= CANCEL_CHECK_S:
@@ -252,6 +274,10 @@ class Runner:
             log.exception("batch run failed; it stays active and is resumed", extra={"id": batch_id})
         finally:
             await stop_task(renewing)  # not left renewing the lease of a run that ended
+
+    async def _park(self, batch_id: str, until: float) -> None:
+        await self.store.put(batch_key(batch_id), {"parked_until": repr(until)})
+        self._ended_here.add(batch_id)  # a batch waiting for a place starts now; the adoption wakes at `until`
 
     async def _renew(self, batch_id: str) -> None:
         """Keeps the lease while the batch runs; returns when it is lost (the run then stops taking lines)."""

@@ -3,7 +3,8 @@ restarted edge resumes from), or in process without it (a restart loses them). P
 of another tenant is not found.
 
 Keys (prefix llmrouter:batch:): `file:<id>` a hash (tenant, filename, purpose, created_at, bytes, content);
-`batch:<id>` a hash (the batch's fields, counters included); `batch:<id>:results` a hash from line index to
+`batch:<id>` a hash (the batch's fields, counters included, and `parked_until`: the epoch
+time before which no edge runs it again, runner.py); `batch:<id>:results` a hash from line index to
 its result line, written once (the line counts once however often it is retried); `batch:<id>:deferred` a
 hash from line index to the provider batch it was sent in (deferral.py); `active` the set of
 batches still to run; `lease:<id>` which edge runs a batch now (one at a time, or two would send each line

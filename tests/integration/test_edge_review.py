@@ -369,6 +369,19 @@ async def test_a_rate_limited_tenants_batch_does_not_hold_up_another_tenants(rat
     assert done.request_counts.completed == 1  # type: ignore[attr-defined]
 
 
+async def test_a_parked_batch_gives_its_running_place_to_another_tenants(chain: Chain) -> None:
+    """A batch parked until the rate limit's next window kept its running place (and its input file) meanwhile: on
+    an edge running one batch at a time, another tenant's batch waited for that window. Parked in the store, the
+    batch is resumed at its retry time and completes."""
+    async with rate_limited_edge(chain, batch_redis_url=chain.redis_url, batch_max_running=1) as edge:
+        busy = await edge.parked("busy", 3)  # 2 answered this minute, 1 refused until the next
+        other = await edge.submit("other", 1)
+        done = await finished(edge.clients["other"], other, timeout_s=15)
+        assert done.request_counts.completed == 1  # type: ignore[attr-defined]
+        resumed = await finished(edge.clients["busy"], busy, timeout_s=75)  # at the next minute
+    assert resumed.status == "completed" and resumed.request_counts.completed == 3  # type: ignore[attr-defined]
+
+
 async def test_a_batch_parked_until_its_retry_time_is_cancelled_meanwhile(rate_limited: RateLimitedEdge) -> None:
     client = rate_limited.clients["busy"]
     busy = await rate_limited.parked("busy", 4)
@@ -378,6 +391,21 @@ async def test_a_batch_parked_until_its_retry_time_is_cancelled_meanwhile(rate_l
     assert (done.request_counts.completed, done.request_counts.failed) == (2, 0)  # type: ignore[attr-defined]
     output = (await client.files.content(done.output_file_id)).text.splitlines()  # type: ignore[attr-defined]
     assert len({json.loads(o)["custom_id"] for o in output}) == 2  # the lines answered, each once
+
+
+async def test_a_parked_batch_cancelled_while_its_edge_is_full_ends_once_a_place_frees(chain: Chain) -> None:
+    """Parked in the store, a cancelled batch is run again as soon as a place frees, not at its retry time."""
+    async with rate_limited_edge(chain, batch_redis_url=chain.redis_url, batch_max_running=1) as edge:
+        busy = await edge.parked("busy", 3)
+        chain.budget.latency = 2.0  # the other tenant's batch holds the one place meanwhile
+        try:
+            await edge.submit("other", 1)
+            await edge.clients["busy"].batches.cancel(busy)
+            done = await finished(edge.clients["busy"], busy, timeout_s=10)  # not at the next minute
+        finally:
+            chain.budget.latency = 0.0
+    assert done.status == "cancelled"  # type: ignore[attr-defined]
+    assert (done.request_counts.completed, done.request_counts.failed) == (2, 0)  # type: ignore[attr-defined]
 
 
 async def test_a_batch_the_router_keeps_refusing_expires_at_the_end_of_its_window(chain: Chain) -> None:
