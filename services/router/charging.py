@@ -1,5 +1,5 @@
 """Charging: the response and its charge record, and the one path by which a request's cost reaches the
-budgets and the ledger (settle), or its hold is dropped without a charge (release). When the money store
+budgets and the ledger (settle; at nothing, on record, for a request that generated nothing). When the money store
 cannot be reached, the charge goes to the local outbox before the answer is released."""
 
 from __future__ import annotations

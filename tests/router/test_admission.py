@@ -191,7 +191,7 @@ async def test_a_caller_leaving_while_the_hold_grows_leaves_no_hold_behind(redis
         with pytest.raises(asyncio.CancelledError):
             await growing
         await busy
-        await store.release(r.account, r.hold)  # as the request settles once its caller has left
+        await store.charge(r.account, r.hold, 0, {})  # as the request settles once its caller has left
         keys = AccountKeys.of(ACCOUNT)
         assert [await other.zcard(key) for key in keys.held()] == [0, 0]
         assert not [v for v in await other.hvals(keys.pending) if SETTINGS.instance_id in v.decode()]

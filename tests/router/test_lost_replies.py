@@ -55,7 +55,7 @@ async def holds_and_pending(client: redis.Redis, account: Account) -> tuple[list
     return [await client.zrange(key, 0, -1) for key in keys.held()], await client.hlen(keys.pending)
 
 
-@pytest.mark.parametrize("settle", ["charge", "release"])
+@pytest.mark.parametrize("settle", ["charge", "charge nothing"])
 async def test_a_lost_reply_to_a_hold_extension_leaves_no_hold_behind(
     redis_url: str, proxy: LossyProxy, settle: str
 ) -> None:
@@ -78,7 +78,7 @@ async def test_a_lost_reply_to_a_hold_extension_leaves_no_hold_behind(
             assert await store.charge(r.account, r.hold, 700, {"request_id": r.request_id, "outcome": "failed"})
             assert await store.spent(ACCOUNT, r.hold.period) == (700, 700)
         else:
-            await store.release(r.account, r.hold)
+            await store.charge(r.account, r.hold, 0, {})
         assert await holds_and_pending(direct, ACCOUNT) == ([[], []], 0)
     finally:
         await direct.aclose()
@@ -91,7 +91,7 @@ async def test_settling_with_the_hold_before_an_extension_drops_the_grown_one(st
     assert (await store.admit(account, Allowance("day"), hold)).refused == ""
     assert await store.extend(account, Allowance("day"), hold, 9_000) == ""
     assert await store.held_pico(account) == (9_000, 9_000)
-    await store.release(account, hold)  # the hold as admitted, not as grown
+    await store.charge(account, hold, 0, {})  # the hold as admitted, not as grown
     assert await store.held_pico(account) == (0, 0)
 
 
@@ -142,7 +142,7 @@ async def test_a_release_whose_caller_leaves_while_the_store_is_unreachable_land
         await direct.aclose()
 
 
-@pytest.mark.parametrize("owed", ["0", "0.000002"], ids=["release", "charge"])
+@pytest.mark.parametrize("owed", ["0", "0.000002"], ids=["nothing owed", "charge"])
 async def test_a_charge_kept_by_neither_the_store_nor_the_disk_is_never_answered_store_unavailable(
     charger: charging.Charger, proxy: LossyProxy, redis_url: str, owed: str
 ) -> None:

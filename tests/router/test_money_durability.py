@@ -382,14 +382,15 @@ async def test_a_full_money_store_admits_nothing_and_still_settles_what_it_admit
         assert reports == [False]  # answers PING, takes no writes: not serving
 
         assert await store.charge(served, served_hold, 4_321, {"request_id": served_hold.request_id})
-        await store.release(idle, idle_hold)
+        assert await store.charge(idle, idle_hold, 0, {"request_id": idle_hold.request_id})  # on record at 0
         assert await store.spent(served, DAY) == (4_321, 4_321)
         assert await store.held_pico(served) == (0, 0) and await store.held_pico(idle) == (0, 0)
         client = redis.from_url(small.url)
         try:
             assert sum([await client.hlen(AccountKeys.of(a).pending) for a in (served, idle)]) == 0
             assert not await client.exists(AccountKeys.of(Account("t", "new")).used("r-new"))  # refused: nothing kept
-            assert len(await ledger_records(client)) == 1
+            recorded = sorted(r["request_id"] for r in await ledger_records(client))
+            assert recorded == sorted([served_hold.request_id, idle_hold.request_id])
         finally:
             await client.aclose()
         assert small.info("stats")["evicted_keys"] == 0

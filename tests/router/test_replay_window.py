@@ -34,10 +34,9 @@ async def test_an_id_charged_after_its_admission_marker_expired_is_not_served_fr
         await store.close()
 
 
-async def released(store: Store, request_id: str) -> None:
-    """A request admitted, then ended owing nothing (the upstream refused it): an id used, none charged."""
+async def in_flight(store: Store, request_id: str) -> None:
+    """A request admitted and not settled yet: an id used, none charged."""
     assert not (await store.admit(ACCOUNT, FREE, hold(request_id))).refused
-    await store.release(ACCOUNT, hold(request_id))
 
 
 async def test_in_process_store_never_serves_a_charged_id_again_while_its_charge_is_refused() -> None:
@@ -45,7 +44,7 @@ async def test_in_process_store_never_serves_a_charged_id_again_while_its_charge
     assert not (await store.admit(ACCOUNT, FREE, hold("paid"))).refused
     assert await store.charge(ACCOUNT, hold("paid"), 7, {})
     for n in range(MemoryStore.MAX_REQUEST_IDS):  # "paid" leaves the window of admitted ids, not of charged ones
-        await released(store, f"free-{n}")
+        await in_flight(store, f"free-{n}")
     assert (await store.admit(ACCOUNT, FREE, hold("paid"))).refused == "duplicate"
     assert await store.spent(ACCOUNT, DAY) == (7, 7)
 
@@ -54,7 +53,7 @@ async def test_in_process_store_never_admits_an_id_twice_while_it_is_in_flight()
     store = MemoryStore()
     assert not (await store.admit(ACCOUNT, FREE, hold("slow"))).refused
     for n in range(MemoryStore.MAX_REQUEST_IDS):  # "slow" leaves the window of admitted ids while it runs
-        await released(store, f"free-{n}")
+        await in_flight(store, f"free-{n}")
     assert (await store.admit(ACCOUNT, FREE, hold("slow"))).refused == "duplicate"
     assert await store.charge(ACCOUNT, hold("slow"), 7, {})
     assert await store.spent(ACCOUNT, DAY) == (7, 7)

@@ -122,7 +122,7 @@ async def test_holds_keep_concurrent_requests_within_the_budget(store: Store) ->
     await store.charge(ACCOUNT, first, 30, {})
     assert await store.admit(ACCOUNT, limit, hold("third", 31)) == Verdict("tenant", 30)
     # A request that ends without a charge releases its hold.
-    await store.release(ACCOUNT, hold("small", 40))
+    await store.charge(ACCOUNT, hold("small", 40), 0, {})
     assert await refused(store, ACCOUNT, limit, hold("fourth", 70)) == ""
 
 
@@ -155,7 +155,7 @@ async def test_a_hold_grows_only_when_the_budget_covers_it(store: Store) -> None
     assert await store.extend(ACCOUNT, limit, first, 61) == "tenant"  # 61 + 40 > 100
     assert await store.extend(ACCOUNT, limit, first, 60) == ""  # 60 + 40 == 100: grown
     assert await refused(store, ACCOUNT, limit, hold("c", 1)) == "tenant"
-    await store.release(ACCOUNT, hold("a", 60))  # the grown hold is the one held
+    await store.charge(ACCOUNT, hold("a", 60), 0, {})  # the grown hold is the one held
     assert await refused(store, ACCOUNT, limit, hold("d", 1)) == ""
     # Exact beyond a double, as admission is.
     huge = Allowance("day", tenant_pico=2**62 + 1)
@@ -311,7 +311,7 @@ async def test_holds_written_before_they_named_the_tenant_are_counted_until_they
         assert (await store.admit(second, Allowance("day"), hold("r1", 1_000))).refused == ""
         assert await store.held_pico(first) == (2_000, 3_000)
         assert await store.charge(first, hold("r1", 1_000), 1_000, {})
-        await store.release(first, hold("r2", 1_000))
+        await store.charge(first, hold("r2", 1_000), 0, {})
         assert await store.pending_charge(first, "r1") is None and await store.pending_charge(first, "r2") is None
         assert await store.held_pico(first) == (2_000, 3_000)  # the old-style holds still count
         # Spend 1,000 + old holds 2,000 leave 1,000 of 4,000: a request of 2,000 is refused, one of 1,000 fits.
@@ -332,18 +332,16 @@ async def test_holds_written_before_they_named_the_tenant_are_counted_until_they
 
 async def test_settling_one_request_never_drops_another_requests_hold(store: Store) -> None:
     """A tenant picks its request ids. Request '<tenant hex>:r' has member '<pico>:<hex>:<hex>:r', whose form from
-    before members named the tenant would be '<pico>:<hex>:r': request 'r''s member. Settling the first (charge,
-    release or undo) must leave the second held, or the budget admits past its limit while 'r' is in flight."""
+    before members named the tenant would be '<pico>:<hex>:r': request 'r''s member. Settling the first (charge
+    or undo) must leave the second held, or the budget admits past its limit while 'r' is in flight."""
     tenant_hex = AccountKeys.of(ACCOUNT).tenant_hex
     limit = Allowance("day", tenant_pico=3_000)
-    for n, settle in enumerate(("charge", "release", "undo")):
+    for n, settle in enumerate(("charge", "undo")):
         victim, crafted = Hold(f"r{n}", 1_000, DAY, nonce="0a"), Hold(f"{tenant_hex}:r{n}", 1_000, DAY, nonce="0b")
         for admitted in (victim, crafted):
             assert (await store.admit(ACCOUNT, limit, admitted)).refused == "", settle
         if settle == "charge":
             assert await store.charge(ACCOUNT, crafted, 0, {})
-        elif settle == "release":
-            await store.release(ACCOUNT, crafted)
         else:
             assert await store.undo(ACCOUNT, crafted)
         assert await store.held_pico(ACCOUNT) == (1_000, 1_000), settle  # the victim is still held
@@ -422,7 +420,7 @@ async def test_a_recorded_provider_batch_stays_out_of_the_pending_record_and_goe
 
     try:
         assert await store.charge(ACCOUNT, await recorded_line("charged"), 5, {})
-        await store.release(ACCOUNT, await recorded_line("released"))
+        await store.charge(ACCOUNT, await recorded_line("released"), 0, {})
         assert await store.undo(ACCOUNT, await recorded_line("undone"))
         lapsing = await recorded_line("lapsed", until_s=1)
         await asyncio.sleep(max(0.0, lapsing.until - time.time()) + 0.1)
@@ -484,7 +482,7 @@ async def test_the_reconciler_settles_only_the_pending_charge_it_swept(any_redis
     try:
         released = Hold("released", 1_000, DAY, "router-1", nonce="01")
         record = await swept(released)
-        await store.release(ACCOUNT, released)
+        await store.charge(ACCOUNT, released, 0, {})
         assert not await store.settle_swept(record)
         grown = Hold("grown", 1_000, DAY, "router-1", nonce="02")
         record = await swept(grown)
@@ -561,7 +559,7 @@ async def test_an_expired_hold_of_no_open_pending_charge_goes(store: Store) -> N
         else:
             assert isinstance(store, RedisStore)
             await store.redis.zadd(held, {stale: time.time() - 1})
-    await store.release(ACCOUNT, second)  # settled: its hold goes with it, expired or not
+    await store.charge(ACCOUNT, second, 0, {})  # settled: its hold goes with it, expired or not
     assert await store.admit(ACCOUNT, limit, hold("r3", 8_000)) == Verdict("tenant", 7_000)  # only r1's 3,000
     assert await store.held_pico(ACCOUNT) == (3_000, 3_000)
 

@@ -46,11 +46,6 @@ class Unreachable(MemoryStore):
             raise StoreUnavailable()
         return await super().charge(account, hold, pico, record, late)
 
-    async def release(self, account: Account, hold: Hold) -> None:
-        if self.down:
-            raise StoreUnavailable()
-        await super().release(account, hold)
-
 
 async def test_a_caller_leaving_while_its_stream_is_charged_never_has_the_hold_released_beside_it(
     tmp_path: Path,

@@ -259,18 +259,6 @@ return ''
 """
 )
 
-RELEASE = (
-    _MUST_LAND
-    + _HELD
-    + """
--- KEYS: tenant holds, key holds, pending charges, provider batches, models; ARGV: hold member, pending field
-drop_hold(KEYS[1], KEYS[2], {ARGV[1], held_member(KEYS[3], ARGV[2], ARGV[1])})
-redis.call('HDEL', KEYS[3], ARGV[2])
-redis.call('HDEL', KEYS[4], ARGV[2])
-redis.call('HDEL', KEYS[5], ARGV[2])
-"""
-)
-
 # An admission whose reply was lost, undone: only the one admission named by its nonce (the pending record's), so a
 # late or replayed undo never touches a later admission of the same request id. The nonce is hex: no JSON escaping.
 UNDO = (

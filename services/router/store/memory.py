@@ -109,7 +109,7 @@ class MemoryStore:
     async def charge(self, account: Account, hold: Hold, pico: int, record: dict, late: bool = False) -> bool:
         field = pending_field(account, hold.request_id)
         pending, batch = self.pending.get(field), self.batches.get(field, "")
-        await self.release(account, hold)
+        self._drop(account, hold)
         keys = AccountKeys.of(account)
         if (late and pending is None) or not self.charged.add(keys.charged(hold.request_id), batch):
             return False
@@ -130,7 +130,7 @@ class MemoryStore:
                 return name
         field = pending_field(account, hold.request_id)
         batch, model = self.batches.get(field), self.models.get(field)
-        await self.release(account, hold)
+        self._drop(account, hold)
         if batch is not None:  # growing the hold keeps the line's batch and model, as RedisStore's EXTEND leaves them
             self.batches[field] = batch
         if model is not None:
@@ -142,7 +142,8 @@ class MemoryStore:
         self.pending[pending.field] = pending
         return ""
 
-    async def release(self, account: Account, hold: Hold) -> None:
+    def _drop(self, account: Account, hold: Hold) -> None:
+        """The request's hold and pending charge go (a charge, an extension or an undo)."""
         keys = AccountKeys.of(account)
         members = {keys.hold_member(each.pico, hold.request_id) for each in (hold, self._held(account, hold))}
         for held_key in keys.held():
@@ -159,7 +160,7 @@ class MemoryStore:
         pending = self.pending.get(pending_field(account, hold.request_id))
         if pending is None or pending.nonce != hold.nonce:
             return False
-        await self.release(account, hold)
+        self._drop(account, hold)
         self.used.discard(keys.used(hold.request_id))
         return True
 

@@ -1,11 +1,11 @@
 """The router's money, what every store shares: accounts, holds, pending charges, allowances and verdicts, and
 the Store protocol (RedisStore in redis_store.py, MemoryStore in memory.py).
 
-Admission holds the request's worst-case cost against both budgets until it is charged or released, and lets
-a request in only when spend + holds + its own hold fits each limit, so concurrent requests never spend past
-a limit. It also records a pending charge (who pays, the hold, the budget period fixed for the request, the
-router serving it). The charge settles it exactly once; a router that dies leaves its pending charges to the
-reconciler, which charges them at their hold.
+Admission holds the request's worst-case cost against both budgets until it is charged (at nothing when nothing was
+generated), and lets a request in only when spend + holds + its own hold fits each limit, so concurrent requests
+never spend past a limit. It also records a pending charge (who pays, the hold, the budget period fixed for the
+request, the router serving it). The charge settles it exactly once; a router that dies leaves its pending charges
+to the reconciler, which charges them at their hold.
 Money is stored as integer pico-dollars (1e-12 USD): registry prices have at most 6 decimals per 1M tokens,
 so every cost is an exact integer there and sums never drift.
 """
@@ -201,7 +201,7 @@ class Verdict:
 
 
 class Store(Protocol):
-    """charge, extend and release act on the hold the store holds for the request (its pending charge's), which
+    """charge and extend act on the hold the store holds for the request (its pending charge's), which
     may be larger than the `hold` given when the reply to an extension was lost: none outlives its request."""
 
     async def admit(self, account: Account, allowance: Allowance, hold: Hold, model: str = "") -> Verdict:
@@ -222,9 +222,6 @@ class Store(Protocol):
         """Raise a hold to `pico` (before a fallback or escalation that may cost more than it covers): ''
         when both budgets cover spend + every other hold + the new amount, else the budget that does not, or
         'settled' when the request's pending charge is gone (nothing is held for it any more)."""
-
-    async def release(self, account: Account, hold: Hold) -> None:
-        """Drop the hold and pending charge of a request that ends without generating anything."""
 
     async def undo(self, account: Account, hold: Hold) -> bool:
         """Undo the admission of `hold` (its nonce), whose reply was lost: when the request's pending charge is

@@ -1,5 +1,5 @@
 """The money store on Redis: one server (`redis://`) or a Redis Cluster (`redis+cluster://`). Admission, charge,
-extension and release are one script each on the account's shard (keys.py); the rest is pipelined."""
+extension and undo are one script each on the account's shard (keys.py); the rest is pipelined."""
 
 from __future__ import annotations
 
@@ -106,7 +106,6 @@ class RedisStore:
         self._admit = self.redis.register_script(lua.ADMIT)
         self._charge = self.redis.register_script(lua.CHARGE)
         self._extend = self.redis.register_script(lua.EXTEND)
-        self._release = self.redis.register_script(lua.RELEASE)
         self._undo = self.redis.register_script(lua.UNDO)
         self._record_batch = self.redis.register_script(lua.RECORD_BATCH)
         self._pending_charge = self.redis.register_script(lua.PENDING_CHARGE)
@@ -195,12 +194,6 @@ class RedisStore:
         names += keys.key_budget(hold.period)
         async with self._call():
             return _text(await self._extend(keys=names, args=args) or "")
-
-    async def release(self, account: Account, hold: Hold) -> None:
-        keys = AccountKeys.of(account)
-        args = [keys.hold_member(hold.pico, hold.request_id), pending_field(account, hold.request_id)]
-        async with self._call():
-            await self._release(keys=[*keys.held(), keys.pending, keys.batches, keys.models], args=args)
 
     async def undo(self, account: Account, hold: Hold) -> bool:
         assert hold.nonce, "only an admission with a nonce can be undone"
