@@ -13,6 +13,7 @@ import json
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 MAX_HEAD_BYTES = 64 * 1024  # four times what nginx and Node accept by default
+LINGER_S = 2.0  # how long a refused request's rest is read and dropped before its connection is closed
 REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
 
@@ -27,6 +28,7 @@ class BoundedReadProtocol(HttpToolsProtocol):
     in_body = False  # a request's head has ended and its body not
     head_bytes = 0  # received since the head began (the whole chunk it began in)
     ended = False  # a request ended in the chunk being parsed: the next one's head, pipelined, is not counted
+    refused = False  # answered with a refusal: what still comes is dropped until the connection closes
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -37,6 +39,8 @@ class BoundedReadProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self.refused:  # the rest of a refused request: read, and dropped
+            return
         self.ended = False
         if self.in_body:  # the body progresses
             self.arm()
@@ -96,7 +100,15 @@ class BoundedReadProtocol(HttpToolsProtocol):
             b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
             % (status, REASONS[status], len(body), body)
         )
-        self.transport.close()
+        # Closed at once with the rest of the request unread (a head past the bound, a body), the socket would
+        # answer with a reset, which can destroy the refusal before the caller reads it. So, as nginx does: stop
+        # sending, read and drop what still comes, and close when the caller does, or LINGER_S from now.
+        self.refused = True
+        self.disarm()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.transport.resume_reading()
+        self.read_timer = self.loop.call_later(LINGER_S, self.transport.close)
 
 
 def edge_protocol(read_timeout_s: float) -> type[BoundedReadProtocol]:
