@@ -26,6 +26,7 @@ from services.router.store import Account, RedisStore, key_id, period_id, to_pic
 from tests.conftest import ledger_records
 from tests.fakes.server import Fault
 from tests.integration.conftest import SILENCE, Chain
+from tests.integration.test_money_paths import ledger_of
 from tests.ledger.conftest import fresh_postgres
 
 
@@ -181,16 +182,7 @@ async def test_a_request_that_fails_owing_nothing_is_recorded_at_no_cost(
     chain.budget.enqueue(Fault.error(400))
     await (streamed(stub, seen, request) if streamed_call else unary(stub, seen, request))
     assert not seen.answers and not seen.charged
-    db = redis.from_url(chain.redis_url)
-    try:
-        for _ in range(100):
-            records = [r for r in await ledger_records(db) if r["tenant"] == tenant]
-            if records:
-                break
-            await asyncio.sleep(0.05)
-    finally:
-        await db.aclose()
-    (record,) = records
+    (record,) = await ledger_of(chain, tenant, wait_s=5)
     assert record["request_id"] == request.request_id and Decimal(record["cost_usd"]) == 0
     assert record["model"] == "cheap-model" and record["reason"] and record["outcome"] == "failed"
     assert isinstance(record["latency_ms"], int)
