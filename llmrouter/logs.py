@@ -16,14 +16,16 @@ class JsonFormatter(logging.Formatter):
         self.service = service
 
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-            "level": record.levelname,
-            "service": self.service,
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        entry.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD})
+        # A record's own fields come first so that one named like a standard field (a ledger record's epoch
+        # `ts`) cannot replace it: every line's ts is the same ISO format, whatever logged it.
+        entry = {k: v for k, v in record.__dict__.items() if k not in _STANDARD}
+        entry.update(
+            ts=time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            level=record.levelname,
+            service=self.service,
+            logger=record.name,
+            msg=record.getMessage(),
+        )
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
