@@ -4,6 +4,7 @@ a 400, never a coercion), and the bodies the official SDK expects back."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from decimal import Decimal
 from typing import Annotated, Any, ClassVar, Literal
@@ -49,6 +50,9 @@ PRICED = {
     "prompt_cache_retention": "it keeps the prompt at the provider",
 }
 MAX_DEPTH = 64  # JSON nesting; deeper bodies are refused before anything re-encodes them
+# How pydantic names a union member in an error's path: a type (str, float, list[TextPart], TextPart,
+# function-after[...]), never one of the API's field names, which are lowercase words.
+UNION_MEMBER = re.compile(r"(str|int|float|bool|none|[A-Z]\w*|[\w-]+\[.*\])")
 INT32_MAX = 2**31 - 1  # bounds integers well inside the int64 fields of the contract
 
 
@@ -245,9 +249,8 @@ def parse_request(body: bytes) -> tuple[ChatCompletionRequest, dict[str, Any]]:
     try:
         request = ChatCompletionRequest.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        param = ".".join(str(p) for p in first["loc"])[:256]
-        raise ApiError(400, f"{param}: {first['msg']}", param=param, code="invalid_value") from None
+        param, message = first_error(exc)
+        raise ApiError(400, f"{param}: {message}", param=param, code="invalid_value") from None
     if request.max_cost_usd is not None:
         try:
             cost = Decimal(str(request.max_cost_usd))
@@ -256,6 +259,16 @@ def parse_request(body: bytes) -> tuple[ChatCompletionRequest, dict[str, Any]]:
         if not cost.is_finite() or cost < 0:
             raise ApiError(400, "max_cost_usd must be a non-negative number", param="max_cost_usd")
     return request, raw
+
+
+def first_error(exc: ValidationError) -> tuple[str, str]:
+    """The field path and message a caller can act on. A value that fits no member of a union fails once per
+    member, each path naming the member's type (`temperature.float`, `content.list[TextPart].0.type`): the
+    deepest failure is the most specific (an image part: its type should be 'text'), and the type names are
+    pydantic's, not fields of the API."""
+    deepest = max(exc.errors(), key=lambda e: len(e["loc"]))  # the first of the deepest: max keeps the earliest
+    path = (str(p) for p in deepest["loc"] if not (isinstance(p, str) and UNION_MEMBER.fullmatch(p)))
+    return ".".join(path)[:256], deepest["msg"]
 
 
 def decode_json(body: bytes) -> Any:
