@@ -96,8 +96,9 @@ class Admission:
         self.allowance = Allowance(
             settings.budget_period,
             settings.rate_limit_rpm,
-            None if settings.tenant_budget_usd is None else to_pico(settings.tenant_budget_usd),
-            None if settings.key_budget_usd is None else to_pico(settings.key_budget_usd),
+            # Limits round down, as caps do: a budget is never exceeded, not even by a fraction of a pico-dollar.
+            None if settings.tenant_budget_usd is None else floor_pico(settings.tenant_budget_usd),
+            None if settings.key_budget_usd is None else floor_pico(settings.key_budget_usd),
         )
 
     @property

@@ -4,7 +4,7 @@ so a request whose output stays within `affordable_output` never costs more than
 
 from __future__ import annotations
 
-from decimal import ROUND_FLOOR, Decimal
+from decimal import ROUND_FLOOR, Decimal, localcontext
 
 from llmrouter.registry import ModelSpec
 from services.router.store import PICO, to_pico
@@ -28,5 +28,9 @@ def affordable_output(model: ModelSpec, input_tokens: int, pico: int) -> int:
 
 
 def floor_pico(usd: Decimal) -> int:
-    """A caller's cap in pico-dollars, rounded down: what fits under it fits under the cap itself."""
-    return int((usd * PICO).to_integral_value(rounding=ROUND_FLOOR))
+    """A cap or a limit in pico-dollars, rounded down: what fits under it fits under the amount itself. The product
+    is rounded down too: at the default 28 digits (half-even), an amount written longer, a hair under a whole
+    pico-dollar amount, would round up to it. Amounts stay far below 10**28 pico-dollars, so this floor is exact."""
+    with localcontext() as context:
+        context.rounding = ROUND_FLOOR
+        return int((usd * PICO).to_integral_value())

@@ -16,7 +16,8 @@ from llmrouter.errors import ServiceError, invalid
 from services.ledger.db import LedgerDB, LedgerUnavailable
 from services.ledger.stats import GROUPINGS, Group, summarize
 from services.router.budgets import SCOPES, BudgetView, budgets
-from services.router.store import KEYLESS, Account, Allowance, Store, to_pico
+from services.router.costs import floor_pico
+from services.router.store import KEYLESS, Account, Allowance, Store
 
 log = logging.getLogger("llmrouter.router")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
@@ -96,7 +97,7 @@ class Operations:
                 raise invalid("limit_usd must be a decimal number of USD", "limit_usd") from None
             if not amount.is_finite() or amount < 0 or amount > Decimal(9_000_000):
                 raise invalid("limit_usd must be between 0 and 9000000", "limit_usd")
-            pico = to_pico(amount)
+            pico = floor_pico(amount)  # rounded down, as caps are: the budget is never exceeded
         await self.store.set_limit(scope, name, pico)
         account = Account(name, "") if scope == "tenant" else Account("", name)
         views = await budgets(self.store, self.allowance, [account])
