@@ -46,12 +46,15 @@ log = logging.getLogger("llmrouter.router")
 CONNECTIONS = 64  # per client; on a cluster, per node at most
 
 
+_REFUSING_WRITES = ("MISCONF ", "NOREPLICAS ")
+
+
 @asynccontextmanager
 async def _reachable() -> AsyncIterator[None]:
-    """Connection failures, timeouts, a demoted primary (READONLY) and a cluster without a master for the
-    slot are the store being out of reach: StoreUnavailable (fail closed, charges to the outbox). A cancellation
-    that redis-py swallowed is raised after the call (llmrouter.tasks.raise_if_cancelled): the loops that read
-    the store (upkeep, budget watch) stop when cancelled."""
+    """Connection failures, timeouts, a demoted primary (READONLY), a store refusing writes (full, unable to persist,
+    short of replicas) and a cluster without a master for the slot are the store being out of reach: StoreUnavailable
+    (fail closed, charges to the outbox). A cancellation that redis-py swallowed is raised after the call
+    (llmrouter.tasks.raise_if_cancelled): the loops that read the store (upkeep, budget watch) stop when cancelled."""
     import redis.exceptions as errors
 
     try:
@@ -71,6 +74,14 @@ async def _reachable() -> AsyncIterator[None]:
         raise StoreRefusing() from exc
     except errors.OutOfMemoryError as exc:  # full under noeviction: nothing new is admitted until it has room
         log.error("the money store is full (OOM under noeviction): raise its maxmemory")
+        metrics.STORE_UP.labels("money").set(0)
+        raise StoreRefusing() from exc
+    except errors.ResponseError as exc:
+        # Writes refused for a reason of the store's own, the command not run: it cannot persist (MISCONF: a failed
+        # snapshot or AOF write, a full disk) or lacks the replicas it must write to (NOREPLICAS). As read-only.
+        if not str(exc).startswith(_REFUSING_WRITES):
+            raise
+        log.error("the money store refuses writes", extra={"error": str(exc)[:200]})
         metrics.STORE_UP.labels("money").set(0)
         raise StoreRefusing() from exc
     metrics.STORE_UP.labels("money").set(1)
