@@ -12,7 +12,7 @@ import grpc
 
 from llmrouter.v1 import classifier_pb2_grpc
 from services.router import metrics
-from services.verifier.client import Verdict, verify_answer
+from services.verifier.client import MalformedVerdict, Verdict, verify_answer
 
 log = logging.getLogger("llmrouter.router")
 
@@ -39,5 +39,9 @@ class ClassifierVerifier:
             late = err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             metrics.VERIFIER.labels("timeout" if late else "unavailable").inc()
             log.warning("verifier did not answer; answer kept unverified", extra={"code": str(err.code())})
+            return None
+        except MalformedVerdict as err:  # the answer is paid for and delivered, whatever the verifier says
+            metrics.VERIFIER.labels("unavailable").inc()
+            log.warning("verifier reply malformed; answer kept unverified", extra={"error": str(err)})
             return None
         return Verdict(verdict.good, verdict.model_version, {**verdict.escalate_below, **self.escalate_below})

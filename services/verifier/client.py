@@ -23,7 +23,14 @@ class Verdict:
 async def verify_answer(
     stub: classifier_pb2_grpc.ClassifierStub, prompt: str, answer: str, timeout_s: float = math.inf
 ) -> Verdict:
-    """Raises grpc.RpcError when the verifier cannot answer (none loaded, unreachable, past the timeout)."""
+    """Raises grpc.RpcError when the verifier cannot answer (none loaded, unreachable, past the timeout) and
+    MalformedVerdict when its reply is not one probability."""
     request = classifier_pb2.VerifyRequest(pairs=[classifier_pb2.AnswerToVerify(prompt=prompt, answer=answer)])
     reply = await stub.Verify(request, timeout=None if math.isinf(timeout_s) else timeout_s)
+    if len(reply.good) != 1 or not 0.0 <= reply.good[0] <= 1.0:  # NaN fails the comparison too
+        raise MalformedVerdict(f"the verifier replied {len(reply.good)} values for one answer: {list(reply.good)[:3]}")
     return Verdict(reply.good[0], reply.model_version, dict(reply.escalate_below))
+
+
+class MalformedVerdict(Exception):
+    """A reply that is not one P(good) in [0, 1] for the one answer asked about (a verifier of another version)."""
