@@ -166,14 +166,14 @@ class Admission:
         """Claim the request id, count it against the rate limit and hold its worst-case cost (the costliest
         model of its plan writing all it may) against the budgets. When a budget cannot hold that, max_tokens
         is lowered to what it can pay for; refused when it cannot pay for even a short answer. `until`: a
-        deferred request's hold lasts until then (Hold.until), and the model it is admitted for (its plan's first,
-        the only one) is recorded beside its pending charge (Pending.model)."""
+        deferred request's hold lasts until then (Hold.until). The model it is admitted for (its plan's first; a
+        deferred request's only one) is recorded beside its pending charge (Pending.model)."""
         # The budget period is fixed here, once: a request admitted before midnight is charged to that day.
         period = period_id(self.settings.budget_period)
         for _ in range(ADMIT_ATTEMPTS):
             nonce = secrets.token_hex(8)  # names this admission: its undo touches no other of the request id
             hold = Hold(routed.request_id, _worst_case(routed), period, self.settings.instance_id, nonce, until)
-            verdict = await self._hold(routed.account, hold, routed.plan.order[0].model.name if until else "")
+            verdict = await self._hold(routed.account, hold, routed.plan.order[0].model.name)
             if not verdict.refused:
                 routed.hold = hold
                 return

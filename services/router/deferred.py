@@ -426,9 +426,10 @@ def _refuse_another_model(pending: dict[str, Pending | None], model: str) -> Non
     """A collect naming another model than a line still pending was admitted and sent for is refused, whole, before
     the provider is asked: the line is priced at its own model's batch price, and the model named picks the
     provider's Batch API that is asked. Lines with no model recorded (admitted by a router of the version before)
-    are collected with the model named, as that version did."""
+    are collected with the model named, as that version did. A request that is no line (its model recorded too) is
+    left to the collect, which refuses it as no line."""
     for request_id, line in pending.items():
-        if line is not None and line.model is not None and line.model != model:
+        if line is not None and line.until and line.model is not None and line.model != model:
             raise ServiceError(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "INVALID_REQUEST",

@@ -160,6 +160,7 @@ async def test_a_router_killed_mid_request_leaves_its_charge_to_the_reconciler(
         finally:
             await survivor.stop(1)
         assert record["outcome"] == "reconciled" and record["request_id"] == pending.request_id
+        assert record["model"] == "strong-model" and record["reason"] == "reconciled", record  # what was held for
         keys = AccountKeys.of(Account(pending.tenant, pending.key))
         tenant_spend, key_spend = (int(v) for v in await db.mget(*keys.spend(pending.period)))
         assert tenant_spend == key_spend == pending.hold_pico  # unknown outcome: charged at the hold

@@ -75,6 +75,10 @@ async def test_a_request_the_reconciler_settled_is_not_charged_again_by_its_rout
         assert await store.spent(ACCOUNT, period_id("day")) == spent  # once, at the hold
         records = [json.loads(r[b"record"]) for _, r in await db.xrange(keys.ledger)]
         assert [(r["request_id"], r["outcome"], r["cost_usd"]) for r in records] == [("r-long", "reconciled", hold)]
+        # An auditor reads which model the hold was for and why it was charged whole, nothing of it from tokens.
+        (record,) = records
+        assert record["model"] == "cheap" and record["reason"] == "reconciled", record
+        assert "after a crash" in record["reason_detail"] and record["owed_usd"] == hold, record
     finally:
         await db.aclose()
         await store.close()

@@ -18,7 +18,16 @@ from llmrouter.errors import ServiceError
 from llmrouter.registry import Registry
 from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2
 from services.router.servicer import RouterServicer
-from services.router.store import Account, AccountKeys, RedisStore, pending_field, period_id, to_pico
+from services.router.store import (
+    Account,
+    AccountKeys,
+    Allowance,
+    Hold,
+    RedisStore,
+    pending_field,
+    period_id,
+    to_pico,
+)
 from tests.conftest import ledger_records
 from tests.router.servicer_kit import NoDeadline, router_servicer
 
@@ -127,3 +136,19 @@ async def test_a_line_with_no_model_recorded_is_settled_at_the_model_its_collect
     assert collected.ended and collected.lines[0].succeeded
     assert (await store.spent(ACCOUNT, period_id("day")))[0] == batch_cost("strong")
     assert await store.pending_charge(ACCOUNT, "line-1") is None
+
+
+async def test_a_collect_naming_a_request_that_is_no_line_is_refused_as_no_line_whatever_its_model(
+    router: tuple[RouterServicer, RedisStore],
+) -> None:
+    """Every admission records its model (a charge the reconciler settles names it), a request served at once too:
+    collected as a line, it is refused as no line, not as one sent for another model."""
+    servicer, store = router
+    held = Hold("plain-1", 1_000, period_id("day"), "router-1", nonce="0a")
+    assert (await store.admit(ACCOUNT, Allowance("day"), held, "strong")).refused == ""
+    collect = router_pb2.CollectBatchRequest(model="cheap", provider_batch_id="pbatch-1", request_ids=["plain-1"])
+    with acting_as(TENANT_CALLER), pytest.raises(ServiceError) as refused:
+        await servicer.CollectBatch(collect, NoDeadline())
+    assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "is not a provider batch line" in refused.value.message and refused.value.metadata["field"] == "request_ids"
+    assert (pending := await store.pending_charge(ACCOUNT, "plain-1")) is not None and pending.model == "strong"

@@ -352,9 +352,9 @@ async def test_settling_one_request_never_drops_another_requests_hold(store: Sto
 
 async def test_a_deferred_line_keeps_its_provider_batch_through_its_charge(store: Store) -> None:
     """A provider batch line's pending charge records the batch it was sent in (only that batch's results settle
-    it), for its own admission only, and the model it was admitted for (its price); its charge keeps the batch, so a
-    line settled before is reported from that batch alone. The record is left as it was: a hold beyond a double's
-    precision is unchanged."""
+    it), for its own admission only, and the model it was admitted for (its price; any request's is recorded); its
+    charge keeps the batch, so a line settled before is reported from that batch alone. The record is left as it
+    was: a hold beyond a double's precision is unchanged."""
     pico = 2**60 + 1
     line = Hold("line-1", pico, DAY, "router-1", nonce="0a1b", until=time.time() + 3600)
     assert (await store.admit(ACCOUNT, Allowance("day"), line, "model-ü")).refused == ""
@@ -362,7 +362,8 @@ async def test_a_deferred_line_keeps_its_provider_batch_through_its_charge(store
     unrecorded, plain = [await store.pending_charge(ACCOUNT, r) for r in ("line-1", "plain-1")]
     assert unrecorded is not None and unrecorded.provider_batch == ""  # from admission: a line of this version
     assert unrecorded.model == "model-ü"
-    assert plain is not None and plain.provider_batch is None and plain.model is None  # no provider batch line
+    assert plain is not None and plain.provider_batch is None  # no provider batch line
+    assert plain.model == "model-ü"  # named by its ledger record should the reconciler settle it
     batch = 'batch "7" \\ ünïcode'  # any text the provider names its batch with
     assert not await store.record_provider_batch(ACCOUNT, dataclasses.replace(line, nonce="ffff"), batch)
     assert await store.record_provider_batch(ACCOUNT, line, batch)
@@ -440,8 +441,8 @@ async def test_a_recorded_provider_batch_stays_out_of_the_pending_record_and_goe
             admitted = Hold(request_id, 1_000, DAY, "router-1", nonce="0b", until=until)
             assert (await store.admit(ACCOUNT, Allowance("day"), admitted, "strong")).refused == ""
         plain, line = [await store.pending_charge(ACCOUNT, r) for r in ("again", "again-line")]
-        assert plain is not None and plain.provider_batch is None  # no provider batch line: nothing beside it
-        assert plain.model is None
+        assert plain is not None and plain.provider_batch is None  # no provider batch line: no batch beside it
+        assert plain.model == "strong"  # its own, not the one left behind
         assert line is not None and line.provider_batch == ""  # a line whose batch is yet to be recorded
         assert line.model == "strong"
     finally:

@@ -71,9 +71,10 @@ def batches_key(shard: int) -> str:
 
 
 def models_key(shard: int) -> str:
-    """The model each deferred line of the shard was admitted (and sent) for, a hash: field pending_field(...), value
-    the model's name, written by its admission. Its collect is priced from it, whatever model the caller names. Kept
-    beside the pending charge for the reason batches_key is."""
+    """The model each pending charge of the shard was admitted for (a deferred line's: sent for), a hash: field
+    pending_field(...), value the model's name, written by its admission. A deferred line's collect is priced from it,
+    whatever model the caller names; a charge the reconciler settles at its hold names it in the ledger. Kept beside
+    the pending charge for the reason batches_key is."""
     return f"{TAGS[shard]}:models"
 
 

@@ -134,7 +134,7 @@ ADMIT = (
 --       key budget is checked against (keys.py, key_budget: a keyless request's tenant's)
 -- ARGV: per minute, tenant default limit, key default limit ('' = none), now, hold member, hold expiry, id ttl,
 --       hold pico, pending field, pending record, tenant limit field, key limit field, provider batch line ('1'),
---       the model a provider batch line is admitted for ('' = none)
+--       the model the request is admitted for ('' = none)
 -- Undone before it ran (it reached the store after the router gave up on it and undid it): nothing happens.
 if redis.call('EXISTS', KEYS[10]) == 1 then return {'undone', '0'} end
 local recorded = redis.call('HGET', KEYS[8], ARGV[9])
@@ -184,7 +184,8 @@ redis.call('HSET', KEYS[8], ARGV[9], ARGV[10])
 -- A provider batch line's batch is '' until recorded: so a line of this version is never taken for one of the
 -- version before (no entry), and a batch left by that version's charge (it knew no batches hash) is dropped.
 if ARGV[13] == '1' then redis.call('HSET', KEYS[11], ARGV[9], '') else redis.call('HDEL', KEYS[11], ARGV[9]) end
--- Its model likewise: its collect is priced from it, whatever model the caller names.
+-- Its model: a provider batch line's collect is priced from it, whatever model the caller names, and a charge the
+-- reconciler settles at its hold names it in the ledger.
 if ARGV[14] ~= '' then redis.call('HSET', KEYS[12], ARGV[9], ARGV[14]) else redis.call('HDEL', KEYS[12], ARGV[9]) end
 return {'', '0'}
 """

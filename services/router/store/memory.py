@@ -41,7 +41,7 @@ class MemoryStore:
         self.held: dict[str, dict[str, tuple[float, int]]] = {}  # holds key -> member -> (expiry, pico)
         self.pending: dict[str, Pending] = {}  # as stored: provider_batch always None
         self.batches: dict[str, str] = {}  # pending field -> provider batch (RedisStore's batches hash)
-        self.models: dict[str, str] = {}  # pending field -> a deferred request's model (RedisStore's models hash)
+        self.models: dict[str, str] = {}  # pending field -> the model admitted for (RedisStore's models hash)
         self.ledger: deque[dict] = deque(maxlen=self.MAX_LEDGER_RECORDS)
         self.ledger_appended = 0  # every record ever appended: the SQL sink's cursor counts against it
         self.rate_window, self.rate_counts = 0, dict[str, int]()
@@ -100,7 +100,7 @@ class MemoryStore:
             self.batches[pending.field] = ""
         else:
             self.batches.pop(pending.field, None)
-        if hold.until and model:
+        if model:
             self.models[pending.field] = model
         else:
             self.models.pop(pending.field, None)

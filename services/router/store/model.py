@@ -92,9 +92,10 @@ class Pending:
     # (deferred.py says how those are settled). Kept beside the record, never in it (keys.py, batches_key): the
     # store fills it in when read.
     provider_batch: str | None = None
-    # A deferred request's model (Store.admit's `model`), recorded by its admission and kept beside the record as
-    # provider_batch is (keys.py, models_key): its collect is priced from it. None when nothing is kept: a request
-    # that is no provider batch line, or a line admitted by a router of the version before (deferred.py).
+    # The model the request was admitted for (Store.admit's `model`), recorded by its admission and kept beside the
+    # record as provider_batch is (keys.py, models_key): a deferred request's collect is priced from it, and a charge
+    # settled at its hold names it in the ledger. None when nothing is kept: a request admitted by a router of a
+    # version before (which recorded it for provider batch lines only; deferred.py), or admitted naming none.
     model: str | None = None
 
     def ledger_record(self, **fields: Any) -> dict[str, Any]:
@@ -207,8 +208,8 @@ class Store(Protocol):
     async def admit(self, account: Account, allowance: Allowance, hold: Hold, model: str = "") -> Verdict:
         """Let one request in when spend + holds + `hold` fits both budgets (a hold past its expiry counts while its
         pending charge is open, with that hold; lua.py, _OPEN): its id is then used, it counts against the rate
-        limit, `hold` is held against both budgets and a pending charge is recorded (for a deferred request,
-        `model` beside it: Pending.model). Nothing changes when it is refused. StoreUnavailable when the store
+        limit, `hold` is held against both budgets and a pending charge is recorded, with `model` (the model it is
+        admitted for) beside it: Pending.model. Nothing changes when it is refused. StoreUnavailable when the store
         cannot be reached."""
 
     async def charge(self, account: Account, hold: Hold, pico: int, record: dict, late: bool = False) -> bool:
@@ -271,10 +272,26 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
 
+# The ledger reason of a charge the reconciler settled at its hold.
+RECONCILED = "reconciled"
+
+
 def reconciled_record(pending: Pending) -> dict[str, Any]:
-    """The ledger entry of a charge settled for a dead router: the outcome was never known, so the hold."""
+    """The ledger entry of a charge settled for a dead router: the outcome was never known, so the hold, owed whole
+    (no tokens are on record for it). It names the model the request was admitted for (Pending.model: '' when its
+    admission recorded none) and why it was settled so."""
+    cost = format(Decimal(pending.hold_pico) / PICO, "f")  # plain notation, as every charge
+    if pending.until:
+        detail = "a provider batch line not collected before its hold lapsed: charged its hold, its outcome unknown"
+    else:
+        detail = "reconciled after a crash: its router died or lost the money store before charging it, so it was "
+        detail += "charged its hold, its outcome unknown"
     return pending.ledger_record(
-        cost_usd=format(Decimal(pending.hold_pico) / PICO, "f"),  # plain notation, as every charge
+        cost_usd=cost,
+        owed_usd=cost,
+        model=pending.model or "",
+        reason=RECONCILED,
+        reason_detail=detail,
         outcome="reconciled",
         router=pending.router,
         admitted_ts=pending.ts,

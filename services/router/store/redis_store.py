@@ -149,7 +149,7 @@ class RedisStore:
             limit_field("tenant", account.tenant),
             limit_field("key", account.key),
             "1" if hold.until else "0",  # a provider batch line (deferred)
-            model if hold.until else "",
+            model,
         ]
         names = [keys.rate(now), keys.used(hold.request_id), tenant_spend, tenant_held, key_spend, key_held]
         names += [keys.limits, keys.pending, keys.charged(hold.request_id), keys.undone(hold.nonce), keys.batches]
@@ -166,6 +166,11 @@ class RedisStore:
         still holds this very record, as read by the sweep. True when it was charged."""
         charge = Pending.from_json(swept)
         account, hold = charge.account_and_hold()
+        # The model its admission recorded beside it: should the charge be settled and the id admitted again before
+        # the script runs, the record swept is gone and nothing is charged, so a model read here is never another's.
+        async with self._call():
+            model = await self.redis.hget(AccountKeys.of(account).models, charge.field)
+        charge = replace(charge, model=_text(model) if model else None)
         return await self._settle(account, hold, hold.pico, reconciled_record(charge), ["1", swept])
 
     async def _settle(self, account: Account, hold: Hold, pico: int, record: dict, only: list[str]) -> bool:
