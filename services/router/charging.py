@@ -60,15 +60,18 @@ class Charger:
         task.add_done_callback(_consume_error)  # its caller may be gone: the interceptor logged the error
         return task
 
-    async def settle(self, routed: Routed, response: router_pb2.CompleteResponse, outcome: str = "ok") -> None:
-        """Charge once, whatever happens to the caller meanwhile: the charge runs shielded to its end."""
+    async def settle(
+        self, routed: Routed, response: router_pb2.CompleteResponse, outcome: str = "ok", served: Served | None = None
+    ) -> None:
+        """Charge once, whatever happens to the caller meanwhile: the charge runs shielded to its end. `served`: what
+        the response was made of (its generations are on record); None for a cache hit, which generated nothing."""
         _cap_at_hold(routed, response)
         # Settled from here as far as the request goes: a caller that leaves while the charge is on its way must not
         # have its clean-up release the hold beside it (replayed first from the outbox, a release would settle the
         # request at nothing), nor may a charge kept neither by the store nor the outbox (its pending charge left to
         # the reconciler, at its hold) be released afterwards.
         routed.settled = True
-        await asyncio.shield(self.run_to_end(self._charge(routed, response, outcome)))
+        await asyncio.shield(self.run_to_end(self._charge(routed, response, outcome, served)))
 
     async def settle_unsettled(self, routed: Routed, model: ModelSpec) -> None:
         """A request that ends without an answer (refused upstream, failed, cancelled) is charged what its
@@ -78,14 +81,16 @@ class Charger:
         if routed.hold is None or routed.settled:
             return
         failed = Served(model, finish_reason="error", estimated=True)
-        await self.settle(routed, response(routed, failed), routed.failure)
+        await self.settle(routed, response(routed, failed), routed.failure, failed)
 
     async def close(self) -> None:
         """Let charges still running finish: a stopping router loses none."""
         if self._settling:
             await asyncio.gather(*self._settling, return_exceptions=True)
 
-    async def _charge(self, routed: Routed, response: router_pb2.CompleteResponse, outcome: str) -> None:
+    async def _charge(
+        self, routed: Routed, response: router_pb2.CompleteResponse, outcome: str, served: Served | None
+    ) -> None:
         cost = Decimal(response.cost_usd or "0")
         baseline_model = self.available.baseline()
         baseline = (
@@ -96,6 +101,13 @@ class Charger:
         # A cache hit repeats an answer's flags (what the caller is shown); this request made no attempt of its own.
         assert routed.hold is not None  # only admitted requests are settled
         generated = not response.cache_hit
+        # What an auditor checks cost_usd against: the tokens of each generation billed, at its model's prices, plus
+        # what failed attempts owed (measured, or their worst case: no tokens on record for them). A cache hit
+        # generated nothing: no tokens on record (its caller is shown the cached answer's usage).
+        generations = served.generations if served is not None and generated else []
+        input_tokens, output_tokens = (
+            (response.usage.input_tokens, response.usage.output_tokens) if generated else (0, 0)
+        )
         escalated = generated and response.escalated
         # Served by another model than the one chosen, not by escalation: a fallback after a failure.
         fallback = generated and bool(response.model) and response.model != routed.decision.model and not escalated
@@ -107,10 +119,12 @@ class Charger:
             "period": routed.hold.period,  # the budget period charged, fixed at admission (ts may fall in the next)
             "model": response.model,
             "provider": response.provider,
-            "input_tokens": response.usage.input_tokens,
-            "output_tokens": response.usage.output_tokens,
-            "tokens_estimated": response.usage.estimated,
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "tokens_estimated": generated and response.usage.estimated,
             "cost_usd": format(cost, "f"),
+            "generations": [{"model": name, "input_tokens": i, "output_tokens": o} for name, i, o in generations],
+            "owed_usd": format(routed.owed, "f"),  # nothing on a cache hit: it made no attempt
             "baseline_cost_usd": format(baseline, "f"),
             "latency_ms": response.latency_ms,
             "session_id": routed.request.session_id,

@@ -65,6 +65,9 @@ class Served:
     escalation_signal: str = ""  # why it was escalated: empty, truncated, refusal, low_confidence, verifier ...
     tool_calls_json: str = ""
     mean_logprob: float | None = None  # of the last answer's tokens, when the provider gave log-probabilities
+    # Each generation billed, as (model, input tokens, output tokens): the tokens above summed, each at its own
+    # model's prices (an escalated answer's weak one is another model's), so the ledger shows what `cost` is made of.
+    generations: list[tuple[str, int, int]] = field(default_factory=list)
 
     def add(self, reply: provider_pb2.GenerateResponse, model: ModelSpec) -> None:
         self.model, self.provider = model, reply.provider
@@ -77,4 +80,5 @@ class Served:
         # At the prices the request was admitted with (the same formula as the providers', which may by now
         # run a reloaded registry).
         self.cost += model.cost_usd(reply.usage.input_tokens, reply.usage.output_tokens)
+        self.generations.append((model.name, reply.usage.input_tokens, reply.usage.output_tokens))
         self.retries += reply.retries

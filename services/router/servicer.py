@@ -164,7 +164,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             return cached
         served = await self.serving.generate(routed, context)
         response = charging.response(routed, served)
-        await self.charger.settle(routed, response)
+        await self.charger.settle(routed, response, served=served)
         await self._after_turn(routed, response)
         return response
 
@@ -205,7 +205,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                     yield router_pb2.CompleteChunk(delta=delta)
             assert stream.served is not None  # generate_stream returns only with the final chunk, or raises
             response = charging.response(routed, stream.served)
-            await self.charger.settle(routed, response)
+            await self.charger.settle(routed, response, served=stream.served)
             await self._after_turn(routed, response)
             response.content = ""
             yield router_pb2.CompleteChunk(final=response)
@@ -214,7 +214,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             if stream.parts and stream.served is None:
                 outcome = "interrupted" if isinstance(exc, ServiceError) else "cancelled"
                 partial = stream.partial(routed, exc.metadata if isinstance(exc, ServiceError) else {})
-                await self.charger.settle(routed, charging.response(routed, partial), outcome)
+                await self.charger.settle(routed, charging.response(routed, partial), outcome, partial)
             elif not stream.parts and stream.served is None and not isinstance(exc, ServiceError):
                 # Left before the first token: what the upstream generated is unknown, so its worst case, on top of
                 # what the attempt's failed retries consumed.

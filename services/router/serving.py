@@ -73,6 +73,7 @@ class StreamState:
             estimated=estimated,
             cost=cost,
             finish_reason="error",
+            generations=[(self.model.name, input_tokens, output_tokens)],
         )
 
 

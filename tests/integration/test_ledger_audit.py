@@ -1,8 +1,9 @@
 """An auditor's reconciliation of the ledger, in the running chain: a mixed, concurrent workload (unary and streamed
 answers, cache hits, escalations, fallbacks after a refused and after a cut attempt, streams left mid-way, deadlines,
 duplicates and another tenant's reuse of a request id, invalid and over-budget requests) leaves one ledger record per
-charged request, each with its tenant, model, reason, latency and the cost its caller was told; the ledger adds up to
-the budgets' spend to the pico-dollar, and so does the SQL ledger the sink copies it into, on SQLite and PostgreSQL."""
+charged request, each with its tenant, model, reason, latency and the cost its caller was told, made of the tokens on
+record at their models' prices and what failed attempts owed; the ledger adds up to the budgets' spend to the
+pico-dollar, and so does the SQL ledger the sink copies it into, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -19,13 +20,14 @@ import pytest
 import redis.asyncio as redis
 
 from llmrouter.errors import ServiceError
+from llmrouter.registry import Registry
 from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
 from services.ledger.db import LedgerDB
 from services.ledger.sink import LedgerSink, RedisSource
 from services.router.store import Account, RedisStore, key_id, period_id, to_pico
 from tests.conftest import ledger_records
 from tests.fakes.server import Fault
-from tests.integration.conftest import SILENCE, Chain
+from tests.integration.conftest import SILENCE, Chain, registry
 from tests.integration.test_money_paths import ledger_of
 from tests.ledger.conftest import fresh_postgres
 
@@ -81,6 +83,32 @@ async def streamed(
         seen.failed(request, err)
 
 
+# The chain's models at their prices (tests/integration/conftest.py): what an auditor prices the tokens on record at.
+PRICES = Registry.model_validate(registry("http://budget", "http://premium"))
+
+
+def audit_cost(record: dict) -> None:
+    """A record's cost is its tokens at their models' prices (each generation billed at its own model's: an escalated
+    answer's weak one is another model's) plus what failed attempts owed, with no tokens on record for them; a record
+    of one generation and nothing owed is its tokens times its model's prices. A cache hit generated nothing."""
+    generations = record["generations"]
+    assert record["input_tokens"] == sum(g["input_tokens"] for g in generations), record
+    assert record["output_tokens"] == sum(g["output_tokens"] for g in generations), record
+    billed = Decimal(0)
+    for generation in generations:
+        model = PRICES.get(generation["model"])
+        assert model is not None, record
+        billed += model.cost_usd(generation["input_tokens"], generation["output_tokens"])
+    assert Decimal(record["cost_usd"]) == billed + Decimal(record["owed_usd"]), record
+    if len(generations) == 1 and Decimal(record["owed_usd"]) == 0:
+        model = PRICES.get(record["model"])
+        assert model is not None and generations[0]["model"] == record["model"], record
+        assert Decimal(record["cost_usd"]) == model.cost_usd(record["input_tokens"], record["output_tokens"]), record
+    if record["cache_hit"]:
+        assert not generations and record["input_tokens"] == record["output_tokens"] == 0, record
+        assert Decimal(record["cost_usd"]) == 0, record
+
+
 async def copy_to_sql(chain: Chain, db: LedgerDB) -> None:
     client = redis.from_url(chain.redis_url)
     try:
@@ -93,8 +121,14 @@ async def test_every_charged_request_has_one_record_and_the_ledgers_add_up_to_th
     chain: Chain, stub: router_pb2_grpc.RouterStub, tmp_path: Path
 ) -> None:
     tenant, other = f"audit-{uuid.uuid4().hex[:8]}", f"audit-{uuid.uuid4().hex[:8]}"
+    broke = f"audit-{uuid.uuid4().hex[:8]}"  # a budget of one pico-dollar: refused, never charged
     seen = Seen()
     rid = lambda: uuid.uuid4().hex  # noqa: E731
+    store = RedisStore(chain.redis_url)
+    try:
+        await store.set_limit("tenant", broke, 1)
+    finally:
+        await store.close()
 
     # Sequential: a fallback after a refused attempt (429, retried then given up), one after a cut attempt (owed its
     # worst case), and a duplicate request id.
@@ -108,6 +142,9 @@ async def test_every_charged_request_has_one_record_and_the_ledgers_add_up_to_th
     await unary(stub, seen, ask(other, request_id=shared))  # another tenant's request, its own
     repeated = f"cache me {uuid.uuid4().hex}"
     await unary(stub, seen, ask(tenant, repeated, request_id=rid()))
+    with pytest.raises(grpc.aio.AioRpcError) as over_budget:
+        await stub.Complete(ask(broke, request_id=rid()), timeout=20)
+    assert over_budget.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
     # Concurrent: everything else at once.
     chain.budget.chunk_delay = 0.02
@@ -133,6 +170,14 @@ async def test_every_charged_request_has_one_record_and_the_ledgers_add_up_to_th
         await db.aclose()
     mine = [r for r in records if r["tenant"] == tenant]
     theirs = [r for r in records if r["tenant"] == other]
+    assert not [r for r in records if r["tenant"] == broke]
+    for record in mine + theirs:
+        audit_cost(record)
+    # The mix is what it says: cache hits, an escalation (two models' generations), a fallback owing its cut attempt,
+    # and streams left mid-way.
+    assert sum(r["cache_hit"] for r in mine) >= 6 and any(len(r["generations"]) == 2 for r in mine)
+    assert any(r["fallback"] and Decimal(r["owed_usd"]) > 0 for r in mine)
+    assert any(r["outcome"] == "cancelled" for r in mine)
     by_id = Counter(r["request_id"] for r in mine)
     assert max(by_id.values()) == 1, [i for i, n in by_id.items() if n > 1]
     assert len(theirs) == 1 and theirs[0]["request_id"] == shared
@@ -151,6 +196,7 @@ async def test_every_charged_request_has_one_record_and_the_ledgers_add_up_to_th
         # Per budget period, as an auditor reconciles: each record names the period its charge was counted in.
         periods = {r["period"] for r in mine + theirs}
         spent = {(t, p): await store.spent(Account(t, key_id("")), p) for t in (tenant, other) for p in periods}
+        assert await store.spent(Account(broke, key_id("")), period_id("day")) == (0, 0)
     finally:
         await store.close()
     for (t, period), counters in spent.items():
@@ -162,7 +208,11 @@ async def test_every_charged_request_has_one_record_and_the_ledgers_add_up_to_th
             try:
                 await copy_to_sql(chain, sql)
                 for t, rows in ((tenant, mine), (other, theirs)):
-                    assert len(await sql.rows(tenant=t)) == len(rows)
+                    table = await sql.rows(tenant=t)
+                    assert len(table) == len(rows)
+                    # The tokens on record, as the stream has them: none for a cache hit.
+                    for column in ("input_tokens", "output_tokens"):
+                        assert sum(row.get(column) for row in table) == sum(r[column] for r in rows)
                 for (t, period), counters in spent.items():
                     table = [row for row in await sql.rows(tenant=t) if row.get("period") == period]
                     assert sum(row.get("cost_pico") for row in table) == counters[0]
