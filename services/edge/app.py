@@ -156,10 +156,17 @@ class Edge:
     def caller(self, request: Request) -> tuple[str, str]:
         """(tenant, api key) from the Authorization header alone; no header chooses the tenant. With no keys
         configured every caller is the one anonymous tenant, sent without a key: a made-up bearer string must
-        not open a fresh per-key budget or rate limit. With keys, a missing or unknown key is a 401."""
+        not open a fresh per-key budget or rate limit. With keys, a missing or unknown key is a 401.
+        Two Authorization headers are a 400: which one counts is ambiguous, and a proxy in front that checks or
+        logs the other would let one tenant's request be charged to (or seen by) another's key."""
+        credentials = request.headers.getlist("authorization")
+        if len(credentials) > 1:
+            raise ApiError(
+                400, "more than one Authorization header", param="authorization", code="ambiguous_credentials"
+            )
         if not self.keys:
             return ANONYMOUS_TENANT, ""
-        auth = request.headers.get("authorization", "")
+        auth = credentials[0] if credentials else ""
         key = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
         tenant = self.keys.tenant_for(key)
         if tenant is None:

@@ -20,6 +20,7 @@ from services.edge.protocol import MAX_HEAD_BYTES
 from tests.conftest import ROOT
 
 READ_TIMEOUT_S = 2
+POST = b"POST /v1/chat/completions HTTP/1.1\r\nHost: edge\r\n"
 
 
 @pytest.fixture(scope="module")
@@ -97,10 +98,34 @@ def test_a_body_past_the_bound_arriving_with_its_head_is_served(edge_port: int) 
     [
         b"POST /v1/chat/completions HTTP/1.1\r\nHost: edge\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
         b"POST /v1/chat/completions HTTP/1.1\r\nHost: edge\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+        # Framing a proxy in front may read otherwise (request smuggling): refused, never guessed.
+        POST + b"Content-Length: 2\r\nContent-Length: 2\r\n\r\n{}",
+        POST + b"Content-Length: 2, 2\r\n\r\n{}",
+        POST + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        POST + b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
+        POST + b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        POST + b"Transfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+        POST + b"Transfer-Encoding : chunked\r\n\r\n0\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: edge\r\nX-A: a\r\n folded\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: edge\r\nAuthorization: Bearer k\x00ey\r\n\r\n",
         b"GET /healthz HTTP/1.1\r\nHost: edge\r\nA header: with a space\r\n\r\n",
         b"GET /v1/models/\xff HTTP/1.1\r\nHost: edge\r\n\r\n",
     ],
-    ids=["bad chunk size", "two lengths", "bad header name", "raw byte in path"],
+    ids=[
+        "bad chunk size",
+        "two lengths",
+        "one length twice",
+        "a length list",
+        "length then chunked",
+        "chunked then length",
+        "chunked twice",
+        "chunked not last",
+        "space before colon",
+        "folded header",
+        "NUL in a header",
+        "bad header name",
+        "raw byte in path",
+    ],
 )
 def test_malformed_http_is_a_400_with_an_openai_body(edge_port: int, sent: bytes) -> None:
     status, _, body = answer(edge_port, sent).partition(b"\r\n\r\n")
@@ -133,3 +158,11 @@ def test_a_body_that_stalls_is_a_408_and_one_that_trickles_is_read(edge_port: in
             s.sendall(bytes([byte]))
         s.sendall(trickled[4:])
         assert s.recv(1024).startswith(b"HTTP/1.1 503 ")  # read whole, then the router is not there
+
+
+def test_two_authorization_headers_are_a_400_on_an_edge_without_keys_too(edge_port: int) -> None:
+    """No key chooses anything here, but a proxy in front may still act on one of the two: never served."""
+    sent = b"GET /v1/models HTTP/1.1\r\nHost: edge\r\nAuthorization: Bearer a\r\nAuthorization: Bearer b\r\n"
+    status, _, body = answer(edge_port, sent + b"Connection: close\r\n\r\n").partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 400 "), status
+    assert json.loads(body)["error"]["code"] == "ambiguous_credentials"

@@ -154,6 +154,43 @@ async def test_operator_api_bad_input_is_a_clear_400(keyed_edge: tuple[str, dict
         assert (await http.get("/router/stats")).status_code == 401
 
 
+async def test_two_authorization_headers_are_a_400_on_every_authenticated_route(
+    chain: Chain, keyed_edge: tuple[str, dict[str, str]]
+) -> None:
+    """Which of two keys counts is ambiguous: a proxy in front may check or log one while the edge serves the
+    other (a tenant's request charged to another's key, or answered with an admin's view). Refused, in OpenAI's
+    error body, before anything reaches the router."""
+    base_url, who = keyed_edge
+    pairs = [(who["key_root"], who["key_a"]), (who["key_a"], who["key_root"]), (who["key_g"], who["key_a"])]
+    pairs.append((who["key_a"], who["key_a"]))  # the same key twice: still no single credential
+    calls = [
+        ("POST", "/chat/completions", chat(f"Say hello {uuid.uuid4().hex}")),
+        ("POST", "/completions", {"model": "auto", "prompt": "hi", "max_tokens": 8}),
+        ("POST", "/router/decide", chat("hi")),
+        ("GET", "/router/budgets", None),
+        ("GET", "/router/stats", None),
+        ("PUT", f"/router/budgets/tenant/{who['a']}", {"limit_usd": "1000"}),
+        ("GET", "/models", None),
+        ("GET", "/files", None),
+        ("GET", "/batches", None),
+    ]
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
+        for first, second in pairs:
+            headers = [("authorization", f"Bearer {first}"), ("Authorization", f"Bearer {second}")]
+            for method, path, body in calls:
+                reply = await http.request(method, path, json=body, headers=headers)
+                assert reply.status_code == 400, (method, path, reply.status_code, reply.text)
+                assert reply.json()["error"] == {
+                    "message": "more than one Authorization header",
+                    "type": "invalid_request_error",
+                    "param": "authorization",
+                    "code": "ambiguous_credentials",
+                }
+        budgets = (await http.get("/router/budgets", headers={"authorization": f"Bearer {who['key_root']}"})).json()
+    assert not any(b["overridden"] for b in budgets["budgets"] if b["tenant"] == who["a"])
+    assert await redis_ledger(chain, who["a"]) == [] and await redis_ledger(chain, who["g"]) == []
+
+
 async def test_legacy_completions_route_and_charge_like_chat(
     chain: Chain, keyed_edge: tuple[str, dict[str, str]]
 ) -> None:
