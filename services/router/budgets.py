@@ -35,6 +35,18 @@ class BudgetView:
         return f"{self.scope}:{self.name}" + (f"@{self.tenant.encode().hex()}" if keyless else "")
 
     @property
+    def tenant_wide(self) -> bool:
+        """A keyless request's key budget: counted on its tenant's whole spend and holds, keyed requests' included
+        (store/keys.py, KEYLESS), so its spent and held are its tenant's. By design: no budget is shared by tenants."""
+        return self.scope == "key" and self.name == KEYLESS
+
+    @property
+    def every_tenant(self) -> bool:
+        """The keyless key budget named with no tenant (the limit an admin sets for it): it binds each tenant's
+        keyless requests on that tenant's spend, so it has no one spend of its own to show."""
+        return self.tenant_wide and not self.tenant
+
+    @property
     def remaining_pico(self) -> int | None:
         return None if self.limit_pico is None else max(self.limit_pico - self.spent_pico - self.held_pico, 0)
 

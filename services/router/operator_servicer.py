@@ -31,6 +31,17 @@ def group_message(group: Group) -> operator_pb2.StatsGroup:
 
 
 def budget_message(view: BudgetView) -> operator_pb2.Budget:
+    if view.every_tenant:  # no one tenant's spend: "*", and no numbers (Budgets shows them per tenant)
+        return operator_pb2.Budget(
+            scope=view.scope,
+            name=view.name,
+            tenant="*",
+            limit_usd=usd(view.limit_pico),
+            period=view.period,
+            period_end=view.period_end,
+            overridden=view.overridden,
+            tenant_wide=True,
+        )
     return operator_pb2.Budget(
         scope=view.scope,
         name=view.name,
@@ -42,6 +53,7 @@ def budget_message(view: BudgetView) -> operator_pb2.Budget:
         period=view.period,
         period_end=view.period_end,
         overridden=view.overridden,
+        tenant_wide=view.tenant_wide,
     )
 
 

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import random
+import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
@@ -23,7 +24,9 @@ from services.ledger.sink import LedgerSink, MemorySource, RedisSource, stream_e
 from services.ledger.stats import summarize
 from services.router.budgets import usd
 from services.router.operations import ALL, Operations
+from services.router.operator_servicer import budget_message
 from services.router.store import (
+    KEYLESS,
     PICO,
     SHARDS,
     Account,
@@ -284,6 +287,45 @@ async def test_operator_stats_and_budgets_equal_the_money_store(
         assert {g.key: g.cost_pico for g in by_tenant} == {a.tenant: (await store.spent(a, "all"))[0] for a in TENANTS}
         assert everyone.requests == 90
     finally:
+        await store.close()
+
+
+async def test_the_keyless_key_budget_says_it_counts_its_tenants_whole_spend(
+    any_redis_url: str, client: Any, ledger_db: LedgerDB
+) -> None:
+    """Requests without an API key (key id 'anonymous') are held to the key budget on their tenant's own spend and
+    holds, keyed requests' included (store/keys.py, KEYLESS): each tenant's row says so, with that tenant's numbers.
+    A limit set for 'anonymous' binds every tenant's keyless requests, each on its own tenant's spend: its answer
+    names no one tenant and shows no spend, rather than a 0 spent that is no tenant's."""
+    rng, run = random.Random(5), uuid.uuid4().hex[:8]
+    acme, globex = f"acme-{run}", f"globex-{run}"
+    keyless, keyed, other = Account(acme, KEYLESS), Account(acme, f"k-{run}"), Account(globex, KEYLESS)
+    store = RedisStore(any_redis_url)
+    try:
+        for n, (account, pico) in enumerate(((keyless, 1_500), (keyed, 700), (other, 200))):
+            await store.charge(account, Hold(f"r{n}", 0, "all"), pico, record(f"r{n}", account, rng))
+        await LedgerSink(source(client, "sink-keyless"), ledger_db).drain()  # type: ignore[arg-type]
+        operations = Operations(store, Allowance("total", key_pico=to_pico(Decimal(5))), ledger_db)
+        set_reply = budget_message(await operations.set_budget(ALL, "key", KEYLESS, "2"))
+        assert (set_reply.tenant, set_reply.tenant_wide, set_reply.limit_usd) == ("*", True, "2")
+        assert (set_reply.spent_usd, set_reply.held_usd, set_reply.remaining_usd) == ("", "", "")
+        rows = {
+            (b.tenant, b.scope, b.name): (b.spent_usd, b.tenant_wide, b.limit_usd)
+            for b in map(budget_message, await operations.budgets(ALL))
+            if b.tenant in (acme, globex)
+        }
+        whole = usd(2_200)  # the keyed request's 700 included
+        assert rows == {
+            (acme, "tenant", acme): (whole, False, ""),
+            (acme, "key", KEYLESS): (whole, True, "2"),
+            (acme, "key", keyed.key): (usd(700), False, "5"),
+            (globex, "tenant", globex): (usd(200), False, ""),
+            (globex, "key", KEYLESS): (usd(200), True, "2"),
+        }
+        own = {(b.scope, b.name): b.tenant_wide for b in map(budget_message, await operations.budgets(acme))}
+        assert own == {("tenant", acme): False, ("key", KEYLESS): True, ("key", keyed.key): False}
+    finally:
+        await store.set_limit("key", KEYLESS, None)
         await store.close()
 
 
