@@ -2,7 +2,8 @@
 is a chat completion sent to the router like any request (same policy, budgets and ledger), as the batch's tenant
 and key, with request id `<batch id>:<custom_id>`, at most EDGE_BATCH_CONCURRENCY lines at a time across the
 edge's batches, and at most EDGE_BATCH_MAX_RUNNING batches at a time, each holding its input file (wire.Lines: the
-bytes and where each line is, a line parsed as it is sent); the others wait in the store's active set.
+bytes and where each line is, a line parsed as it is sent); the others wait in the store's active set. An edge runs
+only the batches of keys it serves (Runner._may_run): a revoked key's batch sends nothing more.
 
 Each line's result is written once to the store, so a restarted edge resumes a batch where it stopped. A
 line the router never admitted (the router unreachable or restarting, the money store down, a rate limit)
@@ -71,6 +72,7 @@ CANCEL_CHECK_S = 1.0  # and a parked batch cancelled, perhaps through another ed
 PARK_LEAVE_S = 5.0
 
 ErrorFor = Callable[[grpc.RpcError, str], ApiError]
+Serves = Callable[[str, str], bool]  # (tenant, key id) -> whether this edge serves them
 
 SENT, REFUSED = b"sent", b"refused"  # a line's mark in sent_key: sent to the router; not admitted by it
 MISSING_INPUT = ("input_file_missing", "The batch's input file is no longer stored, so its lines cannot be run.")
@@ -91,6 +93,7 @@ class Runner:
         store: Store,
         router: router_pb2_grpc.RouterStub,
         error_for: ErrorFor,
+        serves: Serves,
         concurrency: int,
         timeout_s: float,
         retention_s: int,
@@ -112,6 +115,7 @@ class Runner:
         self.retention_s = retention_s
         self.router = router
         self.error_for = error_for  # the edge's mapping of a router error to OpenAI's status and body
+        self.serves = serves  # whether this edge serves a batch's tenant and key id (its key file has the key)
         self.slots = asyncio.Semaphore(concurrency)
         self.timeout_s = timeout_s
         self.runs: dict[str, asyncio.Task[None]] = {}
@@ -128,11 +132,14 @@ class Runner:
         """Start the batches that may run, as places allow; returns when to look again (a parked batch's time)."""
         active = list(await self.store.active())
         random.shuffle(active)  # past max_running, the same few do not always go first
-        states = await self.store.fields([batch_key(b) for b in active], ["parked_until", "status"])
+        names = ["parked_until", "status", "tenant", "key_id", "created_at", "expires_at"]
+        states = await self.store.fields([batch_key(b) for b in active], names)
         wake_s = LEASE_S / 2
         for batch_id, state in zip(active, states, strict=True):
             if self.stopping or self._full():
                 break
+            if not self._may_run(state):
+                continue
             # A parked batch waits for its time, unless cancelled: its run then ends it at once.
             parked_s = float(state.get("parked_until", b"0")) - time.time()
             if parked_s > 0 and state.get("status") != b"cancelling":
@@ -142,6 +149,16 @@ class Runner:
             if batch_id not in self.runs and await self.store.lease(batch_id, self.owner, LEASE_S):
                 self.start(batch_id)
         return wake_s
+
+    def _may_run(self, batch: dict[str, bytes]) -> bool:
+        """A batch whose key this edge does not serve (revoked, or not yet given to this edge in a rolling change of
+        keys) sends no line from here: it is left to an edge that serves it. Once cancelled, or its window over,
+        any edge may end it, which sends no line that was never sent."""
+        if "tenant" not in batch or batch.get("status") == b"cancelling":
+            return True  # gone from the store, or only to be ended: its run sorts that out
+        if self.serves(batch["tenant"].decode(), batch.get("key_id", b"").decode()):
+            return True
+        return time.time() >= wire.expires_at(batch)
 
     async def _keep_adopting(self, wake_s: float) -> None:
         while True:
@@ -189,6 +206,8 @@ class Runner:
         renewing = asyncio.create_task(self._renew(batch_id))
         try:
             batch = await self.store.get(batch_key(batch_id))
+            if not self._may_run(batch):
+                return  # left to an edge that serves its key
             if not batch:  # evicted from the store: nothing left to run or to report to
                 await self.store.activate(batch_id, False)
                 self._ended_here.add(batch_id)

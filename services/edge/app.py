@@ -44,6 +44,7 @@ from services.edge.openai_api import (
 )
 from services.edge.operator_routes import OperatorRoutes
 from services.edge.settings import EdgeSettings
+from services.router.store import KEYLESS
 
 log = logging.getLogger("llmrouter.edge")
 ROUTER_SERVICE = router_pb2.DESCRIPTOR.services_by_name["Router"].full_name
@@ -172,6 +173,13 @@ class Edge:
         if tenant is None:
             raise ApiError(401, "invalid API key", code="invalid_api_key")
         return tenant, key
+
+    def serves(self, tenant: str, key_id: str) -> bool:
+        """Whether this edge would serve the caller a batch was created by (its tenant and key id): a batch of a key
+        taken out of the key file (revoked) sends no more lines from here."""
+        if not self.keys:
+            return tenant == ANONYMOUS_TENANT and key_id == KEYLESS
+        return self.keys.serves(tenant, key_id)
 
     async def chat_completions(self, request: Request) -> Response:
         tenant, key = self.caller(request)
@@ -416,6 +424,7 @@ def create_app(settings: EdgeSettings, channel: grpc.aio.Channel) -> Starlette:
         store,
         edge.router,
         api_error,
+        edge.serves,
         settings.batch_concurrency,
         settings.request_timeout_s,
         settings.batch_retention_s,

@@ -43,6 +43,10 @@ class KeyRing:
                 found = tenant
         return found
 
+    def serves(self, tenant: str, key_id: str) -> bool:
+        """Whether a key of `tenant` whose id (the router's: its digest's first 16 hex digits) is `key_id` is here."""
+        return any(known.hex()[:16] == key_id and owner == tenant for known, owner in self.entries)
+
     def is_admin(self, key: str) -> bool:
         presented = digest(key) if key else b""
         return any([hmac.compare_digest(presented, known) for known in self.admins])  # a list: no early exit

@@ -138,3 +138,13 @@ def test_the_admin_role_word_marks_an_admin_key_and_nothing_else_does() -> None:
     assert not ring.is_admin("") and not ring.is_admin("sk-unknown")
     with pytest.raises(ValueError, match="line 1"):
         parse_keys(f"{key_line('ops', 'sk-root')} root")  # only `admin` is a role
+
+
+def test_a_key_is_served_by_its_id_for_its_own_tenant_only() -> None:
+    """A batch names its caller by tenant and key id (the router's: the key's digest's first 16 hex digits)."""
+    ring = parse_keys(key_line("acme", "sk-a") + "\n" + key_line("globex", "sk-g"))
+    acme_id = hashlib.sha256(b"sk-a").hexdigest()[:16]
+    assert ring.serves("acme", acme_id)
+    assert not ring.serves("globex", acme_id)  # another tenant naming acme's key id
+    assert not ring.serves("acme", hashlib.sha256(b"sk-revoked").hexdigest()[:16])
+    assert not ring.serves("acme", "anonymous") and not ring.serves("acme", "")
