@@ -30,8 +30,9 @@ TOTAL_PERIOD_TTL_S = 400 * 86400
 
 
 def use(view: BudgetView) -> float | None:
-    """Spent / limit; None for an unlimited budget. A zero limit is used up."""
-    if view.limit_pico is None:
+    """Spent / limit; None for an unlimited budget, and for the keyless limit shown for every tenant (no one budget:
+    each tenant's is its own view). A zero limit is used up."""
+    if view.limit_pico is None or view.every_tenant:
         return None
     return view.spent_pico / view.limit_pico if view.limit_pico else 1.0
 

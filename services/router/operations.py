@@ -17,7 +17,7 @@ from services.ledger.db import LedgerDB, LedgerUnavailable
 from services.ledger.stats import GROUPINGS, Group, summarize
 from services.router.budgets import SCOPES, BudgetView, budgets
 from services.router.costs import floor_pico
-from services.router.store import KEYLESS, Account, Allowance, Store
+from services.router.store import Account, Allowance, Store
 
 log = logging.getLogger("llmrouter.router")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
@@ -73,12 +73,9 @@ class Operations:
             known = {a.tenant for a in accounts}
             accounts += [Account(name, "") for scope, name in overrides if scope == "tenant" and name not in known]
             known_keys = {a.key for a in accounts}
-            # A key limit for 'anonymous' binds each tenant's keyless requests on that tenant's spend: shown there.
-            accounts += [
-                Account("", name)
-                for scope, name in overrides
-                if scope == "key" and name not in known_keys and name != KEYLESS
-            ]
+            # A key limit for 'anonymous' binds each tenant's keyless requests on that tenant's spend: shown with
+            # each tenant that has some, or else once, for every tenant (tenant '*', no amounts: budget_message).
+            accounts += [Account("", name) for scope, name in overrides if scope == "key" and name not in known_keys]
         elif not any(a.tenant == who for a in accounts):
             accounts.insert(0, Account(who, ""))
         return await budgets(self.store, self.allowance, accounts)

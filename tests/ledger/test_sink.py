@@ -12,6 +12,7 @@ import random
 import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -291,7 +292,7 @@ async def test_operator_stats_and_budgets_equal_the_money_store(
 
 
 async def test_the_keyless_key_budget_says_it_counts_its_tenants_whole_spend(
-    any_redis_url: str, client: Any, ledger_db: LedgerDB
+    any_redis_url: str, client: Any, ledger_db: LedgerDB, tmp_path: Path
 ) -> None:
     """Requests without an API key (key id 'anonymous') are held to the key budget on their tenant's own spend and
     holds, keyed requests' included (store/keys.py, KEYLESS): each tenant's row says so, with that tenant's numbers.
@@ -324,6 +325,10 @@ async def test_the_keyless_key_budget_says_it_counts_its_tenants_whole_spend(
         }
         own = {(b.scope, b.name): b.tenant_wide for b in map(budget_message, await operations.budgets(acme))}
         assert own == {("tenant", acme): False, ("key", KEYLESS): True, ("key", keyed.key): False}
+        # With no keyless request on record, the limit still shows, as set: for every tenant.
+        nobody = Operations(store, operations.allowance, LedgerDB(path=tmp_path / "empty.sqlite3"))
+        unused = [b for b in map(budget_message, await nobody.budgets(ALL)) if b.name == KEYLESS]
+        assert [(b.tenant, b.tenant_wide, b.limit_usd, b.spent_usd) for b in unused] == [("*", True, "2", "")]
     finally:
         await store.set_limit("key", KEYLESS, None)
         await store.close()

@@ -162,3 +162,22 @@ async def test_each_tenants_keyless_budget_is_alerted_on_its_own(tmp_path: Path,
         assert await watch.check() == 0
     finally:
         db.close()
+
+
+async def test_a_keyless_limit_no_tenant_uses_yet_is_no_budget_crossed(
+    tmp_path: Path, webhook: tuple[str, Webhook]
+) -> None:
+    """A limit set for the key 'anonymous' binds each tenant's keyless requests on that tenant's spend. With none on
+    record it shows once, for every tenant ('*'): no one budget, so even a zero limit is no budget used up."""
+    url, hook = webhook
+    store = MemoryStore()
+    db = LedgerDB(path=tmp_path / "ledger.sqlite3")
+    operations = Operations(store, Allowance("day"), db)
+    watch = BudgetWatch(operations, MemoryOnce(), url, attempts=3, backoff_s=0.01)
+    try:
+        await operations.set_budget(None, "key", key_id(""), "0")
+        assert [v.every_tenant for v in await operations.budgets(None)] == [True]
+        assert await watch.check() == 0 and hook.received == []
+        assert gauge("llmrouter_router_budgets_over_threshold", scope="key", threshold="1.0") == 0
+    finally:
+        db.close()
