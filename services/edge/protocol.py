@@ -1,14 +1,21 @@
 """The edge's HTTP/1.1 protocol: uvicorn's httptools one, with each request's head (request line and headers)
-bounded in size and time and its body in stalls, and its refusals of malformed HTTP in OpenAI's error body like
-every other 4xx. httptools keeps a head in memory however long it grows (uvicorn bounds it for h11 only), and
-uvicorn waits for a head or a body however slowly it comes (its keep-alive timeout ends only before the first
-byte of a next request): one caller, before it is even authenticated, could hold hundreds of megabytes of the
-edge per connection, or as many connections as it likes (until the process has no file descriptor left)."""
+bounded in size and time and its body in stalls, each answer in its caller's stalls, and its refusals of malformed
+HTTP in OpenAI's error body like every other 4xx. httptools keeps a head in memory however long it grows (uvicorn
+bounds it for h11 only), and uvicorn waits for a head or a body however slowly it comes (its keep-alive timeout
+ends only before the first byte of a next request): one caller, before it is even authenticated, could hold
+hundreds of megabytes of the edge per connection, or as many connections as it likes (until the process has no
+file descriptor left). And uvicorn waits for a caller to read an answer however long it takes: a download (a file
+held in memory, and one of EDGE_BATCH_MAX_CONCURRENT_UPLOADS places) was held until its caller went away."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import json
+import socket
+import struct
+import termios
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -20,10 +27,13 @@ REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header F
 class BoundedReadProtocol(HttpToolsProtocol):
     """A head past MAX_HEAD_BYTES gets a 431; a head not whole read_timeout_s after the connection opened or the
     request began, or a body that stalls that long, a 408; then the connection is closed, as after a malformed
-    request's 400. A connection that sends nothing for read_timeout_s is closed."""
+    request's 400. A connection that sends nothing for read_timeout_s is closed. One whose caller takes none of an
+    answer for write_timeout_s, the answer's sending held up meanwhile, is dropped."""
 
     read_timeout_s = 30.0  # the edge's setting EDGE_READ_TIMEOUT_S (edge_protocol)
+    write_timeout_s = 30.0  # EDGE_WRITE_TIMEOUT_S
     read_timer: asyncio.TimerHandle | None = None
+    write_timer: asyncio.TimerHandle | None = None
     in_head = False  # a request's head has begun and not ended
     in_body = False  # a request's head has ended and its body not
     head_bytes = 0  # received since the head began (the whole chunk it began in)
@@ -36,6 +46,7 @@ class BoundedReadProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.disarm()
+        self.unwatch_writes()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -93,6 +104,49 @@ class BoundedReadProtocol(HttpToolsProtocol):
         else:  # nothing sent, or an answer begun: no answer of ours can follow
             self.transport.close()
 
+    def pause_writing(self) -> None:
+        """The answer's sending waits for the caller to take what it was sent (uvicorn's send waits for this)."""
+        super().pause_writing()
+        self.unwatch_writes()
+        self.watch_writes(self.unsent())
+
+    def resume_writing(self) -> None:
+        self.unwatch_writes()
+        super().resume_writing()
+
+    def watch_writes(self, unsent: int) -> None:
+        self.write_timer = self.loop.call_later(self.write_timeout_s, self.write_stalled, unsent)
+
+    def unwatch_writes(self) -> None:
+        if self.write_timer is not None:
+            self.write_timer.cancel()
+            self.write_timer = None
+
+    def write_stalled(self, unsent_before: int) -> None:
+        """Still held up write_timeout_s on: watched again if the caller took any of it meanwhile, else dropped.
+        Reset, not closed: a close waits for the caller to take the rest (and the socket's kernel buffer, that
+        long, even past the transport's abort)."""
+        self.write_timer = None
+        unsent = self.unsent()
+        if unsent < unsent_before:
+            self.watch_writes(unsent)
+            return
+        with contextlib.suppress(AttributeError, OSError):
+            sock = self.transport.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # closed: a reset
+        self.transport.abort()  # uvicorn then ends the response, and the app's sends return at once
+
+    def unsent(self) -> int:
+        """The answer's bytes the caller has yet to take: in the transport's buffer, and in the socket's (on Linux;
+        elsewhere only the transport's, which goes down only once the socket's has room for more)."""
+        unsent = self.transport.get_write_buffer_size()
+        sock = self.transport.get_extra_info("socket")
+        try:
+            queued = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+        except (AttributeError, OSError):
+            return unsent
+        return unsent + int(struct.unpack("i", queued)[0])
+
     def refuse(self, status: int, message: str, code: str) -> None:
         error = {"message": message, "type": "invalid_request_error", "param": None, "code": code}
         body = json.dumps({"error": error}).encode()
@@ -111,5 +165,6 @@ class BoundedReadProtocol(HttpToolsProtocol):
         self.read_timer = self.loop.call_later(LINGER_S, self.transport.close)
 
 
-def edge_protocol(read_timeout_s: float) -> type[BoundedReadProtocol]:
-    return type("EdgeHttpProtocol", (BoundedReadProtocol,), {"read_timeout_s": read_timeout_s})
+def edge_protocol(read_timeout_s: float, write_timeout_s: float) -> type[BoundedReadProtocol]:
+    timeouts = {"read_timeout_s": read_timeout_s, "write_timeout_s": write_timeout_s}
+    return type("EdgeHttpProtocol", (BoundedReadProtocol,), timeouts)

@@ -1,0 +1,128 @@
+"""EDGE_BATCH_MAX_CONCURRENT_UPLOADS bounds the file uploads and downloads in progress (each holds a file in
+memory): a caller that stops reading a download, or stops sending an upload, loses its place once its transfer
+has made no progress for EDGE_WRITE_TIMEOUT_S (EDGE_READ_TIMEOUT_S for an upload), its connection dropped, so a
+few stalled callers cannot lock everyone else out with 429s."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from services.edge.settings import EdgeSettings
+from tests.integration.conftest import free_port, start_edge
+
+STALL_S = 1.0
+
+
+def batch_file(megabytes: float) -> bytes:
+    body = {"model": "auto", "messages": [{"role": "user", "content": "x" * 1000}]}
+    line = json.dumps({"custom_id": "c", "method": "POST", "url": "/v1/chat/completions", "body": body})
+    count = max(1, int(megabytes * 1024 * 1024) // len(line))
+    return "".join(line.replace('"c"', f'"c{i}"', 1) + "\n" for i in range(count)).encode()
+
+
+@pytest.fixture
+async def edge() -> AsyncIterator[tuple[int, httpx.AsyncClient]]:
+    """An anonymous edge, its batches in process, taking one upload or download at a time; no router."""
+    settings = EdgeSettings(
+        port=free_port(),
+        router_addr="127.0.0.1:1",
+        access_log="off",
+        metrics_port=0,
+        batch_max_concurrent_uploads=1,
+        read_timeout_s=STALL_S,
+        write_timeout_s=STALL_S,
+    )
+    server, task, channel = await start_edge(settings)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.port}/v1", timeout=30) as client:
+            yield settings.port, client
+    finally:
+        server.should_exit = True
+        await task
+        await channel.close()
+
+
+async def upload(client: httpx.AsyncClient, content: bytes) -> httpx.Response:
+    return await client.post("/files", files={"file": ("b.jsonl", content)}, data={"purpose": "batch"})
+
+
+async def place_freed(client: httpx.AsyncClient, within_s: float) -> float:
+    """How long until an upload takes the one place again (a 200, not a 429)."""
+    start = time.monotonic()
+    while (reply := await upload(client, batch_file(0))).status_code == 429:
+        if time.monotonic() - start > within_s:
+            pytest.fail(f"the place was still held {within_s} s on")
+        await asyncio.sleep(0.1)
+    assert reply.status_code == 200, reply.text
+    return time.monotonic() - start
+
+
+def stalled_socket(port: int) -> socket.socket:
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: a small receive window
+    s.settimeout(10)  # its reads, run in a thread: the edge answers on this test's event loop
+    s.connect(("127.0.0.1", port))
+    return s
+
+
+async def test_a_download_its_caller_stops_reading_frees_its_place(edge: tuple[int, httpx.AsyncClient]) -> None:
+    port, client = edge
+    uploaded = await upload(client, batch_file(12))  # past what the sockets' buffers take
+    assert uploaded.status_code == 200, uploaded.text
+    file_id = uploaded.json()["id"]
+    stalled = stalled_socket(port)
+    try:
+        stalled.sendall(f"GET /v1/files/{file_id}/content HTTP/1.1\r\nHost: edge\r\n\r\n".encode())
+        assert (await asyncio.to_thread(stalled.recv, 1024)).startswith(b"HTTP/1.1 200 ")  # and then reads no more
+        await asyncio.sleep(0.3)
+        assert (await client.get(f"/files/{file_id}/content")).status_code == 429  # the place is its
+        assert await place_freed(client, within_s=STALL_S + 5) > STALL_S / 2
+        with pytest.raises(ConnectionResetError):  # dropped: what it had not read is gone
+            while await asyncio.to_thread(stalled.recv, 1024 * 1024):
+                pass
+    finally:
+        stalled.close()
+    whole = await client.get(f"/files/{file_id}/content")  # a caller who reads gets it all
+    assert whole.status_code == 200 and len(whole.content) == int(uploaded.json()["bytes"])
+
+
+async def test_a_download_read_slowly_but_steadily_is_not_dropped(edge: tuple[int, httpx.AsyncClient]) -> None:
+    port, client = edge
+    uploaded = await upload(client, batch_file(8))
+    file_id, size = uploaded.json()["id"], int(uploaded.json()["bytes"])
+    slow = stalled_socket(port)
+    try:
+        slow.sendall(f"GET /v1/files/{file_id}/content HTTP/1.1\r\nHost: edge\r\nConnection: close\r\n\r\n".encode())
+        received, start = 0, time.monotonic()
+        while chunk := await asyncio.to_thread(slow.recv, 1024 * 1024):
+            received += len(chunk)
+            if time.monotonic() - start < 3 * STALL_S:  # for longer than the deadline: a pause under it each time
+                await asyncio.sleep(STALL_S / 2)
+    finally:
+        slow.close()
+    assert received > size  # the head and the whole content
+
+
+async def test_an_upload_its_caller_stops_sending_frees_its_place(edge: tuple[int, httpx.AsyncClient]) -> None:
+    port, client = edge
+    stalled = stalled_socket(port)
+    try:
+        head = (
+            "POST /v1/files HTTP/1.1\r\nHost: edge\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            "Content-Length: 1000000\r\n\r\n"
+        )
+        part = '--b\r\nContent-Disposition: form-data; name="file"; filename="b.jsonl"\r\n\r\n{"custom_id": '
+        stalled.sendall((head + part).encode())  # and then no more
+        await asyncio.sleep(0.3)
+        assert (await upload(client, batch_file(1))).status_code == 429
+        await place_freed(client, within_s=STALL_S + 5)
+        assert (await asyncio.to_thread(stalled.recv, 1024)).startswith(b"HTTP/1.1 408 ")
+    finally:
+        stalled.close()
