@@ -5,8 +5,9 @@ tenant: another tenant's file or batch is a 404, and never listed."""
 from __future__ import annotations
 
 import json
+import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
@@ -21,6 +22,8 @@ from services.batches.runner import Runner, file_fields
 from services.batches.store import Store, batch_key, delete_if_unread, file_key, now, readers_key, unread
 from services.edge.openai_api import ApiError, decode_json, read_limited
 from services.router.store import key_id
+
+log = logging.getLogger("llmrouter.edge.batches")
 
 SMALL_BODY_BYTES = 64 * 1024  # a batch creation's JSON: ids and metadata, never content
 FILE_LISTED = ["tenant", "filename", "purpose", "created_at", "bytes", "deleted", "lines"]  # never the content
@@ -109,9 +112,13 @@ class BatchApi:
         count = await wire.check_lines_off_loop(content)  # a bad file is refused now, naming its first bad line
         file_id = f"file-{uuid.uuid4().hex}"
         fields = file_fields(tenant, (upload.filename or "batch.jsonl")[:256], content, "batch", count)
-        await self.store.put(file_key(file_id), fields)
-        await self.store.expire([file_key(file_id)], self.retention_s)
-        await self.store.index(tenant, "file", file_id, self.retention_s)
+        try:
+            await self.store.put(file_key(file_id), fields)
+            await self.store.expire([file_key(file_id)], self.retention_s)
+            await self.store.index(tenant, "file", file_id, self.retention_s)
+        except Exception:  # a file refused part way is not kept, unlisted (and perhaps without expiry) in the store
+            await _undo(lambda: self.store.delete([file_key(file_id)]))
+            raise
         return JSONResponse(wire.file_body(file_id, (await self.store.fields([file_key(file_id)], FILE_LISTED))[0]))
 
     async def list_files(self, request: Request) -> Response:
@@ -192,17 +199,32 @@ class BatchApi:
         }
         if body.get("metadata") is not None:
             batch["metadata"] = json.dumps(body["metadata"])
-        await self.store.put(batch_key(batch_id), batch)
-        await self.store.put(readers_key(input_id), {batch_id: created})  # its content stays, deleted, until the end
-        # The input file outlives the batch's window, however short the retention: a batch resumed by another
-        # edge reads it again.
-        kept_s = self.window_s + self.retention_s
-        await self.store.expire([file_key(input_id), readers_key(input_id)], kept_s)
-        await self.store.index(tenant, "file", input_id, kept_s)
-        await self.store.index(tenant, "batch", batch_id, None)  # listed for as long as it runs, then retention_s
-        await self.store.activate(batch_id, True)
+        try:
+            await self.store.put(batch_key(batch_id), batch)
+            # Its content stays, deleted, until the batch ends.
+            await self.store.put(readers_key(input_id), {batch_id: created})
+            # The input file outlives the batch's window, however short the retention: a batch resumed by another
+            # edge reads it again.
+            kept_s = self.window_s + self.retention_s
+            await self.store.expire([file_key(input_id), readers_key(input_id)], kept_s)
+            await self.store.index(tenant, "file", input_id, kept_s)
+            await self.store.index(tenant, "batch", batch_id, None)  # listed for as long as it runs, then retention_s
+            await self.store.activate(batch_id, True)  # last: from here any edge runs it
+        except Exception:
+            # The store full (507) or failing part way: a batch left behind `validating` was never run, nor ended,
+            # yet listed and holding its input file. Its hash goes first: without it the rest is inert.
+            await _undo(
+                lambda: self.store.delete([batch_key(batch_id)]),
+                lambda: self.store.activate(batch_id, False),
+                lambda: self.store.drop(readers_key(input_id), batch_id),
+                lambda: self.store.unindex(tenant, "batch", batch_id),
+            )
+            raise
         self.runner.start(batch_id)
-        return JSONResponse(wire.batch_body(batch_id, await self.store.get(batch_key(batch_id))))
+        # Its fields as written: a read failing now would tell the caller of a batch that runs that it failed.
+        return JSONResponse(
+            wire.batch_body(batch_id, {k: v.encode() if isinstance(v, str) else v for k, v in batch.items()})
+        )
 
     async def _count(self, tenant: str, file_id: str) -> int:
         """The requests of a file uploaded before files kept their count: its content read and checked again,
@@ -305,6 +327,17 @@ class _Sent(Response):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             await self.place.aclose()
+
+
+async def _undo(*steps: Callable[[], Awaitable[None]]) -> None:
+    """Each step tried, in order, whatever the others do: undoing what a failed write left, in a store that may be
+    full (noeviction: its deletes still go through; a listing passes over an entry whose hash is gone) or out of
+    reach (what could not be undone then stays)."""
+    for step in steps:
+        try:
+            await step()
+        except Exception:
+            log.warning("batch store: an undo failed", exc_info=True)
 
 
 def _limit(text: str | None, default: int, most: int) -> int:

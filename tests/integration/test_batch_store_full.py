@@ -1,6 +1,6 @@
 """A full batch Redis (noeviction, as the chart's redis.batches runs it) refuses writes: the edge refuses the
-upload or batch with a clear OpenAI-style 507 at once (never a hang, nor a bare 500), keeps what it held, and
-still deletes a file, which makes room."""
+upload or batch with a clear OpenAI-style 507 at once (never a hang, nor a bare 500), keeps what it held, leaves
+nothing of an upload or batch refused part way, and still deletes a file, which makes room."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import redis
 
+from services.batches.store import ACTIVE, RedisStore, batch_key, file_key
 from services.edge.settings import EdgeSettings
 from tests.integration.conftest import free_port, start_edge
 from tests.redis_servers import RedisServer
@@ -88,3 +90,86 @@ async def test_a_full_batch_store_still_deletes_a_file(edge: httpx.AsyncClient, 
         assert client.info("memory")["used_memory"] < 2 * 2**20  # the content is gone, not marked
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("filled_after", ["the batch's hash", "its listing"])
+async def test_a_batch_whose_creation_the_store_refuses_part_way_leaves_nothing(
+    edge: httpx.AsyncClient, batch_redis: RedisServer, monkeypatch: pytest.MonkeyPatch, filled_after: str
+) -> None:
+    """The store fills between two of a batch's creation writes: the caller gets the 507, and no batch is left
+    behind (one left `validating`, never run nor listed as failed, kept its input file's content even once deleted,
+    and its hash for ever)."""
+    input_id = (await upload(edge, batch_file(10))).json()["id"]
+    admin = redis.Redis(port=batch_redis.port)
+    step = "put" if filled_after == "the batch's hash" else "index"
+    written = getattr(RedisStore, step)
+
+    async def then_full(store: RedisStore, key: str, *args: Any) -> None:
+        await written(store, key, *args)
+        if key.startswith(batch_key("")) or args[:1] == ("batch",):  # that step of the batch's creation
+            admin.config_set("maxmemory", "1")
+
+    monkeypatch.setattr(RedisStore, step, then_full)
+    try:
+        refused = await edge.post(
+            "/batches",
+            json={"input_file_id": input_id, "endpoint": "/v1/chat/completions", "completion_window": "24h"},
+        )
+    finally:
+        monkeypatch.undo()
+        admin.config_set("maxmemory", "4mb")
+    try:
+        assert refused.status_code == 507, refused.text
+        assert refused.json()["error"]["code"] == "storage_full"
+        assert (await edge.get("/batches")).json()["data"] == []
+        assert admin.keys(batch_key("*")) == [] and admin.smembers(ACTIVE) == set()
+        assert (await edge.delete(f"/files/{input_id}")).status_code == 200
+        assert not admin.exists(file_key(input_id))  # no batch reads it: its content went with it
+    finally:
+        admin.close()
+
+
+async def test_a_batch_whose_activation_the_store_refuses_leaves_nothing(
+    edge: httpx.AsyncClient, batch_redis: RedisServer
+) -> None:
+    """Any error of the store alike (here its last write refused by an ACL): an error for the caller, no batch."""
+    input_id = (await upload(edge, batch_file(10))).json()["id"]
+    admin = redis.Redis(port=batch_redis.port)
+    admin.execute_command("ACL", "SETUSER", "default", "-sadd")
+    try:
+        refused = await edge.post(
+            "/batches",
+            json={"input_file_id": input_id, "endpoint": "/v1/chat/completions", "completion_window": "24h"},
+        )
+    finally:
+        admin.execute_command("ACL", "SETUSER", "default", "+sadd")
+    try:
+        assert refused.status_code == 500 and refused.json()["error"]["code"] == "internal_error", refused.text
+        assert (await edge.get("/batches")).json()["data"] == []
+        assert admin.keys(batch_key("*")) == [] and admin.smembers(ACTIVE) == set()
+    finally:
+        admin.close()
+
+
+async def test_a_file_whose_listing_the_store_refuses_is_not_kept(
+    edge: httpx.AsyncClient, batch_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stored, then the store full before the file is listed: the 507, and its content not kept unlisted."""
+    admin = redis.Redis(port=batch_redis.port)
+    written = RedisStore.put
+
+    async def then_full(store: RedisStore, key: str, fields: dict[str, str | bytes]) -> None:
+        await written(store, key, fields)
+        admin.config_set("maxmemory", "1")
+
+    monkeypatch.setattr(RedisStore, "put", then_full)
+    try:
+        refused = await upload(edge, batch_file(10))
+    finally:
+        monkeypatch.undo()
+        admin.config_set("maxmemory", "4mb")
+    try:
+        assert refused.status_code == 507, refused.text
+        assert admin.keys(file_key("*")) == []
+    finally:
+        admin.close()
