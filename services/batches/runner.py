@@ -9,10 +9,10 @@ Each line's result is written once to the store, so a restarted edge resumes a b
 line the router never admitted (the router unreachable or restarting, the money store down, a rate limit)
 is retried with the same request id, its batch parked until the router's retry time (pending.py) so that its
 lines hold no slot meanwhile; a park of PARK_LEAVE_S or more (a rate limit's next window) ends the run, its input file
-dropped and its running place given up, with its time to run again in the batch's hash (parked_until, seen by every
-edge's adoption); any other failure is the line's error (the error file). Stopping the
-edge stops taking lines and lets those in flight finish; a crash loses the results of lines in flight,
-whose retry the router then refuses as a duplicate (charged once, in the ledger, and in the error file). Such a
+dropped, its running place and its lease given up, with its time to run again in the batch's hash (parked_until,
+seen by every edge's adoption); any other failure is the line's error (the error file). Stopping the edge stops
+taking lines, lets those in flight finish and gives up its batches' leases; a crash loses the results of lines in
+flight, whose retry the router then refuses as a duplicate (charged once, in the ledger, and in the error file). Such a
 line, sent and without a result, is in doubt: it goes first when the batch resumes, even past its window (sent
 before its end, only the router knows whether it ran), and is never reported as never sent.
 
@@ -293,6 +293,12 @@ class Runner:
             log.exception("batch run failed; it stays active and is resumed", extra={"id": batch_id})
         finally:
             await stop_task(renewing)  # not left renewing the lease of a run that ended
+            # Nor holding it: parked, or this edge stopping, the batch is any edge's to resume (at its time), not
+            # only this one's until the lease lapses (LEASE_S).
+            try:
+                await self.store.release(batch_id, self.owner)
+            except Exception:
+                log.warning("batch lease not released; it lapses", extra={"id": batch_id}, exc_info=True)
 
     async def _park(self, batch_id: str, until: float) -> None:
         await self.store.put(batch_key(batch_id), {"parked_until": repr(until)})

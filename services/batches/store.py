@@ -83,6 +83,9 @@ class Store(Protocol):
     async def lease(self, batch_id: str, owner: str, ttl_s: int) -> bool:
         """Take or renew the right to run a batch for ttl_s; False while another owner holds it."""
 
+    async def release(self, batch_id: str, owner: str) -> None:
+        """Give up the lease, if this owner holds it: any edge may run the batch from now."""
+
     async def expire(self, keys: list[str], ttl_s: int) -> None: ...
 
     async def fields(self, keys: list[str], names: list[str] | None) -> list[dict[str, bytes]]:
@@ -117,6 +120,11 @@ redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return 1
 """
 
+# Only its holder's: a lease since lapsed and taken by another edge stays that edge's.
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"""
 
 # KEYS: a tenant's index (ids by creation) and its deadlines. ARGV: id, created (ms; only where not yet listed),
 # deadline ('+inf' for none), now, and 'drop' to only shorten the deadline (a tombstone). Then the entries past
@@ -195,6 +203,9 @@ class RedisStore:
 
     async def lease(self, batch_id: str, owner: str, ttl_s: int) -> bool:
         return bool(await self.redis.eval(LEASE, 1, f"{PREFIX}lease:{batch_id}", owner, ttl_s))  # type: ignore[misc]
+
+    async def release(self, batch_id: str, owner: str) -> None:
+        await self.redis.eval(RELEASE, 1, f"{PREFIX}lease:{batch_id}", owner)  # type: ignore[misc]
 
     async def expire(self, keys: list[str], ttl_s: int) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -292,6 +303,9 @@ class MemoryStore:
 
     async def lease(self, batch_id: str, owner: str, ttl_s: int) -> bool:
         return True  # one process: the runner itself never runs a batch twice
+
+    async def release(self, batch_id: str, owner: str) -> None:
+        pass
 
     async def expire(self, keys: list[str], ttl_s: int) -> None:
         now = time.monotonic()

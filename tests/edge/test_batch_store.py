@@ -1,10 +1,12 @@
-"""The batch store on real Redis (one server and a Redis Cluster): one edge holds a batch's lease at a time, a
-result line is written once, and retention expires what is kept; a tenant's index (Redis and in process) lists
-its files and batches in creation order and keeps in step with their expiry."""
+"""The batch store on real Redis (one server and a Redis Cluster): one edge holds a batch's lease at a time (until
+it lapses or its holder releases it), a result line is written once, and retention expires what is kept; a
+tenant's index (Redis and in process) lists its files and batches in creation order and keeps in step with their
+expiry."""
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 
 import pytest
@@ -33,6 +35,19 @@ async def test_a_lapsed_lease_is_taken_over(any_redis_url: str) -> None:
         await client.aclose()
         await asyncio.sleep(0.05)
         assert await store.lease("b1", "edge-b", 30)
+    finally:
+        await store.close()
+
+
+async def test_a_lease_is_released_by_its_holder_only(any_redis_url: str) -> None:
+    store = RedisStore(any_redis_url)
+    batch_id = f"b-{uuid.uuid4().hex}"
+    try:
+        assert await store.lease(batch_id, "edge-a", 30)
+        await store.release(batch_id, "edge-b")  # not its lease: edge a still runs the batch
+        assert not await store.lease(batch_id, "edge-b", 30)
+        await store.release(batch_id, "edge-a")  # parked, or edge a stopping: any edge may run it now
+        assert await store.lease(batch_id, "edge-b", 30)
     finally:
         await store.close()
 
