@@ -28,7 +28,8 @@ class BoundedReadProtocol(HttpToolsProtocol):
     """A head past MAX_HEAD_BYTES gets a 431; a head not whole read_timeout_s after the connection opened or the
     request began, or a body that stalls that long, a 408; then the connection is closed, as after a malformed
     request's 400. A connection that sends nothing for read_timeout_s is closed. One whose caller takes none of an
-    answer for write_timeout_s, the answer's sending held up meanwhile, is dropped."""
+    answer for write_timeout_s, the answer's sending held up meanwhile, is dropped (looked at every write_timeout_s:
+    within twice that of the caller's last read)."""
 
     read_timeout_s = 30.0  # the edge's setting EDGE_READ_TIMEOUT_S (edge_protocol)
     write_timeout_s = 30.0  # EDGE_WRITE_TIMEOUT_S

@@ -31,7 +31,7 @@ class EdgeSettings(ServiceSettings):
     # and its body may stall no longer (services/edge/protocol.py).
     read_timeout_s: float = Field(default=30.0, gt=0)
     # An answer's caller may take none of it for no longer, the edge's sending held up meanwhile (a download
-    # holding one of batch_max_concurrent_uploads places): its connection is then dropped.
+    # holding one of batch_max_concurrent_uploads places): its connection is then dropped (within twice this).
     write_timeout_s: float = Field(default=30.0, gt=0)
     # One JSON line per HTTP request, written by a thread off the hot path: stderr, off, or a file path.
     access_log: str = Field(default="stderr", min_length=1)

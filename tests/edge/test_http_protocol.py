@@ -1,5 +1,6 @@
-"""`python -m services.edge` as deployed bounds a request's line and headers in size and time, and its body's
-stalls (httptools alone would buffer a head of any size, hundreds of megabytes per connection, and uvicorn would
+"""`python -m services.edge` as deployed bounds a request's line and headers in size and time, its body's stalls
+and its caller's in reading the answer (httptools alone would buffer a head of any size, hundreds of megabytes per
+connection, and uvicorn would
 wait for a head or a body forever: before the caller is even authenticated), and refuses malformed HTTP with
 OpenAI's error body, as any other bad input."""
 
@@ -18,6 +19,7 @@ import pytest
 
 from services.edge.protocol import MAX_HEAD_BYTES
 from tests.conftest import ROOT
+from tests.integration.test_batch_transfers import batch_file
 
 READ_TIMEOUT_S = 2
 POST = b"POST /v1/chat/completions HTTP/1.1\r\nHost: edge\r\n"
@@ -29,7 +31,7 @@ def edge_port() -> Iterator[int]:
         s.bind(("127.0.0.1", 0))
         port, nowhere = s.getsockname()[1], s.getsockname()[1] + 1
     env = {**os.environ, "EDGE_PORT": str(port), "EDGE_METRICS_PORT": "0", "EDGE_ROUTER_ADDR": f"127.0.0.1:{nowhere}"}
-    env["EDGE_READ_TIMEOUT_S"] = str(READ_TIMEOUT_S)
+    env["EDGE_READ_TIMEOUT_S"] = env["EDGE_WRITE_TIMEOUT_S"] = str(READ_TIMEOUT_S)
     edge = subprocess.Popen(
         [sys.executable, "-m", "services.edge"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -166,3 +168,21 @@ def test_two_authorization_headers_are_a_400_on_an_edge_without_keys_too(edge_po
     status, _, body = answer(edge_port, sent + b"Connection: close\r\n\r\n").partition(b"\r\n\r\n")
     assert status.startswith(b"HTTP/1.1 400 "), status
     assert json.loads(body)["error"]["code"] == "ambiguous_credentials"
+
+
+def test_an_answer_its_caller_stops_reading_is_reset(edge_port: int) -> None:
+    """On the deployed event loop (uvloop): a download its caller stops reading is dropped, not held for ever."""
+    base = f"http://127.0.0.1:{edge_port}/v1"
+    uploaded = httpx.post(f"{base}/files", files={"file": ("b.jsonl", batch_file(12))}, data={"purpose": "batch"})
+    assert uploaded.status_code == 200, uploaded.text
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: a small receive window
+        s.settimeout(10)
+        s.connect(("127.0.0.1", edge_port))
+        s.sendall(f"GET /v1/files/{uploaded.json()['id']}/content HTTP/1.1\r\nHost: edge\r\n\r\n".encode())
+        received = len(s.recv(1024))
+        time.sleep(2 * READ_TIMEOUT_S + 1)  # checked every EDGE_WRITE_TIMEOUT_S: dropped within twice that
+        with pytest.raises(ConnectionResetError):
+            while chunk := s.recv(1024 * 1024):
+                received += len(chunk)
+    assert received < int(uploaded.json()["bytes"])
