@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -43,12 +44,15 @@ class BatchApi:
         retention_s: int,
         window_s: int,
         max_uploads: int,
+        max_uploads_per_tenant: int,
     ) -> None:
         self.store = store
         # Each upload is held whole in memory (up to max_file_bytes, once: its lines are checked one at a time):
-        # past max_uploads at once a new one is refused (429) before its body is read.
+        # past max_uploads at once a new one is refused (429) before its body is read. One tenant holds at most
+        # max_uploads_per_tenant of them, so its slow transfers cannot lock every other tenant out.
         self.max_uploads = max_uploads
-        self.uploads = 0
+        self.max_uploads_per_tenant = max_uploads_per_tenant
+        self.uploads: Counter[str] = Counter()  # places held, by tenant
         self.retention_s = retention_s  # uploaded files, and batches and their files once ended
         self.window_s = window_s  # a batch's completion window: it expires this long after its creation
         self.runner = runner
@@ -70,24 +74,28 @@ class BatchApi:
 
     async def create_file(self, request: Request) -> Response:
         tenant, _ = self.caller(request)
-        async with self._upload_slot():
+        async with self._upload_slot(tenant):
             return await self._create_file(request, tenant)
 
     @asynccontextmanager
-    async def _upload_slot(self) -> AsyncIterator[None]:
-        """One of max_uploads (a file's content in memory), or a 429."""
-        if self.uploads >= self.max_uploads:
-            raise ApiError(
-                429,
-                f"{self.max_uploads} file uploads or downloads are in progress on this server; retry shortly",
-                code="rate_limit_exceeded",
-                retry_after="1",
-            )
-        self.uploads += 1  # no await since the check: the event loop runs one request at a time up to here
+    async def _upload_slot(self, tenant: str) -> AsyncIterator[None]:
+        """One of max_uploads (a file's content in memory), at most max_uploads_per_tenant of them the tenant's,
+        or a 429."""
+        if self.uploads.total() >= self.max_uploads:
+            busy = f"{self.max_uploads} file uploads or downloads are in progress on this server"
+        elif self.uploads[tenant] >= self.max_uploads_per_tenant:
+            busy = f"{self.max_uploads_per_tenant} of your file uploads or downloads are in progress on this server"
+        else:
+            busy = ""
+        if busy:
+            raise ApiError(429, f"{busy}; retry shortly", code="rate_limit_exceeded", retry_after="1")
+        self.uploads[tenant] += 1  # no await since the check: the event loop runs one request at a time up to here
         try:
             yield
         finally:
-            self.uploads -= 1
+            self.uploads[tenant] -= 1
+            if not self.uploads[tenant]:
+                del self.uploads[tenant]
 
     async def _create_file(self, request: Request, tenant: str) -> Response:
         declared = request.headers.get("content-length", "")
@@ -164,8 +172,9 @@ class BatchApi:
         """The content is read whole (up to max_file_bytes, or an output file's size), so a download takes one of
         the uploads' places, until the content is sent."""
         file_id, _ = await self._file(request)
+        tenant, _ = self.caller(request)
         async with AsyncExitStack() as held:
-            await held.enter_async_context(self._upload_slot())
+            await held.enter_async_context(self._upload_slot(tenant))
             content = await self.store.content(file_key(file_id))
             if content is None:  # deleted or expired since
                 raise ApiError(404, f"no file {file_id[:64]!r}", code="not_found")
@@ -229,7 +238,7 @@ class BatchApi:
     async def _count(self, tenant: str, file_id: str) -> int:
         """The requests of a file uploaded before files kept their count: its content read and checked again,
         an upload's worth of memory, so within the uploads' bound."""
-        async with self._upload_slot():
+        async with self._upload_slot(tenant):
             content = await self.store.content(file_key(file_id))
             if content is None:  # gone since: as a file never stored
                 raise ApiError(404, f"no file {file_id[:64]!r}", param="input_file_id", code="not_found")

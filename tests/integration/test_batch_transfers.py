@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
+from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
 from tests.integration.conftest import free_port, start_edge
 
@@ -126,3 +127,37 @@ async def test_an_upload_its_caller_stops_sending_frees_its_place(edge: tuple[in
         assert (await asyncio.to_thread(stalled.recv, 1024)).startswith(b"HTTP/1.1 408 ")
     finally:
         stalled.close()
+
+
+async def test_one_tenant_holds_at_most_half_the_places() -> None:
+    """With keys, a tenant's stalled uploads take at most half the places: another tenant still finds one."""
+    settings = EdgeSettings(
+        port=free_port(),
+        router_addr="127.0.0.1:1",
+        access_log="off",
+        metrics_port=0,
+        api_keys=f"{key_line('mallory', 'sk-m')},{key_line('alice', 'sk-a')}",
+        batch_max_concurrent_uploads=2,
+        read_timeout_s=30,
+    )
+    server, task, channel = await start_edge(settings)
+    base = f"http://127.0.0.1:{settings.port}/v1"
+    stalled = stalled_socket(settings.port)
+    try:
+        head = (
+            "POST /v1/files HTTP/1.1\r\nHost: edge\r\nAuthorization: Bearer sk-m\r\n"
+            "Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 1000000\r\n\r\n--b\r\n"
+        )
+        stalled.sendall(head.encode())  # and then no more: it holds its place until the read timeout
+        await asyncio.sleep(0.3)
+        replies = {}
+        for key in ("sk-m", "sk-a"):
+            async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {key}"}) as client:
+                replies[key] = await upload(client, batch_file(0))
+        assert replies["sk-m"].status_code == 429 and "1 of your file uploads" in replies["sk-m"].text
+        assert replies["sk-a"].status_code == 200, replies["sk-a"].text
+    finally:
+        stalled.close()
+        server.should_exit = True
+        await task
+        await channel.close()
