@@ -6,6 +6,12 @@ Each row names the budget period its charge was counted in (`period`, fixed at a
 midnight, or a batch line collected the next day, still counts in the day it was admitted; '' in rows of the
 versions before), so sums per tenant and period equal the budgets' spend counters.
 
+Each row shows what its cost is made of, as its ledger record does: `generations` (JSON text, a list of {model,
+input_tokens, output_tokens}, one per generation billed) and `owed_pico` (what failed attempts cost, with no tokens
+on record), so cost_pico = each generation's tokens at its model's prices (its batch prices for a Batch API line,
+reason 'batch') + owed_pico, to the pico-dollar. Both are NULL where that is not on record: rows copied before the
+columns were added, and records of routers of the versions before.
+
 SQLite (a file, the default) or PostgreSQL (when a DSN is set): the same table and statements on both. Money
 is stored as integer pico-dollars, as the money store keeps it, so sums here equal the budgets exactly.
 Calls run in a worker thread: the drivers are synchronous and the router's event loop must not wait on disk.
@@ -54,7 +60,11 @@ COLUMNS = (
     "error",
     "ledger_entry",
     "period",
+    "owed_pico",
+    "generations",
 )
+# The columns of the first version's table (before ledger_entry and period).
+FIRST_COLUMNS = COLUMNS[: COLUMNS.index("error") + 1]
 # The ledger_entry of rows copied by versions that keyed rows by (tenant, request_id) alone (see LedgerDB._prepare).
 UNKEYED = ""
 # Held while a process creates or migrates the table (PostgreSQL): sinks starting at once take turns.
@@ -88,6 +98,8 @@ CREATE TABLE IF NOT EXISTS {table} (
   error TEXT NOT NULL,
   ledger_entry TEXT NOT NULL DEFAULT '',
   period TEXT NOT NULL DEFAULT '',
+  owed_pico BIGINT,
+  generations TEXT,
   PRIMARY KEY (tenant, request_id, ledger_entry)
 )"""
 
@@ -112,8 +124,12 @@ class Row:
 def row_from_record(record: dict[str, Any], entry: str) -> tuple[Any, ...]:
     """A ledger stream record (services/router/charging.py) as table values; `entry` names the ledger entry it was
     read from (the same on every delivery: services/ledger/sink.py). Fields an older or partial record lacks (a
-    released hold, a charge settled by the reconciler) take neutral defaults."""
+    released hold, a charge settled by the reconciler) take neutral defaults; its cost's make-up, NULL when the record
+    has none (see the module docstring)."""
     candidates = record.get("candidates", [])
+    owed, generations = record.get("owed_usd"), record.get("generations")
+    if generations is None and owed is not None:  # a charge with no generation (a reconciled one) may list none
+        generations = []
     return (
         str(record["tenant"]),
         str(record["request_id"]),
@@ -124,7 +140,7 @@ def row_from_record(record: dict[str, Any], entry: str) -> tuple[Any, ...]:
         str(record.get("provider", "")),
         str(record.get("reason", "")),
         str(record.get("reason_detail", "")),
-        candidates if isinstance(candidates, str) else json.dumps(candidates, separators=(",", ":")),
+        _json(candidates),
         int(record.get("input_tokens", 0)),
         int(record.get("output_tokens", 0)),
         int(bool(record.get("tokens_estimated", False))),
@@ -139,7 +155,14 @@ def row_from_record(record: dict[str, Any], entry: str) -> tuple[Any, ...]:
         str(record.get("error", "")),
         entry,
         str(record.get("period", "")),  # '' from routers of the versions before
+        # NULL, not on record, from routers of the versions before: not 0, which would say nothing was owed.
+        None if owed is None else to_pico(Decimal(str(owed))),
+        None if generations is None else _json(generations),
     )
+
+
+def _json(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
 
 
 class LedgerUnavailable(Exception):
@@ -226,6 +249,9 @@ class LedgerDB:
                 self._migrate(conn)
             if "period" not in self._columns(conn):  # made by the version before: its rows name no period
                 conn.execute("ALTER TABLE requests ADD COLUMN period TEXT NOT NULL DEFAULT ''")
+            for column, kind in (("owed_pico", "BIGINT"), ("generations", "TEXT")):
+                if column not in self._columns(conn):  # made by a version before: its rows' make-up is NULL
+                    conn.execute(f"ALTER TABLE requests ADD COLUMN {column} {kind}")
             conn.execute(INDEX)
             conn.commit()
         except BaseException:
@@ -242,7 +268,7 @@ class LedgerDB:
         return {str(row[1]) for row in conn.execute("PRAGMA table_info(requests)").fetchall()}
 
     def _migrate(self, conn: Any) -> None:
-        old = ", ".join(c for c in COLUMNS if c not in ("ledger_entry", "period"))
+        old = ", ".join(FIRST_COLUMNS)
         if self.postgres:
             conn.execute(f"ALTER TABLE requests ADD COLUMN ledger_entry TEXT NOT NULL DEFAULT '{UNKEYED}'")
             (key,) = conn.execute(

@@ -1,5 +1,7 @@
-"""Export of the ledger table as CSV or JSONL (candidates as their JSON text in CSV, as a list in JSONL);
-money as exact USD decimal strings beside the pico-dollar integers."""
+"""Export of the ledger table as CSV or JSONL (candidates and generations as their JSON text in CSV, as lists in
+JSONL); money as exact USD decimal strings beside the pico-dollar integers. A row whose make-up is not on record
+(copied before the generations and owed_pico columns, or written by a router of the versions before) has them
+empty in CSV, null in JSONL."""
 
 from __future__ import annotations
 
@@ -12,13 +14,14 @@ from services.ledger.db import COLUMNS, Row
 from services.router.budgets import usd
 
 FORMATS = ("csv", "jsonl")
-FIELDS = (*COLUMNS, "cost_usd", "baseline_cost_usd")
+FIELDS = (*COLUMNS, "cost_usd", "baseline_cost_usd", "owed_usd")
 
 
 def exported(row: Row) -> dict[str, Any]:
     values = row.as_dict()
     values["cost_usd"] = usd(values["cost_pico"])
     values["baseline_cost_usd"] = usd(values["baseline_pico"])
+    values["owed_usd"] = None if values["owed_pico"] is None else usd(values["owed_pico"])
     return values
 
 
@@ -36,6 +39,8 @@ def write(rows: Iterable[Row], out: IO[str], fmt: str) -> int:
             writer.writerow(values)
         else:
             values["candidates"] = json.loads(values["candidates"] or "[]")
+            if values["generations"] is not None:
+                values["generations"] = json.loads(values["generations"])
             out.write(json.dumps(values, separators=(",", ":")) + "\n")
         count += 1
     return count

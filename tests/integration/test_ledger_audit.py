@@ -8,6 +8,7 @@ pico-dollar, and so does the SQL ledger the sink copies it into, on SQLite and P
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -213,6 +214,11 @@ async def test_every_charged_request_has_one_record_and_the_ledgers_add_up_to_th
                     # The tokens on record, as the stream has them: none for a cache hit.
                     for column in ("input_tokens", "output_tokens"):
                         assert sum(row.get(column) for row in table) == sum(r[column] for r in rows)
+                    # And what each cost is made of, as its record has it (request ids are unique per tenant here).
+                    made_of = {r["request_id"]: (to_pico(Decimal(r["owed_usd"])), r["generations"]) for r in rows}
+                    for row in table:
+                        owed, generations = made_of[row.get("request_id")]
+                        assert (row.get("owed_pico"), json.loads(row.get("generations"))) == (owed, generations)
                 for (t, period), counters in spent.items():
                     table = [row for row in await sql.rows(tenant=t) if row.get("period") == period]
                     assert sum(row.get("cost_pico") for row in table) == counters[0]

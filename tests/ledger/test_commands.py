@@ -27,6 +27,8 @@ def test_ledger_export_needs_no_router_certificates(tmp_path: Path) -> None:
         "cost_usd": "0.000000000007",
         "baseline_cost_usd": "0.1",
         "outcome": "ok",
+        "generations": [{"model": "m", "input_tokens": 1, "output_tokens": 2}],
+        "owed_usd": "0.000000000005",
     }
     asyncio.run(db.insert([row_from_record(record, "{m0.0}:ledger 1780000000000-0")]))
     db.close()
@@ -45,3 +47,5 @@ def test_ledger_export_needs_no_router_certificates(tmp_path: Path) -> None:
     assert result.stderr.strip() == "exported 1 rows"
     (row,) = csv.DictReader(out.open())
     assert (row["tenant"], row["request_id"], row["cost_usd"]) == ("acme", "r1", "0.000000000007")
+    assert (row["owed_pico"], row["owed_usd"]) == ("5", "0.000000000005")
+    assert row["generations"] == '[{"model":"m","input_tokens":1,"output_tokens":2}]'

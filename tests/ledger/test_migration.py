@@ -6,6 +6,9 @@ Real Redis (the money store and its ledger streams), the table on SQLite and on 
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
+import json
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -16,6 +19,7 @@ from typing import Any
 import pytest
 
 from llmrouter.redis_connect import connect
+from services.ledger import export
 from services.ledger.db import COLUMNS, LedgerDB, _schema, row_from_record
 from services.ledger.sink import LedgerSink, RedisSource
 from services.ledger.stats import summarize
@@ -220,21 +224,31 @@ def test_processes_starting_at_once_migrate_the_table_once(backend: Backend) -> 
                 db.close()
 
 
-async def test_a_table_whose_rows_name_no_period_gains_the_column_once_keeping_its_rows(backend: Backend) -> None:
-    """The table as the version before made it (keyed by ledger entry, no period column): processes starting at once
-    add the column once; its rows name no period (''), rows copied from now on name theirs."""
-    before = [c for c in COLUMNS if c != "period"]
+def make_table_without(backend: Backend, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
+    """The table as a version before made it (the table of now without `columns`), holding `rows` (table values, as
+    row_from_record makes them now: the values of `columns` left out)."""
+    kept = [i for i, c in enumerate(COLUMNS) if c not in columns]
+    schema = "\n".join(
+        line for line in _schema("requests").splitlines() if line.split()[:1] not in ([c] for c in columns)
+    )
     conn = backend.connect()
     try:
-        conn.execute(_schema("requests").replace("  period TEXT NOT NULL DEFAULT '',\n", ""))
-        record = {"request_id": "r0", "tenant": "acme", "ts": 1_780_000_000.0, "cost_usd": "0.001"}
-        marks = ", ".join([backend.mark] * len(before))
-        conn.execute(
-            f"INSERT INTO requests ({', '.join(before)}) VALUES ({marks})", row_from_record(record, "s 1")[:-1]
-        )
+        conn.execute(schema)
+        marks = ", ".join([backend.mark] * len(kept))
+        for row in rows:
+            conn.execute(
+                f"INSERT INTO requests ({', '.join(COLUMNS[i] for i in kept)}) VALUES ({marks})", [row[i] for i in kept]
+            )
         conn.commit()
     finally:
         conn.close()
+
+
+async def test_a_table_whose_rows_name_no_period_gains_the_column_once_keeping_its_rows(backend: Backend) -> None:
+    """The table as the version before made it (keyed by ledger entry, no period column): processes starting at once
+    add the column once; its rows name no period (''), rows copied from now on name theirs."""
+    record = {"request_id": "r0", "tenant": "acme", "ts": 1_780_000_000.0, "cost_usd": "0.001"}
+    make_table_without(backend, ("period", "owed_pico", "generations"), [row_from_record(record, "s 1")])
     opened = at_once(4, backend.ledger)
     try:
         assert all(isinstance(db, LedgerDB) for db in opened), opened
@@ -257,3 +271,67 @@ async def test_a_table_whose_rows_name_no_period_gains_the_column_once_keeping_i
         for each in opened:
             if isinstance(each, LedgerDB):
                 each.close()
+
+
+async def test_a_table_without_the_cost_make_up_gains_its_columns_once_its_rows_not_on_record(
+    backend: Backend,
+) -> None:
+    """The table as the version before made it (no owed_pico, no generations): processes starting at once add both
+    columns once. Its rows, and records of routers of the versions before, have them NULL (not on record: 0 would
+    say nothing was owed); rows copied from now on carry them, exported as the record had them."""
+    old = {"request_id": "r0", "tenant": "acme", "ts": 1_780_000_000.0, "cost_usd": "0.001", "period": "20260601"}
+    make_table_without(backend, ("owed_pico", "generations"), [row_from_record(old, "s 1")])
+    opened = at_once(4, backend.ledger)
+    try:
+        assert all(isinstance(db, LedgerDB) for db in opened), opened
+        db = opened[0]
+        assert isinstance(db, LedgerDB)
+        generations = [
+            {"model": "weak", "input_tokens": 10, "output_tokens": 3},
+            {"model": "strong", "input_tokens": 10, "output_tokens": 7},
+        ]
+        escalated = {
+            "request_id": "r1",
+            "tenant": "acme",
+            "ts": 1_780_000_001.0,
+            "cost_usd": "0.000051",
+            "generations": generations,
+            "owed_usd": "0.000001",
+        }
+        reconciled = {"request_id": "r2", "tenant": "acme", "ts": 1_780_000_002.0, "cost_usd": "0.5", "owed_usd": "0.5"}
+        unknown = {"request_id": "r3", "tenant": "acme", "ts": 1_780_000_003.0, "cost_usd": "0.25"}
+        rows = [row_from_record(r, f"s {i}") for i, r in enumerate((escalated, reconciled, unknown), 2)]
+        assert await db.insert(rows) == 3
+        table = await db.rows(tenant="acme")
+        assert [(r.get("request_id"), r.get("owed_pico"), r.get("generations")) for r in table] == [
+            ("r0", None, None),
+            (
+                "r1",
+                10**6,
+                '[{"model":"weak","input_tokens":10,"output_tokens":3},'
+                '{"model":"strong","input_tokens":10,"output_tokens":7}]',
+            ),
+            ("r2", 5 * 10**11, "[]"),
+            ("r3", None, None),
+        ]
+        out = io.StringIO()
+        assert export.write(table, out, "jsonl") == 4
+        exported = {line["request_id"]: line for line in map(json.loads, out.getvalue().splitlines())}
+        assert (exported["r1"]["generations"], exported["r1"]["owed_usd"]) == (generations, "0.000001")
+        assert (exported["r2"]["generations"], exported["r2"]["owed_usd"]) == ([], "0.5")
+        assert exported["r0"]["generations"] is exported["r0"]["owed_usd"] is exported["r0"]["owed_pico"] is None
+        out = io.StringIO()
+        export.write(table, out, "csv")
+        csv_rows = {row["request_id"]: row for row in csv.DictReader(io.StringIO(out.getvalue()))}
+        assert json.loads(csv_rows["r1"]["generations"]) == generations
+        assert (csv_rows["r1"]["owed_pico"], csv_rows["r1"]["owed_usd"]) == ("1000000", "0.000001")
+        assert csv_rows["r0"]["generations"] == csv_rows["r0"]["owed_pico"] == csv_rows["r0"]["owed_usd"] == ""
+    finally:
+        for each in opened:
+            if isinstance(each, LedgerDB):
+                each.close()
+    again = backend.ledger()  # a later start finds the columns there and leaves the table as it is
+    try:
+        assert [r.values for r in await again.rows()] == [r.values for r in table]
+    finally:
+        again.close()
