@@ -403,6 +403,12 @@ class Deferred:
             output_tokens=usage.output_tokens,
             tokens_estimated=False,
             cost_usd=response.cost_usd,
+            # What an auditor checks cost_usd against: one generation, its tokens at the model's batch prices (every
+            # record of reason 'batch' is priced so), nothing owed.
+            generations=[
+                {"model": response.model, "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens}
+            ],
+            owed_usd="0",
             baseline_cost_usd=format(Decimal(baseline), "f"),
             reason="batch",
             reason_detail="served by the provider's Batch API at its batch price",
@@ -412,9 +418,12 @@ class Deferred:
 
 
 def _unanswered(pending: Pending, cost_usd: str, outcome: str, why: str) -> dict[str, Any]:
-    """The ledger record of a line settled without an answer: failed (at nothing), or unknown (at its hold)."""
+    """The ledger record of a line settled without an answer: failed (at nothing), or unknown (at its hold). No
+    generation is on record: what it costs is owed whole (its worst case for an unknown outcome)."""
     return pending.ledger_record(
         cost_usd=cost_usd,
+        generations=[],
+        owed_usd=cost_usd,
         model=pending.model or "",  # none recorded for a line of the version before
         reason="batch",
         outcome=outcome,

@@ -21,7 +21,7 @@ import pytest
 import redis.asyncio as redis
 
 from llmrouter.errors import ServiceError
-from llmrouter.registry import Registry
+from llmrouter.registry import ModelSpec, Registry
 from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
 from services.ledger.db import LedgerDB
 from services.ledger.sink import LedgerSink, RedisSource
@@ -88,25 +88,29 @@ async def streamed(
 PRICES = Registry.model_validate(registry("http://budget", "http://premium"))
 
 
-def audit_cost(record: dict) -> None:
+def audit_cost(record: dict, prices: Registry = PRICES) -> None:
     """A record's cost is its tokens at their models' prices (each generation billed at its own model's: an escalated
-    answer's weak one is another model's) plus what failed attempts owed, with no tokens on record for them; a record
-    of one generation and nothing owed is its tokens times its model's prices. A cache hit generated nothing."""
-    generations = record["generations"]
-    assert record["input_tokens"] == sum(g["input_tokens"] for g in generations), record
-    assert record["output_tokens"] == sum(g["output_tokens"] for g in generations), record
-    billed = Decimal(0)
-    for generation in generations:
-        model = PRICES.get(generation["model"])
+    answer's weak one is another model's; a Batch API line's, reason 'batch', at its model's batch prices) plus what
+    failed attempts owed, with no tokens on record for them; a record of one generation and nothing owed is its tokens
+    times its model's prices. A cache hit generated nothing."""
+
+    def priced(name: str) -> ModelSpec:
+        model = prices.get(name)
         assert model is not None, record
-        billed += model.cost_usd(generation["input_tokens"], generation["output_tokens"])
+        at = prices.batch_priced(model) if record["reason"] == "batch" else model
+        assert at is not None, record
+        return at
+
+    generations = record["generations"]
+    tokens = record.get("input_tokens", 0), record.get("output_tokens", 0)  # none on a batch line with no answer
+    assert tokens == (sum(g["input_tokens"] for g in generations), sum(g["output_tokens"] for g in generations)), record
+    billed = sum((priced(g["model"]).cost_usd(g["input_tokens"], g["output_tokens"]) for g in generations), Decimal(0))
     assert Decimal(record["cost_usd"]) == billed + Decimal(record["owed_usd"]), record
     if len(generations) == 1 and Decimal(record["owed_usd"]) == 0:
-        model = PRICES.get(record["model"])
-        assert model is not None and generations[0]["model"] == record["model"], record
-        assert Decimal(record["cost_usd"]) == model.cost_usd(record["input_tokens"], record["output_tokens"]), record
-    if record["cache_hit"]:
-        assert not generations and record["input_tokens"] == record["output_tokens"] == 0, record
+        assert generations[0]["model"] == record["model"], record
+        assert Decimal(record["cost_usd"]) == priced(record["model"]).cost_usd(*tokens), record
+    if record.get("cache_hit"):
+        assert not generations and tokens == (0, 0), record
         assert Decimal(record["cost_usd"]) == 0, record
 
 

@@ -50,6 +50,7 @@ from tests.conftest import ledger_records
 from tests.fakes.fake_openai import FakeOpenAI
 from tests.fakes.server import Fault
 from tests.integration.conftest import free_port, start_edge
+from tests.integration.test_ledger_audit import audit_cost
 
 BATCHED, REALTIME = "batch-model", "realtime-model"
 WINDOW_S = 4.0  # a deferred line's hold where the window's end is tested: given up on 1 s before it ends
@@ -208,7 +209,9 @@ async def lines_of(client: AsyncOpenAI, file_id: str | None) -> dict[str, dict[s
 
 
 async def money(stack: Stack) -> tuple[dict[str, Decimal], int, int, list[Pending]]:
-    """The tenant's ledger charges by request id, its spend, what its holds keep, and its pending charges."""
+    """The tenant's ledger charges by request id, its spend, what its holds keep, and its pending charges. Each record's
+    cost is checked as an auditor does: its generations' tokens at their prices (a Batch API line's at its model's
+    batch prices) plus what it owed."""
     account = Account(stack.tenant, key_id(stack.key))
     keys = AccountKeys.of(account)
     db = redis.from_url(stack.redis_url)
@@ -219,8 +222,10 @@ async def money(stack: Stack) -> tuple[dict[str, Decimal], int, int, list[Pendin
         pending = [Pending.from_json(v) for v in (await db.hgetall(pending_key(keys.shard))).values()]
     finally:
         await db.aclose()
+    models = load_registry(stack.registry_path)
     charged: dict[str, Decimal] = {}
     for record in ledger:
+        audit_cost(record, models)
         assert record["request_id"] not in charged, f"{record['request_id']} charged twice"
         charged[record["request_id"]] = Decimal(record["cost_usd"])
     return charged, spend, held, [p for p in pending if p.tenant == stack.tenant]
@@ -285,6 +290,16 @@ async def test_lines_of_a_batch_priced_model_go_through_the_batch_api_at_the_bat
     assert not any(line.succeeded or line.response.content for line in intruder.lines)
     charged, spend, held, pending = await money(stack)
     assert charged == costs  # each line charged once, at what its output says
+    # The batch lines' records show their one generation, at the batch price (money() audits each record's cost).
+    ledger = await ledger_by_id(stack)
+    for request_id in ids:
+        record, body = ledger[request_id], by_id[request_id]
+        tokens = {"input_tokens": body["usage"]["prompt_tokens"], "output_tokens": body["usage"]["completion_tokens"]}
+        assert (record["reason"], record["generations"], record["owed_usd"]) == (
+            "batch",
+            [{"model": BATCHED, **tokens}],
+            "0",
+        )
     assert spend == sum(to_pico(c) for c in costs.values()) and held == 0 and not pending
 
 
@@ -313,6 +328,7 @@ async def test_failed_and_expired_provider_lines_are_released_not_charged(stack:
     assert spend == sum(to_pico(c) for c in costs.values()) and held == 0 and not pending
     ledger = await ledger_by_id(stack)
     assert {(ledger[i]["outcome"], ledger[i]["model"]) for i in failed} == {("batch_failed", BATCHED)}
+    assert all(ledger[i]["generations"] == [] and Decimal(ledger[i]["owed_usd"]) == 0 for i in failed)
 
 
 async def test_a_router_restart_while_the_provider_batch_runs_loses_nothing(stack: Stack) -> None:

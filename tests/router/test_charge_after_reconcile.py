@@ -79,6 +79,7 @@ async def test_a_request_the_reconciler_settled_is_not_charged_again_by_its_rout
         (record,) = records
         assert record["model"] == "cheap" and record["reason"] == "reconciled", record
         assert "after a crash" in record["reason_detail"] and record["owed_usd"] == hold, record
+        assert record["generations"] == [], record  # no tokens on record: the cost is all owed
     finally:
         await db.aclose()
         await store.close()

@@ -288,6 +288,7 @@ def reconciled_record(pending: Pending) -> dict[str, Any]:
         detail += "charged its hold, its outcome unknown"
     return pending.ledger_record(
         cost_usd=cost,
+        generations=[],
         owed_usd=cost,
         model=pending.model or "",
         reason=RECONCILED,
