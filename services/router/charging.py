@@ -168,8 +168,11 @@ class Charger:
         metrics.REQUESTS.labels(model, routed.plan.code, outcome).inc()
         metrics.COST.labels(model).inc(float(cost))
         metrics.BASELINE_COST.inc(float(baseline))
-        metrics.TOKENS.labels(model, "input").inc(response.usage.input_tokens)
-        metrics.TOKENS.labels(model, "output").inc(response.usage.output_tokens)
+        # Tokens generated, each by the model that generated them: none for a cache hit (its caller is shown the
+        # cached answer's usage), an escalated answer's weak generation under the weak model.
+        for name, input_generated, output_generated in generations:
+            metrics.TOKENS.labels(name, "input").inc(input_generated)
+            metrics.TOKENS.labels(name, "output").inc(output_generated)
 
 
 def _cap_at_hold(routed: Routed, response: router_pb2.CompleteResponse) -> None:

@@ -7,7 +7,11 @@ COST = Counter("llmrouter_router_cost_usd_total", "USD charged", ["model"])
 BASELINE_COST = Counter(
     "llmrouter_router_baseline_cost_usd_total", "USD the strongest available model would have cost for the same usage"
 )
-TOKENS = Counter("llmrouter_router_tokens_total", "Tokens served", ["model", "direction"])
+TOKENS = Counter(
+    "llmrouter_router_tokens_total",
+    "Tokens of charged generations, by the model that generated them (none for a cache hit)",
+    ["model", "direction"],
+)
 ESCALATIONS = Counter("llmrouter_router_escalations_total", "Weak answers escalated", ["from_model", "to_model"])
 VERIFIER = Counter(
     "llmrouter_router_verifier_total",

@@ -19,6 +19,7 @@ import grpc
 import httpx
 import pytest
 import redis.asyncio as redis
+from prometheus_client import REGISTRY
 
 from llmrouter.errors import ServiceError
 from llmrouter.registry import ModelSpec, Registry
@@ -312,3 +313,37 @@ async def test_the_sql_ledger_on_postgresql_holds_every_charge_whatever_ids_a_ca
             assert sum(row.get("cost_pico") for row in await sql.rows(tenant=tenant)) == spent[0]
         finally:
             sql.close()
+
+
+async def test_the_tokens_metric_counts_what_was_generated_under_the_model_that_generated_it(
+    chain: Chain, stub: router_pb2_grpc.RouterStub
+) -> None:
+    """llmrouter_router_tokens_total counts the tokens of the generations charged, as the ledger has them: a cache hit
+    generated nothing (its caller is still shown the cached answer's usage), and an escalated answer's weak generation
+    is the weak model's, not the stronger one's."""
+    tenant, seen = f"audit-{uuid.uuid4().hex[:8]}", Seen()
+    plain, weak = f"cache me {uuid.uuid4().hex}", f"{SILENCE} {uuid.uuid4().hex}"
+    series = [(m, d) for m in ("cheap-model", "strong-model") for d in ("input", "output")]
+
+    def tokens() -> dict[tuple[str, str], float]:
+        return {
+            (m, d): REGISTRY.get_sample_value("llmrouter_router_tokens_total", {"model": m, "direction": d}) or 0.0
+            for m, d in series
+        }
+
+    before = tokens()
+    for text in (plain, weak, plain, weak):
+        await unary(stub, seen, ask(tenant, text, request_id=uuid.uuid4().hex))
+    counted = {key: value - before[key] for key, value in tokens().items()}
+    assert [a.cache_hit for _, a in seen.answers] == [False, False, True, True]
+    assert all(a.usage.output_tokens > 0 for _, a in seen.answers)  # what each caller was shown, hits included
+    records = await ledger_of(chain, tenant, wait_s=5)
+    assert len(records) == 4
+    generated = dict.fromkeys(series, 0)
+    for record in records:
+        for generation in record["generations"]:
+            generated[generation["model"], "input"] += generation["input_tokens"]
+            generated[generation["model"], "output"] += generation["output_tokens"]
+    escalated = next(r for r in records if r["escalated"])
+    assert {g["model"] for g in escalated["generations"]} == {"cheap-model", "strong-model"}
+    assert counted == generated and counted["cheap-model", "input"] > 0
