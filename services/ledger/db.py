@@ -24,6 +24,7 @@ import json
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -69,6 +70,7 @@ FIRST_COLUMNS = COLUMNS[: COLUMNS.index("error") + 1]
 UNKEYED = ""
 # Held while a process creates or migrates the table (PostgreSQL): sinks starting at once take turns.
 PREPARE_LOCK = 0x6C6C6D72_6C646772
+SQLITE_BUSY_S = 30.0  # how long a SQLite call waits for another process's lock on the file
 
 
 def _schema(table: str) -> str:
@@ -188,8 +190,8 @@ class LedgerDB:
             assert path is not None
             path.parent.mkdir(parents=True, exist_ok=True)
             self._unreachable = ()
-            self._conn = sqlite3.connect(path, check_same_thread=False, timeout=30)
-            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn = sqlite3.connect(path, check_same_thread=False, timeout=SQLITE_BUSY_S)
+            _write_ahead(self._conn)
             self._mark = "?"
             self._data_errors = (sqlite3.DataError, sqlite3.IntegrityError, OverflowError, ValueError)
         with self._connected() as conn:
@@ -355,6 +357,21 @@ class LedgerDB:
             deleted = conn.execute(f"DELETE FROM requests WHERE ts < {self._mark}", (before,)).rowcount
             conn.commit()
         return int(deleted)
+
+
+def _write_ahead(conn: sqlite3.Connection) -> None:
+    """Put the file in WAL mode, waiting as any call does for another process's lock: SQLite refuses the change at once
+    ('database is locked', its busy timeout unused: it would deadlock) while another connection holds the write lock
+    of a file not yet in WAL mode, as processes opening a new file at once do, one creating the table."""
+    deadline = time.monotonic() + SQLITE_BUSY_S
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
 
 
 def open_ledger(dsn: str, path: Path) -> LedgerDB:

@@ -335,3 +335,28 @@ async def test_a_table_without_the_cost_make_up_gains_its_columns_once_its_rows_
         assert [r.values for r in await again.rows()] == [r.values for r in table]
     finally:
         again.close()
+
+
+def test_a_sqlite_file_whose_write_lock_another_process_holds_is_opened_once_it_is_released(tmp_path: Path) -> None:
+    """SQLite refuses to put a file not yet in WAL mode into it while another connection holds its write lock, at once
+    ('database is locked', not waiting its busy timeout), as when processes open a new file at once, one creating
+    the table: the ledger waits for the lock, as every other call does, and opens the file."""
+    path = tmp_path / "ledger.sqlite3"
+    other = sqlite3.connect(path, check_same_thread=False)
+    try:
+        other.execute(_schema("requests"))
+        other.commit()
+        other.execute("BEGIN IMMEDIATE")
+        release = threading.Timer(0.3, other.commit)
+        release.start()
+        try:
+            db = LedgerDB(path=path)
+        finally:
+            release.join()
+        try:
+            ((mode,),) = Backend(path=path).query("PRAGMA journal_mode")
+            assert mode == "wal"
+        finally:
+            db.close()
+    finally:
+        other.close()
