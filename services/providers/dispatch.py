@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
@@ -250,7 +251,7 @@ class Dispatcher:
         if err.status is not None:
             metadata["upstream_status"] = str(err.status)
         if err.retry_after is not None:
-            metadata["retry_after_s"] = f"{err.retry_after:g}"
+            metadata["retry_after_s"] = retry_after_header(err.retry_after)
         if wasted and wasted.cost:  # tokens the failed attempts consumed: the caller charges them
             metadata.update(wasted.metadata())
         return ServiceError(code, reason, self._redact(f"{self.provider}/{model.name}: {err.message}"), metadata)
@@ -322,6 +323,18 @@ class Dispatcher:
 
     def _redact(self, text: str) -> str:
         return text.replace(self.secret, "[redacted]") if self.secret else text
+
+
+# The longest wait told to a caller: a provider's Retry-After of years (or one that overflowed to infinity) says no
+# more than "not soon".
+MAX_RETRY_AFTER_S = 86_400
+
+
+def retry_after_header(seconds: float) -> str:
+    """A provider's wait as the edge's Retry-After header must carry it: whole seconds (RFC 9110 delay-seconds,
+    which clients parse as an integer), rounded up so no retry comes early. "1.5" (from retry-after-ms),
+    "3.99812" (an HTTP date) or "inf" made clients that parse it strictly (urllib3) fail."""
+    return str(math.ceil(min(seconds, MAX_RETRY_AFTER_S)))
 
 
 async def _next(events: AsyncGenerator[StreamEvent, None], deadline: float) -> StreamEvent | None:

@@ -16,6 +16,8 @@ from services.providers.gateways.base import (
     StreamEvent,
     UpstreamError,
     UpstreamRequest,
+    json_obj,
+    json_text,
     token_count,
 )
 from services.providers.gateways.http import loads, make_client, post_json, post_sse
@@ -47,6 +49,7 @@ class AnthropicGateway:
     async def stream(self, request: UpstreamRequest) -> AsyncGenerator[StreamEvent, None]:
         stopped = started = False
         calls: dict[int, dict[str, Any]] = {}  # tool_use blocks by their index; input arrives as JSON pieces
+        blocks: set[int] = set()  # the indices of every block started (server tools stream input too)
         input_tokens: int | None = None
         output_tokens: int | None = None
         try:
@@ -55,29 +58,39 @@ class AnthropicGateway:
                 payload = loads(data)
                 kind = payload.get("type", event)
                 if kind == "message_start":
-                    input_tokens, _ = _usage((payload.get("message") or {}).get("usage"))
+                    input_tokens, _ = _usage(json_obj(payload.get("message"), "message").get("usage"))
                     yield Completion(input_tokens=input_tokens)
                 elif kind == "content_block_start":
-                    block = payload.get("content_block") or {}
+                    block = json_obj(payload.get("content_block"), "content block")
+                    index = _index(payload.get("index", len(blocks)))
+                    blocks.add(index)
                     if block.get("type") == "tool_use":
-                        call = _tool_call(block.get("id", ""), block.get("name", ""), "")
-                        calls[payload.get("index", len(calls))] = call
+                        call = _tool_call(
+                            json_text(block.get("id"), "tool id"), json_text(block.get("name"), "tool"), ""
+                        )
+                        calls[index] = call
                 elif kind == "content_block_delta":
-                    delta = payload.get("delta") or {}
-                    if delta.get("type") == "text_delta" and delta.get("text"):
-                        yield delta["text"]
-                    elif delta.get("type") == "input_json_delta" and payload.get("index") in calls:
-                        calls[payload["index"]]["function"]["arguments"] += delta.get("partial_json") or ""
+                    delta = json_obj(payload.get("delta"), "delta")
+                    if delta.get("type") == "text_delta" and (text := json_text(delta.get("text"), "text delta")):
+                        yield text
+                    elif delta.get("type") == "input_json_delta":
+                        # A piece of input for no block started: dropped, its call would go out with its input cut,
+                        # as if whole.
+                        index = _index(payload.get("index"))
+                        if index not in blocks:
+                            raise UpstreamError("bad_response", "upstream sent tool input before its block started")
+                        if index in calls:
+                            calls[index]["function"]["arguments"] += json_text(delta.get("partial_json"), "tool input")
                 elif kind == "message_delta":
                     _, output_tokens = _usage(payload.get("usage"))
-                    stop_reason = (payload.get("delta") or {}).get("stop_reason")
+                    stop_reason = json_obj(payload.get("delta"), "message delta").get("stop_reason")
                     finish = _finish(stop_reason) if stop_reason else ""
                     yield Completion(finish_reason=finish, output_tokens=output_tokens)
                 elif kind == "message_stop":
                     stopped = True
                     break
                 elif kind == "error":
-                    error = payload.get("error") or {}
+                    error = json_obj(payload.get("error"), "error")
                     raise UpstreamError(
                         "unavailable", f"upstream error mid-stream: {error.get('type', 'unknown')}", retryable=True
                     )
@@ -100,9 +113,11 @@ def completion(payload: dict[str, Any]) -> Completion:
     if not isinstance(blocks, list):
         raise UpstreamError("bad_response", "upstream reply has no content blocks")
     blocks = [b for b in blocks if isinstance(b, dict)]
-    text = "".join(b.get("text", "") for b in blocks if b.get("type") == "text")
+    text = "".join(json_text(b.get("text"), "text block") for b in blocks if b.get("type") == "text")
     calls = [
-        _tool_call(b.get("id", ""), b.get("name", ""), json.dumps(b.get("input") or {}))
+        _tool_call(
+            json_text(b.get("id"), "tool id"), json_text(b.get("name"), "tool"), json.dumps(b.get("input") or {})
+        )
         for b in blocks
         if b.get("type") == "tool_use"
     ]
@@ -153,6 +168,13 @@ def _blocks(m: Message) -> list[dict[str, Any]]:
             {"type": "tool_use", "id": call.get("id", ""), "name": function.get("name", ""), "input": arguments}
         )
     return blocks
+
+
+def _index(value: Any) -> int:
+    """A content block's index: a number, as the blocks are kept by it."""
+    if not isinstance(value, int):
+        raise UpstreamError("bad_response", "upstream sent a content block index that is not a number")
+    return value
 
 
 def _tool_call(call_id: str, name: str, arguments: str) -> dict[str, Any]:

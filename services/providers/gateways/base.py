@@ -92,3 +92,33 @@ def token_count(value: Any) -> int | None:
     large): taken as reported, it would credit the tenant or charge an unbounded amount; None is counted locally."""
     is_count = isinstance(value, int) and not isinstance(value, bool) and 0 <= value < MAX_TOKEN_COUNT
     return value if is_count else None
+
+
+# An upstream's JSON read field by field: a field of the wrong type is a malformed answer (bad_response: generated,
+# perhaps, so owed at its worst case), never an exception the service does not expect, which would leave a
+# half-open circuit's probe taken for good and give the caller a bare internal error.
+def json_obj(value: Any, what: str) -> dict[str, Any]:
+    """An object, or {} when absent (null)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise UpstreamError("bad_response", f"upstream sent a {what} that is not a JSON object")
+    return value
+
+
+def json_list(value: Any, what: str) -> list[Any]:
+    """A list, or [] when absent (null)."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise UpstreamError("bad_response", f"upstream sent a {what} that is not a JSON list")
+    return value
+
+
+def json_text(value: Any, what: str) -> str:
+    """A string, or "" when absent (null)."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise UpstreamError("bad_response", f"upstream sent a {what} that is not a string")
+    return value

@@ -99,7 +99,9 @@ class BatchClient:
 
     async def call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         try:
-            async with self.session().request(method, self.base_url + path, **kwargs) as response:
+            async with self.session().request(
+                method, self.base_url + path, allow_redirects=False, **kwargs
+            ) as response:
                 body = bytearray()
                 async for chunk in response.content.iter_any():
                     body += chunk
@@ -124,7 +126,7 @@ class BatchClient:
         failed (a faulty provider's duplicate) was billed: its answer wins."""
         read = 0
         try:
-            async with self.session().get(self.base_url + path) as response:
+            async with self.session().get(self.base_url + path, allow_redirects=False) as response:
                 if response.status != 200:
                     raise status_error(response.status, response.headers, await response.content.read(MAX_ERROR_BYTES))
                 async for raw in _file_lines(response.content):

@@ -21,6 +21,10 @@ _MAX_ERROR_CHARS = 300
 # (16k tokens with log-probabilities is a few MB), one stream line, an error body (only its message is kept).
 MAX_ANSWER_BYTES = 32 << 20
 MAX_LINE_BYTES = 8 << 20
+# A whole stream: its events wrap each token in a few hundred bytes of JSON (OpenAI's ~250: the longest answers,
+# 128k tokens, take about an answer's bound), so four times that. Unbounded, a stream that kept sending for the
+# whole total timeout had all of it held in memory (the text delivered, the tool calls' arguments).
+MAX_STREAM_BYTES = 4 * MAX_ANSWER_BYTES
 MAX_ERROR_BYTES = 64 << 10
 # How OpenAI-compatible servers and Anthropic word a prompt that does not fit the context window.
 _CONTEXT_HINTS = ("context_length_exceeded", "maximum context length", "prompt is too long", "context window")
@@ -48,7 +52,11 @@ class HttpClient:
             self._session = aiohttp.ClientSession(
                 headers=self.headers, timeout=self.timeout, connector=connector, trust_env=True
             )
-        return self._session.post(self.base_url + path, data=json.dumps(body).encode(), headers=headers)
+        # Never follow a redirect: it would carry the prompt, and the key headers aiohttp keeps across hosts
+        # (x-api-key), to wherever the upstream points, internal addresses included.
+        return self._session.post(
+            self.base_url + path, data=json.dumps(body).encode(), headers=headers, allow_redirects=False
+        )
 
     async def aclose(self) -> None:
         if self._session is not None:
@@ -115,6 +123,8 @@ def status_error(status: int, headers: Mapping[str, str], body: bytes) -> Upstre
         return UpstreamError(
             "rate_limited", f"rate limited (429): {message}", status=status, retryable=True, retry_after=wait
         )
+    if 300 <= status < 400:  # not followed (HttpClient.post): nothing generated, and the next model may answer
+        return UpstreamError("unavailable", f"upstream redirected the request ({status}), not followed", status=status)
     if status >= 500:  # includes Anthropic's 529 overloaded
         return UpstreamError(
             "unavailable", f"upstream error ({status}): {message}", status=status, retryable=True, retry_after=wait
@@ -181,9 +191,14 @@ async def _read(content: aiohttp.StreamReader, limit: int, truncate: bool = Fals
 
 
 async def _lines(content: aiohttp.StreamReader) -> AsyncIterator[str]:
-    """Lines as they arrive, up to MAX_LINE_BYTES each, without their line ending (LF or CRLF)."""
+    """Lines as they arrive, up to MAX_LINE_BYTES each and MAX_STREAM_BYTES in all, without their line ending (LF
+    or CRLF)."""
     buffer = bytearray()
+    read = 0
     async for chunk in content.iter_any():
+        read += len(chunk)
+        if read > MAX_STREAM_BYTES:
+            raise UpstreamError("bad_response", f"stream larger than {MAX_STREAM_BYTES >> 20} MB")
         searched = len(buffer)  # no newline before this: search only what arrived
         buffer += chunk
         end = buffer.rfind(b"\n", searched)

@@ -13,6 +13,9 @@ from services.providers.gateways.base import (
     StreamEvent,
     UpstreamError,
     UpstreamRequest,
+    json_list,
+    json_obj,
+    json_text,
     token_count,
 )
 from services.providers.gateways.http import loads, make_client, post_json, post_sse
@@ -45,13 +48,14 @@ class OpenAIGateway:
                 chunk = loads(data)
                 if "error" in chunk:
                     raise UpstreamError("unavailable", "upstream reported an error mid-stream", retryable=True)
-                for choice in chunk.get("choices") or []:
-                    delta = choice.get("delta") or {}
-                    if delta.get("content"):
-                        yield delta["content"]
-                    for fragment in delta.get("tool_calls") or []:
+                for item in json_list(chunk.get("choices"), "choices"):
+                    choice = json_obj(item, "choice")
+                    delta = json_obj(choice.get("delta"), "delta")
+                    if content := json_text(delta.get("content"), "delta's content"):
+                        yield content
+                    for fragment in json_list(delta.get("tool_calls"), "delta's tool calls"):
                         _add_fragment(calls, fragment)
-                    end.finish_reason = choice.get("finish_reason") or end.finish_reason
+                    end.finish_reason = json_text(choice.get("finish_reason"), "finish reason") or end.finish_reason
                 if chunk.get("usage"):
                     end.input_tokens, end.output_tokens = _usage(chunk["usage"])
             if not done and not end.finish_reason:
@@ -67,30 +71,40 @@ class OpenAIGateway:
 
 def completion(payload: dict[str, Any]) -> Completion:
     """A chat completion object (a reply, or the body of a Batch API output line) as a Completion."""
-    try:
-        choice = payload["choices"][0]
-        content = choice["message"].get("content") or ""
-        finish = choice.get("finish_reason") or ""
-        tool_calls = choice["message"].get("tool_calls") or []
-    except (KeyError, IndexError, TypeError, AttributeError):
-        raise UpstreamError("bad_response", "upstream reply has no choices[0].message") from None
-    if not isinstance(tool_calls, list):
-        raise UpstreamError("bad_response", "upstream reply's tool_calls is not a list")
+    choices = json_list(payload.get("choices"), "choices")
+    choice = json_obj(choices[0] if choices else None, "choice")
+    message = choice.get("message")
+    if not isinstance(message, dict):
+        raise UpstreamError("bad_response", "upstream reply has no choices[0].message")
+    content = json_text(message.get("content"), "message's content")
+    finish = json_text(choice.get("finish_reason"), "finish reason")
+    tool_calls = [_checked_call(call) for call in json_list(message.get("tool_calls"), "message's tool calls")]
     input_tokens, output_tokens = _usage(payload.get("usage"))
     return Completion(content, finish, input_tokens, output_tokens, tool_calls, _mean_logprob(choice))
 
 
+def _checked_call(call: Any) -> dict[str, Any]:
+    """A reply's tool call, handed on as it came once its id, name and arguments are known to be strings."""
+    if not isinstance(call, dict):
+        raise UpstreamError("bad_response", "upstream sent a tool call that is not a JSON object")
+    function = json_obj(call.get("function"), "tool call's function")
+    json_text(call.get("id"), "tool call's id")
+    json_text(function.get("name"), "tool call's name")
+    json_text(function.get("arguments"), "tool call's arguments")
+    return call
+
+
 def _add_fragment(calls: dict[int, dict[str, Any]], fragment: Any) -> None:
     """The first fragment of a call brings its id and name, the following ones pieces of its arguments."""
-    function = (fragment.get("function") or {}) if isinstance(fragment, dict) else None
-    if not isinstance(function, dict) or not isinstance(fragment.get("index", 0), int):
+    if not isinstance(fragment, dict) or not isinstance(fragment.get("index", 0), int):
         raise UpstreamError("bad_response", "upstream sent a malformed tool call fragment")
+    function = json_obj(fragment.get("function"), "tool call fragment's function")
     call = calls.setdefault(
         fragment.get("index", len(calls)), {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
     )
-    call["id"] = fragment.get("id") or call["id"]
-    call["function"]["name"] = function.get("name") or call["function"]["name"]
-    call["function"]["arguments"] += function.get("arguments") or ""
+    call["id"] = json_text(fragment.get("id"), "tool call's id") or call["id"]
+    call["function"]["name"] = json_text(function.get("name"), "tool call's name") or call["function"]["name"]
+    call["function"]["arguments"] += json_text(function.get("arguments"), "tool call's arguments")
 
 
 def body(request: UpstreamRequest, logprobs: bool = False) -> dict[str, Any]:
