@@ -259,6 +259,32 @@ async def test_tool_input_before_its_tool_use_block_is_a_bad_response(tmp_path: 
     assert error_of(caught.value).reason == "UPSTREAM_ERROR"
 
 
+# --- JSON nested past the parser's depth ---------------------------------------------------------------------------
+
+NESTED = b'{"error": {"message": ' + b"[" * 5000 + b"]" * 5000 + b"}}"
+
+
+async def test_json_nested_past_the_parsers_depth_is_a_bad_response(tmp_path: Path) -> None:
+    """json.loads raises RecursionError, not ValueError, on a few KB of '[': a bare internal error, not retried."""
+    async with (
+        RawUpstream(reply(200, NESTED)) as upstream,
+        providers_service(tmp_path, upstream.url, upstream.url, breaker_failures=10) as stub,
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as unary:
+            await stub.Generate(request("cheap"))
+        upstream.reply = events(NESTED.decode())
+        with pytest.raises(grpc.aio.AioRpcError) as streamed:
+            await collect(stub, request("claude"))
+        upstream.reply = reply(503, NESTED)  # an error body: its status says enough, and it is retried
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await stub.Generate(request("cheap"))
+    for caught in (unary, streamed):
+        err = error_of(caught.value)
+        assert err.explained and err.reason == "UPSTREAM_ERROR" and err.code == grpc.StatusCode.INTERNAL, err.message
+    err = error_of(failed.value)
+    assert err.reason == "UPSTREAM_UNAVAILABLE" and err.metadata["retries"] == "2"
+
+
 # --- a stream that never stops --------------------------------------------------------------------------------------
 
 

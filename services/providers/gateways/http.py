@@ -111,7 +111,7 @@ def _error_message(body: bytes) -> str:
     """The provider's own error message (both OpenAI and Anthropic nest it under error.message)."""
     try:
         message = json.loads(body)["error"]["message"]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: JSON nested past the parser's depth
         message = body.decode("utf-8", "replace")
     return str(message)[:_MAX_ERROR_CHARS]
 
@@ -238,7 +238,7 @@ def loads(data: str | bytes, what: str = "stream event") -> dict[str, Any]:
     """Parse an upstream JSON object (a response body or one stream event), or fail as a bad response."""
     try:
         value = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested past the parser's depth, a few KB of "["
         raise UpstreamError("bad_response", f"upstream sent a malformed {what}") from None
     if not isinstance(value, dict):
         raise UpstreamError("bad_response", f"upstream sent a {what} that is not a JSON object")
