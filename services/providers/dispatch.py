@@ -98,7 +98,7 @@ class Dispatcher:
                         await self._backoff(model, request, err, retries, deadline)
                         retries += 1
                         continue
-                    except asyncio.CancelledError:
+                    except BaseException:  # cancelled, or a gateway's bug: no verdict; a half-open probe freed
                         breaker.release()
                         raise
                     breaker.success()
@@ -152,7 +152,7 @@ class Dispatcher:
                         await self._backoff(model, request, err, retries, deadline, wasted)
                         retries += 1
                         continue
-                    except (asyncio.CancelledError, GeneratorExit):
+                    except BaseException:  # cancelled, closed, or a gateway's bug: no verdict; the probe freed
                         breaker.release()
                         raise
                     finally:

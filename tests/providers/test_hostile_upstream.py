@@ -9,6 +9,7 @@ import asyncio
 import json
 import re
 import time
+from collections.abc import AsyncGenerator
 from email.utils import formatdate
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from llmrouter.registry import ProviderSpec
 from services.providers.gateways import http
 from services.providers.gateways.anthropic_batch import AnthropicBatches
 from services.providers.gateways.base import UpstreamError
+from services.providers.gateways.openai import OpenAIGateway
 from tests.providers.conftest import ANTHROPIC_KEY, providers_service
 from tests.providers.helpers import collect, error_of, request
 
@@ -340,3 +342,36 @@ async def test_retry_after_reaches_callers_in_whole_seconds(
         assert 29 <= int(wait) <= 31
     else:
         assert wait == expected
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_a_probe_that_meets_a_gateways_own_bug_frees_the_circuit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, streamed: bool
+) -> None:
+    """Whatever a gateway raises that no one foresaw, the half-open circuit's one probe is given back: the next call
+    goes out, rather than the model refused as CIRCUIT_OPEN until a restart."""
+    async with RawUpstream(reply(500, b'{"error": {"message": "down"}}')) as upstream:
+        limits: dict[str, Any] = {"breaker_failures": 1, "max_retries": 0, "breaker_cooldown_s": 0.2}
+        async with providers_service(tmp_path, upstream.url, upstream.url, **limits) as stub:
+            with pytest.raises(grpc.aio.AioRpcError):
+                await stub.Generate(request("cheap"))  # opens the circuit
+            await asyncio.sleep(0.3)
+            with monkeypatch.context() as patched:  # a fault no gateway has today: injected
+                patched.setattr(
+                    OpenAIGateway, "stream" if streamed else "complete", broken_stream if streamed else broken
+                )
+                with pytest.raises(grpc.aio.AioRpcError) as probe:
+                    await (collect(stub, request("cheap")) if streamed else stub.Generate(request("cheap")))
+            assert error_of(probe.value).reason != "CIRCUIT_OPEN"
+            upstream.reply = reply(200, OPENAI_OK)
+            answer = await stub.Generate(request("cheap"))  # the next probe goes out
+    assert answer.content == "4"
+
+
+async def broken(*args: Any) -> Any:
+    raise RuntimeError("a gateway's own bug")
+
+
+async def broken_stream(*args: Any) -> AsyncGenerator[Any, None]:
+    raise RuntimeError("a gateway's own bug")
+    yield  # an async generator, as a gateway's stream is
