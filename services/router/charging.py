@@ -164,15 +164,7 @@ class Charger:
             return
         routed.charged = cost
         log.info("request served", extra=record)
-        model = response.model
-        metrics.REQUESTS.labels(model, routed.plan.code, outcome).inc()
-        metrics.COST.labels(model).inc(float(cost))
-        metrics.BASELINE_COST.inc(float(baseline))
-        # Tokens generated, each by the model that generated them: none for a cache hit (its caller is shown the
-        # cached answer's usage), an escalated answer's weak generation under the weak model.
-        for name, input_generated, output_generated in generations:
-            metrics.TOKENS.labels(name, "input").inc(input_generated)
-            metrics.TOKENS.labels(name, "output").inc(output_generated)
+        metrics.count_charge(record)
 
 
 def _cap_at_hold(routed: Routed, response: router_pb2.CompleteResponse) -> None:

@@ -46,6 +46,7 @@ from llmrouter.errors import ServiceError, invalid
 from llmrouter.registry import ModelSpec, RegistrySource
 from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2
 from services.router import admission as admitting
+from services.router import metrics
 from services.router.admission import Admission
 from services.router.routed import Routed
 from services.router.serving import generate_request
@@ -387,7 +388,9 @@ class Deferred:
         collect, or by the reconciler as its hold lapsed) is never charged again, even once its charged marker
         (kept for the request id TTL, which may be shorter than the hold) has expired."""
         held_account, hold = pending.account_and_hold()
-        if not await self.store.charge(held_account, hold, pico, record, late=True):
+        if await self.store.charge(held_account, hold, pico, record, late=True):
+            metrics.count_charge(record)
+        else:
             log.warning("batch line charged before; not charged again", extra={"request_id": hold.request_id})
 
     def _record(self, pending: Pending, response: router_pb2.CompleteResponse, outcome: str) -> dict[str, Any]:

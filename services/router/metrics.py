@@ -1,5 +1,8 @@
 """Router metrics, named as docs/conventions.md lists them (dashboards and alerts depend on the names)."""
 
+from decimal import Decimal
+from typing import Any
+
 from prometheus_client import Counter, Gauge
 
 REQUESTS = Counter("llmrouter_router_requests_total", "Routed requests", ["model", "reason", "outcome"])
@@ -35,6 +38,21 @@ ROUTED = Counter(
     "Auto-routed requests admitted, by tenant (the first N seen, then 'other') and the chosen model's tier",
     ["tenant", "tier"],
 )
+
+
+def count_charge(record: dict[str, Any]) -> None:
+    """A charge, from its ledger record, in the request, cost and token counters: every charge the ledger holds (a
+    request's, a Batch API line's, one the reconciler settled at its hold) is counted once, by the router that made
+    it, so what dashboards sum is what the ledger sums."""
+    model = str(record.get("model", ""))
+    REQUESTS.labels(model, str(record.get("reason", "")), str(record.get("outcome", ""))).inc()
+    COST.labels(model).inc(float(Decimal(record["cost_usd"])))
+    BASELINE_COST.inc(float(Decimal(record.get("baseline_cost_usd") or record["cost_usd"])))
+    # Tokens generated, each by the model that generated them: none for a cache hit (its caller is shown the cached
+    # answer's usage), an escalated answer's weak generation under the weak model.
+    for generation in record.get("generations", []):
+        TOKENS.labels(generation["model"], "input").inc(generation["input_tokens"])
+        TOKENS.labels(generation["model"], "output").inc(generation["output_tokens"])
 
 
 class BoundedLabels:

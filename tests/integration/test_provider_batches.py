@@ -33,6 +33,7 @@ from services import providers, router
 from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
 from services.providers.settings import ProvidersSettings
+from services.router import metrics
 from services.router.settings import RouterSettings
 from services.router.store import (
     PICO,
@@ -242,6 +243,7 @@ def chat_calls(upstream: FakeOpenAI) -> list[dict[str, Any]]:
 
 
 async def test_lines_of_a_batch_priced_model_go_through_the_batch_api_at_the_batch_price(stack: Stack) -> None:
+    counted_before = metrics.COST.labels(BATCHED)._value.get()
     async with serving(stack) as client:
         bodies = [(BATCHED if i % 3 else REALTIME, f"line {i}") for i in range(12)]
         batch_id = await run_batch(client, batch_file(bodies))
@@ -301,6 +303,9 @@ async def test_lines_of_a_batch_priced_model_go_through_the_batch_api_at_the_bat
             "0",
         )
     assert spend == sum(to_pico(c) for c in costs.values()) and held == 0 and not pending
+    # Counted in the router's cost metric as they are charged, as every charge is: dashboards sum what the ledger does.
+    batched_cost = sum(float(costs[i]) for i in ids)
+    assert metrics.COST.labels(BATCHED)._value.get() - counted_before == pytest.approx(batched_cost)
 
 
 async def test_failed_and_expired_provider_lines_are_released_not_charged(stack: Stack) -> None:

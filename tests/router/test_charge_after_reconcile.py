@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from llmrouter.auth import ANONYMOUS, acting_as
 from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2
+from services.router import metrics
 from services.router.settings import RouterSettings
 from services.router.store import Account, AccountKeys, RedisStore, key_id, period_id
 from tests.router.servicer_kit import NoDeadline, router_servicer
@@ -60,6 +61,7 @@ async def test_a_request_the_reconciler_settled_is_not_charged_again_by_its_rout
                 with acting_as(ANONYMOUS):
                     return await servicer.Complete(request, NoDeadline())
 
+            counted_before = metrics.COST.labels("cheap")._value.get()
             completing = asyncio.create_task(complete())
             await held.called.wait()
             # This router never beats (no upkeep runs here, as if cut off from the store): another router's
@@ -80,6 +82,8 @@ async def test_a_request_the_reconciler_settled_is_not_charged_again_by_its_rout
         assert record["model"] == "cheap" and record["reason"] == "reconciled", record
         assert "after a crash" in record["reason_detail"] and record["owed_usd"] == hold, record
         assert record["generations"] == [], record  # no tokens on record: the cost is all owed
+        # Counted in the cost metric by the reconciler that charged it, once: the router's own charge added nothing.
+        assert metrics.COST.labels("cheap")._value.get() - counted_before == pytest.approx(float(hold))
     finally:
         await db.aclose()
         await store.close()

@@ -171,7 +171,11 @@ class RedisStore:
         async with self._call():
             model = await self.redis.hget(AccountKeys.of(account).models, charge.field)
         charge = replace(charge, model=_text(model) if model else None)
-        return await self._settle(account, hold, hold.pico, reconciled_record(charge), ["1", swept])
+        record = reconciled_record(charge)
+        settled = await self._settle(account, hold, hold.pico, record, ["1", swept])
+        if settled:
+            metrics.count_charge(record)
+        return settled
 
     async def _settle(self, account: Account, hold: Hold, pico: int, record: dict, only: list[str]) -> bool:
         keys = AccountKeys.of(account)
