@@ -108,3 +108,24 @@ async def test_a_store_refusing_writes_keeps_charges_in_the_outbox_and_admits_no
     finally:
         await store.close()
         await client.aclose()
+
+
+@pytest.mark.parametrize("refusal", ["MISCONF", "NOREPLICAS"])
+async def test_a_pipelined_write_the_store_refuses_is_the_store_out_of_reach(server: RedisServer, refusal: str) -> None:
+    """A limit is set in a pipeline (one write per shard), and redis-py words a pipeline's error 'Command # 1 (...) of
+    pipeline caused error: MISCONF ...': the refusal is still the store out of reach, not a bare ResponseError (an
+    operator's internal error, and the store not reported down)."""
+    client = redis.Redis(port=server.port)
+    store = RedisStore(server.url)
+    try:
+        if refusal == "MISCONF":
+            await disk_trouble(client, server.workdir)
+        else:
+            await client.config_set("min-replicas-to-write", 1)
+        with pytest.raises(StoreUnavailable):
+            await store.set_limit("tenant", "t", 5)
+        with pytest.raises(StoreUnavailable):
+            await store.set_limit("key", "k", None)
+    finally:
+        await store.close()
+        await client.aclose()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -46,7 +47,9 @@ log = logging.getLogger("llmrouter.router")
 CONNECTIONS = 64  # per client; on a cluster, per node at most
 
 
-_REFUSING_WRITES = ("MISCONF ", "NOREPLICAS ")
+# A store refusing writes for a reason of its own, as redis-py words it: the reply itself, or a pipeline's
+# "Command # 1 (...) of pipeline caused error: ('MISCONF ...',)" (the reply's args in the text).
+_REFUSING_WRITES = re.compile(r"(?:^|caused error: \(['\"])(?:MISCONF|NOREPLICAS) ")
 
 
 @asynccontextmanager
@@ -79,7 +82,7 @@ async def _reachable() -> AsyncIterator[None]:
     except errors.ResponseError as exc:
         # Writes refused for a reason of the store's own, the command not run: it cannot persist (MISCONF: a failed
         # snapshot or AOF write, a full disk) or lacks the replicas it must write to (NOREPLICAS). As read-only.
-        if not str(exc).startswith(_REFUSING_WRITES):
+        if not _REFUSING_WRITES.search(str(exc)):
             raise
         log.error("the money store refuses writes", extra={"error": str(exc)[:200]})
         metrics.STORE_UP.labels("money").set(0)
