@@ -25,8 +25,8 @@ async def record(
     await _write(store, batch_id, index, status == 200, line, cost, "completed" if status == 200 else "failed")
 
 
-async def record_expired(store: Store, batch_id: str, index: int, custom_id: str) -> None:
-    line = wire.expired_line(custom_id, f"{batch_id}:{custom_id}")
+async def record_expired(store: Store, batch_id: str, index: int, custom_id: str, in_doubt: bool = False) -> None:
+    line = wire.expired_line(custom_id, f"{batch_id}:{custom_id}", in_doubt)
     await _write(store, batch_id, index, False, line, "0", "expired")
 
 

@@ -14,7 +14,8 @@ seen by every edge's adoption); any other failure is the line's error (the error
 taking lines, lets those in flight finish and gives up its batches' leases; a crash loses the results of lines in
 flight, whose retry the router then refuses as a duplicate (charged once, in the ledger, and in the error file). Such a
 line, sent and without a result, is in doubt: it goes first when the batch resumes, even past its window (sent
-before its end, only the router knows whether it ran), and is never reported as never sent.
+before its end, only the router knows whether it ran), and is never reported as never sent. An edge ending a batch of
+a key it does not serve does not send it again: it goes to the error file as `outcome_unknown`.
 
 A batch expires at its expires_at (EDGE_BATCH_WINDOW_S after its creation), as OpenAI's do: no line is sent or
 offered after it; the lines in flight finish and are recorded; the lines never sent go to the error file as
@@ -156,9 +157,10 @@ class Runner:
         any edge may end it, which sends no line that was never sent."""
         if "tenant" not in batch or batch.get("status") == b"cancelling":
             return True  # gone from the store, or only to be ended: its run sorts that out
-        if self.serves(batch["tenant"].decode(), batch.get("key_id", b"").decode()):
-            return True
-        return time.time() >= wire.expires_at(batch)
+        return self._serves(batch) or time.time() >= wire.expires_at(batch)
+
+    def _serves(self, batch: dict[str, bytes]) -> bool:
+        return self.serves(batch["tenant"].decode(), batch.get("key_id", b"").decode())
 
     async def _keep_adopting(self, wake_s: float) -> None:
         while True:
@@ -235,6 +237,12 @@ class Runner:
             sent = await self.store.get(sent_key(batch_id))
             unfinished = [i for i in range(len(lines)) if str(i) not in done and i not in deferred]
             in_doubt = {i for i in unfinished if sent.get(str(i)) == SENT}
+            left_in_doubt: set[int] = set()
+            if not self._serves(batch):
+                # Here only to be ended (_may_run): a line in doubt is not sent again either, on a key this edge does
+                # not serve (one that never reached the router would run, a revoked key spending). Its outcome is
+                # left unknown: the ledger has it.
+                left_in_doubt, in_doubt = in_doubt, set()
             pending = Pending(sorted(unfinished, key=lambda i: i not in in_doubt))
             cancelled = expired = False
             checked = 0.0  # when a parked batch last looked for a cancel
@@ -275,7 +283,7 @@ class Runner:
                         if not sending:  # a store error too: a slot lost was lost for good, and once all were, no
                             self.slots.release()  # line was sent again nor the edge able to stop
             if expired:
-                await self._expire(batch_id, lines, deferred)
+                await self._expire(batch_id, lines, deferred, left_in_doubt)
             # The lines in provider batches finish too, cancelled, expired or not: they run at the provider, within
             # its own window, charged when collected; their answers are kept. Only their custom_ids are needed: the
             # input file is dropped and its place goes to a batch waiting for one.
@@ -374,16 +382,19 @@ class Runner:
             return api_error.status, body
         return 200, completion_body(response)
 
-    async def _expire(self, batch_id: str, lines: wire.Lines, deferred: dict[int, dict[str, str]]) -> None:
+    async def _expire(
+        self, batch_id: str, lines: wire.Lines, deferred: dict[int, dict[str, str]], in_doubt: set[int]
+    ) -> None:
         """The window ended with lines unsent: they go to the error file as OpenAI writes them, and count as failed.
-        Lines in doubt are not among them: sent again past the window, they have the router's answer."""
+        Lines in doubt are not among them: sent again past the window, they have the router's answer; those not sent
+        again (`in_doubt`: their key not served here) go to the error file as of an unknown outcome."""
         await self.store.put_once(batch_key(batch_id), "expired_at", now().encode())  # when, kept if run again
         done = await self.store.get(results_key(batch_id))
         unsent = [i for i in range(len(lines)) if str(i) not in done and i not in deferred]
         # Up to every line parsed for its custom_id: off the event loop, as the file's check is.
         custom_ids = await asyncio.to_thread(lambda: [lines[i]["custom_id"] for i in unsent])
         for index, custom_id in zip(unsent, custom_ids, strict=True):
-            await results.record_expired(self.store, batch_id, index, custom_id)
+            await results.record_expired(self.store, batch_id, index, custom_id, index in in_doubt)
 
     async def _finish(self, batch_id: str, batch: dict[str, bytes], status: str, errors: str | None = None) -> None:
         """The batch ends with `status` (completed, cancelled, expired or failed with `errors`) and the output and

@@ -21,6 +21,11 @@ MAX_LINES = 50_000  # as OpenAI
 MAX_CUSTOM_ID = 200
 DAY_S = 86_400
 EXPIRED_MESSAGE = "This request could not be executed before the completion window expired."
+# A line in doubt (sent, its result lost) that an edge not serving the batch's key did not send again.
+UNKNOWN_MESSAGE = (
+    "This request was sent before the completion window expired and its result was lost; it was not sent again, as"
+    " the batch's API key is no longer served. Whether it ran, and what it cost, is in the ledger under its id."
+)
 
 
 class Lines:
@@ -146,14 +151,16 @@ def output_line(custom_id: str, request_id: str, status: int, body: dict[str, An
     )
 
 
-def expired_line(custom_id: str, request_id: str) -> str:
-    """One line of the error file for a request never sent before the batch expired, as OpenAI writes it."""
+def expired_line(custom_id: str, request_id: str, in_doubt: bool = False) -> str:
+    """One line of the error file for a request never sent before the batch expired, as OpenAI writes it; or for
+    one in doubt that was not sent again (outcome_unknown: never said to be unsent)."""
+    code, message = ("outcome_unknown", UNKNOWN_MESSAGE) if in_doubt else ("batch_expired", EXPIRED_MESSAGE)
     return json.dumps(
         {
             "id": f"batch_req_{request_id}",
             "custom_id": custom_id,
             "response": None,
-            "error": {"code": "batch_expired", "message": EXPIRED_MESSAGE},
+            "error": {"code": code, "message": message},
         }
     )
 

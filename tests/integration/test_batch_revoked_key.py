@@ -19,7 +19,7 @@ from openai import AsyncOpenAI
 from openai.types import Batch
 from pydantic import SecretStr
 
-from services.batches.store import PREFIX
+from services.batches.store import PREFIX, sent_key
 from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
 from tests.conftest import ledger_records
@@ -112,5 +112,29 @@ async def test_a_revoked_keys_batch_past_its_window_is_ended_by_any_edge_sending
         assert ended.status == "expired"
         assert sorted(json.loads(e)["error"]["code"] for e in errors) == ["batch_expired"] * 3
         assert await charged(db, tenant) == []
+    finally:
+        await db.aclose()
+
+
+async def test_a_revoked_keys_line_in_doubt_is_not_sent_again_by_an_edge_ending_its_batch(chain: Chain) -> None:
+    """A line sent by an edge that served the key, its result lost with that edge (in doubt): an edge that does not
+    serve the key, ending the batch past its window, sends it no more than any other line (sent again, a line that
+    never reached the router would run, and the revoked key spend). It is not reported as never sent either: its
+    outcome is unknown, and the ledger has it."""
+    tenant = f"revoked-{secrets.token_hex(4)}"
+    old_key, new_key = f"sk-old-{secrets.token_urlsafe(12)}", f"sk-new-{secrets.token_urlsafe(12)}"
+    db = redis.from_url(chain.redis_url)
+    try:
+        batch = await created_where_no_line_goes_out(chain, tenant, old_key, window_s=1)
+        await db.delete(f"{PREFIX}lease:{batch.id}")
+        await db.hset(sent_key(batch.id), "0", "sent")  # its first line sent, its edge gone before its result
+        await asyncio.sleep(max(0.0, batch.expires_at + 0.5 - time.time()))  # the window is over
+        async with edge_keyed(chain, tenant, new_key) as new:
+            ended = await finished(new, batch.id, timeout_s=20)
+            errors = (await new.files.content(ended.error_file_id)).text.splitlines() if ended.error_file_id else []
+        assert await charged(db, tenant) == []
+        assert ended.status == "expired"
+        codes = {json.loads(e)["custom_id"]: json.loads(e)["error"]["code"] for e in errors}
+        assert codes == {"revoked-0": "outcome_unknown", "revoked-1": "batch_expired", "revoked-2": "batch_expired"}
     finally:
         await db.aclose()
