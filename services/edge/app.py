@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, MutableMapping
@@ -100,6 +101,16 @@ GENERIC_MESSAGES = {
 }
 
 
+def whole_seconds(text: str) -> str:
+    """Retry-After as HTTP has it, whole seconds (rounded up, at most a day), or '' for no usable value: a router or
+    providers service of a version before may still say '1.5' or '30.4371', which strict clients refuse."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        return ""
+    return str(min(math.ceil(seconds), 86_400)) if math.isfinite(seconds) and seconds >= 0 else ""
+
+
 def api_error(err: grpc.RpcError, request_id: str) -> ApiError:
     error = ServiceError.from_rpc_error(err)
     status = HTTP_STATUS.get(error.code, 502)
@@ -108,7 +119,7 @@ def api_error(err: grpc.RpcError, request_id: str) -> ApiError:
     if error.code == grpc.StatusCode.UNAVAILABLE or error.unanswered:
         status = 503  # the router unreachable or restarting (no ErrorInfo), or a provider out of service
     code = OPENAI_CODES.get(error.reason, error.reason.lower())
-    retry_after = error.metadata.get("retry_after_s", "") or ("1" if status == 503 else "")
+    retry_after = whole_seconds(error.metadata.get("retry_after_s", "")) or ("1" if status == 503 else "")
     message = error.message
     if error.reason not in CALLER_REASONS or "upstream_status" in error.metadata:
         log.warning(
