@@ -65,13 +65,13 @@ class Charger:
     ) -> None:
         """Charge once, whatever happens to the caller meanwhile: the charge runs shielded to its end. `served`: what
         the response was made of (its generations are on record); None for a cache hit, which generated nothing."""
-        _cap_at_hold(routed, response)
+        capped = _cap_at_hold(routed, response)
         # Settled from here as far as the request goes: a caller that leaves while the charge is on its way must not
         # have its clean-up release the hold beside it (replayed first from the outbox, a release would settle the
         # request at nothing), nor may a charge kept neither by the store nor the outbox (its pending charge left to
         # the reconciler, at its hold) be released afterwards.
         routed.settled = True
-        await asyncio.shield(self.run_to_end(self._charge(routed, response, outcome, served)))
+        await asyncio.shield(self.run_to_end(self._charge(routed, response, outcome, served, capped)))
 
     async def settle_unsettled(self, routed: Routed, model: ModelSpec) -> None:
         """A request that ends without an answer (refused upstream, failed, cancelled) is charged what its
@@ -89,13 +89,13 @@ class Charger:
             await asyncio.gather(*self._settling, return_exceptions=True)
 
     async def _charge(
-        self, routed: Routed, response: router_pb2.CompleteResponse, outcome: str, served: Served | None
+        self, routed: Routed, response: router_pb2.CompleteResponse, outcome: str, served: Served | None, capped: bool
     ) -> None:
         cost = Decimal(response.cost_usd or "0")
         baseline_model = self.available.baseline()
         baseline = (
             baseline_model.cost_usd(response.usage.input_tokens, response.usage.output_tokens)
-            if baseline_model and not response.cache_hit
+            if baseline_model and not response.cache_hit and not capped  # a capped report's tokens claim no savings
             else cost
         )
         # A cache hit repeats an answer's flags (what the caller is shown); this request made no attempt of its own.
@@ -104,10 +104,17 @@ class Charger:
         # What an auditor checks cost_usd against: the tokens of each generation billed, at its model's prices, plus
         # what failed attempts owed (measured, or their worst case: no tokens on record for them). A cache hit
         # generated nothing: no tokens on record (its caller is shown the cached answer's usage).
-        generations = served.generations if served is not None and generated else []
+        # A cost capped at the hold is owed whole, as the reconciler's is: the usage reported is past anything the
+        # upstream could bill, so no tokens of it are on record (the log and reason_detail say what was reported).
+        generations = served.generations if served is not None and generated and not capped else []
         input_tokens, output_tokens = (
-            (response.usage.input_tokens, response.usage.output_tokens) if generated else (0, 0)
+            (response.usage.input_tokens, response.usage.output_tokens) if generated and not capped else (0, 0)
         )
+        owed = cost if capped else routed.owed
+        detail = routed.decision.reason
+        if capped:
+            reported = f"{response.usage.input_tokens} in, {response.usage.output_tokens} out"
+            detail += f"; usage reported past the hold ({reported}): charged the hold"
         escalated = generated and response.escalated
         # Served by another model than the one chosen, not by escalation: a fallback after a failure.
         fallback = generated and bool(response.model) and response.model != routed.decision.model and not escalated
@@ -121,15 +128,15 @@ class Charger:
             "provider": response.provider,
             "input_tokens": input_tokens,
             "output_tokens": output_tokens,
-            "tokens_estimated": generated and response.usage.estimated,
+            "tokens_estimated": generated and not capped and response.usage.estimated,
             "cost_usd": format(cost, "f"),
             "generations": [{"model": name, "input_tokens": i, "output_tokens": o} for name, i, o in generations],
-            "owed_usd": format(routed.owed, "f"),  # nothing on a cache hit: it made no attempt
+            "owed_usd": format(owed, "f"),  # nothing on a cache hit: it made no attempt
             "baseline_cost_usd": format(baseline, "f"),
             "latency_ms": response.latency_ms,
             "session_id": routed.request.session_id,
             "reason": routed.plan.code,
-            "reason_detail": routed.decision.reason,
+            "reason_detail": detail,
             "candidates": [
                 {
                     "model": c.model,
@@ -167,7 +174,7 @@ class Charger:
         metrics.count_charge(record)
 
 
-def _cap_at_hold(routed: Routed, response: router_pb2.CompleteResponse) -> None:
+def _cap_at_hold(routed: Routed, response: router_pb2.CompleteResponse) -> bool:
     """A cost past the request's hold (its worst case: prompt bound, max_tokens written, every attempt it made
     room for) comes from usage no upstream could have billed, a buggy or hostile provider's report (a count under
     2^53 is still a count): charged the hold, so no budget or max_cost_usd is passed."""
@@ -178,6 +185,8 @@ def _cap_at_hold(routed: Routed, response: router_pb2.CompleteResponse) -> None:
             extra={"request_id": routed.request_id, "reported_cost_usd": response.cost_usd},
         )
         response.cost_usd = format(Decimal(routed.hold.pico) / PICO, "f")
+        return True
+    return False
 
 
 def _consume_error(task: asyncio.Task[Any]) -> None:

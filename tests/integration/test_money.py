@@ -29,6 +29,7 @@ from services.router.store import Account, AccountKeys, MemoryStore, RedisStore,
 from tests.conftest import ledger_records
 from tests.fakes.fake_openai import write_as_long_as_allowed
 from tests.integration.conftest import Chain
+from tests.integration.test_ledger_audit import PRICES, audit_cost
 
 PICO = 10**12
 
@@ -299,3 +300,9 @@ async def test_a_provider_reporting_more_usage_than_the_hold_is_charged_no_more_
     records = await money.ledger(tenant)
     assert len(records) == 2 and all(Decimal(r["cost_usd"]) <= cap for r in records)
     await assert_counters_match_ledger(money, tenant, budget_pico)
+    for record in records:  # owed whole, as a reconciled charge: no tokens of a report past the hold on record
+        assert record["generations"] == [] and Decimal(record["owed_usd"]) == Decimal(record["cost_usd"]) > 0, record
+        assert (record["input_tokens"], record["output_tokens"]) == (0, 0), record
+        assert Decimal(record["baseline_cost_usd"]) == Decimal(record["cost_usd"]), record  # no savings claimed
+        assert "usage reported past the hold" in record["reason_detail"] and "1000000" in record["reason_detail"]
+        audit_cost(record, PRICES)
