@@ -252,22 +252,28 @@ class Edge:
     async def _stream(
         self, call: Any, pending: Any, request_id: str, model: str, include_usage: bool
     ) -> AsyncIterator[bytes]:
+        created = int(time.time())
+        # An answer that is only tool calls has null content, as unstreamed: OpenAI's first chunk says so.
+        only_tools = (
+            pending is not grpc.aio.EOF and pending.WhichOneof("kind") == "final" and pending.final.tool_calls_json
+        )
         try:
-            yield sse(chunk_body(request_id, model, {"role": "assistant", "content": ""}))
+            first = {"role": "assistant", "content": None if only_tools else ""}
+            yield sse(chunk_body(request_id, created, model, first))
             while True:
                 chunk = pending if pending is not None else await call.read()
                 pending = None
                 if chunk is grpc.aio.EOF:
                     break
                 if chunk.WhichOneof("kind") == "delta":
-                    yield sse(chunk_body(request_id, model, {"content": chunk.delta}))
+                    yield sse(chunk_body(request_id, created, model, {"content": chunk.delta}))
                 elif chunk.WhichOneof("kind") == "final":
                     final = chunk.final
                     if final.tool_calls_json:
-                        yield sse(chunk_body(request_id, final.model, tool_calls_delta(final)))
-                    yield sse(chunk_body(request_id, final.model, {}, final.finish_reason or "stop"))
+                        yield sse(chunk_body(request_id, created, final.model, tool_calls_delta(final)))
+                    yield sse(chunk_body(request_id, created, final.model, {}, final.finish_reason or "stop"))
                     if include_usage:
-                        tail = chunk_body(request_id, final.model, {})
+                        tail = chunk_body(request_id, created, final.model, {})
                         tail.update(choices=[], usage=usage_body(final), x_router=router_extension(final))
                         yield sse(tail)
             yield sse("[DONE]")

@@ -102,6 +102,9 @@ class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     include_usage: StrictBool = False
+    # OpenAI pads stream events with an `obfuscation` field unless this is false; the edge never pads, so either
+    # value is served as it is (a caller saving bandwidth with false gets what it asked for).
+    include_obfuscation: StrictBool | None = None
 
 
 # The passthrough fields, typed as OpenAI documents them: a wrong type is the caller's 400 here, not a
@@ -361,11 +364,14 @@ def completion_body(response: router_pb2.CompleteResponse) -> dict[str, Any]:
     }
 
 
-def chunk_body(request_id: str, model: str, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+def chunk_body(
+    request_id: str, created: int, model: str, delta: dict[str, Any], finish_reason: str | None = None
+) -> dict[str, Any]:
+    """One chunk of a stream; every chunk of a stream has the same `created`, the completion's, as OpenAI's."""
     return {
         "id": f"chatcmpl-{request_id}",
         "object": "chat.completion.chunk",
-        "created": int(time.time()),
+        "created": created,
         "model": model,
         "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
     }

@@ -1,0 +1,74 @@
+"""The edge against OpenAI's API reference, driven by the official SDK (sync and async, streamed and not) and by raw
+HTTP where the SDK hides the wire: what a caller of api.openai.com gets, a caller of the router gets too."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.fakes.server import TOOL_CUE
+from tests.integration.conftest import Chain
+from tests.integration.test_chain import client, unique
+from tests.integration.test_tool_calls import TOOLS
+
+
+async def test_stream_options_include_obfuscation_is_accepted(chain: Chain) -> None:
+    stream = await client(chain).chat.completions.create(
+        model="cheap-model",
+        messages=[{"role": "user", "content": unique("hi")}],
+        stream=True,
+        stream_options={"include_usage": True, "include_obfuscation": False},
+    )
+    chunks = [chunk async for chunk in stream]
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+
+
+@pytest.mark.parametrize("route", ["chat/completions", "completions"])
+async def test_every_chunk_of_a_stream_has_the_streams_created_time(chain: Chain, route: str) -> None:
+    """OpenAI stamps a stream's chunks with one `created`, the completion's: a stream that spans a second must
+    not change it part way."""
+    prompt = unique("a stream slow enough to span more than one second")
+    body: dict[str, Any] = {"model": "strong-model", "stream": True, "stream_options": {"include_usage": True}}
+    body |= {"prompt": prompt} if route == "completions" else {"messages": [{"role": "user", "content": prompt}]}
+    chain.premium.chunk_delay = 0.15
+    try:
+        async with httpx.AsyncClient(timeout=30) as http:
+            response = await http.post(f"{chain.base_url}/{route}", json=body)
+    finally:
+        chain.premium.chunk_delay = 0.0
+    events = [line.removeprefix("data: ") for line in response.text.splitlines() if line.startswith("data: {")]
+    created = {json.loads(event)["created"] for event in events}
+    assert len(events) > 8 and len(created) == 1
+
+
+async def test_a_streamed_tool_call_answer_has_null_content_as_unstreamed(chain: Chain) -> None:
+    """The SDK's stream helper joins a stream into the completion the same request gets unstreamed: a tool call
+    answer's content is None there, so the stream's first chunk must not make it ""."""
+    sdk = openai.AsyncOpenAI(base_url=chain.base_url, api_key="sk-test", max_retries=0)
+    messages: Any = [{"role": "user", "content": unique(f"weather {TOOL_CUE}")}]
+    whole = await sdk.chat.completions.create(model="cheap-model", messages=messages, tools=TOOLS)
+    messages = [{"role": "user", "content": unique(f"weather {TOOL_CUE}")}]
+    async with sdk.chat.completions.stream(model="cheap-model", messages=messages, tools=TOOLS) as stream:
+        joined = await stream.get_final_completion()
+    assert whole.choices[0].message.content is None
+    assert joined.choices[0].message.tool_calls and joined.choices[0].message.content is None
+
+
+async def test_sync_and_async_clients_see_the_request_id(chain: Chain) -> None:
+    def sync_call() -> tuple[str | None, str]:
+        sdk = openai.OpenAI(base_url=chain.base_url, api_key="sk-test", max_retries=0)
+        raw = sdk.chat.completions.with_raw_response.create(
+            model="cheap-model", messages=[{"role": "user", "content": unique("hi")}]
+        )
+        return raw.parse()._request_id, raw.parse().id
+
+    request_id, completion_id = await asyncio.to_thread(sync_call)
+    assert request_id and completion_id == f"chatcmpl-{request_id}"
+    with pytest.raises(openai.NotFoundError) as refused:
+        await client(chain).chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
+    assert refused.value.code == "model_not_found" and refused.value.request_id
