@@ -36,6 +36,7 @@ from services.edge.openai_api import (
     check_encoded_size,
     chunk_body,
     completion_body,
+    logprobs,
     models_body,
     parse_request,
     read_limited,
@@ -271,7 +272,10 @@ class Edge:
                     final = chunk.final
                     if final.tool_calls_json:
                         yield sse(chunk_body(request_id, created, final.model, tool_calls_delta(final)))
-                    yield sse(chunk_body(request_id, created, final.model, {}, final.finish_reason or "stop"))
+                    finish = chunk_body(request_id, created, final.model, {}, final.finish_reason or "stop")
+                    if final.logprobs_json:  # the whole answer's, in its last chunk: SDKs join them across chunks
+                        finish["choices"][0]["logprobs"] = logprobs(final)
+                    yield sse(finish)
                     if include_usage:
                         tail = chunk_body(request_id, created, final.model, {})
                         tail.update(choices=[], usage=usage_body(final), x_router=router_extension(final))

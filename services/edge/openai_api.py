@@ -356,6 +356,7 @@ def completion_body(response: router_pb2.CompleteResponse) -> dict[str, Any]:
             {
                 "index": 0,
                 "message": message,
+                "logprobs": logprobs(response),
                 "finish_reason": response.finish_reason or "stop",
             }
         ],
@@ -381,6 +382,11 @@ def tool_calls_delta(response: router_pb2.CompleteResponse) -> dict[str, Any]:
     """A stream's tool calls, all whole in one delta (OpenAI streams them in pieces; SDKs join either)."""
     calls = json.loads(response.tool_calls_json)
     return {"tool_calls": [{"index": i, **call} for i, call in enumerate(calls)]}
+
+
+def logprobs(response: router_pb2.CompleteResponse) -> dict[str, Any] | None:
+    """choices[0].logprobs: the answer's when the request asked for them, else null, as OpenAI sends it."""
+    return json.loads(response.logprobs_json) if response.logprobs_json else None
 
 
 def usage_body(response: router_pb2.CompleteResponse) -> dict[str, int]:

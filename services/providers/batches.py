@@ -79,6 +79,8 @@ def _result(priced: ModelSpec, line: LineResult) -> provider_pb2.BatchLineResult
             finish_reason=answer.finish_reason or "stop",
             model=priced.name,
             tool_calls_json=json.dumps(answer.tool_calls) if answer.tool_calls else "",
+            # A batch line is sent as its caller wrote it (the router asks no log-probabilities of its own there).
+            logprobs_json=json.dumps(answer.logprobs) if answer.logprobs else "",
         ),
     )
 

@@ -315,6 +315,8 @@ class Dispatcher:
             latency_ms=int((time.perf_counter() - start) * 1000),
             tool_calls_json=tool_calls,
             mean_logprob=done.mean_logprob,
+            # Only the caller's: those the router asked for itself (a confidence signal) are not part of its answer.
+            logprobs_json=json.dumps(done.logprobs) if done.logprobs and request.passthrough.get("logprobs") else "",
         )
 
     def _count_tokens(self, model: ModelSpec, input_tokens: int, output_tokens: int) -> None:
@@ -354,6 +356,7 @@ def _merge(into: Completion, update: Completion) -> None:
     if update.output_tokens is not None:
         into.output_tokens = update.output_tokens
     into.tool_calls = update.tool_calls or into.tool_calls
+    into.logprobs = update.logprobs or into.logprobs
 
 
 class Wasted:

@@ -42,6 +42,7 @@ def response(routed: Routed, served: Served) -> router_pb2.CompleteResponse:
         retries=served.retries,
         finish_reason=served.finish_reason,
         tool_calls_json=served.tool_calls_json,
+        logprobs_json=served.logprobs_json,
     )
 
 

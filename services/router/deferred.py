@@ -362,6 +362,7 @@ class Deferred:
                 cost_usd=format(cost, "f"),
                 finish_reason=reply.finish_reason,
                 tool_calls_json=reply.tool_calls_json,
+                logprobs_json=reply.logprobs_json,
             )
             if pending is not None:
                 await self._charge(account, pending, to_pico(cost), self._record(pending, response, "ok"))

@@ -65,6 +65,7 @@ class Served:
     escalation_signal: str = ""  # why it was escalated: empty, truncated, refusal, low_confidence, verifier ...
     tool_calls_json: str = ""
     mean_logprob: float | None = None  # of the last answer's tokens, when the provider gave log-probabilities
+    logprobs_json: str = ""  # the last answer's, when the caller asked for them
     # Each generation billed, as (model, input tokens, output tokens): the tokens above summed, each at its own
     # model's prices (an escalated answer's weak one is another model's), so the ledger shows what `cost` is made of.
     generations: list[tuple[str, int, int]] = field(default_factory=list)
@@ -74,6 +75,7 @@ class Served:
         self.content, self.finish_reason = reply.content or self.content, reply.finish_reason
         self.tool_calls_json = reply.tool_calls_json or self.tool_calls_json
         self.mean_logprob = reply.mean_logprob if reply.HasField("mean_logprob") else None
+        self.logprobs_json = reply.logprobs_json  # an escalated answer's own, never the weak one's
         self.input_tokens += reply.usage.input_tokens
         self.output_tokens += reply.usage.output_tokens
         self.estimated |= reply.usage.estimated

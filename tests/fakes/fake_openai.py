@@ -1,6 +1,7 @@
 """A fake OpenAI-compatible server: POST /v1/chat/completions, JSON or SSE with a final usage chunk and
 `data: [DONE]`, exactly as api.openai.com sends them, tool calls included (whole in JSON, in fragments by
-index in SSE); GET /v1/models lists `models`; the Batch API (openai_batches.py)."""
+index in SSE), token log-probabilities when asked (whole, or per chunk); GET /v1/models lists `models`; the
+Batch API (openai_batches.py)."""
 
 from __future__ import annotations
 
@@ -183,7 +184,9 @@ class FakeOpenAI(FakeServer):
             )
 
         def delta(d: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
-            return {"index": 0, "delta": d, "logprobs": None, "finish_reason": finish_reason}
+            # Asked for, each content chunk carries the log-probabilities of its own tokens.
+            logprobs = self.logprobs(body, d["content"]) if body.get("logprobs") and d.get("content") else None
+            return {"index": 0, "delta": d, "logprobs": logprobs, "finish_reason": finish_reason}
 
         include_usage = with_usage and (body.get("stream_options") or {}).get("include_usage")
         # With include_usage every chunk carries "usage": null, and one last chunk has no choices but the usage.

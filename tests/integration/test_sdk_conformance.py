@@ -17,6 +17,60 @@ from tests.integration.test_chain import client, unique
 from tests.integration.test_tool_calls import TOOLS
 
 
+def tokens_of(logprobs: Any) -> list[str]:
+    assert logprobs is not None and logprobs.content is not None
+    return [entry.token for entry in logprobs.content]
+
+
+async def test_logprobs_asked_for_are_returned(chain: Chain) -> None:
+    raw = await client(chain).chat.completions.with_raw_response.create(
+        model="cheap-model", messages=[{"role": "user", "content": unique("hi")}], logprobs=True, top_logprobs=1
+    )
+    choice = raw.parse().choices[0]
+    assert "".join(tokens_of(choice.logprobs)) == choice.message.content
+    assert choice.logprobs is not None and choice.logprobs.content is not None
+    entry = choice.logprobs.content[0]
+    assert entry.logprob == -0.05 and entry.bytes == list(entry.token.encode())
+    assert [t.token for t in entry.top_logprobs] == [entry.token]
+
+
+async def test_logprobs_are_null_when_not_asked_for(chain: Chain) -> None:
+    # quality_target 0 routes to the cheap model, whose logprobs the router asks for itself (a confidence signal):
+    # those are the router's, not the caller's.
+    response = await httpx.AsyncClient(timeout=30).post(
+        f"{chain.base_url}/chat/completions",
+        json={"model": "auto", "quality_target": 0, "messages": [{"role": "user", "content": unique("hi")}]},
+    )
+    assert response.status_code == 200
+    assert "logprobs" in chain.budget.requests[-1].json  # asked of the upstream all the same
+    choice = response.json()["choices"][0]
+    assert choice["logprobs"] is None  # present and null, as OpenAI sends it
+
+
+async def test_logprobs_asked_for_in_a_stream_are_returned(chain: Chain) -> None:
+    stream = await client(chain).chat.completions.create(
+        model="cheap-model", messages=[{"role": "user", "content": unique("hi there")}], logprobs=True, stream=True
+    )
+    content, tokens = "", []
+    async for chunk in stream:
+        for choice in chunk.choices:
+            content += choice.delta.content or ""
+            if choice.logprobs is not None:
+                tokens += tokens_of(choice.logprobs)
+    assert content and "".join(tokens) == content
+
+
+async def test_the_sync_sdks_stream_helper_joins_a_streams_logprobs(chain: Chain) -> None:
+    def joined() -> Any:
+        sdk = openai.OpenAI(base_url=chain.base_url, api_key="sk-test", max_retries=0)
+        messages: Any = [{"role": "user", "content": unique("hello")}]
+        with sdk.chat.completions.stream(model="strong-model", messages=messages, logprobs=True) as stream:
+            return stream.get_final_completion()
+
+    choice = (await asyncio.to_thread(joined)).choices[0]  # the edge runs on this loop
+    assert "".join(tokens_of(choice.logprobs)) == choice.message.content
+
+
 async def test_stream_options_include_obfuscation_is_accepted(chain: Chain) -> None:
     stream = await client(chain).chat.completions.create(
         model="cheap-model",

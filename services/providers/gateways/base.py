@@ -40,6 +40,7 @@ class Completion:
     output_tokens: int | None = None
     tool_calls: list[dict[str, Any]] = field(default_factory=list)  # OpenAI's shape, arguments a JSON string
     mean_logprob: float | None = None  # over the answer's tokens, when asked for and given
+    logprobs: dict[str, Any] | None = None  # OpenAI's choices[0].logprobs, as given (a stream's joined)
 
 
 # A stream yields text deltas and Completions carrying usage, finish reason and the whole tool calls.

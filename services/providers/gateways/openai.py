@@ -56,6 +56,7 @@ class OpenAIGateway:
                     for fragment in json_list(delta.get("tool_calls"), "delta's tool calls"):
                         _add_fragment(calls, fragment)
                     end.finish_reason = json_text(choice.get("finish_reason"), "finish reason") or end.finish_reason
+                    _add_logprobs(end, choice.get("logprobs"))
                 if chunk.get("usage"):
                     end.input_tokens, end.output_tokens = _usage(chunk["usage"])
             if not done and not end.finish_reason:
@@ -80,7 +81,20 @@ def completion(payload: dict[str, Any]) -> Completion:
     finish = json_text(choice.get("finish_reason"), "finish reason")
     tool_calls = [_checked_call(call) for call in json_list(message.get("tool_calls"), "message's tool calls")]
     input_tokens, output_tokens = _usage(payload.get("usage"))
-    return Completion(content, finish, input_tokens, output_tokens, tool_calls, _mean_logprob(choice))
+    logprobs = choice.get("logprobs") if isinstance(choice.get("logprobs"), dict) else None
+    return Completion(content, finish, input_tokens, output_tokens, tool_calls, _mean_logprob(choice), logprobs)
+
+
+def _add_logprobs(end: Completion, logprobs: Any) -> None:
+    """A stream's log-probabilities come per chunk, each for that chunk's tokens: joined into one object, as the
+    unstreamed answer has it."""
+    if not isinstance(logprobs, dict):
+        return
+    joined = end.logprobs if end.logprobs is not None else {"content": None, "refusal": None}
+    for part in ("content", "refusal"):
+        if isinstance(logprobs.get(part), list):
+            joined[part] = (joined[part] or []) + logprobs[part]
+    end.logprobs = joined
 
 
 def _checked_call(call: Any) -> dict[str, Any]:
