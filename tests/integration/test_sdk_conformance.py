@@ -126,3 +126,24 @@ async def test_sync_and_async_clients_see_the_request_id(chain: Chain) -> None:
     with pytest.raises(openai.NotFoundError) as refused:
         await client(chain).chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
     assert refused.value.code == "model_not_found" and refused.value.request_id
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_providers_own_finish_reason_reaches_the_sdk_as_openais(chain: Chain, stream: bool) -> None:
+    messages: Any = [{"role": "user", "content": unique("hi")}]
+    chain.budget.finish_as = {"stop": "eos"}  # as Together ends an answer
+    try:
+        if stream:
+            chunks = [
+                c
+                async for c in await client(chain).chat.completions.create(
+                    model="cheap-model", messages=messages, stream=True
+                )
+            ]
+            finish = [c.choices[0].finish_reason for c in chunks if c.choices][-1]
+        else:
+            reply = await client(chain).chat.completions.create(model="cheap-model", messages=messages)
+            finish = reply.choices[0].finish_reason
+    finally:
+        chain.budget.finish_as = {}
+    assert finish == "stop"

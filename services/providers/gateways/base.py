@@ -86,6 +86,26 @@ class Gateway(Protocol):
 
 # A token count beyond this is no count (2^53: exact as a JSON number anywhere, and well inside int64).
 MAX_TOKEN_COUNT = 2**53
+# finish_reason as OpenAI's API has it: the values an SDK caller (and escalation, on "length") knows.
+OPENAI_FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
+# Other providers' names for them: Together's "eos", Mistral's "model_length", Anthropic's stop reasons.
+FINISH_ALIASES = {
+    "eos": "stop",
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "model_length": "length",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+
+
+def openai_finish_reason(reason: str) -> str:
+    """One of OpenAI's finish reasons for a provider's own; one unknown (or none) is a natural end."""
+    if reason in OPENAI_FINISH_REASONS:
+        return reason
+    return FINISH_ALIASES.get(reason, "stop")
 
 
 def token_count(value: Any) -> int | None:
