@@ -54,6 +54,7 @@ _UNKNOWN_OUTCOME = {"timeout", "bad_response", "lost"}
 _DEADLINE_MARGIN_S = 0.05
 
 log = logging.getLogger("llmrouter.providers")
+MAX_LOGPROBS_BYTES = 4 * 1024 * 1024  # well inside a reply's 16 MiB gRPC message, beside the answer itself
 
 
 class Dispatcher:
@@ -322,8 +323,7 @@ class Dispatcher:
             latency_ms=int((time.perf_counter() - start) * 1000),
             tool_calls_json=tool_calls,
             mean_logprob=done.mean_logprob,
-            # Only the caller's: those the router asked for itself (a confidence signal) are not part of its answer.
-            logprobs_json=json.dumps(done.logprobs) if done.logprobs and request.passthrough.get("logprobs") else "",
+            logprobs_json=_callers_logprobs(done, request),
         )
 
     def _count_tokens(self, model: ModelSpec, input_tokens: int, output_tokens: int) -> None:
@@ -353,6 +353,20 @@ async def _next(events: AsyncGenerator[StreamEvent, None], deadline: float) -> S
             return await anext(events)
         except StopAsyncIteration:
             return None
+
+
+def _callers_logprobs(done: Completion, request: UpstreamRequest) -> str:
+    """The answer's log-probabilities when its caller asked for them (those the router asks for itself, a confidence
+    signal, are not part of its answer), within MAX_LOGPROBS_BYTES: a long answer's with many alternatives per token
+    (about 2 KB a token at top_logprobs 20) would not fit the reply's gRPC message, and the answer, paid for, would be
+    lost with them. Past it the answer goes without them (null), said in the log."""
+    if not (done.logprobs and request.passthrough.get("logprobs")):
+        return ""
+    text = json.dumps(done.logprobs)
+    if len(text) > MAX_LOGPROBS_BYTES:
+        log.warning("log-probabilities too large for the reply; answer sent without them", extra={"bytes": len(text)})
+        return ""
+    return text
 
 
 def _merge(into: Completion, update: Completion) -> None:

@@ -11,6 +11,7 @@ import httpx
 import openai
 import pytest
 
+from services.providers import dispatch
 from tests.fakes.server import TOOL_CUE
 from tests.integration.conftest import Chain
 from tests.integration.test_chain import client, unique
@@ -147,3 +148,15 @@ async def test_a_providers_own_finish_reason_reaches_the_sdk_as_openais(chain: C
     finally:
         chain.budget.finish_as = {}
     assert finish == "stop"
+
+
+async def test_logprobs_too_large_for_the_reply_leave_the_answer_whole(
+    chain: Chain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the bound (lowered here; 4 MiB as shipped) the answer is served without them rather than lost with them."""
+    monkeypatch.setattr(dispatch, "MAX_LOGPROBS_BYTES", 10)
+    completion = await client(chain).chat.completions.create(
+        model="cheap-model", messages=[{"role": "user", "content": unique("hi")}], logprobs=True, top_logprobs=1
+    )
+    choice = completion.choices[0]
+    assert choice.message.content and choice.logprobs is None
