@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic_settings import BaseSettings
 
 from services.edge.settings import EdgeSettings
 
@@ -653,3 +654,76 @@ def test_router_ledger_in_postgresql_from_a_secret() -> None:
     docs = render(*dsn, *egress, "--set", "networkPolicy.egress.ledgerTo[0].ipBlock.cidr=10.30.0.5/32")
     router = _egress_ports(by_kind(docs, "NetworkPolicy")[name("router")])
     assert router[5432] == [{"ipBlock": {"cidr": "10.30.0.5/32"}}]
+
+
+def _settings_class(svc: str) -> type[BaseSettings]:
+    from services.classifier.settings import ClassifierSettings
+    from services.providers.settings import ProvidersSettings
+    from services.router.settings import RouterSettings
+
+    classes: dict[str, type[BaseSettings]] = {"classifier": ClassifierSettings, "providers": ProvidersSettings}
+    classes |= {"router": RouterSettings, "edge": EdgeSettings}
+    return classes[svc]
+
+
+@pytest.mark.parametrize("values", [None, "production-values.yaml", "minimal-values.yaml"])
+def test_every_env_the_chart_sets_is_a_setting_of_its_service(values: str | None) -> None:
+    """An env name no settings class reads is silently ignored (extra="ignore"): a misspelt one leaves the
+    service on its default, whatever values.yaml says."""
+    docs = render(*(["-f", str(CHART / "ci" / values)] if values else []))
+    for svc in SERVICES:
+        cls = _settings_class(svc)
+        prefix = cls.model_config["env_prefix"]
+        for var in env(docs, svc):
+            assert var.startswith(prefix), (svc, var)
+            assert var[len(prefix) :].lower() in cls.model_fields, f"{svc}: {var} is no setting of {cls.__name__}"
+
+
+def test_whole_numbers_reach_the_services_as_integers(tmp_path: Path) -> None:
+    """Helm reads numbers in a values file as floats and prints those of a million or more in exponent form
+    ("2.592e+06"), which an integer setting refuses: the service would not start. Both the env maps and the
+    chart's own values (edge.batches) must reach the services as plain integers."""
+    values = tmp_path / "values.yaml"
+    values.write_text(
+        yaml.safe_dump(
+            {
+                "edge": {
+                    "env": {"EDGE_BATCH_RETENTION_S": 60 * 86400, "EDGE_REQUEST_TIMEOUT_S": 90.5},
+                    "batches": {"maxFileBytes": 104857600, "maxConcurrentUploads": 1000000, "maxRunning": 2000000},
+                },
+                "router": {"env": {"ROUTER_REQUEST_ID_TTL_S": 14 * 86400, "ROUTER_TENANT_BUDGET_USD": 2500000}},
+                "drainSeconds": 1000000,
+                "terminationGracePeriodSeconds": 1000010,
+            }
+        )
+    )
+    docs = render("-f", str(values))
+    edge, router = env(docs, "edge"), env(docs, "router")
+    assert edge["EDGE_BATCH_RETENTION_S"] == str(60 * 86400)
+    assert edge["EDGE_REQUEST_TIMEOUT_S"] == "90.5"
+    assert edge["EDGE_BATCH_MAX_CONCURRENT_UPLOADS"] == "1000000"
+    assert edge["EDGE_GRACE_SECONDS"] == "1000000"
+    assert router["ROUTER_REQUEST_ID_TTL_S"] == str(14 * 86400)
+    # and the services take them
+    names = ("EDGE_BATCH_", "EDGE_REQUEST_TIMEOUT_S", "EDGE_GRACE_SECONDS")
+    EdgeSettings.model_validate({k[5:].lower(): v for k, v in edge.items() if k.startswith(names)})
+    ttl, budget = router["ROUTER_REQUEST_ID_TTL_S"], router["ROUTER_TENANT_BUDGET_USD"]
+    _settings_class("router").model_validate({"auth": "none", "request_id_ttl_s": ttl, "tenant_budget_usd": budget})
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("edge.env.EDGE_BATCH_MAX_FILE_BYTES", "209715200"),  # edge.batches.maxFileBytes: the memory check reads it
+        ("router.env.ROUTER_REDIS_URL", "redis://elsewhere:6379/0"),
+        ("classifier.env.CLASSIFIER_GRACE_SECONDS", "5"),
+    ],
+)
+def test_env_may_not_set_again_what_the_chart_sets(setting: str, value: str) -> None:
+    """A second entry of one name hides the chart's (the API server warns), so the value the chart checks is not the
+    one the service runs with, and server-side apply refuses the Deployment (env is a map keyed by name)."""
+    with pytest.raises(subprocess.CalledProcessError) as failure:
+        render("--set-string", f"{setting}={value}")
+    name = setting.rsplit(".", 1)[1]
+    assert f"{setting.rsplit('.', 2)[0]}.env.{name}" in failure.value.stderr
+    assert "the chart sets it" in failure.value.stderr

@@ -153,8 +153,30 @@ Call with (list $ "money cache"). */}}
 {{- end }}
 {{- end }}
 
-{{/* Environment of one service: <PREFIX>_HOST/PORT/METRICS_PORT/LOG_LEVEL, its peers, then values' env. */}}
+{{/* An env value as the services parse it. Helm reads a values file's numbers as floats and prints those of a
+million or more in exponent form ("2.592e+06"), which an integer setting refuses at start: whole ones as integers. */}}
+{{- define "llmrouter.envValue" -}}
+{{- if and (kindIs "float64" .) (eq . (floor .)) }}{{ int64 . | toString | quote }}{{ else }}{{ toString . | quote }}{{ end }}
+{{- end }}
+
+{{/* Environment of one service: what the chart sets, then values' env, which may not name any of those again (a
+second entry hides the first, so the value the chart checks is not the one served, and server-side apply
+refuses a list keyed by name holding one name twice). */}}
 {{- define "llmrouter.env" -}}
+{{- $v := index (index . 0).Values (index . 1) }}
+{{- $own := include "llmrouter.chartEnv" . }}
+{{- $own }}
+{{- range $name, $value := $v.env }}
+{{- if regexMatch (printf "(?m)^- name: %s$" $name) $own }}
+{{- fail (printf "%s.env.%s: the chart sets it from its own values (values.yaml, deploy/README.md); set it there" (index $ 1) $name) }}
+{{- end }}
+- name: {{ $name }}
+  value: {{ include "llmrouter.envValue" $value }}
+{{- end }}
+{{- end }}
+
+{{/* What the chart sets of one service's environment: <PREFIX>_HOST/PORT/METRICS_PORT/LOG_LEVEL, its peers. */}}
+{{- define "llmrouter.chartEnv" -}}
 {{- $root := index . 0 }}
 {{- $svc := index . 1 }}
 {{- $v := index $root.Values $svc }}
@@ -162,13 +184,13 @@ Call with (list $ "money cache"). */}}
 - name: {{ $p }}_HOST
   value: 0.0.0.0
 - name: {{ $p }}_PORT
-  value: {{ $v.port | quote }}
+  value: {{ include "llmrouter.envValue" $v.port }}
 - name: {{ $p }}_METRICS_PORT
-  value: {{ $v.metricsPort | quote }}
+  value: {{ include "llmrouter.envValue" $v.metricsPort }}
 - name: {{ $p }}_LOG_LEVEL
   value: {{ $root.Values.logLevel | quote }}
 - name: {{ $p }}_GRACE_SECONDS
-  value: {{ $root.Values.drainSeconds | quote }}
+  value: {{ include "llmrouter.envValue" $root.Values.drainSeconds }}
 {{- if has $svc (list "router" "providers") }}
 - name: {{ $p }}_REGISTRY_PATH
   value: {{ printf "%s/models.yaml" $root.Values.registry.mountPath | quote }}
@@ -196,11 +218,11 @@ Call with (list $ "money cache"). */}}
 - name: EDGE_ALLOW_ANONYMOUS
   value: {{ $v.allowAnonymous | quote }}
 - name: EDGE_BATCH_MAX_FILE_BYTES
-  value: {{ $v.batches.maxFileBytes | int64 | quote }}
+  value: {{ include "llmrouter.envValue" $v.batches.maxFileBytes }}
 - name: EDGE_BATCH_MAX_CONCURRENT_UPLOADS
-  value: {{ $v.batches.maxConcurrentUploads | quote }}
+  value: {{ include "llmrouter.envValue" $v.batches.maxConcurrentUploads }}
 - name: EDGE_BATCH_MAX_RUNNING
-  value: {{ $v.batches.maxRunning | quote }}
+  value: {{ include "llmrouter.envValue" $v.batches.maxRunning }}
 {{- with include "llmrouter.batchRedis" $root }}
 {{- include "llmrouter.redisUrlEnv" (list $root . "EDGE_BATCH_REDIS_URL") }}
 {{- end }}
@@ -215,7 +237,7 @@ Call with (list $ "money cache"). */}}
   value: {{ .mountPath | quote }}
 {{- if ne $svc "edge" }}
 - name: {{ $p }}_HEALTH_PORT
-  value: {{ .healthPort | quote }}
+  value: {{ include "llmrouter.envValue" .healthPort }}
 {{- end }}
 {{- else if ne $svc "edge" }}
 - name: {{ $p }}_AUTH
@@ -223,10 +245,6 @@ Call with (list $ "money cache"). */}}
 - name: {{ $p }}_AUTH_NONE_ALLOW_REMOTE
   value: "true"
 {{- end }}
-{{- end }}
-{{- range $name, $value := $v.env }}
-- name: {{ $name }}
-  value: {{ $value | quote }}
 {{- end }}
 {{- end }}
 
