@@ -1,8 +1,8 @@
 """Memory per money record on a real Redis, for sizing the money Redis (deploy/README.md, Redis sizing).
 
 Writes N request-id markers (the pair kept per served request: `llmrouter:request:` and `llmrouter:charged:`,
-7-day TTL) and N ledger entries shaped like the router's, on an empty database, and prints the growth of
-`used_memory` per request. Use a scratch server: it flushes the database it is given.
+with the router's default TTL, ROUTER_REQUEST_ID_TTL_S) and N ledger entries shaped like the router's, on an empty
+database, and prints the growth of `used_memory` per request. Use a scratch server: it flushes the database it is given.
 
 Usage: python deploy/redis_sizing.py redis://127.0.0.1:6390/0 [N]
 """
@@ -16,7 +16,7 @@ import uuid
 
 import redis
 
-TTL_S = 7 * 24 * 3600
+TTL_S = 24 * 3600  # ROUTER_REQUEST_ID_TTL_S by default (services/router/store/model.py)
 
 
 def ledger_record(request_id: str) -> str:

@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings
 from services.edge.settings import EdgeSettings
 
 from .kube_api import KubeApi
-from .support import CHART, GRPC_SERVICES, SERVICES, by_kind, documented_ports, render, tool
+from .support import CHART, GRPC_SERVICES, ROOT, SERVICES, by_kind, documented_ports, render, tool
 
 VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
 
@@ -727,3 +727,21 @@ def test_env_may_not_set_again_what_the_chart_sets(setting: str, value: str) -> 
     name = setting.rsplit(".", 1)[1]
     assert f"{setting.rsplit('.', 2)[0]}.env.{name}" in failure.value.stderr
     assert "the chart sets it" in failure.value.stderr
+
+
+def test_money_redis_sizing_keeps_request_ids_as_long_as_the_router() -> None:
+    """deploy/README.md sizes the money Redis by how long the router keeps a request's id markers
+    (ROUTER_REQUEST_ID_TTL_S) and deploy/redis_sizing.py measures them with that TTL: a week where the router
+    keeps a day put the sizing off by 7x, and hid that the untrimmed ledger is what fills the store."""
+    import re
+    import runpy
+
+    from services.router.settings import RouterSettings
+
+    ttl_s = RouterSettings.model_fields["request_id_ttl_s"].default
+    readme = (ROOT / "deploy" / "README.md").read_text()
+    (seconds,) = re.findall(r"Money memory \S+ requests/s \S ([\d,]+) \S", readme)
+    assert int(seconds.replace(",", "")) == ttl_s
+    assert runpy.run_path(str(ROOT / "deploy" / "redis_sizing.py"))["TTL_S"] == ttl_s
+    for text in (readme, (CHART / "values.yaml").read_text()):
+        assert "7 days" not in text and "7-day" not in text
