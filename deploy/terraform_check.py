@@ -56,7 +56,10 @@ GOOD: dict[str, dict | Path] = {
             "host": "llm.example.com",
             "class_name": "nginx",
             "tls_secret": "llm-tls",
-            "annotations": {"nginx.ingress.kubernetes.io/proxy-body-size": "101m"},
+            "annotations": {
+                "nginx.ingress.kubernetes.io/proxy-body-size": "101m",
+                "nginx.ingress.kubernetes.io/proxy-read-timeout": "300",
+            },
         },
         "hourly_budget_usd": 12.5,
         "edge_p99_slo_seconds": 30,

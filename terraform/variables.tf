@@ -141,8 +141,9 @@ variable "ingress" {
     host       = string
     class_name = optional(string, "")
     tls_secret = optional(string, "")
-    # The controller's own settings, e.g. nginx's body limit (1 MB by default), which batch uploads exceed:
-    # { "nginx.ingress.kubernetes.io/proxy-body-size" = "101m" }.
+    # The controller's own settings, e.g. nginx's body limit (1 MB by default), which batch uploads exceed, and its
+    # read timeout (60 s), shorter than a completion may run (EDGE_REQUEST_TIMEOUT_S, 120 s):
+    # { "nginx.ingress.kubernetes.io/proxy-body-size" = "101m", "nginx.ingress.kubernetes.io/proxy-read-timeout" = "300" }.
     annotations = optional(map(string), {})
   })
   default = null

@@ -745,3 +745,28 @@ def test_money_redis_sizing_keeps_request_ids_as_long_as_the_router() -> None:
     assert runpy.run_path(str(ROOT / "deploy" / "redis_sizing.py"))["TTL_S"] == ttl_s
     for text in (readme, (CHART / "values.yaml").read_text()):
         assert "7 days" not in text and "7-day" not in text
+
+
+def _tfvars_annotations() -> dict[str, str]:
+    """The ingress annotations terraform/terraform.tfvars.example gives (one `annotations = { ... }` line)."""
+    import re
+
+    text = (ROOT / "terraform" / "terraform.tfvars.example").read_text()
+    (block,) = re.findall(r"^\s*annotations\s*=\s*\{(.*)\}\s*$", text, re.M)
+    return dict(re.findall(r'"([^"]+)"\s*=\s*"([^"]*)"', block))
+
+
+@pytest.mark.parametrize("example", ["production-values.yaml", "terraform.tfvars.example"])
+def test_nginx_examples_let_the_longest_request_and_the_largest_upload_through(example: str) -> None:
+    """ingress-nginx answers 504 itself when the edge sends nothing for proxy-read-timeout (60 s unless raised): a
+    chat completion the edge lets run EDGE_REQUEST_TIMEOUT_S (120 s) is cut half-way, charged, and its caller
+    retries it. Its body limit (1 MB) refuses batch uploads with a 413 of its own."""
+    if example.endswith(".yaml"):
+        annotations = yaml.safe_load((CHART / "ci" / example).read_text())["ingress"]["annotations"]
+    else:
+        annotations = _tfvars_annotations()
+    fields = EdgeSettings.model_fields
+    timeout = annotations.get("nginx.ingress.kubernetes.io/proxy-read-timeout", "60")
+    assert int(timeout) > fields["request_timeout_s"].default, annotations
+    body = annotations["nginx.ingress.kubernetes.io/proxy-body-size"]
+    assert body.endswith("m") and int(body[:-1]) * 2**20 > fields["batch_max_file_bytes"].default
