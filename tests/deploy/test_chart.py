@@ -770,3 +770,23 @@ def test_nginx_examples_let_the_longest_request_and_the_largest_upload_through(e
     assert int(timeout) > fields["request_timeout_s"].default, annotations
     body = annotations["nginx.ingress.kubernetes.io/proxy-body-size"]
     assert body.endswith("m") and int(body[:-1]) * 2**20 > fields["batch_max_file_bytes"].default
+
+
+@pytest.mark.parametrize(
+    ("settings", "complaint"),
+    [
+        (["edge.env.EDGE_REQUEST_TIMEOUT_S=300"], "drainSeconds"),  # a rollout would cut completions short
+        (["drainSeconds=200"], "terminationGracePeriodSeconds"),  # the kubelet kills the pod mid-drain
+    ],
+)
+def test_shutdown_outlasting_the_longest_request_is_kept_when_values_change(
+    settings: list[str], complaint: str
+) -> None:
+    """A completion runs up to EDGE_REQUEST_TIMEOUT_S; a pod drains drainSeconds after its preStop sleep and is killed
+    at terminationGracePeriodSeconds. Raising one without the next cut requests at every rollout and scale-down."""
+    with pytest.raises(subprocess.CalledProcessError) as failure:
+        render(*(arg for setting in settings for arg in ("--set", setting)))
+    assert complaint in failure.value.stderr
+    raised = ["edge.env.EDGE_REQUEST_TIMEOUT_S=300", "drainSeconds=305", "terminationGracePeriodSeconds=320"]
+    docs = render(*(arg for setting in raised for arg in ("--set", setting)))
+    assert env(docs, "edge")["EDGE_REQUEST_TIMEOUT_S"] == "300"
