@@ -29,6 +29,9 @@ class KeyRing:
     def __init__(self, entries: list[tuple[bytes, str]], admins: frozenset[bytes] = frozenset()) -> None:
         self.entries = entries
         self.admins = admins
+        # Asked for every active batch at each adoption pass: a lookup, not a pass over the entries. A ring is built
+        # once, as the edge starts (a change of keys is a restart), so this never goes stale.
+        self.key_ids = frozenset((known.hex()[:16], tenant) for known, tenant in entries)
 
     def __bool__(self) -> bool:
         return bool(self.entries)
@@ -45,7 +48,7 @@ class KeyRing:
 
     def serves(self, tenant: str, key_id: str) -> bool:
         """Whether a key of `tenant` whose id (the router's: its digest's first 16 hex digits) is `key_id` is here."""
-        return any(known.hex()[:16] == key_id and owner == tenant for known, owner in self.entries)
+        return (key_id, tenant) in self.key_ids
 
     def is_admin(self, key: str) -> bool:
         presented = digest(key) if key else b""
