@@ -4,13 +4,14 @@ tenant: another tenant's file or batch is a 404, and never listed."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
@@ -32,6 +33,7 @@ SENT_PART_BYTES = 1024 * 1024  # a file's content sent at a time
 PAGE_CHUNK = 1000  # ids read from an index at a time
 
 Caller = Callable[[Request], tuple[str, str]]
+T = TypeVar("T")
 
 
 class BatchApi:
@@ -58,6 +60,29 @@ class BatchApi:
         self.runner = runner
         self.caller = caller  # (tenant, API key) of the request, as the edge authenticates it
         self.max_file_bytes = max_file_bytes
+        self._writing: set[asyncio.Task[Any]] = set()  # creations whose request was cancelled, still writing
+
+    async def close(self) -> None:
+        """Let the creations in progress finish (or be undone) before the store closes."""
+        await asyncio.gather(*self._writing, return_exceptions=True)
+
+    async def _to_end(self, writes: Awaitable[T]) -> T:
+        """A creation's writes (and their undo) run to their end, even when its request is cancelled (the server
+        stopping past its grace, or a client gone where the server cancels its request): cancelled between two
+        writes, a batch stayed `validating` for ever, holding its input file, or a file stayed unlisted, perhaps
+        without expiry. Only the request ends at once."""
+        task = asyncio.ensure_future(writes)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            self._writing.add(task)  # held (a task only weakly referenced may be collected) until it ends
+            task.add_done_callback(self._abandoned)
+            raise
+
+    def _abandoned(self, task: asyncio.Task[Any]) -> None:
+        self._writing.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # no request left to report it
+            log.warning("batch store: a creation whose request was cancelled failed", exc_info=task.exception())
 
     def routes(self) -> list[Route]:
         return [
@@ -120,6 +145,10 @@ class BatchApi:
         count = await wire.check_lines_off_loop(content)  # a bad file is refused now, naming its first bad line
         file_id = f"file-{uuid.uuid4().hex}"
         fields = file_fields(tenant, (upload.filename or "batch.jsonl")[:256], content, "batch", count)
+        await self._to_end(self._write_file(tenant, file_id, fields))
+        return JSONResponse(wire.file_body(file_id, (await self.store.fields([file_key(file_id)], FILE_LISTED))[0]))
+
+    async def _write_file(self, tenant: str, file_id: str, fields: dict[str, str | bytes]) -> None:
         try:
             await self.store.put(file_key(file_id), fields)
             await self.store.expire([file_key(file_id)], self.retention_s)
@@ -127,7 +156,6 @@ class BatchApi:
         except Exception:  # a file refused part way is not kept, unlisted (and perhaps without expiry) in the store
             await _undo(lambda: self.store.delete([file_key(file_id)]))
             raise
-        return JSONResponse(wire.file_body(file_id, (await self.store.fields([file_key(file_id)], FILE_LISTED))[0]))
 
     async def list_files(self, request: Request) -> Response:
         """As OpenAI's: newest first unless order=asc, up to `limit` (1 to 10,000, all by default) past `after`,
@@ -208,6 +236,14 @@ class BatchApi:
         }
         if body.get("metadata") is not None:
             batch["metadata"] = json.dumps(body["metadata"])
+        await self._to_end(self._write_batch(tenant, batch_id, batch))
+        # Its fields as written: a read failing now would tell the caller of a batch that runs that it failed.
+        return JSONResponse(
+            wire.batch_body(batch_id, {k: v.encode() if isinstance(v, str) else v for k, v in batch.items()})
+        )
+
+    async def _write_batch(self, tenant: str, batch_id: str, batch: dict[str, str | bytes]) -> None:
+        input_id, created = str(batch["input_file_id"]), batch["created_at"]
         try:
             await self.store.put(batch_key(batch_id), batch)
             # Its content stays, deleted, until the batch ends.
@@ -230,10 +266,6 @@ class BatchApi:
             )
             raise
         self.runner.start(batch_id)
-        # Its fields as written: a read failing now would tell the caller of a batch that runs that it failed.
-        return JSONResponse(
-            wire.batch_body(batch_id, {k: v.encode() if isinstance(v, str) else v for k, v in batch.items()})
-        )
 
     async def _count(self, tenant: str, file_id: str) -> int:
         """The requests of a file uploaded before files kept their count: its content read and checked again,

@@ -472,6 +472,7 @@ def create_app(settings: EdgeSettings, channel: grpc.aio.Channel) -> Starlette:
         try:
             yield
         finally:
+            await batches.close()  # a batch created meanwhile is left to the runner, which stops next
             await runner.close()
             await store.close()
             if access_log is not None:
