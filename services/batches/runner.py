@@ -5,17 +5,18 @@ edge's batches, and at most EDGE_BATCH_MAX_RUNNING batches at a time, each holdi
 bytes and where each line is, a line parsed as it is sent); the others wait in the store's active set. An edge runs
 only the batches of keys it serves (Runner._may_run): a revoked key's batch sends nothing more.
 
-Each line's result is written once to the store, so a restarted edge resumes a batch where it stopped. A
-line the router never admitted (the router unreachable or restarting, the money store down, a rate limit)
-is retried with the same request id, its batch parked until the router's retry time (pending.py) so that its
-lines hold no slot meanwhile; a park of PARK_LEAVE_S or more (a rate limit's next window) ends the run, its input file
-dropped, its running place and its lease given up, with its time to run again in the batch's hash (parked_until,
-seen by every edge's adoption); any other failure is the line's error (the error file). Stopping the edge stops
+Each line's result is written once to the store, so a restarted edge resumes a batch where it stopped. A line the
+router never admitted (the router unreachable or restarting, the money store down, a rate limit) is retried with the
+same request id, its batch parked until the router's retry time (pending.py) so that its lines hold no slot
+meanwhile; a park of PARK_LEAVE_S or more (a rate limit's next window) ends the run, its input file dropped, its
+running place and its lease given up, with its time to run again in the batch's hash (parked_until, seen by every
+edge's adoption); any other failure is the line's error (the error file). A run that fails (raises) parks its batch
+too, for a time that doubles with each failure in a row (counted in the batch's hash). Stopping the edge stops
 taking lines, lets those in flight finish and gives up its batches' leases; a crash loses the results of lines in
-flight, whose retry the router then refuses as a duplicate (charged once, in the ledger, and in the error file). Such a
-line, sent and without a result, is in doubt: it goes first when the batch resumes, even past its window (sent
-before its end, only the router knows whether it ran), and is never reported as never sent. An edge ending a batch of
-a key it does not serve does not send it again: it goes to the error file as `outcome_unknown`.
+flight, whose retry the router then refuses as a duplicate (charged once, in the ledger, and in the error file).
+Such a line, sent and without a result, is in doubt: it goes first when the batch resumes, even past its window
+(sent before its end, only the router knows whether it ran), and is never reported as never sent. An edge ending a
+batch of a key it does not serve does not send it again: it goes to the error file as `outcome_unknown`.
 
 A batch expires at its expires_at (EDGE_BATCH_WINDOW_S after its creation), as OpenAI's do: no line is sent or
 offered after it; the lines in flight finish and are recorded; the lines never sent go to the error file as
@@ -71,6 +72,10 @@ CANCEL_CHECK_S = 1.0  # and a parked batch cancelled, perhaps through another ed
 # place and input file, and one tenant's batches kept every other tenant's waiting. Shorter parks keep the run, so
 # that a backoff's quick retries do not read the input file again each time.
 PARK_LEAVE_S = 5.0
+# A run that fails (raises) parks its batch this long, doubled with each failure in a row up to FAILED_MOST_S, for
+# every edge: retried at each adoption pass (LEASE_S / 2), a batch whose run always fails kept failing.
+FAILED_FIRST_S = float(LEASE_S)
+FAILED_MOST_S = 600.0
 
 ErrorFor = Callable[[grpc.RpcError, str], ApiError]
 Serves = Callable[[str, str], bool]  # (tenant, key id) -> whether this edge serves them
@@ -133,7 +138,7 @@ class Runner:
         """Start the batches that may run, as places allow; returns when to look again (a parked batch's time)."""
         active = list(await self.store.active())
         random.shuffle(active)  # past max_running, the same few do not always go first
-        names = ["parked_until", "status", "tenant", "key_id", "created_at", "expires_at"]
+        names = ["parked_until", "status", "tenant", "key_id", "created_at", "expires_at", "failures"]
         states = await self.store.fields([batch_key(b) for b in active], names)
         wake_s = LEASE_S / 2
         for batch_id, state in zip(active, states, strict=True):
@@ -141,9 +146,9 @@ class Runner:
                 break
             if not self._may_run(state):
                 continue
-            # A parked batch waits for its time, unless cancelled: its run then ends it at once.
+            # A parked batch waits for its time, unless cancelled: its run then ends it at once (unless it fails).
             parked_s = float(state.get("parked_until", b"0")) - time.time()
-            if parked_s > 0 and state.get("status") != b"cancelling":
+            if parked_s > 0 and (state.get("status") != b"cancelling" or "failures" in state):
                 wake_s = min(wake_s, parked_s)
                 continue
             # Only batches no other edge runs take a place here (its run renews the lease taken now).
@@ -206,6 +211,8 @@ class Runner:
         if not await self.store.lease(batch_id, self.owner, LEASE_S):
             return  # another edge runs it
         renewing = asyncio.create_task(self._renew(batch_id))
+        batch: dict[str, bytes] = {}
+        failed = False
         try:
             batch = await self.store.get(batch_key(batch_id))
             if not self._may_run(batch):
@@ -298,15 +305,32 @@ class Runner:
             expired = "expired_at" in await self.store.get(batch_key(batch_id))  # perhaps by an earlier run
             await self._finish(batch_id, batch, "cancelled" if cancelled else "expired" if expired else "completed")
         except Exception:
+            failed = True
             log.exception("batch run failed; it stays active and is resumed", extra={"id": batch_id})
         finally:
             await stop_task(renewing)  # not left renewing the lease of a run that ended
             # Nor holding it: parked, or this edge stopping, the batch is any edge's to resume (at its time), not
             # only this one's until the lease lapses (LEASE_S).
-            try:
-                await self.store.release(batch_id, self.owner)
-            except Exception:
-                log.warning("batch lease not released; it lapses", extra={"id": batch_id}, exc_info=True)
+            if await self._settle(batch_id, batch, failed):
+                try:
+                    await self.store.release(batch_id, self.owner)
+                except Exception:
+                    log.warning("batch lease not released; it lapses", extra={"id": batch_id}, exc_info=True)
+
+    async def _settle(self, batch_id: str, batch: dict[str, bytes], failed: bool) -> bool:
+        """A failed run's batch backs off; one that ran without failing starts its count again. False when the
+        back-off could not be recorded: the lease is kept then, the batch left alone until it lapses."""
+        try:
+            if failed:
+                until = await self.store.back_off(batch_id, FAILED_FIRST_S, FAILED_MOST_S)
+                if until is not None:
+                    log.warning("batch parked after its run failed", extra={"id": batch_id, "until": until})
+            elif "failures" in batch:
+                await self.store.drop(batch_key(batch_id), "failures")
+        except Exception:
+            log.warning("batch run's outcome not recorded", extra={"id": batch_id}, exc_info=True)
+            return not failed
+        return True
 
     async def _park(self, batch_id: str, until: float) -> None:
         await self.store.put(batch_key(batch_id), {"parked_until": repr(until)})

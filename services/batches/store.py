@@ -3,13 +3,12 @@ restarted edge resumes from), or in process without it (a restart loses them). P
 of another tenant is not found.
 
 Keys (prefix llmrouter:batch:): `file:<id>` a hash (tenant, filename, purpose, created_at, bytes, content);
-`batch:<id>` a hash (the batch's fields, counters included, and `parked_until`: the epoch
-time before which no edge runs it again, runner.py); `batch:<id>:results` a hash from line index to
-its result line, written once (the line counts once however often it is retried); `batch:<id>:deferred` a
-hash from line index to the provider batch it was sent in (deferral.py); `active` the set of
-batches still to run; `lease:<id>` which edge runs a batch now (one at a time, or two would send each line
-twice); `file:<id>:readers` a hash of the batches created on an input file (a deleted file's content stays
-while one of them runs).
+`batch:<id>` a hash (the batch's fields, counters included, `parked_until`: the epoch time before which no edge runs
+it again, and `failures`: its runs that failed in a row, runner.py); `batch:<id>:results` a hash from line index to
+its result line, written once (the line counts once however often it is retried); `batch:<id>:deferred` a hash from
+line index to the provider batch it was sent in (deferral.py); `active` the set of batches still to run;
+`lease:<id>` which edge runs a batch now (one at a time, or two would send each line twice); `file:<id>:readers` a
+hash of the batches created on an input file (a deleted file's content stays while one of them runs).
 
 A tenant's files and batches are listed from its index, never a scan of the keyspace: `index:{<tenant>}:<kind>`
 (kind `file` or `batch`) a sorted set of ids by creation time (ms), and `index:{<tenant>}:<kind>:until` the
@@ -86,6 +85,10 @@ class Store(Protocol):
     async def release(self, batch_id: str, owner: str) -> None:
         """Give up the lease, if this owner holds it: any edge may run the batch from now."""
 
+    async def back_off(self, batch_id: str, first_s: float, most_s: float) -> float | None:
+        """A run of the batch failed: one more failure in a row, and the batch parked for first_s, doubled with each
+        failure in a row, at most most_s. When it is parked until; None when the batch is gone (nothing written)."""
+
     async def expire(self, keys: list[str], ttl_s: int) -> None: ...
 
     async def fields(self, keys: list[str], names: list[str] | None) -> list[dict[str, bytes]]:
@@ -124,6 +127,16 @@ return 1
 RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
+"""
+
+# KEYS: a batch's hash. ARGV: now, first_s, most_s. Never recreates a hash that is gone (evicted, or expired).
+BACK_OFF = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local failures = redis.call('HINCRBY', KEYS[1], 'failures', 1)
+local wait = math.min(tonumber(ARGV[2]) * 2 ^ (failures - 1), tonumber(ARGV[3]))
+local parked = string.format('%.6f', tonumber(ARGV[1]) + wait)
+redis.call('HSET', KEYS[1], 'parked_until', parked)
+return parked
 """
 
 # KEYS: a tenant's index (ids by creation) and its deadlines. ARGV: id, created (ms; only where not yet listed),
@@ -206,6 +219,10 @@ class RedisStore:
 
     async def release(self, batch_id: str, owner: str) -> None:
         await self.redis.eval(RELEASE, 1, f"{PREFIX}lease:{batch_id}", owner)  # type: ignore[misc]
+
+    async def back_off(self, batch_id: str, first_s: float, most_s: float) -> float | None:
+        until = await self.redis.eval(BACK_OFF, 1, batch_key(batch_id), repr(time.time()), first_s, most_s)  # type: ignore[misc]
+        return None if until is None else float(until)
 
     async def expire(self, keys: list[str], ttl_s: int) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -306,6 +323,14 @@ class MemoryStore:
 
     async def release(self, batch_id: str, owner: str) -> None:
         pass
+
+    async def back_off(self, batch_id: str, first_s: float, most_s: float) -> float | None:
+        if not await self.get(batch_key(batch_id)):
+            return None
+        failures = await self.add(batch_key(batch_id), "failures", 1)
+        until = time.time() + min(first_s * 2 ** min(failures - 1, 64), most_s)
+        await self.put(batch_key(batch_id), {"parked_until": repr(until)})
+        return until
 
     async def expire(self, keys: list[str], ttl_s: int) -> None:
         now = time.monotonic()

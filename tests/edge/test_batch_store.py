@@ -6,6 +6,7 @@ expiry."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -135,3 +136,17 @@ async def test_a_files_content_is_read_alone_and_none_once_gone(store: Store) ->
     assert (await store.fields([key], ["tenant"]))[0] == {"tenant": b"t1"}
     await store.delete([key])
     assert await store.content(key) is None
+
+
+async def test_a_failed_runs_back_off_doubles_up_to_its_most_and_never_recreates_a_gone_batch(store: Store) -> None:
+    batch_id = f"b-{uuid.uuid4().hex}"
+    await store.put(batch_key(batch_id), {"status": "in_progress"})
+    for waited_s in (30, 60, 120, 200, 200):
+        before = time.time()
+        until = await store.back_off(batch_id, 30, 200)
+        assert until is not None and before + waited_s <= until <= time.time() + waited_s
+        assert float((await store.get(batch_key(batch_id)))["parked_until"]) == pytest.approx(until, abs=0.01)
+    assert (await store.get(batch_key(batch_id)))["failures"] == b"5"
+    await store.delete([batch_key(batch_id)])
+    assert await store.back_off(batch_id, 30, 200) is None  # evicted or expired: nothing to park
+    assert await store.get(batch_key(batch_id)) == {}

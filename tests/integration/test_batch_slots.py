@@ -10,6 +10,7 @@ from pathlib import Path
 import redis
 from openai import AsyncOpenAI
 
+from services.batches.runner import FAILED_FIRST_S
 from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
 from tests.integration.conftest import Chain, free_port, start_edge
@@ -20,8 +21,8 @@ from tests.redis_servers import RedisServer
 
 async def test_a_line_slot_taken_when_the_batch_store_fails_is_given_back(chain: Chain, tmp_path: Path) -> None:
     """With one slot: the first line in flight, the store starts refusing the batch reads (an ACL change here; a
-    connection error alike), so the run, slot taken for the second line, fails and is resumed once the store
-    answers again. It must then get the slot back, and the batch finish."""
+    connection error alike), so the run, slot taken for the second line, fails and is resumed after its back-off,
+    the store answering again. It must then get the slot back, and the batch finish."""
     store = RedisServer(tmp_path, "--save", "").start()
     admin = redis.Redis(port=store.port)
     tenant, key = f"slots-{secrets.token_hex(4)}", f"sk-slots-{secrets.token_urlsafe(12)}"
@@ -45,7 +46,8 @@ async def test_a_line_slot_taken_when_the_batch_store_fails_is_given_back(chain:
         admin.execute_command("ACL", "SETUSER", "default", "-hgetall")
         await asyncio.sleep(2.5)  # the first line recorded (no read), the slot taken, the read refused
         admin.execute_command("ACL", "SETUSER", "default", "+hgetall")
-        done = await finished(client, batch.id, timeout_s=30)  # resumed within 15 s
+        # Resumed once its failed run's back-off is over (FAILED_FIRST_S), by the adoption that wakes for it.
+        done = await finished(client, batch.id, timeout_s=FAILED_FIRST_S + 20)
         assert done.status == "completed" and done.request_counts.completed == 2, done
     finally:
         chain.budget.latency = 0.0
