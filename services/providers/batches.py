@@ -10,13 +10,18 @@ import grpc
 
 from llmrouter.errors import ServiceError, invalid
 from llmrouter.registry import ModelSpec, Registry
+from llmrouter.server import MAX_MESSAGE_BYTES
 from llmrouter.v1 import common_pb2, provider_pb2
 from services.providers.accounting import decimal_str
-from services.providers.dispatch import Dispatcher
+from services.providers.dispatch import MAX_LOGPROBS_BYTES, Dispatcher
 from services.providers.gateways.base import UpstreamError, UpstreamRequest, openai_finish_reason
 from services.providers.gateways.batch_client import LineResult, NotCreated, ProviderBatches
 
 log = logging.getLogger("llmrouter.providers")
+# The log-probabilities one poll's reply carries in all: its answers (a line of a result file may be 8 MiB, most of
+# it log-probabilities) must still fit its one gRPC message, or no answer of the part is ever read, and each line is
+# charged its hold at the window's end.
+POLL_LOGPROBS_BYTES = MAX_MESSAGE_BYTES // 2
 
 
 def batch_api(registry: Registry, model: ModelSpec, dispatcher: Dispatcher) -> tuple[ProviderBatches, ModelSpec]:
@@ -54,9 +59,19 @@ async def poll(
         state = await api.poll(batch_id, wanted)
     except UpstreamError as exc:
         raise ServiceError(grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE", exc.message) from None
-    return provider_pb2.PollBatchResponse(
-        status=state.status, ended=state.ended, results=[_result(priced, r) for r in state.results]
-    )
+    results = [_result(priced, r) for r in state.results]
+    room = POLL_LOGPROBS_BYTES
+    for result in results:
+        size = len(result.response.logprobs_json)
+        if size > min(room, MAX_LOGPROBS_BYTES):  # as Complete's answer: without them (null), said in the log
+            log.warning(
+                "batch line's log-probabilities too large for the reply; answer sent without them",
+                extra={"custom_id": result.request_id, "bytes": size},
+            )
+            result.response.logprobs_json = ""
+        else:
+            room -= size
+    return provider_pb2.PollBatchResponse(status=state.status, ended=state.ended, results=results)
 
 
 def _result(priced: ModelSpec, line: LineResult) -> provider_pb2.BatchLineResult:

@@ -1,0 +1,74 @@
+"""A provider batch's answers come back with the log-probabilities their callers asked for, as far as a poll's reply
+(one gRPC message) holds them: past that, an answer goes without them, never the whole reply failing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import grpc
+import yaml
+
+from llmrouter.server import CHANNEL_OPTIONS, MAX_MESSAGE_BYTES, start_server
+from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc
+from services.providers import ProvidersSettings, build
+from tests.fakes import FakeAnthropic, FakeOpenAI
+from tests.providers.conftest import registry
+
+# About 3 MB of log-probabilities an answer (a Complete's keeps up to 4 MiB): seven pass a poll reply's 16 MiB.
+TOKENS = 20_000
+LINES = 7
+ENTRY = {"token": "word", "logprob": -0.25, "bytes": [119, 111, 114, 100]}
+
+
+def _with_logprobs(output: list[str], errors: list[str]) -> tuple[list[str], list[str]]:
+    """Each answer carries a long answer's log-probabilities, as a provider sends them for top_logprobs 20."""
+    lines = []
+    for raw in output:
+        line = json.loads(raw)
+        choice = line["response"]["body"]["choices"][0]
+        choice["logprobs"] = {"content": [{**ENTRY, "top_logprobs": [ENTRY]}] * TOKENS, "refusal": None}
+        lines.append(json.dumps(line))
+    return lines, errors
+
+
+async def test_a_poll_holding_many_answers_log_probabilities_still_fits_its_reply(
+    tmp_path: Path, openai_fake: FakeOpenAI, anthropic_fake: FakeAnthropic
+) -> None:
+    spec = registry(openai_fake.base_url, anthropic_fake.base_url)
+    cheap = next(m for m in spec["models"] if m["name"] == "cheap")
+    cheap.update(batch_input_usd_per_mtok="0.075", batch_output_usd_per_mtok="0.30")
+    path = tmp_path / "models.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    settings = ProvidersSettings(port=0, metrics_port=0, registry_path=path, local_model_dir=tmp_path / "no-model")
+    openai_fake.batches.tamper = _with_logprobs
+    registrations, closers = await build(settings)
+    running = await start_server("providers", settings, registrations, closers)
+    try:
+        # As the router reaches it: messages up to 16 MiB.
+        target = f"127.0.0.1:{running.port}"
+        async with grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS[:2]) as channel:
+            stub = provider_pb2_grpc.ProviderStub(channel)
+            ids = [f"line-{i}" for i in range(LINES)]
+            requests = [
+                provider_pb2.GenerateRequest(
+                    model="cheap",
+                    request_id=request_id,
+                    messages=[common_pb2.ChatMessage(role="user", content="hello")],
+                    max_tokens=16,
+                    passthrough_json=json.dumps({"logprobs": True, "top_logprobs": 1}),
+                )
+                for request_id in ids
+            ]
+            submitted = await stub.SubmitBatch(provider_pb2.SubmitBatchRequest(model="cheap", requests=requests))
+            poll = provider_pb2.PollBatchRequest(model="cheap", batch_id=submitted.batch_id, request_ids=ids)
+            await stub.PollBatch(poll)  # in progress
+            polled = await stub.PollBatch(poll)
+    finally:
+        await running.stop(0)
+    assert polled.ended and polled.ByteSize() <= MAX_MESSAGE_BYTES
+    assert sorted(r.request_id for r in polled.results) == ids and all(r.succeeded for r in polled.results)
+    kept = [r for r in polled.results if r.response.logprobs_json]
+    assert kept, "log-probabilities that fit are kept"
+    assert len(json.loads(kept[0].response.logprobs_json)["content"]) == TOKENS
+    assert len(kept) < len(ids)  # the others' answers came without them
