@@ -790,3 +790,16 @@ def test_shutdown_outlasting_the_longest_request_is_kept_when_values_change(
     raised = ["edge.env.EDGE_REQUEST_TIMEOUT_S=300", "drainSeconds=305", "terminationGracePeriodSeconds=320"]
     docs = render(*(arg for setting in raised for arg in ("--set", setting)))
     assert env(docs, "edge")["EDGE_REQUEST_TIMEOUT_S"] == "300"
+
+
+def test_a_whole_number_past_int64_reaches_its_service_as_written(tmp_path: Path) -> None:
+    """A whole number too large for an integer (a budget written 1e20 for 'no cap') is passed as Helm prints it,
+    which a decimal setting reads: converted to int64 it wrapped to -9223372036854775808, which the service refuses
+    at start (or, where no bound checks it, takes as a negative number)."""
+    values = tmp_path / "values.yaml"
+    values.write_text("router:\n  env:\n    ROUTER_TENANT_BUDGET_USD: 1.0e+20\n    ROUTER_REQUEST_ID_TTL_S: 86400\n")
+    router = env(render("-f", str(values)), "router")
+    assert router["ROUTER_REQUEST_ID_TTL_S"] == "86400"
+    budget = router["ROUTER_TENANT_BUDGET_USD"]
+    settings = _settings_class("router").model_validate({"auth": "none", "tenant_budget_usd": budget})
+    assert settings.tenant_budget_usd == 10**20  # type: ignore[attr-defined]

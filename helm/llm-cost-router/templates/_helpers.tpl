@@ -154,9 +154,13 @@ Call with (list $ "money cache"). */}}
 {{- end }}
 
 {{/* An env value as the services parse it. Helm reads a values file's numbers as floats and prints those of a
-million or more in exponent form ("2.592e+06"), which an integer setting refuses at start: whole ones as integers. */}}
+million or more in exponent form ("2.592e+06"), which an integer setting refuses at start: whole ones as integers.
+Only those an int64 holds: past it the conversion wraps (1e20 became -9223372036854775808); as printed, a decimal
+setting still reads it. */}}
 {{- define "llmrouter.envValue" -}}
-{{- if and (kindIs "float64" .) (eq . (floor .)) }}{{ int64 . | toString | quote }}{{ else }}{{ toString . | quote }}{{ end }}
+{{- $whole := false }}
+{{- if kindIs "float64" . }}{{ $whole = and (eq . (floor .)) (lt . 9.2e18) (gt . -9.2e18) }}{{ end }}
+{{- if $whole }}{{ int64 . | toString | quote }}{{ else }}{{ toString . | quote }}{{ end }}
 {{- end }}
 
 {{/* Environment of one service: what the chart sets, then values' env, which may not name any of those again (a
