@@ -40,10 +40,13 @@ UNKNOWN = "provider_batch_outcome_unknown"  # the error file's code of a line ch
 
 
 class Deferral:
-    def __init__(self, store: Store, router: router_pb2_grpc.RouterStub, poll_s: float) -> None:
+    def __init__(
+        self, store: Store, router: router_pb2_grpc.RouterStub, poll_s: float, max_file_bytes: int = 100 * 1024 * 1024
+    ) -> None:
         self.store = store
         self.router = router
         self.poll_s = poll_s
+        self.max_file_bytes = max_file_bytes  # a line's answer keeps log-probabilities up to its share of it
 
     async def offer(
         self, batch_id: str, batch: dict[str, bytes], lines: wire.Lines, done: set[str]
@@ -137,7 +140,8 @@ class Deferral:
             for index, line in zip(part, reply.lines, strict=True):
                 custom_id = custom_ids[index]
                 if line.succeeded:
-                    body = completion_body(line.response)
+                    room = wire.logprobs_room(batch, self.max_file_bytes)
+                    body = completion_body(without_large_logprobs(line.response, room))
                     await results.record(self.store, batch_id, index, custom_id, 200, body, line.response.cost_usd)
                 else:
                     cost = line.charged_usd or "0"
@@ -146,6 +150,18 @@ class Deferral:
                     body = _charged_error(line.error, code, cost)
                     await results.record(self.store, batch_id, index, custom_id, 502, body, cost)
         return True
+
+
+def without_large_logprobs(response: router_pb2.CompleteResponse, room: int) -> router_pb2.CompleteResponse:
+    """A batch line's answer without its log-probabilities (null) when they take more than `room` bytes as JSON
+    (wire.logprobs_room), said in the log: the answer itself is kept."""
+    if len(response.logprobs_json) > room:
+        log.warning(
+            "batch line's log-probabilities past its share of the output file; answer kept without them",
+            extra={"request_id": response.id, "bytes": len(response.logprobs_json), "room": room},
+        )
+        response.logprobs_json = ""
+    return response
 
 
 def _charged_error(message: str, code: str, cost: str) -> dict[str, Any]:

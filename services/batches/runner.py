@@ -45,7 +45,7 @@ from llmrouter.errors import ServiceError
 from llmrouter.tasks import stop as stop_task
 from llmrouter.v1 import router_pb2_grpc
 from services.batches import results, wire
-from services.batches.deferral import Deferral
+from services.batches.deferral import Deferral, without_large_logprobs
 from services.batches.pending import Pending
 from services.batches.store import (
     ENDED,
@@ -105,6 +105,7 @@ class Runner:
         retention_s: int,
         poll_s: float = 60.0,
         max_running: int = 4,
+        max_file_bytes: int = 100 * 1024 * 1024,
     ) -> None:
         self.store = store
         # Each batch running holds its input file's content: past max_running the others stay in the store's
@@ -116,7 +117,9 @@ class Runner:
         # take no place, or batches created meanwhile would wait that long and expire unsent.
         self._collecting: set[str] = set()
         self._freed = asyncio.Event()
-        self.deferral = Deferral(store, router, poll_s)  # the lines sent through the providers' Batch APIs
+        self.max_file_bytes = max_file_bytes  # a line's answer keeps log-probabilities up to its share of it
+        # The lines sent through the providers' Batch APIs.
+        self.deferral = Deferral(store, router, poll_s, max_file_bytes)
         self.owner = uuid.uuid4().hex  # this edge, in batch leases
         self.retention_s = retention_s
         self.router = router
@@ -404,7 +407,7 @@ class Runner:
             if api_error.charged_usd:  # the error file says what the failed line was charged, as the ledger does
                 body["x_router"] = {"cost_usd": api_error.charged_usd}
             return api_error.status, body
-        return 200, completion_body(response)
+        return 200, completion_body(without_large_logprobs(response, wire.logprobs_room(batch, self.max_file_bytes)))
 
     async def _expire(
         self, batch_id: str, lines: wire.Lines, deferred: dict[int, dict[str, str]], in_doubt: set[int]

@@ -151,6 +151,14 @@ def output_line(custom_id: str, request_id: str, status: int, body: dict[str, An
     )
 
 
+def logprobs_room(batch: dict[str, bytes], max_file_bytes: int) -> int:
+    """What one line's answer may hold of log-probabilities (as JSON): its share of a file's most bytes. A batch's
+    output file is read, joined and served whole by an edge, which holds up to max_file_bytes of one (deploy/README.md,
+    Edge memory); log-probabilities run to kilobytes a token, so a batch's many answers with them all would pass it
+    many times over (its finish failing for good, or the edge out of memory at every adoption)."""
+    return max_file_bytes // max(1, int(batch.get("total", b"1")))
+
+
 def expired_line(custom_id: str, request_id: str, in_doubt: bool = False) -> str:
     """One line of the error file for a request never sent before the batch expired, as OpenAI writes it; or for
     one in doubt that was not sent again (outcome_unknown: never said to be unsent)."""

@@ -451,6 +451,7 @@ def create_app(settings: EdgeSettings, channel: grpc.aio.Channel) -> Starlette:
         settings.batch_retention_s,
         settings.batch_poll_s,
         settings.batch_max_running,
+        settings.batch_max_file_bytes,
     )
     batches = BatchApi(
         store,
