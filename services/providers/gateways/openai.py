@@ -90,10 +90,12 @@ def _add_logprobs(end: Completion, logprobs: Any) -> None:
     unstreamed answer has it."""
     if not isinstance(logprobs, dict):
         return
-    joined = end.logprobs if end.logprobs is not None else {"content": None, "refusal": None}
+    joined: dict[str, Any] = end.logprobs if end.logprobs is not None else {"content": None, "refusal": None}
     for part in ("content", "refusal"):
         if isinstance(logprobs.get(part), list):
-            joined[part] = (joined[part] or []) + logprobs[part]
+            if joined[part] is None:
+                joined[part] = []
+            joined[part].extend(logprobs[part])  # in place: a long stream's join stays linear
     end.logprobs = joined
 
 
