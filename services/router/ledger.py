@@ -1,10 +1,13 @@
-"""The charge ledger's retention: `python -m services.router.ledger export|trim --out FILE`.
+"""The charge ledger's retention: `python -m services.router.ledger export|trim --out FILE | trim --copied-only`.
 
 The ledger (one Redis stream per shard of the money store) is never trimmed by the router. `export` appends
 every entry (or, with --older-than-days, those older than that) to a JSONL file; `trim` first exports the
 entries older than ROUTER_LEDGER_RETENTION_DAYS to the file (fsynced), then deletes exactly those, so nothing is
 dropped unexported. Each line is {"shard": <n>, "id": <stream id>, "record": {...}}, shard by shard; a trim
-interrupted between the two steps exports the same entries again on its next run, with the same ids."""
+interrupted between the two steps exports the same entries again on its next run, with the same ids.
+`trim --copied-only` exports nothing: where the SQL sink (services/ledger/sink.py) keeps the ledger, it deletes
+the entries older than the retention that the sink's consumer group has copied and acknowledged, never one it
+has not (a shard whose stream has no such group keeps every entry)."""
 
 from __future__ import annotations
 
@@ -19,10 +22,41 @@ from typing import Any
 
 from llmrouter.redis_connect import connect
 from llmrouter.settings import load_settings
+from services.ledger.sink import GROUP
 from services.router.settings import RouterSettings
 from services.router.store import SHARDS, ledger_key
 
 BATCH = 1000
+
+# Deletes the entries of KEYS[1] below ARGV[1] (a stream id) that group ARGV[2] has acknowledged: those up to its
+# last-delivered id and below its oldest pending one. One script, so the group's state cannot change between
+# being read and the trim. Returns the number deleted, or -1 when the stream has no such group.
+TRIM_COPIED = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local function parse(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+local function below(a, b)
+  local am, as = parse(a)
+  local bm, bs = parse(b)
+  return am < bm or (am == bm and as < bs)
+end
+local delivered = nil
+for _, info in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local fields = {}
+  for i = 1, #info, 2 do fields[info[i]] = info[i + 1] end
+  if fields['name'] == ARGV[2] then delivered = fields['last-delivered-id'] end
+end
+if not delivered then return -1 end
+local bound = ARGV[1]
+local ms, seq = parse(delivered)
+local after = string.format('%.0f-%.0f', ms, seq + 1)
+if below(after, bound) then bound = after end
+local pending = redis.call('XPENDING', KEYS[1], ARGV[2])
+if pending[1] > 0 and below(pending[2], bound) then bound = pending[2] end
+return redis.call('XTRIM', KEYS[1], 'MINID', bound)
+"""
 
 
 async def export(client: Any, out: Path, before_ms: int | None = None) -> int:
@@ -57,19 +91,46 @@ async def trim(client: Any, out: Path, retention_days: int) -> int:
     return deleted
 
 
+async def trim_copied(client: Any, retention_days: int, group: str = GROUP) -> tuple[int, list[int]]:
+    """Delete the entries older than the retention that `group` (the SQL sink's) has acknowledged; returns how
+    many were deleted and the shards whose stream has no such group (nothing deleted there)."""
+    cutoff = f"{int((time.time() - retention_days * 86400) * 1000)}-0"
+    deleted, ungrouped = 0, []
+    for shard in range(SHARDS):
+        found = int(await client.eval(TRIM_COPIED, 1, ledger_key(shard), cutoff, group))
+        if found < 0:
+            ungrouped.append(shard)
+        else:
+            deleted += found
+    return deleted, ungrouped
+
+
 async def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.router.ledger", description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=["export", "trim"])
-    parser.add_argument("--out", type=Path, required=True, help="JSONL file the entries are appended to")
+    parser.add_argument("--out", type=Path, help="JSONL file the entries are appended to")
     parser.add_argument("--older-than-days", type=float, help="export: only entries older than this")
+    parser.add_argument(
+        "--copied-only",
+        action="store_true",
+        help="trim: export nothing, delete only entries the SQL ledger sink has copied (its table keeps them)",
+    )
     args = parser.parse_args(argv)
+    if args.copied_only != (args.out is None) or (args.copied_only and args.command != "trim"):
+        parser.error("export and trim take --out FILE; trim --copied-only takes none")
     settings = load_settings(RouterSettings)
     if not settings.redis_url:
         print("ROUTER_REDIS_URL is not set: the in-process ledger lives and dies with its router", file=sys.stderr)
         return 2
     client = connect(settings.redis_url)
     try:
-        if args.command == "trim":
+        if args.copied_only:
+            deleted, ungrouped = await trim_copied(client, settings.ledger_retention_days)
+            print(f"trimmed {deleted} entries the ledger sink had copied")
+            if ungrouped:  # a failed run, so a scheduled one is seen: the ledger there grows untrimmed
+                print(f"shards {ungrouped} kept: their stream has no {GROUP} group (no sink read it)", file=sys.stderr)
+                return 1
+        elif args.command == "trim":
             print(f"trimmed {await trim(client, args.out, settings.ledger_retention_days)} entries into {args.out}")
         else:
             before = None if args.older_than_days is None else int((time.time() - args.older_than_days * 86400) * 1000)
