@@ -1,6 +1,7 @@
 """The SQL ledger's settings (ROUTER_LEDGER_SQL_*, and ROUTER_REDIS_URL for a sink): part of the router's, and all
-that the ledger's commands (`python -m services.ledger`, `llmrouter ledger export`) read. Those serve nothing,
-so they need none of the router's server settings (its certificates above all)."""
+that the ledger's commands (`python -m services.ledger`, `llmrouter ledger export`, `python -m
+services.router.ledger`, the chart's ledger-trim CronJob) read. Those serve nothing, so they need none of the
+router's server settings (its certificates above all)."""
 
 from __future__ import annotations
 
@@ -26,5 +27,8 @@ class LedgerSettings(BaseSettings):
     # Rows older than this many days are deleted by the sink (hourly) and by `python -m services.ledger trim`;
     # 0 keeps them forever.
     ledger_sql_retention_days: float = Field(default=0, ge=0)
+    # Ledger stream entries older than this are trimmed by `python -m services.router.ledger trim` (exported
+    # first, or with --copied-only once the sink has copied them).
+    ledger_retention_days: int = Field(default=90, gt=0)
     # A sink's pending entries idle this long are claimed by another sink (its consumer died).
     ledger_sql_claim_idle_s: float = Field(default=60.0, gt=0)

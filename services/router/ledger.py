@@ -22,8 +22,8 @@ from typing import Any
 
 from llmrouter.redis_connect import connect
 from llmrouter.settings import load_settings
+from services.ledger.settings import LedgerSettings
 from services.ledger.sink import GROUP
-from services.router.settings import RouterSettings
 from services.router.store import SHARDS, ledger_key
 
 BATCH = 1000
@@ -118,7 +118,7 @@ async def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.copied_only != (args.out is None) or (args.copied_only and args.command != "trim"):
         parser.error("export and trim take --out FILE; trim --copied-only takes none")
-    settings = load_settings(RouterSettings)
+    settings = load_settings(LedgerSettings)  # no server settings: no certificates needed
     if not settings.redis_url:
         print("ROUTER_REDIS_URL is not set: the in-process ledger lives and dies with its router", file=sys.stderr)
         return 2

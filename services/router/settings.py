@@ -65,8 +65,6 @@ class RouterSettings(GrpcServiceSettings, LedgerSettings):  # the ledger's setti
     # provider batch: the lines still pending are charged their hold. Shorter than the provider's window only in
     # tests (the lines are then charged their hold before the provider may answer).
     provider_batch_hold_s: float = Field(default=DEFERRED_HOLD_S, ge=1, le=7 * 86400)
-    # Ledger entries older than this are exported and then trimmed by `python -m services.router.ledger trim`.
-    ledger_retention_days: int = Field(default=90, gt=0)
 
     # Routing targets when a request sets none: the tenant's strong share, else the default strong share, else
     # the default quality target (a fraction of the best candidate's predicted quality; see policy.plan).

@@ -91,6 +91,9 @@ async def test_the_command_trims_copied_entries_and_fails_where_no_sink_reads(re
     client = connect(redis_url)
     old_ms = int((time.time() - 10 * 86400) * 1000)
     env = {**os.environ, "ROUTER_REDIS_URL": redis_url, "ROUTER_LEDGER_RETENTION_DAYS": "7"}
+    # The router's server settings as the chart gives them (a certificate directory its CronJob does not mount):
+    # the command reads none of them.
+    env |= {"ROUTER_TLS_DIR": "/nonexistent/tls", "ROUTER_AUTH": "mtls"}
     command = [sys.executable, "-m", "services.router.ledger", "trim", "--copied-only"]
 
     async def run() -> subprocess.CompletedProcess[str]:
