@@ -656,6 +656,95 @@ def test_router_ledger_in_postgresql_from_a_secret() -> None:
     assert router[5432] == [{"ipBlock": {"cidr": "10.30.0.5/32"}}]
 
 
+LEDGER_DSN = ("--set", "router.ledgerDsnSecret.name=llm-ledger", "--set", "router.ledgerDsnSecret.key=dsn")
+
+
+def _trim_pod(docs: list[dict]) -> dict:
+    return by_kind(docs, "CronJob")[name("ledger-trim")]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+
+
+def _notes(*args: str) -> str:
+    return subprocess.run(
+        [tool("helm"), "install", "llm", str(CHART), "--dry-run", *args], check=True, capture_output=True, text=True
+    ).stdout.split("NOTES:", 1)[1]
+
+
+def test_the_ledger_is_trimmed_daily_where_the_sql_sink_keeps_it() -> None:
+    """The money Redis (noeviction) keeps a ledger entry per request until trimmed: untrimmed, the default 1gb is
+    full in under 5 days at 5 requests/s, and then refuses every request. With the ledger in PostgreSQL a CronJob
+    trims daily what the sink copied, with the router's image, Redis URL, router.env and locked-down pod."""
+    from services.ledger.settings import LedgerSettings
+
+    docs = render(*LEDGER_DSN, "--set-string", "router.env.ROUTER_LEDGER_RETENTION_DAYS=30")
+    (cron,) = by_kind(docs, "CronJob").values()
+    assert cron["spec"]["schedule"] == "17 3 * * *" and cron["spec"]["concurrencyPolicy"] == "Forbid"
+    pod = _trim_pod(docs)
+    router = by_kind(docs, "Deployment")[name("router")]["spec"]["template"]["spec"]
+    (trim,) = pod["containers"]
+    assert trim["command"] == ["python", "-m", "services.router.ledger", "trim", "--copied-only"]
+    assert trim["image"] == container(docs, "router")["image"]
+    trim_env = {e["name"]: e.get("value", e.get("valueFrom")) for e in trim["env"]}
+    assert trim_env == {
+        "ROUTER_REDIS_URL": env(docs, "router")["ROUTER_REDIS_URL"],
+        "ROUTER_LEDGER_RETENTION_DAYS": "30",
+    }
+    for var in trim_env:  # what the command reads: it needs no certificate, DSN or server setting
+        assert var.removeprefix("ROUTER_").lower() in LedgerSettings.model_fields, var
+    assert pod["securityContext"] == router["securityContext"]
+    assert pod["automountServiceAccountToken"] is False and pod["restartPolicy"] == "Never"
+    assert trim["securityContext"] == container(docs, "router")["securityContext"]
+    assert trim["resources"]["requests"] and trim["resources"]["limits"]
+    # It reaches the money Redis through the network policies, and nothing reaches it.
+    policies = by_kind(docs, "NetworkPolicy")
+    callers = [
+        p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in _callers(policies[name("redis-money")])
+    ]
+    assert callers == ["router", "ledger-trim"]
+    assert policies[name("ledger-trim")]["spec"]["ingress"] == []
+    egress = (
+        "--set",
+        "networkPolicy.egress.enabled=true",
+        "--set",
+        "networkPolicy.egress.ledgerTo[0].ipBlock.cidr=10.30.0.5/32",
+    )
+    trim_egress = _egress_ports(by_kind(render(*LEDGER_DSN, *egress), "NetworkPolicy")[name("ledger-trim")])
+    assert trim_egress.keys() == {53, 6379}
+    assert [p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in trim_egress[6379]] == [
+        "redis-money"
+    ]
+    # An external money Redis from a Secret (production-values.yaml sets the ledger's DSN too).
+    production = render("-f", str(CHART / "ci" / "production-values.yaml"))
+    (trim,) = _trim_pod(production)["containers"]
+    assert {"name": "ROUTER_REDIS_URL", "valueFrom": {"secretKeyRef": {"name": "llm-redis", "key": "url"}}} in trim[
+        "env"
+    ]
+    production_egress = _egress_ports(by_kind(production, "NetworkPolicy")[name("ledger-trim")])
+    assert production_egress[6380] == [{"ipBlock": {"cidr": "10.20.0.0/24"}}]
+    assert "nothing trims the ledger" not in _notes(*LEDGER_DSN, "--set", "edge.allowAnonymous=true")
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        [],  # no ledger database: the sink copies into each pod's SQLite, lost with the pod
+        [*LEDGER_DSN, "--set", "router.ledgerTrim.enabled=false"],
+    ],
+)
+def test_no_trim_cronjob_and_a_warning_without_the_sql_ledger(settings: list[str]) -> None:
+    assert by_kind(render(*settings), "CronJob") == {}
+    notes = _notes(*settings, "--set", "edge.allowAnonymous=true")
+    assert "nothing trims the ledger streams" in notes
+    assert "python -m services.router.ledger trim --out FILE" in notes
+
+
+def test_no_trim_cronjob_and_no_warning_without_a_money_redis() -> None:
+    """The in-process store's ledger lives and dies with its router: there is no stream to trim."""
+    single = ["--set", "redis.money.enabled=false", "--set", "router.replicas=1"]
+    single += ["--set", "router.autoscaling.enabled=false", *LEDGER_DSN]
+    assert by_kind(render(*single), "CronJob") == {}
+    assert "nothing trims the ledger" not in _notes(*single, "--set", "edge.allowAnonymous=true")
+
+
 def _settings_class(svc: str) -> type[BaseSettings]:
     from services.classifier.settings import ClassifierSettings
     from services.providers.settings import ProvidersSettings

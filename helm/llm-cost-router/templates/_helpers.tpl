@@ -355,3 +355,11 @@ livenessProbe:
 checkov.io/skip{{ add1 $i }}: {{ $skip }}
 {{- end }}
 {{- end }}
+
+{{/* "true" when the ledger-trim CronJob runs: router.ledgerTrim on, a money Redis (holding the streams) and the
+SQL ledger in PostgreSQL (router.ledgerDsnSecret: a SQLite one, per pod, dies with its pod). */}}
+{{- define "llmrouter.ledgerTrim" -}}
+{{- with .Values.router }}
+{{- if and .ledgerTrim.enabled .ledgerDsnSecret.name (include "llmrouter.redisEnabled" (list $ "money")) }}true{{ end }}
+{{- end }}
+{{- end }}
