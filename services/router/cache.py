@@ -60,10 +60,15 @@ def _down(what: str) -> None:
 
 
 class MemoryCache:
+    """Bounded in entries and in bytes: an answer may be megabytes (a long one with its log-probabilities), so
+    10,000 of them could take the router's memory; past either bound the expired go, then the oldest insertions."""
+
     MAX_ENTRIES = 10_000
+    MAX_BYTES = 128 * 1024 * 1024
 
     def __init__(self) -> None:
         self.entries: dict[str, tuple[float, bytes]] = {}
+        self.bytes = 0  # of the values held
         metrics.STORE_UP.labels("cache").set(1)
 
     async def get(self, key: str) -> bytes | None:
@@ -71,15 +76,25 @@ class MemoryCache:
         return value if expires > time.monotonic() else None
 
     async def set(self, key: str, value: bytes, ttl_s: int) -> None:
+        if len(value) > self.MAX_BYTES:
+            return
+        self._drop(key)
         now = time.monotonic()
-        if len(self.entries) >= self.MAX_ENTRIES:
-            self.entries = {k: v for k, v in self.entries.items() if v[0] > now}
-            if len(self.entries) >= self.MAX_ENTRIES:
-                del self.entries[next(iter(self.entries))]  # the oldest insertion
+        if len(self.entries) >= self.MAX_ENTRIES or self.bytes + len(value) > self.MAX_BYTES:
+            for expired in [k for k, (expires, _) in self.entries.items() if expires <= now]:
+                self._drop(expired)
+        while self.entries and (len(self.entries) >= self.MAX_ENTRIES or self.bytes + len(value) > self.MAX_BYTES):
+            self._drop(next(iter(self.entries)))  # the oldest insertion
         self.entries[key] = (now + ttl_s, value)
+        self.bytes += len(value)
+
+    def _drop(self, key: str) -> None:
+        if (entry := self.entries.pop(key, None)) is not None:
+            self.bytes -= len(entry[1])
 
     async def close(self) -> None:
         self.entries.clear()
+        self.bytes = 0
 
 
 def open_cache(redis_url: str | None) -> Cache:
