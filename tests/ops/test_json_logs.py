@@ -20,3 +20,8 @@ def test_a_record_field_named_like_a_standard_one_does_not_replace_it() -> None:
     assert entry["ts"].endswith("Z") and entry["ts"][:4].isdigit() and "T" in entry["ts"]
     assert (entry["level"], entry["service"], entry["msg"]) == ("INFO", "router", "request served")
     assert entry["request_id"] == "r1"  # the record's own fields are kept
+
+
+def test_uvicorns_coloured_copy_of_the_message_is_left_out() -> None:
+    entry = line(color_message="Finished server process [\x1b[36m%d\x1b[0m]")
+    assert "color_message" not in entry and entry["msg"] == "request served"
