@@ -11,6 +11,7 @@ import os
 import secrets
 import socket
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,6 +136,18 @@ async def start_edge(settings: EdgeSettings) -> tuple[uvicorn.Server, asyncio.Ta
     while not server.started:
         await asyncio.sleep(0.02)
     return server, task, channel
+
+
+@asynccontextmanager
+async def served_edge(settings: EdgeSettings) -> AsyncIterator[str]:
+    """The edge served on loopback as deployed, for the block: its API's base URL (.../v1)."""
+    server, task, channel = await start_edge(settings)
+    try:
+        yield f"http://127.0.0.1:{settings.port}/v1"
+    finally:
+        server.should_exit = True
+        await task
+        await channel.close()
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ import redis
 from services.batches.runner import FAILED_FIRST_S, LEASE_S
 from services.batches.store import PREFIX, batch_key
 from services.edge.settings import EdgeSettings
-from tests.integration.conftest import free_port, start_edge
+from tests.integration.conftest import free_port, served_edge
 from tests.integration.test_batches import small_file
 from tests.redis_servers import RedisServer
 
@@ -37,14 +37,8 @@ async def edge(store: RedisServer) -> AsyncIterator[httpx.AsyncClient]:
     settings = EdgeSettings(
         port=free_port(), router_addr="127.0.0.1:1", batch_redis_url=store.url, access_log="off", metrics_port=0
     )
-    server, task, channel = await start_edge(settings)
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.port}/v1", timeout=10) as client:
-            yield client
-    finally:
-        server.should_exit = True
-        await task
-        await channel.close()
+    async with served_edge(settings) as base, httpx.AsyncClient(base_url=base, timeout=10) as client:
+        yield client
 
 
 async def submit(client: httpx.AsyncClient, admin: redis.Redis, *refused: str) -> str:

@@ -16,7 +16,7 @@ import redis
 
 from services.batches.store import ACTIVE, RedisStore, batch_key, file_key
 from services.edge.settings import EdgeSettings
-from tests.integration.conftest import free_port, start_edge
+from tests.integration.conftest import free_port, served_edge
 from tests.redis_servers import RedisServer
 
 
@@ -43,14 +43,8 @@ async def edge(batch_redis: RedisServer) -> AsyncIterator[httpx.AsyncClient]:
     settings = EdgeSettings(
         port=free_port(), router_addr="127.0.0.1:1", batch_redis_url=batch_redis.url, access_log="off", metrics_port=0
     )
-    server, task, channel = await start_edge(settings)
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.port}/v1", timeout=10) as client:
-            yield client
-    finally:
-        server.should_exit = True
-        await task
-        await channel.close()
+    async with served_edge(settings) as base, httpx.AsyncClient(base_url=base, timeout=10) as client:
+        yield client
 
 
 async def upload(client: httpx.AsyncClient, content: bytes) -> httpx.Response:

@@ -16,7 +16,7 @@ import pytest
 
 from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
-from tests.integration.conftest import free_port, start_edge
+from tests.integration.conftest import free_port, served_edge
 
 STALL_S = 1.0
 
@@ -40,14 +40,8 @@ async def edge() -> AsyncIterator[tuple[int, httpx.AsyncClient]]:
         read_timeout_s=STALL_S,
         write_timeout_s=STALL_S,
     )
-    server, task, channel = await start_edge(settings)
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.port}/v1", timeout=30) as client:
-            yield settings.port, client
-    finally:
-        server.should_exit = True
-        await task
-        await channel.close()
+    async with served_edge(settings) as base, httpx.AsyncClient(base_url=base, timeout=30) as client:
+        yield settings.port, client
 
 
 async def upload(client: httpx.AsyncClient, content: bytes) -> httpx.Response:
@@ -140,24 +134,17 @@ async def test_one_tenant_holds_at_most_half_the_places() -> None:
         batch_max_concurrent_uploads=2,
         read_timeout_s=30,
     )
-    server, task, channel = await start_edge(settings)
-    base = f"http://127.0.0.1:{settings.port}/v1"
-    stalled = stalled_socket(settings.port)
-    try:
-        head = (
-            "POST /v1/files HTTP/1.1\r\nHost: edge\r\nAuthorization: Bearer sk-m\r\n"
-            "Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 1000000\r\n\r\n--b\r\n"
-        )
-        stalled.sendall(head.encode())  # and then no more: it holds its place until the read timeout
-        await asyncio.sleep(0.3)
-        replies = {}
-        for key in ("sk-m", "sk-a"):
-            async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {key}"}) as client:
-                replies[key] = await upload(client, batch_file(0))
-        assert replies["sk-m"].status_code == 429 and "1 of your file uploads" in replies["sk-m"].text
-        assert replies["sk-a"].status_code == 200, replies["sk-a"].text
-    finally:
-        stalled.close()
-        server.should_exit = True
-        await task
-        await channel.close()
+    async with served_edge(settings) as base:
+        with stalled_socket(settings.port) as stalled:
+            head = (
+                "POST /v1/files HTTP/1.1\r\nHost: edge\r\nAuthorization: Bearer sk-m\r\n"
+                "Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 1000000\r\n\r\n--b\r\n"
+            )
+            stalled.sendall(head.encode())  # and then no more: it holds its place until the read timeout
+            await asyncio.sleep(0.3)
+            replies = {}
+            for key in ("sk-m", "sk-a"):
+                async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {key}"}) as client:
+                    replies[key] = await upload(client, batch_file(0))
+            assert replies["sk-m"].status_code == 429 and "1 of your file uploads" in replies["sk-m"].text
+            assert replies["sk-a"].status_code == 200, replies["sk-a"].text
