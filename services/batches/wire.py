@@ -14,7 +14,7 @@ from array import array
 from collections.abc import Iterator
 from typing import Any
 
-from services.edge.openai_api import ApiError
+from services.edge.openai_api import ApiError, loads_line
 
 ENDPOINT = "/v1/chat/completions"
 MAX_LINES = 50_000  # as OpenAI
@@ -48,7 +48,7 @@ class Lines:
         return len(self.spans) // 2
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        line: dict[str, Any] = json.loads(self.content[self.spans[2 * index] : self.spans[2 * index + 1]].decode())
+        line: dict[str, Any] = loads_line(self.content[self.spans[2 * index] : self.spans[2 * index + 1]].decode())
         return line
 
 

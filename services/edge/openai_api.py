@@ -249,6 +249,7 @@ def parse_request(body: bytes) -> tuple[ChatCompletionRequest, dict[str, Any]]:
         if name not in KNOWN_FIELDS:
             shown = name[:64]
             raise ApiError(400, f"unrecognized request argument: {shown!r}", param=shown, code="unknown_parameter")
+    cost_as_written(raw)
     try:
         request = ChatCompletionRequest.model_validate(raw)
     except ValidationError as exc:
@@ -279,7 +280,7 @@ def decode_json(body: bytes) -> Any:
     (neither JSON nor protobuf strings can carry one onward)."""
     try:
         text = body.decode()  # strict: UTF-8-encoded surrogates are refused here
-        value = json.loads(text, parse_constant=_refuse_constant)
+        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_written)
     except RecursionError:
         raise ApiError(400, f"request body is nested deeper than {MAX_DEPTH} levels", code="invalid_json") from None
     except ValueError as exc:  # UnicodeDecodeError is a ValueError too
@@ -292,6 +293,37 @@ def decode_json(body: bytes) -> Any:
         except UnicodeEncodeError:
             raise ApiError(400, "request body has a lone UTF-16 surrogate in a string", code="invalid_json") from None
     return value
+
+
+class _Written(float):
+    """A JSON number with a fraction or an exponent: the float json.loads makes of it, and the text written."""
+
+    text = ""
+
+
+def _written(text: str) -> float:
+    number = _Written(text)
+    number.text = text
+    return number
+
+
+def cost_as_written(body: Any) -> Any:
+    """A body's max_cost_usd written as a JSON number, as its caller wrote it (its text, which the field takes): as
+    a float, one of more than 17 significant digits a hair under a whole pico-dollar amount (1.9999999999999999999e-6)
+    was rounded up to it (2e-06), and a request could be charged past its cap. Needs numbers parsed by decode_json or
+    loads_line (_written); a body that is no object is returned as it is."""
+    if isinstance(body, dict) and isinstance(body.get("max_cost_usd"), _Written):
+        body["max_cost_usd"] = body["max_cost_usd"].text
+    return body
+
+
+def loads_line(text: str) -> Any:
+    """A batch input file's line as JSON, its body's max_cost_usd as written (cost_as_written): the line is written
+    out again as JSON for parse_request, which would otherwise see the float's shortest form."""
+    line = json.loads(text, parse_float=_written)
+    if isinstance(line, dict):
+        cost_as_written(line.get("body"))
+    return line
 
 
 def _refuse_constant(name: str) -> Any:
