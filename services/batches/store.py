@@ -26,6 +26,7 @@ import time
 from typing import Protocol
 
 from llmrouter.redis_connect import connect
+from services.batches import wire
 
 PREFIX = "llmrouter:batch:"
 ACTIVE = PREFIX + "active"
@@ -87,7 +88,9 @@ class Store(Protocol):
 
     async def back_off(self, batch_id: str, first_s: float, most_s: float) -> float | None:
         """A run of the batch failed: one more failure in a row, and the batch parked for first_s, doubled with each
-        failure in a row, at most most_s. When it is parked until; None when the batch is gone (nothing written)."""
+        failure in a row, at most most_s, and never past its expires_at while that is to come: its run then expires
+        it on time, not up to most_s late, `in_progress` meanwhile. When it is parked until; None when the batch is
+        gone (nothing written)."""
 
     async def expire(self, keys: list[str], ttl_s: int) -> None: ...
 
@@ -129,12 +132,20 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
 """
 
-# KEYS: a batch's hash. ARGV: now, first_s, most_s. Never recreates a hash that is gone (evicted, or expired).
+# KEYS: a batch's hash. ARGV: now, first_s, most_s, a day (its window when it has no expires_at, as
+# wire.expires_at). Never recreates a hash that is gone (evicted, or expired).
 BACK_OFF = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 local failures = redis.call('HINCRBY', KEYS[1], 'failures', 1)
+local now = tonumber(ARGV[1])
 local wait = math.min(tonumber(ARGV[2]) * 2 ^ (failures - 1), tonumber(ARGV[3]))
-local parked = string.format('%.6f', tonumber(ARGV[1]) + wait)
+local expires = tonumber(redis.call('HGET', KEYS[1], 'expires_at') or '')
+if not expires then
+  local created = tonumber(redis.call('HGET', KEYS[1], 'created_at') or '')
+  if created then expires = created + tonumber(ARGV[4]) end
+end
+if expires and now < expires then wait = math.min(wait, expires - now) end
+local parked = string.format('%.6f', now + wait)
 redis.call('HSET', KEYS[1], 'parked_until', parked)
 return parked
 """
@@ -221,7 +232,8 @@ class RedisStore:
         await self.redis.eval(RELEASE, 1, f"{PREFIX}lease:{batch_id}", owner)  # type: ignore[misc]
 
     async def back_off(self, batch_id: str, first_s: float, most_s: float) -> float | None:
-        until = await self.redis.eval(BACK_OFF, 1, batch_key(batch_id), repr(time.time()), first_s, most_s)  # type: ignore[misc]
+        args = (repr(time.time()), first_s, most_s, wire.DAY_S)
+        until = await self.redis.eval(BACK_OFF, 1, batch_key(batch_id), *args)  # type: ignore[misc]
         return None if until is None else float(until)
 
     async def expire(self, keys: list[str], ttl_s: int) -> None:
@@ -325,10 +337,14 @@ class MemoryStore:
         pass
 
     async def back_off(self, batch_id: str, first_s: float, most_s: float) -> float | None:
-        if not await self.get(batch_key(batch_id)):
+        batch = await self.get(batch_key(batch_id))
+        if not batch:
             return None
         failures = await self.add(batch_key(batch_id), "failures", 1)
-        until = time.time() + min(first_s * 2 ** min(failures - 1, 64), most_s)
+        at = time.time()
+        until = at + min(first_s * 2 ** min(failures - 1, 64), most_s)
+        if ("expires_at" in batch or "created_at" in batch) and at < (expires := wire.expires_at(batch)):
+            until = min(until, expires)
         await self.put(batch_key(batch_id), {"parked_until": repr(until)})
         return until
 

@@ -150,3 +150,22 @@ async def test_a_failed_runs_back_off_doubles_up_to_its_most_and_never_recreates
     await store.delete([batch_key(batch_id)])
     assert await store.back_off(batch_id, 30, 200) is None  # evicted or expired: nothing to park
     assert await store.get(batch_key(batch_id)) == {}
+
+
+async def test_a_failed_runs_back_off_ends_at_its_batchs_expiry_and_goes_on_past_it(store: Store) -> None:
+    """Parked 30 s, then 60 s... a batch whose window ends sooner waits only until it ends: its run then expires it
+    on time, not up to the back-off's most late, `in_progress` past its expires_at. Once past it, the back-off is
+    as ever (a run that keeps failing is not run again and again)."""
+    batch_id = f"b-{uuid.uuid4().hex}"
+    expires = int(time.time()) + 10
+    await store.put(batch_key(batch_id), {"status": "in_progress", "expires_at": str(expires), "failures": "3"})
+    assert await store.back_off(batch_id, 30, 200) == expires  # 200 s otherwise, far past its window
+    old = f"b-{uuid.uuid4().hex}"  # from before expires_at was written: a day after its creation
+    created = int(time.time()) - 86_400 + 5
+    await store.put(batch_key(old), {"status": "in_progress", "created_at": str(created)})
+    assert await store.back_off(old, 30, 200) == created + 86_400
+    late = f"b-{uuid.uuid4().hex}"
+    await store.put(batch_key(late), {"status": "in_progress", "expires_at": str(int(time.time()) - 1)})
+    before = time.time()
+    until = await store.back_off(late, 30, 200)
+    assert until is not None and before + 30 - 0.01 <= until <= time.time() + 30
