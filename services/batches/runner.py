@@ -198,7 +198,7 @@ class Runner:
         self.runs.pop(batch_id, None)
         self._collecting.discard(batch_id)
         RUNNING.dec()
-        if batch_id in self._ended_here:  # a batch waiting for a place starts now; one that failed is retried later
+        if batch_id in self._ended_here:  # a batch waiting for a place starts now; one that failed, at its back-off
             self._ended_here.discard(batch_id)
             self._freed.set()
 
@@ -328,6 +328,9 @@ class Runner:
                 until = await self.store.back_off(batch_id, FAILED_FIRST_S, FAILED_MOST_S)
                 if until is not None:
                     log.warning("batch parked after its run failed", extra={"id": batch_id, "until": until})
+                    # Parked: the adoption looks again at once, and so wakes at its time (perhaps its expires_at),
+                    # not at its next pass, up to LEASE_S / 2 later.
+                    self._ended_here.add(batch_id)
             elif "failures" in batch:
                 await self.store.drop(batch_key(batch_id), "failures")
         except Exception:

@@ -107,3 +107,35 @@ async def test_a_failed_run_whose_back_off_the_store_refuses_keeps_its_lease(
     finally:
         admin.execute_command("ACL", "SETUSER", "default", "+@all")
         admin.close()
+
+
+async def test_a_batch_whose_runs_fail_is_expired_at_its_window_s_end_not_after_its_back_off(
+    store: RedisServer,
+) -> None:
+    """A 3 s window: the run that fails at the batch's creation parks it until the window ends, not for 30 s, and
+    the edge runs it again then (not at its next adoption pass, up to 15 s on): the batch ends `expired` on time."""
+    admin = redis.Redis(port=store.port)
+    settings = EdgeSettings(
+        port=free_port(),
+        router_addr="127.0.0.1:1",
+        batch_redis_url=store.url,
+        access_log="off",
+        metrics_port=0,
+        batch_window_s=3,
+    )
+    try:
+        async with served_edge(settings) as base, httpx.AsyncClient(base_url=base, timeout=10) as client:
+            batch_id = await submit(client, admin, "hgetall")
+            expires_at = int(admin.hget(batch_key(batch_id), "expires_at") or 0)
+            parked_s = await failures(admin, batch_id, 1)
+            assert parked_s <= expires_at - time.time() + 0.01  # not FAILED_FIRST_S
+            admin.execute_command("ACL", "SETUSER", "default", "+hgetall")  # the next run does not fail
+            while (status := admin.hget(batch_key(batch_id), "status")) not in (b"expired", b"completed"):
+                assert time.time() < expires_at + 3, f"still {status!r} past its expires_at"
+                await asyncio.sleep(0.05)
+        assert status == b"expired"
+        batch = admin.hgetall(batch_key(batch_id))
+        assert batch[b"failed"] == b"2" and int(batch[b"expired_at"]) <= expires_at + 2
+    finally:
+        admin.execute_command("ACL", "SETUSER", "default", "+@all")
+        admin.close()
