@@ -95,3 +95,34 @@ async def test_a_session_keeps_its_model_and_history(any_redis_url: str) -> None
             assert await sessions.get("globex", later.request) is None  # per tenant
     finally:
         await sessions.backend.close()
+
+
+async def test_a_cached_answer_keeps_its_log_probabilities_and_is_only_served_to_the_same_ask(
+    any_redis_url: str,
+) -> None:
+    """An answer cached for a request that asked for log-probabilities is served again with them; a request that
+    asks for none, or for other top_logprobs, is another entry (a miss), never given them or served without them."""
+    cache = ResponseCache(RedisCache(any_redis_url), ttl_s=60)
+    text = f"question {uuid.uuid4().hex}"
+
+    def asking(passthrough: str) -> Routed:
+        request = routed("acme", text)
+        request.request.passthrough_json = passthrough
+        return request
+
+    with_logprobs = answer("gpt-4o-mini")
+    with_logprobs.logprobs_json = '{"content": [{"token": "an", "logprob": -0.1, "bytes": [97, 110]}]}'
+    asked = '{"logprobs": true, "top_logprobs": 2}'
+    try:
+        await cache.put(asking(asked), with_logprobs)
+        hit = await cache.lookup(asking(asked))
+        assert hit is not None and hit.logprobs_json == with_logprobs.logprobs_json
+        for other in ("", '{"logprobs": false}', '{"logprobs": true}', '{"logprobs": true, "top_logprobs": 5}'):
+            assert await cache.lookup(asking(other)) is None, other
+        await cache.put(asking(""), answer("gpt-4o-mini"))
+        plain = await cache.lookup(asking(""))
+        assert plain is not None and not plain.logprobs_json
+        hit = await cache.lookup(asking(asked))  # still its own entry
+        assert hit is not None and hit.logprobs_json == with_logprobs.logprobs_json
+    finally:
+        await cache.backend.close()
