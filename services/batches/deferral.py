@@ -34,7 +34,7 @@ log = logging.getLogger("llmrouter.edge.batches")
 
 PART_LINES = 200  # lines per SubmitBatch call, so each provider batch's results fit one gRPC message
 PART_BYTES = MAX_MESSAGE_BYTES // 2  # and a call's lines fit one, with room for the message's own framing
-COLLECT_IDS = 50  # lines per CollectBatch call: 50 answers of 16k tokens fit one gRPC message
+COLLECT_IDS = 50  # lines per CollectBatch call; the router returns the first that fit its reply, the rest next call
 CALL_S = 300.0  # a part's routing, admission and upload
 UNKNOWN = "provider_batch_outcome_unknown"  # the error file's code of a line charged its hold, without an answer
 
@@ -121,8 +121,8 @@ class Deferral:
     ) -> bool:
         """One provider batch's lines recorded, when it has ended: True."""
         model, provider_batch_id = key
-        for start in range(0, len(waiting), COLLECT_IDS):
-            part = waiting[start : start + COLLECT_IDS]
+        while waiting:
+            part = waiting[:COLLECT_IDS]
             request = router_pb2.CollectBatchRequest(
                 tenant=batch["tenant"].decode(),
                 api_key_id=batch["key_id"].decode(),
@@ -137,7 +137,12 @@ class Deferral:
                 return False
             if not reply.ended:
                 return False
-            for index, line in zip(part, reply.lines, strict=True):
+            if not 0 < len(reply.lines) <= len(part):
+                log.warning("provider batch collect answered no line, or more; will try again", extra={"id": batch_id})
+                return False
+            # The first lines asked for: all, or those that fit the reply's message, the rest asked for again.
+            answered, waiting = part[: len(reply.lines)], waiting[len(reply.lines) :]
+            for index, line in zip(answered, reply.lines, strict=True):
                 custom_id = custom_ids[index]
                 if line.succeeded:
                     room = wire.logprobs_room(batch, self.max_file_bytes)

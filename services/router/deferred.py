@@ -44,6 +44,7 @@ import grpc
 
 from llmrouter.errors import ServiceError, invalid
 from llmrouter.registry import ModelSpec, RegistrySource
+from llmrouter.server import MAX_MESSAGE_BYTES
 from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2
 from services.router import admission as admitting
 from services.router import metrics
@@ -59,6 +60,10 @@ MAX_LINES = 1_000  # per SubmitBatch call: the caller sends a large batch in par
 ROUTING_CONCURRENCY = 16
 PROVIDER_CALL_S = 120.0  # an upload of up to MAX_LINES requests, or a read of their results
 POLL_IDS = 50  # lines whose answers are read in one PollBatch: 50 of 16k tokens fit its 16 MB message
+# The most a collect's reply carries of lines (the first line whatever its size): up to MAX_LINES long answers, with
+# their log-probabilities, passed one gRPC message many times over, and the reply, its lines charged, was lost.
+REPLY_BYTES = MAX_MESSAGE_BYTES // 2
+LINE_FRAMING_BYTES = 1024  # a collected line's fields beside its provider result: its id, model, cost...
 NOT_CREATED = ("BATCH_NOT_CREATED", "INVALID_ARGUMENT", "MODEL_NOT_FOUND")
 GIVE_UP_MAX_S = 600.0  # how early before its lines' holds end a provider batch is given up, at most
 GAVE_UP = "the provider batch did not end within its window"
@@ -252,6 +257,7 @@ class Deferred:
                 {"model": request.model},
             )
         lines: list[router_pb2.CollectedLine] = []
+        size = 0  # of the lines so far, as sent
         # The answers are read POLL_IDS lines at a time: each part's within one gRPC message.
         for start in range(0, len(ids), POLL_IDS):
             part = ids[start : start + POLL_IDS]
@@ -278,7 +284,12 @@ class Deferred:
                     results[result.request_id] = result
             for request_id in part:
                 result = results.get(request_id)
+                weight = LINE_FRAMING_BYTES + (result.ByteSize() if result is not None else 0)
+                if lines and size + weight > REPLY_BYTES:  # the rest, unsettled, are the caller's next collect
+                    log.info("provider batch collected in part", extra={"lines": len(lines), "asked": len(ids)})
+                    return router_pb2.CollectBatchResponse(status=polled.status, ended=True, lines=lines)
                 lines.append(await self._settle(account, priced, batch_id, request_id, result, polled.status))
+                size += LINE_FRAMING_BYTES + lines[-1].ByteSize()
         return router_pb2.CollectBatchResponse(status=polled.status, ended=True, lines=lines)
 
     def _window_ending(self, pending: dict[str, Pending | None], batch_id: str) -> bool:

@@ -27,9 +27,10 @@ import yaml
 from openai import AsyncOpenAI
 
 from llmrouter.registry import load_registry
-from llmrouter.server import RunningServer, start_server
+from llmrouter.server import CHANNEL_OPTIONS, RunningServer, start_server
 from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
 from services import providers, router
+from services.batches.runner import FAILED_FIRST_S
 from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
 from services.providers.settings import ProvidersSettings
@@ -718,7 +719,7 @@ async def direct_router(stack: Stack) -> AsyncIterator[tuple[router_pb2_grpc.Rou
     store = RedisStore(stack.redis_url)
     server = await start_router(stack)
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.router_port}") as channel:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.router_port}", options=CHANNEL_OPTIONS) as channel:
             yield router_pb2_grpc.RouterStub(channel), store
     finally:
         await server.stop(5)
@@ -825,3 +826,86 @@ async def test_a_batch_waiting_on_its_provider_batch_leaves_its_running_place_to
             assert (await finished(client, waiting)).request_counts.completed == 1
     finally:
         stack.upstream.batches.release.set()
+
+
+async def test_a_collect_whose_answers_outweigh_one_grpc_message_returns_what_fits_and_the_rest_after(
+    stack: Stack,
+) -> None:
+    """A caller may collect up to 1,000 lines at once; 120 answers of 200 KB (24 MB) pass one reply's 16 MiB. The
+    router answered none of them (RESOURCE_EXHAUSTED) after charging them all, and a collect again did the same: the
+    lines were paid for and never delivered. It returns the first lines that fit, in order, charging only those;
+    the rest are collected in the next calls, each line answered and charged once."""
+    answer = stack.upstream.batches.completion
+
+    def completion(body: dict[str, Any]) -> dict[str, Any]:
+        reply = answer(body)
+        reply["choices"][0]["message"]["content"] = "long answer " * 17_000
+        return reply
+
+    stack.upstream.batches.completion = completion
+    ids = [f"r{i}" for i in range(120)]
+    lines = [
+        router_pb2.CompleteRequest(
+            messages=[common_pb2.ChatMessage(role="user", content=f"line {i} {uuid.uuid4().hex}")],
+            tenant=stack.tenant,
+            api_key_id=key_id(stack.key),
+            model=BATCHED,
+            request_id=request_id,
+        )
+        for i, request_id in enumerate(ids)
+    ]
+    collected: list[router_pb2.CollectedLine] = []
+    async with direct_router(stack) as (stub, _):
+        reply = await stub.SubmitBatch(router_pb2.SubmitLinesRequest(lines=lines), timeout=30)
+        assert all(line.deferred and not line.error for line in reply.lines), reply.lines[0]
+        (batch_id,) = {line.provider_batch_id for line in reply.lines}
+        left, calls = list(ids), 0
+        while left:
+            ask = router_pb2.CollectBatchRequest(
+                tenant=stack.tenant,
+                api_key_id=key_id(stack.key),
+                model=BATCHED,
+                provider_batch_id=batch_id,
+                request_ids=left,
+            )
+            got = await stub.CollectBatch(ask, timeout=60)
+            calls += 1
+            if not got.ended:
+                await asyncio.sleep(0.1)
+                continue
+            assert 0 < len(got.lines) <= len(left) and got.ByteSize() < 16 * 1024 * 1024
+            assert [line.request_id for line in got.lines] == left[: len(got.lines)]  # the first, in order
+            charged, _, _, _ = await money(stack)
+            collected.extend(got.lines)
+            assert set(charged) == {line.request_id for line in collected}  # only what was returned is charged
+            left = left[len(got.lines) :]
+    assert calls > 1 and len(collected) == 120
+    assert all(line.succeeded and len(line.response.content) == 204_000 for line in collected)
+    charged, spend, held, pending = await money(stack)
+    assert charged == {line.request_id: Decimal(line.response.cost_usd) for line in collected}
+    assert spend == sum(to_pico(c) for c in charged.values()) and held == 0 and not pending
+
+
+async def test_an_edge_collects_in_more_calls_the_lines_a_collect_could_not_fit(stack: Stack) -> None:
+    """60 answers of 250 KB: the edge's first collect of 50 (12.6 MB) gets the first lines that fit the router's
+    reply; the others, unsettled, are collected in the next calls. The edge took a reply of fewer lines than asked
+    for as an error: its run failed (the lines of the reply recorded), and the batch waited a failed run's back-off
+    (30 s, doubling to 600 s at each part cut short) before the rest was collected."""
+    answer = stack.upstream.batches.completion
+
+    def completion(body: dict[str, Any]) -> dict[str, Any]:
+        reply = answer(body)
+        reply["choices"][0]["message"]["content"] = "long answer " * 21_000
+        return reply
+
+    stack.upstream.batches.completion = completion
+    async with serving(stack) as client:
+        content = batch_file([(BATCHED, f"line {i}") for i in range(60)])
+        batch = await finished(client, await run_batch(client, content), timeout_s=FAILED_FIRST_S - 5)
+        output, errors = await lines_of(client, batch.output_file_id), await lines_of(client, batch.error_file_id)
+
+    assert batch.status == "completed" and len(output) == 60 and not errors, list(errors.values())[:1]
+    assert all(len(e["response"]["body"]["choices"][0]["message"]["content"]) == 252_000 for e in output.values())
+    charged, spend, held, pending = await money(stack)
+    assert charged == costs_of(output) and spend == sum(to_pico(c) for c in charged.values())
+    assert held == 0 and not pending
