@@ -78,14 +78,16 @@ class SubmitBatchResponse(_message.Message):
     def __init__(self, batch_id: _Optional[str] = ...) -> None: ...
 
 class PollBatchRequest(_message.Message):
-    __slots__ = ("model", "batch_id", "request_ids")
+    __slots__ = ("model", "batch_id", "request_ids", "partial")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_FIELD_NUMBER: _ClassVar[int]
     model: str
     batch_id: str
     request_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, model: _Optional[str] = ..., batch_id: _Optional[str] = ..., request_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    partial: bool
+    def __init__(self, model: _Optional[str] = ..., batch_id: _Optional[str] = ..., request_ids: _Optional[_Iterable[str]] = ..., partial: _Optional[bool] = ...) -> None: ...
 
 class BatchLineResult(_message.Message):
     __slots__ = ("request_id", "succeeded", "response", "error")
@@ -100,11 +102,13 @@ class BatchLineResult(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., succeeded: _Optional[bool] = ..., response: _Optional[_Union[GenerateResponse, _Mapping]] = ..., error: _Optional[str] = ...) -> None: ...
 
 class PollBatchResponse(_message.Message):
-    __slots__ = ("status", "ended", "results")
+    __slots__ = ("status", "ended", "results", "unread_ids")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     ENDED_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]
+    UNREAD_IDS_FIELD_NUMBER: _ClassVar[int]
     status: str
     ended: bool
     results: _containers.RepeatedCompositeFieldContainer[BatchLineResult]
-    def __init__(self, status: _Optional[str] = ..., ended: _Optional[bool] = ..., results: _Optional[_Iterable[_Union[BatchLineResult, _Mapping]]] = ...) -> None: ...
+    unread_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, status: _Optional[str] = ..., ended: _Optional[bool] = ..., results: _Optional[_Iterable[_Union[BatchLineResult, _Mapping]]] = ..., unread_ids: _Optional[_Iterable[str]] = ...) -> None: ...

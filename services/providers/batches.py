@@ -22,6 +22,9 @@ log = logging.getLogger("llmrouter.providers")
 # it log-probabilities) must still fit its one gRPC message, or no answer of the part is ever read, and each line is
 # charged its hold at the window's end.
 POLL_LOGPROBS_BYTES = MAX_MESSAGE_BYTES // 2
+# And the most its results take in all, for a caller that reads the rest in another poll (`partial`): long answers
+# (50 of 400 KB) passed the message too, and no answer of the part was ever read.
+POLL_REPLY_BYTES = MAX_MESSAGE_BYTES // 2
 
 
 def batch_api(registry: Registry, model: ModelSpec, dispatcher: Dispatcher) -> tuple[ProviderBatches, ModelSpec]:
@@ -53,13 +56,16 @@ async def submit(api: ProviderBatches, requests: list[tuple[str, UpstreamRequest
 
 
 async def poll(
-    api: ProviderBatches, priced: ModelSpec, batch_id: str, wanted: frozenset[str]
+    api: ProviderBatches, priced: ModelSpec, batch_id: str, request_ids: list[str], partial: bool = False
 ) -> provider_pb2.PollBatchResponse:
+    """The batch's state and, once ended, the results of `request_ids` (all when empty), in their order; `partial`:
+    only the first that fit POLL_REPLY_BYTES, the others named in unread_ids."""
     try:
-        state = await api.poll(batch_id, wanted)
+        state = await api.poll(batch_id, frozenset(request_ids))
     except UpstreamError as exc:
         raise ServiceError(grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE", exc.message) from None
-    results = [_result(priced, r) for r in state.results]
+    order = {request_id: i for i, request_id in reversed(list(enumerate(request_ids)))}
+    results = sorted((_result(priced, r) for r in state.results), key=lambda r: order.get(r.request_id, 0))
     room = POLL_LOGPROBS_BYTES
     for result in results:
         size = len(result.response.logprobs_json)
@@ -71,7 +77,31 @@ async def poll(
             result.response.logprobs_json = ""
         else:
             room -= size
-    return provider_pb2.PollBatchResponse(status=state.status, ended=state.ended, results=results)
+    unread: list[str] = []
+    if partial and request_ids:
+        results, unread = _within_reply(results, request_ids)
+    return provider_pb2.PollBatchResponse(status=state.status, ended=state.ended, results=results, unread_ids=unread)
+
+
+def _within_reply(
+    results: list[provider_pb2.BatchLineResult], request_ids: list[str]
+) -> tuple[list[provider_pb2.BatchLineResult], list[str]]:
+    """The results (in request_ids' order) of the first request ids whose results fit POLL_REPLY_BYTES, the first's
+    whatever their size; and the request ids left out."""
+    by_id: dict[str, list[provider_pb2.BatchLineResult]] = {}
+    for result in results:
+        by_id.setdefault(result.request_id, []).append(result)  # a provider's duplicates go together
+    kept: list[provider_pb2.BatchLineResult] = []
+    size = 0
+    for i, request_id in enumerate(request_ids):
+        own = by_id.pop(request_id, [])
+        weight = sum(result.ByteSize() + len(request_id) for result in own)
+        if i and size + weight > POLL_REPLY_BYTES:
+            log.info("batch results read in part", extra={"results": len(kept), "unread": len(request_ids) - i})
+            return kept, request_ids[i:]
+        kept.extend(own)
+        size += weight
+    return kept, []
 
 
 def _result(priced: ModelSpec, line: LineResult) -> provider_pb2.BatchLineResult:

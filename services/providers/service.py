@@ -59,7 +59,7 @@ class ProviderServicer(provider_pb2_grpc.ProviderServicer):
     ) -> provider_pb2.PollBatchResponse:
         model, dispatcher = self.catalog.resolve(request.model)
         api, priced = batches.batch_api(self.catalog.registry, model, dispatcher)
-        return await batches.poll(api, priced, request.batch_id, frozenset(request.request_ids))
+        return await batches.poll(api, priced, request.batch_id, list(request.request_ids), request.partial)
 
     async def ListModels(
         self, request: common_pb2.ListModelsRequest, context: grpc.aio.ServicerContext

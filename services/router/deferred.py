@@ -263,7 +263,9 @@ class Deferred:
             part = ids[start : start + POLL_IDS]
             try:
                 polled = await self.providers.PollBatch(
-                    provider_pb2.PollBatchRequest(model=request.model, batch_id=batch_id, request_ids=part),
+                    provider_pb2.PollBatchRequest(
+                        model=request.model, batch_id=batch_id, request_ids=part, partial=True
+                    ),
                     timeout=PROVIDER_CALL_S,
                 )
             except grpc.RpcError:
@@ -282,10 +284,14 @@ class Deferred:
                 # A line both answered and failed (a provider's duplicate) was billed: its first answer counts.
                 if known is None or (result.succeeded and not known.succeeded):
                     results[result.request_id] = result
+            unread = set(polled.unread_ids)  # left out of the poll's reply: not read, so not settled here
             for request_id in part:
                 result = results.get(request_id)
                 weight = LINE_FRAMING_BYTES + (result.ByteSize() if result is not None else 0)
-                if lines and size + weight > REPLY_BYTES:  # the rest, unsettled, are the caller's next collect
+                # The rest, unsettled, are the caller's next collect.
+                if request_id in unread or (lines and size + weight > REPLY_BYTES):
+                    if not lines:  # the providers never leave out the first asked for; were it so, none is settled
+                        raise ServiceError(grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE", "no result was read")
                     log.info("provider batch collected in part", extra={"lines": len(lines), "asked": len(ids)})
                     return router_pb2.CollectBatchResponse(status=polled.status, ended=True, lines=lines)
                 lines.append(await self._settle(account, priced, batch_id, request_id, result, polled.status))

@@ -828,22 +828,19 @@ async def test_a_batch_waiting_on_its_provider_batch_leaves_its_running_place_to
         stack.upstream.batches.release.set()
 
 
-async def test_a_collect_whose_answers_outweigh_one_grpc_message_returns_what_fits_and_the_rest_after(
-    stack: Stack,
-) -> None:
-    """A caller may collect up to 1,000 lines at once; 120 answers of 200 KB (24 MB) pass one reply's 16 MiB. The
-    router answered none of them (RESOURCE_EXHAUSTED) after charging them all, and a collect again did the same: the
-    lines were paid for and never delivered. It returns the first lines that fit, in order, charging only those;
-    the rest are collected in the next calls, each line answered and charged once."""
+async def collect_in_calls(stack: Stack, count: int, repeats: int) -> None:
+    """`count` lines of answers of `repeats` times 12 bytes, sent as one provider batch and collected whole (a
+    direct caller may ask for up to 1,000 lines at once), in as many calls as the router's replies take: each
+    returns the first lines asked for, in order, charging only those; each line is answered and charged once."""
     answer = stack.upstream.batches.completion
 
     def completion(body: dict[str, Any]) -> dict[str, Any]:
         reply = answer(body)
-        reply["choices"][0]["message"]["content"] = "long answer " * 17_000
+        reply["choices"][0]["message"]["content"] = "long answer " * repeats
         return reply
 
     stack.upstream.batches.completion = completion
-    ids = [f"r{i}" for i in range(120)]
+    ids = [f"r{i}" for i in range(count)]
     lines = [
         router_pb2.CompleteRequest(
             messages=[common_pb2.ChatMessage(role="user", content=f"line {i} {uuid.uuid4().hex}")],
@@ -879,11 +876,28 @@ async def test_a_collect_whose_answers_outweigh_one_grpc_message_returns_what_fi
             collected.extend(got.lines)
             assert set(charged) == {line.request_id for line in collected}  # only what was returned is charged
             left = left[len(got.lines) :]
-    assert calls > 1 and len(collected) == 120
-    assert all(line.succeeded and len(line.response.content) == 204_000 for line in collected)
+    assert calls > 1 and len(collected) == count
+    assert all(line.succeeded and len(line.response.content) == 12 * repeats for line in collected)
     charged, spend, held, pending = await money(stack)
     assert charged == {line.request_id: Decimal(line.response.cost_usd) for line in collected}
     assert spend == sum(to_pico(c) for c in charged.values()) and held == 0 and not pending
+
+
+async def test_a_collect_whose_answers_outweigh_one_grpc_message_returns_what_fits_and_the_rest_after(
+    stack: Stack,
+) -> None:
+    """120 answers of 200 KB (24 MB) pass one reply's 16 MiB, though each poll of the provider batch (50 lines)
+    fits. The router answered none of them (RESOURCE_EXHAUSTED) after charging them all, and a collect again did
+    the same: the lines were paid for and never delivered."""
+    await collect_in_calls(stack, 120, 17_000)
+
+
+async def test_a_poll_whose_answers_outweigh_one_grpc_message_is_read_in_parts(stack: Stack) -> None:
+    """50 answers of 400 KB (20 MB): one poll of the providers service (its 50 lines) passed its reply's 16 MiB,
+    so the collect failed, again at each try, until the window's end charged every line its hold, the answers,
+    billed by the provider, never delivered. The poll returns the first results that fit and names the others,
+    which the router reads in its next collect."""
+    await collect_in_calls(stack, 50, 34_000)
 
 
 async def test_an_edge_collects_in_more_calls_the_lines_a_collect_could_not_fit(stack: Stack) -> None:

@@ -72,3 +72,64 @@ async def test_a_poll_holding_many_answers_log_probabilities_still_fits_its_repl
     assert kept, "log-probabilities that fit are kept"
     assert len(json.loads(kept[0].response.logprobs_json)["content"]) == TOKENS
     assert len(kept) < len(ids)  # the others' answers came without them
+
+
+def _long(output: list[str], errors: list[str]) -> tuple[list[str], list[str]]:
+    """Each answer 3 MB long."""
+    lines = []
+    for raw in output:
+        line = json.loads(raw)
+        line["response"]["body"]["choices"][0]["message"]["content"] = "long answer " * 250_000
+        lines.append(json.dumps(line))
+    return lines, errors
+
+
+async def test_a_poll_that_takes_partial_results_gets_the_first_that_fit_and_the_ids_left_out(
+    tmp_path: Path, openai_fake: FakeOpenAI, anthropic_fake: FakeAnthropic
+) -> None:
+    """Five answers of 3 MB: a poll asking `partial` gets the results of the first ids asked for, in their order,
+    within half of its message, and the ids left out, read in the next polls. A poll without it (a router of the
+    version before, which takes a missing result for an unknown outcome, charged its hold) is never cut."""
+    spec = registry(openai_fake.base_url, anthropic_fake.base_url)
+    cheap = next(m for m in spec["models"] if m["name"] == "cheap")
+    cheap.update(batch_input_usd_per_mtok="0.075", batch_output_usd_per_mtok="0.30")
+    path = tmp_path / "models.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    settings = ProvidersSettings(port=0, metrics_port=0, registry_path=path, local_model_dir=tmp_path / "no-model")
+    openai_fake.batches.tamper = _long
+    registrations, closers = await build(settings)
+    running = await start_server("providers", settings, registrations, closers)
+    read: list[str] = []
+    try:
+        target = f"127.0.0.1:{running.port}"
+        async with grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS[:2]) as channel:
+            stub = provider_pb2_grpc.ProviderStub(channel)
+            ids = [f"line-{i}" for i in range(5)]
+            requests = [
+                provider_pb2.GenerateRequest(
+                    model="cheap",
+                    request_id=request_id,
+                    messages=[common_pb2.ChatMessage(role="user", content="hello")],
+                    max_tokens=16,
+                )
+                for request_id in ids
+            ]
+            submitted = await stub.SubmitBatch(provider_pb2.SubmitBatchRequest(model="cheap", requests=requests))
+            asked = list(reversed(ids))  # their order, not the file's
+            whole = provider_pb2.PollBatchRequest(model="cheap", batch_id=submitted.batch_id, request_ids=asked)
+            await stub.PollBatch(whole)  # in progress
+            polled = await stub.PollBatch(whole)
+            assert polled.ended and len(polled.results) == 5 and not polled.unread_ids  # never cut
+            while asked:
+                part = provider_pb2.PollBatchRequest(
+                    model="cheap", batch_id=submitted.batch_id, request_ids=asked, partial=True
+                )
+                polled = await stub.PollBatch(part)
+                got = [r.request_id for r in polled.results]
+                assert got == asked[: len(got)] and list(polled.unread_ids) == asked[len(got) :]
+                assert 0 < len(got) < 5 and polled.ByteSize() <= MAX_MESSAGE_BYTES // 2
+                read.extend(got)
+                asked = list(polled.unread_ids)
+    finally:
+        await running.stop(0)
+    assert read == list(reversed(ids))
