@@ -144,8 +144,9 @@ if not expires then
   local created = tonumber(redis.call('HGET', KEYS[1], 'created_at') or '')
   if created then expires = created + tonumber(ARGV[4]) end
 end
-if expires and now < expires then wait = math.min(wait, expires - now) end
-local parked = string.format('%.6f', now + wait)
+local parked = now + wait
+if expires and now < expires and parked > expires then parked = expires end
+parked = string.format('%.6f', parked)
 redis.call('HSET', KEYS[1], 'parked_until', parked)
 return parked
 """
