@@ -18,7 +18,10 @@ def server_config(app: Starlette, settings: EdgeSettings) -> uvicorn.Config:
         app,
         host=settings.host,
         port=settings.port,
-        http=edge_protocol(settings.read_timeout_s, settings.write_timeout_s),  # httptools, its request heads bounded
+        # httptools, its requests bounded in size and time
+        http=edge_protocol(
+            settings.read_timeout_s, settings.write_timeout_s, settings.min_body_rate, settings.body_grace_s
+        ),
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=int(settings.grace_seconds),

@@ -4,8 +4,10 @@ HTTP in OpenAI's error body like every other 4xx. httptools keeps a head in memo
 bounds it for h11 only), and uvicorn waits for a head or a body however slowly it comes (its keep-alive timeout
 ends only before the first byte of a next request): one caller, before it is even authenticated, could hold
 hundreds of megabytes of the edge per connection, or as many connections as it likes (until the process has no
-file descriptor left). And uvicorn waits for a caller to read an answer however long it takes: a download (a file
-held in memory, and one of EDGE_BATCH_MAX_CONCURRENT_UPLOADS places) was held until its caller went away."""
+file descriptor left). A body trickled a byte at a time, each within the stall timeout, held its connection (and an
+upload its place) as long as its caller liked: a body must also come at a least average rate. And uvicorn waits for
+a caller to read an answer however long it takes: a download (a file held in memory, and one of
+EDGE_BATCH_MAX_CONCURRENT_UPLOADS places) was held until its caller went away."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import socket
 import struct
 import termios
 
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 MAX_HEAD_BYTES = 64 * 1024  # four times what nginx and Node accept by default
@@ -24,17 +27,48 @@ LINGER_S = 2.0  # how long a refused request's rest is read and dropped before i
 REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
 
+class TimedFlow(FlowControl):
+    """uvicorn's flow control, which also counts how long reading was paused: the app had yet to take what came."""
+
+    paused_at: float | None = None
+    paused_s = 0.0  # before paused_at
+
+    def pause_reading(self) -> None:
+        if not self.read_paused:
+            self.paused_at = asyncio.get_running_loop().time()
+        super().pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.paused_at is not None:
+            self.paused_s += asyncio.get_running_loop().time() - self.paused_at
+            self.paused_at = None
+        super().resume_reading()
+
+    def held_s(self, now: float) -> float:
+        """How long reading was paused, in all, up to now."""
+        return self.paused_s + (now - self.paused_at if self.paused_at is not None else 0.0)
+
+
 class BoundedReadProtocol(HttpToolsProtocol):
     """A head past MAX_HEAD_BYTES gets a 431; a head not whole read_timeout_s after the connection opened or the
-    request began, or a body that stalls that long, a 408; then the connection is closed, as after a malformed
-    request's 400. A connection that sends nothing for read_timeout_s is closed. One whose caller takes none of an
-    answer for write_timeout_s, the answer's sending held up meanwhile, is dropped (looked at every write_timeout_s:
-    within twice that of the caller's last read)."""
+    request began, a body that stalls that long, or one that has come at under min_body_rate bytes/s on average
+    body_grace_s or more after the head ended, a 408; then the connection is closed, as after a malformed request's
+    400 (the time the edge's app had yet to take what came is not the caller's: not counted). A connection that sends
+    nothing for read_timeout_s is closed. One whose caller takes none of an answer for write_timeout_s, the answer's
+    sending held up meanwhile, is dropped (looked at every write_timeout_s: within twice that of the caller's last
+    read)."""
 
     read_timeout_s = 30.0  # the edge's setting EDGE_READ_TIMEOUT_S (edge_protocol)
     write_timeout_s = 30.0  # EDGE_WRITE_TIMEOUT_S
+    min_body_rate = 1024  # EDGE_MIN_BODY_RATE, bytes/s; 0: no least rate
+    body_grace_s = 10.0  # EDGE_BODY_GRACE_S
     read_timer: asyncio.TimerHandle | None = None
     write_timer: asyncio.TimerHandle | None = None
+    rate_timer: asyncio.TimerHandle | None = None
+    flow: TimedFlow
+    body_began = 0.0  # when the body's head ended (the loop's time)
+    body_held_s = 0.0  # the flow's held_s then
+    body_bytes = 0  # of the body received (its content: chunked framing not counted)
     in_head = False  # a request's head has begun and not ended
     in_body = False  # a request's head has ended and its body not
     head_bytes = 0  # received since the head began (the whole chunk it began in)
@@ -43,10 +77,12 @@ class BoundedReadProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.flow = TimedFlow(transport)  # before any request, which is given the protocol's flow
         self.arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.disarm()
+        self.unwatch_body()
         self.unwatch_writes()
         super().connection_lost(exc)
 
@@ -72,15 +108,22 @@ class BoundedReadProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self.in_head, self.in_body = False, True
         self.arm()
+        self.watch_body()
         super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self.body_bytes += len(body)
+        super().on_body(body)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self.ended, self.in_body = True, False
         self.disarm()
+        self.unwatch_body()
 
     def handle_websocket_upgrade(self) -> None:
         self.disarm()  # the connection is the WebSocket protocol's from here
+        self.unwatch_body()
         super().handle_websocket_upgrade()
 
     def send_400_response(self, msg: str) -> None:
@@ -104,6 +147,36 @@ class BoundedReadProtocol(HttpToolsProtocol):
             self.refuse(408, f"{what} within {self.read_timeout_s:g} s", "request_timeout")
         else:  # nothing sent, or an answer begun: no answer of ours can follow
             self.transport.close()
+
+    def watch_body(self) -> None:
+        self.unwatch_body()
+        self.body_began, self.body_bytes = self.loop.time(), 0
+        self.body_held_s = self.flow.held_s(self.body_began)
+        if self.min_body_rate:
+            self.rate_timer = self.loop.call_later(self.body_grace_s, self.check_rate)
+
+    def unwatch_body(self) -> None:
+        if self.rate_timer is not None:
+            self.rate_timer.cancel()
+            self.rate_timer = None
+
+    def check_rate(self) -> None:
+        """The body's time so far, less what the app held it up, against what it has sent: looked at again when, if
+        nothing more came, its average would fall under min_body_rate (a body sent at twice the rate is looked at
+        twice, each time twice as late); under it, refused."""
+        self.rate_timer = None
+        if not self.in_body or self.refused:
+            return
+        now = self.loop.time()
+        spent_s = now - self.body_began - (self.flow.held_s(now) - self.body_held_s)
+        due_s = max(self.body_grace_s, self.body_bytes / self.min_body_rate)
+        if spent_s < due_s:
+            self.rate_timer = self.loop.call_later(due_s - spent_s, self.check_rate)
+        elif self.cycle is None or self.cycle.response_started:  # answered (a 429 before the body): no 408 follows
+            self.transport.close()
+        else:
+            message = f"request body slower than {self.min_body_rate} bytes/s on average"
+            self.refuse(408, f"{message} after {self.body_grace_s:g} s", "request_timeout")
 
     def pause_writing(self) -> None:
         """The answer's sending waits for the caller to take what it was sent (uvicorn's send waits for this)."""
@@ -160,12 +233,20 @@ class BoundedReadProtocol(HttpToolsProtocol):
         # sending, read and drop what still comes, and close when the caller does, or LINGER_S from now.
         self.refused = True
         self.disarm()
+        self.unwatch_body()
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self.transport.resume_reading()
         self.read_timer = self.loop.call_later(LINGER_S, self.transport.close)
 
 
-def edge_protocol(read_timeout_s: float, write_timeout_s: float) -> type[BoundedReadProtocol]:
-    timeouts = {"read_timeout_s": read_timeout_s, "write_timeout_s": write_timeout_s}
-    return type("EdgeHttpProtocol", (BoundedReadProtocol,), timeouts)
+def edge_protocol(
+    read_timeout_s: float, write_timeout_s: float, min_body_rate: int, body_grace_s: float
+) -> type[BoundedReadProtocol]:
+    bounds = {
+        "read_timeout_s": read_timeout_s,
+        "write_timeout_s": write_timeout_s,
+        "min_body_rate": min_body_rate,
+        "body_grace_s": body_grace_s,
+    }
+    return type("EdgeHttpProtocol", (BoundedReadProtocol,), bounds)

@@ -30,6 +30,13 @@ class EdgeSettings(ServiceSettings):
     # A request's line and headers must arrive whole this long after the connection opened or the request began,
     # and its body may stall no longer (services/edge/protocol.py).
     read_timeout_s: float = Field(default=30.0, gt=0)
+    # And a body must come at min_body_rate bytes/s or more on average, from body_grace_s after its head on (time
+    # the edge held its reading up not counted), else a 408: one trickled a byte at a time, each within the read
+    # timeout, would hold its connection, and an upload its place, as long as its caller liked. A body takes at
+    # most the longer of body_grace_s and its size over the rate (a 100 MB upload: 28 h at 1 KiB/s). 0: no least
+    # rate (only the read timeout, between any two bytes).
+    min_body_rate: int = Field(default=1024, ge=0)
+    body_grace_s: float = Field(default=10.0, gt=0)
     # An answer's caller may take none of it for no longer, the edge's sending held up meanwhile (a download
     # holding one of batch_max_concurrent_uploads places): its connection is then dropped (within twice this).
     write_timeout_s: float = Field(default=30.0, gt=0)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -22,6 +23,8 @@ from tests.conftest import ROOT
 from tests.integration.test_batch_transfers import batch_file
 
 READ_TIMEOUT_S = 2
+BODY_GRACE_S = 5  # past the trickle the test of the read timeout sends
+MIN_BODY_RATE = 16
 POST = b"POST /v1/chat/completions HTTP/1.1\r\nHost: edge\r\n"
 
 
@@ -32,6 +35,7 @@ def edge_port() -> Iterator[int]:
         port, nowhere = s.getsockname()[1], s.getsockname()[1] + 1
     env = {**os.environ, "EDGE_PORT": str(port), "EDGE_METRICS_PORT": "0", "EDGE_ROUTER_ADDR": f"127.0.0.1:{nowhere}"}
     env["EDGE_READ_TIMEOUT_S"] = env["EDGE_WRITE_TIMEOUT_S"] = str(READ_TIMEOUT_S)
+    env["EDGE_BODY_GRACE_S"], env["EDGE_MIN_BODY_RATE"] = str(BODY_GRACE_S), str(MIN_BODY_RATE)
     edge = subprocess.Popen(
         [sys.executable, "-m", "services.edge"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -160,6 +164,26 @@ def test_a_body_that_stalls_is_a_408_and_one_that_trickles_is_read(edge_port: in
             s.sendall(bytes([byte]))
         s.sendall(trickled[4:])
         assert s.recv(1024).startswith(b"HTTP/1.1 503 ")  # read whole, then the router is not there
+
+
+def test_a_body_trickled_under_the_least_rate_is_a_408(edge_port: int) -> None:
+    """A byte every half read timeout never stalls: refused once its average is under the rate, after the grace."""
+    trickled = json.dumps({"messages": [{"role": "user", "content": "hi " * 100}]}).encode()
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: edge\r\nContent-Length: %d\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", edge_port), timeout=10) as s:
+        s.sendall(head % len(trickled))
+        start = time.monotonic()
+        for byte in trickled[: 4 * BODY_GRACE_S]:  # a byte a second, for four times the grace
+            s.sendall(bytes([byte]))
+            if select.select([s], [], [], READ_TIMEOUT_S / 2)[0]:  # answered
+                break
+        else:
+            pytest.fail(f"still read {4 * BODY_GRACE_S} bytes, a second apart")
+        received = s.recv(65536)
+    assert BODY_GRACE_S - 1 < time.monotonic() - start < BODY_GRACE_S + READ_TIMEOUT_S
+    status, _, body = received.partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 408 "), status
+    assert json.loads(body)["error"]["code"] == "request_timeout"
 
 
 def test_two_authorization_headers_are_a_400_on_an_edge_without_keys_too(edge_port: int) -> None:

@@ -1,24 +1,29 @@
 """EDGE_BATCH_MAX_CONCURRENT_UPLOADS bounds the file uploads and downloads in progress (each holds a file in
 memory): a caller that stops reading a download, or stops sending an upload, loses its place once its transfer
-has made no progress for EDGE_WRITE_TIMEOUT_S (EDGE_READ_TIMEOUT_S for an upload), its connection dropped, so a
-few stalled callers cannot lock everyone else out with 429s."""
+has made no progress for EDGE_WRITE_TIMEOUT_S (EDGE_READ_TIMEOUT_S for an upload), or an upload once it has come
+slower than EDGE_MIN_BODY_RATE on average after EDGE_BODY_GRACE_S, its connection dropped, so a few stalled or
+trickling callers cannot lock everyone else out with 429s."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import select
 import socket
 import time
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from pydantic import ValidationError
 
 from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
 from tests.integration.conftest import free_port, served_edge
 
 STALL_S = 1.0
+MIN_RATE = 64 * 1024  # bytes/s
+GRACE_S = 2.0
 
 
 def batch_file(megabytes: float) -> bytes:
@@ -39,6 +44,8 @@ async def edge() -> AsyncIterator[tuple[int, httpx.AsyncClient]]:
         batch_max_concurrent_uploads=1,
         read_timeout_s=STALL_S,
         write_timeout_s=STALL_S,
+        min_body_rate=MIN_RATE,
+        body_grace_s=GRACE_S,
     )
     async with served_edge(settings) as base, httpx.AsyncClient(base_url=base, timeout=30) as client:
         yield settings.port, client
@@ -121,6 +128,96 @@ async def test_an_upload_its_caller_stops_sending_frees_its_place(edge: tuple[in
         assert (await asyncio.to_thread(stalled.recv, 1024)).startswith(b"HTTP/1.1 408 ")
     finally:
         stalled.close()
+
+
+UPLOAD_HEAD = (
+    "POST /v1/files HTTP/1.1\r\nHost: edge\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+    "Connection: close\r\nContent-Length: %d\r\n\r\n"
+)
+
+
+def multipart(content: bytes) -> bytes:
+    part = b'--b\r\nContent-Disposition: form-data; name="file"; filename="b.jsonl"\r\n\r\n' + content
+    return part + b'\r\n--b\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n--b--\r\n'
+
+
+async def test_an_upload_its_caller_trickles_frees_its_place(edge: tuple[int, httpx.AsyncClient]) -> None:
+    """A byte every half read timeout never stalls, but is far under the least rate: refused once the grace ends."""
+    port, client = edge
+    body = multipart(batch_file(1))
+    trickling = stalled_socket(port)
+
+    async def trickle() -> None:
+        trickling.sendall((UPLOAD_HEAD % len(body)).encode() + body[:100])
+        for byte in body[100:]:
+            await asyncio.sleep(STALL_S / 2)
+            try:
+                trickling.sendall(bytes([byte]))
+            except OSError:  # refused and closed
+                return
+
+    sender = asyncio.create_task(trickle())
+    try:
+        await asyncio.sleep(0.3)
+        assert (await upload(client, batch_file(0))).status_code == 429  # the place is its
+        assert await place_freed(client, within_s=GRACE_S + 5) > GRACE_S - 0.5
+        status, _, error = (await asyncio.to_thread(trickling.recv, 4096)).partition(b"\r\n\r\n")
+        assert status.startswith(b"HTTP/1.1 408 "), status
+        assert json.loads(error)["error"]["code"] == "request_timeout"
+    finally:
+        sender.cancel()
+        trickling.close()
+
+
+async def test_a_body_trickled_after_its_429_is_cut_off(edge: tuple[int, httpx.AsyncClient]) -> None:
+    """Refused on its head (no place free), an upload's body is read and dropped: trickled, not for ever. Its
+    connection is closed once the grace ends, with no second answer after the 429."""
+    port, _ = edge
+    with stalled_socket(port) as holder, stalled_socket(port) as trickling:
+        holder.sendall((UPLOAD_HEAD % 1_000_000).encode())  # holds the place until its read timeout
+        await asyncio.sleep(0.3)
+        trickling.sendall((UPLOAD_HEAD % 1_000_000).replace("Connection: close", "Connection: keep-alive").encode())
+        start, received = time.monotonic(), b""
+        while time.monotonic() - start < GRACE_S + 5:
+            try:
+                trickling.sendall(b"x")
+                readable = await asyncio.to_thread(select.select, [trickling], [], [], STALL_S / 2)
+                if readable[0]:
+                    if not (chunk := trickling.recv(65536)):
+                        break
+                    received += chunk
+            except (ConnectionResetError, BrokenPipeError):  # closed with what it sent unread: a reset
+                break
+        else:
+            pytest.fail(f"still open {GRACE_S + 5} s on")
+    assert time.monotonic() - start > GRACE_S - 0.5
+    assert received.startswith(b"HTTP/1.1 429 ") and received.count(b"HTTP/1.1") == 1, received
+
+
+async def test_an_upload_at_a_reasonable_rate_is_taken_past_the_grace(edge: tuple[int, httpx.AsyncClient]) -> None:
+    """Sent at four times the least rate for well over the grace, after a pause at its start: read whole."""
+    port, _ = edge
+    content = batch_file(1)
+    body = multipart(content)
+    piece = MIN_RATE * 4 // 10
+    with stalled_socket(port) as s:
+        s.sendall((UPLOAD_HEAD % len(body)).encode())
+        await asyncio.sleep(STALL_S * 0.8)  # nothing yet, under the read timeout
+        start = time.monotonic()
+        for at in range(0, len(body), piece):
+            s.sendall(body[at : at + piece])
+            await asyncio.sleep(0.1)
+        assert time.monotonic() - start > GRACE_S
+        reply = await asyncio.to_thread(s.recv, 65536)
+    status, _, created = reply.partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 200 "), reply
+    assert json.loads(created)["bytes"] == len(content)
+
+
+@pytest.mark.parametrize("setting", [{"min_body_rate": -1}, {"body_grace_s": 0}, {"body_grace_s": -1}])
+def test_the_least_body_rate_settings_are_checked(setting: dict[str, float]) -> None:
+    with pytest.raises(ValidationError):
+        EdgeSettings(**setting)  # type: ignore[arg-type]
 
 
 async def test_one_tenant_holds_at_most_half_the_places() -> None:

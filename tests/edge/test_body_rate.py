@@ -1,0 +1,61 @@
+"""The edge's least body rate (EDGE_MIN_BODY_RATE) counts only the caller's time: while the app has yet to take what
+came (uvicorn has stopped reading past 64 KiB held), the caller cannot send, and that time is not held against it."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import uvicorn
+from starlette.types import Receive, Scope, Send
+
+from services.edge.protocol import edge_protocol
+from tests.integration.conftest import free_port
+
+GRACE_S = 1.0
+RATE = 64 * 1024
+APP_BUSY_S = 3.0
+BODY = b"x" * (512 * 1024)
+
+
+async def slow_reader(scope: Scope, receive: Receive, send: Send) -> None:
+    """Busy for APP_BUSY_S before it reads the body, then reads it whole and answers its size."""
+    if scope["type"] != "http":
+        return
+    await asyncio.sleep(APP_BUSY_S)
+    size, more = 0, True
+    while more:
+        message = await receive()
+        size, more = size + len(message.get("body", b"")), message.get("more_body", False)
+    answer = str(size).encode()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(answer))]})
+    await send({"type": "http.response.body", "body": answer})
+
+
+def read_all(s: socket.socket) -> bytes:
+    """What comes on the connection until the edge closes it."""
+    received = b""
+    while chunk := s.recv(65536):
+        received += chunk
+    return received
+
+
+async def test_time_the_app_holds_the_body_up_is_not_the_callers() -> None:
+    port = free_port()
+    protocol = edge_protocol(read_timeout_s=30, write_timeout_s=30, min_body_rate=RATE, body_grace_s=GRACE_S)
+    config = uvicorn.Config(slow_reader, host="127.0.0.1", port=port, http=protocol, log_config=None, lifespan="off")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.02)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            head = b"POST / HTTP/1.1\r\nHost: edge\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(BODY)
+            await asyncio.to_thread(s.sendall, head + BODY)  # all at once: held up by the app, not the caller
+            reply = await asyncio.to_thread(read_all, s)
+    finally:
+        server.should_exit = True
+        await task
+    status, _, size = reply.partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 200 "), reply
+    assert int(size) == len(BODY)
