@@ -7,7 +7,7 @@ import json
 import re
 import time
 from decimal import Decimal
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
 from starlette.requests import ClientDisconnect, Request
@@ -344,15 +344,11 @@ def _depth_over(value: Any, limit: int) -> bool:
 
 
 class ApiError(Exception):
-    """An error as OpenAI reports it: HTTP status plus {"error": {message, type, param, code}}."""
-
-    TYPES: ClassVar[dict[int, str]] = {
-        400: "invalid_request_error",
-        401: "authentication_error",
-        403: "permission_error",
-        404: "not_found_error",
-        413: "invalid_request_error",  # the caller's body is too large: their request to fix, not our failure
-    }
+    """An error as OpenAI reports it: HTTP status plus {"error": {message, type, param, code}}, its type one of
+    OpenAI's (what a caller's code may branch on, the SDK's exception class being the status's): a caller's error
+    invalid_request_error (401 invalid_api_key and 404 model_not_found too, as at OpenAI), a 429 insufficient_quota
+    (its code too) or else requests (OpenAI's requests-per-minute limit: its code rate_limit_exceeded), a 5xx
+    server_error. A 403 (an operator route, not OpenAI's API) is permission_error."""
 
     def __init__(
         self,
@@ -370,7 +366,12 @@ class ApiError(Exception):
         self.request_id = request_id  # when the request reached the router: its access-log and ledger name
 
     def body(self) -> dict[str, Any]:
-        kind = self.TYPES.get(self.status, "rate_limit_error" if self.status == 429 else "api_error")
+        if self.status == 429:
+            kind = "insufficient_quota" if self.code == "insufficient_quota" else "requests"
+        elif self.status >= 500:
+            kind = "server_error"
+        else:
+            kind = "permission_error" if self.status == 403 else "invalid_request_error"
         return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
 
 

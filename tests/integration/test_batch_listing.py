@@ -183,7 +183,7 @@ async def past_the_bound(edge: Edge) -> None:
         with pytest.raises(RateLimitError) as refused:
             await owner.files.create(file=("f.jsonl", jsonl(1)), purpose="batch")
         assert refused.value.response.headers["retry-after"] == "1"
-        assert refused.value.body["type"] == "rate_limit_error"  # type: ignore[index]
+        assert refused.value.body["type"] == "requests"  # type: ignore[index]
         # Refused on its head alone: its body is never awaited.
         reader, writer = await asyncio.open_connection("127.0.0.1", edge.settings.port)
         writer.write(head.replace("{length}", "50000000").encode())

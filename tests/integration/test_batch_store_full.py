@@ -58,7 +58,7 @@ async def test_an_upload_past_a_full_batch_store_is_a_clear_507(edge: httpx.Asyn
     assert refused.status_code == 507, refused.text
     assert refused.json()["error"] == {
         "message": "batch storage is full: delete files no longer needed, or retry once older files expire",
-        "type": "api_error",
+        "type": "server_error",
         "param": None,
         "code": "storage_full",
     }

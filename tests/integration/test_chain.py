@@ -164,7 +164,7 @@ async def test_spent_budget_is_refused_with_429(chain: Chain) -> None:
         await client(chain, "poor").chat.completions.create(
             model="auto", messages=[{"role": "user", "content": unique("first")}]
         )
-    assert err.value.code == "insufficient_quota"
+    assert (err.value.code, err.value.type) == ("insufficient_quota", "insufficient_quota")  # as OpenAI says it
 
 
 async def test_provider_failure_falls_back_to_the_next_model(chain: Chain) -> None:

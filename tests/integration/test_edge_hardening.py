@@ -78,7 +78,7 @@ async def test_with_keys_the_key_alone_names_the_tenant(chain: Chain) -> None:
             assert refused.status_code == 401, auth
             assert refused.json()["error"] == {
                 "message": "invalid API key",
-                "type": "authentication_error",
+                "type": "invalid_request_error",  # as at OpenAI, with code invalid_api_key
                 "param": None,
                 "code": "invalid_api_key",
             }
@@ -197,7 +197,7 @@ async def test_router_down_is_a_503_with_retry_after_and_not_ready(chain: Chain)
                 reply = await http.post(f"{base}/v1/chat/completions", json=ask(stream=stream))
                 assert reply.status_code == 503, reply.text
                 assert int(reply.headers["retry-after"]) >= 1
-                assert reply.json()["error"]["type"] == "api_error"
+                assert reply.json()["error"]["type"] == "server_error"
                 assert dead not in reply.text and "127.0.0.1" not in reply.text
             models = await http.get(f"{base}/v1/models")
             assert models.status_code == 503 and dead not in models.text

@@ -111,7 +111,7 @@ async def test_deadline_reaches_the_upstream_call(slow_budget: Chain) -> None:
         async with httpx.AsyncClient(timeout=30) as http:
             body = {"messages": [{"role": "user", "content": uuid.uuid4().hex}], "quality_target": 0}
             reply = await http.post(f"http://127.0.0.1:{settings.port}/v1/chat/completions", json=body)
-        assert reply.status_code == 504 and reply.json()["error"]["type"] == "api_error"
+        assert reply.status_code == 504 and reply.json()["error"]["type"] == "server_error"
         assert await asyncio.to_thread(chain.budget.wait_disconnect), "the deadline did not cancel the upstream call"
     finally:
         server.should_exit = True
