@@ -1,5 +1,6 @@
 """A money Redis that answers but refuses writes for a reason of its own: MISCONF (it cannot persist: a failed RDB save
-or AOF write, a full or broken disk) or NOREPLICAS (min-replicas-to-write not met). Like a read-only or full store,
+or AOF write, a full or broken disk), NOREPLICAS (min-replicas-to-write not met) or, for every command, BUSY (a script
+run past the busy threshold). Like a read-only or full store,
 it is out of reach for money: nothing is admitted (STORE_UNAVAILABLE), and the charge of a request it admitted before
 waits in the outbox, the answer delivered, until the store takes writes again. These errors reached the router as
 bare redis ResponseErrors: the answer was lost to an internal error, its charge kept neither by the store nor the
@@ -55,6 +56,40 @@ async def server(tmp_path: Path) -> AsyncIterator[RedisServer]:
     started.stop()
 
 
+async def busy(client: redis.Redis) -> asyncio.Task[Any]:
+    """A script runs past the store's busy threshold (50 ms here): until it is killed, every other command is
+    answered BUSY."""
+    await client.config_set("busy-reply-threshold", 50)
+    looping = asyncio.create_task(client.eval("while true do end", 0))  # on a connection of its own
+    while True:
+        try:
+            await client.ping()
+        except redis.ResponseError as exc:
+            assert str(exc).startswith("BUSY ")
+            return looping
+        await asyncio.sleep(0.02)
+
+
+async def refuse(refusal: str, client: redis.Redis, server: RedisServer) -> asyncio.Task[Any] | None:
+    """The store refuses (a looping script for BUSY, to stop with `take_again`)."""
+    if refusal == "MISCONF":
+        await disk_trouble(client, server.workdir)
+    elif refusal == "NOREPLICAS":
+        await client.config_set("min-replicas-to-write", 1)  # its replicas are gone
+    else:
+        return await busy(client)
+    return None
+
+
+async def take_again(client: redis.Redis, looping: asyncio.Task[Any] | None) -> None:
+    if looping is not None:
+        await client.script_kill()
+        with pytest.raises(redis.ResponseError, match="killed"):
+            await looping
+    await client.config_set("stop-writes-on-bgsave-error", "no")
+    await client.config_set("min-replicas-to-write", 0)
+
+
 async def disk_trouble(client: redis.Redis, workdir: Path) -> None:
     """The store's disk goes away under it: its next snapshot fails, and it refuses writes (MISCONF)."""
     shutil.rmtree(workdir)
@@ -63,7 +98,7 @@ async def disk_trouble(client: redis.Redis, workdir: Path) -> None:
         await asyncio.sleep(0.05)
 
 
-@pytest.mark.parametrize("refusal", ["MISCONF", "NOREPLICAS"])
+@pytest.mark.parametrize("refusal", ["MISCONF", "NOREPLICAS", "BUSY"])
 async def test_a_store_refusing_writes_keeps_charges_in_the_outbox_and_admits_nothing(
     tmp_path: Path, server: RedisServer, refusal: str
 ) -> None:
@@ -77,10 +112,7 @@ async def test_a_store_refusing_writes_keeps_charges_in_the_outbox_and_admits_no
             with acting_as(ANONYMOUS):
                 answering = asyncio.create_task(servicer.Complete(request, NoDeadline()))
             await provider.called.wait()  # admitted, and generating
-            if refusal == "MISCONF":
-                await disk_trouble(client, server.workdir)
-            else:
-                await client.config_set("min-replicas-to-write", 1)  # its replicas are gone
+            looping = await refuse(refusal, client, server)
             with pytest.raises(Exception, match=refusal):
                 await client.set("probe", "1")  # the store answers, refusing writes
             provider.release.set()
@@ -97,8 +129,7 @@ async def test_a_store_refusing_writes_keeps_charges_in_the_outbox_and_admits_no
                 await store.heartbeat("r", 30)  # the upkeep reports the store down (health NOT_SERVING)
 
             # Writes are taken again: the charge lands, at what was generated (not at the hold).
-            await client.config_set("stop-writes-on-bgsave-error", "no")
-            await client.config_set("min-replicas-to-write", 0)
+            await take_again(client, looping)
             await servicer.charger.outbox.replay(store)
             assert servicer.charger.outbox.waiting() == []
             cost = to_pico(REGISTRY.get("cheap").cost_usd(10, 5))  # type: ignore[union-attr]
@@ -110,7 +141,7 @@ async def test_a_store_refusing_writes_keeps_charges_in_the_outbox_and_admits_no
         await client.aclose()
 
 
-@pytest.mark.parametrize("refusal", ["MISCONF", "NOREPLICAS"])
+@pytest.mark.parametrize("refusal", ["MISCONF", "NOREPLICAS", "BUSY"])
 async def test_a_pipelined_write_the_store_refuses_is_the_store_out_of_reach(server: RedisServer, refusal: str) -> None:
     """A limit is set in a pipeline (one write per shard), and redis-py words a pipeline's error 'Command # 1 (...) of
     pipeline caused error: MISCONF ...': the refusal is still the store out of reach, not a bare ResponseError (an
@@ -118,14 +149,12 @@ async def test_a_pipelined_write_the_store_refuses_is_the_store_out_of_reach(ser
     client = redis.Redis(port=server.port)
     store = RedisStore(server.url)
     try:
-        if refusal == "MISCONF":
-            await disk_trouble(client, server.workdir)
-        else:
-            await client.config_set("min-replicas-to-write", 1)
+        looping = await refuse(refusal, client, server)
         with pytest.raises(StoreUnavailable):
             await store.set_limit("tenant", "t", 5)
         with pytest.raises(StoreUnavailable):
             await store.set_limit("key", "k", None)
+        await take_again(client, looping)
     finally:
         await store.close()
         await client.aclose()

@@ -47,17 +47,20 @@ log = logging.getLogger("llmrouter.router")
 CONNECTIONS = 64  # per client; on a cluster, per node at most
 
 
-# A store refusing writes for a reason of its own, as redis-py words it: the reply itself, or a pipeline's
-# "Command # 1 (...) of pipeline caused error: ('MISCONF ...',)" (the reply's args in the text).
-_REFUSING_WRITES = re.compile(r"(?:^|caused error: \(['\"])(?:MISCONF|NOREPLICAS) ")
+# A store refusing commands for a reason of its own, as redis-py words it: the reply itself, or a pipeline's
+# "Command # 1 (...) of pipeline caused error: ('MISCONF ...',)" (the reply's args in the text). redis-py raises
+# these as bare ResponseErrors (the replies it knows, READONLY, OOM, LOADING, MASTERDOWN, TRYAGAIN, CLUSTERDOWN,
+# have classes of their own, caught by theirs).
+_REFUSING = re.compile(r"(?:^|caused error: \(['\"])(?:MISCONF|NOREPLICAS|BUSY) ")
 
 
 @asynccontextmanager
 async def _reachable() -> AsyncIterator[None]:
     """Connection failures, timeouts, a demoted primary (READONLY), a store refusing writes (full, unable to persist,
-    short of replicas) and a cluster without a master for the slot are the store being out of reach: StoreUnavailable
-    (fail closed, charges to the outbox). A cancellation that redis-py swallowed is raised after the call
-    (llmrouter.tasks.raise_if_cancelled): the loops that read the store (upkeep, budget watch) stop when cancelled."""
+    short of replicas) or every command (busy with a long script), a store loading its data and a cluster without a
+    master for the slot are the store being out of reach: StoreUnavailable (fail closed, charges to the outbox). A
+    cancellation that redis-py swallowed is raised after the call (llmrouter.tasks.raise_if_cancelled): the loops that
+    read the store (upkeep, budget watch) stop when cancelled."""
     import redis.exceptions as errors
 
     try:
@@ -80,11 +83,12 @@ async def _reachable() -> AsyncIterator[None]:
         metrics.STORE_UP.labels("money").set(0)
         raise StoreRefusing() from exc
     except errors.ResponseError as exc:
-        # Writes refused for a reason of the store's own, the command not run: it cannot persist (MISCONF: a failed
-        # snapshot or AOF write, a full disk) or lacks the replicas it must write to (NOREPLICAS). As read-only.
-        if not _REFUSING_WRITES.search(str(exc)):
+        # Commands refused for a reason of the store's own, the command not run: it cannot persist (MISCONF: a failed
+        # snapshot or AOF write, a full disk), lacks the replicas it must write to (NOREPLICAS), or runs a script
+        # past its busy threshold and answers nothing else until it ends or is killed (BUSY). As read-only.
+        if not _REFUSING.search(str(exc)):
             raise
-        log.error("the money store refuses writes", extra={"error": str(exc)[:200]})
+        log.error("the money store refuses commands", extra={"error": str(exc)[:200]})
         metrics.STORE_UP.labels("money").set(0)
         raise StoreRefusing() from exc
     metrics.STORE_UP.labels("money").set(1)
