@@ -217,9 +217,12 @@ class Runner:
         batch: dict[str, bytes] = {}
         failed = False
         try:
-            batch = await self.store.get(batch_key(batch_id))
-            if not self._may_run(batch):
-                return  # left to an edge that serves its key
+            found = await self.store.get(batch_key(batch_id))
+            if not self._may_run(found):
+                # Left to an edge that serves its key, having sent nothing: neither a failed run nor one that ran
+                # without failing, its count of failures in a row is kept (`batch` left empty for _settle).
+                return
+            batch = found
             if not batch:  # evicted from the store: nothing left to run or to report to
                 await self.store.activate(batch_id, False)
                 self._ended_here.add(batch_id)
