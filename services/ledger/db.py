@@ -32,6 +32,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from services.router.metrics import LEDGER_REJECTED
 from services.router.store import to_pico
 
 log = logging.getLogger("llmrouter.ledger")
@@ -108,6 +109,24 @@ CREATE TABLE IF NOT EXISTS {table} (
 
 SCHEMA = _schema("requests")
 INDEX = "CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts)"
+# Ledger entries that are no row (see LedgerDB.reject): kept whole, keyed by their entry as rows are.
+REJECTED_SCHEMA = """
+CREATE TABLE IF NOT EXISTS ledger_rejected (
+  ledger_entry TEXT PRIMARY KEY,
+  record TEXT NOT NULL,
+  error TEXT NOT NULL,
+  rejected_at DOUBLE PRECISION NOT NULL
+)"""
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A ledger entry that is no row: `record` is JSON, the record as read (an unreadable one: its text, as a JSON
+    string), and `error` why it is no row."""
+
+    entry: str
+    record: str
+    error: str
 
 
 @dataclass(frozen=True)
@@ -197,10 +216,22 @@ class LedgerDB:
         with self._connected() as conn:
             self._prepare(conn)
 
-    async def insert(self, rows: Sequence[tuple[Any, ...]]) -> int:
+    async def insert(self, rows: Sequence[tuple[Any, ...]], records: Sequence[str] = ()) -> int:
         """Insert rows, skipping any whose (tenant, request_id, ledger_entry) is already there, and any a version
-        before copied already (see _prepare); returns how many were new."""
-        return await asyncio.to_thread(self._insert, rows)
+        before copied already (see _prepare); returns how many were new. A row the database refuses (a value out of
+        its range) is kept whole instead (reject), as its record (`records`, in step with `rows`: JSON; else its
+        values)."""
+        return await asyncio.to_thread(self._insert, rows, records)
+
+    async def reject(self, rejected: Sequence[Rejected]) -> int:
+        """Keep ledger entries that are no row (unreadable, no charge the table can hold, refused by the database)
+        whole in the ledger_rejected table, each once (an entry delivered again is skipped), so that what the sink
+        acknowledges is in the SQL ledger either way; returns how many were new."""
+        return await asyncio.to_thread(self._reject, rejected)
+
+    async def rejected(self) -> list[tuple[str, str, str]]:
+        """The entries kept whole: (ledger entry, record, error), in the order they were rejected."""
+        return await asyncio.to_thread(self._rejected)
 
     async def rows(
         self, since: float | None = None, until: float | None = None, tenant: str | None = None
@@ -255,6 +286,7 @@ class LedgerDB:
                 if column not in self._columns(conn):  # made by a version before: its rows' make-up is NULL
                     conn.execute(f"ALTER TABLE requests ADD COLUMN {column} {kind}")
             conn.execute(INDEX)
+            conn.execute(REJECTED_SCHEMA)
             conn.commit()
         except BaseException:
             conn.rollback()
@@ -302,9 +334,10 @@ class LedgerDB:
         for values in fetched:
             yield Row(tuple(values))
 
-    def _insert(self, rows: Sequence[tuple[Any, ...]]) -> int:
+    def _insert(self, rows: Sequence[tuple[Any, ...]], records: Sequence[str]) -> int:
         if not rows:
             return 0
+        refused = []
         with self._connected() as conn:
             try:
                 return self._insert_all(conn, rows)
@@ -312,13 +345,46 @@ class LedgerDB:
                 conn.rollback()
             # A row the database refuses (a value out of range) must not hold back the rest: one at a time.
             added = 0
-            for row in rows:
+            for i, row in enumerate(rows):
                 try:
                     added += self._insert_all(conn, [row])
                 except self._data_errors as exc:
                     conn.rollback()
-                    log.error("ledger row refused by the database, skipped: %s %s: %s", row[0], row[1], exc)
-            return added
+                    entry = row[COLUMNS.index("ledger_entry")]
+                    record = records[i] if records else json.dumps(row, default=str)
+                    refused.append(Rejected(entry, record, f"refused by the database: {exc}"))
+        self._reject(refused)
+        return added
+
+    def _reject(self, rejected: Sequence[Rejected]) -> int:
+        if not rejected:
+            return 0
+        mark = self._mark
+        sql = (
+            f"INSERT INTO ledger_rejected (ledger_entry, record, error, rejected_at) VALUES ({mark}, {mark}, {mark},"
+            f" {mark}) ON CONFLICT (ledger_entry) DO NOTHING"
+        )
+        added = 0
+        with self._connected() as conn:
+            try:
+                for each in rejected:
+                    added += max(conn.execute(sql, (each.entry, each.record, each.error, time.time())).rowcount, 0)
+                conn.commit()
+            except BaseException:
+                conn.rollback()
+                raise
+        for each in rejected:
+            log.error("ledger entry is no row, kept whole in ledger_rejected: %s: %s", each.entry, each.error)
+        LEDGER_REJECTED.inc(added)  # once each, delivered again or not
+        return added
+
+    def _rejected(self) -> list[tuple[str, str, str]]:
+        with self._connected() as conn:
+            found = conn.execute(
+                "SELECT ledger_entry, record, error FROM ledger_rejected ORDER BY rejected_at, ledger_entry"
+            ).fetchall()
+            conn.commit()
+        return [(str(e), str(r), str(x)) for e, r, x in found]
 
     def _insert_all(self, conn: Any, rows: Sequence[tuple[Any, ...]]) -> int:
         # An entry a version before copied has no ledger_entry in its row: an entry delivered again after the

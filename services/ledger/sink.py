@@ -5,9 +5,11 @@ From Redis it reads every shard's ledger stream as one consumer group per stream
 entries pending; the same consumer reads its pending entries again when it returns, and another consumer claims
 them (XAUTOCLAIM) once they have been idle for `claim_idle_s`. Rows are keyed by the entry they were copied from
 (its stream and entry id): an entry delivered twice is inserted once, and a request id charged twice (reused after
-its TTL, a new request) is in the table twice, as in the budgets. The streams are read in turn without blocking
-(on a Redis Cluster they live on different masters), and the sink waits `block_s` only when all of them are
-drained. Without Redis (the in-process store) it reads the store's ledger list from a cursor.
+its TTL, a new request) is in the table twice, as in the budgets. An entry that is no row (unreadable, no charge
+the table can hold, refused by the database) is kept whole in the ledger_rejected table before it is acknowledged:
+never retried forever, and never lost (`trim --copied-only` deletes acknowledged entries). The streams are read
+in turn without blocking (on a Redis Cluster they live on different masters), and the sink waits `block_s` only
+when all of them are drained. Without Redis (the in-process store) it reads the store's ledger list from a cursor.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any, Protocol
 
 from llmrouter.redis_connect import is_cluster_client
 from llmrouter.tasks import raise_if_cancelled
-from services.ledger.db import LedgerDB, row_from_record
+from services.ledger.db import LedgerDB, Rejected, row_from_record
 from services.router.store import SHARDS, MemoryStore, ledger_key
 
 log = logging.getLogger("llmrouter.ledger")
@@ -33,10 +35,15 @@ GROUP = "llmrouter-sql-sink"
 BATCH = 500
 
 
+# A ledger entry's record as a source reads it: the record; for a record that cannot be read, its text (kept whole by
+# the sink, never lost); None for an entry gone from the source (trimmed after it was delivered): nothing to keep.
+Record = dict[str, Any] | str | None
+
+
 class Source(Protocol):
-    async def read(self, block_s: float) -> list[tuple[str, dict[str, Any] | None]]:
-        """Up to a batch of unacknowledged entries as (id, record); a record that cannot be read is None. An id
-        names its entry, the same on every delivery and never another entry's: the table's rows are keyed by it."""
+    async def read(self, block_s: float) -> list[tuple[str, Record]]:
+        """Up to a batch of unacknowledged entries as (id, record). An id names its entry, the same on every delivery
+        and never another entry's: the table's rows are keyed by it."""
 
     async def ack(self, ids: list[str]) -> None: ...
 
@@ -79,7 +86,7 @@ class RedisSource:
                     raise
             self._ready.add(stream)
 
-    async def read(self, block_s: float) -> list[tuple[str, dict[str, Any] | None]]:
+    async def read(self, block_s: float) -> list[tuple[str, Record]]:
         """Up to a batch from each stream; ids are '<stream> <entry id>' (stream_entry). Own pending entries first
         (delivered before a restart or a failed commit), then those of consumers idle for claim_idle_s (about
         that often), then new ones: one XREADGROUP per stream in the common case. Not pipelined: redis-py 8.1
@@ -148,7 +155,7 @@ class MemorySource:
         self.consumed = 0
         self.origin = f"memory-{uuid.uuid4().hex}"
 
-    async def read(self, block_s: float) -> list[tuple[str, dict[str, Any] | None]]:
+    async def read(self, block_s: float) -> list[tuple[str, Record]]:
         if self.store.ledger_appended == self.consumed:
             await asyncio.sleep(block_s)
         unread = self.store.ledger_appended - self.consumed
@@ -174,16 +181,24 @@ class LedgerSink:
     async def step(self, block_s: float | None = None) -> int:
         """Copy one batch; returns how many entries it handled (0: nothing was waiting)."""
         entries = await self.source.read(self.block_s if block_s is None else block_s)
-        rows = []
+        rows, records, rejected = [], [], []
         for entry_id, record in entries:
+            if record is None:
+                continue  # gone from the source: nothing left to copy
+            if isinstance(record, str):
+                rejected.append(Rejected(entry_id, json.dumps(record), "unreadable record"))
+                continue
+            as_json = json.dumps(record, default=str)
             try:
-                if record is None:
-                    raise ValueError("unreadable entry")
                 rows.append(row_from_record(record, entry_id))
+                records.append(as_json)
             except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
-                # Not a charge anyone can account for: kept in the log, not retried forever.
-                log.error("ledger entry %s skipped: %s", entry_id, exc)
-        self.inserted += await self.db.insert(rows)
+                rejected.append(Rejected(entry_id, as_json, f"no charge the table can hold: {exc!r}"))
+        # Not a charge anyone can account for, and not retried forever: kept whole in the SQL ledger (with those the
+        # database refuses) before it is acknowledged, so an entry acknowledged (then trimmed) is never lost.
+        if rejected:
+            await self.db.reject(rejected)
+        self.inserted += await self.db.insert(rows, records)
         await self.source.ack([entry_id for entry_id, _ in entries])
         return len(entries)
 
@@ -207,16 +222,20 @@ class LedgerSink:
             raise_if_cancelled()
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+def _text(value: Any, errors: str = "strict") -> str:
+    return value.decode(errors=errors) if isinstance(value, bytes) else str(value)
 
 
-def _record(fields: Any) -> dict[str, Any] | None:
+def _record(fields: Any) -> Record:
     if not fields:
         return None  # the entry was trimmed from the stream after it was delivered
     raw = fields.get(b"record", fields.get("record"))
     try:
         record = json.loads(raw)
     except (TypeError, ValueError):
-        return None
-    return record if isinstance(record, dict) else None
+        record = None
+    if isinstance(record, dict):
+        return record
+    if raw is None:  # no record field: the entry's fields are what there is to keep
+        return json.dumps({_text(k, "backslashreplace"): _text(v, "backslashreplace") for k, v in fields.items()})
+    return _text(raw, "backslashreplace")

@@ -7,7 +7,8 @@ dropped unexported. Each line is {"shard": <n>, "id": <stream id>, "record": {..
 interrupted between the two steps exports the same entries again on its next run, with the same ids.
 `trim --copied-only` exports nothing: where the SQL sink (services/ledger/sink.py) keeps the ledger, it deletes
 the entries older than the retention that the sink's consumer group has copied and acknowledged, never one it
-has not (a shard whose stream has no such group keeps every entry)."""
+has not (a shard whose stream has no such group keeps every entry); the sink acknowledges an entry that is no row
+(unreadable, or refused by the database) only once it is kept whole in the SQL ledger's ledger_rejected table."""
 
 from __future__ import annotations
 

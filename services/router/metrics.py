@@ -30,6 +30,10 @@ STORE_UP = Gauge("llmrouter_router_store_up", "1 when the router reaches the sto
 PENDING_RECONCILED = Counter(
     "llmrouter_router_reconciled_charges_total", "Pending charges of dead routers settled at their hold"
 )
+LEDGER_REJECTED = Counter(
+    "llmrouter_router_ledger_rejected_total",
+    "Ledger entries the SQL sink could not copy as rows (unreadable, or refused), kept whole in ledger_rejected",
+)
 OUTBOX = Gauge(
     "llmrouter_router_outbox_charges", "Charges and undos of lost admissions waiting in the outbox for the money store"
 )

@@ -47,6 +47,7 @@ def ledger_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger
     else:
         db = LedgerDB(dsn=request.getfixturevalue("postgres_dsn"))
         db._conn.execute("DELETE FROM requests")  # the run's database is shared by its tests
+        db._conn.execute("DELETE FROM ledger_rejected")
         db._conn.commit()
     yield db
     db.close()

@@ -111,10 +111,15 @@ class FlakyDB:
     def __init__(self, db: LedgerDB) -> None:
         self.db, self.down = db, False
 
-    async def insert(self, rows: Any) -> int:
+    async def insert(self, rows: Any, records: Any = ()) -> int:
         if self.down:
             raise ConnectionError("database unreachable")
-        return await self.db.insert(rows)
+        return await self.db.insert(rows, records)
+
+    async def reject(self, rejected: Any) -> int:
+        if self.down:
+            raise ConnectionError("database unreachable")
+        return await self.db.reject(rejected)
 
 
 async def test_every_charge_lands_once_through_kills_outages_and_dead_consumers(
@@ -229,7 +234,7 @@ async def test_the_in_process_ledger_keeps_a_bounded_tail_and_the_sink_loses_not
     assert len(await ledger_db.rows()) == 200
 
 
-async def test_an_unreadable_entry_is_skipped_not_retried_forever(client: Any, ledger_db: LedgerDB) -> None:
+async def test_an_unreadable_entry_is_kept_aside_not_retried_forever(client: Any, ledger_db: LedgerDB) -> None:
     await client.xadd(ledger_key(0), {"record": b"not json"})
     await client.xadd(ledger_key(9), {"record": json.dumps({"request_id": "r1", "tenant": "acme", "cost_usd": "0.5"})})
     sink = LedgerSink(RedisSource(client, "s", group=GROUP), ledger_db)
@@ -237,6 +242,7 @@ async def test_an_unreadable_entry_is_skipped_not_retried_forever(client: Any, l
     rows = await ledger_db.rows()
     assert [r.get("request_id") for r in rows] == ["r1"]
     assert rows[0].get("cost_pico") == 500_000_000_000
+    assert [(record, error) for _, record, error in await ledger_db.rejected()] == [('"not json"', "unreadable record")]
     assert await pending_entries(client) == 0
 
 
@@ -254,6 +260,7 @@ async def test_a_row_the_database_refuses_does_not_hold_back_the_others(client: 
         await client.xadd(ledger_key(5), {"record": json.dumps(record)})
     await LedgerSink(RedisSource(client, "s", group=GROUP), ledger_db).drain()
     assert sorted(r.get("request_id") for r in await ledger_db.rows()) == ["ok-1", "ok-2"]
+    assert [json.loads(record)["request_id"] for _, record, _ in await ledger_db.rejected()] == ["huge"]
     assert await pending_entries(client) == 0
 
 
