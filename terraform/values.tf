@@ -14,6 +14,10 @@ locals {
       allowAnonymous = var.allow_anonymous_edge
       apiKeys        = { existingSecret = var.edge_keys_secret == null ? "" : var.edge_keys_secret }
     }
+    router = {
+      ledgerDsnSecret = coalesce(var.ledger_dsn_secret, { name = "", key = "" })
+      ledgerTrim      = { enabled = var.ledger_trim.enabled, schedule = var.ledger_trim.schedule }
+    }
     fullnameOverride = var.release_name
     redis = {
       # In-chart when no Secret is named; the chart ignores enabled when urlSecret.name is set.

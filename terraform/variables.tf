@@ -73,7 +73,7 @@ variable "autoscaling" {
   }
 }
 
-# --- secrets: referenced by name, never passed in (Terraform state holds no key and no Redis URL) -------------
+# --- secrets: referenced by name, never passed in (Terraform state holds no key, Redis URL or DSN) -------------
 variable "provider_keys_secret" {
   description = "Existing Secret with the provider API keys, one key per registry api_key_env name (OPENAI_API_KEY, ANTHROPIC_API_KEY, ...), mounted as files into the providers pods; a provider without a key is not offered."
   type        = string
@@ -132,6 +132,40 @@ variable "batches_redis_secret" {
     key  = optional(string, "url")
   })
   default = null
+}
+
+variable "ledger_dsn_secret" {
+  description = "Existing Secret holding the SQL ledger's PostgreSQL DSN, password included (ROUTER_LEDGER_SQL_DSN): {name, key}. null: each router pod keeps its own part of the ledger in SQLite on its /tmp, lost with the pod, and nothing trims the ledger streams in the money Redis (ledger_trim needs it)."
+  type = object({
+    name = string
+    key  = optional(string, "dsn")
+  })
+  default = null
+
+  validation {
+    condition     = var.ledger_dsn_secret == null || can(regex("^[a-z0-9]([-.a-z0-9]{0,251}[a-z0-9])?$", var.ledger_dsn_secret.name))
+    error_message = "ledger_dsn_secret.name must be a Secret name (DNS-1123 subdomain)."
+  }
+  validation {
+    condition     = var.ledger_dsn_secret == null || can(regex("^[-._a-zA-Z0-9]{1,253}$", var.ledger_dsn_secret.key))
+    error_message = "ledger_dsn_secret.key must be a Secret key: letters, digits, '-', '_' and '.'."
+  }
+}
+
+# --- ledger --------------------------------------------------------------------------------------------------
+variable "ledger_trim" {
+  description = "The CronJob deleting from the ledger streams in the money Redis (noeviction) the entries older than ROUTER_LEDGER_RETENTION_DAYS that the SQL sink copied into PostgreSQL (`python -m services.router.ledger trim --copied-only`). It runs only with ledger_dsn_secret and a money Redis; without it (or enabled = false) nothing trims the streams, and the money Redis fills and then refuses every request: schedule `trim --out FILE` yourself."
+  type = object({
+    enabled  = optional(bool, true)
+    schedule = optional(string, "17 3 * * *") # daily at 03:17
+  })
+  default  = {}
+  nullable = false
+
+  validation {
+    condition     = can(regex("^[-*/,0-9A-Za-z?]+( [-*/,0-9A-Za-z?]+){4}$", var.ledger_trim.schedule))
+    error_message = "ledger_trim.schedule must be a cron schedule of five fields, e.g. \"17 3 * * *\"."
+  }
 }
 
 # --- exposure and operations ---------------------------------------------------------------------------------

