@@ -78,10 +78,12 @@ spec["groups"] = [g for g in spec["groups"] if g["name"] not in sys.argv[3:]]
 yaml.safe_dump(spec, open(sys.argv[2], "w"), sort_keys=False)
 PY
 }
-# The unit tests run on the rules as rendered for release "llm" in namespace "prod", minus the recorded thresholds
-# (the tests give those as input series); rules_test.yaml reads .tools/render/rules/scoped-rules.yaml.
+# The unit tests run on the rules as rendered for release "llm" in namespace "prod", with the ledger in PostgreSQL
+# (so the ledger-trim CronJob and its alert are rendered), minus the recorded thresholds (the tests give those as
+# input series); rules_test.yaml reads .tools/render/rules/scoped-rules.yaml.
 scoped_rules() {
-  helm template llm "$CHART" --namespace prod "${MONITORING_APIS[@]}" >"$RENDER/rules/prod.yaml" &&
+  helm template llm "$CHART" --namespace prod "${MONITORING_APIS[@]}" \
+    --set router.ledgerDsnSecret.name=llm-ledger --set router.ledgerDsnSecret.key=dsn >"$RENDER/rules/prod.yaml" &&
     extract_rules "$RENDER/rules/prod.yaml" "$RENDER/rules/scoped-rules.yaml" llmrouter.parameters
 }
 step "extract the rendered PrometheusRule" extract_rules "$RENDER/manifests/default.yaml" "$RENDER/rules/rendered-rules.yaml"

@@ -22,6 +22,13 @@ RECORDED = {r["record"] for g in RULES["groups"] for r in g["rules"] if "record"
 CHART_RECORDED = set(re.findall(r"record: (\S+)", (CHART / "templates" / "prometheusrule.yaml").read_text()))
 # Prometheus' own series that the rules may use.
 BUILTIN = {"up", "ALERTS"}
+# kube-state-metrics' series (the ledger-trim CronJob's) that the rules may use, with their labels: they are the
+# CronJob's, scoped by its namespace and name, never by `release` (theirs is the scraping Prometheus', if any).
+KUBE_STATE_METRICS = {
+    "kube_cronjob_status_last_schedule_time": {"namespace", "cronjob"},
+    "kube_cronjob_status_last_successful_time": {"namespace", "cronjob"},
+}
+KUBE_SCOPE = 'namespace="$NAMESPACE",cronjob="$LEDGER_TRIM_CRONJOB"'
 # Labels every scraped series carries besides its own: the ServiceMonitor's target labels.
 TARGET_LABELS = {"namespace", "release", "job", "instance"}
 SCOPE = 'namespace="$NAMESPACE",release="$RELEASE"'
@@ -54,7 +61,7 @@ def check_names(expr: str, where: str) -> None:
     for name in series_names(expr):
         if ":" in name:
             assert name in RECORDED | CHART_RECORDED, f"{where}: recording rule {name} is recorded nowhere"
-        elif name not in BUILTIN:
+        elif name not in BUILTIN | KUBE_STATE_METRICS.keys():
             assert conventions_name(name) in documented_metrics(), f"{where}: {name} is not in docs/conventions.md"
 
 
@@ -65,6 +72,9 @@ def check_labels(expr: str, where: str) -> None:
         allowed = documented_metrics()[metric] | TARGET_LABELS | ({"le"} if name.endswith("_bucket") else set())
         for label in re.findall(r"([a-z_]+)\s*(?:=~|!~|!=|=)", matchers):
             assert label in allowed, f"{where}: {metric} has no label {label!r} (conventions: {sorted(allowed)})"
+    for name, matchers in re.findall(r"(kube_[a-z0-9_]+)\{([^}]*)\}", expr):
+        for label in re.findall(r"([a-z_]+)\s*(?:=~|!~|!=|=)", matchers):
+            assert label in KUBE_STATE_METRICS[name], f"{where}: {name} has no label {label!r}"
 
 
 def test_conventions_parse() -> None:
@@ -142,7 +152,24 @@ def test_every_selector_is_scoped_to_one_release(rule: dict) -> None:
     assert selectors
     assert not [n for n in bare if n not in {s for s, _ in selectors}], f"unscoped series in {rule['expr']}"
     for name, matchers in selectors:
-        assert matchers.startswith(SCOPE) or SCOPE in matchers, f"{name}{{{matchers}}} is not scoped"
+        scope = KUBE_SCOPE if name in KUBE_STATE_METRICS else SCOPE
+        assert matchers.startswith(scope) or scope in matchers, f"{name}{{{matchers}}} is not scoped"
+
+
+@pytest.mark.parametrize("rule", [r for r in ALERTS if "kube_" in r["expr"]], ids=lambda r: r["alert"])
+def test_kube_state_metrics_alerts_state_the_release(rule: dict) -> None:
+    """kube-state-metrics' series carry no `release` of this release: the alert states it, as every alert
+    carries `namespace` and `release`."""
+    assert rule["labels"]["release"] == "$RELEASE"
+    assert re.match(r"max by \(namespace, cronjob\)", rule["expr"])
+
+
+def test_ledger_trim_alerts_in_their_own_group() -> None:
+    """The chart renders the group llmrouter.ledger only with the ledger-trim CronJob: no other group names it."""
+    groups = {g["name"]: g for g in RULES["groups"]}
+    assert [r["alert"] for r in groups["llmrouter.ledger"]["rules"]] == ["LLMRouterLedgerTrimFailing"]
+    others = [g for name, g in groups.items() if name != "llmrouter.ledger"]
+    assert "$LEDGER_TRIM_CRONJOB" not in json.dumps(others)
 
 
 @pytest.mark.parametrize("svc", ["edge", "router", "classifier", "providers"])

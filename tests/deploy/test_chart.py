@@ -249,12 +249,17 @@ def test_service_monitor_scrapes_the_jobs_the_alerts_use(docs: list[dict]) -> No
     assert all(s["metadata"]["labels"]["app.kubernetes.io/instance"] == "llm" for s in selected)
 
 
-def test_prometheus_rule_carries_the_file_scoped_and_the_thresholds(docs: list[dict]) -> None:
+def _rule_groups(docs: list[dict]) -> dict[str, dict]:
     (rule,) = by_kind(docs, "PrometheusRule").values()
-    groups = {g["name"]: g for g in rule["spec"]["groups"]}
+    return {g["name"]: g for g in rule["spec"]["groups"]}
+
+
+def test_prometheus_rule_carries_the_file_scoped_and_the_thresholds() -> None:
+    groups = _rule_groups(render(*LEDGER_DSN))  # with the ledger-trim CronJob, so with its alerts
     monitoring = VALUES["monitoring"]["prometheusRule"]
     text = (CHART / "files" / "prometheus-rules.yaml").read_text()
     scope = {"$NAMESPACE": "llm", "$RELEASE": "llm", "$RUNBOOK_BASE": monitoring["runbookBaseUrl"]}
+    scope["$LEDGER_TRIM_CRONJOB"] = name("ledger-trim")
     for placeholder, value in scope.items():
         text = text.replace(placeholder, value)
     for group in yaml.safe_load(text)["groups"]:
@@ -721,6 +726,22 @@ def test_the_ledger_is_trimmed_daily_where_the_sql_sink_keeps_it() -> None:
     production_egress = _egress_ports(by_kind(production, "NetworkPolicy")[name("ledger-trim")])
     assert production_egress[6380] == [{"ipBlock": {"cidr": "10.20.0.0/24"}}]
     assert "nothing trims the ledger" not in _notes(*LEDGER_DSN, "--set", "edge.allowAnonymous=true")
+
+
+def test_the_ledger_trim_alert_is_rendered_with_its_cronjob_only(docs: list[dict]) -> None:
+    """LLMRouterLedgerTrimFailing watches the CronJob the chart renders, by its name; without the CronJob it
+    would watch nothing (and a trim the operator schedules is theirs to watch)."""
+    docs_with = render(*LEDGER_DSN)
+    (cron,) = by_kind(docs_with, "CronJob")
+    (alert,) = _rule_groups(docs_with)["llmrouter.ledger"]["rules"]
+    assert alert["alert"] == "LLMRouterLedgerTrimFailing"
+    assert f'{{namespace="llm",cronjob="{cron}"}}' in alert["expr"]
+    assert alert["labels"]["release"] == "llm"
+    off = render(*LEDGER_DSN, "--set", "router.ledgerTrim.enabled=false")
+    for without in (docs, off):
+        assert by_kind(without, "CronJob") == {}
+        assert "llmrouter.ledger" not in _rule_groups(without)
+        assert "llmrouter.alerts" in _rule_groups(without)
 
 
 @pytest.mark.parametrize(

@@ -15,10 +15,14 @@ from .support import CHART, ROOT, by_kind, render, tool
 TESTS = ROOT / "deploy" / "prometheus" / "rules_test.yaml"
 
 
+# The SQL ledger in PostgreSQL: the ledger-trim CronJob, and so its alert, are rendered.
+LEDGER_DSN = ("--set", "router.ledgerDsnSecret.name=llm-ledger", "--set", "router.ledgerDsnSecret.key=dsn")
+
+
 def scoped_rules() -> dict:
-    """The rules as the chart renders them for release "llm" in namespace "prod" (what rules_test.yaml is
-    written for), minus the recorded thresholds, which the tests give as input series."""
-    (rule,) = by_kind(render(namespace="prod"), "PrometheusRule").values()
+    """The rules as the chart renders them for release "llm" in namespace "prod" with the ledger in PostgreSQL
+    (what rules_test.yaml is written for), minus the recorded thresholds, which the tests give as input series."""
+    (rule,) = by_kind(render(*LEDGER_DSN, namespace="prod"), "PrometheusRule").values()
     spec = rule["spec"]
     spec["groups"] = [g for g in spec["groups"] if g["name"] != "llmrouter.parameters"]
     return spec
@@ -55,6 +59,8 @@ def test_rules_pass_their_tests(tmp_path: Path) -> None:
         ("LLMRouterCircuitBreakerOpen", "expr", "[5m]", "[1m]"),  # a slow failing probe hides a flapping outage
         ("LLMRouterBudgetRejectionsSpike", "expr", "or 0 *", "and 0 *"),  # nothing served: 100% refused is missed
         ("LLMRouterMoneyStoreUnreachable", "expr", ',store="money"', ""),  # the cache store taken for the money's
+        ("LLMRouterLedgerTrimFailing", "for", "70m", "30m"),  # a run still in progress taken for a failure
+        ("LLMRouterLedgerTrimFailing", "expr", "or (", "and ("),  # a first run that fails is missed
     ],
 )
 def test_a_broken_alert_fails_its_tests(tmp_path: Path, alert: str, field: str, before: str, after: str) -> None:
