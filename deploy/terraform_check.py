@@ -66,7 +66,7 @@ GOOD: dict[str, dict | Path] = {
         "hourly_budget_usd": 12.5,
         "edge_p99_slo_seconds": 30,
         "ledger_dsn_secret": {"name": "llm-prod-ledger", "key": "postgres-dsn"},
-        "ledger_trim": {"schedule": "0 4 * * *"},
+        "ledger_trim": {"schedule": "0 4 * * *", "time_zone": "Europe/Paris"},
     },
     "ledger-trim-off": {"ledger_dsn_secret": {"name": "llm-ledger"}, "ledger_trim": {"enabled": False}},
 }
@@ -77,14 +77,14 @@ EXPECTED: dict[str, dict] = {
     "defaults": {
         "router": {
             "ledgerDsnSecret": {"name": "", "key": ""},
-            "ledgerTrim": {k: CHART_DEFAULTS["router"]["ledgerTrim"][k] for k in ("enabled", "schedule")},
+            "ledgerTrim": {k: CHART_DEFAULTS["router"]["ledgerTrim"][k] for k in ("enabled", "schedule", "timeZone")},
         }
     },
     "example": {"router": {"ledgerDsnSecret": {"name": "llm-ledger", "key": "dsn"}}},
     "full": {
         "router": {
             "ledgerDsnSecret": {"name": "llm-prod-ledger", "key": "postgres-dsn"},
-            "ledgerTrim": {"enabled": True, "schedule": "0 4 * * *"},
+            "ledgerTrim": {"enabled": True, "schedule": "0 4 * * *", "timeZone": "Europe/Paris"},
             "autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 6},
         }
     },
@@ -113,6 +113,8 @@ BAD: list[tuple[dict, str]] = [
     ({"ledger_dsn_secret": {"name": "llm-ledger", "key": "dsn url"}}, "ledger_dsn_secret.key must be a Secret key"),
     ({"ledger_trim": {"schedule": "daily"}}, "ledger_trim.schedule must be a cron schedule"),
     ({"ledger_trim": {"schedule": "17 3 * *"}}, "ledger_trim.schedule must be a cron schedule"),
+    ({"ledger_trim": {"time_zone": "Local"}}, "ledger_trim.time_zone must be an IANA time zone name"),
+    ({"ledger_trim": {"time_zone": "Europe/../Paris"}}, "ledger_trim.time_zone must be an IANA time zone name"),
 ]
 
 OUTPUTS = """

@@ -16,7 +16,7 @@ locals {
     }
     router = {
       ledgerDsnSecret = coalesce(var.ledger_dsn_secret, { name = "", key = "" })
-      ledgerTrim      = { enabled = var.ledger_trim.enabled, schedule = var.ledger_trim.schedule }
+      ledgerTrim      = { enabled = var.ledger_trim.enabled, schedule = var.ledger_trim.schedule, timeZone = var.ledger_trim.time_zone }
     }
     fullnameOverride = var.release_name
     redis = {

@@ -338,6 +338,10 @@ def test_a_shared_router_without_redis_is_refused() -> None:
         ("redis.cache.maxmemory=lots", "/redis/cache/maxmemory"),
         ("redis.batches.maxmemory=lots", "/redis/batches/maxmemory"),
         ("edge.batchRedis=elsewhere", "/edge/batchRedis"),
+        ("router.ledgerTrim.timeZone=Local", "/router/ledgerTrim/timeZone"),  # the controller's: what it replaces
+        ("router.ledgerTrim.timeZone=Europe Paris", "/router/ledgerTrim/timeZone"),
+        ("router.ledgerTrim.timeZone=", "/router/ledgerTrim/timeZone"),
+        ("router.ledgerTrim.schedule=CRON_TZ=Europe/Paris 17 3 * * *", "/router/ledgerTrim/schedule"),
     ],
 )
 def test_values_schema_refuses_mistakes(setting: str, complaint: str) -> None:
@@ -683,6 +687,7 @@ def test_the_ledger_is_trimmed_daily_where_the_sql_sink_keeps_it() -> None:
     docs = render(*LEDGER_DSN, "--set-string", "router.env.ROUTER_LEDGER_RETENTION_DAYS=30")
     (cron,) = by_kind(docs, "CronJob").values()
     assert cron["spec"]["schedule"] == "17 3 * * *" and cron["spec"]["concurrencyPolicy"] == "Forbid"
+    assert cron["spec"]["timeZone"] == "Etc/UTC"  # not the controller manager's zone, whatever it is
     pod = _trim_pod(docs)
     router = by_kind(docs, "Deployment")[name("router")]["spec"]["template"]["spec"]
     (trim,) = pod["containers"]
@@ -726,6 +731,12 @@ def test_the_ledger_is_trimmed_daily_where_the_sql_sink_keeps_it() -> None:
     production_egress = _egress_ports(by_kind(production, "NetworkPolicy")[name("ledger-trim")])
     assert production_egress[6380] == [{"ipBlock": {"cidr": "10.20.0.0/24"}}]
     assert "nothing trims the ledger" not in _notes(*LEDGER_DSN, "--set", "edge.allowAnonymous=true")
+
+
+def test_the_ledger_trim_runs_in_the_time_zone_given() -> None:
+    zone = ("--set", "router.ledgerTrim.timeZone=America/Argentina/Buenos_Aires")
+    (cron,) = by_kind(render(*LEDGER_DSN, *zone, "--set", "router.ledgerTrim.schedule=0 4 * * *"), "CronJob").values()
+    assert (cron["spec"]["schedule"], cron["spec"]["timeZone"]) == ("0 4 * * *", "America/Argentina/Buenos_Aires")
 
 
 def test_the_ledger_trim_alert_is_rendered_with_its_cronjob_only(docs: list[dict]) -> None:

@@ -40,16 +40,20 @@ def router_env(docs: list[dict]) -> dict:
 def test_the_sql_ledger_and_its_trim_reach_the_chart(tmp_path: Path) -> None:
     """ledger_dsn_secret gives the router its PostgreSQL DSN and, with it, the daily trim CronJob (on the
     schedule given); without it the chart warns that nothing trims the ledger."""
-    variables = {"ledger_dsn_secret": {"name": "llm-ledger"}, "ledger_trim": {"schedule": "0 4 * * *"}}
+    trim = {"schedule": "0 4 * * *", "time_zone": "Europe/Paris"}
+    variables = {"ledger_dsn_secret": {"name": "llm-ledger"}, "ledger_trim": trim}
     docs = render("-f", str(module_values(tmp_path, variables)))
     assert router_env(docs)["ROUTER_LEDGER_SQL_DSN"] == {"secretKeyRef": {"name": "llm-ledger", "key": "dsn"}}
     (cron,) = by_kind(docs, "CronJob").values()
     assert cron["metadata"]["name"] == "llm-cost-router-ledger-trim"
-    assert cron["spec"]["schedule"] == "0 4 * * *"
+    assert (cron["spec"]["schedule"], cron["spec"]["timeZone"]) == ("0 4 * * *", "Europe/Paris")
 
     defaults = render("-f", str(module_values(tmp_path, {})))
     assert "ROUTER_LEDGER_SQL_DSN" not in router_env(defaults)
     assert by_kind(defaults, "CronJob") == {}
+    dsn_only = render("-f", str(module_values(tmp_path, {"ledger_dsn_secret": {"name": "llm-ledger"}})))
+    (cron,) = by_kind(dsn_only, "CronJob").values()
+    assert (cron["spec"]["schedule"], cron["spec"]["timeZone"]) == ("17 3 * * *", "Etc/UTC")  # the chart's
 
 
 def test_the_trim_can_be_turned_off(tmp_path: Path) -> None:
