@@ -342,6 +342,9 @@ def test_a_shared_router_without_redis_is_refused() -> None:
         ("router.ledgerTrim.timeZone=Europe Paris", "/router/ledgerTrim/timeZone"),
         ("router.ledgerTrim.timeZone=", "/router/ledgerTrim/timeZone"),
         ("router.ledgerTrim.schedule=CRON_TZ=Europe/Paris 17 3 * * *", "/router/ledgerTrim/schedule"),
+        # A secretKeyRef needs both (Kubernetes refuses an empty key): a name without its key, a key without its name.
+        ("router.ledgerDsnSecret.name=llm-ledger", "/router/ledgerDsnSecret/key"),
+        ("router.ledgerDsnSecret.key=dsn", "/router/ledgerDsnSecret/name"),
     ],
 )
 def test_values_schema_refuses_mistakes(setting: str, complaint: str) -> None:
