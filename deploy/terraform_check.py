@@ -69,6 +69,7 @@ GOOD: dict[str, dict | Path] = {
         "ledger_trim": {"schedule": "0 4 * * *", "time_zone": "Europe/Paris"},
     },
     "ledger-trim-off": {"ledger_dsn_secret": {"name": "llm-ledger"}, "ledger_trim": {"enabled": False}},
+    "ledger-trim-macro": {"ledger_dsn_secret": {"name": "llm-ledger"}, "ledger_trim": {"schedule": "@daily"}},
 }
 
 # What some of the values must hold (a subset): the module's inputs reach the chart under the chart's names.
@@ -91,6 +92,7 @@ EXPECTED: dict[str, dict] = {
     "ledger-trim-off": {
         "router": {"ledgerDsnSecret": {"name": "llm-ledger", "key": "dsn"}, "ledgerTrim": {"enabled": False}}
     },
+    "ledger-trim-macro": {"router": {"ledgerTrim": {"enabled": True, "schedule": "@daily"}}},
 }
 
 # Inputs the module must refuse: (variables, a phrase of the expected error message).
@@ -113,6 +115,8 @@ BAD: list[tuple[dict, str]] = [
     ({"ledger_dsn_secret": {"name": "llm-ledger", "key": "dsn url"}}, "ledger_dsn_secret.key must be a Secret key"),
     ({"ledger_trim": {"schedule": "daily"}}, "ledger_trim.schedule must be a cron schedule"),
     ({"ledger_trim": {"schedule": "17 3 * *"}}, "ledger_trim.schedule must be a cron schedule"),
+    ({"ledger_trim": {"schedule": "@fortnightly"}}, "ledger_trim.schedule must be a cron schedule"),
+    ({"ledger_trim": {"schedule": "@daily 3"}}, "ledger_trim.schedule must be a cron schedule"),
     ({"ledger_trim": {"time_zone": "Local"}}, "ledger_trim.time_zone must be an IANA time zone name"),
     ({"ledger_trim": {"time_zone": "Europe/../Paris"}}, "ledger_trim.time_zone must be an IANA time zone name"),
 ]

@@ -157,15 +157,15 @@ variable "ledger_trim" {
   description = "The CronJob deleting from the ledger streams in the money Redis (noeviction) the entries older than ROUTER_LEDGER_RETENTION_DAYS that the SQL sink copied into PostgreSQL (`python -m services.router.ledger trim --copied-only`). It runs only with ledger_dsn_secret and a money Redis; without it (or enabled = false) nothing trims the streams, and the money Redis fills and then refuses every request: schedule `trim --out FILE` yourself."
   type = object({
     enabled   = optional(bool, true)
-    schedule  = optional(string, "17 3 * * *") # daily at 03:17, in time_zone
+    schedule  = optional(string, "17 3 * * *") # daily at 03:17, in time_zone; or a macro such as @daily
     time_zone = optional(string, "Etc/UTC")    # an IANA name (the CronJob's spec.timeZone)
   })
   default  = {}
   nullable = false
 
   validation {
-    condition     = can(regex("^[-*/,0-9A-Za-z?]+( [-*/,0-9A-Za-z?]+){4}$", var.ledger_trim.schedule))
-    error_message = "ledger_trim.schedule must be a cron schedule of five fields, e.g. \"17 3 * * *\"."
+    condition     = can(regex("^([-*/,0-9A-Za-z?]+( +[-*/,0-9A-Za-z?]+){4}|@(yearly|annually|monthly|weekly|daily|midnight|hourly))$", var.ledger_trim.schedule))
+    error_message = "ledger_trim.schedule must be a cron schedule of five fields, e.g. \"17 3 * * *\", or one of Kubernetes' macros: @yearly, @annually, @monthly, @weekly, @daily, @midnight, @hourly."
   }
   validation {
     condition     = can(regex("^[A-Za-z][A-Za-z0-9_+-]{0,13}(/[A-Za-z][A-Za-z0-9_+-]{0,13})*$", var.ledger_trim.time_zone)) && lower(var.ledger_trim.time_zone) != "local"

@@ -342,6 +342,9 @@ def test_a_shared_router_without_redis_is_refused() -> None:
         ("router.ledgerTrim.timeZone=Europe Paris", "/router/ledgerTrim/timeZone"),
         ("router.ledgerTrim.timeZone=", "/router/ledgerTrim/timeZone"),
         ("router.ledgerTrim.schedule=CRON_TZ=Europe/Paris 17 3 * * *", "/router/ledgerTrim/schedule"),
+        ("router.ledgerTrim.schedule=@fortnightly", "/router/ledgerTrim/schedule"),  # no such macro
+        ("router.ledgerTrim.schedule=17 3 * * * *", "/router/ledgerTrim/schedule"),  # six fields: seconds
+        ("router.ledgerTrim.schedule=daily", "/router/ledgerTrim/schedule"),
         # A secretKeyRef needs both (Kubernetes refuses an empty key): a name without its key, a key without its name.
         ("router.ledgerDsnSecret.name=llm-ledger", "/router/ledgerDsnSecret/key"),
         ("router.ledgerDsnSecret.key=dsn", "/router/ledgerDsnSecret/name"),
@@ -740,6 +743,15 @@ def test_the_ledger_trim_runs_in_the_time_zone_given() -> None:
     zone = ("--set", "router.ledgerTrim.timeZone=America/Argentina/Buenos_Aires")
     (cron,) = by_kind(render(*LEDGER_DSN, *zone, "--set", "router.ledgerTrim.schedule=0 4 * * *"), "CronJob").values()
     assert (cron["spec"]["schedule"], cron["spec"]["timeZone"]) == ("0 4 * * *", "America/Argentina/Buenos_Aires")
+
+
+@pytest.mark.parametrize(
+    "schedule", ["@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly", "*/30 2-4 * * 1-5"]
+)
+def test_the_ledger_trim_takes_the_schedules_kubernetes_takes(schedule: str) -> None:
+    """Five fields, or one of the macros Kubernetes' CronJob accepts (robfig/cron's descriptors but @every)."""
+    (cron,) = by_kind(render(*LEDGER_DSN, "--set", f"router.ledgerTrim.schedule={schedule}"), "CronJob").values()
+    assert cron["spec"]["schedule"] == schedule
 
 
 def test_the_ledger_trim_alert_is_rendered_with_its_cronjob_only(docs: list[dict]) -> None:

@@ -61,3 +61,10 @@ def test_the_trim_can_be_turned_off(tmp_path: Path) -> None:
     docs = render("-f", str(module_values(tmp_path, variables)))
     assert router_env(docs)["ROUTER_LEDGER_SQL_DSN"] == {"secretKeyRef": {"name": "llm-ledger", "key": "url"}}
     assert by_kind(docs, "CronJob") == {}
+
+
+def test_the_trim_takes_a_kubernetes_macro(tmp_path: Path) -> None:
+    """@daily, @hourly... are schedules Kubernetes takes: the module's validation and the chart's schema too."""
+    variables = {"ledger_dsn_secret": {"name": "llm-ledger"}, "ledger_trim": {"schedule": "@hourly"}}
+    (cron,) = by_kind(render("-f", str(module_values(tmp_path, variables))), "CronJob").values()
+    assert cron["spec"]["schedule"] == "@hourly"
