@@ -14,6 +14,7 @@ What runs instead, all real Terraform:
 
 Usage: python deploy/terraform_check.py OUT_DIR      (exit 1 on any failure)
        python deploy/terraform_check.py --values JSON   (the chart values the module gives for these variables)
+       python deploy/terraform_check.py --load DIR      (step 2 alone, on the module or example in DIR)
 """
 
 from __future__ import annotations
@@ -121,6 +122,11 @@ BAD: list[tuple[dict, str]] = [
     ({"ledger_trim": {"time_zone": "Europe/../Paris"}}, "ledger_trim.time_zone must be an IANA time zone name"),
 ]
 
+# What each example passes to the root module, so that its install is one to run: the edge's keys, and the SQL
+# ledger in PostgreSQL with its trim (the module's defaults leave the ledger in each router pod's SQLite, lost with
+# the pod, and nothing trims the ledger streams: the money Redis fills).
+EXAMPLE_INPUTS = ("edge_keys_secret", "ledger_dsn_secret", "ledger_trim")
+
 OUTPUTS = """
 output "values_yaml" {
   value = yamlencode(local.chart_values)
@@ -177,7 +183,7 @@ def check_whole_module(source: Path, work: Path) -> list[str]:
         config, diagnostics = TerraformConfig.load_config_dir(str(work))
     except Exception as exc:  # the loader's own error: the module does not load
         return [f"terraform cannot load {source.name}: {exc}"]
-    where = source.relative_to(ROOT)
+    where = source.relative_to(ROOT) if source.is_relative_to(ROOT) else source
     problems = [f"{where}: terraform load: {diagnostics}"] if diagnostics else []
     if not config.get("Backend"):
         problems.append(f"{where}: no backend: state would stay on the machine that applied")
@@ -196,6 +202,13 @@ def check_whole_module(source: Path, work: Path) -> list[str]:
         problems += [f"{where}/{name}: {r} is not a resource of the module" for r in managed - resources]
         read = {f"data.{t}.{n}" for t, n in re.findall(r"\bdata\.(\w+)\.(\w+)", code)}
         problems += [f"{where}/{name}: {r} is not a data source of the module" for r in read - data]
+    calls = [
+        c for text in sources.values() for c in re.findall(r'^module "(\w+)" {\s*source\s*=\s*"([^"]+)"', text, re.M)
+    ]
+    for call, path in calls:
+        if (source / path).resolve() == MODULE:
+            passed = set((config.get("ModuleCalls") or {})[call]["Config"]["Attributes"])
+            problems += [f"{where}: module.{call} does not pass {v}" for v in EXAMPLE_INPUTS if v not in passed]
     return problems
 
 
@@ -313,4 +326,9 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["--values"]:  # --values JSON: print the chart values for these variables
         print(chart_values(json.loads(sys.argv[2])), end="")
         sys.exit(0)
+    if sys.argv[1:2] == ["--load"]:  # --load DIR: load one module or example, print its problems
+        with tempfile.TemporaryDirectory(prefix="tfcheck-module-") as tmp:
+            found = check_whole_module(Path(sys.argv[2]).resolve(), Path(tmp))
+        print("\n".join(found))
+        sys.exit(1 if found else 0)
     sys.exit(main(Path(sys.argv[1] if len(sys.argv) > 1 else ROOT / ".tools" / "render")))

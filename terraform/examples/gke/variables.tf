@@ -49,3 +49,23 @@ variable "edge_keys_secret" {
   type        = string
   default     = "llm-edge-keys"
 }
+
+variable "ledger_dsn_secret" {
+  description = "Existing Secret with the SQL ledger's PostgreSQL DSN, password included (created before the release; see the root module): {name, key}. null keeps each router pod's part of the ledger in SQLite, lost with the pod, and nothing trims the ledger streams."
+  type = object({
+    name = string
+    key  = optional(string, "dsn")
+  })
+  default = { name = "llm-ledger" }
+}
+
+variable "ledger_trim" {
+  description = "The daily CronJob trimming the ledger streams in the money Redis of what the SQL sink copied: {enabled, schedule, time_zone} (see the root module); it runs with ledger_dsn_secret."
+  type = object({
+    enabled   = optional(bool, true)
+    schedule  = optional(string, "17 3 * * *")
+    time_zone = optional(string, "Etc/UTC")
+  })
+  default  = {}
+  nullable = false
+}
