@@ -348,6 +348,8 @@ def test_a_shared_router_without_redis_is_refused() -> None:
         # A secretKeyRef needs both (Kubernetes refuses an empty key): a name without its key, a key without its name.
         ("router.ledgerDsnSecret.name=llm-ledger", "/router/ledgerDsnSecret/key"),
         ("router.ledgerDsnSecret.key=dsn", "/router/ledgerDsnSecret/name"),
+        ("redis.money.urlSecret.name=money-redis", "/redis/money/urlSecret/key"),
+        ("redis.cache.urlSecret.key=url", "/redis/cache/urlSecret/name"),
     ],
 )
 def test_values_schema_refuses_mistakes(setting: str, complaint: str) -> None:
