@@ -39,7 +39,7 @@ def anthropic_registry(base_url: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def stack(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Stack]:
+async def stack(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Stack[FakeAnthropic]]:
     monkeypatch.setenv("ANTHROPIC_KEY", "sk-ant-batches")
     with FakeAnthropic() as upstream:
         upstream.api_key = "sk-ant-batches"
@@ -56,7 +56,7 @@ def prompt(params: dict[str, Any]) -> str:
 
 
 async def test_lines_of_a_batch_priced_anthropic_model_go_through_message_batches_at_the_batch_price(
-    stack: Stack,
+    stack: Stack[FakeAnthropic],
 ) -> None:
     upstream: FakeAnthropic = stack.upstream
     bodies = [(BATCHED if i % 3 else REALTIME, f"line {i}") for i in range(9)]
@@ -91,7 +91,7 @@ async def test_lines_of_a_batch_priced_anthropic_model_go_through_message_batche
     assert spend == sum(to_pico(c) for c in costs.values()) and held == 0 and not pending
 
 
-async def test_errored_expired_and_canceled_lines_are_released_not_charged(stack: Stack) -> None:
+async def test_errored_expired_and_canceled_lines_are_released_not_charged(stack: Stack[FakeAnthropic]) -> None:
     upstream: FakeAnthropic = stack.upstream
     fates = {"EXPIRE": "expire", "REFUSE": "error", "CANCEL": "cancel"}
     upstream.batches.fate = lambda params: next((fate for cue, fate in fates.items() if cue in prompt(params)), "ok")
@@ -111,7 +111,9 @@ async def test_errored_expired_and_canceled_lines_are_released_not_charged(stack
     assert spend == sum(to_pico(c) for c in costs.values()) and held == 0 and not pending
 
 
-async def test_usage_anthropic_reports_that_is_no_count_is_never_charged_beyond_the_hold(stack: Stack) -> None:
+async def test_usage_anthropic_reports_that_is_no_count_is_never_charged_beyond_the_hold(
+    stack: Stack[FakeAnthropic],
+) -> None:
     upstream: FakeAnthropic = stack.upstream
     usages: dict[str, dict[str, Any]] = {
         "NEGATIVE": {"input_tokens": -5_000_000, "output_tokens": -1_000},
@@ -147,7 +149,9 @@ async def test_usage_anthropic_reports_that_is_no_count_is_never_charged_beyond_
     assert {ledger[i]["outcome"] for i in costs_of(output)} == {"ok"} and charged.items() >= costs_of(output).items()
 
 
-async def test_a_message_batch_whose_creation_outcome_is_unknown_is_held_never_run_realtime(stack: Stack) -> None:
+async def test_a_message_batch_whose_creation_outcome_is_unknown_is_held_never_run_realtime(
+    stack: Stack[FakeAnthropic],
+) -> None:
     upstream: FakeAnthropic = stack.upstream
     upstream.enqueue(Fault.reset())  # the creation's reply is lost: the batch may run
     batch, output, errors = await run_to_end(stack, [(BATCHED, f"line {i}") for i in range(3)])

@@ -7,6 +7,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -50,7 +51,7 @@ class Secured:
     tmp: Path
 
 
-def ask(**fields: object) -> router_pb2.CompleteRequest:
+def ask(**fields: Any) -> router_pb2.CompleteRequest:
     message = common_pb2.ChatMessage(role="user", content="What is 2 + 2?")
     return router_pb2.CompleteRequest(messages=[message], model="cheap-model", request_id=uuid.uuid4().hex, **fields)
 
@@ -102,7 +103,7 @@ async def secured(tmp_path_factory: pytest.TempPathFactory, session_redis_url: s
 
 async def spend_by_tenant(redis_url: str) -> dict[str, int]:
     """Tenant spend counters and ledger records, by tenant (both must agree on who paid)."""
-    client_ = redis.from_url(redis_url)
+    client_: Any = redis.from_url(redis_url)
     try:
         spend: dict[str, int] = {}
         async for key in client_.scan_iter("*:t:*:spend:*"):
@@ -190,10 +191,10 @@ async def test_health_and_reflection_answer_any_tls_caller_and_probes_in_plainte
     """Health checking and reflection need no identity (a certificate still opens the TLS connection); a
     health port serves kubelet's plaintext probes and nothing else."""
     async with open_channel(secured.router_addr, client(secured.certs["mallory"])) as channel:
-        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)  # type: ignore[attr-defined]  # stubs list no methods
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
         listing = reflection_pb2.ServerReflectionRequest(list_services="")
-        stream = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(iter([listing]), timeout=5)
+        stream = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(iter([listing]), timeout=5)  # type: ignore[arg-type, operator]  # stubs: sync channels, no methods
         (answer,) = [a async for a in stream]
         assert "llmrouter.v1.Router" in {s.name for s in answer.list_services_response.service}
     settings = RouterSettings(
@@ -207,7 +208,7 @@ async def test_health_and_reflection_answer_any_tls_caller_and_probes_in_plainte
     running = await start_server("router", settings, *await router.build(settings))
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{settings.health_port}") as channel:
-            reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)  # type: ignore[attr-defined]  # stubs list no methods
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await router_pb2_grpc.RouterStub(channel).Complete(ask(tenant="acme"), timeout=5)

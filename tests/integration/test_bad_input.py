@@ -166,7 +166,7 @@ async def test_router_rejects_bad_requests_with_details(
 
 async def test_router_rejects_invalid_utf8(chain: Chain) -> None:
     async with grpc.aio.insecure_channel(chain.router_addr) as channel:
-        raw = channel.unary_unary("/llmrouter.v1.Router/Complete")
+        raw: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary("/llmrouter.v1.Router/Complete")
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await raw(b"\x0a\x06\x12\x04\xff\xfe\xfd\xfc", timeout=10)  # messages[0].content with bad UTF-8
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -43,10 +44,10 @@ async def test_a_creation_whose_request_is_cancelled_part_way_completes(
         grace_seconds=0,
     )
     server, serving, channel = await start_edge(settings)
-    admin = redis.Redis(port=store.port)
+    admin: Any = redis.Redis(port=store.port)
     client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.port}/v1", timeout=10)
     try:
-        upload = {"files": {"file": ("b.jsonl", small_file("cut", 2))}, "data": {"purpose": "batch"}}
+        upload: dict[str, Any] = {"files": {"file": ("b.jsonl", small_file("cut", 2))}, "data": {"purpose": "batch"}}
         input_id = (await client.post("/files", **upload)).json()["id"] if kind == "batch" else ""
         written, stalled = RedisStore.put, asyncio.Event()
 

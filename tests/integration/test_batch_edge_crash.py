@@ -18,6 +18,7 @@ import httpx
 import pytest
 import redis.asyncio as redis
 from openai import AsyncOpenAI
+from pydantic import SecretStr
 
 from services.batches.store import PREFIX
 from services.edge.keys import key_line
@@ -87,6 +88,7 @@ async def test_a_line_in_flight_when_the_edge_dies_is_not_reported_never_sent_af
         await reached_upstream(chain, seen)
         doomed.send_signal(signal.SIGKILL)
         doomed.wait()
+        assert batch.expires_at is not None
         await asyncio.sleep(max(0.0, batch.expires_at + 0.5 - time.time()))  # the window is over
         await db.delete(f"{PREFIX}lease:{batch.id}")  # the dead edge's lease lapses (30 s), sooner
         await client.close()
@@ -146,7 +148,7 @@ async def test_a_line_in_flight_when_the_router_dies_is_not_reported_never_sent_
     settings = EdgeSettings(
         port=free_port(),
         router_addr=f"127.0.0.1:{router_port}",
-        api_keys=key_line(tenant, key),
+        api_keys=SecretStr(key_line(tenant, key)),
         batch_redis_url=chain.redis_url,
         batch_concurrency=1,
         batch_window_s=WINDOW_S,
@@ -163,6 +165,7 @@ async def test_a_line_in_flight_when_the_router_dies_is_not_reported_never_sent_
         )
         await reached_upstream(chain, seen)
         doomed.kill()
+        assert batch.expires_at is not None
         await asyncio.sleep(max(0.0, batch.expires_at + 0.5 - time.time()))  # the window ends with no router
         revived = RouterProcess(chain, tmp_path, **env)
         await revived.ready()

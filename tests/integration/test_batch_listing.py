@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import redis.asyncio as redis
 from openai import AsyncOpenAI, BadRequestError, NotFoundError, RateLimitError
+from pydantic import SecretStr
 
 from services.batches.store import file_key, readers_key
 from services.edge.keys import key_line
@@ -55,7 +56,7 @@ async def running_edge(chain: Chain, in_redis: bool = True, **settings: Any) -> 
         EdgeSettings(
             port=free_port(),
             router_addr=chain.router_addr,
-            api_keys=",".join(key_line(f"{name}-{run}", key) for name, key in keys.items()),
+            api_keys=SecretStr(",".join(key_line(f"{name}-{run}", key) for name, key in keys.items())),
             batch_redis_url=chain.redis_url if in_redis else None,
             access_log="off",
             **settings,

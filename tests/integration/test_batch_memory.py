@@ -16,6 +16,7 @@ import httpx
 import pytest
 import redis.asyncio as redis
 from openai import AsyncOpenAI
+from pydantic import SecretStr
 
 from services.batches.store import RedisStore, file_key
 from services.edge.keys import key_line
@@ -45,7 +46,7 @@ async def edge_client(chain: Chain, **settings: Any) -> AsyncIterator[AsyncOpenA
     edge = EdgeSettings(
         port=free_port(),
         router_addr=chain.router_addr,
-        api_keys=key_line(tenant, key),
+        api_keys=SecretStr(key_line(tenant, key)),
         batch_redis_url=chain.redis_url,
         request_timeout_s=20,
         **settings,

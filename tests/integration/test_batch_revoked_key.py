@@ -105,6 +105,7 @@ async def test_a_revoked_keys_batch_past_its_window_is_ended_by_any_edge_sending
     try:
         batch = await created_where_no_line_goes_out(chain, tenant, old_key, window_s=1)
         await db.delete(f"{PREFIX}lease:{batch.id}")
+        assert batch.expires_at is not None
         await asyncio.sleep(max(0.0, batch.expires_at + 0.5 - time.time()))  # the window is over
         async with edge_keyed(chain, tenant, new_key) as new:
             ended = await finished(new, batch.id, timeout_s=20)
@@ -128,6 +129,7 @@ async def test_a_revoked_keys_line_in_doubt_is_not_sent_again_by_an_edge_ending_
         batch = await created_where_no_line_goes_out(chain, tenant, old_key, window_s=1)
         await db.delete(f"{PREFIX}lease:{batch.id}")
         await db.hset(sent_key(batch.id), "0", "sent")  # its first line sent, its edge gone before its result
+        assert batch.expires_at is not None
         await asyncio.sleep(max(0.0, batch.expires_at + 0.5 - time.time()))  # the window is over
         async with edge_keyed(chain, tenant, new_key) as new:
             ended = await finished(new, batch.id, timeout_s=20)

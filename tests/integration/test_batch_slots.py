@@ -9,6 +9,7 @@ from pathlib import Path
 
 import redis
 from openai import AsyncOpenAI
+from pydantic import SecretStr
 
 from services.batches.runner import FAILED_FIRST_S
 from services.edge.keys import key_line
@@ -29,7 +30,7 @@ async def test_a_line_slot_taken_when_the_batch_store_fails_is_given_back(chain:
     settings = EdgeSettings(
         port=free_port(),
         router_addr=chain.router_addr,
-        api_keys=key_line(tenant, key),
+        api_keys=SecretStr(key_line(tenant, key)),
         batch_redis_url=store.url,
         batch_concurrency=1,
         request_timeout_s=20,

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
@@ -227,7 +227,7 @@ async def test_one_tenant_holds_at_most_half_the_places() -> None:
         router_addr="127.0.0.1:1",
         access_log="off",
         metrics_port=0,
-        api_keys=f"{key_line('mallory', 'sk-m')},{key_line('alice', 'sk-a')}",
+        api_keys=SecretStr(f"{key_line('mallory', 'sk-m')},{key_line('alice', 'sk-a')}"),
         batch_max_concurrent_uploads=2,
         read_timeout_s=30,
     )

@@ -17,6 +17,7 @@ import grpc
 import pytest
 import redis.asyncio as redis
 from openai import AsyncOpenAI, BadRequestError, NotFoundError
+from pydantic import SecretStr
 
 from llmrouter.errors import ServiceError
 from llmrouter.server import RunningServer, start_server
@@ -47,7 +48,7 @@ async def batch_stack(chain: Chain) -> AsyncIterator[tuple[Chain, str, str, Edge
         port=free_port(),
         router_addr=f"127.0.0.1:{router_port}",
         request_timeout_s=30,
-        api_keys=key_line(tenant, key),
+        api_keys=SecretStr(key_line(tenant, key)),
         batch_redis_url=chain.redis_url,
         batch_concurrency=8,
     )
@@ -102,6 +103,7 @@ async def test_a_thousand_line_batch_survives_restarts_and_costs_what_the_ledger
         batch = await client.batches.create(
             input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
         )
+        assert batch.request_counts is not None
         assert batch.status in ("validating", "in_progress") and batch.request_counts.total == LINES
 
         # The router restarts a third of the way through: lines not admitted meanwhile wait and are sent again.
@@ -126,6 +128,7 @@ async def test_a_thousand_line_batch_survives_restarts_and_costs_what_the_ledger
         assert batch.status == "completed", batch
         # A failed line's error says what went wrong: shown when the batch is not whole.
         errors = (await client.files.content(batch.error_file_id)).text if batch.error_file_id else ""
+        assert batch.request_counts is not None
         assert batch.request_counts.completed == LINES and batch.request_counts.failed == 0, errors[:2000]
         assert batch.error_file_id is None and batch.output_file_id
         output = (await client.files.content(batch.output_file_id)).text.splitlines()
@@ -161,7 +164,7 @@ async def test_batch_files_and_batches_are_per_tenant_and_bad_files_are_refused(
     settings = EdgeSettings(
         port=free_port(),
         router_addr=chain.router_addr,
-        api_keys=",".join(key_line(t, k) for t, k in keys.values()),
+        api_keys=SecretStr(",".join(key_line(t, k) for t, k in keys.values())),
         batch_redis_url=chain.redis_url,
     )
     edge, task, channel = await start_edge(settings)
@@ -193,6 +196,7 @@ async def test_batch_files_and_batches_are_per_tenant_and_bad_files_are_refused(
             if batch.status == "completed":
                 break
             await asyncio.sleep(0.05)
+        assert batch.request_counts is not None
         assert batch.status == "completed" and batch.request_counts.failed == 1 and batch.error_file_id
         error = json.loads((await owner.files.content(batch.error_file_id)).text)
         assert error["custom_id"] == "x" and error["response"]["status_code"] == 400
@@ -220,7 +224,7 @@ async def test_a_cancelled_batch_sends_no_more_lines_and_charges_only_those_it_a
     settings = EdgeSettings(
         port=free_port(),
         router_addr=chain.router_addr,
-        api_keys=key_line(tenant, key),
+        api_keys=SecretStr(key_line(tenant, key)),
         batch_redis_url=chain.redis_url,
         batch_concurrency=2,
     )
@@ -393,7 +397,7 @@ async def test_an_expiring_batch_records_the_lines_in_flight_and_fails_those_nev
     settings = EdgeSettings(
         port=free_port(),
         router_addr=chain.router_addr,
-        api_keys=key_line(tenant, key),
+        api_keys=SecretStr(key_line(tenant, key)),
         batch_redis_url=chain.redis_url,
         batch_concurrency=2,
         batch_window_s=3,
@@ -447,7 +451,7 @@ async def test_a_batch_whose_input_file_is_gone_fails_with_the_files_of_what_fin
     settings = EdgeSettings(
         port=free_port(),
         router_addr=chain.router_addr,
-        api_keys=key_line(tenant, key),
+        api_keys=SecretStr(key_line(tenant, key)),
         batch_redis_url=chain.redis_url,
         batch_concurrency=1,
     )
@@ -492,7 +496,7 @@ async def test_a_batchs_input_file_outlives_a_retention_shorter_than_its_window(
     settings = EdgeSettings(
         port=free_port(),
         router_addr=chain.router_addr,
-        api_keys=key_line(tenant, key),
+        api_keys=SecretStr(key_line(tenant, key)),
         batch_redis_url=chain.redis_url,
         batch_retention_s=2,
         batch_window_s=60,

@@ -14,6 +14,7 @@ import pytest
 import redis.asyncio as redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from openai.types.chat import ChatCompletionMessageParam
 
 from llmrouter.registry import load_registry
 from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
@@ -55,6 +56,7 @@ async def test_openai_sdk_non_streaming(chain: Chain) -> None:
     assert completion.usage.completion_tokens == usage["completion_tokens"]
     assert Decimal(raw.headers["x-router-cost-usd"]) == expected_cost(chain, model, usage)
     assert raw.headers["x-router-reason"]
+    assert completion.model_extra is not None
     extra = completion.model_extra["x_router"]
     assert {c["model"] for c in extra["candidates"]} == {"cheap-model", "strong-model"}
 
@@ -73,6 +75,7 @@ async def test_openai_sdk_streaming_with_usage(chain: Chain) -> None:
             parts.append(chunk.choices[0].delta.content or "")
             finish = chunk.choices[0].finish_reason or finish
         if chunk.usage:
+            assert chunk.model_extra is not None
             usage, extra = chunk.usage, chunk.model_extra["x_router"]
     model = chunk.model
     fake = chain.budget if model == "cheap-model" else chain.premium
@@ -80,6 +83,7 @@ async def test_openai_sdk_streaming_with_usage(chain: Chain) -> None:
     assert "".join(parts) == content
     assert finish == "stop"
     assert usage is not None and usage.completion_tokens == expected_usage["completion_tokens"]
+    assert extra is not None
     assert Decimal(extra["cost_usd"]) == expected_cost(chain, model, expected_usage)
 
 
@@ -99,7 +103,8 @@ async def test_explicit_model_is_honoured(chain: Chain) -> None:
         model="strong-model", messages=[{"role": "user", "content": unique("hi")}]
     )
     assert raw.headers["x-router-model"] == "strong-model"
-    assert raw.parse().choices[0].message.content.startswith("[strong-model]")
+    content = raw.parse().choices[0].message.content
+    assert content is not None and content.startswith("[strong-model]")
 
 
 async def test_models_endpoint_lists_auto_and_the_registry(chain: Chain) -> None:
@@ -108,13 +113,14 @@ async def test_models_endpoint_lists_auto_and_the_registry(chain: Chain) -> None
 
 
 async def test_cache_serves_a_repeat_for_free(chain: Chain) -> None:
-    messages = [{"role": "user", "content": unique("Repeat after me: cache")}]
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": unique("Repeat after me: cache")}]
     first = await client(chain).chat.completions.with_raw_response.create(model="auto", messages=messages)
     calls = len(chain.budget.requests) + len(chain.premium.requests)
     second = await client(chain).chat.completions.with_raw_response.create(model="auto", messages=messages)
     assert second.parse().choices[0].message.content == first.parse().choices[0].message.content
     assert second.headers["x-router-cost-usd"] == "0"
-    assert second.parse().model_extra["x_router"]["cache_hit"] is True
+    extra = second.parse().model_extra
+    assert extra is not None and extra["x_router"]["cache_hit"] is True
     assert len(chain.budget.requests) + len(chain.premium.requests) == calls  # no upstream call
 
 
@@ -138,6 +144,7 @@ async def test_every_served_request_is_charged_once_under_concurrency(chain: Cha
         cost = None
         async for chunk in stream:
             if chunk.usage:
+                assert chunk.model_extra is not None
                 cost = Decimal(chunk.model_extra["x_router"]["cost_usd"])
         assert cost is not None
         return cost
@@ -177,7 +184,8 @@ async def test_provider_failure_falls_back_to_the_next_model(chain: Chain) -> No
         model="auto", messages=[{"role": "user", "content": unique("Say hello.")}], extra_body={"quality_target": 0}
     )
     assert raw.headers["x-router-model"] == "strong-model"
-    assert raw.parse().choices[0].message.content.startswith("[strong-model]")
+    content = raw.parse().choices[0].message.content
+    assert content is not None and content.startswith("[strong-model]")
 
 
 async def test_reflection_and_health_on_every_grpc_server(chain: Chain) -> None:
@@ -188,11 +196,11 @@ async def test_reflection_and_health_on_every_grpc_server(chain: Chain) -> None:
     }
     for name, service in expected.items():
         async with grpc.aio.insecure_channel(f"127.0.0.1:{chain.servers[name].port}") as channel:
-            stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-            responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+            stub = reflection_pb2_grpc.ServerReflectionStub(channel)  # type: ignore[arg-type]  # stubs take sync channels only
+            responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))  # type: ignore[operator]  # stubs list no methods
             listed = {s.name async for r in responses for s in r.list_services_response.service}
             assert {service, "grpc.health.v1.Health"} <= listed
-            health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service))
+            health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service))  # type: ignore[attr-defined]  # stubs list no methods
             assert health.status == health_pb2.HealthCheckResponse.SERVING
 
 

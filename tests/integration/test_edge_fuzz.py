@@ -135,7 +135,7 @@ headers = merged(st.lists(one_field(dict.fromkeys(HEADERS, header_value)), max_s
 
 
 def check(http: httpx.Client, url: str, body: bytes, sent_headers: dict[str, bytes]) -> None:
-    reply = http.post(url, content=body, headers=sent_headers)
+    reply = http.post(url, content=body, headers={name.encode(): value for name, value in sent_headers.items()})
     assert reply.status_code < 500, (reply.status_code, reply.text)
     if reply.status_code >= 400:
         error = reply.json()["error"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from typing import Any
 
 import grpc
 import httpx
@@ -109,7 +110,7 @@ async def test_more_choices_and_unknown_fields_are_refused(chain: Chain, fields:
 
 async def test_the_sdk_still_works_and_price_neutral_fields_reach_the_provider(chain: Chain) -> None:
     sdk = openai.AsyncOpenAI(base_url=chain.base_url, api_key="unused", max_retries=0)
-    neutral = {
+    neutral: dict[str, Any] = {
         "top_p": 0.5,
         "seed": 7,
         "stop": ["\n\n"],

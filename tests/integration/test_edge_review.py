@@ -18,6 +18,7 @@ import httpx
 import pytest
 from openai import AsyncOpenAI
 from prometheus_client import REGISTRY
+from pydantic import SecretStr
 
 from services.batches import wire
 from services.edge.keys import key_line
@@ -37,7 +38,7 @@ async def edge(chain: Chain) -> AsyncIterator[tuple[str, dict[str, str], dict[st
     settings = EdgeSettings(
         port=free_port(),
         router_addr=chain.router_addr,
-        api_keys=f"{key_line(*tenant)},{key_line(*admin)} admin",
+        api_keys=SecretStr(f"{key_line(*tenant)},{key_line(*admin)} admin"),
         batch_redis_url=chain.redis_url,
         request_timeout_s=20,
     )
@@ -344,7 +345,7 @@ async def rate_limited_edge(chain: Chain, **settings: Any) -> AsyncIterator[Rate
     edge_settings = EdgeSettings(
         port=free_port(),
         router_addr=f"127.0.0.1:{limited.port}",
-        api_keys=",".join(key_line(*k) for k in keys.values()),
+        api_keys=SecretStr(",".join(key_line(*k) for k in keys.values())),
         batch_concurrency=2,
         access_log="off",
         **settings,

@@ -73,9 +73,11 @@ def both_generations(chain: Chain) -> Decimal:
     registry = load_registry(chain.registry_path)
     weak = chain.budget.answer(chain.budget.requests[-1].json)[2]
     strong = chain.premium.answer(chain.premium.requests[-1].json)[2]
-    return registry.get("cheap-model").cost_usd(weak["prompt_tokens"], weak["completion_tokens"]) + registry.get(
-        "strong-model"
-    ).cost_usd(strong["prompt_tokens"], strong["completion_tokens"])
+    cheap_spec, strong_spec = registry.get("cheap-model"), registry.get("strong-model")
+    assert cheap_spec is not None and strong_spec is not None
+    return cheap_spec.cost_usd(weak["prompt_tokens"], weak["completion_tokens"]) + strong_spec.cost_usd(
+        strong["prompt_tokens"], strong["completion_tokens"]
+    )
 
 
 @pytest.mark.parametrize(("cue", "signal"), [(TRUNCATE, "truncated"), (DECLINE, "refusal"), (UNSURE, "low_confidence")])
@@ -142,7 +144,7 @@ async def stream_through_edge(chain: Chain, text: str, headers: dict[str, str]) 
         "stream_options": {"include_usage": True},
         "messages": [{"role": "user", "content": f"{text} {uuid.uuid4()}"}],
     }
-    content, extension = "", {}
+    content, extension = "", dict[str, Any]()
     client = httpx.AsyncClient(base_url=chain.base_url, timeout=30)
     async with client, client.stream("POST", "/chat/completions", json=body, headers=headers) as response:
         assert response.status_code == 200

@@ -14,6 +14,7 @@ from decimal import Decimal
 import httpx
 import redis.asyncio as redis
 from openai import AsyncOpenAI
+from pydantic import SecretStr
 
 from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
@@ -54,7 +55,7 @@ async def test_a_failed_batch_line_that_was_charged_says_so_in_the_error_file(ch
     settings = EdgeSettings(
         port=free_port(),
         router_addr=chain.router_addr,
-        api_keys=key_line(tenant, key),
+        api_keys=SecretStr(key_line(tenant, key)),
         batch_redis_url=chain.redis_url,
         batch_concurrency=1,
     )

@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -34,7 +35,7 @@ from tests.integration.test_money_paths import ledger_of
 from tests.ledger.conftest import fresh_postgres
 
 
-def ask(tenant: str, text: str = "", **fields: object) -> router_pb2.CompleteRequest:
+def ask(tenant: str, text: str = "", **fields: Any) -> router_pb2.CompleteRequest:
     content = text or f"hello {uuid.uuid4().hex}"
     message = common_pb2.ChatMessage(role="user", content=content)
     return router_pb2.CompleteRequest(messages=[message], tenant=tenant, quality_target=0, max_tokens=40, **fields)

@@ -134,7 +134,7 @@ async def test_a_router_killed_mid_request_leaves_its_charge_to_the_reconciler(
     chain: Chain, money: RedisServer, spawn: Spawn
 ) -> None:
     doomed = await spawn(ROUTER_REDIS_URL=money.url, ROUTER_INSTANCE_ID="doomed", ROUTER_HEARTBEAT_TTL_S="1")
-    db = redis.from_url(money.url)
+    db: Any = redis.from_url(money.url)
     chain.premium.latency = 5.0  # the upstream is still working when the router dies
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{doomed.port}") as channel:
@@ -190,7 +190,7 @@ async def test_money_store_down_fails_closed_and_says_so(
             health = health_pb2_grpc.HealthStub(channel)
 
             async def status(service: str = "llmrouter.v1.Router") -> int:
-                reply = await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+                reply = await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)  # type: ignore[attr-defined]  # stubs list no methods
                 return reply.status
 
             assert (await stub.Complete(ask(), timeout=20)).content
@@ -232,7 +232,7 @@ async def test_a_full_money_store_refuses_new_requests_and_charges_the_one_in_fl
     small = RedisServer(tmp_path / "small", "--save", "", "--maxmemory", "16mb", "--maxmemory-policy", "noeviction")
     small.start()
     router = await extra_router(chain, redis_url=small.url, instance_id="filling")
-    db = redis.from_url(small.url)
+    db: Any = redis.from_url(small.url)
     chain.budget.latency = 1.5  # the request in flight is still generating when the store fills
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{router.port}") as channel:

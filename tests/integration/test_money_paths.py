@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -32,7 +33,7 @@ from tests.integration.conftest import Chain
 from tests.integration.test_policy_in_chain import extra_router
 
 
-def ask(tenant: str, **fields: object) -> router_pb2.CompleteRequest:
+def ask(tenant: str, **fields: Any) -> router_pb2.CompleteRequest:
     message = common_pb2.ChatMessage(role="user", content=f"hello {uuid.uuid4().hex}")
     return router_pb2.CompleteRequest(messages=[message], tenant=tenant, quality_target=0, max_tokens=50, **fields)
 
@@ -73,6 +74,7 @@ async def test_a_caller_leaving_a_unary_call_pays_for_the_generation_it_caused(s
     (record,) = await ledger_of(chain, tenant)
     _, _, usage = chain.budget.answer(chain.budget.requests[-1].json)
     model = load_registry(chain.registry_path).get("cheap-model")
+    assert model is not None
     assert record["outcome"] == "ok" and record["output_tokens"] == usage["completion_tokens"]
     assert Decimal(record["cost_usd"]) == model.cost_usd(usage["prompt_tokens"], usage["completion_tokens"])
 
@@ -119,6 +121,7 @@ async def test_a_fallback_after_a_timeout_pays_the_timed_out_attempts_worst_case
     assert reply.model == "strong-model"
     _, _, usage = chain.premium.answer(chain.premium.requests[-1].json)
     strong = load_registry(chain.registry_path).get("strong-model")
+    assert strong is not None
     expected = estimate(reply.decision, "cheap-model") + strong.cost_usd(
         usage["prompt_tokens"], usage["completion_tokens"]
     )
@@ -154,6 +157,7 @@ async def test_a_connection_lost_after_the_request_was_sent_is_owed_at_its_worst
     assert attempts == 1 and reply.model == "strong-model"
     _, _, usage = chain.premium.answer(chain.premium.requests[-1].json)
     strong = load_registry(chain.registry_path).get("strong-model")
+    assert strong is not None
     expected = estimate(decision, "cheap-model") + strong.cost_usd(usage["prompt_tokens"], usage["completion_tokens"])
     assert Decimal(reply.cost_usd) == expected
     (record,) = await ledger_of(chain, tenant)
@@ -237,6 +241,7 @@ async def test_a_stream_past_the_request_time_limit_is_cut_and_charged_what_it_d
         await router.stop(1)
     (record,) = await ledger_of(chain, tenant)
     cheap = load_registry(chain.registry_path).get("cheap-model")
+    assert cheap is not None
     assert deltas and record["outcome"] == "interrupted"
     assert record["output_tokens"] == count_tokens("".join(deltas))
     assert Decimal(record["cost_usd"]) == cheap.cost_usd(record["input_tokens"], record["output_tokens"])
@@ -295,6 +300,7 @@ async def test_a_buffered_stream_left_keeps_its_hold_until_its_generation_is_cha
     assert held_while_generating == 1 and held_after == 0
     _, _, usage = chain.budget.answer(chain.budget.requests[-1].json)
     model = load_registry(chain.registry_path).get("cheap-model")
+    assert model is not None
     assert record["outcome"] == "ok"
     assert Decimal(record["cost_usd"]) == model.cost_usd(usage["prompt_tokens"], usage["completion_tokens"])
 

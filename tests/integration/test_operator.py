@@ -217,6 +217,7 @@ async def test_legacy_completions_route_and_charge_like_chat(
     assert len(ledger) == 2 and Decimal(ledger[0]["cost_usd"]) == cost
     headers = {"authorization": f"Bearer {who['key_g']}"}
     async with httpx.AsyncClient(base_url=base_url, timeout=30, headers=headers) as http:
+        body: dict[str, Any]
         for body in ({"prompt": ["a", "b"]}, {"prompt": ""}, {"prompt": "x", "echo": True}, {"messages": []}):
             reply = await http.post("/completions", json={"model": "auto", **body})
             assert reply.status_code == 400, (body, reply.text)

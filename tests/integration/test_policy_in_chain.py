@@ -7,6 +7,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal
+from typing import Any
 
 import grpc
 import pytest
@@ -23,7 +24,7 @@ from tests.conftest import ledger_records
 from tests.integration.conftest import SILENCE, Chain, free_port
 
 
-def ask(text: str, **fields: object) -> router_pb2.CompleteRequest:
+def ask(text: str, **fields: Any) -> router_pb2.CompleteRequest:
     return router_pb2.CompleteRequest(messages=[common_pb2.ChatMessage(role="user", content=text)], **fields)
 
 
@@ -53,9 +54,11 @@ async def test_empty_answer_escalates_to_a_stronger_tier_and_both_are_charged(
     weak = chain.budget.answer(chain.budget.requests[-1].json)[2]
     strong = chain.premium.answer(chain.premium.requests[-1].json)[2]
     registry = {m: load_registry(chain.registry_path).get(m) for m in ("cheap-model", "strong-model")}
-    expected = registry["cheap-model"].cost_usd(weak["prompt_tokens"], weak["completion_tokens"]) + registry[
-        "strong-model"
-    ].cost_usd(strong["prompt_tokens"], strong["completion_tokens"])
+    cheap_spec, strong_spec = registry["cheap-model"], registry["strong-model"]
+    assert cheap_spec is not None and strong_spec is not None
+    expected = cheap_spec.cost_usd(weak["prompt_tokens"], weak["completion_tokens"]) + strong_spec.cost_usd(
+        strong["prompt_tokens"], strong["completion_tokens"]
+    )
     assert Decimal(reply.cost_usd) == expected
 
 
@@ -140,8 +143,10 @@ async def test_caller_leaving_during_escalation_pays_for_both_generations(chain:
     registry = load_registry(chain.registry_path)
     weak = chain.budget.answer(chain.budget.requests[-1].json)[2]
     strong = chain.premium.answer(chain.premium.requests[-1].json)[2]
-    expected = registry.get("cheap-model").cost_usd(weak["prompt_tokens"], weak["completion_tokens"]) + registry.get(
-        "strong-model"
-    ).cost_usd(strong["prompt_tokens"], strong["completion_tokens"])
+    cheap_spec, strong_spec = registry.get("cheap-model"), registry.get("strong-model")
+    assert cheap_spec is not None and strong_spec is not None
+    expected = cheap_spec.cost_usd(weak["prompt_tokens"], weak["completion_tokens"]) + strong_spec.cost_usd(
+        strong["prompt_tokens"], strong["completion_tokens"]
+    )
     assert len(records) == 1 and records[0]["outcome"] == "ok" and records[0]["escalated"]
     assert Decimal(records[0]["cost_usd"]) == expected

@@ -18,13 +18,15 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic
 
 import grpc
 import pytest
 import redis.asyncio as redis
 import yaml
 from openai import AsyncOpenAI
+from pydantic import SecretStr
+from typing_extensions import TypeVar
 
 from llmrouter.registry import load_registry
 from llmrouter.server import CHANNEL_OPTIONS, RunningServer, start_server
@@ -91,9 +93,12 @@ def registry(
     }
 
 
+Upstream = TypeVar("Upstream", default=FakeOpenAI)  # a bare Stack is one on the OpenAI fake
+
+
 @dataclass
-class Stack:
-    upstream: FakeOpenAI
+class Stack(Generic[Upstream]):
+    upstream: Upstream  # the Anthropic tests' stack runs on the Anthropic fake
     registry_path: Path
     redis_url: str
     providers_port: int
@@ -105,8 +110,8 @@ class Stack:
 
 @asynccontextmanager
 async def open_stack(
-    upstream: Any, raw_registry: dict[str, Any], tmp_path: Path, redis_url: str
-) -> AsyncIterator[Stack]:
+    upstream: Upstream, raw_registry: dict[str, Any], tmp_path: Path, redis_url: str
+) -> AsyncIterator[Stack[Upstream]]:
     """The providers service on `raw_registry` (its upstream the fake), an edge's settings with one API key, and
     the router's port: each test starts the router and edge it needs."""
     path = tmp_path / "models.yaml"
@@ -118,7 +123,7 @@ async def open_stack(
         port=free_port(),
         router_addr=f"127.0.0.1:{free_port()}",
         request_timeout_s=30,
-        api_keys=key_line(tenant, key),
+        api_keys=SecretStr(key_line(tenant, key)),
         batch_redis_url=redis_url,
         batch_poll_s=0.1,
     )
@@ -210,13 +215,13 @@ async def lines_of(client: AsyncOpenAI, file_id: str | None) -> dict[str, dict[s
     return {entry["custom_id"]: entry for entry in map(json.loads, text.splitlines())}
 
 
-async def money(stack: Stack) -> tuple[dict[str, Decimal], int, int, list[Pending]]:
+async def money(stack: Stack[Any]) -> tuple[dict[str, Decimal], int, int, list[Pending]]:
     """The tenant's ledger charges by request id, its spend, what its holds keep, and its pending charges. Each record's
     cost is checked as an auditor does: its generations' tokens at their prices (a Batch API line's at its model's
     batch prices) plus what it owed."""
     account = Account(stack.tenant, key_id(stack.key))
     keys = AccountKeys.of(account)
-    db = redis.from_url(stack.redis_url)
+    db: Any = redis.from_url(stack.redis_url)
     try:
         ledger = [r for r in await ledger_records(db) if r["tenant"] == stack.tenant]
         spend = int(await db.get(keys.spend(period_id("day"))[0]) or 0)
@@ -297,10 +302,10 @@ async def test_lines_of_a_batch_priced_model_go_through_the_batch_api_at_the_bat
     ledger = await ledger_by_id(stack)
     for request_id in ids:
         record, body = ledger[request_id], by_id[request_id]
-        tokens = {"input_tokens": body["usage"]["prompt_tokens"], "output_tokens": body["usage"]["completion_tokens"]}
+        counts = {"input_tokens": body["usage"]["prompt_tokens"], "output_tokens": body["usage"]["completion_tokens"]}
         assert (record["reason"], record["generations"], record["owed_usd"]) == (
             "batch",
-            [{"model": BATCHED, **tokens}],
+            [{"model": BATCHED, **counts}],
             "0",
         )
     assert spend == sum(to_pico(c) for c in costs.values()) and held == 0 and not pending
@@ -376,7 +381,7 @@ async def test_a_router_restart_while_the_provider_batch_runs_loses_nothing(stac
     assert spend == sum(to_pico(c) for c in costs.values()) and held == 0 and not pending
 
 
-async def run_to_end(stack: Stack, bodies: list[tuple[str, str]]) -> tuple[Any, dict, dict]:
+async def run_to_end(stack: Stack[Any], bodies: list[tuple[str, str]]) -> tuple[Any, dict, dict]:
     """(batch, output lines, error lines) of a batch run through a router and an edge started for it."""
     async with serving(stack) as client:
         batch = await finished(client, await run_batch(client, batch_file(bodies)))
@@ -414,7 +419,7 @@ async def test_lines_of_a_provider_batch_created_or_not_are_held_to_their_worst_
     assert all(p.until > time.time() + 24 * 3600 for p in pending)
 
 
-async def ledger_by_id(stack: Stack) -> dict[str, dict[str, Any]]:
+async def ledger_by_id(stack: Stack[Any]) -> dict[str, dict[str, Any]]:
     db = redis.from_url(stack.redis_url)
     try:
         return {r["request_id"]: r for r in await ledger_records(db) if r["tenant"] == stack.tenant}
@@ -765,8 +770,8 @@ async def test_a_line_is_settled_only_from_its_own_provider_batch(stack: Stack) 
         foreign_after = await collect_r1(stub, "mine", batch_ids["theirs"])
         theirs = await store.pending_charge(Account("theirs", key_id("")), "r1")
         charged_from = await store.charged_batch(Account("mine", key_id("")), "r1")
-    for line in (foreign, foreign_after):
-        assert not line.succeeded and not line.response.content and line.charged_usd == "0", line
+    for collected in (foreign, foreign_after):
+        assert not collected.succeeded and not collected.response.content and collected.charged_usd == "0", collected
     assert "another provider batch" in foreign.error
     # Not settled by the foreign collect: still held, with its own batch recorded; then settled from it alone.
     assert pending is not None and pending.provider_batch == batch_ids["mine"]

@@ -11,6 +11,7 @@ import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -98,7 +99,7 @@ async def shipped(
                 await server.stop(1)
 
 
-async def decide(stub: router_pb2_grpc.RouterStub, prompt: str, **fields: float) -> router_pb2.Decision:
+async def decide(stub: router_pb2_grpc.RouterStub, prompt: str, **fields: Any) -> router_pb2.Decision:
     message = common_pb2.ChatMessage(role="user", content=prompt)
     return await stub.Decide(router_pb2.CompleteRequest(messages=[message], **fields), timeout=30)
 

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from decimal import Decimal
+from typing import Any
 
 import grpc
 import pytest
@@ -98,7 +99,8 @@ async def test_five_turns_stay_on_one_model_and_move_up_once_for_a_hard_turn(cha
         assert "session affinity" in last.decision.reason and last.decision.model == "strong-model"
 
     turns = [*replies, hard, last]
-    cache, money = redis.from_url(cache_url), redis.from_url(chain.redis_url)
+    cache: Any = redis.from_url(cache_url)
+    money = redis.from_url(chain.redis_url)
     try:
         stored = json.loads(await cache.get(f"llmrouter:cache:{session_key(tenant, 'chat-1')}"))
         ledger = [r for r in await ledger_records(money) if r["tenant"] == tenant]

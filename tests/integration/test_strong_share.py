@@ -4,6 +4,7 @@ are 400s, and admitted auto-routed requests are counted per tenant (bounded) and
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import grpc
 import httpx
@@ -65,7 +66,7 @@ async def test_strong_share_out_of_range_is_invalid_at_the_router(chain: Chain) 
     assert error.reason == "INVALID_REQUEST" and error.metadata["field"] == "strong_share"
 
 
-def ask(text: str, **fields: object) -> router_pb2.CompleteRequest:
+def ask(text: str, **fields: Any) -> router_pb2.CompleteRequest:
     return router_pb2.CompleteRequest(messages=[common_pb2.ChatMessage(role="user", content=text)], **fields)
 
 

@@ -95,7 +95,7 @@ async def stack(
             servers.append(await start_server("classifier", c_settings, *await classifier.build(c_settings)))
             addr[name] = f"127.0.0.1:{servers[-1].port}"
         classifier_addr = addr["verifying"]
-        variants = {
+        variants: dict[str, dict[str, Any]] = {
             "verified": {"verifier_timeout_s": 30.0},  # a loaded CI machine may be slow: never late here
             "late": {"verifier_timeout_s": 1e-6},
             "down": {"classifier_addr": addr["no verifier"]},
@@ -162,7 +162,9 @@ async def charged(redis_url: str, tenant: str) -> tuple[int, list[dict[str, Any]
 def generation_cost(stack: Stack, upstream: FakeOpenAI, model: str) -> Decimal:
     """What the upstream's last generation cost, by its exact usage."""
     usage = upstream.answer(upstream.requests[-1].json)[2]
-    return load_registry(stack.registry_path).get(model).cost_usd(usage["prompt_tokens"], usage["completion_tokens"])
+    spec = load_registry(stack.registry_path).get(model)
+    assert spec is not None
+    return spec.cost_usd(usage["prompt_tokens"], usage["completion_tokens"])
 
 
 def counted(outcome: str) -> float:
