@@ -27,7 +27,7 @@ def _run(module: object, monkeypatch: pytest.MonkeyPatch, *argv: str) -> None:
 def test_rows(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """60 prompts of RouterBench's test split, two models, gzipped like the shared files."""
     keep = ("gpt-4-1106-preview", "mistralai/mixtral-8x7b-chat")
-    rows, prompts = [], set()
+    rows, prompts = [], set[str]()
     for row in read_jsonl(data_dir() / ROUTERBENCH_FILE):
         if (
             row["split_in_routerdc"] == "test"

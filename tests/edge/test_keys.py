@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from llmrouter.settings import load_settings
 from services.edge import keys
@@ -84,7 +84,9 @@ def test_lookup_compares_the_digest_with_every_entry(monkeypatch: pytest.MonkeyP
 def test_keys_from_the_variable_and_the_file_add_up(tmp_path) -> None:
     path = tmp_path / "keys"
     path.write_text(f"# tenant digest\n{key_line('globex', 'sk-g=')}\n")
-    settings = EdgeSettings(api_keys=f"{key_line('acme', 'sk-a==')},{key_line('initech', 'sk-i')}", api_keys_file=path)
+    settings = EdgeSettings(
+        api_keys=SecretStr(f"{key_line('acme', 'sk-a==')},{key_line('initech', 'sk-i')}"), api_keys_file=path
+    )
     ring = settings.key_ring()
     assert [ring.tenant_for(k) for k in ("sk-a==", "sk-i", "sk-g=")] == ["acme", "initech", "globex"]
 
@@ -94,7 +96,7 @@ def test_a_public_edge_without_keys_refuses_to_start(host: str) -> None:
     with pytest.raises(ValidationError, match="EDGE_ALLOW_ANONYMOUS=true"):
         EdgeSettings(host=host)
     assert EdgeSettings(host=host, allow_anonymous=True).allow_anonymous
-    assert EdgeSettings(host=host, api_keys=key_line("acme", "sk-a")).key_ring()
+    assert EdgeSettings(host=host, api_keys=SecretStr(key_line("acme", "sk-a"))).key_ring()
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])

@@ -141,8 +141,11 @@ async def test_every_charge_lands_once_through_kills_outages_and_dead_consumers(
         assert len(taken) == 120
 
         sink = LedgerSink(
-            RedisSource(client, "sink-a", claim_idle_s=0.05, group=GROUP), flaky, block_s=0.05, retry_s=0.05
-        )  # type: ignore[arg-type]
+            RedisSource(client, "sink-a", claim_idle_s=0.05, group=GROUP),
+            flaky,  # type: ignore[arg-type]  # LedgerDB's insert only, failing at will
+            block_s=0.05,
+            retry_s=0.05,
+        )
         task = asyncio.create_task(sink.run())
         writer = asyncio.create_task(charge_some(store, 120, 200, rng))
         await asyncio.sleep(0.2)
@@ -153,8 +156,11 @@ async def test_every_charge_lands_once_through_kills_outages_and_dead_consumers(
 
         flaky.down = True  # back, but the database is away: nothing is acknowledged
         sink = LedgerSink(
-            RedisSource(client, "sink-a", claim_idle_s=0.05, group=GROUP), flaky, block_s=0.05, retry_s=0.05
-        )  # type: ignore[arg-type]
+            RedisSource(client, "sink-a", claim_idle_s=0.05, group=GROUP),
+            flaky,  # type: ignore[arg-type]  # LedgerDB's insert only, failing at will
+            block_s=0.05,
+            retry_s=0.05,
+        )
         with pytest.raises(ConnectionError):
             await sink.step()
         flaky.down = False

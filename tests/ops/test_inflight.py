@@ -57,7 +57,7 @@ async def until(condition, timeout: float = 10.0) -> None:  # type: ignore[no-un
 async def test_unary_calls_count_while_served(server: tuple[str, asyncio.Event]) -> None:
     addr, release = server
     async with grpc.aio.insecure_channel(addr) as channel:
-        call = channel.unary_unary("/test.Slow/Wait")
+        call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary("/test.Slow/Wait")
         calls = [asyncio.ensure_future(call(b"")) for _ in range(3)]
         await until(lambda: inflight() == 3)
         release.set()
@@ -70,7 +70,7 @@ async def test_a_stream_counts_to_its_last_message_and_a_cancelled_one_stops_cou
 ) -> None:
     addr, release = server
     async with grpc.aio.insecure_channel(addr) as channel:
-        stream = channel.unary_stream("/test.Slow/Stream")
+        stream: grpc.aio.UnaryStreamMultiCallable[bytes, bytes] = channel.unary_stream("/test.Slow/Stream")
         call = stream(b"")
         assert await call.read() == b"first"
         await until(lambda: inflight() == 1)  # the first message is out, the stream still runs

@@ -4,6 +4,8 @@ knows only stop, length, tool_calls, content_filter and function_call."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from llmrouter.v1 import provider_pb2_grpc
@@ -22,7 +24,7 @@ async def test_a_providers_own_finish_reason_is_served_as_openais(
     natural = "length" if served == "length" else "stop"
     openai_fake.finish_as = {natural: sent}
     try:
-        fields = {"max_tokens": 3} if natural == "length" else {}
+        fields: dict[str, Any] = {"max_tokens": 3} if natural == "length" else {}
         if stream:
             _, final = await collect(stub, request("cheap", **fields))
             assert final is not None

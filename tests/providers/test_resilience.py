@@ -131,7 +131,7 @@ async def test_non_retryable_failure_is_not_retried(stub, upstream: Upstream, fa
     err = await _fails(stub.Generate(request(upstream.model)))
     assert error_of(err).reason == "UPSTREAM_ERROR" and len(upstream.fake.requests) == 1
     if fault.kind == "malformed":
-        assert err.code() is grpc.StatusCode.INTERNAL and "malformed" in err.details()
+        assert err.code() is grpc.StatusCode.INTERNAL and "malformed" in (err.details() or "")
 
 
 async def test_context_length_error_is_recognised(stub, upstream: Upstream) -> None:
@@ -300,7 +300,7 @@ async def test_waiting_for_a_slot_ends_with_a_clear_error_before_the_callers_dea
         await asyncio.sleep(0.2)
         err = await _fails(stub.Generate(request("cheap"), timeout=0.5))
         busy.cancel()
-    assert error_of(err).reason == "UPSTREAM_TIMEOUT" and "no free slot" in err.details()
+    assert error_of(err).reason == "UPSTREAM_TIMEOUT" and "no free slot" in (err.details() or "")
     assert len(openai_fake.requests) == 1  # the queued call never reached the upstream
 
 

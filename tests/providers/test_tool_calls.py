@@ -19,7 +19,7 @@ from tests.fakes.server import TOOL_CUE, Fault
 from tests.providers.helpers import collect, cost, error_of, request
 
 PROMPT = f"What is the weather in Paris and the time there? {TOOL_CUE}"
-TOOLS = [
+TOOLS: list[dict[str, Any]] = [
     {
         "type": "function",
         "function": {

@@ -178,7 +178,7 @@ async def test_a_caller_leaving_while_the_hold_grows_leaves_no_hold_behind(redis
     that runs must not make the request settle the old, smaller hold: the larger one would block the budget
     until it expires."""
     store = RedisStore(redis_url)
-    other = redis.from_url(redis_url)
+    other: Any = redis.from_url(redis_url)
     try:
         gate, r = await routed(request(), admission.Admission(SETTINGS, REGISTRY, store, scratch_outbox()))
         await gate.admit(r)

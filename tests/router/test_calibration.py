@@ -3,6 +3,7 @@ the strongest tier through the real policy; which target a request gets; bounded
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -65,7 +66,7 @@ def test_calibration_file_round_trip_and_bad_files(tmp_path: Path) -> None:
         calibration.load(path)
 
 
-def request(**fields: float) -> router_pb2.CompleteRequest:
+def request(**fields: Any) -> router_pb2.CompleteRequest:
     return router_pb2.CompleteRequest(**fields)
 
 

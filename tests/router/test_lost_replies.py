@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import grpc
@@ -50,7 +51,7 @@ def db_of(url: str) -> int:
     return int(urlsplit(url).path.strip("/") or 0)
 
 
-async def holds_and_pending(client: redis.Redis, account: Account) -> tuple[list[list[bytes]], int]:
+async def holds_and_pending(client: Any, account: Account) -> tuple[list[list[bytes]], int]:
     keys = AccountKeys.of(account)
     return [await client.zrange(key, 0, -1) for key in keys.held()], await client.hlen(keys.pending)
 

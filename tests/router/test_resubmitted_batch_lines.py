@@ -32,7 +32,7 @@ from tests.router.test_collect_model import REGISTRY
 CREATE_S = 1.0  # the provider takes this long to create a batch
 BATCH_ID = "batch_resubmitted"
 BATCH = {"tenant": b"acme", "key_id": b"anonymous"}
-LINES = [
+LINES: list[dict[str, Any]] = [  # offered as they are, in place of the wire.Lines the edge indexes
     {
         "custom_id": "c1",
         "method": "POST",
@@ -82,7 +82,7 @@ async def test_lines_offered_again_after_a_lost_reply_are_found_in_their_provide
     async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
         edge = Deferral(files, router_pb2_grpc.RouterStub(channel), poll_s=0.1)
         monkeypatch.setattr(deferral, "CALL_S", CREATE_S / 4)  # the edge's call ends before the router's reply
-        assert await edge.offer(BATCH_ID, dict(BATCH), LINES, set()) is None  # out of reach: resumed later
+        assert await edge.offer(BATCH_ID, dict(BATCH), LINES, set()) is None  # type: ignore[arg-type]  # out of reach: resumed later
         monkeypatch.undo()
         # The router ran the call to its end (SubmitBatch is shielded): the line was admitted and sent.
         line = f"{BATCH_ID}:c1"
@@ -93,7 +93,7 @@ async def test_lines_offered_again_after_a_lost_reply_are_found_in_their_provide
             await asyncio.sleep(0.05)
         else:
             raise AssertionError("the line was never sent in a provider batch")
-        deferred = await edge.offer(BATCH_ID, dict(BATCH), LINES, set())
+        deferred = await edge.offer(BATCH_ID, dict(BATCH), LINES, set())  # type: ignore[arg-type]
         assert deferred == {0: {"model": "strong", "provider_batch_id": "pbatch-1"}}
         # Collected as any deferred line: answered, and charged its answer rather than its hold.
         custom_ids = {i: line["custom_id"] for i, line in enumerate(LINES)}
