@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import pytest
 
+from llmrouter.settings import ServiceSettings
 from services.classifier.settings import ClassifierSettings
 from services.edge.settings import EdgeSettings
 from services.providers.settings import ProvidersSettings
 from services.router.settings import RouterSettings
 from tests.deploy.support import documented_ports
 
-SETTINGS = {
+SETTINGS: dict[str, type[ServiceSettings]] = {
     "classifier": ClassifierSettings,
     "providers": ProvidersSettings,
     "router": RouterSettings,

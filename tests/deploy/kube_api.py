@@ -69,7 +69,7 @@ class KubeApi:
         if path == "/api":
             return {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}
         if path == "/apis":
-            groups = [
+            groups: list[dict[str, Any]] = [
                 {"name": gv.split("/")[0], "versions": [{"groupVersion": gv, "version": gv.split("/")[1]}]}
                 for gv in self.resources
                 if "/" in gv

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -194,7 +195,7 @@ def test_pods_are_locked_down(docs: list[dict], svc: str) -> None:
         assert c["resources"]["requests"] and c["resources"]["limits"]
 
 
-def _callers(policy: dict) -> list[dict | None]:
+def _callers(policy: dict) -> list[dict] | None:
     """The `from` of the rule on the service port (not the metrics one): None means anyone."""
     (rule,) = policy["spec"]["ingress"][:1]
     return rule.get("from")
@@ -207,6 +208,7 @@ def test_network_policies_only_edge_is_open(docs: list[dict]) -> None:
     expected |= {"redis-cache": ["router"], "redis-batches": ["edge"]}  # the edge's batches (edge.batchRedis)
     for svc, callers in expected.items():
         peers = _callers(policies[name(svc)])
+        assert peers is not None, svc
         assert [p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in peers] == callers, svc
         assert policies[name(svc)]["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == svc
     for policy in policies.values():
@@ -317,7 +319,9 @@ def test_production_values() -> None:
     body_limit = ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"]
     largest_upload = EdgeSettings.model_fields["batch_max_file_bytes"].default
     assert body_limit.endswith("m") and int(body_limit[:-1]) * 2**20 > largest_upload
-    (peer,) = _callers(by_kind(docs, "NetworkPolicy")[name("edge")])
+    peers = _callers(by_kind(docs, "NetworkPolicy")[name("edge")])
+    assert peers is not None
+    (peer,) = peers
     assert peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "ingress-nginx"}
 
 
@@ -375,7 +379,7 @@ def test_shutdown_lets_the_longest_request_finish(docs: list[dict], svc: str) ->
 def test_grpc_connection_age_grace_outlasts_the_longest_request() -> None:
     from llmrouter.server import SERVER_OPTIONS
 
-    options = dict(SERVER_OPTIONS)
+    options: dict[str, Any] = dict(SERVER_OPTIONS)
     assert options["grpc.max_connection_age_grace_ms"] > LONGEST_REQUEST_S * 1000
     assert options["grpc.max_connection_age_ms"] <= 60_000  # new pods get calls within a minute
 
@@ -514,8 +518,8 @@ def test_egress_reaches_dns_and_callees_only() -> None:
     assert component["providers"] == {53: [], 443: []}
     (api,) = _egress_ports(policies[name("providers")])[443]
     assert api["ipBlock"]["cidr"] == "0.0.0.0/0" and "10.0.0.0/8" in api["ipBlock"]["except"]
-    for redis in ("redis-money", "redis-cache", "redis-batches"):
-        assert policies[name(redis)]["spec"]["egress"] == [], redis
+    for store in ("redis-money", "redis-cache", "redis-batches"):
+        assert policies[name(store)]["spec"]["egress"] == [], store
 
 
 def test_egress_to_an_external_redis() -> None:
@@ -545,7 +549,7 @@ def test_a_changed_key_secret_rolls_its_pods(tmp_path: Path) -> None:
     """helm upgrade reads the key Secrets (lookup, against a Kubernetes API on loopback): new content, new
     checksum, so the pods that read the keys at start roll; the others keep theirs."""
 
-    def checksums(api: KubeApi) -> dict[str, str]:
+    def checksums(api: KubeApi) -> dict[str, dict[str, str]]:
         deployments = by_kind(render(monitoring_crds=False, kubeconfig=api.kubeconfig), "Deployment")
         return {svc: deployments[name(svc)]["spec"]["template"]["metadata"]["annotations"] for svc in SERVICES}
 
@@ -632,7 +636,8 @@ def test_the_edges_memory_limit_fits_its_batch_limits(docs: list[dict]) -> None:
     assert limit.endswith("Mi") or limit.endswith("Gi"), limit
     limit_bytes = int(limit[:-2]) * 1024 ** (2 if limit.endswith("Mi") else 3)
     assert limit_bytes >= 80 * 1024**2 + held * file_bytes, (limit, settings)
-    assert EdgeSettings(**{k[5:].lower(): v for k, v in settings.items() if k.startswith("EDGE_BATCH_MAX")})
+    batch_limits = {k[5:].lower(): v for k, v in settings.items() if k.startswith("EDGE_BATCH_MAX")}
+    assert EdgeSettings(**batch_limits)  # type: ignore[arg-type]  # the chart's strings, parsed as from the environment
 
 
 @pytest.mark.parametrize("scheme", ["redis", "rediss", "redis+cluster", "rediss+cluster"])
@@ -714,9 +719,9 @@ def test_the_ledger_is_trimmed_daily_where_the_sql_sink_keeps_it() -> None:
     assert trim["resources"]["requests"] and trim["resources"]["limits"]
     # It reaches the money Redis through the network policies, and nothing reaches it.
     policies = by_kind(docs, "NetworkPolicy")
-    callers = [
-        p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in _callers(policies[name("redis-money")])
-    ]
+    peers = _callers(policies[name("redis-money")])
+    assert peers is not None
+    callers = [p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in peers]
     assert callers == ["router", "ledger-trim"]
     assert policies[name("ledger-trim")]["spec"]["ingress"] == []
     egress = (
