@@ -11,6 +11,7 @@ import socket
 import httpx
 import openai
 import pytest
+from pydantic import SecretStr
 
 from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
@@ -25,7 +26,7 @@ async def test_each_error_has_openais_type() -> None:
         router_addr="127.0.0.1:1",  # nothing there: the router is unreachable
         access_log="off",
         metrics_port=0,
-        api_keys=key_line("caller", KEY),
+        api_keys=SecretStr(key_line("caller", KEY)),
         max_body_bytes=1000,
         batch_max_concurrent_uploads=1,
     )

@@ -12,6 +12,7 @@ import select
 import socket
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
@@ -181,7 +182,9 @@ async def test_a_body_trickled_after_its_429_is_cut_off(edge: tuple[int, httpx.A
         while time.monotonic() - start < GRACE_S + 5:
             try:
                 trickling.sendall(b"x")
-                readable = await asyncio.to_thread(select.select, [trickling], [], [], STALL_S / 2)
+                readable: tuple[list[Any], list[Any], list[Any]] = await asyncio.to_thread(
+                    select.select, [trickling], [], [], STALL_S / 2
+                )
                 if readable[0]:
                     if not (chunk := trickling.recv(65536)):
                         break

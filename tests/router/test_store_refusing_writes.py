@@ -56,7 +56,7 @@ async def server(tmp_path: Path) -> AsyncIterator[RedisServer]:
     started.stop()
 
 
-async def busy(client: redis.Redis) -> asyncio.Task[Any]:
+async def busy(client: Any) -> asyncio.Task[Any]:
     """A script runs past the store's busy threshold (50 ms here): until it is killed, every other command is
     answered BUSY."""
     await client.config_set("busy-reply-threshold", 50)
