@@ -28,4 +28,4 @@ def test_each_service_serves_metrics_on_its_documented_port_by_default(service: 
     with pytest.MonkeyPatch.context() as env:
         env.setenv(f"{prefix}_METRICS_PORT", "0")
         env.setenv(f"{prefix}_AUTH", "none")
-        assert SETTINGS[service]().metrics_port == 0  # type: ignore[call-arg]
+        assert SETTINGS[service]().metrics_port == 0

@@ -205,10 +205,10 @@ class RedisStore:
         self._reading = asyncio.Lock()
 
     async def put(self, key: str, fields: dict[str, str | bytes]) -> None:
-        await self.redis.hset(key, mapping=fields)  # type: ignore[arg-type]
+        await self.redis.hset(key, mapping=fields)
 
     async def get(self, key: str) -> dict[str, bytes]:
-        raw = await self.redis.hgetall(key)  # type: ignore[misc]
+        raw = await self.redis.hgetall(key)
         return {_text(k): _bytes(v) for k, v in raw.items()}
 
     async def put_once(self, key: str, field: str, value: bytes) -> bool:
@@ -224,17 +224,17 @@ class RedisStore:
             await self.redis.srem(ACTIVE, batch_id)
 
     async def active(self) -> set[str]:
-        return {_text(m) for m in await self.redis.smembers(ACTIVE)}  # type: ignore[misc]
+        return {_text(m) for m in await self.redis.smembers(ACTIVE)}
 
     async def lease(self, batch_id: str, owner: str, ttl_s: int) -> bool:
-        return bool(await self.redis.eval(LEASE, 1, f"{PREFIX}lease:{batch_id}", owner, ttl_s))  # type: ignore[misc]
+        return bool(await self.redis.eval(LEASE, 1, f"{PREFIX}lease:{batch_id}", owner, ttl_s))
 
     async def release(self, batch_id: str, owner: str) -> None:
-        await self.redis.eval(RELEASE, 1, f"{PREFIX}lease:{batch_id}", owner)  # type: ignore[misc]
+        await self.redis.eval(RELEASE, 1, f"{PREFIX}lease:{batch_id}", owner)
 
     async def back_off(self, batch_id: str, first_s: float, most_s: float) -> float | None:
         args = (repr(time.time()), first_s, most_s, wire.DAY_S)
-        until = await self.redis.eval(BACK_OFF, 1, batch_key(batch_id), *args)  # type: ignore[misc]
+        until = await self.redis.eval(BACK_OFF, 1, batch_key(batch_id), *args)
         return None if until is None else float(until)
 
     async def expire(self, keys: list[str], ttl_s: int) -> None:
@@ -254,11 +254,11 @@ class RedisStore:
 
     async def content(self, key: str) -> bytes | None:
         async with self._reading:
-            value = await self.redis.hget(key, "content")  # type: ignore[misc]
+            value = await self.redis.hget(key, "content")
         return None if value is None else _bytes(value)
 
     async def drop(self, key: str, field: str) -> None:
-        await self.redis.hdel(key, field)  # type: ignore[misc]
+        await self.redis.hdel(key, field)
 
     async def delete(self, keys: list[str]) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:  # one key at a time: a cluster's slots differ
@@ -276,11 +276,11 @@ class RedisStore:
 
     async def _index(self, tenant: str, kind: str, item_id: str, created: str, until: str, mode: str) -> None:
         keys = index_keys(tenant, kind)
-        await self.redis.eval(INDEX, 2, *keys, item_id, created, until, str(time.time()), mode)  # type: ignore[misc]
+        await self.redis.eval(INDEX, 2, *keys, item_id, created, until, str(time.time()), mode)
 
     async def page(self, tenant: str, kind: str, after: str | None, count: int, newest_first: bool) -> list[str] | None:
         order = "desc" if newest_first else "asc"
-        ids = await self.redis.eval(PAGE, 1, index_keys(tenant, kind)[0], after or "", count, order)  # type: ignore[misc]
+        ids = await self.redis.eval(PAGE, 1, index_keys(tenant, kind)[0], after or "", count, order)
         return None if ids is None else [_text(i) for i in ids]
 
     async def close(self) -> None:

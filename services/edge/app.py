@@ -498,6 +498,6 @@ def create_app(settings: EdgeSettings, channel: grpc.aio.Channel) -> Starlette:
         405: _method,
         Exception: _unexpected,
     }
-    app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)  # type: ignore[arg-type]
+    app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
     app.add_middleware(Observe, access_log=access_log)
     return app

@@ -20,7 +20,7 @@ def test_small_runs_use_one_thread_and_predict_the_same(model_dir: Path) -> None
     model = QualityModel(model_dir, threads=2, small_batch=4)
     reference = QualityModel(model_dir, threads=2, small_batch=0)
     assert model.predict(PROMPTS[:3]) == pytest.approx(reference.predict(PROMPTS[:3]), abs=1e-5)
-    model._session = Refuses()  # type: ignore[assignment]  # only runs over 4 prompts may reach it
+    model._session = Refuses()  # only runs over 4 prompts may reach it
     model.predict(PROMPTS[:4])
     with pytest.raises(RuntimeError, match="multi-threaded"):
         model.predict(PROMPTS)

@@ -97,7 +97,7 @@ async def test_a_batch_line_with_a_unicode_line_separator_in_a_string_is_valid(
             input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
         )
         batch = await finished(client, batch.id)
-        assert batch.request_counts.completed == 3, batch  # type: ignore[attr-defined]
+        assert batch.request_counts.completed == 3, batch
         # A byte-order mark (as Windows editors write one) opens a UTF-8 file; it is not part of the first line.
         bom = b"\xef\xbb\xbf" + json.dumps(line("first", uuid.uuid4().hex)).encode()
         assert (await client.files.create(file=("bom.jsonl", bom), purpose="batch")).bytes == len(bom)
@@ -194,8 +194,8 @@ async def test_a_batch_too_large_for_one_router_message_still_ends(
             input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
         )
         batch = await finished(client, batch.id, timeout_s=40)
-        assert (batch.request_counts.completed, batch.request_counts.failed) == (1, 5), batch  # type: ignore[attr-defined]
-        errors = [json.loads(x) for x in (await client.files.content(batch.error_file_id)).text.splitlines()]  # type: ignore[attr-defined]
+        assert (batch.request_counts.completed, batch.request_counts.failed) == (1, 5), batch
+        errors = [json.loads(x) for x in (await client.files.content(batch.error_file_id)).text.splitlines()]
         status = {e["custom_id"]: e["response"]["status_code"] for e in errors}
         assert status == {**{f"big-{i}": 400 for i in range(4)}, "huge": 413}, status
     finally:
@@ -229,7 +229,7 @@ async def test_batch_files_are_read_off_the_event_loop(
         batch = await client.batches.create(
             input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
         )
-        assert (await finished(client, batch.id)).request_counts.completed == 3  # type: ignore[union-attr]
+        assert (await finished(client, batch.id)).request_counts.completed == 3
     finally:
         await client.close()
     assert [what for what, _ in read_on] == ["check", "index"]  # upload, the run
@@ -367,7 +367,7 @@ async def test_a_rate_limited_tenants_batch_does_not_hold_up_another_tenants(rat
     await rate_limited.parked("busy", 6)  # 2 admitted this minute, 4 refused until the next
     other = await rate_limited.submit("other", 1)
     done = await finished(rate_limited.clients["other"], other, timeout_s=15)
-    assert done.request_counts.completed == 1  # type: ignore[attr-defined]
+    assert done.request_counts.completed == 1
 
 
 async def test_a_parked_batch_gives_its_running_place_to_another_tenants(chain: Chain) -> None:
@@ -378,9 +378,9 @@ async def test_a_parked_batch_gives_its_running_place_to_another_tenants(chain: 
         busy = await edge.parked("busy", 3)  # 2 answered this minute, 1 refused until the next
         other = await edge.submit("other", 1)
         done = await finished(edge.clients["other"], other, timeout_s=15)
-        assert done.request_counts.completed == 1  # type: ignore[attr-defined]
+        assert done.request_counts.completed == 1
         resumed = await finished(edge.clients["busy"], busy, timeout_s=75)  # at the next minute
-    assert resumed.status == "completed" and resumed.request_counts.completed == 3  # type: ignore[attr-defined]
+    assert resumed.status == "completed" and resumed.request_counts.completed == 3
 
 
 async def test_a_batch_parked_until_its_retry_time_is_cancelled_meanwhile(rate_limited: RateLimitedEdge) -> None:
@@ -388,9 +388,9 @@ async def test_a_batch_parked_until_its_retry_time_is_cancelled_meanwhile(rate_l
     busy = await rate_limited.parked("busy", 4)
     await client.batches.cancel(busy)
     done = await finished(client, busy, timeout_s=5)  # not at the next minute, when its lines could run
-    assert done.status == "cancelled"  # type: ignore[attr-defined]
-    assert (done.request_counts.completed, done.request_counts.failed) == (2, 0)  # type: ignore[attr-defined]
-    output = (await client.files.content(done.output_file_id)).text.splitlines()  # type: ignore[attr-defined]
+    assert done.status == "cancelled"
+    assert (done.request_counts.completed, done.request_counts.failed) == (2, 0)
+    output = (await client.files.content(done.output_file_id)).text.splitlines()
     assert len({json.loads(o)["custom_id"] for o in output}) == 2  # the lines answered, each once
 
 
@@ -405,8 +405,8 @@ async def test_a_parked_batch_cancelled_while_its_edge_is_full_ends_once_a_place
             done = await finished(edge.clients["busy"], busy, timeout_s=10)  # not at the next minute
         finally:
             chain.budget.latency = 0.0
-    assert done.status == "cancelled"  # type: ignore[attr-defined]
-    assert (done.request_counts.completed, done.request_counts.failed) == (2, 0)  # type: ignore[attr-defined]
+    assert done.status == "cancelled"
+    assert (done.request_counts.completed, done.request_counts.failed) == (2, 0)
 
 
 async def test_a_batch_the_router_keeps_refusing_expires_at_the_end_of_its_window(chain: Chain) -> None:
@@ -416,10 +416,10 @@ async def test_a_batch_the_router_keeps_refusing_expires_at_the_end_of_its_windo
         client = edge.clients["busy"]
         busy = await edge.parked("busy", 5)
         done = await finished(client, busy, timeout_s=10)  # not at the next minute, when its lines could run
-        errors = (await client.files.content(done.error_file_id)).text.splitlines()  # type: ignore[attr-defined]
-        output = (await client.files.content(done.output_file_id)).text.splitlines()  # type: ignore[attr-defined]
-    assert done.status == "expired" and done.expired_at >= done.expires_at == done.created_at + 3  # type: ignore[attr-defined]
-    assert (done.request_counts.completed, done.request_counts.failed) == (2, 3)  # type: ignore[attr-defined]
+        errors = (await client.files.content(done.error_file_id)).text.splitlines()
+        output = (await client.files.content(done.output_file_id)).text.splitlines()
+    assert done.status == "expired" and done.expired_at >= done.expires_at == done.created_at + 3
+    assert (done.request_counts.completed, done.request_counts.failed) == (2, 3)
     assert len({json.loads(o)["custom_id"] for o in output}) == 2
     message = "This request could not be executed before the completion window expired."
     expected = {"code": "batch_expired", "message": message}

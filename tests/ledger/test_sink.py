@@ -280,7 +280,7 @@ async def test_operator_stats_and_budgets_equal_the_money_store(
     store = RedisStore(any_redis_url)
     try:
         await charge_some(store, 0, 90, rng)
-        await LedgerSink(source(client, "sink-ops"), ledger_db).drain()  # type: ignore[arg-type]
+        await LedgerSink(source(client, "sink-ops"), ledger_db).drain()
         operations = Operations(store, Allowance("total", tenant_pico=to_pico(Decimal(500))), ledger_db)
         entries = await ledger_records(client)
         middle = sorted(e["ts"] for e in entries)[45]
@@ -318,7 +318,7 @@ async def test_the_keyless_key_budget_says_it_counts_its_tenants_whole_spend(
     try:
         for n, (account, pico) in enumerate(((keyless, 1_500), (keyed, 700), (other, 200))):
             await store.charge(account, Hold(f"r{n}", 0, "all"), pico, record(f"r{n}", account, rng))
-        await LedgerSink(source(client, "sink-keyless"), ledger_db).drain()  # type: ignore[arg-type]
+        await LedgerSink(source(client, "sink-keyless"), ledger_db).drain()
         operations = Operations(store, Allowance("total", key_pico=to_pico(Decimal(5))), ledger_db)
         set_reply = budget_message(await operations.set_budget(ALL, "key", KEYLESS, "2"))
         assert (set_reply.tenant, set_reply.tenant_wide, set_reply.limit_usd) == ("*", True, "2")
@@ -386,7 +386,7 @@ async def test_a_postgresql_that_dropped_the_connection_is_reconnected(
         db._conn.commit()
         rng = random.Random(5)
         await charge_some(store, 0, 10, rng)
-        sink = LedgerSink(source(client, "sink-pg"), db)  # type: ignore[arg-type]
+        sink = LedgerSink(source(client, "sink-pg"), db)
         await sink.drain()
         await charge_some(store, 10, 10, rng)
         with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:

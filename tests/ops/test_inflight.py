@@ -48,7 +48,7 @@ async def server() -> AsyncIterator[tuple[str, asyncio.Event]]:
     await srv.stop(0)
 
 
-async def until(condition, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+async def until(condition, timeout: float = 10.0) -> None:
     async with asyncio.timeout(timeout):
         while not condition():
             await asyncio.sleep(0.01)
