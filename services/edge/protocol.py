@@ -74,6 +74,7 @@ class BoundedReadProtocol(HttpToolsProtocol):
     head_bytes = 0  # received since the head began (the whole chunk it began in)
     ended = False  # a request ended in the chunk being parsed: the next one's head, pipelined, is not counted
     refused = False  # answered with a refusal: what still comes is dropped until the connection closes
+    owed: bytes | None = None  # a refusal not yet sent, for the answers of the requests before it to be sent first
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -142,10 +143,10 @@ class BoundedReadProtocol(HttpToolsProtocol):
         self.read_timer = None
         if self.in_body and self.flow.read_paused:  # the app has yet to take what came: no stall of the caller's
             self.arm()
-        elif (self.in_head or self.in_body) and not (self.cycle is not None and self.cycle.response_started):
+        elif self.in_head or self.in_body:
             what = "request line and headers not received" if self.in_head else "request body stalled"
             self.refuse(408, f"{what} within {self.read_timeout_s:g} s", "request_timeout")
-        else:  # nothing sent, or an answer begun: no answer of ours can follow
+        else:  # nothing sent
             self.transport.close()
 
     def watch_body(self) -> None:
@@ -172,8 +173,6 @@ class BoundedReadProtocol(HttpToolsProtocol):
         due_s = max(self.body_grace_s, self.body_bytes / self.min_body_rate)
         if spent_s < due_s:
             self.rate_timer = self.loop.call_later(due_s - spent_s, self.check_rate)
-        elif self.cycle is None or self.cycle.response_started:  # answered (a 429 before the body): no 408 follows
-            self.transport.close()
         else:
             message = f"request body slower than {self.min_body_rate} bytes/s on average"
             self.refuse(408, f"{message} after {self.body_grace_s:g} s", "request_timeout")
@@ -222,21 +221,45 @@ class BoundedReadProtocol(HttpToolsProtocol):
         return unsent + int(struct.unpack("i", queued)[0])
 
     def refuse(self, status: int, message: str, code: str) -> None:
-        error = {"message": message, "type": "invalid_request_error", "param": None, "code": code}
-        body = json.dumps({"error": error}).encode()
-        self.transport.write(
-            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
-            % (status, REASONS[status], len(body), body)
-        )
-        # Closed at once with the rest of the request unread (a head past the bound, a body), the socket would
-        # answer with a reset, which can destroy the refusal before the caller reads it. So, as nginx does: stop
-        # sending, read and drop what still comes, and close when the caller does, or LINGER_S from now.
+        """The request being read refused: the refusal is its answer, written once every request before it on the
+        connection (pipelined) has its answer sent whole, never one more if its own answer has begun (a 404, 413 or
+        429 before its body was read): the connection is then closed. What still comes is dropped."""
         self.refused = True
         self.disarm()
         self.unwatch_body()
+        own = self.cycle if self.in_body else None  # its cycle, once its head was read
+        if own is not None and own.response_started:
+            self.transport.close()
+            return
+        queued = [item for item in self.pipeline if item[0] is own]
+        for item in queued:  # its app never started: never will
+            self.pipeline.remove(item)
+        error = {"message": message, "type": "invalid_request_error", "param": None, "code": code}
+        body = json.dumps({"error": error}).encode()
+        head = b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
+        self.owed = head % (status, REASONS[status], len(body)) + body
+        self.transport.resume_reading()
+        earlier = self.cycle if own is None else None  # the request before it, when it has no cycle of its own
+        if queued or self.pipeline or (earlier is not None and not earlier.response_complete):
+            return  # sent when their answers are (on_response_complete)
+        self.send_refusal()
+
+    def on_response_complete(self) -> None:
+        last = not self.pipeline  # no request queued behind the one answered
+        super().on_response_complete()
+        if self.owed is not None and last and not self.transport.is_closing():
+            self._unset_keepalive_if_required()
+            self.send_refusal()
+
+    def send_refusal(self) -> None:
+        assert self.owed is not None
+        self.transport.write(self.owed)
+        self.owed = None
+        # Closed at once with the rest of the request unread (a head past the bound, a body), the socket would
+        # answer with a reset, which can destroy the refusal before the caller reads it. So, as nginx does: stop
+        # sending, read and drop what still comes, and close when the caller does, or LINGER_S from now.
         if self.transport.can_write_eof():
             self.transport.write_eof()
-        self.transport.resume_reading()
         self.read_timer = self.loop.call_later(LINGER_S, self.transport.close)
 
 

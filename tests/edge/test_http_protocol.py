@@ -6,6 +6,7 @@ OpenAI's error body, as any other bad input."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -26,16 +27,20 @@ READ_TIMEOUT_S = 2
 BODY_GRACE_S = 5  # past the trickle the test of the read timeout sends
 MIN_BODY_RATE = 16
 POST = b"POST /v1/chat/completions HTTP/1.1\r\nHost: edge\r\n"
+SLOW_ANSWER_S = 2 * READ_TIMEOUT_S
 
 
-@pytest.fixture(scope="module")
-def edge_port() -> Iterator[int]:
+@contextlib.contextmanager
+def served(router_addr: str, **settings: str) -> Iterator[int]:
+    """`python -m services.edge` on loopback with the bounds here (and `settings`), its router at router_addr: its
+    port."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port, nowhere = s.getsockname()[1], s.getsockname()[1] + 1
-    env = {**os.environ, "EDGE_PORT": str(port), "EDGE_METRICS_PORT": "0", "EDGE_ROUTER_ADDR": f"127.0.0.1:{nowhere}"}
+        port = s.getsockname()[1]
+    env = {**os.environ, "EDGE_PORT": str(port), "EDGE_METRICS_PORT": "0", "EDGE_ROUTER_ADDR": router_addr}
     env["EDGE_READ_TIMEOUT_S"] = env["EDGE_WRITE_TIMEOUT_S"] = str(READ_TIMEOUT_S)
     env["EDGE_BODY_GRACE_S"], env["EDGE_MIN_BODY_RATE"] = str(BODY_GRACE_S), str(MIN_BODY_RATE)
+    env.update(settings)
     edge = subprocess.Popen(
         [sys.executable, "-m", "services.edge"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -52,6 +57,27 @@ def edge_port() -> Iterator[int]:
     finally:
         edge.terminate()
         edge.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def edge_port() -> Iterator[int]:
+    """The edge, its router nowhere: a chat completion read whole is a 503 at once."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        nowhere = s.getsockname()[1] + 1
+    with served(f"127.0.0.1:{nowhere}") as port:
+        yield port
+
+
+@pytest.fixture(scope="module")
+def slow_edge_port() -> Iterator[int]:
+    """The edge, its router a socket that never answers: a chat completion read whole is a 502 after
+    SLOW_ANSWER_S."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        with served(f"127.0.0.1:{silent.getsockname()[1]}", EDGE_REQUEST_TIMEOUT_S=str(SLOW_ANSWER_S)) as port:
+            yield port
 
 
 def answer(port: int, sent: bytes, pause_s: float = 0) -> bytes:
@@ -210,3 +236,65 @@ def test_an_answer_its_caller_stops_reading_is_reset(edge_port: int) -> None:
             while chunk := s.recv(1024 * 1024):
                 received += len(chunk)
     assert received < int(uploaded.json()["bytes"])
+
+
+def responses(s: socket.socket, within_s: float) -> list[bytes]:
+    """The status lines of what the edge sends on `s` within within_s, or up to its closing the connection."""
+    received, deadline = b"", time.monotonic() + within_s
+    while (left := deadline - time.monotonic()) > 0 and select.select([s], [], [], left)[0]:
+        try:
+            chunk = s.recv(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        received += chunk
+    statuses = []
+    while received:  # each answer: its head, then a body of its content-length
+        head, _, received = received.partition(b"\r\n\r\n")
+        status, *fields = head.split(b"\r\n")
+        statuses.append(status)
+        length = [int(f.split(b":")[1]) for f in fields if f.lower().startswith(b"content-length:")]
+        received = received[length[0] if length else len(received) :]
+    return statuses
+
+
+def test_a_body_answered_before_it_is_read_gets_no_second_answer(edge_port: int) -> None:
+    """A 404 (a 413 or a 429 alike) sent before the body was read is its request's one answer: what the caller
+    sends next, malformed, stalled or trickled, closes the connection, never answered again (the caller would read
+    a second answer as that of its next request)."""
+    for rest, pause_s in [(b"zz\r\n", 0.0), (b"5\r\n{", 0.0), (b"5\r\n{", 2 * READ_TIMEOUT_S)]:
+        with socket.create_connection(("127.0.0.1", edge_port), timeout=10) as s:
+            s.sendall(b"POST /nowhere HTTP/1.1\r\nHost: edge\r\nTransfer-Encoding: chunked\r\n\r\n")
+            assert responses(s, 1) == [b"HTTP/1.1 404 Not Found"]
+            s.sendall(rest)
+            time.sleep(pause_s)
+            assert responses(s, 2 * READ_TIMEOUT_S) == [], rest
+
+
+def test_a_next_request_on_a_kept_alive_connection_is_timed_as_its_own(edge_port: int) -> None:
+    """The head of a request after one answered whole is refused when it stalls (408), not dropped unanswered as
+    if the answer before were its."""
+    with socket.create_connection(("127.0.0.1", edge_port), timeout=10) as s:
+        s.sendall(b"GET /nowhere HTTP/1.1\r\nHost: edge\r\n\r\nGET /healthz HTTP/1.1\r\n")
+        assert responses(s, 2 * READ_TIMEOUT_S) == [b"HTTP/1.1 404 Not Found", b"HTTP/1.1 408 Request Timeout"]
+
+
+@pytest.mark.parametrize(
+    "then",
+    [
+        b"GET /healthz HTTP/1.1\r\n",
+        POST + b"Content-Length: 9\r\n\r\n{",
+        b"GET /healthz HTTP/1.1\r\nX-Nul: \x00\r\n\r\n",
+    ],
+    ids=["head stalled", "body stalled", "malformed"],
+)
+def test_a_pipelined_request_refused_is_answered_after_the_one_before(slow_edge_port: int, then: bytes) -> None:
+    """A request pipelined behind one still being answered, its head or body stalled (408) or malformed (400): its
+    refusal follows the answer before it, never comes first (where its caller would read it as that answer)."""
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    with socket.create_connection(("127.0.0.1", slow_edge_port), timeout=10) as s:
+        s.sendall(POST + b"Content-Length: %d\r\n\r\n%s%s" % (len(body), body, then))
+        statuses = responses(s, SLOW_ANSWER_S + READ_TIMEOUT_S)
+    refused = b"HTTP/1.1 400 Bad Request" if b"\x00" in then else b"HTTP/1.1 408 Request Timeout"
+    assert statuses == [b"HTTP/1.1 502 Bad Gateway", refused]
