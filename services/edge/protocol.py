@@ -50,13 +50,13 @@ class TimedFlow(FlowControl):
 
 
 class BoundedReadProtocol(HttpToolsProtocol):
-    """A head past MAX_HEAD_BYTES gets a 431; a head not whole read_timeout_s after the connection opened or the
-    request began, a body that stalls that long, or one that has come at under min_body_rate bytes/s on average
-    body_grace_s or more after the head ended, a 408; then the connection is closed, as after a malformed request's
-    400 (the time the edge's app had yet to take what came is not the caller's: not counted). A connection that sends
-    nothing for read_timeout_s is closed. One whose caller takes none of an answer for write_timeout_s, the answer's
-    sending held up meanwhile, is dropped (looked at every write_timeout_s: within twice that of the caller's last
-    read)."""
+    """A head (or a chunked body's trailers) past MAX_HEAD_BYTES gets a 431; a head not whole read_timeout_s after
+    the connection opened or the request began, a body that stalls that long, or one that has come at under
+    min_body_rate bytes/s on average body_grace_s or more after the head ended, a 408; then the connection is closed,
+    as after a malformed request's 400 (the time the edge's app had yet to take what came is not the caller's: not
+    counted). A connection that sends nothing for read_timeout_s is closed. One whose caller takes none of an answer
+    for write_timeout_s, the answer's sending held up meanwhile, is dropped (looked at every write_timeout_s: within
+    twice that of the caller's last read)."""
 
     read_timeout_s = 30.0  # the edge's setting EDGE_READ_TIMEOUT_S (edge_protocol)
     write_timeout_s = 30.0  # EDGE_WRITE_TIMEOUT_S
@@ -72,6 +72,8 @@ class BoundedReadProtocol(HttpToolsProtocol):
     in_head = False  # a request's head has begun and not ended
     in_body = False  # a request's head has ended and its body not
     head_bytes = 0  # received since the head began (the whole chunk it began in)
+    chunk_bare = False  # a chunked body's chunk has begun and none of it came yet: the last one's trailers come
+    trailer_bytes = 0  # of the chunked body's trailers (about)
     ended = False  # a request ended in the chunk being parsed: the next one's head, pipelined, is not counted
     refused = False  # answered with a refusal: what still comes is dropped until the connection closes
     owed: bytes | None = None  # a refusal not yet sent, for the answers of the requests before it to be sent first
@@ -93,7 +95,13 @@ class BoundedReadProtocol(HttpToolsProtocol):
         self.ended = False
         if self.in_body:  # the body progresses
             self.arm()
+        bare = self.chunk_bare
         super().data_received(data)
+        if bare and self.chunk_bare and self.in_body:  # all of it the last chunk's trailers
+            self.trailer_bytes += len(data)
+        if self.in_body and self.trailer_bytes > MAX_HEAD_BYTES and not self.transport.is_closing():
+            # httptools keeps a trailer in memory however long it grows, uvicorn all of them: bounded as a head.
+            self.refuse(431, f"request trailers over {MAX_HEAD_BYTES} bytes", "request_header_fields_too_large")
         if not self.in_head or self.ended or self.transport.is_closing():
             return
         self.head_bytes += len(data)
@@ -106,19 +114,30 @@ class BoundedReadProtocol(HttpToolsProtocol):
         if self.read_timer is None:  # a next request on the connection: its own time
             self.arm()
 
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.in_body:  # a chunked body's trailer: not one of the request's headers (uvicorn would add it)
+            self.trailer_bytes += len(name) + len(value)
+        else:
+            super().on_header(name, value)
+
+    def on_chunk_header(self) -> None:
+        self.chunk_bare = True
+
     def on_headers_complete(self) -> None:
         self.in_head, self.in_body = False, True
+        self.chunk_bare, self.trailer_bytes = False, 0
         self.arm()
         self.watch_body()
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
         self.body_bytes += len(body)
+        self.chunk_bare = False
         super().on_body(body)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
-        self.ended, self.in_body = True, False
+        self.ended, self.in_body, self.chunk_bare = True, False, False
         self.disarm()
         self.unwatch_body()
 

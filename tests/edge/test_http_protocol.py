@@ -298,3 +298,26 @@ def test_a_pipelined_request_refused_is_answered_after_the_one_before(slow_edge_
         statuses = responses(s, SLOW_ANSWER_S + READ_TIMEOUT_S)
     refused = b"HTTP/1.1 400 Bad Request" if b"\x00" in then else b"HTTP/1.1 408 Request Timeout"
     assert statuses == [b"HTTP/1.1 502 Bad Gateway", refused]
+
+
+@pytest.mark.parametrize("trailers", ["many trailers", "one long trailer"])
+def test_a_chunked_body_s_trailers_past_the_bound_are_a_431(edge_port: int, trailers: str) -> None:
+    """Trailers are bounded as a head is: httptools kept a trailer however long, uvicorn all of them (as headers of
+    the request), hundreds of megabytes within the body's grace. (Counted from the read after the last chunk's
+    head: past the bound by as much as one read, 256 KiB, before.)"""
+    size = MAX_HEAD_BYTES + 2**20
+    rest = {"many trailers": b"X-T: v\r\n" * (size // 8), "one long trailer": b"X-T: " + b"v" * size}[trailers]
+    start = time.monotonic()
+    sent = POST + b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n" + rest
+    status, _, body = answer(edge_port, sent).partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 431 "), status
+    assert json.loads(body)["error"]["code"] == "request_header_fields_too_large"
+    assert time.monotonic() - start < READ_TIMEOUT_S  # not a stall's 408
+
+
+def test_a_chunked_body_with_trailers_under_the_bound_is_read(edge_port: int) -> None:
+    body = json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode()
+    chunked = b"%x\r\n%s\r\n0\r\nX-Checksum: abc\r\n\r\n" % (len(body), body)
+    sent = POST + b"Connection: close\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked
+    status, _, _ = answer(edge_port, sent).partition(b"\r\n")
+    assert status.startswith(b"HTTP/1.1 503 "), status  # read whole, then the router is not there
