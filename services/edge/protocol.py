@@ -160,7 +160,9 @@ class BoundedReadProtocol(HttpToolsProtocol):
 
     def timed_out(self) -> None:
         self.read_timer = None
-        if self.in_body and self.flow.read_paused:  # the app has yet to take what came: no stall of the caller's
+        if (self.in_head or self.in_body) and self.flow.read_paused:
+            # The app has yet to take what came (or to answer the requests queued before this one, pipelined: the
+            # head of a next one cut where the read ended): no stall of the caller's.
             self.arm()
         elif self.in_head or self.in_body:
             what = "request line and headers not received" if self.in_head else "request body stalled"

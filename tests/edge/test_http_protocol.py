@@ -321,3 +321,14 @@ def test_a_chunked_body_with_trailers_under_the_bound_is_read(edge_port: int) ->
     sent = POST + b"Connection: close\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked
     status, _, _ = answer(edge_port, sent).partition(b"\r\n")
     assert status.startswith(b"HTTP/1.1 503 "), status  # read whole, then the router is not there
+
+
+def test_a_pipelined_head_the_edge_stopped_reading_is_not_timed_out(slow_edge_port: int) -> None:
+    """Two requests queued behind one being served (its router silent): the edge stops reading, the third's head cut
+    where the read ended. Its rest, sent meanwhile, waits unread: not the caller's stall, no 408."""
+    with socket.create_connection(("127.0.0.1", slow_edge_port), timeout=10) as s:
+        s.sendall(b"GET /v1/models HTTP/1.1\r\nHost: edge\r\n\r\nGET /healthz HTTP/1.1\r\nHost: edge\r\n\r\nGET /hea")
+        time.sleep(0.5)
+        s.sendall(b"lthz HTTP/1.1\r\nHost: edge\r\nConnection: close\r\n\r\n")
+        statuses = responses(s, 15)
+    assert statuses[1:] == [b"HTTP/1.1 200 OK", b"HTTP/1.1 200 OK"], statuses
