@@ -111,6 +111,7 @@ class BoundedReadProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self.in_head, self.head_bytes = True, 0
+        self._unset_keepalive_if_required()  # no longer idle: its head is timed
         if self.read_timer is None:  # a next request on the connection: its own time
             self.arm()
 
@@ -140,6 +141,13 @@ class BoundedReadProtocol(HttpToolsProtocol):
         self.ended, self.in_body, self.chunk_bare = True, False, False
         self.disarm()
         self.unwatch_body()
+        if self.cycle is not None and self.cycle.response_complete and not self.transport.is_closing():
+            # Answered before its body ended (uvicorn's keep-alive timer, armed then, went at the body's next read):
+            # idle from here, closed as any connection kept alive.
+            self._unset_keepalive_if_required()
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
 
     def handle_websocket_upgrade(self) -> None:
         self.disarm()  # the connection is the WebSocket protocol's from here

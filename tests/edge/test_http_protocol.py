@@ -332,3 +332,16 @@ def test_a_pipelined_head_the_edge_stopped_reading_is_not_timed_out(slow_edge_po
         s.sendall(b"lthz HTTP/1.1\r\nHost: edge\r\nConnection: close\r\n\r\n")
         statuses = responses(s, 15)
     assert statuses[1:] == [b"HTTP/1.1 200 OK", b"HTTP/1.1 200 OK"], statuses
+
+
+def test_a_connection_idle_after_a_body_answered_before_it_ended_is_closed(edge_port: int) -> None:
+    """Answered (a 404) before its body came, the request's body then ends: the connection, idle from there, is
+    closed as any other kept alive (uvicorn's 5 s); it was held with no timer at all, as long as its caller liked."""
+    with socket.create_connection(("127.0.0.1", edge_port), timeout=10) as s:
+        s.sendall(b"POST /nowhere HTTP/1.1\r\nHost: edge\r\nContent-Length: 5\r\n\r\n")
+        assert responses(s, 1) == [b"HTTP/1.1 404 Not Found"]
+        s.sendall(b"{}   ")
+        start = time.monotonic()
+        assert select.select([s], [], [], 5 + READ_TIMEOUT_S)[0], "still open"
+        assert s.recv(1024) == b""
+        assert time.monotonic() - start > 4
