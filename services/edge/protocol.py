@@ -252,7 +252,10 @@ class BoundedReadProtocol(HttpToolsProtocol):
     def refuse(self, status: int, message: str, code: str) -> None:
         """The request being read refused: the refusal is its answer, written once every request before it on the
         connection (pipelined) has its answer sent whole, never one more if its own answer has begun (a 404, 413 or
-        429 before its body was read): the connection is then closed. What still comes is dropped."""
+        429 before its body was read): the connection is then closed. What still comes is dropped. One refusal a
+        connection: a read refused as malformed that also passes the head's bound is not refused again."""
+        if self.refused:
+            return
         self.refused = True
         self.disarm()
         self.unwatch_body()

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -31,9 +32,9 @@ SLOW_ANSWER_S = 2 * READ_TIMEOUT_S
 
 
 @contextlib.contextmanager
-def served(router_addr: str, **settings: str) -> Iterator[int]:
-    """`python -m services.edge` on loopback with the bounds here (and `settings`), its router at router_addr: its
-    port."""
+def served(router_addr: str, log: Path | None = None, **settings: str) -> Iterator[int]:
+    """`python -m services.edge` on loopback with the bounds here (and `settings`), its router at router_addr,
+    logging to `log`: its port."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -41,9 +42,8 @@ def served(router_addr: str, **settings: str) -> Iterator[int]:
     env["EDGE_READ_TIMEOUT_S"] = env["EDGE_WRITE_TIMEOUT_S"] = str(READ_TIMEOUT_S)
     env["EDGE_BODY_GRACE_S"], env["EDGE_MIN_BODY_RATE"] = str(BODY_GRACE_S), str(MIN_BODY_RATE)
     env.update(settings)
-    edge = subprocess.Popen(
-        [sys.executable, "-m", "services.edge"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    output = log.open("wb") if log is not None else subprocess.DEVNULL
+    edge = subprocess.Popen([sys.executable, "-m", "services.edge"], cwd=ROOT, env=env, stdout=output, stderr=output)
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -57,6 +57,8 @@ def served(router_addr: str, **settings: str) -> Iterator[int]:
     finally:
         edge.terminate()
         edge.wait(timeout=30)
+        if log is not None:
+            output.close()  # type: ignore[union-attr]
 
 
 @pytest.fixture(scope="module")
@@ -345,3 +347,21 @@ def test_a_connection_idle_after_a_body_answered_before_it_ended_is_closed(edge_
         assert select.select([s], [], [], 5 + READ_TIMEOUT_S)[0], "still open"
         assert s.recv(1024) == b""
         assert time.monotonic() - start > 4
+
+
+def test_a_head_refused_malformed_past_the_bound_is_refused_once(tmp_path: Path) -> None:
+    """Malformed (400) in a read that also passed the head's bound: no 431 tried after it, which failed (a write
+    after the refusal's end) and dropped the connection with an error logged."""
+    log = tmp_path / "edge.log"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        nowhere = s.getsockname()[1] + 1
+    with served(f"127.0.0.1:{nowhere}", log=log) as port:
+        sent = b"GET /healthz HTTP/1.1\r\nHost: edge\r\nX-Nul: \x00" + b"a" * (MAX_HEAD_BYTES + 16 * 1024)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+            c.sendall(sent[:1])
+            time.sleep(0.2)
+            c.sendall(sent[1:])
+            assert responses(c, READ_TIMEOUT_S + 2) == [b"HTTP/1.1 400 Bad Request"]
+    errors = [line for line in log.read_text().splitlines() if '"level": "ERROR"' in line]
+    assert errors == []
