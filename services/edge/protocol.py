@@ -130,6 +130,11 @@ class BoundedReadProtocol(HttpToolsProtocol):
         self.arm()
         self.watch_body()
         super().on_headers_complete()
+        if self.cycle is not None and self.cycle.waiting_for_100_continue:
+            # Its caller waits for a 100 Continue (sent when the app first asks for the body, which then resumes
+            # reading) before it sends the body: until then, time the app holds it up, as when it has yet to take
+            # what came.
+            self.flow.pause_reading()
 
     def on_body(self, body: bytes) -> None:
         self.body_bytes += len(body)

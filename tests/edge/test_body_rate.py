@@ -59,3 +59,29 @@ async def test_time_the_app_holds_the_body_up_is_not_the_callers() -> None:
     status, _, size = reply.partition(b"\r\n\r\n")
     assert status.startswith(b"HTTP/1.1 200 "), reply
     assert int(size) == len(BODY)
+
+
+async def test_time_before_the_app_asks_for_an_expected_body_is_not_the_callers() -> None:
+    """A caller that sends `Expect: 100-continue` waits for the 100 (sent once the app first asks for the body)
+    before it sends its body: that wait, the app busy, is not a stall, nor counted against its rate."""
+    port = free_port()
+    protocol = edge_protocol(read_timeout_s=1, write_timeout_s=30, min_body_rate=RATE, body_grace_s=GRACE_S)
+    config = uvicorn.Config(slow_reader, host="127.0.0.1", port=port, http=protocol, log_config=None, lifespan="off")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.02)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            head = b"POST / HTTP/1.1\r\nHost: edge\r\nConnection: close\r\nExpect: 100-continue\r\n"
+            await asyncio.to_thread(s.sendall, head + b"Content-Length: %d\r\n\r\n" % len(BODY))
+            interim = await asyncio.to_thread(s.recv, 65536)
+            assert interim == b"HTTP/1.1 100 Continue\r\n\r\n", interim
+            await asyncio.to_thread(s.sendall, BODY)
+            reply = await asyncio.to_thread(read_all, s)
+    finally:
+        server.should_exit = True
+        await task
+    status, _, size = reply.partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 200 "), reply
+    assert int(size) == len(BODY)
