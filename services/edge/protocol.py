@@ -271,6 +271,9 @@ class BoundedReadProtocol(HttpToolsProtocol):
         queued = [item for item in self.pipeline if item[0] is own]
         for item in queued:  # its app never started: never will
             self.pipeline.remove(item)
+        if own is not None and not queued:  # its app, running, learns its caller is gone: nothing it sends goes out
+            own.disconnected, own.waiting_for_100_continue = True, False
+            own.message_event.set()
         error = {"message": message, "type": "invalid_request_error", "param": None, "code": code}
         body = json.dumps({"error": error}).encode()
         head = b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
