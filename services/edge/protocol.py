@@ -32,6 +32,7 @@ class TimedFlow(FlowControl):
 
     paused_at: float | None = None
     paused_s = 0.0  # before paused_at
+    resumed_at = 0.0  # when reading last resumed (the loop's time)
 
     def pause_reading(self) -> None:
         if not self.read_paused:
@@ -40,7 +41,8 @@ class TimedFlow(FlowControl):
 
     def resume_reading(self) -> None:
         if self.paused_at is not None:
-            self.paused_s += asyncio.get_running_loop().time() - self.paused_at
+            self.resumed_at = asyncio.get_running_loop().time()
+            self.paused_s += self.resumed_at - self.paused_at
             self.paused_at = None
         super().resume_reading()
 
@@ -177,6 +179,9 @@ class BoundedReadProtocol(HttpToolsProtocol):
             # The app has yet to take what came (or to answer the requests queued before this one, pipelined: the
             # head of a next one cut where the read ended): no stall of the caller's.
             self.arm()
+        elif (self.in_head or self.in_body) and self.loop.time() < self.flow.resumed_at + self.read_timeout_s:
+            # Reading resumed since: the caller has a whole read timeout from then.
+            self.read_timer = self.loop.call_at(self.flow.resumed_at + self.read_timeout_s, self.timed_out)
         elif self.in_head or self.in_body:
             what = "request line and headers not received" if self.in_head else "request body stalled"
             self.refuse(408, f"{what} within {self.read_timeout_s:g} s", "request_timeout")

@@ -121,3 +121,45 @@ async def test_an_app_learns_its_request_was_refused_at_the_refusal() -> None:
     finally:
         server.should_exit = True
         await task
+
+
+async def test_a_body_s_stall_is_timed_from_when_reading_resumed() -> None:
+    """Reading held up by the app (here until it asks for an expected body) then resumed: the caller has a whole
+    read timeout from then, not what was left of one begun while reading was held up."""
+
+    async def busy_reader(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        await asyncio.sleep(2.8)  # the stall timer, looked at again each second held up, next at about 3 s
+        size, more = 0, True
+        while more:
+            message = await receive()
+            size, more = size + len(message.get("body", b"")), message.get("more_body", False)
+        answer = str(size).encode()
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(answer))]}
+        )
+        await send({"type": "http.response.body", "body": answer})
+
+    port = free_port()
+    protocol = edge_protocol(read_timeout_s=1, write_timeout_s=30, min_body_rate=RATE, body_grace_s=GRACE_S)
+    config = uvicorn.Config(busy_reader, host="127.0.0.1", port=port, http=protocol, log_config=None, lifespan="off")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.02)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            head = b"POST / HTTP/1.1\r\nHost: edge\r\nConnection: close\r\nExpect: 100-continue\r\n"
+            await asyncio.to_thread(s.sendall, head + b"Content-Length: %d\r\n\r\n" % len(BODY))
+            interim = await asyncio.to_thread(s.recv, 65536)
+            assert interim == b"HTTP/1.1 100 Continue\r\n\r\n", interim
+            await asyncio.sleep(0.6)  # within the read timeout of the 100
+            await asyncio.to_thread(s.sendall, BODY)
+            reply = await asyncio.to_thread(read_all, s)
+    finally:
+        server.should_exit = True
+        await task
+    status, _, size = reply.partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 200 "), reply
+    assert int(size) == len(BODY)
