@@ -211,7 +211,10 @@ class BoundedReadProtocol(HttpToolsProtocol):
         spent_s = now - self.body_began - (self.flow.held_s(now) - self.body_held_s)
         due_s = max(self.body_grace_s, self.body_bytes / self.min_body_rate)
         if spent_s < due_s:
-            self.rate_timer = self.loop.call_later(due_s - spent_s, self.check_rate)
+            # Reading held up, the body's time stands still: looked at again once a grace has passed at the least,
+            # not over and over (it stood just under its due).
+            wait_s = max(due_s - spent_s, self.body_grace_s) if self.flow.read_paused else due_s - spent_s
+            self.rate_timer = self.loop.call_later(wait_s, self.check_rate)
         else:
             message = f"request body slower than {self.min_body_rate} bytes/s on average"
             self.refuse(408, f"{message} after {self.body_grace_s:g} s", "request_timeout")

@@ -163,3 +163,38 @@ async def test_a_body_s_stall_is_timed_from_when_reading_resumed() -> None:
     status, _, size = reply.partition(b"\r\n\r\n")
     assert status.startswith(b"HTTP/1.1 200 "), reply
     assert int(size) == len(BODY)
+
+
+async def test_the_rate_is_not_looked_at_over_and_over_while_reading_is_held_up() -> None:
+    """Reading held up (64 KiB unread, the app busy) just as the body's average meets the rate: its time frozen, the
+    check fell due again and again (here every 10 ms: what was left to its due), as long as the app held reading up
+    (a pipelined request's body behind a long answer: minutes)."""
+    checks = 0
+    base = edge_protocol(read_timeout_s=30, write_timeout_s=30, min_body_rate=32 * 1024, body_grace_s=GRACE_S)
+
+    class Counted(base):  # type: ignore[valid-type, misc]
+        def check_rate(self) -> None:
+            nonlocal checks
+            checks += 1
+            super().check_rate()
+
+    port = free_port()
+    config = uvicorn.Config(slow_reader, host="127.0.0.1", port=port, http=Counted, log_config=None, lifespan="off")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.02)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            head = b"POST / HTTP/1.1\r\nHost: edge\r\nConnection: close\r\nContent-Length: 70000\r\n\r\n"
+            await asyncio.to_thread(s.sendall, head + b"x" * 65536)  # due at 2 s, at 32 KiB/s: not held up yet
+            await asyncio.sleep(1.99)
+            await asyncio.to_thread(s.sendall, b"x")  # 64 KiB unread and more: held up until the app reads (3 s)
+            await asyncio.sleep(0.1)
+            await asyncio.to_thread(s.sendall, b"x" * (70000 - 65537))  # read once the app reads
+            reply = await asyncio.to_thread(read_all, s)
+    finally:
+        server.should_exit = True
+        await task
+    assert reply.startswith(b"HTTP/1.1 200 "), reply
+    assert checks < 10, checks
