@@ -15,6 +15,28 @@ from tests.fakes.anthropic_batches import BATCHES_PATH, FakeMessageBatches
 from tests.fakes.server import TOOL_CUE, FakeServer, Fault, Received, Reply, pieces, sse, words
 
 ReplyFn = Callable[[dict[str, Any]], str]
+# The Messages API's request fields: any other is refused ("Extra inputs are not permitted"), as by api.anthropic.com.
+KNOWN_FIELDS = frozenset(
+    {
+        "model",
+        "messages",
+        "max_tokens",
+        "system",
+        "temperature",
+        "top_p",
+        "top_k",
+        "stop_sequences",
+        "stream",
+        "tools",
+        "tool_choice",
+        "metadata",
+        "thinking",
+        "service_tier",
+        "container",
+        "mcp_servers",
+        "context_management",
+    }
+)
 
 
 def _text(content: Any) -> str:
@@ -92,6 +114,23 @@ class FakeAnthropic(FakeServer):
         kinds = {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error", 529: "overloaded_error"}
         kind = kinds.get(status, "api_error" if status >= 500 else "invalid_request_error")
         return {"type": "error", "error": {"type": kind, "message": f"fake upstream error {status}"}}
+
+    def refusal(self, request: Received) -> dict[str, Any] | None:
+        if request.method != "POST" or request.path != "/v1/messages":
+            return None
+        body = request.json
+        extra = sorted(set(body) - KNOWN_FIELDS)
+        metadata = body.get("metadata")
+        if isinstance(metadata, dict):
+            extra += [f"metadata.{k}" for k in sorted(set(metadata) - {"user_id"})]
+            user_id = metadata.get("user_id")
+            if isinstance(user_id, str) and len(user_id) > 256:
+                return self._invalid("metadata.user_id: String should have at most 256 characters")
+        return self._invalid(f"{extra[0]}: Extra inputs are not permitted") if extra else None
+
+    @staticmethod
+    def _invalid(message: str) -> dict[str, Any]:
+        return {"type": "error", "error": {"type": "invalid_request_error", "message": message}}
 
     def malformed_event(self) -> bytes:
         return b'event: content_block_delta\ndata: {"type": "content_block_delta", "index": 0, "delta": {\n\n'

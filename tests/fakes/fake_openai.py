@@ -12,6 +12,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import tiktoken
+from openai.types.chat.completion_create_params import CompletionCreateParamsBase
 
 from llmrouter.tokens import count_message_tokens
 from tests.fakes.openai_batches import FakeBatches
@@ -19,6 +20,7 @@ from tests.fakes.server import TOOL_CUE, FakeServer, Fault, Received, Reply, pie
 
 ReplyFn = Callable[[dict[str, Any]], str]
 LogprobFn = Callable[[dict[str, Any]], float]
+KNOWN_FIELDS = frozenset(CompletionCreateParamsBase.__annotations__) | {"stream"}
 
 
 def echo_reply(body: dict[str, Any]) -> str:
@@ -127,6 +129,17 @@ class FakeOpenAI(FakeServer):
                 "code": kinds.get(status),
             }
         }
+
+    def refusal(self, request: Received) -> dict[str, Any] | None:
+        """As api.openai.com: a chat completions field that is not in its API (the official SDK's parameters) is a
+        400 naming it."""
+        if request.method != "POST" or request.path != "/v1/chat/completions":
+            return None
+        unknown = sorted(set(request.json) - KNOWN_FIELDS)
+        if not unknown:
+            return None
+        message = f"Unrecognized request argument supplied: {unknown[0]}"
+        return {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}}
 
     def malformed_event(self) -> bytes:
         return b'data: {"id": "chatcmpl-broken", "choices": [{\n\n'

@@ -178,6 +178,10 @@ class FakeServer:
     def error_body(self, status: int, request: Received) -> dict[str, Any]:
         raise NotImplementedError
 
+    def refusal(self, request: Received) -> dict[str, Any] | None:
+        """The 400 body of a request the real API refuses (a field it does not know), else None."""
+        return None
+
     def authorized(self, request: Received) -> bool:
         raise NotImplementedError
 
@@ -233,6 +237,8 @@ class FakeServer:
             if fault.message:
                 body["error"]["message"] = fault.message
             await _send_json(writer, fault.status, body, headers)
+        elif (refused := self.refusal(request)) is not None:
+            await _send_json(writer, 400, refused)
         elif (reply := self.route(request, fault)) is None:
             await _send_json(writer, 404, self.error_body(404, request))
         elif reply.raw is not None:
