@@ -1,10 +1,9 @@
 """OpenAI chat-completions fields a caller may pass through to a provider: only those that change neither the
 price of a call nor where its data is kept, so what the registry charges is what the provider bills.
-The edge refuses every other field; the OpenAI gateway forwards no other field (a direct gRPC caller too).
-Refused for a reason: `n` above 1 multiplies the output, `service_tier` buys priority, `store` and `metadata`
-keep the conversation at the provider, `prediction`, `audio`, `modalities`, `web_search_options` and
-`reasoning_effort`, `verbosity` are billed apart or change how much the model writes, `prompt_cache_retention`
-keeps the prompt at the provider."""
+The edge refuses, or accepts and sends nowhere, every other field (services/edge/openai_api.py: REFUSED, IGNORED);
+the OpenAI gateway forwards no other field (a direct gRPC caller too), the Anthropic gateway translates those it has
+an equivalent for and drops the rest. `prompt_cache_key`, `user` and `safety_identifier` only hint: a prompt cache
+hit lowers what the provider bills, never what the router charges (input at its full price)."""
 
 PASSTHROUGH_FIELDS = frozenset(
     {
@@ -22,5 +21,6 @@ PASSTHROUGH_FIELDS = frozenset(
         "top_logprobs",
         "user",
         "safety_identifier",
+        "prompt_cache_key",
     }
 )

@@ -36,19 +36,38 @@ MAPPED = {
     "verifier_threshold",
 }
 ESCALATION_MODES = ("off", "auto", "strict")
-# Fields OpenAI knows that change the price or retention of a call: refused by name (llmrouter/passthrough.py).
-PRICED = {
-    "service_tier": "it buys a different price tier",
-    "store": "it keeps the conversation at the provider",
-    "metadata": "it only applies to conversations kept at the provider",
-    "prediction": "predicted output is billed apart",
-    "audio": "audio output is billed apart",
-    "modalities": "audio output is billed apart",
-    "web_search_options": "web search is billed apart",
-    "reasoning_effort": "it changes how many tokens the model writes",
-    "verbosity": "it changes how many tokens the model writes",
-    "prompt_cache_retention": "it keeps the prompt at the provider",
+# Fields OpenAI knows that the router cannot honour, whatever their value (null is as if left out): refused by name,
+# as serving the request without them would give another answer than asked for, or a bill that the registry's
+# prices do not cover.
+REFUSED = {
+    "audio": "the router serves no audio output (it is billed apart)",
+    "web_search_options": "the router runs no web search (it is billed per call, apart from tokens)",
+    "moderation": "the router runs no moderation of the input or the output",
+    "functions": "the deprecated function calling is not served: send tools",
+    "function_call": "the deprecated function calling is not served: send tool_choice",
 }
+# service_tier values the router cannot buy at the registry's price: priority (and fast, its alias) is billed above
+# it, flex and scale are tiers the registry has no price for.
+REFUSED_TIERS = ("priority", "fast", "flex", "scale")
+# Fields OpenAI knows that only hint or tag, or ask for what the router never does: accepted (and type-checked) so that
+# an OpenAI client works unchanged, and sent to no provider, so that neither the answer nor the bill depends on them
+# (nor the response cache's key): metadata and store (nothing is kept at a provider), service_tier auto or default
+# (the default tier is the one priced), modalities ["text"], reasoning_effort and verbosity (each model is served at
+# its own default: the output a provider bills is the output the registry prices), prediction (the answer is the
+# same without it, only slower), prompt_cache_retention and prompt_cache_options (the provider's default caching).
+IGNORED = frozenset(
+    {
+        "metadata",
+        "store",
+        "service_tier",
+        "modalities",
+        "reasoning_effort",
+        "verbosity",
+        "prediction",
+        "prompt_cache_retention",
+        "prompt_cache_options",
+    }
+)
 MAX_DEPTH = 64  # JSON nesting; deeper bodies are refused before anything re-encodes them
 # How pydantic names a union member in an error's path: a type (str, float, list[TextPart], TextPart,
 # function-after[...]), never one of the API's field names, which are lowercase words.
@@ -158,6 +177,20 @@ class ResponseFormat(BaseModel):
     json_schema: JsonSchemaFormat | None = None
 
 
+class Prediction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["content"]
+    content: StrictStr | list[TextPart]
+
+
+class PromptCacheOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["implicit", "explicit"] | None = None
+    ttl: Literal["30m"] | None = None
+
+
 class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -186,6 +219,19 @@ class ChatCompletionRequest(BaseModel):
     top_logprobs: StrictInt | None = Field(default=None, ge=0, le=20)
     user: StrictStr | None = None
     safety_identifier: StrictStr | None = None
+    prompt_cache_key: StrictStr | None = None
+    # Accepted and sent to no provider (IGNORED).
+    metadata: dict[Annotated[StrictStr, Field(max_length=64)], Annotated[StrictStr, Field(max_length=512)]] | None = (
+        Field(default=None, max_length=16)
+    )
+    store: StrictBool | None = None
+    service_tier: Literal["auto", "default"] | None = None
+    modalities: list[Literal["text"]] | None = None
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
+    verbosity: Literal["low", "medium", "high"] | None = None
+    prediction: Prediction | None = None
+    prompt_cache_retention: Literal["in_memory", "in-memory", "24h"] | None = None
+    prompt_cache_options: PromptCacheOptions | None = None
     # Router extensions (also accepted as x-router-* headers).
     quality_target: StrictFloat | StrictInt | None = Field(default=None, ge=0, le=1)
     strong_share: StrictFloat | StrictInt | None = Field(default=None, ge=0, le=1)
@@ -226,7 +272,7 @@ class ChatCompletionRequest(BaseModel):
         return request
 
 
-KNOWN_FIELDS = MAPPED | PASSTHROUGH_FIELDS
+KNOWN_FIELDS = MAPPED | PASSTHROUGH_FIELDS | IGNORED
 
 
 def check_encoded_size(message: router_pb2.CompleteRequest) -> None:
@@ -238,17 +284,17 @@ def check_encoded_size(message: router_pb2.CompleteRequest) -> None:
 
 
 def parse_request(body: bytes) -> tuple[ChatCompletionRequest, dict[str, Any]]:
-    """Raises ApiError (400) for a body that is not a JSON object in UTF-8, a field that is unknown, changes the
-    price or has the wrong type."""
+    """Raises ApiError (400) for a body that is not a JSON object in UTF-8, a field that is unknown, cannot be
+    honoured or has the wrong type."""
     raw = decode_json(body)
     if not isinstance(raw, dict):
         raise ApiError(400, "request body must be a JSON object", code="invalid_json")
     for name in raw:
-        if name in PRICED:
-            raise ApiError(400, f"{name} is not supported: {PRICED[name]}", param=name, code="unsupported_parameter")
-        if name not in KNOWN_FIELDS:
+        if name not in KNOWN_FIELDS and name not in REFUSED:
             shown = name[:64]
             raise ApiError(400, f"unrecognized request argument: {shown!r}", param=shown, code="unknown_parameter")
+    refuse_unservable(raw)
+    raw = {k: v for k, v in raw.items() if k not in REFUSED}  # each null: as if left out
     cost_as_written(raw)
     try:
         request = ChatCompletionRequest.model_validate(raw)
@@ -263,6 +309,23 @@ def parse_request(body: bytes) -> tuple[ChatCompletionRequest, dict[str, Any]]:
         if not cost.is_finite() or cost < 0:
             raise ApiError(400, "max_cost_usd must be a non-negative number", param="max_cost_usd")
     return request, raw
+
+
+def refuse_unservable(raw: dict[str, Any]) -> None:
+    """A 400 naming a field OpenAI knows that the router cannot honour (unsupported_parameter)."""
+
+    def refuse(name: str, message: str) -> ApiError:
+        return ApiError(400, message, param=name, code="unsupported_parameter")
+
+    for name, reason in REFUSED.items():
+        if raw.get(name) is not None:
+            raise refuse(name, f"{name} is not supported: {reason}")
+    if (tier := raw.get("service_tier")) in REFUSED_TIERS:
+        raise refuse("service_tier", f"service_tier {tier!r} is not supported: the router serves the default tier")
+    if isinstance(modalities := raw.get("modalities"), list) and "audio" in modalities:
+        raise refuse("modalities", "modalities with audio is not supported: the router serves text only")
+    if isinstance(n := raw.get("n"), int) and not isinstance(n, bool) and n > 1:
+        raise refuse("n", "n above 1 is not supported: the router returns one choice")
 
 
 def first_error(exc: ValidationError) -> tuple[str, str]:

@@ -12,7 +12,7 @@ import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.edge.openai_api import KNOWN_FIELDS, PRICED
+from services.edge.openai_api import KNOWN_FIELDS, REFUSED
 from tests.integration.conftest import Chain
 
 EXAMPLES = 10_000
@@ -74,6 +74,18 @@ TYPED: dict[str, st.SearchStrategy[Any]] = {
     "top_logprobs": st.integers(min_value=-1, max_value=30),
     "user": text,
     "safety_identifier": text,
+    "prompt_cache_key": text,
+    "metadata": st.dictionaries(text, text, max_size=3),
+    "store": st.booleans(),
+    "service_tier": st.sampled_from(["auto", "default", "flex", "scale", "priority", "fast"]) | text,
+    "modalities": st.lists(st.sampled_from(["text", "audio"]), max_size=2),
+    "reasoning_effort": st.sampled_from(["none", "minimal", "low", "medium", "high", "xhigh", "max"]) | text,
+    "verbosity": st.sampled_from(["low", "medium", "high"]) | text,
+    "prediction": st.fixed_dictionaries({"type": st.just("content") | text, "content": content}),
+    "prompt_cache_retention": st.sampled_from(["in_memory", "24h"]) | text,
+    "prompt_cache_options": st.fixed_dictionaries(
+        {}, optional={"mode": st.sampled_from(["implicit", "explicit"]), "ttl": st.just("30m") | text}
+    ),
 }
 assert set(TYPED) == KNOWN_FIELDS
 field_value = {name: strategy | json_values for name, strategy in TYPED.items()}
@@ -98,7 +110,7 @@ near_valid = st.builds(
     st.booleans(),
     merged(st.lists(typed_field, max_size=2)),
 )
-any_field = one_field({**field_value, **dict.fromkeys(PRICED, json_values), "frobnicate": json_values})
+any_field = one_field({**field_value, **dict.fromkeys(REFUSED, json_values), "frobnicate": json_values})
 anything_anywhere = merged(st.lists(any_field, min_size=1, max_size=6))
 
 

@@ -19,7 +19,7 @@ from prometheus_client import REGISTRY
 
 from llmrouter.passthrough import PASSTHROUGH_FIELDS
 from llmrouter.v1 import router_pb2, router_pb2_grpc
-from services.edge.openai_api import PRICED
+from services.edge.openai_api import REFUSED
 from services.edge.settings import EdgeSettings
 from tests.conftest import ledger_records
 from tests.fakes.server import Fault
@@ -86,8 +86,8 @@ async def test_with_keys_the_key_alone_names_the_tenant(chain: Chain) -> None:
         assert (await http.get(f"{chain.keyed_url}/models")).status_code == 401
 
 
-@pytest.mark.parametrize("field", sorted(PRICED))
-async def test_a_price_changing_field_is_refused_naming_it(chain: Chain, field: str) -> None:
+@pytest.mark.parametrize("field", sorted(REFUSED))
+async def test_a_field_the_router_cannot_honour_is_refused_naming_it(chain: Chain, field: str) -> None:
     sent = len(chain.budget.requests) + len(chain.premium.requests)
     async with httpx.AsyncClient(timeout=30) as http:
         reply = await http.post(f"{chain.base_url}/chat/completions", json=ask(**{field: "priority"}))

@@ -1,0 +1,148 @@
+"""Every field of the official SDK's chat.completions.create, as the edge treats it: driven by the openai SDK against
+the real chain, whose fake upstreams refuse what the real API refuses (a field OpenAI does not know). A field that
+only hints works unchanged: passed to an OpenAI-compatible upstream, sent nowhere when nothing must depend on it; a
+field the router cannot honour is a 400 naming it, before any provider is called."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import openai
+import pytest
+
+from llmrouter.passthrough import PASSTHROUGH_FIELDS
+from services.edge.openai_api import IGNORED
+from tests.integration.conftest import Chain
+from tests.integration.test_chain import client, unique
+
+# What an OpenAI client may send that only hints or tags: none of it must break a request.
+HINTS: dict[str, Any] = {
+    "prompt_cache_key": "tenant-42/support-bot",
+    "user": "end-user-1",
+    "safety_identifier": "hashed-end-user",
+    "metadata": {"team": "support", "ticket": "T-1"},
+    "store": False,
+    "service_tier": "auto",
+    "modalities": ["text"],
+    "reasoning_effort": "low",
+    "verbosity": "low",
+    "prediction": {"type": "content", "content": "The capital is Paris."},
+    "prompt_cache_retention": "24h",
+    "prompt_cache_options": {"mode": "implicit", "ttl": "30m"},
+}
+assert set(HINTS) <= PASSTHROUGH_FIELDS | IGNORED and set(HINTS) >= IGNORED
+
+
+def sent_to_no_provider(chain: Chain) -> Any:
+    before = len(chain.budget.requests) + len(chain.premium.requests)
+    return lambda: len(chain.budget.requests) + len(chain.premium.requests) == before
+
+
+async def test_hints_reach_an_openai_upstream_that_knows_them_and_nothing_else(chain: Chain) -> None:
+    completion = await client(chain).chat.completions.create(
+        model="cheap-model", messages=[{"role": "user", "content": unique("capital of France?")}], **HINTS
+    )
+    assert completion.choices[0].message.content
+    sent = chain.budget.requests[-1].json
+    forwarded = {"prompt_cache_key", "user", "safety_identifier"}
+    assert {k: sent[k] for k in forwarded} == {k: HINTS[k] for k in forwarded}
+    assert not IGNORED & set(sent)  # the answer and the bill depend on none of them
+
+
+async def test_hints_in_a_stream(chain: Chain) -> None:
+    stream = await client(chain).chat.completions.create(
+        model="cheap-model",
+        messages=[{"role": "user", "content": unique("hello")}],
+        stream=True,
+        stream_options={"include_usage": True},
+        **HINTS,
+    )
+    text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+    assert text
+    assert chain.budget.requests[-1].json["prompt_cache_key"] == HINTS["prompt_cache_key"]
+
+
+async def test_the_legacy_route_takes_every_field_of_completions_create(chain: Chain) -> None:
+    completion = await client(chain).completions.create(
+        model="cheap-model",
+        prompt=unique("Say hi"),
+        best_of=1,
+        echo=False,
+        frequency_penalty=0.1,
+        logit_bias={"50256": -100},
+        logprobs=0,
+        max_tokens=8,
+        n=1,
+        presence_penalty=0.1,
+        seed=5,
+        stop=["\n\n"],
+        suffix="",
+        temperature=0.2,
+        top_p=0.9,
+        user="end-user-2",
+    )
+    assert completion.choices[0].text
+    sent = chain.budget.requests[-1].json
+    assert (sent["seed"], sent["user"], sent["max_tokens"]) == (5, "end-user-2", 8)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("audio", {"voice": "alloy", "format": "mp3"}),
+        ("modalities", ["text", "audio"]),
+        ("web_search_options", {"search_context_size": "low"}),
+        ("moderation", {"model": "omni-moderation-latest"}),
+        ("functions", [{"name": "f", "parameters": {"type": "object"}}]),
+        ("function_call", "auto"),
+        ("service_tier", "priority"),
+        ("service_tier", "fast"),
+        ("service_tier", "flex"),
+        ("service_tier", "scale"),
+        ("n", 2),
+    ],
+)
+async def test_what_the_router_cannot_honour_is_a_400_naming_it(chain: Chain, field: str, value: Any) -> None:
+    untouched = sent_to_no_provider(chain)
+    with pytest.raises(openai.BadRequestError) as caught:
+        await client(chain).chat.completions.create(
+            model="cheap-model", messages=[{"role": "user", "content": "hi"}], **{field: value}
+        )
+    error = caught.value
+    assert (error.param, error.code, error.type) == (field, "unsupported_parameter", "invalid_request_error")
+    assert field in error.message and "not supported" in error.message
+    assert untouched()
+
+
+async def test_a_refused_field_sent_as_null_is_as_if_left_out(chain: Chain) -> None:
+    sdk = client(chain)
+    nulls: dict[str, Any] = {"audio": None, "web_search_options": None, "moderation": None, "functions": None}
+    completion = await sdk.chat.completions.create(
+        model="cheap-model", messages=[{"role": "user", "content": unique("hi")}], extra_body=nulls
+    )
+    assert completion.choices[0].message.content
+
+
+async def test_a_hint_of_the_wrong_type_is_a_400_naming_it(chain: Chain) -> None:
+    for field, value in [("metadata", {"k": 1}), ("store", "yes"), ("reasoning_effort", "extreme")]:
+        with pytest.raises(openai.BadRequestError) as caught:
+            await client(chain).chat.completions.create(
+                model="cheap-model", messages=[{"role": "user", "content": "hi"}], extra_body={field: value}
+            )
+        assert caught.value.param is not None and caught.value.param.startswith(field)
+
+
+async def test_the_cache_key_holds_what_changes_the_answer_and_not_what_is_sent_nowhere(chain: Chain) -> None:
+    sdk = client(chain)
+    messages: Any = [{"role": "user", "content": unique("cache me")}]
+
+    async def cache_hit(**fields: Any) -> bool:
+        raw = await sdk.chat.completions.with_raw_response.create(model="cheap-model", messages=messages, **fields)
+        extra = raw.parse().model_extra
+        assert extra is not None
+        return bool(extra["x_router"]["cache_hit"])
+
+    assert not await cache_hit(seed=1)
+    assert await cache_hit(seed=1, reasoning_effort="high", verbosity="high", metadata={"a": "b"})
+    assert not await cache_hit(seed=2)  # a passthrough field changes the answer: another entry
+    assert not await cache_hit(seed=1, prompt_cache_key="other")  # sent on: its request is another one
