@@ -1,18 +1,30 @@
 """Every field of the official SDK's chat.completions.create, as the edge treats it: driven by the openai SDK against
-the real chain, whose fake upstreams refuse what the real API refuses (a field OpenAI does not know). A field that
-only hints works unchanged: passed to an OpenAI-compatible upstream, sent nowhere when nothing must depend on it; a
-field the router cannot honour is a 400 naming it, before any provider is called."""
+the real chain, whose fake upstreams refuse what the real APIs refuse (a field OpenAI does not know, a field outside
+Anthropic's Messages API). A field that only hints works unchanged: passed to an OpenAI-compatible upstream, mapped or
+dropped for Anthropic, sent nowhere when nothing must depend on it; a field the router cannot honour is a 400 naming
+it, before any provider is called."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
+import yaml
 
 from llmrouter.passthrough import PASSTHROUGH_FIELDS
+from llmrouter.server import RunningServer, start_server
+from services import classifier, providers, router
+from services.classifier.settings import ClassifierSettings
 from services.edge.openai_api import IGNORED
-from tests.integration.conftest import Chain
+from services.edge.settings import EdgeSettings
+from services.providers.settings import ProvidersSettings
+from services.router.settings import RouterSettings
+from tests.fakes import FakeAnthropic
+from tests.integration.conftest import Chain, free_port, served_edge
 from tests.integration.test_chain import client, unique
 
 # What an OpenAI client may send that only hints or tags: none of it must break a request.
@@ -146,3 +158,90 @@ async def test_the_cache_key_holds_what_changes_the_answer_and_not_what_is_sent_
     assert await cache_hit(seed=1, reasoning_effort="high", verbosity="high", metadata={"a": "b"})
     assert not await cache_hit(seed=2)  # a passthrough field changes the answer: another entry
     assert not await cache_hit(seed=1, prompt_cache_key="other")  # sent on: its request is another one
+
+
+@dataclass
+class AnthropicEdge:
+    base_url: str
+    fake: FakeAnthropic
+
+
+@pytest.fixture(scope="module")
+async def anthropic_edge(
+    tmp_path_factory: pytest.TempPathFactory, classifier_dir: Path, chain_redis_url: str
+) -> AsyncIterator[AnthropicEdge]:
+    """The chain with one model, served by an Anthropic upstream."""
+    with FakeAnthropic() as fake, pytest.MonkeyPatch.context() as env:
+        env.setenv("ANTHROPICAI_KEY", "sk-ant")
+        path = tmp_path_factory.mktemp("anthropic") / "models.yaml"
+        model = {
+            "name": "claude-model",
+            "provider": "anthropicai",
+            "tier": "premium",
+            "input_usd_per_mtok": "3.00",
+            "output_usd_per_mtok": "15.00",
+            "context_window": 200000,
+            "latency_slo_ms": 10000,
+            "quality_from": "gpt-4-1106-preview",
+            "tokenizer": "cl100k_base",
+        }
+        provider = {"kind": "anthropic", "base_url": fake.base_url, "api_key_env": "ANTHROPICAI_KEY", "max_retries": 0}
+        path.write_text(
+            yaml.safe_dump({"tiers": ["premium"], "providers": {"anthropicai": provider}, "models": [model]})
+        )
+        servers: dict[str, RunningServer] = {}
+        c_settings = ClassifierSettings(port=0, model_dir=classifier_dir)
+        servers["classifier"] = await start_server("classifier", c_settings, *await classifier.build(c_settings))
+        p_settings = ProvidersSettings(port=0, registry_path=path)
+        servers["providers"] = await start_server("providers", p_settings, *await providers.build(p_settings))
+        r_settings = RouterSettings(
+            port=0,
+            registry_path=path,
+            classifier_addr=f"127.0.0.1:{servers['classifier'].port}",
+            providers_addr=f"127.0.0.1:{servers['providers'].port}",
+            redis_url=chain_redis_url,
+            classifier_timeout_s=5.0,
+            verifier=False,
+        )
+        servers["router"] = await start_server("router", r_settings, *await router.build(r_settings))
+        e_settings = EdgeSettings(
+            port=free_port(), router_addr=f"127.0.0.1:{servers['router'].port}", request_timeout_s=20
+        )
+        try:
+            async with served_edge(e_settings) as base_url:
+                yield AnthropicEdge(base_url, fake)
+        finally:
+            for name in ("router", "providers", "classifier"):
+                await servers[name].stop(1)
+
+
+def sdk_for(edge: AnthropicEdge) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=edge.base_url, api_key="sk-test", max_retries=0)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_hints_to_anthropic_map_the_end_user_and_drop_the_rest(
+    anthropic_edge: AnthropicEdge, stream: bool
+) -> None:
+    sdk = sdk_for(anthropic_edge)
+    messages: Any = [{"role": "user", "content": unique("capital of France?")}]
+    if stream:
+        chunks = await sdk.chat.completions.create(model="claude-model", messages=messages, stream=True, **HINTS)
+        assert "".join([c.choices[0].delta.content or "" async for c in chunks if c.choices])
+    else:
+        completion = await sdk.chat.completions.create(model="claude-model", messages=messages, **HINTS)
+        assert completion.choices[0].message.content
+    sent = anthropic_edge.fake.requests[-1].json
+    assert sent["metadata"] == {"user_id": HINTS["safety_identifier"]}  # Anthropic's equivalent
+    assert not {"prompt_cache_key", "user", "safety_identifier"} & set(sent)
+
+
+async def test_an_end_user_id_anthropic_would_refuse_is_dropped(anthropic_edge: AnthropicEdge) -> None:
+    messages: Any = [{"role": "user", "content": unique("hi")}]
+    completion = await sdk_for(anthropic_edge).chat.completions.create(
+        model="claude-model", messages=messages, user="u" * 257
+    )
+    assert completion.choices[0].message.content
+    assert "metadata" not in anthropic_edge.fake.requests[-1].json
+    await sdk_for(anthropic_edge).chat.completions.create(model="claude-model", messages=messages, user="end-user-3")
+    assert anthropic_edge.fake.requests[-1].json["metadata"] == {"user_id": "end-user-3"}

@@ -25,6 +25,7 @@ from services.providers.gateways.http import loads, make_client, post_json, post
 PATH = "/v1/messages"
 API_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096  # Anthropic requires max_tokens; the servicer normally sets it from the registry
+MAX_USER_ID = 256  # metadata.user_id's length limit
 FINISH_REASONS = {
     "end_turn": "stop",
     "stop_sequence": "stop",
@@ -200,6 +201,11 @@ def _translate_passthrough(extra: dict[str, Any]) -> dict[str, Any]:
             }
             for f in tools
         ]
+    # Anthropic's one end-user field: an opaque id (at most 256 characters) it may use against abuse, as OpenAI uses
+    # safety_identifier (or user, which it replaces). prompt_cache_key has no equivalent: dropped.
+    end_user = extra.get("safety_identifier") or extra.get("user")
+    if isinstance(end_user, str) and len(end_user) <= MAX_USER_ID:
+        out["metadata"] = {"user_id": end_user}
     choice = extra.get("tool_choice")
     if tools and choice in ("auto", "none", "required"):
         out["tool_choice"] = {"type": "any" if choice == "required" else choice}
