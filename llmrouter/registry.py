@@ -32,6 +32,12 @@ UTF8_BYTES: Tokenizer = "utf8_bytes"
 # lines sent through it (OpenAI's /v1/files and /v1/batches, as Groq and Together also serve it; Anthropic's
 # /v1/messages/batches).
 BATCH_KINDS = frozenset({"openai", "anthropic"})
+# Which OpenAI response_format types a model of each provider kind honours unless its entry says otherwise: an
+# OpenAI-compatible API takes both (a provider that serves only some models so sets the others false); the
+# Anthropic and local gateways have nothing to send them as, so their models honour neither, and cannot be set to.
+FORMAT_DEFAULTS = {"openai": True, "anthropic": False, "local": False}
+# The response_format types a model must honour, each with the registry field that says it does.
+FORMAT_FIELDS = {"json_object": "json_mode", "json_schema": "structured_outputs"}
 
 log = logging.getLogger("llmrouter.registry")
 RELOADS = Counter(
@@ -102,6 +108,11 @@ class ModelSpec(BaseModel):
     tokenizer: Tokenizer = UTF8_BYTES  # a model of unknown tokenizer is bounded by bytes, which holds for any
     latency_slo_ms: int = Field(default=30_000, gt=0)
     tools: bool = True  # can call tools; a request offering tools is routed only to models that can
+    # Guarantees the answer's shape asked by response_format: json_mode for {"type": "json_object"} (valid JSON),
+    # structured_outputs for {"type": "json_schema"} (JSON matching the caller's schema). A request asking for one
+    # is routed only to models that honour it. Left out: as its provider's kind serves it (FORMAT_DEFAULTS).
+    json_mode: bool | None = None
+    structured_outputs: bool | None = None
     # Quality comes from the classifier's prediction for `quality_from` (a model it was trained on),
     # or, for a model it cannot predict, from the fixed prior `quality_prior`.
     quality_from: str = ""
@@ -116,6 +127,11 @@ class ModelSpec(BaseModel):
     @property
     def upstream_name(self) -> str:
         return self.upstream or self.name
+
+    def honours(self, response_format: str) -> bool:
+        """Whether the model guarantees an answer of this response_format type ('text', or none, always)."""
+        field = FORMAT_FIELDS.get(response_format)
+        return field is None or getattr(self, field) is True
 
     def info(self) -> common_pb2.ModelInfo:
         """The model as callers see it (ListModels)."""
@@ -167,7 +183,23 @@ class Registry(BaseModel):
                 raise ValueError(f"model {m.name!r}: tier {m.tier!r} is not one of {self.tiers}")
             if not m.quality_from and m.quality_prior is None:
                 raise ValueError(f"model {m.name!r}: give quality_from (a classifier model) or quality_prior")
+        # Each model's response_format support made explicit, from its provider's kind where its entry is silent.
+        object.__setattr__(self, "models", [self._with_formats(m) for m in self.models])
         return self
+
+    def _with_formats(self, model: ModelSpec) -> ModelSpec:
+        kind = self.providers[model.provider].kind
+        served = FORMAT_DEFAULTS[kind]
+        update = {}
+        for field in FORMAT_FIELDS.values():
+            if getattr(model, field) is None:
+                update[field] = served
+            elif getattr(model, field) and not served:
+                raise ValueError(
+                    f"model {model.name!r}: {field} cannot be true for a provider of kind {kind!r}, "
+                    "whose gateway has no way to send response_format"
+                )
+        return model.model_copy(update=update) if update else model
 
     @property
     def current(self) -> Registry:

@@ -10,12 +10,13 @@ import re
 import secrets
 import time
 from decimal import Decimal, InvalidOperation
+from typing import Any
 
 import grpc
 
 from llmrouter.auth import current_identity
 from llmrouter.errors import ServiceError, invalid
-from llmrouter.registry import RegistrySource
+from llmrouter.registry import FORMAT_FIELDS, RegistrySource
 from llmrouter.tokens import count_prompt_tokens, fewest_prompt_tokens
 from llmrouter.v1 import router_pb2
 from llmrouter.validation import validate
@@ -128,6 +129,7 @@ class Admission:
             raise invalid("max_latency_ms must be positive", "max_latency_ms")
         max_cost = _max_cost(request.max_cost_usd)
         tools = bool(valid.passthrough.get("tools"))
+        response_format = _response_format(valid.passthrough)
         input_tokens = await count_prompt_tokens(request.messages, request.passthrough_json, tools, self.max_context)
         if input_tokens > self.max_context:  # refused before anything else sees it (the classifier above all)
             raise self._over_every_window()
@@ -152,6 +154,7 @@ class Admission:
             max_cost_usd=max_cost,
             max_latency_ms=request.max_latency_ms if request.HasField("max_latency_ms") else None,
             needs_tools=tools,
+            response_format=response_format,
             min_output_tokens=settings.min_output_tokens,
         )
 
@@ -296,6 +299,18 @@ def _worst_case(routed: Routed) -> int:
 def _say_capped(decision: router_pb2.Decision, plan: policy.Plan, max_tokens: int, because: str) -> None:
     decision.max_tokens_capped = max_tokens
     decision.reason = f"{plan.reason}; max_tokens capped to {max_tokens} to fit {because}"
+
+
+def _response_format(passthrough: dict[str, Any]) -> str:
+    """The response_format type the answer must have ('' for text, or none asked): a gRPC caller's too, as the edge
+    checks it, since an unknown type would be routed as if it could be honoured anywhere."""
+    value = passthrough.get("response_format")
+    if value is None:
+        return ""
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind != "text" and kind not in FORMAT_FIELDS:
+        raise invalid(f"response_format.type must be one of {['text', *FORMAT_FIELDS]}", "response_format")
+    return "" if kind == "text" else str(kind)
 
 
 def _max_cost(raw: str) -> Decimal | None:

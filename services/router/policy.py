@@ -11,7 +11,7 @@ from decimal import Decimal
 import grpc
 
 from llmrouter.errors import ServiceError
-from llmrouter.registry import ModelSpec, Registry
+from llmrouter.registry import FORMAT_FIELDS, ModelSpec, Registry
 from services.router.input_bound import InputBound
 
 
@@ -25,6 +25,7 @@ class Limits:
     max_cost_usd: Decimal | None = None
     max_latency_ms: int | None = None
     needs_tools: bool = False
+    response_format: str = ""  # the response_format type the answer must have (json_object, json_schema); '' any
     min_output_tokens: int = 1  # the shortest useful answer: a model that cannot afford it is not eligible
 
     def billed_input(self, model: ModelSpec) -> int:
@@ -76,12 +77,18 @@ def evaluate(models: Sequence[ModelSpec], scores: Mapping[str, float] | None, li
             excluded = f"latency SLO {model.latency_slo_ms} ms over max_latency_ms {limits.max_latency_ms}"
         elif limits.needs_tools and not model.tools:
             excluded = "cannot call the tools the request offers"
+        elif not model.honours(limits.response_format):
+            excluded = (
+                f"{FORMAT_UNHONOURED} {limits.response_format} "
+                f"(registry: {FORMAT_FIELDS[limits.response_format]} is false)"
+            )
         quality = predicted_quality(model, scores)
         options.append(Option(model, -1.0 if quality is None else quality, cost, excluded))
     return options
 
 
 UNAVAILABLE = "unavailable here (no API key for its provider)"
+FORMAT_UNHONOURED = "does not guarantee response_format"
 
 
 def without_unavailable(options: list[Option], usable: set[str]) -> list[Option]:
@@ -141,8 +148,13 @@ def _nothing_fits(every: list[Option]) -> ServiceError:
             f"the prompt does not fit any available model: {options[0].excluded if options else 'no models'}",
         )
     reasons = "; ".join(f"{o.model.name}: {o.excluded}" for o in options)
-    # When the caller's own cost cap is what rules out every model, name it as the field to change.
-    field = {"field": "max_cost_usd"} if options and all("max_cost_usd" in o.excluded for o in options) else None
+    # When the caller's own cost cap, or the response_format asked, is what rules out every model, name it as the
+    # field to change.
+    field = None
+    if options and all("max_cost_usd" in o.excluded for o in options):
+        field = {"field": "max_cost_usd"}
+    elif options and all(o.excluded.startswith(FORMAT_UNHONOURED) for o in options):
+        field = {"field": "response_format"}
     return ServiceError(
         grpc.StatusCode.INVALID_ARGUMENT, "NO_ELIGIBLE_MODEL", f"no model within limits ({reasons})", field
     )

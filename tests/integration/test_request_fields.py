@@ -245,3 +245,21 @@ async def test_an_end_user_id_anthropic_would_refuse_is_dropped(anthropic_edge: 
     assert "metadata" not in anthropic_edge.fake.requests[-1].json
     await sdk_for(anthropic_edge).chat.completions.create(model="claude-model", messages=messages, user="end-user-3")
     assert anthropic_edge.fake.requests[-1].json["metadata"] == {"user_id": "end-user-3"}
+
+
+@pytest.mark.parametrize(
+    "response_format", [{"type": "json_object"}, {"type": "json_schema", "json_schema": {"name": "a"}}]
+)
+async def test_json_asked_of_auto_routing_where_no_model_honours_it_is_a_400(
+    anthropic_edge: AnthropicEdge, response_format: Any
+) -> None:
+    """The Anthropic gateway has nowhere to send response_format: its model is not eligible, and with no other the
+    request is refused naming the field, rather than answered with whatever text the model writes."""
+    before = len(anthropic_edge.fake.requests)
+    with pytest.raises(openai.BadRequestError) as caught:
+        await sdk_for(anthropic_edge).chat.completions.create(
+            model="auto", messages=[{"role": "user", "content": unique("JSON please")}], response_format=response_format
+        )
+    assert caught.value.param == "response_format"
+    assert f"does not guarantee response_format {response_format['type']}" in caught.value.message
+    assert len(anthropic_edge.fake.requests) == before

@@ -4,6 +4,7 @@ and what a budget's remainder does to both."""
 from __future__ import annotations
 
 import asyncio
+import json
 import tempfile
 import time
 import uuid
@@ -198,3 +199,22 @@ async def test_a_caller_leaving_while_the_hold_grows_leaves_no_hold_behind(redis
     finally:
         await other.aclose()
         await store.close()
+
+
+@pytest.mark.parametrize(
+    ("response_format", "wanted"),
+    [({"type": "json_object"}, "json_object"), ({"type": "json_schema"}, "json_schema"), ({"type": "text"}, "")],
+)
+async def test_the_response_format_asked_is_a_limit(response_format: Any, wanted: str) -> None:
+    gate = admission.Admission(SETTINGS, REGISTRY, MemoryStore(), scratch_outbox())
+    limits = await gate.limits(request(passthrough_json=json.dumps({"response_format": response_format})))
+    assert limits.response_format == wanted
+
+
+@pytest.mark.parametrize("response_format", [{"type": "xml"}, "json_object", {}])
+async def test_a_response_format_of_no_known_type_is_refused_naming_it(response_format: Any) -> None:
+    """A gRPC caller's too: the edge checks it, and an unknown type would be routed as if any model honoured it."""
+    gate = admission.Admission(SETTINGS, REGISTRY, MemoryStore(), scratch_outbox())
+    with pytest.raises(ServiceError) as err:
+        await gate.limits(request(passthrough_json=json.dumps({"response_format": response_format})))
+    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT and err.value.metadata == {"field": "response_format"}

@@ -137,3 +137,44 @@ def test_a_request_offering_tools_skips_models_that_cannot_call_them() -> None:
     plan = route({"weak": 0.2, "big": 0.99}, needs_tools=True)
     assert [o.model.name for o in plan.order] == ["cheap"]
     assert "tools" in next(o for o in plan.options if o.model.name == "strong").excluded
+
+
+def test_a_response_format_skips_models_that_do_not_guarantee_it() -> None:
+    registry = Registry.model_validate(
+        {
+            **REGISTRY.model_dump(mode="json", exclude={"models"}),
+            "models": [
+                {**m.model_dump(mode="json"), "structured_outputs": m.name == "strong"} for m in REGISTRY.models
+            ],
+        }
+    )
+    lim = limits(response_format="json_schema")
+    plan = policy.plan(registry, policy.evaluate(registry.models, {"weak": 0.9, "big": 0.9}, lim), lim, True)
+    assert [o.model.name for o in plan.order] == ["strong"]
+    cheap = next(o for o in plan.options if o.model.name == "cheap")
+    assert cheap.excluded == "does not guarantee response_format json_schema (registry: structured_outputs is false)"
+    assert policy.explicit(policy.evaluate(registry.models, None, lim), "strong").order[0].model.name == "strong"
+
+    with pytest.raises(ServiceError) as refused:  # named: refused, never served without the format
+        policy.explicit(policy.evaluate(registry.models, None, lim), "cheap")
+    assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.metadata == {"field": "response_format"}
+
+
+def test_when_no_model_guarantees_the_format_the_refusal_names_response_format() -> None:
+    registry = Registry.model_validate(
+        {
+            **REGISTRY.model_dump(mode="json", exclude={"models"}),
+            "models": [{**m.model_dump(mode="json"), "json_mode": False} for m in REGISTRY.models],
+        }
+    )
+    lim = limits(response_format="json_object")
+    with pytest.raises(ServiceError) as refused:
+        policy.plan(registry, policy.evaluate(registry.models, None, lim), lim, classified=False)
+    assert (refused.value.reason, refused.value.metadata) == ("NO_ELIGIBLE_MODEL", {"field": "response_format"})
+    assert "cheap: does not guarantee response_format json_object" in refused.value.message
+    # Ruled out for another reason too (the latency the caller allows): no single field to change.
+    lim = limits(response_format="json_object", max_latency_ms=5000)
+    with pytest.raises(ServiceError) as mixed:
+        policy.plan(registry, policy.evaluate(registry.models, None, lim), lim, classified=False)
+    assert mixed.value.metadata == {}

@@ -1,0 +1,223 @@
+"""response_format through the real chain (edge, router, classifier, providers) on loopback, driven by the openai SDK:
+a request asking for JSON (json_object) or a schema (json_schema) is routed only to models the registry says honour
+it, never to one whose gateway would drop the field (Anthropic's has nowhere to send it) and answer free text; a model
+named that cannot honour it is a 400 naming response_format, before any provider is called."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import yaml
+
+from llmrouter.server import RunningServer, start_server
+from services import classifier, providers, router
+from services.classifier.settings import ClassifierSettings
+from services.edge.settings import EdgeSettings
+from services.providers.settings import ProvidersSettings
+from services.router.settings import RouterSettings
+from tests.fakes import FakeAnthropic
+from tests.fakes.fake_openai import FakeOpenAI, echo_reply
+from tests.integration.conftest import free_port, served_edge
+from tests.integration.test_chain import unique
+
+SCHEMA: Any = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "answer",
+        "strict": True,
+        "schema": {
+            "type": "object",
+            "properties": {"text": {"type": "string"}},
+            "required": ["text"],
+            "additionalProperties": False,
+        },
+    },
+}
+
+
+def json_when_asked(body: dict[str, Any]) -> str:
+    """An OpenAI-compatible upstream that honours response_format, as OpenAI does: JSON when asked for it."""
+    text = echo_reply(body)
+    kind = (body.get("response_format") or {}).get("type")
+    return json.dumps({"text": text}) if kind in ("json_object", "json_schema") else text
+
+
+@dataclass
+class Mixed:
+    base_url: str  # the edge's, ending in /v1
+    claude: FakeAnthropic  # claude-model: the cheapest, honours no response_format
+    groq: FakeOpenAI  # json-model: JSON mode, no json_schema (as Groq serves its Llama 3 models)
+    openai: FakeOpenAI  # schema-model: the priciest, both (provider kind openai's default)
+
+    def sent(self) -> int:
+        return len(self.claude.requests) + len(self.groq.requests) + len(self.openai.requests)
+
+
+def model(name: str, provider: str, tier: str, prices: tuple[str, str], **extra: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "provider": provider,
+        "tier": tier,
+        "input_usd_per_mtok": prices[0],
+        "output_usd_per_mtok": prices[1],
+        "context_window": 100000,
+        "latency_slo_ms": 10000,
+        "quality_from": "gpt-4-1106-preview",
+        "tokenizer": "cl100k_base",
+        **extra,
+    }
+
+
+@pytest.fixture(scope="module")
+async def mixed(
+    tmp_path_factory: pytest.TempPathFactory, classifier_dir: Path, chain_redis_url: str
+) -> AsyncIterator[Mixed]:
+    with (
+        FakeAnthropic() as claude,
+        FakeOpenAI(json_when_asked) as groq,
+        FakeOpenAI(json_when_asked) as upstream,
+        pytest.MonkeyPatch.context() as env,
+    ):
+        for name in ("CLAUDE_KEY", "GROQ_KEY", "OPENAI_KEY"):
+            env.setenv(name, f"sk-{name}")
+        path = tmp_path_factory.mktemp("formats") / "models.yaml"
+        fast = {"max_retries": 0}
+        registry = {
+            "tiers": ["economy", "standard", "premium"],
+            "providers": {
+                "claude": {"kind": "anthropic", "base_url": claude.base_url, "api_key_env": "CLAUDE_KEY", **fast},
+                "groq": {"kind": "openai", "base_url": groq.base_url, "api_key_env": "GROQ_KEY", **fast},
+                "openai": {"kind": "openai", "base_url": upstream.base_url, "api_key_env": "OPENAI_KEY", **fast},
+            },
+            "models": [
+                model("claude-model", "claude", "economy", ("0.10", "0.10")),
+                model("json-model", "groq", "standard", ("0.50", "0.50"), structured_outputs=False),
+                model("schema-model", "openai", "premium", ("2.50", "10.00")),
+            ],
+        }
+        path.write_text(yaml.safe_dump(registry))
+        servers: dict[str, RunningServer] = {}
+        c_settings = ClassifierSettings(port=0, model_dir=classifier_dir)
+        servers["classifier"] = await start_server("classifier", c_settings, *await classifier.build(c_settings))
+        p_settings = ProvidersSettings(port=0, registry_path=path)
+        servers["providers"] = await start_server("providers", p_settings, *await providers.build(p_settings))
+        r_settings = RouterSettings(
+            port=0,
+            registry_path=path,
+            classifier_addr=f"127.0.0.1:{servers['classifier'].port}",
+            providers_addr=f"127.0.0.1:{servers['providers'].port}",
+            redis_url=chain_redis_url,
+            classifier_timeout_s=5.0,
+            verifier=False,
+        )
+        servers["router"] = await start_server("router", r_settings, *await router.build(r_settings))
+        e_settings = EdgeSettings(
+            port=free_port(), router_addr=f"127.0.0.1:{servers['router'].port}", request_timeout_s=20
+        )
+        try:
+            async with served_edge(e_settings) as base_url:
+                yield Mixed(base_url, claude, groq, upstream)
+        finally:
+            for name in ("router", "providers", "classifier"):
+                await servers[name].stop(1)
+
+
+def sdk(mixed: Mixed) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=mixed.base_url, api_key="sk-test", max_retries=0)
+
+
+def ask(text: str) -> Any:
+    return [{"role": "user", "content": unique(text)}]
+
+
+# quality_target 0: the cheapest model within limits is chosen, which is claude-model whenever it is eligible.
+CHEAPEST = {"quality_target": 0}
+
+
+async def test_without_response_format_the_cheapest_model_serves(mixed: Mixed) -> None:
+    completion = await sdk(mixed).chat.completions.create(model="auto", messages=ask("hi"), extra_body=CHEAPEST)
+    assert completion.model == "claude-model"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_json_mode_is_routed_to_the_cheapest_model_that_honours_it(mixed: Mixed, stream: bool) -> None:
+    options: dict[str, Any] = {"response_format": {"type": "json_object"}, "extra_body": CHEAPEST}
+    claude_before = len(mixed.claude.requests)
+    if stream:
+        chunks = await sdk(mixed).chat.completions.create(
+            model="auto", messages=ask("Answer in JSON"), stream=True, **options
+        )
+        parts = [c async for c in chunks]
+        content, served = "".join(c.choices[0].delta.content or "" for c in parts if c.choices), parts[-1].model
+    else:
+        completion = await sdk(mixed).chat.completions.create(model="auto", messages=ask("Answer in JSON"), **options)
+        content, served = completion.choices[0].message.content or "", completion.model
+    assert served == "json-model"
+    assert mixed.groq.requests[-1].json["response_format"] == {"type": "json_object"}
+    assert len(mixed.claude.requests) == claude_before
+    assert isinstance(json.loads(content), dict)  # what the caller asked for
+
+
+async def test_a_schema_goes_only_to_a_model_with_structured_outputs(mixed: Mixed) -> None:
+    completion = await sdk(mixed).chat.completions.create(
+        model="auto", messages=ask("Answer to the schema"), response_format=SCHEMA, extra_body=CHEAPEST
+    )
+    assert completion.model == "schema-model"
+    assert mixed.openai.requests[-1].json["response_format"] == SCHEMA
+    assert set(json.loads(completion.choices[0].message.content or "")) == {"text"}
+
+
+async def test_the_decision_says_why_the_others_are_ineligible(mixed: Mixed) -> None:
+    async with httpx.AsyncClient(base_url=mixed.base_url) as http:
+        reply = await http.post(
+            "/router/decide",
+            json={"model": "auto", "messages": ask("Answer to the schema"), "response_format": SCHEMA, **CHEAPEST},
+        )
+    assert reply.status_code == 200, reply.text
+    decision = reply.json()
+    assert decision["model"] == "schema-model"
+    why = {c["model"]: c.get("excluded_because", "") for c in decision["candidates"]}
+    assert why == {
+        "claude-model": "does not guarantee response_format json_schema (registry: structured_outputs is false)",
+        "json-model": "does not guarantee response_format json_schema (registry: structured_outputs is false)",
+        "schema-model": "",
+    }
+
+
+@pytest.mark.parametrize("response_format", [{"type": "json_object"}, SCHEMA])
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_model_named_that_cannot_honour_it_is_refused_not_degraded(
+    mixed: Mixed, response_format: Any, stream: bool
+) -> None:
+    before = mixed.sent()
+    with pytest.raises(openai.BadRequestError) as caught:
+        await sdk(mixed).chat.completions.create(
+            model="claude-model", messages=ask("JSON please"), response_format=response_format, stream=stream
+        )
+    error = caught.value
+    assert (error.status_code, error.param, error.code) == (400, "response_format", "no_eligible_model")
+    assert error.type == "invalid_request_error"
+    assert f"claude-model: does not guarantee response_format {response_format['type']}" in error.message
+    assert mixed.sent() == before  # no provider was called
+
+
+async def test_json_schema_to_a_json_mode_model_named_is_refused(mixed: Mixed) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        await sdk(mixed).chat.completions.create(model="json-model", messages=ask("x"), response_format=SCHEMA)
+    assert caught.value.param == "response_format"
+    # The same model takes JSON mode, and text.
+    completion = await sdk(mixed).chat.completions.create(
+        model="json-model", messages=ask("x"), response_format={"type": "json_object"}
+    )
+    assert json.loads(completion.choices[0].message.content or "")
+    completion = await sdk(mixed).chat.completions.create(
+        model="claude-model", messages=ask("x"), response_format={"type": "text"}
+    )
+    assert completion.model == "claude-model"
