@@ -72,8 +72,9 @@ class ProviderSpec(BaseModel):
     # through after the cool-down, closes again when the probe succeeds.
     breaker_failures: int = Field(default=5, ge=1)
     breaker_cooldown_s: float = Field(default=30.0, gt=0)
-    # An OpenAI-compatible upstream that returns token log-probabilities when asked (`logprobs: true`): asked
-    # only when the router could escalate on low confidence. Off by default: some upstreams refuse the field.
+    # An OpenAI-compatible upstream that returns token log-probabilities, in OpenAI's shape, when asked
+    # (`logprobs: true`): the default of its models' own `logprobs` (ModelSpec), which alone decides. Off by default:
+    # some upstreams refuse the field (Groq: a 400), others answer in another shape (Together).
     logprobs: bool = False
 
     def api_key(self, keys_dir: Path | None = None) -> str:
@@ -113,6 +114,10 @@ class ModelSpec(BaseModel):
     # is routed only to models that honour it. Left out: as its provider's kind serves it (FORMAT_DEFAULTS).
     json_mode: bool | None = None
     structured_outputs: bool | None = None
+    # Returns token log-probabilities in OpenAI's shape (choices[0].logprobs.content) when asked: a caller's
+    # logprobs / top_logprobs is routed only to models that do, and the router's own low-confidence signal is asked
+    # only of them. Left out: its provider's `logprobs`; never true for the anthropic and local kinds.
+    logprobs: bool | None = None
     # Quality comes from the classifier's prediction for `quality_from` (a model it was trained on),
     # or, for a model it cannot predict, from the fixed prior `quality_prior`.
     quality_from: str = ""
@@ -183,14 +188,24 @@ class Registry(BaseModel):
                 raise ValueError(f"model {m.name!r}: tier {m.tier!r} is not one of {self.tiers}")
             if not m.quality_from and m.quality_prior is None:
                 raise ValueError(f"model {m.name!r}: give quality_from (a classifier model) or quality_prior")
-        # Each model's response_format support made explicit, from its provider's kind where its entry is silent.
+        # Each model's response_format and logprobs support made explicit, from its provider where its entry is
+        # silent.
         object.__setattr__(self, "models", [self._with_formats(m) for m in self.models])
         return self
 
     def _with_formats(self, model: ModelSpec) -> ModelSpec:
-        kind = self.providers[model.provider].kind
+        provider = self.providers[model.provider]
+        kind = provider.kind
         served = FORMAT_DEFAULTS[kind]
-        update = {}
+        update: dict[str, bool] = {}
+        logprobs = provider.logprobs if model.logprobs is None else model.logprobs
+        if logprobs and kind != "openai":
+            raise ValueError(
+                f"model {model.name!r}: logprobs cannot be true for a provider of kind {kind!r}, "
+                "whose gateway returns no log-probabilities"
+            )
+        if model.logprobs is None:
+            update["logprobs"] = logprobs
         for field in FORMAT_FIELDS.values():
             if getattr(model, field) is None:
                 update[field] = served

@@ -84,7 +84,7 @@ def upstream_request(model: ModelSpec, request: provider_pb2.GenerateRequest) ->
         temperature=request.temperature if request.HasField("temperature") else None,
         passthrough=valid.passthrough,
         request_id=request.request_id,
-        want_logprobs=request.want_confidence,
+        want_logprobs=request.want_confidence and bool(model.logprobs),  # the registry's word, per model
     )
 
 

@@ -155,6 +155,7 @@ class Admission:
             max_latency_ms=request.max_latency_ms if request.HasField("max_latency_ms") else None,
             needs_tools=tools,
             response_format=response_format,
+            needs_logprobs=_needs_logprobs(valid.passthrough),
             min_output_tokens=settings.min_output_tokens,
         )
 
@@ -311,6 +312,12 @@ def _response_format(passthrough: dict[str, Any]) -> str:
     if kind != "text" and kind not in FORMAT_FIELDS:
         raise invalid(f"response_format.type must be one of {['text', *FORMAT_FIELDS]}", "response_format")
     return "" if kind == "text" else str(kind)
+
+
+def _needs_logprobs(passthrough: dict[str, Any]) -> bool:
+    """Whether the caller asked for the answer's token log-probabilities: logprobs true, or any top_logprobs (which
+    OpenAI takes only beside logprobs, and Groq refuses as it does logprobs)."""
+    return bool(passthrough.get("logprobs")) or passthrough.get("top_logprobs") is not None
 
 
 def _max_cost(raw: str) -> Decimal | None:

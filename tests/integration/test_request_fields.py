@@ -263,3 +263,19 @@ async def test_json_asked_of_auto_routing_where_no_model_honours_it_is_a_400(
     assert caught.value.param == "response_format"
     assert f"does not guarantee response_format {response_format['type']}" in caught.value.message
     assert len(anthropic_edge.fake.requests) == before
+
+
+@pytest.mark.parametrize("asked", [{"logprobs": True}, {"top_logprobs": 2, "logprobs": True}])
+async def test_logprobs_asked_of_auto_routing_where_no_model_returns_them_is_a_400(
+    anthropic_edge: AnthropicEdge, asked: dict[str, Any]
+) -> None:
+    """The Anthropic gateway has no log-probabilities to return: its model is not eligible, and with no other the
+    request is refused naming the field, rather than answered with logprobs null."""
+    before = len(anthropic_edge.fake.requests)
+    with pytest.raises(openai.BadRequestError) as caught:
+        await sdk_for(anthropic_edge).chat.completions.create(
+            model="auto", messages=[{"role": "user", "content": unique("how sure are you")}], **asked
+        )
+    assert caught.value.param == "logprobs"
+    assert "does not return logprobs" in caught.value.message
+    assert len(anthropic_edge.fake.requests) == before

@@ -7,9 +7,11 @@ from typing import Any
 
 import pytest
 
-from llmrouter.registry import ProviderSpec
+from llmrouter.registry import ProviderSpec, Registry
+from llmrouter.v1 import common_pb2, provider_pb2
 from services.providers.gateways.base import Message, UpstreamRequest
 from services.providers.gateways.openai import OpenAIGateway, _mean_logprob
+from services.providers.service import upstream_request
 from tests.fakes.fake_openai import FakeOpenAI
 
 
@@ -39,18 +41,41 @@ def test_absent_or_malformed_is_none(given: dict[str, Any]) -> None:
     assert _mean_logprob(given) is None
 
 
-@pytest.mark.parametrize("supported", [True, False])
-async def test_logprobs_are_asked_only_of_an_upstream_that_gives_them(supported: bool) -> None:
+@pytest.mark.parametrize("returns", [True, False])
+async def test_logprobs_are_asked_only_of_a_model_that_returns_them(returns: bool) -> None:
+    """The registry's per-model logprobs (its provider's switch by default) decides whether the confidence signal is
+    asked: Groq refuses the field with a 400, and Together answers in a shape the signal cannot read."""
+    model = Registry.model_validate(
+        {
+            "tiers": ["t"],
+            "providers": {"p": {"kind": "openai", "base_url": "http://x", "logprobs": True}},
+            "models": [
+                {"name": "m", "provider": "p", "tier": "t", "input_usd_per_mtok": "1", "output_usd_per_mtok": "1",
+                 "context_window": 1000, "quality_prior": 0.5, "logprobs": returns},
+            ],
+        }
+    ).models[0]  # fmt: skip
+    wanted = provider_pb2.GenerateRequest(
+        model="m", messages=[common_pb2.ChatMessage(role="user", content="hello")], max_tokens=20, want_confidence=True
+    )
     with FakeOpenAI() as fake:
-        spec = ProviderSpec(kind="openai", base_url=fake.base_url, logprobs=supported)
-        gateway = OpenAIGateway(spec, "sk-test")
+        gateway = OpenAIGateway(ProviderSpec(kind="openai", base_url=fake.base_url), "sk-test")
         try:
-            request = UpstreamRequest("gpt-test", [Message("user", "hello")], max_tokens=20, want_logprobs=True)
-            completion = await gateway.complete(request)
+            completion = await gateway.complete(upstream_request(model, wanted))
         finally:
             await gateway.aclose()
         sent = fake.requests[-1].json
-    if supported:
+    if returns:
         assert sent["logprobs"] is True and completion.mean_logprob == pytest.approx(-0.05)
     else:
         assert "logprobs" not in sent and completion.mean_logprob is None
+
+
+async def test_logprobs_are_not_asked_when_no_escalation_could_follow() -> None:
+    with FakeOpenAI() as fake:
+        gateway = OpenAIGateway(ProviderSpec(kind="openai", base_url=fake.base_url, logprobs=True), "sk-test")
+        try:
+            await gateway.complete(UpstreamRequest("gpt-test", [Message("user", "hello")], max_tokens=20))
+        finally:
+            await gateway.aclose()
+        assert "logprobs" not in fake.requests[-1].json

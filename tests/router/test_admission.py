@@ -218,3 +218,20 @@ async def test_a_response_format_of_no_known_type_is_refused_naming_it(response_
     with pytest.raises(ServiceError) as err:
         await gate.limits(request(passthrough_json=json.dumps({"response_format": response_format})))
     assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT and err.value.metadata == {"field": "response_format"}
+
+
+@pytest.mark.parametrize(
+    ("fields", "wanted"),
+    [
+        ({"logprobs": True}, True),
+        ({"logprobs": True, "top_logprobs": 3}, True),
+        ({"top_logprobs": 0}, True),  # refused by Groq as logprobs is, and by OpenAI without logprobs
+        ({"logprobs": False}, False),
+        ({"logprobs": None, "top_logprobs": None}, False),
+        ({}, False),
+    ],
+)
+async def test_the_logprobs_asked_are_a_limit(fields: dict[str, Any], wanted: bool) -> None:
+    gate = admission.Admission(SETTINGS, REGISTRY, MemoryStore(), scratch_outbox())
+    limits = await gate.limits(request(passthrough_json=json.dumps(fields)))
+    assert limits.needs_logprobs is wanted

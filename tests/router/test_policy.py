@@ -178,3 +178,48 @@ def test_when_no_model_guarantees_the_format_the_refusal_names_response_format()
     with pytest.raises(ServiceError) as mixed:
         policy.plan(registry, policy.evaluate(registry.models, None, lim), lim, classified=False)
     assert mixed.value.metadata == {}
+
+
+def with_logprobs(returning: set[str]) -> Registry:
+    return Registry.model_validate(
+        {
+            **REGISTRY.model_dump(mode="json", exclude={"models"}),
+            "models": [{**m.model_dump(mode="json"), "logprobs": m.name in returning} for m in REGISTRY.models],
+        }
+    )
+
+
+def test_logprobs_asked_skip_models_that_do_not_return_them() -> None:
+    registry = with_logprobs({"strong"})
+    lim = limits(needs_logprobs=True)
+    plan = policy.plan(registry, policy.evaluate(registry.models, {"weak": 0.9, "big": 0.9}, lim), lim, True)
+    assert [o.model.name for o in plan.order] == ["strong"]
+    cheap = next(o for o in plan.options if o.model.name == "cheap")
+    assert cheap.excluded == "does not return logprobs (registry: logprobs is false)"
+    assert policy.explicit(policy.evaluate(registry.models, None, lim), "strong").order[0].model.name == "strong"
+    # Not asked: every model serves it, whether it returns them or not.
+    lim = limits()
+    plan = policy.plan(registry, policy.evaluate(registry.models, {"weak": 0.9, "big": 0.9}, lim), lim, True)
+    assert [o.model.name for o in plan.order] == ["cheap", "strong"]
+
+
+def test_a_model_named_that_returns_no_logprobs_is_refused_naming_logprobs() -> None:
+    registry = with_logprobs({"strong"})
+    with pytest.raises(ServiceError) as refused:  # never served with the logprobs dropped
+        policy.explicit(policy.evaluate(registry.models, None, limits(needs_logprobs=True)), "cheap")
+    assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert (refused.value.reason, refused.value.metadata) == ("NO_ELIGIBLE_MODEL", {"field": "logprobs"})
+
+
+def test_when_no_model_returns_logprobs_the_refusal_names_logprobs() -> None:
+    registry = with_logprobs(set())
+    lim = limits(needs_logprobs=True)
+    with pytest.raises(ServiceError) as refused:
+        policy.plan(registry, policy.evaluate(registry.models, None, lim), lim, classified=False)
+    assert (refused.value.reason, refused.value.metadata) == ("NO_ELIGIBLE_MODEL", {"field": "logprobs"})
+    assert "cheap: does not return logprobs" in refused.value.message
+    # Ruled out for another reason too (the latency the caller allows): no single field to change.
+    lim = limits(needs_logprobs=True, max_latency_ms=5000)
+    with pytest.raises(ServiceError) as mixed:
+        policy.plan(registry, policy.evaluate(registry.models, None, lim), lim, classified=False)
+    assert mixed.value.metadata == {}

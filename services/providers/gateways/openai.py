@@ -26,13 +26,12 @@ PATH = "/chat/completions"
 class OpenAIGateway:
     def __init__(self, spec: ProviderSpec, api_key: str) -> None:
         self.client = make_client(spec, {"authorization": f"Bearer {api_key}"} if api_key else {})
-        self.logprobs = spec.logprobs
 
     async def aclose(self) -> None:
         await self.client.aclose()
 
     async def complete(self, request: UpstreamRequest) -> Completion:
-        return completion(await post_json(self.client, PATH, body(request, self.logprobs)))
+        return completion(await post_json(self.client, PATH, body(request, confidence=True)))
 
     async def stream(self, request: UpstreamRequest) -> AsyncGenerator[StreamEvent, None]:
         payload = {**body(request), "stream": True, "stream_options": {"include_usage": True}}
@@ -123,8 +122,9 @@ def _add_fragment(calls: dict[int, dict[str, Any]], fragment: Any) -> None:
     call["function"]["arguments"] += json_text(function.get("arguments"), "tool call's arguments")
 
 
-def body(request: UpstreamRequest, logprobs: bool = False) -> dict[str, Any]:
-    """The chat completions request body (also the body of a Batch API input line)."""
+def body(request: UpstreamRequest, confidence: bool = False) -> dict[str, Any]:
+    """The chat completions request body (also the body of a Batch API input line). `confidence`: log-probabilities
+    are asked for the router's confidence signal, when the request wants them (an unstreamed call's)."""
     messages = [_message(m) for m in request.messages]
     # Only the allowlisted passthrough fields, whoever sent the request: one that changes the price (service_tier,
     # store, n, ...) would be billed by the provider beyond what the registry charges. They come first: they may
@@ -135,9 +135,9 @@ def body(request: UpstreamRequest, logprobs: bool = False) -> dict[str, Any]:
         body["max_tokens"] = request.max_tokens
     if request.temperature is not None:
         body["temperature"] = request.temperature
-    if (
-        logprobs and request.want_logprobs and "logprobs" not in passthrough
-    ):  # free of charge; the caller's choice stands
+    # Asked only of a model the registry says returns them (upstream_request); free of charge; the caller's choice
+    # stands.
+    if confidence and request.want_logprobs and "logprobs" not in passthrough:
         body["logprobs"] = True
     return body
 

@@ -1,0 +1,195 @@
+"""A caller's logprobs / top_logprobs through the real chain (edge, router, classifier, providers) on loopback, driven
+by the openai SDK: routed only to models the registry says return token log-probabilities, never to one whose
+gateway drops the field (Anthropic's: the caller would get logprobs null) nor to one whose API refuses it (Groq: a
+400); a model named that returns none is a 400 naming logprobs, before any provider is called."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import yaml
+
+from llmrouter.server import RunningServer, start_server
+from services import classifier, providers, router
+from services.classifier.settings import ClassifierSettings
+from services.edge.settings import EdgeSettings
+from services.providers.settings import ProvidersSettings
+from services.router.settings import RouterSettings
+from tests.fakes import FakeAnthropic
+from tests.fakes.fake_openai import FakeOpenAI
+from tests.fakes.server import Received
+from tests.integration.conftest import free_port, served_edge
+from tests.integration.test_chain import unique
+from tests.integration.test_response_format import model
+
+GROQ_UNSUPPORTED = ("logprobs", "logit_bias", "top_logprobs")
+
+
+class FakeGroq(FakeOpenAI):
+    """As Groq's OpenAI-compatible API documents it: logprobs, logit_bias and top_logprobs are a 400 if supplied."""
+
+    def refusal(self, request: Received) -> dict[str, Any] | None:
+        sent = [f for f in GROQ_UNSUPPORTED if f in request.json] if request.method == "POST" else []
+        if not sent:
+            return super().refusal(request)
+        message = f"'{sent[0]}' : property '{sent[0]}' is unsupported"
+        return {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}}
+
+
+@dataclass
+class Mixed:
+    base_url: str  # the edge's, ending in /v1
+    claude: FakeAnthropic  # claude-model: the cheapest; the Messages API has no log-probabilities
+    groq: FakeGroq  # groq-model: refuses logprobs (its provider's switch left off)
+    openai: FakeOpenAI  # openai-model: the priciest, returns them (its provider's `logprobs: true`)
+
+    def sent(self) -> int:
+        return len(self.claude.requests) + len(self.groq.requests) + len(self.openai.requests)
+
+
+@pytest.fixture(scope="module")
+async def mixed(
+    tmp_path_factory: pytest.TempPathFactory, classifier_dir: Path, chain_redis_url: str
+) -> AsyncIterator[Mixed]:
+    with (
+        FakeAnthropic() as claude,
+        FakeGroq() as groq,
+        FakeOpenAI() as upstream,
+        pytest.MonkeyPatch.context() as env,
+    ):
+        for name in ("CLAUDE_KEY", "GROQ_KEY", "OPENAI_KEY"):
+            env.setenv(name, f"sk-{name}")
+        path = tmp_path_factory.mktemp("logprobs") / "models.yaml"
+        fast = {"max_retries": 0}
+        registry = {
+            "tiers": ["economy", "standard", "premium"],
+            "providers": {
+                "claude": {"kind": "anthropic", "base_url": claude.base_url, "api_key_env": "CLAUDE_KEY", **fast},
+                "groq": {"kind": "openai", "base_url": groq.base_url, "api_key_env": "GROQ_KEY", **fast},
+                "openai": {
+                    "kind": "openai",
+                    "base_url": upstream.base_url,
+                    "api_key_env": "OPENAI_KEY",
+                    "logprobs": True,
+                    **fast,
+                },
+            },
+            "models": [
+                model("claude-model", "claude", "economy", ("0.10", "0.10")),
+                model("groq-model", "groq", "standard", ("0.50", "0.50")),
+                model("openai-model", "openai", "premium", ("2.50", "10.00")),
+            ],
+        }
+        path.write_text(yaml.safe_dump(registry))
+        servers: dict[str, RunningServer] = {}
+        c_settings = ClassifierSettings(port=0, model_dir=classifier_dir)
+        servers["classifier"] = await start_server("classifier", c_settings, *await classifier.build(c_settings))
+        p_settings = ProvidersSettings(port=0, registry_path=path)
+        servers["providers"] = await start_server("providers", p_settings, *await providers.build(p_settings))
+        r_settings = RouterSettings(
+            port=0,
+            registry_path=path,
+            classifier_addr=f"127.0.0.1:{servers['classifier'].port}",
+            providers_addr=f"127.0.0.1:{servers['providers'].port}",
+            redis_url=chain_redis_url,
+            classifier_timeout_s=5.0,
+            verifier=False,
+        )
+        servers["router"] = await start_server("router", r_settings, *await router.build(r_settings))
+        e_settings = EdgeSettings(
+            port=free_port(), router_addr=f"127.0.0.1:{servers['router'].port}", request_timeout_s=20
+        )
+        try:
+            async with served_edge(e_settings) as base_url:
+                yield Mixed(base_url, claude, groq, upstream)
+        finally:
+            for name in ("router", "providers", "classifier"):
+                await servers[name].stop(1)
+
+
+def sdk(mixed: Mixed) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=mixed.base_url, api_key="sk-test", max_retries=0)
+
+
+def ask(text: str) -> Any:
+    return [{"role": "user", "content": unique(text)}]
+
+
+# quality_target 0: the cheapest model within limits is chosen, which is claude-model whenever it is eligible;
+# escalation off: the answer is the first model's.
+CHEAPEST = {"quality_target": 0, "escalation": "off"}
+
+
+async def test_without_logprobs_the_cheapest_model_serves(mixed: Mixed) -> None:
+    completion = await sdk(mixed).chat.completions.create(model="auto", messages=ask("hi"), extra_body=CHEAPEST)
+    assert completion.model == "claude-model" and completion.choices[0].logprobs is None
+
+
+@pytest.mark.parametrize("asked", [{"logprobs": True}, {"logprobs": True, "top_logprobs": 1}])
+@pytest.mark.parametrize("stream", [False, True])
+async def test_logprobs_are_routed_to_the_cheapest_model_that_returns_them(
+    mixed: Mixed, asked: dict[str, Any], stream: bool
+) -> None:
+    before = len(mixed.claude.requests), len(mixed.groq.requests)
+    options: dict[str, Any] = {**asked, "extra_body": CHEAPEST}
+    if stream:
+        chunks = await sdk(mixed).chat.completions.create(model="auto", messages=ask("hi"), stream=True, **options)
+        parts = [c async for c in chunks]
+        served = parts[-1].model
+        tokens = [
+            t.token for c in parts if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content or []
+        ]
+        content = "".join(c.choices[0].delta.content or "" for c in parts if c.choices)
+    else:
+        completion = await sdk(mixed).chat.completions.create(model="auto", messages=ask("hi"), **options)
+        served, logprobs = completion.model, completion.choices[0].logprobs
+        tokens = [t.token for t in (logprobs.content or [])] if logprobs else []
+        content = completion.choices[0].message.content or ""
+    assert served == "openai-model"
+    assert mixed.openai.requests[-1].json["logprobs"] is True
+    assert tokens and "".join(tokens) == content  # what the caller asked for, never null
+    assert (len(mixed.claude.requests), len(mixed.groq.requests)) == before
+
+
+async def test_the_decision_says_why_the_others_are_ineligible(mixed: Mixed) -> None:
+    async with httpx.AsyncClient(base_url=mixed.base_url) as http:
+        reply = await http.post(
+            "/router/decide", json={"model": "auto", "messages": ask("hi"), "top_logprobs": 2, **CHEAPEST}
+        )
+    assert reply.status_code == 200, reply.text
+    decision = reply.json()
+    assert decision["model"] == "openai-model"
+    why = {c["model"]: c.get("excluded_because", "") for c in decision["candidates"]}
+    assert why == {
+        "claude-model": "does not return logprobs (registry: logprobs is false)",
+        "groq-model": "does not return logprobs (registry: logprobs is false)",
+        "openai-model": "",
+    }
+
+
+@pytest.mark.parametrize("named", ["claude-model", "groq-model"])
+@pytest.mark.parametrize("asked", [{"logprobs": True}, {"logprobs": True, "top_logprobs": 3}])
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_model_named_that_returns_none_is_refused_not_degraded(
+    mixed: Mixed, named: str, asked: dict[str, Any], stream: bool
+) -> None:
+    before = mixed.sent()
+    with pytest.raises(openai.BadRequestError) as caught:
+        await sdk(mixed).chat.completions.create(model=named, messages=ask("hi"), stream=stream, **asked)
+    error = caught.value
+    assert (error.status_code, error.param, error.code) == (400, "logprobs", "no_eligible_model")
+    assert error.type == "invalid_request_error"
+    assert f"{named}: does not return logprobs" in error.message
+    assert mixed.sent() == before  # no provider was called: neither Groq's 400 nor Anthropic's logprobs-less answer
+
+
+async def test_not_asking_for_them_every_model_serves(mixed: Mixed) -> None:
+    for named in ("claude-model", "groq-model"):
+        completion = await sdk(mixed).chat.completions.create(model=named, messages=ask("hi"))
+        assert completion.model == named and completion.choices[0].logprobs is None
