@@ -10,7 +10,7 @@ import pytest
 from llmrouter.registry import ProviderSpec, Registry
 from llmrouter.v1 import common_pb2, provider_pb2
 from services.providers.gateways.base import Message, UpstreamRequest
-from services.providers.gateways.openai import OpenAIGateway, _mean_logprob
+from services.providers.gateways.openai import OpenAIGateway, _mean_logprob, body
 from services.providers.service import upstream_request
 from tests.fakes.fake_openai import FakeOpenAI
 
@@ -79,3 +79,15 @@ async def test_logprobs_are_not_asked_when_no_escalation_could_follow() -> None:
         finally:
             await gateway.aclose()
         assert "logprobs" not in fake.requests[-1].json
+
+
+def test_fields_at_their_left_out_value_are_not_sent() -> None:
+    """logprobs false and nulls ask for nothing, and an upstream refusing the field (Groq) must not see them."""
+    asked = {"logprobs": False, "top_logprobs": None, "logit_bias": None, "stop": None, "seed": 3}
+    sent = body(UpstreamRequest("gpt-test", [Message("user", "hello")], passthrough=asked))
+    assert not {"logprobs", "top_logprobs", "logit_bias", "stop"} & sent.keys()
+    assert sent["seed"] == 3
+    kept = body(
+        UpstreamRequest("gpt-test", [Message("user", "hello")], passthrough={"logprobs": True, "top_logprobs": 2})
+    )
+    assert (kept["logprobs"], kept["top_logprobs"]) == (True, 2)

@@ -129,7 +129,13 @@ def body(request: UpstreamRequest, confidence: bool = False) -> dict[str, Any]:
     # Only the allowlisted passthrough fields, whoever sent the request: one that changes the price (service_tier,
     # store, n, ...) would be billed by the provider beyond what the registry charges. They come first: they may
     # add tools or response_format, never replace model or messages.
-    passthrough = {k: v for k, v in request.passthrough.items() if k in PASSTHROUGH_FIELDS}
+    # A field at its "left out" value is left out: some OpenAI-compatible upstreams (Groq) refuse logprobs,
+    # top_logprobs and logit_bias with a 400 whatever their value, and the router routed on what was asked.
+    passthrough = {
+        k: v
+        for k, v in request.passthrough.items()
+        if k in PASSTHROUGH_FIELDS and v is not None and not (k == "logprobs" and v is False)
+    }
     body: dict[str, Any] = {**passthrough, "model": request.model, "messages": messages}
     if request.max_tokens is not None:
         body["max_tokens"] = request.max_tokens
