@@ -8,7 +8,7 @@ import json
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
-from services.edge.openai_api import ApiError, decode_json
+from services.edge.openai_api import ApiError, cost_as_written, decode_json
 
 # Meaningless for a chat model: refused by name instead of silently ignored, unless set to their defaults.
 UNSUPPORTED = {"suffix": ("",), "echo": (False,), "logprobs": (0,), "best_of": (1,)}
@@ -36,7 +36,8 @@ def to_chat(body: bytes) -> bytes:
         # OpenAI's default for this route: a caller leaving it out expects (and pays for) 16 tokens, not a
         # chat model's whole answer.
         raw["max_tokens"] = DEFAULT_MAX_TOKENS
-    return json.dumps(raw).encode()
+    # Written out again as JSON: its max_cost_usd as its caller wrote it, not the float's shortest form.
+    return json.dumps(cost_as_written(raw)).encode()
 
 
 def text_completion(chat: dict[str, Any]) -> dict[str, Any]:

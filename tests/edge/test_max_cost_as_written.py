@@ -11,6 +11,7 @@ from decimal import Decimal
 
 from services.batches import wire
 from services.batches.deferral import _request
+from services.edge import legacy
 from services.edge.openai_api import parse_request
 from services.router.costs import floor_pico
 
@@ -46,3 +47,12 @@ def test_other_numbers_are_read_as_before() -> None:
     assert Decimal(message.max_cost_usd) == Decimal("0.001")
     assert message.temperature == 0.5
     assert json.loads(message.passthrough_json) == {"top_p": 0.9}
+
+
+def test_a_legacy_completions_cap_written_as_a_number_reaches_the_router_as_written() -> None:
+    # /v1/completions is translated to a chat completion's body (written out again as JSON) before parse_request.
+    body = '{"prompt": "hi", "max_cost_usd": ' + WRITTEN + "}"
+    parsed, raw = parse_request(legacy.to_chat(body.encode()))
+    message = parsed.to_router(raw, "t", "", "r1")
+    assert Decimal(message.max_cost_usd) == Decimal(WRITTEN)
+    assert floor_pico(Decimal(message.max_cost_usd)) == 1_999_999
