@@ -4,6 +4,7 @@ a 400, never a coercion), and the bodies the official SDK expects back."""
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from decimal import Decimal
@@ -366,6 +367,8 @@ class _Written(float):
 
 def _written(text: str) -> float:
     number = _Written(text)
+    if not math.isfinite(number):  # 1e400: as Infinity, onward, it is no JSON at all
+        raise ValueError(f"{text[:32]} is past a number's range")
     number.text = text
     return number
 

@@ -148,6 +148,11 @@ BAD_BODIES = [
     ("lone surrogate in a passthrough value", b'{"messages": [{"role": "user", "content": "x"}], "user": "\\ud800"}'),
     ("surrogate encoded as UTF-8 bytes", b'{"messages": [{"role": "user", "content": "\xed\xa0\x80"}]}'),
     ("NaN", b'{"messages": [{"role": "user", "content": "x"}], "top_p": NaN}'),
+    (  # a float's range passed: as Infinity it is no JSON any upstream reads
+        "a number past a float's range in a tool's schema",
+        b'{"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {"name": "f", '
+        b'"parameters": {"type": "number", "maximum": 1e400}}}]}',
+    ),
     ("a 5000-digit integer", b'{"messages": [{"role": "user", "content": "x"}], "seed": ' + b"9" * 5000 + b"}"),
 ]
 
