@@ -144,8 +144,6 @@ def error_response(error: ApiError) -> JSONResponse:
         headers["x-router-cost-usd"] = error.charged_usd
     if error.request_id:  # as an answer's: the access log names the request by it, and so does the ledger once admitted
         headers["x-request-id"] = error.request_id
-    if error.code == "insufficient_quota":  # a spent budget stays spent: the openai SDK would try twice more
-        headers["x-should-retry"] = "false"
     return JSONResponse(error.body(), status_code=error.status, headers=headers or None)
 
 
