@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -150,6 +151,34 @@ async def served_edge(settings: EdgeSettings) -> AsyncIterator[str]:
         await channel.close()
 
 
+@asynccontextmanager
+async def served_stack(
+    registry_path: Path, redis_url: str, classifier_dir: Path, **router_settings: Any
+) -> AsyncIterator[dict[str, RunningServer]]:
+    """The classifier, providers and router served on loopback for one registry file, for the block: the running
+    servers by name ("classifier", "providers", "router"), stopped in reverse. router_settings: the router's other
+    settings (timeouts, verifier, calibration_path...)."""
+    servers: dict[str, RunningServer] = {}
+    try:
+        c_settings = ClassifierSettings(port=0, model_dir=classifier_dir)
+        servers["classifier"] = await start_server("classifier", c_settings, *await classifier.build(c_settings))
+        p_settings = ProvidersSettings(port=0, registry_path=registry_path)
+        servers["providers"] = await start_server("providers", p_settings, *await providers.build(p_settings))
+        r_settings = RouterSettings(
+            port=0,
+            registry_path=registry_path,
+            classifier_addr=f"127.0.0.1:{servers['classifier'].port}",
+            providers_addr=f"127.0.0.1:{servers['providers'].port}",
+            redis_url=redis_url,
+            **router_settings,
+        )
+        servers["router"] = await start_server("router", r_settings, *await router.build(r_settings))
+        yield servers
+    finally:
+        for server in reversed(servers.values()):
+            await server.stop(1)
+
+
 @pytest.fixture(scope="session")
 def classifier_dir() -> Path:
     if not (CLASSIFIER_DIR / "model.onnx").exists():
@@ -166,51 +195,41 @@ async def chain(
         env.setenv("PREMIUMAI_KEY", "sk-premium")
         path = tmp_path_factory.mktemp("chain") / "models.yaml"
         path.write_text(yaml.safe_dump(registry(budget.base_url, premium.base_url)))
-        servers: dict[str, RunningServer] = {}
-        c_settings = ClassifierSettings(port=0, model_dir=classifier_dir)
-        servers["classifier"] = await start_server("classifier", c_settings, *await classifier.build(c_settings))
-        p_settings = ProvidersSettings(port=0, registry_path=path)
-        servers["providers"] = await start_server("providers", p_settings, *await providers.build(p_settings))
-        r_settings = RouterSettings(
-            port=0,
-            registry_path=path,
-            classifier_addr=f"127.0.0.1:{servers['classifier'].port}",
-            providers_addr=f"127.0.0.1:{servers['providers'].port}",
-            redis_url=chain_redis_url,
+        async with served_stack(
+            path,
+            chain_redis_url,
+            classifier_dir,
             classifier_timeout_s=5.0,  # the first calls on a loaded CI machine may be slow
             # The fakes' echo answers are no test of the verifier: test_verifier_escalation.py runs its own.
             verifier=False,
-        )
-        servers["router"] = await start_server("router", r_settings, *await router.build(r_settings))
-        router_addr = f"127.0.0.1:{servers['router'].port}"
-        e_settings = EdgeSettings(port=free_port(), router_addr=router_addr, request_timeout_s=20)
-        edge, edge_task, channel = await start_edge(e_settings)
-        session = secrets.token_hex(4)
-        keys = {role: (f"{role}-{session}", f"sk-{role}-{secrets.token_urlsafe(16)}=") for role in TENANT_ROLES}
-        k_settings = EdgeSettings(
-            port=free_port(),
-            router_addr=router_addr,
-            request_timeout_s=20,
-            api_keys=SecretStr(",".join(key_line(tenant, key) for tenant, key in keys.values())),
-        )
-        keyed, keyed_task, keyed_channel = await start_edge(k_settings)
-        try:
-            yield Chain(
-                f"http://127.0.0.1:{e_settings.port}/v1",
-                f"http://127.0.0.1:{k_settings.port}/v1",
-                keys,
-                router_addr,
-                servers,
-                budget,
-                premium,
-                path,
-                chain_redis_url,
+        ) as servers:
+            router_addr = f"127.0.0.1:{servers['router'].port}"
+            e_settings = EdgeSettings(port=free_port(), router_addr=router_addr, request_timeout_s=20)
+            edge, edge_task, channel = await start_edge(e_settings)
+            session = secrets.token_hex(4)
+            keys = {role: (f"{role}-{session}", f"sk-{role}-{secrets.token_urlsafe(16)}=") for role in TENANT_ROLES}
+            k_settings = EdgeSettings(
+                port=free_port(),
+                router_addr=router_addr,
+                request_timeout_s=20,
+                api_keys=SecretStr(",".join(key_line(tenant, key) for tenant, key in keys.values())),
             )
-        finally:
-            edge.should_exit = keyed.should_exit = True
-            await edge_task
-            await keyed_task
-            await channel.close()
-            await keyed_channel.close()
-            for name in ("router", "providers", "classifier"):
-                await servers[name].stop(1)
+            keyed, keyed_task, keyed_channel = await start_edge(k_settings)
+            try:
+                yield Chain(
+                    f"http://127.0.0.1:{e_settings.port}/v1",
+                    f"http://127.0.0.1:{k_settings.port}/v1",
+                    keys,
+                    router_addr,
+                    servers,
+                    budget,
+                    premium,
+                    path,
+                    chain_redis_url,
+                )
+            finally:
+                edge.should_exit = keyed.should_exit = True
+                await edge_task
+                await keyed_task
+                await channel.close()
+                await keyed_channel.close()

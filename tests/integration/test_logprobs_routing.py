@@ -15,16 +15,11 @@ import openai
 import pytest
 import yaml
 
-from llmrouter.server import RunningServer, start_server
-from services import classifier, providers, router
-from services.classifier.settings import ClassifierSettings
 from services.edge.settings import EdgeSettings
-from services.providers.settings import ProvidersSettings
-from services.router.settings import RouterSettings
 from tests.fakes import FakeAnthropic
 from tests.fakes.fake_openai import FakeOpenAI
 from tests.fakes.server import Received
-from tests.integration.conftest import free_port, served_edge
+from tests.integration.conftest import free_port, served_edge, served_stack
 from tests.integration.test_chain import unique
 from tests.integration.test_response_format import model
 
@@ -87,30 +82,14 @@ async def mixed(
             ],
         }
         path.write_text(yaml.safe_dump(registry))
-        servers: dict[str, RunningServer] = {}
-        c_settings = ClassifierSettings(port=0, model_dir=classifier_dir)
-        servers["classifier"] = await start_server("classifier", c_settings, *await classifier.build(c_settings))
-        p_settings = ProvidersSettings(port=0, registry_path=path)
-        servers["providers"] = await start_server("providers", p_settings, *await providers.build(p_settings))
-        r_settings = RouterSettings(
-            port=0,
-            registry_path=path,
-            classifier_addr=f"127.0.0.1:{servers['classifier'].port}",
-            providers_addr=f"127.0.0.1:{servers['providers'].port}",
-            redis_url=chain_redis_url,
-            classifier_timeout_s=5.0,
-            verifier=False,
-        )
-        servers["router"] = await start_server("router", r_settings, *await router.build(r_settings))
-        e_settings = EdgeSettings(
-            port=free_port(), router_addr=f"127.0.0.1:{servers['router'].port}", request_timeout_s=20
-        )
-        try:
+        async with served_stack(
+            path, chain_redis_url, classifier_dir, classifier_timeout_s=5.0, verifier=False
+        ) as servers:
+            e_settings = EdgeSettings(
+                port=free_port(), router_addr=f"127.0.0.1:{servers['router'].port}", request_timeout_s=20
+            )
             async with served_edge(e_settings) as base_url:
                 yield Mixed(base_url, claude, groq, upstream)
-        finally:
-            for name in ("router", "providers", "classifier"):
-                await servers[name].stop(1)
 
 
 def sdk(mixed: Mixed) -> openai.AsyncOpenAI:

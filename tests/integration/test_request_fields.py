@@ -16,15 +16,10 @@ import pytest
 import yaml
 
 from llmrouter.passthrough import PASSTHROUGH_FIELDS
-from llmrouter.server import RunningServer, start_server
-from services import classifier, providers, router
-from services.classifier.settings import ClassifierSettings
 from services.edge.openai_api import IGNORED
 from services.edge.settings import EdgeSettings
-from services.providers.settings import ProvidersSettings
-from services.router.settings import RouterSettings
 from tests.fakes import FakeAnthropic
-from tests.integration.conftest import Chain, free_port, served_edge
+from tests.integration.conftest import Chain, free_port, served_edge, served_stack
 from tests.integration.test_chain import client, unique
 
 # What an OpenAI client may send that only hints or tags: none of it must break a request.
@@ -189,30 +184,14 @@ async def anthropic_edge(
         path.write_text(
             yaml.safe_dump({"tiers": ["premium"], "providers": {"anthropicai": provider}, "models": [model]})
         )
-        servers: dict[str, RunningServer] = {}
-        c_settings = ClassifierSettings(port=0, model_dir=classifier_dir)
-        servers["classifier"] = await start_server("classifier", c_settings, *await classifier.build(c_settings))
-        p_settings = ProvidersSettings(port=0, registry_path=path)
-        servers["providers"] = await start_server("providers", p_settings, *await providers.build(p_settings))
-        r_settings = RouterSettings(
-            port=0,
-            registry_path=path,
-            classifier_addr=f"127.0.0.1:{servers['classifier'].port}",
-            providers_addr=f"127.0.0.1:{servers['providers'].port}",
-            redis_url=chain_redis_url,
-            classifier_timeout_s=5.0,
-            verifier=False,
-        )
-        servers["router"] = await start_server("router", r_settings, *await router.build(r_settings))
-        e_settings = EdgeSettings(
-            port=free_port(), router_addr=f"127.0.0.1:{servers['router'].port}", request_timeout_s=20
-        )
-        try:
+        async with served_stack(
+            path, chain_redis_url, classifier_dir, classifier_timeout_s=5.0, verifier=False
+        ) as servers:
+            e_settings = EdgeSettings(
+                port=free_port(), router_addr=f"127.0.0.1:{servers['router'].port}", request_timeout_s=20
+            )
             async with served_edge(e_settings) as base_url:
                 yield AnthropicEdge(base_url, fake)
-        finally:
-            for name in ("router", "providers", "classifier"):
-                await servers[name].stop(1)
 
 
 def sdk_for(edge: AnthropicEdge) -> openai.AsyncOpenAI:

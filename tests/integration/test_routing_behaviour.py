@@ -18,16 +18,12 @@ import pytest
 import yaml
 
 from llmrouter.registry import DEFAULT_REGISTRY, Registry, load_registry
-from llmrouter.server import start_server
 from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
-from services import classifier, providers, router
 from services.classifier.calibrate import build, reference_prompts
-from services.classifier.settings import ClassifierSettings
 from services.classifier.training.data import data_dir
-from services.providers.settings import ProvidersSettings
-from services.router.settings import RouterSettings
 from tests.conftest import ROOT
 from tests.fakes import FakeAnthropic, FakeOpenAI
+from tests.integration.conftest import served_stack
 
 BEHAVIOUR = ROOT / "tests" / "router" / "behaviour" / "prompts.jsonl"
 PREMIUM = "premium"
@@ -76,27 +72,18 @@ async def shipped(
         mix = reference_prompts(data_dir(), REFERENCE_PER_FILE, seed=0)
         calibration = tmp / "calibration.json"
         calibration.write_text(json.dumps(build(classifier_dir, data_dir(), REFERENCE_PER_FILE, seed=0)))
-        c_settings = ClassifierSettings(port=0, model_dir=classifier_dir)
-        c_server = await start_server("classifier", c_settings, *await classifier.build(c_settings))
-        p_settings = ProvidersSettings(port=0, registry_path=path)
-        p_server = await start_server("providers", p_settings, *await providers.build(p_settings))
-        r_settings = RouterSettings(
-            port=0,
-            registry_path=path,
-            classifier_addr=f"127.0.0.1:{c_server.port}",
-            providers_addr=f"127.0.0.1:{p_server.port}",
-            redis_url=session_redis_url,
-            classifier_timeout_s=10.0,  # a loaded CI machine
-            calibration_path=calibration,
-        )
-        r_server = await start_server("router", r_settings, *await router.build(r_settings))
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{r_server.port}") as channel:
-                stub = router_pb2_grpc.RouterStub(channel)
-                yield Shipped(stub, load_registry(path), [p for texts in mix.values() for p in texts])
-        finally:
-            for server in (r_server, p_server, c_server):
-                await server.stop(1)
+        async with (
+            served_stack(
+                path,
+                session_redis_url,
+                classifier_dir,
+                classifier_timeout_s=10.0,  # a loaded CI machine
+                calibration_path=calibration,
+            ) as servers,
+            grpc.aio.insecure_channel(f"127.0.0.1:{servers['router'].port}") as channel,
+        ):
+            stub = router_pb2_grpc.RouterStub(channel)
+            yield Shipped(stub, load_registry(path), [p for texts in mix.values() for p in texts])
 
 
 async def decide(stub: router_pb2_grpc.RouterStub, prompt: str, **fields: Any) -> router_pb2.Decision:
