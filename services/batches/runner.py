@@ -2,8 +2,9 @@
 is a chat completion sent to the router like any request (same policy, budgets and ledger), as the batch's tenant
 and key, with request id `<batch id>:<custom_id>`, at most EDGE_BATCH_CONCURRENCY lines at a time across the
 edge's batches, and at most EDGE_BATCH_MAX_RUNNING batches at a time, each holding its input file (wire.Lines: the
-bytes and where each line is, a line parsed as it is sent); the others wait in the store's active set. An edge runs
-only the batches of keys it serves (Runner._may_run): a revoked key's batch sends nothing more.
+bytes and where each line is, a line parsed as it is sent); the others wait in the store's active set, but one past
+its window runs without a place (one such at a time), so that it ends on time, `expired`. An edge runs only the
+batches of keys it serves (Runner._may_run): a revoked key's batch sends nothing more.
 
 Each line's result is written once to the store, so a restarted edge resumes a batch where it stopped. A line the
 router never admitted (the router unreachable or restarting, the money store down, a rate limit) is retried with the
@@ -116,6 +117,11 @@ class Runner:
         # Runs only waiting for their provider batches (up to the provider's 24 h): their input file dropped, they
         # take no place, or batches created meanwhile would wait that long and expire unsent.
         self._collecting: set[str] = set()
+        # A batch past its window started while every place was taken (one at a time): its run sends no new line, so
+        # it is short, but holds the input file too (deploy/README.md, "Edge memory": the +3). It runs as any
+        # expiring run does: its lines in doubt are sent again and its deferred lines collected, each settled as the
+        # ledger has it.
+        self._expiring: set[str] = set()
         self._freed = asyncio.Event()
         self.max_file_bytes = max_file_bytes  # a line's answer keeps log-probabilities up to its share of it
         # The lines sent through the providers' Batch APIs.
@@ -145,18 +151,24 @@ class Runner:
         states = await self.store.fields([batch_key(b) for b in active], names)
         wake_s = LEASE_S / 2
         for batch_id, state in zip(active, states, strict=True):
-            if self.stopping or self._full():
+            if self.stopping:
                 break
-            if not self._may_run(state):
+            if batch_id in self.runs or not self._may_run(state):
                 continue
             # A parked batch waits for its time, unless cancelled: its run then ends it at once (unless it fails).
             parked_s = float(state.get("parked_until", b"0")) - time.time()
             if parked_s > 0 and (state.get("status") != b"cancelling" or "failures" in state):
                 wake_s = min(wake_s, parked_s)
                 continue
-            # Only batches no other edge runs take a place here (its run renews the lease taken now).
-            if batch_id not in self.runs and await self.store.lease(batch_id, self.owner, LEASE_S):
-                self.start(batch_id)
+            # Past its window, a batch that finds no place still ends on time, `expired` (_expiring).
+            expired = "tenant" in state and time.time() >= wire.expires_at(state)
+            if self._full() and not (expired and not self._expiring):
+                if "tenant" in state and not expired:  # it expires then: looked at again at that time
+                    wake_s = min(wake_s, max(0.0, wire.expires_at(state) - time.time()))
+                continue
+            # Only batches no other edge runs run here (its run renews the lease taken now).
+            if await self.store.lease(batch_id, self.owner, LEASE_S):
+                self.start(batch_id, expiring=self._full())
         return wake_s
 
     def _may_run(self, batch: dict[str, bytes]) -> bool:
@@ -184,19 +196,25 @@ class Runner:
                 wake_s = LEASE_S / 2
                 log.warning("batch store unreachable; will look for batches to resume again", exc_info=True)
 
-    def start(self, batch_id: str) -> None:
-        if batch_id not in self.runs and not self.stopping and not self._full():
+    def start(self, batch_id: str, expiring: bool = False) -> None:
+        """`expiring`: a batch past its window, run without a place (_expiring)."""
+        if batch_id not in self.runs and not self.stopping and (expiring or not self._full()):
             task = asyncio.create_task(self._run(batch_id))
             self.runs[batch_id] = task
+            if expiring:
+                self._expiring.add(batch_id)
             RUNNING.inc()
             task.add_done_callback(lambda _: self._ended(batch_id))
+        elif not self.stopping and batch_id not in self.runs:  # waits for a place: the adoption wakes at its window's
+            self._freed.set()  # end, ending it then if no place freed meanwhile
 
     def _full(self) -> bool:
-        return len(self.runs) - len(self._collecting) >= self.max_running
+        return len(self.runs) - len(self._collecting | self._expiring) >= self.max_running
 
     def _ended(self, batch_id: str) -> None:
         self.runs.pop(batch_id, None)
         self._collecting.discard(batch_id)
+        self._expiring.discard(batch_id)
         RUNNING.dec()
         if batch_id in self._ended_here:  # a batch waiting for a place starts now; one that failed, at its back-off
             self._ended_here.discard(batch_id)
@@ -303,6 +321,7 @@ class Runner:
             custom_ids = await asyncio.to_thread(_custom_ids, lines, deferred)
             del content, lines
             self._collecting.add(batch_id)
+            self._expiring.discard(batch_id)  # input file dropped: its room goes to another expired batch
             self._freed.set()
             if not await self.deferral.collect(
                 batch_id, batch, custom_ids, deferred, lambda: not (self.stopping or renewing.done())

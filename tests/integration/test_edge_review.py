@@ -409,6 +409,26 @@ async def test_a_parked_batch_cancelled_while_its_edge_is_full_ends_once_a_place
     assert (done.request_counts.completed, done.request_counts.failed) == (2, 0)
 
 
+async def test_a_batch_waiting_for_a_place_expires_at_the_end_of_its_window(chain: Chain) -> None:
+    """On an edge running one batch at a time, another tenant's line holds the place for 8 s: the batch waiting for
+    it ends `expired` at its 3 s window's end, its line never sent, not once the place frees."""
+    async with rate_limited_edge(chain, batch_redis_url=chain.redis_url, batch_max_running=1, batch_window_s=3) as edge:
+        chain.budget.latency = 8.0
+        try:
+            other = await edge.submit("other", 1)
+            await asyncio.sleep(0.5)  # its run takes the one place
+            client = edge.clients["busy"]
+            busy = await edge.submit("busy", 1)
+            done = await finished(client, busy, timeout_s=6)
+            assert (await edge.clients["other"].batches.retrieve(other)).status == "in_progress"  # its line runs
+            errors = (await client.files.content(done.error_file_id)).text.splitlines()
+        finally:
+            chain.budget.latency = 0.0
+    assert done.status == "expired" and done.expired_at <= done.expires_at + 2
+    assert (done.request_counts.completed, done.request_counts.failed) == (0, 1)
+    assert [json.loads(e)["error"]["code"] for e in errors] == ["batch_expired"]
+
+
 async def test_a_batch_the_router_keeps_refusing_expires_at_the_end_of_its_window(chain: Chain) -> None:
     """Lines refused until the next minute are never sent once the batch's 3 s window ends: the batch ends then,
     `expired`, with the lines answered in its output file and the others in its error file as OpenAI writes them."""
