@@ -12,8 +12,10 @@ same request id, its batch parked until the router's retry time (pending.py) so 
 meanwhile; a park of PARK_LEAVE_S or more (a rate limit's next window) ends the run, its input file dropped, its
 running place and its lease given up, with its time to run again in the batch's hash (parked_until, seen by every
 edge's adoption); any other failure is the line's error (the error file). A run that fails (raises) parks its batch
-too, for a time that doubles with each failure in a row (counted in the batch's hash). Stopping the edge stops
-taking lines, lets those in flight finish and gives up its batches' leases; a crash loses the results of lines in
+too, for a time that doubles with each failure in a row (counted in the batch's hash), but not past its window's end,
+and its first failure past that end is run again at once: that run sends no new line (it needs no router but for
+lines in doubt or in provider batches), so it ends the batch `expired` on time unless it fails too. Stopping the edge
+stops taking lines, lets those in flight finish and gives up its batches' leases; a crash loses the results of lines in
 flight, whose retry the router then refuses as a duplicate (charged once, in the ledger, and in the error file).
 Such a line, sent and without a result, is in doubt: it goes first when the batch resumes, even past its window
 (sent before its end, only the router knows whether it ran), and is never reported as never sent. An edge ending a

@@ -89,8 +89,9 @@ class Store(Protocol):
     async def back_off(self, batch_id: str, first_s: float, most_s: float) -> float | None:
         """A run of the batch failed: one more failure in a row, and the batch parked for first_s, doubled with each
         failure in a row, at most most_s, and never past its expires_at while that is to come: its run then expires
-        it on time, not up to most_s late, `in_progress` meanwhile. When it is parked until; None when the batch is
-        gone (nothing written)."""
+        it on time, not up to most_s late, `in_progress` meanwhile. Its first failure past expires_at (its last park,
+        if any, ended by then) parks it until now: run again at once, it ends `expired` (sending no new line) unless
+        it fails again, backed off then. When it is parked until; None when the batch is gone (nothing written)."""
 
     async def expire(self, keys: list[str], ttl_s: int) -> None: ...
 
@@ -133,7 +134,7 @@ return 1
 """
 
 # KEYS: a batch's hash. ARGV: now, first_s, most_s, a day (its window when it has no expires_at, as
-# wire.expires_at). Never recreates a hash that is gone (evicted, or expired).
+# wire.expires_at). Never recreates a hash that is gone (evicted, or expired). Store.back_off says when it parks.
 BACK_OFF = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 local failures = redis.call('HINCRBY', KEYS[1], 'failures', 1)
@@ -146,6 +147,9 @@ if not expires then
 end
 local parked = now + wait
 if expires and now < expires and parked > expires then parked = expires end
+if expires and now >= expires and tonumber(redis.call('HGET', KEYS[1], 'parked_until') or '0') <= expires then
+  parked = now
+end
 parked = string.format('%.6f', parked)
 redis.call('HSET', KEYS[1], 'parked_until', parked)
 return parked
@@ -344,8 +348,12 @@ class MemoryStore:
         failures = await self.add(batch_key(batch_id), "failures", 1)
         at = time.time()
         until = at + min(first_s * 2 ** min(failures - 1, 64), most_s)
-        if ("expires_at" in batch or "created_at" in batch) and at < (expires := wire.expires_at(batch)):
-            until = min(until, expires)
+        if "expires_at" in batch or "created_at" in batch:
+            expires = wire.expires_at(batch)
+            if at < expires:
+                until = min(until, expires)
+            elif float(batch.get("parked_until", b"0")) <= expires:
+                until = at
         await self.put(batch_key(batch_id), {"parked_until": repr(until)})
         return until
 

@@ -155,8 +155,9 @@ async def test_a_failed_runs_back_off_doubles_up_to_its_most_and_never_recreates
 
 async def test_a_failed_runs_back_off_ends_at_its_batchs_expiry_and_goes_on_past_it(store: Store) -> None:
     """Parked 30 s, then 60 s... a batch whose window ends sooner waits only until it ends: its run then expires it
-    on time, not up to the back-off's most late, `in_progress` past its expires_at. Once past it, the back-off is
-    as ever (a run that keeps failing is not run again and again)."""
+    on time, not up to the back-off's most late, `in_progress` past its expires_at. Its first failure past it is run
+    again at once (it only expires: no new line, perhaps without the router), not 30 s on; then the back-off is as
+    ever (a run that keeps failing is not run again and again)."""
     batch_id = f"b-{uuid.uuid4().hex}"
     expires = int(time.time()) + 10
     await store.put(batch_key(batch_id), {"status": "in_progress", "expires_at": str(expires), "failures": "3"})
@@ -169,4 +170,16 @@ async def test_a_failed_runs_back_off_ends_at_its_batchs_expiry_and_goes_on_past
     await store.put(batch_key(late), {"status": "in_progress", "expires_at": str(int(time.time()) - 1)})
     before = time.time()
     until = await store.back_off(late, 30, 200)
-    assert until is not None and before + 30 - 0.01 <= until <= time.time() + 30
+    assert until is not None and before - 0.01 <= until <= time.time()  # at once
+    before = time.time()
+    until = await store.back_off(late, 30, 200)
+    assert until is not None and before + 60 - 0.01 <= until <= time.time() + 60  # its second failure in a row
+    ended = int(time.time()) - 1  # parked until its window's end (the back-off above), its run failing then
+    ran = f"b-{uuid.uuid4().hex}"
+    await store.put(batch_key(ran), {"expires_at": str(ended), "parked_until": f"{ended}.000000", "failures": "1"})
+    before = time.time()
+    assert before - 0.01 <= (await store.back_off(ran, 30, 200) or 0) <= time.time()
+    parked = f"b-{uuid.uuid4().hex}"  # parked past its window already (its lines in doubt, rate limited): backed off
+    await store.put(batch_key(parked), {"expires_at": str(ended), "parked_until": repr(ended + 0.5)})
+    before = time.time()
+    assert before + 30 - 0.01 <= (await store.back_off(parked, 30, 200) or 0) <= time.time() + 30

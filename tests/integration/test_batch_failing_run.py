@@ -139,3 +139,33 @@ async def test_a_batch_whose_runs_fail_is_expired_at_its_window_s_end_not_after_
     finally:
         admin.execute_command("ACL", "SETUSER", "default", "+@all")
         admin.close()
+
+
+async def test_a_batch_whose_run_fails_past_its_window_is_run_again_at_once_then_backed_off(
+    store: RedisServer,
+) -> None:
+    """A 3 s window, the router unreachable, every run failing: the run at the window's end fails and was parked 60 s
+    (`in_progress` past its expires_at meanwhile), though a run then only expires the batch. It is run again at once;
+    failing again, it backs off as ever, not run again and again."""
+    admin = redis.Redis(port=store.port)
+    settings = EdgeSettings(
+        port=free_port(),
+        router_addr="127.0.0.1:1",
+        batch_redis_url=store.url,
+        access_log="off",
+        metrics_port=0,
+        batch_window_s=3,
+    )
+    try:
+        async with served_edge(settings) as base, httpx.AsyncClient(base_url=base, timeout=10) as client:
+            batch_id = await submit(client, admin, "hgetall")
+            expires_at = int(admin.hget(batch_key(batch_id), "expires_at") or 0)
+            await failures(admin, batch_id, 1)  # at its creation: parked until its window's end
+            parked_s = await failures(admin, batch_id, 3)  # at its window's end, and again at once
+            assert time.time() < expires_at + 3
+            assert 4 * FAILED_FIRST_S - 5 < parked_s <= 4 * FAILED_FIRST_S
+            await asyncio.sleep(0.5)
+            assert admin.hget(batch_key(batch_id), "failures") == b"3"
+    finally:
+        admin.execute_command("ACL", "SETUSER", "default", "+@all")
+        admin.close()
