@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import uvicorn
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.edge.protocol import edge_protocol
 from tests.integration.conftest import free_port
@@ -32,6 +34,22 @@ async def slow_reader(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "http.response.body", "body": answer})
 
 
+@asynccontextmanager
+async def serving(app: ASGIApp, protocol: type) -> AsyncIterator[int]:
+    """The app served on loopback over the edge's protocol, at the port yielded; stopped on leaving."""
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, http=protocol, log_config=None, lifespan="off")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.02)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        await task
+
+
 def read_all(s: socket.socket) -> bytes:
     """What comes on the connection until the edge closes it."""
     received = b""
@@ -41,21 +59,12 @@ def read_all(s: socket.socket) -> bytes:
 
 
 async def test_time_the_app_holds_the_body_up_is_not_the_callers() -> None:
-    port = free_port()
     protocol = edge_protocol(read_timeout_s=30, write_timeout_s=30, min_body_rate=RATE, body_grace_s=GRACE_S)
-    config = uvicorn.Config(slow_reader, host="127.0.0.1", port=port, http=protocol, log_config=None, lifespan="off")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.02)
-    try:
+    async with serving(slow_reader, protocol) as port:
         with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
             head = b"POST / HTTP/1.1\r\nHost: edge\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(BODY)
             await asyncio.to_thread(s.sendall, head + BODY)  # all at once: held up by the app, not the caller
             reply = await asyncio.to_thread(read_all, s)
-    finally:
-        server.should_exit = True
-        await task
     status, _, size = reply.partition(b"\r\n\r\n")
     assert status.startswith(b"HTTP/1.1 200 "), reply
     assert int(size) == len(BODY)
@@ -64,14 +73,8 @@ async def test_time_the_app_holds_the_body_up_is_not_the_callers() -> None:
 async def test_time_before_the_app_asks_for_an_expected_body_is_not_the_callers() -> None:
     """A caller that sends `Expect: 100-continue` waits for the 100 (sent once the app first asks for the body)
     before it sends its body: that wait, the app busy, is not a stall, nor counted against its rate."""
-    port = free_port()
     protocol = edge_protocol(read_timeout_s=1, write_timeout_s=30, min_body_rate=RATE, body_grace_s=GRACE_S)
-    config = uvicorn.Config(slow_reader, host="127.0.0.1", port=port, http=protocol, log_config=None, lifespan="off")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.02)
-    try:
+    async with serving(slow_reader, protocol) as port:
         with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
             head = b"POST / HTTP/1.1\r\nHost: edge\r\nConnection: close\r\nExpect: 100-continue\r\n"
             await asyncio.to_thread(s.sendall, head + b"Content-Length: %d\r\n\r\n" % len(BODY))
@@ -79,9 +82,6 @@ async def test_time_before_the_app_asks_for_an_expected_body_is_not_the_callers(
             assert interim == b"HTTP/1.1 100 Continue\r\n\r\n", interim
             await asyncio.to_thread(s.sendall, BODY)
             reply = await asyncio.to_thread(read_all, s)
-    finally:
-        server.should_exit = True
-        await task
     status, _, size = reply.partition(b"\r\n\r\n")
     assert status.startswith(b"HTTP/1.1 200 "), reply
     assert int(size) == len(BODY)
@@ -102,14 +102,8 @@ async def test_an_app_learns_its_request_was_refused_at_the_refusal() -> None:
         await send({"type": "http.response.start", "status": 499, "headers": [(b"content-length", b"0")]})
         await send({"type": "http.response.body", "body": b""})
 
-    port = free_port()
     protocol = edge_protocol(read_timeout_s=1, write_timeout_s=30, min_body_rate=RATE, body_grace_s=GRACE_S)
-    config = uvicorn.Config(reader, host="127.0.0.1", port=port, http=protocol, log_config=None, lifespan="off")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.02)
-    try:
+    async with serving(reader, protocol) as port:
         with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
             await asyncio.to_thread(s.sendall, b"POST / HTTP/1.1\r\nHost: edge\r\nContent-Length: 100\r\n\r\n{")
             refusal = await asyncio.to_thread(s.recv, 65536)
@@ -118,9 +112,6 @@ async def test_an_app_learns_its_request_was_refused_at_the_refusal() -> None:
             await asyncio.sleep(0.5)  # the caller still there
             assert gone and gone[0] - refused_at < 0.5
             assert await asyncio.to_thread(read_all, s) == b""  # the app's 499 never sent
-    finally:
-        server.should_exit = True
-        await task
 
 
 async def test_a_body_s_stall_is_timed_from_when_reading_resumed() -> None:
@@ -141,14 +132,8 @@ async def test_a_body_s_stall_is_timed_from_when_reading_resumed() -> None:
         )
         await send({"type": "http.response.body", "body": answer})
 
-    port = free_port()
     protocol = edge_protocol(read_timeout_s=1, write_timeout_s=30, min_body_rate=RATE, body_grace_s=GRACE_S)
-    config = uvicorn.Config(busy_reader, host="127.0.0.1", port=port, http=protocol, log_config=None, lifespan="off")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.02)
-    try:
+    async with serving(busy_reader, protocol) as port:
         with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
             head = b"POST / HTTP/1.1\r\nHost: edge\r\nConnection: close\r\nExpect: 100-continue\r\n"
             await asyncio.to_thread(s.sendall, head + b"Content-Length: %d\r\n\r\n" % len(BODY))
@@ -157,9 +142,6 @@ async def test_a_body_s_stall_is_timed_from_when_reading_resumed() -> None:
             await asyncio.sleep(0.6)  # within the read timeout of the 100
             await asyncio.to_thread(s.sendall, BODY)
             reply = await asyncio.to_thread(read_all, s)
-    finally:
-        server.should_exit = True
-        await task
     status, _, size = reply.partition(b"\r\n\r\n")
     assert status.startswith(b"HTTP/1.1 200 "), reply
     assert int(size) == len(BODY)
@@ -178,13 +160,7 @@ async def test_the_rate_is_not_looked_at_over_and_over_while_reading_is_held_up(
             checks += 1
             super().check_rate()
 
-    port = free_port()
-    config = uvicorn.Config(slow_reader, host="127.0.0.1", port=port, http=Counted, log_config=None, lifespan="off")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.02)
-    try:
+    async with serving(slow_reader, Counted) as port:
         with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
             head = b"POST / HTTP/1.1\r\nHost: edge\r\nConnection: close\r\nContent-Length: 70000\r\n\r\n"
             await asyncio.to_thread(s.sendall, head + b"x" * 65536)  # due at 2 s, at 32 KiB/s: not held up yet
@@ -193,8 +169,5 @@ async def test_the_rate_is_not_looked_at_over_and_over_while_reading_is_held_up(
             await asyncio.sleep(0.1)
             await asyncio.to_thread(s.sendall, b"x" * (70000 - 65537))  # read once the app reads
             reply = await asyncio.to_thread(read_all, s)
-    finally:
-        server.should_exit = True
-        await task
     assert reply.startswith(b"HTTP/1.1 200 "), reply
     assert checks < 10, checks
