@@ -39,20 +39,28 @@ from tests.fakes.fake_openai import FakeOpenAI, echo_reply
 CLASSIFIER_DIR = Path(os.environ.get("CLASSIFIER_MODEL_DIR") or ROOT / "artefacts" / "classifier")
 
 
-def registry(budget_url: str, premium_url: str) -> dict:
-    def model(name: str, provider: str, tier: str, prices: tuple[str, str], window: int, quality_from: str) -> dict:
-        return {
-            "name": name,
-            "provider": provider,
-            "tier": tier,
-            "input_usd_per_mtok": prices[0],
-            "output_usd_per_mtok": prices[1],
-            "context_window": window,
-            "latency_slo_ms": 2000 if tier == "economy" else 10000,
-            "quality_from": quality_from,
-            "tokenizer": "cl100k_base",  # what the fake upstreams bill with
-        }
+def model(name: str, provider: str, tier: str, prices: tuple[str, str], **extra: Any) -> dict[str, Any]:
+    """A registry's model entry: prices (input, output) in USD per million tokens; extra sets or overrides the rest."""
+    return {
+        "name": name,
+        "provider": provider,
+        "tier": tier,
+        "input_usd_per_mtok": prices[0],
+        "output_usd_per_mtok": prices[1],
+        "context_window": 100000,
+        "latency_slo_ms": 10000,
+        "quality_from": "gpt-4-1106-preview",
+        "tokenizer": "cl100k_base",  # what the fake upstreams bill with
+        **extra,
+    }
 
+
+def provider(kind: str, base_url: str, api_key_env: str, **extra: Any) -> dict[str, Any]:
+    """A registry's provider entry, not retried; extra sets or overrides the rest."""
+    return {"kind": kind, "base_url": base_url, "api_key_env": api_key_env, "max_retries": 0, **extra}
+
+
+def registry(budget_url: str, premium_url: str) -> dict:
     fast = {
         "max_retries": 1,
         "backoff_base_s": 0.01,
@@ -67,8 +75,16 @@ def registry(budget_url: str, premium_url: str) -> dict:
             "premiumai": {"kind": "openai", "base_url": premium_url, "api_key_env": "PREMIUMAI_KEY", **fast},
         },
         "models": [
-            model("cheap-model", "budgetai", "economy", ("0.60", "0.60"), 4096, "mistralai/mixtral-8x7b-chat"),
-            model("strong-model", "premiumai", "premium", ("2.50", "10.00"), 128000, "gpt-4-1106-preview"),
+            model(
+                "cheap-model",
+                "budgetai",
+                "economy",
+                ("0.60", "0.60"),
+                context_window=4096,
+                latency_slo_ms=2000,
+                quality_from="mistralai/mixtral-8x7b-chat",
+            ),
+            model("strong-model", "premiumai", "premium", ("2.50", "10.00"), context_window=128000),
         ],
     }
 
@@ -177,6 +193,21 @@ async def served_stack(
     finally:
         for server in reversed(servers.values()):
             await server.stop(1)
+
+
+@asynccontextmanager
+async def served_chain(
+    path: Path, registry: dict[str, Any], redis_url: str, classifier_dir: Path
+) -> AsyncIterator[str]:
+    """The registry written to path, served by the classifier, providers and router (no verifier) and an edge
+    before them, for the block: the edge's base URL (.../v1)."""
+    path.write_text(yaml.safe_dump(registry))
+    async with served_stack(path, redis_url, classifier_dir, classifier_timeout_s=5.0, verifier=False) as servers:
+        settings = EdgeSettings(
+            port=free_port(), router_addr=f"127.0.0.1:{servers['router'].port}", request_timeout_s=20
+        )
+        async with served_edge(settings) as base_url:
+            yield base_url
 
 
 @pytest.fixture(scope="session")

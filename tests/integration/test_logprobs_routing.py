@@ -13,15 +13,12 @@ from typing import Any
 import httpx
 import openai
 import pytest
-import yaml
 
-from services.edge.settings import EdgeSettings
 from tests.fakes import FakeAnthropic
 from tests.fakes.fake_openai import FakeOpenAI
 from tests.fakes.server import Received
-from tests.integration.conftest import free_port, served_edge, served_stack
+from tests.integration.conftest import model, provider, served_chain
 from tests.integration.test_chain import unique
-from tests.integration.test_response_format import model
 
 GROQ_UNSUPPORTED = ("logprobs", "logit_bias", "top_logprobs")
 
@@ -61,19 +58,12 @@ async def mixed(
         for name in ("CLAUDE_KEY", "GROQ_KEY", "OPENAI_KEY"):
             env.setenv(name, f"sk-{name}")
         path = tmp_path_factory.mktemp("logprobs") / "models.yaml"
-        fast = {"max_retries": 0}
         registry = {
             "tiers": ["economy", "standard", "premium"],
             "providers": {
-                "claude": {"kind": "anthropic", "base_url": claude.base_url, "api_key_env": "CLAUDE_KEY", **fast},
-                "groq": {"kind": "openai", "base_url": groq.base_url, "api_key_env": "GROQ_KEY", **fast},
-                "openai": {
-                    "kind": "openai",
-                    "base_url": upstream.base_url,
-                    "api_key_env": "OPENAI_KEY",
-                    "logprobs": True,
-                    **fast,
-                },
+                "claude": provider("anthropic", claude.base_url, "CLAUDE_KEY"),
+                "groq": provider("openai", groq.base_url, "GROQ_KEY"),
+                "openai": provider("openai", upstream.base_url, "OPENAI_KEY", logprobs=True),
             },
             "models": [
                 model("claude-model", "claude", "economy", ("0.10", "0.10")),
@@ -81,15 +71,8 @@ async def mixed(
                 model("openai-model", "openai", "premium", ("2.50", "10.00")),
             ],
         }
-        path.write_text(yaml.safe_dump(registry))
-        async with served_stack(
-            path, chain_redis_url, classifier_dir, classifier_timeout_s=5.0, verifier=False
-        ) as servers:
-            e_settings = EdgeSettings(
-                port=free_port(), router_addr=f"127.0.0.1:{servers['router'].port}", request_timeout_s=20
-            )
-            async with served_edge(e_settings) as base_url:
-                yield Mixed(base_url, claude, groq, upstream)
+        async with served_chain(path, registry, chain_redis_url, classifier_dir) as base_url:
+            yield Mixed(base_url, claude, groq, upstream)
 
 
 def sdk(mixed: Mixed) -> openai.AsyncOpenAI:

@@ -13,13 +13,11 @@ from typing import Any
 
 import openai
 import pytest
-import yaml
 
 from llmrouter.passthrough import PASSTHROUGH_FIELDS
 from services.edge.openai_api import IGNORED
-from services.edge.settings import EdgeSettings
 from tests.fakes import FakeAnthropic
-from tests.integration.conftest import Chain, free_port, served_edge, served_stack
+from tests.integration.conftest import Chain, model, provider, served_chain
 from tests.integration.test_chain import client, unique
 
 # What an OpenAI client may send that only hints or tags: none of it must break a request.
@@ -169,29 +167,15 @@ async def anthropic_edge(
     with FakeAnthropic() as fake, pytest.MonkeyPatch.context() as env:
         env.setenv("ANTHROPICAI_KEY", "sk-ant")
         path = tmp_path_factory.mktemp("anthropic") / "models.yaml"
-        model = {
-            "name": "claude-model",
-            "provider": "anthropicai",
-            "tier": "premium",
-            "input_usd_per_mtok": "3.00",
-            "output_usd_per_mtok": "15.00",
-            "context_window": 200000,
-            "latency_slo_ms": 10000,
-            "quality_from": "gpt-4-1106-preview",
-            "tokenizer": "cl100k_base",
-        }
-        provider = {"kind": "anthropic", "base_url": fake.base_url, "api_key_env": "ANTHROPICAI_KEY", "max_retries": 0}
-        path.write_text(
-            yaml.safe_dump({"tiers": ["premium"], "providers": {"anthropicai": provider}, "models": [model]})
-        )
-        async with served_stack(
-            path, chain_redis_url, classifier_dir, classifier_timeout_s=5.0, verifier=False
-        ) as servers:
-            e_settings = EdgeSettings(
-                port=free_port(), router_addr=f"127.0.0.1:{servers['router'].port}", request_timeout_s=20
-            )
-            async with served_edge(e_settings) as base_url:
-                yield AnthropicEdge(base_url, fake)
+        claude = model("claude-model", "anthropicai", "premium", ("3.00", "15.00"), context_window=200000)
+        anthropicai = provider("anthropic", fake.base_url, "ANTHROPICAI_KEY")
+        async with served_chain(
+            path,
+            {"tiers": ["premium"], "providers": {"anthropicai": anthropicai}, "models": [claude]},
+            chain_redis_url,
+            classifier_dir,
+        ) as base_url:
+            yield AnthropicEdge(base_url, fake)
 
 
 def sdk_for(edge: AnthropicEdge) -> openai.AsyncOpenAI:

@@ -14,12 +14,10 @@ from typing import Any
 import httpx
 import openai
 import pytest
-import yaml
 
-from services.edge.settings import EdgeSettings
 from tests.fakes import FakeAnthropic
 from tests.fakes.fake_openai import FakeOpenAI, echo_reply
-from tests.integration.conftest import free_port, served_edge, served_stack
+from tests.integration.conftest import model, provider, served_chain
 from tests.integration.test_chain import unique
 
 SCHEMA: Any = {
@@ -55,21 +53,6 @@ class Mixed:
         return len(self.claude.requests) + len(self.groq.requests) + len(self.openai.requests)
 
 
-def model(name: str, provider: str, tier: str, prices: tuple[str, str], **extra: Any) -> dict[str, Any]:
-    return {
-        "name": name,
-        "provider": provider,
-        "tier": tier,
-        "input_usd_per_mtok": prices[0],
-        "output_usd_per_mtok": prices[1],
-        "context_window": 100000,
-        "latency_slo_ms": 10000,
-        "quality_from": "gpt-4-1106-preview",
-        "tokenizer": "cl100k_base",
-        **extra,
-    }
-
-
 @pytest.fixture(scope="module")
 async def mixed(
     tmp_path_factory: pytest.TempPathFactory, classifier_dir: Path, chain_redis_url: str
@@ -83,13 +66,12 @@ async def mixed(
         for name in ("CLAUDE_KEY", "GROQ_KEY", "OPENAI_KEY"):
             env.setenv(name, f"sk-{name}")
         path = tmp_path_factory.mktemp("formats") / "models.yaml"
-        fast = {"max_retries": 0}
         registry = {
             "tiers": ["economy", "standard", "premium"],
             "providers": {
-                "claude": {"kind": "anthropic", "base_url": claude.base_url, "api_key_env": "CLAUDE_KEY", **fast},
-                "groq": {"kind": "openai", "base_url": groq.base_url, "api_key_env": "GROQ_KEY", **fast},
-                "openai": {"kind": "openai", "base_url": upstream.base_url, "api_key_env": "OPENAI_KEY", **fast},
+                "claude": provider("anthropic", claude.base_url, "CLAUDE_KEY"),
+                "groq": provider("openai", groq.base_url, "GROQ_KEY"),
+                "openai": provider("openai", upstream.base_url, "OPENAI_KEY"),
             },
             "models": [
                 model("claude-model", "claude", "economy", ("0.10", "0.10")),
@@ -97,15 +79,8 @@ async def mixed(
                 model("schema-model", "openai", "premium", ("2.50", "10.00")),
             ],
         }
-        path.write_text(yaml.safe_dump(registry))
-        async with served_stack(
-            path, chain_redis_url, classifier_dir, classifier_timeout_s=5.0, verifier=False
-        ) as servers:
-            e_settings = EdgeSettings(
-                port=free_port(), router_addr=f"127.0.0.1:{servers['router'].port}", request_timeout_s=20
-            )
-            async with served_edge(e_settings) as base_url:
-                yield Mixed(base_url, claude, groq, upstream)
+        async with served_chain(path, registry, chain_redis_url, classifier_dir) as base_url:
+            yield Mixed(base_url, claude, groq, upstream)
 
 
 def sdk(mixed: Mixed) -> openai.AsyncOpenAI:
