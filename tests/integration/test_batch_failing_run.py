@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -32,12 +33,18 @@ async def store(tmp_path: Path) -> AsyncIterator[RedisServer]:
 
 
 @asynccontextmanager
-async def edge(store: RedisServer) -> AsyncIterator[httpx.AsyncClient]:
-    """An anonymous edge on the store; no router (a run that does not fail first ends there, to be resumed)."""
-    settings = EdgeSettings(
-        port=free_port(), router_addr="127.0.0.1:1", batch_redis_url=store.url, access_log="off", metrics_port=0
+async def edge(store: RedisServer, **settings: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """An anonymous edge on the store; no router (a run that does not fail first ends there, to be resumed).
+    settings: the edge's other settings (batch_window_s...)."""
+    edge_settings = EdgeSettings(
+        port=free_port(),
+        router_addr="127.0.0.1:1",
+        batch_redis_url=store.url,
+        access_log="off",
+        metrics_port=0,
+        **settings,
     )
-    async with served_edge(settings) as base, httpx.AsyncClient(base_url=base, timeout=10) as client:
+    async with served_edge(edge_settings) as base, httpx.AsyncClient(base_url=base, timeout=10) as client:
         yield client
 
 
@@ -115,16 +122,8 @@ async def test_a_batch_whose_runs_fail_is_expired_at_its_window_s_end_not_after_
     """A 3 s window: the run that fails at the batch's creation parks it until the window ends, not for 30 s, and
     the edge runs it again then (not at its next adoption pass, up to 15 s on): the batch ends `expired` on time."""
     admin = redis.Redis(port=store.port)
-    settings = EdgeSettings(
-        port=free_port(),
-        router_addr="127.0.0.1:1",
-        batch_redis_url=store.url,
-        access_log="off",
-        metrics_port=0,
-        batch_window_s=3,
-    )
     try:
-        async with served_edge(settings) as base, httpx.AsyncClient(base_url=base, timeout=10) as client:
+        async with edge(store, batch_window_s=3) as client:
             batch_id = await submit(client, admin, "hgetall")
             expires_at = int(admin.hget(batch_key(batch_id), "expires_at") or 0)
             parked_s = await failures(admin, batch_id, 1)
@@ -148,16 +147,8 @@ async def test_a_batch_whose_run_fails_past_its_window_is_run_again_at_once_then
     (`in_progress` past its expires_at meanwhile), though a run then only expires the batch. It is run again at once;
     failing again, it backs off as ever, not run again and again."""
     admin = redis.Redis(port=store.port)
-    settings = EdgeSettings(
-        port=free_port(),
-        router_addr="127.0.0.1:1",
-        batch_redis_url=store.url,
-        access_log="off",
-        metrics_port=0,
-        batch_window_s=3,
-    )
     try:
-        async with served_edge(settings) as base, httpx.AsyncClient(base_url=base, timeout=10) as client:
+        async with edge(store, batch_window_s=3) as client:
             batch_id = await submit(client, admin, "hgetall")
             expires_at = int(admin.hget(batch_key(batch_id), "expires_at") or 0)
             await failures(admin, batch_id, 1)  # at its creation: parked until its window's end
