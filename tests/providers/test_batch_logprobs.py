@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import grpc
@@ -21,6 +23,27 @@ LINES = 7
 ENTRY = {"token": "word", "logprob": -0.25, "bytes": [119, 111, 114, 100]}
 
 
+@asynccontextmanager
+async def batch_provider(
+    tmp_path: Path, openai_fake: FakeOpenAI, anthropic_fake: FakeAnthropic
+) -> AsyncIterator[provider_pb2_grpc.ProviderStub]:
+    """The providers service on loopback, its model `cheap` with batch prices, for the block: a stub reaching it as
+    the router does (messages up to 16 MiB)."""
+    spec = registry(openai_fake.base_url, anthropic_fake.base_url)
+    cheap = next(m for m in spec["models"] if m["name"] == "cheap")
+    cheap.update(batch_input_usd_per_mtok="0.075", batch_output_usd_per_mtok="0.30")
+    path = tmp_path / "models.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    settings = ProvidersSettings(port=0, metrics_port=0, registry_path=path, local_model_dir=tmp_path / "no-model")
+    registrations, closers = await build(settings)
+    running = await start_server("providers", settings, registrations, closers)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}", options=CHANNEL_OPTIONS[:2]) as channel:
+            yield provider_pb2_grpc.ProviderStub(channel)
+    finally:
+        await running.stop(0)
+
+
 def _with_logprobs(output: list[str], errors: list[str]) -> tuple[list[str], list[str]]:
     """Each answer carries a long answer's log-probabilities, as a provider sends them for top_logprobs 20."""
     lines = []
@@ -35,37 +58,23 @@ def _with_logprobs(output: list[str], errors: list[str]) -> tuple[list[str], lis
 async def test_a_poll_holding_many_answers_log_probabilities_still_fits_its_reply(
     tmp_path: Path, openai_fake: FakeOpenAI, anthropic_fake: FakeAnthropic
 ) -> None:
-    spec = registry(openai_fake.base_url, anthropic_fake.base_url)
-    cheap = next(m for m in spec["models"] if m["name"] == "cheap")
-    cheap.update(batch_input_usd_per_mtok="0.075", batch_output_usd_per_mtok="0.30")
-    path = tmp_path / "models.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    settings = ProvidersSettings(port=0, metrics_port=0, registry_path=path, local_model_dir=tmp_path / "no-model")
     openai_fake.batches.tamper = _with_logprobs
-    registrations, closers = await build(settings)
-    running = await start_server("providers", settings, registrations, closers)
-    try:
-        # As the router reaches it: messages up to 16 MiB.
-        target = f"127.0.0.1:{running.port}"
-        async with grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS[:2]) as channel:
-            stub = provider_pb2_grpc.ProviderStub(channel)
-            ids = [f"line-{i}" for i in range(LINES)]
-            requests = [
-                provider_pb2.GenerateRequest(
-                    model="cheap",
-                    request_id=request_id,
-                    messages=[common_pb2.ChatMessage(role="user", content="hello")],
-                    max_tokens=16,
-                    passthrough_json=json.dumps({"logprobs": True, "top_logprobs": 1}),
-                )
-                for request_id in ids
-            ]
-            submitted = await stub.SubmitBatch(provider_pb2.SubmitBatchRequest(model="cheap", requests=requests))
-            poll = provider_pb2.PollBatchRequest(model="cheap", batch_id=submitted.batch_id, request_ids=ids)
-            await stub.PollBatch(poll)  # in progress
-            polled = await stub.PollBatch(poll)
-    finally:
-        await running.stop(0)
+    async with batch_provider(tmp_path, openai_fake, anthropic_fake) as stub:
+        ids = [f"line-{i}" for i in range(LINES)]
+        requests = [
+            provider_pb2.GenerateRequest(
+                model="cheap",
+                request_id=request_id,
+                messages=[common_pb2.ChatMessage(role="user", content="hello")],
+                max_tokens=16,
+                passthrough_json=json.dumps({"logprobs": True, "top_logprobs": 1}),
+            )
+            for request_id in ids
+        ]
+        submitted = await stub.SubmitBatch(provider_pb2.SubmitBatchRequest(model="cheap", requests=requests))
+        poll = provider_pb2.PollBatchRequest(model="cheap", batch_id=submitted.batch_id, request_ids=ids)
+        await stub.PollBatch(poll)  # in progress
+        polled = await stub.PollBatch(poll)
     assert polled.ended and polled.ByteSize() <= MAX_MESSAGE_BYTES
     assert sorted(r.request_id for r in polled.results) == ids and all(r.succeeded for r in polled.results)
     kept = [r for r in polled.results if r.response.logprobs_json]
@@ -90,46 +99,33 @@ async def test_a_poll_that_takes_partial_results_gets_the_first_that_fit_and_the
     """Five answers of 3 MB: a poll asking `partial` gets the results of the first ids asked for, in their order,
     within half of its message, and the ids left out, read in the next polls. A poll without it (a router of the
     version before, which takes a missing result for an unknown outcome, charged its hold) is never cut."""
-    spec = registry(openai_fake.base_url, anthropic_fake.base_url)
-    cheap = next(m for m in spec["models"] if m["name"] == "cheap")
-    cheap.update(batch_input_usd_per_mtok="0.075", batch_output_usd_per_mtok="0.30")
-    path = tmp_path / "models.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    settings = ProvidersSettings(port=0, metrics_port=0, registry_path=path, local_model_dir=tmp_path / "no-model")
     openai_fake.batches.tamper = _long
-    registrations, closers = await build(settings)
-    running = await start_server("providers", settings, registrations, closers)
     read: list[str] = []
-    try:
-        target = f"127.0.0.1:{running.port}"
-        async with grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS[:2]) as channel:
-            stub = provider_pb2_grpc.ProviderStub(channel)
-            ids = [f"line-{i}" for i in range(5)]
-            requests = [
-                provider_pb2.GenerateRequest(
-                    model="cheap",
-                    request_id=request_id,
-                    messages=[common_pb2.ChatMessage(role="user", content="hello")],
-                    max_tokens=16,
-                )
-                for request_id in ids
-            ]
-            submitted = await stub.SubmitBatch(provider_pb2.SubmitBatchRequest(model="cheap", requests=requests))
-            asked = list(reversed(ids))  # their order, not the file's
-            whole = provider_pb2.PollBatchRequest(model="cheap", batch_id=submitted.batch_id, request_ids=asked)
-            await stub.PollBatch(whole)  # in progress
-            polled = await stub.PollBatch(whole)
-            assert polled.ended and len(polled.results) == 5 and not polled.unread_ids  # never cut
-            while asked:
-                part = provider_pb2.PollBatchRequest(
-                    model="cheap", batch_id=submitted.batch_id, request_ids=asked, partial=True
-                )
-                polled = await stub.PollBatch(part)
-                got = [r.request_id for r in polled.results]
-                assert got == asked[: len(got)] and list(polled.unread_ids) == asked[len(got) :]
-                assert 0 < len(got) < 5 and polled.ByteSize() <= MAX_MESSAGE_BYTES // 2
-                read.extend(got)
-                asked = list(polled.unread_ids)
-    finally:
-        await running.stop(0)
+    async with batch_provider(tmp_path, openai_fake, anthropic_fake) as stub:
+        ids = [f"line-{i}" for i in range(5)]
+        requests = [
+            provider_pb2.GenerateRequest(
+                model="cheap",
+                request_id=request_id,
+                messages=[common_pb2.ChatMessage(role="user", content="hello")],
+                max_tokens=16,
+            )
+            for request_id in ids
+        ]
+        submitted = await stub.SubmitBatch(provider_pb2.SubmitBatchRequest(model="cheap", requests=requests))
+        asked = list(reversed(ids))  # their order, not the file's
+        whole = provider_pb2.PollBatchRequest(model="cheap", batch_id=submitted.batch_id, request_ids=asked)
+        await stub.PollBatch(whole)  # in progress
+        polled = await stub.PollBatch(whole)
+        assert polled.ended and len(polled.results) == 5 and not polled.unread_ids  # never cut
+        while asked:
+            part = provider_pb2.PollBatchRequest(
+                model="cheap", batch_id=submitted.batch_id, request_ids=asked, partial=True
+            )
+            polled = await stub.PollBatch(part)
+            got = [r.request_id for r in polled.results]
+            assert got == asked[: len(got)] and list(polled.unread_ids) == asked[len(got) :]
+            assert 0 < len(got) < 5 and polled.ByteSize() <= MAX_MESSAGE_BYTES // 2
+            read.extend(got)
+            asked = list(polled.unread_ids)
     assert read == list(reversed(ids))
