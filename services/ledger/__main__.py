@@ -40,7 +40,7 @@ def parser() -> argparse.ArgumentParser:
     out.add_argument("--since", type=when)
     out.add_argument("--until", type=when)
     out.add_argument("--tenant")
-    trim = sub.add_parser("trim", help="delete rows older than the retention")
+    trim = sub.add_parser("trim", help="delete rows (and rejected entries) older than the retention")
     trim.add_argument("--days", type=float)
     sub.add_parser("sink", help="copy the Redis ledger stream into the table until stopped")
     return commands
@@ -64,7 +64,9 @@ async def main(argv: list[str]) -> int:
             if not days:
                 print("no retention: pass --days or set ROUTER_LEDGER_SQL_RETENTION_DAYS", file=sys.stderr)
                 return 2
-            print(f"deleted {await db.trim(time.time() - days * 86400)} rows older than {days} days")
+            print(
+                f"deleted {await db.trim(time.time() - days * 86400)} rows and rejected entries older than {days} days"
+            )
         else:
             if not settings.redis_url:
                 print("ROUTER_REDIS_URL is not set: the in-process ledger is copied by its router", file=sys.stderr)

@@ -244,7 +244,10 @@ class LedgerDB:
         return await asyncio.to_thread(self._accounts, tenant)
 
     async def trim(self, before: float) -> int:
-        """Delete rows older than `before`; returns how many."""
+        """Delete rows older than `before`, and the entries kept whole in ledger_rejected that were rejected before
+        then (by when they were rejected: an unreadable record has no time of its own; the sink rejects an entry as
+        it reads it, so within moments of its charge); returns how many of both. Same retention for both: a rejected
+        entry is a charge as a row is, no more to be kept, and left alone it would grow the table forever."""
         return await asyncio.to_thread(self._trim, before)
 
     def close(self) -> None:
@@ -420,8 +423,14 @@ class LedgerDB:
 
     def _trim(self, before: float) -> int:
         with self._connected() as conn:
-            deleted = conn.execute(f"DELETE FROM requests WHERE ts < {self._mark}", (before,)).rowcount
-            conn.commit()
+            try:
+                deleted = conn.execute(f"DELETE FROM requests WHERE ts < {self._mark}", (before,)).rowcount
+                sql = f"DELETE FROM ledger_rejected WHERE rejected_at < {self._mark}"
+                deleted += conn.execute(sql, (before,)).rowcount
+                conn.commit()
+            except BaseException:
+                conn.rollback()
+                raise
         return int(deleted)
 
 
