@@ -134,7 +134,14 @@ def api_error(err: grpc.RpcError, request_id: str) -> ApiError:
     param = error.metadata.get("field") or None
     charged = error.metadata.get("charged_usd", "")
     return ApiError(
-        status, message, param=param, code=code, retry_after=retry_after, charged_usd=charged, request_id=request_id
+        status,
+        message,
+        param=param,
+        code=code,
+        retry_after=retry_after,
+        charged_usd=charged,
+        request_id=request_id,
+        retryable=error.metadata.get("retryable") != "false",
     )
 
 
@@ -144,6 +151,8 @@ def error_response(error: ApiError) -> JSONResponse:
         headers["x-router-cost-usd"] = error.charged_usd
     if error.request_id:  # as an answer's: the access log names the request by it, and so does the ledger once admitted
         headers["x-request-id"] = error.request_id
+    if not error.retryable:  # OpenAI's SDKs read it before their own rules (which retry every 429)
+        headers["x-should-retry"] = "false"
     return JSONResponse(error.body(), status_code=error.status, headers=headers or None)
 
 

@@ -425,11 +425,15 @@ class ApiError(Exception):
         retry_after: str = "",
         charged_usd: str = "",
         request_id: str = "",
+        retryable: bool = True,
     ) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.retry_after = status, message, param, code, retry_after
         self.charged_usd = charged_usd  # what the failed request was charged (its attempts' cost), when anything
         self.request_id = request_id  # when the request reached the router: its access-log and ledger name
+        # False when sending the same request again cannot succeed (a budget its spend alone has exhausted): OpenAI's
+        # SDKs retry a 429 unless told `x-should-retry: false`.
+        self.retryable = retryable
 
     def body(self) -> dict[str, Any]:
         if self.status == 429:

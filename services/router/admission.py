@@ -245,29 +245,48 @@ class Admission:
     def _fit(self, routed: Routed, verdict: Verdict) -> None:
         """Lower every model's max_tokens to what the budget's remainder pays for; a fallback that cannot
         afford a short answer is dropped, and the request is refused when the chosen model cannot."""
-        plan, limits = routed.plan, routed.limits
+        plan = routed.plan
         kept = []
         for option in plan.order:
             name = option.model.name
-            affordable = affordable_output(option.model, limits.billed_input(option.model), verdict.remaining)
-            if affordable >= min(self.settings.min_output_tokens, routed.max_tokens[name]):
+            affordable = self._affordable(routed, option, verdict.remaining)
+            if affordable is not None:
                 kept.append(option)
                 if affordable < routed.max_tokens[name]:
                     routed.max_tokens[name] = affordable
                     if option is plan.order[0]:
                         _say_capped(routed.decision, plan, affordable, f"the remaining {verdict.refused} budget")
         if not kept or kept[0] is not plan.order[0]:
-            raise self._budget_spent(verdict.refused)
+            # Refused for good when spend alone leaves too little: holds come and go, spend stays for the period.
+            for_good = self._affordable(routed, plan.order[0], verdict.spend_left) is None
+            raise self._budget_spent(verdict.refused, for_good)
         routed.plan = dataclasses.replace(plan, order=kept)
 
-    def _budget_spent(self, budget: str) -> ServiceError:
+    def _affordable(self, routed: Routed, option: policy.Option, pico: int) -> int | None:
+        """The most tokens `pico` pays for the option's model to write on this request; None when that is not even
+        a short answer (ROUTER_MIN_OUTPUT_TOKENS, or max_tokens when lower)."""
+        model = option.model
+        affordable = affordable_output(model, routed.limits.billed_input(model), pico)
+        return affordable if affordable >= min(self.settings.min_output_tokens, routed.max_tokens[model.name]) else None
+
+    def _budget_spent(self, budget: str, for_good: bool = False) -> ServiceError:
+        """A budget refusal. `for_good`: the budget's settled spend alone leaves too little, so the same request can
+        never be admitted this period (ErrorInfo `retryable: false`; the edge tells OpenAI's SDKs not to retry);
+        otherwise the holds of requests in flight take part, and a retry once they settle may be admitted."""
         metrics.BUDGET_REJECTIONS.inc()
+        period, short = self.settings.budget_period, self.settings.min_output_tokens
+        if for_good:
+            why = f"is spent: what remains cannot pay for a {short}-token answer"
+        else:
+            why = (
+                f"cannot pay for a {short}-token answer on top of its spend and the holds of requests in flight: "
+                "it may once they settle"
+            )
         return ServiceError(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             "BUDGET_EXCEEDED",
-            f"the {budget} budget for this {self.settings.budget_period} is spent: what remains cannot pay for "
-            f"a {self.settings.min_output_tokens}-token answer",
-            {"budget": budget},
+            f"the {budget} budget for this {period} {why}",
+            {"budget": budget, **({"retryable": "false"} if for_good else {})},
         )
 
     def _refusal(self, verdict: Verdict, hold: Hold) -> ServiceError:

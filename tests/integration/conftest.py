@@ -98,7 +98,7 @@ def reply_or_silence(body: dict) -> str:
 
 
 # Tenants of the keyed edge, one per test that needs its own budget or ledger records.
-TENANT_ROLES = ("spender", "poor", "leaver", "cut", "acme", "globex")
+TENANT_ROLES = ("spender", "poor", "leaver", "cut", "acme", "globex", "overspent", "crowded")
 
 
 @pytest.fixture(autouse=True)

@@ -113,6 +113,32 @@ async def test_a_budgets_remainder_caps_the_chosen_model_and_drops_a_fallback_it
     assert again.hold is None
 
 
+async def test_a_refusal_says_not_to_retry_only_when_spend_alone_leaves_too_little() -> None:
+    """Holds come and go; spend stays for the period. Refused while another request's hold takes the room, a retry may
+    be admitted once it settles: no `retryable` in the refusal. Refused once that request's charge is spent, or with a
+    limit no short answer fits in, never again this period: `retryable: false` (the edge's x-should-retry: false)."""
+    gate, first = await routed(request())
+    assert isinstance(gate.store, MemoryStore)
+    await gate.store.set_limit("tenant", ACCOUNT.tenant, 200_000_000)
+    await gate.admit(first)
+    assert first.hold is not None
+
+    async def refusal() -> ServiceError:
+        _, again = await routed(request(), gate)
+        with pytest.raises(ServiceError) as err:
+            await gate.admit(again)
+        assert err.value.reason == "BUDGET_EXCEEDED"
+        return err.value
+
+    held = await refusal()
+    assert "retryable" not in held.metadata and "once they settle" in held.message
+    assert await gate.store.charge(ACCOUNT, first.hold, first.hold.pico, {})  # its hold, spent
+    assert (await refusal()).metadata["retryable"] == "false"
+    await gate.store.set_limit("tenant", ACCOUNT.tenant, first.hold.pico + 1_000)  # nothing held, 1,000 pico left
+    spent = await refusal()
+    assert spent.metadata["retryable"] == "false" and "is spent" in spent.message
+
+
 async def test_a_cost_cap_below_any_short_answer_names_max_cost_usd() -> None:
     with pytest.raises(ServiceError) as err:
         await routed(request(max_cost_usd=str(Decimal("0.0000001"))))

@@ -162,8 +162,8 @@ class RedisStore:
         names += [keys.limits, keys.pending, keys.charged(hold.request_id), keys.undone(hold.nonce), keys.batches]
         names += [keys.models, *keys.key_budget(hold.period)]
         async with self._call():
-            refused, remaining = await self._admit(keys=names, args=args)
-        return Verdict(_text(refused), int(remaining))
+            refused, remaining, spend_left = await self._admit(keys=names, args=args)
+        return Verdict(_text(refused), int(remaining), int(spend_left))
 
     async def charge(self, account: Account, hold: Hold, pico: int, record: dict, late: bool = False) -> bool:
         return await self._settle(account, hold, pico, record, ["1" if late else "0"])
