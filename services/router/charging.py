@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import Coroutine
 from decimal import Decimal
@@ -156,23 +157,28 @@ class Charger:
             "retries": response.retries if generated else 0,
             "outcome": outcome,
         }
+        charge_id = secrets.token_hex(8)  # this charge, should its reply be lost and the outbox replay it
         try:
             # Not only while its pending charge is open: a store that lost the admission (a crash within its fsync
             # interval, a failover to a replica behind) is still charged what was served. The charged marker keeps
             # it once, a reconciler's charge of a router it took for dead included: it outlives any request
             # (request_id_ttl_s, settings).
-            charged = await self.store.charge(routed.account, routed.hold, to_pico(cost), record)
+            charged = await self.store.charge(routed.account, routed.hold, to_pico(cost), record, charge_id=charge_id)
+            counted = charged
         except StoreUnavailable:
-            # Kept on local disk before the answer is released, and charged once the store is back.
-            await self.outbox.add(OutboxCharge(routed.account, routed.hold, to_pico(cost), record))
-            charged = True
+            # Kept on local disk before the answer is released, and charged once the store is back. Counted in the
+            # metrics when it lands (Outbox.replay), not now: the reconciler may settle the request at its hold
+            # first, and that charge, the one the ledger holds, is counted by the router that makes it.
+            await self.outbox.add(OutboxCharge(routed.account, routed.hold, to_pico(cost), record, charge_id))
+            charged, counted = True, False
         routed.settled = True
         if not charged:
             log.warning("request id charged before; not charged again", extra={"request_id": routed.request_id})
             return
         routed.charged = cost
         log.info("request served", extra=record)
-        metrics.count_charge(record)
+        if counted:
+            metrics.count_charge(record)
 
 
 def _cap_at_hold(routed: Routed, response: router_pb2.CompleteResponse) -> bool:

@@ -49,6 +49,9 @@ class OutboxCharge:
     hold: Hold
     pico: int
     record: dict[str, Any]
+    # Names the charge (Store.charge): its attempt that met the outage may have landed, its reply lost. '' in lines
+    # of routers of the version before, which counted the charge in the metrics as they kept it here.
+    charge_id: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -57,9 +60,14 @@ class OutboxCharge:
         """Within `marked_s` of the charge, a charge of the request by anyone else (the reconciler's, of a router it
         took for dead) is surely still marked, so it lands whether or not its pending charge is open: a store that
         lost the admission (a crash, a failover behind) is still paid. Later, only while it is open: the marker may
-        have expired."""
+        have expired. Counted in the metrics only when it is this charge that the store holds: one the reconciler
+        settled meanwhile is counted as its charge, at its hold, and this one never reaches the ledger."""
         late = time.time() - float(self.record.get("ts", 0)) > marked_s
-        await store.charge(self.account, self.hold, self.pico, self.record, late=late)
+        charged = await store.charge(
+            self.account, self.hold, self.pico, self.record, late=late, charge_id=self.charge_id
+        )
+        if charged and self.charge_id:  # a line of the version before was counted when it was kept
+            metrics.count_charge(self.record)
 
     def logged(self) -> tuple[str, dict[str, Any]]:
         return "charge", self.record
@@ -90,7 +98,8 @@ def entry_from_json(line: str) -> OutboxEntry:
     if "undo" in raw:
         undo = raw["undo"]
         return OutboxUndo(Account(**undo["account"]), Hold(**undo["hold"]))
-    return OutboxCharge(Account(**raw["account"]), Hold(**raw["hold"]), raw["pico"], raw["record"])
+    account, hold = Account(**raw["account"]), Hold(**raw["hold"])
+    return OutboxCharge(account, hold, raw["pico"], raw["record"], raw.get("charge_id", ""))
 
 
 class Outbox:

@@ -261,9 +261,11 @@ async def test_the_ledger_command_exports_then_trims(money: RedisServer, tmp_pat
 class SlowStore(RedisStore):
     """A real store whose charges take a while, so another router can append to the outbox meanwhile."""
 
-    async def charge(self, account: Account, hold: Hold, pico: int, record: dict, late: bool = False) -> bool:
+    async def charge(
+        self, account: Account, hold: Hold, pico: int, record: dict, late: bool = False, charge_id: str = ""
+    ) -> bool:
         await asyncio.sleep(0.3)
-        return await super().charge(account, hold, pico, record, late)
+        return await super().charge(account, hold, pico, record, late, charge_id)
 
 
 async def test_a_charge_added_during_a_replay_is_kept(money: RedisServer, tmp_path: Path) -> None:

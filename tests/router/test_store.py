@@ -583,3 +583,18 @@ async def test_the_scripts_find_the_pending_charge_of_any_hold_member(any_redis_
             assert await client.eval(rebuilt, 0, unknown) is None
     finally:
         await client.aclose()
+
+
+async def test_a_charge_made_again_by_its_id_adds_nothing_and_says_it_is_made(store: Store) -> None:
+    """A charge whose reply was lost is replayed from the outbox (or resent) under its id: the store says it is made,
+    so its router counts it once, and adds nothing again; any other charge of the request is refused as ever."""
+    limit = Allowance("day", tenant_pico=1_000)
+    admitted = hold("once", 100)
+    assert await refused(store, ACCOUNT, limit, admitted) == ""
+    assert await store.charge(ACCOUNT, admitted, 60, {"n": 1}, charge_id="c-1")
+    assert await store.charge(ACCOUNT, admitted, 60, {"n": 1}, charge_id="c-1")
+    assert await store.charge(ACCOUNT, admitted, 60, {"n": 1}, late=True, charge_id="c-1")  # its pending charge gone
+    assert not await store.charge(ACCOUNT, admitted, 60, {"n": 2}, charge_id="c-2")
+    assert not await store.charge(ACCOUNT, admitted, 60, {"n": 3})
+    assert await store.spent(ACCOUNT, DAY) == (60, 60)
+    assert await store.charged_batch(ACCOUNT, "once") == ""  # a charge of no provider batch, whatever its id

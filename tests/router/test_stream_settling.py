@@ -39,12 +39,14 @@ class Unreachable(MemoryStore):
         self.down = False
         self.charging = asyncio.Event()
 
-    async def charge(self, account: Account, hold: Hold, pico: int, record: dict, late: bool = False) -> bool:
+    async def charge(
+        self, account: Account, hold: Hold, pico: int, record: dict, late: bool = False, charge_id: str = ""
+    ) -> bool:
         if self.down:
             self.charging.set()
             await asyncio.sleep(0.5)
             raise StoreUnavailable()
-        return await super().charge(account, hold, pico, record, late)
+        return await super().charge(account, hold, pico, record, late, charge_id)
 
 
 async def test_a_caller_leaving_while_its_stream_is_charged_never_has_the_hold_released_beside_it(

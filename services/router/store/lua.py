@@ -205,14 +205,18 @@ CHARGE = (
 -- KEYS: charged marker, tenant spend, key spend, ledger, tenant holds, key holds, pending charges, provider batches,
 --       models
 -- ARGV: pico, marker ttl, record, spend ttl, hold member, pending field, late ('1': only if still pending),
---       the reconciler's: the pending record as its sweep read it (absent from routers of the version before)
+--       the charge's id ('' for none), the reconciler's: the pending record as its sweep read it
+-- Returns 1 when charged now, or before by this very charge (its id in the marker: its reply was lost); else 0.
+-- This very charge, made before (replayed from the outbox, or resent after its reply was lost): made, once.
+if ARGV[8] ~= '' and redis.call('GET', KEYS[1]) == '1:' .. ARGV[8] then return 1 end
 -- The reconciler settles only the very record it swept: not one released, charged, grown or undone and admitted
 -- again since (the next sweep meets that one), so it never charges what its owner settled meanwhile.
-if ARGV[8] and redis.call('HGET', KEYS[7], ARGV[6]) ~= ARGV[8] then return 0 end
--- The marker keeps the provider batch recorded for the request ('batch:<id>'; '1' for none): a collect of
--- another batch naming the request then reads nothing of that batch's answer for it.
+if ARGV[9] and redis.call('HGET', KEYS[7], ARGV[6]) ~= ARGV[9] then return 0 end
+-- The marker keeps the provider batch recorded for the request ('batch:<id>'; '1' for none, '1:<charge id>' for
+-- none and a charge that named itself; model.py, charged_marker): a collect of another batch naming the request
+-- then reads nothing of that batch's answer for it.
 local batch = redis.call('HGET', KEYS[8], ARGV[6])
-local marker = (batch and batch ~= '') and ('batch:' .. batch) or '1'
+local marker = (batch and batch ~= '') and ('batch:' .. batch) or (ARGV[8] ~= '' and ('1:' .. ARGV[8]) or '1')
 redis.call('HDEL', KEYS[8], ARGV[6])
 redis.call('HDEL', KEYS[9], ARGV[6])
 drop_hold(KEYS[5], KEYS[6], {ARGV[5], held_member(KEYS[7], ARGV[6], ARGV[5])})

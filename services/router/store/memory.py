@@ -15,6 +15,8 @@ from services.router.store.model import (
     Hold,
     Pending,
     Verdict,
+    charged_marker,
+    marker_batch,
     pending_field,
 )
 from services.router.store.recent_ids import RecentIds
@@ -108,12 +110,17 @@ class MemoryStore:
             self.models.pop(pending.field, None)
         return Verdict("")
 
-    async def charge(self, account: Account, hold: Hold, pico: int, record: dict, late: bool = False) -> bool:
+    async def charge(
+        self, account: Account, hold: Hold, pico: int, record: dict, late: bool = False, charge_id: str = ""
+    ) -> bool:
+        keys = AccountKeys.of(account)
+        charged = keys.charged(hold.request_id)
+        if charge_id and self.charged.get(charged) == charged_marker("", charge_id):
+            return True  # this very charge, made before
         field = pending_field(account, hold.request_id)
         pending, batch = self.pending.get(field), self.batches.get(field, "")
         self._drop(account, hold)
-        keys = AccountKeys.of(account)
-        if (late and pending is None) or not self.charged.add(keys.charged(hold.request_id), batch):
+        if (late and pending is None) or not self.charged.add(charged, charged_marker(batch, charge_id)):
             return False
         for spend_key in keys.spend(hold.period):
             self.counters[spend_key] = self.counters.get(spend_key, 0) + pico
@@ -193,7 +200,8 @@ class MemoryStore:
         return True
 
     async def charged_batch(self, account: Account, request_id: str) -> str | None:
-        return self.charged.get(AccountKeys.of(account).charged(request_id))
+        marker = self.charged.get(AccountKeys.of(account).charged(request_id))
+        return None if marker is None else marker_batch(marker)
 
     async def spent(self, account: Account, period: str) -> tuple[int, int]:
         keys = AccountKeys.of(account)

@@ -161,6 +161,20 @@ def spend_ttl_s(period: str) -> int:
     return {8: 2 * 86400, 6: 62 * 86400}.get(len(period), 0) if period != "all" else 0
 
 
+def charged_marker(batch: str, charge_id: str) -> str:
+    """What a request's charged marker holds (lua.py, CHARGE, writes the same): 'batch:<id>' for a provider batch
+    line's, else '1', or '1:<charge id>' for a charge that named itself. Routers of the version before read every
+    marker not of a batch as one of no batch, as this one does."""
+    if batch:
+        return f"batch:{batch}"
+    return f"1:{charge_id}" if charge_id else "1"
+
+
+def marker_batch(marker: str) -> str:
+    """The provider batch a charged marker names; '' for none."""
+    return marker.removeprefix("batch:") if marker.startswith("batch:") else ""
+
+
 class StoreUnavailable(ServiceError):
     """The money store cannot be reached: nothing is admitted without it (fail closed)."""
 
@@ -216,12 +230,16 @@ class Store(Protocol):
         admitted for) beside it: Pending.model. Nothing changes when it is refused. StoreUnavailable when the store
         cannot be reached."""
 
-    async def charge(self, account: Account, hold: Hold, pico: int, record: dict, late: bool = False) -> bool:
+    async def charge(
+        self, account: Account, hold: Hold, pico: int, record: dict, late: bool = False, charge_id: str = ""
+    ) -> bool:
         """Settle the pending charge: add the cost to both budgets of the hold's period and the record to the
         ledger, once per request id, and drop the hold. Returns False when this request id was charged before
         (nothing is added again). `late` (an outbox replay, perhaps after the charged marker expired): charge
         only while the pending charge is still open, so a charge the reconciler settled is never added again.
-        StoreUnavailable when the store cannot be reached."""
+        `charge_id` names this one charge (its charged marker keeps it, while it lives): when this very charge was
+        made before (its reply lost, then replayed from the outbox or resent), True again, nothing added, so its
+        maker counts it once whichever call learned of it. StoreUnavailable when the store cannot be reached."""
 
     async def extend(self, account: Account, allowance: Allowance, hold: Hold, pico: int) -> str:
         """Raise a hold to `pico` (before a fallback or escalation that may cost more than it covers): ''

@@ -38,6 +38,7 @@ from services.router.store.model import (
     StoreRefusing,
     StoreUnavailable,
     Verdict,
+    marker_batch,
     pending_field,
     reconciled_record,
     spend_ttl_s,
@@ -165,8 +166,10 @@ class RedisStore:
             refused, remaining, spend_left = await self._admit(keys=names, args=args)
         return Verdict(_text(refused), int(remaining), int(spend_left))
 
-    async def charge(self, account: Account, hold: Hold, pico: int, record: dict, late: bool = False) -> bool:
-        return await self._settle(account, hold, pico, record, ["1" if late else "0"])
+    async def charge(
+        self, account: Account, hold: Hold, pico: int, record: dict, late: bool = False, charge_id: str = ""
+    ) -> bool:
+        return await self._settle(account, hold, pico, record, ["1" if late else "0", charge_id])
 
     async def settle_swept(self, swept: str) -> bool:
         """The reconciler's charge of a pending charge at its hold (its outcome never known): only while the store
@@ -179,7 +182,7 @@ class RedisStore:
             model = await self.redis.hget(AccountKeys.of(account).models, charge.field)
         charge = replace(charge, model=_text(model) if model else None)
         record = reconciled_record(charge)
-        settled = await self._settle(account, hold, hold.pico, record, ["1", swept])
+        settled = await self._settle(account, hold, hold.pico, record, ["1", "", swept])
         if settled:
             metrics.count_charge(record)
         return settled
@@ -256,8 +259,7 @@ class RedisStore:
             marker = await self.redis.get(AccountKeys.of(account).charged(request_id))
         if marker is None:
             return None
-        text = _text(marker)  # 'batch:<id>', or '1' for a charge that recorded none
-        return text.removeprefix("batch:") if text.startswith("batch:") else ""
+        return marker_batch(_text(marker))
 
     async def spent(self, account: Account, period: str) -> tuple[int, int]:
         keys = AccountKeys.of(account)
