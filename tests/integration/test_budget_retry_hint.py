@@ -31,10 +31,13 @@ def counted_client(chain: Chain, role: str, max_retries: int) -> tuple[openai.As
     ), sent
 
 
-async def ask(client: openai.AsyncOpenAI) -> None:
-    await client.chat.completions.create(
-        model="auto", messages=[{"role": "user", "content": f"Say hello. [{secrets.token_hex(4)}]"}]
+async def ask(client: openai.AsyncOpenAI, stream: bool = False) -> None:
+    answer = await client.chat.completions.create(
+        model="auto", messages=[{"role": "user", "content": f"Say hello. [{secrets.token_hex(4)}]"}], stream=stream
     )
+    if isinstance(answer, openai.AsyncStream):
+        async for _ in answer:
+            pass
 
 
 async def test_a_budget_its_spend_has_exhausted_says_not_to_retry(chain: Chain) -> None:
@@ -54,6 +57,10 @@ async def test_a_budget_its_spend_has_exhausted_says_not_to_retry(chain: Chain) 
     assert (err.value.code, err.value.type) == ("insufficient_quota", "insufficient_quota")
     assert err.value.response.headers.get("x-should-retry") == "false"
     assert len(sent) == 1  # the SDK did not retry (it would have twice more)
+    sent.clear()
+    with pytest.raises(openai.RateLimitError) as err:  # a stream is refused before it starts, headers and all
+        await ask(client, stream=True)
+    assert err.value.response.headers.get("x-should-retry") == "false" and len(sent) == 1
 
 
 async def test_a_budget_held_by_requests_in_flight_may_be_retried(chain: Chain) -> None:
