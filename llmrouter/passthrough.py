@@ -24,3 +24,6 @@ PASSTHROUGH_FIELDS = frozenset(
         "prompt_cache_key",
     }
 )
+
+# OpenAI's 400 for top_logprobs without logprobs true: it only sizes the log-probabilities logprobs asks for.
+TOP_LOGPROBS_ALONE = "logprobs must be set to true when top_logprobs is used"

@@ -29,6 +29,9 @@ def to_chat(body: bytes) -> bytes:
         value = raw.pop(field, None)
         if value is not None and not any(type(value) is type(d) and value == d for d in defaults):
             raise ApiError(400, f"{field} is not supported: the router serves chat models", param=field)
+    if raw.get("top_logprobs") is not None:  # a chat field: here logprobs, an integer, would say how many
+        message = "top_logprobs belongs to /v1/chat/completions (beside logprobs true); this route returns none"
+        raise ApiError(400, message, param="top_logprobs")
     if "messages" in raw:
         raise ApiError(400, "messages belongs to /v1/chat/completions; send prompt here", param="messages")
     raw["messages"] = [{"role": "user", "content": prompt}]

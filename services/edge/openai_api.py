@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
 from starlette.requests import ClientDisconnect, Request
 
-from llmrouter.passthrough import PASSTHROUGH_FIELDS
+from llmrouter.passthrough import PASSTHROUGH_FIELDS, TOP_LOGPROBS_ALONE
 from llmrouter.server import MAX_MESSAGE_BYTES
 from llmrouter.v1 import common_pb2, router_pb2
 
@@ -302,6 +302,8 @@ def parse_request(body: bytes) -> tuple[ChatCompletionRequest, dict[str, Any]]:
     except ValidationError as exc:
         param, message = first_error(exc)
         raise ApiError(400, f"{param}: {message}", param=param, code="invalid_value") from None
+    if request.top_logprobs is not None and request.logprobs is not True:
+        raise ApiError(400, TOP_LOGPROBS_ALONE, param="top_logprobs", code="invalid_value")
     if request.max_cost_usd is not None:
         try:
             cost = Decimal(str(request.max_cost_usd))

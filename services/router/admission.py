@@ -16,6 +16,7 @@ import grpc
 
 from llmrouter.auth import current_identity
 from llmrouter.errors import ServiceError, invalid
+from llmrouter.passthrough import TOP_LOGPROBS_ALONE
 from llmrouter.registry import FORMAT_FIELDS, RegistrySource
 from llmrouter.tokens import count_prompt_tokens, fewest_prompt_tokens
 from llmrouter.v1 import router_pb2
@@ -155,7 +156,7 @@ class Admission:
             max_latency_ms=request.max_latency_ms if request.HasField("max_latency_ms") else None,
             needs_tools=tools,
             response_format=response_format,
-            needs_logprobs=_needs_logprobs(valid.passthrough),
+            needs_logprobs=_logprobs_asked(valid.passthrough),
             min_output_tokens=settings.min_output_tokens,
         )
 
@@ -333,10 +334,14 @@ def _response_format(passthrough: dict[str, Any]) -> str:
     return "" if kind == "text" else str(kind)
 
 
-def _needs_logprobs(passthrough: dict[str, Any]) -> bool:
-    """Whether the caller asked for the answer's token log-probabilities: logprobs true, or any top_logprobs (which
-    OpenAI takes only beside logprobs, and Groq refuses as it does logprobs)."""
-    return bool(passthrough.get("logprobs")) or passthrough.get("top_logprobs") is not None
+def _logprobs_asked(passthrough: dict[str, Any]) -> bool:
+    """Whether the caller asked for the answer's token log-probabilities (logprobs true). top_logprobs without it is
+    refused, a gRPC caller's too, as OpenAI and the edge refuse it: routed anywhere, it would reach a provider that
+    refuses it (Groq: a 400) or answer with no log-probabilities."""
+    asked = passthrough.get("logprobs") is True
+    if passthrough.get("top_logprobs") is not None and not asked:
+        raise invalid(TOP_LOGPROBS_ALONE, "top_logprobs")
+    return asked
 
 
 def _max_cost(raw: str) -> Decimal | None:

@@ -121,9 +121,8 @@ async def test_logprobs_are_routed_to_the_cheapest_model_that_returns_them(
 
 async def test_the_decision_says_why_the_others_are_ineligible(mixed: Mixed) -> None:
     async with httpx.AsyncClient(base_url=mixed.base_url) as http:
-        reply = await http.post(
-            "/router/decide", json={"model": "auto", "messages": ask("hi"), "top_logprobs": 2, **CHEAPEST}
-        )
+        asked = {"logprobs": True, "top_logprobs": 2}
+        reply = await http.post("/router/decide", json={"model": "auto", "messages": ask("hi"), **asked, **CHEAPEST})
     assert reply.status_code == 200, reply.text
     decision = reply.json()
     assert decision["model"] == "openai-model"
@@ -155,3 +154,32 @@ async def test_not_asking_for_them_every_model_serves(mixed: Mixed) -> None:
     for named in ("claude-model", "groq-model"):
         completion = await sdk(mixed).chat.completions.create(model=named, messages=ask("hi"))
         assert completion.model == named and completion.choices[0].logprobs is None
+
+
+@pytest.mark.parametrize("logprobs", [{}, {"logprobs": False}])
+@pytest.mark.parametrize("named", ["auto", "openai-model", "groq-model"])
+@pytest.mark.parametrize("stream", [False, True])
+async def test_top_logprobs_without_logprobs_is_refused_as_openai_does(
+    mixed: Mixed, logprobs: dict[str, Any], named: str, stream: bool
+) -> None:
+    """Not routed as a logprobs request: OpenAI answers it with this 400, and Groq would refuse the field."""
+    before = mixed.sent()
+    with pytest.raises(openai.BadRequestError) as caught:
+        await sdk(mixed).chat.completions.create(
+            model=named, messages=ask("hi"), stream=stream, top_logprobs=2, **logprobs
+        )
+    error = caught.value
+    assert (error.status_code, error.param, error.type) == (400, "top_logprobs", "invalid_request_error")
+    assert "logprobs must be set to true when top_logprobs is used" in error.message
+    assert mixed.sent() == before
+
+
+async def test_the_legacy_route_refuses_top_logprobs_its_logprobs_being_an_integer(mixed: Mixed) -> None:
+    before = mixed.sent()
+    with pytest.raises(openai.BadRequestError) as caught:
+        await sdk(mixed).completions.create(
+            model="openai-model", prompt=unique("hi"), logprobs=0, extra_body={"top_logprobs": 2}
+        )
+    assert (caught.value.status_code, caught.value.param) == (400, "top_logprobs")
+    assert "/v1/chat/completions" in caught.value.message
+    assert mixed.sent() == before

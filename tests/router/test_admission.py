@@ -246,12 +246,23 @@ async def test_a_response_format_of_no_known_type_is_refused_naming_it(response_
     assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT and err.value.metadata == {"field": "response_format"}
 
 
+@pytest.mark.parametrize("fields", [{"top_logprobs": 2}, {"top_logprobs": 0, "logprobs": False}])
+async def test_top_logprobs_without_logprobs_is_refused_naming_it(fields: dict[str, Any]) -> None:
+    """A gRPC caller's too, as OpenAI and the edge refuse it: routed as a logprobs request or not, it would be sent
+    to a provider as it is (Groq refuses top_logprobs with a 400, whatever logprobs says)."""
+    gate = admission.Admission(SETTINGS, REGISTRY, MemoryStore(), scratch_outbox())
+    with pytest.raises(ServiceError) as err:
+        await gate.limits(request(passthrough_json=json.dumps(fields)))
+    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT and err.value.metadata == {"field": "top_logprobs"}
+    assert "logprobs must be set to true" in err.value.message
+
+
 @pytest.mark.parametrize(
     ("fields", "wanted"),
     [
         ({"logprobs": True}, True),
         ({"logprobs": True, "top_logprobs": 3}, True),
-        ({"top_logprobs": 0}, True),  # refused by Groq as logprobs is, and by OpenAI without logprobs
+        ({"logprobs": True, "top_logprobs": 0}, True),
         ({"logprobs": False}, False),
         ({"logprobs": None, "top_logprobs": None}, False),
         ({}, False),
