@@ -38,6 +38,8 @@ BATCH_KINDS = frozenset({"openai", "anthropic"})
 FORMAT_DEFAULTS = {"openai": True, "anthropic": False, "local": False}
 # The response_format types a model must honour, each with the registry field that says it does.
 FORMAT_FIELDS = {"json_object": "json_mode", "json_schema": "structured_outputs"}
+# Capabilities only the openai kind's gateway has, each with why the anthropic and local gateways cannot claim it.
+OPENAI_ONLY = {"logprobs": "returns no log-probabilities", "logit_bias": "drops logit_bias"}
 
 log = logging.getLogger("llmrouter.registry")
 RELOADS = Counter(
@@ -76,6 +78,10 @@ class ProviderSpec(BaseModel):
     # (`logprobs: true`): the default of its models' own `logprobs` (ModelSpec), which alone decides. Off by default:
     # some upstreams refuse the field (Groq: a 400), others answer in another shape (Together).
     logprobs: bool = False
+    # An OpenAI-compatible upstream that applies logit_bias (token id to bias) as OpenAI does: the default of its
+    # models' own `logit_bias` (ModelSpec). Left out: true for the openai kind, whose field it is; an upstream that
+    # refuses it says false (Groq: a 400). Never true for the anthropic and local kinds, whose gateways drop it.
+    logit_bias: bool | None = None
 
     def api_key(self, keys_dir: Path | None = None) -> str:
         files = [Path(self.api_key_file)] if self.api_key_file else []
@@ -118,6 +124,9 @@ class ModelSpec(BaseModel):
     # logprobs / top_logprobs is routed only to models that do, and the router's own low-confidence signal is asked
     # only of them. Left out: its provider's `logprobs`; never true for the anthropic and local kinds.
     logprobs: bool | None = None
+    # Applies logit_bias: a request carrying one is routed only to models that do (and must name its model, since
+    # the keys are token ids of that model's tokenizer). Left out: its provider's `logit_bias`.
+    logit_bias: bool | None = None
     # Quality comes from the classifier's prediction for `quality_from` (a model it was trained on),
     # or, for a model it cannot predict, from the fixed prior `quality_prior`.
     quality_from: str = ""
@@ -188,24 +197,27 @@ class Registry(BaseModel):
                 raise ValueError(f"model {m.name!r}: tier {m.tier!r} is not one of {self.tiers}")
             if not m.quality_from and m.quality_prior is None:
                 raise ValueError(f"model {m.name!r}: give quality_from (a classifier model) or quality_prior")
-        # Each model's response_format and logprobs support made explicit, from its provider where its entry is
-        # silent.
-        object.__setattr__(self, "models", [self._with_formats(m) for m in self.models])
+        # Each model's response_format, logprobs and logit_bias support made explicit, from its provider where its
+        # entry is silent.
+        object.__setattr__(self, "models", [self._with_capabilities(m) for m in self.models])
         return self
 
-    def _with_formats(self, model: ModelSpec) -> ModelSpec:
+    def _with_capabilities(self, model: ModelSpec) -> ModelSpec:
         provider = self.providers[model.provider]
         kind = provider.kind
         served = FORMAT_DEFAULTS[kind]
         update: dict[str, bool] = {}
-        logprobs = provider.logprobs if model.logprobs is None else model.logprobs
-        if logprobs and kind != "openai":
-            raise ValueError(
-                f"model {model.name!r}: logprobs cannot be true for a provider of kind {kind!r}, "
-                "whose gateway returns no log-probabilities"
-            )
-        if model.logprobs is None:
-            update["logprobs"] = logprobs
+        provider_logit_bias = kind == "openai" if provider.logit_bias is None else provider.logit_bias
+        inherited = {"logprobs": provider.logprobs, "logit_bias": provider_logit_bias}
+        for field, default in inherited.items():
+            value = default if getattr(model, field) is None else getattr(model, field)
+            if value and kind != "openai":
+                raise ValueError(
+                    f"model {model.name!r}: {field} cannot be true for a provider of kind {kind!r}, "
+                    f"whose gateway {OPENAI_ONLY[field]}"
+                )
+            if getattr(model, field) is None:
+                update[field] = value
         for field in FORMAT_FIELDS.values():
             if getattr(model, field) is None:
                 update[field] = served

@@ -157,6 +157,7 @@ class Admission:
             needs_tools=tools,
             response_format=response_format,
             needs_logprobs=_logprobs_asked(valid.passthrough),
+            needs_logit_bias=_logit_bias_asked(valid.passthrough, request.model),
             min_output_tokens=settings.min_output_tokens,
         )
 
@@ -342,6 +343,21 @@ def _logprobs_asked(passthrough: dict[str, Any]) -> bool:
     if passthrough.get("top_logprobs") is not None and not asked:
         raise invalid(TOP_LOGPROBS_ALONE, "top_logprobs")
     return asked
+
+
+def _logit_bias_asked(passthrough: dict[str, Any], model: str) -> bool:
+    """Whether the caller sent a logit_bias (an empty one biases nothing, and is not sent on). Its keys are token ids
+    of one tokenizer (gpt-4o's o200k ids are other tokens to cl100k, Llama or Mixtral), so it is refused on a routed
+    request: the model it was written for must be named."""
+    if not passthrough.get("logit_bias"):
+        return False
+    if model in ("", "auto"):
+        raise invalid(
+            "logit_bias needs a named model: its keys are token ids of one model's tokenizer, which are other tokens "
+            "to another model's; name the model they were written for",
+            "logit_bias",
+        )
+    return True
 
 
 def _max_cost(raw: str) -> Decimal | None:

@@ -27,6 +27,7 @@ class Limits:
     needs_tools: bool = False
     response_format: str = ""  # the response_format type the answer must have (json_object, json_schema); '' any
     needs_logprobs: bool = False  # the caller asked for the answer's token log-probabilities (logprobs, top_logprobs)
+    needs_logit_bias: bool = False  # the caller sent a logit_bias, which only some upstreams apply
     min_output_tokens: int = 1  # the shortest useful answer: a model that cannot afford it is not eligible
 
     def billed_input(self, model: ModelSpec) -> int:
@@ -85,6 +86,8 @@ def evaluate(models: Sequence[ModelSpec], scores: Mapping[str, float] | None, li
             )
         elif limits.needs_logprobs and not model.logprobs:
             excluded = f"{LOGPROBS_UNRETURNED} (registry: logprobs is false)"
+        elif limits.needs_logit_bias and not model.logit_bias:
+            excluded = f"{LOGIT_BIAS_UNAPPLIED} (registry: logit_bias is false)"
         quality = predicted_quality(model, scores)
         options.append(Option(model, -1.0 if quality is None else quality, cost, excluded))
     return options
@@ -93,6 +96,7 @@ def evaluate(models: Sequence[ModelSpec], scores: Mapping[str, float] | None, li
 UNAVAILABLE = "unavailable here (no API key for its provider)"
 FORMAT_UNHONOURED = "does not guarantee response_format"
 LOGPROBS_UNRETURNED = "does not return logprobs"
+LOGIT_BIAS_UNAPPLIED = "does not apply logit_bias"
 
 
 def without_unavailable(options: list[Option], usable: set[str]) -> list[Option]:
@@ -152,8 +156,8 @@ def _nothing_fits(every: list[Option]) -> ServiceError:
             f"the prompt does not fit any available model: {options[0].excluded if options else 'no models'}",
         )
     reasons = "; ".join(f"{o.model.name}: {o.excluded}" for o in options)
-    # When the caller's own cost cap, or the response_format or logprobs asked, is what rules out every model, name
-    # it as the field to change.
+    # When the caller's own cost cap, or the response_format, logprobs or logit_bias asked, is what rules out every
+    # model, name it as the field to change.
     field = None
     if options and all("max_cost_usd" in o.excluded for o in options):
         field = {"field": "max_cost_usd"}
@@ -161,6 +165,8 @@ def _nothing_fits(every: list[Option]) -> ServiceError:
         field = {"field": "response_format"}
     elif options and all(o.excluded.startswith(LOGPROBS_UNRETURNED) for o in options):
         field = {"field": "logprobs"}
+    elif options and all(o.excluded.startswith(LOGIT_BIAS_UNAPPLIED) for o in options):
+        field = {"field": "logit_bias"}
     return ServiceError(
         grpc.StatusCode.INVALID_ARGUMENT, "NO_ELIGIBLE_MODEL", f"no model within limits ({reasons})", field
     )

@@ -15,23 +15,10 @@ import openai
 import pytest
 
 from tests.fakes import FakeAnthropic
+from tests.fakes.fake_groq import FakeGroq
 from tests.fakes.fake_openai import FakeOpenAI
-from tests.fakes.server import Received
 from tests.integration.conftest import model, provider, served_chain
 from tests.integration.test_chain import unique
-
-GROQ_UNSUPPORTED = ("logprobs", "logit_bias", "top_logprobs")
-
-
-class FakeGroq(FakeOpenAI):
-    """As Groq's OpenAI-compatible API documents it: logprobs, logit_bias and top_logprobs are a 400 if supplied."""
-
-    def refusal(self, request: Received) -> dict[str, Any] | None:
-        sent = [f for f in GROQ_UNSUPPORTED if f in request.json] if request.method == "POST" else []
-        if not sent:
-            return super().refusal(request)
-        message = f"'{sent[0]}' : property '{sent[0]}' is unsupported"
-        return {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}}
 
 
 @dataclass

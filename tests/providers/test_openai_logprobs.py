@@ -91,3 +91,13 @@ def test_fields_at_their_left_out_value_are_not_sent() -> None:
         UpstreamRequest("gpt-test", [Message("user", "hello")], passthrough={"logprobs": True, "top_logprobs": 2})
     )
     assert (kept["logprobs"], kept["top_logprobs"]) == (True, 2)
+
+
+def test_an_empty_logit_bias_biases_nothing_and_is_not_sent() -> None:
+    """Some clients send logit_bias {} by default: an upstream refusing the field (Groq) must not see it."""
+    assert "logit_bias" not in body(
+        UpstreamRequest("gpt-test", [Message("user", "hi")], passthrough={"logit_bias": {}})
+    )
+    bias = {"50256": -100}
+    sent = body(UpstreamRequest("gpt-test", [Message("user", "hi")], passthrough={"logit_bias": bias}))
+    assert sent["logit_bias"] == bias

@@ -130,11 +130,15 @@ def body(request: UpstreamRequest, confidence: bool = False) -> dict[str, Any]:
     # store, n, ...) would be billed by the provider beyond what the registry charges. They come first: they may
     # add tools or response_format, never replace model or messages.
     # A field at its "left out" value is left out: some OpenAI-compatible upstreams (Groq) refuse logprobs,
-    # top_logprobs and logit_bias with a 400 whatever their value, and the router routed on what was asked.
+    # top_logprobs and logit_bias with a 400 whatever their value, and the router routed on what was asked (an empty
+    # logit_bias, which biases nothing, on nothing).
     passthrough = {
         k: v
         for k, v in request.passthrough.items()
-        if k in PASSTHROUGH_FIELDS and v is not None and not (k == "logprobs" and v is False)
+        if k in PASSTHROUGH_FIELDS
+        and v is not None
+        and not (k == "logprobs" and v is False)
+        and not (k == "logit_bias" and v == {})
     }
     body: dict[str, Any] = {**passthrough, "model": request.model, "messages": messages}
     if request.max_tokens is not None:
