@@ -24,6 +24,14 @@ PASSTHROUGH_FIELDS = frozenset(
         "prompt_cache_key",
     }
 )
+# The passthrough fields each provider kind's gateway sends on, as they are or translated (Anthropic: stop as
+# stop_sequences, tools and tool_choice in its shape, safety_identifier or user as metadata.user_id); it drops the
+# others. The local gateway takes only the router's own request (max_tokens, temperature).
+SENT_BY_KIND = {
+    "openai": PASSTHROUGH_FIELDS,
+    "anthropic": frozenset({"top_p", "stop", "tools", "tool_choice", "user", "safety_identifier"}),
+    "local": frozenset[str](),
+}
 
 # OpenAI's 400 for top_logprobs without logprobs true: it only sizes the log-probabilities logprobs asks for.
 TOP_LOGPROBS_ALONE = "logprobs must be set to true when top_logprobs is used"

@@ -18,6 +18,7 @@ import yaml
 from prometheus_client import Counter, Gauge
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from llmrouter import parameters
 from llmrouter.settings import REPO_ROOT
 from llmrouter.v1 import common_pb2
 
@@ -147,8 +148,8 @@ class ModelSpec(BaseModel):
         field = FORMAT_FIELDS.get(response_format)
         return field is None or getattr(self, field) is True
 
-    def info(self) -> common_pb2.ModelInfo:
-        """The model as callers see it (ListModels)."""
+    def info(self, kind: str) -> common_pb2.ModelInfo:
+        """The model as callers see it (ListModels), served by a provider of this kind."""
         return common_pb2.ModelInfo(
             name=self.name,
             provider=self.provider,
@@ -159,6 +160,7 @@ class ModelSpec(BaseModel):
             latency_slo_ms=self.latency_slo_ms,
             batch_input_usd_per_mtok=_price(self.batch_input_usd_per_mtok),
             batch_output_usd_per_mtok=_price(self.batch_output_usd_per_mtok),
+            supported_parameters=parameters.for_model(self, kind),
         )
 
     def at_batch_price(self) -> ModelSpec | None:
@@ -235,6 +237,10 @@ class Registry(BaseModel):
 
     def get(self, name: str) -> ModelSpec | None:
         return next((m for m in self.models if m.name == name), None)
+
+    def info(self, model: ModelSpec) -> common_pb2.ModelInfo:
+        """The model as callers see it (ListModels): its supported parameters depend on its provider's gateway."""
+        return model.info(self.providers[model.provider].kind)
 
     def batch_priced(self, model: ModelSpec) -> ModelSpec | None:
         """The model at its batch price when its provider has a Batch API spoken here; None otherwise."""

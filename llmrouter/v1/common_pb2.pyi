@@ -31,7 +31,7 @@ class Usage(_message.Message):
     def __init__(self, input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., estimated: _Optional[bool] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "provider", "tier", "input_usd_per_mtok", "output_usd_per_mtok", "context_window", "latency_slo_ms", "batch_input_usd_per_mtok", "batch_output_usd_per_mtok")
+    __slots__ = ("name", "provider", "tier", "input_usd_per_mtok", "output_usd_per_mtok", "context_window", "latency_slo_ms", "batch_input_usd_per_mtok", "batch_output_usd_per_mtok", "supported_parameters")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
@@ -41,6 +41,7 @@ class ModelInfo(_message.Message):
     LATENCY_SLO_MS_FIELD_NUMBER: _ClassVar[int]
     BATCH_INPUT_USD_PER_MTOK_FIELD_NUMBER: _ClassVar[int]
     BATCH_OUTPUT_USD_PER_MTOK_FIELD_NUMBER: _ClassVar[int]
+    SUPPORTED_PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     name: str
     provider: str
     tier: str
@@ -50,7 +51,8 @@ class ModelInfo(_message.Message):
     latency_slo_ms: int
     batch_input_usd_per_mtok: str
     batch_output_usd_per_mtok: str
-    def __init__(self, name: _Optional[str] = ..., provider: _Optional[str] = ..., tier: _Optional[str] = ..., input_usd_per_mtok: _Optional[str] = ..., output_usd_per_mtok: _Optional[str] = ..., context_window: _Optional[int] = ..., latency_slo_ms: _Optional[int] = ..., batch_input_usd_per_mtok: _Optional[str] = ..., batch_output_usd_per_mtok: _Optional[str] = ...) -> None: ...
+    supported_parameters: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., provider: _Optional[str] = ..., tier: _Optional[str] = ..., input_usd_per_mtok: _Optional[str] = ..., output_usd_per_mtok: _Optional[str] = ..., context_window: _Optional[int] = ..., latency_slo_ms: _Optional[int] = ..., batch_input_usd_per_mtok: _Optional[str] = ..., batch_output_usd_per_mtok: _Optional[str] = ..., supported_parameters: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
 from starlette.requests import ClientDisconnect, Request
 
+from llmrouter import parameters
 from llmrouter.passthrough import PASSTHROUGH_FIELDS, TOP_LOGPROBS_ALONE
 from llmrouter.server import MAX_MESSAGE_BYTES
 from llmrouter.v1 import common_pb2, router_pb2
@@ -525,7 +526,12 @@ def router_extension(response: router_pb2.CompleteResponse) -> dict[str, Any]:
 
 
 def models_body(models: list[common_pb2.ModelInfo]) -> dict[str, Any]:
-    entries = [{"id": "auto", "object": "model", "created": 0, "owned_by": "llm-cost-router"}]
+    """OpenAI's model list, each entry with its prices, context window and the request parameters it honours
+    (OpenRouter's supported_parameters); "auto" with those a routed request honours among the models listed."""
+    routed = parameters.for_routed(m.supported_parameters for m in models)
+    entries = [
+        {"id": "auto", "object": "model", "created": 0, "owned_by": "llm-cost-router", "supported_parameters": routed}
+    ]
     entries += [
         {
             "id": m.name,
@@ -536,6 +542,7 @@ def models_body(models: list[common_pb2.ModelInfo]) -> dict[str, Any]:
             "input_usd_per_mtok": m.input_usd_per_mtok,
             "output_usd_per_mtok": m.output_usd_per_mtok,
             "context_window": m.context_window,
+            "supported_parameters": list(m.supported_parameters),
             **(
                 {
                     "batch_input_usd_per_mtok": m.batch_input_usd_per_mtok,

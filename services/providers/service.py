@@ -64,7 +64,8 @@ class ProviderServicer(provider_pb2_grpc.ProviderServicer):
     async def ListModels(
         self, request: common_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> common_pb2.ListModelsResponse:
-        return common_pb2.ListModelsResponse(models=[m.info() for m in self.catalog.usable_models()])
+        registry = self.catalog.registry
+        return common_pb2.ListModelsResponse(models=[registry.info(m) for m in self.catalog.usable_models()])
 
 
 def upstream_request(model: ModelSpec, request: provider_pb2.GenerateRequest) -> UpstreamRequest:

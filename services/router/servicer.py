@@ -78,7 +78,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
 
     async def ListModels(self, request: common_pb2.ListModelsRequest, context: Any) -> common_pb2.ListModelsResponse:
         models = await self.available.get(context.time_remaining())
-        return common_pb2.ListModelsResponse(models=[m.info() for m in models])
+        registry = self.available.registry  # read with the models, before any other await
+        return common_pb2.ListModelsResponse(models=[registry.info(m) for m in models])
 
     async def Decide(self, request: router_pb2.CompleteRequest, context: Any) -> router_pb2.Decision:
         return (await self._route(request, context, admit=False)).decision

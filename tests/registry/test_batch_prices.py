@@ -32,13 +32,13 @@ def test_a_batch_price_is_shown_and_is_the_price_through_the_batch_api() -> None
     assert model.cost_usd(1_000_000, 1_000_000) == Decimal("12.50")  # realtime: 2.50 + 10.00
     batch_priced = registry.batch_priced(model)
     assert batch_priced is not None and batch_priced.cost_usd(1_000_000, 1_000_000) == Decimal("6.25")
-    listed = {entry["id"]: entry for entry in models_body([model.info()])["data"]}
+    listed = {entry["id"]: entry for entry in models_body([registry.info(model)])["data"]}
     assert (listed["gpt-4o"]["batch_input_usd_per_mtok"], listed["gpt-4o"]["batch_output_usd_per_mtok"]) == (
         "1.25",
         "5.00",
     )
-    unpriced = load_registry(DEFAULT_REGISTRY).get("mixtral-8x7b")
-    assert unpriced is not None and "batch_input_usd_per_mtok" not in models_body([unpriced.info()])["data"][1]
+    unpriced = registry.get("mixtral-8x7b")
+    assert unpriced is not None and "batch_input_usd_per_mtok" not in models_body([registry.info(unpriced)])["data"][1]
 
 
 def test_a_batch_price_comes_whole() -> None:

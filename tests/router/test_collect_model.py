@@ -67,7 +67,7 @@ class BatchProvider(provider_pb2_grpc.ProviderServicer):
     the real one, it finds a batch by its id alone (the model only picks the provider's Batch API)."""
 
     async def ListModels(self, request: Any, context: Any) -> common_pb2.ListModelsResponse:
-        return common_pb2.ListModelsResponse(models=[m.info() for m in REGISTRY.models])
+        return common_pb2.ListModelsResponse(models=[REGISTRY.info(m) for m in REGISTRY.models])
 
     async def SubmitBatch(self, request: Any, context: Any) -> provider_pb2.SubmitBatchResponse:
         return provider_pb2.SubmitBatchResponse(batch_id="pbatch-1")

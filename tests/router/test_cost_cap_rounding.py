@@ -28,7 +28,7 @@ class WritingAll(provider_pb2_grpc.ProviderServicer):
         self.input_tokens = input_tokens
 
     async def ListModels(self, request: Any, context: Any) -> common_pb2.ListModelsResponse:
-        return common_pb2.ListModelsResponse(models=[m.info() for m in REGISTRY.models])
+        return common_pb2.ListModelsResponse(models=[REGISTRY.info(m) for m in REGISTRY.models])
 
     async def Generate(self, request: Any, context: Any) -> provider_pb2.GenerateResponse:
         usage = common_pb2.Usage(input_tokens=self.input_tokens, output_tokens=request.max_tokens)

@@ -32,7 +32,7 @@ MAX_ENTRY_BYTES = 64 * 1024
 
 class Answering(provider_pb2_grpc.ProviderServicer):
     async def ListModels(self, request: Any, context: Any) -> common_pb2.ListModelsResponse:
-        return common_pb2.ListModelsResponse(models=[m.info() for m in REGISTRY.models])
+        return common_pb2.ListModelsResponse(models=[REGISTRY.info(m) for m in REGISTRY.models])
 
     async def Generate(self, request: Any, context: Any) -> provider_pb2.GenerateResponse:
         usage = common_pb2.Usage(input_tokens=8, output_tokens=1)

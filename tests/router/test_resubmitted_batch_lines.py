@@ -44,7 +44,7 @@ LINES: list[dict[str, Any]] = [  # offered as they are, in place of the wire.Lin
 
 class SlowBatchProvider(provider_pb2_grpc.ProviderServicer):
     async def ListModels(self, request: Any, context: Any) -> common_pb2.ListModelsResponse:
-        return common_pb2.ListModelsResponse(models=[m.info() for m in REGISTRY.models])
+        return common_pb2.ListModelsResponse(models=[REGISTRY.info(m) for m in REGISTRY.models])
 
     async def SubmitBatch(self, request: Any, context: Any) -> provider_pb2.SubmitBatchResponse:
         await asyncio.sleep(CREATE_S)

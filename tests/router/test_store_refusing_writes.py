@@ -36,7 +36,7 @@ class Held(provider_pb2_grpc.ProviderServicer):
         self.release = asyncio.Event()
 
     async def ListModels(self, request: Any, context: Any) -> common_pb2.ListModelsResponse:
-        return common_pb2.ListModelsResponse(models=[m.info() for m in REGISTRY.models])
+        return common_pb2.ListModelsResponse(models=[REGISTRY.info(m) for m in REGISTRY.models])
 
     async def Generate(self, request: Any, context: Any) -> provider_pb2.GenerateResponse:
         self.called.set()

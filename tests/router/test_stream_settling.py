@@ -21,7 +21,7 @@ class Answering(provider_pb2_grpc.ProviderServicer):
     """A providers service that streams a short answer with its usage."""
 
     async def ListModels(self, request: Any, context: Any) -> common_pb2.ListModelsResponse:
-        return common_pb2.ListModelsResponse(models=[m.info() for m in REGISTRY.models])
+        return common_pb2.ListModelsResponse(models=[REGISTRY.info(m) for m in REGISTRY.models])
 
     async def GenerateStream(self, request: Any, context: Any) -> AsyncIterator[provider_pb2.GenerateChunk]:
         for word in ("an ", "answer"):
