@@ -339,7 +339,7 @@ def _logprobs_asked(passthrough: dict[str, Any]) -> bool:
     """Whether the caller asked for the answer's token log-probabilities (logprobs true). top_logprobs without it is
     refused, a gRPC caller's too, as OpenAI and the edge refuse it: routed anywhere, it would reach a provider that
     refuses it (Groq: a 400) or answer with no log-probabilities."""
-    asked = passthrough.get("logprobs") is True
+    asked = bool(passthrough.get("logprobs"))
     if passthrough.get("top_logprobs") is not None and not asked:
         raise invalid(TOP_LOGPROBS_ALONE, "top_logprobs")
     return asked
