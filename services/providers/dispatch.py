@@ -273,12 +273,15 @@ class Dispatcher:
         err: UpstreamError,
         wasted: Wasted,
     ) -> ServiceError:
-        """The caller already holds part of the answer: fail, charging exactly what was served (and what
-        attempts that failed before it consumed)."""
+        """The caller already holds part of the answer: fail, charging exactly what was served, the tool calls the
+        upstream had streamed so far (generated and sent, so billed, though a caller gets them only whole), and
+        what attempts that failed before it consumed."""
         metrics.REQUESTS.labels(self.provider, model.name, _STATUS[err.kind][2]).inc()
         log.warning("upstream stream interrupted", extra=self._log_fields(model, request, err))
-        # Output counts the provider sent belong to an unfinished stream; count what the caller received.
-        usage, cost = settle(model, request.messages, served, end.input_tokens, None)
+        calls = err.consumed.tool_calls if err.consumed is not None else []
+        # Output counts the provider sent belong to an unfinished stream; count what the upstream sent.
+        output = served + (json.dumps(calls) if calls else "")
+        usage, cost = settle(model, request.messages, output, end.input_tokens, None)
         usage, cost = wasted.on_top(usage, cost)
         self._count_tokens(model, usage.input_tokens, usage.output_tokens)
         return ServiceError(
