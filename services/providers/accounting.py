@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
 from llmrouter.byte_bound import utf8_bound
 from llmrouter.registry import ModelSpec
-from llmrouter.tokens import count_message_tokens, count_prompt_tokens, count_tokens
+from llmrouter.tokens import count_prompt_tokens, count_tokens
 from llmrouter.v1 import common_pb2
-from services.providers.gateways.base import Message, UpstreamRequest
+from services.providers.gateways.base import UpstreamRequest
 
 
-def settle(
+async def settle(
     model: ModelSpec,
-    messages: Sequence[Message],
+    request: UpstreamRequest,
     content: str,
     input_tokens: int | None,
     output_tokens: int | None,
@@ -24,11 +23,21 @@ def settle(
     """Usage (flagged estimated when any count was made locally) and the exact cost as a decimal string."""
     estimated = input_tokens is None or output_tokens is None
     if input_tokens is None:
-        input_tokens = count_message_tokens(messages)
+        input_tokens = await estimated_input(model, request)
     if output_tokens is None:
         output_tokens = count_tokens(content)
     usage = common_pb2.Usage(input_tokens=input_tokens, output_tokens=output_tokens, estimated=estimated)
     return usage, decimal_str(model.cost_usd(input_tokens, output_tokens))
+
+
+async def estimated_input(model: ModelSpec, request: UpstreamRequest) -> int:
+    """The input of a call whose upstream did not say, counted as the router counts a prompt (cl100k_base, OpenAI's
+    framing): everything the upstream reads and bills, tool definitions, tool calls and names included, not only
+    the messages' text, which left a prompt's tools (often thousands of tokens) unpaid."""
+    passthrough = json.dumps(request.passthrough) if request.passthrough else ""
+    tools = bool(request.passthrough.get("tools"))
+    count = await count_prompt_tokens(_counted(request), passthrough, tools, model.context_window)
+    return min(count, model.context_window)
 
 
 @dataclass
@@ -52,12 +61,15 @@ async def input_bound(model: ModelSpec, request: UpstreamRequest) -> int:
         calls = [m.tool_calls for m in request.messages]
         count = utf8_bound(request.messages, calls, request.passthrough, tools, ceiling)
     else:
-        counted = [
-            _Counted(m.role, m.content, m.name, m.tool_call_id, json.dumps(m.tool_calls) if m.tool_calls else "")
-            for m in request.messages
-        ]
-        count = await count_prompt_tokens(counted, json.dumps(request.passthrough), tools, ceiling, tokenizer)
+        count = await count_prompt_tokens(_counted(request), json.dumps(request.passthrough), tools, ceiling, tokenizer)
     return min(count, ceiling)
+
+
+def _counted(request: UpstreamRequest) -> list[_Counted]:
+    return [
+        _Counted(m.role, m.content, m.name, m.tool_call_id, json.dumps(m.tool_calls) if m.tool_calls else "")
+        for m in request.messages
+    ]
 
 
 def decimal_str(value: Decimal) -> str:

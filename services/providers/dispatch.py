@@ -113,7 +113,7 @@ class Dispatcher:
                     break
         finally:
             metrics.DURATION.labels(self.provider, model.name).observe(time.perf_counter() - start)
-        return self._response(model, request, completion, retries, start)
+        return await self._response(model, request, completion, retries, start)
 
     async def generate_stream(
         self,
@@ -147,7 +147,9 @@ class Dispatcher:
                     except (UpstreamError, TimeoutError) as exc:
                         err = self._judge(breaker, exc)
                         if delivered:
-                            raise self._interrupted(model, request, "".join(delivered), end, err, wasted) from None
+                            raise await self._interrupted(
+                                model, request, "".join(delivered), end, err, wasted
+                            ) from None
                         if err.kind not in _UNKNOWN_OUTCOME:
                             consumed = exc.consumed if isinstance(exc, UpstreamError) else None
                             await wasted.add(model, request, end, consumed)
@@ -170,7 +172,7 @@ class Dispatcher:
         finally:
             metrics.DURATION.labels(self.provider, model.name).observe(time.perf_counter() - start)
         end.content = "".join(delivered)
-        yield provider_pb2.GenerateChunk(final=self._response(model, request, end, retries, start, wasted))
+        yield provider_pb2.GenerateChunk(final=await self._response(model, request, end, retries, start, wasted))
 
     def _deadline(self, budget_s: float | None) -> float:
         """The provider's total timeout, shortened to just before the caller's own gRPC deadline when that
@@ -264,7 +266,7 @@ class Dispatcher:
             metadata.update(wasted.metadata())
         return ServiceError(code, reason, self._redact(f"{self.provider}/{model.name}: {err.message}"), metadata)
 
-    def _interrupted(
+    async def _interrupted(
         self,
         model: ModelSpec,
         request: UpstreamRequest,
@@ -281,7 +283,7 @@ class Dispatcher:
         calls = err.consumed.tool_calls if err.consumed is not None else []
         # Output counts the provider sent belong to an unfinished stream; count what the upstream sent.
         output = served + (json.dumps(calls) if calls else "")
-        usage, cost = settle(model, request.messages, output, end.input_tokens, None)
+        usage, cost = await settle(model, request, output, end.input_tokens, None)
         usage, cost = wasted.on_top(usage, cost)
         self._count_tokens(model, usage.input_tokens, usage.output_tokens)
         return ServiceError(
@@ -299,7 +301,7 @@ class Dispatcher:
             },
         )
 
-    def _response(
+    async def _response(
         self,
         model: ModelSpec,
         request: UpstreamRequest,
@@ -310,7 +312,7 @@ class Dispatcher:
     ) -> provider_pb2.GenerateResponse:
         tool_calls = json.dumps(done.tool_calls) if done.tool_calls else ""
         # Without the provider's count, the tool calls are output too, as their JSON.
-        usage, cost = settle(model, request.messages, done.content + tool_calls, done.input_tokens, done.output_tokens)
+        usage, cost = await settle(model, request, done.content + tool_calls, done.input_tokens, done.output_tokens)
         if wasted is not None:
             usage, cost = wasted.on_top(usage, cost)
         metrics.REQUESTS.labels(self.provider, model.name, "ok").inc()
@@ -403,7 +405,7 @@ class Wasted:
         # Unreported (OpenAI-style streams say it only at their end), the prompt is billed whole all the same:
         # counted as high as the router holds for it, so the retry budget is never passed by what went uncounted.
         billed_input = end.input_tokens if end.input_tokens is not None else await input_bound(model, request)
-        usage, cost = settle(model, request.messages, calls, billed_input, end.output_tokens)
+        usage, cost = await settle(model, request, calls, billed_input, end.output_tokens)
         usage.estimated |= end.input_tokens is None
         self.input_tokens += usage.input_tokens
         self.output_tokens += usage.output_tokens
