@@ -280,9 +280,8 @@ class Dispatcher:
         what attempts that failed before it consumed."""
         metrics.REQUESTS.labels(self.provider, model.name, _STATUS[err.kind][2]).inc()
         log.warning("upstream stream interrupted", extra=self._log_fields(model, request, err))
-        calls = err.consumed.tool_calls if err.consumed is not None else []
         # Output counts the provider sent belong to an unfinished stream; count what the upstream sent.
-        output = served + (json.dumps(calls) if calls else "")
+        output = served + (json.dumps(end.tool_calls) if end.tool_calls else "")
         usage, cost = await settle(model, request, output, end.input_tokens, None)
         usage, cost = wasted.on_top(usage, cost)
         self._count_tokens(model, usage.input_tokens, usage.output_tokens)

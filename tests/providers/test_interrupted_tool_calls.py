@@ -1,9 +1,10 @@
-"""A stream cut after text reached the caller, while the upstream was streaming a tool call: the call's arguments
-were generated and sent (the upstream bills them), so the interrupted stream's charge counts them beside the text
-delivered, as a retried attempt's charge does (dispatch.Wasted)."""
+"""A stream cut after text reached the caller, while the upstream was streaming a tool call (by the upstream, or by
+the call's deadline): the call's arguments were generated and sent (the upstream bills them), so the interrupted
+stream's charge counts them beside the text delivered, as a retried attempt's charge does (dispatch.Wasted)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -58,4 +59,53 @@ async def test_a_tool_call_cut_after_text_was_delivered_is_charged(tmp_path: Pat
     err = error_of(caught.value)
     assert err.reason == "STREAM_INTERRUPTED" and "".join(deltas) == TEXT
     # The text delivered and the tool call streamed so far, each at least as many tokens as they count to.
+    assert int(err.metadata["output_tokens"]) >= count_tokens(TEXT) + count_tokens(ARGUMENTS)
+
+
+class StallingUpstream:
+    """A loopback upstream that sends `wire` (a 200 event stream) and then nothing more, keeping the connection
+    open: a stream still running when the call's deadline comes."""
+
+    def __init__(self, wire: bytes) -> None:
+        self.wire = wire
+        self.url = ""
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> StallingUpstream:
+        self._server = await asyncio.start_server(self._answer, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(self.wire.replace(b"connection: close\r\n", b""))
+            await writer.drain()
+            await asyncio.sleep(30)
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+
+@pytest.mark.parametrize(("model", "wire"), [("cheap", openai_wire()), ("claude", anthropic_wire())])
+async def test_a_tool_call_under_way_at_the_deadline_after_text_is_charged(
+    tmp_path: Path, model: str, wire: bytes
+) -> None:
+    """Cut by the call's own deadline rather than by the upstream, the tool call streamed so far is charged too."""
+    deltas: list[str] = []
+    async with (
+        StallingUpstream(wire) as upstream,
+        providers_service(tmp_path, upstream.url, upstream.url, total_timeout_s=1.0, read_timeout_s=10.0) as stub,
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            async for chunk in stub.GenerateStream(request(model)):
+                deltas.append(chunk.delta)
+    err = error_of(caught.value)
+    assert err.reason == "STREAM_INTERRUPTED" and err.metadata["cause"] == "UPSTREAM_TIMEOUT"
+    assert "".join(deltas) == TEXT
     assert int(err.metadata["output_tokens"]) >= count_tokens(TEXT) + count_tokens(ARGUMENTS)

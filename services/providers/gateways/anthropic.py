@@ -70,6 +70,7 @@ class AnthropicGateway:
                             json_text(block.get("id"), "tool id"), json_text(block.get("name"), "tool"), ""
                         )
                         calls[index] = call
+                        yield Completion(tool_calls=[calls[i] for i in sorted(calls)])  # said as it starts
                 elif kind == "content_block_delta":
                     delta = json_obj(payload.get("delta"), "delta")
                     if delta.get("type") == "text_delta" and (text := json_text(delta.get("text"), "text delta")):

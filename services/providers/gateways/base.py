@@ -43,7 +43,9 @@ class Completion:
     logprobs: dict[str, Any] | None = None  # OpenAI's choices[0].logprobs, as given (a stream's joined)
 
 
-# A stream yields text deltas and Completions carrying usage, finish reason and the whole tool calls.
+# A stream yields text deltas and Completions carrying usage, finish reason and the tool calls: each call as soon as
+# it starts, its arguments growing in place as they stream in, so that a stream cut at any moment (the call's deadline
+# included, which no gateway sees coming) is charged the arguments generated so far.
 StreamEvent = str | Completion
 
 # "lost": the connection failed after the request was sent (or a stream the upstream accepted ended before its first

@@ -52,8 +52,11 @@ class OpenAIGateway:
                     delta = json_obj(choice.get("delta"), "delta")
                     if content := json_text(delta.get("content"), "delta's content"):
                         yield content
+                    known = len(calls)
                     for fragment in json_list(delta.get("tool_calls"), "delta's tool calls"):
                         _add_fragment(calls, fragment)
+                    if len(calls) > known:  # said as soon as it starts (base.StreamEvent)
+                        yield Completion(tool_calls=[calls[i] for i in sorted(calls)])
                     end.finish_reason = json_text(choice.get("finish_reason"), "finish reason") or end.finish_reason
                     _add_logprobs(end, choice.get("logprobs"))
                 if chunk.get("usage"):
