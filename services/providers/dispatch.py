@@ -20,6 +20,7 @@ import grpc
 
 from llmrouter.errors import ServiceError
 from llmrouter.registry import ModelSpec, ProviderSpec
+from llmrouter.tokens import count_tokens
 from llmrouter.v1 import common_pb2, provider_pb2
 from services.providers import metrics
 from services.providers.accounting import decimal_str, input_bound, settle
@@ -280,9 +281,12 @@ class Dispatcher:
         what attempts that failed before it consumed."""
         metrics.REQUESTS.labels(self.provider, model.name, _STATUS[err.kind][2]).inc()
         log.warning("upstream stream interrupted", extra=self._log_fields(model, request, err))
-        # Output counts the provider sent belong to an unfinished stream; count what the upstream sent.
         output = served + (json.dumps(end.tool_calls) if end.tool_calls else "")
-        usage, cost = await settle(model, request, output, end.input_tokens, None)
+        # What the upstream sent, counted here, unless it said it generated more: its count is cumulative (Anthropic's
+        # message_delta, OpenAI's usage chunk, sent once it finished generating) and what it bills.
+        reported = end.output_tokens
+        output_tokens = reported if reported is not None and reported >= count_tokens(output) else None
+        usage, cost = await settle(model, request, output, end.input_tokens, output_tokens)
         usage, cost = wasted.on_top(usage, cost)
         self._count_tokens(model, usage.input_tokens, usage.output_tokens)
         return ServiceError(

@@ -61,6 +61,7 @@ class OpenAIGateway:
                     _add_logprobs(end, choice.get("logprobs"))
                 if chunk.get("usage"):
                     end.input_tokens, end.output_tokens = _usage(chunk["usage"])
+                    yield Completion(input_tokens=end.input_tokens, output_tokens=end.output_tokens)
             if not done and not end.finish_reason:
                 raise UpstreamError("unavailable", "upstream stream ended before it was complete", retryable=True)
         except UpstreamError as exc:

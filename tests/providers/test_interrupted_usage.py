@@ -1,0 +1,49 @@
+"""A stream cut after its upstream said how much it generated (Anthropic's message_delta, OpenAI's usage chunk) but
+before it ended (message_stop, [DONE]): the answer reached the caller, and the upstream bills the tokens it counted.
+The interrupted stream is charged that count, not the fewer tokens the text delivered counts to here (Claude's and
+Llama's tokenizers cut text finer than cl100k_base)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+
+from llmrouter.tokens import count_tokens
+from tests.providers.conftest import providers_service
+from tests.providers.helpers import error_of, request
+from tests.providers.test_hostile_upstream import MESSAGE_START, RawUpstream, events, openai_chunk
+
+TEXT = "The answer, written out in full, is four."
+REPORTED_OUTPUT = 3 * count_tokens(TEXT)  # the upstream's own tokenizer: finer than cl100k_base
+
+
+def anthropic_wire() -> bytes:
+    return events(
+        MESSAGE_START,
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": TEXT}},
+        {"type": "content_block_stop", "index": 0},
+        {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": REPORTED_OUTPUT}},
+        anthropic=True,
+    )  # ended by the connection's close, before message_stop
+
+
+def openai_wire() -> bytes:
+    counts = {"prompt_tokens": 10, "completion_tokens": REPORTED_OUTPUT}
+    usage = {"id": "c", "object": "chat.completion.chunk", "choices": [], "usage": counts}
+    return events(openai_chunk({"role": "assistant", "content": TEXT}), usage)  # no finish reason, no [DONE]
+
+
+@pytest.mark.parametrize(("model", "wire"), [("claude", anthropic_wire()), ("cheap", openai_wire())])
+async def test_a_stream_cut_after_its_usage_is_charged_the_usage(tmp_path: Path, model: str, wire: bytes) -> None:
+    deltas: list[str] = []
+    async with RawUpstream(wire) as upstream, providers_service(tmp_path, upstream.url, upstream.url) as stub:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            async for chunk in stub.GenerateStream(request(model)):
+                deltas.append(chunk.delta)
+    err = error_of(caught.value)
+    assert err.reason == "STREAM_INTERRUPTED" and "".join(deltas) == TEXT
+    assert err.metadata["output_tokens"] == str(REPORTED_OUTPUT)
+    assert err.metadata["input_tokens"] == "10" and err.metadata["estimated"] == "false"
