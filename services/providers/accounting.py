@@ -8,7 +8,7 @@ from decimal import Decimal
 
 from llmrouter.byte_bound import utf8_bound
 from llmrouter.registry import ModelSpec
-from llmrouter.tokens import count_prompt_tokens, count_tokens
+from llmrouter.tokens import count_prompt_tokens, count_text_tokens
 from llmrouter.v1 import common_pb2
 from services.providers.gateways.base import UpstreamRequest
 
@@ -25,7 +25,7 @@ async def settle(
     if input_tokens is None:
         input_tokens = await estimated_input(model, request)
     if output_tokens is None:
-        output_tokens = count_tokens(content)
+        output_tokens = await count_text_tokens(content)
     usage = common_pb2.Usage(input_tokens=input_tokens, output_tokens=output_tokens, estimated=estimated)
     return usage, decimal_str(model.cost_usd(input_tokens, output_tokens))
 

@@ -20,7 +20,7 @@ import grpc
 
 from llmrouter.errors import ServiceError
 from llmrouter.registry import ModelSpec, ProviderSpec
-from llmrouter.tokens import count_tokens
+from llmrouter.tokens import count_text_tokens
 from llmrouter.v1 import common_pb2, provider_pb2
 from services.providers import metrics
 from services.providers.accounting import decimal_str, input_bound, settle
@@ -284,9 +284,10 @@ class Dispatcher:
         output = served + (json.dumps(end.tool_calls) if end.tool_calls else "")
         # What the upstream sent, counted here, unless it said it generated more: its count is cumulative (Anthropic's
         # message_delta, OpenAI's usage chunk, sent once it finished generating) and what it bills.
-        reported = end.output_tokens
-        output_tokens = reported if reported is not None and reported >= count_tokens(output) else None
-        usage, cost = await settle(model, request, output, end.input_tokens, output_tokens)
+        counted, reported = await count_text_tokens(output), end.output_tokens
+        exact = reported is not None and reported >= counted
+        usage, cost = await settle(model, request, output, end.input_tokens, reported if exact else counted)
+        usage.estimated |= not exact
         usage, cost = wasted.on_top(usage, cost)
         self._count_tokens(model, usage.input_tokens, usage.output_tokens)
         return ServiceError(

@@ -12,7 +12,7 @@ import grpc
 import pytest
 import yaml
 
-from llmrouter.server import start_server
+from llmrouter.server import CHANNEL_OPTIONS, start_server
 from llmrouter.v1 import provider_pb2_grpc
 from services.providers import ProvidersSettings, build
 from tests.fakes import FakeAnthropic, FakeOpenAI
@@ -110,7 +110,8 @@ async def providers_service(
     registrations, closers = await build(settings)
     running = await start_server("providers", settings, registrations, closers)
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        # The router's message limits (CHANNEL_OPTIONS' first two), so replies as large as it takes are read whole.
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}", options=CHANNEL_OPTIONS[:2]) as channel:
             yield provider_pb2_grpc.ProviderStub(channel)
     finally:
         await running.stop(0)
