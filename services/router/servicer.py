@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing
 from typing import Any
 
@@ -169,6 +169,13 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         await self._after_turn(routed, response)
         return response
 
+    async def _charge_partial(
+        self, routed: Routed, stream: StreamState, outcome: str, measured: Mapping[str, str]
+    ) -> None:
+        """An interrupted or abandoned stream charged what reached its caller."""
+        partial = await stream.partial(routed, measured)
+        await self.charger.settle(routed, charging.response(routed, partial), outcome, partial)
+
     async def _after_turn(self, routed: Routed, response: router_pb2.CompleteResponse) -> None:
         await self.cache.put(routed, response)
         planned = routed.plan.order[0].model.name
@@ -214,8 +221,11 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             # Failed or abandoned mid-stream: what reached the caller was served and is charged once.
             if stream.parts and stream.served is None:
                 outcome = "interrupted" if isinstance(exc, ServiceError) else "cancelled"
-                partial = stream.partial(routed, exc.metadata if isinstance(exc, ServiceError) else {})
-                await self.charger.settle(routed, charging.response(routed, partial), outcome, partial)
+                measured = exc.metadata if isinstance(exc, ServiceError) else {}
+                # Counting what was delivered takes turns of the event loop: run to its end, shielded, and nothing
+                # else may settle the request (at what it owes alone) while it runs.
+                routed.settled = True
+                await asyncio.shield(self.charger.run_to_end(self._charge_partial(routed, stream, outcome, measured)))
             elif not stream.parts and stream.served is None and not isinstance(exc, ServiceError):
                 # Left before the first token: what the upstream generated is unknown, so its worst case, on top of
                 # what the attempt's failed retries consumed.

@@ -14,7 +14,7 @@ import grpc
 
 from llmrouter.errors import NEVER_CONNECTED, ServiceError
 from llmrouter.registry import ModelSpec
-from llmrouter.tokens import count_tokens
+from llmrouter.tokens import count_text_tokens
 from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc
 from services.router import escalation, metrics, policy
 from services.router.admission import Admission
@@ -55,7 +55,7 @@ class StreamState:
     def consumed_usd(self) -> Decimal:
         return self.model.cost_usd(self.consumed.input_tokens, self.consumed.output_tokens)
 
-    def partial(self, routed: Routed, measured: Mapping[str, str]) -> Served:
+    async def partial(self, routed: Routed, measured: Mapping[str, str]) -> Served:
         """What an interrupted stream served: as the provider measured it, else counted here."""
         text = "".join(self.parts)
         if "cost_usd" in measured:
@@ -63,7 +63,8 @@ class StreamState:
             cost, estimated = Decimal(measured["cost_usd"]), False
         else:  # counted here, with what failed retries consumed (no metadata counted it: the caller left, or a cut)
             input_tokens = routed.limits.input_tokens + self.consumed.input_tokens
-            output_tokens = count_tokens(text) + self.consumed.output_tokens
+            # In chunks that let other requests run: a hostile upstream's answer may be megabytes.
+            output_tokens = await count_text_tokens(text) + self.consumed.output_tokens
             cost, estimated = self.model.cost_usd(input_tokens, output_tokens), True
         return Served(
             self.model,
