@@ -7,7 +7,13 @@ import json
 from decimal import Decimal
 
 from llmrouter.registry import ModelSpec
-from llmrouter.tokens import TOOL_USE_FRAMING, count_message_tokens, count_prompt_tokens, count_tokens
+from llmrouter.tokens import (
+    TOOL_USE_FRAMING,
+    count_message_tokens,
+    count_prompt_tokens,
+    count_text_tokens,
+    count_tokens,
+)
 from llmrouter.v1 import common_pb2
 from services.router.costs import affordable_output, worst_pico
 
@@ -51,6 +57,13 @@ async def test_long_texts_are_counted_exactly_in_chunks() -> None:
     text = " ".join(f"word{i}, and then some more text;" for i in range(20_000))  # ~700 kB, many chunks
     messages = [message("user", text)]
     assert await count_prompt_tokens(messages, "", False, NO_LIMIT) == count_message_tokens(messages)
+
+
+async def test_an_answer_is_counted_in_chunks_exactly_or_high() -> None:
+    """count_text_tokens, which counts answers (megabytes from a hostile upstream) in turns of the event loop."""
+    text = " ".join(f"word{i}, and then some more text;" for i in range(20_000))
+    assert await count_text_tokens(text) == count_tokens(text)
+    assert await count_text_tokens("x" * 100_000) >= count_tokens("x" * 100_000)
 
 
 async def test_a_run_without_spaces_is_cut_and_counted_high() -> None:
