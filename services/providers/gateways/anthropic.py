@@ -55,9 +55,10 @@ class AnthropicGateway:
         output_tokens: int | None = None
         try:
             async for event, data in post_sse(self.client, PATH, {**body(request), "stream": True}):
-                started = True
                 payload = loads(data)
                 kind = payload.get("type", event)
+                # Answering from its first other event: an error before it (overloaded_error) consumed nothing.
+                started |= kind not in ("ping", "error")
                 if kind == "message_start":
                     input_tokens, _ = _usage(json_obj(payload.get("message"), "message").get("usage"))
                     yield Completion(input_tokens=input_tokens)

@@ -40,13 +40,13 @@ class OpenAIGateway:
         done = started = False
         try:
             async for _, data in post_sse(self.client, PATH, payload):
-                started = True
                 if data.strip() == "[DONE]":
                     done = True
                     break
                 chunk = loads(data)
                 if "error" in chunk:
                     raise UpstreamError("unavailable", "upstream reported an error mid-stream", retryable=True)
+                started = True  # answering: an error as the first event consumed nothing, as a 5xx status
                 for item in json_list(chunk.get("choices"), "choices"):
                     choice = json_obj(item, "choice")
                     delta = json_obj(choice.get("delta"), "delta")
