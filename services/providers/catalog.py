@@ -21,9 +21,9 @@ from services.providers.gateways.openai_batch import OpenAIBatches
 from services.providers.settings import ProvidersSettings
 
 log = logging.getLogger("llmrouter.providers")
-# A dispatcher replaced by a registry reload is closed this long after, so the calls it serves finish first
-# (the longest request is 120 s).
-RETIRE_AFTER_S = 150.0
+# A dispatcher replaced by a registry reload is closed once the calls it serves have ended, and not before this
+# long after: a call that resolved it just before the swap may not hold its slot yet.
+RETIRE_AFTER_S = 5.0
 # The Batch API of each provider kind that has one spoken here (llmrouter.registry.BATCH_KINDS).
 BATCH_APIS: dict[str, type[OpenAIBatches] | type[AnthropicBatches]] = {
     "openai": OpenAIBatches,
@@ -52,7 +52,9 @@ class Catalog:
 
 
 class Retirement:
-    """Closes the dispatchers a reload replaced, once the calls they serve are done (or at shutdown)."""
+    """Closes the dispatchers a reload replaced, once the calls they serve are done (or at shutdown), however long
+    they run: closed at a fixed delay, a provider's total_timeout_s or a request's 540 s could pass it, and the
+    connections of a stream or call still running were cut under it."""
 
     def __init__(self, after_s: float = RETIRE_AFTER_S) -> None:
         self.after_s = after_s
@@ -74,6 +76,8 @@ class Retirement:
     async def _close_later(self, dispatchers: list[Dispatcher]) -> None:
         try:
             await asyncio.sleep(self.after_s)
+            for dispatcher in dispatchers:
+                await dispatcher.drained()
         finally:
             for dispatcher in dispatchers:
                 await dispatcher.aclose()

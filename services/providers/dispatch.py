@@ -80,6 +80,11 @@ class Dispatcher:
         if self.batches is not None:
             await self.batches.aclose()
 
+    async def drained(self) -> None:
+        """Once no call holds a slot: every slot taken, for good (a retired dispatcher serves nothing more)."""
+        for _ in range(self.spec.max_concurrency):
+            await self.slots.acquire()
+
     def breaker(self, model: str) -> CircuitBreaker:
         if model not in self.breakers:
             gauge = metrics.CIRCUIT.labels(self.provider, model)
