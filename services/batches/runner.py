@@ -3,7 +3,8 @@ is a chat completion sent to the router like any request (same policy, budgets a
 and key, with request id `<batch id>:<custom_id>`, at most EDGE_BATCH_CONCURRENCY lines at a time across the
 edge's batches, and at most EDGE_BATCH_MAX_RUNNING batches at a time, each holding its input file (wire.Lines: the
 bytes and where each line is, a line parsed as it is sent); the others wait in the store's active set, but one past
-its window runs without a place (one such at a time), so that it ends on time, `expired`. An edge runs only the
+its window, or cancelled, runs without a place (one such at a time), so that it ends on time, `expired`, or at once,
+`cancelled` (a cancelled batch with no line at a provider ends without reading its input file). An edge runs only the
 batches of keys it serves (Runner._may_run): a revoked key's batch sends nothing more.
 
 Each line's result is written once to the store, so a restarted edge resumes a batch where it stopped. A line the
@@ -162,10 +163,13 @@ class Runner:
             if parked_s > 0 and (state.get("status") != b"cancelling" or "failures" in state):
                 wake_s = min(wake_s, parked_s)
                 continue
-            # Past its window, a batch that finds no place still ends on time, `expired` (_expiring).
-            expired = "tenant" in state and time.time() >= wire.expires_at(state)
-            if self._full() and not (expired and not self._expiring):
-                if "tenant" in state and not expired:  # it expires then: looked at again at that time
+            # Past its window, a batch that finds no place still ends on time, `expired`; cancelled, it ends at once,
+            # `cancelled`, as OpenAI's do, not after the batches running (_expiring).
+            ending = "tenant" in state and (
+                time.time() >= wire.expires_at(state) or state.get("status") == b"cancelling"
+            )
+            if self._full() and not (ending and not self._expiring):
+                if "tenant" in state and not ending:  # it expires then: looked at again at that time
                     wake_s = min(wake_s, max(0.0, wire.expires_at(state) - time.time()))
                 continue
             # Only batches no other edge runs run here (its run renews the lease taken now).
@@ -199,7 +203,7 @@ class Runner:
                 log.warning("batch store unreachable; will look for batches to resume again", exc_info=True)
 
     def start(self, batch_id: str, expiring: bool = False) -> None:
-        """`expiring`: a batch past its window, run without a place (_expiring)."""
+        """`expiring`: a batch past its window or cancelled, run without a place (_expiring)."""
         if batch_id not in self.runs and not self.stopping and (expiring or not self._full()):
             task = asyncio.create_task(self._run(batch_id))
             self.runs[batch_id] = task
@@ -246,6 +250,12 @@ class Runner:
             if not batch:  # evicted from the store: nothing left to run or to report to
                 await self.store.activate(batch_id, False)
                 self._ended_here.add(batch_id)
+                return
+            cancelled_in_window = batch["status"] == b"cancelling" and time.time() < wire.expires_at(batch)
+            if cancelled_in_window and not await self.deferral.recorded(batch_id):
+                # No line goes out any more, nor is one at a provider to collect: it ends now, without its input
+                # file (read, it took a place's memory; gone, it failed the batch).
+                await self._finish(batch_id, batch, "cancelled")
                 return
             content = await self.store.content(file_key(batch["input_file_id"].decode()))
             if content is None and batch["status"] in ENDED:
