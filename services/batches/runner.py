@@ -12,7 +12,9 @@ router never admitted (the router unreachable or restarting, the money store dow
 same request id, its batch parked until the router's retry time (pending.py) so that its lines hold no slot
 meanwhile; a park of PARK_LEAVE_S or more (a rate limit's next window) ends the run, its input file dropped, its
 running place and its lease given up, with its time to run again in the batch's hash (parked_until, seen by every
-edge's adoption); any other failure is the line's error (the error file). A run that fails (raises) parks its batch
+edge's adoption); any other failure is the line's error (the error file). A run that finds the router out of reach
+as it offers the batch's lines (deferral.py) ends too, parked for a second, doubled each time in a row up to an
+adoption pass, never past its window's end (Store.back_off). A run that fails (raises) parks its batch
 too, for a time that doubles with each failure in a row (counted in the batch's hash), but not past its window's end,
 and its first failure past that end is run again at once: that run sends no new line (it needs no router but for
 lines in doubt or in provider batches), so it ends the batch `expired` on time unless it fails too. Stopping the edge
@@ -80,6 +82,13 @@ PARK_LEAVE_S = 5.0
 # every edge: retried at each adoption pass (LEASE_S / 2), a batch whose run always fails kept failing.
 FAILED_FIRST_S = float(LEASE_S)
 FAILED_MOST_S = 600.0
+# A run whose lines could not be offered (the router out of reach, deferral.py) ends, parking its batch this long,
+# doubled each time in a row up to UNREACHED_MOST_S, for every edge (Store.back_off, its own count): a router
+# restarting is back within seconds, and was waited for up to an adoption pass (LEASE_S / 2); one down for long is
+# tried as often as before, by one edge, not by each at its own pass.
+UNREACHED_FIRST_S = 1.0
+UNREACHED_MOST_S = LEASE_S / 2
+UNREACHED = "unreached"  # the batch's hash field counting them
 
 ErrorFor = Callable[[grpc.RpcError, str], ApiError]
 Serves = Callable[[str, str], bool]  # (tenant, key id) -> whether this edge serves them
@@ -274,8 +283,13 @@ class Runner:
                 deferred: dict[int, dict[str, str]] | None = await self.deferral.recorded(batch_id)
             else:
                 deferred = await self.deferral.offer(batch_id, batch, lines, set(done))
-            if deferred is None:
-                return  # the router is out of reach: resumed later
+            if deferred is None:  # the router is out of reach: resumed at its back-off's end
+                until = await self.store.back_off(batch_id, UNREACHED_FIRST_S, UNREACHED_MOST_S, UNREACHED)
+                log.warning("batch parked: the router is out of reach", extra={"id": batch_id, "until": until})
+                self._ended_here.add(batch_id)  # the adoption wakes at `until`; its place goes to a waiting batch
+                return
+            if UNREACHED in batch:
+                await self.store.drop(batch_key(batch_id), UNREACHED)
             done = await self.store.get(results_key(batch_id))
             sent = await self.store.get(sent_key(batch_id))
             unfinished = [i for i in range(len(lines)) if str(i) not in done and i not in deferred]

@@ -4,7 +4,8 @@ of another tenant is not found.
 
 Keys (prefix llmrouter:batch:): `file:<id>` a hash (tenant, filename, purpose, created_at, bytes, content);
 `batch:<id>` a hash (the batch's fields, counters included, `parked_until`: the epoch time before which no edge runs
-it again, and `failures`: its runs that failed in a row, runner.py); `batch:<id>:results` a hash from line index to
+it again, `failures`: its runs that failed in a row, and `unreached`: its runs in a row that found the router out of
+reach, runner.py); `batch:<id>:results` a hash from line index to
 its result line, written once (the line counts once however often it is retried); `batch:<id>:deferred` a hash from
 line index to the provider batch it was sent in (deferral.py); `active` the set of batches still to run;
 `lease:<id>` which edge runs a batch now (one at a time, or two would send each line twice); `file:<id>:readers` a
@@ -86,8 +87,9 @@ class Store(Protocol):
     async def release(self, batch_id: str, owner: str) -> None:
         """Give up the lease, if this owner holds it: any edge may run the batch from now."""
 
-    async def back_off(self, batch_id: str, first_s: float, most_s: float) -> float | None:
-        """A run of the batch failed: one more failure in a row, and the batch parked for first_s, doubled with each
+    async def back_off(self, batch_id: str, first_s: float, most_s: float, counter: str = "failures") -> float | None:
+        """A run of the batch failed: one more failure in a row (counted in the hash's `counter` field: `failures`, or
+        `unreached` for a run that found the router out of reach), and the batch parked for first_s, doubled with each
         failure in a row, at most most_s, and never past its expires_at while that is to come: its run then expires
         it on time, not up to most_s late, `in_progress` meanwhile. Its first failure past expires_at (its last park,
         if any, ended by then) parks it until now: run again at once, it ends `expired` (sending no new line) unless
@@ -134,10 +136,11 @@ return 1
 """
 
 # KEYS: a batch's hash. ARGV: now, first_s, most_s, a day (its window when it has no expires_at, as
-# wire.expires_at). Never recreates a hash that is gone (evicted, or expired). Store.back_off says when it parks.
+# wire.expires_at), the field counting its failures in a row. Never recreates a hash that is gone (evicted, or
+# expired). Store.back_off says when it parks.
 BACK_OFF = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-local failures = redis.call('HINCRBY', KEYS[1], 'failures', 1)
+local failures = redis.call('HINCRBY', KEYS[1], ARGV[5], 1)
 local now = tonumber(ARGV[1])
 local wait = math.min(tonumber(ARGV[2]) * 2 ^ (failures - 1), tonumber(ARGV[3]))
 local expires = tonumber(redis.call('HGET', KEYS[1], 'expires_at') or '')
@@ -236,8 +239,8 @@ class RedisStore:
     async def release(self, batch_id: str, owner: str) -> None:
         await self.redis.eval(RELEASE, 1, f"{PREFIX}lease:{batch_id}", owner)
 
-    async def back_off(self, batch_id: str, first_s: float, most_s: float) -> float | None:
-        args = (repr(time.time()), first_s, most_s, wire.DAY_S)
+    async def back_off(self, batch_id: str, first_s: float, most_s: float, counter: str = "failures") -> float | None:
+        args = (repr(time.time()), first_s, most_s, wire.DAY_S, counter)
         until = await self.redis.eval(BACK_OFF, 1, batch_key(batch_id), *args)
         return None if until is None else float(until)
 
@@ -341,11 +344,11 @@ class MemoryStore:
     async def release(self, batch_id: str, owner: str) -> None:
         pass
 
-    async def back_off(self, batch_id: str, first_s: float, most_s: float) -> float | None:
+    async def back_off(self, batch_id: str, first_s: float, most_s: float, counter: str = "failures") -> float | None:
         batch = await self.get(batch_key(batch_id))
         if not batch:
             return None
-        failures = await self.add(batch_key(batch_id), "failures", 1)
+        failures = await self.add(batch_key(batch_id), counter, 1)
         at = time.time()
         until = at + min(first_s * 2 ** min(failures - 1, 64), most_s)
         if "expires_at" in batch or "created_at" in batch:

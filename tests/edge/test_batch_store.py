@@ -183,3 +183,19 @@ async def test_a_failed_runs_back_off_ends_at_its_batchs_expiry_and_goes_on_past
     await store.put(batch_key(parked), {"expires_at": str(ended), "parked_until": repr(ended + 0.5)})
     before = time.time()
     assert before + 30 - 0.01 <= (await store.back_off(parked, 30, 200) or 0) <= time.time() + 30
+
+
+async def test_a_back_off_counts_in_its_own_field(store: Store) -> None:
+    """The router out of reach (runner.UNREACHED) backs a batch off from its own count, leaving its failed runs'
+    alone: each doubles from its own first wait, and both end at the batch's expiry."""
+    batch_id = f"b-{uuid.uuid4().hex}"
+    expires = int(time.time()) + 20
+    await store.put(batch_key(batch_id), {"status": "in_progress", "expires_at": str(expires), "failures": "2"})
+    for waited_s in (1, 2, 4, 8, 8):
+        before = time.time()
+        until = await store.back_off(batch_id, 1, 8, "unreached")
+        assert until is not None and before + waited_s - 1e-5 <= until <= time.time() + waited_s
+    assert await store.back_off(batch_id, 30, 200) == expires  # its third failure: 120 s, past its window
+    batch = await store.get(batch_key(batch_id))
+    assert batch["unreached"] == b"5" and batch["failures"] == b"3"
+    assert await store.back_off(batch_id, 16, 32, "unreached") == expires

@@ -1,0 +1,82 @@
+"""A batch run that cannot offer its lines (the router out of reach) ends, parked for a second, then two, four...
+up to an adoption pass: it was run again only at the next pass, up to 15 s on, however soon the router came back
+(a restart), and not sooner while its place went unused."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+
+from llmrouter.v1 import router_pb2, router_pb2_grpc
+from services.batches.runner import LEASE_S, UNREACHED_FIRST_S
+from services.edge.settings import EdgeSettings
+from tests.integration.conftest import free_port, served_edge
+from tests.integration.test_batch_cancel_waiting import create, status_of
+from tests.redis_servers import RedisServer
+
+
+class ComingBackRouter(router_pb2_grpc.RouterServicer):
+    """Out of reach for its first `down` offers (UNAVAILABLE, as a router's address answers while it restarts),
+    recording when each came; then without provider batches, answering each line."""
+
+    def __init__(self, down: int) -> None:
+        self.down = down
+        self.offers: list[float] = []
+
+    async def SubmitBatch(self, request: router_pb2.SubmitLinesRequest, context: grpc.aio.ServicerContext) -> None:
+        self.offers.append(time.monotonic())
+        if len(self.offers) <= self.down:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the router is restarting")
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "no provider batches")
+
+    async def Complete(
+        self, request: router_pb2.CompleteRequest, context: grpc.aio.ServicerContext
+    ) -> router_pb2.CompleteResponse:
+        return router_pb2.CompleteResponse(id=request.request_id, model="back", content="ok", cost_usd="0")
+
+
+@asynccontextmanager
+async def serving(router: ComingBackRouter) -> AsyncIterator[str]:
+    server = grpc.aio.server()
+    router_pb2_grpc.add_RouterServicer_to_server(router, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        await server.stop(None)
+
+
+@pytest.fixture(params=["redis", "memory"])
+async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str | None]:
+    if request.param == "memory":
+        yield None
+        return
+    server = RedisServer(tmp_path, "--save", "").start()
+    yield server.url
+    server.stop()
+
+
+async def test_a_batch_whose_router_is_out_of_reach_is_run_again_after_a_short_back_off(
+    store_url: str | None,
+) -> None:
+    router = ComingBackRouter(down=3)
+    async with serving(router) as router_addr:
+        settings = EdgeSettings(
+            port=free_port(), router_addr=router_addr, batch_redis_url=store_url, access_log="off", metrics_port=0
+        )
+        async with served_edge(settings) as base, httpx.AsyncClient(base_url=base, timeout=10) as client:
+            batch_id = await create(client, "back")
+            done = await status_of(client, batch_id, "completed", LEASE_S / 2 - 2)  # before the next adoption pass
+    assert done["request_counts"] == {"total": 2, "completed": 2, "failed": 0}
+    gaps = [later - sooner for sooner, later in zip(router.offers, router.offers[1:], strict=False)]
+    assert len(gaps) == 3, gaps
+    for tries, gap in enumerate(gaps):  # 1 s, 2 s, 4 s: a router down is not called again and again
+        backed_off_s = UNREACHED_FIRST_S * 2**tries
+        assert backed_off_s - 0.05 <= gap <= backed_off_s + 1.0, gaps
