@@ -260,6 +260,12 @@ class Runner:
                 await self.store.activate(batch_id, False)
                 self._ended_here.add(batch_id)
                 return
+            if batch["status"] in ENDED:
+                # Still active: its finish was interrupted past its status, or another edge's adoption read it active
+                # just before its run ended it. Finished again as it ended: run on, a `cancelled` batch sent the lines
+                # it never sent, and ended `completed`.
+                await self._finish(batch_id, batch, batch["status"].decode())
+                return
             cancelled_in_window = batch["status"] == b"cancelling" and time.time() < wire.expires_at(batch)
             if cancelled_in_window and not await self.deferral.recorded(batch_id):
                 # No line goes out any more, nor is one at a provider to collect: it ends now, without its input
@@ -267,10 +273,6 @@ class Runner:
                 await self._finish(batch_id, batch, "cancelled")
                 return
             content = await self.store.content(file_key(batch["input_file_id"].decode()))
-            if content is None and batch["status"] in ENDED:
-                # A finish interrupted past the batch's status, the input deleted since: finished again without it.
-                await self._finish(batch_id, batch, batch["status"].decode())
-                return
             if content is None:  # evicted, or the store flushed: the batch cannot go on (and its run not crash)
                 await self._finish(batch_id, batch, "failed", wire.batch_errors(*MISSING_INPUT, "input_file_id"))
                 return
@@ -477,14 +479,15 @@ class Runner:
     async def _finish(self, batch_id: str, batch: dict[str, bytes], status: str, errors: str | None = None) -> None:
         """The batch ends with `status` (completed, cancelled, expired or failed with `errors`) and the output and
         error files of the lines that finished, in input order; ids derived from the batch, so a finish interrupted
-        and run again writes the same files."""
-        if status == "completed":
+        and run again writes the same files (its status and the time it ended kept)."""
+        again = batch["status"] == status.encode()
+        if status == "completed" and not again:
             await self.store.put(batch_key(batch_id), {"status": "finalizing", "finalizing_at": now()})
         results = await self.store.get(results_key(batch_id))
         parsed = [json.loads(results[str(i)]) for i in range(int(batch["total"])) if str(i) in results]
         tenant = batch["tenant"].decode()
         fields: dict[str, str | bytes] = {"status": status}
-        if status != "expired":  # an expired batch's expired_at is when it expired, not when its last lines came
+        if status != "expired" and not again:  # an expired batch's expired_at: when it expired, not its last line
             fields[f"{status}_at"] = now()
         if errors is not None:
             fields["errors"] = errors

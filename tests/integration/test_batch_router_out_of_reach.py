@@ -28,6 +28,7 @@ class ComingBackRouter(router_pb2_grpc.RouterServicer):
     def __init__(self, down: int) -> None:
         self.down = down
         self.offers: list[float] = []
+        self.completed: list[str] = []  # the request ids of the lines sent
 
     async def SubmitBatch(self, request: router_pb2.SubmitLinesRequest, context: grpc.aio.ServicerContext) -> None:
         self.offers.append(time.monotonic())
@@ -38,6 +39,7 @@ class ComingBackRouter(router_pb2_grpc.RouterServicer):
     async def Complete(
         self, request: router_pb2.CompleteRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.CompleteResponse:
+        self.completed.append(request.request_id)
         return router_pb2.CompleteResponse(id=request.request_id, model="back", content="ok", cost_usd="0")
 
 
