@@ -326,9 +326,8 @@ class BatchApi:
     async def cancel_batch(self, request: Request) -> Response:
         """Lines not yet sent are not sent; those in flight finish. The batch ends `cancelled`, with the files
         of the lines that finished. A batch already ending or ended is returned as it is."""
-        batch_id, fields = await self._batch(request)
-        if fields["status"] in (b"validating", b"in_progress"):
-            await self.store.put(batch_key(batch_id), {"status": "cancelling", "cancelling_at": now()})
+        batch_id, _ = await self._batch(request)
+        if await self.store.cancel(batch_id, now()):
             self.runner.start(batch_id)  # on this edge, if no other runs it: it ends the batch
         return JSONResponse(wire.batch_body(batch_id, await self.store.get(batch_key(batch_id))))
 

@@ -95,6 +95,11 @@ class Store(Protocol):
         if any, ended by then) parks it until now: run again at once, it ends `expired` (sending no new line) unless
         it fails again, backed off then. When it is parked until; None when the batch is gone (nothing written)."""
 
+    async def cancel(self, batch_id: str, at: str) -> bool:
+        """The batch `cancelling` since `at`, if it is `validating` or `in_progress`, in one step: one that ended in
+        the meantime (its run finishing) stays as it ended, not `cancelling` (run again, it became `cancelled`, or
+        `failed` for want of its input file). True when it was cancelled so."""
+
     async def expire(self, keys: list[str], ttl_s: int) -> None: ...
 
     async def fields(self, keys: list[str], names: list[str] | None) -> list[dict[str, bytes]]:
@@ -156,6 +161,14 @@ end
 parked = string.format('%.6f', parked)
 redis.call('HSET', KEYS[1], 'parked_until', parked)
 return parked
+"""
+
+# KEYS: a batch's hash. ARGV: when. Store.cancel.
+CANCEL = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'validating' and status ~= 'in_progress' then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'cancelling', 'cancelling_at', ARGV[1])
+return 1
 """
 
 # KEYS: a tenant's index (ids by creation) and its deadlines. ARGV: id, created (ms; only where not yet listed),
@@ -243,6 +256,9 @@ class RedisStore:
         args = (repr(time.time()), first_s, most_s, wire.DAY_S, counter)
         until = await self.redis.eval(BACK_OFF, 1, batch_key(batch_id), *args)
         return None if until is None else float(until)
+
+    async def cancel(self, batch_id: str, at: str) -> bool:
+        return bool(await self.redis.eval(CANCEL, 1, batch_key(batch_id), at))
 
     async def expire(self, keys: list[str], ttl_s: int) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -359,6 +375,12 @@ class MemoryStore:
                 until = at
         await self.put(batch_key(batch_id), {"parked_until": repr(until)})
         return until
+
+    async def cancel(self, batch_id: str, at: str) -> bool:
+        if (await self.get(batch_key(batch_id))).get("status") not in (b"validating", b"in_progress"):
+            return False
+        await self.put(batch_key(batch_id), {"status": "cancelling", "cancelling_at": at})
+        return True
 
     async def expire(self, keys: list[str], ttl_s: int) -> None:
         now = time.monotonic()

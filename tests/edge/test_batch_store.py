@@ -199,3 +199,20 @@ async def test_a_back_off_counts_in_its_own_field(store: Store) -> None:
     batch = await store.get(batch_key(batch_id))
     assert batch["unreached"] == b"5" and batch["failures"] == b"3"
     assert await store.back_off(batch_id, 16, 32, "unreached") == expires
+
+
+async def test_only_a_running_batch_is_cancelled(store: Store) -> None:
+    """In one step: a batch whose run ended it since the cancel read it stays as it ended."""
+    for status in ("validating", "in_progress"):
+        batch_id = f"b-{uuid.uuid4().hex}"
+        await store.put(batch_key(batch_id), {"status": status})
+        assert await store.cancel(batch_id, "1700000000")
+        assert await store.get(batch_key(batch_id)) == {"status": b"cancelling", "cancelling_at": b"1700000000"}
+    for status in ("cancelling", "finalizing", "completed", "cancelled", "expired", "failed"):
+        batch_id = f"b-{uuid.uuid4().hex}"
+        await store.put(batch_key(batch_id), {"status": status})
+        assert not await store.cancel(batch_id, "1700000000")
+        assert await store.get(batch_key(batch_id)) == {"status": status.encode()}
+    gone = f"b-{uuid.uuid4().hex}"
+    assert not await store.cancel(gone, "1700000000")
+    assert await store.get(batch_key(gone)) == {}
