@@ -21,7 +21,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from services.batches import wire
 from services.batches.runner import Runner, file_fields
-from services.batches.store import Store, batch_key, delete_if_unread, file_key, now, readers_key, unread
+from services.batches.store import CANCELLABLE, Store, batch_key, delete_if_unread, file_key, now, readers_key, unread
 from services.edge.openai_api import ApiError, decode_json, read_limited
 from services.router.store import key_id
 
@@ -327,7 +327,7 @@ class BatchApi:
         """Lines not yet sent are not sent; those in flight finish. The batch ends `cancelled`, with the files
         of the lines that finished. A batch already ending or ended is returned as it is."""
         batch_id, _ = await self._batch(request)
-        if await self.store.cancel(batch_id, now()):
+        if await self.store.advance(batch_id, CANCELLABLE, "cancelling", now()):  # not one its run ended meanwhile
             self.runner.start(batch_id)  # on this edge, if no other runs it: it ends the batch
         return JSONResponse(wire.batch_body(batch_id, await self.store.get(batch_key(batch_id))))
 

@@ -94,6 +94,7 @@ ErrorFor = Callable[[grpc.RpcError, str], ApiError]
 Serves = Callable[[str, str], bool]  # (tenant, key id) -> whether this edge serves them
 
 SENT, REFUSED = b"sent", b"refused"  # a line's mark in sent_key: sent to the router; not admitted by it
+FINISHING = ("validating", "in_progress", "finalizing")  # it ends `completed` from these (finalizing: run again)
 MISSING_INPUT = ("input_file_missing", "The batch's input file is no longer stored, so its lines cannot be run.")
 
 
@@ -482,7 +483,10 @@ class Runner:
         and run again writes the same files (its status and the time it ended kept)."""
         again = batch["status"] == status.encode()
         if status == "completed" and not again:
-            await self.store.put(batch_key(batch_id), {"status": "finalizing", "finalizing_at": now()})
+            # Cancelled since its run last looked (its last lines in flight, or at providers): `cancelled`, as the
+            # cancel answered (`cancelling`), with every line's result.
+            finalizing = await self.store.advance(batch_id, FINISHING, "finalizing", now())
+            status = "completed" if finalizing else "cancelled"
         results = await self.store.get(results_key(batch_id))
         parsed = [json.loads(results[str(i)]) for i in range(int(batch["total"])) if str(i) in results]
         tenant = batch["tenant"].decode()

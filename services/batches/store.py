@@ -60,6 +60,7 @@ def index_keys(tenant: str, kind: str) -> tuple[str, str]:
 
 TOMBSTONE_S = 3600
 ENDED = (b"completed", b"failed", b"expired", b"cancelled")  # a batch in no other status still reads its input
+CANCELLABLE = ("validating", "in_progress")  # a batch that may be cancelled
 
 
 def sent_key(batch_id: str) -> str:
@@ -95,10 +96,9 @@ class Store(Protocol):
         if any, ended by then) parks it until now: run again at once, it ends `expired` (sending no new line) unless
         it fails again, backed off then. When it is parked until; None when the batch is gone (nothing written)."""
 
-    async def cancel(self, batch_id: str, at: str) -> bool:
-        """The batch `cancelling` since `at`, if it is `validating` or `in_progress`, in one step: one that ended in
-        the meantime (its run finishing) stays as it ended, not `cancelling` (run again, it became `cancelled`, or
-        `failed` for want of its input file). True when it was cancelled so."""
+    async def advance(self, batch_id: str, statuses: tuple[str, ...], status: str, at: str) -> bool:
+        """The batch in `status` since `at` (its `<status>_at`), if it is in one of `statuses`, in one step: a cancel
+        and a run ending the batch meanwhile (on this edge or another) do not undo each other. True when it moved."""
 
     async def expire(self, keys: list[str], ttl_s: int) -> None: ...
 
@@ -163,12 +163,16 @@ redis.call('HSET', KEYS[1], 'parked_until', parked)
 return parked
 """
 
-# KEYS: a batch's hash. ARGV: when. Store.cancel.
-CANCEL = """
+# KEYS: a batch's hash. ARGV: its new status, when, then the statuses it may move from. Store.advance.
+ADVANCE = """
 local status = redis.call('HGET', KEYS[1], 'status')
-if status ~= 'validating' and status ~= 'in_progress' then return 0 end
-redis.call('HSET', KEYS[1], 'status', 'cancelling', 'cancelling_at', ARGV[1])
-return 1
+for i = 3, #ARGV do
+  if status == ARGV[i] then
+    redis.call('HSET', KEYS[1], 'status', ARGV[1], ARGV[1] .. '_at', ARGV[2])
+    return 1
+  end
+end
+return 0
 """
 
 # KEYS: a tenant's index (ids by creation) and its deadlines. ARGV: id, created (ms; only where not yet listed),
@@ -257,8 +261,8 @@ class RedisStore:
         until = await self.redis.eval(BACK_OFF, 1, batch_key(batch_id), *args)
         return None if until is None else float(until)
 
-    async def cancel(self, batch_id: str, at: str) -> bool:
-        return bool(await self.redis.eval(CANCEL, 1, batch_key(batch_id), at))
+    async def advance(self, batch_id: str, statuses: tuple[str, ...], status: str, at: str) -> bool:
+        return bool(await self.redis.eval(ADVANCE, 1, batch_key(batch_id), status, at, *statuses))
 
     async def expire(self, keys: list[str], ttl_s: int) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -376,10 +380,10 @@ class MemoryStore:
         await self.put(batch_key(batch_id), {"parked_until": repr(until)})
         return until
 
-    async def cancel(self, batch_id: str, at: str) -> bool:
-        if (await self.get(batch_key(batch_id))).get("status") not in (b"validating", b"in_progress"):
+    async def advance(self, batch_id: str, statuses: tuple[str, ...], status: str, at: str) -> bool:
+        if (await self.get(batch_key(batch_id))).get("status", b"").decode() not in statuses:
             return False
-        await self.put(batch_key(batch_id), {"status": "cancelling", "cancelling_at": at})
+        await self.put(batch_key(batch_id), {"status": status, f"{status}_at": at})
         return True
 
     async def expire(self, keys: list[str], ttl_s: int) -> None:

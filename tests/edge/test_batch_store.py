@@ -13,7 +13,16 @@ from collections.abc import AsyncIterator
 import pytest
 
 from llmrouter.redis_connect import connect
-from services.batches.store import RedisStore, Store, batch_key, file_key, index_keys, open_store, results_key
+from services.batches.store import (
+    CANCELLABLE,
+    RedisStore,
+    Store,
+    batch_key,
+    file_key,
+    index_keys,
+    open_store,
+    results_key,
+)
 
 
 async def test_a_lease_is_held_by_one_edge_and_renewed_by_it(any_redis_url: str) -> None:
@@ -203,16 +212,16 @@ async def test_a_back_off_counts_in_its_own_field(store: Store) -> None:
 
 async def test_only_a_running_batch_is_cancelled(store: Store) -> None:
     """In one step: a batch whose run ended it since the cancel read it stays as it ended."""
-    for status in ("validating", "in_progress"):
+    for status in CANCELLABLE:
         batch_id = f"b-{uuid.uuid4().hex}"
         await store.put(batch_key(batch_id), {"status": status})
-        assert await store.cancel(batch_id, "1700000000")
+        assert await store.advance(batch_id, CANCELLABLE, "cancelling", "1700000000")
         assert await store.get(batch_key(batch_id)) == {"status": b"cancelling", "cancelling_at": b"1700000000"}
     for status in ("cancelling", "finalizing", "completed", "cancelled", "expired", "failed"):
         batch_id = f"b-{uuid.uuid4().hex}"
         await store.put(batch_key(batch_id), {"status": status})
-        assert not await store.cancel(batch_id, "1700000000")
+        assert not await store.advance(batch_id, CANCELLABLE, "cancelling", "1700000000")
         assert await store.get(batch_key(batch_id)) == {"status": status.encode()}
     gone = f"b-{uuid.uuid4().hex}"
-    assert not await store.cancel(gone, "1700000000")
+    assert not await store.advance(gone, CANCELLABLE, "cancelling", "1700000000")
     assert await store.get(batch_key(gone)) == {}
