@@ -16,6 +16,7 @@ from llmrouter.validation import validate
 from services.providers import batches
 from services.providers.catalog import Catalog, Retirement, build_catalog
 from services.providers.gateways.base import Message, UpstreamRequest
+from services.providers.honoured import refuse_unhonoured
 from services.providers.settings import ProvidersSettings
 
 SERVICE = "llmrouter.v1.Provider"
@@ -70,6 +71,7 @@ class ProviderServicer(provider_pb2_grpc.ProviderServicer):
 
 def upstream_request(model: ModelSpec, request: provider_pb2.GenerateRequest) -> UpstreamRequest:
     valid = validate(request)
+    refuse_unhonoured(model, valid.passthrough)
     # OpenAI's "developer" role is its newer name for "system"; upstreams that predate it (vLLM, Ollama,
     # Anthropic, the local model) know only "system".
     messages = [

@@ -3,7 +3,7 @@ in-process on a loopback port, against a registry that points at the fakes."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -53,7 +53,9 @@ def _fresh_fakes(openai_fake: FakeOpenAI, anthropic_fake: FakeAnthropic, monkeyp
     monkeypatch.setenv("FAKE_ANTHROPIC_KEY", ANTHROPIC_KEY)
 
 
-def registry(openai_url: str, anthropic_url: str, **overrides: Any) -> dict[str, Any]:
+def registry(
+    openai_url: str, anthropic_url: str, extra_models: Sequence[dict[str, Any]] = (), **overrides: Any
+) -> dict[str, Any]:
     limits = {**FAST, **overrides}
     return {
         "tiers": ["local", "economy", "premium"],
@@ -75,16 +77,19 @@ def registry(openai_url: str, anthropic_url: str, **overrides: Any) -> dict[str,
             "nokey": {"kind": "openai", "base_url": openai_url, "api_key_env": "FAKE_UNSET_KEY"},
         },
         "models": [
-            _model("smollm2-135m", "local", "local", "0", "0", upstream="smollm2-135m-instruct", max_output_tokens=512),
-            _model("cheap", "fakeai", "economy", "0.15", "0.60", upstream="cheap-upstream-v1"),
-            _model("strong", "fakeai", "premium", "2.50", "10.00"),
-            _model("claude", "fakeanthropic", "premium", "3.00", "15.00", upstream="claude-fake-20250101"),
-            _model("keyless", "nokey", "economy", "1", "1"),
+            model_entry(
+                "smollm2-135m", "local", "local", "0", "0", upstream="smollm2-135m-instruct", max_output_tokens=512
+            ),
+            model_entry("cheap", "fakeai", "economy", "0.15", "0.60", upstream="cheap-upstream-v1"),
+            model_entry("strong", "fakeai", "premium", "2.50", "10.00"),
+            model_entry("claude", "fakeanthropic", "premium", "3.00", "15.00", upstream="claude-fake-20250101"),
+            model_entry("keyless", "nokey", "economy", "1", "1"),
+            *extra_models,
         ],
     }
 
 
-def _model(name: str, provider: str, tier: str, inp: str, out: str, **extra: Any) -> dict[str, Any]:
+def model_entry(name: str, provider: str, tier: str, inp: str, out: str, **extra: Any) -> dict[str, Any]:
     return {
         "name": name,
         "provider": provider,
@@ -99,11 +104,17 @@ def _model(name: str, provider: str, tier: str, inp: str, out: str, **extra: Any
 
 @asynccontextmanager
 async def providers_service(
-    tmp_path: Path, openai_url: str, anthropic_url: str, local_model_dir: Path | None = None, **overrides: Any
+    tmp_path: Path,
+    openai_url: str,
+    anthropic_url: str,
+    local_model_dir: Path | None = None,
+    extra_models: Sequence[dict[str, Any]] = (),
+    **overrides: Any,
 ) -> AsyncIterator[provider_pb2_grpc.ProviderStub]:
-    """The real service on 127.0.0.1:<free port>, reached through a real gRPC channel."""
+    """The real service on 127.0.0.1:<free port>, reached through a real gRPC channel; `extra_models` beside the
+    registry's own."""
     path = tmp_path / "models.yaml"
-    path.write_text(yaml.safe_dump(registry(openai_url, anthropic_url, **overrides)))
+    path.write_text(yaml.safe_dump(registry(openai_url, anthropic_url, extra_models, **overrides)))
     settings = ProvidersSettings(
         port=0, metrics_port=0, registry_path=path, local_model_dir=local_model_dir or tmp_path / "no-model"
     )

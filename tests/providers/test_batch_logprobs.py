@@ -27,11 +27,11 @@ ENTRY = {"token": "word", "logprob": -0.25, "bytes": [119, 111, 114, 100]}
 async def batch_provider(
     tmp_path: Path, openai_fake: FakeOpenAI, anthropic_fake: FakeAnthropic
 ) -> AsyncIterator[provider_pb2_grpc.ProviderStub]:
-    """The providers service on loopback, its model `cheap` with batch prices, for the block: a stub reaching it as
-    the router does (messages up to 16 MiB)."""
+    """The providers service on loopback, its model `cheap` with batch prices and log-probabilities (which its lines
+    ask for), for the block: a stub reaching it as the router does (messages up to 16 MiB)."""
     spec = registry(openai_fake.base_url, anthropic_fake.base_url)
     cheap = next(m for m in spec["models"] if m["name"] == "cheap")
-    cheap.update(batch_input_usd_per_mtok="0.075", batch_output_usd_per_mtok="0.30")
+    cheap.update(batch_input_usd_per_mtok="0.075", batch_output_usd_per_mtok="0.30", logprobs=True)
     path = tmp_path / "models.yaml"
     path.write_text(yaml.safe_dump(spec))
     settings = ProvidersSettings(port=0, metrics_port=0, registry_path=path, local_model_dir=tmp_path / "no-model")

@@ -3,8 +3,10 @@ only where the artefact was not built (`make local-model`), and failed then unde
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -80,3 +82,30 @@ async def test_prompt_beyond_the_context_is_refused(local_stub) -> None:
         await local_stub.Generate(request("smollm2-135m", "word " * 9000, max_tokens=4))
     assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert error_of(info.value).reason == "CONTEXT_LENGTH_EXCEEDED"
+
+
+@pytest.mark.parametrize(
+    ("passthrough", "field"),
+    [
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"logprobs": True}, "logprobs"),
+        ({"logit_bias": {"50256": -100}}, "logit_bias"),
+    ],
+)
+async def test_what_it_would_ignore_is_refused_not_dropped(local_stub, passthrough: dict[str, Any], field: str) -> None:
+    """The local gateway sends no passthrough field: a caller asking for JSON would get plain text."""
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await local_stub.Generate(
+            request("smollm2-135m", "Say hi.", max_tokens=4, passthrough_json=json.dumps(passthrough))
+        )
+    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    error = error_of(info.value)
+    assert (error.reason, error.metadata["field"]) == ("UNSUPPORTED_PARAMETER", field)
+
+
+async def test_what_is_left_out_asks_for_nothing(local_stub) -> None:
+    left_out: dict[str, Any] = {"response_format": None, "logprobs": False, "top_logprobs": None, "logit_bias": {}}
+    resp = await local_stub.Generate(
+        request("smollm2-135m", "Say hi.", max_tokens=4, passthrough_json=json.dumps(left_out))
+    )
+    assert resp.usage.output_tokens > 0

@@ -1,0 +1,42 @@
+"""A request asking for what its model cannot honour is refused before any upstream call. The router routes such a
+request only to models whose registry capabilities say they honour it (services/router/policy.py), but other
+services may call the providers service directly, and its gateways drop what they cannot send (Anthropic's
+response_format, the local model's every passthrough field): the caller would get plain text where it asked for
+JSON, or no log-probabilities. A field at its "left out" value (null, false, an empty logit_bias) asks for nothing,
+as the OpenAI gateway does not send it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from llmrouter.errors import ServiceError
+from llmrouter.registry import FORMAT_FIELDS, ModelSpec
+
+REASON = "UNSUPPORTED_PARAMETER"  # OpenAI's code for a parameter the model does not support
+
+
+def refuse_unhonoured(model: ModelSpec, passthrough: dict[str, Any]) -> None:
+    """Raise INVALID_ARGUMENT naming the first field of `passthrough` the model cannot honour."""
+    response_format = passthrough.get("response_format")
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if kind in FORMAT_FIELDS and not model.honours(kind):
+        raise _unhonoured(model, "response_format", f"response_format {kind}", FORMAT_FIELDS[kind])
+    # Asked as admission asks them (services/router/admission.py): logprobs when truthy; top_logprobs, which the
+    # router admits only beside logprobs, whenever given.
+    if passthrough.get("logprobs") and not model.logprobs:
+        raise _unhonoured(model, "logprobs", "log-probabilities", "logprobs")
+    if passthrough.get("top_logprobs") is not None and not model.logprobs:
+        raise _unhonoured(model, "top_logprobs", "log-probabilities", "logprobs")
+    if passthrough.get("logit_bias") and not model.logit_bias:
+        raise _unhonoured(model, "logit_bias", "logit_bias", "logit_bias")
+
+
+def _unhonoured(model: ModelSpec, field: str, asked: str, capability: str) -> ServiceError:
+    return ServiceError(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        REASON,
+        f"model {model.name!r} does not honour {asked} (registry: {capability} is false); nothing was sent upstream",
+        {"field": field, "model": model.name, "capability": capability},
+    )
