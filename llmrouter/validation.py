@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -11,6 +12,10 @@ from typing import Any, Protocol
 from llmrouter.errors import invalid
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
+# logit_bias as the edge's model accepts it from REST callers (services/edge/openai_api.py): token ids, as strings of
+# digits, to integer biases within OpenAI's range.
+TOKEN_ID = re.compile(r"[0-9]{1,9}")
+MAX_BIAS = 100
 
 
 class ChatMessage(Protocol):
@@ -55,7 +60,9 @@ def validate(request: GenerationRequest) -> Validated:
     if request.HasField("temperature") and not 0 <= request.temperature <= 2:
         raise invalid("temperature must be within [0, 2]", "temperature")
     tool_calls = [_tool_calls(m.tool_calls_json, i) for i, m in enumerate(request.messages)]
-    return Validated(tool_calls, passthrough(request.passthrough_json))
+    extras = passthrough(request.passthrough_json)
+    _check_logit_bias(extras.get("logit_bias"))
+    return Validated(tool_calls, extras)
 
 
 def passthrough(raw: str) -> dict[str, Any]:
@@ -69,6 +76,25 @@ def passthrough(raw: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise invalid("passthrough_json must be a JSON object", "passthrough_json")
     return value
+
+
+def _check_logit_bias(value: Any) -> None:
+    """A gRPC caller's logit_bias, checked as a REST caller's is: one of another shape (`[]`, `0`, a float bias) was
+    forwarded, to be refused by the upstream after routing, or dropped unseen by a model that does not apply it."""
+    if value is None:  # left out
+        return
+    if not isinstance(value, dict) or not all(
+        isinstance(token, str)
+        and TOKEN_ID.fullmatch(token)
+        and type(bias) is int  # a JSON true is no bias
+        and -MAX_BIAS <= bias <= MAX_BIAS
+        for token, bias in value.items()
+    ):
+        raise invalid(
+            f"logit_bias must be a JSON object mapping token ids (strings of digits) to integers within "
+            f"[-{MAX_BIAS}, {MAX_BIAS}]",
+            "logit_bias",
+        )
 
 
 def _tool_calls(raw: str, index: int) -> list[dict[str, Any]]:

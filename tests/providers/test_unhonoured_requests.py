@@ -147,3 +147,16 @@ async def test_a_model_that_honours_what_is_asked_is_sent_it(
     assert response.content and response.model == model
     sent = openai_fake.requests[-1].json
     assert {k: sent[k] for k in passthrough} == passthrough
+
+
+@pytest.mark.parametrize("logit_bias", [[], 0, {"50256": 1.5}], ids=["list", "zero", "float-bias"])
+async def test_a_malformed_logit_bias_is_refused_as_the_router_refuses_it(
+    stub, openai_fake: FakeOpenAI, logit_bias: Any
+) -> None:
+    """The validation the router applies (llmrouter/validation.py) holds for a direct caller too."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Generate(ask("strong", {"logit_bias": logit_bias}))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    error = error_of(caught.value)
+    assert (error.reason, error.metadata) == ("INVALID_REQUEST", {"field": "logit_bias"})
+    assert not openai_fake.requests
