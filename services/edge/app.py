@@ -92,6 +92,7 @@ CALLER_REASONS = {
     "DUPLICATE_REQUEST",
     "BUDGET_EXCEEDED",
     "RATE_LIMITED",
+    "UNSUPPORTED_PARAMETER",  # the providers service's own refusal (services/providers/honoured.py)
 }
 GENERIC_MESSAGES = {
     400: "the provider refused the request",

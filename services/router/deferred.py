@@ -64,7 +64,10 @@ POLL_IDS = 50  # lines whose answers are read in one PollBatch: 50 of 16k tokens
 # their log-probabilities, passed one gRPC message many times over, and the reply, its lines charged, was lost.
 REPLY_BYTES = MAX_MESSAGE_BYTES // 2
 LINE_FRAMING_BYTES = 1024  # a collected line's fields beside its provider result: its id, model, cost...
-NOT_CREATED = ("BATCH_NOT_CREATED", "INVALID_ARGUMENT", "MODEL_NOT_FOUND")
+# The providers service's refusals of a SubmitBatch before any upload (no batch exists): its own BATCH_NOT_CREATED,
+# an unknown model, a line invalid as it stands or asking what its model cannot honour (a registry the router read
+# before a reload). Any other failure may come after the upload: its outcome is unknown.
+NOT_CREATED = ("BATCH_NOT_CREATED", "MODEL_NOT_FOUND", "INVALID_REQUEST", "UNSUPPORTED_PARAMETER")
 GIVE_UP_MAX_S = 600.0  # how early before its lines' holds end a provider batch is given up, at most
 GAVE_UP = "the provider batch did not end within its window"
 UNRECORDED = (
