@@ -127,9 +127,11 @@ class Dispatcher:
         request: UpstreamRequest,
         budget_s: float | None = None,
         retry_budget: Decimal | None = None,
+        tool_call_progress: bool = False,
     ) -> AsyncGenerator[provider_pb2.GenerateChunk, None]:
         """Retried before the first delivered token; what failed attempts consumed is reported on top, and no
-        attempt is retried once that exceeds `retry_budget` (USD; None: no limit)."""
+        attempt is retried once that exceeds `retry_budget` (USD; None: no limit). With `tool_call_progress`, the
+        output tokens of the attempt's tool calls so far are told as they grow (a `tool_call_tokens` chunk)."""
         start = time.perf_counter()
         deadline = self._deadline(budget_s)
         retries = 0
@@ -140,11 +142,15 @@ class Dispatcher:
                 while True:
                     breaker = self._admit(model)
                     end = Completion()  # usage of a failed attempt must not leak into the next one
+                    tool_tokens = 0  # of this attempt's tool calls, counted piece by piece
                     events = self.gateway.stream(request)
                     try:
                         while (event := await _next(events, deadline)) is not None:
                             if isinstance(event, Completion):
                                 _merge(end, event)
+                                if tool_call_progress and event.tool_text:
+                                    tool_tokens += await count_text_tokens(event.tool_text)
+                                    yield provider_pb2.GenerateChunk(tool_call_tokens=tool_tokens)
                                 continue
                             if not delivered:
                                 metrics.TTFT.labels(self.provider, model.name).observe(time.perf_counter() - start)

@@ -37,9 +37,11 @@ class ProviderServicer(provider_pb2_grpc.ProviderServicer):
     ) -> AsyncIterator[provider_pb2.GenerateChunk]:
         model, dispatcher = self.catalog.resolve(request.model)
         upstream = upstream_request(model, request)
-        budget = retry_budget(request)
+        stream = dispatcher.generate_stream(
+            model, upstream, context.time_remaining(), retry_budget(request), request.tool_call_progress
+        )
         # aclosing: a caller that goes away closes the upstream stream now, not whenever the GC gets to it.
-        async with aclosing(dispatcher.generate_stream(model, upstream, context.time_remaining(), budget)) as chunks:
+        async with aclosing(stream) as chunks:
             async for chunk in chunks:
                 yield chunk
 

@@ -50,6 +50,9 @@ class StreamState:
     # What the providers' failed retries of the attempt in progress consumed (a `consumed` chunk): charged only when
     # no final chunk or error metadata, which count it again, reaches the router.
     consumed: common_pb2.Usage = field(default_factory=common_pb2.Usage)
+    # The output tokens of the attempt's tool calls so far (`tool_call_tokens` chunks): generated and billed, though
+    # the caller gets them only whole, in the final chunk, so charged beside the text when the stream is left.
+    tool_call_tokens: int = 0
 
     @property
     def consumed_usd(self) -> Decimal:
@@ -64,7 +67,7 @@ class StreamState:
         else:  # counted here, with what failed retries consumed (no metadata counted it: the caller left, or a cut)
             input_tokens = routed.limits.input_tokens + self.consumed.input_tokens
             # In chunks that let other requests run: a hostile upstream's answer may be megabytes.
-            output_tokens = await count_text_tokens(text) + self.consumed.output_tokens
+            output_tokens = await count_text_tokens(text) + self.tool_call_tokens + self.consumed.output_tokens
             cost, estimated = self.model.cost_usd(input_tokens, output_tokens), True
         return Served(
             self.model,
@@ -160,9 +163,10 @@ class Serving:
         order = routed.plan.order
         for index, option in enumerate(order):
             stream.model, stream.worst = option.model, worst_usd(routed, option.model)
-            stream.consumed = common_pb2.Usage()
+            stream.consumed, stream.tool_call_tokens = common_pb2.Usage(), 0
             request = generate_request(routed, option.model)
             request.retry_budget_usd = format(retry_budget(routed, stream.worst), "f")
+            request.tool_call_progress = True
             call = self.providers.GenerateStream(request, timeout=routed.time_left(context))
             try:
                 async for chunk in call:
@@ -170,8 +174,10 @@ class Serving:
                     if kind == "delta":
                         stream.parts.append(chunk.delta)
                         yield chunk.delta
-                    elif kind == "consumed":
-                        stream.consumed = chunk.consumed.usage
+                    elif kind == "tool_call_tokens":
+                        stream.tool_call_tokens = chunk.tool_call_tokens
+                    elif kind == "consumed":  # counts the failed attempt's tool calls: the next one's come anew
+                        stream.consumed, stream.tool_call_tokens = chunk.consumed.usage, 0
                     else:
                         stream.served = Served(option.model)
                         stream.served.add(chunk.final, option.model)
@@ -184,7 +190,7 @@ class Serving:
                 if "cost_usd" not in error.metadata:  # the providers' account of its retries never arrived
                     routed.owed += stream.consumed_usd
                 # Over: what it cost is owed next, so a caller leaving from here on has no attempt in progress.
-                stream.worst, stream.consumed = Decimal(0), common_pb2.Usage()
+                stream.worst, stream.consumed, stream.tool_call_tokens = Decimal(0), common_pb2.Usage(), 0
                 await self._after_failed_attempt(routed, error, index, routed.time_left(context))
                 continue
             finally:

@@ -173,6 +173,19 @@ async def test_anthropic_refuses_arguments_nested_too_deep(stub, anthropic_fake:
     assert not anthropic_fake.requests
 
 
+@pytest.mark.parametrize("model", ["cheap", "claude"])
+async def test_a_tool_call_stream_tells_the_tokens_of_its_calls_as_they_grow_when_asked(stub, model: str) -> None:
+    # Generated and billed before the final chunk carries the calls whole: a caller that leaves before it charges
+    # them from these counts (the text is not sent twice before the final chunk).
+    chunks = [chunk async for chunk in stub.GenerateStream(tool_request(model, tool_call_progress=True))]
+    counts = [chunk.tool_call_tokens for chunk in chunks if chunk.HasField("tool_call_tokens")]
+    calls = json.loads(chunks[-1].final.tool_calls_json)
+    generated = sum(count_tokens(c["function"]["name"]) + count_tokens(c["function"]["arguments"]) for c in calls)
+    assert len(counts) > len(calls) and counts == sorted(counts) and counts[-1] >= generated
+    # A caller of the version before, which takes any chunk but a delta or `consumed` for the final one: none sent.
+    assert [chunk.WhichOneof("kind") async for chunk in stub.GenerateStream(tool_request(model))] == ["final"]
+
+
 async def test_a_tool_call_stream_retried_after_a_cut_charges_both_attempts(stub, openai_fake: FakeOpenAI) -> None:
     # The first attempt is cut after some tool-call fragments: nothing reached the caller, so it is retried,
     # but the upstream generated those fragments and bills them (and the prompt) all the same.

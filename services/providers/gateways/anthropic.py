@@ -71,7 +71,9 @@ class AnthropicGateway:
                             json_text(block.get("id"), "tool id"), json_text(block.get("name"), "tool"), ""
                         )
                         calls[index] = call
-                        yield Completion(tool_calls=[calls[i] for i in sorted(calls)])  # said as it starts
+                        started_calls = [calls[i] for i in sorted(calls)]
+                        # Said as it starts, and as it grows (base.StreamEvent).
+                        yield Completion(tool_calls=started_calls, tool_text=call["function"]["name"])
                 elif kind == "content_block_delta":
                     delta = json_obj(payload.get("delta"), "delta")
                     if delta.get("type") == "text_delta" and (text := json_text(delta.get("text"), "text delta")):
@@ -82,8 +84,9 @@ class AnthropicGateway:
                         index = _index(payload.get("index"))
                         if index not in blocks:
                             raise UpstreamError("bad_response", "upstream sent tool input before its block started")
-                        if index in calls:
-                            calls[index]["function"]["arguments"] += json_text(delta.get("partial_json"), "tool input")
+                        if index in calls and (piece := json_text(delta.get("partial_json"), "tool input")):
+                            calls[index]["function"]["arguments"] += piece
+                            yield Completion(tool_text=piece)
                 elif kind == "message_delta":
                     _, output_tokens = _usage(payload.get("usage"))
                     stop_reason = json_obj(payload.get("delta"), "message delta").get("stop_reason")

@@ -41,11 +41,13 @@ class Completion:
     tool_calls: list[dict[str, Any]] = field(default_factory=list)  # OpenAI's shape, arguments a JSON string
     mean_logprob: float | None = None  # over the answer's tokens, when asked for and given
     logprobs: dict[str, Any] | None = None  # OpenAI's choices[0].logprobs, as given (a stream's joined)
+    tool_text: str = ""  # a stream's event only: the tool-call text it brought (a name, a piece of arguments)
 
 
 # A stream yields text deltas and Completions carrying usage, finish reason and the tool calls: each call as soon as
 # it starts, its arguments growing in place as they stream in, so that a stream cut at any moment (the call's deadline
-# included, which no gateway sees coming) is charged the arguments generated so far.
+# included, which no gateway sees coming) is charged the arguments generated so far; and an event for each piece
+# (tool_text), so that a caller leaving such a stream is told of them too.
 StreamEvent = str | Completion
 
 # "lost": the connection failed after the request was sent (or a stream the upstream accepted ended before its first

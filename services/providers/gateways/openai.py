@@ -53,10 +53,10 @@ class OpenAIGateway:
                     if content := json_text(delta.get("content"), "delta's content"):
                         yield content
                     known = len(calls)
-                    for fragment in json_list(delta.get("tool_calls"), "delta's tool calls"):
-                        _add_fragment(calls, fragment)
-                    if len(calls) > known:  # said as soon as it starts (base.StreamEvent)
-                        yield Completion(tool_calls=[calls[i] for i in sorted(calls)])
+                    fragments = json_list(delta.get("tool_calls"), "delta's tool calls")
+                    generated = "".join(_add_fragment(calls, fragment) for fragment in fragments)
+                    if len(calls) > known or generated:  # said as soon as it starts, and as it grows (StreamEvent)
+                        yield Completion(tool_calls=[calls[i] for i in sorted(calls)], tool_text=generated)
                     end.finish_reason = json_text(choice.get("finish_reason"), "finish reason") or end.finish_reason
                     _add_logprobs(end, choice.get("logprobs"))
                 if chunk.get("usage"):
@@ -113,8 +113,9 @@ def _checked_call(call: Any) -> dict[str, Any]:
     return call
 
 
-def _add_fragment(calls: dict[int, dict[str, Any]], fragment: Any) -> None:
-    """The first fragment of a call brings its id and name, the following ones pieces of its arguments."""
+def _add_fragment(calls: dict[int, dict[str, Any]], fragment: Any) -> str:
+    """The first fragment of a call brings its id and name, the following ones pieces of its arguments. Returns the
+    text the model generated in it (the name, the piece of arguments)."""
     if not isinstance(fragment, dict) or not isinstance(fragment.get("index", 0), int):
         raise UpstreamError("bad_response", "upstream sent a malformed tool call fragment")
     function = json_obj(fragment.get("function"), "tool call fragment's function")
@@ -122,8 +123,11 @@ def _add_fragment(calls: dict[int, dict[str, Any]], fragment: Any) -> None:
         fragment.get("index", len(calls)), {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
     )
     call["id"] = json_text(fragment.get("id"), "tool call's id") or call["id"]
-    call["function"]["name"] = json_text(function.get("name"), "tool call's name") or call["function"]["name"]
-    call["function"]["arguments"] += json_text(function.get("arguments"), "tool call's arguments")
+    name = json_text(function.get("name"), "tool call's name")
+    call["function"]["name"] = name or call["function"]["name"]
+    arguments = json_text(function.get("arguments"), "tool call's arguments")
+    call["function"]["arguments"] += arguments
+    return name + arguments
 
 
 def body(request: UpstreamRequest, confidence: bool = False) -> dict[str, Any]:
