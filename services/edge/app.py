@@ -3,6 +3,7 @@ unchanged. It authenticates, validates and translates; every decision is the rou
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -157,6 +158,37 @@ def error_response(error: ApiError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status, headers=headers or None)
 
 
+async def first_chunks(call: Any, request: Request) -> tuple[router_pb2.Decision, Any]:
+    """A stream's decision, then its first delta (or its final chunk), read before the response starts: routing
+    errors and provider failures before any token become HTTP errors with their proper status, not a 200 with an
+    error event. Read while watching the client: one that leaves meanwhile has the call cancelled at once (a 499),
+    charged by the router as a stream left before its first token (nothing if not yet admitted). Unwatched, the
+    router's stream and its upstream ran on for nobody until the first token (a tool-call answer's first chunk is
+    its last: generated whole) or the request's timeout. Any failure here cancels the call too."""
+
+    async def both() -> tuple[router_pb2.Decision, Any]:
+        return (await call.read()).decision, await call.read()
+
+    reading, leaving = asyncio.create_task(both()), asyncio.create_task(client_left(request))
+    try:
+        await asyncio.wait((reading, leaving), return_when=asyncio.FIRST_COMPLETED)
+        if not reading.done():
+            raise ApiError(499, "the client closed the request", code="client_closed_request")
+        return reading.result()
+    except BaseException:
+        call.cancel()
+        reading.cancel()
+        raise
+    finally:
+        leaving.cancel()
+
+
+async def client_left(request: Request) -> None:
+    """Returns once the client has gone (its body already read: nothing else comes from it before that)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 def header_safe(text: str) -> str:
     return text.encode("ascii", "replace").decode().replace("\r", " ").replace("\n", " ")[:512]
 
@@ -239,12 +271,8 @@ class Edge:
             return JSONResponse(completion_body(response), headers=headers)
         call = self.router.CompleteStream(message, timeout=timeout)
         try:
-            # The decision, then the first delta (or the final chunk): routing errors and provider failures
-            # before any token become HTTP errors with their proper status, not a 200 with an error event.
-            decision = (await call.read()).decision
-            pending = await call.read()
+            decision, pending = await first_chunks(call, request)
         except grpc.RpcError as err:
-            call.cancel()
             raise api_error(err, request_id) from None
         include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
         headers = {
