@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from decimal import Decimal
 from pathlib import Path
 
 import grpc
@@ -20,6 +21,7 @@ from tests.conftest import ledger_records
 from tests.integration.conftest import model, provider, served_stack
 from tests.providers.test_interrupted_tool_calls import ARGUMENTS, TEXT, StallingUpstream, anthropic_wire, openai_wire
 
+OUTPUT_USD_PER_MTOK = Decimal("2.40")
 TOOLS = [{"type": "function", "function": {"name": "search", "parameters": {"type": "object"}}}]
 
 
@@ -47,7 +49,7 @@ async def test_a_stream_left_while_a_tool_call_streams_is_charged_its_arguments(
         spec = {
             "tiers": ["economy"],
             "providers": {"upstream": provider(kind, base_url, "UPSTREAM_KEY")},
-            "models": [model("tool-model", "upstream", "economy", ("0.60", "2.40"))],
+            "models": [model("tool-model", "upstream", "economy", ("0.60", str(OUTPUT_USD_PER_MTOK)))],
         }
         path.write_text(yaml.safe_dump(spec))
         async with (
@@ -68,4 +70,6 @@ async def test_a_stream_left_while_a_tool_call_streams_is_charged_its_arguments(
             (record,) = await ledger_of(redis_url)
     assert record["outcome"] == "cancelled"
     # The text delivered and the arguments streamed so far, each at least as many tokens as they count to.
-    assert record["output_tokens"] >= count_tokens(TEXT) + count_tokens(ARGUMENTS)
+    generated = count_tokens(TEXT) + count_tokens(ARGUMENTS)
+    assert record["output_tokens"] >= generated
+    assert Decimal(record["cost_usd"]) >= OUTPUT_USD_PER_MTOK * generated / 1_000_000
