@@ -5,14 +5,18 @@ A missing tool skips a test on a developer's machine and fails it in CI (CI=true
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 
 import yaml
+from prometheus_client import REGISTRY
+from prometheus_client.metrics import MetricWrapperBase
 
 from tests.ci import missing
 
@@ -21,6 +25,9 @@ CHART = ROOT / "helm" / "llm-cost-router"
 CONVENTIONS = ROOT / "docs" / "conventions.md"
 SERVICES = ("classifier", "providers", "router", "edge")
 GRPC_SERVICES = ("classifier", "providers", "router")
+# The labels the Prometheus Operator gives every target of a ServiceMonitor (its generated relabelings, before the
+# ServiceMonitor's own): a metric's label of the same name is renamed exported_<name> unless the target's is dropped.
+OPERATOR_TARGET_LABELS = {"namespace", "service", "pod", "container", "endpoint", "job", "instance"}
 
 
 @cache
@@ -31,6 +38,27 @@ def documented_metrics() -> dict[str, set[str]]:
     for name, labels in re.findall(r"`(llmrouter_[a-z0-9_]+)(?:\{([a-z_,]*)\})?`", text):
         metrics[name] = set(filter(None, labels.split(",")))
     return metrics
+
+
+def metric_modules() -> Iterator[str]:
+    """Every module of the services and the shared package that imports prometheus_client."""
+    for folder in ("llmrouter", "services"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            if "prometheus_client" in path.read_text():
+                yield ".".join(path.relative_to(ROOT).with_suffix("").parts)
+
+
+@cache
+def code_metrics() -> dict[str, tuple[str, set[str]]]:
+    """Family name as PromQL names it (a counter's with _total) -> (type, label names), as the code defines it."""
+    for module in metric_modules():
+        importlib.import_module(module)
+    found: dict[str, tuple[str, set[str]]] = {}
+    for collector in list(REGISTRY._collector_to_names):
+        if isinstance(collector, MetricWrapperBase) and collector._name.startswith("llmrouter_"):
+            suffix = "_total" if collector._type == "counter" else ""
+            found[collector._name + suffix] = (str(collector._type), set(collector._labelnames))
+    return found
 
 
 @cache
