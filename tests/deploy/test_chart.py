@@ -16,7 +16,18 @@ from pydantic_settings import BaseSettings
 from services.edge.settings import EdgeSettings
 
 from .kube_api import KubeApi
-from .support import CHART, GRPC_SERVICES, ROOT, SERVICES, by_kind, documented_ports, render, tool
+from .support import (
+    CHART,
+    GRPC_SERVICES,
+    OPERATOR_TARGET_LABELS,
+    ROOT,
+    SERVICES,
+    by_kind,
+    code_metrics,
+    documented_ports,
+    render,
+    tool,
+)
 
 VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
 
@@ -245,10 +256,24 @@ def test_service_monitor_scrapes_the_jobs_the_alerts_use(docs: list[dict]) -> No
     (endpoint,) = sm["spec"]["endpoints"]
     assert endpoint["port"] == "metrics"
     # the `release` target label the alerts select on is the release's name
-    assert endpoint["relabelings"] == [
-        {"sourceLabels": ["__meta_kubernetes_service_label_app_kubernetes_io_instance"], "targetLabel": "release"}
-    ]
+    assert endpoint["relabelings"][0] == {
+        "sourceLabels": ["__meta_kubernetes_service_label_app_kubernetes_io_instance"],
+        "targetLabel": "release",
+    }
     assert all(s["metadata"]["labels"]["app.kubernetes.io/instance"] == "llm" for s in selected)
+
+
+def test_service_monitor_keeps_the_metrics_own_labels(docs: list[dict]) -> None:
+    """A label a metric exports that the Operator also sets on the target (the metrics' `service`: router, edge...)
+    would be renamed exported_<label>, its name taken by the target's (the Kubernetes Service's name), and the
+    dashboard's and runbooks' queries on it would match nothing: the ServiceMonitor drops the target's."""
+    (sm,) = by_kind(docs, "ServiceMonitor").values()
+    (endpoint,) = sm["spec"]["endpoints"]
+    assert not endpoint.get("honorLabels"), "honorLabels would also let a target set its own namespace or release"
+    dropped = {r["regex"] for r in endpoint["relabelings"] if r.get("action") == "labeldrop"}
+    exported = set().union(*(labels for _, labels in code_metrics().values()))
+    assert exported & OPERATOR_TARGET_LABELS == {"service"}
+    assert exported & OPERATOR_TARGET_LABELS <= dropped
 
 
 def _rule_groups(docs: list[dict]) -> dict[str, dict]:
