@@ -30,6 +30,7 @@ SCOPE = 'namespace="$namespace",release="$release"'
 RATE = "[$__rate_interval]"
 HIT, SERVER_ERROR, NOT_OK = 'result="hit"', 'status=~"5.."', 'outcome!="ok"'
 PREMIUM = 'tier="premium"'
+NOT_OK_RPC = 'code!="OK"'
 
 
 def s(metric: str, matchers: str = "") -> str:
@@ -191,13 +192,34 @@ def build() -> dict:
                 ),
             )
         )
-        .with_panel(series("Cache hit ratio", "percentunit", (cache_ratio, "hit ratio")))
+        .with_panel(
+            series(
+                "Cache hit ratio",
+                "percentunit",
+                (cache_ratio, "answers"),
+                (
+                    f"sum({rate('llmrouter_router_score_cache_requests_total', HIT)})"
+                    f" / sum({rate('llmrouter_router_score_cache_requests_total')})",
+                    "classifier scores",
+                ),
+            )
+        )
         .with_panel(
             series(
                 "Budget rejections and rate limiting",
                 "reqps",
                 (f"sum({rate('llmrouter_router_budget_rejections_total')})", "budget rejections/s"),
                 (f"sum({rate('llmrouter_router_rate_limited_total')})", "rate limited/s"),
+            )
+        )
+        .with_panel(
+            series(
+                "Budgets over 80% and spent",
+                "short",
+                (
+                    f"max by (scope, threshold) ({s('llmrouter_router_budgets_over_threshold')})",
+                    "{{scope}} over {{threshold}}",
+                ),
             )
         )
         .with_panel(
@@ -239,6 +261,51 @@ def build() -> dict:
                 span=12,
             )
         )
+        .with_row(dashboard.Row("Money store and ledger"))
+        .with_panel(
+            series(
+                "Stores reachable per router (0: money refuses every request, cache bypassed)",
+                "short",
+                (f"min by (store, pod) ({s('llmrouter_router_store_up')})", "{{store}} {{pod}}"),
+            )
+        )
+        .with_panel(
+            series(
+                "Charges waiting in the outbox (lost if the pod goes)",
+                "short",
+                (f"sum by (pod) ({s('llmrouter_router_outbox_charges')})", "{{pod}}"),
+            )
+        )
+        .with_panel(
+            series(
+                "Ledger entries rejected and charges reconciled (per hour)",
+                "short",
+                (f"sum(increase({s('llmrouter_router_ledger_rejected_total')}[1h]))", "kept in ledger_rejected"),
+                (f"sum(increase({s('llmrouter_router_reconciled_charges_total')}[1h]))", "settled at their hold"),
+            )
+        )
+        .with_row(dashboard.Row("Batches"))
+        .with_panel(
+            series(
+                "Batch lines/s by outcome",
+                "reqps",
+                (f"sum by (outcome) ({rate('llmrouter_edge_batch_lines_total')})", "{{outcome}}"),
+            )
+        )
+        .with_panel(
+            series(
+                "Batches running per edge",
+                "short",
+                (f"sum by (pod) ({s('llmrouter_edge_batches_running')})", "{{pod}}"),
+            )
+        )
+        .with_panel(
+            series(
+                "Batch lines cost (USD/h)",
+                "currencyUSD",
+                (f"sum({rate('llmrouter_edge_batch_cost_usd_total')}) * 3600", "batch lines"),
+            )
+        )
         .with_row(dashboard.Row("Latency"))
         .with_panel(
             series(
@@ -253,6 +320,17 @@ def build() -> dict:
                 "gRPC latency p50 / p99 per service",
                 "s",
                 *quantiles("llmrouter_grpc_request_duration_seconds", "service, ", "{{service}}"),
+                span=12,
+            )
+        )
+        .with_panel(
+            series(
+                "gRPC calls/s not OK per service and code",
+                "reqps",
+                (
+                    f"sum by (service, code) ({rate('llmrouter_grpc_requests_total', NOT_OK_RPC)})",
+                    "{{service}} {{code}}",
+                ),
                 span=12,
             )
         )
@@ -299,6 +377,10 @@ def build() -> dict:
                 "Tokens/s by model",
                 "short",
                 (f"sum by (model, direction) ({rate('llmrouter_provider_tokens_total')})", "{{model}} {{direction}}"),
+                (
+                    f"sum by (model, direction) ({rate('llmrouter_router_tokens_total')})",
+                    "charged {{model}} {{direction}}",
+                ),
                 span=12,
             )
         )

@@ -118,3 +118,9 @@ def test_the_checks_catch_what_they_are_for() -> None:
         test_query_names_labels_its_metrics_have("x", "sum by (tenant) (rate(llmrouter_router_cost_usd_total[5m]))", "")
     with pytest.raises(AssertionError, match="'store'"):
         test_query_names_labels_its_metrics_have("x", "rate(llmrouter_router_requests_total[5m])", "{{store}}")
+
+
+def test_every_metric_the_code_defines_is_on_the_dashboard_or_in_a_rule() -> None:
+    """A metric added for operators that no panel shows and no alert reads is seen by nobody at night."""
+    read = {family_of(series)[0] for _, expr, _ in QUERIES for series in read_metrics(expr)}
+    assert not set(code_metrics()) - read
