@@ -5,6 +5,7 @@ under CI=true)."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -971,3 +972,15 @@ def test_a_whole_number_past_int64_reaches_its_service_as_written(tmp_path: Path
     budget = router["ROUTER_TENANT_BUDGET_USD"]
     settings = _settings_class("router").model_validate({"auth": "none", "tenant_budget_usd": budget})
     assert settings.tenant_budget_usd == 10**20  # type: ignore[attr-defined]
+
+
+def test_runbooks_name_the_deployments_the_chart_renders(docs: list[dict]) -> None:
+    """A runbook's `kubectl rollout undo deployment/...` names an object that exists, read at night as written."""
+    runbooks = (ROOT / "deploy" / "runbooks.md").read_text()
+    named = re.findall(r"deployment/(\S+?)(?:[.\s`]|$)", runbooks)
+    assert named
+    fullname = name("")  # "llm-llm-cost-router-" for release "llm"
+    rendered = by_kind(docs, "Deployment").keys()
+    for deployment in named:
+        assert deployment.startswith("<fullname>-"), f"deployment/{deployment}: write <fullname>-<component>"
+        assert deployment.replace("<fullname>-", fullname) in rendered, f"no Deployment {deployment}"
