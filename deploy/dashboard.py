@@ -243,6 +243,15 @@ def build() -> dict:
         .with_row(dashboard.Row("Load and configuration"))
         .with_panel(
             series(
+                "Edge answers/s by status, and requests refused before the app (malformed, slow, head too large)",
+                "reqps",
+                (f"sum by (status) ({rate('llmrouter_edge_http_requests_total')})", "{{status}}"),
+                (f"sum by (status) ({rate('llmrouter_edge_refused_requests_total')})", "refused {{status}}"),
+                span=12,
+            )
+        )
+        .with_panel(
+            series(
                 "Requests in flight per pod (the HPA signal)",
                 "short",
                 (f"sum by (service, pod) ({s('llmrouter_inflight_requests')})", "{{service}} {{pod}}"),

@@ -19,12 +19,20 @@ import socket
 import struct
 import termios
 
+from prometheus_client import Counter
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 MAX_HEAD_BYTES = 64 * 1024  # four times what nginx and Node accept by default
 LINGER_S = 2.0  # how long a refused request's rest is read and dropped before its connection is closed
 REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+# Refused here, before the app sees them, so not in llmrouter_edge_http_requests_total: a flood of slow or oversized
+# heads, or a proxy in front sending headers past the bound, shows only here.
+REFUSED = Counter(
+    "llmrouter_edge_refused_requests_total",
+    "Requests the edge's HTTP protocol refused before its app: malformed (400), too slow (408), head too large (431)",
+    ["status"],
+)
 
 
 class TimedFlow(FlowControl):
@@ -270,6 +278,7 @@ class BoundedReadProtocol(HttpToolsProtocol):
         if self.refused:
             return
         self.refused = True
+        REFUSED.labels(str(status)).inc()
         self.disarm()
         self.unwatch_body()
         own = self.cycle if self.in_body else None  # its cycle, once its head was read
