@@ -29,7 +29,7 @@ from llmrouter.v1 import common_pb2, operator_pb2_grpc, router_pb2, router_pb2_g
 from services.batches.api import BatchApi
 from services.batches.runner import Runner
 from services.batches.store import open_store
-from services.edge import legacy
+from services.edge import legacy, responses
 from services.edge.access_log import AccessLog
 from services.edge.openai_api import (
     ESCALATION_MODES,
@@ -46,6 +46,7 @@ from services.edge.openai_api import (
     usage_body,
 )
 from services.edge.operator_routes import OperatorRoutes
+from services.edge.responses_stream import response_events
 from services.edge.settings import EdgeSettings
 from services.router.store import KEYLESS
 
@@ -189,6 +190,12 @@ async def client_left(request: Request) -> None:
         pass
 
 
+def retold(chat: Response, body: dict[str, Any]) -> JSONResponse:
+    """An unstreamed chat completion's answer told in another route's body, with its headers (cost, request id)."""
+    headers = {k: v for k, v in chat.headers.items() if k.startswith("x-")}
+    return JSONResponse(body, headers=headers)
+
+
 def header_safe(text: str) -> str:
     return text.encode("ascii", "replace").decode().replace("\r", " ").replace("\n", " ")[:512]
 
@@ -246,9 +253,26 @@ class Edge:
         if isinstance(response, StreamingResponse):
             response.body_iterator = legacy.text_events(response.body_iterator)
             return response
-        body = legacy.text_completion(json.loads(bytes(response.body)))
-        headers = {k: v for k, v in response.headers.items() if k.startswith("x-")}
-        return JSONResponse(body, headers=headers)
+        return retold(response, legacy.text_completion(json.loads(bytes(response.body))))
+
+    async def responses(self, request: Request) -> Response:
+        """OpenAI's Responses API, stateless: served as the chat completion of its instructions and input."""
+        tenant, key = self.caller(request)
+        chat, echoed = responses.to_chat(await self.read_body(request))
+        try:
+            response = await self._chat(request, tenant, key, chat)
+        except ApiError as error:
+            raise responses.named_as_sent(error) from None
+        if isinstance(response, StreamingResponse):
+            response.body_iterator = response_events(response.body_iterator, echoed)
+            return response
+        return retold(response, responses.response_body(json.loads(bytes(response.body)), echoed))
+
+    async def stored_response(self, request: Request) -> Response:
+        """No response is ever stored: every id is unknown (once the caller is known, as on every route)."""
+        self.caller(request)
+        shown = request.path_params["response_id"][:64]
+        raise ApiError(404, f"Response with id {shown!r} not found: the router stores no responses", code="not_found")
 
     async def _chat(self, request: Request, tenant: str, key: str, body: bytes) -> Response:
         request_id = uuid.uuid4().hex
@@ -436,6 +460,7 @@ MAX_LOGGED_PATH = 256  # a caller chooses the path: its length in the log is bou
 ROUTES = {
     "/v1/chat/completions",
     "/v1/completions",
+    "/v1/responses",
     "/v1/models",
     "/healthz",
     "/readyz",
@@ -521,6 +546,8 @@ def create_app(settings: EdgeSettings, channel: grpc.aio.Channel) -> Starlette:
         *operator.routes(),
         Route("/v1/chat/completions", edge.chat_completions, methods=["POST"]),
         Route("/v1/completions", edge.completions, methods=["POST"]),
+        Route("/v1/responses", edge.responses, methods=["POST"]),
+        Route("/v1/responses/{response_id:path}", edge.stored_response, methods=["GET", "DELETE", "POST"]),
         Route("/v1/models", edge.models, methods=["GET"]),
         Route("/v1/models/{model:path}", edge.models, methods=["GET"]),
         Route("/healthz", edge.healthz, methods=["GET"]),

@@ -18,6 +18,19 @@ from llmrouter.passthrough import PASSTHROUGH_FIELDS, TOP_LOGPROBS_ALONE
 from llmrouter.server import MAX_MESSAGE_BYTES
 from llmrouter.v1 import common_pb2, router_pb2
 
+# The router's own body fields, beside OpenAI's (also accepted as x-router-* headers).
+ROUTER_EXTENSIONS = frozenset(
+    {
+        "quality_target",
+        "strong_share",
+        "max_cost_usd",
+        "max_latency_ms",
+        "session_id",
+        "escalation",
+        "buffer_stream",
+        "verifier_threshold",
+    }
+)
 # Body fields the edge maps to the router's request itself.
 MAPPED = {
     "model",
@@ -28,15 +41,7 @@ MAPPED = {
     "max_completion_tokens",
     "temperature",
     "n",
-    "quality_target",
-    "strong_share",
-    "max_cost_usd",
-    "max_latency_ms",
-    "session_id",
-    "escalation",
-    "buffer_stream",
-    "verifier_threshold",
-}
+} | ROUTER_EXTENSIONS
 ESCALATION_MODES = ("off", "auto", "strict")
 # Fields OpenAI knows that the router cannot honour, whatever their value (null is as if left out): refused by name,
 # as serving the request without them would give another answer than asked for, or a bill that the registry's

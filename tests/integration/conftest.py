@@ -98,7 +98,20 @@ def reply_or_silence(body: dict) -> str:
 
 
 # Tenants of the keyed edge, one per test that needs its own budget or ledger records.
-TENANT_ROLES = ("spender", "poor", "leaver", "cut", "acme", "globex", "overspent", "crowded")
+TENANT_ROLES = (
+    "spender",
+    "poor",
+    "leaver",
+    "cut",
+    "acme",
+    "globex",
+    "overspent",
+    "crowded",
+    "responder",
+    "responses_streamer",
+    "responses_leaver",
+    "responses_cut",
+)
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,408 @@
+"""OpenAI's Responses API (`POST /v1/responses`), stateless: the request is translated into a chat completion
+before it reaches the chat path (the same routing, limits, money, headers and errors), the answer after. Nothing
+is stored, so what needs a stored response or a built-in tool is refused by name rather than served otherwise."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
+
+from services.edge.openai_api import (
+    INT32_MAX,
+    ROUTER_EXTENSIONS,
+    ApiError,
+    FunctionDefinition,
+    JsonObject,
+    cost_as_written,
+    decode_json,
+    first_error,
+)
+
+# OpenAI's Responses fields handed to the chat path as they are: same name, same meaning, validated there.
+SAME_AS_CHAT = frozenset(
+    {
+        "model",
+        "temperature",
+        "top_p",
+        "parallel_tool_calls",
+        "user",
+        "safety_identifier",
+        "prompt_cache_key",
+        "metadata",
+        "store",  # accepted, and nothing is stored: the answer's `store` says false
+        "service_tier",
+        "prompt_cache_retention",
+        "prompt_cache_options",
+    }
+)
+TRANSLATED = frozenset(
+    {"input", "instructions", "max_output_tokens", "tools", "tool_choice", "text", "stream", "stream_options"}
+)
+# Fields OpenAI knows that the router cannot honour, unless null (or at the default given): refused by name.
+NO_STATE = "the router keeps no responses or conversations: send the whole conversation as input"
+REFUSED: dict[str, tuple[str, tuple[Any, ...]]] = {
+    "previous_response_id": (NO_STATE, ()),
+    "conversation": (NO_STATE, ()),
+    "prompt": ("the router keeps no prompt templates: send instructions and input", ()),
+    "background": ("the router runs no background responses: it keeps none to fetch later", (False,)),
+    "reasoning": ("reasoning options are not served: each model runs at its own default", ()),
+    "include": ("no extra output data is served (no reasoning, logprobs or built-in tool results)", ([],)),
+    "truncation": ("the router never drops input: a prompt over the context window is a 400", ("disabled",)),
+    "top_logprobs": ("log-probabilities are served on /v1/chat/completions only", (0,)),
+    "max_tool_calls": ("the router runs no built-in tools to count", ()),
+    "context_management": ("the router keeps no context to manage", ()),
+    "moderation": ("the router runs no moderation of the input or the output", ()),
+    "image": ("the router serves no image generation", ()),
+    "access_programs": ("the router serves no access programs", ()),
+    "background_options": ("the router runs no background responses", ()),
+}
+KNOWN_FIELDS = SAME_AS_CHAT | TRANSLATED | ROUTER_EXTENSIONS | REFUSED.keys()
+UNSUPPORTED_PARTS = {"input_image", "input_file", "input_audio"}
+ROLES = ("user", "assistant", "system", "developer")
+
+
+class InputText(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["input_text"]
+    text: StrictStr
+
+
+class OutputText(BaseModel):
+    """An answer's text part, as a previous response's output item sent back as input carries it."""
+
+    model_config = ConfigDict(extra="allow")  # annotations, logprobs: not part of the conversation
+
+    type: Literal["output_text"]
+    text: StrictStr
+
+
+class MessageItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["message"] = "message"
+    role: Literal["user", "assistant", "system", "developer"]
+    content: StrictStr | list[InputText | OutputText]
+    id: StrictStr | None = None  # a previous response's output item, sent back
+    status: StrictStr | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class FunctionCallItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["function_call"]
+    call_id: StrictStr
+    name: StrictStr
+    arguments: StrictStr
+    id: StrictStr | None = None
+    status: StrictStr | None = None
+
+
+class FunctionCallOutputItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["function_call_output"]
+    call_id: StrictStr
+    output: StrictStr | list[InputText]
+    id: StrictStr | None = None
+    status: StrictStr | None = None
+
+    def text(self) -> str:
+        return self.output if isinstance(self.output, str) else "".join(part.text for part in self.output)
+
+
+ITEMS: dict[str, type[BaseModel]] = {
+    "message": MessageItem,
+    "function_call": FunctionCallItem,
+    "function_call_output": FunctionCallOutputItem,
+}
+
+
+class FunctionTool(FunctionDefinition):
+    type: Literal["function"]
+
+
+class NamedFunctionChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["function"]
+    name: StrictStr
+
+
+class TextFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    type: Literal["text", "json_object", "json_schema"]
+    name: StrictStr | None = Field(default=None, min_length=1, max_length=64)
+    description: StrictStr | None = None
+    json_schema: JsonObject | None = Field(default=None, alias="schema")
+    strict: StrictBool | None = None
+
+
+class TextConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    format: TextFormat | None = None
+    verbosity: Literal["low", "medium", "high"] | None = None
+
+
+class ResponsesFields(BaseModel):
+    """The fields this module translates; the others are the chat path's to check."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    input: StrictStr | list[JsonObject]
+    instructions: StrictStr | None = None
+    max_output_tokens: StrictInt | None = Field(default=None, ge=1, le=INT32_MAX)
+    tools: list[JsonObject] | None = Field(default=None, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | NamedFunctionChoice | None = None
+    text: TextConfig | None = None
+    stream: StrictBool = False
+    stream_options: JsonObject | None = None
+
+
+def invalid(exc: ValidationError, prefix: str = "") -> ApiError:
+    param, message = first_error(exc)
+    param = f"{prefix}.{param}".strip(".") if prefix else param
+    return ApiError(400, f"{param}: {message}", param=param, code="invalid_value")
+
+
+def unsupported(param: str, message: str) -> ApiError:
+    return ApiError(400, message, param=param, code="unsupported_parameter")
+
+
+def check_fields(raw: dict[str, Any]) -> None:
+    """Unknown fields as the chat route refuses them; fields that need state or a built-in capability by name."""
+    for name in raw:
+        if name not in KNOWN_FIELDS:
+            shown = name[:64]
+            raise ApiError(400, f"unrecognized request argument: {shown!r}", param=shown, code="unknown_parameter")
+    for name, (reason, defaults) in REFUSED.items():
+        value = raw.get(name)
+        if value is not None and not any(type(value) is type(d) and value == d for d in defaults):
+            raise unsupported(name, f"{name} is not supported: {reason}")
+
+
+def to_messages(fields: ResponsesFields) -> list[dict[str, Any]]:
+    """The conversation as chat messages: instructions first as a system message, then each input item."""
+    messages: list[dict[str, Any]] = []
+    if fields.instructions is not None:
+        messages.append({"role": "system", "content": fields.instructions})
+    if isinstance(fields.input, str):
+        return [*messages, {"role": "user", "content": fields.input}]
+    if not fields.input:
+        raise ApiError(400, "input must not be empty", param="input", code="invalid_value")
+    for i, raw in enumerate(fields.input):
+        item = parse_item(raw, f"input.{i}")
+        if isinstance(item, MessageItem):
+            messages.append({"role": item.role, "content": item.text()})
+        elif isinstance(item, FunctionCallItem):
+            function = {"name": item.name, "arguments": item.arguments}
+            call = {"id": item.call_id, "type": "function", "function": function}
+            last = messages[-1] if messages else {}
+            if last.get("role") == "assistant":  # the answer's text and its calls, or parallel calls: one turn
+                last.setdefault("tool_calls", []).append(call)
+            else:
+                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        elif isinstance(item, FunctionCallOutputItem):
+            messages.append({"role": "tool", "tool_call_id": item.call_id, "content": item.text()})
+    return messages
+
+
+def parse_item(raw: dict[str, Any], param: str) -> BaseModel:
+    kind = raw.get("type", "message")
+    if kind not in ITEMS:
+        shown = str(kind)[:64]
+        message = f"input item type {shown!r} is not supported: only messages and function calls with their outputs"
+        raise unsupported(f"{param}.type", message)
+    content = raw.get("content") if kind == "message" else raw.get("output")
+    for j, part in enumerate(content if isinstance(content, list) else []):
+        if isinstance(part, dict) and part.get("type") in UNSUPPORTED_PARTS:
+            field = "content" if kind == "message" else "output"
+            message = f"{part['type']} is not supported: the router serves text input only"
+            raise unsupported(f"{param}.{field}.{j}.type", message)
+    try:
+        return ITEMS[kind].model_validate(raw)
+    except ValidationError as exc:
+        raise invalid(exc, param) from None
+
+
+def to_chat_tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    chat_tools = []
+    for i, tool in enumerate(tools):
+        if tool.get("type") != "function":
+            shown = str(tool.get("type"))[:64]
+            message = f"tool type {shown!r} is not supported: the router runs no built-in tools, only function tools"
+            raise unsupported(f"tools.{i}.type", message)
+        try:
+            function = FunctionTool.model_validate(tool)
+        except ValidationError as exc:
+            raise invalid(exc, f"tools.{i}") from None
+        chat_tools.append({"type": "function", "function": function.model_dump(exclude={"type"}, exclude_none=True)})
+    return chat_tools
+
+
+def to_response_format(text_format: TextFormat) -> dict[str, Any]:
+    if text_format.type != "json_schema":
+        return {"type": text_format.type}
+    if text_format.name is None:
+        raise ApiError(400, "text.format.name: Field required", param="text.format.name", code="invalid_value")
+    schema = text_format.model_dump(by_alias=True, exclude={"type"}, exclude_none=True)
+    return {"type": "json_schema", "json_schema": schema}  # checked as the chat route's response_format
+
+
+def to_chat(body: bytes) -> tuple[bytes, dict[str, Any]]:
+    """The chat completion request for a Responses one, and the request's fields its answer echoes; 400 for what
+    cannot be translated."""
+    raw = decode_json(body)
+    if not isinstance(raw, dict):
+        raise ApiError(400, "request body must be a JSON object", code="invalid_json")
+    check_fields(raw)
+    if raw.get("input") is None:
+        raise ApiError(400, "input is required: the router keeps no prompts or conversations", param="input")
+    try:
+        fields = ResponsesFields.model_validate(raw)
+    except ValidationError as exc:
+        raise invalid(exc) from None
+    chat: dict[str, Any] = {k: v for k, v in raw.items() if k in SAME_AS_CHAT | ROUTER_EXTENSIONS}
+    chat["messages"] = to_messages(fields)
+    if fields.max_output_tokens is not None:
+        chat["max_completion_tokens"] = fields.max_output_tokens
+    tools = to_chat_tools(fields.tools or [])
+    if tools:
+        chat["tools"] = tools
+    if isinstance(fields.tool_choice, NamedFunctionChoice):
+        chat["tool_choice"] = {"type": "function", "function": {"name": fields.tool_choice.name}}
+    elif fields.tool_choice is not None:
+        chat["tool_choice"] = fields.tool_choice
+    if fields.text is not None and fields.text.format is not None:
+        chat["response_format"] = to_response_format(fields.text.format)
+    if fields.text is not None and fields.text.verbosity is not None:
+        chat["verbosity"] = fields.text.verbosity
+    if fields.stream:
+        # The usage (and cost) come in the chat stream's last chunk only when asked: response.completed carries them.
+        chat["stream"] = True
+        chat["stream_options"] = {**(fields.stream_options or {}), "include_usage": True}
+    elif fields.stream_options is not None:
+        raise ApiError(400, "stream_options is only allowed with stream true", param="stream_options")
+    # Written out again as JSON: its max_cost_usd as its caller wrote it, not the float's shortest form.
+    return json.dumps(cost_as_written(chat)).encode(), echo(raw, fields)
+
+
+def echo(raw: dict[str, Any], fields: ResponsesFields) -> dict[str, Any]:
+    """The request's settings as OpenAI's response object repeats them (its defaults where left out)."""
+    text = fields.text.model_dump(by_alias=True, exclude_none=True) if fields.text else {}
+    text.setdefault("format", {"type": "text"})
+    tool_choice = fields.tool_choice
+    return {
+        "instructions": fields.instructions,
+        "max_output_tokens": fields.max_output_tokens,
+        "temperature": raw.get("temperature"),
+        "top_p": raw.get("top_p"),
+        "tools": fields.tools or [],
+        "tool_choice": tool_choice.model_dump() if isinstance(tool_choice, BaseModel) else tool_choice or "auto",
+        "text": text,
+        "parallel_tool_calls": raw.get("parallel_tool_calls", True) is not False,
+        "metadata": raw.get("metadata") or {},
+        "store": False,  # whatever was asked: nothing is kept
+        "user": raw.get("user"),
+        "safety_identifier": raw.get("safety_identifier"),
+        "prompt_cache_key": raw.get("prompt_cache_key"),
+        "previous_response_id": None,
+        "reasoning": None,
+        "background": False,
+        "truncation": "disabled",
+    }
+
+
+# The chat request's fields that name one of the Responses request in an error (a model that cannot honour it).
+CHAT_PARAMS = {"response_format": "text.format", "max_completion_tokens": "max_output_tokens", "tools": "tools"}
+
+
+def named_as_sent(error: ApiError) -> ApiError:
+    """The chat path's error naming the field as the caller sent it."""
+    error.param = CHAT_PARAMS.get(error.param or "", error.param)
+    return error
+
+
+INCOMPLETE_REASONS = {"length": "max_output_tokens", "content_filter": "content_filter"}
+
+
+def response_id(chat_id: str) -> str:
+    return chat_id.removeprefix("chatcmpl-")
+
+
+def message_item(ident: str, text: str, status: str) -> dict[str, Any]:
+    return {
+        "type": "message",
+        "id": f"msg_{ident}",
+        "status": status,
+        "role": "assistant",
+        "content": [{"type": "output_text", "text": text, "annotations": []}],
+    }
+
+
+def function_call_item(ident: str, index: int, call: dict[str, Any], status: str = "completed") -> dict[str, Any]:
+    return {
+        "type": "function_call",
+        "id": f"fc_{ident}_{index}",
+        "call_id": call["id"],
+        "name": call["function"]["name"],
+        "arguments": call["function"]["arguments"],
+        "status": status,
+    }
+
+
+def usage(chat_usage: dict[str, int]) -> dict[str, Any]:
+    return {
+        "input_tokens": chat_usage["prompt_tokens"],
+        "input_tokens_details": {"cached_tokens": 0},  # the router is told of no provider caching
+        "output_tokens": chat_usage["completion_tokens"],
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": chat_usage["total_tokens"],
+    }
+
+
+def response_object(
+    ident: str,
+    created: int,
+    model: str,
+    echoed: dict[str, Any],
+    status: str,
+    output: list[dict[str, Any]],
+    finish_reason: str | None = None,
+) -> dict[str, Any]:
+    """The response object, its usage left to the caller (none before the answer is whole)."""
+    reason = INCOMPLETE_REASONS.get(finish_reason or "")
+    return {
+        "id": f"resp_{ident}",
+        "object": "response",
+        "created_at": created,
+        "status": "incomplete" if reason and status == "completed" else status,
+        "error": None,
+        "incomplete_details": {"reason": reason} if reason else None,
+        "model": model,
+        "output": output,
+        **echoed,
+        "usage": None,
+    }
+
+
+def response_body(chat: dict[str, Any], echoed: dict[str, Any]) -> dict[str, Any]:
+    """An unstreamed chat completion as the response object; its x_router accounting kept beside OpenAI's fields."""
+    choice, ident = chat["choices"][0], response_id(chat["id"])
+    message, finish = choice["message"], choice["finish_reason"]
+    status = "incomplete" if finish in INCOMPLETE_REASONS else "completed"
+    calls = message.get("tool_calls") or []
+    output = [message_item(ident, message["content"] or "", status)] if message["content"] or not calls else []
+    output += [function_call_item(ident, i, call) for i, call in enumerate(calls)]
+    body = response_object(ident, chat["created"], chat["model"], echoed, "completed", output, finish)
+    body.update(usage=usage(chat["usage"]), x_router=chat["x_router"])
+    return body
