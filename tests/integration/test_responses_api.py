@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from pydantic import BaseModel
 
 from tests.fakes.server import TOOL_CUE, Fault
 from tests.integration.conftest import Chain
@@ -102,6 +103,17 @@ async def test_a_streamed_response_sends_openais_typed_events_and_its_charge(cha
 
 
 WORD: Any = {"type": "input_text", "text": "word."}
+
+
+async def test_the_sdks_stream_helper_joins_the_events_into_the_response(chain: Chain) -> None:
+    """responses.stream() checks each event against the response it builds (an item's place, a part's index) and
+    joins them: what it ends with is what the same request gets unstreamed."""
+    prompt = unique("Write one sentence about lakes.")
+    async with client(chain).responses.stream(model="cheap-model", input=prompt) as stream:
+        texts = [event.delta async for event in stream if event.type == "response.output_text.delta"]
+        joined = await stream.get_final_response()
+    content, _, _ = chain.budget.answer(chain.budget.requests[-1].json)
+    assert "".join(texts) == joined.output_text == content and joined.status == "completed"
 
 
 async def test_instructions_come_first_and_list_input_is_the_conversation(chain: Chain) -> None:
@@ -205,6 +217,19 @@ async def test_text_format_json_schema_is_routed_as_response_format(mixed: Mixed
     assert set(json.loads(response.output_text)) == {"text"}
     assert response.text is not None and response.text.format is not None
     assert response.text.format.type == "json_schema"
+
+
+class Answer(BaseModel):
+    text: str
+
+
+async def test_the_sdks_parse_helper_gets_its_schema_honoured(mixed: Mixed) -> None:  # noqa: F811
+    parsed = await sdk(mixed).responses.parse(
+        model="auto", input=unique("Answer to the schema"), text_format=Answer, extra_body={"quality_target": 0}
+    )
+    assert parsed.model == "schema-model"
+    assert mixed.openai.requests[-1].json["response_format"]["json_schema"]["name"] == "Answer"
+    assert isinstance(parsed.output_parsed, Answer) and parsed.output_parsed.text
 
 
 async def test_text_format_json_object_is_routed_as_json_mode(mixed: Mixed) -> None:  # noqa: F811
@@ -341,7 +366,8 @@ async def test_no_response_is_stored_to_fetch(chain: Chain) -> None:
     response = await client(chain, "acme").responses.create(model="cheap-model", input=unique("hi"))
     with pytest.raises(openai.NotFoundError) as missing:
         await client(chain, "acme").responses.retrieve(response.id)
-    assert response.id in missing.value.message and missing.value.code == "not_found"
+    assert response.id in missing.value.message and "stores no responses" in missing.value.message
+    assert missing.value.code == "not_found"
 
 
 def long_stream() -> dict[str, Any]:
