@@ -12,8 +12,8 @@ import json
 import logging
 import math
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from decimal import Decimal
 
 import grpc
@@ -74,6 +74,9 @@ class Dispatcher:
         self.batches = batches  # the provider's Batch API, when it has one spoken here
         self.slots = asyncio.Semaphore(spec.max_concurrency)
         self.breakers: dict[str, CircuitBreaker] = {}
+        self._batch_calls = 0  # Batch API calls in flight, which hold no slot (calling_batches)
+        self._no_batch_call = asyncio.Event()
+        self._no_batch_call.set()
 
     async def aclose(self) -> None:
         await self.gateway.aclose()
@@ -81,9 +84,25 @@ class Dispatcher:
             await self.batches.aclose()
 
     async def drained(self) -> None:
-        """Once no call holds a slot: every slot taken, for good (a retired dispatcher serves nothing more)."""
+        """Once no call holds a slot (every slot taken, for good: a retired dispatcher serves nothing more) and no
+        Batch API call is in flight."""
         for _ in range(self.spec.max_concurrency):
             await self.slots.acquire()
+        await self._no_batch_call.wait()
+
+    @contextmanager
+    def calling_batches(self) -> Iterator[None]:
+        """A call of the provider's Batch API (an upload, a creation, a result file read): it holds no slot, yet a
+        retired dispatcher is closed only once it ended. Cut, a creation's outcome is unknown, and the router holds
+        each of its lines a day and charges its worst case."""
+        self._batch_calls += 1
+        self._no_batch_call.clear()
+        try:
+            yield
+        finally:
+            self._batch_calls -= 1
+            if not self._batch_calls:
+                self._no_batch_call.set()
 
     def breaker(self, model: str) -> CircuitBreaker:
         if model not in self.breakers:

@@ -54,7 +54,8 @@ class ProviderServicer(provider_pb2_grpc.ProviderServicer):
             raise batches.not_created(exc.message) from None
         api, _ = batches.batch_api(self.catalog.registry, model, dispatcher)
         lines = [(r.request_id, upstream_request(model, r)) for r in request.requests]
-        provider_batch = await batches.submit(api, lines)
+        with dispatcher.calling_batches():  # resolved before a reload, its client is not closed under it
+            provider_batch = await batches.submit(api, lines)
         return provider_pb2.SubmitBatchResponse(batch_id=provider_batch)
 
     async def PollBatch(
@@ -62,7 +63,8 @@ class ProviderServicer(provider_pb2_grpc.ProviderServicer):
     ) -> provider_pb2.PollBatchResponse:
         model, dispatcher = self.catalog.resolve(request.model)
         api, priced = batches.batch_api(self.catalog.registry, model, dispatcher)
-        return await batches.poll(api, priced, request.batch_id, list(request.request_ids), request.partial)
+        with dispatcher.calling_batches():
+            return await batches.poll(api, priced, request.batch_id, list(request.request_ids), request.partial)
 
     async def ListModels(
         self, request: common_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
