@@ -260,8 +260,10 @@ class Admission:
                         _say_capped(routed.decision, plan, affordable, f"the remaining {verdict.refused} budget")
         if not kept or kept[0] is not plan.order[0]:
             # Refused for good when spend alone leaves too little: holds come and go, spend stays for the period.
+            # Named then after the budget that is spent (whose limit is the one to raise), not the one the holds of
+            # requests in flight leave least room in.
             for_good = self._affordable(routed, plan.order[0], verdict.spend_left) is None
-            raise self._budget_spent(verdict.refused, for_good)
+            raise self._budget_spent(verdict.spend_budget if for_good else verdict.refused, for_good)
         routed.plan = dataclasses.replace(plan, order=kept)
 
     def _affordable(self, routed: Routed, option: policy.Option, pico: int) -> int | None:

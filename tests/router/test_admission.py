@@ -24,7 +24,7 @@ from services.router.costs import worst_pico
 from services.router.outbox import Outbox
 from services.router.routed import Routed
 from services.router.settings import RouterSettings
-from services.router.store import Account, AccountKeys, MemoryStore, RedisStore
+from services.router.store import Account, AccountKeys, Allowance, Hold, MemoryStore, RedisStore, period_id
 
 REGISTRY = Registry.model_validate(
     {
@@ -137,6 +137,23 @@ async def test_a_refusal_says_not_to_retry_only_when_spend_alone_leaves_too_litt
     await gate.store.set_limit("tenant", ACCOUNT.tenant, first.hold.pico + 1_000)  # nothing held, 1,000 pico left
     spent = await refusal()
     assert spent.metadata["retryable"] == "false" and "is spent" in spent.message
+
+
+async def test_a_refusal_for_good_names_the_budget_that_is_spent() -> None:
+    """The budget another key's request in flight leaves least room in (the tenant's) is not the one that is spent
+    (the key's): a refusal for good names the spent one, whose limit is the one to raise."""
+    gate, first = await routed(request())
+    assert isinstance(gate.store, MemoryStore)
+    await gate.store.set_limit("key", ACCOUNT.key, 1_000_000)
+    await gate.store.set_limit("tenant", ACCOUNT.tenant, 10**12)
+    day = period_id("day")
+    assert await gate.store.charge(ACCOUNT, Hold("spent", 999_000, day), 999_000, {})  # 1,000 pico left for good
+    other = Hold("in-flight", 10**12 - 999_000 - 500, day, "router", "nonce")  # 500 pico of the tenant's left
+    assert (await gate.store.admit(Account(ACCOUNT.tenant, "other-key"), Allowance("day"), other)).refused == ""
+    with pytest.raises(ServiceError) as err:
+        await gate.admit(first)
+    assert err.value.reason == "BUDGET_EXCEEDED" and err.value.metadata == {"budget": "key", "retryable": "false"}
+    assert err.value.message.startswith("the key budget for this day is spent")
 
 
 async def test_a_cost_cap_below_any_short_answer_names_max_cost_usd() -> None:

@@ -32,6 +32,6 @@ async def test_the_hold_of_an_open_pending_charge_outlives_its_holds_set_expiry(
         tenant_held, _ = AccountKeys.of(account).held()
         assert await store.held_pico(account) == (10_000, 10_000), await store.redis.exists(tenant_held)
         second = Hold("r-2", 5_000, DAY, "router-2", "n-2")
-        assert await store.admit(account, LIMIT, second) == Verdict("tenant", 0, 10_000)
+        assert await store.admit(account, LIMIT, second) == Verdict("tenant", 0, 10_000, "tenant")
     finally:
         await store.close()

@@ -97,16 +97,27 @@ async def test_budget_exhausts_at_its_limit(store: Store) -> None:
     tenant_100 = Allowance("day", tenant_pico=100)
     assert await refused(store, ACCOUNT, tenant_100, hold("a", 99)) == ""
     await store.charge(ACCOUNT, hold("a", 99), 99, {})
-    assert await store.admit(ACCOUNT, tenant_100, hold("b", 2)) == Verdict("tenant", 1, 1)  # 99 + 2 > 100
+    assert await store.admit(ACCOUNT, tenant_100, hold("b", 2)) == Verdict("tenant", 1, 1, "tenant")  # 99 + 2 > 100
     assert await refused(store, ACCOUNT, tenant_100, hold("b", 1)) == ""  # 99 + 1 fits exactly
     await store.charge(ACCOUNT, hold("b", 1), 1, {})
-    assert await store.admit(ACCOUNT, tenant_100, hold("c", 1)) == Verdict("tenant", 0, 0)
-    assert await store.admit(ACCOUNT, Allowance("day", key_pico=150), hold("d", 51)) == Verdict("key", 50, 50)
+    assert await store.admit(ACCOUNT, tenant_100, hold("c", 1)) == Verdict("tenant", 0, 0, "tenant")
+    assert await store.admit(ACCOUNT, Allowance("day", key_pico=150), hold("d", 51)) == Verdict("key", 50, 50, "key")
     # The tighter of the two budgets answers.
-    assert await store.admit(ACCOUNT, Allowance("day", 0, 120, 110), hold("e", 30)) == Verdict("key", 10, 10)
+    assert await store.admit(ACCOUNT, Allowance("day", 0, 120, 110), hold("e", 30)) == Verdict("key", 10, 10, "key")
     month = Allowance("month", 0, 100, 50)
     assert await refused(store, ACCOUNT, month, hold("f", 50, period_id("month"))) == ""  # another period
     assert await refused(store, ACCOUNT, Allowance("day"), hold("g", 10**15)) == ""  # no limits
+
+
+async def test_a_refusal_names_the_budget_spend_alone_leaves_least(store: Store) -> None:
+    """The budget tightest with the holds of requests in flight (`refused`, `remaining`) need not be the one whose
+    settled spend alone leaves least (`spend_left`): that one is named too (`spend_budget`)."""
+    limit = Allowance("day", 0, 100, 50)
+    await store.charge(ACCOUNT, hold("spent", 45), 45, {})  # the key's 50: 5 left
+    other = Account(ACCOUNT.tenant, "key2")
+    assert await refused(store, other, Allowance("day"), hold("held", 52)) == ""  # another key's, in flight
+    # The tenant's: 100 - 45 spent - 52 held = 3 (spend alone: 55); the key's: 5 (spend alone: 5).
+    assert await store.admit(ACCOUNT, limit, hold("next", 10)) == Verdict("tenant", 3, 5, "key")
 
 
 async def test_holds_keep_concurrent_requests_within_the_budget(store: Store) -> None:
@@ -121,7 +132,7 @@ async def test_holds_keep_concurrent_requests_within_the_budget(store: Store) ->
     assert await refused(store, ACCOUNT, limit, hold("small", 40)) == ""  # a hold sized to what remains fits
     # A charge (30, less than held) replaces its hold: 30 spent + 40 held leaves 30.
     await store.charge(ACCOUNT, first, 30, {})
-    assert await store.admit(ACCOUNT, limit, hold("third", 31)) == Verdict("tenant", 30, 70)
+    assert await store.admit(ACCOUNT, limit, hold("third", 31)) == Verdict("tenant", 30, 70, "tenant")
     # A request that ends without a charge releases its hold.
     await store.charge(ACCOUNT, hold("small", 40), 0, {})
     assert await refused(store, ACCOUNT, limit, hold("fourth", 70)) == ""
@@ -131,7 +142,7 @@ async def test_refused_requests_change_nothing(store: Store) -> None:
     """A refusal leaves no trace: the id stays free, no rate is counted, nothing is held, so a request
     resized to fit can be admitted right after."""
     limit = Allowance("day", per_minute=1, tenant_pico=100)
-    assert await store.admit(ACCOUNT, limit, hold("x", 101)) == Verdict("tenant", 100, 100)
+    assert await store.admit(ACCOUNT, limit, hold("x", 101)) == Verdict("tenant", 100, 100, "tenant")
     assert await refused(store, ACCOUNT, limit, hold("x", 100)) == ""
 
 
@@ -140,11 +151,11 @@ async def test_budgets_are_exact_to_the_pico_dollar_beyond_a_double(store: Store
     million = Allowance("day", tenant_pico=10**18 + 1)
     await store.charge(ACCOUNT, hold("big"), 10**18 - 7, {})
     assert await refused(store, ACCOUNT, million, hold("h1", 5)) == ""
-    assert await store.admit(ACCOUNT, million, hold("h2", 4)) == Verdict("tenant", 3, 8)
+    assert await store.admit(ACCOUNT, million, hold("h2", 4)) == Verdict("tenant", 3, 8, "tenant")
     assert await refused(store, ACCOUNT, million, hold("h2", 3)) == ""
-    assert await store.admit(ACCOUNT, million, hold("h3", 1)) == Verdict("tenant", 0, 8)
+    assert await store.admit(ACCOUNT, million, hold("h3", 1)) == Verdict("tenant", 0, 8, "tenant")
     assert await store.admit(ACCOUNT, Allowance("day", tenant_pico=2**62), hold("h4", 2**62)) == Verdict(
-        "tenant", 2**62 - 10**18 - 1, 2**62 - 10**18 + 7
+        "tenant", 2**62 - 10**18 - 1, 2**62 - 10**18 + 7, "tenant"
     )
 
 
@@ -204,7 +215,7 @@ async def test_a_key_limit_holds_whichever_shard_its_tenant_is_in(store: Store) 
     assert await store.limit_overrides() == {("key", "shared-key"): 50, ("tenant", "tenant-0"): 7}
     for tenant in tenants[1:]:
         account = Account(tenant, "shared-key")
-        assert await store.admit(account, Allowance("day"), hold(f"{tenant}-a", 51)) == Verdict("key", 50, 50)
+        assert await store.admit(account, Allowance("day"), hold(f"{tenant}-a", 51)) == Verdict("key", 50, 50, "key")
     await store.charge(Account("tenant-5", "shared-key"), hold("spent"), 30, {})
     assert await store.spent(Account("", "shared-key"), DAY) == (0, 30)  # the key's spend, its tenant unknown
     await store.set_limit("key", "shared-key", None)
@@ -536,7 +547,7 @@ async def test_an_expired_hold_counts_while_its_pending_charge_is_open(
     admitted = hold(request_id, 6_000)
     assert await refused(store, account, limit, admitted) == ""
     await past_its_expiry(store, account, admitted)
-    assert await store.admit(account, limit, hold("other", 5_000)) == Verdict("tenant", 4_000, 10_000)
+    assert await store.admit(account, limit, hold("other", 5_000)) == Verdict("tenant", 4_000, 10_000, "tenant")
     assert await store.held_pico(account) == (6_000, 6_000)  # budget views count it as admission does
     assert (await store.held_pico(Account("", account.key)))[1] == 6_000  # the operator's view of the key
     assert await store.charge(account, admitted, 2_000, {})
@@ -562,7 +573,9 @@ async def test_an_expired_hold_of_no_open_pending_charge_goes(store: Store) -> N
             assert isinstance(store, RedisStore)
             await store.redis.zadd(held, {stale: time.time() - 1})
     await store.charge(ACCOUNT, second, 0, {})  # settled: its hold goes with it, expired or not
-    assert await store.admit(ACCOUNT, limit, hold("r3", 8_000)) == Verdict("tenant", 7_000, 10_000)  # only r1's 3,000
+    assert await store.admit(ACCOUNT, limit, hold("r3", 8_000)) == Verdict(
+        "tenant", 7_000, 10_000, "tenant"
+    )  # only r1's 3,000
     assert await store.held_pico(ACCOUNT) == (3_000, 3_000)
 
 

@@ -136,17 +136,17 @@ ADMIT = (
 --       hold pico, pending field, pending record, tenant limit field, key limit field, provider batch line ('1'),
 --       the model the request is admitted for ('' = none)
 -- Undone before it ran (it reached the store after the router gave up on it and undid it): nothing happens.
-if redis.call('EXISTS', KEYS[10]) == 1 then return {'undone', '0', '0'} end
+if redis.call('EXISTS', KEYS[10]) == 1 then return {'undone', '0', '0', ''} end
 local recorded = redis.call('HGET', KEYS[8], ARGV[9])
 -- The very same admission sent again (a Redis Cluster client resends a command whose reply it lost; the record
 -- holds its admission time): it was admitted, once.
-if recorded == ARGV[10] then return {'', '0', '0'} end
+if recorded == ARGV[10] then return {'', '0', '0', ''} end
 -- Another request with this id is a duplicate while the id is used, in flight, or charged: the charged marker
 -- outlives the used one by the request's run time, and a request admitted then would be served and its charge
 -- refused as a repeat.
-if recorded or redis.call('EXISTS', KEYS[2], KEYS[9]) > 0 then return {'duplicate', '0', '0'} end
+if recorded or redis.call('EXISTS', KEYS[2], KEYS[9]) > 0 then return {'duplicate', '0', '0', ''} end
 local per_minute = tonumber(ARGV[1])
-if per_minute > 0 and tonumber(redis.call('GET', KEYS[1]) or '0') >= per_minute then return {'rate', '0', '0'} end
+if per_minute > 0 and tonumber(redis.call('GET', KEYS[1]) or '0') >= per_minute then return {'rate', '0', '0', ''} end
 local budgets = {{KEYS[3], KEYS[4], ARGV[2], ARGV[11], 'tenant'}, {KEYS[13], KEYS[14], ARGV[3], ARGV[12], 'key'}}
 local held = {KEYS[4], KEYS[6]}  -- where the hold goes: the tenant's and the key id's
 for _, holds in ipairs(held) do drop_expired(holds, KEYS[8], ARGV[4]) end
@@ -160,15 +160,18 @@ end
 local function decimal(hi, lo)
   return hi > 0 and string.format('%d%09d', hi, lo) or string.format('%d', lo)
 end
--- r: what the tightest budget has left after spend and holds; s: what the tightest has left after spend alone.
-local tightest, r_hi, r_lo, s_hi, s_lo = '', nil, nil, nil, nil
+-- r: what the tightest budget has left after spend and holds; s: what the tightest after spend alone has left (it
+-- may be the other budget: s_name).
+local tightest, r_hi, r_lo, s_name, s_hi, s_lo = '', nil, nil, '', nil, nil
 for _, b in ipairs(budgets) do
   local limit = redis.call('HGET', KEYS[7], b[4]) or b[3]
   if limit ~= '' then
     local l_hi, l_lo = split(limit)
     local u_hi, u_lo = split(redis.call('GET', b[1]) or '0')
     local spend_hi, spend_lo = left(l_hi, l_lo, u_hi, u_lo)
-    if s_hi == nil or less(spend_hi, spend_lo, s_hi, s_lo) then s_hi, s_lo = spend_hi, spend_lo end
+    if s_hi == nil or less(spend_hi, spend_lo, s_hi, s_lo) then
+      s_name, s_hi, s_lo = b[5], spend_hi, spend_lo
+    end
     for _, held in ipairs(redis.call('ZRANGE', b[2], 0, -1)) do
       local h_hi, h_lo = split(string.match(held, '^(%d+):'))
       u_hi, u_lo = add(u_hi, u_lo, h_hi, h_lo)
@@ -179,7 +182,9 @@ for _, b in ipairs(budgets) do
 end
 if r_hi ~= nil then
   local h_hi, h_lo = split(ARGV[8])
-  if less(r_hi, r_lo, h_hi, h_lo) then return {tightest, decimal(r_hi, r_lo), decimal(s_hi, s_lo)} end
+  if less(r_hi, r_lo, h_hi, h_lo) then
+    return {tightest, decimal(r_hi, r_lo), decimal(s_hi, s_lo), s_name}
+  end
 end
 if per_minute > 0 and redis.call('INCR', KEYS[1]) == 1 then redis.call('EXPIRE', KEYS[1], 61) end
 redis.call('SET', KEYS[2], '1', 'EX', ARGV[7])
@@ -194,7 +199,7 @@ if ARGV[13] == '1' then redis.call('HSET', KEYS[11], ARGV[9], '') else redis.cal
 -- Its model: a provider batch line's collect is priced from it, whatever model the caller names, and a charge the
 -- reconciler settles at its hold names it in the ledger.
 if ARGV[14] ~= '' then redis.call('HSET', KEYS[12], ARGV[9], ARGV[14]) else redis.call('HDEL', KEYS[12], ARGV[9]) end
-return {'', '0', '0'}
+return {'', '0', '0', ''}
 """
 )
 

@@ -79,7 +79,7 @@ class MemoryStore:
             self.rate_window, self.rate_counts = window, {}
         if allowance.per_minute and self.rate_counts.get(subject, 0) >= allowance.per_minute:
             return Verdict("rate")
-        tightest, remaining, spend_left = "", None, None
+        tightest, remaining, spend_budget, spend_left = "", None, "", None
         for spend_key, held_key, limit, name in self._budgets(account, allowance, hold.period):
             held = self.held.setdefault(held_key, {})
             for member in [m for m, (expiry, pico) in held.items() if expiry <= now and not self._open(m, pico)]:
@@ -89,9 +89,10 @@ class MemoryStore:
                 left = unspent - sum(p for _, p in held.values())
                 if remaining is None or left < remaining:
                     tightest, remaining = name, left
-                spend_left = unspent if spend_left is None else min(spend_left, unspent)
+                if spend_left is None or unspent < spend_left:
+                    spend_budget, spend_left = name, unspent
         if remaining is not None and spend_left is not None and hold.pico > remaining:
-            return Verdict(tightest, max(remaining, 0), max(spend_left, 0))
+            return Verdict(tightest, max(remaining, 0), max(spend_left, 0), spend_budget)
         if allowance.per_minute:
             self.rate_counts[subject] = self.rate_counts.get(subject, 0) + 1
         self.used.add(keys.used(hold.request_id))

@@ -209,14 +209,17 @@ class Verdict:
     'tenant' or 'key' (that budget cannot hold this request on top of its spend and the holds of requests in
     flight), 'undone' (this very admission was undone before it ran: only a resent or delayed copy meets it). On
     a budget refusal, `remaining` is what the tighter budget has left (pico-USD): a smaller hold up to it would
-    have been admitted then; and `spend_left` what the tighter budget has left after its settled spend alone, the
+    have been admitted then; and `spend_left` what the budget tighter by its settled spend alone has left, the
     holds of requests in flight aside. Holds only come and go, while spend only grows within a period: when even
     `spend_left` cannot pay for the request, no retry of it can be admitted until the period ends or a limit is
-    raised; otherwise one may be, once other requests' holds are settled."""
+    raised; otherwise one may be, once other requests' holds are settled. `spend_budget` names the budget
+    `spend_left` is of ('tenant' or 'key'): not always the one `refused` names, when requests in flight (of another
+    key of the tenant) hold the room of one budget while the other's spend leaves less."""
 
     refused: str
     remaining: int = 0
     spend_left: int = 0
+    spend_budget: str = ""
 
 
 class Store(Protocol):

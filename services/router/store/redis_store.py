@@ -163,8 +163,8 @@ class RedisStore:
         names += [keys.limits, keys.pending, keys.charged(hold.request_id), keys.undone(hold.nonce), keys.batches]
         names += [keys.models, *keys.key_budget(hold.period)]
         async with self._call():
-            refused, remaining, spend_left = await self._admit(keys=names, args=args)
-        return Verdict(_text(refused), int(remaining), int(spend_left))
+            refused, remaining, spend_left, spend_budget = await self._admit(keys=names, args=args)
+        return Verdict(_text(refused), int(remaining), int(spend_left), _text(spend_budget))
 
     async def charge(
         self, account: Account, hold: Hold, pico: int, record: dict, late: bool = False, charge_id: str = ""
