@@ -15,6 +15,13 @@ columns were added, and records of routers of the versions before.
 SQLite (a file, the default) or PostgreSQL (when a DSN is set): the same table and statements on both. Money
 is stored as integer pico-dollars, as the money store keeps it, so sums here equal the budgets exactly.
 Calls run in a worker thread: the drivers are synchronous and the router's event loop must not wait on disk.
+
+A SQLite file can be bounded (max_bytes, ROUTER_LEDGER_SQL_MAX_MIB): past its bound the oldest rows are deleted, a
+retention by size as ROUTER_LEDGER_SQL_RETENTION_DAYS is by age (the durable record is the money store's ledger
+stream and its exports). Rows are committed in chunks of about SIZE_CHECK_BYTES of text and the bound is checked
+after each, so the file passes it by one chunk at most (about twice SIZE_CHECK_BYTES on disk, with the indexes);
+its write-ahead log beside it takes up to ~4 MiB more (SQLite checkpoints it every 1000 pages of 4 KiB) plus one
+transaction. The file never shrinks (no VACUUM: it would need as much room again): SQLite reuses the freed pages.
 """
 
 from __future__ import annotations
@@ -65,6 +72,7 @@ COLUMNS = (
     "owed_pico",
     "generations",
 )
+TS = COLUMNS.index("ts")
 # The columns of the first version's table (before ledger_entry and period).
 FIRST_COLUMNS = COLUMNS[: COLUMNS.index("error") + 1]
 # The ledger_entry of rows copied by versions that keyed rows by (tenant, request_id) alone (see LedgerDB._prepare).
@@ -72,6 +80,15 @@ UNKEYED = ""
 # Held while a process creates or migrates the table (PostgreSQL): sinks starting at once take turns.
 PREPARE_LOCK = 0x6C6C6D72_6C646772
 SQLITE_BUSY_S = 30.0  # how long a SQLite call waits for another process's lock on the file
+# A bounded SQLite ledger (see the module's docstring): rows are committed in chunks of about this much text, the
+# size checked after each; past the bound, the oldest rows are deleted, TRIM_ROWS per transaction (secure_delete, on
+# in Debian's SQLite, writes each freed page to the write-ahead log: small transactions keep it small), until they
+# take BOUND_REFILL of it, leaving room for a few chunks before the next deletion.
+SIZE_CHECK_BYTES = 256 * 1024
+TRIM_ROWS = 500
+BOUND_REFILL = 0.9
+# The write-ahead log is truncated back to this after a checkpoint (else it keeps the size a long reader grew it to).
+WAL_LIMIT_BYTES = 4 * 1024 * 1024
 
 
 def _schema(table: str) -> str:
@@ -193,10 +210,11 @@ class LedgerUnavailable(Exception):
 class LedgerDB:
     """One connection, used from one worker thread at a time."""
 
-    def __init__(self, dsn: str = "", path: Path | None = None) -> None:
+    def __init__(self, dsn: str = "", path: Path | None = None, max_bytes: int = 0) -> None:
+        """max_bytes (SQLite only; 0: unbounded) bounds the rows the file holds: see the module's docstring."""
         if not dsn and path is None:
             raise ValueError("a ledger needs a PostgreSQL DSN or a SQLite path")
-        self.postgres, self._dsn = bool(dsn), dsn
+        self.postgres, self._dsn, self.max_bytes = bool(dsn), dsn, 0 if dsn else max_bytes
         self._lock = threading.Lock()
         if self.postgres:
             import psycopg  # imported here: SQLite needs nothing installed
@@ -211,6 +229,7 @@ class LedgerDB:
             self._unreachable = ()
             self._conn = sqlite3.connect(path, check_same_thread=False, timeout=SQLITE_BUSY_S)
             _write_ahead(self._conn)
+            self._conn.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT_BYTES}")
             self._mark = "?"
             self._data_errors = (sqlite3.DataError, sqlite3.IntegrityError, OverflowError, ValueError)
         with self._connected() as conn:
@@ -338,12 +357,25 @@ class LedgerDB:
             yield Row(tuple(values))
 
     def _insert(self, rows: Sequence[tuple[Any, ...]], records: Sequence[str]) -> int:
-        if not rows:
-            return 0
-        refused = []
+        # Oldest first (a batch holds each stream's entries in turn): a bound deletes the oldest rows, not the newest
+        # ones of the streams read first.
+        order = sorted(range(len(rows)), key=lambda i: rows[i][TS])
+        rows, records = [rows[i] for i in order], [records[i] for i in order] if records else ()
+        added = 0
+        refused: list[Rejected] = []
+        for chunk in _chunks(rows):
+            chunk_added, chunk_refused = self._insert_chunk(rows[chunk], records[chunk] if records else ())
+            added, refused = added + chunk_added, refused + chunk_refused
+            self._keep_bound()
+        self._reject(refused)
+        return added
+
+    def _insert_chunk(self, rows: Sequence[tuple[Any, ...]], records: Sequence[str]) -> tuple[int, list[Rejected]]:
+        """Insert rows in one transaction; returns how many were new, and those the database refused."""
+        refused: list[Rejected] = []
         with self._connected() as conn:
             try:
-                return self._insert_all(conn, rows)
+                return self._insert_all(conn, rows), refused
             except self._data_errors:
                 conn.rollback()
             # A row the database refuses (a value out of range) must not hold back the rest: one at a time.
@@ -356,8 +388,7 @@ class LedgerDB:
                     entry = row[COLUMNS.index("ledger_entry")]
                     record = records[i] if records else json.dumps(row, default=str)
                     refused.append(Rejected(entry, record, f"refused by the database: {exc}"))
-        self._reject(refused)
-        return added
+        return added, refused
 
     def _reject(self, rejected: Sequence[Rejected]) -> int:
         if not rejected:
@@ -379,7 +410,39 @@ class LedgerDB:
         for each in rejected:
             log.error("ledger entry is no row, kept whole in ledger_rejected: %s: %s", each.entry, each.error)
         LEDGER_REJECTED.inc(added)  # once each, delivered again or not
+        self._keep_bound()
         return added
+
+    def _keep_bound(self) -> None:
+        """A bounded SQLite ledger past its bound: delete the oldest rows, and the rejected entries older than the
+        oldest row left (as _trim does), until they take BOUND_REFILL of it."""
+        if not self.max_bytes:
+            return
+        deleted = 0
+        with self._connected() as conn:
+            if _used_bytes(conn) <= self.max_bytes:
+                return
+            while _used_bytes(conn) > self.max_bytes * BOUND_REFILL:
+                try:
+                    gone = conn.execute(
+                        "DELETE FROM requests WHERE rowid IN (SELECT rowid FROM requests ORDER BY ts LIMIT ?)",
+                        (TRIM_ROWS,),
+                    ).rowcount
+                    gone += conn.execute(
+                        "DELETE FROM ledger_rejected WHERE rejected_at < coalesce((SELECT min(ts) FROM requests), ?)",
+                        (time.time(),),
+                    ).rowcount
+                    conn.commit()
+                except BaseException:
+                    conn.rollback()
+                    raise
+                if not gone:  # empty: what is left is the tables' own pages
+                    break
+                deleted += gone
+        log.warning(
+            "SQLite ledger at its bound: oldest rows deleted (the durable record is the ledger stream and its exports)",
+            extra={"deleted": deleted, "max_bytes": self.max_bytes},
+        )
 
     def _rejected(self) -> list[tuple[str, str, str]]:
         with self._connected() as conn:
@@ -449,6 +512,30 @@ def _write_ahead(conn: sqlite3.Connection) -> None:
             time.sleep(0.02)
 
 
-def open_ledger(dsn: str, path: Path) -> LedgerDB:
-    """PostgreSQL when a DSN is set, else the SQLite file."""
-    return LedgerDB(dsn=dsn) if dsn else LedgerDB(path=path)
+def _used_bytes(conn: sqlite3.Connection) -> int:
+    """What a SQLite file's pages in use take: the file's size less its free pages, which SQLite writes over first."""
+    pages, free, size = (
+        conn.execute(f"PRAGMA {name}").fetchone()[0] for name in ("page_count", "freelist_count", "page_size")
+    )
+    return int((pages - free) * size)
+
+
+def _chunks(rows: Sequence[tuple[Any, ...]]) -> Iterator[slice]:
+    """Consecutive slices of rows holding about SIZE_CHECK_BYTES of text each (a longer row alone)."""
+    start, size = 0, 0
+    for i, row in enumerate(rows):
+        size += sum(len(str(value)) for value in row)
+        if size >= SIZE_CHECK_BYTES:
+            yield slice(start, i + 1)
+            start, size = i + 1, 0
+    if start < len(rows):
+        yield slice(start, len(rows))
+
+
+def open_ledger(dsn: str, path: Path, max_bytes: int = 0) -> LedgerDB:
+    """PostgreSQL when a DSN is set, else the SQLite file (bounded by max_bytes unless 0). PostgreSQL is not bounded
+    here: it is one database for every router, on the server's storage rather than a pod's volume, sized by its
+    operator for the retention (ROUTER_LEDGER_SQL_RETENTION_DAYS)."""
+    if dsn and max_bytes:
+        log.warning("ROUTER_LEDGER_SQL_MAX_MIB bounds a SQLite ledger only: ignored with PostgreSQL")
+    return LedgerDB(dsn=dsn) if dsn else LedgerDB(path=path, max_bytes=max_bytes)

@@ -23,7 +23,9 @@ RETENTION_EVERY_S = 3600
 
 
 def ledger_for(settings: LedgerSettings) -> LedgerDB:
-    return open_ledger(settings.ledger_sql_dsn.get_secret_value(), settings.ledger_sql_path)
+    return open_ledger(
+        settings.ledger_sql_dsn.get_secret_value(), settings.ledger_sql_path, settings.ledger_sql_max_mib * 2**20
+    )
 
 
 def source_for(settings: LedgerSettings, store: Store) -> tuple[Source, Any]:
