@@ -378,6 +378,7 @@ def test_a_shared_router_without_redis_is_refused() -> None:
         # A secretKeyRef needs both (Kubernetes refuses an empty key): a name without its key, a key without its name.
         ("router.ledgerDsnSecret.name=llm-ledger", "/router/ledgerDsnSecret/key"),
         ("router.ledgerDsnSecret.key=dsn", "/router/ledgerDsnSecret/name"),
+        ("router.sqliteLedger.sizeLimitMiB=63", "/router/sqliteLedger/sizeLimitMiB"),  # no room past the bound
         ("redis.money.urlSecret.name=money-redis", "/redis/money/urlSecret/key"),
         ("redis.cache.urlSecret.key=url", "/redis/cache/urlSecret/name"),
     ],
@@ -705,6 +706,45 @@ def test_router_ledger_in_postgresql_from_a_secret() -> None:
 
 
 LEDGER_DSN = ("--set", "router.ledgerDsnSecret.name=llm-ledger", "--set", "router.ledgerDsnSecret.key=dsn")
+
+
+def _sqlite_ledger(docs: list[dict]) -> tuple[dict[str, str], dict | None]:
+    """The router's ROUTER_LEDGER_SQL_* settings, and the volume its SQLite file is on (None: no file)."""
+    settings = {k: v for k, v in env(docs, "router").items() if k.startswith("ROUTER_LEDGER_SQL_")}
+    if "ROUTER_LEDGER_SQL_PATH" not in settings:
+        return settings, None
+    pod = by_kind(docs, "Deployment")[name("router")]["spec"]["template"]["spec"]
+    mounts = {m["mountPath"]: m["name"] for m in container(docs, "router")["volumeMounts"]}
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mounts[str(Path(settings["ROUTER_LEDGER_SQL_PATH"]).parent)]]
+    return settings, volume
+
+
+@pytest.mark.parametrize("size", [None, 64])  # the default, and the smallest volume the schema allows
+def test_the_default_sqlite_ledger_is_bounded_below_its_volume(size: int | None) -> None:
+    """Without router.ledgerDsnSecret each router pod's sink copies the ledger into a SQLite file on an emptyDir. Were
+    it unbounded, it would pass the volume's sizeLimit, and the kubelet would evict the pod and delete its emptyDirs,
+    /tmp with them: the charges the outbox keeps there while the money Redis is away, not yet settled. The file is on
+    a volume of its own, bounded below its sizeLimit with room for what passes the bound (its write-ahead log and a
+    chunk of rows: services/ledger/db.py), and rows past a retention are deleted."""
+    from services.ledger.db import SIZE_CHECK_BYTES, WAL_LIMIT_BYTES
+    from services.ledger.settings import LedgerSettings
+
+    settings, volume = _sqlite_ledger(render(*(("--set", f"router.sqliteLedger.sizeLimitMiB={size}") if size else ())))
+    assert volume is not None and volume["name"] != "tmp", "the outbox's /tmp is not shared with the ledger"
+    bound = int(settings["ROUTER_LEDGER_SQL_MAX_MIB"]) * 2**20
+    assert 0 < bound <= _bytes(volume["emptyDir"]["sizeLimit"]) - 2 * (WAL_LIMIT_BYTES + 2 * SIZE_CHECK_BYTES)
+    assert float(settings["ROUTER_LEDGER_SQL_RETENTION_DAYS"]) > 0
+    for var in settings:
+        assert var.removeprefix("ROUTER_").lower() in LedgerSettings.model_fields, var
+    # With PostgreSQL there is no file, and no volume for it.
+    assert _sqlite_ledger(render(*LEDGER_DSN)) == (
+        {"ROUTER_LEDGER_SQL_DSN": {"secretKeyRef": {"name": "llm-ledger", "key": "dsn"}}},
+        None,
+    )
+    router = by_kind(render(*LEDGER_DSN), "Deployment")[name("router")]["spec"]["template"]["spec"]
+    assert [v["name"] for v in router["volumes"] if "emptyDir" in v] == ["tmp"]
+    assert "SQLite file per router pod, bounded" in _notes("--set", "edge.allowAnonymous=true")
+    assert "SQLite file per router pod" not in _notes(*LEDGER_DSN, "--set", "edge.allowAnonymous=true")
 
 
 def _trim_pod(docs: list[dict]) -> dict:

@@ -179,6 +179,9 @@ refuses a list keyed by name holding one name twice). */}}
 {{- end }}
 {{- end }}
 
+{{/* Where a router pod without ledgerDsnSecret keeps its SQLite ledger: an emptyDir of its own. */}}
+{{- define "llmrouter.sqliteLedgerDir" -}}/var/lib/llmrouter/ledger{{- end }}
+
 {{/* What the chart sets of one service's environment: <PREFIX>_HOST/PORT/METRICS_PORT/LOG_LEVEL, its peers. */}}
 {{- define "llmrouter.chartEnv" -}}
 {{- $root := index . 0 }}
@@ -206,11 +209,19 @@ refuses a list keyed by name holding one name twice). */}}
   value: {{ include "llmrouter.addr" (list $root "providers") | quote }}
 {{- include "llmrouter.redisUrlEnv" (list $root "money" "ROUTER_REDIS_URL") }}
 {{- include "llmrouter.redisUrlEnv" (list $root "cache" "ROUTER_CACHE_REDIS_URL") }}
-{{- with $v.ledgerDsnSecret }}{{ if .name }}
+{{- if $v.ledgerDsnSecret.name }}
 - name: ROUTER_LEDGER_SQL_DSN
   valueFrom:
-    secretKeyRef: {name: {{ .name | quote }}, key: {{ .key | quote }}}
-{{- end }}{{ end }}
+    secretKeyRef: {name: {{ $v.ledgerDsnSecret.name | quote }}, key: {{ $v.ledgerDsnSecret.key | quote }}}
+{{- else }}
+{{- /* The SQLite ledger on its own volume (deployment.yaml), bounded below the volume's sizeLimit. */}}
+- name: ROUTER_LEDGER_SQL_PATH
+  value: {{ printf "%s/ledger.sqlite3" (include "llmrouter.sqliteLedgerDir" .) | quote }}
+- name: ROUTER_LEDGER_SQL_MAX_MIB
+  value: {{ include "llmrouter.envValue" (div (mul $v.sqliteLedger.sizeLimitMiB 3) 4) }}
+- name: ROUTER_LEDGER_SQL_RETENTION_DAYS
+  value: {{ include "llmrouter.envValue" $v.sqliteLedger.retentionDays }}
+{{- end }}
 {{- end }}
 {{- if eq $svc "providers" }}
 - name: PROVIDERS_API_KEYS_DIR
