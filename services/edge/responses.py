@@ -218,13 +218,15 @@ def to_messages(fields: ResponsesFields) -> list[dict[str, Any]]:
 
 def parse_item(raw: dict[str, Any], param: str) -> BaseModel:
     kind = raw.get("type", "message")
+    if not isinstance(kind, str):  # a list or object is no type name, nor a key to look up (unhashable)
+        raise ApiError(400, f"{param}.type: must be a string", param=f"{param}.type", code="invalid_value")
     if kind not in ITEMS:
-        shown = str(kind)[:64]
+        shown = kind[:64]
         message = f"input item type {shown!r} is not supported: only messages and function calls with their outputs"
         raise unsupported(f"{param}.type", message)
     content = raw.get("content") if kind == "message" else raw.get("output")
     for j, part in enumerate(content if isinstance(content, list) else []):
-        if isinstance(part, dict) and part.get("type") in UNSUPPORTED_PARTS:
+        if isinstance(part, dict) and isinstance(part.get("type"), str) and part["type"] in UNSUPPORTED_PARTS:
             field = "content" if kind == "message" else "output"
             message = f"{part['type']} is not supported: the router serves text input only"
             raise unsupported(f"{param}.{field}.{j}.type", message)
@@ -322,8 +324,14 @@ def echo(raw: dict[str, Any], fields: ResponsesFields) -> dict[str, Any]:
     }
 
 
-# The chat request's fields that name one of the Responses request in an error (a model that cannot honour it).
-CHAT_PARAMS = {"response_format": "text.format", "max_completion_tokens": "max_output_tokens", "tools": "tools"}
+# The chat request's fields that name one of the Responses request in an error (a model that cannot honour it, a
+# prompt with no content or over every context window: the router names the conversation `messages`).
+CHAT_PARAMS = {
+    "response_format": "text.format",
+    "max_completion_tokens": "max_output_tokens",
+    "tools": "tools",
+    "messages": "input",
+}
 
 
 def named_as_sent(error: ApiError) -> ApiError:

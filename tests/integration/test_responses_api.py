@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 from tests.fakes.server import TOOL_CUE, Fault
 from tests.integration.conftest import Chain
+from tests.integration.test_bad_input import LONG_PROMPT
 from tests.integration.test_chain import client, expected_cost, unique
 from tests.integration.test_lifecycle import LONG_REPLY_PROMPT, slow_budget, wait_for_record  # noqa: F401  (the fixture)
 from tests.integration.test_response_format import SCHEMA, Mixed, mixed, sdk  # noqa: F401  (the fixture)
@@ -279,6 +280,14 @@ REFUSED: list[tuple[dict[str, Any], str, str]] = [
     (parts({"type": "input_file", "file_id": "file_1"}), "input.0.content.0.type", UNSUPPORTED),
     (parts({"type": "input_audio", "input_audio": {}}), "input.0.content.0.type", UNSUPPORTED),
     ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input.0.type", UNSUPPORTED),
+    # A type that is a list or an object, not a name: a 400 naming it, not a 500 looking it up.
+    ({"input": [{"type": ["message"], "role": "user", "content": "hi"}]}, "input.0.type", "invalid_value"),
+    (parts({"type": {"input_text": "hi"}}), "input.0.content.0.type", "invalid_value"),
+    (
+        {"input": [{"type": "function_call_output", "call_id": "c", "output": [{"type": []}]}]},
+        "input.0.output.0.type",
+        "invalid_value",
+    ),
     ({"messages": [{"role": "user", "content": "hi"}]}, "messages", UNKNOWN),
     ({"max_tokens": 5}, "max_tokens", UNKNOWN),
     ({"temperature": "hot"}, "temperature", "invalid_value"),
@@ -296,6 +305,20 @@ async def test_what_the_router_cannot_serve_is_a_400_naming_it(
     assert reply.status_code == 400, reply.text
     error = reply.json()["error"]
     assert (error["param"], error["code"], error["type"]) == (param, code, "invalid_request_error")
+    assert providers_called(chain) == before
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(
+    ("conversation", "code"), [(LONG_PROMPT, "context_length_exceeded"), ("   ", "invalid_request")]
+)
+async def test_a_prompt_the_router_refuses_is_named_input_not_chats_messages(
+    chain: Chain, conversation: str, code: str, stream: bool
+) -> None:
+    before = providers_called(chain)
+    with pytest.raises(openai.BadRequestError) as refused:
+        await client(chain).responses.create(model="auto", input=conversation, stream=stream)
+    assert (refused.value.param, refused.value.code) == ("input", code)
     assert providers_called(chain) == before
 
 
