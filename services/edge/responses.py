@@ -347,13 +347,19 @@ def response_id(chat_id: str) -> str:
     return chat_id.removeprefix("chatcmpl-")
 
 
+def output_text(text: str) -> dict[str, Any]:
+    """An answer's text part; OpenAI's schema requires its annotations and logprobs (none here), and clients typed
+    from that schema refuse a part without them."""
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
 def message_item(ident: str, text: str, status: str) -> dict[str, Any]:
     return {
         "type": "message",
         "id": f"msg_{ident}",
         "status": status,
         "role": "assistant",
-        "content": [{"type": "output_text", "text": text, "annotations": []}],
+        "content": [output_text(text)],
     }
 
 

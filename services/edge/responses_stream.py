@@ -13,6 +13,7 @@ from services.edge.responses import (
     INCOMPLETE_REASONS,
     function_call_item,
     message_item,
+    output_text,
     response_id,
     response_object,
     usage,
@@ -73,7 +74,7 @@ class ResponseEvents:
         item = message_item(self.ident, "", "in_progress")
         item["content"] = []
         self.output.append(item)
-        part = {"type": "output_text", "text": "", "annotations": []}
+        part = output_text("")
         return [
             {"type": "response.output_item.added", "output_index": len(self.output) - 1, "item": item},
             {"type": "response.content_part.added", **self.text_place(), "part": part},
@@ -101,7 +102,12 @@ class ResponseEvents:
         return [
             {"type": "response.output_item.added", "output_index": index, "item": added},
             {"type": "response.function_call_arguments.delta", **place, "delta": done["arguments"]},
-            {"type": "response.function_call_arguments.done", **place, "arguments": done["arguments"]},
+            {
+                "type": "response.function_call_arguments.done",
+                **place,
+                "name": done["name"],
+                "arguments": done["arguments"],
+            },
             {"type": "response.output_item.done", "output_index": index, "item": done},
         ]
 

@@ -95,4 +95,5 @@ def test_a_stream_ended_by_a_content_filter_is_incomplete_and_an_empty_answer_an
     [end] = events.on_chunk({**chunk, "choices": [], "usage": usage, "x_router": {"cost_usd": "0.1"}})
     assert end["type"] == "response.incomplete"
     assert end["response"]["incomplete_details"] == {"reason": "content_filter"}
-    assert end["response"]["output"][0]["content"] == [{"type": "output_text", "text": "", "annotations": []}]
+    part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+    assert end["response"]["output"][0]["content"] == [part]

@@ -63,7 +63,8 @@ async def test_an_unstreamed_response_is_the_chat_answer_charged_as_chat(chain: 
     wire = json.loads(raw.http_response.content)
     assert "output_text" not in wire  # the SDK's convenience, not OpenAI's wire
     assert wire["object"] == "response" and wire["error"] is None and wire["incomplete_details"] is None
-    assert wire["output"][0]["content"] == [{"type": "output_text", "text": content, "annotations": []}]
+    part = {"type": "output_text", "text": content, "annotations": [], "logprobs": []}  # both required by OpenAI
+    assert wire["output"][0]["content"] == [part]
     assert wire["usage"]["input_tokens_details"] == {"cached_tokens": 0}
     assert wire["usage"]["output_tokens_details"] == {"reasoning_tokens": 0}
     echoed = {k: wire[k] for k in ("tools", "tool_choice", "text", "parallel_tool_calls", "metadata", "store")}
@@ -411,6 +412,29 @@ async def read_events(reply: httpx.Response, until: int | None = None) -> list[d
             if until is not None and len(deltas) == until:
                 break
     return events
+
+
+async def test_the_streamed_events_carry_every_field_openais_schema_requires(chain: Chain) -> None:
+    """Clients typed from OpenAI's schema (not the Python SDK, which tolerates gaps) refuse an event without a
+    required field: an output_text part's annotations and logprobs, a finished call's name."""
+    text_body = {"model": "cheap-model", "input": unique("Say hi."), "stream": True}
+    tool_body = {**text_body, "input": unique(f"Weather in Oslo? {TOOL_CUE}"), "tools": RESPONSE_TOOLS}
+    async with httpx.AsyncClient(timeout=30) as http:
+        events = []
+        for body in (text_body, tool_body):
+            async with http.stream("POST", f"{chain.base_url}/responses", json=body) as reply:
+                events += await read_events(reply)
+    parts = [e["part"] for e in events if e["type"].startswith("response.content_part.")]
+    parts += [
+        c
+        for e in events
+        if e["type"] == "response.completed"
+        for i in e["response"]["output"]
+        for c in i.get("content", [])
+    ]
+    assert len(parts) == 3 and all(p["annotations"] == [] and p["logprobs"] == [] for p in parts)
+    (done,) = [e for e in events if e["type"] == "response.function_call_arguments.done"]
+    assert done["name"] == "get_weather"
 
 
 async def test_a_caller_leaving_mid_stream_pays_what_it_got_as_on_the_chat_route(
