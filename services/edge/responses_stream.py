@@ -121,11 +121,18 @@ class ResponseEvents:
         """The chat stream failed after its headers: the response failed, with what it was charged."""
         error = failure["error"]
         response = self.response("failed")
-        response.update(error={"code": error.get("code") or "server_error", "message": error["message"]})
+        response.update(error={"code": failed_code(error), "message": error["message"]})
         response["incomplete_details"] = None
-        if "x_router" in failure:
-            response["x_router"] = failure["x_router"]
+        response["x_router"] = {**failure.get("x_router", {}), "error_code": error.get("code")}
         return [{"type": "response.failed", "response": response}]
+
+
+def failed_code(error: dict[str, Any]) -> str:
+    """A failed response's error code, one of OpenAI's closed set (clients typed from its schema refuse any other,
+    such as the router's stream_interrupted): the router's own code is told beside it, as x_router.error_code."""
+    if error.get("code") == "rate_limit_exceeded":
+        return "rate_limit_exceeded"
+    return "invalid_prompt" if error.get("type") == "invalid_request_error" else "server_error"
 
 
 def event_line(number: int, event: dict[str, Any]) -> bytes:

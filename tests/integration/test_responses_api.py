@@ -471,9 +471,10 @@ async def test_a_stream_cut_upstream_ends_with_response_failed_and_its_charge(sl
         events = await read_events(reply)
     failed = events[-1]
     assert failed["type"] == "response.failed" and failed["response"]["status"] == "failed"
-    assert failed["response"]["error"]["code"] and failed["response"]["error"]["message"]
+    assert failed["response"]["error"]["code"] == "server_error"  # OpenAI's; the router's own is in x_router
+    assert failed["response"]["error"]["message"]
     assert any(e["type"] == "response.output_text.delta" for e in events)
     assert not any(e["type"] == "response.completed" for e in events)
     record = await wait_for_record(chain, tenant)
     assert record["outcome"] == "interrupted" and float(record["cost_usd"]) > 0
-    assert failed["response"]["x_router"] == {"cost_usd": record["cost_usd"]}
+    assert failed["response"]["x_router"] == {"cost_usd": record["cost_usd"], "error_code": "stream_interrupted"}
