@@ -120,6 +120,8 @@ class ResponseEvents:
     def on_error(self, failure: dict[str, Any]) -> list[dict[str, Any]]:
         """The chat stream failed after its headers: the response failed, with what it was charged."""
         error = failure["error"]
+        if self.text is not None:  # the answer as far as it came (and was charged), not the empty item first added
+            self.output[-1] = message_item(self.ident, self.text, "incomplete")
         response = self.response("failed")
         response.update(error={"code": failed_code(error), "message": error["message"]})
         response["incomplete_details"] = None

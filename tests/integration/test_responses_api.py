@@ -473,8 +473,10 @@ async def test_a_stream_cut_upstream_ends_with_response_failed_and_its_charge(sl
     assert failed["type"] == "response.failed" and failed["response"]["status"] == "failed"
     assert failed["response"]["error"]["code"] == "server_error"  # OpenAI's; the router's own is in x_router
     assert failed["response"]["error"]["message"]
-    assert any(e["type"] == "response.output_text.delta" for e in events)
-    assert not any(e["type"] == "response.completed" for e in events)
+    delivered = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+    assert delivered and not any(e["type"] == "response.completed" for e in events)
+    (message,) = failed["response"]["output"]  # what came, and was charged, not the item as first added
+    assert message["status"] == "incomplete" and message["content"][0]["text"] == delivered
     record = await wait_for_record(chain, tenant)
     assert record["outcome"] == "interrupted" and float(record["cost_usd"]) > 0
     assert failed["response"]["x_router"] == {"cost_usd": record["cost_usd"], "error_code": "stream_interrupted"}
