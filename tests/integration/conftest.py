@@ -24,6 +24,7 @@ from pydantic import SecretStr
 
 from llmrouter.channels import open_channel
 from llmrouter.server import RunningServer, start_server
+from llmrouter.v1 import router_pb2_grpc
 from services import classifier, providers, router
 from services.classifier.settings import ClassifierSettings
 from services.edge.__main__ import server_config
@@ -34,6 +35,7 @@ from services.providers.settings import ProvidersSettings
 from services.router.settings import RouterSettings
 from tests.conftest import ROOT
 from tests.fakes.fake_openai import FakeOpenAI, echo_reply
+from tests.redis_servers import RedisServer
 
 # The classifier service's own setting picks another build (e.g. a retrain not yet shipped).
 CLASSIFIER_DIR = Path(os.environ.get("CLASSIFIER_MODEL_DIR") or ROOT / "artefacts" / "classifier")
@@ -178,6 +180,30 @@ async def served_edge(settings: EdgeSettings) -> AsyncIterator[str]:
         server.should_exit = True
         await task
         await channel.close()
+
+
+@asynccontextmanager
+async def served_router(servicer: router_pb2_grpc.RouterServicer) -> AsyncIterator[str]:
+    """A stand-in router (a test's own servicer) served over gRPC on loopback, for the block: its address."""
+    server = grpc.aio.server()
+    router_pb2_grpc.add_RouterServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        await server.stop(None)
+
+
+@pytest.fixture(params=["redis", "memory"])
+async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str | None]:
+    """The edge's batch store, for a test run against both: a Redis of its own (its URL) and in process (None)."""
+    if request.param == "memory":
+        yield None
+        return
+    server = RedisServer(tmp_path, "--save", "").start()
+    yield server.url
+    server.stop()
 
 
 @asynccontextmanager

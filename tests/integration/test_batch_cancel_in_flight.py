@@ -10,17 +10,15 @@ import time
 import httpx
 
 from services.edge.settings import EdgeSettings
-from tests.integration.conftest import free_port, served_edge
-from tests.integration.test_batch_cancel_waiting import HoldingRouter, create, serving, status_of, store_url
-
-__all__ = ["store_url"]  # the fixture, for both stores
+from tests.integration.conftest import free_port, served_edge, served_router
+from tests.integration.test_batch_cancel_waiting import HoldingRouter, create, status_of
 
 
 async def test_a_batch_cancelled_with_its_last_lines_in_flight_ends_cancelled_with_their_answers(
     store_url: str | None,
 ) -> None:
     router = HoldingRouter()
-    async with serving(router) as router_addr:
+    async with served_router(router) as router_addr:
         settings = EdgeSettings(
             port=free_port(), router_addr=router_addr, batch_redis_url=store_url, access_log="off", metrics_port=0
         )

@@ -12,13 +12,12 @@ from pathlib import Path
 
 import grpc
 import httpx
-import pytest
 import redis
 
 from llmrouter.v1 import router_pb2, router_pb2_grpc
 from services.batches.store import batch_key, file_key
 from services.edge.settings import EdgeSettings
-from tests.integration.conftest import free_port, served_edge
+from tests.integration.conftest import free_port, served_edge, served_router
 from tests.integration.test_batches import small_file
 from tests.redis_servers import RedisServer
 
@@ -38,28 +37,6 @@ class HoldingRouter(router_pb2_grpc.RouterServicer):
         self.sent.append(request.request_id)
         await self.released.wait()
         return router_pb2.CompleteResponse(id=request.request_id, model="held", content="ok", cost_usd="0")
-
-
-@asynccontextmanager
-async def serving(router: HoldingRouter) -> AsyncIterator[str]:
-    server = grpc.aio.server()
-    router_pb2_grpc.add_RouterServicer_to_server(router, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        await server.stop(None)
-
-
-@pytest.fixture(params=["redis", "memory"])
-async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str | None]:
-    if request.param == "memory":
-        yield None
-        return
-    server = RedisServer(tmp_path, "--save", "").start()
-    yield server.url
-    server.stop()
 
 
 async def create(client: httpx.AsyncClient, prefix: str) -> str:
@@ -82,7 +59,7 @@ async def status_of(client: httpx.AsyncClient, batch_id: str, wanted: str, timeo
 async def one_place_taken(store_url: str | None) -> AsyncIterator[tuple[httpx.AsyncClient, HoldingRouter, str]]:
     """An edge with one running place, taken by a batch whose lines the router holds: (client, router, its id)."""
     router = HoldingRouter()
-    async with serving(router) as router_addr:
+    async with served_router(router) as router_addr:
         settings = EdgeSettings(
             port=free_port(),
             router_addr=router_addr,

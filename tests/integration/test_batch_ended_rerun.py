@@ -14,9 +14,9 @@ import redis
 
 from services.batches.store import ACTIVE, PREFIX, batch_key
 from services.edge.settings import EdgeSettings
-from tests.integration.conftest import free_port, served_edge
+from tests.integration.conftest import free_port, served_edge, served_router
 from tests.integration.test_batch_cancel_waiting import create
-from tests.integration.test_batch_router_out_of_reach import ComingBackRouter, serving
+from tests.integration.test_batch_router_out_of_reach import ComingBackRouter
 from tests.redis_servers import RedisServer
 
 
@@ -36,7 +36,7 @@ async def test_a_cancelled_batch_left_active_is_finished_again_and_sends_nothing
         admin.delete(f"{PREFIX}lease:{batch_id}")
 
         router = ComingBackRouter(down=0)
-        async with serving(router) as router_addr:
+        async with served_router(router) as router_addr:
             other = settings.model_copy(update={"port": free_port(), "router_addr": router_addr})
             async with served_edge(other):
                 deadline = time.monotonic() + 10

@@ -22,7 +22,7 @@ from llmrouter.v1 import router_pb2, router_pb2_grpc
 from services.batches.store import PREFIX, batch_key
 from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
-from tests.integration.conftest import Chain, free_port, start_edge
+from tests.integration.conftest import Chain, free_port, served_router, start_edge
 from tests.integration.test_batches import small_file
 from tests.integration.test_provider_batches import finished
 from tests.redis_servers import RedisServer
@@ -38,18 +38,6 @@ class RateLimitingRouter(router_pb2_grpc.RouterServicer):
         metadata = {"retry_after_s": self.retry_after_s}
         error = ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED", "rate limited", metadata)
         await context.abort(error.code, error.message, error.trailing_metadata())
-
-
-@asynccontextmanager
-async def serving(router: RateLimitingRouter) -> AsyncIterator[str]:
-    server = grpc.aio.server()
-    router_pb2_grpc.add_RouterServicer_to_server(router, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        await server.stop(None)
 
 
 @asynccontextmanager
@@ -96,7 +84,7 @@ async def test_a_parked_batch_gives_up_its_lease_and_another_edge_resumes_it_at_
     tenant, key = f"parking-{secrets.token_hex(4)}", f"sk-parking-{secrets.token_urlsafe(12)}"
     db = redis.from_url(store.url)
     try:
-        async with serving(RateLimitingRouter(retry_after_s="6")) as limited:
+        async with served_router(RateLimitingRouter(retry_after_s="6")) as limited:
             settings = EdgeSettings(
                 port=free_port(),
                 router_addr=limited,

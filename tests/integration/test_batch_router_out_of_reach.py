@@ -5,20 +5,15 @@ up to an adoption pass: it was run again only at the next pass, up to 15 s on, h
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from pathlib import Path
 
 import grpc
 import httpx
-import pytest
 
 from llmrouter.v1 import router_pb2, router_pb2_grpc
 from services.batches.runner import LEASE_S, UNREACHED_FIRST_S
 from services.edge.settings import EdgeSettings
-from tests.integration.conftest import free_port, served_edge
+from tests.integration.conftest import free_port, served_edge, served_router
 from tests.integration.test_batch_cancel_waiting import create, status_of
-from tests.redis_servers import RedisServer
 
 
 class ComingBackRouter(router_pb2_grpc.RouterServicer):
@@ -43,33 +38,11 @@ class ComingBackRouter(router_pb2_grpc.RouterServicer):
         return router_pb2.CompleteResponse(id=request.request_id, model="back", content="ok", cost_usd="0")
 
 
-@asynccontextmanager
-async def serving(router: ComingBackRouter) -> AsyncIterator[str]:
-    server = grpc.aio.server()
-    router_pb2_grpc.add_RouterServicer_to_server(router, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        await server.stop(None)
-
-
-@pytest.fixture(params=["redis", "memory"])
-async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str | None]:
-    if request.param == "memory":
-        yield None
-        return
-    server = RedisServer(tmp_path, "--save", "").start()
-    yield server.url
-    server.stop()
-
-
 async def test_a_batch_whose_router_is_out_of_reach_is_run_again_after_a_short_back_off(
     store_url: str | None,
 ) -> None:
     router = ComingBackRouter(down=3)
-    async with serving(router) as router_addr:
+    async with served_router(router) as router_addr:
         settings = EdgeSettings(
             port=free_port(), router_addr=router_addr, batch_redis_url=store_url, access_log="off", metrics_port=0
         )
