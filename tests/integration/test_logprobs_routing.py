@@ -6,7 +6,6 @@ gateway drops the field (Anthropic's: the caller would get logprobs null) nor to
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,60 +13,28 @@ import httpx
 import openai
 import pytest
 
-from tests.fakes import FakeAnthropic
 from tests.fakes.fake_groq import FakeGroq
 from tests.fakes.fake_openai import FakeOpenAI
-from tests.integration.conftest import model, provider, served_chain
+from tests.integration.conftest import model
+from tests.integration.mixed_chain import Mixed, ask, sdk, served_mixed
 from tests.integration.test_chain import unique
-
-
-@dataclass
-class Mixed:
-    base_url: str  # the edge's, ending in /v1
-    claude: FakeAnthropic  # claude-model: the cheapest; the Messages API has no log-probabilities
-    groq: FakeGroq  # groq-model: refuses logprobs (its provider's switch left off)
-    openai: FakeOpenAI  # openai-model: the priciest, returns them (its provider's `logprobs: true`)
-
-    def sent(self) -> int:
-        return len(self.claude.requests) + len(self.groq.requests) + len(self.openai.requests)
 
 
 @pytest.fixture(scope="module")
 async def mixed(
     tmp_path_factory: pytest.TempPathFactory, classifier_dir: Path, chain_redis_url: str
 ) -> AsyncIterator[Mixed]:
-    with (
-        FakeAnthropic() as claude,
-        FakeGroq() as groq,
-        FakeOpenAI() as upstream,
-        pytest.MonkeyPatch.context() as env,
-    ):
-        for name in ("CLAUDE_KEY", "GROQ_KEY", "OPENAI_KEY"):
-            env.setenv(name, f"sk-{name}")
-        path = tmp_path_factory.mktemp("logprobs") / "models.yaml"
-        registry = {
-            "tiers": ["economy", "standard", "premium"],
-            "providers": {
-                "claude": provider("anthropic", claude.base_url, "CLAUDE_KEY"),
-                "groq": provider("openai", groq.base_url, "GROQ_KEY"),
-                "openai": provider("openai", upstream.base_url, "OPENAI_KEY", logprobs=True),
-            },
-            "models": [
-                model("claude-model", "claude", "economy", ("0.10", "0.10")),
-                model("groq-model", "groq", "standard", ("0.50", "0.50")),
-                model("openai-model", "openai", "premium", ("2.50", "10.00")),
-            ],
-        }
-        async with served_chain(path, registry, chain_redis_url, classifier_dir) as base_url:
-            yield Mixed(base_url, claude, groq, upstream)
-
-
-def sdk(mixed: Mixed) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=mixed.base_url, api_key="sk-test", max_retries=0)
-
-
-def ask(text: str) -> Any:
-    return [{"role": "user", "content": unique(text)}]
+    path = tmp_path_factory.mktemp("logprobs") / "models.yaml"
+    models = [
+        model("claude-model", "claude", "economy", ("0.10", "0.10")),  # the Messages API has no log-probabilities
+        model("groq-model", "groq", "standard", ("0.50", "0.50")),  # refuses logprobs (its provider's switch off)
+        model("openai-model", "openai", "premium", ("2.50", "10.00")),  # returns them (its provider's logprobs: true)
+    ]
+    openai_options = {"logprobs": True}
+    async with served_mixed(
+        path, chain_redis_url, classifier_dir, FakeGroq(), FakeOpenAI(), models, openai_options=openai_options
+    ) as mixed:
+        yield mixed
 
 
 # quality_target 0: the cheapest model within limits is chosen, which is claude-model whenever it is eligible;

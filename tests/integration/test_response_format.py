@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +14,9 @@ import httpx
 import openai
 import pytest
 
-from tests.fakes import FakeAnthropic
 from tests.fakes.fake_openai import FakeOpenAI, echo_reply
-from tests.integration.conftest import model, provider, served_chain
-from tests.integration.test_chain import unique
+from tests.integration.conftest import model
+from tests.integration.mixed_chain import Mixed, ask, sdk, served_mixed
 
 SCHEMA: Any = {
     "type": "json_schema",
@@ -42,53 +40,20 @@ def json_when_asked(body: dict[str, Any]) -> str:
     return json.dumps({"text": text}) if kind in ("json_object", "json_schema") else text
 
 
-@dataclass
-class Mixed:
-    base_url: str  # the edge's, ending in /v1
-    claude: FakeAnthropic  # claude-model: the cheapest, honours no response_format
-    groq: FakeOpenAI  # json-model: JSON mode, no json_schema (as Groq serves its Llama 3 models)
-    openai: FakeOpenAI  # schema-model: the priciest, both (provider kind openai's default)
-
-    def sent(self) -> int:
-        return len(self.claude.requests) + len(self.groq.requests) + len(self.openai.requests)
-
-
 @pytest.fixture(scope="module")
 async def mixed(
     tmp_path_factory: pytest.TempPathFactory, classifier_dir: Path, chain_redis_url: str
 ) -> AsyncIterator[Mixed]:
-    with (
-        FakeAnthropic() as claude,
-        FakeOpenAI(json_when_asked) as groq,
-        FakeOpenAI(json_when_asked) as upstream,
-        pytest.MonkeyPatch.context() as env,
-    ):
-        for name in ("CLAUDE_KEY", "GROQ_KEY", "OPENAI_KEY"):
-            env.setenv(name, f"sk-{name}")
-        path = tmp_path_factory.mktemp("formats") / "models.yaml"
-        registry = {
-            "tiers": ["economy", "standard", "premium"],
-            "providers": {
-                "claude": provider("anthropic", claude.base_url, "CLAUDE_KEY"),
-                "groq": provider("openai", groq.base_url, "GROQ_KEY"),
-                "openai": provider("openai", upstream.base_url, "OPENAI_KEY"),
-            },
-            "models": [
-                model("claude-model", "claude", "economy", ("0.10", "0.10")),
-                model("json-model", "groq", "standard", ("0.50", "0.50"), structured_outputs=False),
-                model("schema-model", "openai", "premium", ("2.50", "10.00")),
-            ],
-        }
-        async with served_chain(path, registry, chain_redis_url, classifier_dir) as base_url:
-            yield Mixed(base_url, claude, groq, upstream)
-
-
-def sdk(mixed: Mixed) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=mixed.base_url, api_key="sk-test", max_retries=0)
-
-
-def ask(text: str) -> Any:
-    return [{"role": "user", "content": unique(text)}]
+    path = tmp_path_factory.mktemp("formats") / "models.yaml"
+    models = [
+        model("claude-model", "claude", "economy", ("0.10", "0.10")),  # honours no response_format
+        # JSON mode, no json_schema (as Groq serves its Llama 3 models)
+        model("json-model", "groq", "standard", ("0.50", "0.50"), structured_outputs=False),
+        model("schema-model", "openai", "premium", ("2.50", "10.00")),  # both (provider kind openai's default)
+    ]
+    groq, upstream = FakeOpenAI(json_when_asked), FakeOpenAI(json_when_asked)
+    async with served_mixed(path, chain_redis_url, classifier_dir, groq, upstream, models) as mixed:
+        yield mixed
 
 
 # quality_target 0: the cheapest model within limits is chosen, which is claude-model whenever it is eligible.

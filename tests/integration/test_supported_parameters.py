@@ -10,10 +10,10 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.fakes import FakeAnthropic
 from tests.fakes.fake_groq import FakeGroq
 from tests.fakes.fake_openai import FakeOpenAI
-from tests.integration.conftest import model, provider, served_chain
+from tests.integration.conftest import model
+from tests.integration.mixed_chain import served_mixed
 
 CLAUDE = ["max_tokens", "safety_identifier", "stop", "temperature", "tool_choice", "tools", "top_p", "user"]
 OPENAI_SENT = [
@@ -38,25 +38,23 @@ OPENAI_SENT = [
 async def base_url(
     tmp_path_factory: pytest.TempPathFactory, classifier_dir: Path, chain_redis_url: str
 ) -> AsyncIterator[str]:
-    with FakeAnthropic() as claude, FakeGroq() as groq, FakeOpenAI() as upstream, pytest.MonkeyPatch.context() as env:
-        for name in ("CLAUDE_KEY", "GROQ_KEY", "OPENAI_KEY"):
-            env.setenv(name, f"sk-{name}")
-        registry = {
-            "tiers": ["economy", "standard", "premium"],
-            "providers": {
-                "claude": provider("anthropic", claude.base_url, "CLAUDE_KEY"),
-                "groq": provider("openai", groq.base_url, "GROQ_KEY", logit_bias=False),
-                "openai": provider("openai", upstream.base_url, "OPENAI_KEY", logprobs=True),
-            },
-            "models": [
-                model("claude-model", "claude", "economy", ("0.10", "0.10")),
-                model("groq-model", "groq", "standard", ("0.50", "0.50"), structured_outputs=False),
-                model("openai-model", "openai", "premium", ("2.50", "10.00")),
-            ],
-        }
-        path = tmp_path_factory.mktemp("parameters") / "models.yaml"
-        async with served_chain(path, registry, chain_redis_url, classifier_dir) as url:
-            yield url
+    path = tmp_path_factory.mktemp("parameters") / "models.yaml"
+    models = [
+        model("claude-model", "claude", "economy", ("0.10", "0.10")),
+        model("groq-model", "groq", "standard", ("0.50", "0.50"), structured_outputs=False),
+        model("openai-model", "openai", "premium", ("2.50", "10.00")),
+    ]
+    async with served_mixed(
+        path,
+        chain_redis_url,
+        classifier_dir,
+        FakeGroq(),
+        FakeOpenAI(),
+        models,
+        groq_options={"logit_bias": False},
+        openai_options={"logprobs": True},
+    ) as mixed:
+        yield mixed.base_url
 
 
 async def test_each_model_lists_what_its_capabilities_and_gateway_honour(base_url: str) -> None:
