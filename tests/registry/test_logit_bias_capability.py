@@ -10,23 +10,12 @@ import pytest
 from pydantic import ValidationError
 
 from llmrouter.registry import Registry, load_registry
+from tests.registry.one_model import one_model_registry
 
 
 def registry(kind: str, provider_logit_bias: bool | None = None, **flags: Any) -> Registry:
-    provider: dict[str, Any] = {"kind": kind, "base_url": "http://x"}
-    if provider_logit_bias is not None:
-        provider["logit_bias"] = provider_logit_bias
-    model = {
-        "name": "m",
-        "provider": "p",
-        "tier": "t",
-        "input_usd_per_mtok": "1",
-        "output_usd_per_mtok": "1",
-        "context_window": 1000,
-        "quality_prior": 0.5,
-        **flags,
-    }
-    return Registry.model_validate({"tiers": ["t"], "providers": {"p": provider}, "models": [model]})
+    provider = {} if provider_logit_bias is None else {"logit_bias": provider_logit_bias}
+    return one_model_registry(kind, provider, **flags)
 
 
 @pytest.mark.parametrize(("provider_logit_bias", "applied"), [(None, True), (False, False), (True, True)])

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from llmrouter import parameters
-from llmrouter.registry import Registry
+from tests.registry.one_model import one_model_registry
 
 OPENAI_ALL = [
     "frequency_penalty",
@@ -31,18 +31,7 @@ OPENAI_ALL = [
 
 
 def listed(kind: str, provider: dict[str, Any] | None = None, **flags: Any) -> list[str]:
-    model = {
-        "name": "m",
-        "provider": "p",
-        "tier": "t",
-        "input_usd_per_mtok": "1",
-        "output_usd_per_mtok": "1",
-        "context_window": 1000,
-        "quality_prior": 0.5,
-        **flags,
-    }
-    providers = {"p": {"kind": kind, "base_url": "http://x", **(provider or {})}}
-    registry = Registry.model_validate({"tiers": ["t"], "providers": providers, "models": [model]})
+    registry = one_model_registry(kind, provider, **flags)
     return list(registry.info(registry.models[0]).supported_parameters)
 
 
