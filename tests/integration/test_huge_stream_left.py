@@ -13,9 +13,9 @@ import pytest
 import yaml
 
 from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
+from tests.fakes.raw_upstream import StallingUpstream
 from tests.integration.conftest import model, provider, served_stack
 from tests.providers.test_hostile_upstream import events, openai_chunk
-from tests.providers.test_interrupted_tool_calls import StallingUpstream
 
 PIECE = "".join(chr(0x4E00 + (i * 7919) % 20000) for i in range(350_000))  # 1 MB, about a token a character
 PIECES = 12

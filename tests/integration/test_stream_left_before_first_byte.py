@@ -18,40 +18,14 @@ import yaml
 
 from services.edge.settings import EdgeSettings
 from tests.conftest import ledger_records
+from tests.fakes.raw_upstream import StallingUpstream
 from tests.integration.conftest import free_port, model, provider, served_edge, served_stack
 
 BODY = {"model": "slow-model", "messages": [{"role": "user", "content": "A story?"}], "max_tokens": 300, "stream": True}
 
 
-class SilentUpstream:
-    """A loopback upstream that answers 200 with an event stream and then sends nothing, as a model slow to begin;
-    `asked` is set once a request reached it."""
-
-    def __init__(self) -> None:
-        self.asked = asyncio.Event()
-        self.url = ""
-        self._server: asyncio.Server | None = None
-
-    async def __aenter__(self) -> SilentUpstream:
-        self._server = await asyncio.start_server(self._answer, "127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}/v1"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-
-    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            await reader.readuntil(b"\r\n\r\n")
-            self.asked.set()
-            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n")
-            await writer.drain()
-            await asyncio.sleep(60)
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
-            pass
-        finally:
-            writer.close()
+# A 200 event stream that sends nothing after its head, as a model slow to begin.
+SILENT = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n"
 
 
 async def first_record(redis_url: str, wait_s: float) -> dict | None:
@@ -71,11 +45,11 @@ async def test_a_client_leaving_before_the_first_byte_has_the_router_call_cancel
     tmp_path: Path, redis_url: str, classifier_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SLOW_KEY", "sk-slow")
-    async with SilentUpstream() as upstream:
+    async with StallingUpstream(SILENT) as upstream:
         path = tmp_path / "models.yaml"
         spec = {
             "tiers": ["economy"],
-            "providers": {"slow": provider("openai", upstream.url, "SLOW_KEY")},
+            "providers": {"slow": provider("openai", f"{upstream.url}/v1", "SLOW_KEY")},
             "models": [model("slow-model", "slow", "economy", ("0.60", "2.40"))],
         }
         path.write_text(yaml.safe_dump(spec))

@@ -18,8 +18,9 @@ import yaml
 from llmrouter.tokens import count_tokens
 from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
 from tests.conftest import ledger_records
+from tests.fakes.raw_upstream import StallingUpstream
 from tests.integration.conftest import model, provider, served_stack
-from tests.providers.test_interrupted_tool_calls import ARGUMENTS, TEXT, StallingUpstream, anthropic_wire, openai_wire
+from tests.providers.test_interrupted_tool_calls import ARGUMENTS, TEXT, anthropic_wire, openai_wire
 
 OUTPUT_USD_PER_MTOK = Decimal("2.40")
 TOOLS = [{"type": "function", "function": {"name": "search", "parameters": {"type": "object"}}}]

@@ -22,44 +22,26 @@ from services.providers.gateways import http
 from services.providers.gateways.anthropic_batch import AnthropicBatches
 from services.providers.gateways.base import UpstreamError
 from services.providers.gateways.openai import OpenAIGateway
+from tests.fakes.raw_upstream import LoopbackUpstream
 from tests.providers.conftest import ANTHROPIC_KEY, providers_service
 from tests.providers.helpers import collect, error_of, request
 
 
-class RawUpstream:
+class RawUpstream(LoopbackUpstream):
     """A loopback upstream answering every request with `reply` (raw HTTP bytes, changeable between calls), and
     keeping each request's head and body."""
 
     def __init__(self, reply: bytes = b"", host: str = "127.0.0.1") -> None:
-        self.reply, self.host = reply, host
+        super().__init__(host)
+        self.reply = reply
         self.received: list[bytes] = []
-        self.port = 0
-        self._server: asyncio.Server | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    async def __aenter__(self) -> RawUpstream:
-        self._server = await asyncio.start_server(self._answer, self.host, 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
 
     async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = re.search(rb"(?i)content-length: *(\d+)", head)
-            self.received.append(head + await reader.readexactly(int(length[1]) if length else 0))
-            writer.write(self.reply)
-            await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = re.search(rb"(?i)content-length: *(\d+)", head)
+        self.received.append(head + await reader.readexactly(int(length[1]) if length else 0))
+        writer.write(self.reply)
+        await writer.drain()
 
 
 def reply(status: int, body: bytes = b"", content_type: str = "application/json", **headers: str) -> bytes:

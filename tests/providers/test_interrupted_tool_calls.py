@@ -4,7 +4,6 @@ stream's charge counts them beside the text delivered, as a retried attempt's ch
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import grpc
 import pytest
 
 from llmrouter.tokens import count_tokens
+from tests.fakes.raw_upstream import StallingUpstream
 from tests.providers.conftest import providers_service
 from tests.providers.helpers import error_of, request
 from tests.providers.test_hostile_upstream import MESSAGE_START, RawUpstream, events, openai_chunk
@@ -60,36 +60,6 @@ async def test_a_tool_call_cut_after_text_was_delivered_is_charged(tmp_path: Pat
     assert err.reason == "STREAM_INTERRUPTED" and "".join(deltas) == TEXT
     # The text delivered and the tool call streamed so far, each at least as many tokens as they count to.
     assert int(err.metadata["output_tokens"]) >= count_tokens(TEXT) + count_tokens(ARGUMENTS)
-
-
-class StallingUpstream:
-    """A loopback upstream that sends `wire` (a 200 event stream) and then nothing more, keeping the connection
-    open: a stream still running when the call's deadline comes."""
-
-    def __init__(self, wire: bytes) -> None:
-        self.wire = wire
-        self.url = ""
-        self._server: asyncio.Server | None = None
-
-    async def __aenter__(self) -> StallingUpstream:
-        self._server = await asyncio.start_server(self._answer, "127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-
-    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            await reader.readuntil(b"\r\n\r\n")
-            writer.write(self.wire.replace(b"connection: close\r\n", b""))
-            await writer.drain()
-            await asyncio.sleep(30)
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
-            pass
-        finally:
-            writer.close()
 
 
 @pytest.mark.parametrize(("model", "wire"), [("cheap", openai_wire()), ("claude", anthropic_wire())])
