@@ -6,6 +6,7 @@ from decimal import Decimal
 from typing import Any
 
 import grpc
+import pytest
 from prometheus_client import REGISTRY
 
 from llmrouter.errors import ServiceError
@@ -35,6 +36,17 @@ async def collect(
 
 def error_of(exc: grpc.aio.AioRpcError) -> ServiceError:
     return ServiceError.from_rpc_error(exc)
+
+
+async def stream_to_failure(
+    stub: provider_pb2_grpc.ProviderStub, req: provider_pb2.GenerateRequest
+) -> tuple[list[str], ServiceError]:
+    """A stream that must end in an error: the deltas it delivered first, and that error."""
+    deltas: list[str] = []
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for chunk in stub.GenerateStream(req):
+            deltas.append(chunk.delta)
+    return deltas, error_of(caught.value)
 
 
 def cost(input_tokens: int, output_tokens: int, input_price: str, output_price: str) -> str:

@@ -24,7 +24,7 @@ from services.providers.gateways.base import UpstreamError
 from services.providers.gateways.openai import OpenAIGateway
 from tests.fakes.raw_upstream import LoopbackUpstream
 from tests.providers.conftest import ANTHROPIC_KEY, providers_service
-from tests.providers.helpers import collect, error_of, request
+from tests.providers.helpers import collect, error_of, request, stream_to_failure
 
 
 class RawUpstream(LoopbackUpstream):
@@ -280,12 +280,8 @@ async def test_a_stream_past_its_bound_is_cut_and_charged_what_was_served(
     monkeypatch.setattr(http, "MAX_STREAM_BYTES", 1 << 20, raising=False)
     piece = openai_chunk({"content": "x" * 1000})
     wire = events(*[piece] * 3000, openai_chunk({}, "stop"), "[DONE]")  # 3 MB
-    deltas: list[str] = []
     async with RawUpstream(wire) as upstream, providers_service(tmp_path, upstream.url, upstream.url) as stub:
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            async for chunk in stub.GenerateStream(request("cheap")):
-                deltas.append(chunk.delta)
-    err = error_of(caught.value)
+        deltas, err = await stream_to_failure(stub, request("cheap"))
     assert err.reason == "STREAM_INTERRUPTED" and err.metadata["cause"] == "UPSTREAM_ERROR"
     served = "".join(deltas)
     assert 0 < len(served) < 1 << 20

@@ -7,13 +7,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import grpc
 import pytest
 
 from llmrouter.tokens import count_tokens
 from tests.fakes.raw_upstream import StallingUpstream
 from tests.providers.conftest import providers_service
-from tests.providers.helpers import error_of, request
+from tests.providers.helpers import request, stream_to_failure
 from tests.providers.test_hostile_upstream import MESSAGE_START, RawUpstream, events, openai_chunk
 
 TEXT = "Let me look that up."
@@ -51,12 +50,8 @@ def anthropic_wire() -> bytes:
 
 @pytest.mark.parametrize(("model", "wire"), [("cheap", openai_wire()), ("claude", anthropic_wire())])
 async def test_a_tool_call_cut_after_text_was_delivered_is_charged(tmp_path: Path, model: str, wire: bytes) -> None:
-    deltas: list[str] = []
     async with RawUpstream(wire) as upstream, providers_service(tmp_path, upstream.url, upstream.url) as stub:
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            async for chunk in stub.GenerateStream(request(model)):
-                deltas.append(chunk.delta)
-    err = error_of(caught.value)
+        deltas, err = await stream_to_failure(stub, request(model))
     assert err.reason == "STREAM_INTERRUPTED" and "".join(deltas) == TEXT
     # The text delivered and the tool call streamed so far, each at least as many tokens as they count to.
     assert int(err.metadata["output_tokens"]) >= count_tokens(TEXT) + count_tokens(ARGUMENTS)
@@ -67,15 +62,11 @@ async def test_a_tool_call_under_way_at_the_deadline_after_text_is_charged(
     tmp_path: Path, model: str, wire: bytes
 ) -> None:
     """Cut by the call's own deadline rather than by the upstream, the tool call streamed so far is charged too."""
-    deltas: list[str] = []
     async with (
         StallingUpstream(wire) as upstream,
         providers_service(tmp_path, upstream.url, upstream.url, total_timeout_s=1.0, read_timeout_s=10.0) as stub,
     ):
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            async for chunk in stub.GenerateStream(request(model)):
-                deltas.append(chunk.delta)
-    err = error_of(caught.value)
+        deltas, err = await stream_to_failure(stub, request(model))
     assert err.reason == "STREAM_INTERRUPTED" and err.metadata["cause"] == "UPSTREAM_TIMEOUT"
     assert "".join(deltas) == TEXT
     assert int(err.metadata["output_tokens"]) >= count_tokens(TEXT) + count_tokens(ARGUMENTS)

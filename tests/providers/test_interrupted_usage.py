@@ -7,12 +7,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import grpc
 import pytest
 
 from llmrouter.tokens import count_tokens
 from tests.providers.conftest import providers_service
-from tests.providers.helpers import error_of, request
+from tests.providers.helpers import request, stream_to_failure
 from tests.providers.test_hostile_upstream import MESSAGE_START, RawUpstream, events, openai_chunk
 
 TEXT = "The answer, written out in full, is four."
@@ -38,12 +37,8 @@ def openai_wire() -> bytes:
 
 @pytest.mark.parametrize(("model", "wire"), [("claude", anthropic_wire()), ("cheap", openai_wire())])
 async def test_a_stream_cut_after_its_usage_is_charged_the_usage(tmp_path: Path, model: str, wire: bytes) -> None:
-    deltas: list[str] = []
     async with RawUpstream(wire) as upstream, providers_service(tmp_path, upstream.url, upstream.url) as stub:
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            async for chunk in stub.GenerateStream(request(model)):
-                deltas.append(chunk.delta)
-    err = error_of(caught.value)
+        deltas, err = await stream_to_failure(stub, request(model))
     assert err.reason == "STREAM_INTERRUPTED" and "".join(deltas) == TEXT
     assert err.metadata["output_tokens"] == str(REPORTED_OUTPUT)
     assert err.metadata["input_tokens"] == "10" and err.metadata["estimated"] == "false"
