@@ -1,6 +1,6 @@
-"""The router's servicer, called directly as the gRPC server would: over a money store the test chooses, a real
-providers gRPC server on loopback serving the test's provider, and a registry (test_admission.REGISTRY unless
-given). The classifier is never asked: the requests name their model."""
+"""The router's servicer, called directly as the gRPC server would (or behind that server: served_router): over a
+money store the test chooses, a real providers gRPC server on loopback serving the test's provider, and a registry
+(test_admission.REGISTRY unless given). The classifier is never asked: the requests name their model."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import grpc
 import yaml
 
 from llmrouter.registry import LiveRegistry, Registry
-from llmrouter.v1 import classifier_pb2_grpc, provider_pb2_grpc
+from llmrouter.server import RunningServer, start_server
+from llmrouter.v1 import classifier_pb2_grpc, provider_pb2_grpc, router_pb2_grpc
 from services.router import charging
 from services.router.cache import MemoryCache
 from services.router.models import AvailableModels
@@ -66,6 +67,25 @@ async def router_servicer(
                 await servicer.close()
     finally:
         await providers.stop(0)
+
+
+@asynccontextmanager
+async def served_router(
+    tmp_path: Path,
+    store: Store,
+    provider: provider_pb2_grpc.ProviderServicer,
+    registry: Registry = REGISTRY,
+    **settings: Any,
+) -> AsyncIterator[RunningServer]:
+    """router_servicer's servicer behind the router's own gRPC server, on a free port, for the block."""
+    async with router_servicer(tmp_path, store, provider, registry, port=0, **settings) as servicer:
+        add = router_pb2_grpc.add_RouterServicer_to_server
+        registrations = {"llmrouter.v1.Router": lambda server: add(servicer, server)}
+        running = await start_server("router", servicer.settings, registrations)
+        try:
+            yield running
+        finally:
+            await running.stop(1)
 
 
 @asynccontextmanager

@@ -13,10 +13,10 @@ import grpc
 import pytest
 
 from llmrouter.errors import ServiceError, invalid
-from llmrouter.server import RunningServer, start_server
+from llmrouter.server import RunningServer
 from llmrouter.v1 import common_pb2, provider_pb2_grpc, router_pb2, router_pb2_grpc
 from services.router.store import Account, RedisStore
-from tests.router.servicer_kit import router_servicer
+from tests.router.servicer_kit import served_router
 from tests.router.test_collect_model import REGISTRY
 
 REFUSALS = {
@@ -46,12 +46,8 @@ async def router(
     store = RedisStore(redis_url)
     try:
         provider = RefusingBatchProvider(REFUSALS[request.param])
-        async with router_servicer(tmp_path, store, provider, REGISTRY, port=0) as servicer:
-            add = router_pb2_grpc.add_RouterServicer_to_server
-            registrations = {"llmrouter.v1.Router": lambda server: add(servicer, server)}
-            running = await start_server("router", servicer.settings, registrations)
+        async with served_router(tmp_path, store, provider, REGISTRY) as running:
             yield running, store
-            await running.stop(1)
     finally:
         await store.close()
 

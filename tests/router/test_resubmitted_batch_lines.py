@@ -19,14 +19,14 @@ from typing import Any
 import grpc
 import pytest
 
-from llmrouter.server import RunningServer, start_server
+from llmrouter.server import RunningServer
 from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2, router_pb2_grpc
 from services.batches import deferral
 from services.batches.deferral import Deferral
 from services.batches.store import MemoryStore as BatchStore
 from services.batches.store import results_key
 from services.router.store import PICO, Account, Allowance, Hold, RedisStore, period_id
-from tests.router.servicer_kit import router_servicer
+from tests.router.servicer_kit import served_router
 from tests.router.test_collect_model import REGISTRY
 
 CREATE_S = 1.0  # the provider takes this long to create a batch
@@ -64,12 +64,8 @@ class SlowBatchProvider(provider_pb2_grpc.ProviderServicer):
 async def router(redis_url: str, tmp_path: Path) -> AsyncIterator[tuple[RunningServer, RedisStore]]:
     store = RedisStore(redis_url)
     try:
-        async with router_servicer(tmp_path, store, SlowBatchProvider(), REGISTRY, port=0) as servicer:
-            add = router_pb2_grpc.add_RouterServicer_to_server
-            registrations = {"llmrouter.v1.Router": lambda srv: add(servicer, srv)}
-            running = await start_server("router", servicer.settings, registrations)
+        async with served_router(tmp_path, store, SlowBatchProvider(), REGISTRY) as running:
             yield running, store
-            await running.stop(1)
     finally:
         await store.close()
 
