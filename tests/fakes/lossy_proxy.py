@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from typing import Self
+from urllib.parse import urlsplit
 
 
 class LossyProxy:
@@ -23,6 +24,10 @@ class LossyProxy:
 
     def url(self, db: int = 0) -> str:
         return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def url_for(self, redis_url: str) -> str:
+        """The database of `redis_url` (the proxied server's), reached through the proxy."""
+        return self.url(int(urlsplit(redis_url).path.strip("/") or 0))
 
     def lose_next_reply(self, then_down: bool = False) -> None:
         """The next reply from the server is not forwarded: the client's connection is dropped instead; with

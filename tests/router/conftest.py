@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
 import pytest
 
 from services.router.store import MemoryStore, RedisStore, Store
+from tests.fakes.lossy_proxy import LossyProxy
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -17,3 +19,11 @@ async def store(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator
     redis_store = RedisStore(redis_url)
     yield redis_store
     await redis_store.close()
+
+
+@pytest.fixture
+async def proxy(redis_url: str) -> AsyncIterator[LossyProxy]:
+    """A LossyProxy in front of the test's Redis: proxy.url_for(redis_url) reaches its database through it."""
+    parts = urlsplit(redis_url)
+    async with LossyProxy(parts.hostname or "127.0.0.1", parts.port or 6379) as running:
+        yield running

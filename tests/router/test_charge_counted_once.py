@@ -11,7 +11,6 @@ import asyncio
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 from prometheus_client import REGISTRY as METRICS
@@ -29,16 +28,9 @@ DAY = period_id("day")
 
 
 @pytest.fixture
-async def proxy(redis_url: str) -> AsyncIterator[LossyProxy]:
-    parts = urlsplit(redis_url)
-    async with LossyProxy(parts.hostname or "127.0.0.1", parts.port or 6379) as running:
-        yield running
-
-
-@pytest.fixture
 async def charger(redis_url: str, proxy: LossyProxy, tmp_path: Path) -> AsyncIterator[charging.Charger]:
     """The router's Charger, reaching the store through the proxy."""
-    async with charger_on(proxy.url(int(urlsplit(redis_url).path.strip("/") or 0)), tmp_path / "data") as made:
+    async with charger_on(proxy.url_for(redis_url), tmp_path / "data") as made:
         yield made
 
 

@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import grpc
 import pytest
@@ -40,17 +39,6 @@ from tests.router.test_admission import ACCOUNT, REGISTRY, SETTINGS, request, ro
 DAY = period_id("day")
 
 
-@pytest.fixture
-async def proxy(redis_url: str) -> AsyncIterator[LossyProxy]:
-    parts = urlsplit(redis_url)
-    async with LossyProxy(parts.hostname or "127.0.0.1", parts.port or 6379) as running:
-        yield running
-
-
-def db_of(url: str) -> int:
-    return int(urlsplit(url).path.strip("/") or 0)
-
-
 async def holds_and_pending(client: Any, account: Account) -> tuple[list[list[bytes]], int]:
     keys = AccountKeys.of(account)
     return [await client.zrange(key, 0, -1) for key in keys.held()], await client.hlen(keys.pending)
@@ -62,7 +50,7 @@ async def test_a_lost_reply_to_a_hold_extension_leaves_no_hold_behind(
 ) -> None:
     """The store grew the hold before a fallback, the reply was lost: the router still knows the smaller hold.
     Settling with it must drop the larger one, or it blocks the tenant's budget until it expires (10 min)."""
-    store = RedisStore(proxy.url(db_of(redis_url)))
+    store = RedisStore(proxy.url_for(redis_url))
     direct = redis.from_url(redis_url)
     try:
         gate, r = await routed(request(), admission.Admission(SETTINGS, REGISTRY, store, scratch_outbox()))
@@ -111,7 +99,7 @@ async def test_an_extension_arriving_after_its_request_settled_grows_nothing(sto
 @pytest.fixture
 async def charger(proxy: LossyProxy, redis_url: str, tmp_path: Path) -> AsyncIterator[charging.Charger]:
     """A Charger on a real store (through the proxy) and outbox; this one only releases."""
-    async with charger_on(proxy.url(db_of(redis_url)), tmp_path / "data") as made:
+    async with charger_on(proxy.url_for(redis_url), tmp_path / "data") as made:
         yield made
 
 
