@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -16,6 +16,12 @@ ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 # digits, to integer biases within OpenAI's range.
 TOKEN_ID = re.compile(r"[0-9]{1,9}")
 MAX_BIAS = 100
+# OpenAI's bound on a chat's messages ("Invalid 'messages': array too long. Expected an array with maximum length
+# 2048, ...": github.com/obot-platform/obot/issues/1009), which the edge holds REST callers to; gRPC callers may send
+# one more, as the edge's Responses route does: its instructions, then up to 2048 input items. Past it, a caller's
+# request would cost every message's validation, tokenizing and re-encoding before anything refused it.
+MAX_MESSAGES = 2048
+MAX_ROUTED_MESSAGES = MAX_MESSAGES + 1
 
 
 class ChatMessage(Protocol):
@@ -45,9 +51,16 @@ class Validated:
     passthrough: dict[str, Any]  # OpenAI-style extras, a JSON object
 
 
+def check_message_count(messages: Sized) -> None:
+    """Before anything reads the messages one by one."""
+    if len(messages) > MAX_ROUTED_MESSAGES:
+        raise invalid(f"messages must be at most {MAX_ROUTED_MESSAGES}, got {len(messages)}", "messages")
+
+
 def validate(request: GenerationRequest) -> Validated:
     if not request.messages:
         raise invalid("messages must not be empty", "messages")
+    check_message_count(request.messages)
     for i, message in enumerate(request.messages):
         if message.role not in ROLES:
             raise invalid(

@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from llmrouter.errors import ServiceError
 from llmrouter.interceptors import INFLIGHT
 from llmrouter.v1 import common_pb2, operator_pb2_grpc, router_pb2, router_pb2_grpc
+from llmrouter.validation import MAX_MESSAGES, MAX_ROUTED_MESSAGES
 from services.batches.api import BatchApi
 from services.batches.runner import Runner
 from services.batches.store import open_store
@@ -260,7 +261,8 @@ class Edge:
         tenant, key = self.caller(request)
         chat, echoed = responses.to_chat(await self.read_body(request))
         try:
-            response = await self._chat(request, tenant, key, chat)
+            # Its instructions come first as one more message than its input items.
+            response = await self._chat(request, tenant, key, chat, max_messages=MAX_ROUTED_MESSAGES)
         except ApiError as error:
             raise responses.named_as_sent(error) from None
         if isinstance(response, StreamingResponse):
@@ -274,9 +276,11 @@ class Edge:
         shown = request.path_params["response_id"][:64]
         raise ApiError(404, f"Response with id {shown!r} not found: the router stores no responses", code="not_found")
 
-    async def _chat(self, request: Request, tenant: str, key: str, body: bytes) -> Response:
+    async def _chat(
+        self, request: Request, tenant: str, key: str, body: bytes, max_messages: int = MAX_MESSAGES
+    ) -> Response:
         request_id = uuid.uuid4().hex
-        parsed, raw = parse_request(body)
+        parsed, raw = parse_request(body, max_messages)
         message = parsed.to_router(raw, tenant, key, request_id)
         self.apply_headers(request, message)
         check_encoded_size(message)

@@ -9,12 +9,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
+from llmrouter.validation import MAX_MESSAGES
 from services.edge.openai_api import (
     INT32_MAX,
+    MAX_TOOLS,
     ROUTER_EXTENSIONS,
     ApiError,
     FunctionDefinition,
     JsonObject,
+    check_length,
     cost_as_written,
     decode_json,
     first_error,
@@ -260,10 +263,17 @@ def to_response_format(text_format: TextFormat) -> dict[str, Any]:
     return {"type": "json_schema", "json_schema": schema}  # checked as the chat route's response_format
 
 
+def check_lengths(raw: Any) -> None:
+    """The chat route's bounds (openai_api.check_lengths), input items counted as messages: before any is read."""
+    if isinstance(raw, dict):
+        check_length(raw.get("input"), "input", MAX_MESSAGES)
+        check_length(raw.get("tools"), "tools", MAX_TOOLS)
+
+
 def to_chat(body: bytes) -> tuple[bytes, dict[str, Any]]:
     """The chat completion request for a Responses one, and the request's fields its answer echoes; 400 for what
     cannot be translated."""
-    raw = decode_json(body)
+    raw = decode_json(body, check_lengths)
     if not isinstance(raw, dict):
         raise ApiError(400, "request body must be a JSON object", code="invalid_json")
     check_fields(raw)

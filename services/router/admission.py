@@ -20,7 +20,7 @@ from llmrouter.passthrough import TOP_LOGPROBS_ALONE
 from llmrouter.registry import FORMAT_FIELDS, RegistrySource
 from llmrouter.tokens import count_prompt_tokens, fewest_prompt_tokens
 from llmrouter.v1 import router_pb2
-from llmrouter.validation import validate
+from llmrouter.validation import check_message_count, validate
 from services.router import metrics, policy
 from services.router.costs import affordable_output, floor_pico, worst_pico
 from services.router.input_bound import bound_input
@@ -116,6 +116,7 @@ class Admission:
                 raise invalid(f"{name} must be at most {MAX_ID_CHARS} characters", name)
             if "\x00" in getattr(request, name):  # PostgreSQL's text refuses it: the SQL ledger would lose the charge
                 raise invalid(f"{name} must not contain a NUL character", name)
+        check_message_count(request.messages)
         if fewest_prompt_tokens(len(request.messages)) > self.max_context:  # known without reading them
             raise self._over_every_window()
         valid = validate(request)

@@ -168,12 +168,12 @@ async def test_a_prompt_over_every_context_window_is_refused_before_routing() ->
     assert err.value.reason == "CONTEXT_LENGTH_EXCEEDED"
 
 
-async def test_more_messages_than_any_context_window_holds_are_refused_unread() -> None:
+async def test_more_messages_than_the_bound_are_refused_unread() -> None:
     many = router_pb2.CompleteRequest(messages=[common_pb2.ChatMessage(role="user", content="hi")] * 30_000)
     started = time.perf_counter()
     with pytest.raises(ServiceError) as err:
-        await routed(many)  # 30,000 messages of at least 4 tokens each: over 100,000 tokens
-    assert err.value.reason == "CONTEXT_LENGTH_EXCEEDED"
+        await routed(many)  # past MAX_ROUTED_MESSAGES, and over 100,000 tokens: the bound answers first
+    assert (err.value.reason, err.value.metadata) == ("INVALID_REQUEST", {"field": "messages"})
     assert time.perf_counter() - started < 0.2  # unread: counting them takes about 0.6 s
 
 

@@ -1,0 +1,56 @@
+"""OpenAI's other bounds on arrays a caller sizes, in its words: tools (128) and an assistant message's tool_calls
+(128), on both routes; checked before any item is validated, as messages are (tests/integration/test_item_bounds.py)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from services.edge import responses
+from services.edge.openai_api import ApiError, parse_request
+
+USER = {"role": "user", "content": "hi"}
+TOOL = {"type": "function", "function": {"name": "f"}}
+CALL = {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+
+
+def refusal(parse: Any, body: dict[str, Any]) -> dict[str, Any]:
+    with pytest.raises(ApiError) as caught:
+        parse(json.dumps(body).encode())
+    assert caught.value.status == 400
+    return caught.value.body()["error"]
+
+
+def too_long(param: str, limit: int, length: int) -> dict[str, Any]:
+    message = (
+        f"Invalid '{param}': array too long. Expected an array with maximum length {limit}, "
+        f"but got an array with length {length} instead."
+    )
+    return {"message": message, "type": "invalid_request_error", "param": param, "code": "array_above_max_length"}
+
+
+def test_chat_tools_past_128_are_openais_400() -> None:
+    assert refusal(parse_request, {"messages": [USER], "tools": [TOOL] * 129}) == too_long("tools", 128, 129)
+    parse_request(json.dumps({"messages": [USER], "tools": [TOOL] * 128}).encode())
+
+
+def test_an_assistant_messages_tool_calls_past_128_are_openais_400() -> None:
+    def body(calls: int) -> dict[str, Any]:
+        return {"messages": [USER, {"role": "assistant", "tool_calls": [CALL] * calls}]}
+
+    assert refusal(parse_request, body(129)) == too_long("messages[1].tool_calls", 128, 129)
+    parse_request(json.dumps(body(128)).encode())
+
+
+def test_responses_tools_past_128_are_openais_400() -> None:
+    tool = {"type": "function", "name": "f"}
+    assert refusal(responses.to_chat, {"input": "hi", "tools": [tool] * 129}) == too_long("tools", 128, 129)
+    responses.to_chat(json.dumps({"input": "hi", "tools": [tool] * 128}).encode())
+
+
+def test_the_bound_is_checked_before_any_item_is_read() -> None:
+    """Items of the wrong shape past the bound: the length is what is refused, not the first item."""
+    assert refusal(parse_request, {"messages": [5] * 2049}) == too_long("messages", 2048, 2049)
+    assert refusal(responses.to_chat, {"input": [5] * 2049}) == too_long("input", 2048, 2049)
