@@ -16,12 +16,13 @@ SQLite (a file, the default) or PostgreSQL (when a DSN is set): the same table a
 is stored as integer pico-dollars, as the money store keeps it, so sums here equal the budgets exactly.
 Calls run in a worker thread: the drivers are synchronous and the router's event loop must not wait on disk.
 
-A SQLite file can be bounded (max_bytes, ROUTER_LEDGER_SQL_MAX_MIB): past its bound the oldest rows are deleted, a
-retention by size as ROUTER_LEDGER_SQL_RETENTION_DAYS is by age (the durable record is the money store's ledger
-stream and its exports). Rows are committed in chunks of about SIZE_CHECK_BYTES of text and the bound is checked
-after each, so the file passes it by one chunk at most (about twice SIZE_CHECK_BYTES on disk, with the indexes);
-its write-ahead log beside it takes up to ~4 MiB more (SQLite checkpoints it every 1000 pages of 4 KiB) plus one
-transaction. The file never shrinks (no VACUUM: it would need as much room again): SQLite reuses the freed pages.
+A SQLite file can be bounded (max_bytes, ROUTER_LEDGER_SQL_MAX_MIB): past its bound the oldest rows are deleted (but
+each account's newest, which Budgets and the budget alerts list it by), a retention by size as
+ROUTER_LEDGER_SQL_RETENTION_DAYS is by age (the durable record is the money store's ledger stream and its exports).
+Rows are committed in chunks of about SIZE_CHECK_BYTES of text and the bound is checked after each, so the file
+passes it by one chunk at most (about twice SIZE_CHECK_BYTES on disk, with the indexes); its write-ahead log beside
+it takes up to ~4 MiB more (SQLite checkpoints it every 1000 pages of 4 KiB) plus one transaction. The file never
+shrinks (no VACUUM: it would need as much room again): SQLite reuses the freed pages.
 """
 
 from __future__ import annotations
@@ -87,6 +88,14 @@ SQLITE_BUSY_S = 30.0  # how long a SQLite call waits for another process's lock 
 SIZE_CHECK_BYTES = 256 * 1024
 TRIM_ROWS = 500
 BOUND_REFILL = 0.9
+# The oldest rows the bound may delete: never an account's (tenant, key id) newest, whose budget Budgets and the
+# budget alerts would otherwise stop showing (they list the accounts the table names: LedgerDB.accounts), as a
+# tenant whose budget is spent, refused and so charging nothing new, sees the others' traffic push out its rows.
+OLDEST_DELETABLE = (
+    "SELECT rowid, ts FROM requests AS r WHERE EXISTS (SELECT 1 FROM requests AS n"
+    " WHERE n.tenant = r.tenant AND n.key_id = r.key_id AND n.rowid > r.rowid) ORDER BY ts LIMIT ?"
+)
+ACCOUNT_INDEX = "CREATE INDEX IF NOT EXISTS requests_account ON requests (tenant, key_id)"  # for OLDEST_DELETABLE
 # The write-ahead log is truncated back to this after a checkpoint (else it keeps the size a long reader grew it to).
 WAL_LIMIT_BYTES = 4 * 1024 * 1024
 
@@ -308,6 +317,8 @@ class LedgerDB:
                 if column not in self._columns(conn):  # made by a version before: its rows' make-up is NULL
                     conn.execute(f"ALTER TABLE requests ADD COLUMN {column} {kind}")
             conn.execute(INDEX)
+            if self.max_bytes:
+                conn.execute(ACCOUNT_INDEX)
             conn.execute(REJECTED_SCHEMA)
             conn.commit()
         except BaseException:
@@ -414,8 +425,8 @@ class LedgerDB:
         return added
 
     def _keep_bound(self) -> None:
-        """A bounded SQLite ledger past its bound: delete the oldest rows, and the rejected entries older than the
-        oldest row left (as _trim does), until they take BOUND_REFILL of it."""
+        """A bounded SQLite ledger past its bound: delete the oldest rows but each account's newest (OLDEST_DELETABLE),
+        and the rejected entries as old as them (as _trim does), until they take BOUND_REFILL of it."""
         if not self.max_bytes:
             return
         deleted = 0
@@ -424,14 +435,12 @@ class LedgerDB:
                 return
             while _used_bytes(conn) > self.max_bytes * BOUND_REFILL:
                 try:
-                    gone = conn.execute(
-                        "DELETE FROM requests WHERE rowid IN (SELECT rowid FROM requests ORDER BY ts LIMIT ?)",
-                        (TRIM_ROWS,),
-                    ).rowcount
-                    gone += conn.execute(
-                        "DELETE FROM ledger_rejected WHERE rejected_at < coalesce((SELECT min(ts) FROM requests), ?)",
-                        (time.time(),),
-                    ).rowcount
+                    oldest = conn.execute(OLDEST_DELETABLE, (TRIM_ROWS,)).fetchall()
+                    conn.executemany("DELETE FROM requests WHERE rowid = ?", [(rowid,) for rowid, _ in oldest])
+                    # Rejected entries as old as the rows deleted; every one once no row is left to delete.
+                    cutoff = oldest[-1][1] if oldest else time.time()
+                    gone = len(oldest)
+                    gone += conn.execute("DELETE FROM ledger_rejected WHERE rejected_at < ?", (cutoff,)).rowcount
                     conn.commit()
                 except BaseException:
                     conn.rollback()
