@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 from llmrouter.validation import MAX_MESSAGES
 from services.edge.openai_api import (
     INT32_MAX,
+    MAX_TOOL_CALLS,
     MAX_TOOLS,
     ROUTER_EXTENSIONS,
     ApiError,
@@ -211,7 +212,11 @@ def to_messages(fields: ResponsesFields) -> list[dict[str, Any]]:
             call = {"id": item.call_id, "type": "function", "function": function}
             last = messages[-1] if messages else {}
             if last.get("role") == "assistant":  # the answer's text and its calls, or parallel calls: one turn
-                last.setdefault("tool_calls", []).append(call)
+                calls = last.setdefault("tool_calls", [])
+                if len(calls) == MAX_TOOL_CALLS:  # else refused as a chat message's tool_calls, never sent here
+                    message = f"Invalid 'input': more than {MAX_TOOL_CALLS} function_call items in one turn"
+                    raise ApiError(400, message, param=f"input.{i}", code="array_above_max_length")
+                calls.append(call)
             else:
                 messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
         elif isinstance(item, FunctionCallOutputItem):

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from llmrouter.validation import MAX_ROUTED_MESSAGES
 from services.edge import responses
 from services.edge.openai_api import ApiError, parse_request
 
@@ -54,3 +55,25 @@ def test_the_bound_is_checked_before_any_item_is_read() -> None:
     """Items of the wrong shape past the bound: the length is what is refused, not the first item."""
     assert refusal(parse_request, {"messages": [5] * 2049}) == too_long("messages", 2048, 2049)
     assert refusal(responses.to_chat, {"input": [5] * 2049}) == too_long("input", 2048, 2049)
+
+
+def test_responses_function_calls_past_128_in_one_turn_are_a_400_naming_input() -> None:
+    """Consecutive function_call items are one assistant turn's tool_calls on the chat route: past 128 the refusal
+    names the input item, not the chat message the caller never sent (messages[1].tool_calls)."""
+
+    def body(calls: int) -> dict[str, Any]:
+        made = [{"type": "function_call", "call_id": f"c{i}", "name": "f", "arguments": "{}"} for i in range(calls)]
+        outputs = [{"type": "function_call_output", "call_id": f"c{i}", "output": "x"} for i in range(calls)]
+        return {"input": [USER, *made, *outputs]}
+
+    def served(payload: bytes) -> None:  # as the edge's Responses route serves it
+        chat, _ = responses.to_chat(payload)
+        try:
+            parse_request(chat, MAX_ROUTED_MESSAGES)
+        except ApiError as error:
+            raise responses.named_as_sent(error) from None
+
+    refused = refusal(served, body(129))
+    assert (refused["param"], refused["code"]) == ("input.129", "array_above_max_length")
+    assert "128" in refused["message"] and "messages" not in refused["message"]
+    served(json.dumps(body(128)).encode())
