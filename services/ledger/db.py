@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import sqlite3
 import threading
 import time
@@ -429,13 +430,18 @@ class LedgerDB:
         and the rejected entries as old as them (as _trim does), until they take BOUND_REFILL of it."""
         if not self.max_bytes:
             return
-        deleted = 0
+        deleted, target = 0, self.max_bytes * BOUND_REFILL
         with self._connected() as conn:
-            if _used_bytes(conn) <= self.max_bytes:
+            used = _used_bytes(conn)
+            if used <= self.max_bytes:
                 return
-            while _used_bytes(conn) > self.max_bytes * BOUND_REFILL:
+            rows = conn.execute("SELECT count(*) FROM requests").fetchone()[0]
+            while used > target:
+                # As many rows as take what is over the target, at their average size: TRIM_ROWS rows of a few KiB
+                # each can be more than a small bound holds, and deleting them emptied the table.
+                step = min(TRIM_ROWS, max(1, math.ceil((used - target) * rows / used)))
                 try:
-                    oldest = conn.execute(OLDEST_DELETABLE, (TRIM_ROWS,)).fetchall()
+                    oldest = conn.execute(OLDEST_DELETABLE, (step,)).fetchall()
                     conn.executemany("DELETE FROM requests WHERE rowid = ?", [(rowid,) for rowid, _ in oldest])
                     # Rejected entries as old as the rows deleted; every one once no row is left to delete.
                     cutoff = oldest[-1][1] if oldest else time.time()
@@ -447,7 +453,7 @@ class LedgerDB:
                     raise
                 if not gone:  # empty: what is left is the tables' own pages
                     break
-                deleted += gone
+                deleted, rows, used = deleted + gone, rows - len(oldest), _used_bytes(conn)
         log.warning(
             "SQLite ledger at its bound: oldest rows deleted (the durable record is the ledger stream and its exports)",
             extra={"deleted": deleted, "max_bytes": self.max_bytes},

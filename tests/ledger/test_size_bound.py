@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from llmrouter.redis_connect import connect
-from services.ledger.db import SIZE_CHECK_BYTES, WAL_LIMIT_BYTES, LedgerDB
+from services.ledger.db import SIZE_CHECK_BYTES, WAL_LIMIT_BYTES, LedgerDB, row_from_record
 from services.ledger.service import ledger_for
 from services.ledger.settings import LedgerSettings
 from services.ledger.sink import LedgerSink, RedisSource
@@ -73,5 +73,25 @@ def test_the_bound_is_set_in_mib(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     db = ledger_for(LedgerSettings())
     try:
         assert db.max_bytes == 64 * 2**20
+    finally:
+        db.close()
+
+
+async def test_large_rows_are_deleted_only_as_far_as_the_bound_needs(tmp_path: Path) -> None:
+    """Rows of a few KiB each (long candidate lists, errors, generations): a deletion step of TRIM_ROWS rows is more
+    than the whole bound holds, and the table was emptied each time it passed the bound, Stats left with nothing."""
+    rng = random.Random(9)
+    db = LedgerDB(path=tmp_path / "ledger.sqlite3", max_bytes=BOUND)
+    try:
+        for start in range(0, 3000, 300):
+            rows = [
+                row_from_record(record(f"req-{i:05d}", TENANTS[0], rng) | {"ts": i, "error": "e" * 2000}, f"e {i}")
+                for i in range(start, start + 300)
+            ]
+            await db.insert(rows)
+            kept = [row.get("request_id") for row in await db.rows()]
+            # ~4 KiB a row on disk: BOUND_REFILL of the bound holds ~230 of them, the newest
+            assert len(kept) >= 150, f"{len(kept)} rows left after inserting up to req-{start + 299:05d}"
+            assert kept == [f"req-{i:05d}" for i in range(start + 300 - len(kept), start + 300)]
     finally:
         db.close()
