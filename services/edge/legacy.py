@@ -8,7 +8,8 @@ import json
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
-from services.edge.openai_api import ApiError, cost_as_written, decode_json
+from llmrouter.validation import MAX_MESSAGES
+from services.edge.openai_api import ApiError, check_lengths, cost_as_written, decode_json
 
 # Meaningless for a chat model: refused by name instead of silently ignored, unless set to their defaults.
 UNSUPPORTED = {"suffix": ("",), "echo": (False,), "logprobs": (0,), "best_of": (1,)}
@@ -17,7 +18,9 @@ DEFAULT_MAX_TOKENS = 16
 
 def to_chat(body: bytes) -> bytes:
     """The chat completion request for a legacy one; 400 for what cannot be translated."""
-    raw = decode_json(body)  # strict, as the chat route: a nesting past the recursion limit is a 400 too
+    # Strict, as the chat route: a nesting past the recursion limit is a 400 too; its bounds on arrays before anything
+    # walks the items (written out and decoded again below, 200,000 tiny tools held the event loop for seconds).
+    raw = decode_json(body, lambda value: check_lengths(value, MAX_MESSAGES))
     if not isinstance(raw, dict):
         raise ApiError(400, "the body must be a JSON object", code="invalid_request")
     prompt = raw.pop("prompt", None)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from llmrouter.validation import MAX_ROUTED_MESSAGES
-from services.edge import responses
+from services.edge import legacy, responses
 from services.edge.openai_api import ApiError, parse_request
 
 USER = {"role": "user", "content": "hi"}
@@ -77,3 +77,14 @@ def test_responses_function_calls_past_128_in_one_turn_are_a_400_naming_input() 
     assert (refused["param"], refused["code"]) == ("input.129", "array_above_max_length")
     assert "128" in refused["message"] and "messages" not in refused["message"]
     served(json.dumps(body(128)).encode())
+
+
+def test_legacy_completions_check_the_bounds_before_walking_the_items() -> None:
+    """/v1/completions decodes the body, walks it, writes it out again and decodes it again as a chat request: 200,000
+    tiny tools held the event loop ~5 times as long as on the chat route before the bound refused them. Items nested
+    past the depth limit show the bound answers before any walk does."""
+    deep: Any = "x"
+    for _ in range(70):
+        deep = [deep]
+    body = {"model": "auto", "prompt": "hi", "tools": [deep] * 129}
+    assert refusal(legacy.to_chat, body) == too_long("tools", 128, 129)
