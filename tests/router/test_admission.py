@@ -177,6 +177,24 @@ async def test_more_messages_than_the_bound_are_refused_unread() -> None:
     assert time.perf_counter() - started < 0.2  # unread: counting them takes about 0.6 s
 
 
+async def test_messages_within_the_bound_but_over_every_context_window_are_refused_unread() -> None:
+    """Under the message bound, a registry of small windows still refuses a prompt of too many messages from their
+    count alone (each costs its framing), before any is read: these, read, would be refused for their content."""
+    small = Registry.model_validate(
+        {**REGISTRY.model_dump(mode="json", exclude_none=True), "models": [
+            {**m.model_dump(mode="json", exclude_none=True), "context_window": 4096, "max_output_tokens": 1024}
+            for m in REGISTRY.models
+        ]}
+    )  # fmt: skip
+    gate = admission.Admission(SETTINGS, small, MemoryStore(), scratch_outbox())
+    unread = router_pb2.CompleteRequest(messages=[common_pb2.ChatMessage(role="user", content="")] * 1100)
+    with pytest.raises(ServiceError) as err:
+        await gate.limits(unread)  # 1,100 messages: at least 4,403 tokens of framing, over every 4,096-token window
+    assert err.value.reason == "CONTEXT_LENGTH_EXCEEDED"
+    fewer = router_pb2.CompleteRequest(messages=[common_pb2.ChatMessage(role="user", content="hi")] * 800)
+    assert (await gate.limits(fewer)).input_tokens <= 4096  # 4,003 tokens: it fits, and is counted
+
+
 # Keeps the Redis server busy for about half a second, so that a command sent meanwhile runs only after it.
 _BUSY_LUA = """
 local t = redis.call('TIME')
