@@ -2,7 +2,7 @@
 settings (ROUTER_REDIS_URL for the sink).
 
 export  writes the rows (optionally --since/--until, Unix seconds or YYYY-MM-DD) as CSV or JSONL
-trim    deletes the rows older than --days (default ROUTER_LEDGER_SQL_RETENTION_DAYS)
+trim    deletes the rows older than --days (default ROUTER_LEDGER_SQL_RETENTION_DAYS) but each account's newest
 sink    copies the Redis ledger stream into the table until stopped, beside or instead of the routers' sinks
 """
 

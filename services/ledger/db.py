@@ -16,9 +16,10 @@ SQLite (a file, the default) or PostgreSQL (when a DSN is set): the same table a
 is stored as integer pico-dollars, as the money store keeps it, so sums here equal the budgets exactly.
 Calls run in a worker thread: the drivers are synchronous and the router's event loop must not wait on disk.
 
-A SQLite file can be bounded (max_bytes, ROUTER_LEDGER_SQL_MAX_MIB): past its bound the oldest rows are deleted (but
-each account's newest, which Budgets and the budget alerts list it by), a retention by size as
-ROUTER_LEDGER_SQL_RETENTION_DAYS is by age (the durable record is the money store's ledger stream and its exports).
+A SQLite file can be bounded (max_bytes, ROUTER_LEDGER_SQL_MAX_MIB): past its bound the oldest rows are deleted, a
+retention by size as ROUTER_LEDGER_SQL_RETENTION_DAYS (LedgerDB.trim) is by age (the durable record is the money
+store's ledger stream and its exports). Both keep each account's newest row, which Budgets and the budget alerts list
+it by (NOT_NEWEST).
 Rows are committed in chunks of about SIZE_CHECK_BYTES of text and the bound is checked after each, so the file
 passes it by one chunk at most (about twice SIZE_CHECK_BYTES on disk, with the indexes); its write-ahead log beside
 it takes up to ~4 MiB more (SQLite checkpoints it every 1000 pages of 4 KiB) plus one transaction. The file never
@@ -89,14 +90,20 @@ SQLITE_BUSY_S = 30.0  # how long a SQLite call waits for another process's lock 
 SIZE_CHECK_BYTES = 256 * 1024
 TRIM_ROWS = 500
 BOUND_REFILL = 0.9
-# The oldest rows the bound may delete: never an account's (tenant, key id) newest, whose budget Budgets and the
-# budget alerts would otherwise stop showing (they list the accounts the table names: LedgerDB.accounts), as a
-# tenant whose budget is spent, refused and so charging nothing new, sees the others' traffic push out its rows.
-OLDEST_DELETABLE = (
-    "SELECT rowid, ts FROM requests AS r WHERE EXISTS (SELECT 1 FROM requests AS n"
-    " WHERE n.tenant = r.tenant AND n.key_id = r.key_id AND n.rowid > r.rowid) ORDER BY ts LIMIT ?"
+# A row the retentions (by size: max_bytes; by age: LedgerDB.trim) may delete: never an account's (tenant, key id)
+# newest (latest ts, then primary key: one per account on SQLite and PostgreSQL alike), whose budget Budgets and the
+# budget alerts would otherwise stop showing (they list the accounts the table names: LedgerDB.accounts), as a tenant
+# whose budget is spent, refused and so charging nothing new, sees its rows age out or the others' traffic push them
+# out. `n.ts >= requests.ts` lets ACCOUNT_INDEX find a newer row by a seek.
+NOT_NEWEST = (
+    "EXISTS (SELECT 1 FROM requests AS n WHERE n.tenant = requests.tenant AND n.key_id = requests.key_id"
+    " AND n.ts >= requests.ts AND (n.ts, n.request_id, n.ledger_entry)"
+    " > (requests.ts, requests.request_id, requests.ledger_entry))"
 )
-ACCOUNT_INDEX = "CREATE INDEX IF NOT EXISTS requests_account ON requests (tenant, key_id)"  # for OLDEST_DELETABLE
+OLDEST_DELETABLE = f"SELECT rowid, ts FROM requests WHERE {NOT_NEWEST} ORDER BY ts LIMIT ?"  # SQLite: the bound
+ACCOUNT_INDEX = "CREATE INDEX IF NOT EXISTS requests_account_ts ON requests (tenant, key_id, ts)"  # for NOT_NEWEST
+# Made by the version before for the bound alone (on (tenant, key_id): no seek by ts): ACCOUNT_INDEX replaces it.
+OLD_ACCOUNT_INDEX = "DROP INDEX IF EXISTS requests_account"
 # The write-ahead log is truncated back to this after a checkpoint (else it keeps the size a long reader grew it to).
 WAL_LIMIT_BYTES = 4 * 1024 * 1024
 
@@ -273,9 +280,10 @@ class LedgerDB:
         return await asyncio.to_thread(self._accounts, tenant)
 
     async def trim(self, before: float) -> int:
-        """Delete rows older than `before`, and the entries kept whole in ledger_rejected that were rejected before
-        then (by when they were rejected: an unreadable record has no time of its own; the sink rejects an entry as
-        it reads it, so within moments of its charge); returns how many of both. Same retention for both: a rejected
+        """Delete rows older than `before` but each account's newest (NOT_NEWEST: Budgets lists the account by it), and
+        the entries kept whole in ledger_rejected that were rejected before then (by when they were rejected: an
+        unreadable record has no time of its own; the sink rejects an entry as it reads it, so within moments of its
+        charge); returns how many of both. Same retention for both: a rejected
         entry is a charge as a row is, no more to be kept, and left alone it would grow the table forever."""
         return await asyncio.to_thread(self._trim, before)
 
@@ -318,8 +326,8 @@ class LedgerDB:
                 if column not in self._columns(conn):  # made by a version before: its rows' make-up is NULL
                     conn.execute(f"ALTER TABLE requests ADD COLUMN {column} {kind}")
             conn.execute(INDEX)
-            if self.max_bytes:
-                conn.execute(ACCOUNT_INDEX)
+            conn.execute(OLD_ACCOUNT_INDEX)
+            conn.execute(ACCOUNT_INDEX)  # every ledger: the retention by age needs it as the bound does
             conn.execute(REJECTED_SCHEMA)
             conn.commit()
         except BaseException:
@@ -502,7 +510,8 @@ class LedgerDB:
     def _trim(self, before: float) -> int:
         with self._connected() as conn:
             try:
-                deleted = conn.execute(f"DELETE FROM requests WHERE ts < {self._mark}", (before,)).rowcount
+                sql = f"DELETE FROM requests WHERE ts < {self._mark} AND {NOT_NEWEST}"
+                deleted = conn.execute(sql, (before,)).rowcount
                 sql = f"DELETE FROM ledger_rejected WHERE rejected_at < {self._mark}"
                 deleted += conn.execute(sql, (before,)).rowcount
                 conn.commit()

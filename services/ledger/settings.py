@@ -24,13 +24,13 @@ class LedgerSettings(BaseSettings):
     ledger_sql_sink: bool = True
     ledger_sql_dsn: SecretStr = SecretStr("")
     ledger_sql_path: RepoPath = Path(tempfile.gettempdir()) / "llmrouter-ledger.sqlite3"
-    # Rows older than this many days are deleted by the sink (hourly) and by `python -m services.ledger trim`;
-    # 0 keeps them forever.
+    # Rows older than this many days are deleted by the sink (hourly) and by `python -m services.ledger trim`, but
+    # each account's (tenant, key id) newest, which Budgets and the budget alerts list it by; 0 keeps them forever.
     ledger_sql_retention_days: float = Field(default=0, ge=0)
-    # A SQLite ledger past this many MiB has its oldest rows deleted, so the file stops growing (0: unbounded;
-    # PostgreSQL: ignored). A retention by size, as the one above is by age: the durable record is the ledger stream
-    # and its exports. The file passes it by ~0.5 MiB at most, and its write-ahead log takes ~4 MiB more
-    # (services/ledger/db.py): leave that room on its volume.
+    # A SQLite ledger past this many MiB has its oldest rows deleted (but each account's newest), so the file stops
+    # growing (0: unbounded; PostgreSQL: ignored). A retention by size, as the one above is by age: the durable
+    # record is the ledger stream and its exports. The file passes it by ~0.5 MiB at most, and its write-ahead log
+    # takes ~4 MiB more (services/ledger/db.py): leave that room on its volume.
     ledger_sql_max_mib: int = Field(default=0, ge=0)
     # Ledger stream entries older than this are trimmed by `python -m services.router.ledger trim` (exported
     # first, or with --copied-only once the sink has copied them).
