@@ -102,6 +102,12 @@ NOT_NEWEST = (
 )
 OLDEST_DELETABLE = f"SELECT rowid, ts FROM requests WHERE {NOT_NEWEST} ORDER BY ts LIMIT ?"  # SQLite: the bound
 ACCOUNT_INDEX = "CREATE INDEX IF NOT EXISTS requests_account_ts ON requests (tenant, key_id, ts)"  # for NOT_NEWEST
+# PostgreSQL: CREATE INDEX takes a SHARE lock on the table, even with IF NOT EXISTS on an index already there: behind
+# any open write (a retention mid-delete), ahead of every router's inserts. So a start-up creates only the indexes a
+# table lacks, and the account index of a table with rows (tens of millions: minutes to build) concurrently, beside it.
+INDEX_VALID = "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)"
+# Held (for its session) by the process building the account index concurrently: the others leave it to that one.
+INDEX_BUILD_LOCK = PREPARE_LOCK + 1
 # Made by the version before for the bound alone (on (tenant, key_id): no seek by ts): ACCOUNT_INDEX replaces it.
 OLD_ACCOUNT_INDEX = "DROP INDEX IF EXISTS requests_account"
 # The write-ahead log is truncated back to this after a checkpoint (else it keeps the size a long reader grew it to).
@@ -287,6 +293,26 @@ class LedgerDB:
         entry is a charge as a row is, no more to be kept, and left alone it would grow the table forever."""
         return await asyncio.to_thread(self._trim, before)
 
+    async def build_indexes(self) -> None:
+        """PostgreSQL: build the account index (NOT_NEWEST) a table with rows lacks, or a build cut short left
+        invalid, concurrently (inserts go on meanwhile), on a connection of its own; SQLite has it from start-up."""
+        if self.postgres:
+            await asyncio.to_thread(self._build_indexes)
+
+    def _build_indexes(self) -> None:
+        import psycopg
+
+        with psycopg.connect(self._dsn, autocommit=True) as conn:  # CONCURRENTLY runs in no transaction
+            if conn.execute(f"SELECT pg_try_advisory_lock({INDEX_BUILD_LOCK})").fetchone() != (True,):
+                return  # another process is building it
+            valid = conn.execute(INDEX_VALID, ("requests_account_ts",)).fetchone()
+            if valid == (True,):
+                return
+            if valid is not None:  # left invalid by a build whose process died: IF NOT EXISTS would keep it so
+                conn.execute("DROP INDEX CONCURRENTLY IF EXISTS requests_account_ts")
+            conn.execute(ACCOUNT_INDEX.replace("CREATE INDEX", "CREATE INDEX CONCURRENTLY"))
+            log.info("ledger account index built")
+
     def close(self) -> None:
         with self._lock:
             self._conn.close()
@@ -325,9 +351,16 @@ class LedgerDB:
             for column, kind in (("owed_pico", "BIGINT"), ("generations", "TEXT")):
                 if column not in self._columns(conn):  # made by a version before: its rows' make-up is NULL
                     conn.execute(f"ALTER TABLE requests ADD COLUMN {column} {kind}")
-            conn.execute(INDEX)
-            conn.execute(OLD_ACCOUNT_INDEX)
-            conn.execute(ACCOUNT_INDEX)  # every ledger: the retention by age needs it as the bound does
+            if self.postgres:
+                if conn.execute(INDEX_VALID, ("requests_ts",)).fetchone() is None:
+                    conn.execute(INDEX)
+                missing = conn.execute(INDEX_VALID, ("requests_account_ts",)).fetchone() is None
+                if missing and conn.execute("SELECT 1 FROM requests LIMIT 1").fetchone() is None:
+                    conn.execute(ACCOUNT_INDEX)  # an empty table's, at once; else build_indexes
+            else:
+                conn.execute(INDEX)
+                conn.execute(OLD_ACCOUNT_INDEX)
+                conn.execute(ACCOUNT_INDEX)  # every ledger: the retention by age needs it as the bound does
             conn.execute(REJECTED_SCHEMA)
             conn.commit()
         except BaseException:

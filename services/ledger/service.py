@@ -48,9 +48,16 @@ async def keep_retention(db: LedgerDB, days: float) -> None:
         await asyncio.sleep(RETENTION_EVERY_S)
 
 
+async def build_indexes(db: LedgerDB) -> None:
+    try:
+        await db.build_indexes()
+    except Exception as exc:  # the retention works without it, by a slower plan; the next start-up tries again
+        log.warning("ledger account index not built", extra={"error": str(exc)})
+
+
 async def open_ledger_sink(settings: RouterSettings, store: Store) -> tuple[LedgerDB, Callable[[], Awaitable[None]]]:
     db = await asyncio.to_thread(ledger_for, settings)
-    tasks: list[asyncio.Task[None]] = []
+    tasks = [asyncio.create_task(build_indexes(db))]  # beside the start-up: minutes on a large PostgreSQL ledger
     client, sink = None, None
     if settings.ledger_sql_sink:
         source, client = source_for(settings, store)
