@@ -61,8 +61,8 @@ run: setup
 	$(PY) -m services
 
 # --- tests and checks -------------------------------------------------------------------------------------
-test: setup check-protos lint
-	$(PY) -m pytest -q
+test: setup check-protos lint   # tests/deploy runs in lint-deploy (CI runs both), not twice
+	$(PY) -m pytest -q --ignore=tests/deploy
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
