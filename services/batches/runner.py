@@ -18,8 +18,9 @@ adoption pass, never past its window's end (Store.back_off). A run that fails (r
 too, for a time that doubles with each failure in a row (counted in the batch's hash), but not past its window's end,
 and its first failure past that end is run again at once: that run sends no new line (it needs no router but for
 lines in doubt or in provider batches), so it ends the batch `expired` on time unless it fails too. Stopping the edge
-stops taking lines, lets those in flight finish and gives up its batches' leases; a crash loses the results of lines in
-flight, whose retry the router then refuses as a duplicate (charged once, in the ledger, and in the error file).
+(from the start of its shutdown, while its requests drain: Runner.stop) takes no batch and no line any more, lets the
+lines in flight finish and gives up its batches' leases; a crash loses the results of lines in flight, whose retry the
+router then refuses as a duplicate (charged once, in the ledger, and in the error file).
 Such a line, sent and without a result, is in doubt: it goes first when the batch resumes, even past its window
 (sent before its end, only the router knows whether it ran), and is never reported as never sent. An edge ending a
 batch of a key it does not serve does not send it again: it goes to the error file as `outcome_unknown`.
@@ -149,6 +150,7 @@ class Runner:
         self.runs: dict[str, asyncio.Task[None]] = {}
         self.stopping = False
         self._watch: asyncio.Task[None] | None = None
+        self._leasing: str | None = None  # the batch whose lease the adoption is taking, until it runs or is given up
 
     async def resume(self) -> None:
         """Run the batches still active in the store that no other edge runs (a stopped or crashed edge
@@ -183,8 +185,12 @@ class Runner:
                     wake_s = min(wake_s, max(0.0, wire.expires_at(state) - time.time()))
                 continue
             # Only batches no other edge runs run here (its run renews the lease taken now).
+            self._leasing = batch_id
             if await self.store.lease(batch_id, self.owner, LEASE_S):
                 self.start(batch_id, expiring=self._full())
+                if batch_id not in self.runs:  # the edge began stopping meanwhile: the batch is any edge's again
+                    await self.store.release(batch_id, self.owner)
+            self._leasing = None
         return wake_s
 
     def _may_run(self, batch: dict[str, bytes]) -> bool:
@@ -199,13 +205,15 @@ class Runner:
         return self.serves(batch["tenant"].decode(), batch.get("key_id", b"").decode())
 
     async def _keep_adopting(self, wake_s: float) -> None:
-        while True:
+        while not self.stopping:
             try:
                 async with asyncio.timeout(wake_s):
                     await self._freed.wait()
             except TimeoutError:
                 pass
             self._freed.clear()
+            if self.stopping:
+                return
             try:
                 wake_s = await self._adopt()
             except Exception:
@@ -236,16 +244,31 @@ class Runner:
             self._ended_here.discard(batch_id)
             self._freed.set()
 
+    def stop(self) -> None:
+        """The edge's shutdown begins (its open requests drain before close()): from now on no batch is adopted or
+        started here and no line sent, so none is taken up only to be given up moments later, its run held up or
+        cut short; the batches running here end as their lines in flight finish, their leases given up to the
+        other edges."""
+        self.stopping = True
+        self._freed.set()  # the adoption loop wakes, and ends
+
     async def close(self) -> None:
         """Take no more lines; let the lines in flight finish and record their results."""
-        self.stopping = True
+        self.stop()
         if self._watch is not None:
+            # Woken by stop(), it ends by itself (the shutdown began before the requests drained); or is cut short
+            # here, perhaps in a lease call that landed unseen: given up then, not held until it lapses.
             await stop_task(self._watch)  # it reads the store, which can swallow one cancellation
+            if self._leasing is not None and self._leasing not in self.runs:
+                try:
+                    await self.store.release(self._leasing, self.owner)
+                except Exception:
+                    log.warning("batch lease not released; it lapses", extra={"id": self._leasing}, exc_info=True)
         if self.runs:
             await asyncio.gather(*self.runs.values(), return_exceptions=True)
 
     async def _run(self, batch_id: str) -> None:
-        if not await self.store.lease(batch_id, self.owner, LEASE_S):
+        if self.stopping or not await self.store.lease(batch_id, self.owner, LEASE_S):
             return  # another edge runs it
         renewing = asyncio.create_task(self._renew(batch_id))
         batch: dict[str, bytes] = {}

@@ -1,5 +1,7 @@
 """Serve the edge with uvicorn (uvloop where installed); SIGTERM drains open requests before exit."""
 
+import socket
+
 import uvicorn
 from prometheus_client import start_http_server
 from starlette.applications import Starlette
@@ -10,6 +12,17 @@ from llmrouter.settings import load_settings
 from services.edge.app import create_app
 from services.edge.protocol import edge_protocol
 from services.edge.settings import EdgeSettings
+
+
+class EdgeServer(uvicorn.Server):
+    """uvicorn's server, telling the app as its shutdown begins, before its open requests drain (up to the grace
+    period) and the app's own shutdown runs: the batch runner takes no batch from then on (app.state.stopping)."""
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        stopping = getattr(getattr(self.config.app, "state", None), "stopping", None)
+        if stopping is not None:
+            stopping()
+        await super().shutdown(sockets)
 
 
 def server_config(app: Starlette, settings: EdgeSettings) -> uvicorn.Config:
@@ -30,7 +43,7 @@ def server_config(app: Starlette, settings: EdgeSettings) -> uvicorn.Config:
 
 async def main(settings: EdgeSettings) -> None:
     channel = open_channel(settings.router_addr, settings)
-    server = uvicorn.Server(server_config(create_app(settings, channel), settings))
+    server = EdgeServer(server_config(create_app(settings, channel), settings))
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr=settings.host)
     try:

@@ -566,5 +566,6 @@ def create_app(settings: EdgeSettings, channel: grpc.aio.Channel) -> Starlette:
         Exception: _unexpected,
     }
     app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
+    app.state.stopping = runner.stop  # as the server's shutdown begins (__main__.EdgeServer), before requests drain
     app.add_middleware(Observe, access_log=access_log)
     return app

@@ -27,7 +27,7 @@ from llmrouter.server import RunningServer, start_server
 from llmrouter.v1 import router_pb2_grpc
 from services import classifier, providers, router
 from services.classifier.settings import ClassifierSettings
-from services.edge.__main__ import server_config
+from services.edge.__main__ import EdgeServer, server_config
 from services.edge.app import create_app
 from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
@@ -163,7 +163,7 @@ def free_ports(count: int) -> list[int]:
 async def start_edge(settings: EdgeSettings) -> tuple[uvicorn.Server, asyncio.Task[None], grpc.aio.Channel]:
     channel = open_channel(settings.router_addr, settings)  # as the edge opens it: its message limits included
     app = create_app(settings, channel)
-    server = uvicorn.Server(server_config(app, settings))  # as the edge is served: its HTTP protocol included
+    server = EdgeServer(server_config(app, settings))  # as the edge is served: its HTTP protocol and shutdown
     task = asyncio.create_task(server.serve())
     while not server.started:
         await asyncio.sleep(0.02)
