@@ -108,6 +108,10 @@ ACCOUNT_INDEX = "CREATE INDEX IF NOT EXISTS requests_account_ts ON requests (ten
 INDEX_VALID = "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)"
 # Held (for its session) by the process building the account index concurrently: the others leave it to that one.
 INDEX_BUILD_LOCK = PREPARE_LOCK + 1
+# A process stopping cancels its account index build (LedgerDB.stop_index_build), sending the cancel again this often
+# until the build's thread ends (one sent between two of its statements cancels nothing), for at most BUILD_STOP_S.
+BUILD_CANCEL_EVERY_S = 0.2
+BUILD_STOP_S = 10.0
 # Made by the version before for the bound alone (on (tenant, key_id): no seek by ts): ACCOUNT_INDEX replaces it.
 OLD_ACCOUNT_INDEX = "DROP INDEX IF EXISTS requests_account"
 # The write-ahead log is truncated back to this after a checkpoint (else it keeps the size a long reader grew it to).
@@ -239,6 +243,12 @@ class LedgerDB:
             raise ValueError("a ledger needs a PostgreSQL DSN or a SQLite path")
         self.postgres, self._dsn, self.max_bytes = bool(dsn), dsn, 0 if dsn else max_bytes
         self._lock = threading.Lock()
+        # The account index build (build_indexes): its connection while it runs, and whether it is to stop.
+        self._build_lock = threading.Lock()
+        self._build_conn: Any = None
+        self._build_stopped = False
+        self._build_ended = threading.Event()
+        self._build_ended.set()
         if self.postgres:
             import psycopg  # imported here: SQLite needs nothing installed
 
@@ -295,23 +305,67 @@ class LedgerDB:
 
     async def build_indexes(self) -> None:
         """PostgreSQL: build the account index (NOT_NEWEST) a table with rows lacks, or a build cut short left
-        invalid, concurrently (inserts go on meanwhile), on a connection of its own; SQLite has it from start-up."""
+        invalid, concurrently (inserts go on meanwhile), on a connection of its own; SQLite has it from start-up.
+        stop_index_build() cuts it short."""
         if self.postgres:
             await asyncio.to_thread(self._build_indexes)
+
+    def stop_index_build(self) -> bool:
+        """Stop the account index build, now or before it starts: its statement is cancelled on the server, and it
+        returns once the build's thread has ended (False when it did not within BUILD_STOP_S). A build takes minutes
+        on a large table, and a process's exit waits for its worker threads: a stopping process is not held up for
+        it. A concurrent build cut short leaves an INVALID index (still kept up by inserts), which the next start-up
+        drops and builds again (_build_indexes)."""
+        with self._build_lock:
+            self._build_stopped = True
+        deadline = time.monotonic() + BUILD_STOP_S
+        while not self._build_ended.wait(BUILD_CANCEL_EVERY_S):
+            if time.monotonic() >= deadline:
+                log.warning("ledger account index build not stopped; the process's exit waits for it")
+                return False
+            with self._build_lock:
+                conn = self._build_conn
+            if conn is not None:
+                try:
+                    conn.cancel_safe(timeout=BUILD_CANCEL_EVERY_S * 10)
+                except Exception as exc:  # sent again next time round
+                    log.warning("ledger account index build not cancelled yet", extra={"error": str(exc)})
+        return True
 
     def _build_indexes(self) -> None:
         import psycopg
 
-        with psycopg.connect(self._dsn, autocommit=True) as conn:  # CONCURRENTLY runs in no transaction
-            if conn.execute(f"SELECT pg_try_advisory_lock({INDEX_BUILD_LOCK})").fetchone() != (True,):
-                return  # another process is building it
-            valid = conn.execute(INDEX_VALID, ("requests_account_ts",)).fetchone()
-            if valid == (True,):
+        with self._build_lock:
+            if self._build_stopped:
                 return
-            if valid is not None:  # left invalid by a build whose process died: IF NOT EXISTS would keep it so
-                conn.execute("DROP INDEX CONCURRENTLY IF EXISTS requests_account_ts")
-            conn.execute(ACCOUNT_INDEX.replace("CREATE INDEX", "CREATE INDEX CONCURRENTLY"))
-            log.info("ledger account index built")
+            self._build_ended.clear()
+        try:
+            # CONCURRENTLY runs in no transaction. Connecting is bounded too: a stop waits for it.
+            with psycopg.connect(self._dsn, autocommit=True, connect_timeout=int(BUILD_STOP_S)) as conn:
+                with self._build_lock:
+                    if self._build_stopped:
+                        return
+                    self._build_conn = conn
+                self._build_on(conn)
+        except psycopg.errors.QueryCanceled:
+            if not self._build_stopped:
+                raise
+            log.info("ledger account index build stopped with the process; the next start-up builds it")
+        finally:
+            with self._build_lock:
+                self._build_conn = None
+            self._build_ended.set()
+
+    def _build_on(self, conn: Any) -> None:
+        if conn.execute(f"SELECT pg_try_advisory_lock({INDEX_BUILD_LOCK})").fetchone() != (True,):
+            return  # another process is building it
+        valid = conn.execute(INDEX_VALID, ("requests_account_ts",)).fetchone()
+        if valid == (True,):
+            return
+        if valid is not None:  # left invalid by a build cut short (stopped, or its process died): IF NOT EXISTS
+            conn.execute("DROP INDEX CONCURRENTLY IF EXISTS requests_account_ts")  # would keep it so
+        conn.execute(ACCOUNT_INDEX.replace("CREATE INDEX", "CREATE INDEX CONCURRENTLY"))
+        log.info("ledger account index built")
 
     def close(self) -> None:
         with self._lock:

@@ -67,6 +67,8 @@ async def open_ledger_sink(settings: RouterSettings, store: Store) -> tuple[Ledg
         tasks.append(asyncio.create_task(keep_retention(db, settings.ledger_sql_retention_days)))
 
     async def stop() -> None:
+        # The index build runs in a worker thread, which the process's exit waits for: cancelled on the server first.
+        await asyncio.to_thread(db.stop_index_build)
         for task in tasks:
             await stop_task(task)
         if sink is not None and client is None:
