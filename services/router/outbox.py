@@ -111,6 +111,10 @@ class Outbox:
         self.path = data_dir / "charges-outbox.jsonl"
         self.path.touch(exist_ok=True)
         self._lock = asyncio.Lock()
+        # Charges (by id) a replay landed, and counted, that are still in the file: its rewrite failed (a full disk).
+        # The next replay drops them without landing them again: the store would answer that each is this very
+        # charge, made before, and it would be counted again.
+        self._landed: set[str] = set()
         metrics.OUTBOX.set(len(self.waiting()))
 
     async def add(self, entry: OutboxEntry) -> None:
@@ -128,21 +132,30 @@ class Outbox:
 
     async def replay(self, store: Store) -> int:
         """Land what the file holds, oldest first, until the store fails; returns how many landed. The
-        file stays locked throughout, so a line appended meanwhile by another router is never rewritten away."""
+        file stays locked throughout, so a line appended meanwhile by another router is never rewritten away. What
+        landed leaves the file however the replay ends (an entry failing otherwise, a cancellation): replayed again,
+        each would be counted again in the metrics."""
         async with self._lock:
             with await self._locked() as file:
                 waiting = _parse(file)
                 landed = 0
-                for entry in waiting:
-                    try:
-                        await entry.land(store, self.marked_s)
-                    except StoreUnavailable:
-                        break
-                    landed += 1
-                if landed:
-                    await asyncio.to_thread(self._rewrite, waiting[landed:])
-                    log.info("outbox charges landed", extra={"landed": landed, "waiting": len(waiting) - landed})
-            metrics.OUTBOX.set(len(waiting) - landed)
+                try:
+                    for entry in waiting:
+                        if _charge_id(entry) not in self._landed:
+                            try:
+                                await entry.land(store, self.marked_s)
+                            except StoreUnavailable:
+                                break
+                            if _charge_id(entry):
+                                self._landed.add(_charge_id(entry))
+                        landed += 1
+                finally:
+                    metrics.OUTBOX.set(len(waiting) - landed)
+                    if landed:
+                        # Shielded: a cancellation (the router stopping) does not cut it short.
+                        await asyncio.shield(asyncio.to_thread(self._rewrite, waiting[landed:]))
+                        self._landed.difference_update(_charge_id(entry) for entry in waiting[:landed])
+                        log.info("outbox charges landed", extra={"landed": landed, "waiting": len(waiting) - landed})
             return landed
 
     def __len__(self) -> int:
@@ -176,6 +189,11 @@ class Outbox:
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, self.path)
+
+
+def _charge_id(entry: OutboxEntry) -> str:
+    """A charge's id; '' for an undo, or a charge of the version before (landing either again counts nothing)."""
+    return entry.charge_id if isinstance(entry, OutboxCharge) else ""
 
 
 def _try_lock(file: IO[str]) -> bool:

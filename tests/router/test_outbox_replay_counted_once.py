@@ -1,0 +1,84 @@
+"""A charge the outbox replays is counted in the router's metrics once, when it lands, even when that replay does not
+finish: the charges it landed stayed in the file when a later entry failed otherwise than by the store being out of
+reach (here a store error on that entry's own keys), or when the file could not be rewritten (here its scratch file's
+path taken), and each later replay landed them again, the store answering that each was this very charge, made before
+(its charge id): counted again, every upkeep round while the fault lasted. A real Redis behind a proxy that goes
+down."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import redis.asyncio as redis
+
+from services.router import charging
+from services.router.store import RedisStore, period_id, to_pico
+from services.router.store.keys import AccountKeys
+from tests.fakes.lossy_proxy import LossyProxy
+from tests.router.servicer_kit import charger_on
+from tests.router.test_admission import ACCOUNT
+from tests.router.test_charge_counted_once import counted, served
+
+DAY = period_id("day")
+
+
+@pytest.fixture
+async def charger(redis_url: str, proxy: LossyProxy, tmp_path: Path) -> AsyncIterator[charging.Charger]:
+    async with charger_on(proxy.url_for(redis_url), tmp_path / "data") as made:
+        yield made
+
+
+async def test_charges_landed_before_a_failing_entry_are_counted_once(
+    charger: charging.Charger, proxy: LossyProxy, redis_url: str
+) -> None:
+    first, first_answer = await served(charger)
+    second, second_answer = await served(charger)
+    proxy.go_down()  # both charges wait in the outbox
+    await charger.settle(first, first_answer)
+    await charger.settle(second, second_answer)
+    assert len(charger.outbox) == 2
+    proxy.come_back()
+    direct = RedisStore(redis_url)
+    try:
+        # The second charge's marker key holds a value of another type: its charge fails (WRONGTYPE), not for want
+        # of the store.
+        await direct.redis.hset(AccountKeys.of(ACCOUNT).charged(second.request_id), "other", "1")
+        model = first_answer.model
+        before = counted(model)
+        for _ in range(3):  # upkeep rounds
+            with pytest.raises(redis.ResponseError):
+                await charger.outbox.replay(charger.store)
+        requests, cost = counted(model)
+        assert requests - before[0] == 1, "the charge that landed was counted again at each replay"
+        assert cost - before[1] == pytest.approx(float(Decimal(first_answer.cost_usd)))
+        assert [e.record["request_id"] for e in charger.outbox.waiting()] == [second.request_id]  # type: ignore[union-attr]
+        charged = to_pico(Decimal(first_answer.cost_usd))
+        assert await direct.spent(ACCOUNT, DAY) == (charged, charged)  # and it was charged once
+    finally:
+        await direct.close()
+
+
+async def test_charges_landed_by_a_replay_whose_file_was_not_rewritten_are_counted_once(
+    charger: charging.Charger, proxy: LossyProxy, tmp_path: Path
+) -> None:
+    r, answer = await served(charger)
+    proxy.go_down()
+    await charger.settle(r, answer)
+    proxy.come_back()
+    outbox = charger.outbox
+    blocked = outbox.path.with_suffix(f".{os.getpid()}.tmp")  # as Outbox._rewrite names it
+    blocked.mkdir()  # the rewrite's scratch file cannot be made: the file keeps the charge that landed
+    before = counted(answer.model)
+    with pytest.raises(OSError):
+        await outbox.replay(charger.store)
+    assert len(outbox) == 1
+    blocked.rmdir()
+    assert await outbox.replay(charger.store) == 1  # gone from the file now
+    assert len(outbox) == 0
+    requests, cost = counted(answer.model)
+    assert requests - before[0] == 1, "the charge was counted again when the next replay found it in the file"
+    assert cost - before[1] == pytest.approx(float(Decimal(answer.cost_usd)))
