@@ -210,22 +210,32 @@ CHARGE = (
 -- KEYS: charged marker, tenant spend, key spend, ledger, tenant holds, key holds, pending charges, provider batches,
 --       models
 -- ARGV: pico, marker ttl, record, spend ttl, hold member, pending field, late ('1': only if still pending),
---       the charge's id ('' for none), the reconciler's: the pending record as its sweep read it
+--       the charge's id ('' for none), its admission's nonce ('' for none), the reconciler's: the pending record
+--       as its sweep read it
 -- Returns 1 when charged now, or before by this very charge (its id in the marker: its reply was lost); else 0.
 -- This very charge, made before (replayed from the outbox, or resent after its reply was lost): made, once.
 if ARGV[8] ~= '' and redis.call('GET', KEYS[1]) == '1:' .. ARGV[8] then return 1 end
 -- The reconciler settles only the very record it swept: not one released, charged, grown or undone and admitted
 -- again since (the next sweep meets that one), so it never charges what its owner settled meanwhile.
-if ARGV[9] and redis.call('HGET', KEYS[7], ARGV[6]) ~= ARGV[9] then return 0 end
+if ARGV[10] and redis.call('HGET', KEYS[7], ARGV[6]) ~= ARGV[10] then return 0 end
+local pending = redis.call('HGET', KEYS[7], ARGV[6])
 -- The marker keeps the provider batch recorded for the request ('batch:<id>'; '1' for none, '1:<charge id>' for
 -- none and a charge that named itself; model.py, charged_marker): a collect of another batch naming the request
 -- then reads nothing of that batch's answer for it.
-local batch = redis.call('HGET', KEYS[8], ARGV[6])
-local marker = (batch and batch ~= '') and ('batch:' .. batch) or (ARGV[8] ~= '' and ('1:' .. ARGV[8]) or '1')
-redis.call('HDEL', KEYS[8], ARGV[6])
-redis.call('HDEL', KEYS[9], ARGV[6])
-drop_hold(KEYS[5], KEYS[6], {ARGV[5], held_member(KEYS[7], ARGV[6], ARGV[5])})
-if redis.call('HDEL', KEYS[7], ARGV[6]) == 0 and ARGV[7] == '1' then return 0 end
+local marker = ARGV[8] ~= '' and ('1:' .. ARGV[8]) or '1'
+-- A pending charge of another admission of the request id (admitted again once its markers expired, while this
+-- charge waited in an outbox) is a request in flight: only its own charge settles it, and its hold stays.
+if pending and ARGV[9] ~= '' and string.match(pending, '"nonce":%s*"([^"]*)"') ~= ARGV[9] then
+  if ARGV[7] == '1' then return 0 end
+else
+  local batch = redis.call('HGET', KEYS[8], ARGV[6])
+  if batch and batch ~= '' then marker = 'batch:' .. batch end
+  redis.call('HDEL', KEYS[8], ARGV[6])
+  redis.call('HDEL', KEYS[9], ARGV[6])
+  drop_hold(KEYS[5], KEYS[6], {ARGV[5], held_member(KEYS[7], ARGV[6], ARGV[5])})
+  redis.call('HDEL', KEYS[7], ARGV[6])
+  if not pending and ARGV[7] == '1' then return 0 end
+end
 if not redis.call('SET', KEYS[1], marker, 'NX', 'EX', ARGV[2]) then return 0 end
 for i = 2, 3 do
   redis.call('INCRBY', KEYS[i], ARGV[1])

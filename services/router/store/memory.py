@@ -120,7 +120,14 @@ class MemoryStore:
             return True  # this very charge, made before
         field = pending_field(account, hold.request_id)
         pending, batch = self.pending.get(field), self.batches.get(field, "")
-        self._drop(account, hold)
+        if pending is not None and hold.nonce and pending.nonce != hold.nonce:
+            # Another admission of the request id (admitted again once its markers expired, while this charge waited
+            # in an outbox): a request in flight, settled by its own charge only (lua.py, CHARGE).
+            pending, batch = None, ""
+            if late:
+                return False
+        else:
+            self._drop(account, hold)
         if (late and pending is None) or not self.charged.add(charged, charged_marker(batch, charge_id)):
             return False
         for spend_key in keys.spend(hold.period):

@@ -169,7 +169,7 @@ class RedisStore:
     async def charge(
         self, account: Account, hold: Hold, pico: int, record: dict, late: bool = False, charge_id: str = ""
     ) -> bool:
-        return await self._settle(account, hold, pico, record, ["1" if late else "0", charge_id])
+        return await self._settle(account, hold, pico, record, ["1" if late else "0", charge_id, hold.nonce])
 
     async def settle_swept(self, swept: str) -> bool:
         """The reconciler's charge of a pending charge at its hold (its outcome never known): only while the store
@@ -182,7 +182,7 @@ class RedisStore:
             model = await self.redis.hget(AccountKeys.of(account).models, charge.field)
         charge = replace(charge, model=_text(model) if model else None)
         record = reconciled_record(charge)
-        settled = await self._settle(account, hold, hold.pico, record, ["1", "", swept])
+        settled = await self._settle(account, hold, hold.pico, record, ["1", "", hold.nonce, swept])
         if settled:
             metrics.count_charge(record)
         return settled
