@@ -63,7 +63,7 @@ class StreamState:
         text = "".join(self.parts)
         if "cost_usd" in measured:
             input_tokens, output_tokens = int(measured.get("input_tokens", 0)), int(measured.get("output_tokens", 0))
-            cost, estimated = Decimal(measured["cost_usd"]), False
+            cost, estimated = measured_usd(self.model, measured), False
         else:  # counted here, with what failed retries consumed (no metadata counted it: the caller left, or a cut)
             input_tokens = routed.limits.input_tokens + self.consumed.input_tokens
             # In chunks that let other requests run: a hostile upstream's answer may be megabytes.
@@ -151,7 +151,8 @@ class Serving:
             )
         except grpc.RpcError as err:
             log.warning("escalation failed; keeping the weak answer", extra={"error": err.details()})
-            routed.owed += attempt_cost(ServiceError.from_rpc_error(err), worst_usd(routed, target.model, max_tokens))
+            failed = ServiceError.from_rpc_error(err)
+            routed.owed += attempt_cost(failed, target.model, worst_usd(routed, target.model, max_tokens))
             return
         metrics.ESCALATIONS.labels(weak.model.name, target.model.name).inc()
         served.add(reply, target.model)
@@ -202,7 +203,7 @@ class Serving:
         request's time leaves room for it, and the hold can grow to cover what is owed plus the next
         attempt's worst case; else raise."""
         order = routed.plan.order
-        routed.owed += attempt_cost(error, worst_usd(routed, order[index].model))
+        routed.owed += attempt_cost(error, order[index].model, worst_usd(routed, order[index].model))
         if error.code not in FALLBACK_CODES or index + 1 >= len(order):
             raise error
         if time_left < MIN_FALLBACK_S:
@@ -257,12 +258,22 @@ def retry_budget(routed: Routed, worst: Decimal) -> Decimal:
     return max(Decimal(routed.hold.pico - to_pico(routed.owed + worst)), Decimal(0)) / PICO
 
 
-def attempt_cost(error: ServiceError, worst: Decimal) -> Decimal:
+def attempt_cost(error: ServiceError, model: ModelSpec, worst: Decimal) -> Decimal:
     """What a failed provider call costs: what the providers measured it consumed (failed retries included),
     plus, when the upstream may have generated without saying so, the attempt's worst case."""
-    measured = Decimal(error.metadata.get("cost_usd", "0"))
+    measured = measured_usd(model, error.metadata) if "cost_usd" in error.metadata else Decimal(0)
     unknown = (error.code in UNKNOWN_OUTCOME or cut_in_transit(error)) and error.metadata.get("sent") != "false"
     return measured + (worst if unknown else 0)
+
+
+def measured_usd(model: ModelSpec, measured: Mapping[str, str]) -> Decimal:
+    """What the tokens the providers measured (a failure's metadata) cost at the prices the request was admitted
+    with: the providers price them at theirs, and reload the registry on their own, so during a price change their
+    cost_usd is at other prices. Their cost_usd when no tokens are given."""
+    try:
+        return model.cost_usd(int(measured["input_tokens"]), int(measured["output_tokens"]))
+    except (KeyError, ValueError):
+        return Decimal(measured["cost_usd"])
 
 
 def cut_in_transit(error: ServiceError) -> bool:
