@@ -18,6 +18,7 @@ from services.edge.openai_api import (
     ApiError,
     FunctionDefinition,
     JsonObject,
+    check_content_parts,
     check_length,
     cost_as_written,
     decode_json,
@@ -273,6 +274,7 @@ def check_lengths(raw: Any) -> None:
     if isinstance(raw, dict):
         check_length(raw.get("input"), "input", MAX_MESSAGES)
         check_length(raw.get("tools"), "tools", MAX_TOOLS)
+        check_content_parts(raw.get("input"), "input", ("content", "output"))
 
 
 def to_chat(body: bytes) -> tuple[bytes, dict[str, Any]]:

@@ -10,7 +10,7 @@ import pytest
 
 from llmrouter.validation import MAX_ROUTED_MESSAGES
 from services.edge import legacy, responses
-from services.edge.openai_api import ApiError, parse_request
+from services.edge.openai_api import MAX_CONTENT_PARTS, MAX_REQUEST_CONTENT_PARTS, ApiError, parse_request
 
 USER = {"role": "user", "content": "hi"}
 TOOL = {"type": "function", "function": {"name": "f"}}
@@ -88,3 +88,73 @@ def test_legacy_completions_check_the_bounds_before_walking_the_items() -> None:
         deep = [deep]
     body = {"model": "auto", "prompt": "hi", "tools": [deep] * 129}
     assert refusal(legacy.to_chat, body) == too_long("tools", 128, 129)
+
+
+PART = {"type": "text", "text": "hi"}
+
+
+def parts_too_many(param: str, scope: str) -> dict[str, Any]:
+    message = (
+        f"Invalid '{param}': too many content parts. Expected at most {MAX_REQUEST_CONTENT_PARTS} "
+        f"across the request's {scope}, but got more by this one."
+    )
+    return {"message": message, "type": "invalid_request_error", "param": param, "code": "array_above_max_length"}
+
+
+def test_a_chat_messages_content_parts_past_the_bound_are_a_400_naming_it() -> None:
+    def body(parts: int) -> dict[str, Any]:
+        return {"messages": [USER, {"role": "user", "content": [PART] * parts}]}
+
+    too_many = too_long("messages[1].content", MAX_CONTENT_PARTS, MAX_CONTENT_PARTS + 1)
+    assert refusal(parse_request, body(MAX_CONTENT_PARTS + 1)) == too_many
+    parse_request(json.dumps(body(MAX_CONTENT_PARTS)).encode())
+
+
+def test_content_parts_are_bounded_across_the_request_too() -> None:
+    """2048 messages of 2048 parts each would be 4 million parts: the request's total is bounded, the message that
+    passes it named."""
+    per_message = MAX_REQUEST_CONTENT_PARTS // 4
+    under = {"messages": [{"role": "user", "content": [PART] * per_message}] * 4}
+    parse_request(json.dumps(under).encode())
+    over = {"messages": [*under["messages"], {"role": "user", "content": [PART]}]}
+    assert refusal(parse_request, over) == parts_too_many("messages[4].content", "messages")
+
+
+def test_content_parts_past_the_bound_are_refused_before_any_is_read() -> None:
+    """Parts of the wrong shape (and nested past the depth limit) after the bound: the count is what is refused, not
+    the first bad part, so no part was read."""
+    deep: Any = "x"
+    for _ in range(70):
+        deep = [deep]
+    parts = [PART] * MAX_CONTENT_PARTS + [deep]
+    chat = {"messages": [{"role": "user", "content": parts}]}
+    assert refusal(parse_request, chat) == too_long("messages[0].content", MAX_CONTENT_PARTS, MAX_CONTENT_PARTS + 1)
+    over_all = {"messages": [{"role": "user", "content": [PART] * MAX_CONTENT_PARTS}] * 4 + [{"content": [deep]}]}
+    assert refusal(parse_request, over_all) == parts_too_many("messages[4].content", "messages")
+
+
+def test_a_predictions_content_parts_are_bounded_on_chat_and_legacy() -> None:
+    deep: Any = "x"
+    for _ in range(70):
+        deep = [deep]
+    prediction = {"type": "content", "content": [PART] * MAX_CONTENT_PARTS + [deep]}
+    too_many = too_long("prediction.content", MAX_CONTENT_PARTS, MAX_CONTENT_PARTS + 1)
+    assert refusal(parse_request, {"messages": [USER], "prediction": prediction}) == too_many
+    assert refusal(legacy.to_chat, {"prompt": "hi", "prediction": prediction}) == too_many
+
+
+def test_responses_input_items_content_and_output_parts_are_bounded_before_any_is_read() -> None:
+    deep: Any = "x"
+    for _ in range(70):
+        deep = [deep]
+    text = {"type": "input_text", "text": "hi"}
+    message = {"role": "user", "content": [text] * MAX_CONTENT_PARTS + [deep]}
+    too_many = too_long("input[0].content", MAX_CONTENT_PARTS, MAX_CONTENT_PARTS + 1)
+    assert refusal(responses.to_chat, {"input": [message]}) == too_many
+    output = {"type": "function_call_output", "call_id": "c", "output": [text] * MAX_CONTENT_PARTS + [deep]}
+    too_many = too_long("input[1].output", MAX_CONTENT_PARTS, MAX_CONTENT_PARTS + 1)
+    assert refusal(responses.to_chat, {"input": [USER, output]}) == too_many
+    full = {"role": "user", "content": [text] * MAX_CONTENT_PARTS}
+    over_all = {"input": [full] * 4 + [{"role": "user", "content": [deep]}]}
+    assert refusal(responses.to_chat, over_all) == parts_too_many("input[4].content", "input")
+    responses.to_chat(json.dumps({"input": [full] * 4}).encode())

@@ -12,6 +12,7 @@ import pytest
 from llmrouter.errors import ServiceError
 from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
 from llmrouter.validation import MAX_ROUTED_MESSAGES
+from services.edge.openai_api import MAX_CONTENT_PARTS
 from tests.integration.conftest import Chain
 from tests.integration.test_chain import unique
 
@@ -66,3 +67,25 @@ async def test_a_grpc_callers_messages_past_the_bound_are_invalid_argument(chain
     error = ServiceError.from_rpc_error(caught.value)
     assert (error.reason, error.metadata) == ("INVALID_REQUEST", {"field": "messages"})
     assert error.message == f"messages must be at most {MAX_ROUTED_MESSAGES}, got {MAX_ROUTED_MESSAGES + 1}"
+
+
+async def test_a_messages_200000_content_parts_are_a_400_naming_it_and_2048_are_served(chain: Chain) -> None:
+    """A message of 200,000 empty text parts (6 MB) held the edge's event loop over a second while they were
+    validated; past MAX_CONTENT_PARTS it is refused from their count."""
+    part = {"type": "text", "text": ""}
+    async with httpx.AsyncClient(base_url=chain.base_url, timeout=30) as http:
+        body = {"model": "strong-model", "max_tokens": 8}
+        many = {**body, "messages": [{"role": "user", "content": [part] * 200_000}]}
+        refused = await http.post("/chat/completions", json=many)
+        message = (
+            "Invalid 'messages[0].content': array too long. Expected an array with maximum length "
+            f"{MAX_CONTENT_PARTS}, but got an array with length 200000 instead."
+        )
+        error = {"message": message, "type": "invalid_request_error", "param": "messages[0].content"}
+        assert (refused.status_code, refused.json()) == (400, {"error": {**error, "code": "array_above_max_length"}})
+        parts = [{"type": "text", "text": unique("hi")}] + [part] * (MAX_CONTENT_PARTS - 1)
+        served = await http.post("/chat/completions", json={**body, "messages": [{"role": "user", "content": parts}]})
+        assert served.status_code == 200, served.text
+        items = [{"role": "user", "content": [{"type": "input_text", "text": ""}] * 200_000}]
+        refused = await http.post("/responses", json={"model": "strong-model", "input": items})
+        assert (refused.status_code, refused.json()["error"]["param"]) == (400, "input[0].content")
