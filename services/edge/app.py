@@ -166,7 +166,9 @@ async def first_chunks(call: Any, request: Request) -> tuple[router_pb2.Decision
     error event. Read while watching the client: one that leaves meanwhile has the call cancelled at once (a 499),
     charged by the router as a stream left before its first token (nothing if not yet admitted). Unwatched, the
     router's stream and its upstream ran on for nobody until the first token (a tool-call answer's first chunk is
-    its last: generated whole) or the request's timeout. Any failure here cancels the call too."""
+    its last: generated whole) or the request's timeout. Only the server's word that the client left counts: a
+    watch that ends otherwise (its receive failing, or another message) says nothing of the client, and the request
+    is served on unwatched rather than cancelled and lost. Any failure here cancels the call too."""
 
     async def both() -> tuple[router_pb2.Decision, Any]:
         return (await call.read()).decision, await call.read()
@@ -175,7 +177,9 @@ async def first_chunks(call: Any, request: Request) -> tuple[router_pb2.Decision
     try:
         await asyncio.wait((reading, leaving), return_when=asyncio.FIRST_COMPLETED)
         if not reading.done():
-            raise ApiError(499, "the client closed the request", code="client_closed_request")
+            if has_left(leaving):
+                raise ApiError(499, "the client closed the request", code="client_closed_request")
+            await reading
         return reading.result()
     except BaseException:
         call.cancel()
@@ -185,10 +189,24 @@ async def first_chunks(call: Any, request: Request) -> tuple[router_pb2.Decision
         leaving.cancel()
 
 
-async def client_left(request: Request) -> None:
-    """Returns once the client has gone (its body already read: nothing else comes from it before that)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
+async def client_left(request: Request) -> bool:
+    """Whether the client has gone, on the next message from the server: its body already read, the only one due
+    is http.disconnect. Another is no news of the client (and waiting on for a disconnect would spin on a server
+    that sends it at once): the watch ends there."""
+    return (await request.receive()).get("type") == "http.disconnect"
+
+
+def has_left(watch: asyncio.Task[bool]) -> bool:
+    """A watch that ended (client_left) ended on the client's leaving, not on its receive failing or another message."""
+    if watch.cancelled():
+        log.warning("the client's watch was cancelled: the stream is read on unwatched")
+        return False
+    if (error := watch.exception()) is not None:
+        log.warning("the client's watch failed: the stream is read on unwatched", exc_info=error)
+        return False
+    if not watch.result():
+        log.warning("the server sent a message other than http.disconnect: the stream is read on unwatched")
+    return watch.result()
 
 
 def retold(chat: Response, body: dict[str, Any]) -> JSONResponse:
