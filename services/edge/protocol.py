@@ -87,6 +87,7 @@ class BoundedReadProtocol(HttpToolsProtocol):
     ended = False  # a request ended in the chunk being parsed: the next one's head, pipelined, is not counted
     refused = False  # answered with a refusal: what still comes is dropped until the connection closes
     owed: bytes | None = None  # a refusal not yet sent, for the answers of the requests before it to be sent first
+    unmade_upgrade: str | None = None  # the protocol a request with a body offered to upgrade to, which is not made
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -107,6 +108,10 @@ class BoundedReadProtocol(HttpToolsProtocol):
             self.arm()
         bare = self.chunk_bare
         super().data_received(data)
+        if self.unmade_upgrade is not None:
+            message = f"upgrade to {self.unmade_upgrade!r} not supported: send the request without Upgrade (HTTP/1.1)"
+            self.refuse(400, message, "unsupported_upgrade")
+            return
         if bare and self.chunk_bare and self.in_body:  # all of it the last chunk's trailers
             self.trailer_bytes += len(data)
         if self.in_body and self.trailer_bytes > MAX_HEAD_BYTES and not self.transport.is_closing():
@@ -139,6 +144,12 @@ class BoundedReadProtocol(HttpToolsProtocol):
         self.chunk_bare, self.trailer_bytes = False, 0
         self.arm()
         self.watch_body()
+        if self.parser.should_upgrade() and not self._should_upgrade() and self.declares_body():
+            # An upgrade offered that is not made (h2c, as `curl --http2` offers): httptools then reads no body, and
+            # the app was served an empty one (a 400 "not valid JSON" for a valid request). Never given to the app:
+            # refused, its body dropped, once the parser stops at the upgrade (data_received).
+            self.unmade_upgrade = (self._get_upgrade() or b"").decode("latin-1")[:64]
+            return
         super().on_headers_complete()
         if self.cycle is not None and self.cycle.waiting_for_100_continue:
             # Its caller waits for a 100 Continue (sent when the app first asks for the body, which then resumes
@@ -152,7 +163,8 @@ class BoundedReadProtocol(HttpToolsProtocol):
         super().on_body(body)
 
     def on_message_complete(self) -> None:
-        super().on_message_complete()
+        if self.unmade_upgrade is None:
+            super().on_message_complete()
         self.ended, self.in_body, self.chunk_bare = True, False, False
         self.disarm()
         self.unwatch_body()
@@ -163,6 +175,13 @@ class BoundedReadProtocol(HttpToolsProtocol):
             self.timeout_keep_alive_task = self.loop.call_later(
                 self.timeout_keep_alive, self.timeout_keep_alive_handler
             )
+
+    def declares_body(self) -> bool:
+        """Whether the request's headers (uvicorn's, lowercased) announce a body."""
+        return any(
+            name == b"transfer-encoding" or (name == b"content-length" and value.strip(b" \t0"))
+            for name, value in self.headers
+        )
 
     def handle_websocket_upgrade(self) -> None:
         self.disarm()  # the connection is the WebSocket protocol's from here

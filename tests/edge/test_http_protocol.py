@@ -365,3 +365,23 @@ def test_a_head_refused_malformed_past_the_bound_is_refused_once(tmp_path: Path)
             assert responses(c, READ_TIMEOUT_S + 2) == [b"HTTP/1.1 400 Bad Request"]
     errors = [line for line in log.read_text().splitlines() if '"level": "ERROR"' in line]
     assert errors == []
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [b"Content-Length: %d\r\n\r\n%s", b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n"],
+    ids=["content-length", "chunked"],
+)
+def test_a_body_offering_an_upgrade_not_made_is_refused_not_served_empty(edge_port: int, framing: bytes) -> None:
+    """A request offering to upgrade to h2c (as `curl --http2` does over http://) and carrying a body: httptools read
+    none of it, and the app was served an empty body, a 400 "not valid JSON" for a valid request. It is refused as
+    what it is; without a body, the offer is ignored and the request served."""
+    body = json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode()
+    offer = b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n"
+    status, _, refused = answer(edge_port, POST + offer + framing % (len(body), body)).partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 400 "), status
+    error = json.loads(refused)["error"]
+    assert (error["code"], error["type"]) == ("unsupported_upgrade", "invalid_request_error")
+    assert "'h2c'" in error["message"] and "without Upgrade" in error["message"]
+    get = b"GET /healthz HTTP/1.1\r\nHost: edge\r\nConnection: close, Upgrade\r\nUpgrade: h2c\r\n\r\n"
+    assert answer(edge_port, get).startswith(b"HTTP/1.1 200 ")
