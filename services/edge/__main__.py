@@ -35,6 +35,9 @@ def server_config(app: Starlette, settings: EdgeSettings) -> uvicorn.Config:
         http=edge_protocol(
             settings.read_timeout_s, settings.write_timeout_s, settings.min_body_rate, settings.body_grace_s
         ),
+        # No WebSocket: the edge serves none (OpenAI's Realtime API is not routed), and uvicorn's WebSocket protocol
+        # refused a handshake with a bare 403; an upgrade asked for is now an HTTP request, a 404 in OpenAI's body.
+        ws="none",
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=int(settings.grace_seconds),

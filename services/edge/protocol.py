@@ -183,11 +183,6 @@ class BoundedReadProtocol(HttpToolsProtocol):
             for name, value in self.headers
         )
 
-    def handle_websocket_upgrade(self) -> None:
-        self.disarm()  # the connection is the WebSocket protocol's from here
-        self.unwatch_body()
-        super().handle_websocket_upgrade()
-
     def send_400_response(self, msg: str) -> None:
         self.refuse(400, msg, "invalid_http_request")
 

@@ -385,3 +385,15 @@ def test_a_body_offering_an_upgrade_not_made_is_refused_not_served_empty(edge_po
     assert "'h2c'" in error["message"] and "without Upgrade" in error["message"]
     get = b"GET /healthz HTTP/1.1\r\nHost: edge\r\nConnection: close, Upgrade\r\nUpgrade: h2c\r\n\r\n"
     assert answer(edge_port, get).startswith(b"HTTP/1.1 200 ")
+
+
+def test_a_websocket_handshake_is_a_404_in_openais_body(edge_port: int) -> None:
+    """The edge serves no WebSocket (OpenAI's Realtime API is not routed): a handshake got uvicorn's bare 403, no
+    body; it is an HTTP request like any other, to a route that does not exist."""
+    handshake = (
+        b"GET /v1/realtime?model=gpt-4o-realtime HTTP/1.1\r\nHost: edge\r\nConnection: Upgrade, close\r\n"
+        b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    status, _, body = answer(edge_port, handshake).partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 404 "), status
+    assert json.loads(body)["error"]["code"] == "not_found"
