@@ -325,6 +325,8 @@ def parse_request(body: bytes, max_messages: int = MAX_MESSAGES) -> tuple[ChatCo
         raise ApiError(400, f"{param}: {message}", param=param, code="invalid_value") from None
     if request.top_logprobs is not None and request.logprobs is not True:
         raise ApiError(400, TOP_LOGPROBS_ALONE, param="top_logprobs", code="invalid_value")
+    if not request.tools:
+        refuse_tool_options_alone(request)
     if request.max_cost_usd is not None:
         try:
             cost = Decimal(str(request.max_cost_usd))
@@ -333,6 +335,17 @@ def parse_request(body: bytes, max_messages: int = MAX_MESSAGES) -> tuple[ChatCo
         if not cost.is_finite() or cost < 0:
             raise ApiError(400, "max_cost_usd must be a non-negative number", param="max_cost_usd")
     return request, raw
+
+
+def refuse_tool_options_alone(request: ChatCompletionRequest) -> None:
+    """OpenAI's 400, in its words, for tool_choice or parallel_tool_calls without tools: sent on, such a request was
+    served by an upstream that ignores them and refused by OpenAI's (a generic "the provider refused the request"),
+    as routing happened to choose. tool_choice "none" asks for no tool call, which a request without tools makes."""
+    chosen = request.tool_choice is not None and request.tool_choice != "none"
+    for name, given in (("tool_choice", chosen), ("parallel_tool_calls", request.parallel_tool_calls is not None)):
+        if given:
+            message = f"Invalid value for '{name}': '{name}' is only allowed when 'tools' are specified."
+            raise ApiError(400, message, param=name, code="invalid_value")
 
 
 def check_lengths(raw: Any, max_messages: int) -> None:

@@ -297,9 +297,13 @@ def to_chat(body: bytes) -> tuple[bytes, dict[str, Any]]:
     tools = to_chat_tools(fields.tools or [])
     if tools:
         chat["tools"] = tools
+    else:  # the answer echoes it, the chat route takes it only beside tools: a hint about none
+        chat.pop("parallel_tool_calls", None)
     if isinstance(fields.tool_choice, NamedFunctionChoice):
         chat["tool_choice"] = {"type": "function", "function": {"name": fields.tool_choice.name}}
-    elif fields.tool_choice is not None:
+    elif fields.tool_choice is not None and (tools or fields.tool_choice == "required"):
+        # Without tools "auto" (the default the answer echoes) and "none" ask for nothing; "required" asks for a call
+        # no tool can make: the chat route's 400.
         chat["tool_choice"] = fields.tool_choice
     if fields.text is not None and fields.text.format is not None:
         chat["response_format"] = to_response_format(fields.text.format)

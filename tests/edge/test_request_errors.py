@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
+from services.edge import responses
 from services.edge.openai_api import ApiError, parse_request
 
 USER = {"role": "user", "content": "hi"}
@@ -37,3 +39,44 @@ def test_a_union_field_is_named_without_pydantics_member_types(body: dict, param
     error = refused(body)
     assert error.param == param
     assert str(error.message).startswith(f"{param}: ") and says in str(error.message)
+
+
+TOOL = {"type": "function", "function": {"name": "f"}}
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("tool_choice", "auto"),
+        ("tool_choice", "required"),
+        ("tool_choice", {"type": "function", "function": {"name": "f"}}),
+        ("parallel_tool_calls", False),
+    ],
+)
+def test_a_tool_option_without_tools_is_openais_400(field: str, value: Any) -> None:
+    """OpenAI refuses tool_choice and parallel_tool_calls without tools: sent on, the request was served or refused
+    (a generic "the provider refused the request") as routing chose an upstream. Beside tools both are served."""
+    with pytest.raises(ApiError) as caught:
+        parse_request(json.dumps({"messages": [USER], field: value}).encode())
+    message = f"Invalid value for '{field}': '{field}' is only allowed when 'tools' are specified."
+    expected = {"message": message, "type": "invalid_request_error", "param": field, "code": "invalid_value"}
+    assert (caught.value.status, caught.value.body()["error"]) == (400, expected)
+    with pytest.raises(ApiError):
+        parse_request(json.dumps({"messages": [USER], "tools": [], field: value}).encode())
+    parse_request(json.dumps({"messages": [USER], "tools": [TOOL], field: value}).encode())
+
+
+def test_tool_choice_none_without_tools_is_served() -> None:
+    parse_request(json.dumps({"messages": [USER], "tool_choice": "none"}).encode())
+
+
+def test_responses_tool_options_without_tools_reach_the_chat_route_only_when_they_ask_for_a_call() -> None:
+    """The Responses API echoes tool_choice "auto" and parallel_tool_calls by default: without tools they ask for
+    nothing and are not handed on; "required" is the chat route's 400, named as sent."""
+    for hint in ({"tool_choice": "auto"}, {"tool_choice": "none"}, {"parallel_tool_calls": False}):
+        chat, _ = responses.to_chat(json.dumps({"input": "hi", **hint}).encode())
+        parse_request(chat)
+    chat, _ = responses.to_chat(json.dumps({"input": "hi", "tool_choice": "required"}).encode())
+    with pytest.raises(ApiError) as caught:
+        parse_request(chat)
+    assert caught.value.param == "tool_choice"
