@@ -11,7 +11,19 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    FailFast,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 from starlette.requests import ClientDisconnect, Request
 
 from llmrouter import parameters
@@ -95,11 +107,43 @@ MAX_TOOL_CALLS = 128
 # in ~15. Both are checked on the parsed JSON, before any part is read.
 MAX_CONTENT_PARTS = 2048
 MAX_REQUEST_CONTENT_PARTS = 8192
+# OpenAI's bounds on the other arrays and objects a caller sizes whose every item is validated (unbounded, one of
+# 400,000 bad items held the event loop for seconds while pydantic reported each): stop 4 and metadata 16 (its API
+# reference), logit_bias 1024 ("Invalid 'logit_bias': too many properties. Expected an object with at most 1024
+# properties, ...": tlyleung, "Experiments in Constrained LLM Decoding").
+MAX_STOP = 4
+MAX_METADATA = 16
+MAX_LOGIT_BIAS = 1024
 
 
-class TextPart(BaseModel):
+class FirstError(FailFast):
+    """pydantic's FailFast (a list's validation stops at its first bad item), hashable: as a member of a union
+    (`StrictStr | Annotated[list[...], FirstError()]`) it must be."""
+
+    __hash__ = object.__hash__
+
+
+class Closed(BaseModel):
+    """A model that takes no field it does not know. pydantic reports each unknown key (and each bad item of a list)
+    as an error of its own, and turning 400,000 of them into errors held the event loop for seconds: an object with
+    more keys than the model has fields is refused by its first unknown key alone (lists are FailFast, and the
+    dicts a caller sizes bounded before validation: check_lengths)."""
+
     model_config = ConfigDict(extra="forbid")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict) and len(data) > len(cls.model_fields):
+            known = set(cls.model_fields) | {f.alias for f in cls.model_fields.values() if f.alias}
+            unknown = next((key for key in data if key not in known), None)
+            if unknown is not None:
+                shown = str(unknown)[:64]
+                raise PydanticCustomError("extra_forbidden", "Extra inputs are not permitted: {key}", {"key": shown})
+        return data
+
+
+class TextPart(Closed):
     type: Literal["text"]
     text: StrictStr
 
@@ -119,9 +163,9 @@ class Message(BaseModel):
     model_config = ConfigDict(extra="allow")  # refusal, audio, ... are tolerated
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: StrictStr | list[TextPart] | None = None
+    content: StrictStr | Annotated[list[TextPart], FirstError()] | None = None
     name: StrictStr | None = None
-    tool_calls: list[ToolCall] | None = None
+    tool_calls: Annotated[list[ToolCall], FirstError()] | None = None
     tool_call_id: StrictStr | None = None
 
     def text(self) -> str:
@@ -139,9 +183,7 @@ class Message(BaseModel):
         )
 
 
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class StreamOptions(Closed):
     include_usage: StrictBool = False
     # OpenAI pads stream events with an `obfuscation` field unless this is false; the edge never pads, so either
     # value is served as it is (a caller saving bandwidth with false gets what it asked for).
@@ -154,36 +196,28 @@ JsonObject = dict[StrictStr, Any]
 Penalty = Annotated[StrictFloat | StrictInt, Field(ge=-2, le=2)]
 
 
-class FunctionDefinition(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class FunctionDefinition(Closed):
     name: StrictStr = Field(min_length=1, max_length=64)
     description: StrictStr | None = None
     parameters: JsonObject | None = None
     strict: StrictBool | None = None
 
 
-class Tool(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class Tool(Closed):
     type: Literal["function"]
     function: FunctionDefinition
 
 
-class NamedFunction(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class NamedFunction(Closed):
     name: StrictStr
 
 
-class NamedToolChoice(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class NamedToolChoice(Closed):
     type: Literal["function"]
     function: NamedFunction
 
 
-class JsonSchemaFormat(BaseModel):
+class JsonSchemaFormat(Closed):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     name: StrictStr = Field(min_length=1, max_length=64)
@@ -192,32 +226,24 @@ class JsonSchemaFormat(BaseModel):
     strict: StrictBool | None = None
 
 
-class ResponseFormat(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ResponseFormat(Closed):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaFormat | None = None
 
 
-class Prediction(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class Prediction(Closed):
     type: Literal["content"]
-    content: StrictStr | list[TextPart]
+    content: StrictStr | Annotated[list[TextPart], FirstError()]
 
 
-class PromptCacheOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class PromptCacheOptions(Closed):
     mode: Literal["implicit", "explicit"] | None = None
     ttl: Literal["30m"] | None = None
 
 
-class ChatCompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ChatCompletionRequest(Closed):
     model: StrictStr | None = None
-    messages: list[Message] = Field(min_length=1)
+    messages: Annotated[list[Message], FirstError()] = Field(min_length=1)
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
     max_tokens: StrictInt | None = Field(default=None, ge=1, le=INT32_MAX)
@@ -227,9 +253,9 @@ class ChatCompletionRequest(BaseModel):
     # Passed through (llmrouter/passthrough.py).
     response_format: ResponseFormat | None = None
     top_p: StrictFloat | StrictInt | None = Field(default=None, ge=0, le=1)
-    stop: StrictStr | list[StrictStr] | None = Field(default=None, max_length=4)
+    stop: StrictStr | Annotated[list[StrictStr], FirstError()] | None = Field(default=None, max_length=4)
     seed: StrictInt | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
-    tools: list[Tool] | None = Field(default=None, max_length=128)
+    tools: Annotated[list[Tool], FirstError()] | None = Field(default=None, max_length=128)
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: StrictBool | None = None
     presence_penalty: Penalty | None = None
@@ -248,7 +274,7 @@ class ChatCompletionRequest(BaseModel):
     )
     store: StrictBool | None = None
     service_tier: Literal["auto", "default"] | None = None
-    modalities: list[Literal["text"]] | None = None
+    modalities: Annotated[list[Literal["text"]], FirstError()] | None = None
     reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
     verbosity: Literal["low", "medium", "high"] | None = None
     prediction: Prediction | None = None
@@ -362,6 +388,20 @@ def check_lengths(raw: Any, max_messages: int) -> None:
     check_content_parts(messages, "messages", ("content",))
     if isinstance(prediction := raw.get("prediction"), dict):
         check_length(prediction.get("content"), "prediction.content", MAX_CONTENT_PARTS)
+    check_length(raw.get("stop"), "stop", MAX_STOP)
+    check_properties(raw.get("logit_bias"), "logit_bias", MAX_LOGIT_BIAS)
+    check_properties(raw.get("metadata"), "metadata", MAX_METADATA)
+
+
+def check_properties(value: Any, param: str, limit: int) -> None:
+    """A 400 in OpenAI's words for an object with more keys than its bound; a value of another type is left to
+    validation."""
+    if isinstance(value, dict) and len(value) > limit:
+        message = (
+            f"Invalid '{param}': too many properties. Expected an object with at most {limit} properties, "
+            f"but got an object with {len(value)} properties instead."
+        )
+        raise ApiError(400, message, param=param, code="object_above_max_properties")
 
 
 def check_content_parts(items: Any, param: str, fields: tuple[str, ...]) -> None:

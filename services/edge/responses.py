@@ -5,21 +5,25 @@ is stored, so what needs a stored response or a built-in tool is refused by name
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
 from llmrouter.validation import MAX_MESSAGES
 from services.edge.openai_api import (
     INT32_MAX,
+    MAX_METADATA,
     MAX_TOOL_CALLS,
     MAX_TOOLS,
     ROUTER_EXTENSIONS,
     ApiError,
+    Closed,
+    FirstError,
     FunctionDefinition,
     JsonObject,
     check_content_parts,
     check_length,
+    check_properties,
     cost_as_written,
     decode_json,
     first_error,
@@ -68,9 +72,7 @@ UNSUPPORTED_PARTS = {"input_image", "input_file", "input_audio"}
 ROLES = ("user", "assistant", "system", "developer")
 
 
-class InputText(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class InputText(Closed):
     type: Literal["input_text"]
     text: StrictStr
 
@@ -84,12 +86,10 @@ class OutputText(BaseModel):
     text: StrictStr
 
 
-class MessageItem(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class MessageItem(Closed):
     type: Literal["message"] = "message"
     role: Literal["user", "assistant", "system", "developer"]
-    content: StrictStr | list[InputText | OutputText]
+    content: StrictStr | Annotated[list[InputText | OutputText], FirstError()]
     id: StrictStr | None = None  # a previous response's output item, sent back
     status: StrictStr | None = None
 
@@ -99,9 +99,7 @@ class MessageItem(BaseModel):
         return "".join(part.text for part in self.content)
 
 
-class FunctionCallItem(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class FunctionCallItem(Closed):
     type: Literal["function_call"]
     call_id: StrictStr
     name: StrictStr
@@ -110,12 +108,10 @@ class FunctionCallItem(BaseModel):
     status: StrictStr | None = None
 
 
-class FunctionCallOutputItem(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class FunctionCallOutputItem(Closed):
     type: Literal["function_call_output"]
     call_id: StrictStr
-    output: StrictStr | list[InputText]
+    output: StrictStr | Annotated[list[InputText], FirstError()]
     id: StrictStr | None = None
     status: StrictStr | None = None
 
@@ -134,14 +130,12 @@ class FunctionTool(FunctionDefinition):
     type: Literal["function"]
 
 
-class NamedFunctionChoice(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class NamedFunctionChoice(Closed):
     type: Literal["function"]
     name: StrictStr
 
 
-class TextFormat(BaseModel):
+class TextFormat(Closed):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     type: Literal["text", "json_object", "json_schema"]
@@ -151,9 +145,7 @@ class TextFormat(BaseModel):
     strict: StrictBool | None = None
 
 
-class TextConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class TextConfig(Closed):
     format: TextFormat | None = None
     verbosity: Literal["low", "medium", "high"] | None = None
 
@@ -163,10 +155,10 @@ class ResponsesFields(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    input: StrictStr | list[JsonObject]
+    input: StrictStr | Annotated[list[JsonObject], FirstError()]
     instructions: StrictStr | None = None
     max_output_tokens: StrictInt | None = Field(default=None, ge=1, le=INT32_MAX)
-    tools: list[JsonObject] | None = Field(default=None, max_length=128)
+    tools: Annotated[list[JsonObject], FirstError()] | None = Field(default=None, max_length=128)
     tool_choice: Literal["none", "auto", "required"] | NamedFunctionChoice | None = None
     text: TextConfig | None = None
     stream: StrictBool = False
@@ -275,6 +267,7 @@ def check_lengths(raw: Any) -> None:
         check_length(raw.get("input"), "input", MAX_MESSAGES)
         check_length(raw.get("tools"), "tools", MAX_TOOLS)
         check_content_parts(raw.get("input"), "input", ("content", "output"))
+        check_properties(raw.get("metadata"), "metadata", MAX_METADATA)
 
 
 def to_chat(body: bytes) -> tuple[bytes, dict[str, Any]]:
