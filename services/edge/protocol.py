@@ -24,15 +24,29 @@ from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 MAX_HEAD_BYTES = 64 * 1024  # four times what nginx and Node accept by default
+# Requests a connection may have read ahead of their answers (HTTP/1.1 pipelining): uvicorn parses every request a
+# read brings and queues each (~20 KB of its own objects), and reads on after each answer, so a caller pipelining
+# megabytes of tiny requests held ~64 MB per connection. Clients pipeline a few, if any.
+MAX_PIPELINED = 32
 LINGER_S = 2.0  # how long a refused request's rest is read and dropped before its connection is closed
-REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+REASONS = {
+    400: b"Bad Request",
+    408: b"Request Timeout",
+    429: b"Too Many Requests",
+    431: b"Request Header Fields Too Large",
+}
 # Refused here, before the app sees them, so not in llmrouter_edge_http_requests_total: a flood of slow or oversized
 # heads, or a proxy in front sending headers past the bound, shows only here.
 REFUSED = Counter(
     "llmrouter_edge_refused_requests_total",
-    "Requests the edge's HTTP protocol refused before its app: malformed (400), too slow (408), head too large (431)",
+    "Requests the edge's HTTP protocol refused before its app: malformed (400), too slow (408), head too large (431), "
+    "pipelined past the bound (429)",
     ["status"],
 )
+
+
+class TooManyPipelined(Exception):
+    """Raised in a parser callback to stop parsing a read: the request beginning is refused."""
 
 
 class TimedFlow(FlowControl):
@@ -124,6 +138,10 @@ class BoundedReadProtocol(HttpToolsProtocol):
             self.refuse(431, f"request line and headers over {MAX_HEAD_BYTES} bytes", "request_header_fields_too_large")
 
     def on_message_begin(self) -> None:
+        if len(self.pipeline) >= MAX_PIPELINED:
+            message = f"more than {MAX_PIPELINED} requests pipelined ahead of their answers"
+            self.refuse(429, message, "too_many_pipelined_requests")  # once those before it are answered
+            raise TooManyPipelined  # httptools stops parsing the read here; the rest is dropped (refused)
         super().on_message_begin()
         self.in_head, self.head_bytes = True, 0
         self._unset_keepalive_if_required()  # no longer idle: its head is timed

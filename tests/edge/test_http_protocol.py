@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from services.edge.protocol import MAX_HEAD_BYTES
+from services.edge.protocol import MAX_HEAD_BYTES, MAX_PIPELINED
 from tests.conftest import ROOT
 from tests.integration.test_batch_transfers import batch_file
 
@@ -397,3 +397,13 @@ def test_a_websocket_handshake_is_a_404_in_openais_body(edge_port: int) -> None:
     status, _, body = answer(edge_port, handshake).partition(b"\r\n\r\n")
     assert status.startswith(b"HTTP/1.1 404 "), status
     assert json.loads(body)["error"]["code"] == "not_found"
+
+
+def test_requests_pipelined_past_the_bound_are_refused_after_those_before_are_answered(edge_port: int) -> None:
+    """uvicorn parsed and queued every pipelined request a read brought, reading on after each answer: a caller
+    sending megabytes of tiny requests held ~64 MB per connection. The first is served, MAX_PIPELINED more wait,
+    the next is refused (429) once they are answered, and the connection is closed."""
+    with socket.create_connection(("127.0.0.1", edge_port), timeout=10) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: edge\r\n\r\n" * (MAX_PIPELINED + 100))
+        statuses = responses(s, 10)
+    assert statuses == [b"HTTP/1.1 200 OK"] * (MAX_PIPELINED + 1) + [b"HTTP/1.1 429 Too Many Requests"]
