@@ -585,5 +585,9 @@ def create_app(settings: EdgeSettings, channel: grpc.aio.Channel) -> Starlette:
     }
     app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
     app.state.stopping = runner.stop  # as the server's shutdown begins (__main__.EdgeServer), before requests drain
+    # A path with a trailing slash is no route (a 404 in OpenAI's body): Starlette redirected it (307, no body) to a URL
+    # built from the Host header, which behind a proxy names the edge's internal address, and clients that follow a
+    # 307 send the body again there.
+    app.router.redirect_slashes = False
     app.add_middleware(Observe, access_log=access_log)
     return app

@@ -407,3 +407,12 @@ def test_requests_pipelined_past_the_bound_are_refused_after_those_before_are_an
         s.sendall(b"GET /healthz HTTP/1.1\r\nHost: edge\r\n\r\n" * (MAX_PIPELINED + 100))
         statuses = responses(s, 10)
     assert statuses == [b"HTTP/1.1 200 OK"] * (MAX_PIPELINED + 1) + [b"HTTP/1.1 429 Too Many Requests"]
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions/", "/v1/completions/", "/v1/batches/"])
+def test_a_trailing_slash_is_a_404_in_openais_body_not_a_redirect_to_the_host_header(edge_port: int, path: str) -> None:
+    """Starlette redirected it (307, no body) to a URL built from the Host header: behind a proxy that sets it, the
+    edge's internal address, where a client following the 307 sent its body again."""
+    reply = httpx.post(f"http://127.0.0.1:{edge_port}{path}", json={}, headers={"host": "edge.internal:8080"})
+    assert (reply.status_code, reply.headers.get("location")) == (404, None)
+    assert reply.json()["error"]["code"] == "not_found"
