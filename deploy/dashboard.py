@@ -283,6 +283,7 @@ def build() -> dict:
                 "Charges waiting in the outbox (lost if the pod goes)",
                 "short",
                 (f"sum by (pod) ({s('llmrouter_router_outbox_charges')})", "{{pod}}"),
+                (f"sum by (pod) ({s('llmrouter_router_outbox_dead_letters')})", "{{pod}} dead letters"),
             )
         )
         .with_panel(

@@ -37,6 +37,10 @@ LEDGER_REJECTED = Counter(
 OUTBOX = Gauge(
     "llmrouter_router_outbox_charges", "Charges and undos of lost admissions waiting in the outbox for the money store"
 )
+OUTBOX_DEAD_LETTERS = Gauge(
+    "llmrouter_router_outbox_dead_letters",
+    "Outbox charges and undos that kept failing, or could not be read, waiting unlanded in the dead-letter file",
+)
 ROUTED = Counter(
     "llmrouter_router_routed_total",
     "Auto-routed requests admitted, by tenant (the first N seen, then 'other') and the chosen model's tier",

@@ -5,7 +5,13 @@ A charge is written here (and fsynced) before the answer is released, so a Redis
 loses it; a background task replays the file. Replays are idempotent: the store charges a request id once, and
 undoes an admission (by its nonce) once. The file is locked while it is appended to or rewritten, so routers
 sharing a data dir do not interleave; the lock is waited for without blocking the event loop or a thread, so
-routers in one process (tests start many) take turns rather than freeze it."""
+routers in one process (tests start many) take turns rather than freeze it.
+
+An entry that keeps failing for a reason other than the store being out of reach (a store error on its own keys such
+as WRONGTYPE, a script error, a bug), and a line that cannot be read, never hold up the entries after it, and are
+never dropped: they move to a dead-letter file beside the outbox (the same format, for an operator to look into and
+append back once mended), logged, and counted in llmrouter_router_outbox_dead_letters (what that file holds, until
+an operator empties it)."""
 
 from __future__ import annotations
 
@@ -28,6 +34,13 @@ from services.router.store import HOLD_S, REQUEST_ID_TTL_S, Account, Hold, Store
 log = logging.getLogger("llmrouter.router")
 
 LOCK_POLL_S = 0.01  # how often a router waiting for the file's lock tries again
+# How many replays in a row (one an upkeep round, ROUTER_UPKEEP_INTERVAL_S: 2 s by default) an entry must fail,
+# otherwise than by the store being out of reach, before it is dead-lettered. Such failures (WRONGTYPE on a key of
+# another type, a script error, a record the code cannot take) come back the same every time; a passing one (a reply
+# garbled by a failover, a script flushed mid-call) is gone within a round or two. Thirty in a row, a minute at the
+# default interval, is a fault that is not passing, while a good charge met by one passing error is replayed again
+# and lands. The count is kept in memory: a restarted router counts again from 0, which only delays the move.
+POISON_REPLAYS = 30
 
 
 class NotRecorded(ServiceError):
@@ -103,19 +116,27 @@ def entry_from_json(line: str) -> OutboxEntry:
 
 
 class Outbox:
-    def __init__(self, data_dir: Path, marked_s: float = REQUEST_ID_TTL_S - HOLD_S) -> None:
+    def __init__(
+        self, data_dir: Path, marked_s: float = REQUEST_ID_TTL_S - HOLD_S, poison_replays: int = POISON_REPLAYS
+    ) -> None:
         """`marked_s`: how long after a charge any other charge of its request is surely still marked (the request id
-        TTL less the longest a request runs and its charge lands); the default holds for every request timeout."""
+        TTL less the longest a request runs and its charge lands); the default holds for every request timeout.
+        `poison_replays`: how many replays in a row an entry fails otherwise before it is dead-lettered."""
         self.marked_s = marked_s
+        self.poison_replays = poison_replays
         data_dir.mkdir(parents=True, exist_ok=True)
         self.path = data_dir / "charges-outbox.jsonl"
+        self.dead_path = data_dir / "charges-outbox.dead.jsonl"
         self.path.touch(exist_ok=True)
+        # Replays in a row that failed each entry still waiting (by its line) otherwise than by the store being away.
+        self._failures: dict[str, int] = {}
         self._lock = asyncio.Lock()
         # Charges (by id) a replay landed, and counted, that are still in the file: its rewrite failed (a full disk).
         # The next replay drops them without landing them again: the store would answer that each is this very
         # charge, made before, and it would be counted again.
         self._landed: set[str] = set()
         metrics.OUTBOX.set(len(self.waiting()))
+        metrics.OUTBOX_DEAD_LETTERS.set(len(self.dead_letters()))
 
     async def add(self, entry: OutboxEntry) -> None:
         what, fields = entry.logged()
@@ -131,14 +152,20 @@ class Outbox:
         log.error(f"money store unreachable: {what} kept in the outbox", extra=fields)
 
     async def replay(self, store: Store) -> int:
-        """Land what the file holds, oldest first, until the store fails; returns how many landed. The
-        file stays locked throughout, so a line appended meanwhile by another router is never rewritten away. What
-        landed leaves the file however the replay ends (an entry failing otherwise, a cancellation): replayed again,
-        each would be counted again in the metrics."""
+        """Land what the file holds, oldest first, until the store is out of reach; returns how many landed. An entry
+        failing otherwise stays where it is and the replay goes on with the next; after `poison_replays` such replays
+        in a row it moves to the dead-letter file, as does a line that cannot be read at once (reading it again
+        would not help). The file stays locked throughout, so a line appended meanwhile by another router is never
+        rewritten away. What landed leaves the file however the replay ends (a cancellation): replayed again, each
+        would be counted again in the metrics."""
         async with self._lock:
             with await self._locked() as file:
-                waiting = _parse(file)
-                landed = 0
+                waiting, unreadable = _read(file)
+                kept: list[OutboxEntry] = []  # still waiting, in order
+                unread = "unreadable: cut short by a crash, or written by another version"
+                dead = [(line, unread) for line in unreadable]
+                landed: list[OutboxEntry] = []
+                done = 0  # entries of `waiting` dealt with
                 try:
                     for entry in waiting:
                         if _charge_id(entry) not in self._landed:
@@ -146,17 +173,46 @@ class Outbox:
                                 await entry.land(store, self.marked_s)
                             except StoreUnavailable:
                                 break
+                            except Exception as exc:  # this entry's own fault: the next ones are landed all the same
+                                if self._poisoned(entry, exc):
+                                    dead.append((entry.to_json(), repr(exc)[:300]))
+                                else:
+                                    kept.append(entry)
+                                done += 1
+                                continue
                             if _charge_id(entry):
                                 self._landed.add(_charge_id(entry))
-                        landed += 1
+                        landed.append(entry)
+                        self._failures.pop(entry.to_json(), None)
+                        done += 1
                 finally:
-                    metrics.OUTBOX.set(len(waiting) - landed)
-                    if landed:
+                    remaining = kept + waiting[done:]
+                    metrics.OUTBOX.set(len(remaining))
+                    if landed or dead:
                         # Shielded: a cancellation (the router stopping) does not cut it short.
-                        await asyncio.shield(asyncio.to_thread(self._rewrite, waiting[landed:]))
-                        self._landed.difference_update(_charge_id(entry) for entry in waiting[:landed])
-                        log.info("outbox charges landed", extra={"landed": landed, "waiting": len(waiting) - landed})
-            return landed
+                        await asyncio.shield(asyncio.to_thread(self._rewrite, remaining, [line for line, _ in dead]))
+                        self._landed.difference_update(_charge_id(entry) for entry in landed)
+                        still = {entry.to_json() for entry in remaining}
+                        self._failures = {line: n for line, n in self._failures.items() if line in still}
+                        for line, why in dead:
+                            log.critical(
+                                "outbox entry dead-lettered: it never lands; it is kept in the dead-letter file",
+                                extra={"line": line[:500], "error": why, "dead_letters": str(self.dead_path)},
+                            )
+                    # Read each round: an operator who emptied the file (once its lines are looked into) sees it here.
+                    metrics.OUTBOX_DEAD_LETTERS.set(len(self.dead_letters()))
+                    if landed:
+                        log.info("outbox charges landed", extra={"landed": len(landed), "waiting": len(remaining)})
+            return len(landed)
+
+    def _poisoned(self, entry: OutboxEntry, exc: Exception) -> bool:
+        """Whether an entry that failed this replay, otherwise than by the store being away, has failed
+        `poison_replays` replays in a row (POISON_REPLAYS says why so many)."""
+        line = entry.to_json()
+        failed = self._failures[line] = self._failures.get(line, 0) + 1
+        what, fields = entry.logged()
+        log.error(f"outbox {what} failed to land", extra={**fields, "error": repr(exc)[:300], "failed_replays": failed})
+        return failed >= self.poison_replays
 
     def __len__(self) -> int:
         return len(self.waiting())
@@ -179,10 +235,23 @@ class Outbox:
     def waiting(self) -> list[OutboxEntry]:
         """What the file holds now, read without its lock (for the metric and tests): never waits."""
         with self.path.open(encoding="utf-8") as file:
-            return _parse(file)
+            return _read(file)[0]
 
-    def _rewrite(self, remaining: list[OutboxEntry]) -> None:
-        """Replace the file (its lock held by the caller) with what is still waiting."""
+    def dead_letters(self) -> list[str]:
+        """The lines of the dead-letter file."""
+        if not self.dead_path.exists():
+            return []
+        return [line for line in self.dead_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    def _rewrite(self, remaining: list[OutboxEntry], dead: list[str]) -> None:
+        """Replace the file (its lock held by the caller) with what is still waiting, once the dead letters are on
+        disk beside it: a crash in between leaves a line in both files, never in neither (landing one again is
+        idempotent)."""
+        if dead:
+            with self.dead_path.open("a", encoding="utf-8") as out:
+                out.writelines(line + "\n" for line in dead)
+                out.flush()
+                os.fsync(out.fileno())
         tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
         with tmp.open("w", encoding="utf-8") as out:
             out.writelines(entry.to_json() + "\n" for entry in remaining)
@@ -212,12 +281,14 @@ def _append_and_close(file: IO[str], line: str) -> None:
         os.fsync(file.fileno())
 
 
-def _parse(file: IO[str]) -> list[OutboxEntry]:
-    entries = []
+def _read(file: IO[str]) -> tuple[list[OutboxEntry], list[str]]:
+    """The entries of the file, and the lines that are none (cut short by a crash, or of a shape this version
+    does not know: written by another version, or mangled)."""
+    entries, unreadable = [], []
     for line in file:
         if line.strip():
             try:
                 entries.append(entry_from_json(line))
-            except (ValueError, KeyError, TypeError):
-                log.error("outbox line cut short by a crash; skipped", extra={"line": line[:200]})
-    return entries
+            except (ValueError, KeyError, TypeError, AttributeError):
+                unreadable.append(line.strip())
+    return entries, unreadable

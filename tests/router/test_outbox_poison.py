@@ -1,0 +1,121 @@
+"""One outbox entry that keeps failing, otherwise than by the store being out of reach, never holds up the others,
+and is never lost: the replay stopped at the first entry that raised anything, so a charge whose store keys are of
+another type (WRONGTYPE) kept every charge behind it off the budgets forever, and a line that could not be read was
+dropped at the next rewrite. Now each is replayed on its own; one failing `poison_replays` replays in a row, or
+unreadable, moves to the dead-letter file beside the outbox, counted in llmrouter_router_outbox_dead_letters.
+A real Redis behind a proxy that goes down."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from prometheus_client import REGISTRY as METRICS
+
+from services.router import charging
+from services.router.outbox import entry_from_json
+from services.router.store import RedisStore, period_id, to_pico
+from services.router.store.keys import AccountKeys
+from tests.fakes.lossy_proxy import LossyProxy
+from tests.router.servicer_kit import charger_on
+from tests.router.test_admission import ACCOUNT
+from tests.router.test_charge_counted_once import served
+
+DAY = period_id("day")
+DEAD = "llmrouter_router_outbox_dead_letters"
+
+
+@pytest.fixture
+async def charger(redis_url: str, proxy: LossyProxy, tmp_path: Path) -> AsyncIterator[charging.Charger]:
+    async with charger_on(proxy.url_for(redis_url), tmp_path / "data") as made:
+        made.outbox.poison_replays = 3
+        yield made
+
+
+def dead_letters() -> float:
+    return METRICS.get_sample_value(DEAD) or 0.0
+
+
+async def test_a_failing_charge_does_not_hold_up_the_charges_after_it_and_is_dead_lettered_not_lost(
+    charger: charging.Charger, proxy: LossyProxy, redis_url: str
+) -> None:
+    poison, poison_answer = await served(charger)
+    good, good_answer = await served(charger)
+    proxy.go_down()  # both charges wait in the outbox, the poison one first
+    await charger.settle(poison, poison_answer)
+    await charger.settle(good, good_answer)
+    proxy.come_back()
+    direct = RedisStore(redis_url)
+    try:
+        # The first charge's marker key holds a value of another type: its charge fails (WRONGTYPE) every time.
+        await direct.redis.hset(AccountKeys.of(ACCOUNT).charged(poison.request_id), "other", "1")
+        assert await charger.outbox.replay(charger.store) == 1  # the charge behind it lands
+        good_pico = to_pico(Decimal(good_answer.cost_usd))
+        assert await direct.spent(ACCOUNT, DAY) == (good_pico, good_pico)
+        # Failing, it is replayed again, for a while: a passing error never dead-letters a good charge.
+        assert [e.record["request_id"] for e in charger.outbox.waiting()] == [poison.request_id]  # type: ignore[union-attr]
+        assert await charger.outbox.replay(charger.store) == 0
+        assert len(charger.outbox) == 1 and charger.outbox.dead_letters() == []
+        assert await charger.outbox.replay(charger.store) == 0  # the third replay in a row that fails it
+        assert len(charger.outbox) == 0
+        (line,) = charger.outbox.dead_letters()
+        assert entry_from_json(line).record["request_id"] == poison.request_id  # type: ignore[union-attr]
+        assert dead_letters() == 1
+        # Kept whole: once its keys are mended, moved back to the outbox, it lands.
+        await direct.redis.delete(AccountKeys.of(ACCOUNT).charged(poison.request_id))
+        with charger.outbox.path.open("a", encoding="utf-8") as file:
+            file.write(line + "\n")
+        charger.outbox.dead_path.write_text("")
+        assert await charger.outbox.replay(charger.store) == 1
+        assert dead_letters() == 0
+        poison_pico = to_pico(Decimal(poison_answer.cost_usd))
+        assert await direct.spent(ACCOUNT, DAY) == (good_pico + poison_pico, good_pico + poison_pico)
+    finally:
+        await direct.close()
+
+
+async def test_a_charge_failing_once_is_kept_and_lands_when_the_fault_passes(
+    charger: charging.Charger, proxy: LossyProxy, redis_url: str
+) -> None:
+    r, answer = await served(charger)
+    proxy.go_down()
+    await charger.settle(r, answer)
+    proxy.come_back()
+    direct = RedisStore(redis_url)
+    try:
+        marker = AccountKeys.of(ACCOUNT).charged(r.request_id)
+        await direct.redis.hset(marker, "other", "1")
+        assert await charger.outbox.replay(charger.store) == 0
+        await direct.redis.delete(marker)
+        assert await charger.outbox.replay(charger.store) == 1
+        assert charger.outbox.dead_letters() == []
+        pico = to_pico(Decimal(answer.cost_usd))
+        assert await direct.spent(ACCOUNT, DAY) == (pico, pico)
+    finally:
+        await direct.close()
+
+
+async def test_an_unreadable_line_is_dead_lettered_and_the_charges_around_it_land(
+    charger: charging.Charger, proxy: LossyProxy, redis_url: str
+) -> None:
+    first, first_answer = await served(charger)
+    second, second_answer = await served(charger)
+    proxy.go_down()
+    await charger.settle(first, first_answer)
+    unreadable = '{"account": {"tenant": "t", "key": "k"}, "hold": {"request_id": "x", "new_field": 1}}'
+    with charger.outbox.path.open("a", encoding="utf-8") as file:
+        file.write(unreadable + "\n")
+    await charger.settle(second, second_answer)
+    proxy.come_back()
+    assert await charger.outbox.replay(charger.store) == 2
+    assert len(charger.outbox) == 0
+    assert charger.outbox.dead_letters() == [unreadable]
+    assert dead_letters() == 1
+    direct = RedisStore(redis_url)
+    try:
+        pico = to_pico(Decimal(first_answer.cost_usd)) + to_pico(Decimal(second_answer.cost_usd))
+        assert await direct.spent(ACCOUNT, DAY) == (pico, pico)
+    finally:
+        await direct.close()
