@@ -17,7 +17,7 @@ import grpc
 from llmrouter.auth import current_identity
 from llmrouter.errors import ServiceError, invalid
 from llmrouter.passthrough import TOP_LOGPROBS_ALONE
-from llmrouter.registry import FORMAT_FIELDS, RegistrySource
+from llmrouter.registry import FORMAT_FIELDS, ModelSpec, RegistrySource
 from llmrouter.tokens import count_prompt_tokens, fewest_prompt_tokens
 from llmrouter.v1 import router_pb2
 from llmrouter.validation import check_message_count, validate
@@ -174,13 +174,15 @@ class Admission:
         model of its plan writing all it may) against the budgets. When a budget cannot hold that, max_tokens
         is lowered to what it can pay for; refused when it cannot pay for even a short answer. `until`: a
         deferred request's hold lasts until then (Hold.until). The model it is admitted for (its plan's first; a
-        deferred request's only one) is recorded beside its pending charge (Pending.model)."""
+        deferred request's only one) is recorded beside its pending charge (Pending.model), and a deferred request's
+        prices too (Pending.prices): its collect, a day later perhaps, charges at them."""
         # The budget period is fixed here, once: a request admitted before midnight is charged to that day.
         period = period_id(self.settings.budget_period)
+        model = routed.plan.order[0].model
         for _ in range(ADMIT_ATTEMPTS):
             nonce = secrets.token_hex(8)  # names this admission: its undo touches no other of the request id
             hold = Hold(routed.request_id, _worst_case(routed), period, self.settings.instance_id, nonce, until)
-            verdict = await self._hold(routed.account, hold, routed.plan.order[0].model.name)
+            verdict = await self._hold(routed.account, hold, model.name, _prices(model) if until else None)
             if not verdict.refused:
                 routed.hold = hold
                 return
@@ -189,14 +191,14 @@ class Admission:
             self._fit(routed, verdict)
         raise self._budget_spent(verdict.refused)
 
-    async def _hold(self, account: Account, hold: Hold, model: str) -> Verdict:
+    async def _hold(self, account: Account, hold: Hold, model: str, prices: tuple[Decimal, Decimal] | None) -> Verdict:
         """The store's admission. One that is not known to have been refused, and is not served, is undone: the
         caller left meanwhile (the script may run after its reply is abandoned), or its reply was lost (a timeout,
         a dropped connection) after the script may have run. Undone before the refusal is answered, so a retry of
         the request id is admitted."""
         if not self.undoing.may_send():
             raise StoreUnavailable()  # out of reach a moment ago: the request is refused without a lost reply to undo
-        admitting = asyncio.ensure_future(self.store.admit(account, self.allowance, hold, model))
+        admitting = asyncio.ensure_future(self.store.admit(account, self.allowance, hold, model, prices))
         try:
             verdict = await asyncio.shield(admitting)
         except asyncio.CancelledError:
@@ -375,3 +377,8 @@ def _max_cost(raw: str) -> Decimal | None:
     if max_cost > MAX_COST_USD:
         raise invalid(f"max_cost_usd must be at most {MAX_COST_USD:f}", "max_cost_usd")
     return max_cost
+
+
+def _prices(model: ModelSpec) -> tuple[Decimal, Decimal]:
+    """A model's per-token prices (USD per 1M tokens: input, output), as the store records them."""
+    return model.input_usd_per_mtok, model.output_usd_per_mtok

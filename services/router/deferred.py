@@ -14,8 +14,10 @@ in the money store (the pending charges), so any router collects what another ad
 ('' from admission until then), and a collect settles, or reports, only the lines of the batch it names. A line
 whose batch stays unrecorded (its creation's outcome unknown, or the store out of reach to record it) is settled
 from no batch's results: it is charged its hold, its worst case. The model a line is admitted for is recorded beside
-its pending charge too, and the line is priced at that model's batch price: a collect naming another model is
-refused whole, before the provider is asked (the model named also picks the provider's Batch API that is). A line
+its pending charge too, and the line is priced at that model's batch price as it was at the line's admission (kept
+beside its pending charge as well; a line admitted by a router of the version before, without them, at the batch price
+of the collect's registry): a collect naming another model is refused whole, before the provider is asked (the model
+named also picks the provider's Batch API that is). A line
 offered again after it was sent in a recorded batch (the reply to its SubmitBatch lost: the call runs to its end
 after its caller left) is answered deferred in that batch, for its recorded model, so the caller collects it; one
 pending with no batch recorded is refused as a duplicate, as any request id in use. A line with nothing beside its
@@ -363,6 +365,11 @@ class Deferred:
             # Neither held nor charged for this account from this batch: not its line, and not its answer to read.
             error = f"no line of this account in provider batch {batch_id!r} (request id {request_id})"
             return router_pb2.CollectedLine(request_id=request_id, error=error, charged_usd="0")
+        if pending is not None and pending.prices is not None:
+            # Charged at the prices the line was admitted with (its hold was sized at them), not at the registry's of
+            # this collect, a day later perhaps: a price change within the window changes no line sent before it.
+            admitted_in, admitted_out = pending.prices
+            model = model.model_copy(update={"input_usd_per_mtok": admitted_in, "output_usd_per_mtok": admitted_out})
         if result is not None and result.succeeded:
             reply = result.response
             if reply.usage.estimated:  # the provider said nothing of what it billed: the worst case

@@ -78,6 +78,17 @@ def models_key(shard: int) -> str:
     return f"{TAGS[shard]}:models"
 
 
+def prices_key(shard: int) -> str:
+    """The per-token prices each deferred line of the shard was admitted at (its batch prices then), a hash: field
+    pending_field(...), value '<nonce> <input USD per 1M> <output USD per 1M>' (model.py, prices_value), written by its
+    admission. Its collect charges at them, whatever the registry says by then. Kept beside the pending charge for the
+    reason batches_key is. The nonce names the admission that wrote it: a line a router of the version before settles
+    (its scripts know no prices hash) leaves its field behind, about 60 bytes, during an upgrade only (the next
+    admission of the same field by this version writes or drops it), and a later admission of the request id by such a
+    router must not read it as its own."""
+    return f"{TAGS[shard]}:prices"
+
+
 def limits_key(shard: int) -> str:
     """Operators' limit overrides, a hash from limit_field(scope, name) to pico-USD: a tenant's in its shard,
     a key's in every shard (its tenant, which picks the shard, is not known where the limit is set)."""
@@ -173,6 +184,10 @@ class AccountKeys:
     @property
     def models(self) -> str:
         return models_key(self.shard)
+
+    @property
+    def prices(self) -> str:
+        return prices_key(self.shard)
 
     @property
     def limits(self) -> str:

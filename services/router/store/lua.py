@@ -131,10 +131,10 @@ ADMIT = (
     + """
 -- KEYS: rate, used id, tenant spend, tenant holds, key spend, key holds, limit overrides, pending charges,
 --       charged id, undone marker (of this admission's nonce), provider batches, models, the spend and holds the
---       key budget is checked against (keys.py, key_budget: a keyless request's tenant's)
+--       key budget is checked against (keys.py, key_budget: a keyless request's tenant's), prices
 -- ARGV: per minute, tenant default limit, key default limit ('' = none), now, hold member, hold expiry, id ttl,
 --       hold pico, pending field, pending record, tenant limit field, key limit field, provider batch line ('1'),
---       the model the request is admitted for ('' = none)
+--       the model the request is admitted for ('' = none), its prices (model.py, prices_value; '' = none)
 -- Undone before it ran (it reached the store after the router gave up on it and undid it): nothing happens.
 if redis.call('EXISTS', KEYS[10]) == 1 then return {'undone', '0', '0', ''} end
 local recorded = redis.call('HGET', KEYS[8], ARGV[9])
@@ -199,6 +199,8 @@ if ARGV[13] == '1' then redis.call('HSET', KEYS[11], ARGV[9], '') else redis.cal
 -- Its model: a provider batch line's collect is priced from it, whatever model the caller names, and a charge the
 -- reconciler settles at its hold names it in the ledger.
 if ARGV[14] ~= '' then redis.call('HSET', KEYS[12], ARGV[9], ARGV[14]) else redis.call('HDEL', KEYS[12], ARGV[9]) end
+-- Its prices: a provider batch line's collect charges at them, whatever the registry says by then.
+if ARGV[15] ~= '' then redis.call('HSET', KEYS[15], ARGV[9], ARGV[15]) else redis.call('HDEL', KEYS[15], ARGV[9]) end
 return {'', '0', '0', ''}
 """
 )
@@ -208,7 +210,7 @@ CHARGE = (
     + _HELD
     + """
 -- KEYS: charged marker, tenant spend, key spend, ledger, tenant holds, key holds, pending charges, provider batches,
---       models
+--       models, prices
 -- ARGV: pico, marker ttl, record, spend ttl, hold member, pending field, late ('1': only if still pending),
 --       the charge's id ('' for none), its admission's nonce ('' for none), the reconciler's: the pending record
 --       as its sweep read it
@@ -232,6 +234,7 @@ else
   if batch and batch ~= '' then marker = 'batch:' .. batch end
   redis.call('HDEL', KEYS[8], ARGV[6])
   redis.call('HDEL', KEYS[9], ARGV[6])
+  redis.call('HDEL', KEYS[10], ARGV[6])
   drop_hold(KEYS[5], KEYS[6], {ARGV[5], held_member(KEYS[7], ARGV[6], ARGV[5])})
   redis.call('HDEL', KEYS[7], ARGV[6])
   if not pending and ARGV[7] == '1' then return 0 end
@@ -292,7 +295,7 @@ UNDO = (
     _MUST_LAND
     + _HELD
     + """
--- KEYS: tenant holds, key holds, pending charges, used id, undone marker, provider batches, models
+-- KEYS: tenant holds, key holds, pending charges, used id, undone marker, provider batches, models, prices
 -- ARGV: hold member, pending field, nonce, marker ttl
 redis.call('SET', KEYS[5], '1', 'EX', ARGV[4])
 local record = redis.call('HGET', KEYS[3], ARGV[2])
@@ -301,6 +304,7 @@ drop_hold(KEYS[1], KEYS[2], {held_member(KEYS[3], ARGV[2], ARGV[1])})
 redis.call('HDEL', KEYS[3], ARGV[2])
 redis.call('HDEL', KEYS[6], ARGV[2])
 redis.call('HDEL', KEYS[7], ARGV[2])
+redis.call('HDEL', KEYS[8], ARGV[2])
 redis.call('DEL', KEYS[4])
 return 1
 """
@@ -323,12 +327,13 @@ return 1
 """
 )
 
-# A pending charge and the provider batch and model recorded for it, read at one instant: a charge in between two
-# reads would show a recorded line as one with none.
+# A pending charge and the provider batch, model and prices recorded for it, read at one instant: a charge in between
+# two reads would show a recorded line as one with none.
 PENDING_CHARGE = """#!lua flags=no-writes
--- KEYS: pending charges, provider batches, models; ARGV: pending field
+-- KEYS: pending charges, provider batches, models, prices; ARGV: pending field
 local field = ARGV[1]
-return {redis.call('HGET', KEYS[1], field), redis.call('HGET', KEYS[2], field), redis.call('HGET', KEYS[3], field)}
+local record, batch = redis.call('HGET', KEYS[1], field), redis.call('HGET', KEYS[2], field)
+return {record, batch, redis.call('HGET', KEYS[3], field), redis.call('HGET', KEYS[4], field)}
 """
 
 # The holds admission counts, of each holds set given (all in the shard of the pending charges given): those not

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import replace
+from decimal import Decimal
 
 from services.router.store.keys import AccountKeys, key_everywhere, limit_field
 from services.router.store.model import (
@@ -44,6 +45,7 @@ class MemoryStore:
         self.pending: dict[str, Pending] = {}  # as stored: provider_batch always None
         self.batches: dict[str, str] = {}  # pending field -> provider batch (RedisStore's batches hash)
         self.models: dict[str, str] = {}  # pending field -> the model admitted for (RedisStore's models hash)
+        self.prices: dict[str, tuple[Decimal, Decimal]] = {}  # pending field -> prices admitted at (its prices hash)
         self.ledger: deque[dict] = deque(maxlen=self.MAX_LEDGER_RECORDS)
         self.ledger_appended = 0  # every record ever appended: the SQL sink's cursor counts against it
         self.rate_window, self.rate_counts = 0, dict[str, int]()
@@ -61,7 +63,14 @@ class MemoryStore:
         tenant, key = (keys.spend(period)[0], keys.held()[0]), keys.key_budget(period)
         return [(*tenant, limits[0], "tenant"), (*key, limits[1], "key")]
 
-    async def admit(self, account: Account, allowance: Allowance, hold: Hold, model: str = "") -> Verdict:
+    async def admit(
+        self,
+        account: Account,
+        allowance: Allowance,
+        hold: Hold,
+        model: str = "",
+        prices: tuple[Decimal, Decimal] | None = None,
+    ) -> Verdict:
         keys = AccountKeys.of(account)
         if keys.undone(hold.nonce) in self.undone:
             return Verdict("undone")
@@ -109,6 +118,10 @@ class MemoryStore:
             self.models[pending.field] = model
         else:
             self.models.pop(pending.field, None)
+        if prices is not None:
+            self.prices[pending.field] = prices
+        else:
+            self.prices.pop(pending.field, None)
         return Verdict("")
 
     async def charge(
@@ -146,12 +159,15 @@ class MemoryStore:
             if limit is not None and self.counters.get(spend_key, 0) + others + pico > limit:
                 return name
         field = pending_field(account, hold.request_id)
-        batch, model = self.batches.get(field), self.models.get(field)
+        batch, model, prices = self.batches.get(field), self.models.get(field), self.prices.get(field)
         self._drop(account, hold)
-        if batch is not None:  # growing the hold keeps the line's batch and model, as RedisStore's EXTEND leaves them
+        # Growing the hold keeps the line's batch, model and prices, as RedisStore's EXTEND leaves them.
+        if batch is not None:
             self.batches[field] = batch
         if model is not None:
             self.models[field] = model
+        if prices is not None:
+            self.prices[field] = prices
         grown = replace(hold, pico=pico)
         for held_key in keys.held():
             self.held.setdefault(held_key, {})[keys.hold_member(pico, hold.request_id)] = (time.time() + HOLD_S, pico)
@@ -169,6 +185,7 @@ class MemoryStore:
         self.pending.pop(pending_field(account, hold.request_id), None)
         self.batches.pop(pending_field(account, hold.request_id), None)
         self.models.pop(pending_field(account, hold.request_id), None)
+        self.prices.pop(pending_field(account, hold.request_id), None)
 
     async def undo(self, account: Account, hold: Hold) -> bool:
         assert hold.nonce, "only an admission with a nonce can be undone"
@@ -198,7 +215,9 @@ class MemoryStore:
         pending = self.pending.get(field)
         if pending is None:
             return None
-        return replace(pending, provider_batch=self.batches.get(field), model=self.models.get(field))
+        return replace(
+            pending, provider_batch=self.batches.get(field), model=self.models.get(field), prices=self.prices.get(field)
+        )
 
     async def record_provider_batch(self, account: Account, hold: Hold, batch_id: str) -> bool:
         pending = self.pending.get(pending_field(account, hold.request_id))

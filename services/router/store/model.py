@@ -97,6 +97,11 @@ class Pending:
     # settled at its hold names it in the ledger. None when nothing is kept: a request admitted by a router of a
     # version before (which recorded it for provider batch lines only; deferred.py), or admitted naming none.
     model: str | None = None
+    # A deferred request's per-token prices (input, output, USD per 1M tokens) as admitted (Store.admit's `prices`),
+    # kept beside the record as model is (keys.py, prices_key): its collect charges at them. None when nothing is kept:
+    # a request that is no deferred one, or a line admitted by a router of the version before (charged at the prices
+    # of its collect's registry, as that version did).
+    prices: tuple[Decimal, Decimal] | None = None
 
     def ledger_record(self, **fields: Any) -> dict[str, Any]:
         """A ledger entry settling this charge: who pays, in which budget period, and `fields`."""
@@ -142,7 +147,21 @@ class Pending:
 
 
 # Pending's fields the store keeps beside the stored record, never in it (Pending.to_json).
-_BESIDE = ("provider_batch", "model")
+_BESIDE = ("provider_batch", "model", "prices")
+
+
+def prices_value(nonce: str, prices: tuple[Decimal, Decimal] | None) -> str:
+    """What the prices hash keeps for an admission (keys.py, prices_key); '' for no prices."""
+    return "" if prices is None else f"{nonce} {prices[0]} {prices[1]}"
+
+
+def admitted_prices(value: str | None, nonce: str) -> tuple[Decimal, Decimal] | None:
+    """The prices a prices-hash value records, when it is the admission's of `nonce`: else None (another admission's,
+    left behind by a router of the version before, or none)."""
+    parts = (value or "").split(" ")
+    if len(parts) != 3 or parts[0] != nonce:
+        return None
+    return Decimal(parts[1]), Decimal(parts[2])
 
 
 def pending_field(account: Account, request_id: str) -> str:
@@ -226,12 +245,19 @@ class Store(Protocol):
     """charge and extend act on the hold the store holds for the request (its pending charge's), which
     may be larger than the `hold` given when the reply to an extension was lost: none outlives its request."""
 
-    async def admit(self, account: Account, allowance: Allowance, hold: Hold, model: str = "") -> Verdict:
+    async def admit(
+        self,
+        account: Account,
+        allowance: Allowance,
+        hold: Hold,
+        model: str = "",
+        prices: tuple[Decimal, Decimal] | None = None,
+    ) -> Verdict:
         """Let one request in when spend + holds + `hold` fits both budgets (a hold past its expiry counts while its
         pending charge is open, with that hold; lua.py, _OPEN): its id is then used, it counts against the rate
         limit, `hold` is held against both budgets and a pending charge is recorded, with `model` (the model it is
-        admitted for) beside it: Pending.model. Nothing changes when it is refused. StoreUnavailable when the store
-        cannot be reached."""
+        admitted for) and `prices` (a deferred request's per-token prices) beside it: Pending.model, Pending.prices.
+        Nothing changes when it is refused. StoreUnavailable when the store cannot be reached."""
 
     async def charge(
         self, account: Account, hold: Hold, pico: int, record: dict, late: bool = False, charge_id: str = ""

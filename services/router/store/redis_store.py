@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from decimal import Decimal
 from typing import Any
 
 from llmrouter.redis_connect import connect
@@ -38,8 +39,10 @@ from services.router.store.model import (
     StoreRefusing,
     StoreUnavailable,
     Verdict,
+    admitted_prices,
     marker_batch,
     pending_field,
+    prices_value,
     reconciled_record,
     spend_ttl_s,
 )
@@ -138,7 +141,14 @@ class RedisStore:
         async with self._calls, _reachable():
             yield
 
-    async def admit(self, account: Account, allowance: Allowance, hold: Hold, model: str = "") -> Verdict:
+    async def admit(
+        self,
+        account: Account,
+        allowance: Allowance,
+        hold: Hold,
+        model: str = "",
+        prices: tuple[Decimal, Decimal] | None = None,
+    ) -> Verdict:
         now = time.time()
         keys = AccountKeys.of(account)
         tenant_spend, key_spend = keys.spend(hold.period)
@@ -158,10 +168,11 @@ class RedisStore:
             limit_field("key", account.key),
             "1" if hold.until else "0",  # a provider batch line (deferred)
             model,
+            prices_value(hold.nonce, prices),
         ]
         names = [keys.rate(now), keys.used(hold.request_id), tenant_spend, tenant_held, key_spend, key_held]
         names += [keys.limits, keys.pending, keys.charged(hold.request_id), keys.undone(hold.nonce), keys.batches]
-        names += [keys.models, *keys.key_budget(hold.period)]
+        names += [keys.models, *keys.key_budget(hold.period), keys.prices]
         async with self._call():
             refused, remaining, spend_left, spend_budget = await self._admit(keys=names, args=args)
         return Verdict(_text(refused), int(remaining), int(spend_left), _text(spend_budget))
@@ -190,7 +201,7 @@ class RedisStore:
     async def _settle(self, account: Account, hold: Hold, pico: int, record: dict, only: list[str]) -> bool:
         keys = AccountKeys.of(account)
         names = [keys.charged(hold.request_id), *keys.spend(hold.period), keys.ledger, *keys.held(), keys.pending]
-        names += [keys.batches, keys.models]
+        names += [keys.batches, keys.models, keys.prices]
         args: list[int | str] = [
             pico,
             self.request_id_ttl_s,
@@ -229,7 +240,7 @@ class RedisStore:
         assert hold.nonce, "only an admission with a nonce can be undone"
         keys = AccountKeys.of(account)
         names = [*keys.held(), keys.pending, keys.used(hold.request_id), keys.undone(hold.nonce), keys.batches]
-        names.append(keys.models)
+        names += [keys.models, keys.prices]
         member = keys.hold_member(hold.pico, hold.request_id)
         args = [member, pending_field(account, hold.request_id), hold.nonce, self.request_id_ttl_s]
         async with self._call():
@@ -238,14 +249,16 @@ class RedisStore:
     async def pending_charge(self, account: Account, request_id: str) -> Pending | None:
         keys, field = AccountKeys.of(account), pending_field(account, request_id)
         async with self._call():
-            names = [keys.pending, keys.batches, keys.models]
-            value, batch, model = await self._pending_charge(keys=names, args=[field])
+            names = [keys.pending, keys.batches, keys.models, keys.prices]
+            value, batch, model, prices = await self._pending_charge(keys=names, args=[field])
         if value is None:
             return None
+        pending = Pending.from_json(value)
         return replace(
-            Pending.from_json(value),
+            pending,
             provider_batch=None if batch is None else _text(batch),
             model=_text(model) if model else None,
+            prices=admitted_prices(_text(prices) if prices else None, pending.nonce),
         )
 
     async def record_provider_batch(self, account: Account, hold: Hold, batch_id: str) -> bool:

@@ -1,0 +1,120 @@
+"""A provider batch line is charged at the batch prices it was admitted with, as every other request is charged at
+its admission's prices (README): its hold was sized at them, and a price change within the provider's 24 h window
+must not change what a line sent before it costs. The collect priced a line at the registry's batch price of the
+collect's moment instead (within the hold). A line admitted by a router of the version before (no prices beside its
+pending charge) is still charged, at the collect's prices, as that version did. The router's servicer over Redis; a
+real providers gRPC server whose one provider (a Batch API) answers every line with the same usage."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llmrouter.auth import acting_as
+from llmrouter.registry import Registry
+from llmrouter.v1 import router_pb2
+from services.router.servicer import RouterServicer
+from services.router.store import (
+    Account,
+    AccountKeys,
+    Allowance,
+    Hold,
+    RedisStore,
+    Store,
+    pending_field,
+    period_id,
+    to_pico,
+)
+from tests.conftest import ledger_records
+from tests.router.servicer_kit import NoDeadline, router_servicer
+from tests.router.test_collect_model import ACCOUNT, LINE, REGISTRY, TENANT_CALLER, USAGE, BatchProvider
+
+COLLECT = router_pb2.CollectBatchRequest(model="strong", provider_batch_id="pbatch-1", request_ids=["line-1"])
+
+
+def batch_cost(registry: Registry) -> Decimal:
+    priced = registry.get("strong").at_batch_price()  # type: ignore[union-attr]
+    return priced.cost_usd(USAGE.input_tokens, USAGE.output_tokens)  # type: ignore[union-attr]
+
+
+def repriced() -> Registry:
+    """The registry with the strong model's batch prices raised by half (the line's charge stays within its hold)."""
+    raw = REGISTRY.model_dump(mode="json", exclude_none=True)
+    for model in raw["models"]:
+        if model["name"] == "strong":
+            model["batch_input_usd_per_mtok"], model["batch_output_usd_per_mtok"] = "3.75", "11.25"
+    return Registry.model_validate(raw)
+
+
+@pytest.fixture
+async def router(redis_url: str, tmp_path: Path) -> AsyncIterator[tuple[RouterServicer, RedisStore, Path]]:
+    store = RedisStore(redis_url)
+    try:
+        async with router_servicer(tmp_path, store, BatchProvider(), REGISTRY) as servicer:
+            yield servicer, store, tmp_path / "models.yaml"
+    finally:
+        await store.close()
+
+
+def reprice(servicer: RouterServicer, registry_path: Path) -> None:
+    registry_path.write_text(yaml.safe_dump(repriced().model_dump(mode="json", exclude_none=True)))
+    assert servicer.deferred.registry.check()  # type: ignore[attr-defined]  # the router reloads it
+
+
+async def test_a_line_is_charged_at_the_batch_prices_it_was_admitted_with(
+    router: tuple[RouterServicer, RedisStore, Path],
+) -> None:
+    servicer, store, registry_path = router
+    with acting_as(TENANT_CALLER):
+        (sent,) = (await servicer.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[LINE]), NoDeadline())).lines
+        assert sent.deferred and sent.provider_batch_id == "pbatch-1"
+        reprice(servicer, registry_path)  # a price change within the provider's window
+        collected = await servicer.CollectBatch(COLLECT, NoDeadline())
+    admitted = batch_cost(REGISTRY)
+    assert batch_cost(repriced()) == admitted * Decimal("1.5")
+    (line,) = collected.lines
+    assert line.succeeded and Decimal(line.response.cost_usd) == admitted
+    assert (await store.spent(ACCOUNT, period_id("day")))[0] == to_pico(admitted)
+    (record,) = [r for r in await ledger_records(store.redis) if r["tenant"] == "acme"]
+    assert Decimal(record["cost_usd"]) == admitted
+    # Nothing is left beside the settled charge.
+    assert not await store.redis.hexists(AccountKeys.of(ACCOUNT).prices, pending_field(ACCOUNT, "line-1"))
+
+
+async def test_a_line_admitted_without_prices_by_the_version_before_is_charged_at_the_collects_prices(
+    router: tuple[RouterServicer, RedisStore, Path],
+) -> None:
+    servicer, store, registry_path = router
+    with acting_as(TENANT_CALLER):
+        await servicer.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[LINE]), NoDeadline())
+        keys, field = AccountKeys.of(ACCOUNT), pending_field(ACCOUNT, "line-1")
+        assert await store.redis.hdel(keys.prices, field) == 1  # as a router of the version before admitted it
+        pending = await store.pending_charge(ACCOUNT, "line-1")
+        assert pending is not None and pending.prices is None
+        reprice(servicer, registry_path)
+        collected = await servicer.CollectBatch(COLLECT, NoDeadline())
+    assert collected.lines[0].succeeded
+    assert (await store.spent(ACCOUNT, period_id("day")))[0] == to_pico(batch_cost(repriced()))
+
+
+async def test_the_store_keeps_a_lines_prices_beside_its_pending_charge_until_it_settles(store: Store) -> None:
+    """Both stores; and on Redis, a prices field left by another admission of the request id (a router of the version
+    before settles a line without dropping it, then admits the id again) is not taken for this admission's."""
+    account, day, prices = Account("t", "k"), period_id("day"), (Decimal("2.5"), Decimal("7.5"))
+    line = Hold("line", 1_000, day, "router-1", nonce="0a", until=time.time() + 3600)
+    assert (await store.admit(account, Allowance("day"), line, "strong", prices)).refused == ""
+    assert (pending := await store.pending_charge(account, "line")) is not None and pending.prices == prices
+    assert await store.charge(account, line, 500, {"request_id": "line", "cost_usd": "0.0000000005"}, late=True)
+    plain = Hold("plain", 1_000, day, "router-1", nonce="0b")
+    assert (await store.admit(account, Allowance("day"), plain, "strong")).refused == ""
+    assert (pending := await store.pending_charge(account, "plain")) is not None and pending.prices is None
+    if isinstance(store, RedisStore):
+        assert not await store.redis.hexists(AccountKeys.of(account).prices, pending_field(account, "line"))
+        left = "ff 2.5 7.5"  # another admission's, by its nonce
+        await store.redis.hset(AccountKeys.of(account).prices, pending_field(account, "plain"), left)
+        assert (pending := await store.pending_charge(account, "plain")) is not None and pending.prices is None
