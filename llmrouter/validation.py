@@ -7,6 +7,7 @@ import json
 import re
 from collections.abc import Sequence, Sized
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Protocol
 
 from llmrouter.errors import invalid
@@ -22,6 +23,21 @@ MAX_BIAS = 100
 # request would cost every message's validation, tokenizing and re-encoding before anything refused it.
 MAX_MESSAGES = 2048
 MAX_ROUTED_MESSAGES = MAX_MESSAGES + 1
+# A decimal number as a caller writes one (JSON's form, a leading '+' or a bare '.5' too). Decimal() alone also takes
+# '1_0' (read as 10), blanks around the number, non-ASCII digits (an Arabic-Indic one is 1), 'NaN' and 'Infinity':
+# a cost cap written so is refused, not read as some other amount.
+DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def parse_decimal(text: str) -> Decimal | None:
+    """text as a decimal number, or None when it is not one as written (DECIMAL) or its exponent is past any
+    Decimal's."""
+    if not DECIMAL.fullmatch(text):
+        return None
+    try:
+        return Decimal(text)
+    except ArithmeticError:
+        return None
 
 
 class ChatMessage(Protocol):

@@ -30,7 +30,7 @@ from llmrouter import parameters
 from llmrouter.passthrough import PASSTHROUGH_FIELDS, TOP_LOGPROBS_ALONE
 from llmrouter.server import MAX_MESSAGE_BYTES
 from llmrouter.v1 import common_pb2, router_pb2
-from llmrouter.validation import MAX_MESSAGES
+from llmrouter.validation import MAX_MESSAGES, parse_decimal
 
 # The router's own body fields, beside OpenAI's (also accepted as x-router-* headers).
 ROUTER_EXTENSIONS = frozenset(
@@ -354,12 +354,9 @@ def parse_request(body: bytes, max_messages: int = MAX_MESSAGES) -> tuple[ChatCo
     if not request.tools:
         refuse_tool_options_alone(request)
     if request.max_cost_usd is not None:
-        try:
-            cost = Decimal(str(request.max_cost_usd))
-        except ArithmeticError:
-            cost = Decimal("NaN")
-        if not cost.is_finite() or cost < 0:
-            raise ApiError(400, "max_cost_usd must be a non-negative number", param="max_cost_usd")
+        cost = parse_decimal(str(request.max_cost_usd))
+        if cost is None or cost < 0:
+            raise ApiError(400, "max_cost_usd must be a non-negative decimal number", param="max_cost_usd")
     return request, raw
 
 

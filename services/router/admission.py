@@ -9,7 +9,7 @@ import logging
 import re
 import secrets
 import time
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 import grpc
@@ -20,7 +20,7 @@ from llmrouter.passthrough import TOP_LOGPROBS_ALONE
 from llmrouter.registry import FORMAT_FIELDS, ModelSpec, RegistrySource
 from llmrouter.tokens import count_prompt_tokens, fewest_prompt_tokens
 from llmrouter.v1 import router_pb2
-from llmrouter.validation import check_message_count, validate
+from llmrouter.validation import check_message_count, parse_decimal, validate
 from services.router import metrics, policy
 from services.router.costs import affordable_output, floor_pico, worst_pico
 from services.router.input_bound import bound_input
@@ -368,11 +368,10 @@ def _logit_bias_asked(passthrough: dict[str, Any], model: str) -> bool:
 def _max_cost(raw: str) -> Decimal | None:
     if not raw:
         return None
-    try:
-        max_cost = Decimal(raw)
-    except InvalidOperation:
-        raise invalid("max_cost_usd must be a decimal number", "max_cost_usd") from None
-    if not max_cost.is_finite() or max_cost < 0:
+    max_cost = parse_decimal(raw)
+    if max_cost is None:
+        raise invalid("max_cost_usd must be a decimal number", "max_cost_usd")
+    if max_cost < 0:
         raise invalid("max_cost_usd must be a non-negative number", "max_cost_usd")
     if max_cost > MAX_COST_USD:
         raise invalid(f"max_cost_usd must be at most {MAX_COST_USD:f}", "max_cost_usd")

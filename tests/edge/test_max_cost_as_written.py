@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 
+import pytest
+
 from services.batches import wire
 from services.batches.deferral import _request
 from services.edge import legacy
-from services.edge.openai_api import parse_request
+from services.edge.openai_api import ApiError, parse_request
 from services.router.costs import floor_pico
 
 WRITTEN = "0.0000019999999999999999999"  # a hair under 2e-06 USD: 1,999,999 whole pico-dollars and a fraction
@@ -56,3 +58,11 @@ def test_a_legacy_completions_cap_written_as_a_number_reaches_the_router_as_writ
     message = parsed.to_router(raw, "t", "", "r1")
     assert Decimal(message.max_cost_usd) == Decimal(WRITTEN)
     assert floor_pico(Decimal(message.max_cost_usd)) == 1_999_999
+
+
+@pytest.mark.parametrize("written", ['"1_0"', '" 1 "', '"\\u0661"', '"NaN"', '"0x10"', '"1e99999999999999999999999"'])
+def test_a_cap_not_written_as_a_decimal_number_is_a_400(written: str) -> None:
+    """Decimal() reads "1_0" as 10 and an Arabic-Indic digit as its value: refused, never taken as another amount."""
+    with pytest.raises(ApiError) as err:
+        parse_request(BODY.replace(WRITTEN, written).encode())
+    assert err.value.status == 400 and err.value.param == "max_cost_usd"

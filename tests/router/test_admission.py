@@ -162,6 +162,15 @@ async def test_a_cost_cap_below_any_short_answer_names_max_cost_usd() -> None:
     assert err.value.reason == "NO_ELIGIBLE_MODEL" and err.value.metadata == {"field": "max_cost_usd"}
 
 
+@pytest.mark.parametrize("written", ["1_0", " 1 ", "\u0661", "NaN", "Infinity", "1e99999999999999999999999", "0x10"])
+async def test_a_cost_cap_not_written_as_a_decimal_number_is_refused(written: str) -> None:
+    """Decimal() reads '1_0' as 10, ' 1 ' as 1 and an Arabic-Indic digit as its value: a cap is refused unless it is
+    written as a plain decimal number, never taken as some other amount."""
+    with pytest.raises(ServiceError) as err:
+        await routed(request(max_cost_usd=written))
+    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT and err.value.metadata == {"field": "max_cost_usd"}
+
+
 async def test_a_prompt_over_every_context_window_is_refused_before_routing() -> None:
     with pytest.raises(ServiceError) as err:
         await routed(request("lorem ipsum " * 100_000))
