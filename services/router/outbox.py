@@ -189,8 +189,10 @@ class Outbox:
                     remaining = kept + waiting[done:]
                     metrics.OUTBOX.set(len(remaining))
                     if landed or dead:
-                        # Shielded: a cancellation (the router stopping) does not cut it short.
-                        await asyncio.shield(asyncio.to_thread(self._rewrite, remaining, [line for line, _ in dead]))
+                        # Run to its end through a cancellation (the router stopping), the file locked meanwhile:
+                        # unlocked before it replaced the file, a line another router appends would be lost.
+                        rewrite = asyncio.to_thread(self._rewrite, remaining, [line for line, _ in dead])
+                        await _to_its_end(asyncio.ensure_future(rewrite))
                         self._landed.difference_update(_charge_id(entry) for entry in landed)
                         still = {entry.to_json() for entry in remaining}
                         self._failures = {line: n for line, n in self._failures.items() if line in still}
@@ -258,6 +260,22 @@ class Outbox:
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, self.path)
+
+
+async def _to_its_end(work: asyncio.Future[None]) -> None:
+    """Await `work` until it is done, even when cancelled meanwhile (a shielded wait ends at the cancellation while
+    the work runs on); the cancellation is raised once it is."""
+    cancelled = False
+    while not work.done():
+        try:
+            await asyncio.wait((work,))  # cancelled, it leaves `work` running
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        if not work.cancelled() and (error := work.exception()) is not None:
+            log.error("outbox rewrite failed as its replay was cancelled", exc_info=error)
+        raise asyncio.CancelledError
+    work.result()
 
 
 def _charge_id(entry: OutboxEntry) -> str:

@@ -1,0 +1,56 @@
+"""A replay cancelled while its rewrite of the outbox runs (the router stopping as an upkeep round ends) keeps the
+file locked until that rewrite is done. The rewrite was shielded, but the cancelled replay left its `with` at once,
+closing the file and so unlocking it while the rewrite thread had yet to replace it: another router sharing the data
+dir then locked the old file, appended its charge (its answer already released) and the rewrite's os.replace threw
+it away. The rewrite is held back here by keeping the one worker of the loop's executor busy: the thread that runs it
+starts only once the other router has tried to append. A fresh event loop, so the session's executor is left alone."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from services.router.outbox import Outbox, OutboxCharge
+from services.router.store import Account, Hold, MemoryStore, period_id
+
+ACCOUNT = Account("acme", "key1")
+
+
+async def cancelled_during_rewrite(data_dir: Path) -> tuple[list[str], list[str]]:
+    replaying, other_router = Outbox(data_dir), Outbox(data_dir)
+    with replaying.path.open("a", encoding="utf-8") as file:
+        file.write('{"cut short by a crash\n')  # unreadable: dead-lettered, so the replay rewrites the file
+    gate = threading.Event()
+    busy = asyncio.ensure_future(asyncio.to_thread(gate.wait))  # the executor's one worker, taken
+    replay = asyncio.create_task(replaying.replay(MemoryStore()))
+    await asyncio.sleep(0.2)  # the replay waits for its rewrite, queued behind `busy`
+    replay.cancel()
+    await asyncio.sleep(0.1)
+    hold = Hold("r-late", 1_000, period_id("day"), "router-2", "cafe0001")
+    charge = OutboxCharge(ACCOUNT, hold, 900, {"request_id": "r-late", "ts": time.time()}, "c0ffee02")
+    adding = asyncio.create_task(other_router.add(charge))
+    await asyncio.sleep(0.2)  # it appends as soon as it holds the lock
+    gate.set()
+    await busy
+    await asyncio.wait_for(adding, 5)
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.wait_for(replay, 5)
+    waiting = [entry.hold.request_id for entry in other_router.waiting()]
+    return waiting, replaying.dead_letters()
+
+
+def test_a_replay_cancelled_mid_rewrite_loses_no_charge_another_router_appends(tmp_path: Path) -> None:
+    loop = asyncio.new_event_loop()
+    executor = ThreadPoolExecutor(max_workers=1)
+    loop.set_default_executor(executor)
+    try:
+        waiting, dead = loop.run_until_complete(cancelled_during_rewrite(tmp_path / "data"))
+    finally:
+        loop.close()
+        executor.shutdown(wait=True)
+    assert waiting == ["r-late"], "a charge appended while the cancelled replay's rewrite ran was lost"
+    assert dead == ['{"cut short by a crash']
