@@ -268,7 +268,15 @@ class Runner:
             await asyncio.gather(*self.runs.values(), return_exceptions=True)
 
     async def _run(self, batch_id: str) -> None:
-        if self.stopping or not await self.store.lease(batch_id, self.owner, LEASE_S):
+        if self.stopping:
+            # Started as the shutdown began (the adoption, having leased it, moved on before this first step): the
+            # lease it took is given up, so the other edges need not wait it out. Only this edge's: none is a no-op.
+            try:
+                await self.store.release(batch_id, self.owner)
+            except Exception:
+                log.warning("batch lease not released; it lapses", extra={"id": batch_id}, exc_info=True)
+            return
+        if not await self.store.lease(batch_id, self.owner, LEASE_S):
             return  # another edge runs it
         renewing = asyncio.create_task(self._renew(batch_id))
         batch: dict[str, bytes] = {}
