@@ -19,6 +19,7 @@ import socket
 import struct
 import termios
 
+import httptools
 from prometheus_client import Counter
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -101,7 +102,7 @@ class BoundedReadProtocol(HttpToolsProtocol):
     ended = False  # a request ended in the chunk being parsed: the next one's head, pipelined, is not counted
     refused = False  # answered with a refusal: what still comes is dropped until the connection closes
     owed: bytes | None = None  # a refusal not yet sent, for the answers of the requests before it to be sent first
-    unmade_upgrade: str | None = None  # the protocol a request with a body offered to upgrade to, which is not made
+    unmade_upgrade: str | None = None  # the protocol a request offered to upgrade to, not made: served without it
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -121,10 +122,7 @@ class BoundedReadProtocol(HttpToolsProtocol):
         if self.in_body:  # the body progresses
             self.arm()
         bare = self.chunk_bare
-        super().data_received(data)
-        if self.unmade_upgrade is not None:
-            message = f"upgrade to {self.unmade_upgrade!r} not supported: send the request without Upgrade (HTTP/1.1)"
-            self.refuse(400, message, "unsupported_upgrade")
+        if self.feed(data):  # the read handed on whole to a new parser (without_upgrade), which counted it
             return
         if bare and self.chunk_bare and self.in_body:  # all of it the last chunk's trailers
             self.trailer_bytes += len(data)
@@ -162,10 +160,11 @@ class BoundedReadProtocol(HttpToolsProtocol):
         self.chunk_bare, self.trailer_bytes = False, 0
         self.arm()
         self.watch_body()
-        if self.parser.should_upgrade() and not self._should_upgrade() and self.declares_body():
-            # An upgrade offered that is not made (h2c, as `curl --http2` offers): httptools then reads no body, and
-            # the app was served an empty one (a 400 "not valid JSON" for a valid request). Never given to the app:
-            # refused, its body dropped, once the parser stops at the upgrade (data_received).
+        if self.parser.should_upgrade() and not self._should_upgrade():
+            # An upgrade offered that is not made (h2c, as `curl --http2` and Java's HttpClient offer over http://,
+            # on a POST with its body too): httptools stops at the head, reading no body (the app was served an empty
+            # one) and nothing after it on the connection. Not given to the app from this parser: served as the
+            # HTTP/1.1 request it also is once the parser stops (feed, without_upgrade).
             self.unmade_upgrade = (self._get_upgrade() or b"").decode("latin-1")[:64]
             return
         super().on_headers_complete()
@@ -194,12 +193,40 @@ class BoundedReadProtocol(HttpToolsProtocol):
                 self.timeout_keep_alive, self.timeout_keep_alive_handler
             )
 
-    def declares_body(self) -> bool:
-        """Whether the request's headers (uvicorn's, lowercased) announce a body."""
-        return any(
-            name == b"transfer-encoding" or (name == b"content-length" and value.strip(b" \t0"))
-            for name, value in self.headers
-        )
+    def feed(self, data: bytes) -> bool:
+        """uvicorn's data_received, but for an upgrade offered that is not made (on_headers_complete): the request is
+        served as HTTP/1.1 (RFC 9110, 7.8: a server may ignore Upgrade), from the read's bytes after its head. True
+        when the read was so handed on."""
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            msg = "Invalid HTTP request received."
+            self.logger.warning(msg)
+            self.send_400_response(msg)
+        except httptools.HttpParserUpgrade as upgrade:
+            if self.unmade_upgrade is not None:
+                self.without_upgrade(data[upgrade.args[0] :])
+                return True
+            self._unsupported_upgrade_warning()
+        return False
+
+    def without_upgrade(self, rest: bytes) -> None:
+        """The request whose head the parser stopped after (an upgrade offered that is not made), parsed again by a
+        new parser as plain HTTP/1.1: its head without the offer (Upgrade, HTTP2-Settings, and those tokens of
+        Connection), then `rest`, its body and whatever follows on the connection."""
+        offer = {b"upgrade", b"http2-settings"}
+        head = [self.parser.get_method(), b" ", self.url, b" HTTP/", self.parser.get_http_version().encode(), b"\r\n"]
+        for name, value in self.headers:
+            if name == b"connection":
+                value = b", ".join(t.strip() for t in value.split(b",") if t.strip().lower() not in offer)
+            if name not in offer and value:
+                head += [name, b": ", value, b"\r\n"]
+        head.append(b"\r\n")
+        self.parser = httptools.HttpRequestParser(self)
+        self.parser.set_dangerous_leniencies(lenient_data_after_close=True)  # as uvicorn makes its parser
+        self.unmade_upgrade = None
+        self.data_received(b"".join(head) + rest)
 
     def send_400_response(self, msg: str) -> None:
         self.refuse(400, msg, "invalid_http_request")
