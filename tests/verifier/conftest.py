@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from services.classifier import build
 from services.classifier.model import MODEL_FILE, ArtefactMissing, check_artefacts
 from services.classifier.settings import DEFAULT_MODEL_DIR, DEFAULT_VERIFIER_DIR, ClassifierSettings
 from services.classifier.training.corpus import load_corpus
+from services.classifier.training.pipeline import encoder_path
 from services.classifier.training.pipeline import train as train_classifier
 from services.verifier.training.data import Answers, load_answers
 from services.verifier.training.pipeline import train
@@ -30,7 +32,15 @@ def small_answers() -> Answers:
 
 @pytest.fixture(scope="session")
 def embedding_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("verifier-cache")
+    """A fresh cache, seeded with a build's int8 encoder when there is one: it is the classifier's export (whose
+    reproducibility tests/classifier checks by exporting it again), and exporting it here took 15-40 s of the
+    verifier fixtures' setup. The embeddings are always computed here."""
+    cache = tmp_path_factory.mktemp("verifier-cache")
+    for built in (DEFAULT_VERIFIER_DIR / "cache", DEFAULT_MODEL_DIR / "cache"):
+        if (encoder := encoder_path(built, "weight-only")).is_file():
+            shutil.copy(encoder, cache)
+            break
+    return cache
 
 
 @pytest.fixture(scope="session")
