@@ -38,6 +38,7 @@ from services.router.store import (
     period_id,
     to_pico,
 )
+from services.router.store.keys import rate_retry_after_s
 from services.router.undoing import Undoing
 
 log = logging.getLogger("llmrouter.router")
@@ -310,7 +311,7 @@ class Admission:
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 "RATE_LIMITED",
                 f"rate limit of {self.settings.rate_limit_rpm} requests per minute reached",
-                {"retry_after_s": str(60 - int(time.time()) % 60)},
+                {"retry_after_s": str(rate_retry_after_s(time.time()))},
             )
         return StoreUnavailable()  # 'undone': a resent copy of an admission this router undid and gave up on
 

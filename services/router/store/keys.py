@@ -28,6 +28,20 @@ LEASE = f"{GLOBAL}:reconciler:lease"
 # it: the key budget holds such a request to its tenant's own spend and holds (AccountKeys), never to one budget
 # shared by the tenants of a shard.
 KEYLESS = "anonymous"
+# The rate limit's window: rate_limit_rpm requests per minute, counted per wall-clock minute. Only tests shorten it
+# (a test of a rate-limited batch otherwise waits for the next minute); the Redis counter's expiry (lua.py, 61 s)
+# outlasts any window up to a minute.
+RATE_WINDOW_S = 60
+
+
+def rate_window(now: float) -> int:
+    """The rate limit's window `now` falls in."""
+    return int(now // RATE_WINDOW_S)
+
+
+def rate_retry_after_s(now: float) -> int:
+    """Seconds until the rate limit's next window, as a refusal's retry_after_s says."""
+    return RATE_WINDOW_S - int(now) % RATE_WINDOW_S
 
 
 class _Named(Protocol):
@@ -167,7 +181,7 @@ class AccountKeys:
 
     def rate(self, now: float) -> str:
         """Requests of this tenant's API key in the minute of `now`."""
-        return f"{self._tenant}:rate:{self.key_hex}:{int(now // 60)}"
+        return f"{self._tenant}:rate:{self.key_hex}:{rate_window(now)}"
 
     @property
     def ledger(self) -> str:

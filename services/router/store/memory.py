@@ -7,7 +7,7 @@ from collections import deque
 from dataclasses import replace
 from decimal import Decimal
 
-from services.router.store.keys import AccountKeys, key_everywhere, limit_field
+from services.router.store.keys import AccountKeys, key_everywhere, limit_field, rate_window
 from services.router.store.model import (
     HOLD_S,
     REQUEST_ID_TTL_S,
@@ -83,7 +83,7 @@ class MemoryStore:
         ):
             return Verdict("duplicate")
         now = time.time()
-        window, subject = int(now // 60), keys.rate(now)
+        window, subject = rate_window(now), keys.rate(now)
         if window != self.rate_window:
             self.rate_window, self.rate_counts = window, {}
         if allowance.per_minute and self.rate_counts.get(subject, 0) >= allowance.per_minute:
