@@ -23,11 +23,18 @@ from pydantic import SecretStr
 from services.batches import wire
 from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
+from services.router.store import keys as router_keys
 from tests.integration.conftest import Chain, free_port, start_edge
 from tests.integration.test_policy_in_chain import extra_router
 from tests.integration.test_provider_batches import finished
 
 DEEP = b"[" * 100_000 + b"]" * 100_000  # past the interpreter's recursion limit
+# The rate limit's window in the rate-limited tests (the router's is a minute): a batch refused for it is parked
+# PARKED_S or more, well past PARK_LEAVE_S (5 s, so its run ends and gives up its place), and past each wait for
+# what must not wait for that park (OTHER_S), yet its next window comes within seconds, not up to a minute.
+RATE_WINDOW_S = 12
+PARKED_S = 9
+OTHER_S = 6
 
 
 @pytest.fixture
@@ -304,8 +311,8 @@ async def test_a_batch_body_cut_short_by_the_client_is_not_a_500(
 
 
 class RateLimitedEdge:
-    """An edge with two slots for batch lines, before a router admitting 2 requests a minute per key, and a
-    tenant for each name."""
+    """An edge with two slots for batch lines, before a router admitting 2 requests a window (RATE_WINDOW_S) per
+    key, and a tenant for each name."""
 
     def __init__(self, base: str, keys: dict[str, str]) -> None:
         self.clients = {name: AsyncOpenAI(base_url=base, api_key=key, max_retries=0) for name, key in keys.items()}
@@ -319,10 +326,10 @@ class RateLimitedEdge:
         return batch.id
 
     async def parked(self, name: str, count: int) -> str:
-        """A batch of `count` > 2 lines, 2 of them answered and the rest refused until the next minute, 40 s or
+        """A batch of `count` > 2 lines, 2 of them answered and the rest refused until the next window, PARKED_S or
         more from now."""
-        while time.time() % 60 > 20:
-            await asyncio.sleep(0.5)
+        while RATE_WINDOW_S - time.time() % RATE_WINDOW_S < PARKED_S + 1:
+            await asyncio.sleep(0.1)
         batch_id = await self.submit(name, count)
         for _ in range(100):
             if (await self.clients[name].batches.retrieve(batch_id)).request_counts.completed == 2:  # type: ignore[union-attr]
@@ -339,6 +346,14 @@ async def rate_limited(chain: Chain) -> AsyncIterator[RateLimitedEdge]:
 
 @asynccontextmanager
 async def rate_limited_edge(chain: Chain, **settings: Any) -> AsyncIterator[RateLimitedEdge]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(router_keys, "RATE_WINDOW_S", RATE_WINDOW_S)
+        async with _rate_limited_edge(chain, **settings) as edge:
+            yield edge
+
+
+@asynccontextmanager
+async def _rate_limited_edge(chain: Chain, **settings: Any) -> AsyncIterator[RateLimitedEdge]:
     limited = await extra_router(chain, rate_limit_rpm=2, redis_url=None)
     run = secrets.token_hex(4)
     keys = {name: (f"{name}-{run}", f"sk-{name}-{run}") for name in ("busy", "other")}
@@ -364,9 +379,9 @@ async def rate_limited_edge(chain: Chain, **settings: Any) -> AsyncIterator[Rate
 
 
 async def test_a_rate_limited_tenants_batch_does_not_hold_up_another_tenants(rate_limited: RateLimitedEdge) -> None:
-    await rate_limited.parked("busy", 6)  # 2 admitted this minute, 4 refused until the next
+    await rate_limited.parked("busy", 6)  # 2 admitted this window, 4 refused until the next
     other = await rate_limited.submit("other", 1)
-    done = await finished(rate_limited.clients["other"], other, timeout_s=15)
+    done = await finished(rate_limited.clients["other"], other, timeout_s=OTHER_S)  # within busy's park
     assert done.request_counts.completed == 1
 
 
@@ -375,11 +390,11 @@ async def test_a_parked_batch_gives_its_running_place_to_another_tenants(chain: 
     an edge running one batch at a time, another tenant's batch waited for that window. Parked in the store, the
     batch is resumed at its retry time and completes."""
     async with rate_limited_edge(chain, batch_redis_url=chain.redis_url, batch_max_running=1) as edge:
-        busy = await edge.parked("busy", 3)  # 2 answered this minute, 1 refused until the next
+        busy = await edge.parked("busy", 3)  # 2 answered this window, 1 refused until the next
         other = await edge.submit("other", 1)
-        done = await finished(edge.clients["other"], other, timeout_s=15)
+        done = await finished(edge.clients["other"], other, timeout_s=OTHER_S)  # within busy's park
         assert done.request_counts.completed == 1
-        resumed = await finished(edge.clients["busy"], busy, timeout_s=75)  # at the next minute
+        resumed = await finished(edge.clients["busy"], busy, timeout_s=RATE_WINDOW_S + 10)  # at the next window
     assert resumed.status == "completed" and resumed.request_counts.completed == 3
 
 
@@ -387,7 +402,7 @@ async def test_a_batch_parked_until_its_retry_time_is_cancelled_meanwhile(rate_l
     client = rate_limited.clients["busy"]
     busy = await rate_limited.parked("busy", 4)
     await client.batches.cancel(busy)
-    done = await finished(client, busy, timeout_s=5)  # not at the next minute, when its lines could run
+    done = await finished(client, busy, timeout_s=5)  # not at the next window, when its lines could run
     assert done.status == "cancelled"
     assert (done.request_counts.completed, done.request_counts.failed) == (2, 0)
     output = (await client.files.content(done.output_file_id)).text.splitlines()
@@ -402,7 +417,7 @@ async def test_a_parked_batch_cancelled_while_its_edge_is_full_ends_once_a_place
         try:
             await edge.submit("other", 1)
             await edge.clients["busy"].batches.cancel(busy)
-            done = await finished(edge.clients["busy"], busy, timeout_s=10)  # not at the next minute
+            done = await finished(edge.clients["busy"], busy, timeout_s=PARKED_S - 2)  # not at the next window
         finally:
             chain.budget.latency = 0.0
     assert done.status == "cancelled"
@@ -430,12 +445,12 @@ async def test_a_batch_waiting_for_a_place_expires_at_the_end_of_its_window(chai
 
 
 async def test_a_batch_the_router_keeps_refusing_expires_at_the_end_of_its_window(chain: Chain) -> None:
-    """Lines refused until the next minute are never sent once the batch's 3 s window ends: the batch ends then,
+    """Lines refused until the next window are never sent once the batch's 3 s window ends: the batch ends then,
     `expired`, with the lines answered in its output file and the others in its error file as OpenAI writes them."""
     async with rate_limited_edge(chain, batch_window_s=3) as edge:
         client = edge.clients["busy"]
         busy = await edge.parked("busy", 5)
-        done = await finished(client, busy, timeout_s=10)  # not at the next minute, when its lines could run
+        done = await finished(client, busy, timeout_s=PARKED_S - 2)  # not at the next window, when its lines run
         errors = (await client.files.content(done.error_file_id)).text.splitlines()
         output = (await client.files.content(done.output_file_id)).text.splitlines()
     assert done.status == "expired" and done.expired_at >= done.expires_at == done.created_at + 3
