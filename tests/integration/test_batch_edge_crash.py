@@ -20,6 +20,7 @@ import redis.asyncio as redis
 from openai import AsyncOpenAI
 from pydantic import SecretStr
 
+from llmrouter import channels
 from services.batches.store import PREFIX
 from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
@@ -135,11 +136,15 @@ async def test_a_line_in_flight_when_the_edge_dies_is_not_reported_never_sent_af
 
 
 async def test_a_line_in_flight_when_the_router_dies_is_not_reported_never_sent_after_the_window(
-    chain: Chain, tmp_path: Path
+    chain: Chain, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The router process is SIGKILLed with a line admitted and at the upstream: the edge's call breaks mid-way
     (UNAVAILABLE, no answer), which may follow an admission. The window ends before a router is back: the line is
     sent again then, refused as a duplicate (the reconciler charges its hold), never reported as never sent."""
+    # The edge's channel tries to reconnect within half a second, not gRPC's back-off (1 s, 1.6 s, 2.6 s... apart):
+    # with the router down for seconds, that back-off alone held the line's resending up to 4 s past its return.
+    reconnect = [("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 500)]
+    monkeypatch.setattr(channels, "CHANNEL_OPTIONS", [*channels.CHANNEL_OPTIONS, *reconnect])
     tenant, key = f"router-dies-{secrets.token_hex(4)}", f"sk-router-dies-{secrets.token_urlsafe(12)}"
     router_port = free_port()
     env = {"ROUTER_PORT": str(router_port), "ROUTER_REDIS_URL": chain.redis_url}
