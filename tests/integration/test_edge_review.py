@@ -425,10 +425,11 @@ async def test_a_parked_batch_cancelled_while_its_edge_is_full_ends_once_a_place
 
 
 async def test_a_batch_waiting_for_a_place_expires_at_the_end_of_its_window(chain: Chain) -> None:
-    """On an edge running one batch at a time, another tenant's line holds the place for 8 s: the batch waiting for
-    it ends `expired` at its 3 s window's end, its line never sent, not once the place frees."""
+    """On an edge running one batch at a time, another tenant's line holds the place for 6 s: the batch waiting for
+    it ends `expired` at its 3 s window's end (at most 3.6 s on), its line never sent, not once the place frees
+    (the other batch still in progress then)."""
     async with rate_limited_edge(chain, batch_redis_url=chain.redis_url, batch_max_running=1, batch_window_s=3) as edge:
-        chain.budget.latency = 8.0
+        chain.budget.latency = 6.0  # the edge's stop waits for this line: no longer than the check needs
         try:
             other = await edge.submit("other", 1)
             await asyncio.sleep(0.5)  # its run takes the one place
