@@ -160,11 +160,13 @@ class BoundedReadProtocol(HttpToolsProtocol):
         self.chunk_bare, self.trailer_bytes = False, 0
         self.arm()
         self.watch_body()
-        if self.parser.should_upgrade() and not self._should_upgrade():
+        if self.parser.should_upgrade() and not self._should_upgrade() and self.parser.get_method() != b"CONNECT":
             # An upgrade offered that is not made (h2c, as `curl --http2` and Java's HttpClient offer over http://,
             # on a POST with its body too): httptools stops at the head, reading no body (the app was served an empty
             # one) and nothing after it on the connection. Not given to the app from this parser: served as the
-            # HTTP/1.1 request it also is once the parser stops (feed, without_upgrade).
+            # HTTP/1.1 request it also is once the parser stops (feed, without_upgrade). Not a CONNECT: httptools
+            # stops after its head whatever its headers, so re-parsed it would stop again, and again (no offer to take
+            # away); it is served as before.
             self.unmade_upgrade = (self._get_upgrade() or b"").decode("latin-1")[:64]
             return
         super().on_headers_complete()

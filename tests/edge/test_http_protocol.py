@@ -394,6 +394,28 @@ def test_a_request_offering_an_upgrade_not_made_is_served_as_http_1_1(edge_port:
         assert responses(s, 10) == [b"HTTP/1.1 200 OK", b"HTTP/1.1 200 OK"]
 
 
+@pytest.mark.parametrize(
+    ("target", "status"),
+    [(b"api.openai.com:443", b"HTTP/1.1 400 Bad Request"), (b"/v1/models", b"HTTP/1.1 405 Method Not Allowed")],
+    ids=["authority-form", "origin-form"],
+)
+def test_a_connect_is_answered_not_re_parsed_forever(tmp_path: Path, target: bytes, status: bytes) -> None:
+    """httptools stops after a CONNECT's head as after an upgrade offer, whatever its headers: re-parsed as an
+    upgrade not made (without_upgrade), it stopped there again, and again, until a RecursionError (~1,000 frames, a
+    copy of the head each) dropped the connection unanswered with a traceback of ~270 KB logged, for every CONNECT
+    anyone sent. A CONNECT has no offer to take away: it is served as before, an authority-form target a 400 (not
+    a URL the app can route), an origin-form one the app's 405."""
+    log = tmp_path / "edge.log"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        nowhere = s.getsockname()[1] + 1
+    with served(f"127.0.0.1:{nowhere}", log=log) as port, socket.create_connection(("127.0.0.1", port)) as c:
+        c.sendall(b"CONNECT %s HTTP/1.1\r\nHost: api.openai.com:443\r\n\r\n" % target)
+        assert responses(c, READ_TIMEOUT_S + 2) == [status]
+    errors = [line for line in log.read_text().splitlines() if '"level": "ERROR"' in line]
+    assert errors == []
+
+
 def test_a_websocket_handshake_is_a_404_in_openais_body(edge_port: int) -> None:
     """The edge serves no WebSocket (OpenAI's Realtime API is not routed): a handshake got uvicorn's bare 403, no
     body; it is an HTTP request like any other, to a route that does not exist."""
