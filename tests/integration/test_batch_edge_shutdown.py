@@ -7,9 +7,11 @@ as the shutdown began was kept though the batch was not run here: no other edge 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -52,6 +54,23 @@ async def store(tmp_path: Path) -> AsyncIterator[RedisServer]:
     server.stop()
 
 
+@contextlib.asynccontextmanager
+async def edge_on(router_addr: str, store: RedisServer) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
+    """An edge served by uvicorn in process, and a client of it; the test sets server.should_exit, and the edge's
+    shutdown (its drain included) is waited for on the way out."""
+    settings = EdgeSettings(
+        port=free_port(), router_addr=router_addr, batch_redis_url=store.url, access_log="off", metrics_port=0
+    )
+    server, serving, channel = await start_edge(settings)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.port}/v1", timeout=20) as client:
+            yield server, client
+    finally:
+        server.should_exit = True
+        await serving
+        await channel.close()
+
+
 async def offered(router: DownForBatchesRouter, count: int) -> None:
     deadline = time.monotonic() + 10
     while len(router.offers) < count:
@@ -63,22 +82,14 @@ async def test_an_edge_draining_its_requests_takes_no_batch(store: RedisServer) 
     router = DownForBatchesRouter(answer_s=4.0)
     admin = redis.Redis(port=store.port)
     try:
-        async with served_router(router) as router_addr:
-            settings = EdgeSettings(
-                port=free_port(), router_addr=router_addr, batch_redis_url=store.url, access_log="off", metrics_port=0
-            )
-            server, serving, channel = await start_edge(settings)
-            base = f"http://127.0.0.1:{settings.port}/v1"
-            async with httpx.AsyncClient(base_url=base, timeout=20) as client:
-                batch_id = await create(client, "drained")
-                await offered(router, 1)  # parked for 1 s: its park ends while the edge drains
-                chat = asyncio.create_task(client.post("/chat/completions", json=CHAT))
-                await asyncio.sleep(0.3)  # the request is in flight
-                shutdown_at = time.monotonic()
-                server.should_exit = True
-                answered = await chat
-                await serving
-                await channel.close()
+        async with served_router(router) as router_addr, edge_on(router_addr, store) as (server, client):
+            batch_id = await create(client, "drained")
+            await offered(router, 1)  # parked for 1 s: its park ends while the edge drains
+            chat = asyncio.create_task(client.post("/chat/completions", json=CHAT))
+            await asyncio.sleep(0.3)  # the request is in flight
+            shutdown_at = time.monotonic()
+            server.should_exit = True
+            answered = await chat
         assert answered.status_code == 200, answered.text  # the drain let it finish
         assert time.monotonic() - shutdown_at > 3  # and the edge drained that long
         assert [t for t in router.offers if t > shutdown_at] == []  # no batch run during it
@@ -94,28 +105,20 @@ async def test_a_lease_taken_as_the_shutdown_begins_is_given_up(store: RedisServ
     router = DownForBatchesRouter(answer_s=3.0)
     admin = redis.Redis(port=store.port)
     try:
-        async with served_router(router) as router_addr:
-            settings = EdgeSettings(
-                port=free_port(), router_addr=router_addr, batch_redis_url=store.url, access_log="off", metrics_port=0
-            )
-            server, serving, channel = await start_edge(settings)
-            base = f"http://127.0.0.1:{settings.port}/v1"
-            async with httpx.AsyncClient(base_url=base, timeout=20) as client:
-                batch_id = await create(client, "paused")
-                await offered(router, 1)
-                parked_until = float(admin.hget(batch_key(batch_id), "parked_until") or 0)
-                while admin.exists(f"{PREFIX}lease:{batch_id}"):  # the parked run gave up its lease
-                    await asyncio.sleep(0.01)
-                # Writes (scripts included) wait from just before the park ends until well into the shutdown: the
-                # adoption at the park's end sends its lease and waits for it.
-                await asyncio.sleep(max(0.0, parked_until - time.time() - 0.3))
-                admin.execute_command("CLIENT", "PAUSE", 1500, "WRITE")
-                chat = asyncio.create_task(client.post("/chat/completions", json=CHAT))
-                await asyncio.sleep(0.8)  # the adoption is in its lease call; the chat in flight
-                server.should_exit = True
-                answered = await chat
-                await serving
-                await channel.close()
+        async with served_router(router) as router_addr, edge_on(router_addr, store) as (server, client):
+            batch_id = await create(client, "paused")
+            await offered(router, 1)
+            parked_until = float(admin.hget(batch_key(batch_id), "parked_until") or 0)
+            while admin.exists(f"{PREFIX}lease:{batch_id}"):  # the parked run gave up its lease
+                await asyncio.sleep(0.01)
+            # Writes (scripts included) wait from just before the park ends until well into the shutdown: the
+            # adoption at the park's end sends its lease and waits for it.
+            await asyncio.sleep(max(0.0, parked_until - time.time() - 0.3))
+            admin.execute_command("CLIENT", "PAUSE", 1500, "WRITE")
+            chat = asyncio.create_task(client.post("/chat/completions", json=CHAT))
+            await asyncio.sleep(0.8)  # the adoption is in its lease call; the chat in flight
+            server.should_exit = True
+            answered = await chat
         assert answered.status_code == 200, answered.text
         assert len(router.offers) == 1  # not run here after the shutdown began
         assert not admin.exists(f"{PREFIX}lease:{batch_id}")  # the lease the adoption took is given up
