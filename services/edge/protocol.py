@@ -46,8 +46,8 @@ REFUSED = Counter(
 )
 
 
-class TooManyPipelined(Exception):
-    """Raised in a parser callback to stop parsing a read: the request beginning is refused."""
+class Refused(Exception):
+    """Raised in a parser callback to stop parsing a read: the request being parsed is refused."""
 
 
 class TimedFlow(FlowControl):
@@ -97,6 +97,7 @@ class BoundedReadProtocol(HttpToolsProtocol):
     in_head = False  # a request's head has begun and not ended
     in_body = False  # a request's head has ended and its body not
     head_bytes = 0  # received since the head began (the whole chunk it began in)
+    parsed_head_bytes = 0  # of the head's request target and headers the parser handed over
     chunk_bare = False  # a chunked body's chunk has begun and none of it came yet: the last one's trailers come
     trailer_bytes = 0  # of the chunked body's trailers (about)
     ended = False  # a request ended in the chunk being parsed: the next one's head, pipelined, is not counted
@@ -139,9 +140,9 @@ class BoundedReadProtocol(HttpToolsProtocol):
         if len(self.pipeline) >= MAX_PIPELINED:
             message = f"more than {MAX_PIPELINED} requests pipelined ahead of their answers"
             self.refuse(429, message, "too_many_pipelined_requests")  # once those before it are answered
-            raise TooManyPipelined  # httptools stops parsing the read here; the rest is dropped (refused)
+            raise Refused  # httptools stops parsing the read here; the rest is dropped (refused)
         super().on_message_begin()
-        self.in_head, self.head_bytes = True, 0
+        self.in_head, self.head_bytes, self.parsed_head_bytes = True, 0, 0
         self._unset_keepalive_if_required()  # no longer idle: its head is timed
         if self.read_timer is None:  # a next request on the connection: its own time
             self.arm()
@@ -150,7 +151,21 @@ class BoundedReadProtocol(HttpToolsProtocol):
         if self.in_body:  # a chunked body's trailer: not one of the request's headers (uvicorn would add it)
             self.trailer_bytes += len(name) + len(value)
         else:
+            self.count_head(len(name) + len(value))
             super().on_header(name, value)
+
+    def on_url(self, url: bytes) -> None:
+        self.count_head(len(url))
+        super().on_url(url)
+
+    def count_head(self, size: int) -> None:
+        """The head's bound on what the parser hands over. data_received counts the reads a head is still unfinished
+        after, which leaves out the read that finishes it: a head of 60 KiB and then 60 KiB more in its last read was
+        served."""
+        self.parsed_head_bytes += size
+        if self.parsed_head_bytes > MAX_HEAD_BYTES:
+            self.refuse(431, f"request line and headers over {MAX_HEAD_BYTES} bytes", "request_header_fields_too_large")
+            raise Refused  # httptools stops parsing the read here: the request is never served
 
     def on_chunk_header(self) -> None:
         self.chunk_bare = True

@@ -113,6 +113,24 @@ def test_a_head_past_the_bound_is_a_431_with_an_openai_body(edge_port: int, head
     assert json.loads(body)["error"]["code"] == "request_header_fields_too_large"
 
 
+def test_a_head_past_the_bound_whose_last_read_passes_it_is_a_431(edge_port: int) -> None:
+    """The head's reads were counted only while it was unfinished: 60 KiB, then 60 KiB more with its end in one read,
+    was served."""
+    first = b"GET /healthz HTTP/1.1\r\nHost: edge\r\nX-A: " + b"a" * (MAX_HEAD_BYTES - 4096) + b"\r\n"
+    last = b"X-B: " + b"b" * (MAX_HEAD_BYTES - 4096) + b"\r\nConnection: close\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", edge_port), timeout=10) as s:
+        s.sendall(first)
+        time.sleep(0.3)  # read apart: the head unfinished after the first read, finished by the second
+        s.sendall(last)
+        received = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := s.recv(65536):
+                received += chunk
+    status, _, body = received.partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 431 "), status
+    assert json.loads(body)["error"]["code"] == "request_header_fields_too_large"
+
+
 def test_a_body_past_the_bound_arriving_with_its_head_is_served(edge_port: int) -> None:
     prompt = "x" * (4 * MAX_HEAD_BYTES)
     body = json.dumps({"messages": [{"role": "user", "content": prompt}]}).encode()
