@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
+from services.router import charging
 from services.router.store import MemoryStore, RedisStore, Store
 from tests.fakes.lossy_proxy import LossyProxy
+from tests.router.servicer_kit import charger_on
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -27,3 +30,11 @@ async def proxy(redis_url: str) -> AsyncIterator[LossyProxy]:
     parts = urlsplit(redis_url)
     async with LossyProxy(parts.hostname or "127.0.0.1", parts.port or 6379) as running:
         yield running
+
+
+@pytest.fixture
+async def charger(proxy: LossyProxy, redis_url: str, tmp_path: Path) -> AsyncIterator[charging.Charger]:
+    """A Charger on the test's Redis through the proxy (proxy.go_down() sends its charges to the outbox), its outbox
+    in tmp_path / "data". Tests on another store define their own."""
+    async with charger_on(proxy.url_for(redis_url), tmp_path / "data") as made:
+        yield made

@@ -8,9 +8,7 @@ Redis behind a proxy that goes down or loses a reply."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY as METRICS
@@ -21,17 +19,9 @@ from services.router.routed import Routed, Served
 from services.router.store import RedisStore, period_id, to_pico
 from tests.conftest import ledger_records
 from tests.fakes.lossy_proxy import LossyProxy
-from tests.router.servicer_kit import charger_on
 from tests.router.test_admission import ACCOUNT, REGISTRY, SETTINGS, request, routed
 
 DAY = period_id("day")
-
-
-@pytest.fixture
-async def charger(redis_url: str, proxy: LossyProxy, tmp_path: Path) -> AsyncIterator[charging.Charger]:
-    """The router's Charger, reaching the store through the proxy."""
-    async with charger_on(proxy.url_for(redis_url), tmp_path / "data") as made:
-        yield made
 
 
 def counted(model: str) -> tuple[float, float]:

@@ -9,9 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -33,7 +31,6 @@ from services.router.store import (
 from services.router.store.model import Store
 from tests.conftest import ledger_records
 from tests.fakes.lossy_proxy import LossyProxy
-from tests.router.servicer_kit import charger_on
 from tests.router.test_admission import ACCOUNT, REGISTRY, SETTINGS, request, routed, scratch_outbox
 
 DAY = period_id("day")
@@ -94,13 +91,6 @@ async def test_an_extension_arriving_after_its_request_settled_grows_nothing(sto
     assert await store.held_pico(account) == (0, 0)
     assert await store.reconcile("router-1", 1.0, 0.0) == 0  # no pending charge left to settle at its hold
     assert await store.spent(account, DAY) == (1_000, 1_000)
-
-
-@pytest.fixture
-async def charger(proxy: LossyProxy, redis_url: str, tmp_path: Path) -> AsyncIterator[charging.Charger]:
-    """A Charger on a real store (through the proxy) and outbox; this one only releases."""
-    async with charger_on(proxy.url_for(redis_url), tmp_path / "data") as made:
-        yield made
 
 
 async def test_a_release_whose_caller_leaves_while_the_store_is_unreachable_lands_in_the_outbox(

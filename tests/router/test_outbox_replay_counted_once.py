@@ -8,7 +8,6 @@ fault lasted. A real Redis behind a proxy that goes down."""
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -18,17 +17,10 @@ from services.router import charging
 from services.router.store import RedisStore, period_id, to_pico
 from services.router.store.keys import AccountKeys
 from tests.fakes.lossy_proxy import LossyProxy
-from tests.router.servicer_kit import charger_on
 from tests.router.test_admission import ACCOUNT
 from tests.router.test_charge_counted_once import counted, served
 
 DAY = period_id("day")
-
-
-@pytest.fixture
-async def charger(redis_url: str, proxy: LossyProxy, tmp_path: Path) -> AsyncIterator[charging.Charger]:
-    async with charger_on(proxy.url_for(redis_url), tmp_path / "data") as made:
-        yield made
 
 
 async def test_charges_landed_before_a_failing_entry_are_counted_once(
