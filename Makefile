@@ -4,6 +4,8 @@ PYTHON_BOOT ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ART ?= artefacts
+# make test's pytest-xdist processes: each takes a test file at a time, with its own Redis databases (tests/conftest.py)
+TEST_WORKERS ?= 2
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
@@ -62,7 +64,7 @@ run: setup
 
 # --- tests and checks -------------------------------------------------------------------------------------
 test: setup check-protos lint   # tests/deploy runs in lint-deploy (CI runs both), not twice
-	$(PY) -m pytest -q --ignore=tests/deploy
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --ignore=tests/deploy
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

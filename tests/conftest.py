@@ -16,8 +16,21 @@ import redis.asyncio as redis
 from tests.redis_servers import RedisCluster
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _worker_redis_url(url: str) -> str:
+    """The database pair of this pytest-xdist worker: gw0 takes the given database and the one below it (the
+    chain's), gw1 the two below those, and so on, so parallel workers never empty each other's data."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    parts = urlsplit(url)
+    db = int(parts.path.strip("/") or 0) - 2 * int(worker.removeprefix("gw"))
+    if db < 2:  # the chain takes db - 1, and database 0 is the default others use
+        raise RuntimeError(f"TEST_REDIS_URL {url}: no database pair left for xdist worker {worker}")
+    return urlunsplit(parts._replace(path=f"/{db}"))
+
+
 # .ci/run points this at a redis-server it started when none answered on the default port.
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+REDIS_URL = _worker_redis_url(os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15"))
 # Services that tests start on loopback are unauthenticated unless a test sets up credentials itself
 # (tests/integration/test_auth.py does, with real certificates and tokens).
 for _service in ("CLASSIFIER", "PROVIDERS", "ROUTER"):
@@ -55,7 +68,7 @@ async def chain_redis_url(session_redis_url: str) -> AsyncIterator[str]:
     throughout): tests that empty theirs (redis_url) never empty it, nor meet its heartbeats or reconciler lease."""
     parts = urlsplit(session_redis_url)
     db = int(parts.path.strip("/") or 0)
-    url = urlunsplit(parts._replace(path=f"/{(db - 1) % 16}"))  # the one below: never 0, the default, for 15
+    url = urlunsplit(parts._replace(path=f"/{db - 1}"))  # the one below: never 0, the default (_worker_redis_url)
     client = redis.from_url(url)
     await client.flushdb()
     yield url
