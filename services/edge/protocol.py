@@ -32,6 +32,7 @@ MAX_PIPELINED = 32
 LINGER_S = 2.0  # how long a refused request's rest is read and dropped before its connection is closed
 REASONS = {
     400: b"Bad Request",
+    405: b"Method Not Allowed",
     408: b"Request Timeout",
     429: b"Too Many Requests",
     431: b"Request Header Fields Too Large",
@@ -40,8 +41,8 @@ REASONS = {
 # heads, or a proxy in front sending headers past the bound, shows only here.
 REFUSED = Counter(
     "llmrouter_edge_refused_requests_total",
-    "Requests the edge's HTTP protocol refused before its app: malformed (400), too slow (408), head too large (431), "
-    "pipelined past the bound (429)",
+    "Requests the edge's HTTP protocol refused before its app: malformed (400), a CONNECT (405), too slow (408), "
+    "head too large (431), pipelined past the bound (429)",
     ["status"],
 )
 
@@ -171,17 +172,23 @@ class BoundedReadProtocol(HttpToolsProtocol):
         self.chunk_bare = True
 
     def on_headers_complete(self) -> None:
+        if self.parser.get_method() == b"CONNECT":
+            # The edge opens no tunnel. httptools stops after a CONNECT's head whatever its headers (re-parsed as an
+            # upgrade not made, it would stop again, and again): the requests a read brought behind it were never
+            # parsed nor answered, their caller waiting on an open connection. After a CONNECT the connection's
+            # framing is not to be trusted (its caller may already be sending a tunnel's bytes): refused, once the
+            # requests before it are answered, and the connection closed, as a proxy refusing a tunnel does.
+            self.refuse(405, "method CONNECT not allowed: the edge opens no tunnels", "method_not_allowed")
+            raise Refused  # httptools stops parsing the read here; the rest is dropped (refused)
         self.in_head, self.in_body = False, True
         self.chunk_bare, self.trailer_bytes = False, 0
         self.arm()
         self.watch_body()
-        if self.parser.should_upgrade() and not self._should_upgrade() and self.parser.get_method() != b"CONNECT":
+        if self.parser.should_upgrade() and not self._should_upgrade():
             # An upgrade offered that is not made (h2c, as `curl --http2` and Java's HttpClient offer over http://,
             # on a POST with its body too): httptools stops at the head, reading no body (the app was served an empty
             # one) and nothing after it on the connection. Not given to the app from this parser: served as the
-            # HTTP/1.1 request it also is once the parser stops (feed, without_upgrade). Not a CONNECT: httptools
-            # stops after its head whatever its headers, so re-parsed it would stop again, and again (no offer to take
-            # away); it is served as before.
+            # HTTP/1.1 request it also is once the parser stops (feed, without_upgrade).
             self.unmade_upgrade = (self._get_upgrade() or b"").decode("latin-1")[:64]
             return
         super().on_headers_complete()
@@ -218,6 +225,8 @@ class BoundedReadProtocol(HttpToolsProtocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
+            if self.refused:  # a callback refused the request (Refused): answered already, not malformed
+                return False
             msg = "Invalid HTTP request received."
             self.logger.warning(msg)
             self.send_400_response(msg)
