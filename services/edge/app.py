@@ -4,6 +4,7 @@ unchanged. It authenticates, validates and translates; every decision is the rou
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import math
@@ -32,6 +33,7 @@ from services.batches.runner import Runner
 from services.batches.store import open_store
 from services.edge import legacy, responses
 from services.edge.access_log import AccessLog
+from services.edge.off_loop import parse_off_loop
 from services.edge.openai_api import (
     ESCALATION_MODES,
     ApiError,
@@ -268,7 +270,8 @@ class Edge:
     async def completions(self, request: Request) -> Response:
         """OpenAI's legacy completions, served as a chat completion of one user turn."""
         tenant, key = self.caller(request)
-        response = await self._chat(request, tenant, key, legacy.to_chat(await self.read_body(request)))
+        chat = await parse_off_loop(await self.read_body(request), legacy.to_chat)
+        response = await self._chat(request, tenant, key, chat)
         if isinstance(response, StreamingResponse):
             response.body_iterator = legacy.text_events(response.body_iterator)
             return response
@@ -277,7 +280,7 @@ class Edge:
     async def responses(self, request: Request) -> Response:
         """OpenAI's Responses API, stateless: served as the chat completion of its instructions and input."""
         tenant, key = self.caller(request)
-        chat, echoed = responses.to_chat(await self.read_body(request))
+        chat, echoed = await parse_off_loop(await self.read_body(request), responses.to_chat)
         try:
             # Its instructions come first as one more message than its input items.
             response = await self._chat(request, tenant, key, chat, max_messages=MAX_ROUTED_MESSAGES)
@@ -298,7 +301,7 @@ class Edge:
         self, request: Request, tenant: str, key: str, body: bytes, max_messages: int = MAX_MESSAGES
     ) -> Response:
         request_id = uuid.uuid4().hex
-        parsed, raw = parse_request(body, max_messages)
+        parsed, raw = await parse_off_loop(body, functools.partial(parse_request, max_messages=max_messages))
         message = parsed.to_router(raw, tenant, key, request_id)
         self.apply_headers(request, message)
         check_encoded_size(message)

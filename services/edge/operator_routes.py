@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from llmrouter.v1 import operator_pb2, operator_pb2_grpc, router_pb2_grpc
+from services.edge.off_loop import parse_off_loop
 from services.edge.openai_api import ApiError, check_encoded_size, decode_json, parse_request
 
 GROUPINGS = ("", "model", "tenant", "day")
@@ -86,7 +87,8 @@ class OperatorRoutes:
             raise ApiError(403, "only an admin key may set budgets", code="permission_denied")
         limit: Any = ""
         if request.method == "PUT":
-            body = decode_json(await self.edge.read_body(request))  # strict: deep nesting is a 400, not a 500
+            # strict: deep nesting is a 400, not a 500
+            body = await parse_off_loop(await self.edge.read_body(request), decode_json)
             limit = body.get("limit_usd") if isinstance(body, dict) else None
             if not isinstance(limit, str) or not limit:
                 raise ApiError(400, "limit_usd must be a decimal string of USD", param="limit_usd")
@@ -98,7 +100,7 @@ class OperatorRoutes:
     async def decide(self, request: Request) -> Response:
         """The Decide RPC: the chat completion request's routing decision; no provider is called."""
         tenant, key = self.edge.caller(request)
-        parsed, raw = parse_request(await self.edge.read_body(request))
+        parsed, raw = await parse_off_loop(await self.edge.read_body(request), parse_request)
         message = parsed.to_router(raw, tenant, key, uuid.uuid4().hex)
         self.edge.apply_headers(request, message)
         check_encoded_size(message)

@@ -1,0 +1,27 @@
+"""A request body's parse, off the event loop when the body is large. An 8 MB body of millions of tiny JSON values
+(a list of zeros where an object is due) costs ~0.5 s to parse and check (json.loads, the nesting walk, the bounds,
+validation), which inline held every other request of the edge process as long. A small body, most of them, is
+parsed inline, its worst a few milliseconds: no thread's hand-off for it.
+
+What a thread cannot take off the loop is json.loads itself (and the Responses translation's json.dumps): C that
+holds the GIL from the first byte to the last (~0.13 s for those 8 MB), so the loop still waits that long; the rest
+is Python, which hands the GIL over every few milliseconds (benchmarks/item_stall.py). The default executor's few
+threads (the CPUs + 4) bound how many large bodies are parsed at once: the others wait their turn, off the loop."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TypeVar
+
+OFF_LOOP_BYTES = 64 * 1024  # at most ~3 ms to parse and check (of tiny values): inline
+
+Parsed = TypeVar("Parsed")
+
+
+async def parse_off_loop(body: bytes, parse: Callable[[bytes], Parsed]) -> Parsed:
+    """parse(body), in the loop's default executor for a body over OFF_LOOP_BYTES, inline otherwise; its errors
+    (an ApiError's 400) raised here either way, as they were."""
+    if len(body) <= OFF_LOOP_BYTES:
+        return parse(body)
+    return await asyncio.to_thread(parse, body)

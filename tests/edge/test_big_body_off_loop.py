@@ -1,0 +1,68 @@
+"""A large body of millions of tiny JSON values is parsed and checked off the edge's event loop: inline, its ~0.5 s
+held every other request of the process (benchmarks/item_stall.py). Other requests are answered meanwhile, and
+its refusal is the one the inline parse makes."""
+
+from __future__ import annotations
+
+import json
+import select
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from services.edge.off_loop import OFF_LOOP_BYTES
+from services.edge.openai_api import ApiError, parse_request
+from tests.edge.test_http_protocol import POST, served
+
+PROBE = b"GET /healthz HTTP/1.1\r\nHost: edge\r\n\r\n"
+# 8.1 MB, under EDGE_MAX_BODY_BYTES (8 MiB): ~0.5 s to parse and walk; a list where an object is due, refused.
+TINY_VALUES = json.dumps({"messages": [{"role": "user", "content": "x"}], "metadata": [0] * 2_700_000}).encode()
+
+
+@pytest.fixture(scope="module")
+def edge_port() -> Iterator[int]:
+    """The edge, its router nowhere."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        nowhere = s.getsockname()[1] + 1
+    with served(f"127.0.0.1:{nowhere}") as port:
+        yield port
+
+
+def one_answer(s: socket.socket) -> tuple[bytes, bytes]:
+    """The status line and body of the next answer on `s` (its length given)."""
+    received = b""
+    while b"\r\n\r\n" not in received:
+        received += s.recv(65536)
+    head, _, body = received.partition(b"\r\n\r\n")
+    length = next(int(f.split(b":")[1]) for f in head.split(b"\r\n") if f.lower().startswith(b"content-length:"))
+    while len(body) < length:
+        body += s.recv(65536)
+    return head.split(b"\r\n")[0], body
+
+
+def test_requests_are_answered_while_a_large_body_is_parsed(edge_port: int) -> None:
+    """Once the large body's last byte is sent, a second connection asks /healthz again and again: several are
+    answered before the large body's own answer (inline, its parse held the loop: none after it began)."""
+    assert len(TINY_VALUES) > OFF_LOOP_BYTES
+    with pytest.raises(ApiError) as inline:
+        parse_request(TINY_VALUES)
+    with (
+        socket.create_connection(("127.0.0.1", edge_port), timeout=30) as large,
+        socket.create_connection(("127.0.0.1", edge_port), timeout=30) as other,
+    ):
+        large.sendall(POST + b"Content-Length: %d\r\n\r\n" % len(TINY_VALUES) + TINY_VALUES[:-1])
+        time.sleep(1)  # read by the edge, which waits for the last byte
+        large.sendall(TINY_VALUES[-1:])
+        other.sendall(PROBE)
+        answered = 0
+        while large not in (readable := select.select([large, other], [], [], 30)[0]):
+            assert readable, "no answer within 30 s"
+            assert one_answer(other)[0] == b"HTTP/1.1 200 OK"
+            answered += 1
+            other.sendall(PROBE)
+        status, body = one_answer(large)
+    assert answered >= 3, f"only {answered} requests answered while the large body was parsed"
+    assert (status, json.loads(body)) == (b"HTTP/1.1 400 Bad Request", inline.value.body())
