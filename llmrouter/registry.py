@@ -111,6 +111,11 @@ class ModelSpec(BaseModel):
     # charged this; lines served by the realtime API, the realtime price (README, Batches).
     batch_input_usd_per_mtok: Decimal | None = Field(default=None, ge=0)
     batch_output_usd_per_mtok: Decimal | None = Field(default=None, ge=0)
+    # The provider's prompt-cache prices: an input token read from its cache (OpenAI's cached_tokens, Anthropic's cache
+    # reads) and one written to it (Anthropic's cache writes, dearer than an uncached token). Left out: the input price.
+    # Not at the batch price: a batch line's cached tokens are priced as its other input (README, Prompt caching).
+    cached_input_usd_per_mtok: Decimal | None = Field(default=None, ge=0)
+    cache_write_usd_per_mtok: Decimal | None = Field(default=None, ge=0)
     context_window: int = Field(gt=0)
     max_output_tokens: int = Field(default=4096, gt=0)
     tokenizer: Tokenizer = UTF8_BYTES  # a model of unknown tokenizer is bounded by bytes, which holds for any
@@ -168,11 +173,54 @@ class ModelSpec(BaseModel):
         if self.batch_input_usd_per_mtok is None or self.batch_output_usd_per_mtok is None:
             return None
         batch_input, batch_output = self.batch_input_usd_per_mtok, self.batch_output_usd_per_mtok
-        return self.model_copy(update={"input_usd_per_mtok": batch_input, "output_usd_per_mtok": batch_output})
+        return self.model_copy(
+            update={
+                "input_usd_per_mtok": batch_input,
+                "output_usd_per_mtok": batch_output,
+                "cached_input_usd_per_mtok": None,
+                "cache_write_usd_per_mtok": None,
+            }
+        )
 
-    def cost_usd(self, input_tokens: int, output_tokens: int) -> Decimal:
-        """Exact cost: Decimal arithmetic on prices per 1M tokens, never a float."""
-        return (self.input_usd_per_mtok * input_tokens + self.output_usd_per_mtok * output_tokens) / MTOK
+    @property
+    def cached_input_price(self) -> Decimal:
+        """USD per 1M input tokens read from the provider's prompt cache."""
+        cached = self.cached_input_usd_per_mtok
+        return self.input_usd_per_mtok if cached is None else cached
+
+    @property
+    def cache_write_price(self) -> Decimal:
+        """USD per 1M input tokens written to the provider's prompt cache."""
+        written = self.cache_write_usd_per_mtok
+        return self.input_usd_per_mtok if written is None else written
+
+    @property
+    def worst_input_price(self) -> Decimal:
+        """The most one input token can cost (USD per 1M): what a hold prices every input token at, since any of them
+        may turn out a cache write."""
+        return max(self.input_usd_per_mtok, self.cached_input_price, self.cache_write_price)
+
+    def cost_usd(
+        self, input_tokens: int, output_tokens: int, cached_input_tokens: int = 0, cache_write_input_tokens: int = 0
+    ) -> Decimal:
+        """Exact cost: Decimal arithmetic on prices per 1M tokens, never a float. The cached and the written tokens are
+        part of input_tokens, each at its own price; counts past input_tokens are priced only as far as it goes."""
+        written = max(0, min(cache_write_input_tokens, input_tokens))
+        cached = max(0, min(cached_input_tokens, input_tokens - written))
+        uncached = input_tokens - written - cached
+        input_usd = self.input_usd_per_mtok * uncached + self.cached_input_price * cached
+        input_usd += self.cache_write_price * written
+        return (input_usd + self.output_usd_per_mtok * output_tokens) / MTOK
+
+    def usage_cost_usd(self, usage: common_pb2.Usage) -> Decimal:
+        """The exact cost of a generation's usage."""
+        return self.cost_usd(
+            usage.input_tokens, usage.output_tokens, usage.cached_input_tokens, usage.cache_write_input_tokens
+        )
+
+    def worst_cost_usd(self, input_tokens: int, output_tokens: int) -> Decimal:
+        """The most these tokens can cost, whichever input tokens the provider reads from or writes to its cache."""
+        return (self.worst_input_price * input_tokens + self.output_usd_per_mtok * output_tokens) / MTOK
 
 
 def _price(usd_per_mtok: Decimal | None) -> str:

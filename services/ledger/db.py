@@ -7,10 +7,11 @@ midnight, or a batch line collected the next day, still counts in the day it was
 versions before), so sums per tenant and period equal the budgets' spend counters.
 
 Each row shows what its cost is made of, as its ledger record does: `generations` (JSON text, a list of {model,
-input_tokens, output_tokens}, one per generation billed) and `owed_pico` (what failed attempts cost, with no tokens
-on record), so cost_pico = each generation's tokens at its model's prices (its batch prices for a Batch API line,
-reason 'batch') + owed_pico, to the pico-dollar. Both are NULL where that is not on record: rows copied before the
-columns were added, and records of routers of the versions before.
+input_tokens, output_tokens}, with cached_input_tokens and cache_write_input_tokens when not 0, one per generation
+billed) and `owed_pico` (what failed attempts cost, with no tokens on record), so cost_pico = each generation's
+tokens at its model's prices (its batch prices for a Batch API line, reason 'batch') + owed_pico, to the
+pico-dollar. Both are NULL where that is not on record: rows copied before the columns were added, and records of
+routers of the versions before.
 
 SQLite (a file, the default) or PostgreSQL (when a DSN is set): the same table and statements on both. Money
 is stored as integer pico-dollars, as the money store keeps it, so sums here equal the budgets exactly.

@@ -19,15 +19,25 @@ async def settle(
     content: str,
     input_tokens: int | None,
     output_tokens: int | None,
+    cached_input_tokens: int = 0,
+    cache_write_input_tokens: int = 0,
 ) -> tuple[common_pb2.Usage, str]:
-    """Usage (flagged estimated when any count was made locally) and the exact cost as a decimal string."""
+    """Usage (flagged estimated when any count was made locally) and the exact cost as a decimal string. The cache
+    counts are parts of input_tokens: an input counted here has none (all of it at the input price)."""
     estimated = input_tokens is None or output_tokens is None
     if input_tokens is None:
         input_tokens = await estimated_input(model, request)
+        cached_input_tokens = cache_write_input_tokens = 0
     if output_tokens is None:
         output_tokens = await count_text_tokens(content)
-    usage = common_pb2.Usage(input_tokens=input_tokens, output_tokens=output_tokens, estimated=estimated)
-    return usage, decimal_str(model.cost_usd(input_tokens, output_tokens))
+    usage = common_pb2.Usage(
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        estimated=estimated,
+        cached_input_tokens=cached_input_tokens,
+        cache_write_input_tokens=cache_write_input_tokens,
+    )
+    return usage, decimal_str(model.usage_cost_usd(usage))
 
 
 async def estimated_input(model: ModelSpec, request: UpstreamRequest) -> int:

@@ -112,7 +112,11 @@ def _result(priced: ModelSpec, line: LineResult) -> provider_pb2.BatchLineResult
     # charges such a line its worst case.
     estimated = answer.input_tokens is None or answer.output_tokens is None
     usage = common_pb2.Usage(
-        input_tokens=answer.input_tokens or 0, output_tokens=answer.output_tokens or 0, estimated=estimated
+        input_tokens=answer.input_tokens or 0,
+        output_tokens=answer.output_tokens or 0,
+        estimated=estimated,
+        cached_input_tokens=answer.cached_input_tokens,
+        cache_write_input_tokens=answer.cache_write_input_tokens,
     )
     return provider_pb2.BatchLineResult(
         request_id=line.custom_id,
@@ -120,7 +124,7 @@ def _result(priced: ModelSpec, line: LineResult) -> provider_pb2.BatchLineResult
         response=provider_pb2.GenerateResponse(
             content=answer.content,
             usage=usage,
-            cost_usd=decimal_str(priced.cost_usd(usage.input_tokens, usage.output_tokens)),
+            cost_usd=decimal_str(priced.usage_cost_usd(usage)),
             finish_reason=openai_finish_reason(answer.finish_reason),
             model=priced.name,
             tool_calls_json=json.dumps(answer.tool_calls) if answer.tool_calls else "",

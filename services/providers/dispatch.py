@@ -187,7 +187,7 @@ class Dispatcher:
                         if retry_budget is not None and wasted.cost > retry_budget:
                             # Another attempt could write its all on top: past what the caller holds for the call.
                             raise self._failure(model, request, err, retries, wasted) from None
-                        if wasted.cost or wasted.input_tokens:
+                        if wasted.cost or wasted.usage.input_tokens:
                             # Said before the retry: a caller that leaves during it still knows what to charge.
                             yield provider_pb2.GenerateChunk(consumed=wasted.response())
                         await self._backoff(model, request, err, retries, deadline, wasted)
@@ -316,7 +316,8 @@ class Dispatcher:
         # message_delta, OpenAI's usage chunk, sent once it finished generating) and what it bills.
         counted, reported = await count_text_tokens(output), end.output_tokens
         exact = reported is not None and reported >= counted
-        usage, cost = await settle(model, request, output, end.input_tokens, reported if exact else counted)
+        output_tokens = reported if exact else counted
+        usage, cost = await settle(model, request, output, end.input_tokens, output_tokens, *_cache_counts(end))
         usage.estimated |= not exact
         usage, cost = wasted.on_top(usage, cost)
         self._count_tokens(model, usage.input_tokens, usage.output_tokens)
@@ -328,9 +329,7 @@ class Dispatcher:
                 "provider": self.provider,
                 "model": model.name,
                 "cause": _STATUS[err.kind][1],
-                "input_tokens": str(usage.input_tokens),
-                "output_tokens": str(usage.output_tokens),
-                "estimated": "true" if usage.estimated else "false",
+                **usage_metadata(usage),
                 "cost_usd": cost,
             },
         )
@@ -346,7 +345,8 @@ class Dispatcher:
     ) -> provider_pb2.GenerateResponse:
         tool_calls = json.dumps(done.tool_calls) if done.tool_calls else ""
         # Without the provider's count, the tool calls are output too, as their JSON.
-        usage, cost = await settle(model, request, done.content + tool_calls, done.input_tokens, done.output_tokens)
+        output = done.content + tool_calls
+        usage, cost = await settle(model, request, output, done.input_tokens, done.output_tokens, *_cache_counts(done))
         if wasted is not None:
             usage, cost = wasted.on_top(usage, cost)
         metrics.REQUESTS.labels(self.provider, model.name, "ok").inc()
@@ -411,12 +411,29 @@ def _callers_logprobs(done: Completion, request: UpstreamRequest) -> str:
 def _merge(into: Completion, update: Completion) -> None:
     """Streams report usage in pieces (Anthropic: input at the start, output at the end), tool calls at the end."""
     into.finish_reason = update.finish_reason or into.finish_reason
-    if update.input_tokens is not None:
+    if update.input_tokens is not None:  # with what of it the prompt cache served
         into.input_tokens = update.input_tokens
+        into.cached_input_tokens, into.cache_write_input_tokens = _cache_counts(update)
     if update.output_tokens is not None:
         into.output_tokens = update.output_tokens
     into.tool_calls = update.tool_calls or into.tool_calls
     into.logprobs = update.logprobs or into.logprobs
+
+
+def _cache_counts(done: Completion) -> tuple[int, int]:
+    """Of a generation's input, the tokens read from and written to the provider's prompt cache."""
+    return done.cached_input_tokens, done.cache_write_input_tokens
+
+
+def usage_metadata(usage: common_pb2.Usage) -> dict[str, str]:
+    """A failure's usage as its error metadata carries it (the router prices these tokens)."""
+    return {
+        "input_tokens": str(usage.input_tokens),
+        "cached_input_tokens": str(usage.cached_input_tokens),
+        "cache_write_input_tokens": str(usage.cache_write_input_tokens),
+        "output_tokens": str(usage.output_tokens),
+        "estimated": "true" if usage.estimated else "false",
+    }
 
 
 class Wasted:
@@ -424,9 +441,8 @@ class Wasted:
     bills them, so they are added to the final usage (or the failure's metadata) and charged."""
 
     def __init__(self) -> None:
-        self.input_tokens = self.output_tokens = 0
+        self.usage = common_pb2.Usage()
         self.cost = Decimal(0)
-        self.estimated = False
 
     async def add(
         self, model: ModelSpec, request: UpstreamRequest, end: Completion, consumed: Completion | None
@@ -439,33 +455,29 @@ class Wasted:
         # Unreported (OpenAI-style streams say it only at their end), the prompt is billed whole all the same:
         # counted as high as the router holds for it, so the retry budget is never passed by what went uncounted.
         billed_input = end.input_tokens if end.input_tokens is not None else await input_bound(model, request)
-        usage, cost = await settle(model, request, calls, billed_input, end.output_tokens)
+        usage, cost = await settle(model, request, calls, billed_input, end.output_tokens, *_cache_counts(end))
         usage.estimated |= end.input_tokens is None
-        self.input_tokens += usage.input_tokens
-        self.output_tokens += usage.output_tokens
+        self.usage = summed(self.usage, usage)
         self.cost += Decimal(cost)
-        self.estimated |= usage.estimated
 
     def on_top(self, usage: common_pb2.Usage, cost: str) -> tuple[common_pb2.Usage, str]:
-        if not self.cost and not self.input_tokens:
+        if not self.cost and not self.usage.input_tokens:
             return usage, cost
-        total = common_pb2.Usage(
-            input_tokens=usage.input_tokens + self.input_tokens,
-            output_tokens=usage.output_tokens + self.output_tokens,
-            estimated=usage.estimated or self.estimated,
-        )
-        return total, decimal_str(Decimal(cost) + self.cost)
+        return summed(usage, self.usage), decimal_str(Decimal(cost) + self.cost)
 
     def response(self) -> provider_pb2.GenerateResponse:
-        usage = common_pb2.Usage(
-            input_tokens=self.input_tokens, output_tokens=self.output_tokens, estimated=self.estimated
-        )
-        return provider_pb2.GenerateResponse(usage=usage, cost_usd=decimal_str(self.cost))
+        return provider_pb2.GenerateResponse(usage=self.usage, cost_usd=decimal_str(self.cost))
 
     def metadata(self) -> dict[str, str]:
-        return {
-            "input_tokens": str(self.input_tokens),
-            "output_tokens": str(self.output_tokens),
-            "estimated": "true" if self.estimated else "false",
-            "cost_usd": decimal_str(self.cost),
-        }
+        return {**usage_metadata(self.usage), "cost_usd": decimal_str(self.cost)}
+
+
+def summed(one: common_pb2.Usage, other: common_pb2.Usage) -> common_pb2.Usage:
+    """Two generations' usage as one: estimated when either was."""
+    return common_pb2.Usage(
+        input_tokens=one.input_tokens + other.input_tokens,
+        output_tokens=one.output_tokens + other.output_tokens,
+        estimated=one.estimated or other.estimated,
+        cached_input_tokens=one.cached_input_tokens + other.cached_input_tokens,
+        cache_write_input_tokens=one.cache_write_input_tokens + other.cache_write_input_tokens,
+    )

@@ -31,6 +31,7 @@ from services.router.store import (
     Account,
     Allowance,
     Hold,
+    Prices,
     Store,
     StoreUnavailable,
     Verdict,
@@ -192,7 +193,7 @@ class Admission:
             self._fit(routed, verdict)
         raise self._budget_spent(verdict.refused)
 
-    async def _hold(self, account: Account, hold: Hold, model: str, prices: tuple[Decimal, Decimal] | None) -> Verdict:
+    async def _hold(self, account: Account, hold: Hold, model: str, prices: Prices | None) -> Verdict:
         """The store's admission. One that is not known to have been refused, and is not served, is undone: the
         caller left meanwhile (the script may run after its reply is abandoned), or its reply was lost (a timeout,
         a dropped connection) after the script may have run. Undone before the refusal is answered, so a retry of
@@ -379,6 +380,8 @@ def _max_cost(raw: str) -> Decimal | None:
     return max_cost
 
 
-def _prices(model: ModelSpec) -> tuple[Decimal, Decimal]:
-    """A model's per-token prices (USD per 1M tokens: input, output), as the store records them."""
-    return model.input_usd_per_mtok, model.output_usd_per_mtok
+def _prices(model: ModelSpec) -> Prices:
+    """A model's per-token prices, as the store records them."""
+    return Prices(
+        model.input_usd_per_mtok, model.output_usd_per_mtok, model.cached_input_price, model.cache_write_price
+    )

@@ -13,11 +13,11 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 from llmrouter.registry import ModelSpec
-from llmrouter.v1 import common_pb2, router_pb2
+from llmrouter.v1 import router_pb2
 from services.router import metrics
 from services.router.models import AvailableModels
 from services.router.outbox import Outbox, OutboxCharge
-from services.router.routed import Routed, Served
+from services.router.routed import Routed, Served, generation_entry
 from services.router.store import PICO, Store, StoreUnavailable, to_pico
 
 log = logging.getLogger("llmrouter.router")
@@ -31,9 +31,7 @@ def response(routed: Routed, served: Served) -> router_pb2.CompleteResponse:
         content=served.content,
         model=served.model.name,
         provider=served.provider,
-        usage=common_pb2.Usage(
-            input_tokens=served.input_tokens, output_tokens=served.output_tokens, estimated=served.estimated
-        ),
+        usage=served.usage,
         cost_usd=format(served.cost + routed.owed, "f"),  # plain notation, never 7E-9
         latency_ms=int((time.perf_counter() - routed.started) * 1000),
         decision=routed.decision,
@@ -132,7 +130,7 @@ class Charger:
             "output_tokens": output_tokens,
             "tokens_estimated": generated and not capped and response.usage.estimated,
             "cost_usd": format(cost, "f"),
-            "generations": [{"model": name, "input_tokens": i, "output_tokens": o} for name, i, o in generations],
+            "generations": [generation_entry(name, usage) for name, usage in generations],
             "owed_usd": format(owed, "f"),  # nothing on a cache hit: it made no attempt
             "baseline_cost_usd": format(baseline, "f"),
             "latency_ms": response.latency_ms,

@@ -14,13 +14,14 @@ _PICO_PER_TOKEN = PICO / 1_000_000
 
 
 def worst_pico(model: ModelSpec, input_tokens: int, output_tokens: int) -> int:
-    return to_pico(model.cost_usd(input_tokens, output_tokens))
+    """Every input token at its dearest price (a cache write may cost more than an uncached token)."""
+    return to_pico(model.worst_cost_usd(input_tokens, output_tokens))
 
 
 def affordable_output(model: ModelSpec, input_tokens: int, pico: int) -> int:
     """The largest n with worst_pico(model, input_tokens, n) <= pico; negative when the input alone costs more.
     A model with free output can write up to its own limit."""
-    room = Decimal(pico) - model.input_usd_per_mtok * _PICO_PER_TOKEN * input_tokens
+    room = Decimal(pico) - model.worst_input_price * _PICO_PER_TOKEN * input_tokens
     per_token = model.output_usd_per_mtok * _PICO_PER_TOKEN
     if per_token == 0:
         return model.max_output_tokens if room >= 0 else -1

@@ -51,7 +51,7 @@ from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2
 from services.router import admission as admitting
 from services.router import metrics
 from services.router.admission import Admission
-from services.router.routed import Routed
+from services.router.routed import Routed, generation_entry
 from services.router.serving import generate_request
 from services.router.store import PICO, Account, Pending, Store, StoreUnavailable, to_pico
 
@@ -368,13 +368,19 @@ class Deferred:
         if pending is not None and pending.prices is not None:
             # Charged at the prices the line was admitted with (its hold was sized at them), not at the registry's of
             # this collect, a day later perhaps: a price change within the window changes no line sent before it.
-            admitted_in, admitted_out = pending.prices
-            model = model.model_copy(update={"input_usd_per_mtok": admitted_in, "output_usd_per_mtok": admitted_out})
+            prices = pending.prices
+            admitted = {
+                "input_usd_per_mtok": prices.input,
+                "output_usd_per_mtok": prices.output,
+                "cached_input_usd_per_mtok": prices.cached_input,
+                "cache_write_usd_per_mtok": prices.cache_write,
+            }
+            model = model.model_copy(update=admitted)
         if result is not None and result.succeeded:
             reply = result.response
             if reply.usage.estimated:  # the provider said nothing of what it billed: the worst case
                 return await self._owe_hold(account, pending, request_id, "the provider reported no usage")
-            cost = model.cost_usd(reply.usage.input_tokens, reply.usage.output_tokens)
+            cost = model.usage_cost_usd(reply.usage)
             if pending is not None and to_pico(cost) > pending.hold_pico:
                 # More than the line could be billed (its prompt, max_tokens written): a false report, and a
                 # charge beyond the hold would pass the budget that admitted it.
@@ -385,7 +391,12 @@ class Deferred:
                 content=reply.content,
                 model=model.name,
                 provider=model.provider,
-                usage=common_pb2.Usage(input_tokens=reply.usage.input_tokens, output_tokens=reply.usage.output_tokens),
+                usage=common_pb2.Usage(
+                    input_tokens=reply.usage.input_tokens,
+                    output_tokens=reply.usage.output_tokens,
+                    cached_input_tokens=reply.usage.cached_input_tokens,
+                    cache_write_input_tokens=reply.usage.cache_write_input_tokens,
+                ),
                 cost_usd=format(cost, "f"),
                 finish_reason=reply.finish_reason,
                 tool_calls_json=reply.tool_calls_json,
@@ -436,9 +447,7 @@ class Deferred:
             cost_usd=response.cost_usd,
             # What an auditor checks cost_usd against: one generation, its tokens at the model's batch prices (every
             # record of reason 'batch' is priced so), nothing owed.
-            generations=[
-                {"model": response.model, "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens}
-            ],
+            generations=[generation_entry(response.model, usage)],
             owed_usd="0",
             baseline_cost_usd=format(Decimal(baseline), "f"),
             reason="batch",

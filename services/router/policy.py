@@ -66,7 +66,7 @@ def evaluate(models: Sequence[ModelSpec], scores: Mapping[str, float] | None, li
         wanted = min(limits.max_output_tokens or limits.min_output_tokens, model.max_output_tokens)
         shortest = min(limits.min_output_tokens, wanted)
         # A short answer after the most input the provider can bill must fit max_cost_usd.
-        least_worst = model.cost_usd(limits.billed_input(model), shortest)
+        least_worst = model.worst_cost_usd(limits.billed_input(model), shortest)
         excluded = ""
         if limits.input_tokens + wanted > model.context_window:
             excluded = f"prompt of {limits.input_tokens} tokens exceeds context window {model.context_window}"

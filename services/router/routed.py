@@ -8,7 +8,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from llmrouter.registry import ModelSpec, Registry
-from llmrouter.v1 import provider_pb2, router_pb2
+from llmrouter.v1 import common_pb2, provider_pb2, router_pb2
 from services.router import policy
 from services.router.sessions import Session
 from services.router.settings import MAX_REQUEST_S
@@ -59,6 +59,9 @@ class Served:
     output_tokens: int = 0
     estimated: bool = False
     cost: Decimal = Decimal(0)
+    # Of input_tokens, those the providers' prompt caches served (read) and took (written): each at its own price.
+    cached_input_tokens: int = 0
+    cache_write_input_tokens: int = 0
     retries: int = 0
     finish_reason: str = ""
     escalated: bool = False
@@ -66,9 +69,9 @@ class Served:
     tool_calls_json: str = ""
     mean_logprob: float | None = None  # of the last answer's tokens, when the provider gave log-probabilities
     logprobs_json: str = ""  # the last answer's, when the caller asked for them
-    # Each generation billed, as (model, input tokens, output tokens): the tokens above summed, each at its own
-    # model's prices (an escalated answer's weak one is another model's), so the ledger shows what `cost` is made of.
-    generations: list[tuple[str, int, int]] = field(default_factory=list)
+    # Each generation billed, as (model, its usage): the tokens above summed, each at its own model's prices (an
+    # escalated answer's weak one is another model's), so the ledger shows what `cost` is made of.
+    generations: list[tuple[str, common_pb2.Usage]] = field(default_factory=list)
 
     def add(self, reply: provider_pb2.GenerateResponse, model: ModelSpec) -> None:
         self.model, self.provider = model, reply.provider
@@ -78,9 +81,33 @@ class Served:
         self.logprobs_json = reply.logprobs_json  # an escalated answer's own, never the weak one's
         self.input_tokens += reply.usage.input_tokens
         self.output_tokens += reply.usage.output_tokens
+        self.cached_input_tokens += reply.usage.cached_input_tokens
+        self.cache_write_input_tokens += reply.usage.cache_write_input_tokens
         self.estimated |= reply.usage.estimated
         # At the prices the request was admitted with (the same formula as the providers', which may by now
         # run a reloaded registry).
-        self.cost += model.cost_usd(reply.usage.input_tokens, reply.usage.output_tokens)
-        self.generations.append((model.name, reply.usage.input_tokens, reply.usage.output_tokens))
+        self.cost += model.usage_cost_usd(reply.usage)
+        self.generations.append((model.name, reply.usage))
         self.retries += reply.retries
+
+    @property
+    def usage(self) -> common_pb2.Usage:
+        """The tokens of every generation, summed."""
+        return common_pb2.Usage(
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            estimated=self.estimated,
+            cached_input_tokens=self.cached_input_tokens,
+            cache_write_input_tokens=self.cache_write_input_tokens,
+        )
+
+
+def generation_entry(model: str, usage: common_pb2.Usage) -> dict[str, Any]:
+    """A generation as the ledger records it: its model and tokens, with those of its input the prompt cache served or
+    took when there are any (cost = uncached input, cached input, cache writes and output, each at its price)."""
+    entry: dict[str, Any] = {"model": model, "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens}
+    if usage.cached_input_tokens:
+        entry["cached_input_tokens"] = usage.cached_input_tokens
+    if usage.cache_write_input_tokens:
+        entry["cache_write_input_tokens"] = usage.cache_write_input_tokens
+    return entry

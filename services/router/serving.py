@@ -56,28 +56,34 @@ class StreamState:
 
     @property
     def consumed_usd(self) -> Decimal:
-        return self.model.cost_usd(self.consumed.input_tokens, self.consumed.output_tokens)
+        return self.model.usage_cost_usd(self.consumed)
 
     async def partial(self, routed: Routed, measured: Mapping[str, str]) -> Served:
         """What an interrupted stream served: as the provider measured it, else counted here."""
         text = "".join(self.parts)
         if "cost_usd" in measured:
-            input_tokens, output_tokens = int(measured.get("input_tokens", 0)), int(measured.get("output_tokens", 0))
-            cost, estimated = measured_usd(self.model, measured), False
+            usage, cost = measured_usage(measured), measured_usd(self.model, measured)
         else:  # counted here, with what failed retries consumed (no metadata counted it: the caller left, or a cut)
-            input_tokens = routed.limits.input_tokens + self.consumed.input_tokens
-            # In chunks that let other requests run: a hostile upstream's answer may be megabytes.
-            output_tokens = await count_text_tokens(text) + self.tool_call_tokens + self.consumed.output_tokens
-            cost, estimated = self.model.cost_usd(input_tokens, output_tokens), True
+            usage = common_pb2.Usage(
+                input_tokens=routed.limits.input_tokens + self.consumed.input_tokens,
+                # In chunks that let other requests run: a hostile upstream's answer may be megabytes.
+                output_tokens=await count_text_tokens(text) + self.tool_call_tokens + self.consumed.output_tokens,
+                estimated=True,
+                cached_input_tokens=self.consumed.cached_input_tokens,
+                cache_write_input_tokens=self.consumed.cache_write_input_tokens,
+            )
+            cost = self.model.usage_cost_usd(usage)
         return Served(
             self.model,
             content=text,
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            estimated=estimated,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            estimated=usage.estimated,
             cost=cost,
+            cached_input_tokens=usage.cached_input_tokens,
+            cache_write_input_tokens=usage.cache_write_input_tokens,
             finish_reason="error",
-            generations=[(self.model.name, input_tokens, output_tokens)],
+            generations=[(self.model.name, usage)],
         )
 
 
@@ -266,13 +272,30 @@ def attempt_cost(error: ServiceError, model: ModelSpec, worst: Decimal) -> Decim
     return measured + (worst if unknown else 0)
 
 
+def measured_usage(measured: Mapping[str, str]) -> common_pb2.Usage:
+    """The tokens the providers measured, as a failure's metadata carries them; 0 for those it does not give (a
+    providers service of the version before gives no cache counts: all of the input at the input price)."""
+
+    def count(name: str) -> int:
+        return int(measured.get(name, 0))
+
+    return common_pb2.Usage(
+        input_tokens=count("input_tokens"),
+        output_tokens=count("output_tokens"),
+        cached_input_tokens=count("cached_input_tokens"),
+        cache_write_input_tokens=count("cache_write_input_tokens"),
+    )
+
+
 def measured_usd(model: ModelSpec, measured: Mapping[str, str]) -> Decimal:
     """What the tokens the providers measured (a failure's metadata) cost at the prices the request was admitted
     with: the providers price them at theirs, and reload the registry on their own, so during a price change their
     cost_usd is at other prices. Their cost_usd when no tokens are given."""
+    if "input_tokens" not in measured or "output_tokens" not in measured:
+        return Decimal(measured["cost_usd"])
     try:
-        return model.cost_usd(int(measured["input_tokens"]), int(measured["output_tokens"]))
-    except (KeyError, ValueError):
+        return model.usage_cost_usd(measured_usage(measured))
+    except ValueError:
         return Decimal(measured["cost_usd"])
 
 

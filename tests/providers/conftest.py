@@ -49,6 +49,7 @@ def _fresh_fakes(openai_fake: FakeOpenAI, anthropic_fake: FakeAnthropic, monkeyp
     for fake, key in ((openai_fake, OPENAI_KEY), (anthropic_fake, ANTHROPIC_KEY)):
         fake.clear()
         fake.api_key, fake.latency, fake.chunk_delay = key, 0.0, 0.0
+    openai_fake.cached_tokens, anthropic_fake.prompt_cache = 0, (0, 0)
     monkeypatch.setenv("FAKE_OPENAI_KEY", OPENAI_KEY)
     monkeypatch.setenv("FAKE_ANTHROPIC_KEY", ANTHROPIC_KEY)
 

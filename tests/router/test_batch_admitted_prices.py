@@ -24,6 +24,7 @@ from services.router.store import (
     AccountKeys,
     Allowance,
     Hold,
+    Prices,
     RedisStore,
     Store,
     pending_field,
@@ -105,7 +106,8 @@ async def test_a_line_admitted_without_prices_by_the_version_before_is_charged_a
 async def test_the_store_keeps_a_lines_prices_beside_its_pending_charge_until_it_settles(store: Store) -> None:
     """Both stores; and on Redis, a prices field left by another admission of the request id (a router of the version
     before settles a line without dropping it, then admits the id again) is not taken for this admission's."""
-    account, day, prices = Account("t", "k"), period_id("day"), (Decimal("2.5"), Decimal("7.5"))
+    account, day = Account("t", "k"), period_id("day")
+    prices = Prices(Decimal("2.5"), Decimal("7.5"), Decimal("0.25"), Decimal("3.125"))
     line = Hold("line", 1_000, day, "router-1", nonce="0a", until=time.time() + 3600)
     assert (await store.admit(account, Allowance("day"), line, "strong", prices)).refused == ""
     assert (pending := await store.pending_charge(account, "line")) is not None and pending.prices == prices
@@ -118,3 +120,7 @@ async def test_the_store_keeps_a_lines_prices_beside_its_pending_charge_until_it
         left = "ff 2.5 7.5"  # another admission's, by its nonce
         await store.redis.hset(AccountKeys.of(account).prices, pending_field(account, "plain"), left)
         assert (pending := await store.pending_charge(account, "plain")) is not None and pending.prices is None
+        # A value of the version before (no cache prices): its line was held with every input token at the input price.
+        await store.redis.hset(AccountKeys.of(account).prices, pending_field(account, "plain"), "0b 2.5 7.5")
+        assert (pending := await store.pending_charge(account, "plain")) is not None
+        assert pending.prices == Prices(Decimal("2.5"), Decimal("7.5"), Decimal("2.5"), Decimal("2.5"))

@@ -13,6 +13,7 @@ from llmrouter.registry import ProviderSpec
 from services.providers.gateways.base import (
     Completion,
     Message,
+    Reported,
     StreamEvent,
     UpstreamError,
     UpstreamRequest,
@@ -51,7 +52,7 @@ class AnthropicGateway:
         stopped = started = False
         calls: dict[int, dict[str, Any]] = {}  # tool_use blocks by their index; input arrives as JSON pieces
         blocks: set[int] = set()  # the indices of every block started (server tools stream input too)
-        input_tokens: int | None = None
+        started_usage = Reported(None, None)  # message_start's input, with what of it the prompt cache served
         output_tokens: int | None = None
         try:
             async for event, data in post_sse(self.client, PATH, {**body(request), "stream": True}):
@@ -60,8 +61,9 @@ class AnthropicGateway:
                 # Answering from its first other event: an error before it (overloaded_error) consumed nothing.
                 started |= kind not in ("ping", "error")
                 if kind == "message_start":
-                    input_tokens, _ = _usage(json_obj(payload.get("message"), "message").get("usage"))
-                    yield Completion(input_tokens=input_tokens)
+                    reported = _usage(json_obj(payload.get("message"), "message").get("usage"))
+                    started_usage = reported._replace(output_tokens=None)  # the output comes with message_delta
+                    yield started_usage.completion()
                 elif kind == "content_block_start":
                     block = json_obj(payload.get("content_block"), "content block")
                     index = _index(payload.get("index", len(blocks)))
@@ -88,7 +90,7 @@ class AnthropicGateway:
                             calls[index]["function"]["arguments"] += piece
                             yield Completion(tool_text=piece)
                 elif kind == "message_delta":
-                    _, output_tokens = _usage(payload.get("usage"))
+                    output_tokens = _usage(payload.get("usage")).output_tokens
                     stop_reason = json_obj(payload.get("delta"), "message delta").get("stop_reason")
                     finish = _finish(stop_reason) if stop_reason else ""
                     yield Completion(finish_reason=finish, output_tokens=output_tokens)
@@ -104,7 +106,7 @@ class AnthropicGateway:
                 raise UpstreamError("unavailable", "upstream stream ended before message_stop", retryable=True)
         except UpstreamError as exc:
             if started:  # the upstream was generating: what it made so far is billed
-                exc.consumed = Completion(input_tokens=input_tokens, output_tokens=output_tokens)
+                exc.consumed = started_usage._replace(output_tokens=output_tokens).completion()
                 exc.consumed.tool_calls = [calls[i] for i in sorted(calls)]
             raise
         if calls:
@@ -127,8 +129,9 @@ def completion(payload: dict[str, Any]) -> Completion:
         for b in blocks
         if b.get("type") == "tool_use"
     ]
-    input_tokens, output_tokens = _usage(payload.get("usage"))
-    return Completion(text, _finish(payload.get("stop_reason")), input_tokens, output_tokens, calls)
+    done = _usage(payload.get("usage")).completion()
+    done.content, done.finish_reason, done.tool_calls = text, _finish(payload.get("stop_reason")), calls
+    return done
 
 
 def body(request: UpstreamRequest) -> dict[str, Any]:
@@ -223,16 +226,21 @@ def _finish(stop_reason: Any) -> str:
     return FINISH_REASONS.get(str(stop_reason), str(stop_reason or "stop"))
 
 
-def _usage(usage: Any) -> tuple[int | None, int | None]:
-    """Cache writes and reads are input tokens too (billed at the input price here, an upper bound). A cache count
-    given (not null) that is no count leaves the input unknown, as a missing input count does: skipped, it would
-    lower the charge."""
+def _usage(usage: Any) -> Reported:
+    """The input is Anthropic's input_tokens (the uncached rest) plus its cache writes and reads, which are reported
+    apart from it as they are billed apart: writes at 1.25x the input price, reads at 0.1x (a 1-hour write, 2x, is
+    priced as a 5-minute one: it needs a cache_control this gateway never sends). A cache count given (not null) that
+    is no count leaves the input unknown, as a missing input count does: skipped, it would lower the charge."""
     if not isinstance(usage, dict):
-        return None, None
+        return Reported(None, None)
     given = [usage.get(k) for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")]
     parts = [token_count(value) for value in given]
+    output_tokens = token_count(usage.get("output_tokens"))
     known = given[0] is not None and all(
         p is not None for p, value in zip(parts, given, strict=True) if value is not None
     )
     input_tokens = token_count(sum(p for p in parts if p is not None)) if known else None
-    return input_tokens, token_count(usage.get("output_tokens"))
+    if input_tokens is None:
+        return Reported(None, output_tokens)
+    _, written, read = (p or 0 for p in parts)
+    return Reported(input_tokens, output_tokens, read, written)

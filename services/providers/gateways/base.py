@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 
 @dataclass
@@ -42,6 +42,28 @@ class Completion:
     mean_logprob: float | None = None  # over the answer's tokens, when asked for and given
     logprobs: dict[str, Any] | None = None  # OpenAI's choices[0].logprobs, as given (a stream's joined)
     tool_text: str = ""  # a stream's event only: the tool-call text it brought (a name, a piece of arguments)
+    # Of input_tokens (0 while it is None), those read from and written to the provider's prompt cache.
+    cached_input_tokens: int = 0
+    cache_write_input_tokens: int = 0
+
+
+class Reported(NamedTuple):
+    """A provider's usage report, as a gateway reads it: a count it did not give (or gave as no count) is None, the
+    cache counts 0 then (all of the input is charged at the input price) and never more than input_tokens."""
+
+    input_tokens: int | None
+    output_tokens: int | None
+    cached_input_tokens: int = 0
+    cache_write_input_tokens: int = 0
+
+    def completion(self) -> Completion:
+        """A Completion carrying these counts."""
+        return Completion(
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            cached_input_tokens=self.cached_input_tokens,
+            cache_write_input_tokens=self.cache_write_input_tokens,
+        )
 
 
 # A stream yields text deltas and Completions carrying usage, finish reason and the tool calls: each call as soon as

@@ -10,6 +10,7 @@ from llmrouter.registry import ProviderSpec
 from services.providers.gateways.base import (
     Completion,
     Message,
+    Reported,
     StreamEvent,
     UpstreamError,
     UpstreamRequest,
@@ -60,13 +61,19 @@ class OpenAIGateway:
                     end.finish_reason = json_text(choice.get("finish_reason"), "finish reason") or end.finish_reason
                     _add_logprobs(end, choice.get("logprobs"))
                 if chunk.get("usage"):
-                    end.input_tokens, end.output_tokens = _usage(chunk["usage"])
-                    yield Completion(input_tokens=end.input_tokens, output_tokens=end.output_tokens)
+                    reported = _usage(chunk["usage"])
+                    end.input_tokens, end.output_tokens = reported.input_tokens, reported.output_tokens
+                    end.cached_input_tokens = reported.cached_input_tokens
+                    yield reported.completion()
             if not done and not end.finish_reason:
                 raise UpstreamError("unavailable", "upstream stream ended before it was complete", retryable=True)
         except UpstreamError as exc:
             if started:  # the upstream was generating: what it made so far is billed
-                exc.consumed = Completion(input_tokens=end.input_tokens, output_tokens=end.output_tokens)
+                exc.consumed = Completion(
+                    input_tokens=end.input_tokens,
+                    output_tokens=end.output_tokens,
+                    cached_input_tokens=end.cached_input_tokens,
+                )
                 exc.consumed.tool_calls = [calls[i] for i in sorted(calls)]
             raise
         end.tool_calls = [calls[i] for i in sorted(calls)]
@@ -83,9 +90,11 @@ def completion(payload: dict[str, Any]) -> Completion:
     content = json_text(message.get("content"), "message's content")
     finish = json_text(choice.get("finish_reason"), "finish reason")
     tool_calls = [_checked_call(call) for call in json_list(message.get("tool_calls"), "message's tool calls")]
-    input_tokens, output_tokens = _usage(payload.get("usage"))
-    logprobs = choice.get("logprobs") if isinstance(choice.get("logprobs"), dict) else None
-    return Completion(content, finish, input_tokens, output_tokens, tool_calls, _mean_logprob(choice), logprobs)
+    done = _usage(payload.get("usage")).completion()
+    done.content, done.finish_reason, done.tool_calls = content, finish, tool_calls
+    done.mean_logprob = _mean_logprob(choice)
+    done.logprobs = choice.get("logprobs") if isinstance(choice.get("logprobs"), dict) else None
+    return done
 
 
 def _add_logprobs(end: Completion, logprobs: Any) -> None:
@@ -184,9 +193,16 @@ def _message(m: Message) -> dict[str, Any]:
     return out
 
 
-def _usage(usage: Any) -> tuple[int | None, int | None]:
+def _usage(usage: Any) -> Reported:
     """The provider's counts; a count that is not a whole number of tokens (negative, a bool, absurdly large)
-    is unknown, as if it were missing: it would charge the tenant a negative or unbounded amount."""
+    is unknown, as if it were missing: it would charge the tenant a negative or unbounded amount. The prompt tokens
+    read from its cache (prompt_tokens_details.cached_tokens, billed at a discount) are part of prompt_tokens: a
+    cached count that is no count, or more than the prompt, is taken as none, every prompt token at the input price."""
     if not isinstance(usage, dict):
-        return None, None
-    return token_count(usage.get("prompt_tokens")), token_count(usage.get("completion_tokens"))
+        return Reported(None, None)
+    prompt = token_count(usage.get("prompt_tokens"))
+    details = usage.get("prompt_tokens_details")
+    cached = token_count(details.get("cached_tokens")) if isinstance(details, dict) else None
+    if prompt is None or cached is None or cached > prompt:
+        cached = 0
+    return Reported(prompt, token_count(usage.get("completion_tokens")), cached)

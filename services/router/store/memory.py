@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import replace
-from decimal import Decimal
 
 from services.router.store.keys import AccountKeys, key_everywhere, limit_field, rate_window
 from services.router.store.model import (
@@ -15,6 +14,7 @@ from services.router.store.model import (
     Allowance,
     Hold,
     Pending,
+    Prices,
     Verdict,
     charged_marker,
     marker_batch,
@@ -45,7 +45,7 @@ class MemoryStore:
         self.pending: dict[str, Pending] = {}  # as stored: provider_batch always None
         self.batches: dict[str, str] = {}  # pending field -> provider batch (RedisStore's batches hash)
         self.models: dict[str, str] = {}  # pending field -> the model admitted for (RedisStore's models hash)
-        self.prices: dict[str, tuple[Decimal, Decimal]] = {}  # pending field -> prices admitted at (its prices hash)
+        self.prices: dict[str, Prices] = {}  # pending field -> prices admitted at (its prices hash)
         self.ledger: deque[dict] = deque(maxlen=self.MAX_LEDGER_RECORDS)
         self.ledger_appended = 0  # every record ever appended: the SQL sink's cursor counts against it
         self.rate_window, self.rate_counts = 0, dict[str, int]()
@@ -69,7 +69,7 @@ class MemoryStore:
         allowance: Allowance,
         hold: Hold,
         model: str = "",
-        prices: tuple[Decimal, Decimal] | None = None,
+        prices: Prices | None = None,
     ) -> Verdict:
         keys = AccountKeys.of(account)
         if keys.undone(hold.nonce) in self.undone:

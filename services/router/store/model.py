@@ -18,7 +18,7 @@ import time
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from decimal import ROUND_CEILING, Decimal
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import grpc
 
@@ -71,6 +71,16 @@ class Hold:
     until: float = 0.0
 
 
+class Prices(NamedTuple):
+    """A model's per-token prices, USD per 1M tokens: an uncached input token, an output token, an input token read
+    from the provider's prompt cache and one written to it."""
+
+    input: Decimal
+    output: Decimal
+    cached_input: Decimal
+    cache_write: Decimal
+
+
 @dataclass(frozen=True)
 class Pending:
     """A charge recorded at admission and not yet settled: enough to settle it at its hold after a crash.
@@ -97,11 +107,11 @@ class Pending:
     # settled at its hold names it in the ledger. None when nothing is kept: a request admitted by a router of a
     # version before (which recorded it for provider batch lines only; deferred.py), or admitted naming none.
     model: str | None = None
-    # A deferred request's per-token prices (input, output, USD per 1M tokens) as admitted (Store.admit's `prices`),
-    # kept beside the record as model is (keys.py, prices_key): its collect charges at them. None when nothing is kept:
-    # a request that is no deferred one, or a line admitted by a router of the version before (charged at the prices
-    # of its collect's registry, as that version did).
-    prices: tuple[Decimal, Decimal] | None = None
+    # A deferred request's per-token prices as admitted (Store.admit's `prices`), kept beside the record as model is
+    # (keys.py, prices_key): its collect charges at them. None when nothing is kept: a request that is no deferred one,
+    # or a line admitted by a router of a version before prices were kept (charged at the prices of its collect's
+    # registry, as that version did).
+    prices: Prices | None = None
 
     def ledger_record(self, **fields: Any) -> dict[str, Any]:
         """A ledger entry settling this charge: who pays, in which budget period, and `fields`."""
@@ -150,18 +160,20 @@ class Pending:
 _BESIDE = ("provider_batch", "model", "prices")
 
 
-def prices_value(nonce: str, prices: tuple[Decimal, Decimal] | None) -> str:
+def prices_value(nonce: str, prices: Prices | None) -> str:
     """What the prices hash keeps for an admission (keys.py, prices_key); '' for no prices."""
-    return "" if prices is None else f"{nonce} {prices[0]} {prices[1]}"
+    return "" if prices is None else " ".join([nonce, *map(str, prices)])
 
 
-def admitted_prices(value: str | None, nonce: str) -> tuple[Decimal, Decimal] | None:
+def admitted_prices(value: str | None, nonce: str) -> Prices | None:
     """The prices a prices-hash value records, when it is the admission's of `nonce`: else None (another admission's,
-    left behind by a router of the version before, or none)."""
+    left behind by a router of the version before, or none). A value of the version before has no cache prices: its
+    line was held and is charged with every input token at the input price."""
     parts = (value or "").split(" ")
-    if len(parts) != 3 or parts[0] != nonce:
+    if len(parts) not in (3, 5) or parts[0] != nonce:
         return None
-    return Decimal(parts[1]), Decimal(parts[2])
+    prices = [Decimal(part) for part in parts[1:]]
+    return Prices(*prices) if len(prices) == 4 else Prices(prices[0], prices[1], prices[0], prices[0])
 
 
 def pending_field(account: Account, request_id: str) -> str:
@@ -251,7 +263,7 @@ class Store(Protocol):
         allowance: Allowance,
         hold: Hold,
         model: str = "",
-        prices: tuple[Decimal, Decimal] | None = None,
+        prices: Prices | None = None,
     ) -> Verdict:
         """Let one request in when spend + holds + `hold` fits both budgets (a hold past its expiry counts while its
         pending charge is open, with that hold; lua.py, _OPEN): its id is then used, it counts against the rate

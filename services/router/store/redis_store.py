@@ -11,7 +11,6 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from decimal import Decimal
 from typing import Any
 
 from llmrouter.redis_connect import connect
@@ -36,6 +35,7 @@ from services.router.store.model import (
     Allowance,
     Hold,
     Pending,
+    Prices,
     StoreRefusing,
     StoreUnavailable,
     Verdict,
@@ -147,7 +147,7 @@ class RedisStore:
         allowance: Allowance,
         hold: Hold,
         model: str = "",
-        prices: tuple[Decimal, Decimal] | None = None,
+        prices: Prices | None = None,
     ) -> Verdict:
         now = time.time()
         keys = AccountKeys.of(account)
