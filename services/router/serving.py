@@ -67,7 +67,9 @@ class StreamState:
             usage = common_pb2.Usage(
                 input_tokens=routed.limits.input_tokens + self.consumed.input_tokens,
                 # In chunks that let other requests run: a hostile upstream's answer may be megabytes.
-                output_tokens=await count_text_tokens(text) + self.tool_call_tokens + self.consumed.output_tokens,
+                output_tokens=await count_text_tokens(text, self.model.estimating_encoding)
+                + self.tool_call_tokens
+                + self.consumed.output_tokens,
                 estimated=True,
                 cached_input_tokens=self.consumed.cached_input_tokens,
                 cache_write_input_tokens=self.consumed.cache_write_input_tokens,

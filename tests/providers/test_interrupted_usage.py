@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from llmrouter.tokens import count_tokens
-from tests.providers.conftest import providers_service
+from tests.providers.conftest import model_entry, providers_service
 from tests.providers.helpers import request, stream_to_failure
 from tests.providers.test_hostile_upstream import MESSAGE_START, RawUpstream, events, openai_chunk
 
@@ -42,3 +42,28 @@ async def test_a_stream_cut_after_its_usage_is_charged_the_usage(tmp_path: Path,
     assert err.reason == "STREAM_INTERRUPTED" and "".join(deltas) == TEXT
     assert err.metadata["output_tokens"] == str(REPORTED_OUTPUT)
     assert err.metadata["input_tokens"] == "10" and err.metadata["estimated"] == "false"
+
+
+# Counts differ between the two encodings: a stream of it cut with no usage shows which one counted it.
+UNREPORTED = "Voilà: naïve façades, 12345678 tokenised différemment — " * 4
+
+
+@pytest.mark.parametrize("tokenizer", ["o200k_base", "cl100k_base", "utf8_bytes"])
+async def test_a_stream_cut_before_its_usage_is_counted_with_the_models_own_encoding(
+    tmp_path: Path, tokenizer: str
+) -> None:
+    """No count from the upstream: its text is counted with the model's own tokenizer where it is bundled (gpt-4o's
+    o200k_base counts fewer tokens than cl100k_base: counted with the other, the caller paid for tokens never
+    billed), else with cl100k_base."""
+    assert count_tokens(UNREPORTED, "o200k_base") != count_tokens(UNREPORTED, "cl100k_base")
+    wire = events(openai_chunk({"role": "assistant", "content": UNREPORTED}))  # no usage, no finish, no [DONE]
+    model = model_entry("counted", "fakeai", "premium", "2.50", "10.00", tokenizer=tokenizer)
+    async with (
+        RawUpstream(wire) as upstream,
+        providers_service(tmp_path, upstream.url, upstream.url, extra_models=[model]) as stub,
+    ):
+        deltas, err = await stream_to_failure(stub, request("counted"))
+    assert err.reason == "STREAM_INTERRUPTED" and "".join(deltas) == UNREPORTED
+    encoding = "o200k_base" if tokenizer == "o200k_base" else "cl100k_base"
+    assert err.metadata["output_tokens"] == str(count_tokens(UNREPORTED, encoding))
+    assert err.metadata["estimated"] == "true"
