@@ -226,8 +226,10 @@ local pending = redis.call('HGET', KEYS[7], ARGV[6])
 -- then reads nothing of that batch's answer for it.
 local marker = ARGV[8] ~= '' and ('1:' .. ARGV[8]) or '1'
 -- A pending charge of another admission of the request id (admitted again once its markers expired, while this
--- charge waited in an outbox) is a request in flight: only its own charge settles it, and its hold stays.
-if pending and ARGV[9] ~= '' and string.match(pending, '"nonce":%s*"([^"]*)"') ~= ARGV[9] then
+-- charge waited in an outbox, or once a store that lost this admission freed the id) is a request in flight: only
+-- its own charge settles it, and its hold stays.
+local own = pending and ARGV[9] ~= '' and string.match(pending, '"nonce":%s*"([^"]*)"') == ARGV[9]
+if pending and ARGV[9] ~= '' and not own then
   if ARGV[7] == '1' then return 0 end
 else
   local batch = redis.call('HGET', KEYS[8], ARGV[6])
@@ -239,7 +241,13 @@ else
   redis.call('HDEL', KEYS[7], ARGV[6])
   if not pending and ARGV[7] == '1' then return 0 end
 end
-if not redis.call('SET', KEYS[1], marker, 'NX', 'EX', ARGV[2]) then return 0 end
+-- This admission's pending charge open: it was never charged (every charge drops it here), so a marker met is
+-- another admission's of the id (one a store that lost it admitted again), which must not make this one free.
+if own then
+  redis.call('SET', KEYS[1], marker, 'EX', ARGV[2])
+elseif not redis.call('SET', KEYS[1], marker, 'NX', 'EX', ARGV[2]) then
+  return 0
+end
 for i = 2, 3 do
   redis.call('INCRBY', KEYS[i], ARGV[1])
   if tonumber(ARGV[4]) > 0 then redis.call('EXPIRE', KEYS[i], ARGV[4]) end

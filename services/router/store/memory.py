@@ -133,7 +133,8 @@ class MemoryStore:
             return True  # this very charge, made before
         field = pending_field(account, hold.request_id)
         pending, batch = self.pending.get(field), self.batches.get(field, "")
-        if pending is not None and hold.nonce and pending.nonce != hold.nonce:
+        own = pending is not None and bool(hold.nonce) and pending.nonce == hold.nonce
+        if pending is not None and hold.nonce and not own:
             # Another admission of the request id (admitted again once its markers expired, while this charge waited
             # in an outbox): a request in flight, settled by its own charge only (lua.py, CHARGE).
             pending, batch = None, ""
@@ -141,7 +142,11 @@ class MemoryStore:
                 return False
         else:
             self._drop(account, hold)
-        if (late and pending is None) or not self.charged.add(charged, charged_marker(batch, charge_id)):
+        if late and pending is None:
+            return False
+        if own:  # never charged (lua.py, CHARGE): a marker met is another admission's of the id
+            self.charged.discard(charged)
+        if not self.charged.add(charged, charged_marker(batch, charge_id)):
             return False
         for spend_key in keys.spend(hold.period):
             self.counters[spend_key] = self.counters.get(spend_key, 0) + pico
