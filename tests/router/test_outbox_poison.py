@@ -7,6 +7,7 @@ A real Redis behind a proxy that goes down."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
@@ -117,5 +118,41 @@ async def test_an_unreadable_line_is_dead_lettered_and_the_charges_around_it_lan
     try:
         pico = to_pico(Decimal(first_answer.cost_usd)) + to_pico(Decimal(second_answer.cost_usd))
         assert await direct.spent(ACCOUNT, DAY) == (pico, pico)
+    finally:
+        await direct.close()
+
+
+@pytest.mark.parametrize("broken", ["tenant spend", "ledger"])
+async def test_a_charge_failing_on_a_key_it_adds_to_is_never_taken_for_landed(
+    charger: charging.Charger, proxy: LossyProxy, redis_url: str, broken: str
+) -> None:
+    """A script stops at its first error and keeps what it wrote before: a spend or ledger key of another type failed
+    the charge once it had set the charged marker (and dropped the pending charge and hold), so the next replay found
+    its own marker, took it for landed and dropped it from the outbox: neither charged, nor dead-lettered."""
+    r, answer = await served(charger)
+    proxy.go_down()
+    await charger.settle(r, answer)
+    proxy.come_back()
+    keys = AccountKeys.of(ACCOUNT)
+    key = keys.spend(DAY)[0] if broken == "tenant spend" else keys.ledger
+    direct = RedisStore(redis_url)
+    try:
+        await direct.redis.delete(key)
+        await direct.redis.hset(key, "other", "1")
+        for _ in range(charger.outbox.poison_replays):
+            assert await charger.outbox.replay(charger.store) == 0
+        assert len(charger.outbox) == 0
+        (line,) = charger.outbox.dead_letters()
+        assert await direct.pending_charge(ACCOUNT, r.request_id) is not None  # nothing of it was made
+        # Mended and moved back, it lands whole.
+        await direct.redis.delete(key)
+        with charger.outbox.path.open("a", encoding="utf-8") as file:
+            file.write(line + "\n")
+        charger.outbox.dead_path.write_text("")
+        assert await charger.outbox.replay(charger.store) == 1
+        pico = to_pico(Decimal(answer.cost_usd))
+        assert await direct.spent(ACCOUNT, DAY) == (pico, pico)
+        ledger = await direct.redis.xrange(keys.ledger)
+        assert [json.loads(fields[b"record"])["request_id"] for _, fields in ledger] == [r.request_id]
     finally:
         await direct.close()

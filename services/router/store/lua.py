@@ -225,6 +225,17 @@ local pending = redis.call('HGET', KEYS[7], ARGV[6])
 -- none and a charge that named itself; model.py, charged_marker): a collect of another batch naming the request
 -- then reads nothing of that batch's answer for it.
 local marker = ARGV[8] ~= '' and ('1:' .. ARGV[8]) or '1'
+-- A script stops at its first error keeping what it wrote before: a key it writes holding another type (or a spend
+-- that is no integer) fails it here, before any write. Failing later, it left the charged marker set and nothing
+-- added, and the charge sent again took that marker for its own landing: never charged, never dead-lettered.
+for i = 2, 3 do
+  local spend = redis.call('GET', KEYS[i])
+  if spend and not string.match(spend, '^%-?%d+$') then return redis.error_reply('ERR spend is no integer') end
+end
+for i, kind in pairs({[4] = 'stream', [5] = 'zset', [6] = 'zset', [8] = 'hash', [9] = 'hash', [10] = 'hash'}) do
+  local found = redis.call('TYPE', KEYS[i])['ok']
+  if found ~= 'none' and found ~= kind then return redis.error_reply('WRONGTYPE a key the charge writes') end
+end
 -- A pending charge of another admission of the request id (admitted again once its markers expired, while this
 -- charge waited in an outbox, or once a store that lost this admission freed the id) is a request in flight: only
 -- its own charge settles it, and its hold stays.
