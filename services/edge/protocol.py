@@ -98,6 +98,7 @@ class BoundedReadProtocol(HttpToolsProtocol):
     in_head = False  # a request's head has begun and not ended
     in_body = False  # a request's head has ended and its body not
     head_bytes = 0  # received since the head began (the whole chunk it began in)
+    head_tail = b""  # the last bytes of the read a head is unfinished after: its end may begin there
     parsed_head_bytes = 0  # of the head's request target and headers the parser handed over
     chunk_bare = False  # a chunked body's chunk has begun and none of it came yet: the last one's trailers come
     trailer_bytes = 0  # of the chunked body's trailers (about)
@@ -123,6 +124,9 @@ class BoundedReadProtocol(HttpToolsProtocol):
         self.ended = False
         if self.in_body:  # the body progresses
             self.arm()
+        if self.head_past_bound(data):
+            self.refuse(431, f"request line and headers over {MAX_HEAD_BYTES} bytes", "request_header_fields_too_large")
+            return
         bare = self.chunk_bare
         if self.feed(data):  # the read handed on whole to a new parser (without_upgrade), which counted it
             return
@@ -131,11 +135,29 @@ class BoundedReadProtocol(HttpToolsProtocol):
         if self.in_body and self.trailer_bytes > MAX_HEAD_BYTES and not self.transport.is_closing():
             # httptools keeps a trailer in memory however long it grows, uvicorn all of them: bounded as a head.
             self.refuse(431, f"request trailers over {MAX_HEAD_BYTES} bytes", "request_header_fields_too_large")
-        if not self.in_head or self.ended or self.transport.is_closing():
+        if not self.in_head or self.transport.is_closing():
+            return
+        self.head_tail = data[-3:]  # the head goes on into the next read: its end may begin here
+        if self.ended:
             return
         self.head_bytes += len(data)
         if self.head_bytes > MAX_HEAD_BYTES:
             self.refuse(431, f"request line and headers over {MAX_HEAD_BYTES} bytes", "request_header_fields_too_large")
+
+    def head_past_bound(self, data: bytes) -> bool:
+        """Whether the head this read ends, continued from reads before or begun between requests, passes the bound
+        with its bytes up to its end (an empty line: httptools takes no other), before the parser takes them. The
+        reads a head is unfinished after are counted whole after parsing (data_received); what the parser hands over
+        (count_head) leaves out each header's ': ' and CRLF and a value's leading blanks, so a head's last read, or
+        only one, of mostly those was served past the bound."""
+        if self.in_head:
+            end = (self.head_tail + data).find(b"\r\n\r\n")
+            return end >= 0 and self.head_bytes + end + 4 - len(self.head_tail) > MAX_HEAD_BYTES
+        if self.in_body:
+            return False
+        start = len(data) - len(data.lstrip(b"\r\n"))  # blank lines before a request are skipped
+        end = data.find(b"\r\n\r\n", start)
+        return end >= 0 and end + 4 - start > MAX_HEAD_BYTES
 
     def on_message_begin(self) -> None:
         if len(self.pipeline) >= MAX_PIPELINED:
