@@ -58,3 +58,18 @@ async def test_a_request_admitted_again_after_its_first_admission_was_lost_is_ch
     await store.charge(ACCOUNT, first, 2_000, {"request": "first"}, charge_id="c0ffee01")
     assert await store.charge(ACCOUNT, second, 3_500, {"request": "second"}, charge_id="c0ffee02")
     assert await store.spent(ACCOUNT, DAY) == (2_000 + 3_500, 2_000 + 3_500)
+
+
+async def test_the_lost_admission_s_extension_leaves_the_later_admission_s_hold(store: Store, redis_url: str) -> None:
+    """Growing the first request's hold (before a fallback) took the pending charge it met for its own: the second
+    request's hold was replaced by the first's, its budget room given away while it ran."""
+    first = Hold("r-1", 3_000, DAY, "router-1", "aaaa0001")
+    assert (await store.admit(ACCOUNT, LIMIT, first)).refused == ""
+    await lose_admission(store, redis_url, first)
+    second = Hold("r-1", 4_000, DAY, "router-2", "bbbb0002")
+    assert (await store.admit(ACCOUNT, LIMIT, second)).refused == ""
+
+    assert await store.extend(ACCOUNT, LIMIT, first, 6_000) == "settled"  # nothing of the first is held
+    assert await store.held_pico(ACCOUNT) == (4_000, 4_000)
+    pending = await store.pending_charge(ACCOUNT, "r-1")
+    assert pending is not None and (pending.nonce, pending.hold_pico) == ("bbbb0002", 4_000)

@@ -278,8 +278,12 @@ EXTEND = (
 --       key budget is checked against (keys.py, key_budget)
 -- ARGV: tenant default limit, key default limit ('' = none), old member, new member, new pico, expiry,
 --       pending field, pending record, tenant limit field, key limit field
--- A request already settled has no hold to grow (its extension arrived late): refused, nothing made again.
-if redis.call('HEXISTS', KEYS[6], ARGV[7]) == 0 then return 'settled' end
+-- A request already settled has no hold to grow (its extension arrived late): refused, nothing made again. Nor has
+-- one whose pending charge is another admission's of its request id (one a store that lost this admission let in).
+local stored = redis.call('HGET', KEYS[6], ARGV[7])
+if not stored then return 'settled' end
+local nonce = string.match(ARGV[8], '"nonce":%s*"([^"]*)"')
+if nonce and nonce ~= '' and string.match(stored, '"nonce":%s*"([^"]*)"') ~= nonce then return 'settled' end
 local old = held_member(KEYS[6], ARGV[7], ARGV[3])
 local budgets = {{KEYS[1], KEYS[2], ARGV[1], ARGV[9], 'tenant'}, {KEYS[7], KEYS[8], ARGV[2], ARGV[10], 'key'}}
 for _, b in ipairs(budgets) do

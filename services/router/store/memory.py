@@ -155,7 +155,8 @@ class MemoryStore:
         return True
 
     async def extend(self, account: Account, allowance: Allowance, hold: Hold, pico: int) -> str:
-        if pending_field(account, hold.request_id) not in self.pending:
+        pending = self.pending.get(pending_field(account, hold.request_id))
+        if pending is None or (hold.nonce and pending.nonce != hold.nonce):  # settled, or another admission's
             return "settled"
         keys = AccountKeys.of(account)
         held = keys.hold_member(self._held(account, hold).pico, hold.request_id)
