@@ -347,7 +347,12 @@ class RedisStore:
                 # A provider batch line's is its collector's to settle until its hold lapses.
                 due = charge.until < time.time() if charge.until else charge.router in dead or charge.ts < stale_before
                 if due:
-                    settled += await self.settle_swept(record)
+                    try:
+                        settled += await self.settle_swept(record)
+                    except StoreUnavailable:
+                        raise
+                    except Exception:  # its own keys' fault (WRONGTYPE): the others are settled all the same
+                        log.exception("pending charge not settled; swept again next round", extra={"record": record})
             return settled
 
     async def _pending(self) -> AsyncIterator[str]:
