@@ -168,6 +168,8 @@ class ModelSpec(BaseModel):
             latency_slo_ms=self.latency_slo_ms,
             batch_input_usd_per_mtok=_price(self.batch_input_usd_per_mtok),
             batch_output_usd_per_mtok=_price(self.batch_output_usd_per_mtok),
+            cached_input_usd_per_mtok=_price(self.cached_input_usd_per_mtok),
+            cache_write_usd_per_mtok=_price(self.cache_write_usd_per_mtok),
             supported_parameters=parameters.for_model(self, kind),
         )
 

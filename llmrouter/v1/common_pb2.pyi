@@ -35,7 +35,7 @@ class Usage(_message.Message):
     def __init__(self, input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., estimated: _Optional[bool] = ..., cached_input_tokens: _Optional[int] = ..., cache_write_input_tokens: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "provider", "tier", "input_usd_per_mtok", "output_usd_per_mtok", "context_window", "latency_slo_ms", "batch_input_usd_per_mtok", "batch_output_usd_per_mtok", "supported_parameters")
+    __slots__ = ("name", "provider", "tier", "input_usd_per_mtok", "output_usd_per_mtok", "context_window", "latency_slo_ms", "batch_input_usd_per_mtok", "batch_output_usd_per_mtok", "supported_parameters", "cached_input_usd_per_mtok", "cache_write_usd_per_mtok")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
@@ -46,6 +46,8 @@ class ModelInfo(_message.Message):
     BATCH_INPUT_USD_PER_MTOK_FIELD_NUMBER: _ClassVar[int]
     BATCH_OUTPUT_USD_PER_MTOK_FIELD_NUMBER: _ClassVar[int]
     SUPPORTED_PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    CACHED_INPUT_USD_PER_MTOK_FIELD_NUMBER: _ClassVar[int]
+    CACHE_WRITE_USD_PER_MTOK_FIELD_NUMBER: _ClassVar[int]
     name: str
     provider: str
     tier: str
@@ -56,7 +58,9 @@ class ModelInfo(_message.Message):
     batch_input_usd_per_mtok: str
     batch_output_usd_per_mtok: str
     supported_parameters: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., provider: _Optional[str] = ..., tier: _Optional[str] = ..., input_usd_per_mtok: _Optional[str] = ..., output_usd_per_mtok: _Optional[str] = ..., context_window: _Optional[int] = ..., latency_slo_ms: _Optional[int] = ..., batch_input_usd_per_mtok: _Optional[str] = ..., batch_output_usd_per_mtok: _Optional[str] = ..., supported_parameters: _Optional[_Iterable[str]] = ...) -> None: ...
+    cached_input_usd_per_mtok: str
+    cache_write_usd_per_mtok: str
+    def __init__(self, name: _Optional[str] = ..., provider: _Optional[str] = ..., tier: _Optional[str] = ..., input_usd_per_mtok: _Optional[str] = ..., output_usd_per_mtok: _Optional[str] = ..., context_window: _Optional[int] = ..., latency_slo_ms: _Optional[int] = ..., batch_input_usd_per_mtok: _Optional[str] = ..., batch_output_usd_per_mtok: _Optional[str] = ..., supported_parameters: _Optional[_Iterable[str]] = ..., cached_input_usd_per_mtok: _Optional[str] = ..., cache_write_usd_per_mtok: _Optional[str] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()

@@ -616,12 +616,15 @@ def logprobs(response: router_pb2.CompleteResponse) -> dict[str, Any] | None:
     return json.loads(response.logprobs_json) if response.logprobs_json else None
 
 
-def usage_body(response: router_pb2.CompleteResponse) -> dict[str, int]:
+def usage_body(response: router_pb2.CompleteResponse) -> dict[str, Any]:
+    """OpenAI's usage: of the prompt tokens, those the provider read from its prompt cache (billed at its cached
+    price). Tokens written to it have no OpenAI field: x_router.cache_write_input_tokens."""
     usage = response.usage
     return {
         "prompt_tokens": usage.input_tokens,
         "completion_tokens": usage.output_tokens,
         "total_tokens": usage.input_tokens + usage.output_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_input_tokens},
     }
 
 
@@ -639,6 +642,9 @@ def router_extension(response: router_pb2.CompleteResponse) -> dict[str, Any]:
         "session_affinity": response.decision.session_affinity,
         "retries": response.retries,
         "tokens_estimated": response.usage.estimated,
+        # Of the prompt tokens, those the provider wrote to its prompt cache (Anthropic's cache_creation_input_tokens),
+        # billed at its cache write price.
+        "cache_write_input_tokens": response.usage.cache_write_input_tokens,
         "candidates": [
             {"model": c.model, "quality": round(c.predicted_quality, 4), "estimated_cost_usd": c.estimated_cost_usd}
             for c in response.decision.candidates
@@ -672,10 +678,20 @@ def models_body(models: list[common_pb2.ModelInfo]) -> dict[str, Any]:
                 if m.batch_input_usd_per_mtok
                 else {}
             ),
+            **cache_prices(m),
         }
         for m in models
     ]
     return {"object": "list", "data": entries}
+
+
+def cache_prices(model: common_pb2.ModelInfo) -> dict[str, str]:
+    """The model's prompt-cache prices its registry entry gives (OpenAI's models have no write price)."""
+    prices = {
+        "cached_input_usd_per_mtok": model.cached_input_usd_per_mtok,
+        "cache_write_usd_per_mtok": model.cache_write_usd_per_mtok,
+    }
+    return {name: price for name, price in prices.items() if price}
 
 
 async def read_limited(request: Request, limit: int) -> bytes:

@@ -91,7 +91,12 @@ def test_a_stream_ended_by_a_content_filter_is_incomplete_and_an_empty_answer_an
         "response.output_item.done",
     ]
     assert closing[-1]["item"]["status"] == "incomplete" and closing[-1]["item"]["id"] == "msg_abc"
-    usage = {"prompt_tokens": 5, "completion_tokens": 0, "total_tokens": 5}
+    usage = {
+        "prompt_tokens": 5,
+        "completion_tokens": 0,
+        "total_tokens": 5,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    }
     [end] = events.on_chunk({**chunk, "choices": [], "usage": usage, "x_router": {"cost_usd": "0.1"}})
     assert end["type"] == "response.incomplete"
     assert end["response"]["incomplete_details"] == {"reason": "content_filter"}
