@@ -95,12 +95,12 @@ def models_key(shard: int) -> str:
 def prices_key(shard: int) -> str:
     """The per-token prices each deferred line of the shard was admitted at (its batch prices then), a hash: field
     pending_field(...), value '<nonce> <input> <output> <cached input> <cache write>' (USD per 1M tokens; model.py,
-    prices_value; a value of the version before has no cache prices), written by its
-    admission. Its collect charges at them, whatever the registry says by then. Kept beside the pending charge for the
-    reason batches_key is. The nonce names the admission that wrote it: a line a router of the version before settles
-    (its scripts know no prices hash) leaves its field behind, about 60 bytes, during an upgrade only (the next
-    admission of the same field by this version writes or drops it), and a later admission of the request id by such a
-    router must not read it as its own."""
+    prices_value; without the cache prices when they are the input price, a batch line's always, as the version before
+    wrote every value), written by its admission. Its collect charges at them, whatever the registry says by then. Kept
+    beside the pending charge for the reason batches_key is. The nonce names the admission that wrote it: a line a
+    router of the version before settles (its scripts know no prices hash) leaves its field behind, about 60 bytes,
+    during an upgrade only (the next admission of the same field by this version writes or drops it), and a later
+    admission of the request id by such a router must not read it as its own."""
     return f"{TAGS[shard]}:prices"
 
 

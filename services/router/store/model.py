@@ -161,8 +161,14 @@ _BESIDE = ("provider_batch", "model", "prices")
 
 
 def prices_value(nonce: str, prices: Prices | None) -> str:
-    """What the prices hash keeps for an admission (keys.py, prices_key); '' for no prices."""
-    return "" if prices is None else " ".join([nonce, *map(str, prices)])
+    """What the prices hash keeps for an admission (keys.py, prices_key); '' for no prices. Cache prices that are the
+    input price (a batch line's, always) are left out, as the version before wrote it: a router of that version,
+    which reads no other form, collects the line at its admitted prices, not at its own registry's."""
+    if prices is None:
+        return ""
+    cached = prices.cached_input, prices.cache_write
+    kept = prices[:2] if cached == (prices.input, prices.input) else prices
+    return " ".join([nonce, *map(str, kept)])
 
 
 def admitted_prices(value: str | None, nonce: str) -> Prices | None:
