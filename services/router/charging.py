@@ -94,7 +94,8 @@ class Charger:
         cost = Decimal(response.cost_usd or "0")
         baseline_model = self.available.baseline()
         baseline = (
-            baseline_model.cost_usd(response.usage.input_tokens, response.usage.output_tokens)
+            # Its prompt read from (or written to) the cache as this one's was: savings are the routing's alone.
+            baseline_model.usage_cost_usd(response.usage)
             if baseline_model and not response.cache_hit and not capped  # a capped report's tokens claim no savings
             else cost
         )

@@ -435,9 +435,8 @@ class Deferred:
     def _record(self, pending: Pending, response: router_pb2.CompleteResponse, outcome: str) -> dict[str, Any]:
         baseline_model = self.baseline()
         usage = response.usage
-        baseline = (
-            baseline_model.cost_usd(usage.input_tokens, usage.output_tokens) if baseline_model else response.cost_usd
-        )
+        # The line's tokens at the baseline model's realtime prices, its cached input at its cached price.
+        baseline = baseline_model.usage_cost_usd(usage) if baseline_model else response.cost_usd
         return pending.ledger_record(
             model=response.model,
             provider=response.provider,
