@@ -1,6 +1,7 @@
 """Charging: the response and its charge record, and the one path by which a request's cost reaches the
 budgets and the ledger (settle; at nothing, on record, for a request that generated nothing). When the money store
-cannot be reached, the charge goes to the local outbox before the answer is released."""
+cannot be reached, or refuses the charge (a key of another type, a spend counter it would overflow), the charge goes to
+the local outbox before the answer is released."""
 
 from __future__ import annotations
 
@@ -168,6 +169,13 @@ class Charger:
             # Kept on local disk before the answer is released, and charged once the store is back. Counted in the
             # metrics when it lands (Outbox.replay), not now: the reconciler may settle the request at its hold
             # first, and that charge, the one the ledger holds, is counted by the router that makes it.
+            await self.outbox.add(OutboxCharge(routed.account, routed.hold, to_pico(cost), record, charge_id))
+            charged, counted = True, False
+        except Exception as exc:
+            # Refused for its own keys' sake (one of another type, a spend it would take past SPEND_MAX_PICO), nothing
+            # of it written (lua.py, CHARGE): kept in the outbox all the same, whose replays dead-letter it while it
+            # keeps failing (alert LLMRouterOutboxDeadLetters). Raised here, it was only logged.
+            log.error("charge refused by the money store", extra={**record, "error": repr(exc)[:300]})
             await self.outbox.add(OutboxCharge(routed.account, routed.hold, to_pico(cost), record, charge_id))
             charged, counted = True, False
         routed.settled = True

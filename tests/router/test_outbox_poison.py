@@ -17,7 +17,7 @@ from prometheus_client import REGISTRY as METRICS
 
 from services.router import charging
 from services.router.outbox import entry_from_json
-from services.router.store import RedisStore, period_id, to_pico
+from services.router.store import SPEND_MAX_PICO, Account, Allowance, Hold, RedisStore, Store, period_id, to_pico
 from services.router.store.keys import AccountKeys
 from tests.fakes.lossy_proxy import LossyProxy
 from tests.router.servicer_kit import charger_on
@@ -122,23 +122,28 @@ async def test_an_unreadable_line_is_dead_lettered_and_the_charges_around_it_lan
         await direct.close()
 
 
-@pytest.mark.parametrize("broken", ["tenant spend", "ledger"])
+@pytest.mark.parametrize("broken", ["tenant spend", "ledger", "tenant spend overflow", "key spend overflow"])
 async def test_a_charge_failing_on_a_key_it_adds_to_is_never_taken_for_landed(
     charger: charging.Charger, proxy: LossyProxy, redis_url: str, broken: str
 ) -> None:
     """A script stops at its first error and keeps what it wrote before: a spend or ledger key of another type failed
     the charge once it had set the charged marker (and dropped the pending charge and hold), so the next replay found
-    its own marker, took it for landed and dropped it from the outbox: neither charged, nor dead-lettered."""
+    its own marker, took it for landed and dropped it from the outbox: neither charged, nor dead-lettered. So did a
+    spend counter the charge would take past 2^63 - 1 pico-USD (INCRBY's overflow: $9.22M in a counter that never
+    resets, the keyless id's shared 'all' one say)."""
     r, answer = await served(charger)
     proxy.go_down()
     await charger.settle(r, answer)
     proxy.come_back()
     keys = AccountKeys.of(ACCOUNT)
-    key = keys.spend(DAY)[0] if broken == "tenant spend" else keys.ledger
+    key = {"ledger": keys.ledger, "key spend overflow": keys.spend(DAY)[1]}.get(broken, keys.spend(DAY)[0])
     direct = RedisStore(redis_url)
     try:
         await direct.redis.delete(key)
-        await direct.redis.hset(key, "other", "1")
+        if broken.endswith("overflow"):
+            await direct.redis.set(key, 2**63 - 1 - to_pico(Decimal(answer.cost_usd)) + 1)  # INCRBY fails by 1 pico
+        else:
+            await direct.redis.hset(key, "other", "1")
         for _ in range(charger.outbox.poison_replays):
             assert await charger.outbox.replay(charger.store) == 0
         assert len(charger.outbox) == 0
@@ -156,3 +161,46 @@ async def test_a_charge_failing_on_a_key_it_adds_to_is_never_taken_for_landed(
         assert [json.loads(fields[b"record"])["request_id"] for _, fields in ledger] == [r.request_id]
     finally:
         await direct.close()
+
+
+async def test_a_charge_the_store_refuses_goes_to_the_outbox_and_is_dead_lettered(
+    charger: charging.Charger, redis_url: str
+) -> None:
+    """A charge the store refuses while reachable (a spend it would overflow) writes nothing, and is kept in the outbox
+    as one the store could not take: dead-lettered (and alerted on) if it keeps failing. It raised out of the charge,
+    its answer lost and the charge only logged; and its INCRBY failed once the charged marker was set and the pending
+    charge dropped, so nothing was left to charge it, not even the reconciler."""
+    r, answer = await served(charger)
+    keys = AccountKeys.of(ACCOUNT)
+    direct = RedisStore(redis_url)
+    try:
+        full = 2**63 - 1  # INCRBY's bound
+        await direct.redis.set(keys.spend(DAY)[0], full)
+        await charger.settle(r, answer)  # the answer is released
+        assert len(charger.outbox) == 1
+        assert await direct.pending_charge(ACCOUNT, r.request_id) is not None  # nothing of it was made
+        assert not await direct.redis.exists(keys.charged(r.request_id))
+        assert await direct.spent(ACCOUNT, DAY) == (full, 0)
+        for _ in range(charger.outbox.poison_replays):
+            assert await charger.outbox.replay(charger.store) == 0
+        assert len(charger.outbox.dead_letters()) == 1 and dead_letters() == 1
+    finally:
+        await direct.close()
+
+
+async def test_neither_store_takes_a_charge_past_the_spend_bound(store: Store) -> None:
+    """Both stores refuse a charge that would take a spend counter past SPEND_MAX_PICO, whole: its pending charge and
+    hold stay, no marker is set, and the same charge lands once the counter has room. (The script compares doubles:
+    within a few thousand pico of the bound, a billionth of a cent, it may differ from the in-process store.)"""
+    account, day = Account("t", "k"), period_id("day")
+    hold = Hold("r", 1_000, day, "router-1", nonce="0a")
+    assert (await store.admit(account, Allowance("day"), hold)).refused == ""
+    spent = SPEND_MAX_PICO - 10**6
+    assert await store.charge(account, Hold("first", 0, day), spent, {"request_id": "first"})
+    with pytest.raises(Exception, match="spend would overflow"):
+        await store.charge(account, hold, 10**6 + 10**5, {"request_id": "r"}, charge_id="c1")
+    assert await store.spent(account, day) == (spent, spent)
+    assert await store.pending_charge(account, "r") is not None
+    assert await store.held_pico(account) == (1_000, 1_000)
+    assert await store.charge(account, hold, 10**6 - 10**5, {"request_id": "r"}, charge_id="c1")
+    assert await store.spent(account, day) == (spent + 10**6 - 10**5,) * 2

@@ -1,7 +1,7 @@
 """The money store's Redis scripts. Each touches the keys of one account's shard only (one hash slot), so it
 runs atomically on one server or on the one Redis Cluster master that owns the slot."""
 
-from services.router.store.model import HOLDS_LINGER_S
+from services.router.store.model import HOLDS_LINGER_S, SPEND_MAX_PICO
 
 # Amounts are pico-dollar integers up to 2^63, beyond a Lua number's exact 2^53: the scripts that add them
 # keep them as (high, low) pairs of base 10^9 digits, each exact as a Lua number.
@@ -208,6 +208,7 @@ return {'', '0', '0', ''}
 CHARGE = (
     _MUST_LAND
     + _HELD
+    + f"local SPEND_MAX = {SPEND_MAX_PICO}\n"
     + """
 -- KEYS: charged marker, tenant spend, key spend, ledger, tenant holds, key holds, pending charges, provider batches,
 --       models, prices
@@ -226,11 +227,15 @@ local pending = redis.call('HGET', KEYS[7], ARGV[6])
 -- then reads nothing of that batch's answer for it.
 local marker = ARGV[8] ~= '' and ('1:' .. ARGV[8]) or '1'
 -- A script stops at its first error keeping what it wrote before: a key it writes holding another type (or a spend
--- that is no integer) fails it here, before any write. Failing later, it left the charged marker set and nothing
--- added, and the charge sent again took that marker for its own landing: never charged, never dead-lettered.
+-- that is no integer, or one the charge would take past INCRBY's 2^63 - 1) fails it here, before any write. Failing
+-- later, it left the charged marker set and nothing added, and the charge sent again took that marker for its own
+-- landing: never charged, never dead-lettered. Lua numbers are doubles: the bound keeps a margin below 2^63 - 1.
 for i = 2, 3 do
   local spend = redis.call('GET', KEYS[i])
   if spend and not string.match(spend, '^%-?%d+$') then return redis.error_reply('ERR spend is no integer') end
+  if tonumber(spend or '0') + tonumber(ARGV[1]) > SPEND_MAX then
+    return redis.error_reply('ERR spend would overflow: ' .. KEYS[i] .. ' would pass ' .. SPEND_MAX .. ' pico-USD')
+  end
 end
 for i, kind in pairs({[4] = 'stream', [5] = 'zset', [6] = 'zset', [8] = 'hash', [9] = 'hash', [10] = 'hash'}) do
   local found = redis.call('TYPE', KEYS[i])['ok']

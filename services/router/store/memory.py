@@ -10,6 +10,7 @@ from services.router.store.keys import AccountKeys, key_everywhere, limit_field,
 from services.router.store.model import (
     HOLD_S,
     REQUEST_ID_TTL_S,
+    SPEND_MAX_PICO,
     Account,
     Allowance,
     Hold,
@@ -131,6 +132,9 @@ class MemoryStore:
         charged = keys.charged(hold.request_id)
         if charge_id and self.charged.get(charged) == charged_marker("", charge_id):
             return True  # this very charge, made before
+        for spend_key in keys.spend(hold.period):  # refused whole, as RedisStore's CHARGE (SPEND_MAX_PICO)
+            if self.counters.get(spend_key, 0) + pico > SPEND_MAX_PICO:
+                raise OverflowError(f"spend would overflow: {spend_key} would pass {SPEND_MAX_PICO} pico-USD")
         field = pending_field(account, hold.request_id)
         pending, batch = self.pending.get(field), self.batches.get(field, "")
         own = pending is not None and bool(hold.nonce) and pending.nonce == hold.nonce
