@@ -7,11 +7,12 @@ undoes an admission (by its nonce) once. The file is locked while it is appended
 sharing a data dir do not interleave; the lock is waited for without blocking the event loop or a thread, so
 routers in one process (tests start many) take turns rather than freeze it.
 
-An entry that keeps failing for a reason other than the store being out of reach (a store error on its own keys such
-as WRONGTYPE, a script error, a bug), and a line that cannot be read, never hold up the entries after it, and are
-never dropped: they move to a dead-letter file beside the outbox (the same format, for an operator to look into and
-append back once mended), logged, and counted in llmrouter_router_outbox_dead_letters (what that file holds, until
-an operator empties it)."""
+An entry that keeps failing for a reason other than the store being out of reach (a store error on its own keys such as
+WRONGTYPE, a script error, a bug; a store that answers but refuses the router, read-only, full, loading, denying its
+user by ACL, is out of reach: redis_store.py, _reachable, tells them apart), and a line that cannot be read, never hold
+up the entries after it, and are never dropped: they move to a dead-letter file beside the outbox (the same format, for
+an operator to look into and append back once mended), logged, and counted in llmrouter_router_outbox_dead_letters (what
+that file holds, until an operator empties it)."""
 
 from __future__ import annotations
 

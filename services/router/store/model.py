@@ -229,7 +229,8 @@ class StoreUnavailable(ServiceError):
 
 
 class StoreRefusing(StoreUnavailable):
-    """The store answered, refusing writes: full (maxmemory under noeviction) or a primary demoted (read-only)."""
+    """The store answered, refusing writes: full (maxmemory under noeviction), a primary demoted (read-only), or this
+    router's user denied by an ACL."""
 
 
 @dataclass(frozen=True)

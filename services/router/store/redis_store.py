@@ -61,8 +61,11 @@ _REFUSING = re.compile(r"(?:^|caused error: \(['\"])(?:MISCONF|NOREPLICAS|BUSY) 
 @asynccontextmanager
 async def _reachable() -> AsyncIterator[None]:
     """Connection failures, timeouts, a demoted primary (READONLY), a store refusing writes (full, unable to persist,
-    short of replicas) or every command (busy with a long script), a store loading its data and a cluster without a
-    master for the slot are the store being out of reach: StoreUnavailable (fail closed, charges to the outbox). A
+    short of replicas) or every command (busy with a long script), refusing this router's user (an ACL change: NOPERM;
+    a password changed: a ConnectionError), a store loading its data and a cluster without a master for the slot or
+    whose redirections never settled are the store being out of reach: StoreUnavailable (fail closed, charges to the
+    outbox, which holds them rather than dead-letter them: they are no fault of the charge). The one place that tells
+    these from errors of a call's own keys (WRONGTYPE, a script's own error reply), which are raised as they are. A
     cancellation that redis-py swallowed is raised after the call (llmrouter.tasks.raise_if_cancelled): the loops that
     read the store (upkeep, budget watch) stop when cancelled."""
     import redis.exceptions as errors
@@ -70,9 +73,9 @@ async def _reachable() -> AsyncIterator[None]:
     try:
         yield
     except (
-        errors.ConnectionError,
+        errors.ConnectionError,  # AuthenticationError and BusyLoadingError (LOADING) among them
         errors.TimeoutError,
-        errors.ClusterDownError,
+        errors.ClusterError,  # ClusterDownError, MasterDownError, and "TTL exhausted" (redirected too many times)
         errors.TryAgainError,
         errors.SlotNotCoveredError,
         OSError,
@@ -80,6 +83,10 @@ async def _reachable() -> AsyncIterator[None]:
         metrics.STORE_UP.labels("money").set(0)
         raise StoreUnavailable() from exc
     except errors.ReadOnlyError as exc:
+        metrics.STORE_UP.labels("money").set(0)
+        raise StoreRefusing() from exc
+    except errors.NoPermissionError as exc:  # the same for every account: an ACL that no longer lets this user in
+        log.error("the money store denies this router's user (ACL)", extra={"error": str(exc)[:200]})
         metrics.STORE_UP.labels("money").set(0)
         raise StoreRefusing() from exc
     except errors.OutOfMemoryError as exc:  # full under noeviction: nothing new is admitted until it has room
