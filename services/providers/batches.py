@@ -1,5 +1,6 @@
 """Provider batches: requests for one model sent through its provider's Batch API, and their results read back,
-each answer costed at the model's batch price (what the provider bills for it)."""
+each answer costed at the model's batch price (what the provider bills for it; at its own price when the registry lost
+the batch price after the batch was created: poll_api)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,15 @@ def batch_api(registry: Registry, model: ModelSpec, dispatcher: Dispatcher) -> t
     if dispatcher.batches is None or priced is None:
         raise not_created(f"model {model.name!r} has no Batch API and batch price here")
     return dispatcher.batches, priced
+
+
+def poll_api(registry: Registry, model: ModelSpec, dispatcher: Dispatcher) -> tuple[ProviderBatches, ModelSpec]:
+    """The model's Batch API, to read a batch created on it, and the model its answers are costed at: at its batch
+    price, or at its own once that is gone from the registry (the batch ran all the same; the router charges each
+    line at the prices it was admitted with). BATCH_NOT_CREATED when it has no Batch API here."""
+    if dispatcher.batches is None:
+        raise not_created(f"model {model.name!r} has no Batch API here")
+    return dispatcher.batches, registry.batch_priced(model) or model
 
 
 async def submit(api: ProviderBatches, requests: list[tuple[str, UpstreamRequest]]) -> str:

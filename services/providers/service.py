@@ -62,7 +62,7 @@ class ProviderServicer(provider_pb2_grpc.ProviderServicer):
         self, request: provider_pb2.PollBatchRequest, context: grpc.aio.ServicerContext
     ) -> provider_pb2.PollBatchResponse:
         model, dispatcher = self.catalog.resolve(request.model)
-        api, priced = batches.batch_api(self.catalog.registry, model, dispatcher)
+        api, priced = batches.poll_api(self.catalog.registry, model, dispatcher)
         with dispatcher.calling_batches():
             return await batches.poll(api, priced, request.batch_id, list(request.request_ids), request.partial)
 

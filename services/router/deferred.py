@@ -26,7 +26,8 @@ collect names when that batch's results hold its request id (else charged its ho
 for such lines alone, until their holds lapse, the old risks stay that another tenant's line of the same request id
 in the named batch settles it (and its answer is read), and that a collect naming a cheaper model of the same
 provider underprices it. A collect in the last `give_up_s` of the lines' holds gives up on a provider batch that has
-not ended (or cannot be read, or whose model lost its batch price): the lines still pending are charged their hold
+not ended (or cannot be read, or whose model lost its batch price while a line still pending has no admitted prices
+recorded: with them, the collect goes ahead at those): the lines still pending are charged their hold
 and reported ended, so the caller's batch ends too. A line whose batch is never collected is charged its hold by the
 reconciler when its hold lapses. A collect charges a line only while its pending charge is open: one the reconciler
 (or another collect) settled after the collect read it is never charged twice, whether or not its charged marker has
@@ -252,6 +253,8 @@ class Deferred:
         ending = self._window_ending(pending, batch_id)
         model = self.registry.current.get(request.model)
         priced = None if model is None else self.registry.current.batch_priced(model)
+        if priced is None and model is not None and _admitted_with_prices(pending):
+            priced = model  # its batch price gone since: each line is charged at the prices it was admitted with
         if priced is None:
             if ending:
                 return await self._give_up(account, ids, batch_id)
@@ -485,6 +488,13 @@ def _refuse_another_model(pending: dict[str, Pending | None], model: str) -> Non
                 "model",
                 {"field": "model", "request_id": request_id, "model": line.model},
             )
+
+
+def _admitted_with_prices(pending: dict[str, Pending | None]) -> bool:
+    """Whether the lines still pending (one at least) were all admitted with their prices recorded: their collect
+    charges them at those (Deferred._settle), whatever the registry says of the model's batch price by then."""
+    lines = [line for line in pending.values() if line is not None]
+    return bool(lines) and all(line.prices is not None for line in lines)
 
 
 def _of_another_batch(pending: Pending | None, request_id: str, batch_id: str) -> router_pb2.CollectedLine | None:

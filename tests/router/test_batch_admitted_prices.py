@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from llmrouter.auth import acting_as
+from llmrouter.errors import ServiceError
 from llmrouter.registry import Registry
 from llmrouter.v1 import router_pb2
 from services.router.servicer import RouterServicer
@@ -62,8 +63,18 @@ async def router(redis_url: str, tmp_path: Path) -> AsyncIterator[tuple[RouterSe
         await store.close()
 
 
-def reprice(servicer: RouterServicer, registry_path: Path) -> None:
-    registry_path.write_text(yaml.safe_dump(repriced().model_dump(mode="json", exclude_none=True)))
+def without_batch_price() -> Registry:
+    """The registry with the strong model's batch price gone (its provider stopped offering it, say)."""
+    raw = REGISTRY.model_dump(mode="json", exclude_none=True)
+    for model in raw["models"]:
+        if model["name"] == "strong":
+            del model["batch_input_usd_per_mtok"], model["batch_output_usd_per_mtok"]
+    return Registry.model_validate(raw)
+
+
+def reprice(servicer: RouterServicer, registry_path: Path, registry: Registry | None = None) -> None:
+    registry = registry or repriced()
+    registry_path.write_text(yaml.safe_dump(registry.model_dump(mode="json", exclude_none=True)))
     assert servicer.deferred.registry.check()  # type: ignore[attr-defined]  # the router reloads it
 
 
@@ -101,6 +112,38 @@ async def test_a_line_admitted_without_prices_by_the_version_before_is_charged_a
         collected = await servicer.CollectBatch(COLLECT, NoDeadline())
     assert collected.lines[0].succeeded
     assert (await store.spent(ACCOUNT, period_id("day")))[0] == to_pico(batch_cost(repriced()))
+
+
+async def test_a_line_whose_model_lost_its_batch_price_is_collected_at_the_prices_it_was_admitted_with(
+    router: tuple[RouterServicer, RedisStore, Path],
+) -> None:
+    """The provider's Batch API ran the line: its collect was refused (NO_BATCH_PRICE) until its window's end, and the
+    line then charged its whole hold, although the prices it was admitted at were kept beside its pending charge."""
+    servicer, store, registry_path = router
+    with acting_as(TENANT_CALLER):
+        await servicer.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[LINE]), NoDeadline())
+        reprice(servicer, registry_path, without_batch_price())
+        collected = await servicer.CollectBatch(COLLECT, NoDeadline())
+    admitted = batch_cost(REGISTRY)
+    (line,) = collected.lines
+    assert collected.ended and line.succeeded and Decimal(line.response.cost_usd) == admitted
+    assert (await store.spent(ACCOUNT, period_id("day")))[0] == to_pico(admitted)
+
+
+async def test_a_line_without_prices_whose_model_lost_its_batch_price_waits_for_its_windows_end(
+    router: tuple[RouterServicer, RedisStore, Path],
+) -> None:
+    """A line admitted by a router of the version before (no prices kept) has nothing to be charged at: its collect is
+    refused, as before, and the line is charged its hold at its window's end."""
+    servicer, store, registry_path = router
+    with acting_as(TENANT_CALLER):
+        await servicer.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[LINE]), NoDeadline())
+        await store.redis.hdel(AccountKeys.of(ACCOUNT).prices, pending_field(ACCOUNT, "line-1"))
+        reprice(servicer, registry_path, without_batch_price())
+        with pytest.raises(ServiceError) as refused:
+            await servicer.CollectBatch(COLLECT, NoDeadline())
+    assert refused.value.reason == "NO_BATCH_PRICE"
+    assert await store.pending_charge(ACCOUNT, "line-1") is not None
 
 
 async def test_the_store_keeps_a_lines_prices_beside_its_pending_charge_until_it_settles(store: Store) -> None:
