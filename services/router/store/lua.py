@@ -241,6 +241,17 @@ for i, kind in pairs({[4] = 'stream', [5] = 'zset', [6] = 'zset', [8] = 'hash', 
   local found = redis.call('TYPE', KEYS[i])['ok']
   if found ~= 'none' and found ~= kind then return redis.error_reply('WRONGTYPE a key the charge writes') end
 end
+-- Nor may an ACL deny one of its writes half-way (a command revoked from the router's user): that is the store
+-- refusing the router, not the charge's fault, so it is told as NOPERM, which holds the charge in the outbox.
+local writes = {{'HDEL', KEYS[7], ARGV[6]}, {'HDEL', KEYS[8], ARGV[6]}, {'HDEL', KEYS[9], ARGV[6]},
+  {'HDEL', KEYS[10], ARGV[6]}, {'ZREM', KEYS[5], ARGV[5]}, {'ZREM', KEYS[6], ARGV[5]}, {'SET', KEYS[1], marker},
+  {'INCRBY', KEYS[2], ARGV[1]}, {'INCRBY', KEYS[3], ARGV[1]}, {'EXPIRE', KEYS[2], '1'}, {'EXPIRE', KEYS[3], '1'},
+  {'XADD', KEYS[4], '*', 'record', ARGV[3]}}
+for _, write in ipairs(writes) do
+  if not redis.acl_check_cmd(unpack(write)) then
+    return redis.error_reply('NOPERM the router may not ' .. write[1] .. ' ' .. write[2] .. ' (ACL)')
+  end
+end
 -- A pending charge of another admission of the request id (admitted again once its markers expired, while this
 -- charge waited in an outbox, or once a store that lost this admission freed the id) is a request in flight: only
 -- its own charge settles it, and its hold stays.
