@@ -15,7 +15,7 @@ from llmrouter.v1 import classifier_pb2, classifier_pb2_grpc, router_pb2
 from services.router import metrics, policy
 from services.router.models import AvailableModels
 from services.router.routed import Routed
-from services.router.score_cache import ScoreCache, digest
+from services.router.score_cache import ScoreCache, prompt_key
 from services.router.targets import Targets
 
 log = logging.getLogger("llmrouter.router")
@@ -56,7 +56,7 @@ class Routing:
             options = policy.evaluate(models, None, limits)
             plan, version = policy.explicit(options, request.model), ""
         else:
-            scores, version = await self._classify(request, time_remaining)
+            scores, version = await self._classify(request, tenant, time_remaining)
             if scores is not None:
                 target = self.targets.choose(request, tenant, models, registry, version)
                 limits, note = dataclasses.replace(limits, quality_target=target.quality), target.note
@@ -77,11 +77,11 @@ class Routing:
             metrics.ROUTED.labels(self.tenant_labels.label(routed.account.tenant), tier).inc()
 
     async def _classify(
-        self, request: router_pb2.CompleteRequest, time_remaining: float | None
+        self, request: router_pb2.CompleteRequest, tenant: str, time_remaining: float | None
     ) -> tuple[dict[str, float] | None, str]:
         """The classifier's predictions for the last user turn; None when it cannot answer in time."""
         prompt = next((m.content for m in reversed(request.messages) if m.role == "user"), request.messages[-1].content)
-        key = digest(prompt)
+        key = prompt_key(tenant, prompt)
         if (kept := self.score_cache.get(key)) is not None:
             metrics.SCORE_CACHE.labels("hit").inc()
             return kept

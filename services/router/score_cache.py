@@ -1,5 +1,7 @@
 """The classifier's answers kept in the router, so a prompt seen again is routed without a classifier call.
-Keyed by a digest of the exact text the classifier reads and the version of the model that scored it; bounded
+Keyed by a digest of the tenant and the exact text the classifier reads, and the version of the model that scored
+it: per tenant, as the response cache is, or how fast a free Decide answers would tell one tenant whether another
+sent a prompt word for word in the last few thousand (a hit skips the classifier, whose answer takes ms). Bounded
 (least recently used out first). A classifier answering with a new model version empties the cache, so no
 score of an older model outlives the first answer of a new one by more than the requests already in flight."""
 
@@ -13,6 +15,11 @@ Scores = dict[str, float]
 
 def digest(text: str) -> bytes:
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+def prompt_key(tenant: str, prompt: str) -> bytes:
+    """The tenant's own key for a prompt (a tenant holds no NUL: admission refuses one)."""
+    return digest(f"{tenant}\0{prompt}")
 
 
 class ScoreCache:

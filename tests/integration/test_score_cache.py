@@ -30,3 +30,24 @@ async def test_a_prompt_seen_again_is_routed_without_the_classifier(chain: Chain
         other = router_pb2.CompleteRequest(messages=[common_pb2.ChatMessage(role="user", content=prompt + " ")])
         await stub.Decide(other, timeout=20)
         assert classifier_scores() == before + 2  # another text is another key
+
+
+async def test_a_prompt_another_tenant_sent_is_scored_again(chain: Chain) -> None:
+    """A hit skips the classifier, so a shared cache answers a free Decide faster for a prompt some tenant sent in
+    the last few thousand: one tenant could learn, word for word, what another asked. Per tenant, as answers are."""
+    async with grpc.aio.insecure_channel(chain.router_addr) as channel:
+        stub = router_pb2_grpc.RouterStub(channel)
+        prompt = f"Draft the press release on the Initech merger. [{uuid.uuid4().hex[:8]}]"
+
+        def decide(tenant: str) -> router_pb2.CompleteRequest:
+            return router_pb2.CompleteRequest(
+                messages=[common_pb2.ChatMessage(role="user", content=prompt)], tenant=tenant
+            )
+
+        before = classifier_scores()
+        await stub.Decide(decide("victim"), timeout=20)
+        assert classifier_scores() == before + 1
+        await stub.Decide(decide("prober"), timeout=20)
+        assert classifier_scores() == before + 2  # not the victim's entry
+        await stub.Decide(decide("victim"), timeout=20)
+        assert classifier_scores() == before + 2  # each tenant's own prompts still hit
