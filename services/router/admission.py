@@ -193,6 +193,21 @@ class Admission:
             self._fit(routed, verdict)
         raise self._budget_spent(verdict.refused)
 
+    async def count(self, account: Account) -> None:
+        """Count a request that is routed but never admitted (a Decide) against the rate limit, in the counter
+        admission counts in, so a caller's Decides and served requests share its requests per minute. Refused as an
+        admission over the limit is (RATE_LIMITED), and before it is routed: free, Decides sent without end would
+        keep the shared classifier busy past the other tenants' classifier timeout. Nothing is held or charged.
+        Closed while the store is out of reach, as admission is (STORE_UNAVAILABLE)."""
+        if not self.allowance.per_minute:
+            return
+        if not self.undoing.may_send():
+            raise StoreUnavailable()
+        counted = await self.store.count_request(account, self.allowance)
+        self.undoing.answered()
+        if not counted:
+            raise self._rate_limited()
+
     async def _hold(self, account: Account, hold: Hold, model: str, prices: Prices | None) -> Verdict:
         """The store's admission. One that is not known to have been refused, and is not served, is undone: the
         caller left meanwhile (the script may run after its reply is abandoned), or its reply was lost (a timeout,
@@ -307,14 +322,17 @@ class Admission:
                 {"field": "request_id"},
             )
         if verdict.refused == "rate":
-            metrics.RATE_LIMITED.inc()
-            return ServiceError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                "RATE_LIMITED",
-                f"rate limit of {self.settings.rate_limit_rpm} requests per minute reached",
-                {"retry_after_s": str(rate_retry_after_s(time.time()))},
-            )
+            return self._rate_limited()
         return StoreUnavailable()  # 'undone': a resent copy of an admission this router undid and gave up on
+
+    def _rate_limited(self) -> ServiceError:
+        metrics.RATE_LIMITED.inc()
+        return ServiceError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "RATE_LIMITED",
+            f"rate limit of {self.settings.rate_limit_rpm} requests per minute reached",
+            {"retry_after_s": str(rate_retry_after_s(time.time()))},
+        )
 
 
 def _worst_case(routed: Routed) -> int:

@@ -82,7 +82,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         return common_pb2.ListModelsResponse(models=[registry.info(m) for m in models])
 
     async def Decide(self, request: router_pb2.CompleteRequest, context: Any) -> router_pb2.Decision:
-        return (await self._route(request, context, admit=False)).decision
+        return (await self._route(request, context, admit=False, count=True)).decision
 
     async def Complete(self, request: router_pb2.CompleteRequest, context: Any) -> router_pb2.CompleteResponse:
         routed = await self._route(request, context)
@@ -120,12 +120,17 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         await self.admission.close()
         await self.charger.close()
 
-    async def _route(self, request: router_pb2.CompleteRequest, context: Any, admit: bool = True) -> Routed:
-        """Validate, route, and (last, so nothing after it can fail before serving) admit."""
+    async def _route(
+        self, request: router_pb2.CompleteRequest, context: Any, admit: bool = True, count: bool = False
+    ) -> Routed:
+        """Validate, route, and (last, so nothing after it can fail before serving) admit. `count`: a request never
+        admitted (a Decide) is counted against the rate limit instead, before the classifier is asked."""
         limits = await self.admission.limits(request)
         mode = escalation.mode_of(request.escalation, self.settings.escalation)
         verifier_threshold = escalation.verifier_threshold(request)
         account = admission.account_for(request)
+        if count:
+            await self.admission.count(account)
         plan, decision, registry = await self.routing.decide(request, limits, account.tenant, context.time_remaining())
         session = await self.sessions.get(account.tenant, request)
         kept = stick(plan, session, registry)

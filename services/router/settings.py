@@ -94,7 +94,7 @@ class RouterSettings(GrpcServiceSettings, LedgerSettings):  # the ledger's setti
     budget_period: str = Field(default="day", pattern="^(day|month|total)$")
     tenant_budget_usd: Decimal | None = Field(default=None, ge=0)
     key_budget_usd: Decimal | None = Field(default=None, ge=0)
-    # Requests per minute per API key (per tenant when no key); 0 disables.
+    # Requests per minute per API key (per tenant when no key), Decides included; 0 disables.
     rate_limit_rpm: int = Field(default=0, ge=0)
     # Response cache for identical requests; 0 disables.
     cache_ttl_s: int = Field(default=300, ge=0)

@@ -1,6 +1,7 @@
 """The router's servicer, called directly as the gRPC server would (or behind that server: served_router): over a
 money store the test chooses, a real providers gRPC server on loopback serving the test's provider, and a registry
-(test_admission.REGISTRY unless given). The classifier is never asked: the requests name their model."""
+(test_admission.REGISTRY unless given). The classifier is the test's too when it gives one, served beside the
+provider; otherwise it is never asked: the requests name their model."""
 
 from __future__ import annotations
 
@@ -39,11 +40,14 @@ async def router_servicer(
     store: Store,
     provider: provider_pb2_grpc.ProviderServicer,
     registry: Registry = REGISTRY,
+    classifier: classifier_pb2_grpc.ClassifierServicer | None = None,
     **settings: Any,
 ) -> AsyncIterator[RouterServicer]:
     """Closed (its charges still running finish) before the providers server stops; the store is the caller's."""
     providers = grpc.aio.server()
     provider_pb2_grpc.add_ProviderServicer_to_server(provider, providers)
+    if classifier is not None:
+        classifier_pb2_grpc.add_ClassifierServicer_to_server(classifier, providers)
     port = providers.add_insecure_port("127.0.0.1:0")
     await providers.start()
     registry_path = tmp_path / "models.yaml"
@@ -75,10 +79,11 @@ async def served_router(
     store: Store,
     provider: provider_pb2_grpc.ProviderServicer,
     registry: Registry = REGISTRY,
+    classifier: classifier_pb2_grpc.ClassifierServicer | None = None,
     **settings: Any,
 ) -> AsyncIterator[RunningServer]:
     """router_servicer's servicer behind the router's own gRPC server, on a free port, for the block."""
-    async with router_servicer(tmp_path, store, provider, registry, port=0, **settings) as servicer:
+    async with router_servicer(tmp_path, store, provider, registry, classifier, port=0, **settings) as servicer:
         add = router_pb2_grpc.add_RouterServicer_to_server
         registrations = {"llmrouter.v1.Router": lambda server: add(servicer, server)}
         running = await start_server("router", servicer.settings, registrations)

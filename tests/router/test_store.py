@@ -184,6 +184,32 @@ async def test_rate_limit_counts_per_tenant_and_key(store: Store) -> None:
     assert await refused(store, Account("other", "key1"), three, hold("o1")) == ""
 
 
+async def test_a_counted_request_shares_the_rate_limit_with_admissions(store: Store) -> None:
+    """count_request (a Decide's) counts in the counter admissions count in, and by its rule: refused, it counts
+    nothing."""
+    three = Allowance("day", per_minute=3)
+    assert [await store.count_request(ACCOUNT, three) for _ in range(2)] == [True, True]
+    assert await refused(store, ACCOUNT, three, hold("c1")) == ""
+    assert [await store.count_request(ACCOUNT, three) for _ in range(2)] == [False, False]
+    assert await refused(store, ACCOUNT, three, hold("c2")) == "rate"
+    assert await store.count_request(Account("acme", "key2"), three)
+    assert await store.count_request(ACCOUNT, Allowance("day"))  # no rate limit: nothing to count against
+
+
+async def test_a_counted_request_lives_in_the_admissions_counter_as_long(any_redis_url: str) -> None:
+    store = RedisStore(any_redis_url)
+    client = connect(any_redis_url)
+    try:
+        now = time.time()
+        await store.count_request(ACCOUNT, Allowance("day", per_minute=3))
+        rate = AccountKeys.of(ACCOUNT).rate(now)
+        assert await client.get(rate) == b"1"
+        assert 0 < await client.ttl(rate) <= 61
+    finally:
+        await store.close()
+        await client.aclose()
+
+
 async def test_redis_ledger_and_operator_limit_override(any_redis_url: str) -> None:
     store = RedisStore(any_redis_url)
     client = connect(any_redis_url)

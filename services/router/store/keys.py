@@ -29,9 +29,10 @@ LEASE = f"{GLOBAL}:reconciler:lease"
 # shared by the tenants of a shard.
 KEYLESS = "anonymous"
 # The rate limit's window: rate_limit_rpm requests per minute, counted per wall-clock minute. Only tests shorten it
-# (a test of a rate-limited batch otherwise waits for the next minute); the Redis counter's expiry (lua.py, 61 s)
-# outlasts any window up to a minute.
+# (a test of a rate-limited batch otherwise waits for the next minute); the Redis counter's expiry outlasts any
+# window up to a minute.
 RATE_WINDOW_S = 60
+RATE_COUNTER_TTL_S = 61
 
 
 def rate_window(now: float) -> int:

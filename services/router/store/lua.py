@@ -1,6 +1,7 @@
 """The money store's Redis scripts. Each touches the keys of one account's shard only (one hash slot), so it
 runs atomically on one server or on the one Redis Cluster master that owns the slot."""
 
+from services.router.store.keys import RATE_COUNTER_TTL_S
 from services.router.store.model import HOLDS_LINGER_S, SPEND_MAX_PICO
 
 # Amounts are pico-dollar integers up to 2^63, beyond a Lua number's exact 2^53: the scripts that add them
@@ -123,8 +124,12 @@ end
 _MAY_GROW = "#!lua\n"
 _MUST_LAND = "#!lua flags=allow-oom\n"
 
+# A rate counter (keys.py, AccountKeys.rate) counts one window's requests; it lives a little past its window.
+_RATE = f"local RATE_TTL = {RATE_COUNTER_TTL_S}\n"
+
 ADMIT = (
     _MAY_GROW
+    + _RATE
     + _EXACT
     + _OUTLIVE
     + _OPEN
@@ -186,7 +191,7 @@ if r_hi ~= nil then
     return {tightest, decimal(r_hi, r_lo), decimal(s_hi, s_lo), s_name}
   end
 end
-if per_minute > 0 and redis.call('INCR', KEYS[1]) == 1 then redis.call('EXPIRE', KEYS[1], 61) end
+if per_minute > 0 and redis.call('INCR', KEYS[1]) == 1 then redis.call('EXPIRE', KEYS[1], RATE_TTL) end
 redis.call('SET', KEYS[2], '1', 'EX', ARGV[7])
 for _, holds in ipairs(held) do
   redis.call('ZADD', holds, ARGV[6], ARGV[5])
@@ -202,6 +207,19 @@ if ARGV[14] ~= '' then redis.call('HSET', KEYS[12], ARGV[9], ARGV[14]) else redi
 -- Its prices: a provider batch line's collect charges at them, whatever the registry says by then.
 if ARGV[15] ~= '' then redis.call('HSET', KEYS[15], ARGV[9], ARGV[15]) else redis.call('HDEL', KEYS[15], ARGV[9]) end
 return {'', '0', '0', ''}
+"""
+)
+
+# One request that is not admitted (a Decide: routed, nothing held) counted in ADMIT's rate counter, by its rules.
+COUNT_REQUEST = (
+    _MAY_GROW
+    + _RATE
+    + """
+-- KEYS: rate; ARGV: per minute (> 0)
+-- Returns 1 when counted, 0 when the window's requests are used up (nothing counted).
+if tonumber(redis.call('GET', KEYS[1]) or '0') >= tonumber(ARGV[1]) then return 0 end
+if redis.call('INCR', KEYS[1]) == 1 then redis.call('EXPIRE', KEYS[1], RATE_TTL) end
+return 1
 """
 )
 

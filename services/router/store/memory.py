@@ -84,9 +84,7 @@ class MemoryStore:
         ):
             return Verdict("duplicate")
         now = time.time()
-        window, subject = rate_window(now), keys.rate(now)
-        if window != self.rate_window:
-            self.rate_window, self.rate_counts = window, {}
+        subject = self._rate_counter(keys, now)
         if allowance.per_minute and self.rate_counts.get(subject, 0) >= allowance.per_minute:
             return Verdict("rate")
         tightest, remaining, spend_budget, spend_left = "", None, "", None
@@ -124,6 +122,22 @@ class MemoryStore:
         else:
             self.prices.pop(pending.field, None)
         return Verdict("")
+
+    def _rate_counter(self, keys: AccountKeys, now: float) -> str:
+        """The account's rate counter in the window of `now`; the counts of windows before are dropped."""
+        window = rate_window(now)
+        if window != self.rate_window:
+            self.rate_window, self.rate_counts = window, {}
+        return keys.rate(now)
+
+    async def count_request(self, account: Account, allowance: Allowance) -> bool:
+        if not allowance.per_minute:
+            return True
+        subject = self._rate_counter(AccountKeys.of(account), time.time())
+        if self.rate_counts.get(subject, 0) >= allowance.per_minute:
+            return False
+        self.rate_counts[subject] = self.rate_counts.get(subject, 0) + 1
+        return True
 
     async def charge(
         self, account: Account, hold: Hold, pico: int, record: dict, late: bool = False, charge_id: str = ""

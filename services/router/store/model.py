@@ -282,6 +282,11 @@ class Store(Protocol):
         admitted for) and `prices` (a deferred request's per-token prices) beside it: Pending.model, Pending.prices.
         Nothing changes when it is refused. StoreUnavailable when the store cannot be reached."""
 
+    async def count_request(self, account: Account, allowance: Allowance) -> bool:
+        """Count one request that is not admitted (a Decide: routed, nothing held or charged) against the rate limit,
+        in the counter admit counts in: False, nothing counted, when the window's requests are used up. True, with no
+        call to the store, when `allowance` sets no rate limit. StoreUnavailable when the store cannot be reached."""
+
     async def charge(
         self, account: Account, hold: Hold, pico: int, record: dict, late: bool = False, charge_id: str = ""
     ) -> bool:

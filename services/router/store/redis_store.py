@@ -133,6 +133,7 @@ class RedisStore:
         self._calls = asyncio.Semaphore(CONNECTIONS)
         self.request_id_ttl_s = request_id_ttl_s
         self._admit = self.redis.register_script(lua.ADMIT)
+        self._count_request = self.redis.register_script(lua.COUNT_REQUEST)
         self._charge = self.redis.register_script(lua.CHARGE)
         self._extend = self.redis.register_script(lua.EXTEND)
         self._undo = self.redis.register_script(lua.UNDO)
@@ -183,6 +184,13 @@ class RedisStore:
         async with self._call():
             refused, remaining, spend_left, spend_budget = await self._admit(keys=names, args=args)
         return Verdict(_text(refused), int(remaining), int(spend_left), _text(spend_budget))
+
+    async def count_request(self, account: Account, allowance: Allowance) -> bool:
+        if not allowance.per_minute:
+            return True
+        rate = AccountKeys.of(account).rate(time.time())
+        async with self._call():
+            return bool(await self._count_request(keys=[rate], args=[allowance.per_minute]))
 
     async def charge(
         self, account: Account, hold: Hold, pico: int, record: dict, late: bool = False, charge_id: str = ""
