@@ -1,6 +1,7 @@
 """The whole stack on one machine: `python -m services` starts the four services as their own processes (as
 Kubernetes runs them), prints the routing demo (services/demo.py: prompts of different difficulty through
-edge -> router -> classifier -> providers), then serves until Ctrl-C. `--once` stops after the demo.
+edge -> router -> classifier -> providers), then serves until Ctrl-C. `--once` stops after the demo; `--no-demo`
+serves at once, without it (the demo's answers take the local model tens of seconds on a laptop's CPU).
 
 While serving it supervises: a service that exits is reported at once and the whole stack stops with a non-zero
 status (a half stack would answer /healthz while every request fails).
@@ -151,11 +152,14 @@ def registry_path() -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--once", action="store_true", help="stop after the routing demo")
+    demo = parser.add_mutually_exclusive_group()
+    demo.add_argument("--once", action="store_true", help="stop after the routing demo")
+    demo.add_argument("--no-demo", action="store_true", help="serve without running the routing demo first")
     args = parser.parse_args()
     with running_stack() as (base_url, procs):
         print(f"llm-cost-router is up: OpenAI-compatible API at {base_url}/v1")
-        run_demo(base_url, load_registry(registry_path()))
+        if not args.no_demo:
+            run_demo(base_url, load_registry(registry_path()))
         if not args.once:
             print(f"\nServing; try: curl {base_url}/v1/models   (Ctrl-C stops)", flush=True)
             stop = threading.Event()

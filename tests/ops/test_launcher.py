@@ -73,16 +73,23 @@ def test_a_dead_service_stops_the_stack_at_once() -> None:
     for service in ("CLASSIFIER", "PROVIDERS", "ROUTER", "EDGE"):
         env[f"{service}_PORT"] = str(free_port())
         env[f"{service}_METRICS_PORT"] = str(free_port())
-    launcher = subprocess.Popen(
-        [sys.executable, "-m", "services"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    launcher = subprocess.Popen(  # serving at once: the demo (tests/integration/test_stack.py) adds 20-40 s
+        [sys.executable, "-m", "services", "--no-demo"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         assert launcher.stdout is not None
-        deadline = time.monotonic() + 300
-        for line in launcher.stdout:  # the demo answered: now serving
+        deadline, printed = time.monotonic() + 300, []
+        for line in launcher.stdout:  # up: now serving
+            printed.append(line)
             if line.startswith("Serving;") or time.monotonic() > deadline:
                 break
         assert launcher.poll() is None, "the stack did not come up"
+        assert not [line for line in printed if line.startswith("[")], "the demo ran"  # its prompts' lines
         services = children(launcher.pid)
         assert set(services) == {"classifier", "providers", "router", "edge"}
         os.kill(services["router"], signal.SIGKILL)
