@@ -67,7 +67,7 @@ def test_launched_stack_serves_only_its_own_certificates(monkeypatch: pytest.Mon
         messages=[common_pb2.ChatMessage(role="user", content="Hi")], tenant="victim", model="smollm2-135m"
     )
     with running_stack() as (base_url, _):
-        body = {"model": "auto", "messages": [{"role": "user", "content": "What is 2 + 2?"}]}
+        body = {"model": "auto", "messages": [{"role": "user", "content": "What is 2 + 2?"}], "max_tokens": 8}
         assert httpx.post(f"{base_url}/v1/chat/completions", json=body, timeout=120).status_code == 200
         for service, port in metrics_ports.items():  # every process serves its metrics
             scraped = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
