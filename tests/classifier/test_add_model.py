@@ -26,12 +26,16 @@ def model_copy(tmp_path: Path, small_model: tuple[Path, dict]) -> Path:
     return out
 
 
-def outcome_file(path: Path, model: str, split: str, limit: int) -> Path:
+@pytest.fixture(scope="module")
+def routerbench() -> list[dict]:
+    """RouterBench's rows, read once (a read takes about half a second)."""
+    return list(read_jsonl(data_dir() / ROUTERBENCH_FILE))
+
+
+def outcome_file(path: Path, routerbench: list[dict], model: str, split: str, limit: int) -> Path:
     """A sample of a model's RouterBench rows of one split, as an operator would ship them: drawn across its
     tasks (the file is sorted by task; its first rows are all one task's), seeded."""
-    rows = [
-        r for r in read_jsonl(data_dir() / ROUTERBENCH_FILE) if r["model"] == model and r["split_in_routerdc"] == split
-    ]
+    rows = [r for r in routerbench if r["model"] == model and r["split_in_routerdc"] == split]
     rows = [rows[i] for i in sorted(np.random.default_rng(0).choice(len(rows), limit, replace=False))]
     with gzip.open(path, "wt") as fh:
         fh.writelines(json.dumps(r) + "\n" for r in rows)
@@ -50,9 +54,12 @@ def test_a_trained_heads_numbers_reproduce_its_predictions(model_copy: Path) -> 
     np.testing.assert_allclose(quality[:, -1], quality[:, model.models.index(WEAK)], atol=1e-5)
 
 
-def test_a_model_added_from_200_labelled_prompts_is_ranked_by_its_outcomes(model_copy: Path, tmp_path: Path) -> None:
+def test_a_model_added_from_200_labelled_prompts_is_ranked_by_its_outcomes(
+    model_copy: Path, tmp_path: Path, routerbench: list[dict]
+) -> None:
     for name, source in (("added-strong", STRONG), ("added-weak", WEAK)):
-        prompts, outcomes = read_outcomes(outcome_file(tmp_path / f"{name}.jsonl.gz", source, "train", 200), source)
+        sample = outcome_file(tmp_path / f"{name}.jsonl.gz", routerbench, source, "train", 200)
+        prompts, outcomes = read_outcomes(sample, source)
         assert len(prompts) == 200
         entry = add_model(model_copy, name, prompts, outcomes, "test")
         assert entry["prompts"] == 200 and entry["beta"] > 0
@@ -60,16 +67,12 @@ def test_a_model_added_from_200_labelled_prompts_is_ranked_by_its_outcomes(model
     version = json.loads((model_copy / "metadata.json").read_text())["version"]
     assert model.version.startswith(version + "+")  # a calibration of the heads alone no longer applies
     # Unseen prompts drawn across the tasks of the test split, as the added model's traffic would be.
-    unseen = [
-        r["prompt"]
-        for r in read_jsonl(data_dir() / ROUTERBENCH_FILE)
-        if r["model"] == STRONG and r["split_in_routerdc"] == "test"
-    ]
+    unseen = [r["prompt"] for r in routerbench if r["model"] == STRONG and r["split_in_routerdc"] == "test"]
     test = [unseen[i] for i in np.random.default_rng(1).choice(len(unseen), 300, replace=False)]
     quality = model.predict(test)
     strong, weak = quality[:, model.models.index("added-strong")], quality[:, model.models.index("added-weak")]
     assert strong.mean() > weak.mean() + 0.2  # gpt-4 88% correct on RouterBench, mistral-7b about 50%
-    held = {r["prompt"]: r["score"] for r in read_jsonl(data_dir() / ROUTERBENCH_FILE) if r["model"] == WEAK}
+    held = {r["prompt"]: r["score"] for r in routerbench if r["model"] == WEAK}
     assert abs(weak.mean() - np.mean([held[p] for p in test])) < 0.1  # near its accuracy on unseen prompts
 
 
