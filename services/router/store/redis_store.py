@@ -56,16 +56,24 @@ CONNECTIONS = 64  # per client; on a cluster, per node at most
 # these as bare ResponseErrors (the replies it knows, READONLY, OOM, LOADING, MASTERDOWN, TRYAGAIN, CLUSTERDOWN,
 # have classes of their own, caught by theirs).
 _REFUSING = re.compile(r"(?:^|caused error: \(['\"])(?:MISCONF|NOREPLICAS|BUSY) ")
+# A Redis Cluster whose layout the client cannot learn, as redis-py words it: no node answers (its retry of a command
+# that met a dropped connection rediscovers the layout first, outside the errors it maps), or the nodes that do leave
+# slots uncovered or disagree. A bare RedisClusterException, as are the client's refusals of a command it cannot route
+# (keys of two slots: a bug, the charge's own fault), which these are told from.
+_CLUSTER_LOST = re.compile(
+    r"^(?:Redis Cluster cannot be connected|All slots are not covered|startup_nodes could not agree)"
+)
 
 
 @asynccontextmanager
 async def _reachable() -> AsyncIterator[None]:
     """Connection failures, timeouts, a demoted primary (READONLY), a store refusing writes (full, unable to persist,
     short of replicas) or every command (busy with a long script), refusing this router's user (an ACL change: NOPERM;
-    a password changed: a ConnectionError), a store loading its data and a cluster without a master for the slot or
-    whose redirections never settled are the store being out of reach: StoreUnavailable (fail closed, charges to the
-    outbox, which holds them rather than dead-letter them: they are no fault of the charge). The one place that tells
-    these from errors of a call's own keys (WRONGTYPE, a script's own error reply), which are raised as they are. A
+    a password changed: a ConnectionError), a store loading its data and a cluster without a master for the slot,
+    whose redirections never settled or whose layout cannot be learnt (no node answers) are the store being out of
+    reach: StoreUnavailable (fail closed, charges to the outbox, which holds them rather than dead-letter them: they
+    are no fault of the charge). The one place that tells these from errors of a call's own keys (WRONGTYPE, a
+    script's own error reply), which are raised as they are. A
     cancellation that redis-py swallowed is raised after the call (llmrouter.tasks.raise_if_cancelled): the loops that
     read the store (upkeep, budget watch) stop when cancelled."""
     import redis.exceptions as errors
@@ -93,6 +101,11 @@ async def _reachable() -> AsyncIterator[None]:
         log.error("the money store is full (OOM under noeviction): raise its maxmemory")
         metrics.STORE_UP.labels("money").set(0)
         raise StoreRefusing() from exc
+    except errors.RedisClusterException as exc:
+        if not _CLUSTER_LOST.search(str(exc)):
+            raise
+        metrics.STORE_UP.labels("money").set(0)
+        raise StoreUnavailable() from exc
     except errors.ResponseError as exc:
         # Commands refused for a reason of the store's own, the command not run: it cannot persist (MISCONF: a failed
         # snapshot or AOF write, a full disk), lacks the replicas it must write to (NOREPLICAS), or runs a script
