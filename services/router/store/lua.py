@@ -118,6 +118,19 @@ local function drop_expired(holds, pending_key, now)
 end
 """
 
+# A script stops at its first error keeping what it wrote before, and an ACL may revoke one command it runs (Redis 7.0
+# words that as a bare ERR): each script asks first whether the router's user may run every write it is about to make,
+# and is refused before any as NOPERM, the store refusing the router (redis_store.py, _reachable), never half-done.
+_PERMITTED = """
+local function denied(writes)
+  for _, write in ipairs(writes) do
+    if not redis.acl_check_cmd(unpack(write)) then
+      return redis.error_reply('NOPERM the router may not ' .. write[1] .. ' ' .. write[2] .. ' (ACL)')
+    end
+  end
+end
+"""
+
 # Scripts that take new memory (admission, a hold grown) are refused whole when the store is full (OOM under
 # noeviction: a flagged script is checked before it runs, never half-way); a charge or release of what was
 # already admitted must land even then (allow-oom): what was served is always paid for. Redis 7 or newer.
@@ -133,6 +146,7 @@ ADMIT = (
     + _EXACT
     + _OUTLIVE
     + _OPEN
+    + _PERMITTED
     + """
 -- KEYS: rate, used id, tenant spend, tenant holds, key spend, key holds, limit overrides, pending charges,
 --       charged id, undone marker (of this admission's nonce), provider batches, models, the spend and holds the
@@ -154,6 +168,17 @@ local per_minute = tonumber(ARGV[1])
 if per_minute > 0 and tonumber(redis.call('GET', KEYS[1]) or '0') >= per_minute then return {'rate', '0', '0', ''} end
 local budgets = {{KEYS[3], KEYS[4], ARGV[2], ARGV[11], 'tenant'}, {KEYS[13], KEYS[14], ARGV[3], ARGV[12], 'key'}}
 local held = {KEYS[4], KEYS[6]}  -- where the hold goes: the tenant's and the key id's
+local function kept(key, value) return value ~= '' and {'HSET', key, ARGV[9], value} or {'HDEL', key, ARGV[9]} end
+local writes = {{'SET', KEYS[2], '1'}, {'HSET', KEYS[8], ARGV[9], ARGV[10]},
+  {ARGV[13] == '1' and 'HSET' or 'HDEL', KEYS[11], ARGV[9], ''}, kept(KEYS[12], ARGV[14]), kept(KEYS[15], ARGV[15])}
+if per_minute > 0 then writes[#writes + 1], writes[#writes + 2] = {'INCR', KEYS[1]}, {'EXPIRE', KEYS[1], '61'} end
+for _, holds in ipairs(held) do
+  for _, write in ipairs({{'ZREM', holds, ARGV[5]}, {'ZADD', holds, ARGV[6], ARGV[5]}, {'EXPIREAT', holds, '0'}}) do
+    writes[#writes + 1] = write
+  end
+end
+local refused = denied(writes)
+if refused then return refused end
 for _, holds in ipairs(held) do drop_expired(holds, KEYS[8], ARGV[4]) end
 -- The limit minus what is used, or nothing when that is over it.
 local function left(l_hi, l_lo, u_hi, u_lo)
@@ -226,6 +251,7 @@ return 1
 CHARGE = (
     _MUST_LAND
     + _HELD
+    + _PERMITTED
     + f"local SPEND_MAX = {SPEND_MAX_PICO}\n"
     + """
 -- KEYS: charged marker, tenant spend, key spend, ledger, tenant holds, key holds, pending charges, provider batches,
@@ -259,17 +285,13 @@ for i, kind in pairs({[4] = 'stream', [5] = 'zset', [6] = 'zset', [8] = 'hash', 
   local found = redis.call('TYPE', KEYS[i])['ok']
   if found ~= 'none' and found ~= kind then return redis.error_reply('WRONGTYPE a key the charge writes') end
 end
--- Nor may an ACL deny one of its writes half-way (a command revoked from the router's user): that is the store
--- refusing the router, not the charge's fault, so it is told as NOPERM, which holds the charge in the outbox.
-local writes = {{'HDEL', KEYS[7], ARGV[6]}, {'HDEL', KEYS[8], ARGV[6]}, {'HDEL', KEYS[9], ARGV[6]},
+-- Nor may an ACL deny one of its writes half-way (_PERMITTED): that is the store refusing the router, not the charge's
+-- fault, so it is told as NOPERM, which holds the charge in the outbox.
+local refused = denied({{'HDEL', KEYS[7], ARGV[6]}, {'HDEL', KEYS[8], ARGV[6]}, {'HDEL', KEYS[9], ARGV[6]},
   {'HDEL', KEYS[10], ARGV[6]}, {'ZREM', KEYS[5], ARGV[5]}, {'ZREM', KEYS[6], ARGV[5]}, {'SET', KEYS[1], marker},
   {'INCRBY', KEYS[2], ARGV[1]}, {'INCRBY', KEYS[3], ARGV[1]}, {'EXPIRE', KEYS[2], '1'}, {'EXPIRE', KEYS[3], '1'},
-  {'XADD', KEYS[4], '*', 'record', ARGV[3]}}
-for _, write in ipairs(writes) do
-  if not redis.acl_check_cmd(unpack(write)) then
-    return redis.error_reply('NOPERM the router may not ' .. write[1] .. ' ' .. write[2] .. ' (ACL)')
-  end
-end
+  {'XADD', KEYS[4], '*', 'record', ARGV[3]}})
+if refused then return refused end
 -- A pending charge of another admission of the request id (admitted again once its markers expired, while this
 -- charge waited in an outbox, or once a store that lost this admission freed the id) is a request in flight: only
 -- its own charge settles it, and its hold stays.
@@ -307,6 +329,7 @@ EXTEND = (
     + _EXACT
     + _HELD
     + _OUTLIVE
+    + _PERMITTED
     + """
 -- KEYS: tenant spend, tenant holds, key spend, key holds, limit overrides, pending charges, the spend and holds the
 --       key budget is checked against (keys.py, key_budget)
@@ -336,6 +359,10 @@ for _, b in ipairs(budgets) do
     if less(l_hi, l_lo, u_hi, u_lo) then return b[5] end
   end
 end
+local refused = denied({{'ZREM', KEYS[2], old}, {'ZREM', KEYS[4], old}, {'ZADD', KEYS[2], ARGV[6], ARGV[4]},
+  {'ZADD', KEYS[4], ARGV[6], ARGV[4]}, {'EXPIREAT', KEYS[2], '0'}, {'EXPIREAT', KEYS[4], '0'},
+  {'HSET', KEYS[6], ARGV[7], ARGV[8]}})
+if refused then return refused end
 drop_hold(KEYS[2], KEYS[4], {old})
 for _, holds in ipairs({KEYS[2], KEYS[4]}) do
   redis.call('ZADD', holds, ARGV[6], ARGV[4])
@@ -351,9 +378,14 @@ return ''
 UNDO = (
     _MUST_LAND
     + _HELD
+    + _PERMITTED
     + """
 -- KEYS: tenant holds, key holds, pending charges, used id, undone marker, provider batches, models, prices
 -- ARGV: hold member, pending field, nonce, marker ttl
+local refused = denied({{'SET', KEYS[5], '1'}, {'ZREM', KEYS[1], ARGV[1]}, {'ZREM', KEYS[2], ARGV[1]},
+  {'HDEL', KEYS[3], ARGV[2]}, {'HDEL', KEYS[6], ARGV[2]}, {'HDEL', KEYS[7], ARGV[2]}, {'HDEL', KEYS[8], ARGV[2]},
+  {'DEL', KEYS[4]}})
+if refused then return refused end
 redis.call('SET', KEYS[5], '1', 'EX', ARGV[4])
 local record = redis.call('HGET', KEYS[3], ARGV[2])
 if not record or string.match(record, '"nonce":%s*"(%x*)"') ~= ARGV[3] then return 0 end

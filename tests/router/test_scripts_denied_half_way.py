@@ -1,0 +1,97 @@
+"""An ACL that revokes one command the router's admission, extension or undo script runs after its first writes (the
+case lua.py's CHARGE checks for) refuses the script before any write, told as NOPERM: the store refusing the router.
+Redis stops a script at its first error keeping what it wrote, and 7.0 words an ACL denial inside a script as a bare
+ERR: an admission stopped half-way (its id used, its hold and pending charge recorded) failed as an internal error,
+never undone, and the reconciler charged its hold for a request that generated nothing; an undo stopped half-way
+dropped the hold of a pending charge left open. Real Redis, an ACL user of the test server's own.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+import redis.asyncio as redis
+
+from services.router.store import Allowance, Hold, RedisStore, StoreRefusing, period_id
+from services.router.store.keys import AccountKeys
+from tests.router.test_admission import ACCOUNT
+
+DAY = period_id("day")
+HOLD = Hold("r1", 1_000_000, DAY, "router-1", nonce="0a")
+ALLOWANCE = Allowance("day", per_minute=100, tenant_pico=10**12, key_pico=10**12)
+Revoke = Callable[[str], Awaitable[None]]
+
+
+@pytest.fixture
+async def acl_store(redis_url: str) -> AsyncIterator[tuple[RedisStore, redis.Redis, Revoke]]:
+    """A RedisStore reached as an ACL user of the test server, an admin client, and how to revoke one command from
+    that user (or give every command back: '+@all')."""
+    admin = redis.from_url(redis_url)
+    name, password = f"router-test-{secrets.token_hex(4)}", secrets.token_hex(16)
+    await admin.acl_setuser(name, enabled=True, passwords=[f"+{password}"], keys=["*"], commands=["+@all"])
+
+    async def revoke(rule: str) -> None:
+        await admin.execute_command("ACL", "SETUSER", name, rule)
+
+    parts = urlsplit(redis_url)
+    store = RedisStore(urlunsplit(parts._replace(netloc=f"{name}:{password}@{parts.hostname}:{parts.port or 6379}")))
+    try:
+        yield store, admin, revoke
+    finally:
+        await store.close()
+        await admin.acl_deluser(name)
+        await admin.aclose()
+
+
+async def written(admin: redis.Redis) -> list[str]:
+    return sorted(str(key) for key in await admin.keys("*"))
+
+
+@pytest.mark.parametrize("command", ["incr", "set", "zadd", "expireat", "hset", "hdel"])
+async def test_an_admission_an_acl_denies_one_write_writes_nothing(
+    acl_store: tuple[RedisStore, redis.Redis, Revoke], command: str
+) -> None:
+    store, admin, revoke = acl_store
+    await revoke(f"-{command}")
+    with pytest.raises(StoreRefusing):  # the caller is refused STORE_UNAVAILABLE: nothing admitted
+        await store.admit(ACCOUNT, ALLOWANCE, HOLD)
+    assert await written(admin) == []
+    await revoke("+@all")
+    assert await store.reconcile("router-2", 0.01, 0) == 0  # nothing left pending to charge at its hold
+    assert (await store.admit(ACCOUNT, ALLOWANCE, HOLD)).refused == ""  # the id is free for the request sent again
+
+
+@pytest.mark.parametrize("command", ["zrem", "hdel", "del"])
+async def test_an_undo_an_acl_denies_one_write_writes_nothing(
+    acl_store: tuple[RedisStore, redis.Redis, Revoke], command: str
+) -> None:
+    store, admin, revoke = acl_store
+    assert (await store.admit(ACCOUNT, ALLOWANCE, HOLD)).refused == ""
+    before = await written(admin)
+    await revoke(f"-{command}")
+    with pytest.raises(StoreRefusing):  # held in the outbox, undone whole once the store takes it
+        await store.undo(ACCOUNT, HOLD)
+    assert await written(admin) == before
+    assert await store.held_pico(ACCOUNT) == (HOLD.pico, HOLD.pico)  # the hold of the pending charge still counts
+    await revoke("+@all")
+    assert await store.undo(ACCOUNT, HOLD)
+    assert await store.pending_charge(ACCOUNT, HOLD.request_id) is None
+
+
+@pytest.mark.parametrize("command", ["zadd", "expireat", "hset"])
+async def test_an_extension_an_acl_denies_one_write_writes_nothing(
+    acl_store: tuple[RedisStore, redis.Redis, Revoke], command: str
+) -> None:
+    store, admin, revoke = acl_store
+    assert (await store.admit(ACCOUNT, ALLOWANCE, HOLD)).refused == ""
+    held = AccountKeys.of(ACCOUNT).held()[0]
+    before = await admin.zrange(held, 0, -1)
+    await revoke(f"-{command}")
+    with pytest.raises(StoreRefusing):
+        await store.extend(ACCOUNT, ALLOWANCE, HOLD, 2 * HOLD.pico)
+    assert await admin.zrange(held, 0, -1) == before
+    pending = await store.pending_charge(ACCOUNT, HOLD.request_id)
+    assert pending is not None and pending.hold_pico == HOLD.pico
