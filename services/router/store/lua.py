@@ -177,6 +177,12 @@ for _, holds in ipairs(held) do
     writes[#writes + 1] = write
   end
 end
+-- A key it writes holding another type fails it here, before any write, as a charge (CHARGE): failing later, it left
+-- its id used, its hold and its pending charge recorded, which the reconciler charged at the hold, nothing served.
+for i, kind in pairs({[4] = 'zset', [6] = 'zset', [8] = 'hash', [11] = 'hash', [12] = 'hash', [15] = 'hash'}) do
+  local found = redis.call('TYPE', KEYS[i])['ok']
+  if found ~= 'none' and found ~= kind then return redis.error_reply('WRONGTYPE a key the admission writes') end
+end
 local refused = denied(writes)
 if refused then return refused end
 for _, holds in ipairs(held) do drop_expired(holds, KEYS[8], ARGV[4]) end
