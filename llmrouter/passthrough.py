@@ -3,7 +3,8 @@ price of a call nor where its data is kept, so what the registry charges is what
 The edge refuses, or accepts and sends nowhere, every other field (services/edge/openai_api.py: REFUSED, IGNORED);
 the OpenAI gateway forwards no other field (a direct gRPC caller too), the Anthropic gateway translates those it has
 an equivalent for and drops the rest. `prompt_cache_key`, `user` and `safety_identifier` only hint: a prompt cache
-hit lowers what the provider bills, never what the router charges (input at its full price)."""
+hit lowers what the provider bills, never what the router charges (input at its full price). The router sends the
+three scoped to the paying tenant (services/router/end_users.py): tenants share the providers' accounts."""
 
 PASSTHROUGH_FIELDS = frozenset(
     {

@@ -20,9 +20,10 @@ from llmrouter.passthrough import TOP_LOGPROBS_ALONE
 from llmrouter.registry import FORMAT_FIELDS, ModelSpec, RegistrySource
 from llmrouter.tokens import count_prompt_tokens, fewest_prompt_tokens
 from llmrouter.v1 import router_pb2
-from llmrouter.validation import check_message_count, parse_decimal, validate
+from llmrouter.validation import check_message_count, parse_decimal, passthrough, validate
 from services.router import metrics, policy
 from services.router.costs import affordable_output, floor_pico, worst_pico
+from services.router.end_users import scoped_passthrough_json
 from services.router.input_bound import bound_input
 from services.router.outbox import Outbox
 from services.router.routed import Routed
@@ -111,8 +112,9 @@ class Admission:
         wasted work."""
         return max(m.context_window for m in self.registry.current.models)
 
-    async def limits(self, request: router_pb2.CompleteRequest) -> policy.Limits:
-        """The request, validated, as the limits routing must respect."""
+    async def limits(self, request: router_pb2.CompleteRequest, tenant: str) -> policy.Limits:
+        """The request, validated, as the limits routing must respect. `tenant`: who pays (account_for), whose
+        end-user fields the providers are sent."""
         for name in ("request_id", "session_id", "tenant"):  # each is kept with the charge, in the money store
             if len(getattr(request, name)) > MAX_ID_CHARS:
                 raise invalid(f"{name} must be at most {MAX_ID_CHARS} characters", name)
@@ -134,17 +136,14 @@ class Admission:
         max_cost = _max_cost(request.max_cost_usd)
         tools = bool(valid.passthrough.get("tools"))
         response_format = _response_format(valid.passthrough)
-        input_tokens = await count_prompt_tokens(request.messages, request.passthrough_json, tools, self.max_context)
+        # Counted as the providers are sent it: its end-user fields scoped to the tenant (generate_request).
+        sent_json = scoped_passthrough_json(request.passthrough_json, tenant)
+        sent = dataclasses.replace(valid, passthrough=passthrough(sent_json))
+        input_tokens = await count_prompt_tokens(request.messages, sent_json, tools, self.max_context)
         if input_tokens > self.max_context:  # refused before anything else sees it (the classifier above all)
             raise self._over_every_window()
         bound = await bound_input(
-            self.registry.current,
-            request.messages,
-            request.passthrough_json,
-            valid,
-            tools,
-            input_tokens,
-            self.max_context,
+            self.registry.current, request.messages, sent_json, sent, tools, input_tokens, self.max_context
         )
         settings = self.settings
         return policy.Limits(

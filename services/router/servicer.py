@@ -125,10 +125,10 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     ) -> Routed:
         """Validate, route, and (last, so nothing after it can fail before serving) admit. `count`: a request never
         admitted (a Decide) is counted against the rate limit instead, before the classifier is asked."""
-        limits = await self.admission.limits(request)
+        account = admission.account_for(request)
+        limits = await self.admission.limits(request, account.tenant)
         mode = escalation.mode_of(request.escalation, self.settings.escalation)
         verifier_threshold = escalation.verifier_threshold(request)
-        account = admission.account_for(request)
         if count:
             await self.admission.count(account)
         plan, decision, registry = await self.routing.decide(request, limits, account.tenant, context.time_remaining())

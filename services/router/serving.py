@@ -19,6 +19,7 @@ from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc
 from services.router import escalation, metrics, policy
 from services.router.admission import Admission
 from services.router.costs import affordable_output, worst_pico
+from services.router.end_users import scoped_passthrough_json
 from services.router.routed import Routed, Served
 from services.router.store import PICO, to_pico
 
@@ -247,7 +248,7 @@ def generate_request(
         max_tokens=routed.max_tokens[model.name] if max_tokens is None else max_tokens,
         temperature=request.temperature if request.HasField("temperature") else None,
         request_id=routed.request_id,
-        passthrough_json=request.passthrough_json,
+        passthrough_json=scoped_passthrough_json(request.passthrough_json, routed.account.tenant),
         want_confidence=want_confidence,
     )
 

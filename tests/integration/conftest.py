@@ -113,6 +113,8 @@ TENANT_ROLES = (
     "responses_streamer",
     "responses_leaver",
     "responses_cut",
+    "end_users_a",
+    "end_users_b",
 )
 
 

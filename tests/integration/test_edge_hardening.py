@@ -21,6 +21,7 @@ from llmrouter.passthrough import PASSTHROUGH_FIELDS
 from llmrouter.v1 import router_pb2, router_pb2_grpc
 from services.edge.openai_api import REFUSED
 from services.edge.settings import EdgeSettings
+from services.router.end_users import END_USER_FIELDS, scoped_id
 from tests.conftest import ledger_records
 from tests.fakes.server import Fault
 from tests.integration.conftest import Chain, free_port, start_edge
@@ -126,7 +127,8 @@ async def test_the_sdk_still_works_and_price_neutral_fields_reach_the_provider(c
     )
     assert completion.choices[0].message.content
     sent = chain.budget.requests[-1].json
-    assert {k: sent[k] for k in neutral} == neutral
+    scoped = {k: scoped_id("default", v) if k in END_USER_FIELDS else v for k, v in neutral.items()}
+    assert {k: sent[k] for k in neutral} == scoped
     assert set(sent) - {"model", "messages", "max_tokens"} <= PASSTHROUGH_FIELDS
     with pytest.raises(openai.BadRequestError) as err:
         await sdk.chat.completions.create(

@@ -16,6 +16,7 @@ import pytest
 
 from llmrouter.passthrough import PASSTHROUGH_FIELDS
 from services.edge.openai_api import IGNORED
+from services.router.end_users import scoped_id
 from tests.fakes import FakeAnthropic
 from tests.integration.conftest import Chain, model, provider, served_chain
 from tests.integration.test_chain import client, unique
@@ -50,7 +51,7 @@ async def test_hints_reach_an_openai_upstream_that_knows_them_and_nothing_else(c
     assert completion.choices[0].message.content
     sent = chain.budget.requests[-1].json
     forwarded = {"prompt_cache_key", "user", "safety_identifier"}
-    assert {k: sent[k] for k in forwarded} == {k: HINTS[k] for k in forwarded}
+    assert {k: sent[k] for k in forwarded} == {k: scoped_id("default", HINTS[k]) for k in forwarded}
     assert not IGNORED & set(sent)  # the answer and the bill depend on none of them
 
 
@@ -64,7 +65,7 @@ async def test_hints_in_a_stream(chain: Chain) -> None:
     )
     text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
     assert text
-    assert chain.budget.requests[-1].json["prompt_cache_key"] == HINTS["prompt_cache_key"]
+    assert chain.budget.requests[-1].json["prompt_cache_key"] == scoped_id("default", HINTS["prompt_cache_key"])
 
 
 async def test_the_legacy_route_takes_every_field_of_completions_create(chain: Chain) -> None:
@@ -88,7 +89,7 @@ async def test_the_legacy_route_takes_every_field_of_completions_create(chain: C
     )
     assert completion.choices[0].text
     sent = chain.budget.requests[-1].json
-    assert (sent["seed"], sent["user"], sent["max_tokens"]) == (5, "end-user-2", 8)
+    assert (sent["seed"], sent["user"], sent["max_tokens"]) == (5, scoped_id("default", "end-user-2"), 8)
 
 
 @pytest.mark.parametrize(
@@ -195,19 +196,17 @@ async def test_hints_to_anthropic_map_the_end_user_and_drop_the_rest(
         completion = await sdk.chat.completions.create(model="claude-model", messages=messages, **HINTS)
         assert completion.choices[0].message.content
     sent = anthropic_edge.fake.requests[-1].json
-    assert sent["metadata"] == {"user_id": HINTS["safety_identifier"]}  # Anthropic's equivalent
+    assert sent["metadata"] == {"user_id": scoped_id("default", HINTS["safety_identifier"])}  # Anthropic's equivalent
     assert not {"prompt_cache_key", "user", "safety_identifier"} & set(sent)
 
 
-async def test_an_end_user_id_anthropic_would_refuse_is_dropped(anthropic_edge: AnthropicEdge) -> None:
+async def test_an_end_user_id_longer_than_anthropic_takes_reaches_it_scoped(anthropic_edge: AnthropicEdge) -> None:
     messages: Any = [{"role": "user", "content": unique("hi")}]
     completion = await sdk_for(anthropic_edge).chat.completions.create(
         model="claude-model", messages=messages, user="u" * 257
     )
     assert completion.choices[0].message.content
-    assert "metadata" not in anthropic_edge.fake.requests[-1].json
-    await sdk_for(anthropic_edge).chat.completions.create(model="claude-model", messages=messages, user="end-user-3")
-    assert anthropic_edge.fake.requests[-1].json["metadata"] == {"user_id": "end-user-3"}
+    assert anthropic_edge.fake.requests[-1].json["metadata"] == {"user_id": scoped_id("default", "u" * 257)}
 
 
 @pytest.mark.parametrize(

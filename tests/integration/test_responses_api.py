@@ -16,6 +16,7 @@ import openai
 import pytest
 from pydantic import BaseModel
 
+from services.router.end_users import scoped_id
 from tests.fakes.server import TOOL_CUE, Fault
 from tests.integration.conftest import Chain
 from tests.integration.test_bad_input import LONG_PROMPT
@@ -346,10 +347,8 @@ async def test_fields_that_only_hint_or_ask_for_the_default_are_accepted(chain: 
         top_p=0.9,
     )
     sent = chain.budget.requests[-1].json
-    assert (sent["user"], sent["safety_identifier"], sent["prompt_cache_key"]) == (
-        "end-user-1",
-        "hashed-end-user",
-        "support-bot",
+    assert (sent["user"], sent["safety_identifier"], sent["prompt_cache_key"]) == tuple(
+        scoped_id("default", value) for value in ("end-user-1", "hashed-end-user", "support-bot")
     )
     assert (sent["temperature"], sent["top_p"]) == (0.5, 0.9)
     assert "store" not in sent and "metadata" not in sent  # sent to no provider, as on the chat route

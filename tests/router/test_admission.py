@@ -18,9 +18,11 @@ import redis.asyncio as redis
 
 from llmrouter.errors import ServiceError
 from llmrouter.registry import Registry
+from llmrouter.tokens import count_prompt_tokens
 from llmrouter.v1 import common_pb2, router_pb2
 from services.router import admission, policy, routing
 from services.router.costs import worst_pico
+from services.router.end_users import scoped_passthrough_json
 from services.router.outbox import Outbox
 from services.router.routed import Routed
 from services.router.settings import RouterSettings
@@ -55,7 +57,7 @@ async def routed(
 ) -> tuple[admission.Admission, Routed]:
     """A request as the servicer routes it: the cheap model first, the strong one as its fallback."""
     gate = gate or admission.Admission(SETTINGS, REGISTRY, MemoryStore(), scratch_outbox())
-    limits = await gate.limits(request)
+    limits = await gate.limits(request, ACCOUNT.tenant)
     plan = policy.plan(REGISTRY, policy.evaluate(REGISTRY.models, {}, limits), limits, classified=True)
     decision = routing.decision(plan, limits, "")
     caps = admission.output_caps(plan, limits, decision)
@@ -198,10 +200,12 @@ async def test_messages_within_the_bound_but_over_every_context_window_are_refus
     gate = admission.Admission(SETTINGS, small, MemoryStore(), scratch_outbox())
     unread = router_pb2.CompleteRequest(messages=[common_pb2.ChatMessage(role="user", content="")] * 1100)
     with pytest.raises(ServiceError) as err:
-        await gate.limits(unread)  # 1,100 messages: at least 4,403 tokens of framing, over every 4,096-token window
+        await gate.limits(
+            unread, ACCOUNT.tenant
+        )  # 1,100 messages: at least 4,403 tokens of framing, over every 4,096-token window
     assert err.value.reason == "CONTEXT_LENGTH_EXCEEDED"
     fewer = router_pb2.CompleteRequest(messages=[common_pb2.ChatMessage(role="user", content="hi")] * 800)
-    assert (await gate.limits(fewer)).input_tokens <= 4096  # 4,003 tokens: it fits, and is counted
+    assert (await gate.limits(fewer, ACCOUNT.tenant)).input_tokens <= 4096  # 4,003 tokens: it fits, and is counted
 
 
 # Keeps the Redis server busy for about half a second, so that a command sent meanwhile runs only after it.
@@ -277,7 +281,9 @@ async def test_a_caller_leaving_while_the_hold_grows_leaves_no_hold_behind(redis
 )
 async def test_the_response_format_asked_is_a_limit(response_format: Any, wanted: str) -> None:
     gate = admission.Admission(SETTINGS, REGISTRY, MemoryStore(), scratch_outbox())
-    limits = await gate.limits(request(passthrough_json=json.dumps({"response_format": response_format})))
+    limits = await gate.limits(
+        request(passthrough_json=json.dumps({"response_format": response_format})), ACCOUNT.tenant
+    )
     assert limits.response_format == wanted
 
 
@@ -286,7 +292,7 @@ async def test_a_response_format_of_no_known_type_is_refused_naming_it(response_
     """A gRPC caller's too: the edge checks it, and an unknown type would be routed as if any model honoured it."""
     gate = admission.Admission(SETTINGS, REGISTRY, MemoryStore(), scratch_outbox())
     with pytest.raises(ServiceError) as err:
-        await gate.limits(request(passthrough_json=json.dumps({"response_format": response_format})))
+        await gate.limits(request(passthrough_json=json.dumps({"response_format": response_format})), ACCOUNT.tenant)
     assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT and err.value.metadata == {"field": "response_format"}
 
 
@@ -296,7 +302,7 @@ async def test_top_logprobs_without_logprobs_is_refused_naming_it(fields: dict[s
     to a provider as it is (Groq refuses top_logprobs with a 400, whatever logprobs says)."""
     gate = admission.Admission(SETTINGS, REGISTRY, MemoryStore(), scratch_outbox())
     with pytest.raises(ServiceError) as err:
-        await gate.limits(request(passthrough_json=json.dumps(fields)))
+        await gate.limits(request(passthrough_json=json.dumps(fields)), ACCOUNT.tenant)
     assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT and err.value.metadata == {"field": "top_logprobs"}
     assert "logprobs must be set to true" in err.value.message
 
@@ -314,5 +320,16 @@ async def test_top_logprobs_without_logprobs_is_refused_naming_it(fields: dict[s
 )
 async def test_the_logprobs_asked_are_a_limit(fields: dict[str, Any], wanted: bool) -> None:
     gate = admission.Admission(SETTINGS, REGISTRY, MemoryStore(), scratch_outbox())
-    limits = await gate.limits(request(passthrough_json=json.dumps(fields)))
+    limits = await gate.limits(request(passthrough_json=json.dumps(fields)), ACCOUNT.tenant)
     assert limits.needs_logprobs is wanted
+
+
+async def test_the_prompt_is_counted_with_its_end_user_fields_as_the_provider_is_sent_them() -> None:
+    """A short end-user id is sent as a longer hash (services/router/end_users.py): counted as written, the hold
+    would be for fewer input tokens than the provider bills."""
+    gate = admission.Admission(SETTINGS, REGISTRY, MemoryStore(), scratch_outbox())
+    written = json.dumps({"user": "u", "prompt_cache_key": "k"})
+    limits = await gate.limits(request(passthrough_json=written), ACCOUNT.tenant)
+    sent = scoped_passthrough_json(written, ACCOUNT.tenant)
+    assert limits.input_tokens == await count_prompt_tokens(request().messages, sent, False, 10**6)
+    assert limits.input_tokens > await count_prompt_tokens(request().messages, written, False, 10**6)

@@ -1,0 +1,44 @@
+"""The passthrough fields that name an end user or a prompt-cache bucket (user, safety_identifier,
+prompt_cache_key), scoped to the paying tenant before they reach a provider. Every tenant shares the providers'
+accounts: sent as written, tenant B could send tenant A's end-user id and have it flagged by the provider's abuse
+monitoring, or steer its requests into the prompt-cache bucket tenant A's key names. Each string value is replaced
+by a keyed hash of (tenant, value): the same for the same tenant and value (the provider's per-user tracking and
+cache routing work within a tenant), different across tenants, and not reversible (OpenAI asks for a hash of user ids
+anyway). Only what is sent changes: the response cache key and the answer are the caller's request's."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from typing import Any
+
+from llmrouter.validation import passthrough
+
+END_USER_FIELDS = ("user", "safety_identifier", "prompt_cache_key")
+# 128 bits as hex: far from a collision at any number of end users, within OpenAI's 64 characters and Anthropic's 256.
+SCOPED_HEX_CHARS = 32
+
+
+def scoped_id(tenant: str, value: str) -> str:
+    """HMAC-SHA256 keyed by the tenant. surrogatepass: a JSON string may hold a lone surrogate ("\\ud800")."""
+    key, message = (text.encode("utf-8", "surrogatepass") for text in (tenant, value))
+    return hmac.new(key, message, hashlib.sha256).hexdigest()[:SCOPED_HEX_CHARS]
+
+
+def scoped_fields(fields: dict[str, Any], tenant: str) -> dict[str, Any]:
+    """The passthrough fields as sent for `tenant`. A value that is no string is left for the upstream to refuse."""
+    return {
+        name: scoped_id(tenant, value) if name in END_USER_FIELDS and isinstance(value, str) else value
+        for name, value in fields.items()
+    }
+
+
+def scoped_passthrough_json(passthrough_json: str, tenant: str) -> str:
+    """passthrough_json (validated: a JSON object, or nothing) as sent for `tenant`; the caller's text itself when it
+    has no end-user field to scope."""
+    fields = passthrough(passthrough_json)
+    if not any(isinstance(fields.get(name), str) for name in END_USER_FIELDS):
+        return passthrough_json
+    # ASCII: another field's lone surrogate, written as an escape, stays one (raw, it is no UTF-8 for protobuf).
+    return json.dumps(scoped_fields(fields, tenant), separators=(",", ":"))
