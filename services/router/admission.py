@@ -58,6 +58,15 @@ MAX_ID_CHARS = 256
 KEY_ID = re.compile(r"[0-9a-f]{16}|anonymous")
 
 
+def check_id(value: str, name: str) -> None:
+    """A caller-chosen name the router keeps or looks up (request id, session id, tenant): at most MAX_ID_CHARS, and
+    no NUL, which PostgreSQL's text refuses (the SQL ledger would lose the charge, or fail the lookup)."""
+    if len(value) > MAX_ID_CHARS:
+        raise invalid(f"{name} must be at most {MAX_ID_CHARS} characters", name)
+    if "\x00" in value:
+        raise invalid(f"{name} must not contain a NUL character", name)
+
+
 def account_for(request: router_pb2.CompleteRequest) -> Account:
     """Who pays for a request: the one place the paying tenant and key are derived. The tenant and key named
     in the request when the caller may act for tenants (the edge, which authenticated the end user);
@@ -116,10 +125,7 @@ class Admission:
         """The request, validated, as the limits routing must respect. `tenant`: who pays (account_for), whose
         end-user fields the providers are sent."""
         for name in ("request_id", "session_id", "tenant"):  # each is kept with the charge, in the money store
-            if len(getattr(request, name)) > MAX_ID_CHARS:
-                raise invalid(f"{name} must be at most {MAX_ID_CHARS} characters", name)
-            if "\x00" in getattr(request, name):  # PostgreSQL's text refuses it: the SQL ledger would lose the charge
-                raise invalid(f"{name} must not contain a NUL character", name)
+            check_id(getattr(request, name), name)
         check_message_count(request.messages)
         if fewest_prompt_tokens(len(request.messages)) > self.max_context:  # known without reading them
             raise self._over_every_window()

@@ -15,6 +15,7 @@ from llmrouter.auth import current_identity
 from llmrouter.errors import ServiceError, invalid
 from services.ledger.db import LedgerDB, LedgerUnavailable
 from services.ledger.stats import GROUPINGS, Group, summarize
+from services.router.admission import check_id
 from services.router.budgets import SCOPES, BudgetView, budgets
 from services.router.costs import floor_pico
 from services.router.store import Account, Allowance, Store
@@ -28,9 +29,12 @@ def viewer(tenant: str, admin: bool) -> str | None:
     """The one tenant the caller may see, or ALL. The request's tenant and admin flag are believed only from
     a caller that may act for tenants (the edge, which authenticated the end user's key)."""
     caller = current_identity()
-    if caller.may_act_for_tenants:
-        return ALL if admin else (tenant or "default")
-    return caller.tenant or caller.name
+    if not caller.may_act_for_tenants:
+        return caller.tenant or caller.name
+    if admin:
+        return ALL
+    check_id(tenant, "tenant")  # as a request's tenant is: a NUL would fail the PostgreSQL ledger's query
+    return tenant or "default"
 
 
 def _admin_only(who: str | None) -> None:
