@@ -33,11 +33,12 @@ import asyncio
 import json
 import logging
 import math
+import os
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -260,6 +261,7 @@ class LedgerDB:
         else:
             assert path is not None
             path.parent.mkdir(parents=True, exist_ok=True)
+            _create_private(path)
             self._unreachable = ()
             self._conn = sqlite3.connect(path, check_same_thread=False, timeout=SQLITE_BUSY_S)
             _write_ahead(self._conn)
@@ -607,6 +609,14 @@ class LedgerDB:
                 conn.rollback()
                 raise
         return int(deleted)
+
+
+def _create_private(path: Path) -> None:
+    """A new SQLite file readable by its owner only: it holds every tenant's charges, and the default path is in the
+    shared /tmp. SQLite gives the -wal and -shm files beside it the database file's mode. A file already there (one a
+    deployment mounted, or made by a version before) is left as it is."""
+    with suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def _write_ahead(conn: sqlite3.Connection) -> None:
