@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,6 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 from llmrouter.redis_connect import connect
+from llmrouter.redis_errors import StoreFailure, store_failure
 from llmrouter.tasks import raise_if_cancelled
 from services.router import metrics
 from services.router.store import lua
@@ -51,69 +51,35 @@ log = logging.getLogger("llmrouter.router")
 CONNECTIONS = 64  # per client; on a cluster, per node at most
 
 
-# A store refusing commands for a reason of its own, as redis-py words it: the reply itself, or a pipeline's
-# "Command # 1 (...) of pipeline caused error: ('MISCONF ...',)" (the reply's args in the text). redis-py raises
-# these as bare ResponseErrors (the replies it knows, READONLY, OOM, LOADING, MASTERDOWN, TRYAGAIN, CLUSTERDOWN,
-# have classes of their own, caught by theirs).
-_REFUSING = re.compile(r"(?:^|caused error: \(['\"])(?:MISCONF|NOREPLICAS|BUSY) ")
-# A Redis Cluster whose layout the client cannot learn, as redis-py words it: no node answers (its retry of a command
-# that met a dropped connection rediscovers the layout first, outside the errors it maps), or the nodes that do leave
-# slots uncovered or disagree. A bare RedisClusterException, as are the client's refusals of a command it cannot route
-# (keys of two slots: a bug, the charge's own fault), which these are told from.
-_CLUSTER_LOST = re.compile(
-    r"^(?:Redis Cluster cannot be connected|All slots are not covered|startup_nodes could not agree)"
-)
+# What the log says of a store refusing this router (a deployment to fix); a read-only store is a failover under way.
+_REFUSAL_LOGGED = {
+    StoreFailure.DENIED: "the money store denies this router's user (ACL)",
+    StoreFailure.FULL: "the money store is full (OOM under noeviction): raise its maxmemory",
+    StoreFailure.REFUSING: "the money store refuses commands",
+}
 
 
 @asynccontextmanager
 async def _reachable() -> AsyncIterator[None]:
-    """Connection failures, timeouts, a demoted primary (READONLY), a store refusing writes (full, unable to persist,
-    short of replicas) or every command (busy with a long script), refusing this router's user (an ACL change: NOPERM;
-    a password changed: a ConnectionError), a store loading its data and a cluster without a master for the slot,
-    whose redirections never settled or whose layout cannot be learnt (no node answers) are the store being out of
-    reach: StoreUnavailable (fail closed, charges to the outbox, which holds them rather than dead-letter them: they
-    are no fault of the charge). The one place that tells these from errors of a call's own keys (WRONGTYPE, a
-    script's own error reply), which are raised as they are. A
-    cancellation that redis-py swallowed is raised after the call (llmrouter.tasks.raise_if_cancelled): the loops that
-    read the store (upkeep, budget watch) stop when cancelled."""
-    import redis.exceptions as errors
-
+    """The store out of reach (llmrouter.redis_errors: connection failures, timeouts, a password changed, loading its
+    data, a cluster without a master for the slot, whose redirections never settled or whose layout cannot be learnt)
+    is StoreUnavailable; the store refusing this router (a demoted primary, an ACL change, full under noeviction,
+    unable to persist, short of replicas, busy with a long script) is StoreRefusing. Both fail closed, and send
+    charges to the outbox, which holds them rather than dead-letter them: they are no fault of the charge. Errors of a
+    call's own keys (WRONGTYPE, a script's own error reply) are raised as they are. A cancellation that redis-py
+    swallowed is raised after the call (llmrouter.tasks.raise_if_cancelled): the loops that read the store (upkeep,
+    budget watch) stop when cancelled."""
     try:
         yield
-    except (
-        errors.ConnectionError,  # AuthenticationError and BusyLoadingError (LOADING) among them
-        errors.TimeoutError,
-        errors.ClusterError,  # ClusterDownError, MasterDownError, and "TTL exhausted" (redirected too many times)
-        errors.TryAgainError,
-        errors.SlotNotCoveredError,
-        OSError,
-    ) as exc:
-        metrics.STORE_UP.labels("money").set(0)
-        raise StoreUnavailable() from exc
-    except errors.ReadOnlyError as exc:
-        metrics.STORE_UP.labels("money").set(0)
-        raise StoreRefusing() from exc
-    except errors.NoPermissionError as exc:  # the same for every account: an ACL that no longer lets this user in
-        log.error("the money store denies this router's user (ACL)", extra={"error": str(exc)[:200]})
-        metrics.STORE_UP.labels("money").set(0)
-        raise StoreRefusing() from exc
-    except errors.OutOfMemoryError as exc:  # full under noeviction: nothing new is admitted until it has room
-        log.error("the money store is full (OOM under noeviction): raise its maxmemory")
-        metrics.STORE_UP.labels("money").set(0)
-        raise StoreRefusing() from exc
-    except errors.RedisClusterException as exc:
-        if not _CLUSTER_LOST.search(str(exc)):
+    except Exception as exc:
+        failure = store_failure(exc)
+        if failure is None:
             raise
         metrics.STORE_UP.labels("money").set(0)
-        raise StoreUnavailable() from exc
-    except errors.ResponseError as exc:
-        # Commands refused for a reason of the store's own, the command not run: it cannot persist (MISCONF: a failed
-        # snapshot or AOF write, a full disk), lacks the replicas it must write to (NOREPLICAS), or runs a script
-        # past its busy threshold and answers nothing else until it ends or is killed (BUSY). As read-only.
-        if not _REFUSING.search(str(exc)):
-            raise
-        log.error("the money store refuses commands", extra={"error": str(exc)[:200]})
-        metrics.STORE_UP.labels("money").set(0)
+        if failure is StoreFailure.UNREACHABLE:
+            raise StoreUnavailable() from exc
+        if failure in _REFUSAL_LOGGED:
+            log.error(_REFUSAL_LOGGED[failure], extra={"error": str(exc)[:200]})
         raise StoreRefusing() from exc
     metrics.STORE_UP.labels("money").set(1)
     raise_if_cancelled()
