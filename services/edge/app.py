@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import Counter, Histogram
-from redis.exceptions import OutOfMemoryError
+from redis.exceptions import RedisClusterException, RedisError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llmrouter.errors import ServiceError
 from llmrouter.interceptors import INFLIGHT
+from llmrouter.redis_errors import StoreFailure, store_failure
 from llmrouter.v1 import common_pb2, operator_pb2_grpc, router_pb2, router_pb2_grpc
 from llmrouter.validation import MAX_MESSAGES, MAX_ROUTED_MESSAGES
 from services.batches.api import BatchApi
@@ -507,12 +508,21 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return error_response(ApiError(500, "internal error", code="internal_error"))
 
 
-async def _store_full(request: Request, exc: Exception) -> Response:
-    # The edge's only Redis is the batch store, which never evicts (noeviction): when full it refuses writes, and
-    # so the upload or batch, rather than drop a batch or file kept there. Not the caller's fault, nor a crash.
-    log.warning("batch store full: %s refused", request.url.path[:MAX_LOGGED_PATH])
-    message = "batch storage is full: delete files no longer needed, or retry once older files expire"
-    return error_response(ApiError(507, message, code="storage_full"))
+async def _batch_store_failed(request: Request, exc: Exception) -> Response:
+    """The edge's only Redis is the batch store: one out of reach or refusing the edge (a cluster no node of which
+    answers, an ACL change, a failover) is a 503 to retry, as the router out of reach is; never a crash's 500. Full
+    (it never evicts: noeviction), it refuses writes, and so the upload or batch, rather than drop a batch or file kept
+    there: a 507. Neither is the caller's fault."""
+    failure = store_failure(exc)
+    if failure is None:
+        return await _unexpected(request, exc)
+    path = request.url.path[:MAX_LOGGED_PATH]
+    log.warning("batch store %s: %s refused", failure.value, path, extra={"error": str(exc)[:200]})
+    if failure is StoreFailure.FULL:
+        message = "batch storage is full: delete files no longer needed, or retry once older files expire"
+        return error_response(ApiError(507, message, code="storage_full"))
+    message = "batch storage is temporarily unavailable: retry shortly"
+    return error_response(ApiError(503, message, code="storage_unavailable", retry_after="1"))
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:
@@ -581,7 +591,8 @@ def create_app(settings: EdgeSettings, channel: grpc.aio.Channel) -> Starlette:
     ]
     handlers = {
         ApiError: _api_error,
-        OutOfMemoryError: _store_full,
+        RedisError: _batch_store_failed,
+        RedisClusterException: _batch_store_failed,
         404: _not_found,
         405: _method,
         Exception: _unexpected,

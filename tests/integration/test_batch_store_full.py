@@ -126,7 +126,8 @@ async def test_a_batch_whose_creation_the_store_refuses_part_way_leaves_nothing(
 async def test_a_batch_whose_activation_the_store_refuses_leaves_nothing(
     edge: httpx.AsyncClient, batch_redis: RedisServer
 ) -> None:
-    """Any error of the store alike (here its last write refused by an ACL): an error for the caller, no batch."""
+    """Any error of the store alike (here its last write refused by an ACL): an error for the caller (a 503 to retry:
+    the store refusing the edge, not the caller's fault), no batch."""
     input_id = (await upload(edge, batch_file(10))).json()["id"]
     admin = redis.Redis(port=batch_redis.port)
     admin.execute_command("ACL", "SETUSER", "default", "-sadd")
@@ -138,7 +139,7 @@ async def test_a_batch_whose_activation_the_store_refuses_leaves_nothing(
     finally:
         admin.execute_command("ACL", "SETUSER", "default", "+sadd")
     try:
-        assert refused.status_code == 500 and refused.json()["error"]["code"] == "internal_error", refused.text
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "storage_unavailable", refused.text
         assert (await edge.get("/batches")).json()["data"] == []
         assert admin.keys(batch_key("*")) == [] and admin.smembers(ACTIVE) == set()
     finally:
