@@ -15,7 +15,9 @@ from typing import TextIO
 
 from prometheus_client import Counter
 
-DROPPED = Counter("llmrouter_edge_access_log_dropped_total", "access-log lines dropped: the queue was full")
+DROPPED = Counter(
+    "llmrouter_edge_access_log_dropped_total", "access-log lines dropped: the queue was full, or the destination failed"
+)
 QUEUE_LINES = 10_000
 WRITE_INTERVAL_S = 0.05
 
@@ -62,9 +64,16 @@ class AccessLog:
         self._write_queued()
 
     def _write_queued(self) -> None:
+        written = []
         while self._lines:
-            self._out.write(self._line(self._lines.popleft()))
-        self._out.flush()
+            written.append(self._line(self._lines.popleft()))
+        try:
+            self._out.write("".join(written))
+            self._out.flush()
+        except (OSError, ValueError):
+            # A destination that fails (a full disk, a closed pipe or stream) loses these lines, counted, and the
+            # writer goes on: raised, it ended the thread, and every later line was dropped for want of a writer.
+            DROPPED.inc(len(written))
 
     @staticmethod
     def _line(entry: Entry) -> str:

@@ -1,11 +1,13 @@
 """The edge's access log: one JSON line per request, written by its own thread; a stalled destination drops
-(and counts) lines instead of holding requests or growing memory."""
+(and counts) lines instead of holding requests or growing memory, and a failing one loses (and counts) its lines
+without stopping the writer."""
 
 from __future__ import annotations
 
 import io
 import json
 import threading
+import time
 
 import httpx
 from prometheus_client import REGISTRY
@@ -65,6 +67,33 @@ def test_a_stalled_destination_drops_lines_and_never_blocks(monkeypatch) -> None
     out.release.set()
     log.close()
     assert 5 <= len(out.getvalue().splitlines()) <= 6
+
+
+class Failing(io.StringIO):
+    """A destination whose writes fail until it is mended, like a full disk."""
+
+    failing = True
+
+    def write(self, text: str) -> int:
+        if self.failing:
+            raise OSError(28, "No space left on device")
+        return super().write(text)
+
+
+def test_a_failing_destination_loses_its_lines_counted_and_the_writer_goes_on() -> None:
+    out = Failing()
+    log = AccessLog(out)
+    dropped = REGISTRY.get_sample_value("llmrouter_edge_access_log_dropped_total") or 0.0
+    for i in range(3):
+        log.record((0.0, "POST", f"/lost-{i}", 200, 0.001, "", ""))
+    deadline = time.monotonic() + 5
+    while (REGISTRY.get_sample_value("llmrouter_edge_access_log_dropped_total") or 0.0) - dropped < 3:
+        assert time.monotonic() < deadline, "the failed lines were never counted"
+        time.sleep(0.01)
+    out.failing = False
+    log.record((0.0, "GET", "/kept", 200, 0.001, "", ""))
+    log.close()
+    assert [json.loads(line)["path"] for line in out.getvalue().splitlines()] == ["/kept"]
 
 
 def test_off_opens_nothing(tmp_path) -> None:
