@@ -26,10 +26,17 @@ def scoped_id(tenant: str, value: str) -> str:
     return hmac.new(key, message, hashlib.sha256).hexdigest()[:SCOPED_HEX_CHARS]
 
 
+def _named(value: Any) -> bool:
+    """Whether an end-user field's value names someone. Empty names no one: scoped, it would make every request of a
+    tenant that names none one end user (and one cache bucket) to the provider. A value that is no string is left for
+    the upstream to refuse."""
+    return isinstance(value, str) and value != ""
+
+
 def scoped_fields(fields: dict[str, Any], tenant: str) -> dict[str, Any]:
-    """The passthrough fields as sent for `tenant`. A value that is no string is left for the upstream to refuse."""
+    """The passthrough fields as sent for `tenant`."""
     return {
-        name: scoped_id(tenant, value) if name in END_USER_FIELDS and isinstance(value, str) else value
+        name: scoped_id(tenant, value) if name in END_USER_FIELDS and _named(value) else value
         for name, value in fields.items()
     }
 
@@ -38,7 +45,7 @@ def scoped_passthrough_json(passthrough_json: str, tenant: str) -> str:
     """passthrough_json (validated: a JSON object, or nothing) as sent for `tenant`; the caller's text itself when it
     has no end-user field to scope."""
     fields = passthrough(passthrough_json)
-    if not any(isinstance(fields.get(name), str) for name in END_USER_FIELDS):
+    if not any(_named(fields.get(name)) for name in END_USER_FIELDS):
         return passthrough_json
     # Written as the edge writes it and the providers service counts what it is sent (json.dumps's own separators):
     # compact, a prompt of many tools was counted about a quarter short, and held for less than it is charged.

@@ -241,3 +241,19 @@ async def test_logprobs_asked_of_auto_routing_where_no_model_returns_them_is_a_4
     assert caught.value.param == "logprobs"
     assert "does not return logprobs" in caught.value.message
     assert len(anthropic_edge.fake.requests) == before
+
+
+async def test_an_empty_end_user_field_names_no_end_user(chain: Chain, anthropic_edge: AnthropicEdge) -> None:
+    """An empty user, safety_identifier or prompt_cache_key is no end user and no cache bucket: sent empty, as written,
+    not as the hash of '' (one end user, one bucket, for all of a tenant's requests that name none), and to Anthropic
+    a user beside an empty safety_identifier is the end user, as it was before the fields were scoped."""
+    empty = {"user": "", "safety_identifier": "", "prompt_cache_key": ""}
+    messages: Any = [{"role": "user", "content": unique("capital of France?")}]
+    await client(chain).chat.completions.create(
+        model="cheap-model", messages=messages, user="", safety_identifier="", prompt_cache_key=""
+    )
+    assert {k: chain.budget.requests[-1].json[k] for k in empty} == empty
+    await sdk_for(anthropic_edge).chat.completions.create(
+        model="claude-model", messages=messages, safety_identifier="", user="end-user-1"
+    )
+    assert anthropic_edge.fake.requests[-1].json["metadata"] == {"user_id": scoped_id("default", "end-user-1")}
