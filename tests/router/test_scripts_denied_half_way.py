@@ -1,9 +1,9 @@
-"""An ACL that revokes one command the router's admission, extension or undo script runs after its first writes (the
-case lua.py's CHARGE checks for) refuses the script before any write, told as NOPERM: the store refusing the router.
-Redis stops a script at its first error keeping what it wrote, and 7.0 words an ACL denial inside a script as a bare
-ERR: an admission stopped half-way (its id used, its hold and pending charge recorded) failed as an internal error,
-never undone, and the reconciler charged its hold for a request that generated nothing; an undo stopped half-way
-dropped the hold of a pending charge left open. Real Redis, an ACL user of the test server's own.
+"""An ACL that revokes one command the router's admission, extension, undo or Decide count script runs after its
+first writes (the case lua.py's CHARGE checks for) refuses the script before any write, told as NOPERM: the store
+refusing the router. Redis stops a script at its first error keeping what it wrote, and 7.0 words an ACL denial inside
+a script as a bare ERR: an admission stopped half-way (its id used, its hold and pending charge recorded) failed as an
+internal error, never undone, and the reconciler charged its hold for a request that generated nothing; an undo
+stopped half-way dropped the hold of a pending charge left open. Real Redis, an ACL user of the test server's own.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 import redis.asyncio as redis
 
 from services.router.store import Allowance, Hold, RedisStore, StoreRefusing, period_id
-from services.router.store.keys import AccountKeys
+from services.router.store.keys import RATE_COUNTER_TTL_S, AccountKeys
 from tests.router.test_admission import ACCOUNT
 
 DAY = period_id("day")
@@ -95,3 +95,20 @@ async def test_an_extension_an_acl_denies_one_write_writes_nothing(
     assert await admin.zrange(held, 0, -1) == before
     pending = await store.pending_charge(ACCOUNT, HOLD.request_id)
     assert pending is not None and pending.hold_pico == HOLD.pico
+
+
+@pytest.mark.parametrize("command", ["incr", "expire"])
+async def test_a_decides_count_an_acl_denies_one_write_writes_nothing(
+    acl_store: tuple[RedisStore, redis.Redis, Revoke], command: str
+) -> None:
+    """Denied its EXPIRE, the count of a Decide left its INCR: a rate counter without expiry, one more each minute
+    for ever, and an internal error (a bare ERR) rather than the store refusing the router."""
+    store, admin, revoke = acl_store
+    await revoke(f"-{command}")
+    with pytest.raises(StoreRefusing):  # the Decide is refused STORE_UNAVAILABLE
+        await store.count_request(ACCOUNT, ALLOWANCE)
+    assert await written(admin) == []
+    await revoke("+@all")
+    assert await store.count_request(ACCOUNT, ALLOWANCE)
+    [counter] = await admin.keys("*")
+    assert 0 < await admin.ttl(counter) <= RATE_COUNTER_TTL_S

@@ -245,10 +245,14 @@ return {'', '0', '0', ''}
 COUNT_REQUEST = (
     _MAY_GROW
     + _RATE
+    + _PERMITTED
     + """
 -- KEYS: rate; ARGV: per minute (> 0)
 -- Returns 1 when counted, 0 when the window's requests are used up (nothing counted).
 if tonumber(redis.call('GET', KEYS[1]) or '0') >= tonumber(ARGV[1]) then return 0 end
+-- Denied its EXPIRE after its INCR, it would leave a counter that never expires.
+local refused = denied({{'INCR', KEYS[1]}, {'EXPIRE', KEYS[1], tostring(RATE_TTL)}})
+if refused then return refused end
 if redis.call('INCR', KEYS[1]) == 1 then redis.call('EXPIRE', KEYS[1], RATE_TTL) end
 return 1
 """
