@@ -42,12 +42,12 @@ def scoped_fields(fields: dict[str, Any], tenant: str) -> dict[str, Any]:
 
 
 def scoped_passthrough_json(passthrough_json: str, tenant: str) -> str:
-    """passthrough_json (validated: a JSON object, or nothing) as sent for `tenant`; the caller's text itself when it
-    has no end-user field to scope."""
+    """passthrough_json (validated: a JSON object, or nothing) as sent for `tenant`, and counted for its hold: its
+    end-user fields scoped, written as the edge writes it and the providers service counts what it is sent (json.dumps's
+    own separators). A compact text (a gRPC caller's, or scoped so) counts a prompt of many tools about a quarter short
+    of that service's count: held for less, the answer was charged its hold, not what it cost."""
     fields = passthrough(passthrough_json)
-    if not any(_named(fields.get(name)) for name in END_USER_FIELDS):
+    if not fields:
         return passthrough_json
-    # Written as the edge writes it and the providers service counts what it is sent (json.dumps's own separators):
-    # compact, a prompt of many tools was counted about a quarter short, and held for less than it is charged.
     # ASCII: another field's lone surrogate, written as an escape, stays one (raw, it is no UTF-8 for protobuf).
     return json.dumps(scoped_fields(fields, tenant))

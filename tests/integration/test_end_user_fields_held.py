@@ -1,8 +1,8 @@
-"""A request naming its end user (its passthrough then sent with the field scoped to the tenant) is held for the input
-the providers service counts when its upstream reports no usage: the passthrough as that service writes it (tools
-included), through the real router and providers services on loopback, over real Redis. Held on a compact JSON text
-of the same fields, a prompt of many tools was counted about a quarter short: max_tokens was capped for the shorter
-count, and the answer, past its hold, was charged the hold, as a hostile provider's report is, not what it cost."""
+"""A request is held for the input the providers service counts when its upstream reports no usage: the passthrough as
+that service writes it (tools included), through the real router and providers services on loopback, over real Redis.
+Held on a compact JSON text of the same fields (the end-user fields scoped to the tenant were written so, and a gRPC
+caller may write its own so), a prompt of many tools was counted about a quarter short: max_tokens was capped for the
+shorter count, and the answer, past its hold, was charged the hold, as a hostile provider's report is, not its cost."""
 
 from __future__ import annotations
 
@@ -82,9 +82,10 @@ async def stack(
                 await server.stop(1)
 
 
+@pytest.mark.parametrize("separators", [(", ", ": "), (",", ":")], ids=["as-the-edge-writes", "compact"])
 @pytest.mark.parametrize("field", ["user", "safety_identifier", "prompt_cache_key", ""])
 async def test_an_end_user_request_without_usage_is_charged_within_max_cost_usd(
-    stack: tuple[router_pb2_grpc.RouterStub, FakeOpenAI], field: str
+    stack: tuple[router_pb2_grpc.RouterStub, FakeOpenAI], field: str, separators: tuple[str, str]
 ) -> None:
     stub, upstream = stack
     messages = [common_pb2.ChatMessage(role="user", content=f"Which record? {uuid.uuid4().hex}")]
@@ -99,7 +100,7 @@ async def test_an_end_user_request_without_usage_is_charged_within_max_cost_usd(
         tenant=f"t-{uuid.uuid4().hex[:8]}",
         max_tokens=2_000,
         max_cost_usd=str(cap),
-        passthrough_json=json.dumps(passthrough),
+        passthrough_json=json.dumps(passthrough, separators=separators),  # a gRPC caller's may be compact
     )
     upstream.enqueue(Fault.no_usage())
     reply = await stub.Complete(request, timeout=60)
