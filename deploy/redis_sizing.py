@@ -1,8 +1,10 @@
 """Memory per money record on a real Redis, for sizing the money Redis (deploy/README.md, Redis sizing).
 
-Writes N request-id markers (the pair kept per served request: `llmrouter:request:` and `llmrouter:charged:`,
-with the router's default TTL, ROUTER_REQUEST_ID_TTL_S) and N ledger entries shaped like the router's, on an empty
-database, and prints the growth of `used_memory` per request. Use a scratch server: it flushes the database it is given.
+Writes N request-id markers (the pair kept per served request: the tenant's `used` and `charged` keys of
+services/router/store/keys.py, as the admission and the charge set them, with the router's default TTL,
+ROUTER_REQUEST_ID_TTL_S) and N ledger entries as the router's charge appends them (services/router/charging.py: an
+`auto` request, a candidate per model of config/models.yaml), on an empty database, and prints the growth of
+`used_memory` per request. Use a scratch server: it flushes the database it is given.
 
 Usage: python deploy/redis_sizing.py redis://127.0.0.1:6390/0 [N]
 """
@@ -10,34 +12,62 @@ Usage: python deploy/redis_sizing.py redis://127.0.0.1:6390/0 [N]
 from __future__ import annotations
 
 import json
+import secrets
 import sys
 import time
 import uuid
 
 import redis
 
-TTL_S = 24 * 3600  # ROUTER_REQUEST_ID_TTL_S by default (services/router/store/model.py)
+from llmrouter.registry import load_registry
+from services.router.store.keys import AccountKeys
+from services.router.store.model import REQUEST_ID_TTL_S, Account, charged_marker
+
+TTL_S = REQUEST_ID_TTL_S  # ROUTER_REQUEST_ID_TTL_S by default
+ACCOUNT = Account("acme-production", secrets.token_hex(8))  # a key id is its digest's first 16 hex digits
+CHOSEN = "gpt-4o-mini"
+REASON = "cheapest model predicted within 0.85 of the best (gpt-4o 0.90): predicted 0.85, est. $0.00006"
 
 
 def ledger_record(request_id: str) -> str:
-    """A ledger entry as the router writes it (services/router: the charge's record), typical values."""
+    """A ledger entry as the router's charge writes it, typical values: one generation, every registry model a
+    candidate (what an `auto` request's decision lists)."""
+    candidates = [
+        {
+            "model": model.name,
+            "predicted_quality": 0.8505,
+            "estimated_cost_usd": "0.0000597",
+            "eligible": True,
+            "excluded_because": "",
+        }
+        for model in load_registry().models
+    ]
     return json.dumps(
         {
             "request_id": request_id,
             "ts": time.time(),
-            "tenant": "acme-production",
-            "key": "k-3f9a1c0b7e2d4a58",
-            "model": "gpt-4o-mini",
+            "tenant": ACCOUNT.tenant,
+            "key": ACCOUNT.key,
+            "period": "20261202",
+            "model": CHOSEN,
             "provider": "openai",
             "input_tokens": 812,
             "output_tokens": 245,
             "tokens_estimated": False,
-            "cost_usd": "0.000268800000",
-            "baseline_cost_usd": "0.004480000000",
+            "cost_usd": "0.0002688",
+            "generations": [{"model": CHOSEN, "input_tokens": 812, "output_tokens": 245}],
+            "owed_usd": "0",
+            "baseline_cost_usd": "0.00448",
             "latency_ms": 1843,
-            "reason": "classifier",
+            "session_id": "",
+            "reason": "cheapest_near_best",
+            "reason_detail": REASON,
+            "candidates": candidates,
+            "fallback": False,
+            "error": "",
             "cache_hit": False,
             "escalated": False,
+            "escalation_signal": "",
             "retries": 0,
             "outcome": "ok",
         }
@@ -58,13 +88,14 @@ def grow(client: redis.Redis, n: int, write: object) -> float:
 
 def main(url: str, n: int) -> None:
     client = redis.Redis.from_url(url)
+    keys = AccountKeys.of(ACCOUNT)
 
     def markers(pipe: redis.client.Pipeline, rid: str) -> None:
-        pipe.set(f"llmrouter:request:acme-production:{rid}", "1", ex=TTL_S)
-        pipe.set(f"llmrouter:charged:acme-production:{rid}", "1", ex=TTL_S)
+        pipe.set(keys.used(rid), "1", ex=TTL_S)
+        pipe.set(keys.charged(rid), charged_marker("", secrets.token_hex(8)), ex=TTL_S)
 
     def ledger(pipe: redis.client.Pipeline, rid: str) -> None:
-        pipe.xadd("llmrouter:ledger", {"record": ledger_record(rid)})
+        pipe.xadd(keys.ledger, {"record": ledger_record(rid)})
 
     per_marker = grow(client, n, markers)
     per_entry = grow(client, n, ledger)

@@ -44,7 +44,7 @@ class RouterSettings(GrpcServiceSettings, LedgerSettings):  # the ledger's setti
     # The response cache's own Redis (may evict: allkeys-lru). Unset: an in-process cache per router.
     cache_redis_url: str | None = None
     # How long a request id stays used (a replay within it is refused and never charged twice). Memory in Redis:
-    # about 200 bytes per request for its two markers, so 1M requests a day need ~200 MB per day kept. The
+    # about 400 bytes per request for its two markers, so 1M requests a day need ~400 MB per day kept. The
     # in-process store keeps at most its last 10,000 ids (MemoryStore.MAX_REQUEST_IDS).
     request_id_ttl_s: int = Field(default=REQUEST_ID_TTL_S, gt=0)
     # This router instance's id in pending charges and heartbeats (default: host name and a random suffix).
