@@ -1,7 +1,7 @@
 """The Grafana dashboard as code, built with Grafana's grafana-foundation-sdk: one release's traffic, cost,
 routing, latency, providers and classifier. Every query is scoped to the `namespace` and `release` chosen in the
 dashboard's variables (the ServiceMonitor labels each target with both), and names only metrics the services
-export (tests/ops/test_dashboard.py scrapes a running stack to prove it).
+export (tests/ops/test_live_metrics.py scrapes a running stack to prove it).
 
     python deploy/dashboard.py            # writes helm/llm-cost-router/files/dashboard.json
     python deploy/dashboard.py --check    # exit 1 when the committed file differs from what this builds
