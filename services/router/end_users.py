@@ -2,9 +2,11 @@
 prompt_cache_key), scoped to the paying tenant before they reach a provider. Every tenant shares the providers'
 accounts: sent as written, tenant B could send tenant A's end-user id and have it flagged by the provider's abuse
 monitoring, or steer its requests into the prompt-cache bucket tenant A's key names. Each string value is replaced
-by a keyed hash of (tenant, value): the same for the same tenant and value (the provider's per-user tracking and
-cache routing work within a tenant), different across tenants, and not reversible (OpenAI asks for a hash of user ids
-anyway). Only what is sent changes: the response cache key and the answer are the caller's request's."""
+by a hash keyed by the tenant: the same for the same tenant and value (the provider's per-user tracking and cache
+routing work within a tenant), different across tenants, and not the caller's text (OpenAI asks for a hash of user ids
+anyway). The key is the tenant's name, no secret: whoever knows it can confirm a guessed value (an email address), so
+callers whose end-user ids are guessable send a hash of their own. Only what is sent changes: the response cache key
+and the answer are the caller's request's."""
 
 from __future__ import annotations
 
