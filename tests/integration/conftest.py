@@ -210,21 +210,25 @@ async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
 
 @asynccontextmanager
 async def served_stack(
-    registry_path: Path, redis_url: str, classifier_dir: Path, **router_settings: Any
+    registry_path: Path, redis_url: str, classifier_dir: Path | None, **router_settings: Any
 ) -> AsyncIterator[dict[str, RunningServer]]:
     """The classifier, providers and router served on loopback for one registry file, for the block: the running
     servers by name ("classifier", "providers", "router"), stopped in reverse. router_settings: the router's other
-    settings (timeouts, verifier, calibration_path...)."""
+    settings (timeouts, verifier, calibration_path...). classifier_dir None: no classifier, for requests that name
+    their model (the router's classifier address answers nothing)."""
     servers: dict[str, RunningServer] = {}
     try:
-        c_settings = ClassifierSettings(port=0, model_dir=classifier_dir)
-        servers["classifier"] = await start_server("classifier", c_settings, *await classifier.build(c_settings))
+        classifier_addr = "127.0.0.1:9"
+        if classifier_dir is not None:
+            c_settings = ClassifierSettings(port=0, model_dir=classifier_dir)
+            servers["classifier"] = await start_server("classifier", c_settings, *await classifier.build(c_settings))
+            classifier_addr = f"127.0.0.1:{servers['classifier'].port}"
         p_settings = ProvidersSettings(port=0, registry_path=registry_path)
         servers["providers"] = await start_server("providers", p_settings, *await providers.build(p_settings))
         r_settings = RouterSettings(
             port=0,
             registry_path=registry_path,
-            classifier_addr=f"127.0.0.1:{servers['classifier'].port}",
+            classifier_addr=classifier_addr,
             providers_addr=f"127.0.0.1:{servers['providers'].port}",
             redis_url=redis_url,
             **router_settings,

@@ -20,15 +20,12 @@ import redis.asyncio as redis
 import yaml
 
 from llmrouter.errors import ServiceError
-from llmrouter.server import RunningServer, start_server
 from llmrouter.tokens import REPLY_PRIMING, count_prompt_tokens, count_tokens
 from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
-from services import providers, router
-from services.providers.settings import ProvidersSettings
-from services.router.settings import RouterSettings
 from services.router.store import Account, AccountKeys, RedisStore, key_id, period_id
 from tests.conftest import ledger_records
 from tests.fakes.fake_openai import FakeOpenAI, write_as_long_as_allowed
+from tests.integration.conftest import served_stack
 
 PICO = 10**12
 # A token a word for OpenAI's tokenizers, 14 UTF-8 bytes: billed by bytes, the prompt costs 10 times more.
@@ -96,25 +93,12 @@ async def stack(redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     with TwoTokenizers(write_as_long_as_allowed) as upstream:
         path = tmp_path / "models.yaml"
         path.write_text(yaml.safe_dump(registry(upstream.base_url)))
-        servers: list[RunningServer] = []
-        p_settings = ProvidersSettings(port=0, registry_path=path)
-        servers.append(await start_server("providers", p_settings, *await providers.build(p_settings)))
-        r_settings = RouterSettings(
-            port=0,
-            registry_path=path,
-            classifier_addr="127.0.0.1:9",  # every request names its model: the classifier is never asked
-            providers_addr=f"127.0.0.1:{servers[0].port}",
-            redis_url=redis_url,
-            verifier=False,
-            escalation="off",
-        )
-        servers.append(await start_server("router", r_settings, *await router.build(r_settings)))
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{servers[1].port}") as channel:
-                yield Stack(router_pb2_grpc.RouterStub(channel), upstream, redis_url)
-        finally:
-            for server in reversed(servers):
-                await server.stop(1)
+        # Every request names its model: no classifier.
+        async with (
+            served_stack(path, redis_url, None, verifier=False, escalation="off") as servers,
+            grpc.aio.insecure_channel(f"127.0.0.1:{servers['router'].port}") as channel,
+        ):
+            yield Stack(router_pb2_grpc.RouterStub(channel), upstream, redis_url)
 
 
 def ask(model: str, tenant: str, **fields: Any) -> router_pb2.CompleteRequest:

@@ -17,14 +17,11 @@ import grpc
 import pytest
 import yaml
 
-from llmrouter.server import RunningServer, start_server
 from llmrouter.tokens import count_prompt_tokens
 from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
-from services import providers, router
-from services.providers.settings import ProvidersSettings
-from services.router.settings import RouterSettings
 from tests.fakes.fake_openai import FakeOpenAI, write_as_long_as_allowed
 from tests.fakes.server import Fault
+from tests.integration.conftest import served_stack
 
 PRICE_PER_MTOK = Decimal("10.00")  # input and output alike
 TOOLS = [
@@ -60,26 +57,12 @@ async def stack(
     with FakeOpenAI(write_as_long_as_allowed) as upstream:
         path = tmp_path / "models.yaml"
         path.write_text(yaml.safe_dump(registry(upstream.base_url)))
-        servers: list[RunningServer] = []
-        p_settings = ProvidersSettings(port=0, registry_path=path)
-        servers.append(await start_server("providers", p_settings, *await providers.build(p_settings)))
-        r_settings = RouterSettings(
-            port=0,
-            registry_path=path,
-            classifier_addr="127.0.0.1:9",  # the request names its model: the classifier is never asked
-            providers_addr=f"127.0.0.1:{servers[0].port}",
-            redis_url=redis_url,
-            verifier=False,
-            escalation="off",
-            cache_ttl_s=0,
-        )
-        servers.append(await start_server("router", r_settings, *await router.build(r_settings)))
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{servers[1].port}") as channel:
-                yield router_pb2_grpc.RouterStub(channel), upstream
-        finally:
-            for server in reversed(servers):
-                await server.stop(1)
+        # The request names its model: no classifier.
+        async with (
+            served_stack(path, redis_url, None, verifier=False, escalation="off", cache_ttl_s=0) as servers,
+            grpc.aio.insecure_channel(f"127.0.0.1:{servers['router'].port}") as channel,
+        ):
+            yield router_pb2_grpc.RouterStub(channel), upstream
 
 
 @pytest.mark.parametrize("separators", [(", ", ": "), (",", ":")], ids=["as-the-edge-writes", "compact"])
