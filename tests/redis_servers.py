@@ -72,10 +72,12 @@ def cache_redis(workdir: Path, maxmemory: str = "2mb") -> RedisServer:
 class RedisCluster:
     """A real Redis Cluster of `masters` redis-server processes (no replicas) on free loopback ports, each in
     its own directory, given an equal slot range (CLUSTER ADDSLOTSRANGE) and introduced (CLUSTER MEET); as the
-    money store must be (never evicting, AOF on). A missing redis-server is an error, never a skip."""
+    money store must be (never evicting, AOF on). A missing redis-server is an error, never a skip. Without
+    `full_coverage`, the masters serve their slots while another's are uncovered (cluster-require-full-coverage no)."""
 
-    def __init__(self, workdir: Path, masters: int = 3) -> None:
-        cluster_args = ("--cluster-enabled", "yes", "--cluster-node-timeout", "5000")
+    def __init__(self, workdir: Path, masters: int = 3, full_coverage: bool = True) -> None:
+        coverage = ("--cluster-require-full-coverage", "yes" if full_coverage else "no")
+        cluster_args = ("--cluster-enabled", "yes", "--cluster-node-timeout", "5000", *coverage)
         self.nodes = [money_redis(workdir / f"node-{i}") for i in range(masters)]
         for node in self.nodes:
             config = ("--cluster-config-file", str(node.workdir / "nodes.conf"))
@@ -110,6 +112,11 @@ class RedisCluster:
         """Every node started again after stop(), on its port, from its own data and cluster configuration."""
         for node in self.nodes:
             node.start()
+        return self._ready()
+
+    def restart_node(self, index: int) -> RedisCluster:
+        """One node started again after its stop(), on its port, from its own data and cluster configuration."""
+        self.nodes[index].start()
         return self._ready()
 
     def _ready(self) -> RedisCluster:

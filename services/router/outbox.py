@@ -7,6 +7,13 @@ undoes an admission (by its nonce) once. The file is locked while it is appended
 sharing a data dir do not interleave; the lock is waited for without blocking the event loop or a thread, so
 routers in one process (tests start many) take turns rather than freeze it.
 
+The store out of reach, or refusing the router, for one shard only (keys.py: a tenant's keys are all on one of SHARDS
+hash slots; on a Redis Cluster, a master down or refusing its keys) holds up that shard's entries only: the replay keeps
+the entry whose call failed so, in its place, keeps every later entry of its shard without asking the store again (at
+most one failed call per shard and replay, however long the file), and lands the other shards' entries. An account's
+entries, all of one shard, keep their order; entries of different shards touch none of each other's keys (and each
+lands once, by its charge id or nonce), so landing one before another queued ahead of it changes nothing.
+
 An entry that keeps failing for a reason other than the store being out of reach (a store error on its own keys such as
 WRONGTYPE, a script error, a bug; a store that answers but refuses the router, read-only, full, loading, denying its
 user by ACL, is out of reach: redis_store.py, _reachable, tells them apart), and a line that cannot be read, never hold
@@ -31,6 +38,7 @@ import grpc
 from llmrouter.errors import ServiceError
 from services.router import metrics
 from services.router.store import HOLD_S, REQUEST_ID_TTL_S, Account, Hold, Store, StoreUnavailable
+from services.router.store.keys import shard_of
 
 log = logging.getLogger("llmrouter.router")
 
@@ -153,8 +161,9 @@ class Outbox:
         log.error(f"money store unreachable: {what} kept in the outbox", extra=fields)
 
     async def replay(self, store: Store) -> int:
-        """Land what the file holds, oldest first, until the store is out of reach; returns how many landed. An entry
-        failing otherwise stays where it is and the replay goes on with the next; after `poison_replays` such replays
+        """Land what the file holds, oldest first; returns how many landed. An entry the store fails for its own sake
+        (StoreUnavailable) stays where it is, as do the later entries of its shard, not tried this replay; one failing
+        otherwise stays where it is too, and the replay goes on with the next; after `poison_replays` such replays
         in a row it moves to the dead-letter file, as does a line that cannot be read at once (reading it again
         would not help). The file stays locked throughout, so a line appended meanwhile by another router is never
         rewritten away. What landed leaves the file however the replay ends (a cancellation): replayed again, each
@@ -167,13 +176,22 @@ class Outbox:
                 dead = [(line, unread) for line in unreadable]
                 landed: list[OutboxEntry] = []
                 done = 0  # entries of `waiting` dealt with
+                away: set[int] = set()  # shards the store failed this replay, for its own sake
                 try:
                     for entry in waiting:
                         if _charge_id(entry) not in self._landed:
+                            shard = shard_of(entry.account.tenant)
+                            if shard in away:  # not asked again this replay: kept, in its place
+                                kept.append(entry)
+                                done += 1
+                                continue
                             try:
                                 await entry.land(store, self.marked_s)
                             except StoreUnavailable:
-                                break
+                                away.add(shard)
+                                kept.append(entry)
+                                done += 1
+                                continue
                             except Exception as exc:  # this entry's own fault: the next ones are landed all the same
                                 if self._poisoned(entry, exc):
                                     dead.append((entry.to_json(), repr(exc)[:300]))

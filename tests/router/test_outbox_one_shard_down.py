@@ -1,0 +1,122 @@
+"""One shard of a Redis Cluster money store out of reach (its master stopped, its slots uncovered, the cluster told
+not to stop for that: cluster-require-full-coverage no) or refusing its keys (a master short of the replicas it must
+write to) holds up only that shard's outbox entries. The replay stopped at the first entry the store failed for its own
+sake, so the charges of the healthy shards queued behind it waited too: their holds stayed counted against their
+budgets and the outbox never drained, though they could land. Now an entry whose store call fails so is kept, in its
+place, with every later entry of its shard (not tried again that pass), and the replay goes on with the rest. A real
+Redis Cluster of the test's own, one master stopped and started again (or made to refuse writes) mid-test.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as redis
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+
+from services.router.outbox import Outbox, OutboxCharge
+from services.router.store import Account, Allowance, Hold, RedisStore, lua, period_id
+from services.router.store.keys import TAGS, shard_of
+from tests.redis_servers import RedisCluster, RedisServer
+
+DAY = period_id("day")
+PICO = 10**6
+DOWN = 2  # the master that goes away: neither the heartbeats' slot ({llmrouter}) nor the startup node is on it
+
+
+class Tried(RedisStore):
+    """The money store, noting the tenant of each charge it is asked for."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.tenants: list[str] = []
+
+    async def charge(self, account: Account, *args: Any, **kwargs: Any) -> bool:
+        self.tenants.append(account.tenant)
+        return await super().charge(account, *args, **kwargs)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[RedisCluster]:
+    """A cluster of this test's own, whose masters serve their slots while another is down."""
+    cluster = RedisCluster(tmp_path / "cluster", full_coverage=False).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+async def store(cluster: RedisCluster) -> AsyncIterator[Tried]:
+    made = Tried(cluster.url)
+    yield made
+    await made.close()
+
+
+def master_of(tenant: str, masters: int) -> int:
+    """The master (RedisCluster's equal slot ranges) that holds a tenant's keys."""
+    slot = key_slot(TAGS[shard_of(tenant)].strip("{}").encode())
+    return next(i for i in range(masters) if slot <= (i + 1) * REDIS_CLUSTER_HASH_SLOTS // masters - 1)
+
+
+def tenant_on(master: int, masters: int) -> str:
+    return next(t for n in itertools.count() if master_of(t := f"tenant-{n}", masters) == master)
+
+
+async def queued(store: RedisStore, outbox: Outbox, tenant: str) -> str:
+    """A request of `tenant` admitted, its charge kept in the outbox; its request id."""
+    account, request_id = Account(tenant, "key"), uuid.uuid4().hex
+    hold = Hold(request_id, 2 * PICO, DAY, "router-1", nonce=uuid.uuid4().hex[:8])
+    assert not (await store.admit(account, Allowance("day"), hold)).refused
+    record = {"request_id": request_id, "tenant": tenant, "model": "m", "cost_usd": "0.000001", "ts": time.time()}
+    await outbox.add(OutboxCharge(account, hold, PICO, record, charge_id=uuid.uuid4().hex))
+    return request_id
+
+
+async def refuse_writes(node: RedisServer, on: bool) -> None:
+    """The master refuses writes (NOREPLICAS: it has none to write to), or takes them again."""
+    client = redis.Redis(port=node.port)
+    try:
+        await client.config_set("min-replicas-to-write", 1 if on else 0)
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize("fault", ["stopped", "refusing"])
+async def test_one_shard_down_holds_up_only_its_own_outbox_entries(
+    fault: str, cluster: RedisCluster, store: Tried, tmp_path: Path
+) -> None:
+    masters = len(cluster.nodes)
+    down, up_0, up_1 = tenant_on(DOWN, masters), tenant_on(0, masters), tenant_on(1, masters)
+    outbox = Outbox(tmp_path / "data", poison_replays=2)
+    # The down shard's charges first: the healthy shards' charges are queued behind them.
+    order = [await queued(store, outbox, t) for t in (down, up_0, down, up_1)]
+    # Every master knows the charge's script, as with a router that has charged before: one without it loads it on
+    # every master (redis-py's SCRIPT LOAD), which fails while one is down, a passing failure of another kind.
+    await store.redis.script_load(lua.CHARGE)
+    node = cluster.nodes[DOWN]
+    if fault == "stopped":
+        node.stop()
+    else:
+        await refuse_writes(node, True)
+    for replay in range(outbox.poison_replays + 1):  # never taken for the charges' own fault
+        store.tenants.clear()
+        assert await outbox.replay(store) == (2 if replay == 0 else 0)
+        assert store.tenants.count(down) == 1  # the down shard is asked once a pass, its other entry skipped
+    waiting = [entry.record["request_id"] for entry in outbox.waiting()]  # type: ignore[union-attr]
+    assert waiting == [order[0], order[2]] and outbox.dead_letters() == []  # kept, in order
+    for tenant in (up_0, up_1):
+        assert await store.spent(Account(tenant, "key"), DAY) == (PICO, PICO)
+    if fault == "stopped":
+        cluster.restart_node(DOWN)
+    else:
+        await refuse_writes(node, False)
+    assert await outbox.replay(store) == 2
+    assert len(outbox) == 0
+    assert await store.spent(Account(down, "key"), DAY) == (2 * PICO, 2 * PICO)
+    for tenant in (up_0, up_1):  # each charge counted once
+        assert await store.spent(Account(tenant, "key"), DAY) == (PICO, PICO)
