@@ -7,12 +7,15 @@ undoes an admission (by its nonce) once. The file is locked while it is appended
 sharing a data dir do not interleave; the lock is waited for without blocking the event loop or a thread, so
 routers in one process (tests start many) take turns rather than freeze it.
 
-The store out of reach, or refusing the router, for one shard only (keys.py: a tenant's keys are all on one of SHARDS
-hash slots; on a Redis Cluster, a master down or refusing its keys) holds up that shard's entries only: the replay keeps
+On a Redis Cluster (Store.shards_fail_apart), the store out of reach, or refusing the router, for one shard only
+(keys.py: a tenant's keys are all on one of SHARDS hash slots; a master down or refusing its keys) holds up that shard's
+entries only: the replay keeps
 the entry whose call failed so, in its place, keeps every later entry of its shard without asking the store again (at
 most one failed call per shard and replay, however long the file), and lands the other shards' entries. An account's
 entries, all of one shard, keep their order; entries of different shards touch none of each other's keys (and each
-lands once, by its charge id or nonce), so landing one before another queued ahead of it changes nothing.
+lands once, by its charge id or nonce), so landing one before another queued ahead of it changes nothing. On one
+server a failure is every shard's: the replay stops there, rather than wait out a timeout per shard with the file
+locked (and the charges being added waiting for it).
 
 An entry that keeps failing for a reason other than the store being out of reach (a store error on its own keys such as
 WRONGTYPE, a script error, a bug; a store that answers but refuses the router, read-only, full, loading, denying its
@@ -188,6 +191,8 @@ class Outbox:
                             try:
                                 await entry.land(store, self.marked_s)
                             except StoreUnavailable:
+                                if not store.shards_fail_apart:  # one server: every entry would wait its timeout
+                                    break
                                 away.add(shard)
                                 kept.append(entry)
                                 done += 1

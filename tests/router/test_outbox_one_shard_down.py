@@ -120,3 +120,22 @@ async def test_one_shard_down_holds_up_only_its_own_outbox_entries(
     assert await store.spent(Account(down, "key"), DAY) == (2 * PICO, 2 * PICO)
     for tenant in (up_0, up_1):  # each charge counted once
         assert await store.spent(Account(tenant, "key"), DAY) == (PICO, PICO)
+
+
+async def test_on_one_server_the_first_failure_ends_the_replay(tmp_path: Path) -> None:
+    """One server holds every shard: its failure is every entry's, so the replay stops at the first, rather than wait
+    out a timeout per shard with the file locked."""
+    server = RedisServer(tmp_path / "one", "--save", "").start()
+    store = Tried(server.url)
+    try:
+        outbox = Outbox(tmp_path / "data", poison_replays=2)
+        by_shard = {shard_of(f"tenant-{n}"): f"tenant-{n}" for n in range(200)}
+        tenants = list(by_shard.values())[:6]  # entries of six shards
+        for tenant in tenants:
+            await queued(store, outbox, tenant)
+        server.stop()
+        assert await outbox.replay(store) == 0
+        assert len(store.tenants) == 1 and len(outbox) == 6 and outbox.dead_letters() == []
+    finally:
+        await store.close()
+        server.stop()

@@ -28,6 +28,8 @@ class MemoryStore:
     """Each method runs without awaiting, so it is atomic. Nothing outlives the process, so there is nothing to
     reconcile. Memory is bounded: what grows with the requests served (request ids, ledger records) is capped."""
 
+    shards_fail_apart = False  # never out of reach
+
     # Request ids kept, each for the request id TTL at most (as in Redis) and, beyond this many, oldest first:
     # this store serves one development router, where a retry comes within seconds, not 10,000 requests later.
     # An id seen again after that many newer ones is admitted (and charged) as a new request.

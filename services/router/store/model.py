@@ -268,6 +268,10 @@ class Store(Protocol):
     """charge and extend act on the hold the store holds for the request (its pending charge's), which
     may be larger than the `hold` given when the reply to an extension was lost: none outlives its request."""
 
+    # Whether one shard's keys can be out of reach while another's are not (a Redis Cluster's masters): else a
+    # failure of the store is every shard's.
+    shards_fail_apart: bool
+
     async def admit(
         self,
         account: Account,

@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any
 
-from llmrouter.redis_connect import connect
+from llmrouter.redis_connect import connect, is_cluster
 from llmrouter.redis_errors import StoreFailure, store_failure
 from llmrouter.tasks import raise_if_cancelled
 from services.router import metrics
@@ -111,6 +111,8 @@ class RedisStore:
         # wait here instead (a single server's blocking pool does the same).
         self._calls = asyncio.Semaphore(CONNECTIONS)
         self.request_id_ttl_s = request_id_ttl_s
+        # On a Redis Cluster one master's failure says nothing of the shards on the others (the outbox's replay).
+        self.shards_fail_apart = is_cluster(url)
         self._admit = self.redis.register_script(lua.ADMIT)
         self._count_request = self.redis.register_script(lua.COUNT_REQUEST)
         self._charge = self.redis.register_script(lua.CHARGE)
