@@ -618,13 +618,17 @@ def logprobs(response: router_pb2.CompleteResponse) -> dict[str, Any] | None:
 
 def usage_body(response: router_pb2.CompleteResponse) -> dict[str, Any]:
     """OpenAI's usage: of the prompt tokens, those the provider read from its prompt cache (billed at its cached
-    price). Tokens written to it have no OpenAI field: x_router.cache_write_input_tokens."""
+    price), and those it wrote to it when there were any (cache_write_tokens, as OpenAI's SDKs read it; Anthropic's
+    cache writes, at its write price; also x_router.cache_write_input_tokens)."""
     usage = response.usage
+    details: dict[str, int] = {"cached_tokens": usage.cached_input_tokens}
+    if usage.cache_write_input_tokens:
+        details["cache_write_tokens"] = usage.cache_write_input_tokens
     return {
         "prompt_tokens": usage.input_tokens,
         "completion_tokens": usage.output_tokens,
         "total_tokens": usage.input_tokens + usage.output_tokens,
-        "prompt_tokens_details": {"cached_tokens": usage.cached_input_tokens},
+        "prompt_tokens_details": details,
     }
 
 

@@ -391,7 +391,7 @@ def function_call_item(ident: str, index: int, call: dict[str, Any], status: str
 def usage(chat_usage: dict[str, Any]) -> dict[str, Any]:
     return {
         "input_tokens": chat_usage["prompt_tokens"],
-        "input_tokens_details": {"cached_tokens": chat_usage["prompt_tokens_details"]["cached_tokens"]},
+        "input_tokens_details": chat_usage["prompt_tokens_details"],  # cached_tokens, and cache_write_tokens if any
         "output_tokens": chat_usage["completion_tokens"],
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": chat_usage["total_tokens"],

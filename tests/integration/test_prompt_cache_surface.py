@@ -110,6 +110,7 @@ async def test_chat_shows_openai_cached_tokens(cached: Cached, stream: bool) -> 
     assert (answer.usage.prompt_tokens, answer.usage.prompt_tokens_details.cached_tokens) == (prompt, CACHED)
     assert Decimal(extension(answer)["cost_usd"]) == cost  # the cached tokens at their own price
     assert extension(answer)["cache_write_input_tokens"] == 0
+    assert answer.usage.prompt_tokens_details.cache_write_tokens is None  # none written: not sent
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -126,7 +127,8 @@ async def test_chat_shows_anthropic_cache_reads_and_writes(cached: Cached, strea
     prompt, cost = claude_billed(cached)
     assert answer.usage is not None and answer.usage.prompt_tokens_details is not None
     assert (answer.usage.prompt_tokens, answer.usage.prompt_tokens_details.cached_tokens) == (prompt, READ)
-    assert extension(answer)["cache_write_input_tokens"] == WRITTEN  # no OpenAI field: the router's own
+    assert answer.usage.prompt_tokens_details.cache_write_tokens == WRITTEN  # as OpenAI's SDKs read it
+    assert extension(answer)["cache_write_input_tokens"] == WRITTEN
     assert Decimal(extension(answer)["cost_usd"]) == cost
 
 
@@ -142,6 +144,7 @@ async def test_responses_show_cached_tokens(cached: Cached) -> None:
     prompt, cost = claude_billed(cached)
     usage = completed.response.usage
     assert usage is not None and (usage.input_tokens, usage.input_tokens_details.cached_tokens) == (prompt, READ)
+    assert usage.input_tokens_details.cache_write_tokens == WRITTEN
     assert extension(completed.response)["cache_write_input_tokens"] == WRITTEN
 
 
