@@ -5,23 +5,30 @@ parsed inline, its worst a few milliseconds: no thread's hand-off for it.
 
 What a thread cannot take off the loop is json.loads itself (and the Responses translation's json.dumps): C that
 holds the GIL from the first byte to the last (~0.13 s for those 8 MB), so the loop still waits that long; the rest
-is Python, which hands the GIL over every few milliseconds (benchmarks/item_stall.py). The default executor's few
-threads (the CPUs + 4) bound how many large bodies are parsed at once: the others wait their turn, off the loop."""
+is Python, which hands the GIL over every few milliseconds (benchmarks/item_stall.py).
+
+One large body is parsed at a time, in a thread of its own, as when they were parsed on the loop: a parse holds ~50
+times its body in Python objects (~400 MB for 8 MiB of empty objects), so the default executor's threads (the
+CPUs + 4, a node's CPUs in a container) parsing at once held several times the edge's memory limit; and, under the
+GIL, threads parse no faster than one. The others wait their turn, off the loop; the default executor (the batch
+runner's file checks, name lookups) is not held up behind them."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 OFF_LOOP_BYTES = 64 * 1024  # at most ~3 ms to parse and check (of tiny values): inline
+PARSER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-body-parse")
 
 Parsed = TypeVar("Parsed")
 
 
 async def parse_off_loop(body: bytes, parse: Callable[[bytes], Parsed]) -> Parsed:
-    """parse(body), in the loop's default executor for a body over OFF_LOOP_BYTES, inline otherwise; its errors
-    (an ApiError's 400) raised here either way, as they were."""
+    """parse(body), in the parser's thread for a body over OFF_LOOP_BYTES, inline otherwise; its errors (an
+    ApiError's 400) raised here either way, as they were."""
     if len(body) <= OFF_LOOP_BYTES:
         return parse(body)
-    return await asyncio.to_thread(parse, body)
+    return await asyncio.get_running_loop().run_in_executor(PARSER, parse, body)

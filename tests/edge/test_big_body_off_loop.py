@@ -4,11 +4,13 @@ its refusal is the one the inline parse makes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import select
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +21,8 @@ from tests.edge.test_http_protocol import POST, served
 PROBE = b"GET /healthz HTTP/1.1\r\nHost: edge\r\n\r\n"
 # 8.1 MB, under EDGE_MAX_BODY_BYTES (8 MiB): ~0.5 s to parse and walk; a list where an object is due, refused.
 TINY_VALUES = json.dumps({"messages": [{"role": "user", "content": "x"}], "metadata": [0] * 2_700_000}).encode()
+# 2 MiB of empty objects: ~100 MB of Python objects while parsed, refused (a list where an object is due).
+EMPTY_OBJECTS = b'{"messages": [{"role": "user", "content": "x"}], "metadata": [' + b",".join([b"{}"] * 700_000) + b"]}"
 
 
 @pytest.fixture(scope="module")
@@ -66,3 +70,41 @@ def test_requests_are_answered_while_a_large_body_is_parsed(edge_port: int) -> N
         status, body = one_answer(large)
     assert answered >= 3, f"only {answered} requests answered while the large body was parsed"
     assert (status, json.loads(body)) == (b"HTTP/1.1 400 Bad Request", inline.value.body())
+
+
+def peak_rss_mb(port: int) -> int:
+    """The most memory the edge serving on `port` (a child of this process) has held resident."""
+    for process in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if f"EDGE_PORT={port}".encode() in (process / "environ").read_bytes().split(b"\0"):
+                status = (process / "status").read_text()
+                return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) // 1024
+    raise AssertionError(f"no edge on port {port}")
+
+
+def test_large_bodies_sent_at_once_are_parsed_one_at_a_time(edge_port: int) -> None:
+    """A parse holds ~50x its body in Python objects: the default executor's threads (the CPUs + 4) parsing at once
+    held as many times that, 4 bodies of 2 MiB ~500 MB, 8 MiB ones past the edge's memory limit (832 MiB)."""
+
+    def send(connections: list[socket.socket]) -> None:
+        for c in connections:
+            c.sendall(POST + b"Content-Length: %d\r\n\r\n" % len(EMPTY_OBJECTS) + EMPTY_OBJECTS[:-1])
+        time.sleep(1)  # read whole by the edge, but for their last bytes: parsed as one
+        for c in connections:
+            c.sendall(EMPTY_OBJECTS[-1:])
+        for c in connections:
+            assert one_answer(c)[0] == b"HTTP/1.1 400 Bad Request"
+
+    before = peak_rss_mb(edge_port)
+    with socket.create_connection(("127.0.0.1", edge_port), timeout=60) as alone:
+        send([alone])
+    one = peak_rss_mb(edge_port) - before
+    assert one > 50, f"{one} MB to parse one body: not the measure this test needs"
+    connections = [socket.create_connection(("127.0.0.1", edge_port), timeout=60) for _ in range(4)]
+    try:
+        send(connections)
+    finally:
+        for c in connections:
+            c.close()
+    more = peak_rss_mb(edge_port) - before - one
+    assert more < one, f"4 bodies at once held {more} MB more than one did ({one} MB)"
