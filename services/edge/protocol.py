@@ -171,10 +171,14 @@ class BoundedReadProtocol(HttpToolsProtocol):
             self.arm()
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # Each header's line also holds its ':' and CRLF, the least it can: a head of many empty headers is mostly
+        # those, and one behind another request in a read is bounded only here (head_past_bound looks at a read's
+        # first head).
+        size = len(name) + len(value) + len(b":\r\n")
         if self.in_body:  # a chunked body's trailer: not one of the request's headers (uvicorn would add it)
-            self.trailer_bytes += len(name) + len(value)
+            self.trailer_bytes += size
         else:
-            self.count_head(len(name) + len(value))
+            self.count_head(size)
             super().on_header(name, value)
 
     def on_url(self, url: bytes) -> None:

@@ -150,6 +150,24 @@ def test_a_head_past_the_bound_the_parser_hands_little_of_is_a_431(edge_port: in
         assert responses(s, 10) == [b"HTTP/1.1 431 Request Header Fields Too Large"]
 
 
+@pytest.mark.parametrize("before", ["a request", "a body's end"])
+def test_a_head_of_many_empty_headers_behind_another_request_in_its_read_is_a_431(edge_port: int, before: str) -> None:
+    """head_past_bound counts a read's bytes up to its first head's end only: 80 KB of 20,000 empty headers after a
+    request (or a body's end) in the same read was served, the parser handing over 1 byte of each header's 4."""
+    many = b"GET /healthz HTTP/1.1\r\nHost: edge\r\n" + b"a:\r\n" * 20_000 + b"Connection: close\r\n\r\n"
+    body = json.dumps({"messages": [{"role": "user", "content": "x"}]}).encode()
+    with socket.create_connection(("127.0.0.1", edge_port), timeout=10) as s:
+        if before == "a request":
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: edge\r\n\r\n" + many)
+            first = b"HTTP/1.1 200 OK"
+        else:
+            s.sendall(POST + b"Content-Length: %d\r\n\r\n" % len(body) + body[:1])
+            time.sleep(0.3)  # read apart: the next read ends the body, then holds the whole next head
+            s.sendall(body[1:] + many)
+            first = b"HTTP/1.1 503 Service Unavailable"  # read whole, then the router is not there
+        assert responses(s, 10) == [first, b"HTTP/1.1 431 Request Header Fields Too Large"]
+
+
 def test_a_body_past_the_bound_arriving_with_its_head_is_served(edge_port: int) -> None:
     prompt = "x" * (4 * MAX_HEAD_BYTES)
     body = json.dumps({"messages": [{"role": "user", "content": prompt}]}).encode()
