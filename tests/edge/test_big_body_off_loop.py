@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from services.edge.off_loop import OFF_LOOP_BYTES
@@ -82,29 +83,54 @@ def peak_rss_mb(port: int) -> int:
     raise AssertionError(f"no edge on port {port}")
 
 
+def send_at_once(connections: list[socket.socket]) -> None:
+    """EMPTY_OBJECTS on each connection, read whole by the edge but for their last bytes: parsed as one."""
+    for c in connections:
+        c.sendall(POST + b"Content-Length: %d\r\n\r\n" % len(EMPTY_OBJECTS) + EMPTY_OBJECTS[:-1])
+    time.sleep(1)
+    for c in connections:
+        c.sendall(EMPTY_OBJECTS[-1:])
+
+
 def test_large_bodies_sent_at_once_are_parsed_one_at_a_time(edge_port: int) -> None:
     """A parse holds ~50x its body in Python objects: the default executor's threads (the CPUs + 4) parsing at once
-    held as many times that, 4 bodies of 2 MiB ~500 MB, 8 MiB ones past the edge's memory limit (832 MiB)."""
-
-    def send(connections: list[socket.socket]) -> None:
-        for c in connections:
-            c.sendall(POST + b"Content-Length: %d\r\n\r\n" % len(EMPTY_OBJECTS) + EMPTY_OBJECTS[:-1])
-        time.sleep(1)  # read whole by the edge, but for their last bytes: parsed as one
-        for c in connections:
-            c.sendall(EMPTY_OBJECTS[-1:])
-        for c in connections:
-            assert one_answer(c)[0] == b"HTTP/1.1 400 Bad Request"
-
+    held as many times that, 4 bodies of 2 MiB ~300 MB more than one, 8 MiB ones past the edge's memory limit."""
     before = peak_rss_mb(edge_port)
     with socket.create_connection(("127.0.0.1", edge_port), timeout=60) as alone:
-        send([alone])
+        send_at_once([alone])
+        assert one_answer(alone)[0] == b"HTTP/1.1 400 Bad Request"
     one = peak_rss_mb(edge_port) - before
     assert one > 50, f"{one} MB to parse one body: not the measure this test needs"
     connections = [socket.create_connection(("127.0.0.1", edge_port), timeout=60) for _ in range(4)]
     try:
-        send(connections)
+        send_at_once(connections)
+        assert [one_answer(c)[0] for c in connections] == [b"HTTP/1.1 400 Bad Request"] * 4
     finally:
         for c in connections:
             c.close()
     more = peak_rss_mb(edge_port) - before - one
     assert more < one, f"4 bodies at once held {more} MB more than one did ({one} MB)"
+
+
+def test_a_batch_file_s_check_waits_for_no_large_body(edge_port: int) -> None:
+    """A batch file's check runs in the default executor: parsed there too, 12 large bodies held an upload of one
+    line ~8 s."""
+    line = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {"messages": []}}
+    connections = [socket.create_connection(("127.0.0.1", edge_port), timeout=60) for _ in range(12)]
+    try:
+        send_at_once(connections)
+        time.sleep(0.3)  # all 12 taken to be parsed
+        start = time.monotonic()
+        upload = httpx.post(
+            f"http://127.0.0.1:{edge_port}/v1/files",
+            files={"file": ("batch.jsonl", json.dumps(line).encode())},
+            data={"purpose": "batch"},
+            timeout=60,
+        )
+        took_s = time.monotonic() - start
+        assert [one_answer(c)[0] for c in connections] == [b"HTTP/1.1 400 Bad Request"] * 12
+    finally:
+        for c in connections:
+            c.close()
+    assert upload.status_code == 200, upload.text
+    assert took_s < 2, f"the upload took {took_s:.1f} s"
