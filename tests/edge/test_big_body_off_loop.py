@@ -26,13 +26,17 @@ TINY_VALUES = json.dumps({"messages": [{"role": "user", "content": "x"}], "metad
 EMPTY_OBJECTS = b'{"messages": [{"role": "user", "content": "x"}], "metadata": [' + b",".join([b"{}"] * 700_000) + b"]}"
 
 
+def nowhere() -> str:
+    """An address no router answers at."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1] + 1}"
+
+
 @pytest.fixture(scope="module")
 def edge_port() -> Iterator[int]:
     """The edge, its router nowhere."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        nowhere = s.getsockname()[1] + 1
-    with served(f"127.0.0.1:{nowhere}") as port:
+    with served(nowhere()) as port:
         yield port
 
 
@@ -92,23 +96,25 @@ def send_at_once(connections: list[socket.socket]) -> None:
         c.sendall(EMPTY_OBJECTS[-1:])
 
 
-def test_large_bodies_sent_at_once_are_parsed_one_at_a_time(edge_port: int) -> None:
+def test_large_bodies_sent_at_once_are_parsed_one_at_a_time() -> None:
     """A parse holds ~50x its body in Python objects: the default executor's threads (the CPUs + 4) parsing at once
-    held as many times that, 4 bodies of 2 MiB ~300 MB more than one, 8 MiB ones past the edge's memory limit."""
-    before = peak_rss_mb(edge_port)
-    with socket.create_connection(("127.0.0.1", edge_port), timeout=60) as alone:
-        send_at_once([alone])
-        assert one_answer(alone)[0] == b"HTTP/1.1 400 Bad Request"
-    one = peak_rss_mb(edge_port) - before
-    assert one > 50, f"{one} MB to parse one body: not the measure this test needs"
-    connections = [socket.create_connection(("127.0.0.1", edge_port), timeout=60) for _ in range(4)]
-    try:
-        send_at_once(connections)
-        assert [one_answer(c)[0] for c in connections] == [b"HTTP/1.1 400 Bad Request"] * 4
-    finally:
-        for c in connections:
-            c.close()
-    more = peak_rss_mb(edge_port) - before - one
+    held as many times that, 4 bodies of 2 MiB ~300 MB more than one, 8 MiB ones past the edge's memory limit. An
+    edge of its own: nothing parsed before, its peak is the first body's."""
+    with served(nowhere()) as port:
+        before = peak_rss_mb(port)
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as alone:
+            send_at_once([alone])
+            assert one_answer(alone)[0] == b"HTTP/1.1 400 Bad Request"
+        one = peak_rss_mb(port) - before
+        assert one > 50, f"{one} MB to parse one body: not the measure this test needs"
+        connections = [socket.create_connection(("127.0.0.1", port), timeout=60) for _ in range(4)]
+        try:
+            send_at_once(connections)
+            assert [one_answer(c)[0] for c in connections] == [b"HTTP/1.1 400 Bad Request"] * 4
+        finally:
+            for c in connections:
+                c.close()
+        more = peak_rss_mb(port) - before - one
     assert more < one, f"4 bodies at once held {more} MB more than one did ({one} MB)"
 
 
