@@ -294,6 +294,13 @@ def build() -> dict:
                 (f"sum(increase({s('llmrouter_router_reconciled_charges_total')}[1h]))", "settled at their hold"),
             )
         )
+        .with_panel(
+            series(
+                "Store memory against maxmemory (money refuses every request at 100%; a warm cache sits near it)",
+                "percentunit",
+                (f"max by (store) ({s('llmrouter_router_store_memory_ratio')})", "{{store}}"),
+            )
+        )
         .with_row(dashboard.Row("Batches"))
         .with_panel(
             series(

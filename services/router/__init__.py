@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from llmrouter.channels import open_channel
 from llmrouter.registry import LiveRegistry
@@ -10,12 +11,13 @@ from llmrouter.server import Closer, Registrations, RunningServer
 from llmrouter.tokens import encoding
 from llmrouter.v1 import classifier_pb2_grpc, operator_pb2_grpc, provider_pb2_grpc, router_pb2_grpc
 from services.router import calibration
-from services.router.cache import open_cache
+from services.router.cache import Cache, RedisCache, open_cache
 from services.router.money_check import check_money_redis
 from services.router.outbox import Outbox
 from services.router.servicer import RouterServicer
 from services.router.settings import CHARGE_LANDS_S, RouterSettings
-from services.router.store import open_store
+from services.router.store import RedisStore, Store, open_store
+from services.router.store_memory import StoreMemory
 from services.router.upkeep import Upkeep
 
 
@@ -44,6 +46,7 @@ async def build(
         settings.upkeep_interval_s,
         settings.heartbeat_ttl_s,
         settings.pending_stale_s,
+        StoreMemory(redis_clients(store, cache)),
     )
     await upkeep.tick()  # heartbeat first: pending charges must never belong to a router not known alive
     classifier = open_channel(settings.classifier_addr, settings)
@@ -87,3 +90,13 @@ async def build(
     closers = [servicer.close, upkeep.close, registry.close, stop_watch, stop_sink, store.close, cache.close]
     closers += [classifier.close, providers.close]
     return registrations, closers, on_started
+
+
+def redis_clients(store: Store, cache: Cache) -> dict[str, Any]:
+    """The Redis clients of the money store and the response cache, by store label; none for one kept in process."""
+    clients = {}
+    if isinstance(store, RedisStore):
+        clients["money"] = store.redis
+    if isinstance(cache, RedisCache):
+        clients["cache"] = cache.redis
+    return clients

@@ -27,6 +27,11 @@ SCORE_CACHE = Counter("llmrouter_router_score_cache_requests_total", "Classifier
 BUDGET_REJECTIONS = Counter("llmrouter_router_budget_rejections_total", "Requests refused for an exhausted budget")
 RATE_LIMITED = Counter("llmrouter_router_rate_limited_total", "Requests refused by the rate limit")
 STORE_UP = Gauge("llmrouter_router_store_up", "1 when the router reaches the store, else 0", ["store"])
+STORE_MEMORY = Gauge(
+    "llmrouter_router_store_memory_ratio",
+    "Memory the store's Redis uses against its maxmemory, its fullest master's on a cluster (NaN: no maxmemory)",
+    ["store"],
+)
 PENDING_RECONCILED = Counter(
     "llmrouter_router_reconciled_charges_total", "Pending charges of dead routers settled at their hold"
 )

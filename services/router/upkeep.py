@@ -1,6 +1,6 @@
 """The router's background duties towards the money store, on one loop: say it is alive (heartbeat), replay
-the charge outbox, settle the pending charges of dead routers (one replica at a time, by lease), and report
-whether the store is reachable (metric and gRPC health)."""
+the charge outbox, settle the pending charges of dead routers (one replica at a time, by lease), report
+whether the store is reachable (metric and gRPC health), and how full the stores' Redis are (store_memory.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from llmrouter.tasks import stop as stop_task
 from services.router import metrics
 from services.router.outbox import Outbox
 from services.router.store import Store, StoreUnavailable
+from services.router.store_memory import StoreMemory
 
 log = logging.getLogger("llmrouter.router")
 
@@ -20,9 +21,17 @@ HealthReport = Callable[[bool], Awaitable[None]]
 
 class Upkeep:
     def __init__(
-        self, store: Store, outbox: Outbox, router: str, interval_s: float, heartbeat_ttl_s: float, stale_s: float
+        self,
+        store: Store,
+        outbox: Outbox,
+        router: str,
+        interval_s: float,
+        heartbeat_ttl_s: float,
+        stale_s: float,
+        memory: StoreMemory | None = None,
     ) -> None:
         self.store = store
+        self.memory = memory
         self.outbox = outbox
         self.router = router
         self.interval_s = interval_s
@@ -49,6 +58,11 @@ class Upkeep:
             await asyncio.sleep(self.interval_s)
 
     async def tick(self) -> None:
+        await self._settle_money()
+        if self.memory is not None:  # after the money's duties: a store slow to answer INFO delays none of them
+            await self.memory.refresh()
+
+    async def _settle_money(self) -> None:
         up = await self.store.ping() and await self._heartbeat()
         if up != self.up:
             self.up = up

@@ -59,6 +59,8 @@ def test_rules_pass_their_tests(tmp_path: Path) -> None:
         ("LLMRouterCircuitBreakerOpen", "expr", "[5m]", "[1m]"),  # a slow failing probe hides a flapping outage
         ("LLMRouterBudgetRejectionsSpike", "expr", "or 0 *", "and 0 *"),  # nothing served: 100% refused is missed
         ("LLMRouterMoneyStoreUnreachable", "expr", ',store="money"', ""),  # the cache store taken for the money's
+        ("LLMRouterMoneyStoreMemoryHigh", "expr", ',store="money"', ""),  # a warm cache taken for the money store
+        ("LLMRouterMoneyStoreMemoryCritical", "for", "5m", "0m"),  # no wait: the pending case fails
         ("LLMRouterLedgerEntriesRejected", "expr", 'namespace="prod",', ""),  # staging's rejections taken for ours
         ("LLMRouterLedgerEntriesRejected", "expr", "increase(", "changes("),  # a router's restart taken for one
         ("LLMRouterLedgerEntriesRejected", "expr", "[1h]", "[10m]"),  # a single one resolved before it is seen
