@@ -67,7 +67,7 @@ GOOD: dict[str, dict | Path] = {
         "hourly_budget_usd": 12.5,
         "edge_p99_slo_seconds": 30,
         "ledger_dsn_secret": {"name": "llm-prod-ledger", "key": "postgres-dsn"},
-        "ledger_trim": {"schedule": "0 4 * * *", "time_zone": "Europe/Paris"},
+        "ledger_trim": {"schedule": "0 4 * * *", "time_zone": "Europe/Paris", "retention_days": 14},
     },
     "ledger-trim-off": {"ledger_dsn_secret": {"name": "llm-ledger"}, "ledger_trim": {"enabled": False}},
     "ledger-trim-macro": {"ledger_dsn_secret": {"name": "llm-ledger"}, "ledger_trim": {"schedule": "@daily"}},
@@ -79,14 +79,17 @@ EXPECTED: dict[str, dict] = {
     "defaults": {
         "router": {
             "ledgerDsnSecret": {"name": "", "key": ""},
-            "ledgerTrim": {k: CHART_DEFAULTS["router"]["ledgerTrim"][k] for k in ("enabled", "schedule", "timeZone")},
+            "ledgerTrim": {
+                k: CHART_DEFAULTS["router"]["ledgerTrim"][k]
+                for k in ("enabled", "schedule", "timeZone", "retentionDays")
+            },
         }
     },
     "example": {"router": {"ledgerDsnSecret": {"name": "llm-ledger", "key": "dsn"}}},
     "full": {
         "router": {
             "ledgerDsnSecret": {"name": "llm-prod-ledger", "key": "postgres-dsn"},
-            "ledgerTrim": {"enabled": True, "schedule": "0 4 * * *", "timeZone": "Europe/Paris"},
+            "ledgerTrim": {"enabled": True, "schedule": "0 4 * * *", "timeZone": "Europe/Paris", "retentionDays": 14},
             "autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 6},
         }
     },
@@ -120,6 +123,8 @@ BAD: list[tuple[dict, str]] = [
     ({"ledger_trim": {"schedule": "@daily 3"}}, "ledger_trim.schedule must be a cron schedule"),
     ({"ledger_trim": {"time_zone": "Local"}}, "ledger_trim.time_zone must be an IANA time zone name"),
     ({"ledger_trim": {"time_zone": "Europe/../Paris"}}, "ledger_trim.time_zone must be an IANA time zone name"),
+    ({"ledger_trim": {"retention_days": 0}}, "ledger_trim.retention_days must be a whole number of days"),
+    ({"ledger_trim": {"retention_days": 1.5}}, "ledger_trim.retention_days must be a whole number of days"),
 ]
 
 # What each example passes to the root module, so that its install is one to run: the edge's keys, and the SQL

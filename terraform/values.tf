@@ -16,7 +16,12 @@ locals {
     }
     router = {
       ledgerDsnSecret = coalesce(var.ledger_dsn_secret, { name = "", key = "" })
-      ledgerTrim      = { enabled = var.ledger_trim.enabled, schedule = var.ledger_trim.schedule, timeZone = var.ledger_trim.time_zone }
+      ledgerTrim = {
+        enabled       = var.ledger_trim.enabled
+        schedule      = var.ledger_trim.schedule
+        timeZone      = var.ledger_trim.time_zone
+        retentionDays = var.ledger_trim.retention_days
+      }
     }
     fullnameOverride = var.release_name
     redis = {

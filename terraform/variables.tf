@@ -154,11 +154,12 @@ variable "ledger_dsn_secret" {
 
 # --- ledger --------------------------------------------------------------------------------------------------
 variable "ledger_trim" {
-  description = "The CronJob deleting from the ledger streams in the money Redis (noeviction) the entries older than ROUTER_LEDGER_RETENTION_DAYS that the SQL sink copied into PostgreSQL (`python -m services.router.ledger trim --copied-only`). It runs only with ledger_dsn_secret and a money Redis; without it (or enabled = false) nothing trims the streams, and the money Redis fills and then refuses every request: schedule `trim --out FILE` yourself."
+  description = "The CronJob deleting from the ledger streams in the money Redis (noeviction) the entries older than retention_days (ROUTER_LEDGER_RETENTION_DAYS, given to the router too) that the SQL sink copied into PostgreSQL (`python -m services.router.ledger trim --copied-only`). It runs only with ledger_dsn_secret and a money Redis; without it (or enabled = false) nothing trims the streams, and the money Redis fills and then refuses every request: schedule `trim --out FILE` yourself. The chart's money maxmemory (2gb) holds 1 request/s with 7 days kept (deploy/README.md, sizing)."
   type = object({
-    enabled   = optional(bool, true)
-    schedule  = optional(string, "17 3 * * *") # daily at 03:17, in time_zone; or a macro such as @daily
-    time_zone = optional(string, "Etc/UTC")    # an IANA name (the CronJob's spec.timeZone)
+    enabled        = optional(bool, true)
+    schedule       = optional(string, "17 3 * * *") # daily at 03:17, in time_zone; or a macro such as @daily
+    time_zone      = optional(string, "Etc/UTC")    # an IANA name (the CronJob's spec.timeZone)
+    retention_days = optional(number, 7)            # days of ledger the streams keep: PostgreSQL holds the ledger
   })
   default  = {}
   nullable = false
@@ -170,6 +171,10 @@ variable "ledger_trim" {
   validation {
     condition     = can(regex("^[A-Za-z][A-Za-z0-9_+-]{0,13}(/[A-Za-z][A-Za-z0-9_+-]{0,13})*$", var.ledger_trim.time_zone)) && lower(var.ledger_trim.time_zone) != "local"
     error_message = "ledger_trim.time_zone must be an IANA time zone name such as Etc/UTC or Europe/Paris (not Local)."
+  }
+  validation {
+    condition     = var.ledger_trim.retention_days >= 1 && floor(var.ledger_trim.retention_days) == var.ledger_trim.retention_days
+    error_message = "ledger_trim.retention_days must be a whole number of days, at least 1."
   }
 }
 

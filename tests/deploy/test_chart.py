@@ -480,6 +480,24 @@ def test_batch_redis_is_sized_for_the_files_kept() -> None:
     assert _bytes(batches["persistence"]["size"]) >= 2 * maxmemory
 
 
+def test_money_redis_holds_a_request_a_second_with_the_charts_trim() -> None:
+    """At the bytes a request keeps that deploy/README.md measured (request-id markers a day, a ledger entry until
+    trimmed), 1 request/s fits maxmemory with 30% headroom when the chart trims the ledger: retentionDays kept, a
+    day more just before the daily run. The default 1gb held ~6 days, far short of the 90 then kept. The pod has
+    room for the AOF rewrite's fork, the volume for the AOF and its rewrite."""
+    readme = (ROOT / "deploy" / "README.md").read_text()
+    markers, entry = (
+        int(re.search(rf"\*\*([\d,]+) bytes\*\* of {what}", readme)[1].replace(",", ""))  # type: ignore[index]
+        for what in ("request-id markers", "ledger entry")
+    )
+    money = VALUES["redis"]["money"]
+    days_held = VALUES["router"]["ledgerTrim"]["retentionDays"] + 1
+    maxmemory = _bytes(money["maxmemory"])
+    assert 1.3 * 86_400 * (markers + days_held * entry) <= maxmemory
+    assert _bytes(money["resources"]["limits"]["memory"]) >= 1.5 * maxmemory
+    assert _bytes(money["persistence"]["size"]) >= 2 * maxmemory
+
+
 def test_cache_redis_evicts_least_recently_used(docs: list[dict]) -> None:
     (c,) = by_kind(docs, "Deployment")[name("redis-cache")]["spec"]["template"]["spec"]["containers"]
     args = dict(zip(c["args"][::2], c["args"][1::2], strict=True))
@@ -758,12 +776,12 @@ def _notes(*args: str) -> str:
 
 
 def test_the_ledger_is_trimmed_daily_where_the_sql_sink_keeps_it() -> None:
-    """The money Redis (noeviction) keeps a ledger entry per request until trimmed: untrimmed, the default 1gb is
-    full in under 5 days at 5 requests/s, and then refuses every request. With the ledger in PostgreSQL a CronJob
+    """The money Redis (noeviction) keeps a ledger entry per request until trimmed: untrimmed, the default 2gb is
+    full in about 2 days at 5 requests/s, and then refuses every request. With the ledger in PostgreSQL a CronJob
     trims daily what the sink copied, with the router's image, Redis URL, router.env and locked-down pod."""
     from services.ledger.settings import LedgerSettings
 
-    docs = render(*LEDGER_DSN, "--set-string", "router.env.ROUTER_LEDGER_RETENTION_DAYS=30")
+    docs = render(*LEDGER_DSN, "--set", "router.ledgerTrim.retentionDays=30")
     (cron,) = by_kind(docs, "CronJob").values()
     assert cron["spec"]["schedule"] == "17 3 * * *" and cron["spec"]["concurrencyPolicy"] == "Forbid"
     assert cron["spec"]["timeZone"] == "Etc/UTC"  # not the controller manager's zone, whatever it is
@@ -810,6 +828,26 @@ def test_the_ledger_is_trimmed_daily_where_the_sql_sink_keeps_it() -> None:
     production_egress = _egress_ports(by_kind(production, "NetworkPolicy")[name("ledger-trim")])
     assert production_egress[6380] == [{"ipBlock": {"cidr": "10.20.0.0/24"}}]
     assert "nothing trims the ledger" not in _notes(*LEDGER_DSN, "--set", "edge.allowAnonymous=true")
+
+
+def test_the_charts_trim_keeps_a_week_and_the_router_is_told_the_same() -> None:
+    """With the ledger in PostgreSQL the streams need only outlive the sink's copy: the chart keeps 7 days
+    (router.ledgerTrim.retentionDays, which redis.money.maxmemory is sized for), not the code's 90, and gives the
+    router the same figure; router.env may not set another. Without the CronJob the chart sets none: the operator's
+    own trim reads router.env."""
+    docs = render(*LEDGER_DSN)
+    (trim,) = _trim_pod(docs)["containers"]
+    retention = {e["name"]: e.get("value") for e in trim["env"]}["ROUTER_LEDGER_RETENTION_DAYS"]
+    assert retention == "7" == env(docs, "router")["ROUTER_LEDGER_RETENTION_DAYS"]
+    with pytest.raises(subprocess.CalledProcessError) as twice:
+        render(*LEDGER_DSN, "--set", "router.env.ROUTER_LEDGER_RETENTION_DAYS=30")
+    assert "router.env.ROUTER_LEDGER_RETENTION_DAYS: the chart sets it" in twice.value.stderr
+    with pytest.raises(subprocess.CalledProcessError) as none:
+        render(*LEDGER_DSN, "--set", "router.ledgerTrim.retentionDays=0")
+    assert "retentionDays" in none.value.stderr
+    assert "ROUTER_LEDGER_RETENTION_DAYS" not in env(render(), "router")
+    own = render("--set", "router.env.ROUTER_LEDGER_RETENTION_DAYS=30")
+    assert env(own, "router")["ROUTER_LEDGER_RETENTION_DAYS"] == "30"
 
 
 def test_the_ledger_trim_runs_in_the_time_zone_given() -> None:

@@ -213,6 +213,9 @@ refuses a list keyed by name holding one name twice). */}}
 - name: ROUTER_LEDGER_SQL_DSN
   valueFrom:
     secretKeyRef: {name: {{ $v.ledgerDsnSecret.name | quote }}, key: {{ $v.ledgerDsnSecret.key | quote }}}
+{{- if include "llmrouter.ledgerTrim" $root }}
+{{- include "llmrouter.ledgerRetentionEnv" $root }}
+{{- end }}
 {{- else }}
 {{- /* The SQLite ledger on its own volume (deployment.yaml), bounded below the volume's sizeLimit. */}}
 - name: ROUTER_LEDGER_SQL_PATH
@@ -365,6 +368,12 @@ livenessProbe:
 {{- range $i, $skip := $skips }}
 checkov.io/skip{{ add1 $i }}: {{ $skip }}
 {{- end }}
+{{- end }}
+
+{{/* The days of ledger the streams keep, where the chart trims them: the CronJob and the router read the same. */}}
+{{- define "llmrouter.ledgerRetentionEnv" }}
+- name: ROUTER_LEDGER_RETENTION_DAYS
+  value: {{ include "llmrouter.envValue" .Values.router.ledgerTrim.retentionDays }}
 {{- end }}
 
 {{/* "true" when the ledger-trim CronJob runs: router.ledgerTrim on, a money Redis (holding the streams) and the

@@ -60,11 +60,12 @@ variable "ledger_dsn_secret" {
 }
 
 variable "ledger_trim" {
-  description = "The daily CronJob trimming the ledger streams in the money Redis of what the SQL sink copied: {enabled, schedule, time_zone} (see the root module); it runs with ledger_dsn_secret."
+  description = "The daily CronJob trimming the ledger streams in the money Redis of what the SQL sink copied: {enabled, schedule, time_zone, retention_days} (see the root module); it runs with ledger_dsn_secret."
   type = object({
-    enabled   = optional(bool, true)
-    schedule  = optional(string, "17 3 * * *")
-    time_zone = optional(string, "Etc/UTC")
+    enabled        = optional(bool, true)
+    schedule       = optional(string, "17 3 * * *")
+    time_zone      = optional(string, "Etc/UTC")
+    retention_days = optional(number, 7)
   })
   default  = {}
   nullable = false
