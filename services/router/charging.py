@@ -165,17 +165,15 @@ class Charger:
             # (request_id_ttl_s, settings).
             charged = await self.store.charge(routed.account, routed.hold, to_pico(cost), record, charge_id=charge_id)
             counted = charged
-        except StoreUnavailable:
-            # Kept on local disk before the answer is released, and charged once the store is back. Counted in the
-            # metrics when it lands (Outbox.replay), not now: the reconciler may settle the request at its hold
-            # first, and that charge, the one the ledger holds, is counted by the router that makes it.
-            await self.outbox.add(OutboxCharge(routed.account, routed.hold, to_pico(cost), record, charge_id))
-            charged, counted = True, False
         except Exception as exc:
-            # Refused for its own keys' sake (one of another type, a spend it would take past SPEND_MAX_PICO), nothing
-            # of it written (lua.py, CHARGE): kept in the outbox all the same, whose replays dead-letter it while it
-            # keeps failing (alert LLMRouterOutboxDeadLetters). Raised here, it was only logged.
-            log.error("charge refused by the money store", extra={**record, "error": repr(exc)[:300]})
+            # Kept on local disk before the answer is released: charged once the store is back (out of reach), or,
+            # refused for its own keys' sake (one of another type, a spend it would take past SPEND_MAX_PICO; nothing
+            # of it written, lua.py, CHARGE), dead-lettered by the outbox's replays while it keeps failing (alert
+            # LLMRouterOutboxDeadLetters). Counted in the metrics when it lands (Outbox.replay), not now: the
+            # reconciler may settle the request at its hold first, and that charge, the one the ledger holds, is
+            # counted by the router that makes it.
+            if not isinstance(exc, StoreUnavailable):
+                log.error("charge refused by the money store", extra={**record, "error": repr(exc)[:300]})
             await self.outbox.add(OutboxCharge(routed.account, routed.hold, to_pico(cost), record, charge_id))
             charged, counted = True, False
         routed.settled = True
