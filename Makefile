@@ -29,7 +29,7 @@ artefacts: $(ART)/classifier/model.onnx $(ART)/classifier/calibration.json $(ART
 $(ART)/classifier/model.onnx: $(VENV)/.installed
 	$(MAKE) train-classifier
 
-$(ART)/classifier/calibration.json: $(ART)/classifier/model.onnx
+$(ART)/classifier/calibration.json: $(ART)/classifier/model.onnx services/classifier/calibrate.py
 	$(MAKE) calibrate
 
 $(ART)/verifier/model.onnx: $(VENV)/.installed

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CompleteRequest(_message.Message):
-    __slots__ = ("messages", "tenant", "api_key", "model", "quality_target", "max_cost_usd", "max_latency_ms", "session_id", "max_tokens", "temperature", "request_id", "passthrough_json", "strong_share", "escalation", "buffer_stream", "api_key_id", "verifier_threshold")
+    __slots__ = ("messages", "tenant", "api_key", "model", "quality_target", "max_cost_usd", "max_latency_ms", "session_id", "max_tokens", "temperature", "request_id", "passthrough_json", "strong_share", "escalation", "buffer_stream", "api_key_id", "verifier_threshold", "quality_kept")
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     API_KEY_FIELD_NUMBER: _ClassVar[int]
@@ -26,6 +26,7 @@ class CompleteRequest(_message.Message):
     BUFFER_STREAM_FIELD_NUMBER: _ClassVar[int]
     API_KEY_ID_FIELD_NUMBER: _ClassVar[int]
     VERIFIER_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_KEPT_FIELD_NUMBER: _ClassVar[int]
     messages: _containers.RepeatedCompositeFieldContainer[_common_pb2.ChatMessage]
     tenant: str
     api_key: str
@@ -43,7 +44,8 @@ class CompleteRequest(_message.Message):
     buffer_stream: bool
     api_key_id: str
     verifier_threshold: float
-    def __init__(self, messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ..., tenant: _Optional[str] = ..., api_key: _Optional[str] = ..., model: _Optional[str] = ..., quality_target: _Optional[float] = ..., max_cost_usd: _Optional[str] = ..., max_latency_ms: _Optional[int] = ..., session_id: _Optional[str] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., request_id: _Optional[str] = ..., passthrough_json: _Optional[str] = ..., strong_share: _Optional[float] = ..., escalation: _Optional[str] = ..., buffer_stream: _Optional[bool] = ..., api_key_id: _Optional[str] = ..., verifier_threshold: _Optional[float] = ...) -> None: ...
+    quality_kept: float
+    def __init__(self, messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ..., tenant: _Optional[str] = ..., api_key: _Optional[str] = ..., model: _Optional[str] = ..., quality_target: _Optional[float] = ..., max_cost_usd: _Optional[str] = ..., max_latency_ms: _Optional[int] = ..., session_id: _Optional[str] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., request_id: _Optional[str] = ..., passthrough_json: _Optional[str] = ..., strong_share: _Optional[float] = ..., escalation: _Optional[str] = ..., buffer_stream: _Optional[bool] = ..., api_key_id: _Optional[str] = ..., verifier_threshold: _Optional[float] = ..., quality_kept: _Optional[float] = ...) -> None: ...
 
 class Candidate(_message.Message):
     __slots__ = ("model", "predicted_quality", "estimated_cost_usd", "eligible", "excluded_because")

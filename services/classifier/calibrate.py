@@ -1,7 +1,8 @@
 """The reference traffic mix behind the router's strong-share thresholds: prompts sampled evenly from the
 train rows of every outcome file in the routing data, scored by the shipped classifier, written beside it as
-`calibration.json`. The router turns these scores into the quality target that sends a chosen share of
-calls to the strongest tier (services/router/calibration.py).
+`calibration.json`, with each prompt's token count. The router turns these scores into the quality target that
+sends a chosen share of calls to the strongest tier, or that keeps a chosen share of the best predicted quality
+(services/router/calibration.py).
 
 `python -m services.classifier.calibrate [--model-dir artefacts/classifier] [--per-file 150] [--seed 0] [--out F]`"""
 
@@ -10,8 +11,10 @@ from __future__ import annotations
 import argparse
 import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
+from llmrouter.tokens import count_message_tokens
 from services.classifier.model import QualityModel
 from services.classifier.settings import DEFAULT_MODEL_DIR
 from services.classifier.training.data import data_dir, read_jsonl
@@ -54,7 +57,15 @@ def build(model_dir: Path, directory: Path, per_file: int, seed: int) -> dict:
         "models": model.models,
         "reference": {"seed": seed, "prompts_per_file": {name: len(texts) for name, texts in mix.items()}},
         "scores": [[round(float(q), 3) for q in row] for row in scores],
+        # Each prompt sent as one user message, as the router counts it: ranks the models by cost for quality_kept.
+        "input_tokens": [count_message_tokens([_UserMessage(p)]) for p in prompts],
     }
+
+
+@dataclass
+class _UserMessage:
+    content: str
+    role: str = "user"
 
 
 def main() -> None:

@@ -388,6 +388,8 @@ class Edge:
                 message.quality_target = float(headers["x-router-quality-target"])
             if "x-router-strong-share" in headers:
                 message.strong_share = float(headers["x-router-strong-share"])
+            if "x-router-quality-kept" in headers:
+                message.quality_kept = float(headers["x-router-quality-kept"])
             if "x-router-max-latency-ms" in headers:
                 message.max_latency_ms = int(headers["x-router-max-latency-ms"])
             if "x-router-verifier-threshold" in headers:

@@ -37,6 +37,7 @@ ROUTER_EXTENSIONS = frozenset(
     {
         "quality_target",
         "strong_share",
+        "quality_kept",
         "max_cost_usd",
         "max_latency_ms",
         "session_id",
@@ -283,6 +284,7 @@ class ChatCompletionRequest(Closed):
     # Router extensions (also accepted as x-router-* headers).
     quality_target: StrictFloat | StrictInt | None = Field(default=None, ge=0, le=1)
     strong_share: StrictFloat | StrictInt | None = Field(default=None, ge=0, le=1)
+    quality_kept: StrictFloat | StrictInt | None = Field(default=None, ge=0, le=1)
     max_cost_usd: StrictStr | StrictFloat | StrictInt | None = None
     max_latency_ms: StrictInt | None = Field(default=None, ge=1, le=INT32_MAX)
     session_id: StrictStr | None = None
@@ -313,6 +315,8 @@ class ChatCompletionRequest(Closed):
             request.quality_target = float(self.quality_target)
         if self.strong_share is not None:
             request.strong_share = float(self.strong_share)
+        if self.quality_kept is not None:
+            request.quality_kept = float(self.quality_kept)
         if self.max_latency_ms is not None:
             request.max_latency_ms = self.max_latency_ms
         if self.verifier_threshold is not None:

@@ -130,13 +130,13 @@ class Admission:
         if fewest_prompt_tokens(len(request.messages)) > self.max_context:  # known without reading them
             raise self._over_every_window()
         valid = validate(request)
-        if request.HasField("quality_target") and not 0 <= request.quality_target <= 1:
-            raise invalid("quality_target must be within [0, 1]", "quality_target")
-        if request.HasField("strong_share"):
-            if not 0 <= request.strong_share <= 1:
-                raise invalid("strong_share must be within [0, 1]", "strong_share")
-            if request.HasField("quality_target"):
-                raise invalid("set quality_target or strong_share, not both", "strong_share")
+        aims = [name for name in ("quality_target", "strong_share", "quality_kept") if request.HasField(name)]
+        for name in aims:
+            if not 0 <= getattr(request, name) <= 1:
+                raise invalid(f"{name} must be within [0, 1]", name)
+        if len(aims) > 1:
+            both = " and ".join(aims)
+            raise invalid(f"set one of quality_target, strong_share and quality_kept, not {both}", aims[-1])
         if request.HasField("max_latency_ms") and request.max_latency_ms <= 0:
             raise invalid("max_latency_ms must be positive", "max_latency_ms")
         max_cost = _max_cost(request.max_cost_usd)

@@ -1,7 +1,8 @@
-"""Strong share to quality target, RouteLLM-style: on a reference traffic mix scored by the classifier
-(`calibration.json`, built by `python -m services.classifier.calibrate`), the relative quality target that
-sends a chosen share of calls to the strongest tier available. Computed for the models available now,
-without any request's own limits (cost, latency, tools, context), which rule models out per request."""
+"""Strong share or quality kept to quality target, RouteLLM-style: on a reference traffic mix scored by the
+classifier (`calibration.json`, built by `python -m services.classifier.calibrate`), the relative quality target
+that sends a chosen share of calls to the strongest tier available, or that keeps a chosen share of the best
+predicted quality. Computed for the models available now, without any request's own limits (cost, latency, tools,
+context), which rule models out per request."""
 
 from __future__ import annotations
 
@@ -23,18 +24,32 @@ class Calibration:
     classifier_version: str
     models: list[str]
     scores: list[list[float]]  # one row per reference prompt, one column per classifier model
+    # Per reference prompt, its tokens as the router counts a one-message prompt: what ranks models by cost when a
+    # quality to keep is turned into a target. None in a file built before they were written.
+    input_tokens: list[int] | None = None
     _ratios: dict[tuple[object, ...], list[float]] = field(default_factory=dict, repr=False)
+    _kept_targets: dict[tuple[object, ...], float] = field(default_factory=dict, repr=False)
 
     @classmethod
     def read(cls, path: Path) -> Calibration:
         try:
             raw = json.loads(path.read_text())
-            calibration = cls(str(raw["classifier_version"]), list(raw["models"]), raw["scores"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            tokens = raw.get("input_tokens")
+            calibration = cls(
+                str(raw["classifier_version"]),
+                list(raw["models"]),
+                raw["scores"],
+                None if tokens is None else [int(t) for t in tokens],
+            )
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise CalibrationError(f"unreadable calibration file {path}: {exc}") from None
         width = len(calibration.models)
         if not calibration.scores or any(len(row) != width for row in calibration.scores):
             raise CalibrationError(f"calibration file {path}: expected rows of {width} scores")
+        if calibration.input_tokens is not None and (
+            len(calibration.input_tokens) != len(calibration.scores) or min(calibration.input_tokens) < 0
+        ):
+            raise CalibrationError(f"calibration file {path}: expected a token count >= 0 per reference prompt")
         return calibration
 
     def quality_target(self, strong_share: float, models: list[ModelSpec], registry: Registry) -> float:
@@ -50,11 +65,42 @@ class Calibration:
         following = ratios[k] if k < len(ratios) and ratios[k] != math.inf else 1.0
         return min(1.0, (max(last, 0.0) + max(following, 0.0)) / 2)
 
+    def quality_target_keeping(
+        self, kept: float, models: list[ModelSpec], registry: Registry, output_tokens: int
+    ) -> float | None:
+        """The smallest relative target whose routing of the reference mix (the cheapest model within the target of
+        each prompt's best prediction, answers of `output_tokens`) keeps at least `kept` of the best predicted
+        quality summed over the mix, halfway down to the next smaller target that keeps less, so that it is not
+        tuned to one prompt. None when the file has no prompt sizes to rank the models' costs by."""
+        if self.input_tokens is None:
+            return None
+        prices = tuple((m.name, m.input_usd_per_mtok, m.output_usd_per_mtok, m.max_output_tokens) for m in models)
+        key = (_models_key(models, registry), prices, kept, output_tokens)
+        if key not in self._kept_targets:
+            if len(self._kept_targets) >= 256:  # a handful of tenants' settings and models; never let them pile up
+                self._kept_targets.clear()
+            self._kept_targets[key] = _smallest_keeping(self._routings(models, output_tokens), kept)
+        return self._kept_targets[key]
+
+    def _routings(self, models: list[ModelSpec], output_tokens: int) -> list[list[tuple[float, float]]]:
+        """Per reference prompt, its models' (predicted quality over the best prediction, predicted quality) in
+        the order routing prefers them: cheapest first, the better of two at one cost."""
+        assert self.input_tokens is not None
+        routings = []
+        for row, tokens in zip(self.scores, self.input_tokens, strict=True):
+            scores = dict(zip(self.models, row, strict=True))
+            ranked = sorted(
+                models,
+                key=lambda m: (m.cost_usd(tokens, min(output_tokens, m.max_output_tokens)), -_quality(m, scores)),
+            )
+            best = max(_quality(m, scores) for m in ranked)
+            routings.append([(_ratio(_quality(m, scores), best), _quality(m, scores)) for m in ranked])
+        return routings
+
     def _ratios_for(self, models: list[ModelSpec], registry: Registry) -> list[float]:
         """Per reference prompt, sorted: the target above which the policy picks the strongest tier, the best
         weaker model's prediction over the best prediction (inf: a weaker model is predicted best)."""
-        # The registry may be reloaded: a model's tier or quality source is part of what the ratios depend on.
-        key = (tuple(registry.tiers), tuple(sorted((m.name, m.tier, m.quality_from, m.quality_prior) for m in models)))
+        key = _models_key(models, registry)
         if key not in self._ratios:
             top = max((registry.tier_rank(m) for m in models), default=0)
             ratios = []
@@ -67,6 +113,41 @@ class Calibration:
                 self._ratios.clear()
             self._ratios[key] = sorted(ratios)
         return self._ratios[key]
+
+
+def _models_key(models: list[ModelSpec], registry: Registry) -> tuple[object, ...]:
+    """What a target computed for these models depends on, the registry may be reloaded: tiers, quality sources."""
+    return (tuple(registry.tiers), tuple(sorted((m.name, m.tier, m.quality_from, m.quality_prior) for m in models)))
+
+
+def _ratio(quality: float, best: float) -> float:
+    """A model's prediction over the best, as the policy compares them (policy.plan: quality >= target * best)."""
+    if quality >= best:
+        return 1.0
+    return max(0.0, quality / best) if best > 0 else 0.0
+
+
+def _kept_at(routings: list[list[tuple[float, float]]], target: float) -> float:
+    """The predicted quality summed over the mix when each prompt goes to its cheapest model within `target`."""
+    return sum(next(q for ratio, q in ranked if ratio >= target) for ranked in routings)
+
+
+def _smallest_keeping(routings: list[list[tuple[float, float]]], kept: float) -> float:
+    """What is kept only grows with the target (a higher one rules out cheaper models and keeps the better ones), and
+    changes only at the models' ratios: bisect over them."""
+    best = sum(max(q for _, q in ranked) for ranked in routings)
+    if best <= 0:
+        return 1.0
+    ratios = sorted({0.0, 1.0} | {ratio for ranked in routings for ratio, _ in ranked})
+    low, high = 0, len(ratios) - 1  # the target ratios[high] keeps enough: 1.0 keeps every prompt's best
+    while low < high:
+        middle = (low + high) // 2
+        if _kept_at(routings, ratios[middle]) >= kept * best - 1e-12:
+            high = middle
+        else:
+            low = middle + 1
+    # Every target in (ratios[high - 1], ratios[high]] routes the mix alike: the middle of that range.
+    return ratios[high] if high == 0 else (ratios[high - 1] + ratios[high]) / 2
 
 
 def _quality(model: ModelSpec, scores: dict[str, float]) -> float:

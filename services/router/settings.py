@@ -66,12 +66,16 @@ class RouterSettings(GrpcServiceSettings, LedgerSettings):  # the ledger's setti
     # tests (the lines are then charged their hold before the provider may answer).
     provider_batch_hold_s: float = Field(default=DEFERRED_HOLD_S, ge=1, le=7 * 86400)
 
-    # Routing targets when a request sets none: the tenant's strong share, else the default strong share, else
-    # the default quality target (a fraction of the best candidate's predicted quality; see policy.plan).
+    # Routing targets when a request sets none: the tenant's strong share or quality kept, else the default strong
+    # share or quality kept, else the default quality target (a fraction of the best candidate's predicted quality;
+    # see policy.plan). A tenant, and the default, has a strong share or a quality kept, not both.
     default_quality_target: Share = 0.85
     default_strong_share: Share | None = None
     tenant_strong_share: dict[str, Share] = Field(default_factory=dict)  # JSON: {"tenant": 0.2}
-    # Strong shares are turned into quality targets with this file (python -m services.classifier.calibrate).
+    default_quality_kept: Share | None = None
+    tenant_quality_kept: dict[str, Share] = Field(default_factory=dict)  # JSON: {"tenant": 0.95}
+    # Strong shares and qualities kept are turned into quality targets with this file
+    # (python -m services.classifier.calibrate).
     calibration_path: RepoPath = REPO_ROOT / "artefacts" / "classifier" / "calibration.json"
     # Tenants with their own label on llmrouter_router_routed_total (the first seen); the rest are "other".
     metrics_tenants: int = Field(default=20, ge=0, le=1000)
@@ -120,6 +124,15 @@ class RouterSettings(GrpcServiceSettings, LedgerSettings):  # the ledger's setti
     verifier_modes: frozenset[Literal["auto", "strict"]] = frozenset({"strict"})
     # How long a session (session_id) keeps its model after its last turn, in the cache store; 0 disables.
     session_ttl_s: int = Field(default=3600, ge=0)
+
+    @model_validator(mode="after")
+    def _one_calibrated_aim(self) -> RouterSettings:
+        # Two aims for one tenant (or for the default) would leave which one routes to the order they are read in.
+        if self.default_strong_share is not None and self.default_quality_kept is not None:
+            raise ValueError("set default_strong_share or default_quality_kept, not both")
+        if both := sorted(self.tenant_strong_share.keys() & self.tenant_quality_kept.keys()):
+            raise ValueError(f"tenants with both a strong share and a quality kept: {', '.join(both)}")
+        return self
 
     @model_validator(mode="after")
     def _heartbeat_outlasts_upkeep(self) -> RouterSettings:

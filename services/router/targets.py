@@ -1,11 +1,13 @@
-"""Which relative quality target a request is routed with: its own quality_target, else a strong share (its
-own, its tenant's, the router's default) turned into a target by the classifier's calibration, else the
-router's default target. A strong share needs the calibration of the classifier that scored the prompt."""
+"""Which relative quality target a request is routed with: its own quality_target, else a calibrated aim (a
+strong share or a quality kept: its own, its tenant's, the router's default) turned into a target by the
+classifier's calibration, else the router's default target. An aim needs the calibration of the classifier that
+scored the prompt."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Literal
 
 from llmrouter.registry import ModelSpec, Registry
 from llmrouter.v1 import router_pb2
@@ -18,7 +20,16 @@ log = logging.getLogger("llmrouter.router.targets")
 @dataclass(frozen=True)
 class Target:
     quality: float
-    note: str  # how a strong share became the target, for the decision's reason; '' otherwise
+    note: str  # how an aim became the target, for the decision's reason; '' otherwise
+
+
+@dataclass(frozen=True)
+class Aim:
+    """What the caller asks of the reference mix: a share of calls to the strongest tier, or a share of the best
+    predicted quality kept."""
+
+    kind: Literal["strong share", "quality kept"]
+    value: float
 
 
 class Targets:
@@ -27,12 +38,23 @@ class Targets:
         self.calibration = calibration
         self._warned: set[str] = set()  # classifier versions already reported as uncalibrated
 
-    def strong_share(self, request: router_pb2.CompleteRequest, tenant: str) -> float | None:
+    def aim(self, request: router_pb2.CompleteRequest, tenant: str) -> Aim | None:
         if request.HasField("quality_target"):
             return None
         if request.HasField("strong_share"):
-            return request.strong_share
-        return self.settings.tenant_strong_share.get(tenant, self.settings.default_strong_share)
+            return Aim("strong share", request.strong_share)
+        if request.HasField("quality_kept"):
+            return Aim("quality kept", request.quality_kept)
+        settings = self.settings
+        if tenant in settings.tenant_strong_share:
+            return Aim("strong share", settings.tenant_strong_share[tenant])
+        if tenant in settings.tenant_quality_kept:
+            return Aim("quality kept", settings.tenant_quality_kept[tenant])
+        if settings.default_strong_share is not None:
+            return Aim("strong share", settings.default_strong_share)
+        if settings.default_quality_kept is not None:
+            return Aim("quality kept", settings.default_quality_kept)
+        return None
 
     def choose(
         self,
@@ -44,9 +66,9 @@ class Targets:
     ) -> Target:
         if request.HasField("quality_target"):
             return Target(request.quality_target, "")
-        share = self.strong_share(request, tenant)
+        aim = self.aim(request, tenant)
         default = self.settings.default_quality_target
-        if share is None:
+        if aim is None:
             return Target(default, "")
         calibration = self.calibration
         if calibration is None or calibration.classifier_version != classifier_version:
@@ -54,9 +76,17 @@ class Targets:
                 self._warned.add(classifier_version)
                 have = "none" if calibration is None else f"for classifier {calibration.classifier_version}"
                 log.warning(
-                    "no calibration for this classifier (make calibrate); strong shares use the default target",
+                    "no calibration for this classifier (make calibrate); strong shares and qualities kept use the "
+                    "default target",
                     extra={"classifier_version": classifier_version, "calibration": have},
                 )
-            return Target(default, f"strong share {share:.2f} not calibrated for this classifier; default target")
-        quality = calibration.quality_target(share, models, registry)
-        return Target(quality, f"strong share {share:.2f} on the reference mix")
+            return Target(default, f"{aim.kind} {aim.value:.2f} not calibrated for this classifier; default target")
+        if aim.kind == "strong share":
+            quality: float | None = calibration.quality_target(aim.value, models, registry)
+        else:
+            output = self.settings.expected_output_tokens
+            quality = calibration.quality_target_keeping(aim.value, models, registry, output)
+        if quality is None:  # a calibration file written before it held the prompts' sizes
+            newer = "needs a calibration with the prompts' sizes (make calibrate); default target"
+            return Target(default, f"{aim.kind} {aim.value:.2f} {newer}")
+        return Target(quality, f"{aim.kind} {aim.value:.2f} on the reference mix")

@@ -59,6 +59,7 @@ TYPED: dict[str, st.SearchStrategy[Any]] = {
     "n": st.integers(min_value=-1, max_value=3),
     "quality_target": st.floats(min_value=-0.5, max_value=1.5),
     "strong_share": st.floats(min_value=-0.5, max_value=1.5),
+    "quality_kept": st.floats(min_value=-0.5, max_value=1.5),
     "max_cost_usd": st.decimals(allow_nan=True).map(str) | numbers,
     "max_latency_ms": st.integers(min_value=-5, max_value=10**6) | HUGE,
     "session_id": text,

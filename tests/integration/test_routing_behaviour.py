@@ -140,6 +140,21 @@ async def test_a_strong_share_sends_that_share_of_the_reference_mix_to_the_premi
     assert len({d.quality_target for d in decisions}) == 1 and 0 < decisions[0].quality_target < 1
 
 
+@pytest.mark.parametrize("kept", [0.9, 0.97])
+async def test_a_quality_kept_keeps_that_share_of_the_best_predicted_quality_on_the_reference_mix(
+    shipped: Shipped, kept: float
+) -> None:
+    decisions = await asyncio.gather(*(decide(shipped.stub, p, quality_kept=kept) for p in shipped.reference))
+    chosen = best = 0.0
+    for d in decisions:
+        predicted = {c.model: c.predicted_quality for c in d.candidates if c.eligible}
+        chosen, best = chosen + predicted[d.model], best + max(predicted.values())
+    # The calibration's scores are rounded to 3 decimals, the Decide's are not: a prompt may sit on the threshold.
+    assert kept - 0.005 <= chosen / best < 1
+    assert f"quality kept {kept:.2f} on the reference mix" in decisions[0].reason
+    assert len({d.quality_target for d in decisions}) == 1 and 0 < decisions[0].quality_target < 1
+
+
 async def test_a_longer_version_of_a_prompt_never_goes_to_a_weaker_tier(shipped: Shipped) -> None:
     """Difficulty rises with length (the lean), and the models' curves never cross: the same request padded with more
     of its document is routed to the same tier or a stronger one, never down to the cheapest model."""

@@ -1,5 +1,5 @@
-"""Strong-share routing in the running chain: the edge's header and body field reach the router, bad values
-are 400s, and admitted auto-routed requests are counted per tenant (bounded) and tier."""
+"""Strong-share and quality-kept routing in the running chain: the edge's headers and body fields reach the
+router, bad values are 400s, and admitted auto-routed requests are counted per tenant (bounded) and tier."""
 
 from __future__ import annotations
 
@@ -33,6 +33,15 @@ async def test_strong_share_as_header_or_body_field_sets_the_routing_target(chai
     assert "strong share 0.25" in by_field.headers["x-router-reason"]
 
 
+async def test_quality_kept_as_header_or_body_field_sets_the_routing_target(chain: Chain) -> None:
+    async with httpx.AsyncClient(base_url=chain.base_url, timeout=20) as http:
+        by_header = await http.post("/chat/completions", json=body(), headers={"x-router-quality-kept": "0.9"})
+        by_field = await http.post("/chat/completions", json=body(quality_kept=0.97))
+    assert by_header.status_code == by_field.status_code == 200
+    assert "quality kept 0.90" in by_header.headers["x-router-reason"]
+    assert "quality kept 0.97" in by_field.headers["x-router-reason"]
+
+
 async def test_the_reply_shows_the_quality_target_applied(chain: Chain) -> None:
     async with grpc.aio.insecure_channel(chain.router_addr) as channel:
         decided = await router_pb2_grpc.RouterStub(channel).Decide(ask("hi", strong_share=0.25), timeout=20)
@@ -48,7 +57,10 @@ async def test_the_reply_shows_the_quality_target_applied(chain: Chain) -> None:
     [
         ({}, {"x-router-strong-share": "lots"}, "must be numbers"),
         ({"strong_share": 1.5}, {}, "strong_share: Input should be less than or equal to 1"),
-        ({"quality_target": 0.5}, {"x-router-strong-share": "0.5"}, "not both"),
+        ({"quality_target": 0.5}, {"x-router-strong-share": "0.5"}, "not quality_target and strong_share"),
+        ({"quality_kept": -0.1}, {}, "quality_kept: Input should be greater than or equal to 0"),
+        ({}, {"x-router-quality-kept": "1.5"}, "quality_kept must be within [0, 1]"),
+        ({"strong_share": 0.5}, {"x-router-quality-kept": "0.9"}, "not strong_share and quality_kept"),
     ],
 )
 async def test_a_bad_strong_share_is_a_400(chain: Chain, fields: dict, headers: dict, says: str) -> None:

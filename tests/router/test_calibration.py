@@ -113,3 +113,96 @@ async def test_a_corrupt_calibration_file_stops_the_router_with_a_clear_message(
     path.write_text('{"classifier_version": "v1"}')
     with pytest.raises(SystemExit, match=f"router: unreadable calibration file {path}"):
         await router.build(RouterSettings(calibration_path=path))
+
+
+# The same mix with each prompt's size: what ranks the models by cost when a quality to keep becomes a target.
+TOKENS = [120, 40, 900, 15, 300, 60]
+SIZED = Calibration("v1", ["weak", "big"], ROWS, TOKENS)
+
+
+def kept_by_policy(target: float) -> float:
+    """The share of the best predicted quality the real policy keeps on the reference mix at this target."""
+    kept = best = 0.0
+    for row, tokens in zip(ROWS, TOKENS, strict=True):
+        lim = limits(quality_target=target, input_tokens=tokens, expected_output_tokens=256)
+        options = policy.evaluate(REGISTRY.models, dict(zip(["weak", "big"], row, strict=True)), lim)
+        plan = policy.plan(REGISTRY, options, lim, classified=True)
+        kept, best = kept + plan.order[0].quality, best + max(row)
+    return kept / best
+
+
+@pytest.mark.parametrize("wanted", [0.5, 0.8, 0.9, 0.95, 0.99, 1.0])
+def test_the_target_keeps_the_requested_quality_of_the_reference_mix(wanted: float) -> None:
+    target = SIZED.quality_target_keeping(wanted, REGISTRY.models, REGISTRY, 256)
+    assert target is not None and kept_by_policy(target) >= wanted
+    # The smallest such target: every lower ratio on the mix (where routing changes) keeps less.
+    ratios = sorted({min(row) / max(row) for row in ROWS if row[0] < row[1]})
+    assert all(kept_by_policy(r - 1e-9) < wanted for r in ratios if r < target)
+
+
+def test_the_kept_target_sits_halfway_between_the_ratios_where_routing_changes() -> None:
+    # Kept at 0 / in (0.5, 0.6] / (0.6, 0.7] / (0.7, 0.8] / (0.8, 0.9] / (0.9, 1]: 3.51, 3.91, 4.11, 4.41, 4.51, 4.6
+    # of 4.6.
+    assert SIZED.quality_target_keeping(0.7, REGISTRY.models, REGISTRY, 256) == 0.0
+    assert SIZED.quality_target_keeping(0.95, REGISTRY.models, REGISTRY, 256) == pytest.approx(0.75)
+    assert SIZED.quality_target_keeping(1.0, REGISTRY.models, REGISTRY, 256) == pytest.approx(0.95)
+
+
+def test_models_are_ranked_by_their_cost_for_each_reference_prompt() -> None:
+    """A model cheap to read but dear to write is the cheaper one for long prompts only: what is kept, and so the
+    target, depends on the prompts' sizes and the answer length, as the policy ranks them."""
+    flip = REGISTRY.model_copy(
+        update={
+            "models": [
+                REGISTRY.models[0].model_copy(update={"input_usd_per_mtok": 0, "output_usd_per_mtok": 100}),
+                REGISTRY.models[1].model_copy(update={"input_usd_per_mtok": 10, "output_usd_per_mtok": 0}),
+            ]
+        }
+    )
+    long_prompts = Calibration("v1", ["weak", "big"], [[0.5, 1.0]], [10_000])
+    short_prompts = Calibration("v1", ["weak", "big"], [[0.5, 1.0]], [10])
+    # Long: the weak model is the cheaper, so half the quality is kept only at a target up to 0.5.
+    assert long_prompts.quality_target_keeping(0.5, flip.models, flip, 256) == 0.0
+    assert long_prompts.quality_target_keeping(0.9, flip.models, flip, 256) == pytest.approx(0.75)
+    # Short: the strong model is the cheaper and is chosen at any target, keeping all.
+    assert short_prompts.quality_target_keeping(0.9, flip.models, flip, 256) == 0.0
+
+
+def test_which_target_a_quality_kept_gives() -> None:
+    settings = RouterSettings(default_quality_target=0.8, tenant_quality_kept={"acme": 0.95})
+    targets = Targets(settings, SIZED)
+    models = REGISTRY.models
+    own = targets.choose(request(quality_kept=1.0), "acme", models, REGISTRY, "v1")
+    assert own.quality == pytest.approx(0.95) and own.note == "quality kept 1.00 on the reference mix"
+    assert targets.choose(request(), "acme", models, REGISTRY, "v1").quality == pytest.approx(0.75)  # the tenant's
+    assert targets.choose(request(quality_target=0.3), "acme", models, REGISTRY, "v1").quality == 0.3
+    assert targets.choose(request(), "other", models, REGISTRY, "v1").quality == 0.8
+    with_default = Targets(RouterSettings(default_quality_kept=1.0), SIZED)
+    assert with_default.choose(request(), "other", models, REGISTRY, "v1").quality == pytest.approx(0.95)
+    # A tenant's strong share is its own aim, over the default quality kept.
+    mixed = Targets(RouterSettings(default_quality_kept=1.0, tenant_strong_share={"acme": 0.1}), SIZED)
+    assert mixed.choose(request(), "acme", models, REGISTRY, "v1").note == "strong share 0.10 on the reference mix"
+
+
+def test_a_quality_kept_needs_a_calibration_with_the_prompts_sizes() -> None:
+    unsized = Targets(RouterSettings(default_quality_target=0.8), REFERENCE)
+    target = unsized.choose(request(quality_kept=0.9), "t", REGISTRY.models, REGISTRY, "v1")
+    assert target.quality == 0.8 and "needs a calibration with the prompts' sizes (make calibrate)" in target.note
+
+
+def test_one_calibrated_aim_per_tenant_and_for_the_default() -> None:
+    with pytest.raises(ValidationError, match="default_strong_share or default_quality_kept, not both"):
+        RouterSettings(default_strong_share=0.2, default_quality_kept=0.9)
+    with pytest.raises(ValidationError, match="both a strong share and a quality kept: acme"):
+        RouterSettings(tenant_strong_share={"acme": 0.2, "b": 0.1}, tenant_quality_kept={"acme": 0.9})
+
+
+def test_calibration_files_carry_one_token_count_per_prompt(tmp_path: Path) -> None:
+    path = tmp_path / "calibration.json"
+    raw = {"classifier_version": "v1", "models": ["weak", "big"], "scores": ROWS, "input_tokens": TOKENS}
+    path.write_text(json.dumps(raw))
+    loaded = calibration.load(path)
+    assert loaded is not None and loaded.input_tokens == TOKENS
+    path.write_text(json.dumps({**raw, "input_tokens": TOKENS[:2]}))
+    with pytest.raises(CalibrationError, match="a token count >= 0 per reference prompt"):
+        calibration.load(path)
