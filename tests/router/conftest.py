@@ -11,7 +11,7 @@ import pytest
 from services.router import charging
 from services.router.store import MemoryStore, RedisStore, Store
 from tests.fakes.lossy_proxy import LossyProxy
-from tests.router.servicer_kit import charger_on
+from tests.router.servicer_kit import charger_on, store_on
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -19,9 +19,17 @@ async def store(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator
     if request.param == "memory":
         yield MemoryStore()
         return
-    redis_store = RedisStore(redis_url)
-    yield redis_store
-    await redis_store.close()
+    made = RedisStore(redis_url)
+    yield made
+    await made.close()
+
+
+@pytest.fixture
+async def redis_store(redis_url: str) -> AsyncIterator[RedisStore]:
+    """The money store on the test's Redis, closed after the fixtures over it (a router_servicer) have stopped.
+    Tests on another Redis, or on a store of their own, open theirs with store_on."""
+    async with store_on(redis_url) as made:
+        yield made
 
 
 @pytest.fixture

@@ -1,7 +1,8 @@
 """The router's servicer, called directly as the gRPC server would (or behind that server: served_router): over a
 money store the test chooses, a real providers gRPC server on loopback serving the test's provider, and a registry
 (test_admission.REGISTRY unless given). The classifier is the test's too when it gives one, served beside the
-provider; otherwise it is never asked: the requests name their model."""
+provider; otherwise it is never asked: the requests name their model. store_on opens the RedisStore such a test
+chooses (conftest's redis_store fixture, the one on the test's Redis)."""
 
 from __future__ import annotations
 
@@ -94,15 +95,22 @@ async def served_router(
 
 
 @asynccontextmanager
+async def store_on(url: str) -> AsyncIterator[RedisStore]:
+    """A RedisStore at `url` for the block, closed when it ends: after whatever the block ran over it (a servicer,
+    a served router) has stopped, as router_servicer leaves the store to its caller."""
+    store = RedisStore(url)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+@asynccontextmanager
 async def charger_on(store_url: str, data_dir: Path) -> AsyncIterator[charging.Charger]:
     """The router's Charger over a RedisStore at `store_url` and an outbox in `data_dir`, with the shipped registry's
     models. Its providers channel is never called: the baseline a charge prices comes from the registry."""
-    store = RedisStore(store_url)
-    try:
-        async with grpc.aio.insecure_channel("127.0.0.1:1") as unused:
-            available = AvailableModels(
-                LiveRegistry(ROOT / "config" / "models.yaml", "router"), provider_pb2_grpc.ProviderStub(unused), 60
-            )
-            yield charging.Charger(store, Outbox(data_dir), available)
-    finally:
-        await store.close()
+    async with store_on(store_url) as store, grpc.aio.insecure_channel("127.0.0.1:1") as unused:
+        available = AvailableModels(
+            LiveRegistry(ROOT / "config" / "models.yaml", "router"), provider_pb2_grpc.ProviderStub(unused), 60
+        )
+        yield charging.Charger(store, Outbox(data_dir), available)
