@@ -54,13 +54,9 @@ def repriced() -> Registry:
 
 
 @pytest.fixture
-async def router(redis_url: str, tmp_path: Path) -> AsyncIterator[tuple[RouterServicer, RedisStore, Path]]:
-    store = RedisStore(redis_url)
-    try:
-        async with router_servicer(tmp_path, store, BatchProvider(), REGISTRY) as servicer:
-            yield servicer, store, tmp_path / "models.yaml"
-    finally:
-        await store.close()
+async def router(redis_store: RedisStore, tmp_path: Path) -> AsyncIterator[tuple[RouterServicer, RedisStore, Path]]:
+    async with router_servicer(tmp_path, redis_store, BatchProvider(), REGISTRY) as servicer:
+        yield servicer, redis_store, tmp_path / "models.yaml"
 
 
 def without_batch_price() -> Registry:

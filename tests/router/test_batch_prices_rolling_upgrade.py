@@ -37,13 +37,9 @@ asyncio.run(main())
 
 
 @pytest.fixture
-async def router(redis_url: str, tmp_path: Path) -> AsyncIterator[tuple[RouterServicer, RedisStore]]:
-    store = RedisStore(redis_url)
-    try:
-        async with router_servicer(tmp_path, store, BatchProvider(), REGISTRY) as servicer:
-            yield servicer, store
-    finally:
-        await store.close()
+async def router(redis_store: RedisStore, tmp_path: Path) -> AsyncIterator[tuple[RouterServicer, RedisStore]]:
+    async with router_servicer(tmp_path, redis_store, BatchProvider(), REGISTRY) as servicer:
+        yield servicer, redis_store
 
 
 async def test_a_router_of_the_version_before_reads_the_batch_prices_a_line_was_admitted_at(

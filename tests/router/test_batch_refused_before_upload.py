@@ -41,15 +41,11 @@ class RefusingBatchProvider(provider_pb2_grpc.ProviderServicer):
 
 @pytest.fixture(params=sorted(REFUSALS))
 async def router(
-    request: pytest.FixtureRequest, redis_url: str, tmp_path: Path
+    request: pytest.FixtureRequest, redis_store: RedisStore, tmp_path: Path
 ) -> AsyncIterator[tuple[RunningServer, RedisStore]]:
-    store = RedisStore(redis_url)
-    try:
-        provider = RefusingBatchProvider(REFUSALS[request.param])
-        async with served_router(tmp_path, store, provider, REGISTRY) as running:
-            yield running, store
-    finally:
-        await store.close()
+    provider = RefusingBatchProvider(REFUSALS[request.param])
+    async with served_router(tmp_path, redis_store, provider, REGISTRY) as running:
+        yield running, redis_store
 
 
 async def test_lines_of_a_batch_refused_before_upload_are_withdrawn_not_held(

@@ -82,13 +82,9 @@ class BatchProvider(provider_pb2_grpc.ProviderServicer):
 
 
 @pytest.fixture
-async def router(redis_url: str, tmp_path: Path) -> AsyncIterator[tuple[RouterServicer, RedisStore]]:
-    store = RedisStore(redis_url)
-    try:
-        async with router_servicer(tmp_path, store, BatchProvider(), REGISTRY) as servicer:
-            yield servicer, store
-    finally:
-        await store.close()
+async def router(redis_store: RedisStore, tmp_path: Path) -> AsyncIterator[tuple[RouterServicer, RedisStore]]:
+    async with router_servicer(tmp_path, redis_store, BatchProvider(), REGISTRY) as servicer:
+        yield servicer, redis_store
 
 
 async def test_a_line_is_charged_at_its_own_models_batch_price_whatever_model_the_collect_names(

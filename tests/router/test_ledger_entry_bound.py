@@ -40,13 +40,9 @@ class Answering(provider_pb2_grpc.ProviderServicer):
 
 
 @pytest.fixture
-async def servicer(redis_url: str, tmp_path: Path) -> AsyncIterator[RouterServicer]:
-    store = RedisStore(redis_url)
-    try:
-        async with router_servicer(tmp_path, store, Answering()) as made:
-            yield made
-    finally:
-        await store.close()
+async def servicer(redis_store: RedisStore, tmp_path: Path) -> AsyncIterator[RouterServicer]:
+    async with router_servicer(tmp_path, redis_store, Answering()) as made:
+        yield made
 
 
 async def test_a_callers_session_id_cannot_make_its_ledger_entry_megabytes(

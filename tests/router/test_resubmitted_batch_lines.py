@@ -61,13 +61,9 @@ class SlowBatchProvider(provider_pb2_grpc.ProviderServicer):
 
 
 @pytest.fixture
-async def router(redis_url: str, tmp_path: Path) -> AsyncIterator[tuple[RunningServer, RedisStore]]:
-    store = RedisStore(redis_url)
-    try:
-        async with served_router(tmp_path, store, SlowBatchProvider(), REGISTRY) as running:
-            yield running, store
-    finally:
-        await store.close()
+async def router(redis_store: RedisStore, tmp_path: Path) -> AsyncIterator[tuple[RunningServer, RedisStore]]:
+    async with served_router(tmp_path, redis_store, SlowBatchProvider(), REGISTRY) as running:
+        yield running, redis_store
 
 
 async def test_lines_offered_again_after_a_lost_reply_are_found_in_their_provider_batch(
