@@ -18,9 +18,8 @@ import redis.asyncio as redis
 from llmrouter.errors import ServiceError
 from llmrouter.registry import ModelSpec
 from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2, router_pb2_grpc
-from services.router.store import RedisStore
 from tests.conftest import ledger_records
-from tests.router.servicer_kit import served_router
+from tests.router.servicer_kit import served_router, store_on
 from tests.router.test_admission import REGISTRY
 
 CHEAP, STRONG = (next(m for m in REGISTRY.models if m.name == name) for name in ("cheap", "strong"))
@@ -55,8 +54,7 @@ class ReloadedProviders(provider_pb2_grpc.ProviderServicer):
 async def test_a_cut_stream_and_a_failed_attempt_are_charged_at_the_prices_the_request_was_admitted_with(
     tmp_path: Path, redis_url: str
 ) -> None:
-    store = RedisStore(redis_url)
-    try:
+    async with store_on(redis_url) as store:
         async with (
             served_router(tmp_path, store, ReloadedProviders()) as running,
             grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
@@ -82,5 +80,3 @@ async def test_a_cut_stream_and_a_failed_attempt_are_charged_at_the_prices_the_r
         assert Decimal(record["owed_usd"]) == owed
         assert record["generations"] == [{"model": "cheap", "input_tokens": 10, "output_tokens": 5}]
         assert Decimal(record["cost_usd"]) == served + owed == charged
-    finally:
-        await store.close()

@@ -14,9 +14,9 @@ from llmrouter.auth import ANONYMOUS, acting_as
 from llmrouter.registry import Registry
 from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2
 from services.router.admission import Admission
-from services.router.store import MemoryStore, RedisStore
+from services.router.store import MemoryStore
 from tests.conftest import ledger_records
-from tests.router.servicer_kit import NoDeadline, router_servicer
+from tests.router.servicer_kit import NoDeadline, router_servicer, store_on
 from tests.router.test_admission import SETTINGS, scratch_outbox
 from tests.router.test_prompt_cache_prices import MESSAGE, REGISTRY, CachingUpstream, bound
 
@@ -60,15 +60,12 @@ async def test_a_request_the_baseline_model_served_from_the_cache_claims_no_savi
 ) -> None:
     request = router_pb2.CompleteRequest(messages=[MESSAGE], tenant="t", model="cached", max_tokens=20, request_id="r")
     input_tokens = await bound(request)
-    store = RedisStore(redis_url)
-    try:
+    async with store_on(redis_url) as store:
         upstream = CachingUpstream(input_tokens, input_tokens - 1, 0)
         async with router_servicer(tmp_path, store, upstream, REGISTRY) as servicer:
             with acting_as(ANONYMOUS):
                 await servicer.Complete(request, NoDeadline())
         (record,) = [r for r in await ledger_records(store.redis) if r["request_id"] == "r"]
-    finally:
-        await store.close()
     assert record["model"] == "cached" and record["generations"][0]["cached_input_tokens"] == input_tokens - 1
     assert Decimal(record["baseline_cost_usd"]) == Decimal(record["cost_usd"])
 
@@ -84,15 +81,12 @@ async def test_a_batch_lines_baseline_prices_its_cached_input_at_the_baseline_mo
     limits = await Admission(SETTINGS, BATCH_REGISTRY, MemoryStore(), scratch_outbox()).limits(line, "t")
     input_tokens = limits.billed_input(realtime)  # all the line's hold pays for at the batch price
     usage = common_pb2.Usage(input_tokens=input_tokens, output_tokens=10, cached_input_tokens=input_tokens - 1)
-    store = RedisStore(redis_url)
-    try:
+    async with store_on(redis_url) as store:
         async with router_servicer(tmp_path, store, CachingBatchProvider(usage), BATCH_REGISTRY) as servicer:
             with acting_as(ANONYMOUS):
                 (sent,) = (await servicer.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[line]), NoDeadline())).lines
                 assert sent.deferred
                 (collected,) = (await servicer.CollectBatch(collect, NoDeadline())).lines
         (record,) = [r for r in await ledger_records(store.redis) if r["request_id"] == "l"]
-    finally:
-        await store.close()
     assert collected.succeeded and record["reason"] == "batch"
     assert Decimal(record["baseline_cost_usd"]) == realtime.usage_cost_usd(usage)

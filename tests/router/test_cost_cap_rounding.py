@@ -17,7 +17,7 @@ from services.router.costs import floor_pico, worst_pico
 from services.router.operations import ALL, Operations
 from services.router.settings import RouterSettings
 from services.router.store import PICO, Account, Allowance, MemoryStore, RedisStore, period_id, to_pico
-from tests.router.servicer_kit import NoDeadline, router_servicer
+from tests.router.servicer_kit import NoDeadline, router_servicer, store_on
 from tests.router.test_admission import REGISTRY, SETTINGS, scratch_outbox
 
 
@@ -55,8 +55,7 @@ async def test_a_request_is_never_charged_past_a_cap_written_with_many_digits(tm
     exact = worst_pico(cheap, billed, 40)
     cap = Decimal(f"{exact * 10**28 - 1}E-40")  # built exactly: arithmetic would round it back to `exact`
     assert cap < Decimal(exact) / PICO
-    store = RedisStore(redis_url)
-    try:
+    async with store_on(redis_url) as store:
         async with router_servicer(tmp_path, store, WritingAll(billed)) as servicer:
             request = router_pb2.CompleteRequest(messages=[message], tenant="t", model="cheap", max_cost_usd=str(cap))
             with acting_as(ANONYMOUS):
@@ -65,8 +64,6 @@ async def test_a_request_is_never_charged_past_a_cap_written_with_many_digits(tm
         spent, _ = await store.spent(Account("t", "anonymous"), period_id(servicer.settings.budget_period))
         assert spent == to_pico(Decimal(reply.cost_usd)) and Decimal(spent) / PICO <= cap
         assert reply.usage.output_tokens == 39  # all the cap pays for
-    finally:
-        await store.close()
 
 
 async def test_a_budget_limit_is_rounded_down_to_the_pico_dollar(tmp_path: Path, redis_url: str) -> None:

@@ -28,10 +28,10 @@ from llmrouter.v1 import (
     router_pb2_grpc,
 )
 from services.edge.settings import EdgeSettings
-from services.router.store import Account, RedisStore, Store, key_id, period_id
+from services.router.store import Account, Store, key_id, period_id
 from services.router.store import keys as store_keys
 from tests.integration.conftest import free_port, served_edge
-from tests.router.servicer_kit import served_router
+from tests.router.servicer_kit import served_router, store_on
 from tests.router.test_admission import REGISTRY
 
 LIMIT = 3  # requests per minute
@@ -145,8 +145,7 @@ async def test_the_edge_answers_a_rate_limited_decide_as_a_rate_limited_completi
 async def test_a_decide_is_refused_while_the_store_is_out_of_reach(tmp_path: Path) -> None:
     """Counted in the store, a Decide is refused without it, as a completion is (fail closed)."""
     classifier = Counting()
-    store = RedisStore(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
-    try:
+    async with store_on(f"redis://127.0.0.1:{free_port()}/0") as store:  # nothing listens there
         async with (
             served_router(tmp_path, store, Answering(), classifier=classifier, rate_limit_rpm=LIMIT) as running,
             grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
@@ -154,5 +153,3 @@ async def test_a_decide_is_refused_while_the_store_is_out_of_reach(tmp_path: Pat
             error = await refusal(router_pb2_grpc.RouterStub(channel).Decide(ask("busy"), timeout=10))
         assert error.code == grpc.StatusCode.UNAVAILABLE and error.reason == "STORE_UNAVAILABLE"
         assert classifier.scored == 0
-    finally:
-        await store.close()

@@ -21,9 +21,9 @@ from llmrouter.registry import Registry
 from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2
 from services.router.admission import Admission
 from services.router.costs import worst_pico
-from services.router.store import PICO, MemoryStore, RedisStore, to_pico
+from services.router.store import PICO, MemoryStore, to_pico
 from tests.conftest import ledger_records
-from tests.router.servicer_kit import NoDeadline, router_servicer
+from tests.router.servicer_kit import NoDeadline, router_servicer, store_on
 from tests.router.test_admission import SETTINGS, scratch_outbox
 
 # USD per 1M tokens: input, output, cached input (0.1x), cache write (1.25x), as Anthropic prices a model.
@@ -131,12 +131,11 @@ async def test_cached_and_written_input_is_charged_at_its_own_prices(
     request = router_pb2.CompleteRequest(messages=[MESSAGE], tenant="t", model="cached", max_tokens=20, request_id="r")
     input_tokens = await bound(request)
     read, written = input_tokens // 2, input_tokens // 4
-    store = RedisStore(redis_url)
-    try:
-        async with router_servicer(tmp_path, store, CachingUpstream(input_tokens, read, written, cut), REGISTRY) as s:
-            charged = await complete(s, request, stream)
-    finally:
-        await store.close()
+    async with (
+        store_on(redis_url) as store,
+        router_servicer(tmp_path, store, CachingUpstream(input_tokens, read, written, cut), REGISTRY) as s,
+    ):
+        charged = await complete(s, request, stream)
     record = await ledger_record(redis_url, "r")
     exact = billed(input_tokens, read, written, 20)
     assert charged == Decimal(record["cost_usd"]) == exact
@@ -163,12 +162,11 @@ async def test_a_prompt_written_whole_to_the_cache_stays_within_the_hold_and_the
     capped = router_pb2.CompleteRequest(
         messages=[MESSAGE], tenant="t", model="cached", max_cost_usd=format(cap, "f"), request_id="c"
     )
-    store = RedisStore(redis_url)
-    try:
-        async with router_servicer(tmp_path, store, CachingUpstream(input_tokens, 0, input_tokens), REGISTRY) as s:
-            charged, charged_capped = await complete(s, whole, stream), await complete(s, capped, stream)
-    finally:
-        await store.close()
+    async with (
+        store_on(redis_url) as store,
+        router_servicer(tmp_path, store, CachingUpstream(input_tokens, 0, input_tokens), REGISTRY) as s,
+    ):
+        charged, charged_capped = await complete(s, whole, stream), await complete(s, capped, stream)
     record = await ledger_record(redis_url, "w")
     assert charged == Decimal(record["cost_usd"]) == billed(input_tokens, 0, input_tokens, 50)
     assert to_pico(charged) == worst_pico(MODEL, input_tokens, 50)  # the hold: the worst case, met exactly
