@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +21,8 @@ from services.router.store import RedisStore, Store, open_store
 from services.router.store_memory import StoreMemory
 from services.router.upkeep import Upkeep
 
+log = logging.getLogger("llmrouter.router")
+
 
 async def build(
     settings: RouterSettings,
@@ -29,6 +32,11 @@ async def build(
         reference = calibration.load(settings.calibration_path)
     except ValueError as exc:  # CalibrationError is one too
         raise SystemExit(f"router: {exc}") from None
+    if settings.end_user_hash_secret is None:
+        log.warning(
+            "ROUTER_END_USER_HASH_SECRET is unset: the end-user ids sent to providers are keyed by the tenant's name "
+            "alone, so whoever knows it can confirm a guessed id (an email address); set a secret of 16 bytes or more"
+        )
     for name in ("cl100k_base", "o200k_base"):  # loaded now: on a request each would hold the event loop ~0.3 s
         encoding(name)
     if settings.redis_url:

@@ -23,7 +23,7 @@ from llmrouter.v1 import router_pb2
 from llmrouter.validation import check_message_count, parse_decimal, passthrough, validate
 from services.router import metrics, policy
 from services.router.costs import affordable_output, floor_pico, worst_pico
-from services.router.end_users import scoped_passthrough_json
+from services.router.end_users import EndUserScope
 from services.router.input_bound import bound_input
 from services.router.outbox import Outbox
 from services.router.routed import Routed
@@ -107,6 +107,7 @@ class Admission:
         self.registry = registry
         self.store = store
         self.undoing = Undoing(store, outbox)
+        self.end_users = EndUserScope(settings.end_user_hash_secret)
         self.allowance = Allowance(
             settings.budget_period,
             settings.rate_limit_rpm,
@@ -143,7 +144,7 @@ class Admission:
         tools = bool(valid.passthrough.get("tools"))
         response_format = _response_format(valid.passthrough)
         # Counted as the providers are sent it: its end-user fields scoped to the tenant (generate_request).
-        sent_json = scoped_passthrough_json(request.passthrough_json, tenant)
+        sent_json = self.end_users.passthrough_json(request.passthrough_json, tenant)
         sent = dataclasses.replace(valid, passthrough=passthrough(sent_json))
         input_tokens = await count_prompt_tokens(request.messages, sent_json, tools, self.max_context)
         if input_tokens > self.max_context:  # refused before anything else sees it (the classifier above all)

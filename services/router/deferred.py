@@ -180,7 +180,7 @@ class Deferred:
         """One provider batch of the lines for `model`. When the provider is known to have created none, their
         admissions are withdrawn (they go to Complete instead); when that is unknown, their holds stay, to be
         charged when they lapse."""
-        calls = [generate_request(routed, routed.plan.order[0].model) for routed in group]
+        calls = [generate_request(routed, routed.plan.order[0].model, self.admission.end_users) for routed in group]
         try:
             reply = await self.providers.SubmitBatch(
                 provider_pb2.SubmitBatchRequest(model=model, requests=calls), timeout=PROVIDER_CALL_S

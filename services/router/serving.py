@@ -19,7 +19,7 @@ from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc
 from services.router import escalation, metrics, policy
 from services.router.admission import Admission
 from services.router.costs import affordable_output, worst_pico
-from services.router.end_users import scoped_passthrough_json
+from services.router.end_users import EndUserScope
 from services.router.routed import Routed, Served
 from services.router.store import PICO, to_pico
 
@@ -110,7 +110,9 @@ class Serving:
             stronger = None if routed.escalation == "off" else policy.escalation_target(order, option, routed.registry)
             try:
                 reply = await self.providers.Generate(
-                    generate_request(routed, option.model, want_confidence=stronger is not None),
+                    generate_request(
+                        routed, option.model, self.admission.end_users, want_confidence=stronger is not None
+                    ),
                     timeout=routed.time_left(context),
                 )
             except grpc.RpcError as err:
@@ -156,7 +158,8 @@ class Serving:
             return
         try:
             reply = await self.providers.Generate(
-                generate_request(routed, target.model, max_tokens), timeout=routed.time_left(context)
+                generate_request(routed, target.model, self.admission.end_users, max_tokens),
+                timeout=routed.time_left(context),
             )
         except grpc.RpcError as err:
             log.warning("escalation failed; keeping the weak answer", extra={"error": err.details()})
@@ -174,7 +177,7 @@ class Serving:
         for index, option in enumerate(order):
             stream.model, stream.worst = option.model, worst_usd(routed, option.model)
             stream.consumed, stream.tool_call_tokens = common_pb2.Usage(), 0
-            request = generate_request(routed, option.model)
+            request = generate_request(routed, option.model, self.admission.end_users)
             request.retry_budget_usd = format(retry_budget(routed, stream.worst), "f")
             request.tool_call_progress = True
             call = self.providers.GenerateStream(request, timeout=routed.time_left(context))
@@ -238,9 +241,14 @@ def _check_time_left(routed: Routed, context: Any) -> None:
 
 
 def generate_request(
-    routed: Routed, model: ModelSpec, max_tokens: int | None = None, want_confidence: bool = False
+    routed: Routed,
+    model: ModelSpec,
+    end_users: EndUserScope,
+    max_tokens: int | None = None,
+    want_confidence: bool = False,
 ) -> provider_pb2.GenerateRequest:
-    """The provider call for one model of the plan, never allowed to write more than admission held for."""
+    """The provider call for one model of the plan, never allowed to write more than admission held for; its end-user
+    fields scoped as admission counted them (Admission.end_users)."""
     request = routed.request
     return provider_pb2.GenerateRequest(
         model=model.name,
@@ -248,7 +256,7 @@ def generate_request(
         max_tokens=routed.max_tokens[model.name] if max_tokens is None else max_tokens,
         temperature=request.temperature if request.HasField("temperature") else None,
         request_id=routed.request_id,
-        passthrough_json=scoped_passthrough_json(request.passthrough_json, routed.account.tenant),
+        passthrough_json=end_users.passthrough_json(request.passthrough_json, routed.account.tenant),
         want_confidence=want_confidence,
     )
 

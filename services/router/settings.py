@@ -9,12 +9,13 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from llmrouter.registry import DEFAULT_REGISTRY
 from llmrouter.settings import REPO_ROOT, GrpcServiceSettings, RepoPath
 from services.ledger.settings import LedgerSettings
+from services.router.end_users import secret_bytes
 from services.router.store import DEFERRED_HOLD_S, HOLD_S, HOLDS_LINGER_S, REQUEST_ID_TTL_S
 
 # The time kept for a request's charge to land after its last token.
@@ -23,6 +24,8 @@ CHARGE_LANDS_S = 60
 MAX_REQUEST_S = HOLD_S - CHARGE_LANDS_S
 
 Share = Annotated[float, Field(ge=0, le=1)]
+# The shortest end_user_hash_secret: 128 bits, as the HMAC key of every tenant's end-user ids.
+MIN_END_USER_SECRET_BYTES = 16
 
 
 class RouterSettings(GrpcServiceSettings, LedgerSettings):  # the ledger's settings: services/ledger/settings.py
@@ -124,6 +127,21 @@ class RouterSettings(GrpcServiceSettings, LedgerSettings):  # the ledger's setti
     verifier_modes: frozenset[Literal["auto", "strict"]] = frozenset({"strict"})
     # How long a session (session_id) keeps its model after its last turn, in the cache store; 0 disables.
     session_ttl_s: int = Field(default=3600, ge=0)
+    # The server's secret keying the end-user fields sent to providers (user, safety_identifier, prompt_cache_key;
+    # services/router/end_users.py): each tenant's key is HMAC(secret, tenant), so without the secret no one can
+    # confirm a guessed end-user id. The same on every replica; changing it gives the providers new end users and cold
+    # prompt-cache buckets. Unset: keyed by the tenant's name alone (a warning at start).
+    end_user_hash_secret: SecretStr | None = None
+
+    @field_validator("end_user_hash_secret")
+    @classmethod
+    def _end_user_secret_long_enough(cls, secret: SecretStr | None) -> SecretStr | None:
+        if secret is not None and len(secret_bytes(secret)) < MIN_END_USER_SECRET_BYTES:
+            raise ValueError(
+                f"must be at least {MIN_END_USER_SECRET_BYTES} bytes (a short one can be guessed, and with it every "
+                "end-user id the providers see); e.g. `openssl rand -hex 32`, or unset it"
+            )
+        return secret
 
     @model_validator(mode="after")
     def _one_calibrated_aim(self) -> RouterSettings:

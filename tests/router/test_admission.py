@@ -22,7 +22,6 @@ from llmrouter.tokens import count_prompt_tokens
 from llmrouter.v1 import common_pb2, router_pb2
 from services.router import admission, policy, routing
 from services.router.costs import worst_pico
-from services.router.end_users import scoped_passthrough_json
 from services.router.outbox import Outbox
 from services.router.routed import Routed
 from services.router.settings import RouterSettings
@@ -330,6 +329,6 @@ async def test_the_prompt_is_counted_with_its_end_user_fields_as_the_provider_is
     gate = admission.Admission(SETTINGS, REGISTRY, MemoryStore(), scratch_outbox())
     written = json.dumps({"user": "u", "prompt_cache_key": "k"})
     limits = await gate.limits(request(passthrough_json=written), ACCOUNT.tenant)
-    sent = scoped_passthrough_json(written, ACCOUNT.tenant)
+    sent = gate.end_users.passthrough_json(written, ACCOUNT.tenant)
     assert limits.input_tokens == await count_prompt_tokens(request().messages, sent, False, 10**6)
     assert limits.input_tokens > await count_prompt_tokens(request().messages, written, False, 10**6)
