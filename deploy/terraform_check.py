@@ -68,6 +68,7 @@ GOOD: dict[str, dict | Path] = {
         "edge_p99_slo_seconds": 30,
         "ledger_dsn_secret": {"name": "llm-prod-ledger", "key": "postgres-dsn"},
         "ledger_trim": {"schedule": "0 4 * * *", "time_zone": "Europe/Paris", "retention_days": 14},
+        "end_user_hash_secret": {"name": "llm-prod-end-users", "key": "hmac-secret"},
     },
     "ledger-trim-off": {"ledger_dsn_secret": {"name": "llm-ledger"}, "ledger_trim": {"enabled": False}},
     "ledger-trim-macro": {"ledger_dsn_secret": {"name": "llm-ledger"}, "ledger_trim": {"schedule": "@daily"}},
@@ -79,16 +80,23 @@ EXPECTED: dict[str, dict] = {
     "defaults": {
         "router": {
             "ledgerDsnSecret": {"name": "", "key": ""},
+            "endUserHashSecret": {"name": "", "key": ""},
             "ledgerTrim": {
                 k: CHART_DEFAULTS["router"]["ledgerTrim"][k]
                 for k in ("enabled", "schedule", "timeZone", "retentionDays")
             },
         }
     },
-    "example": {"router": {"ledgerDsnSecret": {"name": "llm-ledger", "key": "dsn"}}},
+    "example": {
+        "router": {
+            "ledgerDsnSecret": {"name": "llm-ledger", "key": "dsn"},
+            "endUserHashSecret": {"name": "llm-end-user-hash", "key": "secret"},
+        }
+    },
     "full": {
         "router": {
             "ledgerDsnSecret": {"name": "llm-prod-ledger", "key": "postgres-dsn"},
+            "endUserHashSecret": {"name": "llm-prod-end-users", "key": "hmac-secret"},
             "ledgerTrim": {"enabled": True, "schedule": "0 4 * * *", "timeZone": "Europe/Paris", "retentionDays": 14},
             "autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 6},
         }
@@ -117,6 +125,8 @@ BAD: list[tuple[dict, str]] = [
     ({"edge_p99_slo_seconds": 120}, "edge_p99_slo_seconds must be in"),
     ({"ledger_dsn_secret": {"name": "Ledger DSN"}}, "ledger_dsn_secret.name must be a Secret name"),
     ({"ledger_dsn_secret": {"name": "llm-ledger", "key": "dsn url"}}, "ledger_dsn_secret.key must be a Secret key"),
+    ({"end_user_hash_secret": {"name": "End Users"}}, "end_user_hash_secret.name must be a Secret name"),
+    ({"end_user_hash_secret": {"name": "llm-end-users", "key": "a key"}}, "end_user_hash_secret.key must be a Secret"),
     ({"ledger_trim": {"schedule": "daily"}}, "ledger_trim.schedule must be a cron schedule"),
     ({"ledger_trim": {"schedule": "17 3 * *"}}, "ledger_trim.schedule must be a cron schedule"),
     ({"ledger_trim": {"schedule": "@fortnightly"}}, "ledger_trim.schedule must be a cron schedule"),
@@ -127,10 +137,11 @@ BAD: list[tuple[dict, str]] = [
     ({"ledger_trim": {"retention_days": 1.5}}, "ledger_trim.retention_days must be a whole number of days"),
 ]
 
-# What each example passes to the root module, so that its install is one to run: the edge's keys, and the SQL
-# ledger in PostgreSQL with its trim (the module's defaults leave the ledger in each router pod's SQLite, lost with
-# the pod, and nothing trims the ledger streams: the money Redis fills).
-EXAMPLE_INPUTS = ("edge_keys_secret", "ledger_dsn_secret", "ledger_trim")
+# What each example passes to the root module, so that its install is one to run: the edge's keys, the SQL ledger in
+# PostgreSQL with its trim (the module's defaults leave the ledger in each router pod's SQLite, lost with the pod, and
+# nothing trims the ledger streams: the money Redis fills), and the secret keying the end-user ids sent to providers
+# (without it, whoever knows a tenant's name can confirm a guessed id).
+EXAMPLE_INPUTS = ("edge_keys_secret", "ledger_dsn_secret", "ledger_trim", "end_user_hash_secret")
 
 OUTPUTS = """
 output "values_yaml" {

@@ -15,7 +15,8 @@ locals {
       apiKeys        = { existingSecret = var.edge_keys_secret == null ? "" : var.edge_keys_secret }
     }
     router = {
-      ledgerDsnSecret = coalesce(var.ledger_dsn_secret, { name = "", key = "" })
+      ledgerDsnSecret   = coalesce(var.ledger_dsn_secret, { name = "", key = "" })
+      endUserHashSecret = coalesce(var.end_user_hash_secret, { name = "", key = "" })
       ledgerTrim = {
         enabled       = var.ledger_trim.enabled
         schedule      = var.ledger_trim.schedule

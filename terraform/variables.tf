@@ -152,6 +152,24 @@ variable "ledger_dsn_secret" {
   }
 }
 
+variable "end_user_hash_secret" {
+  description = "Existing Secret holding the server's secret (at least 16 bytes, e.g. `openssl rand -hex 32`) keying the end-user ids the router sends to providers (ROUTER_END_USER_HASH_SECRET): {name, key}. null: they are keyed by the tenant's name alone, and whoever knows it can confirm a guessed id (an email address) in what a provider sees."
+  type = object({
+    name = string
+    key  = optional(string, "secret")
+  })
+  default = null
+
+  validation {
+    condition     = var.end_user_hash_secret == null || can(regex("^[a-z0-9]([-.a-z0-9]{0,251}[a-z0-9])?$", var.end_user_hash_secret.name))
+    error_message = "end_user_hash_secret.name must be a Secret name (DNS-1123 subdomain)."
+  }
+  validation {
+    condition     = var.end_user_hash_secret == null || can(regex("^[-._a-zA-Z0-9]{1,253}$", var.end_user_hash_secret.key))
+    error_message = "end_user_hash_secret.key must be a Secret key: letters, digits, '-', '_' and '.'."
+  }
+}
+
 # --- ledger --------------------------------------------------------------------------------------------------
 variable "ledger_trim" {
   description = "The CronJob deleting from the ledger streams in the money Redis (noeviction) the entries older than retention_days (ROUTER_LEDGER_RETENTION_DAYS, given to the router too) that the SQL sink copied into PostgreSQL (`python -m services.router.ledger trim --copied-only`). It runs only with ledger_dsn_secret and a money Redis; without it (or enabled = false) nothing trims the streams, and the money Redis fills and then refuses every request: schedule `trim --out FILE` yourself. The chart's money maxmemory (2gb) holds 1 request/s with 7 days kept (deploy/README.md, sizing)."

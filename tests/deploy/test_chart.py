@@ -378,6 +378,8 @@ def test_a_shared_router_without_redis_is_refused() -> None:
         # A secretKeyRef needs both (Kubernetes refuses an empty key): a name without its key, a key without its name.
         ("router.ledgerDsnSecret.name=llm-ledger", "/router/ledgerDsnSecret/key"),
         ("router.ledgerDsnSecret.key=dsn", "/router/ledgerDsnSecret/name"),
+        ("router.endUserHashSecret.name=llm-end-user-hash", "/router/endUserHashSecret/key"),
+        ("router.endUserHashSecret.key=secret", "/router/endUserHashSecret/name"),
         ("router.sqliteLedger.sizeLimitMiB=63", "/router/sqliteLedger/sizeLimitMiB"),  # no room past the bound
         ("redis.money.urlSecret.name=money-redis", "/redis/money/urlSecret/key"),
         ("redis.cache.urlSecret.key=url", "/redis/cache/urlSecret/name"),
@@ -721,6 +723,31 @@ def test_router_ledger_in_postgresql_from_a_secret() -> None:
     docs = render(*dsn, *egress, "--set", "networkPolicy.egress.ledgerTo[0].ipBlock.cidr=10.30.0.5/32")
     router = _egress_ports(by_kind(docs, "NetworkPolicy")[name("router")])
     assert router[5432] == [{"ipBlock": {"cidr": "10.30.0.5/32"}}]
+
+
+def test_router_end_user_hash_secret_from_a_secret() -> None:
+    """Without ROUTER_END_USER_HASH_SECRET the end-user ids sent to providers are keyed by the tenant's name alone:
+    whoever knows it can confirm a guessed id. The chart gives the router the secret from a Secret, referenced only,
+    and warns when there is none."""
+    secret = (
+        "--set",
+        "router.endUserHashSecret.name=llm-end-user-hash",
+        "--set",
+        "router.endUserHashSecret.key=secret",
+    )
+    docs = render(*secret)
+    assert env(docs, "router")["ROUTER_END_USER_HASH_SECRET"] == {
+        "secretKeyRef": {"name": "llm-end-user-hash", "key": "secret"}
+    }
+    skips = by_kind(docs, "Deployment")[name("router")]["metadata"]["annotations"].values()
+    assert any(skip.startswith("CKV_K8S_35=") for skip in skips)
+    assert all("ROUTER_END_USER_HASH_SECRET" not in env(docs, svc) for svc in SERVICES if svc != "router")
+    plain = render()
+    assert "ROUTER_END_USER_HASH_SECRET" not in env(plain, "router")
+    plain_skips = by_kind(plain, "Deployment")[name("router")]["metadata"]["annotations"].values()
+    assert not any(skip.startswith("CKV_K8S_35=") for skip in plain_skips)
+    assert "no router.endUserHashSecret" in _notes("--set", "edge.allowAnonymous=true")
+    assert "no router.endUserHashSecret" not in _notes(*secret, "--set", "edge.allowAnonymous=true")
 
 
 LEDGER_DSN = ("--set", "router.ledgerDsnSecret.name=llm-ledger", "--set", "router.ledgerDsnSecret.key=dsn")

@@ -209,6 +209,11 @@ refuses a list keyed by name holding one name twice). */}}
   value: {{ include "llmrouter.addr" (list $root "providers") | quote }}
 {{- include "llmrouter.redisUrlEnv" (list $root "money" "ROUTER_REDIS_URL") }}
 {{- include "llmrouter.redisUrlEnv" (list $root "cache" "ROUTER_CACHE_REDIS_URL") }}
+{{- with $v.endUserHashSecret }}{{ if .name }}
+- name: ROUTER_END_USER_HASH_SECRET
+  valueFrom:
+    secretKeyRef: {name: {{ .name | quote }}, key: {{ .key | quote }}}
+{{- end }}{{ end }}
 {{- if $v.ledgerDsnSecret.name }}
 - name: ROUTER_LEDGER_SQL_DSN
   valueFrom:

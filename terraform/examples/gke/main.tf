@@ -195,8 +195,11 @@ module "llm_cost_router" {
   # replicas, and, with it, the daily CronJob trimming the ledger streams in the money Redis of what it copied.
   ledger_dsn_secret = var.ledger_dsn_secret
   ledger_trim       = var.ledger_trim
-  # The Secrets (provider keys, edge keys, the ledger's DSN) exist in the namespace before the release: create the
-  # namespace with them (kubectl, External Secrets) and let the module leave it alone.
+  # The secret keying the end-user ids sent to providers: without it, whoever knows a tenant's name can confirm a
+  # guessed id in what a provider sees.
+  end_user_hash_secret = var.end_user_hash_secret
+  # The Secrets (provider keys, edge keys, the ledger's DSN, the end-user hash secret) exist in the namespace before
+  # the release: create the namespace with them (kubectl, External Secrets) and let the module leave it alone.
   create_namespace = false
 
   depends_on = [google_container_node_pool.default]

@@ -59,6 +59,15 @@ variable "ledger_dsn_secret" {
   default = { name = "llm-ledger" }
 }
 
+variable "end_user_hash_secret" {
+  description = "Existing Secret with the server's secret keying the end-user ids sent to providers (created before the release; see the root module): {name, key}. null keys them by the tenant's name alone: whoever knows it can confirm a guessed id."
+  type = object({
+    name = string
+    key  = optional(string, "secret")
+  })
+  default = { name = "llm-end-user-hash" }
+}
+
 variable "ledger_trim" {
   description = "The daily CronJob trimming the ledger streams in the money Redis of what the SQL sink copied: {enabled, schedule, time_zone, retention_days} (see the root module); it runs with ledger_dsn_secret."
   type = object({
