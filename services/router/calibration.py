@@ -28,7 +28,7 @@ class Calibration:
     # quality to keep is turned into a target. None in a file built before they were written.
     input_tokens: list[int] | None = None
     _ratios: dict[tuple[object, ...], list[float]] = field(default_factory=dict, repr=False)
-    _kept_targets: dict[tuple[object, ...], float] = field(default_factory=dict, repr=False)
+    _curves: dict[tuple[object, ...], KeptCurve] = field(default_factory=dict, repr=False)
 
     @classmethod
     def read(cls, path: Path) -> Calibration:
@@ -70,32 +70,44 @@ class Calibration:
     ) -> float | None:
         """The smallest relative target whose routing of the reference mix (the cheapest model within the target of
         each prompt's best prediction, answers of `output_tokens`) keeps at least `kept` of the best predicted
-        quality summed over the mix, halfway down to the next smaller target that keeps less, so that it is not
-        tuned to one prompt. None when the file has no prompt sizes to rank the models' costs by."""
+        quality summed over the mix, halfway up to the next target where routing changes, so that it is not tuned
+        to one prompt. None when the file has no prompt sizes to rank the models' costs by."""
         if self.input_tokens is None:
             return None
         prices = tuple((m.name, m.input_usd_per_mtok, m.output_usd_per_mtok, m.max_output_tokens) for m in models)
-        key = (_models_key(models, registry), prices, kept, output_tokens)
-        if key not in self._kept_targets:
-            if len(self._kept_targets) >= 256:  # a handful of tenants' settings and models; never let them pile up
-                self._kept_targets.clear()
-            self._kept_targets[key] = _smallest_keeping(self._routings(models, output_tokens), kept)
-        return self._kept_targets[key]
+        key = (_models_key(models, registry), prices, output_tokens)
+        if key not in self._curves:
+            if len(self._curves) >= 32:  # model sets and prices rarely change; never let them pile up
+                self._curves.clear()
+            self._curves[key] = self._kept_curve(models, output_tokens)
+        return self._curves[key].smallest_target(kept)
 
-    def _routings(self, models: list[ModelSpec], output_tokens: int) -> list[list[tuple[float, float]]]:
-        """Per reference prompt, its models' (predicted quality over the best prediction, predicted quality) in
-        the order routing prefers them: cheapest first, the better of two at one cost."""
+    def _kept_curve(self, models: list[ModelSpec], output_tokens: int) -> KeptCurve:
+        """What the mix keeps at each target: each prompt goes to the first of its models, cheapest first (the
+        better of two at one cost), predicted within the target of its best; a higher target moves it only to a
+        later model predicted better than every earlier one."""
         assert self.input_tokens is not None
-        routings = []
+        base = best_sum = 0.0
+        steps: dict[float, float] = {}  # target ratio -> quality gained just above it
         for row, tokens in zip(self.scores, self.input_tokens, strict=True):
             scores = dict(zip(self.models, row, strict=True))
+            # Cheapest first, the better of two at one cost first.
             ranked = sorted(
-                models,
-                key=lambda m: (m.cost_usd(tokens, min(output_tokens, m.max_output_tokens)), -_quality(m, scores)),
+                (m.cost_usd(tokens, min(output_tokens, m.max_output_tokens)), -_quality(m, scores)) for m in models
             )
-            best = max(_quality(m, scores) for m in ranked)
-            routings.append([(_ratio(_quality(m, scores), best), _quality(m, scores)) for m in ranked])
-        return routings
+            qualities = [-negated for _, negated in ranked]
+            if not qualities:
+                continue
+            best = max(qualities)
+            best_sum += best
+            chosen = qualities[0]
+            base += chosen
+            for quality in qualities[1:]:
+                if quality > chosen:
+                    ratio = _ratio(chosen, best)
+                    steps[ratio] = steps.get(ratio, 0.0) + quality - chosen
+                    chosen = quality
+        return KeptCurve(base, best_sum, sorted(steps.items()))
 
     def _ratios_for(self, models: list[ModelSpec], registry: Registry) -> list[float]:
         """Per reference prompt, sorted: the target above which the policy picks the strongest tier, the best
@@ -127,27 +139,26 @@ def _ratio(quality: float, best: float) -> float:
     return max(0.0, quality / best) if best > 0 else 0.0
 
 
-def _kept_at(routings: list[list[tuple[float, float]]], target: float) -> float:
-    """The predicted quality summed over the mix when each prompt goes to its cheapest model within `target`."""
-    return sum(next(q for ratio, q in ranked if ratio >= target) for ranked in routings)
+@dataclass(frozen=True)
+class KeptCurve:
+    """The predicted quality the reference mix keeps, as a function of the target: `base` at target 0, and each step
+    (ratio, gain) adding its gain for every target above its ratio."""
 
+    base: float
+    best: float  # every prompt at its best predicted model
+    steps: list[tuple[float, float]]  # sorted by ratio, one per ratio
 
-def _smallest_keeping(routings: list[list[tuple[float, float]]], kept: float) -> float:
-    """What is kept only grows with the target (a higher one rules out cheaper models and keeps the better ones), and
-    changes only at the models' ratios: bisect over them."""
-    best = sum(max(q for _, q in ranked) for ranked in routings)
-    if best <= 0:
-        return 1.0
-    ratios = sorted({0.0, 1.0} | {ratio for ranked in routings for ratio, _ in ranked})
-    low, high = 0, len(ratios) - 1  # the target ratios[high] keeps enough: 1.0 keeps every prompt's best
-    while low < high:
-        middle = (low + high) // 2
-        if _kept_at(routings, ratios[middle]) >= kept * best - 1e-12:
-            high = middle
-        else:
-            low = middle + 1
-    # Every target in (ratios[high - 1], ratios[high]] routes the mix alike: the middle of that range.
-    return ratios[high] if high == 0 else (ratios[high - 1] + ratios[high]) / 2
+    def smallest_target(self, kept: float) -> float:
+        goal = kept * self.best - 1e-12
+        total = self.base
+        if total >= goal:
+            return 0.0
+        for i, (ratio, gain) in enumerate(self.steps):
+            total += gain
+            if total >= goal:  # reached just above this ratio; the next step's ratio adds more than needed
+                following = self.steps[i + 1][0] if i + 1 < len(self.steps) else 1.0
+                return (ratio + following) / 2
+        return 1.0  # only every prompt's best keeps it all
 
 
 def _quality(model: ModelSpec, scores: dict[str, float]) -> float:

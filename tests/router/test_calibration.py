@@ -206,3 +206,12 @@ def test_calibration_files_carry_one_token_count_per_prompt(tmp_path: Path) -> N
     path.write_text(json.dumps({**raw, "input_tokens": TOKENS[:2]}))
     with pytest.raises(CalibrationError, match="a token count >= 0 per reference prompt"):
         calibration.load(path)
+
+
+def test_a_callers_many_qualities_kept_share_one_curve_per_model_set() -> None:
+    """Sent by any caller, each distinct quality_kept must not cost another pass over the mix (a second of CPU per
+    thousand values, on the event loop): the curve is built once per model set and prices, then read."""
+    sized = Calibration("v1", ["weak", "big"], ROWS, TOKENS)
+    targets = [sized.quality_target_keeping(0.8 + i / 10_000, REGISTRY.models, REGISTRY, 256) for i in range(1000)]
+    assert len(sized._curves) == 1
+    assert targets == sorted(targets)  # what is kept only grows with the target
