@@ -383,7 +383,8 @@ async def _undo(*steps: Callable[[], Awaitable[None]]) -> None:
 def _limit(text: str | None, default: int, most: int) -> int:
     if text is None:
         return default
-    if not text.isdigit() or not 1 <= int(text) <= most:
+    # ASCII digits only: str.isdigit() holds for superscripts ('²') that int() refuses, a 500 where this is a 400.
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= most:
         raise ApiError(400, f"limit must be an integer from 1 to {most}", param="limit", code="invalid_value")
     return int(text)
 
