@@ -12,7 +12,9 @@ import grpc
 
 from llmrouter.errors import ServiceError
 from llmrouter.registry import FORMAT_FIELDS, ModelSpec, Registry
+from services.router.costs import floor_pico
 from services.router.input_bound import InputBound
+from services.router.store import PICO
 
 
 @dataclass(frozen=True)
@@ -72,8 +74,8 @@ def evaluate(models: Sequence[ModelSpec], scores: Mapping[str, float] | None, li
             excluded = f"prompt of {limits.input_tokens} tokens exceeds context window {model.context_window}"
         elif limits.max_cost_usd is not None and least_worst > limits.max_cost_usd:
             excluded = (
-                f"the prompt and a {shortest}-token answer may cost {least_worst}, "
-                f"over max_cost_usd {limits.max_cost_usd}"
+                f"the prompt and a {shortest}-token answer may cost {least_worst:f}, "
+                f"over max_cost_usd {capped_usd(limits.max_cost_usd)}"
             )
         elif limits.max_latency_ms is not None and model.latency_slo_ms > limits.max_latency_ms:
             excluded = f"latency SLO {model.latency_slo_ms} ms over max_latency_ms {limits.max_latency_ms}"
@@ -107,6 +109,12 @@ def without_unavailable(options: list[Option], usable: set[str]) -> list[Option]
     ]
 
 
+def capped_usd(cap: Decimal) -> str:
+    """A caller's cap as applied, rounded down to the pico-dollar, in plain notation: its text may be 1e-999999999,
+    whose plain notation would take a gigabyte."""
+    return format(Decimal(floor_pico(cap)) / PICO, "f")
+
+
 def plan(registry: Registry, options: list[Option], limits: Limits, classified: bool) -> Plan:
     """The cheapest model predicted to reach `quality_target` of the best candidate's predicted quality. The
     target is relative, so a prompt the classifier reads poorly (every prediction low) still goes to a cheap
@@ -125,7 +133,7 @@ def plan(registry: Registry, options: list[Option], limits: Limits, classified: 
     first = meeting[0]
     reason = (
         f"cheapest model predicted within {limits.quality_target:.2f} of the best "
-        f"({best.model.name} {best.quality:.2f}): predicted {first.quality:.2f}, est. ${first.cost}"
+        f"({best.model.name} {best.quality:.2f}): predicted {first.quality:.2f}, est. ${first.cost:f}"
     )
     return Plan(options, meeting + below, "cheapest_near_best", reason)
 

@@ -223,3 +223,15 @@ def test_when_no_model_returns_logprobs_the_refusal_names_logprobs() -> None:
     with pytest.raises(ServiceError) as mixed:
         policy.plan(registry, policy.evaluate(registry.models, None, lim), lim, classified=False)
     assert mixed.value.metadata == {}
+
+
+def test_amounts_in_reasons_are_written_in_plain_notation() -> None:
+    """As every amount the router shows (a candidate's estimated_cost_usd): str() of a Decimal under 1e-6 is
+    scientific ('3E-7'), and x-router-reason read "est. $3E-7", a 400 "over max_cost_usd 1E-7"."""
+    plan = route({"weak": 0.8, "big": 0.95}, input_tokens=1, expected_output_tokens=1)
+    assert plan.reason.endswith("est. $0.0000003")
+    options = policy.evaluate(REGISTRY.models, {"weak": 1, "big": 1}, limits(max_cost_usd=Decimal("0.0000001")))
+    excluded = next(o for o in options if o.model.name == "cheap").excluded
+    assert excluded.endswith("over max_cost_usd 0.0000001") and "E-" not in excluded
+    options = policy.evaluate(REGISTRY.models, {"weak": 1}, limits(max_cost_usd=Decimal("1e-999999999")))
+    assert next(o for o in options if o.model.name == "cheap").excluded.endswith("over max_cost_usd 0")
