@@ -163,10 +163,11 @@ def error_response(error: ApiError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status, headers=headers or None)
 
 
-async def first_chunks(call: Any, request: Request) -> tuple[router_pb2.Decision, Any]:
+async def first_chunks(call: Any, request: Request, request_id: str) -> tuple[router_pb2.Decision, Any]:
     """A stream's decision, then its first delta (or its final chunk), read before the response starts: routing
     errors and provider failures before any token become HTTP errors with their proper status, not a 200 with an
-    error event. Read while watching the client: one that leaves meanwhile has the call cancelled at once (a 499),
+    error event. Read while watching the client: one that leaves meanwhile has the call cancelled at once (a 499
+    naming the request id, which the access log keeps: the router may have admitted it and charges it under that id),
     charged by the router as a stream left before its first token (nothing if not yet admitted). Unwatched, the
     router's stream and its upstream ran on for nobody until the first token (a tool-call answer's first chunk is
     its last: generated whole) or the request's timeout. Only the server's word that the client left counts: a
@@ -181,7 +182,9 @@ async def first_chunks(call: Any, request: Request) -> tuple[router_pb2.Decision
         await asyncio.wait((reading, leaving), return_when=asyncio.FIRST_COMPLETED)
         if not reading.done():
             if has_left(leaving):
-                raise ApiError(499, "the client closed the request", code="client_closed_request")
+                raise ApiError(
+                    499, "the client closed the request", code="client_closed_request", request_id=request_id
+                )
             await reading
         return reading.result()
     except BaseException:
@@ -321,7 +324,7 @@ class Edge:
             return JSONResponse(completion_body(response), headers=headers)
         call = self.router.CompleteStream(message, timeout=timeout)
         try:
-            decision, pending = await first_chunks(call, request)
+            decision, pending = await first_chunks(call, request, request_id)
         except grpc.RpcError as err:
             raise api_error(err, request_id) from None
         include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)

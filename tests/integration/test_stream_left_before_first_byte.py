@@ -1,7 +1,8 @@
 """An HTTP client that asks for a stream and leaves before its first byte, while the edge waits for the router's first
 token: the edge cancels its router call at once. It waited for that token (an upstream slow to answer: until the
 request's timeout), the router's stream and the upstream's generation running on for nobody meanwhile; a tool-call
-answer, whose first chunk is its last, was generated whole."""
+answer, whose first chunk is its last, was generated whole. Its 499 in the access log names the request by the id the
+ledger charges it under, as every answer or error of a request that reached the router does."""
 
 from __future__ import annotations
 
@@ -54,8 +55,12 @@ async def test_a_client_leaving_before_the_first_byte_has_the_router_call_cancel
         }
         path.write_text(yaml.safe_dump(spec))
         async with served_stack(path, redis_url, classifier_dir, verifier=False) as servers:
+            access_log = tmp_path / "access.jsonl"
             settings = EdgeSettings(
-                port=free_port(), router_addr=f"127.0.0.1:{servers['router'].port}", request_timeout_s=20
+                port=free_port(),
+                router_addr=f"127.0.0.1:{servers['router'].port}",
+                request_timeout_s=20,
+                access_log=str(access_log),
             )
             async with served_edge(settings) as base_url, httpx.AsyncClient(base_url=base_url) as http:
                 decision = (await http.post("/router/decide", json=BODY)).json()
@@ -75,3 +80,5 @@ async def test_a_client_leaving_before_the_first_byte_has_the_router_call_cancel
     assert record["outcome"] == "cancelled"
     worst = next(c["estimated_cost_usd"] for c in decision["candidates"] if c["model"] == "slow-model")
     assert Decimal(record["cost_usd"]) == Decimal(worst)
+    left_lines = [line for line in map(json.loads, access_log.read_text().splitlines()) if line["status"] == 499]
+    assert [line.get("request_id") for line in left_lines] == [record["request_id"]]
