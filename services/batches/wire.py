@@ -116,6 +116,8 @@ def _check_line(number: int, line: str, seen: set[str]) -> None:
         raise _bad(number, f"needs a custom_id string of 1 to {MAX_CUSTOM_ID} characters")
     if not custom_id.isascii() and not _utf8(custom_id):  # it joins the request id, a protobuf string
         raise _bad(number, "has a custom_id with a lone UTF-16 surrogate")
+    if "\x00" in custom_id:  # the router refuses a request id with one (PostgreSQL text holds none)
+        raise _bad(number, "has a custom_id with a NUL character")
     if custom_id in seen:
         raise _bad(number, f"repeats custom_id {custom_id[:64]!r}")
     if len(seen) == MAX_LINES:  # refused at the first line too many, not after reading a million

@@ -47,3 +47,12 @@ def test_a_file_not_utf8_is_refused_as_such_even_past_its_first_bad_line() -> No
         wire.check_lines(content)
     with pytest.raises(ApiError, match="line 1 of the batch file is not JSON"):
         wire.check_lines(content[:-2])
+
+
+def test_a_custom_id_the_router_would_refuse_is_refused_at_upload() -> None:
+    """The custom_id joins the request id, which holds no NUL (nor does PostgreSQL text): taken at upload, every such
+    line failed at run time with a 400 naming `request_id`, a field its caller never sent."""
+    line = {"custom_id": "a\u0000b", "method": "POST", "url": wire.ENDPOINT, "body": {}}
+    content = (entry(1) + "\n" + json.dumps(line)).encode()
+    with pytest.raises(ApiError, match="line 2 of the batch file has a custom_id with a NUL character"):
+        wire.check_lines(content)
