@@ -7,12 +7,13 @@ import logging
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 import grpc
 
 from llmrouter.auth import current_identity
 from llmrouter.errors import ServiceError, invalid
+from llmrouter.validation import parse_decimal
 from services.ledger.db import LedgerDB, LedgerUnavailable
 from services.ledger.stats import GROUPINGS, Group, summarize
 from services.router.admission import check_id
@@ -92,11 +93,11 @@ class Operations:
             raise invalid("name must be a tenant or a key id (letters, digits, '_', '.', ':', '@', '-')", "name")
         pico = None
         if limit_usd:
-            try:
-                amount = Decimal(limit_usd)
-            except InvalidOperation:
-                raise invalid("limit_usd must be a decimal number of USD", "limit_usd") from None
-            if not amount.is_finite() or amount < 0 or amount > Decimal(9_000_000):
+            # As a max_cost_usd is read: Decimal() alone also takes '1_0' (10), Unicode digits and spaces.
+            amount = parse_decimal(limit_usd)
+            if amount is None:
+                raise invalid("limit_usd must be a decimal number of USD", "limit_usd")
+            if amount < 0 or amount > Decimal(9_000_000):
                 raise invalid("limit_usd must be between 0 and 9000000", "limit_usd")
             pico = floor_pico(amount)  # rounded down, as caps are: the budget is never exceeded
         await self.store.set_limit(scope, name, pico)
