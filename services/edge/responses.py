@@ -160,6 +160,7 @@ class ResponsesFields(BaseModel):
     max_output_tokens: StrictInt | None = Field(default=None, ge=1, le=INT32_MAX)
     tools: Annotated[list[JsonObject], FirstError()] | None = Field(default=None, max_length=128)
     tool_choice: Literal["none", "auto", "required"] | NamedFunctionChoice | None = None
+    parallel_tool_calls: StrictBool | None = None  # checked here: without tools it never reaches the chat route
     text: TextConfig | None = None
     stream: StrictBool = False
     stream_options: JsonObject | None = None

@@ -72,6 +72,9 @@ def test_max_cost_usd_reaches_the_chat_path_as_written() -> None:
         ({"input": "hi", "max_output_tokens": 0}, "max_output_tokens"),
         ({"input": [{"role": "tool", "content": "x"}]}, "input.0.role"),
         ({"input": [{"type": "function_call_output", "output": "x"}]}, "input.0.call_id"),
+        # Dropped without tools (the answer echoes it), yet a wrong type is a 400 as on the chat route: it was served.
+        ({"input": "hi", "parallel_tool_calls": "no"}, "parallel_tool_calls"),
+        ({"input": "hi", "parallel_tool_calls": 0}, "parallel_tool_calls"),
     ],
 )
 def test_what_cannot_be_translated_names_its_field(body: dict[str, Any], param: str) -> None:
