@@ -28,7 +28,7 @@ from llmrouter.errors import ServiceError
 from llmrouter.interceptors import INFLIGHT
 from llmrouter.redis_errors import StoreFailure, store_failure
 from llmrouter.v1 import common_pb2, operator_pb2_grpc, router_pb2, router_pb2_grpc
-from llmrouter.validation import MAX_MESSAGES, MAX_ROUTED_MESSAGES
+from llmrouter.validation import MAX_MESSAGES, MAX_ROUTED_MESSAGES, parse_decimal
 from services.batches.api import BatchApi
 from services.batches.runner import Runner
 from services.batches.store import open_store
@@ -148,8 +148,14 @@ def api_error(err: grpc.RpcError, request_id: str) -> ApiError:
         retry_after=retry_after,
         charged_usd=charged,
         request_id=request_id,
-        retryable=error.metadata.get("retryable") != "false",
+        # A failure that was charged is not retried by the SDK on its own: a retry is a new request, charged again.
+        retryable=error.metadata.get("retryable") != "false" and not _costs_something(charged),
     )
+
+
+def _costs_something(charged_usd: str) -> bool:
+    amount = parse_decimal(charged_usd) if charged_usd else None
+    return amount is not None and amount > 0
 
 
 def error_response(error: ApiError) -> JSONResponse:

@@ -12,6 +12,9 @@ import uuid
 from decimal import Decimal
 
 import httpx
+import httpx2
+import openai
+import pytest
 import redis.asyncio as redis
 from openai import AsyncOpenAI
 from pydantic import SecretStr
@@ -48,6 +51,27 @@ async def test_a_failed_request_that_was_charged_says_what_it_cost(chain: Chain)
     assert found
     charged = Decimal(reply.headers["x-router-cost-usd"])
     assert charged > 0 and charged == await ledger_cost(chain, found.group(1))
+
+
+async def test_a_failed_request_that_was_charged_is_not_retried_by_the_sdk_on_its_own(chain: Chain) -> None:
+    """OpenAI's SDKs retry a 5xx twice by default, and each retry is a new request, charged again: a failure that cost
+    something says x-should-retry: false, and the caller decides."""
+    sent: list[httpx2.Request] = []
+
+    async def record(request: httpx2.Request) -> None:
+        sent.append(request)
+
+    http = httpx2.AsyncClient(event_hooks={"request": [record]})
+    client = AsyncOpenAI(base_url=chain.base_url, api_key="unused", max_retries=2, http_client=http)
+    chain.budget.enqueue(Fault.reset())
+    try:
+        with pytest.raises(openai.APIStatusError) as err:
+            await client.chat.completions.create(**reset_request())
+    finally:
+        await client.close()
+    headers = err.value.response.headers
+    assert err.value.status_code == 502 and Decimal(headers["x-router-cost-usd"]) > 0
+    assert headers["x-should-retry"] == "false" and len(sent) == 1
 
 
 async def test_a_failed_batch_line_that_was_charged_says_so_in_the_error_file(chain: Chain) -> None:

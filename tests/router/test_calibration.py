@@ -214,4 +214,5 @@ def test_a_callers_many_qualities_kept_share_one_curve_per_model_set() -> None:
     sized = Calibration("v1", ["weak", "big"], ROWS, TOKENS)
     targets = [sized.quality_target_keeping(0.8 + i / 10_000, REGISTRY.models, REGISTRY, 256) for i in range(1000)]
     assert len(sized._curves) == 1
-    assert targets == sorted(targets)  # what is kept only grows with the target
+    known = [t for t in targets if t is not None]
+    assert len(known) == len(targets) and known == sorted(known)  # what is kept only grows with the target
