@@ -4,9 +4,11 @@ Writes N request-id markers (the pair kept per served request: the tenant's `use
 services/router/store/keys.py, as the admission and the charge set them, with the router's default TTL,
 ROUTER_REQUEST_ID_TTL_S) and N ledger entries as the router's charge appends them (services/router/charging.py: an
 `auto` request, a candidate per model of config/models.yaml), on an empty database, and prints the growth of
-`used_memory` per request. Use a scratch server: it flushes the database it is given.
+`used_memory` per request. Use a scratch server: it flushes the database it is given. `--full` writes each ledger
+entry as the routers of the versions before did, its record as built (services/router/store/ledger_entry.py keeps it
+compact), for the comparison.
 
-Usage: python deploy/redis_sizing.py redis://127.0.0.1:6390/0 [N]
+Usage: python deploy/redis_sizing.py redis://127.0.0.1:6390/0 [N] [--full]
 """
 
 from __future__ import annotations
@@ -21,28 +23,30 @@ import redis
 
 from llmrouter.registry import load_registry
 from services.router.store.keys import AccountKeys
+from services.router.store.ledger_entry import compact
 from services.router.store.model import REQUEST_ID_TTL_S, Account, charged_marker
 
 TTL_S = REQUEST_ID_TTL_S  # ROUTER_REQUEST_ID_TTL_S by default
 ACCOUNT = Account("acme-production", secrets.token_hex(8))  # a key id is its digest's first 16 hex digits
 CHOSEN = "gpt-4o-mini"
 REASON = "cheapest model predicted within 0.85 of the best (gpt-4o 0.90): predicted 0.85, est. $0.00006"
+MODELS = [model.name for model in load_registry().models]
 
 
-def ledger_record(request_id: str) -> str:
+def ledger_record(request_id: str, full: bool = False) -> str:
     """A ledger entry as the router's charge writes it, typical values: one generation, every registry model a
-    candidate (what an `auto` request's decision lists)."""
+    candidate (what an `auto` request's decision lists). `full`: as built, as the versions before wrote it."""
     candidates = [
         {
-            "model": model.name,
+            "model": model,
             "predicted_quality": 0.8505,
             "estimated_cost_usd": "0.0000597",
             "eligible": True,
             "excluded_because": "",
         }
-        for model in load_registry().models
+        for model in MODELS
     ]
-    return json.dumps(
+    return (json.dumps if full else compact)(
         {
             "request_id": request_id,
             "ts": time.time(),
@@ -86,7 +90,7 @@ def grow(client: redis.Redis, n: int, write: object) -> float:
     return (int(client.info("memory")["used_memory"]) - before) / n
 
 
-def main(url: str, n: int) -> None:
+def main(url: str, n: int, full: bool) -> None:
     client = redis.Redis.from_url(url)
     keys = AccountKeys.of(ACCOUNT)
 
@@ -95,7 +99,7 @@ def main(url: str, n: int) -> None:
         pipe.set(keys.charged(rid), charged_marker("", secrets.token_hex(8)), ex=TTL_S)
 
     def ledger(pipe: redis.client.Pipeline, rid: str) -> None:
-        pipe.xadd(keys.ledger, {"record": ledger_record(rid)})
+        pipe.xadd(keys.ledger, {"record": ledger_record(rid, full)})
 
     per_marker = grow(client, n, markers)
     per_entry = grow(client, n, ledger)
@@ -106,4 +110,5 @@ def main(url: str, n: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 50_000)
+    args = [arg for arg in sys.argv[1:] if arg != "--full"]
+    main(args[0], int(args[1]) if len(args) > 1 else 50_000, "--full" in sys.argv[1:])

@@ -172,7 +172,7 @@ variable "end_user_hash_secret" {
 
 # --- ledger --------------------------------------------------------------------------------------------------
 variable "ledger_trim" {
-  description = "The CronJob deleting from the ledger streams in the money Redis (noeviction) the entries older than retention_days (ROUTER_LEDGER_RETENTION_DAYS, given to the router too) that the SQL sink copied into PostgreSQL (`python -m services.router.ledger trim --copied-only`). It runs only with ledger_dsn_secret and a money Redis; without it (or enabled = false) nothing trims the streams, and the money Redis fills and then refuses every request: schedule `trim --out FILE` yourself. The chart's money maxmemory (2gb) holds 1 request/s with 7 days kept (deploy/README.md, sizing)."
+  description = "The CronJob deleting from the ledger streams in the money Redis (noeviction) the entries older than retention_days (ROUTER_LEDGER_RETENTION_DAYS, given to the router too) that the SQL sink copied into PostgreSQL (`python -m services.router.ledger trim --copied-only`). It runs only with ledger_dsn_secret and a money Redis; without it (or enabled = false) nothing trims the streams, and the money Redis fills and then refuses every request: schedule `trim --out FILE` yourself. The chart's money maxmemory (2gb) holds 1 request/s with 7 days kept, with room for entries of the versions before (2 KB each, not 900 B) while they age out (deploy/README.md, sizing)."
   type = object({
     enabled        = optional(bool, true)
     schedule       = optional(string, "17 3 * * *") # daily at 03:17, in time_zone; or a macro such as @daily

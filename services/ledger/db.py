@@ -6,6 +6,11 @@ Each row names the budget period its charge was counted in (`period`, fixed at a
 midnight, or a batch line collected the next day, still counts in the day it was admitted; '' in rows of the
 versions before), so sums per tenant and period equal the budgets' spend counters.
 
+Each row lists the candidates its request's decision weighed (`candidates`: JSON text, a list of {model,
+predicted_quality, estimated_cost_usd, eligible, excluded_because}; rows an older router's sink copied during a
+rolling upgrade may hold the stream's compact lists instead, services/router/store/ledger_entry.py: export.py reads
+both).
+
 Each row shows what its cost is made of, as its ledger record does: `generations` (JSON text, a list of {model,
 input_tokens, output_tokens}, with cached_input_tokens and cache_write_input_tokens when not 0, one per generation
 billed) and `owed_pico` (what failed attempts cost, with no tokens on record), so cost_pico = each generation's
@@ -45,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from services.router.metrics import LEDGER_REJECTED
-from services.router.store import to_pico
+from services.router.store import ledger_entry, to_pico
 
 log = logging.getLogger("llmrouter.ledger")
 
@@ -192,8 +197,9 @@ def row_from_record(record: dict[str, Any], entry: str) -> tuple[Any, ...]:
     """A ledger stream record (services/router/charging.py) as table values; `entry` names the ledger entry it was
     read from (the same on every delivery: services/ledger/sink.py). Fields an older or partial record lacks (a
     released hold, a charge settled by the reconciler) take neutral defaults; its cost's make-up, NULL when the record
-    has none (see the module docstring)."""
-    candidates = record.get("candidates", [])
+    has none (see the module docstring). Candidates are kept as dicts, whichever form the record has them in (the
+    stream keeps them compact: services/router/store/ledger_entry.py)."""
+    candidates = ledger_entry.candidates(record.get("candidates", []))
     owed, generations = record.get("owed_usd"), record.get("generations")
     if generations is None and owed is not None:  # a charge with no generation (a reconciled one) may list none
         generations = []

@@ -12,6 +12,7 @@ from typing import IO, Any
 
 from services.ledger.db import COLUMNS, Row
 from services.router.budgets import usd
+from services.router.store import ledger_entry
 
 FORMATS = ("csv", "jsonl")
 FIELDS = (*COLUMNS, "cost_usd", "baseline_cost_usd", "owed_usd")
@@ -19,6 +20,9 @@ FIELDS = (*COLUMNS, "cost_usd", "baseline_cost_usd", "owed_usd")
 
 def exported(row: Row) -> dict[str, Any]:
     values = row.as_dict()
+    # As dicts, whichever form the row holds them in: a router of the version before copied the stream's compact
+    # candidates as they were (services/router/store/ledger_entry.py).
+    values["candidates"] = ledger_entry.candidates(json.loads(values["candidates"] or "[]"))
     values["cost_usd"] = usd(values["cost_pico"])
     values["baseline_cost_usd"] = usd(values["baseline_pico"])
     values["owed_usd"] = None if values["owed_pico"] is None else usd(values["owed_pico"])
@@ -36,9 +40,8 @@ def write(rows: Iterable[Row], out: IO[str], fmt: str) -> int:
     for row in rows:
         values = exported(row)
         if writer is not None:
-            writer.writerow(values)
+            writer.writerow({**values, "candidates": json.dumps(values["candidates"], separators=(",", ":"))})
         else:
-            values["candidates"] = json.loads(values["candidates"] or "[]")
             if values["generations"] is not None:
                 values["generations"] = json.loads(values["generations"])
             out.write(json.dumps(values, separators=(",", ":")) + "\n")

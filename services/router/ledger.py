@@ -3,7 +3,8 @@
 The ledger (one Redis stream per shard of the money store) is never trimmed by the router. `export` appends
 every entry (or, with --older-than-days, those older than that) to a JSONL file; `trim` first exports the
 entries older than ROUTER_LEDGER_RETENTION_DAYS to the file (fsynced), then deletes exactly those, so nothing is
-dropped unexported. Each line is {"shard": <n>, "id": <stream id>, "record": {...}}, shard by shard; a trim
+dropped unexported. Each line is {"shard": <n>, "id": <stream id>, "record": {...}}, shard by shard, the record
+as the router's charge built it (the stream keeps it compact: services/router/store/ledger_entry.py); a trim
 interrupted between the two steps exports the same entries again on its next run, with the same ids.
 `trim --copied-only` exports nothing: where the SQL sink (services/ledger/sink.py) keeps the ledger, it deletes
 the entries older than the retention that the sink's consumer group has copied and acknowledged, never one it
@@ -26,6 +27,7 @@ from llmrouter.settings import load_settings
 from services.ledger.settings import LedgerSettings
 from services.ledger.sink import GROUP
 from services.router.store import SHARDS, ledger_key
+from services.router.store.ledger_entry import expanded
 
 BATCH = 1000
 
@@ -70,7 +72,7 @@ async def export(client: Any, out: Path, before_ms: int | None = None) -> int:
             while True:
                 entries = await client.xrange(ledger_key(shard), min=start, max=end, count=BATCH)
                 for entry_id, fields in entries:
-                    line = {"shard": shard, "id": entry_id.decode(), "record": json.loads(fields[b"record"])}
+                    line = {"shard": shard, "id": entry_id.decode(), "record": _as_built(fields[b"record"])}
                     file.write(json.dumps(line) + "\n")
                 exported += len(entries)
                 if len(entries) < BATCH:
@@ -79,6 +81,16 @@ async def export(client: Any, out: Path, before_ms: int | None = None) -> int:
         file.flush()
         os.fsync(file.fileno())
     return exported
+
+
+def _as_built(text: bytes) -> Any:
+    """An entry's record as the charge built it, from either form; one that is no such record as it is: exported
+    all the same, never dropped."""
+    record = json.loads(text)
+    try:
+        return expanded(record) if isinstance(record, dict) else record
+    except (TypeError, ValueError, KeyError):
+        return record
 
 
 async def trim(client: Any, out: Path, retention_days: int) -> int:

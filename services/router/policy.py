@@ -80,16 +80,16 @@ def evaluate(models: Sequence[ModelSpec], scores: Mapping[str, float] | None, li
         elif limits.max_latency_ms is not None and model.latency_slo_ms > limits.max_latency_ms:
             excluded = f"latency SLO {model.latency_slo_ms} ms over max_latency_ms {limits.max_latency_ms}"
         elif limits.needs_tools and not model.tools:
-            excluded = "cannot call the tools the request offers"
+            excluded = NO_TOOLS
         elif not model.honours(limits.response_format):
             excluded = (
                 f"{FORMAT_UNHONOURED} {limits.response_format} "
                 f"(registry: {FORMAT_FIELDS[limits.response_format]} is false)"
             )
         elif limits.needs_logprobs and not model.logprobs:
-            excluded = f"{LOGPROBS_UNRETURNED} (registry: logprobs is false)"
+            excluded = NO_LOGPROBS
         elif limits.needs_logit_bias and not model.logit_bias:
-            excluded = f"{LOGIT_BIAS_UNAPPLIED} (registry: logit_bias is false)"
+            excluded = NO_LOGIT_BIAS
         quality = predicted_quality(model, scores)
         options.append(Option(model, -1.0 if quality is None else quality, cost, excluded))
     return options
@@ -99,6 +99,10 @@ UNAVAILABLE = "unavailable here (no API key for its provider)"
 FORMAT_UNHONOURED = "does not guarantee response_format"
 LOGPROBS_UNRETURNED = "does not return logprobs"
 LOGIT_BIAS_UNAPPLIED = "does not apply logit_bias"
+# The exclusions that are fixed sentences (the ledger keeps them as a short code: store/ledger_entry.py).
+NO_TOOLS = "cannot call the tools the request offers"
+NO_LOGPROBS = f"{LOGPROBS_UNRETURNED} (registry: logprobs is false)"
+NO_LOGIT_BIAS = f"{LOGIT_BIAS_UNAPPLIED} (registry: logit_bias is false)"
 
 
 def without_unavailable(options: list[Option], usable: set[str]) -> list[Option]:

@@ -9,6 +9,7 @@ import json
 import runpy
 
 from llmrouter.registry import load_registry
+from services.router.store.ledger_entry import compact, expanded
 from tests.deploy.support import ROOT
 
 
@@ -29,8 +30,12 @@ def charge_record_fields() -> tuple[set[str], set[str]]:
 
 
 def test_the_sized_ledger_entry_is_the_routers_charge_record() -> None:
-    record = json.loads(runpy.run_path(str(ROOT / "deploy" / "redis_sizing.py"))["ledger_record"]("r1"))
+    sized = runpy.run_path(str(ROOT / "deploy" / "redis_sizing.py"))["ledger_record"]
+    entry = sized("r1")
+    assert entry == compact(json.loads(entry))  # as the store writes it: compact, not as built
+    record = expanded(json.loads(entry))
     fields, candidate_fields = charge_record_fields()
     assert set(record) == fields
+    assert record == {**json.loads(sized("r1", full=True)), "ts": record["ts"]}
     assert [candidate["model"] for candidate in record["candidates"]] == [m.name for m in load_registry().models]
     assert all(set(candidate) == candidate_fields for candidate in record["candidates"])

@@ -4,7 +4,6 @@ extension and undo are one script each on the account's shard (keys.py); the res
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -16,7 +15,7 @@ from llmrouter.redis_connect import connect, is_cluster
 from llmrouter.redis_errors import StoreFailure, store_failure
 from llmrouter.tasks import raise_if_cancelled
 from services.router import metrics
-from services.router.store import lua
+from services.router.store import ledger_entry, lua
 from services.router.store.keys import (
     LEASE,
     SHARDS,
@@ -201,7 +200,7 @@ class RedisStore:
         args: list[int | str] = [
             pico,
             self.request_id_ttl_s,
-            json.dumps(record),
+            ledger_entry.compact(record),
             spend_ttl_s(hold.period),
             keys.hold_member(hold.pico, hold.request_id),
             pending_field(account, hold.request_id),

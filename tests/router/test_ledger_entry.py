@@ -1,0 +1,137 @@
+"""The ledger entry a charge leaves in the money store is compact (services/router/store/ledger_entry.py) and loses
+nothing: a real request through the router's servicer over a real Redis, with the shipped registry's eight models as
+candidates (some unavailable here, some over the caller's latency cap), leaves an entry that reads back as the
+decision the caller was shown, in well under half the memory of the record as the versions before wrote it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as redis
+
+from llmrouter.auth import ANONYMOUS, acting_as
+from llmrouter.registry import load_registry
+from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2
+from services.router import policy
+from services.router.servicer import RouterServicer
+from services.router.store import SHARDS, RedisStore, ledger_key, reconciled_record
+from services.router.store.ledger_entry import DEFAULTS, compact, expanded
+from services.router.store.model import Pending
+from tests.router.servicer_kit import NoDeadline, router_servicer
+
+REGISTRY = load_registry()
+SERVED = {"gpt-4o-mini", "gpt-4o", "claude-3-5-haiku", "claude-sonnet-4"}  # the others: no provider key here
+COPIES = 500  # entries per stream whose memory is compared
+
+
+class Answering(provider_pb2_grpc.ProviderServicer):
+    async def ListModels(self, request: Any, context: Any) -> common_pb2.ListModelsResponse:
+        return common_pb2.ListModelsResponse(models=[REGISTRY.info(m) for m in REGISTRY.models if m.name in SERVED])
+
+    async def Generate(self, request: Any, context: Any) -> provider_pb2.GenerateResponse:
+        usage = common_pb2.Usage(input_tokens=14, output_tokens=8)
+        return provider_pb2.GenerateResponse(content="ok", usage=usage, model=request.model, finish_reason="stop")
+
+
+@pytest.fixture
+async def servicer(redis_url: str, tmp_path: Path) -> AsyncIterator[RouterServicer]:
+    store = RedisStore(redis_url)
+    try:
+        async with router_servicer(tmp_path, store, Answering(), REGISTRY) as made:
+            yield made
+    finally:
+        await store.close()
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[Any]:
+    made: Any = redis.from_url(redis_url)
+    yield made
+    await made.aclose()
+
+
+async def only_entry(client: Any) -> bytes:
+    entries = [fields for shard in range(SHARDS) for _, fields in await client.xrange(ledger_key(shard))]
+    assert len(entries) == 1
+    return bytes(entries[0][b"record"])
+
+
+async def stream_bytes(client: Any, key: str, text: str | bytes) -> int:
+    for _ in range(COPIES):
+        await client.xadd(key, {"record": text})
+    return int(await client.memory_usage(key, samples=0))
+
+
+async def test_a_charge_leaves_a_compact_entry_that_reads_back_as_the_decision(
+    servicer: RouterServicer, client: Any
+) -> None:
+    message = common_pb2.ChatMessage(role="user", content="What is the capital of France?")
+    request = router_pb2.CompleteRequest(
+        messages=[message], model="auto", max_tokens=300, max_latency_ms=9000, tenant="acme"
+    )
+    with acting_as(ANONYMOUS):  # the edge's identity (auth=none): it acts for the tenants it authenticated
+        response = await servicer.Complete(request, NoDeadline())
+
+    entry = await only_entry(client)
+    record = expanded(json.loads(entry))
+    shown = [
+        {
+            "model": c.model,
+            "predicted_quality": round(c.predicted_quality, 4),
+            "estimated_cost_usd": c.estimated_cost_usd,
+            "eligible": c.eligible,
+            "excluded_because": c.excluded_because,
+        }
+        for c in response.decision.candidates
+    ]
+    assert record["candidates"] == shown
+    assert [c["model"] for c in shown] == [m.name for m in REGISTRY.models]
+    reasons = {c.excluded_because for c in response.decision.candidates}
+    assert policy.UNAVAILABLE in reasons and any("max_latency_ms 9000" in reason for reason in reasons)
+    assert record["model"] in SERVED
+    assert (record["model"], record["cost_usd"], record["latency_ms"]) == (
+        response.model,
+        response.cost_usd,
+        response.latency_ms,
+    )
+    # No classifier answers here: routed without it, as the decision says.
+    assert (record["reason"], record["reason_detail"]) == ("classifier_unavailable", response.decision.reason)
+    assert (record["cache_hit"], record["retries"], record["session_id"]) == (False, 0, "")
+
+    # As the versions before wrote it: the record as built, with spaces. Compared as Redis keeps each.
+    full = json.dumps(record)
+    assert len(entry) * 2 < len(full)
+    compact_bytes = await stream_bytes(client, "compact", entry)
+    full_bytes = await stream_bytes(client, "full", full)
+    assert compact_bytes * 2 < full_bytes, (compact_bytes, full_bytes)
+
+
+def test_any_record_reads_back_as_it_was_built() -> None:
+    candidate = {"model": "m", "predicted_quality": 0.85, "estimated_cost_usd": "0.0001", "eligible": True}
+    # Every flag, as the charge writes them: one away from its default, the others at it.
+    charged = {"request_id": "r", "tenant": "t", "cost_usd": "0.1", **DEFAULTS, "cache_hit": True}
+    shapes = [
+        {**candidate, "excluded_because": ""},
+        {**candidate, "eligible": False, "excluded_because": policy.NO_TOOLS},
+        {**candidate, "eligible": False, "excluded_because": "latency SLO 15000 ms over max_latency_ms 9000"},
+        {**candidate, "eligible": False, "excluded_because": ""},
+    ]
+    for shape in shapes:
+        record = {**charged, "candidates": [shape]}
+        assert expanded(json.loads(compact(record))) == record
+        assert isinstance(json.loads(compact(record))["candidates"][0], list)
+    # Shapes a list could not say back as they were: the record is kept as it is.
+    for odd in (
+        candidate,  # no excluded_because
+        {**candidate, "excluded_because": "x"},  # eligible, yet a reason
+        {**candidate, "eligible": False, "excluded_because": "no_tools"},  # a reason that reads as a code
+    ):
+        record = {**charged, "candidates": [shapes[0], odd]}
+        assert json.loads(compact(record)) == record
+        assert expanded(json.loads(compact(record))) == record
+    reconciled = reconciled_record(Pending("t", "k", "r", 10**9, "all", "router-a", 1.0))
+    assert json.loads(compact(reconciled)) == reconciled == expanded(reconciled)
