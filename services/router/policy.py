@@ -13,6 +13,15 @@ import grpc
 from llmrouter.errors import ServiceError
 from llmrouter.registry import FORMAT_FIELDS, ModelSpec, Registry
 from services.router.costs import floor_pico
+from services.router.exclusions import (
+    FORMAT_UNHONOURED,
+    LOGIT_BIAS_UNAPPLIED,
+    LOGPROBS_UNRETURNED,
+    NO_LOGIT_BIAS,
+    NO_LOGPROBS,
+    NO_TOOLS,
+    UNAVAILABLE,
+)
 from services.router.input_bound import InputBound
 from services.router.store import PICO
 
@@ -93,16 +102,6 @@ def evaluate(models: Sequence[ModelSpec], scores: Mapping[str, float] | None, li
         quality = predicted_quality(model, scores)
         options.append(Option(model, -1.0 if quality is None else quality, cost, excluded))
     return options
-
-
-UNAVAILABLE = "unavailable here (no API key for its provider)"
-FORMAT_UNHONOURED = "does not guarantee response_format"
-LOGPROBS_UNRETURNED = "does not return logprobs"
-LOGIT_BIAS_UNAPPLIED = "does not apply logit_bias"
-# The exclusions that are fixed sentences (the ledger keeps them as a short code: store/ledger_entry.py).
-NO_TOOLS = "cannot call the tools the request offers"
-NO_LOGPROBS = f"{LOGPROBS_UNRETURNED} (registry: logprobs is false)"
-NO_LOGIT_BIAS = f"{LOGIT_BIAS_UNAPPLIED} (registry: logit_bias is false)"
 
 
 def without_unavailable(options: list[Option], usable: set[str]) -> list[Option]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from services.router import policy
+from services.router import exclusions
 
 # The charge's fields left out of a compact record while at these values (of this type: a count is no flag). An older
 # sink reads each one absent as this value (services/ledger/db.py, row_from_record).
@@ -37,10 +37,10 @@ DEFAULTS: dict[str, Any] = {
 CANDIDATE_FIELDS = {"model", "predicted_quality", "estimated_cost_usd", "eligible", "excluded_because"}
 # Exclusions that are fixed sentences, kept as a short code; a code reads back as this version's sentence.
 EXCLUSION_CODES = {
-    policy.UNAVAILABLE: "unavailable",
-    policy.NO_TOOLS: "no_tools",
-    policy.NO_LOGPROBS: "no_logprobs",
-    policy.NO_LOGIT_BIAS: "no_logit_bias",
+    exclusions.UNAVAILABLE: "unavailable",
+    exclusions.NO_TOOLS: "no_tools",
+    exclusions.NO_LOGPROBS: "no_logprobs",
+    exclusions.NO_LOGIT_BIAS: "no_logit_bias",
 }
 EXCLUSIONS = {code: sentence for sentence, code in EXCLUSION_CODES.items()}
 

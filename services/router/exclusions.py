@@ -1,0 +1,11 @@
+"""Why a candidate model is ruled out, where the reason is a fixed sentence: the policy writes them, and the ledger
+keeps the whole ones as a short code (store/ledger_entry.py). Apart from the policy, which the money store's modules
+must not import (it imports them)."""
+
+UNAVAILABLE = "unavailable here (no API key for its provider)"
+FORMAT_UNHONOURED = "does not guarantee response_format"
+LOGPROBS_UNRETURNED = "does not return logprobs"
+LOGIT_BIAS_UNAPPLIED = "does not apply logit_bias"
+NO_TOOLS = "cannot call the tools the request offers"
+NO_LOGPROBS = f"{LOGPROBS_UNRETURNED} (registry: logprobs is false)"
+NO_LOGIT_BIAS = f"{LOGIT_BIAS_UNAPPLIED} (registry: logit_bias is false)"
