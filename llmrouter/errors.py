@@ -50,6 +50,13 @@ class ServiceError(Exception):
         return not self.explained and self.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
 
     @property
+    def never_connected(self) -> bool:
+        """gRPC never reached the service (it could not connect, or resolve its name): the call set off nothing."""
+        return (
+            not self.explained and self.code == grpc.StatusCode.UNAVAILABLE and self.message.startswith(NEVER_CONNECTED)
+        )
+
+    @property
     def cut_mid_call(self) -> bool:
         """The call reached the service, which then went away (died, or drained past its grace) without answering:
         UNAVAILABLE without our ErrorInfo, unless gRPC never connected at all. What the call set off may have

@@ -61,6 +61,11 @@ class RouterStub:
                 request_serializer=llmrouter_dot_v1_dot_router__pb2.SubmitLinesRequest.SerializeToString,
                 response_deserializer=llmrouter_dot_v1_dot_router__pb2.SubmitLinesResponse.FromString,
                 _registered_method=True)
+        self.FindDeferred = channel.unary_unary(
+                '/llmrouter.v1.Router/FindDeferred',
+                request_serializer=llmrouter_dot_v1_dot_router__pb2.SubmitLinesRequest.SerializeToString,
+                response_deserializer=llmrouter_dot_v1_dot_router__pb2.SubmitLinesResponse.FromString,
+                _registered_method=True)
         self.CollectBatch = channel.unary_unary(
                 '/llmrouter.v1.Router/CollectBatch',
                 request_serializer=llmrouter_dot_v1_dot_router__pb2.CollectBatchRequest.SerializeToString,
@@ -108,6 +113,16 @@ class RouterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FindDeferred(self, request, context):
+        """Lines a SubmitBatch may have admitted whose reply the caller lost, answered as that SubmitBatch answered them,
+        admitting none (the caller's batch was cancelled, or its window ended): a line sent in a provider batch recorded
+        for it is deferred in that batch; one held with no provider batch recorded (its creation's outcome unknown) is
+        deferred with that error; any other is not deferred (nothing of it is held for a provider batch).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CollectBatch(self, request, context):
         """A provider batch's results: once it has ended, each line is charged at the batch price from the usage the
         provider reports (once, however often this is asked), or released when the provider did not run it.
@@ -141,6 +156,11 @@ def add_RouterServicer_to_server(servicer, server):
             ),
             'SubmitBatch': grpc.unary_unary_rpc_method_handler(
                     servicer.SubmitBatch,
+                    request_deserializer=llmrouter_dot_v1_dot_router__pb2.SubmitLinesRequest.FromString,
+                    response_serializer=llmrouter_dot_v1_dot_router__pb2.SubmitLinesResponse.SerializeToString,
+            ),
+            'FindDeferred': grpc.unary_unary_rpc_method_handler(
+                    servicer.FindDeferred,
                     request_deserializer=llmrouter_dot_v1_dot_router__pb2.SubmitLinesRequest.FromString,
                     response_serializer=llmrouter_dot_v1_dot_router__pb2.SubmitLinesResponse.SerializeToString,
             ),
@@ -284,6 +304,33 @@ class Router:
             request,
             target,
             '/llmrouter.v1.Router/SubmitBatch',
+            llmrouter_dot_v1_dot_router__pb2.SubmitLinesRequest.SerializeToString,
+            llmrouter_dot_v1_dot_router__pb2.SubmitLinesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FindDeferred(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmrouter.v1.Router/FindDeferred',
             llmrouter_dot_v1_dot_router__pb2.SubmitLinesRequest.SerializeToString,
             llmrouter_dot_v1_dot_router__pb2.SubmitLinesResponse.FromString,
             options,

@@ -11,7 +11,11 @@ had an unknown outcome (its hold, charged when it lapses). A reply lost before t
 out or lost its connection while the router, which runs the call to its end, sent the lines) leaves the lines
 submitted but unrecorded: offered again, the router answers each it sent in a provider batch it recorded as deferred
 in that batch, so it is recorded and collected here; one whose batch the router did not record it refuses as used,
-so it ends in the error file (duplicate_request), and its hold is charged when it lapses."""
+so it ends in the error file (duplicate_request), and its hold is charged when it lapses. An offer's call marks the
+batch (`offer_in_doubt`) until its lines are recorded; a batch cancelled or past its window meanwhile offers nothing
+again, but asks the router (FindDeferred, which admits nothing) for those lines (recover): each it sent is recorded and
+collected as above, each held with no batch recorded written to the error file at its hold. A call that never
+connected to a router leaves no mark of its own."""
 
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ from typing import Any
 
 import grpc
 
+from llmrouter.errors import ServiceError
 from llmrouter.server import MAX_MESSAGE_BYTES
 from llmrouter.v1 import router_pb2, router_pb2_grpc
 from services.batches import results, wire
@@ -36,7 +41,9 @@ PART_LINES = 200  # lines per SubmitBatch call, so each provider batch's results
 PART_BYTES = MAX_MESSAGE_BYTES // 2  # and a call's lines fit one, with room for the message's own framing
 COLLECT_IDS = 50  # lines per CollectBatch call; the router returns the first that fit its reply, the rest next call
 CALL_S = 300.0  # a part's routing, admission and upload
-UNKNOWN = "provider_batch_outcome_unknown"  # the error file's code of a line charged its hold, without an answer
+UNKNOWN = "provider_batch_outcome_unknown"
+# The batch's hash field set while an offer's reply may be lost (the router may have admitted and sent its lines).
+OFFER_IN_DOUBT = "offer_in_doubt"  # the error file's code of a line charged its hold, without an answer
 
 
 class Deferral:
@@ -56,8 +63,14 @@ class Deferral:
         deferred = await self.recorded(batch_id)
         if batch.get("offered") == b"1":
             return deferred
+        doubted = marked = OFFER_IN_DOUBT in batch  # an earlier offer's reply was lost: its lines are among these
         pending = [i for i in range(len(lines)) if str(i) not in done and i not in deferred]
         for part in _parts(batch_id, batch, lines, pending):
+            if not marked:
+                # Written before the call: a crash or a lost reply leaves it, and the batch, cancelled or expired
+                # before it offers again, asks the router what became of its lines (recover).
+                await self.store.put(batch_key(batch_id), {OFFER_IN_DOUBT: "1"})
+                marked = True
             try:
                 reply = await self.router.SubmitBatch(
                     router_pb2.SubmitLinesRequest(lines=[request for _, _, request in part]), timeout=CALL_S
@@ -66,21 +79,61 @@ class Deferral:
                 if err.code() == grpc.StatusCode.UNIMPLEMENTED:  # a router from before provider batches
                     break
                 log.warning("batch lines not offered to provider batches", extra={"id": batch_id, "error": str(err)})
+                if ServiceError.from_rpc_error(err).never_connected and not doubted:
+                    # The router admitted none of this call's lines, and the earlier calls' replies were recorded.
+                    await self.store.drop(batch_key(batch_id), OFFER_IN_DOUBT)
                 return None
-            for (index, custom_id, _), answer in zip(part, reply.lines, strict=True):
-                if not answer.deferred:
-                    continue
-                if answer.error:  # the provider batch may run and bill, but has no answer for us
-                    # Charged its hold when the hold ends: the ledger's cost, known now.
-                    cost = answer.held_usd or "0"
-                    body = _charged_error(answer.error, UNKNOWN, cost)
-                    await results.record(self.store, batch_id, index, custom_id, 502, body, cost)
-                    continue
-                entry = {"model": answer.model, "provider_batch_id": answer.provider_batch_id}
-                await self.store.put_once(deferred_key(batch_id), str(index), json.dumps(entry).encode())
-                deferred[index] = entry
+            await self._record(batch_id, part, reply, deferred)
         await self.store.put(batch_key(batch_id), {"offered": "1"})
+        await self.store.drop(batch_key(batch_id), OFFER_IN_DOUBT)
         return deferred
+
+    async def recover(
+        self, batch_id: str, batch: dict[str, bytes], lines: wire.Lines, done: set[str]
+    ) -> dict[int, dict[str, str]] | None:
+        """The deferred lines of a batch that offers no line any more (cancelled, or past its window), with those an
+        offer whose reply was lost had sent: the router, asked (FindDeferred), admits none, and answers those it
+        sent as their SubmitBatch did, so they are collected rather than charged their hold unanswered. None when
+        the router cannot be reached (the batch is resumed later)."""
+        deferred = await self.recorded(batch_id)
+        if OFFER_IN_DOUBT not in batch:
+            return deferred
+        pending = [i for i in range(len(lines)) if str(i) not in done and i not in deferred]
+        for part in _parts(batch_id, batch, lines, pending):
+            try:
+                reply = await self.router.FindDeferred(
+                    router_pb2.SubmitLinesRequest(lines=[request for _, _, request in part]), timeout=CALL_S
+                )
+            except grpc.RpcError as err:
+                if err.code() == grpc.StatusCode.UNIMPLEMENTED:  # a router of the version before cannot say
+                    log.warning("lines of a lost offer reply not looked for", extra={"id": batch_id})
+                    return deferred
+                log.warning("lines of a lost offer reply not found", extra={"id": batch_id, "error": str(err)})
+                return None
+            await self._record(batch_id, part, reply, deferred)
+        await self.store.drop(batch_key(batch_id), OFFER_IN_DOUBT)
+        return deferred
+
+    async def _record(
+        self,
+        batch_id: str,
+        part: list[tuple[int, str, router_pb2.CompleteRequest]],
+        reply: router_pb2.SubmitLinesResponse,
+        deferred: dict[int, dict[str, str]],
+    ) -> None:
+        """A part's deferred lines recorded (into `deferred` too); the others are left to Complete."""
+        for (index, custom_id, _), answer in zip(part, reply.lines, strict=True):
+            if not answer.deferred:
+                continue
+            if answer.error:  # the provider batch may run and bill, but has no answer for us
+                # Charged its hold when the hold ends: the ledger's cost, known now.
+                cost = answer.held_usd or "0"
+                body = _charged_error(answer.error, UNKNOWN, cost)
+                await results.record(self.store, batch_id, index, custom_id, 502, body, cost)
+                continue
+            entry = {"model": answer.model, "provider_batch_id": answer.provider_batch_id}
+            await self.store.put_once(deferred_key(batch_id), str(index), json.dumps(entry).encode())
+            deferred[index] = entry
 
     async def recorded(self, batch_id: str) -> dict[int, dict[str, str]]:
         return {int(k): json.loads(v) for k, v in (await self.store.get(deferred_key(batch_id))).items()}

@@ -27,7 +27,8 @@ batch of a key it does not serve does not send it again: it goes to the error fi
 
 A batch expires at its expires_at (EDGE_BATCH_WINDOW_S after its creation), as OpenAI's do: no line is sent or
 offered after it; the lines in flight finish and are recorded; the lines never sent go to the error file as
-`batch_expired` (failed in request_counts). The lines in provider batches were sent: they finish within their
+`batch_expired` (failed in request_counts); not those of an offer whose reply was lost, which the router is asked
+about (Deferral.recover), as a cancelled batch's are. The lines in provider batches were sent: they finish within their
 provider's window, bounded by the router's hold on them, and are collected as ever, so a charged line keeps its
 answer; the batch then ends `expired` (or `completed`, when every line was sent in time). A batch whose input file
 is gone from the store ends `failed`, with OpenAI's `errors` and the files of the lines that finished."""
@@ -52,7 +53,7 @@ from llmrouter.errors import ServiceError
 from llmrouter.tasks import stop as stop_task
 from llmrouter.v1 import router_pb2_grpc
 from services.batches import results, wire
-from services.batches.deferral import Deferral, without_large_logprobs
+from services.batches.deferral import OFFER_IN_DOUBT, Deferral, without_large_logprobs
 from services.batches.pending import Pending
 from services.batches.store import (
     ENDED,
@@ -162,7 +163,7 @@ class Runner:
         """Start the batches that may run, as places allow; returns when to look again (a parked batch's time)."""
         active = list(await self.store.active())
         random.shuffle(active)  # past max_running, the same few do not always go first
-        names = ["parked_until", "status", "tenant", "key_id", "created_at", "expires_at", "failures"]
+        names = ["parked_until", "status", "tenant", "key_id", "created_at", "expires_at", "failures", OFFER_IN_DOUBT]
         states = await self.store.fields([batch_key(b) for b in active], names)
         wake_s = LEASE_S / 2
         for batch_id, state in zip(active, states, strict=True):
@@ -170,9 +171,11 @@ class Runner:
                 break
             if batch_id in self.runs or not self._may_run(state):
                 continue
-            # A parked batch waits for its time, unless cancelled: its run then ends it at once (unless it fails).
+            # A parked batch waits for its time, unless cancelled: its run then ends it at once (unless it fails, or
+            # must first ask the router, out of reach then, what became of the lines of an offer whose reply was lost).
             parked_s = float(state.get("parked_until", b"0")) - time.time()
-            if parked_s > 0 and (state.get("status") != b"cancelling" or "failures" in state):
+            waits = "failures" in state or OFFER_IN_DOUBT in state
+            if parked_s > 0 and (state.get("status") != b"cancelling" or waits):
                 wake_s = min(wake_s, parked_s)
                 continue
             # Past its window, a batch that finds no place still ends on time, `expired`; cancelled, it ends at once,
@@ -299,7 +302,7 @@ class Runner:
                 await self._finish(batch_id, batch, batch["status"].decode())
                 return
             cancelled_in_window = batch["status"] == b"cancelling" and time.time() < wire.expires_at(batch)
-            if cancelled_in_window and not await self.deferral.recorded(batch_id):
+            if cancelled_in_window and OFFER_IN_DOUBT not in batch and not await self.deferral.recorded(batch_id):
                 # No line goes out any more, nor is one at a provider to collect: it ends now, without its input
                 # file (read, it took a place's memory; gone, it failed the batch).
                 await self._finish(batch_id, batch, "cancelled")
@@ -314,7 +317,9 @@ class Runner:
                 await self.store.put(batch_key(batch_id), {"status": "in_progress", "in_progress_at": now()})
             expires_at = wire.expires_at(batch)
             if batch["status"] == b"cancelling" or time.time() >= expires_at:  # no line goes out any more
-                deferred: dict[int, dict[str, str]] | None = await self.deferral.recorded(batch_id)
+                deferred: dict[int, dict[str, str]] | None = await self.deferral.recover(
+                    batch_id, batch, lines, set(done)
+                )
             else:
                 deferred = await self.deferral.offer(batch_id, batch, lines, set(done))
             if deferred is None:  # the router is out of reach: resumed at its back-off's end

@@ -20,7 +20,10 @@ of the collect's registry): a collect naming another model is refused whole, bef
 named also picks the provider's Batch API that is). A line
 offered again after it was sent in a recorded batch (the reply to its SubmitBatch lost: the call runs to its end
 after its caller left) is answered deferred in that batch, for its recorded model, so the caller collects it; one
-pending with no batch recorded is refused as a duplicate, as any request id in use. A line with nothing beside its
+pending with no batch recorded is refused as a duplicate, as any request id in use. A caller that may send no line
+any more (its batch cancelled, or past its window) asks instead (FindDeferred), which admits nothing: a line sent in a
+recorded batch is answered as above, and one pending with no batch recorded deferred with an error and the hold it is
+charged when the hold lapses, what the ledger will have. A line with nothing beside its
 pending charge was admitted by a router of the version before: it is settled as that version did, from the batch a
 collect names when that batch's results hold its request id (else charged its hold), at the model the collect names;
 for such lines alone, until their holds lapse, the old risks stay that another tenant's line of the same request id
@@ -77,6 +80,10 @@ UNRECORDED = (
     "no provider batch is recorded for request id {}: its batch's creation had an unknown outcome, or the store was "
     "out of reach to record it, so no batch's results settle it; it is charged its hold at the batch price"
 )
+NOT_FOUND = (
+    "no provider batch is recorded for request id {}: its batch's creation had an unknown outcome (or was not "
+    "recorded), so the line is charged its hold at the batch price when the hold lapses"
+)
 UNANSWERED = (
     "no result for request id {} in provider batch {!r}, and no provider batch is recorded for the line (it was sent "
     "by a router of the version before): it is charged its hold at the batch price"
@@ -106,11 +113,7 @@ class Deferred:
 
     async def submit(self, request: router_pb2.SubmitLinesRequest, context: Any) -> router_pb2.SubmitLinesResponse:
         lines = list(request.lines)
-        ids = [line.request_id for line in lines]
-        if not 0 < len(lines) <= MAX_LINES:
-            raise invalid(f"send 1 to {MAX_LINES} lines at a time", "lines")
-        if not all(ids) or len(set(ids)) != len(ids):
-            raise invalid("every line needs its own request_id", "lines")
+        ids = _line_ids(lines)
         slots = asyncio.Semaphore(ROUTING_CONCURRENCY)
         answers = {i: router_pb2.DeferredLine(request_id=i) for i in ids}
 
@@ -131,23 +134,51 @@ class Deferred:
             answers.update(await self._send(model, group))
         return router_pb2.SubmitLinesResponse(lines=[answers[i] for i in ids])
 
-    async def _sent_before(self, request: router_pb2.CompleteRequest) -> router_pb2.DeferredLine | None:
+    async def find(self, request: router_pb2.SubmitLinesRequest, context: Any) -> router_pb2.SubmitLinesResponse:
+        """FindDeferred: the lines of a SubmitBatch whose reply the caller lost, answered as it answered them, once
+        the caller may send no line any more (its batch cancelled, or past its window): none is admitted. Without
+        this, the lines it sent would never be collected, charged their hold when it lapses, with no answer."""
+        lines = list(request.lines)
+        _line_ids(lines)
+        slots = asyncio.Semaphore(ROUTING_CONCURRENCY)
+
+        async def answer(line: router_pb2.CompleteRequest) -> router_pb2.DeferredLine:
+            async with slots:
+                found = await self._sent_before(line, unrecorded=True)
+            return found or router_pb2.DeferredLine(request_id=line.request_id)
+
+        return router_pb2.SubmitLinesResponse(lines=await asyncio.gather(*(answer(line) for line in lines)))
+
+    async def _sent_before(
+        self, request: router_pb2.CompleteRequest, unrecorded: bool = False
+    ) -> router_pb2.DeferredLine | None:
         """A line offered again that was sent in a provider batch before, answered as that SubmitBatch answered it:
         deferred in that batch, for the model recorded with it. SubmitBatch runs to its end after its caller left
         (its deadline passed, its connection closed), so a reply lost that way is asked for again by offering the
         lines again: refused as duplicates, they would never be collected, and be charged their hold with no answer.
         None for any other line, which admission then takes as before: a new one, or one pending with no batch
         recorded (its batch's creation still running, or its outcome unknown) or admitted by a router of the
-        version before (no model recorded), which it refuses as a duplicate."""
+        version before (no model recorded), which it refuses as a duplicate. `unrecorded` (FindDeferred, which admits
+        nothing): such a line pending is answered deferred with the error its SubmitBatch gave, or would have given,
+        and the hold it is charged when the hold lapses (no collect settles it from a batch), as the ledger will have
+        it."""
         try:
             account = admitting.account_for(request)
             pending = await self.store.pending_charge(account, request.request_id)
         except ServiceError:  # admission refuses it the same way
             return None
-        if pending is None or pending.key != account.key or not (pending.until and pending.provider_batch):
+        if pending is None or pending.key != account.key or not pending.until:
             return None
-        if not pending.model:
-            return None
+        if not (pending.provider_batch and pending.model):
+            if not unrecorded:
+                return None
+            return router_pb2.DeferredLine(
+                request_id=request.request_id,
+                deferred=True,
+                model=pending.model or "",
+                error=NOT_FOUND.format(request.request_id),
+                held_usd=format(Decimal(pending.hold_pico) / PICO, "f"),
+            )
         log.info("batch line offered again: deferred in its provider batch", extra={"request_id": request.request_id})
         return router_pb2.DeferredLine(
             request_id=request.request_id,
@@ -505,6 +536,15 @@ def _of_another_batch(pending: Pending | None, request_id: str, batch_id: str) -
         return None
     error = f"request {request_id!r} was sent in another provider batch than {batch_id!r}: it is settled from that one"
     return router_pb2.CollectedLine(request_id=request_id, error=error, charged_usd="0")
+
+
+def _line_ids(lines: list[router_pb2.CompleteRequest]) -> list[str]:
+    ids = [line.request_id for line in lines]
+    if not 0 < len(lines) <= MAX_LINES:
+        raise invalid(f"send 1 to {MAX_LINES} lines at a time", "lines")
+    if not all(ids) or len(set(ids)) != len(ids):
+        raise invalid("every line needs its own request_id", "lines")
+    return ids
 
 
 def _held_usd(routed: Routed) -> str:

@@ -111,6 +111,11 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         # Run to its end whatever the caller does: lines admitted and not sent would hold their budget a day.
         return await asyncio.shield(self.charger.run_to_end(self.deferred.submit(request, context)))
 
+    async def FindDeferred(
+        self, request: router_pb2.SubmitLinesRequest, context: Any
+    ) -> router_pb2.SubmitLinesResponse:
+        return await self.deferred.find(request, context)
+
     async def CollectBatch(
         self, request: router_pb2.CollectBatchRequest, context: Any
     ) -> router_pb2.CollectBatchResponse:

@@ -19,6 +19,8 @@ import pytest
 import redis
 
 from llmrouter.v1 import router_pb2, router_pb2_grpc
+from services.batches import runner
+from services.batches.deferral import OFFER_IN_DOUBT
 from services.batches.runner import FAILED_FIRST_S, UNREACHED
 from services.batches.store import batch_key
 from services.edge.settings import EdgeSettings
@@ -110,4 +112,69 @@ async def test_a_batch_backing_off_after_a_failed_run_is_cancelled_at_once(store
         assert router.completed == []
     finally:
         admin.execute_command("ACL", "SETUSER", "default", "+@all")
+        admin.close()
+
+
+class LostReplyRouter(OutOfReachRouter):
+    """Its offer cut mid-call (UNAVAILABLE, no answer: the router may have sent the lines); then out of reach to say
+    what became of them for `down` asks, and after that with none of them sent."""
+
+    def __init__(self, down: int) -> None:
+        super().__init__()
+        self.down = down
+        self.asks: list[float] = []
+
+    async def FindDeferred(
+        self, request: router_pb2.SubmitLinesRequest, context: grpc.aio.ServicerContext
+    ) -> router_pb2.SubmitLinesResponse:
+        self.asks.append(time.monotonic())
+        if len(self.asks) <= self.down:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the router is restarting")
+        return router_pb2.SubmitLinesResponse(
+            lines=[router_pb2.DeferredLine(request_id=r.request_id) for r in request.lines]
+        )
+
+
+async def test_a_cancelled_batch_whose_offer_reply_was_lost_waits_for_the_router_out_of_reach(
+    store: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelled after an offer whose reply was lost, the batch must ask the router what became of those lines
+    before it ends (they may be at a provider, held): while the router is out of reach it waits for each back-off,
+    rather than being run again at once, again and again, as a cancelled batch is; then it ends `cancelled`."""
+    monkeypatch.setattr(runner, "UNREACHED_FIRST_S", 0.5)
+    router = LostReplyRouter(down=2)
+    admin = redis.Redis(port=store.port)
+    try:
+        async with served_router(router) as router_addr, two_edges(store, router_addr) as (one, other):
+            batch_id = await create(one, "lost")
+            deadline = time.monotonic() + 10
+            while not admin.hget(batch_key(batch_id), UNREACHED):
+                assert time.monotonic() < deadline, "the offer did not fail"
+                await asyncio.sleep(0.02)
+            await other.post(f"/batches/{batch_id}/cancel")
+            cancelled = await status_of(one, batch_id, "cancelled", 10)
+        assert cancelled["request_counts"] == {"total": 2, "completed": 0, "failed": 0}
+        assert router.offers == 1 and router.completed == []  # nothing offered again, no line sent
+        gaps = [later - sooner for sooner, later in zip(router.asks, router.asks[1:], strict=False)]
+        assert len(router.asks) == 3 and all(gap >= runner.UNREACHED_FIRST_S - 0.05 for gap in gaps), gaps
+    finally:
+        admin.close()
+
+
+async def test_a_batch_whose_router_was_never_reached_is_cancelled_at_once(store: RedisServer) -> None:
+    """No router listens: no offer reached one, so nothing can be at a provider, and the cancelled batch ends at once
+    without asking what became of its lines (it could not ask: it would wait for the router)."""
+    admin = redis.Redis(port=store.port)
+    try:
+        async with two_edges(store, f"127.0.0.1:{free_port()}") as (one, other):
+            batch_id = await create(one, "unrouted")
+            deadline = time.monotonic() + 10
+            while int(admin.hget(batch_key(batch_id), UNREACHED) or 0) < 3:  # parked 4 s now
+                assert time.monotonic() < deadline, "the batch did not back off"
+                await asyncio.sleep(0.02)
+            assert not admin.hexists(batch_key(batch_id), OFFER_IN_DOUBT)
+            await other.post(f"/batches/{batch_id}/cancel")
+            cancelled = await status_of(one, batch_id, "cancelled", 1)
+        assert cancelled["request_counts"] == {"total": 2, "completed": 0, "failed": 0}
+    finally:
         admin.close()

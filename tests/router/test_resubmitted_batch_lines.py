@@ -123,3 +123,49 @@ async def test_a_line_offered_again_with_no_provider_batch_recorded_is_still_ref
     assert not reply.lines[0].deferred and not reply.lines[0].provider_batch_id
     still = await store.pending_charge(account, "b:c2")
     assert still is not None and still.provider_batch == "" and still.nonce == "0e"
+
+
+async def test_lines_looked_for_after_a_cancel_are_answered_as_sent_and_none_is_admitted(
+    router: tuple[RunningServer, RedisStore],
+) -> None:
+    """FindDeferred, asked by a batch cancelled or past its window about the lines of an offer whose reply it lost:
+    a line sent in a recorded provider batch is deferred in it (so it is collected); one pending with no batch
+    recorded is deferred with its error and the hold it is charged (the error file then says what the ledger will);
+    a line never admitted is not deferred, and is not admitted now: the batch sends no line any more."""
+    running, store = router
+    account = Account("acme", "anonymous")
+
+    def line(request_id: str) -> router_pb2.CompleteRequest:
+        return router_pb2.CompleteRequest(
+            messages=[common_pb2.ChatMessage(role="user", content=f"Explain tides {request_id}")],
+            model="strong",
+            max_tokens=200,
+            tenant="acme",
+            api_key_id="anonymous",
+            request_id=request_id,
+        )
+
+    unrecorded = Hold("b:c2", 1_000, period_id("day"), "router-1", nonce="0e", until=time.time() + 3600)
+    assert (await store.admit(account, Allowance("day"), unrecorded, "strong")).refused == ""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        stub = router_pb2_grpc.RouterStub(channel)
+        sent = await stub.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[line("b:c1")]), timeout=10)
+        held_before = await store.held_pico(account)
+        found = await stub.FindDeferred(
+            router_pb2.SubmitLinesRequest(lines=[line("b:c1"), line("b:c2"), line("b:c3")]), timeout=10
+        )
+        held_after = await store.held_pico(account)
+    first, second, third = found.lines
+    assert sent.lines[0].deferred and sent.lines[0].provider_batch_id == "pbatch-1", sent
+    assert (first.request_id, first.deferred, first.model, first.provider_batch_id, first.error) == (
+        "b:c1",
+        True,
+        "strong",
+        "pbatch-1",
+        "",
+    )
+    assert first.held_usd == sent.lines[0].held_usd
+    assert second.request_id == "b:c2" and second.deferred and not second.provider_batch_id and second.error
+    assert Decimal(second.held_usd) * PICO == 1_000
+    assert third.request_id == "b:c3" and not third.deferred and not third.error
+    assert await store.pending_charge(account, "b:c3") is None and held_after == held_before  # nothing admitted
