@@ -3,7 +3,7 @@
 from decimal import Decimal
 from typing import Any
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 REQUESTS = Counter("llmrouter_router_requests_total", "Routed requests", ["model", "reason", "outcome"])
 COST = Counter("llmrouter_router_cost_usd_total", "USD charged", ["model"])
@@ -50,6 +50,13 @@ ROUTED = Counter(
     "llmrouter_router_routed_total",
     "Auto-routed requests admitted, by tenant (the first N seen, then 'other') and the chosen model's tier",
     ["tenant", "tier"],
+)
+QUALITY_KEPT = Histogram(
+    "llmrouter_router_quality_kept_ratio",
+    "Auto-routed requests admitted with the classifier's predictions: the chosen model's predicted quality over the "
+    "best candidate's, by tenant (as routed_total)",
+    ["tenant"],
+    buckets=(0.5, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.99, 1.0),
 )
 
 

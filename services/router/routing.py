@@ -71,10 +71,17 @@ class Routing:
         return plan, decision(plan, limits, version, note), registry
 
     def count(self, routed: Routed) -> None:
-        """An admitted auto-routed request, by tenant and the chosen tier: the realised strong share."""
-        if routed.plan.code != "explicit_model":
-            tier = routed.plan.order[0].model.tier
-            metrics.ROUTED.labels(self.tenant_labels.label(routed.account.tenant), tier).inc()
+        """An admitted auto-routed request, by tenant and the chosen tier: the realised strong share; and, routed on
+        the classifier's predictions, the share of the best predicted quality it keeps."""
+        plan = routed.plan
+        if plan.code == "explicit_model":
+            return
+        tenant = self.tenant_labels.label(routed.account.tenant)
+        metrics.ROUTED.labels(tenant, plan.order[0].model.tier).inc()
+        if plan.code == "cheapest_near_best":
+            best = max(o.quality for o in plan.options if not o.excluded)
+            if best > 0:
+                metrics.QUALITY_KEPT.labels(tenant).observe(plan.order[0].quality / best)
 
     async def _classify(
         self, request: router_pb2.CompleteRequest, tenant: str, time_remaining: float | None

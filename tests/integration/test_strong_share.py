@@ -112,3 +112,7 @@ async def test_routed_requests_are_counted_by_tenant_and_tier_with_bounded_tenan
         await server.stop(1)
     assert routed(first, "economy") == 1 and routed(first, "premium") == 0
     assert routed(second, "economy") == 0 and routed("other", "economy") == other_before + 1
+    # The share of the best predicted quality each kept, counted with them: the cheap model's prediction below the best.
+    kept_count = REGISTRY.get_sample_value("llmrouter_router_quality_kept_ratio_count", {"tenant": first})
+    kept_sum = REGISTRY.get_sample_value("llmrouter_router_quality_kept_ratio_sum", {"tenant": first})
+    assert kept_count == 1 and kept_sum is not None and 0 < kept_sum < 1
