@@ -73,3 +73,25 @@ async def test_the_lost_admission_s_extension_leaves_the_later_admission_s_hold(
     assert await store.held_pico(ACCOUNT) == (4_000, 4_000)
     pending = await store.pending_charge(ACCOUNT, "r-1")
     assert pending is not None and (pending.nonce, pending.hold_pico) == ("bbbb0002", 4_000)
+
+
+async def test_the_lost_admission_s_charge_after_the_later_one_s_is_charged(store: Store, redis_url: str) -> None:
+    """The order the outbox makes likely: the first request's charge waits in it through the failover, the request
+    sent again is admitted, served and charged meanwhile, and the first one's charge is replayed after. The marker it
+    met was the second admission's, not its own: it was refused as a repeat, a generation nobody paid for."""
+    first = Hold("r-1", 3_000, DAY, "router-1", "aaaa0001")
+    assert (await store.admit(ACCOUNT, LIMIT, first)).refused == ""
+    await lose_admission(store, redis_url, first)
+    second = Hold("r-1", 4_000, DAY, "router-2", "bbbb0002")
+    assert (await store.admit(ACCOUNT, LIMIT, second)).refused == ""
+    assert await store.charge(ACCOUNT, second, 3_500, {"request": "second"}, charge_id="c0ffee02")
+
+    assert await store.charge(ACCOUNT, first, 2_000, {"request": "first"}, charge_id="c0ffee01")
+    assert await store.spent(ACCOUNT, DAY) == (2_000 + 3_500, 2_000 + 3_500)
+    assert await store.held_pico(ACCOUNT) == (0, 0)
+    # Either charge sent again (its reply lost), or the second's taken by the reconciler at its hold, adds nothing.
+    await store.charge(ACCOUNT, first, 2_000, {"request": "first"}, charge_id="c0ffee01")
+    await store.charge(ACCOUNT, second, 3_500, {"request": "second"}, charge_id="c0ffee02")
+    await store.charge(ACCOUNT, second, 4_000, {"request": "second, at its hold"}, late=True)
+    await store.charge(ACCOUNT, second, 4_000, {"request": "second, at its hold"})
+    assert await store.spent(ACCOUNT, DAY) == (2_000 + 3_500, 2_000 + 3_500)

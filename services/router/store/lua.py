@@ -270,8 +270,23 @@ CHARGE = (
 --       the charge's id ('' for none), its admission's nonce ('' for none), the reconciler's: the pending record
 --       as its sweep read it
 -- Returns 1 when charged now, or before by this very charge (its id in the marker: its reply was lost); else 0.
+-- The charged marker: 'batch:<id>' for a provider batch line's; else one entry per charge that landed on the request
+-- id, space-separated, each '1:<charge id>:<admission nonce>' (either may be ''), or '1' or '1:<charge id>' as
+-- written by routers of versions before (which name no admission). More than one entry only when a store that lost
+-- an admission let the request id in again (model.py, charged_marker).
+local met = redis.call('GET', KEYS[1])
+local function entries_of(value)
+  if not value or string.sub(value, 1, 6) == 'batch:' then return {} end
+  local found = {}
+  for entry in string.gmatch(value, '%S+') do found[#found + 1] = entry end
+  return found
+end
 -- This very charge, made before (replayed from the outbox, or resent after its reply was lost): made, once.
-if ARGV[8] ~= '' and redis.call('GET', KEYS[1]) == '1:' .. ARGV[8] then return 1 end
+if ARGV[8] ~= '' then
+  for _, entry in ipairs(entries_of(met)) do
+    if entry == '1:' .. ARGV[8] or string.match(entry, '^1:([^:]*):') == ARGV[8] then return 1 end
+  end
+end
 -- The reconciler settles only the very record it swept: not one released, charged, grown or undone and admitted
 -- again since (the next sweep meets that one), so it never charges what its owner settled meanwhile.
 if ARGV[10] and redis.call('HGET', KEYS[7], ARGV[6]) ~= ARGV[10] then return 0 end
@@ -280,6 +295,7 @@ local pending = redis.call('HGET', KEYS[7], ARGV[6])
 -- none and a charge that named itself; model.py, charged_marker): a collect of another batch naming the request
 -- then reads nothing of that batch's answer for it.
 local marker = ARGV[8] ~= '' and ('1:' .. ARGV[8]) or '1'
+if ARGV[9] ~= '' then marker = '1:' .. ARGV[8] .. ':' .. ARGV[9] end
 -- A script stops at its first error keeping what it wrote before: a key it writes holding another type (or a spend
 -- that is no integer, or one the charge would take past INCRBY's 2^63 - 1) fails it here, before any write. Failing
 -- later, it left the charged marker set and nothing added, and the charge sent again took that marker for its own
@@ -318,11 +334,26 @@ else
   redis.call('HDEL', KEYS[7], ARGV[6])
   if not pending and ARGV[7] == '1' then return 0 end
 end
--- This admission's pending charge open: it was never charged (every charge drops it here), so a marker met is
--- another admission's of the id (one a store that lost it admitted again), which must not make this one free.
-if own then
+-- A marker met is another charge of the request id. It is another admission's, which must not make this one free,
+-- when this admission's pending charge is open (it was never charged: every charge drops it here), or when each of
+-- its entries names an admission and none this one (a store that lost this admission let the id in again, and that
+-- admission's charge landed first). Else it may be this admission's own charge (the reconciler's, or one of a version
+-- before): a repeat. Kept beside the entries met, so none of those charges lands again either.
+local function another_admissions(value)
+  local entries = entries_of(value)
+  if ARGV[9] == '' or #entries == 0 then return false end
+  for _, entry in ipairs(entries) do
+    local nonce = string.match(entry, '^1:[^:]*:(.+)$')
+    if not nonce or nonce == ARGV[9] then return false end
+  end
+  return true
+end
+if not met then
   redis.call('SET', KEYS[1], marker, 'EX', ARGV[2])
-elseif not redis.call('SET', KEYS[1], marker, 'NX', 'EX', ARGV[2]) then
+elseif own or another_admissions(met) then
+  local kept = #entries_of(met) > 0 and string.sub(marker, 1, 6) ~= 'batch:'
+  redis.call('SET', KEYS[1], kept and (met .. ' ' .. marker) or marker, 'EX', ARGV[2])
+else
   return 0
 end
 for i = 2, 3 do

@@ -19,6 +19,9 @@ from services.router.store.model import (
     Verdict,
     charged_marker,
     marker_batch,
+    marker_entries,
+    marker_names_charge,
+    marker_spares_admission,
     pending_field,
 )
 from services.router.store.recent_ids import RecentIds
@@ -146,7 +149,8 @@ class MemoryStore:
     ) -> bool:
         keys = AccountKeys.of(account)
         charged = keys.charged(hold.request_id)
-        if charge_id and self.charged.get(charged) == charged_marker("", charge_id):
+        met = self.charged.get(charged)
+        if charge_id and marker_names_charge(met, charge_id):
             return True  # this very charge, made before
         for spend_key in keys.spend(hold.period):  # refused whole, as RedisStore's CHARGE (SPEND_MAX_PICO)
             if self.counters.get(spend_key, 0) + pico > SPEND_MAX_PICO:
@@ -164,10 +168,15 @@ class MemoryStore:
             self._drop(account, hold)
         if late and pending is None:
             return False
-        if own:  # never charged (lua.py, CHARGE): a marker met is another admission's of the id
+        marker = charged_marker(batch, charge_id, hold.nonce)
+        if met is not None:
+            # Another admission's charge of the id (lua.py, CHARGE): kept beside this one. Else a repeat.
+            if not (own or marker_spares_admission(met, hold.nonce)):
+                return False
+            if marker_entries(met) and not batch:
+                marker = f"{met} {marker}"
             self.charged.discard(charged)
-        if not self.charged.add(charged, charged_marker(batch, charge_id)):
-            return False
+        self.charged.add(charged, marker)
         for spend_key in keys.spend(hold.period):
             self.counters[spend_key] = self.counters.get(spend_key, 0) + pico
         self.ledger.append(record)

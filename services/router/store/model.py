@@ -202,13 +202,41 @@ def spend_ttl_s(period: str) -> int:
     return {8: 2 * 86400, 6: 62 * 86400}.get(len(period), 0) if period != "all" else 0
 
 
-def charged_marker(batch: str, charge_id: str) -> str:
-    """What a request's charged marker holds (lua.py, CHARGE, writes the same): 'batch:<id>' for a provider batch
-    line's, else '1', or '1:<charge id>' for a charge that named itself. Routers of the version before read every
-    marker not of a batch as one of no batch, as this one does."""
+def charged_marker(batch: str, charge_id: str, nonce: str = "") -> str:
+    """What a charge writes in its request's charged marker (lua.py, CHARGE, writes the same): 'batch:<id>' for a
+    provider batch line's, else '1:<charge id>:<its admission's nonce>' (either may be ''), or '1' or '1:<charge id>'
+    without a nonce, as routers of versions before wrote it. A marker that is no batch's holds one such entry per
+    charge that landed on the request id (space-separated): more than one when a store that lost an admission let the
+    id in again. Routers of the version before read every marker not of a batch as one of no batch, as this one
+    does."""
     if batch:
         return f"batch:{batch}"
+    if nonce:
+        return f"1:{charge_id}:{nonce}"
     return f"1:{charge_id}" if charge_id else "1"
+
+
+def marker_entries(marker: str | None) -> list[str]:
+    """The charges a charged marker names (charged_marker); none for a provider batch line's."""
+    return [] if marker is None or marker.startswith("batch:") else marker.split()
+
+
+def marker_names_charge(marker: str | None, charge_id: str) -> bool:
+    """Whether the charge `charge_id` is one the marker names."""
+    return any(entry.split(":")[1:2] == [charge_id] for entry in marker_entries(marker))
+
+
+def marker_spares_admission(marker: str, nonce: str) -> bool:
+    """Whether every charge a marker names is of another admission than that of `nonce` (each names its own): the
+    charge of the admission of `nonce` is then no repeat of any of them."""
+    nonces = [_entry_nonce(entry) for entry in marker_entries(marker)]
+    return bool(nonce) and bool(nonces) and all(named not in ("", nonce) for named in nonces)
+
+
+def _entry_nonce(entry: str) -> str:
+    """The admission a marker's entry names; '' for none (an entry of a version before)."""
+    parts = entry.split(":", 2)
+    return parts[2] if len(parts) == 3 else ""
 
 
 def marker_batch(marker: str) -> str:
