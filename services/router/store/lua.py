@@ -404,6 +404,12 @@ local refused = denied({{'ZREM', KEYS[2], old}, {'ZREM', KEYS[4], old}, {'ZADD',
   {'ZADD', KEYS[4], ARGV[6], ARGV[4]}, {'EXPIREAT', KEYS[2], '0'}, {'EXPIREAT', KEYS[4], '0'},
   {'HSET', KEYS[6], ARGV[7], ARGV[8]}})
 if refused then return refused end
+-- A holds set of another type fails it here, before any write, as an admission (ADMIT): failing later, it dropped the
+-- hold from the tenant's set and kept the pending charge open, its room in the tenant's budget given to others.
+for _, holds in ipairs({KEYS[2], KEYS[4]}) do
+  local found = redis.call('TYPE', holds)['ok']
+  if found ~= 'none' and found ~= 'zset' then return redis.error_reply('WRONGTYPE a key the extension writes') end
+end
 drop_hold(KEYS[2], KEYS[4], {old})
 for _, holds in ipairs({KEYS[2], KEYS[4]}) do
   redis.call('ZADD', holds, ARGV[6], ARGV[4])
