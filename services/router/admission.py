@@ -26,6 +26,7 @@ from services.router.costs import affordable_output, floor_pico, worst_pico
 from services.router.end_users import EndUserScope
 from services.router.input_bound import bound_input
 from services.router.outbox import Outbox
+from services.router.rate_refused import RateRefused
 from services.router.routed import Routed
 from services.router.settings import RouterSettings
 from services.router.store import (
@@ -108,6 +109,7 @@ class Admission:
         self.store = store
         self.undoing = Undoing(store, outbox)
         self.end_users = EndUserScope(settings.end_user_hash_secret)
+        self.rate_refused = RateRefused()
         self.allowance = Allowance(
             settings.budget_period,
             settings.rate_limit_rpm,
@@ -194,6 +196,8 @@ class Admission:
             if not verdict.refused:
                 routed.hold = hold
                 return
+            if verdict.refused == "rate":
+                self.rate_refused.add(routed.account)
             if verdict.refused not in ("tenant", "key"):
                 raise self._refusal(verdict, hold)
             self._fit(routed, verdict)
@@ -212,6 +216,13 @@ class Admission:
         counted = await self.store.count_request(account, self.allowance)
         self.undoing.answered()
         if not counted:
+            self.rate_refused.add(account)
+            raise self._rate_limited()
+
+    def refuse_if_rate_limited(self, account: Account) -> None:
+        """Before a request is routed: RATE_LIMITED when the store refused one of the account's requests as rate limited
+        in the current window (rate_refused.py), so the classifier scores nothing for it."""
+        if account in self.rate_refused:
             raise self._rate_limited()
 
     async def _hold(self, account: Account, hold: Hold, model: str, prices: Prices | None) -> Verdict:

@@ -129,11 +129,13 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self, request: router_pb2.CompleteRequest, context: Any, admit: bool = True, count: bool = False
     ) -> Routed:
         """Validate, route, and (last, so nothing after it can fail before serving) admit. `count`: a request never
-        admitted (a Decide) is counted against the rate limit instead, before the classifier is asked."""
+        admitted (a Decide) is counted against the rate limit instead, before the classifier is asked. An account this
+        router saw rate limited in the current window is refused before either."""
         account = admission.account_for(request)
         limits = await self.admission.limits(request, account.tenant)
         mode = escalation.mode_of(request.escalation, self.settings.escalation)
         verifier_threshold = escalation.verifier_threshold(request)
+        self.admission.refuse_if_rate_limited(account)
         if count:
             await self.admission.count(account)
         plan, decision, registry = await self.routing.decide(request, limits, account.tenant, context.time_remaining())

@@ -153,3 +153,27 @@ async def test_a_decide_is_refused_while_the_store_is_out_of_reach(tmp_path: Pat
             error = await refusal(router_pb2_grpc.RouterStub(channel).Decide(ask("busy"), timeout=10))
         assert error.code == grpc.StatusCode.UNAVAILABLE and error.reason == "STORE_UNAVAILABLE"
         assert classifier.scored == 0
+
+
+async def test_a_completion_past_the_limit_is_refused_before_the_classifier_is_asked(
+    tmp_path: Path, store: Store
+) -> None:
+    """A completion's rate limit is counted at its admission, after it was routed: past the limit, each one still had
+    the classifier score its prompt before it was refused, so completions sent without end kept the shared classifier
+    as busy as Decides did. Once its router has seen the window's requests used up, it refuses the account's next
+    ones before routing them, until the window ends (a window's count only grows)."""
+    classifier = Counting()
+    async with (
+        served_router(tmp_path, store, Answering(), classifier=classifier, rate_limit_rpm=LIMIT) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        router = router_pb2_grpc.RouterStub(channel)
+        for _ in range(LIMIT):
+            assert (await router.Complete(ask("busy"), timeout=10)).content == "an answer"
+        assert rate_limited(await refusal(router.Complete(ask("busy"), timeout=10)))
+        scored = classifier.scored
+        for _ in range(5):
+            assert rate_limited(await refusal(router.Complete(ask("busy"), timeout=10)))
+            assert rate_limited(await refusal(router.Decide(ask("busy"), timeout=10)))
+        assert classifier.scored == scored  # refused first: the classifier saw none of them
+        assert (await router.Complete(ask("quiet"), timeout=10)).content == "an answer"  # its own allowance

@@ -1,0 +1,31 @@
+"""The accounts whose requests per minute this router has seen used up in the current rate window. A completion's
+rate limit is counted at its admission, after it is routed: past the limit, each one had the shared classifier score
+its prompt before it was refused, so completions sent without end kept the classifier as busy as uncounted Decides
+did. A window's count only grows, so once the store refused an account's request as rate limited, its later requests
+of the window are refused before they are routed, with no call to the store. Each router learns it on its own, by one
+refusal; the set holds the refused accounts of one window only."""
+
+from __future__ import annotations
+
+import time
+
+from services.router.store import Account
+from services.router.store.keys import rate_window
+
+
+class RateRefused:
+    def __init__(self) -> None:
+        self._window = -1
+        self._accounts: set[Account] = set()
+
+    def add(self, account: Account) -> None:
+        self._current().add(account)
+
+    def __contains__(self, account: Account) -> bool:
+        return account in self._current()
+
+    def _current(self) -> set[Account]:
+        window = rate_window(time.time())
+        if window != self._window:
+            self._window, self._accounts = window, set()
+        return self._accounts
