@@ -96,7 +96,7 @@ def main(url: str, n: int, full: bool) -> None:
 
     def markers(pipe: redis.client.Pipeline, rid: str) -> None:
         pipe.set(keys.used(rid), "1", ex=TTL_S)
-        pipe.set(keys.charged(rid), charged_marker("", secrets.token_hex(8)), ex=TTL_S)
+        pipe.set(keys.charged(rid), charged_marker("", secrets.token_hex(8), secrets.token_hex(8)), ex=TTL_S)
 
     def ledger(pipe: redis.client.Pipeline, rid: str) -> None:
         pipe.xadd(keys.ledger, {"record": ledger_record(rid, full)})
