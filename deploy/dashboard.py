@@ -1,7 +1,8 @@
 """The Grafana dashboard as code, built with Grafana's grafana-foundation-sdk: one release's traffic, cost,
-routing, latency, providers and classifier. Every query is scoped to the `namespace` and `release` chosen in the
-dashboard's variables (the ServiceMonitor labels each target with both), and names only metrics the services
-export (tests/ops/test_live_metrics.py scrapes a running stack to prove it).
+routing, Redis, latency, providers and classifier. Every query is scoped to the `namespace` and `release` chosen in
+the dashboard's variables (the ServiceMonitor labels each target with both), and names only metrics the services
+export (tests/ops/test_live_metrics.py scrapes a running stack to prove it) or the in-chart Redis' exporter
+sidecars do (redis_*, labelled redis_role by the ServiceMonitor; tests/deploy/test_alerts.py lists them).
 
     python deploy/dashboard.py            # writes helm/llm-cost-router/files/dashboard.json
     python deploy/dashboard.py --check    # exit 1 when the committed file differs from what this builds
@@ -31,6 +32,7 @@ RATE = "[$__rate_interval]"
 HIT, SERVER_ERROR, NOT_OK = 'result="hit"', 'status=~"5.."', 'outcome!="ok"'
 PREMIUM = 'tier="premium"'
 NOT_OK_RPC = 'code!="OK"'
+DURABLE = 'redis_role=~"money|batches"'  # the Redis roles that persist (AOF); the cache writes nothing
 
 
 def s(metric: str, matchers: str = "") -> str:
@@ -321,6 +323,60 @@ def build() -> dict:
                 "Batch lines cost (USD/h)",
                 "currencyUSD",
                 (f"sum({rate('llmrouter_edge_batch_cost_usd_total')}) * 3600", "batch lines"),
+            )
+        )
+        .with_row(dashboard.Row("Redis (the in-chart ones, from their exporter sidecars: redis.exporter)"))
+        .with_panel(
+            series(
+                "Redis up (0: not answering its exporter; no line: its pod or exporter is gone)",
+                "short",
+                (f"min by (redis_role) ({s('redis_up')})", "{{redis_role}}"),
+            )
+        )
+        .with_panel(
+            series(
+                "Redis memory against maxmemory (money and batches refuse writes at 100%, the cache evicts)",
+                "percentunit",
+                (
+                    f"max by (redis_role) ({s('redis_memory_used_bytes')})"
+                    f" / max by (redis_role) ({s('redis_memory_max_bytes')})",
+                    "{{redis_role}}",
+                ),
+            )
+        )
+        .with_panel(
+            series(
+                "Redis evictions/s (on money or batches: state lost) and refused connections/s",
+                "short",
+                (f"sum by (redis_role) ({rate('redis_evicted_keys_total')})", "{{redis_role}} evicted"),
+                (f"sum by (redis_role) ({rate('redis_rejected_connections_total')})", "{{redis_role}} refused"),
+            )
+        )
+        .with_panel(
+            series(
+                "Redis persistence (1 ok, 0 failed: the last AOF write, AOF rewrite, RDB save)",
+                "short",
+                (f"min by (redis_role) ({s('redis_aof_last_write_status', DURABLE)})", "{{redis_role}} AOF write"),
+                (
+                    f"min by (redis_role) ({s('redis_aof_last_bgrewrite_status', DURABLE)})",
+                    "{{redis_role}} AOF rewrite",
+                ),
+                (f"min by (redis_role) ({s('redis_rdb_last_bgsave_status', DURABLE)})", "{{redis_role}} RDB save"),
+            )
+        )
+        .with_panel(
+            series(
+                "Redis clients and replicas connected",
+                "short",
+                (f"sum by (redis_role) ({s('redis_connected_clients')})", "{{redis_role}} clients"),
+                (f"sum by (redis_role) ({s('redis_connected_slaves')})", "{{redis_role}} replicas"),
+            )
+        )
+        .with_panel(
+            series(
+                "Redis commands/s",
+                "ops",
+                (f"sum by (redis_role) ({rate('redis_commands_processed_total')})", "{{redis_role}}"),
             )
         )
         .with_row(dashboard.Row("Latency"))

@@ -29,6 +29,26 @@ KUBE_STATE_METRICS = {
     "kube_cronjob_status_last_successful_time": {"namespace", "cronjob"},
 }
 KUBE_SCOPE = 'namespace="$NAMESPACE",cronjob="$LEDGER_TRIM_CRONJOB"'
+# redis_exporter's series (the in-chart Redis' sidecars, redis.exporter) that the rules and the dashboard may use, with
+# their own labels (none of these has any: INFO fields, exporter/exporter.go's mapping), as the pinned version names
+# them. Their targets carry redis_role too (the ServiceMonitor's relabeling) and are scoped like the services'.
+REDIS_EXPORTER: dict[str, set[str]] = {
+    name: set()
+    for name in (
+        "redis_up",
+        "redis_evicted_keys_total",
+        "redis_rejected_connections_total",
+        "redis_aof_last_write_status",
+        "redis_aof_last_bgrewrite_status",
+        "redis_rdb_last_bgsave_status",
+        "redis_memory_used_bytes",
+        "redis_memory_max_bytes",
+        "redis_connected_clients",
+        "redis_connected_slaves",
+        "redis_commands_processed_total",
+    )
+}
+REDIS_TARGET_LABELS = {"redis_role"}
 # Labels every scraped series carries besides its own: the ServiceMonitor's target labels.
 TARGET_LABELS = {"namespace", "release", "job", "instance"}
 SCOPE = 'namespace="$NAMESPACE",release="$RELEASE"'
@@ -61,7 +81,7 @@ def check_names(expr: str, where: str) -> None:
     for name in series_names(expr):
         if ":" in name:
             assert name in RECORDED | CHART_RECORDED, f"{where}: recording rule {name} is recorded nowhere"
-        elif name not in BUILTIN | KUBE_STATE_METRICS.keys():
+        elif name not in BUILTIN | KUBE_STATE_METRICS.keys() | REDIS_EXPORTER.keys():
             assert conventions_name(name) in documented_metrics(), f"{where}: {name} is not in docs/conventions.md"
 
 
@@ -75,6 +95,10 @@ def check_labels(expr: str, where: str) -> None:
     for name, matchers in re.findall(r"(kube_[a-z0-9_]+)\{([^}]*)\}", expr):
         for label in re.findall(r"([a-z_]+)\s*(?:=~|!~|!=|=)", matchers):
             assert label in KUBE_STATE_METRICS[name], f"{where}: {name} has no label {label!r}"
+    for name, matchers in re.findall(r"\b(redis_[a-z0-9_]+)\{([^}]*)\}", expr):
+        allowed = REDIS_EXPORTER[name] | TARGET_LABELS | REDIS_TARGET_LABELS
+        for label in re.findall(r"([a-z_]+)\s*(?:=~|!~|!=|=)", matchers):
+            assert label in allowed, f"{where}: {name} has no label {label!r}"
 
 
 def test_conventions_parse() -> None:
@@ -92,7 +116,7 @@ def test_alert_reads_documented_metrics_only(rule: dict) -> None:
 @pytest.mark.parametrize("rule", ALERTS, ids=lambda r: r["alert"])
 def test_alert_is_actionable(rule: dict) -> None:
     assert rule["labels"]["severity"] in {"warning", "critical"}
-    assert rule["labels"]["service"] in {"edge", "router", "classifier", "providers"}
+    assert rule["labels"]["service"] in {"edge", "router", "classifier", "providers", "redis"}
     assert {"summary", "description", "runbook_url"} <= set(rule["annotations"]), rule["alert"]
     assert rule["annotations"]["runbook_url"] == f"$RUNBOOK_BASE#{rule['alert'].lower()}"
     assert f"## {rule['alert']}\n" in RUNBOOKS, f"deploy/runbooks.md has no section for {rule['alert']}"
@@ -170,6 +194,32 @@ def test_ledger_trim_alerts_in_their_own_group() -> None:
     assert [r["alert"] for r in groups["llmrouter.ledger"]["rules"]] == ["LLMRouterLedgerTrimFailing"]
     others = [g for name, g in groups.items() if name != "llmrouter.ledger"]
     assert "$LEDGER_TRIM_CRONJOB" not in json.dumps(others)
+
+
+def test_redis_alerts_in_the_groups_rendered_with_the_exporters() -> None:
+    """The chart renders llmrouter.redis only with an exporter sidecar, and llmrouter.redis.money only where the
+    money Redis has one: no other rule reads redis_exporter's series, and the money Redis' absence alerts nowhere
+    else (a release with an external money Redis would be told it is down)."""
+    groups = {g["name"]: g for g in RULES["groups"]}
+    assert [r["alert"] for r in groups["llmrouter.redis.money"]["rules"]] == ["LLMRouterMoneyRedisDown"]
+    for name, group in groups.items():
+        reads_redis = any(re.search(r"\bredis_[a-z]", r["expr"]) for r in group["rules"])
+        assert reads_redis == name.startswith("llmrouter.redis"), name
+    absent = [r["alert"] for g in groups.values() for r in g["rules"] if "absent(redis_" in r.get("expr", "")]
+    assert absent == ["LLMRouterMoneyRedisDown"]
+
+
+def test_money_redis_down_states_its_scope() -> None:
+    (down,) = [r for r in ALERTS if r["alert"] == "LLMRouterMoneyRedisDown"]
+    assert down["expr"] == f'absent(redis_up{{{SCOPE},job="llmrouter-redis",redis_role="money"}} == 1)'
+    assert down["labels"] == {
+        "severity": "critical",
+        "service": "redis",
+        "redis_role": "money",
+        "job": "llmrouter-redis",
+        "namespace": "$NAMESPACE",
+        "release": "$RELEASE",
+    }
 
 
 @pytest.mark.parametrize("svc", ["edge", "router", "classifier", "providers"])

@@ -51,6 +51,15 @@ def env(docs: list[dict], svc: str) -> dict[str, str]:
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container(docs, svc)["env"]}
 
 
+REDIS_ROLES = ("money", "cache", "batches")
+
+
+def redis_containers(docs: list[dict], role: str) -> dict[str, dict]:
+    """The containers of an in-chart Redis pod (a Deployment for the cache, StatefulSets for the others), by name."""
+    workloads = by_kind(docs, "Deployment") | by_kind(docs, "StatefulSet")
+    return {c["name"]: c for c in workloads[name(f"redis-{role}")]["spec"]["template"]["spec"]["containers"]}
+
+
 @pytest.mark.parametrize(
     "kind", ["Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy"]
 )
@@ -251,7 +260,8 @@ def test_service_monitor_scrapes_the_jobs_the_alerts_use(docs: list[dict]) -> No
         if all(s["metadata"]["labels"].get(k) == v for k, v in sm["spec"]["selector"]["matchLabels"].items())
         and job_label in s["metadata"]["labels"]
     ]
-    assert {s["metadata"]["labels"][job_label] for s in selected} == {f"llmrouter-{svc}" for svc in SERVICES}
+    jobs = {f"llmrouter-{svc}" for svc in SERVICES} | {"llmrouter-redis"}  # the in-chart Redis' exporters
+    assert {s["metadata"]["labels"][job_label] for s in selected} == jobs
     for s in selected:
         assert "metrics" in {p["name"] for p in s["spec"]["ports"]}
     (endpoint,) = sm["spec"]["endpoints"]
@@ -275,6 +285,104 @@ def test_service_monitor_keeps_the_metrics_own_labels(docs: list[dict]) -> None:
     exported = set().union(*(labels for _, labels in code_metrics().values()))
     assert exported & OPERATOR_TARGET_LABELS == {"service"}
     assert exported & OPERATOR_TARGET_LABELS <= dropped
+
+
+@pytest.mark.parametrize("role", REDIS_ROLES)
+def test_each_in_chart_redis_has_an_exporter_sidecar_with_monitoring_on(docs: list[dict], role: str) -> None:
+    """The default (monitoring.serviceMonitor on): redis_exporter beside each Redis, reading it over loopback, on a
+    named port its Service exposes, labelled for the ServiceMonitor: job llmrouter-redis, its role."""
+    containers = redis_containers(docs, role)
+    assert containers.keys() == {"redis", "exporter"}
+    exporter, exporter_values = containers["exporter"], VALUES["redis"]["exporter"]
+    image = exporter_values["image"]
+    assert re.fullmatch(r"v\d+\.\d+\.\d+", image["tag"]), "pinned to a release"
+    assert exporter["image"] == f"oliver006/redis_exporter:{image['tag']}"
+    settings = {e["name"]: e["value"] for e in exporter["env"]}
+    assert settings["REDIS_ADDR"] == f"redis://127.0.0.1:{VALUES['redis'][role]['port']}"
+    assert settings["REDIS_EXPORTER_WEB_LISTEN_ADDRESS"] == f":{exporter_values['port']}"
+    assert exporter["ports"] == [{"name": "metrics", "containerPort": exporter_values["port"], "protocol": "TCP"}]
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert exporter[probe]["httpGet"] == {"path": "/health", "port": "metrics"}
+    assert exporter["resources"] == exporter_values["resources"]
+    service = by_kind(docs, "Service")[name(f"redis-{role}")]
+    assert {"name": "metrics", "port": exporter_values["port"], "targetPort": "metrics", "protocol": "TCP"} in service[
+        "spec"
+    ]["ports"]
+    labels = service["metadata"]["labels"]
+    assert (labels["llm-cost-router/job"], labels["llm-cost-router/redis-role"]) == ("llmrouter-redis", role)
+
+
+def test_the_exporter_takes_no_credential_in_its_arguments(docs: list[dict]) -> None:
+    """The in-chart Redis has no password (its NetworkPolicy lets only its callers in), so the exporter is given
+    none; its settings are env, never arguments a `ps` or the pod spec would show, and none names a secret."""
+    for role in REDIS_ROLES:
+        exporter = redis_containers(docs, role)["exporter"]
+        assert "args" not in exporter and "command" not in exporter
+        assert not [e for e in exporter["env"] if re.search("PASSWORD|USER|AUTH", e["name"])]
+        assert "@" not in next(e["value"] for e in exporter["env"] if e["name"] == "REDIS_ADDR")
+
+
+def test_service_monitor_labels_the_redis_targets_with_their_role(docs: list[dict]) -> None:
+    """redis_role, from the Redis Service's label, is what the Redis alerts and the dashboard select on (not `role`:
+    redis_exporter's redis_instance_info has its own, master or replica, which a target label would rename)."""
+    (sm,) = by_kind(docs, "ServiceMonitor").values()
+    (endpoint,) = sm["spec"]["endpoints"]
+    assert {
+        "sourceLabels": ["__meta_kubernetes_service_label_llm_cost_router_redis_role"],
+        "targetLabel": "redis_role",
+    } in endpoint["relabelings"]
+    (down,) = _rule_groups(docs)["llmrouter.redis.money"]["rules"]
+    assert 'job="llmrouter-redis",redis_role="money"' in down["expr"]
+
+
+def test_redis_exporter_port_open_to_the_scrapers_only(docs: list[dict]) -> None:
+    port = VALUES["redis"]["exporter"]["port"]
+    for role in REDIS_ROLES:
+        redis_rule, metrics_rule = by_kind(docs, "NetworkPolicy")[name(f"redis-{role}")]["spec"]["ingress"]
+        assert metrics_rule == {
+            "ports": [{"port": port, "protocol": "TCP"}],
+            "from": VALUES["networkPolicy"]["metricsFrom"],
+        }
+        assert port not in {p["port"] for p in redis_rule["ports"]}
+
+
+@pytest.mark.parametrize("setting", ["monitoring.serviceMonitor.enabled=false", "redis.exporter.enabled=false"])
+def test_no_exporter_sidecar_without_the_charts_scraping(setting: str) -> None:
+    """Without the chart's scraping (or with the exporter off): the Redis pods, Services, NetworkPolicies as they
+    were, and no Redis alert (absent() of a series nobody scrapes would fire)."""
+    docs = render("--set", setting)
+    for role in REDIS_ROLES:
+        assert redis_containers(docs, role).keys() == {"redis"}
+        service = by_kind(docs, "Service")[name(f"redis-{role}")]
+        assert [p["name"] for p in service["spec"]["ports"]] == ["redis"]
+        assert "llm-cost-router/job" not in service["metadata"]["labels"]
+        assert len(by_kind(docs, "NetworkPolicy")[name(f"redis-{role}")]["spec"]["ingress"]) == 1
+    assert not [group for group in _rule_groups(docs) if group.startswith("llmrouter.redis")]
+
+
+def test_the_exporter_sidecar_does_not_follow_the_operators_crds() -> None:
+    """Gated on the values only: installing the Prometheus Operator later must not restart the money Redis."""
+    docs = render(monitoring_crds=False)
+    assert all(redis_containers(docs, role).keys() == {"redis", "exporter"} for role in REDIS_ROLES)
+
+
+def test_redis_alerts_only_for_the_redis_the_chart_runs(docs: list[dict]) -> None:
+    """The money Redis' down alert (absent()) only where the chart runs it; none with every Redis external."""
+    assert {"llmrouter.redis", "llmrouter.redis.money"} <= _rule_groups(docs).keys()
+    external_money = _rule_groups(render("--set", "redis.money.url=redis://money.example:6379/0"))
+    assert "llmrouter.redis" in external_money and "llmrouter.redis.money" not in external_money
+    production = _rule_groups(render("-f", str(CHART / "ci" / "production-values.yaml")))
+    assert not [group for group in production if group.startswith("llmrouter.redis")]
+
+
+@pytest.mark.parametrize(("exporter_policy", "skipped"), [("Always", False), ("IfNotPresent", True)])
+def test_checkov_pull_policy_skip_covers_both_images(exporter_policy: str, skipped: bool) -> None:
+    """checkov checks every container's pull policy: its skip stays while either image is not pulled Always."""
+    docs = render(
+        "--set", "redis.image.pullPolicy=Always", "--set", f"redis.exporter.image.pullPolicy={exporter_policy}"
+    )
+    skips = by_kind(docs, "StatefulSet")[name("redis-money")]["metadata"]["annotations"].values()
+    assert any(skip.startswith("CKV_K8S_15=") for skip in skips) is skipped
 
 
 def _rule_groups(docs: list[dict]) -> dict[str, dict]:
@@ -455,7 +563,7 @@ def test_money_and_batch_redis_never_evict_and_persist(docs: list[dict], role: s
     """Batches too: an eviction could drop the set of batches to resume (one stuck in_progress), a lease (two
     edges run one batch), paid-for results or a running batch's input; a restart must keep every batch."""
     redis = by_kind(docs, "StatefulSet")[name(f"redis-{role}")]
-    (c,) = redis["spec"]["template"]["spec"]["containers"]
+    c = redis_containers(docs, role)["redis"]
     args = dict(zip(c["args"][::2], c["args"][1::2], strict=True))
     assert args["--maxmemory-policy"] == "noeviction"
     assert args["--appendonly"] == "yes" and args["--appendfsync"] == "everysec"
@@ -501,7 +609,7 @@ def test_money_redis_holds_a_request_a_second_with_the_charts_trim() -> None:
 
 
 def test_cache_redis_evicts_least_recently_used(docs: list[dict]) -> None:
-    (c,) = by_kind(docs, "Deployment")[name("redis-cache")]["spec"]["template"]["spec"]["containers"]
+    c = redis_containers(docs, "cache")["redis"]
     args = dict(zip(c["args"][::2], c["args"][1::2], strict=True))
     assert args["--maxmemory-policy"] == "allkeys-lru"
     assert args["--maxmemory"] == VALUES["redis"]["cache"]["maxmemory"]
@@ -640,7 +748,9 @@ def test_edge_replicas_share_their_batches_through_redis() -> None:
     for role in ("cache", "money"):
         shared = render("--set", f"edge.batchRedis={role}")
         assert env(shared, "edge")["EDGE_BATCH_REDIS_URL"] == f"redis://{name(f'redis-{role}')}:6379/0"
-        (rule,) = by_kind(shared, "NetworkPolicy")[name(f"redis-{role}")]["spec"]["ingress"]
+        rule, _ = by_kind(shared, "NetworkPolicy")[name(f"redis-{role}")]["spec"][
+            "ingress"
+        ]  # the Redis', the exporter's
         callers = sorted(p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in rule["from"])
         assert callers == ["edge", "router"], role
         assert name("redis-batches") not in by_kind(shared, "StatefulSet") | by_kind(shared, "NetworkPolicy")

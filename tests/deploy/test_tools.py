@@ -47,6 +47,10 @@ def test_rules_pass_their_tests(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+# The scope of every selector in the rules as rendered, and the Redis roles that persist.
+PROD, DURABLE = 'namespace="prod",release="llm"', 'redis_role=~"money|batches"'
+
+
 @pytest.mark.parametrize(
     ("alert", "field", "before", "after"),
     [
@@ -66,6 +70,14 @@ def test_rules_pass_their_tests(tmp_path: Path) -> None:
         ("LLMRouterLedgerEntriesRejected", "expr", "[1h]", "[10m]"),  # a single one resolved before it is seen
         ("LLMRouterLedgerTrimFailing", "for", "70m", "30m"),  # a run still in progress taken for a failure
         ("LLMRouterLedgerTrimFailing", "expr", "or (", "and ("),  # a first run that fails is missed
+        ("LLMRouterMoneyRedisDown", "expr", 'redis_role="money"', 'redis_role=~".+"'),  # the cache's up masks it
+        ("LLMRouterMoneyRedisDown", "for", "3m", "1m"),  # a restart reloading its AOF taken for an outage
+        ("LLMRouterRedisEvictions", "expr", f",{DURABLE}", ""),  # the cache's LRU taken for a loss
+        ("LLMRouterRedisEvictions", "expr", "[1h]", "[10m]"),  # a single eviction resolved before it is seen
+        ("LLMRouterRedisRejectedConnections", "expr", 'namespace="prod",', ""),  # staging's refusals taken for ours
+        ("LLMRouterRedisPersistenceFailing", "expr", "or min", "and min"),  # one failure of the three is missed
+        # the cache's failed save (it persists nothing) taken for a persisting store's
+        ("LLMRouterRedisPersistenceFailing", "expr", f"bgsave_status{{{PROD},{DURABLE}}}", f"bgsave_status{{{PROD}}}"),
     ],
 )
 def test_a_broken_alert_fails_its_tests(tmp_path: Path, alert: str, field: str, before: str, after: str) -> None:

@@ -111,6 +111,18 @@ when edge.batchRedis names it). Call with (list $ "money"). */}}
 {{- end }}
 {{- end }}
 
+{{/* "true" when the in-chart Redis pods run the redis_exporter sidecar: redis.exporter.enabled and the chart's scraping
+on (monitoring.serviceMonitor.enabled). Not gated on the cluster serving the Operator's CRDs, as the ServiceMonitor
+is: a pod template that changed with them would restart the money Redis when the Operator is installed. */}}
+{{- define "llmrouter.redisExporter" -}}
+{{- if and .Values.redis.exporter.enabled .Values.monitoring.serviceMonitor.enabled }}true{{ end }}
+{{- end }}
+
+{{/* "true" when a Redis role runs in the chart with its exporter sidecar. Call with (list $ "money"). */}}
+{{- define "llmrouter.redisExported" -}}
+{{- if and (include "llmrouter.redisExporter" (index . 0)) (include "llmrouter.inChartRedis" .) }}true{{ end }}
+{{- end }}
+
 {{/* "true" when one of these Redis roles is external (its callers' egress then needs networkPolicy.egress.redisTo).
 Call with (list $ "money cache"). */}}
 {{- define "llmrouter.externalRedis" -}}
