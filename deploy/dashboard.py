@@ -242,6 +242,17 @@ def build() -> dict:
                 ),
             )
         )
+        .with_panel(
+            series(
+                "Predicted quality kept by tenant (chosen over best candidate, mean)",
+                "percentunit",
+                (
+                    f"sum by (tenant) ({rate('llmrouter_router_quality_kept_ratio_sum')})"
+                    f" / sum by (tenant) ({rate('llmrouter_router_quality_kept_ratio_count')})",
+                    "{{tenant}}",
+                ),
+            )
+        )
         .with_row(dashboard.Row("Load and configuration"))
         .with_panel(
             series(
