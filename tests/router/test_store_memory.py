@@ -132,8 +132,9 @@ async def test_the_response_cache_too(tmp_path: Path) -> None:
     cache = RedisCache(server.url)
     try:
         await StoreMemory({"cache": cache.redis}, 0).refresh()
+        # Only the cache's: a money series may come from a router another test of this process keeps running (its
+        # upkeep reads the shared test Redis), so its absence is not asserted here.
         assert 0 < (ratio("cache") or 0) < 0.1
-        assert ratio("money") is None
     finally:
         await cache.close()
         server.stop()
