@@ -137,7 +137,8 @@ class Deferred:
     async def find(self, request: router_pb2.SubmitLinesRequest, context: Any) -> router_pb2.SubmitLinesResponse:
         """FindDeferred: the lines of a SubmitBatch whose reply the caller lost, answered as it answered them, once
         the caller may send no line any more (its batch cancelled, or past its window): none is admitted. Without
-        this, the lines it sent would never be collected, charged their hold when it lapses, with no answer."""
+        this, the lines it sent would never be collected, charged their hold when it lapses, with no answer. With the
+        money store out of reach it fails (UNAVAILABLE), not answering a line not deferred: its caller asks again."""
         lines = list(request.lines)
         _line_ids(lines)
         slots = asyncio.Semaphore(ROUTING_CONCURRENCY)
@@ -165,6 +166,10 @@ class Deferred:
         try:
             account = admitting.account_for(request)
             pending = await self.store.pending_charge(account, request.request_id)
+        except StoreUnavailable:
+            if unrecorded:  # FindDeferred's "not deferred" is taken for good: its caller is to ask again later
+                raise
+            return None  # admission refuses it the same way
         except ServiceError:  # admission refuses it the same way
             return None
         if pending is None or pending.key != account.key or not pending.until:
