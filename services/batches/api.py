@@ -384,9 +384,11 @@ def _limit(text: str | None, default: int, most: int) -> int:
     if text is None:
         return default
     # ASCII digits only: str.isdigit() holds for superscripts ('²') that int() refuses, a 500 where this is a 400.
-    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= most:
+    # Nor more digits than `most` has, past leading zeros: int() refuses a text of over 4,300 digits (zeros included).
+    digits = text.lstrip("0")
+    if not (text.isascii() and text.isdigit()) or len(digits) > len(str(most)) or not 1 <= int(digits or "0") <= most:
         raise ApiError(400, f"limit must be an integer from 1 to {most}", param="limit", code="invalid_value")
-    return int(text)
+    return int(digits)
 
 
 def _page(data: list[dict[str, Any]], limit: int) -> dict[str, Any]:
