@@ -95,16 +95,17 @@ class Calibration:
             ranked = sorted(
                 (m.cost_usd(tokens, min(output_tokens, m.max_output_tokens)), -_quality(m, scores)) for m in models
             )
-            qualities = [-negated for _, negated in ranked]
-            if not qualities:
+            # A model of unknown quality (-1) is never chosen at a target (policy.plan: quality >= target x best).
+            known = [-negated for _, negated in ranked if negated <= 0]
+            best = max(known, default=0.0)
+            if best <= 0:  # nothing predicted above nothing: every target routes it alike, and keeps nothing
                 continue
-            best = max(qualities)
             best_sum += best
-            chosen = qualities[0]
+            chosen = known[0]
             base += chosen
-            for quality in qualities[1:]:
+            for quality in known[1:]:
                 if quality > chosen:
-                    ratio = _ratio(chosen, best)
+                    ratio = chosen / best
                     steps[ratio] = steps.get(ratio, 0.0) + quality - chosen
                     chosen = quality
         return KeptCurve(base, best_sum, sorted(steps.items()))
@@ -130,13 +131,6 @@ class Calibration:
 def _models_key(models: list[ModelSpec], registry: Registry) -> tuple[object, ...]:
     """What a target computed for these models depends on, the registry may be reloaded: tiers, quality sources."""
     return (tuple(registry.tiers), tuple(sorted((m.name, m.tier, m.quality_from, m.quality_prior) for m in models)))
-
-
-def _ratio(quality: float, best: float) -> float:
-    """A model's prediction over the best, as the policy compares them (policy.plan: quality >= target * best)."""
-    if quality >= best:
-        return 1.0
-    return max(0.0, quality / best) if best > 0 else 0.0
 
 
 @dataclass(frozen=True)

@@ -216,3 +216,16 @@ def test_a_callers_many_qualities_kept_share_one_curve_per_model_set() -> None:
     assert len(sized._curves) == 1
     known = [t for t in targets if t is not None]
     assert len(known) == len(targets) and known == sorted(known)  # what is kept only grows with the target
+
+
+def test_a_model_of_unknown_quality_counts_for_nothing_as_the_policy_never_picks_it() -> None:
+    """The cheapest model has no prediction (no quality_from, no prior): policy.plan never picks it at any target, so
+    the mix keeps at each target what the policy's picks among the others keep."""
+    mystery = REGISTRY.models[0].model_copy(
+        update={"name": "mystery", "quality_from": "", "quality_prior": None, "input_usd_per_mtok": 0}
+    )
+    registry = REGISTRY.model_copy(update={"models": [mystery, *REGISTRY.models]})
+    assert policy.predicted_quality(mystery, {"weak": 0.5, "big": 0.9}) is None
+    for wanted in (0.7, 0.8, 0.95):
+        target = SIZED.quality_target_keeping(wanted, registry.models, registry, 256)
+        assert target == SIZED.quality_target_keeping(wanted, REGISTRY.models, REGISTRY, 256)
