@@ -20,10 +20,10 @@ of the collect's registry): a collect naming another model is refused whole, bef
 named also picks the provider's Batch API that is). A line
 offered again after it was sent in a recorded batch (the reply to its SubmitBatch lost: the call runs to its end
 after its caller left) is answered deferred in that batch, for its recorded model, so the caller collects it; one
-pending with no batch recorded is refused as a duplicate, as any request id in use. A caller that may send no line
-any more (its batch cancelled, or past its window) asks instead (FindDeferred), which admits nothing: a line sent in a
-recorded batch is answered as above, and one pending with no batch recorded deferred with an error and the hold it is
-charged when the hold lapses, what the ledger will have. A line with nothing beside its
+pending with no batch recorded is answered deferred with an error and the hold it is charged when the hold lapses,
+what the ledger will have (refused as a duplicate, it was in the caller's files at nothing). A caller that may send no
+line any more (its batch cancelled, or past its window) asks instead (FindDeferred), which admits nothing and answers
+each line so too. A line with nothing beside its
 pending charge was admitted by a router of the version before: it is settled as that version did, from the batch a
 collect names when that batch's results hold its request id (else charged its hold), at the model the collect names;
 for such lines alone, until their holds lapse, the old risks stay that another tenant's line of the same request id
@@ -145,24 +145,21 @@ class Deferred:
 
         async def answer(line: router_pb2.CompleteRequest) -> router_pb2.DeferredLine:
             async with slots:
-                found = await self._sent_before(line, unrecorded=True)
+                found = await self._sent_before(line)
             return found or router_pb2.DeferredLine(request_id=line.request_id)
 
         return router_pb2.SubmitLinesResponse(lines=await asyncio.gather(*(answer(line) for line in lines)))
 
-    async def _sent_before(
-        self, request: router_pb2.CompleteRequest, unrecorded: bool = False
-    ) -> router_pb2.DeferredLine | None:
+    async def _sent_before(self, request: router_pb2.CompleteRequest) -> router_pb2.DeferredLine | None:
         """A line offered again that was sent in a provider batch before, answered as that SubmitBatch answered it:
         deferred in that batch, for the model recorded with it. SubmitBatch runs to its end after its caller left
         (its deadline passed, its connection closed), so a reply lost that way is asked for again by offering the
         lines again: refused as duplicates, they would never be collected, and be charged their hold with no answer.
-        None for any other line, which admission then takes as before: a new one, or one pending with no batch
-        recorded (its batch's creation still running, or its outcome unknown) or admitted by a router of the
-        version before (no model recorded), which it refuses as a duplicate. `unrecorded` (FindDeferred, which admits
-        nothing): such a line pending is answered deferred with the error its SubmitBatch gave, or would have given,
-        and the hold it is charged when the hold lapses (no collect settles it from a batch), as the ledger will have
-        it."""
+        A line pending with no batch recorded (its batch's creation had an unknown outcome, or was not recorded, or
+        the line was admitted by a router of the version before) is answered deferred with the error its SubmitBatch
+        gave, or would have given, and the hold it is charged when the hold lapses (no collect settles it from a
+        batch), as the ledger will have it: refused as a duplicate, the caller wrote it at nothing. None for any other
+        line, which admission then takes as before (a new one is admitted; one in use otherwise, refused)."""
         try:
             account = admitting.account_for(request)
             pending = await self.store.pending_charge(account, request.request_id)
@@ -175,8 +172,6 @@ class Deferred:
         if pending is None or pending.key != account.key or not pending.until:
             return None
         if not (pending.provider_batch and pending.model):
-            if not unrecorded:
-                return None
             return router_pb2.DeferredLine(
                 request_id=request.request_id,
                 deferred=True,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -106,3 +107,29 @@ async def test_lines_sent_before_an_expiry_whose_offer_reply_was_lost_are_collec
         errors = await lines_of(client, batch.error_file_id)
     assert batch.status == "completed", batch  # every line was sent in time
     await assert_answered_and_charged_once(stack, output, errors)
+
+
+async def test_lines_offered_again_whose_provider_batch_creation_had_an_unknown_outcome_cost_their_hold(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reply of the offer is lost, and so was the provider's reply to the batch's creation: the router holds the
+    lines with no provider batch recorded, and charges each its hold when the hold lapses. Offered again (the batch
+    is neither cancelled nor past its window), each must end in the error file at that hold, as the ledger will
+    have it, not refused as a duplicate at nothing."""
+    monkeypatch.setattr(runner, "UNREACHED_FIRST_S", 2.0)  # offered again once the creation has failed
+    monkeypatch.setattr(deferral, "CALL_S", 0.3)
+    stack.upstream.enqueue(Fault.delay(1.0), Fault.reset())  # a slow upload, then the creation's reply lost
+    async with serving(stack) as client:
+        batch_id = await run_batch(client, batch_file([(BATCHED, f"line {i}") for i in range(LINES)]))
+        batch = await finished(client, batch_id)
+        output = await lines_of(client, batch.output_file_id)
+        errors = await lines_of(client, batch.error_file_id)
+    charged, _, held, pending = await money(stack)
+    assert batch.status == "completed" and not output and not charged, (batch, output)
+    # Each held its hold, charged when the hold lapses (no batch's results settle it): what its error line costs.
+    holds = {line.request_id: line.hold_pico for line in pending}
+    assert sorted(holds) == [f"{batch_id}:req-{i}" for i in range(LINES)] and sum(holds.values()) == held
+    for custom_id, entry in errors.items():
+        body = entry["response"]["body"]
+        assert body["error"]["code"] == deferral.UNKNOWN, entry
+        assert to_pico(Decimal(body["x_router"]["cost_usd"])) == holds[f"{batch_id}:{custom_id}"]

@@ -100,11 +100,12 @@ async def test_lines_offered_again_after_a_lost_reply_are_found_in_their_provide
     assert settled is None and 0 < spent < pending.hold_pico and Decimal(result["cost"]) * PICO == spent
 
 
-async def test_a_line_offered_again_with_no_provider_batch_recorded_is_still_refused(
+async def test_a_line_offered_again_with_no_provider_batch_recorded_is_answered_at_its_hold(
     router: tuple[RunningServer, RedisStore],
 ) -> None:
-    """A line pending with no batch recorded (its batch's creation still running, or its outcome unknown) is not
-    deferred again: no batch's results settle it (it is charged its hold), and its first reply says so."""
+    """A line pending with no batch recorded (its batch's creation had an unknown outcome) is deferred with its
+    error and the hold it is charged when the hold lapses (no batch's results settle it), as its lost reply had it:
+    refused as a duplicate, the caller's error file had it at nothing. It stays held, as it was."""
     running, store = router
     account = Account("acme", "anonymous")
     unrecorded = Hold("b:c2", 1_000, period_id("day"), "router-1", nonce="0e", until=time.time() + 3600)
@@ -120,7 +121,9 @@ async def test_a_line_offered_again_with_no_provider_batch_recorded_is_still_ref
         reply = await router_pb2_grpc.RouterStub(channel).SubmitBatch(
             router_pb2.SubmitLinesRequest(lines=[line]), timeout=10
         )
-    assert not reply.lines[0].deferred and not reply.lines[0].provider_batch_id
+    (answer,) = reply.lines
+    assert answer.deferred and answer.error and not answer.provider_batch_id, reply
+    assert Decimal(answer.held_usd) * PICO == 1_000
     still = await store.pending_charge(account, "b:c2")
     assert still is not None and still.provider_batch == "" and still.nonce == "0e"
 
