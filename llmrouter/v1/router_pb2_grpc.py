@@ -117,7 +117,9 @@ class RouterServicer:
         """Lines a SubmitBatch may have admitted whose reply the caller lost, answered as that SubmitBatch answered them,
         admitting none (the caller's batch was cancelled, or its window ended): a line sent in a provider batch recorded
         for it is deferred in that batch; one held with no provider batch recorded (its creation's outcome unknown) is
-        deferred with that error; any other is not deferred (nothing of it is held for a provider batch).
+        deferred with that error; any other is not deferred (nothing of it is held for a provider batch). A line held
+        with no batch recorded whose creation may still run fails this call, and a SubmitBatch offering it again,
+        UNAVAILABLE (BATCH_BEING_SENT): ask again later.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -12,7 +12,8 @@ out or lost its connection while the router, which runs the call to its end, sen
 submitted but unrecorded: offered again, the router answers each it sent in a provider batch it recorded as deferred
 in that batch, so it is recorded and collected here; one whose batch the router did not record (its creation's
 outcome unknown) it answers deferred with that error and its hold, so it ends in the error file at the hold it is
-charged when the hold lapses. An offer's call marks the
+charged when the hold lapses; while that creation may still run, the router answers the call BATCH_BEING_SENT, a
+failure like any (the batch backs off and asks again). An offer's call marks the
 batch (`offer_in_doubt`) until its lines are recorded; a batch cancelled or past its window meanwhile offers nothing
 again, but asks the router (FindDeferred, which admits nothing) for those lines (recover): each it sent is recorded and
 collected as above, each held with no batch recorded written to the error file at its hold. A call that never

@@ -21,9 +21,11 @@ named also picks the provider's Batch API that is). A line
 offered again after it was sent in a recorded batch (the reply to its SubmitBatch lost: the call runs to its end
 after its caller left) is answered deferred in that batch, for its recorded model, so the caller collects it; one
 pending with no batch recorded is answered deferred with an error and the hold it is charged when the hold lapses,
-what the ledger will have (refused as a duplicate, it was in the caller's files at nothing). A caller that may send no
-line any more (its batch cancelled, or past its window) asks instead (FindDeferred), which admits nothing and answers
-each line so too. A line with nothing beside its
+what the ledger will have (refused as a duplicate, it was in the caller's files at nothing), once its creation is
+surely over: a SubmitBatch sends its lines within SEND_START_S of its start (or withdraws them), so within SENDING_S of
+its admission a line is answered BATCH_BEING_SENT instead (UNAVAILABLE: ask again), whose batch, recorded meanwhile,
+is then collected. A caller that may send no line any more (its batch cancelled, or past its window) asks instead
+(FindDeferred), which admits nothing and answers each line so too. A line with nothing beside its
 pending charge was admitted by a router of the version before: it is settled as that version did, from the batch a
 collect names when that batch's results hold its request id (else charged its hold), at the model the collect names;
 for such lines alone, until their holds lapse, the old risks stay that another tenant's line of the same request id
@@ -41,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
@@ -74,6 +77,14 @@ LINE_FRAMING_BYTES = 1024  # a collected line's fields beside its provider resul
 # an unknown model, a line invalid as it stands or asking what its model cannot honour (a registry the router read
 # before a reload). Any other failure may come after the upload: its outcome is unknown.
 NOT_CREATED = ("BATCH_NOT_CREATED", "MODEL_NOT_FOUND", "INVALID_REQUEST", "UNSUPPORTED_PARAMETER")
+# A SubmitBatch's lines go to their provider within this of the call's start, or are withdrawn (sent to Complete):
+# so a line's batch is created, or its creation's outcome unknown, and recorded within SENDING_S of its admission.
+SEND_START_S = 60.0
+# Until then a line held with no provider batch recorded may still be in its creation (the upload, then the record;
+# the margin covers the record and the routers' clocks): asked about meanwhile (its SubmitBatch's reply lost), it is
+# not answered unknown at its hold, for the batch recorded next would never be collected, its answer lost and its
+# hold blocking the budget a day; the caller is told to ask again (BATCH_BEING_SENT).
+SENDING_S = SEND_START_S + PROVIDER_CALL_S + 60.0
 GIVE_UP_MAX_S = 600.0  # how early before its lines' holds end a provider batch is given up, at most
 GAVE_UP = "the provider batch did not end within its window"
 UNRECORDED = (
@@ -112,26 +123,26 @@ class Deferred:
         self.give_up_s = min(GIVE_UP_MAX_S, hold_s / 4)
 
     async def submit(self, request: router_pb2.SubmitLinesRequest, context: Any) -> router_pb2.SubmitLinesResponse:
+        started = time.time()  # before any line's admission (SEND_START_S)
         lines = list(request.lines)
         ids = _line_ids(lines)
+        # Every line looked up before any is admitted: one still being sent fails the call having admitted none.
+        found = await self._sent(lines)
+        answers = {i: found.get(i) or router_pb2.DeferredLine(request_id=i) for i in ids}
         slots = asyncio.Semaphore(ROUTING_CONCURRENCY)
-        answers = {i: router_pb2.DeferredLine(request_id=i) for i in ids}
 
         async def admit(line: router_pb2.CompleteRequest) -> Routed | None:
             async with slots:
-                sent = await self._sent_before(line)
-                if sent is not None:
-                    answers[line.request_id] = sent
-                    return None
                 return await self._admit(line, context)
 
-        admitted = await asyncio.gather(*(admit(line) for line in lines))
+        admitted = await asyncio.gather(*(admit(line) for line in lines if line.request_id not in found))
         groups: dict[str, list[Routed]] = {}
         for routed in admitted:
             if routed is not None:
                 groups.setdefault(routed.plan.order[0].model.name, []).append(routed)
-        for model, group in groups.items():
-            answers.update(await self._send(model, group))
+        # Each model's batch sent at once, not after the others' uploads: all start within SEND_START_S.
+        for sent in await asyncio.gather(*(self._send(model, group, started) for model, group in groups.items())):
+            answers.update(sent)
         return router_pb2.SubmitLinesResponse(lines=[answers[i] for i in ids])
 
     async def find(self, request: router_pb2.SubmitLinesRequest, context: Any) -> router_pb2.SubmitLinesResponse:
@@ -140,15 +151,22 @@ class Deferred:
         this, the lines it sent would never be collected, charged their hold when it lapses, with no answer. With the
         money store out of reach it fails (UNAVAILABLE), not answering a line not deferred: its caller asks again."""
         lines = list(request.lines)
-        _line_ids(lines)
+        ids = _line_ids(lines)
+        found = await self._sent(lines)
+        return router_pb2.SubmitLinesResponse(
+            lines=[found.get(i) or router_pb2.DeferredLine(request_id=i) for i in ids]
+        )
+
+    async def _sent(self, lines: list[router_pb2.CompleteRequest]) -> dict[str, router_pb2.DeferredLine]:
+        """The lines sent before (_sent_before), by request id."""
         slots = asyncio.Semaphore(ROUTING_CONCURRENCY)
 
-        async def answer(line: router_pb2.CompleteRequest) -> router_pb2.DeferredLine:
+        async def look_up(line: router_pb2.CompleteRequest) -> router_pb2.DeferredLine | None:
             async with slots:
-                found = await self._sent_before(line)
-            return found or router_pb2.DeferredLine(request_id=line.request_id)
+                return await self._sent_before(line)
 
-        return router_pb2.SubmitLinesResponse(lines=await asyncio.gather(*(answer(line) for line in lines)))
+        found = await asyncio.gather(*(look_up(line) for line in lines))
+        return {answer.request_id: answer for answer in found if answer is not None}
 
     async def _sent_before(self, request: router_pb2.CompleteRequest) -> router_pb2.DeferredLine | None:
         """A line offered again that was sent in a provider batch before, answered as that SubmitBatch answered it:
@@ -158,8 +176,10 @@ class Deferred:
         A line pending with no batch recorded (its batch's creation had an unknown outcome, or was not recorded, or
         the line was admitted by a router of the version before) is answered deferred with the error its SubmitBatch
         gave, or would have given, and the hold it is charged when the hold lapses (no collect settles it from a
-        batch), as the ledger will have it: refused as a duplicate, the caller wrote it at nothing. None for any other
-        line, which admission then takes as before (a new one is admitted; one in use otherwise, refused)."""
+        batch), as the ledger will have it: refused as a duplicate, the caller wrote it at nothing. Within SENDING_S
+        of its admission such a line may still be in its creation: BATCH_BEING_SENT (the caller asks again later).
+        None for any other line, which admission then takes as before (a new one is admitted; one in use otherwise,
+        refused)."""
         try:
             account = admitting.account_for(request)
             pending = await self.store.pending_charge(account, request.request_id)
@@ -172,6 +192,8 @@ class Deferred:
         if pending is None or pending.key != account.key or not pending.until:
             return None
         if not (pending.provider_batch and pending.model):
+            if time.time() - pending.ts < SENDING_S:
+                raise _being_sent(request.request_id, pending.ts)
             return router_pb2.DeferredLine(
                 request_id=request.request_id,
                 deferred=True,
@@ -207,10 +229,14 @@ class Deferred:
             return None
         return routed
 
-    async def _send(self, model: str, group: list[Routed]) -> dict[str, router_pb2.DeferredLine]:
-        """One provider batch of the lines for `model`. When the provider is known to have created none, their
-        admissions are withdrawn (they go to Complete instead); when that is unknown, their holds stay, to be
-        charged when they lapse."""
+    async def _send(self, model: str, group: list[Routed], started: float) -> dict[str, router_pb2.DeferredLine]:
+        """One provider batch of the lines for `model`. When the provider is known to have created none, or the
+        call is past SEND_START_S (its lines admitted too slowly), their admissions are withdrawn (they go to
+        Complete instead); when that is unknown, their holds stay, to be charged when they lapse."""
+        if time.time() - started > SEND_START_S:
+            log.warning("provider batch not sent: its lines took too long to admit", extra={"model": model})
+            await self._withdraw(group)
+            return {}
         calls = [generate_request(routed, routed.plan.order[0].model, self.admission.end_users) for routed in group]
         try:
             reply = await self.providers.SubmitBatch(
@@ -220,8 +246,7 @@ class Deferred:
             error = ServiceError.from_rpc_error(err)
             if error.explained and error.reason in NOT_CREATED:
                 log.warning("provider batch not created", extra={"model": model, "error": error.message})
-                for routed in group:
-                    await self.admission.withdraw(routed)
+                await self._withdraw(group)
                 return {}
             log.error("provider batch creation outcome unknown", extra={"model": model, "error": error.message})
             # The caller is told no more than that: the error may quote the provider or name an internal address.
@@ -251,6 +276,10 @@ class Deferred:
             )
             for r in group
         }
+
+    async def _withdraw(self, group: list[Routed]) -> None:
+        for routed in group:
+            await self.admission.withdraw(routed)
 
     async def _record_batch(self, group: list[Routed], batch_id: str) -> None:
         """Each line's provider batch recorded beside its pending charge: only its results settle the line. One not
@@ -536,6 +565,15 @@ def _of_another_batch(pending: Pending | None, request_id: str, batch_id: str) -
         return None
     error = f"request {request_id!r} was sent in another provider batch than {batch_id!r}: it is settled from that one"
     return router_pb2.CollectedLine(request_id=request_id, error=error, charged_usd="0")
+
+
+def _being_sent(request_id: str, admitted: float) -> ServiceError:
+    return ServiceError(
+        grpc.StatusCode.UNAVAILABLE,
+        "BATCH_BEING_SENT",
+        f"request id {request_id!r} may still be in its provider batch's creation: ask again later",
+        {"retry_after_s": str(math.ceil(max(1.0, admitted + SENDING_S - time.time())))},
+    )
 
 
 def _line_ids(lines: list[router_pb2.CompleteRequest]) -> list[str]:

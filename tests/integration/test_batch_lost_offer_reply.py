@@ -19,6 +19,7 @@ import redis.asyncio as redis
 
 from services.batches import deferral, runner
 from services.batches.store import batch_key
+from services.router import deferred
 from services.router.store import Account, RedisStore, key_id, to_pico
 from tests.fakes.server import Fault
 from tests.integration.test_provider_batches import (
@@ -118,6 +119,7 @@ async def test_lines_offered_again_whose_provider_batch_creation_had_an_unknown_
     have it, not refused as a duplicate at nothing."""
     monkeypatch.setattr(runner, "UNREACHED_FIRST_S", 2.0)  # offered again once the creation has failed
     monkeypatch.setattr(deferral, "CALL_S", 0.3)
+    monkeypatch.setattr(deferred, "SENDING_S", 1.5)  # the router knows the creation is over once this has passed
     stack.upstream.enqueue(Fault.delay(1.0), Fault.reset())  # a slow upload, then the creation's reply lost
     async with serving(stack) as client:
         batch_id = await run_batch(client, batch_file([(BATCHED, f"line {i}") for i in range(LINES)]))
@@ -133,3 +135,33 @@ async def test_lines_offered_again_whose_provider_batch_creation_had_an_unknown_
         body = entry["response"]["body"]
         assert body["error"]["code"] == deferral.UNKNOWN, entry
         assert to_pico(Decimal(body["x_router"]["cost_usd"])) == holds[f"{batch_id}:{custom_id}"]
+
+
+@pytest.mark.parametrize("cancelled", [False, True], ids=["offered-again", "cancelled"])
+async def test_lines_asked_about_while_their_provider_batch_is_being_created_are_collected(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, cancelled: bool
+) -> None:
+    """The offer's reply is lost while the router is still creating the provider batch (its upload slow), and the
+    edge asks again before the creation ends (offering the lines again, or, cancelled, asking FindDeferred): the
+    lines, held with no batch recorded yet, must not be written unknown at their hold, for the batch recorded next
+    would never be collected (its answers lost, the holds blocking the budget a day): the edge asks again later,
+    and collects them."""
+    monkeypatch.setattr(runner, "UNREACHED_FIRST_S", 0.5)
+    monkeypatch.setattr(deferral, "CALL_S", 0.3)
+    stack.upstream.enqueue(Fault.delay(3.0))  # the router's upload of the provider batch's file
+    async with serving(stack) as client:
+        batch_id = await run_batch(client, batch_file([(BATCHED, f"line {i}") for i in range(LINES)]))
+        if cancelled:
+            db: Any = redis.from_url(stack.redis_url)
+            deadline = time.monotonic() + 10
+            while not await db.hget(batch_key(batch_id), runner.UNREACHED):
+                assert time.monotonic() < deadline, "the edge's offer did not fail"
+                await asyncio.sleep(0.02)
+            await db.aclose()
+            await client.batches.cancel(batch_id)
+        batch = await finished(client, batch_id)
+        output = await lines_of(client, batch.output_file_id)
+        errors = await lines_of(client, batch.error_file_id)
+    assert batch.status == ("cancelled" if cancelled else "completed"), batch
+    assert len(stack.upstream.batches.batches) == 1  # the lines were sent once
+    await assert_answered_and_charged_once(stack, output, errors)

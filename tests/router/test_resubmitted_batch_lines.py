@@ -19,12 +19,14 @@ from typing import Any
 import grpc
 import pytest
 
+from llmrouter.errors import ServiceError
 from llmrouter.server import RunningServer
 from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2, router_pb2_grpc
 from services.batches import deferral
 from services.batches.deferral import Deferral
 from services.batches.store import MemoryStore as BatchStore
 from services.batches.store import results_key
+from services.router import deferred
 from services.router.store import PICO, Account, Allowance, Hold, RedisStore, period_id
 from tests.router.servicer_kit import served_router
 from tests.router.test_collect_model import REGISTRY
@@ -101,11 +103,12 @@ async def test_lines_offered_again_after_a_lost_reply_are_found_in_their_provide
 
 
 async def test_a_line_offered_again_with_no_provider_batch_recorded_is_answered_at_its_hold(
-    router: tuple[RunningServer, RedisStore],
+    router: tuple[RunningServer, RedisStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A line pending with no batch recorded (its batch's creation had an unknown outcome) is deferred with its
     error and the hold it is charged when the hold lapses (no batch's results settle it), as its lost reply had it:
     refused as a duplicate, the caller's error file had it at nothing. It stays held, as it was."""
+    monkeypatch.setattr(deferred, "SENDING_S", 0.0)  # its creation is over
     running, store = router
     account = Account("acme", "anonymous")
     unrecorded = Hold("b:c2", 1_000, period_id("day"), "router-1", nonce="0e", until=time.time() + 3600)
@@ -129,7 +132,7 @@ async def test_a_line_offered_again_with_no_provider_batch_recorded_is_answered_
 
 
 async def test_lines_looked_for_after_a_cancel_are_answered_as_sent_and_none_is_admitted(
-    router: tuple[RunningServer, RedisStore],
+    router: tuple[RunningServer, RedisStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """FindDeferred, asked by a batch cancelled or past its window about the lines of an offer whose reply it lost:
     a line sent in a recorded provider batch is deferred in it (so it is collected); one pending with no batch
@@ -150,6 +153,7 @@ async def test_lines_looked_for_after_a_cancel_are_answered_as_sent_and_none_is_
 
     unrecorded = Hold("b:c2", 1_000, period_id("day"), "router-1", nonce="0e", until=time.time() + 3600)
     assert (await store.admit(account, Allowance("day"), unrecorded, "strong")).refused == ""
+    monkeypatch.setattr(deferred, "SENDING_S", 0.0)  # b:c2's creation is over
     async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
         stub = router_pb2_grpc.RouterStub(channel)
         sent = await stub.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[line("b:c1")]), timeout=10)
@@ -172,3 +176,71 @@ async def test_lines_looked_for_after_a_cancel_are_answered_as_sent_and_none_is_
     assert Decimal(second.held_usd) * PICO == 1_000
     assert third.request_id == "b:c3" and not third.deferred and not third.error
     assert await store.pending_charge(account, "b:c3") is None and held_after == held_before  # nothing admitted
+
+
+def strong_line(request_id: str, model: str = "strong") -> router_pb2.CompleteRequest:
+    return router_pb2.CompleteRequest(
+        messages=[common_pb2.ChatMessage(role="user", content=f"Explain tides {request_id}")],
+        model=model,
+        max_tokens=200,
+        tenant="acme",
+        api_key_id="anonymous",
+        request_id=request_id,
+    )
+
+
+async def test_a_line_whose_provider_batch_may_still_be_being_created_is_asked_for_again(
+    router: tuple[RunningServer, RedisStore],
+) -> None:
+    """A line held with no batch recorded, admitted moments ago: its SubmitBatch may still be creating its batch (a
+    slow upload), so neither SubmitBatch nor FindDeferred answers it unknown at its hold (that batch, recorded next,
+    would never be collected): both fail, UNAVAILABLE (ask again later), and SubmitBatch admits none of its lines."""
+    running, store = router
+    account = Account("acme", "anonymous")
+    sending = Hold("b:c2", 1_000, period_id("day"), "router-1", nonce="0e", until=time.time() + 3600)
+    assert (await store.admit(account, Allowance("day"), sending, "strong")).refused == ""
+    lines = router_pb2.SubmitLinesRequest(lines=[strong_line("b:c2"), strong_line("b:c3")])
+    refused = []
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        stub = router_pb2_grpc.RouterStub(channel)
+        for call in (stub.SubmitBatch, stub.FindDeferred):
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await call(lines, timeout=10)
+            refused.append(ServiceError.from_rpc_error(raised.value))
+    for error in refused:
+        assert (error.code, error.reason) == (grpc.StatusCode.UNAVAILABLE, "BATCH_BEING_SENT"), error
+        assert 0 < int(error.metadata["retry_after_s"]) <= deferred.SENDING_S
+    assert await store.pending_charge(account, "b:c3") is None  # nothing admitted
+    still = await store.pending_charge(account, "b:c2")
+    assert still is not None and still.provider_batch == "" and still.nonce == "0e"
+
+
+async def test_each_models_provider_batch_is_created_at_once(
+    router: tuple[RunningServer, RedisStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lines for two models: their provider batches are created side by side, not one after the other's upload, so
+    both start within SEND_START_S of the call (the provider takes CREATE_S to create each)."""
+    running, _ = router
+    monkeypatch.setattr(deferred, "SEND_START_S", CREATE_S / 2)
+    lines = router_pb2.SubmitLinesRequest(lines=[strong_line("b:c1"), strong_line("b:c2", "cheap")])
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        reply = await router_pb2_grpc.RouterStub(channel).SubmitBatch(lines, timeout=10)
+    assert [(a.deferred, a.model, a.provider_batch_id) for a in reply.lines] == [
+        (True, "strong", "pbatch-1"),
+        (True, "cheap", "pbatch-1"),
+    ], reply
+
+
+async def test_lines_admitted_past_the_send_start_are_withdrawn(
+    router: tuple[RunningServer, RedisStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lines whose admission took longer than SEND_START_S are not sent (their creation would end past SENDING_S,
+    after a line asked about may have been answered unknown): withdrawn, nothing held, they go to Complete."""
+    running, store = router
+    monkeypatch.setattr(deferred, "SEND_START_S", 0.0)
+    lines = router_pb2.SubmitLinesRequest(lines=[strong_line("b:c1")])
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        reply = await router_pb2_grpc.RouterStub(channel).SubmitBatch(lines, timeout=10)
+    account = Account("acme", "anonymous")
+    assert not reply.lines[0].deferred and not reply.lines[0].provider_batch_id, reply
+    assert await store.pending_charge(account, "b:c1") is None and await store.held_pico(account) == (0, 0)
