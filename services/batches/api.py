@@ -324,8 +324,8 @@ class BatchApi:
         return found[: limit + 1]
 
     async def cancel_batch(self, request: Request) -> Response:
-        """Lines not yet sent are not sent; those in flight finish. The batch ends `cancelled`, with the files
-        of the lines that finished. A batch already ending or ended is returned as it is."""
+        """Lines not yet sent are not sent; those in flight finish (those in doubt too: runner.py). The batch ends
+        `cancelled`, with the files of the lines that finished. A batch already ending or ended is returned as it is."""
         batch_id, _ = await self._batch(request)
         if await self.store.advance(batch_id, CANCELLABLE, "cancelling", now()):  # not one its run ended meanwhile
             self.runner.start(batch_id)  # on this edge, if no other runs it: it ends the batch

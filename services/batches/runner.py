@@ -21,9 +21,11 @@ lines in doubt or in provider batches), so it ends the batch `expired` on time u
 (from the start of its shutdown, while its requests drain: Runner.stop) takes no batch and no line any more, lets the
 lines in flight finish and gives up its batches' leases; a crash loses the results of lines in flight, whose retry the
 router then refuses as a duplicate (charged once, in the ledger, and in the error file).
-Such a line, sent and without a result, is in doubt: it goes first when the batch resumes, even past its window
-(sent before its end, only the router knows whether it ran), and is never reported as never sent. An edge ending a
-batch of a key it does not serve does not send it again: it goes to the error file as `outcome_unknown`.
+Such a line, sent and without a result, is in doubt: it goes first when the batch resumes, even past its window or
+cancelled (sent before, only the router knows whether it ran: a cancel lets the lines in flight finish), and is never
+reported as never sent, nor left out of a cancelled batch's files. An edge ending a
+batch of a key it does not serve does not send it again: it goes to the error file as `outcome_unknown`, expired or
+cancelled.
 
 A batch expires at its expires_at (EDGE_BATCH_WINDOW_S after its creation), as OpenAI's do: no line is sent or
 offered after it; the lines in flight finish and are recorded; the lines never sent go to the error file as
@@ -302,9 +304,14 @@ class Runner:
                 await self._finish(batch_id, batch, batch["status"].decode())
                 return
             cancelled_in_window = batch["status"] == b"cancelling" and time.time() < wire.expires_at(batch)
-            if cancelled_in_window and OFFER_IN_DOUBT not in batch and not await self.deferral.recorded(batch_id):
-                # No line goes out any more, nor is one at a provider to collect: it ends now, without its input
-                # file (read, it took a place's memory; gone, it failed the batch).
+            if (
+                cancelled_in_window
+                and OFFER_IN_DOUBT not in batch
+                and not await self.deferral.recorded(batch_id)
+                and not await self._any_in_doubt(batch_id)
+            ):
+                # No line goes out any more, nor is one at a provider to collect or in doubt to send again: it ends
+                # now, without its input file (read, it took a place's memory; gone, it failed the batch).
                 await self._finish(batch_id, batch, "cancelled")
                 return
             content = await self.store.content(file_key(batch["input_file_id"].decode()))
@@ -340,7 +347,10 @@ class Runner:
                 # left unknown: the ledger has it.
                 left_in_doubt, in_doubt = in_doubt, set()
             pending = Pending(sorted(unfinished, key=lambda i: i not in in_doubt))
-            cancelled = expired = False
+            expired = False
+            # Cancelled, the lines in flight finish: those in doubt were, when their edge died, so they are sent again
+            # (the router's answer is their result, as past the window), and no other line is sent.
+            cancelled = batch["status"] == b"cancelling"
             checked = 0.0  # when a parked batch last looked for a cancel
             async with asyncio.TaskGroup() as group:
                 while (wait_s := pending.wait_s()) is not None:
@@ -348,30 +358,31 @@ class Runner:
                         return
                     if time.time() >= expires_at and pending.keep(in_doubt):
                         expired = True  # the lines in flight finish (those refused meanwhile wait); no new one is sent
-                    if wait_s >= PARK_LEAVE_S and pending.parked() and not pending.in_flight:
+                    if cancelled:
+                        pending.keep(in_doubt)  # and a line refused meanwhile, unless in doubt, is not sent again
+                    # A cancelled run waits out its park here: resumed elsewhere, a cancelled batch runs again at once.
+                    if wait_s >= PARK_LEAVE_S and pending.parked() and not pending.in_flight and not cancelled:
                         # Its place and input file go to other batches; any edge resumes it at its time (_adopt).
                         until = time.time() + wait_s  # or its window's end, when it ends sooner: it expires then
                         await self._park(batch_id, until if time.time() >= expires_at else min(until, expires_at))
                         return
                     if wait_s > 0:  # parked, holding no slot; or only lines in flight are left
                         await pending.changed(min(wait_s, STOP_CHECK_S))
-                        if pending.parked() and time.monotonic() - checked >= CANCEL_CHECK_S:
+                        if not cancelled and pending.parked() and time.monotonic() - checked >= CANCEL_CHECK_S:
                             checked = time.monotonic()
-                            if await self._cancelling(batch_id):
-                                cancelled = True
-                                break
+                            cancelled = await self._cancelling(batch_id)
                         continue
                     await self.slots.acquire()
                     sending = False  # the slot goes to the line's task, which gives it back
                     try:
                         if time.time() >= expires_at and pending.keep(in_doubt):
                             expired = True
-                        # parked, stopping, or expired with nothing to send, while waiting for the slot
+                        if pending.wait_s() == 0 and not cancelled and await self._cancelling(batch_id):
+                            cancelled = True  # the lines in flight finish, those in doubt sent again; no other
+                            pending.keep(in_doubt)
+                        # parked, stopping, or expired or cancelled with nothing to send, while waiting for the slot
                         if pending.wait_s() != 0 or self.stopping or renewing.done():
                             continue
-                        if await self._cancelling(batch_id):
-                            cancelled = True  # the lines in flight finish; no more are sent
-                            break
                         index = pending.take()
                         group.create_task(self._line(batch_id, batch, index, lines, pending, in_doubt))
                         sending = True
@@ -380,6 +391,9 @@ class Runner:
                             self.slots.release()  # line was sent again nor the edge able to stop
             if expired:
                 await self._expire(batch_id, lines, deferred, left_in_doubt)
+            elif cancelled:  # its lines in doubt not sent again (a key not served here): of an unknown outcome
+                for index in sorted(left_in_doubt):
+                    await results.record_expired(self.store, batch_id, index, lines[index]["custom_id"], in_doubt=True)
             # The lines in provider batches finish too, cancelled, expired or not: they run at the provider, within
             # its own window, charged when collected; their answers are kept. Only their custom_ids are needed: the
             # input file is dropped and its place goes to a batch waiting for one.
@@ -440,6 +454,14 @@ class Runner:
             except Exception:
                 log.warning("batch lease not renewed; stopping", extra={"id": batch_id}, exc_info=True)
                 return
+
+    async def _any_in_doubt(self, batch_id: str) -> bool:
+        """Whether a line was sent without its result recorded (its edge died with it in flight)."""
+        sent = await self.store.get(sent_key(batch_id))
+        if SENT not in sent.values():
+            return False
+        done = await self.store.get(results_key(batch_id))
+        return any(mark == SENT and index not in done for index, mark in sent.items())
 
     async def _cancelling(self, batch_id: str) -> bool:
         return (await self.store.get(batch_key(batch_id))).get("status") == b"cancelling"

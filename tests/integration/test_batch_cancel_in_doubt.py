@@ -1,0 +1,120 @@
+"""A batch cancelled after its edge died with a line in flight: the router admitted the line and charged it, its
+result lost with the edge (in doubt). The run that ends the cancelled batch must not leave it out of the files, the
+ledger charging a line the batch's files do not have: the lines in flight finish on a cancel, and a line in doubt was
+in flight, so it is sent again (the router's answer decides its result) as a batch past its window sends it. A line
+never sent stays unsent. An edge process SIGKILLed on the chain's router and Redis; the next edge in process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import redis.asyncio as redis
+from openai import AsyncOpenAI
+
+from services.batches import runner
+from services.batches.store import PREFIX, sent_key
+from services.edge.keys import key_line
+from services.edge.settings import EdgeSettings
+from tests.conftest import ROOT, ledger_records
+from tests.fakes import Fault
+from tests.integration.conftest import Chain, free_port, start_edge
+from tests.integration.test_batch_edge_crash import healthy, reached_upstream
+from tests.integration.test_batch_revoked_key import created_where_no_line_goes_out, edge_keyed
+from tests.integration.test_batches import small_file
+from tests.integration.test_provider_batches import finished, lines_of
+
+
+async def test_a_line_in_flight_when_the_edge_died_is_in_the_files_of_its_cancelled_batch(
+    chain: Chain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runner, "LEASE_S", 2)  # the next edge adopts the cancelled batch within a second
+    tenant, key = f"cancel-doubt-{secrets.token_hex(4)}", f"sk-cancel-doubt-{secrets.token_urlsafe(12)}"
+    port = free_port()
+    env = {
+        "EDGE_PORT": str(port),
+        "EDGE_ROUTER_ADDR": chain.router_addr,
+        "EDGE_API_KEYS": key_line(tenant, key),
+        "EDGE_BATCH_REDIS_URL": chain.redis_url,
+        "EDGE_BATCH_CONCURRENCY": "1",  # the first line in flight, the second waiting behind it
+    }
+    doomed = subprocess.Popen(
+        [sys.executable, "-m", "services.edge"],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    db = redis.from_url(chain.redis_url)
+    client = AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
+    seen = len(chain.budget.requests)
+    try:
+        await healthy(port)
+        uploaded = await client.files.create(file=("doomed.jsonl", small_file("doomed", 2)), purpose="batch")
+        chain.budget.enqueue(Fault.delay(2))  # the first line is at the upstream when the edge dies
+        batch = await client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        await reached_upstream(chain, seen)
+        doomed.send_signal(signal.SIGKILL)
+        doomed.wait()
+        await client.close()
+        deadline = time.monotonic() + 20
+        while not [r for r in await ledger_records(db) if r["tenant"] == tenant]:  # the router ran it to its end
+            assert time.monotonic() < deadline, "the line in flight was never charged"
+            await asyncio.sleep(0.1)
+
+        settings = EdgeSettings(**{k.removeprefix("EDGE_").lower(): v for k, v in env.items()})  # type: ignore[arg-type]
+        edge, task, channel = await start_edge(settings)  # the dead edge's lease still holds the batch
+        client = AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
+        try:
+            await client.batches.cancel(batch.id)
+            await db.delete(f"{PREFIX}lease:{batch.id}")  # the dead edge's lease lapses (30 s), sooner
+            batch = await finished(client, batch.id, timeout_s=30)
+            output = await lines_of(client, batch.output_file_id)
+            errors = await lines_of(client, batch.error_file_id)
+        finally:
+            edge.should_exit = True
+            await task
+            await channel.close()
+        ledger = [r for r in await ledger_records(db) if r["tenant"] == tenant]
+    finally:
+        doomed.kill()
+        await client.close()
+        await db.aclose()
+
+    assert batch.status == "cancelled", batch
+    # The line in flight, charged, is in the files (the router refuses it again as a duplicate: it ran); the line
+    # never sent is not, and nothing of it is charged.
+    assert [r["request_id"] for r in ledger] == [f"{batch.id}:doomed-0"]
+    assert not output and set(errors) == {"doomed-0"}, (output, errors)
+    in_doubt = errors["doomed-0"]["response"]
+    assert in_doubt["status_code"] == 409 and in_doubt["body"]["error"]["code"] == "duplicate_request", in_doubt
+    assert batch.request_counts is not None and batch.request_counts.failed == 1
+
+
+async def test_a_revoked_keys_line_in_doubt_is_in_the_files_of_its_cancelled_batch(chain: Chain) -> None:
+    """Ended by an edge that does not serve its key, a cancelled batch sends its line in doubt no more than a batch
+    past its window does (a line that never reached the router would run on the revoked key): its outcome is unknown,
+    and the error file says so, rather than leaving out a line the ledger may have charged."""
+    tenant = f"revoked-{secrets.token_hex(4)}"
+    old_key, new_key = f"sk-old-{secrets.token_urlsafe(12)}", f"sk-new-{secrets.token_urlsafe(12)}"
+    db = redis.from_url(chain.redis_url)
+    try:
+        batch = await created_where_no_line_goes_out(chain, tenant, old_key)
+        await db.delete(f"{PREFIX}lease:{batch.id}")
+        await db.hset(sent_key(batch.id), "0", "sent")  # its first line sent, its edge gone before its result
+        async with edge_keyed(chain, tenant, new_key) as new:
+            await new.batches.cancel(batch.id)
+            ended = await finished(new, batch.id, timeout_s=20)
+            errors = await lines_of(new, ended.error_file_id)
+        assert ended.status == "cancelled"
+        assert {custom_id: e["error"]["code"] for custom_id, e in errors.items()} == {"revoked-0": "outcome_unknown"}
+    finally:
+        await db.aclose()
