@@ -43,9 +43,9 @@ PART_LINES = 200  # lines per SubmitBatch call, so each provider batch's results
 PART_BYTES = MAX_MESSAGE_BYTES // 2  # and a call's lines fit one, with room for the message's own framing
 COLLECT_IDS = 50  # lines per CollectBatch call; the router returns the first that fit its reply, the rest next call
 CALL_S = 300.0  # a part's routing, admission and upload
-UNKNOWN = "provider_batch_outcome_unknown"
+UNKNOWN = "provider_batch_outcome_unknown"  # the error file's code of a line charged its hold, without an answer
 # The batch's hash field set while an offer's reply may be lost (the router may have admitted and sent its lines).
-OFFER_IN_DOUBT = "offer_in_doubt"  # the error file's code of a line charged its hold, without an answer
+OFFER_IN_DOUBT = "offer_in_doubt"
 
 
 class Deferral:
