@@ -184,9 +184,10 @@ class Deferred:
             account = admitting.account_for(request)
             pending = await self.store.pending_charge(account, request.request_id)
         except StoreUnavailable:
-            if unrecorded:  # FindDeferred's "not deferred" is taken for good: its caller is to ask again later
-                raise
-            return None  # admission refuses it the same way
+            # Not "not sent before": FindDeferred's answer is taken for good, and a SubmitBatch's line would be admitted
+            # anew or sent to Complete, refused as a duplicate once the store is back. The call fails UNAVAILABLE having
+            # admitted nothing (every line is looked up first), and its caller asks again.
+            raise
         except ServiceError:  # admission refuses it the same way
             return None
         if pending is None or pending.key != account.key or not pending.until:
