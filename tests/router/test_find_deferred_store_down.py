@@ -15,7 +15,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from llmrouter.v1 import router_pb2_grpc
+from llmrouter.errors import ServiceError
+from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
 from services.batches import deferral
 from services.batches.deferral import OFFER_IN_DOUBT, Deferral
 from services.batches.store import MemoryStore as BatchStore
@@ -74,3 +75,39 @@ async def test_lines_looked_for_while_the_store_is_out_of_reach_are_asked_for_ag
                 break
             await asyncio.sleep(0.1)
     assert found == {0: {"model": "strong", "provider_batch_id": "pbatch-1"}}
+
+
+def line_request() -> router_pb2.CompleteRequest:
+    """LINES' one line as the edge offers it: its request id, who pays, its model."""
+    message = common_pb2.ChatMessage(role="user", content="Explain tides")
+    return router_pb2.CompleteRequest(
+        messages=[message], model="strong", max_tokens=200, request_id=f"{BATCH_ID}:c1", tenant="acme"
+    )
+
+
+async def test_offers_and_questions_while_the_store_is_out_of_reach_say_so(
+    proxy: LossyProxy, proxied_store: RedisStore, tmp_path: Path
+) -> None:
+    """SubmitBatch and FindDeferred fail UNAVAILABLE (STORE_UNAVAILABLE) when they cannot look a line up, admitting
+    nothing, and the edge asks again later: a SubmitBatch line taken as not sent before would go to Complete, refused
+    as a duplicate once the store is back if it was sent in a recorded batch. Before, both failed INTERNAL on an
+    exception (a name left undefined), the retry resting on the edge backing off from any failure."""
+    lines = router_pb2.SubmitLinesRequest(lines=[line_request()])
+    async with (
+        served_router(tmp_path, proxied_store, SlowBatchProvider(), REGISTRY) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        stub = router_pb2_grpc.RouterStub(channel)
+        proxy.go_down()
+        try:
+            with pytest.raises(grpc.aio.AioRpcError) as offered:
+                await stub.SubmitBatch(lines, timeout=10)
+            with pytest.raises(grpc.aio.AioRpcError) as asked:
+                await stub.FindDeferred(lines, timeout=10)
+        finally:
+            proxy.come_back()
+        found = await stub.FindDeferred(lines, timeout=10)
+    for failed in (offered, asked):
+        error = ServiceError.from_rpc_error(failed.value)
+        assert (error.code, error.reason) == (grpc.StatusCode.UNAVAILABLE, "STORE_UNAVAILABLE")
+    assert [(line.request_id, line.deferred) for line in found.lines] == [(f"{BATCH_ID}:c1", False)]  # none admitted
