@@ -119,7 +119,9 @@ def whole_seconds(text: str) -> str:
     return str(min(math.ceil(seconds), 86_400)) if math.isfinite(seconds) and seconds >= 0 else ""
 
 
-def api_error(err: grpc.RpcError, request_id: str) -> ApiError:
+def api_error(err: grpc.RpcError, request_id: str, charging: bool = False) -> ApiError:
+    """charging: the call admits and charges (a completion). The router dropping one mid-call (it died, or drained past
+    its grace) may have admitted it, and its hold is then charged by the reconciler: a retry would be charged again."""
     error = ServiceError.from_rpc_error(err)
     status = HTTP_STATUS.get(error.code, 502)
     if error.reason == "UPSTREAM_ERROR" and error.metadata.get("upstream_status") not in ("400", "422"):
@@ -149,7 +151,9 @@ def api_error(err: grpc.RpcError, request_id: str) -> ApiError:
         charged_usd=charged,
         request_id=request_id,
         # A failure that was charged is not retried by the SDK on its own: a retry is a new request, charged again.
-        retryable=error.metadata.get("retryable") != "false" and not _costs_something(charged),
+        retryable=error.metadata.get("retryable") != "false"
+        and not _costs_something(charged)
+        and not (charging and error.cut_mid_call),
     )
 
 
@@ -320,7 +324,7 @@ class Edge:
             try:
                 response = await self.router.Complete(message, timeout=timeout)
             except grpc.RpcError as err:
-                raise api_error(err, request_id) from None
+                raise api_error(err, request_id, charging=True) from None
             headers = {
                 "x-router-model": response.model,
                 "x-router-cost-usd": response.cost_usd,
@@ -332,7 +336,7 @@ class Edge:
         try:
             decision, pending = await first_chunks(call, request, request_id)
         except grpc.RpcError as err:
-            raise api_error(err, request_id) from None
+            raise api_error(err, request_id, charging=True) from None
         include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
         headers = {
             "x-router-model": decision.model,
