@@ -99,12 +99,17 @@ def passthrough(raw: str) -> dict[str, Any]:
     if not raw.strip():
         return {}
     try:
-        value = json.loads(raw)
+        # NaN and Infinity are no JSON: Python reads them, and writes them again for a provider to refuse.
+        value = json.loads(raw, parse_constant=_no_constant)
     except (ValueError, RecursionError):  # nested past the parser's depth is as unusable as malformed
         value = None
     if not isinstance(value, dict):
         raise invalid("passthrough_json must be a JSON object", "passthrough_json")
     return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _check_logit_bias(value: Any) -> None:

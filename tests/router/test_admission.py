@@ -295,6 +295,15 @@ async def test_a_response_format_of_no_known_type_is_refused_naming_it(response_
     assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT and err.value.metadata == {"field": "response_format"}
 
 
+@pytest.mark.parametrize("written", ['{"temperature": NaN}', '{"a": {"b": [Infinity]}}', '{"seed": -Infinity}'])
+async def test_a_passthrough_with_nan_or_infinity_is_refused_as_no_json(written: str) -> None:
+    """Python's json reads NaN and Infinity, and writes them again: sent on, they are no JSON for the provider."""
+    gate = admission.Admission(SETTINGS, REGISTRY, MemoryStore(), scratch_outbox())
+    with pytest.raises(ServiceError) as err:
+        await gate.limits(request(passthrough_json=written), ACCOUNT.tenant)
+    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT and err.value.metadata == {"field": "passthrough_json"}
+
+
 @pytest.mark.parametrize("fields", [{"top_logprobs": 2}, {"top_logprobs": 0, "logprobs": False}])
 async def test_top_logprobs_without_logprobs_is_refused_naming_it(fields: dict[str, Any]) -> None:
     """A gRPC caller's too, as OpenAI and the edge refuse it: routed as a logprobs request or not, it would be sent
