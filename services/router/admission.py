@@ -41,7 +41,7 @@ from services.router.store import (
     period_id,
     to_pico,
 )
-from services.router.store.keys import rate_retry_after_s
+from services.router.store.keys import rate_retry_after_s, rate_window
 from services.router.undoing import Undoing
 
 log = logging.getLogger("llmrouter.router")
@@ -192,12 +192,13 @@ class Admission:
         for _ in range(ADMIT_ATTEMPTS):
             nonce = secrets.token_hex(8)  # names this admission: its undo touches no other of the request id
             hold = Hold(routed.request_id, _worst_case(routed), period, self.settings.instance_id, nonce, until)
+            window = rate_window(time.time())  # the store counts it in this one or a later one (rate_refused.py)
             verdict = await self._hold(routed.account, hold, model.name, _prices(model) if until else None)
             if not verdict.refused:
                 routed.hold = hold
                 return
             if verdict.refused == "rate":
-                self.rate_refused.add(routed.account)
+                self.rate_refused.add(routed.account, window)
             if verdict.refused not in ("tenant", "key"):
                 raise self._refusal(verdict, hold)
             self._fit(routed, verdict)
@@ -213,10 +214,11 @@ class Admission:
             return
         if not self.undoing.may_send():
             raise StoreUnavailable()
+        window = rate_window(time.time())  # the store counts it in this one or a later one (rate_refused.py)
         counted = await self.store.count_request(account, self.allowance)
         self.undoing.answered()
         if not counted:
-            self.rate_refused.add(account)
+            self.rate_refused.add(account, window)
             raise self._rate_limited()
 
     def refuse_if_rate_limited(self, account: Account) -> None:

@@ -18,8 +18,12 @@ class RateRefused:
         self._window = -1
         self._accounts: set[Account] = set()
 
-    def add(self, account: Account) -> None:
-        self._current().add(account)
+    def add(self, account: Account, window: int) -> None:
+        """`window`: the one the store counted the refused request in, read before the store was called (the store's
+        own is that or a later one). Its reply may arrive in the next window, whose count the refusal says nothing of:
+        a refusal of a window already over is not kept."""
+        if window == rate_window(time.time()):
+            self._current().add(account)
 
     def __contains__(self, account: Account) -> bool:
         return account in self._current()
