@@ -136,6 +136,15 @@ class Deferred:
                 return await self._admit(line, context)
 
         admitted = await asyncio.gather(*(admit(line) for line in lines if line.request_id not in found))
+        # A line another call of the same lines (its reply lost, offered again) admitted after this one looked it up
+        # is refused here as a duplicate: looked up again, it is not answered not deferred (to Complete, refused as a
+        # duplicate) while that call sends it. Being sent, this call fails BATCH_BEING_SENT, its own lines withdrawn.
+        taken = {routed.request_id for routed in admitted if routed is not None}
+        try:
+            answers.update(await self._sent([line for line in lines if line.request_id not in found.keys() | taken]))
+        except ServiceError:
+            await self._withdraw([routed for routed in admitted if routed is not None])
+            raise
         groups: dict[str, list[Routed]] = {}
         for routed in admitted:
             if routed is not None:
