@@ -38,17 +38,17 @@ import asyncio
 import json
 import logging
 import math
-import os
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from llmrouter.private_paths import private_file
 from services.router.metrics import LEDGER_REJECTED
 from services.router.store import ledger_entry, to_pico
 
@@ -90,6 +90,7 @@ UNKEYED = ""
 # Held while a process creates or migrates the table (PostgreSQL): sinks starting at once take turns.
 PREPARE_LOCK = 0x6C6C6D72_6C646772
 SQLITE_BUSY_S = 30.0  # how long a SQLite call waits for another process's lock on the file
+SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")  # the files SQLite keeps beside a database file
 # A bounded SQLite ledger (see the module's docstring): rows are committed in chunks of about this much text, the
 # size checked after each; past the bound, the oldest rows are deleted, TRIM_ROWS per transaction (secure_delete, on
 # in Debian's SQLite, writes each freed page to the write-ahead log: small transactions keep it small), until they
@@ -266,8 +267,7 @@ class LedgerDB:
             self._data_errors: tuple[type[Exception], ...] = (psycopg.DataError, psycopg.IntegrityError, ValueError)
         else:
             assert path is not None
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _create_private(path)
+            _private_sqlite(path)
             self._unreachable = ()
             self._conn = sqlite3.connect(path, check_same_thread=False, timeout=SQLITE_BUSY_S)
             _write_ahead(self._conn)
@@ -617,12 +617,14 @@ class LedgerDB:
         return int(deleted)
 
 
-def _create_private(path: Path) -> None:
-    """A new SQLite file readable by its owner only: it holds every tenant's charges, and the default path is in the
-    shared /tmp. SQLite gives the -wal and -shm files beside it the database file's mode. A file already there (one a
-    deployment mounted, or made by a version before) is left as it is."""
-    with suppress(FileExistsError):
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+def _private_sqlite(path: Path) -> None:
+    """The SQLite file, and those SQLite keeps beside it, private to this user or refused (UnsafePath; the rules:
+    llmrouter/private_paths.py): it holds every tenant's charges, and a write-ahead log or journal another user put
+    beside it would be read into it. A new file is made readable by its owner only, whatever the umask; SQLite gives
+    the -wal and -shm files it makes the database file's mode."""
+    private_file(path)
+    for suffix in SQLITE_COMPANIONS:
+        private_file(path.with_name(path.name + suffix), create=False)
 
 
 def _write_ahead(conn: sqlite3.Connection) -> None:

@@ -10,6 +10,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from llmrouter.private_paths import UnsafePath
 from llmrouter.redis_connect import connect
 from llmrouter.tasks import stop as stop_task
 from services.ledger.db import LedgerDB, open_ledger
@@ -23,9 +24,14 @@ RETENTION_EVERY_S = 3600
 
 
 def ledger_for(settings: LedgerSettings) -> LedgerDB:
-    return open_ledger(
-        settings.ledger_sql_dsn.get_secret_value(), settings.ledger_sql_path, settings.ledger_sql_max_mib * 2**20
-    )
+    """The SQL ledger the settings name; a SQLite file another user could have made or could change ends the process
+    with why (the router's start-up and the ledger's commands alike)."""
+    try:
+        return open_ledger(
+            settings.ledger_sql_dsn.get_secret_value(), settings.ledger_sql_path, settings.ledger_sql_max_mib * 2**20
+        )
+    except UnsafePath as exc:
+        raise SystemExit(f"ROUTER_LEDGER_SQL_PATH={settings.ledger_sql_path} refused for the ledger: {exc}") from None
 
 
 def source_for(settings: LedgerSettings, store: Store) -> tuple[Source, Any]:

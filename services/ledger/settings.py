@@ -5,12 +5,10 @@ router's server settings (its certificates above all)."""
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from llmrouter.private_paths import default_path
 from llmrouter.settings import RepoPath
 
 
@@ -20,10 +18,14 @@ class LedgerSettings(BaseSettings):
     # The money store whose ledger stream the sink copies (the router's; unset: its in-process store).
     redis_url: str | None = None
     # The SQL ledger (services/ledger): a sink in the router copies every charge from the ledger stream into
-    # it; Stats reads it. PostgreSQL when the DSN is set, else the SQLite file.
+    # it; Stats reads it. PostgreSQL when the DSN is set, else the SQLite file: by default in this user's own
+    # directory under the temp directory (<tempdir>/llmrouter-<uid>/ledger.sqlite3, the directory made 0700, the file
+    # 0600). It holds every tenant's charges, so opening it refuses a file (or its -wal, -shm, -journal) of another
+    # user's, a symbolic link, or one others may read or write; below the temp directory its group too, and every
+    # directory on the way (llmrouter/private_paths.py has the rules).
     ledger_sql_sink: bool = True
     ledger_sql_dsn: SecretStr = SecretStr("")
-    ledger_sql_path: RepoPath = Path(tempfile.gettempdir()) / "llmrouter-ledger.sqlite3"
+    ledger_sql_path: RepoPath = default_path("ledger.sqlite3")
     # Rows older than this many days are deleted by the sink (hourly) and by `python -m services.ledger trim`, but
     # each account's (tenant, key id) newest, which Budgets and the budget alerts list it by; 0 keeps them forever.
     ledger_sql_retention_days: float = Field(default=0, ge=0)

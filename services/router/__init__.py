@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from llmrouter.channels import open_channel
+from llmrouter.private_paths import UnsafePath
 from llmrouter.registry import LiveRegistry
 from llmrouter.server import Closer, Registrations, RunningServer
 from llmrouter.tokens import encoding
@@ -45,6 +46,8 @@ async def build(
     cache = open_cache(settings.cache_redis_url)
     try:
         outbox = Outbox(settings.data_dir, settings.request_id_ttl_s - settings.request_timeout_s - CHARGE_LANDS_S)
+    except UnsafePath as exc:
+        raise SystemExit(f"router: ROUTER_DATA_DIR={settings.data_dir} refused for the charge outbox: {exc}") from None
     except OSError as exc:
         raise SystemExit(f"router: ROUTER_DATA_DIR={settings.data_dir} cannot keep the charge outbox: {exc}") from None
     upkeep = Upkeep(

@@ -39,6 +39,7 @@ from typing import IO, Any
 import grpc
 
 from llmrouter.errors import ServiceError
+from llmrouter.private_paths import private_dir, private_file, private_opener
 from services.router import metrics
 from services.router.store import HOLD_S, REQUEST_ID_TTL_S, Account, Hold, Store, StoreUnavailable
 from services.router.store.keys import shard_of
@@ -136,10 +137,12 @@ class Outbox:
         `poison_replays`: how many replays in a row an entry fails otherwise before it is dead-lettered."""
         self.marked_s = marked_s
         self.poison_replays = poison_replays
-        data_dir.mkdir(parents=True, exist_ok=True)
+        # Whoever could write here could have charges replayed against any tenant: checked, or refused (UnsafePath).
+        private_dir(data_dir)
         self.path = data_dir / "charges-outbox.jsonl"
         self.dead_path = data_dir / "charges-outbox.dead.jsonl"
-        self.path.touch(exist_ok=True)
+        private_file(self.path)
+        private_file(self.dead_path, create=False)
         # Replays in a row that failed each entry still waiting (by its line) otherwise than by the store being away.
         self._failures: dict[str, int] = {}
         self._lock = asyncio.Lock()
@@ -247,7 +250,7 @@ class Outbox:
         """The file, open and locked (closing it unlocks); reopened if another router replaced it while this
         one waited for the lock."""
         while True:
-            file = self.path.open(mode, encoding="utf-8")
+            file = open(self.path, mode, encoding="utf-8", opener=private_opener)  # noqa: SIM115 (closing unlocks)
             try:
                 while not _try_lock(file):
                     await asyncio.sleep(LOCK_POLL_S)
@@ -274,12 +277,12 @@ class Outbox:
         disk beside it: a crash in between leaves a line in both files, never in neither (landing one again is
         idempotent)."""
         if dead:
-            with self.dead_path.open("a", encoding="utf-8") as out:
+            with open(self.dead_path, "a", encoding="utf-8", opener=private_opener) as out:
                 out.writelines(line + "\n" for line in dead)
                 out.flush()
                 os.fsync(out.fileno())
         tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
-        with tmp.open("w", encoding="utf-8") as out:
+        with open(tmp, "w", encoding="utf-8", opener=private_opener) as out:
             out.writelines(entry.to_json() + "\n" for entry in remaining)
             out.flush()
             os.fsync(out.fileno())

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import socket
-import tempfile
 import uuid
 from decimal import Decimal
-from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from llmrouter.private_paths import default_path
 from llmrouter.registry import DEFAULT_REGISTRY
 from llmrouter.settings import REPO_ROOT, GrpcServiceSettings, RepoPath
 from services.ledger.settings import LedgerSettings
@@ -52,10 +51,13 @@ class RouterSettings(GrpcServiceSettings, LedgerSettings):  # the ledger's setti
     request_id_ttl_s: int = Field(default=REQUEST_ID_TTL_S, gt=0)
     # This router instance's id in pending charges and heartbeats (default: host name and a random suffix).
     instance_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}")
-    # Where charges wait (an append-only file) when the money store is unreachable. The default survives
-    # container restarts in the chart (an emptyDir on /tmp); a volume that outlives the pod is better still.
-    # Charges lost with it are not lost to the budgets: the reconciler settles them at their hold.
-    data_dir: RepoPath = Path(tempfile.gettempdir()) / "llmrouter-router"
+    # Where charges wait (an append-only file) when the money store is unreachable. The default, in this user's own
+    # directory under the temp directory (<tempdir>/llmrouter-<uid>/router, made 0700), survives container restarts
+    # in the chart (an emptyDir on /tmp); a volume that outlives the pod is better still. Charges lost with it are not
+    # lost to the budgets: the reconciler settles them at their hold. Its lines are replayed as charges, so the start
+    # refuses a directory or file of another user's, a symbolic link, or one others may write or (a file) read; below
+    # the temp directory its group too, and every directory on the way (llmrouter/private_paths.py has the rules).
+    data_dir: RepoPath = default_path("router")
     # The upkeep loop: heartbeat, outbox replay, reconciler. A router whose heartbeat is older than
     # heartbeat_ttl_s is dead: its pending charges are settled at their hold.
     upkeep_interval_s: float = Field(default=2.0, gt=0)

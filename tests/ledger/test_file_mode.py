@@ -1,11 +1,17 @@
-"""The SQLite ledger holds every tenant's charges, by default in the shared /tmp: the router creates it, and the
-write-ahead log and shared-memory files beside it, readable by their owner only, whatever the umask; a file a
-deployment put there is used as it is, its mode untouched."""
+"""The SQLite ledger holds every tenant's charges, by default in this user's own directory under the shared temp
+directory: the router creates it, and the write-ahead log and shared-memory files beside it, readable by their owner
+only, whatever the umask. A file there that another user could read or have written is refused, not opened: under the
+temp directory, one its group may read too; on an operator's volume, only one others may read (the chart's pods run
+with fsGroup, which gives the group read and write on every file of a persistent volume at each mount). The ledger's
+commands refuse it as the router does."""
 
 from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +21,7 @@ import pytest
 from services.ledger.service import open_ledger_sink
 from services.router.settings import RouterSettings
 from services.router.store import MemoryStore
+from tests.conftest import ROOT
 
 
 @pytest.fixture
@@ -77,10 +84,55 @@ async def test_a_new_ledger_file_is_readable_by_its_owner_only(tmp_path: Path) -
     assert await open_and_write(path) == made  # opened again, as after a restart
 
 
+@pytest.fixture
+def volume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A directory outside the temp directory, as an operator's volume is (tmp_path is in the real one, so the temp
+    directory is moved aside: tempfile.tempdir is what tempfile.gettempdir() answers)."""
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    path = tmp_path / "volume"
+    path.mkdir()
+    path.chmod(0o2777)  # an emptyDir's mount point: root's, mode 0777, setgid by fsGroup
+    return path
+
+
 @pytest.mark.usefixtures("permissive_umask")
-async def test_a_ledger_file_already_there_keeps_its_mode(tmp_path: Path) -> None:
+async def test_a_ledger_file_on_a_volume_its_group_may_read_keeps_its_mode(volume: Path) -> None:
+    path = volume / "ledger.sqlite3"
+    path.touch(mode=0o660)
+    path.chmod(0o660)  # a persistent volume's file, mounted again with fsGroup
+    assert (await open_and_write(path))["ledger.sqlite3"] == 0o660
+    assert mode(path) == 0o660
+
+
+@pytest.mark.parametrize(("where", "file_mode"), [("volume", 0o644), ("temp", 0o640)])
+async def test_a_ledger_file_others_may_read_is_refused(where: str, file_mode: int, volume: Path) -> None:
+    place = volume if where == "volume" else Path(tempfile.gettempdir()) / "private"
+    place.mkdir(mode=0o700, exist_ok=True)
+    path = place / "ledger.sqlite3"
+    path.touch()
+    path.chmod(file_mode)
+    with pytest.raises(SystemExit) as refused:
+        await open_and_write(path)
+    whom = "others" if where == "volume" else "its group or others"
+    said = str(refused.value)
+    assert said.startswith(f"ROUTER_LEDGER_SQL_PATH={path} refused for the ledger: {path} is open to {whom} "), said
+    assert f"(mode {file_mode:04o})" in said and mode(path) == file_mode  # refused, left as it is
+
+
+def test_the_ledger_commands_refuse_a_ledger_linked_elsewhere(tmp_path: Path) -> None:
+    theirs = tmp_path / "theirs.sqlite3"
     path = tmp_path / "ledger.sqlite3"
-    path.touch(mode=0o640)
-    path.chmod(0o640)  # a mounted file's own mode: group-readable, say
-    assert (await open_and_write(path))["ledger.sqlite3"] == 0o640
-    assert mode(path) == 0o640
+    path.symlink_to(theirs)
+    env = {name: value for name, value in os.environ.items() if not name.startswith("ROUTER_")}
+    exported = subprocess.run(
+        [sys.executable, "-m", "services.ledger", "export"],
+        cwd=ROOT,
+        env={**env, "ROUTER_LEDGER_SQL_PATH": str(path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert exported.returncode != 0 and exported.stdout == ""
+    assert f"ROUTER_LEDGER_SQL_PATH={path} refused for the ledger: {path} is a symbolic link" in exported.stderr
+    assert not theirs.exists()  # never created through the link

@@ -74,6 +74,7 @@ class Backend:
 
             return psycopg.connect(self.dsn)
         assert self.path is not None
+        self.path.touch(mode=0o600)  # made readable by its owner only, as the versions before made it
         return sqlite3.connect(self.path)
 
     def ledger(self) -> LedgerDB:
@@ -342,6 +343,7 @@ def test_a_sqlite_file_whose_write_lock_another_process_holds_is_opened_once_it_
     ('database is locked', not waiting its busy timeout), as when processes open a new file at once, one creating
     the table: the ledger waits for the lock, as every other call does, and opens the file."""
     path = tmp_path / "ledger.sqlite3"
+    path.touch(mode=0o600)  # the ledger's own file: readable by its owner only
     other = sqlite3.connect(path, check_same_thread=False)
     try:
         other.execute(_schema("requests"))
