@@ -151,12 +151,12 @@ def run_service(
         if settings.metrics_port:
             start_http_server(settings.metrics_port, addr=settings.host)
         log.info("serving", extra={"port": running.port, "metrics_port": settings.metrics_port, "auth": settings.auth})
-        # One line on stdout that supervisors and tests can wait for.
-        print(f"READY {service} {running.port}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        # One line on stdout that supervisors and tests can wait for: a SIGTERM sent on it drains, as any later one.
+        print(f"READY {service} {running.port}", flush=True)
         await stop.wait()
         log.info("draining", extra={"grace_seconds": settings.grace_seconds})
         await running.stop(settings.grace_seconds)

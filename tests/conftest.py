@@ -35,15 +35,17 @@ REDIS_URL = _worker_redis_url(os.environ.get("TEST_REDIS_URL", "redis://127.0.0.
 # (tests/integration/test_auth.py does, with real certificates and tokens).
 for _service in ("CLASSIFIER", "PROVIDERS", "ROUTER"):
     os.environ.setdefault(f"{_service}_AUTH", "none")
+# Scratch directories of this test process, removed when it ends (a session each: they had piled up in /tmp).
+_SCRATCH = tempfile.TemporaryDirectory(prefix="llmrouter-test-")
 # Routers started by tests keep their charge outbox in a scratch directory, never in the checkout.
-os.environ.setdefault("ROUTER_DATA_DIR", tempfile.mkdtemp(prefix="llmrouter-test-"))
+os.environ.setdefault("ROUTER_DATA_DIR", tempfile.mkdtemp(dir=_SCRATCH.name))
 # Services serve metrics on their documented ports by default; the processes tests launch must not take
 # those ports on a shared machine (a test that wants metrics gives free ports).
 for _service in ("CLASSIFIER", "PROVIDERS", "ROUTER", "EDGE"):
     os.environ.setdefault(f"{_service}_METRICS_PORT", "0")
 # Routers that tests start write their SQL ledger here, never to the machine's shared default file.
 os.environ.setdefault(
-    "ROUTER_LEDGER_SQL_PATH", str(Path(tempfile.mkdtemp(prefix="llmrouter-test-")) / "ledger.sqlite3")
+    "ROUTER_LEDGER_SQL_PATH", str(Path(tempfile.mkdtemp(dir=_SCRATCH.name)) / "ledger.sqlite3")
 )
 # A PostgreSQL server the ledger tests make a throwaway database in (.ci/run starts one when none answers).
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
