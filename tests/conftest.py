@@ -44,9 +44,7 @@ os.environ.setdefault("ROUTER_DATA_DIR", tempfile.mkdtemp(dir=_SCRATCH.name))
 for _service in ("CLASSIFIER", "PROVIDERS", "ROUTER", "EDGE"):
     os.environ.setdefault(f"{_service}_METRICS_PORT", "0")
 # Routers that tests start write their SQL ledger here, never to the machine's shared default file.
-os.environ.setdefault(
-    "ROUTER_LEDGER_SQL_PATH", str(Path(tempfile.mkdtemp(dir=_SCRATCH.name)) / "ledger.sqlite3")
-)
+os.environ.setdefault("ROUTER_LEDGER_SQL_PATH", str(Path(tempfile.mkdtemp(dir=_SCRATCH.name)) / "ledger.sqlite3"))
 # A PostgreSQL server the ledger tests make a throwaway database in (.ci/run starts one when none answers).
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
