@@ -35,16 +35,16 @@ REDIS_URL = _worker_redis_url(os.environ.get("TEST_REDIS_URL", "redis://127.0.0.
 # (tests/integration/test_auth.py does, with real certificates and tokens).
 for _service in ("CLASSIFIER", "PROVIDERS", "ROUTER"):
     os.environ.setdefault(f"{_service}_AUTH", "none")
-# Scratch directories of this test process, removed when it ends (a session each: they had piled up in /tmp).
-_SCRATCH = tempfile.TemporaryDirectory(prefix="llmrouter-test-")
 # Routers started by tests keep their charge outbox in a scratch directory, never in the checkout.
-os.environ.setdefault("ROUTER_DATA_DIR", tempfile.mkdtemp(dir=_SCRATCH.name))
+os.environ.setdefault("ROUTER_DATA_DIR", tempfile.mkdtemp(prefix="llmrouter-test-"))
 # Services serve metrics on their documented ports by default; the processes tests launch must not take
 # those ports on a shared machine (a test that wants metrics gives free ports).
 for _service in ("CLASSIFIER", "PROVIDERS", "ROUTER", "EDGE"):
     os.environ.setdefault(f"{_service}_METRICS_PORT", "0")
 # Routers that tests start write their SQL ledger here, never to the machine's shared default file.
-os.environ.setdefault("ROUTER_LEDGER_SQL_PATH", str(Path(tempfile.mkdtemp(dir=_SCRATCH.name)) / "ledger.sqlite3"))
+os.environ.setdefault(
+    "ROUTER_LEDGER_SQL_PATH", str(Path(tempfile.mkdtemp(prefix="llmrouter-test-")) / "ledger.sqlite3")
+)
 # A PostgreSQL server the ledger tests make a throwaway database in (.ci/run starts one when none answers).
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -126,12 +126,10 @@ def any_redis_url_cluster(cluster_url: str) -> str:
 
 
 async def ledger_records(client: Any) -> list[dict]:
-    """Every record of every ledger shard (the router's ledger streams), shard by shard, as the charge built it (the
-    stream keeps it compact)."""
+    """Every record of every ledger shard (the router's ledger streams), shard by shard."""
     from services.router.store import SHARDS, ledger_key  # not at import: the settings above come first
-    from services.router.store.ledger_entry import expanded
 
     records = []
     for shard in range(SHARDS):
-        records += [expanded(json.loads(fields[b"record"])) for _, fields in await client.xrange(ledger_key(shard))]
+        records += [json.loads(fields[b"record"]) for _, fields in await client.xrange(ledger_key(shard))]
     return records
