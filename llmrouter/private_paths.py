@@ -7,19 +7,16 @@ Two rules, by where the path is:
 
 - Under the shared temp directory (tempfile.gettempdir(): /tmp, where the defaults live, in
   <tempdir>/llmrouter-<uid>/), strict: every directory from below the temp directory down is this user's, no symbolic
-  link, writable by its owner alone; each file is this user's, no link, and writable by nobody else. Anyone may
-  create entries in /tmp, so nothing there is trusted that this user did not make. Once checked, the path cannot
-  change under us: a sticky temp directory (/tmp is) keeps others from renaming our directory, and what is below it
-  is writable by us alone.
+  link, writable by its owner alone; each file is this user's, no link, and neither readable nor writable by anyone
+  else. Anyone may create entries in /tmp, so nothing there is trusted that this user did not make. Once checked,
+  the path cannot change under us: a sticky temp directory (/tmp is) keeps others from renaming our directory, and
+  what is below it is writable by us alone.
 - Anywhere else (a path the operator configured: a Kubernetes volume), what the operator chose is trusted for its
   parents, and only the directory or file itself is checked: no symbolic link; a directory this user's or root's (a
-  volume's mount point is root's), a file this user's; neither writable by others. The group is left to the
-  operator: the chart's pods run with fsGroup 10001, and Kubernetes gives the group read and write on every file of a
-  volume each time it mounts it (and an emptyDir's mount point is root's, mode 0777, hence its parents are never
-  checked).
-
-A file of this user's that others may read but not write (both rules) is made private rather than refused: nobody
-else could have written it, and versions before made the outbox so (0644, as the umask had it)."""
+  volume's mount point is root's), a file this user's; neither writable by others, a file not readable by them
+  either. The group is left to the operator: the chart's pods run with fsGroup 10001, and Kubernetes gives the group
+  read and write on every file of a volume each time it mounts it (and an emptyDir's mount point is root's, mode 0777,
+  hence its parents are never checked)."""
 
 from __future__ import annotations
 
@@ -78,7 +75,7 @@ def private_file(path: Path, create: bool = True) -> None:
         _check_file(path, os.lstat(path), shared is not None)  # the reason, when it is another user's file
         raise
     try:
-        _check_file(path, os.fstat(fd), shared is not None, fd)
+        _check_file(path, os.fstat(fd), shared is not None)
     finally:
         os.close(fd)
 
@@ -124,23 +121,18 @@ def _check_dir(path: Path, strict: bool) -> None:
         )
 
 
-def _check_file(path: Path, info: os.stat_result, strict: bool, fd: int | None = None) -> None:
-    """Refuses a file others could have written; one of this user's they may only read (versions before made the
-    outbox as the umask had it, 0644) is made private through `fd`, not refused: refusing would stop every router of
-    an upgrade whose outbox or ledger is on a volume."""
+def _check_file(path: Path, info: os.stat_result, strict: bool) -> None:
     if not stat.S_ISREG(info.st_mode):
         raise UnsafePath(path, "is not a regular file")
     if info.st_uid != os.getuid():
         raise UnsafePath(path, _foreign(info, "the file"))
-    theirs, whom = (0o077, "its group or others") if strict else (0o007, "others")
-    if info.st_mode & theirs & 0o222:
+    forbidden, whom = (0o077, "its group or others") if strict else (0o006, "others")
+    if info.st_mode & forbidden:
         raise UnsafePath(
             path,
-            f"is writable by {whom} (mode {_mode(info)}): they could have written charges of theirs in it; it is for "
-            f"this user alone to read and write: remove it, or chmod {'600' if strict else 'o-rwx'} it",
+            f"is open to {whom} (mode {_mode(info)}): it holds tenants' charges, for this user alone to read and "
+            f"write; chmod {'600' if strict else 'o-rwx'} it",
         )
-    if info.st_mode & theirs and fd is not None:
-        os.fchmod(fd, stat.S_IMODE(info.st_mode) & ~theirs)
 
 
 def _foreign(info: os.stat_result, what: str) -> str:
