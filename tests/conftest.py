@@ -126,10 +126,12 @@ def any_redis_url_cluster(cluster_url: str) -> str:
 
 
 async def ledger_records(client: Any) -> list[dict]:
-    """Every record of every ledger shard (the router's ledger streams), shard by shard."""
+    """Every record of every ledger shard (the router's ledger streams), shard by shard, as the charge built it (the
+    stream keeps it compact)."""
     from services.router.store import SHARDS, ledger_key  # not at import: the settings above come first
+    from services.router.store.ledger_entry import expanded
 
     records = []
     for shard in range(SHARDS):
-        records += [json.loads(fields[b"record"]) for _, fields in await client.xrange(ledger_key(shard))]
+        records += [expanded(json.loads(fields[b"record"])) for _, fields in await client.xrange(ledger_key(shard))]
     return records
