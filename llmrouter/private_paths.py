@@ -7,20 +7,22 @@ Two rules, by where the path is:
 
 - Under the shared temp directory (tempfile.gettempdir(): /tmp, where the defaults live, in
   <tempdir>/llmrouter-<uid>/), strict: every directory from below the temp directory down is this user's, no symbolic
-  link, writable by its owner alone; each file is this user's, no link, and neither readable nor writable by anyone
-  else. Anyone may create entries in /tmp, so nothing there is trusted that this user did not make. Once checked,
-  the path cannot change under us: a sticky temp directory (/tmp is) keeps others from renaming our directory, and
-  what is below it is writable by us alone.
+  link, writable by its owner alone; each file is this user's, no link, and writable by nobody else. Anyone may
+  create entries in /tmp, so nothing there is trusted that this user did not make. Once checked, the path cannot
+  change under us: a sticky temp directory (/tmp is) keeps others from renaming our directory, and what is below it
+  is writable by us alone.
 - Anywhere else (a path the operator configured: a Kubernetes volume), what the operator chose is trusted for its
   parents, and only the directory or file itself is checked: no symbolic link; a directory this user's or root's (a
-  volume's mount point is root's), a file this user's; neither writable by others, a file not readable by them
-  either. The group is left to the operator: the chart's pods run with fsGroup 10001, and Kubernetes gives the group
-  read and write on every file of a volume each time it mounts it (and an emptyDir's mount point is root's, mode 0777,
-  hence its parents are never checked)."""
+  volume's mount point is root's), a file this user's; neither writable by others. The group is left to the
+  operator: the chart's pods run with fsGroup 10001, and Kubernetes gives the group read and write on every file of a
+  volume each time it mounts it (and an emptyDir's mount point is root's, mode 0777, hence its parents are never
+  checked).
+
+A file of this user's that others may read but not write (both rules) is made private rather than refused: nobody
+else could have written it, and versions before made the outbox so (0644, as the umask had it)."""
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 import tempfile
@@ -55,29 +57,39 @@ def private_dir(path: Path) -> None:
 
 def private_file(path: Path, create: bool = True) -> None:
     """Make the file (mode 0600; its missing directories 0700) unless `create` is false (then a missing one is fine),
-    and check it (the module's rules): UnsafePath if not."""
+    and check it (the module's rules): UnsafePath if not.
+
+    The file is looked at through an O_PATH descriptor, never opened for reading: closing a descriptor of a file
+    drops every POSIX lock this process holds on it, so a check that opened the SQLite ledger (or its -shm) beside a
+    live connection of this process would drop that connection's locks, and another process's writes would then
+    corrupt the file ('file is not a database')."""
     path = Path(os.path.abspath(path))
     shared = _shared_temp_above(path)
     if shared is not None:
         private_dir(path.parent)
     elif create:
         _make_missing(path.parent, check_below=None)
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # NONBLOCK: a FIFO put there never hangs
+    if create:
+        _create(path)
     try:
-        fd = os.open(path, flags | (os.O_CREAT if create else 0), FILE_MODE)
+        fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         if create:
             raise
         return
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise UnsafePath(path, SYMLINK) from None
-        _check_file(path, os.lstat(path), shared is not None)  # the reason, when it is another user's file
-        raise
     try:
-        _check_file(path, os.fstat(fd), shared is not None)
+        info = os.fstat(fd)
+        if stat.S_ISLNK(info.st_mode):  # O_PATH with O_NOFOLLOW takes the link itself rather than refusing it
+            raise UnsafePath(path, SYMLINK)
+        _check_file(path, info, shared is not None, fd)
     finally:
         os.close(fd)
+
+
+def _create(path: Path) -> None:
+    """A missing file made, mode 0600: nobody else's file yet, so no lock of this process is on it to drop."""
+    with suppress(FileExistsError):  # there already, or made meanwhile: checked next, as it is
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE))
 
 
 def private_opener(path: str, flags: int) -> int:
@@ -121,18 +133,23 @@ def _check_dir(path: Path, strict: bool) -> None:
         )
 
 
-def _check_file(path: Path, info: os.stat_result, strict: bool) -> None:
+def _check_file(path: Path, info: os.stat_result, strict: bool, fd: int | None = None) -> None:
+    """Refuses a file others could have written; one of this user's they may only read (versions before made the
+    outbox as the umask had it, 0644) is made private through `fd`, not refused: refusing would stop every router of
+    an upgrade whose outbox or ledger is on a volume."""
     if not stat.S_ISREG(info.st_mode):
         raise UnsafePath(path, "is not a regular file")
     if info.st_uid != os.getuid():
         raise UnsafePath(path, _foreign(info, "the file"))
-    forbidden, whom = (0o077, "its group or others") if strict else (0o006, "others")
-    if info.st_mode & forbidden:
+    theirs, whom = (0o077, "its group or others") if strict else (0o007, "others")
+    if info.st_mode & theirs & 0o222:
         raise UnsafePath(
             path,
-            f"is open to {whom} (mode {_mode(info)}): it holds tenants' charges, for this user alone to read and "
-            f"write; chmod {'600' if strict else 'o-rwx'} it",
+            f"is writable by {whom} (mode {_mode(info)}): they could have written charges of theirs in it; it is for "
+            f"this user alone to read and write: remove it, or chmod {'600' if strict else 'o-rwx'} it",
         )
+    if info.st_mode & theirs and fd is not None:  # through the checked descriptor (O_PATH has no fchmod)
+        os.chmod(f"/proc/self/fd/{fd}", stat.S_IMODE(info.st_mode) & ~theirs)
 
 
 def _foreign(info: os.stat_result, what: str) -> str:

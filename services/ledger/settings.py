@@ -21,8 +21,8 @@ class LedgerSettings(BaseSettings):
     # it; Stats reads it. PostgreSQL when the DSN is set, else the SQLite file: by default in this user's own
     # directory under the temp directory (<tempdir>/llmrouter-<uid>/ledger.sqlite3, the directory made 0700, the file
     # 0600). It holds every tenant's charges, so opening it refuses a file (or its -wal, -shm, -journal) of another
-    # user's, a symbolic link, or one others may read or write; below the temp directory its group too, and every
-    # directory on the way (llmrouter/private_paths.py has the rules).
+    # user's, a symbolic link, or one others may write (one of this user's they may only read is made private); below
+    # the temp directory its group too, and every directory on the way (llmrouter/private_paths.py has the rules).
     ledger_sql_sink: bool = True
     ledger_sql_dsn: SecretStr = SecretStr("")
     ledger_sql_path: RepoPath = default_path("ledger.sqlite3")

@@ -55,8 +55,9 @@ class RouterSettings(GrpcServiceSettings, LedgerSettings):  # the ledger's setti
     # directory under the temp directory (<tempdir>/llmrouter-<uid>/router, made 0700), survives container restarts
     # in the chart (an emptyDir on /tmp); a volume that outlives the pod is better still. Charges lost with it are not
     # lost to the budgets: the reconciler settles them at their hold. Its lines are replayed as charges, so the start
-    # refuses a directory or file of another user's, a symbolic link, or one others may write or (a file) read; below
-    # the temp directory its group too, and every directory on the way (llmrouter/private_paths.py has the rules).
+    # refuses a directory or file of another user's, a symbolic link, or one others may write (a file of this user's
+    # they may only read is made private); below the temp directory its group too, and every directory on the way
+    # (llmrouter/private_paths.py has the rules).
     data_dir: RepoPath = default_path("router")
     # The upkeep loop: heartbeat, outbox replay, reconciler. A router whose heartbeat is older than
     # heartbeat_ttl_s is dead: its pending charges are settled at their hold.

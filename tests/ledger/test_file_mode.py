@@ -105,18 +105,33 @@ async def test_a_ledger_file_on_a_volume_its_group_may_read_keeps_its_mode(volum
     assert mode(path) == 0o660
 
 
-@pytest.mark.parametrize(("where", "file_mode"), [("volume", 0o644), ("temp", 0o640)])
-async def test_a_ledger_file_others_may_read_is_refused(where: str, file_mode: int, volume: Path) -> None:
+def ledger_in(where: str, volume: Path, file_mode: int) -> Path:
+    """A ledger file of this user's with `file_mode`, on the volume or in a private directory under the temp one."""
     place = volume if where == "volume" else Path(tempfile.gettempdir()) / "private"
     place.mkdir(mode=0o700, exist_ok=True)
     path = place / "ledger.sqlite3"
     path.touch()
     path.chmod(file_mode)
+    return path
+
+
+@pytest.mark.parametrize(("where", "file_mode", "made"), [("volume", 0o644, 0o640), ("temp", 0o640, 0o600)])
+async def test_a_ledger_file_of_this_users_others_may_only_read_is_made_private(
+    where: str, file_mode: int, made: int, volume: Path
+) -> None:
+    """As a version before left it (the umask's mode): nobody else could have written it, so taken, not refused."""
+    path = ledger_in(where, volume, file_mode)
+    assert (await open_and_write(path))["ledger.sqlite3"] == made
+
+
+@pytest.mark.parametrize(("where", "file_mode"), [("volume", 0o646), ("temp", 0o620)])
+async def test_a_ledger_file_others_may_write_is_refused(where: str, file_mode: int, volume: Path) -> None:
+    path = ledger_in(where, volume, file_mode)
     with pytest.raises(SystemExit) as refused:
         await open_and_write(path)
     whom = "others" if where == "volume" else "its group or others"
     said = str(refused.value)
-    assert said.startswith(f"ROUTER_LEDGER_SQL_PATH={path} refused for the ledger: {path} is open to {whom} "), said
+    assert said.startswith(f"ROUTER_LEDGER_SQL_PATH={path} refused for the ledger: {path} is writable by {whom} "), said
     assert f"(mode {file_mode:04o})" in said and mode(path) == file_mode  # refused, left as it is
 
 

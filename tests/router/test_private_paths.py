@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -177,10 +178,10 @@ def _outbox_of_another_user(tmp: Path, elsewhere: Path) -> None:
         (_symlinked_private_dir, "ROUTER_DATA_DIR", "", "is a symbolic link"),
         (_private_dir_others_may_write, "ROUTER_DATA_DIR", "", "is writable by its group or others (mode 0777)"),
         (_private_dir_its_group_may_write, "ROUTER_DATA_DIR", "", "is writable by its group or others (mode 0770)"),
-        (_planted_outbox, "ROUTER_DATA_DIR", OUTBOX, "is open to its group or others (mode 0666)"),
+        (_planted_outbox, "ROUTER_DATA_DIR", OUTBOX, "is writable by its group or others (mode 0666)"),
         (_symlinked_outbox, "ROUTER_DATA_DIR", OUTBOX, "is a symbolic link"),
         (_symlinked_ledger, "ROUTER_LEDGER_SQL_PATH", "ledger.sqlite3", "is a symbolic link"),
-        (_planted_write_ahead_log, "ROUTER_LEDGER_SQL_PATH", "ledger.sqlite3-wal", "is open to its group or others"),
+        (_planted_write_ahead_log, "ROUTER_LEDGER_SQL_PATH", "ledger.sqlite3-wal", "is writable by its group"),
         pytest.param(
             _private_dir_of_another_user,
             "ROUTER_DATA_DIR",
@@ -241,11 +242,33 @@ def test_volumes_as_the_chart_mounts_them_are_taken(shared_tmp: Path, tmp_path: 
         pass
 
 
+def test_files_a_version_before_left_on_a_volume_are_made_private_not_refused(shared_tmp: Path, tmp_path: Path) -> None:
+    """A version before made the outbox, its rewrites and its dead letters as the umask had it (0644), and the SQLite
+    ledger before that too: an operator's volume holding them must not keep every router of the upgrade from starting.
+    They are this user's and nobody else could write them: taken, and no longer readable by others."""
+    volume = tmp_path / "volume"
+    (volume / "outbox").mkdir(parents=True)
+    before = os.umask(0o022)
+    try:  # as the version before made them
+        (volume / "outbox" / "charges-outbox.jsonl").touch()
+        (volume / "outbox" / "charges-outbox.dead.jsonl").write_text("a line cut short by a crash\n")
+        sqlite3.connect(volume / "ledger.sqlite3").close()
+    finally:
+        os.umask(before)
+    made = [volume / "outbox" / "charges-outbox.jsonl", volume / "outbox" / "charges-outbox.dead.jsonl"]
+    made.append(volume / "ledger.sqlite3")
+    assert {mode(path) for path in made} == {0o644}
+    settings = {"ROUTER_DATA_DIR": str(volume / "outbox"), "ROUTER_LEDGER_SQL_PATH": str(volume / "ledger.sqlite3")}
+    with running(router_env(shared_tmp, **settings)):
+        pass
+    assert {mode(path) for path in made} == {0o640}  # the group is the operator's (fsGroup)
+
+
 @pytest.mark.parametrize(
     ("setting", "made", "problem"),
     [
         ("ROUTER_DATA_DIR", "directory", "is writable by others (mode 0777)"),
-        ("ROUTER_LEDGER_SQL_PATH", "file", "is open to others (mode 0644)"),
+        ("ROUTER_LEDGER_SQL_PATH", "file", "is writable by others (mode 0646)"),
     ],
 )
 def test_a_configured_path_others_may_use_is_refused_at_start(
@@ -258,7 +281,7 @@ def test_a_configured_path_others_may_use_is_refused_at_start(
     else:
         path.parent.mkdir()
         path.write_bytes(b"")
-        path.chmod(0o644)
+        path.chmod(0o646)  # others may write it: they could have made it what they like
     said = refused(router_env(shared_tmp, **{setting: str(path)}))
     assert f"{setting}={path}" in said and f"{path} {problem}" in said, said
 
