@@ -29,7 +29,9 @@ async def batch_provider(
 ) -> AsyncIterator[provider_pb2_grpc.ProviderStub]:
     """The providers service on loopback, its model `cheap` with batch prices and log-probabilities (which its lines
     ask for), for the block: a stub reaching it as the router does (messages up to 16 MiB)."""
-    spec = registry(openai_fake.base_url, anthropic_fake.base_url)
+    # ~21 MB of results to read: the providers tests' tight read limits (2 s) are for small answers, and a loaded
+    # machine took longer than that to serve and parse these.
+    spec = registry(openai_fake.base_url, anthropic_fake.base_url, read_timeout_s=30.0, total_timeout_s=60.0)
     cheap = next(m for m in spec["models"] if m["name"] == "cheap")
     cheap.update(batch_input_usd_per_mtok="0.075", batch_output_usd_per_mtok="0.30", logprobs=True)
     path = tmp_path / "models.yaml"
