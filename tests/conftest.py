@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -35,18 +36,28 @@ REDIS_URL = _worker_redis_url(os.environ.get("TEST_REDIS_URL", "redis://127.0.0.
 # (tests/integration/test_auth.py does, with real certificates and tokens).
 for _service in ("CLASSIFIER", "PROVIDERS", "ROUTER"):
     os.environ.setdefault(f"{_service}_AUTH", "none")
+# This run's scratch directory: made by its first pytest process (xdist's workers inherit it, with the settings
+# below) and removed by that process at its end (pytest_unconfigure), after every worker and the servers tests
+# started have stopped.
+_OWNS_SCRATCH = "LLMROUTER_TEST_SCRATCH" not in os.environ
+if _OWNS_SCRATCH:
+    os.environ["LLMROUTER_TEST_SCRATCH"] = tempfile.mkdtemp(prefix="llmrouter-test-")
+SCRATCH = Path(os.environ["LLMROUTER_TEST_SCRATCH"])
 # Routers started by tests keep their charge outbox in a scratch directory, never in the checkout.
-os.environ.setdefault("ROUTER_DATA_DIR", tempfile.mkdtemp(prefix="llmrouter-test-"))
+os.environ.setdefault("ROUTER_DATA_DIR", str(SCRATCH / "router"))
 # Services serve metrics on their documented ports by default; the processes tests launch must not take
 # those ports on a shared machine (a test that wants metrics gives free ports).
 for _service in ("CLASSIFIER", "PROVIDERS", "ROUTER", "EDGE"):
     os.environ.setdefault(f"{_service}_METRICS_PORT", "0")
 # Routers that tests start write their SQL ledger here, never to the machine's shared default file.
-os.environ.setdefault(
-    "ROUTER_LEDGER_SQL_PATH", str(Path(tempfile.mkdtemp(prefix="llmrouter-test-")) / "ledger.sqlite3")
-)
+os.environ.setdefault("ROUTER_LEDGER_SQL_PATH", str(SCRATCH / "ledger.sqlite3"))
 # A PostgreSQL server the ledger tests make a throwaway database in (.ci/run starts one when none answers).
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _OWNS_SCRATCH:
+        shutil.rmtree(SCRATCH, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
