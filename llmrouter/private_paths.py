@@ -133,10 +133,10 @@ def _check_dir(path: Path, strict: bool) -> None:
         )
 
 
-def _check_file(path: Path, info: os.stat_result, strict: bool, fd: int | None = None) -> None:
+def _check_file(path: Path, info: os.stat_result, strict: bool, fd: int) -> None:
     """Refuses a file others could have written; one of this user's they may only read (versions before made the
-    outbox as the umask had it, 0644) is made private through `fd`, not refused: refusing would stop every router of
-    an upgrade whose outbox or ledger is on a volume."""
+    outbox as the umask had it, 0644) is made private through `fd` (its O_PATH descriptor), not refused: refusing
+    would stop every router of an upgrade whose outbox or ledger is on a volume."""
     if not stat.S_ISREG(info.st_mode):
         raise UnsafePath(path, "is not a regular file")
     if info.st_uid != os.getuid():
@@ -148,8 +148,15 @@ def _check_file(path: Path, info: os.stat_result, strict: bool, fd: int | None =
             f"is writable by {whom} (mode {_mode(info)}): they could have written charges of theirs in it; it is for "
             f"this user alone to read and write: remove it, or chmod {'600' if strict else 'o-rwx'} it",
         )
-    if info.st_mode & theirs and fd is not None:  # through the checked descriptor (O_PATH has no fchmod)
-        os.chmod(f"/proc/self/fd/{fd}", stat.S_IMODE(info.st_mode) & ~theirs)
+    if info.st_mode & theirs:
+        try:  # the very file checked, through its descriptor's link in /proc (O_PATH has no fchmod)
+            os.chmod(f"/proc/self/fd/{fd}", stat.S_IMODE(info.st_mode) & ~theirs)
+        except FileNotFoundError:  # no /proc (a chroot, a sandbox); opened to fchmod it, SQLite's locks would drop
+            raise UnsafePath(
+                path,
+                f"is readable by {whom} (mode {_mode(info)}), and without /proc it cannot be made private here: "
+                f"chmod {'600' if strict else 'o-rwx'} it",
+            ) from None
 
 
 def _foreign(info: os.stat_result, what: str) -> str:

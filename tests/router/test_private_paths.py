@@ -264,6 +264,53 @@ def test_files_a_version_before_left_on_a_volume_are_made_private_not_refused(sh
     assert {mode(path) for path in made} == {0o640}  # the group is the operator's (fsGroup)
 
 
+def without_proc() -> list[str]:
+    """A command prefix running a process where /proc is an empty directory, as in a chroot or a sandbox without it
+    (a mount namespace of its own: root's, or an unprivileged user namespace's); a skip where neither may be made."""
+    for unshare in (["unshare", "--mount", "--propagation", "private"], ["unshare", "--map-root-user", "--mount"]):
+        prefix = [*unshare, "sh", "-c", 'mount -t tmpfs none /proc && exec "$@"', "sh"]
+        try:
+            made = subprocess.run([*prefix, "true"], capture_output=True, timeout=30).returncode == 0
+        except FileNotFoundError:  # no unshare
+            break
+        if made:
+            return prefix
+    pytest.skip("hiding /proc takes a mount namespace: root, or unprivileged user namespaces")
+
+
+@pytest.mark.parametrize(
+    ("setting", "command", "refusal"),
+    [
+        ("ROUTER_DATA_DIR", "services.router", "refused for the charge outbox"),
+        ("ROUTER_LEDGER_SQL_PATH", "services.ledger", "refused for the ledger"),
+    ],
+)
+def test_without_proc_a_file_others_may_read_is_refused_saying_how_to_mend_it(
+    shared_tmp: Path, tmp_path: Path, setting: str, command: str, refusal: str
+) -> None:
+    """It is made private through its checked descriptor's link in /proc; with no /proc the start refuses it, as before
+    files others may read were taken, naming the remedy, rather than fail on a path in /proc."""
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    path = volume / ("charges-outbox.jsonl" if command == "services.router" else "ledger.sqlite3")
+    path.touch()
+    path.chmod(0o644)  # as a version before left it
+    configured = volume if command == "services.router" else path
+    args = ["trim", "--days", "1"] if command == "services.ledger" else []
+    started = subprocess.run(
+        [*without_proc(), sys.executable, "-m", command, *args],
+        cwd=ROOT,
+        env=router_env(shared_tmp, **{setting: str(configured)}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert started.returncode != 0 and "READY" not in started.stdout, started.stderr
+    said = f"{setting}={configured} {refusal}: {path} is readable by others (mode 0644), and without /proc it cannot"
+    assert said in started.stderr and "chmod o-rwx it" in started.stderr, started.stderr
+    assert "Traceback" not in started.stderr and mode(path) == 0o644, started.stderr
+
+
 @pytest.mark.parametrize(
     ("setting", "made", "problem"),
     [
