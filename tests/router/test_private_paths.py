@@ -25,6 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.router.outbox import Outbox
 from services.router.store import MemoryStore
+from tests.ci import missing
 from tests.conftest import ROOT
 
 NOBODY = 65534
@@ -266,7 +267,8 @@ def test_files_a_version_before_left_on_a_volume_are_made_private_not_refused(sh
 
 def without_proc() -> list[str]:
     """A command prefix running a process where /proc is an empty directory, as in a chroot or a sandbox without it
-    (a mount namespace of its own: root's, or an unprivileged user namespace's); a skip where neither may be made."""
+    (a mount namespace of its own: root's, or an unprivileged user namespace's); where neither may be made, a skip
+    (a failure in CI)."""
     for unshare in (["unshare", "--mount", "--propagation", "private"], ["unshare", "--map-root-user", "--mount"]):
         prefix = [*unshare, "sh", "-c", 'mount -t tmpfs none /proc && exec "$@"', "sh"]
         try:
@@ -275,7 +277,7 @@ def without_proc() -> list[str]:
             break
         if made:
             return prefix
-    pytest.skip("hiding /proc takes a mount namespace: root, or unprivileged user namespaces")
+    missing("hiding /proc takes a mount namespace: root, or unprivileged user namespaces")
 
 
 @pytest.mark.parametrize(
