@@ -87,9 +87,10 @@ def private_file(path: Path, create: bool = True) -> None:
 
 
 def _create(path: Path) -> None:
-    """A missing file made, mode 0600: nobody else's file yet, so no lock of this process is on it to drop."""
+    """A missing file made, mode 0600, without a descriptor to close (a connection another thread opened on it
+    meanwhile keeps its locks); like O_EXCL, mknod never follows a link."""
     with suppress(FileExistsError):  # there already, or made meanwhile: checked next, as it is
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE))
+        os.mknod(path, stat.S_IFREG | FILE_MODE)
 
 
 def private_opener(path: str, flags: int) -> int:
