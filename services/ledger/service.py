@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -24,14 +25,17 @@ RETENTION_EVERY_S = 3600
 
 
 def ledger_for(settings: LedgerSettings) -> LedgerDB:
-    """The SQL ledger the settings name; a SQLite file another user could have made or could change ends the process
-    with why (the router's start-up and the ledger's commands alike)."""
+    """The SQL ledger the settings name; a SQLite file another user could have made or could change, or one that cannot
+    be made or opened, ends the process with why (the router's start-up and the ledger's commands alike)."""
+    dsn = settings.ledger_sql_dsn.get_secret_value()
     try:
-        return open_ledger(
-            settings.ledger_sql_dsn.get_secret_value(), settings.ledger_sql_path, settings.ledger_sql_max_mib * 2**20
-        )
+        return open_ledger(dsn, settings.ledger_sql_path, settings.ledger_sql_max_mib * 2**20)
     except UnsafePath as exc:
         raise SystemExit(f"ROUTER_LEDGER_SQL_PATH={settings.ledger_sql_path} refused for the ledger: {exc}") from None
+    except (OSError, sqlite3.Error) as exc:
+        if dsn:  # PostgreSQL's errors are its own, reported where it is reached
+            raise
+        raise SystemExit(f"ROUTER_LEDGER_SQL_PATH={settings.ledger_sql_path}: cannot open the ledger: {exc}") from None
 
 
 def source_for(settings: LedgerSettings, store: Store) -> tuple[Source, Any]:

@@ -151,3 +151,15 @@ def test_the_ledger_commands_refuse_a_ledger_linked_elsewhere(tmp_path: Path) ->
     assert exported.returncode != 0 and exported.stdout == ""
     assert f"ROUTER_LEDGER_SQL_PATH={path} refused for the ledger: {path} is a symbolic link" in exported.stderr
     assert not theirs.exists()  # never created through the link
+
+
+async def test_a_ledger_file_sqlite_cannot_open_ends_the_start_saying_why(tmp_path: Path) -> None:
+    """A path naming some other file (an operator's slip): the setting, the path and SQLite's reason, not a
+    traceback."""
+    path = tmp_path / "ledger.sqlite3"
+    path.write_bytes(b"not a database, and longer than the header of one " * 4)
+    path.chmod(0o600)
+    with pytest.raises(SystemExit) as refused:
+        await open_and_write(path)
+    said = str(refused.value)
+    assert said == f"ROUTER_LEDGER_SQL_PATH={path}: cannot open the ledger: file is not a database", said
