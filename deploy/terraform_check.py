@@ -72,12 +72,14 @@ GOOD: dict[str, dict | Path] = {
     },
     "ledger-trim-off": {"ledger_dsn_secret": {"name": "llm-ledger"}, "ledger_trim": {"enabled": False}},
     "ledger-trim-macro": {"ledger_dsn_secret": {"name": "llm-ledger"}, "ledger_trim": {"schedule": "@daily"}},
+    "redis-password-secret": {"redis_password_secret": {"name": "llm-redis-auth", "keys": {"money": "money-pw"}}},
 }
 
 # What some of the values must hold (a subset): the module's inputs reach the chart under the chart's names.
 EXPECTED: dict[str, dict] = {
     # The module's defaults are the chart's.
     "defaults": {
+        "redis": {"auth": CHART_DEFAULTS["redis"]["auth"]},
         "router": {
             "ledgerDsnSecret": {"name": "", "key": ""},
             "endUserHashSecret": {"name": "", "key": ""},
@@ -85,7 +87,7 @@ EXPECTED: dict[str, dict] = {
                 k: CHART_DEFAULTS["router"]["ledgerTrim"][k]
                 for k in ("enabled", "schedule", "timeZone", "retentionDays")
             },
-        }
+        },
     },
     "example": {
         "router": {
@@ -105,6 +107,14 @@ EXPECTED: dict[str, dict] = {
         "router": {"ledgerDsnSecret": {"name": "llm-ledger", "key": "dsn"}, "ledgerTrim": {"enabled": False}}
     },
     "ledger-trim-macro": {"router": {"ledgerTrim": {"enabled": True, "schedule": "@daily"}}},
+    "redis-password-secret": {
+        "redis": {
+            "auth": {
+                "existingSecret": "llm-redis-auth",
+                "existingSecretKeys": {"money": "money-pw", "cache": "cache", "batches": "batches"},
+            }
+        }
+    },
 }
 
 # Inputs the module must refuse: (variables, a phrase of the expected error message).
@@ -127,6 +137,11 @@ BAD: list[tuple[dict, str]] = [
     ({"ledger_dsn_secret": {"name": "llm-ledger", "key": "dsn url"}}, "ledger_dsn_secret.key must be a Secret key"),
     ({"end_user_hash_secret": {"name": "End Users"}}, "end_user_hash_secret.name must be a Secret name"),
     ({"end_user_hash_secret": {"name": "llm-end-users", "key": "a key"}}, "end_user_hash_secret.key must be a Secret"),
+    ({"redis_password_secret": {"name": "Redis Auth"}}, "redis_password_secret.name must be a Secret name"),
+    (
+        {"redis_password_secret": {"name": "llm-redis", "keys": {"cache": "a key"}}},
+        "redis_password_secret.keys must be",
+    ),
     ({"ledger_trim": {"schedule": "daily"}}, "ledger_trim.schedule must be a cron schedule"),
     ({"ledger_trim": {"schedule": "17 3 * *"}}, "ledger_trim.schedule must be a cron schedule"),
     ({"ledger_trim": {"schedule": "@fortnightly"}}, "ledger_trim.schedule must be a cron schedule"),

@@ -30,6 +30,11 @@ locals {
       money   = { urlSecret = coalesce(var.money_redis_secret, { name = "", key = "" }) }
       cache   = { urlSecret = coalesce(var.cache_redis_secret, { name = "", key = "" }) }
       batches = { urlSecret = coalesce(var.batches_redis_secret, { name = "", key = "" }) }
+      # The chart's own Redis' passwords: the Secret named, else one the chart makes.
+      auth = {
+        existingSecret     = try(var.redis_password_secret.name, "")
+        existingSecretKeys = try(var.redis_password_secret.keys, { money = "money", cache = "cache", batches = "batches" })
+      }
     }
     monitoring = {
       serviceMonitor = { enabled = var.monitoring_enabled, labels = { release = var.prometheus_release_label } }

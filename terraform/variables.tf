@@ -134,6 +134,28 @@ variable "batches_redis_secret" {
   default = null
 }
 
+variable "redis_password_secret" {
+  description = "Existing Secret holding the passwords the chart's own Redis require, one key per role: {name, keys = {money, cache, batches}} (each key defaults to the role's name; the edge is given only the batches one). Each password at least 16 of A-Z a-z 0-9 . _ ~ - (the callers' redis:// URLs carry it unescaped). null: the chart makes its own Secret of random passwords and keeps it on upgrade (a render without a cluster would make new ones). A Redis given by URL (*_redis_secret) brings its own password."
+  type = object({
+    name = string
+    keys = optional(object({
+      money   = optional(string, "money")
+      cache   = optional(string, "cache")
+      batches = optional(string, "batches")
+    }), {})
+  })
+  default = null
+
+  validation {
+    condition     = var.redis_password_secret == null || can(regex("^[a-z0-9]([-.a-z0-9]{0,251}[a-z0-9])?$", var.redis_password_secret.name))
+    error_message = "redis_password_secret.name must be a Secret name (DNS-1123 subdomain)."
+  }
+  validation {
+    condition     = var.redis_password_secret == null || alltrue([for key in values(var.redis_password_secret.keys) : can(regex("^[-._a-zA-Z0-9]{1,253}$", key))])
+    error_message = "redis_password_secret.keys must be Secret keys: letters, digits, '-', '_' and '.'."
+  }
+}
+
 variable "ledger_dsn_secret" {
   description = "Existing Secret holding the SQL ledger's PostgreSQL DSN, password included (ROUTER_LEDGER_SQL_DSN): {name, key}. null: each router pod keeps its own part of the ledger in SQLite on its /tmp, lost with the pod, and nothing trims the ledger streams in the money Redis (ledger_trim needs it)."
   type = object({

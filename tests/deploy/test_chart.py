@@ -123,8 +123,9 @@ def test_peer_addresses(docs: list[dict]) -> None:
     router = env(docs, "router")
     assert router["ROUTER_CLASSIFIER_ADDR"] == f"{name('classifier')}:50051"
     assert router["ROUTER_PROVIDERS_ADDR"] == f"{name('providers')}:50052"
-    assert router["ROUTER_REDIS_URL"] == f"redis://{name('redis-money')}:6379/0"
-    assert router["ROUTER_CACHE_REDIS_URL"] == f"redis://{name('redis-cache')}:6379/0"
+    # The in-chart Redis' passwords, expanded by Kubernetes (tests/deploy/test_redis_auth.py).
+    assert router["ROUTER_REDIS_URL"] == f"redis://:$(REDIS_MONEY_PASSWORD)@{name('redis-money')}:6379/0"
+    assert router["ROUTER_CACHE_REDIS_URL"] == f"redis://:$(REDIS_CACHE_PASSWORD)@{name('redis-cache')}:6379/0"
     assert env(docs, "edge")["EDGE_ROUTER_ADDR"] == f"{name('router')}:50053"
     services = by_kind(docs, "Service")
     for addr in (
@@ -186,8 +187,11 @@ def test_provider_keys_come_from_an_existing_secret_as_files(docs: list[dict]) -
     (mount,) = [m for m in container(docs, "providers")["volumeMounts"] if m["name"] == volume["name"]]
     assert mount == {"name": volume["name"], "mountPath": VALUES["providers"]["apiKeys"]["mountPath"], "readOnly": True}
     assert not any("KEY" in e["name"] and "DIR" not in e["name"] for c in pod["containers"] for e in c["env"])
-    # the chart never holds an API key: its only Secrets are the generated certificates (tls.mode auto, no cert-manager)
-    assert {s["type"] for s in by_kind(docs, "Secret").values()} == {"kubernetes.io/tls"}
+    # the chart never holds an API key: its only Secrets are the generated certificates (tls.mode auto, no
+    # cert-manager) and the in-chart Redis' passwords
+    opaque = [s for s in by_kind(docs, "Secret").values() if s["type"] != "kubernetes.io/tls"]
+    assert [s["metadata"]["name"] for s in opaque] == [name("redis-auth")]
+    assert opaque[0]["data"].keys() == set(REDIS_ROLES)
 
 
 @pytest.mark.parametrize("mount", [None, "/keys/elsewhere"])
@@ -297,7 +301,7 @@ def test_each_in_chart_redis_has_an_exporter_sidecar_with_monitoring_on(docs: li
     image = exporter_values["image"]
     assert re.fullmatch(r"v\d+\.\d+\.\d+", image["tag"]), "pinned to a release"
     assert exporter["image"] == f"oliver006/redis_exporter:{image['tag']}"
-    settings = {e["name"]: e["value"] for e in exporter["env"]}
+    settings = {e["name"]: e["value"] for e in exporter["env"] if "value" in e}
     assert settings["REDIS_ADDR"] == f"redis://127.0.0.1:{VALUES['redis'][role]['port']}"
     assert settings["REDIS_EXPORTER_WEB_LISTEN_ADDRESS"] == f":{exporter_values['port']}"
     assert exporter["ports"] == [{"name": "metrics", "containerPort": exporter_values["port"], "protocol": "TCP"}]
@@ -314,12 +318,15 @@ def test_each_in_chart_redis_has_an_exporter_sidecar_with_monitoring_on(docs: li
 
 
 def test_the_exporter_takes_no_credential_in_its_arguments(docs: list[dict]) -> None:
-    """The in-chart Redis has no password (its NetworkPolicy lets only its callers in), so the exporter is given
-    none; its settings are env, never arguments a `ps` or the pod spec would show, and none names a secret."""
+    """Its settings are env, never arguments a `ps` or the pod spec would show: its Redis' password from the Secret
+    (REDIS_PASSWORD), none in its address."""
     for role in REDIS_ROLES:
         exporter = redis_containers(docs, role)["exporter"]
         assert "args" not in exporter and "command" not in exporter
-        assert not [e for e in exporter["env"] if re.search("PASSWORD|USER|AUTH", e["name"])]
+        credentials = [e for e in exporter["env"] if re.search("PASSWORD|USER|AUTH", e["name"])]
+        assert credentials == [
+            {"name": "REDIS_PASSWORD", "valueFrom": {"secretKeyRef": {"name": name("redis-auth"), "key": role}}}
+        ]
         assert "@" not in next(e["value"] for e in exporter["env"] if e["name"] == "REDIS_ADDR")
 
 
@@ -492,6 +499,8 @@ def test_a_shared_router_without_redis_is_refused() -> None:
         ("router.sqliteLedger.sizeLimitMiB=63", "/router/sqliteLedger/sizeLimitMiB"),  # no room past the bound
         ("redis.money.urlSecret.name=money-redis", "/redis/money/urlSecret/key"),
         ("redis.cache.urlSecret.key=url", "/redis/cache/urlSecret/name"),
+        ("redis.auth.existingSecret=Redis_Auth", "/redis/auth/existingSecret"),  # not a Secret name
+        ("redis.auth.existingSecretKeys.money=", "/redis/auth/existingSecretKeys/money"),
     ],
 )
 def test_values_schema_refuses_mistakes(setting: str, complaint: str) -> None:
@@ -740,7 +749,10 @@ def test_edge_replicas_share_their_batches_through_redis() -> None:
     replica is not found by the batch created on another, and a pod the autoscaler removes takes its batches.
     By default their own Redis (redis.batches), which only the edge reaches."""
     docs = render("--set", "networkPolicy.egress.enabled=true")
-    assert env(docs, "edge")["EDGE_BATCH_REDIS_URL"] == f"redis://{name('redis-batches')}:6379/0"
+    assert (
+        env(docs, "edge")["EDGE_BATCH_REDIS_URL"]
+        == f"redis://:$(REDIS_BATCHES_PASSWORD)@{name('redis-batches')}:6379/0"
+    )
     assert "redis-batches" not in json.dumps(env(docs, "router"))
     policies = by_kind(docs, "NetworkPolicy")
     (to_batches,) = _egress_ports(policies[name("edge")])[6379]
@@ -748,7 +760,8 @@ def test_edge_replicas_share_their_batches_through_redis() -> None:
     # cache and money stay choices: that role's Redis then takes the edge too, and no batch Redis is run.
     for role in ("cache", "money"):
         shared = render("--set", f"edge.batchRedis={role}")
-        assert env(shared, "edge")["EDGE_BATCH_REDIS_URL"] == f"redis://{name(f'redis-{role}')}:6379/0"
+        url = f"redis://:$(REDIS_{role.upper()}_PASSWORD)@{name(f'redis-{role}')}:6379/0"
+        assert env(shared, "edge")["EDGE_BATCH_REDIS_URL"] == url
         rule, _ = by_kind(shared, "NetworkPolicy")[name(f"redis-{role}")]["spec"][
             "ingress"
         ]  # the Redis', the exporter's
@@ -853,7 +866,8 @@ def test_router_end_user_hash_secret_from_a_secret() -> None:
     skips = by_kind(docs, "Deployment")[name("router")]["metadata"]["annotations"].values()
     assert any(skip.startswith("CKV_K8S_35=") for skip in skips)
     assert all("ROUTER_END_USER_HASH_SECRET" not in env(docs, svc) for svc in SERVICES if svc != "router")
-    plain = render()
+    # No Secret at all: Redis by plain URLs (the in-chart ones' passwords are Secrets too).
+    plain = render("--set", "redis.money.url=redis://money:6379/0", "--set", "redis.cache.url=redis://cache:6379/0")
     assert "ROUTER_END_USER_HASH_SECRET" not in env(plain, "router")
     plain_skips = by_kind(plain, "Deployment")[name("router")]["metadata"]["annotations"].values()
     assert not any(skip.startswith("CKV_K8S_35=") for skip in plain_skips)
@@ -930,10 +944,11 @@ def test_the_ledger_is_trimmed_daily_where_the_sql_sink_keeps_it() -> None:
     assert trim["image"] == container(docs, "router")["image"]
     trim_env = {e["name"]: e.get("value", e.get("valueFrom")) for e in trim["env"]}
     assert trim_env == {
+        "REDIS_MONEY_PASSWORD": env(docs, "router")["REDIS_MONEY_PASSWORD"],
         "ROUTER_REDIS_URL": env(docs, "router")["ROUTER_REDIS_URL"],
         "ROUTER_LEDGER_RETENTION_DAYS": "30",
     }
-    for var in trim_env:  # what the command reads: it needs no certificate, DSN or server setting
+    for var in set(trim_env) - expanded_only(trim["env"]):  # what it reads: no certificate, DSN or server setting
         assert var.removeprefix("ROUTER_").lower() in LedgerSettings.model_fields, var
     assert pod["securityContext"] == router["securityContext"]
     assert pod["automountServiceAccountToken"] is False and pod["restartPolicy"] == "Never"
@@ -1051,6 +1066,17 @@ def _settings_class(svc: str) -> type[BaseSettings]:
     return classes[svc]
 
 
+def expanded_only(entries: list[dict]) -> set[str]:
+    """The env entries there only for Kubernetes to expand into a later one's value ($(NAME)): the in-chart Redis'
+    passwords in their URLs. No setting of their own, and named outside the services' prefixes."""
+    return {
+        entry["name"]
+        for i, entry in enumerate(entries)
+        if not entry["name"].startswith(("ROUTER_", "EDGE_"))
+        and any(f"$({entry['name']})" in later.get("value", "") for later in entries[i + 1 :])
+    }
+
+
 @pytest.mark.parametrize("values", [None, "production-values.yaml", "minimal-values.yaml"])
 def test_every_env_the_chart_sets_is_a_setting_of_its_service(values: str | None) -> None:
     """An env name no settings class reads is silently ignored (extra="ignore"): a misspelt one leaves the
@@ -1059,7 +1085,7 @@ def test_every_env_the_chart_sets_is_a_setting_of_its_service(values: str | None
     for svc in SERVICES:
         cls = _settings_class(svc)
         prefix = cls.model_config["env_prefix"]
-        for var in env(docs, svc):
+        for var in set(env(docs, svc)) - expanded_only(container(docs, svc)["env"]):
             assert var.startswith(prefix), (svc, var)
             assert var[len(prefix) :].lower() in cls.model_fields, f"{svc}: {var} is no setting of {cls.__name__}"
 

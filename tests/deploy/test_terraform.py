@@ -79,6 +79,20 @@ def test_the_trim_takes_a_kubernetes_macro(tmp_path: Path) -> None:
     assert cron["spec"]["schedule"] == "@hourly"
 
 
+def test_the_redis_password_secret_reaches_the_chart(tmp_path: Path) -> None:
+    """redis_password_secret names the operator's Secret of the in-chart Redis' passwords (for renders without a
+    cluster, where the chart's own would change every time); without it the chart makes its own."""
+    variables = {"redis_password_secret": {"name": "llm-redis-auth", "keys": {"money": "money-password"}}}
+    docs = render("-f", str(module_values(tmp_path, variables)))
+    assert "llm-cost-router-redis-auth" not in by_kind(docs, "Secret")
+    env = router_env(docs)
+    assert env["REDIS_MONEY_PASSWORD"] == {"secretKeyRef": {"name": "llm-redis-auth", "key": "money-password"}}
+    assert env["REDIS_CACHE_PASSWORD"] == {"secretKeyRef": {"name": "llm-redis-auth", "key": "cache"}}
+    defaults = render("-f", str(module_values(tmp_path, {})))
+    assert by_kind(defaults, "Secret")["llm-cost-router-redis-auth"]["data"].keys() == {"money", "cache", "batches"}
+    assert router_env(defaults)["REDIS_MONEY_PASSWORD"]["secretKeyRef"]["name"] == "llm-cost-router-redis-auth"
+
+
 def test_the_gke_example_installs_a_durable_ledger_and_its_trim(tmp_path: Path) -> None:
     """terraform/examples/gke passes the module the ledger's DSN Secret and its trim: without them its install
     keeps the ledger in each router pod's SQLite, lost with the pod, and nothing trims the ledger streams."""

@@ -137,7 +137,9 @@ Call with (list $ "money cache"). */}}
 {{- with .Values.edge.batchRedis }}{{ if include "llmrouter.redisEnabled" (list $ .) }}{{ . }}{{ end }}{{ end }}
 {{- end }}
 
-{{/* The env entry giving a service one Redis role's URL. Call with (list $ "money" "ROUTER_REDIS_URL"). */}}
+{{/* The env entries giving a service one Redis role's URL. An in-chart Redis': its password from the Secret, then the
+URL naming it, which Kubernetes expands ($(VAR), an entry defined before it). Call with (list $ "money"
+"ROUTER_REDIS_URL"). */}}
 {{- define "llmrouter.redisUrlEnv" -}}
 {{- $root := index . 0 }}
 {{- $role := index . 1 }}
@@ -150,8 +152,10 @@ Call with (list $ "money cache"). */}}
 - name: {{ index $ 2 }}
   value: {{ .url | quote }}
 {{- else if .enabled }}
+{{- $password := include "llmrouter.redisPasswordVar" $role }}
+{{- include "llmrouter.redisPasswordEnv" (list $root $role $password) | nindent 0 }}
 - name: {{ index $ 2 }}
-  value: {{ printf "redis://%s:%v/0" (include "llmrouter.component" (list $root (printf "redis-%s" $role))) .port | quote }}
+  value: {{ printf "redis://:$(%s)@%s:%v/0" $password (include "llmrouter.component" (list $root (printf "redis-%s" $role))) .port | quote }}
 {{- end }}
 {{- end }}
 {{- end }}
