@@ -384,11 +384,15 @@ class Edge:
             yield sse("[DONE]")
         except grpc.RpcError as err:
             # Headers are gone: report the failure in the stream, as OpenAI does, and end it; with what it was
-            # charged (what reached the caller), as x-router-cost-usd would have said.
+            # charged (what reached the caller), as x-router-cost-usd would have said. A router that went away
+            # mid-answer said nothing: its charge is settled after (the reconciler charges the hold, at most), so it
+            # is pending, never an absent cost a caller would read as nothing.
             error = api_error(err, request_id)
             body = error.body()
             if error.charged_usd:
                 body["x_router"] = {"cost_usd": error.charged_usd}
+            elif ServiceError.from_rpc_error(err).cut_mid_call:
+                body["x_router"] = {"cost_usd": None, "charge": "pending"}
             yield sse(body)
         finally:
             call.cancel()  # ended, failed or the caller left: stop the work downstream

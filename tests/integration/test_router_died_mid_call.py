@@ -6,6 +6,7 @@ retry is a new request, charged again, on top of the hold. Before, the caller's 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import uuid
 from decimal import Decimal
@@ -78,6 +79,61 @@ async def test_a_request_whose_router_died_mid_call_is_not_retried_by_the_sdk_on
     finally:
         chain.premium.latency = 0.0
         await client.close()
+        edge.should_exit = True
+        await edge_task
+        await edge_channel.close()
+        await db.aclose()
+
+
+async def test_a_stream_whose_router_died_mid_answer_ends_with_its_charge_pending(
+    chain: Chain, money: Any, spawn: Spawn
+) -> None:
+    """Past its first token the caller has its 200 and part of the answer when the router dies: the stream's error
+    event says the charge is pending (the reconciler settles it at the hold), never a cost left out, which a caller
+    would read as nothing."""
+    doomed = await spawn(ROUTER_REDIS_URL=money.url, ROUTER_INSTANCE_ID="doomed", ROUTER_HEARTBEAT_TTL_S="1")
+    settings = EdgeSettings(port=free_port(), router_addr=f"127.0.0.1:{doomed.port}")
+    edge, edge_task, edge_channel = await start_edge(settings)
+    db: Any = redis.from_url(money.url)
+    chain.premium.chunk_delay = 1.0  # the upstream is still answering when the router dies
+    body = {
+        "model": "strong-model",
+        "messages": [{"role": "user", "content": f"hello {uuid.uuid4().hex}"}],
+        "stream": True,
+    }
+    events: list[Any] = []
+    try:
+        async with (
+            httpx2.AsyncClient(timeout=30) as http,
+            http.stream("POST", f"http://127.0.0.1:{settings.port}/v1/chat/completions", json=body) as response,
+        ):
+            assert response.status_code == 200
+            async for line in response.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                events.append(json.loads(line.removeprefix("data: ")))
+                if any(c["delta"].get("content") for e in events[-1:] for c in e.get("choices", [])):
+                    doomed.kill()  # part of the answer has reached the caller
+        *answered, last = events
+        assert any(c["delta"].get("content") for e in answered for c in e.get("choices", []))
+        assert last["error"]["type"] == "server_error", last
+        assert last["x_router"] == {"cost_usd": None, "charge": "pending"}, last
+        request_id = answered[0]["id"].removeprefix("chatcmpl-")
+
+        survivor = await extra_router(
+            chain, redis_url=money.url, instance_id="survivor", heartbeat_ttl_s=1, upkeep_interval_s=0.2
+        )
+        try:
+
+            async def settled() -> list[dict]:
+                return [r for r in await ledger_records(db) if r["request_id"] == request_id]
+
+            (record_,) = await wait_for(settled)
+        finally:
+            await survivor.stop(1)
+        assert Decimal(record_["cost_usd"]) > 0  # pending was right: it was charged
+    finally:
+        chain.premium.chunk_delay = 0.0
         edge.should_exit = True
         await edge_task
         await edge_channel.close()
