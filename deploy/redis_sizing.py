@@ -18,18 +18,20 @@ import secrets
 import sys
 import time
 import uuid
+from decimal import Decimal
 
 import redis
 
 from llmrouter.registry import load_registry
 from services.router.store.keys import AccountKeys
 from services.router.store.ledger_entry import compact
-from services.router.store.model import REQUEST_ID_TTL_S, Account, charged_marker
+from services.router.store.model import REQUEST_ID_TTL_S, Account, charged_marker, marker_after_charge, to_pico
 
 TTL_S = REQUEST_ID_TTL_S  # ROUTER_REQUEST_ID_TTL_S by default
 ACCOUNT = Account("acme-production", secrets.token_hex(8))  # a key id is its digest's first 16 hex digits
 CHOSEN = "gpt-4o-mini"
 REASON = "cheapest model predicted within 0.85 of the best (gpt-4o 0.90): predicted 0.85, est. $0.00006"
+COST_USD = "0.0002688"  # what the request is charged: its ledger entry and its charged marker keep it
 MODELS = [model.name for model in load_registry().models]
 
 
@@ -58,7 +60,7 @@ def ledger_record(request_id: str, full: bool = False) -> str:
             "input_tokens": 812,
             "output_tokens": 245,
             "tokens_estimated": False,
-            "cost_usd": "0.0002688",
+            "cost_usd": COST_USD,
             "generations": [{"model": CHOSEN, "input_tokens": 812, "output_tokens": 245}],
             "owed_usd": "0",
             "baseline_cost_usd": "0.00448",
@@ -96,7 +98,8 @@ def main(url: str, n: int, full: bool) -> None:
 
     def markers(pipe: redis.client.Pipeline, rid: str) -> None:
         pipe.set(keys.used(rid), "1", ex=TTL_S)
-        pipe.set(keys.charged(rid), charged_marker("", secrets.token_hex(8), secrets.token_hex(8)), ex=TTL_S)
+        entry = charged_marker("", secrets.token_hex(8), secrets.token_hex(8))
+        pipe.set(keys.charged(rid), marker_after_charge(None, entry, to_pico(Decimal(COST_USD))), ex=TTL_S)
 
     def ledger(pipe: redis.client.Pipeline, rid: str) -> None:
         pipe.xadd(keys.ledger, {"record": ledger_record(rid, full)})

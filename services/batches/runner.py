@@ -20,7 +20,8 @@ and its first failure past that end is run again at once: that run sends no new 
 lines in doubt or in provider batches), so it ends the batch `expired` on time unless it fails too. Stopping the edge
 (from the start of its shutdown, while its requests drain: Runner.stop) takes no batch and no line any more, lets the
 lines in flight finish and gives up its batches' leases; a crash loses the results of lines in flight, whose retry the
-router then refuses as a duplicate (charged once, in the ledger, and in the error file).
+router then refuses as a duplicate (charged once, in the ledger; the error file has that charge, or that it is pending
+at its hold while the router has not settled it).
 Such a line, sent and without a result, is in doubt: it goes first when the batch resumes, even past its window or
 cancelled (sent before, only the router knows whether it ran: a cancel lets the lines in flight finish), and is never
 reported as never sent, nor left out of a cancelled batch's files. An edge ending a
@@ -515,10 +516,9 @@ class Runner:
             if not_admitted(error):
                 return Refused(_seconds(error.metadata.get("retry_after_s", "")), error.cut_mid_call)
             api_error = self.error_for(err, request_id)
-            body = api_error.body()
-            if api_error.charged_usd:  # the error file says what the failed line was charged, as the ledger does
-                body["x_router"] = {"cost_usd": api_error.charged_usd}
-            return api_error.status, body
+            # Its body says what the failed line was charged (x_router), as the ledger does: a duplicate's, what the
+            # line sent before was charged, or that its charge is still pending.
+            return api_error.status, api_error.body()
         return 200, completion_body(without_large_logprobs(response, wire.logprobs_room(batch, self.max_file_bytes)))
 
     async def _expire(

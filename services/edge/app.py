@@ -149,6 +149,7 @@ def api_error(err: grpc.RpcError, request_id: str, charging: bool = False) -> Ap
         code=code,
         retry_after=retry_after,
         charged_usd=charged,
+        held_usd=error.metadata.get("held_usd", ""),
         request_id=request_id,
         # A failure that was charged is not retried by the SDK on its own: a retry is a new request, charged again.
         retryable=error.metadata.get("retryable") != "false"
@@ -387,12 +388,9 @@ class Edge:
             # charged (what reached the caller), as x-router-cost-usd would have said. A router that went away
             # mid-answer said nothing: its charge is settled after (the reconciler charges the hold, at most), so it
             # is pending, never an absent cost a caller would read as nothing.
-            error = api_error(err, request_id)
-            body = error.body()
-            if error.charged_usd:
-                body["x_router"] = {"cost_usd": error.charged_usd}
-            elif ServiceError.from_rpc_error(err).cut_mid_call:
-                body["x_router"] = {"cost_usd": None, "charge": "pending"}
+            body = api_error(err, request_id).body()
+            if "x_router" not in body and ServiceError.from_rpc_error(err).cut_mid_call:
+                body["x_router"] = {"cost_pending": True}
             yield sse(body)
         finally:
             call.cancel()  # ended, failed or the caller left: stop the work downstream

@@ -554,10 +554,14 @@ class ApiError(Exception):
         charged_usd: str = "",
         request_id: str = "",
         retryable: bool = True,
+        held_usd: str = "",
     ) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.retry_after = status, message, param, code, retry_after
-        self.charged_usd = charged_usd  # what the failed request was charged (its attempts' cost), when anything
+        # What the failed request was charged (its attempts' cost), when anything; a duplicate's: what the request
+        # of its id was charged.
+        self.charged_usd = charged_usd
+        self.held_usd = held_usd  # a duplicate's whose charge is still open: the hold it has now
         self.request_id = request_id  # when the request reached the router: its access-log and ledger name
         # False when sending the same request again cannot succeed (a budget its spend alone has exhausted): OpenAI's
         # SDKs retry a 429 unless told `x-should-retry: false`.
@@ -570,7 +574,16 @@ class ApiError(Exception):
             kind = "server_error"
         else:
             kind = "permission_error" if self.status == 403 else "invalid_request_error"
-        return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
+        error = {"message": self.message, "type": kind, "param": self.param, "code": self.code}
+        body: dict[str, Any] = {"error": error}
+        # What it cost, as an answer's x_router.cost_usd: a batch line's error file counts it. A charge still open
+        # has no cost yet: it is pending, holding held_usd now.
+        told: dict[str, Any] = {"cost_usd": self.charged_usd} if self.charged_usd else {}
+        if self.held_usd:
+            told.update(cost_pending=True, held_usd=self.held_usd)
+        if told:
+            body["x_router"] = told
+        return body
 
 
 def completion_body(response: router_pb2.CompleteResponse) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from services.router.rate_refused import RateRefused
 from services.router.routed import Routed
 from services.router.settings import RouterSettings
 from services.router.store import (
+    PICO,
     Account,
     Allowance,
     Hold,
@@ -334,12 +335,7 @@ class Admission:
 
     def _refusal(self, verdict: Verdict, hold: Hold) -> ServiceError:
         if verdict.refused == "duplicate":
-            return ServiceError(
-                grpc.StatusCode.ALREADY_EXISTS,
-                "DUPLICATE_REQUEST",
-                f"request id {hold.request_id!r} was used before: each request needs its own",
-                {"field": "request_id"},
-            )
+            return _duplicate(verdict, hold.request_id)
         if verdict.refused == "rate":
             return self._rate_limited()
         return StoreUnavailable()  # 'undone': a resent copy of an admission this router undid and gave up on
@@ -352,6 +348,35 @@ class Admission:
             f"rate limit of {self.settings.rate_limit_rpm} requests per minute reached",
             {"retry_after_s": str(rate_retry_after_s(time.time()))},
         )
+
+
+def _duplicate(verdict: Verdict, request_id: str) -> ServiceError:
+    """A request id used before (by this tenant: the store keeps ids per tenant), with what that request was charged
+    (`charged_usd`, as a failure's charge is told) or the hold of its charge still open (`held_usd`): a caller that
+    lost its answer (a batch line whose edge died) is told what the ledger charges it, not nothing."""
+    metadata = {"field": "request_id"}
+    told = []
+    if verdict.charged is not None:
+        metadata["charged_usd"] = _usd(verdict.charged)
+        told.append(f"it was charged {metadata['charged_usd']} USD")
+    if verdict.held is not None:
+        metadata["held_usd"] = _usd(verdict.held)
+        told.append(
+            f"its charge is pending, holding {metadata['held_usd']} USD: it is charged its cost when served, or "
+            "that hold if its router died"
+        )
+    if not told:
+        told.append("what it was charged is in the ledger under its id")
+    return ServiceError(
+        grpc.StatusCode.ALREADY_EXISTS,
+        "DUPLICATE_REQUEST",
+        f"request id {request_id!r} was used before: each request needs its own ({'; '.join(told)})",
+        metadata,
+    )
+
+
+def _usd(pico: int) -> str:
+    return format(Decimal(pico) / PICO, "f")  # plain notation, as every charge
 
 
 def _worst_case(routed: Routed) -> int:

@@ -21,7 +21,7 @@ named also picks the provider's Batch API that is). A line
 offered again after it was sent in a recorded batch (the reply to its SubmitBatch lost: the call runs to its end
 after its caller left) is answered deferred in that batch, for its recorded model, so the caller collects it; one
 pending with no batch recorded is answered deferred with an error and the hold it is charged when the hold lapses,
-what the ledger will have (refused as a duplicate, it was in the caller's files at nothing), once its creation is
+what the ledger will have (refused as a duplicate, it was in the caller's files as pending), once its creation is
 surely over: a SubmitBatch sends its lines within SEND_START_S of its start (or withdraws them), so within SENDING_S of
 its admission a line is answered BATCH_BEING_SENT instead (UNAVAILABLE: ask again), whose batch, recorded meanwhile,
 is then collected. A caller that may send no line any more (its batch cancelled, or past its window) asks instead
@@ -185,7 +185,7 @@ class Deferred:
         A line pending with no batch recorded (its batch's creation had an unknown outcome, or was not recorded, or
         the line was admitted by a router of the version before) is answered deferred with the error its SubmitBatch
         gave, or would have given, and the hold it is charged when the hold lapses (no collect settles it from a
-        batch), as the ledger will have it: refused as a duplicate, the caller wrote it at nothing. Within SENDING_S
+        batch), as the ledger will have it: refused as a duplicate, the caller wrote it as pending. Within SENDING_S
         of its admission such a line may still be in its creation: BATCH_BEING_SENT (the caller asks again later).
         None for any other line, which admission then takes as before (a new one is admitted; one in use otherwise,
         refused)."""

@@ -6,13 +6,12 @@ never sent stays unsent. An edge process SIGKILLed on the chain's router and Red
 
 from __future__ import annotations
 
-import asyncio
 import os
 import secrets
 import signal
 import subprocess
 import sys
-import time
+from decimal import Decimal
 
 import pytest
 import redis.asyncio as redis
@@ -25,7 +24,7 @@ from services.edge.settings import EdgeSettings
 from tests.conftest import ROOT, ledger_records
 from tests.fakes import Fault
 from tests.integration.conftest import Chain, free_port, start_edge
-from tests.integration.test_batch_edge_crash import healthy, reached_upstream
+from tests.integration.test_batch_edge_crash import charged, healthy, reached_upstream, recorded_cost
 from tests.integration.test_batch_revoked_key import created_where_no_line_goes_out, edge_keyed
 from tests.integration.test_batches import small_file
 from tests.integration.test_provider_batches import finished, lines_of
@@ -65,10 +64,7 @@ async def test_a_line_in_flight_when_the_edge_died_is_in_the_files_of_its_cancel
         doomed.send_signal(signal.SIGKILL)
         doomed.wait()
         await client.close()
-        deadline = time.monotonic() + 20
-        while not [r for r in await ledger_records(db) if r["tenant"] == tenant]:  # the router ran it to its end
-            assert time.monotonic() < deadline, "the line in flight was never charged"
-            await asyncio.sleep(0.1)
+        ledger_cost = await charged(db, tenant, f"{batch.id}:doomed-0")  # the router ran it to its end
 
         settings = EdgeSettings(**{k.removeprefix("EDGE_").lower(): v for k, v in env.items()})  # type: ignore[arg-type]
         edge, task, channel = await start_edge(settings)  # the dead edge's lease still holds the batch
@@ -84,6 +80,7 @@ async def test_a_line_in_flight_when_the_edge_died_is_in_the_files_of_its_cancel
             await task
             await channel.close()
         ledger = [r for r in await ledger_records(db) if r["tenant"] == tenant]
+        line_cost = await recorded_cost(db, batch.id, 0)
     finally:
         doomed.kill()
         await client.close()
@@ -96,6 +93,8 @@ async def test_a_line_in_flight_when_the_edge_died_is_in_the_files_of_its_cancel
     assert not output and set(errors) == {"doomed-0"}, (output, errors)
     in_doubt = errors["doomed-0"]["response"]
     assert in_doubt["status_code"] == 409 and in_doubt["body"]["error"]["code"] == "duplicate_request", in_doubt
+    # At what the ledger charged it, not 0, and counted so in the batch's cost.
+    assert ledger_cost > 0 and Decimal(in_doubt["body"]["x_router"]["cost_usd"]) == ledger_cost == line_cost, in_doubt
     assert batch.request_counts is not None and batch.request_counts.failed == 1
 
 

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
@@ -21,9 +22,10 @@ from openai import AsyncOpenAI
 from pydantic import SecretStr
 
 from llmrouter import channels
-from services.batches.store import PREFIX
+from services.batches.store import PREFIX, results_key
 from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
+from services.router.store import Account, AccountKeys, RedisStore, key_id
 from tests.conftest import ROOT, ledger_records
 from tests.fakes import Fault
 from tests.integration.conftest import Chain, free_port, start_edge
@@ -32,6 +34,24 @@ from tests.integration.test_money_faults import RouterProcess
 from tests.integration.test_provider_batches import finished
 
 WINDOW_S = 3
+
+
+async def charged(db: redis.Redis, tenant: str, request_id: str) -> Decimal:
+    """What the ledger charged the request id, once it has: the line's error file must say as much."""
+    deadline = time.monotonic() + 20
+    while not (
+        records := [r for r in await ledger_records(db) if (r["tenant"], r["request_id"]) == (tenant, request_id)]
+    ):
+        assert time.monotonic() < deadline, f"{request_id} was never charged"
+        await asyncio.sleep(0.1)
+    return sum((Decimal(r["cost_usd"]) for r in records), Decimal(0))
+
+
+async def recorded_cost(db: redis.Redis, batch_id: str, index: int) -> Decimal:
+    """What the batch's result of line `index` cost, as its batch counts it (llmrouter_edge_batch_cost_usd_total)."""
+    result = await db.hget(results_key(batch_id), str(index))
+    assert result is not None, f"line {index} of {batch_id} has no result"
+    return Decimal(json.loads(result)["cost"])
 
 
 async def reached_upstream(chain: Chain, seen: int) -> None:
@@ -89,6 +109,8 @@ async def test_a_line_in_flight_when_the_edge_dies_is_not_reported_never_sent_af
         await reached_upstream(chain, seen)
         doomed.send_signal(signal.SIGKILL)
         doomed.wait()
+        line = f"{batch.id}:doomed-0"
+        ledger_cost = await charged(db, tenant, line)  # the router ran the line to its end: charged, its answer lost
         assert batch.expires_at is not None
         await asyncio.sleep(max(0.0, batch.expires_at + 0.5 - time.time()))  # the window is over
         await db.delete(f"{PREFIX}lease:{batch.id}")  # the dead edge's lease lapses (30 s), sooner
@@ -118,6 +140,7 @@ async def test_a_line_in_flight_when_the_edge_dies_is_not_reported_never_sent_af
             await task
             await channel.close()
         ledger = [r for r in await ledger_records(db) if r["tenant"] == tenant]
+        line_cost = await recorded_cost(db, batch.id, 0)
     finally:
         doomed.kill()
         await client.close()
@@ -126,13 +149,17 @@ async def test_a_line_in_flight_when_the_edge_dies_is_not_reported_never_sent_af
     assert batch.status == "expired"
     by_line = {e["custom_id"]: e for e in errors}
     assert by_line["doomed-1"]["error"]["code"] == "batch_expired"  # never sent: failed, as OpenAI reports it
-    # The line in flight was admitted by the router: sent again, it is refused as a duplicate, with the request id
-    # the ledger has it under, whether or not it was charged; never reported as never sent.
+    # The line in flight was admitted and charged by the router: sent again, it is refused as a duplicate, with the
+    # request id the ledger has it under and what the ledger charged it (not 0), counted in the batch's cost; never
+    # reported as never sent.
     in_doubt = by_line["doomed-0"]
     assert in_doubt["error"] is None and in_doubt["response"]["status_code"] == 409, in_doubt
-    assert in_doubt["response"]["body"]["error"]["code"] == "duplicate_request"
+    body = in_doubt["response"]["body"]
+    assert body["error"]["code"] == "duplicate_request"
+    assert ledger_cost > 0 and Decimal(body["x_router"]["cost_usd"]) == ledger_cost, (body, ledger_cost)
+    assert line_cost == ledger_cost
     assert output == ""
-    assert {r["request_id"] for r in ledger} <= {f"{batch.id}:doomed-0"}
+    assert [r["request_id"] for r in ledger] == [line]
 
 
 async def test_a_line_in_flight_when_the_router_dies_is_not_reported_never_sent_after_the_window(
@@ -176,6 +203,22 @@ async def test_a_line_in_flight_when_the_router_dies_is_not_reported_never_sent_
         await revived.ready()
         batch = await finished(client, batch.id, timeout_s=30)
         errors = [json.loads(e) for e in (await client.files.content(batch.error_file_id)).text.splitlines()]
+        # The dead router's charge is open, held, until the reconciler settles it at its hold (within the heartbeat
+        # TTLs, 15 s and more: here at once, by the reconciler's own settlement of the record it sweeps).
+        line = f"{batch.id}:doomed-0"
+        store = RedisStore(chain.redis_url)
+        try:
+            account = Account(tenant, key_id(key))
+            open_charge = await store.pending_charge(account, line)
+            assert open_charge is not None, "the line's charge is not open"
+            assert await store.settle_swept(await store.redis.hget(AccountKeys.of(account).pending, open_charge.field))
+        finally:
+            await store.close()
+        db = redis.from_url(chain.redis_url)
+        try:
+            ledger_cost = await charged(db, tenant, line)
+        finally:
+            await db.aclose()
     finally:
         await client.close()
         edge.should_exit = True
@@ -188,4 +231,8 @@ async def test_a_line_in_flight_when_the_router_dies_is_not_reported_never_sent_
     assert batch.status == "expired" and by_line["doomed-1"]["error"]["code"] == "batch_expired"
     in_doubt = by_line["doomed-0"]
     assert in_doubt["error"] is None and in_doubt["response"]["status_code"] == 409, in_doubt
-    assert in_doubt["response"]["body"]["error"]["code"] == "duplicate_request"
+    body = in_doubt["response"]["body"]
+    assert body["error"]["code"] == "duplicate_request"
+    # Sent again while its charge was open: pending, at the hold the reconciler then charged, not a cost of 0.
+    assert body["x_router"]["cost_pending"] is True and "cost_usd" not in body["x_router"], body
+    assert ledger_cost > 0 and Decimal(body["x_router"]["held_usd"]) == ledger_cost, (body, ledger_cost)

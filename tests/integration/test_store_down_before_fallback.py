@@ -161,7 +161,10 @@ async def test_an_unknown_outcome_then_the_store_down_ends_with_the_attempts_err
         if ServiceError.from_rpc_error(again.value).reason != "STORE_UNAVAILABLE":
             break
         await asyncio.sleep(UPKEEP_S)
-    assert ServiceError.from_rpc_error(again.value).reason == "DUPLICATE_REQUEST"
+    duplicate = ServiceError.from_rpc_error(again.value)
+    assert duplicate.reason == "DUPLICATE_REQUEST"
+    # It says what the ledger charged the request of its id (through the outbox), not nothing.
+    assert Decimal(duplicate.metadata["charged_usd"]) == Decimal(record["cost_usd"]), duplicate.metadata
 
 
 async def test_a_refused_attempt_then_the_store_down_still_falls_back_and_is_charged_once(

@@ -1,7 +1,7 @@
 """Offering a batch's lines to provider batches again, after a SubmitBatch call whose reply the edge never got (its
 deadline passed, or the connection was cut: the router's server closes connections MAX_CONNECTION_AGE after they
 open), finds the lines the router sent meanwhile in their provider batch. Otherwise they are refused as duplicates,
-end in the error file (duplicate_request, charged 0) and are charged their hold, the worst case, when it lapses a day
+end in the error file (duplicate_request, pending) and are charged their hold, the worst case, when it lapses a day
 later: the tenant pays the most for answers it never gets. A real router gRPC server (its interceptor, auth none)
 over Redis; a providers gRPC server whose Batch API is slow to create a batch; the edge's Deferral, which then collects
 them."""
@@ -108,7 +108,7 @@ async def test_a_line_offered_again_with_no_provider_batch_recorded_is_answered_
 ) -> None:
     """A line pending with no batch recorded (its batch's creation had an unknown outcome) is deferred with its
     error and the hold it is charged when the hold lapses (no batch's results settle it), as its lost reply had it:
-    refused as a duplicate, the caller's error file had it at nothing. It stays held, as it was."""
+    refused as a duplicate, the caller's error file had it as pending. It stays held, as it was."""
     monkeypatch.setattr(deferred, "SENDING_S", 0.0)  # its creation is over
     running, store = router
     account = Account("acme", "anonymous")
@@ -253,7 +253,7 @@ async def test_a_line_offered_by_two_calls_at_once_is_not_sent_to_complete_while
     """An edge that lost a SubmitBatch's reply (it crashed, its call cut) offers the lines again while the first call
     still runs: both may look a line up before either admits it (a slow store, or a slow classifier). The call whose
     admission of it was refused as a duplicate answered it not deferred, so its edge sent it to Complete, refused as a
-    duplicate (the error file at nothing), while the other call sent it in a provider batch no one collects (its hold
+    duplicate (the error file: pending), while the other call sent it in a provider batch no one collects (its hold
     charged when it lapses, its answer lost). Looked up again, it is answered as any line being sent: the call fails
     BATCH_BEING_SENT, and its caller asks again. Real Redis, paused while both calls look the line up."""
     running, store = router

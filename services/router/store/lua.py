@@ -20,6 +20,9 @@ end
 local function less(a_hi, a_lo, b_hi, b_lo)
   return a_hi < b_hi or (a_hi == b_hi and a_lo < b_lo)
 end
+local function decimal(hi, lo)
+  return hi > 0 and string.format('%d%09d', hi, lo) or string.format('%d', lo)
+end
 """
 
 # The hold the store holds for a request: the one its pending charge records. A router may know a smaller one: when
@@ -162,8 +165,13 @@ local recorded = redis.call('HGET', KEYS[8], ARGV[9])
 if recorded == ARGV[10] then return {'', '0', '0', ''} end
 -- Another request with this id is a duplicate while the id is used, in flight, or charged: the charged marker
 -- outlives the used one by the request's run time, and a request admitted then would be served and its charge
--- refused as a repeat.
-if recorded or redis.call('EXISTS', KEYS[2], KEYS[9]) > 0 then return {'duplicate', '0', '0', ''} end
+-- refused as a repeat. Its refusal says what the id was charged in all, when the marker has it (model.py,
+-- CHARGED_TOTAL), and the hold of its charge still open: '' for none.
+if recorded or redis.call('EXISTS', KEYS[2], KEYS[9]) > 0 then
+  local charged = string.match(redis.call('GET', KEYS[9]) or '', ' 1::pico=(%d+)$')
+  local held = recorded and string.match(recorded, '"hold_pico":%s*(%d+)')
+  return {'duplicate', '0', '0', '', charged or '', held or ''}
+end
 local per_minute = tonumber(ARGV[1])
 if per_minute > 0 and tonumber(redis.call('GET', KEYS[1]) or '0') >= per_minute then return {'rate', '0', '0', ''} end
 local budgets = {{KEYS[3], KEYS[4], ARGV[2], ARGV[11], 'tenant'}, {KEYS[13], KEYS[14], ARGV[3], ARGV[12], 'key'}}
@@ -192,9 +200,6 @@ local function left(l_hi, l_lo, u_hi, u_lo)
   local d_hi, d_lo = l_hi - u_hi, l_lo - u_lo
   if d_lo < 0 then d_hi, d_lo = d_hi - 1, d_lo + B end
   return d_hi, d_lo
-end
-local function decimal(hi, lo)
-  return hi > 0 and string.format('%d%09d', hi, lo) or string.format('%d', lo)
 end
 -- r: what the tightest budget has left after spend and holds; s: what the tightest after spend alone has left (it
 -- may be the other budget: s_name).
@@ -260,6 +265,7 @@ return 1
 
 CHARGE = (
     _MUST_LAND
+    + _EXACT
     + _HELD
     + _PERMITTED
     + f"local SPEND_MAX = {SPEND_MAX_PICO}\n"
@@ -272,13 +278,16 @@ CHARGE = (
 -- Returns 1 when charged now, or before by this very charge (its id in the marker: its reply was lost); else 0.
 -- The charged marker: 'batch:<id>' for a provider batch line's; else one entry per charge that landed on the request
 -- id, space-separated, each '1:<charge id>:<admission nonce>' (either may be ''), or '1' or '1:<charge id>' as
--- written by routers of versions before (which name no admission). More than one entry only when a store that lost
--- an admission let the request id in again (model.py, charged_marker).
+-- written by routers of versions before (which name no admission), then '1::pico=<what they charged in all>' while
+-- every one is known (model.py, CHARGED_TOTAL). More than one entry only when a store that lost an admission let
+-- the request id in again (model.py, charged_marker).
 local met = redis.call('GET', KEYS[1])
 local function entries_of(value)
   if not value or string.sub(value, 1, 6) == 'batch:' then return {} end
   local found = {}
-  for entry in string.gmatch(value, '%S+') do found[#found + 1] = entry end
+  for entry in string.gmatch(value, '%S+') do
+    if string.sub(entry, 1, 8) ~= '1::pico=' then found[#found + 1] = entry end
+  end
   return found
 end
 -- This very charge, made before (replayed from the outbox, or resent after its reply was lost): made, once.
@@ -348,14 +357,20 @@ local function another_admissions(value)
   end
   return true
 end
-if not met then
-  redis.call('SET', KEYS[1], marker, 'EX', ARGV[2])
-elseif own or another_admissions(met) then
-  local kept = #entries_of(met) > 0 and string.sub(marker, 1, 6) ~= 'batch:'
-  redis.call('SET', KEYS[1], kept and (met .. ' ' .. marker) or marker, 'EX', ARGV[2])
-else
-  return 0
+if met and not (own or another_admissions(met)) then return 0 end
+-- The marker after this charge (model.py, marker_after_charge): the entries met and this one, with their total
+-- while every charge is known: a duplicate's refusal says it (ADMIT).
+if string.sub(marker, 1, 6) ~= 'batch:' then
+  local before = met and string.match(met, ' 1::pico=(%d+)$') or (not met and '0')
+  local entries = entries_of(met)
+  entries[#entries + 1] = marker
+  marker = table.concat(entries, ' ')
+  if before then
+    local b_hi, b_lo = split(before)
+    marker = marker .. ' 1::pico=' .. decimal(add(b_hi, b_lo, split(ARGV[1])))
+  end
 end
+redis.call('SET', KEYS[1], marker, 'EX', ARGV[2])
 for i = 2, 3 do
   redis.call('INCRBY', KEYS[i], ARGV[1])
   if tonumber(ARGV[4]) > 0 then redis.call('EXPIRE', KEYS[i], ARGV[4]) end

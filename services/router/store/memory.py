@@ -18,8 +18,9 @@ from services.router.store.model import (
     Prices,
     Verdict,
     charged_marker,
+    marker_after_charge,
     marker_batch,
-    marker_entries,
+    marker_charged_pico,
     marker_names_charge,
     marker_spares_admission,
     pending_field,
@@ -81,13 +82,13 @@ class MemoryStore:
         if keys.undone(hold.nonce) in self.undone:
             return Verdict("undone")
         # Used, in flight or charged: each is kept in its own window, and a request admitted while its id is
-        # charged but no longer used would be served with its charge refused as a repeat.
-        if (
-            keys.used(hold.request_id) in self.used
-            or pending_field(account, hold.request_id) in self.pending
-            or keys.charged(hold.request_id) in self.charged
-        ):
-            return Verdict("duplicate")
+        # charged but no longer used would be served with its charge refused as a repeat. The refusal says what the
+        # id was charged and the hold of its charge still open, as RedisStore's ADMIT.
+        in_flight = self.pending.get(pending_field(account, hold.request_id))
+        marker = self.charged.get(keys.charged(hold.request_id))
+        if keys.used(hold.request_id) in self.used or in_flight is not None or marker is not None:
+            charged = marker_charged_pico(marker)
+            return Verdict("duplicate", charged=charged, held=None if in_flight is None else in_flight.hold_pico)
         now = time.time()
         subject = self._rate_counter(keys, now)
         if allowance.per_minute and self.rate_counts.get(subject, 0) >= allowance.per_minute:
@@ -168,15 +169,12 @@ class MemoryStore:
             self._drop(account, hold)
         if late and pending is None:
             return False
-        marker = charged_marker(batch, charge_id, hold.nonce)
         if met is not None:
             # Another admission's charge of the id (lua.py, CHARGE): kept beside this one. Else a repeat.
             if not (own or marker_spares_admission(met, hold.nonce)):
                 return False
-            if marker_entries(met) and not batch:
-                marker = f"{met} {marker}"
             self.charged.discard(charged)
-        self.charged.add(charged, marker)
+        self.charged.add(charged, marker_after_charge(met, charged_marker(batch, charge_id, hold.nonce), pico))
         for spend_key in keys.spend(hold.period):
             self.counters[spend_key] = self.counters.get(spend_key, 0) + pico
         self.ledger.append(record)

@@ -216,9 +216,34 @@ def charged_marker(batch: str, charge_id: str, nonce: str = "") -> str:
     return f"1:{charge_id}" if charge_id else "1"
 
 
+# What a request id was charged in all (pico-USD), after a charged marker's entries: ' 1::pico=<n>', kept while every
+# charge on the id is known (none of a version before, nor a provider batch line's), so that a duplicate's refusal
+# says what the request cost (lua.py, ADMIT). Routers of the version before read it as an entry of no charge id and of
+# an admission none makes (nonces are hex): another admission's charge, which changes none of their decisions.
+CHARGED_TOTAL = "1::pico="
+
+
 def marker_entries(marker: str | None) -> list[str]:
     """The charges a charged marker names (charged_marker); none for a provider batch line's."""
-    return [] if marker is None or marker.startswith("batch:") else marker.split()
+    if marker is None or marker.startswith("batch:"):
+        return []
+    return [entry for entry in marker.split() if not entry.startswith(CHARGED_TOTAL)]
+
+
+def marker_charged_pico(marker: str | None) -> int | None:
+    """What the request id of a charged marker was charged in all; None when that is not on record."""
+    last = (marker or "").rsplit(" ", 1)[-1]
+    return int(last.removeprefix(CHARGED_TOTAL)) if last.startswith(CHARGED_TOTAL) else None
+
+
+def marker_after_charge(met: str | None, entry: str, pico: int) -> str:
+    """The charged marker once a charge of `pico`, of entry `entry` (charged_marker), lands on a request id whose
+    marker was `met`: the entries met and this one, and their total while every one is known (lua.py, CHARGE)."""
+    if entry.startswith("batch:"):
+        return entry
+    before = marker_charged_pico(met) if met is not None else 0
+    total = f" {CHARGED_TOTAL}{before + pico}" if before is not None else ""
+    return " ".join([*marker_entries(met), entry]) + total
 
 
 def marker_names_charge(marker: str | None, charge_id: str) -> bool:
@@ -290,6 +315,11 @@ class Verdict:
     remaining: int = 0
     spend_left: int = 0
     spend_budget: str = ""
+    # A duplicate's: what its request id was charged in all (pico-USD), None when that is not on record (nothing
+    # charged yet, or charged by a router of a version before or as a provider batch line); and `held`, the hold of
+    # its charge still open (in flight, or left to the reconciler), None when none is.
+    charged: int | None = None
+    held: int | None = None
 
 
 class Store(Protocol):

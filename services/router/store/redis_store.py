@@ -88,6 +88,11 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _pico_or_none(value: Any) -> int | None:
+    """A script's pico-USD amount, '' for none."""
+    return int(value) if _text(value) else None
+
+
 def _held_sum(members: list[Any]) -> int:
     """Hold members begin '<pico>:' (keys.py, hold_member; and those written before members named the tenant)."""
     return sum(int(_text(m).split(":", 1)[0]) for m in members)
@@ -162,8 +167,9 @@ class RedisStore:
         names += [keys.limits, keys.pending, keys.charged(hold.request_id), keys.undone(hold.nonce), keys.batches]
         names += [keys.models, *keys.key_budget(hold.period), keys.prices]
         async with self._call():
-            refused, remaining, spend_left, spend_budget = await self._admit(keys=names, args=args)
-        return Verdict(_text(refused), int(remaining), int(spend_left), _text(spend_budget))
+            refused, remaining, spend_left, spend_budget, *duplicate = await self._admit(keys=names, args=args)
+        charged, held = (_pico_or_none(value) for value in duplicate or ["", ""])
+        return Verdict(_text(refused), int(remaining), int(spend_left), _text(spend_budget), charged, held)
 
     async def count_request(self, account: Account, allowance: Allowance) -> bool:
         if not allowance.per_minute:

@@ -1,0 +1,62 @@
+"""A request id refused as a duplicate says what the request of that id was charged, or the hold of its charge still
+open: a batch line sent again after its edge died, its first answer lost, is refused so, and its error file said
+it cost nothing while the ledger charged it. Per tenant, as request ids are: another tenant's request of the same id
+is its own. Real Redis (and a marker of the version before, which kept no amount), and the in-process store."""
+
+from __future__ import annotations
+
+import redis.asyncio as redis
+
+from services.router.store import Account, AccountKeys, Allowance, Hold, MemoryStore, Store, Verdict, period_id
+from tests.router.test_lost_admission_reused_id import lose_admission
+
+ACCOUNT = Account("acme", "key1")
+FREE = Allowance("day")
+DAY = period_id("day")
+
+
+async def test_a_duplicate_says_its_charge_once_charged_and_its_hold_while_open(store: Store) -> None:
+    first = Hold("line-1", 5_000, DAY, "router-1", "aaaa0001")
+    assert (await store.admit(ACCOUNT, FREE, first)).refused == ""
+    again = Hold("line-1", 5_000, DAY, "router-1", "aaaa0002")
+    assert await store.admit(ACCOUNT, FREE, again) == Verdict("duplicate", held=5_000)  # in flight: not yet charged
+    assert await store.charge(ACCOUNT, first, 1_234, {}, charge_id="c0ffee01")
+    assert await store.admit(ACCOUNT, FREE, again) == Verdict("duplicate", charged=1_234)
+    # Another tenant's request of the same id is its own, and its refusal tells none of the first tenant's charge.
+    other = Account("other", "key1")
+    assert (await store.admit(other, FREE, again)).refused == ""
+    assert await store.admit(other, FREE, first) == Verdict("duplicate", held=5_000)
+
+
+async def test_a_duplicate_says_a_charge_beyond_a_double_to_the_pico(store: Store) -> None:
+    large = Hold("large", 2**62 + 1, DAY, "router-1", "aaaa0003")
+    assert (await store.admit(ACCOUNT, FREE, large)).refused == ""
+    assert await store.charge(ACCOUNT, large, 2**62 + 1, {}, charge_id="c0ffee03")
+    assert (await store.admit(ACCOUNT, FREE, large)).charged == 2**62 + 1
+
+
+async def test_a_duplicate_says_what_both_admissions_of_its_id_were_charged(store: Store, redis_url: str) -> None:
+    """A store that lost an admission let its id in again: both requests are charged (test_lost_admission_reused_id),
+    and the id's refusal says both, as the ledger has them under it."""
+    first = Hold("r-1", 3_000, DAY, "router-1", "aaaa0001")
+    assert (await store.admit(ACCOUNT, FREE, first)).refused == ""
+    await lose_admission(store, redis_url, first)
+    second = Hold("r-1", 4_000, DAY, "router-2", "bbbb0002")
+    assert (await store.admit(ACCOUNT, FREE, second)).refused == ""
+    assert await store.charge(ACCOUNT, first, 2_000, {}, charge_id="c0ffee01")
+    assert await store.admit(ACCOUNT, FREE, first) == Verdict("duplicate", charged=2_000, held=4_000)
+    assert await store.charge(ACCOUNT, second, 3_500, {}, charge_id="c0ffee02")
+    assert await store.charge(ACCOUNT, second, 3_500, {}, charge_id="c0ffee02")  # its reply lost: sent again
+    assert await store.admit(ACCOUNT, FREE, first) == Verdict("duplicate", charged=5_500)
+
+
+async def test_a_duplicate_of_a_charge_with_no_amount_on_record_says_none(redis_url: str, store: Store) -> None:
+    """A marker a router of the version before wrote keeps no amount: the refusal says none (not 0)."""
+    if isinstance(store, MemoryStore):
+        store.charged.add(AccountKeys.of(ACCOUNT).charged("old"), "1:c0ffee00:aaaa0000")
+    else:
+        client = redis.from_url(redis_url)
+        await client.set(AccountKeys.of(ACCOUNT).charged("old"), "1:c0ffee00:aaaa0000")
+        await client.aclose()
+    late = Hold("old", 3_000, DAY, "router-1", "aaaa0004")
+    assert await store.admit(ACCOUNT, FREE, late) == Verdict("duplicate")
