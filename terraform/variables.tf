@@ -151,7 +151,8 @@ variable "redis_password_secret" {
     error_message = "redis_password_secret.name must be a Secret name (DNS-1123 subdomain)."
   }
   validation {
-    condition     = var.redis_password_secret == null || alltrue([for key in values(var.redis_password_secret.keys) : can(regex("^[-._a-zA-Z0-9]{1,253}$", key))])
+    # try(): Terraform before 1.12 evaluates both sides of ||, and null has no keys.
+    condition     = var.redis_password_secret == null || alltrue([for key in values(try(var.redis_password_secret.keys, {})) : can(regex("^[-._a-zA-Z0-9]{1,253}$", key))])
     error_message = "redis_password_secret.keys must be Secret keys: letters, digits, '-', '_' and '.'."
   }
 }

