@@ -236,8 +236,22 @@ def test_network_policies_only_edge_is_open(docs: list[dict]) -> None:
         assert peers is not None, svc
         assert [p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in peers] == callers, svc
         assert policies[name(svc)]["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == svc
-    for policy in policies.values():
-        assert policy["spec"]["policyTypes"] == ["Ingress"]
+    for policy_name, policy in policies.items():
+        if "-redis-" not in policy_name:  # the Redis pods' egress is always closed (below)
+            assert policy["spec"]["policyTypes"] == ["Ingress"]
+
+
+def test_the_redis_pods_call_no_one_even_with_egress_policies_off(docs: list[dict]) -> None:
+    """Each Redis pod's exporter holds its Redis' password, and redis_exporter's /scrape?target=redis://<host>
+    connects to any host a scraper (networkPolicy.metricsFrom: any pod labelled prometheus) names, with it."""
+    policies = by_kind(docs, "NetworkPolicy")
+    for store in ("redis-money", "redis-cache", "redis-batches"):
+        workloads = by_kind(docs, "StatefulSet") | by_kind(docs, "Deployment")
+        pod = workloads[name(store)]["spec"]["template"]["spec"]
+        (exporter,) = [c for c in pod["containers"] if c["name"] == "exporter"]
+        assert "REDIS_PASSWORD" in {e["name"] for e in exporter["env"]}
+        assert policies[name(store)]["spec"]["policyTypes"] == ["Ingress", "Egress"], store
+        assert policies[name(store)]["spec"]["egress"] == [], store
 
 
 def test_autoscaling_and_disruption_budgets(docs: list[dict]) -> None:
