@@ -155,6 +155,7 @@ def api_error(err: grpc.RpcError, request_id: str, charging: bool = False) -> Ap
         retryable=error.metadata.get("retryable") != "false"
         and not _costs_something(charged)
         and not (charging and error.cut_mid_call),
+        cost_pending=charging and error.cut_mid_call and not charged,
     )
 
 
@@ -385,13 +386,8 @@ class Edge:
             yield sse("[DONE]")
         except grpc.RpcError as err:
             # Headers are gone: report the failure in the stream, as OpenAI does, and end it; with what it was
-            # charged (what reached the caller), as x-router-cost-usd would have said. A router that went away
-            # mid-answer said nothing: its charge is settled after (the reconciler charges the hold, at most), so it
-            # is pending, never an absent cost a caller would read as nothing.
-            body = api_error(err, request_id).body()
-            if "x_router" not in body and ServiceError.from_rpc_error(err).cut_mid_call:
-                body["x_router"] = {"cost_pending": True}
-            yield sse(body)
+            # charged (what reached the caller), as x-router-cost-usd would have said, or that its charge is pending.
+            yield sse(api_error(err, request_id, charging=True).body())
         finally:
             call.cancel()  # ended, failed or the caller left: stop the work downstream
 

@@ -555,6 +555,7 @@ class ApiError(Exception):
         request_id: str = "",
         retryable: bool = True,
         held_usd: str = "",
+        cost_pending: bool = False,
     ) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.retry_after = status, message, param, code, retry_after
@@ -562,6 +563,8 @@ class ApiError(Exception):
         # of its id was charged.
         self.charged_usd = charged_usd
         self.held_usd = held_usd  # a duplicate's whose charge is still open: the hold it has now
+        # A completion its router dropped mid-call: perhaps admitted, then charged by the reconciler (its hold at most).
+        self.cost_pending = cost_pending or bool(held_usd)
         self.request_id = request_id  # when the request reached the router: its access-log and ledger name
         # False when sending the same request again cannot succeed (a budget its spend alone has exhausted): OpenAI's
         # SDKs retry a 429 unless told `x-should-retry: false`.
@@ -577,10 +580,12 @@ class ApiError(Exception):
         error = {"message": self.message, "type": kind, "param": self.param, "code": self.code}
         body: dict[str, Any] = {"error": error}
         # What it cost, as an answer's x_router.cost_usd: a batch line's error file counts it. A charge still open
-        # has no cost yet: it is pending, holding held_usd now.
+        # (or perhaps opened, by a router that went away) has no cost yet: it is pending, holding held_usd now.
         told: dict[str, Any] = {"cost_usd": self.charged_usd} if self.charged_usd else {}
+        if self.cost_pending:
+            told["cost_pending"] = True
         if self.held_usd:
-            told.update(cost_pending=True, held_usd=self.held_usd)
+            told["held_usd"] = self.held_usd
         if told:
             body["x_router"] = told
         return body

@@ -61,6 +61,7 @@ async def test_a_request_whose_router_died_mid_call_is_not_retried_by_the_sdk_on
         await killer
         assert err.value.status_code == 503, err.value.response.text
         assert err.value.response.headers["x-should-retry"] == "false" and len(sent) == 1
+        assert err.value.response.json()["x_router"] == {"cost_pending": True}  # settled after, at most its hold
         found = re.search(r"request id ([0-9a-f]{32})", err.value.message)
         assert found
 
