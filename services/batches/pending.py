@@ -2,8 +2,10 @@
 
 A line the router refuses for now (a rate limit, the router or its money store out of reach) goes back to wait,
 and the whole batch is parked until the router's retry time: its lines then hold none of the edge's runner slots,
-which other batches' lines use meanwhile. Each line is waiting, in flight or finished, never two of these, so it
-is sent again only after a refusal (nothing admitted, nothing charged) and recorded once."""
+which other batches' lines use meanwhile. So does a line sent again after its edge died whose first attempt's charge
+is still open (the router refuses it as a duplicate, pending): it is asked again until that charge settles. Each line
+is waiting, in flight or finished, never two of these, so it is sent again only after a refusal (nothing admitted,
+nothing charged; or a duplicate, charged once whichever) and recorded once."""
 
 from __future__ import annotations
 
@@ -50,8 +52,8 @@ class Pending:
         self._changed.set()
 
     def refused(self, index: int, retry_after_s: float | None) -> None:
-        """The router did not admit the line: it waits again, first in line, and the batch parks until the
-        router's retry time, or for a backoff that grows with each park while the router admits none."""
+        """The router did not admit the line (or its charge is open): it waits again, first in line, and the batch
+        parks until the router's retry time, or for a backoff that grows with each park while the router admits none."""
         self.in_flight -= 1
         self.waiting.appendleft(index)
         now = asyncio.get_running_loop().time()

@@ -20,8 +20,13 @@ and its first failure past that end is run again at once: that run sends no new 
 lines in doubt or in provider batches), so it ends the batch `expired` on time unless it fails too. Stopping the edge
 (from the start of its shutdown, while its requests drain: Runner.stop) takes no batch and no line any more, lets the
 lines in flight finish and gives up its batches' leases; a crash loses the results of lines in flight, whose retry the
-router then refuses as a duplicate (charged once, in the ledger; the error file has that charge, or that it is pending
-at its hold while the router has not settled it).
+router then refuses as a duplicate (charged once, in the ledger; the error file has that charge, counted once in the
+batch's cost). While that charge is still open (the first attempt still running, or its router dead and the reconciler
+not yet past), the refusal says it is pending at its hold: the line is asked again, its batch parked meanwhile as for a
+line not admitted (CHARGE_OPEN_RETRY_S), until the router says what it charged. Not past its batch's window or a
+cancel: the line is sent once more then (as any line in doubt), and if its charge is still open it is written as the
+refusal says, a 409 whose x_router has cost_pending: true and held_usd (the most it is charged) but no cost_usd,
+counted at 0 in the batch's cost: the ledger has its charge under its request id.
 Such a line, sent and without a result, is in doubt: it goes first when the batch resumes, even past its window or
 cancelled (sent before, only the router knows whether it ran: a cancel lets the lines in flight finish), and is never
 reported as never sent, nor left out of a cancelled batch's files. An edge ending a
@@ -94,6 +99,10 @@ FAILED_MOST_S = 600.0
 UNREACHED_FIRST_S = 1.0
 UNREACHED_MOST_S = LEASE_S / 2
 UNREACHED = "unreached"  # the batch's hash field counting them
+# A resent line whose first attempt's charge is open is asked again after this at least (the park's backoff grows from
+# there): the charge lands when that attempt ends (a completion's seconds), or when the reconciler settles a dead
+# router's hold (its heartbeat TTL, 15 s by default). Each ask is routed and refused: no provider call, no charge.
+CHARGE_OPEN_RETRY_S = 1.0
 
 ErrorFor = Callable[[grpc.RpcError, str], ApiError]
 Serves = Callable[[str, str], bool]  # (tenant, key id) -> whether this edge serves them
@@ -110,6 +119,15 @@ class Refused:
 
     retry_after_s: float | None
     maybe: bool = False
+
+
+@dataclass(frozen=True)
+class ChargeOpen:
+    """The router refused the line as a duplicate whose first attempt's charge is still open (held, not yet settled):
+    (status, body), the refusal as the line's result would have it, pending at its hold."""
+
+    status: int
+    body: dict[str, Any]
 
 
 class Runner:
@@ -353,6 +371,10 @@ class Runner:
             # (the router's answer is their result, as past the window), and no other line is sent.
             cancelled = batch["status"] == b"cancelling"
             checked = 0.0  # when a parked batch last looked for a cancel
+
+            def ending() -> bool:  # as the run stands now: a line whose charge is open is written so, not asked again
+                return cancelled or time.time() >= expires_at
+
             async with asyncio.TaskGroup() as group:
                 while (wait_s := pending.wait_s()) is not None:
                     if self.stopping or renewing.done():  # stopping, or the lease is lost: another edge resumes
@@ -385,7 +407,7 @@ class Runner:
                         if pending.wait_s() != 0 or self.stopping or renewing.done():
                             continue
                         index = pending.take()
-                        group.create_task(self._line(batch_id, batch, index, lines, pending, in_doubt))
+                        group.create_task(self._line(batch_id, batch, index, lines, pending, in_doubt, ending))
                         sending = True
                     finally:
                         if not sending:  # a store error too: a slot lost was lost for good, and once all were, no
@@ -475,9 +497,11 @@ class Runner:
         lines: wire.Lines,
         pending: Pending,
         in_doubt: set[int],
+        ending: Callable[[], bool],
     ) -> None:
         """Send one line and record its result. `in_doubt`: the run's lines sent before that may have been admitted
-        then (resent past the window: only the router knows)."""
+        then (resent past the window: only the router knows). `ending`: whether the batch's window is over or it is
+        cancelled, when a line whose charge is open is written pending rather than asked again."""
         try:
             line = lines[index]
             custom_id = line["custom_id"]
@@ -490,6 +514,14 @@ class Runner:
                     await self.store.put(sent_key(batch_id), {str(index): REFUSED})
                 pending.refused(index, answered.retry_after_s)  # it waits parked, holding no slot
                 return
+            if isinstance(answered, ChargeOpen):
+                if not ending():
+                    # Asked again until the router says what it charged, parked, holding no slot; in doubt, so that
+                    # it is sent once more if the window ends or the batch is cancelled meanwhile.
+                    in_doubt.add(index)
+                    pending.refused(index, CHARGE_OPEN_RETRY_S)
+                    return
+                answered = answered.status, answered.body  # written pending, at its hold
             status, body = answered
             cost = body.get("x_router", {}).get("cost_usd", "0")  # a failure's too: what its attempts were charged
             await results.record(self.store, batch_id, index, custom_id, status, body, cost)
@@ -497,9 +529,12 @@ class Runner:
         finally:
             self.slots.release()
 
-    async def _complete(self, batch: dict[str, bytes], request_id: str, body: Any) -> tuple[int, Any] | Refused:
+    async def _complete(
+        self, batch: dict[str, bytes], request_id: str, body: Any
+    ) -> tuple[int, Any] | Refused | ChargeOpen:
         """(HTTP status, body) of one line, as POST /v1/chat/completions would answer it; Refused when the router
-        did not admit it (nothing claimed, nothing charged): the line is sent again, with the same request id."""
+        did not admit it (nothing claimed, nothing charged): the line is sent again, with the same request id;
+        ChargeOpen when it refused it as a duplicate whose charge is still open."""
         try:
             parsed, raw = parse_request(json.dumps(body).encode())
             if parsed.stream:
@@ -518,6 +553,8 @@ class Runner:
             api_error = self.error_for(err, request_id)
             # Its body says what the failed line was charged (x_router), as the ledger does: a duplicate's, what the
             # line sent before was charged, or that its charge is still pending.
+            if error.reason == "DUPLICATE_REQUEST" and error.metadata.get("held_usd"):
+                return ChargeOpen(api_error.status, api_error.body())
             return api_error.status, api_error.body()
         return 200, completion_body(without_large_logprobs(response, wire.logprobs_room(batch, self.max_file_bytes)))
 

@@ -6,27 +6,26 @@ never sent stays unsent. An edge process SIGKILLed on the chain's router and Red
 
 from __future__ import annotations
 
-import os
+import asyncio
 import secrets
-import signal
-import subprocess
-import sys
 from decimal import Decimal
 
 import pytest
 import redis.asyncio as redis
-from openai import AsyncOpenAI
 
 from services.batches import runner
-from services.batches.store import PREFIX, sent_key
-from services.edge.keys import key_line
-from services.edge.settings import EdgeSettings
-from tests.conftest import ROOT, ledger_records
-from tests.fakes import Fault
-from tests.integration.conftest import Chain, free_port, start_edge
-from tests.integration.test_batch_edge_crash import charged, healthy, reached_upstream, recorded_cost
+from services.batches.store import PREFIX, results_key, sent_key
+from services.router.store import Account, RedisStore, key_id
+from tests.conftest import ledger_records
+from tests.integration.conftest import Chain
+from tests.integration.test_batch_edge_crash import (
+    charged,
+    died_with_a_line_in_flight,
+    edge_env,
+    next_edge,
+    recorded_cost,
+)
 from tests.integration.test_batch_revoked_key import created_where_no_line_goes_out, edge_keyed
-from tests.integration.test_batches import small_file
 from tests.integration.test_provider_batches import finished, lines_of
 
 
@@ -35,55 +34,22 @@ async def test_a_line_in_flight_when_the_edge_died_is_in_the_files_of_its_cancel
 ) -> None:
     monkeypatch.setattr(runner, "LEASE_S", 2)  # the next edge adopts the cancelled batch within a second
     tenant, key = f"cancel-doubt-{secrets.token_hex(4)}", f"sk-cancel-doubt-{secrets.token_urlsafe(12)}"
-    port = free_port()
-    env = {
-        "EDGE_PORT": str(port),
-        "EDGE_ROUTER_ADDR": chain.router_addr,
-        "EDGE_API_KEYS": key_line(tenant, key),
-        "EDGE_BATCH_REDIS_URL": chain.redis_url,
-        "EDGE_BATCH_CONCURRENCY": "1",  # the first line in flight, the second waiting behind it
-    }
-    doomed = subprocess.Popen(
-        [sys.executable, "-m", "services.edge"],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    env = edge_env(chain, tenant, key)
     db = redis.from_url(chain.redis_url)
-    client = AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
-    seen = len(chain.budget.requests)
     try:
-        await healthy(port)
-        uploaded = await client.files.create(file=("doomed.jsonl", small_file("doomed", 2)), purpose="batch")
-        chain.budget.enqueue(Fault.delay(2))  # the first line is at the upstream when the edge dies
-        batch = await client.batches.create(
-            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
-        )
-        await reached_upstream(chain, seen)
-        doomed.send_signal(signal.SIGKILL)
-        doomed.wait()
-        await client.close()
+        batch = await died_with_a_line_in_flight(chain, env, key, delay_s=2)
         ledger_cost = await charged(db, tenant, f"{batch.id}:doomed-0")  # the router ran it to its end
 
-        settings = EdgeSettings(**{k.removeprefix("EDGE_").lower(): v for k, v in env.items()})  # type: ignore[arg-type]
-        edge, task, channel = await start_edge(settings)  # the dead edge's lease still holds the batch
-        client = AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
-        try:
+        # The dead edge's lease still holds the batch as the next edge starts and it is cancelled.
+        async with next_edge(env, key) as client:
             await client.batches.cancel(batch.id)
             await db.delete(f"{PREFIX}lease:{batch.id}")  # the dead edge's lease lapses (30 s), sooner
             batch = await finished(client, batch.id, timeout_s=30)
             output = await lines_of(client, batch.output_file_id)
             errors = await lines_of(client, batch.error_file_id)
-        finally:
-            edge.should_exit = True
-            await task
-            await channel.close()
         ledger = [r for r in await ledger_records(db) if r["tenant"] == tenant]
         line_cost = await recorded_cost(db, batch.id, 0)
     finally:
-        doomed.kill()
-        await client.close()
         await db.aclose()
 
     assert batch.status == "cancelled", batch
@@ -96,6 +62,40 @@ async def test_a_line_in_flight_when_the_edge_died_is_in_the_files_of_its_cancel
     # At what the ledger charged it, not 0, and counted so in the batch's cost.
     assert ledger_cost > 0 and Decimal(in_doubt["body"]["x_router"]["cost_usd"]) == ledger_cost == line_cost, in_doubt
     assert batch.request_counts is not None and batch.request_counts.failed == 1
+
+
+async def test_a_line_whose_charge_is_pending_when_its_batch_is_cancelled_is_written_pending(chain: Chain) -> None:
+    """Resumed while the router still runs the line's first attempt, the line is asked again until that attempt is
+    charged; but not past a cancel: sent once more then, it is written as its refusal says (pending, at its hold), and
+    the batch ends `cancelled` at once, its charge still open, not when that charge settles."""
+    tenant, key = f"cancel-pending-{secrets.token_hex(4)}", f"sk-cancel-pending-{secrets.token_urlsafe(12)}"
+    env = edge_env(chain, tenant, key)
+    db = redis.from_url(chain.redis_url)
+    store = RedisStore(chain.redis_url)
+    try:
+        batch = await died_with_a_line_in_flight(chain, env, key, delay_s=10)
+        line = f"{batch.id}:doomed-0"
+        await db.delete(f"{PREFIX}lease:{batch.id}")  # the dead edge's lease lapses (30 s), sooner
+        async with next_edge(env, key) as client:
+            await asyncio.sleep(1.5)  # sent again, refused as pending, asked again: parked
+            assert await db.hget(results_key(batch.id), "0") is None, "written while its charge was open"
+            await client.batches.cancel(batch.id)
+            batch = await finished(client, batch.id, timeout_s=20)
+            errors = await lines_of(client, batch.error_file_id)
+            output = await lines_of(client, batch.output_file_id)
+        assert await store.pending_charge(Account(tenant, key_id(key)), line) is not None, "its charge was settled"
+        ledger_cost = await charged(db, tenant, line)  # once the first attempt ends
+    finally:
+        await store.close()
+        await db.aclose()
+
+    assert batch.status == "cancelled", batch
+    assert not output and set(errors) == {"doomed-0"}, (output, errors)  # the line never sent is not in the files
+    response = errors["doomed-0"]["response"]
+    assert response["status_code"] == 409 and response["body"]["error"]["code"] == "duplicate_request", response
+    told = response["body"]["x_router"]
+    assert told["cost_pending"] is True and "cost_usd" not in told, told
+    assert Decimal(told["held_usd"]) >= ledger_cost > 0, (told, ledger_cost)
 
 
 async def test_a_revoked_keys_line_in_doubt_is_in_the_files_of_its_cancelled_batch(chain: Chain) -> None:

@@ -1,6 +1,7 @@
 """An edge process SIGKILLed with a batch line in flight, and the batch's window over before another edge resumes
 it: the line may have been admitted and charged, so it is sent again (the router's answer decides its result),
-never reported as a line that was never sent."""
+never reported as a line that was never sent. Resumed while the router still runs the line's first attempt, the line
+is asked again until that attempt is charged, and its result has that charge; unless its window ends first."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from decimal import Decimal
 from pathlib import Path
 
@@ -19,6 +22,8 @@ import httpx
 import pytest
 import redis.asyncio as redis
 from openai import AsyncOpenAI
+from openai.types import Batch
+from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
 from llmrouter import channels
@@ -28,12 +33,13 @@ from services.edge.settings import EdgeSettings
 from services.router.store import Account, AccountKeys, RedisStore, key_id
 from tests.conftest import ROOT, ledger_records
 from tests.fakes import Fault
-from tests.integration.conftest import Chain, free_port, start_edge
+from tests.integration.conftest import Chain, free_port, served_edge, start_edge
 from tests.integration.test_batches import small_file
 from tests.integration.test_money_faults import RouterProcess
-from tests.integration.test_provider_batches import finished
+from tests.integration.test_provider_batches import finished, lines_of
 
 WINDOW_S = 3
+BATCH_COST = "llmrouter_edge_batch_cost_usd_total"
 
 
 async def charged(db: redis.Redis, tenant: str, request_id: str) -> Decimal:
@@ -75,20 +81,26 @@ async def healthy(port: int, timeout_s: float = 60) -> None:
     raise AssertionError("the edge did not start")
 
 
-@pytest.mark.parametrize("router_away_first", [False, True], ids=["resumed", "resumed-without-router-first"])
-async def test_a_line_in_flight_when_the_edge_dies_is_not_reported_never_sent_after_the_window(
-    chain: Chain, router_away_first: bool
-) -> None:
-    tenant, key = f"crashing-{secrets.token_hex(4)}", f"sk-crashing-{secrets.token_urlsafe(12)}"
-    port = free_port()
-    env = {
-        "EDGE_PORT": str(port),
+def edge_env(chain: Chain, tenant: str, key: str, **extra: str) -> dict[str, str]:
+    """An edge's settings as its process reads them, for one tenant's key on the chain's router and Redis."""
+    return {
+        "EDGE_PORT": str(free_port()),
         "EDGE_ROUTER_ADDR": chain.router_addr,
         "EDGE_API_KEYS": key_line(tenant, key),
         "EDGE_BATCH_REDIS_URL": chain.redis_url,
         "EDGE_BATCH_CONCURRENCY": "1",  # the first line in flight, the second waiting behind it
-        "EDGE_BATCH_WINDOW_S": str(WINDOW_S),
+        **extra,
     }
+
+
+def settings_of(env: dict[str, str]) -> EdgeSettings:
+    return EdgeSettings(**{k.removeprefix("EDGE_").lower(): v for k, v in env.items()})  # type: ignore[arg-type]
+
+
+async def died_with_a_line_in_flight(chain: Chain, env: dict[str, str], key: str, delay_s: float) -> Batch:
+    """A batch of two lines (doomed-0, doomed-1) created on an edge process of `env`, SIGKILLed once its first line
+    is at the upstream, which answers it delay_s later: the router runs that line on, its answer lost with the edge."""
+    port = int(env["EDGE_PORT"])
     doomed = subprocess.Popen(
         [sys.executable, "-m", "services.edge"],
         cwd=ROOT,
@@ -96,27 +108,55 @@ async def test_a_line_in_flight_when_the_edge_dies_is_not_reported_never_sent_af
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    db = redis.from_url(chain.redis_url)
     client = AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
     seen = len(chain.budget.requests)
     try:
         await healthy(port)
         uploaded = await client.files.create(file=("doomed.jsonl", small_file("doomed", 2)), purpose="batch")
-        chain.budget.enqueue(Fault.delay(2))  # the first line is at the upstream when the edge dies
+        chain.budget.enqueue(Fault.delay(delay_s))  # the first line is at the upstream when the edge dies
         batch = await client.batches.create(
             input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
         )
         await reached_upstream(chain, seen)
         doomed.send_signal(signal.SIGKILL)
         doomed.wait()
+    finally:
+        doomed.kill()
+        await client.close()
+    return batch
+
+
+@asynccontextmanager
+async def next_edge(env: dict[str, str], key: str) -> AsyncIterator[AsyncOpenAI]:
+    """An edge in this process with the dead one's settings, for the block: a client of its API."""
+    async with (
+        served_edge(settings_of(env)) as base_url,
+        AsyncOpenAI(base_url=base_url, api_key=key, max_retries=0) as client,
+    ):
+        yield client
+
+
+def batch_cost_counted() -> float:
+    return REGISTRY.get_sample_value(BATCH_COST) or 0.0
+
+
+@pytest.mark.parametrize("router_away_first", [False, True], ids=["resumed", "resumed-without-router-first"])
+async def test_a_line_in_flight_when_the_edge_dies_is_not_reported_never_sent_after_the_window(
+    chain: Chain, router_away_first: bool
+) -> None:
+    tenant, key = f"crashing-{secrets.token_hex(4)}", f"sk-crashing-{secrets.token_urlsafe(12)}"
+    env = edge_env(chain, tenant, key, EDGE_BATCH_WINDOW_S=str(WINDOW_S))
+    db = redis.from_url(chain.redis_url)
+    client = AsyncOpenAI(base_url=f"http://127.0.0.1:{env['EDGE_PORT']}/v1", api_key=key, max_retries=0)
+    try:
+        batch = await died_with_a_line_in_flight(chain, env, key, delay_s=2)
         line = f"{batch.id}:doomed-0"
         ledger_cost = await charged(db, tenant, line)  # the router ran the line to its end: charged, its answer lost
         assert batch.expires_at is not None
         await asyncio.sleep(max(0.0, batch.expires_at + 0.5 - time.time()))  # the window is over
         await db.delete(f"{PREFIX}lease:{batch.id}")  # the dead edge's lease lapses (30 s), sooner
-        await client.close()
 
-        settings = EdgeSettings(**{k.removeprefix("EDGE_").lower(): v for k, v in env.items()})  # type: ignore[arg-type]
+        settings = settings_of(env)
         if router_away_first:  # the next edge finds no router: the line, refused unsent, is still in doubt after
             away = settings.model_copy(update={"router_addr": f"127.0.0.1:{free_port()}"})
             edge, task, channel = await start_edge(away)
@@ -130,7 +170,6 @@ async def test_a_line_in_flight_when_the_edge_dies_is_not_reported_never_sent_af
             await channel.close()
             await db.delete(f"{PREFIX}lease:{batch.id}")
         edge, task, channel = await start_edge(settings)
-        client = AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
         try:
             batch = await finished(client, batch.id, timeout_s=30)
             errors = [json.loads(e) for e in (await client.files.content(batch.error_file_id)).text.splitlines()]
@@ -142,7 +181,6 @@ async def test_a_line_in_flight_when_the_edge_dies_is_not_reported_never_sent_af
         ledger = [r for r in await ledger_records(db) if r["tenant"] == tenant]
         line_cost = await recorded_cost(db, batch.id, 0)
     finally:
-        doomed.kill()
         await client.close()
         await db.aclose()
 
@@ -160,6 +198,91 @@ async def test_a_line_in_flight_when_the_edge_dies_is_not_reported_never_sent_af
     assert line_cost == ledger_cost
     assert output == ""
     assert [r["request_id"] for r in ledger] == [line]
+
+
+@pytest.mark.parametrize("restarted", [False, True], ids=["resumed", "resumed-twice"])
+async def test_a_line_resent_while_its_first_attempt_runs_has_what_that_attempt_was_charged(
+    chain: Chain, restarted: bool
+) -> None:
+    """The next edge resumes the batch at once, the router still running the line's first attempt: refused as a
+    duplicate whose charge is pending, the line is asked again (not written at cost 0) until that attempt is charged;
+    its result then has that charge, counted once in the batch's cost. `restarted`: the edge asking stops meanwhile,
+    and another resumes the batch, the line still in doubt."""
+    tenant, key = f"pending-{secrets.token_hex(4)}", f"sk-pending-{secrets.token_urlsafe(12)}"
+    env = edge_env(chain, tenant, key)  # a day's window
+    db = redis.from_url(chain.redis_url)
+    counted = batch_cost_counted()  # edges in this process count here: the next two, not the dead one
+    try:
+        batch = await died_with_a_line_in_flight(chain, env, key, delay_s=5)
+        await db.delete(f"{PREFIX}lease:{batch.id}")  # the dead edge's lease lapses (30 s), sooner
+        if restarted:
+            async with next_edge(env, key):
+                await asyncio.sleep(1.5)  # the line sent again, refused as pending, asked again: parked
+                assert await db.hget(results_key(batch.id), "0") is None  # not written while its charge is open
+        async with next_edge(env, key) as client:
+            batch = await finished(client, batch.id, timeout_s=30)
+            errors = await lines_of(client, batch.error_file_id)
+            output = await lines_of(client, batch.output_file_id)
+        ledger = [r for r in await ledger_records(db) if r["tenant"] == tenant]
+        line_cost = await recorded_cost(db, batch.id, 0)
+    finally:
+        await db.aclose()
+    counted = batch_cost_counted() - counted
+
+    assert batch.status == "completed", batch
+    assert set(errors) == {"doomed-0"} and set(output) == {"doomed-1"}, (errors, output)
+    response = errors["doomed-0"]["response"]
+    assert response["status_code"] == 409 and response["body"]["error"]["code"] == "duplicate_request", response
+    told = response["body"]["x_router"]
+    assert "cost_pending" not in told and "held_usd" not in told, told
+    # Each line ran once (the first attempt's answer lost with its edge), and the line has what the ledger charged it.
+    by_id = {r["request_id"]: Decimal(r["cost_usd"]) for r in ledger}
+    assert sorted(by_id) == [f"{batch.id}:doomed-0", f"{batch.id}:doomed-1"] and len(ledger) == 2, ledger
+    assert by_id[f"{batch.id}:doomed-0"] > 0 and Decimal(told["cost_usd"]) == by_id[f"{batch.id}:doomed-0"], told
+    assert line_cost == by_id[f"{batch.id}:doomed-0"]
+    # Counted once in the batch's cost, with the other line's: the ledger's total for the batch.
+    assert counted == pytest.approx(float(sum(by_id.values())), rel=1e-9, abs=1e-12), (counted, by_id)
+
+
+async def test_a_line_whose_charge_is_still_pending_when_the_window_ends_is_written_pending(chain: Chain) -> None:
+    """The router runs the line's first attempt past the batch's window: asked again meanwhile (nothing written), the
+    line is written when the window ends, as its refusal then says (pending, at its hold: x_router.cost_pending and
+    held_usd, counted at 0), not sent until its charge settles; the batch ends `expired` with the charge still open,
+    which the ledger has once that attempt ends."""
+    window_s, delay_s = 5, 14  # the line sent again within the window, and still running a few seconds past it
+    tenant, key = f"pending-late-{secrets.token_hex(4)}", f"sk-pending-late-{secrets.token_urlsafe(12)}"
+    env = edge_env(chain, tenant, key, EDGE_BATCH_WINDOW_S=str(window_s))
+    db = redis.from_url(chain.redis_url)
+    store = RedisStore(chain.redis_url)
+    counted = batch_cost_counted()
+    try:
+        batch = await died_with_a_line_in_flight(chain, env, key, delay_s=delay_s)
+        line = f"{batch.id}:doomed-0"
+        await db.delete(f"{PREFIX}lease:{batch.id}")  # the dead edge's lease lapses (30 s), sooner
+        async with next_edge(env, key) as client:
+            assert batch.expires_at is not None
+            while time.time() < batch.expires_at - 0.5:  # sent again within the window, never written there
+                assert await db.hget(results_key(batch.id), "0") is None, "written while its charge was open"
+                await asyncio.sleep(0.1)
+            batch = await finished(client, batch.id, timeout_s=20)
+            errors = await lines_of(client, batch.error_file_id)
+        # Ended without waiting for the charge: still open, the first attempt still at the upstream.
+        assert await store.pending_charge(Account(tenant, key_id(key)), line) is not None, "its charge was settled"
+        line_cost = await recorded_cost(db, batch.id, 0)
+        ledger_cost = await charged(db, tenant, line)  # once the first attempt ends
+    finally:
+        await store.close()
+        await db.aclose()
+    counted = batch_cost_counted() - counted
+
+    assert batch.status == "expired", batch
+    assert errors["doomed-1"]["error"]["code"] == "batch_expired"  # never sent: the batch waited on its first line
+    response = errors["doomed-0"]["response"]
+    assert response["status_code"] == 409 and response["body"]["error"]["code"] == "duplicate_request", response
+    told = response["body"]["x_router"]
+    assert told["cost_pending"] is True and "cost_usd" not in told, told
+    assert Decimal(told["held_usd"]) >= ledger_cost > 0, (told, ledger_cost)  # charged its cost, within its hold
+    assert line_cost == 0 and counted == 0  # what it costs is in the ledger, not yet known as the batch ended
 
 
 async def test_a_line_in_flight_when_the_router_dies_is_not_reported_never_sent_after_the_window(
