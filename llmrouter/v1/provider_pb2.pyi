@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("model", "messages", "max_tokens", "temperature", "request_id", "passthrough_json", "want_confidence", "retry_budget_usd", "tool_call_progress")
+    __slots__ = ("model", "messages", "max_tokens", "temperature", "request_id", "passthrough_json", "want_confidence", "retry_budget_usd", "tool_call_progress", "input_progress")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -18,6 +18,7 @@ class GenerateRequest(_message.Message):
     WANT_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     RETRY_BUDGET_USD_FIELD_NUMBER: _ClassVar[int]
     TOOL_CALL_PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_PROGRESS_FIELD_NUMBER: _ClassVar[int]
     model: str
     messages: _containers.RepeatedCompositeFieldContainer[_common_pb2.ChatMessage]
     max_tokens: int
@@ -27,7 +28,8 @@ class GenerateRequest(_message.Message):
     want_confidence: bool
     retry_budget_usd: str
     tool_call_progress: bool
-    def __init__(self, model: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., request_id: _Optional[str] = ..., passthrough_json: _Optional[str] = ..., want_confidence: _Optional[bool] = ..., retry_budget_usd: _Optional[str] = ..., tool_call_progress: _Optional[bool] = ...) -> None: ...
+    input_progress: bool
+    def __init__(self, model: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., request_id: _Optional[str] = ..., passthrough_json: _Optional[str] = ..., want_confidence: _Optional[bool] = ..., retry_budget_usd: _Optional[str] = ..., tool_call_progress: _Optional[bool] = ..., input_progress: _Optional[bool] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
     __slots__ = ("content", "usage", "cost_usd", "finish_reason", "model", "provider", "retries", "latency_ms", "tool_calls_json", "mean_logprob", "logprobs_json")
@@ -56,16 +58,18 @@ class GenerateResponse(_message.Message):
     def __init__(self, content: _Optional[str] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., cost_usd: _Optional[str] = ..., finish_reason: _Optional[str] = ..., model: _Optional[str] = ..., provider: _Optional[str] = ..., retries: _Optional[int] = ..., latency_ms: _Optional[int] = ..., tool_calls_json: _Optional[str] = ..., mean_logprob: _Optional[float] = ..., logprobs_json: _Optional[str] = ...) -> None: ...
 
 class GenerateChunk(_message.Message):
-    __slots__ = ("delta", "final", "consumed", "tool_call_tokens")
+    __slots__ = ("delta", "final", "consumed", "tool_call_tokens", "input")
     DELTA_FIELD_NUMBER: _ClassVar[int]
     FINAL_FIELD_NUMBER: _ClassVar[int]
     CONSUMED_FIELD_NUMBER: _ClassVar[int]
     TOOL_CALL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FIELD_NUMBER: _ClassVar[int]
     delta: str
     final: GenerateResponse
     consumed: GenerateResponse
     tool_call_tokens: int
-    def __init__(self, delta: _Optional[str] = ..., final: _Optional[_Union[GenerateResponse, _Mapping]] = ..., consumed: _Optional[_Union[GenerateResponse, _Mapping]] = ..., tool_call_tokens: _Optional[int] = ...) -> None: ...
+    input: _common_pb2.Usage
+    def __init__(self, delta: _Optional[str] = ..., final: _Optional[_Union[GenerateResponse, _Mapping]] = ..., consumed: _Optional[_Union[GenerateResponse, _Mapping]] = ..., tool_call_tokens: _Optional[int] = ..., input: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ...) -> None: ...
 
 class SubmitBatchRequest(_message.Message):
     __slots__ = ("model", "requests")

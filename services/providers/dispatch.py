@@ -147,10 +147,12 @@ class Dispatcher:
         budget_s: float | None = None,
         retry_budget: Decimal | None = None,
         tool_call_progress: bool = False,
+        input_progress: bool = False,
     ) -> AsyncGenerator[provider_pb2.GenerateChunk, None]:
         """Retried before the first delivered token; what failed attempts consumed is reported on top, and no
         attempt is retried once that exceeds `retry_budget` (USD; None: no limit). With `tool_call_progress`, the
-        output tokens of the attempt's tool calls so far are told as they grow (a `tool_call_tokens` chunk)."""
+        output tokens of the attempt's tool calls so far are told as they grow (a `tool_call_tokens` chunk); with
+        `input_progress`, the attempt's input once the upstream reports it (an `input` chunk)."""
         start = time.perf_counter()
         deadline = self._deadline(budget_s)
         retries = 0
@@ -167,6 +169,8 @@ class Dispatcher:
                         while (event := await _next(events, deadline)) is not None:
                             if isinstance(event, Completion):
                                 _merge(end, event)
+                                if input_progress and event.input_tokens is not None:
+                                    yield provider_pb2.GenerateChunk(input=_input_usage(end))
                                 if tool_call_progress and event.tool_text:
                                     tool_tokens += await count_text_tokens(event.tool_text, model.estimating_encoding)
                                     yield provider_pb2.GenerateChunk(tool_call_tokens=tool_tokens)
@@ -418,6 +422,13 @@ def _merge(into: Completion, update: Completion) -> None:
         into.output_tokens = update.output_tokens
     into.tool_calls = update.tool_calls or into.tool_calls
     into.logprobs = update.logprobs or into.logprobs
+
+
+def _input_usage(end: Completion) -> common_pb2.Usage:
+    """The input an upstream reported for the attempt, with what of it the prompt cache served and took."""
+    assert end.input_tokens is not None  # told only once reported
+    cached, written = _cache_counts(end)
+    return common_pb2.Usage(input_tokens=end.input_tokens, cached_input_tokens=cached, cache_write_input_tokens=written)
 
 
 def _cache_counts(done: Completion) -> tuple[int, int]:

@@ -38,7 +38,12 @@ class ProviderServicer(provider_pb2_grpc.ProviderServicer):
         model, dispatcher = self.catalog.resolve(request.model)
         upstream = upstream_request(model, request)
         stream = dispatcher.generate_stream(
-            model, upstream, context.time_remaining(), retry_budget(request), request.tool_call_progress
+            model,
+            upstream,
+            context.time_remaining(),
+            retry_budget(request),
+            request.tool_call_progress,
+            request.input_progress,
         )
         # aclosing: a caller that goes away closes the upstream stream now, not whenever the GC gets to it.
         async with aclosing(stream) as chunks:

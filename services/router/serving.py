@@ -54,6 +54,9 @@ class StreamState:
     # The output tokens of the attempt's tool calls so far (`tool_call_tokens` chunks): generated and billed, though
     # the caller gets them only whole, in the final chunk, so charged beside the text when the stream is left.
     tool_call_tokens: int = 0
+    # The attempt's input as its upstream reported it (an `input` chunk), its tokens as the upstream bills them: charged
+    # when the stream is left, rather than the router's own estimate of the prompt (another tokenizer's count).
+    input: common_pb2.Usage | None = None
 
     @property
     def consumed_usd(self) -> Decimal:
@@ -65,15 +68,17 @@ class StreamState:
         if "cost_usd" in measured:
             usage, cost = measured_usage(measured), measured_usd(self.model, measured)
         else:  # counted here, with what failed retries consumed (no metadata counted it: the caller left, or a cut)
+            estimate = common_pb2.Usage(input_tokens=routed.limits.input_tokens)  # when the upstream said nothing yet
+            started = self.input if self.input is not None else estimate
             usage = common_pb2.Usage(
-                input_tokens=routed.limits.input_tokens + self.consumed.input_tokens,
+                input_tokens=started.input_tokens + self.consumed.input_tokens,
                 # In chunks that let other requests run: a hostile upstream's answer may be megabytes.
                 output_tokens=await count_text_tokens(text, self.model.estimating_encoding)
                 + self.tool_call_tokens
                 + self.consumed.output_tokens,
                 estimated=True,
-                cached_input_tokens=self.consumed.cached_input_tokens,
-                cache_write_input_tokens=self.consumed.cache_write_input_tokens,
+                cached_input_tokens=started.cached_input_tokens + self.consumed.cached_input_tokens,
+                cache_write_input_tokens=started.cache_write_input_tokens + self.consumed.cache_write_input_tokens,
             )
             cost = self.model.usage_cost_usd(usage)
         return Served(
@@ -176,10 +181,10 @@ class Serving:
         order = routed.plan.order
         for index, option in enumerate(order):
             stream.model, stream.worst = option.model, worst_usd(routed, option.model)
-            stream.consumed, stream.tool_call_tokens = common_pb2.Usage(), 0
+            stream.consumed, stream.tool_call_tokens, stream.input = common_pb2.Usage(), 0, None
             request = generate_request(routed, option.model, self.admission.end_users)
             request.retry_budget_usd = format(retry_budget(routed, stream.worst), "f")
-            request.tool_call_progress = True
+            request.tool_call_progress = request.input_progress = True
             call = self.providers.GenerateStream(request, timeout=routed.time_left(context))
             try:
                 async for chunk in call:
@@ -189,8 +194,10 @@ class Serving:
                         yield chunk.delta
                     elif kind == "tool_call_tokens":
                         stream.tool_call_tokens = chunk.tool_call_tokens
-                    elif kind == "consumed":  # counts the failed attempt's tool calls: the next one's come anew
-                        stream.consumed, stream.tool_call_tokens = chunk.consumed.usage, 0
+                    elif kind == "input":
+                        stream.input = chunk.input
+                    elif kind == "consumed":  # counts the failed attempt's input and tool calls: the next one's anew
+                        stream.consumed, stream.tool_call_tokens, stream.input = chunk.consumed.usage, 0, None
                     else:
                         stream.served = Served(option.model)
                         stream.served.add(chunk.final, option.model)
@@ -204,6 +211,7 @@ class Serving:
                     routed.owed += stream.consumed_usd
                 # Over: what it cost is owed next, so a caller leaving from here on has no attempt in progress.
                 stream.worst, stream.consumed, stream.tool_call_tokens = Decimal(0), common_pb2.Usage(), 0
+                stream.input = None
                 await self._after_failed_attempt(routed, error, index, routed.time_left(context))
                 continue
             finally:
