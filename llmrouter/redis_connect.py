@@ -9,9 +9,10 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as redis
+from pydantic import SecretStr
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
-CLUSTER_SCHEMES = {"redis+cluster": False, "rediss+cluster": True}  # scheme -> TLS
+from llmrouter.redis_url import CLUSTER_SCHEMES, check, cluster_addresses, revealed
 
 
 class Cluster(RedisCluster):
@@ -24,19 +25,24 @@ class Cluster(RedisCluster):
         return await super().execute_command(*args, **kwargs)
 
 
-def is_cluster(url: str) -> bool:
-    return url.split("://", 1)[0] in CLUSTER_SCHEMES
+def is_cluster(url: str | SecretStr) -> bool:
+    return revealed(url).split("://", 1)[0].lower() in CLUSTER_SCHEMES
 
 
 def is_cluster_client(client: Any) -> bool:
     return isinstance(client, RedisCluster)
 
 
-def connect(url: str, *, max_connections: int = 64, pool_timeout: float | None = None, **options: Any) -> Any:
+def connect(
+    url: str | SecretStr, *, max_connections: int = 64, pool_timeout: float | None = None, **options: Any
+) -> Any:
     """A redis.asyncio client (Redis or RedisCluster). `max_connections` caps the pool (per node on a cluster,
     where a command finding every connection busy fails: callers that must not fail bound their own
     concurrency); with `pool_timeout`, a single server's pool makes callers wait that long for a free
-    connection instead."""
+    connection instead. Where a URL setting (llmrouter.redis_url.RedisUrl) is revealed, for the client; a malformed
+    URL is refused by a message that does not quote it (redis-py's would)."""
+    url = revealed(url)
+    check(url)
     if not is_cluster(url):
         if pool_timeout is None:
             return redis.Redis.from_url(url, max_connections=max_connections, **options)
@@ -46,15 +52,9 @@ def connect(url: str, *, max_connections: int = 64, pool_timeout: float | None =
         return redis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
     parts = urlsplit(url)
     credentials, _, addresses = parts.netloc.rpartition("@")
-    nodes = []
-    for address in addresses.split(","):
-        host, _, port = address.rpartition(":")
-        if not host or not port.isdigit():
-            raise ValueError(f"a Redis Cluster URL lists host:port pairs, not {address!r}")
-        nodes.append(ClusterNode(host.strip("[]"), int(port)))
     username, _, password = credentials.partition(":")
     return Cluster(
-        startup_nodes=nodes,
+        startup_nodes=[ClusterNode(host, port) for host, port in cluster_addresses(addresses)],
         username=unquote(username) or None,
         password=unquote(password) or None,
         ssl=CLUSTER_SCHEMES[parts.scheme],

@@ -5,9 +5,18 @@ from __future__ import annotations
 import ipaddress
 import sys
 from pathlib import Path
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
-from pydantic import AfterValidator, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    Secret,
+    SecretBytes,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from llmrouter.auth import parse_callers, parse_tokens
@@ -25,7 +34,9 @@ TLS_FILES = ("tls.crt", "tls.key", "ca.crt")
 class ServiceSettings(BaseSettings):
     """What every service has; each service subclasses it with its own env prefix."""
 
-    model_config = SettingsConfigDict(env_prefix="", extra="ignore", frozen=True)
+    # hide_input_in_errors: a ValidationError shown as raised (a traceback) quotes no input, where a rule across
+    # settings would quote them all, secrets and Redis URLs with their passwords; load_settings quotes the safe ones.
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", frozen=True, hide_input_in_errors=True)
 
     host: str = "127.0.0.1"
     port: int = Field(default=0, ge=0, le=65535, description="gRPC port; 0 picks a free one")
@@ -118,9 +129,22 @@ def load_settings(cls: type[S]) -> S:
             field = ".".join(str(p) for p in err["loc"])
             if not field:  # a rule across settings: its input is all of them, secrets included
                 lines.append(f"  {prefix}*: {err['msg']}")
-            elif SECRET_WORDS & set(field.lower().split("_")):  # never echo a credential, however malformed
+            elif is_secret(cls, field):  # never echo a credential, however malformed
                 lines.append(f"  {prefix}{field.upper()}: {err['msg']}")
             else:
                 lines.append(f"  {prefix}{field.upper()}: {err['msg']} (got {err.get('input')!r})")
         print("\n".join(lines), file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def is_secret(cls: type[BaseSettings], field: str) -> bool:
+    """Whether a setting (or an entry of one, `name.key`) holds a credential: by its type (SecretStr, a Redis URL), or
+    by its name for one typed as plain text."""
+    info = cls.model_fields.get(field.split(".")[0])
+    return _secret_type(info.annotation if info else None) or bool(SECRET_WORDS & set(field.lower().split("_")))
+
+
+def _secret_type(annotation: Any) -> bool:
+    if isinstance(annotation, type) and issubclass(annotation, (SecretStr, SecretBytes, Secret)):
+        return True
+    return any(_secret_type(arg) for arg in get_args(annotation))

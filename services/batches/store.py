@@ -26,6 +26,8 @@ import math
 import time
 from typing import Protocol
 
+from pydantic import SecretStr
+
 from llmrouter.redis_connect import connect
 from services.batches import wire
 
@@ -224,7 +226,7 @@ return redis.call('ZRANGE', KEYS[1], start, stop)
 
 
 class RedisStore:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str | SecretStr) -> None:
         self.redis = connect(url, socket_connect_timeout=2, socket_timeout=10)
         self._reading = asyncio.Lock()
 
@@ -459,7 +461,7 @@ async def delete_if_unread(store: Store, file_id: str) -> None:
         await store.delete([file_key(file_id), readers_key(file_id)])
 
 
-def open_store(url: str | None) -> Store:
+def open_store(url: str | SecretStr | None) -> Store:
     return RedisStore(url) if url else MemoryStore()
 
 

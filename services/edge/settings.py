@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from llmrouter.redis_url import RedisUrl
 from llmrouter.settings import ServiceSettings, is_loopback
 from services.batches.wire import DAY_S
 from services.edge.keys import KeyRing, parse_keys
@@ -44,7 +45,7 @@ class EdgeSettings(ServiceSettings):
     access_log: str = Field(default="stderr", min_length=1)
     # Batches (POST /v1/batches): their files and progress in this Redis, which edge replicas share and a
     # restarted edge resumes from: noeviction and persisted (the chart's redis.batches). Unset: in process.
-    batch_redis_url: str | None = None
+    batch_redis_url: RedisUrl | None = None  # its password masked when shown (llmrouter/redis_url.py)
     batch_concurrency: int = Field(default=8, gt=0)  # lines in flight at once, across this edge's batches
     # How often a provider batch (lines sent through a provider's Batch API) is asked whether it has ended.
     batch_poll_s: float = Field(default=60.0, gt=0)

@@ -9,14 +9,16 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from llmrouter.private_paths import default_path
+from llmrouter.redis_url import RedisUrl
 from llmrouter.settings import RepoPath
 
 
 class LedgerSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="ROUTER_", extra="ignore", frozen=True)
+    # hide_input_in_errors: as llmrouter.settings.ServiceSettings (a Redis URL holds its password)
+    model_config = SettingsConfigDict(env_prefix="ROUTER_", extra="ignore", frozen=True, hide_input_in_errors=True)
 
     # The money store whose ledger stream the sink copies (the router's; unset: its in-process store).
-    redis_url: str | None = None
+    redis_url: RedisUrl | None = None  # its password masked when shown (llmrouter/redis_url.py)
     # The SQL ledger (services/ledger): a sink in the router copies every charge from the ledger stream into
     # it; Stats reads it. PostgreSQL when the DSN is set, else the SQLite file: by default in this user's own
     # directory under the temp directory (<tempdir>/llmrouter-<uid>/ledger.sqlite3, the directory made 0700, the file

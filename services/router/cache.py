@@ -10,6 +10,7 @@ import time
 from typing import Protocol
 
 from google.protobuf.message import DecodeError
+from pydantic import SecretStr
 
 from llmrouter.redis_connect import connect
 from llmrouter.v1 import router_pb2
@@ -30,7 +31,7 @@ class Cache(Protocol):
 
 
 class RedisCache:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str | SecretStr) -> None:
         self.redis = connect(url, max_connections=32, pool_timeout=1, socket_connect_timeout=1, socket_timeout=1)
 
     async def get(self, key: str) -> bytes | None:
@@ -97,7 +98,7 @@ class MemoryCache:
         self.bytes = 0
 
 
-def open_cache(redis_url: str | None) -> Cache:
+def open_cache(redis_url: str | SecretStr | None) -> Cache:
     return RedisCache(redis_url) if redis_url else MemoryCache()
 
 

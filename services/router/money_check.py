@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 
+from pydantic import SecretStr
 from redis.exceptions import RedisClusterException
 
 from llmrouter.redis_connect import connect, each_primary
@@ -12,7 +13,9 @@ from llmrouter.redis_connect import connect, each_primary
 log = logging.getLogger("llmrouter.router")
 
 
-async def check_money_redis(url: str, allow_eviction: bool, cache_url: str | None = None) -> None:
+async def check_money_redis(
+    url: str | SecretStr, allow_eviction: bool, cache_url: str | SecretStr | None = None
+) -> None:
     """Exit with a clear message when the money Redis cannot be reached, may evict, or also serves the cache;
     warn when AOF is off. On a Redis Cluster every master is checked: one that evicts loses the budgets of the
     tenants it holds."""
@@ -54,7 +57,7 @@ async def check_money_redis(url: str, allow_eviction: bool, cache_url: str | Non
         log.warning("the money store has AOF off: a Redis restart loses the charges since its last snapshot")
 
 
-async def _server_ids(url: str) -> set[str]:
+async def _server_ids(url: str | SecretStr) -> set[str]:
     """The run ids of the Redis servers at `url` (every master of a cluster); none when they cannot be asked (a
     cache that fails is bypassed)."""
     import redis.asyncio as redis

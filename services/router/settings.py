@@ -11,6 +11,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from llmrouter.private_paths import default_path
+from llmrouter.redis_url import RedisUrl
 from llmrouter.registry import DEFAULT_REGISTRY
 from llmrouter.settings import REPO_ROOT, GrpcServiceSettings, RepoPath
 from services.ledger.settings import LedgerSettings
@@ -40,11 +41,11 @@ class RouterSettings(GrpcServiceSettings, LedgerSettings):  # the ledger's setti
     # The money store: spend, holds, request ids, pending charges, ledger. It must never evict keys
     # (maxmemory-policy noeviction; the router refuses to start otherwise) and should persist (AOF).
     # Unset: an in-process store stands in for Redis (one replica only; budgets reset on restart).
-    redis_url: str | None = None
+    redis_url: RedisUrl | None = None  # its password masked when shown (llmrouter/redis_url.py)
     # Development only: start even when the money store may evict keys.
     allow_evicting_money_store: bool = False
     # The response cache's own Redis (may evict: allkeys-lru). Unset: an in-process cache per router.
-    cache_redis_url: str | None = None
+    cache_redis_url: RedisUrl | None = None
     # How long a request id stays used (a replay within it is refused and never charged twice). Memory in Redis:
     # about 400 bytes per request for its two markers, so 1M requests a day need ~400 MB per day kept. The
     # in-process store keeps at most its last 10,000 ids (MemoryStore.MAX_REQUEST_IDS).

@@ -23,6 +23,7 @@ import yaml
 from pydantic import SecretStr
 
 from llmrouter.channels import open_channel
+from llmrouter.redis_url import RedisUrl
 from llmrouter.server import RunningServer, start_server
 from llmrouter.v1 import router_pb2_grpc
 from services import classifier, providers, router
@@ -230,7 +231,7 @@ async def served_stack(
             registry_path=registry_path,
             classifier_addr=classifier_addr,
             providers_addr=f"127.0.0.1:{servers['providers'].port}",
-            redis_url=redis_url,
+            redis_url=RedisUrl(redis_url),
             **router_settings,
         )
         servers["router"] = await start_server("router", r_settings, *await router.build(r_settings))

@@ -22,6 +22,7 @@ from pydantic import SecretStr, ValidationError
 from llmrouter.auth import token_digest
 from llmrouter.certs import Authority
 from llmrouter.channels import open_channel
+from llmrouter.redis_url import RedisUrl
 from llmrouter.server import RunningServer, start_server
 from llmrouter.settings import ServiceSettings, load_settings
 from llmrouter.v1 import common_pb2, provider_pb2_grpc, router_pb2, router_pb2_grpc
@@ -88,7 +89,7 @@ async def secured(tmp_path_factory: pytest.TempPathFactory, session_redis_url: s
             registry_path=path,
             classifier_addr=f"127.0.0.1:{free_port()}",  # unused: every request names its model
             providers_addr=providers_addr,
-            redis_url=session_redis_url,
+            redis_url=RedisUrl(session_redis_url),
             auth="mtls",
             tls_dir=certs["router"],
             callers="edge=*,batch=acme",
@@ -223,7 +224,7 @@ async def test_bearer_tokens_identify_callers_without_certificates(secured: Secu
         registry_path=secured.registry_path,
         providers_addr=secured.providers_addr,
         tls_dir=secured.certs["router"],  # TLS for the transport and towards the providers
-        redis_url=redis_url,
+        redis_url=RedisUrl(redis_url),
         auth="token",
         auth_tokens=f"{token_digest(BATCH_TOKEN)}=batch",
         callers="batch=acme",

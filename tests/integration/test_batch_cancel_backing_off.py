@@ -18,6 +18,7 @@ import httpx
 import pytest
 import redis
 
+from llmrouter.redis_url import RedisUrl
 from llmrouter.v1 import router_pb2, router_pb2_grpc
 from services.batches import runner
 from services.batches.deferral import OFFER_IN_DOUBT
@@ -58,7 +59,11 @@ async def store(tmp_path: Path) -> AsyncIterator[RedisServer]:
 async def two_edges(store: RedisServer, router_addr: str) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
     def settings() -> EdgeSettings:
         return EdgeSettings(
-            port=free_port(), router_addr=router_addr, batch_redis_url=store.url, access_log="off", metrics_port=0
+            port=free_port(),
+            router_addr=router_addr,
+            batch_redis_url=RedisUrl(store.url),
+            access_log="off",
+            metrics_port=0,
         )
 
     async with (

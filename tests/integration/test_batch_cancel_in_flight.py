@@ -9,6 +9,7 @@ import time
 
 import httpx
 
+from llmrouter.redis_url import RedisUrl
 from services.edge.settings import EdgeSettings
 from tests.integration.conftest import free_port, served_edge, served_router
 from tests.integration.test_batch_cancel_waiting import HoldingRouter, create, status_of
@@ -20,7 +21,11 @@ async def test_a_batch_cancelled_with_its_last_lines_in_flight_ends_cancelled_wi
     router = HoldingRouter()
     async with served_router(router) as router_addr:
         settings = EdgeSettings(
-            port=free_port(), router_addr=router_addr, batch_redis_url=store_url, access_log="off", metrics_port=0
+            port=free_port(),
+            router_addr=router_addr,
+            batch_redis_url=RedisUrl(store_url) if store_url else None,
+            access_log="off",
+            metrics_port=0,
         )
         async with served_edge(settings) as base, httpx.AsyncClient(base_url=base, timeout=10) as client:
             try:

@@ -14,6 +14,7 @@ import grpc
 import httpx
 import redis
 
+from llmrouter.redis_url import RedisUrl
 from llmrouter.v1 import router_pb2, router_pb2_grpc
 from services.batches.store import batch_key, file_key
 from services.edge.settings import EdgeSettings
@@ -63,7 +64,7 @@ async def one_place_taken(store_url: str | None) -> AsyncIterator[tuple[httpx.As
         settings = EdgeSettings(
             port=free_port(),
             router_addr=router_addr,
-            batch_redis_url=store_url,
+            batch_redis_url=RedisUrl(store_url) if store_url else None,
             batch_max_running=1,
             access_log="off",
             metrics_port=0,

@@ -14,6 +14,7 @@ import httpx
 import pytest
 import redis
 
+from llmrouter.redis_url import RedisUrl
 from services.batches.store import ACTIVE, RedisStore, batch_key, file_key, index_keys, readers_key
 from services.edge.app import ANONYMOUS_TENANT
 from services.edge.settings import EdgeSettings
@@ -38,7 +39,7 @@ async def test_a_creation_whose_request_is_cancelled_part_way_completes(
     settings = EdgeSettings(
         port=free_port(),
         router_addr="127.0.0.1:1",  # no router: a batch created is left active, to be run
-        batch_redis_url=store.url,
+        batch_redis_url=RedisUrl(store.url),
         access_log="off",
         metrics_port=0,
         grace_seconds=0,

@@ -27,6 +27,7 @@ from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
 from llmrouter import channels
+from llmrouter.redis_url import RedisUrl
 from services.batches.store import PREFIX, results_key
 from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
@@ -304,7 +305,7 @@ async def test_a_line_in_flight_when_the_router_dies_is_not_reported_never_sent_
         port=free_port(),
         router_addr=f"127.0.0.1:{router_port}",
         api_keys=SecretStr(key_line(tenant, key)),
-        batch_redis_url=chain.redis_url,
+        batch_redis_url=RedisUrl(chain.redis_url),
         batch_concurrency=1,
         batch_window_s=WINDOW_S,
     )

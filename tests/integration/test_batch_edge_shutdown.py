@@ -18,6 +18,7 @@ import httpx
 import pytest
 import redis
 
+from llmrouter.redis_url import RedisUrl
 from llmrouter.v1 import router_pb2, router_pb2_grpc
 from services.batches.store import PREFIX, batch_key
 from services.edge.settings import EdgeSettings
@@ -59,7 +60,7 @@ async def edge_on(router_addr: str, store: RedisServer) -> AsyncIterator[tuple[A
     """An edge served by uvicorn in process, and a client of it; the test sets server.should_exit, and the edge's
     shutdown (its drain included) is waited for on the way out."""
     settings = EdgeSettings(
-        port=free_port(), router_addr=router_addr, batch_redis_url=store.url, access_log="off", metrics_port=0
+        port=free_port(), router_addr=router_addr, batch_redis_url=RedisUrl(store.url), access_log="off", metrics_port=0
     )
     server, serving, channel = await start_edge(settings)
     try:

@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import redis
 
+from llmrouter.redis_url import RedisUrl
 from services.batches.store import ACTIVE, PREFIX, batch_key
 from services.edge.settings import EdgeSettings
 from tests.integration.conftest import free_port, served_edge, served_router
@@ -25,7 +26,11 @@ async def test_a_cancelled_batch_left_active_is_finished_again_and_sends_nothing
     admin = redis.Redis(port=store.port)
     try:
         settings = EdgeSettings(
-            port=free_port(), router_addr="127.0.0.1:1", batch_redis_url=store.url, access_log="off", metrics_port=0
+            port=free_port(),
+            router_addr="127.0.0.1:1",
+            batch_redis_url=RedisUrl(store.url),
+            access_log="off",
+            metrics_port=0,
         )
         async with served_edge(settings) as base, httpx.AsyncClient(base_url=base, timeout=10) as client:
             batch_id = await create(client, "ended")  # the router out of reach: no line sent

@@ -15,6 +15,7 @@ import httpx
 import pytest
 import redis
 
+from llmrouter.redis_url import RedisUrl
 from services.batches.runner import FAILED_FIRST_S, LEASE_S
 from services.batches.store import PREFIX, batch_key
 from services.edge.settings import EdgeSettings
@@ -39,7 +40,7 @@ async def edge(store: RedisServer, **settings: Any) -> AsyncIterator[httpx.Async
     edge_settings = EdgeSettings(
         port=free_port(),
         router_addr="127.0.0.1:1",
-        batch_redis_url=store.url,
+        batch_redis_url=RedisUrl(store.url),
         access_log="off",
         metrics_port=0,
         **settings,

@@ -17,6 +17,7 @@ import redis.asyncio as redis
 from openai import AsyncOpenAI, BadRequestError, NotFoundError, RateLimitError
 from pydantic import SecretStr
 
+from llmrouter.redis_url import RedisUrl
 from services.batches.store import file_key, readers_key
 from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
@@ -57,7 +58,7 @@ async def running_edge(chain: Chain, in_redis: bool = True, **settings: Any) -> 
             port=free_port(),
             router_addr=chain.router_addr,
             api_keys=SecretStr(",".join(key_line(f"{name}-{run}", key) for name, key in keys.items())),
-            batch_redis_url=chain.redis_url if in_redis else None,
+            batch_redis_url=RedisUrl(chain.redis_url) if in_redis else None,
             access_log="off",
             **settings,
         ),

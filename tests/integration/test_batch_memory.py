@@ -18,6 +18,7 @@ import redis.asyncio as redis
 from openai import AsyncOpenAI
 from pydantic import SecretStr
 
+from llmrouter.redis_url import RedisUrl
 from services.batches.store import RedisStore, file_key
 from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
@@ -47,7 +48,7 @@ async def edge_client(chain: Chain, **settings: Any) -> AsyncIterator[AsyncOpenA
         port=free_port(),
         router_addr=chain.router_addr,
         api_keys=SecretStr(key_line(tenant, key)),
-        batch_redis_url=chain.redis_url,
+        batch_redis_url=RedisUrl(chain.redis_url),
         request_timeout_s=20,
         **settings,
     )

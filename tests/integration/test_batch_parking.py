@@ -18,6 +18,7 @@ from openai import AsyncOpenAI
 from pydantic import SecretStr
 
 from llmrouter.errors import ServiceError
+from llmrouter.redis_url import RedisUrl
 from llmrouter.v1 import router_pb2, router_pb2_grpc
 from services.batches.store import PREFIX, batch_key
 from services.edge.keys import key_line
@@ -89,7 +90,7 @@ async def test_a_parked_batch_gives_up_its_lease_and_another_edge_resumes_it_at_
                 port=free_port(),
                 router_addr=limited,
                 api_keys=SecretStr(key_line(tenant, key)),
-                batch_redis_url=store.url,
+                batch_redis_url=RedisUrl(store.url),
             )
             async with edge_of(settings, key) as client:
                 batch_id = await submit(client, 1)

@@ -19,6 +19,7 @@ from openai import AsyncOpenAI
 from openai.types import Batch
 from pydantic import SecretStr
 
+from llmrouter.redis_url import RedisUrl
 from services.batches.store import PREFIX, sent_key
 from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
@@ -34,7 +35,7 @@ async def created_where_no_line_goes_out(chain: Chain, tenant: str, key: str, wi
         port=free_port(),
         router_addr=f"127.0.0.1:{free_port()}",
         api_keys=SecretStr(key_line(tenant, key)),
-        batch_redis_url=chain.redis_url,
+        batch_redis_url=RedisUrl(chain.redis_url),
         batch_window_s=window_s,
     )
     edge, task, channel = await start_edge(away)
@@ -57,7 +58,7 @@ async def edge_keyed(chain: Chain, tenant: str, key: str) -> AsyncIterator[Async
         port=free_port(),
         router_addr=chain.router_addr,
         api_keys=SecretStr(key_line(tenant, key)),
-        batch_redis_url=chain.redis_url,
+        batch_redis_url=RedisUrl(chain.redis_url),
         request_timeout_s=20,
     )
     edge, task, channel = await start_edge(settings)

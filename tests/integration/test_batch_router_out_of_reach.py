@@ -10,6 +10,7 @@ import grpc
 import httpx
 import pytest
 
+from llmrouter.redis_url import RedisUrl
 from llmrouter.v1 import router_pb2, router_pb2_grpc
 from services.batches import runner
 from services.batches.runner import LEASE_S
@@ -49,7 +50,11 @@ async def test_a_batch_whose_router_is_out_of_reach_is_run_again_after_a_short_b
     router = ComingBackRouter(down=3)
     async with served_router(router) as router_addr:
         settings = EdgeSettings(
-            port=free_port(), router_addr=router_addr, batch_redis_url=store_url, access_log="off", metrics_port=0
+            port=free_port(),
+            router_addr=router_addr,
+            batch_redis_url=RedisUrl(store_url) if store_url else None,
+            access_log="off",
+            metrics_port=0,
         )
         async with served_edge(settings) as base, httpx.AsyncClient(base_url=base, timeout=10) as client:
             batch_id = await create(client, "back")

@@ -13,6 +13,7 @@ import redis
 from openai import AsyncOpenAI
 from pydantic import SecretStr
 
+from llmrouter.redis_url import RedisUrl
 from services.batches import runner
 from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
@@ -39,7 +40,7 @@ async def test_a_line_slot_taken_when_the_batch_store_fails_is_given_back(
         port=free_port(),
         router_addr=chain.router_addr,
         api_keys=SecretStr(key_line(tenant, key)),
-        batch_redis_url=store.url,
+        batch_redis_url=RedisUrl(store.url),
         batch_concurrency=1,
         request_timeout_s=20,
     )

@@ -17,6 +17,7 @@ import httpx
 import pytest
 import redis
 
+from llmrouter.redis_url import RedisUrl
 from services.edge.settings import EdgeSettings
 from tests.integration.conftest import free_port, served_edge
 from tests.redis_servers import RedisCluster, RedisServer
@@ -79,7 +80,11 @@ async def upload(client: httpx.AsyncClient) -> httpx.Response:
 async def test_a_batch_store_out_of_reach_is_a_503_to_retry(kind: str, tmp_path: Path) -> None:
     async with outage(kind, tmp_path / "store") as store:
         settings = EdgeSettings(
-            port=free_port(), router_addr="127.0.0.1:1", batch_redis_url=store.url, access_log="off", metrics_port=0
+            port=free_port(),
+            router_addr="127.0.0.1:1",
+            batch_redis_url=RedisUrl(store.url),
+            access_log="off",
+            metrics_port=0,
         )
         async with served_edge(settings) as base, httpx.AsyncClient(base_url=base, timeout=30) as client:
             kept = await upload(client)

@@ -20,6 +20,7 @@ from openai import AsyncOpenAI, BadRequestError, NotFoundError
 from pydantic import SecretStr
 
 from llmrouter.errors import ServiceError
+from llmrouter.redis_url import RedisUrl
 from llmrouter.server import RunningServer, start_server
 from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
 from services import providers
@@ -52,7 +53,7 @@ async def batch_stack(chain: Chain) -> AsyncIterator[tuple[Chain, str, str, Edge
         router_addr=f"127.0.0.1:{router_port}",
         request_timeout_s=30,
         api_keys=SecretStr(key_line(tenant, key)),
-        batch_redis_url=chain.redis_url,
+        batch_redis_url=RedisUrl(chain.redis_url),
         batch_concurrency=8,
     )
     chain.budget.latency = 0.03  # slow enough that "halfway" is seen
@@ -168,7 +169,7 @@ async def test_batch_files_and_batches_are_per_tenant_and_bad_files_are_refused(
         port=free_port(),
         router_addr=chain.router_addr,
         api_keys=SecretStr(",".join(key_line(t, k) for t, k in keys.values())),
-        batch_redis_url=chain.redis_url,
+        batch_redis_url=RedisUrl(chain.redis_url),
     )
     edge, task, channel = await start_edge(settings)
     owner = AsyncOpenAI(base_url=f"http://127.0.0.1:{settings.port}/v1", api_key=keys["a"][1], max_retries=0)
@@ -228,7 +229,7 @@ async def test_a_cancelled_batch_sends_no_more_lines_and_charges_only_those_it_a
         port=free_port(),
         router_addr=chain.router_addr,
         api_keys=SecretStr(key_line(tenant, key)),
-        batch_redis_url=chain.redis_url,
+        batch_redis_url=RedisUrl(chain.redis_url),
         batch_concurrency=2,
     )
     chain.budget.latency = 0.05
@@ -401,7 +402,7 @@ async def test_an_expiring_batch_records_the_lines_in_flight_and_fails_those_nev
         port=free_port(),
         router_addr=chain.router_addr,
         api_keys=SecretStr(key_line(tenant, key)),
-        batch_redis_url=chain.redis_url,
+        batch_redis_url=RedisUrl(chain.redis_url),
         batch_concurrency=2,
         batch_window_s=3,
     )
@@ -455,7 +456,7 @@ async def test_a_batch_whose_input_file_is_gone_fails_with_the_files_of_what_fin
         port=free_port(),
         router_addr=chain.router_addr,
         api_keys=SecretStr(key_line(tenant, key)),
-        batch_redis_url=chain.redis_url,
+        batch_redis_url=RedisUrl(chain.redis_url),
         batch_concurrency=1,
     )
     chain.budget.latency = 0.1
@@ -505,7 +506,7 @@ async def test_a_batchs_input_file_outlives_a_retention_shorter_than_its_window(
         port=free_port(),
         router_addr=chain.router_addr,
         api_keys=SecretStr(key_line(tenant, key)),
-        batch_redis_url=chain.redis_url,
+        batch_redis_url=RedisUrl(chain.redis_url),
         batch_retention_s=2,
         batch_window_s=60,
     )

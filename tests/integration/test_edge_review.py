@@ -20,6 +20,7 @@ from openai import AsyncOpenAI
 from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
+from llmrouter.redis_url import RedisUrl
 from services.batches import wire
 from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
@@ -46,7 +47,7 @@ async def edge(chain: Chain) -> AsyncIterator[tuple[str, dict[str, str], dict[st
         port=free_port(),
         router_addr=chain.router_addr,
         api_keys=SecretStr(f"{key_line(*tenant)},{key_line(*admin)} admin"),
-        batch_redis_url=chain.redis_url,
+        batch_redis_url=RedisUrl(chain.redis_url),
         request_timeout_s=20,
     )
     server, task, channel = await start_edge(settings)

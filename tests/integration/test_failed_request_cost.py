@@ -19,6 +19,7 @@ import redis.asyncio as redis
 from openai import AsyncOpenAI
 from pydantic import SecretStr
 
+from llmrouter.redis_url import RedisUrl
 from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
 from tests.conftest import ledger_records
@@ -80,7 +81,7 @@ async def test_a_failed_batch_line_that_was_charged_says_so_in_the_error_file(ch
         port=free_port(),
         router_addr=chain.router_addr,
         api_keys=SecretStr(key_line(tenant, key)),
-        batch_redis_url=chain.redis_url,
+        batch_redis_url=RedisUrl(chain.redis_url),
         batch_concurrency=1,
     )
     edge, task, channel = await start_edge(settings)

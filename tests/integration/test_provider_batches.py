@@ -28,6 +28,7 @@ from openai import AsyncOpenAI
 from pydantic import SecretStr
 from typing_extensions import TypeVar
 
+from llmrouter.redis_url import RedisUrl
 from llmrouter.registry import load_registry
 from llmrouter.server import CHANNEL_OPTIONS, RunningServer, start_server
 from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
@@ -124,7 +125,7 @@ async def open_stack(
         router_addr=f"127.0.0.1:{free_port()}",
         request_timeout_s=30,
         api_keys=SecretStr(key_line(tenant, key)),
-        batch_redis_url=redis_url,
+        batch_redis_url=RedisUrl(redis_url),
         batch_poll_s=0.1,
     )
     router_port = int(edge.router_addr.rsplit(":", 1)[1])
@@ -169,7 +170,7 @@ async def start_router(stack: Stack, **overrides: Any) -> RunningServer:
         registry_path=stack.registry_path,
         classifier_addr=f"127.0.0.1:{free_port()}",  # every line names its model: no classifier is asked
         providers_addr=f"127.0.0.1:{stack.providers_port}",
-        redis_url=stack.redis_url,
+        redis_url=RedisUrl(stack.redis_url),
         verifier=False,
         **overrides,
     )

@@ -5,6 +5,8 @@ one server or a Redis Cluster); an in-process store with the same behaviour when
 stack runs with nothing else installed. The response cache lives elsewhere (services/router/cache.py):
 nothing here may be evicted."""
 
+from pydantic import SecretStr
+
 from services.router.store.keys import KEYLESS, SHARDS, AccountKeys, ledger_key, pending_key
 from services.router.store.memory import MemoryStore
 from services.router.store.model import (
@@ -65,5 +67,5 @@ __all__ = [
 ]
 
 
-def open_store(redis_url: str | None, request_id_ttl_s: int = REQUEST_ID_TTL_S) -> Store:
+def open_store(redis_url: str | SecretStr | None, request_id_ttl_s: int = REQUEST_ID_TTL_S) -> Store:
     return RedisStore(redis_url, request_id_ttl_s) if redis_url else MemoryStore(request_id_ttl_s)

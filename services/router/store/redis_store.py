@@ -11,6 +11,8 @@ from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any
 
+from pydantic import SecretStr
+
 from llmrouter.redis_connect import connect, is_cluster
 from llmrouter.redis_errors import StoreFailure, store_failure
 from llmrouter.tasks import raise_if_cancelled
@@ -107,7 +109,7 @@ def _limit_args(allowance: Allowance) -> list[str | int]:
 
 
 class RedisStore:
-    def __init__(self, url: str, request_id_ttl_s: int = REQUEST_ID_TTL_S) -> None:
+    def __init__(self, url: str | SecretStr, request_id_ttl_s: int = REQUEST_ID_TTL_S) -> None:
         self.redis = connect(
             url, max_connections=CONNECTIONS, pool_timeout=5, socket_connect_timeout=2, socket_timeout=5
         )

@@ -1,0 +1,58 @@
+"""The password in the router's Redis URLs (ROUTER_REDIS_URL, ROUTER_CACHE_REDIS_URL) shows nowhere: not in the
+settings' repr, not in a start-up refusal of another setting, not in the output of a router whose Redis is out of
+reach; and a URL its password breaks is refused at start without quoting it."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from llmrouter.settings import load_settings
+from services.router.settings import RouterSettings
+from tests.redis_password import assert_no_password, closed_port, run, url_cut_by_its_password, url_with_password
+
+
+def test_the_redis_password_shows_nowhere(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    with closed_port() as port:
+        url = url_with_password(port)
+        monkeypatch.setenv("ROUTER_REDIS_URL", url)
+        monkeypatch.setenv("ROUTER_CACHE_REDIS_URL", url)
+        settings = load_settings(RouterSettings)
+        shown = f"{settings!r} {settings} {settings.model_dump()} {settings.model_dump_json()}"
+        assert_no_password(shown)
+        assert f"redis_url=RedisUrl('redis://:***@127.0.0.1:{port}/0')" in shown  # where it points still shows
+        assert settings.redis_url is not None and settings.redis_url.get_secret_value() == url  # the client's
+
+        monkeypatch.setenv("ROUTER_REQUEST_TIMEOUT_S", "soon")  # a neighbour refused: the start-up's clear message
+        with pytest.raises(SystemExit):
+            load_settings(RouterSettings)
+        refusal = capsys.readouterr().err
+        assert "ROUTER_REQUEST_TIMEOUT_S" in refusal
+        assert_no_password(refusal)
+        monkeypatch.setenv("ROUTER_REQUEST_TIMEOUT_S", "300")
+        monkeypatch.setenv("ROUTER_HEARTBEAT_TTL_S", "1")  # a rule across settings, whose input is all of them
+        with pytest.raises(ValidationError) as raised:  # as a traceback would show it
+            RouterSettings()
+        assert "heartbeat_ttl_s must be at least" in str(raised.value)
+        assert_no_password(str(raised.value))
+        monkeypatch.undo()  # the routers below see their own settings only
+
+        status, output = run("services.router", env={"ROUTER_REDIS_URL": url, "ROUTER_PORT": "0"})
+        assert status != 0 and "the money store (ROUTER_REDIS_URL) cannot be reached" in output
+        assert_no_password(output)
+        # The cache out of reach is bypassed: the router serves, and logs what failed, tracebacks and all.
+        status, output = run(
+            "services.router", env={"ROUTER_CACHE_REDIS_URL": url, "ROUTER_PORT": "0"}, until="READY router"
+        )
+        assert status == 0 and "the cache store's memory use cannot be read" in output
+        assert "Connection refused" in output
+        assert_no_password(output)
+
+
+@pytest.mark.parametrize("variable", ["ROUTER_REDIS_URL", "ROUTER_CACHE_REDIS_URL"])
+def test_a_url_its_password_breaks_is_refused_at_start_without_quoting_it(variable: str) -> None:
+    with closed_port() as port:
+        status, output = run("services.router", env={variable: url_cut_by_its_password(port), "ROUTER_PORT": "0"})
+    assert_no_password(output)
+    assert status == 2, output
+    assert f"{variable}: Value error, the port is not a number" in output and "percent-encoded" in output
