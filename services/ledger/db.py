@@ -258,11 +258,12 @@ class LedgerDB:
         self._build_stopped = False
         self._build_ended = threading.Event()
         self._build_ended.set()
+        self._prepared = False  # the table made or migrated (_prepare), on the first connection that reached it
         if self.postgres:
             import psycopg  # imported here: SQLite needs nothing installed
 
             self._unreachable: tuple[type[Exception], ...] = (psycopg.OperationalError, psycopg.InterfaceError)
-            self._conn: Any = psycopg.connect(dsn, autocommit=False)
+            self._conn: Any = None  # connected by the first call that reaches the server (_connected)
             self._mark = "%s"
             self._data_errors: tuple[type[Exception], ...] = (psycopg.DataError, psycopg.IntegrityError, ValueError)
         else:
@@ -274,8 +275,15 @@ class LedgerDB:
             self._conn.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT_BYTES}")
             self._mark = "?"
             self._data_errors = (sqlite3.DataError, sqlite3.IntegrityError, OverflowError, ValueError)
-        with self._connected() as conn:
-            self._prepare(conn)
+        try:
+            with self._connected():
+                pass
+        except LedgerUnavailable as exc:
+            if not self.postgres:
+                raise
+            # A router restarted during a database outage (after a crash) starts all the same: its charges go to the
+            # money store and its outbox as ever, and the sink copies them once the database is back.
+            log.error("ledger database unreachable at start; the table is prepared once it answers: %s", exc)
 
     async def insert(self, rows: Sequence[tuple[Any, ...]], records: Sequence[str] = ()) -> int:
         """Insert rows, skipping any whose (tenant, request_id, ledger_entry) is already there, and any a version
@@ -378,21 +386,27 @@ class LedgerDB:
 
     def close(self) -> None:
         with self._lock:
-            self._conn.close()
+            if self._conn is not None:
+                self._conn.close()
 
     @contextmanager
     def _connected(self) -> Iterator[Any]:
-        """The connection, under the lock. PostgreSQL's is made again when the server dropped it (a restart, a
-        failover): the call that met the outage fails (LedgerUnavailable), the next ones work, without
-        restarting the process."""
+        """The connection, under the lock, its table prepared. PostgreSQL's is made when first needed, and again when
+        the server dropped it (a restart, a failover) or was out of reach: the call that met the outage fails
+        (LedgerUnavailable), the next ones work, without restarting the process."""
         unreachable: tuple[type[Exception], ...] = (sqlite3.OperationalError, *self._unreachable)
         with self._lock:
             try:
-                if self.postgres and self._conn.closed:
+                if self.postgres and (self._conn is None or self._conn.closed):
                     import psycopg
 
+                    again = self._conn is not None
                     self._conn = psycopg.connect(self._dsn, autocommit=False)
-                    log.warning("ledger database connection made again")
+                    if again:
+                        log.warning("ledger database connection made again")
+                if not self._prepared:
+                    self._prepare(self._conn)
+                    self._prepared = True
                 yield self._conn
             except unreachable as exc:
                 raise LedgerUnavailable(f"the ledger database is unreachable: {exc}") from exc
