@@ -120,6 +120,10 @@ INDEX_BUILD_LOCK = PREPARE_LOCK + 1
 # until the build's thread ends (one sent between two of its statements cancels nothing), for at most BUILD_STOP_S.
 BUILD_CANCEL_EVERY_S = 0.2
 BUILD_STOP_S = 10.0
+# libpq's connect_timeout (whole seconds) unless the DSN sets one: a server that takes the connection and never
+# answers (a half-dead host, a blackholed address) fails the call that meets it, LedgerUnavailable, instead of holding
+# the connection's lock, and every ledger call behind it, for as long as the TCP stack waits (minutes, or for ever).
+CONNECT_TIMEOUT_S = 5
 # Made by the version before for the bound alone (on (tenant, key_id): no seek by ts): ACCOUNT_INDEX replaces it.
 OLD_ACCOUNT_INDEX = "DROP INDEX IF EXISTS requests_account"
 # The write-ahead log is truncated back to this after a checkpoint (else it keeps the size a long reader grew it to).
@@ -263,6 +267,8 @@ class LedgerDB:
             import psycopg  # imported here: SQLite needs nothing installed
 
             self._unreachable: tuple[type[Exception], ...] = (psycopg.OperationalError, psycopg.InterfaceError)
+            set_in_dsn = "connect_timeout" in psycopg.conninfo.conninfo_to_dict(dsn)
+            self._connect_timeout = {} if set_in_dsn else {"connect_timeout": CONNECT_TIMEOUT_S}
             self._conn: Any = None  # connected by the first call that reaches the server (_connected)
             self._mark = "%s"
             self._data_errors: tuple[type[Exception], ...] = (psycopg.DataError, psycopg.IntegrityError, ValueError)
@@ -401,7 +407,7 @@ class LedgerDB:
                     import psycopg
 
                     again = self._conn is not None
-                    self._conn = psycopg.connect(self._dsn, autocommit=False)
+                    self._conn = psycopg.connect(self._dsn, autocommit=False, **self._connect_timeout)
                     if again:
                         log.warning("ledger database connection made again")
                 if not self._prepared:
