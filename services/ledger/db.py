@@ -267,8 +267,8 @@ class LedgerDB:
             import psycopg  # imported here: SQLite needs nothing installed
 
             self._unreachable: tuple[type[Exception], ...] = (psycopg.OperationalError, psycopg.InterfaceError)
-            set_in_dsn = "connect_timeout" in psycopg.conninfo.conninfo_to_dict(dsn)
-            self._connect_timeout = {} if set_in_dsn else {"connect_timeout": CONNECT_TIMEOUT_S}
+            timed = "connect_timeout" in psycopg.conninfo.conninfo_to_dict(dsn)
+            self._conninfo = dsn if timed else psycopg.conninfo.make_conninfo(dsn, connect_timeout=CONNECT_TIMEOUT_S)
             self._conn: Any = None  # connected by the first call that reaches the server (_connected)
             self._mark = "%s"
             self._data_errors: tuple[type[Exception], ...] = (psycopg.DataError, psycopg.IntegrityError, ValueError)
@@ -407,7 +407,7 @@ class LedgerDB:
                     import psycopg
 
                     again = self._conn is not None
-                    self._conn = psycopg.connect(self._dsn, autocommit=False, **self._connect_timeout)
+                    self._conn = psycopg.connect(self._conninfo, autocommit=False)
                     if again:
                         log.warning("ledger database connection made again")
                 if not self._prepared:
