@@ -254,7 +254,8 @@ class ChatCompletionRequest(Closed):
     # Passed through (llmrouter/passthrough.py).
     response_format: ResponseFormat | None = None
     top_p: StrictFloat | StrictInt | None = Field(default=None, ge=0, le=1)
-    stop: StrictStr | Annotated[list[StrictStr], FirstError()] | None = Field(default=None, max_length=4)
+    # The bound is the list's (check_lengths): on the union it bounded a single stop string to 4 characters.
+    stop: StrictStr | Annotated[list[StrictStr], FirstError(), Field(max_length=MAX_STOP)] | None = None
     seed: StrictInt | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
     tools: Annotated[list[Tool], FirstError()] | None = Field(default=None, max_length=128)
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None

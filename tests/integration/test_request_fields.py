@@ -92,6 +92,19 @@ async def test_the_legacy_route_takes_every_field_of_completions_create(chain: C
     assert (sent["seed"], sent["user"], sent["max_tokens"]) == (5, scoped_id("default", "end-user-2"), 8)
 
 
+async def test_a_stop_string_of_any_length_reaches_the_upstream_as_written(chain: Chain) -> None:
+    """stop is a string or at most 4 strings: the bound is on the list, not on a string's characters (a stop of
+    five newlines was a 400, 'at most 4 items', on both routes)."""
+    sdk = client(chain)
+    for stop in ["\n\n\n\n\n", "END OF ANSWER"]:
+        await sdk.chat.completions.create(
+            model="cheap-model", messages=[{"role": "user", "content": unique("hi")}], stop=stop
+        )
+        assert chain.budget.requests[-1].json["stop"] == stop
+        await sdk.completions.create(model="cheap-model", prompt=unique("hi"), stop=stop)
+        assert chain.budget.requests[-1].json["stop"] == stop
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [
