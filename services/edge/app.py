@@ -131,7 +131,7 @@ def api_error(err: grpc.RpcError, request_id: str, charging: bool = False) -> Ap
     code = OPENAI_CODES.get(error.reason, error.reason.lower())
     retry_after = whole_seconds(error.metadata.get("retry_after_s", "")) or ("1" if status == 503 else "")
     message = error.message
-    if error.reason not in CALLER_REASONS or "upstream_status" in error.metadata:
+    if not _callers_own(error):
         log.warning(
             "request failed",
             extra={"request_id": request_id, "reason": error.reason, "grpc_code": error.code.name, "detail": message},
@@ -156,6 +156,16 @@ def api_error(err: grpc.RpcError, request_id: str, charging: bool = False) -> Ap
         and not _costs_something(charged)
         and not (charging and error.cut_mid_call),
         cost_pending=charging and error.cut_mid_call and not charged,
+    )
+
+
+def _callers_own(error: ServiceError) -> bool:
+    """An error whose message is about the caller's request and holds no provider's text: returned as it is. The
+    router's own context-window refusal (from the registry, no provider named) is one; a provider's is not."""
+    if "upstream_status" in error.metadata:
+        return False
+    return error.reason in CALLER_REASONS or (
+        error.reason == "CONTEXT_LENGTH_EXCEEDED" and "provider" not in error.metadata
     )
 
 

@@ -80,7 +80,13 @@ def evaluate(models: Sequence[ModelSpec], scores: Mapping[str, float] | None, li
         least_worst = model.worst_cost_usd(limits.billed_input(model), shortest)
         excluded = ""
         if limits.input_tokens + wanted > model.context_window:
-            excluded = f"prompt of {limits.input_tokens} tokens exceeds context window {model.context_window}"
+            # Said as it is: a short prompt refused for the answer the caller asked room for is no prompt too long.
+            answer = (
+                f" with an answer of up to {wanted} tokens"
+                if limits.input_tokens + shortest <= model.context_window
+                else ""
+            )
+            excluded = f"prompt of {limits.input_tokens} tokens{answer} exceeds context window {model.context_window}"
         elif limits.max_cost_usd is not None and least_worst > limits.max_cost_usd:
             excluded = (
                 f"the prompt and a {shortest}-token answer may cost {least_worst:f}, "
@@ -165,6 +171,7 @@ def _nothing_fits(every: list[Option]) -> ServiceError:
             grpc.StatusCode.INVALID_ARGUMENT,
             "CONTEXT_LENGTH_EXCEEDED",
             f"the prompt does not fit any available model: {options[0].excluded if options else 'no models'}",
+            {"field": "messages"},  # OpenAI's param for it, the completion's share included
         )
     reasons = "; ".join(f"{o.model.name}: {o.excluded}" for o in options)
     # When the caller's own cost cap, or the response_format, logprobs or logit_bias asked, is what rules out every

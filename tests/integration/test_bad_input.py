@@ -170,3 +170,24 @@ async def test_router_rejects_invalid_utf8(chain: Chain) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await raw(b"\x0a\x06\x12\x04\xff\xfe\xfd\xfc", timeout=10)  # messages[0].content with bad UTF-8
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize("path", ["/chat/completions", "/responses"])
+async def test_max_tokens_past_the_context_window_says_so_not_that_the_prompt_is_too_long(
+    chain: Chain, path: str
+) -> None:
+    """A short prompt whose max_tokens does not fit the named model's window (cheap-model: 4096) was told 'the prompt
+    is longer than the model's context window'. OpenAI's 400 names the conversation (param `messages`) and the
+    completion's share: so does the router's, which the edge returns as it is (it holds no provider's text)."""
+    request = (
+        {**GOOD, "model": "cheap-model", "max_tokens": 4090}
+        if path == "/chat/completions"
+        else {"model": "cheap-model", "input": "hello", "max_output_tokens": 4090}
+    )
+    async with httpx.AsyncClient(timeout=30) as http:
+        reply = await http.post(f"{chain.base_url}{path}", json=request)
+    error = reply.json()["error"]
+    assert reply.status_code == 400 and error["code"] == "context_length_exceeded", reply.text
+    assert "with an answer of up to 4090 tokens" in error["message"] and "4096" in error["message"], error["message"]
+    assert "longer than" not in error["message"]
+    assert error["param"] == ("messages" if path == "/chat/completions" else "input")

@@ -176,8 +176,13 @@ async def test_a_surrogate_pair_is_fine(chain: Chain) -> None:
 
 @pytest.mark.parametrize(
     ("faults", "status"),
-    [([Fault.error(400, message=f"bad schema for {SECRET}")], 400), ([Fault.error(500, message=SECRET)] * 2, 502)],
-    ids=["provider 400", "provider 500"],
+    [
+        ([Fault.error(400, message=f"bad schema for {SECRET}")], 400),
+        ([Fault.error(500, message=SECRET)] * 2, 502),
+        # The router's own context-window refusal is returned as it is; a provider's stays its own.
+        ([Fault.error(400, message=f"maximum context length exceeded at {SECRET}")], 400),
+    ],
+    ids=["provider 400", "provider 500", "provider context length"],
 )
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
 async def test_provider_error_text_is_not_echoed(chain: Chain, faults: list, status: int, stream: bool) -> None:
