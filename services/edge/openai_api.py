@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 import time
 from collections.abc import Callable
 from decimal import Decimal
@@ -475,7 +476,7 @@ def decode_json(body: bytes, check: Callable[[Any], None] | None = None) -> Any:
     except RecursionError:
         raise ApiError(400, f"request body is nested deeper than {MAX_DEPTH} levels", code="invalid_json") from None
     except ValueError as exc:  # UnicodeDecodeError is a ValueError too
-        raise ApiError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
+        raise ApiError(400, f"request body is not valid JSON: {json_fault(exc)}", code="invalid_json") from None
     if check is not None:
         check(value)
     if _depth_over(value, MAX_DEPTH):
@@ -486,6 +487,15 @@ def decode_json(body: bytes, check: Callable[[Any], None] | None = None) -> Any:
         except UnicodeEncodeError:
             raise ApiError(400, "request body has a lone UTF-16 surrogate in a string", code="invalid_json") from None
     return value
+
+
+def json_fault(exc: ValueError) -> str:
+    """What json.loads found wrong, in the caller's terms: an integer past Python's conversion limit is reported with
+    advice to call sys.set_int_max_str_digits(), which only this process could follow. Recognised by its text, since
+    a parse_int hook would cost a Python call per integer of every body."""
+    if "integer string conversion" in str(exc):
+        return f"an integer of more than {sys.get_int_max_str_digits()} digits is past a number's range"
+    return str(exc)
 
 
 class _Written(float):

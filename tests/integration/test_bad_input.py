@@ -191,3 +191,25 @@ async def test_max_tokens_past_the_context_window_says_so_not_that_the_prompt_is
     assert "with an answer of up to 4090 tokens" in error["message"] and "4096" in error["message"], error["message"]
     assert "longer than" not in error["message"]
     assert error["param"] == ("messages" if path == "/chat/completions" else "input")
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/chat/completions", '{"messages": [{"role": "user", "content": "hi"}], "max_tokens": %s}'),
+        ("/completions", '{"prompt": "hi", "max_tokens": %s}'),
+        ("/responses", '{"input": "hi", "max_output_tokens": %s}'),
+        ("/batches", '{"input_file_id": "file-x", "metadata": {"a": %s}}'),
+    ],
+)
+async def test_an_integer_of_thousands_of_digits_is_refused_in_the_callers_terms(
+    chain: Chain, path: str, body: str
+) -> None:
+    """Python's own words for it advised calling sys.set_int_max_str_digits(), which no caller can."""
+    async with httpx.AsyncClient(timeout=30) as http:
+        reply = await http.post(f"{chain.base_url}{path}", content=body % ("9" * 5000))
+    error = reply.json()["error"]
+    assert (reply.status_code, error["code"]) == (400, "invalid_json"), reply.text
+    assert error["message"] == (
+        "request body is not valid JSON: an integer of more than 4300 digits is past a number's range"
+    )
