@@ -4,8 +4,9 @@ settings' repr) and revealed only where a client is built (llmrouter.redis_conne
 
 A malformed URL is refused when the settings are read (and by connect()), by a message that never quotes it, where
 urllib's and redis-py's errors would: a password holding an unescaped `/`, `?` or `#` ends the host part early, and
-its first piece is then read, and quoted, as the port. The settings quote no secret's input in their errors either
-(llmrouter/settings.py)."""
+its first piece is then read, and quoted, as the port; after a user name and digits, the port parses and the rest,
+password and all, is a query or fragment, so an @ past the host part is refused too (but in a password parameter's
+value). The settings quote no secret's input in their errors either (llmrouter/settings.py)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ def check(url: str) -> None:
     if not sep or scheme not in SCHEMES:
         raise ValueError(f"a Redis URL starts with {', '.join(f'{s}://' for s in SCHEMES)}")
     parts = urlsplit(url)
+    if _user_info_cut(parts):
+        raise ValueError(f"an @ follows the host part{_ESCAPE_HINT}")
     if scheme == "unix":
         if not parts.path:
             raise ValueError("a unix:// Redis URL names the socket's path")
@@ -52,6 +55,21 @@ def _port_parses(parts: SplitResult) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _user_info_cut(parts: SplitResult) -> bool:
+    """Whether an @ follows the host part: the end of a user info that a password's unescaped / ? or # ended early.
+    Past a user name and a password of digits up to its ? or #, the host and port parse (the user name and the
+    digits) and the rest, password and all, is a query or fragment that nothing else refuses. An @ is a password's
+    there only in its parameter's value, or in a socket's path after no user info or a whole one."""
+    fields = [field for field in parts.query.split("&") if not _is_password(field)]
+    cut_path = parts.scheme == "unix" and parts.netloc and "@" not in parts.netloc
+    return "@" in parts.fragment or any("@" in field for field in fields) or bool(cut_path and "@" in parts.path)
+
+
+def _is_password(parameter: str) -> bool:
+    name, equals, _ = parameter.partition("=")
+    return bool(equals) and "pass" in name.lower()
 
 
 def cluster_addresses(addresses: str) -> list[tuple[str, int]]:
@@ -82,8 +100,7 @@ def redacted(url: str) -> str:
 
 
 def _masked_parameter(parameter: str) -> str:
-    name, equals, _ = parameter.partition("=")
-    return f"{name}={MASK}" if equals and "pass" in name.lower() else parameter
+    return f"{parameter.partition('=')[0]}={MASK}" if _is_password(parameter) else parameter
 
 
 class RedisUrl(SecretStr):

@@ -18,6 +18,10 @@ SHOWN = {
     "redis://money:6379/0?password=s3cret&socket_timeout=5": "redis://money:6379/0?password=***&socket_timeout=5",
     "unix://:s3cret@/run/redis.sock?db=1": "unix://:***@/run/redis.sock?db=1",
     "redis://money:6379/0": "redis://money:6379/0",
+    # An "@" after the host part is a password's only where a password is: in its parameter, or in a socket's path.
+    "redis://money:6379/0?password=s3@cret": "redis://money:6379/0?password=***",
+    "unix:///run/redis@1/redis.sock": "unix:/run/redis@1/redis.sock",
+    "unix://:s3cret@/run/redis@1/redis.sock": "unix://:***@/run/redis@1/redis.sock",
 }
 # Each cut where its user did not mean it to, by a password holding an unescaped / ? or #, or left without a host.
 BROKEN = [
@@ -25,6 +29,12 @@ BROKEN = [
     "redis://:s3?cret@money:6379/0",
     "redis://:s3#cret@money:6379/0",
     "redis://u:12/34@money",  # host "u", port 12, and "34@money" as the database
+    # A user name and a password of digits up to its ? or #: host "default", port 12, and the rest a query or fragment
+    "redis://default:12?s3cret@money:6379/0",
+    "redis://default:12#s3cret@money:6379/0",
+    "redis://default:12?s3=cret@money:6379/0",
+    "redis+cluster://default:12#s3cret@node-a:6379",
+    "unix://:s3/cret@/run/redis.sock",  # "s3" as the host, the socket's path "/cret@/run/redis.sock"
     "redis://:s3cret",
     "redis+cluster://:s3/cret@node-a:6379",
     "http://:s3cret@money:6379",
