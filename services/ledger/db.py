@@ -38,6 +38,7 @@ import asyncio
 import json
 import logging
 import math
+import os
 import sqlite3
 import threading
 import time
@@ -120,9 +121,10 @@ INDEX_BUILD_LOCK = PREPARE_LOCK + 1
 # until the build's thread ends (one sent between two of its statements cancels nothing), for at most BUILD_STOP_S.
 BUILD_CANCEL_EVERY_S = 0.2
 BUILD_STOP_S = 10.0
-# libpq's connect_timeout (whole seconds) unless the DSN sets one: a server that takes the connection and never
-# answers (a half-dead host, a blackholed address) fails the call that meets it, LedgerUnavailable, instead of holding
-# the connection's lock, and every ledger call behind it, for as long as the TCP stack waits (minutes, or for ever).
+# libpq's connect_timeout (whole seconds) unless the DSN or the environment (PGCONNECT_TIMEOUT) sets one: a server that
+# takes the connection and never answers (a half-dead host, a blackholed address) fails the call that meets it,
+# LedgerUnavailable, instead of holding the connection's lock, and every ledger call behind it, for as long as the
+# TCP stack waits (minutes, or for ever).
 CONNECT_TIMEOUT_S = 5
 # Made by the version before for the bound alone (on (tenant, key_id): no seek by ts): ACCOUNT_INDEX replaces it.
 OLD_ACCOUNT_INDEX = "DROP INDEX IF EXISTS requests_account"
@@ -267,7 +269,7 @@ class LedgerDB:
             import psycopg  # imported here: SQLite needs nothing installed
 
             self._unreachable: tuple[type[Exception], ...] = (psycopg.OperationalError, psycopg.InterfaceError)
-            timed = "connect_timeout" in psycopg.conninfo.conninfo_to_dict(dsn)
+            timed = "connect_timeout" in psycopg.conninfo.conninfo_to_dict(dsn) or "PGCONNECT_TIMEOUT" in os.environ
             self._conninfo = dsn if timed else psycopg.conninfo.make_conninfo(dsn, connect_timeout=CONNECT_TIMEOUT_S)
             self._conn: Any = None  # connected by the first call that reaches the server (_connected)
             self._mark = "%s"

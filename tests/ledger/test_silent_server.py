@@ -78,3 +78,13 @@ def test_a_connect_timeout_in_the_dsn_is_kept(silent_server: int) -> None:
     taken, raised = within_bound(lambda: asyncio.run(LedgerDB(dsn=dsn).rejected()))
     assert isinstance(raised, LedgerUnavailable)
     assert taken < CONNECT_TIMEOUT_S  # 1 s, the DSN's, twice at most (the start's try, then the call's)
+
+
+def test_a_connect_timeout_from_the_environment_is_kept(silent_server: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # libpq's own setting for every connection of the process (PGCONNECT_TIMEOUT), which the DSN's default would hide
+    monkeypatch.setenv("PGCONNECT_TIMEOUT", "2")
+    db = LedgerDB(dsn=f"postgresql://ledger@127.0.0.1:{silent_server}/ledger")
+    taken, raised = within_bound(lambda: asyncio.run(db.rejected()))
+    assert isinstance(raised, LedgerUnavailable)
+    assert taken < CONNECT_TIMEOUT_S  # 2 s, the environment's
+    db.close()
