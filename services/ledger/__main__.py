@@ -18,6 +18,7 @@ from pathlib import Path
 from llmrouter.redis_connect import connect
 from llmrouter.settings import load_settings
 from services.ledger import export
+from services.ledger.db import LedgerUnavailable
 from services.ledger.service import ledger_for
 from services.ledger.settings import LedgerSettings
 from services.ledger.sink import LedgerSink, RedisSource, consumer_name
@@ -56,8 +57,7 @@ async def main(argv: list[str]) -> int:
             if args.out is None:
                 count = export.write(rows, sys.stdout, args.format)
             else:
-                with args.out.open("w", encoding="utf-8", newline="") as file:
-                    count = export.write(rows, file, args.format)
+                count = export.write_file(rows, args.out, args.format)
             print(f"exported {count} rows", file=sys.stderr)
         elif args.command == "trim":
             days = args.days if args.days is not None else settings.ledger_sql_retention_days
@@ -76,6 +76,9 @@ async def main(argv: list[str]) -> int:
                 await LedgerSink(RedisSource(client, consumer_name(), settings.ledger_sql_claim_idle_s), db).run()
             finally:
                 await client.aclose()
+    except LedgerUnavailable as exc:  # the database down: said plainly, no traceback, a file to write left as it was
+        print(f"ledger {args.command}: {exc}", file=sys.stderr)
+        return 1
     finally:
         db.close()
     return 0

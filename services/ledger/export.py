@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import tempfile
 from collections.abc import Iterable
+from pathlib import Path
 from typing import IO, Any
 
 from services.ledger.db import COLUMNS, Row
@@ -46,4 +49,18 @@ def write(rows: Iterable[Row], out: IO[str], fmt: str) -> int:
                 values["generations"] = json.loads(values["generations"])
             out.write(json.dumps(values, separators=(",", ":")) + "\n")
         count += 1
+    return count
+
+
+def write_file(rows: Iterable[Row], path: Path, fmt: str) -> int:
+    """Write the rows to `path` whole or not at all: an export that fails (the database out of reach at its first
+    read, a full disk) leaves the file there was, say the last good export, as it was. Owner-only, like the ledger."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as file:
+            count = write(rows, file, fmt)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
     return count

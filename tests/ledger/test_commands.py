@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -49,3 +50,27 @@ def test_ledger_export_needs_no_router_certificates(tmp_path: Path) -> None:
     assert (row["tenant"], row["request_id"], row["cost_usd"]) == ("acme", "r1", "0.000000000007")
     assert (row["owed_pico"], row["owed_usd"]) == ("5", "0.000000000005")
     assert row["generations"] == '[{"model":"m","input_tokens":1,"output_tokens":2}]'
+
+
+def test_an_export_the_database_cannot_answer_leaves_the_file_as_it_was(tmp_path: Path) -> None:
+    """The PostgreSQL ledger out of reach (a closed port): the command says so, with no traceback, and the file an
+    earlier export wrote is kept; it was emptied before the first read failed."""
+    out = tmp_path / "ledger.jsonl"
+    out.write_text("the last good export\n")
+    with socket.create_server(("127.0.0.1", 0)) as spare:
+        port = spare.getsockname()[1]  # closed once the block ends: nothing listens there
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTER_")}
+    env["ROUTER_LEDGER_SQL_DSN"] = f"postgresql://ledger@127.0.0.1:{port}/ledger"
+    result = subprocess.run(
+        [sys.executable, "-m", "llmrouter.cli", "ledger", "export", "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "ledger export: the ledger database is unreachable" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert out.read_text() == "the last good export\n"
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temporary file left beside it
