@@ -44,6 +44,10 @@ FORMAT_DEFAULTS = {"openai": True, "anthropic": False, "local": False}
 FORMAT_FIELDS = {"json_object": "json_mode", "json_schema": "structured_outputs"}
 # Capabilities only the openai kind's gateway has, each with why the anthropic and local gateways cannot claim it.
 OPENAI_ONLY = {"logprobs": "returns no log-probabilities", "logit_bias": "drops logit_bias"}
+# Whether a model of each provider kind can be sent a tool call whose arguments are no JSON object (`{`, `[1,2]`):
+# OpenAI's gateway sends them on as the string they are, the local one sends no tool calls; Anthropic's Messages API
+# takes them only as an object (a tool_use block's input).
+RAW_TOOL_ARGUMENTS = {"openai": True, "anthropic": False, "local": True}
 
 log = logging.getLogger("llmrouter.registry")
 RELOADS = Counter(
@@ -136,6 +140,9 @@ class ModelSpec(BaseModel):
     # Applies logit_bias: a request carrying one is routed only to models that do (and must name its model, since
     # the keys are token ids of that model's tokenizer). Left out: its provider's `logit_bias`.
     logit_bias: bool | None = None
+    # Can be sent a conversation whose tool calls' arguments are no JSON object: such a request is routed only to
+    # models that can. Left out: as its provider's kind sends them (RAW_TOOL_ARGUMENTS); never true for anthropic.
+    raw_tool_arguments: bool | None = None
     # Quality comes from the classifier's prediction for `quality_from` (a model it was trained on),
     # or, for a model it cannot predict, from the fixed prior `quality_prior`.
     quality_from: str = ""
@@ -258,8 +265,8 @@ class Registry(BaseModel):
                 raise ValueError(f"model {m.name!r}: tier {m.tier!r} is not one of {self.tiers}")
             if not m.quality_from and m.quality_prior is None:
                 raise ValueError(f"model {m.name!r}: give quality_from (a classifier model) or quality_prior")
-        # Each model's response_format, logprobs and logit_bias support made explicit, from its provider where its
-        # entry is silent.
+        # Each model's response_format, logprobs, logit_bias and raw tool arguments support made explicit, from its
+        # provider where its entry is silent.
         object.__setattr__(self, "models", [self._with_capabilities(m) for m in self.models])
         return self
 
@@ -287,6 +294,13 @@ class Registry(BaseModel):
                     f"model {model.name!r}: {field} cannot be true for a provider of kind {kind!r}, "
                     "whose gateway has no way to send response_format"
                 )
+        if model.raw_tool_arguments is None:
+            update["raw_tool_arguments"] = RAW_TOOL_ARGUMENTS[kind]
+        elif model.raw_tool_arguments and not RAW_TOOL_ARGUMENTS[kind]:
+            raise ValueError(
+                f"model {model.name!r}: raw_tool_arguments cannot be true for a provider of kind {kind!r}, "
+                "whose API takes a tool call's arguments only as a JSON object"
+            )
         return model.model_copy(update=update) if update else model
 
     @property

@@ -65,6 +65,10 @@ class Validated:
 
     tool_calls: list[list[dict[str, Any]]]  # per message, its tool calls (empty when none)
     passthrough: dict[str, Any]  # OpenAI-style extras, a JSON object
+    # The first tool call whose arguments are no JSON object (object_arguments), named as OpenAI names the field
+    # (messages[i].tool_calls[j].function.arguments); '' when there is none. Valid, and sent on as written to OpenAI,
+    # but not to a model that takes them only as an object (registry `raw_tool_arguments`).
+    raw_arguments_at: str
 
 
 def check_message_count(messages: Sized) -> None:
@@ -91,7 +95,31 @@ def validate(request: GenerationRequest) -> Validated:
     tool_calls = [_tool_calls(m.tool_calls_json, i) for i, m in enumerate(request.messages)]
     extras = passthrough(request.passthrough_json)
     _check_logit_bias(extras.get("logit_bias"))
-    return Validated(tool_calls, extras)
+    return Validated(tool_calls, extras, _raw_arguments_at(request.messages, tool_calls))
+
+
+def object_arguments(call: dict[str, Any]) -> dict[str, Any] | None:
+    """A tool call's arguments (OpenAI's: the JSON text the model wrote) as the JSON object they hold, an empty one when
+    none are given; None when they hold no object (`{`, `[1,2]`, a NaN, nesting past the parser's depth, no string)."""
+    function = call.get("function")
+    text = function.get("arguments") if isinstance(function, dict) else None
+    if text is None or text == "":
+        return {}
+    try:
+        value = json.loads(text, parse_constant=_no_constant) if isinstance(text, str) else None
+    except (ValueError, RecursionError):
+        value = None
+    return value if isinstance(value, dict) else None
+
+
+def _raw_arguments_at(messages: Sequence[ChatMessage], tool_calls: list[list[dict[str, Any]]]) -> str:
+    """Validated.raw_arguments_at. A tool message's tool_calls are not looked at: Anthropic's gateway sends such a
+    message as its tool result alone."""
+    for i, (message, calls) in enumerate(zip(messages, tool_calls, strict=True)):
+        for j, call in enumerate(calls if message.role != "tool" else []):
+            if object_arguments(call) is None:
+                return f"messages[{i}].tool_calls[{j}].function.arguments"
+    return ""
 
 
 def passthrough(raw: str) -> dict[str, Any]:

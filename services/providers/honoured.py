@@ -3,7 +3,8 @@ request only to models whose registry capabilities say they honour it (services/
 services may call the providers service directly, and its gateways drop what they cannot send (Anthropic's
 response_format, the local model's every passthrough field): the caller would get plain text where it asked for
 JSON, or no log-probabilities. A field at its "left out" value (null, false, an empty logit_bias) asks for nothing,
-as the OpenAI gateway does not send it."""
+as the OpenAI gateway does not send it. A tool call whose arguments are no JSON object, which Anthropic's gateway
+cannot send, is refused here too, naming the field, rather than by the gateway as if the provider had refused it."""
 
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ from llmrouter.registry import FORMAT_FIELDS, ModelSpec
 REASON = "UNSUPPORTED_PARAMETER"  # OpenAI's code for a parameter the model does not support
 
 
-def refuse_unhonoured(model: ModelSpec, passthrough: dict[str, Any]) -> None:
-    """Raise INVALID_ARGUMENT naming the first field of `passthrough` the model cannot honour."""
+def refuse_unhonoured(model: ModelSpec, passthrough: dict[str, Any], raw_arguments_at: str = "") -> None:
+    """Raise INVALID_ARGUMENT naming the first field of `passthrough` the model cannot honour, or the tool call's
+    arguments at `raw_arguments_at` (Validated) when the model takes them only as an object."""
     response_format = passthrough.get("response_format")
     kind = response_format.get("type") if isinstance(response_format, dict) else None
     if kind in FORMAT_FIELDS and not model.honours(kind):
@@ -31,12 +33,19 @@ def refuse_unhonoured(model: ModelSpec, passthrough: dict[str, Any]) -> None:
         raise _unhonoured(model, "top_logprobs", "log-probabilities", "logprobs")
     if passthrough.get("logit_bias") and not model.logit_bias:
         raise _unhonoured(model, "logit_bias", "logit_bias", "logit_bias")
+    if raw_arguments_at and not model.raw_tool_arguments:
+        said = f"{raw_arguments_at} must be a JSON object for model {model.name!r}"
+        raise _refused(model, raw_arguments_at, "raw_tool_arguments", said)
 
 
 def _unhonoured(model: ModelSpec, field: str, asked: str, capability: str) -> ServiceError:
+    return _refused(model, field, capability, f"model {model.name!r} does not honour {asked}")
+
+
+def _refused(model: ModelSpec, field: str, capability: str, said: str) -> ServiceError:
     return ServiceError(
         grpc.StatusCode.INVALID_ARGUMENT,
         REASON,
-        f"model {model.name!r} does not honour {asked} (registry: {capability} is false); nothing was sent upstream",
+        f"{said} (registry: {capability} is false); nothing was sent upstream",
         {"field": field, "model": model.name, "capability": capability},
     )

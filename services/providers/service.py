@@ -80,7 +80,7 @@ class ProviderServicer(provider_pb2_grpc.ProviderServicer):
 
 def upstream_request(model: ModelSpec, request: provider_pb2.GenerateRequest) -> UpstreamRequest:
     valid = validate(request)
-    refuse_unhonoured(model, valid.passthrough)
+    refuse_unhonoured(model, valid.passthrough, valid.raw_arguments_at)
     # OpenAI's "developer" role is its newer name for "system"; upstreams that predate it (vLLM, Ollama,
     # Anthropic, the local model) know only "system".
     messages = [

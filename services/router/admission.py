@@ -170,6 +170,7 @@ class Admission:
             response_format=response_format,
             needs_logprobs=_logprobs_asked(valid.passthrough),
             needs_logit_bias=_logit_bias_asked(valid.passthrough, request.model),
+            raw_arguments_at=valid.raw_arguments_at,
             min_output_tokens=settings.min_output_tokens,
         )
 

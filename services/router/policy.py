@@ -19,7 +19,9 @@ from services.router.exclusions import (
     LOGPROBS_UNRETURNED,
     NO_LOGIT_BIAS,
     NO_LOGPROBS,
+    NO_RAW_ARGUMENTS,
     NO_TOOLS,
+    OBJECT_ARGUMENTS_ONLY,
     UNAVAILABLE,
 )
 from services.router.input_bound import InputBound
@@ -39,6 +41,8 @@ class Limits:
     response_format: str = ""  # the response_format type the answer must have (json_object, json_schema); '' any
     needs_logprobs: bool = False  # the caller asked for the answer's token log-probabilities (logprobs, top_logprobs)
     needs_logit_bias: bool = False  # the caller sent a logit_bias, which only some upstreams apply
+    # The first tool call whose arguments are no JSON object, which only some upstreams take (Validated); '' none.
+    raw_arguments_at: str = ""
     min_output_tokens: int = 1  # the shortest useful answer: a model that cannot afford it is not eligible
 
     def billed_input(self, model: ModelSpec) -> int:
@@ -105,6 +109,8 @@ def evaluate(models: Sequence[ModelSpec], scores: Mapping[str, float] | None, li
             excluded = NO_LOGPROBS
         elif limits.needs_logit_bias and not model.logit_bias:
             excluded = NO_LOGIT_BIAS
+        elif limits.raw_arguments_at and not model.raw_tool_arguments:
+            excluded = NO_RAW_ARGUMENTS
         quality = predicted_quality(model, scores)
         options.append(Option(model, -1.0 if quality is None else quality, cost, excluded))
     return options
@@ -131,7 +137,7 @@ def plan(registry: Registry, options: list[Option], limits: Limits, classified: 
     strongest tier within limits: quality is kept, savings are not."""
     within = [o for o in options if not o.excluded]
     if not within:
-        raise _nothing_fits(options)
+        raise _nothing_fits(options, limits)
     if not classified:
         order = sorted(within, key=lambda o: (-registry.tier_rank(o.model), o.cost))
         return Plan(options, order, "classifier_unavailable", "classifier unavailable: strongest tier within limits")
@@ -147,13 +153,13 @@ def plan(registry: Registry, options: list[Option], limits: Limits, classified: 
     return Plan(options, meeting + below, "cheapest_near_best", reason)
 
 
-def explicit(options: list[Option], name: str) -> Plan:
+def explicit(options: list[Option], name: str, limits: Limits) -> Plan:
     """A model the caller named is honoured, limits still apply; no fallback to another model."""
     option = next((o for o in options if o.model.name == name), None)
     if option is None:
         raise ServiceError(grpc.StatusCode.NOT_FOUND, "MODEL_NOT_FOUND", f"model {name!r} is not available")
     if option.excluded:
-        raise _nothing_fits([option])
+        raise _nothing_fits([option], limits)
     return Plan(options, [option], "explicit_model", f"model {name} requested by the caller")
 
 
@@ -163,7 +169,7 @@ def escalation_target(order: list[Option], current: Option, registry: Registry) 
     return min(stronger, key=lambda o: o.cost, default=None)
 
 
-def _nothing_fits(every: list[Option]) -> ServiceError:
+def _nothing_fits(every: list[Option], limits: Limits) -> ServiceError:
     # What the caller can change is about the models available here; the others are listed only when none is.
     options = [o for o in every if o.excluded != UNAVAILABLE] or every
     if all(o.excluded.startswith("prompt of") for o in options):
@@ -174,6 +180,16 @@ def _nothing_fits(every: list[Option]) -> ServiceError:
             {"field": "messages"},  # OpenAI's param for it, the completion's share included
         )
     reasons = "; ".join(f"{o.model.name}: {o.excluded}" for o in options)
+    if options and all(o.excluded.startswith(OBJECT_ARGUMENTS_ONLY) for o in options):
+        # Said first in the caller's terms: the field it sent, with the models that cannot take it.
+        arguments = limits.raw_arguments_at
+        names = ", ".join(o.model.name for o in options)
+        return ServiceError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "NO_ELIGIBLE_MODEL",
+            f"{arguments} must be a JSON object for {names}: no model within limits ({reasons})",
+            {"field": arguments},
+        )
     # When the caller's own cost cap, or the response_format, logprobs or logit_bias asked, is what rules out every
     # model, name it as the field to change.
     field = None

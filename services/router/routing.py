@@ -54,7 +54,7 @@ class Routing:
                     grpc.StatusCode.NOT_FOUND, "MODEL_NOT_FOUND", f"model {request.model[:128]!r} does not exist"
                 )
             options = policy.evaluate(models, None, limits)
-            plan, version = policy.explicit(options, request.model), ""
+            plan, version = policy.explicit(options, request.model, limits), ""
         else:
             scores, version = await self._classify(request, tenant, time_remaining)
             if scores is not None:

@@ -150,27 +150,44 @@ async def test_anthropic_tool_call_history_becomes_blocks(stub, anthropic_fake: 
     assert resp.content == "[claude-fake-20250101] The tool said: sunnynoon" and resp.finish_reason == "stop"
 
 
-async def test_anthropic_refuses_arguments_that_are_not_an_object(stub, anthropic_fake: FakeAnthropic) -> None:
+# Arguments holding no JSON object: malformed, another JSON value, a NaN (no JSON), nested past the parser's depth
+# (once a RecursionError: INTERNAL, which the router charges as an attempt of unknown outcome though nothing was sent).
+NOT_OBJECTS = ["{", "[1]", '"text"', '{"a": NaN}', "[" * 100_000 + "]" * 100_000]
+NOT_OBJECT_IDS = ["malformed", "array", "string", "nan", "nested-too-deep"]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+@pytest.mark.parametrize("arguments", NOT_OBJECTS, ids=NOT_OBJECT_IDS)
+async def test_anthropic_refuses_arguments_that_are_not_an_object_naming_them(
+    stub, anthropic_fake: FakeAnthropic, arguments: str, stream: bool
+) -> None:
+    """Refused as a field the model cannot honour (honoured.py), not as the provider's refusal: the caller is told
+    which call's arguments, and the providers service never calls the upstream."""
     req = history("claude")
-    req.messages[1].tool_calls_json = json.dumps([{**CALLS[0], "function": {"name": "f", "arguments": "[1]"}}])
+    req.messages[1].tool_calls_json = json.dumps(
+        [CALLS[0], {**CALLS[1], "function": {"name": "f", "arguments": arguments}}]
+    )
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await stub.Generate(req)
+        if stream:
+            await collect(stub, req)
+        else:
+            await stub.Generate(req)
+    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     err = error_of(info.value)
-    assert err.reason == "UPSTREAM_ERROR" and err.metadata["upstream_status"] == "400"
+    field = "messages[1].tool_calls[1].function.arguments"
+    assert err.reason == "UNSUPPORTED_PARAMETER"
+    assert err.metadata == {"field": field, "model": "claude", "capability": "raw_tool_arguments"}
+    assert err.message.startswith(f"{field} must be a JSON object for model 'claude'")
     assert not anthropic_fake.requests
 
 
-async def test_anthropic_refuses_arguments_nested_too_deep(stub, anthropic_fake: FakeAnthropic) -> None:
-    # Once a RecursionError: INTERNAL, which the router charges as an attempt of unknown outcome (its worst case)
-    # though nothing was sent, and a half-open circuit's probe never released (the model refused for good).
-    deep = "[" * 100_000 + "]" * 100_000
-    req = history("claude")
-    req.messages[1].tool_calls_json = json.dumps([{**CALLS[0], "function": {"name": "f", "arguments": deep}}])
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await stub.Generate(req)
-    err = error_of(info.value)
-    assert err.reason == "UPSTREAM_ERROR" and err.metadata["upstream_status"] == "400"
-    assert not anthropic_fake.requests
+async def test_openai_is_sent_arguments_that_are_not_an_object_as_written(stub, openai_fake: FakeOpenAI) -> None:
+    req = history("cheap")
+    calls = [CALLS[0], {**CALLS[1], "function": {"name": "get_time", "arguments": "[1,2]"}}]
+    req.messages[1].tool_calls_json = json.dumps(calls)
+    resp = await stub.Generate(req)
+    assert openai_fake.requests[-1].json["messages"][1]["tool_calls"] == calls
+    assert resp.content == "[cheap-upstream-v1] The tool said: noon"
 
 
 @pytest.mark.parametrize("model", ["cheap", "claude"])

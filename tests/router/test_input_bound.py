@@ -112,7 +112,7 @@ def test_a_model_is_billed_at_most_its_context_window() -> None:
 async def admitted(request: router_pb2.CompleteRequest) -> Routed:
     gate = admission.Admission(RouterSettings(min_output_tokens=16), REGISTRY, MemoryStore(), scratch_outbox())
     limits = await gate.limits(request, "t")
-    plan = policy.explicit(policy.evaluate(REGISTRY.models, None, limits), request.model)
+    plan = policy.explicit(policy.evaluate(REGISTRY.models, None, limits), request.model, limits)
     decision = routing.decision(plan, limits, "")
     routed = Routed(
         request,

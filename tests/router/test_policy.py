@@ -120,9 +120,9 @@ def test_without_classifier_the_strongest_tier_keeps_quality() -> None:
 def test_explicit_model_is_honoured_or_not_found() -> None:
     lim = limits()
     options = policy.evaluate(REGISTRY.models, None, lim)
-    assert [o.model.name for o in policy.explicit(options, "cheap").order] == ["cheap"]
+    assert [o.model.name for o in policy.explicit(options, "cheap", lim).order] == ["cheap"]
     with pytest.raises(ServiceError) as err:
-        policy.explicit(options, "nope")
+        policy.explicit(options, "nope", lim)
     assert err.value.code == grpc.StatusCode.NOT_FOUND
 
 
@@ -153,10 +153,10 @@ def test_a_response_format_skips_models_that_do_not_guarantee_it() -> None:
     assert [o.model.name for o in plan.order] == ["strong"]
     cheap = next(o for o in plan.options if o.model.name == "cheap")
     assert cheap.excluded == "does not guarantee response_format json_schema (registry: structured_outputs is false)"
-    assert policy.explicit(policy.evaluate(registry.models, None, lim), "strong").order[0].model.name == "strong"
+    assert policy.explicit(policy.evaluate(registry.models, None, lim), "strong", lim).order[0].model.name == "strong"
 
     with pytest.raises(ServiceError) as refused:  # named: refused, never served without the format
-        policy.explicit(policy.evaluate(registry.models, None, lim), "cheap")
+        policy.explicit(policy.evaluate(registry.models, None, lim), "cheap", lim)
     assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert refused.value.metadata == {"field": "response_format"}
 
@@ -196,7 +196,7 @@ def test_logprobs_asked_skip_models_that_do_not_return_them() -> None:
     assert [o.model.name for o in plan.order] == ["strong"]
     cheap = next(o for o in plan.options if o.model.name == "cheap")
     assert cheap.excluded == "does not return logprobs (registry: logprobs is false)"
-    assert policy.explicit(policy.evaluate(registry.models, None, lim), "strong").order[0].model.name == "strong"
+    assert policy.explicit(policy.evaluate(registry.models, None, lim), "strong", lim).order[0].model.name == "strong"
     # Not asked: every model serves it, whether it returns them or not.
     lim = limits()
     plan = policy.plan(registry, policy.evaluate(registry.models, {"weak": 0.9, "big": 0.9}, lim), lim, True)
@@ -205,8 +205,9 @@ def test_logprobs_asked_skip_models_that_do_not_return_them() -> None:
 
 def test_a_model_named_that_returns_no_logprobs_is_refused_naming_logprobs() -> None:
     registry = with_logprobs({"strong"})
+    lim = limits(needs_logprobs=True)
     with pytest.raises(ServiceError) as refused:  # never served with the logprobs dropped
-        policy.explicit(policy.evaluate(registry.models, None, limits(needs_logprobs=True)), "cheap")
+        policy.explicit(policy.evaluate(registry.models, None, lim), "cheap", lim)
     assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert (refused.value.reason, refused.value.metadata) == ("NO_ELIGIBLE_MODEL", {"field": "logprobs"})
 
@@ -235,3 +236,43 @@ def test_amounts_in_reasons_are_written_in_plain_notation() -> None:
     assert excluded.endswith("over max_cost_usd 0.0000001") and "E-" not in excluded
     options = policy.evaluate(REGISTRY.models, {"weak": 1}, limits(max_cost_usd=Decimal("1e-999999999")))
     assert next(o for o in options if o.model.name == "cheap").excluded.endswith("over max_cost_usd 0")
+
+
+FIELD = "messages[1].tool_calls[0].function.arguments"
+
+
+def taking_raw_arguments(models: set[str]) -> Registry:
+    return Registry.model_validate(
+        {
+            **REGISTRY.model_dump(mode="json", exclude={"models"}),
+            "models": [{**m.model_dump(mode="json"), "raw_tool_arguments": m.name in models} for m in REGISTRY.models],
+        }
+    )
+
+
+def test_arguments_that_are_no_object_skip_models_that_take_only_objects() -> None:
+    registry = taking_raw_arguments({"strong"})
+    lim = limits(raw_arguments_at=FIELD)
+    plan = policy.plan(registry, policy.evaluate(registry.models, {"weak": 0.9, "big": 0.9}, lim), lim, True)
+    assert [o.model.name for o in plan.order] == ["strong"]
+    cheap = next(o for o in plan.options if o.model.name == "cheap")
+    assert (
+        cheap.excluded == "takes a tool call's arguments only as a JSON object (registry: raw_tool_arguments is false)"
+    )
+    with pytest.raises(ServiceError) as refused:  # named: refused naming the field, never sent to be refused
+        policy.explicit(policy.evaluate(registry.models, None, lim), "cheap", lim)
+    assert (refused.value.reason, refused.value.metadata) == ("NO_ELIGIBLE_MODEL", {"field": FIELD})
+    assert refused.value.message.startswith(f"{FIELD} must be a JSON object for cheap: no model within limits (")
+    # Arguments that are objects: every model serves them.
+    lim = limits()
+    plan = policy.plan(registry, policy.evaluate(registry.models, {"weak": 0.9, "big": 0.9}, lim), lim, True)
+    assert [o.model.name for o in plan.order] == ["cheap", "strong"]
+
+
+def test_when_no_model_takes_them_the_refusal_names_the_arguments() -> None:
+    registry = taking_raw_arguments(set())
+    lim = limits(raw_arguments_at=FIELD)
+    with pytest.raises(ServiceError) as refused:
+        policy.plan(registry, policy.evaluate(registry.models, None, lim), lim, classified=False)
+    assert (refused.value.reason, refused.value.metadata) == ("NO_ELIGIBLE_MODEL", {"field": FIELD})
+    assert refused.value.message.startswith(f"{FIELD} must be a JSON object for cheap, strong: no model within")

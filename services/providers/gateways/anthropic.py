@@ -10,6 +10,7 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from llmrouter.registry import ProviderSpec
+from llmrouter.validation import object_arguments
 from services.providers.gateways.base import (
     Completion,
     Message,
@@ -167,11 +168,9 @@ def _blocks(m: Message) -> list[dict[str, Any]]:
     blocks: list[dict[str, Any]] = [{"type": "text", "text": m.content}] if m.content or not m.tool_calls else []
     for call in m.tool_calls:
         function = call.get("function") or {}
-        try:
-            arguments = json.loads(function.get("arguments") or "{}")
-        except (ValueError, RecursionError):
-            arguments = None
-        if not isinstance(arguments, dict):  # Anthropic takes the input as an object: the request cannot be sent
+        # Anthropic takes the input only as an object: the providers service refuses such a request before it gets
+        # here (honoured.py), naming the field.
+        if (arguments := object_arguments(call)) is None:
             raise UpstreamError("rejected", "a tool call's arguments are not a JSON object", status=400)
         blocks.append(
             {"type": "tool_use", "id": call.get("id", ""), "name": function.get("name", ""), "input": arguments}
