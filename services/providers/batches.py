@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 import grpc
 
@@ -26,6 +27,9 @@ POLL_LOGPROBS_BYTES = MAX_MESSAGE_BYTES // 2
 # And the most its results take in all, for a caller that reads the rest in another poll (`partial`): long answers
 # (50 of 400 KB) passed the message too, and no answer of the part was ever read.
 POLL_REPLY_BYTES = MAX_MESSAGE_BYTES // 2
+# A batch id is a segment of the upstream URL it is read at (/batches/{id}): one with '/', '..', '?' or '#' would have
+# the provider's key read another path of its API. Providers' ids are plain tokens (batch_..., msgbatch_..., UUIDs).
+BATCH_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,255}")
 
 
 def batch_api(registry: Registry, model: ModelSpec, dispatcher: Dispatcher) -> tuple[ProviderBatches, ModelSpec]:
@@ -70,6 +74,8 @@ async def poll(
 ) -> provider_pb2.PollBatchResponse:
     """The batch's state and, once ended, the results of `request_ids` (all when empty), in their order; `partial`:
     only the first that fit POLL_REPLY_BYTES, the others named in unread_ids."""
+    if not BATCH_ID.fullmatch(batch_id):
+        raise invalid("batch_id must be a provider's batch id (letters, digits, '_', '.', ':', '-')", "batch_id")
     try:
         state = await api.poll(batch_id, frozenset(request_ids))
     except UpstreamError as exc:
