@@ -346,9 +346,9 @@ class Deferred:
                     ),
                     timeout=PROVIDER_CALL_S,
                 )
-            except grpc.RpcError:
+            except grpc.RpcError as err:
                 if not ending:
-                    raise
+                    raise _unread(err) from None
                 polled = provider_pb2.PollBatchResponse(status="unreadable")
             if not polled.ended:
                 if not ending:
@@ -575,6 +575,18 @@ def _of_another_batch(pending: Pending | None, request_id: str, batch_id: str) -
         return None
     error = f"request {request_id!r} was sent in another provider batch than {batch_id!r}: it is settled from that one"
     return router_pb2.CollectedLine(request_id=request_id, error=error, charged_usd="0")
+
+
+def _unread(err: grpc.RpcError) -> ServiceError:
+    """A poll that failed, for the collect's caller to try again: the providers' own refusal as they gave it; a call
+    that broke on the way (no ErrorInfo) as UNAVAILABLE, without gRPC's text, which names the providers' address."""
+    error = ServiceError.from_rpc_error(err)
+    if error.explained:
+        return error
+    log.warning("provider batch not read", extra={"error": error.message})
+    return ServiceError(
+        grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE", "the provider batch could not be read: collect it again"
+    )
 
 
 def _being_sent(request_id: str, admitted: float) -> ServiceError:
