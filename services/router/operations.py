@@ -4,6 +4,7 @@ and an admin's budget overrides. Who may see what is decided here, from the auth
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -64,7 +65,9 @@ class Operations:
     async def stats(self, who: str | None, since: float, until: float, group_by: str) -> tuple[Group, list[Group]]:
         if group_by not in GROUPINGS:
             raise invalid("group_by must be one of model, tenant, day", "group_by")
-        if since < 0 or until < 0 or (since and until and since >= until):
+        # NaN or infinity is no instant (a NaN bound matched no row: an empty answer, as though nothing was served).
+        finite = math.isfinite(since) and math.isfinite(until)
+        if not finite or since < 0 or until < 0 or (since and until and since >= until):
             raise invalid("since and until are Unix seconds, since before until", "since")
         with ledger_reachable():
             rows = await self.ledger.rows(since or None, until or None, who)

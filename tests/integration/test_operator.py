@@ -6,17 +6,21 @@ decision without a generation over REST charges nothing."""
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 import redis.asyncio as redis
 from pydantic import SecretStr
 
+from llmrouter.errors import ServiceError
+from llmrouter.v1 import operator_pb2, operator_pb2_grpc
 from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
 from tests.conftest import ledger_records
@@ -152,6 +156,19 @@ async def test_operator_api_bad_input_is_a_clear_400(keyed_edge: tuple[str, dict
             reply = await http.put(path, json=body, headers=admin)
             assert reply.status_code == 400, (path, body, reply.text)
         assert (await http.get("/router/stats")).status_code == 401
+
+
+@pytest.mark.parametrize("bounds", [{"since": math.nan}, {"until": math.nan}, {"since": math.inf}, {"until": math.inf}])
+async def test_stats_bounds_that_are_no_instant_are_invalid_not_an_empty_answer(
+    chain: Chain, bounds: dict[str, float]
+) -> None:
+    """A gRPC caller's NaN or infinity (the edge refuses them itself): the router answered 0 requests and $0, a NaN
+    bound matching no row of the ledger, as though nothing had been served."""
+    async with grpc.aio.insecure_channel(chain.router_addr) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await operator_pb2_grpc.OperatorStub(channel).Stats(operator_pb2.StatsRequest(admin=True, **bounds))
+    error = ServiceError.from_rpc_error(refused.value)
+    assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST"), error.message
 
 
 async def test_two_authorization_headers_are_a_400_on_every_authenticated_route(
