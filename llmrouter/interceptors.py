@@ -32,6 +32,9 @@ RPC_SECONDS = Histogram(
 INFLIGHT = Gauge("llmrouter_inflight_requests", "Requests being served (to the last message for streams)", ["service"])
 
 _UNMEASURED = ("/grpc.health.", "/grpc.reflection.")
+# What a caller is told of a call to a service behind this one that broke on the way (unreachable, dropped mid-call):
+# its code and reason, not gRPC's text, which names the other service's address ("ipv4:10.0.3.7:50052"). Logged.
+BROKE_BEHIND = "a service this call depends on failed it ({}): try again"
 Parser = Callable[[bytes], Any] | None
 
 
@@ -118,6 +121,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             yield
         except ServiceError as exc:
             code = exc.code
+            if not exc.explained:  # a call to a service behind this one that broke: gRPC's text names its address
+                log.warning("%s failed: a call it made broke", method, extra={"error": exc.message})
+                exc = ServiceError(exc.code, exc.reason, BROKE_BEHIND.format(code.name), exc.metadata)
             await context.abort(exc.code, exc.message, exc.trailing_metadata())
         except grpc.aio.AbortError:
             code = context.code() if isinstance(context.code(), grpc.StatusCode) else grpc.StatusCode.UNKNOWN
