@@ -50,6 +50,7 @@ from services.edge.openai_api import (
     usage_body,
 )
 from services.edge.operator_routes import OperatorRoutes
+from services.edge.responses_errors import named_as_sent
 from services.edge.responses_stream import response_events
 from services.edge.settings import EdgeSettings
 from services.router.store import KEYLESS
@@ -306,16 +307,16 @@ class Edge:
     async def responses(self, request: Request) -> Response:
         """OpenAI's Responses API, stateless: served as the chat completion of its instructions and input."""
         tenant, key = self.caller(request)
-        chat, echoed = await parse_off_loop(await self.read_body(request), responses.to_chat)
+        chat, sent = await parse_off_loop(await self.read_body(request), responses.to_chat)
         try:
             # Its instructions come first as one more message than its input items.
             response = await self._chat(request, tenant, key, chat, max_messages=MAX_ROUTED_MESSAGES)
         except ApiError as error:
-            raise responses.named_as_sent(error) from None
+            raise named_as_sent(error, sent.origins) from None
         if isinstance(response, StreamingResponse):
-            response.body_iterator = response_events(response.body_iterator, echoed)
+            response.body_iterator = response_events(response.body_iterator, sent.echoed)
             return response
-        return retold(response, responses.response_body(json.loads(bytes(response.body)), echoed))
+        return retold(response, responses.response_body(json.loads(bytes(response.body)), sent.echoed))
 
     async def stored_response(self, request: Request) -> Response:
         """No response is ever stored: every id is unknown (once the caller is known, as on every route)."""

@@ -5,6 +5,7 @@ is stored, so what needs a stored response or a built-in tool is refused by name
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
@@ -28,6 +29,7 @@ from services.edge.openai_api import (
     decode_json,
     first_error,
 )
+from services.edge.responses_errors import CALLS_ONLY, MESSAGE_ITEM, OUTPUT_ITEM, WHOLE, Origin
 
 # OpenAI's Responses fields handed to the chat path as they are: same name, same meaning, validated there.
 SAME_AS_CHAT = frozenset(
@@ -188,19 +190,23 @@ def check_fields(raw: dict[str, Any]) -> None:
             raise unsupported(name, f"{name} is not supported: {reason}")
 
 
-def to_messages(fields: ResponsesFields) -> list[dict[str, Any]]:
-    """The conversation as chat messages: instructions first as a system message, then each input item."""
+def to_messages(fields: ResponsesFields) -> tuple[list[dict[str, Any]], list[Origin]]:
+    """The conversation as chat messages: instructions first as a system message, then each input item; beside
+    them, where each came from (its errors name that)."""
     messages: list[dict[str, Any]] = []
+    origins: list[Origin] = []
     if fields.instructions is not None:
         messages.append({"role": "system", "content": fields.instructions})
+        origins.append(Origin("instructions", WHOLE))
     if isinstance(fields.input, str):
-        return [*messages, {"role": "user", "content": fields.input}]
+        return [*messages, {"role": "user", "content": fields.input}], [*origins, Origin("input", WHOLE)]
     if not fields.input:
         raise ApiError(400, "input must not be empty", param="input", code="invalid_value")
     for i, raw in enumerate(fields.input):
         item = parse_item(raw, f"input.{i}")
         if isinstance(item, MessageItem):
             messages.append({"role": item.role, "content": item.text()})
+            origins.append(Origin(f"input[{i}]", MESSAGE_ITEM))
         elif isinstance(item, FunctionCallItem):
             function = {"name": item.name, "arguments": item.arguments}
             call = {"id": item.call_id, "type": "function", "function": function}
@@ -211,11 +217,14 @@ def to_messages(fields: ResponsesFields) -> list[dict[str, Any]]:
                     message = f"Invalid 'input': more than {MAX_TOOL_CALLS} function_call items in one turn"
                     raise ApiError(400, message, param=f"input.{i}", code="array_above_max_length")
                 calls.append(call)
+                origins[-1].calls.append(i)
             else:
                 messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+                origins.append(Origin(f"input[{i}]", CALLS_ONLY, [i]))
         elif isinstance(item, FunctionCallOutputItem):
             messages.append({"role": "tool", "tool_call_id": item.call_id, "content": item.text()})
-    return messages
+            origins.append(Origin(f"input[{i}]", OUTPUT_ITEM))
+    return messages, origins
 
 
 def parse_item(raw: dict[str, Any], param: str) -> BaseModel:
@@ -271,8 +280,16 @@ def check_lengths(raw: Any) -> None:
         check_properties(raw.get("metadata"), "metadata", MAX_METADATA)
 
 
-def to_chat(body: bytes) -> tuple[bytes, dict[str, Any]]:
-    """The chat completion request for a Responses one, and the request's fields its answer echoes; 400 for what
+@dataclass(frozen=True)
+class Sent:
+    """What a translated request's answer and errors refer back to."""
+
+    echoed: dict[str, Any]  # the request's fields its answer echoes
+    origins: list[Origin]  # where each chat message came from: errors name that (responses_errors)
+
+
+def to_chat(body: bytes) -> tuple[bytes, Sent]:
+    """The chat completion request for a Responses one, and what its answer and errors refer back to; 400 for what
     cannot be translated."""
     raw = decode_json(body, check_lengths)
     if not isinstance(raw, dict):
@@ -285,7 +302,7 @@ def to_chat(body: bytes) -> tuple[bytes, dict[str, Any]]:
     except ValidationError as exc:
         raise invalid(exc) from None
     chat: dict[str, Any] = {k: v for k, v in raw.items() if k in SAME_AS_CHAT | ROUTER_EXTENSIONS}
-    chat["messages"] = to_messages(fields)
+    chat["messages"], origins = to_messages(fields)
     if fields.max_output_tokens is not None:
         chat["max_completion_tokens"] = fields.max_output_tokens
     tools = to_chat_tools(fields.tools or [])
@@ -310,7 +327,7 @@ def to_chat(body: bytes) -> tuple[bytes, dict[str, Any]]:
     elif fields.stream_options is not None:
         raise ApiError(400, "stream_options is only allowed with stream true", param="stream_options")
     # Written out again as JSON: its max_cost_usd as its caller wrote it, not the float's shortest form.
-    return json.dumps(cost_as_written(chat)).encode(), echo(raw, fields)
+    return json.dumps(cost_as_written(chat)).encode(), Sent(echo(raw, fields), origins)
 
 
 def echo(raw: dict[str, Any], fields: ResponsesFields) -> dict[str, Any]:
@@ -337,22 +354,6 @@ def echo(raw: dict[str, Any], fields: ResponsesFields) -> dict[str, Any]:
         "background": False,
         "truncation": "disabled",
     }
-
-
-# The chat request's fields that name one of the Responses request in an error (a model that cannot honour it, a
-# prompt with no content or over every context window: the router names the conversation `messages`).
-CHAT_PARAMS = {
-    "response_format": "text.format",
-    "max_completion_tokens": "max_output_tokens",
-    "tools": "tools",
-    "messages": "input",
-}
-
-
-def named_as_sent(error: ApiError) -> ApiError:
-    """The chat path's error naming the field as the caller sent it."""
-    error.param = CHAT_PARAMS.get(error.param or "", error.param)
-    return error
 
 
 INCOMPLETE_REASONS = {"length": "max_output_tokens", "content_filter": "content_filter"}

@@ -11,6 +11,7 @@ import pytest
 from llmrouter.validation import MAX_ROUTED_MESSAGES
 from services.edge import legacy, responses
 from services.edge.openai_api import MAX_CONTENT_PARTS, MAX_REQUEST_CONTENT_PARTS, ApiError, parse_request
+from services.edge.responses_errors import named_as_sent
 
 USER = {"role": "user", "content": "hi"}
 TOOL = {"type": "function", "function": {"name": "f"}}
@@ -67,11 +68,11 @@ def test_responses_function_calls_past_128_in_one_turn_are_a_400_naming_input() 
         return {"input": [USER, *made, *outputs]}
 
     def served(payload: bytes) -> None:  # as the edge's Responses route serves it
-        chat, _ = responses.to_chat(payload)
+        chat, sent = responses.to_chat(payload)
         try:
             parse_request(chat, MAX_ROUTED_MESSAGES)
         except ApiError as error:
-            raise responses.named_as_sent(error) from None
+            raise named_as_sent(error, sent.origins) from None
 
     refused = refusal(served, body(129))
     assert (refused["param"], refused["code"]) == ("input.129", "array_above_max_length")

@@ -9,6 +9,7 @@ import pytest
 
 from services.edge.openai_api import ApiError, parse_request
 from services.edge.responses import to_chat
+from services.edge.responses_errors import named_as_sent
 from services.edge.responses_stream import ResponseEvents
 
 
@@ -39,6 +40,83 @@ def test_an_answer_with_text_and_calls_sent_back_is_one_assistant_turn() -> None
         {"id": c, "type": "function", "function": {"name": "f", "arguments": "{}"}} for c in ("call_1", "call_2")
     ]
     assert chat["messages"][1:] == [{"role": "assistant", "content": "Let me look.", "tool_calls": tool_calls}]
+
+
+def call(call_id: str) -> dict[str, Any]:
+    return {"type": "function_call", "call_id": call_id, "name": "f", "arguments": "{}"}
+
+
+def output(call_id: str) -> dict[str, Any]:
+    return {"type": "function_call_output", "call_id": call_id, "output": "x"}
+
+
+# input[i] as chat messages: 0 system (instructions), 1 user (input[0]), 2 assistant (input[1], with the calls of
+# input[2] and input[3]), 3 and 4 tool (input[4] and input[5]), 5 assistant (input[6]'s call alone), 6 tool
+# (input[7]), 7 user (input[8]).
+CONVERSATION = [
+    {"role": "user", "content": "hi"},
+    {"role": "assistant", "content": "Let me look."},
+    call("c1"),
+    call("c2"),
+    output("c1"),
+    output("c2"),
+    call("c3"),
+    output("c3"),
+    {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "and?"}]},
+]
+CHAT_TO_SENT = [
+    ("messages[0].content", "instructions"),
+    ("messages.0.role", "instructions"),
+    ("messages[1].content", "input[0].content"),
+    ("messages.7.content", "input[8].content"),
+    ("messages[7]", "input[8]"),
+    ("messages[2].role", "input[1].role"),
+    ("messages[2].content", "input[1].content"),
+    ("messages[2].tool_calls", "input[2]"),
+    ("messages[2].tool_calls_json", "input[2]"),
+    ("messages[2].tool_calls[1].function.arguments", "input[3].arguments"),
+    ("messages.2.tool_calls.0.function.name", "input[2].name"),
+    ("messages[2].tool_calls[1].id", "input[3].call_id"),
+    ("messages[2].tool_calls[0]", "input[2]"),
+    ("messages[3].content", "input[4].output"),
+    ("messages[4].tool_call_id", "input[5].call_id"),
+    ("messages[4].role", "input[5].type"),
+    ("messages[5].role", "input[6].type"),
+    ("messages[5].tool_calls[0].function.arguments", "input[6].arguments"),
+    ("messages", "input"),
+    ("response_format", "text.format"),
+    # Paths no message maps stay as they are.
+    ("messages[8].content", "messages[8].content"),
+    ("messages[2].tool_calls[2].id", "messages[2].tool_calls[2].id"),
+    ("messages[1].tool_calls[0].id", "messages[1].tool_calls[0].id"),
+    ("messages[1].name", "messages[1].name"),
+    ("messages.1.content.0.text", "messages.1.content.0.text"),
+    ("temperature", "temperature"),
+]
+
+
+@pytest.mark.parametrize(("chat_param", "param"), CHAT_TO_SENT)
+def test_a_chat_paths_error_names_the_input_item_it_came_from(chat_param: str, param: str) -> None:
+    _, sent = to_chat(json.dumps({"instructions": "Be terse.", "input": CONVERSATION}).encode())
+    assert named_as_sent(ApiError(400, "wrong", param=chat_param), sent.origins).param == param
+
+
+@pytest.mark.parametrize("instructions", [None, "Be terse."])
+def test_a_string_inputs_message_is_named_input(instructions: str | None) -> None:
+    _, sent = to_chat(json.dumps({"instructions": instructions, "input": "hi"}).encode())
+    last = len(sent.origins) - 1
+    error = named_as_sent(ApiError(400, "bad", param=f"messages[{last}].content"), sent.origins)
+    assert error.param == "input"
+
+
+def test_the_message_names_the_item_where_it_names_the_chat_path() -> None:
+    _, sent = to_chat(json.dumps({"input": CONVERSATION}).encode())
+    said = "messages[1].tool_calls is wrong: see messages[1].tool_calls[1] and messages[1].tool_calls."
+    error = named_as_sent(ApiError(400, said, param="messages[1].tool_calls"), sent.origins)
+    assert error.message == "input[2] is wrong: see messages[1].tool_calls[1] and input[2]."
+    # A whole name is renamed as the param only: the message's words are the router's.
+    error = named_as_sent(ApiError(400, "messages have no content", param="messages"), sent.origins)
+    assert (error.param, error.message) == ("input", "messages have no content")
 
 
 def test_a_named_function_choice_and_a_schema_are_chats() -> None:

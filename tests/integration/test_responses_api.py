@@ -257,6 +257,45 @@ async def test_a_text_format_no_model_named_honours_is_a_400_naming_it(mixed: Mi
     assert mixed.sent() == before
 
 
+def calls_in_one_turn(bad: int) -> list[dict[str, Any]]:
+    """A user turn, the assistant's text and two function_call items (input[2] and input[3]; the one at `bad` with
+    arguments that are no JSON object) and their outputs: chat's messages[2], one assistant turn of two tool calls
+    after the instructions' system message and the user's."""
+    calls = [
+        {"type": "function_call", "call_id": f"call_{i}", "name": "get_weather", "arguments": '{"city": "Paris"}'}
+        for i in (2, 3)
+    ]
+    calls[bad - 2]["arguments"] = "[1,2]"
+    outputs = [{"type": "function_call_output", "call_id": c["call_id"], "output": "sunny"} for c in calls]
+    return [
+        {"role": "user", "content": unique("What is the weather in Paris?")},
+        {"role": "assistant", "content": "Let me look."},
+        *calls,
+        *outputs,
+    ]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("bad", [2, 3])
+async def test_arguments_a_named_model_cannot_take_are_named_as_their_input_item(
+    mixed: Mixed,  # noqa: F811
+    bad: int,
+    stream: bool,
+) -> None:
+    """claude-model (Anthropic's kind) takes a call's arguments only as a JSON object: the router refuses them
+    naming the chat path (messages[2].tool_calls[1].function.arguments), which the caller never sent."""
+    before = mixed.sent()
+    body = {"model": "claude-model", "instructions": "Be terse.", "input": calls_in_one_turn(bad), "stream": stream}
+    async with httpx.AsyncClient(timeout=30) as http:
+        reply = await http.post(f"{mixed.base_url}/responses", json=body)
+    assert reply.status_code == 400, reply.text
+    error = reply.json()["error"]
+    assert (error["param"], error["code"]) == (f"input[{bad}].arguments", "no_eligible_model")
+    assert error["message"].startswith(f"input[{bad}].arguments must be a JSON object for claude-model")
+    assert "messages" not in error["message"]
+    assert mixed.sent() == before
+
+
 UNSUPPORTED, UNKNOWN = "unsupported_parameter", "unknown_parameter"
 
 
