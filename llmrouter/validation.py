@@ -113,10 +113,10 @@ def object_arguments(call: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _raw_arguments_at(messages: Sequence[ChatMessage], tool_calls: list[list[dict[str, Any]]]) -> str:
-    """Validated.raw_arguments_at. A tool message's tool_calls are not looked at: Anthropic's gateway sends such a
-    message as its tool result alone."""
+    """Validated.raw_arguments_at. Only the tool calls Anthropic's gateway sends are looked at: it sends a tool
+    message as its tool result alone, a system or developer message as system text alone."""
     for i, (message, calls) in enumerate(zip(messages, tool_calls, strict=True)):
-        for j, call in enumerate(calls if message.role != "tool" else []):
+        for j, call in enumerate(calls if message.role not in ("tool", "system", "developer") else []):
             if object_arguments(call) is None:
                 return f"messages[{i}].tool_calls[{j}].function.arguments"
     return ""

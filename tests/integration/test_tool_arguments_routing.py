@@ -125,3 +125,14 @@ async def test_object_arguments_still_go_to_anthropic(mixed: Mixed, arguments: s
     turn = mixed.claude.requests[-1].json["messages"][1]
     inputs = [block["input"] for block in turn["content"] if block["type"] == "tool_use"]
     assert inputs == [{"city": "Paris"}, json.loads(arguments or "{}")]
+
+
+@pytest.mark.parametrize("role", ["system", "developer"])
+async def test_a_system_messages_tool_calls_are_not_looked_at(mixed: Mixed, role: str) -> None:
+    # Anthropic's gateway sends a system (or developer) message as its system text alone, never its tool calls:
+    # their arguments, whatever they hold, keep no model from the request (they did not before).
+    call = {"id": "call_9", "type": "function", "function": {"name": "get_time", "arguments": "{"}}
+    messages = [{"role": role, "content": "Be brief.", "tool_calls": [call]}, *ask("Hello")]
+    reply = await complete(mixed, {"model": "claude-model", "messages": messages})
+    assert reply.status_code == 200, reply.text
+    assert mixed.claude.requests[-1].json["system"] == "Be brief."
