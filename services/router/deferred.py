@@ -581,6 +581,9 @@ def _unread(err: grpc.RpcError) -> ServiceError:
     """A poll that failed, for the collect's caller to try again: the providers' own refusal as they gave it; a call
     that broke on the way (no ErrorInfo) as UNAVAILABLE, without gRPC's text, which names the providers' address."""
     error = ServiceError.from_rpc_error(err)
+    if error.explained and error.metadata.get("field") == "batch_id":  # PollBatch's name for the caller's field
+        said = error.message.replace("batch_id", "provider_batch_id", 1)
+        return ServiceError(error.code, error.reason, said, {**error.metadata, "field": "provider_batch_id"})
     if error.explained:
         return error
     log.warning("provider batch not read", extra={"error": error.message})

@@ -42,7 +42,9 @@ async def test_a_batch_the_providers_cannot_read_is_a_clear_status_not_internal(
             assert (unknown.code, unknown.reason) == (grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE")
             malformed = await refusal(channel, "../models")
             assert (malformed.code, malformed.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST")
-            assert malformed.metadata["field"] == "batch_id"
+            # Named as the caller sent it: CollectBatchRequest has no batch_id (PollBatch's name for it).
+            assert malformed.metadata["field"] == "provider_batch_id"
+            assert malformed.message.startswith("provider_batch_id must be"), malformed.message
             assert [r.path for r in stack.upstream.requests] == ["/v1/batches/batch_nobody_made"]
     finally:
         await server.stop(1)
