@@ -9,6 +9,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing, asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, cast
 
 import grpc
@@ -32,6 +33,15 @@ RPC_SECONDS = Histogram(
 INFLIGHT = Gauge("llmrouter_inflight_requests", "Requests being served (to the last message for streams)", ["service"])
 
 _UNMEASURED = ("/grpc.health.", "/grpc.reflection.")
+
+
+@dataclass
+class Call:
+    """The call being served: its request once parsed (None before), for what is logged of it."""
+
+    request: Any = None
+
+
 # What a caller is told of a call to a service behind this one that broke on the way (unreachable, dropped mid-call):
 # its code and reason, not gRPC's text, which names the other service's address ("ipv4:10.0.3.7:50052"). Logged.
 BROKE_BEHIND = "a service this call depends on failed it ({}): try again"
@@ -91,9 +101,10 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         seconds = RPC_SECONDS.labels(self.service, method)
 
         async def wrapped(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
-            async with self._guard(method, seconds, context):
+            async with self._guard(method, seconds, context) as call:
                 with acting_as(self.authenticator.identify(context)):
-                    return await behaviour(_parse(parse, raw), context)
+                    call.request = _parse(parse, raw)
+                    return await behaviour(call.request, context)
 
         return wrapped
 
@@ -104,25 +115,28 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
         async def wrapped(raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             # aclosing: a cancelled call closes the handler at once, running its cleanup now.
-            async with self._guard(method, seconds, context):
+            async with self._guard(method, seconds, context) as call:
                 with acting_as(self.authenticator.identify(context)):
-                    async with aclosing(behaviour(_parse(parse, raw), context)) as items:
+                    call.request = _parse(parse, raw)
+                    async with aclosing(behaviour(call.request, context)) as items:
                         async for item in items:
                             yield item
 
         return wrapped
 
     @asynccontextmanager
-    async def _guard(self, method: str, seconds: Histogram, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+    async def _guard(self, method: str, seconds: Histogram, context: grpc.aio.ServicerContext) -> AsyncIterator[Call]:
         start, code = time.perf_counter(), grpc.StatusCode.OK
         inflight = self._inflight
         inflight.inc()
+        call = Call()
         try:
-            yield
+            yield call
         except ServiceError as exc:
             code = exc.code
             if not exc.explained:  # a call to a service behind this one that broke: gRPC's text names its address
-                log.warning("%s failed: a call it made broke", method, extra={"error": exc.message})
+                told = {"error": exc.message, "request_id": getattr(call.request, "request_id", "")}
+                log.warning("%s failed: a call it made broke", method, extra=told)
                 exc = ServiceError(exc.code, exc.reason, BROKE_BEHIND.format(code.name), exc.metadata)
             await context.abort(exc.code, exc.message, exc.trailing_metadata())
         except grpc.aio.AbortError:

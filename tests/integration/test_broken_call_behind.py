@@ -50,7 +50,7 @@ async def upstream(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeOpenAI]
 
 
 async def test_providers_gone_are_told_without_their_address(
-    upstream: FakeOpenAI, tmp_path: Path, redis_url: str
+    upstream: FakeOpenAI, tmp_path: Path, redis_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = tmp_path / "models.yaml"
     path.write_text(yaml.safe_dump(registry(upstream.base_url)))
@@ -68,6 +68,9 @@ async def test_providers_gone_are_told_without_their_address(
             assert error.code == grpc.StatusCode.UNAVAILABLE, error.message
             for revealing in ("127.0.0.1", str(providers), "ipv4", "backends", "addresses"):
                 assert revealing not in error.message, error.message
+            # What broke is the operator's to read, in the router's log, with the request it failed.
+            (logged,) = [r for r in caplog.records if getattr(r, "request_id", "") == request_id]
+            assert str(providers) in getattr(logged, "error", "")
     client = redis.from_url(redis_url)
     try:
         charged = {r["request_id"]: Decimal(r["cost_usd"]) for r in await ledger_records(client)}
