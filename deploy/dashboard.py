@@ -309,6 +309,16 @@ def build() -> dict:
         )
         .with_panel(
             series(
+                "Since each router's SQL sink last copied the ledger (Stats and exports behind by as much)",
+                "s",
+                (
+                    f"time() - max by (pod) ({s('llmrouter_router_ledger_sink_last_success_timestamp_seconds')} > 0)",
+                    "{{pod}}",
+                ),
+            )
+        )
+        .with_panel(
+            series(
                 "Store memory against maxmemory (money refuses every request at 100%; a warm cache sits near it)",
                 "percentunit",
                 (f"max by (store) ({s('llmrouter_router_store_memory_ratio')})", "{{store}}"),

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from llmrouter.redis_connect import is_cluster_client
 from llmrouter.tasks import raise_if_cancelled
 from services.ledger.db import LedgerDB, Rejected, row_from_record
+from services.router.metrics import LEDGER_SINK_LAST_SUCCESS
 from services.router.store import SHARDS, MemoryStore, ledger_key
 
 log = logging.getLogger("llmrouter.ledger")
@@ -200,6 +201,7 @@ class LedgerSink:
             await self.db.reject(rejected)
         self.inserted += await self.db.insert(rows, records)
         await self.source.ack([entry_id for entry_id, _ in entries])
+        LEDGER_SINK_LAST_SUCCESS.set_to_current_time()  # its age is how far behind the SQL ledger may be
         return len(entries)
 
     async def drain(self) -> None:
@@ -209,6 +211,7 @@ class LedgerSink:
 
     async def run(self) -> None:
         """Copy until cancelled; a failure (Redis or the database away) is retried, never fatal."""
+        LEDGER_SINK_LAST_SUCCESS.set_to_current_time()  # a sink failing from its start is stalled since then
         while True:
             try:
                 await self.step()

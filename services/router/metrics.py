@@ -39,6 +39,10 @@ LEDGER_REJECTED = Counter(
     "llmrouter_router_ledger_rejected_total",
     "Ledger entries the SQL sink could not copy as rows (unreadable, or refused), kept whole in ledger_rejected",
 )
+LEDGER_SINK_LAST_SUCCESS = Gauge(
+    "llmrouter_router_ledger_sink_last_success_timestamp_seconds",
+    "When this router's SQL sink last copied all it read (or found nothing to copy), or started: 0 without a sink",
+)
 OUTBOX = Gauge(
     "llmrouter_router_outbox_charges", "Charges and undos of lost admissions waiting in the outbox for the money store"
 )

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import random
+import time
 import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -17,6 +18,7 @@ from typing import Any
 
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 
 from llmrouter.errors import ServiceError
 from llmrouter.redis_connect import connect
@@ -45,6 +47,7 @@ TENANTS = [Account(name, f"k-{name}") for name in ("acme", "globex", "initech", 
 # Its own consumer group: a router's sink still running in this test session reads the same stream.
 GROUP = "test-sink"
 MODELS = ["gpt-4o-mini", "claude-3-5-sonnet", "smollm2-135m"]
+SINK_LAST_SUCCESS = "llmrouter_router_ledger_sink_last_success_timestamp_seconds"
 
 
 @pytest.fixture
@@ -408,3 +411,31 @@ async def test_a_postgresql_that_dropped_the_connection_is_reconnected(
     finally:
         await store.close()
         db.close()
+
+
+async def test_the_sinks_last_success_stands_still_while_the_database_refuses_its_rows(
+    any_redis_url: str, client: Any, ledger_db: LedgerDB
+) -> None:
+    """llmrouter_router_ledger_sink_last_success_timestamp_seconds is what LLMRouterLedgerSinkStalled and the
+    dashboard read: set when the sink starts and after each round that copied what it read (none waiting
+    included), never while entries wait on a database that refuses them."""
+    store = RedisStore(any_redis_url)
+    flaky = FlakyDB(ledger_db)
+    flaky.down = True
+    sink = LedgerSink(source(client, "sink-stalled"), flaky, block_s=0.02, retry_s=0.02)  # type: ignore[arg-type]
+    try:
+        await charge_some(store, 0, 5, random.Random(3))
+        started = time.time()
+        task = asyncio.create_task(sink.run())
+        await asyncio.sleep(0.3)  # rounds failing on the database
+        stalled = REGISTRY.get_sample_value(SINK_LAST_SUCCESS)
+        assert stalled is not None and started <= stalled < started + 0.1
+        flaky.down = False
+        await asyncio.sleep(0.3)
+        copied = REGISTRY.get_sample_value(SINK_LAST_SUCCESS)
+        assert copied is not None and copied > stalled + 0.2
+        assert await pending_entries(client) == 0
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await store.close()
