@@ -305,6 +305,7 @@ def build() -> dict:
                 "short",
                 (f"sum(increase({s('llmrouter_router_ledger_rejected_total')}[1h]))", "kept in ledger_rejected"),
                 (f"sum(increase({s('llmrouter_router_reconciled_charges_total')}[1h]))", "settled at their hold"),
+                (f"sum(increase({s('llmrouter_router_reconcile_failures_total')}[1h]))", "failed to settle"),
             )
         )
         .with_panel(

@@ -35,6 +35,10 @@ STORE_MEMORY = Gauge(
 PENDING_RECONCILED = Counter(
     "llmrouter_router_reconciled_charges_total", "Pending charges of dead routers settled at their hold"
 )
+RECONCILE_FAILURES = Counter(
+    "llmrouter_router_reconcile_failures_total",
+    "Pending charges due to be settled at their hold that the reconciler could not settle (swept again next round)",
+)
 LEDGER_REJECTED = Counter(
     "llmrouter_router_ledger_rejected_total",
     "Ledger entries the SQL sink could not copy as rows (unreadable, or refused), kept whole in ledger_rejected",

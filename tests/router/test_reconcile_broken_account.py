@@ -1,11 +1,14 @@
 """One account whose keys the charge cannot write (a spend key of another type: WRONGTYPE) never stops the
 reconciler: its sweep charged the pending charges of dead routers one after the other and gave up at the first that
 failed, every round, so every one after it in the sweep, of any tenant, stayed unsettled (its hold counted, its charge
-never made). Real Redis."""
+never made). Each round that leaves one unsettled counts it in llmrouter_router_reconcile_failures_total, which
+LLMRouterReconcilerFailing reads: the log alone told nobody that a hold stays counted. Real Redis."""
 
 from __future__ import annotations
 
 import asyncio
+
+from prometheus_client import REGISTRY
 
 from services.router.store import Account, Allowance, Hold, RedisStore, period_id
 from services.router.store.keys import AccountKeys
@@ -13,6 +16,11 @@ from services.router.store.keys import AccountKeys
 DAY = period_id("day")
 LIMIT = Allowance("day", tenant_pico=100_000)
 BROKEN, SOUND = Account("broken", "key1"), Account("sound", "key1")
+FAILURES = "llmrouter_router_reconcile_failures_total"
+
+
+def failures() -> float:
+    return REGISTRY.get_sample_value(FAILURES) or 0.0
 
 
 async def test_a_pending_charge_that_cannot_be_settled_holds_up_no_other(redis_url: str) -> None:
@@ -24,13 +32,16 @@ async def test_a_pending_charge_that_cannot_be_settled_holds_up_no_other(redis_u
         await store.redis.hset(AccountKeys.of(BROKEN).spend(DAY)[0], "other", "1")
         assert await store.reconcile("router-alive", 0.2, 3600) == 0  # the dead router seen missing once
         await asyncio.sleep(0.3)
+        before = failures()
         assert await store.reconcile("router-alive", 0.2, 3600) == 1
+        assert failures() == before + 1
         assert await store.spent(SOUND, DAY) == (3_000, 3_000)
         assert await store.pending_charge(SOUND, "r-1") is None
         assert await store.pending_charge(BROKEN, "r-1") is not None  # left for a sweep after it is mended
         await store.redis.delete(AccountKeys.of(BROKEN).spend(DAY)[0])
         await asyncio.sleep(0.3)
         assert await store.reconcile("router-alive", 0.2, 3600) == 1
+        assert failures() == before + 1  # mended: settled, no failure more
         assert await store.spent(BROKEN, DAY) == (3_000, 3_000)
     finally:
         await store.close()

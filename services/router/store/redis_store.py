@@ -355,6 +355,7 @@ class RedisStore:
                     except StoreUnavailable:
                         raise
                     except Exception:  # its own keys' fault (WRONGTYPE): the others are settled all the same
+                        metrics.RECONCILE_FAILURES.inc()  # its hold stays counted against the budget meanwhile
                         log.exception("pending charge not settled; swept again next round", extra={"record": record})
             return settled
 
