@@ -9,10 +9,13 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
+from urllib.parse import urlsplit
 
+from llmrouter.redis_url import check
 from tests.ci import missing
 
 from .support import ROOT, by_kind, render
+from .test_redis_auth import kubelet_env, pods
 
 TOOLS_PYTHON = ROOT / ".tools" / "venv" / "bin" / "python"
 
@@ -103,6 +106,32 @@ def test_the_redis_password_secret_reaches_the_chart(tmp_path: Path) -> None:
     defaults = render("-f", str(module_values(tmp_path, {})))
     assert by_kind(defaults, "Secret")["llm-cost-router-redis-auth"]["data"].keys() == {"money", "cache", "batches"}
     assert router_env(defaults)["REDIS_MONEY_PASSWORD"]["secretKeyRef"]["name"] == "llm-cost-router-redis-auth"
+
+
+def test_the_redis_urls_the_callers_expand_carry_the_operators_passwords(tmp_path: Path) -> None:
+    """With redis_password_secret, every caller's in-chart Redis URL, as the kubelet expands it from that Secret,
+    is one the services accept (llmrouter.redis_url.check, as their settings run it) and carries its role's password:
+    the router's, the edge's batches' and the ledger-trim CronJob's."""
+    keys = {"money": "money-password", "cache": "cache-password", "batches": "batches-password"}
+    variables = {
+        "redis_password_secret": {"name": "llm-redis-auth", "keys": keys},
+        "ledger_dsn_secret": {"name": "llm-ledger"},
+        "ledger_trim": {"schedule": "0 4 * * *"},
+    }
+    docs = render("-f", str(module_values(tmp_path, variables)))
+    passwords = {role: f"{role}.Pass_word~0123456789-x" for role in keys}
+    secrets = {"llm-redis-auth": {keys[role]: password for role, password in passwords.items()}}
+    role_of = {"ROUTER_REDIS_URL": "money", "ROUTER_CACHE_REDIS_URL": "cache", "EDGE_BATCH_REDIS_URL": "batches"}
+    seen = []
+    for workload, spec in pods(docs).items():
+        for container in spec["spec"]["containers"]:
+            for variable, url in kubelet_env(container, secrets).items():
+                if variable.endswith("REDIS_URL"):
+                    check(url)
+                    assert urlsplit(url).password == passwords[role_of[variable]], (workload, variable)
+                    seen.append(variable)
+    assert sorted(set(seen)) == sorted(role_of)
+    assert seen.count("ROUTER_REDIS_URL") == 2  # the router's and the ledger trim's
 
 
 def test_the_gke_example_installs_a_durable_ledger_and_its_trim(tmp_path: Path) -> None:
