@@ -43,6 +43,10 @@ def queries() -> Iterator[tuple[str, str, str]]:
     for group in RULES["groups"]:
         for rule in group["rules"]:
             yield rule.get("alert", rule.get("record")), rule["expr"], ""
+    yield from dashboard_queries()
+
+
+def dashboard_queries() -> Iterator[tuple[str, str, str]]:
     dashboard = json.loads((ROOT / "helm" / "llm-cost-router" / "files" / "dashboard.json").read_text())
     for panel in walk_panels(dashboard["panels"]):
         for target in panel.get("targets", []):
@@ -124,3 +128,31 @@ def test_every_metric_the_code_defines_is_on_the_dashboard_or_in_a_rule() -> Non
     """A metric added for operators that no panel shows and no alert reads is seen by nobody at night."""
     read = {family_of(series)[0] for _, expr, _ in QUERIES for series in read_metrics(expr)}
     assert not set(code_metrics()) - read
+
+
+# What the on-call reads for the two promises: money (refusals, charges, the reconciler, the outbox, the SQL ledger's
+# copy) and routing (the strong share per tenant, the classifier's latency). An alert tells that something is wrong;
+# the dashboard, how much and since when: each is on a panel, not only in a rule.
+PROMISE_METRICS = {
+    "llmrouter_router_budget_rejections_total",
+    "llmrouter_router_budgets_over_threshold",
+    "llmrouter_router_cost_usd_total",
+    "llmrouter_router_reconciled_charges_total",
+    "llmrouter_router_reconcile_failures_total",
+    "llmrouter_router_outbox_charges",
+    "llmrouter_router_outbox_dead_letters",
+    "llmrouter_router_ledger_rejected_total",
+    "llmrouter_router_ledger_sink_last_success_timestamp_seconds",
+    "llmrouter_router_store_up",
+    "llmrouter_router_routed_total",
+    "llmrouter_classifier_inference_seconds",
+}
+
+
+def test_the_promises_metrics_are_on_the_dashboard() -> None:
+    panels = [expr for _, expr, _ in dashboard_queries()]
+    shown = {family_of(series)[0] for expr in panels for series in read_metrics(expr)}
+    assert not PROMISE_METRICS - set(code_metrics())
+    assert not PROMISE_METRICS - shown
+    # The strong share is per tenant: a panel groups the routed requests by tenant.
+    assert any("llmrouter_router_routed_total" in expr and "by (tenant)" in expr for expr in panels)
