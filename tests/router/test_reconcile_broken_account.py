@@ -7,11 +7,13 @@ LLMRouterReconcilerFailing reads: the log alone told nobody that a hold stays co
 from __future__ import annotations
 
 import asyncio
+import json
 
 from prometheus_client import REGISTRY
 
 from services.router.store import Account, Allowance, Hold, RedisStore, period_id
-from services.router.store.keys import AccountKeys
+from services.router.store.keys import AccountKeys, pending_key
+from services.router.store.model import Pending
 
 DAY = period_id("day")
 LIMIT = Allowance("day", tenant_pico=100_000)
@@ -43,5 +45,31 @@ async def test_a_pending_charge_that_cannot_be_settled_holds_up_no_other(redis_u
         assert await store.reconcile("router-alive", 0.2, 3600) == 1
         assert failures() == before + 1  # mended: settled, no failure more
         assert await store.spent(BROKEN, DAY) == (3_000, 3_000)
+    finally:
+        await store.close()
+
+
+async def test_an_unreadable_pending_record_holds_up_no_other(redis_url: str) -> None:
+    """A record no router can read (not JSON, not an object, a field missing or of another type: hand-edited, a restore
+    gone wrong) ended the whole sweep before any charge was settled, every round: no dead router's hold was ever
+    charged again. Each is counted and logged; the others are settled."""
+    store = RedisStore(redis_url)
+    try:
+        hold = Hold("r-2", 3_000, DAY, "router-dead", "aaaa0002")
+        assert (await store.admit(SOUND, LIMIT, hold)).refused == ""
+        unreadable = {
+            "a": "not json",
+            "b": "[1, 2]",
+            "c": json.dumps({"tenant": "x"}),
+            "d": json.dumps({**json.loads(Pending.of(BROKEN, hold).to_json()), "router": ["router-dead"]}),
+        }
+        await store.redis.hset(pending_key(0), mapping=unreadable)
+        assert await store.reconcile("router-alive", 0.2, 3600) == 0  # the dead router seen missing once
+        await asyncio.sleep(0.3)
+        before = failures()
+        assert await store.reconcile("router-alive", 0.2, 3600) == 1
+        assert failures() == before + len(unreadable)
+        assert await store.spent(SOUND, DAY) == (3_000, 3_000)
+        assert await store.pending_charge(SOUND, "r-2") is None
     finally:
         await store.close()
