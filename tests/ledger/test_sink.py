@@ -11,7 +11,7 @@ import json
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -108,14 +108,23 @@ def source(client: Any, consumer: str) -> RedisSource:
     return RedisSource(client, consumer, claim_idle_s=0.05, group=GROUP)
 
 
+async def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Polls `condition` until it holds; fails after `timeout_s` (a loaded machine schedules late)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
 class FlakyDB:
     """The real table, refusing inserts while `down` (a database outage)."""
 
     def __init__(self, db: LedgerDB) -> None:
-        self.db, self.down = db, False
+        self.db, self.down, self.refused = db, False, 0
 
     async def insert(self, rows: Any, records: Any = ()) -> int:
         if self.down:
+            self.refused += 1
             raise ConnectionError("database unreachable")
         return await self.db.insert(rows, records)
 
@@ -427,14 +436,21 @@ async def test_the_sinks_last_success_stands_still_while_the_database_refuses_it
         await charge_some(store, 0, 5, random.Random(3))
         started = time.time()
         task = asyncio.create_task(sink.run())
-        await asyncio.sleep(0.3)  # rounds failing on the database
+        await wait_until(lambda: flaky.refused >= 1)  # the sink started, and met the outage
         stalled = REGISTRY.get_sample_value(SINK_LAST_SUCCESS)
-        assert stalled is not None and started <= stalled < started + 0.1
+        assert stalled is not None and started <= stalled  # stamped at its start
+        refused = flaky.refused
+        await wait_until(lambda: flaky.refused >= refused + 3)  # more rounds failing on the database
+        assert REGISTRY.get_sample_value(SINK_LAST_SUCCESS) == stalled  # none of them stamped it
+        resumed = time.time()
         flaky.down = False
-        await asyncio.sleep(0.3)
-        copied = REGISTRY.get_sample_value(SINK_LAST_SUCCESS)
-        assert copied is not None and copied > stalled + 0.2
+        for _ in range(500):
+            if await pending_entries(client) == 0:
+                break
+            await asyncio.sleep(0.02)
         assert await pending_entries(client) == 0
+        copied = REGISTRY.get_sample_value(SINK_LAST_SUCCESS)
+        assert copied is not None and copied >= resumed  # the round that copied them stamped it
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
