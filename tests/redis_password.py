@@ -12,6 +12,11 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import pytest
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings
+
+from llmrouter.settings import load_settings
 from tests.conftest import ROOT
 
 # The chart's password alphabet (A-Z a-z 0-9 . _ ~ -), distinctive enough to be found in any text it leaked into.
@@ -40,6 +45,38 @@ def url_cut_by_its_password(port: int) -> str:
 def assert_no_password(text: str) -> None:
     for secret in (PASSWORD, *CUT_PASSWORD):
         assert secret not in text, f"{secret!r} shown in: {text}"
+
+
+def assert_settings_hide_it(
+    settings_type: type[BaseSettings],
+    field: str,
+    url: str,
+    *,
+    refusals: list[tuple[dict[str, str], str, str]],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """With `url` set in the environment (by the caller) for `field`, the password shows in no rendering of the
+    settings, which still show where it points, while the client gets it whole; nor in a refusal of other settings,
+    as the start-up prints it and as a traceback would show the ValidationError. Each refusal: the variables set, a
+    word of the start-up's message, a word of the error's."""
+    settings = load_settings(settings_type)
+    shown = f"{settings!r} {settings} {settings.model_dump()} {settings.model_dump_json()}"
+    assert_no_password(shown)
+    assert f"{field}=RedisUrl('redis://:***@{url.rsplit('@', 1)[1]}')" in shown  # where it points still shows
+    assert getattr(settings, field).get_secret_value() == url  # the client's
+    for variables, start_up_says, error_says in refusals:
+        for variable, value in variables.items():
+            monkeypatch.setenv(variable, value)
+        with pytest.raises(SystemExit):
+            load_settings(settings_type)
+        refusal = capsys.readouterr().err
+        assert start_up_says in refusal
+        assert_no_password(refusal)
+        with pytest.raises(ValidationError) as raised:
+            settings_type()
+        assert error_says in str(raised.value)
+        assert_no_password(str(raised.value))
 
 
 def run(*args: str, env: dict[str, str], until: str | None = None, timeout_s: float = 60) -> tuple[int, str]:
