@@ -21,7 +21,6 @@ from services.router import metrics
 from services.router.budgets import SCOPES, BudgetView, usd
 from services.router.operations import ALL, Operations
 from services.router.settings import RouterSettings
-from services.router.store import period_id
 
 log = logging.getLogger("llmrouter.router.budgets")
 
@@ -112,7 +111,9 @@ class BudgetWatch:
             await asyncio.sleep(interval_s)
 
     async def _notify_once(self, view: BudgetView, threshold: float, used: float) -> bool:
-        period = period_id(view.period)
+        # The period the view's spend was read for, not the one now: the notifications before this one may have taken
+        # the watch past the period's end, and a crossing claimed for the next period would silence that one's own.
+        period = view.period_id
         key = f"{view.ident}:{period}:{threshold}"
         ttl = view.period_end - int(time.time()) + 86400 if view.period_end else TOTAL_PERIOD_TTL_S
         if not await self.once.claim(key, max(ttl, 60)):

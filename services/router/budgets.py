@@ -24,6 +24,7 @@ class BudgetView:
     spent_pico: int
     held_pico: int
     period: str
+    period_id: str  # the period its spend was read for (period_id): at a period's end, not the next one's
     period_end: int
     overridden: bool
 
@@ -70,10 +71,12 @@ def usd(pico: int | None) -> str:
 async def budgets(store: Store, allowance: Allowance, accounts: list[Account]) -> list[BudgetView]:
     """The tenant budget of each tenant named, then the key budget of each key, in the order given."""
     overrides = await store.limit_overrides()
-    end = period_end(allowance.period)
+    # One instant for every view: a listing that runs past a period's end reads every spend of the period it began in.
+    now = time.time()
+    period, end = period_id(allowance.period, now), period_end(allowance.period, now)
     views, seen = [], set()
     for account in accounts:
-        spent = await store.spent(account, period_id(allowance.period))
+        spent = await store.spent(account, period)
         held = await store.held_pico(account)
         for index, (scope, name, default) in enumerate(
             (("tenant", account.tenant, allowance.tenant_pico), ("key", account.key, allowance.key_pico))
@@ -83,7 +86,7 @@ async def budgets(store: Store, allowance: Allowance, accounts: list[Account]) -
             limit = overrides.get((scope, name), default)
             overridden = (scope, name) in overrides
             view = BudgetView(
-                scope, name, account.tenant, limit, spent[index], held[index], allowance.period, end, overridden
+                scope, name, account.tenant, limit, spent[index], held[index], allowance.period, period, end, overridden
             )
             if view.ident not in seen:
                 seen.add(view.ident)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +35,11 @@ class Webhook:
 
     def __init__(self, failures: int = 0) -> None:
         self.failures, self.received, self.calls = failures, list[dict[str, Any]](), 0
+        self.on_call: Callable[[], None] = lambda: None
 
     async def receive(self, request: Request) -> JSONResponse:
         self.calls += 1
+        self.on_call()
         if self.calls <= self.failures:
             return JSONResponse({"error": "try later"}, status_code=503)
         self.received.append(json.loads(await request.body()))
@@ -179,5 +182,54 @@ async def test_a_keyless_limit_no_tenant_uses_yet_is_no_budget_crossed(
         assert [v.every_tenant for v in await operations.budgets(None)] == [True]
         assert await watch.check() == 0 and hook.received == []
         assert gauge("llmrouter_router_budgets_over_threshold", scope="key", threshold="1.0") == 0
+    finally:
+        db.close()
+
+
+class Clock:
+    """time.time() as a test sets it."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_crossing_read_before_midnight_and_notified_after_it_is_the_old_days_not_the_new_ones(
+    tmp_path: Path, webhook: tuple[str, Webhook], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watch reads every budget, then notifies each crossing in turn (a webhook may take seconds per budget). A day
+    ends meanwhile: a budget read spent in the old day is that day's crossing, claimed and said as the old day's.
+    Claimed for the new day, it would say the old day's spend as the new day's, and silence the new day's own
+    crossing."""
+    url, hook = webhook
+    hook.failures = 0
+    clock = Clock(1_767_225_599.0)  # 2025-12-31 23:59:59 UTC
+    monkeypatch.setattr(time, "time", clock)
+
+    def midnight_passes() -> None:  # during the first notification
+        clock.now = 1_767_225_601.0  # 2026-01-01 00:00:01 UTC
+
+    hook.on_call = midnight_passes
+    store = MemoryStore()
+    db = LedgerDB(path=tmp_path / "ledger.sqlite3")
+    sink = LedgerSink(MemorySource(store), db)
+    operations = Operations(store, Allowance("day", tenant_pico=PICO), db)
+    watch = BudgetWatch(operations, MemoryOnce(), url, attempts=1)
+    try:
+        await charge(store, ACME, "r1", PICO)
+        await charge(store, GLOBEX, "r2", PICO)
+        await sink.drain()
+        assert await watch.check() == 2  # both read spent on Dec 31, notified across midnight
+        assert [(m["tenant"], m["period_id"], m["period_end"]) for m in hook.received] == [
+            ("acme", "20251231", 1_767_225_600),
+            ("globex", "20251231", 1_767_225_600),
+        ]
+        await charge(store, GLOBEX, "r3", PICO)  # globex spends Jan 1's whole budget too
+        await sink.drain()
+        assert await watch.check() == 1
+        assert (hook.received[-1]["tenant"], hook.received[-1]["period_id"]) == ("globex", "20260101")
+        assert hook.received[-1]["spent_usd"] == "1" and hook.received[-1]["period_end"] == 1_767_312_000
     finally:
         db.close()
