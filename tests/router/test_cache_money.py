@@ -1,0 +1,147 @@
+"""The response cache's money: a cached answer is served only within the tenant that paid for it (any of its keys), is
+charged nothing and on record as such, releases its request's hold, is refused like any request to a caller whose
+budget is spent, and identical requests in flight together are each charged once: what they generated, or nothing for
+a hit. The router behind its own gRPC server, a real providers gRPC server on loopback; the money store on one Redis
+server and on a real Redis Cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from llmrouter.errors import ServiceError
+from llmrouter.redis_connect import connect
+from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2, router_pb2_grpc
+from services.router.store import Account, Store, key_id, period_id, to_pico
+from tests.conftest import ledger_records
+from tests.router.servicer_kit import served_router, store_on
+from tests.router.test_admission import REGISTRY
+
+USAGE = common_pb2.Usage(input_tokens=10, output_tokens=5)
+CHEAP = REGISTRY.get("cheap")
+assert CHEAP is not None
+COST = CHEAP.usage_cost_usd(USAGE)
+
+
+class Answering(provider_pb2_grpc.ProviderServicer):
+    """Answers each prompt with its own text; counts the generations."""
+
+    def __init__(self) -> None:
+        self.generated = 0
+
+    async def ListModels(self, request: Any, context: Any) -> common_pb2.ListModelsResponse:
+        return common_pb2.ListModelsResponse(models=[REGISTRY.info(m) for m in REGISTRY.models])
+
+    async def Generate(self, request: Any, context: Any) -> provider_pb2.GenerateResponse:
+        self.generated += 1
+        await asyncio.sleep(0.05)  # identical requests sent together are in flight together
+        content = f"the answer to {request.messages[-1].content}"
+        return provider_pb2.GenerateResponse(content=content, usage=USAGE, model=request.model, provider="p")
+
+
+def ask(prompt: str, tenant: str, api_key: str = "", **fields: Any) -> router_pb2.CompleteRequest:
+    message = common_pb2.ChatMessage(role="user", content=prompt)
+    return router_pb2.CompleteRequest(
+        messages=[message], tenant=tenant, api_key=api_key, model="cheap", max_tokens=50, **fields
+    )
+
+
+async def records(url: str, tenant: str) -> list[dict[str, Any]]:
+    client = connect(url)
+    try:
+        return [r for r in await ledger_records(client) if r["tenant"] == tenant]
+    finally:
+        await client.aclose()
+
+
+async def spent(store: Store, account: Account) -> tuple[int, int]:
+    return await store.spent(account, period_id("day"))
+
+
+async def test_a_cached_answer_is_free_within_its_tenant_never_across_and_never_past_a_spent_budget(
+    tmp_path: Path, any_redis_url: str
+) -> None:
+    provider = Answering()
+    prompt = f"What is the capital of France? {uuid.uuid4().hex}"
+    first, second = Account("acme", key_id("key-a")), Account("acme", key_id("key-b"))
+    async with (
+        store_on(any_redis_url) as store,
+        served_router(tmp_path, store, provider) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        router = router_pb2_grpc.RouterStub(channel)
+        paid = await router.Complete(ask(prompt, "acme", "key-a"), timeout=10)
+        assert not paid.cache_hit and Decimal(paid.cost_usd) == COST
+        hit = await router.Complete(ask(prompt, "acme", "key-b"), timeout=10)  # another key of the same tenant
+        assert hit.cache_hit and hit.cost_usd == "0" and hit.content == paid.content and provider.generated == 1
+        assert await spent(store, second) == (to_pico(COST), 0)  # the key that got it free paid nothing
+        assert await store.held_pico(second) == (0, 0)  # its hold released
+
+        other = await router.Complete(ask(prompt, "globex", "key-a"), timeout=10)  # the same prompt and key text
+        assert not other.cache_hit and provider.generated == 2  # another tenant's answer is never served
+        assert await spent(store, Account("globex", key_id("key-a"))) == (to_pico(COST), to_pico(COST))
+
+        await store.set_limit("tenant", "acme", to_pico(COST))  # acme's budget is now spent
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await router.Complete(ask(prompt, "acme", "key-b"), timeout=10)
+        error = ServiceError.from_rpc_error(refused.value)
+        assert (error.code, error.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "BUDGET_EXCEEDED")
+        assert await store.held_pico(first) == (0, 0)
+    acme = await records(any_redis_url, "acme")
+    assert [(r["key"], r["cache_hit"], r["cost_usd"]) for r in acme] == [
+        (first.key, False, format(COST, "f")),
+        (second.key, True, "0"),
+    ]
+    free = acme[1]
+    assert (free["input_tokens"], free["output_tokens"], free["generations"], free["owed_usd"]) == (0, 0, [], "0")
+    assert free["outcome"] == "cache_hit" and free["request_id"] == hit.id
+
+
+async def test_identical_requests_in_flight_together_are_each_charged_once(tmp_path: Path, any_redis_url: str) -> None:
+    provider = Answering()
+    prompt = f"Name a prime number. {uuid.uuid4().hex}"
+    account = Account("initech", key_id(""))
+    async with (
+        store_on(any_redis_url) as store,
+        served_router(tmp_path, store, provider) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        router = router_pb2_grpc.RouterStub(channel)
+        replies = await asyncio.gather(*(router.Complete(ask(prompt, "initech"), timeout=10) for _ in range(8)))
+        again = await router.Complete(ask(prompt, "initech"), timeout=10)
+        assert again.cache_hit and again.cost_usd == "0"
+        generated = provider.generated
+        assert generated == sum(not r.cache_hit for r in replies) >= 1
+        assert await spent(store, account) == (generated * to_pico(COST),) * 2
+        assert await store.held_pico(account) == (0, 0)
+    ledger = await records(any_redis_url, "initech")
+    assert sorted(r["request_id"] for r in ledger) == sorted(r.id for r in [*replies, again])  # each once
+    assert sum(Decimal(r["cost_usd"]) for r in ledger) == generated * COST
+
+
+async def test_a_stream_left_on_a_cached_answer_is_settled_once_at_nothing(tmp_path: Path, any_redis_url: str) -> None:
+    provider = Answering()
+    prompt = f"Say hello. {uuid.uuid4().hex}"
+    account = Account("hooli", key_id(""))
+    async with store_on(any_redis_url) as store:
+        async with (
+            served_router(tmp_path, store, provider) as running,
+            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        ):
+            router = router_pb2_grpc.RouterStub(channel)
+            await router.Complete(ask(prompt, "hooli"), timeout=10)
+            call = router.CompleteStream(ask(prompt, "hooli", request_id="left-on-a-hit"), timeout=10)
+            assert (await call.read()).WhichOneof("kind") == "decision"
+            call.cancel()
+        # The router stopped: whatever settled the stream has ended.
+        assert provider.generated == 1
+        assert await spent(store, account) == (to_pico(COST), to_pico(COST))
+        assert await store.held_pico(account) == (0, 0)
+    left = [r for r in await records(any_redis_url, "hooli") if r["request_id"] == "left-on-a-hit"]
+    assert [r["cost_usd"] for r in left] == ["0"]

@@ -1,0 +1,188 @@
+"""Escalation's money: a weak answer asked again of a stronger tier is two generations of one request, each charged
+once, on one ledger record, within the request's hold and its max_cost_usd, whatever the caller does between them
+(it leaves while the weak answer is generated, or while the stronger one is) and however the stronger attempt ends
+(answered, cut with an unknown outcome, or over-reported). The router behind its own gRPC server, real providers and
+classifier gRPC servers on loopback; the money store on one Redis server and on a real Redis Cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from llmrouter.redis_connect import connect
+from llmrouter.v1 import (
+    classifier_pb2,
+    classifier_pb2_grpc,
+    common_pb2,
+    provider_pb2,
+    provider_pb2_grpc,
+    router_pb2,
+    router_pb2_grpc,
+)
+from services.router.store import PICO, Account, key_id, period_id, to_pico
+from tests.conftest import ledger_records
+from tests.router.servicer_kit import served_router, store_on
+from tests.router.test_admission import REGISTRY
+
+REFUSAL = "I'm sorry, but I can't help with that request."
+CHEAP, STRONG = REGISTRY.get("cheap"), REGISTRY.get("strong")
+assert CHEAP is not None and STRONG is not None
+WEAK_USAGE = common_pb2.Usage(input_tokens=10, output_tokens=8)
+MAX_COST = Decimal("0.002")
+
+
+class Scoring(classifier_pb2_grpc.ClassifierServicer):
+    """Both models near enough: a low quality target routes to the cheap one, the strong one behind it."""
+
+    async def Score(self, request: Any, context: Any) -> classifier_pb2.ScoreResponse:
+        quality = classifier_pb2.PromptScore(quality={"cheap": 0.9, "strong": 0.95})
+        return classifier_pb2.ScoreResponse(results=[quality] * len(request.prompts), model_version="test")
+
+
+class Escalating(provider_pb2_grpc.ProviderServicer):
+    """The cheap model declines (a refusal: escalated); the strong one waits for `release`, then answers writing all
+    it was allowed (`over` times that when it over-reports), or fails with an unknown outcome."""
+
+    def __init__(self, strong: str = "answer", hold_cheap: bool = False) -> None:
+        self.strong = strong  # "answer", "over" or "cut"
+        self.max_tokens: dict[str, list[int]] = {}
+        self.generating = {"cheap": asyncio.Event(), "strong": asyncio.Event()}
+        self.release = {"cheap": asyncio.Event(), "strong": asyncio.Event()}
+        if not hold_cheap:
+            self.release["cheap"].set()
+
+    async def ListModels(self, request: Any, context: Any) -> common_pb2.ListModelsResponse:
+        return common_pb2.ListModelsResponse(models=[REGISTRY.info(m) for m in REGISTRY.models])
+
+    async def Generate(self, request: Any, context: Any) -> provider_pb2.GenerateResponse:
+        self.max_tokens.setdefault(request.model, []).append(request.max_tokens)
+        self.generating[request.model].set()
+        await self.release[request.model].wait()
+        if request.model == "cheap":
+            return provider_pb2.GenerateResponse(
+                content=REFUSAL, usage=WEAK_USAGE, model="cheap", provider="p", finish_reason="stop"
+            )
+        if self.strong == "cut":  # no ErrorInfo: the upstream may have generated it all
+            await context.abort(grpc.StatusCode.INTERNAL, "connection reset after the request was sent")
+        output = request.max_tokens * (10 if self.strong == "over" else 1)
+        usage = common_pb2.Usage(input_tokens=10, output_tokens=output)
+        return provider_pb2.GenerateResponse(
+            content="a fine answer", usage=usage, model="strong", provider="p", finish_reason="stop"
+        )
+
+
+def ask(**fields: Any) -> router_pb2.CompleteRequest:
+    message = common_pb2.ChatMessage(role="user", content=f"Hello {uuid.uuid4().hex}")
+    return router_pb2.CompleteRequest(
+        messages=[message], tenant="acme", quality_target=0.5, max_cost_usd=str(MAX_COST), **fields
+    )
+
+
+async def settled(url: str) -> tuple[tuple[int, int], tuple[int, int], list[dict[str, Any]]]:
+    """The tenant's (spend, key spend), its holds, and its ledger records, once the router has stopped."""
+    account = Account("acme", key_id(""))
+    async with store_on(url) as store:
+        spent = await store.spent(account, period_id("day"))
+        held = await store.held_pico(account)
+    client = connect(url)
+    try:
+        records = [r for r in await ledger_records(client) if r["tenant"] == "acme"]
+    finally:
+        await client.aclose()
+    return spent, held, records
+
+
+def weak_cost() -> Decimal:
+    assert CHEAP is not None
+    return CHEAP.usage_cost_usd(WEAK_USAGE)
+
+
+def strong_cost(output: int) -> Decimal:
+    assert STRONG is not None
+    return STRONG.usage_cost_usd(common_pb2.Usage(input_tokens=10, output_tokens=output))
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_caller_leaving_while_the_stronger_answer_is_generated_pays_both_answers_once(
+    tmp_path: Path, any_redis_url: str, stream: bool
+) -> None:
+    provider = Escalating()
+    async with (
+        store_on(any_redis_url) as store,
+        served_router(tmp_path, store, provider, classifier=Scoring()) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        router = router_pb2_grpc.RouterStub(channel)
+        if stream:
+            call: Any = router.CompleteStream(ask(buffer_stream=True), timeout=30)
+            assert (await call.read()).WhichOneof("kind") == "decision"
+        else:
+            call = router.Complete(ask(), timeout=30)
+        await provider.generating["strong"].wait()  # the weak answer generated, the stronger one under way
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await (call.read() if stream else call)
+        provider.release["strong"].set()
+    # The router stopped: its charges still running finished first.
+    spent, held, records = await settled(any_redis_url)
+    [written] = provider.max_tokens["strong"]
+    cost = weak_cost() + strong_cost(written)
+    assert spent == (to_pico(cost), to_pico(cost)) and held == (0, 0)
+    [record] = records
+    assert Decimal(record["cost_usd"]) == cost <= MAX_COST
+    assert [g["model"] for g in record["generations"]] == ["cheap", "strong"]
+    assert record["escalated"] and record["escalation_signal"] == "refusal"
+
+
+async def test_a_caller_leaving_while_the_weak_answer_is_generated_still_has_it_escalated_and_pays_once(
+    tmp_path: Path, any_redis_url: str
+) -> None:
+    provider = Escalating(hold_cheap=True)
+    async with (
+        store_on(any_redis_url) as store,
+        served_router(tmp_path, store, provider, classifier=Scoring()) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        call = router_pb2_grpc.RouterStub(channel).Complete(ask(), timeout=30)
+        await provider.generating["cheap"].wait()
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        provider.release["cheap"].set()
+        provider.release["strong"].set()
+    spent, held, records = await settled(any_redis_url)
+    [written] = provider.max_tokens["strong"]
+    cost = weak_cost() + strong_cost(written)
+    assert spent == (to_pico(cost), to_pico(cost)) and held == (0, 0)
+    assert [Decimal(r["cost_usd"]) for r in records] == [cost]
+
+
+@pytest.mark.parametrize("strong", ["cut", "over"])
+async def test_a_stronger_attempt_cut_or_over_reported_never_takes_the_charge_past_max_cost(
+    tmp_path: Path, redis_url: str, strong: str
+) -> None:
+    """Escalated within what the hold has left after the weak answer: its max_tokens is that room, so its worst case
+    (owed when it is cut with an unknown outcome) keeps the request within its hold, and a report past the room is
+    charged the hold. Either way both answers' request is charged once, within max_cost_usd."""
+    provider = Escalating(strong)
+    provider.release["strong"].set()
+    async with (
+        store_on(redis_url) as store,
+        served_router(tmp_path, store, provider, classifier=Scoring()) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        reply = await router_pb2_grpc.RouterStub(channel).Complete(ask(), timeout=30)
+    assert reply.content == REFUSAL if strong == "cut" else reply.escalated
+    [written] = provider.max_tokens["strong"]
+    assert written < REGISTRY.get("strong").max_output_tokens  # type: ignore[union-attr]  # the room, not the model's
+    spent, held, [record] = await settled(redis_url)
+    charged = Decimal(record["cost_usd"])
+    assert Decimal(reply.cost_usd) == charged and spent == (to_pico(charged), to_pico(charged)) and held == (0, 0)
+    assert weak_cost() < charged <= MAX_COST
+    assert to_pico(charged) <= int(MAX_COST * PICO)
