@@ -190,8 +190,8 @@ class Admission:
         prices too (Pending.prices): its collect, a day later perhaps, charges at them."""
         # The budget period is fixed here, once: a request admitted before midnight is charged to that day.
         period = period_id(self.settings.budget_period)
-        model = routed.plan.order[0].model
         for _ in range(ADMIT_ATTEMPTS):
+            model = routed.plan.order[0].model  # a session's may be set aside by a refusal (_fit)
             nonce = secrets.token_hex(8)  # names this admission: its undo touches no other of the request id
             hold = Hold(routed.request_id, _worst_case(routed), period, self.settings.instance_id, nonce, until)
             window = rate_window(time.time())  # the store counts it in this one or a later one (rate_refused.py)
@@ -287,7 +287,10 @@ class Admission:
 
     def _fit(self, routed: Routed, verdict: Verdict) -> None:
         """Lower every model's max_tokens to what the budget's remainder pays for; a fallback that cannot
-        afford a short answer is dropped, and the request is refused when the chosen model cannot."""
+        afford a short answer is dropped, and the request is refused when the chosen model cannot. A session's model
+        it cannot pay for is set aside, as one unavailable is (sessions.stick): the turn goes where it alone would."""
+        if routed.plan.own is not None and self._affordable(routed, routed.plan.order[0], verdict.remaining) is None:
+            _set_affinity_aside(routed, verdict.refused)
         plan = routed.plan
         kept = []
         for option in plan.order:
@@ -386,6 +389,20 @@ def _worst_case(routed: Routed) -> int:
     return max(
         worst_pico(o.model, limits.billed_input(o.model), routed.max_tokens[o.model.name]) for o in routed.plan.order
     )
+
+
+def _set_affinity_aside(routed: Routed, budget: str) -> None:
+    """The turn's own plan and decision, for a session whose model the budget's remainder cannot pay for: refused for
+    it, the turn would be told the budget is spent while it can pay for the model the turn alone would take. The
+    session stays on its model (sessions.next_model): a later turn the budget pays for goes back to it."""
+    own = routed.plan.own
+    assert own is not None  # a session's plan
+    why = f"session affinity set aside: the remaining {budget} budget cannot pay for {routed.plan.order[0].model.name}"
+    routed.plan = dataclasses.replace(own, reason=f"{own.reason}; {why}")
+    decision = routed.decision
+    decision.ClearField("max_tokens_capped")  # said of the session's model
+    decision.model, decision.reason, decision.session_affinity = own.order[0].model.name, routed.plan.reason, False
+    routed.max_tokens = output_caps(routed.plan, routed.limits, decision)
 
 
 def _say_capped(decision: router_pb2.Decision, plan: policy.Plan, max_tokens: int, because: str) -> None:

@@ -229,8 +229,9 @@ class Deferred:
             priced = routed.registry.batch_priced(routed.plan.order[0].model)
             if priced is None:
                 return None
+            # That one model (a session's too: the turn's own plan is no batch line's to go back to).
             routed.plan = dataclasses.replace(
-                routed.plan, order=[dataclasses.replace(routed.plan.order[0], model=priced)]
+                routed.plan, order=[dataclasses.replace(routed.plan.order[0], model=priced)], own=None
             )
             routed.max_tokens = admitting.output_caps(routed.plan, routed.limits, routed.decision)
             await self.admission.admit(routed, until=time.time() + self.hold_s)

@@ -63,6 +63,9 @@ class Plan:
     order: list[Option]  # what to try, first to last
     code: str  # low-cardinality reason, a metric label
     reason: str  # the same for humans
+    # A session's plan (sessions.stick): the turn's own, which admission goes back to when the budget's remainder
+    # cannot pay for the session's model (Admission._fit).
+    own: Plan | None = None
 
 
 def predicted_quality(model: ModelSpec, scores: Mapping[str, float] | None) -> float | None:

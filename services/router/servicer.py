@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing
@@ -140,7 +141,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             await self.admission.count(account)
         plan, decision, registry = await self.routing.decide(request, limits, account.tenant, context.time_remaining())
         session = await self.sessions.get(account.tenant, request)
-        kept = stick(plan, session, registry)
+        kept = stick(dataclasses.replace(plan, reason=decision.reason), session, registry)  # its reason as decided
         if kept is not None:
             plan = kept
             decision.model, decision.reason, decision.session_affinity = kept.order[0].model.name, kept.reason, True

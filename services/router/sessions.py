@@ -63,7 +63,7 @@ def stick(plan: policy.Plan, session: Session | None, registry: Registry) -> pol
         f"the turn alone would pick {chosen.model.name}, no stronger a tier)"
     )
     order = [current] + [o for o in plan.order if o is not current]
-    return policy.Plan(plan.options, order, REASON_CODE, reason)
+    return policy.Plan(plan.options, order, REASON_CODE, reason, own=plan)
 
 
 def next_model(registry: Registry, session: Session | None, planned: str, served: str) -> str:
