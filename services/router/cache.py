@@ -15,6 +15,7 @@ from pydantic import SecretStr
 from llmrouter.redis_connect import connect
 from llmrouter.v1 import router_pb2
 from services.router import metrics
+from services.router.admission import output_caps
 from services.router.routed import Routed
 
 log = logging.getLogger("llmrouter.router")
@@ -127,9 +128,19 @@ class ResponseCache:
         return response
 
     async def put(self, routed: Routed, response: router_pb2.CompleteResponse) -> None:
-        """Best effort (the backend never fails a request): the answer is served and charged already."""
-        if self.ttl_s and (response.content or response.tool_calls_json):
+        """Best effort (the backend never fails a request): the answer is served and charged already. One the budget's
+        remainder cut short is not kept: that remainder is no part of the key, so an identical request would be served
+        the cut answer whatever its own budget, its decision saying nothing of the cap."""
+        if self.ttl_s and (response.content or response.tool_calls_json) and not _cut_by_budget(routed, response):
             await self.backend.set(_key(routed), response.SerializeToString(), self.ttl_s)
+
+
+def _cut_by_budget(routed: Routed, response: router_pb2.CompleteResponse) -> bool:
+    """Whether the answer ran into a max_tokens admission lowered below the request's own caps to fit a budget."""
+    if response.finish_reason != "length":
+        return False
+    own = output_caps(routed.plan, routed.limits, router_pb2.Decision())  # what the request alone allows
+    return any(routed.max_tokens[name] < cap for name, cap in own.items())
 
 
 def _key(routed: Routed) -> str:

@@ -45,10 +45,10 @@ class Answering(provider_pb2_grpc.ProviderServicer):
         return provider_pb2.GenerateResponse(content=content, usage=USAGE, model=request.model, provider="p")
 
 
-def ask(prompt: str, tenant: str, api_key: str = "", **fields: Any) -> router_pb2.CompleteRequest:
+def ask(prompt: str, tenant: str, api_key: str = "", max_tokens: int = 50, **fields: Any) -> router_pb2.CompleteRequest:
     message = common_pb2.ChatMessage(role="user", content=prompt)
     return router_pb2.CompleteRequest(
-        messages=[message], tenant=tenant, api_key=api_key, model="cheap", max_tokens=50, **fields
+        messages=[message], tenant=tenant, api_key=api_key, model="cheap", max_tokens=max_tokens, **fields
     )
 
 
@@ -145,3 +145,36 @@ async def test_a_stream_left_on_a_cached_answer_is_settled_once_at_nothing(tmp_p
         assert await store.held_pico(account) == (0, 0)
     left = [r for r in await records(any_redis_url, "hooli") if r["request_id"] == "left-on-a-hit"]
     assert [r["cost_usd"] for r in left] == ["0"]
+
+
+class WritingAllItMay(Answering):
+    async def Generate(self, request: Any, context: Any) -> provider_pb2.GenerateResponse:
+        self.generated += 1
+        usage = common_pb2.Usage(input_tokens=10, output_tokens=request.max_tokens)
+        return provider_pb2.GenerateResponse(
+            content="word " * request.max_tokens, usage=usage, model=request.model, finish_reason="length"
+        )
+
+
+async def test_an_answer_the_budget_cut_short_is_not_served_again_from_the_cache(
+    tmp_path: Path, any_redis_url: str
+) -> None:
+    """The budget's remainder is no part of the cache's key: an answer cut to fit it, kept, was served to the same
+    request once the budget was raised (or to another key of the tenant with budget to spare), cut, and with a decision
+    that says no cap."""
+    provider = WritingAllItMay()
+    prompt = f"Write an essay. {uuid.uuid4().hex}"
+    async with (
+        store_on(any_redis_url) as store,
+        served_router(tmp_path, store, provider) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        router = router_pb2_grpc.RouterStub(channel)
+        await store.set_limit("tenant", "umbrella", to_pico(Decimal("0.0001")))
+        cut = await router.Complete(ask(prompt, "umbrella", max_tokens=2000), timeout=10)
+        assert cut.decision.max_tokens_capped == cut.usage.output_tokens < 2000 and cut.finish_reason == "length"
+        await store.set_limit("tenant", "umbrella", None)
+        whole = await router.Complete(ask(prompt, "umbrella", max_tokens=2000), timeout=10)
+        assert not whole.cache_hit and whole.usage.output_tokens == 2000 and provider.generated == 2
+        again = await router.Complete(ask(prompt, "umbrella", max_tokens=2000), timeout=10)
+        assert again.cache_hit and again.usage.output_tokens == 2000  # an answer of the request alone is kept
