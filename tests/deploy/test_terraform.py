@@ -6,6 +6,7 @@ module's validation rules and its other cases are deploy/terraform_check.py's (d
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -150,3 +151,14 @@ def test_the_gke_example_installs_a_durable_ledger_and_its_trim(tmp_path: Path) 
     assert result.returncode == 1
     assert "module.llm_cost_router does not pass ledger_dsn_secret" in result.stdout
     assert "module.llm_cost_router does not pass ledger_trim" in result.stdout
+
+
+def test_the_example_leaves_the_namespace_holding_its_secrets_alone() -> None:
+    """The example has its Secrets made beforehand in its namespace, which then exists: with create_namespace left
+    true, `terraform apply` would fail creating it again (the Kubernetes API answers AlreadyExists)."""
+    text = (ROOT / "terraform" / "terraform.tfvars.example").read_text()
+    (namespace,) = re.findall(r'^namespace\s*=\s*"([^"]+)"', text, re.M)
+    secrets_in = set(re.findall(r"kubectl -n (\S+) create secret", text))
+    assert secrets_in == {namespace}
+    assert f"kubectl create namespace {namespace}" in text
+    assert re.search(r"^create_namespace\s*=\s*false\b", text, re.M)
