@@ -1240,3 +1240,20 @@ def test_runbooks_name_the_deployments_the_chart_renders(docs: list[dict]) -> No
     for deployment in named:
         assert deployment.startswith("<fullname>-"), f"deployment/{deployment}: write <fullname>-<component>"
         assert deployment.replace("<fullname>-", fullname) in rendered, f"no Deployment {deployment}"
+
+
+@pytest.mark.parametrize(
+    ("settings", "bearer"),
+    [
+        ([], "Bearer <a key whose SHA-256 digest Secret llm-edge-keys lists>"),
+        (["edge.apiKeys.existingSecret=", "edge.allowAnonymous=true"], "Bearer anything (no keys"),
+    ],
+)
+def test_notes_tell_which_key_to_send(settings: list[str], bearer: str) -> None:
+    """The edge's key Secret holds `<tenant> <sha256 hex>` lines, digests: NOTES' curl asks for the key behind one
+    (it said "a key from Secret ...", which has none to take), or, with no keys, any bearer string."""
+    sets = [arg for setting in settings for arg in ("--set", setting)]
+    notes = subprocess.run(
+        [tool("helm"), "install", "llm", str(CHART), "--dry-run", *sets], check=True, capture_output=True, text=True
+    ).stdout.split("NOTES:", 1)[1]
+    assert f"-H 'authorization: {bearer}" in notes
