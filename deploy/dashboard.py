@@ -1,8 +1,10 @@
 """The Grafana dashboard as code, built with Grafana's grafana-foundation-sdk: one release's traffic, cost,
 routing, Redis, latency, providers and classifier. Every query is scoped to the `namespace` and `release` chosen in
 the dashboard's variables (the ServiceMonitor labels each target with both), and names only metrics the services
-export (tests/ops/test_live_metrics.py scrapes a running stack to prove it) or the in-chart Redis' exporter
-sidecars do (redis_*, labelled redis_role by the ServiceMonitor; tests/deploy/test_alerts.py lists them).
+export (tests/ops/test_live_metrics.py scrapes a running stack to prove it), the in-chart Redis' exporter sidecars
+do (redis_*, labelled redis_role by the ServiceMonitor; tests/deploy/test_alerts.py lists them), Prometheus' own `up`
+and kube-state-metrics' for the ledger-trim CronJob. Every alert's runbook names the panels that show it
+(tests/deploy/test_runbooks.py).
 
     python deploy/dashboard.py            # writes helm/llm-cost-router/files/dashboard.json
     python deploy/dashboard.py --check    # exit 1 when the committed file differs from what this builds
@@ -33,6 +35,9 @@ HIT, SERVER_ERROR, NOT_OK = 'result="hit"', 'status=~"5.."', 'outcome!="ok"'
 PREMIUM = 'tier="premium"'
 NOT_OK_RPC = 'code!="OK"'
 DURABLE = 'redis_role=~"money|batches"'  # the Redis roles that persist (AOF); the cache writes nothing
+SERVICE_JOBS = 'job=~"llmrouter-(edge|router|classifier|providers)"'  # the services' scrape jobs, not Redis'
+# kube-state-metrics names the release's CronJob, <fullname>-ledger-trim, and carries no `release` of ours.
+LEDGER_TRIM_CRONJOB = 'namespace="$namespace",cronjob=~"$release(-llm-cost-router)?-ledger-trim"'
 
 
 def s(metric: str, matchers: str = "") -> str:
@@ -216,6 +221,13 @@ def build() -> dict:
         )
         .with_panel(
             series(
+                "Highest budget use per scope (spent / limit: alerts at 0.8 and 1)",
+                "percentunit",
+                (f"max by (scope) ({s('llmrouter_router_budget_use_ratio')})", "{{scope}}"),
+            )
+        )
+        .with_panel(
+            series(
                 "Budgets over 80% and spent",
                 "short",
                 (
@@ -260,6 +272,22 @@ def build() -> dict:
                 "reqps",
                 (f"sum by (status) ({rate('llmrouter_edge_http_requests_total')})", "{{status}}"),
                 (f"sum by (status) ({rate('llmrouter_edge_refused_requests_total')})", "refused {{status}}"),
+                span=12,
+            )
+        )
+        .with_panel(
+            series(
+                "Targets up per service (none for 3 minutes: LLMRouter<Service>Down)",
+                "short",
+                (f"sum by (job) ({s('up', SERVICE_JOBS)})", "{{job}}"),
+                span=12,
+            )
+        )
+        .with_panel(
+            series(
+                "Edge access-log lines dropped/s (EDGE_ACCESS_LOG's destination too slow)",
+                "short",
+                (f"sum by (pod) ({rate('llmrouter_edge_access_log_dropped_total')})", "{{pod}}"),
                 span=12,
             )
         )
@@ -323,6 +351,16 @@ def build() -> dict:
                 "Store memory against maxmemory (money refuses every request at 100%; a warm cache sits near it)",
                 "percentunit",
                 (f"max by (store) ({s('llmrouter_router_store_memory_ratio')})", "{{store}}"),
+            )
+        )
+        .with_panel(
+            series(
+                "Since the ledger-trim CronJob last succeeded (daily: over a day is a run missed)",
+                "s",
+                (
+                    f"time() - max by (cronjob) (kube_cronjob_status_last_successful_time{{{LEDGER_TRIM_CRONJOB}}})",
+                    "{{cronjob}}",
+                ),
             )
         )
         .with_row(dashboard.Row("Batches"))
