@@ -1,0 +1,71 @@
+"""Every `python -m MODULE --flag ...` the documents show runs as written: the module is the repository's and
+each flag is one it defines (read from its source, not run: fast). A flag that existed only on a branch, or was
+renamed, fails here rather than at an operator's or a reader's terminal."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCUMENTS = [
+    ROOT / "README.md",
+    *sorted((ROOT / "docs").glob("*.md")),
+    *sorted((ROOT / "deploy").glob("*.md")),
+    ROOT / "benchmarks" / "README.md",
+    *sorted((ROOT / "services").glob("*/README.md")),
+    ROOT / "helm" / "llm-cost-router" / "values.yaml",
+    ROOT / "helm" / "llm-cost-router" / "templates" / "NOTES.txt",
+]
+# A command runs to the end of its line, code span, or shell comment; a backslash continues it on the next line.
+COMMAND = re.compile(r"python -m ([a-z_][a-z0-9_.]*)((?:[^`\n#|;)]|\\\n)*)")
+# The `llmrouter` command line (llmrouter/cli), as the README shows it.
+CLI = re.compile(r"(?<![\w/.-])llmrouter ((?:ask|decide|stats|budgets|ledger|evaluate)\b[^`\n#|;)]*)")
+
+
+def documented_commands() -> list[tuple[str, str, list[str]]]:
+    """(document, module, flags) of every `python -m` command of this repository's modules."""
+    found = []
+    for doc in DOCUMENTS:
+        text = doc.read_text()
+        for args in CLI.findall(text):
+            found.append(
+                (str(doc.relative_to(ROOT)), "llmrouter.cli", re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", args))
+            )
+        for module, args in COMMAND.findall(text):
+            if module.split(".")[0] in {"services", "llmrouter", "evaluation", "benchmarks"}:
+                flags = re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", args)
+                found.append((str(doc.relative_to(ROOT)), module.rstrip("."), flags))
+    return found
+
+
+def module_source(module: str) -> str:
+    """A module's source; a package's, every file of it (its __main__ may take its flags from a sibling)."""
+    path = ROOT.joinpath(*module.split("."))
+    if path.is_dir():
+        return "".join(p.read_text() for p in sorted(path.rglob("*.py")))
+    assert path.with_suffix(".py").is_file(), f"no module {module}"
+    return path.with_suffix(".py").read_text()
+
+
+COMMANDS = documented_commands()
+
+
+def test_the_documents_show_commands() -> None:
+    modules = {module for _, module, _ in COMMANDS}
+    assert {
+        "services.router.ledger",
+        "services.ledger",
+        "evaluation.cascade",
+        "benchmarks.paths",
+        "llmrouter.cli",
+    } <= modules
+
+
+@pytest.mark.parametrize(("doc", "module", "flags"), COMMANDS, ids=[f"{d}:{m}" for d, m, _ in COMMANDS])
+def test_documented_command_is_the_modules(doc: str, module: str, flags: list[str]) -> None:
+    source = module_source(module)
+    for flag in flags:
+        assert f'"{flag}"' in source, f"{doc}: python -m {module} has no {flag}"
