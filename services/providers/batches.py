@@ -60,13 +60,17 @@ async def submit(api: ProviderBatches, requests: list[tuple[str, UpstreamRequest
         bodies = [(custom_id, api.body(request)) for custom_id, request in requests]
     except UpstreamError as exc:
         raise not_created(f"a request cannot go into a batch: {exc.message}") from None
+    # The provider's own words are logged, never told: they may quote the operator's account or an internal host.
     try:
         return await api.submit(bodies)
     except NotCreated as exc:
-        raise not_created(str(exc)) from None
+        log.warning("batch not created", extra={"error": str(exc)})
+        raise not_created("the provider created no batch") from None
     except UpstreamError as exc:
         log.warning("batch creation outcome unknown", extra={"error": exc.message})
-        raise ServiceError(grpc.StatusCode.UNAVAILABLE, "BATCH_OUTCOME_UNKNOWN", exc.message) from None
+        raise ServiceError(
+            grpc.StatusCode.UNAVAILABLE, "BATCH_OUTCOME_UNKNOWN", "the provider batch's creation had an unknown outcome"
+        ) from None
 
 
 async def poll(
@@ -79,7 +83,10 @@ async def poll(
     try:
         state = await api.poll(batch_id, frozenset(request_ids))
     except UpstreamError as exc:
-        raise ServiceError(grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE", exc.message) from None
+        log.warning("batch not read", extra={"batch": batch_id, "error": exc.message})
+        raise ServiceError(
+            grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE", "the provider batch could not be read"
+        ) from None
     order = {request_id: i for i, request_id in reversed(list(enumerate(request_ids)))}
     results = sorted((_result(priced, r) for r in state.results), key=lambda r: order.get(r.request_id, 0))
     room = POLL_LOGPROBS_BYTES

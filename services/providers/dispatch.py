@@ -21,6 +21,7 @@ import grpc
 from llmrouter.errors import ServiceError
 from llmrouter.registry import ModelSpec, ProviderSpec
 from llmrouter.tokens import count_text_tokens
+from llmrouter.upstream_messages import upstream_message
 from llmrouter.v1 import common_pb2, provider_pb2
 from services.providers import metrics
 from services.providers.accounting import decimal_str, input_bound, settle
@@ -299,7 +300,8 @@ class Dispatcher:
             metadata["retry_after_s"] = retry_after_header(err.retry_after)
         if wasted and wasted.cost:  # tokens the failed attempts consumed: the caller charges them
             metadata.update(wasted.metadata())
-        return ServiceError(code, reason, self._redact(f"{self.provider}/{model.name}: {err.message}"), metadata)
+        # The provider's own words (logged above) stay here: the caller is told the kind of failure alone.
+        return ServiceError(code, reason, upstream_message(reason, metadata), metadata)
 
     async def _interrupted(
         self,
@@ -325,17 +327,18 @@ class Dispatcher:
         usage.estimated |= not exact
         usage, cost = wasted.on_top(usage, cost)
         self._count_tokens(model, usage.input_tokens, usage.output_tokens)
+        metadata = {
+            "provider": self.provider,
+            "model": model.name,
+            "cause": _STATUS[err.kind][1],
+            **usage_metadata(usage),
+            "cost_usd": cost,
+        }
         return ServiceError(
             grpc.StatusCode.UNAVAILABLE,
             "STREAM_INTERRUPTED",
-            self._redact(f"{self.provider}/{model.name}: stream interrupted after {len(served)} chars: {err.message}"),
-            {
-                "provider": self.provider,
-                "model": model.name,
-                "cause": _STATUS[err.kind][1],
-                **usage_metadata(usage),
-                "cost_usd": cost,
-            },
+            upstream_message("STREAM_INTERRUPTED", metadata),
+            metadata,
         )
 
     async def _response(

@@ -54,6 +54,7 @@ import grpc
 from llmrouter.errors import ServiceError, invalid
 from llmrouter.registry import ModelSpec, RegistrySource
 from llmrouter.server import MAX_MESSAGE_BYTES
+from llmrouter.upstream_messages import UPSTREAM_REASONS
 from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2
 from services.router import admission as admitting
 from services.router import metrics
@@ -86,6 +87,7 @@ SEND_START_S = 60.0
 # hold blocking the budget a day; the caller is told to ask again (BATCH_BEING_SENT).
 SENDING_S = SEND_START_S + PROVIDER_CALL_S + 60.0
 GIVE_UP_MAX_S = 600.0  # how early before its lines' holds end a provider batch is given up, at most
+UNREAD = "the provider batch could not be read: collect it again"
 GAVE_UP = "the provider batch did not end within its window"
 UNRECORDED = (
     "no provider batch is recorded for request id {}: its batch's creation had an unknown outcome, or the store was "
@@ -579,18 +581,20 @@ def _of_another_batch(pending: Pending | None, request_id: str, batch_id: str) -
 
 
 def _unread(err: grpc.RpcError) -> ServiceError:
-    """A poll that failed, for the collect's caller to try again: the providers' own refusal as they gave it; a call
-    that broke on the way (no ErrorInfo) as UNAVAILABLE, without gRPC's text, which names the providers' address."""
+    """A poll that failed, for the collect's caller to try again: the providers' own refusal as they gave it; a
+    provider's failure with its code and reason, in fixed words (not the provider's); a call that broke on the way (no
+    ErrorInfo) as UNAVAILABLE, without gRPC's text, which names the providers' address."""
     error = ServiceError.from_rpc_error(err)
     if error.explained and error.metadata.get("field") == "batch_id":  # PollBatch's name for the caller's field
         said = error.message.replace("batch_id", "provider_batch_id", 1)
         return ServiceError(error.code, error.reason, said, {**error.metadata, "field": "provider_batch_id"})
-    if error.explained:
+    if error.explained and error.reason not in UPSTREAM_REASONS:
         return error
-    log.warning("provider batch not read", extra={"error": error.message})
-    return ServiceError(
-        grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE", "the provider batch could not be read: collect it again"
-    )
+    # A provider's failure (a providers service of the version before quoted its error body) told in fixed words.
+    log.warning("provider batch not read", extra={"reason": error.reason, "error": error.message})
+    code = error.code if error.explained else grpc.StatusCode.UNAVAILABLE
+    reason = error.reason if error.explained else "UPSTREAM_UNAVAILABLE"
+    return ServiceError(code, reason, UNREAD, error.metadata if error.explained else None)
 
 
 def _being_sent(request_id: str, admitted: float) -> ServiceError:

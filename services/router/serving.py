@@ -15,6 +15,7 @@ import grpc
 from llmrouter.errors import NEVER_CONNECTED, ServiceError
 from llmrouter.registry import ModelSpec
 from llmrouter.tokens import count_text_tokens
+from llmrouter.upstream_messages import UPSTREAM_REASONS, upstream_message
 from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc
 from services.router import escalation, metrics, policy
 from services.router.admission import Admission
@@ -121,7 +122,7 @@ class Serving:
                     timeout=routed.time_left(context),
                 )
             except grpc.RpcError as err:
-                error = ServiceError.from_rpc_error(err)
+                error = provider_failure(err, routed.request_id)
                 await self._after_failed_attempt(routed, error, index, routed.time_left(context))
                 continue
             served = Served(option.model)
@@ -204,7 +205,7 @@ class Serving:
                         stream.served.content = "".join(stream.parts)
                         return
             except grpc.RpcError as err:
-                error = ServiceError.from_rpc_error(err)
+                error = provider_failure(err, routed.request_id)
                 if stream.parts:
                     raise error from None
                 if "cost_usd" not in error.metadata:  # the providers' account of its retries never arrived
@@ -236,6 +237,21 @@ class Serving:
             extra={"model": order[index].model.name, "next": following.name, "reason": error.reason},
         )
         metrics.FALLBACKS.labels(order[index].model.name, following.name).inc()
+
+
+def provider_failure(err: grpc.RpcError, request_id: str) -> ServiceError:
+    """A providers call's failure as this router's caller is told it: a provider's failure in fixed words for its
+    kind and status (llmrouter.upstream_messages), whatever the providers service said. One of a version before
+    quoted the provider's error body; its words are logged with the request id. A call that broke between the services
+    (no ErrorInfo) keeps gRPC's text, which the server interceptor logs and replaces."""
+    error = ServiceError.from_rpc_error(err)
+    if error.explained and error.reason in UPSTREAM_REASONS:
+        log.warning(
+            "provider call failed",
+            extra={"request_id": request_id, "reason": error.reason, "error": error.message},
+        )
+        error.message = upstream_message(error.reason, error.metadata)
+    return error
 
 
 def _check_time_left(routed: Routed, context: Any) -> None:
