@@ -357,7 +357,8 @@ class Admission:
 def _duplicate(verdict: Verdict, request_id: str) -> ServiceError:
     """A request id used before (by this tenant: the store keeps ids per tenant), with what that request was charged
     (`charged_usd`, as a failure's charge is told) or the hold of its charge still open (`held_usd`): a caller that
-    lost its answer (a batch line whose edge died) is told what the ledger charges it, not nothing."""
+    lost its answer (a batch line whose edge died) is told what the ledger charges it, not nothing. The store tells
+    them to the key that used the id alone: the same words to any other key, whatever became of that request."""
     metadata = {"field": "request_id"}
     told = []
     if verdict.charged is not None:
@@ -370,7 +371,7 @@ def _duplicate(verdict: Verdict, request_id: str) -> ServiceError:
             "that hold if its router died"
         )
     if not told:
-        told.append("what it was charged is in the ledger under its id")
+        told.append("its charge, if any, is in the ledger under its id")
     return ServiceError(
         grpc.StatusCode.ALREADY_EXISTS,
         "DUPLICATE_REQUEST",

@@ -320,7 +320,7 @@ class Deferred:
             raise invalid(f"collect 1 to {MAX_LINES} lines at a time", "request_ids")
         if not batch_id:
             raise invalid("name the provider batch the lines were sent in", "provider_batch_id")
-        pending = {request_id: await self.store.pending_charge(account, request_id) for request_id in ids}
+        pending = {request_id: await self._pending_line(account, request_id) for request_id in ids}
         _refuse_another_model(pending, request.model)
         # Near the window's end the provider is still asked first: a batch that has ended gives its answers.
         ending = self._window_ending(pending, batch_id)
@@ -395,7 +395,7 @@ class Deferred:
         """The lines ended without asking the provider: each of this batch still pending charged its hold (its
         outcome is unknown: the provider batch may still run and bill it); one settled before only reported."""
         log.warning("provider batch given up at its window's end", extra={"lines": len(ids)})
-        pending = {request_id: await self.store.pending_charge(account, request_id) for request_id in ids}
+        pending = {request_id: await self._pending_line(account, request_id) for request_id in ids}
         for request_id, line in pending.items():
             if line is not None and not line.until:
                 raise invalid(f"request {request_id!r} is not a provider batch line", "request_ids")
@@ -420,7 +420,7 @@ class Deferred:
         same id there. A line whose pending charge is gone was settled before (by an earlier collect, or at its
         hold by the reconciler) and is only reported, when it was charged from this batch. A line with no batch
         recorded is settled from this one only when its results hold the line's request id (module docstring)."""
-        pending = await self.store.pending_charge(account, request_id)
+        pending = await self._pending_line(account, request_id)
         if pending is not None and not pending.until:
             raise invalid(f"request {request_id!r} is not a provider batch line", "request_ids")
         if pending is not None:
@@ -488,6 +488,13 @@ class Deferred:
         if pending is not None:  # the provider bills none of it: released, on record at nothing
             await self._charge(account, pending, 0, _unanswered(pending, "0", "batch_failed", error))
         return router_pb2.CollectedLine(request_id=request_id, error=error, charged_usd="0")
+
+    async def _pending_line(self, account: Account, request_id: str) -> Pending | None:
+        """The request's pending charge when it is the account's own: request ids are per tenant, and another key of the
+        tenant must neither read that request's answer or model nor have it settled (at its hold, near its window's
+        end). Such a request is no line of this account: not pending, and never charged to it (charged_batch)."""
+        pending = await self.store.pending_charge(account, request_id)
+        return pending if pending is None or pending.key == account.key else None
 
     async def _owe_hold(
         self, account: Account, pending: Pending | None, request_id: str, why: str

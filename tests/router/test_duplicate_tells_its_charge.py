@@ -1,13 +1,24 @@
 """A request id refused as a duplicate says what the request of that id was charged, or the hold of its charge still
 open: a batch line sent again after its edge died, its first answer lost, is refused so, and its error file said
 it cost nothing while the ledger charged it. Per tenant, as request ids are: another tenant's request of the same id
-is its own. Real Redis (and a marker of the version before, which kept no amount), and the in-process store."""
+is its own; and told to the key that sent it alone, never to another key of the tenant. Real Redis (and markers of the
+version before: a charged one kept no amount, a used one no key), and the in-process store."""
 
 from __future__ import annotations
 
 import redis.asyncio as redis
 
-from services.router.store import Account, AccountKeys, Allowance, Hold, MemoryStore, Store, Verdict, period_id
+from services.router.store import (
+    Account,
+    AccountKeys,
+    Allowance,
+    Hold,
+    MemoryStore,
+    RedisStore,
+    Store,
+    Verdict,
+    period_id,
+)
 from tests.router.test_lost_admission_reused_id import lose_admission
 
 ACCOUNT = Account("acme", "key1")
@@ -60,3 +71,31 @@ async def test_a_duplicate_of_a_charge_with_no_amount_on_record_says_none(redis_
         await client.aclose()
     late = Hold("old", 3_000, DAY, "router-1", "aaaa0004")
     assert await store.admit(ACCOUNT, FREE, late) == Verdict("duplicate")
+
+
+async def test_another_key_of_the_tenant_is_told_nothing_of_the_request(store: Store) -> None:
+    """Request ids are per tenant: another API key of the tenant sending the same id is refused, but told neither the
+    hold of the request in flight nor what it was charged. The key that sent it still is."""
+    first = Hold("shared-id", 5_000, DAY, "router-1", "aaaa0005")
+    assert (await store.admit(ACCOUNT, FREE, first)).refused == ""
+    colleague = Account("acme", "key2")
+    again = Hold("shared-id", 5_000, DAY, "router-1", "aaaa0006")
+    assert await store.admit(colleague, FREE, again) == Verdict("duplicate")  # in flight
+    assert await store.charge(ACCOUNT, first, 1_234, {}, charge_id="c0ffee05")
+    assert await store.admit(colleague, FREE, again) == Verdict("duplicate")  # charged
+    assert await store.admit(ACCOUNT, FREE, again) == Verdict("duplicate", charged=1_234)
+
+
+async def test_an_id_used_by_a_router_of_the_version_before_tells_no_key_its_charge(redis_url: str) -> None:
+    """Its used id names no key ('1'): which key sent it is unknown, so none is told."""
+    store = RedisStore(redis_url)
+    try:
+        first = Hold("old-id", 5_000, DAY, "router-1", "aaaa0007")
+        assert (await store.admit(ACCOUNT, FREE, first)).refused == ""
+        client = redis.from_url(redis_url)
+        await client.set(AccountKeys.of(ACCOUNT).used("old-id"), "1", keepttl=True)
+        await client.aclose()
+        again = Hold("old-id", 5_000, DAY, "router-1", "aaaa0008")
+        assert await store.admit(ACCOUNT, FREE, again) == Verdict("duplicate")
+    finally:
+        await store.close()

@@ -156,7 +156,8 @@ ADMIT = (
 --       key budget is checked against (keys.py, key_budget: a keyless request's tenant's), prices
 -- ARGV: per minute, tenant default limit, key default limit ('' = none), now, hold member, hold expiry, id ttl,
 --       hold pico, pending field, pending record, tenant limit field, key limit field, provider batch line ('1'),
---       the model the request is admitted for ('' = none), its prices (model.py, prices_value; '' = none)
+--       the model the request is admitted for ('' = none), its prices (model.py, prices_value; '' = none), the
+--       admitting key's id (hex; what the used id keeps)
 -- Undone before it ran (it reached the store after the router gave up on it and undid it): nothing happens.
 if redis.call('EXISTS', KEYS[10]) == 1 then return {'undone', '0', '0', ''} end
 local recorded = redis.call('HGET', KEYS[8], ARGV[9])
@@ -166,8 +167,11 @@ if recorded == ARGV[10] then return {'', '0', '0', ''} end
 -- Another request with this id is a duplicate while the id is used, in flight, or charged: the charged marker
 -- outlives the used one by the request's run time, and a request admitted then would be served and its charge
 -- refused as a repeat. Its refusal says what the id was charged in all, when the marker has it (model.py,
--- CHARGED_TOTAL), and the hold of its charge still open: '' for none.
+-- CHARGED_TOTAL), and the hold of its charge still open: '' for none. Only to the key that used the id (the used id
+-- keeps it; '1' from a router of the version before names none): request ids are per tenant, and another key of the
+-- tenant learns nothing of that request.
 if recorded or redis.call('EXISTS', KEYS[2], KEYS[9]) > 0 then
+  if redis.call('GET', KEYS[2]) ~= ARGV[16] then return {'duplicate', '0', '0', '', '', ''} end
   local charged = string.match(redis.call('GET', KEYS[9]) or '', ' 1::pico=(%d+)$')
   local held = recorded and string.match(recorded, '"hold_pico":%s*(%d+)')
   return {'duplicate', '0', '0', '', charged or '', held or ''}
@@ -177,7 +181,7 @@ if per_minute > 0 and tonumber(redis.call('GET', KEYS[1]) or '0') >= per_minute 
 local budgets = {{KEYS[3], KEYS[4], ARGV[2], ARGV[11], 'tenant'}, {KEYS[13], KEYS[14], ARGV[3], ARGV[12], 'key'}}
 local held = {KEYS[4], KEYS[6]}  -- where the hold goes: the tenant's and the key id's
 local function kept(key, value) return value ~= '' and {'HSET', key, ARGV[9], value} or {'HDEL', key, ARGV[9]} end
-local writes = {{'SET', KEYS[2], '1'}, {'HSET', KEYS[8], ARGV[9], ARGV[10]},
+local writes = {{'SET', KEYS[2], ARGV[16]}, {'HSET', KEYS[8], ARGV[9], ARGV[10]},
   {ARGV[13] == '1' and 'HSET' or 'HDEL', KEYS[11], ARGV[9], ''}, kept(KEYS[12], ARGV[14]), kept(KEYS[15], ARGV[15])}
 if per_minute > 0 then writes[#writes + 1], writes[#writes + 2] = {'INCR', KEYS[1]}, {'EXPIRE', KEYS[1], '61'} end
 for _, holds in ipairs(held) do
@@ -228,7 +232,7 @@ if r_hi ~= nil then
   end
 end
 if per_minute > 0 and redis.call('INCR', KEYS[1]) == 1 then redis.call('EXPIRE', KEYS[1], RATE_TTL) end
-redis.call('SET', KEYS[2], '1', 'EX', ARGV[7])
+redis.call('SET', KEYS[2], ARGV[16], 'EX', ARGV[7])
 for _, holds in ipairs(held) do
   redis.call('ZADD', holds, ARGV[6], ARGV[5])
   outlive_holds(holds)

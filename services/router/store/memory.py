@@ -83,10 +83,13 @@ class MemoryStore:
             return Verdict("undone")
         # Used, in flight or charged: each is kept in its own window, and a request admitted while its id is
         # charged but no longer used would be served with its charge refused as a repeat. The refusal says what the
-        # id was charged and the hold of its charge still open, as RedisStore's ADMIT.
+        # id was charged and the hold of its charge still open, as RedisStore's ADMIT: to the key that used it alone.
         in_flight = self.pending.get(pending_field(account, hold.request_id))
         marker = self.charged.get(keys.charged(hold.request_id))
-        if keys.used(hold.request_id) in self.used or in_flight is not None or marker is not None:
+        user = self.used.get(keys.used(hold.request_id))
+        if user is not None or in_flight is not None or marker is not None:
+            if user != keys.key_hex:
+                return Verdict("duplicate")
             charged = marker_charged_pico(marker)
             return Verdict("duplicate", charged=charged, held=None if in_flight is None else in_flight.hold_pico)
         now = time.time()
@@ -109,7 +112,7 @@ class MemoryStore:
             return Verdict(tightest, max(remaining, 0), max(spend_left, 0), spend_budget)
         if allowance.per_minute:
             self.rate_counts[subject] = self.rate_counts.get(subject, 0) + 1
-        self.used.add(keys.used(hold.request_id))
+        self.used.add(keys.used(hold.request_id), keys.key_hex)
         for held_key in keys.held():
             expires = hold.until or now + HOLD_S
             self.held.setdefault(held_key, {})[keys.hold_member(hold.pico, hold.request_id)] = (expires, hold.pico)
@@ -260,8 +263,11 @@ class MemoryStore:
         return True
 
     async def charged_batch(self, account: Account, request_id: str) -> str | None:
-        marker = self.charged.get(AccountKeys.of(account).charged(request_id))
-        return None if marker is None else marker_batch(marker)
+        keys = AccountKeys.of(account)
+        marker = self.charged.get(keys.charged(request_id))
+        if marker is None or self.used.get(keys.used(request_id)) not in (None, keys.key_hex):
+            return None
+        return marker_batch(marker)
 
     async def spent(self, account: Account, period: str) -> tuple[int, int]:
         keys = AccountKeys.of(account)

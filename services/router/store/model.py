@@ -317,7 +317,9 @@ class Verdict:
     spend_budget: str = ""
     # A duplicate's: what its request id was charged in all (pico-USD), None when that is not on record (nothing
     # charged yet, or charged by a router of a version before or as a provider batch line); and `held`, the hold of
-    # its charge still open (in flight, or left to the reconciler), None when none is.
+    # its charge still open (in flight, or left to the reconciler), None when none is. Both None for any key but the
+    # one that used the id (another key of the tenant learns nothing of that request), or when which key used it is
+    # no longer known (its used id expired, or written by a router of the version before).
     charged: int | None = None
     held: int | None = None
 
@@ -380,9 +382,10 @@ class Store(Protocol):
         (`hold`'s nonce). False when it is not: settled, withdrawn, or another admission's."""
 
     async def charged_batch(self, account: Account, request_id: str) -> str | None:
-        """None when the account's request id was not charged (within the request id TTL); else the provider batch
-        its pending charge recorded when it was charged, '' for none (a request that was no provider batch line,
-        or was charged by a router from before lines recorded theirs)."""
+        """None when the account's request id was not charged (within the request id TTL), or was used by another
+        key of the tenant (while its used id says so); else the provider batch its pending charge recorded when it
+        was charged, '' for none (a request that was no provider batch line, or was charged by a router from before
+        lines recorded theirs)."""
 
     async def spent(self, account: Account, period: str) -> tuple[int, int]:
         """What the account's tenant and key spent in a period (an id from period_id). Without a tenant, the

@@ -180,6 +180,7 @@ class RedisStore:
             "1" if hold.until else "0",  # a provider batch line (deferred)
             model,
             prices_value(hold.nonce, prices),
+            keys.key_hex,
         ]
         names = [keys.rate(now), keys.used(hold.request_id), tenant_spend, tenant_held, key_spend, key_held]
         names += [keys.limits, keys.pending, keys.charged(hold.request_id), keys.undone(hold.nonce), keys.batches]
@@ -287,9 +288,13 @@ class RedisStore:
             return bool(await self._record_batch(keys=[keys.pending, keys.batches], args=args))
 
     async def charged_batch(self, account: Account, request_id: str) -> str | None:
-        async with self._call():
-            marker = await self.redis.get(AccountKeys.of(account).charged(request_id))
-        if marker is None:
+        keys = AccountKeys.of(account)
+        async with self._call(), self.redis.pipeline(transaction=False) as pipe:
+            pipe.get(keys.charged(request_id))
+            pipe.get(keys.used(request_id))
+            marker, user = await pipe.execute()
+        # The used id names the key that used it ('1' from a router of the version before names none).
+        if marker is None or _text(user or b"1") not in ("1", keys.key_hex):
             return None
         return marker_batch(_text(marker))
 
