@@ -15,6 +15,9 @@ DOMAIN = "llmrouter"
 # metadata: a message quoting a caller's long value (a max_cost_usd of 20,000 digits) then reached the edge as a
 # transport error. Longer messages are cut; the exception keeps the whole one for logs.
 MAX_MESSAGE_CHARS = 2_000
+# So is each ErrorInfo metadata value: one quoting a caller's value (CollectBatch's model name, 20,000 characters long)
+# passed gRPC's 16 KiB hard limit, and the caller got "Stream removed" instead of the refusal. As long as any id kept.
+MAX_METADATA_CHARS = 256
 _DETAILS_KEY = "grpc-status-details-bin"
 
 
@@ -36,8 +39,8 @@ class ServiceError(Exception):
         super().__init__(message)
         self.code = code
         self.reason = reason
-        self.message = message if len(message) <= MAX_MESSAGE_CHARS else message[: MAX_MESSAGE_CHARS - 3] + "..."
-        self.metadata = dict(metadata or {})
+        self.message = _cut(message, MAX_MESSAGE_CHARS)
+        self.metadata = {key: _cut(value, MAX_METADATA_CHARS) for key, value in (metadata or {}).items()}
         # Raised by one of our services (it travels with its ErrorInfo), rather than a call that broke between
         # services (a server that died or drained mid-call), which nobody on the other side answered.
         self.explained = True
@@ -93,6 +96,10 @@ class ServiceError(Exception):
         error = cls(code, reason, message, metadata)
         error.explained = explained
         return error
+
+
+def _cut(text: str, most: int) -> str:
+    return text if len(text) <= most else text[: most - 3] + "..."
 
 
 def invalid(message: str, field: str = "", reason: str = "INVALID_REQUEST") -> ServiceError:

@@ -1,0 +1,29 @@
+"""A direct gRPC caller of the router sending fields no edge would: a CollectBatch naming a model of 20,000 characters
+is refused NO_BATCH_PRICE, the name cut in the refusal's metadata (quoted whole, it passed gRPC's 16 KiB hard limit on
+metadata, and the caller got "Stream removed" instead). A real router gRPC server over the in-process store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+
+from llmrouter.errors import MAX_METADATA_CHARS, ServiceError
+from llmrouter.v1 import router_pb2, router_pb2_grpc
+from services.router.store import MemoryStore
+from tests.router.servicer_kit import served_router
+from tests.router.test_collect_model import REGISTRY, BatchProvider
+
+
+async def test_a_collect_naming_a_huge_model_is_refused_clearly(tmp_path: Path) -> None:
+    collect = router_pb2.CollectBatchRequest(model="m" * 20_000, provider_batch_id="pbatch-1", request_ids=["r-1"])
+    async with (
+        served_router(tmp_path, MemoryStore(), BatchProvider(), REGISTRY) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await router_pb2_grpc.RouterStub(channel).CollectBatch(collect, timeout=10)
+    error = ServiceError.from_rpc_error(refused.value)
+    assert (error.code, error.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "NO_BATCH_PRICE")
+    assert len(error.metadata["model"]) == MAX_METADATA_CHARS and len(error.message) < 2_100
