@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Callable
 
 import grpc
 
@@ -49,8 +50,10 @@ def poll_api(registry: Registry, model: ModelSpec, dispatcher: Dispatcher) -> tu
     return dispatcher.batches, registry.batch_priced(model) or model
 
 
-async def submit(api: ProviderBatches, requests: list[tuple[str, UpstreamRequest]]) -> str:
-    """A provider batch of (custom_id, request): its id."""
+async def submit(
+    api: ProviderBatches, requests: list[tuple[str, UpstreamRequest]], redact: Callable[[str], str]
+) -> str:
+    """A provider batch of (custom_id, request): its id. `redact` takes the provider's key out of what is logged."""
     ids = [custom_id for custom_id, _ in requests]
     if not ids or len(ids) > api.max_requests:
         raise invalid(f"a batch holds 1 to {api.max_requests} requests", "requests")
@@ -64,26 +67,31 @@ async def submit(api: ProviderBatches, requests: list[tuple[str, UpstreamRequest
     try:
         return await api.submit(bodies)
     except NotCreated as exc:
-        log.warning("batch not created", extra={"error": str(exc)})
+        log.warning("batch not created", extra={"error": redact(str(exc))})
         raise not_created("the provider created no batch") from None
     except UpstreamError as exc:
-        log.warning("batch creation outcome unknown", extra={"error": exc.message})
+        log.warning("batch creation outcome unknown", extra={"error": redact(exc.message)})
         raise ServiceError(
             grpc.StatusCode.UNAVAILABLE, "BATCH_OUTCOME_UNKNOWN", "the provider batch's creation had an unknown outcome"
         ) from None
 
 
 async def poll(
-    api: ProviderBatches, priced: ModelSpec, batch_id: str, request_ids: list[str], partial: bool = False
+    api: ProviderBatches,
+    priced: ModelSpec,
+    batch_id: str,
+    request_ids: list[str],
+    redact: Callable[[str], str],
+    partial: bool = False,
 ) -> provider_pb2.PollBatchResponse:
     """The batch's state and, once ended, the results of `request_ids` (all when empty), in their order; `partial`:
-    only the first that fit POLL_REPLY_BYTES, the others named in unread_ids."""
+    only the first that fit POLL_REPLY_BYTES, the others named in unread_ids. `redact` as submit's."""
     if not BATCH_ID.fullmatch(batch_id):
         raise invalid("batch_id must be a provider's batch id (letters, digits, '_', '.', ':', '-')", "batch_id")
     try:
         state = await api.poll(batch_id, frozenset(request_ids))
     except UpstreamError as exc:
-        log.warning("batch not read", extra={"batch": batch_id, "error": exc.message})
+        log.warning("batch not read", extra={"batch": batch_id, "error": redact(exc.message)})
         raise ServiceError(
             grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE", "the provider batch could not be read"
         ) from None

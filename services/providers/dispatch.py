@@ -284,7 +284,7 @@ class Dispatcher:
             "provider": self.provider,
             "model": model.name,
             "request_id": request.request_id,
-            "error": self._redact(err.message),
+            "error": self.redact(err.message),
         }
 
     def _failure(
@@ -376,7 +376,8 @@ class Dispatcher:
         metrics.TOKENS.labels(self.provider, model.name, "input").inc(input_tokens)
         metrics.TOKENS.labels(self.provider, model.name, "output").inc(output_tokens)
 
-    def _redact(self, text: str) -> str:
+    def redact(self, text: str) -> str:
+        """The text without this provider's API key, which providers quote when they refuse it."""
         return text.replace(self.secret, "[redacted]") if self.secret else text
 
 

@@ -60,7 +60,7 @@ class ProviderServicer(provider_pb2_grpc.ProviderServicer):
         api, _ = batches.batch_api(self.catalog.registry, model, dispatcher)
         lines = [(r.request_id, upstream_request(model, r)) for r in request.requests]
         with dispatcher.calling_batches():  # resolved before a reload, its client is not closed under it
-            provider_batch = await batches.submit(api, lines)
+            provider_batch = await batches.submit(api, lines, dispatcher.redact)
         return provider_pb2.SubmitBatchResponse(batch_id=provider_batch)
 
     async def PollBatch(
@@ -69,7 +69,8 @@ class ProviderServicer(provider_pb2_grpc.ProviderServicer):
         model, dispatcher = self.catalog.resolve(request.model)
         api, priced = batches.poll_api(self.catalog.registry, model, dispatcher)
         with dispatcher.calling_batches():
-            return await batches.poll(api, priced, request.batch_id, list(request.request_ids), request.partial)
+            ids = list(request.request_ids)
+            return await batches.poll(api, priced, request.batch_id, ids, dispatcher.redact, request.partial)
 
     async def ListModels(
         self, request: common_pb2.ListModelsRequest, context: grpc.aio.ServicerContext

@@ -14,7 +14,7 @@ import pytest
 from llmrouter.v1 import provider_pb2, provider_pb2_grpc
 from tests.fakes import FakeAnthropic, FakeOpenAI
 from tests.fakes.server import Fault
-from tests.providers.conftest import model_entry, providers_service
+from tests.providers.conftest import OPENAI_KEY, model_entry, providers_service
 from tests.providers.helpers import error_of, request, stream_to_failure
 
 SECRET = "org-Zq81Secret at http://10.0.3.7:8000/srv/llm/app.py line 12"
@@ -127,3 +127,29 @@ async def test_a_batch_that_cannot_be_read_is_not_quoted(
         await stub.PollBatch(provider_pb2.PollBatchRequest(model="cheap", batch_id="batch_abc"))
     assert info.value.details() == "the provider batch could not be read"
     assert SECRET not in str(info.value.trailing_metadata())
+
+
+@pytest.mark.parametrize("call", ["SubmitBatch", "PollBatch"])
+async def test_a_refused_key_is_neither_told_nor_logged_by_a_batch_call(
+    tmp_path: Path,
+    openai_fake: FakeOpenAI,
+    anthropic_fake: FakeAnthropic,
+    caplog: pytest.LogCaptureFixture,
+    call: str,
+) -> None:
+    """OpenAI quotes the key it refuses: the batch calls logged the provider's words without taking it out."""
+    prices = {"batch_input_usd_per_mtok": "0.075", "batch_output_usd_per_mtok": "0.3"}
+    batchable = model_entry("batchable", "fakeai", "economy", "0.15", "0.60", **prices)
+    openai_fake.api_key = "a-different-key"
+    urls = openai_fake.base_url, anthropic_fake.base_url
+    async with providers_service(tmp_path, *urls, extra_models=[batchable]) as stub:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            if call == "SubmitBatch":
+                await stub.SubmitBatch(
+                    provider_pb2.SubmitBatchRequest(model="batchable", requests=[request("batchable")])
+                )
+            else:
+                await stub.PollBatch(provider_pb2.PollBatchRequest(model="batchable", batch_id="batch_abc"))
+    assert OPENAI_KEY not in (info.value.details() or "") + str(info.value.trailing_metadata())
+    logged = [str(r.__dict__) for r in caplog.records if r.name == "llmrouter.providers"]
+    assert any("[redacted]" in text for text in logged) and not any(OPENAI_KEY in text for text in logged)
