@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from llmrouter.auth import Identity, acting_as
-from llmrouter.v1 import router_pb2
+from llmrouter.v1 import provider_pb2, router_pb2
 from services.router.servicer import RouterServicer
-from services.router.store import RedisStore
+from services.router.store import RedisStore, period_id
 from tests.router.servicer_kit import NoDeadline, router_servicer
 from tests.router.test_collect_model import ACCOUNT, LINE, REGISTRY, TENANT_CALLER, BatchProvider
 
@@ -56,3 +57,25 @@ async def test_another_keys_line_is_neither_read_nor_settled_nor_named(
     # Settled, it is reported to its own key again, but to no other.
     line = await collected_by_colleague(servicer, "strong")
     assert (line.succeeded, line.error, line.response.content) == (False, no_line, "")
+
+
+class Running(BatchProvider):
+    """A provider batch still running when polled."""
+
+    async def PollBatch(self, request: Any, context: Any) -> provider_pb2.PollBatchResponse:
+        return provider_pb2.PollBatchResponse(status="in_progress", ended=False)
+
+
+async def test_another_key_cannot_have_a_line_given_up_at_its_hold(redis_store: RedisStore, tmp_path: Path) -> None:
+    """Near the end of a line's window, a collect of a batch still running gives the line up, charging its hold (its
+    worst case): another key's collect did so to a line not its own, charging its sender the worst case early."""
+    async with router_servicer(tmp_path, redis_store, Running(), REGISTRY) as running:
+        running.deferred.give_up_s = 10**9  # every line's window is ending
+        with acting_as(TENANT_CALLER):
+            (sent,) = (await running.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[LINE]), NoDeadline())).lines
+        assert sent.deferred
+        with acting_as(COLLEAGUE):
+            reply = await running.CollectBatch(collect("strong"), NoDeadline())
+    assert (reply.status, reply.ended) == ("in_progress", False)
+    assert await redis_store.pending_charge(ACCOUNT, "line-1") is not None  # still held, nothing charged
+    assert await redis_store.spent(ACCOUNT, period_id("day")) == (0, 0)
