@@ -17,6 +17,7 @@ import json
 import sys
 from pathlib import Path
 
+import yaml
 from grafana_foundation_sdk.builders import dashboard, prometheus, stat, statetimeline, timeseries
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models.dashboard import (
@@ -27,12 +28,16 @@ from grafana_foundation_sdk.models.dashboard import (
     VariableSort,
 )
 
-OUT = Path(__file__).resolve().parent.parent / "helm" / "llm-cost-router" / "files" / "dashboard.json"
+CHART_FILES = Path(__file__).resolve().parent.parent / "helm" / "llm-cost-router" / "files"
+OUT = CHART_FILES / "dashboard.json"
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
 SCOPE = 'namespace="$namespace",release="$release"'
 RATE = "[$__rate_interval]"
 HIT, SERVER_ERROR, NOT_OK = 'result="hit"', 'status=~"5.."', 'outcome!="ok"'
-PREMIUM = 'tier="premium"'
+# The strong share is a tier's share, and a registry names its own tiers (weakest to strongest): the tier is the
+# variable strong_tier, by default the shipped registry's strongest (the chart sets the one it deploys).
+STRONG_TIER_DEFAULT = yaml.safe_load((CHART_FILES / "models.yaml").read_text())["tiers"][-1]
+STRONG_TIER = 'tier="$strong_tier"'
 NOT_OK_RPC = 'code!="OK"'
 DURABLE = 'redis_role=~"money|batches"'  # the Redis roles that persist (AOF); the cache writes nothing
 SERVICE_JOBS = 'job=~"llmrouter-(edge|router|classifier|providers)"'  # the services' scrape jobs, not Redis'
@@ -113,6 +118,11 @@ def build() -> dict:
         .with_variable(variable("namespace", "label_values(llmrouter_inflight_requests, namespace)"))
         .with_variable(
             variable("release", 'label_values(llmrouter_inflight_requests{namespace="$namespace"}, release)')
+        )
+        .with_variable(
+            variable("strong_tier", f"label_values({s('llmrouter_router_routed_total')}, tier)")
+            .label("strong tier")
+            .current(VariableOption(selected=True, text=STRONG_TIER_DEFAULT, value=STRONG_TIER_DEFAULT))
         )
         .with_row(dashboard.Row("Traffic and cost"))
         .with_panel(big("Requests/s", "reqps", f"sum({rate('llmrouter_edge_http_requests_total')})", "edge"))
@@ -245,10 +255,10 @@ def build() -> dict:
         )
         .with_panel(
             series(
-                "Premium-tier share by tenant",
+                "Strong share by tenant: routed to the $strong_tier tier",
                 "percentunit",
                 (
-                    f"sum by (tenant) ({rate('llmrouter_router_routed_total', PREMIUM)})"
+                    f"sum by (tenant) ({rate('llmrouter_router_routed_total', STRONG_TIER)})"
                     f" / sum by (tenant) ({rate('llmrouter_router_routed_total')})",
                     "{{tenant}}",
                 ),

@@ -449,6 +449,26 @@ def test_dashboard_uid_is_per_release() -> None:
     assert uid() != uid(namespace="staging")
 
 
+def test_dashboard_opens_on_the_strongest_tier_of_the_registry_deployed() -> None:
+    """The strong share is the share of the tier the dashboard's strong_tier variable names: by default the strongest
+    of the registry the release serves (the last of its tiers), whatever it names them."""
+
+    def strong_tier(*args: str) -> str:
+        (cm,) = [c for c in render(*args) if c["metadata"]["name"].endswith("-dashboard")]
+        variables = json.loads(next(iter(cm["data"].values())))["templating"]["list"]
+        (tier,) = [v for v in variables if v["name"] == "strong_tier"]
+        assert tier["current"]["text"] == tier["current"]["value"]
+        return str(tier["current"]["value"])
+
+    registry = yaml.safe_load((CHART / "files" / "models.yaml").read_text())
+    assert strong_tier() == registry["tiers"][-1] == "premium"
+    names = dict(zip(registry["tiers"], ["tiny", "small", "large", "frontier"], strict=True))
+    registry["tiers"] = [names[tier] for tier in registry["tiers"]]
+    for model in registry["models"]:
+        model["tier"] = names[model["tier"]]
+    assert strong_tier("--set-json", f"registry.models={json.dumps(registry)}") == "frontier"
+
+
 def test_minimal_values_drop_the_optional_objects() -> None:
     docs = render("-f", str(CHART / "ci" / "minimal-values.yaml"))
     kinds = {d["kind"] for d in docs}

@@ -13,6 +13,8 @@ from llmrouter.registry import load_registry
 
 from .support import CHART, ROOT
 
+TIER = r'\btier\s*(?:=~|!~|!=|=)\s*"([^"]*)"'  # a tier matcher's value
+
 
 def test_chart_registry_is_config_models_yaml() -> None:
     chart_copy = CHART / "files" / "models.yaml"
@@ -61,6 +63,24 @@ def test_dashboard_is_grafana_json_with_the_promised_panels() -> None:
                 assert selector.startswith(scope[:-1]), (p["title"], t["expr"])
     variables = {v["name"] for v in dashboard["templating"]["list"]}
     assert {"datasource", "namespace", "release"} <= variables
+
+
+def test_the_strong_share_is_of_the_tier_the_strong_tier_variable_names() -> None:
+    """A registry names its own tiers: a panel hard-coding tier="premium" showed nothing under another registry. The
+    tier is a variable over the tiers routed to, by default the shipped registry's strongest (the chart sets the
+    deployed one's: test_chart.py)."""
+    dashboard = json.loads((CHART / "files" / "dashboard.json").read_text())
+    (variable,) = [v for v in dashboard["templating"]["list"] if v["name"] == "strong_tier"]
+    scope = 'namespace="$namespace",release="$release"'
+    assert variable["query"] == f"label_values(llmrouter_router_routed_total{{{scope}}}, tier)"
+    assert not variable["multi"] and not variable["includeAll"]  # one tier's share: a sum of several is no share
+    strongest = yaml.safe_load((CHART / "files" / "models.yaml").read_text())["tiers"][-1]
+    assert variable["current"]["value"] == variable["current"]["text"] == strongest
+    (share,) = [p for p in dashboard["panels"] if "$strong_tier" in p["title"]]
+    (target,) = share["targets"]
+    assert 'tier="$strong_tier"' in target["expr"] and "by (tenant)" in target["expr"]
+    tiers = {m for p in dashboard["panels"] for t in p.get("targets", []) for m in re.findall(TIER, t["expr"])}
+    assert tiers == {"$strong_tier"}, "a query names a tier of its own"
 
 
 def test_dashboard_is_generated_by_deploy_dashboard_py() -> None:
