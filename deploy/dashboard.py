@@ -348,11 +348,13 @@ def build() -> dict:
         )
         .with_panel(
             series(
-                "Since each router's SQL sink last copied the ledger (Stats and exports behind by as much)",
+                "SQL ledger behind: the oldest entry not copied yet (Stats and exports miss it), and since each "
+                "router's sink last copied",
                 "s",
+                (f"max({s('llmrouter_router_ledger_sink_backlog_age_seconds')})", "oldest entry not copied"),
                 (
                     f"time() - max by (pod) ({s('llmrouter_router_ledger_sink_last_success_timestamp_seconds')} > 0)",
-                    "{{pod}}",
+                    "{{pod}} last copied",
                 ),
             )
         )

@@ -14,6 +14,7 @@ from typing import Any
 from llmrouter.private_paths import UnsafePath
 from llmrouter.redis_connect import connect
 from llmrouter.tasks import stop as stop_task
+from services.ledger.backlog import report_backlog
 from services.ledger.db import LedgerDB, open_ledger
 from services.ledger.settings import LedgerSettings
 from services.ledger.sink import LedgerSink, MemorySource, RedisSource, Source, consumer_name
@@ -72,7 +73,7 @@ async def open_ledger_sink(settings: RouterSettings, store: Store) -> tuple[Ledg
     if settings.ledger_sql_sink:
         source, client = source_for(settings, store)
         sink = LedgerSink(source, db)
-        tasks.append(asyncio.create_task(sink.run()))
+        tasks += [asyncio.create_task(sink.run()), asyncio.create_task(report_backlog(source))]
     if settings.ledger_sql_retention_days:
         tasks.append(asyncio.create_task(keep_retention(db, settings.ledger_sql_retention_days)))
 

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from llmrouter.redis_connect import is_cluster_client
 from llmrouter.tasks import raise_if_cancelled
+from services.ledger.backlog import oldest_uncopied_age_s
 from services.ledger.db import LedgerDB, Rejected, row_from_record
 from services.router.metrics import LEDGER_SINK_LAST_SUCCESS
 from services.router.store import SHARDS, MemoryStore, ledger_key
@@ -47,6 +48,9 @@ class Source(Protocol):
         and never another entry's: the table's rows are keyed by it."""
 
     async def ack(self, ids: list[str]) -> None: ...
+
+    async def backlog_age_s(self) -> float:
+        """The age of the oldest entry not acknowledged yet (0: none waits): backlog.py reports it."""
 
 
 def stream_entry(stream: str, entry_id: str) -> str:
@@ -145,6 +149,9 @@ class RedisSource:
             await self.client.xack(stream, self.group, *entry_ids)
         self._unacked = False
 
+    async def backlog_age_s(self) -> float:
+        return await oldest_uncopied_age_s(self.client, self.streams, self.group)
+
 
 class MemorySource:
     """The in-process store's ledger, read from a cursor over every record it ever appended. Ids are
@@ -171,6 +178,15 @@ class MemorySource:
 
     async def ack(self, ids: list[str]) -> None:
         self.consumed += len(ids)
+
+    async def backlog_age_s(self) -> float:
+        """By the oldest unread record's charge time (the in-process ledger stamps no entry of its own)."""
+        unread = self.store.ledger_appended - self.consumed
+        ledger = self.store.ledger
+        if not unread or not ledger:
+            return 0.0
+        oldest = ledger[max(len(ledger) - unread, 0)]
+        return max(time.time() - float(oldest["ts"]), 0.0)
 
 
 class LedgerSink:

@@ -47,6 +47,11 @@ LEDGER_SINK_LAST_SUCCESS = Gauge(
     "llmrouter_router_ledger_sink_last_success_timestamp_seconds",
     "When this router's SQL sink last copied all it read (or found nothing to copy), or started: 0 without a sink",
 )
+LEDGER_SINK_BACKLOG_AGE = Gauge(
+    "llmrouter_router_ledger_sink_backlog_age_seconds",
+    "Age of the oldest ledger entry the SQL sink has not copied (not read yet, or read and not committed), over every "
+    "shard, read by this router's sink every 15 s: 0 when none waits or without a sink, NaN while it cannot be read",
+)
 OUTBOX = Gauge(
     "llmrouter_router_outbox_charges", "Charges and undos of lost admissions waiting in the outbox for the money store"
 )

@@ -131,8 +131,8 @@ def test_every_metric_the_code_defines_is_on_the_dashboard_or_in_a_rule() -> Non
 
 
 # What the on-call reads for the two promises: money (refusals, charges, the reconciler, the outbox, the SQL ledger's
-# copy) and routing (the strong share per tenant, the classifier's latency). An alert tells that something is wrong;
-# the dashboard, how much and since when: each is on a panel, not only in a rule.
+# copy and how far behind it is) and routing (the strong share per tenant, the classifier's latency). An alert tells
+# that something is wrong; the dashboard, how much and since when: each is on a panel, not only in a rule.
 PROMISE_METRICS = {
     "llmrouter_router_budget_rejections_total",
     "llmrouter_router_budgets_over_threshold",
@@ -143,6 +143,7 @@ PROMISE_METRICS = {
     "llmrouter_router_outbox_dead_letters",
     "llmrouter_router_ledger_rejected_total",
     "llmrouter_router_ledger_sink_last_success_timestamp_seconds",
+    "llmrouter_router_ledger_sink_backlog_age_seconds",
     "llmrouter_router_store_up",
     "llmrouter_router_routed_total",
     "llmrouter_classifier_inference_seconds",

@@ -22,12 +22,17 @@ from prometheus_client import REGISTRY
 
 from llmrouter.errors import ServiceError
 from llmrouter.redis_connect import connect
+from llmrouter.redis_url import RedisUrl
+from services.ledger.backlog import report_backlog
 from services.ledger.db import LedgerDB, LedgerUnavailable, row_from_record
+from services.ledger.service import open_ledger_sink
 from services.ledger.sink import LedgerSink, MemorySource, RedisSource, stream_entry
 from services.ledger.stats import summarize
 from services.router.budgets import usd
+from services.router.metrics import LEDGER_SINK_BACKLOG_AGE as BACKLOG_GAUGE
 from services.router.operations import ALL, Operations
 from services.router.operator_servicer import budget_message
+from services.router.settings import RouterSettings
 from services.router.store import (
     KEYLESS,
     PICO,
@@ -455,3 +460,133 @@ async def test_the_sinks_last_success_stands_still_while_the_database_refuses_it
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await store.close()
+
+
+BACKLOG_AGE = "llmrouter_router_ledger_sink_backlog_age_seconds"
+
+
+async def redis_ms(client: Any) -> int:
+    seconds, micros = await client.time()
+    return seconds * 1000 + micros // 1000
+
+
+def first_ms(entry_ids: list[str]) -> int:
+    """The oldest of ledger entries (the sink's ids for them) by the time Redis stamped on its id."""
+    return min(int(entry.rpartition(" ")[2].split("-")[0]) for entry in entry_ids)
+
+
+async def assert_backlog_since(reader: RedisSource, client: Any, since_ms: int) -> None:
+    """The backlog is the age of the entry Redis stamped at `since_ms`, by Redis' clock at the read."""
+    before = await redis_ms(client)
+    age = await reader.backlog_age_s()
+    after = await redis_ms(client)
+    assert (before - since_ms) / 1000 <= age <= (after - since_ms) / 1000
+
+
+async def test_the_backlog_is_the_age_of_the_oldest_entry_the_sink_has_not_copied(
+    any_redis_url: str, client: Any
+) -> None:
+    """What LLMRouterLedgerSinkBehind reads: the oldest entry of any shard that the sink's group has not acknowledged,
+    whether no sink read it yet (no group at all, or past the group's last delivered entry) or one read it and has not
+    committed its row (pending, its consumer alive or dead); 0 once every entry is copied."""
+    store = RedisStore(any_redis_url)
+    reader = source(client, "sink-slow")
+    try:
+        assert await reader.backlog_age_s() == 0  # nothing charged yet
+        await charge_some(store, 0, 20, random.Random(5))
+        first = [entry for entry, _ in await ledger_entries(client)]
+        assert len({entry.rpartition(" ")[0] for entry in first}) >= 3  # several shards' streams
+        await assert_backlog_since(reader, client, first_ms(first))  # no sink has read any: no group yet
+
+        taken = await reader.read(0.01)  # read, rows not committed: pending
+        assert sorted(entry for entry, _ in taken) == sorted(first)
+        await assert_backlog_since(reader, client, first_ms(first))
+
+        await reader.ack([entry for entry, _ in taken])
+        assert await reader.backlog_age_s() == 0  # all copied
+
+        await charge_some(store, 20, 6, random.Random(6))
+        later = [entry for entry, _ in await ledger_entries(client) if entry not in first]
+        await assert_backlog_since(reader, client, first_ms(later))  # past the group's last delivered entry
+    finally:
+        await store.close()
+
+
+async def test_the_backlog_gauge_grows_while_the_database_refuses_and_falls_once_copied(
+    any_redis_url: str, client: Any, ledger_db: LedgerDB
+) -> None:
+    """A sink failing on its database still has its backlog reported (read beside its copying, not by it), growing
+    until the rows are committed."""
+    store = RedisStore(any_redis_url)
+    flaky = FlakyDB(ledger_db)
+    flaky.down = True
+    reader = source(client, "sink-behind")
+    sink = LedgerSink(reader, flaky, block_s=0.02, retry_s=0.02)  # type: ignore[arg-type]
+    await charge_some(store, 0, 5, random.Random(8))
+    tasks = [asyncio.create_task(sink.run()), asyncio.create_task(report_backlog(reader, every_s=0.01))]
+
+    def age() -> float:
+        return REGISTRY.get_sample_value(BACKLOG_AGE) or 0.0
+
+    try:
+        await wait_until(lambda: flaky.refused >= 1 and age() > 0)
+        behind = age()
+        await wait_until(lambda: age() > behind)  # still refused: further behind
+        assert await pending_entries(client) == 5
+        flaky.down = False
+        await wait_until(lambda: age() == 0)
+        assert await pending_entries(client) == 0 and len(await ledger_db.rows()) == 5
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await store.close()
+
+
+async def test_the_backlog_of_the_in_process_ledger(ledger_db: LedgerDB) -> None:
+    store = MemoryStore()
+    reader = MemorySource(store)
+    assert await reader.backlog_age_s() == 0
+    rng = random.Random(9)
+    for i, age_s in enumerate((90, 30)):
+        entry = {**record(f"req-{i}", TENANTS[0], rng), "ts": time.time() - age_s}
+        await store.charge(TENANTS[0], Hold(f"req-{i}", 0, "all"), to_pico(Decimal(entry["cost_usd"])), entry)
+    assert 90 <= await reader.backlog_age_s() < 120  # the oldest unread
+    await LedgerSink(reader, ledger_db).drain()
+    assert await reader.backlog_age_s() == 0
+
+
+async def test_the_router_reports_the_backlog_only_with_a_sink(redis_url: str, tmp_path: Path) -> None:
+    """Without the SQL sink (ROUTER_LEDGER_SQL_SINK=false) nothing copies the ledger, and nothing reports a backlog:
+    the gauge stays as it was (0 from the process' start), so LLMRouterLedgerSinkBehind stays quiet."""
+    store = RedisStore(redis_url)
+    await charge_some(store, 0, 3, random.Random(10))
+    BACKLOG_GAUGE.set(-1)  # a value neither would report
+    try:
+        for sink_on in (False, True):
+            settings = RouterSettings(
+                redis_url=RedisUrl(redis_url), ledger_sql_path=tmp_path / "ledger.sqlite3", ledger_sql_sink=sink_on
+            )
+            _, stop = await open_ledger_sink(settings, store)
+            try:
+                if sink_on:
+                    await wait_until(lambda: REGISTRY.get_sample_value(BACKLOG_AGE) != -1)
+                else:
+                    await asyncio.sleep(0.2)
+                    assert REGISTRY.get_sample_value(BACKLOG_AGE) == -1
+                    assert not await client_groups(redis_url)  # nor read the streams as a sink would
+            finally:
+                await stop()
+    finally:
+        await store.close()
+
+
+async def client_groups(url: str) -> list[Any]:
+    """The consumer groups of every ledger stream there is."""
+    made = connect(url)
+    try:
+        streams = [ledger_key(shard) for shard in range(SHARDS) if await made.exists(ledger_key(shard))]
+        assert streams
+        return [group for stream in streams for group in await made.xinfo_groups(stream)]
+    finally:
+        await made.aclose()
