@@ -360,6 +360,13 @@ def build() -> dict:
         )
         .with_panel(
             series(
+                "Pending charges no live router will charge, left by the reconciler's last sweep (holds still counted)",
+                "short",
+                (f"max({s('llmrouter_router_reconcile_backlog_charges')})", "router gone, or due and not settled"),
+            )
+        )
+        .with_panel(
+            series(
                 "Store memory against maxmemory (money refuses every request at 100%; a warm cache sits near it)",
                 "percentunit",
                 (f"max by (store) ({s('llmrouter_router_store_memory_ratio')})", "{{store}}"),

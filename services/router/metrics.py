@@ -52,6 +52,11 @@ LEDGER_SINK_BACKLOG_AGE = Gauge(
     "Age of the oldest ledger entry the SQL sink has not copied (not read yet, or read and not committed), over every "
     "shard, read by this router's sink every 15 s: 0 when none waits or without a sink, NaN while it cannot be read",
 )
+RECONCILE_BACKLOG = Gauge(
+    "llmrouter_router_reconcile_backlog_charges",
+    "Pending charges whose router is gone (dead, or within the grace before the reconciler takes it for dead) or that "
+    "are due at their hold, left unsettled by the reconciler's last sweep: 0 on a router not holding its lease",
+)
 OUTBOX = Gauge(
     "llmrouter_router_outbox_charges", "Charges and undos of lost admissions waiting in the outbox for the money store"
 )

@@ -130,15 +130,17 @@ def test_every_metric_the_code_defines_is_on_the_dashboard_or_in_a_rule() -> Non
     assert not set(code_metrics()) - read
 
 
-# What the on-call reads for the two promises: money (refusals, charges, the reconciler, the outbox, the SQL ledger's
-# copy and how far behind it is) and routing (the strong share per tenant, the classifier's latency). An alert tells
-# that something is wrong; the dashboard, how much and since when: each is on a panel, not only in a rule.
+# What the on-call reads for the two promises: money (refusals, charges, the reconciler and what it has left, the
+# outbox, the SQL ledger's copy and how far behind it is) and routing (the strong share per tenant, the classifier's
+# latency). An alert tells that something is wrong; the dashboard, how much and since when: each is on a panel, not
+# only in a rule.
 PROMISE_METRICS = {
     "llmrouter_router_budget_rejections_total",
     "llmrouter_router_budgets_over_threshold",
     "llmrouter_router_cost_usd_total",
     "llmrouter_router_reconciled_charges_total",
     "llmrouter_router_reconcile_failures_total",
+    "llmrouter_router_reconcile_backlog_charges",
     "llmrouter_router_outbox_charges",
     "llmrouter_router_outbox_dead_letters",
     "llmrouter_router_ledger_rejected_total",

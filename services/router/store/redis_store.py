@@ -355,29 +355,36 @@ class RedisStore:
     async def reconcile(self, router: str, lease_s: float, stale_s: float) -> int:
         async with _reachable():
             if not await self._lease(keys=[LEASE], args=[router, int(lease_s * 1000)]):
+                metrics.RECONCILE_BACKLOG.set(0)  # the lease holder's is the release's
                 return 0
             now = time.monotonic()
             if now - self._last_sweep < lease_s:
                 return 0
             self._last_sweep = now
-            swept = [(record, charge) async for record in self._pending() if (charge := _readable(record)) is not None]
+            records = [record async for record in self._pending()]
+            swept = [(record, charge) for record in records if (charge := _readable(record)) is not None]
             others = sorted({p.router for _, p in swept} - {router})
             alive = await self._alive(others)
             self._missing_since = {r: self._missing_since.get(r, now) for r in others if not alive[r]}
             dead = {r for r, since in self._missing_since.items() if now - since >= lease_s}
             stale_before = time.time() - stale_s
             settled = 0
+            left = len(records) - len(swept)  # unreadable: no router will ever settle them
             for record, charge in swept:
                 # A provider batch line's is its collector's to settle until its hold lapses.
                 due = charge.until < time.time() if charge.until else charge.router in dead or charge.ts < stale_before
                 if due:
                     try:
-                        settled += await self.settle_swept(record)
+                        settled += await self.settle_swept(record)  # False: charged or undone since the sweep read it
                     except StoreUnavailable:
                         raise
                     except Exception:  # its own keys' fault (WRONGTYPE): the others are settled all the same
                         metrics.RECONCILE_FAILURES.inc()  # its hold stays counted against the budget meanwhile
                         log.exception("pending charge not settled; swept again next round", extra={"record": record})
+                        left += 1
+                elif not charge.until and charge.router in self._missing_since:
+                    left += 1  # its router gone, not yet past the grace before it is taken for dead
+            metrics.RECONCILE_BACKLOG.set(left)
             return settled
 
     async def _pending(self) -> AsyncIterator[str]:
