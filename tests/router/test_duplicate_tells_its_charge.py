@@ -2,7 +2,8 @@
 open: a batch line sent again after its edge died, its first answer lost, is refused so, and its error file said
 it cost nothing while the ledger charged it. Per tenant, as request ids are: another tenant's request of the same id
 is its own; and told to the key that sent it alone, never to another key of the tenant. Real Redis (and markers of the
-version before: a charged one kept no amount, a used one no key), and the in-process store."""
+version before: a charged one kept no amount; a used one names no key, and any is told, as that version told it),
+and the in-process store."""
 
 from __future__ import annotations
 
@@ -86,8 +87,10 @@ async def test_another_key_of_the_tenant_is_told_nothing_of_the_request(store: S
     assert await store.admit(ACCOUNT, FREE, again) == Verdict("duplicate", charged=1_234)
 
 
-async def test_an_id_used_by_a_router_of_the_version_before_tells_no_key_its_charge(redis_url: str) -> None:
-    """Its used id names no key ('1'): which key sent it is unknown, so none is told."""
+async def test_an_id_used_by_a_router_of_the_version_before_says_its_hold_and_charge(redis_url: str) -> None:
+    """Its used id names no key ('1'): told as that version told it. Told nothing, a batch line a router of the version
+    before admitted, sent again by another edge after its own died mid-upgrade, went to the error file as costing
+    nothing (no held_usd: not waited on until charged) while the ledger charged it."""
     store = RedisStore(redis_url)
     try:
         first = Hold("old-id", 5_000, DAY, "router-1", "aaaa0007")
@@ -96,6 +99,8 @@ async def test_an_id_used_by_a_router_of_the_version_before_tells_no_key_its_cha
         await client.set(AccountKeys.of(ACCOUNT).used("old-id"), "1", keepttl=True)
         await client.aclose()
         again = Hold("old-id", 5_000, DAY, "router-1", "aaaa0008")
-        assert await store.admit(ACCOUNT, FREE, again) == Verdict("duplicate")
+        assert await store.admit(ACCOUNT, FREE, again) == Verdict("duplicate", held=5_000)
+        assert await store.charge(ACCOUNT, first, 1_234, {}, charge_id="c0ffee07")
+        assert await store.admit(ACCOUNT, FREE, again) == Verdict("duplicate", charged=1_234)
     finally:
         await store.close()

@@ -168,10 +168,12 @@ if recorded == ARGV[10] then return {'', '0', '0', ''} end
 -- outlives the used one by the request's run time, and a request admitted then would be served and its charge
 -- refused as a repeat. Its refusal says what the id was charged in all, when the marker has it (model.py,
 -- CHARGED_TOTAL), and the hold of its charge still open: '' for none. Only to the key that used the id (the used id
--- keeps it; '1' from a router of the version before names none): request ids are per tenant, and another key of the
--- tenant learns nothing of that request.
+-- keeps it): request ids are per tenant, and another key of the tenant learns nothing of that request. '1', from a
+-- router of the version before, names no key: any is told, as that version told it; told none, the key that sent it
+-- (a batch line sent again after its edge died mid-upgrade) was told nothing of a request the ledger charges.
 if recorded or redis.call('EXISTS', KEYS[2], KEYS[9]) > 0 then
-  if redis.call('GET', KEYS[2]) ~= ARGV[16] then return {'duplicate', '0', '0', '', '', ''} end
+  local user = redis.call('GET', KEYS[2])
+  if user ~= ARGV[16] and user ~= '1' then return {'duplicate', '0', '0', '', '', ''} end
   local charged = string.match(redis.call('GET', KEYS[9]) or '', ' 1::pico=(%d+)$')
   local held = recorded and string.match(recorded, '"hold_pico":%s*(%d+)')
   return {'duplicate', '0', '0', '', charged or '', held or ''}

@@ -319,7 +319,7 @@ class Verdict:
     # charged yet, or charged by a router of a version before or as a provider batch line); and `held`, the hold of
     # its charge still open (in flight, or left to the reconciler), None when none is. Both None for any key but the
     # one that used the id (another key of the tenant learns nothing of that request), or when which key used it is
-    # no longer known (its used id expired, or written by a router of the version before).
+    # no longer known (its used id expired). A used id a router of the version before wrote names no key: any is told.
     charged: int | None = None
     held: int | None = None
 
