@@ -97,7 +97,7 @@ def main(url: str, n: int, full: bool) -> None:
     keys = AccountKeys.of(ACCOUNT)
 
     def markers(pipe: redis.client.Pipeline, rid: str) -> None:
-        pipe.set(keys.used(rid), "1", ex=TTL_S)
+        pipe.set(keys.used(rid), keys.key_hex, ex=TTL_S)  # the admitting key's id, as ADMIT keeps it
         entry = charged_marker("", secrets.token_hex(8), secrets.token_hex(8))
         pipe.set(keys.charged(rid), marker_after_charge(None, entry, to_pico(Decimal(COST_USD))), ex=TTL_S)
 
