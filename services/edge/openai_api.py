@@ -462,8 +462,20 @@ def first_error(exc: ValidationError) -> tuple[str, str]:
     deepest failure is the most specific (an image part: its type should be 'text'), and the type names are
     pydantic's, not fields of the API."""
     deepest = max(exc.errors(), key=lambda e: len(e["loc"]))  # the first of the deepest: max keeps the earliest
-    path = (str(p) for p in deepest["loc"] if not (isinstance(p, str) and UNION_MEMBER.fullmatch(p)))
-    return ".".join(path)[:256], deepest["msg"]
+    return param_path(deepest["loc"])[:256], deepest["msg"]
+
+
+def param_path(loc: tuple[int | str, ...]) -> str:
+    """A validation error's location as OpenAI spells a param: indexes in brackets, keys after dots
+    (`messages[0].content[1].type`). Union members' type names are pydantic's, not the API's, and so is the
+    `[key]` that marks a mapping's key as the failure (its message says so): both left out."""
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part != "[key]" and not UNION_MEMBER.fullmatch(part):
+            path += f".{part}" if path else part
+    return path
 
 
 def decode_json(body: bytes, check: Callable[[Any], None] | None = None) -> Any:

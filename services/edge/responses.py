@@ -169,8 +169,10 @@ class ResponsesFields(BaseModel):
 
 
 def invalid(exc: ValidationError, prefix: str = "") -> ApiError:
+    """A validation error of the item or tool at `prefix` (`input[2]`), or of the request when none."""
     param, message = first_error(exc)
-    param = f"{prefix}.{param}".strip(".") if prefix else param
+    if prefix:
+        param = prefix + (param if not param or param.startswith("[") else f".{param}")
     return ApiError(400, f"{param}: {message}", param=param, code="invalid_value")
 
 
@@ -203,7 +205,7 @@ def to_messages(fields: ResponsesFields) -> tuple[list[dict[str, Any]], list[Ori
     if not fields.input:
         raise ApiError(400, "input must not be empty", param="input", code="invalid_value")
     for i, raw in enumerate(fields.input):
-        item = parse_item(raw, f"input.{i}")
+        item = parse_item(raw, f"input[{i}]")
         if isinstance(item, MessageItem):
             messages.append({"role": item.role, "content": item.text()})
             origins.append(Origin(f"input[{i}]", MESSAGE_ITEM))
@@ -215,7 +217,7 @@ def to_messages(fields: ResponsesFields) -> tuple[list[dict[str, Any]], list[Ori
                 calls = last.setdefault("tool_calls", [])
                 if len(calls) == MAX_TOOL_CALLS:  # else refused as a chat message's tool_calls, never sent here
                     message = f"Invalid 'input': more than {MAX_TOOL_CALLS} function_call items in one turn"
-                    raise ApiError(400, message, param=f"input.{i}", code="array_above_max_length")
+                    raise ApiError(400, message, param=f"input[{i}]", code="array_above_max_length")
                 calls.append(call)
                 origins[-1].calls.append(i)
             else:
@@ -240,7 +242,7 @@ def parse_item(raw: dict[str, Any], param: str) -> BaseModel:
         if isinstance(part, dict) and isinstance(part.get("type"), str) and part["type"] in UNSUPPORTED_PARTS:
             field = "content" if kind == "message" else "output"
             message = f"{part['type']} is not supported: the router serves text input only"
-            raise unsupported(f"{param}.{field}.{j}.type", message)
+            raise unsupported(f"{param}.{field}[{j}].type", message)
     try:
         return ITEMS[kind].model_validate(raw)
     except ValidationError as exc:
@@ -253,11 +255,11 @@ def to_chat_tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if tool.get("type") != "function":
             shown = str(tool.get("type"))[:64]
             message = f"tool type {shown!r} is not supported: the router runs no built-in tools, only function tools"
-            raise unsupported(f"tools.{i}.type", message)
+            raise unsupported(f"tools[{i}].type", message)
         try:
             function = FunctionTool.model_validate(tool)
         except ValidationError as exc:
-            raise invalid(exc, f"tools.{i}") from None
+            raise invalid(exc, f"tools[{i}]") from None
         chat_tools.append({"type": "function", "function": function.model_dump(exclude={"type"}, exclude_none=True)})
     return chat_tools
 

@@ -1,5 +1,5 @@
 """A Responses request's errors naming the fields its caller sent. The chat path names the chat request it was
-translated into (`messages[1].tool_calls[1].function.arguments`, `messages.3.content`, `response_format`), which a
+translated into (`messages[1].tool_calls[1].function.arguments`, `messages[3].content`, `response_format`), which a
 Responses caller never sent: each name is mapped back to the field it came from (`input[4].arguments`,
 `input[2].content`, `text.format`), through where each chat message came from (Origin, kept by to_messages)."""
 
@@ -36,8 +36,8 @@ CALL_ITEM = {
     ".function.name": ".name",
     ".function.arguments": ".arguments",
 }
-# The router names an index in brackets (messages[1].content), pydantic's validation with dots (messages.1.content).
-INDEX = r"(?:\[(\d{1,9})\]|\.(\d{1,9}))"
+# The router and the chat route's validation (openai_api.param_path) name an index in brackets, as OpenAI does.
+INDEX = r"\[(\d{1,9})\]"
 MESSAGE_PATH = re.compile(rf"messages{INDEX}(.*)")
 CALL_PATH = re.compile(rf"\.tool_calls{INDEX}(.*)")
 WHOLE_CALLS = (".tool_calls", ".tool_calls_json")  # the turn's calls as a whole: named by its first item
@@ -57,13 +57,13 @@ class Origin:
 def sent_name(chat_param: str, origins: Sequence[Origin]) -> str | None:
     """The Responses field a chat path into `messages` names; None for any other path, or one no message maps."""
     match = MESSAGE_PATH.fullmatch(chat_param)
-    if match is None or int(match[1] or match[2]) >= len(origins):
+    if match is None or int(match[1]) >= len(origins):
         return None
-    origin, rest = origins[int(match[1] or match[2])], match[3]
+    origin, rest = origins[int(match[1])], match[2]
     if rest in WHOLE_CALLS:
         return f"input[{origin.calls[0]}]" if origin.calls else None
     if call := CALL_PATH.fullmatch(rest):
-        index, sub_field = int(call[1] or call[2]), CALL_ITEM.get(call[3])
+        index, sub_field = int(call[1]), CALL_ITEM.get(call[2])
         if index >= len(origin.calls) or sub_field is None:
             return None
         return f"input[{origin.calls[index]}]{sub_field}"

@@ -75,7 +75,7 @@ def test_responses_function_calls_past_128_in_one_turn_are_a_400_naming_input() 
             raise named_as_sent(error, sent.origins) from None
 
     refused = refusal(served, body(129))
-    assert (refused["param"], refused["code"]) == ("input.129", "array_above_max_length")
+    assert (refused["param"], refused["code"]) == ("input[129]", "array_above_max_length")
     assert "128" in refused["message"] and "messages" not in refused["message"]
     served(json.dumps(body(128)).encode())
 

@@ -28,11 +28,15 @@ def refused(body: dict) -> ApiError:
         # An image part fails the text part's type: the deepest failure, not "content should be a string".
         (
             {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
-            "messages.0.content.0.type",
+            "messages[0].content[0].type",
             "'text'",
         ),
-        ({"messages": [{"role": "user", "content": [{"type": "text"}]}]}, "messages.0.content.0.text", "required"),
+        ({"messages": [{"role": "user", "content": [{"type": "text"}]}]}, "messages[0].content[0].text", "required"),
         ({"messages": [USER], "max_tokens": -1}, "max_tokens", "greater than or equal to 1"),
+        # Indexes in brackets, as OpenAI names a param; a mapping's key after a dot, pydantic's `[key]` marker dropped.
+        ({"messages": [USER, USER], "stop": ["a", 1]}, "stop[1]", "valid string"),
+        ({"messages": [USER], "logit_bias": {"abc": 1}}, "logit_bias.abc", "pattern"),
+        ({"messages": [USER], "logit_bias": {"42": 101}}, "logit_bias.42", "less than or equal to 100"),
     ],
 )
 def test_a_union_field_is_named_without_pydantics_member_types(body: dict, param: str, says: str) -> None:

@@ -66,16 +66,16 @@ CONVERSATION = [
 ]
 CHAT_TO_SENT = [
     ("messages[0].content", "instructions"),
-    ("messages.0.role", "instructions"),
+    ("messages[0].role", "instructions"),
     ("messages[1].content", "input[0].content"),
-    ("messages.7.content", "input[8].content"),
+    ("messages[7].content", "input[8].content"),
     ("messages[7]", "input[8]"),
     ("messages[2].role", "input[1].role"),
     ("messages[2].content", "input[1].content"),
     ("messages[2].tool_calls", "input[2]"),
     ("messages[2].tool_calls_json", "input[2]"),
     ("messages[2].tool_calls[1].function.arguments", "input[3].arguments"),
-    ("messages.2.tool_calls.0.function.name", "input[2].name"),
+    ("messages[2].tool_calls[0].function.name", "input[2].name"),
     ("messages[2].tool_calls[1].id", "input[3].call_id"),
     ("messages[2].tool_calls[0]", "input[2]"),
     ("messages[3].content", "input[4].output"),
@@ -90,7 +90,7 @@ CHAT_TO_SENT = [
     ("messages[2].tool_calls[2].id", "messages[2].tool_calls[2].id"),
     ("messages[1].tool_calls[0].id", "messages[1].tool_calls[0].id"),
     ("messages[1].name", "messages[1].name"),
-    ("messages.1.content.0.text", "messages.1.content.0.text"),
+    ("messages[1].content[0].text", "messages[1].content[0].text"),
     ("temperature", "temperature"),
 ]
 
@@ -148,8 +148,8 @@ def test_max_cost_usd_reaches_the_chat_path_as_written() -> None:
         ({"input": "hi", "stream_options": {"include_obfuscation": False}}, "stream_options"),
         ({"input": "hi", "text": {"format": {"type": "json_schema", "schema": {}}}}, "text.format.name"),
         ({"input": "hi", "max_output_tokens": 0}, "max_output_tokens"),
-        ({"input": [{"role": "tool", "content": "x"}]}, "input.0.role"),
-        ({"input": [{"type": "function_call_output", "output": "x"}]}, "input.0.call_id"),
+        ({"input": [{"role": "tool", "content": "x"}]}, "input[0].role"),
+        ({"input": [{"type": "function_call_output", "output": "x"}]}, "input[0].call_id"),
         # Dropped without tools (the answer echoes it), yet a wrong type is a 400 as on the chat route: it was served.
         ({"input": "hi", "parallel_tool_calls": "no"}, "parallel_tool_calls"),
         ({"input": "hi", "parallel_tool_calls": 0}, "parallel_tool_calls"),

@@ -160,3 +160,62 @@ async def test_logprobs_too_large_for_the_reply_leave_the_answer_whole(
     )
     choice = completion.choices[0]
     assert choice.message.content and choice.logprobs is None
+
+
+IMAGE_PART = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
+CALL = {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"}
+# Requests each refused by a different step (the chat route's validation, the Responses translation's own checks,
+# its item validation, the bounds), each with the param OpenAI would name: indexes in brackets, fields after dots.
+CHAT_REFUSALS: list[tuple[dict[str, Any], str]] = [
+    (
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "user", "content": [IMAGE_PART]}]},
+        "messages[1].content[0].type",
+    ),
+    (
+        {
+            "messages": [
+                {"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f"}}]}
+            ]
+        },
+        "messages[0].tool_calls[0].function.arguments",
+    ),
+    (
+        {"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function", "function": {"name": ""}}]},
+        "tools[0].function.name",
+    ),
+    ({"messages": [{"role": "user", "content": "hi"}], "stop": ["a", 1]}, "stop[1]"),
+]
+RESPONSES_REFUSALS: list[tuple[dict[str, Any], str]] = [
+    (
+        {"input": [{"role": "user", "content": [{"type": "input_text", "text": "a"}, {"type": "input_image"}]}]},
+        "input[0].content[1].type",
+    ),
+    (
+        {"input": [{"role": "user", "content": "hi"}, {"type": "function_call_output", "output": "x"}]},
+        "input[1].call_id",
+    ),
+    ({"input": [{"role": "user", "content": "hi"}, {"type": "item_reference", "id": "msg_1"}]}, "input[1].type"),
+    ({"input": [{"role": "user", "content": [{"type": "input_text"}]}]}, "input[0].content[0].text"),
+    ({"input": "hi", "tools": [{"type": "web_search"}]}, "tools[0].type"),
+    ({"input": "hi", "tools": [{"type": "function", "name": "f", "parameters": []}]}, "tools[0].parameters"),
+    ({"input": [{"role": "user", "content": "hi"}, *[{**CALL, "call_id": f"c{i}"} for i in range(129)]]}, "input[129]"),
+]
+
+
+@pytest.mark.parametrize(
+    ("route", "fields", "param"),
+    [("chat", *case) for case in CHAT_REFUSALS] + [("responses", *case) for case in RESPONSES_REFUSALS],
+)
+async def test_the_sdk_sees_each_refusal_naming_its_field_as_openai_does(
+    chain: Chain, route: str, fields: dict[str, Any], param: str
+) -> None:
+    """Every route spells a param in OpenAI's one form: the Responses route's own checks named their items with dots
+    (`input.0.content.1.type`) while the errors mapped back from the chat path used brackets (`input[4].arguments`)."""
+    sdk = client(chain)
+    with pytest.raises(openai.BadRequestError) as refused:
+        if route == "chat":
+            await sdk.chat.completions.create(model="auto", **fields)
+        else:
+            await sdk.responses.create(model="auto", **fields)
+    assert refused.value.status_code == 400 and refused.value.param == param, refused.value.body
+    assert isinstance(refused.value.body, dict) and refused.value.body["param"] == param
