@@ -204,6 +204,40 @@ async def test_an_answer_of_the_wrong_shape_is_a_bad_response(tmp_path: Path, ca
     assert err.explained and err.reason == "UPSTREAM_ERROR" and err.code == grpc.StatusCode.INTERNAL, err.message
 
 
+SPARSE_CALLS = [
+    {"function": {"name": "lookup", "arguments": "{}"}},  # no id, no type
+    {"id": None, "type": "function", "function": {"name": "ping"}},  # a null id, no arguments
+    {"id": "call_3", "type": "function", "function": {"arguments": "{}", "thought": "x"}, "extra": {"sig": "s"}},
+]
+
+
+async def test_a_tool_call_with_fields_left_out_is_handed_on_in_openais_whole_shape(tmp_path: Path) -> None:
+    """An OpenAI-compatible server may leave out a call's id, type or empty arguments: each is handed on as "" (a
+    streamed call's are built so), its own fields kept. Handed on as it came, the Responses route's function_call item
+    read the missing key after the answer was charged: a 500, which the SDK retried, charging it again each time."""
+    body = {
+        "choices": [
+            {"message": {"content": None, "tool_calls": SPARSE_CALLS}, "finish_reason": "tool_calls", "index": 0}
+        ],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5},
+    }
+    async with (
+        RawUpstream(reply(200, json.dumps(body).encode())) as upstream,
+        providers_service(tmp_path, upstream.url, upstream.url) as stub,
+    ):
+        answer = await stub.Generate(request("cheap"))
+    assert json.loads(answer.tool_calls_json) == [
+        {"id": "", "type": "function", "function": {"name": "lookup", "arguments": "{}"}},
+        {"id": "", "type": "function", "function": {"name": "ping", "arguments": ""}},
+        {
+            "id": "call_3",
+            "type": "function",
+            "function": {"name": "", "arguments": "{}", "thought": "x"},
+            "extra": {"sig": "s"},
+        },
+    ]
+
+
 async def test_a_malformed_probe_leaves_the_circuit_able_to_recover(tmp_path: Path) -> None:
     """The half-open circuit's one probe meets a malformed answer: it is a failure, and the next probe after the
     cool-down goes out. Raised as an unexpected exception, it left the probe taken: the model refused for good."""

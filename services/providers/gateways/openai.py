@@ -112,14 +112,23 @@ def _add_logprobs(end: Completion, logprobs: Any) -> None:
 
 
 def _checked_call(call: Any) -> dict[str, Any]:
-    """A reply's tool call, handed on as it came once its id, name and arguments are known to be strings."""
+    """A reply's tool call, handed on as it came (fields of the upstream's own kept) once its id, name and arguments
+    are known to be strings, each one left out or null written as "", as a streamed call is built: OpenAI-compatible
+    servers may leave out an id or an empty call's arguments, and every reader of a call (the Responses API's
+    function_call item) takes OpenAI's whole shape."""
     if not isinstance(call, dict):
         raise UpstreamError("bad_response", "upstream sent a tool call that is not a JSON object")
     function = json_obj(call.get("function"), "tool call's function")
-    json_text(call.get("id"), "tool call's id")
-    json_text(function.get("name"), "tool call's name")
-    json_text(function.get("arguments"), "tool call's arguments")
-    return call
+    return {
+        **call,
+        "id": json_text(call.get("id"), "tool call's id"),
+        "type": json_text(call.get("type"), "tool call's type") or "function",
+        "function": {
+            **function,
+            "name": json_text(function.get("name"), "tool call's name"),
+            "arguments": json_text(function.get("arguments"), "tool call's arguments"),
+        },
+    }
 
 
 def _add_fragment(calls: dict[int, dict[str, Any]], fragment: Any) -> str:
