@@ -357,6 +357,10 @@ def parse_request(body: bytes, max_messages: int = MAX_MESSAGES) -> tuple[ChatCo
         raise ApiError(400, f"{param}: {message}", param=param, code="invalid_value") from None
     if request.top_logprobs is not None and request.logprobs is not True:
         raise ApiError(400, TOP_LOGPROBS_ALONE, param="top_logprobs", code="invalid_value")
+    if (asked := request.response_format) is not None and asked.type == "json_schema" and asked.json_schema is None:
+        # OpenAI's 400, in its words: routed on, it was a provider's refusal, "the provider refused the request".
+        message = "Missing required parameter: 'response_format.json_schema'."
+        raise ApiError(400, message, param="response_format.json_schema", code="missing_required_parameter")
     if not request.tools:
         refuse_tool_options_alone(request)
     if request.max_cost_usd is not None:

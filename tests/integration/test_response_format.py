@@ -140,3 +140,24 @@ async def test_json_schema_to_a_json_mode_model_named_is_refused(mixed: Mixed) -
         model="claude-model", messages=ask("x"), response_format={"type": "text"}
     )
     assert completion.model == "claude-model"
+
+
+@pytest.mark.parametrize("without", [{"type": "json_schema"}, {"type": "json_schema", "json_schema": None}])
+@pytest.mark.parametrize("stream", [False, True])
+async def test_json_schema_without_its_schema_is_openais_400_before_any_provider(
+    mixed: Mixed, without: Any, stream: bool
+) -> None:
+    """OpenAI refuses it in these words. Routed on, it reached a provider that refused it, and the caller read only
+    "the provider refused the request"; an upstream that ignores the field answered free text."""
+    before = mixed.sent()
+    with pytest.raises(openai.BadRequestError) as caught:
+        await sdk(mixed).chat.completions.create(
+            model="auto", messages=ask("JSON please"), response_format=without, stream=stream
+        )
+    assert caught.value.body == {
+        "message": "Missing required parameter: 'response_format.json_schema'.",
+        "type": "invalid_request_error",
+        "param": "response_format.json_schema",
+        "code": "missing_required_parameter",
+    }
+    assert mixed.sent() == before
