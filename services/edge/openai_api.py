@@ -363,6 +363,7 @@ def parse_request(body: bytes, max_messages: int = MAX_MESSAGES) -> tuple[ChatCo
         raise ApiError(400, message, param="response_format.json_schema", code="missing_required_parameter")
     if not request.tools:
         refuse_tool_options_alone(request)
+    refuse_unanswerable_tool_results(request.messages)
     if request.max_cost_usd is not None:
         cost = parse_decimal(str(request.max_cost_usd))
         if cost is None or cost < 0:
@@ -379,6 +380,20 @@ def refuse_tool_options_alone(request: ChatCompletionRequest) -> None:
         if given:
             message = f"Invalid value for '{name}': '{name}' is only allowed when 'tools' are specified."
             raise ApiError(400, message, param=name, code="invalid_value")
+
+
+def refuse_unanswerable_tool_results(messages: list[Message]) -> None:
+    """A 400 for a tool result (a tool message; a Responses function_call_output) whose id answers no tool call made
+    before it, as OpenAI refuses it: sent on, it was served or refused (a generic "the provider refused the request")
+    as routing chose an upstream, OpenAI's and Anthropic's refusing it, a local model answering it. An id left out is
+    "", as a provider's call without one is handed on."""
+    called: set[str] = set()
+    for i, message in enumerate(messages):
+        called.update(call.id for call in message.tool_calls or ())
+        if message.role == "tool" and (answered := message.tool_call_id or "") not in called:
+            param = f"messages[{i}].tool_call_id"
+            message_text = f"{param}: no tool call with id {answered[:64]!r} comes before this tool result"
+            raise ApiError(400, message_text, param=param, code="invalid_value")
 
 
 def check_lengths(raw: Any, max_messages: int) -> None:

@@ -84,3 +84,37 @@ def test_responses_tool_options_without_tools_reach_the_chat_route_only_when_the
     with pytest.raises(ApiError) as caught:
         parse_request(chat)
     assert caught.value.param == "tool_choice"
+
+
+def assistant_calling(*ids: str) -> dict[str, Any]:
+    calls = [{"id": i, "type": "function", "function": {"name": "f", "arguments": "{}"}} for i in ids]
+    return {"role": "assistant", "content": None, "tool_calls": calls}
+
+
+def result(call_id: str | None) -> dict[str, Any]:
+    return {"role": "tool", "content": "x", **({"tool_call_id": call_id} if call_id is not None else {})}
+
+
+@pytest.mark.parametrize(
+    ("messages", "param"),
+    [
+        ([USER, result("c1")], "messages[1].tool_call_id"),
+        ([USER, result(None)], "messages[1].tool_call_id"),
+        ([USER, assistant_calling("c1"), result("c1"), result("c2")], "messages[3].tool_call_id"),
+        ([USER, result("c1"), assistant_calling("c1")], "messages[1].tool_call_id"),  # answered before it was made
+    ],
+)
+def test_a_tool_result_answering_no_call_made_before_it_is_a_400_naming_its_id(
+    messages: list[dict[str, Any]], param: str
+) -> None:
+    """OpenAI and Anthropic refuse it; sent on, it was their refusal ("the provider refused the request") or another
+    upstream's answer, as routing chose."""
+    error = refused({"messages": messages})
+    assert (error.param, error.code) == (param, "invalid_value")
+    assert error.message.startswith(f"{param}: no tool call with id ")
+
+
+def test_tool_results_answering_calls_made_before_them_are_served() -> None:
+    parse_request(json.dumps({"messages": [USER, assistant_calling("c1", "c2"), result("c2"), result("c1")]}).encode())
+    # A provider's call without an id is handed on with id "" (gateways/openai.py): its result may leave it out.
+    parse_request(json.dumps({"messages": [USER, assistant_calling(""), result(None)]}).encode())

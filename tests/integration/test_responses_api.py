@@ -329,6 +329,17 @@ REFUSED: list[tuple[dict[str, Any], str, str]] = [
         "input[0].output[0].type",
         "invalid_value",
     ),
+    # A tool result answering no call before it: OpenAI's 400, not a provider's refusal (or a local model's answer).
+    (
+        {
+            "input": [
+                {"role": "user", "content": "hi"},
+                {"type": "function_call_output", "call_id": "c9", "output": "x"},
+            ]
+        },
+        "input[1].call_id",
+        "invalid_value",
+    ),
     ({"messages": [{"role": "user", "content": "hi"}]}, "messages", UNKNOWN),
     ({"max_tokens": 5}, "max_tokens", UNKNOWN),
     ({"temperature": "hot"}, "temperature", "invalid_value"),

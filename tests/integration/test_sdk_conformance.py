@@ -184,6 +184,10 @@ CHAT_REFUSALS: list[tuple[dict[str, Any], str]] = [
         "tools[0].function.name",
     ),
     ({"messages": [{"role": "user", "content": "hi"}], "stop": ["a", 1]}, "stop[1]"),
+    (
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "tool", "tool_call_id": "c9", "content": "x"}]},
+        "messages[1].tool_call_id",
+    ),
 ]
 RESPONSES_REFUSALS: list[tuple[dict[str, Any], str]] = [
     (
