@@ -70,6 +70,12 @@ class ServiceError(Exception):
             and not self.message.startswith(NEVER_CONNECTED)
         )
 
+    @property
+    def past_deadline(self) -> bool:
+        """The caller's own deadline passed before the service answered (DEADLINE_EXCEEDED without our ErrorInfo: the
+        service would have said so itself): the call may still run there, and what it set off may happen."""
+        return not self.explained and self.code == grpc.StatusCode.DEADLINE_EXCEEDED
+
     def trailing_metadata(self) -> tuple[tuple[str, bytes], ...]:
         info = error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN, metadata=self.metadata)
         detail = any_pb2.Any()

@@ -122,13 +122,18 @@ def whole_seconds(text: str) -> str:
 
 def api_error(err: grpc.RpcError, request_id: str, charging: bool = False) -> ApiError:
     """charging: the call admits and charges (a completion). The router dropping one mid-call (it died, or drained past
-    its grace) may have admitted it, and its hold is then charged by the reconciler: a retry would be charged again."""
+    its grace) may have admitted it, and its hold is then charged by the reconciler; one that has not answered by the
+    edge's deadline (EDGE_REQUEST_TIMEOUT_S) serves an admitted completion to its end all the same, and charges it.
+    Either way a retry would be charged again."""
     error = ServiceError.from_rpc_error(err)
+    in_doubt = charging and (error.cut_mid_call or error.past_deadline)
     status = HTTP_STATUS.get(error.code, 502)
     if error.reason == "UPSTREAM_ERROR" and error.metadata.get("upstream_status") not in ("400", "422"):
         status = 502  # a provider refusing our key or payload is the gateway's failure, not the caller's
     if error.code == grpc.StatusCode.UNAVAILABLE or error.unanswered:
         status = 503  # the router unreachable or restarting (no ErrorInfo), or a provider out of service
+    elif error.past_deadline:
+        status = 504  # the router did not answer by the edge's own deadline: a timeout, not a provider's failure
     code = OPENAI_CODES.get(error.reason, error.reason.lower())
     retry_after = whole_seconds(error.metadata.get("retry_after_s", "")) or ("1" if status == 503 else "")
     message = error.message
@@ -153,10 +158,8 @@ def api_error(err: grpc.RpcError, request_id: str, charging: bool = False) -> Ap
         held_usd=error.metadata.get("held_usd", ""),
         request_id=request_id,
         # A failure that was charged is not retried by the SDK on its own: a retry is a new request, charged again.
-        retryable=error.metadata.get("retryable") != "false"
-        and not _costs_something(charged)
-        and not (charging and error.cut_mid_call),
-        cost_pending=charging and error.cut_mid_call and not charged,
+        retryable=error.metadata.get("retryable") != "false" and not _costs_something(charged) and not in_doubt,
+        cost_pending=in_doubt and not charged,
     )
 
 
