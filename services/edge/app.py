@@ -569,7 +569,7 @@ def create_app(settings: EdgeSettings, channel: grpc.aio.Channel) -> Starlette:
     runner = Runner(
         store,
         edge.router,
-        api_error,
+        functools.partial(api_error, charging=True),  # a line is a completion: one past its deadline is charged
         edge.serves,
         settings.batch_concurrency,
         settings.request_timeout_s,

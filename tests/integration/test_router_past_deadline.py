@@ -8,6 +8,7 @@ it charges the answer."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -101,3 +102,29 @@ async def test_a_completion_past_the_edges_deadline_is_charged_once_and_not_retr
     _, _, usage = stack.upstream.answer(stack.upstream.requests[0].json)
     cost = (Decimal("1.00") * usage["prompt_tokens"] + Decimal("2.00") * usage["completion_tokens"]) / 1_000_000
     assert await charged(stack, response.headers["x-request-id"]) == [cost]
+
+
+async def test_a_batch_line_past_the_edges_deadline_says_its_charge_is_pending(stack: Stack) -> None:
+    """The line's result in the error file, as the edge's 504 says it: its cost pending, not a failure that cost
+    nothing, while the ledger charges the answer its caller never got."""
+    sdk = openai.AsyncOpenAI(base_url=stack.base_url, api_key="sk-test")
+    body = {"model": "slow-model", "messages": [{"role": "user", "content": "hi"}]}
+    line = {"custom_id": "late", "method": "POST", "url": "/v1/chat/completions", "body": body}
+    pauser = asyncio.create_task(pause_money_once_asked(stack))
+    try:
+        uploaded = await sdk.files.create(file=("late.jsonl", json.dumps(line).encode()), purpose="batch")
+        batch = await sdk.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        await pauser
+        for _ in range(400):
+            if (batch := await sdk.batches.retrieve(batch.id)).status == "completed":
+                break
+            await asyncio.sleep(0.05)
+        assert batch.status == "completed" and batch.error_file_id, batch
+        result = json.loads((await sdk.files.content(batch.error_file_id)).text)
+    finally:
+        await sdk.close()
+    response = result["response"]
+    assert response["status_code"] == 504 and response["body"]["x_router"] == {"cost_pending": True}, result
+    assert len(await charged(stack, response["request_id"])) == 1
