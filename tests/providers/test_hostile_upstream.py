@@ -206,7 +206,7 @@ async def test_an_answer_of_the_wrong_shape_is_a_bad_response(tmp_path: Path, ca
 
 SPARSE_CALLS = [
     {"function": {"name": "lookup", "arguments": "{}"}},  # no id, no type
-    {"id": None, "type": "function", "function": {"name": "ping"}},  # a null id, no arguments
+    {"id": None, "type": 5, "function": {"name": "ping"}},  # a null id, a type of no shape, no arguments
     {"id": "call_3", "type": "function", "function": {"arguments": "{}", "thought": "x"}, "extra": {"sig": "s"}},
 ]
 

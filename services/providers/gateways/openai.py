@@ -122,7 +122,8 @@ def _checked_call(call: Any) -> dict[str, Any]:
     return {
         **call,
         "id": json_text(call.get("id"), "tool call's id"),
-        "type": json_text(call.get("type"), "tool call's type") or "function",
+        # Left out, or not a string: OpenAI's one kind of call, rather than an answer refused for a field never read.
+        "type": call["type"] if isinstance(call.get("type"), str) and call["type"] else "function",
         "function": {
             **function,
             "name": json_text(function.get("name"), "tool call's name"),
