@@ -73,7 +73,7 @@ def edge_port() -> Iterator[int]:
 
 @pytest.fixture(scope="module")
 def slow_edge_port() -> Iterator[int]:
-    """The edge, its router a socket that never answers: a chat completion read whole is a 502 after
+    """The edge, its router a socket that never answers: a chat completion read whole is a 504 after
     SLOW_ANSWER_S."""
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
@@ -363,7 +363,7 @@ def test_a_pipelined_request_refused_is_answered_after_the_one_before(slow_edge_
         s.sendall(POST + b"Content-Length: %d\r\n\r\n%s%s" % (len(body), body, then))
         statuses = responses(s, SLOW_ANSWER_S + READ_TIMEOUT_S)
     refused = b"HTTP/1.1 400 Bad Request" if b"\x00" in then else b"HTTP/1.1 408 Request Timeout"
-    assert statuses == [b"HTTP/1.1 502 Bad Gateway", refused]
+    assert statuses == [b"HTTP/1.1 504 Gateway Timeout", refused]
 
 
 @pytest.mark.parametrize("trailers", ["many trailers", "one long trailer"])
