@@ -16,7 +16,7 @@ import yaml
 
 from llmrouter.registry import LiveRegistry, Registry
 from llmrouter.server import RunningServer, start_server
-from llmrouter.v1 import classifier_pb2_grpc, provider_pb2_grpc, router_pb2_grpc
+from llmrouter.v1 import classifier_pb2, classifier_pb2_grpc, provider_pb2_grpc, router_pb2_grpc
 from services.router import charging
 from services.router.cache import MemoryCache
 from services.router.models import AvailableModels
@@ -26,6 +26,15 @@ from services.router.settings import RouterSettings
 from services.router.store import RedisStore, Store
 from tests.conftest import ROOT
 from tests.router.test_admission import REGISTRY
+
+
+class NearScores(classifier_pb2_grpc.ClassifierServicer):
+    """test_admission.REGISTRY's two models predicted near each other: a low quality target routes to the cheap one,
+    the strong one behind it."""
+
+    async def Score(self, request: Any, context: Any) -> classifier_pb2.ScoreResponse:
+        quality = classifier_pb2.PromptScore(quality={"cheap": 0.9, "strong": 0.95})
+        return classifier_pb2.ScoreResponse(results=[quality] * len(request.prompts), model_version="test")
 
 
 class NoDeadline:

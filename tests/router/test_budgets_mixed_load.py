@@ -18,8 +18,6 @@ import grpc
 from llmrouter.errors import ServiceError
 from llmrouter.redis_connect import connect
 from llmrouter.v1 import (
-    classifier_pb2,
-    classifier_pb2_grpc,
     common_pb2,
     provider_pb2,
     provider_pb2_grpc,
@@ -28,18 +26,12 @@ from llmrouter.v1 import (
 )
 from services.router.store import Account, key_id, period_id, to_pico
 from tests.conftest import ledger_records
-from tests.router.servicer_kit import served_router, store_on
+from tests.router.servicer_kit import NearScores, served_router, store_on
 from tests.router.test_admission import REGISTRY
 
 TENANT_BUDGET, KEY_BUDGET = Decimal("0.02"), Decimal("0.012")
 KEYS = ("key-a", "key-b")
 REFUSAL = "I'm sorry, but I can't help with that request."
-
-
-class Scoring(classifier_pb2_grpc.ClassifierServicer):
-    async def Score(self, request: Any, context: Any) -> classifier_pb2.ScoreResponse:
-        quality = classifier_pb2.PromptScore(quality={"cheap": 0.9, "strong": 0.95})
-        return classifier_pb2.ScoreResponse(results=[quality] * len(request.prompts), model_version="test")
 
 
 class Mixed(provider_pb2_grpc.ProviderServicer):
@@ -101,7 +93,7 @@ async def test_no_budget_is_passed_and_every_charge_is_on_record_once(tmp_path: 
                 tmp_path,
                 store,
                 Mixed(),
-                classifier=Scoring(),
+                classifier=NearScores(),
                 tenant_budget_usd=TENANT_BUDGET,
                 key_budget_usd=KEY_BUDGET,
             ) as running,

@@ -17,8 +17,6 @@ import pytest
 
 from llmrouter.redis_connect import connect
 from llmrouter.v1 import (
-    classifier_pb2,
-    classifier_pb2_grpc,
     common_pb2,
     provider_pb2,
     provider_pb2_grpc,
@@ -27,7 +25,7 @@ from llmrouter.v1 import (
 )
 from services.router.store import PICO, Account, key_id, period_id, to_pico
 from tests.conftest import ledger_records
-from tests.router.servicer_kit import served_router, store_on
+from tests.router.servicer_kit import NearScores, served_router, store_on
 from tests.router.test_admission import REGISTRY
 
 REFUSAL = "I'm sorry, but I can't help with that request."
@@ -35,14 +33,6 @@ CHEAP, STRONG = REGISTRY.get("cheap"), REGISTRY.get("strong")
 assert CHEAP is not None and STRONG is not None
 WEAK_USAGE = common_pb2.Usage(input_tokens=10, output_tokens=8)
 MAX_COST = Decimal("0.002")
-
-
-class Scoring(classifier_pb2_grpc.ClassifierServicer):
-    """Both models near enough: a low quality target routes to the cheap one, the strong one behind it."""
-
-    async def Score(self, request: Any, context: Any) -> classifier_pb2.ScoreResponse:
-        quality = classifier_pb2.PromptScore(quality={"cheap": 0.9, "strong": 0.95})
-        return classifier_pb2.ScoreResponse(results=[quality] * len(request.prompts), model_version="test")
 
 
 class Escalating(provider_pb2_grpc.ProviderServicer):
@@ -115,7 +105,7 @@ async def test_a_caller_leaving_while_the_stronger_answer_is_generated_pays_both
     provider = Escalating()
     async with (
         store_on(any_redis_url) as store,
-        served_router(tmp_path, store, provider, classifier=Scoring()) as running,
+        served_router(tmp_path, store, provider, classifier=NearScores()) as running,
         grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
     ):
         router = router_pb2_grpc.RouterStub(channel)
@@ -146,7 +136,7 @@ async def test_a_caller_leaving_while_the_weak_answer_is_generated_still_has_it_
     provider = Escalating(hold_cheap=True)
     async with (
         store_on(any_redis_url) as store,
-        served_router(tmp_path, store, provider, classifier=Scoring()) as running,
+        served_router(tmp_path, store, provider, classifier=NearScores()) as running,
         grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
     ):
         call = router_pb2_grpc.RouterStub(channel).Complete(ask(), timeout=30)
@@ -174,7 +164,7 @@ async def test_a_stronger_attempt_cut_or_over_reported_never_takes_the_charge_pa
     provider.release["strong"].set()
     async with (
         store_on(redis_url) as store,
-        served_router(tmp_path, store, provider, classifier=Scoring()) as running,
+        served_router(tmp_path, store, provider, classifier=NearScores()) as running,
         grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
     ):
         reply = await router_pb2_grpc.RouterStub(channel).Complete(ask(), timeout=30)

@@ -17,8 +17,6 @@ import pytest
 from llmrouter.auth import ANONYMOUS, acting_as
 from llmrouter.errors import ServiceError
 from llmrouter.v1 import (
-    classifier_pb2,
-    classifier_pb2_grpc,
     common_pb2,
     provider_pb2,
     provider_pb2_grpc,
@@ -26,17 +24,11 @@ from llmrouter.v1 import (
     router_pb2_grpc,
 )
 from services.router.store import Account, Store, key_id, period_id, to_pico
-from tests.router.servicer_kit import NoDeadline, router_servicer, served_router
+from tests.router.servicer_kit import NearScores, NoDeadline, router_servicer, served_router
 from tests.router.test_admission import REGISTRY
 from tests.router.test_collect_model import REGISTRY as BATCH_REGISTRY
 
 ROOM = Decimal("0.0003")  # what the budget has left: a short answer of the cheap model, not of the strong one
-
-
-class Scoring(classifier_pb2_grpc.ClassifierServicer):
-    async def Score(self, request: Any, context: Any) -> classifier_pb2.ScoreResponse:
-        quality = classifier_pb2.PromptScore(quality={"cheap": 0.9, "strong": 0.95})
-        return classifier_pb2.ScoreResponse(results=[quality] * len(request.prompts), model_version="test")
 
 
 class Answering(provider_pb2_grpc.ProviderServicer):
@@ -68,7 +60,7 @@ async def test_a_session_model_the_budget_cannot_pay_for_is_set_aside_for_the_tu
 
     store.admit = recording  # type: ignore[method-assign,assignment]
     async with (
-        served_router(tmp_path, store, Answering(), classifier=Scoring(), session_ttl_s=600) as running,
+        served_router(tmp_path, store, Answering(), classifier=NearScores(), session_ttl_s=600) as running,
         grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
     ):
         router = router_pb2_grpc.RouterStub(channel)
@@ -116,7 +108,7 @@ async def test_a_batch_line_of_a_session_is_held_only_for_its_batch_priced_model
     be held for a day and sent in a provider batch at prices it was never admitted for."""
     account = Account("acme", key_id(""))
     async with router_servicer(
-        tmp_path, store, BatchAnswering(), BATCH_REGISTRY, Scoring(), session_ttl_s=600
+        tmp_path, store, BatchAnswering(), BATCH_REGISTRY, NearScores(), session_ttl_s=600
     ) as servicer:
         with acting_as(ANONYMOUS):
             first = await servicer.Complete(turn(quality_target=1), NoDeadline())
