@@ -420,8 +420,10 @@ async def test_a_deferred_line_keeps_its_provider_batch_through_its_charge(store
     assert await store.charged_batch(ACCOUNT, "line-1") == batch
     assert await store.held_pico(ACCOUNT) == (0, 0)
     assert not await store.record_provider_batch(ACCOUNT, line, "another")  # settled: nothing to record on
+    assert await store.charge(ACCOUNT, hold("plain-1"), 5, {})
+    assert await store.charged_batch(ACCOUNT, "plain-1") == ""  # charged, from no provider batch
     assert await store.charge(ACCOUNT, hold("plain"), 5, {})
-    assert await store.charged_batch(ACCOUNT, "plain") == ""  # charged, from no provider batch
+    assert await store.charged_batch(ACCOUNT, "plain") is None  # no used id names the key: no key is told
     assert await store.charged_batch(Account("other", "key1"), "line-1") is None  # per tenant
 
 

@@ -277,7 +277,7 @@ CHARGE = (
     + f"local SPEND_MAX = {SPEND_MAX_PICO}\n"
     + """
 -- KEYS: charged marker, tenant spend, key spend, ledger, tenant holds, key holds, pending charges, provider batches,
---       models, prices
+--       models, prices, used id
 -- ARGV: pico, marker ttl, record, spend ttl, hold member, pending field, late ('1': only if still pending),
 --       the charge's id ('' for none), its admission's nonce ('' for none), the reconciler's: the pending record
 --       as its sweep read it
@@ -331,7 +331,7 @@ end
 local refused = denied({{'HDEL', KEYS[7], ARGV[6]}, {'HDEL', KEYS[8], ARGV[6]}, {'HDEL', KEYS[9], ARGV[6]},
   {'HDEL', KEYS[10], ARGV[6]}, {'ZREM', KEYS[5], ARGV[5]}, {'ZREM', KEYS[6], ARGV[5]}, {'SET', KEYS[1], marker},
   {'INCRBY', KEYS[2], ARGV[1]}, {'INCRBY', KEYS[3], ARGV[1]}, {'EXPIRE', KEYS[2], '1'}, {'EXPIRE', KEYS[3], '1'},
-  {'XADD', KEYS[4], '*', 'record', ARGV[3]}})
+  {'XADD', KEYS[4], '*', 'record', ARGV[3]}, {'EXPIRE', KEYS[11], ARGV[2]}})
 if refused then return refused end
 -- A pending charge of another admission of the request id (admitted again once its markers expired, while this
 -- charge waited in an outbox, or once a store that lost this admission freed the id) is a request in flight: only
@@ -377,6 +377,9 @@ if string.sub(marker, 1, 6) ~= 'batch:' then
   end
 end
 redis.call('SET', KEYS[1], marker, 'EX', ARGV[2])
+-- The used id, naming the key that used it, lives at least as long as the charged marker (model.py, used_ttl_s): a
+-- charge landing late (past its hold) would otherwise leave the charge on record with no key to tell it to.
+redis.call('EXPIRE', KEYS[11], ARGV[2], 'GT')
 for i = 2, 3 do
   redis.call('INCRBY', KEYS[i], ARGV[1])
   if tonumber(ARGV[4]) > 0 then redis.call('EXPIRE', KEYS[i], ARGV[4]) end

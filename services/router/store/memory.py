@@ -24,6 +24,7 @@ from services.router.store.model import (
     marker_names_charge,
     marker_spares_admission,
     pending_field,
+    used_ttl_s,
 )
 from services.router.store.recent_ids import RecentIds
 
@@ -112,7 +113,7 @@ class MemoryStore:
             return Verdict(tightest, max(remaining, 0), max(spend_left, 0), spend_budget)
         if allowance.per_minute:
             self.rate_counts[subject] = self.rate_counts.get(subject, 0) + 1
-        self.used.add(keys.used(hold.request_id), keys.key_hex)
+        self.used.add(keys.used(hold.request_id), keys.key_hex, used_ttl_s(self.used.ttl_s, hold.until, now))
         for held_key in keys.held():
             expires = hold.until or now + HOLD_S
             self.held.setdefault(held_key, {})[keys.hold_member(hold.pico, hold.request_id)] = (expires, hold.pico)
@@ -178,6 +179,7 @@ class MemoryStore:
                 return False
             self.charged.discard(charged)
         self.charged.add(charged, marker_after_charge(met, charged_marker(batch, charge_id, hold.nonce), pico))
+        self.used.outlive(keys.used(hold.request_id), self.charged.ttl_s)  # as long as the charged marker (lua.py)
         for spend_key in keys.spend(hold.period):
             self.counters[spend_key] = self.counters.get(spend_key, 0) + pico
         self.ledger.append(record)
@@ -265,7 +267,7 @@ class MemoryStore:
     async def charged_batch(self, account: Account, request_id: str) -> str | None:
         keys = AccountKeys.of(account)
         marker = self.charged.get(keys.charged(request_id))
-        if marker is None or self.used.get(keys.used(request_id)) not in (None, keys.key_hex):
+        if marker is None or self.used.get(keys.used(request_id)) != keys.key_hex:  # none: no key told (RedisStore)
             return None
         return marker_batch(marker)
 

@@ -42,6 +42,19 @@ DEFERRED_HOLD_S = 26 * 3600
 SPEND_MAX_PICO = 9_200_000_000_000_000_000
 
 
+def used_ttl_s(request_id_ttl_s: float, until: float, now: float) -> float:
+    """How long an admission keeps its request id's used marker. The marker names the key that used the id, and is read
+    for as long as anything of the request is: its pending charge, and its charged marker, kept the request id TTL from
+    its charge, which keeps the used marker as long (lua.py, CHARGE). A request that is no provider batch line is
+    charged within its hold (HOLD_S), within the request id TTL (settings: at least the longest request), so the
+    request id TTL will do. A provider batch line's hold (`until`, DEFERRED_HOLD_S: longer than the request id TTL by
+    default) may outlast it, and the marker then expired while the line was held: its charge found no used marker to
+    keep, and another key of the tenant read the settled line's answer (charged_batch) while its own key, offering it
+    again, was refused as a stranger, told nothing of its hold or charge. Its marker lives the request id TTL past
+    its hold."""
+    return request_id_ttl_s + (max(0, int(until - now) + 1) if until else 0)
+
+
 def to_pico(usd: Decimal) -> int:
     return int((usd * PICO).to_integral_value(rounding=ROUND_CEILING))
 

@@ -3,7 +3,10 @@ id counts for ROUTER_REQUEST_ID_TTL_S), in memory bounded by a cap.
 
 An id is kept as a 128-bit digest (no two of a few thousand ids collide in practice: ~1e-31) with its expiry,
 about 125 bytes, and forgotten when its TTL ends or, once `cap` ids are kept, oldest first. So a duplicate is
-caught only within the last `cap` ids of the TTL: an id seen again after that many newer ones counts as new."""
+caught only within the last `cap` ids of the TTL: an id seen again after that many newer ones counts as new. An id
+may be kept longer than the TTL (add's ttl_s, outlive: a used id outlives its request's hold, model.py, used_ttl_s):
+one kept longer than ids added after it holds their memory until it is forgotten (they no longer count as kept
+once their own expiry passes), within the cap all the same."""
 
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ class RecentIds:
         self.cap = cap
         self._clock = clock
         self._expiry: dict[int, float] = {}  # digest -> when it is forgotten
-        self._order: deque[int] = deque()  # digests, oldest first: the TTL is the same for all, so expiry order
+        self._order: deque[int] = deque()  # digests, oldest first: in expiry order but for those kept longer
         self._values: dict[int, str] = {}  # digest -> what was kept with it, when not ''
 
     def __contains__(self, request_key: str) -> bool:
@@ -30,21 +33,29 @@ class RecentIds:
         """What was kept with the id ('' by default); None when the id is not kept."""
         return self._values.get(_digest(request_key), "") if request_key in self else None
 
-    def add(self, request_key: str, value: str = "") -> bool:
-        """Keep the id (and `value` with it), unless it is kept already: then False, and its expiry and value
-        stay (as Redis's SET NX)."""
+    def add(self, request_key: str, value: str = "", ttl_s: float | None = None) -> bool:
+        """Keep the id (and `value` with it) for `ttl_s` (the TTL by default), unless it is kept already: then
+        False, and its expiry and value stay (as Redis's SET NX)."""
         now = self._clock()
         self._forget(now)
         digest = _digest(request_key)
         if digest in self._expiry:
-            return False
+            if self._expiry[digest] > now:
+                return False
+            self.discard(request_key)  # expired, behind one kept longer: kept anew
         if len(self._order) >= self.cap:
             self._drop(self._order.popleft())
-        self._expiry[digest] = now + self.ttl_s
+        self._expiry[digest] = now + (self.ttl_s if ttl_s is None else ttl_s)
         self._order.append(digest)
         if value:
             self._values[digest] = value
         return True
+
+    def outlive(self, request_key: str, ttl_s: float) -> None:
+        """Keep the id, when kept, at least `ttl_s` from now (as Redis's EXPIRE GT)."""
+        digest = _digest(request_key)
+        if request_key in self:
+            self._expiry[digest] = max(self._expiry[digest], self._clock() + ttl_s)
 
     def discard(self, request_key: str) -> None:
         """Forget the id now (an undone admission frees its id). Rare: a linear walk of at most `cap` ids."""

@@ -46,6 +46,7 @@ from services.router.store.model import (
     prices_value,
     reconciled_record,
     spend_ttl_s,
+    used_ttl_s,
 )
 
 log = logging.getLogger("llmrouter.router")
@@ -171,7 +172,7 @@ class RedisStore:
             now,
             keys.hold_member(hold.pico, hold.request_id),
             int(hold.until) if hold.until else int(now) + HOLD_S,
-            self.request_id_ttl_s,
+            int(used_ttl_s(self.request_id_ttl_s, hold.until, now)),
             hold.pico,
             pending.field,
             pending.to_json(),
@@ -221,7 +222,7 @@ class RedisStore:
     async def _settle(self, account: Account, hold: Hold, pico: int, record: dict, only: list[str]) -> bool:
         keys = AccountKeys.of(account)
         names = [keys.charged(hold.request_id), *keys.spend(hold.period), keys.ledger, *keys.held(), keys.pending]
-        names += [keys.batches, keys.models, keys.prices]
+        names += [keys.batches, keys.models, keys.prices, keys.used(hold.request_id)]
         args: list[int | str] = [
             pico,
             self.request_id_ttl_s,
@@ -293,8 +294,9 @@ class RedisStore:
             pipe.get(keys.charged(request_id))
             pipe.get(keys.used(request_id))
             marker, user = await pipe.execute()
-        # The used id names the key that used it ('1' from a router of the version before names none).
-        if marker is None or _text(user or b"1") not in ("1", keys.key_hex):
+        # The used id names the key that used it ('1' from a router of the version before names none). It outlives the
+        # charged marker (model.py, used_ttl_s): none names no key, and no key is told of the line.
+        if marker is None or user is None or _text(user) not in ("1", keys.key_hex):
             return None
         return marker_batch(_text(marker))
 
