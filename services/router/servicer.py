@@ -140,7 +140,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         if count:
             await self.admission.count(account)
         plan, decision, registry = await self.routing.decide(request, limits, account.tenant, context.time_remaining())
-        session = await self.sessions.get(account.tenant, request)
+        session = await self.sessions.get(account, request)
         kept = stick(dataclasses.replace(plan, reason=decision.reason), session, registry)  # its reason as decided
         if kept is not None:
             plan = kept
@@ -193,9 +193,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         await self.cache.put(routed, response)
         planned = routed.plan.order[0].model.name
         assert routed.registry is not None  # every routed request keeps the snapshot it was routed with
-        await self.sessions.record(
-            routed.account.tenant, routed.request, routed.session, planned, response, routed.registry
-        )
+        await self.sessions.record(routed.account, routed.request, routed.session, planned, response, routed.registry)
 
     async def _buffered_stream(self, routed: Routed, context: Any) -> AsyncGenerator[router_pb2.CompleteChunk]:
         """Served as a unary call (escalation included) and like one, from the decision on, run to its end and

@@ -1,11 +1,14 @@
-"""Session affinity: the turns of one conversation (`session_id`, per tenant) stay on one model while it is
+"""Session affinity: the turns of one conversation (`session_id`, per API key) stay on one model while it is
 healthy and the new turn needs no stronger tier, so a provider's prompt cache stays warm and the style of
 the answers does not change mid-conversation. A session may move up a tier, never down, unless its model
 fails. History (turns, tokens, cost) is kept beside the model.
 
 Sessions live in the cache store (ROUTER_CACHE_REDIS_URL, shared by replicas and surviving restarts; in
 process without it), with a TTL renewed on every turn. A session is not money: when the cache evicts it or
-it expires, the next turn is routed afresh as a new session's first turn and its history restarts."""
+it expires, the next turn is routed afresh as a new session's first turn and its history restarts.
+
+A session is its caller's own: the tenant's and, within it, the API key's (session_key). Another key of the tenant
+naming the same session id neither reads its model and turns nor changes them: its turn is its own session's."""
 
 from __future__ import annotations
 
@@ -20,6 +23,8 @@ from typing import TYPE_CHECKING
 from llmrouter.registry import Registry
 from llmrouter.v1 import router_pb2
 from services.router import policy
+from services.router.store import Account
+from services.router.store.keys import KEYLESS
 
 if TYPE_CHECKING:  # the cache module imports Routed, which carries a Session
     from services.router.cache import Cache
@@ -38,10 +43,18 @@ class Session:
     cost_usd: Decimal = Decimal(0)
 
 
-def session_key(tenant: str, session_id: str) -> str:
-    """Per tenant: the same session id from another tenant is another session."""
-    digest = hashlib.sha256(f"{tenant}\0{session_id}".encode()).hexdigest()
-    return f"session:{digest}"
+def session_key(tenant: str, session_id: str, key: str = KEYLESS) -> str:
+    """Per tenant and API key (by its id): the same session id from another tenant, or another key of the tenant, is
+    another session. A keyless request's (no API keys: the tenant's one anonymous caller) is the tenant's, under the
+    name every session had before sessions were per key, so those sessions carry on through an upgrade. A keyed one's
+    is under a name of its own form, its parts JSON-encoded: no tenant, key or session id spells another's. The
+    sessions keyed requests had per tenant are not read (any key of the tenant could have written one); they are
+    routed afresh, as expired ones, and lapse within the session TTL."""
+    if key == KEYLESS:
+        digest = hashlib.sha256(f"{tenant}\0{session_id}".encode()).hexdigest()
+        return f"session:{digest}"
+    digest = hashlib.sha256(json.dumps([tenant, key, session_id]).encode()).hexdigest()
+    return f"session:key:{digest}"
 
 
 def stick(plan: policy.Plan, session: Session | None, registry: Registry) -> policy.Plan | None:
@@ -83,11 +96,11 @@ class Sessions:
         self.backend = backend
         self.ttl_s = ttl_s  # 0 disables affinity
 
-    async def get(self, tenant: str, request: router_pb2.CompleteRequest) -> Session | None:
+    async def get(self, account: Account, request: router_pb2.CompleteRequest) -> Session | None:
         """The request's session, when it names one and routes automatically; None for a new session."""
         if not self.ttl_s or not request.session_id or request.model not in ("", "auto"):
             return None
-        raw = await self.backend.get(session_key(tenant, request.session_id))
+        raw = await self.backend.get(session_key(account.tenant, request.session_id, account.key))
         if raw is None:
             return None
         try:
@@ -105,7 +118,7 @@ class Sessions:
 
     async def record(
         self,
-        tenant: str,
+        account: Account,
         request: router_pb2.CompleteRequest,
         session: Session | None,
         planned: str,
@@ -126,4 +139,4 @@ class Sessions:
             cost_usd=before.cost_usd + Decimal(response.cost_usd or "0"),
         )
         value = json.dumps({**dataclasses.asdict(after), "cost_usd": format(after.cost_usd, "f")})
-        await self.backend.set(session_key(tenant, request.session_id), value.encode(), self.ttl_s)
+        await self.backend.set(session_key(account.tenant, request.session_id, account.key), value.encode(), self.ttl_s)

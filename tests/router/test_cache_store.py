@@ -17,6 +17,7 @@ from services.router.sessions import Session, Sessions
 from services.router.store import Account
 
 REGISTRY = load_registry()
+ACME = Account("acme", "key1")
 
 
 def routed(tenant: str, text: str) -> Routed:
@@ -83,16 +84,17 @@ async def test_a_session_keeps_its_model_and_history(any_redis_url: str) -> None
         for n in range(12):  # twelve sessions: on a cluster they land on every master
             first = routed("acme", "hello")
             first.request.session_id = f"chat-{n}"
-            assert await sessions.get("acme", first.request) is None  # a new session
-            await sessions.record("acme", first.request, None, "gpt-4o", answer("gpt-4o"), REGISTRY)
+            assert await sessions.get(ACME, first.request) is None  # a new session
+            await sessions.record(ACME, first.request, None, "gpt-4o", answer("gpt-4o"), REGISTRY)
             later = routed("acme", "and then?")
             later.request.session_id = f"chat-{n}"
-            session = await sessions.get("acme", later.request)
+            session = await sessions.get(ACME, later.request)
             assert session == Session("gpt-4o", 1, 12, 5, Decimal("0.000042"))
             # A cheaper model answered only because the plan put it first: the session stays on gpt-4o.
-            await sessions.record("acme", later.request, session, "gpt-4o-mini", answer("gpt-4o-mini"), REGISTRY)
-            assert await sessions.get("acme", later.request) == Session("gpt-4o", 2, 24, 10, Decimal("0.000084"))
-            assert await sessions.get("globex", later.request) is None  # per tenant
+            await sessions.record(ACME, later.request, session, "gpt-4o-mini", answer("gpt-4o-mini"), REGISTRY)
+            assert await sessions.get(ACME, later.request) == Session("gpt-4o", 2, 24, 10, Decimal("0.000084"))
+            assert await sessions.get(Account("globex", ACME.key), later.request) is None  # per tenant
+            assert await sessions.get(Account("acme", "another-key"), later.request) is None  # per key
     finally:
         await sessions.backend.close()
 
