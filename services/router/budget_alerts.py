@@ -2,14 +2,21 @@
 and exports the highest per scope and how many budgets passed 80% and 100% (bounded gauges for the
 PrometheusRules), and, when a webhook is configured, notifies it once per budget, threshold and period.
 
-"Once" holds across routers: the first to claim the notification (SET NX in Redis, in-process without Redis)
-sends it, retrying; when every attempt fails the claim is dropped, so a later round tries again."""
+At least once, and once in the normal path, across routers: the first to claim a notification (SET NX in Redis,
+in-process without Redis) takes a lease on it, as long as its sending may take (every attempt, each bounded, and the
+back-offs between them), and sends it, retrying; a 2xx confirms it for the period. When every attempt fails the lease
+is given back, so the next round tries again; when the router dies or is stopped mid-send (nothing given back), the
+lease lapses and the next check after it, on any router, sends it. A notification delivered whose confirmation was
+lost (a crash between the two) is sent again: a duplicate, never a silence.
+
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -26,6 +33,9 @@ log = logging.getLogger("llmrouter.router.budgets")
 
 THRESHOLDS = (0.8, 1.0)
 TOTAL_PERIOD_TTL_S = 400 * 86400
+# How much longer than its sending may take a notification's lease lasts: the claim's and the confirmation's round
+# trips, and a slow event loop.
+LEASE_MARGIN_S = 5.0
 
 
 def use(view: BudgetView) -> float | None:
@@ -37,36 +47,66 @@ def use(view: BudgetView) -> float | None:
 
 
 class Once(Protocol):
-    async def claim(self, key: str, ttl_s: int) -> bool: ...
+    async def claim(self, key: str, lease_s: float) -> str | None:
+        """A lease on the notification, for `lease_s`: its token, or None when it is sent or leased already."""
 
-    async def release(self, key: str) -> None: ...
+    async def confirm(self, key: str, ttl_s: int) -> None:
+        """The notification is sent: none again for `ttl_s` (its period's rest)."""
+
+    async def release(self, key: str, token: str) -> None:
+        """The lease of `token` given back (its sending failed): the next round may claim it."""
+
+
+SENT = "sent"
 
 
 class MemoryOnce:
     def __init__(self) -> None:
-        self.claimed: dict[str, float] = {}
+        self.claimed: dict[str, tuple[str, float]] = {}  # key -> (lease token, or SENT; until)
 
-    async def claim(self, key: str, ttl_s: int) -> bool:
+    async def claim(self, key: str, lease_s: float) -> str | None:
         now = time.time()
-        if self.claimed.get(key, 0.0) > now:
-            return False
-        self.claimed = {k: until for k, until in self.claimed.items() if until > now}  # forget finished periods
-        self.claimed[key] = now + ttl_s
-        return True
+        if self.claimed.get(key, ("", 0.0))[1] > now:
+            return None
+        self.claimed = {k: held for k, held in self.claimed.items() if held[1] > now}  # forget finished periods
+        token = uuid.uuid4().hex
+        self.claimed[key] = (token, now + lease_s)
+        return token
 
-    async def release(self, key: str) -> None:
-        self.claimed.pop(key, None)
+    async def confirm(self, key: str, ttl_s: int) -> None:
+        self.claimed[key] = (SENT, time.time() + ttl_s)
+
+    async def release(self, key: str, token: str) -> None:
+        if self.claimed.get(key, ("", 0.0))[0] == token:
+            del self.claimed[key]
+
+
+# Deleted only while it is still this lease: one lapsed and taken by another router since, or confirmed, stays.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 
 
 class RedisOnce:
     def __init__(self, client: Any) -> None:
         self.client = client
+        self._release = client.register_script(_RELEASE)
 
-    async def claim(self, key: str, ttl_s: int) -> bool:
-        return bool(await self.client.set(f"llmrouter:budget-alert:{key}", "1", nx=True, ex=ttl_s))
+    async def claim(self, key: str, lease_s: float) -> str | None:
+        token = uuid.uuid4().hex
+        leased = await self.client.set(_alert_key(key), token, nx=True, px=max(1, int(lease_s * 1000)))
+        return token if leased else None
 
-    async def release(self, key: str) -> None:
-        await self.client.delete(f"llmrouter:budget-alert:{key}")
+    async def confirm(self, key: str, ttl_s: int) -> None:
+        await self.client.set(_alert_key(key), SENT, ex=ttl_s)
+
+    async def release(self, key: str, token: str) -> None:
+        await self._release(keys=[_alert_key(key)], args=[token])
+
+
+def _alert_key(key: str) -> str:
+    return f"llmrouter:budget-alert:{key}"
 
 
 class BudgetWatch:
@@ -78,11 +118,16 @@ class BudgetWatch:
         attempts: int = 3,
         backoff_s: float = 1.0,
         timeout_s: float = 5.0,
+        lease_margin_s: float = LEASE_MARGIN_S,
     ) -> None:
         self.operations = operations
         self.once = once
         self.webhook_url = webhook_url
         self.attempts, self.backoff_s, self.timeout_s = attempts, backoff_s, timeout_s
+        # A notification's lease outlasts its sending (every attempt is cut at timeout_s): no other check sends it
+        # meanwhile. Only a sender stopped mid-way (a crash) leaves it to lapse, and the next check to send it.
+        backoffs = sum(backoff_s * 2**attempt for attempt in range(attempts - 1))
+        self.lease_s = attempts * timeout_s + backoffs + lease_margin_s
 
     async def check(self) -> int:
         """Measure every budget, export the gauges, notify new crossings; returns how many were notified."""
@@ -116,7 +161,8 @@ class BudgetWatch:
         period = view.period_id
         key = f"{view.ident}:{period}:{threshold}"
         ttl = view.period_end - int(time.time()) + 86400 if view.period_end else TOTAL_PERIOD_TTL_S
-        if not await self.once.claim(key, max(ttl, 60)):
+        token = await self.once.claim(key, self.lease_s)
+        if token is None:
             return False
         payload = {
             "alert": "budget_spent" if threshold >= 1 else "budget_nearly_spent",
@@ -132,19 +178,21 @@ class BudgetWatch:
             "period_end": view.period_end,
         }
         if await self._post(payload):
+            await self.once.confirm(key, max(ttl, 60))
             return True
-        await self.once.release(key)
+        await self.once.release(key, token)
         return False
 
     async def _post(self, payload: dict[str, Any]) -> bool:
         async with httpx.AsyncClient(timeout=self.timeout_s) as http:
             for attempt in range(self.attempts):
                 try:
-                    reply = await http.post(self.webhook_url, json=payload)
+                    async with asyncio.timeout(self.timeout_s):  # the whole attempt, however slowly answered
+                        reply = await http.post(self.webhook_url, json=payload)
                     if reply.is_success:
                         return True
                     failure = f"HTTP {reply.status_code}"
-                except httpx.HTTPError as exc:
+                except (httpx.HTTPError, TimeoutError) as exc:
                     failure = exc.__class__.__name__
                 log.warning("budget webhook failed", extra={"attempt": attempt + 1, "error": failure})
                 if attempt + 1 < self.attempts:
