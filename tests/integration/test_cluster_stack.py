@@ -133,7 +133,9 @@ async def test_a_session_stays_on_its_model(stack: ClusteredStack) -> None:
     assert easy[-1]["x_router"]["session_affinity"], reasons
     cache = connect(stack.cache_url)
     try:
-        stored = json.loads(await cache.get(f"llmrouter:cache:{session_key(tenant, 'chat-1')}"))
+        stored = json.loads(
+            await cache.get(f"llmrouter:cache:{session_key(tenant, 'chat-1', key_id(stack.keys[tenant]))}")
+        )
     finally:
         await cache.aclose()
     assert stored["model"] == "strong-model" and stored["turns"] == len(turns)
