@@ -2,7 +2,7 @@
 whole period before the webhook was sent: a router stopped mid-send (a crash, a rolling restart cancelling the
 watch) left the claim, and the alert was never sent that period. Now a claim is a lease as long as the sending may
 take, confirmed by a 2xx; a send cut short leaves the lease to lapse, and the next check sends it. Real HTTP
-webhooks on loopback; the claims in real Redis, shared by the routers' watches."""
+webhooks on loopback; the claims in real Redis (a server, and a cluster), shared by the routers' watches."""
 
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis.asyncio as redis
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from llmrouter.redis_connect import connect
 from services.ledger.db import LedgerDB
 from services.ledger.sink import LedgerSink, MemorySource
 from services.router.budget_alerts import BudgetWatch, RedisOnce
@@ -79,8 +79,9 @@ async def spent(tmp_path: Path) -> AsyncIterator[Operations]:
 
 
 @pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[Any]:
-    made = redis.Redis.from_url(redis_url)
+async def client(any_redis_url: str) -> AsyncIterator[Any]:
+    """The money store's Redis, a server or a cluster, where the router's watch claims its notifications."""
+    made = connect(any_redis_url)
     yield made
     await made.aclose()
 
