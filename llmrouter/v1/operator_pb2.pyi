@@ -70,12 +70,14 @@ class StatsResponse(_message.Message):
     def __init__(self, total: _Optional[_Union[StatsGroup, _Mapping]] = ..., groups: _Optional[_Iterable[_Union[StatsGroup, _Mapping]]] = ...) -> None: ...
 
 class BudgetsRequest(_message.Message):
-    __slots__ = ("tenant", "admin")
+    __slots__ = ("tenant", "admin", "api_key")
     TENANT_FIELD_NUMBER: _ClassVar[int]
     ADMIN_FIELD_NUMBER: _ClassVar[int]
+    API_KEY_FIELD_NUMBER: _ClassVar[int]
     tenant: str
     admin: bool
-    def __init__(self, tenant: _Optional[str] = ..., admin: _Optional[bool] = ...) -> None: ...
+    api_key: str
+    def __init__(self, tenant: _Optional[str] = ..., admin: _Optional[bool] = ..., api_key: _Optional[str] = ...) -> None: ...
 
 class Budget(_message.Message):
     __slots__ = ("scope", "name", "tenant", "limit_usd", "spent_usd", "held_usd", "remaining_usd", "period", "period_end", "overridden", "tenant_wide")

@@ -68,7 +68,8 @@ class OperatorServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Budgets(self, request, context):
-        """Budgets from the money store: limit, spent, held, remaining, period end.
+        """Budgets from the money store: limit, spent, held, remaining, period end. An admin's: every tenant's and key's;
+        anyone else's: its tenant's and its own key's (another key's spend is that key's own business).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

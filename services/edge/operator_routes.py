@@ -1,6 +1,6 @@
 """The edge's operator API over the Router's Operator and Decide RPCs: stats, budgets (an admin sets
-overrides), and the routing decision without a generation. A tenant's key sees its own tenant; an admin key
-sees all. Bodies are the RPCs' answers as JSON, money as exact decimal strings."""
+overrides), and the routing decision without a generation. A tenant's key sees its own tenant (of its keys'
+budgets, its own); an admin key sees all. Bodies are the RPCs' answers as JSON, money as exact decimal strings."""
 
 from __future__ import annotations
 
@@ -77,8 +77,11 @@ class OperatorRoutes:
         return JSONResponse(as_json(await self._call(self.operator.Stats, message)))
 
     async def budgets(self, request: Request) -> Response:
-        tenant, admin = self._who(request)
-        reply = await self._call(self.operator.Budgets, operator_pb2.BudgetsRequest(tenant=tenant, admin=admin))
+        tenant, key = self.edge.caller(request)
+        admin = self.edge.keys.is_admin(key)
+        # The key too: a key that is no admin's sees its tenant's budget and its own, not its colleagues' spend.
+        message = operator_pb2.BudgetsRequest(tenant=tenant, admin=admin, api_key=key)
+        reply = await self._call(self.operator.Budgets, message)
         return JSONResponse(as_json(reply))
 
     async def set_budget(self, request: Request) -> Response:

@@ -20,7 +20,7 @@ from services.ledger.stats import GROUPINGS, Group, summarize
 from services.router.admission import check_id
 from services.router.budgets import SCOPES, BudgetView, budgets
 from services.router.costs import floor_pico
-from services.router.store import Account, Allowance, Store
+from services.router.store import Account, Allowance, Store, key_id
 
 log = logging.getLogger("llmrouter.router")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
@@ -37,6 +37,18 @@ def viewer(tenant: str, admin: bool) -> str | None:
         return ALL
     check_id(tenant, "tenant")  # as a request's tenant is: a NUL would fail the PostgreSQL ledger's query
     return tenant or "default"
+
+
+def budget_viewer(tenant: str, admin: bool, api_key: str) -> Account | None:
+    """The one account whose budgets the caller may see (its tenant's and its key's), or ALL. Another key's spend is
+    no business of a caller that is no admin, even of its own tenant: it learns nothing of requests it did not send
+    (the tenant's budget, which every key shares, shows their sum). The key is the one the caller pays with, as
+    admission.account_for derives it: the end user's from the edge, `caller:<name>` for any other caller."""
+    who = viewer(tenant, admin)
+    if who is ALL:
+        return ALL
+    caller = current_identity()
+    return Account(who, key_id(api_key) if caller.may_act_for_tenants else f"caller:{caller.name}")
 
 
 def _admin_only(who: str | None) -> None:
@@ -73,19 +85,19 @@ class Operations:
             rows = await self.ledger.rows(since or None, until or None, who)
         return summarize(rows, group_by)
 
-    async def budgets(self, who: str | None) -> list[BudgetView]:
+    async def budgets(self, who: Account | None) -> list[BudgetView]:
+        """An admin's (ALL): every account on record and every override; anyone else's: its tenant's and its key's."""
+        if who is not ALL:
+            return await budgets(self.store, self.allowance, [who])
         with ledger_reachable():
-            accounts = [Account(tenant, key) for tenant, key in await self.ledger.accounts(who)]
-        if who is ALL:
-            overrides = await self.store.limit_overrides()
-            known = {a.tenant for a in accounts}
-            accounts += [Account(name, "") for scope, name in overrides if scope == "tenant" and name not in known]
-            known_keys = {a.key for a in accounts}
-            # A key limit for 'anonymous' binds each tenant's keyless requests on that tenant's spend: shown with
-            # each tenant that has some, or else once, for every tenant (tenant '*', no amounts: budget_message).
-            accounts += [Account("", name) for scope, name in overrides if scope == "key" and name not in known_keys]
-        elif not any(a.tenant == who for a in accounts):
-            accounts.insert(0, Account(who, ""))
+            accounts = [Account(tenant, key) for tenant, key in await self.ledger.accounts()]
+        overrides = await self.store.limit_overrides()
+        known = {a.tenant for a in accounts}
+        accounts += [Account(name, "") for scope, name in overrides if scope == "tenant" and name not in known]
+        known_keys = {a.key for a in accounts}
+        # A key limit for 'anonymous' binds each tenant's keyless requests on that tenant's spend: shown with
+        # each tenant that has some, or else once, for every tenant (tenant '*', no amounts: budget_message).
+        accounts += [Account("", name) for scope, name in overrides if scope == "key" and name not in known_keys]
         return await budgets(self.store, self.allowance, accounts)
 
     async def set_budget(self, who: str | None, scope: str, name: str, limit_usd: str) -> BudgetView:

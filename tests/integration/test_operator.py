@@ -23,18 +23,19 @@ from llmrouter.errors import ServiceError
 from llmrouter.v1 import operator_pb2, operator_pb2_grpc
 from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
+from services.router.store import key_id
 from tests.conftest import ledger_records
 from tests.integration.conftest import SILENCE, Chain, free_port, start_edge
 
 
 @pytest.fixture
 async def keyed_edge(chain: Chain) -> AsyncIterator[tuple[str, dict[str, str]]]:
-    """A second edge in front of the same router, with two tenants' keys and an admin key."""
+    """A second edge in front of the same router, with two tenants' keys (two of acme's: a and a2) and an admin key."""
     run = uuid.uuid4().hex[:8]
-    tenants = {"a": f"acme-{run}", "g": f"globex-{run}", "root": f"ops-{run}"}
+    tenants = {"a": f"acme-{run}", "a2": f"acme-{run}", "g": f"globex-{run}", "root": f"ops-{run}"}
     keys = {name: f"sk-{name}-{run}" for name in tenants}
     # The key file's format, `<tenant> <sha256 of the key>`, with the role word `admin` on the admin's line.
-    api_keys = ",".join(key_line(tenants[n], keys[n]) + (" admin" if n == "root" else "") for n in ("a", "g", "root"))
+    api_keys = ",".join(key_line(tenants[n], keys[n]) + (" admin" if n == "root" else "") for n in tenants)
     settings = EdgeSettings(
         port=free_port(), router_addr=chain.router_addr, api_keys=SecretStr(api_keys), request_timeout_s=20
     )
@@ -137,6 +138,35 @@ async def test_stats_and_budgets_agree_with_the_ledger_to_the_pico_dollar(
         assert {who["a"], who["g"]} <= {b["tenant"] for b in every_budget}
         removed = await http.delete(f"/router/budgets/tenant/{who['a']}", headers=admin)
         assert removed.json()["overridden"] is False
+
+
+async def test_a_key_sees_its_tenants_budget_and_its_own_not_another_keys(
+    chain: Chain, keyed_edge: tuple[str, dict[str, str]]
+) -> None:
+    """Two keys of one tenant: each sees the tenant's budget (their spend summed: the budget they share) and its own
+    key's, never the other key's spend; the admin sees both keys."""
+    base_url, who = keyed_edge
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
+        costs = {}
+        for name in ("a", "a2"):
+            headers = {"authorization": f"Bearer {who[f'key_{name}']}"}
+            reply = await http.post("/chat/completions", json=chat(f"Hi {uuid.uuid4().hex}"), headers=headers)
+            assert reply.status_code == 200, reply.text
+            costs[name] = Decimal(reply.headers["x-router-cost-usd"])
+        for name, other in (("a", "a2"), ("a2", "a")):
+            reply = await http.get("/router/budgets", headers={"authorization": f"Bearer {who[f'key_{name}']}"})
+            assert reply.status_code == 200, reply.text
+            seen = {(b["scope"], b["name"]): Decimal(b["spent_usd"]) for b in reply.json()["budgets"]}
+            assert seen == {("tenant", who["a"]): sum(costs.values()), ("key", key_id(who[f"key_{name}"])): costs[name]}
+            assert key_id(who[f"key_{other}"]) not in reply.text
+        deadline = time.monotonic() + 30  # the admin's listing names the keys on record: the sink's copy, ~1 s behind
+        while True:
+            reply = await http.get("/router/budgets", headers={"authorization": f"Bearer {who['key_root']}"})
+            named = {b["name"] for b in reply.json()["budgets"] if b["tenant"] == who["a"]}
+            if {key_id(who["key_a"]), key_id(who["key_a2"])} <= named or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        assert {key_id(who["key_a"]), key_id(who["key_a2"])} <= named
 
 
 async def test_operator_api_bad_input_is_a_clear_400(keyed_edge: tuple[str, dict[str, str]]) -> None:

@@ -1,0 +1,143 @@
+"""The Operator service as a hostile caller meets it: a real router (router.build) on loopback, bearer tokens naming
+its callers (the edge, trusted to act for tenants; `svc`, bound to tenant acme; `rival`, bound to globex), real
+Redis, and real charges (Complete, answered by a providers gRPC server). A caller that is no admin sees its tenant's
+budget and its own key's, never another key's spend (README: another key of the tenant learns nothing of a request
+it did not send), nor anything of another tenant, and sets no budget, whatever its request says."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+
+import grpc
+import pytest
+import yaml
+
+from llmrouter.auth import token_digest
+from llmrouter.errors import ServiceError
+from llmrouter.redis_url import RedisUrl
+from llmrouter.server import RunningServer, start_server
+from llmrouter.v1 import common_pb2, operator_pb2, operator_pb2_grpc, provider_pb2_grpc, router_pb2, router_pb2_grpc
+from services import router
+from services.router.settings import RouterSettings
+from services.router.store import key_id
+from tests.router.test_admission import REGISTRY
+from tests.router.test_duplicate_across_keys import Answering
+
+TOKENS = {"edge": "edge-token-0123456789", "svc": "svc-token-0123456789", "rival": "rival-token-0123456789"}
+KEY_A, KEY_B, KEY_G = "sk-acme-a", "sk-acme-b", "sk-globex"
+
+
+@dataclass
+class Served:
+    address: str
+    operator: operator_pb2_grpc.OperatorStub
+    router: router_pb2_grpc.RouterStub
+
+
+def as_(name: str) -> tuple[tuple[str, str]]:
+    return (("authorization", f"Bearer {TOKENS[name]}"),)
+
+
+@pytest.fixture
+async def served(tmp_path: Path, redis_url: str) -> AsyncIterator[Served]:
+    providers = grpc.aio.server()
+    provider_pb2_grpc.add_ProviderServicer_to_server(Answering(), providers)
+    providers_port = providers.add_insecure_port("127.0.0.1:0")
+    await providers.start()
+    registry_path = tmp_path / "models.yaml"
+    registry_path.write_text(yaml.safe_dump(REGISTRY.model_dump(mode="json", exclude_none=True)))
+    settings = RouterSettings(
+        port=0,
+        registry_path=registry_path,
+        classifier_addr="127.0.0.1:1",  # unused: every request names its model
+        providers_addr=f"127.0.0.1:{providers_port}",
+        redis_url=RedisUrl(redis_url),
+        data_dir=tmp_path / "data",
+        ledger_sql_path=tmp_path / "ledger.sqlite3",
+        verifier=False,
+        auth="token",
+        auth_tokens=",".join(f"{token_digest(token)}={name}" for name, token in TOKENS.items()),
+        callers="edge=*,svc=acme,rival=globex",
+    )
+    running: RunningServer = await start_server("router", settings, *await router.build(settings))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            yield Served(
+                f"127.0.0.1:{running.port}",
+                operator_pb2_grpc.OperatorStub(channel),
+                router_pb2_grpc.RouterStub(channel),
+            )
+    finally:
+        await running.stop(1)
+        await providers.stop(0)
+
+
+def ask(tenant: str = "", api_key: str = "") -> router_pb2.CompleteRequest:
+    message = common_pb2.ChatMessage(role="user", content="Hello")
+    return router_pb2.CompleteRequest(
+        messages=[message], model="cheap", request_id=uuid.uuid4().hex, tenant=tenant, api_key=api_key
+    )
+
+
+async def spend_everywhere(served: Served) -> list[Decimal]:
+    """acme's keys A and B and globex's key, through the edge; svc (acme) and rival (globex) as themselves: their
+    answers' costs, in that order."""
+    costs = []
+    for fields, caller in (
+        ({"tenant": "acme", "api_key": KEY_A}, "edge"),
+        ({"tenant": "acme", "api_key": KEY_B}, "edge"),
+        ({"tenant": "globex", "api_key": KEY_G}, "edge"),
+        ({"tenant": "globex", "api_key": KEY_G}, "svc"),  # pays as acme, key caller:svc, whatever it says
+        ({}, "rival"),
+    ):
+        answer = await served.router.Complete(ask(**fields), metadata=as_(caller), timeout=10)
+        costs.append(Decimal(answer.cost_usd))
+    # The SQL sink copies the charges about a second later: an admin's view lists every account once it has.
+    deadline = time.monotonic() + 20
+    while True:
+        admin = await served.operator.Budgets(operator_pb2.BudgetsRequest(admin=True), metadata=as_("edge"))
+        if len([b for b in admin.budgets if b.scope == "key"]) >= 5 or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)
+    names = {(b.scope, b.name) for b in admin.budgets}
+    assert {("key", key_id(KEY_A)), ("key", key_id(KEY_B)), ("key", "caller:svc"), ("key", "caller:rival")} <= names
+    return costs
+
+
+def rows(reply: operator_pb2.BudgetsResponse) -> set[tuple[str, str, str]]:
+    return {(b.tenant, b.scope, b.name) for b in reply.budgets}
+
+
+async def test_a_plain_key_sees_its_tenant_and_its_own_key_not_its_colleagues(served: Served) -> None:
+    a, b, _, svc, _ = await spend_everywhere(served)
+    request = operator_pb2.BudgetsRequest(tenant="acme", api_key=KEY_A)
+    mine = await served.operator.Budgets(request, metadata=as_("edge"), timeout=10)
+    assert rows(mine) == {("acme", "tenant", "acme"), ("acme", "key", key_id(KEY_A))}
+    spent = {b.scope: Decimal(b.spent_usd) for b in mine.budgets}
+    assert spent == {"tenant": a + b + svc, "key": a}  # the tenant's budget, every key's sum, is every key's to see
+
+
+async def test_a_tenant_bound_caller_sees_its_tenant_and_its_own_key_whatever_it_asks(served: Served) -> None:
+    await spend_everywhere(served)
+    for request in (
+        operator_pb2.BudgetsRequest(),
+        operator_pb2.BudgetsRequest(tenant="globex", admin=True, api_key=KEY_G),
+    ):
+        own = await served.operator.Budgets(request, metadata=as_("svc"), timeout=10)
+        assert rows(own) == {("acme", "tenant", "acme"), ("acme", "key", "caller:svc")}, request
+    stats = await served.operator.Stats(
+        operator_pb2.StatsRequest(tenant="globex", admin=True, group_by="tenant"), metadata=as_("svc"), timeout=10
+    )
+    assert [g.key for g in stats.groups] in ([], ["acme"])  # the sink may not have copied it yet; never globex
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        request_ = operator_pb2.SetBudgetRequest(scope="tenant", name="globex", limit_usd="0", admin=True)
+        await served.operator.SetBudget(request_, metadata=as_("svc"), timeout=10)
+    assert ServiceError.from_rpc_error(refused.value).reason == "PERMISSION_DENIED"
+    admin = await served.operator.Budgets(operator_pb2.BudgetsRequest(admin=True), metadata=as_("edge"))
+    assert not any(b.overridden for b in admin.budgets)
