@@ -23,7 +23,9 @@ from services.router.costs import floor_pico
 from services.router.store import Account, Allowance, Store, key_id
 
 log = logging.getLogger("llmrouter.router")
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
+# A tenant or a key id: an end user's (16 hex digits, or 'anonymous'), or a caller's, caller:<its name> (up to 128
+# characters itself: llmrouter.auth).
+NAME = re.compile(r"(?:caller:)?[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
 ALL = None  # an admin's view: every tenant
 
 

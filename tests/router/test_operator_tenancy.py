@@ -29,7 +29,14 @@ from services.router.store import key_id
 from tests.router.test_admission import REGISTRY
 from tests.router.test_duplicate_across_keys import Answering
 
-TOKENS = {"edge": "edge-token-0123456789", "svc": "svc-token-0123456789", "rival": "rival-token-0123456789"}
+# LONG: a caller whose name is as long as a caller's may be (llmrouter.auth: 128 characters), paying as acme.
+LONG = "l" * 128
+TOKENS = {
+    "edge": "edge-token-0123456789",
+    "svc": "svc-token-0123456789",
+    "rival": "rival-token-0123456789",
+    LONG: "long-token-0123456789",
+}
 KEY_A, KEY_B, KEY_G = "sk-acme-a", "sk-acme-b", "sk-globex"
 
 
@@ -63,7 +70,7 @@ async def served(tmp_path: Path, redis_url: str) -> AsyncIterator[Served]:
         verifier=False,
         auth="token",
         auth_tokens=",".join(f"{token_digest(token)}={name}" for name, token in TOKENS.items()),
-        callers="edge=*,svc=acme,rival=globex",
+        callers=f"edge=*,svc=acme,rival=globex,{LONG}=acme",
     )
     running: RunningServer = await start_server("router", settings, *await router.build(settings))
     try:
@@ -141,3 +148,16 @@ async def test_a_tenant_bound_caller_sees_its_tenant_and_its_own_key_whatever_it
     assert ServiceError.from_rpc_error(refused.value).reason == "PERMISSION_DENIED"
     admin = await served.operator.Budgets(operator_pb2.BudgetsRequest(admin=True), metadata=as_("edge"))
     assert not any(b.overridden for b in admin.budgets)
+
+
+async def test_an_admin_caps_the_key_of_a_caller_whose_name_is_as_long_as_may_be(served: Served) -> None:
+    """A caller pays with key id caller:<name>, and a name may be 128 characters long: SetBudget refused the 135
+    characters of its key id as no name, so no admin could cap that caller's key budget."""
+    request = operator_pb2.SetBudgetRequest(scope="key", name=f"caller:{LONG}", limit_usd="0", admin=True)
+    capped = await served.operator.SetBudget(request, metadata=as_("edge"), timeout=10)
+    assert (capped.name, capped.limit_usd, capped.overridden) == (f"caller:{LONG}", "0", True)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await served.router.Complete(ask(), metadata=as_(LONG), timeout=10)
+    assert ServiceError.from_rpc_error(refused.value).reason == "BUDGET_EXCEEDED"
+    own = await served.operator.Budgets(operator_pb2.BudgetsRequest(), metadata=as_(LONG), timeout=10)
+    assert [(b.name, b.limit_usd) for b in own.budgets if b.scope == "key"] == [(f"caller:{LONG}", "0")]
