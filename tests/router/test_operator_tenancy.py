@@ -10,9 +10,11 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -22,10 +24,20 @@ from llmrouter.auth import token_digest
 from llmrouter.errors import ServiceError
 from llmrouter.redis_url import RedisUrl
 from llmrouter.server import RunningServer, start_server
-from llmrouter.v1 import common_pb2, operator_pb2, operator_pb2_grpc, provider_pb2_grpc, router_pb2, router_pb2_grpc
+from llmrouter.v1 import (
+    classifier_pb2_grpc,
+    common_pb2,
+    operator_pb2,
+    operator_pb2_grpc,
+    provider_pb2,
+    provider_pb2_grpc,
+    router_pb2,
+    router_pb2_grpc,
+)
 from services import router
 from services.router.settings import RouterSettings
 from services.router.store import key_id
+from tests.router.servicer_kit import NearScores
 from tests.router.test_admission import REGISTRY
 from tests.router.test_duplicate_across_keys import Answering
 
@@ -51,10 +63,19 @@ def as_(name: str) -> tuple[tuple[str, str]]:
     return (("authorization", f"Bearer {TOKENS[name]}"),)
 
 
-@pytest.fixture
-async def served(tmp_path: Path, redis_url: str) -> AsyncIterator[Served]:
+@asynccontextmanager
+async def serving(
+    tmp_path: Path,
+    redis_url: str,
+    provider: provider_pb2_grpc.ProviderServicer,
+    classifier: classifier_pb2_grpc.ClassifierServicer | None = None,
+) -> AsyncIterator[Served]:
+    """The router (router.build) on loopback over `redis_url`, its providers (and classifier, when given: else every
+    request names its model) a gRPC server of the test's."""
     providers = grpc.aio.server()
-    provider_pb2_grpc.add_ProviderServicer_to_server(Answering(), providers)
+    provider_pb2_grpc.add_ProviderServicer_to_server(provider, providers)
+    if classifier is not None:
+        classifier_pb2_grpc.add_ClassifierServicer_to_server(classifier, providers)
     providers_port = providers.add_insecure_port("127.0.0.1:0")
     await providers.start()
     registry_path = tmp_path / "models.yaml"
@@ -62,7 +83,7 @@ async def served(tmp_path: Path, redis_url: str) -> AsyncIterator[Served]:
     settings = RouterSettings(
         port=0,
         registry_path=registry_path,
-        classifier_addr="127.0.0.1:1",  # unused: every request names its model
+        classifier_addr=f"127.0.0.1:{providers_port if classifier else 1}",
         providers_addr=f"127.0.0.1:{providers_port}",
         redis_url=RedisUrl(redis_url),
         data_dir=tmp_path / "data",
@@ -83,6 +104,12 @@ async def served(tmp_path: Path, redis_url: str) -> AsyncIterator[Served]:
     finally:
         await running.stop(1)
         await providers.stop(0)
+
+
+@pytest.fixture
+async def served(tmp_path: Path, redis_url: str) -> AsyncIterator[Served]:
+    async with serving(tmp_path, redis_url, Answering()) as made:
+        yield made
 
 
 def ask(tenant: str = "", api_key: str = "") -> router_pb2.CompleteRequest:
@@ -161,3 +188,80 @@ async def test_an_admin_caps_the_key_of_a_caller_whose_name_is_as_long_as_may_be
     assert ServiceError.from_rpc_error(refused.value).reason == "BUDGET_EXCEEDED"
     own = await served.operator.Budgets(operator_pb2.BudgetsRequest(), metadata=as_(LONG), timeout=10)
     assert [(b.name, b.limit_usd) for b in own.budgets if b.scope == "key"] == [(f"caller:{LONG}", "0")]
+
+
+class CheapFailsLate(Answering):
+    """The cheap model's calls wait for `release`, then fail after the request was sent (INTERNAL: an unknown outcome,
+    owed its worst case), so the fallback to the strong model must grow the hold; the strong model answers."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.waiting = 0
+        self.strong = 0
+
+    async def Generate(self, request: Any, context: Any) -> provider_pb2.GenerateResponse:
+        if request.model == "strong":
+            self.strong += 1
+            return await super().Generate(request, context)
+        self.waiting += 1
+        await self.release.wait()
+        await context.abort(grpc.StatusCode.INTERNAL, "connection reset after the request was sent")
+        raise AssertionError("unreachable")
+
+
+def auto(key: str) -> router_pb2.CompleteRequest:
+    message = common_pb2.ChatMessage(role="user", content="Hello")
+    return router_pb2.CompleteRequest(
+        messages=[message], tenant="race", api_key=key, request_id=uuid.uuid4().hex, quality_target=0.5, max_tokens=64
+    )
+
+
+async def tenant_budget(served: Served) -> operator_pb2.Budget:
+    reply = await served.operator.Budgets(operator_pb2.BudgetsRequest(tenant="race"), metadata=as_("edge"), timeout=10)
+    (budget,) = [b for b in reply.budgets if b.scope == "tenant"]
+    return budget
+
+
+@pytest.mark.parametrize("lowered", ["no", "to what is held", "below it"])
+async def test_a_budget_lowered_under_requests_in_flight_holds_them_to_what_was_admitted(
+    tmp_path: Path, redis_url: str, lowered: str
+) -> None:
+    """README (Money): a request is admitted only when spend + holds + its own hold fit each limit, and a fallback's
+    hold grows within the budgets or there is no fallback. Three requests in flight, their tenant's budget lowered to
+    what they hold, or below it: none is let in after it, a fallback grows its hold only into room another request
+    left by ending under its hold, and the spend ends within what was admitted (and within the budget lowered to
+    it). Unlowered (the control), every fallback grows its hold and is served."""
+    provider = CheapFailsLate()
+    async with serving(tmp_path, redis_url, provider, NearScores()) as served:
+        calls = [
+            asyncio.ensure_future(served.router.Complete(auto(f"sk-{n}"), metadata=as_("edge"), timeout=20))
+            for n in range(3)
+        ]
+        deadline = time.monotonic() + 10
+        while provider.waiting < 3:
+            assert time.monotonic() < deadline, "the requests never reached the provider"
+            await asyncio.sleep(0.01)
+        admitted = await tenant_budget(served)
+        held = Decimal(admitted.held_usd)
+        assert held > 0 and Decimal(admitted.spent_usd) == 0
+        if lowered != "no":
+            limit = str(held if lowered == "to what is held" else held / 2)
+            request = operator_pb2.SetBudgetRequest(scope="tenant", name="race", limit_usd=limit, admin=True)
+            await served.operator.SetBudget(request, metadata=as_("edge"), timeout=10)
+            for n in range(5):  # the budget is full: nothing more is let in
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await served.router.Complete(auto(f"sk-late-{n}"), metadata=as_("edge"), timeout=10)
+                assert ServiceError.from_rpc_error(refused.value).reason == "BUDGET_EXCEEDED"
+            assert provider.waiting == 3
+        provider.release.set()
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+        settled = await tenant_budget(served)
+    spent = Decimal(settled.spent_usd)
+    assert Decimal(settled.held_usd) == 0 and spent > 0
+    if lowered == "no":
+        assert provider.strong == 3 and not any(isinstance(o, BaseException) for o in outcomes), outcomes
+        return
+    assert spent <= held  # within what was admitted before the budget was lowered
+    assert provider.strong < 3  # the fallbacks that found no room ended with their failed attempt's error
+    if lowered == "to what is held":
+        assert spent <= Decimal(settled.limit_usd)
