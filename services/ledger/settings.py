@@ -41,3 +41,8 @@ class LedgerSettings(BaseSettings):
     ledger_retention_days: int = Field(default=90, gt=0)
     # A sink's pending entries idle this long are claimed by another sink (its consumer died).
     ledger_sql_claim_idle_s: float = Field(default=60.0, gt=0)
+    # The standalone sink (`python -m services.ledger sink`) serves its Prometheus metrics here (0: none), as the
+    # services do theirs (docs/conventions.md, Ports): what it copied, its failures and its backlog. A router's own
+    # sink reports the same metrics on the router's port.
+    ledger_sink_metrics_port: int = Field(default=9105, ge=0, le=65535)
+    ledger_sink_metrics_host: str = "127.0.0.1"

@@ -15,6 +15,7 @@ when all of them are drained. Without Redis (the in-process store) it reads the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
@@ -22,19 +23,41 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 from llmrouter.redis_connect import is_cluster_client
 from llmrouter.tasks import raise_if_cancelled
-from services.ledger.backlog import oldest_uncopied_age_s
+from services.ledger.backlog import Backlog, read_backlog
 from services.ledger.db import LedgerDB, Rejected, row_from_record
-from services.router.metrics import LEDGER_SINK_LAST_SUCCESS
+from services.router.metrics import LEDGER_SINK_FAILURES, LEDGER_SINK_LAST_SUCCESS, LEDGER_SINK_ROWS
 from services.router.store import SHARDS, MemoryStore, ledger_key
 
 log = logging.getLogger("llmrouter.ledger")
 
 GROUP = "llmrouter-sql-sink"
 BATCH = 500
+# A consumer of the group idle this long with nothing pending is deleted (a sink's consumer is named after its host and
+# process, so each pod or restart adds one; a live sink reads every second or so, and is made again by its next read
+# if deleted all the same).
+FORGET_IDLE_S = 3600.0
+
+# Deletes the consumers of group ARGV[1] on stream KEYS[1] idle for ARGV[2] ms or more that hold no pending entry, but
+# ARGV[3] (the caller); returns how many. One script, so no entry can be delivered to a consumer between the check and
+# its deletion (XGROUP DELCONSUMER drops its pending entries, which no sink would then ever read again): a consumer
+# that died holding entries is deleted only after another claimed them (XAUTOCLAIM), whatever the number of sinks.
+FORGET_IDLE_CONSUMERS = """
+local deleted = 0
+for _, info in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local fields = {}
+  for i = 1, #info, 2 do fields[info[i]] = info[i + 1] end
+  if fields['name'] ~= ARGV[3] and fields['pending'] == 0 and fields['idle'] >= tonumber(ARGV[2]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], fields['name'])
+    deleted = deleted + 1
+  end
+end
+return deleted
+"""
 
 
 # A ledger entry's record as a source reads it: the record; for a record that cannot be read, its text (kept whole by
@@ -49,8 +72,11 @@ class Source(Protocol):
 
     async def ack(self, ids: list[str]) -> None: ...
 
-    async def backlog_age_s(self) -> float:
-        """The age of the oldest entry not acknowledged yet (0: none waits): backlog.py reports it."""
+    async def backlog(self) -> Backlog:
+        """The age of the oldest entry not acknowledged yet (0: none waits) and how many wait: backlog.py reports
+        it."""
+
+    async def backlog_age_s(self) -> float: ...
 
 
 def stream_entry(stream: str, entry_id: str) -> str:
@@ -71,6 +97,7 @@ class RedisSource:
         claim_idle_s: float = 60.0,
         streams: list[str] | None = None,
         group: str = GROUP,
+        forget_idle_s: float = FORGET_IDLE_S,
     ) -> None:
         self.client, self.consumer, self.group = client, consumer, group
         self.streams = streams if streams is not None else [ledger_key(shard) for shard in range(SHARDS)]
@@ -78,6 +105,8 @@ class RedisSource:
         self._ready: set[str] = set()  # streams whose group is known to exist
         self._unacked = True  # entries delivered to this consumer may await their ack (at start: maybe)
         self._last_claim = float("-inf")
+        self.forget_idle_ms = int(forget_idle_s * 1000)
+        self._last_forget = float("-inf")
 
     async def _ensure_groups(self) -> None:
         for stream in self.streams:
@@ -103,6 +132,9 @@ class RedisSource:
             if not entries and time.monotonic() - self._last_claim >= self.claim_idle_ms / 2000:
                 self._last_claim = time.monotonic()
                 entries = await self._claimed()
+                if time.monotonic() - self._last_forget >= self.forget_idle_ms / 2000:
+                    self._last_forget = time.monotonic()
+                    await self.forget_idle_consumers()
             if not entries:
                 entries = await self._new()
         except Exception as exc:
@@ -140,6 +172,17 @@ class RedisSource:
             found += [(index, *entry) for entry in reply[1]]
         return found
 
+    async def forget_idle_consumers(self) -> int:
+        """Delete the group's consumers idle for forget_idle_s that hold nothing (FORGET_IDLE_CONSUMERS), after this
+        sink claimed what the dead ones held; returns how many."""
+        script = self.client.register_script(FORGET_IDLE_CONSUMERS)
+        deleted = 0
+        for stream in self.streams:
+            deleted += int(await script(keys=[stream], args=[self.group, self.forget_idle_ms, self.consumer]))
+        if deleted:
+            log.info("idle ledger sink consumers deleted", extra={"deleted": deleted, "group": self.group})
+        return deleted
+
     async def ack(self, ids: list[str]) -> None:
         by_stream: dict[str, list[str]] = {}
         for each in ids:
@@ -149,8 +192,11 @@ class RedisSource:
             await self.client.xack(stream, self.group, *entry_ids)
         self._unacked = False
 
+    async def backlog(self) -> Backlog:
+        return await read_backlog(self.client, self.streams, self.group)
+
     async def backlog_age_s(self) -> float:
-        return await oldest_uncopied_age_s(self.client, self.streams, self.group)
+        return (await self.backlog()).age_s
 
 
 class MemorySource:
@@ -179,14 +225,18 @@ class MemorySource:
     async def ack(self, ids: list[str]) -> None:
         self.consumed += len(ids)
 
-    async def backlog_age_s(self) -> float:
-        """By the oldest unread record's charge time (the in-process ledger stamps no entry of its own)."""
+    async def backlog(self) -> Backlog:
+        """By the oldest unread record's charge time (the in-process ledger stamps no entry of its own); nothing is
+        pending (a record read is acknowledged, or read again, by this one sink)."""
         unread = self.store.ledger_appended - self.consumed
         ledger = self.store.ledger
         if not unread or not ledger:
-            return 0.0
+            return Backlog(0.0, 0.0, float(unread))
         oldest = ledger[max(len(ledger) - unread, 0)]
-        return max(time.time() - float(oldest["ts"]), 0.0)
+        return Backlog(max(time.time() - float(oldest["ts"]), 0.0), 0.0, float(unread))
+
+    async def backlog_age_s(self) -> float:
+        return (await self.backlog()).age_s
 
 
 class LedgerSink:
@@ -196,8 +246,10 @@ class LedgerSink:
         self.inserted = 0
 
     async def step(self, block_s: float | None = None) -> int:
-        """Copy one batch; returns how many entries it handled (0: nothing was waiting)."""
-        entries = await self.source.read(self.block_s if block_s is None else block_s)
+        """Copy one batch; returns how many entries it handled (0: nothing was waiting). A failure is counted by its
+        stage in llmrouter_router_ledger_sink_failures_total and raised."""
+        with _failing("read"):
+            entries = await self.source.read(self.block_s if block_s is None else block_s)
         rows, records, rejected = [], [], []
         for entry_id, record in entries:
             if record is None:
@@ -213,10 +265,14 @@ class LedgerSink:
                 rejected.append(Rejected(entry_id, as_json, f"no charge the table can hold: {exc!r}"))
         # Not a charge anyone can account for, and not retried forever: kept whole in the SQL ledger (with those the
         # database refuses) before it is acknowledged, so an entry acknowledged (then trimmed) is never lost.
-        if rejected:
-            await self.db.reject(rejected)
-        self.inserted += await self.db.insert(rows, records)
-        await self.source.ack([entry_id for entry_id, _ in entries])
+        with _failing("write"):
+            if rejected:
+                await self.db.reject(rejected)
+            inserted = await self.db.insert(rows, records)
+        self.inserted += inserted
+        LEDGER_SINK_ROWS.inc(inserted)
+        with _failing("ack"):
+            await self.source.ack([entry_id for entry_id, _ in entries])
         LEDGER_SINK_LAST_SUCCESS.set_to_current_time()  # its age is how far behind the SQL ledger may be
         return len(entries)
 
@@ -239,6 +295,16 @@ class LedgerSink:
             # redis-py can swallow a cancellation (seen: the sink kept reading, and the router's stop() waited for
             # it forever); a cancelled sink stops anyway.
             raise_if_cancelled()
+
+
+@contextlib.contextmanager
+def _failing(stage: str) -> Iterator[None]:
+    """Count an exception of `stage` (never a cancellation) and let it through."""
+    try:
+        yield
+    except Exception:
+        LEDGER_SINK_FAILURES.labels(stage).inc()
+        raise
 
 
 def _text(value: Any, errors: str = "strict") -> str:

@@ -52,6 +52,33 @@ LEDGER_SINK_BACKLOG_AGE = Gauge(
     "Age of the oldest ledger entry the SQL sink has not copied (not read yet, or read and not committed), over every "
     "shard, read by this router's sink every 15 s: 0 when none waits or without a sink, NaN while it cannot be read",
 )
+LEDGER_SINK_ROWS = Counter(
+    "llmrouter_router_ledger_sink_rows_written_total",
+    "Rows the SQL sink committed to the ledger table (an entry delivered again is no new row)",
+)
+LEDGER_SINK_FAILURES = Counter(
+    "llmrouter_router_ledger_sink_failures_total",
+    "Rounds of the SQL sink that failed and are retried, by stage: read (the ledger streams), write (the SQL ledger's "
+    "commit), ack (acknowledging entries whose rows were committed)",
+    ["stage"],
+)
+for _stage in ("read", "write", "ack"):
+    LEDGER_SINK_FAILURES.labels(_stage)  # each series from 0, so increase() sees the first failure
+LEDGER_SINK_BACKLOG_ENTRIES = Gauge(
+    "llmrouter_router_ledger_sink_backlog_entries",
+    "Ledger entries the SQL sink has not copied, over every shard, by state: pending (read by a sink, row not "
+    "committed) or unread (not read yet; NaN when Redis cannot count them); read with the backlog's age",
+    ["state"],
+)
+# What the SQL sink reports, in a router or on its own (`python -m services.ledger sink`, which serves these alone).
+SINK_METRICS = (
+    LEDGER_REJECTED,
+    LEDGER_SINK_LAST_SUCCESS,
+    LEDGER_SINK_BACKLOG_AGE,
+    LEDGER_SINK_ROWS,
+    LEDGER_SINK_FAILURES,
+    LEDGER_SINK_BACKLOG_ENTRIES,
+)
 RECONCILE_BACKLOG = Gauge(
     "llmrouter_router_reconcile_backlog_charges",
     "Pending charges whose router is gone (dead, or within the grace before the reconciler takes it for dead) or that "
