@@ -40,7 +40,8 @@ STRONG_TIER_DEFAULT = yaml.safe_load((CHART_FILES / "models.yaml").read_text())[
 STRONG_TIER = 'tier="$strong_tier"'
 NOT_OK_RPC = 'code!="OK"'
 DURABLE = 'redis_role=~"money|batches"'  # the Redis roles that persist (AOF); the cache writes nothing
-SERVICE_JOBS = 'job=~"llmrouter-(edge|router|classifier|providers)"'  # the services' scrape jobs, not Redis'
+# The services' scrape jobs (and the standalone ledger sink's, router.ledgerSink), not Redis'.
+SERVICE_JOBS = 'job=~"llmrouter-(edge|router|classifier|providers|ledger-sink)"'
 # kube-state-metrics names the release's CronJob, <fullname>-ledger-trim, and carries no `release` of ours.
 LEDGER_TRIM_CRONJOB = 'namespace="$namespace",cronjob=~"$release(-llm-cost-router)?-ledger-trim"'
 
@@ -349,13 +350,28 @@ def build() -> dict:
         .with_panel(
             series(
                 "SQL ledger behind: the oldest entry not copied yet (Stats and exports miss it), and since each "
-                "router's sink last copied",
+                "sink last copied",
                 "s",
                 (f"max({s('llmrouter_router_ledger_sink_backlog_age_seconds')})", "oldest entry not copied"),
                 (
                     f"time() - max by (pod) ({s('llmrouter_router_ledger_sink_last_success_timestamp_seconds')} > 0)",
                     "{{pod}} last copied",
                 ),
+            )
+        )
+        .with_panel(
+            series(
+                "SQL ledger sinks: rows written/s, and failed rounds/s by stage (read, write, ack; each retried)",
+                "short",
+                (f"sum({rate('llmrouter_router_ledger_sink_rows_written_total')})", "rows written"),
+                (f"sum by (stage) ({rate('llmrouter_router_ledger_sink_failures_total')})", "{{stage}} failures"),
+            )
+        )
+        .with_panel(
+            series(
+                "SQL ledger entries not copied yet: read and not committed (pending), not read yet (unread)",
+                "short",
+                (f"max by (state) ({s('llmrouter_router_ledger_sink_backlog_entries')})", "{{state}}"),
             )
         )
         .with_panel(

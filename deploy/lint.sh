@@ -79,11 +79,12 @@ yaml.safe_dump(spec, open(sys.argv[2], "w"), sort_keys=False)
 PY
 }
 # The unit tests run on the rules as rendered for release "llm" in namespace "prod", with the ledger in PostgreSQL
-# (so the ledger-trim CronJob and its alert are rendered), minus the recorded thresholds (the tests give those as
+# and the standalone ledger sink (so the ledger-trim CronJob, the sink and their alerts are rendered), minus the recorded thresholds (the tests give those as
 # input series); rules_test.yaml reads .tools/render/rules/scoped-rules.yaml.
 scoped_rules() {
   helm template llm "$CHART" --namespace prod "${MONITORING_APIS[@]}" \
-    --set router.ledgerDsnSecret.name=llm-ledger --set router.ledgerDsnSecret.key=dsn >"$RENDER/rules/prod.yaml" &&
+    --set router.ledgerDsnSecret.name=llm-ledger --set router.ledgerDsnSecret.key=dsn --set router.ledgerSink.enabled=true \
+    >"$RENDER/rules/prod.yaml" &&
     extract_rules "$RENDER/rules/prod.yaml" "$RENDER/rules/scoped-rules.yaml" llmrouter.parameters
 }
 step "extract the rendered PrometheusRule" extract_rules "$RENDER/manifests/default.yaml" "$RENDER/rules/rendered-rules.yaml"

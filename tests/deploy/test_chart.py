@@ -413,7 +413,8 @@ def _rule_groups(docs: list[dict]) -> dict[str, dict]:
 
 
 def test_prometheus_rule_carries_the_file_scoped_and_the_thresholds() -> None:
-    groups = _rule_groups(render(*LEDGER_DSN))  # with the ledger-trim CronJob, so with its alerts
+    # With the ledger-trim CronJob and the standalone ledger sink, so with their alerts.
+    groups = _rule_groups(render(*LEDGER_DSN, "--set", "router.ledgerSink.enabled=true"))
     monitoring = VALUES["monitoring"]["prometheusRule"]
     text = (CHART / "files" / "prometheus-rules.yaml").read_text()
     scope = {"$NAMESPACE": "llm", "$RELEASE": "llm", "$RUNBOOK_BASE": monitoring["runbookBaseUrl"]}

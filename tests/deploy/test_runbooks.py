@@ -124,7 +124,14 @@ def test_objects_named_are_the_charts(doc: Path) -> None:
     release_name): the chart then names it `<release>-x`. `<fullname>-x` is right for both, and must be rendered."""
     text = doc.read_text()
     assert "<release>-llm-cost-router-" not in text, f"{doc.name}: write <fullname>-<component>"
-    docs = render("--set", "router.ledgerDsnSecret.name=ledger", "--set", "router.ledgerDsnSecret.key=dsn")
+    docs = render(
+        "--set",
+        "router.ledgerDsnSecret.name=ledger",
+        "--set",
+        "router.ledgerDsnSecret.key=dsn",
+        "--set",
+        "router.ledgerSink.enabled=true",  # the standalone sink's objects too
+    )
     rendered = {d["metadata"]["name"] for d in docs}
     stateful = {d["metadata"]["name"] for d in docs if d["kind"] == "StatefulSet"}
     names = list(named_objects(text))

@@ -15,13 +15,22 @@ from .support import CHART, ROOT, by_kind, render, tool
 TESTS = ROOT / "deploy" / "prometheus" / "rules_test.yaml"
 
 
-# The SQL ledger in PostgreSQL: the ledger-trim CronJob, and so its alert, are rendered.
-LEDGER_DSN = ("--set", "router.ledgerDsnSecret.name=llm-ledger", "--set", "router.ledgerDsnSecret.key=dsn")
+# The SQL ledger in PostgreSQL, with the standalone sink: the ledger-trim CronJob and the sink, and so their alerts,
+# are rendered.
+LEDGER_DSN = (
+    "--set",
+    "router.ledgerDsnSecret.name=llm-ledger",
+    "--set",
+    "router.ledgerDsnSecret.key=dsn",
+    "--set",
+    "router.ledgerSink.enabled=true",
+)
 
 
 def scoped_rules() -> dict:
-    """The rules as the chart renders them for release "llm" in namespace "prod" with the ledger in PostgreSQL
-    (what rules_test.yaml is written for), minus the recorded thresholds, which the tests give as input series."""
+    """The rules as the chart renders them for release "llm" in namespace "prod" with the ledger in PostgreSQL and its
+    standalone sink (what rules_test.yaml is written for), minus the recorded thresholds, which the tests give as
+    input series."""
     (rule,) = by_kind(render(*LEDGER_DSN, namespace="prod"), "PrometheusRule").values()
     spec = rule["spec"]
     spec["groups"] = [g for g in spec["groups"] if g["name"] != "llmrouter.parameters"]

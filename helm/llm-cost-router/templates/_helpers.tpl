@@ -234,6 +234,11 @@ refuses a list keyed by name holding one name twice). */}}
 - name: ROUTER_LEDGER_SQL_DSN
   valueFrom:
     secretKeyRef: {name: {{ $v.ledgerDsnSecret.name | quote }}, key: {{ $v.ledgerDsnSecret.key | quote }}}
+{{- if include "llmrouter.ledgerSink" $root }}
+{{- /* The standalone sink (ledger-sink.yaml) copies the ledger: the routers' own sinks are off. */}}
+- name: ROUTER_LEDGER_SQL_SINK
+  value: "false"
+{{- end }}
 {{- if include "llmrouter.ledgerTrim" $root }}
 {{- include "llmrouter.ledgerRetentionEnv" $root }}
 {{- end }}
@@ -402,5 +407,17 @@ SQL ledger in PostgreSQL (router.ledgerDsnSecret: a SQLite one, per pod, dies wi
 {{- define "llmrouter.ledgerTrim" -}}
 {{- with .Values.router }}
 {{- if and .ledgerTrim.enabled .ledgerDsnSecret.name (include "llmrouter.redisEnabled" (list $ "money")) }}true{{ end }}
+{{- end }}
+{{- end }}
+
+{{/* "true" when the standalone SQL ledger sink runs (router.ledgerSink.enabled); refused without a money Redis (the
+streams it copies) or the SQL ledger in PostgreSQL (router.ledgerDsnSecret: a SQLite file is each router pod's own). */}}
+{{- define "llmrouter.ledgerSink" -}}
+{{- with .Values.router }}
+{{- if .ledgerSink.enabled }}
+{{- if not (and .ledgerDsnSecret.name (include "llmrouter.redisEnabled" (list $ "money"))) }}
+{{- fail "router.ledgerSink: the standalone SQL sink copies the money Redis' ledger streams into PostgreSQL: it needs a money Redis (redis.money) and router.ledgerDsnSecret" }}
+{{- end }}true
+{{- end }}
 {{- end }}
 {{- end }}
