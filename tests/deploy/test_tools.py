@@ -78,6 +78,8 @@ PROD, DURABLE = 'namespace="prod",release="llm"', 'redis_role=~"money|batches"'
         ("LLMRouterLedgerEntriesRejected", "expr", "increase(", "changes("),  # a router's restart taken for one
         ("LLMRouterLedgerEntriesRejected", "expr", "[1h]", "[10m]"),  # a single one resolved before it is seen
         ("LLMRouterLedgerTrimFailing", "for", "70m", "30m"),  # a run still in progress taken for a failure
+        ("LLMRouterLedgerSinkDown", "expr", "llmrouter-ledger-sink", "llmrouter-ledger-sin"),  # a gone sink must fire
+        ("LLMRouterLedgerSinkDown", "expr", 'release="llm"', 'release=~".+"'),  # another release's sink masks ours
         ("LLMRouterLedgerTrimFailing", "expr", "or (", "and ("),  # a first run that fails is missed
         ("LLMRouterMoneyRedisDown", "expr", 'redis_role="money"', 'redis_role=~".+"'),  # the cache's up masks it
         ("LLMRouterMoneyRedisDown", "for", "3m", "1m"),  # a restart reloading its AOF taken for an outage
