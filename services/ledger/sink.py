@@ -24,7 +24,10 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, Protocol
+
+from prometheus_client import Counter, Gauge
 
 from llmrouter.redis_connect import is_cluster_client
 from llmrouter.tasks import raise_if_cancelled
@@ -239,16 +242,43 @@ class MemorySource:
         return (await self.backlog()).age_s
 
 
+@dataclass(frozen=True)
+class SinkMetrics:
+    """What a sink reports: the process's metrics (services.router.metrics), or a test's own registry's, which no other
+    sink of the process (a router's, in the same event loop) stamps meanwhile."""
+
+    last_success: Gauge = LEDGER_SINK_LAST_SUCCESS
+    rows: Counter = LEDGER_SINK_ROWS
+    failures: Counter = LEDGER_SINK_FAILURES
+
+    @contextlib.contextmanager
+    def failing(self, stage: str) -> Iterator[None]:
+        """Count an exception of `stage` (never a cancellation) and let it through."""
+        try:
+            yield
+        except Exception:
+            self.failures.labels(stage).inc()
+            raise
+
+
 class LedgerSink:
-    def __init__(self, source: Source, db: LedgerDB, block_s: float = 1.0, retry_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        source: Source,
+        db: LedgerDB,
+        block_s: float = 1.0,
+        retry_s: float = 2.0,
+        metrics: SinkMetrics = SinkMetrics(),
+    ) -> None:
         self.source, self.db = source, db
         self.block_s, self.retry_s = block_s, retry_s
+        self.metrics = metrics
         self.inserted = 0
 
     async def step(self, block_s: float | None = None) -> int:
         """Copy one batch; returns how many entries it handled (0: nothing was waiting). A failure is counted by its
         stage in llmrouter_router_ledger_sink_failures_total and raised."""
-        with _failing("read"):
+        with self.metrics.failing("read"):
             entries = await self.source.read(self.block_s if block_s is None else block_s)
         rows, records, rejected = [], [], []
         for entry_id, record in entries:
@@ -265,15 +295,15 @@ class LedgerSink:
                 rejected.append(Rejected(entry_id, as_json, f"no charge the table can hold: {exc!r}"))
         # Not a charge anyone can account for, and not retried forever: kept whole in the SQL ledger (with those the
         # database refuses) before it is acknowledged, so an entry acknowledged (then trimmed) is never lost.
-        with _failing("write"):
+        with self.metrics.failing("write"):
             if rejected:
                 await self.db.reject(rejected)
             inserted = await self.db.insert(rows, records)
         self.inserted += inserted
-        LEDGER_SINK_ROWS.inc(inserted)
-        with _failing("ack"):
+        self.metrics.rows.inc(inserted)
+        with self.metrics.failing("ack"):
             await self.source.ack([entry_id for entry_id, _ in entries])
-        LEDGER_SINK_LAST_SUCCESS.set_to_current_time()  # its age is how far behind the SQL ledger may be
+        self.metrics.last_success.set_to_current_time()  # its age is how far behind the SQL ledger may be
         return len(entries)
 
     async def drain(self) -> None:
@@ -283,7 +313,7 @@ class LedgerSink:
 
     async def run(self) -> None:
         """Copy until cancelled; a failure (Redis or the database away) is retried, never fatal."""
-        LEDGER_SINK_LAST_SUCCESS.set_to_current_time()  # a sink failing from its start is stalled since then
+        self.metrics.last_success.set_to_current_time()  # a sink failing from its start is stalled since then
         while True:
             try:
                 await self.step()
@@ -295,16 +325,6 @@ class LedgerSink:
             # redis-py can swallow a cancellation (seen: the sink kept reading, and the router's stop() waited for
             # it forever); a cancelled sink stops anyway.
             raise_if_cancelled()
-
-
-@contextlib.contextmanager
-def _failing(stage: str) -> Iterator[None]:
-    """Count an exception of `stage` (never a cancellation) and let it through."""
-    try:
-        yield
-    except Exception:
-        LEDGER_SINK_FAILURES.labels(stage).inc()
-        raise
 
 
 def _text(value: Any, errors: str = "strict") -> str:

@@ -8,8 +8,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from services.ledger.db import LedgerDB
+from services.ledger.sink import SinkMetrics
 from tests.conftest import POSTGRES_URL
 
 
@@ -51,3 +53,14 @@ def ledger_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger
         db._conn.commit()
     yield db
     db.close()
+
+
+def own_sink_metrics() -> tuple[CollectorRegistry, SinkMetrics]:
+    """A sink's metrics, under their served names, in a registry of the test's own: a router's sink still running in
+    this test session's event loop (the integration chain's) stamps and counts the process's meanwhile, every round."""
+    registry = CollectorRegistry()
+    return registry, SinkMetrics(
+        Gauge("llmrouter_router_ledger_sink_last_success_timestamp_seconds", "", registry=registry),
+        Counter("llmrouter_router_ledger_sink_rows_written", "", registry=registry),
+        Counter("llmrouter_router_ledger_sink_failures", "", ["stage"], registry=registry),
+    )

@@ -47,6 +47,7 @@ from services.router.store import (
 )
 from services.router.store.keys import shard_of
 from tests.conftest import ledger_records
+from tests.ledger.conftest import own_sink_metrics
 
 TENANTS = [Account(name, f"k-{name}") for name in ("acme", "globex", "initech", "umbrella", "wayne")]
 # Its own consumer group: a router's sink still running in this test session reads the same stream.
@@ -438,17 +439,18 @@ async def test_the_sinks_last_success_stands_still_while_the_database_refuses_it
     store = RedisStore(any_redis_url)
     flaky = FlakyDB(ledger_db)
     flaky.down = True
-    sink = LedgerSink(source(client, "sink-stalled"), flaky, block_s=0.02, retry_s=0.02)  # type: ignore[arg-type]
+    registry, metrics = own_sink_metrics()
+    sink = LedgerSink(source(client, "sink-stalled"), flaky, 0.02, 0.02, metrics)  # type: ignore[arg-type]
     try:
         await charge_some(store, 0, 5, random.Random(3))
         started = time.time()
         task = asyncio.create_task(sink.run())
         await wait_until(lambda: flaky.refused >= 1)  # the sink started, and met the outage
-        stalled = REGISTRY.get_sample_value(SINK_LAST_SUCCESS)
+        stalled = registry.get_sample_value(SINK_LAST_SUCCESS)
         assert stalled is not None and started <= stalled  # stamped at its start
         refused = flaky.refused
         await wait_until(lambda: flaky.refused >= refused + 3)  # more rounds failing on the database
-        assert REGISTRY.get_sample_value(SINK_LAST_SUCCESS) == stalled  # none of them stamped it
+        assert registry.get_sample_value(SINK_LAST_SUCCESS) == stalled  # none of them stamped it
         resumed = time.time()
         flaky.down = False
         for _ in range(500):
@@ -456,7 +458,7 @@ async def test_the_sinks_last_success_stands_still_while_the_database_refuses_it
                 break
             await asyncio.sleep(0.02)
         assert await pending_entries(client) == 0
-        copied = REGISTRY.get_sample_value(SINK_LAST_SUCCESS)
+        copied = registry.get_sample_value(SINK_LAST_SUCCESS)
         assert copied is not None and copied >= resumed  # the round that copied them stamped it
     finally:
         task.cancel()

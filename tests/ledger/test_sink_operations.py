@@ -25,6 +25,7 @@ from services.ledger.db import LedgerDB
 from services.ledger.sink import LedgerSink, RedisSource
 from services.router.store import SHARDS, RedisStore, ledger_key
 from tests.conftest import ROOT
+from tests.ledger.conftest import own_sink_metrics
 from tests.ledger.test_sink import GROUP, FlakyDB, charge_some, client, pending_entries, wait_until
 
 __all__ = ["client"]  # the fixture, used by name
@@ -64,24 +65,29 @@ async def test_the_rows_written_and_the_failures_by_stage_are_counted(
     delivered; llmrouter_router_ledger_sink_failures_total{stage} each round failed and retried, by what failed."""
     store = RedisStore(any_redis_url)
     flaky = FlakyDB(ledger_db)
-    sink = LedgerSink(sink_source(client, "sink-counted"), flaky, block_s=0.01, retry_s=0.01)  # type: ignore[arg-type]
-    rows, writes = sample(ROWS), sample(FAILURES, stage="write")
+    registry, metrics = own_sink_metrics()
+    sink = LedgerSink(sink_source(client, "sink-counted"), flaky, 0.01, 0.01, metrics)  # type: ignore[arg-type]
+
+    def counted(name: str, **labels: str) -> float:
+        return registry.get_sample_value(name, labels) or 0.0
+
+    rows, writes = counted(ROWS), counted(FAILURES, stage="write")
     try:
         await charge_some(store, 0, 12, random.Random(11))
         flaky.down = True
         for _ in range(3):
             with pytest.raises(ConnectionError):
                 await sink.step(0.01)
-        assert sample(FAILURES, stage="write") == writes + 3
-        assert sample(ROWS) == rows
+        assert counted(FAILURES, stage="write") == writes + 3
+        assert counted(ROWS) == rows
         flaky.down = False
         await sink.drain()
-        assert sample(ROWS) == rows + 12
+        assert counted(ROWS) == rows + 12
         assert len(await ledger_db.rows()) == 12
         # Replayed from the stream's start by a new group: delivered again, no new row.
-        again = LedgerSink(RedisSource(client, "sink-replay", group=GROUP + "-replay"), ledger_db)
+        again = LedgerSink(RedisSource(client, "sink-replay", group=GROUP + "-replay"), ledger_db, metrics=metrics)
         await again.drain()
-        assert sample(ROWS) == rows + 12
+        assert counted(ROWS) == rows + 12
         for stage in ("read", "ack"):
             assert REGISTRY.get_sample_value(FAILURES, {"stage": stage}) is not None  # from 0, for increase()
     finally:
