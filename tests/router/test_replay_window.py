@@ -36,8 +36,8 @@ async def test_an_id_charged_after_its_admission_marker_expired_is_not_served_fr
 
 class SmallWindowStore(MemoryStore):
     """The in-process store with a window of 200 ids instead of 10,000: what is proved is that an id leaving
-    the window of admitted ids is still refused, not the window's length. (Each admission walks the account's
-    holds, which grow by one per in-flight request: 10,000 of them took 10-25 s per test.)"""
+    the window of admitted ids is still refused, not the window's length. (With 10,000 requests in flight a test
+    takes ~1 s, 50 times as long; before admission read the holds' sums, 10-25 s.)"""
 
     MAX_REQUEST_IDS = 200
 

@@ -6,6 +6,7 @@ import time
 from collections import deque
 from dataclasses import replace
 
+from services.router.store.holds import Holds
 from services.router.store.keys import AccountKeys, key_everywhere, limit_field, rate_window
 from services.router.store.model import (
     HOLD_S,
@@ -49,7 +50,7 @@ class MemoryStore:
         self.used = RecentIds(request_id_ttl_s, self.MAX_REQUEST_IDS)  # admitted
         self.charged = RecentIds(request_id_ttl_s, self.MAX_REQUEST_IDS)
         self.undone = RecentIds(request_id_ttl_s, self.MAX_REQUEST_IDS)  # undone admissions, by nonce
-        self.held: dict[str, dict[str, tuple[float, int]]] = {}  # holds key -> member -> (expiry, pico)
+        self.held: dict[str, Holds] = {}  # holds key -> member -> (expiry, pico), with the sum of their pico
         self.pending: dict[str, Pending] = {}  # as stored: provider_batch always None
         self.batches: dict[str, str] = {}  # pending field -> provider batch (RedisStore's batches hash)
         self.models: dict[str, str] = {}  # pending field -> the model admitted for (RedisStore's models hash)
@@ -99,12 +100,11 @@ class MemoryStore:
             return Verdict("rate")
         tightest, remaining, spend_budget, spend_left = "", None, "", None
         for spend_key, held_key, limit, name in self._budgets(account, allowance, hold.period):
-            held = self.held.setdefault(held_key, {})
-            for member in [m for m, (expiry, pico) in held.items() if expiry <= now and not self._open(m, pico)]:
-                del held[member]
+            held = self._holds(held_key)
+            held.drop_expired(now, self._open)
             if limit is not None:
                 unspent = limit - self.counters.get(spend_key, 0)
-                left = unspent - sum(p for _, p in held.values())
+                left = unspent - held.total
                 if remaining is None or left < remaining:
                     tightest, remaining = name, left
                 if spend_left is None or unspent < spend_left:
@@ -116,7 +116,7 @@ class MemoryStore:
         self.used.add(keys.used(hold.request_id), keys.key_hex, used_ttl_s(self.used.ttl_s, hold.until, now))
         for held_key in keys.held():
             expires = hold.until or now + HOLD_S
-            self.held.setdefault(held_key, {})[keys.hold_member(hold.pico, hold.request_id)] = (expires, hold.pico)
+            self._holds(held_key)[keys.hold_member(hold.pico, hold.request_id)] = (expires, hold.pico)
         pending = Pending.of(account, hold)
         self.pending[pending.field] = pending
         if hold.until:  # a provider batch line: '' until its batch is recorded, as RedisStore's ADMIT
@@ -193,7 +193,8 @@ class MemoryStore:
         keys = AccountKeys.of(account)
         held = keys.hold_member(self._held(account, hold).pico, hold.request_id)
         for spend_key, held_key, limit, name in self._budgets(account, allowance, hold.period):
-            others = sum(p for m, (_, p) in self.held.get(held_key, {}).items() if m != held)
+            holds = self.held.get(held_key)
+            others = 0 if holds is None else holds.total - (holds[held][1] if held in holds else 0)
             if limit is not None and self.counters.get(spend_key, 0) + others + pico > limit:
                 return name
         field = pending_field(account, hold.request_id)
@@ -208,7 +209,7 @@ class MemoryStore:
             self.prices[field] = prices
         grown = replace(hold, pico=pico)
         for held_key in keys.held():
-            self.held.setdefault(held_key, {})[keys.hold_member(pico, hold.request_id)] = (time.time() + HOLD_S, pico)
+            self._holds(held_key)[keys.hold_member(pico, hold.request_id)] = (time.time() + HOLD_S, pico)
         pending = Pending.of(account, grown)
         self.pending[pending.field] = pending
         return ""
@@ -218,8 +219,10 @@ class MemoryStore:
         keys = AccountKeys.of(account)
         members = {keys.hold_member(each.pico, hold.request_id) for each in (hold, self._held(account, hold))}
         for held_key in keys.held():
+            holds = self.held.get(held_key)
             for member in members:
-                self.held.get(held_key, {}).pop(member, None)
+                if holds is not None:
+                    holds.pop(member, None)
         self.pending.pop(pending_field(account, hold.request_id), None)
         self.batches.pop(pending_field(account, hold.request_id), None)
         self.models.pop(pending_field(account, hold.request_id), None)
@@ -235,6 +238,12 @@ class MemoryStore:
         self._drop(account, hold)
         self.used.discard(keys.used(hold.request_id))
         return True
+
+    def _holds(self, held_key: str) -> Holds:
+        holds = self.held.get(held_key)
+        if holds is None:
+            holds = self.held[held_key] = Holds()
+        return holds
 
     def _open(self, member: str, pico: int) -> bool:
         """Whether a hold member stands for an open pending charge with that very hold: then it counts past its
