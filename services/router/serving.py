@@ -199,11 +199,14 @@ class Serving:
                         stream.input = chunk.input
                     elif kind == "consumed":  # counts the failed attempt's input and tool calls: the next one's anew
                         stream.consumed, stream.tool_call_tokens, stream.input = chunk.consumed.usage, 0, None
-                    else:
+                    elif kind == "final":
                         stream.served = Served(option.model)
                         stream.served.add(chunk.final, option.model)
                         stream.served.content = "".join(stream.parts)
                         return
+                    # Any other kind is one a newer providers service sends (a rolling upgrade): skipped, as a oneof's
+                    # new member is meant to be, the stream read on to its final chunk. Taken for the final one, it
+                    # ended the stream there, the text after it never delivered and the charge read from no usage.
             except grpc.RpcError as err:
                 error = provider_failure(err, routed.request_id)
                 if stream.parts:
