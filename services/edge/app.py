@@ -530,9 +530,18 @@ async def _api_error(request: Request, exc: Exception) -> Response:
     return error_response(exc)
 
 
+# Routes whose request the router admits and charges: a failure of the edge's own may come after the answer was
+# generated and charged.
+CHARGING_ROUTES = {"/v1/chat/completions", "/v1/completions", "/v1/responses"}
+
+
 async def _unexpected(request: Request, exc: Exception) -> Response:
+    """An error of the edge's own (a bug): a 500 in OpenAI's body, its detail only in the log. On a completion route it
+    says x-should-retry: false: the request may have been admitted, generated and charged before the edge failed, and
+    OpenAI's SDKs retry a 500 twice on their own, each retry a new request generated and charged again."""
     log.exception("unhandled error", exc_info=exc)
-    return error_response(ApiError(500, "internal error", code="internal_error"))
+    retryable = request.url.path not in CHARGING_ROUTES
+    return error_response(ApiError(500, "internal error", code="internal_error", retryable=retryable))
 
 
 async def _batch_store_failed(request: Request, exc: Exception) -> Response:
