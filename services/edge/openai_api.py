@@ -198,8 +198,14 @@ JsonObject = dict[StrictStr, Any]
 Penalty = Annotated[StrictFloat | StrictInt, Field(ge=-2, le=2)]
 
 
+# OpenAI's rule for a tool's function name and a json_schema format's name: another is its 400 naming the param. Sent
+# on, such a name was refused by OpenAI's upstream and served by others, as routing chose.
+OPENAI_NAME = r"^[a-zA-Z0-9_-]{1,64}$"
+Name = Annotated[StrictStr, Field(min_length=1, max_length=64, pattern=OPENAI_NAME)]
+
+
 class FunctionDefinition(Closed):
-    name: StrictStr = Field(min_length=1, max_length=64)
+    name: Name
     description: StrictStr | None = None
     parameters: JsonObject | None = None
     strict: StrictBool | None = None
@@ -222,7 +228,7 @@ class NamedToolChoice(Closed):
 class JsonSchemaFormat(Closed):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    name: StrictStr = Field(min_length=1, max_length=64)
+    name: Name
     description: StrictStr | None = None
     json_schema: JsonObject | None = Field(default=None, alias="schema")
     strict: StrictBool | None = None

@@ -22,6 +22,7 @@ from services.edge.openai_api import (
     FirstError,
     FunctionDefinition,
     JsonObject,
+    Name,
     check_content_parts,
     check_length,
     check_properties,
@@ -141,7 +142,7 @@ class TextFormat(Closed):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     type: Literal["text", "json_object", "json_schema"]
-    name: StrictStr | None = Field(default=None, min_length=1, max_length=64)
+    name: Name | None = None
     description: StrictStr | None = None
     json_schema: JsonObject | None = Field(default=None, alias="schema")
     strict: StrictBool | None = None
