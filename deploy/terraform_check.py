@@ -61,7 +61,7 @@ GOOD: dict[str, dict | Path] = {
             "tls_secret": "llm-tls",
             "annotations": {
                 "nginx.ingress.kubernetes.io/proxy-body-size": "101m",
-                "nginx.ingress.kubernetes.io/proxy-read-timeout": "300",
+                "nginx.ingress.kubernetes.io/proxy-read-timeout": "330",
             },
         },
         "hourly_budget_usd": 12.5,

@@ -34,11 +34,12 @@ CHANNEL_OPTIONS = [
     ("grpc.lb_policy_name", "round_robin"),
 ]
 # Servers close connections after a minute so clients re-resolve and find pods added by the autoscaler; calls
-# in flight on a closing connection get a grace longer than the longest request (120 s) to finish.
+# in flight on a closing connection get a grace longer than the longest request to finish: the edge's deadline,
+# EDGE_REQUEST_TIMEOUT_S (310 s), past the router's ROUTER_REQUEST_TIMEOUT_S (300 s).
 SERVER_OPTIONS = [
     *CHANNEL_OPTIONS[:2],
     ("grpc.max_connection_age_ms", 60_000),
-    ("grpc.max_connection_age_grace_ms", 150_000),
+    ("grpc.max_connection_age_grace_ms", 320_000),
 ]
 
 

@@ -227,8 +227,8 @@ variable "ingress" {
     class_name = optional(string, "")
     tls_secret = optional(string, "")
     # The controller's own settings, e.g. nginx's body limit (1 MB by default), which batch uploads exceed, and its
-    # read timeout (60 s), shorter than a completion may run (EDGE_REQUEST_TIMEOUT_S, 120 s):
-    # { "nginx.ingress.kubernetes.io/proxy-body-size" = "101m", "nginx.ingress.kubernetes.io/proxy-read-timeout" = "300" }.
+    # read timeout (60 s), shorter than a completion may run (EDGE_REQUEST_TIMEOUT_S, 310 s):
+    # { "nginx.ingress.kubernetes.io/proxy-body-size" = "101m", "nginx.ingress.kubernetes.io/proxy-read-timeout" = "330" }.
     annotations = optional(map(string), {})
   })
   default = null

@@ -25,7 +25,12 @@ class EdgeSettings(ServiceSettings):
     api_keys_file: Path | None = None
     # No keys: every caller is one anonymous tenant. Only on a loopback host, unless this says so.
     allow_anonymous: bool = Field(default=False, validate_default=True)
-    request_timeout_s: float = Field(default=120.0, gt=0)
+    # A completion's deadline at the edge: longer than the router's own limit on it (ROUTER_REQUEST_TIMEOUT_S, 300 s,
+    # fallbacks and escalation included) by room for the router's answer and charge to come back, so that the router's
+    # limit is the one that ends a completion, with a known charge. Shorter (it was 120 s), it cut an attempt the
+    # providers let run their total_timeout_s (120 s) and the fallback the router's limit leaves room for: a 504 whose
+    # charge was the attempt's worst case, or pending, for a completion the router would have served.
+    request_timeout_s: float = Field(default=310.0, gt=0)
     max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
     readiness_timeout_s: float = Field(default=1.0, gt=0)
     # A request's line and headers must arrive whole this long after the connection opened or the request began,

@@ -544,7 +544,8 @@ def test_values_schema_refuses_mistakes(setting: str, complaint: str) -> None:
     assert complaint in failure.value.stderr
 
 
-LONGEST_REQUEST_S = 120  # the providers' total_timeout_s and the edge's request_timeout_s
+# The edge's deadline on a completion, past the router's own limit (tests/edge/test_request_deadline_defaults.py).
+LONGEST_REQUEST_S = EdgeSettings.model_fields["request_timeout_s"].default
 
 
 @pytest.mark.parametrize("svc", SERVICES)
@@ -1134,7 +1135,7 @@ def test_whole_numbers_reach_the_services_as_integers(tmp_path: Path) -> None:
         yaml.safe_dump(
             {
                 "edge": {
-                    "env": {"EDGE_BATCH_RETENTION_S": 60 * 86400, "EDGE_REQUEST_TIMEOUT_S": 90.5},
+                    "env": {"EDGE_BATCH_RETENTION_S": 60 * 86400, "EDGE_REQUEST_TIMEOUT_S": 330.5},
                     "batches": {"maxFileBytes": 104857600, "maxConcurrentUploads": 1000000, "maxRunning": 2000000},
                 },
                 "router": {"env": {"ROUTER_REQUEST_ID_TTL_S": 14 * 86400, "ROUTER_TENANT_BUDGET_USD": 2500000}},
@@ -1146,7 +1147,7 @@ def test_whole_numbers_reach_the_services_as_integers(tmp_path: Path) -> None:
     docs = render("-f", str(values))
     edge, router = env(docs, "edge"), env(docs, "router")
     assert edge["EDGE_BATCH_RETENTION_S"] == str(60 * 86400)
-    assert edge["EDGE_REQUEST_TIMEOUT_S"] == "90.5"
+    assert edge["EDGE_REQUEST_TIMEOUT_S"] == "330.5"
     assert edge["EDGE_BATCH_MAX_CONCURRENT_UPLOADS"] == "1000000"
     assert edge["EDGE_GRACE_SECONDS"] == "1000000"
     assert router["ROUTER_REQUEST_ID_TTL_S"] == str(14 * 86400)
@@ -1221,8 +1222,11 @@ def test_nginx_examples_let_the_longest_request_and_the_largest_upload_through(e
 @pytest.mark.parametrize(
     ("settings", "complaint"),
     [
-        (["edge.env.EDGE_REQUEST_TIMEOUT_S=300"], "drainSeconds"),  # a rollout would cut completions short
-        (["drainSeconds=200"], "terminationGracePeriodSeconds"),  # the kubelet kills the pod mid-drain
+        (["edge.env.EDGE_REQUEST_TIMEOUT_S=400"], "drainSeconds"),  # a rollout would cut completions short
+        (["drainSeconds=330"], "terminationGracePeriodSeconds"),  # the kubelet kills the pod mid-drain
+        # the edge would cut a completion the router serves on: a 504 with its charge pending
+        (["router.env.ROUTER_REQUEST_TIMEOUT_S=310"], "ROUTER_REQUEST_TIMEOUT_S"),
+        (["edge.env.EDGE_REQUEST_TIMEOUT_S=120"], "ROUTER_REQUEST_TIMEOUT_S"),
     ],
 )
 def test_shutdown_outlasting_the_longest_request_is_kept_when_values_change(
@@ -1233,9 +1237,12 @@ def test_shutdown_outlasting_the_longest_request_is_kept_when_values_change(
     with pytest.raises(subprocess.CalledProcessError) as failure:
         render(*(arg for setting in settings for arg in ("--set", setting)))
     assert complaint in failure.value.stderr
-    raised = ["edge.env.EDGE_REQUEST_TIMEOUT_S=300", "drainSeconds=305", "terminationGracePeriodSeconds=320"]
+    raised = ["edge.env.EDGE_REQUEST_TIMEOUT_S=400", "drainSeconds=405", "terminationGracePeriodSeconds=420"]
     docs = render(*(arg for setting in raised for arg in ("--set", setting)))
-    assert env(docs, "edge")["EDGE_REQUEST_TIMEOUT_S"] == "300"
+    assert env(docs, "edge")["EDGE_REQUEST_TIMEOUT_S"] == "400"
+    lowered = ["router.env.ROUTER_REQUEST_TIMEOUT_S=100", "edge.env.EDGE_REQUEST_TIMEOUT_S=110"]
+    docs = render(*(arg for setting in lowered for arg in ("--set", setting)))
+    assert env(docs, "edge")["EDGE_REQUEST_TIMEOUT_S"] == "110"
 
 
 def test_a_whole_number_past_int64_reaches_its_service_as_written(tmp_path: Path) -> None:
