@@ -301,7 +301,10 @@ class Edge:
         """OpenAI's legacy completions, served as a chat completion of one user turn."""
         tenant, key = self.caller(request)
         chat = await parse_off_loop(await self.read_body(request), legacy.to_chat)
-        response = await self._chat(request, tenant, key, chat)
+        try:
+            response = await self._chat(request, tenant, key, chat)
+        except ApiError as error:
+            raise legacy.named_as_sent(error) from None
         if isinstance(response, StreamingResponse):
             response.body_iterator = legacy.text_events(response.body_iterator)
             return response

@@ -46,6 +46,16 @@ def to_chat(body: bytes) -> bytes:
     return json.dumps(cost_as_written(raw)).encode()
 
 
+def named_as_sent(error: ApiError) -> ApiError:
+    """The chat path's error naming the field the legacy caller sent: its one user turn (`messages`,
+    `messages[0].content`) is its `prompt`, which it never sent as `messages`."""
+    param = error.param or ""
+    if param == "messages" or param.startswith("messages[0]"):
+        error.message = error.message.replace(param, "prompt")
+        error.param = "prompt"
+    return error
+
+
 def text_completion(chat: dict[str, Any]) -> dict[str, Any]:
     choice = chat["choices"][0]
     return {
