@@ -13,13 +13,16 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
+from llmrouter.redis_connect import connect
 from services.ledger.backlog import report_backlog
 from services.ledger.db import LedgerDB
 from services.ledger.sink import LedgerSink, RedisSource
@@ -239,3 +242,34 @@ async def test_the_standalone_sink_serves_its_metrics(redis_url: str, tmp_path: 
     finally:
         sink.terminate()
         sink.wait(timeout=30)
+
+
+async def test_a_clean_up_the_server_refuses_leaves_the_entries_it_claimed_to_be_copied(
+    redis_url: str, ledger_db: LedgerDB
+) -> None:
+    """The clean-up of gone consumers runs right after a sink claimed what a dead one held. A Redis whose ACL refuses
+    XGROUP DELCONSUMER (a least-privilege user) must cost only the clean-up: the claimed entries are copied by that
+    same read, not left in the sink's own pending list until it claimed them back from itself a minute later."""
+    user, password = f"sink-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    admin = connect(redis_url)
+    await admin.execute_command(
+        "ACL", "SETUSER", user, "on", f">{password}", "~*", "&*", "+@all", "-xgroup|delconsumer"
+    )
+    parts = urlsplit(redis_url)
+    restricted = connect(urlunsplit(parts._replace(netloc=f"{user}:{password}@{parts.hostname}:{parts.port}")))
+    store = RedisStore(redis_url)
+    try:
+        await charge_some(store, 0, 10, random.Random(17))
+        assert await RedisSource(admin, "sink-died", claim_idle_s=0.05, group=GROUP).read(0.01)  # then it died
+        await asyncio.sleep(0.2)
+        live = LedgerSink(
+            RedisSource(restricted, "sink-live", claim_idle_s=0.05, group=GROUP, forget_idle_s=0.1), ledger_db
+        )
+        assert await live.step(0.01) == 10  # claimed and copied, though its clean-up was refused
+        assert await pending_entries(admin) == 0
+        assert sorted(r.get("request_id") for r in await ledger_db.rows()) == sorted(f"req-{i}" for i in range(10))
+    finally:
+        await store.close()
+        await restricted.aclose()
+        await admin.execute_command("ACL", "DELUSER", user)
+        await admin.aclose()
