@@ -44,6 +44,25 @@ class NoDeadline:
         return None
 
 
+async def serve_providers(
+    provider: provider_pb2_grpc.ProviderServicer, classifier: classifier_pb2_grpc.ClassifierServicer | None = None
+) -> tuple[grpc.aio.Server, int]:
+    """The test's providers (and classifier, when given) as a gRPC server on loopback, started: it and its port."""
+    providers = grpc.aio.server()
+    provider_pb2_grpc.add_ProviderServicer_to_server(provider, providers)
+    if classifier is not None:
+        classifier_pb2_grpc.add_ClassifierServicer_to_server(classifier, providers)
+    port = providers.add_insecure_port("127.0.0.1:0")
+    await providers.start()
+    return providers, port
+
+
+def registry_file(tmp_path: Path, registry: Registry) -> Path:
+    path = tmp_path / "models.yaml"
+    path.write_text(yaml.safe_dump(registry.model_dump(mode="json", exclude_none=True)))
+    return path
+
+
 @asynccontextmanager
 async def router_servicer(
     tmp_path: Path,
@@ -54,14 +73,8 @@ async def router_servicer(
     **settings: Any,
 ) -> AsyncIterator[RouterServicer]:
     """Closed (its charges still running finish) before the providers server stops; the store is the caller's."""
-    providers = grpc.aio.server()
-    provider_pb2_grpc.add_ProviderServicer_to_server(provider, providers)
-    if classifier is not None:
-        classifier_pb2_grpc.add_ClassifierServicer_to_server(classifier, providers)
-    port = providers.add_insecure_port("127.0.0.1:0")
-    await providers.start()
-    registry_path = tmp_path / "models.yaml"
-    registry_path.write_text(yaml.safe_dump(registry.model_dump(mode="json", exclude_none=True)))
+    providers, port = await serve_providers(provider, classifier)
+    registry_path = registry_file(tmp_path, registry)
     config = RouterSettings(registry_path=registry_path, data_dir=tmp_path / "data", verifier=False, **settings)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:

@@ -7,7 +7,8 @@ import asyncio
 import json
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -46,20 +47,31 @@ class Webhook:
         return JSONResponse({"ok": True})
 
 
-@pytest.fixture
-async def webhook() -> AsyncIterator[tuple[str, Webhook]]:
-    hook = Webhook(failures=2)
+@asynccontextmanager
+async def serving_hook(receive: Callable[[Request], Awaitable[JSONResponse]]) -> AsyncIterator[str]:
+    """A real HTTP server on loopback whose POST /hook `receive` answers: its URL. Stopped without waiting for a
+    request still being answered (a test may leave one hanging)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    app = Starlette(routes=[Route("/hook", hook.receive, methods=["POST"])])
+    app = Starlette(routes=[Route("/hook", receive, methods=["POST"])])
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
     task = asyncio.create_task(server.serve())
     while not server.started:
         await asyncio.sleep(0.02)
-    yield f"http://127.0.0.1:{port}/hook", hook
-    server.should_exit = True
-    await task
+    try:
+        yield f"http://127.0.0.1:{port}/hook"
+    finally:
+        server.should_exit = True
+        server.force_exit = True
+        await task
+
+
+@pytest.fixture
+async def webhook() -> AsyncIterator[tuple[str, Webhook]]:
+    hook = Webhook(failures=2)
+    async with serving_hook(hook.receive) as url:
+        yield url, hook
 
 
 async def charge(store: MemoryStore, account: Account, request_id: str, usd_pico: int) -> None:

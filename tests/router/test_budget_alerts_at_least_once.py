@@ -8,17 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
 
 from llmrouter.redis_connect import connect
 from services.ledger.db import LedgerDB
@@ -26,7 +22,7 @@ from services.ledger.sink import LedgerSink, MemorySource
 from services.router.budget_alerts import BudgetWatch, RedisOnce
 from services.router.operations import Operations
 from services.router.store import Allowance, MemoryStore
-from tests.router.test_budget_alerts import ACME, PICO, charge
+from tests.router.test_budget_alerts import ACME, PICO, charge, serving_hook
 
 
 class Hook:
@@ -52,18 +48,8 @@ class Hook:
 @pytest.fixture
 async def hook() -> AsyncIterator[tuple[str, Hook]]:
     receiver = Hook()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    app = Starlette(routes=[Route("/hook", receiver.receive, methods=["POST"])])
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.02)
-    yield f"http://127.0.0.1:{port}/hook", receiver
-    server.should_exit = True
-    server.force_exit = True
-    await task
+    async with serving_hook(receiver.receive) as url:
+        yield url, receiver
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ from typing import Any
 
 import grpc
 import pytest
-import yaml
 
 from llmrouter.auth import token_digest
 from llmrouter.errors import ServiceError
@@ -37,7 +36,7 @@ from llmrouter.v1 import (
 from services import router
 from services.router.settings import RouterSettings
 from services.router.store import key_id
-from tests.router.servicer_kit import NearScores
+from tests.router.servicer_kit import NearScores, registry_file, serve_providers
 from tests.router.test_admission import REGISTRY
 from tests.router.test_duplicate_across_keys import Answering
 
@@ -72,14 +71,8 @@ async def serving(
 ) -> AsyncIterator[Served]:
     """The router (router.build) on loopback over `redis_url`, its providers (and classifier, when given: else every
     request names its model) a gRPC server of the test's."""
-    providers = grpc.aio.server()
-    provider_pb2_grpc.add_ProviderServicer_to_server(provider, providers)
-    if classifier is not None:
-        classifier_pb2_grpc.add_ClassifierServicer_to_server(classifier, providers)
-    providers_port = providers.add_insecure_port("127.0.0.1:0")
-    await providers.start()
-    registry_path = tmp_path / "models.yaml"
-    registry_path.write_text(yaml.safe_dump(REGISTRY.model_dump(mode="json", exclude_none=True)))
+    providers, providers_port = await serve_providers(provider, classifier)
+    registry_path = registry_file(tmp_path, REGISTRY)
     settings = RouterSettings(
         port=0,
         registry_path=registry_path,
