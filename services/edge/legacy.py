@@ -14,6 +14,9 @@ from services.edge.openai_api import ApiError, check_lengths, cost_as_written, d
 # Meaningless for a chat model: refused by name instead of silently ignored, unless set to their defaults.
 UNSUPPORTED = {"suffix": ("",), "echo": (False,), "logprobs": (0,), "best_of": (1,)}
 DEFAULT_MAX_TOKENS = 16
+# Chat fields OpenAI's legacy route does not know (an unknown argument there) whose answer a text completion cannot
+# carry: translated on, a tool call was generated and charged, and the caller shown "" for its text.
+CHAT_TOOLS = ("tools", "tool_choice", "parallel_tool_calls")
 
 
 def to_chat(body: bytes) -> bytes:
@@ -35,6 +38,10 @@ def to_chat(body: bytes) -> bytes:
     if raw.get("top_logprobs") is not None:  # a chat field: here logprobs, an integer, would say how many
         message = "top_logprobs belongs to /v1/chat/completions (beside logprobs true); this route returns none"
         raise ApiError(400, message, param="top_logprobs")
+    for field in CHAT_TOOLS:
+        if field in raw:
+            message = f"unrecognized request argument: {field!r} (tool calls are served on /v1/chat/completions)"
+            raise ApiError(400, message, param=field, code="unknown_parameter")
     if "messages" in raw:
         raise ApiError(400, "messages belongs to /v1/chat/completions; send prompt here", param="messages")
     raw["messages"] = [{"role": "user", "content": prompt}]

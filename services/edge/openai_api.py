@@ -116,6 +116,8 @@ MAX_REQUEST_CONTENT_PARTS = 8192
 MAX_STOP = 4
 MAX_METADATA = 16
 MAX_LOGIT_BIAS = 1024
+# OpenAI's 400 for stream_options without stream true (its code null).
+STREAM_OPTIONS_ALONE = "The 'stream_options' parameter is only allowed when 'stream' is enabled."
 
 
 class FirstError(FailFast):
@@ -367,8 +369,14 @@ def parse_request(body: bytes, max_messages: int = MAX_MESSAGES) -> tuple[ChatCo
         # OpenAI's 400, in its words: routed on, it was a provider's refusal, "the provider refused the request".
         message = "Missing required parameter: 'response_format.json_schema'."
         raise ApiError(400, message, param="response_format.json_schema", code="missing_required_parameter")
+    if request.stream_options is not None and not request.stream:
+        # OpenAI's 400, in its words: sent on, OpenAI's upstream refused it (a generic "the provider refused the
+        # request") and the others served it, as routing chose; asked for alone, usage rides on no stream.
+        raise ApiError(400, STREAM_OPTIONS_ALONE, param="stream_options")
     if not request.tools:
         refuse_tool_options_alone(request)
+    else:
+        refuse_unknown_tool_choice(request)
     refuse_unanswerable_tool_results(request.messages)
     if request.max_cost_usd is not None:
         cost = parse_decimal(str(request.max_cost_usd))
@@ -386,6 +394,18 @@ def refuse_tool_options_alone(request: ChatCompletionRequest) -> None:
         if given:
             message = f"Invalid value for '{name}': '{name}' is only allowed when 'tools' are specified."
             raise ApiError(400, message, param=name, code="invalid_value")
+
+
+def refuse_unknown_tool_choice(request: ChatCompletionRequest) -> None:
+    """OpenAI's 400, in its words, for a tool_choice naming a function that is none of the tools: sent on, OpenAI's
+    upstream refused it and Anthropic's was asked to call a tool it was never given, as routing chose."""
+    choice, tools = request.tool_choice, request.tools or []
+    if isinstance(choice, NamedToolChoice) and all(tool.function.name != choice.function.name for tool in tools):
+        shown = choice.function.name[:64]
+        message = (
+            f"Invalid value for 'tool_choice': no function named {shown!r} was specified in the 'tools' parameter."
+        )
+        raise ApiError(400, message, param="tool_choice", code="invalid_value")
 
 
 def refuse_unanswerable_tool_results(messages: list[Message]) -> None:

@@ -314,6 +314,9 @@ def to_chat(body: bytes) -> tuple[bytes, Sent]:
     else:  # the answer echoes it, the chat route takes it only beside tools: a hint about none
         chat.pop("parallel_tool_calls", None)
     if isinstance(fields.tool_choice, NamedFunctionChoice):
+        if all(tool["function"]["name"] != fields.tool_choice.name for tool in tools):
+            # The Responses API's 400, in its words (the chat route's names the function: another message).
+            raise ApiError(400, "Tool choice 'function' not found in 'tools' parameter.", param="tool_choice")
         chat["tool_choice"] = {"type": "function", "function": {"name": fields.tool_choice.name}}
     elif fields.tool_choice is not None and (tools or fields.tool_choice == "required"):
         # Without tools "auto" (the default the answer echoes) and "none" ask for nothing; "required" asks for a call
