@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bllmrouter/v1/operator.proto\x12\x0cllmrouter.v1\"]\n\x0cStatsRequest\x12\r\n\x05since\x18\x01 \x01(\x01\x12\r\n\x05until\x18\x02 \x01(\x01\x12\x10\n\x08group_by\x18\x03 \x01(\t\x12\x0e\n\x06tenant\x18\x04 \x01(\t\x12\r\n\x05\x61\x64min\x18\x05 \x01(\x08\"\xb0\x03\n\nStatsGroup\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x10\n\x08requests\x18\x02 \x01(\x03\x12\x14\n\x0csuccess_rate\x18\x03 \x01(\x01\x12\x16\n\x0elatency_p50_ms\x18\x04 \x01(\x03\x12\x16\n\x0elatency_p95_ms\x18\x05 \x01(\x03\x12\x16\n\x0elatency_p99_ms\x18\x06 \x01(\x03\x12\x17\n\x0f\x65scalation_rate\x18\x07 \x01(\x01\x12\x16\n\x0e\x63\x61\x63he_hit_rate\x18\x08 \x01(\x01\x12\x15\n\rfallback_rate\x18\t \x01(\x01\x12\x14\n\x0cinput_tokens\x18\n \x01(\x03\x12\x15\n\routput_tokens\x18\x0b \x01(\x03\x12\x10\n\x08\x63ost_usd\x18\x0c \x01(\t\x12\x19\n\x11\x62\x61seline_cost_usd\x18\r \x01(\t\x12\x11\n\tsaved_usd\x18\x0e \x01(\t\x12=\n\x0bmodel_share\x18\x0f \x03(\x0b\x32(.llmrouter.v1.StatsGroup.ModelShareEntry\x1a\x31\n\x0fModelShareEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"b\n\rStatsResponse\x12\'\n\x05total\x18\x01 \x01(\x0b\x32\x18.llmrouter.v1.StatsGroup\x12(\n\x06groups\x18\x02 \x03(\x0b\x32\x18.llmrouter.v1.StatsGroup\"@\n\x0e\x42udgetsRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\r\n\x05\x61\x64min\x18\x02 \x01(\x08\x12\x0f\n\x07\x61pi_key\x18\x03 \x01(\t\"\xd1\x01\n\x06\x42udget\x12\r\n\x05scope\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12\x11\n\tlimit_usd\x18\x04 \x01(\t\x12\x11\n\tspent_usd\x18\x05 \x01(\t\x12\x10\n\x08held_usd\x18\x06 \x01(\t\x12\x15\n\rremaining_usd\x18\x07 \x01(\t\x12\x0e\n\x06period\x18\x08 \x01(\t\x12\x12\n\nperiod_end\x18\t \x01(\x03\x12\x12\n\noverridden\x18\n \x01(\x08\x12\x13\n\x0btenant_wide\x18\x0b \x01(\x08\"8\n\x0f\x42udgetsResponse\x12%\n\x07\x62udgets\x18\x01 \x03(\x0b\x32\x14.llmrouter.v1.Budget\"Q\n\x10SetBudgetRequest\x12\r\n\x05scope\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tlimit_usd\x18\x03 \x01(\t\x12\r\n\x05\x61\x64min\x18\x04 \x01(\x08\x32\xd7\x01\n\x08Operator\x12@\n\x05Stats\x12\x1a.llmrouter.v1.StatsRequest\x1a\x1b.llmrouter.v1.StatsResponse\x12\x46\n\x07\x42udgets\x12\x1c.llmrouter.v1.BudgetsRequest\x1a\x1d.llmrouter.v1.BudgetsResponse\x12\x41\n\tSetBudget\x12\x1e.llmrouter.v1.SetBudgetRequest\x1a\x14.llmrouter.v1.Budgetb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bllmrouter/v1/operator.proto\x12\x0cllmrouter.v1\"n\n\x0cStatsRequest\x12\r\n\x05since\x18\x01 \x01(\x01\x12\r\n\x05until\x18\x02 \x01(\x01\x12\x10\n\x08group_by\x18\x03 \x01(\t\x12\x0e\n\x06tenant\x18\x04 \x01(\t\x12\r\n\x05\x61\x64min\x18\x05 \x01(\x08\x12\x0f\n\x07\x61pi_key\x18\x06 \x01(\t\"\xb0\x03\n\nStatsGroup\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x10\n\x08requests\x18\x02 \x01(\x03\x12\x14\n\x0csuccess_rate\x18\x03 \x01(\x01\x12\x16\n\x0elatency_p50_ms\x18\x04 \x01(\x03\x12\x16\n\x0elatency_p95_ms\x18\x05 \x01(\x03\x12\x16\n\x0elatency_p99_ms\x18\x06 \x01(\x03\x12\x17\n\x0f\x65scalation_rate\x18\x07 \x01(\x01\x12\x16\n\x0e\x63\x61\x63he_hit_rate\x18\x08 \x01(\x01\x12\x15\n\rfallback_rate\x18\t \x01(\x01\x12\x14\n\x0cinput_tokens\x18\n \x01(\x03\x12\x15\n\routput_tokens\x18\x0b \x01(\x03\x12\x10\n\x08\x63ost_usd\x18\x0c \x01(\t\x12\x19\n\x11\x62\x61seline_cost_usd\x18\r \x01(\t\x12\x11\n\tsaved_usd\x18\x0e \x01(\t\x12=\n\x0bmodel_share\x18\x0f \x03(\x0b\x32(.llmrouter.v1.StatsGroup.ModelShareEntry\x1a\x31\n\x0fModelShareEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"b\n\rStatsResponse\x12\'\n\x05total\x18\x01 \x01(\x0b\x32\x18.llmrouter.v1.StatsGroup\x12(\n\x06groups\x18\x02 \x03(\x0b\x32\x18.llmrouter.v1.StatsGroup\"@\n\x0e\x42udgetsRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\r\n\x05\x61\x64min\x18\x02 \x01(\x08\x12\x0f\n\x07\x61pi_key\x18\x03 \x01(\t\"\xd1\x01\n\x06\x42udget\x12\r\n\x05scope\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12\x11\n\tlimit_usd\x18\x04 \x01(\t\x12\x11\n\tspent_usd\x18\x05 \x01(\t\x12\x10\n\x08held_usd\x18\x06 \x01(\t\x12\x15\n\rremaining_usd\x18\x07 \x01(\t\x12\x0e\n\x06period\x18\x08 \x01(\t\x12\x12\n\nperiod_end\x18\t \x01(\x03\x12\x12\n\noverridden\x18\n \x01(\x08\x12\x13\n\x0btenant_wide\x18\x0b \x01(\x08\"8\n\x0f\x42udgetsResponse\x12%\n\x07\x62udgets\x18\x01 \x03(\x0b\x32\x14.llmrouter.v1.Budget\"Q\n\x10SetBudgetRequest\x12\r\n\x05scope\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tlimit_usd\x18\x03 \x01(\t\x12\r\n\x05\x61\x64min\x18\x04 \x01(\x08\x32\xd7\x01\n\x08Operator\x12@\n\x05Stats\x12\x1a.llmrouter.v1.StatsRequest\x1a\x1b.llmrouter.v1.StatsResponse\x12\x46\n\x07\x42udgets\x12\x1c.llmrouter.v1.BudgetsRequest\x1a\x1d.llmrouter.v1.BudgetsResponse\x12\x41\n\tSetBudget\x12\x1e.llmrouter.v1.SetBudgetRequest\x1a\x14.llmrouter.v1.Budgetb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,21 +34,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STATSGROUP_MODELSHAREENTRY']._loaded_options = None
   _globals['_STATSGROUP_MODELSHAREENTRY']._serialized_options = b'8\001'
   _globals['_STATSREQUEST']._serialized_start=45
-  _globals['_STATSREQUEST']._serialized_end=138
-  _globals['_STATSGROUP']._serialized_start=141
-  _globals['_STATSGROUP']._serialized_end=573
-  _globals['_STATSGROUP_MODELSHAREENTRY']._serialized_start=524
-  _globals['_STATSGROUP_MODELSHAREENTRY']._serialized_end=573
-  _globals['_STATSRESPONSE']._serialized_start=575
-  _globals['_STATSRESPONSE']._serialized_end=673
-  _globals['_BUDGETSREQUEST']._serialized_start=675
-  _globals['_BUDGETSREQUEST']._serialized_end=739
-  _globals['_BUDGET']._serialized_start=742
-  _globals['_BUDGET']._serialized_end=951
-  _globals['_BUDGETSRESPONSE']._serialized_start=953
-  _globals['_BUDGETSRESPONSE']._serialized_end=1009
-  _globals['_SETBUDGETREQUEST']._serialized_start=1011
-  _globals['_SETBUDGETREQUEST']._serialized_end=1092
-  _globals['_OPERATOR']._serialized_start=1095
-  _globals['_OPERATOR']._serialized_end=1310
+  _globals['_STATSREQUEST']._serialized_end=155
+  _globals['_STATSGROUP']._serialized_start=158
+  _globals['_STATSGROUP']._serialized_end=590
+  _globals['_STATSGROUP_MODELSHAREENTRY']._serialized_start=541
+  _globals['_STATSGROUP_MODELSHAREENTRY']._serialized_end=590
+  _globals['_STATSRESPONSE']._serialized_start=592
+  _globals['_STATSRESPONSE']._serialized_end=690
+  _globals['_BUDGETSREQUEST']._serialized_start=692
+  _globals['_BUDGETSREQUEST']._serialized_end=756
+  _globals['_BUDGET']._serialized_start=759
+  _globals['_BUDGET']._serialized_end=968
+  _globals['_BUDGETSRESPONSE']._serialized_start=970
+  _globals['_BUDGETSRESPONSE']._serialized_end=1026
+  _globals['_SETBUDGETREQUEST']._serialized_start=1028
+  _globals['_SETBUDGETREQUEST']._serialized_end=1109
+  _globals['_OPERATOR']._serialized_start=1112
+  _globals['_OPERATOR']._serialized_end=1327
 # @@protoc_insertion_point(module_scope)

@@ -7,18 +7,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class StatsRequest(_message.Message):
-    __slots__ = ("since", "until", "group_by", "tenant", "admin")
+    __slots__ = ("since", "until", "group_by", "tenant", "admin", "api_key")
     SINCE_FIELD_NUMBER: _ClassVar[int]
     UNTIL_FIELD_NUMBER: _ClassVar[int]
     GROUP_BY_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     ADMIN_FIELD_NUMBER: _ClassVar[int]
+    API_KEY_FIELD_NUMBER: _ClassVar[int]
     since: float
     until: float
     group_by: str
     tenant: str
     admin: bool
-    def __init__(self, since: _Optional[float] = ..., until: _Optional[float] = ..., group_by: _Optional[str] = ..., tenant: _Optional[str] = ..., admin: _Optional[bool] = ...) -> None: ...
+    api_key: str
+    def __init__(self, since: _Optional[float] = ..., until: _Optional[float] = ..., group_by: _Optional[str] = ..., tenant: _Optional[str] = ..., admin: _Optional[bool] = ..., api_key: _Optional[str] = ...) -> None: ...
 
 class StatsGroup(_message.Message):
     __slots__ = ("key", "requests", "success_rate", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "escalation_rate", "cache_hit_rate", "fallback_rate", "input_tokens", "output_tokens", "cost_usd", "baseline_cost_usd", "saved_usd", "model_share")

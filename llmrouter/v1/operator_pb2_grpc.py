@@ -61,7 +61,8 @@ class OperatorServicer:
     """
 
     def Stats(self, request, context):
-        """Traffic and money over the SQL ledger, in total and per group.
+        """Traffic and money over the SQL ledger, in total and per group. An admin's: every tenant's; anyone else's: its
+        own key's requests alone (its colleagues' traffic, models and prompts' cache hits are their own business).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

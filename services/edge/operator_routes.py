@@ -1,6 +1,7 @@
 """The edge's operator API over the Router's Operator and Decide RPCs: stats, budgets (an admin sets
-overrides), and the routing decision without a generation. A tenant's key sees its own tenant (of its keys'
-budgets, its own); an admin key sees all. Bodies are the RPCs' answers as JSON, money as exact decimal strings."""
+overrides), and the routing decision without a generation. A tenant's key sees its tenant's budget, and its own
+key's budget and stats, never another key's; an admin key sees all. Bodies are the RPCs' answers as JSON, money as
+exact decimal strings."""
 
 from __future__ import annotations
 
@@ -68,12 +69,16 @@ class OperatorRoutes:
         ]
 
     async def stats(self, request: Request) -> Response:
-        tenant, admin = self._who(request)
+        tenant, key = self.edge.caller(request)
+        admin = self.edge.keys.is_admin(key)
         group_by = request.query_params.get("group_by", "")
         if group_by not in GROUPINGS:
             raise ApiError(400, "group_by must be model, tenant or day", param="group_by")
         since, until = instant(request.query_params, "since"), instant(request.query_params, "until")
-        message = operator_pb2.StatsRequest(since=since, until=until, group_by=group_by, tenant=tenant, admin=admin)
+        # The key too: a key that is no admin's sees its own requests, not its colleagues'.
+        message = operator_pb2.StatsRequest(
+            since=since, until=until, group_by=group_by, tenant=tenant, admin=admin, api_key=key
+        )
         return JSONResponse(as_json(await self._call(self.operator.Stats, message)))
 
     async def budgets(self, request: Request) -> Response:

@@ -311,10 +311,11 @@ class LedgerDB:
         return await asyncio.to_thread(self._rejected)
 
     async def rows(
-        self, since: float | None = None, until: float | None = None, tenant: str | None = None
+        self, since: float | None = None, until: float | None = None, tenant: str | None = None, key: str | None = None
     ) -> list[Row]:
-        """Rows with since <= ts < until (either bound optional), of one tenant when given, oldest first."""
-        return await asyncio.to_thread(lambda: list(self.iter_rows(since, until, tenant)))
+        """Rows with since <= ts < until (either bound optional), of one tenant and one key id of it when given, oldest
+        first."""
+        return await asyncio.to_thread(lambda: list(self.iter_rows(since, until, tenant, key)))
 
     async def accounts(self, tenant: str | None = None) -> list[tuple[str, str]]:
         """Every (tenant, key id) that has a row, of one tenant when given."""
@@ -478,10 +479,11 @@ class LedgerDB:
         log.warning("ledger table migrated: rows are keyed by their ledger entry; earlier rows kept")
 
     def iter_rows(
-        self, since: float | None = None, until: float | None = None, tenant: str | None = None
+        self, since: float | None = None, until: float | None = None, tenant: str | None = None, key: str | None = None
     ) -> Iterator[Row]:
         where, args = [], []
-        for clause, value in (("ts >= {}", since), ("ts < {}", until), ("tenant = {}", tenant)):
+        clauses = (("ts >= {}", since), ("ts < {}", until), ("tenant = {}", tenant), ("key_id = {}", key))
+        for clause, value in clauses:
             if value is not None:
                 where.append(clause.format(self._mark))
                 args.append(value)

@@ -41,11 +41,12 @@ def viewer(tenant: str, admin: bool) -> str | None:
     return tenant or "default"
 
 
-def budget_viewer(tenant: str, admin: bool, api_key: str) -> Account | None:
-    """The one account whose budgets the caller may see (its tenant's and its key's), or ALL. Another key's spend is
-    no business of a caller that is no admin, even of its own tenant: it learns nothing of requests it did not send
-    (the tenant's budget, which every key shares, shows their sum). The key is the one the caller pays with, as
-    admission.account_for derives it: the end user's from the edge, `caller:<name>` for any other caller."""
+def account_viewer(tenant: str, admin: bool, api_key: str) -> Account | None:
+    """The one account whose budgets (its tenant's and its key's) and stats (its key's) the caller may see, or ALL.
+    Another key's spend and traffic are no business of a caller that is no admin, even of its own tenant: it learns
+    nothing of requests it did not send (the tenant's budget, which every key shares, shows their sum). The key is the
+    one the caller pays with, as admission.account_for derives it: the end user's from the edge, `caller:<name>` for
+    any other caller."""
     who = viewer(tenant, admin)
     if who is ALL:
         return ALL
@@ -76,7 +77,8 @@ class Operations:
         self.allowance = allowance
         self.ledger = ledger
 
-    async def stats(self, who: str | None, since: float, until: float, group_by: str) -> tuple[Group, list[Group]]:
+    async def stats(self, who: Account | None, since: float, until: float, group_by: str) -> tuple[Group, list[Group]]:
+        """An admin's (ALL): every tenant's requests; anyone else's: its own key's."""
         if group_by not in GROUPINGS:
             raise invalid("group_by must be one of model, tenant, day", "group_by")
         # NaN or infinity is no instant (a NaN bound matched no row: an empty answer, as though nothing was served).
@@ -84,7 +86,10 @@ class Operations:
         if not finite or since < 0 or until < 0 or (since and until and since >= until):
             raise invalid("since and until are Unix seconds, since before until", "since")
         with ledger_reachable():
-            rows = await self.ledger.rows(since or None, until or None, who)
+            if who is ALL:
+                rows = await self.ledger.rows(since or None, until or None)
+            else:
+                rows = await self.ledger.rows(since or None, until or None, who.tenant, who.key)
         return summarize(rows, group_by)
 
     async def budgets(self, who: Account | None) -> list[BudgetView]:

@@ -7,7 +7,7 @@ from typing import Any
 from llmrouter.v1 import operator_pb2, operator_pb2_grpc
 from services.ledger.stats import Group
 from services.router.budgets import BudgetView, usd
-from services.router.operations import Operations, budget_viewer, viewer
+from services.router.operations import Operations, account_viewer, viewer
 
 
 def group_message(group: Group) -> operator_pb2.StatsGroup:
@@ -62,12 +62,12 @@ class OperatorServicer(operator_pb2_grpc.OperatorServicer):
         self.operations = operations
 
     async def Stats(self, request: operator_pb2.StatsRequest, context: Any) -> operator_pb2.StatsResponse:
-        who = viewer(request.tenant, request.admin)
+        who = account_viewer(request.tenant, request.admin, request.api_key)
         total, groups = await self.operations.stats(who, request.since, request.until, request.group_by)
         return operator_pb2.StatsResponse(total=group_message(total), groups=[group_message(g) for g in groups])
 
     async def Budgets(self, request: operator_pb2.BudgetsRequest, context: Any) -> operator_pb2.BudgetsResponse:
-        views = await self.operations.budgets(budget_viewer(request.tenant, request.admin, request.api_key))
+        views = await self.operations.budgets(account_viewer(request.tenant, request.admin, request.api_key))
         return operator_pb2.BudgetsResponse(budgets=[budget_message(v) for v in views])
 
     async def SetBudget(self, request: operator_pb2.SetBudgetRequest, context: Any) -> operator_pb2.Budget:

@@ -169,6 +169,30 @@ async def test_a_key_sees_its_tenants_budget_and_its_own_not_another_keys(
         assert {key_id(who["key_a"]), key_id(who["key_a2"])} <= named
 
 
+async def test_a_key_sees_its_own_stats_not_its_colleagues(
+    chain: Chain, keyed_edge: tuple[str, dict[str, str]]
+) -> None:
+    """Two keys of one tenant: each key's stats are its own requests alone (how many, what they cost, their cache hits
+    and models), as its budget is; an admin's, grouped by tenant, sums both keys'."""
+    base_url, who = keyed_edge
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
+        costs: dict[str, list[Decimal]] = {"a": [], "a2": []}
+        for name, count in (("a", 1), ("a2", 3)):
+            headers = {"authorization": f"Bearer {who[f'key_{name}']}"}
+            for _ in range(count):
+                reply = await http.post("/chat/completions", json=chat(f"Hi {uuid.uuid4().hex}"), headers=headers)
+                assert reply.status_code == 200, reply.text
+                costs[name].append(Decimal(reply.headers["x-router-cost-usd"]))
+        for name in ("a2", "a"):  # each waits for its own rows to be copied: the sink is about a second behind
+            body = await stats_when_copied(http, who[f"key_{name}"], len(costs[name]), group_by="tenant")
+            assert int(body["total"]["requests"]) == len(costs[name])
+            assert Decimal(body["total"]["cost_usd"]) == sum(costs[name])
+            assert [g["key"] for g in body["groups"]] == [who["a"]]
+        everyone = await stats_when_copied(http, who["key_root"], 0, group_by="tenant")
+        acme = {g["key"]: g for g in everyone["groups"]}[who["a"]]
+        assert (int(acme["requests"]), Decimal(acme["cost_usd"])) == (4, sum(costs["a"] + costs["a2"]))
+
+
 async def test_operator_api_bad_input_is_a_clear_400(keyed_edge: tuple[str, dict[str, str]]) -> None:
     base_url, who = keyed_edge
     admin = {"authorization": f"Bearer {who['key_root']}"}

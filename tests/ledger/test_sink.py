@@ -304,13 +304,13 @@ async def test_operator_stats_and_budgets_equal_the_money_store(
         middle = sorted(e["ts"] for e in entries)[45]
         for account in TENANTS:
             mine = [e for e in entries if e["tenant"] == account.tenant]
-            total, groups = await operations.stats(account.tenant, 0, 0, "model")
+            total, groups = await operations.stats(account, 0, 0, "model")
             spent, _ = await store.spent(account, "all")
             assert total.cost_pico == spent == sum(to_pico(Decimal(e["cost_usd"])) for e in mine)
             assert total.baseline_pico == sum(to_pico(Decimal(e["baseline_cost_usd"])) for e in mine)
             assert sum(g.cost_pico for g in groups) == spent and total.requests == len(mine)
-            before, _ = await operations.stats(account.tenant, 0, middle, "day")
-            after, _ = await operations.stats(account.tenant, middle, 0, "day")
+            before, _ = await operations.stats(account, 0, middle, "day")
+            after, _ = await operations.stats(account, middle, 0, "day")
             assert before.cost_pico + after.cost_pico == spent and before.requests + after.requests == len(mine)
             (budget,) = [b for b in await operations.budgets(account) if b.scope == "tenant"]
             assert (budget.tenant, budget.spent_pico, budget.held_pico) == (account.tenant, spent, 0)

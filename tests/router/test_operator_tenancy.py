@@ -150,6 +150,27 @@ async def test_a_plain_key_sees_its_tenant_and_its_own_key_not_its_colleagues(se
     assert spent == {"tenant": a + b + svc, "key": a}  # the tenant's budget, every key's sum, is every key's to see
 
 
+async def stats_of(served: Served, caller: str, request: operator_pb2.StatsRequest) -> operator_pb2.StatsResponse:
+    return await served.operator.Stats(request, metadata=as_(caller), timeout=10)
+
+
+async def test_stats_of_a_caller_that_is_no_admin_are_its_own_keys_alone(served: Served) -> None:
+    """As its budgets: a plain key's stats (requests, cost, cache hits, models) are its own requests', never its
+    colleagues' of the tenant; a tenant-bound caller's its own key's (caller:svc), whatever its request says; an
+    admin's every tenant's. Every account's row is in the SQL ledger once spend_everywhere returns."""
+    a, b, g, svc, rival = await spend_everywhere(served)
+    seen = {
+        "key A": await stats_of(served, "edge", operator_pb2.StatsRequest(tenant="acme", api_key=KEY_A)),
+        "key B": await stats_of(served, "edge", operator_pb2.StatsRequest(tenant="acme", api_key=KEY_B)),
+        "svc": await stats_of(served, "svc", operator_pb2.StatsRequest(tenant="acme", api_key=KEY_B, admin=True)),
+        "admin": await stats_of(served, "edge", operator_pb2.StatsRequest(admin=True, group_by="tenant")),
+    }
+    totals = {who: (reply.total.requests, Decimal(reply.total.cost_usd)) for who, reply in seen.items()}
+    assert totals == {"key A": (1, a), "key B": (1, b), "svc": (1, svc), "admin": (5, a + b + g + svc + rival)}
+    by_tenant = {group.key: Decimal(group.cost_usd) for group in seen["admin"].groups}
+    assert by_tenant == {"acme": a + b + svc, "globex": g + rival}
+
+
 async def test_a_tenant_bound_caller_sees_its_tenant_and_its_own_key_whatever_it_asks(served: Served) -> None:
     await spend_everywhere(served)
     for request in (
