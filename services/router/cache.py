@@ -1,12 +1,14 @@
-"""The response cache: an identical request from the same tenant is answered again for free. It lives apart
-from the money: on its own Redis (ROUTER_CACHE_REDIS_URL, which may evict freely) or in process. Best effort:
-a cache that fails is bypassed, never failing a request."""
+"""The response cache: an identical request from the same API key (or, where its tenant's cache scope is `tenant`,
+any key of the tenant) is answered again for free. It lives apart from the money: on its own Redis
+(ROUTER_CACHE_REDIS_URL, which may evict freely) or in process. Best effort: a cache that fails is bypassed, never
+failing a request."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 import time
+from collections.abc import Mapping
 from typing import Protocol
 
 from google.protobuf.message import DecodeError
@@ -17,6 +19,7 @@ from llmrouter.v1 import router_pb2
 from services.router import metrics
 from services.router.admission import output_caps
 from services.router.routed import Routed
+from services.router.settings import CacheScope
 
 log = logging.getLogger("llmrouter.router")
 
@@ -104,15 +107,16 @@ def open_cache(redis_url: str | SecretStr | None) -> Cache:
 
 
 class ResponseCache:
-    def __init__(self, backend: Cache, ttl_s: int) -> None:
+    def __init__(self, backend: Cache, ttl_s: int, scope: CacheScope, tenant_scope: Mapping[str, CacheScope]) -> None:
         self.backend = backend
         self.ttl_s = ttl_s  # 0 disables
+        self.scope, self.tenant_scope = scope, tenant_scope  # RouterSettings.cache_scope, .tenant_cache_scope
 
     async def lookup(self, routed: Routed) -> router_pb2.CompleteResponse | None:
         """The cached answer, as this request's free response; None on a miss."""
         if not self.ttl_s:
             return None
-        raw = await self.backend.get(_key(routed))
+        raw = await self.backend.get(self._key(routed))
         try:
             response = None if raw is None else router_pb2.CompleteResponse.FromString(raw)
         except DecodeError:  # not an answer this router wrote (a corrupted or foreign entry): a miss, not a failure
@@ -132,7 +136,18 @@ class ResponseCache:
         remainder cut short is not kept: that remainder is no part of the key, so an identical request would be served
         the cut answer whatever its own budget, its decision saying nothing of the cap."""
         if self.ttl_s and (response.content or response.tool_calls_json) and not _cut_by_budget(routed, response):
-            await self.backend.set(_key(routed), response.SerializeToString(), self.ttl_s)
+            await self.backend.set(self._key(routed), response.SerializeToString(), self.ttl_s)
+
+    def _key(self, routed: Routed) -> str:
+        request = router_pb2.CompleteRequest()
+        request.CopyFrom(routed.request)
+        request.api_key, request.request_id, request.session_id = "", "", ""
+        request.tenant = routed.account.tenant  # tenants never see each other's answers
+        # Nor, scoped by key, one key its colleagues': the key id as admission derived it (never empty: `anonymous`
+        # for a request without a key), so a key's chat requests and its batch lines (sent by id) share entries.
+        tenant_wide = self.tenant_scope.get(routed.account.tenant, self.scope) == "tenant"
+        request.api_key_id = "" if tenant_wide else routed.account.key
+        return hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
 
 
 def _cut_by_budget(routed: Routed, response: router_pb2.CompleteResponse) -> bool:
@@ -141,11 +156,3 @@ def _cut_by_budget(routed: Routed, response: router_pb2.CompleteResponse) -> boo
         return False
     own = output_caps(routed.plan, routed.limits, router_pb2.Decision())  # what the request alone allows
     return any(routed.max_tokens[name] < cap for name, cap in own.items())
-
-
-def _key(routed: Routed) -> str:
-    request = router_pb2.CompleteRequest()
-    request.CopyFrom(routed.request)
-    request.api_key, request.request_id, request.session_id = "", "", ""
-    request.tenant = routed.account.tenant  # tenants never see each other's answers
-    return hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()

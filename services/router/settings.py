@@ -24,6 +24,8 @@ CHARGE_LANDS_S = 60
 MAX_REQUEST_S = HOLD_S - CHARGE_LANDS_S
 
 Share = Annotated[float, Field(ge=0, le=1)]
+# Who the response cache serves an answer again: any key of the tenant that paid for it, or that key alone.
+CacheScope = Literal["tenant", "key"]
 # The shortest end_user_hash_secret: 128 bits, as the HMAC key of every tenant's end-user ids.
 MIN_END_USER_SECRET_BYTES = 16
 
@@ -109,6 +111,11 @@ class RouterSettings(GrpcServiceSettings, LedgerSettings):  # the ledger's setti
     rate_limit_rpm: int = Field(default=0, ge=0)
     # Response cache for identical requests; 0 disables.
     cache_ttl_s: int = Field(default=300, ge=0)
+    # Who is served a cached answer again: `key`, the API key whose request it answered (requests without a key are
+    # one key per tenant), or `tenant`, any key of that tenant: more hits, but a hit (free, fast, x_router.cache_hit)
+    # tells a key that a colleague sent the same request within cache_ttl_s. Per tenant: ROUTER_TENANT_CACHE_SCOPE.
+    cache_scope: CacheScope = "key"
+    tenant_cache_scope: dict[str, CacheScope] = Field(default_factory=dict)  # JSON: {"tenant": "tenant"}
 
     # Budget alerts: gauges of budget use every budget_watch_interval_s (for the 80% and 100% alerts) and,
     # when set, a JSON POST to this URL once per budget, threshold and period (retried).

@@ -1,8 +1,8 @@
-"""The response cache's money: a cached answer is served only within the tenant that paid for it (any of its keys), is
-charged nothing and on record as such, releases its request's hold, is refused like any request to a caller whose
-budget is spent, and identical requests in flight together are each charged once: what they generated, or nothing for
-a hit. The router behind its own gRPC server, a real providers gRPC server on loopback; the money store on one Redis
-server and on a real Redis Cluster."""
+"""The response cache's money: a cached answer is served only within the tenant that paid for it (any of its keys, when
+its cache is scoped by tenant), is charged nothing and on record as such, releases its request's hold, is refused like
+any request to a caller whose budget is spent, and identical requests in flight together are each charged once: what
+they generated, or nothing for a hit. The router behind its own gRPC server, a real providers gRPC server on loopback;
+the money store on one Redis server and on a real Redis Cluster."""
 
 from __future__ import annotations
 
@@ -67,12 +67,13 @@ async def spent(store: Store, account: Account) -> tuple[int, int]:
 async def test_a_cached_answer_is_free_within_its_tenant_never_across_and_never_past_a_spent_budget(
     tmp_path: Path, any_redis_url: str
 ) -> None:
+    """With the cache scoped by tenant (by key, the default, another key is never served it: test_cache_scope.py)."""
     provider = Answering()
     prompt = f"What is the capital of France? {uuid.uuid4().hex}"
     first, second = Account("acme", key_id("key-a")), Account("acme", key_id("key-b"))
     async with (
         store_on(any_redis_url) as store,
-        served_router(tmp_path, store, provider) as running,
+        served_router(tmp_path, store, provider, cache_scope="tenant") as running,
         grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
     ):
         router = router_pb2_grpc.RouterStub(channel)

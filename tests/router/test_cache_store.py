@@ -42,7 +42,7 @@ def answer(model: str, cost: str = "0.000042") -> router_pb2.CompleteResponse:
 
 
 async def test_an_answer_is_cached_per_tenant_with_its_ttl(any_redis_url: str) -> None:
-    cache = ResponseCache(RedisCache(any_redis_url), ttl_s=60)
+    cache = ResponseCache(RedisCache(any_redis_url), ttl_s=60, scope="key", tenant_scope={})
     client = connect(any_redis_url)
     try:
         prompts = [f"question {n}" for n in range(30)]
@@ -65,7 +65,7 @@ async def test_an_answer_is_cached_per_tenant_with_its_ttl(any_redis_url: str) -
 
 
 async def test_an_unreadable_cache_entry_is_a_miss_not_a_failure(any_redis_url: str) -> None:
-    cache = ResponseCache(RedisCache(any_redis_url), ttl_s=60)
+    cache = ResponseCache(RedisCache(any_redis_url), ttl_s=60, scope="key", tenant_scope={})
     client = connect(any_redis_url)
     try:
         await cache.put(routed("acme", "question"), answer("gpt-4o-mini"))
@@ -104,7 +104,7 @@ async def test_a_cached_answer_keeps_its_log_probabilities_and_is_only_served_to
 ) -> None:
     """An answer cached for a request that asked for log-probabilities is served again with them; a request that
     asks for none, or for other top_logprobs, is another entry (a miss), never given them or served without them."""
-    cache = ResponseCache(RedisCache(any_redis_url), ttl_s=60)
+    cache = ResponseCache(RedisCache(any_redis_url), ttl_s=60, scope="key", tenant_scope={})
     text = f"question {uuid.uuid4().hex}"
 
     def asking(passthrough: str) -> Routed:

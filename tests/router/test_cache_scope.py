@@ -1,0 +1,91 @@
+"""The response cache's scope: by default an answer is served again to the API key whose request it answered alone, so
+a cache hit (free, fast, `cache_hit`) never tells one key that a colleague of its tenant sent the same request; a
+tenant whose scope is `tenant` (ROUTER_TENANT_CACHE_SCOPE, or ROUTER_CACHE_SCOPE for every tenant) shares its answers
+among its keys, as before. A key's requests sent by key id (the edge's batch lines) share its entries either way. The
+router behind its own gRPC server over Redis, a providers gRPC server on loopback answering."""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from pydantic import ValidationError
+
+from llmrouter.v1 import router_pb2_grpc
+from services.router.settings import RouterSettings
+from services.router.store import Account, RedisStore, key_id, period_id, to_pico
+from tests.router.servicer_kit import served_router
+from tests.router.test_cache_money import COST, Answering, ask
+
+
+async def complete(router: router_pb2_grpc.RouterStub, tenant: str, prompt: str, **who: Any) -> tuple[bool, str]:
+    """Whether the answer was a cache hit, and what it cost."""
+    reply = await router.Complete(ask(prompt, tenant, **who), timeout=10)
+    return reply.cache_hit, reply.cost_usd
+
+
+async def test_by_default_a_key_is_served_its_own_answers_again_never_a_colleagues(
+    tmp_path: Path, redis_store: RedisStore
+) -> None:
+    provider = Answering()
+    prompt = f"What is the capital of France? {uuid.uuid4().hex}"
+    async with (
+        served_router(tmp_path, redis_store, provider) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        router = router_pb2_grpc.RouterStub(channel)
+        assert await complete(router, "acme", prompt, api_key="key-a") == (False, format(COST, "f"))
+        assert await complete(router, "acme", prompt, api_key="key-b") == (False, format(COST, "f"))  # a colleague
+        assert await complete(router, "acme", prompt, api_key="key-a") == (True, "0")
+        assert await complete(router, "acme", prompt, api_key="key-b") == (True, "0")
+        # The same key by its id, as the edge sends a batch line: its own entries.
+        assert await complete(router, "acme", prompt, api_key_id=key_id("key-a")) == (True, "0")
+        assert provider.generated == 2
+    colleague = await redis_store.spent(Account("acme", key_id("key-b")), period_id("day"))
+    assert colleague == (2 * to_pico(COST), to_pico(COST))  # it paid for its own answer
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"tenant_cache_scope": {"acme": "tenant"}},
+        {"cache_scope": "tenant", "tenant_cache_scope": {"globex": "key"}},
+    ],
+    ids=["acme shares", "every tenant shares but globex"],
+)
+async def test_a_tenant_scoped_cache_serves_any_of_its_keys_and_a_key_scoped_one_does_not(
+    tmp_path: Path, redis_store: RedisStore, settings: dict[str, Any]
+) -> None:
+    provider = Answering()
+    prompt = f"Name a prime number. {uuid.uuid4().hex}"
+    async with (
+        served_router(tmp_path, redis_store, provider, **settings) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        router = router_pb2_grpc.RouterStub(channel)
+        for tenant in ("acme", "globex"):
+            await complete(router, tenant, prompt, api_key="key-a")
+        acme = [await complete(router, "acme", prompt, api_key="key-b"), await complete(router, "acme", prompt)]
+        globex = await complete(router, "globex", prompt, api_key_id=key_id("key-b"))
+        batch_line = await complete(router, "acme", prompt, api_key_id=key_id("key-c"))
+    assert [hit for hit, _ in acme] == [True, True]  # another key and a keyless request of acme
+    assert batch_line == (True, "0")  # a key's requests by id share the tenant's entries too
+    assert globex == (False, format(COST, "f"))
+    assert provider.generated == 3
+    assert Decimal(globex[1]) == COST
+
+
+def test_a_scope_is_tenant_or_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ROUTER_TENANT_CACHE_SCOPE", '{"acme": "tenant", "globex": "key"}')
+    settings = RouterSettings()
+    assert (settings.cache_scope, settings.tenant_cache_scope) == ("key", {"acme": "tenant", "globex": "key"})
+    monkeypatch.setenv("ROUTER_TENANT_CACHE_SCOPE", '{"acme": "everyone"}')
+    with pytest.raises(ValidationError):
+        RouterSettings()
+    monkeypatch.delenv("ROUTER_TENANT_CACHE_SCOPE")
+    monkeypatch.setenv("ROUTER_CACHE_SCOPE", "tenant")
+    assert RouterSettings().cache_scope == "tenant"
