@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from llmrouter.tasks import raise_if_cancelled
-from services.router.metrics import LEDGER_SINK_BACKLOG_AGE, LEDGER_SINK_BACKLOG_ENTRIES
+from services.ledger.sink_metrics import PROCESS_SINK_METRICS, SinkMetrics
 
 if TYPE_CHECKING:
     from services.ledger.sink import Source
@@ -77,9 +77,11 @@ async def read_backlog(client: Any, streams: list[str], group: str) -> Backlog:
     )
 
 
-async def report_backlog(source: Source, every_s: float = READ_EVERY_S) -> None:
-    """Set the gauges from the source every `every_s` until cancelled; NaN while it cannot be read (the money store
-    out of reach: its own alerts say so), never an old figure."""
+async def report_backlog(
+    source: Source, every_s: float = READ_EVERY_S, metrics: SinkMetrics = PROCESS_SINK_METRICS
+) -> None:
+    """Set the gauges (the process's, or a test's own: SinkMetrics) from the source every `every_s` until cancelled;
+    NaN while it cannot be read (the money store out of reach: its own alerts say so), never an old figure."""
     failing = False
     while True:
         try:
@@ -91,7 +93,7 @@ async def report_backlog(source: Source, every_s: float = READ_EVERY_S) -> None:
             failing = True
             backlog = Backlog(math.nan, math.nan, math.nan)
         raise_if_cancelled()  # redis-py can swallow a cancellation (llmrouter/tasks.py)
-        LEDGER_SINK_BACKLOG_AGE.set(backlog.age_s)
-        LEDGER_SINK_BACKLOG_ENTRIES.labels("pending").set(backlog.pending)
-        LEDGER_SINK_BACKLOG_ENTRIES.labels("unread").set(backlog.unread)
+        metrics.backlog_age.set(backlog.age_s)
+        metrics.backlog_entries.labels("pending").set(backlog.pending)
+        metrics.backlog_entries.labels("unread").set(backlog.unread)
         await asyncio.sleep(every_s)

@@ -18,6 +18,7 @@ from services.ledger.backlog import report_backlog
 from services.ledger.db import LedgerDB, open_ledger
 from services.ledger.settings import LedgerSettings
 from services.ledger.sink import LedgerSink, MemorySource, RedisSource, Source, consumer_name
+from services.ledger.sink_metrics import PROCESS_SINK_METRICS, SinkMetrics
 from services.router.settings import RouterSettings
 from services.router.store import MemoryStore, Store
 
@@ -66,14 +67,18 @@ async def build_indexes(db: LedgerDB) -> None:
         log.warning("ledger account index not built", extra={"error": str(exc)})
 
 
-async def open_ledger_sink(settings: RouterSettings, store: Store) -> tuple[LedgerDB, Callable[[], Awaitable[None]]]:
+async def open_ledger_sink(
+    settings: RouterSettings, store: Store, metrics: SinkMetrics = PROCESS_SINK_METRICS
+) -> tuple[LedgerDB, Callable[[], Awaitable[None]]]:
+    """The router's SQL ledger, and its sink (with its backlog's reporter, both reporting to `metrics`) and retention
+    running in the background; with the coroutine that stops them."""
     db = await asyncio.to_thread(ledger_for, settings)
     tasks = [asyncio.create_task(build_indexes(db))]  # beside the start-up: minutes on a large PostgreSQL ledger
     client, sink = None, None
     if settings.ledger_sql_sink:
         source, client = source_for(settings, store)
-        sink = LedgerSink(source, db)
-        tasks += [asyncio.create_task(sink.run()), asyncio.create_task(report_backlog(source))]
+        sink = LedgerSink(source, db, metrics=metrics)
+        tasks += [asyncio.create_task(sink.run()), asyncio.create_task(report_backlog(source, metrics=metrics))]
     if settings.ledger_sql_retention_days:
         tasks.append(asyncio.create_task(keep_retention(db, settings.ledger_sql_retention_days)))
 

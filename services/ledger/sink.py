@@ -15,7 +15,6 @@ when all of them are drained. Without Redis (the in-process store) it reads the 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import logging
@@ -23,17 +22,13 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any, Protocol
-
-from prometheus_client import Counter, Gauge
 
 from llmrouter.redis_connect import is_cluster_client
 from llmrouter.tasks import raise_if_cancelled
 from services.ledger.backlog import Backlog, read_backlog
 from services.ledger.db import LedgerDB, Rejected, row_from_record
-from services.router.metrics import LEDGER_SINK_FAILURES, LEDGER_SINK_LAST_SUCCESS, LEDGER_SINK_ROWS
+from services.ledger.sink_metrics import PROCESS_SINK_METRICS, SinkMetrics
 from services.router.store import SHARDS, MemoryStore, ledger_key
 
 log = logging.getLogger("llmrouter.ledger")
@@ -250,25 +245,6 @@ class MemorySource:
         return (await self.backlog()).age_s
 
 
-@dataclass(frozen=True)
-class SinkMetrics:
-    """What a sink reports: the process's metrics (services.router.metrics), or a test's own registry's, which no other
-    sink of the process (a router's, in the same event loop) stamps meanwhile."""
-
-    last_success: Gauge = LEDGER_SINK_LAST_SUCCESS
-    rows: Counter = LEDGER_SINK_ROWS
-    failures: Counter = LEDGER_SINK_FAILURES
-
-    @contextlib.contextmanager
-    def failing(self, stage: str) -> Iterator[None]:
-        """Count an exception of `stage` (never a cancellation) and let it through."""
-        try:
-            yield
-        except Exception:
-            self.failures.labels(stage).inc()
-            raise
-
-
 class LedgerSink:
     def __init__(
         self,
@@ -276,7 +252,7 @@ class LedgerSink:
         db: LedgerDB,
         block_s: float = 1.0,
         retry_s: float = 2.0,
-        metrics: SinkMetrics = SinkMetrics(),
+        metrics: SinkMetrics = PROCESS_SINK_METRICS,
     ) -> None:
         self.source, self.db = source, db
         self.block_s, self.retry_s = block_s, retry_s

@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from services.ledger.db import LedgerDB
-from services.ledger.sink import SinkMetrics
+from services.ledger.sink_metrics import SinkMetrics
 from tests.conftest import POSTGRES_URL
 
 
@@ -57,10 +57,13 @@ def ledger_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger
 
 def own_sink_metrics() -> tuple[CollectorRegistry, SinkMetrics]:
     """A sink's metrics, under their served names, in a registry of the test's own: a router's sink still running in
-    this test session's event loop (the integration chain's) stamps and counts the process's meanwhile, every round."""
+    this test session's event loop (the integration chain's) stamps and counts the process's meanwhile, every round,
+    and its backlog's reporter sets the process's backlog gauges every 15 s."""
     registry = CollectorRegistry()
     return registry, SinkMetrics(
         Gauge("llmrouter_router_ledger_sink_last_success_timestamp_seconds", "", registry=registry),
         Counter("llmrouter_router_ledger_sink_rows_written", "", registry=registry),
         Counter("llmrouter_router_ledger_sink_failures", "", ["stage"], registry=registry),
+        Gauge("llmrouter_router_ledger_sink_backlog_age_seconds", "", registry=registry),
+        Gauge("llmrouter_router_ledger_sink_backlog_entries", "", ["state"], registry=registry),
     )

@@ -29,7 +29,6 @@ from services.ledger.service import open_ledger_sink
 from services.ledger.sink import LedgerSink, MemorySource, RedisSource, stream_entry
 from services.ledger.stats import summarize
 from services.router.budgets import usd
-from services.router.metrics import LEDGER_SINK_BACKLOG_AGE as BACKLOG_GAUGE
 from services.router.operations import ALL, Operations
 from services.router.operator_servicer import budget_message
 from services.router.settings import RouterSettings
@@ -525,12 +524,13 @@ async def test_the_backlog_gauge_grows_while_the_database_refuses_and_falls_once
     flaky = FlakyDB(ledger_db)
     flaky.down = True
     reader = source(client, "sink-behind")
-    sink = LedgerSink(reader, flaky, block_s=0.02, retry_s=0.02)  # type: ignore[arg-type]
+    registry, metrics = own_sink_metrics()
+    sink = LedgerSink(reader, flaky, block_s=0.02, retry_s=0.02, metrics=metrics)  # type: ignore[arg-type]
     await charge_some(store, 0, 5, random.Random(8))
-    tasks = [asyncio.create_task(sink.run()), asyncio.create_task(report_backlog(reader, every_s=0.01))]
+    tasks = [asyncio.create_task(sink.run()), asyncio.create_task(report_backlog(reader, 0.01, metrics))]
 
     def age() -> float:
-        return REGISTRY.get_sample_value(BACKLOG_AGE) or 0.0
+        return registry.get_sample_value(BACKLOG_AGE) or 0.0
 
     try:
         await wait_until(lambda: flaky.refused >= 1 and age() > 0)
@@ -562,26 +562,33 @@ async def test_the_backlog_of_the_in_process_ledger(ledger_db: LedgerDB) -> None
 
 async def test_the_router_reports_the_backlog_only_with_a_sink(redis_url: str, tmp_path: Path) -> None:
     """Without the SQL sink (ROUTER_LEDGER_SQL_SINK=false) nothing copies the ledger, and nothing reports a backlog:
-    the gauge stays as it was (0 from the process' start), so LLMRouterLedgerSinkBehind stays quiet."""
+    the gauge stays as it was (0 from the process' start), so LLMRouterLedgerSinkBehind stays quiet. Read in the
+    sink's own registry: another router's reporter in this process (the session's chain router's, every 15 s; here
+    every 10 ms) sets the process's gauge meanwhile."""
     store = RedisStore(redis_url)
     await charge_some(store, 0, 3, random.Random(10))
-    BACKLOG_GAUGE.set(-1)  # a value neither would report
+    registry, metrics = own_sink_metrics()
+    metrics.backlog_age.set(-1)  # a value neither would report
+    another_router = asyncio.create_task(report_backlog(MemorySource(MemoryStore()), every_s=0.01))
     try:
         for sink_on in (False, True):
             settings = RouterSettings(
                 redis_url=RedisUrl(redis_url), ledger_sql_path=tmp_path / "ledger.sqlite3", ledger_sql_sink=sink_on
             )
-            _, stop = await open_ledger_sink(settings, store)
+            _, stop = await open_ledger_sink(settings, store, metrics)
             try:
                 if sink_on:
-                    await wait_until(lambda: REGISTRY.get_sample_value(BACKLOG_AGE) != -1)
+                    await wait_until(lambda: registry.get_sample_value(BACKLOG_AGE) != -1)
                 else:
                     await asyncio.sleep(0.2)
-                    assert REGISTRY.get_sample_value(BACKLOG_AGE) == -1
+                    assert registry.get_sample_value(BACKLOG_AGE) == -1
+                    assert REGISTRY.get_sample_value(BACKLOG_AGE) != -1  # the other router's reporter ran
                     assert not await client_groups(redis_url)  # nor read the streams as a sink would
             finally:
                 await stop()
     finally:
+        another_router.cancel()
+        await asyncio.gather(another_router, return_exceptions=True)
         await store.close()
 
 

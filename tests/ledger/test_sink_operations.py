@@ -38,10 +38,6 @@ FAILURES = "llmrouter_router_ledger_sink_failures_total"
 ENTRIES = "llmrouter_router_ledger_sink_backlog_entries"
 
 
-def sample(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
-
-
 async def consumers(client: Any) -> set[str]:
     """The names of this test group's consumers, over every shard's stream that has the group."""
     names = set()
@@ -102,7 +98,12 @@ async def test_the_backlog_counts_the_entries_pending_and_unread(any_redis_url: 
     group), read and not committed (pending), none once acknowledged; the reporter sets both beside the age."""
     store = RedisStore(any_redis_url)
     reader = sink_source(client, "sink-counting")
-    reporter = asyncio.create_task(report_backlog(reader, every_s=0.01))
+    registry, metrics = own_sink_metrics()
+    reporter = asyncio.create_task(report_backlog(reader, 0.01, metrics))
+
+    def sample(name: str, **labels: str) -> float:
+        return registry.get_sample_value(name, labels) or 0.0
+
     try:
         await charge_some(store, 0, 20, random.Random(12))
         backlog = await reader.backlog()
