@@ -3,8 +3,9 @@ settings (ROUTER_REDIS_URL for the sink).
 
 export  writes the rows (optionally --since/--until, Unix seconds or YYYY-MM-DD) as CSV or JSONL
 trim    deletes the rows older than --days (default ROUTER_LEDGER_SQL_RETENTION_DAYS) but each account's newest
-sink    copies the Redis ledger stream into the table until stopped, beside or instead of the routers' sinks; its
-        metrics on ROUTER_LEDGER_SINK_METRICS_PORT (9105; 0: none) at ROUTER_LEDGER_SINK_METRICS_HOST (127.0.0.1)
+sink    copies the Redis ledger stream into the table until SIGTERM or SIGINT (then exits 0 once the round in flight
+        is committed and acknowledged), beside or instead of the routers' sinks; its metrics on
+        ROUTER_LEDGER_SINK_METRICS_PORT (9105; 0: none) at ROUTER_LEDGER_SINK_METRICS_HOST (127.0.0.1)
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import calendar
+import signal
 import sys
 import time
 from pathlib import Path
@@ -23,11 +25,15 @@ from llmrouter.settings import load_settings
 from llmrouter.tasks import stop as stop_task
 from services.ledger import export
 from services.ledger.backlog import report_backlog
-from services.ledger.db import LedgerUnavailable
+from services.ledger.db import LedgerDB, LedgerUnavailable
 from services.ledger.service import ledger_for
 from services.ledger.settings import LedgerSettings
 from services.ledger.sink import LedgerSink, RedisSource, consumer_name
 from services.router.metrics import SINK_METRICS
+
+# How long a stopped sink waits for its round in flight: within Kubernetes' 30 s before it kills the pod, and far more
+# than a round takes (a batch of 500 entries a stream).
+STOP_GRACE_S = 20.0
 
 
 def when(text: str) -> float:
@@ -45,6 +51,37 @@ def serve_metrics(port: int, host: str) -> None:
     for collector in (*SINK_METRICS, PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
         registry.register(collector)
     start_http_server(port, addr=host, registry=registry)
+
+
+async def run_sink(settings: LedgerSettings, db: LedgerDB) -> int:
+    """Copy the Redis ledger streams into the table until SIGTERM (a pod stopped) or SIGINT: then the sink reads no
+    more, the round in flight ends as every round does (rows committed, then entries acknowledged: none left pending,
+    none written twice) and the process exits 0. A round still unfinished after STOP_GRACE_S (a database that stopped
+    answering) is cancelled: its entries stay pending and the next sink copies them (rows are keyed by their entry)."""
+    if not settings.redis_url:
+        print("ROUTER_REDIS_URL is not set: the in-process ledger is copied by its router", file=sys.stderr)
+        return 2
+    if settings.ledger_sink_metrics_port:
+        serve_metrics(settings.ledger_sink_metrics_port, settings.ledger_sink_metrics_host)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    client = connect(settings.redis_url)
+    source = RedisSource(client, consumer_name(), settings.ledger_sql_claim_idle_s)
+    sink = asyncio.create_task(LedgerSink(source, db).run(stopping))
+    tasks = [sink, asyncio.create_task(report_backlog(source)), asyncio.create_task(stopping.wait())]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()  # the sink and the reporter end only by an error: raised
+        print("ledger sink: stopping once the round in flight is committed and acknowledged", file=sys.stderr)
+        await asyncio.wait([sink], timeout=STOP_GRACE_S)
+    finally:
+        for task in tasks:
+            await stop_task(task)
+        await client.aclose()
+    return 0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -83,20 +120,7 @@ async def main(argv: list[str]) -> int:
                 f"deleted {await db.trim(time.time() - days * 86400)} rows and rejected entries older than {days} days"
             )
         else:
-            if not settings.redis_url:
-                print("ROUTER_REDIS_URL is not set: the in-process ledger is copied by its router", file=sys.stderr)
-                return 2
-            if settings.ledger_sink_metrics_port:
-                serve_metrics(settings.ledger_sink_metrics_port, settings.ledger_sink_metrics_host)
-            client = connect(settings.redis_url)
-            source = RedisSource(client, consumer_name(), settings.ledger_sql_claim_idle_s)
-            tasks = [asyncio.create_task(LedgerSink(source, db).run()), asyncio.create_task(report_backlog(source))]
-            try:
-                await asyncio.gather(*tasks)
-            finally:
-                for task in tasks:
-                    await stop_task(task)
-                await client.aclose()
+            return await run_sink(settings, db)
     except LedgerUnavailable as exc:  # the database down: said plainly, no traceback, a file to write left as it was
         print(f"ledger {args.command}: {exc}", file=sys.stderr)
         return 1

@@ -15,6 +15,7 @@ when all of them are drained. Without Redis (the in-process store) it reads the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
@@ -295,17 +296,21 @@ class LedgerSink:
         while await self.step(block_s=0.001):
             pass
 
-    async def run(self) -> None:
-        """Copy until cancelled; a failure (Redis or the database away) is retried, never fatal."""
+    async def run(self, stopping: asyncio.Event | None = None) -> None:
+        """Copy until cancelled, or until `stopping` is set: then the round in flight ends as every round does (its
+        rows committed, then its entries acknowledged) and no other starts. A failure (Redis or the database away) is
+        retried, never fatal."""
+        stopping = stopping or asyncio.Event()
         self.metrics.last_success.set_to_current_time()  # a sink failing from its start is stalled since then
-        while True:
+        while not stopping.is_set():
             try:
                 await self.step()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("ledger sink retrying: %s: %s", exc.__class__.__name__, exc)
-                await asyncio.sleep(self.retry_s)
+                with contextlib.suppress(TimeoutError):  # a stop cuts the wait short: nothing is in flight
+                    await asyncio.wait_for(stopping.wait(), self.retry_s)
             # redis-py can swallow a cancellation (seen: the sink kept reading, and the router's stop() waited for
             # it forever); a cancelled sink stops anyway.
             raise_if_cancelled()
