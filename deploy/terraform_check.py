@@ -68,10 +68,12 @@ GOOD: dict[str, dict | Path] = {
         "edge_p99_slo_seconds": 30,
         "ledger_dsn_secret": {"name": "llm-prod-ledger", "key": "postgres-dsn"},
         "ledger_trim": {"schedule": "0 4 * * *", "time_zone": "Europe/Paris", "retention_days": 14},
+        "ledger_sink": {"enabled": True, "replicas": 2, "metrics_port": 9205},
         "end_user_hash_secret": {"name": "llm-prod-end-users", "key": "hmac-secret"},
     },
     "ledger-trim-off": {"ledger_dsn_secret": {"name": "llm-ledger"}, "ledger_trim": {"enabled": False}},
     "ledger-trim-macro": {"ledger_dsn_secret": {"name": "llm-ledger"}, "ledger_trim": {"schedule": "@daily"}},
+    "ledger-sink": {"ledger_dsn_secret": {"name": "llm-ledger"}, "ledger_sink": {"enabled": True}},
     "redis-password-secret": {"redis_password_secret": {"name": "llm-redis-auth", "keys": {"money": "money-pw"}}},
 }
 
@@ -87,6 +89,9 @@ EXPECTED: dict[str, dict] = {
                 k: CHART_DEFAULTS["router"]["ledgerTrim"][k]
                 for k in ("enabled", "schedule", "timeZone", "retentionDays")
             },
+            "ledgerSink": {
+                k: CHART_DEFAULTS["router"]["ledgerSink"][k] for k in ("enabled", "replicas", "metricsPort")
+            },
         },
     },
     "example": {
@@ -100,6 +105,7 @@ EXPECTED: dict[str, dict] = {
             "ledgerDsnSecret": {"name": "llm-prod-ledger", "key": "postgres-dsn"},
             "endUserHashSecret": {"name": "llm-prod-end-users", "key": "hmac-secret"},
             "ledgerTrim": {"enabled": True, "schedule": "0 4 * * *", "timeZone": "Europe/Paris", "retentionDays": 14},
+            "ledgerSink": {"enabled": True, "replicas": 2, "metricsPort": 9205},
             "autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 6},
         }
     },
@@ -107,6 +113,7 @@ EXPECTED: dict[str, dict] = {
         "router": {"ledgerDsnSecret": {"name": "llm-ledger", "key": "dsn"}, "ledgerTrim": {"enabled": False}}
     },
     "ledger-trim-macro": {"router": {"ledgerTrim": {"enabled": True, "schedule": "@daily"}}},
+    "ledger-sink": {"router": {"ledgerSink": {"enabled": True, "replicas": 1, "metricsPort": 9105}}},
     "redis-password-secret": {
         "redis": {
             "auth": {
@@ -150,6 +157,11 @@ BAD: list[tuple[dict, str]] = [
     ({"ledger_trim": {"time_zone": "Europe/../Paris"}}, "ledger_trim.time_zone must be an IANA time zone name"),
     ({"ledger_trim": {"retention_days": 0}}, "ledger_trim.retention_days must be a whole number of days"),
     ({"ledger_trim": {"retention_days": 1.5}}, "ledger_trim.retention_days must be a whole number of days"),
+    ({"ledger_sink": {"enabled": True}}, "ledger_sink.enabled needs ledger_dsn_secret"),
+    ({"ledger_sink": {"replicas": 0}}, "ledger_sink.replicas must be a whole number"),
+    ({"ledger_sink": {"replicas": 1.5}}, "ledger_sink.replicas must be a whole number"),
+    ({"ledger_sink": {"metrics_port": 0}}, "ledger_sink.metrics_port must be a port number"),
+    ({"ledger_sink": {"metrics_port": 65536}}, "ledger_sink.metrics_port must be a port number"),
 ]
 
 # What each example passes to the root module, so that its install is one to run: the edge's keys, the SQL ledger in

@@ -23,6 +23,11 @@ locals {
         timeZone      = var.ledger_trim.time_zone
         retentionDays = var.ledger_trim.retention_days
       }
+      ledgerSink = {
+        enabled     = var.ledger_sink.enabled
+        replicas    = var.ledger_sink.replicas
+        metricsPort = var.ledger_sink.metrics_port
+      }
     }
     fullnameOverride = var.release_name
     redis = {

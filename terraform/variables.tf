@@ -219,6 +219,30 @@ variable "ledger_trim" {
   }
 }
 
+variable "ledger_sink" {
+  description = "A standalone SQL ledger sink (`python -m services.ledger sink`, the chart's router.ledgerSink): a Deployment of its own copying the ledger streams of the money Redis into PostgreSQL in place of each router's own sink (the routers get ROUTER_LEDGER_SQL_SINK=false), so the database's writers do not scale and roll with the routers. It needs ledger_dsn_secret. Its replicas share the streams as one consumer group; its metrics on metrics_port, scraped as job llmrouter-ledger-sink (LLMRouterLedgerSinkDown fires while none is up). Its resources: the chart's router.ledgerSink.resources, through extra_values."
+  type = object({
+    enabled      = optional(bool, false)
+    replicas     = optional(number, 1)
+    metrics_port = optional(number, 9105) # ROUTER_LEDGER_SINK_METRICS_PORT
+  })
+  default  = {}
+  nullable = false
+
+  validation {
+    condition     = !var.ledger_sink.enabled || var.ledger_dsn_secret != null
+    error_message = "ledger_sink.enabled needs ledger_dsn_secret: the standalone sink copies the ledger into PostgreSQL (a SQLite ledger is each router pod's own)."
+  }
+  validation {
+    condition     = var.ledger_sink.replicas >= 1 && floor(var.ledger_sink.replicas) == var.ledger_sink.replicas
+    error_message = "ledger_sink.replicas must be a whole number, at least 1."
+  }
+  validation {
+    condition     = var.ledger_sink.metrics_port >= 1 && var.ledger_sink.metrics_port <= 65535 && floor(var.ledger_sink.metrics_port) == var.ledger_sink.metrics_port
+    error_message = "ledger_sink.metrics_port must be a port number, 1 to 65535."
+  }
+}
+
 # --- exposure and operations ---------------------------------------------------------------------------------
 variable "ingress" {
   description = "Expose the edge through an Ingress at this host; null keeps it cluster-internal."

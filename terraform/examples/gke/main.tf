@@ -195,6 +195,7 @@ module "llm_cost_router" {
   # replicas, and, with it, the daily CronJob trimming the ledger streams in the money Redis of what it copied.
   ledger_dsn_secret = var.ledger_dsn_secret
   ledger_trim       = var.ledger_trim
+  ledger_sink       = var.ledger_sink # off by default: the routers copy the ledger themselves
   # The secret keying the end-user ids sent to providers: without it, whoever knows a tenant's name can confirm a
   # guessed id in what a provider sees.
   end_user_hash_secret = var.end_user_hash_secret

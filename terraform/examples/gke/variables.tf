@@ -79,3 +79,14 @@ variable "ledger_trim" {
   default  = {}
   nullable = false
 }
+
+variable "ledger_sink" {
+  description = "A standalone SQL ledger sink copying the ledger streams into PostgreSQL in place of the routers' own sinks: {enabled, replicas, metrics_port} (see the root module); it needs ledger_dsn_secret."
+  type = object({
+    enabled      = optional(bool, false)
+    replicas     = optional(number, 1)
+    metrics_port = optional(number, 9105)
+  })
+  default  = {}
+  nullable = false
+}
