@@ -58,6 +58,7 @@ def test_rules_pass_their_tests(tmp_path: Path) -> None:
 
 # The scope of every selector in the rules as rendered, and the Redis roles that persist.
 PROD, DURABLE = 'namespace="prod",release="llm"', 'redis_role=~"money|batches"'
+BACKLOG_AGE = f"llmrouter_router_ledger_sink_backlog_age_seconds{{{PROD}}}"
 
 
 @pytest.mark.parametrize(
@@ -79,6 +80,9 @@ PROD, DURABLE = 'namespace="prod",release="llm"', 'redis_role=~"money|batches"'
         ("LLMRouterLedgerEntriesRejected", "expr", "[1h]", "[10m]"),  # a single one resolved before it is seen
         ("LLMRouterLedgerTrimFailing", "for", "70m", "30m"),  # a run still in progress taken for a failure
         ("LLMRouterLedgerSinkDown", "expr", "llmrouter-ledger-sink", "llmrouter-ledger-sin"),  # a gone sink must fire
+        # a crash-looping sink's series vanish between its runs: read at the instant, the `for` never completes
+        ("LLMRouterLedgerSinkStalled", "expr", f"max_over_time({BACKLOG_AGE}[15m])", BACKLOG_AGE),
+        ("LLMRouterLedgerSinkStalled", "expr", "[15m])) > 0.9", "[15m])) > 0.2"),  # copying slowly taken for stalled
         ("LLMRouterLedgerSinkDown", "expr", 'release="llm"', 'release=~".+"'),  # another release's sink masks ours
         ("LLMRouterLedgerTrimFailing", "expr", "or (", "and ("),  # a first run that fails is missed
         ("LLMRouterMoneyRedisDown", "expr", 'redis_role="money"', 'redis_role=~".+"'),  # the cache's up masks it
