@@ -13,7 +13,7 @@ from llmrouter.settings import ServiceSettings
 
 
 def open_channel(target: str, settings: ServiceSettings) -> grpc.aio.Channel:
-    interceptors = [] if settings.call_token is None else [BearerToken(settings.call_token.get_secret_value())]
+    interceptors = [] if settings.call_token is None else bearer_token(settings.call_token.get_secret_value())
     if settings.tls_dir is None:
         return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS, interceptors=interceptors)
     credentials = grpc.ssl_channel_credentials(
@@ -24,9 +24,9 @@ def open_channel(target: str, settings: ServiceSettings) -> grpc.aio.Channel:
     return grpc.aio.secure_channel(target, credentials, options=CHANNEL_OPTIONS, interceptors=interceptors)
 
 
-class BearerToken(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):
-    """Adds `authorization: Bearer <token>` to every call (call credentials would refuse a plaintext
-    channel, which a service mesh's own mTLS may make legitimate)."""
+class _BearerToken:
+    """Adds `authorization: Bearer <token>` to a call (call credentials would refuse a plaintext channel, which a
+    service mesh's own mTLS may make legitimate)."""
 
     def __init__(self, token: str) -> None:
         self.header = ("authorization", f"Bearer {token}")
@@ -37,12 +37,23 @@ class BearerToken(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClie
             details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
         )
 
+
+class _UnaryToken(_BearerToken, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(
         self, continuation: Callable[..., Any], client_call_details: grpc.aio.ClientCallDetails, request: Any
     ) -> Any:
         return await continuation(self._with_token(client_call_details), request)
 
+
+class _StreamToken(_BearerToken, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(
         self, continuation: Callable[..., Any], client_call_details: grpc.aio.ClientCallDetails, request: Any
     ) -> Any:
         return await continuation(self._with_token(client_call_details), request)
+
+
+def bearer_token(token: str) -> list[grpc.aio.ClientInterceptor]:
+    """The token on every call, one interceptor per kind of call: a channel files an interceptor under the first kind
+    it is of alone (grpc.aio.Channel), so one of both kinds had streamed calls sent without the token (UNAUTHENTICATED
+    in auth=token: the router's streams to the providers, the edge's to the router)."""
+    return [_UnaryToken(token), _StreamToken(token)]

@@ -1,0 +1,52 @@
+"""In auth=token, a caller's token goes with every kind of call its channel makes (llmrouter.channels): a streamed
+one was sent without it, and refused (UNAUTHENTICATED), the router's streams to the providers among them. The real
+service on loopback in token mode, before the OpenAI wire-format fake."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import SecretStr
+
+from llmrouter.auth import token_digest
+from llmrouter.channels import open_channel
+from llmrouter.server import start_server
+from llmrouter.settings import ServiceSettings
+from llmrouter.v1 import common_pb2, provider_pb2_grpc
+from services.providers import ProvidersSettings, build
+from tests.fakes import FakeAnthropic, FakeOpenAI
+from tests.providers.conftest import registry
+from tests.providers.helpers import request
+
+TOKEN = "router-token-0123456789"
+
+
+@pytest.fixture
+async def token_address(tmp_path: Path, openai_fake: FakeOpenAI, anthropic_fake: FakeAnthropic) -> AsyncIterator[str]:
+    """The service in token mode: the router's token alone opens it."""
+    path = tmp_path / "models.yaml"
+    path.write_text(yaml.safe_dump(registry(openai_fake.base_url, anthropic_fake.base_url)))
+    settings = ProvidersSettings(
+        port=0,
+        metrics_port=0,
+        registry_path=path,
+        local_model_dir=tmp_path / "no-model",
+        auth="token",
+        auth_tokens=f"{token_digest(TOKEN)}=router",
+    )
+    running = await start_server("providers", settings, *await build(settings))
+    try:
+        yield f"127.0.0.1:{running.port}"
+    finally:
+        await running.stop(0)
+
+
+async def test_the_token_goes_with_unary_and_streamed_calls(token_address: str) -> None:
+    async with open_channel(token_address, ServiceSettings(call_token=SecretStr(TOKEN))) as channel:
+        stub = provider_pb2_grpc.ProviderStub(channel)
+        assert (await stub.ListModels(common_pb2.ListModelsRequest(), timeout=5)).models
+        chunks = [chunk async for chunk in stub.GenerateStream(request("cheap"), timeout=5)]
+        assert chunks[-1].final.usage.output_tokens > 0
