@@ -52,8 +52,15 @@ class _StreamToken(_BearerToken, grpc.aio.UnaryStreamClientInterceptor):
         return await continuation(self._with_token(client_call_details), request)
 
 
+class _BidiToken(_BearerToken, grpc.aio.StreamStreamClientInterceptor):
+    async def intercept_stream_stream(
+        self, continuation: Callable[..., Any], client_call_details: grpc.aio.ClientCallDetails, request_iterator: Any
+    ) -> Any:
+        return await continuation(self._with_token(client_call_details), request_iterator)
+
+
 def bearer_token(token: str) -> list[grpc.aio.ClientInterceptor]:
     """The token on every call, one interceptor per kind of call: a channel files an interceptor under the first kind
     it is of alone (grpc.aio.Channel), so one of both kinds had streamed calls sent without the token (UNAUTHENTICATED
     in auth=token: the router's streams to the providers, the edge's to the router)."""
-    return [_UnaryToken(token), _StreamToken(token)]
+    return [_UnaryToken(token), _StreamToken(token), _BidiToken(token)]

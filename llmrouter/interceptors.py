@@ -93,7 +93,12 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 self._stream(method, parse, cast(Callable[..., AsyncGenerator[Any]], handler.unary_stream)),
                 response_serializer=handler.response_serializer,
             )
-        return None  # client-streaming RPCs would bypass authentication: none is served (UNIMPLEMENTED)
+        if handler.stream_stream:
+            return grpc.stream_stream_rpc_method_handler(
+                self._bidi(method, parse, cast(Callable[..., AsyncGenerator[Any]], handler.stream_stream)),
+                response_serializer=handler.response_serializer,
+            )
+        return None  # client-streaming RPCs with a single reply: none is served here (UNIMPLEMENTED)
 
     def _unary(
         self, method: str, parse: Parser, behaviour: Callable[..., Awaitable[Any]]
@@ -119,6 +124,23 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 with acting_as(self.authenticator.identify(context)):
                     call.request = _parse(parse, raw)
                     async with aclosing(behaviour(call.request, context)) as items:
+                        async for item in items:
+                            yield item
+
+        return wrapped
+
+    def _bidi(
+        self, method: str, parse: Parser, behaviour: Callable[..., AsyncGenerator[Any]]
+    ) -> Callable[..., AsyncIterator[Any]]:
+        """A call streaming both ways: authenticated before its first message is parsed, as any other; each message
+        parsed as it is read, inside the guard (a malformed one fails the call with INVALID_ARGUMENT)."""
+        seconds = RPC_SECONDS.labels(self.service, method)
+
+        async def wrapped(raws: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async with self._guard(method, seconds, context):
+                with acting_as(self.authenticator.identify(context)):
+                    requests = (_parse(parse, raw) async for raw in raws)
+                    async with aclosing(behaviour(requests, context)) as items:
                         async for item in items:
                             yield item
 

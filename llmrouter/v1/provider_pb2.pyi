@@ -31,6 +31,14 @@ class GenerateRequest(_message.Message):
     input_progress: bool
     def __init__(self, model: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., request_id: _Optional[str] = ..., passthrough_json: _Optional[str] = ..., want_confidence: _Optional[bool] = ..., retry_budget_usd: _Optional[str] = ..., tool_call_progress: _Optional[bool] = ..., input_progress: _Optional[bool] = ...) -> None: ...
 
+class CuedRequest(_message.Message):
+    __slots__ = ("request", "send")
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    SEND_FIELD_NUMBER: _ClassVar[int]
+    request: GenerateRequest
+    send: bool
+    def __init__(self, request: _Optional[_Union[GenerateRequest, _Mapping]] = ..., send: _Optional[bool] = ...) -> None: ...
+
 class GenerateResponse(_message.Message):
     __slots__ = ("content", "usage", "cost_usd", "finish_reason", "model", "provider", "retries", "latency_ms", "tool_calls_json", "mean_logprob", "logprobs_json")
     CONTENT_FIELD_NUMBER: _ClassVar[int]
@@ -58,18 +66,20 @@ class GenerateResponse(_message.Message):
     def __init__(self, content: _Optional[str] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., cost_usd: _Optional[str] = ..., finish_reason: _Optional[str] = ..., model: _Optional[str] = ..., provider: _Optional[str] = ..., retries: _Optional[int] = ..., latency_ms: _Optional[int] = ..., tool_calls_json: _Optional[str] = ..., mean_logprob: _Optional[float] = ..., logprobs_json: _Optional[str] = ...) -> None: ...
 
 class GenerateChunk(_message.Message):
-    __slots__ = ("delta", "final", "consumed", "tool_call_tokens", "input")
+    __slots__ = ("delta", "final", "consumed", "tool_call_tokens", "input", "ready_to_send")
     DELTA_FIELD_NUMBER: _ClassVar[int]
     FINAL_FIELD_NUMBER: _ClassVar[int]
     CONSUMED_FIELD_NUMBER: _ClassVar[int]
     TOOL_CALL_TOKENS_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
+    READY_TO_SEND_FIELD_NUMBER: _ClassVar[int]
     delta: str
     final: GenerateResponse
     consumed: GenerateResponse
     tool_call_tokens: int
     input: _common_pb2.Usage
-    def __init__(self, delta: _Optional[str] = ..., final: _Optional[_Union[GenerateResponse, _Mapping]] = ..., consumed: _Optional[_Union[GenerateResponse, _Mapping]] = ..., tool_call_tokens: _Optional[int] = ..., input: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ...) -> None: ...
+    ready_to_send: bool
+    def __init__(self, delta: _Optional[str] = ..., final: _Optional[_Union[GenerateResponse, _Mapping]] = ..., consumed: _Optional[_Union[GenerateResponse, _Mapping]] = ..., tool_call_tokens: _Optional[int] = ..., input: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., ready_to_send: _Optional[bool] = ...) -> None: ...
 
 class SubmitBatchRequest(_message.Message):
     __slots__ = ("model", "requests")

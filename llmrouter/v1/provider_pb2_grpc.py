@@ -46,6 +46,11 @@ class ProviderStub:
                 request_serializer=llmrouter_dot_v1_dot_provider__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=llmrouter_dot_v1_dot_provider__pb2.GenerateChunk.FromString,
                 _registered_method=True)
+        self.GenerateStreamOnCue = channel.stream_stream(
+                '/llmrouter.v1.Provider/GenerateStreamOnCue',
+                request_serializer=llmrouter_dot_v1_dot_provider__pb2.CuedRequest.SerializeToString,
+                response_deserializer=llmrouter_dot_v1_dot_provider__pb2.GenerateChunk.FromString,
+                _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/llmrouter.v1.Provider/ListModels',
                 request_serializer=llmrouter_dot_v1_dot_common__pb2.ListModelsRequest.SerializeToString,
@@ -75,6 +80,18 @@ class ProviderServicer:
 
     def GenerateStream(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GenerateStreamOnCue(self, request_iterator, context):
+        """GenerateStream whose upstream is reached only on the caller's word: its first message is the request; once the
+        providers service is about to reach the upstream (a concurrency slot taken, before any HTTP connection or local
+        generation) it sends a `ready_to_send` chunk and waits for a `send` message. A caller that leaves before sending
+        it knows that no upstream had the request: nothing was generated, nor billed. A caller's side closed without it
+        (which is also how gRPC ends the request stream of a caller that cancels) never lets it go. The call's deadline
+        bounds the wait: DEADLINE_EXCEEDED with metadata sent = "false". Otherwise as GenerateStream.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -112,6 +129,11 @@ def add_ProviderServicer_to_server(servicer, server):
             'GenerateStream': grpc.unary_stream_rpc_method_handler(
                     servicer.GenerateStream,
                     request_deserializer=llmrouter_dot_v1_dot_provider__pb2.GenerateRequest.FromString,
+                    response_serializer=llmrouter_dot_v1_dot_provider__pb2.GenerateChunk.SerializeToString,
+            ),
+            'GenerateStreamOnCue': grpc.stream_stream_rpc_method_handler(
+                    servicer.GenerateStreamOnCue,
+                    request_deserializer=llmrouter_dot_v1_dot_provider__pb2.CuedRequest.FromString,
                     response_serializer=llmrouter_dot_v1_dot_provider__pb2.GenerateChunk.SerializeToString,
             ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
@@ -184,6 +206,33 @@ class Provider:
             target,
             '/llmrouter.v1.Provider/GenerateStream',
             llmrouter_dot_v1_dot_provider__pb2.GenerateRequest.SerializeToString,
+            llmrouter_dot_v1_dot_provider__pb2.GenerateChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GenerateStreamOnCue(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/llmrouter.v1.Provider/GenerateStreamOnCue',
+            llmrouter_dot_v1_dot_provider__pb2.CuedRequest.SerializeToString,
             llmrouter_dot_v1_dot_provider__pb2.GenerateChunk.FromString,
             options,
             channel_credentials,

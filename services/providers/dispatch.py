@@ -12,7 +12,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from decimal import Decimal
 
@@ -149,11 +149,13 @@ class Dispatcher:
         retry_budget: Decimal | None = None,
         tool_call_progress: bool = False,
         input_progress: bool = False,
+        cue: Callable[[], Awaitable[None]] | None = None,
     ) -> AsyncGenerator[provider_pb2.GenerateChunk, None]:
         """Retried before the first delivered token; what failed attempts consumed is reported on top, and no
         attempt is retried once that exceeds `retry_budget` (USD; None: no limit). With `tool_call_progress`, the
         output tokens of the attempt's tool calls so far are told as they grow (a `tool_call_tokens` chunk); with
-        `input_progress`, the attempt's input once the upstream reports it (an `input` chunk)."""
+        `input_progress`, the attempt's input once the upstream reports it (an `input` chunk). With `cue`, the
+        upstream is reached only once it returns, after a `ready_to_send` chunk (GenerateStreamOnCue)."""
         start = time.perf_counter()
         deadline = self._deadline(budget_s)
         retries = 0
@@ -161,6 +163,9 @@ class Dispatcher:
         wasted = Wasted()  # what attempts that failed before delivering anything consumed
         try:
             async with self._slot(deadline):
+                if cue is not None:
+                    yield provider_pb2.GenerateChunk(ready_to_send=True)
+                    await self._cued(cue, deadline)
                 while True:
                     breaker = self._admit(model)
                     end = Completion()  # usage of a failed attempt must not leak into the next one
@@ -236,6 +241,19 @@ class Dispatcher:
             yield
         finally:
             self.slots.release()
+
+    async def _cued(self, cue: Callable[[], Awaitable[None]], deadline: float) -> None:
+        """Wait for the caller's word to reach the upstream, but not past the deadline."""
+        try:
+            async with asyncio.timeout_at(deadline):
+                await cue()
+        except TimeoutError:
+            raise ServiceError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                "UPSTREAM_TIMEOUT",
+                f"{self.provider}: the caller did not let the request go within the total timeout",
+                {"sent": "false"},  # nothing reached the upstream: nothing to pay
+            ) from None
 
     def _admit(self, model: ModelSpec) -> CircuitBreaker:
         breaker = self.breaker(model.name)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from decimal import Decimal, InvalidOperation
 
@@ -35,6 +35,25 @@ class ProviderServicer(provider_pb2_grpc.ProviderServicer):
     async def GenerateStream(
         self, request: provider_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[provider_pb2.GenerateChunk]:
+        async for chunk in self._stream(request, context, None):
+            yield chunk
+
+    async def GenerateStreamOnCue(
+        self, requests: AsyncIterator[provider_pb2.CuedRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[provider_pb2.GenerateChunk]:
+        messages = aiter(requests)
+        first = await anext(messages, None)
+        if first is None or first.WhichOneof("kind") != "request":
+            raise invalid("the first message must be the request", "request")
+        async for chunk in self._stream(first.request, context, lambda: send_cue(messages)):
+            yield chunk
+
+    async def _stream(
+        self,
+        request: provider_pb2.GenerateRequest,
+        context: grpc.aio.ServicerContext,
+        cue: Callable[[], Awaitable[None]] | None,
+    ) -> AsyncIterator[provider_pb2.GenerateChunk]:
         model, dispatcher = self.catalog.resolve(request.model)
         upstream = upstream_request(model, request)
         stream = dispatcher.generate_stream(
@@ -44,6 +63,7 @@ class ProviderServicer(provider_pb2_grpc.ProviderServicer):
             retry_budget(request),
             request.tool_call_progress,
             request.input_progress,
+            cue,
         )
         # aclosing: a caller that goes away closes the upstream stream now, not whenever the GC gets to it.
         async with aclosing(stream) as chunks:
@@ -98,6 +118,20 @@ def upstream_request(model: ModelSpec, request: provider_pb2.GenerateRequest) ->
         passthrough=valid.passthrough,
         request_id=request.request_id,
         want_logprobs=request.want_confidence and bool(model.logprobs),  # the registry's word, per model
+    )
+
+
+async def send_cue(messages: AsyncIterator[provider_pb2.CuedRequest]) -> None:
+    """Wait for the caller's word to reach the upstream. Its side of the stream ending first is no word: gRPC ends it
+    that way for a caller that cancelled too, before the call itself is seen cancelled."""
+    async for message in messages:
+        if message.WhichOneof("kind") == "send":
+            return
+    raise ServiceError(
+        grpc.StatusCode.CANCELLED,
+        "UPSTREAM_NOT_REACHED",
+        "the caller's side of the stream ended before it let the request go; no upstream was called",
+        {"sent": "false"},
     )
 
 

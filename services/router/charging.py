@@ -113,7 +113,7 @@ class Charger:
             (response.usage.input_tokens, response.usage.output_tokens) if generated and not capped else (0, 0)
         )
         owed = cost if capped else routed.owed
-        detail = routed.decision.reason
+        detail = routed.decision.reason + (f"; {routed.note}" if routed.note else "")
         if capped:
             reported = f"{response.usage.input_tokens} in, {response.usage.output_tokens} out"
             detail += f"; usage reported past the hold ({reported}): charged the hold"

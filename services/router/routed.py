@@ -36,6 +36,7 @@ class Routed:
     owed: Decimal = Decimal(0)
     charged: Decimal = Decimal(0)  # what its settlement charged (capped at the hold), a failure's error says it
     failure: str = "failed"  # the ledger outcome when the request ends without an answer
+    note: str = ""  # what its ledger line's reason_detail says after the routing's reason (why it was charged so)
     registry: Registry | None = None  # the snapshot the plan came from, kept for the request's life
     escalation: Mode = "auto"  # when a weak answer is asked again of a stronger tier (escalation.py)
     verifier_threshold: float | None = None  # the request's own P(good) threshold for the verifier's signal

@@ -238,8 +238,11 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 routed.settled = True
                 await asyncio.shield(self.charger.run_to_end(self._charge_partial(routed, stream, outcome, measured)))
             elif not stream.parts and stream.served is None and not isinstance(exc, ServiceError):
-                # Left before the first token: what the upstream generated is unknown, so its worst case, on top of
-                # what the attempt's failed retries consumed.
-                routed.owed += stream.worst + stream.consumed_usd
                 routed.failure = "cancelled"
+                if stream.cue.unreached:  # its providers call waited for the word to send: no upstream had it
+                    routed.note = "the caller left before the upstream was reached: the attempt cost nothing"
+                else:
+                    # Left before the first token: what the upstream generated is unknown, so its worst case, on top
+                    # of what the attempt's failed retries consumed.
+                    routed.owed += stream.worst + stream.consumed_usd
             raise

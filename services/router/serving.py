@@ -20,6 +20,7 @@ from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc
 from services.router import escalation, metrics, policy
 from services.router.admission import Admission
 from services.router.costs import affordable_output, worst_pico
+from services.router.cued_stream import Cue, provider_chunks
 from services.router.end_users import EndUserScope
 from services.router.routed import Routed, Served
 from services.router.store import PICO, to_pico
@@ -58,6 +59,8 @@ class StreamState:
     # The attempt's input as its upstream reported it (an `input` chunk), its tokens as the upstream bills them: charged
     # when the stream is left, rather than the router's own estimate of the prompt (another tokenizer's count).
     input: common_pb2.Usage | None = None
+    # Whether the attempt in progress surely never reached its upstream (the providers wait for the router's word).
+    cue: Cue = field(default_factory=Cue)
 
     @property
     def consumed_usd(self) -> Decimal:
@@ -186,9 +189,9 @@ class Serving:
             request = generate_request(routed, option.model, self.admission.end_users)
             request.retry_budget_usd = format(retry_budget(routed, stream.worst), "f")
             request.tool_call_progress = request.input_progress = True
-            call = self.providers.GenerateStream(request, timeout=routed.time_left(context))
+            chunks = provider_chunks(self.providers, request, lambda: routed.time_left(context), stream.cue)
             try:
-                async for chunk in call:
+                async for chunk in chunks:
                     kind = chunk.WhichOneof("kind")
                     if kind == "delta":
                         stream.parts.append(chunk.delta)
@@ -213,13 +216,15 @@ class Serving:
                     raise error from None
                 if "cost_usd" not in error.metadata:  # the providers' account of its retries never arrived
                     routed.owed += stream.consumed_usd
+                if stream.cue.unreached:  # ended (its deadline, the providers service gone) before the word to send
+                    error.metadata["sent"] = "false"
                 # Over: what it cost is owed next, so a caller leaving from here on has no attempt in progress.
                 stream.worst, stream.consumed, stream.tool_call_tokens = Decimal(0), common_pb2.Usage(), 0
-                stream.input = None
+                stream.input, stream.cue.unreached = None, False
                 await self._after_failed_attempt(routed, error, index, routed.time_left(context))
                 continue
             finally:
-                call.cancel()
+                await chunks.aclose()  # cancels the providers call now
             raise ServiceError(grpc.StatusCode.INTERNAL, "UPSTREAM_ERROR", "provider stream ended without usage")
 
     async def _after_failed_attempt(self, routed: Routed, error: ServiceError, index: int, time_left: float) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc
 import pytest
 import yaml
 from pydantic import SecretStr
@@ -15,7 +16,7 @@ from llmrouter.auth import token_digest
 from llmrouter.channels import open_channel
 from llmrouter.server import start_server
 from llmrouter.settings import ServiceSettings
-from llmrouter.v1 import common_pb2, provider_pb2_grpc
+from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc
 from services.providers import ProvidersSettings, build
 from tests.fakes import FakeAnthropic, FakeOpenAI
 from tests.providers.conftest import registry
@@ -50,3 +51,22 @@ async def test_the_token_goes_with_unary_and_streamed_calls(token_address: str) 
         assert (await stub.ListModels(common_pb2.ListModelsRequest(), timeout=5)).models
         chunks = [chunk async for chunk in stub.GenerateStream(request("cheap"), timeout=5)]
         assert chunks[-1].final.usage.output_tokens > 0
+
+
+async def test_a_cued_stream_is_authenticated_and_has_the_token(token_address: str, openai_fake: FakeOpenAI) -> None:
+    """GenerateStreamOnCue streams both ways: the server authenticates it as any other call, the channel sends the
+    token with it."""
+    async with grpc.aio.insecure_channel(token_address) as channel:
+        call = provider_pb2_grpc.ProviderStub(channel).GenerateStreamOnCue(timeout=5)
+        await call.write(provider_pb2.CuedRequest(request=request("cheap")))
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await call.read()
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    async with open_channel(token_address, ServiceSettings(call_token=SecretStr(TOKEN))) as channel:
+        call = provider_pb2_grpc.ProviderStub(channel).GenerateStreamOnCue(timeout=5)
+        await call.write(provider_pb2.CuedRequest(request=request("cheap")))
+        assert (await call.read()).WhichOneof("kind") == "ready_to_send"
+        await call.write(provider_pb2.CuedRequest(send=True))
+        chunks = [chunk async for chunk in call]
+        assert chunks[-1].final.usage.output_tokens > 0
+    assert len(openai_fake.requests) == 1

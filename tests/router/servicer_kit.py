@@ -74,26 +74,36 @@ async def router_servicer(
 ) -> AsyncIterator[RouterServicer]:
     """Closed (its charges still running finish) before the providers server stops; the store is the caller's."""
     providers, port = await serve_providers(provider, classifier)
-    registry_path = registry_file(tmp_path, registry)
-    config = RouterSettings(registry_path=registry_path, data_dir=tmp_path / "data", verifier=False, **settings)
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            servicer = RouterServicer(
-                config,
-                LiveRegistry(registry_path, "router"),
-                store,
-                MemoryCache(),
-                Outbox(config.data_dir),
-                classifier_pb2_grpc.ClassifierStub(channel),
-                provider_pb2_grpc.ProviderStub(channel),
-                None,
-            )
-            try:
-                yield servicer
-            finally:
-                await servicer.close()
+        async with router_servicer_to(f"127.0.0.1:{port}", tmp_path, store, registry, **settings) as servicer:
+            yield servicer
     finally:
         await providers.stop(0)
+
+
+@asynccontextmanager
+async def router_servicer_to(
+    providers_addr: str, tmp_path: Path, store: Store, registry: Registry = REGISTRY, **settings: Any
+) -> AsyncIterator[RouterServicer]:
+    """The router's servicer over providers (and a classifier, if asked) already serving at `providers_addr`; closed
+    (its charges still running finish) when the block ends."""
+    registry_path = registry_file(tmp_path, registry)
+    config = RouterSettings(registry_path=registry_path, data_dir=tmp_path / "data", verifier=False, **settings)
+    async with grpc.aio.insecure_channel(providers_addr) as channel:
+        servicer = RouterServicer(
+            config,
+            LiveRegistry(registry_path, "router"),
+            store,
+            MemoryCache(),
+            Outbox(config.data_dir),
+            classifier_pb2_grpc.ClassifierStub(channel),
+            provider_pb2_grpc.ProviderStub(channel),
+            None,
+        )
+        try:
+            yield servicer
+        finally:
+            await servicer.close()
 
 
 @asynccontextmanager

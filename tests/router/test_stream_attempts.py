@@ -9,6 +9,7 @@ from typing import Any
 import grpc
 import pytest
 
+from llmrouter.v1 import provider_pb2
 from services.router.routed import Routed
 from services.router.serving import Serving, StreamState, worst_usd
 from services.router.store import Account, Allowance, Hold, MemoryStore
@@ -25,12 +26,21 @@ class SlowExtend(MemoryStore):
 
 
 class TimedOutCall:
-    """A provider stream that fails at once with DEADLINE_EXCEEDED: the upstream may have generated anything."""
+    """A provider stream (GenerateStreamOnCue) that is ready to send at once, then, once told to, fails with
+    DEADLINE_EXCEEDED: the upstream may have generated anything."""
+
+    def __init__(self) -> None:
+        self.sent = False
 
     def __aiter__(self) -> TimedOutCall:
         return self
 
+    async def write(self, message: provider_pb2.CuedRequest) -> None:
+        self.sent |= message.send
+
     async def __anext__(self) -> Any:
+        if not self.sent:
+            return provider_pb2.GenerateChunk(ready_to_send=True)
         raise grpc.aio.AioRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, grpc.aio.Metadata(), grpc.aio.Metadata(), "late")
 
     def cancel(self) -> None:
@@ -38,7 +48,7 @@ class TimedOutCall:
 
 
 class TimingOutProviders:
-    def GenerateStream(self, request: Any, timeout: float | None = None) -> TimedOutCall:
+    def GenerateStreamOnCue(self, timeout: float | None = None) -> TimedOutCall:
         return TimedOutCall()
 
 

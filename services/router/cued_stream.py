@@ -1,0 +1,54 @@
+"""A providers stream that reaches its upstream only on the router's word (GenerateStreamOnCue): a caller that leaves
+before the word was given is owed nothing for the attempt, since no upstream had its request. The word is given as
+soon as the providers service is ready to send, so it costs one round trip between the services and no more."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass
+
+import grpc
+
+from llmrouter.v1 import provider_pb2, provider_pb2_grpc
+
+
+@dataclass
+class Cue:
+    """Whether the attempt in progress surely never reached its upstream: its providers call waits for the router's
+    word to send, not yet given (or was refused as unknown, UNIMPLEMENTED, which reaches nothing either)."""
+
+    unreached: bool = False
+
+
+async def provider_chunks(
+    providers: provider_pb2_grpc.ProviderStub,
+    request: provider_pb2.GenerateRequest,
+    time_left: Callable[[], float],
+    cue: Cue,
+) -> AsyncGenerator[provider_pb2.GenerateChunk]:
+    """The stream's chunks (the `ready_to_send` one answered, not passed on). A providers service of the version before
+    (UNIMPLEMENTED, which reached no upstream) is asked with GenerateStream, whose upstream may be reached at once."""
+    call = providers.GenerateStreamOnCue(timeout=time_left())
+    cue.unreached = True
+    try:
+        await call.write(provider_pb2.CuedRequest(request=request))
+        async for chunk in call:
+            if chunk.WhichOneof("kind") != "ready_to_send":
+                yield chunk
+                continue
+            # Given up before it is written: a caller that leaves while it is on its way may well have let it go.
+            cue.unreached = False
+            await call.write(provider_pb2.CuedRequest(send=True))
+        return
+    except grpc.RpcError as err:
+        if err.code() != grpc.StatusCode.UNIMPLEMENTED or not cue.unreached:
+            raise
+    finally:
+        call.cancel()
+    cue.unreached = False
+    old = providers.GenerateStream(request, timeout=time_left())
+    try:
+        async for chunk in old:
+            yield chunk
+    finally:
+        old.cancel()
