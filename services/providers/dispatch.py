@@ -165,7 +165,9 @@ class Dispatcher:
             async with self._slot(deadline):
                 if cue is not None:
                     yield provider_pb2.GenerateChunk(ready_to_send=True)
-                    await self._cued(cue, deadline)
+                    await self._unsent_until(
+                        deadline, cue(), "the caller did not let the request go within the total timeout"
+                    )
                 while True:
                     breaker = self._admit(model)
                     end = Completion()  # usage of a failed attempt must not leak into the next one
@@ -226,32 +228,24 @@ class Dispatcher:
 
     @asynccontextmanager
     async def _slot(self, deadline: float) -> AsyncIterator[None]:
-        """Wait for one of the provider's concurrency slots, but not past the deadline."""
-        try:
-            async with asyncio.timeout_at(deadline):
-                await self.slots.acquire()
-        except TimeoutError:
-            raise ServiceError(
-                grpc.StatusCode.DEADLINE_EXCEEDED,
-                "UPSTREAM_TIMEOUT",
-                f"{self.provider}: no free slot within the total timeout ({self.spec.max_concurrency} busy)",
-                {"sent": "false"},  # nothing reached the upstream: nothing to pay
-            ) from None
+        """Hold one of the provider's concurrency slots, waiting for it no later than the deadline."""
+        busy = f"no free slot within the total timeout ({self.spec.max_concurrency} busy)"
+        await self._unsent_until(deadline, self.slots.acquire(), busy)
         try:
             yield
         finally:
             self.slots.release()
 
-    async def _cued(self, cue: Callable[[], Awaitable[None]], deadline: float) -> None:
-        """Wait for the caller's word to reach the upstream, but not past the deadline."""
+    async def _unsent_until(self, deadline: float, step: Awaitable[object], late: str) -> None:
+        """Await a step that comes before the request is sent, but not past the deadline."""
         try:
             async with asyncio.timeout_at(deadline):
-                await cue()
+                await step
         except TimeoutError:
             raise ServiceError(
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 "UPSTREAM_TIMEOUT",
-                f"{self.provider}: the caller did not let the request go within the total timeout",
+                f"{self.provider}: {late}",
                 {"sent": "false"},  # nothing reached the upstream: nothing to pay
             ) from None
 
