@@ -254,7 +254,7 @@ class PromptCacheOptions(Closed):
 class ChatCompletionRequest(Closed):
     model: StrictStr | None = None
     messages: Annotated[list[Message], FirstError()] = Field(min_length=1)
-    stream: StrictBool = False
+    stream: StrictBool | None = None  # null, as every optional field of OpenAI's: as if left out (not streamed)
     stream_options: StreamOptions | None = None
     max_tokens: StrictInt | None = Field(default=None, ge=1, le=INT32_MAX)
     max_completion_tokens: StrictInt | None = Field(default=None, ge=1, le=INT32_MAX)

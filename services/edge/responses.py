@@ -165,7 +165,7 @@ class ResponsesFields(BaseModel):
     tool_choice: Literal["none", "auto", "required"] | NamedFunctionChoice | None = None
     parallel_tool_calls: StrictBool | None = None  # checked here: without tools it never reaches the chat route
     text: TextConfig | None = None
-    stream: StrictBool = False
+    stream: StrictBool | None = None  # null: as if left out (not streamed), as OpenAI takes it
     stream_options: JsonObject | None = None
 
 

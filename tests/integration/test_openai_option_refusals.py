@@ -113,6 +113,10 @@ async def test_the_options_beside_what_they_depend_on_are_served(chain: Chain) -
     served: list[tuple[str, dict[str, Any]]] = [
         ("/chat/completions", {"model": "auto", "messages": [USER], "stream": True, "stream_options": {}}),
         ("/chat/completions", {"model": "auto", "messages": [USER], "stream_options": None}),
+        # null, as OpenAI takes every optional field's: as if left out, not streamed.
+        ("/chat/completions", {"model": "auto", "messages": [USER], "stream": None, "stream_options": None}),
+        ("/completions", {"model": "auto", "prompt": "hello", "stream": None, "stream_options": None}),
+        ("/responses", {"model": "auto", "input": "hi", "stream": None}),
         ("/chat/completions", {"model": "auto", "messages": [USER], "tools": [TOOL], "tool_choice": chosen}),
         (
             "/responses",
@@ -128,3 +132,5 @@ async def test_the_options_beside_what_they_depend_on_are_served(chain: Chain) -
     for path, body in served:
         reply = await post(chain, path, body)
         assert reply.status_code == 200, (path, reply.text)
+        streamed = reply.headers["content-type"].startswith("text/event-stream")
+        assert streamed == bool(body.get("stream")), (path, body)
