@@ -36,13 +36,14 @@ REASONS = {
     408: b"Request Timeout",
     429: b"Too Many Requests",
     431: b"Request Header Fields Too Large",
+    501: b"Not Implemented",
 }
 # Refused here, before the app sees them, so not in llmrouter_edge_http_requests_total: a flood of slow or oversized
 # heads, or a proxy in front sending headers past the bound, shows only here.
 REFUSED = Counter(
     "llmrouter_edge_refused_requests_total",
     "Requests the edge's HTTP protocol refused before its app: malformed (400), a CONNECT (405), too slow (408), "
-    "head too large (431), pipelined past the bound (429)",
+    "head too large (431), pipelined past the bound (429), a transfer coding other than chunked (501)",
     ["status"],
 )
 
@@ -206,6 +207,13 @@ class BoundedReadProtocol(HttpToolsProtocol):
             # requests before it are answered, and the connection closed, as a proxy refusing a tunnel does.
             self.refuse(405, "method CONNECT not allowed: the edge opens no tunnels", "method_not_allowed")
             raise Refused  # httptools stops parsing the read here; the rest is dropped (refused)
+        if coding := self.unknown_transfer_coding():
+            # httptools takes any codings before a last chunked (`gzip, chunked`) and hands on the body un-chunked
+            # only: read as it is, it was served as garbage, or as JSON that says another thing than was meant.
+            # RFC 9112, 6.1: a request with a transfer coding the server does not understand is a 501.
+            message = f"transfer coding {coding!r} not implemented: send the body plain, or chunked only"
+            self.refuse(501, message, "unsupported_transfer_encoding")
+            raise Refused  # httptools stops parsing the read here; the rest is dropped (refused)
         self.in_head, self.in_body = False, True
         self.chunk_bare, self.trailer_bytes = False, 0
         self.arm()
@@ -223,6 +231,16 @@ class BoundedReadProtocol(HttpToolsProtocol):
             # reading) before it sends the body: until then, time the app holds it up, as when it has yet to take
             # what came.
             self.flow.pause_reading()
+
+    def unknown_transfer_coding(self) -> str:
+        """The first of the request's transfer codings other than chunked, in any of its Transfer-Encoding headers, or
+        '' when there is none (httptools refuses a request's codings that do not end in chunked as malformed)."""
+        for name, value in self.headers:
+            if name == b"transfer-encoding":
+                for coding in value.split(b","):
+                    if coding.strip() and coding.strip().lower() != b"chunked":
+                        return coding.strip().decode("latin-1")[:64]
+        return ""
 
     def on_body(self, body: bytes) -> None:
         self.body_bytes += len(body)

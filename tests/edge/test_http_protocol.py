@@ -389,6 +389,31 @@ def test_a_chunked_body_with_trailers_under_the_bound_is_read(edge_port: int) ->
     assert status.startswith(b"HTTP/1.1 503 "), status  # read whole, then the router is not there
 
 
+@pytest.mark.parametrize(
+    "codings",
+    [b"Transfer-Encoding: gzip, chunked", b"Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked"],
+    ids=["in one header", "in two headers"],
+)
+def test_a_transfer_coding_other_than_chunked_is_a_501_never_read_as_plain(edge_port: int, codings: bytes) -> None:
+    """httptools takes codings before a last chunked and un-chunks the body only: it was served as if plain."""
+    body = json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode()
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    sent = POST + b"Connection: close\r\n" + codings + b"\r\n\r\n" + chunked
+    status, _, refusal = answer(edge_port, sent).partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 501 "), status
+    error = json.loads(refusal)["error"]
+    assert (error["type"], error["code"]) == ("invalid_request_error", "unsupported_transfer_encoding")
+    assert "'gzip'" in error["message"]
+
+
+def test_plain_chunked_in_any_case_is_read(edge_port: int) -> None:
+    body = json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode()
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    sent = POST + b"Connection: close\r\nTransfer-Encoding: Chunked\r\n\r\n" + chunked
+    status, _, _ = answer(edge_port, sent).partition(b"\r\n")
+    assert status.startswith(b"HTTP/1.1 503 "), status  # read whole, then the router is not there
+
+
 def test_a_pipelined_head_the_edge_stopped_reading_is_not_timed_out(slow_edge_port: int) -> None:
     """Two requests queued behind one being served (its router silent): the edge stops reading, the third's head cut
     where the read ended. Its rest, sent meanwhile, waits unread: not the caller's stall, no 408."""
