@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import unquote
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -512,6 +513,33 @@ class Observe:
                 self.access_log.record((time.time(), scope["method"], path, status, elapsed, request_id, model))
 
 
+class EncodedSlashes:
+    """ASGI middleware: a path with a slash sent encoded (%2F) where its route has a separator
+    (`/v1%2Fchat%2Fcompletions`) is a 404, as any path no route has. uvicorn decodes the path before routing, so it was
+    served as the route it spells; an encoded slash is data, not a separator (RFC 3986, 2.2): only a parameter that
+    takes slashes (a model id, which OpenAI's SDKs send encoded) may hold one."""
+
+    def __init__(self, app: ASGIApp, open_prefixes: list[str]) -> None:
+        self.app = app
+        # The segments before each parameter that takes slashes: "/v1/models/{model:path}" has "", "v1" and "models".
+        self.open = [tuple(prefix.rstrip("/").split("/")) for prefix in open_prefixes]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw = (scope.get("raw_path") or b"") if scope["type"] == "http" else b""
+        if b"%2f" in raw.lower() and not self.within_a_parameter(raw):
+            sent = raw.decode("latin-1")[:MAX_LOGGED_PATH]
+            refusal = error_response(ApiError(404, f"no route {scope['method']} {sent}", code="not_found"))
+            await refusal(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def within_a_parameter(self, raw_path: bytes) -> bool:
+        """Whether the path's first encoded slash, and so every one after it, is within a parameter that takes them."""
+        segments = [unquote(segment.decode("latin-1")) for segment in raw_path.split(b"/")]
+        first = next((i for i, segment in enumerate(segments) if "/" in segment), len(segments))
+        return any(len(prefix) <= first and tuple(segments[: len(prefix)]) == prefix for prefix in self.open)
+
+
 MAX_LOGGED_PATH = 256  # a caller chooses the path: its length in the log is bounded
 ROUTES = {
     "/v1/chat/completions",
@@ -642,5 +670,9 @@ def create_app(settings: EdgeSettings, channel: grpc.aio.Channel) -> Starlette:
     # built from the Host header, which behind a proxy names the edge's internal address, and clients that follow a
     # 307 send the body again there.
     app.router.redirect_slashes = False
-    app.add_middleware(Observe, access_log=access_log)
+    open_prefixes = [
+        route.path.split("{")[0] for route in routes if isinstance(route, Route) and ":path}" in route.path
+    ]
+    app.add_middleware(EncodedSlashes, open_prefixes=open_prefixes)
+    app.add_middleware(Observe, access_log=access_log)  # added last: outermost, it also sees EncodedSlashes' 404s
     return app

@@ -541,3 +541,25 @@ def test_a_trailing_slash_is_a_404_in_openais_body_not_a_redirect_to_the_host_he
     reply = httpx.post(f"http://127.0.0.1:{edge_port}{path}", json={}, headers={"host": "edge.internal:8080"})
     assert (reply.status_code, reply.headers.get("location")) == (404, None)
     assert reply.json()["error"]["code"] == "not_found"
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("POST", "/v1%2Fchat%2Fcompletions"), ("POST", "/v1/chat%2fcompletions"), ("GET", "/v1/files/file-x%2Fcontent")],
+)
+def test_a_slash_sent_encoded_where_a_route_has_a_separator_is_a_404(edge_port: int, method: str, path: str) -> None:
+    """uvicorn decodes the path before routing: it was served as the route it spells."""
+    reply = httpx.request(method, f"http://127.0.0.1:{edge_port}{path}", json={"messages": []})
+    assert reply.status_code == 404, reply.text
+    assert reply.json()["error"] == {
+        "message": f"no route {method} {path}",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "not_found",
+    }
+
+
+def test_a_slash_sent_encoded_within_a_model_id_is_routed(edge_port: int) -> None:
+    """OpenAI's SDKs send a model id's slash encoded (`models.retrieve("org/model")`)."""
+    reply = httpx.get(f"http://127.0.0.1:{edge_port}/v1/models/org%2Fmodel")
+    assert reply.status_code == 503, reply.text  # routed, then the router is not there
