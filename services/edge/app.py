@@ -22,7 +22,7 @@ from redis.exceptions import RedisClusterException, RedisError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llmrouter.errors import ServiceError
@@ -597,7 +597,15 @@ async def _not_found(request: Request, exc: Exception) -> Response:
 
 
 async def _method(request: Request, exc: Exception) -> Response:
-    return error_response(ApiError(405, f"method {request.method} not allowed", code="method_not_allowed"))
+    """With Allow, which a 405 must have (RFC 9110, 15.5.6): the methods of every route of the path (Starlette's
+    names only the first route's, and a path's methods may be served by several)."""
+    response = error_response(ApiError(405, f"method {request.method} not allowed", code="method_not_allowed"))
+    routes = [route for route in request.app.router.routes if isinstance(route, Route)]
+    taken = {
+        method for route in routes if route.matches(request.scope)[0] != Match.NONE for method in route.methods or ()
+    }
+    response.headers["allow"] = ", ".join(sorted(taken))
+    return response
 
 
 def create_app(settings: EdgeSettings, channel: grpc.aio.Channel) -> Starlette:

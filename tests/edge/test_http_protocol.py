@@ -563,3 +563,18 @@ def test_a_slash_sent_encoded_within_a_model_id_is_routed(edge_port: int) -> Non
     """OpenAI's SDKs send a model id's slash encoded (`models.retrieve("org/model")`)."""
     reply = httpx.get(f"http://127.0.0.1:{edge_port}/v1/models/org%2Fmodel")
     assert reply.status_code == 503, reply.text  # routed, then the router is not there
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("GET", "/v1/chat/completions", "POST"),
+        ("PUT", "/v1/files", "GET, HEAD, POST"),  # two routes, one a method
+        ("PATCH", "/v1/files/file-x", "DELETE, GET, HEAD"),
+        ("POST", "/v1/models/org/model", "GET, HEAD"),
+    ],
+)
+def test_a_405_names_the_methods_its_path_takes_in_allow(edge_port: int, method: str, path: str, allowed: str) -> None:
+    reply = httpx.request(method, f"http://127.0.0.1:{edge_port}{path}")
+    assert (reply.status_code, reply.headers.get("allow")) == (405, allowed)
+    assert reply.json()["error"]["code"] == "method_not_allowed"
