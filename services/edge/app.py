@@ -33,11 +33,10 @@ from llmrouter.validation import MAX_MESSAGES, MAX_ROUTED_MESSAGES, parse_decima
 from services.batches.api import BatchApi
 from services.batches.runner import Runner
 from services.batches.store import open_store
-from services.edge import legacy, responses
+from services.edge import legacy, responses, router_headers
 from services.edge.access_log import AccessLog
 from services.edge.off_loop import parse_off_loop
 from services.edge.openai_api import (
-    ESCALATION_MODES,
     ApiError,
     check_encoded_size,
     chunk_body,
@@ -344,7 +343,7 @@ class Edge:
             try:
                 response = await self.router.Complete(message, timeout=timeout)
             except grpc.RpcError as err:
-                raise api_error(err, request_id, charging=True) from None
+                raise router_headers.named_as_sent(api_error(err, request_id, charging=True), request.headers) from None
             headers = {
                 "x-router-model": response.model,
                 "x-router-cost-usd": response.cost_usd,
@@ -356,7 +355,7 @@ class Edge:
         try:
             decision, pending = await first_chunks(call, request, request_id)
         except grpc.RpcError as err:
-            raise api_error(err, request_id, charging=True) from None
+            raise router_headers.named_as_sent(api_error(err, request_id, charging=True), request.headers) from None
         include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
         headers = {
             "x-router-model": decision.model,
@@ -411,32 +410,7 @@ class Edge:
 
     def apply_headers(self, request: Request, message: router_pb2.CompleteRequest) -> None:
         """x-router-* headers set the routing limits where a client cannot add body fields."""
-        headers = request.headers
-        try:
-            if "x-router-quality-target" in headers:
-                message.quality_target = float(headers["x-router-quality-target"])
-            if "x-router-strong-share" in headers:
-                message.strong_share = float(headers["x-router-strong-share"])
-            if "x-router-quality-kept" in headers:
-                message.quality_kept = float(headers["x-router-quality-kept"])
-            if "x-router-max-latency-ms" in headers:
-                message.max_latency_ms = int(headers["x-router-max-latency-ms"])
-            if "x-router-verifier-threshold" in headers:
-                message.verifier_threshold = float(headers["x-router-verifier-threshold"])
-        except ValueError:
-            raise ApiError(400, "x-router-* headers must be numbers", code="invalid_value") from None
-        if "x-router-max-cost-usd" in headers:
-            message.max_cost_usd = headers["x-router-max-cost-usd"]
-        if "x-router-session-id" in headers:
-            message.session_id = headers["x-router-session-id"]
-        if "x-router-escalation" in headers:
-            if headers["x-router-escalation"] not in ESCALATION_MODES:
-                raise ApiError(400, "x-router-escalation must be off, auto or strict", code="invalid_value")
-            message.escalation = headers["x-router-escalation"]
-        if "x-router-buffer-stream" in headers:
-            if headers["x-router-buffer-stream"] not in ("true", "false"):
-                raise ApiError(400, "x-router-buffer-stream must be true or false", code="invalid_value")
-            message.buffer_stream = headers["x-router-buffer-stream"] == "true"
+        router_headers.apply(request.headers, message)
 
     async def read_body(self, request: Request) -> bytes:
         return await read_limited(request, self.settings.max_body_bytes)

@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from llmrouter.v1 import operator_pb2, operator_pb2_grpc, router_pb2_grpc
+from services.edge import router_headers
 from services.edge.off_loop import parse_off_loop
 from services.edge.openai_api import ApiError, check_encoded_size, decode_json, parse_request
 
@@ -112,7 +113,10 @@ class OperatorRoutes:
         message = parsed.to_router(raw, tenant, key, uuid.uuid4().hex)
         self.edge.apply_headers(request, message)
         check_encoded_size(message)
-        return JSONResponse(as_json(await self._call(self.router.Decide, message)))
+        try:
+            return JSONResponse(as_json(await self._call(self.router.Decide, message)))
+        except ApiError as error:
+            raise router_headers.named_as_sent(error, request.headers) from None
 
     def _who(self, request: Request) -> tuple[str, bool]:
         tenant, key = self.edge.caller(request)

@@ -1,0 +1,67 @@
+"""The x-router-* headers: the routing limits a client that cannot add body fields sets, each the router request's
+field of the body field's name, which it overrides. A refusal of one names the header, as sent, in its param."""
+
+from __future__ import annotations
+
+from starlette.datastructures import Headers
+
+from llmrouter.v1 import router_pb2
+from services.edge.openai_api import ESCALATION_MODES, INT32_MAX, ApiError
+
+# Fractions: the router refuses one outside [0, 1] (NaN too).
+FRACTIONS = {
+    "x-router-quality-target": "quality_target",
+    "x-router-strong-share": "strong_share",
+    "x-router-quality-kept": "quality_kept",
+    "x-router-verifier-threshold": "verifier_threshold",
+}
+FIELDS = {
+    **FRACTIONS,
+    "x-router-max-latency-ms": "max_latency_ms",
+    "x-router-max-cost-usd": "max_cost_usd",
+    "x-router-session-id": "session_id",
+    "x-router-escalation": "escalation",
+    "x-router-buffer-stream": "buffer_stream",
+}
+
+
+def apply(headers: Headers, message: router_pb2.CompleteRequest) -> None:
+    for header, field in FRACTIONS.items():
+        if header in headers:
+            try:
+                setattr(message, field, float(headers[header]))
+            except ValueError:
+                raise ApiError(400, f"{header} must be a number", param=header, code="invalid_value") from None
+    if "x-router-max-latency-ms" in headers:
+        # Bounded as the body field is: past int64 the router's field could not even hold it.
+        text = headers["x-router-max-latency-ms"]
+        if not (text.isascii() and text.isdigit() and len(text) <= 10 and 1 <= int(text) <= INT32_MAX):
+            message_text = f"x-router-max-latency-ms must be an integer from 1 to {INT32_MAX}"
+            raise ApiError(400, message_text, param="x-router-max-latency-ms", code="invalid_value")
+        message.max_latency_ms = int(text)
+    if "x-router-max-cost-usd" in headers:
+        message.max_cost_usd = headers["x-router-max-cost-usd"]
+    if "x-router-session-id" in headers:
+        message.session_id = headers["x-router-session-id"]
+    if "x-router-escalation" in headers:
+        if headers["x-router-escalation"] not in ESCALATION_MODES:
+            message_text = "x-router-escalation must be off, auto or strict"
+            raise ApiError(400, message_text, param="x-router-escalation", code="invalid_value")
+        message.escalation = headers["x-router-escalation"]
+    if "x-router-buffer-stream" in headers:
+        if headers["x-router-buffer-stream"] not in ("true", "false"):
+            message_text = "x-router-buffer-stream must be true or false"
+            raise ApiError(400, message_text, param="x-router-buffer-stream", code="invalid_value")
+        message.buffer_stream = headers["x-router-buffer-stream"] == "true"
+
+
+def named_as_sent(error: ApiError, headers: Headers) -> ApiError:
+    """The router's refusal of a field a header set (a quality target past 1, a session id too long) naming the header,
+    which the caller sent, not the body field, which it may not have."""
+    field = error.param or ""
+    header = next((header for header, named in FIELDS.items() if named == field and header in headers), None)
+    if header is not None:
+        if error.message.startswith(field):
+            error.message = header + error.message[len(field) :]
+        error.param = header
+    return error

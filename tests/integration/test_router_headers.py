@@ -1,0 +1,48 @@
+"""The x-router-* headers set the routing limits a client cannot send as body fields: a value refused, by the edge or
+by the router, names the header the caller sent in the error's param. The real chain: edge, router over Redis,
+classifier and providers, the fake upstreams counting calls."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from services.router.admission import MAX_ID_CHARS
+from tests.integration.conftest import Chain
+
+BODY = {"model": "auto", "messages": [{"role": "user", "content": "hello"}]}
+
+
+def upstream_calls(chain: Chain) -> int:
+    return len(chain.budget.requests) + len(chain.premium.requests)
+
+
+@pytest.mark.parametrize(
+    ("header", "value"),
+    [
+        ("x-router-max-latency-ms", "99999999999999999999"),  # past int64
+        ("x-router-max-latency-ms", "99999999999"),  # past the body field's bound
+        ("x-router-max-latency-ms", "0"),
+        ("x-router-max-latency-ms", "soon"),
+        ("x-router-quality-target", "high"),
+        ("x-router-quality-target", "2"),  # the router's refusal
+        ("x-router-strong-share", "nan"),
+        ("x-router-quality-kept", "-0.5"),
+        ("x-router-verifier-threshold", "1.5"),
+        ("x-router-max-cost-usd", "-1"),
+        ("x-router-max-cost-usd", "lots"),
+        ("x-router-session-id", "s" * (MAX_ID_CHARS + 1)),
+        ("x-router-escalation", "sometimes"),
+        ("x-router-buffer-stream", "yes"),
+    ],
+)
+@pytest.mark.parametrize("path", ["/chat/completions", "/router/decide"])
+async def test_a_header_value_refused_is_named_in_param(chain: Chain, path: str, header: str, value: str) -> None:
+    before = upstream_calls(chain)
+    async with httpx.AsyncClient(timeout=30) as http:
+        reply = await http.post(f"{chain.base_url}{path}", json=BODY, headers={header: value})
+    assert reply.status_code == 400, reply.text
+    error = reply.json()["error"]
+    assert (error["param"], error["type"]) == (header, "invalid_request_error"), error
+    assert error["message"].startswith(header), error
+    assert upstream_calls(chain) == before
