@@ -26,6 +26,11 @@ FIELDS = {
 
 
 def apply(headers: Headers, message: router_pb2.CompleteRequest) -> None:
+    for header in FIELDS:
+        # Which copy counts is ambiguous (Starlette takes the first, a proxy in front may check or log the last): a
+        # limit the caller set could be served as another.
+        if len(headers.getlist(header)) > 1:
+            raise ApiError(400, f"more than one {header} header", param=header, code="duplicate_header")
     for header, field in FRACTIONS.items():
         if header in headers:
             try:

@@ -46,3 +46,28 @@ async def test_a_header_value_refused_is_named_in_param(chain: Chain, path: str,
     assert (error["param"], error["type"]) == (header, "invalid_request_error"), error
     assert error["message"].startswith(header), error
     assert upstream_calls(chain) == before
+
+
+@pytest.mark.parametrize(
+    ("header", "first", "second"),
+    [
+        ("x-router-max-latency-ms", "1000", "60000"),
+        ("x-router-quality-target", "0.2", "0.9"),
+        ("x-router-max-cost-usd", "0.01", "5"),
+        ("x-router-session-id", "a", "b"),
+        ("x-router-escalation", "off", "strict"),
+        ("x-router-buffer-stream", "true", "true"),
+    ],
+)
+@pytest.mark.parametrize("path", ["/chat/completions", "/router/decide"])
+async def test_a_header_given_twice_is_a_400_naming_it(
+    chain: Chain, path: str, header: str, first: str, second: str
+) -> None:
+    """Served with one copy, silently: which one is ambiguous, and a proxy in front may have checked the other."""
+    before = upstream_calls(chain)
+    async with httpx.AsyncClient(timeout=30) as http:
+        reply = await http.post(f"{chain.base_url}{path}", json=BODY, headers=[(header, first), (header, second)])
+    assert reply.status_code == 400, reply.text
+    error = reply.json()["error"]
+    assert (error["param"], error["code"]) == (header, "duplicate_header"), error
+    assert upstream_calls(chain) == before
