@@ -386,14 +386,13 @@ def parse_request(body: bytes, max_messages: int = MAX_MESSAGES) -> tuple[ChatCo
 
 
 def refuse_tool_options_alone(request: ChatCompletionRequest) -> None:
-    """OpenAI's 400, in its words, for tool_choice or parallel_tool_calls without tools: sent on, such a request was
-    served by an upstream that ignores them and refused by OpenAI's (a generic "the provider refused the request"),
-    as routing happened to choose. tool_choice "none" asks for no tool call, which a request without tools makes."""
-    chosen = request.tool_choice is not None and request.tool_choice != "none"
-    for name, given in (("tool_choice", chosen), ("parallel_tool_calls", request.parallel_tool_calls is not None)):
-        if given:
+    """OpenAI's 400, in its words and with its code (null), for tool_choice (even "none") or parallel_tool_calls
+    without tools: sent on, such a request was served by an upstream that ignores them and refused by OpenAI's (a
+    generic "the provider refused the request"), as routing happened to choose."""
+    for name in ("tool_choice", "parallel_tool_calls"):
+        if getattr(request, name) is not None:
             message = f"Invalid value for '{name}': '{name}' is only allowed when 'tools' are specified."
-            raise ApiError(400, message, param=name, code="invalid_value")
+            raise ApiError(400, message, param=name)
 
 
 def refuse_unknown_tool_choice(request: ChatCompletionRequest) -> None:

@@ -17,6 +17,7 @@ from tests.integration.conftest import Chain
 USER = {"role": "user", "content": "hello"}
 TOOL = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}}}
 NAMED = {"type": "function", "function": {"name": "elsewhere"}}
+ALONE = "Invalid value for '{name}': '{name}' is only allowed when 'tools' are specified."
 NO_FUNCTION = "Invalid value for 'tool_choice': no function named 'elsewhere' was specified in the 'tools' parameter."
 
 
@@ -58,6 +59,17 @@ def error(status: int, message: str, param: str, code: str | None) -> dict[str, 
             "/chat/completions",
             {"model": "auto", "messages": [USER], "tools": [TOOL], "tool_choice": NAMED},
             error(400, NO_FUNCTION, "tool_choice", "invalid_value"),
+        ),
+        # Even "none", which asks for nothing: OpenAI's 400, its code null.
+        (
+            "/chat/completions",
+            {"model": "auto", "messages": [USER], "tool_choice": "none"},
+            error(400, ALONE.format(name="tool_choice"), "tool_choice", None),
+        ),
+        (
+            "/chat/completions",
+            {"model": "auto", "messages": [USER], "parallel_tool_calls": True},
+            error(400, ALONE.format(name="parallel_tool_calls"), "parallel_tool_calls", None),
         ),
         (
             "/router/decide",
