@@ -132,7 +132,26 @@ class FakeAnthropic(FakeServer):
             user_id = metadata.get("user_id")
             if isinstance(user_id, str) and len(user_id) > 256:
                 return self._invalid("metadata.user_id: String should have at most 256 characters")
-        return self._invalid(f"{extra[0]}: Extra inputs are not permitted") if extra else None
+        if extra:
+            return self._invalid(f"{extra[0]}: Extra inputs are not permitted")
+        return self._blank_content(body.get("messages") or [])
+
+    def _blank_content(self, messages: list[Any]) -> dict[str, Any] | None:
+        """As api.anthropic.com: a turn without content, or a text block of only whitespace, is a 400 (the last turn
+        may be an empty assistant one: a prefill)."""
+        for i, message in enumerate(messages):
+            if i == len(messages) - 1 and message.get("role") == "assistant":
+                break
+            content = message.get("content")
+            blocks = [{"type": "text", "text": content}] if isinstance(content, str) and content else content
+            if not blocks:
+                return self._invalid(
+                    f"messages.{i}: all messages must have non-empty content except for the optional final "
+                    "assistant message"
+                )
+            if any(b.get("type") == "text" and not str(b.get("text") or "").strip() for b in blocks):
+                return self._invalid("messages: text content blocks must contain non-whitespace text")
+        return None
 
     @staticmethod
     def _invalid(message: str) -> dict[str, Any]:

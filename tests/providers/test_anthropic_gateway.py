@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from llmrouter.tokens import count_message_tokens
+from llmrouter.v1 import common_pb2, provider_pb2
 from tests.fakes import FakeAnthropic, Fault
 from tests.providers.conftest import ANTHROPIC_KEY
 from tests.providers.helpers import collect, cost, request
@@ -102,3 +103,37 @@ async def test_usage_that_is_no_token_count_is_counted_locally_never_credited(
     assert resp.usage.input_tokens == count_message_tokens(request("claude").messages)
     assert 0 < resp.usage.output_tokens < 100
     assert Decimal(resp.cost_usd) == Decimal(cost(resp.usage.input_tokens, resp.usage.output_tokens, "3.00", "15.00"))
+
+
+def blank_turns_request() -> provider_pb2.GenerateRequest:
+    """A conversation OpenAI's API takes: an earlier answer that said nothing, a blank user turn, and an assistant
+    turn whose only text beside its tool call is a space."""
+    call = [{"id": "call_1", "type": "function", "function": {"name": "look", "arguments": '{"q": "sea"}'}}]
+    messages = [
+        common_pb2.ChatMessage(role="user", content="Hello"),
+        common_pb2.ChatMessage(role="assistant", content=""),
+        common_pb2.ChatMessage(role="user", content="  \n"),
+        common_pb2.ChatMessage(role="user", content="Look up the sea"),
+        common_pb2.ChatMessage(role="assistant", content=" ", tool_calls_json=json.dumps(call)),
+        common_pb2.ChatMessage(role="tool", tool_call_id="call_1", content="blue"),
+    ]
+    return provider_pb2.GenerateRequest(model="claude", messages=messages, request_id="t-blank")
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_blank_text_is_not_sent_as_a_block(stub, anthropic_fake: FakeAnthropic, streamed: bool) -> None:
+    # Anthropic refuses a text block of only whitespace, and a turn left without content (400): they are left out.
+    if streamed:
+        _, final = await collect(stub, blank_turns_request())
+        assert final is not None and final.finish_reason == "stop"
+    else:
+        resp = await stub.Generate(blank_turns_request())
+        assert resp.finish_reason == "stop"
+    assert anthropic_fake.requests[-1].json["messages"] == [
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "Hello"}, {"type": "text", "text": "Look up the sea"}],
+        },
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "call_1", "name": "look", "input": {"q": "sea"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_1", "content": "blue"}]},
+    ]

@@ -140,15 +140,16 @@ def body(request: UpstreamRequest) -> dict[str, Any]:
     system = "\n\n".join(m.content for m in request.messages if m.role == "system")
     messages: list[dict[str, Any]] = []
     for m in request.messages:
-        if m.role == "system":
+        # A turn with nothing Anthropic takes (only blank text) is left out: an empty turn is its 400 too.
+        if m.role == "system" or not (blocks := _blocks(m)):
             continue
         # Anthropic knows only user and assistant turns, and wants one turn per side: consecutive ones merge,
         # so the results of parallel tool calls share the user turn that follows the calls.
         role = "assistant" if m.role == "assistant" else "user"
         if messages and messages[-1]["role"] == role:
-            messages[-1]["content"] += _blocks(m)
+            messages[-1]["content"] += blocks
         else:
-            messages.append({"role": role, "content": _blocks(m)})
+            messages.append({"role": role, "content": blocks})
     params: dict[str, Any] = {
         "model": request.model,
         "messages": messages,
@@ -165,7 +166,9 @@ def body(request: UpstreamRequest) -> dict[str, Any]:
 def _blocks(m: Message) -> list[dict[str, Any]]:
     if m.role == "tool":
         return [{"type": "tool_result", "tool_use_id": m.tool_call_id, "content": m.content}]
-    blocks: list[dict[str, Any]] = [{"type": "text", "text": m.content}] if m.content or not m.tool_calls else []
+    # Anthropic refuses a text block that is empty or only whitespace (400, "text content blocks must contain
+    # non-whitespace text"), which OpenAI's API takes: an assistant turn that said nothing, a blank user turn.
+    blocks: list[dict[str, Any]] = [{"type": "text", "text": m.content}] if m.content.strip() else []
     for call in m.tool_calls:
         function = call.get("function") or {}
         # Anthropic takes the input only as an object: the providers service refuses such a request before it gets
