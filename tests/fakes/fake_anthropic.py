@@ -138,10 +138,10 @@ class FakeAnthropic(FakeServer):
 
     def _blank_content(self, messages: list[Any]) -> dict[str, Any] | None:
         """As api.anthropic.com: a turn without content, or a text block of only whitespace, is a 400 (the last turn
-        may be an empty assistant one: a prefill)."""
+        may be an empty assistant one: a prefill, which must not end in whitespace)."""
         for i, message in enumerate(messages):
             if i == len(messages) - 1 and message.get("role") == "assistant":
-                break
+                return self._trailing_whitespace(message.get("content"))
             content = message.get("content")
             blocks = [{"type": "text", "text": content}] if isinstance(content, str) and content else content
             if not blocks:
@@ -151,6 +151,14 @@ class FakeAnthropic(FakeServer):
                 )
             if any(b.get("type") == "text" and not str(b.get("text") or "").strip() for b in blocks):
                 return self._invalid("messages: text content blocks must contain non-whitespace text")
+        return None
+
+    def _trailing_whitespace(self, prefill: Any) -> dict[str, Any] | None:
+        """As api.anthropic.com: a last assistant turn (the answer's beginning) must not end in whitespace."""
+        blocks = [{"type": "text", "text": prefill}] if isinstance(prefill, str) else prefill or []
+        text = blocks[-1].get("text") if blocks else None
+        if isinstance(text, str) and text != text.rstrip():
+            return self._invalid("messages: final assistant content cannot end with trailing whitespace")
         return None
 
     @staticmethod

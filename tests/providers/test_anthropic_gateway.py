@@ -137,3 +137,17 @@ async def test_blank_text_is_not_sent_as_a_block(stub, anthropic_fake: FakeAnthr
         {"role": "assistant", "content": [{"type": "tool_use", "id": "call_1", "name": "look", "input": {"q": "sea"}}]},
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_1", "content": "blue"}]},
     ]
+
+
+async def test_a_last_assistant_turn_is_sent_without_trailing_whitespace(stub, anthropic_fake: FakeAnthropic) -> None:
+    # To Anthropic a last assistant turn begins the answer, and one ending in whitespace is its 400.
+    messages = [
+        common_pb2.ChatMessage(role="user", content="Write a haiku"),
+        common_pb2.ChatMessage(role="assistant", content="Here it is: \n"),
+    ]
+    resp = await stub.Generate(provider_pb2.GenerateRequest(model="claude", messages=messages, request_id="t-prefill"))
+    assert resp.finish_reason == "stop"
+    assert anthropic_fake.requests[-1].json["messages"][-1] == {
+        "role": "assistant",
+        "content": [{"type": "text", "text": "Here it is:"}],
+    }

@@ -150,6 +150,7 @@ def body(request: UpstreamRequest) -> dict[str, Any]:
             messages[-1]["content"] += blocks
         else:
             messages.append({"role": role, "content": blocks})
+    _trim_prefill(messages)
     params: dict[str, Any] = {
         "model": request.model,
         "messages": messages,
@@ -161,6 +162,17 @@ def body(request: UpstreamRequest) -> dict[str, Any]:
         params["temperature"] = request.temperature
     params.update(_translate_passthrough(request.passthrough))
     return params
+
+
+def _trim_prefill(messages: list[dict[str, Any]]) -> None:
+    """A conversation ending on an assistant turn is, to Anthropic, the start of its answer (a prefill), which it
+    refuses ending in whitespace (400, "final assistant content cannot end with trailing whitespace"); OpenAI's API
+    takes it. The whitespace is trimmed (the text is not blank: blank blocks are never sent)."""
+    if not messages or messages[-1]["role"] != "assistant":
+        return
+    last = messages[-1]["content"][-1]
+    if last["type"] == "text":
+        last["text"] = last["text"].rstrip()
 
 
 def _blocks(m: Message) -> list[dict[str, Any]]:
