@@ -143,6 +143,10 @@ class ModelSpec(BaseModel):
     # Can be sent a conversation whose tool calls' arguments are no JSON object: such a request is routed only to
     # models that can. Left out: as its provider's kind sends them (RAW_TOOL_ARGUMENTS); never true for anthropic.
     raw_tool_arguments: bool | None = None
+    # The highest sampling temperature its API accepts (OpenAI's: 2; Anthropic's Messages API: 1, a 400 above): a
+    # request asking for more is routed only to models that take it, never sent where it would fail and be retried
+    # or fallen back from for nothing. Requests are refused past 2 (llmrouter/validation.py), so no more is needed.
+    max_temperature: float = Field(default=2.0, ge=0, le=2)
     # Quality comes from the classifier's prediction for `quality_from` (a model it was trained on),
     # or, for a model it cannot predict, from the fixed prior `quality_prior`.
     quality_from: str = ""

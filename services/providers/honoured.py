@@ -18,9 +18,15 @@ from llmrouter.registry import FORMAT_FIELDS, ModelSpec
 REASON = "UNSUPPORTED_PARAMETER"  # OpenAI's code for a parameter the model does not support
 
 
-def refuse_unhonoured(model: ModelSpec, passthrough: dict[str, Any], raw_arguments_at: str = "") -> None:
-    """Raise INVALID_ARGUMENT naming the first field of `passthrough` the model cannot honour, or the tool call's
-    arguments at `raw_arguments_at` (Validated) when the model takes them only as an object."""
+def refuse_unhonoured(
+    model: ModelSpec, passthrough: dict[str, Any], raw_arguments_at: str = "", temperature: float | None = None
+) -> None:
+    """Raise INVALID_ARGUMENT naming the first field of `passthrough` the model cannot honour, the tool call's
+    arguments at `raw_arguments_at` (Validated) when the model takes them only as an object, or a `temperature` over
+    the most its API takes (its upstream's 400, said before the call)."""
+    if temperature is not None and temperature > model.max_temperature:
+        said = f"model {model.name!r} takes a temperature of at most {model.max_temperature}, not {temperature}"
+        raise _refused(model, "temperature", "max_temperature", said, "registry: max_temperature")
     response_format = passthrough.get("response_format")
     kind = response_format.get("type") if isinstance(response_format, dict) else None
     if kind in FORMAT_FIELDS and not model.honours(kind):
@@ -42,10 +48,10 @@ def _unhonoured(model: ModelSpec, field: str, asked: str, capability: str) -> Se
     return _refused(model, field, capability, f"model {model.name!r} does not honour {asked}")
 
 
-def _refused(model: ModelSpec, field: str, capability: str, said: str) -> ServiceError:
+def _refused(model: ModelSpec, field: str, capability: str, said: str, registry: str = "") -> ServiceError:
     return ServiceError(
         grpc.StatusCode.INVALID_ARGUMENT,
         REASON,
-        f"{said} (registry: {capability} is false); nothing was sent upstream",
+        f"{said} ({registry or f'registry: {capability} is false'}); nothing was sent upstream",
         {"field": field, "model": model.name, "capability": capability},
     )

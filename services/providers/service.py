@@ -101,7 +101,8 @@ class ProviderServicer(provider_pb2_grpc.ProviderServicer):
 
 def upstream_request(model: ModelSpec, request: provider_pb2.GenerateRequest) -> UpstreamRequest:
     valid = validate(request)
-    refuse_unhonoured(model, valid.passthrough, valid.raw_arguments_at)
+    temperature = request.temperature if request.HasField("temperature") else None
+    refuse_unhonoured(model, valid.passthrough, valid.raw_arguments_at, temperature)
     # OpenAI's "developer" role is its newer name for "system"; upstreams that predate it (vLLM, Ollama,
     # Anthropic, the local model) know only "system".
     messages = [
@@ -114,7 +115,7 @@ def upstream_request(model: ModelSpec, request: provider_pb2.GenerateRequest) ->
         model=model.upstream_name,
         messages=messages,
         max_tokens=min(wanted, model.max_output_tokens),
-        temperature=request.temperature if request.HasField("temperature") else None,
+        temperature=temperature,
         passthrough=valid.passthrough,
         request_id=request.request_id,
         want_logprobs=request.want_confidence and bool(model.logprobs),  # the registry's word, per model

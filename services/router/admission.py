@@ -171,6 +171,7 @@ class Admission:
             needs_logprobs=_logprobs_asked(valid.passthrough),
             needs_logit_bias=_logit_bias_asked(valid.passthrough, request.model),
             raw_arguments_at=valid.raw_arguments_at,
+            temperature=request.temperature if request.HasField("temperature") else None,
             min_output_tokens=settings.min_output_tokens,
         )
 

@@ -22,6 +22,7 @@ from services.router.exclusions import (
     NO_RAW_ARGUMENTS,
     NO_TOOLS,
     OBJECT_ARGUMENTS_ONLY,
+    TEMPERATURE_CAPPED,
     UNAVAILABLE,
 )
 from services.router.input_bound import InputBound
@@ -43,6 +44,7 @@ class Limits:
     needs_logit_bias: bool = False  # the caller sent a logit_bias, which only some upstreams apply
     # The first tool call whose arguments are no JSON object, which only some upstreams take (Validated); '' none.
     raw_arguments_at: str = ""
+    temperature: float | None = None  # the caller's, if any: some APIs take less than others (registry max_temperature)
     min_output_tokens: int = 1  # the shortest useful answer: a model that cannot afford it is not eligible
 
     def billed_input(self, model: ModelSpec) -> int:
@@ -114,6 +116,9 @@ def evaluate(models: Sequence[ModelSpec], scores: Mapping[str, float] | None, li
             excluded = NO_LOGIT_BIAS
         elif limits.raw_arguments_at and not model.raw_tool_arguments:
             excluded = NO_RAW_ARGUMENTS
+        elif limits.temperature is not None and limits.temperature > model.max_temperature:
+            capped = f"{TEMPERATURE_CAPPED} {model.max_temperature} (registry: max_temperature)"
+            excluded = f"{capped}, not {limits.temperature}"
         quality = predicted_quality(model, scores)
         options.append(Option(model, -1.0 if quality is None else quality, cost, excluded))
     return options
@@ -193,8 +198,8 @@ def _nothing_fits(every: list[Option], limits: Limits) -> ServiceError:
             f"{arguments} must be a JSON object for {names}: no model within limits ({reasons})",
             {"field": arguments},
         )
-    # When the caller's own cost cap, or the response_format, logprobs or logit_bias asked, is what rules out every
-    # model, name it as the field to change.
+    # When the caller's own cost cap, or the response_format, logprobs, logit_bias or temperature asked, is what rules
+    # out every model, name it as the field to change.
     field = None
     if options and all("max_cost_usd" in o.excluded for o in options):
         field = {"field": "max_cost_usd"}
@@ -204,6 +209,8 @@ def _nothing_fits(every: list[Option], limits: Limits) -> ServiceError:
         field = {"field": "logprobs"}
     elif options and all(o.excluded.startswith(LOGIT_BIAS_UNAPPLIED) for o in options):
         field = {"field": "logit_bias"}
+    elif options and all(o.excluded.startswith(TEMPERATURE_CAPPED) for o in options):
+        field = {"field": "temperature"}
     return ServiceError(
         grpc.StatusCode.INVALID_ARGUMENT, "NO_ELIGIBLE_MODEL", f"no model within limits ({reasons})", field
     )

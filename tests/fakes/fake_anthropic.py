@@ -134,6 +134,9 @@ class FakeAnthropic(FakeServer):
                 return self._invalid("metadata.user_id: String should have at most 256 characters")
         if extra:
             return self._invalid(f"{extra[0]}: Extra inputs are not permitted")
+        temperature = body.get("temperature")
+        if isinstance(temperature, int | float) and not 0 <= temperature <= 1:  # its range, OpenAI's being 0..2
+            return self._invalid("temperature: Input should be less than or equal to 1")
         return self._blank_content(body.get("messages") or [])
 
     def _blank_content(self, messages: list[Any]) -> dict[str, Any] | None:
