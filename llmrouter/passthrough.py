@@ -6,6 +6,8 @@ an equivalent for and drops the rest. `prompt_cache_key`, `user` and `safety_ide
 hit lowers what the provider bills, never what the router charges (input at its full price). The router sends the
 three scoped to the paying tenant (services/router/end_users.py): tenants share the providers' accounts."""
 
+from typing import Any
+
 PASSTHROUGH_FIELDS = frozenset(
     {
         "response_format",
@@ -33,6 +35,15 @@ SENT_BY_KIND = {
     "anthropic": frozenset({"top_p", "stop", "tools", "tool_choice", "user", "safety_identifier"}),
     "local": frozenset[str](),
 }
+
+
+def has_blank_stop(passthrough: dict[str, Any]) -> bool:
+    """Whether `stop` holds a sequence of nothing but whitespace ("\\n", " ", or "" in a list), which some APIs refuse
+    (registry `blank_stop`). A `stop` of "" or [] holds no sequence: Anthropic's gateway sends none."""
+    stop = passthrough.get("stop")
+    sequences = [stop] if isinstance(stop, str) and stop else stop if isinstance(stop, list) else []
+    return any(isinstance(sequence, str) and not sequence.strip() for sequence in sequences)
+
 
 # OpenAI's 400 for top_logprobs without logprobs true: it only sizes the log-probabilities logprobs asks for.
 TOP_LOGPROBS_ALONE = "logprobs must be set to true when top_logprobs is used"

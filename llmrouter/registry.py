@@ -147,6 +147,9 @@ class ModelSpec(BaseModel):
     # request asking for more is routed only to models that take it, never sent where it would fail and be retried
     # or fallen back from for nothing. Requests are refused past 2 (llmrouter/validation.py), so no more is needed.
     max_temperature: float = Field(default=2.0, ge=0, le=2)
+    # Takes a stop sequence of only whitespace ("\n"): Anthropic's Messages API refuses one with a 400. A request
+    # holding one is routed only to models that take it: dropping the sequence would change the answer.
+    blank_stop: bool = True
     # Quality comes from the classifier's prediction for `quality_from` (a model it was trained on),
     # or, for a model it cannot predict, from the fixed prior `quality_prior`.
     quality_from: str = ""

@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 
 from llmrouter.errors import ServiceError
+from llmrouter.passthrough import has_blank_stop
 from llmrouter.registry import FORMAT_FIELDS, ModelSpec
 
 REASON = "UNSUPPORTED_PARAMETER"  # OpenAI's code for a parameter the model does not support
@@ -39,6 +40,8 @@ def refuse_unhonoured(
         raise _unhonoured(model, "top_logprobs", "log-probabilities", "logprobs")
     if passthrough.get("logit_bias") and not model.logit_bias:
         raise _unhonoured(model, "logit_bias", "logit_bias", "logit_bias")
+    if has_blank_stop(passthrough) and not model.blank_stop:
+        raise _unhonoured(model, "stop", "a stop sequence of only whitespace", "blank_stop")
     if raw_arguments_at and not model.raw_tool_arguments:
         said = f"{raw_arguments_at} must be a JSON object for model {model.name!r}"
         raise _refused(model, raw_arguments_at, "raw_tool_arguments", said)

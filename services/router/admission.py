@@ -16,7 +16,7 @@ import grpc
 
 from llmrouter.auth import current_identity
 from llmrouter.errors import ServiceError, invalid
-from llmrouter.passthrough import TOP_LOGPROBS_ALONE
+from llmrouter.passthrough import TOP_LOGPROBS_ALONE, has_blank_stop
 from llmrouter.registry import FORMAT_FIELDS, ModelSpec, RegistrySource
 from llmrouter.tokens import count_prompt_tokens, fewest_prompt_tokens
 from llmrouter.v1 import router_pb2
@@ -172,6 +172,7 @@ class Admission:
             needs_logit_bias=_logit_bias_asked(valid.passthrough, request.model),
             raw_arguments_at=valid.raw_arguments_at,
             temperature=request.temperature if request.HasField("temperature") else None,
+            blank_stop=has_blank_stop(valid.passthrough),
             min_output_tokens=settings.min_output_tokens,
         )
 

@@ -14,9 +14,11 @@ from llmrouter.errors import ServiceError
 from llmrouter.registry import FORMAT_FIELDS, ModelSpec, Registry
 from services.router.costs import floor_pico
 from services.router.exclusions import (
+    BLANK_STOP_REFUSED,
     FORMAT_UNHONOURED,
     LOGIT_BIAS_UNAPPLIED,
     LOGPROBS_UNRETURNED,
+    NO_BLANK_STOP,
     NO_LOGIT_BIAS,
     NO_LOGPROBS,
     NO_RAW_ARGUMENTS,
@@ -45,6 +47,7 @@ class Limits:
     # The first tool call whose arguments are no JSON object, which only some upstreams take (Validated); '' none.
     raw_arguments_at: str = ""
     temperature: float | None = None  # the caller's, if any: some APIs take less than others (registry max_temperature)
+    blank_stop: bool = False  # the caller's stop holds a sequence of only whitespace, which some APIs refuse
     min_output_tokens: int = 1  # the shortest useful answer: a model that cannot afford it is not eligible
 
     def billed_input(self, model: ModelSpec) -> int:
@@ -119,6 +122,8 @@ def evaluate(models: Sequence[ModelSpec], scores: Mapping[str, float] | None, li
         elif limits.temperature is not None and limits.temperature > model.max_temperature:
             capped = f"{TEMPERATURE_CAPPED} {model.max_temperature} (registry: max_temperature)"
             excluded = f"{capped}, not {limits.temperature}"
+        elif limits.blank_stop and not model.blank_stop:
+            excluded = NO_BLANK_STOP
         quality = predicted_quality(model, scores)
         options.append(Option(model, -1.0 if quality is None else quality, cost, excluded))
     return options
@@ -198,8 +203,8 @@ def _nothing_fits(every: list[Option], limits: Limits) -> ServiceError:
             f"{arguments} must be a JSON object for {names}: no model within limits ({reasons})",
             {"field": arguments},
         )
-    # When the caller's own cost cap, or the response_format, logprobs, logit_bias or temperature asked, is what rules
-    # out every model, name it as the field to change.
+    # When the caller's own cost cap, or the response_format, logprobs, logit_bias, temperature or stop asked, is what
+    # rules out every model, name it as the field to change.
     field = None
     if options and all("max_cost_usd" in o.excluded for o in options):
         field = {"field": "max_cost_usd"}
@@ -211,6 +216,8 @@ def _nothing_fits(every: list[Option], limits: Limits) -> ServiceError:
         field = {"field": "logit_bias"}
     elif options and all(o.excluded.startswith(TEMPERATURE_CAPPED) for o in options):
         field = {"field": "temperature"}
+    elif options and all(o.excluded.startswith(BLANK_STOP_REFUSED) for o in options):
+        field = {"field": "stop"}
     return ServiceError(
         grpc.StatusCode.INVALID_ARGUMENT, "NO_ELIGIBLE_MODEL", f"no model within limits ({reasons})", field
     )

@@ -137,6 +137,9 @@ class FakeAnthropic(FakeServer):
         temperature = body.get("temperature")
         if isinstance(temperature, int | float) and not 0 <= temperature <= 1:  # its range, OpenAI's being 0..2
             return self._invalid("temperature: Input should be less than or equal to 1")
+        sequences = body.get("stop_sequences") or []
+        if any(isinstance(sequence, str) and not sequence.strip() for sequence in sequences):
+            return self._invalid("stop_sequences: each stop sequence must contain non-whitespace")
         return self._blank_content(body.get("messages") or [])
 
     def _blank_content(self, messages: list[Any]) -> dict[str, Any] | None:
