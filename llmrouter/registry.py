@@ -90,6 +90,13 @@ class ProviderSpec(BaseModel):
     # models' own `logit_bias` (ModelSpec). Left out: true for the openai kind, whose field it is; an upstream that
     # refuses it says false (Groq: a 400). Never true for the anthropic and local kinds, whose gateways drop it.
     logit_bias: bool | None = None
+    # An OpenAI-compatible upstream that takes a message's `name` (the participant who wrote it). False (Groq refuses
+    # it with a 400): the openai kind's gateway leaves it out of every message it sends there. Left out rather than the
+    # provider excluded from requests that name their messages: a name only tells apart participants of one role, which
+    # few answers turn on, while many clients name every message (agent frameworks), whose requests would then never
+    # reach the provider's cheaper models. LiteLLM drops it the same way for providers that refuse it (Mistral), as the
+    # anthropic gateway always has (the Messages API has no name); the local gateway sends none either.
+    message_names: bool = True
 
     def api_key(self, keys_dir: Path | None = None) -> str:
         files = [Path(self.api_key_file)] if self.api_key_file else []

@@ -1,5 +1,5 @@
 """Groq's OpenAI-compatible API as it documents what it refuses: logprobs, logit_bias and top_logprobs are a 400 if
-supplied, whatever their value."""
+supplied, whatever their value, and so is a message's name (messages[].name)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,17 @@ GROQ_UNSUPPORTED = ("logprobs", "logit_bias", "top_logprobs")
 
 class FakeGroq(FakeOpenAI):
     def refusal(self, request: Received) -> dict[str, Any] | None:
-        sent = [f for f in GROQ_UNSUPPORTED if f in request.json] if request.method == "POST" else []
-        if not sent:
+        if request.method != "POST" or request.path != "/v1/chat/completions":  # a batch's file is multipart
             return super().refusal(request)
-        message = f"'{sent[0]}' : property '{sent[0]}' is unsupported"
+        sent = [f for f in GROQ_UNSUPPORTED if f in request.json]
+        messages = request.json.get("messages")
+        named = [m for m in messages if isinstance(m, dict) and "name" in m] if isinstance(messages, list) else []
+        if named:
+            at = f"messages.{messages.index(named[0])}"
+            message = f"'{at}' : for 'role:{named[0].get('role')}' the following must be satisfied"
+            message += f"[('{at}.name' : property 'name' is unsupported)]"
+        elif sent:
+            message = f"'{sent[0]}' : property '{sent[0]}' is unsupported"
+        else:
+            return super().refusal(request)
         return {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}}

@@ -3,7 +3,7 @@ in-process on a loopback port, against a registry that points at the fakes."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -55,7 +55,11 @@ def _fresh_fakes(openai_fake: FakeOpenAI, anthropic_fake: FakeAnthropic, monkeyp
 
 
 def registry(
-    openai_url: str, anthropic_url: str, extra_models: Sequence[dict[str, Any]] = (), **overrides: Any
+    openai_url: str,
+    anthropic_url: str,
+    extra_models: Sequence[dict[str, Any]] = (),
+    extra_providers: Mapping[str, dict[str, Any]] | None = None,
+    **overrides: Any,
 ) -> dict[str, Any]:
     limits = {**FAST, **overrides}
     return {
@@ -76,6 +80,7 @@ def registry(
                 **limits,
             },
             "nokey": {"kind": "openai", "base_url": openai_url, "api_key_env": "FAKE_UNSET_KEY"},
+            **(extra_providers or {}),
         },
         "models": [
             model_entry(
@@ -110,12 +115,13 @@ async def providers_service(
     anthropic_url: str,
     local_model_dir: Path | None = None,
     extra_models: Sequence[dict[str, Any]] = (),
+    extra_providers: Mapping[str, dict[str, Any]] | None = None,
     **overrides: Any,
 ) -> AsyncIterator[provider_pb2_grpc.ProviderStub]:
-    """The real service on 127.0.0.1:<free port>, reached through a real gRPC channel; `extra_models` beside the
-    registry's own."""
+    """The real service on 127.0.0.1:<free port>, reached through a real gRPC channel; `extra_models` and
+    `extra_providers` beside the registry's own."""
     path = tmp_path / "models.yaml"
-    path.write_text(yaml.safe_dump(registry(openai_url, anthropic_url, extra_models, **overrides)))
+    path.write_text(yaml.safe_dump(registry(openai_url, anthropic_url, extra_models, extra_providers, **overrides)))
     settings = ProvidersSettings(
         port=0, metrics_port=0, registry_path=path, local_model_dir=local_model_dir or tmp_path / "no-model"
     )

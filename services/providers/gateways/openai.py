@@ -27,15 +27,16 @@ PATH = "/chat/completions"
 class OpenAIGateway:
     def __init__(self, spec: ProviderSpec, api_key: str) -> None:
         self.client = make_client(spec, {"authorization": f"Bearer {api_key}"} if api_key else {})
+        self.names = spec.message_names
 
     async def aclose(self) -> None:
         await self.client.aclose()
 
     async def complete(self, request: UpstreamRequest) -> Completion:
-        return completion(await post_json(self.client, PATH, body(request, confidence=True)))
+        return completion(await post_json(self.client, PATH, body(request, confidence=True, names=self.names)))
 
     async def stream(self, request: UpstreamRequest) -> AsyncGenerator[StreamEvent, None]:
-        payload = {**body(request), "stream": True, "stream_options": {"include_usage": True}}
+        payload = {**body(request, names=self.names), "stream": True, "stream_options": {"include_usage": True}}
         end = Completion()
         calls: dict[int, dict[str, Any]] = {}  # tool calls arrive in fragments, keyed by their index
         done = started = False
@@ -149,10 +150,11 @@ def _add_fragment(calls: dict[int, dict[str, Any]], fragment: Any) -> str:
     return name + arguments
 
 
-def body(request: UpstreamRequest, confidence: bool = False) -> dict[str, Any]:
+def body(request: UpstreamRequest, confidence: bool = False, names: bool = True) -> dict[str, Any]:
     """The chat completions request body (also the body of a Batch API input line). `confidence`: log-probabilities
-    are asked for the router's confidence signal, when the request wants them (an unstreamed call's)."""
-    messages = [_message(m) for m in request.messages]
+    are asked for the router's confidence signal, when the request wants them (an unstreamed call's). `names`: the
+    messages keep their `name` (its provider's registry `message_names`)."""
+    messages = [_message(m, names) for m in request.messages]
     # Only the allowlisted passthrough fields, whoever sent the request: one that changes the price (service_tier,
     # store, n, ...) would be billed by the provider beyond what the registry charges. They come first: they may
     # add tools or response_format, never replace model or messages.
@@ -191,10 +193,10 @@ def _mean_logprob(choice: dict[str, Any]) -> float | None:
     return sum(numbers) / len(numbers) if len(numbers) == len(values) else None
 
 
-def _message(m: Message) -> dict[str, Any]:
+def _message(m: Message, names: bool) -> dict[str, Any]:
     # An assistant turn that only called tools has null content, as OpenAI itself sends it.
     out: dict[str, Any] = {"role": m.role, "content": m.content or (None if m.tool_calls else "")}
-    if m.name:
+    if m.name and names:
         out["name"] = m.name
     if m.tool_call_id:
         out["tool_call_id"] = m.tool_call_id

@@ -43,12 +43,13 @@ class OpenAIBatches:
     def __init__(self, spec: ProviderSpec, api_key: str) -> None:
         # No session-wide content-type: the upload is multipart, the rest JSON.
         self.client = BatchClient(spec, {"authorization": f"Bearer {api_key}"} if api_key else {})
+        self.names = spec.message_names
 
     async def aclose(self) -> None:
         await self.client.aclose()
 
     def body(self, request: UpstreamRequest) -> dict[str, Any]:
-        return chat_body(request)
+        return chat_body(request, names=self.names)
 
     async def submit(self, lines: list[tuple[str, dict[str, Any]]]) -> str:
         """The id of a new batch of (custom_id, chat completions body) lines. NotCreated when the provider is
