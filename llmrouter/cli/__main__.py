@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from llmrouter.cli import commands
+from llmrouter.cli.arguments import fraction, moment, positive_int
 from llmrouter.cli.client import DEFAULT_URL, ApiFailure, Client
 
 
@@ -23,9 +24,9 @@ def parser() -> argparse.ArgumentParser:
     def routing_limits(command: argparse.ArgumentParser) -> None:
         command.add_argument("prompt")
         command.add_argument("--model", default="auto")
-        command.add_argument("--quality-target", type=float)
+        command.add_argument("--quality-target", type=fraction)
         command.add_argument("--max-cost-usd")
-        command.add_argument("--max-tokens", type=int)
+        command.add_argument("--max-tokens", type=positive_int)
 
     routing_limits(sub.add_parser("ask", help="send a prompt through the router; print answer, model, cost, why"))
     routing_limits(sub.add_parser("decide", help="every candidate and why it was or was not chosen; calls no model"))
@@ -41,12 +42,12 @@ def parser() -> argparse.ArgumentParser:
     export = ledger_sub.add_parser("export", help="write the rows as CSV or JSONL")
     export.add_argument("--format", choices=["csv", "jsonl"], default="jsonl")
     export.add_argument("--out", type=Path, required=True)
-    export.add_argument("--since")
-    export.add_argument("--until")
+    export.add_argument("--since", type=moment, help="Unix seconds or YYYY-MM-DD (UTC)")
+    export.add_argument("--until", type=moment, help="Unix seconds or YYYY-MM-DD (UTC)")
     export.add_argument("--tenant")
     evaluate = sub.add_parser("evaluate", help="route a prompt file (decisions only) and sum what it would cost")
     evaluate.add_argument("prompts", type=Path, help="JSONL with a 'prompt' field, or one prompt per line")
-    evaluate.add_argument("--limit", type=int, help="only the first N prompts")
+    evaluate.add_argument("--limit", type=positive_int, help="only the first N prompts")
     return root
 
 
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     client = Client(args.url, args.api_key)
     try:
         result: Any = getattr(commands, args.command)(client, args)
-    except ApiFailure as exc:
+    except (ApiFailure, commands.InputFailure) as exc:  # said in one line: no traceback for what the user can fix
         print(f"llmrouter {args.command}: {exc}", file=sys.stderr)
         return 1
     finally:

@@ -36,7 +36,15 @@ class Client:
         return reply
 
     def json(self, method: str, path: str, **kwargs: Any) -> Any:
-        return self.call(method, path, **kwargs).json()
+        return self.decoded(self.call(method, path, **kwargs))
+
+    def decoded(self, reply: httpx.Response) -> Any:
+        """A reply's JSON body; one that is none (--url naming some other server) is an ApiFailure saying so."""
+        try:
+            return reply.json()
+        except ValueError:
+            said = f"HTTP {reply.status_code} with no JSON body: is {self.base_url} the edge's API?"
+            raise ApiFailure(said) from None
 
     def close(self) -> None:
         self.http.close()

@@ -22,6 +22,10 @@ class Result:
     text: str
 
 
+class InputFailure(Exception):
+    """A file the command reads cannot be read (missing, a directory, not UTF-8 text)."""
+
+
 def _chat(args: argparse.Namespace) -> dict[str, Any]:
     body: dict[str, Any] = {"model": args.model, "messages": [{"role": "user", "content": args.prompt}]}
     for field in ("quality_target", "max_cost_usd", "max_tokens"):
@@ -32,7 +36,7 @@ def _chat(args: argparse.Namespace) -> dict[str, Any]:
 
 def ask(client: Client, args: argparse.Namespace) -> Result:
     reply = client.call("POST", "/chat/completions", json=_chat(args))
-    body = reply.json()
+    body = client.decoded(reply)
     answer = body["choices"][0]["message"]["content"] or ""
     data = {
         "answer": answer,
@@ -135,8 +139,14 @@ def budgets(client: Client, args: argparse.Namespace) -> Result:
 
 
 def read_prompts(path: Path) -> list[str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputFailure(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise InputFailure(f"cannot read {path}: not UTF-8 text (at byte {exc.start})") from None
     prompts = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in text.splitlines():
         if not line.strip():
             continue
         try:
@@ -179,6 +189,6 @@ def ledger_export(args: argparse.Namespace) -> int:
 
     argv = ["export", "--format", args.format, "--out", str(args.out)]
     for flag in ("since", "until", "tenant"):
-        if getattr(args, flag):
-            argv += [f"--{flag}", getattr(args, flag)]
+        if getattr(args, flag) not in (None, ""):  # since and until as read (Unix seconds; 0 too), read again so
+            argv.append(f"--{flag}={getattr(args, flag)}")  # one word: a negative number is no option
     return asyncio.run(ledger_main(argv))

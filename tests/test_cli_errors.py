@@ -1,0 +1,118 @@
+"""The `llmrouter` CLI, run as a command: a file it cannot read is one line on standard error and exit status 1, never
+a traceback; a count below 1, a NaN or an infinity is its usage error (exit status 2), said beside the option before
+anything is sent."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+
+def closed_url() -> str:
+    """An edge URL nothing listens at: a command that got as far as calling it would say so instead."""
+    with socket.create_server(("127.0.0.1", 0)) as spare:
+        port = spare.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
+def llmrouter(*argv: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMROUTER_")}
+    return subprocess.run(
+        [sys.executable, "-m", "llmrouter.cli", "--url", closed_url(), *argv],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("prompts", "said"),
+    [
+        ("missing.jsonl", "No such file or directory"),
+        (".", "Is a directory"),
+        ("latin1.txt", "not UTF-8 text (at byte 3)"),
+    ],
+)
+def test_a_prompt_file_it_cannot_read_is_one_line_and_status_1(tmp_path: Path, prompts: str, said: str) -> None:
+    (tmp_path / "latin1.txt").write_bytes("caf\u00e9 au lait\n".encode("latin-1") + b"\n")
+    path = tmp_path / prompts
+    result = llmrouter("evaluate", str(path))
+    assert result.returncode == 1
+    assert result.stderr == f"llmrouter evaluate: cannot read {path}: {said}\n"
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("argv", "option", "said"),
+    [
+        (["evaluate", "{prompts}", "--limit", "0"], "--limit", "must be at least 1, not 0"),
+        (["evaluate", "{prompts}", "--limit", "-2"], "--limit", "must be at least 1, not -2"),
+        (["evaluate", "{prompts}", "--limit", "1.5"], "--limit", "'1.5' is not a whole number"),
+        (["ask", "hi", "--max-tokens", "0"], "--max-tokens", "must be at least 1, not 0"),
+        (["decide", "hi", "--quality-target", "nan"], "--quality-target", "must be a finite number, not 'nan'"),
+        (["ask", "hi", "--quality-target", "inf"], "--quality-target", "must be a finite number, not 'inf'"),
+        (["ask", "hi", "--quality-target", "1.5"], "--quality-target", "must be within [0, 1], not 1.5"),
+        (["ledger", "export", "--out", "{out}", "--since", "nan"], "--since", "'nan' is neither Unix seconds nor a"),
+        (["ledger", "export", "--out", "{out}", "--until=-inf"], "--until", "'-inf' is neither Unix seconds nor a"),
+    ],
+)
+def test_a_number_out_of_its_range_is_a_usage_error(tmp_path: Path, argv: list[str], option: str, said: str) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("What is 2+2?\n")
+    out = tmp_path / "ledger.jsonl"
+    result = llmrouter(*(a.format(prompts=prompts, out=out) for a in argv))
+    assert result.returncode == 2
+    assert f"error: argument {option}: {said}" in result.stderr
+    assert result.stderr.startswith("usage: llmrouter ") and "Traceback" not in result.stderr
+    assert not out.exists()
+
+
+class NotTheEdge(BaseHTTPRequestHandler):
+    """Some other web server: every request answered 200 with a page."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        page = b"<html><body>Welcome</body></html>"
+        self.send_response(200)
+        self.send_header("content-type", "text/html")
+        self.send_header("content-length", str(len(page)))
+        self.end_headers()
+        self.wfile.write(page)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def not_the_edge() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), NotTheEdge)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("command", [["evaluate", "{prompts}"], ["decide", "hi"], ["ask", "hi"]])
+def test_an_answer_that_is_no_json_is_one_line_and_status_1(
+    tmp_path: Path, not_the_edge: str, command: list[str]
+) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("What is 2+2?\n")
+    result = llmrouter("--url", not_the_edge, *(a.format(prompts=prompts) for a in command))
+    assert result.returncode == 1
+    assert result.stderr == f"llmrouter {command[0]}: HTTP 200 with no JSON body: is {not_the_edge} the edge's API?\n"
