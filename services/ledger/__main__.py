@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import calendar
 import signal
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry, start_http_server
 
+from llmrouter.cli.arguments import moment, non_negative
 from llmrouter.redis_connect import connect
 from llmrouter.settings import load_settings
 from llmrouter.tasks import stop as stop_task
@@ -34,14 +34,6 @@ from services.router.metrics import SINK_METRICS
 # How long a stopped sink waits for its round in flight: within Kubernetes' 30 s before it kills the pod, and far more
 # than a round takes (a batch of 500 entries a stream).
 STOP_GRACE_S = 20.0
-
-
-def when(text: str) -> float:
-    """Unix seconds, or a UTC date YYYY-MM-DD."""
-    try:
-        return float(text)
-    except ValueError:
-        return float(calendar.timegm(time.strptime(text, "%Y-%m-%d")))
 
 
 def serve_metrics(port: int, host: str) -> None:
@@ -90,13 +82,27 @@ def parser() -> argparse.ArgumentParser:
     out = sub.add_parser("export", help="write the rows as CSV or JSONL")
     out.add_argument("--format", choices=export.FORMATS, default="jsonl")
     out.add_argument("--out", type=Path, help="file to write (default: standard output)")
-    out.add_argument("--since", type=when)
-    out.add_argument("--until", type=when)
+    out.add_argument("--since", type=moment)
+    out.add_argument("--until", type=moment)
     out.add_argument("--tenant")
     trim = sub.add_parser("trim", help="delete rows (and rejected entries) older than the retention")
-    trim.add_argument("--days", type=float)
+    trim.add_argument("--days", type=non_negative)
     sub.add_parser("sink", help="copy the Redis ledger stream into the table until stopped")
     return commands
+
+
+def export_rows(db: LedgerDB, args: argparse.Namespace) -> int:
+    rows = db.iter_rows(args.since, args.until, args.tenant)
+    try:
+        if args.out is None:
+            count = export.write(rows, sys.stdout, args.format)
+        else:
+            count = export.write_file(rows, args.out, args.format)
+    except OSError as exc:  # where it writes: a directory missing or not its own, a full disk
+        print(f"ledger export: cannot write {args.out or 'standard output'}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    print(f"exported {count} rows", file=sys.stderr)
+    return 0
 
 
 async def main(argv: list[str]) -> int:
@@ -105,12 +111,7 @@ async def main(argv: list[str]) -> int:
     db = ledger_for(settings)
     try:
         if args.command == "export":
-            rows = db.iter_rows(args.since, args.until, args.tenant)
-            if args.out is None:
-                count = export.write(rows, sys.stdout, args.format)
-            else:
-                count = export.write_file(rows, args.out, args.format)
-            print(f"exported {count} rows", file=sys.stderr)
+            return export_rows(db, args)
         elif args.command == "trim":
             days = args.days if args.days is not None else settings.ledger_sql_retention_days
             if not days:
@@ -121,7 +122,10 @@ async def main(argv: list[str]) -> int:
             )
         else:
             return await run_sink(settings, db)
-    except LedgerUnavailable as exc:  # the database down: said plainly, no traceback, a file to write left as it was
+    except (
+        LedgerUnavailable,
+        export.UnreadableRow,
+    ) as exc:  # said plainly, no traceback; a file to write kept as it was
         print(f"ledger {args.command}: {exc}", file=sys.stderr)
         return 1
     finally:

@@ -249,6 +249,13 @@ class LedgerUnavailable(Exception):
     """The database did not answer (down, restarting, locked): try again later; nothing was written."""
 
 
+class BadDsn(ValueError):
+    """The DSN given cannot be read as a PostgreSQL connection string."""
+
+
+NOT_A_DSN = "not a PostgreSQL connection string (postgresql://user@host/db, or key=value pairs)"
+
+
 class LedgerDB:
     """One connection, used from one worker thread at a time."""
 
@@ -269,7 +276,11 @@ class LedgerDB:
             import psycopg  # imported here: SQLite needs nothing installed
 
             self._unreachable: tuple[type[Exception], ...] = (psycopg.OperationalError, psycopg.InterfaceError)
-            timed = "connect_timeout" in psycopg.conninfo.conninfo_to_dict(dsn) or "PGCONNECT_TIMEOUT" in os.environ
+            try:
+                given = psycopg.conninfo.conninfo_to_dict(dsn)
+            except psycopg.ProgrammingError:  # its words quote the DSN, a password perhaps: not repeated
+                raise BadDsn(NOT_A_DSN) from None
+            timed = "connect_timeout" in given or "PGCONNECT_TIMEOUT" in os.environ
             self._conninfo = dsn if timed else psycopg.conninfo.make_conninfo(dsn, connect_timeout=CONNECT_TIMEOUT_S)
             self._conn: Any = None  # connected by the first call that reaches the server (_connected)
             self._mark = "%s"

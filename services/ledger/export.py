@@ -21,7 +21,20 @@ FORMATS = ("csv", "jsonl")
 FIELDS = (*COLUMNS, "cost_usd", "baseline_cost_usd", "owed_usd")
 
 
+class UnreadableRow(ValueError):
+    """A row whose candidates, generations or amounts are not what the ledger writes (the table edited by hand, a
+    damaged file): named, so the export stops with why rather than a traceback."""
+
+
 def exported(row: Row) -> dict[str, Any]:
+    try:
+        return _exported(row)
+    except (ValueError, TypeError, ArithmeticError) as exc:
+        request_id, entry = row.get("request_id"), row.get("ledger_entry")
+        raise UnreadableRow(f"row of request {request_id!r} (ledger entry {entry!r}) is unreadable: {exc}") from None
+
+
+def _exported(row: Row) -> dict[str, Any]:
     values = row.as_dict()
     # As dicts, whichever form the row holds them in: a router of the version before copied the stream's compact
     # candidates as they were (services/router/store/ledger_entry.py).
@@ -29,6 +42,8 @@ def exported(row: Row) -> dict[str, Any]:
     values["cost_usd"] = usd(values["cost_pico"])
     values["baseline_cost_usd"] = usd(values["baseline_pico"])
     values["owed_usd"] = None if values["owed_pico"] is None else usd(values["owed_pico"])
+    if values["generations"] is not None:  # read for the CSV too: a row is written whole or the export fails
+        values["generations"] = json.loads(values["generations"])
     return values
 
 
@@ -43,10 +58,9 @@ def write(rows: Iterable[Row], out: IO[str], fmt: str) -> int:
     for row in rows:
         values = exported(row)
         if writer is not None:
-            writer.writerow({**values, "candidates": json.dumps(values["candidates"], separators=(",", ":"))})
+            candidates = json.dumps(values["candidates"], separators=(",", ":"))
+            writer.writerow({**values, "candidates": candidates, "generations": row.get("generations")})  # as kept
         else:
-            if values["generations"] is not None:
-                values["generations"] = json.loads(values["generations"])
             out.write(json.dumps(values, separators=(",", ":")) + "\n")
         count += 1
     return count

@@ -15,7 +15,7 @@ from llmrouter.private_paths import UnsafePath
 from llmrouter.redis_connect import connect
 from llmrouter.tasks import stop as stop_task
 from services.ledger.backlog import report_backlog
-from services.ledger.db import LedgerDB, open_ledger
+from services.ledger.db import BadDsn, LedgerDB, open_ledger
 from services.ledger.settings import LedgerSettings
 from services.ledger.sink import LedgerSink, MemorySource, RedisSource, Source, consumer_name
 from services.ledger.sink_metrics import PROCESS_SINK_METRICS, SinkMetrics
@@ -34,6 +34,8 @@ def ledger_for(settings: LedgerSettings) -> LedgerDB:
         return open_ledger(dsn, settings.ledger_sql_path, settings.ledger_sql_max_mib * 2**20)
     except UnsafePath as exc:
         raise SystemExit(f"ROUTER_LEDGER_SQL_PATH={settings.ledger_sql_path} refused for the ledger: {exc}") from None
+    except BadDsn as exc:  # its text never repeated: it may hold a password
+        raise SystemExit(f"ROUTER_LEDGER_SQL_DSN is {exc}") from None
     except (OSError, sqlite3.Error) as exc:
         if dsn:  # PostgreSQL's errors are its own, reported where it is reached
             raise

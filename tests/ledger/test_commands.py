@@ -8,9 +8,12 @@ import asyncio
 import csv
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from services.ledger.db import LedgerDB, row_from_record
 from tests.conftest import ROOT
@@ -74,3 +77,78 @@ def test_an_export_the_database_cannot_answer_leaves_the_file_as_it_was(tmp_path
     assert "Traceback" not in result.stderr
     assert out.read_text() == "the last good export\n"
     assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temporary file left beside it
+
+
+def export(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
+    """`llmrouter ledger export ARGV` with the ledger settings of `env` alone."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("ROUTER_")}
+    return subprocess.run(
+        [sys.executable, "-m", "llmrouter.cli", "ledger", "export", *argv],
+        cwd=ROOT,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_a_dsn_that_is_no_connection_string_is_one_line_that_never_repeats_it(tmp_path: Path) -> None:
+    result = export({"ROUTER_LEDGER_SQL_DSN": "host=db password=hunter2 sslmode"}, "--out", str(tmp_path / "x.jsonl"))
+    assert result.returncode == 1
+    assert result.stderr == (
+        "ROUTER_LEDGER_SQL_DSN is not a PostgreSQL connection string (postgresql://user@host/db, or key=value pairs)\n"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_it_cannot_write_is_one_line_and_status_1(tmp_path: Path) -> None:
+    env = {"ROUTER_LEDGER_SQL_PATH": str(tmp_path / "ledger.sqlite3")}
+    missing = tmp_path / "no-such-dir" / "ledger.jsonl"
+    result = export(env, "--out", str(missing))
+    assert result.returncode == 1
+    assert result.stderr == f"ledger export: cannot write {missing}: No such file or directory\n"
+    result = export(env, "--out", str(tmp_path))  # a directory
+    assert result.returncode == 1
+    assert result.stderr == f"ledger export: cannot write {tmp_path}: Is a directory\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ledger.sqlite3"]  # no temporary file left
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "said"),
+    [
+        ("candidates", "{not json", "Expecting property name enclosed in double quotes"),
+        ("candidates", "5", "candidates must be a list, not int"),
+        ("generations", "[{", "Expecting property name enclosed in double quotes"),
+    ],
+)
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_a_row_it_cannot_read_is_named_in_one_line_and_the_last_export_kept(
+    tmp_path: Path, column: str, value: str, said: str, fmt: str
+) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    db = LedgerDB(path=path)
+    records = [{"request_id": f"r{i}", "ts": 1_780_000_000.0 + i, "tenant": "acme", "cost_usd": "0.1"} for i in (1, 2)]
+    asyncio.run(db.insert([row_from_record(r, f"{{m0.0}}:ledger 1780000000000-{i}") for i, r in enumerate(records)]))
+    db.close()
+    with sqlite3.connect(path) as damaged:  # the table edited by hand, say
+        damaged.execute(f"UPDATE requests SET {column} = ? WHERE request_id = 'r2'", (value,))
+    out = tmp_path / f"ledger.{fmt}"
+    out.write_text("the last good export\n")
+    result = export({"ROUTER_LEDGER_SQL_PATH": str(path)}, "--format", fmt, "--out", str(out))
+    assert result.returncode == 1
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("ledger export: row of request 'r2' (ledger entry '{m0.0}:ledger 1780000000000-1') is ")
+    assert said in line
+    assert out.read_text() == "the last good export\n"
+
+
+def test_a_days_count_that_is_no_finite_number_is_a_usage_error() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "services.ledger", "trim", "--days", "nan"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "error: argument --days: must be a finite number, not 'nan'" in result.stderr
