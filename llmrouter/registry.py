@@ -48,6 +48,10 @@ OPENAI_ONLY = {"logprobs": "returns no log-probabilities", "logit_bias": "drops 
 # OpenAI's gateway sends them on as the string they are, the local one sends no tool calls; Anthropic's Messages API
 # takes them only as an object (a tool_use block's input).
 RAW_TOOL_ARGUMENTS = {"openai": True, "anthropic": False, "local": True}
+# The highest temperature each kind's API takes (Anthropic's Messages API: 0..1, a 400 above), and whether it takes a
+# stop sequence of only whitespace (Anthropic's refuses one): a model's entry may lower these, never raise them.
+MAX_TEMPERATURE = {"openai": 2.0, "anthropic": 1.0, "local": 2.0}
+BLANK_STOP = {"openai": True, "anthropic": False, "local": True}
 
 log = logging.getLogger("llmrouter.registry")
 RELOADS = Counter(
@@ -150,12 +154,12 @@ class ModelSpec(BaseModel):
     # Can be sent a conversation whose tool calls' arguments are no JSON object: such a request is routed only to
     # models that can. Left out: as its provider's kind sends them (RAW_TOOL_ARGUMENTS); never true for anthropic.
     raw_tool_arguments: bool | None = None
-    # The highest sampling temperature its API accepts (OpenAI's: 2; Anthropic's Messages API: 1, a 400 above): a
-    # request asking for more is routed only to models that take it, never sent where it would fail and be retried
-    # or fallen back from for nothing. Requests are refused past 2 (llmrouter/validation.py), so no more is needed.
+    # The highest sampling temperature its API accepts: a request asking for more is routed only to models that take
+    # it, never sent where it would fail and be retried or fallen back from for nothing. Left out: its provider kind's
+    # (MAX_TEMPERATURE: 2, OpenAI's bound, past which requests are refused (llmrouter/validation.py); Anthropic 1).
     max_temperature: float = Field(default=2.0, ge=0, le=2)
-    # Takes a stop sequence of only whitespace ("\n"): Anthropic's Messages API refuses one with a 400. A request
-    # holding one is routed only to models that take it: dropping the sequence would change the answer.
+    # Takes a stop sequence of only whitespace ("\n"). A request holding one is routed only to models that take it:
+    # dropping the sequence would change the answer. Left out: its provider kind's (BLANK_STOP: false for Anthropic).
     blank_stop: bool = True
     # Quality comes from the classifier's prediction for `quality_from` (a model it was trained on),
     # or, for a model it cannot predict, from the fixed prior `quality_prior`.
@@ -288,7 +292,7 @@ class Registry(BaseModel):
         provider = self.providers[model.provider]
         kind = provider.kind
         served = FORMAT_DEFAULTS[kind]
-        update: dict[str, bool] = {}
+        update: dict[str, bool | float] = {}
         provider_logit_bias = kind == "openai" if provider.logit_bias is None else provider.logit_bias
         inherited = {"logprobs": provider.logprobs, "logit_bias": provider_logit_bias}
         for field, default in inherited.items():
@@ -308,6 +312,20 @@ class Registry(BaseModel):
                     f"model {model.name!r}: {field} cannot be true for a provider of kind {kind!r}, "
                     "whose gateway has no way to send response_format"
                 )
+        if "max_temperature" not in model.model_fields_set:
+            update["max_temperature"] = MAX_TEMPERATURE[kind]
+        elif model.max_temperature > MAX_TEMPERATURE[kind]:
+            raise ValueError(
+                f"model {model.name!r}: max_temperature cannot exceed {MAX_TEMPERATURE[kind]} for a provider of kind "
+                f"{kind!r}, whose API refuses a higher temperature"
+            )
+        if "blank_stop" not in model.model_fields_set:
+            update["blank_stop"] = BLANK_STOP[kind]
+        elif model.blank_stop and not BLANK_STOP[kind]:
+            raise ValueError(
+                f"model {model.name!r}: blank_stop cannot be true for a provider of kind {kind!r}, "
+                "whose API refuses a stop sequence of only whitespace"
+            )
         if model.raw_tool_arguments is None:
             update["raw_tool_arguments"] = RAW_TOOL_ARGUMENTS[kind]
         elif model.raw_tool_arguments and not RAW_TOOL_ARGUMENTS[kind]:

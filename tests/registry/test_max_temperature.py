@@ -1,5 +1,5 @@
-"""A model's max_temperature, the most its API takes: OpenAI's 2 unless its entry says less, validated with the
-registry; the shipped Anthropic models take at most 1, as the Messages API does (a 400 above)."""
+"""A model's max_temperature, the most its API takes: its provider kind's bound (OpenAI's 2; Anthropic's 1, as the
+Messages API takes, a 400 above) unless its entry says less, validated with the registry."""
 
 from __future__ import annotations
 
@@ -10,9 +10,15 @@ from llmrouter.registry import load_registry
 from tests.registry.one_model import one_model_registry
 
 
-@pytest.mark.parametrize("kind", ["openai", "anthropic", "local"])
-def test_left_out_it_is_the_bound_every_request_is_held_to(kind: str) -> None:
-    assert one_model_registry(kind).models[0].max_temperature == 2
+@pytest.mark.parametrize(("kind", "bound"), [("openai", 2), ("anthropic", 1), ("local", 2)])
+def test_left_out_it_is_its_provider_kinds_bound(kind: str, bound: float) -> None:
+    assert one_model_registry(kind).models[0].max_temperature == bound
+    assert one_model_registry(kind, max_temperature=0.5).models[0].max_temperature == 0.5
+
+
+def test_an_anthropic_model_cannot_claim_more_than_its_api_takes() -> None:
+    with pytest.raises(ValidationError, match=r"max_temperature cannot exceed 1\.0"):
+        one_model_registry("anthropic", max_temperature=1.5)
 
 
 @pytest.mark.parametrize("value", [-0.5, 2.5, "nan"])
