@@ -28,7 +28,7 @@ from services.ledger.backlog import report_backlog
 from services.ledger.db import LedgerDB, LedgerUnavailable
 from services.ledger.service import ledger_for
 from services.ledger.settings import LedgerSettings
-from services.ledger.sink import LedgerSink, RedisSource, consumer_name
+from services.ledger.sink import LedgerSink, RedisSource, RunningSink, consumer_name
 from services.router.metrics import SINK_METRICS
 
 # How long a stopped sink waits for its round in flight: within Kubernetes' 30 s before it kills the pod, and far more
@@ -61,16 +61,16 @@ async def run_sink(settings: LedgerSettings, db: LedgerDB) -> int:
         loop.add_signal_handler(sig, stopping.set)
     client = connect(settings.redis_url)
     source = RedisSource(client, consumer_name(), settings.ledger_sql_claim_idle_s)
-    sink = asyncio.create_task(LedgerSink(source, db).run(stopping))
-    tasks = [sink, asyncio.create_task(report_backlog(source)), asyncio.create_task(stopping.wait())]
+    sink = RunningSink(LedgerSink(source, db), stopping)
+    others = [asyncio.create_task(report_backlog(source)), asyncio.create_task(stopping.wait())]
     try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait([sink.task, *others], return_when=asyncio.FIRST_COMPLETED)
         for task in done:
             task.result()  # the sink and the reporter end only by an error: raised
         print("ledger sink: stopping once the round in flight is committed and acknowledged", file=sys.stderr)
-        await asyncio.wait([sink], timeout=STOP_GRACE_S)
     finally:
-        for task in tasks:
+        await sink.stop(STOP_GRACE_S)
+        for task in others:
             await stop_task(task)
         await client.aclose()
     return 0

@@ -1,5 +1,5 @@
 """The sink's life in the router process: open the table, copy the ledger into it in the background, apply
-the retention hourly, and stop cleanly (entries not yet committed stay pending and are copied next time)."""
+the retention hourly, and stop cleanly (the round in flight committed and acknowledged, as the standalone sink's)."""
 
 from __future__ import annotations
 
@@ -17,13 +17,16 @@ from llmrouter.tasks import stop as stop_task
 from services.ledger.backlog import report_backlog
 from services.ledger.db import BadDsn, LedgerDB, open_ledger
 from services.ledger.settings import LedgerSettings
-from services.ledger.sink import LedgerSink, MemorySource, RedisSource, Source, consumer_name
+from services.ledger.sink import LedgerSink, MemorySource, RedisSource, RunningSink, Source, consumer_name
 from services.ledger.sink_metrics import PROCESS_SINK_METRICS, SinkMetrics
 from services.router.settings import RouterSettings
 from services.router.store import MemoryStore, Store
 
 log = logging.getLogger("llmrouter.ledger")
 RETENTION_EVERY_S = 3600
+# How long a stopping router waits for its sink's round in flight: far more than a round takes, and well within what
+# the pod has left after its drain (the chart's terminationGracePeriodSeconds leaves 10 s past drainSeconds).
+SINK_STOP_GRACE_S = 5.0
 
 
 def ledger_for(settings: LedgerSettings) -> LedgerDB:
@@ -76,17 +79,20 @@ async def open_ledger_sink(
     running in the background; with the coroutine that stops them."""
     db = await asyncio.to_thread(ledger_for, settings)
     tasks = [asyncio.create_task(build_indexes(db))]  # beside the start-up: minutes on a large PostgreSQL ledger
-    client, sink = None, None
+    client, sink, running = None, None, None
     if settings.ledger_sql_sink:
         source, client = source_for(settings, store)
         sink = LedgerSink(source, db, metrics=metrics)
-        tasks += [asyncio.create_task(sink.run()), asyncio.create_task(report_backlog(source, metrics=metrics))]
+        running = RunningSink(sink)
+        tasks.append(asyncio.create_task(report_backlog(source, metrics=metrics)))
     if settings.ledger_sql_retention_days:
         tasks.append(asyncio.create_task(keep_retention(db, settings.ledger_sql_retention_days)))
 
     async def stop() -> None:
         # The index build runs in a worker thread, which the process's exit waits for: cancelled on the server first.
         await asyncio.to_thread(db.stop_index_build)
+        if running is not None:
+            await running.stop(SINK_STOP_GRACE_S)
         for task in tasks:
             await stop_task(task)
         if sink is not None and client is None:

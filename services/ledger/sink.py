@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 from llmrouter.redis_connect import is_cluster_client
 from llmrouter.tasks import raise_if_cancelled
+from llmrouter.tasks import stop as stop_task
 from services.ledger.backlog import Backlog, read_backlog
 from services.ledger.db import LedgerDB, Rejected, row_from_record
 from services.ledger.sink_metrics import PROCESS_SINK_METRICS, SinkMetrics
@@ -304,16 +305,36 @@ class LedgerSink:
         self.metrics.last_success.set_to_current_time()  # a sink failing from its start is stalled since then
         while not stopping.is_set():
             try:
-                await self.step()
+                # The source is read without waiting: the wait for new entries is here, where a stop cuts it short.
+                wait_s = 0.0 if await self.step(block_s=0) else self.block_s
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("ledger sink retrying: %s: %s", exc.__class__.__name__, exc)
-                with contextlib.suppress(TimeoutError):  # a stop cuts the wait short: nothing is in flight
-                    await asyncio.wait_for(stopping.wait(), self.retry_s)
+                wait_s = self.retry_s
+            if wait_s:
+                with contextlib.suppress(TimeoutError):  # nothing is in flight while it waits
+                    await asyncio.wait_for(stopping.wait(), wait_s)
             # redis-py can swallow a cancellation (seen: the sink kept reading, and the router's stop() waited for
             # it forever); a cancelled sink stops anyway.
             raise_if_cancelled()
+
+
+class RunningSink:
+    """A sink copying in the background until its graceful stop: the router's and the standalone one's."""
+
+    def __init__(self, sink: LedgerSink, stopping: asyncio.Event | None = None) -> None:
+        self.stopping = stopping or asyncio.Event()
+        self.task = asyncio.create_task(sink.run(self.stopping))
+
+    async def stop(self, grace_s: float) -> None:
+        """No round starts after this, and the one in flight has `grace_s` to end as every round does (its rows
+        committed, then its entries acknowledged). Cancelled instead, a round would leave its entries pending until
+        another sink claimed them (claim_idle_s later). One still unfinished after `grace_s` (a database that stopped
+        answering) is cancelled all the same: its entries are copied later, once (rows are keyed by their entry)."""
+        self.stopping.set()
+        await asyncio.wait([self.task], timeout=grace_s)
+        await stop_task(self.task)
 
 
 def _text(value: Any, errors: str = "strict") -> str:

@@ -42,6 +42,14 @@ def postgres_dsn() -> Iterator[str]:
         yield dsn
 
 
+@pytest.fixture
+def postgres() -> Iterator[str]:
+    """An empty database of this test's own, with the ledger table made (as the sink makes it at its start)."""
+    with fresh_postgres() as dsn:
+        LedgerDB(dsn=dsn).close()
+        yield dsn
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def ledger_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LedgerDB]:
     if request.param == "sqlite":

@@ -12,32 +12,21 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
-import pytest
 
 from llmrouter.redis_connect import connect
 from services.ledger.db import LedgerDB
 from services.ledger.sink import GROUP, LedgerSink, RedisSource, stream_entry
 from services.router.store import ledger_key
 from tests.conftest import ROOT
-from tests.ledger.conftest import fresh_postgres
 from tests.ledger.test_sink import FlakyDB
 
 STREAMS = [ledger_key(shard) for shard in range(4)]
 PER_STREAM = 4000  # eight rounds of 500 entries a stream: it is stopped long before the last
 EXIT_WITHIN_S = 10.0
-
-
-@pytest.fixture
-def postgres() -> Iterator[str]:
-    """An empty database of this test's own, with the ledger table made (as the sink makes it at its start)."""
-    with fresh_postgres() as dsn:
-        LedgerDB(dsn=dsn).close()
-        yield dsn
 
 
 def rows(dsn: str) -> list[str]:
@@ -46,11 +35,11 @@ def rows(dsn: str) -> list[str]:
         return [entry for (entry,) in conn.execute("SELECT ledger_entry FROM requests")]
 
 
-async def charge_backlog(client: Any) -> None:
-    """PER_STREAM ledger entries on each stream, as charging writes them (a record field of JSON)."""
+async def charge_backlog(client: Any, per_stream: int = PER_STREAM) -> None:
+    """`per_stream` ledger entries on each stream, as charging writes them (a record field of JSON)."""
     for stream in STREAMS:
         pipe = client.pipeline(transaction=False)
-        for i in range(PER_STREAM):
+        for i in range(per_stream):
             record = {"request_id": f"{stream}-{i}", "tenant": "acme", "key": "k-acme", "cost_usd": "0.001", "ts": i}
             pipe.xadd(stream, {"record": json.dumps(record)})
         await pipe.execute()
