@@ -185,7 +185,7 @@ def evaluate(client: Client, args: argparse.Namespace) -> Result:
 
 def ledger_export(args: argparse.Namespace) -> int:
     """Runs where the ledger's database is reachable, with the router's ROUTER_LEDGER_SQL_* settings."""
-    from services.ledger.__main__ import main as ledger_main
+    from services.ledger.commands import main as ledger_main
 
     argv = ["export", "--format", args.format, "--out", str(args.out)]
     for flag in ("since", "until", "tenant"):

@@ -1,140 +1,19 @@
-"""`python -m services.ledger export|trim|sink`: the SQL ledger's commands, with the router's ROUTER_LEDGER_SQL_*
-settings (ROUTER_REDIS_URL for the sink).
-
-export  writes the rows (optionally --since/--until, Unix seconds or YYYY-MM-DD) as CSV or JSONL
-trim    deletes the rows older than --days (default ROUTER_LEDGER_SQL_RETENTION_DAYS) but each account's newest
-sink    copies the Redis ledger stream into the table until SIGTERM or SIGINT (then exits 0 once the round in flight
-        is committed and acknowledged), beside or instead of the routers' sinks; its metrics on
-        ROUTER_LEDGER_SINK_METRICS_PORT (9105; 0: none) at ROUTER_LEDGER_SINK_METRICS_HOST (127.0.0.1)
-"""
+"""`python -m services.ledger export|trim|sink`: the SQL ledger's commands (services/ledger/commands.py)."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import signal
 import sys
-import time
-from pathlib import Path
 
-from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry, start_http_server
-
-from llmrouter.cli.arguments import moment, non_negative
-from llmrouter.redis_connect import connect
-from llmrouter.settings import load_settings
-from llmrouter.tasks import stop as stop_task
-from services.ledger import export
-from services.ledger.backlog import report_backlog
-from services.ledger.db import LedgerDB, LedgerUnavailable
-from services.ledger.service import ledger_for
-from services.ledger.settings import LedgerSettings
-from services.ledger.sink import LedgerSink, RedisSource, RunningSink, consumer_name
-from services.router.metrics import SINK_METRICS
-
-# How long a stopped sink waits for its round in flight: within Kubernetes' 30 s before it kills the pod, and far more
-# than a round takes (a batch of 500 entries a stream).
-STOP_GRACE_S = 20.0
-
-
-def serve_metrics(port: int, host: str) -> None:
-    """The sink's metrics alone (and the process'), not the router's that its modules define too: a scrape of the
-    sink shows no router counters at 0 beside the routers' own."""
-    registry = CollectorRegistry()
-    for collector in (*SINK_METRICS, PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
-        registry.register(collector)
-    start_http_server(port, addr=host, registry=registry)
-
-
-async def run_sink(settings: LedgerSettings, db: LedgerDB) -> int:
-    """Copy the Redis ledger streams into the table until SIGTERM (a pod stopped) or SIGINT: then the sink reads no
-    more, the round in flight ends as every round does (rows committed, then entries acknowledged: none left pending,
-    none written twice) and the process exits 0. A round still unfinished after STOP_GRACE_S (a database that stopped
-    answering) is cancelled: its entries stay pending and the next sink copies them (rows are keyed by their entry)."""
-    if not settings.redis_url:
-        print("ROUTER_REDIS_URL is not set: the in-process ledger is copied by its router", file=sys.stderr)
-        return 2
-    if settings.ledger_sink_metrics_port:
-        serve_metrics(settings.ledger_sink_metrics_port, settings.ledger_sink_metrics_host)
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
-    client = connect(settings.redis_url)
-    source = RedisSource(client, consumer_name(), settings.ledger_sql_claim_idle_s)
-    sink = RunningSink(LedgerSink(source, db), stopping)
-    others = [asyncio.create_task(report_backlog(source)), asyncio.create_task(stopping.wait())]
-    try:
-        done, _ = await asyncio.wait([sink.task, *others], return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
-            task.result()  # the sink and the reporter end only by an error: raised
-        print("ledger sink: stopping once the round in flight is committed and acknowledged", file=sys.stderr)
-    finally:
-        await sink.stop(STOP_GRACE_S)
-        for task in others:
-            await stop_task(task)
-        await client.aclose()
-    return 0
-
-
-def parser() -> argparse.ArgumentParser:
-    commands = argparse.ArgumentParser(prog="python -m services.ledger", description=__doc__.split("\n")[0])
-    sub = commands.add_subparsers(dest="command", required=True)
-    out = sub.add_parser("export", help="write the rows as CSV or JSONL")
-    out.add_argument("--format", choices=export.FORMATS, default="jsonl")
-    out.add_argument("--out", type=Path, help="file to write (default: standard output)")
-    out.add_argument("--since", type=moment)
-    out.add_argument("--until", type=moment)
-    out.add_argument("--tenant")
-    trim = sub.add_parser("trim", help="delete rows (and rejected entries) older than the retention")
-    trim.add_argument("--days", type=non_negative)
-    sub.add_parser("sink", help="copy the Redis ledger stream into the table until stopped")
-    return commands
-
-
-def export_rows(db: LedgerDB, args: argparse.Namespace) -> int:
-    rows = db.iter_rows(args.since, args.until, args.tenant)
-    try:
-        if args.out is None:
-            count = export.write(rows, sys.stdout, args.format)
-        else:
-            count = export.write_file(rows, args.out, args.format)
-    except OSError as exc:  # where it writes: a directory missing or not its own, a full disk
-        print(f"ledger export: cannot write {args.out or 'standard output'}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
-    print(f"exported {count} rows", file=sys.stderr)
-    return 0
-
-
-async def main(argv: list[str]) -> int:
-    args = parser().parse_args(argv)
-    settings = load_settings(LedgerSettings)
-    db = ledger_for(settings)
-    try:
-        if args.command == "export":
-            return export_rows(db, args)
-        elif args.command == "trim":
-            days = args.days if args.days is not None else settings.ledger_sql_retention_days
-            if not days:
-                print("no retention: pass --days or set ROUTER_LEDGER_SQL_RETENTION_DAYS", file=sys.stderr)
-                return 2
-            print(
-                f"deleted {await db.trim(time.time() - days * 86400)} rows and rejected entries older than {days} days"
-            )
-        else:
-            return await run_sink(settings, db)
-    except (
-        LedgerUnavailable,
-        export.UnreadableRow,
-    ) as exc:  # said plainly, no traceback; a file to write kept as it was
-        print(f"ledger {args.command}: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        db.close()
-    return 0
-
+from services.ledger.stop_signals import StopSignals
 
 if __name__ == "__main__":
+    # The sink's stop signals are caught before the commands' modules load (about a second): a pod stopped as it
+    # starts ends its start-up cleanly, rather than being killed.
+    signals = StopSignals() if sys.argv[1:2] == ["sink"] else None
+    from services.ledger.commands import main
+
     try:
-        sys.exit(asyncio.run(main(sys.argv[1:])))
+        sys.exit(asyncio.run(main(sys.argv[1:], signals)))
     except KeyboardInterrupt:
         sys.exit(130)

@@ -57,11 +57,15 @@ async def delivered(client: Any) -> tuple[set[str], int]:
     return read, pending
 
 
-def start_sink(redis_url: str, dsn: str) -> subprocess.Popen[str]:
+def start_sink(redis_url: str, dsn: str, *python_options: str) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTER_")}
     env |= {"ROUTER_REDIS_URL": redis_url, "ROUTER_LEDGER_SQL_DSN": dsn, "ROUTER_LEDGER_SINK_METRICS_PORT": "0"}
     return subprocess.Popen(
-        [sys.executable, "-m", "services.ledger", "sink"], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True
+        [sys.executable, *python_options, "-m", "services.ledger", "sink"],
+        cwd=ROOT,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
