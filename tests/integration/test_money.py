@@ -292,7 +292,7 @@ async def test_the_edge_keeps_a_callers_cost_cap(chain: Chain, long_writers: Non
             cost = Decimal(reply.json()["x_router"]["cost_usd"])
         assert 0 < cost <= cap
         refused = await http.post(url, json=body, headers={"x-router-max-cost-usd": "0.000001"})
-    assert refused.status_code == 400 and refused.json()["error"]["param"] == "max_cost_usd"
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "x-router-max-cost-usd"
 
 
 async def test_a_provider_reporting_more_usage_than_the_hold_is_charged_no_more_than_the_hold(
