@@ -45,6 +45,10 @@ def apply(headers: Headers, message: router_pb2.CompleteRequest) -> None:
             raise ApiError(400, message_text, param="x-router-max-latency-ms", code="invalid_value")
         message.max_latency_ms = int(text)
     if "x-router-max-cost-usd" in headers:
+        # Empty, it would clear the body's cap (the router reads "" as no cap): refused as the body's "" is.
+        if not headers["x-router-max-cost-usd"]:
+            message_text = "x-router-max-cost-usd must be a non-negative decimal number"
+            raise ApiError(400, message_text, param="x-router-max-cost-usd", code="invalid_value")
         message.max_cost_usd = headers["x-router-max-cost-usd"]
     if "x-router-session-id" in headers:
         message.session_id = headers["x-router-session-id"]

@@ -71,3 +71,16 @@ async def test_a_header_given_twice_is_a_400_naming_it(
     error = reply.json()["error"]
     assert (error["param"], error["code"]) == (header, "duplicate_header"), error
     assert upstream_calls(chain) == before
+
+
+async def test_an_empty_cost_header_never_lifts_the_bodys_cap(chain: Chain) -> None:
+    """The router reads an empty max_cost_usd as no cap: given as the header, which overrides the body's, it served the
+    request past the cap the body set (an empty body field is a 400)."""
+    before = upstream_calls(chain)
+    body = {**BODY, "max_cost_usd": "0.000000001"}
+    async with httpx.AsyncClient(timeout=30) as http:
+        reply = await http.post(f"{chain.base_url}/chat/completions", json=body, headers={"x-router-max-cost-usd": ""})
+    assert reply.status_code == 400, reply.text
+    error = reply.json()["error"]
+    assert (error["param"], error["code"]) == ("x-router-max-cost-usd", "invalid_value"), error
+    assert upstream_calls(chain) == before
