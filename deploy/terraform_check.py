@@ -70,6 +70,7 @@ GOOD: dict[str, dict | Path] = {
         "ledger_trim": {"schedule": "0 4 * * *", "time_zone": "Europe/Paris", "retention_days": 14},
         "ledger_sink": {"enabled": True, "replicas": 2, "metrics_port": 9205},
         "end_user_hash_secret": {"name": "llm-prod-end-users", "key": "hmac-secret"},
+        "hold_totals": "maintain",
     },
     "ledger-trim-off": {"ledger_dsn_secret": {"name": "llm-ledger"}, "ledger_trim": {"enabled": False}},
     "ledger-trim-macro": {"ledger_dsn_secret": {"name": "llm-ledger"}, "ledger_trim": {"schedule": "@daily"}},
@@ -85,6 +86,7 @@ EXPECTED: dict[str, dict] = {
         "router": {
             "ledgerDsnSecret": {"name": "", "key": ""},
             "endUserHashSecret": {"name": "", "key": ""},
+            "holdTotals": CHART_DEFAULTS["router"]["holdTotals"],
             "ledgerTrim": {
                 k: CHART_DEFAULTS["router"]["ledgerTrim"][k]
                 for k in ("enabled", "schedule", "timeZone", "retentionDays")
@@ -104,6 +106,7 @@ EXPECTED: dict[str, dict] = {
         "router": {
             "ledgerDsnSecret": {"name": "llm-prod-ledger", "key": "postgres-dsn"},
             "endUserHashSecret": {"name": "llm-prod-end-users", "key": "hmac-secret"},
+            "holdTotals": "maintain",
             "ledgerTrim": {"enabled": True, "schedule": "0 4 * * *", "timeZone": "Europe/Paris", "retentionDays": 14},
             "ledgerSink": {"enabled": True, "replicas": 2, "metricsPort": 9205},
             "autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 6},
@@ -162,6 +165,7 @@ BAD: list[tuple[dict, str]] = [
     ({"ledger_sink": {"replicas": 1.5}}, "ledger_sink.replicas must be a whole number"),
     ({"ledger_sink": {"metrics_port": 0}}, "ledger_sink.metrics_port must be a port number"),
     ({"ledger_sink": {"metrics_port": 65536}}, "ledger_sink.metrics_port must be a port number"),
+    ({"hold_totals": "scan"}, "hold_totals must be"),
 ]
 
 # What each example passes to the root module, so that its install is one to run: the edge's keys, the SQL ledger in

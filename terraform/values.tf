@@ -17,6 +17,7 @@ locals {
     router = {
       ledgerDsnSecret   = coalesce(var.ledger_dsn_secret, { name = "", key = "" })
       endUserHashSecret = coalesce(var.end_user_hash_secret, { name = "", key = "" })
+      holdTotals        = var.hold_totals
       ledgerTrim = {
         enabled       = var.ledger_trim.enabled
         schedule      = var.ledger_trim.schedule

@@ -193,6 +193,18 @@ variable "end_user_hash_secret" {
   }
 }
 
+variable "hold_totals" {
+  description = "How the routers' admission counts a budget's holds in the money Redis (ROUTER_HOLD_TOTALS, the chart's router.holdTotals): \"trust\", by each holds set's running total (constant time however many requests are in flight), or \"maintain\", by a scan of the set, the totals still kept. Upgrading from a version without running totals: \"maintain\" while its pods roll, then `python -m services.router.money_check bump-hold-totals-epoch`, then \"trust\" (deploy/README.md, upgrades)."
+  type        = string
+  default     = "trust"
+  nullable    = false
+
+  validation {
+    condition     = contains(["maintain", "trust"], var.hold_totals)
+    error_message = "hold_totals must be \"maintain\" or \"trust\"."
+  }
+}
+
 # --- ledger --------------------------------------------------------------------------------------------------
 variable "ledger_trim" {
   description = "The CronJob deleting from the ledger streams in the money Redis (noeviction) the entries older than retention_days (ROUTER_LEDGER_RETENTION_DAYS, given to the router too) that the SQL sink copied into PostgreSQL (`python -m services.router.ledger trim --copied-only`). It runs only with ledger_dsn_secret and a money Redis; without it (or enabled = false) nothing trims the streams, and the money Redis fills and then refuses every request: schedule `trim --out FILE` yourself. The chart's money maxmemory (2gb) holds 1 request/s with 7 days kept, with room for entries of the versions before (2 KB each, not 900 B) while they age out (deploy/README.md, sizing)."

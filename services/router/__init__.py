@@ -42,7 +42,7 @@ async def build(
         encoding(name)
     if settings.redis_url:
         await check_money_redis(settings.redis_url, settings.allow_evicting_money_store, settings.cache_redis_url)
-    store = open_store(settings.redis_url, settings.request_id_ttl_s)
+    store = open_store(settings.redis_url, settings.request_id_ttl_s, settings.hold_totals)
     cache = open_cache(settings.cache_redis_url)
     try:
         outbox = Outbox(settings.data_dir, settings.request_id_ttl_s - settings.request_timeout_s - CHARGE_LANDS_S)

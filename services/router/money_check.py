@@ -1,14 +1,24 @@
-"""Start-up check of the money Redis: a store that may evict keys can drop a spend counter or a hold, and a
-budget silently resets; without persistence a restart loses them."""
+"""Checks of the money store. At start-up, of the money Redis: a store that may evict keys can drop a spend counter
+or a hold, and a budget silently resets; without persistence a restart loses them. On demand, of its running hold
+totals (`python -m services.router.money_check hold-totals`): each set's total against a scan of its members, which
+admission trusts in their place (ROUTER_HOLD_TOTALS); `bump-hold-totals-epoch` distrusts every total kept so far,
+each rebuilt from a scan when admission next reads it (README, Money: upgrading to running hold totals)."""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import logging
+import sys
+from dataclasses import dataclass
 
 from pydantic import SecretStr
 from redis.exceptions import RedisClusterException
 
 from llmrouter.redis_connect import connect, each_primary
+from llmrouter.settings import load_settings
+from services.ledger.settings import LedgerSettings
+from services.router.store import HoldsTotal, RedisStore, Store
 
 log = logging.getLogger("llmrouter.router")
 
@@ -69,3 +79,53 @@ async def _server_ids(url: str | SecretStr) -> set[str]:
         return set()
     finally:
         await client.aclose()
+
+
+@dataclass(frozen=True)
+class HoldTotalsAudit:
+    """Every holds set's running total against a scan of its members. `drifted`: a total trusted (of this epoch and
+    of as many members as its set) that sums otherwise, a money error: admission counts its budget wrongly. `stale`:
+    a total not trusted, rebuilt from a scan when admission next reads it (as after a bump of the epoch, or beside
+    routers of the version before)."""
+
+    checked: int
+    drifted: list[HoldsTotal]
+    stale: list[HoldsTotal]
+
+
+async def audit_hold_totals(store: Store) -> HoldTotalsAudit:
+    checked, drifted, stale = 0, [], []
+    async for found in store.hold_totals():
+        checked += 1
+        if found.total is None:
+            stale.append(found)
+        elif found.total != found.scanned:
+            drifted.append(found)
+    return HoldTotalsAudit(checked, drifted, stale)
+
+
+async def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m services.router.money_check", description=__doc__.split("\n")[0])
+    parser.add_argument("command", choices=["hold-totals", "bump-hold-totals-epoch"])
+    args = parser.parse_args(argv)
+    settings = load_settings(LedgerSettings)  # its redis_url is the router's money store; no server settings
+    if not settings.redis_url:
+        print("ROUTER_REDIS_URL is not set: the in-process store's totals live in its router", file=sys.stderr)
+        return 2
+    store = RedisStore(settings.redis_url)
+    try:
+        if args.command == "bump-hold-totals-epoch":
+            await store.bump_hold_totals_epoch()
+            print("hold totals: epoch bumped; each is rebuilt from a scan when admission next reads it")
+            return 0
+        audit = await audit_hold_totals(store)
+    finally:
+        await store.close()
+    for found in audit.drifted:
+        print(f"drifted: {found.holds} total {found.total} scanned {found.scanned}", file=sys.stderr)
+    print(f"hold totals: {audit.checked} sets, {len(audit.drifted)} drifted, {len(audit.stale)} to be rebuilt")
+    return 1 if audit.drifted else 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main(sys.argv[1:])))

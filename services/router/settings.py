@@ -16,7 +16,7 @@ from llmrouter.registry import DEFAULT_REGISTRY
 from llmrouter.settings import REPO_ROOT, GrpcServiceSettings, RepoPath
 from services.ledger.settings import LedgerSettings
 from services.router.end_users import secret_bytes
-from services.router.store import DEFERRED_HOLD_S, HOLD_S, HOLDS_LINGER_S, REQUEST_ID_TTL_S
+from services.router.store import DEFERRED_HOLD_S, HOLD_S, HOLDS_LINGER_S, REQUEST_ID_TTL_S, HoldTotals
 
 # The time kept for a request's charge to land after its last token.
 CHARGE_LANDS_S = 60
@@ -74,6 +74,13 @@ class RouterSettings(GrpcServiceSettings, LedgerSettings):  # the ledger's setti
     # provider batch: the lines still pending are charged their hold. Shorter than the provider's window only in
     # tests (the lines are then charged their hold before the provider may answer).
     provider_batch_hold_s: float = Field(default=DEFERRED_HOLD_S, ge=1, le=7 * 86400)
+    # How admission counts a budget's holds in the money Redis: 'trust', by each holds set's running total (constant
+    # time, however many requests are in flight), or 'maintain', by a scan of the set (time growing with the requests
+    # in flight), the totals still kept. 'maintain' while routers of a version that keeps no totals still run beside
+    # this one; after the last is gone, bump the totals' epoch (`python -m services.router.money_check
+    # bump-hold-totals-epoch`) and switch to 'trust' (README, Money: upgrading to running hold totals). The
+    # in-process store always trusts its own.
+    hold_totals: HoldTotals = "trust"
 
     # Routing targets when a request sets none: the tenant's strong share or quality kept, else the default strong
     # share or quality kept, else the default quality target (a fraction of the best candidate's predicted quality;

@@ -225,6 +225,8 @@ refuses a list keyed by name holding one name twice). */}}
   value: {{ include "llmrouter.addr" (list $root "providers") | quote }}
 {{- include "llmrouter.redisUrlEnv" (list $root "money" "ROUTER_REDIS_URL") }}
 {{- include "llmrouter.redisUrlEnv" (list $root "cache" "ROUTER_CACHE_REDIS_URL") }}
+- name: ROUTER_HOLD_TOTALS
+  value: {{ $v.holdTotals | quote }}
 {{- with $v.endUserHashSecret }}{{ if .name }}
 - name: ROUTER_END_USER_HASH_SECRET
   valueFrom:

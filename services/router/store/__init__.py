@@ -19,6 +19,8 @@ from services.router.store.model import (
     Account,
     Allowance,
     Hold,
+    HoldsTotal,
+    HoldTotals,
     Pending,
     Prices,
     Store,
@@ -47,6 +49,8 @@ __all__ = [
     "AccountKeys",
     "Allowance",
     "Hold",
+    "HoldTotals",
+    "HoldsTotal",
     "MemoryStore",
     "Pending",
     "Prices",
@@ -67,5 +71,11 @@ __all__ = [
 ]
 
 
-def open_store(redis_url: str | SecretStr | None, request_id_ttl_s: int = REQUEST_ID_TTL_S) -> Store:
-    return RedisStore(redis_url, request_id_ttl_s) if redis_url else MemoryStore(request_id_ttl_s)
+def open_store(
+    redis_url: str | SecretStr | None, request_id_ttl_s: int = REQUEST_ID_TTL_S, hold_totals: HoldTotals = "trust"
+) -> Store:
+    """The in-process store keeps its totals itself (holds.py): no other process writes its holds, so it always
+    trusts them."""
+    if redis_url:
+        return RedisStore(redis_url, request_id_ttl_s, hold_totals)
+    return MemoryStore(request_id_ttl_s)

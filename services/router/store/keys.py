@@ -64,6 +64,14 @@ def _tag(shard: int) -> str:
 TAGS = tuple(_tag(shard) for shard in range(SHARDS))
 
 
+_SHARD_OF_TAG = {tag: shard for shard, tag in enumerate(TAGS)}
+
+
+def shard_of_key(key: str) -> int:
+    """The shard whose hash tag a money key (one of AccountKeys') begins with."""
+    return _SHARD_OF_TAG[key[: key.index("}") + 1]]
+
+
 def shard_of(tenant: str) -> int:
     return int.from_bytes(hashlib.sha256(tenant.encode()).digest()[:8], "big") % SHARDS
 
@@ -109,6 +117,21 @@ def limits_key(shard: int) -> str:
     """Operators' limit overrides, a hash from limit_field(scope, name) to pico-USD: a tenant's in its shard,
     a key's in every shard (its tenant, which picks the shard, is not known where the limit is set)."""
     return f"{TAGS[shard]}:limits"
+
+
+# A holds set's running total (lua.py, _TOTALS) is the set's name and this: the same hash tag, so the same slot.
+TOTAL_SUFFIX = ":total"
+
+
+def hold_total(held_key: str) -> str:
+    """The running total of a holds set (AccountKeys.held): a hash of its pico sum, member count and epoch."""
+    return held_key + TOTAL_SUFFIX
+
+
+def hold_totals_epoch_key(shard: int) -> str:
+    """The shard's hold-totals epoch (an integer, 0 while unset): a total built in another is rebuilt from a scan.
+    One per shard, not one global key: a Redis Cluster script may only touch its own slot's keys."""
+    return f"{TAGS[shard]}:hold-totals:epoch"
 
 
 def limit_field(scope: str, name: str) -> str:
@@ -208,6 +231,10 @@ class AccountKeys:
     @property
     def limits(self) -> str:
         return limits_key(self.shard)
+
+    @property
+    def hold_totals_epoch(self) -> str:
+        return hold_totals_epoch_key(self.shard)
 
 
 def key_everywhere(key: str) -> list[AccountKeys]:

@@ -1,7 +1,7 @@
 """The money store's Redis scripts. Each touches the keys of one account's shard only (one hash slot), so it
 runs atomically on one server or on the one Redis Cluster master that owns the slot."""
 
-from services.router.store.keys import RATE_COUNTER_TTL_S
+from services.router.store.keys import RATE_COUNTER_TTL_S, TOTAL_SUFFIX
 from services.router.store.model import HOLDS_LINGER_S, SPEND_MAX_PICO
 
 # Amounts are pico-dollar integers up to 2^63, beyond a Lua number's exact 2^53: the scripts that add them
@@ -17,11 +17,108 @@ local function add(a_hi, a_lo, b_hi, b_lo)
   local lo = a_lo + b_lo
   return a_hi + b_hi + math.floor(lo / B), lo % B
 end
+local function sub(a_hi, a_lo, b_hi, b_lo)
+  local hi, lo = a_hi - b_hi, a_lo - b_lo
+  if lo < 0 then hi, lo = hi - 1, lo + B end
+  return hi, lo
+end
 local function less(a_hi, a_lo, b_hi, b_lo)
   return a_hi < b_hi or (a_hi == b_hi and a_lo < b_lo)
 end
 local function decimal(hi, lo)
   return hi > 0 and string.format('%d%09d', hi, lo) or string.format('%d', lo)
+end
+"""
+
+# Each holds set's running total (keys.py, hold_total: a hash beside the set, in its slot): 'pico', the sum of its
+# members' pico-dollars (each member leads with its pico, of either form), 'count', its members, and 'epoch', the
+# shard's hold-totals epoch it was built in. Every script that adds or removes a hold does it through hold_add and
+# hold_remove, which move the total by what ZADD or ZREM actually changed: a settle retried, a hold settled twice or
+# reaped after its charge moves it once. A total is trusted only while its epoch is the shard's and its count is
+# the set's (ZCARD): one a router of the version before left behind (it adds and removes holds without one), a set
+# that expired under it, or an epoch an operator bumped (money_check.py, bump-hold-totals-epoch) is dropped as its
+# set changes and rebuilt from a scan of the set when admission next reads it (trust). EPOCH is set by each script
+# from its shard's epoch key before any of these run; '0' before any bump.
+_TOTALS = f"""
+local EPOCH = '0'
+local function total_of(holds) return holds .. '{TOTAL_SUFFIX}' end
+local function member_pico(member)
+  local pico = string.match(member, '^(%d+):')
+  if not pico then error('a hold member without its pico: ' .. member) end
+  return split(pico)
+end
+local function scanned(holds)
+  local hi, lo, n = 0, 0, 0
+  for _, member in ipairs(redis.call('ZRANGE', holds, 0, -1)) do
+    local h_hi, h_lo = split(string.match(member, '^(%d+):'))
+    hi, lo = add(hi, lo, h_hi, h_lo)
+    n = n + 1
+  end
+  return hi, lo, n
+end
+-- The set's total when it can be trusted (an empty set's is 0 with or without one), else nil.
+local function recorded(holds)
+  local total = redis.call('HMGET', total_of(holds), 'pico', 'count', 'epoch')
+  local size = redis.call('ZCARD', holds)
+  if not total[1] then
+    if size == 0 then return 0, 0, 0 end
+    return nil
+  end
+  if total[3] ~= EPOCH or tonumber(total[2]) ~= size then return nil end
+  local hi, lo = split(total[1])
+  return hi, lo, size
+end
+local function record(holds, hi, lo, n)
+  local total = total_of(holds)
+  if n == 0 then
+    redis.call('DEL', total)
+    return
+  end
+  redis.call('HSET', total, 'pico', decimal(hi, lo), 'count', n, 'epoch', EPOCH)
+  local at = redis.call('PEXPIRETIME', holds)
+  if at > 0 then redis.call('PEXPIREAT', total, at) end
+end
+-- What a holds set holds, in pico-dollars: by its total (rebuilt from a scan when it cannot be trusted), or, with
+-- `trust` false (ROUTER_HOLD_TOTALS=maintain), by the scan, its total left as it is.
+local function held_sum(holds, trust)
+  if trust then
+    local hi, lo = recorded(holds)
+    if hi then return hi, lo end
+  end
+  local hi, lo, n = scanned(holds)
+  if trust then record(holds, hi, lo, n) end
+  return hi, lo
+end
+-- A total not trusted is dropped as its set changes: its count could come to match the set's again by chance.
+local function hold_add(holds, expiry, member)
+  local p_hi, p_lo = member_pico(member)
+  local hi, lo, n = recorded(holds)
+  if not hi then redis.call('DEL', total_of(holds)) end
+  if redis.call('ZADD', holds, expiry, member) == 1 and hi then
+    hi, lo = add(hi, lo, p_hi, p_lo)
+    record(holds, hi, lo, n + 1)
+  end
+end
+local function hold_remove(holds, member)
+  local p_hi, p_lo = member_pico(member)
+  local hi, lo, n = recorded(holds)
+  if not hi then redis.call('DEL', total_of(holds)) end
+  if redis.call('ZREM', holds, member) == 1 and hi then
+    hi, lo = sub(hi, lo, p_hi, p_lo)
+    record(holds, hi, lo, n - 1)
+  end
+end
+-- For a script's checks before its first write (_PERMITTED, and the key types): what it may do to the totals.
+local function total_commands(holds)
+  local total = total_of(holds)
+  return {{{{'HMGET', total, 'pico'}}, {{'HSET', total, 'pico', '0'}}, {{'DEL', total}}, {{'PEXPIREAT', total, '0'}},
+    {{'EXPIREAT', total, '0'}}, {{'ZCARD', holds}}, {{'PEXPIRETIME', holds}}}}
+end
+local function totals_typed(sets)
+  for _, holds in ipairs(sets) do
+    local found = redis.call('TYPE', total_of(holds))['ok']
+    if found ~= 'none' and found ~= 'hash' then return redis.error_reply('WRONGTYPE a holds total') end
+  end
 end
 """
 
@@ -44,7 +141,7 @@ local function held_member(pending_key, field, member)
 end
 local function drop_hold(tenant_holds, key_holds, members)
   for _, member in ipairs(members) do
-    for _, holds in ipairs({tenant_holds, key_holds}) do redis.call('ZREM', holds, member) end
+    for _, holds in ipairs({tenant_holds, key_holds}) do hold_remove(holds, member) end
   end
 end
 """
@@ -55,7 +152,9 @@ end
 _OUTLIVE = f"""
 local function outlive_holds(key)
   local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
-  redis.call('EXPIREAT', key, math.ceil(tonumber(last[2])) + {HOLDS_LINGER_S})
+  local at = math.ceil(tonumber(last[2])) + {HOLDS_LINGER_S}
+  redis.call('EXPIREAT', key, at)
+  redis.call('EXPIREAT', key .. '{TOTAL_SUFFIX}', at)  -- its running total goes with it (_TOTALS)
 end
 """
 
@@ -114,9 +213,14 @@ local function open_hold(member, pending_key)
   local record = field and redis.call('HGET', pending_key, field)
   return record and string.match(record, '"hold_pico":%s*(%d+)') == pico
 end
+"""
+
+# The reaper: admission drops the holds past their expiry that stand for no open pending charge, each through
+# hold_remove, so its total loses it once (a second drop of the same member removes nothing).
+_REAP = """
 local function drop_expired(holds, pending_key, now)
   for _, member in ipairs(redis.call('ZRANGEBYSCORE', holds, '-inf', now)) do
-    if not open_hold(member, pending_key) then redis.call('ZREM', holds, member) end
+    if not open_hold(member, pending_key) then hold_remove(holds, member) end
   end
 end
 """
@@ -147,17 +251,21 @@ ADMIT = (
     _MAY_GROW
     + _RATE
     + _EXACT
+    + _TOTALS
     + _OUTLIVE
     + _OPEN
+    + _REAP
     + _PERMITTED
     + """
 -- KEYS: rate, used id, tenant spend, tenant holds, key spend, key holds, limit overrides, pending charges,
 --       charged id, undone marker (of this admission's nonce), provider batches, models, the spend and holds the
---       key budget is checked against (keys.py, key_budget: a keyless request's tenant's), prices
+--       key budget is checked against (keys.py, key_budget: a keyless request's tenant's), prices, the shard's
+--       hold-totals epoch
 -- ARGV: per minute, tenant default limit, key default limit ('' = none), now, hold member, hold expiry, id ttl,
 --       hold pico, pending field, pending record, tenant limit field, key limit field, provider batch line ('1'),
 --       the model the request is admitted for ('' = none), its prices (model.py, prices_value; '' = none), the
---       admitting key's id (hex; what the used id keeps)
+--       admitting key's id (hex; what the used id keeps), '1' to count the holds by their totals (else by a scan)
+EPOCH = redis.call('GET', KEYS[16]) or '0'
 -- Undone before it ran (it reached the store after the router gave up on it and undid it): nothing happens.
 if redis.call('EXISTS', KEYS[10]) == 1 then return {'undone', '0', '0', ''} end
 local recorded = redis.call('HGET', KEYS[8], ARGV[9])
@@ -190,6 +298,7 @@ for _, holds in ipairs(held) do
   for _, write in ipairs({{'ZREM', holds, ARGV[5]}, {'ZADD', holds, ARGV[6], ARGV[5]}, {'EXPIREAT', holds, '0'}}) do
     writes[#writes + 1] = write
   end
+  for _, command in ipairs(total_commands(holds)) do writes[#writes + 1] = command end
 end
 -- A key it writes holding another type fails it here, before any write, as a charge (CHARGE): failing later, it left
 -- its id used, its hold and its pending charge recorded, which the reconciler charged at the hold, nothing served.
@@ -197,9 +306,16 @@ for i, kind in pairs({[4] = 'zset', [6] = 'zset', [8] = 'hash', [11] = 'hash', [
   local found = redis.call('TYPE', KEYS[i])['ok']
   if found ~= 'none' and found ~= kind then return redis.error_reply('WRONGTYPE a key the admission writes') end
 end
+local mistyped = totals_typed(held)
+if mistyped then return mistyped end
 local refused = denied(writes)
 if refused then return refused end
 for _, holds in ipairs(held) do drop_expired(holds, KEYS[8], ARGV[4]) end
+-- Trusting totals, each set this admission writes has one it can trust from here on: rebuilt now when stale (once per
+-- set and epoch), the key set's too when its budget has no limit to read it by.
+if ARGV[17] == '1' then
+  for _, holds in ipairs(held) do held_sum(holds, true) end
+end
 -- The limit minus what is used, or nothing when that is over it.
 local function left(l_hi, l_lo, u_hi, u_lo)
   if less(l_hi, l_lo, u_hi, u_lo) then return 0, 0 end
@@ -219,10 +335,8 @@ for _, b in ipairs(budgets) do
     if s_hi == nil or less(spend_hi, spend_lo, s_hi, s_lo) then
       s_name, s_hi, s_lo = b[5], spend_hi, spend_lo
     end
-    for _, held in ipairs(redis.call('ZRANGE', b[2], 0, -1)) do
-      local h_hi, h_lo = split(string.match(held, '^(%d+):'))
-      u_hi, u_lo = add(u_hi, u_lo, h_hi, h_lo)
-    end
+    local h_hi, h_lo = held_sum(b[2], ARGV[17] == '1')
+    u_hi, u_lo = add(u_hi, u_lo, h_hi, h_lo)
     local left_hi, left_lo = left(l_hi, l_lo, u_hi, u_lo)
     if r_hi == nil or less(left_hi, left_lo, r_hi, r_lo) then tightest, r_hi, r_lo = b[5], left_hi, left_lo end
   end
@@ -236,7 +350,7 @@ end
 if per_minute > 0 and redis.call('INCR', KEYS[1]) == 1 then redis.call('EXPIRE', KEYS[1], RATE_TTL) end
 redis.call('SET', KEYS[2], ARGV[16], 'EX', ARGV[7])
 for _, holds in ipairs(held) do
-  redis.call('ZADD', holds, ARGV[6], ARGV[5])
+  hold_add(holds, ARGV[6], ARGV[5])
   outlive_holds(holds)
 end
 redis.call('HSET', KEYS[8], ARGV[9], ARGV[10])
@@ -272,15 +386,17 @@ return 1
 CHARGE = (
     _MUST_LAND
     + _EXACT
+    + _TOTALS
     + _HELD
     + _PERMITTED
     + f"local SPEND_MAX = {SPEND_MAX_PICO}\n"
     + """
 -- KEYS: charged marker, tenant spend, key spend, ledger, tenant holds, key holds, pending charges, provider batches,
---       models, prices, used id
+--       models, prices, used id, the shard's hold-totals epoch
 -- ARGV: pico, marker ttl, record, spend ttl, hold member, pending field, late ('1': only if still pending),
 --       the charge's id ('' for none), its admission's nonce ('' for none), the reconciler's: the pending record
 --       as its sweep read it
+EPOCH = redis.call('GET', KEYS[12]) or '0'
 -- Returns 1 when charged now, or before by this very charge (its id in the marker: its reply was lost); else 0.
 -- The charged marker: 'batch:<id>' for a provider batch line's; else one entry per charge that landed on the request
 -- id, space-separated, each '1:<charge id>:<admission nonce>' (either may be ''), or '1' or '1:<charge id>' as
@@ -326,12 +442,18 @@ for i, kind in pairs({[4] = 'stream', [5] = 'zset', [6] = 'zset', [8] = 'hash', 
   local found = redis.call('TYPE', KEYS[i])['ok']
   if found ~= 'none' and found ~= kind then return redis.error_reply('WRONGTYPE a key the charge writes') end
 end
+local mistyped = totals_typed({KEYS[5], KEYS[6]})
+if mistyped then return mistyped end
 -- Nor may an ACL deny one of its writes half-way (_PERMITTED): that is the store refusing the router, not the charge's
 -- fault, so it is told as NOPERM, which holds the charge in the outbox.
-local refused = denied({{'HDEL', KEYS[7], ARGV[6]}, {'HDEL', KEYS[8], ARGV[6]}, {'HDEL', KEYS[9], ARGV[6]},
+local writes = {{'HDEL', KEYS[7], ARGV[6]}, {'HDEL', KEYS[8], ARGV[6]}, {'HDEL', KEYS[9], ARGV[6]},
   {'HDEL', KEYS[10], ARGV[6]}, {'ZREM', KEYS[5], ARGV[5]}, {'ZREM', KEYS[6], ARGV[5]}, {'SET', KEYS[1], marker},
   {'INCRBY', KEYS[2], ARGV[1]}, {'INCRBY', KEYS[3], ARGV[1]}, {'EXPIRE', KEYS[2], '1'}, {'EXPIRE', KEYS[3], '1'},
-  {'XADD', KEYS[4], '*', 'record', ARGV[3]}, {'EXPIRE', KEYS[11], ARGV[2]}})
+  {'XADD', KEYS[4], '*', 'record', ARGV[3]}, {'EXPIRE', KEYS[11], ARGV[2]}}
+for _, holds in ipairs({KEYS[5], KEYS[6]}) do
+  for _, command in ipairs(total_commands(holds)) do writes[#writes + 1] = command end
+end
+local refused = denied(writes)
 if refused then return refused end
 -- A pending charge of another admission of the request id (admitted again once its markers expired, while this
 -- charge waited in an outbox, or once a store that lost this admission freed the id) is a request in flight: only
@@ -392,14 +514,16 @@ return 1
 EXTEND = (
     _MAY_GROW
     + _EXACT
+    + _TOTALS
     + _HELD
     + _OUTLIVE
     + _PERMITTED
     + """
 -- KEYS: tenant spend, tenant holds, key spend, key holds, limit overrides, pending charges, the spend and holds the
---       key budget is checked against (keys.py, key_budget)
+--       key budget is checked against (keys.py, key_budget), the shard's hold-totals epoch
 -- ARGV: tenant default limit, key default limit ('' = none), old member, new member, new pico, expiry,
---       pending field, pending record, tenant limit field, key limit field
+--       pending field, pending record, tenant limit field, key limit field, '1' to count the holds by their totals
+EPOCH = redis.call('GET', KEYS[9]) or '0'
 -- A request already settled has no hold to grow (its extension arrived late): refused, nothing made again. Nor has
 -- one whose pending charge is another admission's of its request id (one a store that lost this admission let in).
 local stored = redis.call('HGET', KEYS[6], ARGV[7])
@@ -407,26 +531,14 @@ if not stored then return 'settled' end
 local nonce = string.match(ARGV[8], '"nonce":%s*"([^"]*)"')
 if nonce and nonce ~= '' and string.match(stored, '"nonce":%s*"([^"]*)"') ~= nonce then return 'settled' end
 local old = held_member(KEYS[6], ARGV[7], ARGV[3])
-local budgets = {{KEYS[1], KEYS[2], ARGV[1], ARGV[9], 'tenant'}, {KEYS[7], KEYS[8], ARGV[2], ARGV[10], 'key'}}
-for _, b in ipairs(budgets) do
-  local limit = redis.call('HGET', KEYS[5], b[4]) or b[3]
-  if limit ~= '' then
-    local u_hi, u_lo = split(redis.call('GET', b[1]) or '0')
-    local n_hi, n_lo = split(ARGV[5])
-    u_hi, u_lo = add(u_hi, u_lo, n_hi, n_lo)
-    for _, held in ipairs(redis.call('ZRANGE', b[2], 0, -1)) do
-      if held ~= old then  -- every other member counts, of either form
-        local h_hi, h_lo = split(string.match(held, '^(%d+):'))
-        u_hi, u_lo = add(u_hi, u_lo, h_hi, h_lo)
-      end
-    end
-    local l_hi, l_lo = split(limit)
-    if less(l_hi, l_lo, u_hi, u_lo) then return b[5] end
-  end
-end
-local refused = denied({{'ZREM', KEYS[2], old}, {'ZREM', KEYS[4], old}, {'ZADD', KEYS[2], ARGV[6], ARGV[4]},
+-- Checked before any write (a total rebuilt below is one).
+local writes = {{'ZREM', KEYS[2], old}, {'ZREM', KEYS[4], old}, {'ZADD', KEYS[2], ARGV[6], ARGV[4]},
   {'ZADD', KEYS[4], ARGV[6], ARGV[4]}, {'EXPIREAT', KEYS[2], '0'}, {'EXPIREAT', KEYS[4], '0'},
-  {'HSET', KEYS[6], ARGV[7], ARGV[8]}})
+  {'HSET', KEYS[6], ARGV[7], ARGV[8]}}
+for _, holds in ipairs({KEYS[2], KEYS[4]}) do
+  for _, command in ipairs(total_commands(holds)) do writes[#writes + 1] = command end
+end
+local refused = denied(writes)
 if refused then return refused end
 -- A holds set of another type fails it here, before any write, as an admission (ADMIT): failing later, it dropped the
 -- hold from the tenant's set and kept the pending charge open, its room in the tenant's budget given to others.
@@ -434,9 +546,26 @@ for _, holds in ipairs({KEYS[2], KEYS[4]}) do
   local found = redis.call('TYPE', holds)['ok']
   if found ~= 'none' and found ~= 'zset' then return redis.error_reply('WRONGTYPE a key the extension writes') end
 end
+local mistyped = totals_typed({KEYS[2], KEYS[4]})
+if mistyped then return mistyped end
+local budgets = {{KEYS[1], KEYS[2], ARGV[1], ARGV[9], 'tenant'}, {KEYS[7], KEYS[8], ARGV[2], ARGV[10], 'key'}}
+for _, b in ipairs(budgets) do
+  local limit = redis.call('HGET', KEYS[5], b[4]) or b[3]
+  if limit ~= '' then
+    local u_hi, u_lo = split(redis.call('GET', b[1]) or '0')
+    local n_hi, n_lo = split(ARGV[5])
+    u_hi, u_lo = add(u_hi, u_lo, n_hi, n_lo)
+    -- Every other member counts, of either form: the set's sum less the old hold, when it holds it.
+    local h_hi, h_lo = held_sum(b[2], ARGV[11] == '1')
+    if redis.call('ZSCORE', b[2], old) then h_hi, h_lo = sub(h_hi, h_lo, member_pico(old)) end
+    u_hi, u_lo = add(u_hi, u_lo, h_hi, h_lo)
+    local l_hi, l_lo = split(limit)
+    if less(l_hi, l_lo, u_hi, u_lo) then return b[5] end
+  end
+end
 drop_hold(KEYS[2], KEYS[4], {old})
 for _, holds in ipairs({KEYS[2], KEYS[4]}) do
-  redis.call('ZADD', holds, ARGV[6], ARGV[4])
+  hold_add(holds, ARGV[6], ARGV[4])
   outlive_holds(holds)
 end
 redis.call('HSET', KEYS[6], ARGV[7], ARGV[8])
@@ -448,15 +577,25 @@ return ''
 # late or replayed undo never touches a later admission of the same request id. The nonce is hex: no JSON escaping.
 UNDO = (
     _MUST_LAND
+    + _EXACT
+    + _TOTALS
     + _HELD
     + _PERMITTED
     + """
--- KEYS: tenant holds, key holds, pending charges, used id, undone marker, provider batches, models, prices
+-- KEYS: tenant holds, key holds, pending charges, used id, undone marker, provider batches, models, prices, the
+--       shard's hold-totals epoch
 -- ARGV: hold member, pending field, nonce, marker ttl
-local refused = denied({{'SET', KEYS[5], '1'}, {'ZREM', KEYS[1], ARGV[1]}, {'ZREM', KEYS[2], ARGV[1]},
+EPOCH = redis.call('GET', KEYS[9]) or '0'
+local writes = {{'SET', KEYS[5], '1'}, {'ZREM', KEYS[1], ARGV[1]}, {'ZREM', KEYS[2], ARGV[1]},
   {'HDEL', KEYS[3], ARGV[2]}, {'HDEL', KEYS[6], ARGV[2]}, {'HDEL', KEYS[7], ARGV[2]}, {'HDEL', KEYS[8], ARGV[2]},
-  {'DEL', KEYS[4]}})
+  {'DEL', KEYS[4]}}
+for _, holds in ipairs({KEYS[1], KEYS[2]}) do
+  for _, command in ipairs(total_commands(holds)) do writes[#writes + 1] = command end
+end
+local refused = denied(writes)
 if refused then return refused end
+local mistyped = totals_typed({KEYS[1], KEYS[2]})
+if mistyped then return mistyped end
 redis.call('SET', KEYS[5], '1', 'EX', ARGV[4])
 local record = redis.call('HGET', KEYS[3], ARGV[2])
 if not record or string.match(record, '"nonce":%s*"(%x*)"') ~= ARGV[3] then return 0 end
@@ -512,6 +651,20 @@ for i = 2, #KEYS do
   counted[#counted + 1] = members
 end
 return counted
+"""
+)
+
+# One holds set's running total beside what a scan of the set sums, read at one instant (money_check.py).
+HOLD_TOTAL = (
+    "#!lua flags=no-writes\n"
+    + _EXACT
+    + _TOTALS
+    + """
+-- KEYS: a holds set, the shard's hold-totals epoch
+-- Returns its total's pico, count and epoch ('' for none), the shard's epoch, and the scan's pico and count.
+local total = redis.call('HMGET', total_of(KEYS[1]), 'pico', 'count', 'epoch')
+local hi, lo, n = scanned(KEYS[1])
+return {total[1] or '', total[2] or '', total[3] or '', redis.call('GET', KEYS[2]) or '0', decimal(hi, lo), n}
 """
 )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import replace
 
 from services.router.store.holds import Holds
@@ -15,6 +16,7 @@ from services.router.store.model import (
     Account,
     Allowance,
     Hold,
+    HoldsTotal,
     Pending,
     Prices,
     Verdict,
@@ -299,6 +301,14 @@ class MemoryStore:
             return sum(p for m, (expiry, p) in held if expiry > now or self._open(m, p))
 
         return live(keys.held()[0]), sum(live(each.key_budget("")[1]) for each in key_keys)
+
+    async def hold_totals(self) -> AsyncIterator[HoldsTotal]:
+        for key, holds in list(self.held.items()):
+            if holds:
+                yield HoldsTotal(key, (holds.total, len(holds)), (sum(p for _, p in holds.values()), len(holds)))
+
+    async def bump_hold_totals_epoch(self) -> None:
+        return None  # nothing but this store writes its holds: no total of its was ever kept by another version
 
     async def limit_overrides(self) -> dict[tuple[str, str], int]:
         return {(field.partition(":")[0], field.partition(":")[2]): pico for field, pico in self.limits.items()}

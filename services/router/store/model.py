@@ -15,10 +15,11 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from decimal import ROUND_CEILING, Decimal
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 import grpc
 
@@ -282,6 +283,23 @@ def marker_batch(marker: str) -> str:
     return marker.removeprefix("batch:") if marker.startswith("batch:") else ""
 
 
+# How admission counts a budget's holds (ROUTER_HOLD_TOTALS): by each holds set's running total ('trust'), or by a
+# scan of its members, the totals still kept ('maintain': during a rolling upgrade from routers that keep none).
+HoldTotals = Literal["maintain", "trust"]
+
+
+@dataclass(frozen=True)
+class HoldsTotal:
+    """One holds set's running total beside what its members sum to (services/router/money_check.py). `total` is
+    (pico-USD, members), None when none can be trusted: none kept, or kept in an epoch since bumped or by fewer or
+    more members than the set has (a router of the version before added or removed one); admission rebuilds such a
+    total from a scan when it next reads it. `scanned` is (pico-USD, members) of the set itself."""
+
+    holds: str
+    total: tuple[int, int] | None
+    scanned: tuple[int, int]
+
+
 class StoreUnavailable(ServiceError):
     """The money store cannot be reached: nothing is admitted without it (fail closed)."""
 
@@ -410,6 +428,12 @@ class Store(Protocol):
     async def held_pico(self, account: Account) -> tuple[int, int]:
         """What the holds of requests in flight keep from the tenant's and the key's budget (pico-USD), counted as
         admission counts them."""
+
+    def hold_totals(self) -> AsyncIterator[HoldsTotal]:
+        """Every holds set's running total beside what its members sum to, each read at one instant."""
+
+    async def bump_hold_totals_epoch(self) -> None:
+        """Distrust every running total kept so far: each is rebuilt from a scan of its set when next read."""
 
     async def limit_overrides(self) -> dict[tuple[str, str], int]:
         """Every limit set for one tenant or key, by (scope, name): scope is 'tenant' or 'key'."""

@@ -23,11 +23,13 @@ from services.router.store.keys import (
     SHARDS,
     AccountKeys,
     alive_key,
+    hold_totals_epoch_key,
     key_everywhere,
     limit_field,
     limits_key,
     pending_key,
     shard_of,
+    shard_of_key,
 )
 from services.router.store.model import (
     HOLD_S,
@@ -35,6 +37,8 @@ from services.router.store.model import (
     Account,
     Allowance,
     Hold,
+    HoldsTotal,
+    HoldTotals,
     Pending,
     Prices,
     StoreRefusing,
@@ -126,7 +130,9 @@ def _readable(record: str) -> Pending | None:
 
 
 class RedisStore:
-    def __init__(self, url: str | SecretStr, request_id_ttl_s: int = REQUEST_ID_TTL_S) -> None:
+    def __init__(
+        self, url: str | SecretStr, request_id_ttl_s: int = REQUEST_ID_TTL_S, hold_totals: HoldTotals = "trust"
+    ) -> None:
         self.redis = connect(
             url, max_connections=CONNECTIONS, pool_timeout=5, socket_connect_timeout=2, socket_timeout=5
         )
@@ -134,6 +140,8 @@ class RedisStore:
         # wait here instead (a single server's blocking pool does the same).
         self._calls = asyncio.Semaphore(CONNECTIONS)
         self.request_id_ttl_s = request_id_ttl_s
+        # Admission and extension count each budget's holds by its running total, or by a scan (lua.py, _TOTALS).
+        self._trust_totals = "1" if hold_totals == "trust" else "0"
         # On a Redis Cluster one master's failure says nothing of the shards on the others (the outbox's replay).
         self.shards_fail_apart = is_cluster(url)
         self._admit = self.redis.register_script(lua.ADMIT)
@@ -144,6 +152,7 @@ class RedisStore:
         self._record_batch = self.redis.register_script(lua.RECORD_BATCH)
         self._pending_charge = self.redis.register_script(lua.PENDING_CHARGE)
         self._held = self.redis.register_script(lua.HELD)
+        self._hold_total = self.redis.register_script(lua.HOLD_TOTAL)
         self._lease = self.redis.register_script(lua.LEASE)
         self._missing_since: dict[str, float] = {}  # routers seen without a heartbeat, since when (monotonic)
         self._last_sweep = float("-inf")  # when the pending charges were last read
@@ -182,10 +191,11 @@ class RedisStore:
             model,
             prices_value(hold.nonce, prices),
             keys.key_hex,
+            self._trust_totals,
         ]
         names = [keys.rate(now), keys.used(hold.request_id), tenant_spend, tenant_held, key_spend, key_held]
         names += [keys.limits, keys.pending, keys.charged(hold.request_id), keys.undone(hold.nonce), keys.batches]
-        names += [keys.models, *keys.key_budget(hold.period), keys.prices]
+        names += [keys.models, *keys.key_budget(hold.period), keys.prices, keys.hold_totals_epoch]
         async with self._call():
             refused, remaining, spend_left, spend_budget, *duplicate = await self._admit(keys=names, args=args)
         charged, held = (_pico_or_none(value) for value in duplicate or ["", ""])
@@ -222,7 +232,7 @@ class RedisStore:
     async def _settle(self, account: Account, hold: Hold, pico: int, record: dict, only: list[str]) -> bool:
         keys = AccountKeys.of(account)
         names = [keys.charged(hold.request_id), *keys.spend(hold.period), keys.ledger, *keys.held(), keys.pending]
-        names += [keys.batches, keys.models, keys.prices, keys.used(hold.request_id)]
+        names += [keys.batches, keys.models, keys.prices, keys.used(hold.request_id), keys.hold_totals_epoch]
         args: list[int | str] = [
             pico,
             self.request_id_ttl_s,
@@ -251,9 +261,10 @@ class RedisStore:
             pending.to_json(),
             limit_field("tenant", account.tenant),
             limit_field("key", account.key),
+            self._trust_totals,
         ]
         names = [tenant_spend, tenant_held, key_spend, key_held, keys.limits, keys.pending]
-        names += keys.key_budget(hold.period)
+        names += [*keys.key_budget(hold.period), keys.hold_totals_epoch]
         async with self._call():
             return _text(await self._extend(keys=names, args=args) or "")
 
@@ -261,7 +272,7 @@ class RedisStore:
         assert hold.nonce, "only an admission with a nonce can be undone"
         keys = AccountKeys.of(account)
         names = [*keys.held(), keys.pending, keys.used(hold.request_id), keys.undone(hold.nonce), keys.batches]
-        names += [keys.models, keys.prices]
+        names += [keys.models, keys.prices, keys.hold_totals_epoch]
         member = keys.hold_member(hold.pico, hold.request_id)
         args = [member, pending_field(account, hold.request_id), hold.nonce, self.request_id_ttl_s]
         async with self._call():
@@ -325,6 +336,31 @@ class RedisStore:
                 key_held += _held_sum(members)
             (tenant,) = await self._held(keys=[keys.pending, keys.held()[0]], args=[now])
         return _held_sum(tenant), key_held
+
+    async def hold_totals(self) -> AsyncIterator[HoldsTotal]:
+        """Every holds set's running total beside a scan of its members, each read at one instant (every master's
+        sets, on a cluster)."""
+        async with self._call():
+            seen = set()
+            async for name in self.redis.scan_iter(match="*:held", count=1000, _type="zset"):
+                holds = _text(name)
+                if holds in seen:  # a cluster's scan may meet a key twice (a slot migrating)
+                    continue
+                seen.add(holds)
+                epoch_key = hold_totals_epoch_key(shard_of_key(holds))
+                pico, count, epoch, current, scanned, members = (
+                    _text(v) for v in await self._hold_total(keys=[holds, epoch_key])
+                )
+                trusted = pico != "" and epoch == current and int(count) == int(members)
+                total = (int(pico), int(count)) if trusted else None
+                yield HoldsTotal(holds, total, (int(scanned), int(members)))
+
+    async def bump_hold_totals_epoch(self) -> None:
+        """Every shard's hold-totals epoch, one up: each running total is rebuilt from a scan when next read."""
+        async with self._call(), self.redis.pipeline(transaction=False) as pipe:
+            for shard in range(SHARDS):
+                pipe.incr(hold_totals_epoch_key(shard))
+            await pipe.execute()
 
     async def heartbeat(self, router: str, ttl_s: float) -> None:
         async with self._call():

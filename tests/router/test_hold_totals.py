@@ -1,0 +1,223 @@
+"""Each holds set's running total (lua.py, _TOTALS; the in-process store's holds.py) is its members' exact sum after
+many concurrent admissions, charges (some sent twice), grown holds, undos, reconciler settlements and holds reaped past
+their expiry: compared with a scan of every set, on one Redis server, a Redis Cluster and the in-process store. And
+how ROUTER_HOLD_TOTALS and the epoch behave: 'trust' admits by the total, 'maintain' by a scan, and a total of another
+epoch, or of a set that changed under it, is rebuilt from a scan when admission reads it."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as redis
+
+from llmrouter.redis_connect import connect
+from services.router.money_check import audit_hold_totals
+from services.router.store import Account, Allowance, Hold, MemoryStore, RedisStore, Store, pending_field, period_id
+from services.router.store.keys import AccountKeys, hold_total
+from tests.router.old_version import checkout, run
+
+DAY = period_id("day")
+ACCOUNTS = [Account(tenant, key) for tenant in ("acme", "globex", "initech") for key in ("k1", "k2", "anonymous")]
+# Tight enough that admissions are refused now and then while a hundred are in flight.
+ALLOWANCE = Allowance("day", tenant_pico=60 * 10**9, key_pico=30 * 10**9)
+
+
+@pytest.fixture(params=["memory", "redis", "cluster"])
+def store_url(request: pytest.FixtureRequest) -> str:
+    """'' for the in-process store, then one Redis server, then a Redis Cluster."""
+    return "" if request.param == "memory" else request.getfixturevalue("any_redis_url_" + request.param)
+
+
+@pytest.fixture
+async def any_store(store_url: str) -> AsyncIterator[tuple[Store, str]]:
+    """A store, and its Redis URL ('' for the in-process store)."""
+    if not store_url:
+        yield MemoryStore(), ""
+        return
+    made = RedisStore(store_url)
+    yield made, store_url
+    await made.close()
+
+
+async def leave_behind(store: Store, account: Account, hold: Hold) -> None:
+    """The request's hold stays, past its expiry, with no pending charge standing for it (as a router of a version
+    before could leave one): admission reaps it."""
+    keys = AccountKeys.of(account)
+    member = keys.hold_member(hold.pico, hold.request_id)
+    if isinstance(store, MemoryStore):
+        del store.pending[pending_field(account, hold.request_id)]
+        for held in keys.held():
+            store.held[held][member] = (time.time() - 1, hold.pico)
+        return
+    assert isinstance(store, RedisStore)
+    await store.redis.hdel(keys.pending, pending_field(account, hold.request_id))
+    for held in keys.held():
+        assert await store.redis.zadd(held, {member: time.time() - 1}, xx=True, ch=True) == 1  # its score alone
+
+
+async def one_request(store: Store, rng: random.Random, n: int, open_: list[tuple[Account, Hold]]) -> None:
+    account = rng.choice(ACCOUNTS)
+    hold = Hold(f"r{n}", rng.randrange(1, 4 * 10**9), DAY, "router-1", nonce=f"{n:08x}")
+    if (await store.admit(account, ALLOWANCE, hold)).refused:
+        return
+    await asyncio.sleep(rng.random() / 100)
+    action = rng.randrange(6)
+    if action == 0:  # charged, and the same charge sent again (its reply lost): the hold goes once
+        for _ in range(2):
+            await store.charge(account, hold, hold.pico // 2, {"n": n}, charge_id=f"c{n}")
+    elif action == 1:  # grown, then charged
+        if await store.extend(account, ALLOWANCE, hold, hold.pico + 10**9) == "":
+            hold = Hold(hold.request_id, hold.pico + 10**9, DAY, hold.router, nonce=hold.nonce)
+        await store.charge(account, hold, hold.pico, {"n": n}, charge_id=f"c{n}")
+    elif action == 2:  # undone, twice
+        await store.undo(account, hold)
+        await store.undo(account, hold)
+    elif action == 3:  # left behind past its expiry, reaped by a later admission
+        await leave_behind(store, account, hold)
+    elif action == 4:  # its router died: the reconciler settles it at its hold (on Redis), or it stays open
+        open_.append((account, hold))
+    else:  # charged late, and charged again without its id (a settle retried)
+        await store.charge(account, hold, 1, {"n": n}, late=True)
+        await store.charge(account, hold, 1, {"n": n}, late=True)
+
+
+async def scanned_totals(url: str) -> list[tuple[str, tuple[int, int], tuple[int, int] | None]]:
+    """Every holds set: its members' sum and count, by a scan here, and its total as stored (None: none)."""
+    client = connect(url)
+    found = []
+    try:
+        names = {k.decode() async for k in client.scan_iter(match="*:held", _type="zset")}
+        for held in sorted(names):
+            members = await client.zrange(held, 0, -1)
+            total = await client.hmget(hold_total(held), "pico", "count")
+            kept = None if total[0] is None else (int(total[0]), int(total[1]))
+            found.append((held, (sum(int(m.split(b":", 1)[0]) for m in members), len(members)), kept))
+    finally:
+        await client.aclose()
+    return found
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+async def test_totals_equal_a_scan_after_concurrent_admissions_charges_and_releases(
+    any_store: tuple[Store, str], seed: int
+) -> None:
+    store, url = any_store
+    rng = random.Random(seed)
+    # A provider batch line in flight throughout (the reconciler leaves it to its collector): no set empties, its total
+    # starting afresh, so any drift stays to be seen.
+    for n, account in enumerate(ACCOUNTS):
+        line = Hold(f"line{n}", 1, DAY, "r3", nonce="0c", until=time.time() + 3600)
+        assert (await store.admit(account, Allowance("day"), line)).refused == ""
+    open_: list[tuple[Account, Hold]] = []
+    gate = asyncio.Semaphore(48)  # below the store's 64 calls at once: the reconciler's reads are beside them
+
+    async def gated(n: int) -> None:
+        async with gate:
+            await one_request(store, rng, n, open_)
+
+    async def reconciling_and_auditing() -> None:
+        """While requests come and go: each set's total and scan are read at one instant, so they agree."""
+        for _ in range(8):
+            if isinstance(store, RedisStore):
+                await store.reconcile("router-2", 0.001, 0.05)  # router-1's charges older than 50 ms
+            audit = await audit_hold_totals(store)
+            assert audit.drifted == [] and audit.stale == [], audit
+            await asyncio.sleep(0.05)
+
+    await asyncio.gather(*(gated(n) for n in range(600)), reconciling_and_auditing())
+    for account, hold in open_[::2]:  # some of what the reconciler left, settled now, the rest left as they are
+        await store.charge(account, hold, hold.pico, {}, late=True)
+    audit = await audit_hold_totals(store)
+    assert audit.checked > 0 and audit.drifted == [] and audit.stale == []
+    if url:  # and by a scan of its own, apart from the store's
+        found = await scanned_totals(url)
+        assert len(found) == audit.checked and all(total == scan for _, scan, total in found), found
+
+
+async def admit(store: RedisStore, request_id: str, pico: int, limit: int) -> str:
+    allowance = Allowance("day", tenant_pico=limit)
+    return (await store.admit(Account("acme", "k1"), allowance, Hold(request_id, pico, DAY, "r", nonce="0a"))).refused
+
+
+async def test_trust_admits_by_the_total_maintain_by_a_scan_and_a_bumped_epoch_rebuilds(redis_url: str) -> None:
+    trusting, maintaining = RedisStore(redis_url), RedisStore(redis_url, hold_totals="maintain")
+    client = redis.from_url(redis_url)
+    tenant_held = AccountKeys.of(Account("acme", "k1")).held()[0]
+    try:
+        assert await admit(trusting, "r1", 1_000, 10_000) == ""
+        assert await client.hmget(hold_total(tenant_held), "pico", "count", "epoch") == [b"1000", b"1", b"0"]
+        assert 0 < await client.ttl(tenant_held) == await client.ttl(hold_total(tenant_held))  # it goes with its set
+        await client.hset(hold_total(tenant_held), "pico", 9_500)  # a total that sums otherwise than its set
+        assert (await audit_hold_totals(trusting)).drifted != []
+        assert await admit(trusting, "r2", 1_000, 10_000) == "tenant"  # 9,500 held by its total
+        assert await admit(maintaining, "r2", 1_000, 10_000) == ""  # 1,000 held by a scan
+        await trusting.bump_hold_totals_epoch()
+        audit = await audit_hold_totals(trusting)
+        assert audit.drifted == [] and len(audit.stale) == 2  # both sets' totals: rebuilt when next read
+        assert await admit(trusting, "r3", 8_000, 10_000) == ""  # 2,000 held, by the total rebuilt
+        assert await client.hmget(hold_total(tenant_held), "pico", "count", "epoch") == [b"10000", b"3", b"1"]
+        audit = await audit_hold_totals(trusting)
+        assert audit.drifted == [] and audit.stale == []
+    finally:
+        await trusting.close()
+        await maintaining.close()
+        await client.aclose()
+
+
+async def test_a_set_gone_under_its_total_is_counted_by_a_scan(redis_url: str) -> None:
+    """A holds set that expired, or lost a member to another writer, leaves a total of more members than it has:
+    admission rebuilds it rather than count holds that are gone."""
+    store = RedisStore(redis_url)
+    client = redis.from_url(redis_url)
+    keys = AccountKeys.of(Account("acme", "k1"))
+    try:
+        assert await admit(store, "r1", 6_000, 10_000) == ""
+        await client.delete(*keys.held())  # as if expired: its total (6,000) stays
+        assert await admit(store, "r2", 9_000, 10_000) == ""
+        assert await client.hmget(hold_total(keys.held()[0]), "pico", "count") == [b"9000", b"1"]
+    finally:
+        await store.close()
+        await client.aclose()
+
+
+BEFORE = "29cd945"  # the version before running totals
+OLD_EXTEND = """
+import asyncio, sys
+from services.router.store import Account, Allowance, Hold, RedisStore, period_id
+async def main():
+    store = RedisStore(sys.argv[1])
+    try:
+        hold = Hold("r1", 1000, period_id("day"), "old-router", nonce="0a")
+        print(await store.extend(Account("acme", "k1"), Allowance("day"), hold, 5000))
+    finally:
+        await store.close()
+asyncio.run(main())
+"""
+
+
+async def test_after_routers_that_keep_no_totals_a_bumped_epoch_makes_the_totals_exact(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """The upgrade procedure (README, Money): a router of the version before grows a hold, moving its sets' sums
+    without their member counts, unseen by the totals. A 'maintain' router admits by a scan meanwhile; once the epoch
+    is bumped, a 'trust' router admits by totals rebuilt from the sets."""
+    old = checkout(BEFORE, tmp_path)
+    trusting, maintaining = RedisStore(redis_url), RedisStore(redis_url, hold_totals="maintain")
+    try:
+        assert await admit(trusting, "r1", 1_000, 10_000) == ""
+        assert await run(old, OLD_EXTEND, redis_url) == ""  # r1 holds 5,000 now; its sets' totals say 1,000
+        assert len((await audit_hold_totals(trusting)).drifted) == 2
+        assert await admit(maintaining, "r2", 6_000, 10_000) == "tenant"  # 5,000 held
+        await trusting.bump_hold_totals_epoch()
+        assert await admit(trusting, "r2", 6_000, 10_000) == "tenant"
+        assert await admit(trusting, "r2", 5_000, 10_000) == ""
+        audit = await audit_hold_totals(trusting)
+        assert audit.drifted == [] and audit.stale == []
+    finally:
+        await trusting.close()
+        await maintaining.close()
