@@ -392,7 +392,9 @@ class RedisStore:
 
     async def reconcile(self, router: str, lease_s: float, stale_s: float) -> int:
         async with _reachable():
-            if not await self._lease(keys=[LEASE], args=[router, int(lease_s * 1000)]):
+            async with self._calls:  # the reconciler's calls count against the pool as requests' do
+                leased = await self._lease(keys=[LEASE], args=[router, int(lease_s * 1000)])
+            if not leased:
                 metrics.RECONCILE_BACKLOG.set(0)  # the lease holder's is the release's
                 return 0
             now = time.monotonic()
@@ -426,15 +428,21 @@ class RedisStore:
             return settled
 
     async def _pending(self) -> AsyncIterator[str]:
-        """Every pending charge's record, shard by shard."""
+        """Every pending charge's record, shard by shard, a page a call."""
         for shard in range(SHARDS):
-            async for _, value in self.redis.hscan_iter(pending_key(shard), count=1000):
-                yield _text(value)
+            cursor = 0
+            while True:
+                async with self._calls:
+                    cursor, page = await self.redis.hscan(pending_key(shard), cursor, count=1000)
+                for value in page.values():
+                    yield _text(value)
+                if not cursor:
+                    break
 
     async def _alive(self, routers: list[str]) -> dict[str, bool]:
         if not routers:
             return {}
-        async with self.redis.pipeline(transaction=False) as pipe:
+        async with self._calls, self.redis.pipeline(transaction=False) as pipe:
             for router in routers:
                 pipe.exists(alive_key(router))
             return {router: bool(found) for router, found in zip(routers, await pipe.execute(), strict=True)}
