@@ -196,6 +196,8 @@ module "llm_cost_router" {
   ledger_dsn_secret = var.ledger_dsn_secret
   ledger_trim       = var.ledger_trim
   ledger_sink       = var.ledger_sink # off by default: the routers copy the ledger themselves
+  # How admission counts a budget's holds: "maintain" while routers of a version without running totals still serve.
+  hold_totals = var.hold_totals
   # The secret keying the end-user ids sent to providers: without it, whoever knows a tenant's name can confirm a
   # guessed id in what a provider sees.
   end_user_hash_secret = var.end_user_hash_secret

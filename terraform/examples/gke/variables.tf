@@ -80,6 +80,13 @@ variable "ledger_trim" {
   nullable = false
 }
 
+variable "hold_totals" {
+  description = "How the routers' admission counts a budget's holds (the root module's hold_totals): \"trust\" (running totals), or \"maintain\" (a scan) while upgrading from a version without them; see deploy/README.md."
+  type        = string
+  default     = "trust"
+  nullable    = false
+}
+
 variable "ledger_sink" {
   description = "A standalone SQL ledger sink copying the ledger streams into PostgreSQL in place of the routers' own sinks: {enabled, replicas, metrics_port} (see the root module); it needs ledger_dsn_secret."
   type = object({
