@@ -58,8 +58,8 @@ async def test_a_cued_stream_is_authenticated_and_has_the_token(token_address: s
     token with it."""
     async with grpc.aio.insecure_channel(token_address) as channel:
         call = provider_pb2_grpc.ProviderStub(channel).GenerateStreamOnCue(timeout=5)
-        await call.write(provider_pb2.CuedRequest(request=request("cheap")))
-        with pytest.raises(grpc.aio.AioRpcError) as refused:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:  # on the write when the refusal is back before it
+            await call.write(provider_pb2.CuedRequest(request=request("cheap")))
             await call.read()
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
     async with open_channel(token_address, ServiceSettings(call_token=SecretStr(TOKEN))) as channel:
