@@ -120,6 +120,15 @@ async def test_a_refusal_names_the_budget_spend_alone_leaves_least(store: Store)
     assert await store.admit(ACCOUNT, limit, hold("next", 10)) == Verdict("tenant", 3, 5, "key")
 
 
+async def test_budgets_spent_past_their_limits_are_named_alike_by_every_store(store: Store) -> None:
+    """A limit lowered below what its period spent leaves nothing, not less than nothing: with both budgets past
+    theirs, each has 0 left, and the refusal names the tenant's (the first of equals), in Redis and in memory alike,
+    whichever budget is spent further past its limit."""
+    await store.charge(ACCOUNT, hold("spent", 80), 80, {})
+    lowered = Allowance("day", 0, 70, 50)  # the tenant's 10 past its limit, the key's 30
+    assert await store.admit(ACCOUNT, lowered, hold("next", 1)) == Verdict("tenant", 0, 0, "tenant")
+
+
 async def test_holds_keep_concurrent_requests_within_the_budget(store: Store) -> None:
     limit = Allowance("day", tenant_pico=100)
     # Ten requests arrive together, each holding 60: a request is let in only when spend + holds + its own

@@ -105,14 +105,16 @@ class MemoryStore:
             held = self._holds(held_key)
             held.drop_expired(now, self._open)
             if limit is not None:
-                unspent = limit - self.counters.get(spend_key, 0)
-                left = unspent - held.total
+                # Nothing left, never less, as RedisStore's ADMIT counts it: of two budgets past their limits (one
+                # lowered below its spend), the first is named, not the one spent further past.
+                unspent = max(limit - self.counters.get(spend_key, 0), 0)
+                left = max(unspent - held.total, 0)
                 if remaining is None or left < remaining:
                     tightest, remaining = name, left
                 if spend_left is None or unspent < spend_left:
                     spend_budget, spend_left = name, unspent
         if remaining is not None and spend_left is not None and hold.pico > remaining:
-            return Verdict(tightest, max(remaining, 0), max(spend_left, 0), spend_budget)
+            return Verdict(tightest, remaining, spend_left, spend_budget)
         if allowance.per_minute:
             self.rate_counts[subject] = self.rate_counts.get(subject, 0) + 1
         self.used.add(keys.used(hold.request_id), keys.key_hex, used_ttl_s(self.used.ttl_s, hold.until, now))
