@@ -140,6 +140,9 @@ class FakeAnthropic(FakeServer):
         sequences = body.get("stop_sequences") or []
         if any(isinstance(sequence, str) and not sequence.strip() for sequence in sequences):
             return self._invalid("stop_sequences: each stop sequence must contain non-whitespace")
+        system = body.get("system")
+        if system is not None and not _text(system).strip():
+            return self._invalid("system: text content blocks must contain non-whitespace text")
         return self._blank_content(body.get("messages") or [])
 
     def _blank_content(self, messages: list[Any]) -> dict[str, Any] | None:

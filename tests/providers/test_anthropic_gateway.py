@@ -151,3 +151,30 @@ async def test_a_last_assistant_turn_is_sent_without_trailing_whitespace(stub, a
         "role": "assistant",
         "content": [{"type": "text", "text": "Here it is:"}],
     }
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_a_blank_system_prompt_is_not_sent(stub, anthropic_fake: FakeAnthropic, streamed: bool) -> None:
+    # Anthropic refuses a system text of only whitespace (400), which OpenAI's API takes: it is left out.
+    messages = [
+        common_pb2.ChatMessage(role="system", content=" \n"),
+        common_pb2.ChatMessage(role="user", content="Hello"),
+    ]
+    req = provider_pb2.GenerateRequest(model="claude", messages=messages, request_id="t-blank-system")
+    if streamed:
+        _, final = await collect(stub, req)
+        assert final is not None and final.finish_reason == "stop"
+    else:
+        assert (await stub.Generate(req)).finish_reason == "stop"
+    assert "system" not in anthropic_fake.requests[-1].json
+
+
+async def test_blank_system_messages_are_left_out_of_the_system_prompt(stub, anthropic_fake: FakeAnthropic) -> None:
+    messages = [
+        common_pb2.ChatMessage(role="system", content="Be brief."),
+        common_pb2.ChatMessage(role="system", content="\t"),
+        common_pb2.ChatMessage(role="system", content="Answer in French."),
+        common_pb2.ChatMessage(role="user", content="Hello"),
+    ]
+    await stub.Generate(provider_pb2.GenerateRequest(model="claude", messages=messages, request_id="t-systems"))
+    assert anthropic_fake.requests[-1].json["system"] == "Be brief.\n\nAnswer in French."

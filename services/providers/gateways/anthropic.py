@@ -137,7 +137,9 @@ def completion(payload: dict[str, Any]) -> Completion:
 
 def body(request: UpstreamRequest) -> dict[str, Any]:
     """The Messages request body, without stream (also the params of a Message Batches request)."""
-    system = "\n\n".join(m.content for m in request.messages if m.role == "system")
+    # A system text of only whitespace is Anthropic's 400 too ("system: text content blocks must contain
+    # non-whitespace text"), which OpenAI's API takes: blank system messages are left out, and none left is no system.
+    system = "\n\n".join(m.content for m in request.messages if m.role == "system" and m.content.strip())
     messages: list[dict[str, Any]] = []
     for m in request.messages:
         # A turn with nothing Anthropic takes (only blank text) is left out: an empty turn is its 400 too.
