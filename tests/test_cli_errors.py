@@ -116,3 +116,70 @@ def test_an_answer_that_is_no_json_is_one_line_and_status_1(
     result = llmrouter("--url", not_the_edge, *(a.format(prompts=prompts) for a in command))
     assert result.returncode == 1
     assert result.stderr == f"llmrouter {command[0]}: HTTP 200 with no JSON body: is {not_the_edge} the edge's API?\n"
+
+
+class OtherJsonApi(BaseHTTPRequestHandler):
+    """Some other JSON API (or an edge of another version): every request answered 200 with JSON of its own shape,
+    the body the test sets."""
+
+    body = b"{}"
+
+    def answer(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    do_GET = do_POST = do_PUT = do_DELETE = answer
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def other_json_api() -> Iterator[tuple[str, type[OtherJsonApi]]]:
+    handler = type("Answering", (OtherJsonApi,), {})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1", handler
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"object": "something else"}',
+        b"[1, 2]",
+        b'{"choices": [], "candidates": "none", "total": 3, "budgets": [{"period_end": "soon"}]}',
+        b'{"choices": [{"message": {}}], "candidates": [{"estimated_cost_usd": "a lot"}], "budgets": [{}]}',
+    ],
+)
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["ask", "hi"],
+        ["decide", "hi"],
+        ["stats"],
+        ["budgets"],
+        ["budgets", "--set", "tenant", "acme", "5"],
+        ["evaluate", "{prompts}"],
+    ],
+)
+def test_a_json_answer_of_another_shape_is_one_line_and_status_1(
+    tmp_path: Path, other_json_api: tuple[str, type[OtherJsonApi]], command: list[str], body: bytes
+) -> None:
+    url, handler = other_json_api
+    handler.body = body
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("What is 2+2?\n")
+    result = llmrouter("--url", url, *(a.format(prompts=prompts) for a in command))
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith(f"llmrouter {command[0]}: a reply without what it reads (")
+    assert result.stderr.endswith(f"): is {url} the edge's API?\n")
+    assert result.stderr.count("\n") == 1 and result.stdout == ""

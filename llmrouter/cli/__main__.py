@@ -61,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ApiFailure, commands.InputFailure) as exc:  # said in one line: no traceback for what the user can fix
         print(f"llmrouter {args.command}: {exc}", file=sys.stderr)
         return 1
+    except commands.UNEXPECTED_SHAPE as exc:  # JSON without the fields read: --url naming some other JSON API
+        said = f"a reply without what it reads ({exc.__class__.__name__}: {exc}): is {client.base_url} the edge's API?"
+        print(f"llmrouter {args.command}: {said}", file=sys.stderr)
+        return 1
     finally:
         client.close()
     if args.json:

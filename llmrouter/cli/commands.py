@@ -26,6 +26,11 @@ class InputFailure(Exception):
     """A file the command reads cannot be read (missing, a directory, not UTF-8 text)."""
 
 
+# What reading a field of a JSON reply raises when the reply lacks it or holds it as another type: a key or an index
+# missing, a list or a number where an object was read (.get), a number that is none (int, float, Decimal of a word).
+UNEXPECTED_SHAPE = (LookupError, TypeError, AttributeError, ValueError, ArithmeticError)
+
+
 def _chat(args: argparse.Namespace) -> dict[str, Any]:
     body: dict[str, Any] = {"model": args.model, "messages": [{"role": "user", "content": args.prompt}]}
     for field in ("quality_target", "max_cost_usd", "max_tokens"):
