@@ -40,10 +40,19 @@ def fraction(text: str) -> float:
 
 
 def non_negative(text: str) -> float:
-    """A finite number of at least 0 (days)."""
+    """A finite number of at least 0 (days ago)."""
     value = finite_float(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be at least 0, not {text}")
+    return value
+
+
+def retention_days(text: str) -> float:
+    """A finite number of days above 0: ROUTER_LEDGER_SQL_RETENTION_DAYS=0 is no retention, so a trim to 0 days, which
+    would delete every row but each account's newest, is refused rather than read either way."""
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0 (0 days is no retention: nothing to trim), not {text}")
     return value
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry, start_http_server
 
-from llmrouter.cli.arguments import moment, non_negative
+from llmrouter.cli.arguments import moment, retention_days
 from llmrouter.redis_connect import connect
 from llmrouter.settings import load_settings
 from llmrouter.tasks import stop as stop_task
@@ -86,7 +86,7 @@ def parser() -> argparse.ArgumentParser:
     out.add_argument("--until", type=moment)
     out.add_argument("--tenant")
     trim = sub.add_parser("trim", help="delete rows (and rejected entries) older than the retention")
-    trim.add_argument("--days", type=non_negative)
+    trim.add_argument("--days", type=retention_days, help="above 0 (default ROUTER_LEDGER_SQL_RETENTION_DAYS)")
     sub.add_parser("sink", help="copy the Redis ledger stream into the table until stopped")
     return commands
 
@@ -118,11 +118,10 @@ async def main(argv: list[str], signals: StopSignals | None = None) -> int:
         elif args.command == "trim":
             days = args.days if args.days is not None else settings.ledger_sql_retention_days
             if not days:
-                print("no retention: pass --days or set ROUTER_LEDGER_SQL_RETENTION_DAYS", file=sys.stderr)
+                print("no retention: ROUTER_LEDGER_SQL_RETENTION_DAYS is 0 and no --days was given", file=sys.stderr)
                 return 2
-            print(
-                f"deleted {await db.trim(time.time() - days * 86400)} rows and rejected entries older than {days} days"
-            )
+            deleted = await db.trim(time.time() - days * 86400)
+            print(f"deleted {deleted} rows and rejected entries older than {days:g} days (each account's newest kept)")
         else:
             assert stopping is not None
             return await run_sink(settings, db, stopping)

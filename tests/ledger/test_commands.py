@@ -152,3 +152,59 @@ def test_a_days_count_that_is_no_finite_number_is_a_usage_error() -> None:
     )
     assert result.returncode == 2
     assert "error: argument --days: must be a finite number, not 'nan'" in result.stderr
+
+
+def trim(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
+    """`python -m services.ledger trim ARGV` with the ledger settings of `env` alone."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("ROUTER_")}
+    return subprocess.run(
+        [sys.executable, "-m", "services.ledger", "trim", *argv],
+        cwd=ROOT,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def ledger_of_two_old_rows(path: Path) -> None:
+    """Two rows of one account, both months old: a trim deletes the older and keeps the account's newest."""
+    db = LedgerDB(path=path)
+    records = [{"request_id": f"r{i}", "ts": 1_780_000_000.0 + i, "tenant": "acme", "cost_usd": "0.1"} for i in (1, 2)]
+    asyncio.run(db.insert([row_from_record(r, f"{{m0.0}}:ledger 1780000000000-{i}") for i, r in enumerate(records)]))
+    db.close()
+
+
+def request_ids(path: Path) -> list[str]:
+    with sqlite3.connect(path) as conn:
+        return [row[0] for row in conn.execute("SELECT request_id FROM requests ORDER BY request_id")]
+
+
+@pytest.mark.parametrize("days", ["0", "0.0", "-1"])
+def test_a_trim_to_no_days_is_a_usage_error_that_deletes_nothing(tmp_path: Path, days: str) -> None:
+    # 0 days is no retention (ROUTER_LEDGER_SQL_RETENTION_DAYS=0), not "delete every row": refused, never guessed.
+    path = tmp_path / "ledger.sqlite3"
+    ledger_of_two_old_rows(path)
+    result = trim({"ROUTER_LEDGER_SQL_PATH": str(path)}, f"--days={days}")
+    assert result.returncode == 2
+    said = f"error: argument --days: must be above 0 (0 days is no retention: nothing to trim), not {days}"
+    assert said in result.stderr
+    assert request_ids(path) == ["r1", "r2"]
+
+
+def test_a_trim_says_what_it_deleted_and_what_it_kept(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    ledger_of_two_old_rows(path)
+    result = trim({"ROUTER_LEDGER_SQL_PATH": str(path)}, "--days", "1")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "deleted 1 rows and rejected entries older than 1 days (each account's newest kept)\n"
+    assert request_ids(path) == ["r2"]
+
+
+def test_a_trim_without_a_retention_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    ledger_of_two_old_rows(path)
+    result = trim({"ROUTER_LEDGER_SQL_PATH": str(path), "ROUTER_LEDGER_SQL_RETENTION_DAYS": "0"})
+    assert result.returncode == 2
+    assert result.stderr == "no retention: ROUTER_LEDGER_SQL_RETENTION_DAYS is 0 and no --days was given\n"
+    assert request_ids(path) == ["r1", "r2"]
