@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from llmrouter.cli.arguments import non_negative
 from llmrouter.redis_connect import connect
 from llmrouter.settings import load_settings
 from services.ledger.settings import LedgerSettings
@@ -62,6 +63,13 @@ return redis.call('XTRIM', KEYS[1], 'MINID', bound)
 """
 
 
+def older_than_ms(days: float) -> int:
+    """The stream id bound (Unix ms) of the entries older than `days`; days past the epoch leave none older, and the
+    bound stays an id (1: every id is at least 0-1)."""
+    now = time.time()
+    return 1 if days * 86400 >= now else int((now - days * 86400) * 1000)
+
+
 async def export(client: Any, out: Path, before_ms: int | None = None) -> int:
     """Append the entries (older than `before_ms` when given) to `out`; returns how many were exported."""
     exported = 0
@@ -95,7 +103,7 @@ def _as_built(text: bytes) -> Any:
 
 async def trim(client: Any, out: Path, retention_days: int) -> int:
     """Export the entries older than the retention, then delete them; returns how many were deleted."""
-    cutoff_ms = int((time.time() - retention_days * 86400) * 1000)
+    cutoff_ms = older_than_ms(retention_days)
     if not await export(client, out, cutoff_ms):
         return 0
     deleted = 0
@@ -107,7 +115,7 @@ async def trim(client: Any, out: Path, retention_days: int) -> int:
 async def trim_copied(client: Any, retention_days: int, group: str = GROUP) -> tuple[int, list[int]]:
     """Delete the entries older than the retention that `group` (the SQL sink's) has acknowledged; returns how
     many were deleted and the shards whose stream has no such group (nothing deleted there)."""
-    cutoff = f"{int((time.time() - retention_days * 86400) * 1000)}-0"
+    cutoff = f"{older_than_ms(retention_days)}-0"
     deleted, ungrouped = 0, []
     for shard in range(SHARDS):
         found = int(await client.eval(TRIM_COPIED, 1, ledger_key(shard), cutoff, group))
@@ -122,7 +130,7 @@ async def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.router.ledger", description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=["export", "trim"])
     parser.add_argument("--out", type=Path, help="JSONL file the entries are appended to")
-    parser.add_argument("--older-than-days", type=float, help="export: only entries older than this")
+    parser.add_argument("--older-than-days", type=non_negative, help="export: only entries older than this")
     parser.add_argument(
         "--copied-only",
         action="store_true",
@@ -146,7 +154,7 @@ async def main(argv: list[str]) -> int:
         elif args.command == "trim":
             print(f"trimmed {await trim(client, args.out, settings.ledger_retention_days)} entries into {args.out}")
         else:
-            before = None if args.older_than_days is None else int((time.time() - args.older_than_days * 86400) * 1000)
+            before = None if args.older_than_days is None else older_than_ms(args.older_than_days)
             print(f"exported {await export(client, args.out, before)} entries into {args.out}")
     finally:
         await client.aclose()
