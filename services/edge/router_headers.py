@@ -51,6 +51,11 @@ def apply(headers: Headers, message: router_pb2.CompleteRequest) -> None:
             raise ApiError(400, message_text, param="x-router-max-cost-usd", code="invalid_value")
         message.max_cost_usd = headers["x-router-max-cost-usd"]
     if "x-router-session-id" in headers:
+        # Empty, it would clear the body's session id (the router reads "" as no session), so the conversation would
+        # leave its model unsaid: refused, as every other empty x-router-* header is.
+        if not headers["x-router-session-id"]:
+            message_text = "x-router-session-id must not be empty (leave it out for no session)"
+            raise ApiError(400, message_text, param="x-router-session-id", code="invalid_value")
         message.session_id = headers["x-router-session-id"]
     if "x-router-escalation" in headers:
         if headers["x-router-escalation"] not in ESCALATION_MODES:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from services.edge import router_headers
 from services.router.admission import MAX_ID_CHARS
 from tests.integration.conftest import Chain
 
@@ -32,6 +33,7 @@ def upstream_calls(chain: Chain) -> int:
         ("x-router-max-cost-usd", "-1"),
         ("x-router-max-cost-usd", "lots"),
         ("x-router-session-id", "s" * (MAX_ID_CHARS + 1)),
+        ("x-router-session-id", ""),  # would clear the body's session id
         ("x-router-escalation", "sometimes"),
         ("x-router-buffer-stream", "yes"),
     ],
@@ -83,4 +85,17 @@ async def test_an_empty_cost_header_never_lifts_the_bodys_cap(chain: Chain) -> N
     assert reply.status_code == 400, reply.text
     error = reply.json()["error"]
     assert (error["param"], error["code"]) == ("x-router-max-cost-usd", "invalid_value"), error
+    assert upstream_calls(chain) == before
+
+
+@pytest.mark.parametrize("header", sorted(router_headers.FIELDS))
+async def test_every_empty_router_header_is_a_400_naming_it(chain: Chain, header: str) -> None:
+    """An empty header overrides its body field with nothing; none is read as left out, or as clearing the body's."""
+    before = upstream_calls(chain)
+    body = {**BODY, "session_id": "conversation-1"}
+    async with httpx.AsyncClient(timeout=30) as http:
+        reply = await http.post(f"{chain.base_url}/chat/completions", json=body, headers={header: ""})
+    assert reply.status_code == 400, reply.text
+    error = reply.json()["error"]
+    assert (error["param"], error["code"]) == (header, "invalid_value"), error
     assert upstream_calls(chain) == before
