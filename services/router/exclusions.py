@@ -1,6 +1,6 @@
 """Why a candidate model is ruled out, where the reason is a fixed sentence: the policy writes them, and the ledger
-keeps the whole ones as a short code (store/ledger_entry.py). Apart from the policy, which the money store's modules
-must not import (it imports them)."""
+keeps those of its EXCLUSION_CODES as a short code, any other as written (store/ledger_entry.py). Apart from the
+policy, which the money store's modules must not import (it imports them)."""
 
 UNAVAILABLE = "unavailable here (no API key for its provider)"
 FORMAT_UNHONOURED = "does not guarantee response_format"

@@ -19,7 +19,7 @@ from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2
 from services.router import policy
 from services.router.servicer import RouterServicer
 from services.router.store import SHARDS, RedisStore, ledger_key, reconciled_record
-from services.router.store.ledger_entry import DEFAULTS, compact, expanded
+from services.router.store.ledger_entry import DEFAULTS, EXCLUSION_CODES, EXCLUSIONS, compact, expanded
 from services.router.store.model import Pending
 from tests.router.servicer_kit import NoDeadline, router_servicer
 
@@ -135,3 +135,58 @@ def test_any_record_reads_back_as_it_was_built() -> None:
         assert expanded(json.loads(compact(record))) == record
     reconciled = reconciled_record(Pending("t", "k", "r", 10**9, "all", "router-a", 1.0))
     assert json.loads(compact(reconciled)) == reconciled == expanded(reconciled)
+
+
+RAW_CALL = [{"id": "call_1", "type": "function", "function": {"name": "look", "arguments": "{"}}]
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"temperature": 1.5}, "takes a temperature of at most 1.0 (registry: max_temperature), not 1.5"),
+        ({"passthrough_json": json.dumps({"stop": ["\n"]})}, policy.NO_BLANK_STOP),
+        (
+            {
+                "passthrough_json": json.dumps(
+                    {"response_format": {"type": "json_schema", "json_schema": {"name": "a"}}}
+                )
+            },
+            "does not guarantee response_format json_schema (registry: structured_outputs is false)",
+        ),
+        (
+            {
+                "messages": [
+                    common_pb2.ChatMessage(role="user", content="Look up the sea"),
+                    common_pb2.ChatMessage(role="assistant", tool_calls_json=json.dumps(RAW_CALL)),
+                    common_pb2.ChatMessage(role="tool", tool_call_id="call_1", content="blue"),
+                ]
+            },
+            policy.NO_RAW_ARGUMENTS,
+        ),
+    ],
+)
+async def test_an_exclusion_without_a_short_code_is_kept_whole(
+    servicer: RouterServicer, client: Any, fields: dict[str, Any], reason: str
+) -> None:
+    """The exclusions written since the codes were (a temperature, a blank stop, a format, a tool call's arguments) have
+    no short code: the entry keeps each as written, and reads back as the decision the caller was shown."""
+    message = common_pb2.ChatMessage(role="user", content="What is the capital of France?")
+    request = router_pb2.CompleteRequest(
+        **{"messages": [message], "model": "auto", "max_tokens": 300, "tenant": "acme", **fields}
+    )
+    with acting_as(ANONYMOUS):
+        response = await servicer.Complete(request, NoDeadline())
+
+    stored = json.loads(await only_entry(client))
+    packed = {c[0]: c[3] for c in stored["candidates"] if len(c) == 4}
+    assert packed["claude-3-5-haiku"] == reason  # as written: never a code, nor another sentence
+    shown = {c.model: c.excluded_because for c in response.decision.candidates}
+    assert {c["model"]: c["excluded_because"] for c in expanded(stored)["candidates"]} == shown
+    assert shown["claude-3-5-haiku"] == reason
+
+
+def test_each_short_code_reads_back_as_one_sentence() -> None:
+    # Two sentences of one code would read back as one of them; a code that is a sentence would read as another.
+    assert len(set(EXCLUSION_CODES.values())) == len(EXCLUSION_CODES)
+    assert not set(EXCLUSION_CODES.values()) & set(EXCLUSION_CODES)
+    assert all(EXCLUSIONS[code] == sentence for sentence, code in EXCLUSION_CODES.items())
