@@ -143,7 +143,9 @@ class FakeAnthropic(FakeServer):
         system = body.get("system")
         if system is not None and not _text(system).strip():
             return self._invalid("system: text content blocks must contain non-whitespace text")
-        return self._blank_content(body.get("messages") or [])
+        if not body.get("messages"):
+            return self._invalid("messages: at least one message is required")
+        return self._blank_content(body["messages"])
 
     def _blank_content(self, messages: list[Any]) -> dict[str, Any] | None:
         """As api.anthropic.com: a turn without content, or a text block of only whitespace, is a 400 (the last turn

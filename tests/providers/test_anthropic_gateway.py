@@ -178,3 +178,22 @@ async def test_blank_system_messages_are_left_out_of_the_system_prompt(stub, ant
     ]
     await stub.Generate(provider_pb2.GenerateRequest(model="claude", messages=messages, request_id="t-systems"))
     assert anthropic_fake.requests[-1].json["system"] == "Be brief.\n\nAnswer in French."
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+@pytest.mark.parametrize("rest", [[], [common_pb2.ChatMessage(role="user", content=" ")]])
+async def test_a_system_prompt_alone_is_sent_as_the_user_turn(
+    stub, anthropic_fake: FakeAnthropic, streamed: bool, rest: list[common_pb2.ChatMessage]
+) -> None:
+    # OpenAI's API answers a conversation of a system prompt alone (or beside blank turns); Anthropic refuses one
+    # without a turn (400): the prompt is sent as the one user turn.
+    messages = [common_pb2.ChatMessage(role="system", content="Greet the user as a pirate."), *rest]
+    req = provider_pb2.GenerateRequest(model="claude", messages=messages, request_id="t-system-only")
+    if streamed:
+        _, final = await collect(stub, req)
+        assert final is not None and final.finish_reason == "stop"
+    else:
+        assert (await stub.Generate(req)).finish_reason == "stop"
+    sent = anthropic_fake.requests[-1].json
+    assert "system" not in sent
+    assert sent["messages"] == [{"role": "user", "content": [{"type": "text", "text": "Greet the user as a pirate."}]}]

@@ -152,6 +152,10 @@ def body(request: UpstreamRequest) -> dict[str, Any]:
             messages[-1]["content"] += blocks
         else:
             messages.append({"role": role, "content": blocks})
+    if not messages:
+        # Only a system prompt said anything: OpenAI's API answers it, Anthropic refuses a request without a turn
+        # (400, "at least one message is required"). The prompt is sent as the one user turn instead.
+        messages, system = [{"role": "user", "content": [{"type": "text", "text": system}]}], ""
     _trim_prefill(messages)
     params: dict[str, Any] = {
         "model": request.model,
