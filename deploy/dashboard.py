@@ -332,6 +332,13 @@ def build() -> dict:
         )
         .with_panel(
             series(
+                "Admission by running hold totals per router (0: by a scan of every hold, while an older router lives)",
+                "short",
+                (f"min by (pod) ({s('llmrouter_router_hold_totals_trusted')})", "{{pod}}"),
+            )
+        )
+        .with_panel(
+            series(
                 "Charges waiting in the outbox (lost if the pod goes)",
                 "short",
                 (f"sum by (pod) ({s('llmrouter_router_outbox_charges')})", "{{pod}}"),

@@ -194,14 +194,14 @@ variable "end_user_hash_secret" {
 }
 
 variable "hold_totals" {
-  description = "How the routers' admission counts a budget's holds in the money Redis (ROUTER_HOLD_TOTALS, the chart's router.holdTotals): \"trust\", by each holds set's running total (constant time however many requests are in flight), or \"maintain\", by a scan of the set, the totals still kept. Upgrading from a version without running totals: \"maintain\" while its pods roll, then `python -m services.router.money_check bump-hold-totals-epoch`, then \"trust\" (deploy/README.md, upgrades)."
+  description = "How the routers' admission counts a budget's holds in the money Redis (ROUTER_HOLD_TOTALS, the chart's router.holdTotals): \"auto\", by each holds set's running total (constant time however many requests are in flight) once every live router keeps them, by a scan of the set while a router of a version without them is alive (a rolling upgrade); \"trust\" or \"maintain\", always one or the other (deploy/README.md, running hold totals)."
   type        = string
-  default     = "trust"
+  default     = "auto"
   nullable    = false
 
   validation {
-    condition     = contains(["maintain", "trust"], var.hold_totals)
-    error_message = "hold_totals must be \"maintain\" or \"trust\"."
+    condition     = contains(["auto", "maintain", "trust"], var.hold_totals)
+    error_message = "hold_totals must be \"auto\", \"maintain\" or \"trust\"."
   }
 }
 

@@ -27,6 +27,11 @@ SCORE_CACHE = Counter("llmrouter_router_score_cache_requests_total", "Classifier
 BUDGET_REJECTIONS = Counter("llmrouter_router_budget_rejections_total", "Requests refused for an exhausted budget")
 RATE_LIMITED = Counter("llmrouter_router_rate_limited_total", "Requests refused by the rate limit")
 STORE_UP = Gauge("llmrouter_router_store_up", "1 when the router reaches the store, else 0", ["store"])
+HOLD_TOTALS_TRUSTED = Gauge(
+    "llmrouter_router_hold_totals_trusted",
+    "1 when admission counts a budget's holds by their running totals, 0 by a scan of every hold in flight "
+    "(ROUTER_HOLD_TOTALS=maintain, or auto while a router of a version keeping no totals is alive)",
+)
 STORE_MEMORY = Gauge(
     "llmrouter_router_store_memory_ratio",
     "Memory the store's Redis uses against its maxmemory, its fullest master's on a cluster (NaN: no maxmemory)",

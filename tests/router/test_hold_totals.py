@@ -16,9 +16,12 @@ import pytest
 import redis.asyncio as redis
 
 from llmrouter.redis_connect import connect
+from services.router import metrics
 from services.router.money_check import audit_hold_totals
+from services.router.outbox import Outbox
 from services.router.store import Account, Allowance, Hold, MemoryStore, RedisStore, Store, pending_field, period_id
-from services.router.store.keys import AccountKeys, hold_total
+from services.router.store.keys import AccountKeys, alive_key, hold_total
+from services.router.upkeep import Upkeep
 from tests.router.old_version import checkout, run
 
 DAY = period_id("day")
@@ -221,3 +224,81 @@ async def test_after_routers_that_keep_no_totals_a_bumped_epoch_makes_the_totals
     finally:
         await trusting.close()
         await maintaining.close()
+
+
+OLD_HEARTBEAT = """
+import asyncio, sys
+from services.router.store import RedisStore
+async def main():
+    store = RedisStore(sys.argv[1])
+    try:
+        await store.heartbeat("old-router", 600)
+    finally:
+        await store.close()
+asyncio.run(main())
+"""
+
+
+async def test_auto_scans_while_a_router_keeping_no_totals_is_alive_and_trusts_totals_rebuilt_once_it_is_gone(
+    any_redis_url: str, tmp_path: Path
+) -> None:
+    """ROUTER_HOLD_TOTALS=auto: a router of the version before says in its heartbeat that it keeps no totals, so
+    admission counts by a scan while it lives (it grows a hold unseen by the totals); once its heartbeat is gone the
+    totals are trusted, each rebuilt from its set first."""
+    old = checkout(BEFORE, tmp_path)
+    auto = RedisStore(any_redis_url, hold_totals="auto")
+    client = connect(any_redis_url)
+    try:
+        await auto.heartbeat("new-router", 600)
+        assert await auto.choose_hold_totals() is True
+        assert await admit(auto, "r1", 1_000, 10_000) == ""
+        assert await run(old, OLD_HEARTBEAT, any_redis_url) == ""
+        assert await auto.choose_hold_totals() is False
+        assert await run(old, OLD_EXTEND, any_redis_url) == ""  # r1 holds 5,000 now; its sets' totals say 1,000
+        assert await admit(auto, "r2", 6_000, 10_000) == "tenant"  # 5,000 held, by a scan
+        assert await client.delete(alive_key("old-router")) == 1  # its heartbeat lapsed: it is gone
+        assert await auto.choose_hold_totals() is True
+        assert await admit(auto, "r2", 6_000, 10_000) == "tenant"  # 5,000 held, by the totals rebuilt
+        assert await admit(auto, "r2", 5_000, 10_000) == ""
+        audit = await audit_hold_totals(auto)
+        assert audit.drifted == [] and audit.stale == []
+    finally:
+        await auto.close()
+        await client.aclose()
+
+
+async def test_auto_distrusts_totals_an_earlier_router_left_when_it_starts(redis_url: str, tmp_path: Path) -> None:
+    """Routers of the version before grew a hold after the totals were kept (a rollback), and none is alive when
+    this one starts: it trusts only totals rebuilt from their sets."""
+    old = checkout(BEFORE, tmp_path)
+    trusting = RedisStore(redis_url)
+    try:
+        assert await admit(trusting, "r1", 1_000, 10_000) == ""
+    finally:
+        await trusting.close()
+    assert await run(old, OLD_EXTEND, redis_url) == ""
+    auto = RedisStore(redis_url, hold_totals="auto")
+    try:
+        assert await admit(auto, "r2", 6_000, 10_000) == "tenant"  # before its first look: by a scan
+        await auto.heartbeat("new-router", 600)
+        assert await auto.choose_hold_totals() is True
+        assert await admit(auto, "r2", 6_000, 10_000) == "tenant"
+        assert (await audit_hold_totals(auto)).drifted == []
+    finally:
+        await auto.close()
+
+
+async def test_the_upkeep_loop_chooses_and_the_gauge_tells(redis_url: str, tmp_path: Path) -> None:
+    """The router's upkeep looks at the heartbeats each round (its own first) and reports its choice."""
+    auto = RedisStore(redis_url, hold_totals="auto")
+    upkeep = Upkeep(auto, Outbox(tmp_path / "data"), "router-1", 1, 15, 3600)
+    client = connect(redis_url)
+    try:
+        await upkeep.tick()
+        assert metrics.HOLD_TOTALS_TRUSTED._value.get() == 1
+        await client.set(alive_key("old-router"), str(time.time()))  # a heartbeat as the version before wrote it
+        await upkeep.tick()
+        assert metrics.HOLD_TOTALS_TRUSTED._value.get() == 0
+    finally:
+        await auto.close()
+        await client.aclose()

@@ -72,7 +72,7 @@ __all__ = [
 
 
 def open_store(
-    redis_url: str | SecretStr | None, request_id_ttl_s: int = REQUEST_ID_TTL_S, hold_totals: HoldTotals = "trust"
+    redis_url: str | SecretStr | None, request_id_ttl_s: int = REQUEST_ID_TTL_S, hold_totals: HoldTotals = "auto"
 ) -> Store:
     """The in-process store keeps its totals itself (holds.py): no other process writes its holds, so it always
     trusts them."""

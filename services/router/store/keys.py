@@ -142,6 +142,12 @@ def alive_key(router: str) -> str:
     return f"{GLOBAL}:alive:{router.encode().hex()}"
 
 
+ALIVE_KEYS = f"{GLOBAL}:alive:*"
+# What a heartbeat of a router that keeps the running hold totals says after its time. Routers of the versions
+# before wrote the time alone: one of those alive keeps 'auto' routers counting holds by a scan (model.HoldTotals).
+KEEPS_HOLD_TOTALS = "keeps-hold-totals"
+
+
 @dataclass(frozen=True)
 class AccountKeys:
     """The names of one account's keys (a tenant and, within it, an API key id), all in the tenant's shard."""

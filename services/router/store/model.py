@@ -284,8 +284,11 @@ def marker_batch(marker: str) -> str:
 
 
 # How admission counts a budget's holds (ROUTER_HOLD_TOTALS): by each holds set's running total ('trust'), or by a
-# scan of its members, the totals still kept ('maintain': during a rolling upgrade from routers that keep none).
-HoldTotals = Literal["maintain", "trust"]
+# scan of its members, the totals still kept ('maintain'), or 'auto': by a scan while any live router's heartbeat
+# says it keeps no totals (one of a version before them, during a rolling upgrade), by the totals once none is
+# left, every total kept so far distrusted at that moment (the epoch bumped), since those routers may have moved
+# a set's sum without its count.
+HoldTotals = Literal["auto", "maintain", "trust"]
 
 
 @dataclass(frozen=True)
@@ -434,6 +437,10 @@ class Store(Protocol):
 
     async def bump_hold_totals_epoch(self) -> None:
         """Distrust every running total kept so far: each is rebuilt from a scan of its set when next read."""
+
+    async def choose_hold_totals(self) -> bool:
+        """With ROUTER_HOLD_TOTALS=auto, trust the totals or not by the live routers' heartbeats (HoldTotals); run
+        after this router's own heartbeat. Whether admission now trusts them."""
 
     async def limit_overrides(self) -> dict[tuple[str, str], int]:
         """Every limit set for one tenant or key, by (scope, name): scope is 'tenant' or 'key'."""

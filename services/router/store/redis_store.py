@@ -19,6 +19,8 @@ from llmrouter.tasks import raise_if_cancelled
 from services.router import metrics
 from services.router.store import ledger_entry, lua
 from services.router.store.keys import (
+    ALIVE_KEYS,
+    KEEPS_HOLD_TOTALS,
     LEASE,
     SHARDS,
     AccountKeys,
@@ -140,7 +142,9 @@ class RedisStore:
         # wait here instead (a single server's blocking pool does the same).
         self._calls = asyncio.Semaphore(CONNECTIONS)
         self.request_id_ttl_s = request_id_ttl_s
-        # Admission and extension count each budget's holds by its running total, or by a scan (lua.py, _TOTALS).
+        # Admission and extension count each budget's holds by its running total, or by a scan (lua.py, _TOTALS);
+        # 'auto' scans until choose_hold_totals finds no router of a version before the totals alive.
+        self._hold_totals = hold_totals
         self._trust_totals = "1" if hold_totals == "trust" else "0"
         # On a Redis Cluster one master's failure says nothing of the shards on the others (the outbox's replay).
         self.shards_fail_apart = is_cluster(url)
@@ -362,9 +366,26 @@ class RedisStore:
                 pipe.incr(hold_totals_epoch_key(shard))
             await pipe.execute()
 
+    async def choose_hold_totals(self) -> bool:
+        if self._hold_totals != "auto":
+            return self._trust_totals == "1"
+        async with self._call():
+            names = [name async for name in self.redis.scan_iter(match=ALIVE_KEYS, count=1000)]
+            beats = await self.redis.mget(names) if names else []
+        # A key gone between the scan and the read is a router gone: nothing of it is left to write a hold.
+        older = sum(1 for beat in beats if beat is not None and KEEPS_HOLD_TOTALS not in _text(beat))
+        if older and self._trust_totals == "1":
+            log.warning("a router keeping no hold totals is alive: admission counts holds by a scan")
+        elif not older and self._trust_totals == "0":
+            await self.bump_hold_totals_epoch()  # before trusting: totals that router may have left wrong
+            log.info("every live router keeps hold totals: admission counts holds by them")
+        self._trust_totals = "0" if older else "1"
+        return not older
+
     async def heartbeat(self, router: str, ttl_s: float) -> None:
         async with self._call():
-            await self.redis.set(alive_key(router), str(time.time()), px=int(ttl_s * 1000))
+            beat = f"{time.time()} {KEEPS_HOLD_TOTALS}"
+            await self.redis.set(alive_key(router), beat, px=int(ttl_s * 1000))
 
     async def limit_overrides(self) -> dict[tuple[str, str], int]:
         async with self._call(), self.redis.pipeline(transaction=False) as pipe:

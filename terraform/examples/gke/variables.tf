@@ -81,9 +81,9 @@ variable "ledger_trim" {
 }
 
 variable "hold_totals" {
-  description = "How the routers' admission counts a budget's holds (the root module's hold_totals): \"trust\" (running totals), or \"maintain\" (a scan) while upgrading from a version without them; see deploy/README.md."
+  description = "How the routers' admission counts a budget's holds (the root module's hold_totals): \"auto\" (running totals once every live router keeps them, a scan while one of a version without them is alive), \"trust\" or \"maintain\"; see deploy/README.md."
   type        = string
-  default     = "trust"
+  default     = "auto"
   nullable    = false
 }
 
