@@ -2,7 +2,7 @@
 or a hold, and a budget silently resets; without persistence a restart loses them. On demand, of its running hold
 totals (`python -m services.router.money_check hold-totals`): each set's total against a scan of its members, which
 admission trusts in their place (ROUTER_HOLD_TOTALS); `bump-hold-totals-epoch` distrusts every total kept so far,
-each rebuilt from a scan when admission next reads it (README, Money: upgrading to running hold totals)."""
+each rebuilt from a scan when admission next reads it (README, Money: running hold totals, upgrades)."""
 
 from __future__ import annotations
 
