@@ -73,8 +73,8 @@ class Upkeep:
                 await self.report(up)
         if not up:
             return
+        await self._choose_hold_totals()
         try:
-            metrics.HOLD_TOTALS_TRUSTED.set(1 if await self.store.choose_hold_totals() else 0)
             await self.outbox.replay(self.store)
             settled = await self.store.reconcile(self.router, self.heartbeat_ttl_s, self.stale_s)
         except StoreUnavailable:
@@ -82,6 +82,15 @@ class Upkeep:
         if settled:
             metrics.PENDING_RECONCILED.inc(settled)
             log.warning("settled orphaned pending charges at their hold", extra={"settled": settled})
+
+    async def _choose_hold_totals(self) -> None:
+        """Apart from the money's duties: on a Redis Cluster the look at the heartbeats reads every master, and one
+        down says nothing of the shards on the others, whose charges the replay and the reconciler still settle."""
+        try:
+            trusted = await self.store.choose_hold_totals()
+        except StoreUnavailable:  # the store admits by a scan until it can look again
+            trusted = False
+        metrics.HOLD_TOTALS_TRUSTED.set(1 if trusted else 0)
 
     async def _heartbeat(self) -> bool:
         """False when the store answers but takes no writes (full, or a demoted primary): nothing is admitted."""

@@ -440,7 +440,8 @@ class Store(Protocol):
 
     async def choose_hold_totals(self) -> bool:
         """With ROUTER_HOLD_TOTALS=auto, trust the totals or not by the live routers' heartbeats (HoldTotals); run
-        after this router's own heartbeat. Whether admission now trusts them."""
+        after this router's own heartbeat. Whether admission now trusts them; when the heartbeats cannot be read
+        (StoreUnavailable), admission counts by a scan until they can."""
 
     async def limit_overrides(self) -> dict[tuple[str, str], int]:
         """Every limit set for one tenant or key, by (scope, name): scope is 'tenant' or 'key'."""

@@ -369,9 +369,13 @@ class RedisStore:
     async def choose_hold_totals(self) -> bool:
         if self._hold_totals != "auto":
             return self._trust_totals == "1"
-        async with self._call():
-            names = [name async for name in self.redis.scan_iter(match=ALIVE_KEYS, count=1000)]
-            beats = await self.redis.mget(names) if names else []
+        try:
+            async with self._call():
+                names = [name async for name in self.redis.scan_iter(match=ALIVE_KEYS, count=1000)]
+                beats = await self.redis.mget(names) if names else []
+        except StoreUnavailable:  # the heartbeats unread (on a cluster, one master of any down): any router may live
+            self._trust_totals = "0"
+            raise
         # A key gone between the scan and the read is a router gone: nothing of it is left to write a hold.
         older = sum(1 for beat in beats if beat is not None and KEEPS_HOLD_TOTALS not in _text(beat))
         if older and self._trust_totals == "1":
