@@ -87,7 +87,7 @@ class Upkeep:
         """Apart from the money's duties: on a Redis Cluster the look at the heartbeats reads every master, and one
         down says nothing of the shards on the others, whose charges the replay and the reconciler still settle."""
         try:
-            trusted = await self.store.choose_hold_totals()
+            trusted = await self.store.choose_hold_totals(self.router, self.interval_s)
         except StoreUnavailable:  # the store admits by a scan until it can look again
             trusted = False
         metrics.HOLD_TOTALS_TRUSTED.set(1 if trusted else 0)

@@ -22,6 +22,7 @@ from services.router.outbox import Outbox
 from services.router.store import Account, Allowance, Hold, MemoryStore, RedisStore, Store, pending_field, period_id
 from services.router.store.keys import AccountKeys, alive_key, hold_total
 from services.router.upkeep import Upkeep
+from tests.redis_servers import RedisServer
 from tests.router.old_version import checkout, run
 
 DAY = period_id("day")
@@ -250,14 +251,14 @@ async def test_auto_scans_while_a_router_keeping_no_totals_is_alive_and_trusts_t
     client = connect(any_redis_url)
     try:
         await auto.heartbeat("new-router", 600)
-        assert await auto.choose_hold_totals() is True
+        assert await auto.choose_hold_totals("new-router", 0.001) is True
         assert await admit(auto, "r1", 1_000, 10_000) == ""
         assert await run(old, OLD_HEARTBEAT, any_redis_url) == ""
-        assert await auto.choose_hold_totals() is False
+        assert await auto.choose_hold_totals("new-router", 0.001) is False
         assert await run(old, OLD_EXTEND, any_redis_url) == ""  # r1 holds 5,000 now; its sets' totals say 1,000
         assert await admit(auto, "r2", 6_000, 10_000) == "tenant"  # 5,000 held, by a scan
         assert await client.delete(alive_key("old-router")) == 1  # its heartbeat lapsed: it is gone
-        assert await auto.choose_hold_totals() is True
+        assert await auto.choose_hold_totals("new-router", 0.001) is True
         assert await admit(auto, "r2", 6_000, 10_000) == "tenant"  # 5,000 held, by the totals rebuilt
         assert await admit(auto, "r2", 5_000, 10_000) == ""
         audit = await audit_hold_totals(auto)
@@ -281,7 +282,7 @@ async def test_auto_distrusts_totals_an_earlier_router_left_when_it_starts(redis
     try:
         assert await admit(auto, "r2", 6_000, 10_000) == "tenant"  # before its first look: by a scan
         await auto.heartbeat("new-router", 600)
-        assert await auto.choose_hold_totals() is True
+        assert await auto.choose_hold_totals("new-router", 0.001) is True
         assert await admit(auto, "r2", 6_000, 10_000) == "tenant"
         assert (await audit_hold_totals(auto)).drifted == []
     finally:
@@ -291,7 +292,7 @@ async def test_auto_distrusts_totals_an_earlier_router_left_when_it_starts(redis
 async def test_the_upkeep_loop_chooses_and_the_gauge_tells(redis_url: str, tmp_path: Path) -> None:
     """The router's upkeep looks at the heartbeats each round (its own first) and reports its choice."""
     auto = RedisStore(redis_url, hold_totals="auto")
-    upkeep = Upkeep(auto, Outbox(tmp_path / "data"), "router-1", 1, 15, 3600)
+    upkeep = Upkeep(auto, Outbox(tmp_path / "data"), "router-1", 0.001, 15, 3600)  # a look each round
     client = connect(redis_url)
     try:
         await upkeep.tick()
@@ -302,3 +303,33 @@ async def test_the_upkeep_loop_chooses_and_the_gauge_tells(redis_url: str, tmp_p
     finally:
         await auto.close()
         await client.aclose()
+
+
+async def scans(client: redis.Redis) -> int:
+    """How many SCAN calls the server has run."""
+    return int((await client.info("commandstats")).get("cmdstat_scan", {}).get("calls", 0))
+
+
+async def test_one_router_a_round_scans_for_the_heartbeats_the_others_read_what_it_found(tmp_path: Path) -> None:
+    """The heartbeats cannot be listed apart from every other key of the money Redis (request-id markers: two a
+    request, kept a day), so a look at them scans the whole keyspace: ~1 s a million keys here. Every router looked
+    every upkeep round, the scans growing with the routers as with the keys. Now one router a round looks and the
+    others read what it found; a router keeping no totals that starts is still seen within two rounds."""
+    server = RedisServer(tmp_path / "own", "--save", "").start()  # its own: SCAN counted for these routers alone
+    routers = [RedisStore(server.url, hold_totals="auto") for _ in range(5)]
+    client = connect(server.url)
+    try:
+        for n, router in enumerate(routers):
+            await router.heartbeat(f"router-{n}", 600)
+        before = await scans(client)
+        assert [await router.choose_hold_totals(f"router-{n}", 1) for n, router in enumerate(routers)] == [True] * 5
+        assert await scans(client) - before == 1
+        await client.set(alive_key("old-router"), str(time.time()))  # a heartbeat as the version before wrote it
+        await asyncio.sleep(1.1)  # the next round
+        assert [await router.choose_hold_totals(f"router-{n}", 1) for n, router in enumerate(routers)] == [False] * 5
+        assert await scans(client) - before == 2
+    finally:
+        for router in routers:
+            await router.close()
+        await client.aclose()
+        server.stop()

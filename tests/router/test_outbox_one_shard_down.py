@@ -151,7 +151,7 @@ async def test_one_master_down_holds_up_no_healthy_shards_charge_and_admission_s
     with it, round after round, the healthy shards' charges kept waiting; and admission went on trusting the totals
     though it could not see which routers live. Now the replay runs, and admission counts by a scan until it can."""
     store = RedisStore(cluster.url, hold_totals="auto")
-    upkeep = Upkeep(store, Outbox(tmp_path / "data", poison_replays=2), "router-1", 1, 15, 3600)
+    upkeep = Upkeep(store, Outbox(tmp_path / "data", poison_replays=2), "router-1", 0.001, 15, 3600)  # it looks
     masters = len(cluster.nodes)
     healthy = [tenant_on(0, masters), tenant_on(1, masters)]
     account, limited = Account(healthy[0], "k"), Allowance("day", tenant_pico=10 * PICO)

@@ -143,6 +143,10 @@ def alive_key(router: str) -> str:
 
 
 ALIVE_KEYS = f"{GLOBAL}:alive:*"
+# The look at the heartbeats for ROUTER_HOLD_TOTALS=auto scans the whole keyspace: one router a round looks (it holds
+# this for the upkeep interval) and stores how many routers keeping no totals it found, which the others read.
+HOLD_TOTALS_LOOK = f"{GLOBAL}:hold-totals:look"
+OLDER_ROUTERS = f"{GLOBAL}:hold-totals:older-routers"
 # What a heartbeat of a router that keeps the running hold totals says after its time. Routers of the versions
 # before wrote the time alone: one of those alive keeps 'auto' routers counting holds by a scan (model.HoldTotals).
 KEEPS_HOLD_TOTALS = "keeps-hold-totals"

@@ -312,7 +312,7 @@ class MemoryStore:
     async def bump_hold_totals_epoch(self) -> None:
         return None  # nothing but this store writes its holds: no total of its was ever kept by another version
 
-    async def choose_hold_totals(self) -> bool:
+    async def choose_hold_totals(self, router: str, interval_s: float) -> bool:
         return True  # the same: its totals are always exact
 
     async def limit_overrides(self) -> dict[tuple[str, str], int]:

@@ -438,10 +438,10 @@ class Store(Protocol):
     async def bump_hold_totals_epoch(self) -> None:
         """Distrust every running total kept so far: each is rebuilt from a scan of its set when next read."""
 
-    async def choose_hold_totals(self) -> bool:
+    async def choose_hold_totals(self, router: str, interval_s: float) -> bool:
         """With ROUTER_HOLD_TOTALS=auto, trust the totals or not by the live routers' heartbeats (HoldTotals); run
-        after this router's own heartbeat. Whether admission now trusts them; when the heartbeats cannot be read
-        (StoreUnavailable), admission counts by a scan until they can."""
+        by `router`'s upkeep each `interval_s`, after its own heartbeat. Whether admission now trusts them; when the
+        heartbeats cannot be read (StoreUnavailable), admission counts by a scan until they can."""
 
     async def limit_overrides(self) -> dict[tuple[str, str], int]:
         """Every limit set for one tenant or key, by (scope, name): scope is 'tenant' or 'key'."""

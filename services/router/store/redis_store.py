@@ -20,8 +20,10 @@ from services.router import metrics
 from services.router.store import ledger_entry, lua
 from services.router.store.keys import (
     ALIVE_KEYS,
+    HOLD_TOTALS_LOOK,
     KEEPS_HOLD_TOTALS,
     LEASE,
+    OLDER_ROUTERS,
     SHARDS,
     AccountKeys,
     alive_key,
@@ -366,18 +368,14 @@ class RedisStore:
                 pipe.incr(hold_totals_epoch_key(shard))
             await pipe.execute()
 
-    async def choose_hold_totals(self) -> bool:
+    async def choose_hold_totals(self, router: str, interval_s: float) -> bool:
         if self._hold_totals != "auto":
             return self._trust_totals == "1"
         try:
-            async with self._call():
-                names = [name async for name in self.redis.scan_iter(match=ALIVE_KEYS, count=1000)]
-                beats = await self.redis.mget(names) if names else []
+            older = await self._older_routers(router, interval_s)
         except StoreUnavailable:  # the heartbeats unread (on a cluster, one master of any down): any router may live
             self._trust_totals = "0"
             raise
-        # A key gone between the scan and the read is a router gone: nothing of it is left to write a hold.
-        older = sum(1 for beat in beats if beat is not None and KEEPS_HOLD_TOTALS not in _text(beat))
         if older and self._trust_totals == "1":
             log.warning("a router keeping no hold totals is alive: admission counts holds by a scan")
         elif not older and self._trust_totals == "0":
@@ -385,6 +383,24 @@ class RedisStore:
             log.info("every live router keeps hold totals: admission counts holds by them")
         self._trust_totals = "0" if older else "1"
         return not older
+
+    async def _older_routers(self, router: str, interval_s: float) -> int:
+        """How many live routers' heartbeats say they keep no hold totals. The heartbeats cannot be listed apart from
+        the rest of the keyspace (a day of request-id markers), so only the router that takes this round's look
+        scans; the others read what it found, or look themselves when nothing found is left (its scan not done yet,
+        or it failed). What they read is at most two rounds old."""
+        round_ms = max(int(interval_s * 1000), 1)
+        async with self._call():
+            if not await self.redis.set(HOLD_TOTALS_LOOK, router, nx=True, px=round_ms):
+                found = await self.redis.get(OLDER_ROUTERS)
+                if found is not None:
+                    return int(found)
+            names = [name async for name in self.redis.scan_iter(match=ALIVE_KEYS, count=1000)]
+            beats = await self.redis.mget(names) if names else []
+            # A key gone between the scan and the read is a router gone: nothing of it is left to write a hold.
+            older = sum(1 for beat in beats if beat is not None and KEEPS_HOLD_TOTALS not in _text(beat))
+            await self.redis.set(OLDER_ROUTERS, older, px=2 * round_ms)
+        return older
 
     async def heartbeat(self, router: str, ttl_s: float) -> None:
         async with self._call():
