@@ -5,7 +5,11 @@ parsed inline, its worst a few milliseconds: no thread's hand-off for it.
 
 What a thread cannot take off the loop is json.loads itself (and the Responses translation's json.dumps): C that
 holds the GIL from the first byte to the last (~0.13 s for those 8 MB), so the loop still waits that long; the rest
-is Python, which hands the GIL over every few milliseconds (benchmarks/item_stall.py).
+is Python, which hands the GIL over every few milliseconds (benchmarks/item_stall.py). Nor a garbage collection pass,
+which holds it too: the millions of lists a body of empty arrays makes set off pass after pass over all of them
+within json.loads (~1 s held for 8 MB, seven times the zeros' parse), so the cyclic collector is paused while a
+large body is parsed (its values hold no cycles; any made meanwhile are collected once it is back), and a refused
+body's values are let go in the parser's thread.
 
 One large body is parsed at a time, in a thread of its own, as when they were parsed on the loop: a parse holds ~50
 times its body in Python objects (~400 MB for 8 MiB of empty objects), so the default executor's threads (the
@@ -16,9 +20,12 @@ runner's file checks, name lookups) is not held up behind them."""
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
+
+from services.edge.openai_api import ApiError
 
 OFF_LOOP_BYTES = 64 * 1024  # at most ~3 ms to parse and check (of tiny values): inline
 PARSER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-body-parse")
@@ -31,4 +38,18 @@ async def parse_off_loop(body: bytes, parse: Callable[[bytes], Parsed]) -> Parse
     ApiError's 400) raised here either way, as they were."""
     if len(body) <= OFF_LOOP_BYTES:
         return parse(body)
-    return await asyncio.get_running_loop().run_in_executor(PARSER, parse, body)
+    return await asyncio.get_running_loop().run_in_executor(PARSER, _uncollected, parse, body)
+
+
+def _uncollected(parse: Callable[[bytes], Parsed], body: bytes) -> Parsed:
+    """parse(body) with the cyclic garbage collector paused. A refusal leaves without its traceback and context, whose
+    frames hold the parsed values: freed here, not in the loop's thread where the ApiError is handled, nor left to a
+    collection pass over them once the collector is back. Only this thread pauses it, one parse at a time."""
+    gc.disable()
+    try:
+        return parse(body)
+    except ApiError as refusal:
+        refusal.__context__ = None
+        raise refusal.with_traceback(None) from None
+    finally:
+        gc.enable()
