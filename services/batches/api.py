@@ -47,6 +47,7 @@ class BatchApi:
         window_s: int,
         max_uploads: int,
         max_uploads_per_tenant: int,
+        max_line_bytes: int,
     ) -> None:
         self.store = store
         # Each upload is held whole in memory (up to max_file_bytes, once: its lines are checked one at a time):
@@ -60,6 +61,7 @@ class BatchApi:
         self.runner = runner
         self.caller = caller  # (tenant, API key) of the request, as the edge authenticates it
         self.max_file_bytes = max_file_bytes
+        self.max_line_bytes = max_line_bytes  # a request's body at most, as the chat route takes it
         self._writing: set[asyncio.Task[Any]] = set()  # creations whose request was cancelled, still writing
 
     async def close(self) -> None:
@@ -142,7 +144,8 @@ class BatchApi:
         content = await upload.read(self.max_file_bytes + 1)
         if len(content) > self.max_file_bytes:
             raise ApiError(413, f"file over {self.max_file_bytes} bytes", code="request_too_large")
-        count = await wire.check_lines_off_loop(content)  # a bad file is refused now, naming its first bad line
+        # A bad file is refused now, naming its first bad line.
+        count = await wire.check_lines_off_loop(content, self.max_line_bytes)
         file_id = f"file-{uuid.uuid4().hex}"
         fields = file_fields(tenant, (upload.filename or "batch.jsonl")[:256], content, "batch", count)
         await self._to_end(self._write_file(tenant, file_id, fields))
@@ -274,7 +277,7 @@ class BatchApi:
             content = await self.store.content(file_key(file_id))
             if content is None:  # gone since: as a file never stored
                 raise ApiError(404, f"no file {file_id[:64]!r}", param="input_file_id", code="not_found")
-            return await wire.check_lines_off_loop(content)
+            return await wire.check_lines_off_loop(content, self.max_line_bytes)
 
     async def get_batch(self, request: Request) -> Response:
         batch_id, fields = await self._batch(request)

@@ -611,6 +611,7 @@ def create_app(settings: EdgeSettings, channel: grpc.aio.Channel) -> Starlette:
         # With tenants, one holds at most half the places (at least one): its stalled or slow transfers leave the
         # others room. Without keys there is one tenant, which may have them all.
         max(1, settings.batch_max_concurrent_uploads // 2) if edge.keys else settings.batch_max_concurrent_uploads,
+        settings.max_body_bytes,
     )
     access_log = AccessLog.open(settings.access_log)
 

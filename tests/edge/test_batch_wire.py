@@ -9,6 +9,8 @@ import pytest
 from services.batches import wire
 from services.edge.openai_api import ApiError
 
+LINE_BYTES = 8 * 1024 * 1024  # EDGE_MAX_BODY_BYTES's default, which bounds a line too
+
 
 def entry(i: int) -> str:
     return json.dumps({"custom_id": f"r{i}", "method": "POST", "url": wire.ENDPOINT, "body": {}})
@@ -18,11 +20,11 @@ def test_a_file_over_the_line_limit_is_refused_at_the_first_line_too_many() -> N
     # Everything after the line past the limit is garbage: the parser must stop before it reads any of it.
     content = "\n".join([entry(i) for i in range(wire.MAX_LINES + 1)] + ["not json"]).encode()
     with pytest.raises(ApiError, match=f"over {wire.MAX_LINES} requests"):
-        wire.check_lines(content)
+        wire.check_lines(content, LINE_BYTES)
 
 
 def test_a_file_at_the_line_limit_is_taken() -> None:
-    assert wire.check_lines("\n".join(entry(i) for i in range(wire.MAX_LINES)).encode()) == wire.MAX_LINES
+    assert wire.check_lines("\n".join(entry(i) for i in range(wire.MAX_LINES)).encode(), LINE_BYTES) == wire.MAX_LINES
 
 
 def test_the_lines_found_are_the_requests_checked_each_parsed_alone() -> None:
@@ -35,7 +37,7 @@ def test_the_lines_found_are_the_requests_checked_each_parsed_alone() -> None:
     ]
     text = "\r\n".join(json.dumps(r, ensure_ascii=False) for r in requests[:2]) + "\n\n \u3000\t\n"
     content = b"\xef\xbb\xbf" + (text + json.dumps(requests[2]) + "\r\n").encode()
-    assert wire.check_lines(content) == 3
+    assert wire.check_lines(content, LINE_BYTES) == 3
     lines = wire.Lines.index(content)
     assert [lines[i] for i in range(len(lines))] == requests
 
@@ -44,9 +46,9 @@ def test_a_file_not_utf8_is_refused_as_such_even_past_its_first_bad_line() -> No
     """As when the whole file was decoded first: not UTF-8 anywhere is the file's error, before any line's."""
     content = b"not json\n" + entry(1).encode() + b"\n\xff\n"
     with pytest.raises(ApiError, match="not UTF-8"):
-        wire.check_lines(content)
+        wire.check_lines(content, LINE_BYTES)
     with pytest.raises(ApiError, match="line 1 of the batch file is not JSON"):
-        wire.check_lines(content[:-2])
+        wire.check_lines(content[:-2], LINE_BYTES)
 
 
 def test_a_custom_id_the_router_would_refuse_is_refused_at_upload() -> None:
@@ -55,4 +57,4 @@ def test_a_custom_id_the_router_would_refuse_is_refused_at_upload() -> None:
     line = {"custom_id": "a\u0000b", "method": "POST", "url": wire.ENDPOINT, "body": {}}
     content = (entry(1) + "\n" + json.dumps(line)).encode()
     with pytest.raises(ApiError, match="line 2 of the batch file has a custom_id with a NUL character"):
-        wire.check_lines(content)
+        wire.check_lines(content, LINE_BYTES)

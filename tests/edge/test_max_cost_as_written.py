@@ -16,6 +16,7 @@ from services.batches.deferral import _request
 from services.edge import legacy
 from services.edge.openai_api import ApiError, parse_request
 from services.router.costs import floor_pico
+from tests.edge.test_batch_wire import LINE_BYTES
 
 WRITTEN = "0.0000019999999999999999999"  # a hair under 2e-06 USD: 1,999,999 whole pico-dollars and a fraction
 BODY = '{"messages": [{"role": "user", "content": "hi"}], "max_cost_usd": ' + WRITTEN + "}"
@@ -31,7 +32,7 @@ def test_a_chat_completions_cap_written_as_a_number_reaches_the_router_as_writte
 def test_a_batch_lines_cap_written_as_a_number_reaches_the_router_as_written() -> None:
     line = '{"custom_id": "a", "method": "POST", "url": "' + wire.ENDPOINT + '", "body": ' + BODY + "}"
     content = line.encode()
-    assert wire.check_lines(content) == 1
+    assert wire.check_lines(content, LINE_BYTES) == 1
     lines = wire.Lines.index(content)
     # As the runner sends a line (Runner._complete) ...
     parsed, raw = parse_request(json.dumps(lines[0]["body"]).encode())
