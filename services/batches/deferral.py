@@ -35,6 +35,7 @@ from llmrouter.server import MAX_MESSAGE_BYTES
 from llmrouter.v1 import router_pb2, router_pb2_grpc
 from services.batches import results, wire
 from services.batches.store import Store, batch_key, deferred_key, results_key
+from services.edge.off_loop import in_parser
 from services.edge.openai_api import ApiError, completion_body, parse_request
 
 log = logging.getLogger("llmrouter.edge.batches")
@@ -67,7 +68,8 @@ class Deferral:
             return deferred
         doubted = marked = OFFER_IN_DOUBT in batch  # an earlier offer's reply was lost: its lines are among these
         pending = [i for i in range(len(lines)) if str(i) not in done and i not in deferred]
-        for part in _parts(batch_id, batch, lines, pending):
+        parts = _parts(batch_id, batch, lines, pending)
+        while part := await in_parser(lambda: next(parts, [])):  # each part's lines parsed off the event loop
             if not marked:
                 # Written before the call: a crash or a lost reply leaves it, and the batch, cancelled or expired
                 # before it offers again, asks the router what became of its lines (recover).
@@ -101,7 +103,8 @@ class Deferral:
         if OFFER_IN_DOUBT not in batch:
             return deferred
         pending = [i for i in range(len(lines)) if str(i) not in done and i not in deferred]
-        for part in _parts(batch_id, batch, lines, pending):
+        parts = _parts(batch_id, batch, lines, pending)
+        while part := await in_parser(lambda: next(parts, [])):
             try:
                 reply = await self.router.FindDeferred(
                     router_pb2.SubmitLinesRequest(lines=[request for _, _, request in part]), timeout=CALL_S

@@ -48,8 +48,17 @@ class Lines:
         return len(self.spans) // 2
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        line: dict[str, Any] = loads_line(self.content[self.spans[2 * index] : self.spans[2 * index + 1]].decode())
-        return line
+        return parse_line(self.raw(index))
+
+    def raw(self, index: int) -> bytes:
+        """The request's line as uploaded, unparsed."""
+        return self.content[self.spans[2 * index] : self.spans[2 * index + 1]]
+
+
+def parse_line(raw: bytes) -> dict[str, Any]:
+    """A line check_lines took, parsed."""
+    line: dict[str, Any] = loads_line(raw.decode())
+    return line
 
 
 def check_lines(content: bytes, max_line_bytes: int) -> int:

@@ -20,6 +20,7 @@ runner's file checks, name lookups) is not held up behind them."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -38,16 +39,21 @@ async def parse_off_loop(body: bytes, parse: Callable[[bytes], Parsed]) -> Parse
     ApiError's 400) raised here either way, as they were."""
     if len(body) <= OFF_LOOP_BYTES:
         return parse(body)
-    return await asyncio.get_running_loop().run_in_executor(PARSER, _uncollected, parse, body)
+    return await in_parser(functools.partial(parse, body))
 
 
-def _uncollected(parse: Callable[[bytes], Parsed], body: bytes) -> Parsed:
-    """parse(body) with the cyclic garbage collector paused. A refusal leaves without its traceback and context, whose
+async def in_parser(work: Callable[[], Parsed]) -> Parsed:
+    """work(), parsing, in the parser's thread as a large body's parse: a batch's lines, parsed one after another."""
+    return await asyncio.get_running_loop().run_in_executor(PARSER, _uncollected, work)
+
+
+def _uncollected(work: Callable[[], Parsed]) -> Parsed:
+    """work() with the cyclic garbage collector paused. A refusal leaves without its traceback and context, whose
     frames hold the parsed values: freed here, not in the loop's thread where the ApiError is handled, nor left to a
     collection pass over them once the collector is back. Only this thread pauses it, one parse at a time."""
     gc.disable()
     try:
-        return parse(body)
+        return work()
     except ApiError as refusal:
         refusal.__context__ = None
         raise refusal.with_traceback(None) from None

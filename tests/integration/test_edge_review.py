@@ -21,8 +21,11 @@ from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
 from llmrouter.redis_url import RedisUrl
+from llmrouter.validation import MAX_MESSAGES
+from services.batches import runner as runner_module
 from services.batches import wire
 from services.edge.keys import key_line
+from services.edge.off_loop import OFF_LOOP_BYTES
 from services.edge.settings import EdgeSettings
 from services.router.store import keys as router_keys
 from tests.integration.conftest import Chain, free_port, start_edge
@@ -209,6 +212,42 @@ async def test_a_batch_too_large_for_one_router_message_still_ends(
         assert status == {f"big-{i}": 400 for i in range(4)}, status
     finally:
         await client.close()
+
+
+async def test_a_batch_lines_large_request_is_parsed_off_the_event_loop(
+    edge: tuple[str, dict[str, str], dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A running batch parses each line, then its request, as the chat route parses a body: one over OFF_LOOP_BYTES in
+    the parser's thread. On the event loop, a batch of three lines of 8 MB of empty arrays held every other request of
+    the edge (/healthz too) for over a minute."""
+    base, tenant, _ = edge
+    parsed_on: list[tuple[str, int, int]] = []
+    parse_line, parse_body = wire.parse_line, runner_module.parse_request
+
+    def parsing_line(raw: bytes) -> dict[str, Any]:
+        parsed_on.append(("line", len(raw), threading.get_ident()))
+        return parse_line(raw)
+
+    def parsing_body(body: bytes, max_messages: int = MAX_MESSAGES) -> Any:
+        parsed_on.append(("request", len(body), threading.get_ident()))
+        return parse_body(body, max_messages)
+
+    monkeypatch.setattr(wire, "parse_line", parsing_line)
+    monkeypatch.setattr(runner_module, "parse_request", parsing_body)
+    # Past OFF_LOOP_BYTES, and refused as a request (a list where an object is due): no upstream is asked.
+    large = line("large", "hi", metadata=[[]] * OFF_LOOP_BYTES)
+    client = AsyncOpenAI(base_url=base, api_key=tenant["authorization"][7:], max_retries=0)
+    try:
+        uploaded = await client.files.create(file=("b.jsonl", json.dumps(large).encode()), purpose="batch")
+        batch = await client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        assert (await finished(client, batch.id)).request_counts.failed == 1
+    finally:
+        await client.close()
+    large_parses = [(what, thread) for what, size, thread in parsed_on if size > OFF_LOOP_BYTES]
+    assert sorted({what for what, _ in large_parses}) == ["line", "request"], parsed_on
+    assert threading.get_ident() not in [thread for _, thread in large_parses], large_parses
 
 
 async def test_batch_files_are_read_off_the_event_loop(
