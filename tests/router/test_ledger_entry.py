@@ -60,10 +60,14 @@ async def only_entry(client: Any) -> bytes:
     return bytes(entries[0][b"record"])
 
 
-async def stream_bytes(client: Any, key: str, text: str | bytes) -> int:
+async def streams_bytes(client: Any, compact: bytes, full: str) -> tuple[int, int]:
+    """The memory Redis keeps for a stream of COPIES entries of each record. Built side by side with the same entry
+    ids, so only the records differ: a node keeps each id as a delta from its first, and ids spread wider (a slower,
+    loaded machine) take more bytes."""
     for _ in range(COPIES):
-        await client.xadd(key, {"record": text})
-    return int(await client.memory_usage(key, samples=0))
+        entry_id = await client.xadd("compact", {"record": compact})
+        await client.xadd("full", {"record": full}, id=entry_id)
+    return int(await client.memory_usage("compact", samples=0)), int(await client.memory_usage("full", samples=0))
 
 
 async def test_a_charge_leaves_a_compact_entry_that_reads_back_as_the_decision(
@@ -105,8 +109,7 @@ async def test_a_charge_leaves_a_compact_entry_that_reads_back_as_the_decision(
     # As the versions before wrote it: the record as built, with spaces. Compared as Redis keeps each.
     full = json.dumps(record)
     assert len(entry) * 2 < len(full)
-    compact_bytes = await stream_bytes(client, "compact", entry)
-    full_bytes = await stream_bytes(client, "full", full)
+    compact_bytes, full_bytes = await streams_bytes(client, entry, full)
     assert compact_bytes * 2 < full_bytes, (compact_bytes, full_bytes)
 
 
