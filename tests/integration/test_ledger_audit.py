@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -116,6 +117,18 @@ def audit_cost(record: dict, prices: Registry = PRICES) -> None:
         assert Decimal(record["cost_usd"]) == 0, record
 
 
+async def settled(redis_url: str, tenants: tuple[str, ...]) -> None:
+    """Until no request of these tenants holds anything: each was charged (a hold ends with its charge)."""
+    store = RedisStore(redis_url)
+    deadline = time.monotonic() + 60  # a hang guard only
+    try:
+        while [await store.held_pico(Account(t, key_id(""))) for t in tenants] != [(0, 0)] * len(tenants):
+            assert time.monotonic() < deadline, "requests still held"
+            await asyncio.sleep(0.05)
+    finally:
+        await store.close()
+
+
 async def copy_to_sql(chain: Chain, db: LedgerDB) -> None:
     client = redis.from_url(chain.redis_url)
     try:
@@ -168,7 +181,7 @@ async def test_every_charged_request_has_one_record_and_the_ledgers_add_up_to_th
         work.append(unary(stub, seen, ask(tenant, request_id=rid()), timeout=0.05))  # deadline exceeded
         work.append(unary(stub, seen, ask(tenant, request_id=rid(), max_cost_usd="-1")))  # invalid
     await asyncio.gather(*work)
-    await asyncio.sleep(1.5)  # the generations of callers that left are charged when done
+    await settled(chain.redis_url, (tenant, other))  # the generations of callers that left are charged when done
 
     db = redis.from_url(chain.redis_url)
     try:
