@@ -1,7 +1,8 @@
 """A TCP proxy on loopback in front of a real server (Redis here), for the failures no server makes on its own:
 a reply lost after the command ran (`lose_next_reply`: the server applied it, its caller only sees the connection
-drop; and with `then_down`, the server out of reach from then on, until `come_back`) and a command lost before it
-ran (`swallow_next`: never forwarded, the connection dropped a little later). Runs in the test's own event loop."""
+drop; and with `then_down`, the server out of reach from then on, until `come_back`), a reply held back after the
+command ran (`hold_next_reply`: its caller waits, and may leave meanwhile) and a command lost before it ran
+(`swallow_next`: never forwarded, the connection dropped a little later). Runs in the test's own event loop."""
 
 from __future__ import annotations
 
@@ -9,6 +10,15 @@ import asyncio
 import contextlib
 from typing import Self
 from urllib.parse import urlsplit
+
+
+class HeldReply:
+    """A reply held back (LossyProxy.hold_next_reply): `arrived` once the server has sent it, forwarded once
+    `released` is set."""
+
+    def __init__(self) -> None:
+        self.arrived = asyncio.Event()
+        self.released = asyncio.Event()
 
 
 class LossyProxy:
@@ -20,6 +30,7 @@ class LossyProxy:
         self._down_after_loss = False
         self.down = False  # every connection is dropped at once
         self._swallow_s: float | None = None
+        self._hold_reply: HeldReply | None = None
         self._pipes: set[asyncio.Task[None]] = set()
 
     def url(self, db: int = 0) -> str:
@@ -42,6 +53,12 @@ class LossyProxy:
 
     def come_back(self) -> None:
         self.down = False
+
+    def hold_next_reply(self) -> HeldReply:
+        """The next reply from the server waits in the proxy until it is released: the server has run the command,
+        its caller has not heard back. Dropped if the caller's connection closes first."""
+        self._hold_reply = HeldReply()
+        return self._hold_reply
 
     def swallow_next(self, seconds: float) -> None:
         """The next request from a client is not forwarded; its connection is dropped `seconds` later."""
@@ -90,6 +107,10 @@ class LossyProxy:
 
     async def _replies(self, source: asyncio.StreamReader, client: asyncio.StreamWriter) -> None:
         while data := await source.read(65536):
+            if self._hold_reply is not None:
+                held, self._hold_reply = self._hold_reply, None
+                held.arrived.set()
+                await held.released.wait()
             if self._lose_reply:
                 self._lose_reply = False
                 if self._down_after_loss:

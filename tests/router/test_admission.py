@@ -14,7 +14,6 @@ from typing import Any
 
 import grpc
 import pytest
-import redis as sync_redis
 import redis.asyncio as redis
 
 from llmrouter.errors import ServiceError
@@ -27,6 +26,7 @@ from services.router.outbox import Outbox
 from services.router.routed import Routed
 from services.router.settings import RouterSettings
 from services.router.store import Account, AccountKeys, Allowance, Hold, MemoryStore, RedisStore, lua, period_id
+from tests.fakes.lossy_proxy import LossyProxy
 
 REGISTRY = Registry.model_validate(
     {
@@ -208,41 +208,24 @@ async def test_messages_within_the_bound_but_over_every_context_window_are_refus
     assert (await gate.limits(fewer, ACCOUNT.tenant)).input_tokens <= 4096  # 4,003 tokens: it fits, and is counted
 
 
-# CLIENT PAUSE's own timeout, a hang guard only: each test lifts the pause itself (it holds every client's writes, other
-# tests' on the server too, for the few milliseconds a script takes to be sent).
-PAUSE_GUARD_MS = 30_000
-
-
-async def until_a_script_waits(admin: Any) -> None:
-    """Until Redis, its writes paused (CLIENT PAUSE WRITE), holds back a script sent on admin's database: it was sent,
-    and runs once the pause is lifted."""
-    db = str(admin.connection_pool.connection_kwargs.get("db", 0))
-    deadline = time.monotonic() + PAUSE_GUARD_MS / 1000
-    while not any(
-        client["db"] == db and client["cmd"] in ("eval", "evalsha") and "b" in client["flags"]
-        for client in await admin.client_list()
-    ):
-        assert time.monotonic() < deadline, "no script was sent"
-        await asyncio.sleep(0.01)
-
-
 async def test_a_caller_leaving_during_admission_leaves_no_hold_and_no_pending_charge(
-    redis_url: str, caplog: pytest.LogCaptureFixture
+    redis_url: str, proxy: LossyProxy, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The admission script may run after its caller left (it was sent, the reply never read): the hold,
     pending charge and request id it took for a request nobody serves are undone, instead of blocking the budget
     for the hold's lifetime and being charged in full by the reconciler as an unsettled pending charge."""
-    store = RedisStore(redis_url)
+    store = RedisStore(proxy.url_for(redis_url))
     other = redis.from_url(redis_url)
     try:
+        await store.ping()  # the connection is ready: the next reply through the proxy is the admission's
         gate, r = await routed(request(), admission.Admission(SETTINGS, REGISTRY, store, scratch_outbox()))
-        await other.execute_command("CLIENT", "PAUSE", PAUSE_GUARD_MS, "WRITE")
+        held = proxy.hold_next_reply()
         admitting = asyncio.ensure_future(gate.admit(r))
-        await until_a_script_waits(other)
+        await asyncio.wait_for(held.arrived.wait(), 30)  # the admission ran; its caller has not heard back
         admitting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await admitting
-        await other.execute_command("CLIENT", "UNPAUSE")  # the admission runs, its caller gone
+        held.released.set()
         keys = AccountKeys.of(ACCOUNT)
         pending, holds = keys.pending, keys.held()
         await gate.close()  # the undo has run
@@ -252,46 +235,35 @@ async def test_a_caller_leaving_during_admission_leaves_no_hold_and_no_pending_c
         assert [await other.zcard(key) for key in holds] == [0, 0]
         assert not await other.exists(keys.used(r.request_id))  # a retry of the request id is admitted
     finally:
-        await other.execute_command("CLIENT", "UNPAUSE")
         await other.aclose()
         await store.close()
 
 
-async def test_a_caller_leaving_while_the_hold_grows_leaves_no_hold_behind(redis_url: str) -> None:
-    """Before a fallback the hold grows (the store replaces it with a larger one). A caller that leaves once the
-    store grew it, its reply unread, must not make the request settle the old, smaller hold: the larger one would
-    block the budget until it expires."""
-    store = RedisStore(redis_url)
+async def test_a_caller_leaving_while_the_hold_grows_leaves_no_hold_behind(redis_url: str, proxy: LossyProxy) -> None:
+    """Before a fallback the hold grows (the store replaces it with a larger one). A caller that leaves while
+    that runs must not make the request settle the old, smaller hold: the larger one would block the budget
+    until it expires."""
+    store = RedisStore(proxy.url_for(redis_url))
     other: Any = redis.from_url(redis_url)
-    blocking = sync_redis.Redis.from_url(redis_url)
     try:
         gate, r = await routed(request(), admission.Admission(SETTINGS, REGISTRY, store, scratch_outbox()))
         await gate.admit(r)
         assert r.hold is not None
         tenant_holds = AccountKeys.of(ACCOUNT).held()[0]
         admitted = await other.zrange(tenant_holds, 0, -1)
-        await other.script_load(lua.EXTEND)  # known to Redis, as after a router's first growth: no reload to wait for
-        await other.execute_command("CLIENT", "PAUSE", PAUSE_GUARD_MS, "WRITE")
+        await other.script_load(lua.EXTEND)  # the next reply is the growth's, not a NOSCRIPT asking for the script
+        held = proxy.hold_next_reply()
         growing = asyncio.ensure_future(gate.cover(r, r.hold.pico + 1_000))
-        await until_a_script_waits(other)
-        # Synchronous from here to the cancellation: this event loop takes no turn, so the growth's reply, sent once
-        # the pause is lifted, waits unread until its caller has left. (Left while held back, the growth would never
-        # run: Redis drops a held-back command whose connection closes, as the cancelled call's does.)
-        blocking.execute_command("CLIENT", "UNPAUSE")
-        deadline = time.monotonic() + PAUSE_GUARD_MS / 1000
-        while blocking.zrange(tenant_holds, 0, -1) == admitted:
-            assert time.monotonic() < deadline, "the hold never grew"
-            time.sleep(0.01)
+        await asyncio.wait_for(held.arrived.wait(), 30)  # the growth ran; its caller has not heard back
         growing.cancel()
         with pytest.raises(asyncio.CancelledError):
             await growing
+        assert await other.zrange(tenant_holds, 0, -1) != admitted  # the store holds the larger hold
         await store.charge(r.account, r.hold, 0, {})  # as the request settles once its caller has left
         keys = AccountKeys.of(ACCOUNT)
         assert [await other.zcard(key) for key in keys.held()] == [0, 0]
         assert not [v for v in await other.hvals(keys.pending) if SETTINGS.instance_id in v.decode()]
     finally:
-        blocking.execute_command("CLIENT", "UNPAUSE")
-        blocking.close()
         await other.aclose()
         await store.close()
 
