@@ -41,14 +41,16 @@ class Upkeep:
         self.report: HealthReport | None = None
         self.up: bool | None = None
         self._task: asyncio.Task[None] | None = None
+        self.look: asyncio.Task[None] | None = None  # the look at the heartbeats under way, or the last one
 
     def start(self, report: HealthReport | None = None) -> None:
         self.report = report
         self._task = asyncio.create_task(self._run())
 
     async def close(self) -> None:
-        if self._task is not None:
-            await stop_task(self._task)
+        for task in (self._task, self.look):
+            if task is not None:
+                await stop_task(task)
 
     async def _run(self) -> None:
         while True:
@@ -73,7 +75,8 @@ class Upkeep:
                 await self.report(up)
         if not up:
             return
-        await self._choose_hold_totals()
+        if self.look is None or self.look.done():  # not awaited: a look scans the keyspace, millions of keys
+            self.look = asyncio.create_task(self._choose_hold_totals())  # may take seconds, this round's duties none
         try:
             await self.outbox.replay(self.store)
             settled = await self.store.reconcile(self.router, self.heartbeat_ttl_s, self.stale_s)

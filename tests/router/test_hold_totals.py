@@ -20,7 +20,8 @@ from services.router import metrics
 from services.router.money_check import audit_hold_totals
 from services.router.outbox import Outbox
 from services.router.store import Account, Allowance, Hold, MemoryStore, RedisStore, Store, pending_field, period_id
-from services.router.store.keys import AccountKeys, alive_key, hold_total
+from services.router.store.keys import HOLD_TOTALS_LOOK, OLDER_ROUTERS, AccountKeys, alive_key, hold_total
+from services.router.store.redis_store import LOOK_COST_SHARE
 from services.router.upkeep import Upkeep
 from tests.redis_servers import RedisServer
 from tests.router.old_version import checkout, run
@@ -227,6 +228,11 @@ async def test_after_routers_that_keep_no_totals_a_bumped_epoch_makes_the_totals
         await maintaining.close()
 
 
+async def next_look(client: redis.Redis) -> None:
+    """The next look at the heartbeats is due (the last one's lease lapsed, what it found with it)."""
+    await client.delete(HOLD_TOTALS_LOOK, OLDER_ROUTERS)
+
+
 OLD_HEARTBEAT = """
 import asyncio, sys
 from services.router.store import RedisStore
@@ -254,10 +260,12 @@ async def test_auto_scans_while_a_router_keeping_no_totals_is_alive_and_trusts_t
         assert await auto.choose_hold_totals("new-router", 0.001) is True
         assert await admit(auto, "r1", 1_000, 10_000) == ""
         assert await run(old, OLD_HEARTBEAT, any_redis_url) == ""
+        await next_look(client)
         assert await auto.choose_hold_totals("new-router", 0.001) is False
         assert await run(old, OLD_EXTEND, any_redis_url) == ""  # r1 holds 5,000 now; its sets' totals say 1,000
         assert await admit(auto, "r2", 6_000, 10_000) == "tenant"  # 5,000 held, by a scan
         assert await client.delete(alive_key("old-router")) == 1  # its heartbeat lapsed: it is gone
+        await next_look(client)
         assert await auto.choose_hold_totals("new-router", 0.001) is True
         assert await admit(auto, "r2", 6_000, 10_000) == "tenant"  # 5,000 held, by the totals rebuilt
         assert await admit(auto, "r2", 5_000, 10_000) == ""
@@ -290,15 +298,19 @@ async def test_auto_distrusts_totals_an_earlier_router_left_when_it_starts(redis
 
 
 async def test_the_upkeep_loop_chooses_and_the_gauge_tells(redis_url: str, tmp_path: Path) -> None:
-    """The router's upkeep looks at the heartbeats each round (its own first) and reports its choice."""
+    """The router's upkeep starts a look at the heartbeats each round (after its own), in a task of its own, and
+    reports its choice."""
     auto = RedisStore(redis_url, hold_totals="auto")
     upkeep = Upkeep(auto, Outbox(tmp_path / "data"), "router-1", 0.001, 15, 3600)  # a look each round
     client = connect(redis_url)
     try:
         await upkeep.tick()
+        await upkeep.look
         assert metrics.HOLD_TOTALS_TRUSTED._value.get() == 1
         await client.set(alive_key("old-router"), str(time.time()))  # a heartbeat as the version before wrote it
+        await next_look(client)
         await upkeep.tick()
+        await upkeep.look
         assert metrics.HOLD_TOTALS_TRUSTED._value.get() == 0
     finally:
         await auto.close()
@@ -333,3 +345,21 @@ async def test_one_router_a_round_scans_for_the_heartbeats_the_others_read_what_
             await router.close()
         await client.aclose()
         server.stop()
+
+
+async def test_looks_at_the_heartbeats_are_spaced_by_what_the_last_one_cost(redis_url: str) -> None:
+    """A look scans the whole keyspace: the longer it took, the longer until the next one (LOOK_COST_SHARE), so the
+    money Redis's time spent looking stays within a share however many request markers it keeps."""
+    auto = RedisStore(redis_url, hold_totals="auto")
+    client = connect(redis_url)
+    try:
+        await client.eval("for i = 1, 300000 do redis.call('SET', 'marker:' .. i, '1') end", 0)
+        started = time.monotonic()
+        assert await auto.choose_hold_totals("new-router", 0.001) is True
+        took_ms = (time.monotonic() - started) * 1000
+        lease_ms = await client.pttl(HOLD_TOTALS_LOOK)
+        assert lease_ms > 0.5 * LOOK_COST_SHARE * took_ms > 50  # a look of 300,000 keys takes well over 5 ms
+        assert await client.pttl(OLDER_ROUTERS) > lease_ms
+    finally:
+        await auto.close()
+        await client.aclose()

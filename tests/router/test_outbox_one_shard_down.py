@@ -23,7 +23,7 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from services.router import metrics
 from services.router.outbox import Outbox, OutboxCharge
 from services.router.store import Account, Allowance, Hold, RedisStore, lua, period_id
-from services.router.store.keys import TAGS, AccountKeys, hold_total, shard_of
+from services.router.store.keys import HOLD_TOTALS_LOOK, OLDER_ROUTERS, TAGS, AccountKeys, hold_total, shard_of
 from services.router.upkeep import Upkeep
 from tests.redis_servers import RedisCluster, RedisServer
 
@@ -157,13 +157,16 @@ async def test_one_master_down_holds_up_no_healthy_shards_charge_and_admission_s
     account, limited = Account(healthy[0], "k"), Allowance("day", tenant_pico=10 * PICO)
     try:
         await upkeep.tick()
+        await upkeep.look
         assert metrics.HOLD_TOTALS_TRUSTED._value.get() == 1
         for tenant in healthy:
             await queued(store, upkeep.outbox, tenant)
         assert not (await store.admit(account, limited, Hold("r1", 2 * PICO, DAY, "router-1", nonce="01"))).refused
         await store.redis.script_load(lua.CHARGE)  # every master knows it (test_one_shard_down_holds_up_only...)
+        await store.redis.delete(HOLD_TOTALS_LOOK, OLDER_ROUTERS)  # the next look is due, and scans
         cluster.nodes[DOWN].stop()
         await upkeep.tick()
+        await upkeep.look
         assert len(upkeep.outbox) == 0  # both landed
         for tenant in healthy:
             assert await store.spent(Account(tenant, "key"), DAY) == (PICO, PICO)
@@ -174,6 +177,7 @@ async def test_one_master_down_holds_up_no_healthy_shards_charge_and_admission_s
         assert (await store.admit(account, limited, second)).refused == "tenant"
         cluster.restart_node(DOWN)
         await upkeep.tick()
+        await upkeep.look
         assert metrics.HOLD_TOTALS_TRUSTED._value.get() == 1
         assert (await store.admit(account, limited, second)).refused == "tenant"  # the total rebuilt first
     finally:

@@ -58,6 +58,9 @@ from services.router.store.model import (
 )
 
 log = logging.getLogger("llmrouter.router")
+
+# At most about 1/LOOK_COST_SHARE of the time goes to looking at the heartbeats (choose_hold_totals).
+LOOK_COST_SHARE = 20
 CONNECTIONS = 64  # per client; on a cluster, per node at most
 
 
@@ -395,11 +398,18 @@ class RedisStore:
                 found = await self.redis.get(OLDER_ROUTERS)
                 if found is not None:
                     return int(found)
+            started = time.monotonic()
             names = [name async for name in self.redis.scan_iter(match=ALIVE_KEYS, count=1000)]
             beats = await self.redis.mget(names) if names else []
             # A key gone between the scan and the read is a router gone: nothing of it is left to write a hold.
             older = sum(1 for beat in beats if beat is not None and KEEPS_HOLD_TOTALS not in _text(beat))
-            await self.redis.set(OLDER_ROUTERS, older, px=2 * round_ms)
+            # The next look waits LOOK_COST_SHARE times this one's length: on a keyspace of tens of millions of
+            # request markers, looks spaced so keep the money Redis's time spent on them within a share.
+            lease_ms = max(round_ms, int((time.monotonic() - started) * 1000 * LOOK_COST_SHARE))
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.set(HOLD_TOTALS_LOOK, router, px=lease_ms)
+                pipe.set(OLDER_ROUTERS, older, px=lease_ms + round_ms)
+                await pipe.execute()
         return older
 
     async def heartbeat(self, router: str, ttl_s: float) -> None:
