@@ -47,6 +47,11 @@ class Upkeep:
         self.report = report
         self._task = asyncio.create_task(self._run())
 
+    async def looked(self) -> None:
+        """Once the look at the heartbeats under way, if any, has ended."""
+        if self.look is not None:
+            await asyncio.wait({self.look})
+
     async def close(self) -> None:
         for task in (self._task, self.look):
             if task is not None:

@@ -305,12 +305,12 @@ async def test_the_upkeep_loop_chooses_and_the_gauge_tells(redis_url: str, tmp_p
     client = connect(redis_url)
     try:
         await upkeep.tick()
-        await upkeep.look
+        await upkeep.looked()
         assert metrics.HOLD_TOTALS_TRUSTED._value.get() == 1
         await client.set(alive_key("old-router"), str(time.time()))  # a heartbeat as the version before wrote it
         await next_look(client)
         await upkeep.tick()
-        await upkeep.look
+        await upkeep.looked()
         assert metrics.HOLD_TOTALS_TRUSTED._value.get() == 0
     finally:
         await auto.close()

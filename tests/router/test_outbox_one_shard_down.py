@@ -157,7 +157,7 @@ async def test_one_master_down_holds_up_no_healthy_shards_charge_and_admission_s
     account, limited = Account(healthy[0], "k"), Allowance("day", tenant_pico=10 * PICO)
     try:
         await upkeep.tick()
-        await upkeep.look
+        await upkeep.looked()
         assert metrics.HOLD_TOTALS_TRUSTED._value.get() == 1
         for tenant in healthy:
             await queued(store, upkeep.outbox, tenant)
@@ -166,7 +166,7 @@ async def test_one_master_down_holds_up_no_healthy_shards_charge_and_admission_s
         await store.redis.delete(HOLD_TOTALS_LOOK, OLDER_ROUTERS)  # the next look is due, and scans
         cluster.nodes[DOWN].stop()
         await upkeep.tick()
-        await upkeep.look
+        await upkeep.looked()
         assert len(upkeep.outbox) == 0  # both landed
         for tenant in healthy:
             assert await store.spent(Account(tenant, "key"), DAY) == (PICO, PICO)
@@ -177,7 +177,7 @@ async def test_one_master_down_holds_up_no_healthy_shards_charge_and_admission_s
         assert (await store.admit(account, limited, second)).refused == "tenant"
         cluster.restart_node(DOWN)
         await upkeep.tick()
-        await upkeep.look
+        await upkeep.looked()
         assert metrics.HOLD_TOTALS_TRUSTED._value.get() == 1
         assert (await store.admit(account, limited, second)).refused == "tenant"  # the total rebuilt first
     finally:
