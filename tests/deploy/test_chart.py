@@ -450,6 +450,21 @@ def test_dashboard_uid_is_per_release() -> None:
     assert uid() != uid(namespace="staging")
 
 
+def test_dashboard_file_name_is_per_release() -> None:
+    """The Grafana sidecar writes each data key of the labelled ConfigMaps it watches (every namespace's, in
+    kube-prometheus-stack) as a file of that name in one folder: two releases' dashboards under one key overwrite each
+    other, so one of them is not shown, and uninstalling either deletes the file both wrote."""
+
+    def key(namespace: str = "llm", release: str = "llm") -> str:
+        docs = render(namespace=namespace, release=release)
+        (cm,) = [c for c in docs if c["kind"] == "ConfigMap" and c["metadata"]["name"].endswith("-dashboard")]
+        (key,) = cm["data"]
+        assert re.fullmatch(r"[-._a-zA-Z0-9]+\.json", key)  # a ConfigMap key, and a file Grafana loads
+        return str(key)
+
+    assert len({key(), key(namespace="staging"), key(release="canary")}) == 3
+
+
 def test_dashboard_opens_on_the_strongest_tier_of_the_registry_deployed() -> None:
     """The strong share is the share of the tier the dashboard's strong_tier variable names: by default the strongest
     of the registry the release serves (the last of its tiers), whatever it names them."""
