@@ -159,3 +159,13 @@ def test_the_promises_metrics_are_on_the_dashboard() -> None:
     assert not PROMISE_METRICS - shown
     # The strong share is per tenant: a panel groups the routed requests by tenant.
     assert any("llmrouter_router_routed_total" in expr and "by (tenant)" in expr for expr in panels)
+
+
+def test_the_grpc_latency_histogram_reaches_the_longest_call() -> None:
+    """histogram_quantile answers at most a histogram's highest finite bucket: the dashboard's gRPC p99 per service
+    must be able to show a router call (an edge's Route, to its last message) as long as the router lets one run."""
+    from llmrouter.interceptors import RPC_SECONDS
+    from services.router.settings import RouterSettings
+
+    top = max(b for b in RPC_SECONDS._upper_bounds if b != float("inf"))
+    assert top >= RouterSettings.model_fields["request_timeout_s"].default
