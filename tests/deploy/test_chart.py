@@ -292,6 +292,26 @@ def test_service_monitor_scrapes_the_jobs_the_alerts_use(docs: list[dict]) -> No
     assert all(s["metadata"]["labels"]["app.kubernetes.io/instance"] == "llm" for s in selected)
 
 
+SECONDS = {"s": 1, "m": 60, "h": 3600}
+
+
+def seconds(duration: str) -> int:
+    return int(duration[:-1]) * SECONDS[duration[-1]]
+
+
+@pytest.mark.parametrize(("interval", "timeout"), [("30s", "10s"), ("1m", "10s"), ("10s", "10s"), ("5s", "5s")])
+def test_service_monitor_scrape_timeout_within_its_interval(interval: str, timeout: str) -> None:
+    """The Prometheus Operator skips a ServiceMonitor whose scrapeTimeout exceeds its interval (Prometheus refuses the
+    scrape config): with monitoring.serviceMonitor.interval under 10 s nothing of the release would be scraped, and
+    every LLMRouter*Down alert fire. The timeout is 10 s, or the interval when shorter."""
+    docs = render("--set", f"monitoring.serviceMonitor.interval={interval}")
+    (sm,) = by_kind(docs, "ServiceMonitor").values()
+    (endpoint,) = sm["spec"]["endpoints"]
+    assert endpoint["interval"] == interval
+    assert endpoint["scrapeTimeout"] == timeout
+    assert seconds(endpoint["scrapeTimeout"]) <= seconds(endpoint["interval"])
+
+
 def test_service_monitor_keeps_the_metrics_own_labels(docs: list[dict]) -> None:
     """A label a metric exports that the Operator also sets on the target (the metrics' `service`: router, edge...)
     would be renamed exported_<label>, its name taken by the target's (the Kubernetes Service's name), and the
