@@ -758,6 +758,23 @@ def test_egress_reaches_dns_and_callees_only() -> None:
         assert policies[name(store)]["spec"]["egress"] == [], store
 
 
+def test_egress_lets_the_router_reach_its_budget_webhook() -> None:
+    """The router POSTs budget notifications to router.env's ROUTER_BUDGET_ALERT_WEBHOOK_URL: with egress policies on
+    it needs a rule to that address, on the URL's port, or every notification fails (logged, tried again each round)
+    and none is ever sent."""
+    on = ("--set", "networkPolicy.egress.enabled=true")
+    hook = "router.env.ROUTER_BUDGET_ALERT_WEBHOOK_URL"
+    with pytest.raises(subprocess.CalledProcessError) as failure:
+        render(*on, "--set", f"{hook}=https://hooks.example.com/budget")
+    assert "networkPolicy.egress.webhookTo" in failure.value.stderr
+    peers = [{"ipBlock": {"cidr": "203.0.113.0/24"}}]
+    to = ("--set-json", f"networkPolicy.egress.webhookTo={json.dumps(peers)}")
+    for url, port in (("https://hooks.example.com/budget", 443), ("http://alerts.ops.svc:8080/budget", 8080)):
+        docs = render(*on, *to, "--set", f"{hook}={url}")
+        assert _egress_ports(by_kind(docs, "NetworkPolicy")[name("router")])[port] == peers, url
+    assert 443 not in _egress_ports(by_kind(render(*on, *to), "NetworkPolicy")[name("router")])  # no webhook, no rule
+
+
 def test_egress_to_an_external_redis() -> None:
     docs = render("-f", str(CHART / "ci" / "production-values.yaml"))
     for svc in ("router", "edge"):  # money and cache; batches
