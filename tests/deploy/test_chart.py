@@ -775,6 +775,22 @@ def test_egress_lets_the_router_reach_its_budget_webhook() -> None:
     assert 443 not in _egress_ports(by_kind(render(*on, *to), "NetworkPolicy")[name("router")])  # no webhook, no rule
 
 
+def test_egress_lets_the_providers_reach_each_registry_provider_on_its_port() -> None:
+    """With egress policies on, the providers reach the LLM APIs (networkPolicy.egress.providersTo) on the ports of
+    the registry's base_urls: an OpenAI-compatible server of one's own on another port than 443 (vLLM's 8000) would
+    otherwise be refused every call, whatever providersTo allows."""
+    registry = yaml.safe_load((CHART / "files" / "models.yaml").read_text())
+    registry["providers"]["vllm"] = {"kind": "openai", "base_url": "http://vllm.inference.svc:8000/v1"}
+    registry["providers"]["gateway"] = {"kind": "openai", "base_url": "http://llm-gateway.example.com/v1"}
+    on = ("--set", "networkPolicy.egress.enabled=true")
+    docs = render(*on, "--set-json", f"registry.models={json.dumps(registry)}")
+    egress = _egress_ports(by_kind(docs, "NetworkPolicy")[name("providers")])
+    providers_to = VALUES["networkPolicy"]["egress"]["providersTo"]
+    assert egress == {53: egress[53], 80: providers_to, 443: providers_to, 8000: providers_to}
+    shipped = _egress_ports(by_kind(render(*on), "NetworkPolicy")[name("providers")])  # every base_url on 443
+    assert shipped.keys() == {53, 443}
+
+
 def test_egress_to_an_external_redis() -> None:
     docs = render("-f", str(CHART / "ci" / "production-values.yaml"))
     for svc in ("router", "edge"):  # money and cache; batches

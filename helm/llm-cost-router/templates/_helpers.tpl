@@ -160,6 +160,12 @@ URL naming it, which Kubernetes expands ($(VAR), an entry defined before it). Ca
 {{- end }}
 {{- end }}
 
+{{/* The TCP port a URL is reached on: the one it names, else 80 for http and 443 for https. */}}
+{{- define "llmrouter.urlPort" -}}
+{{- $url := urlParse . }}
+{{- regexFind "[0-9]+$" (regexFind ":[0-9]+$" $url.host) | default (ternary "80" "443" (eq $url.scheme "http")) }}
+{{- end }}
+
 {{/* The registry file the router and providers read: values' registry.models, else files/models.yaml. */}}
 {{- define "llmrouter.registryYaml" -}}
 {{- if .Values.registry.models }}
