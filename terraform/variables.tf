@@ -326,11 +326,11 @@ variable "edge_p99_slo_seconds" {
   type        = number
   default     = 20
 
-  # The edge's latency histogram tops out at 120 s: histogram_quantile never answers more, so the alert could
+  # The edge's latency histogram tops out at 300 s: histogram_quantile never answers more, so the alert could
   # never fire at or above it.
   validation {
-    condition     = var.edge_p99_slo_seconds > 0 && var.edge_p99_slo_seconds < 120
-    error_message = "edge_p99_slo_seconds must be in (0, 120): the edge latency histogram's highest bucket is 120 s."
+    condition     = var.edge_p99_slo_seconds > 0 && var.edge_p99_slo_seconds < 300
+    error_message = "edge_p99_slo_seconds must be in (0, 300): the edge latency histogram's highest bucket is 300 s."
   }
 }
 

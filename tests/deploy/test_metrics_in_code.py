@@ -169,3 +169,14 @@ def test_the_grpc_latency_histogram_reaches_the_longest_call() -> None:
 
     top = max(b for b in RPC_SECONDS._upper_bounds if b != float("inf"))
     assert top >= RouterSettings.model_fields["request_timeout_s"].default
+
+
+def test_the_edge_latency_histogram_reaches_the_longest_completion() -> None:
+    """The dashboard's edge p99 and LLMRouterEdgeLatencyOverSLO read llmrouter_edge_http_request_duration_seconds: a
+    completion the router lets run its whole limit must stay under the highest finite bucket, which histogram_quantile
+    never passes (the SLO the chart takes is under it: test_chart.py)."""
+    from services.edge.app import HTTP_SECONDS
+    from services.router.settings import RouterSettings
+
+    top = max(b for b in HTTP_SECONDS._upper_bounds if b != float("inf"))
+    assert top >= RouterSettings.model_fields["request_timeout_s"].default
