@@ -979,6 +979,31 @@ def test_router_end_user_hash_secret_from_a_secret() -> None:
     assert "no router.endUserHashSecret" not in _notes(*secret, "--set", "edge.allowAnonymous=true")
 
 
+def test_router_budget_webhook_url_from_a_secret() -> None:
+    """The budget alert webhook's URL is a credential (a Slack or PagerDuty URL carries its token; the router holds it
+    as a secret, never shown): router.budgetWebhookSecret gives it from a Secret, referenced only, where router.env
+    would write it into the pod spec. With egress on, the router reaches it on networkPolicy.egress.webhookPort."""
+    secret = ("--set", "router.budgetWebhookSecret.name=llm-budget-hook", "--set", "router.budgetWebhookSecret.key=url")
+    docs = render(*secret)
+    assert env(docs, "router")["ROUTER_BUDGET_ALERT_WEBHOOK_URL"] == {
+        "secretKeyRef": {"name": "llm-budget-hook", "key": "url"}
+    }
+    assert all("ROUTER_BUDGET_ALERT_WEBHOOK_URL" not in env(docs, svc) for svc in SERVICES if svc != "router")
+    assert "ROUTER_BUDGET_ALERT_WEBHOOK_URL" not in env(render(), "router")
+    with pytest.raises(subprocess.CalledProcessError) as failure:  # one way at a time
+        render(*secret, "--set", "router.env.ROUTER_BUDGET_ALERT_WEBHOOK_URL=https://hooks.example.com/x")
+    assert "router.env.ROUTER_BUDGET_ALERT_WEBHOOK_URL" in failure.value.stderr
+    on = ("--set", "networkPolicy.egress.enabled=true")
+    with pytest.raises(subprocess.CalledProcessError) as failure:
+        render(*secret, *on)
+    assert "networkPolicy.egress.webhookTo" in failure.value.stderr
+    peers = [{"ipBlock": {"cidr": "203.0.113.0/24"}}]
+    to = ("--set-json", f"networkPolicy.egress.webhookTo={json.dumps(peers)}")
+    for port in (443, 8443):
+        docs = render(*secret, *on, *to, "--set", f"networkPolicy.egress.webhookPort={port}")
+        assert _egress_ports(by_kind(docs, "NetworkPolicy")[name("router")])[port] == peers
+
+
 LEDGER_DSN = ("--set", "router.ledgerDsnSecret.name=llm-ledger", "--set", "router.ledgerDsnSecret.key=dsn")
 
 

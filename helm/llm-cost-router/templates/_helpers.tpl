@@ -238,6 +238,11 @@ refuses a list keyed by name holding one name twice). */}}
   valueFrom:
     secretKeyRef: {name: {{ .name | quote }}, key: {{ .key | quote }}}
 {{- end }}{{ end }}
+{{- with $v.budgetWebhookSecret }}{{ if .name }}
+- name: ROUTER_BUDGET_ALERT_WEBHOOK_URL
+  valueFrom:
+    secretKeyRef: {name: {{ .name | quote }}, key: {{ .key | quote }}}
+{{- end }}{{ end }}
 {{- if $v.ledgerDsnSecret.name }}
 - name: ROUTER_LEDGER_SQL_DSN
   valueFrom:
