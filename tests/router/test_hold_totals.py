@@ -16,7 +16,7 @@ import pytest
 import redis.asyncio as redis
 
 from llmrouter.redis_connect import connect
-from services.router import metrics
+from services.router import metrics, money_check
 from services.router.money_check import audit_hold_totals
 from services.router.outbox import Outbox
 from services.router.store import Account, Allowance, Hold, MemoryStore, RedisStore, Store, pending_field, period_id
@@ -363,3 +363,24 @@ async def test_looks_at_the_heartbeats_are_spaced_by_what_the_last_one_cost(redi
     finally:
         await auto.close()
         await client.aclose()
+
+
+async def test_money_check_says_when_routers_keeping_no_totals_are_alive(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """During an upgrade the totals drift by the older routers' holds; the check says why, and which routers it
+    matters to, beside the drift it reports."""
+    old = checkout(BEFORE, tmp_path)
+    trusting = RedisStore(redis_url)
+    try:
+        assert await admit(trusting, "r1", 1_000, 10_000) == ""
+    finally:
+        await trusting.close()
+    assert await run(old, OLD_EXTEND, redis_url) == ""
+    monkeypatch.setenv("ROUTER_REDIS_URL", redis_url)
+    assert await money_check.main(["hold-totals"]) == 1
+    assert "keep no hold totals" not in capsys.readouterr().err
+    assert await run(old, OLD_HEARTBEAT, redis_url) == ""
+    assert await money_check.main(["hold-totals"]) == 1
+    err = capsys.readouterr().err
+    assert "drifted:" in err and "1 live router(s) keep no hold totals" in err

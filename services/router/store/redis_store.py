@@ -391,7 +391,7 @@ class RedisStore:
         """How many live routers' heartbeats say they keep no hold totals. The heartbeats cannot be listed apart from
         the rest of the keyspace (a day of request-id markers), so only the router that takes this round's look
         scans; the others read what it found, or look themselves when nothing found is left (its scan not done yet,
-        or it failed). What they read is at most two rounds old."""
+        or it failed). What they read is at most two looks' spacing old."""
         round_ms = max(int(interval_s * 1000), 1)
         async with self._call():
             if not await self.redis.set(HOLD_TOTALS_LOOK, router, nx=True, px=round_ms):
@@ -399,10 +399,7 @@ class RedisStore:
                 if found is not None:
                     return int(found)
             started = time.monotonic()
-            names = [name async for name in self.redis.scan_iter(match=ALIVE_KEYS, count=1000)]
-            beats = await self.redis.mget(names) if names else []
-            # A key gone between the scan and the read is a router gone: nothing of it is left to write a hold.
-            older = sum(1 for beat in beats if beat is not None and KEEPS_HOLD_TOTALS not in _text(beat))
+            older = await self._scan_older_routers()
             # The next look waits LOOK_COST_SHARE times this one's length: on a keyspace of tens of millions of
             # request markers, looks spaced so keep the money Redis's time spent on them within a share.
             lease_ms = max(round_ms, int((time.monotonic() - started) * 1000 * LOOK_COST_SHARE))
@@ -411,6 +408,17 @@ class RedisStore:
                 pipe.set(OLDER_ROUTERS, older, px=lease_ms + round_ms)
                 await pipe.execute()
         return older
+
+    async def older_routers_alive(self) -> int:
+        """How many live routers' heartbeats say they keep no hold totals, by a scan of the keyspace now."""
+        async with self._call():
+            return await self._scan_older_routers()
+
+    async def _scan_older_routers(self) -> int:
+        names = [name async for name in self.redis.scan_iter(match=ALIVE_KEYS, count=1000)]
+        beats = await self.redis.mget(names) if names else []
+        # A key gone between the scan and the read is a router gone: nothing of it is left to write a hold.
+        return sum(1 for beat in beats if beat is not None and KEEPS_HOLD_TOTALS not in _text(beat))
 
     async def heartbeat(self, router: str, ttl_s: float) -> None:
         async with self._call():
