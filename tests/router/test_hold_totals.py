@@ -191,18 +191,28 @@ async def test_a_set_gone_under_its_total_is_counted_by_a_scan(redis_url: str) -
 
 
 BEFORE = "29cd945"  # the version before running totals
-OLD_EXTEND = """
+
+
+def old_router(call: str) -> str:
+    """A script for the old code (tests/router/old_version.py): `call` awaited on its store, what it returns printed."""
+    return f"""
 import asyncio, sys
 from services.router.store import Account, Allowance, Hold, RedisStore, period_id
 async def main():
     store = RedisStore(sys.argv[1])
     try:
-        hold = Hold("r1", 1000, period_id("day"), "old-router", nonce="0a")
-        print(await store.extend(Account("acme", "k1"), Allowance("day"), hold, 5000))
+        print(await {call})
     finally:
         await store.close()
 asyncio.run(main())
 """
+
+
+OLD_EXTEND = old_router(
+    'store.extend(Account("acme", "k1"), Allowance("day"), Hold("r1", 1000, period_id("day"), "old-router", '
+    'nonce="0a"), 5000)'
+)
+OLD_HEARTBEAT = old_router('store.heartbeat("old-router", 600)')
 
 
 async def test_after_routers_that_keep_no_totals_a_bumped_epoch_makes_the_totals_exact(
@@ -233,19 +243,6 @@ async def next_look(client: redis.Redis) -> None:
     await client.delete(HOLD_TOTALS_LOOK, OLDER_ROUTERS)
 
 
-OLD_HEARTBEAT = """
-import asyncio, sys
-from services.router.store import RedisStore
-async def main():
-    store = RedisStore(sys.argv[1])
-    try:
-        await store.heartbeat("old-router", 600)
-    finally:
-        await store.close()
-asyncio.run(main())
-"""
-
-
 async def test_auto_scans_while_a_router_keeping_no_totals_is_alive_and_trusts_totals_rebuilt_once_it_is_gone(
     any_redis_url: str, tmp_path: Path
 ) -> None:
@@ -259,7 +256,7 @@ async def test_auto_scans_while_a_router_keeping_no_totals_is_alive_and_trusts_t
         await auto.heartbeat("new-router", 600)
         assert await auto.choose_hold_totals("new-router", 0.001) is True
         assert await admit(auto, "r1", 1_000, 10_000) == ""
-        assert await run(old, OLD_HEARTBEAT, any_redis_url) == ""
+        assert await run(old, OLD_HEARTBEAT, any_redis_url) == "None"
         await next_look(client)
         assert await auto.choose_hold_totals("new-router", 0.001) is False
         assert await run(old, OLD_EXTEND, any_redis_url) == ""  # r1 holds 5,000 now; its sets' totals say 1,000
@@ -380,7 +377,7 @@ async def test_money_check_says_when_routers_keeping_no_totals_are_alive(
     monkeypatch.setenv("ROUTER_REDIS_URL", redis_url)
     assert await money_check.main(["hold-totals"]) == 1
     assert "keep no hold totals" not in capsys.readouterr().err
-    assert await run(old, OLD_HEARTBEAT, redis_url) == ""
+    assert await run(old, OLD_HEARTBEAT, redis_url) == "None"
     assert await money_check.main(["hold-totals"]) == 1
     err = capsys.readouterr().err
     assert "drifted:" in err and "1 live router(s) keep no hold totals" in err
