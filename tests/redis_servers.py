@@ -135,6 +135,43 @@ class RedisCluster:
         finally:
             client.close()
 
+    def owner(self, slot: int) -> int:
+        """The index of the master serving `slot`."""
+        for first, last, (_, port, *_), *_ in self._command(self.nodes[0], "CLUSTER", "SLOTS"):
+            if first <= slot <= last:
+                return next(i for i, node in enumerate(self.nodes) if node.port == port)
+        raise AssertionError(f"slot {slot} is not served")
+
+    def start_migrating(self, slot: int, source: int, target: int) -> None:
+        """As redis-cli --cluster reshard begins: the target importing the slot, then the source migrating it."""
+        self._command(self.nodes[target], "CLUSTER", "SETSLOT", slot, "IMPORTING", self._id(source))
+        self._command(self.nodes[source], "CLUSTER", "SETSLOT", slot, "MIGRATING", self._id(target))
+
+    def keys_in_slot(self, index: int, slot: int) -> list[str]:
+        """The keys a master holds in `slot`."""
+        node = self.nodes[index]
+        count = self._command(node, "CLUSTER", "COUNTKEYSINSLOT", slot)
+        return [key.decode() for key in self._command(node, "CLUSTER", "GETKEYSINSLOT", slot, count)]
+
+    def migrate(self, source: int, target: int, *keys: str) -> None:
+        """Keys of a migrating slot moved from its source to its target."""
+        node = self.nodes[target]
+        command: tuple[str | int, ...] = ("MIGRATE", "127.0.0.1", node.port, "", 0, 5000, "KEYS", *keys)
+        assert self._command(self.nodes[source], *command) == b"OK"
+
+    def finish_migrating(self, slot: int, target: int) -> None:
+        """As the reshard ends: the target serving the slot, told first, then every other master."""
+        for node in sorted(self.nodes, key=lambda node: node is not self.nodes[target]):
+            self._command(node, "CLUSTER", "SETSLOT", slot, "NODE", self._id(target))
+
+    def cancel_migrating(self, slot: int) -> None:
+        """Every master's migrating or importing state of `slot` cleared (the keys moved stay where they are)."""
+        for node in self.nodes:
+            self._command(node, "CLUSTER", "SETSLOT", slot, "STABLE")
+
+    def _id(self, index: int) -> str:
+        return self._command(self.nodes[index], "CLUSTER", "MYID").decode()
+
     def flush(self) -> None:
         for node in self.nodes:
             client = redis.Redis(port=node.port)

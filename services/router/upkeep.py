@@ -80,7 +80,7 @@ class Upkeep:
                 await self.report(up)
         if not up:
             return
-        if self.look is None or self.look.done():  # not awaited: a look scans the keyspace, millions of keys
+        if self.look is None or self.look.done():  # not awaited: a look may scan the keyspace, millions of keys
             self.look = asyncio.create_task(self._choose_hold_totals())  # may take seconds, this round's duties none
         try:
             await self.outbox.replay(self.store)
@@ -92,8 +92,9 @@ class Upkeep:
             log.warning("settled orphaned pending charges at their hold", extra={"settled": settled})
 
     async def _choose_hold_totals(self) -> None:
-        """Apart from the money's duties: on a Redis Cluster the look at the heartbeats reads every master, and one
-        down says nothing of the shards on the others, whose charges the replay and the reconciler still settle."""
+        """Apart from the money's duties: on a Redis Cluster a look that scans (while the heartbeats' slot migrates)
+        reads every master, and one down says nothing of the shards on the others, whose charges the replay and the
+        reconciler still settle."""
         try:
             trusted = await self.store.choose_hold_totals(self.router, self.interval_s)
         except StoreUnavailable:  # the store admits by a scan until it can look again

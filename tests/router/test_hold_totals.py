@@ -15,15 +15,24 @@ from pathlib import Path
 import pytest
 import redis.asyncio as redis
 
-from llmrouter.redis_connect import connect
+from llmrouter.redis_connect import connect, each_primary
 from services.router import metrics, money_check
 from services.router.money_check import audit_hold_totals
 from services.router.outbox import Outbox
 from services.router.store import Account, Allowance, Hold, MemoryStore, RedisStore, Store, pending_field, period_id
-from services.router.store.keys import HOLD_TOTALS_LOOK, OLDER_ROUTERS, AccountKeys, alive_key, hold_total
+from services.router.store.keys import (
+    ALIVE_KEYS,
+    GLOBAL_SLOT,
+    HOLD_TOTALS_LOOK,
+    KEEPS_HOLD_TOTALS,
+    OLDER_ROUTERS,
+    AccountKeys,
+    alive_key,
+    hold_total,
+)
 from services.router.store.redis_store import LOOK_COST_SHARE
 from services.router.upkeep import Upkeep
-from tests.redis_servers import RedisServer
+from tests.redis_servers import RedisCluster, RedisServer
 from tests.router.old_version import checkout, run
 
 DAY = period_id("day")
@@ -320,7 +329,7 @@ async def scans(client: redis.Redis) -> int:
 
 
 async def test_one_router_a_round_scans_for_the_heartbeats_the_others_read_what_it_found(tmp_path: Path) -> None:
-    """The heartbeats cannot be listed apart from every other key of the money Redis (request-id markers: two a
+    """The heartbeats cannot be listed apart from every other key of one money Redis server (request-id markers: two a
     request, kept a day), so a look at them scans the whole keyspace: ~1 s a million keys here. Every router looked
     every upkeep round, the scans growing with the routers as with the keys. Now one router a round looks and the
     others read what it found; a router keeping no totals that starts is still seen within two rounds."""
@@ -344,9 +353,91 @@ async def test_one_router_a_round_scans_for_the_heartbeats_the_others_read_what_
         server.stop()
 
 
+async def cluster_scans(client: redis.RedisCluster) -> int:
+    """How many SCAN calls the cluster's masters have run."""
+    stats = await each_primary(client, "INFO", "commandstats")
+    return sum(int(each.get("cmdstat_scan", {}).get("calls", 0)) for each in stats.values())
+
+
+async def scanned_older_routers(client: redis.RedisCluster) -> int:
+    """The routers keeping no totals whose heartbeats a scan of every master finds, apart from the store's look."""
+    names = {name async for name in client.scan_iter(match=ALIVE_KEYS)}
+    beats = [await client.get(name) for name in names]
+    return sum(1 for beat in beats if beat is not None and KEEPS_HOLD_TOTALS.encode() not in beat)
+
+
+async def test_on_a_cluster_the_look_lists_the_global_slot_and_finds_what_a_scan_finds(
+    cluster_url: str, tmp_path: Path
+) -> None:
+    """On a Redis Cluster every {llmrouter} key is in one hash slot: the look lists that slot on its master (a few
+    keys) rather than scan every master's keyspace, and counts what a scan counts as routers come and go."""
+    old = checkout(BEFORE, tmp_path)
+    store = RedisStore(cluster_url, hold_totals="auto")
+    client = connect(cluster_url)
+
+    async def looked() -> int:
+        before = await cluster_scans(client)
+        older = await store.older_routers_alive()
+        assert await cluster_scans(client) == before, "the look scanned"
+        assert older == await scanned_older_routers(client)
+        return older
+
+    try:
+        await client.mset_nonatomic({f"marker:{n}": "1" for n in range(5000)})  # request markers, on every master
+        await store.heartbeat("new-router", 600)
+        assert await store.reconcile("new-router", 60, 60) == 0  # its lease: another key of the slot
+        assert await looked() == 0
+        assert await run(old, OLD_HEARTBEAT, cluster_url) == "None"
+        assert await looked() == 1
+        await client.set(alive_key("older-router"), str(time.time()))  # a heartbeat as the version before wrote it
+        await store.heartbeat("another-new-router", 600)
+        assert await looked() == 2
+        assert await client.delete(alive_key("old-router")) == 1
+        assert await looked() == 1
+    finally:
+        await store.close()
+        await client.aclose()
+
+
+@pytest.mark.parametrize("step", ["migrating", "moved"])
+async def test_a_look_while_the_global_slot_moves_scans_every_master(
+    redis_cluster: RedisCluster, cluster_url: str, tmp_path: Path, step: str
+) -> None:
+    """While the global slot migrates its keys are split between two masters, and once it has moved its former
+    master, which a router's client may still take for its owner, holds none: a listing of either misses a
+    heartbeat, so the look scans every master instead."""
+    old = checkout(BEFORE, tmp_path)
+    store = RedisStore(cluster_url, hold_totals="auto")
+    client = connect(cluster_url)
+    source = redis_cluster.owner(GLOBAL_SLOT)
+    target = (source + 1) % len(redis_cluster.nodes)
+    try:
+        await store.heartbeat("new-router", 600)  # its client learns the layout
+        assert await run(old, OLD_HEARTBEAT, cluster_url) == "None"
+        redis_cluster.start_migrating(GLOBAL_SLOT, source, target)
+        redis_cluster.migrate(source, target, alive_key("old-router"))
+        if step == "moved":
+            redis_cluster.migrate(source, target, *redis_cluster.keys_in_slot(source, GLOBAL_SLOT))
+            redis_cluster.finish_migrating(GLOBAL_SLOT, target)
+        before = await cluster_scans(client)
+        assert await store.older_routers_alive() == 1
+        assert await cluster_scans(client) > before
+    finally:
+        await store.close()
+        await client.aclose()
+        redis_cluster.flush()
+        if step == "moved":
+            redis_cluster.start_migrating(GLOBAL_SLOT, target, source)
+            redis_cluster.finish_migrating(GLOBAL_SLOT, source)
+        else:
+            redis_cluster.cancel_migrating(GLOBAL_SLOT)
+    assert redis_cluster.owner(GLOBAL_SLOT) == source
+
+
 async def test_looks_at_the_heartbeats_are_spaced_by_what_the_last_one_cost(redis_url: str) -> None:
-    """A look scans the whole keyspace: the longer it took, the longer until the next one (LOOK_COST_SHARE), so the
-    money Redis's time spent looking stays within a share however many request markers it keeps."""
+    """A look at one Redis server scans its keyspace: the longer it took, the longer until the next one
+    (LOOK_COST_SHARE), so the money Redis's time spent looking stays within a share however many request markers it
+    keeps."""
     auto = RedisStore(redis_url, hold_totals="auto")
     client = connect(redis_url)
     try:

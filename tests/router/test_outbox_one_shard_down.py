@@ -23,7 +23,15 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from services.router import metrics
 from services.router.outbox import Outbox, OutboxCharge
 from services.router.store import Account, Allowance, Hold, RedisStore, lua, period_id
-from services.router.store.keys import HOLD_TOTALS_LOOK, OLDER_ROUTERS, TAGS, AccountKeys, hold_total, shard_of
+from services.router.store.keys import (
+    GLOBAL_SLOT,
+    HOLD_TOTALS_LOOK,
+    OLDER_ROUTERS,
+    TAGS,
+    AccountKeys,
+    hold_total,
+    shard_of,
+)
 from services.router.upkeep import Upkeep
 from tests.redis_servers import RedisCluster, RedisServer
 
@@ -143,18 +151,21 @@ async def test_on_one_server_the_first_failure_ends_the_replay(tmp_path: Path) -
         server.stop()
 
 
-async def test_one_master_down_holds_up_no_healthy_shards_charge_and_admission_scans(
+async def test_one_master_down_holds_up_no_healthy_shards_charge_and_admission_scans_while_it_cannot_look(
     cluster: RedisCluster, tmp_path: Path
 ) -> None:
-    """The router's upkeep with ROUTER_HOLD_TOTALS=auto, its default: the look at every router's heartbeat scans
-    every master, so with one down it fails. The round's outbox replay and reconciler ran after it and were skipped
+    """The router's upkeep with ROUTER_HOLD_TOTALS=auto, its default: the look at every router's heartbeat scanned
+    every master, so with one down it failed. The round's outbox replay and reconciler ran after it and were skipped
     with it, round after round, the healthy shards' charges kept waiting; and admission went on trusting the totals
-    though it could not see which routers live. Now the replay runs, and admission counts by a scan until it can."""
+    though it could not see which routers live. Now the replay runs, and admission counts by a scan until it can look.
+    The look lists the heartbeats' slot on its own master, so another master down hides no heartbeat; it scans every
+    master only while that slot migrates, and then fails."""
     store = RedisStore(cluster.url, hold_totals="auto")
     upkeep = Upkeep(store, Outbox(tmp_path / "data", poison_replays=2), "router-1", 0.001, 15, 3600)  # it looks
     masters = len(cluster.nodes)
     healthy = [tenant_on(0, masters), tenant_on(1, masters)]
     account, limited = Account(healthy[0], "k"), Allowance("day", tenant_pico=10 * PICO)
+    heartbeats_on = cluster.owner(GLOBAL_SLOT)
     try:
         await upkeep.tick()
         await upkeep.looked()
@@ -163,19 +174,27 @@ async def test_one_master_down_holds_up_no_healthy_shards_charge_and_admission_s
             await queued(store, upkeep.outbox, tenant)
         assert not (await store.admit(account, limited, Hold("r1", 2 * PICO, DAY, "router-1", nonce="01"))).refused
         await store.redis.script_load(lua.CHARGE)  # every master knows it (test_one_shard_down_holds_up_only...)
-        await store.redis.delete(HOLD_TOTALS_LOOK, OLDER_ROUTERS)  # the next look is due, and scans
+        await store.redis.delete(HOLD_TOTALS_LOOK, OLDER_ROUTERS)  # the next look is due
         cluster.nodes[DOWN].stop()
         await upkeep.tick()
         await upkeep.looked()
         assert len(upkeep.outbox) == 0  # both landed
         for tenant in healthy:
             assert await store.spent(Account(tenant, "key"), DAY) == (PICO, PICO)
+        assert metrics.HOLD_TOTALS_TRUSTED._value.get() == 1  # every heartbeat seen on its own master
+        await store.redis.delete(HOLD_TOTALS_LOOK, OLDER_ROUTERS)
+        cluster.start_migrating(
+            GLOBAL_SLOT, heartbeats_on, next(i for i in range(masters) if i not in (DOWN, heartbeats_on))
+        )
+        await upkeep.tick()
+        await upkeep.looked()
         assert metrics.HOLD_TOTALS_TRUSTED._value.get() == 0
         # Its total says nothing is held, as a router keeping no totals may leave one: only a scan sees the hold.
         await store.redis.hset(hold_total(AccountKeys.of(account).held()[0]), "pico", 0)
         second = Hold("r2", 9 * PICO, DAY, "router-1", nonce="02")
         assert (await store.admit(account, limited, second)).refused == "tenant"
         cluster.restart_node(DOWN)
+        cluster.cancel_migrating(GLOBAL_SLOT)
         await upkeep.tick()
         await upkeep.looked()
         assert metrics.HOLD_TOTALS_TRUSTED._value.get() == 1

@@ -138,13 +138,18 @@ def limit_field(scope: str, name: str) -> str:
     return f"{scope}:{name}"  # the scope has no ':': the first one ends it
 
 
+GLOBAL_SLOT = key_slot(GLOBAL.encode())  # a Redis Cluster's: every GLOBAL key is in it
+ALIVE_PREFIX = f"{GLOBAL}:alive:"
+
+
 def alive_key(router: str) -> str:
-    return f"{GLOBAL}:alive:{router.encode().hex()}"
+    return f"{ALIVE_PREFIX}{router.encode().hex()}"
 
 
-ALIVE_KEYS = f"{GLOBAL}:alive:*"
-# The look at the heartbeats for ROUTER_HOLD_TOTALS=auto scans the whole keyspace: one router a round looks (it holds
-# this for the upkeep interval) and stores how many routers keeping no totals it found, which the others read.
+ALIVE_KEYS = f"{ALIVE_PREFIX}*"
+# The look at the heartbeats for ROUTER_HOLD_TOTALS=auto (heartbeats.py; on one Redis server a scan of the whole
+# keyspace): one router a round looks (it holds this for the upkeep interval, or 20 looks' length) and stores how many
+# routers keeping no totals it found, which the others read.
 HOLD_TOTALS_LOOK = f"{GLOBAL}:hold-totals:look"
 OLDER_ROUTERS = f"{GLOBAL}:hold-totals:older-routers"
 # What a heartbeat of a router that keeps the running hold totals says after its time. Routers of the versions

@@ -675,3 +675,24 @@ if holder and holder ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
+
+# On a Redis Cluster node: its own line of CLUSTER NODES (heartbeats.py: is it the slot's stable owner?) and every
+# heartbeat it holds in the GLOBAL slot, read at that same instant. A node that does not own the slot refuses reads of
+# the keys it holds there (an importing node's, without ASKING): those are false, and the caller discards them all.
+SLOT_HEARTBEATS = """#!lua flags=no-writes
+-- ARGV: the GLOBAL slot, the heartbeats' prefix
+local me = redis.call('CLUSTER', 'MYID') .. ' '
+local mine = ''
+for line in string.gmatch(redis.call('CLUSTER', 'NODES'), '[^\\n]+') do
+  if string.sub(line, 1, #me) == me then mine = line end
+end
+local slot = tonumber(ARGV[1])
+local beats = {}
+for _, name in ipairs(redis.call('CLUSTER', 'GETKEYSINSLOT', slot, redis.call('CLUSTER', 'COUNTKEYSINSLOT', slot))) do
+  if string.sub(name, 1, #ARGV[2]) == ARGV[2] then
+    local read, beat = pcall(redis.call, 'GET', name)
+    beats[#beats + 1] = read and beat
+  end
+end
+return {mine, beats}
+"""

@@ -17,9 +17,8 @@ from llmrouter.redis_connect import connect, is_cluster
 from llmrouter.redis_errors import StoreFailure, store_failure
 from llmrouter.tasks import raise_if_cancelled
 from services.router import metrics
-from services.router.store import ledger_entry, lua
+from services.router.store import heartbeats, ledger_entry, lua
 from services.router.store.keys import (
-    ALIVE_KEYS,
     HOLD_TOTALS_LOOK,
     KEEPS_HOLD_TOTALS,
     LEASE,
@@ -148,7 +147,9 @@ class RedisStore:
         self._calls = asyncio.Semaphore(CONNECTIONS)
         self.request_id_ttl_s = request_id_ttl_s
         # Admission and extension count each budget's holds by its running total, or by a scan (lua.py, _TOTALS);
-        # 'auto' scans until choose_hold_totals finds no router of a version before the totals alive.
+        # 'auto' scans until choose_hold_totals finds no router of a version before the totals alive, and bumps the
+        # epoch then, at every start too: older routers may have come and gone unseen (a rollback and a roll-forward),
+        # and leave no trace once their heartbeats lapse, so no record that the totals are clean could be trusted.
         self._hold_totals = hold_totals
         self._trust_totals = "1" if hold_totals == "trust" else "0"
         # On a Redis Cluster one master's failure says nothing of the shards on the others (the outbox's replay).
@@ -388,10 +389,10 @@ class RedisStore:
         return not older
 
     async def _older_routers(self, router: str, interval_s: float) -> int:
-        """How many live routers' heartbeats say they keep no hold totals. The heartbeats cannot be listed apart from
-        the rest of the keyspace (a day of request-id markers), so only the router that takes this round's look
-        scans; the others read what it found, or look themselves when nothing found is left (its scan not done yet,
-        or it failed). What they read is at most two looks' spacing old."""
+        """How many live routers' heartbeats say they keep no hold totals. On one Redis server the heartbeats cannot
+        be listed apart from the rest of the keyspace (a day of request-id markers; heartbeats.py), so only the router
+        that takes this round's look scans; the others read what it found, or look themselves when nothing found is
+        left (its look not done yet, or it failed). What they read is at most two looks' spacing old."""
         round_ms = max(int(interval_s * 1000), 1)
         async with self._call():
             if not await self.redis.set(HOLD_TOTALS_LOOK, router, nx=True, px=round_ms):
@@ -399,9 +400,11 @@ class RedisStore:
                 if found is not None:
                     return int(found)
             started = time.monotonic()
-            older = await self._scan_older_routers()
+            older = await heartbeats.older_routers(self.redis)
             # The next look waits LOOK_COST_SHARE times this one's length: on a keyspace of tens of millions of
-            # request markers, looks spaced so keep the money Redis's time spent on them within a share.
+            # request markers, looks spaced so keep the money Redis's time spent on them within a share (a cluster's
+            # look lists one slot, a few keys, so its looks are spaced by the round, but for a scan while that slot
+            # migrates).
             lease_ms = max(round_ms, int((time.monotonic() - started) * 1000 * LOOK_COST_SHARE))
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.set(HOLD_TOTALS_LOOK, router, px=lease_ms)
@@ -410,15 +413,9 @@ class RedisStore:
         return older
 
     async def older_routers_alive(self) -> int:
-        """How many live routers' heartbeats say they keep no hold totals, by a scan of the keyspace now."""
+        """How many live routers' heartbeats say they keep no hold totals, by a look now (heartbeats.py)."""
         async with self._call():
-            return await self._scan_older_routers()
-
-    async def _scan_older_routers(self) -> int:
-        names = [name async for name in self.redis.scan_iter(match=ALIVE_KEYS, count=1000)]
-        beats = await self.redis.mget(names) if names else []
-        # A key gone between the scan and the read is a router gone: nothing of it is left to write a hold.
-        return sum(1 for beat in beats if beat is not None and KEEPS_HOLD_TOTALS not in _text(beat))
+            return await heartbeats.older_routers(self.redis)
 
     async def heartbeat(self, router: str, ttl_s: float) -> None:
         async with self._call():
