@@ -303,6 +303,36 @@ async def test_auto_distrusts_totals_an_earlier_router_left_when_it_starts(redis
         await auto.close()
 
 
+async def test_a_router_starting_after_a_rollback_and_a_roll_forward_trusts_only_rebuilt_totals(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Routers keeping totals trusted them; then a rollback to the version before, with no router of this version
+    looking meanwhile, grew a hold; its routers gone, their heartbeats lapsed, nothing in the store says they were
+    there. A router rolled forward finds every live router keeping totals, yet trusts only totals rebuilt from their
+    sets: why every start bumps the epoch rather than keep a record that the totals are clean."""
+    old = checkout(BEFORE, tmp_path)
+    client = connect(redis_url)
+    before = RedisStore(redis_url, hold_totals="auto")
+    try:
+        await before.heartbeat("new-router-1", 600)
+        assert await before.choose_hold_totals("new-router-1", 0.001) is True
+        assert await admit(before, "r1", 1_000, 10_000) == ""
+    finally:
+        await before.close()
+    assert await client.delete(alive_key("new-router-1")) == 1  # it stopped: its heartbeat lapsed
+    assert await run(old, OLD_EXTEND, redis_url) == ""  # r1 holds 5,000 now; its sets' totals say 1,000
+    await next_look(client)
+    after = RedisStore(redis_url, hold_totals="auto")
+    try:
+        await after.heartbeat("new-router-2", 600)
+        assert await after.choose_hold_totals("new-router-2", 0.001) is True
+        assert await admit(after, "r2", 6_000, 10_000) == "tenant"  # 5,000 held, by the totals rebuilt
+        assert (await audit_hold_totals(after)).drifted == []
+    finally:
+        await after.close()
+        await client.aclose()
+
+
 async def test_the_upkeep_loop_chooses_and_the_gauge_tells(redis_url: str, tmp_path: Path) -> None:
     """The router's upkeep starts a look at the heartbeats each round (after its own), in a task of its own, and
     reports its choice."""
