@@ -172,6 +172,10 @@ class RedisCluster:
     def _id(self, index: int) -> str:
         return self._command(self.nodes[index], "CLUSTER", "MYID").decode()
 
+    def on_every_node(self, *command: str | int) -> None:
+        for node in self.nodes:
+            self._command(node, *command)
+
     def flush(self) -> None:
         for node in self.nodes:
             client = redis.Redis(port=node.port)

@@ -502,3 +502,22 @@ async def test_money_check_says_when_routers_keeping_no_totals_are_alive(
     assert await money_check.main(["hold-totals"]) == 1
     err = capsys.readouterr().err
     assert "drifted:" in err and "1 live router(s) keep no hold totals" in err
+
+
+async def test_a_user_denied_the_slot_listing_looks_by_a_scan(redis_cluster: RedisCluster, cluster_url: str) -> None:
+    """A money Redis whose router user may not list a slot (CLUSTER GETKEYSINSLOT denied by an ACL, as a managed
+    service may) still finds the heartbeats, by a scan: the look never fails for good, which would leave admission
+    counting holds by a scan for ever."""
+    redis_cluster.on_every_node("ACL", "SETUSER", "looker", "on", ">pw", "~*", "&*", "+@all", "-cluster|getkeysinslot")
+    store = RedisStore(cluster_url.replace("://", "://looker:pw@", 1), hold_totals="auto")
+    client = connect(cluster_url)
+    try:
+        await client.set(alive_key("older-router"), str(time.time()))  # a heartbeat as the version before wrote it
+        await store.heartbeat("new-router", 600)
+        before = await cluster_scans(client)
+        assert await store.older_routers_alive() == 1
+        assert await cluster_scans(client) > before
+    finally:
+        await store.close()
+        await client.aclose()
+        redis_cluster.on_every_node("ACL", "DELUSER", "looker")

@@ -12,20 +12,34 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from redis.exceptions import ResponseError
+
 from llmrouter.redis_connect import is_cluster_client
 from services.router.store import lua
 from services.router.store.keys import ALIVE_KEYS, ALIVE_PREFIX, GLOBAL, GLOBAL_SLOT, KEEPS_HOLD_TOTALS
 
 log = logging.getLogger("llmrouter.router")
+_refused_told = False  # a refused listing is told once: the scan goes on each look, a warning each would be noise
 
 
 async def older_routers(client: Any) -> int:
     """How many live routers' heartbeats say they keep no hold totals (written by a version before them)."""
     if is_cluster_client(client):
-        listed = await _listed_in_slot(client)
-        if listed is not None:
-            return _older(listed)
-        log.info("the money store's global slot is not stably owned: the heartbeats are looked for by a scan")
+        try:
+            listed = await _listed_in_slot(client)
+        except ResponseError as refused:  # the CLUSTER subcommands denied to the router's user, or renamed
+            global _refused_told
+            if not _refused_told:
+                _refused_told = True
+                log.warning(
+                    "the money store's global slot cannot be listed (the router's Redis user needs CLUSTER MYID, "
+                    "NODES, COUNTKEYSINSLOT and GETKEYSINSLOT): the heartbeats are looked for by a scan",
+                    extra={"error": str(refused)},
+                )
+        else:
+            if listed is not None:
+                return _older(listed)
+            log.info("the money store's global slot is not stably owned: the heartbeats are looked for by a scan")
     return _older(await _scanned(client))
 
 
