@@ -15,12 +15,14 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     FailFast,
     Field,
     StrictBool,
     StrictFloat,
     StrictInt,
     StrictStr,
+    Tag,
     ValidationError,
     model_validator,
 )
@@ -152,6 +154,25 @@ class TextPart(Closed):
     text: StrictStr
 
 
+class RefusalPart(Closed):
+    """An assistant's refusal, as OpenAI's answers carry it and its SDK sends it back: that turn's text, as the model
+    saw it. Only an assistant message carries one (refuse_misplaced_refusals)."""
+
+    type: Literal["refusal"]
+    refusal: StrictStr
+
+
+def _part_kind(part: Any) -> str:
+    # Any part but a refusal is checked as text: an image part's error names its type, which should be 'text'.
+    return "RefusalPart" if isinstance(part, dict) and part.get("type") == "refusal" else "TextPart"
+
+
+# Tagged with the classes' names: param_path leaves them out of an error's path, as it does a union member's type.
+ContentPart = Annotated[
+    Annotated[TextPart, Tag("TextPart")] | Annotated[RefusalPart, Tag("RefusalPart")], Discriminator(_part_kind)
+]
+
+
 class FunctionCall(BaseModel):
     name: StrictStr
     arguments: StrictStr  # JSON, as the model wrote it
@@ -164,18 +185,23 @@ class ToolCall(BaseModel):
 
 
 class Message(BaseModel):
-    model_config = ConfigDict(extra="allow")  # refusal, audio, ... are tolerated
+    model_config = ConfigDict(extra="allow")  # audio, annotations, ... are tolerated
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: StrictStr | Annotated[list[TextPart], FirstError()] | None = None
+    content: StrictStr | Annotated[list[ContentPart], FirstError()] | None = None
+    # An assistant's refusal as OpenAI's answer carries it, beside a null content (the SDK sends it back so).
+    refusal: StrictStr | None = None
     name: StrictStr | None = None
     tool_calls: Annotated[list[ToolCall], FirstError()] | None = None
     tool_call_id: StrictStr | None = None
 
     def text(self) -> str:
+        """The turn's words as the model sees them: its text and refusals, in the order sent."""
         if isinstance(self.content, list):
-            return "".join(part.text for part in self.content)
-        return self.content or ""
+            text = "".join(part.text if isinstance(part, TextPart) else part.refusal for part in self.content)
+        else:
+            text = self.content or ""
+        return "\n".join(words for words in (text, self.refusal) if words)
 
     def to_router(self) -> common_pb2.ChatMessage:
         return common_pb2.ChatMessage(
@@ -378,6 +404,7 @@ def parse_request(body: bytes, max_messages: int = MAX_MESSAGES) -> tuple[ChatCo
     else:
         refuse_unknown_tool_choice(request)
     refuse_unanswerable_tool_results(request.messages)
+    refuse_misplaced_refusals(request.messages)
     if request.max_cost_usd is not None:
         cost = parse_decimal(str(request.max_cost_usd))
         if cost is None or cost < 0:
@@ -419,6 +446,22 @@ def refuse_unanswerable_tool_results(messages: list[Message]) -> None:
             param = f"messages[{i}].tool_call_id"
             message_text = f"{param}: no tool call with id {answered[:64]!r} comes before this tool result"
             raise ApiError(400, message_text, param=param, code="invalid_value")
+
+
+def refuse_misplaced_refusals(messages: list[Message]) -> None:
+    """A refusal (a content part, or the message's field) in any message but an assistant's is a 400 naming it, as
+    OpenAI's: it would be sent on as words of that role, which a model never said."""
+    for i, message in enumerate(messages):
+        if message.role == "assistant":
+            continue
+        if message.refusal is not None:
+            param = f"messages[{i}].refusal"
+            raise ApiError(400, f"{param}: only an assistant message has a refusal", param=param, code="invalid_value")
+        for j, part in enumerate(message.content if isinstance(message.content, list) else ()):
+            if isinstance(part, RefusalPart):
+                param = f"messages[{i}].content[{j}].type"
+                message_text = f"{param}: a refusal part is only allowed in an assistant message; a {message.role} "
+                raise ApiError(400, message_text + "message's parts are text", param=param, code="invalid_value")
 
 
 def check_lengths(raw: Any, max_messages: int) -> None:

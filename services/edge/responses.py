@@ -8,7 +8,17 @@ import json
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    Tag,
+    ValidationError,
+)
 
 from llmrouter.validation import MAX_MESSAGES
 from services.edge.openai_api import (
@@ -89,17 +99,42 @@ class OutputText(BaseModel):
     text: StrictStr
 
 
+class OutputRefusal(Closed):
+    """An answer's refusal part, as a previous response's output item sent back as input carries it: that assistant
+    turn's text, as the model saw it. Only an assistant message carries one (parse_item)."""
+
+    type: Literal["refusal"]
+    refusal: StrictStr
+
+
+def _part_kind(part: Any) -> str:
+    # Any other part is checked as input text: an unknown part's error names its type, which should be 'input_text'.
+    kind = part.get("type") if isinstance(part, dict) else None
+    return {"output_text": "OutputText", "refusal": "OutputRefusal"}.get(
+        kind if isinstance(kind, str) else "", "InputText"
+    )
+
+
+# Tagged with the classes' names: first_error leaves them out of an error's path, as it does a union member's type.
+MessagePart = Annotated[
+    Annotated[InputText, Tag("InputText")]
+    | Annotated[OutputText, Tag("OutputText")]
+    | Annotated[OutputRefusal, Tag("OutputRefusal")],
+    Discriminator(_part_kind),
+]
+
+
 class MessageItem(Closed):
     type: Literal["message"] = "message"
     role: Literal["user", "assistant", "system", "developer"]
-    content: StrictStr | Annotated[list[InputText | OutputText], FirstError()]
+    content: StrictStr | Annotated[list[MessagePart], FirstError()]
     id: StrictStr | None = None  # a previous response's output item, sent back
     status: StrictStr | None = None
 
     def text(self) -> str:
         if isinstance(self.content, str):
             return self.content
-        return "".join(part.text for part in self.content)
+        return "".join(part.refusal if isinstance(part, OutputRefusal) else part.text for part in self.content)
 
 
 class FunctionCallItem(Closed):
@@ -245,9 +280,17 @@ def parse_item(raw: dict[str, Any], param: str) -> BaseModel:
             message = f"{part['type']} is not supported: the router serves text input only"
             raise unsupported(f"{param}.{field}[{j}].type", message)
     try:
-        return ITEMS[kind].model_validate(raw)
+        item = ITEMS[kind].model_validate(raw)
     except ValidationError as exc:
         raise invalid(exc, param) from None
+    if isinstance(item, MessageItem) and item.role != "assistant" and not isinstance(item.content, str):
+        # OpenAI's 400: sent on, it would be words of that role, which a model never said.
+        for j, part in enumerate(item.content):
+            if isinstance(part, OutputRefusal):
+                name = f"{param}.content[{j}].type"
+                message = f"{name}: a refusal part is only allowed in an assistant message"
+                raise ApiError(400, message, param=name, code="invalid_value")
+    return item
 
 
 def to_chat_tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
