@@ -6,6 +6,7 @@ from __future__ import annotations
 from starlette.datastructures import Headers
 
 from llmrouter.v1 import router_pb2
+from llmrouter.validation import DECIMAL
 from services.edge.openai_api import ESCALATION_MODES, INT32_MAX, ApiError
 
 # Fractions: the router refuses one outside [0, 1] (NaN too).
@@ -33,10 +34,10 @@ def apply(headers: Headers, message: router_pb2.CompleteRequest) -> None:
             raise ApiError(400, f"more than one {header} header", param=header, code="duplicate_header")
     for header, field in FRACTIONS.items():
         if header in headers:
-            try:
-                setattr(message, field, float(headers[header]))
-            except ValueError:
-                raise ApiError(400, f"{header} must be a number", param=header, code="invalid_value") from None
+            # A number as JSON writes one: float() also takes `0.2_5` (0.25), Unicode digits and spaces.
+            if not DECIMAL.fullmatch(headers[header]):
+                raise ApiError(400, f"{header} must be a number", param=header, code="invalid_value")
+            setattr(message, field, float(headers[header]))
     if "x-router-max-latency-ms" in headers:
         # Bounded as the body field is: past int64 the router's field could not even hold it.
         text = headers["x-router-max-latency-ms"]
@@ -56,7 +57,7 @@ def apply(headers: Headers, message: router_pb2.CompleteRequest) -> None:
         if not headers["x-router-session-id"]:
             message_text = "x-router-session-id must not be empty (leave it out for no session)"
             raise ApiError(400, message_text, param="x-router-session-id", code="invalid_value")
-        message.session_id = headers["x-router-session-id"]
+        message.session_id = utf8_value(headers, "x-router-session-id")
     if "x-router-escalation" in headers:
         if headers["x-router-escalation"] not in ESCALATION_MODES:
             message_text = "x-router-escalation must be off, auto or strict"
@@ -67,6 +68,15 @@ def apply(headers: Headers, message: router_pb2.CompleteRequest) -> None:
             message_text = "x-router-buffer-stream must be true or false"
             raise ApiError(400, message_text, param="x-router-buffer-stream", code="invalid_value")
         message.buffer_stream = headers["x-router-buffer-stream"] == "true"
+
+
+def utf8_value(headers: Headers, header: str) -> str:
+    """The header's bytes read as UTF-8, as the body field's JSON string is: read as Starlette reads headers
+    (latin-1), a session id sent as `café` was another session than the body's `café`. Not UTF-8: a 400 naming it."""
+    try:
+        return headers[header].encode("latin-1").decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, f"{header} must be UTF-8", param=header, code="invalid_value") from None
 
 
 def named_as_sent(error: ApiError, headers: Headers) -> ApiError:
