@@ -39,13 +39,19 @@ REASONS = {
     501: b"Not Implemented",
 }
 # Refused here, before the app sees them, so not in llmrouter_edge_http_requests_total: a flood of slow or oversized
-# heads, or a proxy in front sending headers past the bound, shows only here.
+# heads, or a proxy in front sending headers past the bound, shows only here. A body refused while its app reads it is
+# in both, with the status sent (SENT_STATUS).
 REFUSED = Counter(
     "llmrouter_edge_refused_requests_total",
     "Requests the edge's HTTP protocol refused before its app: malformed (400), a CONNECT (405), too slow (408), "
     "head too large (431), pipelined past the bound (429), a transfer coding other than chunked (501)",
     ["status"],
 )
+
+
+# The scope key of a request whose app was running when this protocol refused it: the status its caller was sent.
+# Its app learns only that the caller is gone (it cannot send any more) and would log that as a 499 (Observe).
+SENT_STATUS = "llmrouter.sent_status"
 
 
 class Refused(Exception):
@@ -418,6 +424,7 @@ class BoundedReadProtocol(HttpToolsProtocol):
         for item in queued:  # its app never started: never will
             self.pipeline.remove(item)
         if own is not None and not queued:  # its app, running, learns its caller is gone: nothing it sends goes out
+            own.scope[SENT_STATUS] = status  # type: ignore[literal-required]  # an extension's key, not ASGI's
             own.disconnected, own.waiting_for_100_continue = True, False
             own.message_event.set()
         error = {"message": message, "type": "invalid_request_error", "param": None, "code": code}
