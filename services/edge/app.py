@@ -50,7 +50,7 @@ from services.edge.openai_api import (
     usage_body,
 )
 from services.edge.operator_routes import OperatorRoutes
-from services.edge.protocol import SENT_STATUS
+from services.edge.protocol import CALLER_STATUS
 from services.edge.responses_errors import named_as_sent
 from services.edge.responses_stream import response_events
 from services.edge.settings import EdgeSettings
@@ -482,9 +482,9 @@ class Observe:
             await self.app(scope, receive, observed_send)
         finally:
             inflight.dec()
-            # The edge's HTTP protocol answered it (a body too slow: 408) and the app, told its caller was gone,
-            # tried a 499 that never went out: the status sent is the one counted and logged.
-            status = scope.get(SENT_STATUS, status)
+            # What the caller got, when the app's answer never went out: the protocol's refusal of a body too slow
+            # (408), or nothing, its caller gone first (499).
+            status = scope.get(CALLER_STATUS, status)
             HTTP_REQUESTS.labels(route, str(status)).inc()
             if self.access_log is not None:
                 path = scope["path"][:MAX_LOGGED_PATH]

@@ -40,7 +40,7 @@ REASONS = {
 }
 # Refused here, before the app sees them, so not in llmrouter_edge_http_requests_total: a flood of slow or oversized
 # heads, or a proxy in front sending headers past the bound, shows only here. A body refused while its app reads it is
-# in both, with the status sent (SENT_STATUS).
+# in both, with the status sent (CALLER_STATUS).
 REFUSED = Counter(
     "llmrouter_edge_refused_requests_total",
     "Requests the edge's HTTP protocol refused before its app: malformed (400), a CONNECT (405), too slow (408), "
@@ -49,9 +49,12 @@ REFUSED = Counter(
 )
 
 
-# The scope key of a request whose app was running when this protocol refused it: the status its caller was sent.
-# Its app learns only that the caller is gone (it cannot send any more) and would log that as a 499 (Observe).
-SENT_STATUS = "llmrouter.sent_status"
+# The scope key of the status that tells what a request's caller got when its app's cannot (Observe logs it): this
+# protocol's refusal of a body its app was reading (the app learns only that the caller is gone, and answers a 499
+# that never goes out), or a 499 for a caller that left before any answer began (whatever the app sends then goes
+# nowhere, an unstreamed 200 too).
+CALLER_STATUS = "llmrouter.caller_status"
+CLIENT_CLOSED = 499  # nginx's status for a caller that closed its request before the answer
 
 
 class Refused(Exception):
@@ -120,6 +123,8 @@ class BoundedReadProtocol(HttpToolsProtocol):
         self.arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.cycle is not None and not self.cycle.response_started:
+            self.cycle.scope.setdefault(CALLER_STATUS, CLIENT_CLOSED)  # type: ignore[misc]  # an extension's key
         self.disarm()
         self.unwatch_body()
         self.unwatch_writes()
@@ -424,7 +429,7 @@ class BoundedReadProtocol(HttpToolsProtocol):
         for item in queued:  # its app never started: never will
             self.pipeline.remove(item)
         if own is not None and not queued:  # its app, running, learns its caller is gone: nothing it sends goes out
-            own.scope[SENT_STATUS] = status  # type: ignore[literal-required]  # an extension's key, not ASGI's
+            own.scope[CALLER_STATUS] = status  # type: ignore[literal-required]  # an extension's key, not ASGI's
             own.disconnected, own.waiting_for_100_continue = True, False
             own.message_event.set()
         error = {"message": message, "type": "invalid_request_error", "param": None, "code": code}
