@@ -170,6 +170,31 @@ def test_edge_is_ready_only_when_its_router_is(docs: list[dict]) -> None:
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
 
 
+KUBELET_PROBE_TIMEOUT_S = 1  # a probe's timeoutSeconds when it gives none
+
+
+@pytest.mark.parametrize("check_s", [None, 2.5, 10])
+def test_the_edges_readiness_probe_outwaits_the_edges_own_check(check_s: float | None) -> None:
+    """/readyz waits up to EDGE_READINESS_TIMEOUT_S for the router's health check: the kubelet must wait longer, with
+    room for the answer to come back, or a slow router times the probe out before /readyz can answer 503."""
+    docs = render(*(() if check_s is None else ("--set-json", f"edge.readinessTimeoutSeconds={check_s}")))
+    check = float(
+        env(docs, "edge").get("EDGE_READINESS_TIMEOUT_S", EdgeSettings.model_fields["readiness_timeout_s"].default)
+    )
+    assert check == (VALUES["edge"]["readinessTimeoutSeconds"] if check_s is None else check_s)
+    assert container(docs, "edge")["readinessProbe"].get("timeoutSeconds", KUBELET_PROBE_TIMEOUT_S) >= check + 1
+
+
+@pytest.mark.parametrize("svc", SERVICES)
+def test_readiness_waits_for_a_slow_answer_as_long_as_liveness(docs: list[dict], svc: str) -> None:
+    """A pod answering slowly (a throttled CPU) that liveness keeps should not be taken out of its Service meanwhile."""
+    probes = container(docs, svc)
+    readiness, liveness = (
+        probes[p].get("timeoutSeconds", KUBELET_PROBE_TIMEOUT_S) for p in ("readinessProbe", "livenessProbe")
+    )
+    assert readiness >= liveness > KUBELET_PROBE_TIMEOUT_S
+
+
 def test_registry_configmap_is_mounted_where_the_services_read_it(docs: list[dict]) -> None:
     (cm,) = [c for c in by_kind(docs, "ConfigMap").values() if "models.yaml" in c["data"]]
     assert cm["data"]["models.yaml"] == (CHART / "files" / "models.yaml").read_text().rstrip("\n")

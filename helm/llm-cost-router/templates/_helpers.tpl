@@ -274,6 +274,8 @@ refuses a list keyed by name holding one name twice). */}}
   value: {{ include "llmrouter.addr" (list $root "router") | quote }}
 - name: EDGE_ALLOW_ANONYMOUS
   value: {{ $v.allowAnonymous | quote }}
+- name: EDGE_READINESS_TIMEOUT_S
+  value: {{ include "llmrouter.envValue" $v.readinessTimeoutSeconds }}
 - name: EDGE_BATCH_MAX_FILE_BYTES
   value: {{ include "llmrouter.envValue" $v.batches.maxFileBytes }}
 - name: EDGE_BATCH_MAX_CONCURRENT_UPLOADS
@@ -366,12 +368,17 @@ since the Secrets and the pods' checksum annotations must see the same random ke
 
 {{/* Probes: native gRPC health checks (grpc.health.v1) for the gRPC services; for the edge GET /healthz
 (the process answers) and, for readiness, GET /readyz (the router behind it is serving).
-With mTLS they use the plaintext health-only port: kubelet's gRPC probes cannot present a certificate. */}}
+With mTLS they use the plaintext health-only port: kubelet's gRPC probes cannot present a certificate.
+Readiness and liveness give a slow answer (a throttled CPU) 3 s; the edge's /readyz waits up to
+EDGE_READINESS_TIMEOUT_S for the router's own check, so its probe waits that and 2 s more: with the kubelet's
+default (1 s, which the check's took too) a slow router timed the probe out before /readyz could answer 503. */}}
 {{- define "llmrouter.probes" -}}
 {{- $root := index . 0 }}
 {{- $svc := index . 1 }}
 {{- $grpcPort := ternary $root.Values.tls.healthPort (index $root.Values $svc).port $root.Values.tls.enabled }}
 {{- $check := ternary (dict "httpGet" (dict "path" "/healthz" "port" "http")) (dict "grpc" (dict "port" $grpcPort)) (eq $svc "edge") }}
+{{- $timeout := 3 }}
+{{- $edgeReadiness := add (ceil $root.Values.edge.readinessTimeoutSeconds | int) 2 }}
 startupProbe:
   {{- toYaml $check | nindent 2 }}
   periodSeconds: 2
@@ -379,11 +386,12 @@ startupProbe:
 readinessProbe:
   {{- toYaml (ternary (dict "httpGet" (dict "path" "/readyz" "port" "http")) $check (eq $svc "edge")) | nindent 2 }}
   periodSeconds: 5
+  timeoutSeconds: {{ ternary $edgeReadiness $timeout (eq $svc "edge") }}
   failureThreshold: 2
 livenessProbe:
   {{- toYaml $check | nindent 2 }}
   periodSeconds: 10
-  timeoutSeconds: 3
+  timeoutSeconds: {{ $timeout }}
   failureThreshold: 3
 {{- end }}
 
