@@ -14,6 +14,7 @@ What runs instead, all real Terraform:
 
 Usage: python deploy/terraform_check.py OUT_DIR      (exit 1 on any failure)
        python deploy/terraform_check.py --values JSON   (the chart values the module gives for these variables)
+       python deploy/terraform_check.py --outputs JSON  (those and the edge_endpoint output, as JSON)
        python deploy/terraform_check.py --load DIR      (step 2 alone, on the module or example in DIR)
 """
 
@@ -182,6 +183,9 @@ OUTPUTS = """
 output "values_yaml" {
   value = yamlencode(local.chart_values)
 }
+output "edge_endpoint" {
+  value = local.edge_endpoint
+}
 """
 
 
@@ -286,12 +290,15 @@ def scratch_module(work: Path) -> str | None:
     (work / "variables.tf").write_text(with_eager_or((MODULE / "variables.tf").read_text()))
     shutil.copy(MODULE / "values.tf", work / "values.tf")
     (work / "outputs.tf").write_text(OUTPUTS)
+    # The module's chart, which it finds next to itself (values.tf reads its values.yaml); a var file given wins.
+    (work / "chart.auto.tfvars.json").write_text(json.dumps({"chart_path": str(CHART_VALUES.parent)}))
     code, out, err = terraform(work, "init", "-backend=false", "-input=false", "-no-color")
     return f"terraform init failed:\n{out}{err}" if code else None
 
 
-def chart_values(variables: dict) -> str:
-    """The chart values the module gives for these variables (tests/deploy renders the chart with them)."""
+def module_outputs(variables: dict) -> dict:
+    """The module's outputs for these variables that need no cluster: the chart values it gives (values_yaml, which
+    tests/deploy renders the chart with) and edge_endpoint."""
     with tempfile.TemporaryDirectory(prefix="tfcheck-values-") as tmp:
         work = Path(tmp)
         error = scratch_module(work)
@@ -305,7 +312,7 @@ def chart_values(variables: dict) -> str:
         code, out, err = terraform(work, "output", "-json", "-state=values.tfstate")
         if code:
             raise SystemExit(f"terraform output failed:\n{out}{err}")
-        return str(json.loads(out)["values_yaml"]["value"])
+        return {name: output["value"] for name, output in json.loads(out).items()}
 
 
 def main(out_dir: Path) -> int:
@@ -387,7 +394,10 @@ def main(out_dir: Path) -> int:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--values"]:  # --values JSON: print the chart values for these variables
-        print(chart_values(json.loads(sys.argv[2])), end="")
+        print(module_outputs(json.loads(sys.argv[2]))["values_yaml"], end="")
+        sys.exit(0)
+    if sys.argv[1:2] == ["--outputs"]:  # --outputs JSON: print the module's offline outputs, as JSON
+        print(json.dumps(module_outputs(json.loads(sys.argv[2]))))
         sys.exit(0)
     if sys.argv[1:2] == ["--load"]:  # --load DIR: load one module or example, print its problems
         with tempfile.TemporaryDirectory(prefix="tfcheck-module-") as tmp:

@@ -15,7 +15,7 @@ resource "kubernetes_namespace_v1" "this" {
 resource "helm_release" "llm_cost_router" {
   name      = var.release_name
   namespace = var.namespace
-  chart     = coalesce(var.chart_path, "${path.module}/../helm/llm-cost-router")
+  chart     = local.chart
 
   values = concat([yamlencode(local.chart_values)], var.extra_values)
 

