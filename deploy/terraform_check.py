@@ -71,6 +71,7 @@ GOOD: dict[str, dict | Path] = {
         "ledger_trim": {"schedule": "0 4 * * *", "time_zone": "Europe/Paris", "retention_days": 14},
         "ledger_sink": {"enabled": True, "replicas": 2, "metrics_port": 9205},
         "end_user_hash_secret": {"name": "llm-prod-end-users", "key": "hmac-secret"},
+        "budget_webhook_secret": {"name": "llm-prod-budget-hook", "key": "slack-url"},
         "hold_totals": "maintain",
     },
     "ledger-trim-off": {"ledger_dsn_secret": {"name": "llm-ledger"}, "ledger_trim": {"enabled": False}},
@@ -87,6 +88,7 @@ EXPECTED: dict[str, dict] = {
         "router": {
             "ledgerDsnSecret": {"name": "", "key": ""},
             "endUserHashSecret": {"name": "", "key": ""},
+            "budgetWebhookSecret": {"name": "", "key": ""},
             "holdTotals": CHART_DEFAULTS["router"]["holdTotals"],
             "ledgerTrim": {
                 k: CHART_DEFAULTS["router"]["ledgerTrim"][k]
@@ -107,6 +109,7 @@ EXPECTED: dict[str, dict] = {
         "router": {
             "ledgerDsnSecret": {"name": "llm-prod-ledger", "key": "postgres-dsn"},
             "endUserHashSecret": {"name": "llm-prod-end-users", "key": "hmac-secret"},
+            "budgetWebhookSecret": {"name": "llm-prod-budget-hook", "key": "slack-url"},
             "holdTotals": "maintain",
             "ledgerTrim": {"enabled": True, "schedule": "0 4 * * *", "timeZone": "Europe/Paris", "retentionDays": 14},
             "ledgerSink": {"enabled": True, "replicas": 2, "metricsPort": 9205},
@@ -152,6 +155,8 @@ BAD: list[tuple[dict, str]] = [
     ({"ledger_dsn_secret": {"name": "llm-ledger", "key": "dsn url"}}, "ledger_dsn_secret.key must be a Secret key"),
     ({"end_user_hash_secret": {"name": "End Users"}}, "end_user_hash_secret.name must be a Secret name"),
     ({"end_user_hash_secret": {"name": "llm-end-users", "key": "a key"}}, "end_user_hash_secret.key must be a Secret"),
+    ({"budget_webhook_secret": {"name": "Budget Hook"}}, "budget_webhook_secret.name must be a Secret name"),
+    ({"budget_webhook_secret": {"name": "llm-hook", "key": "a url"}}, "budget_webhook_secret.key must be a Secret"),
     ({"redis_password_secret": {"name": "Redis Auth"}}, "redis_password_secret.name must be a Secret name"),
     (
         {"redis_password_secret": {"name": "llm-redis", "keys": {"cache": "a key"}}},

@@ -34,9 +34,10 @@ locals {
       apiKeys        = { existingSecret = var.edge_keys_secret == null ? "" : var.edge_keys_secret }
     }
     router = {
-      ledgerDsnSecret   = coalesce(var.ledger_dsn_secret, { name = "", key = "" })
-      endUserHashSecret = coalesce(var.end_user_hash_secret, { name = "", key = "" })
-      holdTotals        = var.hold_totals
+      ledgerDsnSecret     = coalesce(var.ledger_dsn_secret, { name = "", key = "" })
+      endUserHashSecret   = coalesce(var.end_user_hash_secret, { name = "", key = "" })
+      budgetWebhookSecret = coalesce(var.budget_webhook_secret, { name = "", key = "" })
+      holdTotals          = var.hold_totals
       ledgerTrim = {
         enabled       = var.ledger_trim.enabled
         schedule      = var.ledger_trim.schedule

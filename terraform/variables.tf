@@ -228,6 +228,24 @@ variable "end_user_hash_secret" {
   }
 }
 
+variable "budget_webhook_secret" {
+  description = "Existing Secret holding the budget alert webhook's URL (ROUTER_BUDGET_ALERT_WEBHOOK_URL, the chart's router.budgetWebhookSecret: the router POSTs a notification there once per budget, threshold and period): {name, key}. Such a URL usually carries its token (Slack, PagerDuty), which a value in the pod spec would show. null: no webhook. With egress NetworkPolicies on (extra_values), networkPolicy.egress.webhookTo must name its address."
+  type = object({
+    name = string
+    key  = optional(string, "url")
+  })
+  default = null
+
+  validation {
+    condition     = var.budget_webhook_secret == null || can(regex("^[a-z0-9]([-.a-z0-9]{0,251}[a-z0-9])?$", var.budget_webhook_secret.name))
+    error_message = "budget_webhook_secret.name must be a Secret name (DNS-1123 subdomain)."
+  }
+  validation {
+    condition     = var.budget_webhook_secret == null || can(regex("^[-._a-zA-Z0-9]{1,253}$", var.budget_webhook_secret.key))
+    error_message = "budget_webhook_secret.key must be a Secret key: letters, digits, '-', '_' and '.'."
+  }
+}
+
 variable "hold_totals" {
   description = "How the routers' admission counts a budget's holds in the money Redis (ROUTER_HOLD_TOTALS, the chart's router.holdTotals): \"auto\", by each holds set's running total (constant time however many requests are in flight) once every live router keeps them, by a scan of the set while a router of a version without them is alive (a rolling upgrade); \"trust\" or \"maintain\", always one or the other (deploy/README.md, running hold totals)."
   type        = string

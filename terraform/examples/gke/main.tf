@@ -201,6 +201,8 @@ module "llm_cost_router" {
   # The secret keying the end-user ids sent to providers: without it, whoever knows a tenant's name can confirm a
   # guessed id in what a provider sees.
   end_user_hash_secret = var.end_user_hash_secret
+  # The budget alert webhook's URL (it carries its token) from a Secret; null: no webhook.
+  budget_webhook_secret = var.budget_webhook_secret
   # The Secrets (provider keys, edge keys, the ledger's DSN, the end-user hash secret) exist in the namespace before
   # the release: create the namespace with them (kubectl, External Secrets) and let the module leave it alone.
   create_namespace = false

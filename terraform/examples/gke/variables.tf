@@ -68,6 +68,15 @@ variable "end_user_hash_secret" {
   default = { name = "llm-end-user-hash" }
 }
 
+variable "budget_webhook_secret" {
+  description = "Existing Secret with the budget alert webhook's URL (created before the release; see the root module): {name, key}. null: no webhook."
+  type = object({
+    name = string
+    key  = optional(string, "url")
+  })
+  default = null
+}
+
 variable "ledger_trim" {
   description = "The daily CronJob trimming the ledger streams in the money Redis of what the SQL sink copied: {enabled, schedule, time_zone, retention_days} (see the root module); it runs with ledger_dsn_secret."
   type = object({
