@@ -42,8 +42,14 @@ NOT_OK_RPC = 'code!="OK"'
 DURABLE = 'redis_role=~"money|batches"'  # the Redis roles that persist (AOF); the cache writes nothing
 # The services' scrape jobs (and the standalone ledger sink's, router.ledgerSink), not Redis'.
 SERVICE_JOBS = 'job=~"llmrouter-(edge|router|classifier|providers|ledger-sink)"'
-# kube-state-metrics names the release's CronJob, <fullname>-ledger-trim, and carries no `release` of ours.
-LEDGER_TRIM_CRONJOB = 'namespace="$namespace",cronjob=~"$release(-llm-cost-router)?-ledger-trim"'
+# kube-state-metrics names the release's CronJob, <fullname>-ledger-trim, and carries no `release` of ours: the
+# fullname is no function of the release's name (fullnameOverride, nameOverride, the cut to 52 characters), so the
+# CronJob is a variable of its own over the namespace's ledger-trim CronJobs, the chart choosing its release's, the
+# one its alerts name.
+LEDGER_TRIM_CRONJOB = 'namespace="$namespace",cronjob="$ledger_trim_cronjob"'
+LEDGER_TRIM_CRONJOBS = (
+    'label_values(kube_cronjob_status_last_schedule_time{namespace="$namespace",cronjob=~".+-ledger-trim"}, cronjob)'
+)
 
 
 def s(metric: str, matchers: str = "") -> str:
@@ -120,6 +126,7 @@ def build() -> dict:
         .with_variable(
             variable("release", 'label_values(llmrouter_inflight_requests{namespace="$namespace"}, release)')
         )
+        .with_variable(variable("ledger_trim_cronjob", LEDGER_TRIM_CRONJOBS).label("ledger-trim CronJob"))
         .with_variable(
             variable("strong_tier", f"label_values({s('llmrouter_router_routed_total')}, tier)")
             .label("strong tier")

@@ -1188,6 +1188,47 @@ def test_the_ledger_trim_alert_is_rendered_with_its_cronjob_only(docs: list[dict
         assert "llmrouter.alerts" in _rule_groups(without)
 
 
+def _dashboard(docs: list[dict]) -> dict:
+    (cm,) = [c for c in by_kind(docs, "ConfigMap").values() if c["metadata"]["name"].endswith("-dashboard")]
+    return dict(json.loads(next(iter(cm["data"].values()))))
+
+
+def _selected(expr: str, variables: dict[str, str]) -> dict[str, str]:
+    """The matchers of a query's one selector, {label: regex} (= as an exact regex), its variables given values."""
+    for name, value in sorted(variables.items(), key=lambda item: -len(item[0])):
+        expr = expr.replace(f"${name}", value)
+    (selector,) = re.findall(r"\{([^}]*)\}", expr)
+    return {k: v if op == "=~" else re.escape(v) for k, op, v in re.findall(r'(\w+)(=~|=)"([^"]*)"', selector)}
+
+
+@pytest.mark.parametrize(
+    ("release", "settings"),
+    [
+        ("llm", []),
+        ("prod-llm-cost-router", []),  # the release name holds the chart's: the fullname is the release's
+        ("llm", ["--set", "fullnameOverride=llm-router"]),
+        ("llm", ["--set", "nameOverride=router"]),
+        ("a" * 51 + "-b", []),  # cut to 52 characters for the objects' names, and of the "-" it then ends in
+    ],
+)
+def test_the_dashboard_and_the_alert_watch_the_ledger_trim_cronjob_rendered(release: str, settings: list[str]) -> None:
+    """The ledger-trim panel, on the variables the chart opens the dashboard on, and LLMRouterLedgerTrimFailing
+    select the CronJob the chart renders, whatever makes its name; and the panel's CronJob variable offers it."""
+    docs = render(*LEDGER_DSN, *settings, release=release)
+    (cron,) = by_kind(docs, "CronJob")
+    dashboard = _dashboard(docs)
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    chosen = {name: v["current"]["value"] for name, v in variables.items() if "current" in v}
+    (panel,) = [p for p in dashboard["panels"] if "ledger-trim CronJob" in p["title"]]
+    (target,) = panel["targets"]
+    matchers = _selected(target["expr"], chosen)
+    assert re.fullmatch(matchers["namespace"], "llm") and re.fullmatch(matchers["cronjob"], cron), target["expr"]
+    offered = _selected(re.sub(r", \w+\)$", ")", variables["ledger_trim_cronjob"]["query"]), chosen)
+    assert re.fullmatch(offered["cronjob"], cron) and re.fullmatch(offered["namespace"], "llm")
+    (alert,) = _rule_groups(docs)["llmrouter.ledger"]["rules"]
+    assert f'{{namespace="llm",cronjob="{cron}"}}' in alert["expr"]
+
+
 @pytest.mark.parametrize(
     "settings",
     [
