@@ -147,6 +147,9 @@ BAD: list[tuple[dict, str]] = [
     ({"edge_keys_secret": "edge_keys"}, "edge_keys_secret must be a Secret name"),
     ({"edge_keys_secret": None}, "set allow_anonymous_edge = true"),
     ({"ingress": {"host": "not a host"}}, "ingress.host must be a fully qualified"),
+    ({"image": {"repository": ""}}, "image.repository must be an image repository"),
+    ({"prometheus_release_label": "kube prometheus"}, "prometheus_release_label must be a Kubernetes label value"),
+    ({"prometheus_release_label": "p" * 64}, "prometheus_release_label must be a Kubernetes label value"),
     ({"hourly_budget_usd": 0}, "hourly_budget_usd must be positive"),
     ({"edge_p99_slo_seconds": 900}, "edge_p99_slo_seconds must be in"),
     # At the edge histogram's highest finite bucket (300 s) histogram_quantile can never exceed it.

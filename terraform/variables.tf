@@ -45,6 +45,11 @@ variable "image" {
     repository = "ghcr.io/llm-cost-router/llm-cost-router"
   }
 
+  # The chart's schema refuses an empty repository, Kubernetes one with spaces around it.
+  validation {
+    condition     = var.image.repository != "" && trimspace(var.image.repository) == var.image.repository
+    error_message = "image.repository must be an image repository, e.g. ghcr.io/llm-cost-router/llm-cost-router."
+  }
   validation {
     condition     = var.image.tag != "latest"
     error_message = "image.tag must not be \"latest\": pin a version or a digest."
@@ -362,6 +367,13 @@ variable "prometheus_release_label" {
   description = "The `release` label the Prometheus' selectors expect on ServiceMonitors and PrometheusRules (kube-prometheus-stack: its release name)."
   type        = string
   default     = "kube-prometheus-stack"
+  nullable    = false
+
+  # Kubernetes refuses any other label value, at `helm install`, after Terraform made the namespace.
+  validation {
+    condition     = can(regex("^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$", var.prometheus_release_label))
+    error_message = "prometheus_release_label must be a Kubernetes label value: at most 63 letters, digits, '-', '_' and '.', starting and ending with a letter or digit."
+  }
 }
 
 variable "extra_values" {

