@@ -14,6 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 import redis.asyncio as redis
 
+from services.router.store.clock import MONEY_CLOCK
 from tests.redis_servers import RedisCluster
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,6 +54,13 @@ for _service in ("CLASSIFIER", "PROVIDERS", "ROUTER", "EDGE"):
 os.environ.setdefault("ROUTER_LEDGER_SQL_PATH", str(SCRATCH / "ledger.sqlite3"))
 # A PostgreSQL server the ledger tests make a throwaway database in (.ci/run starts one when none answers).
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture(autouse=True)
+def _money_clock_on_the_machines(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts with the money's clock on this machine's (services/router/store/clock.py), and leaves it so:
+    a store that read Redis' TIME while a test moved time.time() measured an offset no other test must inherit."""
+    monkeypatch.setattr(MONEY_CLOCK, "offset_s", 0.0)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

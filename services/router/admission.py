@@ -8,7 +8,6 @@ import dataclasses
 import logging
 import re
 import secrets
-import time
 from decimal import Decimal
 from typing import Any
 
@@ -39,6 +38,7 @@ from services.router.store import (
     StoreUnavailable,
     Verdict,
     key_id,
+    money_now,
     period_id,
     to_pico,
 )
@@ -196,7 +196,7 @@ class Admission:
             model = routed.plan.order[0].model  # a session's may be set aside by a refusal (_fit)
             nonce = secrets.token_hex(8)  # names this admission: its undo touches no other of the request id
             hold = Hold(routed.request_id, _worst_case(routed), period, self.settings.instance_id, nonce, until)
-            window = rate_window(time.time())  # the store counts it in this one or a later one (rate_refused.py)
+            window = rate_window(money_now())  # the store counts it in this one or a later one (rate_refused.py)
             verdict = await self._hold(routed.account, hold, model.name, _prices(model) if until else None)
             if not verdict.refused:
                 routed.hold = hold
@@ -218,7 +218,7 @@ class Admission:
             return
         if not self.undoing.may_send():
             raise StoreUnavailable()
-        window = rate_window(time.time())  # the store counts it in this one or a later one (rate_refused.py)
+        window = rate_window(money_now())  # the store counts it in this one or a later one (rate_refused.py)
         counted = await self.store.count_request(account, self.allowance)
         self.undoing.answered()
         if not counted:
@@ -352,7 +352,7 @@ class Admission:
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             "RATE_LIMITED",
             f"rate limit of {self.settings.rate_limit_rpm} requests per minute reached",
-            {"retry_after_s": str(rate_retry_after_s(time.time()))},
+            {"retry_after_s": str(rate_retry_after_s(money_now()))},
         )
 
 

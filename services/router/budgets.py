@@ -5,12 +5,11 @@ Read from the money store, the same numbers admission decides with."""
 from __future__ import annotations
 
 import calendar
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from services.router.store import KEYLESS, PICO, Account, Allowance, Store, period_id
+from services.router.store import KEYLESS, PICO, Account, Allowance, Store, money_now, period_id
 
 SCOPES = ("tenant", "key")
 
@@ -53,8 +52,8 @@ class BudgetView:
 
 
 def period_end(period: str, now: float | None = None) -> int:
-    """Unix seconds when the period's spend starts again from nothing (0: never)."""
-    day = datetime.fromtimestamp(time.time() if now is None else now, UTC)
+    """Unix seconds when the period's spend starts again from nothing (0: never), by the money's clock."""
+    day = datetime.fromtimestamp(money_now() if now is None else now, UTC)
     if period == "day":
         return calendar.timegm((day.year, day.month, day.day, 0, 0, 0)) + 86400
     if period == "month":
@@ -72,7 +71,7 @@ async def budgets(store: Store, allowance: Allowance, accounts: list[Account]) -
     """The tenant budget of each tenant named, then the key budget of each key, in the order given."""
     overrides = await store.limit_overrides()
     # One instant for every view: a listing that runs past a period's end reads every spend of the period it began in.
-    now = time.time()
+    now = money_now()
     period, end = period_id(allowance.period, now), period_end(allowance.period, now)
     views, seen = [], set()
     for account in accounts:

@@ -61,7 +61,7 @@ from services.router import metrics
 from services.router.admission import Admission
 from services.router.routed import Routed, generation_entry
 from services.router.serving import generate_request
-from services.router.store import PICO, Account, Pending, Store, StoreUnavailable, to_pico
+from services.router.store import PICO, Account, Pending, Store, StoreUnavailable, money_now, to_pico
 
 log = logging.getLogger("llmrouter.router")
 
@@ -82,9 +82,10 @@ NOT_CREATED = ("BATCH_NOT_CREATED", "MODEL_NOT_FOUND", "INVALID_REQUEST", "UNSUP
 # so a line's batch is created, or its creation's outcome unknown, and recorded within SENDING_S of its admission.
 SEND_START_S = 60.0
 # Until then a line held with no provider batch recorded may still be in its creation (the upload, then the record;
-# the margin covers the record and the routers' clocks): asked about meanwhile (its SubmitBatch's reply lost), it is
-# not answered unknown at its hold, for the batch recorded next would never be collected, its answer lost and its
-# hold blocking the budget a day; the caller is told to ask again (BATCH_BEING_SENT).
+# the margin covers the record, and the admission and the look are dated by one clock, store/clock.py): asked about
+# meanwhile (its SubmitBatch's reply lost), it is not answered unknown at its hold, for the batch recorded next would
+# never be collected, its answer lost and its hold blocking the budget a day; the caller is told to ask again
+# (BATCH_BEING_SENT).
 SENDING_S = SEND_START_S + PROVIDER_CALL_S + 60.0
 GIVE_UP_MAX_S = 600.0  # how early before its lines' holds end a provider batch is given up, at most
 UNREAD = "the provider batch could not be read: collect it again"
@@ -125,7 +126,7 @@ class Deferred:
         self.give_up_s = min(GIVE_UP_MAX_S, hold_s / 4)
 
     async def submit(self, request: router_pb2.SubmitLinesRequest, context: Any) -> router_pb2.SubmitLinesResponse:
-        started = time.time()  # before any line's admission (SEND_START_S)
+        started = time.monotonic()  # before any line's admission (SEND_START_S)
         lines = list(request.lines)
         ids = _line_ids(lines)
         # Every line looked up before any is admitted: one still being sent fails the call having admitted none.
@@ -204,7 +205,7 @@ class Deferred:
         if pending is None or pending.key != account.key or not pending.until:
             return None
         if not (pending.provider_batch and pending.model):
-            if time.time() - pending.ts < SENDING_S:
+            if money_now() - pending.ts < SENDING_S:
                 raise _being_sent(request.request_id, pending.ts)
             return router_pb2.DeferredLine(
                 request_id=request.request_id,
@@ -236,7 +237,7 @@ class Deferred:
                 routed.plan, order=[dataclasses.replace(routed.plan.order[0], model=priced)], own=None
             )
             routed.max_tokens = admitting.output_caps(routed.plan, routed.limits, routed.decision)
-            await self.admission.admit(routed, until=time.time() + self.hold_s)
+            await self.admission.admit(routed, until=money_now() + self.hold_s)
         except ServiceError as exc:
             log.info("batch line not deferred", extra={"request_id": request.request_id, "reason": exc.reason})
             return None
@@ -246,7 +247,7 @@ class Deferred:
         """One provider batch of the lines for `model`. When the provider is known to have created none, or the
         call is past SEND_START_S (its lines admitted too slowly), their admissions are withdrawn (they go to
         Complete instead); when that is unknown, their holds stay, to be charged when they lapse."""
-        if time.time() - started > SEND_START_S:
+        if time.monotonic() - started > SEND_START_S:
             log.warning("provider batch not sent: its lines took too long to admit", extra={"model": model})
             await self._withdraw(group)
             return {}
@@ -387,7 +388,7 @@ class Deferred:
             line is not None
             and line.provider_batch in (batch_id, "", None)
             and line.until
-            and line.until - time.time() <= self.give_up_s
+            and line.until - money_now() <= self.give_up_s
             for line in pending.values()
         )
 
@@ -609,7 +610,7 @@ def _being_sent(request_id: str, admitted: float) -> ServiceError:
         grpc.StatusCode.UNAVAILABLE,
         "BATCH_BEING_SENT",
         f"request id {request_id!r} may still be in its provider batch's creation: ask again later",
-        {"retry_after_s": str(math.ceil(max(1.0, admitted + SENDING_S - time.time())))},
+        {"retry_after_s": str(math.ceil(max(1.0, admitted + SENDING_S - money_now())))},
     )
 
 

@@ -7,9 +7,7 @@ refusal; the set holds the refused accounts of one window only."""
 
 from __future__ import annotations
 
-import time
-
-from services.router.store import Account
+from services.router.store import Account, money_now
 from services.router.store.keys import rate_window
 
 
@@ -22,14 +20,14 @@ class RateRefused:
         """`window`: the one the store counted the refused request in, read before the store was called (the store's
         own is that or a later one). Its reply may arrive in the next window, whose count the refusal says nothing of:
         a refusal of a window already over is not kept."""
-        if window == rate_window(time.time()):
+        if window == rate_window(money_now()):
             self._current().add(account)
 
     def __contains__(self, account: Account) -> bool:
         return account in self._current()
 
     def _current(self) -> set[Account]:
-        window = rate_window(time.time())
+        window = rate_window(money_now())
         if window != self._window:
             self._window, self._accounts = window, set()
         return self._accounts

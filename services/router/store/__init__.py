@@ -7,6 +7,7 @@ nothing here may be evicted."""
 
 from pydantic import SecretStr
 
+from services.router.store.clock import money_now
 from services.router.store.keys import KEYLESS, SHARDS, AccountKeys, ledger_key, pending_key
 from services.router.store.memory import MemoryStore
 from services.router.store.model import (
@@ -61,6 +62,7 @@ __all__ = [
     "Verdict",
     "key_id",
     "ledger_key",
+    "money_now",
     "open_store",
     "pending_field",
     "pending_key",

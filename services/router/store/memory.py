@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
+from services.router.store.clock import money_now
 from services.router.store.holds import Holds
 from services.router.store.keys import AccountKeys, key_everywhere, limit_field, rate_window
 from services.router.store.model import (
@@ -96,7 +96,7 @@ class MemoryStore:
                 return Verdict("duplicate")
             charged = marker_charged_pico(marker)
             return Verdict("duplicate", charged=charged, held=None if in_flight is None else in_flight.hold_pico)
-        now = time.time()
+        now = money_now()
         subject = self._rate_counter(keys, now)
         if allowance.per_minute and self.rate_counts.get(subject, 0) >= allowance.per_minute:
             return Verdict("rate")
@@ -147,7 +147,7 @@ class MemoryStore:
     async def count_request(self, account: Account, allowance: Allowance) -> bool:
         if not allowance.per_minute:
             return True
-        subject = self._rate_counter(AccountKeys.of(account), time.time())
+        subject = self._rate_counter(AccountKeys.of(account), money_now())
         if self.rate_counts.get(subject, 0) >= allowance.per_minute:
             return False
         self.rate_counts[subject] = self.rate_counts.get(subject, 0) + 1
@@ -213,7 +213,7 @@ class MemoryStore:
             self.prices[field] = prices
         grown = replace(hold, pico=pico)
         for held_key in keys.held():
-            self._holds(held_key)[keys.hold_member(pico, hold.request_id)] = (time.time() + HOLD_S, pico)
+            self._holds(held_key)[keys.hold_member(pico, hold.request_id)] = (money_now() + HOLD_S, pico)
         pending = Pending.of(account, grown)
         self.pending[pending.field] = pending
         return ""
@@ -294,7 +294,7 @@ class MemoryStore:
         return None
 
     async def held_pico(self, account: Account) -> tuple[int, int]:
-        now = time.time()
+        now = money_now()
         keys = AccountKeys.of(account)
         key_keys = [keys] if account.tenant else key_everywhere(account.key)
 

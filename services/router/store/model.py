@@ -24,6 +24,7 @@ from typing import Any, Literal, NamedTuple, Protocol
 import grpc
 
 from llmrouter.errors import ServiceError
+from services.router.store.clock import money_now
 from services.router.store.keys import KEYLESS
 
 PICO = Decimal(10) ** 12
@@ -102,7 +103,7 @@ class Prices(NamedTuple):
 @dataclass(frozen=True)
 class Pending:
     """A charge recorded at admission and not yet settled: enough to settle it at its hold after a crash.
-    `ts` is when it was recorded (or its hold last grown)."""
+    `ts` is when it was recorded (or its hold last grown), by the money's clock (clock.py), as `until` is."""
 
     tenant: str
     key: str
@@ -145,7 +146,7 @@ class Pending:
             hold.pico,
             hold.period,
             hold.router,
-            time.time(),
+            money_now(),  # other routers age it (the reconciler, deferred.py): by the clock they all read
             hold.nonce,
             hold.until,
         )
@@ -206,7 +207,9 @@ def pending_field(account: Account, request_id: str) -> str:
 
 
 def period_id(period: str, now: float | None = None) -> str:
-    day = datetime.fromtimestamp(now if now is not None else time.time(), UTC)
+    """The budget period `now` is in (by default now by the money's clock, clock.py: every router ends a period at
+    the same instant)."""
+    day = datetime.fromtimestamp(now if now is not None else money_now(), UTC)
     return {"day": day.strftime("%Y%m%d"), "month": day.strftime("%Y%m"), "total": "all"}[period]
 
 

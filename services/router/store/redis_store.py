@@ -13,12 +13,14 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from llmrouter.redis_connect import connect, is_cluster
+from llmrouter.redis_connect import connect, is_cluster, is_cluster_client
 from llmrouter.redis_errors import StoreFailure, store_failure
 from llmrouter.tasks import raise_if_cancelled
 from services.router import metrics
 from services.router.store import heartbeats, ledger_entry, lua
+from services.router.store.clock import MONEY_CLOCK, money_now
 from services.router.store.keys import (
+    GLOBAL,
     HOLD_TOTALS_LOOK,
     KEEPS_HOLD_TOTALS,
     LEASE,
@@ -180,7 +182,7 @@ class RedisStore:
         model: str = "",
         prices: Prices | None = None,
     ) -> Verdict:
-        now = time.time()
+        now = money_now()
         keys = AccountKeys.of(account)
         tenant_spend, key_spend = keys.spend(hold.period)
         tenant_held, key_held = keys.held()
@@ -214,7 +216,7 @@ class RedisStore:
     async def count_request(self, account: Account, allowance: Allowance) -> bool:
         if not allowance.per_minute:
             return True
-        rate = AccountKeys.of(account).rate(time.time())
+        rate = AccountKeys.of(account).rate(money_now())
         async with self._call():
             return bool(await self._count_request(keys=[rate], args=[allowance.per_minute]))
 
@@ -266,7 +268,7 @@ class RedisStore:
             keys.hold_member(hold.pico, hold.request_id),
             keys.hold_member(pico, hold.request_id),
             pico,
-            int(time.time()) + HOLD_S,
+            int(money_now()) + HOLD_S,
             pending.field,
             pending.to_json(),
             limit_field("tenant", account.tenant),
@@ -333,7 +335,7 @@ class RedisStore:
 
     async def held_pico(self, account: Account) -> tuple[int, int]:
         """As admission counts them (lua.HELD): a hold past its expiry still counts while its charge is open."""
-        now = time.time()
+        now = money_now()
         keys = AccountKeys.of(account)
         async with self._call():
             if account.tenant:
@@ -463,12 +465,12 @@ class RedisStore:
             alive = await self._alive(others)
             self._missing_since = {r: self._missing_since.get(r, now) for r in others if not alive[r]}
             dead = {r for r, since in self._missing_since.items() if now - since >= lease_s}
-            stale_before = time.time() - stale_s
+            stale_before = money_now() - stale_s
             settled = 0
             left = len(records) - len(swept)  # unreadable: no router will ever settle them
             for record, charge in swept:
                 # A provider batch line's is its collector's to settle until its hold lapses.
-                due = charge.until < time.time() if charge.until else charge.router in dead or charge.ts < stale_before
+                due = charge.until < money_now() if charge.until else charge.router in dead or charge.ts < stale_before
                 if due:
                     try:
                         settled += await self.settle_swept(record)  # False: charged or undone since the sweep read it
@@ -504,12 +506,34 @@ class RedisStore:
             return {router: bool(found) for router, found in zip(routers, await pipe.execute(), strict=True)}
 
     async def ping(self) -> bool:
+        """Whether the store answers; the money's clock follows its clock (clock.py) at each answer."""
         try:
             async with _reachable():
                 await self.redis.ping()
         except StoreUnavailable:
             return False
+        await self._follow_clock()
         return True
+
+    async def _follow_clock(self) -> None:
+        """The money's clock set by the store's TIME: on a Redis Cluster its GLOBAL slot's master's, the one every
+        router reads. Unread (that master out of reach while others answer, TIME denied to the router's user), the
+        clock stays as it was: whether the store answers is PING's to say."""
+        sent = time.time()
+        try:
+            if is_cluster_client(self.redis):
+                await self.redis.initialize()
+                node = self.redis.get_node_from_key(GLOBAL)
+                seconds, micros = await self.redis.execute_command("TIME", target_nodes=node)
+            else:
+                seconds, micros = await self.redis.time()
+        except Exception as exc:
+            if store_failure(exc) is None:
+                raise
+            return
+        finally:
+            raise_if_cancelled()
+        MONEY_CLOCK.follow(int(seconds) + int(micros) / 1e6, sent, time.time())
 
     async def close(self) -> None:
         await self.redis.aclose()

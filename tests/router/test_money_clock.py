@@ -1,0 +1,141 @@
+"""Routers whose clocks disagree (a pod's NTP off by 1 s, 30 s, 300 s) decide on the times other routers wrote by one
+clock, the money Redis' (services/router/store/clock.py): each reads its TIME as it pings the store (every upkeep
+round) and dates its money by it. One process plays both routers here: time.time() moved by the skew while one acts,
+its own clock again while the other does, each having pinged the store on the clock it acts with. Before, each dated
+by its own clock: the reconciler charged at its hold a request admitted a moment before by a router whose clock lags
+(when the skew passes ROUTER_PENDING_STALE_S less the request's run), a batch line admitted a moment before was
+answered as one whose provider batch was never recorded (the skew past SENDING_S's 60 s margin: its answer lost, its
+hold charged a day later), and routers on either side of midnight charged the same minute to two budget days. Real
+Redis."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from llmrouter.errors import ServiceError
+from llmrouter.server import RunningServer
+from llmrouter.v1 import router_pb2, router_pb2_grpc
+from services.router.budgets import period_end
+from services.router.store import Account, Allowance, Hold, RedisStore, money_now, period_id
+from tests.router.test_resubmitted_batch_lines import router, strong_line  # noqa: F401  (a fixture)
+
+ACCOUNT = Account("acme", "key1")
+ACCOUNT_OF_LINES = Account("acme", "anonymous")  # strong_line's
+SKEWS_S = [1, 30, 300]
+THE_MACHINES_CLOCK = time.time
+
+
+def clock_moved(monkeypatch: pytest.MonkeyPatch, by_s: float) -> None:
+    """This machine's clock `by_s` off (0: as it is)."""
+    monkeypatch.setattr(time, "time", lambda: THE_MACHINES_CLOCK() + by_s)
+
+
+@pytest.fixture
+async def two_routers(redis_url: str) -> AsyncIterator[tuple[RedisStore, RedisStore]]:
+    admitting, reconciling = RedisStore(redis_url), RedisStore(redis_url)
+    yield admitting, reconciling
+    for store in (admitting, reconciling):
+        await store.close()
+
+
+@pytest.mark.parametrize("skew_s", SKEWS_S)
+@pytest.mark.parametrize("skewed", ["the admitting router behind", "the reconciler ahead"])
+async def test_the_reconciler_leaves_a_request_admitted_a_moment_ago_whatever_the_skew(
+    two_routers: tuple[RedisStore, RedisStore], monkeypatch: pytest.MonkeyPatch, skew_s: int, skewed: str
+) -> None:
+    """ROUTER_PENDING_STALE_S is set a little under the skew: by one clock the request has run for milliseconds, and
+    the reconciler leaves it to its router, which charges what it cost."""
+    admitting, reconciler = two_routers
+    admitting_skew, reconciler_skew = (-skew_s, 0) if skewed == "the admitting router behind" else (0, skew_s)
+    clock_moved(monkeypatch, admitting_skew)
+    assert await admitting.ping()
+    hold = Hold("still-running", 600, period_id("day"), "router-1", "0a")
+    assert (await admitting.admit(ACCOUNT, Allowance("day"), hold)).refused == ""
+    await admitting.heartbeat("router-1", 60)
+
+    clock_moved(monkeypatch, reconciler_skew)
+    assert await reconciler.ping()
+    assert await reconciler.reconcile("router-2", 0.01, stale_s=skew_s * 0.9) == 0
+    assert await reconciler.held_pico(ACCOUNT) == (600, 600)
+
+    clock_moved(monkeypatch, admitting_skew)
+    record = {"request_id": hold.request_id, "tenant": ACCOUNT.tenant, "key": ACCOUNT.key, "period": hold.period}
+    assert await admitting.charge(ACCOUNT, hold, 250, record, charge_id="c1")
+    assert await admitting.spent(ACCOUNT, hold.period) == (250, 250)  # what it cost, not its hold
+
+
+@pytest.mark.parametrize("skew_s", SKEWS_S)
+async def test_a_batch_line_admitted_a_moment_ago_by_a_router_behind_is_still_being_sent(
+    router: tuple[RunningServer, RedisStore],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    skew_s: int,
+) -> None:
+    """A router `skew_s` behind admitted the line and is creating its provider batch; the edge, its SubmitBatch reply
+    lost, asks another router: told to ask again (BATCH_BEING_SENT), not that no batch was recorded (then the batch
+    recorded next is never collected)."""
+    running, store = router
+    clock_moved(monkeypatch, -skew_s)
+    assert await store.ping()
+    sending = Hold("b:c2", 1_000, period_id("day"), "router-1", nonce="0e", until=money_now() + 3600)
+    assert (await store.admit(ACCOUNT_OF_LINES, Allowance("day"), sending, "strong")).refused == ""
+
+    clock_moved(monkeypatch, 0)
+    assert await store.ping()  # the router asked (one store object plays both)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await router_pb2_grpc.RouterStub(channel).FindDeferred(
+                router_pb2.SubmitLinesRequest(lines=[strong_line("b:c2")]), timeout=10
+            )
+    error = ServiceError.from_rpc_error(raised.value)
+    assert (error.code, error.reason) == (grpc.StatusCode.UNAVAILABLE, "BATCH_BEING_SENT"), error
+
+
+@pytest.mark.parametrize("period", ["day", "month"])
+async def test_a_router_whose_clock_passed_midnight_first_still_charges_the_stores_day(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, period: str
+) -> None:
+    """Its clock reads the next day (or month) while the store's has not got there: it names the store's period, as
+    every other router does, and its budget period ends when theirs does."""
+    today, end = period_id(period), period_end(period)
+    clock_moved(monkeypatch, end + 1 - THE_MACHINES_CLOCK())  # this machine's clock a second into the next one
+    assert period_id(period, time.time()) != today
+    store = RedisStore(redis_url)
+    try:
+        assert await store.ping()
+        assert (period_id(period), period_end(period)) == (today, end)
+    finally:
+        await store.close()
+
+
+async def test_a_hold_past_its_expiry_by_a_clock_far_ahead_still_counts_while_its_request_runs(
+    two_routers: tuple[RedisStore, RedisStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A router that dates by its own clock (its user denied TIME, or before its first reading), 900 s ahead: the hold
+    of a request another router admitted a moment ago is past its 10 minutes by that clock, and admission drops the
+    holds past their expiry; not one whose pending charge is open, so its room is never given to another request."""
+    running, ahead = two_routers
+    allowance = Allowance("day", tenant_pico=1_000)
+    assert (
+        await running.admit(ACCOUNT, allowance, Hold("streaming", 600, period_id("day"), "router-1", "0a"))
+    ).refused == ""
+    clock_moved(monkeypatch, 900)
+    other = Hold("another", 600, period_id("day", THE_MACHINES_CLOCK()), "router-2", "0b")
+    assert (await ahead.admit(ACCOUNT, allowance, other)).refused == "tenant"
+    assert await ahead.held_pico(ACCOUNT) == (600, 600)
+
+
+async def test_on_a_cluster_every_router_reads_the_clock_of_the_heartbeats_master(
+    cluster_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a Redis Cluster the clock is read on the {llmrouter} slot's master: one clock for every router."""
+    store = RedisStore(cluster_url)
+    try:
+        clock_moved(monkeypatch, -300)
+        assert await store.ping()
+        assert abs(money_now() - THE_MACHINES_CLOCK()) < 5
+    finally:
+        await store.close()
