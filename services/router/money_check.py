@@ -2,7 +2,10 @@
 or a hold, and a budget silently resets; without persistence a restart loses them. On demand, of its running hold
 totals (`python -m services.router.money_check hold-totals`): each set's total against a scan of its members, which
 admission trusts in their place (ROUTER_HOLD_TOTALS); `bump-hold-totals-epoch` distrusts every total kept so far,
-each rebuilt from a scan when admission next reads it (README, Money: running hold totals, upgrades)."""
+each rebuilt from a scan when admission next reads it (README, Money: running hold totals, upgrades). `ledger-spend`
+compares the spend counters of the current budget period with the SQL ledger's charges of it: a counter below them
+lost charges (a money Redis restored from a backup, a failover that lost writes; deploy/README.md), and lets its budget
+be spent again; `--repair` raises it by what it lacks."""
 
 from __future__ import annotations
 
@@ -10,7 +13,9 @@ import argparse
 import asyncio
 import logging
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
 from redis.exceptions import RedisClusterException
@@ -18,7 +23,10 @@ from redis.exceptions import RedisClusterException
 from llmrouter.redis_connect import connect, each_primary
 from llmrouter.settings import load_settings
 from services.ledger.settings import LedgerSettings
-from services.router.store import HoldsTotal, RedisStore, Store
+from services.router.store import Account, AccountKeys, HoldsTotal, RedisStore, Store, money_now, period_id
+
+if TYPE_CHECKING:
+    from services.ledger.db import LedgerDB, Row
 
 log = logging.getLogger("llmrouter.router")
 
@@ -104,16 +112,81 @@ async def audit_hold_totals(store: Store) -> HoldTotalsAudit:
     return HoldTotalsAudit(checked, drifted, stale)
 
 
+# How far back the SQL ledger is read for a period's charges: a charge lands after its admission, in its period.
+LOOK_BACK_S = {"day": 2 * 86400, "month": 32 * 86400}
+
+
+@dataclass(frozen=True)
+class SpendShortfall:
+    """A spend counter (keys.py, AccountKeys.spend) holding less than the SQL ledger's charges of it."""
+
+    counter: str
+    ledger_pico: int
+    counted_pico: int
+
+
+def ledger_spend(rows: Iterable[Row], period: str) -> dict[str, int]:
+    """What each spend counter of `period` holds at least: the SQL ledger's charges of that period, summed per counter
+    as the charge script adds them (the tenant's, the key id's in the tenant's shard)."""
+    sums: dict[str, int] = {}
+    for row in rows:
+        if row.get("period") != period:
+            continue
+        for counter in AccountKeys.of(Account(row.get("tenant"), row.get("key_id"))).spend(period):
+            sums[counter] = sums.get(counter, 0) + int(row.get("cost_pico"))
+    return sums
+
+
+async def spend_shortfalls(store: RedisStore, db: LedgerDB, budget_period: str) -> list[SpendShortfall]:
+    """The spend counters of the current `budget_period` (day, month, total) below the SQL ledger's charges of them.
+    A charge adds to its counters and its ledger entry in one script, and the SQL ledger copies entries later: a counter
+    is never below it unless the store lost charges (or the ledger was hand-edited). The SQL ledger is read first, so a
+    charge landing meanwhile can only hide a shortfall, never make one."""
+    look_back = LOOK_BACK_S.get(budget_period)
+    rows = db.iter_rows(since=None if look_back is None else money_now() - look_back)
+    sums = ledger_spend(rows, period_id(budget_period))
+    counted = await store.spend_counters(sorted(sums))
+    return [SpendShortfall(c, sums[c], counted[c]) for c in sorted(sums) if counted[c] < sums[c]]
+
+
+async def check_ledger_spend(store: RedisStore, db: LedgerDB, budget_period: str, repair: bool) -> int:
+    period = period_id(budget_period)
+    shortfalls = await spend_shortfalls(store, db, budget_period)
+    for short in shortfalls:
+        lacking = short.ledger_pico - short.counted_pico
+        print(
+            f"behind the ledger: {short.counter} counts {short.counted_pico} pico-USD, the SQL ledger "
+            f"{short.ledger_pico} ({lacking} lacking)" + (": raised" if repair else ""),
+            file=sys.stderr,
+        )
+        if repair:
+            await store.add_spend(short.counter, lacking, period)
+    print(f"spend of period {period}: {len(shortfalls)} counter(s) behind the SQL ledger")
+    return 1 if shortfalls and not repair else 0
+
+
 async def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.router.money_check", description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=["hold-totals", "bump-hold-totals-epoch"])
+    parser.add_argument("command", choices=["hold-totals", "bump-hold-totals-epoch", "ledger-spend"])
+    parser.add_argument("--period", choices=["day", "month", "total"], default="day", help="ROUTER_BUDGET_PERIOD's")
+    parser.add_argument("--repair", action="store_true", help="ledger-spend: raise each counter by what it lacks")
     args = parser.parse_args(argv)
     settings = load_settings(LedgerSettings)  # its redis_url is the router's money store; no server settings
     if not settings.redis_url:
-        print("ROUTER_REDIS_URL is not set: the in-process store's totals live in its router", file=sys.stderr)
+        print("ROUTER_REDIS_URL is not set: the in-process store lives in its router", file=sys.stderr)
         return 2
     store = RedisStore(settings.redis_url)
     try:
+        if args.command == "ledger-spend":
+            # Imported here: services.ledger.db imports the router's package, which imports this module.
+            from services.ledger.service import ledger_for
+
+            await store.ping()  # the current period by the money's clock
+            db = ledger_for(settings)
+            try:
+                return await check_ledger_spend(store, db, args.period, args.repair)
+            finally:
+                db.close()
         if args.command == "bump-hold-totals-epoch":
             await store.bump_hold_totals_epoch()
             print("hold totals: epoch bumped; each is rebuilt from a scan when admission next reads it")
