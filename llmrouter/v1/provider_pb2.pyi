@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("model", "messages", "max_tokens", "temperature", "request_id", "passthrough_json", "want_confidence", "retry_budget_usd", "tool_call_progress", "input_progress")
+    __slots__ = ("model", "messages", "max_tokens", "temperature", "request_id", "passthrough_json", "want_confidence", "retry_budget_usd", "tool_call_progress", "input_progress", "refusal_progress")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -19,6 +19,7 @@ class GenerateRequest(_message.Message):
     RETRY_BUDGET_USD_FIELD_NUMBER: _ClassVar[int]
     TOOL_CALL_PROGRESS_FIELD_NUMBER: _ClassVar[int]
     INPUT_PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    REFUSAL_PROGRESS_FIELD_NUMBER: _ClassVar[int]
     model: str
     messages: _containers.RepeatedCompositeFieldContainer[_common_pb2.ChatMessage]
     max_tokens: int
@@ -29,7 +30,8 @@ class GenerateRequest(_message.Message):
     retry_budget_usd: str
     tool_call_progress: bool
     input_progress: bool
-    def __init__(self, model: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., request_id: _Optional[str] = ..., passthrough_json: _Optional[str] = ..., want_confidence: _Optional[bool] = ..., retry_budget_usd: _Optional[str] = ..., tool_call_progress: _Optional[bool] = ..., input_progress: _Optional[bool] = ...) -> None: ...
+    refusal_progress: bool
+    def __init__(self, model: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., request_id: _Optional[str] = ..., passthrough_json: _Optional[str] = ..., want_confidence: _Optional[bool] = ..., retry_budget_usd: _Optional[str] = ..., tool_call_progress: _Optional[bool] = ..., input_progress: _Optional[bool] = ..., refusal_progress: _Optional[bool] = ...) -> None: ...
 
 class CuedRequest(_message.Message):
     __slots__ = ("request", "send")
@@ -40,7 +42,7 @@ class CuedRequest(_message.Message):
     def __init__(self, request: _Optional[_Union[GenerateRequest, _Mapping]] = ..., send: _Optional[bool] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
-    __slots__ = ("content", "usage", "cost_usd", "finish_reason", "model", "provider", "retries", "latency_ms", "tool_calls_json", "mean_logprob", "logprobs_json")
+    __slots__ = ("content", "usage", "cost_usd", "finish_reason", "model", "provider", "retries", "latency_ms", "tool_calls_json", "mean_logprob", "logprobs_json", "refusal")
     CONTENT_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     COST_USD_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +54,7 @@ class GenerateResponse(_message.Message):
     TOOL_CALLS_JSON_FIELD_NUMBER: _ClassVar[int]
     MEAN_LOGPROB_FIELD_NUMBER: _ClassVar[int]
     LOGPROBS_JSON_FIELD_NUMBER: _ClassVar[int]
+    REFUSAL_FIELD_NUMBER: _ClassVar[int]
     content: str
     usage: _common_pb2.Usage
     cost_usd: str
@@ -63,23 +66,26 @@ class GenerateResponse(_message.Message):
     tool_calls_json: str
     mean_logprob: float
     logprobs_json: str
-    def __init__(self, content: _Optional[str] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., cost_usd: _Optional[str] = ..., finish_reason: _Optional[str] = ..., model: _Optional[str] = ..., provider: _Optional[str] = ..., retries: _Optional[int] = ..., latency_ms: _Optional[int] = ..., tool_calls_json: _Optional[str] = ..., mean_logprob: _Optional[float] = ..., logprobs_json: _Optional[str] = ...) -> None: ...
+    refusal: str
+    def __init__(self, content: _Optional[str] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., cost_usd: _Optional[str] = ..., finish_reason: _Optional[str] = ..., model: _Optional[str] = ..., provider: _Optional[str] = ..., retries: _Optional[int] = ..., latency_ms: _Optional[int] = ..., tool_calls_json: _Optional[str] = ..., mean_logprob: _Optional[float] = ..., logprobs_json: _Optional[str] = ..., refusal: _Optional[str] = ...) -> None: ...
 
 class GenerateChunk(_message.Message):
-    __slots__ = ("delta", "final", "consumed", "tool_call_tokens", "input", "ready_to_send")
+    __slots__ = ("delta", "final", "consumed", "tool_call_tokens", "input", "ready_to_send", "refusal_delta")
     DELTA_FIELD_NUMBER: _ClassVar[int]
     FINAL_FIELD_NUMBER: _ClassVar[int]
     CONSUMED_FIELD_NUMBER: _ClassVar[int]
     TOOL_CALL_TOKENS_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
     READY_TO_SEND_FIELD_NUMBER: _ClassVar[int]
+    REFUSAL_DELTA_FIELD_NUMBER: _ClassVar[int]
     delta: str
     final: GenerateResponse
     consumed: GenerateResponse
     tool_call_tokens: int
     input: _common_pb2.Usage
     ready_to_send: bool
-    def __init__(self, delta: _Optional[str] = ..., final: _Optional[_Union[GenerateResponse, _Mapping]] = ..., consumed: _Optional[_Union[GenerateResponse, _Mapping]] = ..., tool_call_tokens: _Optional[int] = ..., input: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., ready_to_send: _Optional[bool] = ...) -> None: ...
+    refusal_delta: str
+    def __init__(self, delta: _Optional[str] = ..., final: _Optional[_Union[GenerateResponse, _Mapping]] = ..., consumed: _Optional[_Union[GenerateResponse, _Mapping]] = ..., tool_call_tokens: _Optional[int] = ..., input: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., ready_to_send: _Optional[bool] = ..., refusal_delta: _Optional[str] = ...) -> None: ...
 
 class SubmitBatchRequest(_message.Message):
     __slots__ = ("model", "requests")

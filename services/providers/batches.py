@@ -154,6 +154,7 @@ def _result(priced: ModelSpec, line: LineResult) -> provider_pb2.BatchLineResult
         succeeded=True,
         response=provider_pb2.GenerateResponse(
             content=answer.content,
+            refusal=answer.refusal,
             usage=usage,
             cost_usd=decimal_str(priced.usage_cost_usd(usage)),
             finish_reason=openai_finish_reason(answer.finish_reason),

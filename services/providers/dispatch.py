@@ -30,6 +30,7 @@ from services.providers.breaker import CircuitBreaker, State
 from services.providers.gateways.base import (
     Completion,
     Gateway,
+    Refusal,
     StreamEvent,
     UpstreamError,
     UpstreamRequest,
@@ -150,16 +151,22 @@ class Dispatcher:
         tool_call_progress: bool = False,
         input_progress: bool = False,
         cue: Callable[[], Awaitable[None]] | None = None,
+        refusal_progress: bool = False,
     ) -> AsyncGenerator[provider_pb2.GenerateChunk, None]:
         """Retried before the first delivered token; what failed attempts consumed is reported on top, and no
         attempt is retried once that exceeds `retry_budget` (USD; None: no limit). With `tool_call_progress`, the
         output tokens of the attempt's tool calls so far are told as they grow (a `tool_call_tokens` chunk); with
-        `input_progress`, the attempt's input once the upstream reports it (an `input` chunk). With `cue`, the
-        upstream is reached only once it returns, after a `ready_to_send` chunk (GenerateStreamOnCue)."""
+        `input_progress`, the attempt's input once the upstream reports it (an `input` chunk); with
+        `refusal_progress`, the model's refusal as it streams in (`refusal_delta` chunks; without it, the refusal
+        comes whole in the final chunk only). With `cue`, the upstream is reached only once it returns, after a
+        `ready_to_send` chunk (GenerateStreamOnCue)."""
         start = time.perf_counter()
         deadline = self._deadline(budget_s)
         retries = 0
         delivered: list[str] = []
+        # The refusal's pieces: delivered as the content's are (no retry after one; charged when the stream is cut),
+        # to a caller that did not ask for them too, since it gets them whole in the final chunk.
+        refused: list[str] = []
         wasted = Wasted()  # what attempts that failed before delivering anything consumed
         try:
             async with self._slot(deadline):
@@ -183,16 +190,20 @@ class Dispatcher:
                                     tool_tokens += await count_text_tokens(event.tool_text, model.estimating_encoding)
                                     yield provider_pb2.GenerateChunk(tool_call_tokens=tool_tokens)
                                 continue
-                            if not delivered:
+                            if not delivered and not refused:
                                 metrics.TTFT.labels(self.provider, model.name).observe(time.perf_counter() - start)
+                            if isinstance(event, Refusal):
+                                refused.append(event.text)
+                                if refusal_progress:
+                                    yield provider_pb2.GenerateChunk(refusal_delta=event.text)
+                                continue
                             delivered.append(event)
                             yield provider_pb2.GenerateChunk(delta=event)
                     except (UpstreamError, TimeoutError) as exc:
                         err = self._judge(breaker, exc)
-                        if delivered:
-                            raise await self._interrupted(
-                                model, request, "".join(delivered), end, err, wasted
-                            ) from None
+                        if delivered or refused:
+                            served = "".join(delivered) + "".join(refused)
+                            raise await self._interrupted(model, request, served, end, err, wasted) from None
                         if err.kind not in _UNKNOWN_OUTCOME:
                             consumed = exc.consumed if isinstance(exc, UpstreamError) else None
                             await wasted.add(model, request, end, consumed)
@@ -214,7 +225,7 @@ class Dispatcher:
                     break
         finally:
             metrics.DURATION.labels(self.provider, model.name).observe(time.perf_counter() - start)
-        end.content = "".join(delivered)
+        end.content, end.refusal = "".join(delivered), "".join(refused)
         yield provider_pb2.GenerateChunk(final=await self._response(model, request, end, retries, start, wasted))
 
     def _deadline(self, budget_s: float | None) -> float:
@@ -363,8 +374,8 @@ class Dispatcher:
         wasted: Wasted | None = None,
     ) -> provider_pb2.GenerateResponse:
         tool_calls = json.dumps(done.tool_calls) if done.tool_calls else ""
-        # Without the provider's count, the tool calls are output too, as their JSON.
-        output = done.content + tool_calls
+        # Without the provider's count, the refusal and the tool calls are output too, the calls as their JSON.
+        output = done.content + done.refusal + tool_calls
         usage, cost = await settle(model, request, output, done.input_tokens, done.output_tokens, *_cache_counts(done))
         if wasted is not None:
             usage, cost = wasted.on_top(usage, cost)
@@ -372,6 +383,7 @@ class Dispatcher:
         self._count_tokens(model, usage.input_tokens, usage.output_tokens)
         return provider_pb2.GenerateResponse(
             content=done.content,
+            refusal=done.refusal,
             usage=usage,
             cost_usd=cost,
             finish_reason=openai_finish_reason(done.finish_reason),

@@ -64,6 +64,7 @@ class ProviderServicer(provider_pb2_grpc.ProviderServicer):
             request.tool_call_progress,
             request.input_progress,
             cue,
+            request.refusal_progress,
         )
         # aclosing: a caller that goes away closes the upstream stream now, not whenever the GC gets to it.
         async with aclosing(stream) as chunks:

@@ -1,7 +1,8 @@
 """A fake OpenAI-compatible server: POST /v1/chat/completions, JSON or SSE with a final usage chunk and
 `data: [DONE]`, exactly as api.openai.com sends them, tool calls included (whole in JSON, in fragments by
-index in SSE), token log-probabilities when asked (whole, or per chunk); GET /v1/models lists `models`; the
-Batch API (openai_batches.py)."""
+index in SSE), refusals (message.refusal beside a null content; in SSE, delta.refusal pieces after a first chunk
+with an empty refusal), token log-probabilities when asked (whole, or per chunk); GET /v1/models lists `models`;
+the Batch API (openai_batches.py)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from tests.fakes.openai_batches import FakeBatches
 from tests.fakes.server import TOOL_CUE, FakeServer, Fault, Received, Reply, pieces, sse, words
 
 ReplyFn = Callable[[dict[str, Any]], str]
+RefusalFn = Callable[[dict[str, Any]], str]
 LogprobFn = Callable[[dict[str, Any]], float]
 KNOWN_FIELDS = frozenset(CompletionCreateParamsBase.__annotations__) | {"stream"}
 
@@ -31,6 +33,18 @@ def echo_reply(body: dict[str, Any]) -> str:
         return f"[{body.get('model', '')}] The tool said: {messages[-1].get('content') or ''}"
     last = next((m.get("content") or "" for m in reversed(body.get("messages", [])) if m.get("role") == "user"), "")
     return f"[{body.get('model', '')}] You said: {last}"
+
+
+# On this cue in the last user message the model refuses, as OpenAI's do: these words in `refusal`, no content.
+REFUSAL_CUE = "(refuse)"
+REFUSED = "I'm sorry, but I can't help with that."
+
+
+def refusal_on_cue(body: dict[str, Any]) -> str:
+    """The default refusal: REFUSED on REFUSAL_CUE in the last user message, else none ("")."""
+    messages = body.get("messages") or []
+    last = messages[-1] if messages else {}
+    return REFUSED if last.get("role") == "user" and REFUSAL_CUE in json.dumps(last.get("content")) else ""
 
 
 def write_as_long_as_allowed(body: dict[str, Any]) -> str:
@@ -53,6 +67,7 @@ class FakeOpenAI(FakeServer):
         super().__init__()
         self.reply = reply
         self.logprob = logprob  # every token's log-probability, when the request asks for logprobs
+        self.refusal_text: RefusalFn = refusal_on_cue  # the model's refusal of a request body; "" when it answers
         self.models = models
         # An OpenAI-compatible provider's own names for finish reasons (Together's "eos" for "stop", Mistral's
         # "model_length" for "length"): what this fake sends instead of OpenAI's.
@@ -66,8 +81,10 @@ class FakeOpenAI(FakeServer):
         return f"{self.url}/v1"
 
     def tool_calls(self, body: dict[str, Any]) -> list[dict[str, Any]]:
-        """On TOOL_CUE, a call of every tool offered, its arguments quoting the message; else none."""
+        """On TOOL_CUE, a call of every tool offered, its arguments quoting the message; else (or refusing) none."""
         messages, tools = body.get("messages") or [], body.get("tools") or []
+        if self.refusal_text(body):
+            return []
         last = messages[-1] if messages else {}
         if not tools or last.get("role") != "user" or TOOL_CUE not in json.dumps(last.get("content")):
             return []
@@ -83,17 +100,18 @@ class FakeOpenAI(FakeServer):
 
     def answer(self, body: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
         """(content, finish_reason, usage) the fake gives to this request body: tests compute expectations.
-        A tool-call answer has no content; its completion tokens are those of each call's name and arguments."""
-        calls = self.tool_calls(body)
-        tokens = self._encoding.encode(self.reply(body), disallowed_special=())
+        A tool-call answer has no content; its completion tokens are those of each call's name and arguments. A
+        refusal (refusal_text) has none either; its completion tokens are the refusal's, never cut short."""
+        calls, refusal = self.tool_calls(body), self.refusal_text(body)
+        tokens = self._encoding.encode(refusal or self.reply(body), disallowed_special=())
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
         finish = "stop"
         if calls:
             text = "".join(c["function"]["name"] + c["function"]["arguments"] for c in calls)
             tokens, finish = self._encoding.encode(text, disallowed_special=()), "tool_calls"
-        elif limit is not None and len(tokens) > limit:
+        elif limit is not None and len(tokens) > limit and not refusal:
             tokens, finish = tokens[:limit], "length"
-        content = "" if calls else self._encoding.decode(tokens)
+        content = "" if calls or refusal else self._encoding.decode(tokens)
         finish = self.finish_as.get(finish, finish)
         messages = [SimpleNamespace(role=m["role"], content=m.get("content") or "") for m in body["messages"]]
         prompt = count_message_tokens(messages)
@@ -103,17 +121,18 @@ class FakeOpenAI(FakeServer):
             usage["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens, "audio_tokens": 0}
         return content, finish, usage
 
-    def logprobs(self, body: dict[str, Any], content: str) -> dict[str, Any]:
-        """choices[0].logprobs as OpenAI sends it: per token of the content, its text, log-probability, UTF-8
-        bytes and the top_logprobs asked for (here the token itself, as many times as asked, at most 1)."""
+    def logprobs(self, body: dict[str, Any], content: str, refusal: str = "") -> dict[str, Any]:
+        """choices[0].logprobs as OpenAI sends it: per token of the content (or of the refusal, in its own list), its
+        text, log-probability, UTF-8 bytes and the top_logprobs asked for (here the token itself, as many times as
+        asked, at most 1)."""
         value = self.logprob(body)
         entries = []
-        for token in self._encoding.encode(content, disallowed_special=()):
+        for token in self._encoding.encode(refusal or content, disallowed_special=()):
             text = self._encoding.decode([token])
             entry = {"token": text, "logprob": value, "bytes": list(text.encode())}
             top = [dict(entry)] if body.get("top_logprobs") else []
             entries.append({**entry, "top_logprobs": top})
-        return {"content": entries, "refusal": None}
+        return {"content": None, "refusal": entries} if refusal else {"content": entries, "refusal": None}
 
     def authorized(self, request: Received) -> bool:
         return self.api_key is None or request.headers.get("authorization") == f"Bearer {self.api_key}"
@@ -149,7 +168,7 @@ class FakeOpenAI(FakeServer):
     def completion(self, body: dict[str, Any], with_usage: bool = True) -> dict[str, Any]:
         """The chat.completion object answering a request body (a reply, or a Batch API output line's body)."""
         content, finish, usage = self.answer(body)
-        calls = self.tool_calls(body)
+        calls, refusal = self.tool_calls(body), self.refusal_text(body)
         reply: dict[str, Any] = {
             "id": f"chatcmpl-fake{len(self.requests)}",
             "object": "chat.completion",
@@ -160,11 +179,11 @@ class FakeOpenAI(FakeServer):
                     "index": 0,
                     "message": {
                         "role": "assistant",
-                        "content": None if calls else content,
-                        "refusal": None,
+                        "content": None if calls or refusal else content,
+                        "refusal": refusal or None,
                         **({"tool_calls": calls} if calls else {}),
                     },
-                    "logprobs": self.logprobs(body, content) if body.get("logprobs") else None,
+                    "logprobs": self.logprobs(body, content, refusal) if body.get("logprobs") else None,
                     "finish_reason": finish,
                 }
             ],
@@ -186,7 +205,7 @@ class FakeOpenAI(FakeServer):
         if not body.get("stream"):
             return Reply(body=self.completion(body, with_usage))
         content, finish, usage = self.answer(body)
-        calls = self.tool_calls(body)
+        calls, refusal = self.tool_calls(body), self.refusal_text(body)
         ident, created, model = f"chatcmpl-fake{len(self.requests)}", int(time.time()), body["model"]
 
         def chunk(choices: list[dict[str, Any]], **extra: Any) -> bytes:
@@ -203,16 +222,20 @@ class FakeOpenAI(FakeServer):
             )
 
         def delta(d: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
-            # Asked for, each content chunk carries the log-probabilities of its own tokens.
-            logprobs = self.logprobs(body, d["content"]) if body.get("logprobs") and d.get("content") else None
+            # Asked for, each content (or refusal) chunk carries the log-probabilities of its own tokens.
+            said = body.get("logprobs") and (d.get("content") or d.get("refusal"))
+            logprobs = self.logprobs(body, d.get("content") or "", d.get("refusal") or "") if said else None
             return {"index": 0, "delta": d, "logprobs": logprobs, "finish_reason": finish_reason}
 
         include_usage = with_usage and (body.get("stream_options") or {}).get("include_usage")
         # With include_usage every chunk carries "usage": null, and one last chunk has no choices but the usage.
         usage_null = {"usage": None} if include_usage else {}
-        events = [
-            chunk([delta({"role": "assistant", "content": None if calls else "", "refusal": None})], **usage_null)
-        ]
+        # A refusal's first chunk has a null content and an empty refusal, its pieces follow as the content's would.
+        first = {"content": None, "refusal": ""} if refusal else {"content": "", "refusal": None}
+        if calls:
+            first["content"] = None
+        events = [chunk([delta({"role": "assistant", **first})], **usage_null)]
+        events += [chunk([delta({"refusal": piece})], **usage_null) for piece in words(refusal)]
         events += [chunk([delta({"content": piece})], **usage_null) for piece in words(content)]
         for i, call in enumerate(calls):  # the id and name first, then the arguments in pieces
             head = {

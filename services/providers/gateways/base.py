@@ -45,6 +45,9 @@ class Completion:
     # Of input_tokens (0 while it is None), those read from and written to the provider's prompt cache.
     cached_input_tokens: int = 0
     cache_write_input_tokens: int = 0
+    # The model's refusal (OpenAI's message.refusal), beside content, which is then usually empty; a stream's end
+    # holds nothing here either, its pieces came as Refusal events.
+    refusal: str = ""
 
 
 class Reported(NamedTuple):
@@ -66,11 +69,19 @@ class Reported(NamedTuple):
         )
 
 
-# A stream yields text deltas and Completions carrying usage, finish reason and the tool calls: each call as soon as
-# it starts, its arguments growing in place as they stream in, so that a stream cut at any moment (the call's deadline
-# included, which no gateway sees coming) is charged the arguments generated so far; and an event for each piece
-# (tool_text), so that a caller leaving such a stream is told of them too.
-StreamEvent = str | Completion
+@dataclass(frozen=True)
+class Refusal:
+    """A stream's event: a piece of the model's refusal (OpenAI's delta.refusal), as a str event is a piece of its
+    content."""
+
+    text: str
+
+
+# A stream yields text deltas, refusal pieces, and Completions carrying usage, finish reason and the tool calls: each
+# call as soon as it starts, its arguments growing in place as they stream in, so that a stream cut at any moment (the
+# call's deadline included, which no gateway sees coming) is charged the arguments generated so far; and an event for
+# each piece (tool_text), so that a caller leaving such a stream is told of them too.
+StreamEvent = str | Refusal | Completion
 
 # "lost": the connection failed after the request was sent (or a stream the upstream accepted ended before its first
 # event): the upstream may have generated, and bill, anything up to the call's worst case.

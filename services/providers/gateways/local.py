@@ -10,7 +10,7 @@ from collections.abc import AsyncGenerator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from services.providers.gateways.base import Completion, StreamEvent, UpstreamError, UpstreamRequest
+from services.providers.gateways.base import Completion, UpstreamError, UpstreamRequest
 
 _END = object()
 log = logging.getLogger("llmrouter.providers")
@@ -37,7 +37,7 @@ class LocalGateway:
         end.content = "".join(parts)
         return end
 
-    async def stream(self, request: UpstreamRequest) -> AsyncGenerator[StreamEvent, None]:
+    async def stream(self, request: UpstreamRequest) -> AsyncGenerator[str | Completion, None]:
         from services.providers.local_model.engine import Outcome, PromptTooLong
 
         loop = asyncio.get_running_loop()

@@ -10,6 +10,7 @@ from llmrouter.registry import ProviderSpec
 from services.providers.gateways.base import (
     Completion,
     Message,
+    Refusal,
     Reported,
     StreamEvent,
     UpstreamError,
@@ -54,6 +55,9 @@ class OpenAIGateway:
                     delta = json_obj(choice.get("delta"), "delta")
                     if content := json_text(delta.get("content"), "delta's content"):
                         yield content
+                    # A refusal streams in pieces of its own (its first chunk says "refusal": "", content null).
+                    if refusal := json_text(delta.get("refusal"), "delta's refusal"):
+                        yield Refusal(refusal)
                     known = len(calls)
                     fragments = json_list(delta.get("tool_calls"), "delta's tool calls")
                     generated = "".join(_add_fragment(calls, fragment) for fragment in fragments)
@@ -89,10 +93,11 @@ def completion(payload: dict[str, Any]) -> Completion:
     if not isinstance(message, dict):
         raise UpstreamError("bad_response", "upstream reply has no choices[0].message")
     content = json_text(message.get("content"), "message's content")
+    refusal = json_text(message.get("refusal"), "message's refusal")  # then content is null, finish_reason "stop"
     finish = json_text(choice.get("finish_reason"), "finish reason")
     tool_calls = [_checked_call(call) for call in json_list(message.get("tool_calls"), "message's tool calls")]
     done = _usage(payload.get("usage")).completion()
-    done.content, done.finish_reason, done.tool_calls = content, finish, tool_calls
+    done.content, done.refusal, done.finish_reason, done.tool_calls = content, refusal, finish, tool_calls
     done.mean_logprob = _mean_logprob(choice)
     done.logprobs = choice.get("logprobs") if isinstance(choice.get("logprobs"), dict) else None
     return done
