@@ -84,7 +84,7 @@ class Decision(_message.Message):
     def __init__(self, model: _Optional[str] = ..., reason: _Optional[str] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., quality_target: _Optional[float] = ..., classifier_version: _Optional[str] = ..., max_tokens_capped: _Optional[int] = ..., model_with_every_provider: _Optional[str] = ..., reason_with_every_provider: _Optional[str] = ..., session_affinity: _Optional[bool] = ...) -> None: ...
 
 class CompleteResponse(_message.Message):
-    __slots__ = ("id", "content", "model", "provider", "usage", "cost_usd", "latency_ms", "decision", "cache_hit", "escalated", "retries", "finish_reason", "tool_calls_json", "escalation_signal", "logprobs_json")
+    __slots__ = ("id", "content", "model", "provider", "usage", "cost_usd", "latency_ms", "decision", "cache_hit", "escalated", "retries", "finish_reason", "tool_calls_json", "escalation_signal", "logprobs_json", "refusal")
     ID_FIELD_NUMBER: _ClassVar[int]
     CONTENT_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -100,6 +100,7 @@ class CompleteResponse(_message.Message):
     TOOL_CALLS_JSON_FIELD_NUMBER: _ClassVar[int]
     ESCALATION_SIGNAL_FIELD_NUMBER: _ClassVar[int]
     LOGPROBS_JSON_FIELD_NUMBER: _ClassVar[int]
+    REFUSAL_FIELD_NUMBER: _ClassVar[int]
     id: str
     content: str
     model: str
@@ -115,17 +116,20 @@ class CompleteResponse(_message.Message):
     tool_calls_json: str
     escalation_signal: str
     logprobs_json: str
-    def __init__(self, id: _Optional[str] = ..., content: _Optional[str] = ..., model: _Optional[str] = ..., provider: _Optional[str] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., cost_usd: _Optional[str] = ..., latency_ms: _Optional[int] = ..., decision: _Optional[_Union[Decision, _Mapping]] = ..., cache_hit: _Optional[bool] = ..., escalated: _Optional[bool] = ..., retries: _Optional[int] = ..., finish_reason: _Optional[str] = ..., tool_calls_json: _Optional[str] = ..., escalation_signal: _Optional[str] = ..., logprobs_json: _Optional[str] = ...) -> None: ...
+    refusal: str
+    def __init__(self, id: _Optional[str] = ..., content: _Optional[str] = ..., model: _Optional[str] = ..., provider: _Optional[str] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., cost_usd: _Optional[str] = ..., latency_ms: _Optional[int] = ..., decision: _Optional[_Union[Decision, _Mapping]] = ..., cache_hit: _Optional[bool] = ..., escalated: _Optional[bool] = ..., retries: _Optional[int] = ..., finish_reason: _Optional[str] = ..., tool_calls_json: _Optional[str] = ..., escalation_signal: _Optional[str] = ..., logprobs_json: _Optional[str] = ..., refusal: _Optional[str] = ...) -> None: ...
 
 class CompleteChunk(_message.Message):
-    __slots__ = ("decision", "delta", "final")
+    __slots__ = ("decision", "delta", "final", "refusal_delta")
     DECISION_FIELD_NUMBER: _ClassVar[int]
     DELTA_FIELD_NUMBER: _ClassVar[int]
     FINAL_FIELD_NUMBER: _ClassVar[int]
+    REFUSAL_DELTA_FIELD_NUMBER: _ClassVar[int]
     decision: Decision
     delta: str
     final: CompleteResponse
-    def __init__(self, decision: _Optional[_Union[Decision, _Mapping]] = ..., delta: _Optional[str] = ..., final: _Optional[_Union[CompleteResponse, _Mapping]] = ...) -> None: ...
+    refusal_delta: str
+    def __init__(self, decision: _Optional[_Union[Decision, _Mapping]] = ..., delta: _Optional[str] = ..., final: _Optional[_Union[CompleteResponse, _Mapping]] = ..., refusal_delta: _Optional[str] = ...) -> None: ...
 
 class SubmitLinesRequest(_message.Message):
     __slots__ = ("lines",)

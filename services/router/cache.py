@@ -135,7 +135,8 @@ class ResponseCache:
         """Best effort (the backend never fails a request): the answer is served and charged already. One the budget's
         remainder cut short is not kept: that remainder is no part of the key, so an identical request would be served
         the cut answer whatever its own budget, its decision saying nothing of the cap."""
-        if self.ttl_s and (response.content or response.tool_calls_json) and not _cut_by_budget(routed, response):
+        answered = response.content or response.refusal or response.tool_calls_json  # a refusal replays as one
+        if self.ttl_s and answered and not _cut_by_budget(routed, response):
             await self.backend.set(self._key(routed), response.SerializeToString(), self.ttl_s)
 
     def _key(self, routed: Routed) -> str:

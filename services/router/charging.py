@@ -30,6 +30,7 @@ def response(routed: Routed, served: Served) -> router_pb2.CompleteResponse:
     return router_pb2.CompleteResponse(
         id=routed.request_id,
         content=served.content,
+        refusal=served.refusal,
         model=served.model.name,
         provider=served.provider,
         usage=served.usage,

@@ -466,6 +466,7 @@ class Deferred:
             response = router_pb2.CompleteResponse(
                 id=request_id,
                 content=reply.content,
+                refusal=reply.refusal,
                 model=model.name,
                 provider=model.provider,
                 usage=common_pb2.Usage(

@@ -3,7 +3,9 @@
 - empty: no content and no tool call;
 - truncated: finish_reason "length" while the answer is shorter than the caller's own max_tokens (the
   model's or the router's cap cut it, not the caller's);
-- refusal: the answer opens by declining (a small phrase detector; `strict` looks through the whole answer);
+- refusal: the model refused (OpenAI's refusal field, or a finish_reason content_filter: Anthropic's refusal stop,
+  a provider's filter withholding the answer), or the answer opens by declining (a small phrase detector; `strict`
+  looks through the whole answer);
 - low_confidence: the mean log-probability of the answer's tokens (asked of OpenAI-compatible upstreams when
   escalation is on) is below the mode's threshold: a geometric-mean token probability under 25% in auto,
   under 50% in strict;
@@ -82,6 +84,8 @@ def signal(served: Served, mode: Mode, caller_max_tokens: int | None, money_capp
     low_confidence."""
     if mode == "off" or served.tool_calls_json:  # a tool call is an answer
         return ""
+    if served.refusal or served.finish_reason == "content_filter":  # said by the provider, not guessed from words
+        return "refusal"
     if not served.content.strip():
         return "empty"
     cut_short = caller_max_tokens is None or served.output_tokens < caller_max_tokens

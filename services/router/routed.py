@@ -55,6 +55,7 @@ class Served:
 
     model: ModelSpec
     content: str = ""
+    refusal: str = ""  # the model's refusal (OpenAI's message.refusal), when it declined
     provider: str = ""
     input_tokens: int = 0
     output_tokens: int = 0
@@ -76,7 +77,9 @@ class Served:
 
     def add(self, reply: provider_pb2.GenerateResponse, model: ModelSpec) -> None:
         self.model, self.provider = model, reply.provider
-        self.content, self.finish_reason = reply.content or self.content, reply.finish_reason
+        if reply.content or reply.refusal:  # an escalated answer's words replace the weak one's (a refusal too)
+            self.content, self.refusal = reply.content, reply.refusal
+        self.finish_reason = reply.finish_reason
         self.tool_calls_json = reply.tool_calls_json or self.tool_calls_json
         self.mean_logprob = reply.mean_logprob if reply.HasField("mean_logprob") else None
         self.logprobs_json = reply.logprobs_json  # an escalated answer's own, never the weak one's

@@ -201,43 +201,39 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         work = self.charger.run_to_end(self._complete_and_settle(routed, context))
         yield router_pb2.CompleteChunk(decision=routed.decision)
         response = await asyncio.shield(work)
-        if response.content:
-            yield router_pb2.CompleteChunk(delta=response.content)
-        response.content = ""
-        yield router_pb2.CompleteChunk(final=response)
+        for chunk in answer_chunks(response):
+            yield chunk
 
     async def _complete_stream(self, routed: Routed, context: Any) -> AsyncGenerator[router_pb2.CompleteChunk]:
         yield router_pb2.CompleteChunk(decision=routed.decision)
         cached = await self.cache.lookup(routed)
         if cached is not None:
             await self.charger.settle(routed, cached, "cache_hit")
-            if cached.content:
-                yield router_pb2.CompleteChunk(delta=cached.content)
-            cached.content = ""
-            yield router_pb2.CompleteChunk(final=cached)
+            for chunk in answer_chunks(cached):
+                yield chunk
             return
         stream = StreamState(routed.plan.order[0].model)
         try:
             # aclosing: when the caller leaves, the provider stream is cancelled now, not at garbage collection.
-            async with aclosing(self.serving.generate_stream(routed, context, stream)) as deltas:
-                async for delta in deltas:
-                    yield router_pb2.CompleteChunk(delta=delta)
+            async with aclosing(self.serving.generate_stream(routed, context, stream)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
             assert stream.served is not None  # generate_stream returns only with the final chunk, or raises
             response = charging.response(routed, stream.served)
             await self.charger.settle(routed, response, served=stream.served)
             await self._after_turn(routed, response)
-            response.content = ""
+            response.content, response.refusal = "", ""  # delivered in their chunks
             yield router_pb2.CompleteChunk(final=response)
         except (ServiceError, asyncio.CancelledError, GeneratorExit) as exc:
             # Failed or abandoned mid-stream: what reached the caller was served and is charged once.
-            if stream.parts and stream.served is None:
+            if stream.delivered and stream.served is None:
                 outcome = "interrupted" if isinstance(exc, ServiceError) else "cancelled"
                 measured = exc.metadata if isinstance(exc, ServiceError) else {}
                 # Counting what was delivered takes turns of the event loop: run to its end, shielded, and nothing
                 # else may settle the request (at what it owes alone) while it runs.
                 routed.settled = True
                 await asyncio.shield(self.charger.run_to_end(self._charge_partial(routed, stream, outcome, measured)))
-            elif not stream.parts and stream.served is None and not isinstance(exc, ServiceError):
+            elif not stream.delivered and stream.served is None and not isinstance(exc, ServiceError):
                 routed.failure = "cancelled"
                 if stream.cue.unreached:  # its providers call waited for the word to send: no upstream had it
                     routed.note = "the caller left before the upstream was reached: the attempt cost nothing"
@@ -246,3 +242,13 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                     # of what the attempt's failed retries consumed.
                     routed.owed += stream.worst + stream.consumed_usd
             raise
+
+
+def answer_chunks(response: router_pb2.CompleteResponse) -> list[router_pb2.CompleteChunk]:
+    """A whole answer (buffered, or from the cache) as a stream's chunks: its text and its refusal each in one piece,
+    then the final chunk, whose content and refusal are then empty."""
+    chunks = [router_pb2.CompleteChunk(delta=response.content)] if response.content else []
+    if response.refusal:
+        chunks.append(router_pb2.CompleteChunk(refusal_delta=response.refusal))
+    response.content, response.refusal = "", ""
+    return [*chunks, router_pb2.CompleteChunk(final=response)]

@@ -16,7 +16,7 @@ from llmrouter.errors import NEVER_CONNECTED, ServiceError
 from llmrouter.registry import ModelSpec
 from llmrouter.tokens import count_text_tokens
 from llmrouter.upstream_messages import UPSTREAM_REASONS, upstream_message
-from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc
+from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2
 from services.router import escalation, metrics, policy
 from services.router.admission import Admission
 from services.router.costs import affordable_output, worst_pico
@@ -49,6 +49,7 @@ class StreamState:
     model: ModelSpec
     worst: Decimal = Decimal(0)  # the worst case of the attempt in progress
     parts: list[str] = field(default_factory=list)
+    refusal: list[str] = field(default_factory=list)  # the pieces of the model's refusal that reached the caller
     served: Served | None = None
     # What the providers' failed retries of the attempt in progress consumed (a `consumed` chunk): charged only when
     # no final chunk or error metadata, which count it again, reaches the router.
@@ -63,12 +64,17 @@ class StreamState:
     cue: Cue = field(default_factory=Cue)
 
     @property
+    def delivered(self) -> bool:
+        """Whether any of the answer (its text or its refusal) reached the caller: no fallback after that."""
+        return bool(self.parts or self.refusal)
+
+    @property
     def consumed_usd(self) -> Decimal:
         return self.model.usage_cost_usd(self.consumed)
 
     async def partial(self, routed: Routed, measured: Mapping[str, str]) -> Served:
         """What an interrupted stream served: as the provider measured it, else counted here."""
-        text = "".join(self.parts)
+        text, refusal = "".join(self.parts), "".join(self.refusal)
         if "cost_usd" in measured:
             usage, cost = measured_usage(measured), measured_usd(self.model, measured)
         else:  # counted here, with what failed retries consumed (no metadata counted it: the caller left, or a cut)
@@ -77,7 +83,7 @@ class StreamState:
             usage = common_pb2.Usage(
                 input_tokens=started.input_tokens + self.consumed.input_tokens,
                 # In chunks that let other requests run: a hostile upstream's answer may be megabytes.
-                output_tokens=await count_text_tokens(text, self.model.estimating_encoding)
+                output_tokens=await count_text_tokens(text + refusal, self.model.estimating_encoding)
                 + self.tool_call_tokens
                 + self.consumed.output_tokens,
                 estimated=True,
@@ -88,6 +94,7 @@ class StreamState:
         return Served(
             self.model,
             content=text,
+            refusal=refusal,
             input_tokens=usage.input_tokens,
             output_tokens=usage.output_tokens,
             estimated=usage.estimated,
@@ -179,8 +186,11 @@ class Serving:
         served.add(reply, target.model)
         served.escalated, served.escalation_signal = True, why
 
-    async def generate_stream(self, routed: Routed, context: Any, stream: StreamState) -> AsyncGenerator[str]:
-        """Yields deltas and fills `stream`. Falls back to the next model only before the first delta."""
+    async def generate_stream(
+        self, routed: Routed, context: Any, stream: StreamState
+    ) -> AsyncGenerator[router_pb2.CompleteChunk]:
+        """Yields the answer's chunks (its deltas and refusal pieces) and fills `stream`. Falls back to the next model
+        only before the first of them."""
         _check_time_left(routed, context)
         order = routed.plan.order
         for index, option in enumerate(order):
@@ -188,14 +198,17 @@ class Serving:
             stream.consumed, stream.tool_call_tokens, stream.input = common_pb2.Usage(), 0, None
             request = generate_request(routed, option.model, self.admission.end_users)
             request.retry_budget_usd = format(retry_budget(routed, stream.worst), "f")
-            request.tool_call_progress = request.input_progress = True
+            request.tool_call_progress = request.input_progress = request.refusal_progress = True
             chunks = provider_chunks(self.providers, request, lambda: routed.time_left(context), stream.cue)
             try:
                 async for chunk in chunks:
                     kind = chunk.WhichOneof("kind")
                     if kind == "delta":
                         stream.parts.append(chunk.delta)
-                        yield chunk.delta
+                        yield router_pb2.CompleteChunk(delta=chunk.delta)
+                    elif kind == "refusal_delta":
+                        stream.refusal.append(chunk.refusal_delta)
+                        yield router_pb2.CompleteChunk(refusal_delta=chunk.refusal_delta)
                     elif kind == "tool_call_tokens":
                         stream.tool_call_tokens = chunk.tool_call_tokens
                     elif kind == "input":
@@ -206,13 +219,14 @@ class Serving:
                         stream.served = Served(option.model)
                         stream.served.add(chunk.final, option.model)
                         stream.served.content = "".join(stream.parts)
+                        stream.served.refusal = "".join(stream.refusal)
                         return
                     # Any other kind is one a newer providers service sends (a rolling upgrade): skipped, as a oneof's
                     # new member is meant to be, the stream read on to its final chunk. Taken for the final one, it
                     # ended the stream there, the text after it never delivered and the charge read from no usage.
             except grpc.RpcError as err:
                 error = provider_failure(err, routed.request_id)
-                if stream.parts:
+                if stream.delivered:
                     raise error from None
                 if "cost_usd" not in error.metadata:  # the providers' account of its retries never arrived
                     routed.owed += stream.consumed_usd

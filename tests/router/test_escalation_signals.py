@@ -62,6 +62,17 @@ def test_empty_is_a_signal_but_a_tool_call_is_an_answer() -> None:
     assert signal(Served(MODEL, tool_calls_json='[{"id": "c"}]'), "auto", None) == ""
 
 
+def test_a_refusal_the_provider_reports_is_a_refusal_whatever_its_words() -> None:
+    """OpenAI's refusal field (the content then empty, finish_reason stop), and a finish_reason content_filter
+    (Anthropic's refusal stop, with whatever text came before it): the model declined, said by its provider."""
+    refused = Served(MODEL, refusal="That is not something I will write.", finish_reason="stop")
+    assert signal(refused, "auto", None) == "refusal"
+    assert signal(Served(MODEL, content="Here is the first part", finish_reason="content_filter"), "auto", None) == (
+        "refusal"
+    )
+    assert signal(refused, "off", None) == ""
+
+
 def test_mode_defaults_and_refuses_unknown_values() -> None:
     assert mode_of("", "auto") == "auto" and mode_of("strict", "auto") == "strict"
     with pytest.raises(ServiceError) as err:
