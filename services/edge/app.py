@@ -376,12 +376,15 @@ class Edge:
         self, call: Any, pending: Any, request_id: str, model: str, include_usage: bool
     ) -> AsyncIterator[bytes]:
         created = int(time.time())
-        # An answer that is only tool calls has null content, as unstreamed: OpenAI's first chunk says so.
-        only_tools = (
-            pending is not grpc.aio.EOF and pending.WhichOneof("kind") == "final" and pending.final.tool_calls_json
-        )
+        # An answer that is only tool calls has null content, as unstreamed: OpenAI's first chunk says so. So does
+        # one that opens with a refusal, whose first chunk has an empty refusal instead, as OpenAI's.
+        kind = None if pending is grpc.aio.EOF else pending.WhichOneof("kind")
+        only_tools = kind == "final" and pending.final.tool_calls_json
+        refusing = kind == "refusal_delta"
         try:
-            first = {"role": "assistant", "content": None if only_tools else ""}
+            first = {"role": "assistant", "content": None if only_tools or refusing else "", "refusal": None}
+            if refusing:
+                first["refusal"] = ""
             yield sse(chunk_body(request_id, created, model, first))
             while True:
                 chunk = pending if pending is not None else await call.read()
@@ -390,6 +393,8 @@ class Edge:
                     break
                 if chunk.WhichOneof("kind") == "delta":
                     yield sse(chunk_body(request_id, created, model, {"content": chunk.delta}))
+                elif chunk.WhichOneof("kind") == "refusal_delta":
+                    yield sse(chunk_body(request_id, created, model, {"refusal": chunk.refusal_delta}))
                 elif chunk.WhichOneof("kind") == "final":
                     final = chunk.final
                     if final.tool_calls_json:

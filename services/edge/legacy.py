@@ -63,8 +63,14 @@ def named_as_sent(error: ApiError) -> ApiError:
     return error
 
 
+# A text completion has no place for a refusal: its text is empty (the refusal is not the model's answer, and taken for
+# one it would pass for the text asked for), its finish_reason content_filter, as for an answer a filter withheld.
+REFUSED_FINISH = "content_filter"
+
+
 def text_completion(chat: dict[str, Any]) -> dict[str, Any]:
     choice = chat["choices"][0]
+    refused = bool(choice["message"].get("refusal"))
     return {
         **chat,
         "id": chat["id"].replace("chatcmpl-", "cmpl-", 1),
@@ -74,15 +80,21 @@ def text_completion(chat: dict[str, Any]) -> dict[str, Any]:
                 "text": choice["message"]["content"] or "",
                 "index": 0,
                 "logprobs": None,
-                "finish_reason": choice["finish_reason"],
+                "finish_reason": REFUSED_FINISH if refused else choice["finish_reason"],
             }
         ],
     }
 
 
-def text_chunk(chunk: dict[str, Any]) -> dict[str, Any]:
+def text_chunk(chunk: dict[str, Any], refused: bool = False) -> dict[str, Any]:
+    """A chat chunk as a text completion's; `refused`: the stream carried a refusal (REFUSED_FINISH)."""
     choices = [
-        {"text": c["delta"].get("content") or "", "index": 0, "logprobs": None, "finish_reason": c["finish_reason"]}
+        {
+            "text": c["delta"].get("content") or "",
+            "index": 0,
+            "logprobs": None,
+            "finish_reason": REFUSED_FINISH if refused and c["finish_reason"] else c["finish_reason"],
+        }
         for c in chunk.get("choices", [])
     ]
     return {
@@ -95,6 +107,7 @@ def text_chunk(chunk: dict[str, Any]) -> dict[str, Any]:
 
 async def text_events(events: AsyncIterable[Any]) -> AsyncIterator[bytes]:
     """A chat stream's server-sent events as legacy completion events; errors and [DONE] pass unchanged."""
+    refused = False
     async for event in events:
         raw = event if isinstance(event, bytes) else str(event).encode()
         data = raw.decode().removeprefix("data: ").strip()
@@ -103,5 +116,6 @@ async def text_events(events: AsyncIterable[Any]) -> AsyncIterator[bytes]:
             continue
         payload = json.loads(data)
         if "error" not in payload:
-            payload = text_chunk(payload)
+            refused |= any(c["delta"].get("refusal") for c in payload.get("choices", []))
+            payload = text_chunk(payload, refused)
         yield f"data: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()

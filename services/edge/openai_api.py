@@ -702,7 +702,10 @@ class ApiError(Exception):
 
 
 def completion_body(response: router_pb2.CompleteResponse) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": "assistant", "content": response.content}
+    # As OpenAI's: a refusal beside null content (what its SDK's .parse() reads as parsed None), else a null refusal.
+    message: dict[str, Any] = {"role": "assistant", "content": response.content, "refusal": response.refusal or None}
+    if response.refusal:
+        message["content"] = response.content or None
     if response.tool_calls_json:
         # OpenAI sends null content, not "", when the model only called tools.
         message.update(content=response.content or None, tool_calls=json.loads(response.tool_calls_json))

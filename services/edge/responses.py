@@ -418,13 +418,21 @@ def output_text(text: str) -> dict[str, Any]:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
 
-def message_item(ident: str, text: str, status: str) -> dict[str, Any]:
+def refusal_part(refusal: str) -> dict[str, Any]:
+    """An answer's refusal part, as OpenAI's Responses API gives the model's refusal."""
+    return {"type": "refusal", "refusal": refusal}
+
+
+def message_item(ident: str, text: str, status: str, refusal: str = "") -> dict[str, Any]:
+    """The answer's message: its text part (an empty one when it said nothing) and its refusal part, when it
+    refused (alone, unless it also said something)."""
+    parts = [output_text(text)] if text or not refusal else []
     return {
         "type": "message",
         "id": f"msg_{ident}",
         "status": status,
         "role": "assistant",
-        "content": [output_text(text)],
+        "content": parts + ([refusal_part(refusal)] if refusal else []),
     }
 
 
@@ -479,8 +487,8 @@ def response_body(chat: dict[str, Any], echoed: dict[str, Any]) -> dict[str, Any
     choice, ident = chat["choices"][0], response_id(chat["id"])
     message, finish = choice["message"], choice["finish_reason"]
     status = "incomplete" if finish in INCOMPLETE_REASONS else "completed"
-    calls = message.get("tool_calls") or []
-    output = [message_item(ident, message["content"] or "", status)] if message["content"] or not calls else []
+    calls, text, refusal = message.get("tool_calls") or [], message["content"] or "", message.get("refusal") or ""
+    output = [message_item(ident, text, status, refusal)] if text or refusal or not calls else []
     output += [function_call_item(ident, i, call) for i, call in enumerate(calls)]
     body = response_object(ident, chat["created"], chat["model"], echoed, "completed", output, finish)
     body.update(usage=usage(chat["usage"]), x_router=chat["x_router"])

@@ -1,5 +1,6 @@
 """A chat completion stream's server-sent events as the Responses API's typed events (`event: <type>` and its
-data, numbered by sequence_number): the answer's text as it comes, its tool calls whole (the router delivers them
+data, numbered by sequence_number): the answer's text and refusal as they come (an output_text and a refusal content
+part, with response.output_text.* and response.refusal.* events), its tool calls whole (the router delivers them
 whole), then response.completed or response.incomplete with the usage and cost the chat stream's last chunk
 carries, or response.failed when the chat stream ends with an error (charged as the chat path charges it)."""
 
@@ -14,10 +15,19 @@ from services.edge.responses import (
     function_call_item,
     message_item,
     output_text,
+    refusal_part,
     response_id,
     response_object,
     usage,
 )
+
+# A message's content part by the kind of delta that fills it: its type, and the field its text is in.
+PART_FIELDS = {"output_text": "text", "refusal": "refusal"}
+
+
+def content_part(part: dict[str, Any]) -> dict[str, Any]:
+    """A message's content part as OpenAI's schema has it, from its kind and text."""
+    return output_text(part["text"]) if part["type"] == "output_text" else refusal_part(part["refusal"])
 
 
 class ResponseEvents:
@@ -27,7 +37,9 @@ class ResponseEvents:
         self.echoed = echoed
         self.ident, self.created, self.model = "", 0, ""
         self.output: list[dict[str, Any]] = []
-        self.text: str | None = None  # the open message item's text, None while no message item is open
+        # The open message item's content parts ({type, text or refusal}), the last one still open; None while no
+        # message item is open.
+        self.parts: list[dict[str, Any]] | None = None
         self.finish_reason: str | None = None
 
     def response(self, status: str) -> dict[str, Any]:
@@ -48,50 +60,83 @@ class ResponseEvents:
         choice = chunk["choices"][0]
         events = []
         if content := choice["delta"].get("content"):
-            events += self.open_message()
-            assert self.text is not None
-            self.text += content
-            events.append({"type": "response.output_text.delta", **self.text_place(), "delta": content, "logprobs": []})
+            events += self.add_to_part("output_text", content)
+            events.append({"type": "response.output_text.delta", **self.part_place(), "delta": content, "logprobs": []})
+        if refusal := choice["delta"].get("refusal"):
+            events += self.add_to_part("refusal", refusal)
+            events.append({"type": "response.refusal.delta", **self.part_place(), "delta": refusal})
         if calls := choice["delta"].get("tool_calls"):
             events += self.close_message("completed")
             for call in calls:
                 events += self.function_call(call)
         if choice["finish_reason"] is not None:
             self.finish_reason = choice["finish_reason"]
-            if self.text is None and not any(item["type"] == "function_call" for item in self.output):
-                events += self.open_message()  # an empty answer is an empty message, as unstreamed
+            if self.parts is None and not any(item["type"] == "function_call" for item in self.output):
+                events += self.add_to_part("output_text", "")  # an empty answer is an empty message, as unstreamed
             incomplete = self.finish_reason in INCOMPLETE_REASONS
             events += self.close_message("incomplete" if incomplete else "completed")
         return events
 
-    def text_place(self) -> dict[str, Any]:
-        return {"item_id": self.output[-1]["id"], "output_index": len(self.output) - 1, "content_index": 0}
+    def part_place(self) -> dict[str, Any]:
+        assert self.parts is not None  # a part is placed only in the open message
+        return {
+            "item_id": self.output[-1]["id"],
+            "output_index": len(self.output) - 1,
+            "content_index": len(self.parts) - 1,
+        }
+
+    def add_to_part(self, kind: str, text: str) -> list[dict[str, Any]]:
+        """The text added to the open message's last part, when it is of this kind; else to a new part of it (the
+        message opened first, when none is), the part before it done."""
+        events = self.open_message()
+        assert self.parts is not None
+        if not self.parts or self.parts[-1]["type"] != kind:
+            events += self.close_part()
+            self.parts.append({"type": kind, PART_FIELDS[kind]: ""})
+            events.append({"type": "response.content_part.added", **self.part_place(), "part": self.finished_part()})
+        self.parts[-1][PART_FIELDS[kind]] += text
+        return events
+
+    def finished_part(self) -> dict[str, Any]:
+        """The open message's last part as its events and item carry it."""
+        assert self.parts  # only a message with parts has a last one
+        return content_part(self.parts[-1])
 
     def open_message(self) -> list[dict[str, Any]]:
-        if self.text is not None:
+        if self.parts is not None:
             return []
-        self.text = ""
+        self.parts = []
         item = message_item(self.ident, "", "in_progress")
         item["content"] = []
         self.output.append(item)
-        part = output_text("")
-        return [
-            {"type": "response.output_item.added", "output_index": len(self.output) - 1, "item": item},
-            {"type": "response.content_part.added", **self.text_place(), "part": part},
-        ]
+        return [{"type": "response.output_item.added", "output_index": len(self.output) - 1, "item": item}]
+
+    def close_part(self) -> list[dict[str, Any]]:
+        """The open message's last part done: its whole text, then the part."""
+        if not self.parts:
+            return []
+        part, place = self.finished_part(), self.part_place()
+        if part["type"] == "output_text":
+            done = {"type": "response.output_text.done", **place, "text": part["text"], "logprobs": []}
+        else:
+            done = {"type": "response.refusal.done", **place, "refusal": part["refusal"]}
+        return [done, {"type": "response.content_part.done", **place, "part": part}]
+
+    def message(self, status: str) -> dict[str, Any]:
+        """The open message item with its parts as far as they came."""
+        assert self.parts is not None  # only an open message is told
+        item = message_item(self.ident, "", status)
+        item["content"] = [content_part(part) for part in self.parts]
+        return item
 
     def close_message(self, status: str) -> list[dict[str, Any]]:
-        if self.text is None:
+        if self.parts is None:
             return []
-        text, place = self.text, self.text_place()
-        self.text = None
-        item = message_item(self.ident, text, status)
+        events = self.close_part()
+        item, index = self.message(status), len(self.output) - 1
+        self.parts = None
         self.output[-1] = item
-        return [
-            {"type": "response.output_text.done", **place, "text": text, "logprobs": []},
-            {"type": "response.content_part.done", **place, "part": item["content"][0]},
-            {"type": "response.output_item.done", "output_index": place["output_index"], "item": item},
-        ]
+        return [*events, {"type": "response.output_item.done", "output_index": index, "item": item}]
 
     def function_call(self, call: dict[str, Any]) -> list[dict[str, Any]]:
         index = len(self.output)
@@ -120,8 +165,8 @@ class ResponseEvents:
     def on_error(self, failure: dict[str, Any]) -> list[dict[str, Any]]:
         """The chat stream failed after its headers: the response failed, with what it was charged."""
         error = failure["error"]
-        if self.text is not None:  # the answer as far as it came (and was charged), not the empty item first added
-            self.output[-1] = message_item(self.ident, self.text, "incomplete")
+        if self.parts is not None:  # the answer as far as it came (and was charged), not the empty item first added
+            self.output[-1] = self.message("incomplete")
         response = self.response("failed")
         response.update(error={"code": failed_code(error), "message": error["message"]})
         response["incomplete_details"] = None

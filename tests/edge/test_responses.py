@@ -183,3 +183,36 @@ def test_a_stream_ended_by_a_content_filter_is_incomplete_and_an_empty_answer_an
     assert end["response"]["incomplete_details"] == {"reason": "content_filter"}
     part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
     assert end["response"]["output"][0]["content"] == [part]
+
+
+def test_text_then_a_refusal_are_two_parts_of_one_message_each_done_before_the_next() -> None:
+    """A model that said something, then refused: an output_text part, then a refusal part (content_index 1), as
+    OpenAI's message content holds both; the first done before the second is added."""
+    events = ResponseEvents({})
+    chunk: dict[str, Any] = {"id": "chatcmpl-abc", "created": 1, "model": "m"}
+
+    def delta(**fields: Any) -> list[dict[str, Any]]:
+        return events.on_chunk({**chunk, "choices": [{"index": 0, "delta": fields, "finish_reason": None}]})
+
+    delta(role="assistant", content="", refusal=None)
+    built = delta(content="Well,") + delta(refusal="I can't") + delta(refusal=" help.")
+    built += events.on_chunk({**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    assert [(e["type"], e.get("content_index")) for e in built] == [
+        ("response.output_item.added", None),
+        ("response.content_part.added", 0),
+        ("response.output_text.delta", 0),
+        ("response.output_text.done", 0),
+        ("response.content_part.done", 0),
+        ("response.content_part.added", 1),
+        ("response.refusal.delta", 1),
+        ("response.refusal.delta", 1),
+        ("response.refusal.done", 1),
+        ("response.content_part.done", 1),
+        ("response.output_item.done", None),
+    ]
+    assert built[-3]["refusal"] == "I can't help."
+    item = built[-1]["item"]
+    assert item["status"] == "completed" and item["content"] == [
+        {"type": "output_text", "text": "Well,", "annotations": [], "logprobs": []},
+        {"type": "refusal", "refusal": "I can't help."},
+    ]

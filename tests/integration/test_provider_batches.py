@@ -52,7 +52,7 @@ from services.router.store import (
     to_pico,
 )
 from tests.conftest import ledger_records
-from tests.fakes.fake_openai import FakeOpenAI
+from tests.fakes.fake_openai import REFUSAL_CUE, REFUSED, FakeOpenAI
 from tests.fakes.server import Fault
 from tests.integration.conftest import free_port, start_edge
 from tests.integration.test_ledger_audit import audit_cost
@@ -387,6 +387,25 @@ async def run_to_end(stack: Stack[Any], bodies: list[tuple[str, str]]) -> tuple[
     async with serving(stack) as client:
         batch = await finished(client, await run_batch(client, batch_file(bodies)))
         return batch, await lines_of(client, batch.output_file_id), await lines_of(client, batch.error_file_id)
+
+
+async def test_a_refused_line_is_a_refusal_in_the_output_charged_as_any_answer(stack: Stack) -> None:
+    """Through the provider's Batch API and realtime alike: message.refusal beside a null content, as OpenAI's."""
+    batch, output, errors = await run_to_end(stack, [(BATCHED, f"line {REFUSAL_CUE}"), (REALTIME, REFUSAL_CUE)])
+
+    assert batch.status == "completed" and not errors and len(output) == 2, errors
+    assert len(stack.upstream.batches.batches) == 1 and len(chat_calls(stack.upstream)) == 1
+    for entry in output.values():
+        choice = entry["response"]["body"]["choices"][0]
+        assert (choice["message"]["content"], choice["message"]["refusal"], choice["finish_reason"]) == (
+            None,
+            REFUSED,
+            "stop",
+        )
+        assert entry["response"]["body"]["usage"]["completion_tokens"] > 0
+    charged, spend, held, pending = await money(stack)
+    assert charged == costs_of(output) and spend == sum(to_pico(c) for c in charged.values())
+    assert held == 0 and not pending
 
 
 async def test_lines_of_a_provider_batch_never_created_run_realtime_once(stack: Stack) -> None:
