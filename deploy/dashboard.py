@@ -346,6 +346,13 @@ def build() -> dict:
         )
         .with_panel(
             series(
+                "Router clock behind the money Redis' (s; money is dated by Redis', ledger times by the pod's)",
+                "s",
+                (f"max by (pod) ({s('llmrouter_router_money_clock_offset_seconds')})", "{{pod}}"),
+            )
+        )
+        .with_panel(
+            series(
                 "Charges waiting in the outbox (lost if the pod goes)",
                 "short",
                 (f"sum by (pod) ({s('llmrouter_router_outbox_charges')})", "{{pod}}"),

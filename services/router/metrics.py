@@ -32,6 +32,11 @@ HOLD_TOTALS_TRUSTED = Gauge(
     "1 when admission counts a budget's holds by their running totals, 0 by a scan of every hold in flight "
     "(ROUTER_HOLD_TOTALS=maintain, or auto while a router of a version keeping no totals is alive)",
 )
+MONEY_CLOCK_OFFSET = Gauge(
+    "llmrouter_router_money_clock_offset_seconds",
+    "The money Redis' clock less this router's, as last read (money is dated by the money Redis' clock; the ledger's "
+    "times and logs by the router's own)",
+)
 STORE_MEMORY = Gauge(
     "llmrouter_router_store_memory_ratio",
     "Memory the store's Redis uses against its maxmemory, its fullest master's on a cluster (NaN: no maxmemory)",

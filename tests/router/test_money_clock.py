@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 
 from llmrouter.errors import ServiceError
 from llmrouter.server import RunningServer
@@ -137,5 +138,26 @@ async def test_on_a_cluster_every_router_reads_the_clock_of_the_heartbeats_maste
         clock_moved(monkeypatch, -300)
         assert await store.ping()
         assert abs(money_now() - THE_MACHINES_CLOCK()) < 5
+    finally:
+        await store.close()
+
+
+def shown_offset() -> float:
+    offset = REGISTRY.get_sample_value("llmrouter_router_money_clock_offset_seconds")
+    assert offset is not None
+    return offset
+
+
+async def test_the_offset_read_is_shown(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pod's clock off (its NTP failing) no longer moves its money, so nothing else would show it: the gauge of the
+    offset read at each ping does."""
+    store = RedisStore(redis_url)
+    try:
+        clock_moved(monkeypatch, -30)
+        assert await store.ping()
+        assert abs(shown_offset() - 30) < 1
+        clock_moved(monkeypatch, 0)
+        assert await store.ping()
+        assert abs(shown_offset()) < 1
     finally:
         await store.close()

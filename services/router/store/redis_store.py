@@ -551,6 +551,7 @@ class RedisStore:
         finally:
             raise_if_cancelled()
         MONEY_CLOCK.follow(int(seconds) + int(micros) / 1e6, sent, time.time())
+        metrics.MONEY_CLOCK_OFFSET.set(MONEY_CLOCK.offset_s)
 
     async def close(self) -> None:
         await self.redis.aclose()
