@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Self
 
+HELD_ANSWER_POLL_S = 0.01  # how often an answer held back looks whether it may go
+
 FaultKind = Literal["status", "delay", "hang", "reset", "close", "malformed", "cut", "no_usage"]
 
 
@@ -106,6 +108,8 @@ class FakeServer:
         self.requests: list[Received] = []
         self.chunk_delay = 0.0  # seconds between stream events (slow streams for cancellation tests)
         self.latency = 0.0  # seconds before every answer (concurrency tests)
+        # While set, every answer waits (a test looks at what happens meanwhile, for as long as it needs to).
+        self.holding_answers = False
         self.api_key: str | None = None  # when set, requests without it get 401
         self.in_flight = 0
         self.max_in_flight = 0
@@ -222,6 +226,8 @@ class FakeServer:
             raise _Disconnected
         if wait:
             await _sleep_or_disconnect(wait, watch)
+        while self.holding_answers:
+            await _sleep_or_disconnect(HELD_ANSWER_POLL_S, watch)
         if fault and fault.kind == "reset":
             sock = writer.get_extra_info("socket")
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

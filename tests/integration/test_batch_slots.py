@@ -21,6 +21,9 @@ from tests.integration.conftest import Chain, free_port, start_edge
 from tests.integration.test_batch_memory import batch_file
 from tests.integration.test_provider_batches import finished
 from tests.redis_servers import RedisServer
+from tests.waiting import eventually
+
+RUN_FAILED = "batch run failed; it stays active and is resumed"
 
 
 async def test_a_line_slot_taken_when_the_batch_store_fails_is_given_back(
@@ -47,20 +50,21 @@ async def test_a_line_slot_taken_when_the_batch_store_fails_is_given_back(
     chain.budget.latency = 2.0  # each line takes that long at the provider
     server, task, channel = await start_edge(settings)
     client = AsyncOpenAI(base_url=f"http://127.0.0.1:{settings.port}/v1", api_key=key, max_retries=0)
+    sent = len(chain.budget.requests)
     try:
         uploaded = await client.files.create(file=("b.jsonl", batch_file(2)), purpose="batch")
         batch = await client.batches.create(
             input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
         )
-        await asyncio.sleep(1.0)  # the first line in flight, the run waiting for the slot
+        await eventually(lambda: len(chain.budget.requests) > sent, "the first line in flight, the run waiting")
         admin.execute_command("ACL", "SETUSER", "default", "-hgetall")
-        await asyncio.sleep(2.5)  # the first line recorded (no read), the slot taken, the read refused
+        # The first line recorded (no read), the slot taken for the second, its read refused: the run fails (a run
+        # that never met the refused read proves nothing here).
+        await eventually(lambda: RUN_FAILED in caplog.messages, "the run fails with the slot taken")
         admin.execute_command("ACL", "SETUSER", "default", "+hgetall")
         # Resumed once its failed run's back-off is over (FAILED_FIRST_S), by the adoption that wakes for it.
         done = await finished(client, batch.id, timeout_s=runner.FAILED_FIRST_S + 20)
         assert done.status == "completed" and done.request_counts.completed == 2, done
-        # The run did fail with the slot taken (a run that never met the refused read proves nothing here).
-        assert "batch run failed; it stays active and is resumed" in caplog.messages
     finally:
         chain.budget.latency = 0.0
         await client.close()

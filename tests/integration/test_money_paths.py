@@ -28,9 +28,11 @@ from services import providers
 from services.providers.settings import ProvidersSettings
 from services.router.store import Account, AccountKeys
 from tests.conftest import ledger_records
+from tests.fakes.fake_openai import FakeOpenAI
 from tests.fakes.server import TOOL_CUE, Fault
 from tests.integration.conftest import Chain
 from tests.integration.test_policy_in_chain import extra_router
+from tests.waiting import eventually, rpcs_ended
 
 
 def ask(tenant: str, **fields: Any) -> router_pb2.CompleteRequest:
@@ -60,17 +62,24 @@ def estimate(decision: router_pb2.Decision, model: str) -> Decimal:
 def slow_upstreams(chain: Chain) -> Iterator[Chain]:
     yield chain
     chain.budget.latency = chain.premium.latency = 0.0
+    chain.budget.holding_answers = False
+
+
+async def reached_upstream(upstream: FakeOpenAI, sent: int) -> None:
+    await eventually(lambda: len(upstream.requests) > sent, "the request reaches the upstream")
 
 
 async def test_a_caller_leaving_a_unary_call_pays_for_the_generation_it_caused(slow_upstreams: Chain) -> None:
     chain, tenant = slow_upstreams, f"left-{uuid.uuid4().hex[:8]}"
-    chain.budget.latency = 1.0
+    chain.budget.holding_answers = True
+    sent = len(chain.budget.requests)
     async with grpc.aio.insecure_channel(chain.router_addr) as channel:
         call = router_pb2_grpc.RouterStub(channel).Complete(ask(tenant), timeout=20)
-        await asyncio.sleep(0.4)
+        await reached_upstream(chain.budget, sent)
         call.cancel()
         with pytest.raises(asyncio.CancelledError):
             await call
+    chain.budget.holding_answers = False  # the generation the caller left ends
     (record,) = await ledger_of(chain, tenant)
     _, _, usage = chain.budget.answer(chain.budget.requests[-1].json)
     model = load_registry(chain.registry_path).get("cheap-model")
@@ -81,11 +90,12 @@ async def test_a_caller_leaving_a_unary_call_pays_for_the_generation_it_caused(s
 
 async def test_a_stream_left_before_its_first_token_pays_the_attempts_worst_case(slow_upstreams: Chain) -> None:
     chain, tenant = slow_upstreams, f"gone-{uuid.uuid4().hex[:8]}"
-    chain.budget.latency = 2.0
+    chain.budget.holding_answers = True
+    sent = len(chain.budget.requests)
     async with grpc.aio.insecure_channel(chain.router_addr) as channel:
         call = router_pb2_grpc.RouterStub(channel).CompleteStream(ask(tenant), timeout=20)
         decision = (await call.read()).decision
-        await asyncio.sleep(0.3)
+        await reached_upstream(chain.budget, sent)  # sent: what it generates is unknown
         call.cancel()
     (record,) = await ledger_of(chain, tenant)
     assert record["outcome"] == "cancelled"
@@ -284,15 +294,20 @@ async def test_a_buffered_stream_left_keeps_its_hold_until_its_generation_is_cha
     generation. Its hold must stay until that generation is charged; released at the caller's leaving, the
     budget would admit other requests against money this one is still spending."""
     chain, tenant = slow_upstreams, f"buffered-{uuid.uuid4().hex[:8]}"
-    chain.budget.latency = 1.5
+    chain.budget.holding_answers = True
+    left = rpcs_ended("router", "CompleteStream", "CANCELLED")
     db = redis.from_url(chain.redis_url)
     try:
         async with grpc.aio.insecure_channel(chain.router_addr) as channel:
             call = router_pb2_grpc.RouterStub(channel).CompleteStream(ask(tenant, buffer_stream=True), timeout=20)
             assert (await call.read()).HasField("decision")
             call.cancel()
-        await asyncio.sleep(0.5)  # the caller is gone, the upstream still answering
+        await eventually(
+            lambda: rpcs_ended("router", "CompleteStream", "CANCELLED") > left,
+            "the router sees its caller leave, the upstream still answering",
+        )
         held_while_generating = await db.zcard(AccountKeys.of(Account(tenant, "")).held()[0])
+        chain.budget.holding_answers = False
         (record,) = await ledger_of(chain, tenant)
         held_after = await db.zcard(AccountKeys.of(Account(tenant, "")).held()[0])
     finally:
@@ -379,12 +394,12 @@ async def test_a_unary_call_whose_deadline_passed_in_a_slow_cache_lookup_is_neit
             async with grpc.aio.insecure_channel(f"127.0.0.1:{router.port}") as channel:
                 with pytest.raises(grpc.aio.AioRpcError) as failed:
                     await router_pb2_grpc.RouterStub(channel).Complete(ask(tenant), timeout=0.8)
-            await asyncio.sleep(1.5)  # the cache lookup gives up; the generation goes on without its caller
+            # The cache lookup gives up; the generation goes on without its caller, to its record.
+            (record,) = await ledger_of(chain, tenant)  # on record, at nothing: nothing was generated
         finally:
             await router.stop(1)
     assert failed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert len(chain.budget.requests) + len(chain.premium.requests) == sent
-    (record,) = await ledger_of(chain, tenant)  # on record, at nothing: nothing was generated
     assert Decimal(record["cost_usd"]) == 0 and record["outcome"] == "failed"
     db = redis.from_url(chain.redis_url)
     try:

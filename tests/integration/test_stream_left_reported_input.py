@@ -6,7 +6,6 @@ that, as an interrupted or finished one is."""
 
 from __future__ import annotations
 
-import asyncio
 from decimal import Decimal
 from pathlib import Path
 
@@ -18,8 +17,9 @@ from llmrouter.tokens import count_tokens
 from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
 from tests.fakes.raw_upstream import StallingUpstream
 from tests.integration.conftest import model, provider, served_stack
-from tests.integration.test_tool_call_stream_left import ledger_of
+from tests.integration.test_tool_call_stream_left import ledger_of, router_streams
 from tests.providers.test_hostile_upstream import events
+from tests.waiting import eventually
 
 INPUT_USD_PER_MTOK = Decimal("3")
 PROMPT = "How many people live in Europe's cities? " * 20
@@ -42,6 +42,7 @@ async def test_a_stream_left_is_charged_the_input_its_upstream_reported(
     tmp_path: Path, redis_url: str, classifier_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("UPSTREAM_KEY", "sk-upstream")
+    streams = router_streams(monkeypatch)
     async with StallingUpstream(started_wire()) as upstream:
         path = tmp_path / "models.yaml"
         spec = {
@@ -62,7 +63,7 @@ async def test_a_stream_left_is_charged_the_input_its_upstream_reported(
             call = router_pb2_grpc.RouterStub(channel).CompleteStream(request, timeout=30)
             assert (await call.read()).HasField("decision")
             assert (await call.read()).delta == TEXT
-            await asyncio.sleep(0.5)  # what the upstream reported reaches the router
+            await eventually(lambda: streams[0].input is not None, "what the upstream reported reaches the router")
             call.cancel()
             (record,) = await ledger_of(redis_url)
     assert record["outcome"] == "cancelled"

@@ -15,12 +15,16 @@ import pytest
 import redis.asyncio as redis
 import yaml
 
+from llmrouter.registry import ModelSpec
 from llmrouter.tokens import count_tokens
 from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
+from services.router import servicer
+from services.router.serving import StreamState
 from tests.conftest import ledger_records
 from tests.fakes.raw_upstream import StallingUpstream
 from tests.integration.conftest import model, provider, served_stack
 from tests.providers.test_interrupted_tool_calls import ARGUMENTS, TEXT, anthropic_wire, openai_wire
+from tests.waiting import eventually
 
 OUTPUT_USD_PER_MTOK = Decimal("2.40")
 TOOLS = [{"type": "function", "function": {"name": "search", "parameters": {"type": "object"}}}]
@@ -38,11 +42,25 @@ async def ledger_of(redis_url: str, wait_s: float = 10.0) -> list[dict]:
         await db.aclose()
 
 
+def router_streams(monkeypatch: pytest.MonkeyPatch) -> list[StreamState]:
+    """The state of each stream the router serves from now on, as it makes it: a test waits on what the router has
+    heard from the providers before its caller leaves."""
+    made: list[StreamState] = []
+
+    def recorded(model: ModelSpec) -> StreamState:
+        made.append(StreamState(model))
+        return made[-1]
+
+    monkeypatch.setattr(servicer, "StreamState", recorded)
+    return made
+
+
 @pytest.mark.parametrize(("kind", "wire"), [("openai", openai_wire()), ("anthropic", anthropic_wire())])
 async def test_a_stream_left_while_a_tool_call_streams_is_charged_its_arguments(
     tmp_path: Path, redis_url: str, classifier_dir: Path, monkeypatch: pytest.MonkeyPatch, kind: str, wire: bytes
 ) -> None:
     monkeypatch.setenv("UPSTREAM_KEY", "sk-upstream")
+    streams = router_streams(monkeypatch)
     # Sends the text and the tool call's arguments so far, then nothing: the model still writing them.
     async with StallingUpstream(wire) as upstream:
         path = tmp_path / "models.yaml"
@@ -66,7 +84,10 @@ async def test_a_stream_left_while_a_tool_call_streams_is_charged_its_arguments(
             call = router_pb2_grpc.RouterStub(channel).CompleteStream(request, timeout=30)
             assert (await call.read()).HasField("decision")
             assert (await call.read()).delta == TEXT
-            await asyncio.sleep(0.5)  # the arguments reach the providers, and their count the router
+            await eventually(
+                lambda: streams[0].tool_call_tokens >= count_tokens(ARGUMENTS),
+                "the arguments reach the providers, and their count the router",
+            )
             call.cancel()
             (record,) = await ledger_of(redis_url)
     assert record["outcome"] == "cancelled"

@@ -3,7 +3,8 @@ file locked until that rewrite is done. The rewrite was shielded, but the cancel
 closing the file and so unlocking it while the rewrite thread had yet to replace it: another router sharing the data
 dir then locked the old file, appended its charge (its answer already released) and the rewrite's os.replace threw
 it away. The rewrite is held back here by keeping the one worker of the loop's executor busy: the thread that runs it
-starts only once the other router has tried to append. A fresh event loop, so the session's executor is left alone."""
+starts only once the other router has tried to lock the file. A fresh event loop, so the session's executor is left
+alone."""
 
 from __future__ import annotations
 
@@ -11,29 +12,59 @@ import asyncio
 import contextlib
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import IO, Any, TypeVar
 
+import pytest
+
+from services.router import outbox
 from services.router.outbox import Outbox, OutboxCharge
 from services.router.store import Account, Hold, MemoryStore, period_id
+from tests.waiting import eventually
+
+T = TypeVar("T")
 
 ACCOUNT = Account("acme", "key1")
 
 
-async def cancelled_during_rewrite(data_dir: Path) -> tuple[list[str], list[str]]:
+class CountingExecutor(ThreadPoolExecutor):
+    """The loop's executor, with one worker: counts the work handed to it (busy's, then the rewrite's)."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=1)
+        self.submitted = 0
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        self.submitted += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+async def cancelled_during_rewrite(
+    data_dir: Path, executor: CountingExecutor, monkeypatch: pytest.MonkeyPatch
+) -> tuple[list[str], list[str]]:
     replaying, other_router = Outbox(data_dir), Outbox(data_dir)
     with replaying.path.open("a", encoding="utf-8") as file:
         file.write('{"cut short by a crash\n')  # unreadable: dead-lettered, so the replay rewrites the file
     gate = threading.Event()
     busy = asyncio.ensure_future(asyncio.to_thread(gate.wait))  # the executor's one worker, taken
     replay = asyncio.create_task(replaying.replay(MemoryStore()))
-    await asyncio.sleep(0.2)  # the replay waits for its rewrite, queued behind `busy`
+    await eventually(lambda: executor.submitted == 2, "the replay's rewrite is queued behind `busy`")
     replay.cancel()
-    await asyncio.sleep(0.1)
+    # The other router tries the lock once the cancellation has reached the replay (it runs first): it appends at
+    # once if the replay let the file go, else it waits for the lock.
+    tried_lock, try_lock = asyncio.Event(), outbox._try_lock
+
+    def trying(file: IO[str]) -> bool:
+        tried_lock.set()
+        return try_lock(file)
+
+    monkeypatch.setattr(outbox, "_try_lock", trying)
     hold = Hold("r-late", 1_000, period_id("day"), "router-2", "cafe0001")
     charge = OutboxCharge(ACCOUNT, hold, 900, {"request_id": "r-late", "ts": time.time()}, "c0ffee02")
     adding = asyncio.create_task(other_router.add(charge))
-    await asyncio.sleep(0.2)  # it appends as soon as it holds the lock
+    await asyncio.wait_for(tried_lock.wait(), 5)
     gate.set()
     await busy
     await asyncio.wait_for(adding, 5)
@@ -43,12 +74,14 @@ async def cancelled_during_rewrite(data_dir: Path) -> tuple[list[str], list[str]
     return waiting, replaying.dead_letters()
 
 
-def test_a_replay_cancelled_mid_rewrite_loses_no_charge_another_router_appends(tmp_path: Path) -> None:
+def test_a_replay_cancelled_mid_rewrite_loses_no_charge_another_router_appends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     loop = asyncio.new_event_loop()
-    executor = ThreadPoolExecutor(max_workers=1)
+    executor = CountingExecutor()
     loop.set_default_executor(executor)
     try:
-        waiting, dead = loop.run_until_complete(cancelled_during_rewrite(tmp_path / "data"))
+        waiting, dead = loop.run_until_complete(cancelled_during_rewrite(tmp_path / "data", executor, monkeypatch))
     finally:
         loop.close()
         executor.shutdown(wait=True)
