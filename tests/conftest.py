@@ -15,7 +15,7 @@ import pytest
 import redis.asyncio as redis
 
 from services.router.store.clock import MONEY_CLOCK
-from tests.redis_servers import RedisCluster
+from tests.redis_servers import RedisCluster, RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -102,6 +102,16 @@ async def redis_url(session_redis_url: str) -> AsyncIterator[str]:
     yield session_redis_url
     await client.flushdb()
     await client.aclose()
+
+
+@pytest.fixture
+def pausable_redis_url(tmp_path: Path) -> Iterator[str]:
+    """A redis-server of this test's own, for a test that pauses its clients (CLIENT PAUSE): a pause, and CLIENT
+    UNPAUSE, are server-wide, so on the shared server they would stall the other xdist worker's tests (and anyone
+    else's on that server), or end another test's pause half-way."""
+    server = RedisServer(tmp_path / "pausable-redis", "--save", "").start()
+    yield server.url
+    server.stop()
 
 
 @pytest.fixture

@@ -2,7 +2,8 @@
 them (rate_refused.py). The store counts a request in the window of the moment its router sent the admission; the
 refusal's reply may arrive in the next window (a slow store, a call queued behind others). Taken for the window it
 arrived in, it refused the account's requests of a window the store had counted none in, for a whole minute. Real
-Redis (paused for a moment, as a slow store) behind the router's gRPC server on loopback."""
+Redis (paused for a moment, as a slow store; a server of the test's own) behind the router's gRPC server on
+loopback."""
 
 from __future__ import annotations
 
@@ -15,9 +16,8 @@ import pytest
 import redis.asyncio as redis
 
 from llmrouter.v1 import router_pb2_grpc
-from services.router.store import RedisStore
 from services.router.store import keys as store_keys
-from tests.router.servicer_kit import served_router
+from tests.router.servicer_kit import served_router, store_on
 from tests.router.test_decide_rate_limited import Answering, Counting, ask, rate_limited, refusal
 
 WINDOW_S = 4
@@ -25,11 +25,12 @@ PAUSE_MS = 1500  # the store's reply to an admission sent just before the window
 
 
 async def test_a_refusal_answered_in_the_next_window_refuses_nothing_of_it(
-    tmp_path: Path, redis_store: RedisStore, redis_url: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, pausable_redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(store_keys, "RATE_WINDOW_S", WINDOW_S)
-    pauser = redis.from_url(redis_url)
+    pauser = redis.from_url(pausable_redis_url)
     async with (
+        store_on(pausable_redis_url) as redis_store,
         served_router(tmp_path, redis_store, Answering(), classifier=Counting(), rate_limit_rpm=1) as running,
         grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
     ):

@@ -29,7 +29,7 @@ from services.batches.store import MemoryStore as BatchStore
 from services.batches.store import results_key
 from services.router import deferred
 from services.router.store import PICO, Account, Allowance, Hold, RedisStore, period_id
-from tests.router.servicer_kit import served_router
+from tests.router.servicer_kit import served_router, store_on
 from tests.router.test_collect_model import REGISTRY
 
 CREATE_S = 1.0  # the provider takes this long to create a batch
@@ -248,27 +248,31 @@ async def test_lines_admitted_past_the_send_start_are_withdrawn(
 
 
 async def test_a_line_offered_by_two_calls_at_once_is_not_sent_to_complete_while_the_other_sends_it(
-    router: tuple[RunningServer, RedisStore], redis_url: str
+    tmp_path: Path, pausable_redis_url: str
 ) -> None:
     """An edge that lost a SubmitBatch's reply (it crashed, its call cut) offers the lines again while the first call
     still runs: both may look a line up before either admits it (a slow store, or a slow classifier). The call whose
     admission of it was refused as a duplicate answered it not deferred, so its edge sent it to Complete, refused as a
     duplicate (the error file: pending), while the other call sent it in a provider batch no one collects (its hold
     charged when it lapses, its answer lost). Looked up again, it is answered as any line being sent: the call fails
-    BATCH_BEING_SENT, and its caller asks again. Real Redis, paused while both calls look the line up."""
-    running, store = router
+    BATCH_BEING_SENT, and its caller asks again. Real Redis (a server of the test's own), paused while both calls look
+    the line up."""
     lines = router_pb2.SubmitLinesRequest(lines=[strong_line("b:c1")])
-    pauser = redis.from_url(redis_url)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+    pauser = redis.from_url(pausable_redis_url)
+    async with (
+        store_on(pausable_redis_url) as store,
+        served_router(tmp_path, store, SlowBatchProvider(), REGISTRY) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
         stub = router_pb2_grpc.RouterStub(channel)
         await pauser.execute_command("CLIENT", "PAUSE", "500")
         calls = [asyncio.ensure_future(stub.SubmitBatch(lines, timeout=10)) for _ in range(2)]
         replies = await asyncio.gather(*calls, return_exceptions=True)
+        pending = await store.pending_charge(Account("acme", "anonymous"), "b:c1")
     await pauser.aclose()
     answered = [reply for reply in replies if isinstance(reply, router_pb2.SubmitLinesResponse)]
     failed = [ServiceError.from_rpc_error(r) for r in replies if isinstance(r, grpc.aio.AioRpcError)]
     assert len(answered) == len(failed) == 1, replies
     assert [(a.deferred, a.provider_batch_id) for a in answered[0].lines] == [(True, "pbatch-1")], answered
     assert (failed[0].code, failed[0].reason) == (grpc.StatusCode.UNAVAILABLE, "BATCH_BEING_SENT"), failed
-    pending = await store.pending_charge(Account("acme", "anonymous"), "b:c1")
     assert pending is not None and pending.provider_batch == "pbatch-1"
