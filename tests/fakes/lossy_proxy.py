@@ -30,6 +30,7 @@ class LossyProxy:
         self._down_after_loss = False
         self.down = False  # every connection is dropped at once
         self._swallow_s: float | None = None
+        self.swallowed = asyncio.Event()  # set once swallow_next has taken its command
         self._hold_reply: HeldReply | None = None
         self._pipes: set[asyncio.Task[None]] = set()
 
@@ -63,6 +64,7 @@ class LossyProxy:
     def swallow_next(self, seconds: float) -> None:
         """The next request from a client is not forwarded; its connection is dropped `seconds` later."""
         self._swallow_s = seconds
+        self.swallowed.clear()
 
     async def __aenter__(self) -> Self:
         self._server = await asyncio.start_server(self._connect, "127.0.0.1", 0)
@@ -99,6 +101,7 @@ class LossyProxy:
         while data := await source.read(65536):
             if self._swallow_s is not None:
                 seconds, self._swallow_s = self._swallow_s, None
+                self.swallowed.set()
                 await asyncio.sleep(seconds)
                 return  # the connection drops; the command never reached the server
             server.write(data)

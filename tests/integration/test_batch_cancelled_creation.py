@@ -21,6 +21,7 @@ from services.edge.settings import EdgeSettings
 from tests.integration.conftest import free_port, start_edge
 from tests.integration.test_batches import small_file
 from tests.redis_servers import RedisServer
+from tests.waiting import eventually
 
 
 @pytest.fixture
@@ -70,10 +71,17 @@ async def test_a_creation_whose_request_is_cancelled_part_way_completes(
         with contextlib.suppress(httpx.HTTPError):
             await request
         admin.execute_command("CLIENT", "UNPAUSE")
-        await asyncio.sleep(0.2)  # a write cut off still on its way lands now
         [key] = admin.keys(batch_key("*") if kind == "batch" else f"{file_key('')}*")
         item_id = key.decode().rsplit(":", 1)[1]
         listed, _ = index_keys(ANONYMOUS_TENANT, kind)
+
+        def last_written() -> bool:  # the batch made active (from then on any edge runs it), the file listed
+            if kind == "batch":
+                return bool(admin.sismember(ACTIVE, item_id))
+            return admin.zscore(listed, item_id) is not None
+
+        # A write cut off still on its way lands once the store answers again.
+        await eventually(last_written, "the creation completes")
         assert admin.zscore(listed, item_id) is not None  # listed
         if kind == "batch":
             assert admin.sismember(ACTIVE, item_id)  # run by an edge, at once or once one adopts it

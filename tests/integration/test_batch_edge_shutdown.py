@@ -25,6 +25,7 @@ from services.edge.settings import EdgeSettings
 from tests.integration.conftest import free_port, served_router, start_edge
 from tests.integration.test_batch_cancel_waiting import create
 from tests.redis_servers import RedisServer
+from tests.waiting import eventually
 
 CHAT = {"model": "auto", "messages": [{"role": "user", "content": "hello"}]}
 
@@ -36,6 +37,7 @@ class DownForBatchesRouter(router_pb2_grpc.RouterServicer):
     def __init__(self, answer_s: float) -> None:
         self.answer_s = answer_s
         self.offers: list[float] = []
+        self.chats = 0  # chat completions under way or answered
 
     async def SubmitBatch(self, request: router_pb2.SubmitLinesRequest, context: grpc.aio.ServicerContext) -> None:
         self.offers.append(time.monotonic())
@@ -44,6 +46,7 @@ class DownForBatchesRouter(router_pb2_grpc.RouterServicer):
     async def Complete(
         self, request: router_pb2.CompleteRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.CompleteResponse:
+        self.chats += 1
         await asyncio.sleep(self.answer_s)
         return router_pb2.CompleteResponse(id=request.request_id, model="slow", content="ok", cost_usd="0")
 
@@ -87,7 +90,7 @@ async def test_an_edge_draining_its_requests_takes_no_batch(store: RedisServer) 
             batch_id = await create(client, "drained")
             await offered(router, 1)  # parked for 1 s: its park ends while the edge drains
             chat = asyncio.create_task(client.post("/chat/completions", json=CHAT))
-            await asyncio.sleep(0.3)  # the request is in flight
+            await eventually(lambda: router.chats == 1, "the request is in flight")
             shutdown_at = time.monotonic()
             server.should_exit = True
             answered = await chat

@@ -27,6 +27,7 @@ from tests.integration.conftest import Chain, free_port, served_router, start_ed
 from tests.integration.test_batches import small_file
 from tests.integration.test_provider_batches import finished
 from tests.redis_servers import RedisServer
+from tests.waiting import eventually
 
 
 class RateLimitingRouter(router_pb2_grpc.RouterServicer):
@@ -69,6 +70,10 @@ async def submit(client: AsyncOpenAI, lines: int) -> str:
     return batch.id
 
 
+async def lease_given_up(db: redis.Redis, batch_id: str) -> bool:
+    return not await db.exists(f"{PREFIX}lease:{batch_id}")
+
+
 async def parked_until(db: redis.Redis, batch_id: str, timeout_s: float = 15) -> float:
     deadline = time.monotonic() + timeout_s
     while (until := await db.hget(batch_key(batch_id), "parked_until")) is None:
@@ -95,8 +100,8 @@ async def test_a_parked_batch_gives_up_its_lease_and_another_edge_resumes_it_at_
             async with edge_of(settings, key) as client:
                 batch_id = await submit(client, 1)
                 until = await parked_until(db, batch_id)
-                await asyncio.sleep(0.2)  # the run has ended
-                assert not await db.exists(f"{PREFIX}lease:{batch_id}")  # no edge runs it: any may, at its time
+                # The run has ended: no edge runs it, any may, at its time.
+                await eventually(lambda: lease_given_up(db, batch_id), "the parked run's lease is given up")
         other = settings.model_copy(update={"port": free_port(), "router_addr": chain.router_addr})
         async with edge_of(other, key) as client:
             done = await finished(client, batch_id, timeout_s=until - time.time() + 5)

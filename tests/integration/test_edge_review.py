@@ -31,6 +31,7 @@ from services.router.store import keys as router_keys
 from tests.integration.conftest import Chain, free_port, start_edge
 from tests.integration.test_policy_in_chain import extra_router
 from tests.integration.test_provider_batches import finished
+from tests.waiting import eventually
 
 DEEP = b"[" * 100_000 + b"]" * 100_000  # past the interpreter's recursion limit
 # The rate limit's window in the rate-limited tests (the router's is a minute): a batch refused for it is parked
@@ -472,8 +473,12 @@ async def test_a_batch_waiting_for_a_place_expires_at_the_end_of_its_window(chai
     async with rate_limited_edge(chain, batch_redis_url=chain.redis_url, batch_max_running=1, batch_window_s=3) as edge:
         chain.budget.latency = 6.0  # the edge's stop waits for this line: no longer than the check needs
         try:
+            sent = len(chain.budget.requests) + len(chain.premium.requests)
             other = await edge.submit("other", 1)
-            await asyncio.sleep(0.5)  # its run takes the one place
+            await eventually(
+                lambda: len(chain.budget.requests) + len(chain.premium.requests) > sent,
+                "its run takes the one place, its line at the upstream",
+            )
             client = edge.clients["busy"]
             busy = await edge.submit("busy", 1)
             done = await finished(client, busy, timeout_s=6)

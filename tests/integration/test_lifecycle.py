@@ -21,6 +21,7 @@ from services.router.settings import RouterSettings
 from tests.conftest import ledger_records
 from tests.fakes.server import Fault
 from tests.integration.conftest import Chain, free_port, start_edge
+from tests.waiting import eventually
 
 LONG_REPLY_PROMPT = " ".join(f"word{i}" for i in range(60))  # the fake echoes it: a long stream
 
@@ -135,8 +136,9 @@ async def test_shutdown_drains_in_flight_calls(slow_budget: Chain) -> None:
     )
     async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
         stub = router_pb2_grpc.RouterStub(channel)
+        sent = len(chain.budget.requests)
         in_flight = asyncio.ensure_future(stub.Complete(request, timeout=10))
-        await asyncio.sleep(0.3)
+        await eventually(lambda: len(chain.budget.requests) > sent, "the call is in flight, at the upstream")
         stopping = asyncio.create_task(running.stop(grace=5))
         reply = await in_flight
         await stopping

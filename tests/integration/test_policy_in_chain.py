@@ -22,6 +22,7 @@ from services import router
 from services.router.settings import RouterSettings
 from tests.conftest import ledger_records
 from tests.integration.conftest import SILENCE, Chain, free_port
+from tests.waiting import eventually
 
 
 def ask(text: str, **fields: Any) -> router_pb2.CompleteRequest:
@@ -123,8 +124,12 @@ async def test_caller_leaving_during_escalation_pays_for_both_generations(chain:
     try:
         async with grpc.aio.insecure_channel(chain.router_addr) as channel:
             stub = router_pb2_grpc.RouterStub(channel)
+            escalated = len(chain.premium.requests)
             call = stub.Complete(ask(f"{SILENCE} {uuid.uuid4().hex}", quality_target=0, tenant=tenant), timeout=20)
-            await asyncio.sleep(0.5)  # the weak answer is in; the stronger model is still working
+            await eventually(
+                lambda: len(chain.premium.requests) > escalated,
+                "the weak answer is in; the stronger model is working",
+            )
             call.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await call

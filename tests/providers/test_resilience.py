@@ -22,6 +22,7 @@ from llmrouter.v1 import provider_pb2_grpc
 from tests.fakes import FakeAnthropic, FakeOpenAI, Fault
 from tests.providers.conftest import providers_service
 from tests.providers.helpers import collect, cost, error_of, metric, request
+from tests.waiting import eventually
 
 Starter = Callable[..., AbstractAsyncContextManager[provider_pb2_grpc.ProviderStub]]
 
@@ -267,7 +268,7 @@ async def test_concurrency_limit_per_provider(service, upstream: Upstream) -> No
 async def test_cancelling_a_call_cancels_the_upstream_request(stub, upstream: Upstream) -> None:
     upstream.fake.enqueue(Fault.hang())
     call = stub.Generate(request(upstream.model))
-    await asyncio.sleep(0.3)
+    await eventually(lambda: upstream.fake.requests, "the call reaches the upstream")
     assert len(upstream.fake.requests) == 1 and not upstream.fake.requests[0].disconnected.is_set()
     call.cancel()
     assert await asyncio.to_thread(upstream.fake.wait_disconnect, 0, 2.0)
@@ -297,7 +298,7 @@ async def test_waiting_for_a_slot_ends_with_a_clear_error_before_the_callers_dea
     openai_fake.enqueue(Fault.hang())
     async with service(max_concurrency=1) as stub:
         busy = stub.Generate(request("cheap"))
-        await asyncio.sleep(0.2)
+        await eventually(lambda: openai_fake.requests, "the first call takes the slot, at the upstream")
         err = await _fails(stub.Generate(request("cheap"), timeout=0.5))
         busy.cancel()
     assert error_of(err).reason == "UPSTREAM_TIMEOUT" and "no free slot" in (err.details() or "")

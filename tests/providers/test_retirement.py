@@ -21,6 +21,7 @@ from services.providers.settings import ProvidersSettings
 from tests.fakes import FakeOpenAI, Fault
 from tests.providers.conftest import registry
 from tests.providers.helpers import request
+from tests.waiting import eventually
 
 
 async def test_a_replaced_dispatcher_lets_its_stream_finish(
@@ -70,7 +71,7 @@ async def test_a_replaced_dispatcher_lets_its_batch_submission_finish(
     submitting = asyncio.ensure_future(
         servicer.SubmitBatch(provider_pb2.SubmitBatchRequest(model="cheap", requests=[line]), no_context)
     )
-    await asyncio.sleep(0.1)  # the creation under way
+    await eventually(lambda: len(openai_fake.requests) == 2, "the creation under way")
     retirement = Retirement(after_s=0.2)
     retirement.retire(old, await build_catalog(load_registry(path), settings))  # every provider replaced
     submitted = await submitting

@@ -103,7 +103,7 @@ async def test_a_release_whose_caller_leaves_while_the_store_is_unreachable_land
     await gate.admit(r)
     proxy.swallow_next(0.5)  # the release never reaches the store; its connection drops in 0.5 s
     leaving = asyncio.ensure_future(charger.settle_unsettled(r, r.plan.order[0].model))
-    await asyncio.sleep(0.2)
+    await asyncio.wait_for(proxy.swallowed.wait(), 10)
     leaving.cancel()  # the caller leaves while the release waits for the store
     with pytest.raises(asyncio.CancelledError):
         await leaving

@@ -259,11 +259,17 @@ async def test_the_ledger_command_exports_then_trims(money: RedisServer, tmp_pat
 
 
 class SlowStore(RedisStore):
-    """A real store whose charges take a while, so another router can append to the outbox meanwhile."""
+    """A real store whose charges take a while, so another router can append to the outbox meanwhile; `charging` is
+    set as the first one starts."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.charging = asyncio.Event()
 
     async def charge(
         self, account: Account, hold: Hold, pico: int, record: dict, late: bool = False, charge_id: str = ""
     ) -> bool:
+        self.charging.set()
         await asyncio.sleep(0.3)
         return await super().charge(account, hold, pico, record, late, charge_id)
 
@@ -276,7 +282,7 @@ async def test_a_charge_added_during_a_replay_is_kept(money: RedisServer, tmp_pa
     try:
         await replaying.add(OutboxCharge(account, first, 10, {"request_id": "r-1"}))
         replay = asyncio.create_task(replaying.replay(store))
-        await asyncio.sleep(0.1)  # the replay holds the file while it charges
+        await asyncio.wait_for(store.charging.wait(), 10)  # the replay holds the file while it charges
         await appending.add(OutboxCharge(account, second, 20, {"request_id": "r-2"}))
         assert await replay == 1
         assert [c.hold.request_id for c in appending.waiting()] == ["r-2"]
@@ -301,7 +307,7 @@ async def test_a_router_starting_while_another_replays_the_outbox_does_not_freez
     try:
         await replaying.add(OutboxCharge(account, Hold("r-1", 10, DAY, "router-1"), 10, {"request_id": "r-1"}))
         replay = asyncio.create_task(replaying.replay(store))
-        await asyncio.sleep(0.1)  # the replay holds the file while it charges
+        await asyncio.wait_for(store.charging.wait(), 10)  # the replay holds the file while it charges
         signal.setitimer(signal.ITIMER_REAL, 3)
         starting = Outbox(tmp_path / "data")  # as a router's build() makes it, on the event loop
         await starting.add(OutboxCharge(account, Hold("r-2", 20, DAY, "router-2"), 20, {"request_id": "r-2"}))

@@ -18,10 +18,16 @@ from tests.router.test_admission import request, routed
 
 
 class SlowExtend(MemoryStore):
-    """The in-process store, with a hold that takes a while to grow (a loaded Redis)."""
+    """The in-process store, with a hold that grows only once `grown` is set (a loaded Redis, for as long as the test
+    needs); `growing` is set as it starts to."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.growing, self.grown = asyncio.Event(), asyncio.Event()
 
     async def extend(self, account: Account, allowance: Allowance, hold: Hold, pico: int) -> str:
-        await asyncio.sleep(0.5)
+        self.growing.set()
+        await self.grown.wait()
         return await super().extend(account, allowance, hold, pico)
 
 
@@ -54,7 +60,7 @@ class TimingOutProviders:
 
 async def test_a_caller_leaving_while_the_hold_grows_for_a_fallback_leaves_no_attempt_to_charge_again() -> None:
     gate, r = await routed(request(max_tokens=50))
-    gate.store = SlowExtend()
+    gate.store = store = SlowExtend()
     await gate.admit(r)
     serving = Serving(TimingOutProviders(), gate)  # type: ignore[arg-type]
     stream = StreamState(r.plan.order[0].model)
@@ -64,7 +70,7 @@ async def test_a_caller_leaving_while_the_hold_grows_for_a_fallback_leaves_no_at
             pass
 
     leaving = asyncio.create_task(consume(r))
-    await asyncio.sleep(0.1)  # the first attempt timed out; the hold is growing for the fallback
+    await asyncio.wait_for(store.growing.wait(), 10)  # the first attempt timed out; the hold grows for the fallback
     leaving.cancel()
     with pytest.raises(asyncio.CancelledError):
         await leaving

@@ -29,6 +29,7 @@ from tests.conftest import ledger_records
 from tests.fakes import FakeOpenAI, Fault
 from tests.router.servicer_kit import NoDeadline, router_servicer, router_servicer_to
 from tests.router.test_admission import REGISTRY
+from tests.waiting import eventually, inflight
 
 ACCOUNT = Account("t", "anonymous")
 
@@ -96,6 +97,12 @@ async def leave_when(servicer: RouterServicer, moment: Awaitable[Any]) -> None:
     await servicer.charger.close()  # the charge, shielded, runs to its end
 
 
+async def behind_the_slots_holder(serving: float) -> None:
+    """Returns once the router's call has reached the providers (serving `serving` calls before it), where it waits
+    behind the slot's holder."""
+    await eventually(lambda: inflight("providers") > serving, "the router's call reaches the providers")
+
+
 async def upstream_asked(upstream: FakeOpenAI, times: int) -> None:
     while len(upstream.requests) < times:
         await asyncio.sleep(0.01)
@@ -122,8 +129,7 @@ async def test_a_caller_leaving_while_the_providers_wait_for_a_slot_is_charged_n
     with FakeOpenAI() as upstream:
         async with served(tmp_path, redis_store, upstream) as (running, servicer):
             async with slot_taken(running, upstream):
-                # Time for the router's call to reach the providers and wait behind the slot's holder.
-                await leave_when(servicer, asyncio.sleep(0.3))
+                await leave_when(servicer, behind_the_slots_holder(inflight("providers")))
             await asyncio.sleep(0.5)  # the slot free: a call that had the word to send would reach the upstream now
         assert len(upstream.requests) == 1, "the left request reached the upstream"
     record = await only_record(redis_url)
@@ -148,8 +154,9 @@ async def test_a_providers_service_gone_while_it_waited_for_a_slot_owes_nothing(
 
     with FakeOpenAI() as upstream:
         async with served(tmp_path, redis_store, upstream) as (running, servicer), slot_taken(running, upstream):
+            serving = inflight("providers")
             reading = asyncio.create_task(read(servicer))
-            await asyncio.sleep(0.3)  # waiting behind the slot's holder
+            await behind_the_slots_holder(serving)
             await running.stop(0)  # the providers service goes, mid-call
             failed = (await asyncio.gather(reading, return_exceptions=True))[0]
             await servicer.charger.close()
