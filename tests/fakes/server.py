@@ -16,7 +16,7 @@ from typing import Any, Literal, Self
 
 HELD_ANSWER_POLL_S = 0.01  # how often an answer held back looks whether it may go
 
-FaultKind = Literal["status", "delay", "hang", "reset", "close", "malformed", "cut", "no_usage"]
+FaultKind = Literal["status", "delay", "hang", "reset", "close", "malformed", "cut", "stall", "no_usage"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,11 @@ class Fault:
     def cut(cls, after_chunks: int) -> Fault:
         """Drop the connection after `after_chunks` stream events (mid-body for a plain reply)."""
         return cls("cut", after_chunks=after_chunks)
+
+    @classmethod
+    def stall(cls, after_chunks: int) -> Fault:
+        """Send `after_chunks` stream events, then nothing more (the model still writing) until the client leaves."""
+        return cls("stall", after_chunks=after_chunks)
 
     @classmethod
     def no_usage(cls) -> Fault:
@@ -279,6 +284,9 @@ class FakeServer:
                 await writer.drain()
                 writer.transport.abort()  # no terminating chunk: the client sees an incomplete body
                 return
+            if fault and fault.kind == "stall" and i == fault.after_chunks:
+                await watch
+                raise _Disconnected
             if i and self.chunk_delay:
                 await _sleep_or_disconnect(self.chunk_delay, watch)
             writer.write(b"%x\r\n%s\r\n" % (len(event), event))

@@ -157,12 +157,18 @@ async def test_read_timeout_is_deadline_exceeded_without_retry(service, upstream
     assert upstream.fake.wait_disconnect(0, timeout=2)  # the slow request was abandoned, not left running
 
 
+TOTAL_TIMEOUT_S = 2.0  # room for the first text on a loaded machine
+
+
 async def test_total_timeout_bounds_the_call(service, upstream: Upstream) -> None:
-    upstream.fake.chunk_delay = 0.1  # every event arrives within the read timeout; the whole stream cannot
+    # Its first text, then nothing more within the total timeout, and far within the read timeout: only the total
+    # timeout ends it. A stream paced to outlast the total timeout instead (an event every 0.1 s, 0.5 s in all) had a
+    # loaded machine time the call out before its first text, which is another failure.
+    upstream.fake.enqueue(Fault.stall(after_chunks=4))  # past the first text: OpenAI role first, Anthropic 3 events
     start = time.perf_counter()
-    async with service(total_timeout_s=0.5) as stub:
+    async with service(total_timeout_s=TOTAL_TIMEOUT_S, read_timeout_s=30) as stub:
         err = await _fails(collect(stub, request(upstream.model, "one two three four five six seven eight")))
-    assert time.perf_counter() - start < 2
+    assert time.perf_counter() - start < TOTAL_TIMEOUT_S + 5
     assert error_of(err).reason == "STREAM_INTERRUPTED" and error_of(err).metadata["cause"] == "UPSTREAM_TIMEOUT"
 
 
