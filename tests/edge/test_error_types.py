@@ -5,7 +5,6 @@ model_not_found/not_found), a rate limit requests (code rate_limit_exceeded), a 
 
 from __future__ import annotations
 
-import asyncio
 import socket
 
 import httpx
@@ -16,11 +15,14 @@ from pydantic import SecretStr
 from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
 from tests.integration.conftest import free_port, served_edge
+from tests.integration.test_batch_listing import upload_places_taken
+from tests.waiting import eventually
 
 KEY = "sk-caller"
 
 
-async def test_each_error_has_openais_type() -> None:
+async def test_each_error_has_openais_type(monkeypatch: pytest.MonkeyPatch) -> None:
+    places = upload_places_taken(monkeypatch)
     settings = EdgeSettings(
         port=free_port(),
         router_addr="127.0.0.1:1",  # nothing there: the router is unreachable
@@ -51,7 +53,7 @@ async def test_each_error_has_openais_type() -> None:
                     b"POST /v1/files HTTP/1.1\r\nHost: edge\r\nAuthorization: Bearer " + KEY.encode() + b"\r\n"
                     b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 1000000\r\n\r\n--b\r\n"
                 )
-                await asyncio.sleep(0.3)
+                await eventually(lambda: places, "the stalled upload holds the one place")
                 replies["uploads busy"] = await http.post(
                     "/files", files={"file": ("b.jsonl", b"{}\n")}, data={"purpose": "batch"}
                 )

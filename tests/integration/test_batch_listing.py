@@ -18,12 +18,14 @@ from openai import AsyncOpenAI, BadRequestError, NotFoundError, RateLimitError
 from pydantic import SecretStr
 
 from llmrouter.redis_url import RedisUrl
+from services.batches.api import BatchApi
 from services.batches.store import file_key, readers_key
 from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
 from tests.integration.conftest import Chain, free_port, start_edge
 from tests.integration.test_edge_review import line
 from tests.integration.test_provider_batches import finished
+from tests.waiting import eventually
 
 
 def jsonl(count: int) -> bytes:
@@ -165,12 +167,30 @@ async def test_a_running_batchs_input_file_deleted_is_gone_from_the_api_and_the_
         await db.aclose()
 
 
-async def test_an_upload_past_the_bound_gets_a_429_before_its_body_is_read(chain: Chain) -> None:
+async def test_an_upload_past_the_bound_gets_a_429_before_its_body_is_read(
+    chain: Chain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    places = upload_places_taken(monkeypatch)
     async with running_edge(chain, batch_max_concurrent_uploads=1) as edge:
-        await past_the_bound(edge)
+        await past_the_bound(edge, places)
 
 
-async def past_the_bound(edge: Edge) -> None:
+def upload_places_taken(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The tenant of each upload place an edge takes from now on: a test waits for a slow upload to hold one."""
+    taken: list[str] = []
+    slot = BatchApi._upload_slot
+
+    @asynccontextmanager
+    async def recorded(self: BatchApi, tenant: str) -> AsyncIterator[None]:
+        async with slot(self, tenant):
+            taken.append(tenant)
+            yield
+
+    monkeypatch.setattr(BatchApi, "_upload_slot", recorded)
+    return taken
+
+
+async def past_the_bound(edge: Edge, places: list[str]) -> None:
     owner = edge.clients["owner"]
     head = (
         f"POST /v1/files HTTP/1.1\r\nhost: edge\r\nauthorization: Bearer {edge.keys['owner']}\r\n"
@@ -180,7 +200,7 @@ async def past_the_bound(edge: Edge) -> None:
     _, slow = await asyncio.open_connection("127.0.0.1", edge.settings.port)  # an upload that takes its time
     slow.write(head.replace("{length}", "1000000").encode() + part)
     await slow.drain()
-    await asyncio.sleep(0.3)
+    await eventually(lambda: places, "the slow upload holds the one place")
     try:
         with pytest.raises(RateLimitError) as refused:
             await owner.files.create(file=("f.jsonl", jsonl(1)), purpose="batch")
