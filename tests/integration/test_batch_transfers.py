@@ -21,6 +21,8 @@ from pydantic import SecretStr, ValidationError
 from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
 from tests.integration.conftest import free_port, served_edge
+from tests.integration.test_batch_listing import upload_places_taken
+from tests.waiting import eventually
 
 STALL_S = 1.0
 MIN_RATE = 64 * 1024  # bytes/s
@@ -50,6 +52,16 @@ async def edge() -> AsyncIterator[tuple[int, httpx.AsyncClient]]:
     )
     async with served_edge(settings) as base, httpx.AsyncClient(base_url=base, timeout=30) as client:
         yield settings.port, client
+
+
+@pytest.fixture
+def places(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The tenant of each upload or download place the edge takes."""
+    return upload_places_taken(monkeypatch)
+
+
+async def held(places: list[str]) -> None:
+    await eventually(lambda: places, "the stalled transfer holds its place")
 
 
 async def upload(client: httpx.AsyncClient, content: bytes) -> httpx.Response:
@@ -83,8 +95,8 @@ async def test_a_download_its_caller_stops_reading_frees_its_place(edge: tuple[i
     stalled = stalled_socket(port)
     try:
         stalled.sendall(f"GET /v1/files/{file_id}/content HTTP/1.1\r\nHost: edge\r\n\r\n".encode())
-        assert (await asyncio.to_thread(stalled.recv, 1024)).startswith(b"HTTP/1.1 200 ")  # and then reads no more
-        await asyncio.sleep(0.3)
+        # And then it reads no more. Its head sent, its place is held (taken before the content is read).
+        assert (await asyncio.to_thread(stalled.recv, 1024)).startswith(b"HTTP/1.1 200 ")
         assert (await client.get(f"/files/{file_id}/content")).status_code == 429  # the place is its
         assert await place_freed(client, within_s=STALL_S + 5) > STALL_S / 2
         with pytest.raises(ConnectionResetError):  # dropped: what it had not read is gone
@@ -113,7 +125,9 @@ async def test_a_download_read_slowly_but_steadily_is_not_dropped(edge: tuple[in
     assert received > size  # the head and the whole content
 
 
-async def test_an_upload_its_caller_stops_sending_frees_its_place(edge: tuple[int, httpx.AsyncClient]) -> None:
+async def test_an_upload_its_caller_stops_sending_frees_its_place(
+    edge: tuple[int, httpx.AsyncClient], places: list[str]
+) -> None:
     port, client = edge
     stalled = stalled_socket(port)
     try:
@@ -123,7 +137,7 @@ async def test_an_upload_its_caller_stops_sending_frees_its_place(edge: tuple[in
         )
         part = '--b\r\nContent-Disposition: form-data; name="file"; filename="b.jsonl"\r\n\r\n{"custom_id": '
         stalled.sendall((head + part).encode())  # and then no more
-        await asyncio.sleep(0.3)
+        await held(places)
         assert (await upload(client, batch_file(1))).status_code == 429
         await place_freed(client, within_s=STALL_S + 5)
         assert (await asyncio.to_thread(stalled.recv, 1024)).startswith(b"HTTP/1.1 408 ")
@@ -142,7 +156,9 @@ def multipart(content: bytes) -> bytes:
     return part + b'\r\n--b\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n--b--\r\n'
 
 
-async def test_an_upload_its_caller_trickles_frees_its_place(edge: tuple[int, httpx.AsyncClient]) -> None:
+async def test_an_upload_its_caller_trickles_frees_its_place(
+    edge: tuple[int, httpx.AsyncClient], places: list[str]
+) -> None:
     """A byte every half read timeout never stalls, but is far under the least rate: refused once the grace ends."""
     port, client = edge
     body = multipart(batch_file(1))
@@ -159,7 +175,7 @@ async def test_an_upload_its_caller_trickles_frees_its_place(edge: tuple[int, ht
 
     sender = asyncio.create_task(trickle())
     try:
-        await asyncio.sleep(0.3)
+        await held(places)
         assert (await upload(client, batch_file(0))).status_code == 429  # the place is its
         assert await place_freed(client, within_s=GRACE_S + 5) > GRACE_S - 0.5
         status, _, error = (await asyncio.to_thread(trickling.recv, 4096)).partition(b"\r\n\r\n")
@@ -170,13 +186,13 @@ async def test_an_upload_its_caller_trickles_frees_its_place(edge: tuple[int, ht
         trickling.close()
 
 
-async def test_a_body_trickled_after_its_429_is_cut_off(edge: tuple[int, httpx.AsyncClient]) -> None:
+async def test_a_body_trickled_after_its_429_is_cut_off(edge: tuple[int, httpx.AsyncClient], places: list[str]) -> None:
     """Refused on its head (no place free), an upload's body is read and dropped: trickled, not for ever. Its
     connection is closed once the grace ends, with no second answer after the 429."""
     port, _ = edge
     with stalled_socket(port) as holder, stalled_socket(port) as trickling:
         holder.sendall((UPLOAD_HEAD % 1_000_000).encode())  # holds the place until its read timeout
-        await asyncio.sleep(0.3)
+        await held(places)
         trickling.sendall((UPLOAD_HEAD % 1_000_000).replace("Connection: close", "Connection: keep-alive").encode())
         start, received = time.monotonic(), b""
         while time.monotonic() - start < GRACE_S + 5:
@@ -223,7 +239,7 @@ def test_the_least_body_rate_settings_are_checked(setting: dict[str, float]) -> 
         EdgeSettings(**setting)  # type: ignore[arg-type]
 
 
-async def test_one_tenant_holds_at_most_half_the_places() -> None:
+async def test_one_tenant_holds_at_most_half_the_places(places: list[str]) -> None:
     """With keys, a tenant's stalled uploads take at most half the places: another tenant still finds one."""
     settings = EdgeSettings(
         port=free_port(),
@@ -241,7 +257,7 @@ async def test_one_tenant_holds_at_most_half_the_places() -> None:
                 "Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 1000000\r\n\r\n--b\r\n"
             )
             stalled.sendall(head.encode())  # and then no more: it holds its place until the read timeout
-            await asyncio.sleep(0.3)
+            await held(places)
             replies = {}
             for key in ("sk-m", "sk-a"):
                 async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {key}"}) as client:
