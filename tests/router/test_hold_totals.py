@@ -389,6 +389,14 @@ async def cluster_scans(client: redis.RedisCluster) -> int:
     return sum(int(each.get("cmdstat_scan", {}).get("calls", 0)) for each in stats.values())
 
 
+async def found_by_a_scan(store: RedisStore, client: redis.RedisCluster) -> int:
+    """The store's look at the heartbeats, which must have scanned the cluster's masters."""
+    before = await cluster_scans(client)
+    found = await store.older_routers_alive()
+    assert await cluster_scans(client) > before, "the look did not scan"
+    return found
+
+
 async def scanned_older_routers(client: redis.RedisCluster) -> int:
     """The routers keeping no totals whose heartbeats a scan of every master finds, apart from the store's look."""
     names = {name async for name in client.scan_iter(match=ALIVE_KEYS)}
@@ -449,9 +457,7 @@ async def test_a_look_while_the_global_slot_moves_scans_every_master(
         if step == "moved":
             redis_cluster.migrate(source, target, *redis_cluster.keys_in_slot(source, GLOBAL_SLOT))
             redis_cluster.finish_migrating(GLOBAL_SLOT, target)
-        before = await cluster_scans(client)
-        assert await store.older_routers_alive() == 1
-        assert await cluster_scans(client) > before
+        assert await found_by_a_scan(store, client) == 1
     finally:
         await store.close()
         await client.aclose()
@@ -515,9 +521,7 @@ async def test_a_user_denied_the_slot_listing_looks_by_a_scan(redis_cluster: Red
     try:
         await client.set(alive_key("older-router"), str(time.time()))  # a heartbeat as the version before wrote it
         await store.heartbeat("new-router", 600)
-        before = await cluster_scans(client)
-        assert await store.older_routers_alive() == 1
-        assert await cluster_scans(client) > before
+        assert await found_by_a_scan(store, client) == 1
     finally:
         await store.close()
         await client.aclose()
