@@ -77,7 +77,9 @@ class Served:
 
     def add(self, reply: provider_pb2.GenerateResponse, model: ModelSpec) -> None:
         self.model, self.provider = model, reply.provider
-        if reply.content or reply.refusal:  # an escalated answer's words replace the weak one's (a refusal too)
+        # An escalated answer replaces the weak one's words (a refusal too), unless it has none: one that only calls
+        # tools leaves none of the weak one's beside its calls (a refusal there reads as the model having declined).
+        if reply.content or reply.refusal or reply.tool_calls_json:
             self.content, self.refusal = reply.content, reply.refusal
         self.finish_reason = reply.finish_reason
         self.tool_calls_json = reply.tool_calls_json or self.tool_calls_json

@@ -20,9 +20,11 @@ from pydantic import BaseModel
 
 from llmrouter.v1 import router_pb2_grpc
 from tests.fakes.fake_openai import REFUSAL_CUE, REFUSED
+from tests.fakes.server import TOOL_CUE
 from tests.integration.conftest import Chain
 from tests.integration.test_chain import client, expected_cost, unique
 from tests.integration.test_escalation import ask, both_generations, charged
+from tests.integration.test_tool_calls import TOOLS
 
 
 class Answer(BaseModel):
@@ -177,3 +179,38 @@ async def test_a_legacy_completion_of_a_refusal_is_empty_and_content_filtered(ch
     chunks = [json.loads(line) for line in lines if line != "[DONE]"]
     choices = [choice for chunk in chunks for choice in chunk["choices"]]
     assert "".join(c["text"] for c in choices) == "" and choices[-1]["finish_reason"] == "content_filter"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_refusal_escalated_to_tool_calls_is_no_longer_told(chain: Chain, stream: bool) -> None:
+    """The strong model's answer replaces the refused one whole: when it only calls tools, the caller gets its calls,
+    not them beside the cheap model's refusal (which OpenAI's SDK reads as the model having declined). A stream is
+    escalated only buffered (x-router-buffer-stream)."""
+    before, chain.premium.refusal_text = chain.premium.refusal_text, lambda body: ""
+    try:
+        options: dict[str, Any] = {
+            "model": "auto",
+            "messages": [{"role": "user", "content": unique(f"Weather in Paris? {REFUSAL_CUE} {TOOL_CUE}")}],
+            "tools": TOOLS,
+            "extra_body": {"quality_target": 0},
+        }
+        if stream:
+            options["extra_headers"] = {"x-router-buffer-stream": "true"}
+            chunks = [
+                c
+                async for c in await client(chain).chat.completions.create(
+                    stream=True, stream_options={"include_usage": True}, **options
+                )
+            ]
+            deltas = [c.choices[0].delta for c in chunks if c.choices]
+            refusal = "".join(d.refusal or "" for d in deltas)
+            calls = [call for d in deltas for call in d.tool_calls or []]
+            extra = chunks[-1].model_extra
+        else:
+            completion = await client(chain).chat.completions.create(**options)
+            refusal, calls = completion.choices[0].message.refusal or "", completion.choices[0].message.tool_calls
+            extra = completion.model_extra
+    finally:
+        chain.premium.refusal_text = before
+    assert extra is not None and extra["x_router"]["escalated"] is True
+    assert calls and refusal == ""
