@@ -19,6 +19,7 @@ from services.ledger.db import LedgerDB
 from services.ledger.sink import LedgerSink, RedisSource
 from services.router import money_check
 from services.router.store import PICO, Account, AccountKeys, Allowance, Hold, RedisStore, period_id
+from services.router.store.model import spend_ttl_s
 
 ACME_K1, ACME_K2, GLOBEX_K1 = Account("acme", "k1"), Account("acme", "k2"), Account("globex", "k1")
 LIMIT = 1_000
@@ -97,6 +98,12 @@ async def test_counters_a_restore_set_back_are_found_and_raised_to_the_ledger(
 
     assert await money_check.main(["ledger-spend", "--repair"]) == 0
     assert await money_check.main(["ledger-spend"]) == 0
+    client = redis.from_url(redis_url)
+    try:  # a counter raised (acme_k2's made by the raise) lasts as a charge keeps it, not for ever
+        for name in (acme_tenant, acme_k2):
+            assert 0 < await client.ttl(name) <= spend_ttl_s(period_id("day"))
+    finally:
+        await client.aclose()
     assert (await store.spent(ACME_K1, period_id("day"))) == (850, 800)
     refused = await store.admit(ACME_K1, Allowance("day", tenant_pico=LIMIT), Hold("r7", 600, period_id("day")))
     assert refused.refused == "tenant"
