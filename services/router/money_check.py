@@ -3,9 +3,9 @@ or a hold, and a budget silently resets; without persistence a restart loses the
 totals (`python -m services.router.money_check hold-totals`): each set's total against a scan of its members, which
 admission trusts in their place (ROUTER_HOLD_TOTALS); `bump-hold-totals-epoch` distrusts every total kept so far,
 each rebuilt from a scan when admission next reads it (README, Money: running hold totals, upgrades). `ledger-spend`
-compares the spend counters of the current budget period with the SQL ledger's charges of it: a counter below them
-lost charges (a money Redis restored from a backup, a failover that lost writes; deploy/README.md), and lets its budget
-be spent again; `--repair` raises it by what it lacks."""
+compares the spend counters of the current budget period (ROUTER_BUDGET_PERIOD's unless --period names another) with
+the SQL ledger's charges of it: a counter below them lost charges (a money Redis restored from a backup, a failover
+that lost writes; deploy/README.md), and lets its budget be spent again; `--repair` raises it by what it lacks."""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ import logging
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis.exceptions import RedisClusterException
 
 from llmrouter.redis_connect import connect, each_primary
@@ -112,6 +113,15 @@ async def audit_hold_totals(store: Store) -> HoldTotalsAudit:
     return HoldTotalsAudit(checked, drifted, stale)
 
 
+class BudgetPeriod(BaseSettings):
+    """ROUTER_BUDGET_PERIOD as the routers read it: the period whose counters they charge, which ledger-spend checks
+    unless told another (a check of another period meets none of their charges, and finds nothing behind)."""
+
+    model_config = SettingsConfigDict(env_prefix="ROUTER_", extra="ignore", frozen=True)
+
+    budget_period: Literal["day", "month", "total"] = "day"
+
+
 # How far back the SQL ledger is read for a period's charges: a charge lands after its admission, in its period.
 LOOK_BACK_S = {"day": 2 * 86400, "month": 32 * 86400}
 
@@ -168,7 +178,11 @@ async def check_ledger_spend(store: RedisStore, db: LedgerDB, budget_period: str
 async def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.router.money_check", description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=["hold-totals", "bump-hold-totals-epoch", "ledger-spend"])
-    parser.add_argument("--period", choices=["day", "month", "total"], default="day", help="ROUTER_BUDGET_PERIOD's")
+    parser.add_argument(
+        "--period",
+        choices=["day", "month", "total"],
+        help="ledger-spend: the budget period to check (default: ROUTER_BUDGET_PERIOD's, as the routers read it)",
+    )
     parser.add_argument("--repair", action="store_true", help="ledger-spend: raise each counter by what it lacks")
     args = parser.parse_args(argv)
     settings = load_settings(LedgerSettings)  # its redis_url is the router's money store; no server settings
@@ -184,7 +198,8 @@ async def main(argv: list[str]) -> int:
             await store.ping()  # the current period by the money's clock
             db = ledger_for(settings)
             try:
-                return await check_ledger_spend(store, db, args.period, args.repair)
+                period = args.period or load_settings(BudgetPeriod).budget_period
+                return await check_ledger_spend(store, db, period, args.repair)
             finally:
                 db.close()
         if args.command == "bump-hold-totals-epoch":

@@ -107,3 +107,39 @@ async def test_counters_a_restore_set_back_are_found_and_raised_to_the_ledger(
     assert (await store.spent(ACME_K1, period_id("day"))) == (850, 800)
     refused = await store.admit(ACME_K1, Allowance("day", tenant_pico=LIMIT), Hold("r7", 600, period_id("day")))
     assert refused.refused == "tenant"
+
+
+async def test_by_default_the_period_checked_is_the_routers_budget_period(
+    store: RedisStore,
+    redis_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Routers on ROUTER_BUDGET_PERIOD=month charge month counters: the check run as README says (no --period), in
+    their environment, finds the month's counter a restore set back. Checking the day's instead, it met no charge of
+    it and said nothing was behind: a restored store let every budget be spent again, and the check said all clear."""
+    monkeypatch.setenv("ROUTER_BUDGET_PERIOD", "month")
+    month = period_id("month")
+    hold = Hold("m1", 400, month, "router-1", uuid.uuid4().hex)
+    assert (await store.admit(ACME_K1, Allowance("month", tenant_pico=LIMIT), hold)).refused == ""
+    record = {
+        "request_id": "m1",
+        "ts": time.time(),
+        "tenant": "acme",
+        "key": "k1",
+        "period": month,
+        "cost_usd": "4E-10",
+    }
+    assert await store.charge(ACME_K1, hold, 400, record, charge_id=uuid.uuid4().hex)
+    await copy_to_sql(redis_url, tmp_path / "ledger.sqlite3")
+    tenant_spend = AccountKeys.of(ACME_K1).spend(month)[0]
+    client = redis.from_url(redis_url)
+    try:
+        await client.delete(tenant_spend)  # restored from a backup taken before the charge
+    finally:
+        await client.aclose()
+    capsys.readouterr()
+
+    assert await money_check.main(["ledger-spend"]) == 1
+    assert f"{tenant_spend} counts 0 pico-USD, the SQL ledger 400" in capsys.readouterr().err
