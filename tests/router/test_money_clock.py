@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -21,7 +22,11 @@ from llmrouter.errors import ServiceError
 from llmrouter.server import RunningServer
 from llmrouter.v1 import router_pb2, router_pb2_grpc
 from services.router.budgets import period_end
+from services.router.outbox import Outbox
 from services.router.store import Account, Allowance, Hold, RedisStore, money_now, period_id
+from services.router.store.keys import alive_key
+from services.router.upkeep import Upkeep
+from tests.redis_servers import RedisServer
 from tests.router.test_resubmitted_batch_lines import router, strong_line  # noqa: F401  (a fixture)
 
 ACCOUNT = Account("acme", "key1")
@@ -161,3 +166,24 @@ async def test_the_offset_read_is_shown(redis_url: str, monkeypatch: pytest.Monk
         assert abs(shown_offset()) < 1
     finally:
         await store.close()
+
+
+async def test_a_money_redis_with_time_renamed_away_is_still_kept_and_dated_by_the_pods_clock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hardened Redis whose TIME is renamed away (rename-command TIME "") answers it as an unknown command: the
+    router's upkeep round, its first before it serves too, raised on it, so the router never started, nor, had it
+    been running, heartbeat, replayed its outbox or reconciled again. The clock is unread, as when an ACL denies
+    TIME: the money dated by the pod's clock, and the round goes on."""
+    server = RedisServer(tmp_path / "redis", "--save", "", "--rename-command", "TIME", "").start()
+    store = RedisStore(server.url)
+    upkeep = Upkeep(store, Outbox(tmp_path / "data"), "router-1", 1, 15, 3600)
+    try:
+        clock_moved(monkeypatch, -300)
+        await upkeep.tick()
+        assert upkeep.up and await store.redis.exists(alive_key("router-1")) == 1
+        assert abs(money_now() - time.time()) < 1  # this pod's clock: nothing else to go by
+    finally:
+        await upkeep.close()
+        await store.close()
+        server.stop()

@@ -12,6 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 from pydantic import SecretStr
+from redis.exceptions import ResponseError
 
 from llmrouter.redis_connect import connect, is_cluster, is_cluster_client
 from llmrouter.redis_errors import StoreFailure, store_failure
@@ -534,8 +535,8 @@ class RedisStore:
 
     async def _follow_clock(self) -> None:
         """The money's clock set by the store's TIME: on a Redis Cluster its GLOBAL slot's master's, the one every
-        router reads. Unread (that master out of reach while others answer, TIME denied to the router's user), the
-        clock stays as it was: whether the store answers is PING's to say."""
+        router reads. Unread (that master out of reach while others answer, TIME denied to the router's user or renamed
+        away: an error reply), the clock stays as it was: whether the store answers is PING's to say."""
         sent = time.time()
         try:
             if is_cluster_client(self.redis):
@@ -545,7 +546,7 @@ class RedisStore:
             else:
                 seconds, micros = await self.redis.time()
         except Exception as exc:
-            if store_failure(exc) is None:
+            if store_failure(exc) is None and not isinstance(exc, ResponseError):
                 raise
             return
         finally:
