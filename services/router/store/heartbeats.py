@@ -27,13 +27,13 @@ async def older_routers(client: Any) -> int:
     if is_cluster_client(client):
         try:
             listed = await _listed_in_slot(client)
-        except ResponseError as refused:  # the CLUSTER subcommands denied to the router's user, or renamed
+        except ResponseError as refused:  # denied (an ACL, a managed service), renamed, or the cluster busy
             global _refused_told
             if not _refused_told:
                 _refused_told = True
                 log.warning(
-                    "the money store's global slot cannot be listed (the router's Redis user needs CLUSTER MYID, "
-                    "NODES, COUNTKEYSINSLOT and GETKEYSINSLOT): the heartbeats are looked for by a scan",
+                    "the money store's global slot could not be listed: the heartbeats are looked for by a scan "
+                    "(a router's Redis user needs CLUSTER MYID, NODES, COUNTKEYSINSLOT and GETKEYSINSLOT)",
                     extra={"error": str(refused)},
                 )
         else:
