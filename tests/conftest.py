@@ -57,10 +57,14 @@ POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.
 
 
 @pytest.fixture(autouse=True)
-def _money_clock_on_the_machines(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test starts with the money's clock on this machine's (services/router/store/clock.py), and leaves it so:
-    a store that read Redis' TIME while a test moved time.time() measured an offset no other test must inherit."""
+def _money_clock_on_the_machines(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test runs with the money's clock on this machine's (services/router/store/clock.py), and leaves it so.
+    Redis' TIME here is the machine's, but a test that moves time.time() would have a store's ping (its own, or a
+    background upkeep's still running on the session's loop) measure the move as an offset and undo it: so the clock
+    follows Redis only in a test marked `money_clock_follows`."""
     monkeypatch.setattr(MONEY_CLOCK, "offset_s", 0.0)
+    if "money_clock_follows" not in request.keywords:
+        monkeypatch.setattr(MONEY_CLOCK, "follow", lambda *_: None)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -29,6 +29,8 @@ from services.router.upkeep import Upkeep
 from tests.redis_servers import RedisServer
 from tests.router.test_resubmitted_batch_lines import router, strong_line  # noqa: F401  (a fixture)
 
+pytestmark = pytest.mark.money_clock_follows  # the clock follows Redis here (tests/conftest.py)
+
 ACCOUNT = Account("acme", "key1")
 ACCOUNT_OF_LINES = Account("acme", "anonymous")  # strong_line's
 SKEWS_S = [1, 30, 300]
