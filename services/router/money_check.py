@@ -15,15 +15,15 @@ import logging
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis.exceptions import RedisClusterException
 
 from llmrouter.redis_connect import connect, each_primary
 from llmrouter.settings import load_settings
 from services.ledger.settings import LedgerSettings
+from services.router.settings import BudgetPeriodSettings
 from services.router.store import Account, AccountKeys, HoldsTotal, RedisStore, Store, money_now, period_id
 
 if TYPE_CHECKING:
@@ -113,15 +113,6 @@ async def audit_hold_totals(store: Store) -> HoldTotalsAudit:
     return HoldTotalsAudit(checked, drifted, stale)
 
 
-class BudgetPeriod(BaseSettings):
-    """ROUTER_BUDGET_PERIOD as the routers read it: the period whose counters they charge, which ledger-spend checks
-    unless told another (a check of another period meets none of their charges, and finds nothing behind)."""
-
-    model_config = SettingsConfigDict(env_prefix="ROUTER_", extra="ignore", frozen=True)
-
-    budget_period: Literal["day", "month", "total"] = "day"
-
-
 # How far back the SQL ledger is read for a period's charges: a charge lands after its admission, in its period.
 LOOK_BACK_S = {"day": 2 * 86400, "month": 32 * 86400}
 
@@ -198,7 +189,7 @@ async def main(argv: list[str]) -> int:
             await store.ping()  # the current period by the money's clock
             db = ledger_for(settings)
             try:
-                period = args.period or load_settings(BudgetPeriod).budget_period
+                period = args.period or load_settings(BudgetPeriodSettings).budget_period
                 return await check_ledger_spend(store, db, period, args.repair)
             finally:
                 db.close()

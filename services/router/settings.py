@@ -8,7 +8,7 @@ from decimal import Decimal
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from llmrouter.private_paths import default_path
 from llmrouter.redis_url import RedisUrl
@@ -30,7 +30,17 @@ CacheScope = Literal["tenant", "key"]
 MIN_END_USER_SECRET_BYTES = 16
 
 
-class RouterSettings(GrpcServiceSettings, LedgerSettings):  # the ledger's settings: services/ledger/settings.py
+class BudgetPeriodSettings(BaseSettings):
+    """ROUTER_BUDGET_PERIOD: the period whose spend counters the routers charge, part of the router's settings and all
+    that the money commands read of them (money_check ledger-spend, which serves nothing)."""
+
+    model_config = SettingsConfigDict(env_prefix="ROUTER_", extra="ignore", frozen=True)
+
+    budget_period: Literal["day", "month", "total"] = "day"
+
+
+# The ledger's settings: services/ledger/settings.py.
+class RouterSettings(GrpcServiceSettings, LedgerSettings, BudgetPeriodSettings):
     model_config = SettingsConfigDict(env_prefix="ROUTER_", extra="ignore", frozen=True)
 
     port: int = Field(default=50053, ge=0, le=65535)
@@ -109,8 +119,7 @@ class RouterSettings(GrpcServiceSettings, LedgerSettings):  # the ledger's setti
     request_timeout_s: float = Field(default=300.0, gt=0, le=MAX_REQUEST_S)
     models_refresh_s: float = Field(default=10.0, gt=0)
 
-    # Spend limits per budget period, in USD; unset means unlimited. Keyed by tenant and by API key.
-    budget_period: str = Field(default="day", pattern="^(day|month|total)$")
+    # Spend limits per budget period (BudgetPeriodSettings), in USD; unset means unlimited. Keyed by tenant and key.
     tenant_budget_usd: Decimal | None = Field(default=None, ge=0)
     key_budget_usd: Decimal | None = Field(default=None, ge=0)
     # Requests per minute per API key (per tenant when no key), Decides included; 0 disables.
