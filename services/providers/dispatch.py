@@ -53,10 +53,8 @@ _UNHEALTHY = {"timeout", "unavailable", "bad_response", "lost"}
 # which covers whatever it consumed, so that is not reported on top.
 _UNKNOWN_OUTCOME = {"timeout", "bad_response", "lost"}
 
-# Time kept back from the caller's deadline for our error to travel back to it. Generous: a bare DEADLINE_EXCEEDED
-# tells the router nothing of whether the upstream was called (a call that waited for a slot and never was is charged
-# nothing), and a busy pod's event loop can run 50 ms late.
-_DEADLINE_MARGIN_S = 0.25
+# Time kept back from the caller's deadline for our error to travel back to it.
+_DEADLINE_MARGIN_S = 0.05
 
 log = logging.getLogger("llmrouter.providers")
 MAX_LOGPROBS_BYTES = 4 * 1024 * 1024  # well inside a reply's 16 MiB gRPC message, beside the answer itself
