@@ -63,6 +63,7 @@ def _money_clock_on_the_machines(request: pytest.FixtureRequest, monkeypatch: py
     background upkeep's still running on the session's loop) measure the move as an offset and undo it: so the clock
     follows Redis only in a test marked `money_clock_follows`."""
     monkeypatch.setattr(MONEY_CLOCK, "offset_s", 0.0)
+    monkeypatch.setattr(MONEY_CLOCK, "readings", [])  # none of another test's (it may have moved time.time())
     if "money_clock_follows" not in request.keywords:
         monkeypatch.setattr(MONEY_CLOCK, "follow", lambda *_: None)
 

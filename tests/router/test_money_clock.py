@@ -10,6 +10,7 @@ Redis."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,8 +25,10 @@ from llmrouter.v1 import router_pb2, router_pb2_grpc
 from services.router.budgets import period_end
 from services.router.outbox import Outbox
 from services.router.store import Account, Allowance, Hold, RedisStore, money_now, period_id
+from services.router.store.clock import MONEY_CLOCK
 from services.router.store.keys import alive_key
 from services.router.upkeep import Upkeep
+from tests.fakes.lossy_proxy import LossyProxy
 from tests.redis_servers import RedisServer
 from tests.router.test_resubmitted_batch_lines import router, strong_line  # noqa: F401  (a fixture)
 
@@ -189,3 +192,35 @@ async def test_a_money_redis_with_time_renamed_away_is_still_kept_and_dated_by_t
         await upkeep.close()
         await store.close()
         server.stop()
+
+
+async def ping_whose_time_reply_is_held(proxy: LossyProxy, store: RedisStore, held_s: float) -> None:
+    """A ping (PING, then TIME) whose TIME reply waits `held_s` in the proxy after Redis read its clock: a round trip
+    as slow as a Redis busy or paused, or this process paused before it read its own clock again."""
+    ping_reply = proxy.hold_next_reply()
+    pinging = asyncio.create_task(store.ping())
+    await ping_reply.arrived.wait()
+    time_reply = proxy.hold_next_reply()  # before the PING reply goes on: TIME is sent only once it has arrived
+    ping_reply.released.set()
+    await time_reply.arrived.wait()
+    await asyncio.sleep(held_s)
+    time_reply.released.set()
+    assert await pinging
+
+
+async def test_a_slow_reading_of_the_stores_clock_moves_the_money_no_further_than_a_fast_one_tells(
+    proxy: LossyProxy, redis_url: str
+) -> None:
+    """Redis read TIME at the start of a 2 s round trip: taken as read midway, the offset moved by a second (every
+    hold expiry, pending charge's age and budget period's end with it), and by as much again at each slow reading.
+    A fast reading a moment before bounds the offset within its own round trip: it stands."""
+    store = RedisStore(proxy.url_for(redis_url))
+    try:
+        assert await store.ping()  # fast: Redis' clock is this machine's
+        assert abs(MONEY_CLOCK.offset_s) < 0.2
+        for _ in range(2):
+            await ping_whose_time_reply_is_held(proxy, store, held_s=2)
+            assert abs(MONEY_CLOCK.offset_s) < 0.2, MONEY_CLOCK.offset_s
+            assert abs(money_now() - THE_MACHINES_CLOCK()) < 0.2
+    finally:
+        await store.close()
