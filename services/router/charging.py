@@ -19,7 +19,7 @@ from services.router import metrics
 from services.router.models import AvailableModels
 from services.router.outbox import Outbox, OutboxCharge
 from services.router.routed import Routed, Served, generation_entry
-from services.router.store import PICO, Store, StoreUnavailable, to_pico
+from services.router.store import PICO, Store, StoreUnavailable, money_now, to_pico
 
 log = logging.getLogger("llmrouter.router")
 T = TypeVar("T")
@@ -159,6 +159,7 @@ class Charger:
             "outcome": outcome,
         }
         charge_id = secrets.token_hex(8)  # this charge, should its reply be lost and the outbox replay it
+        charged_s = money_now()  # when, should the outbox keep it: its replay is late by the markers' clock
         try:
             # Not only while its pending charge is open: a store that lost the admission (a crash within its fsync
             # interval, a failover to a replica behind) is still charged what was served. The charged marker keeps
@@ -175,7 +176,9 @@ class Charger:
             # counted by the router that makes it.
             if not isinstance(exc, StoreUnavailable):
                 log.error("charge refused by the money store", extra={**record, "error": repr(exc)[:300]})
-            await self.outbox.add(OutboxCharge(routed.account, routed.hold, to_pico(cost), record, charge_id))
+            await self.outbox.add(
+                OutboxCharge(routed.account, routed.hold, to_pico(cost), record, charge_id, charged_s)
+            )
             charged, counted = True, False
         routed.settled = True
         if not charged:

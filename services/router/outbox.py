@@ -41,7 +41,7 @@ import grpc
 from llmrouter.errors import ServiceError
 from llmrouter.private_paths import private_dir, private_file, private_opener
 from services.router import metrics
-from services.router.store import HOLD_S, REQUEST_ID_TTL_S, Account, Hold, Store, StoreUnavailable
+from services.router.store import HOLD_S, REQUEST_ID_TTL_S, Account, Hold, Store, StoreUnavailable, money_now
 from services.router.store.keys import shard_of
 
 log = logging.getLogger("llmrouter.router")
@@ -78,6 +78,9 @@ class OutboxCharge:
     # Names the charge (Store.charge): its attempt that met the outage may have landed, its reply lost. '' in lines
     # of routers of the version before, which counted the charge in the metrics as they kept it here.
     charge_id: str = ""
+    # When it was charged, by the money's clock (clock.py), which dates the markers' expiry too: what its lateness is
+    # aged by. 0 in lines of routers of the versions before: aged by the record's `ts`, the router's own clock.
+    charged_s: float = 0.0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -87,8 +90,16 @@ class OutboxCharge:
         took for dead) is surely still marked, so it lands whether or not its pending charge is open: a store that
         lost the admission (a crash, a failover behind) is still paid. Later, only while it is open: the marker may
         have expired. Counted in the metrics only when it is this charge that the store holds: one the reconciler
-        settled meanwhile is counted as its charge, at its hold, and this one never reaches the ledger."""
-        late = time.time() - float(self.record.get("ts", 0)) > marked_s
+        settled meanwhile is counted as its charge, at its hold, and this one never reaches the ledger.
+
+        Aged by the money's clock, as Redis ages the markers, not by the router's own: that clock stepped by a day
+        between the charge and its replay (NTP setting right a pod's clock) took a charge a moment old for late, and
+        refused it when the store had lost its admission (a request served, never paid for), or one past its
+        markers for one within them, and charged it again over the reconciler's charge at its hold."""
+        if self.charged_s:
+            late = money_now() - self.charged_s > marked_s
+        else:
+            late = time.time() - float(self.record.get("ts", 0)) > marked_s
         charged = await store.charge(
             self.account, self.hold, self.pico, self.record, late=late, charge_id=self.charge_id
         )
@@ -125,7 +136,7 @@ def entry_from_json(line: str) -> OutboxEntry:
         undo = raw["undo"]
         return OutboxUndo(Account(**undo["account"]), Hold(**undo["hold"]))
     account, hold = Account(**raw["account"]), Hold(**raw["hold"])
-    return OutboxCharge(account, hold, raw["pico"], raw["record"], raw.get("charge_id", ""))
+    return OutboxCharge(account, hold, raw["pico"], raw["record"], raw.get("charge_id", ""), raw.get("charged_s", 0.0))
 
 
 class Outbox:

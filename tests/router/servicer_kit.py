@@ -23,7 +23,7 @@ from services.router.models import AvailableModels
 from services.router.outbox import Outbox
 from services.router.servicer import RouterServicer
 from services.router.settings import RouterSettings
-from services.router.store import RedisStore, Store
+from services.router.store import HOLD_S, REQUEST_ID_TTL_S, RedisStore, Store
 from tests.conftest import ROOT
 from tests.router.test_admission import REGISTRY
 
@@ -127,10 +127,10 @@ async def served_router(
 
 
 @asynccontextmanager
-async def store_on(url: str) -> AsyncIterator[RedisStore]:
+async def store_on(url: str, request_id_ttl_s: int = REQUEST_ID_TTL_S) -> AsyncIterator[RedisStore]:
     """A RedisStore at `url` for the block, closed when it ends: after whatever the block ran over it (a servicer,
     a served router) has stopped, as router_servicer leaves the store to its caller."""
-    store = RedisStore(url)
+    store = RedisStore(url, request_id_ttl_s)
     try:
         yield store
     finally:
@@ -138,11 +138,20 @@ async def store_on(url: str) -> AsyncIterator[RedisStore]:
 
 
 @asynccontextmanager
-async def charger_on(store_url: str, data_dir: Path) -> AsyncIterator[charging.Charger]:
+async def charger_on(
+    store_url: str,
+    data_dir: Path,
+    request_id_ttl_s: int = REQUEST_ID_TTL_S,
+    marked_s: float = REQUEST_ID_TTL_S - HOLD_S,
+) -> AsyncIterator[charging.Charger]:
     """The router's Charger over a RedisStore at `store_url` and an outbox in `data_dir`, with the shipped registry's
-    models. Its providers channel is never called: the baseline a charge prices comes from the registry."""
-    async with store_on(store_url) as store, grpc.aio.insecure_channel("127.0.0.1:1") as unused:
+    models. Its providers channel is never called: the baseline a charge prices comes from the registry. The request
+    id TTL and the outbox's `marked_s` as a router's settings make them (shorter in tests of the markers' expiry)."""
+    async with (
+        store_on(store_url, request_id_ttl_s) as store,
+        grpc.aio.insecure_channel("127.0.0.1:1") as unused,
+    ):
         available = AvailableModels(
             LiveRegistry(ROOT / "config" / "models.yaml", "router"), provider_pb2_grpc.ProviderStub(unused), 60
         )
-        yield charging.Charger(store, Outbox(data_dir), available)
+        yield charging.Charger(store, Outbox(data_dir, marked_s), available)
