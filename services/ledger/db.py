@@ -328,6 +328,12 @@ class LedgerDB:
         first."""
         return await asyncio.to_thread(lambda: list(self.iter_rows(since, until, tenant, key)))
 
+    async def period_charges(self, period: str, since: float | None = None) -> list[tuple[str, str, int]]:
+        """What each account (tenant, key id) was charged in budget period `period`: its rows' cost_pico summed by the
+        database (a month's rows may be millions: none is read into this process), of the rows with ts >= since when
+        given."""
+        return await asyncio.to_thread(self._period_charges, period, since)
+
     async def accounts(self, tenant: str | None = None) -> list[tuple[str, str]]:
         """Every (tenant, key id) that has a row, of one tenant when given."""
         return await asyncio.to_thread(self._accounts, tenant)
@@ -506,6 +512,16 @@ class LedgerDB:
             conn.commit()  # ends PostgreSQL's implicit transaction
         for values in fetched:
             yield Row(tuple(values))
+
+    def _period_charges(self, period: str, since: float | None) -> list[tuple[str, str, int]]:
+        sql = f"SELECT tenant, key_id, SUM(cost_pico) FROM requests WHERE period = {self._mark}"
+        args: list[Any] = [period]
+        if since is not None:
+            sql, args = sql + f" AND ts >= {self._mark}", [period, since]
+        with self._connected() as conn:
+            found = conn.execute(sql + " GROUP BY tenant, key_id ORDER BY tenant, key_id", args).fetchall()
+            conn.commit()  # ends PostgreSQL's implicit transaction
+        return [(str(tenant), str(key), int(pico)) for tenant, key, pico in found]  # PostgreSQL's SUM: numeric
 
     def _insert(self, rows: Sequence[tuple[Any, ...]], records: Sequence[str]) -> int:
         # Oldest first (a batch holds each stream's entries in turn): a bound deletes the oldest rows, not the newest

@@ -27,7 +27,7 @@ from services.router.settings import BudgetPeriodSettings
 from services.router.store import Account, AccountKeys, HoldsTotal, RedisStore, Store, money_now, period_id
 
 if TYPE_CHECKING:
-    from services.ledger.db import LedgerDB, Row
+    from services.ledger.db import LedgerDB
 
 log = logging.getLogger("llmrouter.router")
 
@@ -126,15 +126,14 @@ class SpendShortfall:
     counted_pico: int
 
 
-def ledger_spend(rows: Iterable[Row], period: str) -> dict[str, int]:
-    """What each spend counter of `period` holds at least: the SQL ledger's charges of that period, summed per counter
-    as the charge script adds them (the tenant's, the key id's in the tenant's shard)."""
+def ledger_spend(charges: Iterable[tuple[str, str, int]], period: str) -> dict[str, int]:
+    """What each spend counter of `period` holds at least: the SQL ledger's charges of that period, each account's
+    (tenant, key id, pico: LedgerDB.period_charges) summed per counter as the charge script adds them (the tenant's,
+    the key id's in the tenant's shard)."""
     sums: dict[str, int] = {}
-    for row in rows:
-        if row.get("period") != period:
-            continue
-        for counter in AccountKeys.of(Account(row.get("tenant"), row.get("key_id"))).spend(period):
-            sums[counter] = sums.get(counter, 0) + int(row.get("cost_pico"))
+    for tenant, key_id, pico in charges:
+        for counter in AccountKeys.of(Account(tenant, key_id)).spend(period):
+            sums[counter] = sums.get(counter, 0) + pico
     return sums
 
 
@@ -144,8 +143,9 @@ async def spend_shortfalls(store: RedisStore, db: LedgerDB, budget_period: str) 
     is never below it unless the store lost charges (or the ledger was hand-edited). The SQL ledger is read first, so a
     charge landing meanwhile can only hide a shortfall, never make one."""
     look_back = LOOK_BACK_S.get(budget_period)
-    rows = db.iter_rows(since=None if look_back is None else money_now() - look_back)
-    sums = ledger_spend(rows, period_id(budget_period))
+    period = period_id(budget_period)
+    charges = await db.period_charges(period, since=None if look_back is None else money_now() - look_back)
+    sums = ledger_spend(charges, period)
     counted = await store.spend_counters(sorted(sums))
     return [SpendShortfall(c, sums[c], counted[c]) for c in sorted(sums) if counted[c] < sums[c]]
 
