@@ -3,6 +3,8 @@ field of the body field's name, which it overrides. A refusal of one names the h
 
 from __future__ import annotations
 
+import re
+
 from starlette.datastructures import Headers
 
 from llmrouter.v1 import router_pb2
@@ -80,12 +82,14 @@ def utf8_value(headers: Headers, header: str) -> str:
 
 
 def named_as_sent(error: ApiError, headers: Headers) -> ApiError:
-    """The router's refusal of a field a header set (a quality target past 1, a session id too long) naming the header,
-    which the caller sent, not the body field, which it may not have."""
-    field = error.param or ""
-    header = next((header for header, named in FIELDS.items() if named == field and header in headers), None)
-    if header is not None:
-        if error.message.startswith(field):
-            error.message = header + error.message[len(field) :]
-        error.param = header
+    """The router's refusal of a field a header set (a quality target past 1, a session id too long, a cap no model is
+    within) naming the header, which the caller sent, not the body field, which it may not have: in its param, and
+    wherever its message names the field (`over max_latency_ms 1`), a cap of each kind that a header set too (no
+    model within a header's latency cap and the body's cost cap names both as sent)."""
+    for header, field in FIELDS.items():
+        if header not in headers:
+            continue  # a header overrides its field: with one, the limit applied is the header's
+        if error.param == field:
+            error.param = header
+        error.message = re.sub(rf"\b{field}\b", header, error.message)
     return error

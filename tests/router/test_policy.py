@@ -111,6 +111,16 @@ def test_no_model_within_limits_names_each_reason() -> None:
     assert "cheap:" in err.value.message and "strong:" in err.value.message
 
 
+def test_when_every_model_is_over_the_latency_cap_the_refusal_names_max_latency_ms() -> None:
+    """The caller's own cap, as its cost cap is: the field to change (the edge names the header when one set it)."""
+    with pytest.raises(ServiceError) as err:
+        route({"weak": 0.9, "big": 0.9}, max_latency_ms=500)
+    assert (err.value.reason, err.value.metadata) == ("NO_ELIGIBLE_MODEL", {"field": "max_latency_ms"})
+    with pytest.raises(ServiceError) as mixed:  # strong over the cost cap, cheap over the latency cap: no one field
+        route({"weak": 0.9, "big": 0.9}, max_latency_ms=500, max_cost_usd=Decimal("0.0001"))
+    assert (mixed.value.reason, mixed.value.metadata) == ("NO_ELIGIBLE_MODEL", {})
+
+
 def test_without_classifier_the_strongest_tier_keeps_quality() -> None:
     plan = route(None)
     assert plan.order[0].model.name == "strong"
