@@ -24,9 +24,11 @@ from pydantic import (
     StrictStr,
     Tag,
     ValidationError,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
+from pydantic_core import InitErrorDetails, PydanticCustomError
 from starlette.requests import ClientDisconnect, Request
 
 from llmrouter import parameters
@@ -163,8 +165,28 @@ class RefusalPart(Closed):
 
 
 def _part_kind(part: Any) -> str:
-    # Any part but a refusal is checked as text: an image part's error names its type, which should be 'text'.
+    # Any part but a refusal is checked as text (a part of another type is refused first: Message.parts_of_its_role).
     return "RefusalPart" if isinstance(part, dict) and part.get("type") == "refusal" else "TextPart"
+
+
+# The content parts each role's message may have here, as OpenAI names them: an assistant's are text or refusal (a
+# refusal elsewhere is refused after validation, naming the role: refuse_misplaced_refusals); a user's image, audio and
+# file parts, which OpenAI takes, the router cannot serve.
+ROLE_PARTS = {"assistant": "an assistant message's content parts are 'text' or 'refusal'"}
+USER_ONLY_PARTS = ("image_url", "input_audio", "file")
+
+
+def misplaced_part(role: str, parts: Any) -> tuple[int, str] | None:
+    """The index of the first part whose type the role's message never has here, and what is wrong with it."""
+    for j, part in enumerate(parts if isinstance(parts, list) else ()):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if not isinstance(kind, str) or kind in ("text", "refusal"):
+            continue  # no type name: left to validation, which says what the part should be
+        accepted = ROLE_PARTS.get(role, f"a {role} message's content parts are 'text'")
+        if role == "user" and kind in USER_ONLY_PARTS:
+            return j, f"{kind} parts are not supported: the router serves text only; {accepted}"
+        return j, f"{accepted}, not {kind[:64]!r}"
+    return None
 
 
 # Tagged with the classes' names: param_path leaves them out of an error's path, as it does a union member's type.
@@ -194,6 +216,20 @@ class Message(BaseModel):
     name: StrictStr | None = None
     tool_calls: Annotated[list[ToolCall], FirstError()] | None = None
     tool_call_id: StrictStr | None = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def parts_of_its_role(cls, content: Any, info: ValidationInfo) -> Any:
+        """A part of a type the message's role never has is refused saying what the role takes: checked as a text
+        part, an image part in an assistant message was said to need type 'text', though a refusal is one too."""
+        role = info.data.get("role")
+        if role is None or (found := misplaced_part(role, content)) is None:
+            return content
+        j, message = found
+        error = PydanticCustomError("content_part_type", message)
+        raise ValidationError.from_exception_data(
+            "Message", [InitErrorDetails(type=error, loc=(j, "type"), input=content[j]["type"])]
+        )
 
     def text(self) -> str:
         """The turn's words as the model sees them: its text and refusals, in the order sent."""

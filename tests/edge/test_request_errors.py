@@ -45,6 +45,40 @@ def test_a_union_field_is_named_without_pydantics_member_types(body: dict, param
     assert str(error.message).startswith(f"{param}: ") and says in str(error.message)
 
 
+IMAGE = {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
+
+
+@pytest.mark.parametrize(
+    ("message", "says"),
+    [
+        # OpenAI's: an assistant message's parts are text or refusal (checked as text, it was said to need 'text').
+        ({"role": "assistant", "content": [IMAGE]}, "an assistant message's content parts are 'text' or 'refusal'"),
+        (
+            {
+                "role": "assistant",
+                "content": [{"type": "text", "text": "a"}, {"type": "refusal", "refusal": "b"}, IMAGE],
+            },
+            "an assistant message's content parts are 'text' or 'refusal'",
+        ),
+        ({"role": "system", "content": [IMAGE]}, "a system message's content parts are 'text'"),
+        # OpenAI takes a user's image; the router serves text only.
+        ({"role": "user", "content": [IMAGE]}, "image_url parts are not supported: the router serves text only"),
+    ],
+)
+def test_a_content_part_its_role_never_has_is_named_with_what_the_role_takes(message: dict, says: str) -> None:
+    error = refused({"messages": [USER, message]})
+    index = len(message["content"]) - 1
+    param = f"messages[1].content[{index}].type"
+    assert (error.param, error.code) == (param, "invalid_value")
+    assert error.message.startswith(f"{param}: ") and says in error.message and "image_url" in error.message
+
+
+def test_an_assistant_messages_text_and_refusal_parts_are_served() -> None:
+    parts = [{"type": "text", "text": "a"}, {"type": "refusal", "refusal": "b"}]
+    parsed, _ = parse_request(json.dumps({"messages": [USER, {"role": "assistant", "content": parts}, USER]}).encode())
+    assert parsed.messages[1].text() == "ab"
+
+
 TOOL = {"type": "function", "function": {"name": "f"}}
 
 
