@@ -23,6 +23,7 @@ from services.batches import wire
 from services.batches.runner import Runner, file_fields
 from services.batches.store import CANCELLABLE, Store, batch_key, delete_if_unread, file_key, now, readers_key, unread
 from services.edge.openai_api import ApiError, decode_json, read_limited
+from services.edge.query import single
 from services.router.store import key_id
 
 log = logging.getLogger("llmrouter.edge.batches")
@@ -165,16 +166,16 @@ class BatchApi:
         of one `purpose` if given."""
         tenant, _ = self.caller(request)
         query = request.query_params
-        order = query.get("order", "desc")
-        if order not in ("asc", "desc"):
+        order = single(query, "order")
+        if order not in (None, "asc", "desc"):
             raise ApiError(400, "order must be 'asc' or 'desc'", param="order", code="invalid_value")
-        limit, purpose = _limit(query.get("limit"), 10_000, 10_000), query.get("purpose")
+        limit, purpose = _limit(single(query, "limit"), 10_000, 10_000), single(query, "purpose")
         found = await self._list(
             tenant,
             "file",
-            query.get("after"),
+            single(query, "after"),
             limit,
-            order == "desc",
+            order != "asc",
             FILE_LISTED,
             lambda fields: purpose is None or fields["purpose"].decode() == purpose,
         )
@@ -286,8 +287,9 @@ class BatchApi:
     async def list_batches(self, request: Request) -> Response:
         """As OpenAI's: newest first, up to `limit` (1 to 100, 20 by default) past `after`."""
         tenant, _ = self.caller(request)
-        limit = _limit(request.query_params.get("limit"), 20, 100)
-        found = await self._list(tenant, "batch", request.query_params.get("after"), limit, True, None, lambda _: True)
+        limit = _limit(single(request.query_params, "limit"), 20, 100)
+        after = single(request.query_params, "after")
+        found = await self._list(tenant, "batch", after, limit, True, None, lambda _: True)
         return JSONResponse(_page([wire.batch_body(i, f) for i, f in found], limit))
 
     async def _list(

@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 from google.protobuf.json_format import MessageToDict
+from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -21,6 +22,7 @@ from llmrouter.v1 import operator_pb2, operator_pb2_grpc, router_pb2_grpc
 from services.edge import router_headers
 from services.edge.off_loop import parse_off_loop
 from services.edge.openai_api import ApiError, check_encoded_size, decode_json, parse_request
+from services.edge.query import single
 
 GROUPINGS = ("", "model", "tenant", "day")
 
@@ -29,9 +31,9 @@ def as_json(message: Any) -> dict[str, Any]:
     return MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
 
 
-def instant(params: Any, name: str) -> float:
+def instant(params: QueryParams, name: str) -> float:
     """A query parameter as Unix seconds: a number, or a UTC date or time (YYYY-MM-DD[THH:MM:SS]); 0 if absent."""
-    text = params.get(name, "")
+    text = single(params, name) or ""
     if not text:
         return 0.0
     try:
@@ -72,7 +74,7 @@ class OperatorRoutes:
     async def stats(self, request: Request) -> Response:
         tenant, key = self.edge.caller(request)
         admin = self.edge.keys.is_admin(key)
-        group_by = request.query_params.get("group_by", "")
+        group_by = single(request.query_params, "group_by") or ""
         if group_by not in GROUPINGS:
             raise ApiError(400, "group_by must be model, tenant or day", param="group_by")
         since, until = instant(request.query_params, "since"), instant(request.query_params, "until")

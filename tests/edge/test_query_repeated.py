@@ -1,0 +1,65 @@
+"""A query parameter a route reads, given more than once, is a 400 naming it: Starlette kept the last copy
+(`?limit=1&limit=100` listed 100) while a proxy or log in front may read the first, so which one counts was ambiguous,
+as with a repeated header. None of them is a list by design. The real edge, its batch store in process; the router
+is not needed (the stats route refuses before calling it)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from services.edge.keys import key_line
+from services.edge.settings import EdgeSettings
+from tests.integration.conftest import free_port, served_edge
+
+KEY = "sk-lister"
+REPEATED = [
+    ("/files", "limit", ["1", "100"]),
+    ("/files", "order", ["asc", "desc"]),
+    ("/files", "after", ["file-a", "file-b"]),
+    ("/files", "purpose", ["batch", "batch_output"]),
+    ("/batches", "limit", ["1", "1"]),  # the same value twice is refused too: no copy is preferred
+    ("/batches", "after", ["batch_a", "batch_b"]),
+    ("/router/stats", "group_by", ["model", "tenant"]),
+    ("/router/stats", "since", ["2026-01-01", "0"]),
+    ("/router/stats", "until", ["1", "2"]),
+]
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    settings = EdgeSettings(
+        port=free_port(),
+        router_addr="127.0.0.1:1",
+        access_log="off",
+        metrics_port=0,
+        api_keys=SecretStr(key_line("lister", KEY)),
+    )
+    headers = {"authorization": f"Bearer {KEY}"}
+    async with served_edge(settings) as base, httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as client:
+        yield client
+
+
+async def test_a_repeated_query_parameter_is_a_400_naming_it(http: httpx.AsyncClient) -> None:
+    found = {}
+    for route, name, values in REPEATED:
+        reply = await http.get(route, params=[(name, value) for value in values])
+        error = reply.json()["error"]
+        found[(route, name)] = (reply.status_code, error["param"], error["code"], error["type"])
+    assert found == {
+        (route, name): (400, name, "duplicate_parameter", "invalid_request_error") for route, name, _ in REPEATED
+    }
+
+
+async def test_a_name_spelt_encoded_is_the_same_parameter(http: httpx.AsyncClient) -> None:
+    reply = await http.get("/files?lim%69t=1&limit=100")
+    assert (reply.status_code, reply.json()["error"]["param"]) == (400, "limit")
+
+
+async def test_each_parameter_given_once_is_served(http: httpx.AsyncClient) -> None:
+    files = await http.get("/files", params={"limit": "5", "order": "asc", "purpose": "batch"})
+    batches = await http.get("/batches", params={"limit": "5"})
+    assert [(reply.status_code, reply.json()["data"]) for reply in (files, batches)] == [(200, [])] * 2
