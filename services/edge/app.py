@@ -35,6 +35,7 @@ from services.batches.runner import Runner
 from services.batches.store import open_store
 from services.edge import legacy, responses, router_headers
 from services.edge.access_log import AccessLog
+from services.edge.content_coding import ContentCoding
 from services.edge.off_loop import parse_off_loop
 from services.edge.openai_api import (
     ApiError,
@@ -667,5 +668,6 @@ def create_app(settings: EdgeSettings, channel: grpc.aio.Channel) -> Starlette:
         route.path.split("{")[0] for route in routes if isinstance(route, Route) and ":path}" in route.path
     ]
     app.add_middleware(EncodedSlashes, open_prefixes=open_prefixes)
-    app.add_middleware(Observe, access_log=access_log)  # added last: outermost, it also sees EncodedSlashes' 404s
+    app.add_middleware(ContentCoding)
+    app.add_middleware(Observe, access_log=access_log)  # added last: outermost, it also sees the others' refusals
     return app

@@ -1,0 +1,79 @@
+"""A request body with a content coding is a 415 naming Content-Encoding, with Accept-Encoding: identity. The edge
+decodes none and read the bytes as sent: a gzip body was refused as JSON that is not UTF-8, saying nothing of the
+coding, and a plain body labelled gzip was served, as a proxy in front that decodes what it is told would not have
+read it. The real edge before a stand-in router that records what it is asked."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from llmrouter.v1 import router_pb2, router_pb2_grpc
+from services.edge.settings import EdgeSettings
+from tests.integration.conftest import free_port, served_edge, served_router
+
+BODY = json.dumps({"model": "auto", "messages": [{"role": "user", "content": "hello"}]}).encode()
+
+
+class RecordingRouter(router_pb2_grpc.RouterServicer):
+    def __init__(self) -> None:
+        self.asked: list[router_pb2.CompleteRequest] = []
+
+    async def Decide(self, request: router_pb2.CompleteRequest, context: Any) -> router_pb2.Decision:
+        self.asked.append(request)
+        return router_pb2.Decision(model="cheap-model")
+
+    async def Complete(self, request: router_pb2.CompleteRequest, context: Any) -> router_pb2.CompleteResponse:
+        self.asked.append(request)
+        return router_pb2.CompleteResponse(id="c1", model="cheap-model", content="hi", cost_usd="0")
+
+
+@pytest.fixture
+async def edge() -> AsyncIterator[tuple[httpx.AsyncClient, RecordingRouter]]:
+    router = RecordingRouter()
+    async with served_router(router) as router_addr:
+        settings = EdgeSettings(port=free_port(), router_addr=router_addr, access_log="off", metrics_port=0)
+        async with served_edge(settings) as base, httpx.AsyncClient(base_url=base, timeout=30) as http:
+            yield http, router
+
+
+@pytest.mark.parametrize(
+    ("path", "coding", "content"),
+    [
+        ("/chat/completions", "gzip", gzip.compress(BODY)),
+        ("/chat/completions", "gzip", BODY),  # labelled, not compressed: served as it was, once
+        ("/chat/completions", "br", BODY),
+        ("/chat/completions", "identity, gzip", gzip.compress(BODY)),
+        ("/router/decide", "GZIP", gzip.compress(BODY)),
+        ("/responses", "deflate", BODY),
+        ("/files", "gzip", b"--b\r\n"),
+    ],
+)
+async def test_a_body_with_a_content_coding_is_a_415_naming_it(
+    edge: tuple[httpx.AsyncClient, RecordingRouter], path: str, coding: str, content: bytes
+) -> None:
+    http, router = edge
+    reply = await http.post(path, content=content, headers={"content-encoding": coding})
+    assert (reply.status_code, reply.headers.get("accept-encoding")) == (415, "identity"), reply.text
+    error = reply.json()["error"]
+    assert (error["param"], error["code"], error["type"]) == (
+        "content-encoding",
+        "unsupported_content_encoding",
+        "invalid_request_error",
+    )
+    assert coding.split(", ")[-1] in error["message"]
+    assert router.asked == []
+
+
+@pytest.mark.parametrize("headers", [{}, {"content-encoding": "identity"}, {"content-encoding": ""}])
+async def test_a_body_as_it_is_is_served(edge: tuple[httpx.AsyncClient, RecordingRouter], headers: dict) -> None:
+    http, router = edge
+    decided = await http.post("/router/decide", content=BODY, headers=headers)
+    completed = await http.post("/chat/completions", content=BODY, headers=headers)
+    assert (decided.status_code, completed.status_code) == (200, 200), (decided.text, completed.text)
+    assert len(router.asked) == 2
