@@ -22,8 +22,8 @@ from starlette.types import Message, Receive, Scope, Send
 from services.batches import wire
 from services.batches.runner import Runner, file_fields
 from services.batches.store import CANCELLABLE, Store, batch_key, delete_if_unread, file_key, now, readers_key, unread
+from services.edge.given_once import single
 from services.edge.openai_api import ApiError, decode_json, read_limited
-from services.edge.query import single
 from services.router.store import key_id
 
 log = logging.getLogger("llmrouter.edge.batches")
@@ -137,7 +137,7 @@ class BatchApi:
             raise
         except Exception:  # starlette's MultiPartException and a malformed or oversized body alike
             raise ApiError(400, "expected a multipart form with file and purpose", code="invalid_file") from None
-        upload, purpose = form.get("file"), form.get("purpose")
+        upload, purpose = form.get("file"), single(form, "purpose", "form field")
         if purpose != "batch":
             raise ApiError(400, "purpose must be 'batch'", param="purpose", code="invalid_value")
         if not isinstance(upload, UploadFile):

@@ -20,9 +20,9 @@ from starlette.routing import Route
 
 from llmrouter.v1 import operator_pb2, operator_pb2_grpc, router_pb2_grpc
 from services.edge import router_headers
+from services.edge.given_once import single
 from services.edge.off_loop import parse_off_loop
 from services.edge.openai_api import ApiError, check_encoded_size, decode_json, parse_request
-from services.edge.query import single
 
 GROUPINGS = ("", "model", "tenant", "day")
 

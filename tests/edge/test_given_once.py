@@ -1,7 +1,7 @@
-"""A query parameter a route reads, given more than once, is a 400 naming it: Starlette kept the last copy
-(`?limit=1&limit=100` listed 100) while a proxy or log in front may read the first, so which one counts was ambiguous,
-as with a repeated header. None of them is a list by design. The real edge, its batch store in process; the router
-is not needed (the stats route refuses before calling it)."""
+"""A query parameter or form field a route reads, given more than once, is a 400 naming it: Starlette kept the last
+copy (`?limit=1&limit=100` listed 100) while a proxy or log in front may read the first, so which one counts was
+ambiguous, as with a repeated header. None of them is a list by design. The real edge, its batch store in process;
+the router is not needed (the stats route refuses before calling it)."""
 
 from __future__ import annotations
 
@@ -63,3 +63,14 @@ async def test_each_parameter_given_once_is_served(http: httpx.AsyncClient) -> N
     files = await http.get("/files", params={"limit": "5", "order": "asc", "purpose": "batch"})
     batches = await http.get("/batches", params={"limit": "5"})
     assert [(reply.status_code, reply.json()["data"]) for reply in (files, batches)] == [(200, [])] * 2
+
+
+@pytest.mark.parametrize("purposes", [["batch", "batch"], ["fine-tune", "batch"]])
+async def test_a_repeated_form_field_is_a_400_naming_it(http: httpx.AsyncClient, purposes: list[str]) -> None:
+    """A file uploaded with purpose twice was stored by the last copy's word."""
+    line = b'{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {"messages": []}}\n'
+    reply = await http.post("/files", files={"file": ("b.jsonl", line)}, data={"purpose": purposes})
+    error = reply.json()["error"]
+    assert (reply.status_code, error["param"], error["code"]) == (400, "purpose", "duplicate_parameter"), error
+    assert error["message"].startswith("form field 'purpose' given 2 times")
+    assert (await http.get("/files")).json()["data"] == []
