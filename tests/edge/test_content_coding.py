@@ -18,6 +18,7 @@ from services.edge.settings import EdgeSettings
 from tests.integration.conftest import free_port, served_edge, served_router
 
 BODY = json.dumps({"model": "auto", "messages": [{"role": "user", "content": "hello"}]}).encode()
+GZIPPED = gzip.compress(BODY, mtime=0)
 
 
 class RecordingRouter(router_pb2_grpc.RouterServicer):
@@ -45,14 +46,15 @@ async def edge() -> AsyncIterator[tuple[httpx.AsyncClient, RecordingRouter]]:
 @pytest.mark.parametrize(
     ("path", "coding", "content"),
     [
-        ("/chat/completions", "gzip", gzip.compress(BODY)),
+        ("/chat/completions", "gzip", GZIPPED),
         ("/chat/completions", "gzip", BODY),  # labelled, not compressed: served as it was, once
         ("/chat/completions", "br", BODY),
-        ("/chat/completions", "identity, gzip", gzip.compress(BODY)),
-        ("/router/decide", "GZIP", gzip.compress(BODY)),
+        ("/chat/completions", "identity, gzip", GZIPPED),
+        ("/router/decide", "GZIP", GZIPPED),
         ("/responses", "deflate", BODY),
         ("/files", "gzip", b"--b\r\n"),
     ],
+    ids=["gzip", "labelled gzip", "labelled br", "two codings", "decide", "responses", "upload"],
 )
 async def test_a_body_with_a_content_coding_is_a_415_naming_it(
     edge: tuple[httpx.AsyncClient, RecordingRouter], path: str, coding: str, content: bytes
