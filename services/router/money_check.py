@@ -5,7 +5,8 @@ admission trusts in their place (ROUTER_HOLD_TOTALS); `bump-hold-totals-epoch` d
 each rebuilt from a scan when admission next reads it (README, Money: running hold totals, upgrades). `ledger-spend`
 compares the spend counters of the current budget period (ROUTER_BUDGET_PERIOD's unless --period names another) with
 the SQL ledger's charges of it: a counter below them lost charges (a money Redis restored from a backup, a failover
-that lost writes; deploy/README.md), and lets its budget be spent again; `--repair` raises it by what it lacks."""
+that lost writes; deploy/README.md), and lets its budget be spent again; `--repair` raises it by what it lacks.
+`ledger-charges` finds the SQL ledger's charges a restored store forgot (services/router/ledger_charges.py)."""
 
 from __future__ import annotations
 
@@ -168,13 +169,18 @@ async def check_ledger_spend(store: RedisStore, db: LedgerDB, budget_period: str
 
 async def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.router.money_check", description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=["hold-totals", "bump-hold-totals-epoch", "ledger-spend"])
+    parser.add_argument("command", choices=["hold-totals", "bump-hold-totals-epoch", "ledger-spend", "ledger-charges"])
     parser.add_argument(
         "--period",
         choices=["day", "month", "total"],
         help="ledger-spend: the budget period to check (default: ROUTER_BUDGET_PERIOD's, as the routers read it)",
     )
-    parser.add_argument("--repair", action="store_true", help="ledger-spend: raise each counter by what it lacks")
+    parser.add_argument(
+        "--repair",
+        action="store_true",
+        help="ledger-spend: raise each counter by what it lacks; ledger-charges: mark each request id forgotten, drop "
+        "each pending charge come back",
+    )
     args = parser.parse_args(argv)
     settings = load_settings(LedgerSettings)  # its redis_url is the router's money store; no server settings
     if not settings.redis_url:
@@ -182,6 +188,10 @@ async def main(argv: list[str]) -> int:
         return 2
     store = RedisStore(settings.redis_url)
     try:
+        if args.command == "ledger-charges":
+            from services.router import ledger_charges  # imports services.ledger, as ledger-spend does below
+
+            return await ledger_charges.run(store, settings, args.repair)
         if args.command == "ledger-spend":
             # Imported here: services.ledger.db imports the router's package, which imports this module.
             from services.ledger.service import ledger_for

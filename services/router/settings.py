@@ -39,8 +39,20 @@ class BudgetPeriodSettings(BaseSettings):
     budget_period: Literal["day", "month", "total"] = "day"
 
 
+class RequestIdSettings(BaseSettings):
+    """ROUTER_REQUEST_ID_TTL_S, part of the router's settings and read by money_check ledger-charges (which serves
+    nothing): the SQL ledger's charges within it are those whose request ids the money store must know."""
+
+    model_config = SettingsConfigDict(env_prefix="ROUTER_", extra="ignore", frozen=True)
+
+    # How long a request id stays used (a replay within it is refused and never charged twice). Memory in Redis:
+    # about 400 bytes per request for its two markers, so 1M requests a day need ~400 MB per day kept. The
+    # in-process store keeps at most its last 10,000 ids (MemoryStore.MAX_REQUEST_IDS).
+    request_id_ttl_s: int = Field(default=REQUEST_ID_TTL_S, gt=0)
+
+
 # The ledger's settings: services/ledger/settings.py.
-class RouterSettings(GrpcServiceSettings, LedgerSettings, BudgetPeriodSettings):
+class RouterSettings(GrpcServiceSettings, LedgerSettings, BudgetPeriodSettings, RequestIdSettings):
     model_config = SettingsConfigDict(env_prefix="ROUTER_", extra="ignore", frozen=True)
 
     port: int = Field(default=50053, ge=0, le=65535)
@@ -58,10 +70,6 @@ class RouterSettings(GrpcServiceSettings, LedgerSettings, BudgetPeriodSettings):
     allow_evicting_money_store: bool = False
     # The response cache's own Redis (may evict: allkeys-lru). Unset: an in-process cache per router.
     cache_redis_url: RedisUrl | None = None
-    # How long a request id stays used (a replay within it is refused and never charged twice). Memory in Redis:
-    # about 400 bytes per request for its two markers, so 1M requests a day need ~400 MB per day kept. The
-    # in-process store keeps at most its last 10,000 ids (MemoryStore.MAX_REQUEST_IDS).
-    request_id_ttl_s: int = Field(default=REQUEST_ID_TTL_S, gt=0)
     # This router instance's id in pending charges and heartbeats (default: host name and a random suffix).
     instance_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}")
     # Where charges wait (an append-only file) when the money store is unreachable. The default, in this user's own

@@ -609,6 +609,100 @@ return 1
 """
 )
 
+# The charges of the SQL ledger a money Redis restored from a backup forgot (services/router/ledger_charges.py), made
+# known to it again, each request atomically: its markers set as its charge set them (CHARGE), and its pending charge
+# and hold dropped as CHARGE drops them (hold_remove: the totals move by what is removed), with no spend and no ledger
+# entry (the charge is counted already). Many requests of one shard a call, all in its slot. Checked before any
+# write: the ACL (_PERMITTED) and the shard's hashes' types; a request whose own keys hold other types is left alone,
+# told, as is a pending charge read by its caller with another key than it has now (admitted since: read it again).
+LEDGER_CHARGED = (
+    _MUST_LAND
+    + _EXACT
+    + _TOTALS
+    + _HELD
+    + _PERMITTED
+    + """
+-- KEYS: the shard's pending charges, provider batches, models, prices, hold-totals epoch; then four a request: its
+--       used id, charged marker, tenant holds, key holds (of the key its pending charge was read with)
+-- ARGV: '1' to repair, else only to tell; then six a request: its pending field, its hold member (at any pico: its
+--       pending charge's is dropped), the key its pending charge was read with ('' for none), the used id's value
+--       (the key id of its last charge, hex), when its markers expire (Unix ms), its charged marker
+-- Returns a triple a request: '1' when its charged marker is missing (its markers set), the hold (pico-USD) of the
+-- pending charge dropped ('' for none), and why it was left alone ('' when it was not).
+EPOCH = redis.call('GET', KEYS[5]) or '0'
+local repair, requests = ARGV[1] == '1', (#KEYS - 5) / 4
+for i = 1, 4 do
+  local found = redis.call('TYPE', KEYS[i])['ok']
+  if found ~= 'none' and found ~= 'hash' then return redis.error_reply('WRONGTYPE a key the repair writes') end
+end
+if repair then
+  local writes = {{'HDEL', KEYS[1], ''}, {'HDEL', KEYS[2], ''}, {'HDEL', KEYS[3], ''}, {'HDEL', KEYS[4], ''}}
+  for r = 0, requests - 1 do
+    local k = 5 + 4 * r
+    for _, write in ipairs({{'SET', KEYS[k + 1], ''}, {'PEXPIREAT', KEYS[k + 1], '0'}, {'SET', KEYS[k + 2], ''}}) do
+      writes[#writes + 1] = write
+    end
+    for _, holds in ipairs({KEYS[k + 3], KEYS[k + 4]}) do
+      writes[#writes + 1] = {'ZREM', holds, ''}
+      for _, command in ipairs(total_commands(holds)) do writes[#writes + 1] = command end
+    end
+  end
+  local refused = denied(writes)
+  if refused then return refused end
+end
+local function read_with(record, key)
+  local decoded, pending = pcall(cjson.decode, record)
+  if not decoded or type(pending) ~= 'table' then return 'its pending charge is unreadable' end
+  local named = pending['key']
+  if type(named) ~= 'string' then named = '' end
+  if named ~= key then return 'its pending charge changed since it was read: run again' end
+  return ''
+end
+local told = {}
+for r = 0, requests - 1 do
+  local k, a = 5 + 4 * r, 1 + 6 * r
+  local used, charged, holds = KEYS[k + 1], KEYS[k + 2], {KEYS[k + 3], KEYS[k + 4]}
+  local field, member, key, user, at = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
+  local marker = ARGV[a + 6]
+  local result = {'0', '', ''}
+  for _, each in ipairs({{used, 'string'}, {charged, 'string'}, {holds[1], 'zset'}, {holds[2], 'zset'}}) do
+    local found = redis.call('TYPE', each[1])['ok']
+    if found ~= 'none' and found ~= each[2] then result[3] = 'a key of another type: ' .. each[1] end
+  end
+  if result[3] == '' and totals_typed(holds) then result[3] = 'a holds total of another type' end
+  if result[3] == '' then
+    local record = redis.call('HGET', KEYS[1], field)
+    if record then
+      result[3] = read_with(record, key)
+      if result[3] ~= '' then record = nil end
+    end
+    local forgotten = redis.call('EXISTS', charged) == 0
+    if forgotten then result[1] = '1' end
+    if record then result[2] = string.match(record, '"hold_pico":%s*(%d+)') or '0' end
+    if repair and forgotten then
+      local batch = record and redis.call('HGET', KEYS[2], field)
+      if batch and batch ~= '' then marker = 'batch:' .. batch end
+      redis.call('SET', charged, marker, 'PXAT', at)
+      if redis.call('EXISTS', used) == 1 then
+        redis.call('PEXPIREAT', used, at, 'GT')
+      else
+        redis.call('SET', used, user, 'PXAT', at)
+      end
+    end
+    if repair and record then
+      redis.call('HDEL', KEYS[2], field)
+      redis.call('HDEL', KEYS[3], field)
+      redis.call('HDEL', KEYS[4], field)
+      drop_hold(holds[1], holds[2], {held_member(KEYS[1], field, member)})
+      redis.call('HDEL', KEYS[1], field)
+    end
+  end
+  told[#told + 1] = result
+end
+return told
+"""
+)
+
 # A deferred request's provider batch, recorded beside its pending charge (keys.py, batches_key) only while that
 # charge is still the admission's (its nonce): a charge, release or undo before it leaves nothing to record on. The
 # record is only read (cjson would not re-encode hold_pico exactly). It must land even when the store is full

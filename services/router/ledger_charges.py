@@ -1,0 +1,177 @@
+"""The SQL ledger's charges that a money Redis restored from a backup forgot, made known to it again
+(`python -m services.router.money_check ledger-charges [--repair]`; deploy/README.md, restoring the money Redis).
+
+A store restored from before time T has forgotten the charges since T: their request ids are free again, so a
+client's retry is admitted and charged a second time; and the pending charges and holds of the requests settled
+since T are back, each holding its budget until the reconciler charges it its hold, a second charge. For each
+(tenant, request id) the SQL ledger charged within the request id TTL (ROUTER_REQUEST_ID_TTL_S) whose charged marker
+the store lacks, the repair marks the id used and charged until the TTL after its last charge, as that charge did
+(lua.py, CHARGE); and it drops the request's pending charge and hold as a charge drops them, adding no spend and no
+ledger entry: the charge is counted (ledger-spend raises the spend counters to the SQL ledger's charges). One script
+a shard's slot, each request in it atomically (lua.py, LEDGER_CHARGED).
+
+A pending charge of such a request id is dropped whichever admission it is: the one the SQL ledger charged (come
+back with the restore), or a retry admitted since the restore, before the repair (the markers would have refused
+it): that retry's charge then meets the charged marker and is refused as a repeat, so the request is charged once.
+A request the SQL ledger has no charge of (in flight, or its charge not copied yet) is never touched. Safe beside
+serving routers, and idempotent: a request whose charged marker is there is only looked at for a pending charge."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from llmrouter.settings import load_settings
+from services.ledger.db import LedgerDB, Row
+from services.ledger.service import ledger_for
+from services.ledger.settings import LedgerSettings
+from services.router.settings import RequestIdSettings
+from services.router.store import Account, AccountKeys, RedisStore, lua, money_now, pending_field
+from services.router.store.keys import batches_key, hold_totals_epoch_key, models_key, pending_key, prices_key
+from services.router.store.model import CHARGED_TOTAL
+
+# Requests a script call repairs: each call blocks the shard's Redis for its length.
+CHUNK = 100
+
+
+@dataclass(frozen=True)
+class LedgerCharge:
+    """What the SQL ledger charged one tenant's request id within the request id TTL: `pico` in all, last at `last_ts`
+    by `key` (the key id that used the id)."""
+
+    tenant: str
+    request_id: str
+    key: str
+    pico: int
+    last_ts: float
+
+    @property
+    def shard(self) -> int:
+        return AccountKeys.of(Account(self.tenant, self.key)).shard
+
+
+@dataclass(frozen=True)
+class Finding:
+    """What the money store lacked, or held too much, of one LedgerCharge: `forgotten`, its charged marker (its request
+    id marked used and charged); `come_back`, the hold (pico-USD) of a pending charge of it (dropped); `left`, why it
+    was left alone ('' when it was not)."""
+
+    charge: LedgerCharge
+    forgotten: bool
+    come_back: int | None
+    left: str
+
+    @property
+    def found(self) -> bool:
+        return self.forgotten or self.come_back is not None or bool(self.left)
+
+
+def ledger_charges(rows: Iterable[Row]) -> list[LedgerCharge]:
+    """The rows' charges, one per (tenant, request id): summed, named by the last (rows come oldest first)."""
+    found: dict[tuple[str, str], LedgerCharge] = {}
+    for row in rows:
+        tenant, request_id = str(row.get("tenant")), str(row.get("request_id"))
+        before = found.get((tenant, request_id))
+        pico = int(row.get("cost_pico")) + (before.pico if before else 0)
+        found[(tenant, request_id)] = LedgerCharge(tenant, request_id, str(row.get("key_id")), pico, row.get("ts"))
+    return list(found.values())
+
+
+async def settle_forgotten(
+    store: RedisStore, charges: list[LedgerCharge], request_id_ttl_s: int, repair: bool
+) -> list[Finding]:
+    """Each charge's Finding (only those with something found); with `repair`, each mended as Finding says."""
+    script = store.redis.register_script(lua.LEDGER_CHARGED)
+    findings = []
+    for shard, chunk in _chunks(charges):
+        fields = [pending_field(Account(c.tenant, c.key), c.request_id) for c in chunk]
+        # The key each pending charge was admitted by: its holds are in that key's set (the script checks it still is).
+        records = await store.redis.hmget(pending_key(shard), fields)
+        keys = [_pending_key(record) for record in records]
+        names = [pending_key(shard), batches_key(shard), models_key(shard), prices_key(shard)]
+        names.append(hold_totals_epoch_key(shard))
+        args: list[str | int] = ["1" if repair else "0"]
+        for charge, field, key in zip(chunk, fields, keys, strict=True):
+            used_by = AccountKeys.of(Account(charge.tenant, charge.key))
+            held_by = AccountKeys.of(Account(charge.tenant, key or charge.key))
+            names += [used_by.used(charge.request_id), used_by.charged(charge.request_id), *held_by.held()]
+            expiry_ms = int((charge.last_ts + request_id_ttl_s) * 1000)
+            # An entry naming no admission: a later charge of the id is refused as a repeat, but its own pending
+            # charge's (lua.py, CHARGE); the total is what a duplicate's refusal tells.
+            marker = f"1 {CHARGED_TOTAL}{charge.pico}"
+            member = held_by.hold_member(0, charge.request_id)
+            args += [field, member, key or "", used_by.key_hex, expiry_ms, marker]
+        told = await script(keys=names, args=args)
+        for charge, (forgotten, held, left) in zip(chunk, told, strict=True):
+            finding = Finding(charge, _text(forgotten) == "1", int(_text(held)) if _text(held) else None, _text(left))
+            if finding.found:
+                findings.append(finding)
+    return findings
+
+
+def _chunks(charges: list[LedgerCharge]) -> Iterator[tuple[int, list[LedgerCharge]]]:
+    by_shard: dict[int, list[LedgerCharge]] = {}
+    for charge in charges:
+        by_shard.setdefault(charge.shard, []).append(charge)
+    for shard, each in sorted(by_shard.items()):
+        for start in range(0, len(each), CHUNK):
+            yield shard, each[start : start + CHUNK]
+
+
+def _pending_key(record: Any) -> str | None:
+    """The key a pending charge's record names ('' when it names none); None for no record, or one that is no JSON
+    object (the script leaves it, told: no router can settle it either)."""
+    if record is None:
+        return None
+    try:
+        decoded = json.loads(record)
+    except ValueError:
+        return None
+    if not isinstance(decoded, dict):
+        return None
+    key = decoded.get("key")
+    return key if isinstance(key, str) else ""
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def check_ledger_charges(store: RedisStore, db: LedgerDB, request_id_ttl_s: int, repair: bool) -> int:
+    """Every charge of the SQL ledger within the request id TTL checked against the store (with `repair`, mended);
+    what was found printed. 1 when anything is to do (with `repair`: anything left alone), else 0."""
+    since = money_now() - request_id_ttl_s
+    charges = ledger_charges(db.iter_rows(since=since))
+    findings = await settle_forgotten(store, charges, request_id_ttl_s, repair)
+    for finding in findings:
+        charge = finding.charge
+        request = f"tenant {charge.tenant!r} request {charge.request_id!r}"
+        if finding.forgotten:
+            done = ": marked" if repair else ""
+            print(f"forgotten: {request}, charged {charge.pico} pico-USD by the SQL ledger{done}", file=sys.stderr)
+        if finding.come_back is not None:
+            done = ": dropped" if repair else ""
+            print(f"come back: {request}, a pending charge holding {finding.come_back} pico-USD{done}", file=sys.stderr)
+        if finding.left:
+            print(f"left alone: {request}: {finding.left}", file=sys.stderr)
+    forgotten = sum(f.forgotten for f in findings)
+    come_back = sum(f.come_back is not None for f in findings)
+    left = sum(bool(f.left) for f in findings)
+    print(
+        f"charges of the SQL ledger within the request id TTL: {len(charges)}, {forgotten} forgotten by the money "
+        f"store, {come_back} pending charge(s) come back, {left} left alone"
+    )
+    return 1 if left or (findings and not repair) else 0
+
+
+async def run(store: RedisStore, settings: LedgerSettings, repair: bool) -> int:
+    """money_check ledger-charges: the SQL ledger the settings name, the request id TTL the routers' settings do."""
+    await store.ping()  # the request id TTL's start by the money's clock
+    db = ledger_for(settings)
+    try:
+        return await check_ledger_charges(store, db, load_settings(RequestIdSettings).request_id_ttl_s, repair)
+    finally:
+        db.close()

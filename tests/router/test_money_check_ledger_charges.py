@@ -1,0 +1,258 @@
+"""`python -m services.router.money_check ledger-charges`: a money Redis restored from a backup taken before some
+charges has forgotten them, which the SQL ledger holds: their request ids are free again (a client's retry is admitted
+and charged a second time), and the pending charges and holds of the requests settled since the backup are back (the
+reconciler charges each its hold, a second charge). The check lists them and exits 1; `--repair` marks the ids used
+and charged and drops the pending charges come back, their holds with them and the hold totals moved as a charge moves
+them, adding no spend. A request the SQL ledger has not charged is left alone. Real Redis (restored from a DUMP of
+every key taken at the "backup"), the real SQL sink, a SQL ledger on the real PostgreSQL."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import redis.asyncio as redis
+
+from llmrouter.redis_connect import connect
+from services.ledger.db import LedgerDB
+from services.ledger.sink import LedgerSink, RedisSource
+from services.router import money_check
+from services.router.money_check import audit_hold_totals
+from services.router.store import PICO, Account, AccountKeys, Allowance, Hold, RedisStore, pending_field, period_id
+from tests.ledger.conftest import fresh_postgres
+
+ACME_K1, ACME_K2, GLOBEX_K1 = Account("acme", "k1"), Account("acme", "k2"), Account("globex", "k1")
+ALLOW = Allowance("day", tenant_pico=10_000)
+Snapshot = dict[bytes, tuple[bytes, int]]
+
+
+@pytest.fixture
+def dsn() -> Iterator[str]:
+    with fresh_postgres() as made:
+        yield made
+
+
+@pytest.fixture
+async def store(redis_url: str, dsn: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[RedisStore]:
+    monkeypatch.setenv("ROUTER_REDIS_URL", redis_url)
+    monkeypatch.setenv("ROUTER_LEDGER_SQL_DSN", dsn)
+    made = RedisStore(redis_url)  # trusting the hold totals, as admission then keeps them
+    yield made
+    await made.close()
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[redis.Redis]:
+    made = redis.from_url(redis_url)
+    yield made
+    await made.aclose()
+
+
+async def admit(store: RedisStore, account: Account, request_id: str, hold_pico: int, until: float = 0.0) -> Hold:
+    hold = Hold(request_id, hold_pico, period_id("day"), "router-1", uuid.uuid4().hex, until)
+    assert (await store.admit(account, ALLOW, hold)).refused == ""
+    return hold
+
+
+async def charge(store: RedisStore, account: Account, hold: Hold, pico: int) -> bool:
+    record = {
+        "request_id": hold.request_id,
+        "ts": time.time(),
+        "tenant": account.tenant,
+        "key": account.key,
+        "period": hold.period,
+        "cost_usd": str(pico / PICO),
+    }
+    return await store.charge(account, hold, pico, record, charge_id=uuid.uuid4().hex)
+
+
+async def copy_to_sql(client: redis.Redis, dsn: str) -> None:
+    db = LedgerDB(dsn=dsn)
+    try:
+        await LedgerSink(RedisSource(client, "check", group=f"check-{uuid.uuid4().hex}"), db).drain()
+    finally:
+        db.close()
+
+
+async def backup(client: redis.Redis) -> Snapshot:
+    """Every key's DUMP and time to live (-1: none)."""
+    snapshot = {}
+    async for name in client.scan_iter():
+        dumped = await client.dump(name)
+        assert dumped is not None  # nothing here expires within a test
+        snapshot[name] = (dumped, await client.pttl(name))
+    return snapshot
+
+
+async def restore(client: redis.Redis, snapshot: Snapshot) -> None:
+    """The money Redis as the backup had it: everything since forgotten."""
+    await client.flushdb()
+    for name, (dumped, pttl) in snapshot.items():
+        await client.restore(name, max(pttl, 0), dumped)
+
+
+async def test_a_restored_store_knows_the_ledgers_charges_again_and_charges_none_twice(
+    store: RedisStore, client: redis.Redis, dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = await admit(store, ACME_K1, "before", 400)
+    assert await charge(store, ACME_K1, before, 300)
+    settled_after = await admit(store, ACME_K1, "settled-after", 400)
+    await admit(store, ACME_K1, "lost", 60)  # its router died: the reconciler charges it its hold
+    await admit(store, GLOBEX_K1, "lost", 70)
+    snapshot = await backup(client)
+    assert await charge(store, ACME_K1, settled_after, 250)
+    assert await charge(store, ACME_K2, await admit(store, ACME_K2, "charged-after", 200), 100)
+    await copy_to_sql(client, dsn)
+    await restore(client, snapshot)
+
+    # Restored, the store lets the retry of a charged request in, and holds the settled one's 400 once more.
+    retry = Hold("charged-after", 200, period_id("day"), "router-1", "0f")
+    assert (await store.admit(ACME_K2, ALLOW, retry)).refused == ""
+    assert await store.undo(ACME_K2, retry)
+    assert await store.held_pico(ACME_K1) == (460, 460)
+    spent = await store.spent(ACME_K1, period_id("day"))
+    capsys.readouterr()
+
+    assert await money_check.main(["ledger-charges"]) == 1
+    told = capsys.readouterr().err
+    assert "forgotten: tenant 'acme' request 'settled-after', charged 250 pico-USD by the SQL ledger" in told
+    assert "forgotten: tenant 'acme' request 'charged-after', charged 100 pico-USD by the SQL ledger" in told
+    assert "come back: tenant 'acme' request 'settled-after', a pending charge holding 400 pico-USD" in told
+    assert "'before'" not in told and "'lost'" not in told  # charged before the backup, or never charged
+    assert await store.pending_charge(ACME_K1, "settled-after") is not None  # only told
+
+    assert await money_check.main(["ledger-charges", "--repair"]) == 0
+    assert await money_check.main(["ledger-charges"]) == 0  # nothing left to do
+
+    for account, request_id, charged in ((ACME_K2, "charged-after", 100), (ACME_K1, "settled-after", 250)):
+        verdict = await store.admit(account, ALLOW, Hold(request_id, 200, period_id("day"), "router-1", "1f"))
+        assert (verdict.refused, verdict.charged, verdict.held) == ("duplicate", charged, None)
+    assert await store.pending_charge(ACME_K1, "settled-after") is None
+    assert await store.held_pico(ACME_K1) == (60, 60)  # the lost request's, in flight for all the store knows
+    assert await store.spent(ACME_K1, period_id("day")) == spent  # no spend added: ledger-spend raises it
+    audit = await audit_hold_totals(store)
+    assert (audit.drifted, audit.stale) == ([], [])
+    assert await money_check.main(["hold-totals"]) == 0
+    acme_held = AccountKeys.of(ACME_K1).held()[0]
+    assert [found.total async for found in store.hold_totals() if found.holds == acme_held] == [(60, 1)]
+
+    assert await money_check.main(["ledger-spend", "--repair"]) == 0
+    assert await store.spent(ACME_K1, period_id("day")) == (650, 550)  # the SQL ledger's: 300 + 250 + 100, k1 550
+    # The reconciler charges the requests the SQL ledger has not charged, and no other.
+    assert await store.reconcile("router-2", lease_s=1.0, stale_s=0.0) == 2
+    assert await store.spent(ACME_K1, period_id("day")) == (710, 610)
+    assert await store.held_pico(ACME_K1) == (0, 0)
+
+
+async def test_a_request_in_flight_is_left_alone(
+    store: RedisStore, client: redis.Redis, dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settled_after = await admit(store, ACME_K1, "settled-after", 400)
+    snapshot = await backup(client)
+    assert await charge(store, ACME_K1, settled_after, 250)
+    await copy_to_sql(client, dsn)
+    await restore(client, snapshot)
+    in_flight = await admit(store, ACME_K1, "in-flight", 500)  # admitted since the restore: no charge yet
+    uncopied = await admit(store, GLOBEX_K1, "uncopied", 90)
+    assert await charge(store, GLOBEX_K1, uncopied, 80)  # charged since, not yet in the SQL ledger
+
+    assert await money_check.main(["ledger-charges", "--repair"]) == 0
+    assert "in-flight" not in capsys.readouterr().err
+    pending = await store.pending_charge(ACME_K1, "in-flight")
+    assert pending is not None and pending.nonce == in_flight.nonce
+    assert await store.held_pico(ACME_K1) == (500, 500)
+    audit = await audit_hold_totals(store)
+    assert (audit.drifted, audit.stale) == ([], [])
+    assert await charge(store, ACME_K1, in_flight, 320)
+    assert await store.spent(ACME_K1, period_id("day")) == (320, 320)
+    assert await store.spent(GLOBEX_K1, period_id("day")) == (80, 80)
+    assert not await charge(store, GLOBEX_K1, uncopied, 80)  # its own markers, untouched: still charged once
+
+
+@pytest.mark.parametrize("retrying", [ACME_K2, ACME_K1], ids=["same-key", "another-key-of-the-tenant"])
+async def test_a_retry_let_in_before_the_repair_is_charged_once(
+    store: RedisStore, client: redis.Redis, dsn: str, retrying: Account
+) -> None:
+    """A client's retry admitted between the restore and the repair is a duplicate the lost markers would have
+    refused (request ids are the tenant's: another key's too): its pending charge and hold (in its own key's set) are
+    dropped, and its charge refused as a repeat. Left, it was charged a second time."""
+    snapshot = await backup(client)
+    assert await charge(store, ACME_K2, await admit(store, ACME_K2, "charged-after", 200), 100)
+    await copy_to_sql(client, dsn)
+    await restore(client, snapshot)
+    retry = await admit(store, retrying, "charged-after", 200)
+
+    assert await money_check.main(["ledger-charges", "--repair"]) == 0
+    assert await store.held_pico(retrying) == (0, 0)
+    assert not await charge(store, retrying, retry, 100)
+    assert await store.spent(retrying, period_id("day")) == (0, 0)  # the SQL ledger's 100 is ledger-spend's to add
+    audit = await audit_hold_totals(store)
+    assert (audit.checked, audit.drifted, audit.stale) == (0, [], [])
+
+
+async def test_a_provider_batch_lines_marker_names_its_batch(store: RedisStore, client: redis.Redis, dsn: str) -> None:
+    """A line's pending charge come back names its provider batch: the charged marker set for it does, as the line's
+    charge set it, so the line offered again is told where its answer is."""
+    line = await admit(store, ACME_K1, "line", 400, until=time.time() + 3600)
+    assert await store.record_provider_batch(ACME_K1, line, "batch_123")
+    snapshot = await backup(client)
+    assert await charge(store, ACME_K1, line, 150)
+    await copy_to_sql(client, dsn)
+    await restore(client, snapshot)
+    assert await store.charged_batch(ACME_K1, "line") is None
+
+    assert await money_check.main(["ledger-charges", "--repair"]) == 0
+    assert await store.charged_batch(ACME_K1, "line") == "batch_123"
+    assert await store.pending_charge(ACME_K1, "line") is None
+
+
+async def test_on_a_redis_cluster_each_shards_requests_are_mended_in_its_slot(
+    cluster_url: str, dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every key a repair script touches is in its shard's slot: a cluster runs it on the master owning it."""
+    monkeypatch.setenv("ROUTER_REDIS_URL", cluster_url)
+    monkeypatch.setenv("ROUTER_LEDGER_SQL_DSN", dsn)
+    store, client = RedisStore(cluster_url), connect(cluster_url)
+    try:
+        accounts = [Account(f"tenant-{n}", "k1") for n in range(6)]  # spread over the shards, and the masters
+        holds = [await admit(store, account, "settled-after", 400) for account in accounts]
+        snapshot = await backup(client)
+        for account, hold in zip(accounts, holds, strict=True):
+            assert await charge(store, account, hold, 250)
+        await copy_to_sql(client, dsn)
+        await restore(client, snapshot)
+
+        assert await money_check.main(["ledger-charges"]) == 1
+        assert await money_check.main(["ledger-charges", "--repair"]) == 0
+        assert await money_check.main(["ledger-charges"]) == 0
+        for account in accounts:
+            assert await store.held_pico(account) == (0, 0)
+            verdict = await store.admit(account, ALLOW, Hold("settled-after", 200, period_id("day")))
+            assert (verdict.refused, verdict.charged) == ("duplicate", 250)
+    finally:
+        await client.aclose()
+        await store.close()
+
+
+async def test_a_pending_charge_no_router_can_read_is_left_and_told(
+    store: RedisStore, client: redis.Redis, dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A hand-edited record (no JSON): which hold it stands for cannot be read, so it is left, and the repair says so
+    (exit 1) while it mends the rest."""
+    settled_after = await admit(store, ACME_K1, "settled-after", 400)
+    snapshot = await backup(client)
+    assert await charge(store, ACME_K1, settled_after, 250)
+    assert await charge(store, GLOBEX_K1, await admit(store, GLOBEX_K1, "charged-after", 200), 100)
+    await copy_to_sql(client, dsn)
+    await restore(client, snapshot)
+    await client.hset(AccountKeys.of(ACME_K1).pending, pending_field(ACME_K1, "settled-after"), "{broken")
+    capsys.readouterr()
+
+    assert await money_check.main(["ledger-charges", "--repair"]) == 1
+    told = capsys.readouterr().err
+    assert "left alone: tenant 'acme' request 'settled-after': its pending charge is unreadable" in told
+    assert "forgotten: tenant 'globex' request 'charged-after', charged 100 pico-USD by the SQL ledger: marked" in told
+    verdict = await store.admit(GLOBEX_K1, ALLOW, Hold("charged-after", 200, period_id("day")))
+    assert verdict.refused == "duplicate"
