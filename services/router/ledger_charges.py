@@ -13,6 +13,8 @@ a shard's slot, each request in it atomically (lua.py, LEDGER_CHARGED).
 A pending charge of such a request id is dropped whichever admission it is: the one the SQL ledger charged (come
 back with the restore), or a retry admitted since the restore, before the repair (the markers would have refused
 it): that retry's charge then meets the charged marker and is refused as a repeat, so the request is charged once.
+But not one whose charged marker is there naming only other admissions (a store that lost the admission charged let
+the id in again): CHARGE charges that one all the same, by its own charge or the reconciler's, so it keeps its hold.
 A request the SQL ledger has no charge of (in flight, or its charge not copied yet) is never touched. Safe beside
 serving routers, and idempotent: a request whose charged marker is there is only looked at for a pending charge."""
 

@@ -256,3 +256,26 @@ async def test_a_pending_charge_no_router_can_read_is_left_and_told(
     assert "forgotten: tenant 'globex' request 'charged-after', charged 100 pico-USD by the SQL ledger: marked" in told
     verdict = await store.admit(GLOBEX_K1, ALLOW, Hold("charged-after", 200, period_id("day")))
     assert verdict.refused == "duplicate"
+
+
+async def test_an_admission_the_marker_names_none_of_is_left_in_flight(
+    store: RedisStore, client: redis.Redis, dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A store that lost an admission lets its request id in again; the lost admission's charge then lands (a store
+    that lost an admission is still paid), its marker naming that admission, and the second admission, in flight, is
+    charged by its own charge (lua.py, CHARGE: another admission's charge does not make it free). Its pending charge
+    and hold are no charge come back with a restore: dropped, the request ran unheld (its room given to others) and,
+    its router dying, the reconciler had nothing to charge: served, never paid for."""
+    snapshot = await backup(client)
+    lost = await admit(store, ACME_K1, "let-in-again", 400)
+    await restore(client, snapshot)  # the admission lost
+    await admit(store, ACME_K1, "let-in-again", 300)  # its router dies before its charge
+    assert await charge(store, ACME_K1, lost, 250)
+    await copy_to_sql(client, dsn)
+    capsys.readouterr()
+
+    assert await money_check.main(["ledger-charges", "--repair"]) == 0
+    assert "let-in-again" not in capsys.readouterr().err
+    assert await store.held_pico(ACME_K1) == (300, 300)
+    assert await store.reconcile("router-2", lease_s=1.0, stale_s=0.0) == 1
+    assert await store.spent(ACME_K1, period_id("day")) == (550, 550)  # each admission charged once

@@ -658,6 +658,22 @@ local function read_with(record, key)
   if named ~= key then return 'its pending charge changed since it was read: run again' end
   return ''
 end
+-- Whether a charged marker names only admissions other than the pending charge's (CHARGE, another_admissions): that
+-- pending charge is then no charge come back but another admission in flight (a store that lost the one charged let
+-- its id in again), which its own charge, or the reconciler at its hold, still charges: it keeps its hold.
+local function in_flight(value, record)
+  local nonce = string.match(record, '"nonce":%s*"([^"]*)"')
+  if not value or not nonce or nonce == '' or string.sub(value, 1, 6) == 'batch:' then return false end
+  local named = 0
+  for entry in string.gmatch(value, '%S+') do
+    if string.sub(entry, 1, 8) ~= '1::pico=' then
+      local admission = string.match(entry, '^1:[^:]*:(.+)$')
+      if not admission or admission == nonce then return false end
+      named = named + 1
+    end
+  end
+  return named > 0
+end
 local told = {}
 for r = 0, requests - 1 do
   local k, a = 5 + 4 * r, 1 + 6 * r
@@ -674,7 +690,7 @@ for r = 0, requests - 1 do
     local record = redis.call('HGET', KEYS[1], field)
     if record then
       result[3] = read_with(record, key)
-      if result[3] ~= '' then record = nil end
+      if result[3] ~= '' or in_flight(redis.call('GET', charged), record) then record = nil end
     end
     local forgotten = redis.call('EXISTS', charged) == 0
     if forgotten then result[1] = '1' end
