@@ -21,6 +21,7 @@ serving routers, and idempotent: a request whose charged marker is there is only
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -37,22 +38,29 @@ from services.router.store.model import CHARGED_TOTAL
 
 # Requests a script call repairs: each call blocks the shard's Redis for its length.
 CHUNK = 100
+# A row's ledger entry as the sink names a Redis stream's (services/ledger/sink.py, stream_entry): the stream, then
+# the entry id, whose first part is when Redis added it (Unix ms, by its own clock).
+STREAM_ENTRY = re.compile(r"\S+ (\d+)-\d+")
 
 
 @dataclass(frozen=True)
 class LedgerCharge:
-    """What the SQL ledger charged one tenant's request id within the request id TTL: `pico` in all, last at `last_ts`
-    by `key` (the key id that used the id)."""
+    """What the SQL ledger charged one tenant's request id within the request id TTL: `pico` in all, the last charge
+    landing at `landed_ms` (Unix ms, landed) by `key` (the key id that used the id)."""
 
     tenant: str
     request_id: str
     key: str
     pico: int
-    last_ts: float
+    landed_ms: int
 
     @property
     def shard(self) -> int:
         return AccountKeys.of(Account(self.tenant, self.key)).shard
+
+    def markers_expire_ms(self, request_id_ttl_s: int) -> int:
+        """When its last charge's markers expire (Unix ms, by Redis' clock), as that charge set them."""
+        return self.landed_ms + request_id_ttl_s * 1000
 
 
 @dataclass(frozen=True)
@@ -78,17 +86,33 @@ def ledger_charges(rows: Iterable[Row]) -> list[LedgerCharge]:
         tenant, request_id = str(row.get("tenant")), str(row.get("request_id"))
         before = found.get((tenant, request_id))
         pico = int(row.get("cost_pico")) + (before.pico if before else 0)
-        found[(tenant, request_id)] = LedgerCharge(tenant, request_id, str(row.get("key_id")), pico, row.get("ts"))
+        landed_ms = max(landed(row), before.landed_ms if before else 0)
+        found[(tenant, request_id)] = LedgerCharge(tenant, request_id, str(row.get("key_id")), pico, landed_ms)
     return list(found.values())
+
+
+def landed(row: Row) -> int:
+    """When a row's charge landed, in Unix ms by Redis' clock, which its markers' TTL runs on (lua.py, CHARGE: set
+    as it lands): its ledger entry id's time. Its `ts` is its router's own clock, seconds or minutes off on a skewed
+    pod, and taken before the charge landed (an outbox's replay, hours later); only a row of no Redis stream (a
+    version before named none) is dated by it."""
+    entry = STREAM_ENTRY.fullmatch(str(row.get("ledger_entry") or ""))
+    return int(entry.group(1)) if entry else int(float(row.get("ts")) * 1000)
 
 
 async def settle_forgotten(
     store: RedisStore, charges: list[LedgerCharge], request_id_ttl_s: int, repair: bool
 ) -> list[Finding]:
-    """Each charge's Finding (only those with something found); with `repair`, each mended as Finding says."""
+    """Each charge's Finding (only those with something found); with `repair`, each mended as Finding says. A charge
+    whose markers have expired by now is none the store forgot: its request id is free again, and a request that uses
+    it again is a new one, whose pending charge is no charge come back."""
     script = store.redis.register_script(lua.LEDGER_CHARGED)
     findings = []
-    for shard, chunk in _chunks(charges):
+    for shard, listed in _chunks(charges):
+        now_ms = money_now() * 1000
+        chunk = [charge for charge in listed if charge.markers_expire_ms(request_id_ttl_s) > now_ms]
+        if not chunk:
+            continue
         fields = [pending_field(Account(c.tenant, c.key), c.request_id) for c in chunk]
         # The key each pending charge was admitted by: its holds are in that key's set (the script checks it still is).
         records = await store.redis.hmget(pending_key(shard), fields)
@@ -100,7 +124,7 @@ async def settle_forgotten(
             used_by = AccountKeys.of(Account(charge.tenant, charge.key))
             held_by = AccountKeys.of(Account(charge.tenant, key or charge.key))
             names += [used_by.used(charge.request_id), used_by.charged(charge.request_id), *held_by.held()]
-            expiry_ms = int((charge.last_ts + request_id_ttl_s) * 1000)
+            expiry_ms = charge.markers_expire_ms(request_id_ttl_s)
             # An entry naming no admission: a later charge of the id is refused as a repeat, but its own pending
             # charge's (lua.py, CHARGE); the total is what a duplicate's refusal tells.
             marker = f"1 {CHARGED_TOTAL}{charge.pico}"

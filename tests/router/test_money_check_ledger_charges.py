@@ -8,6 +8,7 @@ every key taken at the "backup"), the real SQL sink, a SQL ledger on the real Po
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -279,3 +280,39 @@ async def test_an_admission_the_marker_names_none_of_is_left_in_flight(
     assert await store.held_pico(ACME_K1) == (300, 300)
     assert await store.reconcile("router-2", lease_s=1.0, stale_s=0.0) == 1
     assert await store.spent(ACME_K1, period_id("day")) == (550, 550)  # each admission charged once
+
+
+async def test_a_charge_whose_markers_expired_is_no_charge_forgotten(
+    redis_url: str, client: redis.Redis, dsn: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A record's `ts` is its router's own clock, ahead of the money's by seconds or minutes on a skewed pod; the
+    markers of its charge expire the request id TTL after it landed, by Redis' clock, which its ledger entry's id
+    tells. Aged by `ts`, a charge past its TTL was still within it: told forgotten on a healthy store (exit 1), and
+    repaired, the request id used again since (its markers gone: a new request) lost its pending charge and hold,
+    served and never charged."""
+    ttl_s = 2
+    monkeypatch.setenv("ROUTER_REQUEST_ID_TTL_S", str(ttl_s))
+    monkeypatch.setenv("ROUTER_REDIS_URL", redis_url)
+    monkeypatch.setenv("ROUTER_LEDGER_SQL_DSN", dsn)
+    store = RedisStore(redis_url, request_id_ttl_s=ttl_s)
+    try:
+        hold = await admit(store, ACME_K1, "used-again", 400)
+        record = {"request_id": "used-again", "ts": time.time() + 60, "tenant": "acme", "key": "k1"}
+        assert await store.charge(ACME_K1, hold, 250, {**record, "period": hold.period, "cost_usd": "0.00000000025"})
+        await copy_to_sql(client, dsn)
+        deadline = time.monotonic() + 10
+        while await client.exists(AccountKeys.of(ACME_K1).charged("used-again")):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        again = await admit(store, ACME_K1, "used-again", 300)  # a new request: the id's TTL has passed
+        capsys.readouterr()
+
+        assert await money_check.main(["ledger-charges"]) == 0
+        assert await money_check.main(["ledger-charges", "--repair"]) == 0
+        assert "used-again" not in capsys.readouterr().err
+        pending = await store.pending_charge(ACME_K1, "used-again")
+        assert pending is not None and pending.nonce == again.nonce
+        assert await store.held_pico(ACME_K1) == (300, 300)
+        assert await store.charge(ACME_K1, again, 200, {**record, "period": hold.period, "cost_usd": "0.0000000002"})
+    finally:
+        await store.close()
