@@ -47,7 +47,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from llmrouter.private_paths import private_file
 from services.router.metrics import LEDGER_REJECTED
@@ -185,6 +185,17 @@ class Rejected:
     entry: str
     record: str
     error: str
+
+
+class Charge(NamedTuple):
+    """Of a ledger row, what it charged whom (LedgerDB.iter_charges)."""
+
+    tenant: str
+    request_id: str
+    key_id: str
+    cost_pico: int
+    ts: float
+    ledger_entry: str | None  # None in rows of the first version's table
 
 
 @dataclass(frozen=True)
@@ -512,6 +523,17 @@ class LedgerDB:
             conn.commit()  # ends PostgreSQL's implicit transaction
         for values in fetched:
             yield Row(tuple(values))
+
+    def iter_charges(self, since: float) -> Iterator[Charge]:
+        """The rows with ts >= since, oldest first, as their charges alone: a row's candidates and texts are most of
+        its size, and a day of them would not fit a pod's memory."""
+        sql = f"SELECT {', '.join(Charge._fields)} FROM requests WHERE ts >= {self._mark}"
+        sql += " ORDER BY ts, tenant, request_id, ledger_entry"
+        with self._connected() as conn:
+            fetched = conn.execute(sql, [since]).fetchall()
+            conn.commit()  # ends PostgreSQL's implicit transaction
+        for values in fetched:
+            yield Charge(*values)
 
     def _period_charges(self, period: str, since: float | None) -> list[tuple[str, str, int]]:
         sql = f"SELECT tenant, key_id, SUM(cost_pico) FROM requests WHERE period = {self._mark}"

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmrouter.settings import load_settings
-from services.ledger.db import LedgerDB, Row
+from services.ledger.db import Charge, LedgerDB
 from services.ledger.service import ledger_for
 from services.ledger.settings import LedgerSettings
 from services.router.settings import RequestIdSettings
@@ -79,25 +79,25 @@ class Finding:
         return self.forgotten or self.come_back is not None or bool(self.left)
 
 
-def ledger_charges(rows: Iterable[Row]) -> list[LedgerCharge]:
+def ledger_charges(rows: Iterable[Charge]) -> list[LedgerCharge]:
     """The rows' charges, one per (tenant, request id): summed, named by the last (rows come oldest first)."""
     found: dict[tuple[str, str], LedgerCharge] = {}
     for row in rows:
-        tenant, request_id = str(row.get("tenant")), str(row.get("request_id"))
+        tenant, request_id = str(row.tenant), str(row.request_id)
         before = found.get((tenant, request_id))
-        pico = int(row.get("cost_pico")) + (before.pico if before else 0)
+        pico = int(row.cost_pico) + (before.pico if before else 0)
         landed_ms = max(landed(row), before.landed_ms if before else 0)
-        found[(tenant, request_id)] = LedgerCharge(tenant, request_id, str(row.get("key_id")), pico, landed_ms)
+        found[(tenant, request_id)] = LedgerCharge(tenant, request_id, str(row.key_id), pico, landed_ms)
     return list(found.values())
 
 
-def landed(row: Row) -> int:
+def landed(row: Charge) -> int:
     """When a row's charge landed, in Unix ms by Redis' clock, which its markers' TTL runs on (lua.py, CHARGE: set
     as it lands): its ledger entry id's time. Its `ts` is its router's own clock, seconds or minutes off on a skewed
     pod, and taken before the charge landed (an outbox's replay, hours later); only a row of no Redis stream (a
     version before named none) is dated by it."""
-    entry = STREAM_ENTRY.fullmatch(str(row.get("ledger_entry") or ""))
-    return int(entry.group(1)) if entry else int(float(row.get("ts")) * 1000)
+    entry = STREAM_ENTRY.fullmatch(str(row.ledger_entry or ""))
+    return int(entry.group(1)) if entry else int(float(row.ts) * 1000)
 
 
 async def settle_forgotten(
@@ -169,8 +169,11 @@ def _text(value: Any) -> str:
 async def check_ledger_charges(store: RedisStore, db: LedgerDB, request_id_ttl_s: int, repair: bool) -> int:
     """Every charge of the SQL ledger within the request id TTL checked against the store (with `repair`, mended);
     what was found printed. 1 when anything is to do (with `repair`: anything left alone), else 0."""
-    since = money_now() - request_id_ttl_s
-    charges = ledger_charges(db.iter_rows(since=since))
+    # Rows are dated by their routers' clocks, and some landed long after (an outbox's replay): read a TTL further
+    # back, and keep what landed within the TTL (settle_forgotten).
+    since = money_now() - 2 * request_id_ttl_s
+    now_ms = money_now() * 1000
+    charges = [c for c in ledger_charges(db.iter_charges(since)) if c.markers_expire_ms(request_id_ttl_s) > now_ms]
     findings = await settle_forgotten(store, charges, request_id_ttl_s, repair)
     for finding in findings:
         charge = finding.charge
