@@ -50,12 +50,14 @@ class Webhook:
 @asynccontextmanager
 async def serving_hook(receive: Callable[[Request], Awaitable[JSONResponse]]) -> AsyncIterator[str]:
     """A real HTTP server on loopback whose POST /hook `receive` answers: its URL. Stopped without waiting for a
-    request still being answered (a test may leave one hanging)."""
+    request still being answered (a test may leave one hanging): it is cancelled."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     app = Starlette(routes=[Route("/hook", receive, methods=["POST"])])
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, timeout_graceful_shutdown=0)
+    )
     task = asyncio.create_task(server.serve())
     while not server.started:
         await asyncio.sleep(0.02)
@@ -63,7 +65,6 @@ async def serving_hook(receive: Callable[[Request], Awaitable[JSONResponse]]) ->
         yield f"http://127.0.0.1:{port}/hook"
     finally:
         server.should_exit = True
-        server.force_exit = True
         await task
 
 
