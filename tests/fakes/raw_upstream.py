@@ -1,6 +1,6 @@
 """Upstreams on loopback that write raw HTTP bytes, for what the fakes' well-formed servers never send: an answer
-the test spells out byte by byte, or one that stops part-way and keeps its connection open. Run in the test's own
-event loop."""
+the test spells out byte by byte, or one that stops part-way and keeps its connection open. Stopped with every
+connection's task: one still answering would run on into the tests after it, on the session's loop."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ class LoopbackUpstream:
         self.host = host
         self.port = 0
         self._server: asyncio.Server | None = None
+        self._answering: set[asyncio.Task[None]] = set()
 
     @property
     def url(self) -> str:
@@ -28,15 +29,23 @@ class LoopbackUpstream:
 
     async def __aexit__(self, *exc: object) -> None:
         assert self._server is not None
-        self._server.close()
+        self._server.close()  # closes the listening socket only: the connections' tasks are stopped here
+        for task in self._answering:
+            task.cancel()
+        await asyncio.gather(*self._answering)
+        await self._server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        this = asyncio.current_task()
+        assert this is not None
+        self._answering.add(this)
         try:
             await self._answer(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
             pass
         finally:
             writer.close()
+            self._answering.discard(this)
 
     async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         raise NotImplementedError
