@@ -39,6 +39,9 @@ async def provider_chunks(
             # Given up before it is written: a caller that leaves while it is on its way may well have let it go.
             cue.unreached = False
             await call.write(provider_pb2.CuedRequest(send=True))
+            # The router's last word. Over a channel with interceptors (a call token) gRPC writes from a task of its
+            # own that ends only when the writing does, not when the call does: unended, each stream left one.
+            await call.done_writing()
         return
     except grpc.RpcError as err:
         if err.code() != grpc.StatusCode.UNIMPLEMENTED or not cue.unreached:

@@ -4,6 +4,7 @@ service on loopback in token mode, before the OpenAI wire-format fake."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,9 +19,11 @@ from llmrouter.server import start_server
 from llmrouter.settings import ServiceSettings
 from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc
 from services.providers import ProvidersSettings, build
+from services.router.cued_stream import Cue, provider_chunks
 from tests.fakes import FakeAnthropic, FakeOpenAI
 from tests.providers.conftest import registry
 from tests.providers.helpers import request
+from tests.waiting import eventually
 
 TOKEN = "router-token-0123456789"
 
@@ -67,6 +70,26 @@ async def test_a_cued_stream_is_authenticated_and_has_the_token(token_address: s
         await call.write(provider_pb2.CuedRequest(request=request("cheap")))
         assert (await call.read()).WhichOneof("kind") == "ready_to_send"
         await call.write(provider_pb2.CuedRequest(send=True))
+        await call.done_writing()  # else gRPC's task writing for the token's interceptor waits on, past the call
         chunks = [chunk async for chunk in call]
         assert chunks[-1].final.usage.output_tokens > 0
     assert len(openai_fake.requests) == 1
+
+
+async def test_a_cued_stream_the_router_reads_with_a_token_leaves_no_task_running(token_address: str) -> None:
+    """With a call token the channel's interceptors have gRPC write a stream's requests from a task that ends when the
+    writing does, not the call: the router never ended its writing, and every cued stream it read left that task
+    waiting, with the call it holds, for as long as the router ran."""
+    async with open_channel(token_address, ServiceSettings(call_token=SecretStr(TOKEN))) as channel:
+        stub = provider_pb2_grpc.ProviderStub(channel)
+        chunks = [chunk async for chunk in provider_chunks(stub, request("cheap"), lambda: 5.0, Cue())]
+        assert chunks[-1].final.usage.output_tokens > 0
+
+        def writers() -> list[asyncio.Task[object]]:
+            return [
+                t
+                for t in asyncio.all_tasks()
+                if "_consume_request_iterator" in getattr(t.get_coro(), "__qualname__", "")
+            ]
+
+        await eventually(lambda: not writers(), "gRPC's request writer ended", timeout_s=5)

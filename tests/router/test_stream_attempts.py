@@ -44,6 +44,9 @@ class TimedOutCall:
     async def write(self, message: provider_pb2.CuedRequest) -> None:
         self.sent |= message.send
 
+    async def done_writing(self) -> None:
+        pass
+
     async def __anext__(self) -> Any:
         if not self.sent:
             return provider_pb2.GenerateChunk(ready_to_send=True)
