@@ -16,6 +16,7 @@ import redis.asyncio as redis
 
 from services.router.store.clock import MONEY_CLOCK
 from tests.redis_servers import RedisCluster, RedisServer
+from tests.task_leaks import no_task_left_running
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,13 +60,22 @@ POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.
 @pytest.fixture(autouse=True)
 def _money_clock_on_the_machines(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test runs with the money's clock on this machine's (services/router/store/clock.py), and leaves it so.
-    Redis' TIME here is the machine's, but a test that moves time.time() would have a store's ping (its own, or a
-    background upkeep's still running on the session's loop) measure the move as an offset and undo it: so the clock
-    follows Redis only in a test marked `money_clock_follows`."""
+    Redis' TIME here is the machine's, but a test that moves time.time() would have a store's ping (its own, or the
+    upkeep of the session-scoped chain's router, tests/integration/conftest.py, which runs on the session's loop all
+    session, in the tests of other files its xdist worker runs after) measure the move as an offset and undo it: so
+    the clock follows Redis only in a test marked `money_clock_follows`."""
     monkeypatch.setattr(MONEY_CLOCK, "offset_s", 0.0)
     monkeypatch.setattr(MONEY_CLOCK, "readings", [])  # none of another test's (it may have moved time.time())
     if "money_clock_follows" not in request.keywords:
         monkeypatch.setattr(MONEY_CLOCK, "follow", lambda *_: None)
+
+
+@pytest.fixture(autouse=True)
+async def _no_task_left_running() -> AsyncIterator[None]:
+    """Each test stops the asyncio tasks it starts: one left running would run on in the tests after it, on the
+    session's loop (tests/task_leaks.py). Those of session-scoped fixtures' servers, theirs to stop, are no test's."""
+    async with no_task_left_running():
+        yield
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
