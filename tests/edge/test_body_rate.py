@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from services.edge.protocol import edge_protocol
+from services.edge.protocol import BoundedReadProtocol, edge_protocol
 from tests.integration.conftest import free_port
 
 GRACE_S = 1.0
@@ -124,30 +124,28 @@ async def test_an_app_learns_its_request_was_refused_at_the_refusal() -> None:
 
 async def test_a_body_s_stall_is_timed_from_when_reading_resumed() -> None:
     """Reading held up by the app (here until it asks for an expected body) then resumed: the caller has a whole
-    read timeout from then, not what was left of one begun while reading was held up."""
+    read timeout from then, not what was left of one begun while reading was held up. The stall check armed while
+    held up is made due at once after the resume (its timer might fall due at any time after it): a read timeout of
+    30 s from the resume then lets no load on the machine make the caller's body late."""
+    protocols: list[BoundedReadProtocol] = []
+    base = edge_protocol(read_timeout_s=30, write_timeout_s=30, min_body_rate=RATE, body_grace_s=GRACE_S)
 
-    async def busy_reader(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return
-        await asyncio.sleep(2.8)  # the stall timer, looked at again each second held up, next at about 3 s
-        size, more = 0, True
-        while more:
-            message = await receive()
-            size, more = size + len(message.get("body", b"")), message.get("more_body", False)
-        answer = str(size).encode()
-        await send(
-            {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(answer))]}
-        )
-        await send({"type": "http.response.body", "body": answer})
+    class Seen(base):  # type: ignore[valid-type, misc]
+        def connection_made(self, transport: asyncio.Transport) -> None:
+            super().connection_made(transport)
+            protocols.append(self)
 
-    protocol = edge_protocol(read_timeout_s=1, write_timeout_s=30, min_body_rate=RATE, body_grace_s=GRACE_S)
-    async with serving(busy_reader, protocol) as port:
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+    async with serving(slow_reader, Seen) as port:
+        with socket.create_connection(("127.0.0.1", port), timeout=40) as s:
             head = b"POST / HTTP/1.1\r\nHost: edge\r\nConnection: close\r\nExpect: 100-continue\r\n"
             await asyncio.to_thread(s.sendall, head + b"Content-Length: %d\r\n\r\n" % len(BODY))
-            interim = await asyncio.to_thread(s.recv, 65536)
+            interim = await asyncio.to_thread(s.recv, 65536)  # sent as the app asks, which resumes reading
             assert interim == b"HTTP/1.1 100 Continue\r\n\r\n", interim
-            await asyncio.sleep(0.6)  # within the read timeout of the 100
+            (protocol,) = protocols
+            armed_while_held = protocol.read_timer
+            assert armed_while_held is not None and armed_while_held.when() < protocol.flow.resumed_at + 30
+            armed_while_held.cancel()
+            protocol.timed_out()  # its check, due now: the stall is timed from the resume
             await asyncio.to_thread(s.sendall, BODY)
             reply = await asyncio.to_thread(read_all, s)
     status, _, size = reply.partition(b"\r\n\r\n")
@@ -156,26 +154,49 @@ async def test_a_body_s_stall_is_timed_from_when_reading_resumed() -> None:
 
 
 async def test_the_rate_is_not_looked_at_over_and_over_while_reading_is_held_up() -> None:
-    """Reading held up (64 KiB unread, the app busy) just as the body's average meets the rate: its time frozen, the
-    check fell due again and again (here every 10 ms: what was left to its due), as long as the app held reading up
-    (a pipelined request's body behind a long answer: minutes)."""
-    checks = 0
-    base = edge_protocol(read_timeout_s=30, write_timeout_s=30, min_body_rate=32 * 1024, body_grace_s=GRACE_S)
+    """Reading held up (64 KiB unread, the app busy) as the body's average nears the rate: its time frozen, the check
+    fell due again and again (what was left to its due: milliseconds), as long as the app held reading up (a pipelined
+    request's body behind a long answer: minutes). A check made while reading is held up looks again a grace later at
+    the soonest (the old check looked again after what was left to its due, here 1.5 s). The caller keeps time by the
+    protocol's checks, not by sleeps from its start: it may be 1.5 s late before its rate falls short (408)."""
+    grace_s = 3.0
+    looks: list[tuple[bool, float | None]] = []  # each check: reading held up, the wait until the next (None: refused)
+    looked, looked_held_up, app_may_read = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    # At this rate the first 64 KiB are due at 6 s: looked at first at 3 s (the grace), then at 6 s.
+    base = edge_protocol(read_timeout_s=30, write_timeout_s=30, min_body_rate=65536 // 6, body_grace_s=grace_s)
 
     class Counted(base):  # type: ignore[valid-type, misc]
         def check_rate(self) -> None:
-            nonlocal checks
-            checks += 1
+            held_up = self.flow.read_paused
             super().check_rate()
+            looks.append((held_up, None if self.rate_timer is None else self.rate_timer.when() - self.loop.time()))
+            (looked_held_up if held_up else looked).set()
 
-    async with serving(slow_reader, Counted) as port:
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-            head = b"POST / HTTP/1.1\r\nHost: edge\r\nConnection: close\r\nContent-Length: 70000\r\n\r\n"
-            await asyncio.to_thread(s.sendall, head + b"x" * 65536)  # due at 2 s, at 32 KiB/s: not held up yet
-            await asyncio.sleep(1.99)
-            await asyncio.to_thread(s.sendall, b"x")  # 64 KiB unread and more: held up until the app reads (3 s)
-            await asyncio.sleep(0.1)
+    async def reader(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        await app_may_read.wait()
+        size, more = 0, True
+        while more:
+            message = await receive()
+            size, more = size + len(message.get("body", b"")), message.get("more_body", False)
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b""})
+
+    async with serving(reader, Counted) as port:
+        with socket.create_connection(("127.0.0.1", port), timeout=40) as s:
+            try:
+                head = b"POST / HTTP/1.1\r\nHost: edge\r\nConnection: close\r\nContent-Length: 70000\r\n\r\n"
+                await asyncio.to_thread(s.sendall, head + b"x" * 65536)  # not held up yet: all read
+                await asyncio.wait_for(looked.wait(), 30)  # at 3 s
+                assert looks[-1][1] is not None, f"refused at the first look: {looks}"
+                await asyncio.sleep(grace_s / 2)  # then held up at about 4.5 s: 1.5 s short of its due
+                await asyncio.to_thread(s.sendall, b"x")  # 64 KiB unread and more: held up until the app reads
+                await asyncio.wait_for(looked_held_up.wait(), 30)  # at 6 s
+            finally:
+                app_may_read.set()
             await asyncio.to_thread(s.sendall, b"x" * (70000 - 65537))  # read once the app reads
             reply = await asyncio.to_thread(read_all, s)
     assert reply.startswith(b"HTTP/1.1 200 "), reply
-    assert checks < 10, checks
+    waits_held_up = [wait_s for held_up, wait_s in looks if held_up]
+    assert waits_held_up and all(w is not None and w > grace_s - 0.05 for w in waits_held_up), looks
