@@ -5,7 +5,12 @@ own, on a session's loop as the suite's, with the suite's guard."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
 
 pytest_plugins = ["pytester"]
 
@@ -76,7 +81,11 @@ def test_sync() -> None:
 """
 
 
-def test_a_test_leaving_a_task_running_errors_naming_it(pytester: pytest.Pytester) -> None:
+def test_a_test_leaving_a_task_running_errors_naming_it(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The run is in a directory of its own: the repository's `tests` package is found on the path, as make test runs.
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     pytester.makeconftest("from tests.conftest import _no_task_left_running  # noqa: F401  the guard under test\n")
     pytester.makeini(
         "[pytest]\nasyncio_mode = auto\n"

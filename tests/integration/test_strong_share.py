@@ -57,10 +57,10 @@ async def test_the_reply_shows_the_quality_target_applied(chain: Chain) -> None:
     [
         ({}, {"x-router-strong-share": "lots"}, "x-router-strong-share must be a number"),
         ({"strong_share": 1.5}, {}, "strong_share: Input should be less than or equal to 1"),
-        ({"quality_target": 0.5}, {"x-router-strong-share": "0.5"}, "not quality_target and strong_share"),
+        ({"quality_target": 0.5}, {"x-router-strong-share": "0.5"}, "not quality_target and x-router-strong-share"),
         ({"quality_kept": -0.1}, {}, "quality_kept: Input should be greater than or equal to 0"),
         ({}, {"x-router-quality-kept": "1.5"}, "x-router-quality-kept must be within [0, 1]"),  # named as sent
-        ({"strong_share": 0.5}, {"x-router-quality-kept": "0.9"}, "not strong_share and quality_kept"),
+        ({"strong_share": 0.5}, {"x-router-quality-kept": "0.9"}, "not strong_share and x-router-quality-kept"),
     ],
 )
 async def test_a_bad_strong_share_is_a_400(chain: Chain, fields: dict, headers: dict, says: str) -> None:
