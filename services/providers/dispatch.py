@@ -18,6 +18,7 @@ from decimal import Decimal
 
 import grpc
 
+from llmrouter.deadlines import MIN_SEND_S, PROVIDERS_MARGIN_S
 from llmrouter.errors import ServiceError
 from llmrouter.registry import ModelSpec, ProviderSpec
 from llmrouter.tokens import count_text_tokens
@@ -52,9 +53,6 @@ _UNHEALTHY = {"timeout", "unavailable", "bad_response", "lost"}
 # Failures after which nobody knows what the upstream generated: the router charges the attempt's worst case,
 # which covers whatever it consumed, so that is not reported on top.
 _UNKNOWN_OUTCOME = {"timeout", "bad_response", "lost"}
-
-# Time kept back from the caller's deadline for our error to travel back to it.
-_DEADLINE_MARGIN_S = 0.05
 
 log = logging.getLogger("llmrouter.providers")
 MAX_LOGPROBS_BYTES = 4 * 1024 * 1024  # well inside a reply's 16 MiB gRPC message, beside the answer itself
@@ -175,6 +173,7 @@ class Dispatcher:
                     await self._unsent_until(
                         deadline, cue(), "the caller did not let the request go within the total timeout"
                     )
+                    self._refuse_unless_time_to_send(deadline)
                 while True:
                     breaker = self._admit(model)
                     end = Completion()  # usage of a failed attempt must not leak into the next one
@@ -234,31 +233,42 @@ class Dispatcher:
         bare DEADLINE_EXCEEDED."""
         total = self.spec.total_timeout_s
         if budget_s is not None:
-            total = min(total, max(0.0, budget_s - _DEADLINE_MARGIN_S))
+            total = min(total, max(0.0, budget_s - PROVIDERS_MARGIN_S))
         return asyncio.get_running_loop().time() + total
 
     @asynccontextmanager
     async def _slot(self, deadline: float) -> AsyncIterator[None]:
-        """Hold one of the provider's concurrency slots, waiting for it no later than the deadline."""
+        """Hold one of the provider's concurrency slots, with time left to send the request, waiting for it no
+        later than the last moment to send it."""
         busy = f"no free slot within the total timeout ({self.spec.max_concurrency} busy)"
         await self._unsent_until(deadline, self.slots.acquire(), busy)
         try:
+            self._refuse_unless_time_to_send(deadline)
             yield
         finally:
             self.slots.release()
 
     async def _unsent_until(self, deadline: float, step: Awaitable[object], late: str) -> None:
-        """Await a step that comes before the request is sent, but not past the deadline."""
+        """Await a step that comes before the request is sent, but not past the last moment to send it."""
         try:
-            async with asyncio.timeout_at(deadline):
+            async with asyncio.timeout_at(_send_by(deadline)):
                 await step
         except TimeoutError:
-            raise ServiceError(
-                grpc.StatusCode.DEADLINE_EXCEEDED,
-                "UPSTREAM_TIMEOUT",
-                f"{self.provider}: {late}",
-                {"sent": "false"},  # nothing reached the upstream: nothing to pay
-            ) from None
+            raise self._unsent(late) from None
+
+    def _refuse_unless_time_to_send(self, deadline: float) -> None:
+        """Before the first attempt only: an attempt with no time to send would time out with its outcome unknown,
+        charged its worst case. A retry's time is the backoff's to judge, which reports the failure before it."""
+        if asyncio.get_running_loop().time() >= _send_by(deadline):
+            raise self._unsent("too little of the caller's deadline left to send the request")
+
+    def _unsent(self, why: str) -> ServiceError:
+        return ServiceError(
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            "UPSTREAM_TIMEOUT",
+            f"{self.provider}: {why}",
+            {"sent": "false"},  # nothing reached the upstream: nothing to pay
+        )
 
     def _admit(self, model: ModelSpec) -> CircuitBreaker:
         breaker = self.breaker(model.name)
@@ -291,16 +301,21 @@ class Dispatcher:
         deadline: float,
         wasted: Wasted | None = None,
     ) -> None:
-        """Sleep before the next attempt, or raise when retrying is not allowed or cannot finish in time."""
+        """Sleep before the next attempt, or raise when retrying is not allowed or the retry could not be sent in
+        time. Raised, it is this failure, with what the failed attempts consumed: never an unsent refusal, since the
+        attempts before were sent."""
         delay = retry_delay(retries, self.spec.backoff_base_s, self.spec.backoff_max_s, err.retry_after)
         give_up = not err.retryable or retries >= self.spec.max_retries
-        if give_up or asyncio.get_running_loop().time() + delay >= deadline:
+        loop = asyncio.get_running_loop()
+        if give_up or loop.time() + delay >= _send_by(deadline):
             raise self._failure(model, request, err, retries, wasted)
-        metrics.RETRIES.labels(self.provider, model.name).inc()
         log.warning(
             "retrying upstream call", extra={**self._log_fields(model, request, err), "delay_s": round(delay, 3)}
         )
         await asyncio.sleep(delay)
+        if loop.time() >= _send_by(deadline):  # the sleep ended late (a busy event loop)
+            raise self._failure(model, request, err, retries, wasted)
+        metrics.RETRIES.labels(self.provider, model.name).inc()
 
     def _log_fields(self, model: ModelSpec, request: UpstreamRequest, err: UpstreamError) -> dict[str, str]:
         return {
@@ -415,6 +430,11 @@ def retry_after_header(seconds: float) -> str:
     which clients parse as an integer), rounded up so no retry comes early. "1.5" (from retry-after-ms),
     "3.99812" (an HTTP date) or "inf" made clients that parse it strictly (urllib3) fail."""
     return str(math.ceil(min(seconds, MAX_RETRY_AFTER_S)))
+
+
+def _send_by(deadline: float) -> float:
+    """The last moment an attempt may start: it needs MIN_SEND_S to reach its upstream before the deadline."""
+    return deadline - MIN_SEND_S
 
 
 async def _next(events: AsyncGenerator[StreamEvent, None], deadline: float) -> StreamEvent | None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 
+from llmrouter.deadlines import MIN_SEND_S, PROVIDERS_MARGIN_S, REACH_PROVIDERS_S
 from llmrouter.errors import NEVER_CONNECTED, ServiceError
 from llmrouter.registry import ModelSpec
 from llmrouter.tokens import count_text_tokens
@@ -37,9 +38,8 @@ FALLBACK_CODES = {
 }
 # Failures after which the upstream may have generated (and billed) anything up to the attempt's worst case.
 UNKNOWN_OUTCOME = {grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
-# A fallback (or escalation) with less of the request's time left than this would time out before reaching its
-# upstream, and be charged its worst case as an unknown outcome all the same: none is made.
-MIN_FALLBACK_S = 0.1
+# No provider call (first, fallback, escalation) with less time left: the providers would refuse it unsent, in vain.
+MIN_FALLBACK_S = REACH_PROVIDERS_S + PROVIDERS_MARGIN_S + MIN_SEND_S
 
 
 @dataclass
@@ -169,7 +169,7 @@ class Serving:
         if max_tokens < min(routed.limits.min_output_tokens, routed.max_tokens[target.model.name]):
             log.warning("no room left in the hold to escalate; keeping the weak answer", extra={"signal": why})
             return
-        if routed.time_left(context) < MIN_FALLBACK_S:  # it would time out unsent, yet be owed as unknown
+        if routed.time_left(context) < MIN_FALLBACK_S:  # the providers would refuse it unsent
             log.warning("no time left to escalate; keeping the weak answer", extra={"signal": why})
             return
         try:
@@ -278,8 +278,8 @@ def provider_failure(err: grpc.RpcError, request_id: str) -> ServiceError:
 
 def _check_time_left(routed: Routed, context: Any) -> None:
     """A first attempt, like a fallback, needs time to reach its upstream: made with none (the caller's deadline
-    passed while a unary call's generation, shielded, looked up the cache), it would fail before it did, yet be
-    owed its worst case as an unknown outcome."""
+    passed while a unary call's generation, shielded, looked up the cache), it would fail before reaching even the
+    providers, a bare DEADLINE_EXCEEDED owed its worst case as an unknown outcome; with little, they refuse it."""
     if routed.time_left(context) < MIN_FALLBACK_S:
         raise ServiceError(
             grpc.StatusCode.DEADLINE_EXCEEDED, "UPSTREAM_TIMEOUT", "no time left for a provider call; none was made"

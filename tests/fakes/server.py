@@ -111,6 +111,7 @@ class FakeServer:
     def __init__(self) -> None:
         self.faults: deque[Fault] = deque()
         self.requests: list[Received] = []
+        self.connections = 0  # accepted, a request read from them or not (one cut short is in no `requests`)
         self.chunk_delay = 0.0  # seconds between stream events (slow streams for cancellation tests)
         self.latency = 0.0  # seconds before every answer (concurrency tests)
         # While set, every answer waits (a test looks at what happens meanwhile, for as long as it needs to).
@@ -135,6 +136,7 @@ class FakeServer:
     def clear(self) -> None:
         self.faults.clear()
         self.requests.clear()
+        self.connections = 0
         self.max_in_flight = self.in_flight
 
     def wait_disconnect(self, index: int = -1, timeout: float = 5.0) -> bool:
@@ -201,6 +203,7 @@ class FakeServer:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         # One request per connection (every reply says `connection: close`): a connection-level fault then
         # hits exactly one request, and the disconnect watch below never swallows a next request's bytes.
+        self.connections += 1
         try:
             request = await _read_request(reader)
         except (ConnectionError, asyncio.IncompleteReadError, ValueError):

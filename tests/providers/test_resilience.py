@@ -311,6 +311,24 @@ async def test_waiting_for_a_slot_ends_with_a_clear_error_before_the_callers_dea
     assert len(openai_fake.requests) == 1  # the queued call never reached the upstream
 
 
+async def test_a_busy_event_loop_still_gets_the_slot_error_to_the_caller_before_its_deadline(
+    service, openai_fake: FakeOpenAI
+) -> None:
+    """A loaded pod's event loop runs late. The error must leave long enough before the caller's deadline: one that
+    missed it left the caller a bare DEADLINE_EXCEEDED, which says nothing of whether the upstream was called, so the
+    router charged the attempt's worst case (the test above failed so on a loaded machine). Here the loop, this
+    test's and both services', stalls for the last 170 ms before the caller's deadline."""
+    openai_fake.enqueue(Fault.hang())
+    async with service(max_concurrency=1) as stub:
+        busy = stub.Generate(request("cheap"))
+        await eventually(lambda: openai_fake.requests, "the first call takes the slot, at the upstream")
+        asyncio.get_running_loop().call_later(0.35, time.sleep, 0.17)
+        err = await _fails(stub.Generate(request("cheap"), timeout=0.5))
+        busy.cancel()
+    assert error_of(err).reason == "UPSTREAM_TIMEOUT" and error_of(err).metadata["sent"] == "false"
+    assert "no free slot" in (err.details() or "") and len(openai_fake.requests) == 1
+
+
 async def test_metrics_follow_the_conventions(stub, openai_fake: FakeOpenAI) -> None:
     labels = {"provider": "fakeai", "model": "strong"}
 
