@@ -69,22 +69,25 @@ class Served:
     escalated: bool = False
     escalation_signal: str = ""  # why it was escalated: empty, truncated, refusal, low_confidence, verifier ...
     tool_calls_json: str = ""
-    mean_logprob: float | None = None  # of the last answer's tokens, when the provider gave log-probabilities
-    logprobs_json: str = ""  # the last answer's, when the caller asked for them
+    mean_logprob: float | None = None  # of the served answer's tokens, when the provider gave log-probabilities
+    logprobs_json: str = ""  # the served answer's, when the caller asked for them
     # Each generation billed, as (model, its usage): the tokens above summed, each at its own model's prices (an
     # escalated answer's weak one is another model's), so the ledger shows what `cost` is made of.
     generations: list[tuple[str, common_pb2.Usage]] = field(default_factory=list)
 
-    def add(self, reply: provider_pb2.GenerateResponse, model: ModelSpec) -> None:
-        self.model, self.provider = model, reply.provider
-        # An escalated answer replaces the weak one's words (a refusal too), unless it has none: one that only calls
-        # tools leaves none of the weak one's beside its calls (a refusal there reads as the model having declined).
-        if reply.content or reply.refusal or reply.tool_calls_json:
-            self.content, self.refusal = reply.content, reply.refusal
-        self.finish_reason = reply.finish_reason
-        self.tool_calls_json = reply.tool_calls_json or self.tool_calls_json
-        self.mean_logprob = reply.mean_logprob if reply.HasField("mean_logprob") else None
-        self.logprobs_json = reply.logprobs_json  # an escalated answer's own, never the weak one's
+    def add(self, reply: provider_pb2.GenerateResponse, model: ModelSpec) -> bool:
+        """A generation, charged: its answer is the one served unless an answer came before and this one has none
+        (an escalated answer with no words, refusal or tool calls), which leaves the weak answer served. Whether
+        its answer is served."""
+        served = not self.generations or has_answer(reply)
+        if served:
+            # Whole: the words, who wrote them, why they ended and how sure of them it was are one generation's. One
+            # that only calls tools leaves none of the weak one's words beside its calls, nor a refusal.
+            self.model, self.provider = model, reply.provider
+            self.content, self.refusal, self.tool_calls_json = reply.content, reply.refusal, reply.tool_calls_json
+            self.finish_reason = reply.finish_reason
+            self.mean_logprob = reply.mean_logprob if reply.HasField("mean_logprob") else None
+            self.logprobs_json = reply.logprobs_json
         self.input_tokens += reply.usage.input_tokens
         self.output_tokens += reply.usage.output_tokens
         self.cached_input_tokens += reply.usage.cached_input_tokens
@@ -95,6 +98,7 @@ class Served:
         self.cost += model.usage_cost_usd(reply.usage)
         self.generations.append((model.name, reply.usage))
         self.retries += reply.retries
+        return served
 
     @property
     def usage(self) -> common_pb2.Usage:
@@ -106,6 +110,12 @@ class Served:
             cached_input_tokens=self.cached_input_tokens,
             cache_write_input_tokens=self.cache_write_input_tokens,
         )
+
+
+def has_answer(reply: provider_pb2.GenerateResponse) -> bool:
+    """Whether a generation answered: words (more than blanks, as escalation.signal reads them), a refusal or tool
+    calls."""
+    return bool(reply.content.strip() or reply.refusal or reply.tool_calls_json)
 
 
 def generation_entry(model: str, usage: common_pb2.Usage) -> dict[str, Any]:

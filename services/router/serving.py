@@ -183,7 +183,8 @@ class Serving:
             routed.owed += attempt_cost(failed, target.model, worst_usd(routed, target.model, max_tokens))
             return
         metrics.ESCALATIONS.labels(weak.model.name, target.model.name).inc()
-        served.add(reply, target.model)
+        if not served.add(reply, target.model):
+            routed.note = f"escalated to {target.model.name}, which answered nothing: the weak answer kept"
         served.escalated, served.escalation_signal = True, why
 
     async def generate_stream(
