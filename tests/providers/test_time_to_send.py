@@ -62,10 +62,11 @@ async def test_an_attempt_left_too_little_time_to_send_is_refused_before_anythin
     assert openai_fake.connections == 0 and openai_fake.requests == []  # not even a connection was opened
 
 
-# The caller's deadline of the retry tests, and a Retry-After that puts the retry, made at once after the 429, between
-# the last moment to send it (the deadline less the margin and MIN_SEND_S) and the providers' own deadline.
+# The caller's deadline of the retry tests, and a Retry-After that puts a retry made right after the 429 midway between
+# the last moment to send it (the deadline less the margin and MIN_SEND_S) and the providers' own deadline: past the
+# first, however soon the 429 came (gRPC rounds the deadline it sends up, by milliseconds).
 DEADLINE_S = 1.0
-LATE_RETRY_S = DEADLINE_S - PROVIDERS_MARGIN_S - MIN_SEND_S / 2 - 0.02
+LATE_RETRY_S = DEADLINE_S - PROVIDERS_MARGIN_S - MIN_SEND_S / 2
 
 
 async def test_a_retry_that_could_not_be_sent_in_time_is_not_made_and_the_failure_before_it_is_told(
