@@ -195,6 +195,28 @@ def test_readiness_waits_for_a_slow_answer_as_long_as_liveness(docs: list[dict],
     assert readiness >= liveness > KUBELET_PROBE_TIMEOUT_S
 
 
+def test_startup_probes_wait_for_a_slow_answer_as_configured(docs: list[dict]) -> None:
+    """A cold start on a busy node answers late: with the kubelet's default timeout each late answer was a failure
+    against the startup probe's threshold, and the pod was restarted mid-start. Every startup probe the chart renders
+    waits as long as liveness does, and each service's follows <service>.startupProbeTimeoutSeconds."""
+    workloads = by_kind(docs, "Deployment") | by_kind(docs, "StatefulSet")
+    started = {
+        (workload, c["name"]): c
+        for workload, obj in workloads.items()
+        for c in obj["spec"]["template"]["spec"]["containers"]
+        if "startupProbe" in c
+    }
+    assert {container_name for _, container_name in started} >= set(SERVICES)
+    for where, c in started.items():
+        startup, liveness = (
+            c[p].get("timeoutSeconds", KUBELET_PROBE_TIMEOUT_S) for p in ("startupProbe", "livenessProbe")
+        )
+        assert startup >= liveness > KUBELET_PROBE_TIMEOUT_S, where
+    chosen = {svc: 4 + i for i, svc in enumerate(SERVICES)}
+    docs = render(*(arg for svc, s in chosen.items() for arg in ("--set", f"{svc}.startupProbeTimeoutSeconds={s}")))
+    assert {svc: container(docs, svc)["startupProbe"]["timeoutSeconds"] for svc in SERVICES} == chosen
+
+
 def test_registry_configmap_is_mounted_where_the_services_read_it(docs: list[dict]) -> None:
     (cm,) = [c for c in by_kind(docs, "ConfigMap").values() if "models.yaml" in c["data"]]
     assert cm["data"]["models.yaml"] == (CHART / "files" / "models.yaml").read_text().rstrip("\n")
@@ -596,6 +618,9 @@ def test_a_shared_router_without_redis_is_refused() -> None:
         ("redis.cache.urlSecret.key=url", "/redis/cache/urlSecret/name"),
         ("redis.auth.existingSecret=Redis_Auth", "/redis/auth/existingSecret"),  # not a Secret name
         ("redis.auth.existingSecretKeys.money=", "/redis/auth/existingSecretKeys/money"),
+        ("classifier.startupProbeTimeoutSeconds=0", "/classifier/startupProbeTimeoutSeconds"),
+        ("edge.startupProbeTimeoutSeconds=2.5", "/edge/startupProbeTimeoutSeconds"),  # the kubelet takes whole seconds
+        ("router.startupProbeTimeoutSeconds=null", "missing property 'startupProbeTimeoutSeconds'"),  # the 1 s default
     ],
 )
 def test_values_schema_refuses_mistakes(setting: str, complaint: str) -> None:

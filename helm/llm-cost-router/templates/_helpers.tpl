@@ -371,7 +371,8 @@ since the Secrets and the pods' checksum annotations must see the same random ke
 With mTLS they use the plaintext health-only port: kubelet's gRPC probes cannot present a certificate.
 Readiness and liveness give a slow answer (a throttled CPU) 3 s; the edge's /readyz waits up to
 EDGE_READINESS_TIMEOUT_S for the router's own check, so its probe waits that and 2 s more: with the kubelet's
-default (1 s, which the check's took too) a slow router timed the probe out before /readyz could answer 503. */}}
+default (1 s, which the check's took too) a slow router timed the probe out before /readyz could answer 503. The
+startup probe waits <service>.startupProbeTimeoutSeconds: a cold start on a busy node answers late too. */}}
 {{- define "llmrouter.probes" -}}
 {{- $root := index . 0 }}
 {{- $svc := index . 1 }}
@@ -382,6 +383,7 @@ default (1 s, which the check's took too) a slow router timed the probe out befo
 startupProbe:
   {{- toYaml $check | nindent 2 }}
   periodSeconds: 2
+  timeoutSeconds: {{ (index $root.Values $svc).startupProbeTimeoutSeconds }}
   failureThreshold: 60      # up to 2 minutes to load the models
 readinessProbe:
   {{- toYaml (ternary (dict "httpGet" (dict "path" "/readyz" "port" "http")) $check (eq $svc "edge")) | nindent 2 }}
