@@ -5,13 +5,22 @@ locals {
   chart = coalesce(var.chart_path, "${path.module}/../helm/llm-cost-router")
 
   # The edge Service as the chart names and serves it, for the edge_endpoint output. The values files in the order
-  # helm applies them (the chart's own, this module's, then extra_values), each parsed ({} for one that is not a
-  # map: helm would refuse it); a setting is the last file's that gives it.
+  # helm merges them (this module's, then extra_values), each parsed ({} for one that is not a map: helm would
+  # refuse it), over the chart's own values.yaml. As in helm, a setting is the last file's that names it, and one
+  # named null there is deleted, the chart's default with it (a section named null, e.g. `edge: null`, likewise,
+  # until a later file gives the section again, over the chart's defaults).
   chart_defaults = try(yamldecode(file("${local.chart}/values.yaml")), {}) # {}: a packaged chart, not read here
-  values_files   = concat([local.chart_defaults, local.values], [for v in var.extra_values : try(yamldecode(v), {})])
-  edge_port      = try(reverse([for f in local.values_files : f.edge.port if try(f.edge.port, null) != null])[0], null)
-  name_override  = try(reverse([for f in local.values_files : f.nameOverride if try(f.nameOverride, null) != null])[0], "")
-  fullname_set   = reverse([for f in local.values_files : f.fullnameOverride if try(f.fullnameOverride, null) != null])[0]
+  user_files     = concat([local.values], [for v in var.extra_values : try(yamldecode(v), {})])
+  # edge.port: the last file whose edge names it or is null; a null there leaves the chart's default (helm refuses
+  # a null edge.port itself: the schema requires it).
+  edge_port_given = [for f in local.user_files : try(f.edge.port, null) if try(f.edge == null, false) || contains(try(keys(f.edge), []), "port")]
+  edge_port       = try(coalesce(try(reverse(local.edge_port_given)[0], null), try(local.chart_defaults.edge.port, null)), null)
+  # nameOverride and fullnameOverride: the last file naming them, else the chart's; null (deleted) reads as "".
+  name_override_given = [for f in local.user_files : try(f.nameOverride, null) if contains(try(keys(f), []), "nameOverride")]
+  fullname_given      = [for f in local.user_files : try(f.fullnameOverride, null) if contains(try(keys(f), []), "fullnameOverride")]
+  name_override       = try(reverse(local.name_override_given)[0], try(local.chart_defaults.nameOverride, null))
+  fullname_override   = try(reverse(local.fullname_given)[0], try(local.chart_defaults.fullnameOverride, null))
+  fullname_set        = local.fullname_override == null ? "" : local.fullname_override
   # llmrouter.fullname: fullnameOverride, else the release name, followed by the chart's name unless it holds it;
   # cut to 63 characters and of a trailing "-". A component's name (llmrouter.component) cuts it to 52 likewise.
   chart_name = coalesce(local.name_override, "llm-cost-router")

@@ -293,6 +293,13 @@ EDGE_ENDPOINT_CASES = [
     ({}, [{"fullnameOverride": "f" * 60 + "-gh"}]),
     ({"release_name": "llm"}, [{"fullnameOverride": "", "nameOverride": "router"}]),
     ({"release_name": "prod-llm-cost-router"}, [{"fullnameOverride": ""}]),
+    # null deletes a setting in helm, the chart's default with it: the module's fullnameOverride (release_name) is
+    # gone, and the chart names its objects <release>-<chart name>.
+    ({"release_name": "llm"}, [{"fullnameOverride": None}]),
+    ({"release_name": "llm"}, [{"fullnameOverride": "f" * 10}, {"nameOverride": "router", "fullnameOverride": None}]),
+    ({"release_name": "llm"}, [{"fullnameOverride": None, "nameOverride": "router"}, {"nameOverride": None}]),
+    # a section set to null and given again: the chart's port, not the one given before
+    ({}, [{"edge": {"port": 9090}}, {"edge": None}, {"edge": {"replicas": 3}}]),
 ]
 
 
