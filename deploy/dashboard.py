@@ -44,12 +44,11 @@ DURABLE = 'redis_role=~"money|batches"'  # the Redis roles that persist (AOF); t
 SERVICE_JOBS = 'job=~"llmrouter-(edge|router|classifier|providers|ledger-sink)"'
 # kube-state-metrics names the release's CronJob, <fullname>-ledger-trim, and carries no `release` of ours: the
 # fullname is no function of the release's name (fullnameOverride, nameOverride, the cut to 52 characters), so the
-# CronJob is a variable of its own over the namespace's ledger-trim CronJobs, the chart choosing its release's, the
-# one its alerts name.
+# CronJob is a variable of its own, offering the one the chart's PrometheusRule records for the release chosen
+# (llmrouter:ledger_trim_cronjob_info{namespace, release, cronjob}): it follows the release variable. The chart
+# opens it on its release's, the one its alerts name.
 LEDGER_TRIM_CRONJOB = 'namespace="$namespace",cronjob="$ledger_trim_cronjob"'
-LEDGER_TRIM_CRONJOBS = (
-    'label_values(kube_cronjob_status_last_schedule_time{namespace="$namespace",cronjob=~".+-ledger-trim"}, cronjob)'
-)
+LEDGER_TRIM_CRONJOBS = f"label_values(llmrouter:ledger_trim_cronjob_info{{{SCOPE}}}, cronjob)"
 
 
 def s(metric: str, matchers: str = "") -> str:

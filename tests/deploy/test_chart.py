@@ -1248,10 +1248,58 @@ def test_the_dashboard_and_the_alert_watch_the_ledger_trim_cronjob_rendered(rele
     (target,) = panel["targets"]
     matchers = _selected(target["expr"], chosen)
     assert re.fullmatch(matchers["namespace"], "llm") and re.fullmatch(matchers["cronjob"], cron), target["expr"]
-    offered = _selected(re.sub(r", \w+\)$", ")", variables["ledger_trim_cronjob"]["query"]), chosen)
-    assert re.fullmatch(offered["cronjob"], cron) and re.fullmatch(offered["namespace"], "llm")
+    assert _offered(variables["ledger_trim_cronjob"]["query"], chosen, _recorded_series(docs)) == {cron}
     (alert,) = _rule_groups(docs)["llmrouter.ledger"]["rules"]
     assert f'{{namespace="llm",cronjob="{cron}"}}' in alert["expr"]
+
+
+def _recorded_series(docs: list[dict]) -> list[dict[str, str]]:
+    """What Prometheus holds of a release without traffic, as label sets with their __name__: the constant series
+    (vector(...)) its PrometheusRule records, and kube-state-metrics' of its CronJobs (they carry no release)."""
+    recorded = [
+        {"__name__": rule["record"], **rule.get("labels", {})}
+        for group in _rule_groups(docs).values()
+        for rule in group["rules"]
+        if "record" in rule and rule["expr"].startswith("vector(")
+    ]
+    kube_state = [
+        {"__name__": metric, "namespace": cron["metadata"]["namespace"], "cronjob": cron["metadata"]["name"]}
+        for cron in by_kind(docs, "CronJob").values()
+        for metric in ("kube_cronjob_status_last_schedule_time", "kube_cronjob_status_last_successful_time")
+    ]
+    return recorded + kube_state
+
+
+def _offered(query: str, variables: dict[str, str], series: list[dict[str, str]]) -> set[str]:
+    """What a dashboard variable's label_values(selector, label) offers among these series, its variables given."""
+    parsed = re.fullmatch(r"label_values\(([\w:]+)\{.*\}, (\w+)\)", query)
+    assert parsed, query
+    metric, label = parsed.groups()
+    matchers = _selected(query, variables)
+    return {
+        one[label]
+        for one in series
+        if one["__name__"] == metric and all(re.fullmatch(v, one.get(k, "")) for k, v in matchers.items())
+    }
+
+
+def test_the_dashboards_ledger_trim_cronjob_follows_the_release_chosen() -> None:
+    """Two releases in one namespace, their CronJobs named by fullnameOverride as much as by the release: choosing
+    the other release in the dashboard offers that release's CronJob, and only it (before, every *-ledger-trim of the
+    namespace, the first release's staying selected); a release without one offers none."""
+    releases = {
+        "llm": render(*LEDGER_DSN),
+        "staging": render(*LEDGER_DSN, "--set", "fullnameOverride=llm-next", release="staging"),
+        "dev": render(release="dev"),  # a SQLite ledger: no CronJob
+    }
+    series = [one for docs in releases.values() for one in _recorded_series(docs)]
+    crons = {release: set(by_kind(docs, "CronJob")) for release, docs in releases.items()}
+    assert crons["staging"] == {"llm-next-ledger-trim"} and crons["dev"] == set()
+    variables = {v["name"]: v for v in _dashboard(releases["llm"])["templating"]["list"]}
+    query = variables["ledger_trim_cronjob"]["query"]
+    for release in releases:
+        chosen = {name: v["current"]["value"] for name, v in variables.items() if "current" in v} | {"release": release}
+        assert _offered(query, chosen, series) == crons[release], release
 
 
 @pytest.mark.parametrize(
