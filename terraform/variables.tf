@@ -331,6 +331,20 @@ variable "ingress" {
     condition     = var.ingress == null || can(regex("^([a-z0-9]([-a-z0-9]*[a-z0-9])?\\.)+[a-z]{2,}$", var.ingress.host))
     error_message = "ingress.host must be a fully qualified DNS name."
   }
+  # The chart's schema refuses these at `helm install`, after Terraform made the namespace. try(): Terraform before
+  # 1.12 evaluates both sides of ||, and null has no attributes.
+  validation {
+    condition     = var.ingress == null || can(regex("^([a-z0-9]([-.a-z0-9]{0,251}[a-z0-9])?)?$", try(var.ingress.class_name, "")))
+    error_message = "ingress.class_name must be an IngressClass name (DNS-1123 subdomain, e.g. nginx), or \"\" for the cluster's default."
+  }
+  validation {
+    condition     = var.ingress == null || can(regex("^([a-z0-9]([-.a-z0-9]{0,251}[a-z0-9])?)?$", try(var.ingress.tls_secret, "")))
+    error_message = "ingress.tls_secret must be a Secret name (DNS-1123 subdomain), or \"\" for no TLS."
+  }
+  validation {
+    condition     = var.ingress == null || alltrue([for name in keys(try(var.ingress.annotations, {})) : can(regex("^([a-z0-9]([-.a-z0-9]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-._A-Za-z0-9]{0,61}[A-Za-z0-9])?$", name))])
+    error_message = "ingress.annotations: each name must be a Kubernetes annotation name, e.g. nginx.ingress.kubernetes.io/proxy-body-size."
+  }
 }
 
 variable "hourly_budget_usd" {

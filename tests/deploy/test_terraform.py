@@ -164,6 +164,21 @@ REFUSED_BY_THE_CHART = [
         "router.budgetWebhookSecret.name=llm-budget-hook,router.budgetWebhookSecret.key=",
         "budget_webhook_secret.key must be a Secret key",
     ),
+    (
+        {"ingress": {"host": "llm.example.com", "class_name": "Nginx"}},
+        "ingress.enabled=true,ingress.className=Nginx",
+        "ingress.class_name must be an IngressClass name",
+    ),
+    (
+        {"ingress": {"host": "llm.example.com", "tls_secret": "llm_tls"}},
+        "ingress.enabled=true,ingress.tls[0].secretName=llm_tls",
+        "ingress.tls_secret must be a Secret name",
+    ),
+    (
+        {"ingress": {"host": "llm.example.com", "annotations": {"proxy body size": "101m"}}},
+        "ingress.enabled=true,ingress.annotations.proxy body size=101m",
+        "ingress.annotations: each name must be a Kubernetes annotation name",
+    ),
 ]
 
 
