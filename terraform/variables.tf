@@ -22,9 +22,10 @@ variable "release_name" {
   type        = string
   default     = "llm-cost-router"
 
+  # It is the chart's fullnameOverride, which starts every Service's name: a DNS label, starting with a letter.
   validation {
-    condition     = can(regex("^[a-z0-9]([-a-z0-9]{0,51}[a-z0-9])?$", var.release_name))
-    error_message = "release_name must be a DNS-1123 label of at most 53 characters."
+    condition     = can(regex("^[a-z]([-a-z0-9]{0,51}[a-z0-9])?$", var.release_name))
+    error_message = "release_name must be a DNS-1035 label of at most 53 characters: lower-case letters, digits and '-', starting with a letter."
   }
 }
 

@@ -621,6 +621,16 @@ def test_a_shared_router_without_redis_is_refused() -> None:
         ("classifier.startupProbeTimeoutSeconds=0", "/classifier/startupProbeTimeoutSeconds"),
         ("edge.startupProbeTimeoutSeconds=2.5", "/edge/startupProbeTimeoutSeconds"),  # the kubelet takes whole seconds
         ("router.startupProbeTimeoutSeconds=null", "missing property 'startupProbeTimeoutSeconds'"),  # the 1 s default
+        # Kubernetes takes only strings as annotations (an unquoted number in YAML is one), a boolean as a flag
+        ("podAnnotations.prometheus\\.io/port=9104", "at '/podAnnotations/prometheus.io~1port': got number"),
+        ("serviceAccount.annotations.a=1", "at '/serviceAccount/annotations/a': got number"),
+        (
+            "monitoring.dashboard.annotations.grafana_folder=true",
+            "at '/monitoring/dashboard/annotations/grafana_folder'",
+        ),
+        ("serviceAccount.create=no", "at '/serviceAccount/create': got string, want boolean"),  # "no" is truthy
+        ("fullnameOverride=LLM", "at '/fullnameOverride'"),  # no Service may be named so
+        ("nameOverride=Router", "at '/nameOverride'"),
     ],
 )
 def test_values_schema_refuses_mistakes(setting: str, complaint: str) -> None:
@@ -1517,3 +1527,58 @@ def test_notes_tell_which_key_to_send(settings: list[str], bearer: str) -> None:
         [tool("helm"), "install", "llm", str(CHART), "--dry-run", *sets], check=True, capture_output=True, text=True
     ).stdout.split("NOTES:", 1)[1]
     assert f"-H 'authorization: {bearer}" in notes
+
+
+# The longest name Kubernetes lets each kind have; a Service's is a DNS label. Past it the API server refuses the
+# object, or, for a StatefulSet, every one of its pods (their controller-revision-hash label, the name and 11 more).
+NAME_LIMITS = {"Service": 63, "CronJob": 52, "StatefulSet": 52}
+DNS_SUBDOMAIN = r"[a-z0-9]([-.a-z0-9]*[a-z0-9])?"
+
+
+@pytest.mark.parametrize(
+    ("release", "settings"),
+    [
+        ("a" * 51 + "-b", []),  # the longest release name Helm takes
+        ("llm", ["--set", "fullnameOverride=" + "f" * 63]),
+        ("prod-llm-cost-router-" + "x" * 20, []),  # the release name holds the chart's: it is the fullname
+    ],
+)
+def test_every_object_name_fits_what_kubernetes_allows_its_kind(release: str, settings: list[str]) -> None:
+    """The CronJob and the Redis StatefulSets were named past 52 characters, the batch Redis' Service past 63, with a
+    release name Helm takes; they are cut further (names within the limits are as before), and what names them
+    elsewhere follows."""
+    docs = render(*LEDGER_DSN, "--set", "router.ledgerSink.enabled=true", *settings, release=release)
+    assert {"CronJob", "StatefulSet"} <= {d["kind"] for d in docs}
+    for doc in docs:
+        kind, name_ = doc["kind"], doc["metadata"]["name"]
+        assert len(name_) <= NAME_LIMITS.get(kind, 253) and re.fullmatch(DNS_SUBDOMAIN, name_), f"{kind} {name_}"
+        if kind == "Service":
+            assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name_), name_
+    services = by_kind(docs, "Service")
+    for setting in ("ROUTER_REDIS_URL", "ROUTER_CACHE_REDIS_URL"):
+        host = re.fullmatch(r"redis://:\$\(\w+\)@([^:]+):6379/0", _env_of(docs, "router")[setting])
+        assert host and host[1] in services, setting
+    for statefulset in by_kind(docs, "StatefulSet").values():
+        assert statefulset["spec"]["serviceName"] in services
+    (cron,) = by_kind(docs, "CronJob")
+    (alert,) = _rule_groups(docs)["llmrouter.ledger"]["rules"]
+    assert f'cronjob="{cron}"' in alert["expr"]
+
+
+def _env_of(docs: list[dict], svc: str) -> dict[str, str]:
+    """A service's env, its Deployment found by component (its name depends on the release)."""
+    (deployment,) = [
+        d for d in by_kind(docs, "Deployment").values() if d["metadata"]["labels"]["app.kubernetes.io/component"] == svc
+    ]
+    (c,) = deployment["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in c["env"]}
+
+
+@pytest.mark.parametrize("release", ["1llm", "llm.prod"])
+def test_a_release_name_no_service_may_start_with_is_refused(release: str) -> None:
+    """Helm takes these release names; the API server would refuse every Service named after them."""
+    with pytest.raises(subprocess.CalledProcessError) as failure:
+        render(release=release)
+    assert "a Service's name cannot" in failure.value.stderr
+    assert "set fullnameOverride" in failure.value.stderr
+    assert by_kind(render("--set", "fullnameOverride=llm", release=release), "Service")

@@ -165,6 +165,11 @@ REFUSED_BY_THE_CHART = [
         "budget_webhook_secret.key must be a Secret key",
     ),
     (
+        {"release_name": "1llm"},  # the module's fullnameOverride
+        "fullnameOverride=1llm",
+        "release_name must be a DNS-1035 label",
+    ),
+    (
         {"ingress": {"host": "llm.example.com", "class_name": "Nginx"}},
         "ingress.enabled=true,ingress.className=Nginx",
         "ingress.class_name must be an IngressClass name",

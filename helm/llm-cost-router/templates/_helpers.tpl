@@ -17,23 +17,36 @@ classifier providers router edge
 {{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{/* The objects' names start with it, and a Service's name must be a DNS label (lower-case letters, digits and "-",
+starting with a letter): Helm takes release names the API server would refuse there ("1llm", "llm.prod"). */}}
 {{- define "llmrouter.fullname" -}}
+{{- $fullname := "" }}
 {{- if .Values.fullnameOverride }}
-{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- $fullname = .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
 {{- else }}
 {{- $name := default .Chart.Name .Values.nameOverride }}
 {{- if contains $name .Release.Name }}
-{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- $fullname = .Release.Name | trunc 63 | trimSuffix "-" }}
 {{- else }}
-{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- $fullname = printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
 {{- end }}
 {{- end }}
+{{- if not (regexMatch "^[a-z]([-a-z0-9]*[a-z0-9])?$" $fullname) }}
+{{- fail (printf "the objects' names start with %q (the release name, or fullnameOverride), which a Service's name cannot: lower-case letters, digits and \"-\", starting with a letter; choose such a release name or set fullnameOverride" $fullname) }}
+{{- end }}
+{{- $fullname }}
 {{- end }}
 
-{{/* Name of one component's objects: <fullname>-<component>. Call with (list $ "router"). */}}
+{{/* Name of one component's objects: <fullname>-<component>, the fullname cut to 52 characters (and of a trailing
+"-"), and further where the name would pass what Kubernetes allows a kind the component has: a Service's name is a
+DNS label (63 characters); a CronJob's 52 (its Jobs' names add 11); a StatefulSet's 52 in practice (its pods carry
+the label controller-revision-hash, the name and 11 more, which holds 63: past it the API server takes the
+StatefulSet and refuses every pod). Names within those limits are as they always were. Call with (list $ "router"). */}}
 {{- define "llmrouter.component" -}}
-{{- $root := index . 0 }}
-{{- printf "%s-%s" (include "llmrouter.fullname" $root | trunc 52 | trimSuffix "-") (index . 1) }}
+{{- $component := index . 1 }}
+{{- $limit := ternary 52 63 (has $component (list "ledger-trim" "redis-money" "redis-batches")) }}
+{{- $fullname := include "llmrouter.fullname" (index . 0) | trunc 52 | trimSuffix "-" }}
+{{- printf "%s-%s" ($fullname | trunc (sub $limit (add1 (len $component)) | int) | trimSuffix "-") $component }}
 {{- end }}
 
 {{- define "llmrouter.labels" -}}
