@@ -631,6 +631,11 @@ def test_a_shared_router_without_redis_is_refused() -> None:
         ("serviceAccount.create=no", "at '/serviceAccount/create': got string, want boolean"),  # "no" is truthy
         ("fullnameOverride=LLM", "at '/fullnameOverride'"),  # no Service may be named so
         ("nameOverride=Router", "at '/nameOverride'"),
+        # the pods' placement and pulls, as the API server takes them
+        ("nodeSelector.gpu=true", "at '/nodeSelector/gpu': got boolean, want string"),
+        ("imagePullSecrets[0]=regcred", "at '/imagePullSecrets/0': got string, want object"),  # [{name: regcred}]
+        ("tolerations[0].operator=exists", "at '/tolerations/0/operator'"),
+        ("topologySpread[0].whenUnsatisfiable=scheduleAnyway", "at '/topologySpread/0/whenUnsatisfiable'"),
     ],
 )
 def test_values_schema_refuses_mistakes(setting: str, complaint: str) -> None:
