@@ -61,6 +61,8 @@ class MoneyClock:
         older one means a clock stepped between them (this machine's, set by NTP; or the store's, a failover to
         another server): the older ones measured a clock that is no more, and are dropped, so a step is followed at
         once, by the first reading after it."""
+        if received_s < sent_s:  # this machine's clock stepped back during the round trip: the reading dates nothing
+            return  # (taken, it would be the "fastest", its width negative, and put the offset half the step away)
         reading = Reading(time.monotonic(), store_s - received_s, store_s - sent_s)
         recent = [r for r in self.readings if reading.taken_s - r.taken_s < KEPT_S and r.agrees_with(reading)]
         self.readings = [*recent, reading]
