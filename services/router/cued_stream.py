@@ -4,7 +4,9 @@ soon as the providers service is ready to send, so it costs one round trip betwe
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, Callable
+from contextlib import suppress
 from dataclasses import dataclass
 
 import grpc
@@ -39,15 +41,18 @@ async def provider_chunks(
             # Given up before it is written: a caller that leaves while it is on its way may well have let it go.
             cue.unreached = False
             await call.write(provider_pb2.CuedRequest(send=True))
-            # The router's last word. Over a channel with interceptors (a call token) gRPC writes from a task of its
-            # own that ends only when the writing does, not when the call does: unended, each stream left one.
-            await call.done_writing()
         return
     except grpc.RpcError as err:
         if err.code() != grpc.StatusCode.UNIMPLEMENTED or not cue.unreached:
             raise
     finally:
         call.cancel()
+        # The router's last word, however the call ended (answered, refused before the word, UNIMPLEMENTED, left).
+        # Over a channel with interceptors (a call token) gRPC writes from a task of its own that ends only when the
+        # writing does, not when the call does (cancel() stops it only on a call not yet ended): unended, each
+        # stream left one. A call whose interceptors never ran has no writer to end.
+        with suppress(asyncio.InvalidStateError, grpc.RpcError):
+            await call.done_writing()
     cue.unreached = False
     old = providers.GenerateStream(request, timeout=time_left())
     try:

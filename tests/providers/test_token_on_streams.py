@@ -93,3 +93,22 @@ async def test_a_cued_stream_the_router_reads_with_a_token_leaves_no_task_runnin
             ]
 
         await eventually(lambda: not writers(), "gRPC's request writer ended", timeout_s=5)
+
+
+async def test_a_cued_stream_refused_before_the_word_to_send_leaves_no_task_running(token_address: str) -> None:
+    """A cued stream the providers end before the router's word to send (a model they do not serve here; likewise a
+    slot or a deadline they refuse it on, or UNIMPLEMENTED from a providers service of the version before) leaves gRPC's
+    request writer waiting too: call.cancel() on a call already ended does not stop it, only ending the writing does."""
+    async with open_channel(token_address, ServiceSettings(call_token=SecretStr(TOKEN))) as channel:
+        stub = provider_pb2_grpc.ProviderStub(channel)
+        with pytest.raises(grpc.RpcError):
+            _ = [chunk async for chunk in provider_chunks(stub, request("no-such-model"), lambda: 5.0, Cue())]
+
+        def writers() -> list[asyncio.Task[object]]:
+            return [
+                t
+                for t in asyncio.all_tasks()
+                if "_consume_request_iterator" in getattr(t.get_coro(), "__qualname__", "")
+            ]
+
+        await eventually(lambda: not writers(), "gRPC's request writer ended", timeout_s=5)
