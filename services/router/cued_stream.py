@@ -40,7 +40,10 @@ async def provider_chunks(
                 continue
             # Given up before it is written: a caller that leaves while it is on its way may well have let it go.
             cue.unreached = False
-            await call.write(provider_pb2.CuedRequest(send=True))
+            # A call the providers ended meanwhile (a refusal crossing the word) raises InvalidStateError here, not
+            # its status: the next read raises that, and the stream ends with it (its `sent`, a fallback).
+            with suppress(asyncio.InvalidStateError):
+                await call.write(provider_pb2.CuedRequest(send=True))
         return
     except grpc.RpcError as err:
         if err.code() != grpc.StatusCode.UNIMPLEMENTED or not cue.unreached:
