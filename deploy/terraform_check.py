@@ -134,7 +134,8 @@ EXPECTED: dict[str, dict] = {
 # Inputs the module must refuse: (variables, a phrase of the expected error message).
 BAD: list[tuple[dict, str]] = [
     ({"namespace": "Bad_Namespace"}, "namespace must be a DNS-1123 label"),
-    ({"release_name": "x" * 60}, "release_name must be a DNS-1123 label"),
+    ({"release_name": "x" * 60}, "release_name must be a DNS-1035 label"),
+    ({"release_name": "1llm"}, "release_name must be a DNS-1035 label"),  # no Service may begin with a digit
     ({"image": {"repository": "r", "tag": "latest"}}, 'must not be "latest"'),
     ({"image": {"repository": "r", "digest": "sha256:nothex"}}, "image.digest must look like"),
     ({"autoscaling": {"edge": {"min_replicas": 5, "max_replicas": 2}}}, "min_replicas <= max_replicas"),
