@@ -1,10 +1,15 @@
 """Every `python -m MODULE --flag ...` the documents show runs as written: the module is the repository's and
 each flag is one it defines (read from its source, not run: fast). A flag that existed only on a branch, or was
-renamed, fails here rather than at an operator's or a reader's terminal."""
+renamed, fails here rather than at an operator's or a reader's terminal. Nor does its package import it before
+runpy runs it (runpy then warns, on every run, of "unpredictable behaviour")."""
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -69,3 +74,27 @@ def test_documented_command_is_the_modules(doc: str, module: str, flags: list[st
     source = module_source(module)
     for flag in flags:
         assert f'"{flag}"' in source, f"{doc}: python -m {module} has no {flag}"
+
+
+def run_targets() -> dict[str, list[str]]:
+    """The documented modules `python -m` runs (a package's __main__), by the package runpy imports before them."""
+    targets = defaultdict(list)
+    for module in sorted({module for _, module, _ in COMMANDS}):
+        if ROOT.joinpath(*module.split(".")).is_dir():
+            targets[module].append(f"{module}.__main__")
+        else:
+            targets[module.rpartition(".")[0]].append(module)
+    return targets
+
+
+TARGETS = run_targets()
+
+
+@pytest.mark.parametrize("package", sorted(TARGETS))
+def test_documented_module_is_not_imported_by_its_package(package: str) -> None:
+    """runpy imports a module's package first; a package importing the module it then runs makes every run print
+    "RuntimeWarning: ... found in sys.modules ... unpredictable behaviour" to the operator (money_check's did)."""
+    script = f"import importlib, json, sys; importlib.import_module({package!r}); print(json.dumps(list(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
+    imported = set(json.loads(done.stdout.splitlines()[-1])) & set(TARGETS[package])
+    assert not imported, f"importing {package} imports {sorted(imported)}, which python -m then runs again"

@@ -14,7 +14,6 @@ from llmrouter.tokens import encoding
 from llmrouter.v1 import classifier_pb2_grpc, operator_pb2_grpc, provider_pb2_grpc, router_pb2_grpc
 from services.router import calibration
 from services.router.cache import Cache, RedisCache, open_cache
-from services.router.money_check import check_money_redis
 from services.router.outbox import Outbox
 from services.router.servicer import RouterServicer
 from services.router.settings import CHARGE_LANDS_S, RouterSettings
@@ -41,6 +40,10 @@ async def build(
     for name in ("cl100k_base", "o200k_base"):  # loaded now: on a request each would hold the event loop ~0.3 s
         encoding(name)
     if settings.redis_url:
+        # Imported here: `python -m services.router.money_check` imports this package first, and runpy warns of a
+        # module it is about to run that is imported already.
+        from services.router.money_check import check_money_redis
+
         await check_money_redis(settings.redis_url, settings.allow_evicting_money_store, settings.cache_redis_url)
     store = open_store(settings.redis_url, settings.request_id_ttl_s, settings.hold_totals)
     cache = open_cache(settings.cache_redis_url)
