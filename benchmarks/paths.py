@@ -174,7 +174,7 @@ def load_average() -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="duration of each timed run")
     parser.add_argument("--concurrency", type=int, default=16, help="connections for max req/s")
     parser.add_argument("--rss-requests", type=int, default=100_000, help="requests before the last RSS")

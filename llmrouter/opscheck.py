@@ -177,7 +177,7 @@ def grpc_health(deployment: V1Deployment, namespace: str, context: str | None) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m llmrouter.opscheck", description=__doc__.split("\n\n")[0])
     parser.add_argument("--namespace", required=True)
     parser.add_argument("--release", default="llm-cost-router", help="the Helm release name")
     parser.add_argument("--context", default=None, help="kubeconfig context (default: the current one)")

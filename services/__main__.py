@@ -151,7 +151,7 @@ def registry_path() -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m services", description=__doc__.split("\n\n")[0])
     demo = parser.add_mutually_exclusive_group()
     demo.add_argument("--once", action="store_true", help="stop after the routing demo")
     demo.add_argument("--no-demo", action="store_true", help="serve without running the routing demo first")

@@ -98,3 +98,15 @@ def test_documented_module_is_not_imported_by_its_package(package: str) -> None:
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
     imported = set(json.loads(done.stdout.splitlines()[-1])) & set(TARGETS[package])
     assert not imported, f"importing {package} imports {sorted(imported)}, which python -m then runs again"
+
+
+@pytest.mark.parametrize("module", ["services", "llmrouter.opscheck"])
+def test_help_names_the_command_and_says_what_it_does_in_whole_sentences(module: str) -> None:
+    """The two commands a newcomer and an operator run first: `--help` showed `usage: __main__.py` and opscheck.py,
+    and a description cut at the docstring's first line, mid-sentence ("... as their own processes (as")."""
+    done = subprocess.run(
+        [sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.startswith(f"usage: python -m {module} ")
+    description = done.stdout.split("\n\n")[1]
+    assert description.rstrip().endswith((".", "?")), f"python -m {module} --help: {description!r}"
