@@ -66,6 +66,8 @@ def test_a_prompt_file_it_cannot_read_is_one_line_and_status_1(tmp_path: Path, p
         (["ask", "hi", "--quality-target", "1.5"], "--quality-target", "must be within [0, 1], not 1.5"),
         (["ledger", "export", "--out", "{out}", "--since", "nan"], "--since", "'nan' is neither Unix seconds nor a"),
         (["ledger", "export", "--out", "{out}", "--until=-inf"], "--until", "'-inf' is neither Unix seconds nor a"),
+        (["stats", "--since", "inf"], "--since", "'inf' is neither Unix seconds nor a"),
+        (["stats", "--until", "nan"], "--until", "'nan' is neither Unix seconds nor a"),
     ],
 )
 def test_a_number_out_of_its_range_is_a_usage_error(tmp_path: Path, argv: list[str], option: str, said: str) -> None:

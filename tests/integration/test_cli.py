@@ -54,6 +54,8 @@ async def test_every_command_against_the_stack(
     assert int(stats["total"]["requests"]) == 2
     code, out, _ = await run(capsys, *tenant_args, "stats")
     assert code == 0 and "saved $" in out and "share of calls:" in out
+    code, out, _ = await run(capsys, *tenant_args, "--json", "stats", "--since", "2000-01-01", "--until", "2000-01-02")
+    assert code == 0 and int(json.loads(out)["total"]["requests"]) == 0  # the dates, read here, are the edge's window
 
     code, out, _ = await run(capsys, *admin_args, "budgets", "--set", "tenant", who["a"], "2.5")
     assert code == 0 and who["a"] in out and "2.5" in out
