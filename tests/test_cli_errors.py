@@ -4,6 +4,7 @@ anything is sent."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -185,3 +186,21 @@ def test_a_json_answer_of_another_shape_is_one_line_and_status_1(
     assert result.stderr.startswith(f"llmrouter {command[0]}: a reply without what it reads (")
     assert result.stderr.endswith(f"): is {url} the edge's API?\n")
     assert result.stderr.count("\n") == 1 and result.stdout == ""
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback(other_json_api: tuple[str, type[OtherJsonApi]]) -> None:
+    """`llmrouter --json budgets | head`: the output stops where the reader left, with status 1 and nothing on
+    standard error (it printed a BrokenPipeError's traceback, and Python's own complaint at exit)."""
+    url, handler = other_json_api
+    row = {"scope": "tenant", "name": "acme", "tenant": "acme", "limit_usd": "", "spent_usd": "0", "held_usd": "0"}
+    row |= {"remaining_usd": "", "period": "day", "period_end": "0"}
+    handler.body = json.dumps({"budgets": [row] * 5000}).encode()  # far more than a pipe holds
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMROUTER_")}
+    command = [sys.executable, "-m", "llmrouter.cli", "--url", url, "--json", "budgets"]
+    with subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as cli:
+        assert cli.stdout is not None and cli.stderr is not None
+        assert cli.stdout.read(10) == b'{\n  "budge'
+        cli.stdout.close()
+        said = cli.stderr.read()
+        assert cli.wait(timeout=60) == 1
+    assert said == b""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -67,10 +68,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         client.close()
-    if args.json:
-        print(json.dumps(result.data, indent=2))
-    else:
-        print(result.text)
+    try:
+        print(json.dumps(result.data, indent=2) if args.json else result.text)
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader left early (`| head`): nothing to say to it, and no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the flush at exit writes nowhere
+        return 1
     return 0
 
 
