@@ -85,7 +85,9 @@ async def test_a_caller_that_leaves_before_the_word_never_has_the_upstream_asked
 async def test_a_word_never_sent_ends_with_the_calls_deadline_as_nothing_sent(
     stub: provider_pb2_grpc.ProviderStub, openai_fake: FakeOpenAI
 ) -> None:
-    call = stub.GenerateStreamOnCue(timeout=0.5)
+    # Past the providers' margin and their time to send, `ready_to_send` has 1.2 s to come, room for a loaded machine
+    # (0.2 s of a 0.5 s deadline was not: the call was refused unsent before it, and its first read was the error).
+    call = stub.GenerateStreamOnCue(timeout=1.5)
     await call.write(cued(request("cheap")))
     assert (await call.read()).WhichOneof("kind") == "ready_to_send"
     with pytest.raises(grpc.aio.AioRpcError) as ended:

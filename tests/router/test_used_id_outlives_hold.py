@@ -38,17 +38,17 @@ async def test_a_settled_line_is_read_by_its_own_key_alone_past_the_id_ttl(
     short_ids: RedisStore, tmp_path: Path
 ) -> None:
     async with router_servicer(tmp_path, short_ids, BatchProvider(), REGISTRY) as servicer:
-        admitted = time.time()
         with acting_as(TENANT_CALLER):
             (sent,) = (await servicer.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[LINE]), NoDeadline())).lines
+        admitted = time.time()  # admitted by now: a request id TTL from here is past its admission's, however slow
         assert sent.deferred and sent.provider_batch_id == "pbatch-1"
-        # The provider batch runs a while: collected well after its admission, so the charged marker (a request id TTL
-        # from the collect) outlives the checks past the admission's TTL by over a second on a loaded machine.
-        await asyncio.sleep(1.6)
+        # The provider batch runs a while: collected just before its admission's TTL, so the charged marker (a request
+        # id TTL from the collect) outlasts the start of the checks past that TTL by 1.7 s, room for a loaded machine.
+        await until(admitted + ID_TTL_S - 0.2)
         with acting_as(TENANT_CALLER):
             (own,) = (await servicer.CollectBatch(collect("strong"), NoDeadline())).lines
         assert own.succeeded and own.response.content == "an answer"
-        await asyncio.sleep(max(0.0, admitted + ID_TTL_S + 0.3 - time.time()))  # a request id TTL since admission
+        await until(admitted + ID_TTL_S + 0.1)  # a request id TTL since admission
         assert await short_ids.redis.exists(AccountKeys.of(ACCOUNT).charged("line-1"))  # the charge still on record
         with acting_as(COLLEAGUE):
             (other,) = (await servicer.CollectBatch(collect("strong"), NoDeadline())).lines
@@ -98,15 +98,27 @@ async def test_a_charge_landing_past_the_hold_keeps_the_used_id_as_long_as_its_o
     id TTL from then: the used id, naming its key, is kept as long, so the charge is told to its key alone."""
     short_ids: Store = RedisStore(redis_url, ID_TTL_S) if kind == "redis" else MemoryStore(ID_TTL_S)
     try:
-        line = Hold("line-2", 5 * 10**12, period_id("day"), nonce="c3", until=time.time() + 0.5)
+        asked = time.time()
+        line = Hold("line-2", 5 * 10**12, period_id("day"), nonce="c3", until=asked + 0.5)
         assert (await short_ids.admit(ACCOUNT, Allowance("day"), line)).refused == ""
-        await asyncio.sleep(ID_TTL_S + 0.5)  # the hold lapsed, and nearly the request id TTL past it
+        admitted = time.time()
+        # The used id is kept a request id TTL past its hold, in whole seconds (used_ttl_s): 3 s from its admission,
+        # made between `asked` and `admitted`. The charge lands 1.5 s past the hold, a second before that expiry; the
+        # id is offered again just past it, a second before the charged marker's (a request id TTL from the charge).
+        # The two steps share that TTL: a second each to spare on a loaded machine.
+        used_for = ID_TTL_S + 1
+        await until(asked + used_for - 1.0)
         record = {"request_id": "line-2", "tenant": "acme", "cost_usd": "5"}
         assert await short_ids.charge(ACCOUNT, line, 5 * 10**12, record, late=True)
-        await asyncio.sleep(1.0)  # the used id's own expiry passed; the charged marker's not
+        await until(admitted + used_for + 0.1)  # the used id's own expiry passed; the charged marker's not
         again = Hold("line-2", 10**12, period_id("day"), nonce="d4")
         own = await short_ids.admit(ACCOUNT, Allowance("day"), again)
         assert (own.refused, own.charged) == ("duplicate", 5 * 10**12)
         assert await short_ids.charged_batch(ACCOUNT, "line-2") == ""
     finally:
         await short_ids.close()
+
+
+async def until(moment: float) -> None:
+    """Wait until `moment` (time.time()): a deadline a slow step before does not push later, as a sleep's would."""
+    await asyncio.sleep(max(0.0, moment - time.time()))
