@@ -8,30 +8,16 @@ from __future__ import annotations
 import gzip
 import json
 from collections.abc import AsyncIterator
-from typing import Any
 
 import httpx
 import pytest
 
-from llmrouter.v1 import router_pb2, router_pb2_grpc
 from services.edge.settings import EdgeSettings
+from tests.fakes.recording_router import RecordingRouter
 from tests.integration.conftest import free_port, served_edge, served_router
 
 BODY = json.dumps({"model": "auto", "messages": [{"role": "user", "content": "hello"}]}).encode()
 GZIPPED = gzip.compress(BODY, mtime=0)
-
-
-class RecordingRouter(router_pb2_grpc.RouterServicer):
-    def __init__(self) -> None:
-        self.asked: list[router_pb2.CompleteRequest] = []
-
-    async def Decide(self, request: router_pb2.CompleteRequest, context: Any) -> router_pb2.Decision:
-        self.asked.append(request)
-        return router_pb2.Decision(model="cheap-model")
-
-    async def Complete(self, request: router_pb2.CompleteRequest, context: Any) -> router_pb2.CompleteResponse:
-        self.asked.append(request)
-        return router_pb2.CompleteResponse(id="c1", model="cheap-model", content="hi", cost_usd="0")
 
 
 @pytest.fixture

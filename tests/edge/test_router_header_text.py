@@ -10,21 +10,12 @@ from typing import Any
 import httpx
 import pytest
 
-from llmrouter.v1 import router_pb2, router_pb2_grpc
 from services.edge.settings import EdgeSettings
+from tests.fakes.recording_router import RecordingRouter
 from tests.integration.conftest import free_port, served_edge, served_router
 
 BODY = {"model": "auto", "messages": [{"role": "user", "content": "hello"}]}
 SESSION = "café-☕-セッション"
-
-
-class RecordingRouter(router_pb2_grpc.RouterServicer):
-    def __init__(self) -> None:
-        self.asked: list[router_pb2.CompleteRequest] = []
-
-    async def Decide(self, request: router_pb2.CompleteRequest, context: Any) -> router_pb2.Decision:
-        self.asked.append(request)
-        return router_pb2.Decision(model="cheap-model")
 
 
 async def decide(headers: dict[bytes, bytes], **fields: Any) -> tuple[httpx.Response, RecordingRouter]:
