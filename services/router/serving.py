@@ -39,7 +39,7 @@ FALLBACK_CODES = {
 # Failures after which the upstream may have generated (and billed) anything up to the attempt's worst case.
 UNKNOWN_OUTCOME = {grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
 # No provider call (first, fallback, escalation) with less time left: the providers would refuse it unsent, in vain.
-MIN_FALLBACK_S = REACH_PROVIDERS_S + PROVIDERS_MARGIN_S + MIN_SEND_S
+MIN_CALL_S = REACH_PROVIDERS_S + PROVIDERS_MARGIN_S + MIN_SEND_S
 
 
 @dataclass
@@ -169,7 +169,7 @@ class Serving:
         if max_tokens < min(routed.limits.min_output_tokens, routed.max_tokens[target.model.name]):
             log.warning("no room left in the hold to escalate; keeping the weak answer", extra={"signal": why})
             return
-        if routed.time_left(context) < MIN_FALLBACK_S:  # the providers would refuse it unsent
+        if routed.time_left(context) < MIN_CALL_S:  # the providers would refuse it unsent
             log.warning("no time left to escalate; keeping the weak answer", extra={"signal": why})
             return
         try:
@@ -250,7 +250,7 @@ class Serving:
         routed.owed += attempt_cost(error, order[index].model, worst_usd(routed, order[index].model))
         if error.code not in FALLBACK_CODES or index + 1 >= len(order):
             raise error
-        if time_left < MIN_FALLBACK_S:
+        if time_left < MIN_CALL_S:
             raise error
         following = order[index + 1].model
         if not await self.admission.cover(routed, to_pico(worst_usd(routed, following))):
@@ -281,7 +281,7 @@ def _check_time_left(routed: Routed, context: Any) -> None:
     """A first attempt, like a fallback, needs time to reach its upstream: made with none (the caller's deadline
     passed while a unary call's generation, shielded, looked up the cache), it would fail before reaching even the
     providers, a bare DEADLINE_EXCEEDED owed its worst case as an unknown outcome; with little, they refuse it."""
-    if routed.time_left(context) < MIN_FALLBACK_S:
+    if routed.time_left(context) < MIN_CALL_S:
         raise ServiceError(
             grpc.StatusCode.DEADLINE_EXCEEDED, "UPSTREAM_TIMEOUT", "no time left for a provider call; none was made"
         )

@@ -1,4 +1,4 @@
-"""The router makes no provider call that the providers would refuse for want of time: MIN_FALLBACK_S, the least of
+"""The router makes no provider call that the providers would refuse for want of time: MIN_CALL_S, the least of
 the request's time with which it calls, leaves the providers, past their margin (llmrouter.deadlines) and once the call
 reached them, the time to send. A call made with less was, before the providers refused it, sent with no time to reach
 its upstream and charged its worst case as an unknown outcome; refused now, it is charged nothing but is a call for
@@ -26,7 +26,7 @@ from services.providers.catalog import build_catalog
 from services.providers.service import upstream_request
 from services.router.admission import Admission
 from services.router.routed import Routed
-from services.router.serving import MIN_FALLBACK_S, Serving, StreamState, generate_request, worst_usd
+from services.router.serving import MIN_CALL_S, Serving, StreamState, generate_request, worst_usd
 from tests.fakes import FakeOpenAI, Fault
 from tests.router.test_admission import REGISTRY, request, routed
 from tests.waiting import eventually
@@ -91,10 +91,10 @@ async def serve(serving: Serving, r: Routed, time_left: float, streamed: bool) -
 async def test_the_least_time_a_routers_call_arrives_with_lets_the_providers_send_it(
     tmp_path: Path, streamed: bool
 ) -> None:
-    """Exact, with no network between: a call the router made with MIN_FALLBACK_S left, arrived within
+    """Exact, with no network between: a call the router made with MIN_CALL_S left, arrived within
     REACH_PROVIDERS_S (10 ms inside it), is sent by the providers (it then times out unanswered) rather than refused
     unsent."""
-    arrived_with = MIN_FALLBACK_S - REACH_PROVIDERS_S + 0.01
+    arrived_with = MIN_CALL_S - REACH_PROVIDERS_S + 0.01
     gate, r = await routed_and_admitted()
     with FakeOpenAI() as upstream:
         upstream.enqueue(Fault.hang())
@@ -121,7 +121,7 @@ async def test_a_call_made_with_little_time_left_reaches_its_upstream(tmp_path: 
         upstream.enqueue(Fault.hang())
         async with providers_before(upstream, tmp_path) as providers:
             # 0.1 s over the least: room for a loaded machine's delays between the services and the word to send.
-            failed = await serve(Serving(providers, gate), r, MIN_FALLBACK_S + 0.1, streamed)
+            failed = await serve(Serving(providers, gate), r, MIN_CALL_S + 0.1, streamed)
         await eventually(lambda: upstream.requests, "the upstream has the request", timeout_s=5)
     # Sent, it timed out at the providers' deadline, which said so in time; no time was left for a fallback.
     assert (failed.code, failed.reason) == (grpc.StatusCode.DEADLINE_EXCEEDED, "UPSTREAM_TIMEOUT")
@@ -134,6 +134,6 @@ async def test_no_call_is_made_with_less(tmp_path: Path, streamed: bool) -> None
     gate, r = await routed_and_admitted()
     with FakeOpenAI() as upstream:
         async with providers_before(upstream, tmp_path) as providers:
-            failed = await serve(Serving(providers, gate), r, MIN_FALLBACK_S - 0.01, streamed)
+            failed = await serve(Serving(providers, gate), r, MIN_CALL_S - 0.01, streamed)
     assert failed.message == "no time left for a provider call; none was made"
     assert upstream.connections == 0 and r.owed == 0
