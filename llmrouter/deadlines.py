@@ -12,3 +12,8 @@ PROVIDERS_MARGIN_S = 0.25
 MIN_SEND_S = 0.05
 # Allowed for a router's call to reach the providers service (whose deadline is what is left on arrival).
 REACH_PROVIDERS_S = 0.05
+# The least total_timeout_s a provider's entry in the registry may give its calls (llmrouter/registry.py): a cued
+# stream (the router's) spends its first moments on the round trip of the router's word to send, each way as long as
+# reaching the providers, and must still have MIN_SEND_S left; with less, every call would be refused unsent. Rounded,
+# as a registry writes it, for a float's last bit not to refuse 0.15 itself.
+MIN_TOTAL_TIMEOUT_S = round(2 * REACH_PROVIDERS_S + MIN_SEND_S, 6)

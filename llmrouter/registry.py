@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 import yaml
 from prometheus_client import Counter, Gauge
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from llmrouter import parameters
+from llmrouter.deadlines import MIN_SEND_S, MIN_TOTAL_TIMEOUT_S
 from llmrouter.settings import REPO_ROOT
 from llmrouter.v1 import common_pb2
 
@@ -101,6 +102,17 @@ class ProviderSpec(BaseModel):
     # reach the provider's cheaper models. LiteLLM drops it the same way for providers that refuse it (Mistral), as the
     # anthropic gateway always has (the Messages API has no name); the local gateway sends none either.
     message_names: bool = True
+
+    @field_validator("total_timeout_s")
+    @classmethod
+    def _time_to_send(cls, total_timeout_s: float) -> float:
+        if total_timeout_s < MIN_TOTAL_TIMEOUT_S:
+            raise ValueError(
+                f"total_timeout_s {total_timeout_s} s is below {MIN_TOTAL_TIMEOUT_S} s, the least accepted: its calls "
+                f"could never be made, the providers refusing unsent an attempt left less than {MIN_SEND_S} s to send "
+                "once the router gave its word (llmrouter/deadlines.py)"
+            )
+        return total_timeout_s
 
     def api_key(self, keys_dir: Path | None = None) -> str:
         files = [Path(self.api_key_file)] if self.api_key_file else []
