@@ -157,20 +157,12 @@ class Serving:
             )
         if not why:
             return
-        # Both answers are charged: the stronger one may write only what the hold has left after the first
-        # (and after what failed attempts owe).
-        assert routed.hold is not None  # only admitted requests are served
-        affordable = affordable_output(
-            target.model,
-            routed.limits.billed_input(target.model),
-            routed.hold.pico - to_pico(served.cost + routed.owed),
-        )
-        max_tokens = min(routed.max_tokens[target.model.name], affordable)
-        if max_tokens < min(routed.limits.min_output_tokens, routed.max_tokens[target.model.name]):
-            log.warning("no room left in the hold to escalate; keeping the weak answer", extra={"signal": why})
-            return
         if routed.time_left(context) < MIN_CALL_S:  # the providers would refuse it unsent
             log.warning("no time left to escalate; keeping the weak answer", extra={"signal": why})
+            return
+        max_tokens = await self._escalation_room(routed, served, target.model)
+        if max_tokens < min(routed.limits.min_output_tokens, routed.max_tokens[target.model.name]):
+            log.warning("no room left in the hold to escalate; keeping the weak answer", extra={"signal": why})
             return
         try:
             reply = await self.providers.Generate(
@@ -186,6 +178,22 @@ class Serving:
         if not served.add(reply, target.model):
             routed.note = f"escalated to {target.model.name}, which answered nothing: the weak answer kept"
         served.escalated, served.escalation_signal = True, why
+
+    async def _escalation_room(self, routed: Routed, served: Served, target: ModelSpec) -> int:
+        """The most the stronger model may write after the weak answer. Both answers are charged: the hold grows, as
+        for a fallback, to the stronger one's worst case on top of the first (and of what failed attempts owe); when
+        it cannot (max_cost_usd, the budgets), the stronger one may write only what the hold has left. Admission holds
+        one generation's worst case: left as it is, the hold cuts the stronger answer below the caller's max_tokens
+        whenever the weak one cost anything."""
+        assert routed.hold is not None  # only admitted requests are served
+        cap, billed = routed.max_tokens[target.name], routed.limits.billed_input(target)
+        spent = to_pico(served.cost + routed.owed)
+        if affordable_output(target, billed, routed.hold.pico - spent) < cap:
+            try:
+                await self.admission.cover(routed, to_pico(served.cost) + worst_pico(target, billed, cap))
+            except Exception:  # an error of the store's own keys: the weak answer, generated, is still charged
+                log.exception("hold not grown to escalate; the stronger answer keeps to its room")
+        return min(cap, affordable_output(target, billed, routed.hold.pico - spent))
 
     async def generate_stream(
         self, routed: Routed, context: Any, stream: StreamState

@@ -23,7 +23,9 @@ from llmrouter.v1 import (
     router_pb2,
     router_pb2_grpc,
 )
+from services.router.outbox import Outbox, OutboxCharge
 from services.router.store import PICO, Account, key_id, period_id, to_pico
+from services.router.store.keys import AccountKeys
 from tests.conftest import ledger_records
 from tests.router.servicer_kit import NearScores, served_router, store_on
 from tests.router.test_admission import REGISTRY
@@ -176,3 +178,65 @@ async def test_a_stronger_attempt_cut_or_over_reported_never_takes_the_charge_pa
     assert Decimal(reply.cost_usd) == charged and spent == (to_pico(charged), to_pico(charged)) and held == (0, 0)
     assert weak_cost() < charged <= MAX_COST
     assert to_pico(charged) <= int(MAX_COST * PICO)
+
+
+@pytest.mark.parametrize("budget", [None, Decimal("0.001")])
+async def test_the_stronger_answer_may_write_the_callers_max_tokens_when_the_budget_can_hold_both(
+    tmp_path: Path, any_redis_url: str, budget: Decimal | None
+) -> None:
+    """Admission held one generation's worst case; the hold grows, as for a fallback, to the weak answer plus the
+    stronger one's worst case, rather than cutting the stronger answer below the caller's max_tokens to fit what the
+    weak one left (a cut the caller never asked for, told nowhere, and kept in the response cache). A budget that
+    cannot hold both keeps the stronger answer to the room the hold has left, and is never passed."""
+    provider = Escalating()
+    provider.release["strong"].set()
+    message = common_pb2.ChatMessage(role="user", content=f"Hello {uuid.uuid4().hex}")
+    request = router_pb2.CompleteRequest(messages=[message], tenant="acme", quality_target=0.5, max_tokens=100)
+    async with (
+        store_on(any_redis_url) as store,
+        served_router(tmp_path, store, provider, classifier=NearScores(), tenant_budget_usd=budget) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        reply = await router_pb2_grpc.RouterStub(channel).Complete(request, timeout=30)
+    assert reply.escalated and reply.model == "strong"
+    [written] = provider.max_tokens["strong"]
+    assert written == 100 if budget is None else written < 100
+    cost = weak_cost() + strong_cost(written)
+    spent, held, [record] = await settled(any_redis_url)
+    assert Decimal(reply.cost_usd) == Decimal(record["cost_usd"]) == cost
+    assert spent == (to_pico(cost), to_pico(cost)) and held == (0, 0)
+    assert budget is None or cost <= budget
+
+
+async def test_a_hold_that_cannot_be_grown_for_the_stronger_answer_leaves_the_weak_one_charged(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Growing the hold fails on the store's own keys (the key's holds set of another type: an error the store raises
+    as it is, not a refusal) after the weak answer was generated: the escalation keeps to the hold's room, and the
+    request, both answers, is charged (here kept in the outbox, the store refusing the charge on that key too), not
+    failed as an internal error with its weak answer charged nothing."""
+    provider = Escalating(hold_cheap=True)
+    provider.release["strong"].set()
+    message = common_pb2.ChatMessage(role="user", content=f"Hello {uuid.uuid4().hex}")
+    request = router_pb2.CompleteRequest(messages=[message], tenant="acme", quality_target=0.5, max_tokens=100)
+    admin = connect(redis_url)
+    try:
+        async with (
+            store_on(redis_url) as store,
+            served_router(tmp_path, store, provider, classifier=NearScores()) as running,
+            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        ):
+            call = router_pb2_grpc.RouterStub(channel).Complete(request, timeout=30)
+            await provider.generating["cheap"].wait()  # admitted: its hold is in the key's holds set
+            key_holds = AccountKeys.of(Account("acme", key_id(""))).held()[1]
+            await admin.delete(key_holds)
+            await admin.set(key_holds, "of another type")
+            provider.release["cheap"].set()
+            reply = await call
+    finally:
+        await admin.aclose()
+    [written] = provider.max_tokens["strong"]
+    cost = weak_cost() + strong_cost(written)
+    assert reply.escalated and written < 100 and Decimal(reply.cost_usd) == cost
+    [kept] = Outbox(tmp_path / "data").waiting()
+    assert isinstance(kept, OutboxCharge) and kept.pico == to_pico(cost)
