@@ -98,6 +98,7 @@ NOT_FOUND = (
     "no provider batch is recorded for request id {}: its batch's creation had an unknown outcome (or was not "
     "recorded), so the line is charged its hold at the batch price when the hold lapses"
 )
+OVER_REPORTED = "the provider reported more usage than the line may be billed"
 UNANSWERED = (
     "no result for request id {} in provider batch {!r}, and no provider batch is recorded for the line (it was sent "
     "by a router of the version before): it is charged its hold at the batch price"
@@ -400,11 +401,14 @@ class Deferred:
         for request_id, line in pending.items():
             if line is not None and not line.until:
                 raise invalid(f"request {request_id!r} is not a provider batch line", "request_ids")
-        lines = [
-            _of_another_batch(line, request_id, batch_id)
-            or await self._owe_hold(account, line, request_id, f"{GAVE_UP} (request id {request_id})")
-            for request_id, line in pending.items()
-        ]
+        lines = []
+        for request_id, line in pending.items():
+            told = _of_another_batch(line, request_id, batch_id) or await self._owe_hold(
+                account, line, request_id, f"{GAVE_UP} (request id {request_id})"
+            )
+            if line is None and await self.store.charged_batch(account, request_id) == batch_id:  # settled before
+                told = await self._as_charged(account, request_id, told)
+            lines.append(told)
         return router_pb2.CollectBatchResponse(status="window_ended", ended=True, lines=lines)
 
     async def _settle(
@@ -419,8 +423,9 @@ class Deferred:
         """One line's outcome, settled once, and only from the results of the provider batch it was sent in:
         request ids are the callers', so another tenant's line (or another of the account's batches) may have the
         same id there. A line whose pending charge is gone was settled before (by an earlier collect, or at its
-        hold by the reconciler) and is only reported, when it was charged from this batch. A line with no batch
-        recorded is settled from this one only when its results hold the line's request id (module docstring)."""
+        hold by the reconciler) and is only reported, when it was charged from this batch, at what it was charged. A
+        line with no batch recorded is settled from this one only when its results hold the line's request id (module
+        docstring)."""
         pending = await self._pending_line(account, request_id)
         if pending is not None and not pending.until:
             raise invalid(f"request {request_id!r} is not a provider batch line", "request_ids")
@@ -442,6 +447,22 @@ class Deferred:
             # Neither held nor charged for this account from this batch: not its line, and not its answer to read.
             error = f"no line of this account in provider batch {batch_id!r} (request id {request_id})"
             return router_pb2.CollectedLine(request_id=request_id, error=error, charged_usd="0")
+        else:  # settled before: an earlier collect (its reply lost), or the reconciler at its hold
+            outcome = await self._outcome(account, None, model, request_id, result, status)
+            return await self._as_charged(account, request_id, outcome)
+        return await self._outcome(account, pending, model, request_id, result, status)
+
+    async def _outcome(
+        self,
+        account: Account,
+        pending: Pending | None,
+        model: ModelSpec,
+        request_id: str,
+        result: provider_pb2.BatchLineResult | None,
+        status: str,
+    ) -> router_pb2.CollectedLine:
+        """The line's outcome from its result, charged while `pending` (its open pending charge); None: settled
+        before, so only reported."""
         if pending is not None and pending.prices is not None:
             # Charged at the prices the line was admitted with (its hold was sized at them), not at the registry's of
             # this collect, a day later perhaps: a price change within the window changes no line sent before it.
@@ -461,8 +482,7 @@ class Deferred:
             if pending is not None and to_pico(cost) > pending.hold_pico:
                 # More than the line could be billed (its prompt, max_tokens written): a false report, and a
                 # charge beyond the hold would pass the budget that admitted it.
-                why = "the provider reported more usage than the line may be billed"
-                return await self._owe_hold(account, pending, request_id, why)
+                return await self._owe_hold(account, pending, request_id, OVER_REPORTED)
             response = router_pb2.CompleteResponse(
                 id=request_id,
                 content=reply.content,
@@ -480,16 +500,39 @@ class Deferred:
                 tool_calls_json=reply.tool_calls_json,
                 logprobs_json=reply.logprobs_json,
             )
+            answered = router_pb2.CollectedLine(request_id=request_id, succeeded=True, response=response)
             if pending is not None:
-                await self._charge(account, pending, to_pico(cost), self._record(pending, response, "ok"))
-            return router_pb2.CollectedLine(request_id=request_id, succeeded=True, response=response)
+                return await self._charge(
+                    account, pending, to_pico(cost), self._record(pending, response, "ok"), answered
+                )
+            return answered
         if result is None and status != "failed":  # it ran, or may have: unknown, so its worst case
             return await self._owe_hold(account, pending, request_id, f"no result from the provider batch ({status})")
         error = result.error if result is not None else "the provider batch failed before running"
         error = f"{error} (request id {request_id})"
+        failed = router_pb2.CollectedLine(request_id=request_id, error=error, charged_usd="0")
         if pending is not None:  # the provider bills none of it: released, on record at nothing
-            await self._charge(account, pending, 0, _unanswered(pending, "0", "batch_failed", error))
-        return router_pb2.CollectedLine(request_id=request_id, error=error, charged_usd="0")
+            return await self._charge(account, pending, 0, _unanswered(pending, "0", "batch_failed", error), failed)
+        return failed
+
+    async def _as_charged(
+        self, account: Account, request_id: str, line: router_pb2.CollectedLine
+    ) -> router_pb2.CollectedLine:
+        """A line settled before, reported at what the ledger charged it, which its outcome read again may not say: the
+        hold it was charged when that outcome was unknown, or its batch given up on, or its hold lapsed, was told as 0,
+        or as the answer's own cost. Told as read when its charged marker does not say (a router of the version before
+        charged it)."""
+        pico = await self.store.charged_pico(account, request_id)
+        if pico is None:
+            return line
+        charged = format(Decimal(pico) / PICO, "f")
+        if not line.succeeded:
+            line.charged_usd = charged
+        elif to_pico(Decimal(line.response.cost_usd)) > pico:  # charged its hold for a report past it, as then
+            return router_pb2.CollectedLine(request_id=request_id, error=OVER_REPORTED, charged_usd=charged)
+        else:
+            line.response.cost_usd = charged
+        return line
 
     async def _pending_line(self, account: Account, request_id: str) -> Pending | None:
         """The request's pending charge when it is the account's own: request ids are per tenant, and another key of the
@@ -501,21 +544,26 @@ class Deferred:
     async def _owe_hold(
         self, account: Account, pending: Pending | None, request_id: str, why: str
     ) -> router_pb2.CollectedLine:
-        charged = "0"
-        if pending is not None:
-            charged = format(Decimal(pending.hold_pico) / PICO, "f")
-            await self._charge(account, pending, pending.hold_pico, _unanswered(pending, charged, "batch_unknown", why))
-        return router_pb2.CollectedLine(request_id=request_id, error=why, charged_usd=charged)
+        if pending is None:
+            return router_pb2.CollectedLine(request_id=request_id, error=why, charged_usd="0")
+        charged = format(Decimal(pending.hold_pico) / PICO, "f")
+        line = router_pb2.CollectedLine(request_id=request_id, error=why, charged_usd=charged)
+        return await self._charge(
+            account, pending, pending.hold_pico, _unanswered(pending, charged, "batch_unknown", why), line
+        )
 
-    async def _charge(self, account: Account, pending: Pending, pico: int, record: dict[str, Any]) -> None:
-        """Charged only while its pending charge (read before) is still open: one settled meanwhile (by another
+    async def _charge(
+        self, account: Account, pending: Pending, pico: int, record: dict[str, Any], line: router_pb2.CollectedLine
+    ) -> router_pb2.CollectedLine:
+        """`line`, charged only while its pending charge (read before) is still open: one settled meanwhile (by another
         collect, or by the reconciler as its hold lapsed) is never charged again, even once its charged marker
-        (kept for the request id TTL, which may be shorter than the hold) has expired."""
+        (kept for the request id TTL, which may be shorter than the hold) has expired, and is told at that charge."""
         held_account, hold = pending.account_and_hold()
         if await self.store.charge(held_account, hold, pico, record, late=True):
             metrics.count_charge(record)
-        else:
-            log.warning("batch line charged before; not charged again", extra={"request_id": hold.request_id})
+            return line
+        log.warning("batch line charged before; not charged again", extra={"request_id": hold.request_id})
+        return await self._as_charged(account, hold.request_id, line)
 
     def _record(self, pending: Pending, response: router_pb2.CompleteResponse, outcome: str) -> dict[str, Any]:
         baseline_model = self.baseline()

@@ -398,11 +398,11 @@ CHARGE = (
 --       as its sweep read it
 EPOCH = redis.call('GET', KEYS[12]) or '0'
 -- Returns 1 when charged now, or before by this very charge (its id in the marker: its reply was lost); else 0.
--- The charged marker: 'batch:<id>' for a provider batch line's; else one entry per charge that landed on the request
--- id, space-separated, each '1:<charge id>:<admission nonce>' (either may be ''), or '1' or '1:<charge id>' as
--- written by routers of versions before (which name no admission), then '1::pico=<what they charged in all>' while
--- every one is known (model.py, CHARGED_TOTAL). More than one entry only when a store that lost an admission let
--- the request id in again (model.py, charged_marker).
+-- The charged marker: 'batch:<id> 1::pico=<what it was charged>' for a provider batch line's; else one entry per charge
+-- that landed on the request id, space-separated, each '1:<charge id>:<admission nonce>' (either may be ''), or '1' or
+-- '1:<charge id>' as written by routers of versions before (which name no admission), then '1::pico=<what they charged
+-- in all>' while every one is known (model.py, CHARGED_TOTAL). More than one entry only when a store that lost an
+-- admission let the request id in again (model.py, charged_marker).
 local met = redis.call('GET', KEYS[1])
 local function entries_of(value)
   if not value or string.sub(value, 1, 6) == 'batch:' then return {} end
@@ -497,6 +497,8 @@ if string.sub(marker, 1, 6) ~= 'batch:' then
     local b_hi, b_lo = split(before)
     marker = marker .. ' 1::pico=' .. decimal(add(b_hi, b_lo, split(ARGV[1])))
   end
+else
+  marker = marker .. ' 1::pico=' .. ARGV[1]  -- a collect of the line again tells it (model.py, CHARGED_TOTAL)
 end
 redis.call('SET', KEYS[1], marker, 'EX', ARGV[2])
 -- The used id, naming the key that used it, lives at least as long as the charged marker (model.py, used_ttl_s): a
@@ -697,7 +699,7 @@ for r = 0, requests - 1 do
     if record then result[2] = string.match(record, '"hold_pico":%s*(%d+)') or '0' end
     if repair and forgotten then
       local batch = record and redis.call('HGET', KEYS[2], field)
-      if batch and batch ~= '' then marker = 'batch:' .. batch end
+      if batch and batch ~= '' then marker = 'batch:' .. batch .. (string.match(marker, ' 1::pico=%d+$') or '') end
       redis.call('SET', charged, marker, 'PXAT', at)
       if redis.call('EXISTS', used) == 1 then
         redis.call('PEXPIREAT', used, at, 'GT')

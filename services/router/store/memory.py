@@ -278,11 +278,18 @@ class MemoryStore:
         return True
 
     async def charged_batch(self, account: Account, request_id: str) -> str | None:
+        marker = self._charged_marker(account, request_id)
+        return None if marker is None else marker_batch(marker)
+
+    async def charged_pico(self, account: Account, request_id: str) -> int | None:
+        return marker_charged_pico(self._charged_marker(account, request_id))
+
+    def _charged_marker(self, account: Account, request_id: str) -> str | None:
         keys = AccountKeys.of(account)
         marker = self.charged.get(keys.charged(request_id))
         if marker is None or self.used.get(keys.used(request_id)) != keys.key_hex:  # none: no key told (RedisStore)
             return None
-        return marker_batch(marker)
+        return marker
 
     async def spent(self, account: Account, period: str) -> tuple[int, int]:
         keys = AccountKeys.of(account)

@@ -221,11 +221,11 @@ def spend_ttl_s(period: str) -> int:
 
 def charged_marker(batch: str, charge_id: str, nonce: str = "") -> str:
     """What a charge writes in its request's charged marker (lua.py, CHARGE, writes the same): 'batch:<id>' for a
-    provider batch line's, else '1:<charge id>:<its admission's nonce>' (either may be ''), or '1' or '1:<charge id>'
-    without a nonce, as routers of versions before wrote it. A marker that is no batch's holds one such entry per
-    charge that landed on the request id (space-separated): more than one when a store that lost an admission let the
-    id in again. Routers of the version before read every marker not of a batch as one of no batch, as this one
-    does."""
+    provider batch line's (what it was charged follows: marker_after_charge), else '1:<charge id>:<its admission's
+    nonce>' (either may be ''), or '1' or '1:<charge id>' without a nonce, as routers of versions before wrote it. A
+    marker that is no batch's holds one such entry per charge that landed on the request id (space-separated): more than
+    one when a store that lost an admission let the id in again. Routers of the version before read every marker not of
+    a batch as one of no batch, as this one does."""
     if batch:
         return f"batch:{batch}"
     if nonce:
@@ -234,9 +234,12 @@ def charged_marker(batch: str, charge_id: str, nonce: str = "") -> str:
 
 
 # What a request id was charged in all (pico-USD), after a charged marker's entries: ' 1::pico=<n>', kept while every
-# charge on the id is known (none of a version before, nor a provider batch line's), so that a duplicate's refusal
-# says what the request cost (lua.py, ADMIT). Routers of the version before read it as an entry of no charge id and of
-# an admission none makes (nonces are hex): another admission's charge, which changes none of their decisions.
+# charge on the id is known (none of a version before), so that a duplicate's refusal says what the request cost
+# (lua.py, ADMIT). Routers of the version before read it as an entry of no charge id and of an admission none makes
+# (nonces are hex): another admission's charge, which changes none of their decisions. After a provider batch line's
+# 'batch:<id>' it is that one charge, so that a collect of the line again (the reply to the collect that settled it
+# lost) tells what the line was charged. A router of the version before reads that marker as of no batch it is asked
+# about: such a collect that it answers, during a rolling upgrade, is told no line of the account there, at 0.
 CHARGED_TOTAL = "1::pico="
 
 
@@ -257,7 +260,7 @@ def marker_after_charge(met: str | None, entry: str, pico: int) -> str:
     """The charged marker once a charge of `pico`, of entry `entry` (charged_marker), lands on a request id whose
     marker was `met`: the entries met and this one, and their total while every one is known (lua.py, CHARGE)."""
     if entry.startswith("batch:"):
-        return entry
+        return f"{entry} {CHARGED_TOTAL}{pico}"
     before = marker_charged_pico(met) if met is not None else 0
     total = f" {CHARGED_TOTAL}{before + pico}" if before is not None else ""
     return " ".join([*marker_entries(met), entry]) + total
@@ -283,7 +286,11 @@ def _entry_nonce(entry: str) -> str:
 
 def marker_batch(marker: str) -> str:
     """The provider batch a charged marker names; '' for none."""
-    return marker.removeprefix("batch:") if marker.startswith("batch:") else ""
+    if not marker.startswith("batch:"):
+        return ""
+    named = marker.removeprefix("batch:")
+    batch, told, pico = named.rpartition(f" {CHARGED_TOTAL}")  # what the line was charged follows its batch
+    return batch if told and pico.isdigit() else named
 
 
 # How admission counts a budget's holds (ROUTER_HOLD_TOTALS): by each holds set's running total ('trust'), or by a
@@ -423,6 +430,11 @@ class Store(Protocol):
         key of the tenant (while its used id says so); else the provider batch its pending charge recorded when it
         was charged, '' for none (a request that was no provider batch line, or was charged by a router from before
         lines recorded theirs)."""
+
+    async def charged_pico(self, account: Account, request_id: str) -> int | None:
+        """What the account's request id was charged in all, when its charged marker says so (marker_charged_pico);
+        None as for charged_batch, or when the marker does not say (a line charged by a router of the version
+        before)."""
 
     async def spent(self, account: Account, period: str) -> tuple[int, int]:
         """What the account's tenant and key spent in a period (an id from period_id). Without a tenant, the

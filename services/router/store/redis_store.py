@@ -52,6 +52,7 @@ from services.router.store.model import (
     Verdict,
     admitted_prices,
     marker_batch,
+    marker_charged_pico,
     pending_field,
     prices_value,
     reconciled_record,
@@ -313,6 +314,14 @@ class RedisStore:
             return bool(await self._record_batch(keys=[keys.pending, keys.batches], args=args))
 
     async def charged_batch(self, account: Account, request_id: str) -> str | None:
+        marker = await self._charged_marker(account, request_id)
+        return None if marker is None else marker_batch(marker)
+
+    async def charged_pico(self, account: Account, request_id: str) -> int | None:
+        return marker_charged_pico(await self._charged_marker(account, request_id))
+
+    async def _charged_marker(self, account: Account, request_id: str) -> str | None:
+        """The request id's charged marker, when the account's key used the id."""
         keys = AccountKeys.of(account)
         async with self._call(), self.redis.pipeline(transaction=False) as pipe:
             pipe.get(keys.charged(request_id))
@@ -322,7 +331,7 @@ class RedisStore:
         # charged marker (model.py, used_ttl_s): none names no key, and no key is told of the line.
         if marker is None or user is None or _text(user) not in ("1", keys.key_hex):
             return None
-        return marker_batch(_text(marker))
+        return _text(marker)
 
     async def spent(self, account: Account, period: str) -> tuple[int, int]:
         keys = AccountKeys.of(account)
