@@ -1,5 +1,6 @@
 """The x-router-* headers: the routing limits a client that cannot add body fields sets, each the router request's
-field of the body field's name, which it overrides. A refusal of one names the header, as sent, in its param."""
+field of the body field's name, which it overrides. A refusal of one names the header, as sent, in its param; so does
+the refusal of an x-router-* header that is none of them."""
 
 from __future__ import annotations
 
@@ -26,9 +27,21 @@ FIELDS = {
     "x-router-escalation": "escalation",
     "x-router-buffer-stream": "buffer_stream",
 }
+PREFIX = "x-router-"
+
+
+def refuse_unknown(headers: Headers) -> None:
+    """A 400 naming the first x-router-* header that is none of FIELDS, and listing those: ignored, a misspelt cap
+    (`x-router-max-cost-usdd`) left the request uncapped while its caller believed it capped."""
+    for header in headers:  # lowercase, as sent
+        if header.startswith(PREFIX) and header not in FIELDS:
+            shown = header[:64]
+            message = f"unknown header {shown}: the x-router-* headers are {', '.join(sorted(FIELDS))}"
+            raise ApiError(400, message, param=shown, code="unknown_parameter")
 
 
 def apply(headers: Headers, message: router_pb2.CompleteRequest) -> None:
+    refuse_unknown(headers)
     for header in FIELDS:
         # Which copy counts is ambiguous (Starlette takes the first, a proxy in front may check or log the last): a
         # limit the caller set could be served as another.

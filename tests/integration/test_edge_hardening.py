@@ -47,14 +47,15 @@ async def record_of(chain: Chain, request_id: str) -> dict:
 
 
 async def test_without_keys_every_caller_is_the_anonymous_tenant(chain: Chain) -> None:
-    """A spoofed tenant header chooses nothing, and a made-up bearer string is not a fresh per-key allowance."""
+    """A spoofed tenant header is refused (an x-router-* header the edge does not know) and chooses nothing, and a
+    made-up bearer string is not a fresh per-key allowance."""
     victim = f"victim-{uuid.uuid4().hex[:8]}"
+    fresh = {"authorization": f"Bearer sk-fresh-{uuid.uuid4().hex}"}
     async with httpx.AsyncClient(timeout=30) as http:
-        reply = await http.post(
-            f"{chain.base_url}/chat/completions",
-            json=ask(),
-            headers={"x-router-tenant": victim, "authorization": f"Bearer sk-fresh-{uuid.uuid4().hex}"},
-        )
+        url = f"{chain.base_url}/chat/completions"
+        spoofed = await http.post(url, json=ask(), headers={**fresh, "x-router-tenant": victim})
+        reply = await http.post(url, json=ask(), headers=fresh)
+    assert (spoofed.status_code, spoofed.json()["error"]["param"]) == (400, "x-router-tenant"), spoofed.text
     assert reply.status_code == 200, reply.text
     record = await record_of(chain, reply.headers["x-request-id"])
     assert (record["tenant"], record["key"]) == ("default", "anonymous")
@@ -71,7 +72,9 @@ async def test_with_keys_the_key_alone_names_the_tenant(chain: Chain) -> None:
     async with httpx.AsyncClient(timeout=30) as http:
         url = f"{chain.keyed_url}/chat/completions"
         spoofed = {"authorization": f"Bearer {key}", "x-router-tenant": chain.keys["globex"][0]}
-        reply = await http.post(url, json=ask(), headers=spoofed)
+        refused = await http.post(url, json=ask(), headers=spoofed)
+        assert (refused.status_code, refused.json()["error"]["param"]) == (400, "x-router-tenant"), refused.text
+        reply = await http.post(url, json=ask(), headers={"authorization": f"Bearer {key}"})
         assert reply.status_code == 200, reply.text
         assert (await record_of(chain, reply.headers["x-request-id"]))["tenant"] == tenant
         for auth in (None, "Bearer", f"Bearer {key.rstrip('=')}", f"Bearer {key}x", key, f"Basic {key}"):
