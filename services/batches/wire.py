@@ -14,7 +14,7 @@ from array import array
 from collections.abc import Iterator
 from typing import Any
 
-from services.edge.openai_api import ApiError, loads_line
+from services.edge.openai_api import ApiError, RepeatedKey, loads_line, repeated_key, unique_keys
 
 ENDPOINT = "/v1/chat/completions"
 MAX_LINES = 50_000  # as OpenAI
@@ -117,7 +117,10 @@ def _check_utf8(content: bytes) -> None:
 
 def _check_line(number: int, line: str, seen: set[str]) -> None:
     try:
-        entry = json.loads(line)
+        try:
+            entry = json.loads(line, object_pairs_hook=unique_keys)
+        except RepeatedKey:  # parsed again for its path, whose JSON errors past the key are the line's too
+            raise _bad(number, f"gives {repeated_key(line)!r} more than once: give each key once") from None
     except ValueError:
         raise _bad(number, "is not JSON") from None
     except RecursionError:

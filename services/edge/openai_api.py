@@ -602,12 +602,20 @@ def param_path(loc: tuple[int | str, ...]) -> str:
 
 
 def decode_json(body: bytes, check: Callable[[Any], None] | None = None) -> Any:
-    """Strict JSON in UTF-8: no NaN or Infinity, no nesting deeper than MAX_DEPTH and no lone UTF-16 surrogate
-    (neither JSON nor protobuf strings can carry one onward). `check` sees the value first: a bound it refuses
-    costs only the parse, not the walks over every node (which take ~3x as long)."""
+    """Strict JSON in UTF-8: no NaN or Infinity, no key given twice in an object (unique_keys), no nesting deeper
+    than MAX_DEPTH and no lone UTF-16 surrogate (neither JSON nor protobuf strings can carry one onward). `check`
+    sees the value first: a bound it refuses costs only the parse, not the walks over every node (which take ~3x as
+    long)."""
     try:
         text = body.decode()  # strict: UTF-8-encoded surrogates are refused here
-        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_written)
+        try:
+            value = json.loads(
+                text, parse_constant=_refuse_constant, parse_float=_written, object_pairs_hook=unique_keys
+            )
+        except RepeatedKey:  # parsed again for its path, whose JSON errors past the key are the body's too
+            path = repeated_key(text)
+            message = f"request body gives {path!r} more than once: give each key once"
+            raise ApiError(400, message, param=path, code="duplicate_parameter") from None
     except RecursionError:
         raise ApiError(400, f"request body is nested deeper than {MAX_DEPTH} levels", code="invalid_json") from None
     except ValueError as exc:  # UnicodeDecodeError is a ValueError too
@@ -622,6 +630,59 @@ def decode_json(body: bytes, check: Callable[[Any], None] | None = None) -> Any:
         except UnicodeEncodeError:
             raise ApiError(400, "request body has a lone UTF-16 surrogate in a string", code="invalid_json") from None
     return value
+
+
+class RepeatedKey(Exception):
+    """An object of the JSON with a key given twice."""
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json.loads's object_pairs_hook refusing a key given twice in an object: json.loads keeps the last copy, a
+    proxy or a log in front may read the first (`"model"` twice, `"max_tokens"` twice), so which one a caller meant
+    is ambiguous. What a Python call per object costs, not the walk its path would (repeated_key finds that once)."""
+    value = dict(pairs)
+    if len(value) < len(pairs):
+        raise RepeatedKey
+    return value
+
+
+class _Repeated(dict[str, Any]):
+    """An object with a key given twice, as repeated_key's parse leaves it: the first key repeated."""
+
+    key = ""
+
+
+def _marked(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    value = dict(pairs)
+    if len(value) == len(pairs):
+        return value
+    marked, seen = _Repeated(value), set()
+    for key, _ in pairs:
+        if key in seen:
+            marked.key = key
+            return marked
+        seen.add(key)
+    return marked  # unreached: a key is repeated
+
+
+def repeated_key(text: str) -> str:
+    """The path (as param_path spells one: `messages[0].role`) of the first key given twice in text's JSON, the first
+    such object in document order; text parsed again, which only a body unique_keys refused is."""
+    stack: list[tuple[Any, str]] = [(json.loads(text, object_pairs_hook=_marked), "")]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, _Repeated):
+            return _joined(path, item.key)[:256]
+        if isinstance(item, dict):
+            children = [(child, _joined(path, key)) for key, child in item.items()]
+        else:
+            children = [(child, f"{path}[{i}]") for i, child in enumerate(item)]
+        stack.extend(reversed([(child, at) for child, at in children if isinstance(child, dict | list)]))
+    raise AssertionError("repeated_key: no key is given twice")
+
+
+def _joined(path: str, key: str) -> str:
+    return f"{path}.{key[:64]}" if path else key[:64]
 
 
 def json_fault(exc: ValueError) -> str:
