@@ -82,8 +82,10 @@ HTTP_STATUS = {
     grpc.StatusCode.DEADLINE_EXCEEDED: 504,
     grpc.StatusCode.CANCELLED: 499,
 }
-# OpenAI's codes where one exists, the router's reason otherwise.
+# OpenAI's codes where one exists, the router's reason otherwise. The router's INVALID_REQUEST is a field's value it
+# refuses (its metadata names the field), as the edge's own refusals of a value are: invalid_value, OpenAI's code.
 OPENAI_CODES = {
+    "INVALID_REQUEST": "invalid_value",
     "BUDGET_EXCEEDED": "insufficient_quota",
     "RATE_LIMITED": "rate_limit_exceeded",
     "UPSTREAM_RATE_LIMITED": "rate_limit_exceeded",

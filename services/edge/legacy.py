@@ -25,7 +25,7 @@ def to_chat(body: bytes) -> bytes:
     # walks the items (written out and decoded again below, 200,000 tiny tools held the event loop for seconds).
     raw = decode_json(body, lambda value: check_lengths(value, MAX_MESSAGES))
     if not isinstance(raw, dict):
-        raise ApiError(400, "the body must be a JSON object", code="invalid_request")
+        raise ApiError(400, "request body must be a JSON object", code="invalid_json")
     prompt = raw.pop("prompt", None)
     if isinstance(prompt, list) and len(prompt) == 1:
         prompt = prompt[0]

@@ -444,7 +444,8 @@ def parse_request(body: bytes, max_messages: int = MAX_MESSAGES) -> tuple[ChatCo
     if request.max_cost_usd is not None:
         cost = parse_decimal(str(request.max_cost_usd))
         if cost is None or cost < 0:
-            raise ApiError(400, "max_cost_usd must be a non-negative decimal number", param="max_cost_usd")
+            message = "max_cost_usd must be a non-negative decimal number"
+            raise ApiError(400, message, param="max_cost_usd", code="invalid_value")
     return request, raw
 
 

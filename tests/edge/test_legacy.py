@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from services.edge.legacy import to_chat
+from services.edge.openai_api import ApiError, parse_request
 
 
 def translated(**body: object) -> dict:
@@ -21,3 +24,14 @@ def test_a_callers_own_max_tokens_is_kept() -> None:
     chat = translated(max_completion_tokens=50)
     assert chat["max_completion_tokens"] == 50 and "max_tokens" not in chat
     assert chat["messages"] == [{"role": "user", "content": "Say hi"}]
+
+
+@pytest.mark.parametrize("body", [b"[]", b'"hi"', b"1", b"null"])
+def test_a_body_that_is_no_object_is_refused_as_the_chat_route_refuses_it(body: bytes) -> None:
+    """invalid_json, as on every other route: it was invalid_request here, a code of its own for the same refusal."""
+    refusals = []
+    for parse in (to_chat, parse_request):
+        with pytest.raises(ApiError) as refused:
+            parse(body)
+        refusals.append((refused.value.status, refused.value.code, refused.value.param))
+    assert refusals == [(400, "invalid_json", None)] * 2

@@ -53,7 +53,7 @@ async def test_a_routed_request_with_logit_bias_is_refused_naming_it(mixed: Mixe
         400,
         "logit_bias",
         "invalid_request_error",
-        "invalid_request",
+        "invalid_value",
     )
     assert "needs a named model" in error.message and "tokenizer" in error.message
     assert mixed.sent() == before

@@ -361,9 +361,7 @@ async def test_what_the_router_cannot_serve_is_a_400_naming_it(
 
 
 @pytest.mark.parametrize("stream", [False, True])
-@pytest.mark.parametrize(
-    ("conversation", "code"), [(LONG_PROMPT, "context_length_exceeded"), ("   ", "invalid_request")]
-)
+@pytest.mark.parametrize(("conversation", "code"), [(LONG_PROMPT, "context_length_exceeded"), ("   ", "invalid_value")])
 async def test_a_prompt_the_router_refuses_is_named_input_not_chats_messages(
     chain: Chain, conversation: str, code: str, stream: bool
 ) -> None:

@@ -45,9 +45,30 @@ async def test_a_header_value_refused_is_named_in_param(chain: Chain, path: str,
         reply = await http.post(f"{chain.base_url}{path}", json=BODY, headers={header: value})
     assert reply.status_code == 400, reply.text
     error = reply.json()["error"]
-    assert (error["param"], error["type"]) == (header, "invalid_request_error"), error
+    # OpenAI's code for a bad value, whether the edge refused it or the router did (its INVALID_REQUEST).
+    assert (error["param"], error["type"], error["code"]) == (header, "invalid_request_error", "invalid_value"), error
     assert error["message"].startswith(header), error
     assert upstream_calls(chain) == before
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("quality_target", 2), ("verifier_threshold", 1.5), ("max_cost_usd", "-1")]
+)
+async def test_a_value_refused_as_its_body_field_or_its_header_has_one_code(
+    chain: Chain, field: str, value: object
+) -> None:
+    """The edge refuses the body field's value, the router the header's (the edge checks only its text): each is
+    OpenAI's invalid_value. The router's refusal was told as invalid_request, and the edge's of a negative cap had no
+    code at all, so a caller branching on the code missed one of the two."""
+    header = next(name for name, named in router_headers.FIELDS.items() if named == field)
+    async with httpx.AsyncClient(base_url=chain.base_url, timeout=30) as http:
+        by_body = await http.post("/chat/completions", json={**BODY, field: value})
+        by_header = await http.post("/chat/completions", json=BODY, headers={header: str(value)})
+    refused = [
+        (reply.status_code, reply.json()["error"]["param"], reply.json()["error"]["code"])
+        for reply in (by_body, by_header)
+    ]
+    assert refused == [(400, field, "invalid_value"), (400, header, "invalid_value")]
 
 
 @pytest.mark.parametrize(
