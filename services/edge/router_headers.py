@@ -32,9 +32,10 @@ PREFIX = "x-router-"
 
 def refuse_unknown(headers: Headers) -> None:
     """A 400 naming the first x-router-* header that is none of FIELDS, and listing those: ignored, a misspelt cap
-    (`x-router-max-cost-usdd`) left the request uncapped while its caller believed it capped."""
+    (`x-router-max-cost-usdd`) left the request uncapped while its caller believed it capped. Spelt with underscores
+    too (`x_router_max_cost_usd`), which some servers and proxies read as the dashed name and this one does not."""
     for header in headers:  # lowercase, as sent
-        if header.startswith(PREFIX) and header not in FIELDS:
+        if header.replace("_", "-").startswith(PREFIX) and header not in FIELDS:
             shown = header[:64]
             message = f"unknown header {shown}: the x-router-* headers are {', '.join(sorted(FIELDS))}"
             raise ApiError(400, message, param=shown, code="unknown_parameter")

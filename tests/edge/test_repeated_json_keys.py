@@ -36,6 +36,8 @@ REPEATED = [
         "response_format.json_schema.schema.properties.x.type",
     ),
     ("/completions", '{"prompt": "hi", "max_tokens": 1, "max_tokens": 9}', "max_tokens"),
+    # The same key spelt with an escape: one to JSON, though not to a proxy comparing the text.
+    ("/completions", '{"prompt": "hi", "max_tokens": 1, "max_tok\\u0065ns": 9}', "max_tokens"),
     ("/responses", '{"input": "hi", "max_output_tokens": 16, "max_output_tokens": 4096}', "max_output_tokens"),
     ("/responses", '{"input": [{"role": "user", "content": "hi", "content": "bye"}]}', "input[0].content"),
     ("/router/decide", '{"messages": [' + USER + '], "max_cost_usd": "0.001", "max_cost_usd": "9"}', "max_cost_usd"),

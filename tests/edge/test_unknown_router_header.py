@@ -71,7 +71,9 @@ async def edge() -> AsyncIterator[Edge]:
 
 
 @pytest.mark.parametrize("route", sorted(BODIES))
-@pytest.mark.parametrize("header", ["x-router-max-cost-usdd", "x-router-max-cost", "X-Router-Tenant", "x-router-"])
+@pytest.mark.parametrize(
+    "header", ["x-router-max-cost-usdd", "x-router-max-cost", "X-Router-Tenant", "x-router-", "x_router_max_cost_usd"]
+)
 async def test_an_unknown_router_header_is_a_400_naming_it(edge: Edge, route: str, header: str) -> None:
     async with httpx.AsyncClient(base_url=edge.base_url, timeout=10) as http:
         reply = await http.post(route, json=BODIES[route], headers={header: "0.001"})
