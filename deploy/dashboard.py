@@ -49,6 +49,10 @@ SERVICE_JOBS = 'job=~"llmrouter-(edge|router|classifier|providers|ledger-sink)"'
 # opens it on its release's, the one its alerts name.
 LEDGER_TRIM_CRONJOB = 'namespace="$namespace",cronjob="$ledger_trim_cronjob"'
 LEDGER_TRIM_CRONJOBS = f"label_values(llmrouter:ledger_trim_cronjob_info{{{SCOPE}}}, cronjob)"
+LEDGER_TRIM_CRONJOBS_SAID = (
+    "The release's ledger-trim CronJob, listed from llmrouter:ledger_trim_cronjob_info, which the chart's"
+    " PrometheusRule records where it renders the CronJob: none without that rule (deploy/README.md, Monitoring)."
+)
 
 
 def s(metric: str, matchers: str = "") -> str:
@@ -125,7 +129,11 @@ def build() -> dict:
         .with_variable(
             variable("release", 'label_values(llmrouter_inflight_requests{namespace="$namespace"}, release)')
         )
-        .with_variable(variable("ledger_trim_cronjob", LEDGER_TRIM_CRONJOBS).label("ledger-trim CronJob"))
+        .with_variable(
+            variable("ledger_trim_cronjob", LEDGER_TRIM_CRONJOBS)
+            .label("ledger-trim CronJob")
+            .description(LEDGER_TRIM_CRONJOBS_SAID)
+        )
         .with_variable(
             variable("strong_tier", f"label_values({s('llmrouter_router_routed_total')}, tier)")
             .label("strong tier")

@@ -68,24 +68,28 @@ done
 step "checkov kubernetes (rendered manifests)" \
   checkov --skip-download --compact --quiet --framework kubernetes -d "$RENDER/manifests"
 
-extract_rules() {  # extract_rules MANIFESTS OUT [DROP_GROUP]: the PrometheusRule's spec, as a plain rules file
+extract_rules() {  # extract_rules MANIFESTS OUT [DROP_GROUP... | +KEEP_GROUP]: the PrometheusRule's spec, as a plain rules file
   "$TOOLS_PY" - "$@" <<'PY'
 import sys, yaml
 docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d["kind"] == "PrometheusRule"]
 assert len(docs) == 1, f"expected one PrometheusRule, got {len(docs)}"
 spec = docs[0]["spec"]
-spec["groups"] = [g for g in spec["groups"] if g["name"] not in sys.argv[3:]]
+keep = [a[1:] for a in sys.argv[3:] if a.startswith("+")]
+drop = [a for a in sys.argv[3:] if not a.startswith("+")]
+spec["groups"] = [g for g in spec["groups"] if (g["name"] in keep if keep else g["name"] not in drop)]
 yaml.safe_dump(spec, open(sys.argv[2], "w"), sort_keys=False)
 PY
 }
 # The unit tests run on the rules as rendered for release "llm" in namespace "prod", with the ledger in PostgreSQL
 # and the standalone ledger sink (so the ledger-trim CronJob, the sink and their alerts are rendered), minus the recorded thresholds (the tests give those as
-# input series); rules_test.yaml reads .tools/render/rules/scoped-rules.yaml.
+# input series); rules_test.yaml reads .tools/render/rules/scoped-rules.yaml, parameters_test.yaml the recorded ones
+# alone (.tools/render/rules/parameters-rules.yaml).
 scoped_rules() {
   helm template llm "$CHART" --namespace prod "${MONITORING_APIS[@]}" \
     --set router.ledgerDsnSecret.name=llm-ledger --set router.ledgerDsnSecret.key=dsn --set router.ledgerSink.enabled=true \
     >"$RENDER/rules/prod.yaml" &&
-    extract_rules "$RENDER/rules/prod.yaml" "$RENDER/rules/scoped-rules.yaml" llmrouter.parameters
+    extract_rules "$RENDER/rules/prod.yaml" "$RENDER/rules/scoped-rules.yaml" llmrouter.parameters &&
+    extract_rules "$RENDER/rules/prod.yaml" "$RENDER/rules/parameters-rules.yaml" +llmrouter.parameters
 }
 step "extract the rendered PrometheusRule" extract_rules "$RENDER/manifests/default.yaml" "$RENDER/rules/rendered-rules.yaml"
 step "promtool check rules (chart file + rendered PrometheusRule)" \

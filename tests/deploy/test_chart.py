@@ -1342,6 +1342,31 @@ def test_the_dashboards_ledger_trim_cronjob_follows_the_release_chosen() -> None
 @pytest.mark.parametrize(
     "settings",
     [
+        ["--set", "monitoring.prometheusRule.enabled=false"],
+        [],  # `helm install --dry-run` knows no cluster: no Prometheus Operator, so no PrometheusRule
+    ],
+)
+def test_without_the_prometheus_rule_the_ledger_trim_panel_is_said_to_list_no_cronjob(settings: list[str]) -> None:
+    """The dashboard lists the release's CronJob by llmrouter:ledger_trim_cronjob_info, which only the chart's
+    PrometheusRule records: with the CronJob and without that rule, NOTES.txt says the panel lists none and gives the
+    series to record; the variable's description says where it comes from."""
+    notes = _notes(*LEDGER_DSN, *settings, "--set", "edge.allowAnonymous=true")
+    assert "the dashboard's ledger-trim panel lists no CronJob" in notes
+    assert 'release="llm", cronjob="llm-llm-cost-router-ledger-trim"}' in notes
+    no_rule = render(*LEDGER_DSN, *settings, monitoring_crds=bool(settings))
+    assert "PrometheusRule" not in {d["kind"] for d in no_rule} and by_kind(no_rule, "CronJob")
+    variables = {v["name"]: v for v in _dashboard(no_rule)["templating"]["list"]}
+    assert "llmrouter:ledger_trim_cronjob_info" in variables["ledger_trim_cronjob"]["description"]
+    for quiet in (
+        [*settings],  # no CronJob: nothing to list
+        [*LEDGER_DSN, *settings, "--set", "monitoring.dashboard.enabled=false"],
+    ):
+        assert "ledger-trim panel" not in _notes(*quiet, "--set", "edge.allowAnonymous=true")
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
         [],  # no ledger database: the sink copies into each pod's SQLite, lost with the pod
         [*LEDGER_DSN, "--set", "router.ledgerTrim.enabled=false"],
     ],

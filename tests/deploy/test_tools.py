@@ -13,6 +13,8 @@ import yaml
 from .support import CHART, ROOT, by_kind, render, tool
 
 TESTS = ROOT / "deploy" / "prometheus" / "rules_test.yaml"
+PARAMETER_TESTS = ROOT / "deploy" / "prometheus" / "parameters_test.yaml"
+PARAMETERS = "llmrouter.parameters"  # the group of series the chart records per release
 
 
 # The SQL ledger in PostgreSQL, with the standalone sink: the ledger-trim CronJob and the sink, and so their alerts,
@@ -27,13 +29,24 @@ LEDGER_DSN = (
 )
 
 
-def scoped_rules() -> dict:
+def rendered_rules() -> dict:
     """The rules as the chart renders them for release "llm" in namespace "prod" with the ledger in PostgreSQL and its
-    standalone sink (what rules_test.yaml is written for), minus the recorded thresholds, which the tests give as
-    input series."""
+    standalone sink (what rules_test.yaml and parameters_test.yaml are written for)."""
     (rule,) = by_kind(render(*LEDGER_DSN, namespace="prod"), "PrometheusRule").values()
-    spec = rule["spec"]
-    spec["groups"] = [g for g in spec["groups"] if g["name"] != "llmrouter.parameters"]
+    return dict(rule["spec"])
+
+
+def scoped_rules() -> dict:
+    """What rules_test.yaml tests: the rules rendered, minus the recorded thresholds, which it gives as input."""
+    spec = rendered_rules()
+    spec["groups"] = [g for g in spec["groups"] if g["name"] != PARAMETERS]
+    return spec
+
+
+def parameter_rules() -> dict:
+    """The series recorded per release alone, which parameters_test.yaml tests."""
+    spec = rendered_rules()
+    spec["groups"] = [g for g in spec["groups"] if g["name"] == PARAMETERS]
     return spec
 
 
@@ -43,8 +56,8 @@ def write_rules(rules: dict, tmp_path: Path) -> Path:
     return path
 
 
-def run_tests(rules: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    suite = yaml.safe_load(TESTS.read_text())
+def run_tests(rules: Path, tmp_path: Path, tests: Path = TESTS) -> subprocess.CompletedProcess[str]:
+    suite = yaml.safe_load(tests.read_text())
     suite["rule_files"] = [str(rules)]
     test_file = tmp_path / "suite_test.yaml"
     test_file.write_text(yaml.safe_dump(suite, sort_keys=False))
@@ -54,6 +67,29 @@ def run_tests(rules: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
 def test_rules_pass_their_tests(tmp_path: Path) -> None:
     result = run_tests(write_rules(scoped_rules(), tmp_path), tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_recorded_parameters_pass_their_tests(tmp_path: Path) -> None:
+    """The thresholds and llmrouter:ledger_trim_cronjob_info, which the dashboard lists the release's CronJob by."""
+    result = run_tests(write_rules(parameter_rules(), tmp_path), tmp_path, PARAMETER_TESTS)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("label", "value"),
+    [
+        ("cronjob", "llm-ledger-trim"),  # a name of the release's own, not the one the chart gives its CronJob
+        ("release", "other"),  # the dashboard choosing this release would list no CronJob
+    ],
+)
+def test_a_broken_ledger_trim_cronjob_record_fails_its_tests(tmp_path: Path, label: str, value: str) -> None:
+    rules = parameter_rules()
+    (group,) = rules["groups"]
+    (rule,) = [r for r in group["rules"] if r["record"] == "llmrouter:ledger_trim_cronjob_info"]
+    rule["labels"][label] = value
+    result = run_tests(write_rules(rules, tmp_path), tmp_path, PARAMETER_TESTS)
+    assert result.returncode != 0
+    assert "llmrouter:ledger_trim_cronjob_info" in result.stdout + result.stderr
 
 
 # The scope of every selector in the rules as rendered, and the Redis roles that persist.

@@ -446,6 +446,13 @@ SQL ledger in PostgreSQL (router.ledgerDsnSecret: a SQLite one, per pod, dies wi
 {{- end }}
 {{- end }}
 
+{{/* "true" when the PrometheusRule records llmrouter:ledger_trim_cronjob_info (the series naming the release's
+ledger-trim CronJob, from which the dashboard lists it): with the CronJob, where the PrometheusRule is rendered. */}}
+{{- define "llmrouter.ledgerTrimRecorded" -}}
+{{- $rule := and .Values.monitoring.prometheusRule.enabled (.Capabilities.APIVersions.Has "monitoring.coreos.com/v1/PrometheusRule") }}
+{{- if and $rule (include "llmrouter.ledgerTrim" .) }}true{{ end }}
+{{- end }}
+
 {{/* "true" when the standalone SQL ledger sink runs (router.ledgerSink.enabled); refused without a money Redis (the
 streams it copies) or the SQL ledger in PostgreSQL (router.ledgerDsnSecret: a SQLite file is each router pod's own). */}}
 {{- define "llmrouter.ledgerSink" -}}
