@@ -526,12 +526,12 @@ class Deferred:
         if pico is None:
             return line
         charged = format(Decimal(pico) / PICO, "f")
-        if not line.succeeded:
-            line.charged_usd = charged
-        elif to_pico(Decimal(line.response.cost_usd)) > pico:  # charged its hold for a report past it, as then
-            return router_pb2.CollectedLine(request_id=request_id, error=OVER_REPORTED, charged_usd=charged)
-        else:
+        # An answer is told at that charge whatever its usage costs now: read again, it is priced at today's prices,
+        # not those it was admitted at, so a cost past the charge may be a price rise, not a report past its hold.
+        if line.succeeded:
             line.response.cost_usd = charged
+        else:
+            line.charged_usd = charged
         return line
 
     async def _pending_line(self, account: Account, request_id: str) -> Pending | None:

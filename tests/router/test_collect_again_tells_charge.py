@@ -18,6 +18,7 @@ import pytest
 
 from llmrouter.auth import acting_as
 from llmrouter.v1 import common_pb2, provider_pb2, router_pb2
+from services.router.deferred import OVER_REPORTED
 from services.router.servicer import RouterServicer
 from services.router.store import PICO, Account, MemoryStore, Pending, RedisStore, Store, period_id
 from tests.router.servicer_kit import NoDeadline, router_servicer
@@ -67,7 +68,9 @@ async def test_a_line_charged_its_hold_and_collected_again_is_told_that_charge(
         (again,) = (await router.CollectBatch(collect, NoDeadline())).lines
     spent, _ = await store.spent(ACCOUNT, period_id("day"))
     assert Decimal(told(first)) == Decimal(sent.held_usd) == Decimal(spent) / PICO
-    assert again.succeeded == first.succeeded and told(again) == told(first)
+    # An over-report's answer, withheld when its line was charged its hold, is given when read again, at that charge:
+    # read again it is priced at today's prices, where a price rise and a false report look alike.
+    assert again.succeeded == (first.succeeded or first.error == OVER_REPORTED) and told(again) == told(first)
 
 
 class ReconciledMeanwhile(RedisStore):
