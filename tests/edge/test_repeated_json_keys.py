@@ -6,18 +6,14 @@ callers."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
-from llmrouter.v1 import router_pb2, router_pb2_grpc
 from services.edge.openai_api import ApiError, decode_json
-from services.edge.settings import EdgeSettings
-from tests.integration.conftest import free_port, served_edge, served_router
+from tests.edge.conftest import Edge
 
 USER = '{"role": "user", "content": "hi"}'
 # (route, body, the key's path): each body valid JSON, and a request the route serves but for the repeat.
@@ -48,30 +44,6 @@ REPEATED = [
         "input_file_id",
     ),
 ]
-
-
-class RecordingRouter(router_pb2_grpc.RouterServicer):
-    def __init__(self) -> None:
-        self.asked: list[router_pb2.CompleteRequest] = []
-
-    async def Complete(self, request: router_pb2.CompleteRequest, context: Any) -> router_pb2.CompleteResponse:
-        self.asked.append(request)
-        return router_pb2.CompleteResponse(id=request.request_id, model="cheap-model", content="hi", cost_usd="0")
-
-
-@dataclass
-class Edge:
-    base_url: str
-    router: RecordingRouter
-
-
-@pytest.fixture
-async def edge() -> AsyncIterator[Edge]:
-    router = RecordingRouter()
-    async with served_router(router) as router_addr:
-        settings = EdgeSettings(port=free_port(), router_addr=router_addr, access_log="off", metrics_port=0)
-        async with served_edge(settings) as base_url:
-            yield Edge(base_url, router)
 
 
 @pytest.mark.parametrize(("route", "body", "path"), REPEATED)

@@ -5,18 +5,12 @@ callers."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Any
-
 import httpx
 import openai
 import pytest
 
-from llmrouter.v1 import router_pb2, router_pb2_grpc
 from services.edge.router_headers import FIELDS
-from services.edge.settings import EdgeSettings
-from tests.integration.conftest import free_port, served_edge, served_router
+from tests.edge.conftest import Edge
 
 USER = {"role": "user", "content": "hello"}
 BODIES = {
@@ -40,34 +34,6 @@ VALID = {
     "x-router-buffer-stream": "false",
     "x-router-verifier-threshold": "0.7",
 }
-
-
-class RecordingRouter(router_pb2_grpc.RouterServicer):
-    def __init__(self) -> None:
-        self.asked: list[router_pb2.CompleteRequest] = []
-
-    async def Complete(self, request: router_pb2.CompleteRequest, context: Any) -> router_pb2.CompleteResponse:
-        self.asked.append(request)
-        return router_pb2.CompleteResponse(id=request.request_id, model="cheap-model", content="hi", cost_usd="0")
-
-    async def Decide(self, request: router_pb2.CompleteRequest, context: Any) -> router_pb2.Decision:
-        self.asked.append(request)
-        return router_pb2.Decision(model="cheap-model")
-
-
-@dataclass
-class Edge:
-    base_url: str
-    router: RecordingRouter
-
-
-@pytest.fixture
-async def edge() -> AsyncIterator[Edge]:
-    router = RecordingRouter()
-    async with served_router(router) as router_addr:
-        settings = EdgeSettings(port=free_port(), router_addr=router_addr, access_log="off", metrics_port=0)
-        async with served_edge(settings) as base_url:
-            yield Edge(base_url, router)
 
 
 @pytest.mark.parametrize("route", sorted(BODIES))
