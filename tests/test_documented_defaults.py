@@ -6,22 +6,17 @@ a proxy's timeout or a store from the prose gets the value the service runs with
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from services.classifier.settings import ClassifierSettings
 from services.edge.settings import EdgeSettings
 from services.providers.settings import ProvidersSettings
 from services.router.settings import RouterSettings
+from tests.test_documented_commands import DOCUMENTS as COMMAND_DOCUMENTS
+from tests.test_documented_commands import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
+# The documents whose commands are checked, and Terraform's, which state defaults beside its variables too.
 DOCUMENTS = [
-    ROOT / "README.md",
-    *sorted((ROOT / "docs").glob("*.md")),
-    *sorted((ROOT / "deploy").glob("*.md")),
-    ROOT / "benchmarks" / "README.md",
-    *sorted((ROOT / "services").glob("*/README.md")),
-    ROOT / "helm" / "llm-cost-router" / "values.yaml",
-    ROOT / "helm" / "llm-cost-router" / "templates" / "NOTES.txt",
+    *COMMAND_DOCUMENTS,
     *sorted((ROOT / "terraform").rglob("*.tf")),
     ROOT / "terraform" / "terraform.tfvars.example",
 ]
