@@ -84,7 +84,8 @@ class ProviderSpec(BaseModel):
     backoff_max_s: float = Field(default=8.0, gt=0)
     max_concurrency: int = Field(default=64, ge=1)
     # Circuit breaker per (provider, model): opens after this many consecutive failures, lets one probe
-    # through after the cool-down, closes again when the probe succeeds.
+    # through after the cool-down, closes again when the probe succeeds. A call its caller's deadline ended before
+    # total_timeout_s is no failure: one tenant's short deadlines must not send every caller to the fallbacks.
     breaker_failures: int = Field(default=5, ge=1)
     breaker_cooldown_s: float = Field(default=30.0, gt=0)
     # An OpenAI-compatible upstream that returns token log-probabilities, in OpenAI's shape, when asked

@@ -117,7 +117,7 @@ class Dispatcher:
         self, model: ModelSpec, request: UpstreamRequest, budget_s: float | None = None
     ) -> provider_pb2.GenerateResponse:
         start = time.perf_counter()
-        deadline = self._deadline(budget_s)
+        deadline, caller_bound = self._deadline(budget_s), self._caller_bound(budget_s)
         retries = 0
         try:
             async with self._slot(deadline):
@@ -127,7 +127,7 @@ class Dispatcher:
                         async with asyncio.timeout_at(deadline):
                             completion = await self.gateway.complete(request)
                     except (UpstreamError, TimeoutError) as exc:
-                        err = self._judge(breaker, exc)
+                        err = self._judge(breaker, exc, caller_bound)
                         await self._backoff(model, request, err, retries, deadline)
                         retries += 1
                         continue
@@ -159,7 +159,7 @@ class Dispatcher:
         comes whole in the final chunk only). With `cue`, the upstream is reached only once it returns, after a
         `ready_to_send` chunk (GenerateStreamOnCue)."""
         start = time.perf_counter()
-        deadline = self._deadline(budget_s)
+        deadline, caller_bound = self._deadline(budget_s), self._caller_bound(budget_s)
         retries = 0
         delivered: list[str] = []
         # The refusal's pieces: delivered as the content's are (no retry after one; charged when the stream is cut),
@@ -199,7 +199,7 @@ class Dispatcher:
                             delivered.append(event)
                             yield provider_pb2.GenerateChunk(delta=event)
                     except (UpstreamError, TimeoutError) as exc:
-                        err = self._judge(breaker, exc)
+                        err = self._judge(breaker, exc, caller_bound)
                         if delivered or refused:
                             served = "".join(delivered) + "".join(refused)
                             raise await self._interrupted(model, request, served, end, err, wasted) from None
@@ -235,6 +235,12 @@ class Dispatcher:
         if budget_s is not None:
             total = min(total, max(0.0, budget_s - PROVIDERS_MARGIN_S))
         return asyncio.get_running_loop().time() + total
+
+    def _caller_bound(self, budget_s: float | None) -> bool:
+        """Whether the caller's deadline, not the provider's total timeout, ends the call: its running out then says
+        the caller was in a hurry, not that the upstream is unwell. Counted, one tenant's short deadlines would open
+        the circuit for every caller and send them all to dearer fallbacks."""
+        return budget_s is not None and budget_s - PROVIDERS_MARGIN_S < self.spec.total_timeout_s
 
     @asynccontextmanager
     async def _slot(self, deadline: float) -> AsyncIterator[None]:
@@ -282,11 +288,13 @@ class Dispatcher:
             )
         return breaker
 
-    def _judge(self, breaker: CircuitBreaker, exc: UpstreamError | TimeoutError) -> UpstreamError:
-        """Record what a failed attempt says about the upstream's health."""
+    def _judge(self, breaker: CircuitBreaker, exc: UpstreamError | TimeoutError, caller_bound: bool) -> UpstreamError:
+        """Record what a failed attempt says about the upstream's health: nothing when the caller's own deadline,
+        shorter than the provider's total timeout, cut it (the gateway's read timeout still counts)."""
+        hurried = isinstance(exc, TimeoutError) and caller_bound
         if isinstance(exc, TimeoutError):
             exc = UpstreamError("timeout", "no answer within the call's deadline")
-        if exc.kind in _UNHEALTHY:
+        if exc.kind in _UNHEALTHY and not hurried:
             breaker.failure()
         else:
             breaker.release()

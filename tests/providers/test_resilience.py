@@ -263,6 +263,24 @@ async def test_rate_limits_do_not_open_the_breaker(service, upstream: Upstream) 
         assert (await stub.Generate(request(upstream.model))).content
 
 
+async def test_a_timeout_the_providers_own_deadline_set_opens_the_breaker(service, upstream: Upstream) -> None:
+    async with service(max_retries=0, breaker_failures=1, total_timeout_s=0.5) as stub:
+        upstream.fake.enqueue(Fault.hang())
+        assert error_of(await _fails(stub.Generate(request(upstream.model)))).reason == "UPSTREAM_TIMEOUT"
+        assert error_of(await _fails(stub.Generate(request(upstream.model)))).reason == "CIRCUIT_OPEN"
+
+
+async def test_a_callers_short_deadline_does_not_open_the_breaker_for_everyone(service, upstream: Upstream) -> None:
+    # One caller's haste says nothing of the upstream: counted, a tenant sending short deadlines would send every
+    # other caller to the fallbacks.
+    async with service(max_retries=0, breaker_failures=1) as stub:
+        upstream.fake.enqueue(Fault.hang(), Fault.hang())
+        for _ in range(2):
+            err = await _fails(stub.Generate(request(upstream.model), timeout=1.0))
+            assert error_of(err).reason == "UPSTREAM_TIMEOUT"
+        assert (await stub.Generate(request(upstream.model))).content
+
+
 async def test_concurrency_limit_per_provider(service, upstream: Upstream) -> None:
     upstream.fake.latency = 0.15
     async with service(max_concurrency=2) as stub:
