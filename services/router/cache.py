@@ -18,7 +18,7 @@ from llmrouter.redis_connect import connect
 from llmrouter.v1 import router_pb2
 from services.router import metrics
 from services.router.admission import output_caps
-from services.router.routed import Routed
+from services.router.routed import Routed, Served
 from services.router.settings import CacheScope
 
 log = logging.getLogger("llmrouter.router")
@@ -131,12 +131,13 @@ class ResponseCache:
         response.decision.reason = "served from the response cache"
         return response
 
-    async def put(self, routed: Routed, response: router_pb2.CompleteResponse) -> None:
-        """Best effort (the backend never fails a request): the answer is served and charged already. One the budget's
-        remainder cut short is not kept: that remainder is no part of the key, so an identical request would be served
-        the cut answer whatever its own budget, its decision saying nothing of the cap."""
+    async def put(self, routed: Routed, served: Served, response: router_pb2.CompleteResponse) -> None:
+        """Best effort (the backend never fails a request): the answer is served and charged already. One the money
+        left cut short is not kept: the budget's remainder, or what an escalated answer had left after the weak one was
+        paid, is no part of the key, so an identical request would be served the cut answer whatever its own budget,
+        its decision saying nothing of the cap."""
         answered = response.content or response.refusal or response.tool_calls_json  # a refusal replays as one
-        if self.ttl_s and answered and not _cut_by_budget(routed, response):
+        if self.ttl_s and answered and not _cut_by_money_left(routed, served, response):
             await self.backend.set(self._key(routed), response.SerializeToString(), self.ttl_s)
 
     def _key(self, routed: Routed) -> str:
@@ -151,9 +152,13 @@ class ResponseCache:
         return hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
 
 
-def _cut_by_budget(routed: Routed, response: router_pb2.CompleteResponse) -> bool:
-    """Whether the answer ran into a max_tokens admission lowered below the request's own caps to fit a budget."""
+def _cut_by_money_left(routed: Routed, served: Served, response: router_pb2.CompleteResponse) -> bool:
+    """Whether the answer ran into a max_tokens lowered below the request's own caps to fit the money left: by
+    admission, to fit a budget's remainder, or by escalation, to fit what the hold (the budgets, max_cost_usd) had
+    left after the weak answer. max_cost_usd's cap on one generation is the request's own (part of the key)."""
     if response.finish_reason != "length":
         return False
+    if served.room_capped:
+        return True
     own = output_caps(routed.plan, routed.limits, router_pb2.Decision())  # what the request alone allows
     return any(routed.max_tokens[name] < cap for name, cap in own.items())

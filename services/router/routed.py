@@ -68,6 +68,9 @@ class Served:
     finish_reason: str = ""
     escalated: bool = False
     escalation_signal: str = ""  # why it was escalated: empty, truncated, refusal, low_confidence, verifier ...
+    # Whether the served answer's max_tokens was lowered after admission, below routed.max_tokens, to fit the money
+    # left (an escalated answer's room after the weak one was paid): the response cache keeps no answer cut by it.
+    room_capped: bool = False
     tool_calls_json: str = ""
     mean_logprob: float | None = None  # of the served answer's tokens, when the provider gave log-probabilities
     logprobs_json: str = ""  # the served answer's, when the caller asked for them

@@ -19,7 +19,7 @@ from services.router.calibration import Calibration
 from services.router.deferred import Deferred
 from services.router.models import AvailableModels
 from services.router.outbox import Outbox
-from services.router.routed import Routed
+from services.router.routed import Routed, Served
 from services.router.routing import Routing
 from services.router.score_cache import ScoreCache
 from services.router.serving import Serving, StreamState
@@ -179,7 +179,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         served = await self.serving.generate(routed, context)
         response = charging.response(routed, served)
         await self.charger.settle(routed, response, served=served)
-        await self._after_turn(routed, response)
+        await self._after_turn(routed, served, response)
         return response
 
     async def _charge_partial(
@@ -189,8 +189,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         partial = await stream.partial(routed, measured)
         await self.charger.settle(routed, charging.response(routed, partial), outcome, partial)
 
-    async def _after_turn(self, routed: Routed, response: router_pb2.CompleteResponse) -> None:
-        await self.cache.put(routed, response)
+    async def _after_turn(self, routed: Routed, served: Served, response: router_pb2.CompleteResponse) -> None:
+        await self.cache.put(routed, served, response)
         planned = routed.plan.order[0].model.name
         assert routed.registry is not None  # every routed request keeps the snapshot it was routed with
         await self.sessions.record(routed.account, routed.request, routed.session, planned, response, routed.registry)
@@ -221,7 +221,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             assert stream.served is not None  # generate_stream returns only with the final chunk, or raises
             response = charging.response(routed, stream.served)
             await self.charger.settle(routed, response, served=stream.served)
-            await self._after_turn(routed, response)
+            await self._after_turn(routed, stream.served, response)
             response.content, response.refusal = "", ""  # delivered in their chunks
             yield router_pb2.CompleteChunk(final=response)
         except (ServiceError, asyncio.CancelledError, GeneratorExit) as exc:

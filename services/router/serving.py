@@ -175,7 +175,9 @@ class Serving:
             routed.owed += attempt_cost(failed, target.model, worst_usd(routed, target.model, max_tokens))
             return
         metrics.ESCALATIONS.labels(weak.model.name, target.model.name).inc()
-        if not served.add(reply, target.model):
+        if served.add(reply, target.model):
+            served.room_capped = max_tokens < routed.max_tokens[target.model.name]
+        else:
             routed.note = f"escalated to {target.model.name}, which answered nothing: the weak answer kept"
         served.escalated, served.escalation_signal = True, why
 

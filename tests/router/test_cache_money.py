@@ -1,8 +1,10 @@
 """The response cache's money: a cached answer is served only within the tenant that paid for it (any of its keys, when
 its cache is scoped by tenant), is charged nothing and on record as such, releases its request's hold, is refused like
 any request to a caller whose budget is spent, and identical requests in flight together are each charged once: what
-they generated, or nothing for a hit. The router behind its own gRPC server, a real providers gRPC server on loopback;
-the money store on one Redis server and on a real Redis Cluster."""
+they generated, or nothing for a hit. An answer the money left cut short (a budget's remainder, or what an escalated
+answer had left after the weak one was paid) is not kept; one cut by the request's own max_cost_usd alone is. The router
+behind its own gRPC server, a real providers gRPC server on loopback; the money store on one Redis server and on a real
+Redis Cluster."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from llmrouter.redis_connect import connect
 from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2, router_pb2_grpc
 from services.router.store import Account, Store, key_id, period_id, to_pico
 from tests.conftest import ledger_records
-from tests.router.servicer_kit import served_router, store_on
+from tests.router.servicer_kit import NearScores, served_router, store_on
 from tests.router.test_admission import REGISTRY
 
 USAGE = common_pb2.Usage(input_tokens=10, output_tokens=5)
@@ -179,3 +181,108 @@ async def test_an_answer_the_budget_cut_short_is_not_served_again_from_the_cache
         assert not whole.cache_hit and whole.usage.output_tokens == 2000 and provider.generated == 2
         again = await router.Complete(ask(prompt, "umbrella", max_tokens=2000), timeout=10)
         assert again.cache_hit and again.usage.output_tokens == 2000  # an answer of the request alone is kept
+
+
+class DecliningCheaply(WritingAllItMay):
+    """The cheap model declines (a refusal: escalated), writing WEAK_OUTPUT tokens; the strong one writes all it may
+    (finish_reason length). The max_tokens each was sent, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.max_tokens: dict[str, list[int]] = {"cheap": [], "strong": []}
+
+    async def Generate(self, request: Any, context: Any) -> provider_pb2.GenerateResponse:
+        self.max_tokens[request.model].append(request.max_tokens)
+        if request.model != "cheap":
+            return await super().Generate(request, context)
+        self.generated += 1
+        usage = common_pb2.Usage(input_tokens=10, output_tokens=WEAK_OUTPUT)
+        return provider_pb2.GenerateResponse(content=REFUSAL, usage=usage, model="cheap", finish_reason="stop")
+
+
+REFUSAL = "I'm sorry, but I can't help with that request."
+WEAK_OUTPUT = 900  # 0.00136 USD: the weak answer leaves the stronger one short of MAX_TOKENS under ROOM_FOR_ONE
+MAX_TOKENS = 1000
+# Pays for the strong model writing MAX_TOKENS (0.015 USD and its input), the worst case admission holds, but not
+# for the weak answer besides.
+ROOM_FOR_ONE = Decimal("0.016")
+
+
+def routed_ask(prompt: str, tenant: str, **fields: Any) -> router_pb2.CompleteRequest:
+    """Routed by quality (NearScores): the cheap model first, the strong one its escalation."""
+    message = common_pb2.ChatMessage(role="user", content=prompt)
+    return router_pb2.CompleteRequest(
+        messages=[message], tenant=tenant, quality_target=0.5, max_tokens=MAX_TOKENS, **fields
+    )
+
+
+async def test_an_escalated_answer_the_budget_cut_short_is_not_kept_and_a_whole_one_is(
+    tmp_path: Path, any_redis_url: str
+) -> None:
+    """Admission holds the stronger answer's worst case, so nothing lowered its max_tokens there; escalation lowered it
+    to the room the budget left after the weak answer was paid. Kept, the cut answer was served to the same request
+    once the budget was raised, at nothing, for the cache's TTL."""
+    provider = DecliningCheaply()
+    prompt = f"Write an essay. {uuid.uuid4().hex}"
+    async with (
+        store_on(any_redis_url) as store,
+        served_router(tmp_path, store, provider, classifier=NearScores()) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        router = router_pb2_grpc.RouterStub(channel)
+        await store.set_limit("tenant", "umbrella", to_pico(ROOM_FOR_ONE))
+        cut = await router.Complete(routed_ask(prompt, "umbrella"), timeout=10)
+        [room] = provider.max_tokens["strong"]
+        assert cut.escalated and cut.model == "strong" and cut.finish_reason == "length"
+        assert cut.content.count("word") == room < MAX_TOKENS and not cut.decision.HasField("max_tokens_capped")
+        await store.set_limit("tenant", "umbrella", None)
+        whole = await router.Complete(routed_ask(prompt, "umbrella"), timeout=10)
+        assert not whole.cache_hit and whole.escalated and whole.content.count("word") == MAX_TOKENS
+        assert provider.max_tokens["strong"] == [room, MAX_TOKENS]
+        again = await router.Complete(routed_ask(prompt, "umbrella"), timeout=10)
+        assert again.cache_hit and again.content == whole.content  # ended by the caller's own max_tokens: kept
+        assert provider.max_tokens["strong"] == [room, MAX_TOKENS]
+
+
+async def test_an_escalated_answer_cut_by_what_max_cost_left_after_the_weak_one_is_not_kept(
+    tmp_path: Path, any_redis_url: str
+) -> None:
+    """max_cost_usd is part of the key, but the room it left the stronger answer depends on what the weak one cost,
+    which is not: an identical request is served anew (its weak answer may be kept this time, or cost less)."""
+    provider = DecliningCheaply()
+    prompt = f"Write an essay. {uuid.uuid4().hex}"
+    ask_capped = routed_ask(prompt, "umbrella", max_cost_usd=str(ROOM_FOR_ONE))
+    async with (
+        store_on(any_redis_url) as store,
+        served_router(tmp_path, store, provider, classifier=NearScores()) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        router = router_pb2_grpc.RouterStub(channel)
+        cut = await router.Complete(ask_capped, timeout=10)
+        [room] = provider.max_tokens["strong"]
+        assert cut.escalated and cut.finish_reason == "length" and cut.content.count("word") == room < MAX_TOKENS
+        assert Decimal(cut.cost_usd) <= ROOM_FOR_ONE
+        again = await router.Complete(ask_capped, timeout=10)
+        assert not again.cache_hit and again.escalated and provider.max_tokens["strong"] == [room, room]
+
+
+async def test_an_answer_cut_by_its_own_max_cost_is_kept_for_that_cap_alone(tmp_path: Path, any_redis_url: str) -> None:
+    """max_cost_usd's cap on a generation is the request's own, in the key: the same request would be cut the same, so
+    its answer is served again (its decision saying the cap, as the request's own does); another cap is another
+    entry."""
+    provider = WritingAllItMay()
+    prompt = f"Write an essay. {uuid.uuid4().hex}"
+    async with (
+        store_on(any_redis_url) as store,
+        served_router(tmp_path, store, provider) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        router = router_pb2_grpc.RouterStub(channel)
+        capped = ask(prompt, "umbrella", max_tokens=2000, max_cost_usd="0.0001")
+        cut = await router.Complete(capped, timeout=10)
+        assert cut.decision.max_tokens_capped == cut.usage.output_tokens < 2000 and cut.finish_reason == "length"
+        again = await router.Complete(capped, timeout=10)
+        assert again.cache_hit and again.content == cut.content
+        assert again.decision.max_tokens_capped == cut.decision.max_tokens_capped and provider.generated == 1
+        more = await router.Complete(ask(prompt, "umbrella", max_tokens=2000, max_cost_usd="0.01"), timeout=10)
+        assert not more.cache_hit and more.usage.output_tokens == 2000 and provider.generated == 2

@@ -12,12 +12,13 @@ from llmrouter.v1 import common_pb2, router_pb2
 from services.router import policy
 from services.router.cache import RedisCache, ResponseCache
 from services.router.input_bound import InputBound
-from services.router.routed import Routed
+from services.router.routed import Routed, Served
 from services.router.sessions import Session, Sessions
 from services.router.store import Account
 
 REGISTRY = load_registry()
 ACME = Account("acme", "key1")
+SERVED = Served(REGISTRY.models[0])  # what the providers delivered: none of it cut by money
 
 
 def routed(tenant: str, text: str) -> Routed:
@@ -48,7 +49,7 @@ async def test_an_answer_is_cached_per_tenant_with_its_ttl(any_redis_url: str) -
         prompts = [f"question {n}" for n in range(30)]
         for text in prompts:
             assert await cache.lookup(routed("acme", text)) is None
-            await cache.put(routed("acme", text), answer("gpt-4o-mini"))
+            await cache.put(routed("acme", text), SERVED, answer("gpt-4o-mini"))
         for text in prompts:
             hit = await cache.lookup(again := routed("acme", text))
             assert hit is not None and hit.cache_hit and hit.cost_usd == "0" and hit.id == again.request_id
@@ -68,7 +69,7 @@ async def test_an_unreadable_cache_entry_is_a_miss_not_a_failure(any_redis_url: 
     cache = ResponseCache(RedisCache(any_redis_url), ttl_s=60, scope="key", tenant_scope={})
     client = connect(any_redis_url)
     try:
-        await cache.put(routed("acme", "question"), answer("gpt-4o-mini"))
+        await cache.put(routed("acme", "question"), SERVED, answer("gpt-4o-mini"))
         assert await cache.lookup(routed("acme", "question")) is not None
         async for key in client.scan_iter(match="llmrouter:cache:*"):
             await client.set(key, b"\xff not a response", ex=60)  # corrupted, or written by something else
@@ -116,12 +117,12 @@ async def test_a_cached_answer_keeps_its_log_probabilities_and_is_only_served_to
     with_logprobs.logprobs_json = '{"content": [{"token": "an", "logprob": -0.1, "bytes": [97, 110]}]}'
     asked = '{"logprobs": true, "top_logprobs": 2}'
     try:
-        await cache.put(asking(asked), with_logprobs)
+        await cache.put(asking(asked), SERVED, with_logprobs)
         hit = await cache.lookup(asking(asked))
         assert hit is not None and hit.logprobs_json == with_logprobs.logprobs_json
         for other in ("", '{"logprobs": false}', '{"logprobs": true}', '{"logprobs": true, "top_logprobs": 5}'):
             assert await cache.lookup(asking(other)) is None, other
-        await cache.put(asking(""), answer("gpt-4o-mini"))
+        await cache.put(asking(""), SERVED, answer("gpt-4o-mini"))
         plain = await cache.lookup(asking(""))
         assert plain is not None and not plain.logprobs_json
         hit = await cache.lookup(asking(asked))  # still its own entry
