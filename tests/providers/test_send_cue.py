@@ -4,14 +4,15 @@ before the OpenAI wire-format fake."""
 
 from __future__ import annotations
 
-import asyncio
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 
 from llmrouter.v1 import provider_pb2, provider_pb2_grpc
-from tests.fakes import FakeOpenAI
+from tests.fakes import FakeAnthropic, FakeOpenAI
+from tests.providers.conftest import providers_service
 from tests.providers.helpers import error_of, request
 
 
@@ -37,14 +38,16 @@ async def test_the_upstream_is_asked_only_once_the_caller_sends_its_word(
     await call.write(cued(request("cheap")))
     first = await call.read()
     assert first.WhichOneof("kind") == "ready_to_send"
-    await asyncio.sleep(0.3)
-    assert openai_fake.requests == []  # waiting for the word
+    # A call made after `ready_to_send`, through the same provider to the same upstream, answered: a request sent
+    # without waiting for the word, one round trip before it, would have reached the upstream by then.
+    assert (await stub.Generate(request("strong"))).content
+    assert [r.json["model"] for r in openai_fake.requests] == ["strong"]  # the cued one waiting for the word
     await call.write(SEND)
     await call.done_writing()
     chunks = await rest(call)
     assert "".join(c.delta for c in chunks) == "[cheap-upstream-v1] You said: What is 2+2?"
     assert chunks[-1].final.usage.output_tokens > 0
-    assert len(openai_fake.requests) == 1
+    assert [r.json["model"] for r in openai_fake.requests] == ["strong", "cheap-upstream-v1"]
 
 
 async def test_a_caller_that_closes_its_side_without_the_word_never_has_the_upstream_asked(
@@ -66,20 +69,22 @@ async def test_a_caller_that_closes_its_side_without_the_word_never_has_the_upst
 
 
 async def test_a_caller_that_leaves_before_the_word_never_has_the_upstream_asked(
-    stub: provider_pb2_grpc.ProviderStub, openai_fake: FakeOpenAI
+    tmp_path: Path, openai_fake: FakeOpenAI, anthropic_fake: FakeAnthropic
 ) -> None:
-    call = stub.GenerateStreamOnCue(timeout=10)
-    await call.write(cued(request("cheap")))
-    assert (await call.read()).WhichOneof("kind") == "ready_to_send"
-    call.cancel()
-    await asyncio.sleep(0.5)
-    assert openai_fake.requests == []
-    # Its concurrency slot was given back: a call after it is answered.
-    after = stub.GenerateStreamOnCue(timeout=10)
-    await after.write(cued(request("cheap")))
-    assert (await after.read()).WhichOneof("kind") == "ready_to_send"
-    await after.write(SEND)
-    assert (await rest(after))[-1].HasField("final")
+    """The provider has one slot, which the call waiting for the word holds: the call after it gets the slot, its own
+    `ready_to_send`, only once the service has seen the first caller leave and ended that call for good."""
+    async with providers_service(tmp_path, openai_fake.base_url, anthropic_fake.base_url, max_concurrency=1) as stub:
+        call = stub.GenerateStreamOnCue(timeout=10)
+        await call.write(cued(request("cheap")))
+        assert (await call.read()).WhichOneof("kind") == "ready_to_send"
+        call.cancel()
+        after = stub.GenerateStreamOnCue(timeout=10)
+        await after.write(cued(request("cheap")))
+        assert (await after.read()).WhichOneof("kind") == "ready_to_send"  # the slot given back
+        assert openai_fake.requests == []
+        await after.write(SEND)
+        assert (await rest(after))[-1].HasField("final")
+        assert len(openai_fake.requests) == 1
 
 
 async def test_a_word_never_sent_ends_with_the_calls_deadline_as_nothing_sent(
