@@ -223,3 +223,16 @@ def test_the_redis_probes_wait_redis_probe_timeout_seconds() -> None:
 
     assert redis_timeouts(render()) == {VALUES["redis"]["probeTimeoutSeconds"]} == {5}
     assert redis_timeouts(render("--set", "redis.probeTimeoutSeconds=9")) == {9}
+
+
+def test_only_the_services_image_is_said_to_take_a_digest() -> None:
+    """checkov's skip of its digest check says how to pin by digest where a digest can be set: values' image."""
+    docs = render()
+    workloads = by_kind(docs, "Deployment") | by_kind(docs, "StatefulSet")
+    skips = {
+        name: [v for v in (obj["metadata"].get("annotations") or {}).values() if v.startswith("CKV_K8S_43=")]
+        for name, obj in workloads.items()
+    }
+    hint = "set image.digest to pin by digest"
+    assert {name for name, (skip,) in skips.items() if hint in skip} == {f"llm-llm-cost-router-{s}" for s in SERVICES}
+    assert len([name for name in skips if "-redis-" in name]) == 3

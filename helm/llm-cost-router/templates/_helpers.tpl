@@ -422,7 +422,9 @@ livenessProbe:
 {{- $image := index . 0 }}
 {{- $skips := index . 1 }}
 {{- if not $image.digest }}
-{{- $skips = append $skips "CKV_K8S_43=pinned by an immutable version tag; set the image digest to pin by digest" }}
+{{- /* Only the services' image (values' image) takes a digest; the Redis pods' images are pulled by tag. */}}
+{{- $hint := ternary "; set image.digest to pin by digest" "" (hasKey $image "digest") }}
+{{- $skips = append $skips (printf "CKV_K8S_43=pinned by an immutable version tag%s" $hint) }}
 {{- end }}
 {{- if ne $image.pullPolicy "Always" }}
 {{- $skips = append $skips "CKV_K8S_15=the image is pinned (tag or digest), so IfNotPresent pulls nothing stale" }}
