@@ -4,10 +4,11 @@ The edge stores SHA-256 digests, never keys: one entry per line (or comma-separa
 `<tenant> <sha256 hex of the key>`, `#` starts a comment. Neither part can contain a separator, so the
 format holds for any key (base64 padding `=`, commas, spaces). A third word `admin` makes an admin key: it sees
 every tenant's stats and budgets and sets budget overrides. `python -m services.edge.keys TENANT` reads a key
-on stdin and prints its line."""
+on stdin and prints its line (`--help` says how)."""
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import hmac
 import re
@@ -17,6 +18,7 @@ TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 DIGEST = re.compile(r"[0-9a-fA-F]{64}")
 EMPTY_KEY_DIGEST = hashlib.sha256(b"").hexdigest()
 ADMIN_ROLE = "admin"
+TENANT_RULE = "a tenant is 1-128 letters, digits, '_', '.' or '-', starting with a letter or digit"
 
 
 def digest(key: str) -> bytes:
@@ -81,16 +83,37 @@ def parse_keys(text: str) -> KeyRing:
 
 def key_line(tenant: str, key: str) -> str:
     if not TENANT.fullmatch(tenant):
-        raise ValueError("a tenant is 1-128 letters, digits, '_', '.' or '-', starting with a letter or digit")
+        raise ValueError(TENANT_RULE)
     if not key:
         raise ValueError("the key is empty")
     return f"{tenant} {digest(key).hex()}"
 
 
-if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -m services.edge.keys TENANT < key")
+def tenant_argument(text: str) -> str:
+    if not TENANT.fullmatch(text):
+        raise argparse.ArgumentTypeError(TENANT_RULE)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Bad arguments, or no usable key on stdin, are a usage error (status 2), never a traceback."""
+    parser = argparse.ArgumentParser(
+        prog="python -m services.edge.keys",
+        description="Print the key file line (<tenant> <sha256 hex of the key>) for the API key read on stdin; "
+        "add the word admin after it for an admin key.",
+        epilog="example: python -m services.edge.keys acme < key-file >> api-keys.txt",
+    )
+    parser.add_argument("tenant", type=tenant_argument, help="the tenant the key belongs to")
+    args = parser.parse_args(argv)
     try:
-        print(key_line(sys.argv[1], sys.stdin.read().strip()))
-    except ValueError as exc:
-        sys.exit(str(exc))
+        key = sys.stdin.buffer.read().decode().strip()
+    except UnicodeDecodeError:
+        parser.error("the key on stdin is not UTF-8")
+    if not key:
+        parser.error("the key on stdin is empty")
+    print(key_line(args.tenant, key))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

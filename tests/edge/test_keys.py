@@ -124,6 +124,40 @@ def test_the_key_tool_prints_the_line_to_store() -> None:
     assert parse_keys(result.stdout).tenant_for("sk-new-key==") == "acme"
 
 
+def run_key_tool(*args: str, key: bytes = b"sk-new-key==\n") -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "services.edge.keys", *args], input=key, capture_output=True, cwd=ROOT, check=False
+    )
+    return subprocess.CompletedProcess(result.args, result.returncode, result.stdout.decode(), result.stderr.decode())
+
+
+def test_the_key_tool_says_how_to_use_it() -> None:
+    result = run_key_tool("--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: python -m services.edge.keys [-h] tenant")
+    assert "stdin" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "key", "said"),
+    [
+        ((), b"sk-a", "the following arguments are required: tenant"),
+        (("acme", "globex"), b"sk-a", "unrecognized arguments: globex"),
+        (("acme", "--admin"), b"sk-a", "unrecognized arguments: --admin"),
+        (("Acme Corp",), b"sk-a", "a tenant is 1-128 letters"),
+        (("acme",), b"", "the key on stdin is empty"),
+        (("acme",), b"\xff\xfe", "the key on stdin is not UTF-8"),
+    ],
+)
+def test_bad_arguments_to_the_key_tool_are_a_usage_error(args: tuple[str, ...], key: bytes, said: str) -> None:
+    """Status 2 and the usage, as any command-line tool's: not a traceback, nor a line printed for no key."""
+    result = run_key_tool(*args, key=key)
+    assert result.returncode == 2
+    assert result.stderr.startswith("usage: python -m services.edge.keys [-h] tenant")
+    assert said in result.stderr and "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
 def test_a_key_in_the_old_format_is_refused_without_echoing_it(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     monkeypatch.setenv("EDGE_API_KEYS", "sk-live-secret=acme")
     with pytest.raises(SystemExit):
