@@ -24,6 +24,7 @@ from services.batches.runner import Runner, file_fields
 from services.batches.store import CANCELLABLE, Store, batch_key, delete_if_unread, file_key, now, readers_key, unread
 from services.edge.given_once import single
 from services.edge.openai_api import ApiError, decode_json, read_limited
+from services.edge.router_headers import refuse_unapplied
 from services.router.store import key_id
 
 log = logging.getLogger("llmrouter.edge.batches")
@@ -102,6 +103,7 @@ class BatchApi:
 
     async def create_file(self, request: Request) -> Response:
         tenant, _ = self.caller(request)
+        refuse_unapplied(request.headers, "POST /v1/files")  # before a place is taken or the body read
         async with self._upload_slot(tenant):
             return await self._create_file(request, tenant)
 
@@ -214,6 +216,7 @@ class BatchApi:
 
     async def create_batch(self, request: Request) -> Response:
         tenant, key = self.caller(request)
+        refuse_unapplied(request.headers, "POST /v1/batches")
         body = decode_json(await read_limited(request, SMALL_BODY_BYTES))
         if not isinstance(body, dict):
             raise ApiError(400, "request body must be a JSON object", code="invalid_json")

@@ -41,6 +41,21 @@ def refuse_unknown(headers: Headers) -> None:
             raise ApiError(400, message, param=shown, code="unknown_parameter")
 
 
+def refuse_unapplied(headers: Headers, route: str) -> None:
+    """A 400 for any x-router-* header sent to a route that reads none (`route`: uploading a batch file, creating a
+    batch): ignored, a cap sent there left every request of the batch uncapped while its caller believed them capped.
+    An unknown one is refused as on the routes that read them (unknown_parameter); a known one is
+    unsupported_parameter, naming the body field each of the batch's requests may give instead."""
+    refuse_unknown(headers)
+    for header in headers:
+        if header in FIELDS:
+            message = (
+                f"{header} does not apply to {route}: give a batch's routing limits in each request's body in the "
+                f"batch file ({FIELDS[header]})"
+            )
+            raise ApiError(400, message, param=header, code="unsupported_parameter")
+
+
 def apply(headers: Headers, message: router_pb2.CompleteRequest) -> None:
     refuse_unknown(headers)
     for header in FIELDS:
