@@ -1,6 +1,8 @@
 """How long one caller's body of many tiny items stalls every other request of an edge process: 200,000 messages
-(chat) or input items (/v1/responses), or 2,700,000 zeros or 2,000,000 empty lists as metadata, in a body under
-EDGE_MAX_BODY_BYTES (8 MiB), posted to `python -m services.edge` while a second client asks /healthz every 5 ms.
+(chat) or input items (/v1/responses), or 2,700,000 zeros, 2,000,000 empty lists or 2,000,000 empty objects as
+metadata, in a body under EDGE_MAX_BODY_BYTES (8 MiB), posted to `python -m services.edge` while a second client asks
+/healthz every 5 ms. A body of over 100,000 objects and arrays (services/edge/json_bounds.py) is a 413 before it is
+parsed; the zeros are none, and are parsed and refused (400).
 Reported per body: the longest /healthz wait meanwhile (the event loop's stall) and the body's own answer time, median
 of --runs, for --before (default main, exported with `git archive`) and this tree, side by side in one run. No router
 answers: a body that passes the edge's checks is answered 503 once it is built for the router, which is all the edge's
@@ -26,12 +28,17 @@ MAX_BODY_BYTES = 8 * 1024 * 1024  # EDGE_MAX_BODY_BYTES's default
 TINY = {"role": "user", "content": "x"}
 ZEROS = 2_700_000  # 8.1 MB of them: a list where the schema wants an object
 EMPTY_LISTS = 2_000_000  # 8.0 MB of them, as json.dumps spaces them: millions of objects the collector counts
+EMPTY_OBJECTS = 2_000_000  # 8.0 MB of them, as json.dumps spaces them: the objects OpenAI bodies are made of
 BODIES = {
     "chat, 200k messages": ("/v1/chat/completions", {"model": "auto", "messages": [TINY] * ITEMS}),
     "responses, 200k input items": ("/v1/responses", {"model": "auto", "input": [TINY] * ITEMS}),
     "chat, metadata of 2.7M zeros": ("/v1/chat/completions", {"messages": [TINY], "metadata": [0] * ZEROS}),
     "responses, metadata of 2.7M zeros": ("/v1/responses", {"input": [TINY], "metadata": [0] * ZEROS}),
     "chat, metadata of 2M empty lists": ("/v1/chat/completions", {"messages": [TINY], "metadata": [[]] * EMPTY_LISTS}),
+    "chat, metadata of 2M empty objects": (
+        "/v1/chat/completions",
+        {"messages": [TINY], "metadata": [{}] * EMPTY_OBJECTS},
+    ),
 }
 
 

@@ -36,6 +36,7 @@ from llmrouter.passthrough import PASSTHROUGH_FIELDS, TOP_LOGPROBS_ALONE
 from llmrouter.server import MAX_MESSAGE_BYTES
 from llmrouter.v1 import common_pb2, router_pb2
 from llmrouter.validation import MAX_MESSAGES, parse_decimal
+from services.edge.json_bounds import MAX_JSON_CONTAINERS, containers_over
 
 # The router's own body fields, beside OpenAI's (also accepted as x-router-* headers).
 ROUTER_EXTENSIONS = frozenset(
@@ -604,9 +605,13 @@ def param_path(loc: tuple[int | str, ...]) -> str:
 
 def decode_json(body: bytes, check: Callable[[Any], None] | None = None) -> Any:
     """Strict JSON in UTF-8: no NaN or Infinity, no key given twice in an object (unique_keys), no nesting deeper
-    than MAX_DEPTH and no lone UTF-16 surrogate (neither JSON nor protobuf strings can carry one onward). `check`
-    sees the value first: a bound it refuses costs only the parse, not the walks over every node (which take ~3x as
-    long)."""
+    than MAX_DEPTH and no lone UTF-16 surrogate (neither JSON nor protobuf strings can carry one onward). A body of
+    more than MAX_JSON_CONTAINERS objects and arrays is a 413, counted before the parse, which is what it would cost.
+    `check` sees the value first: a bound it refuses costs only the parse, not the walks over every node (which take
+    ~3x as long)."""
+    if containers_over(body, MAX_JSON_CONTAINERS):
+        message = f"request body has over {MAX_JSON_CONTAINERS} JSON objects and arrays"
+        raise ApiError(413, message, code="request_too_large")
     try:
         text = body.decode()  # strict: UTF-8-encoded surrogates are refused here
         try:

@@ -22,8 +22,9 @@ from tests.edge.test_http_protocol import POST, served
 PROBE = b"GET /healthz HTTP/1.1\r\nHost: edge\r\n\r\n"
 # 8.1 MB, under EDGE_MAX_BODY_BYTES (8 MiB): ~0.5 s to parse and walk; a list where an object is due, refused.
 TINY_VALUES = json.dumps({"messages": [{"role": "user", "content": "x"}], "metadata": [0] * 2_700_000}).encode()
-# 2 MiB of empty objects: ~100 MB of Python objects while parsed, refused (a list where an object is due).
-EMPTY_OBJECTS = b'{"messages": [{"role": "user", "content": "x"}], "metadata": [' + b",".join([b"{}"] * 700_000) + b"]}"
+# 2 MiB of fractions, within the bound on objects and arrays (json_bounds.py), each parsed as a float kept with its
+# text (openai_api._written): ~200 MB of Python objects while parsed, refused (a list where an object is due).
+FRACTIONS = b'{"messages": [{"role": "user", "content": "x"}], "metadata": [' + b",".join([b"0.5"] * 520_000) + b"]}"
 
 
 def nowhere() -> str:
@@ -88,12 +89,12 @@ def peak_rss_mb(port: int) -> int:
 
 
 def send_at_once(connections: list[socket.socket]) -> None:
-    """EMPTY_OBJECTS on each connection, read whole by the edge but for their last bytes: parsed as one."""
+    """FRACTIONS on each connection, read whole by the edge but for their last bytes: parsed as one."""
     for c in connections:
-        c.sendall(POST + b"Content-Length: %d\r\n\r\n" % len(EMPTY_OBJECTS) + EMPTY_OBJECTS[:-1])
+        c.sendall(POST + b"Content-Length: %d\r\n\r\n" % len(FRACTIONS) + FRACTIONS[:-1])
     time.sleep(1)
     for c in connections:
-        c.sendall(EMPTY_OBJECTS[-1:])
+        c.sendall(FRACTIONS[-1:])
 
 
 def test_large_bodies_sent_at_once_are_parsed_one_at_a_time() -> None:

@@ -33,7 +33,7 @@ from tests.integration.test_policy_in_chain import extra_router
 from tests.integration.test_provider_batches import finished
 from tests.waiting import eventually
 
-DEEP = b"[" * 100_000 + b"]" * 100_000  # past the interpreter's recursion limit
+DEEP = b"[" * 50_000 + b"]" * 50_000  # past the interpreter's recursion limit
 # The rate limit's window in the rate-limited tests (the router's is a minute): a batch refused for it is parked
 # PARKED_S or more, well past PARK_LEAVE_S (5 s, so its run ends and gives up its place), and past each wait for
 # what must not wait for that park (OTHER_S), yet its next window comes within seconds, not up to a minute.
