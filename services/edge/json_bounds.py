@@ -18,17 +18,19 @@ def containers_over(data: bytes, limit: int, start: int = 0, end: int | None = N
     end = len(data) if end is None else end
     if data.count(b"{", start, end) + data.count(b"[", start, end) <= limit:
         return False
-    return _outside_strings(data[start:end]) > limit
+    return _outside_strings(data[start:end], limit) > limit
 
 
-def _outside_strings(text: bytes) -> int:
-    """The brackets of JSON text outside its strings. A backslash is only ever within a string, so once each escaped
-    backslash and escaped quote is gone every quote left opens or closes one."""
+def _outside_strings(text: bytes, limit: int) -> int:
+    """The brackets of JSON text outside its strings, counted until past `limit`. A backslash is only ever within a
+    string, so once each escaped backslash and escaped quote is gone every quote left opens or closes one."""
     unescaped = text.replace(b"\\\\", b"").replace(b'\\"', b"")
     found, within = 0, False
     for start in range(0, len(unescaped), CHUNK_BYTES):
         pieces = unescaped[start : start + CHUNK_BYTES].split(b'"')
         outside = b"".join(pieces[1 if within else 0 :: 2])
         found += outside.count(b"{") + outside.count(b"[")
+        if found > limit:
+            break
         within ^= len(pieces) % 2 == 0  # an odd number of quotes in the chunk
     return found
