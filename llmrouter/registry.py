@@ -84,10 +84,13 @@ class ProviderSpec(BaseModel):
     backoff_max_s: float = Field(default=8.0, gt=0)
     max_concurrency: int = Field(default=64, ge=1)
     # Circuit breaker per (provider, model): opens after this many consecutive failures, lets one probe
-    # through after the cool-down, closes again when the probe succeeds. A call its caller's deadline ended before
-    # total_timeout_s is no failure: one tenant's short deadlines must not send every caller to the fallbacks.
+    # through after the cool-down, closes again when the probe succeeds.
     breaker_failures: int = Field(default=5, ge=1)
     breaker_cooldown_s: float = Field(default=30.0, gt=0)
+    # A call its caller's own deadline ended (before total_timeout_s) is a failure only once its upstream had this
+    # long to answer: one tenant's short deadlines must not open the circuit and send every caller to dearer
+    # fallbacks, yet an upstream silent this long, to callers who never wait read_timeout_s, must still open it.
+    breaker_min_wait_s: float = Field(default=10.0, gt=0)
     # An OpenAI-compatible upstream that returns token log-probabilities, in OpenAI's shape, when asked
     # (`logprobs: true`): the default of its models' own `logprobs` (ModelSpec), which alone decides. Off by default:
     # some upstreams refuse the field (Groq: a 400), others answer in another shape (Together).

@@ -117,17 +117,17 @@ class Dispatcher:
         self, model: ModelSpec, request: UpstreamRequest, budget_s: float | None = None
     ) -> provider_pb2.GenerateResponse:
         start = time.perf_counter()
-        deadline, caller_bound = self._deadline(budget_s), self._caller_bound(budget_s)
+        deadline = self._deadline(budget_s)
         retries = 0
         try:
             async with self._slot(deadline):
                 while True:
-                    breaker = self._admit(model)
+                    breaker, sent = self._admit(model), time.perf_counter()
                     try:
                         async with asyncio.timeout_at(deadline):
                             completion = await self.gateway.complete(request)
                     except (UpstreamError, TimeoutError) as exc:
-                        err = self._judge(breaker, exc, caller_bound)
+                        err = self._judge(breaker, exc, budget_s, sent)
                         await self._backoff(model, request, err, retries, deadline)
                         retries += 1
                         continue
@@ -159,7 +159,7 @@ class Dispatcher:
         comes whole in the final chunk only). With `cue`, the upstream is reached only once it returns, after a
         `ready_to_send` chunk (GenerateStreamOnCue)."""
         start = time.perf_counter()
-        deadline, caller_bound = self._deadline(budget_s), self._caller_bound(budget_s)
+        deadline = self._deadline(budget_s)
         retries = 0
         delivered: list[str] = []
         # The refusal's pieces: delivered as the content's are (no retry after one; charged when the stream is cut),
@@ -175,7 +175,7 @@ class Dispatcher:
                     )
                     self._refuse_unless_time_to_send(deadline)
                 while True:
-                    breaker = self._admit(model)
+                    breaker, sent = self._admit(model), time.perf_counter()
                     end = Completion()  # usage of a failed attempt must not leak into the next one
                     tool_tokens = 0  # of this attempt's tool calls, counted piece by piece
                     events = self.gateway.stream(request)
@@ -199,7 +199,7 @@ class Dispatcher:
                             delivered.append(event)
                             yield provider_pb2.GenerateChunk(delta=event)
                     except (UpstreamError, TimeoutError) as exc:
-                        err = self._judge(breaker, exc, caller_bound)
+                        err = self._judge(breaker, exc, budget_s, sent)
                         if delivered or refused:
                             served = "".join(delivered) + "".join(refused)
                             raise await self._interrupted(model, request, served, end, err, wasted) from None
@@ -235,12 +235,6 @@ class Dispatcher:
         if budget_s is not None:
             total = min(total, max(0.0, budget_s - PROVIDERS_MARGIN_S))
         return asyncio.get_running_loop().time() + total
-
-    def _caller_bound(self, budget_s: float | None) -> bool:
-        """Whether the caller's deadline, not the provider's total timeout, ends the call: its running out then says
-        the caller was in a hurry, not that the upstream is unwell. Counted, one tenant's short deadlines would open
-        the circuit for every caller and send them all to dearer fallbacks."""
-        return budget_s is not None and budget_s - PROVIDERS_MARGIN_S < self.spec.total_timeout_s
 
     @asynccontextmanager
     async def _slot(self, deadline: float) -> AsyncIterator[None]:
@@ -288,10 +282,18 @@ class Dispatcher:
             )
         return breaker
 
-    def _judge(self, breaker: CircuitBreaker, exc: UpstreamError | TimeoutError, caller_bound: bool) -> UpstreamError:
+    def _judge(
+        self, breaker: CircuitBreaker, exc: UpstreamError | TimeoutError, budget_s: float | None, sent: float
+    ) -> UpstreamError:
         """Record what a failed attempt says about the upstream's health: nothing when the caller's own deadline,
-        shorter than the provider's total timeout, cut it (the gateway's read timeout still counts)."""
-        hurried = isinstance(exc, TimeoutError) and caller_bound
+        shorter than the provider's total timeout, ended it before the upstream had breaker_min_wait_s to answer (a
+        caller in a hurry; the gateway's read timeout is the operator's and always counts)."""
+        hurried = (
+            isinstance(exc, TimeoutError)
+            and budget_s is not None
+            and budget_s - PROVIDERS_MARGIN_S < self.spec.total_timeout_s
+            and time.perf_counter() - sent < self.spec.breaker_min_wait_s
+        )
         if isinstance(exc, TimeoutError):
             exc = UpstreamError("timeout", "no answer within the call's deadline")
         if exc.kind in _UNHEALTHY and not hurried:

@@ -264,10 +264,12 @@ async def test_rate_limits_do_not_open_the_breaker(service, upstream: Upstream) 
 
 
 async def test_a_timeout_the_providers_own_deadline_set_opens_the_breaker(service, upstream: Upstream) -> None:
+    # The caller's deadline (the router always sends one) is longer than the provider's total timeout.
     async with service(max_retries=0, breaker_failures=1, total_timeout_s=0.5) as stub:
         upstream.fake.enqueue(Fault.hang())
-        assert error_of(await _fails(stub.Generate(request(upstream.model)))).reason == "UPSTREAM_TIMEOUT"
-        assert error_of(await _fails(stub.Generate(request(upstream.model)))).reason == "CIRCUIT_OPEN"
+        err = await _fails(stub.Generate(request(upstream.model), timeout=5))
+        assert error_of(err).reason == "UPSTREAM_TIMEOUT"
+        assert error_of(await _fails(stub.Generate(request(upstream.model), timeout=5))).reason == "CIRCUIT_OPEN"
 
 
 async def test_a_callers_short_deadline_does_not_open_the_breaker_for_everyone(service, upstream: Upstream) -> None:
@@ -279,6 +281,25 @@ async def test_a_callers_short_deadline_does_not_open_the_breaker_for_everyone(s
             err = await _fails(stub.Generate(request(upstream.model), timeout=1.0))
             assert error_of(err).reason == "UPSTREAM_TIMEOUT"
         assert (await stub.Generate(request(upstream.model))).content
+
+
+async def test_an_upstream_silent_past_breaker_min_wait_opens_the_breaker_for_hurried_callers(
+    service, upstream: Upstream
+) -> None:
+    # Callers who never wait the read timeout out still find a dead upstream, once it had long enough to answer.
+    async with service(max_retries=0, breaker_failures=1, breaker_min_wait_s=0.5) as stub:
+        upstream.fake.enqueue(Fault.hang())
+        err = await _fails(stub.Generate(request(upstream.model), timeout=1.5))
+        assert error_of(err).reason == "UPSTREAM_TIMEOUT"
+        assert error_of(await _fails(stub.Generate(request(upstream.model)))).reason == "CIRCUIT_OPEN"
+
+
+async def test_the_read_timeout_opens_the_breaker_within_a_callers_short_deadline(service, upstream: Upstream) -> None:
+    async with service(max_retries=0, breaker_failures=1, read_timeout_s=0.3, total_timeout_s=5) as stub:
+        upstream.fake.enqueue(Fault.hang())
+        err = await _fails(stub.Generate(request(upstream.model), timeout=2.0))
+        assert error_of(err).reason == "UPSTREAM_TIMEOUT"
+        assert error_of(await _fails(stub.Generate(request(upstream.model)))).reason == "CIRCUIT_OPEN"
 
 
 async def test_concurrency_limit_per_provider(service, upstream: Upstream) -> None:
