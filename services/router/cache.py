@@ -135,9 +135,11 @@ class ResponseCache:
         """Best effort (the backend never fails a request): the answer is served and charged already. One the money
         left cut short is not kept: the budget's remainder, or what an escalated answer had left after the weak one was
         paid, is no part of the key, so an identical request would be served the cut answer whatever its own budget,
-        its decision saying nothing of the cap."""
+        its decision saying nothing of the cap. Nor a weak answer an escalation it called for was not made for (no time,
+        no room, the stronger model down): an identical request would never escalate."""
         answered = response.content or response.refusal or response.tool_calls_json  # a refusal replays as one
-        if self.ttl_s and answered and not _cut_by_money_left(routed, served, response):
+        kept = answered and not served.escalation_missed and not _cut_by_money_left(routed, served, response)
+        if self.ttl_s and kept:
             await self.backend.set(self._key(routed), response.SerializeToString(), self.ttl_s)
 
     def _key(self, routed: Routed) -> str:

@@ -159,10 +159,12 @@ class Serving:
             return
         if routed.time_left(context) < MIN_CALL_S:  # the providers would refuse it unsent
             log.warning("no time left to escalate; keeping the weak answer", extra={"signal": why})
+            served.escalation_missed = "no time left"
             return
         max_tokens = await self._escalation_room(routed, served, target.model)
         if max_tokens < min(routed.limits.min_output_tokens, routed.max_tokens[target.model.name]):
             log.warning("no room left in the hold to escalate; keeping the weak answer", extra={"signal": why})
+            served.escalation_missed = "no room left in the hold"
             return
         try:
             reply = await self.providers.Generate(
@@ -173,6 +175,7 @@ class Serving:
             log.warning("escalation failed; keeping the weak answer", extra={"error": err.details()})
             failed = ServiceError.from_rpc_error(err)
             routed.owed += attempt_cost(failed, target.model, worst_usd(routed, target.model, max_tokens))
+            served.escalation_missed = "the stronger model failed"
             return
         metrics.ESCALATIONS.labels(weak.model.name, target.model.name).inc()
         if served.add(reply, target.model):

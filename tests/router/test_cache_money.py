@@ -286,3 +286,49 @@ async def test_an_answer_cut_by_its_own_max_cost_is_kept_for_that_cap_alone(tmp_
         assert again.decision.max_tokens_capped == cut.decision.max_tokens_capped and provider.generated == 1
         more = await router.Complete(ask(prompt, "umbrella", max_tokens=2000, max_cost_usd="0.01"), timeout=10)
         assert not more.cache_hit and more.usage.output_tokens == 2000 and provider.generated == 2
+
+
+async def test_a_weak_answer_kept_for_want_of_room_to_escalate_is_not_kept(tmp_path: Path, any_redis_url: str) -> None:
+    """The hold's room after the weak answer (what failed attempts owe, the budgets) is no part of the key: kept, the
+    weak refusal was served to the same request once the budget was raised, never escalated."""
+    provider = DecliningCheaply()
+    prompt = f"Write an essay. {uuid.uuid4().hex}"
+    async with (
+        store_on(any_redis_url) as store,
+        # Every answer must have room for MAX_TOKENS: what the budget leaves after the weak one is too little.
+        served_router(tmp_path, store, provider, classifier=NearScores(), min_output_tokens=MAX_TOKENS) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        router = router_pb2_grpc.RouterStub(channel)
+        await store.set_limit("tenant", "umbrella", to_pico(ROOM_FOR_ONE))
+        weak = await router.Complete(routed_ask(prompt, "umbrella"), timeout=10)
+        assert weak.model == "cheap" and weak.content == REFUSAL and not weak.escalated
+        assert provider.max_tokens["strong"] == []
+        await store.set_limit("tenant", "umbrella", None)
+        again = await router.Complete(routed_ask(prompt, "umbrella"), timeout=10)
+        assert not again.cache_hit and again.escalated and provider.max_tokens["strong"] == [MAX_TOKENS]
+
+
+class StrongDownOnce(DecliningCheaply):
+    """The strong model is unavailable to its first call."""
+
+    async def Generate(self, request: Any, context: Any) -> provider_pb2.GenerateResponse:
+        if request.model == "strong" and not self.max_tokens["strong"]:
+            self.max_tokens["strong"].append(request.max_tokens)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "strong is down")
+        return await super().Generate(request, context)
+
+
+async def test_a_weak_answer_kept_because_its_escalation_failed_is_not_kept(tmp_path: Path, any_redis_url: str) -> None:
+    provider = StrongDownOnce()
+    prompt = f"Write an essay. {uuid.uuid4().hex}"
+    async with (
+        store_on(any_redis_url) as store,
+        served_router(tmp_path, store, provider, classifier=NearScores()) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        router = router_pb2_grpc.RouterStub(channel)
+        weak = await router.Complete(routed_ask(prompt, "umbrella"), timeout=10)
+        assert weak.model == "cheap" and weak.content == REFUSAL and not weak.escalated
+        again = await router.Complete(routed_ask(prompt, "umbrella"), timeout=10)
+        assert not again.cache_hit and again.escalated and again.model == "strong"
