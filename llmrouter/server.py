@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import start_http_server
 
 from llmrouter.auth import Authenticator, parse_callers, parse_tokens
 from llmrouter.interceptors import ServiceInterceptor
 from llmrouter.logs import setup_logging
+from llmrouter.ports import GRPC_BIND_FAILED, GRPC_NO_PORT_SHARING, cannot_listen, serve_metrics, setting_name
 from llmrouter.settings import GrpcServiceSettings
 
 log = logging.getLogger("llmrouter.server")
@@ -38,6 +38,7 @@ CHANNEL_OPTIONS = [
 # EDGE_REQUEST_TIMEOUT_S (310 s), past the router's ROUTER_REQUEST_TIMEOUT_S (300 s).
 SERVER_OPTIONS = [
     *CHANNEL_OPTIONS[:2],
+    GRPC_NO_PORT_SHARING,
     ("grpc.max_connection_age_ms", 60_000),
     ("grpc.max_connection_age_grace_ms", 320_000),
 ]
@@ -93,13 +94,13 @@ async def start_server(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = list(registrations)
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    port = _bind(server, service, settings.host, settings.port, server_credentials(settings))
+    port = _bind(server, service, settings, "port", server_credentials(settings))
     health_server = None
     if settings.health_port is not None:
         # The same health servicer: a draining server says NOT_SERVING on both ports.
-        health_server = grpc.aio.server()
+        health_server = grpc.aio.server(options=[GRPC_NO_PORT_SHARING])
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
-        _bind(health_server, service, settings.host, settings.health_port, None)
+        _bind(health_server, service, settings, "health_port", None)
         await health_server.start()
     await server.start()
     for name in [*names, ""]:
@@ -123,15 +124,23 @@ def server_credentials(settings: GrpcServiceSettings) -> grpc.ServerCredentials 
 
 
 def _bind(
-    server: grpc.aio.Server, service: str, host: str, port: int, credentials: grpc.ServerCredentials | None
+    server: grpc.aio.Server,
+    service: str,
+    settings: GrpcServiceSettings,
+    port_field: str,
+    credentials: grpc.ServerCredentials | None,
 ) -> int:
-    address = f"{host}:{port}"
-    if credentials is None:
-        bound = int(server.add_insecure_port(address))
-    else:
-        bound = int(server.add_secure_port(address, credentials))
+    """Listen on the port `port_field` of the settings names, or exit with one line saying which setting moves it."""
+    address = f"{settings.host}:{getattr(settings, port_field)}"
+    try:
+        if credentials is None:
+            bound = int(server.add_insecure_port(address))
+        else:
+            bound = int(server.add_secure_port(address, credentials))
+    except RuntimeError:  # grpc's "Failed to bind to address"
+        bound = 0
     if bound == 0:
-        raise SystemExit(f"{service}: cannot bind {address}")
+        raise cannot_listen(service, address, setting_name(settings, port_field), GRPC_BIND_FAILED)
     return bound
 
 
@@ -148,9 +157,9 @@ def run_service(
     setup_logging(service, settings.log_level)
 
     async def main() -> None:
+        if settings.metrics_port:  # first: a port taken ends the process before it has anything to close
+            serve_metrics(service, settings.host, settings.metrics_port, setting_name(settings, "metrics_port"))
         running = await start_server(service, settings, *await build())
-        if settings.metrics_port:
-            start_http_server(settings.metrics_port, addr=settings.host)
         log.info("serving", extra={"port": running.port, "metrics_port": settings.metrics_port, "auth": settings.auth})
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -1,13 +1,14 @@
-"""Serve the edge with uvicorn (uvloop where installed); SIGTERM drains open requests before exit."""
+"""Serve the edge with uvicorn (uvloop where installed); SIGTERM drains open requests before exit. Once it listens it
+prints `READY edge <port>` on stdout, as the gRPC services do (llmrouter/server.py)."""
 
 import socket
 
 import uvicorn
-from prometheus_client import start_http_server
 from starlette.applications import Starlette
 
 from llmrouter.channels import open_channel
 from llmrouter.logs import setup_logging
+from llmrouter.ports import listening_socket, serve_metrics, setting_name
 from llmrouter.settings import load_settings
 from services.edge.app import create_app
 from services.edge.protocol import edge_protocol
@@ -23,6 +24,12 @@ class EdgeServer(uvicorn.Server):
         if stopping is not None:
             stopping()
         await super().shutdown(sockets)
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:  # listening: the line supervisors wait for (a SIGTERM sent on it drains)
+            port = self.servers[0].sockets[0].getsockname()[1]
+            print(f"READY edge {port}", flush=True)
 
 
 def server_config(app: Starlette, settings: EdgeSettings) -> uvicorn.Config:
@@ -45,12 +52,14 @@ def server_config(app: Starlette, settings: EdgeSettings) -> uvicorn.Config:
 
 
 async def main(settings: EdgeSettings) -> None:
+    # Bound here, not by uvicorn: a port in use ends the edge with one line naming EDGE_PORT, not a logged traceback.
+    sock = listening_socket("edge", settings.host, settings.port, setting_name(settings, "port"))
+    if settings.metrics_port:
+        serve_metrics("edge", settings.host, settings.metrics_port, setting_name(settings, "metrics_port"))
     channel = open_channel(settings.router_addr, settings)
     server = EdgeServer(server_config(create_app(settings, channel), settings))
-    if settings.metrics_port:
-        start_http_server(settings.metrics_port, addr=settings.host)
     try:
-        await server.serve()
+        await server.serve(sockets=[sock])
     finally:
         await channel.close()
 

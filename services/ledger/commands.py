@@ -17,9 +17,10 @@ import sys
 import time
 from pathlib import Path
 
-from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry, start_http_server
+from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry
 
 from llmrouter.cli.arguments import moment, retention_days
+from llmrouter.ports import serve_metrics, setting_name
 from llmrouter.redis_connect import connect
 from llmrouter.settings import load_settings
 from llmrouter.tasks import stop as stop_task
@@ -37,13 +38,14 @@ from services.router.metrics import SINK_METRICS
 STOP_GRACE_S = 20.0
 
 
-def serve_metrics(port: int, host: str) -> None:
+def serve_sink_metrics(settings: LedgerSettings) -> None:
     """The sink's metrics alone (and the process'), not the router's that its modules define too: a scrape of the
     sink shows no router counters at 0 beside the routers' own."""
     registry = CollectorRegistry()
     for collector in (*SINK_METRICS, PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
         registry.register(collector)
-    start_http_server(port, addr=host, registry=registry)
+    port, host = settings.ledger_sink_metrics_port, settings.ledger_sink_metrics_host
+    serve_metrics("ledger sink", host, port, setting_name(settings, "ledger_sink_metrics_port"), registry)
 
 
 async def run_sink(settings: LedgerSettings, db: LedgerDB, stopping: asyncio.Event) -> int:
@@ -58,7 +60,7 @@ async def run_sink(settings: LedgerSettings, db: LedgerDB, stopping: asyncio.Eve
         print("ledger sink: stopped during its start-up", file=sys.stderr)
         return 0
     if settings.ledger_sink_metrics_port:
-        serve_metrics(settings.ledger_sink_metrics_port, settings.ledger_sink_metrics_host)
+        serve_sink_metrics(settings)
     client = connect(settings.redis_url)
     source = RedisSource(client, consumer_name(), settings.ledger_sql_claim_idle_s)
     sink = RunningSink(LedgerSink(source, db), stopping)
