@@ -6,6 +6,7 @@ an equivalent for and drops the rest. `prompt_cache_key`, `user` and `safety_ide
 hit lowers what the provider bills, never what the router charges (input at its full price). The router sends the
 three scoped to the paying tenant (services/router/end_users.py): tenants share the providers' accounts."""
 
+import json
 from typing import Any
 
 PASSTHROUGH_FIELDS = frozenset(
@@ -27,6 +28,11 @@ PASSTHROUGH_FIELDS = frozenset(
         "prompt_cache_key",
     }
 )
+# The passthrough fields a provider renders into the prompt and bills as input: tool definitions, the tool forced, the
+# response format's schema. The others are read beside the prompt, never billed: stop sequences, sampling settings,
+# logit_bias, end-user ids. Counted as prompt, a caller's long stop sequence made a prompt of a few words a
+# CONTEXT_LENGTH_EXCEEDED, and a shorter one multiplied its hold.
+PROMPT_FIELDS = frozenset({"tools", "tool_choice", "response_format"})
 # The passthrough fields each provider kind's gateway sends on, as they are or translated (Anthropic: stop as
 # stop_sequences, tools and tool_choice in its shape, safety_identifier or user as metadata.user_id); it drops the
 # others. The local gateway takes only the router's own request (max_tokens, temperature).
@@ -47,3 +53,16 @@ def has_blank_stop(passthrough: dict[str, Any]) -> bool:
 
 # OpenAI's 400 for top_logprobs without logprobs true: it only sizes the log-probabilities logprobs asks for.
 TOP_LOGPROBS_ALONE = "logprobs must be set to true when top_logprobs is used"
+
+
+def prompt_fields(passthrough: dict[str, Any]) -> dict[str, Any]:
+    """The fields of `passthrough` a provider bills as input (PROMPT_FIELDS)."""
+    return {name: value for name, value in passthrough.items() if name in PROMPT_FIELDS}
+
+
+def prompt_json(passthrough: dict[str, Any]) -> str:
+    """prompt_fields as counted (llmrouter.tokens.count_prompt_tokens): written by json.dumps, its separators as
+    the edge writes them and the providers service is sent them (a compact text counts a prompt of many tools
+    short); "" when there are none."""
+    fields = prompt_fields(passthrough)
+    return json.dumps(fields) if fields else ""

@@ -90,11 +90,11 @@ async def count_prompt_tokens(
     name: Encoding = "cl100k_base",
 ) -> int:
     """The input tokens an OpenAI model bills for this prompt, counted high: every message's role, content,
-    name, tool call id and tool calls, the passthrough fields (tools, tool_choice, response_format, ...) and
-    the framing of each. Exact in the encoding `name` except where a run of CHUNK_CHARS without a space is cut, which
-    counts one token more per cut. Stops as soon as the count passes `stop_above` (a prompt over every context
-    window needs no exact count), and gives the event loop a turn every CHUNK_CHARS characters: a prompt of
-    megabytes or of thousands of messages never stalls other requests."""
+    name, tool call id and tool calls, `passthrough_json` (the fields rendered into the prompt:
+    llmrouter.passthrough.prompt_json) and the framing of each. Exact in the encoding `name` except where a run of
+    CHUNK_CHARS without a space is cut, which counts one token more per cut. Stops as soon as the count passes
+    `stop_above` (a prompt over every context window needs no exact count), and gives the event loop a turn every
+    CHUNK_CHARS characters: a prompt of megabytes or of thousands of messages never stalls other requests."""
     total = REPLY_PRIMING + (TOOL_USE_FRAMING if tools else 0)
     since_turn = 0  # characters counted since the event loop last had a turn
     for framing, text in _billed_texts(messages, passthrough_json):

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from llmrouter.byte_bound import utf8_bound
+from llmrouter.passthrough import prompt_fields, prompt_json
 from llmrouter.registry import ModelSpec
 from llmrouter.tokens import count_prompt_tokens, count_text_tokens
 from llmrouter.v1 import common_pb2
@@ -43,11 +44,11 @@ async def settle(
 async def estimated_input(model: ModelSpec, request: UpstreamRequest) -> int:
     """The input of a call whose upstream did not say, counted as the router counts a prompt (the model's estimating
     encoding, OpenAI's framing): everything the upstream reads and bills, tool definitions, tool calls and names
-    included, not only the messages' text, which left a prompt's tools (often thousands of tokens) unpaid."""
-    passthrough = json.dumps(request.passthrough) if request.passthrough else ""
+    included, not only the messages' text, which left a prompt's tools (often thousands of tokens) unpaid. The
+    passthrough fields read beside the prompt (stop sequences, sampling settings) are not billed, nor counted."""
     tools = bool(request.passthrough.get("tools"))
     count = await count_prompt_tokens(
-        _counted(request), passthrough, tools, model.context_window, model.estimating_encoding
+        _counted(request), prompt_json(request.passthrough), tools, model.context_window, model.estimating_encoding
     )
     return min(count, model.context_window)
 
@@ -66,14 +67,16 @@ class _Counted:
 async def input_bound(model: ModelSpec, request: UpstreamRequest) -> int:
     """The most input the upstream can bill for `request`, bounded as the router holds for it (README, Money): for
     an attempt that consumed its prompt without saying how much (a stream cut before its usage). Tool definitions,
-    tool calls and the other passthrough fields count, as the upstream bills them."""
+    tool calls and the passthrough fields rendered into the prompt count, as the upstream bills them."""
     tools = bool(request.passthrough.get("tools"))
     ceiling, tokenizer = model.context_window, model.tokenizer
     if tokenizer == "utf8_bytes":
         calls = [m.tool_calls for m in request.messages]
-        count = utf8_bound(request.messages, calls, request.passthrough, tools, ceiling)
+        count = utf8_bound(request.messages, calls, prompt_fields(request.passthrough), tools, ceiling)
     else:
-        count = await count_prompt_tokens(_counted(request), json.dumps(request.passthrough), tools, ceiling, tokenizer)
+        count = await count_prompt_tokens(
+            _counted(request), prompt_json(request.passthrough), tools, ceiling, tokenizer
+        )
     return min(count, ceiling)
 
 

@@ -15,11 +15,11 @@ import grpc
 
 from llmrouter.auth import current_identity
 from llmrouter.errors import ServiceError, invalid
-from llmrouter.passthrough import TOP_LOGPROBS_ALONE, has_blank_stop
+from llmrouter.passthrough import TOP_LOGPROBS_ALONE, has_blank_stop, prompt_fields, prompt_json
 from llmrouter.registry import FORMAT_FIELDS, ModelSpec, RegistrySource
 from llmrouter.tokens import count_prompt_tokens, fewest_prompt_tokens
 from llmrouter.v1 import router_pb2
-from llmrouter.validation import check_message_count, parse_decimal, passthrough, validate
+from llmrouter.validation import check_message_count, parse_decimal, validate
 from services.router import metrics, policy
 from services.router.costs import affordable_output, floor_pico, worst_pico
 from services.router.end_users import EndUserScope
@@ -125,9 +125,8 @@ class Admission:
         wasted work."""
         return max(m.context_window for m in self.registry.current.models)
 
-    async def limits(self, request: router_pb2.CompleteRequest, tenant: str) -> policy.Limits:
-        """The request, validated, as the limits routing must respect. `tenant`: who pays (account_for), whose
-        end-user fields the providers are sent."""
+    async def limits(self, request: router_pb2.CompleteRequest) -> policy.Limits:
+        """The request, validated, as the limits routing must respect."""
         for name in ("request_id", "session_id", "tenant"):  # each is kept with the charge, in the money store
             check_id(getattr(request, name), name)
         check_message_count(request.messages)
@@ -146,14 +145,14 @@ class Admission:
         max_cost = _max_cost(request.max_cost_usd)
         tools = bool(valid.passthrough.get("tools"))
         response_format = _response_format(valid.passthrough)
-        # Counted as the providers are sent it: its end-user fields scoped to the tenant (generate_request).
-        sent_json = self.end_users.passthrough_json(request.passthrough_json, tenant)
-        sent = dataclasses.replace(valid, passthrough=passthrough(sent_json))
-        input_tokens = await count_prompt_tokens(request.messages, sent_json, tools, self.max_context)
+        # Counted as the providers bill it: with the passthrough fields rendered into the prompt alone (PROMPT_FIELDS).
+        billed_json = prompt_json(valid.passthrough)
+        billed = dataclasses.replace(valid, passthrough=prompt_fields(valid.passthrough))
+        input_tokens = await count_prompt_tokens(request.messages, billed_json, tools, self.max_context)
         if input_tokens > self.max_context:  # refused before anything else sees it (the classifier above all)
             raise self._over_every_window()
         bound = await bound_input(
-            self.registry.current, request.messages, sent_json, sent, tools, input_tokens, self.max_context
+            self.registry.current, request.messages, billed_json, billed, tools, input_tokens, self.max_context
         )
         settings = self.settings
         return policy.Limits(

@@ -59,11 +59,8 @@ class EndUserScope:
         self.secret = None if secret is None else secret_bytes(secret)
 
     def passthrough_json(self, passthrough_json: str, tenant: str) -> str:
-        """passthrough_json (validated: a JSON object, or nothing) as sent for `tenant`, and counted for its hold: its
-        end-user fields scoped, written as the edge writes it and the providers service counts what it is sent
-        (json.dumps's own separators). A compact text (a gRPC caller's, or scoped so) counts a prompt of many tools
-        about a quarter short of that service's count: held for less, the answer was charged its hold, not what it
-        cost."""
+        """passthrough_json (validated: a JSON object, or nothing) as sent for `tenant`: its end-user fields scoped,
+        written as the edge writes it (json.dumps's own separators)."""
         fields = passthrough(passthrough_json)
         if not fields:
             return passthrough_json

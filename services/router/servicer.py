@@ -133,7 +133,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         admitted (a Decide) is counted against the rate limit instead, before the classifier is asked. An account this
         router saw rate limited in the current window is refused before either."""
         account = admission.account_for(request)
-        limits = await self.admission.limits(request, account.tenant)
+        limits = await self.admission.limits(request)
         mode = escalation.mode_of(request.escalation, self.settings.escalation)
         verifier_threshold = escalation.verifier_threshold(request)
         self.admission.refuse_if_rate_limited(account)

@@ -1,8 +1,9 @@
-"""A request is held for the input the providers service counts when its upstream reports no usage: the passthrough as
-that service writes it (tools included), through the real router and providers services on loopback, over real Redis.
-Held on a compact JSON text of the same fields (the end-user fields scoped to the tenant were written so, and a gRPC
-caller may write its own so), a prompt of many tools was counted about a quarter short: max_tokens was capped for the
-shorter count, and the answer, past its hold, was charged the hold, as a hostile provider's report is, not its cost."""
+"""A request is held for the input the providers service counts when its upstream reports no usage: the passthrough
+fields rendered into the prompt (tools) as that service writes them (end-user fields, never billed, are not counted),
+through the real router and providers services on loopback, over real Redis. Held on a compact JSON text of the same
+fields (a gRPC caller may write its own so), a prompt of many tools was counted about a quarter short: max_tokens was
+capped for the shorter count, and the answer, past its hold, was charged the hold, as a hostile provider's report is,
+not its cost."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import grpc
 import pytest
 import yaml
 
+from llmrouter.passthrough import prompt_json
 from llmrouter.tokens import count_prompt_tokens
 from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
 from tests.fakes.fake_openai import FakeOpenAI, write_as_long_as_allowed
@@ -74,7 +76,7 @@ async def test_an_end_user_request_without_usage_is_charged_within_max_cost_usd(
     messages = [common_pb2.ChatMessage(role="user", content=f"Which record? {uuid.uuid4().hex}")]
     # As the edge writes it (json.dumps), and as the providers service writes what it was sent to count it.
     passthrough = {**({field: "end-user-7"} if field else {}), "tools": TOOLS, "tool_choice": "auto"}
-    spaced = await count_prompt_tokens(messages, json.dumps(passthrough), True, 10**9, "o200k_base")
+    spaced = await count_prompt_tokens(messages, prompt_json(passthrough), True, 10**9, "o200k_base")
     # Pays for the prompt as the providers service counts it, and a short answer.
     cap = PRICE_PER_MTOK * (spaced + 64) / 10**6
     request = router_pb2.CompleteRequest(

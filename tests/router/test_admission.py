@@ -18,7 +18,6 @@ import redis.asyncio as redis
 
 from llmrouter.errors import ServiceError
 from llmrouter.registry import Registry
-from llmrouter.tokens import count_prompt_tokens
 from llmrouter.v1 import common_pb2, router_pb2
 from services.router import admission, policy, routing
 from services.router.costs import worst_pico
@@ -57,7 +56,7 @@ async def routed(
 ) -> tuple[admission.Admission, Routed]:
     """A request as the servicer routes it: the cheap model first, the strong one as its fallback."""
     gate = gate or admission.Admission(SETTINGS, REGISTRY, MemoryStore(), scratch_outbox())
-    limits = await gate.limits(request, ACCOUNT.tenant)
+    limits = await gate.limits(request)
     plan = policy.plan(REGISTRY, policy.evaluate(REGISTRY.models, {}, limits), limits, classified=True)
     decision = routing.decision(plan, limits, "")
     caps = admission.output_caps(plan, limits, decision)
@@ -200,12 +199,10 @@ async def test_messages_within_the_bound_but_over_every_context_window_are_refus
     gate = admission.Admission(SETTINGS, small, MemoryStore(), scratch_outbox())
     unread = router_pb2.CompleteRequest(messages=[common_pb2.ChatMessage(role="user", content="")] * 1100)
     with pytest.raises(ServiceError) as err:
-        await gate.limits(
-            unread, ACCOUNT.tenant
-        )  # 1,100 messages: at least 4,403 tokens of framing, over every 4,096-token window
+        await gate.limits(unread)  # 1,100 messages: at least 4,403 tokens of framing, over every 4,096-token window
     assert err.value.reason == "CONTEXT_LENGTH_EXCEEDED"
     fewer = router_pb2.CompleteRequest(messages=[common_pb2.ChatMessage(role="user", content="hi")] * 800)
-    assert (await gate.limits(fewer, ACCOUNT.tenant)).input_tokens <= 4096  # 4,003 tokens: it fits, and is counted
+    assert (await gate.limits(fewer)).input_tokens <= 4096  # 4,003 tokens: it fits, and is counted
 
 
 async def test_a_caller_leaving_during_admission_leaves_no_hold_and_no_pending_charge(
@@ -274,9 +271,7 @@ async def test_a_caller_leaving_while_the_hold_grows_leaves_no_hold_behind(redis
 )
 async def test_the_response_format_asked_is_a_limit(response_format: Any, wanted: str) -> None:
     gate = admission.Admission(SETTINGS, REGISTRY, MemoryStore(), scratch_outbox())
-    limits = await gate.limits(
-        request(passthrough_json=json.dumps({"response_format": response_format})), ACCOUNT.tenant
-    )
+    limits = await gate.limits(request(passthrough_json=json.dumps({"response_format": response_format})))
     assert limits.response_format == wanted
 
 
@@ -285,7 +280,7 @@ async def test_a_response_format_of_no_known_type_is_refused_naming_it(response_
     """A gRPC caller's too: the edge checks it, and an unknown type would be routed as if any model honoured it."""
     gate = admission.Admission(SETTINGS, REGISTRY, MemoryStore(), scratch_outbox())
     with pytest.raises(ServiceError) as err:
-        await gate.limits(request(passthrough_json=json.dumps({"response_format": response_format})), ACCOUNT.tenant)
+        await gate.limits(request(passthrough_json=json.dumps({"response_format": response_format})))
     assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT and err.value.metadata == {"field": "response_format"}
 
 
@@ -294,7 +289,7 @@ async def test_a_passthrough_with_nan_or_infinity_is_refused_as_no_json(written:
     """Python's json reads NaN and Infinity, and writes them again: sent on, they are no JSON for the provider."""
     gate = admission.Admission(SETTINGS, REGISTRY, MemoryStore(), scratch_outbox())
     with pytest.raises(ServiceError) as err:
-        await gate.limits(request(passthrough_json=written), ACCOUNT.tenant)
+        await gate.limits(request(passthrough_json=written))
     assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT and err.value.metadata == {"field": "passthrough_json"}
 
 
@@ -304,7 +299,7 @@ async def test_top_logprobs_without_logprobs_is_refused_naming_it(fields: dict[s
     to a provider as it is (Groq refuses top_logprobs with a 400, whatever logprobs says)."""
     gate = admission.Admission(SETTINGS, REGISTRY, MemoryStore(), scratch_outbox())
     with pytest.raises(ServiceError) as err:
-        await gate.limits(request(passthrough_json=json.dumps(fields)), ACCOUNT.tenant)
+        await gate.limits(request(passthrough_json=json.dumps(fields)))
     assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT and err.value.metadata == {"field": "top_logprobs"}
     assert "logprobs must be set to true" in err.value.message
 
@@ -322,16 +317,27 @@ async def test_top_logprobs_without_logprobs_is_refused_naming_it(fields: dict[s
 )
 async def test_the_logprobs_asked_are_a_limit(fields: dict[str, Any], wanted: bool) -> None:
     gate = admission.Admission(SETTINGS, REGISTRY, MemoryStore(), scratch_outbox())
-    limits = await gate.limits(request(passthrough_json=json.dumps(fields)), ACCOUNT.tenant)
+    limits = await gate.limits(request(passthrough_json=json.dumps(fields)))
     assert limits.needs_logprobs is wanted
 
 
-async def test_the_prompt_is_counted_with_its_end_user_fields_as_the_provider_is_sent_them() -> None:
-    """A short end-user id is sent as a longer hash (services/router/end_users.py): counted as written, the hold
-    would be for fewer input tokens than the provider bills."""
+@pytest.mark.parametrize(
+    "beside",
+    [
+        {"stop": ["word " * 20_000]},  # ~20,000 tokens written: no model reads them as prompt
+        {"user": "u" * 5_000, "prompt_cache_key": "k" * 5_000, "safety_identifier": "s" * 5_000},
+        {"seed": 7, "top_p": 0.5, "presence_penalty": 1, "frequency_penalty": -1, "logprobs": True, "top_logprobs": 5},
+    ],
+    ids=["stop", "end-user ids", "sampling"],
+)
+async def test_the_fields_read_beside_the_prompt_are_not_counted_as_its_input(beside: dict[str, Any]) -> None:
+    """A provider bills its input for the prompt it renders: the messages, tool definitions, the response format. A
+    stop sequence or an end-user id counted as prompt made a short prompt a CONTEXT_LENGTH_EXCEEDED (the
+    stop here) or multiplied its hold."""
     gate = admission.Admission(SETTINGS, REGISTRY, MemoryStore(), scratch_outbox())
-    written = json.dumps({"user": "u", "prompt_cache_key": "k"})
-    limits = await gate.limits(request(passthrough_json=written), ACCOUNT.tenant)
-    sent = gate.end_users.passthrough_json(written, ACCOUNT.tenant)
-    assert limits.input_tokens == await count_prompt_tokens(request().messages, sent, False, 10**6)
-    assert limits.input_tokens > await count_prompt_tokens(request().messages, written, False, 10**6)
+    tools = {"tools": [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]}
+    alone = await gate.limits(request(passthrough_json=json.dumps(tools)))
+    limits = await gate.limits(request(passthrough_json=json.dumps({**tools, **beside})))
+    assert limits.input_tokens == alone.input_tokens
+    assert limits.input_bound == alone.input_bound
+    assert alone.input_tokens > (await gate.limits(request())).input_tokens  # the tools are counted

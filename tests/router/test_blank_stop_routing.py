@@ -36,7 +36,7 @@ def registry(gpt_takes_them: bool = True) -> Registry:
 
 async def evaluated(models: Registry, stop: Any, **fields: Any) -> tuple[list[policy.Option], policy.Limits]:
     gate = admission.Admission(SETTINGS, models, MemoryStore(), scratch_outbox())
-    limits = await gate.limits(request(passthrough_json=json.dumps({"stop": stop}), **fields), "acme")
+    limits = await gate.limits(request(passthrough_json=json.dumps({"stop": stop}), **fields))
     return policy.evaluate(models.models, {}, limits), limits
 
 

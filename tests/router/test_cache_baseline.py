@@ -78,7 +78,7 @@ async def test_a_batch_lines_baseline_prices_its_cached_input_at_the_baseline_mo
         tenant="t", model="cached", provider_batch_id="pbatch-1", request_ids=["l"]
     )
     realtime = BATCH_REGISTRY.models[0]
-    limits = await Admission(SETTINGS, BATCH_REGISTRY, MemoryStore(), scratch_outbox()).limits(line, "t")
+    limits = await Admission(SETTINGS, BATCH_REGISTRY, MemoryStore(), scratch_outbox()).limits(line)
     input_tokens = limits.billed_input(realtime)  # all the line's hold pays for at the batch price
     usage = common_pb2.Usage(input_tokens=input_tokens, output_tokens=10, cached_input_tokens=input_tokens - 1)
     async with store_on(redis_url) as store:

@@ -48,9 +48,7 @@ async def test_a_request_is_never_charged_past_a_cap_written_with_many_digits(tm
     probe = router_pb2.CompleteRequest(messages=[message], model="cheap")
     cheap = REGISTRY.get("cheap")
     assert cheap is not None
-    billed = (await Admission(SETTINGS, REGISTRY, MemoryStore(), scratch_outbox()).limits(probe, "t")).billed_input(
-        cheap
-    )
+    billed = (await Admission(SETTINGS, REGISTRY, MemoryStore(), scratch_outbox()).limits(probe)).billed_input(cheap)
     # 40 output tokens after the prompt cost exactly this many pico-dollars; the cap is a hair under it.
     exact = worst_pico(cheap, billed, 40)
     cap = Decimal(f"{exact * 10**28 - 1}E-40")  # built exactly: arithmetic would round it back to `exact`

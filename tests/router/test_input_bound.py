@@ -111,7 +111,7 @@ def test_a_model_is_billed_at_most_its_context_window() -> None:
 
 async def admitted(request: router_pb2.CompleteRequest) -> Routed:
     gate = admission.Admission(RouterSettings(min_output_tokens=16), REGISTRY, MemoryStore(), scratch_outbox())
-    limits = await gate.limits(request, "t")
+    limits = await gate.limits(request)
     plan = policy.explicit(policy.evaluate(REGISTRY.models, None, limits), request.model, limits)
     decision = routing.decision(plan, limits, "")
     routed = Routed(
@@ -155,7 +155,7 @@ async def test_max_cost_usd_pays_for_the_byte_bound_first() -> None:
     utf8 = REQUEST_ALLOWANCE + MESSAGE_ALLOWANCE + len("user") + len(messages[0].content)
     gate = admission.Admission(RouterSettings(min_output_tokens=16), REGISTRY, MemoryStore(), scratch_outbox())
     near_estimate = MIXTRAL.cost_usd(estimate, 1000)
-    limits = await gate.limits(router_pb2.CompleteRequest(messages=messages, max_cost_usd=str(near_estimate)), "t")
+    limits = await gate.limits(router_pb2.CompleteRequest(messages=messages, max_cost_usd=str(near_estimate)))
     (option,) = [o for o in policy.evaluate([MIXTRAL], None, limits)]
     assert "max_cost_usd" in option.excluded
 

@@ -96,9 +96,7 @@ class CachingUpstream(provider_pb2_grpc.ProviderServicer):
 
 async def bound(request: router_pb2.CompleteRequest) -> int:
     """The most input tokens the router holds for this prompt (what the upstream below bills)."""
-    return (await Admission(SETTINGS, REGISTRY, MemoryStore(), scratch_outbox()).limits(request, "t")).billed_input(
-        MODEL
-    )
+    return (await Admission(SETTINGS, REGISTRY, MemoryStore(), scratch_outbox()).limits(request)).billed_input(MODEL)
 
 
 async def complete(servicer: Any, request: router_pb2.CompleteRequest, stream: bool) -> Decimal:

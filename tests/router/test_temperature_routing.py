@@ -35,7 +35,7 @@ def registry(strong_max: float = 2) -> Registry:
 
 async def evaluated(models: Registry, **fields: Any) -> tuple[list[policy.Option], policy.Limits]:
     gate = admission.Admission(SETTINGS, models, MemoryStore(), scratch_outbox())
-    limits = await gate.limits(request(**fields), "acme")
+    limits = await gate.limits(request(**fields))
     return policy.evaluate(models.models, {}, limits), limits
 
 
