@@ -435,7 +435,8 @@ class Edge:
         if "model" in request.path_params:
             entry = next((m for m in body["data"] if m["id"] == request.path_params["model"]), None)
             if entry is None:
-                raise ApiError(404, f"model {request.path_params['model']!r} does not exist", code="model_not_found")
+                shown = request.path_params["model"][:MAX_QUOTED_MODEL]  # the caller's: tens of KB in a URL
+                raise ApiError(404, f"model {shown!r} does not exist", code="model_not_found")
             return JSONResponse(entry)
         return JSONResponse(body)
 
@@ -527,7 +528,8 @@ class EncodedSlashes:
         return any(len(prefix) <= first and tuple(segments[: len(prefix)]) == prefix for prefix in self.open)
 
 
-MAX_LOGGED_PATH = 256  # a caller chooses the path: its length in the log is bounded
+MAX_LOGGED_PATH = 256  # a caller chooses the path: its length in the log and in a 404 is bounded
+MAX_QUOTED_MODEL = 128  # as the router quotes an unknown model (services/router/routing.py)
 ROUTES = {
     "/v1/chat/completions",
     "/v1/completions",
@@ -580,7 +582,8 @@ async def _batch_store_failed(request: Request, exc: Exception) -> Response:
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:
-    return error_response(ApiError(404, f"no route {request.method} {request.url.path}", code="not_found"))
+    path = request.url.path[:MAX_LOGGED_PATH]  # the caller's: tens of KB, echoed whole
+    return error_response(ApiError(404, f"no route {request.method} {path}", code="not_found"))
 
 
 async def _method(request: Request, exc: Exception) -> Response:
