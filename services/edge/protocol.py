@@ -218,6 +218,9 @@ class BoundedReadProtocol(HttpToolsProtocol):
             # requests before it are answered, and the connection closed, as a proxy refusing a tunnel does.
             self.refuse(405, "method CONNECT not allowed: the edge opens no tunnels", "method_not_allowed")
             raise Refused  # httptools stops parsing the read here; the rest is dropped (refused)
+        if fault := self.host_fault():
+            self.refuse(400, fault, "invalid_http_request")
+            raise Refused  # httptools stops parsing the read here; the rest is dropped (refused)
         if coding := self.unknown_transfer_coding():
             # httptools takes any codings before a last chunked (`gzip, chunked`) and hands on the body un-chunked
             # only: read as it is, it was served as garbage, or as JSON that says another thing than was meant.
@@ -242,6 +245,16 @@ class BoundedReadProtocol(HttpToolsProtocol):
             # reading) before it sends the body: until then, time the app holds it up, as when it has yet to take
             # what came.
             self.flow.pause_reading()
+
+    def host_fault(self) -> str:
+        """What is wrong with the request's Host headers, '' when nothing. RFC 9112, 3.2: a server must answer 400 to an
+        HTTP/1.1 request without one and to any request with more than one (a proxy in front may act on either)."""
+        hosts = sum(name == b"host" for name, _ in self.headers)
+        if hosts > 1:
+            return f"{hosts} Host headers: send one"
+        if hosts == 0 and self.parser.get_http_version() == "1.1":
+            return "an HTTP/1.1 request needs a Host header"
+        return ""
 
     def unknown_transfer_coding(self) -> str:
         """The first of the request's transfer codings other than chunked, in any of its Transfer-Encoding headers, or
