@@ -71,7 +71,8 @@ class Served:
     # Whether the served answer's max_tokens was lowered after admission, below routed.max_tokens, to fit the money
     # left (an escalated answer's room after the weak one was paid): the response cache keeps no answer cut by it.
     room_capped: bool = False
-    # Why an escalation its signal called for was not made (no time, no room in the hold, the stronger model failed):
+    # Why an escalation its signal called for was not made (no time, no room in the hold, the stronger model failed, a
+    # plain stream, which never escalates):
     # the weak answer kept is this request's circumstance, not the prompt's, and the response cache keeps none.
     escalation_missed: str = ""
     tool_calls_json: str = ""

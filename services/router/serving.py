@@ -234,6 +234,7 @@ class Serving:
                         stream.served.add(chunk.final, option.model)
                         stream.served.content = "".join(stream.parts)
                         stream.served.refusal = "".join(stream.refusal)
+                        stream.served.escalation_missed = _not_escalated(routed, stream.served, option)
                         return
                     # Any other kind is one a newer providers service sends (a rolling upgrade): skipped, as a oneof's
                     # new member is meant to be, the stream read on to its final chunk. Taken for the final one, it
@@ -273,6 +274,19 @@ class Serving:
             extra={"model": order[index].model.name, "next": following.name, "reason": error.reason},
         )
         metrics.FALLBACKS.labels(order[index].model.name, following.name).inc()
+
+
+def _not_escalated(routed: Routed, served: Served, weak: policy.Option) -> str:
+    """Why a plain stream's answer, delivered as it was generated and never asked again, is one a unary call would
+    have escalated ('' when it is not): the response cache keeps none, or a unary call would be served it. The
+    verifier's doubt is not asked (a model call of its own): only the signals read from the answer."""
+    assert routed.registry is not None  # set with the plan
+    capped = routed.decision.HasField("max_tokens_capped")
+    if not escalation.signal(served, routed.escalation, routed.limits.max_output_tokens, capped):
+        return ""
+    if policy.escalation_target(routed.plan.order, weak, routed.registry) is None:
+        return ""
+    return "a plain stream does not escalate"
 
 
 def provider_failure(err: grpc.RpcError, request_id: str) -> ServiceError:

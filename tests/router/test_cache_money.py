@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -157,6 +158,15 @@ class WritingAllItMay(Answering):
         return provider_pb2.GenerateResponse(
             content="word " * request.max_tokens, usage=usage, model=request.model, finish_reason="length"
         )
+
+    async def GenerateStreamOnCue(self, requests: Any, context: Any) -> AsyncIterator[provider_pb2.GenerateChunk]:
+        """Generate's answer as one delta, once the router's word to send has come."""
+        first = await anext(aiter(requests))
+        yield provider_pb2.GenerateChunk(ready_to_send=True)
+        await anext(aiter(requests))
+        reply = await self.Generate(first.request, context)
+        yield provider_pb2.GenerateChunk(delta=reply.content)
+        yield provider_pb2.GenerateChunk(final=reply)
 
 
 async def test_an_answer_the_budget_cut_short_is_not_served_again_from_the_cache(
@@ -332,3 +342,28 @@ async def test_a_weak_answer_kept_because_its_escalation_failed_is_not_kept(tmp_
         assert weak.model == "cheap" and weak.content == REFUSAL and not weak.escalated
         again = await router.Complete(routed_ask(prompt, "umbrella"), timeout=10)
         assert not again.cache_hit and again.escalated and again.model == "strong"
+
+
+async def streamed(router: router_pb2_grpc.RouterStub, request: router_pb2.CompleteRequest) -> str:
+    return "".join([chunk.delta async for chunk in router.CompleteStream(request, timeout=10)])
+
+
+async def test_a_plain_streams_answer_escalation_would_replace_is_not_kept(tmp_path: Path, any_redis_url: str) -> None:
+    """A plain stream is delivered as generated and never escalates: its weak answer, kept, was served to a unary call
+    of the same request, which escalates. One with no signal to escalate is kept for both."""
+    declining, writing = DecliningCheaply(), WritingAllItMay()
+    refused, whole = f"Write an essay. {uuid.uuid4().hex}", f"Write an essay. {uuid.uuid4().hex}"
+    async with store_on(any_redis_url) as store:
+        for provider, prompt in ((declining, refused), (writing, whole)):
+            async with (
+                served_router(tmp_path, store, provider, classifier=NearScores()) as running,
+                grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+            ):
+                router = router_pb2_grpc.RouterStub(channel)
+                first = await streamed(router, routed_ask(prompt, "umbrella"))
+                unary = await router.Complete(routed_ask(prompt, "umbrella"), timeout=10)
+                if provider is declining:
+                    assert first == REFUSAL and declining.max_tokens["cheap"] == [MAX_TOKENS] * 2
+                    assert not unary.cache_hit and unary.escalated and unary.model == "strong"
+                else:
+                    assert unary.cache_hit and unary.content == first and writing.generated == 1
