@@ -20,10 +20,11 @@ class StoreFailure(enum.Enum):
 
 
 # A store refusing commands for a reason of its own, as redis-py words it: the reply itself, or a pipeline's
-# "Command # 1 (...) of pipeline caused error: ('MISCONF ...',)" (the reply's args in the text). redis-py raises
+# "Command # 1 (...) of pipeline caused error: ('MISCONF ...',)" (the reply's args in the text; redis-py 8.2 and later
+# give the reply bare, "caused error: MISCONF ..."). redis-py raises
 # these as bare ResponseErrors (the replies it knows, READONLY, OOM, LOADING, MASTERDOWN, TRYAGAIN, CLUSTERDOWN,
 # have classes of their own).
-_REFUSING = re.compile(r"(?:^|caused error: \(['\"])(?:MISCONF|NOREPLICAS|BUSY) ")
+_REFUSING = re.compile(r"(?:^|caused error: (?:\(['\"])?)(?:MISCONF|NOREPLICAS|BUSY) ")
 # A Redis Cluster whose layout the client cannot learn, as redis-py words it: no node answers (its retry of a command
 # that met a dropped connection rediscovers the layout first, outside the errors it maps), or the nodes that do leave
 # slots uncovered or disagree. A bare RedisClusterException, as are the client's refusals of a command it cannot route
