@@ -14,7 +14,7 @@ from array import array
 from collections.abc import Iterator
 from typing import Any
 
-from services.edge.json_bounds import MAX_JSON_CONTAINERS, containers_over
+from services.edge.json_bounds import MAX_JSON_CONTAINERS, MAX_JSON_ITEMS, containers_over, items_over
 from services.edge.openai_api import ApiError, RepeatedKey, loads_line, repeated_key, unique_keys
 
 ENDPOINT = "/v1/chat/completions"
@@ -67,9 +67,9 @@ def check_lines(content: bytes, max_line_bytes: int) -> int:
     unique string custom_id, method POST, url /v1/chat/completions and an object body (checked as a request when
     it runs), of at most max_line_bytes (the edge's bound on a request's body: a line past it could never be
     served, and parsed it held ~30 times its size, 1.7 GB for a line of 60 MB of empty arrays, past the edge's
-    memory limit, and the GIL for seconds), and of at most MAX_JSON_CONTAINERS objects and arrays in its body (as a
-    request's body: counted before the line is parsed). Each line is dropped once checked: what is kept is the
-    custom_ids."""
+    memory limit, and the GIL for seconds), and of at most MAX_JSON_CONTAINERS objects and arrays and MAX_JSON_ITEMS
+    items in them in its body (as a request's body: counted before the line is parsed). Each line is dropped once
+    checked: what is kept is the custom_ids."""
     seen: set[str] = set()
     try:
         for number, start, end, line in _lines(content):
@@ -78,6 +78,10 @@ def check_lines(content: bytes, max_line_bytes: int) -> int:
             # The line's own object is one more than its body's: a body at the bound is served.
             if containers_over(content, MAX_JSON_CONTAINERS + 1, start, end):
                 over = f"has over {MAX_JSON_CONTAINERS} JSON objects and arrays in its body, "
+                raise _bad(number, over + "the most a request's body may have")
+            # The line's own members (custom_id, method, url, body) are 3 commas more than its body's.
+            if items_over(content, MAX_JSON_ITEMS + 3, start, end):
+                over = f"has over {MAX_JSON_ITEMS} JSON array elements and object members in its body, "
                 raise _bad(number, over + "the most a request's body may have")
             _check_line(number, line, seen)
     except ApiError:

@@ -36,7 +36,7 @@ from llmrouter.passthrough import PASSTHROUGH_FIELDS, TOP_LOGPROBS_ALONE
 from llmrouter.server import MAX_MESSAGE_BYTES
 from llmrouter.v1 import common_pb2, router_pb2
 from llmrouter.validation import MAX_MESSAGES, parse_decimal
-from services.edge.json_bounds import MAX_JSON_CONTAINERS, containers_over
+from services.edge.json_bounds import MAX_JSON_CONTAINERS, MAX_JSON_ITEMS, containers_over, items_over
 
 # The router's own body fields, beside OpenAI's (also accepted as x-router-* headers).
 ROUTER_EXTENSIONS = frozenset(
@@ -606,11 +606,14 @@ def param_path(loc: tuple[int | str, ...]) -> str:
 def decode_json(body: bytes, check: Callable[[Any], None] | None = None) -> Any:
     """Strict JSON in UTF-8: no NaN or Infinity, no key given twice in an object (unique_keys), no nesting deeper
     than MAX_DEPTH and no lone UTF-16 surrogate (neither JSON nor protobuf strings can carry one onward). A body of
-    more than MAX_JSON_CONTAINERS objects and arrays is a 413, counted before the parse, which is what it would cost.
-    `check` sees the value first: a bound it refuses costs only the parse, not the walks over every node (which take
-    ~3x as long)."""
+    more than MAX_JSON_CONTAINERS objects and arrays, or MAX_JSON_ITEMS items in them, is a 413, counted before the
+    parse, which is what it would cost. `check` sees the value first: a bound it refuses costs only the parse, not the
+    walks over every node (which take ~3x as long)."""
     if containers_over(body, MAX_JSON_CONTAINERS):
         message = f"request body has over {MAX_JSON_CONTAINERS} JSON objects and arrays"
+        raise ApiError(413, message, code="request_too_large")
+    if items_over(body, MAX_JSON_ITEMS):
+        message = f"request body has over {MAX_JSON_ITEMS} JSON array elements and object members"
         raise ApiError(413, message, code="request_too_large")
     try:
         text = body.decode()  # strict: UTF-8-encoded surrogates are refused here
@@ -701,17 +704,31 @@ def json_fault(exc: ValueError) -> str:
 
 
 class _Written(float):
-    """A JSON number with a fraction or an exponent: the float json.loads makes of it, and the text written."""
+    """A JSON number whose float is another number than its text: the float json.loads makes of it, and the text."""
 
-    text = ""
+    __slots__ = ("text",)
+    text: str
+
+
+# The least and the greatest magnitude of a finite float at full precision (subnormals and zero have fewer digits).
+_LEAST, _GREATEST = sys.float_info.min, sys.float_info.max
 
 
 def _written(text: str) -> float:
-    number = _Written(text)
+    """json.loads's parse_float: the float, kept with its text only when the float is another number. Every number
+    with a fraction or an exponent comes here, millions in a body: a text of at most 15 characters has at most 15
+    significant digits, which a float at full precision keeps (DBL_DIG), so nearly all are a float alone, 24 bytes.
+    Kept with its text, each was a float with an attribute dict, ~450 bytes: 8 MiB of `0.5,` held ~1 GB."""
+    number = float(text)
+    if len(text) <= 15 and _LEAST <= abs(number) <= _GREATEST:
+        return number
     if not math.isfinite(number):  # 1e400: as Infinity, onward, it is no JSON at all
         raise ValueError(f"{text[:32]} is past a number's range")
-    number.text = text
-    return number
+    if Decimal(text) == Decimal(repr(number)):  # a zero, or digits the float keeps (0.10000000000000000)
+        return number
+    written = _Written(number)
+    written.text = text
+    return written
 
 
 def cost_as_written(body: Any) -> Any:

@@ -1,6 +1,7 @@
 """A large body of millions of tiny JSON values is parsed and checked off the edge's event loop: inline, its ~0.5 s
 held every other request of the process (benchmarks/item_stall.py). Other requests are answered meanwhile, and
-its refusal is the one the inline parse makes."""
+its refusal is the one the inline parse makes. The bounds on a body's objects and arrays and the items in them
+(services/edge/json_bounds.py) now refuse these bodies before their parse: lifted here, the parse is the one watched."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from services.edge import openai_api
 from services.edge.off_loop import OFF_LOOP_BYTES
 from services.edge.openai_api import ApiError, parse_request
 from tests.edge.test_http_protocol import POST, served
@@ -22,9 +24,10 @@ from tests.edge.test_http_protocol import POST, served
 PROBE = b"GET /healthz HTTP/1.1\r\nHost: edge\r\n\r\n"
 # 8.1 MB, under EDGE_MAX_BODY_BYTES (8 MiB): ~0.5 s to parse and walk; a list where an object is due, refused.
 TINY_VALUES = json.dumps({"messages": [{"role": "user", "content": "x"}], "metadata": [0] * 2_700_000}).encode()
-# 2 MiB of fractions, within the bound on objects and arrays (json_bounds.py), each parsed as a float kept with its
-# text (openai_api._written): ~200 MB of Python objects while parsed, refused (a list where an object is due).
-FRACTIONS = b'{"messages": [{"role": "user", "content": "x"}], "metadata": [' + b",".join([b"0.5"] * 520_000) + b"]}"
+# 2.1 MB of empty objects: ~100 MB of Python objects while parsed, refused (a list where an object is due).
+EMPTY_OBJECTS = b'{"messages": [{"role": "user", "content": "x"}], "metadata": [' + b",".join([b"{}"] * 700_000) + b"]}"
+# Run in the edge's process: the bounds on a body's JSON lifted.
+UNBOUNDED = "from services.edge import openai_api\nopenai_api.MAX_JSON_CONTAINERS = openai_api.MAX_JSON_ITEMS = 10**9"
 
 
 def nowhere() -> str:
@@ -36,8 +39,8 @@ def nowhere() -> str:
 
 @pytest.fixture(scope="module")
 def edge_port() -> Iterator[int]:
-    """The edge, its router nowhere."""
-    with served(nowhere()) as port:
+    """The edge, its router nowhere, the bounds on a body's JSON lifted."""
+    with served(nowhere(), prelude=UNBOUNDED) as port:
         yield port
 
 
@@ -53,10 +56,11 @@ def one_answer(s: socket.socket) -> tuple[bytes, bytes]:
     return head.split(b"\r\n")[0], body
 
 
-def test_requests_are_answered_while_a_large_body_is_parsed(edge_port: int) -> None:
+def test_requests_are_answered_while_a_large_body_is_parsed(edge_port: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Once the large body's last byte is sent, a second connection asks /healthz again and again: several are
     answered before the large body's own answer (inline, its parse held the loop: none after it began)."""
     assert len(TINY_VALUES) > OFF_LOOP_BYTES
+    monkeypatch.setattr(openai_api, "MAX_JSON_ITEMS", len(TINY_VALUES))
     with pytest.raises(ApiError) as inline:
         parse_request(TINY_VALUES)
     with (
@@ -89,19 +93,19 @@ def peak_rss_mb(port: int) -> int:
 
 
 def send_at_once(connections: list[socket.socket]) -> None:
-    """FRACTIONS on each connection, read whole by the edge but for their last bytes: parsed as one."""
+    """EMPTY_OBJECTS on each connection, read whole by the edge but for their last bytes: parsed as one."""
     for c in connections:
-        c.sendall(POST + b"Content-Length: %d\r\n\r\n" % len(FRACTIONS) + FRACTIONS[:-1])
+        c.sendall(POST + b"Content-Length: %d\r\n\r\n" % len(EMPTY_OBJECTS) + EMPTY_OBJECTS[:-1])
     time.sleep(1)
     for c in connections:
-        c.sendall(FRACTIONS[-1:])
+        c.sendall(EMPTY_OBJECTS[-1:])
 
 
 def test_large_bodies_sent_at_once_are_parsed_one_at_a_time() -> None:
     """A parse holds ~50x its body in Python objects: the default executor's threads (the CPUs + 4) parsing at once
     held as many times that, 4 bodies of 2 MiB ~300 MB more than one, 8 MiB ones past the edge's memory limit. An
     edge of its own: nothing parsed before, its peak is the first body's."""
-    with served(nowhere()) as port:
+    with served(nowhere(), prelude=UNBOUNDED) as port:
         before = peak_rss_mb(port)
         with socket.create_connection(("127.0.0.1", port), timeout=60) as alone:
             send_at_once([alone])

@@ -1,8 +1,9 @@
 """A large body is parsed without a garbage collection pass. A pass holds the GIL, and with it the edge's event loop
 (every request of the process), for as long as it walks the objects it counts: a body of millions of empty arrays made
 json.loads, in the parser's thread, set off pass after pass over all of them, ~1 s held for 8 MB where a body of as
-many zeros is parsed in ~0.13 s (benchmarks/item_stall.py). The bound on a body's objects and arrays
-(services/edge/json_bounds.py) now refuses such a body before its parse; lifted here, the parse is the one watched."""
+many zeros is parsed in ~0.13 s (benchmarks/item_stall.py). The bounds on a body's objects and arrays and the items in
+them (services/edge/json_bounds.py) now refuse such a body before its parse; lifted here, the parse is the one
+watched."""
 
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ async def test_a_body_of_millions_of_empty_arrays_is_parsed_without_a_collection
 ) -> None:
     assert len(EMPTY_LISTS) > OFF_LOOP_BYTES
     monkeypatch.setattr(openai_api, "MAX_JSON_CONTAINERS", len(EMPTY_LISTS))  # the edge is served in this process
+    monkeypatch.setattr(openai_api, "MAX_JSON_ITEMS", len(EMPTY_LISTS))
     server, task, channel = await start_edge(EdgeSettings(port=free_port(), router_addr=nowhere()))
     try:
         async with httpx.AsyncClient(timeout=120) as http:

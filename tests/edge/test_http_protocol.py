@@ -32,9 +32,9 @@ SLOW_ANSWER_S = 2 * READ_TIMEOUT_S
 
 
 @contextlib.contextmanager
-def served(router_addr: str, log: Path | None = None, **settings: str) -> Iterator[int]:
+def served(router_addr: str, log: Path | None = None, prelude: str = "", **settings: str) -> Iterator[int]:
     """`python -m services.edge` on loopback with the bounds here (and `settings`), its router at router_addr,
-    logging to `log`: its port."""
+    logging to `log`, `prelude` run in its process before it starts: its port."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -43,7 +43,14 @@ def served(router_addr: str, log: Path | None = None, **settings: str) -> Iterat
     env["EDGE_BODY_GRACE_S"], env["EDGE_MIN_BODY_RATE"] = str(BODY_GRACE_S), str(MIN_BODY_RATE)
     env.update(settings)
     output = log.open("wb") if log is not None else subprocess.DEVNULL
-    edge = subprocess.Popen([sys.executable, "-m", "services.edge"], cwd=ROOT, env=env, stdout=output, stderr=output)
+    command = [sys.executable, "-m", "services.edge"]
+    if prelude:
+        command = [
+            sys.executable,
+            "-c",
+            f"{prelude}\nimport runpy\nrunpy.run_module('services.edge', run_name='__main__')",
+        ]
+    edge = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=output)
     try:
         deadline = time.monotonic() + 60
         while True:
