@@ -9,7 +9,8 @@ from __future__ import annotations
 
 MAX_JSON_CONTAINERS = 100_000
 # Array elements and object members, counted by the commas between them (a lower bound: a container's first item has
-# none before it). Past it, a parse holds at most ~30 MB of Python objects besides the strings' characters.
+# none before it). Within it, a parse holds ~40 MB of Python objects at most besides the strings' characters (an
+# object of 200,000 members).
 MAX_JSON_ITEMS = 200_000
 CHUNK_BYTES = 1024 * 1024  # strings set apart a chunk at a time: their pieces for one chunk in memory, not the body's
 
