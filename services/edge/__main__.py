@@ -1,7 +1,11 @@
 """Serve the edge with uvicorn (uvloop where installed); SIGTERM drains open requests before exit. Once it listens it
 prints `READY edge <port>` on stdout, as the gRPC services do (llmrouter/server.py)."""
 
+import signal
 import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import uvicorn
 from starlette.applications import Starlette
@@ -30,6 +34,21 @@ class EdgeServer(uvicorn.Server):
         if self.started:  # listening: the line supervisors wait for (a SIGTERM sent on it drains)
             port = self.servers[0].sockets[0].getsockname()[1]
             print(f"READY edge {port}", flush=True)
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """uvicorn's, less its raising the signal again once shut down, which ended the process by it (status -15
+        after a SIGTERM) when the drain had gone well: a drain on SIGTERM or SIGINT exits 0, as the gRPC services'
+        does (llmrouter.server.run_service). A second SIGINT still forces the exit (uvicorn's handle_exit)."""
+        if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+            yield
+            return
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def server_config(app: Starlette, settings: EdgeSettings) -> uvicorn.Config:
