@@ -40,6 +40,39 @@ def parse_decimal(text: str) -> Decimal | None:
         return None
 
 
+# An amount of USD a caller writes (max_cost_usd, a budget's limit_usd, retry_budget_usd). Money is counted in
+# pico-dollars (1e-12) and no amount allowed reaches 1e10: these bounds hold any amount written sensibly, with room to
+# spare. Past them a digit means nothing, and arithmetic on `0.` then 5,000 zeros then a 1, or on 1e-100000, grows
+# with its digits and exponent (a plain notation of either is thousands of characters).
+MAX_AMOUNT_CHARS = 64
+MAX_AMOUNT_DIGITS = 30
+MAX_AMOUNT_PLACE = 30  # no digit below 10**-30 or above 10**30
+AMOUNT_FORM = (
+    f"a decimal number of at most {MAX_AMOUNT_DIGITS} significant digits and {MAX_AMOUNT_CHARS} characters, with no "
+    f"digit below 1e-{MAX_AMOUNT_PLACE} or above 1e{MAX_AMOUNT_PLACE}"
+)
+
+
+class AmountError(ValueError):
+    """Why a text is no amount, to follow the field's name in a refusal."""
+
+
+def parse_amount(text: str) -> Decimal:
+    """text as an amount of USD (AMOUNT_FORM; its sign and range are the caller's to check). An amount below a
+    pico-dollar is kept, for its caller to round down (a cap of 1e-13 caps at 0, never at nothing)."""
+    if not DECIMAL.fullmatch(text):
+        raise AmountError(f"must be {AMOUNT_FORM}")
+    amount = parse_decimal(text) if len(text) <= MAX_AMOUNT_CHARS else None
+    if (
+        amount is None
+        or len(amount.as_tuple().digits) > MAX_AMOUNT_DIGITS
+        or int(amount.as_tuple().exponent) < -MAX_AMOUNT_PLACE
+        or amount.adjusted() > MAX_AMOUNT_PLACE
+    ):
+        raise AmountError(f"has more digits than an amount of USD needs: it must be {AMOUNT_FORM}")
+    return amount
+
+
 class ChatMessage(Protocol):
     role: str
     content: str

@@ -35,7 +35,7 @@ from llmrouter import parameters
 from llmrouter.passthrough import PASSTHROUGH_FIELDS, TOP_LOGPROBS_ALONE
 from llmrouter.server import MAX_MESSAGE_BYTES
 from llmrouter.v1 import common_pb2, router_pb2
-from llmrouter.validation import MAX_MESSAGES, parse_decimal
+from llmrouter.validation import MAX_MESSAGES, AmountError, parse_amount
 from services.edge.json_bounds import MAX_JSON_CONTAINERS, MAX_JSON_ITEMS, containers_over, items_over
 
 # The router's own body fields, beside OpenAI's (also accepted as x-router-* headers).
@@ -443,8 +443,11 @@ def parse_request(body: bytes, max_messages: int = MAX_MESSAGES) -> tuple[ChatCo
     refuse_unanswerable_tool_results(request.messages)
     refuse_misplaced_refusals(request.messages)
     if request.max_cost_usd is not None:
-        cost = parse_decimal(str(request.max_cost_usd))
-        if cost is None or cost < 0:
+        try:
+            cost = parse_amount(str(request.max_cost_usd))
+        except AmountError as exc:
+            raise ApiError(400, f"max_cost_usd {exc}", param="max_cost_usd", code="invalid_value") from None
+        if cost < 0:
             message = "max_cost_usd must be a non-negative decimal number"
             raise ApiError(400, message, param="max_cost_usd", code="invalid_value")
     return request, raw

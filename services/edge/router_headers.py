@@ -9,7 +9,7 @@ import re
 from starlette.datastructures import Headers
 
 from llmrouter.v1 import router_pb2
-from llmrouter.validation import DECIMAL
+from llmrouter.validation import DECIMAL, AmountError, parse_amount
 from services.edge.openai_api import ESCALATION_MODES, INT32_MAX, ApiError
 
 # Fractions: the router refuses one outside [0, 1] (NaN too).
@@ -77,8 +77,13 @@ def apply(headers: Headers, message: router_pb2.CompleteRequest) -> None:
             raise ApiError(400, message_text, param="x-router-max-latency-ms", code="invalid_value")
         message.max_latency_ms = int(text)
     if "x-router-max-cost-usd" in headers:
-        # Empty, it would clear the body's cap (the router reads "" as no cap): refused as the body's "" is.
-        if not headers["x-router-max-cost-usd"]:
+        # Read as the body's cap is. Empty, it would clear the body's cap (the router reads "" as no cap).
+        try:
+            cost = parse_amount(headers["x-router-max-cost-usd"])
+        except AmountError as exc:
+            message_text = f"x-router-max-cost-usd {exc}"
+            raise ApiError(400, message_text, param="x-router-max-cost-usd", code="invalid_value") from None
+        if cost < 0:
             message_text = "x-router-max-cost-usd must be a non-negative decimal number"
             raise ApiError(400, message_text, param="x-router-max-cost-usd", code="invalid_value")
         message.max_cost_usd = headers["x-router-max-cost-usd"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 import grpc
 
@@ -12,7 +12,7 @@ from llmrouter.errors import ServiceError, invalid
 from llmrouter.registry import LiveRegistry, ModelSpec, Registry
 from llmrouter.server import Closer, Registrations
 from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc
-from llmrouter.validation import validate
+from llmrouter.validation import AmountError, parse_amount, validate
 from services.providers import batches
 from services.providers.catalog import Catalog, Retirement, build_catalog
 from services.providers.gateways.base import Message, UpstreamRequest
@@ -142,10 +142,10 @@ def retry_budget(request: provider_pb2.GenerateRequest) -> Decimal | None:
     if not request.HasField("retry_budget_usd"):
         return None
     try:
-        budget = Decimal(request.retry_budget_usd)
-    except InvalidOperation:
-        raise invalid("retry_budget_usd must be a decimal number", "retry_budget_usd") from None
-    if not budget.is_finite() or budget < 0:
+        budget = parse_amount(request.retry_budget_usd)  # as the router reads a caller's amounts
+    except AmountError as exc:
+        raise invalid(f"retry_budget_usd {exc}", "retry_budget_usd") from None
+    if budget < 0:
         raise invalid("retry_budget_usd must be a non-negative number", "retry_budget_usd")
     return budget
 

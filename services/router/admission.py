@@ -19,7 +19,7 @@ from llmrouter.passthrough import TOP_LOGPROBS_ALONE, has_blank_stop, prompt_fie
 from llmrouter.registry import FORMAT_FIELDS, ModelSpec, RegistrySource
 from llmrouter.tokens import count_prompt_tokens, fewest_prompt_tokens
 from llmrouter.v1 import router_pb2
-from llmrouter.validation import check_message_count, parse_decimal, validate
+from llmrouter.validation import AmountError, check_message_count, parse_amount, validate
 from services.router import metrics, policy
 from services.router.costs import affordable_output, floor_pico, worst_pico
 from services.router.end_users import EndUserScope
@@ -452,9 +452,10 @@ def _logit_bias_asked(passthrough: dict[str, Any], model: str) -> bool:
 def _max_cost(raw: str) -> Decimal | None:
     if not raw:
         return None
-    max_cost = parse_decimal(raw)
-    if max_cost is None:
-        raise invalid("max_cost_usd must be a decimal number", "max_cost_usd")
+    try:
+        max_cost = parse_amount(raw)
+    except AmountError as exc:
+        raise invalid(f"max_cost_usd {exc}", "max_cost_usd") from None
     if max_cost < 0:
         raise invalid("max_cost_usd must be a non-negative number", "max_cost_usd")
     if max_cost > MAX_COST_USD:

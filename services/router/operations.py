@@ -14,7 +14,7 @@ import grpc
 
 from llmrouter.auth import current_identity
 from llmrouter.errors import ServiceError, invalid
-from llmrouter.validation import parse_decimal
+from llmrouter.validation import AmountError, parse_amount
 from services.ledger.db import LedgerDB, LedgerUnavailable
 from services.ledger.stats import GROUPINGS, Group, summarize
 from services.router.admission import check_id
@@ -116,9 +116,10 @@ class Operations:
         pico = None
         if limit_usd:
             # As a max_cost_usd is read: Decimal() alone also takes '1_0' (10), Unicode digits and spaces.
-            amount = parse_decimal(limit_usd)
-            if amount is None:
-                raise invalid("limit_usd must be a decimal number of USD", "limit_usd")
+            try:
+                amount = parse_amount(limit_usd)
+            except AmountError as exc:
+                raise invalid(f"limit_usd {exc}", "limit_usd") from None
             if amount < 0 or amount > Decimal(9_000_000):
                 raise invalid("limit_usd must be between 0 and 9000000", "limit_usd")
             pico = floor_pico(amount)  # rounded down, as caps are: the budget is never exceeded

@@ -263,9 +263,10 @@ async def test_a_stream_is_not_retried_once_what_failed_attempts_consumed_passes
     assert final is not None and final.retries == 1 and Decimal(final.cost_usd) > consumed
 
 
-async def test_a_retry_budget_that_is_not_a_decimal_is_refused(stub) -> None:
+@pytest.mark.parametrize("written", ["lots", "1_0", "1e-100000", "0." + "0" * 5000 + "1"])  # the last two: too fine
+async def test_a_retry_budget_that_is_not_a_decimal_amount_is_refused(stub, written: str) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await collect(stub, tool_request("cheap", retry_budget_usd="lots"))
+        await collect(stub, tool_request("cheap", retry_budget_usd=written))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error_of(info.value).metadata["field"] == "retry_budget_usd"
 
