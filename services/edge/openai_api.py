@@ -119,6 +119,11 @@ MAX_REQUEST_CONTENT_PARTS = 8192
 # reference), logit_bias 1024 ("Invalid 'logit_bias': too many properties. Expected an object with at most 1024
 # properties, ...": tlyleung, "Experiments in Constrained LLM Decoding").
 MAX_STOP = 4
+# The end-user ids' bounds, in characters. OpenAI documents and enforces 64 for safety_identifier, and enforces 64 for
+# prompt_cache_key; it documents none for user (deprecated for those two), where callers send longer ids to other
+# upstreams: 512, as OpenAI bounds a metadata value. Each is sent on as a hash (services/router/end_users.py), so
+# unbounded, a 100,000-character id was accepted, hashed and stored with nothing to refuse it.
+END_USER_ID_CHARS = {"user": 512, "safety_identifier": 64, "prompt_cache_key": 64}
 MAX_METADATA = 16
 MAX_LOGIT_BIAS = 1024
 # OpenAI's 400 for stream_options without stream true (its code null).
@@ -339,7 +344,7 @@ class ChatCompletionRequest(Closed):
     ) = None
     logprobs: StrictBool | None = None
     top_logprobs: StrictInt | None = Field(default=None, ge=0, le=20)
-    user: StrictStr | None = None
+    user: StrictStr | None = None  # the end-user ids: bounded by refuse_long_end_user_ids
     safety_identifier: StrictStr | None = None
     prompt_cache_key: StrictStr | None = None
     # Accepted and sent to no provider (IGNORED).
@@ -419,6 +424,7 @@ def parse_request(body: bytes, max_messages: int = MAX_MESSAGES) -> tuple[ChatCo
             shown = name[:64]
             raise ApiError(400, f"unrecognized request argument: {shown!r}", param=shown, code="unknown_parameter")
     refuse_unservable(raw)
+    refuse_long_end_user_ids(raw)
     raw = {k: v for k, v in raw.items() if k not in REFUSED}  # each null: as if left out
     cost_as_written(raw)
     try:
@@ -451,6 +457,19 @@ def parse_request(body: bytes, max_messages: int = MAX_MESSAGES) -> tuple[ChatCo
             message = "max_cost_usd must be a non-negative decimal number"
             raise ApiError(400, message, param="max_cost_usd", code="invalid_value")
     return request, raw
+
+
+def refuse_long_end_user_ids(raw: dict[str, Any]) -> None:
+    """OpenAI's 400, in its words and with its code, for an end-user id past its bound (END_USER_ID_CHARS). One that
+    is no string is left for the model's validation to refuse."""
+    for name, bound in END_USER_ID_CHARS.items():
+        value = raw.get(name)
+        if isinstance(value, str) and len(value) > bound:
+            message = (
+                f"Invalid '{name}': string too long. Expected a string with maximum length {bound}, but got a string "
+                f"with length {len(value)} instead."
+            )
+            raise ApiError(400, message, param=name, code="string_above_max_length")
 
 
 def refuse_tool_options_alone(request: ChatCompletionRequest) -> None:
