@@ -726,31 +726,35 @@ def json_fault(exc: ValueError) -> str:
 
 
 class _Written(float):
-    """A JSON number whose float is another number than its text: the float json.loads makes of it, and the text."""
+    """A JSON number too long for its float to be sure to keep it: the float json.loads makes of it, and the text."""
 
     __slots__ = ("text",)
     text: str
 
 
-# The least and the greatest magnitude of a finite float at full precision (subnormals and zero have fewer digits).
-_LEAST, _GREATEST = sys.float_info.min, sys.float_info.max
+# The least magnitude of a nonzero float at full precision (a subnormal has fewer digits).
+_LEAST = sys.float_info.min
 
 
 def _written(text: str) -> float:
-    """json.loads's parse_float: the float, kept with its text only when the float is another number. Every number
-    with a fraction or an exponent comes here, millions in a body: a text of at most 15 characters has at most 15
-    significant digits, which a float at full precision keeps (DBL_DIG), so nearly all are a float alone, 24 bytes.
-    Kept with its text, each was a float with an attribute dict, ~450 bytes: 8 MiB of `0.5,` held ~1 GB."""
+    """json.loads's parse_float: the float, kept with its text when the text is longer than a float is sure to keep.
+    Every number with a fraction or an exponent comes here, millions in a body: a text of at most 15 characters has at
+    most 15 significant digits, which a float at full precision keeps (DBL_DIG), so nearly all are a float alone, 24
+    bytes. Kept with its text, each was a float with an attribute dict, ~450 bytes: 8 MiB of `0.5,` held ~1 GB. A
+    longer text keeps its text whatever its value, so that max_cost_usd is judged as written (parse_amount)."""
     number = float(text)
-    if len(text) <= 15 and _LEAST <= abs(number) <= _GREATEST:
-        return number
     if not math.isfinite(number):  # 1e400: as Infinity, onward, it is no JSON at all
         raise ValueError(f"{text[:32]} is past a number's range")
-    if Decimal(text) == Decimal(repr(number)):  # a zero, or digits the float keeps (0.10000000000000000)
+    if len(text) <= 15 and (abs(number) >= _LEAST or _zero(text)):
         return number
     written = _Written(number)
     written.text = text
     return written
+
+
+def _zero(text: str) -> bool:
+    """Whether a JSON number's text is a zero (1e-400 is not: its float underflows to one)."""
+    return not any(digit in "123456789" for digit in text.lower().partition("e")[0])
 
 
 def cost_as_written(body: Any) -> Any:
