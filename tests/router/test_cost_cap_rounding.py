@@ -51,7 +51,8 @@ async def test_a_request_is_never_charged_past_a_cap_written_with_many_digits(tm
     billed = (await Admission(SETTINGS, REGISTRY, MemoryStore(), scratch_outbox()).limits(probe)).billed_input(cheap)
     # 40 output tokens after the prompt cost exactly this many pico-dollars; the cap is a hair under it.
     exact = worst_pico(cheap, billed, 40)
-    cap = Decimal(f"{exact * 10**28 - 1}E-40")  # built exactly: arithmetic would round it back to `exact`
+    # Built exactly (arithmetic would round it back to `exact`), within an amount's 30 digits, none below 1e-30.
+    cap = Decimal(f"{exact * 10**16 - 1}E-28")
     assert cap < Decimal(exact) / PICO
     async with store_on(redis_url) as store:
         async with router_servicer(tmp_path, store, WritingAll(billed)) as servicer:
@@ -71,7 +72,7 @@ async def test_a_budget_limit_is_rounded_down_to_the_pico_dollar(tmp_path: Path,
     try:
         view = await operations.set_budget(ALL, "tenant", "t", "0.0000000000015")  # 1.5 pico-dollars
         assert view.limit_pico == 1
-        await operations.set_budget(ALL, "tenant", "u", "0." + "9" * 40)
+        await operations.set_budget(ALL, "tenant", "u", "0." + "9" * 30)  # the most digits an amount may have
         assert await store.limit_overrides() == {("tenant", "t"): 1, ("tenant", "u"): 10**12 - 1}
     finally:
         await store.close()
