@@ -112,11 +112,16 @@ class ResponseCache:
         self.ttl_s = ttl_s  # 0 disables
         self.scope, self.tenant_scope = scope, tenant_scope  # RouterSettings.cache_scope, .tenant_cache_scope
 
-    async def lookup(self, routed: Routed) -> router_pb2.CompleteResponse | None:
-        """The cached answer, as this request's free response; None on a miss."""
+    async def lookup(self, routed: Routed, streamed: bool = False) -> router_pb2.CompleteResponse | None:
+        """The cached answer, as this request's free response; None on a miss. A plain stream (`streamed`) may be
+        served what a unary call or a buffered stream kept, or else what another plain stream kept; they may not be
+        served a plain stream's: it never escalates, nor asks for what escalation reads (log-probabilities, the
+        verifier), and an answer they would have escalated would be served to them as it was."""
         if not self.ttl_s:
             return None
         raw = await self.backend.get(self._key(routed))
+        if raw is None and streamed:
+            raw = await self.backend.get(self._key(routed, streamed=True))
         try:
             response = None if raw is None else router_pb2.CompleteResponse.FromString(raw)
         except DecodeError:  # not an answer this router wrote (a corrupted or foreign entry): a miss, not a failure
@@ -131,18 +136,20 @@ class ResponseCache:
         response.decision.reason = "served from the response cache"
         return response
 
-    async def put(self, routed: Routed, served: Served, response: router_pb2.CompleteResponse) -> None:
+    async def put(
+        self, routed: Routed, served: Served, response: router_pb2.CompleteResponse, streamed: bool = False
+    ) -> None:
         """Best effort (the backend never fails a request): the answer is served and charged already. One the money
         left cut short is not kept: the budget's remainder, or what an escalated answer had left after the weak one was
         paid, is no part of the key, so an identical request would be served the cut answer whatever its own budget,
         its decision saying nothing of the cap. Nor a weak answer an escalation it called for was not made for (no time,
         no room, the stronger model down): an identical request would never escalate."""
         answered = response.content or response.refusal or response.tool_calls_json  # a refusal replays as one
-        kept = answered and not served.escalation_missed and not _cut_by_money_left(routed, served, response)
+        kept = answered and not served.circumstance and not _cut_by_money_left(routed, served, response)
         if self.ttl_s and kept:
-            await self.backend.set(self._key(routed), response.SerializeToString(), self.ttl_s)
+            await self.backend.set(self._key(routed, streamed), response.SerializeToString(), self.ttl_s)
 
-    def _key(self, routed: Routed) -> str:
+    def _key(self, routed: Routed, streamed: bool = False) -> str:
         request = router_pb2.CompleteRequest()
         request.CopyFrom(routed.request)
         request.api_key, request.request_id, request.session_id = "", "", ""
@@ -151,7 +158,8 @@ class ResponseCache:
         # for a request without a key), so a key's chat requests and its batch lines (sent by id) share entries.
         tenant_wide = self.tenant_scope.get(routed.account.tenant, self.scope) == "tenant"
         request.api_key_id = "" if tenant_wide else routed.account.key
-        return hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
+        key = hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
+        return f"{key}:stream" if streamed else key
 
 
 def _cut_by_money_left(routed: Routed, served: Served, response: router_pb2.CompleteResponse) -> bool:

@@ -71,10 +71,10 @@ class Served:
     # Whether the served answer's max_tokens was lowered after admission, below routed.max_tokens, to fit the money
     # left (an escalated answer's room after the weak one was paid): the response cache keeps no answer cut by it.
     room_capped: bool = False
-    # Why an escalation its signal called for was not made (no time, no room in the hold, the stronger model failed, a
-    # plain stream, which never escalates):
-    # the weak answer kept is this request's circumstance, not the prompt's, and the response cache keeps none.
-    escalation_missed: str = ""
+    # Why the answer owes itself to this request's circumstances rather than its prompt ('' when it does not): an
+    # escalation its signal called for not made (no time, no room in the hold, the stronger model failed, the verifier
+    # could not say), or a fallback's answer while the plan's first choice failed. The response cache keeps none.
+    circumstance: str = ""
     tool_calls_json: str = ""
     mean_logprob: float | None = None  # of the served answer's tokens, when the provider gave log-probabilities
     logprobs_json: str = ""  # the served answer's, when the caller asked for them

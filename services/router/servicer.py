@@ -189,8 +189,10 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         partial = await stream.partial(routed, measured)
         await self.charger.settle(routed, charging.response(routed, partial), outcome, partial)
 
-    async def _after_turn(self, routed: Routed, served: Served, response: router_pb2.CompleteResponse) -> None:
-        await self.cache.put(routed, served, response)
+    async def _after_turn(
+        self, routed: Routed, served: Served, response: router_pb2.CompleteResponse, streamed: bool = False
+    ) -> None:
+        await self.cache.put(routed, served, response, streamed)
         planned = routed.plan.order[0].model.name
         assert routed.registry is not None  # every routed request keeps the snapshot it was routed with
         await self.sessions.record(routed.account, routed.request, routed.session, planned, response, routed.registry)
@@ -206,7 +208,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
 
     async def _complete_stream(self, routed: Routed, context: Any) -> AsyncGenerator[router_pb2.CompleteChunk]:
         yield router_pb2.CompleteChunk(decision=routed.decision)
-        cached = await self.cache.lookup(routed)
+        cached = await self.cache.lookup(routed, streamed=True)
         if cached is not None:
             await self.charger.settle(routed, cached, "cache_hit")
             for chunk in answer_chunks(cached):
@@ -221,7 +223,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             assert stream.served is not None  # generate_stream returns only with the final chunk, or raises
             response = charging.response(routed, stream.served)
             await self.charger.settle(routed, response, served=stream.served)
-            await self._after_turn(routed, stream.served, response)
+            await self._after_turn(routed, stream.served, response, streamed=True)
             response.content, response.refusal = "", ""  # delivered in their chunks
             yield router_pb2.CompleteChunk(final=response)
         except (ServiceError, asyncio.CancelledError, GeneratorExit) as exc:

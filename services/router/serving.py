@@ -137,6 +137,8 @@ class Serving:
                 continue
             served = Served(option.model)
             served.add(reply, option.model)
+            if index:  # a fallback's answer, while the plan's first choice recovers
+                served.circumstance = f"{order[0].model.name} failed"
             await self._escalate_if_weak(routed, context, served, option)
             return served
         raise AssertionError("unreachable: the last option raises")
@@ -149,22 +151,25 @@ class Serving:
         if target is None or routed.escalation == "off":
             return
         capped = routed.decision.HasField("max_tokens_capped")
-        why = escalation.signal(served, routed.escalation, routed.limits.max_output_tokens, capped)
+        why: str | None = escalation.signal(served, routed.escalation, routed.limits.max_output_tokens, capped)
         if not why:
             prompt = next((m.content for m in reversed(routed.request.messages) if m.role == "user"), "")
             why = await escalation.doubt(
                 self.verifier, prompt, served, routed.escalation, routed.time_left(context), routed.verifier_threshold
             )
+        if why is None:
+            served.circumstance = "the verifier could not say"
+            return
         if not why:
             return
         if routed.time_left(context) < MIN_CALL_S:  # the providers would refuse it unsent
             log.warning("no time left to escalate; keeping the weak answer", extra={"signal": why})
-            served.escalation_missed = "no time left"
+            served.circumstance = "no time left"
             return
         max_tokens = await self._escalation_room(routed, served, target.model)
         if max_tokens < min(routed.limits.min_output_tokens, routed.max_tokens[target.model.name]):
             log.warning("no room left in the hold to escalate; keeping the weak answer", extra={"signal": why})
-            served.escalation_missed = "no room left in the hold"
+            served.circumstance = "no room left in the hold"
             return
         try:
             reply = await self.providers.Generate(
@@ -175,7 +180,7 @@ class Serving:
             log.warning("escalation failed; keeping the weak answer", extra={"error": err.details()})
             failed = ServiceError.from_rpc_error(err)
             routed.owed += attempt_cost(failed, target.model, worst_usd(routed, target.model, max_tokens))
-            served.escalation_missed = "the stronger model failed"
+            served.circumstance = "the stronger model failed"
             return
         metrics.ESCALATIONS.labels(weak.model.name, target.model.name).inc()
         if served.add(reply, target.model):
@@ -234,7 +239,8 @@ class Serving:
                         stream.served.add(chunk.final, option.model)
                         stream.served.content = "".join(stream.parts)
                         stream.served.refusal = "".join(stream.refusal)
-                        stream.served.escalation_missed = _not_escalated(routed, stream.served, option)
+                        if index:  # a fallback's answer, while the plan's first choice recovers
+                            stream.served.circumstance = f"{order[0].model.name} failed"
                         return
                     # Any other kind is one a newer providers service sends (a rolling upgrade): skipped, as a oneof's
                     # new member is meant to be, the stream read on to its final chunk. Taken for the final one, it
@@ -274,19 +280,6 @@ class Serving:
             extra={"model": order[index].model.name, "next": following.name, "reason": error.reason},
         )
         metrics.FALLBACKS.labels(order[index].model.name, following.name).inc()
-
-
-def _not_escalated(routed: Routed, served: Served, weak: policy.Option) -> str:
-    """Why a plain stream's answer, delivered as it was generated and never asked again, is one a unary call would
-    have escalated ('' when it is not): the response cache keeps none, or a unary call would be served it. The
-    verifier's doubt is not asked (a model call of its own): only the signals read from the answer."""
-    assert routed.registry is not None  # set with the plan
-    capped = routed.decision.HasField("max_tokens_capped")
-    if not escalation.signal(served, routed.escalation, routed.limits.max_output_tokens, capped):
-        return ""
-    if policy.escalation_target(routed.plan.order, weak, routed.registry) is None:
-        return ""
-    return "a plain stream does not escalate"
 
 
 def provider_failure(err: grpc.RpcError, request_id: str) -> ServiceError:

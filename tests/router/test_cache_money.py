@@ -348,22 +348,28 @@ async def streamed(router: router_pb2_grpc.RouterStub, request: router_pb2.Compl
     return "".join([chunk.delta async for chunk in router.CompleteStream(request, timeout=10)])
 
 
-async def test_a_plain_streams_answer_escalation_would_replace_is_not_kept(tmp_path: Path, any_redis_url: str) -> None:
-    """A plain stream is delivered as generated and never escalates: its weak answer, kept, was served to a unary call
-    of the same request, which escalates. One with no signal to escalate is kept for both."""
+async def test_a_plain_streams_answer_is_served_to_plain_streams_alone(tmp_path: Path, any_redis_url: str) -> None:
+    """A plain stream never escalates, nor asks for what escalation reads: its answer, kept where a unary call looks,
+    was served to unary calls of the same request, which would have escalated it (a refusal here; a low-confidence or
+    doubted answer alike). A unary call's answer is served to a plain stream."""
     declining, writing = DecliningCheaply(), WritingAllItMay()
     refused, whole = f"Write an essay. {uuid.uuid4().hex}", f"Write an essay. {uuid.uuid4().hex}"
     async with store_on(any_redis_url) as store:
-        for provider, prompt in ((declining, refused), (writing, whole)):
-            async with (
-                served_router(tmp_path, store, provider, classifier=NearScores()) as running,
-                grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-            ):
-                router = router_pb2_grpc.RouterStub(channel)
-                first = await streamed(router, routed_ask(prompt, "umbrella"))
-                unary = await router.Complete(routed_ask(prompt, "umbrella"), timeout=10)
-                if provider is declining:
-                    assert first == REFUSAL and declining.max_tokens["cheap"] == [MAX_TOKENS] * 2
-                    assert not unary.cache_hit and unary.escalated and unary.model == "strong"
-                else:
-                    assert unary.cache_hit and unary.content == first and writing.generated == 1
+        async with (
+            served_router(tmp_path, store, declining, classifier=NearScores()) as running,
+            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        ):
+            router = router_pb2_grpc.RouterStub(channel)
+            assert await streamed(router, routed_ask(refused, "umbrella")) == REFUSAL
+            unary = await router.Complete(routed_ask(refused, "umbrella"), timeout=10)
+            assert not unary.cache_hit and unary.escalated and unary.model == "strong"
+        async with (
+            served_router(tmp_path, store, writing, classifier=NearScores()) as running,
+            grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+        ):
+            router = router_pb2_grpc.RouterStub(channel)
+            first = await streamed(router, routed_ask(whole, "umbrella"))
+            assert await streamed(router, routed_ask(whole, "umbrella")) == first and writing.generated == 1
+            unary = await router.Complete(routed_ask(whole, "umbrella"), timeout=10)
+            assert not unary.cache_hit and writing.generated == 2
+            assert await streamed(router, routed_ask(whole, "umbrella")) == unary.content and writing.generated == 2
