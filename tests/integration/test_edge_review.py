@@ -157,18 +157,21 @@ async def test_a_long_model_name_is_a_404_without_the_transports_words(
 
 
 async def test_a_refusal_quoting_a_long_max_cost_is_a_400(edge: tuple[str, dict[str, str], dict[str, str]]) -> None:
-    """0.00000001 followed by 20,000 zeros is a valid decimal, too small for any model: the router's refusal quotes
-    it for every model, which overflowed gRPC's metadata limit, and the edge answered 502 blaming a provider."""
+    """0.00000001 followed by 20,000 zeros is a valid decimal, too small for any model: the router's refusal quoted
+    it for every model, which overflowed gRPC's metadata limit, and the edge answered 502 blaming a provider. Past an
+    amount's digits it is now refused as such, naming the field or header; a short cap too small is no model's."""
     base, tenant, _ = edge
     tiny = "0.00000001" + "0" * 20_000
     async with httpx.AsyncClient(base_url=base, timeout=30) as http:
         ask = {"messages": [{"role": "user", "content": uuid.uuid4().hex}]}
-        for reply in (
-            await http.post("/chat/completions", json={**ask, "max_cost_usd": tiny}, headers=tenant),
-            await http.post("/chat/completions", json=ask, headers={**tenant, "x-router-max-cost-usd": tiny[:12_000]}),
-        ):
-            assert reply.status_code == 400, reply.text[:300]
-            assert reply.json()["error"]["code"] == "no_eligible_model"
+        as_field = await http.post("/chat/completions", json={**ask, "max_cost_usd": tiny}, headers=tenant)
+        header = {**tenant, "x-router-max-cost-usd": tiny[:12_000]}
+        as_header = await http.post("/chat/completions", json=ask, headers=header)
+        short = await http.post("/chat/completions", json={**ask, "max_cost_usd": tiny[:10]}, headers=tenant)
+    for reply, param in ((as_field, "max_cost_usd"), (as_header, "x-router-max-cost-usd")):
+        assert reply.status_code == 400, reply.text[:300]
+        assert (reply.json()["error"]["code"], reply.json()["error"]["param"]) == ("invalid_value", param)
+    assert short.status_code == 400 and short.json()["error"]["code"] == "no_eligible_model", short.text[:300]
 
 
 EMOJI = "\U0001f600"  # 4 bytes of UTF-8, 12 once escaped as JSON (\\ud83d\\ude00)
