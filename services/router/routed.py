@@ -73,7 +73,7 @@ class Served:
     room_capped: bool = False
     # Why the answer owes itself to this request's circumstances rather than its prompt ('' when it does not): an
     # escalation its signal called for not made (no time, no room in the hold, the stronger model failed, the verifier
-    # could not say), or a fallback's answer while the plan's first choice failed. The response cache keeps none.
+    # could not say), or a weaker fallback's answer while the plan's first choice failed. The response cache keeps none.
     circumstance: str = ""
     tool_calls_json: str = ""
     mean_logprob: float | None = None  # of the served answer's tokens, when the provider gave log-probabilities

@@ -137,8 +137,7 @@ class Serving:
                 continue
             served = Served(option.model)
             served.add(reply, option.model)
-            if index:  # a fallback's answer, while the plan's first choice recovers
-                served.circumstance = f"{order[0].model.name} failed"
+            served.circumstance = _weaker_fallback(routed, option)
             await self._escalate_if_weak(routed, context, served, option)
             return served
         raise AssertionError("unreachable: the last option raises")
@@ -239,8 +238,7 @@ class Serving:
                         stream.served.add(chunk.final, option.model)
                         stream.served.content = "".join(stream.parts)
                         stream.served.refusal = "".join(stream.refusal)
-                        if index:  # a fallback's answer, while the plan's first choice recovers
-                            stream.served.circumstance = f"{order[0].model.name} failed"
+                        stream.served.circumstance = _weaker_fallback(routed, option)
                         return
                     # Any other kind is one a newer providers service sends (a rolling upgrade): skipped, as a oneof's
                     # new member is meant to be, the stream read on to its final chunk. Taken for the final one, it
@@ -280,6 +278,16 @@ class Serving:
             extra={"model": order[index].model.name, "next": following.name, "reason": error.reason},
         )
         metrics.FALLBACKS.labels(order[index].model.name, following.name).inc()
+
+
+def _weaker_fallback(routed: Routed, option: policy.Option) -> str:
+    """Why the answer is a weaker tier's than the plan's first choice, which failed ('' when it is not): kept, it would
+    be served in the first choice's stead once that recovers. A stronger fallback's answer is kept."""
+    first = routed.plan.order[0].model
+    assert routed.registry is not None  # set with the plan
+    if routed.registry.tier_rank(option.model) < routed.registry.tier_rank(first):
+        return f"{first.name} failed"
+    return ""
 
 
 def provider_failure(err: grpc.RpcError, request_id: str) -> ServiceError:

@@ -63,12 +63,18 @@ async def test_an_answer_the_verifier_kept_is_not_circumstantial() -> None:
     assert served.model.name == "cheap" and served.circumstance == ""
 
 
-async def test_a_fallbacks_answer_is_circumstantial() -> None:
+async def test_a_weaker_fallbacks_answer_is_circumstantial_a_stronger_ones_is_not() -> None:
     serving, r = await admitted()
     serving.providers = providers = Providers("Paris.", down=("cheap",))  # type: ignore[assignment]
     served = await serving.generate(r, NoDeadline())
-    assert providers.asked == ["cheap", "strong"]
-    assert served.model.name == "strong" and served.circumstance == "cheap failed"
+    assert providers.asked == ["cheap", "strong"] and served.model.name == "strong" and served.circumstance == ""
+
+    serving, r = await admitted()
+    r.plan.order.reverse()  # the strong model first (a target only it meets), the cheap one its fallback
+    serving.providers = providers = Providers("Paris.", down=("strong",))  # type: ignore[assignment]
+    served = await serving.generate(r, NoDeadline())
+    assert providers.asked == ["strong", "cheap"]
+    assert served.model.name == "cheap" and served.circumstance == "strong failed"
 
 
 async def test_a_weak_answer_kept_because_its_escalation_failed_is_circumstantial() -> None:
