@@ -195,12 +195,23 @@ def _cap_at_hold(routed: Routed, response: router_pb2.CompleteResponse) -> bool:
     room for) comes from usage no upstream could have billed, a buggy or hostile provider's report (a count under
     2^53 is still a count): charged the hold, so no budget or max_cost_usd is passed."""
     assert routed.hold is not None  # only admitted requests are settled
-    if to_pico(Decimal(response.cost_usd or "0")) > routed.hold.pico:
+    reported = Decimal(response.cost_usd or "0")
+    if to_pico(reported) > routed.hold.pico:
+        model = response.model or routed.decision.model
         log.warning(
             "usage past the request's hold; charged the hold",
-            extra={"request_id": routed.request_id, "reported_cost_usd": response.cost_usd},
+            extra={
+                "request_id": routed.request_id,
+                "model": model,
+                "provider": response.provider,
+                "reported_cost_usd": response.cost_usd,
+            },
         )
-        response.cost_usd = format(Decimal(routed.hold.pico) / PICO, "f")
+        hold = Decimal(routed.hold.pico) / PICO
+        response.cost_usd = format(hold, "f")
+        # The difference is the operator's to pay: counted, so an upstream billing past any worst case is seen.
+        metrics.CHARGES_CAPPED.labels(model).inc()
+        metrics.CAPPED_USD.labels(model).inc(float(reported - hold))
         return True
     return False
 

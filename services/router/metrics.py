@@ -45,6 +45,17 @@ STORE_MEMORY = Gauge(
 PENDING_RECONCILED = Counter(
     "llmrouter_router_reconciled_charges_total", "Pending charges of dead routers settled at their hold"
 )
+CHARGES_CAPPED = Counter(
+    "llmrouter_router_charges_capped_total",
+    "Charges capped at their hold: the usage the providers reported cost more than the request's worst case",
+    ["model"],
+)
+CAPPED_USD = Counter(
+    "llmrouter_router_capped_usd_total",
+    "USD of reported usage past the hold that capped charges did not charge (the reported cost less the hold): "
+    "the operator pays it",
+    ["model"],
+)
 RECONCILE_FAILURES = Counter(
     "llmrouter_router_reconcile_failures_total",
     "Pending charges due to be settled at their hold that the reconciler could not settle (swept again next round)",

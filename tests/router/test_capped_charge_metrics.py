@@ -1,0 +1,75 @@
+"""A charge capped at its hold is counted: the usage a provider reported cost more than the request's worst case, the
+tenant is charged the hold and the operator pays the rest, so llmrouter_router_charges_capped_total counts the charge
+and llmrouter_router_capped_usd_total the USD absorbed (the reported cost less the hold), by model (alert
+LLMRouterChargesCappedAtHold). A charge within its hold moves neither. The router's servicer over real Redis and a real
+providers gRPC server whose upstream reports the usage the test gives it."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import REGISTRY as METRICS
+
+from llmrouter.auth import ANONYMOUS, acting_as
+from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2
+from tests.router.servicer_kit import NoDeadline, router_servicer, store_on
+from tests.router.test_admission import REGISTRY
+from tests.router.test_prompt_cache_prices import ledger_record
+
+# test_admission.REGISTRY's cheap model, USD per 1M tokens.
+INPUT_PRICE, OUTPUT_PRICE = Decimal("0.50"), Decimal("1.50")
+MESSAGE = common_pb2.ChatMessage(role="user", content="Hello there, tell me about the sea")
+
+
+class Reporting(provider_pb2_grpc.ProviderServicer):
+    """Answers with the usage it is given, whatever the request could have cost."""
+
+    def __init__(self, input_tokens: int, output_tokens: int) -> None:
+        self.usage = common_pb2.Usage(input_tokens=input_tokens, output_tokens=output_tokens)
+
+    async def ListModels(self, request: Any, context: Any) -> common_pb2.ListModelsResponse:
+        return common_pb2.ListModelsResponse(models=[REGISTRY.info(m) for m in REGISTRY.models])
+
+    async def Generate(self, request: Any, context: Any) -> provider_pb2.GenerateResponse:
+        return provider_pb2.GenerateResponse(
+            content="an answer", usage=self.usage, model=request.model, finish_reason="stop"
+        )
+
+
+def capped() -> tuple[float, float]:
+    """Charges capped at their hold, and USD absorbed, the router's metrics have counted for the cheap model."""
+    labels = {"model": "cheap"}
+    return (
+        METRICS.get_sample_value("llmrouter_router_charges_capped_total", labels) or 0.0,
+        METRICS.get_sample_value("llmrouter_router_capped_usd_total", labels) or 0.0,
+    )
+
+
+async def charge(tmp_path: Path, redis_url: str, provider: Reporting) -> Decimal:
+    request = router_pb2.CompleteRequest(messages=[MESSAGE], tenant="t", model="cheap", max_tokens=20, request_id="r")
+    async with store_on(redis_url) as store, router_servicer(tmp_path, store, provider) as servicer:
+        with acting_as(ANONYMOUS):
+            return Decimal((await servicer.Complete(request, NoDeadline())).cost_usd)
+
+
+async def test_a_charge_capped_at_its_hold_counts_the_charge_and_the_usd_absorbed(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """A million input tokens reported for a prompt of a dozen: past any worst case the hold could price."""
+    before = capped()
+    charged = await charge(tmp_path, redis_url, Reporting(1_000_000, 20))
+    reported = (INPUT_PRICE * 1_000_000 + OUTPUT_PRICE * 20) / 1_000_000
+    record = await ledger_record(redis_url, "r")
+    assert "charged the hold" in record["reason_detail"] and Decimal(record["cost_usd"]) == charged < reported
+    count, absorbed = capped()
+    assert count == before[0] + 1
+    assert absorbed == before[1] + float(reported - charged)  # as the counter adds it: exactly
+
+
+async def test_a_charge_within_its_hold_moves_neither_counter(tmp_path: Path, redis_url: str) -> None:
+    before = capped()
+    charged = await charge(tmp_path, redis_url, Reporting(10, 5))
+    assert charged == (INPUT_PRICE * 10 + OUTPUT_PRICE * 5) / 1_000_000  # charged what was reported
+    assert capped() == before
