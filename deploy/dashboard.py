@@ -377,6 +377,14 @@ def build() -> dict:
         )
         .with_panel(
             series(
+                "Charges capped at their hold per hour, by model, and the USD the operator absorbed",
+                "short",
+                (f"sum by (model) (increase({s('llmrouter_router_charges_capped_total')}[1h]))", "{{model}} charges"),
+                (f"sum by (model) (increase({s('llmrouter_router_capped_usd_total')}[1h]))", "{{model}} USD absorbed"),
+            )
+        )
+        .with_panel(
+            series(
                 "SQL ledger behind: the oldest entry not copied yet (Stats and exports miss it), and since each "
                 "sink last copied",
                 "s",
