@@ -122,12 +122,12 @@ class Dispatcher:
         try:
             async with self._slot(deadline):
                 while True:
-                    breaker, sent = self._admit(model), time.perf_counter()
+                    breaker, heard = self._admit(model), time.perf_counter()
                     try:
                         async with asyncio.timeout_at(deadline):
                             completion = await self.gateway.complete(request)
                     except (UpstreamError, TimeoutError) as exc:
-                        err = self._judge(breaker, exc, budget_s, sent)
+                        err = self._judge(breaker, exc, budget_s, heard)
                         await self._backoff(model, request, err, retries, deadline)
                         retries += 1
                         continue
@@ -175,12 +175,13 @@ class Dispatcher:
                     )
                     self._refuse_unless_time_to_send(deadline)
                 while True:
-                    breaker, sent = self._admit(model), time.perf_counter()
+                    breaker, heard = self._admit(model), time.perf_counter()
                     end = Completion()  # usage of a failed attempt must not leak into the next one
                     tool_tokens = 0  # of this attempt's tool calls, counted piece by piece
                     events = self.gateway.stream(request)
                     try:
                         while (event := await _next(events, deadline)) is not None:
+                            heard = time.perf_counter()  # alive: the silence the breaker judges starts again
                             if isinstance(event, Completion):
                                 _merge(end, event)
                                 if input_progress and event.input_tokens is not None:
@@ -199,7 +200,7 @@ class Dispatcher:
                             delivered.append(event)
                             yield provider_pb2.GenerateChunk(delta=event)
                     except (UpstreamError, TimeoutError) as exc:
-                        err = self._judge(breaker, exc, budget_s, sent)
+                        err = self._judge(breaker, exc, budget_s, heard)
                         if delivered or refused:
                             served = "".join(delivered) + "".join(refused)
                             raise await self._interrupted(model, request, served, end, err, wasted) from None
@@ -283,16 +284,17 @@ class Dispatcher:
         return breaker
 
     def _judge(
-        self, breaker: CircuitBreaker, exc: UpstreamError | TimeoutError, budget_s: float | None, sent: float
+        self, breaker: CircuitBreaker, exc: UpstreamError | TimeoutError, budget_s: float | None, heard: float
     ) -> UpstreamError:
         """Record what a failed attempt says about the upstream's health: nothing when the caller's own deadline,
-        shorter than the provider's total timeout, ended it before the upstream had breaker_min_wait_s to answer (a
-        caller in a hurry; the gateway's read timeout is the operator's and always counts)."""
+        shorter than the provider's total timeout, ended it before the upstream had been silent breaker_min_wait_s
+        (since the request was sent, or a stream's last event: a caller in a hurry, not an upstream unwell). The
+        gateway's read timeout is the operator's and always counts."""
         hurried = (
             isinstance(exc, TimeoutError)
             and budget_s is not None
             and budget_s - PROVIDERS_MARGIN_S < self.spec.total_timeout_s
-            and time.perf_counter() - sent < self.spec.breaker_min_wait_s
+            and time.perf_counter() - heard < self.spec.breaker_min_wait_s
         )
         if isinstance(exc, TimeoutError):
             exc = UpstreamError("timeout", "no answer within the call's deadline")

@@ -294,6 +294,19 @@ async def test_an_upstream_silent_past_breaker_min_wait_opens_the_breaker_for_hu
         assert error_of(await _fails(stub.Generate(request(upstream.model)))).reason == "CIRCUIT_OPEN"
 
 
+async def test_a_live_stream_cut_by_a_callers_deadline_does_not_open_the_breaker(service, upstream: Upstream) -> None:
+    # Past breaker_min_wait_s since it was sent, but never silent that long: the silence is counted from its last event.
+    async with service(max_retries=0, breaker_failures=1, breaker_min_wait_s=0.5) as stub:
+        upstream.fake.chunk_delay = 0.1  # a healthy long answer, a piece every 100 ms
+        deltas: list[str] = []
+        with pytest.raises(grpc.aio.AioRpcError) as cut:
+            async for chunk in stub.GenerateStream(request(upstream.model, " ".join(["word"] * 200)), timeout=1.5):
+                deltas.extend([chunk.delta] if chunk.HasField("delta") else [])
+        assert len(deltas) > 5 and error_of(cut.value).reason == "STREAM_INTERRUPTED"
+        upstream.fake.chunk_delay = 0.0
+        assert (await stub.Generate(request(upstream.model))).content
+
+
 async def test_the_read_timeout_opens_the_breaker_within_a_callers_short_deadline(service, upstream: Upstream) -> None:
     async with service(max_retries=0, breaker_failures=1, read_timeout_s=0.3, total_timeout_s=5) as stub:
         upstream.fake.enqueue(Fault.hang())
