@@ -114,9 +114,9 @@ class ResponseCache:
 
     async def lookup(self, routed: Routed, streamed: bool = False) -> router_pb2.CompleteResponse | None:
         """The cached answer, as this request's free response; None on a miss. A plain stream (`streamed`) may be
-        served what a unary call or a buffered stream kept, or else what another plain stream kept; they may not be
-        served a plain stream's: it never escalates, nor asks for what escalation reads (log-probabilities, the
-        verifier), and an answer they would have escalated would be served to them as it was."""
+        served what a unary call or a buffered stream kept, or else what another plain stream kept apart; they may not
+        be served what a plain stream kept apart (put's `streamed`: one that could have escalated, which a plain
+        stream never does, nor asks for what escalation reads, log-probabilities and the verifier)."""
         if not self.ttl_s:
             return None
         raw = await self.backend.get(self._key(routed))
@@ -142,8 +142,9 @@ class ResponseCache:
         """Best effort (the backend never fails a request): the answer is served and charged already. One the money
         left cut short is not kept: the budget's remainder, or what an escalated answer had left after the weak one was
         paid, is no part of the key, so an identical request would be served the cut answer whatever its own budget,
-        its decision saying nothing of the cap. Nor a weak answer an escalation it called for was not made for (no time,
-        no room, the stronger model down): an identical request would never escalate."""
+        its decision saying nothing of the cap. Nor one owed to the request's circumstances (Served.circumstance: a weak
+        answer whose escalation was not made, a weaker fallback's): an identical request would be served it as it was.
+        With `streamed`, kept apart for plain streams (lookup)."""
         answered = response.content or response.refusal or response.tool_calls_json  # a refusal replays as one
         kept = answered and not served.circumstance and not _cut_by_money_left(routed, served, response)
         if self.ttl_s and kept:
@@ -153,6 +154,7 @@ class ResponseCache:
         request = router_pb2.CompleteRequest()
         request.CopyFrom(routed.request)
         request.api_key, request.request_id, request.session_id = "", "", ""
+        request.buffer_stream = False  # a buffered stream is served as a unary call is
         request.tenant = routed.account.tenant  # tenants never see each other's answers
         # Nor, scoped by key, one key its colleagues': the key id as admission derived it (never empty: `anonymous`
         # for a request without a key), so a key's chat requests and its batch lines (sent by id) share entries.

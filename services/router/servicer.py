@@ -22,7 +22,7 @@ from services.router.outbox import Outbox
 from services.router.routed import Routed, Served
 from services.router.routing import Routing
 from services.router.score_cache import ScoreCache
-from services.router.serving import Serving, StreamState
+from services.router.serving import Serving, StreamState, could_escalate
 from services.router.sessions import Sessions, stick
 from services.router.settings import RouterSettings
 from services.router.store import Store
@@ -223,7 +223,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             assert stream.served is not None  # generate_stream returns only with the final chunk, or raises
             response = charging.response(routed, stream.served)
             await self.charger.settle(routed, response, served=stream.served)
-            await self._after_turn(routed, stream.served, response, streamed=True)
+            streamed = could_escalate(routed, stream.served.model)  # else its answer is a unary call's too
+            await self._after_turn(routed, stream.served, response, streamed)
             response.content, response.refusal = "", ""  # delivered in their chunks
             yield router_pb2.CompleteChunk(final=response)
         except (ServiceError, asyncio.CancelledError, GeneratorExit) as exc:

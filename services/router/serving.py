@@ -150,15 +150,12 @@ class Serving:
         if target is None or routed.escalation == "off":
             return
         capped = routed.decision.HasField("max_tokens_capped")
-        why: str | None = escalation.signal(served, routed.escalation, routed.limits.max_output_tokens, capped)
+        why = escalation.signal(served, routed.escalation, routed.limits.max_output_tokens, capped)
         if not why:
             prompt = next((m.content for m in reversed(routed.request.messages) if m.role == "user"), "")
             why = await escalation.doubt(
                 self.verifier, prompt, served, routed.escalation, routed.time_left(context), routed.verifier_threshold
             )
-        if why is None:
-            served.circumstance = "the verifier could not say"
-            return
         if not why:
             return
         if routed.time_left(context) < MIN_CALL_S:  # the providers would refuse it unsent
@@ -278,6 +275,16 @@ class Serving:
             extra={"model": order[index].model.name, "next": following.name, "reason": error.reason},
         )
         metrics.FALLBACKS.labels(order[index].model.name, following.name).inc()
+
+
+def could_escalate(routed: Routed, model: ModelSpec) -> bool:
+    """Whether a unary call answered by `model` could have escalated the answer: a plain stream's answer then is not
+    the one a unary call would be served (services/router/cache.py)."""
+    assert routed.registry is not None  # set with the plan
+    if routed.escalation == "off":
+        return False
+    option = next((o for o in routed.plan.order if o.model.name == model.name), None)
+    return option is not None and policy.escalation_target(routed.plan.order, option, routed.registry) is not None
 
 
 def _weaker_fallback(routed: Routed, option: policy.Option) -> str:

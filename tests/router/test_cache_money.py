@@ -373,3 +373,26 @@ async def test_a_plain_streams_answer_is_served_to_plain_streams_alone(tmp_path:
             unary = await router.Complete(routed_ask(whole, "umbrella"), timeout=10)
             assert not unary.cache_hit and writing.generated == 2
             assert await streamed(router, routed_ask(whole, "umbrella")) == unary.content and writing.generated == 2
+
+
+async def test_a_plain_stream_that_could_not_escalate_shares_its_answer_and_buffered_streams_share_theirs(
+    tmp_path: Path, any_redis_url: str
+) -> None:
+    """With escalation off a unary call is served as a plain stream is: the same answer, kept for both. A buffered
+    stream is served as a unary call is, and shares its entries."""
+    provider = DecliningCheaply()
+    off, buffered = f"Write an essay. {uuid.uuid4().hex}", f"Write an essay. {uuid.uuid4().hex}"
+    async with (
+        store_on(any_redis_url) as store,
+        served_router(tmp_path, store, provider, classifier=NearScores()) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        router = router_pb2_grpc.RouterStub(channel)
+        assert await streamed(router, routed_ask(off, "umbrella", escalation="off")) == REFUSAL
+        unary = await router.Complete(routed_ask(off, "umbrella", escalation="off"), timeout=10)
+        assert unary.cache_hit and unary.content == REFUSAL and provider.generated == 1
+
+        whole = await router.Complete(routed_ask(buffered, "umbrella"), timeout=10)
+        assert whole.escalated and not whole.cache_hit
+        chunks = [c async for c in router.CompleteStream(routed_ask(buffered, "umbrella", buffer_stream=True))]
+        assert [c.final.cache_hit for c in chunks if c.HasField("final")] == [True]

@@ -47,14 +47,6 @@ async def admitted(escalation: Mode = "auto") -> tuple[Serving, Routed]:
     return Serving(None, gate), r  # type: ignore[arg-type]  # each test sets its providers
 
 
-async def test_an_answer_the_verifier_could_not_judge_is_circumstantial() -> None:
-    serving, r = await admitted(escalation="strict")
-    serving.providers = Providers("Paris.")  # type: ignore[assignment]
-    serving.verifier = FixedVerifier(None)  # asked, it cannot say (down, or late)
-    served = await serving.generate(r, NoDeadline())
-    assert served.model.name == "cheap" and served.circumstance == "the verifier could not say"
-
-
 async def test_an_answer_the_verifier_kept_is_not_circumstantial() -> None:
     serving, r = await admitted(escalation="strict")
     serving.providers = Providers("Paris.")  # type: ignore[assignment]
