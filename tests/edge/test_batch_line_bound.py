@@ -12,8 +12,7 @@ import httpx
 import pytest
 
 from services.batches import wire
-from tests.edge.test_big_body_off_loop import nowhere
-from tests.edge.test_http_protocol import served
+from tests.edge.test_http_protocol import nowhere, served
 
 LINE_BYTES = 64 * 1024
 

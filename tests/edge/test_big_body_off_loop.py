@@ -19,7 +19,7 @@ import pytest
 from services.edge import openai_api
 from services.edge.off_loop import OFF_LOOP_BYTES
 from services.edge.openai_api import ApiError, parse_request
-from tests.edge.test_http_protocol import POST, served
+from tests.edge.test_http_protocol import POST, nowhere, served
 
 PROBE = b"GET /healthz HTTP/1.1\r\nHost: edge\r\n\r\n"
 # 8.1 MB, under EDGE_MAX_BODY_BYTES (8 MiB): ~0.5 s to parse and walk; a list where an object is due, refused.
@@ -28,13 +28,6 @@ TINY_VALUES = json.dumps({"messages": [{"role": "user", "content": "x"}], "metad
 EMPTY_OBJECTS = b'{"messages": [{"role": "user", "content": "x"}], "metadata": [' + b",".join([b"{}"] * 700_000) + b"]}"
 # Run in the edge's process: the bounds on a body's JSON lifted.
 UNBOUNDED = "from services.edge import openai_api\nopenai_api.MAX_JSON_CONTAINERS = openai_api.MAX_JSON_ITEMS = 10**9"
-
-
-def nowhere() -> str:
-    """An address no router answers at."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{s.getsockname()[1] + 1}"
 
 
 @pytest.fixture(scope="module")

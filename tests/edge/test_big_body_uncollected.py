@@ -19,7 +19,7 @@ import pytest
 from services.edge import openai_api
 from services.edge.off_loop import OFF_LOOP_BYTES
 from services.edge.settings import EdgeSettings
-from tests.edge.test_big_body_off_loop import nowhere
+from tests.edge.test_http_protocol import nowhere
 from tests.integration.conftest import free_port, start_edge
 
 # 8.1 MB, under EDGE_MAX_BODY_BYTES (8 MiB): 2.7 million lists, refused (a list where an object is due).

@@ -5,20 +5,16 @@ as any malformed HTTP): with two, a proxy in front may act on the first and the 
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Iterator
 
 import pytest
 
-from tests.edge.test_http_protocol import answer, served
+from tests.edge.test_http_protocol import answer, nowhere, served
 
 
 @pytest.fixture(scope="module")
 def edge_port() -> Iterator[int]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        nowhere = s.getsockname()[1] + 1
-    with served(f"127.0.0.1:{nowhere}") as port:
+    with served(nowhere()) as port:
         yield port
 
 

@@ -68,13 +68,17 @@ def served(router_addr: str, log: Path | None = None, prelude: str = "", **setti
             output.close()  # type: ignore[union-attr]
 
 
+def nowhere() -> str:
+    """An address no router answers at."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1] + 1}"
+
+
 @pytest.fixture(scope="module")
 def edge_port() -> Iterator[int]:
     """The edge, its router nowhere: a chat completion read whole is a 503 at once."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        nowhere = s.getsockname()[1] + 1
-    with served(f"127.0.0.1:{nowhere}") as port:
+    with served(nowhere()) as port:
         yield port
 
 

@@ -19,8 +19,8 @@ from services.edge import openai_api
 from services.edge.json_bounds import MAX_JSON_ITEMS
 from services.edge.openai_api import ApiError, decode_json, parse_request
 from tests.edge.conftest import Edge
-from tests.edge.test_big_body_off_loop import nowhere, one_answer, peak_rss_mb
-from tests.edge.test_http_protocol import POST, served
+from tests.edge.test_big_body_off_loop import one_answer, peak_rss_mb
+from tests.edge.test_http_protocol import POST, nowhere, served
 from tests.edge.test_json_containers import PROMPTS, batch_line, upload
 
 USER = {"role": "user", "content": "hi"}
