@@ -72,9 +72,10 @@ class Served:
     # left (an escalated answer's room after the weak one was paid): the response cache keeps no answer cut by it.
     room_capped: bool = False
     # Why the answer owes itself to this request's circumstances rather than its prompt ('' when it does not): an
-    # escalation its signal called for not made (no time, no room in the hold, the stronger model failed), or a weaker
-    # fallback's answer while the plan's first choice failed. The response cache keeps none. (A verifier that cannot
-    # say is no such circumstance: missing from a classifier without its artefact, it would keep every answer out.)
+    # escalation its signal called for not made (no time, no room a budget or failed attempts left, the stronger model
+    # failed: the request's own max_cost_usd leaving none is no circumstance), or a weaker fallback's answer while the
+    # plan's first choice failed. The response cache keeps none. (A verifier that cannot say is no such circumstance:
+    # missing from a classifier without its artefact, it would keep every answer out.)
     circumstance: str = ""
     tool_calls_json: str = ""
     mean_logprob: float | None = None  # of the served answer's tokens, when the provider gave log-probabilities

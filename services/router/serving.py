@@ -20,7 +20,7 @@ from llmrouter.upstream_messages import UPSTREAM_REASONS, upstream_message
 from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2
 from services.router import escalation, metrics, policy
 from services.router.admission import Admission
-from services.router.costs import affordable_output, worst_pico
+from services.router.costs import affordable_output, floor_pico, worst_pico
 from services.router.cued_stream import Cue, provider_chunks
 from services.router.end_users import EndUserScope
 from services.router.routed import Routed, Served
@@ -163,9 +163,11 @@ class Serving:
             served.circumstance = "no time left"
             return
         max_tokens = await self._escalation_room(routed, served, target.model)
-        if max_tokens < min(routed.limits.min_output_tokens, routed.max_tokens[target.model.name]):
+        shortest = min(routed.limits.min_output_tokens, routed.max_tokens[target.model.name])
+        if max_tokens < shortest:
             log.warning("no room left in the hold to escalate; keeping the weak answer", extra={"signal": why})
-            served.circumstance = "no room left in the hold"
+            if not _cap_alone_refuses(routed, served, target.model, shortest):
+                served.circumstance = "no room left in the hold"
             return
         try:
             reply = await self.providers.Generate(
@@ -285,6 +287,17 @@ def could_escalate(routed: Routed, model: ModelSpec) -> bool:
         return False
     option = next((o for o in routed.plan.order if o.model.name == model.name), None)
     return option is not None and policy.escalation_target(routed.plan.order, option, routed.registry) is not None
+
+
+def _cap_alone_refuses(routed: Routed, served: Served, target: ModelSpec, shortest: int) -> bool:
+    """Whether max_cost_usd alone, after the weak answer was paid, leaves the stronger model no room for its shortest
+    answer: then the weak answer is the request's own (its cap is part of the response cache's key), not owed to a
+    budget's remainder or to what failed attempts cost."""
+    cap = routed.limits.max_cost_usd
+    if cap is None:
+        return False
+    room = floor_pico(cap) - to_pico(served.cost)
+    return affordable_output(target, routed.limits.billed_input(target), room) < shortest
 
 
 def _weaker_fallback(routed: Routed, option: policy.Option) -> str:

@@ -3,16 +3,20 @@ the response cache keeps none: an identical request later would be served it, ne
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import grpc
 
 from llmrouter.v1 import common_pb2, provider_pb2
+from services.router.admission import Admission
+from services.router.costs import worst_pico
 from services.router.escalation import Mode
 from services.router.routed import Routed
 from services.router.serving import Serving
+from services.router.store import PICO, MemoryStore
 from tests.router.servicer_kit import NoDeadline
-from tests.router.test_admission import REGISTRY, request, routed
+from tests.router.test_admission import ACCOUNT, REGISTRY, SETTINGS, request, routed, scratch_outbox
 from tests.router.test_escalation_signals import FixedVerifier
 
 REFUSAL = "I'm sorry, but I can't help with that request."
@@ -75,3 +79,38 @@ async def test_a_weak_answer_kept_because_its_escalation_failed_is_circumstantia
     served = await serving.generate(r, NoDeadline())
     assert providers.asked == ["cheap", "strong"] and not served.escalated
     assert served.circumstance == "the stronger model failed"
+
+
+async def room_after_a_weak_answer(usd: bool) -> tuple[Serving, Routed]:
+    """A request whose stronger model alone could answer within its money, but not after the weak answer (10 tokens
+    in, 5 out of cheap) is paid: its max_cost_usd (`usd`) or else its tenant's budget leaves exactly that."""
+    _, probe = await routed(request("What is the capital of France?"))
+    strong = REGISTRY.models[1]
+    weak_pico = 10 * 500_000 + 5 * 1_500_000  # cheap's prices, in pico-dollars a token
+    room = worst_pico(strong, probe.limits.billed_input(strong), SETTINGS.min_output_tokens) + weak_pico // 2
+    gate = Admission(SETTINGS, REGISTRY, MemoryStore(), scratch_outbox())
+    if not usd:
+        await gate.store.set_limit("tenant", ACCOUNT.tenant, room)
+    fields = {"max_cost_usd": str(Decimal(room) / PICO)} if usd else {}
+    _, r = await routed(request("What is the capital of France?", **fields), gate)
+    r.registry, r.escalation = REGISTRY, "auto"
+    await gate.admit(r)
+    assert [o.model.name for o in r.plan.order] == ["cheap", "strong"]  # the stronger one alone is affordable
+    serving = Serving(None, gate)  # type: ignore[arg-type]
+    serving.providers = Providers(REFUSAL)  # type: ignore[assignment]
+    return serving, r
+
+
+async def test_a_weak_answer_its_own_cost_cap_keeps_is_the_requests_own() -> None:
+    """max_cost_usd is part of the cache's key: an identical request has the same cap, so the weak answer it leaves
+    no room to escalate is no circumstance, and is kept."""
+    serving, r = await room_after_a_weak_answer(usd=True)
+    served = await serving.generate(r, NoDeadline())
+    assert served.model.name == "cheap" and not served.escalated and served.circumstance == ""
+
+
+async def test_a_weak_answer_a_budgets_remainder_keeps_is_circumstantial() -> None:
+    serving, r = await room_after_a_weak_answer(usd=False)
+    served = await serving.generate(r, NoDeadline())
+    assert served.model.name == "cheap" and not served.escalated
+    assert served.circumstance == "no room left in the hold"
