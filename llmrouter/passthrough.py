@@ -28,6 +28,12 @@ PASSTHROUGH_FIELDS = frozenset(
         "prompt_cache_key",
     }
 )
+# The end-user ids' bounds, in characters, for the edge's REST callers and the router's gRPC callers alike. OpenAI
+# documents and enforces 64 for safety_identifier, and enforces 64 for prompt_cache_key; it documents none for user
+# (deprecated for those two), where callers send longer ids to other upstreams: 512, as OpenAI bounds a metadata value.
+# Each is sent on as a hash (services/router/end_users.py), so unbounded, a 100,000-character id was accepted, hashed
+# and stored with nothing to refuse it.
+END_USER_ID_CHARS = {"user": 512, "safety_identifier": 64, "prompt_cache_key": 64}
 # The passthrough fields a provider renders into the prompt and bills as input: tool definitions, the tool forced, the
 # response format's schema. The others are read beside the prompt, never billed: stop sequences, sampling settings,
 # logit_bias, end-user ids. Counted as prompt, a caller's long stop sequence made a prompt of a few words a

@@ -11,6 +11,7 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from llmrouter.errors import invalid
+from llmrouter.passthrough import END_USER_ID_CHARS
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 # logit_bias as the edge's model accepts it from REST callers (services/edge/openai_api.py): token ids, as strings of
@@ -128,6 +129,7 @@ def validate(request: GenerationRequest) -> Validated:
     tool_calls = [_tool_calls(m.tool_calls_json, i) for i, m in enumerate(request.messages)]
     extras = passthrough(request.passthrough_json)
     _check_logit_bias(extras.get("logit_bias"))
+    _check_end_user_ids(extras)
     return Validated(tool_calls, extras, _raw_arguments_at(request.messages, tool_calls))
 
 
@@ -190,6 +192,26 @@ def _check_logit_bias(value: Any) -> None:
             f"[-{MAX_BIAS}, {MAX_BIAS}]",
             "logit_bias",
         )
+
+
+def _check_end_user_ids(extras: dict[str, Any]) -> None:
+    """A gRPC caller's end-user ids, bounded as a REST caller's are (END_USER_ID_CHARS): of any length, one was hashed
+    and stored with nothing to refuse it, and one of another type was sent on for the upstream to refuse after routing.
+    JSON null is an id left out, as a REST caller may write one."""
+    for name, bound in END_USER_ID_CHARS.items():
+        value = extras.get(name)
+        if value is not None and not (isinstance(value, str) and len(value) <= bound):
+            got = f"{len(value)} characters" if isinstance(value, str) else f"a JSON {_json_type(value)}"
+            raise invalid(f"{name} must be a string of at most {bound} characters, got {got}", name)
+
+
+def _json_type(value: Any) -> str:
+    """The JSON type of a value json.loads returned (no string, no null)."""
+    if isinstance(value, dict):
+        return "object"
+    if isinstance(value, list):
+        return "array"
+    return "boolean" if isinstance(value, bool) else "number"
 
 
 def _tool_calls(raw: str, index: int) -> list[dict[str, Any]]:

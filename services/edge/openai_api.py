@@ -32,7 +32,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from starlette.requests import ClientDisconnect, Request
 
 from llmrouter import parameters
-from llmrouter.passthrough import PASSTHROUGH_FIELDS, TOP_LOGPROBS_ALONE
+from llmrouter.passthrough import END_USER_ID_CHARS, PASSTHROUGH_FIELDS, TOP_LOGPROBS_ALONE
 from llmrouter.server import MAX_MESSAGE_BYTES
 from llmrouter.v1 import common_pb2, router_pb2
 from llmrouter.validation import MAX_MESSAGES, AmountError, parse_amount
@@ -119,11 +119,6 @@ MAX_REQUEST_CONTENT_PARTS = 8192
 # reference), logit_bias 1024 ("Invalid 'logit_bias': too many properties. Expected an object with at most 1024
 # properties, ...": tlyleung, "Experiments in Constrained LLM Decoding").
 MAX_STOP = 4
-# The end-user ids' bounds, in characters. OpenAI documents and enforces 64 for safety_identifier, and enforces 64 for
-# prompt_cache_key; it documents none for user (deprecated for those two), where callers send longer ids to other
-# upstreams: 512, as OpenAI bounds a metadata value. Each is sent on as a hash (services/router/end_users.py), so
-# unbounded, a 100,000-character id was accepted, hashed and stored with nothing to refuse it.
-END_USER_ID_CHARS = {"user": 512, "safety_identifier": 64, "prompt_cache_key": 64}
 MAX_METADATA = 16
 MAX_LOGIT_BIAS = 1024
 # OpenAI's 400 for stream_options without stream true (its code null).

@@ -47,8 +47,8 @@ def scoped_id(tenant: str, value: str, secret: bytes | None = None) -> str:
 
 def _named(value: Any) -> bool:
     """Whether an end-user field's value names someone. Empty names no one: scoped, it would make every request of a
-    tenant that names none one end user (and one cache bucket) to the provider. A value that is no string is left for
-    the upstream to refuse."""
+    tenant that names none one end user (and one cache bucket) to the provider. Validation leaves no value but a
+    string or null (llmrouter/validation.py)."""
     return isinstance(value, str) and value != ""
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from services.edge.openai_api import END_USER_ID_CHARS
+from llmrouter.passthrough import END_USER_ID_CHARS
 from tests.edge.conftest import Edge
 
 USER = {"role": "user", "content": "hello"}

@@ -17,6 +17,7 @@ import pytest
 import redis.asyncio as redis
 
 from llmrouter.errors import ServiceError
+from llmrouter.passthrough import END_USER_ID_CHARS
 from llmrouter.registry import Registry
 from llmrouter.v1 import common_pb2, router_pb2
 from services.router import admission, policy, routing
@@ -325,7 +326,7 @@ async def test_the_logprobs_asked_are_a_limit(fields: dict[str, Any], wanted: bo
     "beside",
     [
         {"stop": ["word " * 20_000]},  # ~20,000 tokens written: no model reads them as prompt
-        {"user": "u" * 5_000, "prompt_cache_key": "k" * 5_000, "safety_identifier": "s" * 5_000},
+        {name: "u" * bound for name, bound in END_USER_ID_CHARS.items()},  # each as long as it may be
         {"seed": 7, "top_p": 0.5, "presence_penalty": 1, "frequency_penalty": -1, "logprobs": True, "top_logprobs": 5},
     ],
     ids=["stop", "end-user ids", "sampling"],
