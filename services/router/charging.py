@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from llmrouter.registry import ModelSpec
 from llmrouter.v1 import router_pb2
 from services.router import metrics
+from services.router.capped_charges import count_capped
 from services.router.models import AvailableModels
 from services.router.outbox import Outbox, OutboxCharge
 from services.router.routed import Routed, Served, generation_entry
@@ -210,8 +211,7 @@ def _cap_at_hold(routed: Routed, response: router_pb2.CompleteResponse) -> bool:
         hold = Decimal(routed.hold.pico) / PICO
         response.cost_usd = format(hold, "f")
         # The difference is the operator's to pay: counted, so an upstream billing past any worst case is seen.
-        metrics.CHARGES_CAPPED.labels(model).inc()
-        metrics.CAPPED_USD.labels(model).inc(float(reported - hold))
+        count_capped(model, reported, hold)
         return True
     return False
 

@@ -59,6 +59,7 @@ from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2
 from services.router import admission as admitting
 from services.router import metrics
 from services.router.admission import Admission
+from services.router.capped_charges import count_capped
 from services.router.routed import Routed, generation_entry
 from services.router.serving import generate_request
 from services.router.store import PICO, Account, Pending, Store, StoreUnavailable, money_now, to_pico
@@ -481,8 +482,9 @@ class Deferred:
             cost = model.usage_cost_usd(reply.usage)
             if pending is not None and to_pico(cost) > pending.hold_pico:
                 # More than the line could be billed (its prompt, max_tokens written): a false report, and a
-                # charge beyond the hold would pass the budget that admitted it.
-                return await self._owe_hold(account, pending, request_id, OVER_REPORTED)
+                # charge beyond the hold would pass the budget that admitted it. The operator absorbs the rest, as a
+                # request's charge capped at its hold: counted so.
+                return await self._owe_hold(account, pending, request_id, OVER_REPORTED, reported=(model.name, cost))
             response = router_pb2.CompleteResponse(
                 id=request_id,
                 content=reply.content,
@@ -542,25 +544,39 @@ class Deferred:
         return pending if pending is None or pending.key == account.key else None
 
     async def _owe_hold(
-        self, account: Account, pending: Pending | None, request_id: str, why: str
+        self,
+        account: Account,
+        pending: Pending | None,
+        request_id: str,
+        why: str,
+        reported: tuple[str, Decimal] | None = None,
     ) -> router_pb2.CollectedLine:
+        """The line charged its hold. `reported`: the model and cost of a report past the hold, capped by the charge."""
         if pending is None:
             return router_pb2.CollectedLine(request_id=request_id, error=why, charged_usd="0")
         charged = format(Decimal(pending.hold_pico) / PICO, "f")
         line = router_pb2.CollectedLine(request_id=request_id, error=why, charged_usd=charged)
-        return await self._charge(
-            account, pending, pending.hold_pico, _unanswered(pending, charged, "batch_unknown", why), line
-        )
+        record = _unanswered(pending, charged, "batch_unknown", why)
+        return await self._charge(account, pending, pending.hold_pico, record, line, reported)
 
     async def _charge(
-        self, account: Account, pending: Pending, pico: int, record: dict[str, Any], line: router_pb2.CollectedLine
+        self,
+        account: Account,
+        pending: Pending,
+        pico: int,
+        record: dict[str, Any],
+        line: router_pb2.CollectedLine,
+        reported: tuple[str, Decimal] | None = None,
     ) -> router_pb2.CollectedLine:
         """`line`, charged only while its pending charge (read before) is still open: one settled meanwhile (by another
         collect, or by the reconciler as its hold lapsed) is never charged again, even once its charged marker
-        (kept for the request id TTL, which may be shorter than the hold) has expired, and is told at that charge."""
+        (kept for the request id TTL, which may be shorter than the hold) has expired, and is told at that charge.
+        Counted in the metrics when charged, so once: a capped charge (`reported`, as _owe_hold) as one too."""
         held_account, hold = pending.account_and_hold()
         if await self.store.charge(held_account, hold, pico, record, late=True):
             metrics.count_charge(record)
+            if reported is not None:
+                count_capped(*reported, Decimal(pico) / PICO)
             return line
         log.warning("batch line charged before; not charged again", extra={"request_id": hold.request_id})
         return await self._as_charged(account, hold.request_id, line)

@@ -47,13 +47,14 @@ PENDING_RECONCILED = Counter(
 )
 CHARGES_CAPPED = Counter(
     "llmrouter_router_charges_capped_total",
-    "Charges capped at their hold: the usage the providers reported cost more than the request's worst case",
+    "Charges capped at their hold: the usage the providers reported cost more than the request's or batch line's worst "
+    "case",
     ["model"],
 )
 CAPPED_USD = Counter(
     "llmrouter_router_capped_usd_total",
-    "USD of reported usage past the hold that capped charges did not charge (the reported cost less the hold): "
-    "the operator pays it",
+    "USD of reported usage past the hold that capped charges did not charge (the reported cost less the hold, at most "
+    "9.2M a charge): the operator pays it",
     ["model"],
 )
 RECONCILE_FAILURES = Counter(

@@ -1,8 +1,11 @@
 """A charge capped at its hold is counted: the usage a provider reported cost more than the request's worst case, the
 tenant is charged the hold and the operator pays the rest, so llmrouter_router_charges_capped_total counts the charge
 and llmrouter_router_capped_usd_total the USD absorbed (the reported cost less the hold), by model (alert
-LLMRouterChargesCappedAtHold). A charge within its hold moves neither. The router's servicer over real Redis and a real
-providers gRPC server whose upstream reports the usage the test gives it."""
+LLMRouterChargesCappedAtHold). A charge within its hold moves neither. An absurd report (int64 token counts) adds at
+most MAX_ABSORBED_USD: counted whole, one such report left the counter useless to sum. A provider batch line whose
+result reports usage past its hold is the same event, charged its hold: counted too, once, not again when the line is
+collected again. The router's servicer over real Redis and a real providers gRPC server whose upstream reports the
+usage the test gives it."""
 
 from __future__ import annotations
 
@@ -14,8 +17,13 @@ from prometheus_client import REGISTRY as METRICS
 
 from llmrouter.auth import ANONYMOUS, acting_as
 from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2
+from services.router.capped_charges import MAX_ABSORBED_USD
+from services.router.deferred import OVER_REPORTED
+from services.router.store import RedisStore
+from tests.router import test_collect_model as batches
 from tests.router.servicer_kit import NoDeadline, router_servicer, store_on
 from tests.router.test_admission import REGISTRY
+from tests.router.test_collect_again_tells_charge import EndedBatch
 from tests.router.test_prompt_cache_prices import ledger_record
 
 # test_admission.REGISTRY's cheap model, USD per 1M tokens.
@@ -38,9 +46,9 @@ class Reporting(provider_pb2_grpc.ProviderServicer):
         )
 
 
-def capped() -> tuple[float, float]:
-    """Charges capped at their hold, and USD absorbed, the router's metrics have counted for the cheap model."""
-    labels = {"model": "cheap"}
+def capped(model: str = "cheap") -> tuple[float, float]:
+    """Charges capped at their hold, and USD absorbed, the router's metrics have counted for `model`."""
+    labels = {"model": model}
     return (
         METRICS.get_sample_value("llmrouter_router_charges_capped_total", labels) or 0.0,
         METRICS.get_sample_value("llmrouter_router_capped_usd_total", labels) or 0.0,
@@ -73,3 +81,32 @@ async def test_a_charge_within_its_hold_moves_neither_counter(tmp_path: Path, re
     charged = await charge(tmp_path, redis_url, Reporting(10, 5))
     assert charged == (INPUT_PRICE * 10 + OUTPUT_PRICE * 5) / 1_000_000  # charged what was reported
     assert capped() == before
+
+
+async def test_an_absurd_report_adds_at_most_its_bound_to_the_usd_absorbed(tmp_path: Path, redis_url: str) -> None:
+    """int64's most input tokens: $4.6e12 at the cheap model's price, which would swamp every honest overage."""
+    before = capped()
+    charged = await charge(tmp_path, redis_url, Reporting(2**63 - 1, 20))
+    count, absorbed = capped()
+    assert charged < 1 and count == before[0] + 1
+    assert absorbed == before[1] + float(MAX_ABSORBED_USD)
+
+
+async def test_a_batch_line_over_reported_is_a_capped_charge_counted_once(
+    tmp_path: Path, redis_store: RedisStore
+) -> None:
+    before = capped("strong")
+    collect = router_pb2.CollectBatchRequest(model="strong", provider_batch_id="pbatch-1", request_ids=["line-1"])
+    async with router_servicer(tmp_path, redis_store, EndedBatch(over_reported=True), batches.REGISTRY) as router:
+        with acting_as(batches.TENANT_CALLER):
+            await router.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[batches.LINE]), NoDeadline())
+            (first,) = (await router.CollectBatch(collect, NoDeadline())).lines
+            after_first = capped("strong")
+            await router.CollectBatch(collect, NoDeadline())  # its reply lost, say: collected again
+    assert first.error == OVER_REPORTED
+    priced = batches.REGISTRY.get("strong").at_batch_price()  # type: ignore[union-attr]
+    reported = priced.cost_usd(100, 10 * batches.LINE.max_tokens)  # type: ignore[union-attr]
+    count, absorbed = after_first
+    assert count == before[0] + 1
+    assert absorbed == before[1] + float(reported - Decimal(first.charged_usd))
+    assert capped("strong") == after_first  # not counted again
