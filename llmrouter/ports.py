@@ -32,13 +32,49 @@ def reason(error: OSError) -> str:
     return error.strerror or str(error)
 
 
-def listening_socket(service: str, host: str, port: int, setting: str) -> socket.socket:
-    """A TCP socket bound and listening (SO_REUSEADDR, as uvicorn binds, but not SO_REUSEPORT)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+def host_addresses(host: str) -> list[tuple[socket.AddressFamily, str]]:
+    """Every address `host` names, each once, in the resolver's order. localhost names the loopback of both families
+    (RFC 6761), whatever /etc/hosts says: one that maps it to 127.0.0.1 alone left IPv6 callers of localhost (::1 first,
+    as most clients try it) refused."""
+    if host == "localhost":
+        return [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")]
+    # Passive: no host ("") is every address of this machine, of each family.
+    found = socket.getaddrinfo(host or None, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    return list(dict.fromkeys((family, str(address[0])) for family, _, _, _, address in found))
+
+
+def shown(address: str, port: int) -> str:
+    """An address and port as written in a URL."""
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def listening_sockets(service: str, host: str, port: int, setting: str) -> list[socket.socket]:
+    """TCP sockets bound and listening on every address `host` names (host_addresses), on one port: `port`, or when
+    it is 0 the one the first address was given. SO_REUSEADDR, as uvicorn binds, but not SO_REUSEPORT; an IPv6
+    socket takes IPv6 alone (IPV6_V6ONLY), its IPv4 twin bound beside it. A name's address this machine does not have
+    (::1 with IPv6 off) is left out; an address written as the host, or in use, ends the process (cannot_listen)."""
     try:
-        return socket.create_server((host, port), family=family, backlog=2048)
+        addresses = host_addresses(host)
     except OSError as error:
-        raise cannot_listen(service, f"{host}:{port}", setting, reason(error)) from None
+        found = f"no address found for {host!r}: {reason(error)}"
+        raise SystemExit(f"{service}: cannot listen on {host}:{port} ({found})") from None
+    sockets: list[socket.socket] = []
+    try:
+        for family, address in addresses:
+            try:
+                sockets.append(socket.create_server((address, port), family=family, backlog=2048))
+            except OSError as error:
+                if address != host and error.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+                    continue
+                raise cannot_listen(service, shown(address, port), setting, reason(error)) from None
+            port = sockets[0].getsockname()[1]
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    if not sockets:
+        raise SystemExit(f"{service}: cannot listen on {host}:{port} (none of its addresses is this machine's)")
+    return sockets
 
 
 def serve_metrics(service: str, host: str, port: int, setting: str, registry: CollectorRegistry = REGISTRY) -> None:

@@ -12,7 +12,7 @@ from starlette.applications import Starlette
 
 from llmrouter.channels import open_channel
 from llmrouter.logs import setup_logging
-from llmrouter.ports import listening_socket, serve_metrics, setting_name
+from llmrouter.ports import listening_sockets, serve_metrics, setting_name
 from llmrouter.settings import load_settings
 from services.edge.app import create_app
 from services.edge.protocol import edge_protocol
@@ -72,13 +72,13 @@ def server_config(app: Starlette, settings: EdgeSettings) -> uvicorn.Config:
 
 async def main(settings: EdgeSettings) -> None:
     # Bound here, not by uvicorn: a port in use ends the edge with one line naming EDGE_PORT, not a logged traceback.
-    sock = listening_socket("edge", settings.host, settings.port, setting_name(settings, "port"))
+    sockets = listening_sockets("edge", settings.host, settings.port, setting_name(settings, "port"))
     if settings.metrics_port:
         serve_metrics("edge", settings.host, settings.metrics_port, setting_name(settings, "metrics_port"))
     channel = open_channel(settings.router_addr, settings)
     server = EdgeServer(server_config(create_app(settings, channel), settings))
     try:
-        await server.serve(sockets=[sock])
+        await server.serve(sockets=sockets)
     finally:
         await channel.close()
 
