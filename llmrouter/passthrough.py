@@ -41,12 +41,22 @@ END_USER_ID_CHARS = {"user": 512, "safety_identifier": 64, "prompt_cache_key": 6
 PROMPT_FIELDS = frozenset({"tools", "tool_choice", "response_format"})
 # The passthrough fields each provider kind's gateway sends on, as they are or translated (Anthropic: stop as
 # stop_sequences, tools and tool_choice in its shape, safety_identifier or user as metadata.user_id); it drops the
-# others. The local gateway takes only the router's own request (max_tokens, temperature).
+# others. The local gateway takes the router's own request (max_tokens, temperature) and `stop`, which the local model
+# honours itself (services/providers/local_model/stop_text.py).
 SENT_BY_KIND = {
     "openai": PASSTHROUGH_FIELDS,
     "anthropic": frozenset({"top_p", "stop", "tools", "tool_choice", "user", "safety_identifier"}),
-    "local": frozenset[str](),
+    "local": frozenset({"stop"}),
 }
+# OpenAI's bound on `stop`: a string, or a list of at most this many.
+MAX_STOP = 4
+
+
+def stop_sequences_of(passthrough: dict[str, Any]) -> list[str]:
+    """The stop sequences `stop` holds (validated: a string, or a list of strings), none empty: "" stops nothing."""
+    stop = passthrough.get("stop")
+    sequences = [stop] if isinstance(stop, str) else stop if isinstance(stop, list) else []
+    return [sequence for sequence in sequences if isinstance(sequence, str) and sequence]
 
 
 def has_blank_stop(passthrough: dict[str, Any]) -> bool:

@@ -11,7 +11,7 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from llmrouter.errors import invalid
-from llmrouter.passthrough import END_USER_ID_CHARS
+from llmrouter.passthrough import END_USER_ID_CHARS, MAX_STOP
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 # logit_bias as the edge's model accepts it from REST callers (services/edge/openai_api.py): token ids, as strings of
@@ -130,6 +130,7 @@ def validate(request: GenerationRequest) -> Validated:
     extras = passthrough(request.passthrough_json)
     _check_logit_bias(extras.get("logit_bias"))
     _check_end_user_ids(extras)
+    _check_stop(extras.get("stop"))
     return Validated(tool_calls, extras, _raw_arguments_at(request.messages, tool_calls))
 
 
@@ -203,6 +204,15 @@ def _check_end_user_ids(extras: dict[str, Any]) -> None:
         if value is not None and not (isinstance(value, str) and len(value) <= bound):
             got = f"{len(value)} characters" if isinstance(value, str) else f"a JSON {_json_type(value)}"
             raise invalid(f"{name} must be a string of at most {bound} characters, got {got}", name)
+
+
+def _check_stop(value: Any) -> None:
+    """A gRPC caller's stop, checked as a REST caller's is: one of another shape was sent on for the upstream to refuse
+    after routing, and the local model, which honours stop itself, reads only strings."""
+    if value is None or isinstance(value, str):
+        return
+    if not isinstance(value, list) or len(value) > MAX_STOP or not all(isinstance(s, str) for s in value):
+        raise invalid(f"stop must be a string or a list of at most {MAX_STOP} strings", "stop")
 
 
 def _json_type(value: Any) -> str:

@@ -32,7 +32,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from starlette.requests import ClientDisconnect, Request
 
 from llmrouter import parameters
-from llmrouter.passthrough import END_USER_ID_CHARS, PASSTHROUGH_FIELDS, TOP_LOGPROBS_ALONE
+from llmrouter.passthrough import END_USER_ID_CHARS, MAX_STOP, PASSTHROUGH_FIELDS, TOP_LOGPROBS_ALONE
 from llmrouter.server import MAX_MESSAGE_BYTES
 from llmrouter.v1 import common_pb2, router_pb2
 from llmrouter.validation import MAX_MESSAGES, AmountError, parse_amount
@@ -116,9 +116,8 @@ MAX_CONTENT_PARTS = 2048
 MAX_REQUEST_CONTENT_PARTS = 8192
 # OpenAI's bounds on the other arrays and objects a caller sizes whose every item is validated (unbounded, one of
 # 400,000 bad items held the event loop for seconds while pydantic reported each): stop 4 and metadata 16 (its API
-# reference), logit_bias 1024 ("Invalid 'logit_bias': too many properties. Expected an object with at most 1024
-# properties, ...": tlyleung, "Experiments in Constrained LLM Decoding").
-MAX_STOP = 4
+# reference; stop's, MAX_STOP, is the router's too), logit_bias 1024 ("Invalid 'logit_bias': too many properties.
+# Expected an object with at most 1024 properties, ...": tlyleung, "Experiments in Constrained LLM Decoding").
 MAX_METADATA = 16
 MAX_LOGIT_BIAS = 1024
 # OpenAI's 400 for stream_options without stream true (its code null).

@@ -1,7 +1,7 @@
 """A request asking for what its model cannot honour is refused before any upstream call. The router routes such a
 request only to models whose registry capabilities say they honour it (services/router/policy.py), but other
 services may call the providers service directly, and its gateways drop what they cannot send (Anthropic's
-response_format, the local model's every passthrough field): the caller would get plain text where it asked for
+response_format, the local model's every passthrough field but stop): the caller would get plain text where it asked for
 JSON, or no log-probabilities. A field at its "left out" value (null, false, an empty logit_bias) asks for nothing,
 as the OpenAI gateway does not send it. A tool call whose arguments are no JSON object, which Anthropic's gateway
 cannot send, is refused here too, naming the field, rather than by the gateway as if the provider had refused it."""

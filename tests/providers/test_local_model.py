@@ -96,7 +96,7 @@ async def test_prompt_beyond_the_context_is_refused(local_stub) -> None:
     ],
 )
 async def test_what_it_would_ignore_is_refused_not_dropped(local_stub, passthrough: dict[str, Any], field: str) -> None:
-    """The local gateway sends no passthrough field: a caller asking for JSON would get plain text."""
+    """The local gateway honours no passthrough field but stop: a caller asking for JSON would get plain text."""
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await local_stub.Generate(
             request("smollm2-135m", "Say hi.", max_tokens=4, passthrough_json=json.dumps(passthrough))
@@ -112,3 +112,37 @@ async def test_what_is_left_out_asks_for_nothing(local_stub) -> None:
         request("smollm2-135m", "Say hi.", max_tokens=4, passthrough_json=json.dumps(left_out))
     )
     assert resp.usage.output_tokens > 0
+
+
+async def generated(local_stub, prompt: str, passthrough: dict[str, Any]) -> tuple[Any, list[str], Any]:
+    """The local model's answer to `prompt` with `passthrough`, unary, and streamed: its deltas and final chunk."""
+    asked = request("smollm2-135m", prompt, max_tokens=10, passthrough_json=json.dumps(passthrough))
+    unary = await local_stub.Generate(asked)
+    deltas: list[str] = []
+    async for chunk in local_stub.GenerateStream(asked):
+        if chunk.HasField("final"):
+            final = chunk.final
+        else:
+            deltas.append(chunk.delta)
+    return unary, deltas, final
+
+
+@pytest.mark.parametrize("two_tokens_at", [2, 5])  # a stop as a string, and in a list beside one never written
+async def test_stop_ends_the_answer_before_it_charging_every_token_generated(local_stub, two_tokens_at: int) -> None:
+    """Greedy decoding writes the same answer each time: written whole, one piece per token, it is asked again with a
+    stop sequence spanning two of its tokens (held back across them as it streams). Unary and streamed, the answer
+    ends just before the sequence with finish_reason stop, and counts every token generated up to the one completing
+    it: the stop text's included, as OpenAI bills them (the tokens charged are those generated: the money is exact)."""
+    prompt = "Count from one to ten in words, separated by commas."
+    _, pieces, whole = await generated(local_stub, prompt, {})
+    assert whole.finish_reason == "length" and len(pieces) == whole.usage.output_tokens == 10, pieces
+    stop = pieces[two_tokens_at][-1] + pieces[two_tokens_at + 1][0]
+    written = next(n for n in range(len(pieces) + 1) if stop in "".join(pieces[:n]))  # tokens until it is written
+    before = whole.content[: whole.content.index(stop)]
+    unary, deltas, final = await generated(
+        local_stub, prompt, {"stop": stop if two_tokens_at == 2 else [stop, "never written"]}
+    )
+    for answer in (unary, final):
+        assert (answer.content, answer.finish_reason) == (before, "stop")
+        assert (answer.usage.output_tokens, answer.usage.estimated, answer.cost_usd) == (written, False, "0")
+    assert "".join(deltas) == before and final.usage == unary.usage

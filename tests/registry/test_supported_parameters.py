@@ -64,7 +64,7 @@ def test_anthropic_and_local_models_list_what_their_gateways_send() -> None:
         "top_p",
         "user",
     ]
-    assert listed("local", tools=False) == ["max_tokens", "temperature"]
+    assert listed("local", tools=False) == ["max_tokens", "stop", "temperature"]  # the local model honours stop itself
 
 
 def test_auto_honours_what_routing_filters_on_if_any_model_has_it_and_the_rest_if_every_model_does() -> None:

@@ -10,6 +10,7 @@ from collections.abc import AsyncGenerator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from llmrouter.passthrough import stop_sequences_of
 from services.providers.gateways.base import Completion, UpstreamError, UpstreamRequest
 
 _END = object()
@@ -46,6 +47,7 @@ class LocalGateway:
         outcome = Outcome()
         turns = [(m.role, m.content) for m in request.messages]
         max_tokens = request.max_tokens or 256
+        stop_sequences = stop_sequences_of(request.passthrough)  # the one passthrough field it honours (SENT_BY_KIND)
 
         def put(item: object) -> None:
             if stop.is_set():
@@ -57,7 +59,8 @@ class LocalGateway:
 
         def work() -> None:
             try:
-                for piece in self.engine.stream(turns, max_tokens, outcome, request.temperature, stop):
+                pieces = self.engine.stream(turns, max_tokens, outcome, request.temperature, stop, stop_sequences)
+                for piece in pieces:
                     put(piece)
                 put(_END)
             except Exception as exc:  # surfaced to the caller as an upstream failure

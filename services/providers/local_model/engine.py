@@ -11,6 +11,8 @@ from pathlib import Path
 
 import onnxruntime_genai as og
 
+from services.providers.local_model.stop_text import StopText
+
 Turn = tuple[str, str]  # (role, content)
 # A 135M model decoding greedily loops on the same line; a mild penalty keeps its short answers readable.
 REPETITION_PENALTY = 1.2
@@ -45,8 +47,11 @@ class LocalEngine:
         outcome: Outcome,
         temperature: float | None = None,
         stop: threading.Event | None = None,
+        stop_sequences: Sequence[str] = (),
     ) -> Iterator[str]:
-        """Yield text pieces as they are decoded; `outcome` holds the token counts and finish reason."""
+        """Yield text pieces as they are decoded, cut before the first of `stop_sequences` written (finish reason
+        "stop"); `outcome` holds the token counts, every token generated (those that wrote the stop sequence too, as
+        OpenAI bills them), and finish reason."""
         prompt = self.tokenizer.apply_chat_template(
             json.dumps([{"role": r, "content": c} for r, c in turns]), add_generation_prompt=True
         )
@@ -65,6 +70,7 @@ class LocalEngine:
         generator.append_tokens(tokens)
         decoder = self.tokenizer.create_stream()
         eos = set(self.tokenizer.eos_token_ids)
+        text = StopText(stop_sequences)
         outcome.finish_reason = "length"
         while not generator.is_done():
             if stop is not None and stop.is_set():
@@ -74,11 +80,15 @@ class LocalEngine:
             token = int(generator.get_next_tokens()[0])
             if token in eos:
                 outcome.finish_reason = "stop"
-                return
+                break
             outcome.output_tokens += 1
-            piece = decoder.decode(token)
-            if piece:
+            if piece := text.feed(decoder.decode(token)):
                 yield piece
+            if text.stopped:
+                outcome.finish_reason = "stop"
+                return
+        if rest := text.rest():
+            yield rest
 
     def generate_sync(self, turns: Sequence[Turn], max_tokens: int) -> tuple[str, Outcome]:
         outcome = Outcome()

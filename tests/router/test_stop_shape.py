@@ -1,0 +1,44 @@
+"""A gRPC caller's `stop` (in passthrough_json) is held to the shape a REST caller's is (OpenAI's): a string, or a list
+of at most MAX_STOP strings; any other is an INVALID_ARGUMENT naming stop before anything is routed. It was sent on,
+for an upstream to refuse after routing, or dropped unseen by the local model, which reads only strings. A real router
+gRPC server over the in-process store, a providers gRPC server on loopback answering."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from llmrouter.errors import ServiceError
+from llmrouter.passthrough import MAX_STOP
+from llmrouter.v1 import router_pb2_grpc
+from services.router.store import MemoryStore
+from tests.router.servicer_kit import served_router
+from tests.router.test_cache_money import Answering, ask
+
+REFUSED: list[Any] = [7, ["\n", 7], {"text": "\n"}, ["."] * (MAX_STOP + 1), True]
+SERVED: list[Any] = [None, "", "\n", [], ["."] * MAX_STOP]
+
+
+async def test_a_stop_of_another_shape_is_refused_naming_it(tmp_path: Path) -> None:
+    refused: list[ServiceError] = []
+    provider = Answering()
+    async with (
+        served_router(tmp_path, MemoryStore(), provider) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        router = router_pb2_grpc.RouterStub(channel)
+        for stop in REFUSED:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await router.Complete(ask("hello", "acme", passthrough_json=json.dumps({"stop": stop})), timeout=10)
+            refused.append(ServiceError.from_rpc_error(caught.value))
+        assert provider.generated == 0
+        for stop in SERVED:
+            await router.Complete(ask("hello", "acme", passthrough_json=json.dumps({"stop": stop})), timeout=10)
+    assert provider.generated == len(SERVED)
+    assert {(e.code, e.metadata["field"], e.message) for e in refused} == {
+        (grpc.StatusCode.INVALID_ARGUMENT, "stop", f"stop must be a string or a list of at most {MAX_STOP} strings")
+    }
