@@ -8,8 +8,10 @@ from typing import Any
 
 import grpc
 
+from llmrouter.registry import Registry
 from llmrouter.v1 import common_pb2, provider_pb2
-from services.router.admission import Admission
+from services.router import policy, routing
+from services.router.admission import Admission, output_caps
 from services.router.costs import worst_pico
 from services.router.escalation import Mode
 from services.router.routed import Routed
@@ -111,6 +113,57 @@ async def test_a_weak_answer_its_own_cost_cap_keeps_is_the_requests_own() -> Non
 
 async def test_a_weak_answer_a_budgets_remainder_keeps_is_circumstantial() -> None:
     serving, r = await room_after_a_weak_answer(usd=False)
+    served = await serving.generate(r, NoDeadline())
+    assert served.model.name == "cheap" and not served.escalated
+    assert served.circumstance == "no room left in the hold"
+
+
+class CacheWriting(Providers):
+    """Answers as Providers does, its upstream reporting every input token written to its prompt cache (dearer than
+    an uncached one): the cache was cold, as it is for the first of identical requests."""
+
+    async def Generate(self, request: provider_pb2.GenerateRequest, timeout: float | None = None) -> Any:
+        answer = await super().Generate(request, timeout)
+        answer.usage.cache_write_input_tokens = answer.usage.input_tokens
+        return answer
+
+
+# test_admission.REGISTRY with prompt-cache prices for the cheap model: a read 0.05, a write 0.625 (USD per 1M).
+CACHING = Registry.model_validate(
+    {
+        "tiers": REGISTRY.tiers,
+        "providers": {"p": {"kind": "openai", "base_url": "http://x"}},
+        "models": [
+            {
+                **REGISTRY.models[0].model_dump(),
+                "cached_input_usd_per_mtok": "0.05",
+                "cache_write_usd_per_mtok": "0.625",
+            },
+            REGISTRY.models[1].model_dump(),
+        ],
+    }
+)
+
+
+async def test_a_weak_answer_its_cap_keeps_only_after_a_cache_write_is_circumstantial() -> None:
+    """max_cost_usd leaves the stronger model no room after the weak answer as paid here, its prompt written to the
+    provider's cache, but would after the same answer read from it (as an identical request later may find it): the
+    room left owes itself to the cache's state, not the request, so the weak answer is not kept."""
+    strong = CACHING.models[1]
+    gate = Admission(SETTINGS, CACHING, MemoryStore(), scratch_outbox())
+    probe = await gate.limits(request("What is the capital of France?"))
+    written_pico, read_pico = 10 * 625_000 + 5 * 1_500_000, 10 * 50_000 + 5 * 1_500_000  # 10 tokens in, 5 out
+    room = worst_pico(strong, probe.billed_input(strong), SETTINGS.min_output_tokens) + (written_pico + read_pico) // 2
+    asked = request("What is the capital of France?", max_cost_usd=str(Decimal(room) / PICO))
+    limits = await gate.limits(asked)
+    plan = policy.plan(CACHING, policy.evaluate(CACHING.models, {}, limits), limits, classified=True)
+    decision = routing.decision(plan, limits, "")
+    r = Routed(asked, "cache-cold", ACCOUNT, limits, plan, decision, output_caps(plan, limits, decision))
+    r.registry, r.escalation = CACHING, "auto"
+    await gate.admit(r)
+    assert [o.model.name for o in r.plan.order] == ["cheap", "strong"]  # the stronger one alone is affordable
+    serving = Serving(None, gate)  # type: ignore[arg-type]
+    serving.providers = CacheWriting(REFUSAL)  # type: ignore[assignment]
     served = await serving.generate(r, NoDeadline())
     assert served.model.name == "cheap" and not served.escalated
     assert served.circumstance == "no room left in the hold"
