@@ -1,12 +1,12 @@
-"""Worst-case costs in integer pico-dollars, and the most output tokens an amount can pay for. Registry prices
-are exact Decimals; a cost is rounded up to the pico-dollar exactly as the charge rounds it (store.to_pico),
+"""Worst-case (and least) costs in integer pico-dollars, and the most output tokens an amount can pay for. Registry
+prices are exact Decimals; a cost is rounded up to the pico-dollar exactly as the charge rounds it (store.to_pico),
 so a request whose output stays within `affordable_output` never costs more than the amount."""
 
 from __future__ import annotations
 
 from decimal import ROUND_FLOOR, Decimal, localcontext
 
-from llmrouter.registry import ModelSpec
+from llmrouter.registry import MTOK, ModelSpec
 from services.router.store import PICO, to_pico
 
 # Prices are per 1M tokens: a price in USD/Mtok is this many pico-dollars per token.
@@ -16,6 +16,13 @@ _PICO_PER_TOKEN = PICO / 1_000_000
 def worst_pico(model: ModelSpec, input_tokens: int, output_tokens: int) -> int:
     """Every input token at its dearest price (a cache write may cost more than an uncached token)."""
     return to_pico(model.worst_cost_usd(input_tokens, output_tokens))
+
+
+def least_pico(model: ModelSpec, input_tokens: int, output_tokens: int) -> int:
+    """The least these tokens can cost: every input token at its cheapest price (read from the provider's prompt cache,
+    where that is cheaper), whatever the cache held when they were billed."""
+    least_input = min(model.input_usd_per_mtok, model.cached_input_price, model.cache_write_price)
+    return to_pico((least_input * input_tokens + model.output_usd_per_mtok * output_tokens) / MTOK)
 
 
 def affordable_output(model: ModelSpec, input_tokens: int, pico: int) -> int:

@@ -20,7 +20,7 @@ from llmrouter.upstream_messages import UPSTREAM_REASONS, upstream_message
 from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2
 from services.router import escalation, metrics, policy
 from services.router.admission import Admission
-from services.router.costs import affordable_output, floor_pico, worst_pico
+from services.router.costs import affordable_output, floor_pico, least_pico, worst_pico
 from services.router.cued_stream import Cue, provider_chunks
 from services.router.end_users import EndUserScope
 from services.router.routed import Routed, Served
@@ -292,11 +292,12 @@ def could_escalate(routed: Routed, model: ModelSpec) -> bool:
 def _cap_alone_refuses(routed: Routed, served: Served, target: ModelSpec, shortest: int) -> bool:
     """Whether max_cost_usd alone, after the weak answer was paid, leaves the stronger model no room for its shortest
     answer: then the weak answer is the request's own (its cap is part of the response cache's key), not owed to a
-    budget's remainder or to what failed attempts cost."""
+    budget's remainder or to what failed attempts cost. Paid at the least its tokens can cost: what it cost here owes
+    something to the provider's prompt cache (a write dearer than a read), whose state is the moment's."""
     cap = routed.limits.max_cost_usd
     if cap is None:
         return False
-    room = floor_pico(cap) - to_pico(served.cost)
+    room = floor_pico(cap) - least_pico(served.model, served.input_tokens, served.output_tokens)
     return affordable_output(target, routed.limits.billed_input(target), room) < shortest
 
 
