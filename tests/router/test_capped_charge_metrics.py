@@ -19,7 +19,7 @@ from llmrouter.auth import ANONYMOUS, acting_as
 from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2
 from services.router.capped_charges import MAX_ABSORBED_USD
 from services.router.deferred import OVER_REPORTED
-from services.router.store import RedisStore
+from services.router.store import Account, MemoryStore, Pending, RedisStore
 from tests.router import test_collect_model as batches
 from tests.router.servicer_kit import NoDeadline, router_servicer, store_on
 from tests.router.test_admission import REGISTRY
@@ -110,3 +110,45 @@ async def test_a_batch_line_over_reported_is_a_capped_charge_counted_once(
     assert count == before[0] + 1
     assert absorbed == before[1] + float(reported - Decimal(first.charged_usd))
     assert capped("strong") == after_first  # not counted again
+
+
+class ChargedMeanwhile(MemoryStore):
+    """Once armed, its next read of a line's pending charge is followed at once by another collect's charge of it (a
+    collect sent twice at once): the collect that read it finds it charged when it charges."""
+
+    armed = False
+
+    async def pending_charge(self, account: Account, request_id: str) -> Pending | None:
+        pending = await super().pending_charge(account, request_id)
+        if self.armed and pending is not None:
+            self.armed = False
+            held_account, hold = pending.account_and_hold()
+            assert await self.charge(held_account, hold, pending.hold_pico, {"request_id": request_id}, late=True)
+        return pending
+
+
+class OverReportingArming(EndedBatch):
+    """The provider batch's result reports usage past the line's hold; read, the collect's next read of the line is
+    the one its charge follows."""
+
+    def __init__(self, store: ChargedMeanwhile) -> None:
+        super().__init__(over_reported=True)
+        self.store = store
+
+    async def PollBatch(self, request: Any, context: Any) -> provider_pb2.PollBatchResponse:
+        self.store.armed = True
+        return await super().PollBatch(request, context)
+
+
+async def test_a_batch_line_over_reported_and_charged_meanwhile_is_not_counted(tmp_path: Path) -> None:
+    """Counted by the collect that charges it alone: one that finds it charged already (by another collect of it)
+    made no capped charge."""
+    before = capped("strong")
+    store = ChargedMeanwhile()
+    collect = router_pb2.CollectBatchRequest(model="strong", provider_batch_id="pbatch-1", request_ids=["line-1"])
+    async with router_servicer(tmp_path, store, OverReportingArming(store), batches.REGISTRY) as router:
+        with acting_as(batches.TENANT_CALLER):
+            await router.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[batches.LINE]), NoDeadline())
+            (line,) = (await router.CollectBatch(collect, NoDeadline())).lines
+    assert not store.armed and line.error == OVER_REPORTED  # its charge refused: charged meanwhile
+    assert capped("strong") == before
