@@ -50,14 +50,43 @@ def shown(address: str, port: int) -> str:
 
 def listening_sockets(service: str, host: str, port: int, setting: str) -> list[socket.socket]:
     """TCP sockets bound and listening on every address `host` names (host_addresses), on one port: `port`, or when
-    it is 0 the one the first address was given. SO_REUSEADDR, as uvicorn binds, but not SO_REUSEPORT; an IPv6
-    socket takes IPv6 alone (IPV6_V6ONLY), its IPv4 twin bound beside it. A name's address this machine does not have
-    (::1 with IPv6 off) is left out; an address written as the host, or in use, ends the process (cannot_listen)."""
+    it is 0 the one the first address was given (another draw when that port is taken on a later address). SO_REUSEADDR,
+    as uvicorn binds, but not SO_REUSEPORT; an IPv6 socket takes IPv6 alone (IPV6_V6ONLY), its IPv4 twin bound beside
+    it. A name's address this machine does not have (::1 with IPv6 off) is left out; an address written as the host,
+    or in use, ends the process (cannot_listen)."""
     try:
         addresses = host_addresses(host)
     except OSError as error:
         found = f"no address found for {host!r}: {reason(error)}"
         raise SystemExit(f"{service}: cannot listen on {host}:{port} ({found})") from None
+    for _ in range(PORT_DRAWS if port == 0 else 1):
+        try:
+            sockets = bound_on_one_port(host, addresses, port)
+        except PortTaken as taken:
+            if port == 0 and taken.later:  # the drawn port is another process's on a later address: draw again
+                continue
+            raise cannot_listen(service, shown(taken.address, taken.port), setting, reason(taken.error)) from None
+        if not sockets:
+            raise SystemExit(f"{service}: cannot listen on {host}:{port} (none of its addresses is this machine's)")
+        return sockets
+    drawn = f"{PORT_DRAWS} free ports drawn were each taken on another of its addresses"
+    raise SystemExit(f"{service}: cannot listen on {host} ({drawn}): set {setting} to a free port")
+
+
+# How many ports a listener on port 0 draws before giving up: each is taken on a later address only by chance.
+PORT_DRAWS = 8
+
+
+class PortTaken(Exception):
+    """An address that could not be bound: the error, and whether a socket was bound before it (on the same port)."""
+
+    def __init__(self, address: str, port: int, error: OSError, later: bool) -> None:
+        super().__init__(address)
+        self.address, self.port, self.error, self.later = address, port, error, later
+
+
+def bound_on_one_port(host: str, addresses: list[tuple[socket.AddressFamily, str]], port: int) -> list[socket.socket]:
+    """One listening socket per address, all on `port` (0: the first one's); closed again, every one, on a failure."""
     sockets: list[socket.socket] = []
     try:
         for family, address in addresses:
@@ -66,14 +95,13 @@ def listening_sockets(service: str, host: str, port: int, setting: str) -> list[
             except OSError as error:
                 if address != host and error.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
                     continue
-                raise cannot_listen(service, shown(address, port), setting, reason(error)) from None
+                later = bool(sockets) and error.errno == errno.EADDRINUSE
+                raise PortTaken(address, port, error, later) from None
             port = sockets[0].getsockname()[1]
     except BaseException:
         for sock in sockets:
             sock.close()
         raise
-    if not sockets:
-        raise SystemExit(f"{service}: cannot listen on {host}:{port} (none of its addresses is this machine's)")
     return sockets
 
 

@@ -143,7 +143,8 @@ class ResponseCache:
         left cut short is not kept: the budget's remainder, or what an escalated answer had left after the weak one was
         paid, is no part of the key, so an identical request would be served the cut answer whatever its own budget,
         its decision saying nothing of the cap. Nor one owed to the request's circumstances (Served.circumstance: a weak
-        answer whose escalation was not made, a weaker fallback's): an identical request would be served it as it was.
+        answer whose escalation was not made but for the request's own max_cost_usd, a weaker fallback's): an
+        identical request would be served it as it was.
         With `streamed`, kept apart for plain streams (lookup)."""
         answered = response.content or response.refusal or response.tool_calls_json  # a refusal replays as one
         kept = answered and not served.circumstance and not _cut_by_money_left(routed, served, response)

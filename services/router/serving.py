@@ -165,8 +165,10 @@ class Serving:
         max_tokens = await self._escalation_room(routed, served, target.model)
         shortest = min(routed.limits.min_output_tokens, routed.max_tokens[target.model.name])
         if max_tokens < shortest:
-            log.warning("no room left in the hold to escalate; keeping the weak answer", extra={"signal": why})
-            if not _cap_alone_refuses(routed, served, target.model, shortest):
+            if _cap_alone_refuses(routed, served, target.model, shortest):  # as the caller asked: nothing to warn of
+                log.info("max_cost_usd leaves no room to escalate; keeping the weak answer", extra={"signal": why})
+            else:
+                log.warning("no room left in the hold to escalate; keeping the weak answer", extra={"signal": why})
                 served.circumstance = "no room left in the hold"
             return
         try:
