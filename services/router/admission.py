@@ -259,12 +259,18 @@ class Admission:
         """Let undos still running finish: a stopping router leaves none half-done."""
         await self.undoing.close()
 
-    async def cover(self, routed: Routed, next_pico: int) -> bool:
-        """Before another generation for the same request (a fallback after a failed attempt): grow the hold,
-        when needed, to what is owed plus that generation's worst case. False when that would pass the
-        caller's max_cost_usd or the budgets cannot cover it."""
+    async def cover(self, routed: Routed, next_pico: int, spent: Decimal = Decimal(0)) -> bool:
+        """Before another generation for the same request (a fallback after a failed attempt, an escalation after an
+        answer that cost `spent`): grow the hold, when needed, to what is owed plus that generation's worst case.
+        False when that would pass the caller's max_cost_usd or the budgets cannot cover it, and when what is owed is
+        past the hold already: no upstream could bill that (a buggy or hostile report, charged the hold: charging.py),
+        and a hold grown on top of it would have the report charged whole."""
         assert routed.hold is not None  # only admitted requests are served
-        needed = to_pico(routed.owed) + next_pico
+        owed = to_pico(routed.owed + spent)
+        if owed > routed.hold.pico:
+            log.warning("owed past the hold: no other attempt", extra={"request_id": routed.request_id})
+            return False
+        needed = owed + next_pico
         max_cost = routed.limits.max_cost_usd
         if max_cost is not None and needed > floor_pico(max_cost):
             log.warning("max_cost_usd cannot cover another attempt", extra={"request_id": routed.request_id})

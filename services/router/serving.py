@@ -192,15 +192,15 @@ class Serving:
     async def _escalation_room(self, routed: Routed, served: Served, target: ModelSpec) -> int:
         """The most the stronger model may write after the weak answer. Both answers are charged: the hold grows, as
         for a fallback, to the stronger one's worst case on top of the first (and of what failed attempts owe); when
-        it cannot (max_cost_usd, the budgets), the stronger one may write only what the hold has left. Admission holds
-        one generation's worst case: left as it is, the hold cuts the stronger answer below the caller's max_tokens
-        whenever the weak one cost anything."""
+        it cannot (max_cost_usd, the budgets; a weak answer reported past the hold), the stronger one may write only
+        what the hold has left. Admission holds one generation's worst case: left as it is, the hold cuts the stronger
+        answer below the caller's max_tokens whenever the weak one cost anything."""
         assert routed.hold is not None  # only admitted requests are served
         cap, billed = routed.max_tokens[target.name], routed.limits.billed_input(target)
         spent = to_pico(served.cost + routed.owed)
         if affordable_output(target, billed, routed.hold.pico - spent) < cap:
             try:
-                await self.admission.cover(routed, to_pico(served.cost) + worst_pico(target, billed, cap))
+                await self.admission.cover(routed, worst_pico(target, billed, cap), served.cost)
             except Exception:  # an error of the store's own keys: the weak answer, generated, is still charged
                 log.exception("hold not grown to escalate; the stronger answer keeps to its room")
         return min(cap, affordable_output(target, billed, routed.hold.pico - spent))
