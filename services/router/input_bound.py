@@ -26,6 +26,13 @@ class InputBound:
         count = self.counts.get(model.tokenizer, self.counts[UTF8_BYTES])
         return model.context_window if count > self.ceiling else min(count, model.context_window)
 
+    def estimate(self, model: ModelSpec) -> int:
+        """The prompt's input as the providers estimate one no upstream reported (a stream cut before its usage:
+        services/providers/accounting.py): in the model's estimating encoding, its own where it is bundled (o200k_base:
+        gpt-4o), cl100k_base for any other (or for a model the registry gained since, not counted here)."""
+        count = self.counts.get(model.estimating_encoding, self.counts["cl100k_base"])
+        return min(count, model.context_window)
+
 
 async def bound_input(
     registry: Registry,

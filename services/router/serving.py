@@ -78,7 +78,10 @@ class StreamState:
         if "cost_usd" in measured:
             usage, cost = measured_usage(measured), measured_usd(self.model, measured)
         else:  # counted here, with what failed retries consumed (no metadata counted it: the caller left, or a cut)
-            estimate = common_pb2.Usage(input_tokens=routed.limits.input_tokens)  # when the upstream said nothing yet
+            # When the upstream said nothing yet: counted in the model's own tokens where they are known, as the
+            # providers count a stream cut before its usage (cl100k_base, the routing's estimate, counts a prompt in
+            # Hindi near three times gpt-4o's o200k_base tokens: past the hold, the charge was capped there).
+            estimate = common_pb2.Usage(input_tokens=routed.limits.input_bound.estimate(self.model))
             started = self.input if self.input is not None else estimate
             usage = common_pb2.Usage(
                 input_tokens=started.input_tokens + self.consumed.input_tokens,
