@@ -25,7 +25,7 @@ from llmrouter.tokens import count_text_tokens
 from llmrouter.upstream_messages import upstream_message
 from llmrouter.v1 import common_pb2, provider_pb2
 from services.providers import metrics
-from services.providers.accounting import decimal_str, input_bound, settle
+from services.providers.accounting import counted_output, decimal_str, input_bound, settle
 from services.providers.backoff import retry_delay
 from services.providers.breaker import CircuitBreaker, State
 from services.providers.gateways.base import (
@@ -370,7 +370,7 @@ class Dispatcher:
         output = served + (json.dumps(end.tool_calls) if end.tool_calls else "")
         # What the upstream sent, counted here, unless it said it generated more: its count is cumulative (Anthropic's
         # message_delta, OpenAI's usage chunk, sent once it finished generating) and what it bills.
-        counted, reported = await count_text_tokens(output, model.estimating_encoding), end.output_tokens
+        counted, reported = await counted_output(model, request, output), end.output_tokens
         exact = reported is not None and reported >= counted
         output_tokens = reported if exact else counted
         usage, cost = await settle(model, request, output, end.input_tokens, output_tokens, *_cache_counts(end))

@@ -83,12 +83,14 @@ class StreamState:
             # Hindi near three times gpt-4o's o200k_base tokens: past the hold, the charge was capped there).
             estimate = common_pb2.Usage(input_tokens=routed.limits.input_bound.estimate(self.model))
             started = self.input if self.input is not None else estimate
+            # In chunks that let other requests run: a hostile upstream's answer may be megabytes.
+            written = await count_text_tokens(text + refusal, self.model.estimating_encoding) + self.tool_call_tokens
             usage = common_pb2.Usage(
                 input_tokens=started.input_tokens + self.consumed.input_tokens,
-                # In chunks that let other requests run: a hostile upstream's answer may be megabytes.
-                output_tokens=await count_text_tokens(text + refusal, self.model.estimating_encoding)
-                + self.tool_call_tokens
-                + self.consumed.output_tokens,
+                # Never past the attempt's max_tokens, which no upstream writes past: a count over it is the estimating
+                # tokenizer's (cl100k_base counts Hindi near three times Llama 3's tokens), and took the charge past
+                # the hold, where it was capped.
+                output_tokens=min(written, routed.max_tokens[self.model.name]) + self.consumed.output_tokens,
                 estimated=True,
                 cached_input_tokens=started.cached_input_tokens + self.consumed.cached_input_tokens,
                 cache_write_input_tokens=started.cache_write_input_tokens + self.consumed.cache_write_input_tokens,
