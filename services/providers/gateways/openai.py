@@ -65,8 +65,8 @@ class OpenAIGateway:
                         yield Completion(tool_calls=[calls[i] for i in sorted(calls)], tool_text=generated)
                     end.finish_reason = json_text(choice.get("finish_reason"), "finish reason") or end.finish_reason
                     _add_logprobs(end, choice.get("logprobs"))
-                if chunk.get("usage"):
-                    reported = _usage(chunk["usage"])
+                if said := chunk.get("usage") or _groq_usage(chunk):
+                    reported = _usage(said)
                     end.input_tokens, end.output_tokens = reported.input_tokens, reported.output_tokens
                     end.cached_input_tokens = reported.cached_input_tokens
                     yield reported.completion()
@@ -83,6 +83,13 @@ class OpenAIGateway:
             raise
         end.tool_calls = [calls[i] for i in sorted(calls)]
         yield end
+
+
+def _groq_usage(chunk: dict[str, Any]) -> Any:
+    """Groq's own report of a stream's usage, in its last choices chunk (x_groq.usage, OpenAI's fields and Groq's
+    timings): the one it sends where it leaves out stream_options' usage chunk. None elsewhere."""
+    groq = chunk.get("x_groq")
+    return groq.get("usage") if isinstance(groq, dict) else None
 
 
 def completion(payload: dict[str, Any]) -> Completion:
