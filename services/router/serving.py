@@ -266,8 +266,11 @@ class Serving:
                 await chunks.aclose()  # cancels the providers call now
             # Ended without its final chunk: what the upstream generated is unknown. Once some of it was delivered, it
             # is charged as a cut stream; before that (an answer of tool calls alone delivers nothing until its final
-            # chunk), the attempt is owed its worst case, as any of unknown outcome, with what its retries consumed.
-            if not stream.delivered:
+            # chunk), the attempt is owed its worst case, as any of unknown outcome, with what its retries consumed;
+            # nothing when it ended before the word to send, which no upstream had.
+            if not stream.delivered and stream.cue.unreached:
+                routed.note = "the providers stream ended before the upstream was reached: the attempt cost nothing"
+            elif not stream.delivered:
                 routed.owed += stream.worst + stream.consumed_usd
                 stream.worst, stream.consumed, stream.tool_call_tokens = Decimal(0), common_pb2.Usage(), 0
             raise ServiceError(grpc.StatusCode.INTERNAL, "UPSTREAM_ERROR", "provider stream ended without usage")
