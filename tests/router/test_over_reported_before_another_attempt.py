@@ -101,3 +101,24 @@ async def test_a_report_past_the_hold_is_charged_the_hold_with_no_other_attempt(
     # Charged the hold, as the report is without another attempt, and on record as a capped charge.
     assert charged <= WORST_OF_BOTH
     assert "usage reported past the hold" in record["reason_detail"]
+
+
+async def test_a_weak_answer_reported_past_the_hold_is_not_kept_as_the_caps_own(tmp_path: Path, redis_url: str) -> None:
+    """Under a max_cost_usd with room to escalate, the weak answer's false report (its tokens cost $15, past the cap)
+    made it look kept by the caller's cap alone, the request's own answer (its cap is part of the cache's key): cached,
+    and an identical request was served it from the cache, never escalated, whatever its own provider reported."""
+    message = common_pb2.ChatMessage(role="user", content=f"Hello {uuid.uuid4().hex}")
+    request = router_pb2.CompleteRequest(
+        messages=[message], tenant="acme", quality_target=0.5, max_tokens=MAX_TOKENS, max_cost_usd="1"
+    )
+    provider = OverReporting()
+    async with (
+        store_on(redis_url) as store,
+        served_router(tmp_path, store, provider, classifier=NearScores()) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        router = router_pb2_grpc.RouterStub(channel)
+        first = await router.Complete(request, timeout=30)
+        again = await router.Complete(request, timeout=30)
+    assert first.content == REFUSAL and not first.escalated  # kept, charged the hold: the report left no room
+    assert not again.cache_hit and provider.asked == ["cheap", "cheap"]
