@@ -309,9 +309,12 @@ def _cap_alone_refuses(routed: Routed, served: Served, target: ModelSpec, shorte
     """Whether max_cost_usd alone, after the weak answer was paid, leaves the stronger model no room for its shortest
     answer: then the weak answer is the request's own (its cap is part of the response cache's key), not owed to a
     budget's remainder or to what failed attempts cost. Paid at the least its tokens can cost: what it cost here owes
-    something to the provider's prompt cache (a write dearer than a read), whose state is the moment's."""
+    something to the provider's prompt cache (a write dearer than a read), whose state is the moment's. Never when the
+    weak answer's report is past the hold: its tokens, false, left no room, not the cap (no answer to cache as the
+    request's own)."""
+    assert routed.hold is not None  # only admitted requests are served
     cap = routed.limits.max_cost_usd
-    if cap is None:
+    if cap is None or to_pico(served.cost + routed.owed) > routed.hold.pico:
         return False
     room = floor_pico(cap) - least_pico(served.model, served.input_tokens, served.output_tokens)
     return affordable_output(target, routed.limits.billed_input(target), room) < shortest
