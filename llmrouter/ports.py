@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import socket
+from collections.abc import Sequence
 
 from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
 from pydantic_settings import BaseSettings
@@ -48,6 +49,10 @@ def shown(address: str, port: int) -> str:
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
+# How many ports a listener on port 0 draws before giving up: each is taken on a later address only by chance.
+PORT_DRAWS = 8
+
+
 def listening_sockets(service: str, host: str, port: int, setting: str) -> list[socket.socket]:
     """TCP sockets bound and listening on every address `host` names (host_addresses), on one port: `port`, or when
     it is 0 the one the first address was given (another draw when that port is taken on a later address). SO_REUSEADDR,
@@ -59,22 +64,16 @@ def listening_sockets(service: str, host: str, port: int, setting: str) -> list[
     except OSError as error:
         found = f"no address found for {host!r}: {reason(error)}"
         raise SystemExit(f"{service}: cannot listen on {host}:{port} ({found})") from None
-    for _ in range(PORT_DRAWS if port == 0 else 1):
-        try:
-            sockets = bound_on_one_port(host, addresses, port)
-        except PortTaken as taken:
-            if port == 0 and taken.later:  # the drawn port is another process's on a later address: draw again
-                continue
-            raise cannot_listen(service, shown(taken.address, taken.port), setting, reason(taken.error)) from None
-        if not sockets:
-            raise SystemExit(f"{service}: cannot listen on {host}:{port} (none of its addresses is this machine's)")
-        return sockets
-    drawn = f"{PORT_DRAWS} free ports drawn were each taken on another of its addresses"
-    raise SystemExit(f"{service}: cannot listen on {host} ({drawn}): set {setting} to a free port")
-
-
-# How many ports a listener on port 0 draws before giving up: each is taken on a later address only by chance.
-PORT_DRAWS = 8
+    try:
+        sockets = bound_on_a_free_port(host, addresses, (0,) * PORT_DRAWS if port == 0 else (port,))
+    except PortTaken as taken:
+        if taken.later and port == 0:
+            drawn = f"{PORT_DRAWS} free ports drawn were each taken on another of its addresses"
+            raise SystemExit(f"{service}: cannot listen on {host} ({drawn}): set {setting} to a free port") from None
+        raise cannot_listen(service, shown(taken.address, taken.port), setting, reason(taken.error)) from None
+    if not sockets:
+        raise SystemExit(f"{service}: cannot listen on {host}:{port} (none of its addresses is this machine's)")
+    return sockets
 
 
 class PortTaken(Exception):
@@ -83,6 +82,20 @@ class PortTaken(Exception):
     def __init__(self, address: str, port: int, error: OSError, later: bool) -> None:
         super().__init__(address)
         self.address, self.port, self.error, self.later = address, port, error, later
+
+
+def bound_on_a_free_port(
+    host: str, addresses: list[tuple[socket.AddressFamily, str]], ports: Sequence[int]
+) -> list[socket.socket]:
+    """bound_on_one_port on the first of `ports` (0: a port the first address draws) that no other process holds on a
+    later address; the last one's PortTaken when none is."""
+    for index, port in enumerate(ports):
+        try:
+            return bound_on_one_port(host, addresses, port)
+        except PortTaken as taken:
+            if not taken.later or index == len(ports) - 1:
+                raise
+    raise ValueError("no port to try")
 
 
 def bound_on_one_port(host: str, addresses: list[tuple[socket.AddressFamily, str]], port: int) -> list[socket.socket]:

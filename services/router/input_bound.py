@@ -19,7 +19,7 @@ from llmrouter.validation import Validated
 class InputBound:
     """Per tokenizer, the prompt's input tokens counted high; a count over `ceiling` stopped there."""
 
-    counts: Mapping[Tokenizer, int]  # always has UTF8_BYTES, which bounds every tokenizer
+    counts: Mapping[Tokenizer, int]  # always has UTF8_BYTES, which bounds every tokenizer, and cl100k_base (estimate)
     ceiling: int
 
     def tokens(self, model: ModelSpec) -> int:

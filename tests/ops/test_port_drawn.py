@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from llmrouter.ports import PortTaken, bound_on_one_port, host_addresses, listening_sockets
+from llmrouter.ports import PortTaken, bound_on_a_free_port, bound_on_one_port, host_addresses, listening_sockets
 
 
 def has_ipv6_loopback() -> bool:
@@ -48,3 +48,19 @@ def test_localhost_on_port_0_listens_on_one_port_for_both_families() -> None:
     finally:
         for s in sockets:
             s.close()
+
+
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="this machine has no IPv6 loopback")
+def test_a_drawn_port_taken_on_a_later_address_is_drawn_again() -> None:
+    with socket.create_server(("::1", 0), family=socket.AF_INET6) as other:
+        port = other.getsockname()[1]
+        sockets = bound_on_a_free_port("localhost", host_addresses("localhost"), (port, 0))
+        try:
+            assert {s.family for s in sockets} == {socket.AF_INET, socket.AF_INET6}
+            assert len({s.getsockname()[1] for s in sockets}) == 1 and sockets[0].getsockname()[1] != port
+        finally:
+            for s in sockets:
+                s.close()
+        with pytest.raises(PortTaken) as taken:  # the last draw taken too: told as such
+            bound_on_a_free_port("localhost", host_addresses("localhost"), (port, port))
+        assert taken.value.later

@@ -47,6 +47,8 @@ async def test_a_stream_ended_without_its_usage_before_anything_was_delivered_ow
     spent, _ = await store.spent(Account("t", "anonymous"), period_id(servicer.settings.budget_period))
     assert record["cost_usd"] == record["owed_usd"] == failed.value.metadata["charged_usd"]
     assert spent > 0 and record["error"] == "failed"
+    # Owed once: its worst case counted twice would pass the hold, and be charged the hold, saying so.
+    assert "past the hold" not in record["reason_detail"]
 
 
 class EndedBeforeTheWord(provider_pb2_grpc.ProviderServicer):
