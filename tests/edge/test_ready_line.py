@@ -3,29 +3,12 @@
 
 from __future__ import annotations
 
-import os
-import select
-import subprocess
-import sys
-
 import httpx
 
-from tests.conftest import ROOT
+from tests.edge.edge_process import edge_ready
 
 
 def test_the_edge_says_ready_with_its_port_once_it_listens() -> None:
-    env = {**os.environ, "EDGE_PORT": "0", "EDGE_METRICS_PORT": "0", "EDGE_ROUTER_ADDR": "127.0.0.1:1"}
-    edge = subprocess.Popen(
-        [sys.executable, "-m", "services.edge"], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert edge.stdout is not None
-        assert select.select([edge.stdout], [], [], 60)[0], "the edge said nothing on stdout within 60 s"
-        line = edge.stdout.readline()
-        assert line.startswith("READY edge "), line
-        port = int(line.split()[-1])
+    with edge_ready() as port:
         assert port != 0
         assert httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200  # at once: no retry
-    finally:
-        edge.terminate()
-        edge.wait(timeout=30)

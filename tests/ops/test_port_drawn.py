@@ -9,14 +9,7 @@ import socket
 import pytest
 
 from llmrouter.ports import PortTaken, bound_on_a_free_port, bound_on_one_port, host_addresses, listening_sockets
-
-
-def has_ipv6_loopback() -> bool:
-    try:
-        with socket.create_server(("::1", 0), family=socket.AF_INET6):
-            return True
-    except OSError:
-        return False
+from tests.loopback import has_ipv6_loopback
 
 
 @pytest.mark.skipif(not has_ipv6_loopback(), reason="this machine has no IPv6 loopback")

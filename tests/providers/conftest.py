@@ -16,6 +16,7 @@ from llmrouter.server import CHANNEL_OPTIONS, start_server
 from llmrouter.v1 import provider_pb2_grpc
 from services.providers import ProvidersSettings, build
 from tests.fakes import FakeAnthropic, FakeOpenAI
+from tests.fakes.fake_groq import FakeGroq
 
 OPENAI_KEY = "sk-fake-openai-0123456789"
 ANTHROPIC_KEY = "sk-ant-fake-0123456789"
@@ -30,6 +31,7 @@ FAST = {
     "breaker_failures": 3,
     "breaker_cooldown_s": 0.3,
 }
+GROQ_BATCH_PRICES = {"batch_input_usd_per_mtok": "0.025", "batch_output_usd_per_mtok": "0.04"}
 
 
 @pytest.fixture(scope="session")
@@ -141,3 +143,30 @@ async def stub(
 ) -> AsyncIterator[provider_pb2_grpc.ProviderStub]:
     async with providers_service(tmp_path, openai_fake.base_url, anthropic_fake.base_url) as s:
         yield s
+
+
+@pytest.fixture(scope="module")
+def groq() -> Iterator[FakeGroq]:
+    with FakeGroq() as fake:
+        yield fake
+
+
+@asynccontextmanager
+async def groq_providers(
+    tmp_path: Path,
+    groq: FakeGroq,
+    openai_fake: FakeOpenAI,
+    anthropic_fake: FakeAnthropic,
+    monkeypatch: pytest.MonkeyPatch,
+    **provider: Any,
+) -> AsyncIterator[provider_pb2_grpc.ProviderStub]:
+    """The providers service with a `groq` provider (the fake, `provider`'s settings beside its kind and key) serving
+    model `llama` (economy, $0.05 / $0.08, `GROQ_BATCH_PRICES` in its Batch API) beside the registry's own."""
+    groq.clear()
+    monkeypatch.setenv("FAKE_GROQ_KEY", "gsk-fake")
+    entry = {"kind": "openai", "base_url": groq.base_url, "api_key_env": "FAKE_GROQ_KEY", **provider}
+    models = [model_entry("llama", "groq", "economy", "0.05", "0.08", **GROQ_BATCH_PRICES)]
+    async with providers_service(
+        tmp_path, openai_fake.base_url, anthropic_fake.base_url, extra_models=models, extra_providers={"groq": entry}
+    ) as stub:
+        yield stub

@@ -5,7 +5,7 @@ charged once, at the same counts. Through the real providers service against a f
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -13,14 +13,8 @@ import pytest
 from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc
 from tests.fakes import FakeAnthropic, FakeOpenAI
 from tests.fakes.fake_groq import FakeGroq
-from tests.providers.conftest import model_entry, providers_service
+from tests.providers.conftest import groq_providers
 from tests.providers.helpers import collect, cost
-
-
-@pytest.fixture(scope="module")
-def groq() -> Iterator[FakeGroq]:
-    with FakeGroq() as fake:
-        yield fake
 
 
 @pytest.fixture
@@ -31,13 +25,7 @@ async def stub(
     anthropic_fake: FakeAnthropic,
     monkeypatch: pytest.MonkeyPatch,
 ) -> AsyncIterator[provider_pb2_grpc.ProviderStub]:
-    groq.clear()
-    monkeypatch.setenv("FAKE_GROQ_KEY", "gsk-fake")
-    provider = {"kind": "openai", "base_url": groq.base_url, "api_key_env": "FAKE_GROQ_KEY"}
-    models = [model_entry("llama", "groq", "economy", "0.05", "0.08")]
-    async with providers_service(
-        tmp_path, openai_fake.base_url, anthropic_fake.base_url, extra_models=models, extra_providers={"groq": provider}
-    ) as s:
+    async with groq_providers(tmp_path, groq, openai_fake, anthropic_fake, monkeypatch) as s:
         yield s
 
 

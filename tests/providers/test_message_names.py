@@ -6,7 +6,7 @@ upstream is sent the names as given."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +15,9 @@ import pytest
 from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc
 from tests.fakes import FakeAnthropic, FakeOpenAI
 from tests.fakes.fake_groq import FakeGroq
-from tests.providers.conftest import model_entry, providers_service
+from tests.providers.conftest import groq_providers
 from tests.providers.helpers import collect
 
-BATCH_PRICES = {"batch_input_usd_per_mtok": "0.025", "batch_output_usd_per_mtok": "0.04"}
 MESSAGES = [
     common_pb2.ChatMessage(role="system", content="Be brief.", name="house_rules"),
     common_pb2.ChatMessage(role="user", content="I am Ada.", name="ada"),
@@ -33,12 +32,6 @@ SENT = [
 ]
 
 
-@pytest.fixture(scope="module")
-def groq() -> Iterator[FakeGroq]:
-    with FakeGroq() as fake:
-        yield fake
-
-
 @pytest.fixture
 async def stub(
     tmp_path: Path,
@@ -47,13 +40,7 @@ async def stub(
     anthropic_fake: FakeAnthropic,
     monkeypatch: pytest.MonkeyPatch,
 ) -> AsyncIterator[provider_pb2_grpc.ProviderStub]:
-    groq.clear()
-    monkeypatch.setenv("FAKE_GROQ_KEY", "gsk-fake")
-    provider = {"kind": "openai", "base_url": groq.base_url, "api_key_env": "FAKE_GROQ_KEY", "message_names": False}
-    models = [model_entry("llama", "groq", "economy", "0.05", "0.08", **BATCH_PRICES)]
-    async with providers_service(
-        tmp_path, openai_fake.base_url, anthropic_fake.base_url, extra_models=models, extra_providers={"groq": provider}
-    ) as s:
+    async with groq_providers(tmp_path, groq, openai_fake, anthropic_fake, monkeypatch, message_names=False) as s:
         yield s
 
 
