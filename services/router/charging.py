@@ -184,11 +184,25 @@ class Charger:
         routed.settled = True
         if not charged:
             log.warning("request id charged before; not charged again", extra={"request_id": routed.request_id})
+            await self._as_charged(routed, response)
             return
         routed.charged = cost
         log.info("request served", extra=record)
         if counted:
             metrics.count_charge(record)
+
+    async def _as_charged(self, routed: Routed, response: router_pb2.CompleteResponse) -> None:
+        """A request charged before (the reconciler settled it at its hold while it ran, its router taken for dead)
+        is told at what the ledger charged it, which its charged marker says; as computed when the marker does not say
+        (a router of the version before charged it) or cannot be read (the caller is answered all the same)."""
+        try:
+            pico = await self.store.charged_pico(routed.account, routed.request_id)
+        except Exception:
+            log.exception("charged before: its charge not read", extra={"request_id": routed.request_id})
+            return
+        if pico is not None:
+            routed.charged = Decimal(pico) / PICO
+            response.cost_usd = format(routed.charged, "f")
 
 
 def _cap_at_hold(routed: Routed, response: router_pb2.CompleteResponse) -> bool:

@@ -74,6 +74,7 @@ async def test_a_request_the_reconciler_settled_is_not_charged_again_by_its_rout
             held.answer.set()  # back in reach, the router finishes the request and charges what it cost
             response = await completing
         assert response.content == "an answer"
+        assert response.cost_usd == hold  # the caller is told what the ledger charged, not what its answer came to
         assert await store.spent(ACCOUNT, period_id("day")) == spent  # once, at the hold
         records = [json.loads(r[b"record"]) for _, r in await db.xrange(keys.ledger)]
         assert [(r["request_id"], r["outcome"], r["cost_usd"]) for r in records] == [("r-long", "reconciled", hold)]
