@@ -62,7 +62,16 @@ from services.router.admission import Admission
 from services.router.capped_charges import count_capped
 from services.router.routed import Routed, generation_entry
 from services.router.serving import generate_request
-from services.router.store import PICO, Account, Pending, Store, StoreUnavailable, money_now, to_pico
+from services.router.store import (
+    PICO,
+    UNRECORDED_BATCH,
+    Account,
+    Pending,
+    Store,
+    StoreUnavailable,
+    money_now,
+    to_pico,
+)
 
 log = logging.getLogger("llmrouter.router")
 
@@ -407,8 +416,8 @@ class Deferred:
             told = _of_another_batch(line, request_id, batch_id) or await self._owe_hold(
                 account, line, request_id, f"{GAVE_UP} (request id {request_id})"
             )
-            if line is None and await self.store.charged_batch(account, request_id) == batch_id:  # settled before
-                told = await self._as_charged(account, request_id, told)
+            if line is None:
+                told = await self._settled_before(account, request_id, batch_id, told) or told
             lines.append(told)
         return router_pb2.CollectBatchResponse(status="window_ended", ended=True, lines=lines)
 
@@ -444,14 +453,30 @@ class Deferred:
                     return await self._owe_hold(account, pending, request_id, UNANSWERED.format(request_id, batch_id))
                 held_account, hold = pending.account_and_hold()  # its charge keeps the batch, so a collect again
                 await self.store.record_provider_batch(held_account, hold, batch_id)  # reports it
-        elif await self.store.charged_batch(account, request_id) != batch_id:
-            # Neither held nor charged for this account from this batch: not its line, and not its answer to read.
-            error = f"no line of this account in provider batch {batch_id!r} (request id {request_id})"
-            return router_pb2.CollectedLine(request_id=request_id, error=error, charged_usd="0")
-        else:  # settled before: an earlier collect (its reply lost), or the reconciler at its hold
+        else:  # settled before (an earlier collect, its reply lost, or the reconciler at its hold), or no line
             outcome = await self._outcome(account, None, model, request_id, result, status)
-            return await self._as_charged(account, request_id, outcome)
+            settled = await self._settled_before(account, request_id, batch_id, outcome)
+            if settled is None:
+                # Neither held nor charged for this account from this batch: not its line, and not its answer to read.
+                error = f"no line of this account in provider batch {batch_id!r} (request id {request_id})"
+                return router_pb2.CollectedLine(request_id=request_id, error=error, charged_usd="0")
+            return settled
         return await self._outcome(account, pending, model, request_id, result, status)
+
+    async def _settled_before(
+        self, account: Account, request_id: str, batch_id: str, outcome: router_pb2.CollectedLine
+    ) -> router_pb2.CollectedLine | None:
+        """A line of the account settled before, told at what it was charged: `outcome` (read from this batch's
+        results) for one charged from this batch; for one charged with no batch recorded (its worst case, from no
+        batch's results: UNRECORDED), that, whatever batch is named, as the collect that charged it told it. None for
+        a request that is no line of the account's charged so (read nothing of this batch for it)."""
+        charged_from = await self.store.charged_batch(account, request_id)
+        if charged_from == UNRECORDED_BATCH:
+            unrecorded = router_pb2.CollectedLine(request_id=request_id, error=UNRECORDED.format(request_id))
+            return await self._as_charged(account, request_id, unrecorded)
+        if charged_from != batch_id:
+            return None
+        return await self._as_charged(account, request_id, outcome)
 
     async def _outcome(
         self,

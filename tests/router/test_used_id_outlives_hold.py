@@ -19,7 +19,17 @@ import pytest
 
 from llmrouter.auth import acting_as
 from llmrouter.v1 import router_pb2
-from services.router.store import Account, AccountKeys, Allowance, Hold, MemoryStore, RedisStore, Store, period_id
+from services.router.store import (
+    UNRECORDED_BATCH,
+    Account,
+    AccountKeys,
+    Allowance,
+    Hold,
+    MemoryStore,
+    RedisStore,
+    Store,
+    period_id,
+)
 from tests.router.servicer_kit import NoDeadline, router_servicer
 from tests.router.test_collect_model import ACCOUNT, LINE, REGISTRY, TENANT_CALLER, BatchProvider
 from tests.router.test_collect_other_keys_lines import COLLEAGUE, collect
@@ -114,7 +124,8 @@ async def test_a_charge_landing_past_the_hold_keeps_the_used_id_as_long_as_its_o
         again = Hold("line-2", 10**12, period_id("day"), nonce="d4")
         own = await short_ids.admit(ACCOUNT, Allowance("day"), again)
         assert (own.refused, own.charged) == ("duplicate", 5 * 10**12)
-        assert await short_ids.charged_batch(ACCOUNT, "line-2") == ""
+        # Told to its key: a line with no provider batch recorded, charged so (deferred.py, UNRECORDED).
+        assert await short_ids.charged_batch(ACCOUNT, "line-2") == UNRECORDED_BATCH
     finally:
         await short_ids.close()
 

@@ -2,7 +2,7 @@
 runs atomically on one server or on the one Redis Cluster master that owns the slot."""
 
 from services.router.store.keys import RATE_COUNTER_TTL_S, TOTAL_SUFFIX
-from services.router.store.model import HOLDS_LINGER_S, SPEND_MAX_PICO
+from services.router.store.model import HOLDS_LINGER_S, SPEND_MAX_PICO, UNRECORDED_BATCH
 
 # Amounts are pico-dollar integers up to 2^63, beyond a Lua number's exact 2^53: the scripts that add them
 # keep them as (high, low) pairs of base 10^9 digits, each exact as a Lua number.
@@ -389,7 +389,7 @@ CHARGE = (
     + _TOTALS
     + _HELD
     + _PERMITTED
-    + f"local SPEND_MAX = {SPEND_MAX_PICO}\n"
+    + f"local SPEND_MAX = {SPEND_MAX_PICO}\nlocal UNRECORDED_BATCH = '{UNRECORDED_BATCH}'\n"
     + """
 -- KEYS: charged marker, tenant spend, key spend, ledger, tenant holds, key holds, pending charges, provider batches,
 --       models, prices, used id, the shard's hold-totals epoch
@@ -462,8 +462,10 @@ local own = pending and ARGV[9] ~= '' and string.match(pending, '"nonce":%s*"([^
 if pending and ARGV[9] ~= '' and not own then
   if ARGV[7] == '1' then return 0 end
 else
+  -- A line with no batch recorded ('' since its admission) is marked so (model.py, UNRECORDED_BATCH): a collect of it
+  -- again tells its charge.
   local batch = redis.call('HGET', KEYS[8], ARGV[6])
-  if batch and batch ~= '' then marker = 'batch:' .. batch end
+  if batch then marker = 'batch:' .. (batch ~= '' and batch or UNRECORDED_BATCH) end
   redis.call('HDEL', KEYS[8], ARGV[6])
   redis.call('HDEL', KEYS[9], ARGV[6])
   redis.call('HDEL', KEYS[10], ARGV[6])

@@ -165,12 +165,12 @@ class MemoryStore:
             if self.counters.get(spend_key, 0) + pico > SPEND_MAX_PICO:
                 raise OverflowError(f"spend would overflow: {spend_key} would pass {SPEND_MAX_PICO} pico-USD")
         field = pending_field(account, hold.request_id)
-        pending, batch = self.pending.get(field), self.batches.get(field, "")
+        pending, batch = self.pending.get(field), self.batches.get(field)
         own = pending is not None and bool(hold.nonce) and pending.nonce == hold.nonce
         if pending is not None and hold.nonce and not own:
             # Another admission of the request id (admitted again once its markers expired, while this charge waited
             # in an outbox): a request in flight, settled by its own charge only (lua.py, CHARGE).
-            pending, batch = None, ""
+            pending, batch = None, None
             if late:
                 return False
         else:

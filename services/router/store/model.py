@@ -219,15 +219,23 @@ def spend_ttl_s(period: str) -> int:
     return {8: 2 * 86400, 6: 62 * 86400}.get(len(period), 0) if period != "all" else 0
 
 
-def charged_marker(batch: str, charge_id: str, nonce: str = "") -> str:
+# The batch a provider batch line's charged marker names when no batch was recorded for it (its creation's outcome
+# unknown, or the store out of reach to record it): charged its hold, its worst case, from no batch's results. Outside
+# a provider batch id's alphabet (providers/batches.py, BATCH_ID), so no collect's batch is taken for it; a collect
+# naming any batch tells such a line that charge (deferred.py), as the collect that charged it did.
+UNRECORDED_BATCH = "(unrecorded)"
+
+
+def charged_marker(batch: str | None, charge_id: str, nonce: str = "") -> str:
     """What a charge writes in its request's charged marker (lua.py, CHARGE, writes the same): 'batch:<id>' for a
-    provider batch line's (what it was charged follows: marker_after_charge), else '1:<charge id>:<its admission's
+    provider batch line's (`batch`: '' for one whose batch is not recorded, marked UNRECORDED_BATCH; None for a request
+    that is no batch line; what it was charged follows: marker_after_charge), else '1:<charge id>:<its admission's
     nonce>' (either may be ''), or '1' or '1:<charge id>' without a nonce, as routers of versions before wrote it. A
     marker that is no batch's holds one such entry per charge that landed on the request id (space-separated): more than
     one when a store that lost an admission let the id in again. Routers of the version before read every marker not of
     a batch as one of no batch, as this one does."""
-    if batch:
-        return f"batch:{batch}"
+    if batch is not None:
+        return f"batch:{batch or UNRECORDED_BATCH}"
     if nonce:
         return f"1:{charge_id}:{nonce}"
     return f"1:{charge_id}" if charge_id else "1"
