@@ -15,7 +15,15 @@ from collections.abc import Iterator
 from typing import Any
 
 from services.edge.json_bounds import MAX_JSON_CONTAINERS, MAX_JSON_ITEMS, containers_over, items_over
-from services.edge.openai_api import ApiError, RepeatedKey, loads_line, repeated_key, unique_keys
+from services.edge.openai_api import (
+    ApiError,
+    RepeatedKey,
+    json_fault,
+    loads_line,
+    repeated_key,
+    unique_keys,
+    written_number,
+)
 
 ENDPOINT = "/v1/chat/completions"
 MAX_LINES = 50_000  # as OpenAI
@@ -129,11 +137,13 @@ def _check_utf8(content: bytes) -> None:
 def _check_line(number: int, line: str, seen: set[str]) -> None:
     try:
         try:
-            entry = json.loads(line, object_pairs_hook=unique_keys)
+            # Its numbers as the run will parse them (loads_line): a float's infinity (1e400), taken here, failed the
+            # run at that line each time the batch was resumed, and the batch never ended.
+            entry = json.loads(line, object_pairs_hook=unique_keys, parse_float=written_number)
         except RepeatedKey:  # parsed again for its path, whose JSON errors past the key are the line's too
             raise _bad(number, f"gives {repeated_key(line)!r} more than once: give each key once") from None
-    except ValueError:
-        raise _bad(number, "is not JSON") from None
+    except ValueError as exc:
+        raise _bad(number, f"is not JSON: {json_fault(exc)}") from None
     except RecursionError:
         raise _bad(number, "is nested too deeply") from None
     if not isinstance(entry, dict):

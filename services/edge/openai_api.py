@@ -635,7 +635,7 @@ def decode_json(body: bytes, check: Callable[[Any], None] | None = None) -> Any:
         text = body.decode()  # strict: UTF-8-encoded surrogates are refused here
         try:
             value = json.loads(
-                text, parse_constant=_refuse_constant, parse_float=_written, object_pairs_hook=unique_keys
+                text, parse_constant=_refuse_constant, parse_float=written_number, object_pairs_hook=unique_keys
             )
         except RepeatedKey:  # parsed again for its path, whose JSON errors past the key are the body's too
             path = repeated_key(text)
@@ -730,7 +730,7 @@ class _Written(float):
 _LEAST = sys.float_info.min
 
 
-def _written(text: str) -> float:
+def written_number(text: str) -> float:
     """json.loads's parse_float: the float, kept with its text when the text is longer than a float is sure to keep.
     Every number with a fraction or an exponent comes here, millions in a body: a text of at most 15 characters has at
     most 15 significant digits, which a float at full precision keeps (DBL_DIG), so nearly all are a float alone, 24
@@ -755,7 +755,7 @@ def cost_as_written(body: Any) -> Any:
     """A body's max_cost_usd written as a JSON number, as its caller wrote it (its text, which the field takes): as
     a float, one of more than 17 significant digits a hair under a whole pico-dollar amount (1.9999999999999999999e-6)
     was rounded up to it (2e-06), and a request could be charged past its cap. Needs numbers parsed by decode_json or
-    loads_line (_written); a body that is no object is returned as it is."""
+    loads_line (written_number); a body that is no object is returned as it is."""
     if isinstance(body, dict) and isinstance(body.get("max_cost_usd"), _Written):
         body["max_cost_usd"] = body["max_cost_usd"].text
     return body
@@ -764,7 +764,7 @@ def cost_as_written(body: Any) -> Any:
 def loads_line(text: str) -> Any:
     """A batch input file's line as JSON, its body's max_cost_usd as written (cost_as_written): the line is written
     out again as JSON for parse_request, which would otherwise see the float's shortest form."""
-    line = json.loads(text, parse_float=_written)
+    line = json.loads(text, parse_float=written_number)
     if isinstance(line, dict):
         cost_as_written(line.get("body"))
     return line

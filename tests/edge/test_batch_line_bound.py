@@ -55,3 +55,17 @@ def test_a_file_over_a_requests_bound_of_lines_within_it_is_taken(edge_port: int
     reply = upload(edge_port, content)
     assert reply.status_code == 200, reply.text
     assert reply.json()["bytes"] == len(content)
+
+
+@pytest.mark.parametrize("number", ["1e400", "-1e400"])
+def test_a_line_with_a_number_past_a_floats_range_is_refused_at_upload_naming_it(edge_port: int, number: str) -> None:
+    """The run parses a line as the chat route parses a body, which refuses 1e400 (a float's infinity, no JSON).
+    Taken at upload, the batch's run failed at that line each time it was resumed, and the batch never ended."""
+    small = line("a", {"messages": [{"role": "user", "content": "hi"}]})
+    # json.dumps writes no such number: the body's text is spliced in.
+    past = line("b", {"temperature": 0}).replace(b'"temperature": 0', f'"temperature": {number}'.encode())
+    reply = upload(edge_port, small + b"\n" + past + b"\n")
+    assert reply.status_code == 400, reply.text
+    error = reply.json()["error"]
+    assert (error["param"], error["code"]) == ("file", "invalid_file")
+    assert error["message"] == f"line 2 of the batch file is not JSON: {number} is past a number's range"
