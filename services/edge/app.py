@@ -55,6 +55,7 @@ from services.edge.protocol import CALLER_STATUS
 from services.edge.responses_errors import named_as_sent
 from services.edge.responses_stream import response_events
 from services.edge.settings import EdgeSettings
+from services.edge.shutdown_cut import SENT_REQUEST_ID, ShutdownCut
 from services.router.store import KEYLESS
 
 log = logging.getLogger("llmrouter.edge")
@@ -343,6 +344,7 @@ class Edge:
         message = parsed.to_router(raw, tenant, key, request_id)
         self.apply_headers(request, message)
         check_encoded_size(message)
+        request.scope[SENT_REQUEST_ID] = request_id  # a shutdown cutting it from here tells its id (shutdown_cut.py)
         timeout = self.settings.request_timeout_s
         if not parsed.stream:
             try:
@@ -674,5 +676,6 @@ def create_app(settings: EdgeSettings, channel: grpc.aio.Channel) -> Starlette:
     ]
     app.add_middleware(EncodedSlashes, open_prefixes=open_prefixes)
     app.add_middleware(ContentCoding)
+    app.add_middleware(ShutdownCut, respond=error_response)  # within Observe: the access log has its 503
     app.add_middleware(Observe, access_log=access_log)  # added last: outermost, it also sees the others' refusals
     return app
