@@ -21,7 +21,17 @@ from services.ledger.db import LedgerDB
 from services.ledger.sink import LedgerSink, RedisSource
 from services.router import money_check
 from services.router.money_check import audit_hold_totals
-from services.router.store import PICO, Account, AccountKeys, Allowance, Hold, RedisStore, pending_field, period_id
+from services.router.store import (
+    PICO,
+    UNRECORDED_BATCH,
+    Account,
+    AccountKeys,
+    Allowance,
+    Hold,
+    RedisStore,
+    pending_field,
+    period_id,
+)
 from tests.ledger.conftest import fresh_postgres
 
 ACME_K1, ACME_K2, GLOBEX_K1 = Account("acme", "k1"), Account("acme", "k2"), Account("globex", "k1")
@@ -206,6 +216,23 @@ async def test_a_provider_batch_lines_marker_names_its_batch(store: RedisStore, 
 
     assert await money_check.main(["ledger-charges", "--repair"]) == 0
     assert await store.charged_batch(ACME_K1, "line") == "batch_123"
+    assert await store.pending_charge(ACME_K1, "line") is None
+
+
+async def test_a_line_with_no_batch_recorded_is_marked_so(store: RedisStore, client: redis.Redis, dsn: str) -> None:
+    """A line whose batch was not recorded ('' beside its pending charge come back) is marked batch:(unrecorded), as
+    its charge marked it (lua.py, CHARGE), so a collect of it again is told its charge: a marker of no batch told it
+    "no line of this account", charged 0 (deferred.py, _settled_before)."""
+    line = await admit(store, ACME_K1, "line", 400, until=time.time() + 3600)
+    snapshot = await backup(client)
+    assert await charge(store, ACME_K1, line, 400)
+    assert await store.charged_batch(ACME_K1, "line") == UNRECORDED_BATCH
+    await copy_to_sql(client, dsn)
+    await restore(client, snapshot)
+
+    assert await money_check.main(["ledger-charges", "--repair"]) == 0
+    assert await store.charged_batch(ACME_K1, "line") == UNRECORDED_BATCH
+    assert await store.charged_pico(ACME_K1, "line") == 400
     assert await store.pending_charge(ACME_K1, "line") is None
 
 
