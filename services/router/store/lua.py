@@ -625,6 +625,7 @@ LEDGER_CHARGED = (
     + _TOTALS
     + _HELD
     + _PERMITTED
+    + f"local UNRECORDED_BATCH = '{UNRECORDED_BATCH}'\n"
     + """
 -- KEYS: the shard's pending charges, provider batches, models, prices, hold-totals epoch; then four a request: its
 --       used id, charged marker, tenant holds, key holds (of the key its pending charge was read with)
@@ -700,8 +701,12 @@ for r = 0, requests - 1 do
     if forgotten then result[1] = '1' end
     if record then result[2] = string.match(record, '"hold_pico":%s*(%d+)') or '0' end
     if repair and forgotten then
+      -- A line's marker names its batch, or UNRECORDED_BATCH for one with none recorded, as CHARGE marks it.
       local batch = record and redis.call('HGET', KEYS[2], field)
-      if batch and batch ~= '' then marker = 'batch:' .. batch .. (string.match(marker, ' 1::pico=%d+$') or '') end
+      if batch then
+        local named = batch ~= '' and batch or UNRECORDED_BATCH
+        marker = 'batch:' .. named .. (string.match(marker, ' 1::pico=%d+$') or '')
+      end
       redis.call('SET', charged, marker, 'PXAT', at)
       if redis.call('EXISTS', used) == 1 then
         redis.call('PEXPIREAT', used, at, 'GT')
