@@ -12,17 +12,20 @@ import json
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import redis.asyncio as redis
 from pydantic import ValidationError
 
 from llmrouter.auth import ANONYMOUS, acting_as
+from llmrouter.errors import ServiceError
 from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2
 from services.router import metrics
 from services.router.settings import RouterSettings
 from services.router.store import Account, AccountKeys, RedisStore, key_id, period_id
 from tests.router.servicer_kit import NoDeadline, router_servicer
 from tests.router.test_admission import REGISTRY
+from tests.waiting import eventually
 
 ACCOUNT = Account("acme", key_id(""))
 
@@ -96,3 +99,46 @@ def test_a_charged_marker_shorter_than_a_request_may_run_is_refused(ttl: int) ->
     with pytest.raises(ValidationError, match="request_id_ttl_s"):
         RouterSettings(request_id_ttl_s=ttl)  # request_timeout_s 300 + a minute for the charge to land
     assert RouterSettings(request_id_ttl_s=360).request_id_ttl_s == 360
+
+
+class HeldThenFailed(Held):
+    """A providers service whose call, once `answer` is set, fails."""
+
+    async def Generate(self, request: Any, context: Any) -> provider_pb2.GenerateResponse:
+        self.called.set()
+        await self.answer.wait()
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the upstream refused the request")
+        raise AssertionError("abort raises")
+
+
+async def test_a_request_the_reconciler_settled_that_then_failed_tells_the_hold_charged(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Its error's charged_usd says what the ledger charged (the hold), not what its failed attempt came to."""
+    held = HeldThenFailed()
+    store, reconciler = RedisStore(redis_url), RedisStore(redis_url)
+    db: Any = redis.from_url(redis_url)
+    try:
+        async with router_servicer(tmp_path, store, held) as servicer:
+            message = common_pb2.ChatMessage(role="user", content="Hello there")
+            request = router_pb2.CompleteRequest(
+                messages=[message], tenant=ACCOUNT.tenant, model="cheap", max_tokens=50, request_id="r-failed"
+            )
+
+            async def complete() -> router_pb2.CompleteResponse:
+                with acting_as(ANONYMOUS):
+                    return await servicer.Complete(request, NoDeadline())
+
+            completing = asyncio.create_task(complete())
+            await held.called.wait()
+            # Its router taken for dead once missing past the grace (0.2 s): settled at its hold.
+            await eventually(lambda: reconciler.reconcile("router-alive", 0.2, 3600), "the request reconciled")
+            hold = json.loads((await db.xrange(AccountKeys.of(ACCOUNT).ledger))[-1][1][b"record"])["cost_usd"]
+            held.answer.set()
+            with pytest.raises(ServiceError) as failed:
+                await completing
+        assert failed.value.metadata.get("charged_usd") == hold, failed.value.metadata
+    finally:
+        await db.aclose()
+        await store.close()
+        await reconciler.close()
