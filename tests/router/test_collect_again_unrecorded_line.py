@@ -31,6 +31,7 @@ from services.router.store import (
 )
 from tests.router.servicer_kit import NoDeadline, router_servicer
 from tests.router.test_collect_model import ACCOUNT, LINE, REGISTRY, TENANT_CALLER, BatchProvider
+from tests.router.test_collect_other_keys_lines import Running
 from tests.waiting import eventually
 
 COLLECT = router_pb2.CollectBatchRequest(model="strong", provider_batch_id="pbatch-1", request_ids=["line-1"])
@@ -99,3 +100,25 @@ async def test_an_unrecorded_line_the_reconciler_charged_is_told_its_hold(redis_
     finally:
         await store.close()
     assert (line.succeeded, Decimal(line.charged_usd)) == (False, Decimal(sent.held_usd)), line
+
+
+async def test_an_unrecorded_line_collected_again_as_its_window_ends_is_told_its_hold(
+    store: Store, tmp_path: Path
+) -> None:
+    """Collected again beside a line whose window is ending (the collect gives the batch up, not asking the provider),
+    it is told its charge too, not "no line of this account" at 0."""
+    other = router_pb2.CompleteRequest()
+    other.CopyFrom(LINE)
+    other.request_id = "line-2"
+    async with router_servicer(tmp_path, store, Running(), REGISTRY, provider_batch_hold_s=1.0) as router:
+        router.deferred.give_up_s = 10**9  # every line's window is ending
+        with acting_as(TENANT_CALLER):
+            submitted = await router.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[LINE, other]), NoDeadline())
+            (first,) = (await router.CollectBatch(COLLECT, NoDeadline())).lines  # gave it up: charged its hold
+            both = router_pb2.CollectBatchRequest(
+                model="strong", provider_batch_id="pbatch-1", request_ids=["line-1", "line-2"]
+            )
+            again, _ = (await router.CollectBatch(both, NoDeadline())).lines
+    held = Decimal(submitted.lines[0].held_usd)
+    assert Decimal(first.charged_usd) == held, first
+    assert (again.succeeded, Decimal(again.charged_usd)) == (False, held), again
