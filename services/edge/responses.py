@@ -188,6 +188,9 @@ class TextConfig(Closed):
     verbosity: Literal["low", "medium", "high"] | None = None
 
 
+MIN_OUTPUT_TOKENS = 16
+
+
 class ResponsesFields(BaseModel):
     """The fields this module translates; the others are the chat path's to check."""
 
@@ -195,7 +198,8 @@ class ResponsesFields(BaseModel):
 
     input: StrictStr | Annotated[list[JsonObject], FirstError()]
     instructions: StrictStr | None = None
-    max_output_tokens: StrictInt | None = Field(default=None, ge=1, le=INT32_MAX)
+    # OpenAI's Responses API refuses fewer than 16 (its chat route takes 1): a call passing here passes there.
+    max_output_tokens: StrictInt | None = Field(default=None, ge=MIN_OUTPUT_TOKENS, le=INT32_MAX)
     tools: Annotated[list[JsonObject], FirstError()] | None = Field(default=None, max_length=128)
     tool_choice: Literal["none", "auto", "required"] | NamedFunctionChoice | None = None
     parallel_tool_calls: StrictBool | None = None  # checked here: without tools it never reaches the chat route

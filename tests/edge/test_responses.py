@@ -148,6 +148,7 @@ def test_max_cost_usd_reaches_the_chat_path_as_written() -> None:
         ({"input": "hi", "stream_options": {"include_obfuscation": False}}, "stream_options"),
         ({"input": "hi", "text": {"format": {"type": "json_schema", "schema": {}}}}, "text.format.name"),
         ({"input": "hi", "max_output_tokens": 0}, "max_output_tokens"),
+        ({"input": "hi", "max_output_tokens": 15}, "max_output_tokens"),  # OpenAI's least is 16
         ({"input": [{"role": "tool", "content": "x"}]}, "input[0].role"),
         ({"input": [{"type": "function_call_output", "output": "x"}]}, "input[0].call_id"),
         # Dropped without tools (the answer echoes it), yet a wrong type is a 400 as on the chat route: it was served.

@@ -192,7 +192,7 @@ async def test_a_function_tool_round_trip(chain: Chain, stream: bool) -> None:
 
 @pytest.mark.parametrize("stream", [False, True])
 async def test_max_output_tokens_reached_is_an_incomplete_response(chain: Chain, stream: bool) -> None:
-    options: dict[str, Any] = {"model": "cheap-model", "input": unique("Tell me a long story"), "max_output_tokens": 3}
+    options: dict[str, Any] = {"model": "cheap-model", "input": unique("Tell me a long story"), "max_output_tokens": 16}
     if stream:
         events = [e async for e in await client(chain).responses.create(stream=True, **options)]
         assert events[-1].type == "response.incomplete"
@@ -200,11 +200,11 @@ async def test_max_output_tokens_reached_is_an_incomplete_response(chain: Chain,
         response = events[-1].response
     else:
         response = await client(chain).responses.create(**options)
-    assert chain.budget.requests[-1].json["max_tokens"] == 3
+    assert chain.budget.requests[-1].json["max_tokens"] == 16
     assert response.status == "incomplete" and response.incomplete_details is not None
     assert response.incomplete_details.reason == "max_output_tokens"
-    assert response.output[0].status == "incomplete" and response.max_output_tokens == 3
-    assert response.usage is not None and response.usage.output_tokens == 3
+    assert response.output[0].status == "incomplete" and response.max_output_tokens == 16
+    assert response.usage is not None and response.usage.output_tokens == 16
 
 
 async def test_text_format_json_schema_is_routed_as_response_format(mixed: Mixed) -> None:  # noqa: F811
