@@ -33,7 +33,7 @@ import grpc
 from llmrouter.errors import ServiceError
 from llmrouter.server import MAX_MESSAGE_BYTES
 from llmrouter.v1 import router_pb2, router_pb2_grpc
-from services.batches import results, wire
+from services.batches import results, unparsed, wire
 from services.batches.store import Store, batch_key, deferred_key, results_key
 from services.edge.off_loop import in_parser
 from services.edge.openai_api import ApiError, completion_body, parse_request
@@ -147,7 +147,7 @@ class Deferral:
         self,
         batch_id: str,
         batch: dict[str, bytes],
-        custom_ids: dict[int, str],
+        custom_ids: dict[int, str | None],
         deferred: dict[int, dict[str, str]],
         go_on: Callable[[], bool],
     ) -> bool:
@@ -173,7 +173,7 @@ class Deferral:
         self,
         batch_id: str,
         batch: dict[str, bytes],
-        custom_ids: dict[int, str],
+        custom_ids: dict[int, str | None],
         key: tuple[str, str],
         waiting: list[int],
     ) -> bool:
@@ -186,7 +186,7 @@ class Deferral:
                 api_key_id=batch["key_id"].decode(),
                 model=model,
                 provider_batch_id=provider_batch_id,
-                request_ids=[f"{batch_id}:{custom_ids[i]}" for i in part],
+                request_ids=[wire.request_id(batch_id, i, custom_ids[i]) for i in part],
             )
             try:
                 reply = await self.router.CollectBatch(request, timeout=CALL_S)
@@ -242,7 +242,9 @@ def _parts(
     part: list[tuple[int, str, router_pb2.CompleteRequest]] = []
     size = 0
     for index in pending:
-        line = lines[index]
+        line = unparsed.read(lines.raw(index))
+        if isinstance(line, unparsed.Unparsed):  # not offered: its run answers it as its own error
+            continue
         request = _request(batch_id, batch, line)
         if request is None or request.ByteSize() > PART_BYTES:
             continue

@@ -19,14 +19,16 @@ COST = Counter("llmrouter_edge_batch_cost_usd_total", "What finished batch lines
 
 
 async def record(
-    store: Store, batch_id: str, index: int, custom_id: str, status: int, body: Any, cost: str = "0"
+    store: Store, batch_id: str, index: int, custom_id: str | None, status: int, body: Any, cost: str = "0"
 ) -> None:
-    line = wire.output_line(custom_id, f"{batch_id}:{custom_id}", status, body)
+    line = wire.output_line(custom_id, wire.request_id(batch_id, index, custom_id), status, body)
     await _write(store, batch_id, index, status == 200, line, cost, "completed" if status == 200 else "failed")
 
 
-async def record_expired(store: Store, batch_id: str, index: int, custom_id: str, in_doubt: bool = False) -> None:
-    line = wire.expired_line(custom_id, f"{batch_id}:{custom_id}", in_doubt)
+async def record_expired(
+    store: Store, batch_id: str, index: int, custom_id: str | None, in_doubt: bool = False
+) -> None:
+    line = wire.expired_line(custom_id, wire.request_id(batch_id, index, custom_id), in_doubt)
     await _write(store, batch_id, index, False, line, "0", "expired")
 
 

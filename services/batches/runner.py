@@ -60,7 +60,7 @@ from prometheus_client import Gauge
 from llmrouter.errors import ServiceError
 from llmrouter.tasks import stop as stop_task
 from llmrouter.v1 import router_pb2_grpc
-from services.batches import results, wire
+from services.batches import results, unparsed, wire
 from services.batches.deferral import OFFER_IN_DOUBT, Deferral, without_large_logprobs
 from services.batches.pending import Pending
 from services.batches.store import (
@@ -417,7 +417,8 @@ class Runner:
                 await self._expire(batch_id, lines, deferred, left_in_doubt)
             elif cancelled:  # its lines in doubt not sent again (a key not served here): of an unknown outcome
                 for index in sorted(left_in_doubt):
-                    await results.record_expired(self.store, batch_id, index, lines[index]["custom_id"], in_doubt=True)
+                    custom_id = unparsed.custom_id(lines.raw(index))
+                    await results.record_expired(self.store, batch_id, index, custom_id, in_doubt=True)
             # The lines in provider batches finish too, cancelled, expired or not: they run at the provider, within
             # its own window, charged when collected; their answers are kept. Only their custom_ids are needed: the
             # input file is dropped and its place goes to a batch waiting for one.
@@ -506,7 +507,11 @@ class Runner:
         try:
             # Parsed as the chat route parses a body: a large one off the event loop, which a line of megabytes of
             # tiny values held for seconds (a batch of three lines of 8 MB of empty arrays: over a minute).
-            line = await parse_off_loop(lines.raw(index), wire.parse_line)
+            line = await parse_off_loop(lines.raw(index), unparsed.read)
+            if isinstance(line, unparsed.Unparsed):  # its own 400, not a run failing at it for ever; never sent
+                await results.record(self.store, batch_id, index, line.custom_id, 400, line.error.body())
+                pending.finished()
+                return
             custom_id = line["custom_id"]
             await self.store.put(sent_key(batch_id), {str(index): SENT})
             answered = await self._complete(batch, f"{batch_id}:{custom_id}", line["body"])
@@ -571,7 +576,7 @@ class Runner:
         done = await self.store.get(results_key(batch_id))
         unsent = [i for i in range(len(lines)) if str(i) not in done and i not in deferred]
         # Up to every line parsed for its custom_id: off the event loop, as the file's check is.
-        custom_ids = await asyncio.to_thread(lambda: [lines[i]["custom_id"] for i in unsent])
+        custom_ids = await asyncio.to_thread(lambda: [unparsed.custom_id(lines.raw(i)) for i in unsent])
         for index, custom_id in zip(unsent, custom_ids, strict=True):
             await results.record_expired(self.store, batch_id, index, custom_id, index in in_doubt)
 
@@ -621,8 +626,8 @@ class Runner:
         log.info("batch ended", extra={"id": batch_id, "lines": len(parsed), "status": fields["status"]})
 
 
-def _custom_ids(lines: wire.Lines, indices: Iterable[int]) -> dict[int, str]:
-    return {i: lines[i]["custom_id"] for i in indices}
+def _custom_ids(lines: wire.Lines, indices: Iterable[int]) -> dict[int, str | None]:
+    return {i: unparsed.custom_id(lines.raw(i)) for i in indices}
 
 
 def not_admitted(error: ServiceError) -> bool:

@@ -178,7 +178,13 @@ def _bad(number: int, what: str) -> ApiError:
     return ApiError(400, f"line {number} of the batch file {what}", param="file", code="invalid_file")
 
 
-def output_line(custom_id: str, request_id: str, status: int, body: dict[str, Any]) -> str:
+def request_id(batch_id: str, index: int, custom_id: str | None) -> str:
+    """A line's request id, `<batch id>:<custom_id>`; a line whose custom_id cannot be read (unparsed.py), never sent,
+    is named by its place among the file's requests (`line-1` for the first)."""
+    return f"{batch_id}:{custom_id}" if custom_id is not None else f"{batch_id}:line-{index + 1}"
+
+
+def output_line(custom_id: str | None, request_id: str, status: int, body: dict[str, Any]) -> str:
     """One line of the output file (status 200) or of the error file (the error's status and body)."""
     return json.dumps(
         {
@@ -198,7 +204,7 @@ def logprobs_room(batch: dict[str, bytes], max_file_bytes: int) -> int:
     return max_file_bytes // max(1, int(batch.get("total", b"1")))
 
 
-def expired_line(custom_id: str, request_id: str, in_doubt: bool = False) -> str:
+def expired_line(custom_id: str | None, request_id: str, in_doubt: bool = False) -> str:
     """One line of the error file for a request never sent before the batch expired, as OpenAI writes it; or for
     one in doubt that was not sent again (outcome_unknown: never said to be unsent)."""
     code, message = ("outcome_unknown", UNKNOWN_MESSAGE) if in_doubt else ("batch_expired", EXPIRED_MESSAGE)
