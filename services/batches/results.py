@@ -26,9 +26,15 @@ async def record(
 
 
 async def record_expired(
-    store: Store, batch_id: str, index: int, custom_id: str | None, in_doubt: bool = False
+    store: Store,
+    batch_id: str,
+    index: int,
+    custom_id: str | None,
+    in_doubt: bool = False,
+    why: str = wire.KEY_NOT_SERVED,
 ) -> None:
-    line = wire.expired_line(custom_id, wire.request_id(batch_id, index, custom_id), in_doubt)
+    """`in_doubt`: sent before, its result lost, not sent again (`why`): of an unknown outcome, not never sent."""
+    line = wire.expired_line(custom_id, wire.request_id(batch_id, index, custom_id), in_doubt, why)
     await _write(store, batch_id, index, False, line, "0", "expired")
 
 

@@ -508,8 +508,12 @@ class Runner:
             # Parsed as the chat route parses a body: a large one off the event loop, which a line of megabytes of
             # tiny values held for seconds (a batch of three lines of 8 MB of empty arrays: over a minute).
             line = await parse_off_loop(lines.raw(index), unparsed.read)
-            if isinstance(line, unparsed.Unparsed):  # its own 400, not a run failing at it for ever; never sent
-                await results.record(self.store, batch_id, index, line.custom_id, 400, line.error.body())
+            if isinstance(line, unparsed.Unparsed):  # not a run failing at it for ever: its own error, not sent
+                if index in in_doubt:  # sent before, parsed then: it may have run, and been charged
+                    why = wire.UNPARSED
+                    await results.record_expired(self.store, batch_id, index, line.custom_id, in_doubt=True, why=why)
+                else:  # never reached the router: charged nothing
+                    await results.record(self.store, batch_id, index, line.custom_id, 400, line.error.body())
                 pending.finished()
                 return
             custom_id = line["custom_id"]

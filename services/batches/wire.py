@@ -30,10 +30,13 @@ MAX_LINES = 50_000  # as OpenAI
 MAX_CUSTOM_ID = 200
 DAY_S = 86_400
 EXPIRED_MESSAGE = "This request could not be executed before the completion window expired."
-# A line in doubt (sent, its result lost) that an edge not serving the batch's key did not send again.
+# A line in doubt (sent, its result lost) that was not sent again: as an edge not serving the batch's key sends none,
+# or as its line can no longer be parsed (unparsed.py; it may have run, parsed as it was then).
+KEY_NOT_SERVED = "the batch's API key is no longer served"
+UNPARSED = "its line of the input file can no longer be parsed"
 UNKNOWN_MESSAGE = (
     "This request was sent before the completion window expired and its result was lost; it was not sent again, as"
-    " the batch's API key is no longer served. Whether it ran, and what it cost, is in the ledger under its id."
+    " {why}. Whether it ran, and what it cost, is in the ledger under its id."
 )
 
 
@@ -204,10 +207,11 @@ def logprobs_room(batch: dict[str, bytes], max_file_bytes: int) -> int:
     return max_file_bytes // max(1, int(batch.get("total", b"1")))
 
 
-def expired_line(custom_id: str | None, request_id: str, in_doubt: bool = False) -> str:
+def expired_line(custom_id: str | None, request_id: str, in_doubt: bool = False, why: str = KEY_NOT_SERVED) -> str:
     """One line of the error file for a request never sent before the batch expired, as OpenAI writes it; or for
     one in doubt that was not sent again (outcome_unknown: never said to be unsent)."""
-    code, message = ("outcome_unknown", UNKNOWN_MESSAGE) if in_doubt else ("batch_expired", EXPIRED_MESSAGE)
+    unknown = ("outcome_unknown", UNKNOWN_MESSAGE.format(why=why))
+    code, message = unknown if in_doubt else ("batch_expired", EXPIRED_MESSAGE)
     return json.dumps(
         {
             "id": f"batch_req_{request_id}",
