@@ -2,10 +2,11 @@
 is a chat completion sent to the router like any request (same policy, budgets and ledger), as the batch's tenant
 and key, with request id `<batch id>:<custom_id>`, at most EDGE_BATCH_CONCURRENCY lines at a time across the
 edge's batches, and at most EDGE_BATCH_MAX_RUNNING batches at a time, each holding its input file (wire.Lines: the
-bytes and where each line is, a line parsed as it is sent); the others wait in the store's active set, but one past
-its window, or cancelled, runs without a place (one such at a time), so that it ends on time, `expired`, or at once,
-`cancelled` (a cancelled batch with no line at a provider ends without reading its input file). An edge runs only the
-batches of keys it serves (Runner._may_run): a revoked key's batch sends nothing more.
+bytes and where each line is, a line parsed as it is sent; one that cannot be is its own error, unparsed.py); the
+others wait in the store's active set, but one past its window, or cancelled, runs without a place (one such at a
+time), so that it ends on time, `expired`, or at once, `cancelled` (a cancelled batch with no line at a provider ends
+without reading its input file). An edge runs only the batches of keys it serves (Runner._may_run): a revoked key's
+batch sends nothing more.
 
 Each line's result is written once to the store, so a restarted edge resumes a batch where it stopped. A line the
 router never admitted (the router unreachable or restarting, the money store down, a rate limit) is retried with the
