@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from llmrouter.cli.client import Client
 from llmrouter.cli.output import progress, table
@@ -118,12 +119,18 @@ def stats(client: Client, args: argparse.Namespace) -> Result:
     return Result(body, text)
 
 
+def _budget_path(scope: str, name: str) -> str:
+    """Each one path segment whatever it holds: sent as typed, `acme?` or `acme#x` set or cleared acme's limit ('?'
+    and '#' end the path); quoted, the edge refuses a name that is no tenant's or key's."""
+    return f"/router/budgets/{quote(scope, safe='')}/{quote(name, safe='')}"
+
+
 def budgets(client: Client, args: argparse.Namespace) -> Result:
     if args.set:
         scope, name, usd = args.set
-        client.json("PUT", f"/router/budgets/{scope}/{name}", json={"limit_usd": usd})
+        client.json("PUT", _budget_path(scope, name), json={"limit_usd": usd})
     elif args.clear:
-        client.json("DELETE", f"/router/budgets/{args.clear[0]}/{args.clear[1]}")
+        client.json("DELETE", _budget_path(*args.clear))
     body = client.json("GET", "/router/budgets")
     rows = [
         (

@@ -87,3 +87,31 @@ async def test_a_stack_that_is_not_there_is_one_clear_line(capsys: pytest.Captur
     code, out, err = await run(capsys, "--url", "http://127.0.0.1:9/v1", "stats")
     assert code == 1 and out == ""
     assert err.strip() == "llmrouter stats: cannot reach http://127.0.0.1:9/v1 (ConnectError): is the stack running?"
+
+
+@pytest.mark.parametrize("typed", ["{tenant}?", "{tenant}#x"])
+async def test_a_budget_name_with_url_syntax_changes_no_other_budget(
+    keyed_edge: tuple[str, dict[str, str]],  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+    typed: str,
+) -> None:
+    """A name is one path segment, whatever it holds: `acme?` (a typo, or pasted) is no tenant and is refused; sent as
+    typed, it set or cleared acme's own limit ('?' and '#' end the path)."""
+    base_url, who = keyed_edge
+    admin_args = ["--url", base_url, "--api-key", who["key_root"]]
+    code, _, err = await run(capsys, *admin_args, "budgets", "--set", "tenant", who["a"], "2.5")
+    assert code == 0, err
+    name = typed.format(tenant=who["a"])
+
+    code, _, err = await run(capsys, *admin_args, "budgets", "--set", "tenant", name, "0")
+    assert code == 1 and err.startswith("llmrouter budgets: HTTP 4"), err
+    code, _, err = await run(capsys, *admin_args, "budgets", "--clear", "tenant", name)
+    assert code == 1 and err.startswith("llmrouter budgets: HTTP 4"), err
+
+    code, out, _ = await run(capsys, *admin_args, "--json", "budgets")
+    mine = next(b for b in json.loads(out)["budgets"] if b["scope"] == "tenant" and b["name"] == who["a"])
+    assert mine["limit_usd"] == "2.5" and mine["overridden"]
+    # A name with a ':' (a caller's key id) is still the name the edge reads.
+    code, out, err = await run(capsys, *admin_args, "--json", "budgets", "--set", "key", f"caller:{who['a']}", "1")
+    assert code == 0, err
+    assert any(b["name"] == f"caller:{who['a']}" and b["limit_usd"] == "1" for b in json.loads(out)["budgets"])
