@@ -23,8 +23,8 @@ from services.router.costs import floor_pico
 from services.router.store import Account, Allowance, Store, key_id
 
 log = logging.getLogger("llmrouter.router")
-# A tenant or a key id: an end user's (16 hex digits, or 'anonymous'), or a caller's, caller:<its name> (up to 128
-# characters itself: llmrouter.auth).
+# A key id: an end user's (16 hex digits, or 'anonymous'), or a caller's, caller:<its name> (up to 128 characters
+# itself: llmrouter.auth).
 NAME = re.compile(r"(?:caller:)?[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
 ALL = None  # an admin's view: every tenant
 
@@ -111,8 +111,14 @@ class Operations:
         _admin_only(who)
         if scope not in SCOPES:
             raise invalid("scope must be tenant or key", "scope")
-        if not NAME.fullmatch(name):
-            raise invalid("name must be a tenant or a key id (letters, digits, '_', '.', ':', '@', '-')", "name")
+        if scope == "tenant":
+            # Any tenant a request may name (admission.account_for: a caller that may act for tenants names any):
+            # each is charged, so each can be capped.
+            check_id(name, "name")
+            if not name:
+                raise invalid("name must be a tenant", "name")
+        elif not NAME.fullmatch(name):
+            raise invalid("name must be a key id (letters, digits, '_', '.', ':', '@', '-')", "name")
         pico = None
         if limit_usd:
             # As a max_cost_usd is read: Decimal() alone also takes '1_0' (10), Unicode digits and spaces.

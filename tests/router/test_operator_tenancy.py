@@ -204,6 +204,34 @@ async def test_an_admin_caps_the_key_of_a_caller_whose_name_is_as_long_as_may_be
     assert [(b.name, b.limit_usd) for b in own.budgets if b.scope == "key"] == [(f"caller:{LONG}", "0")]
 
 
+@pytest.mark.parametrize("tenant", ["Acme Corp", "acme/eu", "t" * 256])
+async def test_an_admin_caps_any_tenant_a_trusted_caller_may_name(served: Served, tenant: str) -> None:
+    """A caller that may act for tenants (docs/conventions.md: `name=*`) may name any tenant of up to 256 characters
+    without a NUL, as admission.check_id reads it; SetBudget took only names of 128 letters, digits and '_.:@-', so a
+    tenant with a space, a '/' or a longer name was charged with no limit an admin could set."""
+    capped = await served.operator.SetBudget(
+        operator_pb2.SetBudgetRequest(scope="tenant", name=tenant, limit_usd="0", admin=True),
+        metadata=as_("edge"),
+        timeout=10,
+    )
+    assert (capped.name, capped.limit_usd, capped.overridden) == (tenant, "0", True)
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await served.router.Complete(ask(tenant, KEY_A), metadata=as_("edge"), timeout=10)
+        assert ServiceError.from_rpc_error(refused.value).reason == "BUDGET_EXCEEDED"
+    finally:
+        request = operator_pb2.SetBudgetRequest(scope="tenant", name=tenant, limit_usd="", admin=True)
+        await served.operator.SetBudget(request, metadata=as_("edge"), timeout=10)
+
+
+@pytest.mark.parametrize("name", ["", "a\x00b", "t" * 257])
+async def test_no_budget_is_set_for_a_tenant_no_request_may_name(served: Served, name: str) -> None:
+    request = operator_pb2.SetBudgetRequest(scope="tenant", name=name, limit_usd="1", admin=True)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await served.operator.SetBudget(request, metadata=as_("edge"), timeout=10)
+    assert ServiceError.from_rpc_error(refused.value).metadata["field"] == "name"
+
+
 class CheapFailsLate(Answering):
     """The cheap model's calls wait for `release`, then fail after the request was sent (INTERNAL: an unknown outcome,
     owed its worst case), so the fallback to the strong model must grow the hold; the strong model answers."""
