@@ -121,7 +121,7 @@ def stats(client: Client, args: argparse.Namespace) -> Result:
 
 def _budget_path(scope: str, name: str) -> str:
     """Each one path segment whatever it holds: sent as typed, `acme?` or `acme#x` set or cleared acme's limit ('?'
-    and '#' end the path); quoted, the edge refuses a name that is no tenant's or key's."""
+    and '#' end the path); quoted, they name the budget of that very name (one with a '/' none: a 404)."""
     return f"/router/budgets/{quote(scope, safe='')}/{quote(name, safe='')}"
 
 
