@@ -49,7 +49,7 @@ async def test_lines_looked_for_while_the_store_is_out_of_reach_are_asked_for_ag
     ):
         edge = Deferral(files, router_pb2_grpc.RouterStub(channel), poll_s=0.1)
         monkeypatch.setattr(deferral, "CALL_S", CREATE_S / 4)  # the edge's call ends before the router's reply
-        assert await edge.offer(BATCH_ID, dict(BATCH), LINES, set()) is None  # type: ignore[arg-type]
+        assert await edge.offer(BATCH_ID, dict(BATCH), LINES, set()) is None
         monkeypatch.undo()
         for _ in range(100):  # the router ran the call to its end: the line admitted and sent in pbatch-1
             pending = await redis_store.pending_charge(account, line)
@@ -63,14 +63,14 @@ async def test_lines_looked_for_while_the_store_is_out_of_reach_are_asked_for_ag
         assert OFFER_IN_DOUBT in batch
         proxy.go_down()
         try:
-            found = await edge.recover(BATCH_ID, batch, LINES, set())  # type: ignore[arg-type]
+            found = await edge.recover(BATCH_ID, batch, LINES, set())
         finally:
             proxy.come_back()
         # No answer: the batch is resumed later, its offer still in doubt.
         assert found is None
         assert OFFER_IN_DOUBT in await files.get(batch_key(BATCH_ID))
         for _ in range(50):  # the router's connections to its store reopen
-            found = await edge.recover(BATCH_ID, batch, LINES, set())  # type: ignore[arg-type]
+            found = await edge.recover(BATCH_ID, batch, LINES, set())
             if found is not None:
                 break
             await asyncio.sleep(0.1)

@@ -23,7 +23,7 @@ import redis.asyncio as redis
 from llmrouter.errors import ServiceError
 from llmrouter.server import RunningServer
 from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2, router_pb2_grpc
-from services.batches import deferral
+from services.batches import deferral, wire
 from services.batches.deferral import Deferral
 from services.batches.store import MemoryStore as BatchStore
 from services.batches.store import results_key
@@ -35,14 +35,13 @@ from tests.router.test_collect_model import REGISTRY
 CREATE_S = 1.0  # the provider takes this long to create a batch
 BATCH_ID = "batch_resubmitted"
 BATCH = {"tenant": b"acme", "key_id": b"anonymous"}
-LINES: list[dict[str, Any]] = [  # offered as they are, in place of the wire.Lines the edge indexes
-    {
-        "custom_id": "c1",
-        "method": "POST",
-        "url": "/v1/chat/completions",
-        "body": {"model": "strong", "max_tokens": 200, "messages": [{"role": "user", "content": "Explain tides"}]},
-    }
-]
+LINE = {
+    "custom_id": "c1",
+    "method": "POST",
+    "url": "/v1/chat/completions",
+    "body": {"model": "strong", "max_tokens": 200, "messages": [{"role": "user", "content": "Explain tides"}]},
+}
+LINES = wire.Lines.index(json.dumps(LINE).encode() + b"\n")  # the input file's lines, as the edge indexes them
 
 
 class SlowBatchProvider(provider_pb2_grpc.ProviderServicer):
@@ -77,7 +76,7 @@ async def test_lines_offered_again_after_a_lost_reply_are_found_in_their_provide
     async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
         edge = Deferral(files, router_pb2_grpc.RouterStub(channel), poll_s=0.1)
         monkeypatch.setattr(deferral, "CALL_S", CREATE_S / 4)  # the edge's call ends before the router's reply
-        assert await edge.offer(BATCH_ID, dict(BATCH), LINES, set()) is None  # type: ignore[arg-type]  # out of reach: resumed later
+        assert await edge.offer(BATCH_ID, dict(BATCH), LINES, set()) is None  # out of reach: resumed later
         monkeypatch.undo()
         # The router ran the call to its end (SubmitBatch is shielded): the line was admitted and sent.
         line = f"{BATCH_ID}:c1"
@@ -88,10 +87,10 @@ async def test_lines_offered_again_after_a_lost_reply_are_found_in_their_provide
             await asyncio.sleep(0.05)
         else:
             raise AssertionError("the line was never sent in a provider batch")
-        deferred = await edge.offer(BATCH_ID, dict(BATCH), LINES, set())  # type: ignore[arg-type]
+        deferred = await edge.offer(BATCH_ID, dict(BATCH), LINES, set())
         assert deferred == {0: {"model": "strong", "provider_batch_id": "pbatch-1"}}
         # Collected as any deferred line: answered, and charged its answer rather than its hold.
-        custom_ids = {i: line["custom_id"] for i, line in enumerate(LINES)}
+        custom_ids: dict[int, str | None] = {0: "c1"}  # LINE's
         assert await edge.collect(BATCH_ID, dict(BATCH), custom_ids, deferred, lambda: True)
         result = json.loads((await files.get(results_key(BATCH_ID)))["0"])
         settled = await store.pending_charge(Account("acme", "anonymous"), line)
