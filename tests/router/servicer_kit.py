@@ -6,6 +6,7 @@ chooses (conftest's redis_store fixture, the one on the test's Redis)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -14,9 +15,10 @@ from typing import Any
 import grpc
 import yaml
 
+from llmrouter.auth import ANONYMOUS, acting_as
 from llmrouter.registry import LiveRegistry, Registry
 from llmrouter.server import RunningServer, start_server
-from llmrouter.v1 import classifier_pb2, classifier_pb2_grpc, provider_pb2_grpc, router_pb2_grpc
+from llmrouter.v1 import classifier_pb2, classifier_pb2_grpc, provider_pb2_grpc, router_pb2, router_pb2_grpc
 from services.router import charging
 from services.router.cache import MemoryCache
 from services.router.models import AvailableModels
@@ -42,6 +44,22 @@ class NoDeadline:
 
     def time_remaining(self) -> float | None:
         return None
+
+
+async def left_after_the_first_word(servicer: RouterServicer, request: router_pb2.CompleteRequest) -> None:
+    """A caller of `servicer` reads `request`'s stream until its first word, then leaves (its call cancelled)."""
+    delivered = asyncio.Event()
+
+    async def read() -> None:
+        with acting_as(ANONYMOUS):
+            async for chunk in servicer.CompleteStream(request, NoDeadline()):
+                if chunk.delta:
+                    delivered.set()
+
+    reading = asyncio.create_task(read())
+    await delivered.wait()
+    reading.cancel()
+    await asyncio.gather(reading, return_exceptions=True)
 
 
 async def serve_providers(

@@ -11,12 +11,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from llmrouter.auth import ANONYMOUS, acting_as
 from llmrouter.registry import Registry
 from llmrouter.tokens import count_prompt_tokens
 from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2
 from services.router.store import MemoryStore
-from tests.router.servicer_kit import NoDeadline, router_servicer
+from tests.router.servicer_kit import left_after_the_first_word, router_servicer
 from tests.router.test_admission import REGISTRY
 
 # test_admission's registry, its cheap model counted by OpenAI's o200k_base, as gpt-4o-mini is.
@@ -47,19 +46,8 @@ async def test_a_stream_left_before_its_usage_is_charged_its_prompt_in_the_model
     store, provider = MemoryStore(), Stalling()
     message = common_pb2.ChatMessage(role="user", content=PROMPT)
     request = router_pb2.CompleteRequest(messages=[message], tenant="t", model="cheap", max_tokens=50)
-    delivered = asyncio.Event()
     async with router_servicer(tmp_path, store, provider, registry=O200K) as servicer:
-
-        async def read() -> None:
-            with acting_as(ANONYMOUS):
-                async for chunk in servicer.CompleteStream(request, NoDeadline()):
-                    if chunk.delta:
-                        delivered.set()
-
-        reading = asyncio.create_task(read())
-        await delivered.wait()
-        reading.cancel()  # the caller leaves after the first word
-        await asyncio.gather(reading, return_exceptions=True)
+        await left_after_the_first_word(servicer, request)  # the caller leaves after the first word
     [record] = list(store.ledger)
     own = await count_prompt_tokens([message], "", False, 10**6, "o200k_base")
     assert own < await count_prompt_tokens([message], "", False, 10**6, "cl100k_base")

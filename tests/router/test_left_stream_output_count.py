@@ -12,12 +12,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from llmrouter.auth import ANONYMOUS, acting_as
 from llmrouter.registry import Registry
 from llmrouter.tokens import count_text_tokens
 from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2
 from services.router.store import MemoryStore
-from tests.router.servicer_kit import NoDeadline, router_servicer
+from tests.router.servicer_kit import left_after_the_first_word, router_servicer
 from tests.router.test_admission import REGISTRY
 
 # test_admission's registry, its cheap model bounded by bytes, as Llama's are (no bundled tokenizer).
@@ -50,19 +49,8 @@ async def test_a_stream_left_before_its_usage_is_charged_no_more_output_than_its
     store = MemoryStore()
     message = common_pb2.ChatMessage(role="user", content="Say hello to the world in Hindi, ten times.")
     request = router_pb2.CompleteRequest(messages=[message], tenant="t", model="cheap", max_tokens=MAX_TOKENS)
-    delivered = asyncio.Event()
     async with router_servicer(tmp_path, store, Stalling(), registry=LLAMA) as servicer:
-
-        async def read() -> None:
-            with acting_as(ANONYMOUS):
-                async for chunk in servicer.CompleteStream(request, NoDeadline()):
-                    if chunk.delta:
-                        delivered.set()
-
-        reading = asyncio.create_task(read())
-        await delivered.wait()
-        reading.cancel()  # the caller leaves with the answer delivered, before its usage
-        await asyncio.gather(reading, return_exceptions=True)
+        await left_after_the_first_word(servicer, request)  # the answer delivered, before its usage
     [record] = list(store.ledger)
     assert record["outcome"] == "cancelled" and record["output_tokens"] == MAX_TOKENS
     assert "past the hold" not in record["reason_detail"]

@@ -32,20 +32,29 @@ class EndedEarly(provider_pb2_grpc.ProviderServicer):
         yield provider_pb2.GenerateChunk(tool_call_tokens=12)
 
 
-async def test_a_stream_ended_without_its_usage_before_anything_was_delivered_owes_its_worst_case(
-    tmp_path: Path,
-) -> None:
+async def ended(
+    tmp_path: Path, provider: provider_pb2_grpc.ProviderServicer
+) -> tuple[ServiceError, dict[str, Any], int]:
+    """A stream through `provider` that ends without its final chunk: the error its caller gets (INTERNAL), its ledger
+    record, and what its tenant spent."""
     store = MemoryStore()
     message = common_pb2.ChatMessage(role="user", content="Look it up.")
     request = router_pb2.CompleteRequest(messages=[message], tenant="t", model="cheap", max_tokens=50)
-    async with router_servicer(tmp_path, store, EndedEarly()) as servicer:
+    async with router_servicer(tmp_path, store, provider) as servicer:
         with acting_as(ANONYMOUS), pytest.raises(ServiceError) as failed:
             async for _ in servicer.CompleteStream(request, NoDeadline()):
                 pass
     assert failed.value.code == grpc.StatusCode.INTERNAL
     [record] = list(store.ledger)
     spent, _ = await store.spent(Account("t", "anonymous"), period_id(servicer.settings.budget_period))
-    assert record["cost_usd"] == record["owed_usd"] == failed.value.metadata["charged_usd"]
+    return failed.value, record, spent
+
+
+async def test_a_stream_ended_without_its_usage_before_anything_was_delivered_owes_its_worst_case(
+    tmp_path: Path,
+) -> None:
+    failed, record, spent = await ended(tmp_path, EndedEarly())
+    assert record["cost_usd"] == record["owed_usd"] == failed.metadata["charged_usd"]
     assert spent > 0 and record["error"] == "failed"
     # Owed once: its worst case counted twice would pass the hold, and be charged the hold, saying so.
     assert "past the hold" not in record["reason_detail"]
@@ -63,15 +72,6 @@ class EndedBeforeTheWord(provider_pb2_grpc.ProviderServicer):
 
 
 async def test_a_stream_ended_without_its_usage_before_its_upstream_was_reached_owes_nothing(tmp_path: Path) -> None:
-    store = MemoryStore()
-    message = common_pb2.ChatMessage(role="user", content="Look it up.")
-    request = router_pb2.CompleteRequest(messages=[message], tenant="t", model="cheap", max_tokens=50)
-    async with router_servicer(tmp_path, store, EndedBeforeTheWord()) as servicer:
-        with acting_as(ANONYMOUS), pytest.raises(ServiceError) as failed:
-            async for _ in servicer.CompleteStream(request, NoDeadline()):
-                pass
-    assert failed.value.code == grpc.StatusCode.INTERNAL
-    [record] = list(store.ledger)
-    spent, _ = await store.spent(Account("t", "anonymous"), period_id(servicer.settings.budget_period))
+    _, record, spent = await ended(tmp_path, EndedBeforeTheWord())
     assert record["cost_usd"] == record["owed_usd"] == "0" and spent == 0
     assert "before the upstream was reached" in record["reason_detail"]
