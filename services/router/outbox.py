@@ -47,6 +47,10 @@ from services.router.store.keys import shard_of
 log = logging.getLogger("llmrouter.router")
 
 LOCK_POLL_S = 0.01  # how often a router waiting for the file's lock tries again
+# Written over the first byte of a line whose charge landed when the file could not be rewritten without it (a full
+# disk): overwriting a byte in place needs no room, and one byte is written whole or not at all. Any router sharing the
+# file then skips the line, rather than land it again and count it again; the next rewrite drops it.
+LANDED_MARK = "#"
 # How many replays in a row (one an upkeep round, ROUTER_UPKEEP_INTERVAL_S: 2 s by default) an entry must fail,
 # otherwise than by the store being out of reach, before it is dead-lettered. Such failures (WRONGTYPE on a key of
 # another type, a script error, a record the code cannot take) come back the same every time; a passing one (a reply
@@ -157,9 +161,9 @@ class Outbox:
         # Replays in a row that failed each entry still waiting (by its line) otherwise than by the store being away.
         self._failures: dict[str, int] = {}
         self._lock = asyncio.Lock()
-        # Charges (by id) a replay landed, and counted, that are still in the file: its rewrite failed (a full disk).
-        # The next replay drops them without landing them again: the store would answer that each is this very
-        # charge, made before, and it would be counted again.
+        # Charges (by id) a replay landed, and counted, that are still in the file: its rewrite failed (a full disk),
+        # and so did marking them landed. The next replay drops them without landing them again: the store would
+        # answer that each is this very charge, made before, and it would be counted again.
         self._landed: set[str] = set()
         metrics.OUTBOX.set(len(self.waiting()))
         metrics.OUTBOX_DEAD_LETTERS.set(len(self.dead_letters()))
@@ -187,7 +191,7 @@ class Outbox:
         would be counted again in the metrics."""
         async with self._lock:
             with await self._locked() as file:
-                waiting, unreadable = _read(file)
+                waiting, unreadable, marked = _read(file)
                 kept: list[OutboxEntry] = []  # still waiting, in order
                 unread = "unreadable: cut short by a crash, or written by another version"
                 dead = [(line, unread) for line in unreadable]
@@ -226,10 +230,11 @@ class Outbox:
                 finally:
                     remaining = kept + waiting[done:]
                     metrics.OUTBOX.set(len(remaining))
-                    if landed or dead:
+                    if landed or dead or marked:
                         # Run to its end through a cancellation (the router stopping), the file locked meanwhile:
                         # unlocked before it replaced the file, a line another router appends would be lost.
-                        rewrite = asyncio.to_thread(self._rewrite, remaining, [line for line, _ in dead])
+                        landed_ids = {_charge_id(entry) for entry in landed} - {""}
+                        rewrite = asyncio.to_thread(self._rewrite, remaining, [line for line, _ in dead], landed_ids)
                         await _to_its_end(asyncio.ensure_future(rewrite))
                         self._landed.difference_update(_charge_id(entry) for entry in landed)
                         still = {entry.to_json() for entry in remaining}
@@ -283,21 +288,45 @@ class Outbox:
             return []
         return [line for line in self.dead_path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
-    def _rewrite(self, remaining: list[OutboxEntry], dead: list[str]) -> None:
+    def _rewrite(self, remaining: list[OutboxEntry], dead: list[str], landed_ids: set[str]) -> None:
         """Replace the file (its lock held by the caller) with what is still waiting, once the dead letters are on
         disk beside it: a crash in between leaves a line in both files, never in neither (landing one again is
-        idempotent)."""
+        idempotent). When it cannot be replaced, the charges of `landed_ids` are marked landed in it (LANDED_MARK):
+        another router sharing it would land each again, and the store would answer that it is this very charge,
+        made before, counted by that router too."""
         if dead:
             with open(self.dead_path, "a", encoding="utf-8", opener=private_opener) as out:
                 out.writelines(line + "\n" for line in dead)
                 out.flush()
                 os.fsync(out.fileno())
         tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
-        with open(tmp, "w", encoding="utf-8", opener=private_opener) as out:
-            out.writelines(entry.to_json() + "\n" for entry in remaining)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, self.path)
+        try:
+            with open(tmp, "w", encoding="utf-8", opener=private_opener) as out:
+                out.writelines(entry.to_json() + "\n" for entry in remaining)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, self.path)
+        except OSError:
+            self._mark_landed(landed_ids)
+            raise
+
+    def _mark_landed(self, charge_ids: set[str]) -> None:
+        """Write LANDED_MARK over the first byte of the lines of these charges (the file's lock held by the caller)."""
+        if not charge_ids:
+            return
+        with open(self.path, "r+b") as file:
+            offset = 0
+            for line in file.read().splitlines(keepends=True):
+                try:
+                    entry = entry_from_json(line.decode("utf-8"))
+                except (ValueError, KeyError, TypeError, AttributeError):
+                    entry = None
+                if entry is not None and _charge_id(entry) in charge_ids:
+                    file.seek(offset)
+                    file.write(LANDED_MARK.encode())
+                offset += len(line)
+            file.flush()
+            os.fsync(file.fileno())
 
 
 async def _to_its_end(work: asyncio.Future[None]) -> None:
@@ -337,14 +366,16 @@ def _append_and_close(file: IO[str], line: str) -> None:
         os.fsync(file.fileno())
 
 
-def _read(file: IO[str]) -> tuple[list[OutboxEntry], list[str]]:
-    """The entries of the file, and the lines that are none (cut short by a crash, or of a shape this version
-    does not know: written by another version, or mangled)."""
-    entries, unreadable = [], []
+def _read(file: IO[str]) -> tuple[list[OutboxEntry], list[str], int]:
+    """The entries of the file, the lines that are none (cut short by a crash, or of a shape this version does not
+    know: written by another version, or mangled), and how many lines are marked landed (LANDED_MARK)."""
+    entries, unreadable, marked = [], [], 0
     for line in file:
-        if line.strip():
+        if line.startswith(LANDED_MARK):
+            marked += 1
+        elif line.strip():
             try:
                 entries.append(entry_from_json(line))
             except (ValueError, KeyError, TypeError, AttributeError):
                 unreadable.append(line.strip())
-    return entries, unreadable
+    return entries, unreadable, marked

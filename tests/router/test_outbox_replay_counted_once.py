@@ -3,13 +3,15 @@ finish, or meets an entry failing otherwise than by the store being out of reach
 own keys; the replay goes on past it, test_outbox_poison.py): the charges it landed stayed in the file when the file
 could not be rewritten (here its scratch file's path taken), and each later replay landed them again, the store
 answering that each was this very charge, made before (its charge id): counted again, every upkeep round while the
-fault lasted. A real Redis behind a proxy that goes down."""
+fault lasted. Nor is one counted again by another router sharing the outbox file, which never saw it land: the
+replay whose rewrite fails marks what landed in place (a byte over each line, needing no room). A real Redis behind a
+proxy that goes down."""
 
 from __future__ import annotations
 
+import errno
 import os
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 
@@ -17,6 +19,7 @@ from services.router import charging
 from services.router.store import RedisStore, period_id, to_pico
 from services.router.store.keys import AccountKeys
 from tests.fakes.lossy_proxy import LossyProxy
+from tests.router.servicer_kit import charger_on
 from tests.router.test_admission import ACCOUNT
 from tests.router.test_charge_counted_once import counted, served
 
@@ -52,23 +55,53 @@ async def test_charges_landed_before_a_failing_entry_are_counted_once(
         await direct.close()
 
 
+@pytest.mark.parametrize("marking_fails", [False, True], ids=["marked-landed", "marking-fails-too"])
 async def test_charges_landed_by_a_replay_whose_file_was_not_rewritten_are_counted_once(
-    charger: charging.Charger, proxy: LossyProxy, tmp_path: Path
+    charger: charging.Charger, proxy: LossyProxy, monkeypatch: pytest.MonkeyPatch, marking_fails: bool
 ) -> None:
     r, answer = await served(charger)
     proxy.go_down()
     await charger.settle(r, answer)
     proxy.come_back()
     outbox = charger.outbox
+    if marking_fails:  # as on a copy-on-write file system out of room: the router's own memory is all that is left
+
+        def no_room(charge_ids: set[str]) -> None:
+            raise OSError(errno.ENOSPC, "no space left on device")
+
+        monkeypatch.setattr(outbox, "_mark_landed", no_room)
     blocked = outbox.path.with_suffix(f".{os.getpid()}.tmp")  # as Outbox._rewrite names it
     blocked.mkdir()  # the rewrite's scratch file cannot be made: the file keeps the charge that landed
     before = counted(answer.model)
     with pytest.raises(OSError):
         await outbox.replay(charger.store)
-    assert len(outbox) == 1
+    assert len(outbox) == (1 if marking_fails else 0)  # marked landed in place, when it can be
     blocked.rmdir()
-    assert await outbox.replay(charger.store) == 1  # gone from the file now
-    assert len(outbox) == 0
+    assert await outbox.replay(charger.store) == (1 if marking_fails else 0)  # dropped, never landed again
+    assert outbox.path.read_text(encoding="utf-8") == ""
     requests, cost = counted(answer.model)
     assert requests - before[0] == 1, "the charge was counted again when the next replay found it in the file"
     assert cost - before[1] == pytest.approx(float(Decimal(answer.cost_usd)))
+
+
+async def test_a_charge_one_router_landed_is_not_counted_again_by_another_sharing_its_outbox(
+    charger: charging.Charger, proxy: LossyProxy, redis_url: str
+) -> None:
+    """Two routers share a data dir (so one outbox file): the first lands the charge and counts it, but cannot
+    rewrite the file (a full disk); the second, which never saw it land, must not land it, and count it, again."""
+    r, answer = await served(charger)
+    proxy.go_down()
+    await charger.settle(r, answer)
+    proxy.come_back()
+    async with charger_on(proxy.url_for(redis_url), charger.outbox.path.parent) as other:
+        blocked = charger.outbox.path.with_suffix(f".{os.getpid()}.tmp")  # as Outbox._rewrite names it
+        blocked.mkdir()  # no room for the rewrite's scratch file
+        before = counted(answer.model)
+        with pytest.raises(OSError):
+            await charger.outbox.replay(charger.store)
+        blocked.rmdir()
+        await other.outbox.replay(other.store)
+        assert len(other.outbox) == 0
+        requests, cost = counted(answer.model)
+        assert requests - before[0] == 1, "the other router counted the charge again"
+        assert cost - before[1] == pytest.approx(float(Decimal(answer.cost_usd)))
