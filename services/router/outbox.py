@@ -291,16 +291,16 @@ class Outbox:
     def _rewrite(self, remaining: list[OutboxEntry], dead: list[str], landed_ids: set[str]) -> None:
         """Replace the file (its lock held by the caller) with what is still waiting, once the dead letters are on
         disk beside it: a crash in between leaves a line in both files, never in neither (landing one again is
-        idempotent). When it cannot be replaced, the charges of `landed_ids` are marked landed in it (LANDED_MARK):
-        another router sharing it would land each again, and the store would answer that it is this very charge,
-        made before, counted by that router too."""
-        if dead:
-            with open(self.dead_path, "a", encoding="utf-8", opener=private_opener) as out:
-                out.writelines(line + "\n" for line in dead)
-                out.flush()
-                os.fsync(out.fileno())
+        idempotent). When either cannot be written (a full disk), the charges of `landed_ids` are marked landed in
+        the file (LANDED_MARK): another router sharing it would land each again, and the store would answer that it
+        is this very charge, made before, counted by that router too."""
         tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
         try:
+            if dead:
+                with open(self.dead_path, "a", encoding="utf-8", opener=private_opener) as out:
+                    out.writelines(line + "\n" for line in dead)
+                    out.flush()
+                    os.fsync(out.fileno())
             with open(tmp, "w", encoding="utf-8", opener=private_opener) as out:
                 out.writelines(entry.to_json() + "\n" for entry in remaining)
                 out.flush()

@@ -84,21 +84,29 @@ async def test_charges_landed_by_a_replay_whose_file_was_not_rewritten_are_count
     assert cost - before[1] == pytest.approx(float(Decimal(answer.cost_usd)))
 
 
+@pytest.mark.parametrize("unwritable", ["scratch-file", "dead-letter-file"])
 async def test_a_charge_one_router_landed_is_not_counted_again_by_another_sharing_its_outbox(
-    charger: charging.Charger, proxy: LossyProxy, redis_url: str
+    charger: charging.Charger, proxy: LossyProxy, redis_url: str, unwritable: str
 ) -> None:
     """Two routers share a data dir (so one outbox file): the first lands the charge and counts it, but cannot
-    rewrite the file (a full disk); the second, which never saw it land, must not land it, and count it, again."""
+    rewrite the file (a full disk: no room for its scratch file, or for the dead letters it moves out first); the
+    second, which never saw it land, must not land it, and count it, again."""
     r, answer = await served(charger)
     proxy.go_down()
     await charger.settle(r, answer)
     proxy.come_back()
     async with charger_on(proxy.url_for(redis_url), charger.outbox.path.parent) as other:
-        blocked = charger.outbox.path.with_suffix(f".{os.getpid()}.tmp")  # as Outbox._rewrite names it
-        blocked.mkdir()  # no room for the rewrite's scratch file
+        outbox = charger.outbox
+        if unwritable == "scratch-file":
+            blocked = outbox.path.with_suffix(f".{os.getpid()}.tmp")  # as Outbox._rewrite names it
+        else:
+            with outbox.path.open("a", encoding="utf-8") as file:
+                file.write('{"account": {"ten\n')  # cut short by a crash: dead-lettered by the replay
+            blocked = outbox.dead_path
+        blocked.mkdir()
         before = counted(answer.model)
         with pytest.raises(OSError):
-            await charger.outbox.replay(charger.store)
+            await outbox.replay(charger.store)
         blocked.rmdir()
         await other.outbox.replay(other.store)
         assert len(other.outbox) == 0
