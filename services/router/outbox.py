@@ -308,6 +308,7 @@ class Outbox:
             os.replace(tmp, self.path)
         except OSError:
             self._mark_landed(landed_ids)
+            self._landed.difference_update(landed_ids)  # no replay meets them again
             raise
 
     def _mark_landed(self, charge_ids: set[str]) -> None:

@@ -76,6 +76,7 @@ async def test_charges_landed_by_a_replay_whose_file_was_not_rewritten_are_count
     with pytest.raises(OSError):
         await outbox.replay(charger.store)
     assert len(outbox) == (1 if marking_fails else 0)  # marked landed in place, when it can be
+    assert len(outbox._landed) == (1 if marking_fails else 0)  # remembered only while no mark says it
     blocked.rmdir()
     assert await outbox.replay(charger.store) == (1 if marking_fails else 0)  # dropped, never landed again
     assert outbox.path.read_text(encoding="utf-8") == ""
