@@ -179,6 +179,49 @@ async def pending_of(db: Any, router: str) -> list[bytes]:
     return found
 
 
+async def test_a_router_paused_past_its_heartbeat_is_charged_once_and_tells_its_caller_that_charge(
+    chain: Chain, money: RedisServer, spawn: Spawn
+) -> None:
+    """SIGSTOPped mid-request past its heartbeat, the router is taken for dead: another router's reconciler settles
+    its request at the hold. SIGCONTed, it gets its answer and charges it: the store adds nothing, the ledger keeps the
+    one charge, its cost metric counts none of it (the reconciler's router counted it), and the caller is told the
+    charge the ledger holds."""
+    paused = await spawn(ROUTER_REDIS_URL=money.url, ROUTER_INSTANCE_ID="paused", ROUTER_HEARTBEAT_TTL_S="1")
+    db: Any = redis.from_url(money.url)
+    chain.premium.latency = 3.0  # the upstream is still working when the router is paused
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{paused.port}") as channel:
+            request = ask("strong-model")
+            call = asyncio.ensure_future(router_pb2_grpc.RouterStub(channel).Complete(request, timeout=60))
+            (pending_raw,) = await wait_for(lambda: pending_of(db, "paused"))
+            paused.process.send_signal(signal.SIGSTOP)
+            try:
+                survivor = await extra_router(
+                    chain, redis_url=money.url, instance_id="survivor", heartbeat_ttl_s=1, upkeep_interval_s=0.2
+                )
+                try:
+
+                    async def reconciled() -> list[dict]:
+                        return [r for r in await ledger_records(db) if r["tenant"] == request.tenant]
+
+                    (record,) = await wait_for(reconciled)
+                finally:
+                    await survivor.stop(1)
+            finally:
+                paused.process.send_signal(signal.SIGCONT)
+            reply = await call
+        pending = Pending.from_json(pending_raw)
+        assert record["outcome"] == "reconciled" and record["request_id"] == pending.request_id
+        assert [r for r in await ledger_records(db) if r["tenant"] == request.tenant] == [record]
+        keys = AccountKeys.of(Account(pending.tenant, pending.key))
+        assert [int(v) for v in await db.mget(*keys.spend(pending.period))] == [pending.hold_pico] * 2
+        assert Decimal(reply.cost_usd) == Decimal(record["cost_usd"]), "the caller was told another charge"
+        assert not await paused.metric("llmrouter_router_cost_usd_total", model="strong-model")
+    finally:
+        chain.premium.latency = 0.0
+        await db.aclose()
+
+
 async def test_money_store_down_fails_closed_and_says_so(
     chain: Chain, money: RedisServer, spawn: Spawn, tmp_path: Path
 ) -> None:
