@@ -228,9 +228,13 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             response.content, response.refusal = "", ""  # delivered in their chunks
             yield router_pb2.CompleteChunk(final=response)
         except (ServiceError, asyncio.CancelledError, GeneratorExit) as exc:
+            outcome = "interrupted" if isinstance(exc, ServiceError) else "cancelled"
+            if stream.served is not None and not routed.settled:
+                # Whole, its final chunk read, when the caller left while the providers call was closing (closing waits
+                # on gRPC's writer over a channel with interceptors): charged as served, not at what it owes alone.
+                await self.charger.settle(routed, charging.response(routed, stream.served), outcome, stream.served)
             # Failed or abandoned mid-stream: what reached the caller was served and is charged once.
-            if stream.delivered and stream.served is None:
-                outcome = "interrupted" if isinstance(exc, ServiceError) else "cancelled"
+            elif stream.delivered and stream.served is None:
                 measured = exc.metadata if isinstance(exc, ServiceError) else {}
                 # Counting what was delivered takes turns of the event loop: run to its end, shielded, and nothing
                 # else may settle the request (at what it owes alone) while it runs.
