@@ -1,9 +1,10 @@
 """A stream whose caller leaves once its answer is whole (its final chunk, with its usage, read from the providers) but
 while the providers call is still being closed is charged that answer. Over a channel with interceptors (the call
 token, as the router's providers channel has one when ROUTER_CALL_TOKEN is set) closing the call waits on gRPC's
-writer: a caller that left then was charged nothing, every token of the answer, all of it delivered, free. The router's
-servicer over the in-process store and a providers channel with the call token's interceptors; a real providers gRPC
-server on loopback."""
+writer: a caller that left then was charged nothing, every token of the answer, all of it delivered, free. (Not fixed:
+one that leaves while a call cut after delivering closes is charged the delivered words counted here, not what the
+providers measured of them.) The router's servicer over the in-process store and a providers channel with the call
+token's interceptors; a real providers gRPC server on loopback."""
 
 from __future__ import annotations
 
@@ -13,10 +14,13 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import grpc
+import pytest
 from pydantic import SecretStr
 
 from llmrouter.auth import ANONYMOUS, acting_as
 from llmrouter.channels import open_channel
+from llmrouter.errors import ServiceError
 from llmrouter.registry import LiveRegistry
 from llmrouter.v1 import classifier_pb2_grpc, common_pb2, provider_pb2, provider_pb2_grpc, router_pb2
 from services.router.cache import MemoryCache
@@ -68,10 +72,12 @@ class ClosingWatched:
         return call
 
 
-async def test_a_stream_left_while_its_whole_answer_closes_its_providers_call_is_charged_the_answer(
-    tmp_path: Path,
-) -> None:
-    providers, port = await serve_providers(Answering())
+async def left_while_closing(
+    tmp_path: Path, provider: provider_pb2_grpc.ProviderServicer
+) -> tuple[dict[str, Any], int]:
+    """A stream through `provider` whose caller leaves while the router closes its providers call: its ledger record,
+    and what its tenant spent."""
+    providers, port = await serve_providers(provider)
     store, closing = MemoryStore(), asyncio.Event()
     path = registry_file(tmp_path, REGISTRY)
     token = SecretStr("token")  # its interceptors on the providers channel, as the router's own (open_channel)
@@ -98,12 +104,51 @@ async def test_a_stream_left_while_its_whole_answer_closes_its_providers_call_is
 
             reading = asyncio.create_task(read())
             await closing.wait()
-            reading.cancel()  # the caller leaves: its answer whole, its final chunk not yet sent on
+            reading.cancel()  # the caller leaves: the providers' last word read, not yet sent on
             await asyncio.gather(reading, return_exceptions=True)
             await servicer.close()
     finally:
         await providers.stop(0)
     [record] = list(store.ledger)
-    assert Decimal(record["cost_usd"]) == COST and record["output_tokens"] == USAGE.output_tokens
     spent, _ = await store.spent(Account("t", "anonymous"), period_id(config.budget_period))
+    return record, spent
+
+
+async def test_a_stream_left_while_its_whole_answer_closes_its_providers_call_is_charged_the_answer(
+    tmp_path: Path,
+) -> None:
+    record, spent = await left_while_closing(tmp_path, Answering())
+    assert Decimal(record["cost_usd"]) == COST and record["output_tokens"] == USAGE.output_tokens
     assert spent == to_pico(COST)
+
+
+class Interrupted(Answering):
+    """Answers a few words, then its upstream's stream is cut: the providers say what it consumed (STREAM_INTERRUPTED),
+    more output than the words delivered count (Claude's tokenizer makes more tokens of a text than cl100k_base)."""
+
+    async def GenerateStreamOnCue(self, requests: Any, context: Any) -> AsyncIterator[provider_pb2.GenerateChunk]:
+        await anext(aiter(requests))
+        yield provider_pb2.GenerateChunk(ready_to_send=True)
+        await anext(aiter(requests))
+        yield provider_pb2.GenerateChunk(delta="A few words.")
+        measured = {
+            "input_tokens": str(USAGE.input_tokens),
+            "output_tokens": str(USAGE.output_tokens),
+            "estimated": "false",
+            "cost_usd": str(COST),
+        }
+        error = ServiceError(grpc.StatusCode.UNAVAILABLE, "STREAM_INTERRUPTED", "cut", measured)
+        await context.abort(error.code, error.message, error.trailing_metadata())
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="not fixed: the cut call's error is replaced by the cancellation inside provider_chunks' own clean-up "
+    "(done_writing), before any caller of it sees the providers' measured usage; charged the delivered words counted",
+)
+async def test_a_stream_left_while_its_cut_providers_call_closes_is_charged_what_the_providers_measured(
+    tmp_path: Path,
+) -> None:
+    record, spent = await left_while_closing(tmp_path, Interrupted())
+    assert record["output_tokens"] == USAGE.output_tokens and not record["tokens_estimated"]
+    assert Decimal(record["cost_usd"]) == COST and spent == to_pico(COST)
