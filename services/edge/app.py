@@ -53,9 +53,9 @@ from services.edge.openai_api import (
 from services.edge.operator_routes import OperatorRoutes
 from services.edge.protocol import CALLER_STATUS
 from services.edge.responses_errors import named_as_sent
-from services.edge.responses_stream import response_events
+from services.edge.responses_stream import ResponseStream
 from services.edge.settings import EdgeSettings
-from services.edge.shutdown_cut import SENT_REQUEST_ID, ShutdownCut
+from services.edge.shutdown_cut import SENT_REQUEST_ID, STREAM_ENDING, ShutdownCut
 from services.router.store import KEYLESS
 
 log = logging.getLogger("llmrouter.edge")
@@ -326,7 +326,9 @@ class Edge:
         except ApiError as error:
             raise named_as_sent(error, sent.origins) from None
         if isinstance(response, StreamingResponse):
-            response.body_iterator = response_events(response.body_iterator, sent.echoed)
+            stream = ResponseStream(sent.echoed)
+            response.body_iterator = stream.events(response.body_iterator)
+            request.scope[STREAM_ENDING] = stream.failed  # cut by the shutdown, it ends as a failed chat stream does
             return response
         return retold(response, responses.response_body(json.loads(bytes(response.body)), sent.echoed))
 
@@ -371,6 +373,7 @@ class Edge:
             "cache-control": "no-cache",
             "x-accel-buffering": "no",  # proxies (nginx ingress) pass each event on at once
         }
+        request.scope[STREAM_ENDING] = sse  # cut by the shutdown, it ends with an error event, as _stream's failure
         return StreamingResponse(
             self._stream(call, pending, request_id, decision.model, include_usage),
             media_type="text/event-stream",

@@ -2,7 +2,8 @@
 data, numbered by sequence_number): the answer's text and refusal as they come (an output_text and a refusal content
 part, with response.output_text.* and response.refusal.* events), its tool calls whole (the router delivers them
 whole), then response.completed or response.incomplete with the usage and cost the chat stream's last chunk
-carries, or response.failed when the chat stream ends with an error (charged as the chat path charges it)."""
+carries, or response.failed when the chat stream ends with an error (charged as the chat path charges it) or is cut
+by the edge's shutdown (ResponseStream.failed)."""
 
 from __future__ import annotations
 
@@ -187,21 +188,35 @@ def event_line(number: int, event: dict[str, Any]) -> bytes:
     return f"event: {event['type']}\ndata: {data}\n\n".encode()
 
 
-async def response_events(chat_events: AsyncIterable[Any], echoed: dict[str, Any]) -> AsyncIterator[bytes]:
-    """The Responses stream of a chat stream (the edge's own: one chunk per event, [DONE] or an error last)."""
-    events, number = ResponseEvents(echoed), 0
-    try:
-        async for raw in chat_events:
-            data = (raw if isinstance(raw, bytes) else str(raw).encode()).decode().removeprefix("data: ").strip()
-            if data == "[DONE]":
-                return
-            payload = json.loads(data)
-            built = events.on_error(payload) if "error" in payload else events.on_chunk(payload)
-            for event in built:
-                yield event_line(number, event)
-                number += 1
-    finally:
-        # Closed here, not whenever the collector gets to it: the chat stream's own ending stops the work downstream.
-        aclose = getattr(chat_events, "aclose", None)
-        if aclose is not None:
-            await aclose()
+class ResponseStream:
+    """The Responses stream of a chat stream (the edge's own: one chunk per event, [DONE] or an error last), numbered
+    as its events go out, so that one cut short (shutdown_cut.py) ends with the response.failed its chat stream's
+    error event would have given, numbered next."""
+
+    def __init__(self, echoed: dict[str, Any]) -> None:
+        self.translation = ResponseEvents(echoed)
+        self.sent = 0  # the events gone out: the next one's sequence_number
+
+    async def events(self, chat_events: AsyncIterable[Any]) -> AsyncIterator[bytes]:
+        try:
+            async for raw in chat_events:
+                data = (raw if isinstance(raw, bytes) else str(raw).encode()).decode().removeprefix("data: ").strip()
+                if data == "[DONE]":
+                    return
+                payload = json.loads(data)
+                built = self.translation.on_error(payload) if "error" in payload else self.translation.on_chunk(payload)
+                for event in built:
+                    yield event_line(self.sent, event)
+                    self.sent += 1
+        finally:
+            # Closed here, not whenever the collector gets to it: the chat stream's own ending stops the work
+            # downstream.
+            aclose = getattr(chat_events, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    def failed(self, failure: dict[str, Any]) -> bytes:
+        """The last events of a stream ended by `failure` (a chat stream's error body) where it stands."""
+        lines = [event_line(self.sent + i, event) for i, event in enumerate(self.translation.on_error(failure))]
+        self.sent += len(lines)
+        return b"".join(lines)

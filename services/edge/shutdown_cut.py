@@ -2,7 +2,12 @@
 it). Its caller got uvicorn's bare `500 Internal Server Error` text, which OpenAI's SDKs retry twice on their own; yet
 the router serves a completion it admitted to its end and charges it all the same, so each retry was charged again.
 It is answered a 503 in OpenAI's body instead: once the request was sent to the router (its id kept in the scope, at
-SENT_REQUEST_ID), with that id, `x_router.cost_pending` and `x-should-retry: false`, as a call the router dropped is."""
+SENT_REQUEST_ID), with that id, `x_router.cost_pending` and `x-should-retry: false`, as a call the router dropped is.
+
+A stream already under way (its headers sent) lost its connection: its caller saw a transport error, told neither
+that the stream had failed nor its request id. It ends as a stream that fails mid-way ends, with an OpenAI-style
+error event (its route's own, kept in the scope at STREAM_ENDING), with that id and `x_router.cost_pending` (the router
+charges what it delivered once the edge's call to it ends), and then its body ends cleanly."""
 
 from __future__ import annotations
 
@@ -19,6 +24,9 @@ from services.edge.openai_api import ApiError
 log = logging.getLogger("llmrouter.edge")
 
 SENT_REQUEST_ID = "llmrouter.sent_request_id"  # an extension's scope key: the id a request went to the router with
+# An extension's scope key: how a stream under way ends on an error, its last event's bytes from the error's body.
+STREAM_ENDING = "llmrouter.stream_ending"
+StreamEnding = Callable[[dict[str, Any]], bytes]
 
 
 class ShutdownCut:
@@ -30,26 +38,38 @@ class ShutdownCut:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
+        started = ended = False
 
         async def watched_send(message: MutableMapping[str, Any]) -> None:
-            nonlocal started
+            nonlocal started, ended
             started = started or message["type"] == "http.response.start"
+            ended = ended or (message["type"] == "http.response.body" and not message.get("more_body", False))
             await send(message)
 
         try:
             await self.app(scope, receive, watched_send)
         except asyncio.CancelledError:
-            if started:  # an answer begun (a stream) can only be cut: its connection closes
+            ending: StreamEnding | None = scope.get(STREAM_ENDING)
+            if ended or (started and ending is None):  # answered already; or an answer begun that can only be cut
                 raise
             request_id = scope.get(SENT_REQUEST_ID, "")
             log.warning("request cut by the shutdown", extra={"request_id": request_id, "path": scope["path"][:256]})
-            await self.respond(cut_error(request_id))(scope, receive, send)
+            if started and ending is not None:  # a stream, which began once the router had the request
+                last = ending(cut_error(request_id, streaming=True).body())
+                await send({"type": "http.response.body", "body": last, "more_body": False})
+            else:
+                await self.respond(cut_error(request_id))(scope, receive, send)
             # Not raised on: the request's task, which the shutdown cancelled to end it, ends with its answer sent.
 
 
-def cut_error(request_id: str) -> ApiError:
-    if request_id:
+def cut_error(request_id: str, streaming: bool = False) -> ApiError:
+    """`streaming`: a stream under way, which its router call ended (the router charges what it delivered)."""
+    if streaming:
+        message = (
+            "the server shut down before this answer was finished: what was delivered is charged "
+            f"(request id {request_id}); the ledger says what it cost"
+        )
+    elif request_id:
         message = (
             "the server shut down before this request was answered: it may have been served and charged "
             f"(request id {request_id}); the ledger says whether it was"

@@ -5,19 +5,14 @@ raised the signal again once it had shut down, and the process ended by it (stat
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import socket
-import subprocess
-import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 
 from llmrouter.v1 import router_pb2, router_pb2_grpc
-from tests.conftest import ROOT
+from tests.edge.edge_process import edge_serving
 from tests.integration.conftest import served_router
 from tests.waiting import eventually
 
@@ -37,29 +32,6 @@ class HeldRouter(router_pb2_grpc.RouterServicer):
         return router_pb2.CompleteResponse(id=request.request_id, model="held", content="ok", cost_usd="0")
 
 
-@asynccontextmanager
-async def edge_process(router_addr: str) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
-    env = {
-        **os.environ,
-        "EDGE_PORT": "0",
-        "EDGE_METRICS_PORT": "0",
-        "EDGE_ROUTER_ADDR": router_addr,
-        "EDGE_GRACE_SECONDS": "30",
-    }
-    edge = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.edge", cwd=ROOT, env=env, stdout=subprocess.PIPE
-    )
-    try:
-        assert edge.stdout is not None
-        line = (await asyncio.wait_for(edge.stdout.readline(), 60)).decode()
-        assert line.startswith("READY edge "), line
-        yield edge, int(line.split()[-1])
-    finally:
-        if edge.returncode is None:
-            edge.kill()
-            await edge.wait()
-
-
 def listening(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
@@ -67,7 +39,10 @@ def listening(port: int) -> bool:
 
 async def test_a_sigterm_drains_the_request_in_flight_and_the_edge_exits_0() -> None:
     router = HeldRouter()
-    async with served_router(router) as addr, edge_process(addr) as (edge, port):
+    async with (
+        served_router(router) as addr,
+        edge_serving(EDGE_ROUTER_ADDR=addr, EDGE_GRACE_SECONDS="30") as (edge, port),
+    ):
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}/v1", timeout=60) as client:
             in_flight = asyncio.create_task(client.post("/chat/completions", json=CHAT))
             await asyncio.wait_for(router.asked.wait(), 30)
