@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import errno
 import socket
+import threading
 from collections.abc import Sequence
+from wsgiref.simple_server import WSGIRequestHandler
+from wsgiref.types import WSGIApplication
 
-from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
 from pydantic_settings import BaseSettings
 
 # grpc-core turns SO_REUSEPORT on by default: a second server on a port in use then binds it and takes half its calls.
@@ -118,9 +122,32 @@ def bound_on_one_port(host: str, addresses: list[tuple[socket.AddressFamily, str
     return sockets
 
 
-def serve_metrics(service: str, host: str, port: int, setting: str, registry: CollectorRegistry = REGISTRY) -> None:
-    """Prometheus' HTTP server, in a thread."""
-    try:
-        start_http_server(port, addr=host, registry=registry)
-    except OSError as error:
-        raise cannot_listen(service, f"{host}:{port}", setting, reason(error)) from None
+def serve_metrics(service: str, host: str, port: int, setting: str, registry: CollectorRegistry = REGISTRY) -> int:
+    """Prometheus' HTTP server on every address `host` names, as the service's own ports listen (listening_sockets),
+    each socket served in a thread; its port. prometheus_client's start_http_server bound only the address a name
+    resolved to first: localhost's metrics were on 127.0.0.1 alone, refused to a scraper trying ::1."""
+    sockets = listening_sockets(service, host, port, setting)
+    app = make_wsgi_app(registry)
+    for sock in sockets:
+        server = MetricsServer(sock, app)
+        threading.Thread(target=server.serve_forever, name=f"metrics {sock.getsockname()[0]}", daemon=True).start()
+    return int(sockets[0].getsockname()[1])
+
+
+class QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        """A scrape is not logged (to stderr, in no log format), as prometheus_client's own server logs none."""
+
+
+class MetricsServer(ThreadingWSGIServer):
+    """prometheus_client's server (a thread a scrape) on a socket listening already."""
+
+    def __init__(self, sock: socket.socket, app: WSGIApplication) -> None:
+        address, port = sock.getsockname()[:2]
+        super().__init__((address, port), QuietHandler, bind_and_activate=False)
+        self.socket.close()  # its own, never bound: `sock` serves instead
+        self.socket, self.address_family, self.server_address = sock, sock.family, sock.getsockname()
+        # What HTTPServer.server_bind would set, but the address as it is (no reverse lookup), and WSGIServer's environ.
+        self.server_name, self.server_port = address, port
+        self.setup_environ()
+        self.set_app(app)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import socket
 
+from llmrouter.ports import listening_sockets
+
 
 def has_ipv6_loopback() -> bool:
     try:
@@ -11,3 +13,12 @@ def has_ipv6_loopback() -> bool:
             return True
     except OSError:
         return False
+
+
+def free_loopback_port() -> int:
+    """A port free on each loopback this machine has (127.0.0.1 and ::1), as a service on localhost needs."""
+    sockets = listening_sockets("test", "localhost", 0, "-")
+    port = int(sockets[0].getsockname()[1])
+    for sock in sockets:
+        sock.close()
+    return port
