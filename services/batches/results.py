@@ -13,7 +13,8 @@ from prometheus_client import Counter
 from services.batches import wire
 from services.batches.store import Store, batch_key, results_key
 
-# outcome: completed, failed, expired (never sent; in request_counts, failed)
+# outcome: completed, failed (an outcome_unknown line too: it may have run), expired (never sent; in request_counts,
+# failed)
 LINES = Counter("llmrouter_edge_batch_lines_total", "Batch lines finished", ["outcome"])
 COST = Counter("llmrouter_edge_batch_cost_usd_total", "What finished batch lines cost")
 
@@ -25,17 +26,19 @@ async def record(
     await _write(store, batch_id, index, status == 200, line, cost, "completed" if status == 200 else "failed")
 
 
-async def record_expired(
-    store: Store,
-    batch_id: str,
-    index: int,
-    custom_id: str | None,
-    in_doubt: bool = False,
-    why: str = wire.KEY_NOT_SERVED,
-) -> None:
-    """`in_doubt`: sent before, its result lost, not sent again (`why`): of an unknown outcome, not never sent."""
-    line = wire.expired_line(custom_id, wire.request_id(batch_id, index, custom_id), in_doubt, why)
+async def record_expired(store: Store, batch_id: str, index: int, custom_id: str | None) -> None:
+    """A line never sent before its batch expired."""
+    line = wire.expired_line(custom_id, wire.request_id(batch_id, index, custom_id))
     await _write(store, batch_id, index, False, line, "0", "expired")
+
+
+async def record_unknown(
+    store: Store, batch_id: str, index: int, custom_id: str | None, ending: str, why: str = wire.KEY_NOT_SERVED
+) -> None:
+    """A line sent before, its result lost, not sent again (`why`): of an unknown outcome, not never sent (and so not
+    counted expired, which says its caller should send it again: it may have run); `ending`, as wire.unknown_line."""
+    line = wire.unknown_line(custom_id, wire.request_id(batch_id, index, custom_id), ending, why)
+    await _write(store, batch_id, index, False, line, "0", "failed")
 
 
 async def _write(store: Store, batch_id: str, index: int, ok: bool, line: str, cost: str, outcome: str) -> None:

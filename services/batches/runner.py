@@ -374,8 +374,8 @@ class Runner:
             cancelled = batch["status"] == b"cancelling"
             checked = 0.0  # when a parked batch last looked for a cancel
 
-            def ending() -> bool:  # as the run stands now: a line whose charge is open is written so, not asked again
-                return cancelled or time.time() >= expires_at
+            def ending() -> str:  # why the batch ends, as the run stands now ("" while it runs on)
+                return "cancelled" if cancelled else "expired" if time.time() >= expires_at else ""
 
             async with asyncio.TaskGroup() as group:
                 while (wait_s := pending.wait_s()) is not None:
@@ -419,7 +419,7 @@ class Runner:
             elif cancelled:  # its lines in doubt not sent again (a key not served here): of an unknown outcome
                 for index in sorted(left_in_doubt):
                     custom_id = unparsed.custom_id(lines.raw(index))
-                    await results.record_expired(self.store, batch_id, index, custom_id, in_doubt=True)
+                    await results.record_unknown(self.store, batch_id, index, custom_id, "cancelled")
             # The lines in provider batches finish too, cancelled, expired or not: they run at the provider, within
             # its own window, charged when collected; their answers are kept. Only their custom_ids are needed: the
             # input file is dropped and its place goes to a batch waiting for one.
@@ -500,19 +500,19 @@ class Runner:
         lines: wire.Lines,
         pending: Pending,
         in_doubt: set[int],
-        ending: Callable[[], bool],
+        ending: Callable[[], str],
     ) -> None:
         """Send one line and record its result. `in_doubt`: the run's lines sent before that may have been admitted
-        then (resent past the window: only the router knows). `ending`: whether the batch's window is over or it is
-        cancelled, when a line whose charge is open is written pending rather than asked again."""
+        then (resent past the window: only the router knows). `ending`: why the batch ends ("expired", "cancelled"),
+        or "" while it runs on; once it ends, a line whose charge is open is written pending rather than asked
+        again."""
         try:
             # Parsed as the chat route parses a body: a large one off the event loop, which a line of megabytes of
             # tiny values held for seconds (a batch of three lines of 8 MB of empty arrays: over a minute).
             line = await parse_off_loop(lines.raw(index), unparsed.read)
             if isinstance(line, unparsed.Unparsed):  # not a run failing at it for ever: its own error, not sent
                 if index in in_doubt:  # sent before, parsed then: it may have run, and been charged
-                    why = wire.UNPARSED
-                    await results.record_expired(self.store, batch_id, index, line.custom_id, in_doubt=True, why=why)
+                    await results.record_unknown(self.store, batch_id, index, line.custom_id, ending(), wire.UNPARSED)
                 else:  # never reached the router: charged nothing
                     await results.record(self.store, batch_id, index, line.custom_id, 400, line.error.body())
                 pending.finished()
@@ -583,7 +583,10 @@ class Runner:
         # Up to every line parsed for its custom_id: off the event loop, as the file's check is.
         custom_ids = await asyncio.to_thread(lambda: [unparsed.custom_id(lines.raw(i)) for i in unsent])
         for index, custom_id in zip(unsent, custom_ids, strict=True):
-            await results.record_expired(self.store, batch_id, index, custom_id, index in in_doubt)
+            if index in in_doubt:
+                await results.record_unknown(self.store, batch_id, index, custom_id, "expired")
+            else:
+                await results.record_expired(self.store, batch_id, index, custom_id)
 
     async def _finish(self, batch_id: str, batch: dict[str, bytes], status: str, errors: str | None = None) -> None:
         """The batch ends with `status` (completed, cancelled, expired or failed with `errors`) and the output and

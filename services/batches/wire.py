@@ -34,9 +34,16 @@ EXPIRED_MESSAGE = "This request could not be executed before the completion wind
 # or as its line can no longer be parsed (unparsed.py; it may have run, parsed as it was then).
 KEY_NOT_SERVED = "the batch's API key is no longer served"
 UNPARSED = "its line of the input file can no longer be parsed"
+# When a line in doubt was sent, as its error line says: before its batch's window expired, or before it was cancelled,
+# as the batch ends; or earlier (by an edge that died), when the batch runs on.
+SENT_BEFORE = {
+    "expired": "before the completion window expired",
+    "cancelled": "before the batch was cancelled",
+    "": "earlier",
+}
 UNKNOWN_MESSAGE = (
-    "This request was sent before the completion window expired and its result was lost; it was not sent again, as"
-    " {why}. Whether it ran, and what it cost, is in the ledger under its id."
+    "This request was sent {sent} and its result was lost; it was not sent again, as {why}. Whether it ran, and what"
+    " it cost, is in the ledger under its id."
 )
 
 
@@ -207,11 +214,19 @@ def logprobs_room(batch: dict[str, bytes], max_file_bytes: int) -> int:
     return max_file_bytes // max(1, int(batch.get("total", b"1")))
 
 
-def expired_line(custom_id: str | None, request_id: str, in_doubt: bool = False, why: str = KEY_NOT_SERVED) -> str:
-    """One line of the error file for a request never sent before the batch expired, as OpenAI writes it; or for
-    one in doubt that was not sent again (outcome_unknown: never said to be unsent)."""
-    unknown = ("outcome_unknown", UNKNOWN_MESSAGE.format(why=why))
-    code, message = unknown if in_doubt else ("batch_expired", EXPIRED_MESSAGE)
+def expired_line(custom_id: str | None, request_id: str) -> str:
+    """One line of the error file for a request never sent before the batch expired, as OpenAI writes it."""
+    return _error_line(custom_id, request_id, "batch_expired", EXPIRED_MESSAGE)
+
+
+def unknown_line(custom_id: str | None, request_id: str, ending: str, why: str) -> str:
+    """One line of the error file for a request in doubt that was not sent again (`why`), never said to be unsent:
+    `ending`, why its batch ends ("expired", "cancelled"), or "" while it runs on."""
+    message = UNKNOWN_MESSAGE.format(sent=SENT_BEFORE[ending], why=why)
+    return _error_line(custom_id, request_id, "outcome_unknown", message)
+
+
+def _error_line(custom_id: str | None, request_id: str, code: str, message: str) -> str:
     return json.dumps(
         {
             "id": f"batch_req_{request_id}",

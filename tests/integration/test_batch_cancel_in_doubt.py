@@ -115,5 +115,10 @@ async def test_a_revoked_keys_line_in_doubt_is_in_the_files_of_its_cancelled_bat
             errors = await lines_of(new, ended.error_file_id)
         assert ended.status == "cancelled"
         assert {custom_id: e["error"]["code"] for custom_id, e in errors.items()} == {"revoked-0": "outcome_unknown"}
+        # What happened: the batch was cancelled (its window never expired).
+        assert errors["revoked-0"]["error"]["message"] == (
+            "This request was sent before the batch was cancelled and its result was lost; it was not sent again, as "
+            "the batch's API key is no longer served. Whether it ran, and what it cost, is in the ledger under its id."
+        )
     finally:
         await db.aclose()

@@ -142,5 +142,7 @@ async def test_a_revoked_keys_line_in_doubt_is_not_sent_again_by_an_edge_ending_
         assert ended.status == "expired"
         codes = {json.loads(e)["custom_id"]: json.loads(e)["error"]["code"] for e in errors}
         assert codes == {"revoked-0": "outcome_unknown", "revoked-1": "batch_expired", "revoked-2": "batch_expired"}
+        (unknown,) = [json.loads(e)["error"]["message"] for e in errors if json.loads(e)["custom_id"] == "revoked-0"]
+        assert unknown.startswith("This request was sent before the completion window expired and its result was lost")
     finally:
         await db.aclose()

@@ -17,7 +17,6 @@ import redis.asyncio as redis
 from pydantic import SecretStr
 
 from llmrouter.redis_url import RedisUrl
-from services.batches import wire
 from services.batches.runner import SENT, UNREACHED
 from services.batches.store import batch_key, file_key, sent_key
 from services.edge.keys import key_line
@@ -182,7 +181,9 @@ async def test_a_cancelled_batch_whose_line_in_doubt_cannot_be_parsed_ends_with_
     assert batch["status"] == "cancelled", batch
     assert batch["request_counts"] == {"total": 2, "completed": 0, "failed": 1}
     assert list(errors) == ["b"] and errors["b"]["response"] is None
-    assert errors["b"]["error"] == {
+    assert errors["b"]["error"] == {  # what happened: the batch was cancelled (its window never expired)
         "code": "outcome_unknown",
-        "message": wire.UNKNOWN_MESSAGE.format(why=wire.UNPARSED),
+        "message": "This request was sent before the batch was cancelled and its result was lost; it was not sent "
+        "again, as its line of the input file can no longer be parsed. Whether it ran, and what it cost, is in the "
+        "ledger under its id.",
     }
