@@ -42,9 +42,9 @@ class ShutdownCut:
 
         async def watched_send(message: MutableMapping[str, Any]) -> None:
             nonlocal started, ended
+            await send(message)  # first: a send the shutdown cancels (waiting for the caller to read) sent nothing
             started = started or message["type"] == "http.response.start"
             ended = ended or (message["type"] == "http.response.body" and not message.get("more_body", False))
-            await send(message)
 
         try:
             await self.app(scope, receive, watched_send)
