@@ -122,16 +122,14 @@ def bound_on_one_port(host: str, addresses: list[tuple[socket.AddressFamily, str
     return sockets
 
 
-def serve_metrics(service: str, host: str, port: int, setting: str, registry: CollectorRegistry = REGISTRY) -> int:
+def serve_metrics(service: str, host: str, port: int, setting: str, registry: CollectorRegistry = REGISTRY) -> None:
     """Prometheus' HTTP server on every address `host` names, as the service's own ports listen (listening_sockets),
-    each socket served in a thread; its port. prometheus_client's start_http_server bound only the address a name
+    each socket served in a thread. prometheus_client's start_http_server bound only the address a name
     resolved to first: localhost's metrics were on 127.0.0.1 alone, refused to a scraper trying ::1."""
-    sockets = listening_sockets(service, host, port, setting)
     app = make_wsgi_app(registry)
-    for sock in sockets:
+    for sock in listening_sockets(service, host, port, setting):
         server = MetricsServer(sock, app)
         threading.Thread(target=server.serve_forever, name=f"metrics {sock.getsockname()[0]}", daemon=True).start()
-    return int(sockets[0].getsockname()[1])
 
 
 class QuietHandler(WSGIRequestHandler):

@@ -373,7 +373,8 @@ class Edge:
             "cache-control": "no-cache",
             "x-accel-buffering": "no",  # proxies (nginx ingress) pass each event on at once
         }
-        request.scope[STREAM_ENDING] = sse  # cut by the shutdown, it ends with an error event, as _stream's failure
+        # Cut by the shutdown, it ends with an error event, as _stream's failure does (legacy's passes it on as it is).
+        request.scope[STREAM_ENDING] = sse
         return StreamingResponse(
             self._stream(call, pending, request_id, decision.model, include_usage),
             media_type="text/event-stream",
