@@ -1,9 +1,10 @@
 """The accounts whose requests per minute this router has seen used up in the current rate window. A completion's
-rate limit is counted at its admission, after it is routed: past the limit, each one had the shared classifier score
-its prompt before it was refused, so completions sent without end kept the classifier as busy as uncounted Decides
-did. A window's count only grows, so once the store refused an account's request as rate limited, its later requests
-of the window are refused before they are routed, with no call to the store. Each router learns it on its own, by one
-refusal; the set holds the refused accounts of one window only."""
+rate limit is counted at its admission, after it is routed (one refused for a budget counted too: Admission.admit):
+past the limit, each one had the shared classifier score its prompt before it was refused, so completions sent without
+end kept the classifier as busy as uncounted Decides did. A window's count only grows, so once the store refused an
+account's request as rate limited, its later requests of the window are refused before they are routed, with no call
+to the store. Each router learns it on its own, by one refusal; the set holds the refused accounts of one window
+only."""
 
 from __future__ import annotations
 

@@ -130,7 +130,8 @@ class RouterSettings(GrpcServiceSettings, LedgerSettings, BudgetPeriodSettings, 
     # Spend limits per budget period (BudgetPeriodSettings), in USD; unset means unlimited. Keyed by tenant and key.
     tenant_budget_usd: Decimal | None = Field(default=None, ge=0)
     key_budget_usd: Decimal | None = Field(default=None, ge=0)
-    # Requests per minute per API key (per tenant when no key), Decides included; 0 disables.
+    # Requests per minute per API key (per tenant when no key), Decides and requests refused for a budget included;
+    # 0 disables.
     rate_limit_rpm: int = Field(default=0, ge=0)
     # Response cache for identical requests; 0 disables.
     cache_ttl_s: int = Field(default=300, ge=0)

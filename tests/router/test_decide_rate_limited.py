@@ -177,3 +177,26 @@ async def test_a_completion_past_the_limit_is_refused_before_the_classifier_is_a
             assert rate_limited(await refusal(router.Decide(ask("busy"), timeout=10)))
         assert classifier.scored == scored  # refused first: the classifier saw none of them
         assert (await router.Complete(ask("quiet"), timeout=10)).content == "an answer"  # its own allowance
+
+
+async def test_a_caller_whose_budget_is_spent_is_held_to_its_requests_per_minute(tmp_path: Path, store: Store) -> None:
+    """A completion refused for a spent budget was routed first: the shared classifier scored its prompt. Refusals for a
+    budget were not counted against the rate limit, so a caller whose budget was spent could send completions without
+    end, each one scored. Counted as every request that reaches admission is, they are refused before routing once the
+    window's requests are used up."""
+    classifier = Counting()
+    async with (
+        served_router(
+            tmp_path, store, Answering(), classifier=classifier, rate_limit_rpm=LIMIT, tenant_budget_usd=0
+        ) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        router = router_pb2_grpc.RouterStub(channel)
+        for _ in range(LIMIT):
+            assert (await refusal(router.Complete(ask("spent"), timeout=10))).reason == "BUDGET_EXCEEDED"
+        assert rate_limited(await refusal(router.Complete(ask("spent"), timeout=10)))
+        scored = classifier.scored
+        for _ in range(5):
+            assert rate_limited(await refusal(router.Complete(ask("spent"), timeout=10)))
+        assert classifier.scored == scored  # refused first: the classifier saw none of them
+    assert await store.spent(Account("spent", key_id("")), period_id("day")) == (0, 0)  # the limit moves no money

@@ -148,11 +148,26 @@ async def test_holds_keep_concurrent_requests_within_the_budget(store: Store) ->
 
 
 async def test_refused_requests_change_nothing(store: Store) -> None:
-    """A refusal leaves no trace: the id stays free, no rate is counted, nothing is held, so a request
-    resized to fit can be admitted right after."""
+    """A refusal for a budget leaves no trace but the request's count: the id stays free and nothing is held, so the
+    request resized to fit (its count id the same) is admitted right after, counted once."""
     limit = Allowance("day", per_minute=1, tenant_pico=100)
-    assert await store.admit(ACCOUNT, limit, hold("x", 101)) == Verdict("tenant", 100, 100, "tenant")
-    assert await refused(store, ACCOUNT, limit, hold("x", 100)) == ""
+    assert await store.admit(ACCOUNT, limit, hold("x", 101), count_id="c") == Verdict("tenant", 100, 100, "tenant")
+    assert (await store.admit(ACCOUNT, limit, hold("x", 100), count_id="c")).refused == ""
+
+
+async def test_a_request_refused_for_its_budget_counts_against_the_rate_limit(store: Store) -> None:
+    """It was routed (the shared classifier scored it) as an admitted one was: uncounted, a caller whose budget is spent
+    could send requests without end. Counted once however many admissions (resized to fit) or resends carry its count
+    id; a duplicate request id is not counted."""
+    limit = Allowance("day", per_minute=3, tenant_pico=100)
+    assert (await store.admit(ACCOUNT, limit, hold("a", 60), count_id="a")).refused == ""
+    assert (await store.admit(ACCOUNT, limit, hold("b", 60), count_id="b")).refused == "tenant"
+    assert (await store.admit(ACCOUNT, limit, hold("b", 61), count_id="b")).refused == "tenant"  # the same request
+    assert (await store.admit(ACCOUNT, limit, hold("a", 1), count_id="d")).refused == "duplicate"
+    assert (await store.admit(ACCOUNT, limit, hold("c", 50), count_id="c")).refused == "tenant"
+    assert (await store.admit(ACCOUNT, limit, hold("c", 40), count_id="c")).refused == ""  # resized: not refused
+    assert (await store.admit(ACCOUNT, limit, hold("e", 1), count_id="e")).refused == "rate"  # a, b, c: three
+    assert not await store.count_request(ACCOUNT, limit)
 
 
 async def test_budgets_are_exact_to_the_pico_dollar_beyond_a_double(store: Store) -> None:

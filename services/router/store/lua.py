@@ -244,8 +244,27 @@ end
 _MAY_GROW = "#!lua\n"
 _MUST_LAND = "#!lua flags=allow-oom\n"
 
-# A rate counter (keys.py, AccountKeys.rate) counts one window's requests; it lives a little past its window.
-_RATE = f"local RATE_TTL = {RATE_COUNTER_TTL_S}\n"
+# A rate counter (keys.py, AccountKeys.rate) counts one window's requests; it lives a little past its window, as does
+# the set of the count ids counted in it (AccountKeys.rate_counted): a request is counted once a window, whichever of
+# its admissions (one resized after a budget refusal) carries its id, and whatever resends of them a Redis Cluster
+# client makes after a lost reply. A count id of '' is counted each time it is sent.
+_RATE = f"""
+local RATE_TTL = {RATE_COUNTER_TTL_S}
+local function already_counted(counted, id)
+  return id ~= '' and redis.call('SISMEMBER', counted, id) == 1
+end
+local function count_writes(rate, counted, id)
+  return {{{{'INCR', rate}}, {{'EXPIRE', rate, tostring(RATE_TTL)}}, {{'SADD', counted, id}},
+    {{'EXPIRE', counted, tostring(RATE_TTL)}}}}
+end
+local function count_request(rate, counted, id)
+  if redis.call('INCR', rate) == 1 then redis.call('EXPIRE', rate, RATE_TTL) end
+  if id ~= '' then
+    redis.call('SADD', counted, id)
+    redis.call('EXPIRE', counted, RATE_TTL)
+  end
+end
+"""
 
 ADMIT = (
     _MAY_GROW
@@ -260,11 +279,12 @@ ADMIT = (
 -- KEYS: rate, used id, tenant spend, tenant holds, key spend, key holds, limit overrides, pending charges,
 --       charged id, undone marker (of this admission's nonce), provider batches, models, the spend and holds the
 --       key budget is checked against (keys.py, key_budget: a keyless request's tenant's), prices, the shard's
---       hold-totals epoch
+--       hold-totals epoch, the count ids counted in the rate counter's window
 -- ARGV: per minute, tenant default limit, key default limit ('' = none), now, hold member, hold expiry, id ttl,
 --       hold pico, pending field, pending record, tenant limit field, key limit field, provider batch line ('1'),
 --       the model the request is admitted for ('' = none), its prices (model.py, prices_value; '' = none), the
---       admitting key's id (hex; what the used id keeps), '1' to count the holds by their totals (else by a scan)
+--       admitting key's id (hex; what the used id keeps), '1' to count the holds by their totals (else by a scan),
+--       the request's count id (_RATE; '' = none)
 EPOCH = redis.call('GET', KEYS[16]) or '0'
 -- Undone before it ran (it reached the store after the router gave up on it and undid it): nothing happens.
 if redis.call('EXISTS', KEYS[10]) == 1 then return {'undone', '0', '0', ''} end
@@ -286,14 +306,20 @@ if recorded or redis.call('EXISTS', KEYS[2], KEYS[9]) > 0 then
   local held = recorded and string.match(recorded, '"hold_pico":%s*(%d+)')
   return {'duplicate', '0', '0', '', charged or '', held or ''}
 end
+-- Every request that gets this far counts against the rate limit, admitted or refused for its budget: one refused
+-- was routed (the shared classifier scored it) as one admitted was. Once: one counted already (its admission before
+-- this one was refused for its budget, or this is a resend) is neither counted again nor refused for its own count.
 local per_minute = tonumber(ARGV[1])
-if per_minute > 0 and tonumber(redis.call('GET', KEYS[1]) or '0') >= per_minute then return {'rate', '0', '0', ''} end
+local to_count = per_minute > 0 and not already_counted(KEYS[17], ARGV[18])
+if to_count and tonumber(redis.call('GET', KEYS[1]) or '0') >= per_minute then return {'rate', '0', '0', ''} end
 local budgets = {{KEYS[3], KEYS[4], ARGV[2], ARGV[11], 'tenant'}, {KEYS[13], KEYS[14], ARGV[3], ARGV[12], 'key'}}
 local held = {KEYS[4], KEYS[6]}  -- where the hold goes: the tenant's and the key id's
 local function kept(key, value) return value ~= '' and {'HSET', key, ARGV[9], value} or {'HDEL', key, ARGV[9]} end
 local writes = {{'SET', KEYS[2], ARGV[16]}, {'HSET', KEYS[8], ARGV[9], ARGV[10]},
   {ARGV[13] == '1' and 'HSET' or 'HDEL', KEYS[11], ARGV[9], ''}, kept(KEYS[12], ARGV[14]), kept(KEYS[15], ARGV[15])}
-if per_minute > 0 then writes[#writes + 1], writes[#writes + 2] = {'INCR', KEYS[1]}, {'EXPIRE', KEYS[1], '61'} end
+if to_count then
+  for _, write in ipairs(count_writes(KEYS[1], KEYS[17], ARGV[18])) do writes[#writes + 1] = write end
+end
 for _, holds in ipairs(held) do
   for _, write in ipairs({{'ZREM', holds, ARGV[5]}, {'ZADD', holds, ARGV[6], ARGV[5]}, {'EXPIREAT', holds, '0'}}) do
     writes[#writes + 1] = write
@@ -302,7 +328,8 @@ for _, holds in ipairs(held) do
 end
 -- A key it writes holding another type fails it here, before any write, as a charge (CHARGE): failing later, it left
 -- its id used, its hold and its pending charge recorded, which the reconciler charged at the hold, nothing served.
-for i, kind in pairs({[4] = 'zset', [6] = 'zset', [8] = 'hash', [11] = 'hash', [12] = 'hash', [15] = 'hash'}) do
+local typed = {[4] = 'zset', [6] = 'zset', [8] = 'hash', [11] = 'hash', [12] = 'hash', [15] = 'hash', [17] = 'set'}
+for i, kind in pairs(typed) do
   local found = redis.call('TYPE', KEYS[i])['ok']
   if found ~= 'none' and found ~= kind then return redis.error_reply('WRONGTYPE a key the admission writes') end
 end
@@ -344,10 +371,11 @@ end
 if r_hi ~= nil then
   local h_hi, h_lo = split(ARGV[8])
   if less(r_hi, r_lo, h_hi, h_lo) then
+    if to_count then count_request(KEYS[1], KEYS[17], ARGV[18]) end
     return {tightest, decimal(r_hi, r_lo), decimal(s_hi, s_lo), s_name}
   end
 end
-if per_minute > 0 and redis.call('INCR', KEYS[1]) == 1 then redis.call('EXPIRE', KEYS[1], RATE_TTL) end
+if to_count then count_request(KEYS[1], KEYS[17], ARGV[18]) end
 redis.call('SET', KEYS[2], ARGV[16], 'EX', ARGV[7])
 for _, holds in ipairs(held) do
   hold_add(holds, ARGV[6], ARGV[5])

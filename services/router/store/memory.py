@@ -60,6 +60,7 @@ class MemoryStore:
         self.ledger: deque[dict] = deque(maxlen=self.MAX_LEDGER_RECORDS)
         self.ledger_appended = 0  # every record ever appended: the SQL sink's cursor counts against it
         self.rate_window, self.rate_counts = 0, dict[str, int]()
+        self.rate_counted: set[tuple[str, str]] = set()  # (rate counter, count id) of the window's counted requests
 
     def _budgets(self, account: Account, allowance: Allowance, period: str) -> list[tuple[str, str, int | None, str]]:
         """(spend key, holds key, limit, name) of the tenant's and the key's budget."""
@@ -81,6 +82,7 @@ class MemoryStore:
         hold: Hold,
         model: str = "",
         prices: Prices | None = None,
+        count_id: str = "",
     ) -> Verdict:
         keys = AccountKeys.of(account)
         if keys.undone(hold.nonce) in self.undone:
@@ -98,7 +100,9 @@ class MemoryStore:
             return Verdict("duplicate", charged=charged, held=None if in_flight is None else in_flight.hold_pico)
         now = money_now()
         subject = self._rate_counter(keys, now)
-        if allowance.per_minute and self.rate_counts.get(subject, 0) >= allowance.per_minute:
+        # Counted whether admitted or refused for its budget, once a window (lua.py, ADMIT).
+        to_count = bool(allowance.per_minute) and not self._counted(subject, count_id)
+        if to_count and self.rate_counts.get(subject, 0) >= allowance.per_minute:
             return Verdict("rate")
         tightest, remaining, spend_budget, spend_left = "", None, "", None
         for spend_key, held_key, limit, name in self._budgets(account, allowance, hold.period):
@@ -113,10 +117,10 @@ class MemoryStore:
                     tightest, remaining = name, left
                 if spend_left is None or unspent < spend_left:
                     spend_budget, spend_left = name, unspent
+        if to_count:
+            self._count(subject, count_id)
         if remaining is not None and spend_left is not None and hold.pico > remaining:
             return Verdict(tightest, remaining, spend_left, spend_budget)
-        if allowance.per_minute:
-            self.rate_counts[subject] = self.rate_counts.get(subject, 0) + 1
         self.used.add(keys.used(hold.request_id), keys.key_hex, used_ttl_s(self.used.ttl_s, hold.until, now))
         for held_key in keys.held():
             expires = hold.until or now + HOLD_S
@@ -141,8 +145,16 @@ class MemoryStore:
         """The account's rate counter in the window of `now`; the counts of windows before are dropped."""
         window = rate_window(now)
         if window != self.rate_window:
-            self.rate_window, self.rate_counts = window, {}
+            self.rate_window, self.rate_counts, self.rate_counted = window, {}, set()
         return keys.rate(now)
+
+    def _counted(self, subject: str, count_id: str) -> bool:
+        return bool(count_id) and (subject, count_id) in self.rate_counted
+
+    def _count(self, subject: str, count_id: str) -> None:
+        self.rate_counts[subject] = self.rate_counts.get(subject, 0) + 1
+        if count_id:
+            self.rate_counted.add((subject, count_id))
 
     async def count_request(self, account: Account, allowance: Allowance) -> bool:
         if not allowance.per_minute:
@@ -150,7 +162,7 @@ class MemoryStore:
         subject = self._rate_counter(AccountKeys.of(account), money_now())
         if self.rate_counts.get(subject, 0) >= allowance.per_minute:
             return False
-        self.rate_counts[subject] = self.rate_counts.get(subject, 0) + 1
+        self._count(subject, "")
         return True
 
     async def charge(

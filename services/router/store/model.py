@@ -391,12 +391,16 @@ class Store(Protocol):
         hold: Hold,
         model: str = "",
         prices: Prices | None = None,
+        count_id: str = "",
     ) -> Verdict:
         """Let one request in when spend + holds + `hold` fits both budgets (a hold past its expiry counts while its
-        pending charge is open, with that hold; lua.py, _OPEN): its id is then used, it counts against the rate
-        limit, `hold` is held against both budgets and a pending charge is recorded, with `model` (the model it is
-        admitted for) and `prices` (a deferred request's per-token prices) beside it: Pending.model, Pending.prices.
-        Nothing changes when it is refused. StoreUnavailable when the store cannot be reached."""
+        pending charge is open, with that hold; lua.py, _OPEN): its id is then used, `hold` is held against both
+        budgets and a pending charge is recorded, with `model` (the model it is admitted for) and `prices` (a deferred
+        request's per-token prices) beside it: Pending.model, Pending.prices. A request refused as a duplicate, rate
+        limited or undone changes nothing. One admitted or refused for a budget counts against the rate limit, once
+        per `count_id` in a window (lua.py, _RATE: the request's, the same on its admission resized to fit the budget,
+        which is then not refused for its own count; '' counts each call). StoreUnavailable when the store cannot be
+        reached."""
 
     async def count_request(self, account: Account, allowance: Allowance) -> bool:
         """Count one request that is not admitted (a Decide: routed, nothing held or charged) against the rate limit,

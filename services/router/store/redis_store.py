@@ -183,6 +183,7 @@ class RedisStore:
         hold: Hold,
         model: str = "",
         prices: Prices | None = None,
+        count_id: str = "",
     ) -> Verdict:
         now = money_now()
         keys = AccountKeys.of(account)
@@ -206,10 +207,12 @@ class RedisStore:
             prices_value(hold.nonce, prices),
             keys.key_hex,
             self._trust_totals,
+            count_id,
         ]
         names = [keys.rate(now), keys.used(hold.request_id), tenant_spend, tenant_held, key_spend, key_held]
         names += [keys.limits, keys.pending, keys.charged(hold.request_id), keys.undone(hold.nonce), keys.batches]
         names += [keys.models, *keys.key_budget(hold.period), keys.prices, keys.hold_totals_epoch]
+        names += [keys.rate_counted(now)]
         async with self._call():
             refused, remaining, spend_left, spend_budget, *duplicate = await self._admit(keys=names, args=args)
         charged, held = (_pico_or_none(value) for value in duplicate or ["", ""])
