@@ -215,13 +215,14 @@ class Admission:
         admission counts in, so a caller's Decides and served requests share its requests per minute. Refused as an
         admission over the limit is (RATE_LIMITED), and before it is routed: free, Decides sent without end would
         keep the shared classifier busy past the other tenants' classifier timeout. Nothing is held or charged.
-        Closed while the store is out of reach, as admission is (STORE_UNAVAILABLE)."""
+        Closed while the store is out of reach, as admission is (STORE_UNAVAILABLE). Counted once, however often a
+        Redis Cluster client resends it after a lost reply (its count id)."""
         if not self.allowance.per_minute:
             return
         if not self.undoing.may_send():
             raise StoreUnavailable()
         window = rate_window(money_now())  # the store counts it in this one or a later one (rate_refused.py)
-        counted = await self.store.count_request(account, self.allowance)
+        counted = await self.store.count_request(account, self.allowance, secrets.token_hex(8))
         self.undoing.answered()
         if not counted:
             self.rate_refused.add(account, window)

@@ -167,7 +167,7 @@ async def test_a_request_refused_for_its_budget_counts_against_the_rate_limit(st
     assert (await store.admit(ACCOUNT, limit, hold("c", 50), count_id="c")).refused == "tenant"
     assert (await store.admit(ACCOUNT, limit, hold("c", 40), count_id="c")).refused == ""  # resized: not refused
     assert (await store.admit(ACCOUNT, limit, hold("e", 1), count_id="e")).refused == "rate"  # a, b, c: three
-    assert not await store.count_request(ACCOUNT, limit)
+    assert not await store.count_request(ACCOUNT, limit, "f")
 
 
 async def test_budgets_are_exact_to_the_pico_dollar_beyond_a_double(store: Store) -> None:

@@ -246,8 +246,8 @@ _MUST_LAND = "#!lua flags=allow-oom\n"
 
 # A rate counter (keys.py, AccountKeys.rate) counts one window's requests; it lives a little past its window, as does
 # the set of the count ids counted in it (AccountKeys.rate_counted): a request is counted once a window, whichever of
-# its admissions (one resized after a budget refusal) carries its id, and whatever resends of them a Redis Cluster
-# client makes after a lost reply. A count id of '' is counted each time it is sent.
+# its admissions (one resized after a budget refusal) or, a Decide, its count carries its id, and whatever resends of
+# them a Redis Cluster client makes after a lost reply. A count id of '' is counted each time it is sent.
 _RATE = f"""
 local RATE_TTL = {RATE_COUNTER_TTL_S}
 local function already_counted(counted, id)
@@ -400,13 +400,17 @@ COUNT_REQUEST = (
     + _RATE
     + _PERMITTED
     + """
--- KEYS: rate; ARGV: per minute (> 0)
--- Returns 1 when counted, 0 when the window's requests are used up (nothing counted).
+-- KEYS: rate, the count ids counted in its window; ARGV: per minute (> 0), the request's count id ('' = none)
+-- Returns 1 when counted (now, or before: a Redis Cluster client resent it after its reply was lost), 0 when the
+-- window's requests are used up (nothing counted).
+if already_counted(KEYS[2], ARGV[2]) then return 1 end
 if tonumber(redis.call('GET', KEYS[1]) or '0') >= tonumber(ARGV[1]) then return 0 end
+local found = redis.call('TYPE', KEYS[2])['ok']
+if found ~= 'none' and found ~= 'set' then return redis.error_reply('WRONGTYPE a key the count writes') end
 -- Denied its EXPIRE after its INCR, it would leave a counter that never expires.
-local refused = denied({{'INCR', KEYS[1]}, {'EXPIRE', KEYS[1], tostring(RATE_TTL)}})
+local refused = denied(count_writes(KEYS[1], KEYS[2], ARGV[2]))
 if refused then return refused end
-if redis.call('INCR', KEYS[1]) == 1 then redis.call('EXPIRE', KEYS[1], RATE_TTL) end
+count_request(KEYS[1], KEYS[2], ARGV[2])
 return 1
 """
 )

@@ -156,13 +156,15 @@ class MemoryStore:
         if count_id:
             self.rate_counted.add((subject, count_id))
 
-    async def count_request(self, account: Account, allowance: Allowance) -> bool:
+    async def count_request(self, account: Account, allowance: Allowance, count_id: str = "") -> bool:
         if not allowance.per_minute:
             return True
         subject = self._rate_counter(AccountKeys.of(account), money_now())
+        if self._counted(subject, count_id):
+            return True
         if self.rate_counts.get(subject, 0) >= allowance.per_minute:
             return False
-        self._count(subject, "")
+        self._count(subject, count_id)
         return True
 
     async def charge(

@@ -402,10 +402,12 @@ class Store(Protocol):
         which is then not refused for its own count; '' counts each call). StoreUnavailable when the store cannot be
         reached."""
 
-    async def count_request(self, account: Account, allowance: Allowance) -> bool:
+    async def count_request(self, account: Account, allowance: Allowance, count_id: str = "") -> bool:
         """Count one request that is not admitted (a Decide: routed, nothing held or charged) against the rate limit,
-        in the counter admit counts in: False, nothing counted, when the window's requests are used up. True, with no
-        call to the store, when `allowance` sets no rate limit. StoreUnavailable when the store cannot be reached."""
+        in the counter admit counts in, once per `count_id` in a window, as admit counts: True when counted, now or
+        before (a resend after a lost reply); False, nothing counted, when the window's requests are used up. True,
+        with no call to the store, when `allowance` sets no rate limit. StoreUnavailable when the store cannot be
+        reached."""
 
     async def charge(
         self, account: Account, hold: Hold, pico: int, record: dict, late: bool = False, charge_id: str = ""

@@ -218,12 +218,13 @@ class RedisStore:
         charged, held = (_pico_or_none(value) for value in duplicate or ["", ""])
         return Verdict(_text(refused), int(remaining), int(spend_left), _text(spend_budget), charged, held)
 
-    async def count_request(self, account: Account, allowance: Allowance) -> bool:
+    async def count_request(self, account: Account, allowance: Allowance, count_id: str = "") -> bool:
         if not allowance.per_minute:
             return True
-        rate = AccountKeys.of(account).rate(money_now())
+        keys, now = AccountKeys.of(account), money_now()
+        names, args = [keys.rate(now), keys.rate_counted(now)], [allowance.per_minute, count_id]
         async with self._call():
-            return bool(await self._count_request(keys=[rate], args=[allowance.per_minute]))
+            return bool(await self._count_request(keys=names, args=args))
 
     async def charge(
         self, account: Account, hold: Hold, pico: int, record: dict, late: bool = False, charge_id: str = ""
