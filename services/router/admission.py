@@ -117,6 +117,7 @@ class Admission:
             # Limits round down, as caps do: a budget is never exceeded, not even by a fraction of a pico-dollar.
             None if settings.tenant_budget_usd is None else floor_pico(settings.tenant_budget_usd),
             None if settings.key_budget_usd is None else floor_pico(settings.key_budget_usd),
+            settings.rate_limit_tpm,
         )
 
     @property
@@ -203,8 +204,8 @@ class Admission:
             if not verdict.refused:
                 routed.hold = hold
                 return
-            if verdict.refused == "rate":
-                self.rate_refused.add(routed.account, window)
+            if verdict.refused in ("rate", "tokens"):
+                self.rate_refused.add(routed.account, window, verdict.refused)
             if verdict.refused not in ("tenant", "key"):
                 raise self._refusal(verdict, hold)
             self._fit(routed, verdict)
@@ -213,26 +214,28 @@ class Admission:
     async def count(self, account: Account) -> None:
         """Count a request that is routed but never admitted (a Decide) against the rate limit, in the counter
         admission counts in, so a caller's Decides and served requests share its requests per minute. Refused as an
-        admission over the limit is (RATE_LIMITED), and before it is routed: free, Decides sent without end would
-        keep the shared classifier busy past the other tenants' classifier timeout. Nothing is held or charged.
+        admission over either limit (requests or tokens per minute) is (RATE_LIMITED), and before it is routed: free,
+        Decides sent without end would keep the shared classifier busy past the other tenants' classifier timeout.
+        Nothing is held or charged.
         Closed while the store is out of reach, as admission is (STORE_UNAVAILABLE). Counted once, however often a
         Redis Cluster client resends it after a lost reply (its count id)."""
-        if not self.allowance.per_minute:
+        if not (self.allowance.per_minute or self.allowance.tokens_per_minute):
             return
         if not self.undoing.may_send():
             raise StoreUnavailable()
         window = rate_window(money_now())  # the store counts it in this one or a later one (rate_refused.py)
-        counted = await self.store.count_request(account, self.allowance, secrets.token_hex(8))
+        refused = await self.store.count_request(account, self.allowance, secrets.token_hex(8))
         self.undoing.answered()
-        if not counted:
-            self.rate_refused.add(account, window)
-            raise self._rate_limited()
+        if refused:
+            self.rate_refused.add(account, window, refused)
+            raise self._rate_limited(refused)
 
     def refuse_if_rate_limited(self, account: Account) -> None:
         """Before a request is routed: RATE_LIMITED when the store refused one of the account's requests as rate limited
         in the current window (rate_refused.py), so the classifier scores nothing for it."""
-        if account in self.rate_refused:
-            raise self._rate_limited()
+        limit = self.rate_refused.limit_reached(account)
+        if limit:
+            raise self._rate_limited(limit)
 
     async def _hold(self, account: Account, hold: Hold, model: str, prices: Prices | None, count_id: str) -> Verdict:
         """The store's admission. One that is not known to have been refused, and is not served, is undone: the
@@ -351,16 +354,23 @@ class Admission:
     def _refusal(self, verdict: Verdict, hold: Hold) -> ServiceError:
         if verdict.refused == "duplicate":
             return _duplicate(verdict, hold.request_id)
-        if verdict.refused == "rate":
-            return self._rate_limited()
+        if verdict.refused in ("rate", "tokens"):
+            return self._rate_limited(verdict.refused)
         return StoreUnavailable()  # 'undone': a resent copy of an admission this router undid and gave up on
 
-    def _rate_limited(self) -> ServiceError:
+    def _rate_limited(self, limit: str) -> ServiceError:
+        """The refusal of a request over its requests per minute (`limit` 'rate') or its tokens per minute ('tokens'):
+        the same status and details, the limit named."""
         metrics.RATE_LIMITED.inc()
+        per_minute = (
+            f"{self.settings.rate_limit_tpm} tokens"
+            if limit == "tokens"
+            else f"{self.settings.rate_limit_rpm} requests"
+        )
         return ServiceError(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             "RATE_LIMITED",
-            f"rate limit of {self.settings.rate_limit_rpm} requests per minute reached",
+            f"rate limit of {per_minute} per minute reached",
             {"retry_after_s": str(rate_retry_after_s(money_now()))},
         )
 

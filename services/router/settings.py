@@ -133,6 +133,10 @@ class RouterSettings(GrpcServiceSettings, LedgerSettings, BudgetPeriodSettings, 
     # Requests per minute per API key (per tenant when no key), Decides and requests refused for a budget included;
     # 0 disables.
     rate_limit_rpm: int = Field(default=0, ge=0)
+    # Tokens per minute per API key (per tenant when no key), as LiteLLM's tpm_limit: the input and output tokens
+    # charged in the minute (counted as each request is charged); a request (a Decide too) is refused while they are at
+    # or over it, a limit on usage so far, not a prediction of the request's. 0 disables.
+    rate_limit_tpm: int = Field(default=0, ge=0)
     # Response cache for identical requests; 0 disables.
     cache_ttl_s: int = Field(default=300, ge=0)
     # Who is served a cached answer again: `key`, the API key whose request it answered (requests without a key are

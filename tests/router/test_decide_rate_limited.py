@@ -28,7 +28,7 @@ from llmrouter.v1 import (
     router_pb2_grpc,
 )
 from services.edge.settings import EdgeSettings
-from services.router.store import Account, Store, key_id, period_id
+from services.router.store import Account, Store, key_id, period_id, to_pico
 from services.router.store import keys as store_keys
 from tests.integration.conftest import free_port, served_edge
 from tests.router.servicer_kit import served_router, store_on
@@ -177,6 +177,32 @@ async def test_a_completion_past_the_limit_is_refused_before_the_classifier_is_a
             assert rate_limited(await refusal(router.Decide(ask("busy"), timeout=10)))
         assert classifier.scored == scored  # refused first: the classifier saw none of them
         assert (await router.Complete(ask("quiet"), timeout=10)).content == "an answer"  # its own allowance
+
+
+async def test_a_caller_past_its_tokens_per_minute_is_refused_as_one_past_its_requests(
+    tmp_path: Path, store: Store
+) -> None:
+    """ROUTER_RATE_LIMIT_TPM, LiteLLM's tpm_limit: each answer here is charged 15 tokens (10 in, 5 out); with 20 a
+    minute the second request is let in (15 so far, under the limit, whatever it will use), and once 30 are charged
+    the next is refused RATE_LIMITED naming tokens, with a retry time, and so is a Decide, before the classifier is
+    asked. Another tenant has its own; what was charged is what was served."""
+    classifier = Counting()
+    async with (
+        served_router(tmp_path, store, Answering(), classifier=classifier, rate_limit_tpm=20) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        router = router_pb2_grpc.RouterStub(channel)
+        served = [await router.Complete(ask("busy"), timeout=10) for _ in range(2)]
+        refused = await refusal(router.Complete(ask("busy"), timeout=10))
+        assert rate_limited(refused) and refused.message == "rate limit of 20 tokens per minute reached"
+        scored = classifier.scored
+        assert rate_limited(await refusal(router.Decide(ask("busy"), timeout=10)))
+        assert classifier.scored == scored
+        assert (await router.Complete(ask("quiet"), timeout=10)).content == "an answer"
+    models = {model.name: model for model in REGISTRY.models}
+    cost = sum(to_pico(models[reply.model].cost_usd(10, 5)) for reply in served)
+    assert await store.spent(Account("busy", key_id("")), period_id("day")) == (cost, cost)
+    assert await store.held_pico(Account("busy", key_id(""))) == (0, 0)
 
 
 async def test_a_caller_whose_budget_is_spent_is_held_to_its_requests_per_minute(tmp_path: Path, store: Store) -> None:

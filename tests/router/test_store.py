@@ -155,6 +155,53 @@ async def test_refused_requests_change_nothing(store: Store) -> None:
     assert (await store.admit(ACCOUNT, limit, hold("x", 100), count_id="c")).refused == ""
 
 
+async def test_the_tokens_charged_in_a_minute_limit_the_requests_let_in(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LiteLLM's tpm_limit: a limit on the tokens charged so far in the minute (input and output, counted once as each
+    charge lands), not a prediction of the request's own. Under it a request is let in, however large; at or over it
+    one is refused (nothing held) and so is a Decide's count. Another key has its own. What is charged is untouched."""
+    monkeypatch.setattr(time, "time", lambda: 1_800_000_000.25)  # one minute throughout
+    limit = Allowance("day", tokens_per_minute=100)
+    first, second = Hold("t-1", 5_000, DAY, "router-1", "n1"), Hold("t-2", 900_000, DAY, "router-1", "n2")
+    assert (await store.admit(ACCOUNT, limit, first)).refused == ""
+    charged = {"request_id": "t-1", "input_tokens": 60, "output_tokens": 39}
+    assert await store.charge(ACCOUNT, first, 1_000, charged, charge_id="c1")
+    assert await store.charge(ACCOUNT, first, 1_000, charged, charge_id="c1")  # resent: made before, counted once
+    assert (await store.admit(ACCOUNT, limit, second)).refused == ""  # 99 of 100: let in
+    assert await store.count_request(ACCOUNT, limit) == ""
+    assert await store.charge(ACCOUNT, second, 2_000, {"request_id": "t-2", "input_tokens": 1, "output_tokens": 0})
+    assert (await store.admit(ACCOUNT, limit, Hold("t-3", 1, DAY, "router-1", "n3"))).refused == "tokens"
+    assert await store.pending_charge(ACCOUNT, "t-3") is None
+    assert await store.count_request(ACCOUNT, limit) == "tokens"
+    assert (await store.admit(Account("acme", "key2"), limit, Hold("t-4", 1, DAY, "router-1", "n4"))).refused == ""
+    assert await store.spent(ACCOUNT, DAY) == (3_000, 3_000)
+    assert await store.held_pico(ACCOUNT) == (1, 0)  # key2's request, held in the tenant's budget alone
+
+
+async def test_a_tokens_counter_of_another_type_never_stands_in_the_way_of_a_charge(
+    any_redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hand-edited tokens counter (another type, or no count) is left alone: the charge lands whole, counted in no
+    limit, and admission reads it as no tokens charged."""
+    monkeypatch.setattr(time, "time", lambda: 1_800_000_000.25)
+    store, client = RedisStore(any_redis_url), connect(any_redis_url)
+    limit, tokens = Allowance("day", tokens_per_minute=10), AccountKeys.of(ACCOUNT).tokens(time.time())
+    try:
+        for n, corrupt in enumerate((client.hset(tokens, "x", "1"), client.set(tokens, "many"))):
+            await client.delete(tokens)
+            await corrupt
+            held = Hold(f"c-{n}", 5_000, DAY, "router-1", f"n{n}")
+            assert (await store.admit(ACCOUNT, limit, held)).refused == ""
+            charged = {"request_id": held.request_id, "input_tokens": 60, "output_tokens": 39}
+            assert await store.charge(ACCOUNT, held, 1_000, charged, charge_id=f"c{n}")
+        assert await store.spent(ACCOUNT, DAY) == (2_000, 2_000)
+        assert len(await ledger_records(client)) == 2
+    finally:
+        await store.close()
+        await client.aclose()
+
+
 async def test_a_request_refused_for_its_budget_counts_against_the_rate_limit(store: Store) -> None:
     """It was routed (the shared classifier scored it) as an admitted one was: uncounted, a caller whose budget is spent
     could send requests without end. Counted once however many admissions (resized to fit) or resends carry its count
@@ -167,7 +214,7 @@ async def test_a_request_refused_for_its_budget_counts_against_the_rate_limit(st
     assert (await store.admit(ACCOUNT, limit, hold("c", 50), count_id="c")).refused == "tenant"
     assert (await store.admit(ACCOUNT, limit, hold("c", 40), count_id="c")).refused == ""  # resized: not refused
     assert (await store.admit(ACCOUNT, limit, hold("e", 1), count_id="e")).refused == "rate"  # a, b, c: three
-    assert not await store.count_request(ACCOUNT, limit, "f")
+    assert await store.count_request(ACCOUNT, limit, "f") == "rate"
 
 
 async def test_budgets_are_exact_to_the_pico_dollar_beyond_a_double(store: Store) -> None:
@@ -212,12 +259,12 @@ async def test_a_counted_request_shares_the_rate_limit_with_admissions(store: St
     """count_request (a Decide's) counts in the counter admissions count in, and by its rule: refused, it counts
     nothing."""
     three = Allowance("day", per_minute=3)
-    assert [await store.count_request(ACCOUNT, three) for _ in range(2)] == [True, True]
+    assert [await store.count_request(ACCOUNT, three) for _ in range(2)] == ["", ""]
     assert await refused(store, ACCOUNT, three, hold("c1")) == ""
-    assert [await store.count_request(ACCOUNT, three) for _ in range(2)] == [False, False]
+    assert [await store.count_request(ACCOUNT, three) for _ in range(2)] == ["rate", "rate"]
     assert await refused(store, ACCOUNT, three, hold("c2")) == "rate"
-    assert await store.count_request(Account("acme", "key2"), three)
-    assert await store.count_request(ACCOUNT, Allowance("day"))  # no rate limit: nothing to count against
+    assert await store.count_request(Account("acme", "key2"), three) == ""
+    assert await store.count_request(ACCOUNT, Allowance("day")) == ""  # no rate limit: nothing to count against
 
 
 async def test_a_counted_request_lives_in_the_admissions_counter_as_long(any_redis_url: str) -> None:
@@ -280,7 +327,8 @@ async def test_tenant_names_cannot_collide_or_escape_their_slot(store: Store) ->
     for i, account in enumerate(confusable):
         assert await store.spent(account, DAY) == (10 + i, 10 + i)
         keys = AccountKeys.of(account)
-        for name in [*keys.spend(DAY), *keys.held(), keys.used("r{1}"), keys.rate(0), keys.ledger, keys.pending]:
+        names = [*keys.spend(DAY), *keys.held(), keys.used("r{1}"), keys.rate(0), keys.ledger, keys.pending]
+        for name in [*names, keys.rate_counted(0), keys.tokens(0)]:
             assert name.startswith(TAGS[keys.shard] + ":")  # the shard's tag is the key's only hash tag
         assert keys.limits == limits_key(keys.shard)
 

@@ -223,6 +223,10 @@ class AccountKeys:
         """Requests of this tenant's API key in the minute of `now`."""
         return f"{self._tenant}:rate:{self.key_hex}:{rate_window(now)}"
 
+    def tokens(self, now: float) -> str:
+        """Tokens charged to this tenant's API key in the minute of `now` (the rate limit's window), in and out."""
+        return f"{self._tenant}:tokens:{self.key_hex}:{rate_window(now)}"
+
     def rate_counted(self, now: float) -> str:
         """The count ids (Store.count_request) of the requests the rate counter of `now`'s minute counted: a set."""
         return f"{self.rate(now)}:counted"

@@ -257,6 +257,16 @@ local function count_writes(rate, counted, id)
   return {{{{'INCR', rate}}, {{'EXPIRE', rate, tostring(RATE_TTL)}}, {{'SADD', counted, id}},
     {{'EXPIRE', counted, tostring(RATE_TTL)}}}}
 end
+-- A tokens counter (keys.py, AccountKeys.tokens) counts the tokens charged in one window, for the tokens-per-minute
+-- limit; as the rate counter, it lives a little past its window. One of another type or not a count (hand-edited)
+-- is left alone: a rate limit never stands in the way of a charge. nil: none is set.
+local function tokens_counted(tokens)
+  local found = redis.call('TYPE', tokens)['ok']
+  if found == 'none' then return 0 end
+  if found ~= 'string' then return nil end
+  local value = redis.call('GET', tokens)
+  return string.match(value, '^%d+$') and tonumber(value) or nil
+end
 local function count_request(rate, counted, id)
   if redis.call('INCR', rate) == 1 then redis.call('EXPIRE', rate, RATE_TTL) end
   if id ~= '' then
@@ -279,12 +289,12 @@ ADMIT = (
 -- KEYS: rate, used id, tenant spend, tenant holds, key spend, key holds, limit overrides, pending charges,
 --       charged id, undone marker (of this admission's nonce), provider batches, models, the spend and holds the
 --       key budget is checked against (keys.py, key_budget: a keyless request's tenant's), prices, the shard's
---       hold-totals epoch, the count ids counted in the rate counter's window
+--       hold-totals epoch, the count ids counted in the rate counter's window, the tokens counter of that window
 -- ARGV: per minute, tenant default limit, key default limit ('' = none), now, hold member, hold expiry, id ttl,
 --       hold pico, pending field, pending record, tenant limit field, key limit field, provider batch line ('1'),
 --       the model the request is admitted for ('' = none), its prices (model.py, prices_value; '' = none), the
 --       admitting key's id (hex; what the used id keeps), '1' to count the holds by their totals (else by a scan),
---       the request's count id (_RATE; '' = none)
+--       the request's count id (_RATE; '' = none), tokens per minute (0 = no limit)
 EPOCH = redis.call('GET', KEYS[16]) or '0'
 -- Undone before it ran (it reached the store after the router gave up on it and undid it): nothing happens.
 if redis.call('EXISTS', KEYS[10]) == 1 then return {'undone', '0', '0', ''} end
@@ -312,6 +322,11 @@ end
 local per_minute = tonumber(ARGV[1])
 local to_count = per_minute > 0 and not already_counted(KEYS[17], ARGV[18])
 if to_count and tonumber(redis.call('GET', KEYS[1]) or '0') >= per_minute then return {'rate', '0', '0', ''} end
+-- The tokens limit is on the tokens charged so far this minute, as LiteLLM's tpm_limit: no prediction of this one's.
+local tokens_per_minute = tonumber(ARGV[19])
+if tokens_per_minute > 0 and (tokens_counted(KEYS[18]) or 0) >= tokens_per_minute then
+  return {'tokens', '0', '0', ''}
+end
 local budgets = {{KEYS[3], KEYS[4], ARGV[2], ARGV[11], 'tenant'}, {KEYS[13], KEYS[14], ARGV[3], ARGV[12], 'key'}}
 local held = {KEYS[4], KEYS[6]}  -- where the hold goes: the tenant's and the key id's
 local function kept(key, value) return value ~= '' and {'HSET', key, ARGV[9], value} or {'HDEL', key, ARGV[9]} end
@@ -400,18 +415,22 @@ COUNT_REQUEST = (
     + _RATE
     + _PERMITTED
     + """
--- KEYS: rate, the count ids counted in its window; ARGV: per minute (> 0), the request's count id ('' = none)
--- Returns 1 when counted (now, or before: a Redis Cluster client resent it after its reply was lost), 0 when the
--- window's requests are used up (nothing counted).
-if already_counted(KEYS[2], ARGV[2]) then return 1 end
-if tonumber(redis.call('GET', KEYS[1]) or '0') >= tonumber(ARGV[1]) then return 0 end
+-- KEYS: rate, the count ids counted in its window, the tokens counter of that window
+-- ARGV: per minute (0 = no limit), the request's count id ('' = none), tokens per minute (0 = no limit)
+-- Returns '' when let through (counted now, or before: a Redis Cluster client resent it after its reply was lost),
+-- else the limit reached, 'rate' (the window's requests used up) or 'tokens' (nothing counted either way).
+if already_counted(KEYS[2], ARGV[2]) then return '' end
+local per_minute, tokens_per_minute = tonumber(ARGV[1]), tonumber(ARGV[3])
+if per_minute > 0 and tonumber(redis.call('GET', KEYS[1]) or '0') >= per_minute then return 'rate' end
+if tokens_per_minute > 0 and (tokens_counted(KEYS[3]) or 0) >= tokens_per_minute then return 'tokens' end
+if per_minute == 0 then return '' end
 local found = redis.call('TYPE', KEYS[2])['ok']
 if found ~= 'none' and found ~= 'set' then return redis.error_reply('WRONGTYPE a key the count writes') end
 -- Denied its EXPIRE after its INCR, it would leave a counter that never expires.
 local refused = denied(count_writes(KEYS[1], KEYS[2], ARGV[2]))
 if refused then return refused end
 count_request(KEYS[1], KEYS[2], ARGV[2])
-return 1
+return ''
 """
 )
 
@@ -421,13 +440,14 @@ CHARGE = (
     + _TOTALS
     + _HELD
     + _PERMITTED
+    + _RATE
     + f"local SPEND_MAX = {SPEND_MAX_PICO}\nlocal UNRECORDED_BATCH = '{UNRECORDED_BATCH}'\n"
     + """
 -- KEYS: charged marker, tenant spend, key spend, ledger, tenant holds, key holds, pending charges, provider batches,
---       models, prices, used id, the shard's hold-totals epoch
+--       models, prices, used id, the shard's hold-totals epoch, the tokens counter of the charge's minute
 -- ARGV: pico, marker ttl, record, spend ttl, hold member, pending field, late ('1': only if still pending),
 --       the charge's id ('' for none), its admission's nonce ('' for none), the reconciler's: the pending record
---       as its sweep read it
+--       as its sweep read it ('' for none), the tokens charged (input and output)
 EPOCH = redis.call('GET', KEYS[12]) or '0'
 -- Returns 1 when charged now, or before by this very charge (its id in the marker: its reply was lost); else 0.
 -- The charged marker: 'batch:<id> 1::pico=<what it was charged>' for a provider batch line's; else one entry per charge
@@ -452,7 +472,7 @@ if ARGV[8] ~= '' then
 end
 -- The reconciler settles only the very record it swept: not one released, charged, grown or undone and admitted
 -- again since (the next sweep meets that one), so it never charges what its owner settled meanwhile.
-if ARGV[10] and redis.call('HGET', KEYS[7], ARGV[6]) ~= ARGV[10] then return 0 end
+if ARGV[10] ~= '' and redis.call('HGET', KEYS[7], ARGV[6]) ~= ARGV[10] then return 0 end
 local pending = redis.call('HGET', KEYS[7], ARGV[6])
 -- The marker keeps the provider batch recorded for the request ('batch:<id>'; '1' for none, '1:<charge id>' for
 -- none and a charge that named itself; model.py, charged_marker): a collect of another batch naming the request
@@ -481,7 +501,8 @@ if mistyped then return mistyped end
 local writes = {{'HDEL', KEYS[7], ARGV[6]}, {'HDEL', KEYS[8], ARGV[6]}, {'HDEL', KEYS[9], ARGV[6]},
   {'HDEL', KEYS[10], ARGV[6]}, {'ZREM', KEYS[5], ARGV[5]}, {'ZREM', KEYS[6], ARGV[5]}, {'SET', KEYS[1], marker},
   {'INCRBY', KEYS[2], ARGV[1]}, {'INCRBY', KEYS[3], ARGV[1]}, {'EXPIRE', KEYS[2], '1'}, {'EXPIRE', KEYS[3], '1'},
-  {'XADD', KEYS[4], '*', 'record', ARGV[3]}, {'EXPIRE', KEYS[11], ARGV[2]}}
+  {'XADD', KEYS[4], '*', 'record', ARGV[3]}, {'EXPIRE', KEYS[11], ARGV[2]}, {'INCRBY', KEYS[13], ARGV[11]},
+  {'EXPIRE', KEYS[13], tostring(RATE_TTL)}}
 for _, holds in ipairs({KEYS[5], KEYS[6]}) do
   for _, command in ipairs(total_commands(holds)) do writes[#writes + 1] = command end
 end
@@ -543,6 +564,12 @@ for i = 2, 3 do
   if tonumber(ARGV[4]) > 0 then redis.call('EXPIRE', KEYS[i], ARGV[4]) end
 end
 redis.call('XADD', KEYS[4], '*', 'record', ARGV[3])
+-- Counted once, as the charge lands (its repeats returned above), whether or not a tokens-per-minute limit is set: a
+-- router that sets one reads what every router charged in the minute.
+if tonumber(ARGV[11]) > 0 and tokens_counted(KEYS[13]) then
+  redis.call('INCRBY', KEYS[13], ARGV[11])
+  redis.call('EXPIRE', KEYS[13], RATE_TTL)
+end
 return 1
 """
 )

@@ -21,6 +21,7 @@ from services.router.store.model import (
     Prices,
     Verdict,
     charged_marker,
+    charged_tokens,
     marker_after_charge,
     marker_batch,
     marker_charged_pico,
@@ -61,6 +62,7 @@ class MemoryStore:
         self.ledger_appended = 0  # every record ever appended: the SQL sink's cursor counts against it
         self.rate_window, self.rate_counts = 0, dict[str, int]()
         self.rate_counted: set[tuple[str, str]] = set()  # (rate counter, count id) of the window's counted requests
+        self.token_counts: dict[str, int] = {}  # the window's tokens charged, by tokens counter (AccountKeys.tokens)
 
     def _budgets(self, account: Account, allowance: Allowance, period: str) -> list[tuple[str, str, int | None, str]]:
         """(spend key, holds key, limit, name) of the tenant's and the key's budget."""
@@ -104,6 +106,8 @@ class MemoryStore:
         to_count = bool(allowance.per_minute) and not self._counted(subject, count_id)
         if to_count and self.rate_counts.get(subject, 0) >= allowance.per_minute:
             return Verdict("rate")
+        if self._over_tokens(keys, now, allowance):
+            return Verdict("tokens")
         tightest, remaining, spend_budget, spend_left = "", None, "", None
         for spend_key, held_key, limit, name in self._budgets(account, allowance, hold.period):
             held = self._holds(held_key)
@@ -145,8 +149,14 @@ class MemoryStore:
         """The account's rate counter in the window of `now`; the counts of windows before are dropped."""
         window = rate_window(now)
         if window != self.rate_window:
-            self.rate_window, self.rate_counts, self.rate_counted = window, {}, set()
+            self.rate_window, self.rate_counts, self.rate_counted, self.token_counts = window, {}, set(), {}
         return keys.rate(now)
+
+    def _over_tokens(self, keys: AccountKeys, now: float, allowance: Allowance) -> bool:
+        """Whether the account's tokens charged in the window of `now` are at or over its tokens per minute."""
+        self._rate_counter(keys, now)
+        limit = allowance.tokens_per_minute
+        return bool(limit) and self.token_counts.get(keys.tokens(now), 0) >= limit
 
     def _counted(self, subject: str, count_id: str) -> bool:
         return bool(count_id) and (subject, count_id) in self.rate_counted
@@ -156,16 +166,20 @@ class MemoryStore:
         if count_id:
             self.rate_counted.add((subject, count_id))
 
-    async def count_request(self, account: Account, allowance: Allowance, count_id: str = "") -> bool:
-        if not allowance.per_minute:
-            return True
-        subject = self._rate_counter(AccountKeys.of(account), money_now())
+    async def count_request(self, account: Account, allowance: Allowance, count_id: str = "") -> str:
+        if not (allowance.per_minute or allowance.tokens_per_minute):
+            return ""
+        keys, now = AccountKeys.of(account), money_now()
+        subject = self._rate_counter(keys, now)
         if self._counted(subject, count_id):
-            return True
-        if self.rate_counts.get(subject, 0) >= allowance.per_minute:
-            return False
-        self._count(subject, count_id)
-        return True
+            return ""
+        if allowance.per_minute and self.rate_counts.get(subject, 0) >= allowance.per_minute:
+            return "rate"
+        if self._over_tokens(keys, now, allowance):
+            return "tokens"
+        if allowance.per_minute:
+            self._count(subject, count_id)
+        return ""
 
     async def charge(
         self, account: Account, hold: Hold, pico: int, record: dict, late: bool = False, charge_id: str = ""
@@ -200,6 +214,10 @@ class MemoryStore:
         self.used.outlive(keys.used(hold.request_id), self.charged.ttl_s)  # as long as the charged marker (lua.py)
         for spend_key in keys.spend(hold.period):
             self.counters[spend_key] = self.counters.get(spend_key, 0) + pico
+        now = money_now()
+        self._rate_counter(keys, now)  # the counts of windows before dropped
+        tokens = keys.tokens(now)  # counted once, as the charge lands (lua.py, CHARGE)
+        self.token_counts[tokens] = self.token_counts.get(tokens, 0) + charged_tokens(record)
         self.ledger.append(record)
         self.ledger_appended += 1
         return True

@@ -251,6 +251,14 @@ def charged_marker(batch: str | None, charge_id: str, nonce: str = "") -> str:
 CHARGED_TOTAL = "1::pico="
 
 
+def charged_tokens(record: dict[str, Any]) -> int:
+    """The tokens a charge's ledger record says were charged, input and output (Allowance.tokens_per_minute counts
+    them): none on record (a cache hit, a charge at a hold), 0. Whatever else a record holds there counts as none: a
+    rate limit never stands in the way of a charge."""
+    counts = (record.get(name) for name in ("input_tokens", "output_tokens"))
+    return sum(count for count in counts if isinstance(count, int) and count > 0)
+
+
 def marker_entries(marker: str | None) -> list[str]:
     """The charges a charged marker names (charged_marker); none for a provider batch line's."""
     if marker is None or marker.startswith("batch:"):
@@ -340,19 +348,22 @@ class StoreRefusing(StoreUnavailable):
 
 @dataclass(frozen=True)
 class Allowance:
-    """What an account may do: requests per minute (0: unlimited) and spend per period, in pico-USD (None:
-    unlimited). A limit stored for a tenant or key overrides these defaults."""
+    """What an account may do: requests per minute (0: unlimited), spend per period, in pico-USD (None:
+    unlimited; a limit stored for a tenant or key overrides these defaults), and tokens charged per minute (0:
+    unlimited): a request is refused while its minute's tokens charged so far are at or over it."""
 
     period: str
     per_minute: int = 0
     tenant_pico: int | None = None
     key_pico: int | None = None
+    tokens_per_minute: int = 0
 
 
 @dataclass(frozen=True)
 class Verdict:
     """Admission's answer. `refused` is '' when the request may go on, else why not: 'duplicate' (the id was
     used before, is in flight, or its charge is still remembered), 'rate' (over the requests this minute),
+    'tokens' (the tokens charged this minute at or over Allowance.tokens_per_minute),
     'tenant' or 'key' (that budget cannot hold this request on top of its spend and the holds of requests in
     flight), 'undone' (this very admission was undone before it ran: only a resent or delayed copy meets it). On
     a budget refusal, `remaining` is what the tighter budget has left (pico-USD): a smaller hold up to it would
@@ -402,18 +413,20 @@ class Store(Protocol):
         which is then not refused for its own count; '' counts each call). StoreUnavailable when the store cannot be
         reached."""
 
-    async def count_request(self, account: Account, allowance: Allowance, count_id: str = "") -> bool:
+    async def count_request(self, account: Account, allowance: Allowance, count_id: str = "") -> str:
         """Count one request that is not admitted (a Decide: routed, nothing held or charged) against the rate limit,
-        in the counter admit counts in, once per `count_id` in a window, as admit counts: True when counted, now or
-        before (a resend after a lost reply); False, nothing counted, when the window's requests are used up. True,
-        with no call to the store, when `allowance` sets no rate limit. StoreUnavailable when the store cannot be
+        in the counter admit counts in, once per `count_id` in a window, as admit counts: '' when counted, now or
+        before (a resend after a lost reply); else, nothing counted, the limit reached, as admit's refusal names it:
+        'rate' (the window's requests used up) or 'tokens' (the tokens charged this minute at or over the limit). ''
+        with no call to the store when `allowance` sets neither limit. StoreUnavailable when the store cannot be
         reached."""
 
     async def charge(
         self, account: Account, hold: Hold, pico: int, record: dict, late: bool = False, charge_id: str = ""
     ) -> bool:
         """Settle the pending charge: add the cost to both budgets of the hold's period and the record to the
-        ledger, once per request id, and drop the hold. Returns False when this request id was charged before
+        ledger, once per request id, and drop the hold; the record's tokens (charged_tokens) are counted in the
+        account's tokens of the minute, once, as the charge lands. Returns False when this request id was charged before
         (nothing is added again). `late` (an outbox replay, perhaps after the charged marker expired): charge
         only while the pending charge is still open, so a charge the reconciler settled is never added again.
         `charge_id` names this one charge (its charged marker keeps it, while it lives): when this very charge was

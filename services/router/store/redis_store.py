@@ -51,6 +51,7 @@ from services.router.store.model import (
     StoreUnavailable,
     Verdict,
     admitted_prices,
+    charged_tokens,
     marker_batch,
     marker_charged_pico,
     pending_field,
@@ -208,28 +209,30 @@ class RedisStore:
             keys.key_hex,
             self._trust_totals,
             count_id,
+            allowance.tokens_per_minute,
         ]
         names = [keys.rate(now), keys.used(hold.request_id), tenant_spend, tenant_held, key_spend, key_held]
         names += [keys.limits, keys.pending, keys.charged(hold.request_id), keys.undone(hold.nonce), keys.batches]
         names += [keys.models, *keys.key_budget(hold.period), keys.prices, keys.hold_totals_epoch]
-        names += [keys.rate_counted(now)]
+        names += [keys.rate_counted(now), keys.tokens(now)]
         async with self._call():
             refused, remaining, spend_left, spend_budget, *duplicate = await self._admit(keys=names, args=args)
         charged, held = (_pico_or_none(value) for value in duplicate or ["", ""])
         return Verdict(_text(refused), int(remaining), int(spend_left), _text(spend_budget), charged, held)
 
-    async def count_request(self, account: Account, allowance: Allowance, count_id: str = "") -> bool:
-        if not allowance.per_minute:
-            return True
+    async def count_request(self, account: Account, allowance: Allowance, count_id: str = "") -> str:
+        if not (allowance.per_minute or allowance.tokens_per_minute):
+            return ""
         keys, now = AccountKeys.of(account), money_now()
-        names, args = [keys.rate(now), keys.rate_counted(now)], [allowance.per_minute, count_id]
+        names = [keys.rate(now), keys.rate_counted(now), keys.tokens(now)]
+        args = [allowance.per_minute, count_id, allowance.tokens_per_minute]
         async with self._call():
-            return bool(await self._count_request(keys=names, args=args))
+            return _text(await self._count_request(keys=names, args=args))
 
     async def charge(
         self, account: Account, hold: Hold, pico: int, record: dict, late: bool = False, charge_id: str = ""
     ) -> bool:
-        return await self._settle(account, hold, pico, record, ["1" if late else "0", charge_id, hold.nonce])
+        return await self._settle(account, hold, pico, record, ["1" if late else "0", charge_id, hold.nonce, ""])
 
     async def settle_swept(self, swept: str) -> bool:
         """The reconciler's charge of a pending charge at its hold (its outcome never known): only while the store
@@ -251,6 +254,7 @@ class RedisStore:
         keys = AccountKeys.of(account)
         names = [keys.charged(hold.request_id), *keys.spend(hold.period), keys.ledger, *keys.held(), keys.pending]
         names += [keys.batches, keys.models, keys.prices, keys.used(hold.request_id), keys.hold_totals_epoch]
+        names += [keys.tokens(money_now())]  # the minute it is charged in
         args: list[int | str] = [
             pico,
             self.request_id_ttl_s,
@@ -259,6 +263,7 @@ class RedisStore:
             keys.hold_member(hold.pico, hold.request_id),
             pending_field(account, hold.request_id),
             *only,
+            charged_tokens(record),
         ]
         async with self._call():
             return bool(await self._charge(keys=names, args=args))
