@@ -17,6 +17,7 @@ from services.router.admission import Admission
 from services.router.cache import Cache, ResponseCache
 from services.router.calibration import Calibration
 from services.router.deferred import Deferred
+from services.router.key_tenants import KeyTenants
 from services.router.models import AvailableModels
 from services.router.outbox import Outbox
 from services.router.routed import Routed, Served
@@ -45,6 +46,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self.settings = settings
         self.available = AvailableModels(registry, providers, settings.models_refresh_s)
         self.admission = Admission(settings, registry, store, outbox)
+        self.key_tenants = KeyTenants(store)
         self.routing = Routing(
             classifier,
             self.available,
@@ -131,9 +133,11 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     ) -> Routed:
         """Validate, route, and (last, so nothing after it can fail before serving) admit. `count`: a request never
         admitted (a Decide) is counted against the rate limit instead, before the classifier is asked. An account this
-        router saw rate limited in the current window is refused before either."""
+        router saw rate limited in the current window is refused before either, and a key named with a tenant it does
+        not serve before any of it (key_tenants.py)."""
         account = admission.account_for(request)
         limits = await self.admission.limits(request)
+        await self.key_tenants.check(account)
         mode = escalation.mode_of(request.escalation, self.settings.escalation)
         verifier_threshold = escalation.verifier_threshold(request)
         self.admission.refuse_if_rate_limited(account)

@@ -67,10 +67,10 @@ async def test_a_tenant_scoped_cache_serves_any_of_its_keys_and_a_key_scoped_one
         grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
     ):
         router = router_pb2_grpc.RouterStub(channel)
-        for tenant in ("acme", "globex"):
-            await complete(router, tenant, prompt, api_key="key-a")
-        acme = [await complete(router, "acme", prompt, api_key="key-b"), await complete(router, "acme", prompt)]
-        globex = await complete(router, "globex", prompt, api_key_id=key_id("key-b"))
+        for tenant in ("acme", "globex"):  # a key serves one tenant: each tenant's own
+            await complete(router, tenant, prompt, api_key=f"{tenant}-key-a")
+        acme = [await complete(router, "acme", prompt, api_key="acme-key-b"), await complete(router, "acme", prompt)]
+        globex = await complete(router, "globex", prompt, api_key_id=key_id("globex-key-b"))
         batch_line = await complete(router, "acme", prompt, api_key_id=key_id("key-c"))
     assert [hit for hit, _ in acme] == [True, True]  # another key and a keyless request of acme
     assert batch_line == (True, "0")  # a key's requests by id share the tenant's entries too

@@ -138,6 +138,13 @@ def limit_field(scope: str, name: str) -> str:
     return f"{scope}:{name}"  # the scope has no ':': the first one ends it
 
 
+def key_tenant_key(key: str) -> str:
+    """The tenant an API key id is bound to (the first it was used with, for good: key_tenants.py), a string in the key
+    id's own slot, not a shard's: a key's spend and holds are kept in its tenant's shard, so the one record that says
+    which tenant that is must be the same wherever the request names it."""
+    return "{k." + key.encode().hex() + "}:tenant"
+
+
 GLOBAL_SLOT = key_slot(GLOBAL.encode())  # a Redis Cluster's: every GLOBAL key is in it
 ALIVE_PREFIX = f"{GLOBAL}:alive:"
 

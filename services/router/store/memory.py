@@ -50,6 +50,9 @@ class MemoryStore:
     def __init__(self, request_id_ttl_s: float = REQUEST_ID_TTL_S) -> None:
         self.counters: dict[str, int] = {}
         self.limits: dict[str, int] = {}  # by limit_field(scope, name)
+        # The tenant each API key id is bound to (RedisStore's key_tenant_key): one entry per key ever used, as its
+        # spend counters are, not per request.
+        self.key_tenants: dict[str, str] = {}
         self.used = RecentIds(request_id_ttl_s, self.MAX_REQUEST_IDS)  # admitted
         self.charged = RecentIds(request_id_ttl_s, self.MAX_REQUEST_IDS)
         self.undone = RecentIds(request_id_ttl_s, self.MAX_REQUEST_IDS)  # undone admissions, by nonce
@@ -151,6 +154,9 @@ class MemoryStore:
         if window != self.rate_window:
             self.rate_window, self.rate_counts, self.rate_counted, self.token_counts = window, {}, set(), {}
         return keys.rate(now)
+
+    async def bind_key(self, key: str, tenant: str) -> str:
+        return self.key_tenants.setdefault(key, tenant)
 
     def _over_tokens(self, keys: AccountKeys, now: float, allowance: Allowance) -> bool:
         """Whether the account's tokens charged in the window of `now` are at or over its tokens per minute."""

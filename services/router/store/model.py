@@ -413,6 +413,10 @@ class Store(Protocol):
         which is then not refused for its own count; '' counts each call). StoreUnavailable when the store cannot be
         reached."""
 
+    async def bind_key(self, key: str, tenant: str) -> str:
+        """The tenant an API key id is bound to: the first it was bound with, for good (keys.py, key_tenant_key), which
+        is `tenant` when the key was bound to none until now. StoreUnavailable when the store cannot be reached."""
+
     async def count_request(self, account: Account, allowance: Allowance, count_id: str = "") -> str:
         """Count one request that is not admitted (a Decide: routed, nothing held or charged) against the rate limit,
         in the counter admit counts in, once per `count_id` in a window, as admit counts: '' when counted, now or

@@ -31,6 +31,7 @@ from services.router.store.keys import (
     alive_key,
     hold_totals_epoch_key,
     key_everywhere,
+    key_tenant_key,
     limit_field,
     limits_key,
     pending_key,
@@ -219,6 +220,18 @@ class RedisStore:
             refused, remaining, spend_left, spend_budget, *duplicate = await self._admit(keys=names, args=args)
         charged, held = (_pico_or_none(value) for value in duplicate or ["", ""])
         return Verdict(_text(refused), int(remaining), int(spend_left), _text(spend_budget), charged, held)
+
+    async def bind_key(self, key: str, tenant: str) -> str:
+        async with self._call():
+            bound = await self.redis.set(key_tenant_key(key), tenant, nx=True, get=True)
+        return tenant if bound is None else _text(bound)
+
+    async def move_key(self, key: str, tenant: str) -> str | None:
+        """Bind an API key id to `tenant` whatever it was bound to (an operator's move: key_move.py); the tenant it was
+        bound to before, None for none."""
+        async with self._call():
+            before = await self.redis.set(key_tenant_key(key), tenant, get=True)
+        return None if before is None else _text(before)
 
     async def count_request(self, account: Account, allowance: Allowance, count_id: str = "") -> str:
         if not (allowance.per_minute or allowance.tokens_per_minute):

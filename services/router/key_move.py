@@ -1,0 +1,46 @@
+"""Move an API key to another tenant: `python -m services.router.key_move <key id> <tenant>` binds the key id (16 hex
+digits, as budgets and the ledger show it) to the tenant, in the money Redis of ROUTER_REDIS_URL, whatever it was bound
+to (services/router/key_tenants.py). For a key file line whose tenant changed. Every router follows within
+key_tenants.BOUND_S. The key's spend so far stays in its old tenant's shard: its key budget starts again with the new
+tenant for the rest of the period (README, *A key serves one tenant*)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import sys
+
+from llmrouter.settings import load_settings
+from services.ledger.settings import LedgerSettings
+from services.router.admission import MAX_ID_CHARS
+from services.router.store import RedisStore
+
+KEY_ID = re.compile(r"[0-9a-f]{16}")
+
+
+async def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m services.router.key_move", description=__doc__.split("\n")[0])
+    parser.add_argument("key_id", help="the key's id: 16 hex digits, the first of its SHA-256")
+    parser.add_argument("tenant", help="the tenant it serves from now on")
+    args = parser.parse_args(argv)
+    if not KEY_ID.fullmatch(args.key_id):
+        parser.error("key_id must be 16 lowercase hex digits (a key's id, as budgets and the ledger show it)")
+    if not args.tenant or len(args.tenant) > MAX_ID_CHARS or "\x00" in args.tenant:
+        parser.error(f"tenant must be 1 to {MAX_ID_CHARS} characters, no NUL, as a request's")
+    settings = load_settings(LedgerSettings)  # its redis_url is the router's money store; no server settings
+    if not settings.redis_url:
+        print("ROUTER_REDIS_URL is not set: the in-process store lives in its router", file=sys.stderr)
+        return 2
+    store = RedisStore(settings.redis_url)
+    try:
+        before = await store.move_key(args.key_id, args.tenant)
+    finally:
+        await store.close()
+    was = "bound to no tenant before" if before is None else f"moved from {before!r}"
+    print(f"key {args.key_id}: {was}; it serves {args.tenant!r} (every router within a minute)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main(sys.argv[1:])))
