@@ -74,8 +74,8 @@ def refused_for_another_tenant(refused: ServiceError, owner: str) -> None:
 
 
 async def untouched(store: Store, account: Account) -> None:
-    """Nothing held or charged for the account's tenant, nor for its key in its tenant's shard (where a key its tenant
-    shares with another tenant of the same shard keeps that one's spend: same_shard)."""
+    """Nothing held or charged for the account: its tenant's budget, nor its key's in its tenant's shard (one shard
+    apart from the tenant the key serves: a shard's key counters are shared by its tenants)."""
     assert await store.spent(account, period_id("day")) == (0, 0)
     assert await store.held_pico(account) == (0, 0)
 
