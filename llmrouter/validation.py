@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Sequence, Sized
 from dataclasses import dataclass
@@ -142,7 +143,7 @@ def object_arguments(call: dict[str, Any]) -> dict[str, Any] | None:
     if text is None or text == "":
         return {}
     try:
-        value = json.loads(text, parse_constant=_no_constant) if isinstance(text, str) else None
+        value = _loads(text) if isinstance(text, str) else None
     except (ValueError, RecursionError):
         value = None
     return value if isinstance(value, dict) else None
@@ -163,8 +164,7 @@ def passthrough(raw: str) -> dict[str, Any]:
     if not raw.strip():
         return {}
     try:
-        # NaN and Infinity are no JSON: Python reads them, and writes them again for a provider to refuse.
-        value = json.loads(raw, parse_constant=_no_constant)
+        value = _loads(raw)
     except (ValueError, RecursionError):  # nested past the parser's depth is as unusable as malformed
         value = None
     if not isinstance(value, dict):
@@ -172,8 +172,22 @@ def passthrough(raw: str) -> dict[str, Any]:
     return value
 
 
+def _loads(text: str) -> Any:
+    """JSON as a caller wrote it for a provider, every number finite. NaN and Infinity are no JSON, and neither is what
+    Python reads a number past a float's range as (1e999: infinity): read, each was written again for a provider to
+    refuse (json.dumps writes Infinity)."""
+    return json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+
+
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text[:32]} is past a number's range")
+    return number
 
 
 def _check_logit_bias(value: Any) -> None:
@@ -229,7 +243,7 @@ def _tool_calls(raw: str, index: int) -> list[dict[str, Any]]:
     if not raw:
         return []
     try:
-        calls = json.loads(raw)
+        calls = _loads(raw)
     except (ValueError, RecursionError):
         calls = None
     if not isinstance(calls, list) or not all(isinstance(c, dict) for c in calls):

@@ -1,7 +1,9 @@
 """A direct gRPC caller of the providers service naming a model of 20,000 characters is refused MODEL_NOT_FOUND, the
 name cut in the refusal: quoted whole in its ErrorInfo metadata, it passed gRPC's 16 KiB hard limit on metadata, and
-the caller got "Stream removed" (RESOURCE_EXHAUSTED, no ErrorInfo) instead of the refusal. The real service on
-loopback."""
+the caller got "Stream removed" (RESOURCE_EXHAUSTED, no ErrorInfo) instead of the refusal. A number past a float's
+range (1e999) in its passthrough_json or a message's tool_calls_json is refused naming the field, before any upstream
+is called: it was read as infinity and sent on as `Infinity`, which is no JSON. The real service on loopback, the fake
+OpenAI upstream behind it."""
 
 from __future__ import annotations
 
@@ -9,7 +11,8 @@ import grpc
 import pytest
 
 from llmrouter.errors import MAX_METADATA_CHARS
-from llmrouter.v1 import provider_pb2_grpc
+from llmrouter.v1 import common_pb2, provider_pb2_grpc
+from tests.fakes import FakeOpenAI
 from tests.providers.helpers import error_of, request
 
 
@@ -19,3 +22,28 @@ async def test_a_huge_model_name_is_refused_clearly(stub: provider_pb2_grpc.Prov
     error = error_of(refused.value)
     assert (error.code, error.reason) == (grpc.StatusCode.NOT_FOUND, "MODEL_NOT_FOUND")
     assert error.metadata["model"].startswith("mmm") and len(error.metadata["model"]) == MAX_METADATA_CHARS
+
+
+def call(number: str) -> str:
+    """A tool call of the assistant's, OpenAI's shape, with `number` in it as written."""
+    return '{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}, "index": ' + number + "}"
+
+
+@pytest.mark.parametrize("number", ["1e999", "-1e999", "NaN"])
+@pytest.mark.parametrize("field", ["passthrough_json", "messages[2].tool_calls_json"])
+async def test_a_number_past_a_floats_range_is_refused_before_the_upstream(
+    stub: provider_pb2_grpc.ProviderStub, openai_fake: FakeOpenAI, field: str, number: str
+) -> None:
+    generate = request("cheap")
+    if field == "passthrough_json":
+        generate.passthrough_json = '{"top_p": ' + number + "}"
+    else:
+        calls = common_pb2.ChatMessage(role="assistant", tool_calls_json=f"[{call(number)}]")
+        answer = common_pb2.ChatMessage(role="tool", tool_call_id="c1", content="42")
+        generate.messages.extend([calls, answer])
+        generate.messages.add(role="user", content="And?")
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.Generate(generate)
+    error = error_of(refused.value)
+    assert (error.code, error.metadata.get("field")) == (grpc.StatusCode.INVALID_ARGUMENT, field)
+    assert openai_fake.requests == []
