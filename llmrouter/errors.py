@@ -53,6 +53,13 @@ class ServiceError(Exception):
         return not self.explained and self.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
 
     @property
+    def shed(self) -> bool:
+        """The service's gRPC server dropped the call before any handler ran (CANCELLED without our ErrorInfo: past its
+        queue of calls waiting for a handler, as a loaded server does, or as it began to stop): it set off nothing. A
+        server that stops mid-call, or dies, fails it UNAVAILABLE instead (cut_mid_call)."""
+        return not self.explained and self.code == grpc.StatusCode.CANCELLED
+
+    @property
     def never_connected(self) -> bool:
         """gRPC never reached the service (it could not connect, or resolve its name): the call set off nothing."""
         return (

@@ -428,5 +428,6 @@ def measured_usd(model: ModelSpec, measured: Mapping[str, str]) -> Decimal:
 def cut_in_transit(error: ServiceError) -> bool:
     """A providers call that broke between the services (the providers process died, or drained past its grace,
     mid-call: UNAVAILABLE without their ErrorInfo). The upstream may have the request and bill it, as after an
-    upstream connection lost once the request was sent; unless gRPC never connected to the providers at all."""
-    return not error.explained and not error.message.startswith(NEVER_CONNECTED)
+    upstream connection lost once the request was sent; unless gRPC never connected to the providers at all, or their
+    server shed the call before any handler ran (ServiceError.shed)."""
+    return not error.explained and not error.shed and not error.message.startswith(NEVER_CONNECTED)

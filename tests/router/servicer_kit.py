@@ -134,14 +134,35 @@ async def served_router(
     **settings: Any,
 ) -> AsyncIterator[RunningServer]:
     """router_servicer's servicer behind the router's own gRPC server, on a free port, for the block."""
-    async with router_servicer(tmp_path, store, provider, registry, classifier, port=0, **settings) as servicer:
-        add = router_pb2_grpc.add_RouterServicer_to_server
-        registrations = {"llmrouter.v1.Router": lambda server: add(servicer, server)}
-        running = await start_server("router", servicer.settings, registrations)
-        try:
-            yield running
-        finally:
-            await running.stop(1)
+    async with (
+        router_servicer(tmp_path, store, provider, registry, classifier, port=0, **settings) as servicer,
+        serving(servicer) as running,
+    ):
+        yield running
+
+
+@asynccontextmanager
+async def served_router_to(
+    providers_addr: str, tmp_path: Path, store: Store, registry: Registry = REGISTRY, **settings: Any
+) -> AsyncIterator[RunningServer]:
+    """router_servicer_to's servicer behind the router's own gRPC server, on a free port, for the block."""
+    async with (
+        router_servicer_to(providers_addr, tmp_path, store, registry, port=0, **settings) as servicer,
+        serving(servicer) as running,
+    ):
+        yield running
+
+
+@asynccontextmanager
+async def serving(servicer: RouterServicer) -> AsyncIterator[RunningServer]:
+    """`servicer` behind the router's own gRPC server, on the port its settings name, for the block."""
+    add = router_pb2_grpc.add_RouterServicer_to_server
+    registrations = {"llmrouter.v1.Router": lambda server: add(servicer, server)}
+    running = await start_server("router", servicer.settings, registrations)
+    try:
+        yield running
+    finally:
+        await running.stop(1)
 
 
 @asynccontextmanager
