@@ -19,6 +19,11 @@ ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 # digits, to integer biases within OpenAI's range.
 TOKEN_ID = re.compile(r"[0-9]{1,9}")
 MAX_BIAS = 100
+# Passthrough fields the edge bounds for a REST caller (services/edge/openai_api.py), bounded alike for a gRPC caller:
+# numbers within a range (JSON true is none), and seed, a 64-bit integer; out of them, one was sent on after routing for
+# the upstream to refuse (or, where the gateway drops it, ignored).
+NUMBER_RANGES = {"top_p": (0, 1), "presence_penalty": (-2, 2), "frequency_penalty": (-2, 2)}
+SEED_RANGE = (-(2**63), 2**63 - 1)
 # OpenAI's bound on a chat's messages ("Invalid 'messages': array too long. Expected an array with maximum length
 # 2048, ...": github.com/obot-platform/obot/issues/1009), which the edge holds REST callers to; gRPC callers may send
 # one more, as the edge's Responses route does: its instructions, then up to 2048 input items. Past it, a caller's
@@ -132,6 +137,7 @@ def validate(request: GenerationRequest) -> Validated:
     _check_logit_bias(extras.get("logit_bias"))
     _check_end_user_ids(extras)
     _check_stop(extras.get("stop"))
+    _check_sampling(extras)
     return Validated(tool_calls, extras, _raw_arguments_at(request.messages, tool_calls))
 
 
@@ -227,6 +233,20 @@ def _check_stop(value: Any) -> None:
         return
     if not isinstance(value, list) or len(value) > MAX_STOP or not all(isinstance(s, str) for s in value):
         raise invalid(f"stop must be a string or a list of at most {MAX_STOP} strings", "stop")
+
+
+def _check_sampling(extras: dict[str, Any]) -> None:
+    """NUMBER_RANGES, seed and parallel_tool_calls as the edge checks them; JSON null is a field left out."""
+    for name, (low, high) in NUMBER_RANGES.items():
+        value = extras.get(name)
+        if value is not None and not (type(value) in (int, float) and low <= value <= high):
+            raise invalid(f"{name} must be a number within [{low}, {high}]", name)
+    seed = extras.get("seed")
+    if seed is not None and not (type(seed) is int and SEED_RANGE[0] <= seed <= SEED_RANGE[1]):
+        raise invalid("seed must be a 64-bit integer", "seed")
+    parallel = extras.get("parallel_tool_calls")
+    if parallel is not None and type(parallel) is not bool:
+        raise invalid("parallel_tool_calls must be a boolean", "parallel_tool_calls")
 
 
 def _json_type(value: Any) -> str:

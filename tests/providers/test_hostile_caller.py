@@ -2,10 +2,13 @@
 name cut in the refusal: quoted whole in its ErrorInfo metadata, it passed gRPC's 16 KiB hard limit on metadata, and
 the caller got "Stream removed" (RESOURCE_EXHAUSTED, no ErrorInfo) instead of the refusal. A number past a float's
 range (1e999) in its passthrough_json or a message's tool_calls_json is refused naming the field, before any upstream
-is called: it was read as infinity and sent on as `Infinity`, which is no JSON. The real service on loopback, the fake
-OpenAI upstream behind it."""
+is called: it was read as infinity and sent on as `Infinity`, which is no JSON. So are the sampling and log-probability
+fields out of the range or type the edge holds a REST caller to (a top_p of 5, a seed of 1.5): they were sent on, for
+the upstream to refuse after routing. The real service on loopback, the fake OpenAI upstream behind it."""
 
 from __future__ import annotations
+
+import json
 
 import grpc
 import pytest
@@ -46,4 +49,27 @@ async def test_a_number_past_a_floats_range_is_refused_before_the_upstream(
         await stub.Generate(generate)
     error = error_of(refused.value)
     assert (error.code, error.metadata.get("field")) == (grpc.StatusCode.INVALID_ARGUMENT, field)
+    assert openai_fake.requests == []
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("top_p", 5),
+        ("top_p", "0.5"),
+        ("top_p", True),
+        ("presence_penalty", -1e300),
+        ("frequency_penalty", 2.5),
+        ("seed", 1.5),
+        ("seed", 2**63),
+        ("parallel_tool_calls", "yes"),
+    ],
+)
+async def test_a_sampling_field_out_of_its_range_is_refused_before_the_upstream(
+    stub: provider_pb2_grpc.ProviderStub, openai_fake: FakeOpenAI, name: str, value: object
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.Generate(request("strong", passthrough_json=json.dumps({name: value})))
+    error = error_of(refused.value)
+    assert (error.code, error.metadata.get("field")) == (grpc.StatusCode.INVALID_ARGUMENT, name)
     assert openai_fake.requests == []
