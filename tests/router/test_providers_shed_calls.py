@@ -1,8 +1,9 @@
 """A providers service too busy to take more calls: its gRPC server sheds the calls past its queue of calls waiting
 for a handler, CANCELLED with no ErrorInfo (llmrouter.errors: ServiceError.shed), before any handler ran, so no upstream
 had them. The router's caller is charged nothing for such a call: it was charged the attempt's worst case, as for a
-call cut in transit. A batch whose SubmitBatch was shed was never created: its lines are withdrawn (sent to Complete),
-not held as a batch of unknown outcome and charged that hold when it lapses, with no answer. A real providers gRPC
+call cut in transit. A batch whose SubmitBatch was shed, or never connected (the providers gone), was never created:
+its lines are withdrawn (sent to Complete), not held as a batch of unknown outcome and charged that hold when it lapses,
+with no answer. A real providers gRPC
 server in a thread of its own (its event loop held by the call it serves, as a loaded one's is), queueing one call; the
 router's gRPC server over the money store on the test's Redis."""
 
