@@ -17,9 +17,13 @@ from llmrouter.v1 import provider_pb2, provider_pb2_grpc
 @dataclass
 class Cue:
     """Whether the attempt in progress surely never reached its upstream: its providers call waits for the router's
-    word to send, not yet given (or was refused as unknown, UNIMPLEMENTED, which reaches nothing either)."""
+    word to send, not yet given (or was refused as unknown, UNIMPLEMENTED, which reaches nothing either); and how its
+    providers call failed, once it has."""
 
     unreached: bool = False
+    # Kept before the call's clean-up awaits anything: a caller that leaves while it does raises CancelledError in its
+    # stead, and what the providers measured of the attempt (its trailing metadata) would reach no one.
+    failure: grpc.RpcError | None = None
 
 
 async def provider_chunks(
@@ -31,7 +35,7 @@ async def provider_chunks(
     """The stream's chunks (the `ready_to_send` one answered, not passed on). A providers service of the version before
     (UNIMPLEMENTED, which reached no upstream) is asked with GenerateStream, whose upstream may be reached at once."""
     call = providers.GenerateStreamOnCue(timeout=time_left())
-    cue.unreached = True
+    cue.unreached, cue.failure = True, None
     try:
         await call.write(provider_pb2.CuedRequest(request=request))
         async for chunk in call:
@@ -47,6 +51,7 @@ async def provider_chunks(
         return
     except grpc.RpcError as err:
         if err.code() != grpc.StatusCode.UNIMPLEMENTED or not cue.unreached:
+            cue.failure = err
             raise
     finally:
         call.cancel()

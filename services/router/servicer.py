@@ -233,20 +233,25 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             yield router_pb2.CompleteChunk(final=response)
         except (ServiceError, asyncio.CancelledError, GeneratorExit) as exc:
             outcome = "interrupted" if isinstance(exc, ServiceError) else "cancelled"
+            # A caller that left while a failed providers call closed (closing waits on gRPC's writer over a channel
+            # with interceptors) has CancelledError in the failure's stead: charged from the failure all the same.
+            failed = exc if isinstance(exc, ServiceError) else stream.providers_failure(routed.request_id)
             if stream.served is not None and not routed.settled:
                 # Whole, its final chunk read, when the caller left while the providers call was closing (closing waits
                 # on gRPC's writer over a channel with interceptors): charged as served, not at what it owes alone.
                 await self.charger.settle(routed, charging.response(routed, stream.served), outcome, stream.served)
             # Failed or abandoned mid-stream: what reached the caller was served and is charged once.
             elif stream.delivered and stream.served is None:
-                measured = exc.metadata if isinstance(exc, ServiceError) else {}
+                measured = failed.metadata if failed is not None else {}
                 # Counting what was delivered takes turns of the event loop: run to its end, shielded, and nothing
                 # else may settle the request (at what it owes alone) while it runs.
                 routed.settled = True
                 await asyncio.shield(self.charger.run_to_end(self._charge_partial(routed, stream, outcome, measured)))
             elif not stream.delivered and stream.served is None and not isinstance(exc, ServiceError):
                 routed.failure = "cancelled"
-                if stream.cue.unreached:  # its providers call waited for the word to send: no upstream had it
+                if failed is not None:  # what the failed attempt cost, as a caller who stayed owes it
+                    stream.owe_failed_attempt(routed, failed)
+                elif stream.cue.unreached:  # its providers call waited for the word to send: no upstream had it
                     routed.note = "the caller left before the upstream was reached: the attempt cost nothing"
                 else:
                     # Left before the first token: what the upstream generated is unknown, so its worst case, on top

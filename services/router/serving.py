@@ -72,6 +72,25 @@ class StreamState:
     def consumed_usd(self) -> Decimal:
         return self.model.usage_cost_usd(self.consumed)
 
+    def providers_failure(self, request_id: str) -> ServiceError | None:
+        """How the attempt's providers call failed, if it had when the caller left: as the caller who stayed is told
+        it, with what the providers measured."""
+        failure = self.cue.failure
+        return None if failure is None else provider_failure(failure, request_id)
+
+    def owe_failed_attempt(self, routed: Routed, error: ServiceError) -> None:
+        """The attempt in progress failed before any of it was delivered: the request owes what it cost (attempt_cost,
+        with what its failed retries consumed when the providers' account of them never arrived; nothing of an
+        unknown outcome when it ended before the word to send, which no upstream had). Over from here: a caller
+        leaving next has no attempt in progress to owe for."""
+        if "cost_usd" not in error.metadata:
+            routed.owed += self.consumed_usd
+        if self.cue.unreached:  # ended (its deadline, the providers service gone) before the word to send
+            error.metadata["sent"] = "false"
+        routed.owed += attempt_cost(error, self.model, self.worst)
+        self.worst, self.consumed, self.tool_call_tokens = Decimal(0), common_pb2.Usage(), 0
+        self.input, self.cue.unreached, self.cue.failure = None, False, None
+
     async def partial(self, routed: Routed, measured: Mapping[str, str]) -> Served:
         """What an interrupted stream served: as the provider measured it, else counted here."""
         text, refusal = "".join(self.parts), "".join(self.refusal)
@@ -138,7 +157,8 @@ class Serving:
                 )
             except grpc.RpcError as err:
                 error = provider_failure(err, routed.request_id)
-                await self._after_failed_attempt(routed, error, index, routed.time_left(context))
+                routed.owed += attempt_cost(error, option.model, worst_usd(routed, option.model))
+                await self._fall_back_or_raise(routed, error, index, routed.time_left(context))
                 continue
             served = Served(option.model)
             served.add(reply, option.model)
@@ -253,14 +273,8 @@ class Serving:
                 error = provider_failure(err, routed.request_id)
                 if stream.delivered:
                     raise error from None
-                if "cost_usd" not in error.metadata:  # the providers' account of its retries never arrived
-                    routed.owed += stream.consumed_usd
-                if stream.cue.unreached:  # ended (its deadline, the providers service gone) before the word to send
-                    error.metadata["sent"] = "false"
-                # Over: what it cost is owed next, so a caller leaving from here on has no attempt in progress.
-                stream.worst, stream.consumed, stream.tool_call_tokens = Decimal(0), common_pb2.Usage(), 0
-                stream.input, stream.cue.unreached = None, False
-                await self._after_failed_attempt(routed, error, index, routed.time_left(context))
+                stream.owe_failed_attempt(routed, error)
+                await self._fall_back_or_raise(routed, error, index, routed.time_left(context))
                 continue
             finally:
                 await chunks.aclose()  # cancels the providers call now
@@ -275,12 +289,11 @@ class Serving:
                 stream.worst, stream.consumed, stream.tool_call_tokens = Decimal(0), common_pb2.Usage(), 0
             raise ServiceError(grpc.StatusCode.INTERNAL, "UPSTREAM_ERROR", "provider stream ended without usage")
 
-    async def _after_failed_attempt(self, routed: Routed, error: ServiceError, index: int, time_left: float) -> None:
-        """Owe what the failed attempt cost, then fall back to the next model only if it is worth it, the
-        request's time leaves room for it, and the hold can grow to cover what is owed plus the next
-        attempt's worst case; else raise."""
+    async def _fall_back_or_raise(self, routed: Routed, error: ServiceError, index: int, time_left: float) -> None:
+        """After a failed attempt, its cost owed: fall back to the next model only if it is worth it, the request's
+        time leaves room for it, and the hold can grow to cover what is owed plus the next attempt's worst case; else
+        raise."""
         order = routed.plan.order
-        routed.owed += attempt_cost(error, order[index].model, worst_usd(routed, order[index].model))
         if error.code not in FALLBACK_CODES or index + 1 >= len(order):
             raise error
         if time_left < MIN_CALL_S:

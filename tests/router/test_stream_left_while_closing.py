@@ -1,10 +1,11 @@
-"""A stream whose caller leaves once its answer is whole (its final chunk, with its usage, read from the providers) but
-while the providers call is still being closed is charged that answer. Over a channel with interceptors (the call
-token, as the router's providers channel has one when ROUTER_CALL_TOKEN is set) closing the call waits on gRPC's
-writer: a caller that left then was charged nothing, every token of the answer, all of it delivered, free. (Not fixed:
-one that leaves while a call cut after delivering closes is charged the delivered words counted here, not what the
-providers measured of them.) The router's servicer over the in-process store and a providers channel with the call
-token's interceptors; a real providers gRPC server on loopback."""
+"""A stream whose caller leaves while the router closes its providers call is charged as a caller who stayed. Over a
+channel with interceptors (the call token, as the router's providers channel has one when ROUTER_CALL_TOKEN is set)
+closing the call waits on gRPC's writer. A caller that left then, its answer whole (its final chunk, with its usage,
+read from the providers), was charged nothing, every token of it delivered free. One that left while a failed call
+closed had CancelledError in the failure's stead, what the providers measured of the attempt lost with it: a stream
+cut after delivering was charged the delivered words counted here, one that failed before delivering anything its
+worst case, even when the providers said they sent nothing. The router's servicer over the in-process store and a
+providers channel with the call token's interceptors; a real providers gRPC server on loopback."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import pytest
 from pydantic import SecretStr
 
 from llmrouter.auth import ANONYMOUS, acting_as
@@ -141,14 +141,44 @@ class Interrupted(Answering):
         await context.abort(error.code, error.message, error.trailing_metadata())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not fixed: the cut call's error is replaced by the cancellation inside provider_chunks' own clean-up "
-    "(done_writing), before any caller of it sees the providers' measured usage; charged the delivered words counted",
-)
 async def test_a_stream_left_while_its_cut_providers_call_closes_is_charged_what_the_providers_measured(
     tmp_path: Path,
 ) -> None:
     record, spent = await left_while_closing(tmp_path, Interrupted())
     assert record["output_tokens"] == USAGE.output_tokens and not record["tokens_estimated"]
     assert Decimal(record["cost_usd"]) == COST and spent == to_pico(COST)
+
+
+class FailedBeforeDelivering(Answering):
+    """Fails once the router's word to send has come, before any of the answer: the providers' account of the attempt
+    in the failure's trailing metadata."""
+
+    def __init__(self, code: grpc.StatusCode, reason: str, metadata: dict[str, str]) -> None:
+        self.error = ServiceError(code, reason, "failed", metadata)
+
+    async def GenerateStreamOnCue(self, requests: Any, context: Any) -> AsyncIterator[provider_pb2.GenerateChunk]:
+        await anext(aiter(requests))
+        yield provider_pb2.GenerateChunk(ready_to_send=True)
+        await anext(aiter(requests))
+        await context.abort(self.error.code, self.error.message, self.error.trailing_metadata())
+
+
+async def test_a_stream_left_while_its_failed_providers_call_closes_is_charged_what_the_providers_measured(
+    tmp_path: Path,
+) -> None:
+    """The upstream unavailable, each of the providers' retries billed its prompt: owed what they measured, not the
+    attempt's worst case."""
+    retried = common_pb2.Usage(input_tokens=2 * USAGE.input_tokens)
+    cost = REGISTRY.get("cheap").usage_cost_usd(retried)  # type: ignore[union-attr]
+    measured = {"input_tokens": str(retried.input_tokens), "output_tokens": "0", "cost_usd": str(cost)}
+    provider = FailedBeforeDelivering(grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE", measured)
+    record, spent = await left_while_closing(tmp_path, provider)
+    assert Decimal(record["cost_usd"]) == Decimal(record["owed_usd"]) == cost and spent == to_pico(cost)
+
+
+async def test_a_stream_left_while_its_unsent_providers_call_closes_owes_nothing(tmp_path: Path) -> None:
+    """The providers gave up before sending (too little time left to): no upstream had the request, nothing owed, though
+    a timeout's outcome is otherwise unknown."""
+    provider = FailedBeforeDelivering(grpc.StatusCode.DEADLINE_EXCEEDED, "UPSTREAM_TIMEOUT", {"sent": "false"})
+    record, spent = await left_while_closing(tmp_path, provider)
+    assert Decimal(record["cost_usd"]) == 0 and spent == 0
