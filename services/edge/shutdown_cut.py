@@ -7,7 +7,9 @@ SENT_REQUEST_ID), with that id, `x_router.cost_pending` and `x-should-retry: fal
 A stream already under way (its headers sent) lost its connection: its caller saw a transport error, told neither
 that the stream had failed nor its request id. It ends as a stream that fails mid-way ends, with an OpenAI-style
 error event (its route's own, kept in the scope at STREAM_ENDING), with that id and `x_router.cost_pending` (the router
-charges what it delivered once the edge's call to it ends), and then its body ends cleanly."""
+charges what it delivered once the edge's call to it ends), and then its body ends cleanly. One whose every event went
+out, its body's end alone waiting for its caller to read, ends as it was to: an error event after its last (a
+response.failed after its response.completed) said that a whole answer, charged whole, had failed."""
 
 from __future__ import annotations
 
@@ -39,9 +41,12 @@ class ShutdownCut:
             await self.app(scope, receive, send)
             return
         started = ended = False
+        final_message: MutableMapping[str, Any] | None = None  # the answer's last message, once its send has begun
 
         async def watched_send(message: MutableMapping[str, Any]) -> None:
-            nonlocal started, ended
+            nonlocal started, ended, final_message
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                final_message = message
             await send(message)  # first: a send the shutdown cancels (waiting for the caller to read) sent nothing
             started = started or message["type"] == "http.response.start"
             ended = ended or (message["type"] == "http.response.body" and not message.get("more_body", False))
@@ -52,6 +57,9 @@ class ShutdownCut:
             ending: StreamEnding | None = scope.get(STREAM_ENDING)
             if ended or (started and ending is None):  # answered already; or an answer begun that can only be cut
                 raise
+            if final_message is not None:  # cut as its end waited for the caller to read: all before it went out, whole
+                await send(final_message)
+                return
             request_id = scope.get(SENT_REQUEST_ID, "")
             log.warning("request cut by the shutdown", extra={"request_id": request_id, "path": scope["path"][:256]})
             if started and ending is not None:  # a stream, which began once the router had the request

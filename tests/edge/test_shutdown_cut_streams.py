@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import socket
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from typing import Any
@@ -18,10 +19,11 @@ import httpx
 import openai
 import pytest
 
-from llmrouter.v1 import router_pb2
+from llmrouter.v1 import common_pb2, router_pb2
+from services.edge.settings import EdgeSettings
 from tests.edge.edge_process import edge_serving
 from tests.fakes.recording_router import RecordingRouter
-from tests.integration.conftest import served_router
+from tests.integration.conftest import free_port, served_router, start_edge
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -141,3 +143,62 @@ async def test_streams_the_shutdown_cuts_end_with_an_error_event_and_their_pendi
 
         await sdk.close()
         assert await asyncio.wait_for(edge.wait(), 60) == 0
+
+
+TEXT_PART = "x" * (1 << 20)
+PARTS = 8  # 8 MiB of text, in each of a Responses stream's last events: far past what the socket's buffers hold
+
+
+class AnswersLong(RecordingRouter):
+    """Answers a long text at once, then its final chunk with the usage: a stream whose events outgrow the socket."""
+
+    async def CompleteStream(self, request: router_pb2.CompleteRequest, context: Any) -> AsyncIterator[Any]:
+        self.asked.append(request)
+        yield router_pb2.CompleteChunk(decision=router_pb2.Decision(model="cheap-model", reason="long"))
+        for _ in range(PARTS):
+            yield router_pb2.CompleteChunk(delta=TEXT_PART)
+        usage = common_pb2.Usage(input_tokens=1, output_tokens=PARTS)
+        final = router_pb2.CompleteResponse(id=request.request_id, model="cheap-model", usage=usage, cost_usd="0.01")
+        yield router_pb2.CompleteChunk(final=final)
+
+
+async def test_a_stream_whose_last_event_went_out_before_the_shutdown_cut_ends_as_it_completed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A Responses stream whose response.completed went out whole, its body's end still waiting for its caller to read
+    when the grace period ran out, ends there: not with a response.failed after it, which said that the answer was
+    not finished (a client would take it for failed, and send it again) though it was whole and charged whole."""
+    router = AnswersLong()
+    small_window = [(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)]  # the caller reads nothing the kernel would
+    async with served_router(router) as router_addr:
+        settings = EdgeSettings(
+            port=free_port(), router_addr=router_addr, access_log="off", metrics_port=0, grace_seconds=1
+        )
+        server, serving, channel = await start_edge(settings)
+        try:
+            async with (
+                httpx.AsyncClient(
+                    base_url=f"http://127.0.0.1:{settings.port}/v1",
+                    timeout=60,
+                    transport=httpx.AsyncHTTPTransport(socket_options=small_window),
+                ) as http,
+                AsyncExitStack() as streams,
+            ):
+                responses = await opened(streams, http, "/responses", {"input": "hi"})
+                names = []
+                async for line in responses.lines:  # up to the last event's name, its data not read yet
+                    if line.startswith("event: "):
+                        names.append(line.removeprefix("event: "))
+                        if names[-1] == "response.completed":
+                            break
+                # Its ~8 MiB of data past the socket's buffers: the edge waits for the caller to read before it ends
+                # the body, when the grace period runs out.
+                server.should_exit = True
+                await asyncio.wait_for(serving, 30)
+                rest = await responses.rest()  # and the body then ends cleanly
+        finally:
+            await channel.close()
+    assert [event["type"] for event in rest] == ["response.completed"]
+    assert rest[0]["response"]["output"][0]["content"][0]["text"] == TEXT_PART * PARTS
+    assert "Cancel 1 running task(s)" in caplog.text  # uvicorn's: the grace period ran out with the stream open
+    assert "request cut by the shutdown" not in caplog.text  # its answer went out whole
