@@ -99,9 +99,15 @@ def variable(name: str, query_text: str) -> dashboard.QueryVariable:
     )
 
 
+GIVEN_BACK = "llmrouter_router_cost_given_back_usd_total"
+
+
 def build() -> dict:
-    cost = f"sum({rate('llmrouter_router_cost_usd_total')}) * 3600"
-    baseline = f"sum({rate('llmrouter_router_baseline_cost_usd_total')}) * 3600"
+    # What reconciled charges gave back once their router's own charge landed (counters only go up) is taken off the
+    # cost and the baseline alike (a reconciled charge claims no savings).
+    given_back = f"(sum({rate(GIVEN_BACK)}) or vector(0))"
+    cost = f"(sum({rate('llmrouter_router_cost_usd_total')}) - {given_back}) * 3600"
+    baseline = f"(sum({rate('llmrouter_router_baseline_cost_usd_total')}) - {given_back}) * 3600"
     savings = (
         f"(sum({rate('llmrouter_router_baseline_cost_usd_total')}) - sum({rate('llmrouter_router_cost_usd_total')}))"
         " * 3600"
@@ -174,6 +180,7 @@ def build() -> dict:
                 "Cost by model (USD/h)",
                 "currencyUSD",
                 (f"sum by (model) ({rate('llmrouter_router_cost_usd_total')}) * 3600", "{{model}}"),
+                (f"sum by (model) ({rate(GIVEN_BACK)}) * 3600", "{{model}} given back"),
             )
         )
         .with_panel(

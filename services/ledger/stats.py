@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from services.ledger.db import Row
+from services.router.store.model import GIVEN_BACK
 
 GROUPINGS = ("", "model", "tenant", "day")
 SUCCESS = {"ok", "cache_hit"}
@@ -33,6 +34,10 @@ class Group:
     models: Counter[str] = field(default_factory=Counter)
 
     def add(self, row: Row) -> None:
+        self.cost_pico += row.get("cost_pico")
+        self.baseline_pico += row.get("baseline_pico")
+        if row.get("outcome") == GIVEN_BACK:  # money given back of a reconciled charge: no request of its own
+            return
         self.requests += 1
         self.succeeded += row.get("outcome") in SUCCESS
         self.escalated += bool(row.get("escalated"))
@@ -40,8 +45,6 @@ class Group:
         self.fallbacks += bool(row.get("fallback"))
         self.input_tokens += row.get("input_tokens")
         self.output_tokens += row.get("output_tokens")
-        self.cost_pico += row.get("cost_pico")
-        self.baseline_pico += row.get("baseline_pico")
         self.latencies.append(row.get("latency_ms"))
         if row.get("model"):
             self.models[row.get("model")] += 1

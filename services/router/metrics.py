@@ -10,6 +10,14 @@ COST = Counter("llmrouter_router_cost_usd_total", "USD charged", ["model"])
 BASELINE_COST = Counter(
     "llmrouter_router_baseline_cost_usd_total", "USD the strongest available model would have cost for the same usage"
 )
+# Counters only go up: what a reconciled charge gave back (its router's charge or undo landing after it, from an
+# outbox) is counted here, by the model the reconciled charge was counted under. The cost charged is the cost counter
+# less this one, the baseline the baseline counter less it (a reconciled charge claims no savings), per model.
+COST_GIVEN_BACK = Counter(
+    "llmrouter_router_cost_given_back_usd_total",
+    "USD of reconciled charges given back (their router's charge or undo landed after them)",
+    ["model"],
+)
 TOKENS = Counter(
     "llmrouter_router_tokens_total",
     "Tokens of charged generations, by the model that generated them (none for a cache hit)",
@@ -140,6 +148,11 @@ def count_charge(record: dict[str, Any]) -> None:
     for generation in record.get("generations", []):
         TOKENS.labels(generation["model"], "input").inc(generation["input_tokens"])
         TOKENS.labels(generation["model"], "output").inc(generation["output_tokens"])
+
+
+def count_given_back(record: dict[str, Any], pico: int) -> None:
+    """`pico` of a reconciled charge given back, under the model its ledger record (the reconciled charge's) names."""
+    COST_GIVEN_BACK.labels(str(record.get("model", ""))).inc(float(Decimal(pico).scaleb(-12)))
 
 
 class BoundedLabels:

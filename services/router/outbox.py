@@ -107,8 +107,15 @@ class OutboxCharge:
         charged = await store.charge(
             self.account, self.hold, self.pico, self.record, late=late, charge_id=self.charge_id
         )
-        if charged and self.charge_id:  # a line of the version before was counted when it was kept
-            metrics.count_charge(self.record)
+        if charged:
+            if self.charge_id:  # a line of the version before was counted when it was kept
+                metrics.count_charge(self.record)
+            return
+        # Settled meanwhile by the reconciler at its hold, while this router's caller was told this charge: amended to
+        # it (Store.give_back, which counts what it gives back). A line of the version before was counted when kept,
+        # beside the reconciler's hold: its own cost is given back in the metrics too.
+        if await store.give_back(self.account, self.hold, self.pico) and not self.charge_id:
+            metrics.count_given_back(self.record, self.pico)
 
     def logged(self) -> tuple[str, dict[str, Any]]:
         return "charge", self.record
@@ -125,13 +132,23 @@ class OutboxUndo:
         return json.dumps({"undo": asdict(self)}, separators=(",", ":"))
 
     async def land(self, store: Store, marked_s: float) -> None:
-        await store.undo(self.account, self.hold)  # once by its nonce, whenever it lands
+        await undo_or_give_back(store, self.account, self.hold)
 
     def logged(self) -> tuple[str, dict[str, Any]]:
         return "undo of a lost admission", {"request_id": self.hold.request_id, "tenant": self.account.tenant}
 
 
 OutboxEntry = OutboxCharge | OutboxUndo
+
+
+async def undo_or_give_back(store: Store, account: Account, hold: Hold) -> bool:
+    """Undo an admission whose caller was told nothing was admitted (once by its nonce, whenever it lands); when the
+    reconciler charged it its hold first (its router taken for dead meanwhile), that charge given back whole
+    (Store.give_back), once. Whether it was undone."""
+    if await store.undo(account, hold):
+        return True
+    await store.give_back(account, hold, None)
+    return False
 
 
 def entry_from_json(line: str) -> OutboxEntry:

@@ -17,7 +17,7 @@ import logging
 import time
 from typing import Any
 
-from services.router.outbox import Outbox, OutboxUndo
+from services.router.outbox import Outbox, OutboxUndo, undo_or_give_back
 from services.router.store import Account, Hold, Store, StoreRefusing, StoreUnavailable, Verdict
 
 log = logging.getLogger("llmrouter.router")
@@ -88,7 +88,7 @@ class Undoing:
 
     async def _undo(self, account: Account, hold: Hold) -> None:
         try:
-            undone = await self.store.undo(account, hold)
+            undone = await undo_or_give_back(self.store, account, hold)
         except StoreUnavailable:
             self._out_of_reach()
             await self.outbox.add(OutboxUndo(account, hold))

@@ -1,7 +1,8 @@
 """Each charge is counted once in the router's metrics (requests, cost, tokens), as the ledger holds it once: a
 charge kept in the outbox through a store outage is counted when it lands, not when it is kept. The reconciler may
-settle the request at its hold first (its router taken for dead while cut off from the store): that charge is the
-one in the ledger, counted by the reconciler, and the replay, refused, counts nothing. A charge whose reply was lost
+settle the request at its hold first (its router taken for dead while cut off from the store): that charge is counted
+by the reconciler, and the replay, which amends it to its cost, counts what it gives back (the cost counted less what
+is counted given back is the cost), never the request again. A charge whose reply was lost
 after it landed is counted once when the outbox replays it (the store knows it as the same charge by its id). A real
 Redis behind a proxy that goes down or loses a reply."""
 
@@ -36,6 +37,11 @@ def counted(model: str) -> tuple[float, float]:
     return requests, METRICS.get_sample_value("llmrouter_router_cost_usd_total", {"model": model}) or 0.0
 
 
+def given_back(model: str) -> float:
+    """USD of reconciled charges of `model` the router's metrics have counted given back."""
+    return METRICS.get_sample_value("llmrouter_router_cost_given_back_usd_total", {"model": model}) or 0.0
+
+
 async def served(charger: charging.Charger) -> tuple[Routed, router_pb2.CompleteResponse]:
     gate, r = await routed(request(), admission.Admission(SETTINGS, REGISTRY, charger.store, charger.outbox))
     await gate.admit(r)
@@ -50,7 +56,7 @@ async def test_a_charge_the_reconciler_settled_before_its_replay_is_counted_once
     r, response = await served(charger)
     assert r.hold is not None
     model = response.model
-    before = counted(model)
+    before, given_before = counted(model), given_back(model)
     proxy.go_down()  # the router is cut off from the store as it charges: the charge waits in the outbox
     await charger.settle(r, response)
     assert len(charger.outbox) == 1
@@ -61,16 +67,18 @@ async def test_a_charge_the_reconciler_settled_before_its_replay_is_counted_once
         await asyncio.sleep(0.3)
         assert await reconciler.reconcile("router-alive", 0.2, 3600) == 1
         proxy.come_back()
-        assert await charger.outbox.replay(charger.store) == 1  # landed: refused, the request is charged
+        assert await charger.outbox.replay(charger.store) == 1  # landed: the reconciler's charge amended to it
         hold = Decimal(r.hold.pico) / 10**12
-        assert await reconciler.spent(ACCOUNT, DAY) == (r.hold.pico, r.hold.pico)  # once, at the hold
-        (record,) = [x for x in await ledger_records(reconciler.redis) if x["request_id"] == r.request_id]
-        assert record["outcome"] == "reconciled"
+        cost = to_pico(Decimal(response.cost_usd))
+        assert await reconciler.spent(ACCOUNT, DAY) == (cost, cost)  # once, at its cost
+        records = [x for x in await ledger_records(reconciler.redis) if x["request_id"] == r.request_id]
+        assert [x["outcome"] for x in records] == ["reconciled", "given_back"]
     finally:
         await reconciler.close()
-    requests, cost = counted(model)
+    requests, counted_cost = counted(model)
     assert requests - before[0] == 1  # the reconciler's charge, not the router's as well
-    assert cost - before[1] == pytest.approx(float(hold))
+    assert counted_cost - before[1] == pytest.approx(float(hold))  # the hold, of which the rest is counted given back
+    assert given_back(model) - given_before == pytest.approx(float(hold - Decimal(cost) / 10**12))
 
 
 async def test_a_charge_whose_reply_was_lost_is_counted_once_when_replayed(

@@ -1,10 +1,11 @@
 """An admission whose reply is lost, the store then out of reach: the request is refused STORE_UNAVAILABLE (nothing
 admitted, send the same request id again) and its undo waits in the router's outbox. Cut off past its heartbeat, the
-router is taken for dead, and another router's reconciler charges the admission's pending charge at its hold: a
-request never served, whose caller was told nothing was admitted, is charged its hold, and its retry is refused as a
-duplicate. The undo, replayed once the store is back, finds nothing left to undo. Not fixed: the reconciler cannot
-know of an undo kept on another router's disk, and reversing its charge when the undo lands would need a correcting
-ledger entry. A real Redis behind a proxy that loses the admission's reply."""
+router is taken for dead, and another router's reconciler charges the admission's pending charge at its hold: it cannot
+know of an undo kept on another router's disk. The undo, replayed once the store is back, finds nothing left to undo,
+and gives the reconciled hold back whole to the spend of the period charged, with a ledger entry of minus as much: a
+request never served, whose caller was told nothing was admitted, costs nothing. (Its request id stays used until its
+charged marker expires: a retry under it is refused as a duplicate, told it was charged 0.) A real Redis behind a proxy
+that loses the admission's reply."""
 
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ from tests.waiting import eventually
 DAY = period_id("day")
 
 
-@pytest.mark.xfail(strict=True, reason="the reconciler charges the hold of an admission its router undid: docstring")
 async def test_an_admission_undone_from_the_outbox_after_the_reconciler_charged_it_is_not_charged(
     redis_url: str,
 ) -> None:

@@ -226,6 +226,11 @@ class AccountKeys:
         """Set by the charge: a request id is charged once per tenant."""
         return f"{self._tenant}:charged:{request_id}"
 
+    def reconciled(self, request_id: str) -> str:
+        """Set by the reconciler's charge at the hold (model.py, reconciled_value), for as long as the charged marker:
+        what a charge or undo of that admission kept in an outbox gives back once it lands (lua.py, GIVE_BACK)."""
+        return f"{self._tenant}:reconciled:{request_id}"
+
     def rate(self, now: float) -> str:
         """Requests of this tenant's API key in the minute of `now`."""
         return f"{self._tenant}:rate:{self.key_hex}:{rate_window(now)}"

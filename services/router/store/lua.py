@@ -444,10 +444,12 @@ CHARGE = (
     + f"local SPEND_MAX = {SPEND_MAX_PICO}\nlocal UNRECORDED_BATCH = '{UNRECORDED_BATCH}'\n"
     + """
 -- KEYS: charged marker, tenant spend, key spend, ledger, tenant holds, key holds, pending charges, provider batches,
---       models, prices, used id, the shard's hold-totals epoch, the tokens counter of the charge's minute
+--       models, prices, used id, the shard's hold-totals epoch, the tokens counter of the charge's minute, reconciled
+--       (the reconciler's, keys.py)
 -- ARGV: pico, marker ttl, record, spend ttl, hold member, pending field, late ('1': only if still pending),
 --       the charge's id ('' for none), its admission's nonce ('' for none), the reconciler's: the pending record
---       as its sweep read it ('' for none), the tokens charged (input and output)
+--       as its sweep read it ('' for none), the tokens charged (input and output), and the reconciler's: what it
+--       charges (model.py, Reconciled; '' for none: not the reconciler's, or an admission without a nonce)
 EPOCH = redis.call('GET', KEYS[12]) or '0'
 -- Returns 1 when charged now, or before by this very charge (its id in the marker: its reply was lost); else 0.
 -- The charged marker: 'batch:<id> 1::pico=<what it was charged>' for a provider batch line's; else one entry per charge
@@ -506,6 +508,7 @@ local writes = {{'HDEL', KEYS[7], ARGV[6]}, {'HDEL', KEYS[8], ARGV[6]}, {'HDEL',
 for _, holds in ipairs({KEYS[5], KEYS[6]}) do
   for _, command in ipairs(total_commands(holds)) do writes[#writes + 1] = command end
 end
+if ARGV[12] ~= '' then writes[#writes + 1] = {'SET', KEYS[14], ARGV[12]} end
 local refused = denied(writes)
 if refused then return refused end
 -- A pending charge of another admission of the request id (admitted again once its markers expired, while this
@@ -556,6 +559,9 @@ else
   marker = marker .. ' 1::pico=' .. ARGV[1]  -- a collect of the line again tells it (model.py, CHARGED_TOTAL)
 end
 redis.call('SET', KEYS[1], marker, 'EX', ARGV[2])
+-- The reconciler's: what it charged this admission, as long as the marker, for a charge or undo of it kept in an
+-- outbox to give back once it lands (GIVE_BACK).
+if ARGV[12] ~= '' then redis.call('SET', KEYS[14], ARGV[12], 'EX', ARGV[2]) end
 -- The used id, naming the key that used it, lives at least as long as the charged marker (model.py, used_ttl_s): a
 -- charge landing late (past its hold) would otherwise leave the charge on record with no key to tell it to.
 redis.call('EXPIRE', KEYS[11], ARGV[2], 'GT')
@@ -668,6 +674,51 @@ redis.call('HDEL', KEYS[6], ARGV[2])
 redis.call('HDEL', KEYS[7], ARGV[2])
 redis.call('HDEL', KEYS[8], ARGV[2])
 redis.call('DEL', KEYS[4])
+return 1
+"""
+)
+
+# What the reconciler charged an admission at its hold, amended to what its router knew once that router's charge or
+# undo, kept in its outbox, lands (the reconciler could not know of it): the difference given back to the tenant's and
+# key's spend of the period charged, and a ledger entry of minus as much (model.py, given_back_record), once. The
+# reconciled record is dropped as it is given back: a replay or resend, by this router or another sharing its outbox,
+# finds it gone (or another admission's: the caller compares it whole, nonce included). Never more than either counter
+# holds (a counter of a period long over has expired: nothing is given back then).
+GIVE_BACK = (
+    _MUST_LAND
+    + _EXACT
+    + _PERMITTED
+    + """
+-- KEYS: reconciled, tenant spend, key spend (of the period it names), ledger, charged marker
+-- ARGV: the reconciled record as the caller read it, pico to give back (at most what it names), ledger record
+-- Returns 1 when given back now; 0 when the reconciled record is gone or another; -1 when a counter holds less.
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local found = redis.call('TYPE', KEYS[4])['ok']
+if found ~= 'none' and found ~= 'stream' then return redis.error_reply('WRONGTYPE a key the give-back writes') end
+local refused = denied({{'DEL', KEYS[1]}, {'DECRBY', KEYS[2], ARGV[2]}, {'DECRBY', KEYS[3], ARGV[2]},
+  {'XADD', KEYS[4], '*', 'record', ARGV[3]}, {'SET', KEYS[5], ''}})
+if refused then return refused end
+local p_hi, p_lo = split(ARGV[2])
+for i = 2, 3 do
+  local spend = redis.call('GET', KEYS[i]) or ''
+  if not string.match(spend, '^%d+$') then return -1 end
+  local s_hi, s_lo = split(spend)
+  if less(s_hi, s_lo, p_hi, p_lo) then return -1 end
+end
+-- What a duplicate's refusal says the id was charged in all (model.py, CHARGED_TOTAL), less as much.
+local marker = redis.call('GET', KEYS[5])
+local total = marker and string.match(marker, ' 1::pico=(%d+)$')
+if total then
+  local t_hi, t_lo = split(total)
+  if not less(t_hi, t_lo, p_hi, p_lo) then
+    local told = string.sub(marker, 1, #marker - #total) .. decimal(sub(t_hi, t_lo, p_hi, p_lo))
+    redis.call('SET', KEYS[5], told, 'KEEPTTL')
+  end
+end
+redis.call('DEL', KEYS[1])
+redis.call('DECRBY', KEYS[2], ARGV[2])
+redis.call('DECRBY', KEYS[3], ARGV[2])
+redis.call('XADD', KEYS[4], '*', 'record', ARGV[3])
 return 1
 """
 )

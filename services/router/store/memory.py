@@ -372,6 +372,9 @@ class MemoryStore:
     async def reconcile(self, router: str, lease_s: float, stale_s: float) -> int:
         return 0
 
+    async def give_back(self, account: Account, hold: Hold, pico: int | None) -> int:
+        return 0  # nothing is reconciled here: a router's store is its own, and it never takes itself for dead
+
     async def ping(self) -> bool:
         return True
 

@@ -448,6 +448,13 @@ class Store(Protocol):
         admission admits nothing, should it run only later. Any other admission of the id is left alone. True
         when something was undone. Idempotent."""
 
+    async def give_back(self, account: Account, hold: Hold, pico: int | None) -> int:
+        """When the reconciler charged the admission of `hold` (its nonce) its hold, which its router's charge of
+        `pico` (None: its undo, nothing served) kept in an outbox could not reach in time: give back what that charge
+        took over `pico` (all of it for an undo) to the tenant's and key's spend of the period it was charged in, with
+        a ledger entry of minus as much (given_back_record). Once, whoever calls it how often: the pico-USD given
+        back now, else 0 (given back before, nothing to give back, or the reconciler charged no such admission)."""
+
     async def pending_charge(self, account: Account, request_id: str) -> Pending | None:
         """The request's pending charge; None once it is settled (or was never admitted)."""
 
@@ -532,3 +539,56 @@ def reconciled_record(pending: Pending) -> dict[str, Any]:
         router=pending.router,
         admitted_ts=pending.ts,
     )
+
+
+# The ledger outcome of an entry giving back part of a reconciled charge (given_back_record): no request of its own.
+GIVEN_BACK = "given_back"
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    """What the reconciler charged an admission at its hold (keys.py, AccountKeys.reconciled): the admission (its
+    nonce), the pico-USD charged, the budget period it was charged in, and the model its ledger entry and metrics
+    named. Only such a charge is ever given back, only in that period, and only up to that much."""
+
+    nonce: str
+    pico: int
+    period: str
+    model: str
+
+    def value(self) -> str:
+        return f"{self.nonce} {self.pico} {self.period} {self.model}"  # the model last: it may hold spaces
+
+    @classmethod
+    def parse(cls, value: str) -> Reconciled | None:
+        parts = value.split(" ", 3)
+        if len(parts) != 4 or not parts[1].isdigit():
+            return None
+        return cls(parts[0], int(parts[1]), parts[2], parts[3])
+
+
+def given_back_record(account: Account, request_id: str, reconciled: Reconciled, pico: int) -> dict[str, Any]:
+    """The ledger entry giving back `pico` of a reconciled charge: a negative cost in the period it was charged in,
+    under the model it named, so that the ledger's sums (per tenant, key, period, model) equal the spend counters,
+    which the give-back lowers as much. Owed whole (no generation), as the reconciled charge it corrects. Every
+    version's SQL sink copies it as a row of its own (its ledger entry), summed with the charge it corrects."""
+    cost = format(-Decimal(pico) / PICO, "f")
+    if pico == reconciled.pico:
+        why = "its admission was undone by its router, which never served it: the reconciled hold given back whole"
+    else:
+        why = "its router's charge, kept through a store outage, landed after the reconciler charged the hold: "
+        why += "the hold less that charge given back"
+    return {
+        "request_id": request_id,
+        "ts": time.time(),
+        "tenant": account.tenant,
+        "key": account.key,
+        "period": reconciled.period,
+        "cost_usd": cost,
+        "generations": [],
+        "owed_usd": cost,
+        "model": reconciled.model,
+        "reason": RECONCILED,
+        "reason_detail": why,
+        "outcome": GIVEN_BACK,
+    }

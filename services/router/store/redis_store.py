@@ -48,11 +48,13 @@ from services.router.store.model import (
     HoldTotals,
     Pending,
     Prices,
+    Reconciled,
     StoreRefusing,
     StoreUnavailable,
     Verdict,
     admitted_prices,
     charged_tokens,
+    given_back_record,
     marker_batch,
     marker_charged_pico,
     pending_field,
@@ -165,6 +167,7 @@ class RedisStore:
         self._charge = self.redis.register_script(lua.CHARGE)
         self._extend = self.redis.register_script(lua.EXTEND)
         self._undo = self.redis.register_script(lua.UNDO)
+        self._give_back = self.redis.register_script(lua.GIVE_BACK)
         self._record_batch = self.redis.register_script(lua.RECORD_BATCH)
         self._pending_charge = self.redis.register_script(lua.PENDING_CHARGE)
         self._held = self.redis.register_script(lua.HELD)
@@ -258,16 +261,21 @@ class RedisStore:
             model = await self.redis.hget(AccountKeys.of(account).models, charge.field)
         charge = replace(charge, model=_text(model) if model else None)
         record = reconciled_record(charge)
-        settled = await self._settle(account, hold, hold.pico, record, ["1", "", hold.nonce, swept])
+        # What it charged, for its router's charge or undo kept in an outbox to give back (give_back): only an
+        # admission with a nonce can be told from another of its request id.
+        reconciled = Reconciled(hold.nonce, hold.pico, hold.period, record["model"]).value() if hold.nonce else ""
+        settled = await self._settle(account, hold, hold.pico, record, ["1", "", hold.nonce, swept], reconciled)
         if settled:
             metrics.count_charge(record)
         return settled
 
-    async def _settle(self, account: Account, hold: Hold, pico: int, record: dict, only: list[str]) -> bool:
+    async def _settle(
+        self, account: Account, hold: Hold, pico: int, record: dict, only: list[str], reconciled: str = ""
+    ) -> bool:
         keys = AccountKeys.of(account)
         names = [keys.charged(hold.request_id), *keys.spend(hold.period), keys.ledger, *keys.held(), keys.pending]
         names += [keys.batches, keys.models, keys.prices, keys.used(hold.request_id), keys.hold_totals_epoch]
-        names += [keys.tokens(money_now())]  # the minute it is charged in
+        names += [keys.tokens(money_now()), keys.reconciled(hold.request_id)]  # tokens: the minute it is charged in
         args: list[int | str] = [
             pico,
             self.request_id_ttl_s,
@@ -277,6 +285,7 @@ class RedisStore:
             pending_field(account, hold.request_id),
             *only,
             charged_tokens(record),
+            reconciled,
         ]
         async with self._call():
             return bool(await self._charge(keys=names, args=args))
@@ -313,6 +322,31 @@ class RedisStore:
         args = [member, pending_field(account, hold.request_id), hold.nonce, self.request_id_ttl_s]
         async with self._call():
             return bool(await self._undo(keys=names, args=args))
+
+    async def give_back(self, account: Account, hold: Hold, pico: int | None) -> int:
+        if not hold.nonce:
+            return 0
+        keys = AccountKeys.of(account)
+        async with self._call():
+            value = await self.redis.get(keys.reconciled(hold.request_id))
+        reconciled = Reconciled.parse(_text(value)) if value is not None else None
+        if reconciled is None or reconciled.nonce != hold.nonce:
+            return 0
+        given = reconciled.pico - (pico or 0)
+        if given <= 0:  # a charge of the hold or more: the reconciler charged what the router would have
+            return 0
+        record = given_back_record(account, hold.request_id, reconciled, given)
+        names = [keys.reconciled(hold.request_id), *keys.spend(reconciled.period), keys.ledger]
+        names += [keys.charged(hold.request_id)]
+        args = [reconciled.value(), given, ledger_entry.compact(record)]
+        async with self._call():
+            done = int(await self._give_back(keys=names, args=args))
+        if done < 0:
+            log.error("reconciled charge not given back: its spend counters hold less", extra=record)
+        if done != 1:
+            return 0
+        metrics.count_given_back(record, given)  # counted once, where given back, as the reconciler's charge was
+        return given
 
     async def pending_charge(self, account: Account, request_id: str) -> Pending | None:
         keys, field = AccountKeys.of(account), pending_field(account, request_id)
