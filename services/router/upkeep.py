@@ -83,13 +83,24 @@ class Upkeep:
         if self.look is None or self.look.done():  # not awaited: a look may scan the keyspace, millions of keys
             self.look = asyncio.create_task(self._choose_hold_totals())  # may take seconds, this round's duties none
         try:
-            await self.outbox.replay(self.store)
+            await self._replay()
             settled = await self.store.reconcile(self.router, self.heartbeat_ttl_s, self.stale_s)
         except StoreUnavailable:
             return  # the next round's ping reports it
         if settled:
             metrics.PENDING_RECONCILED.inc(settled)
             log.warning("settled orphaned pending charges at their hold", extra={"settled": settled})
+
+    async def _replay(self) -> None:
+        """A replay that fails otherwise than by the store being away (its file cannot be rewritten: a full disk) holds
+        up none of the round's other duties: it failed every round while the disk stayed full, and the dead routers'
+        pending charges were never settled. What it landed is counted, and the outbox gauge says what waits."""
+        try:
+            await self.outbox.replay(self.store)
+        except StoreUnavailable:
+            raise
+        except Exception:
+            log.exception("outbox replay failed; retrying next round")
 
     async def _choose_hold_totals(self) -> None:
         """Apart from the money's duties: on a Redis Cluster a look that scans (while the heartbeats' slot migrates)
