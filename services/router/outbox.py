@@ -252,7 +252,11 @@ class Outbox:
                         # unlocked before it replaced the file, a line another router appends would be lost.
                         landed_ids = {_charge_id(entry) for entry in landed} - {""}
                         rewrite = asyncio.to_thread(self._rewrite, remaining, [line for line, _ in dead], landed_ids)
-                        await _to_its_end(asyncio.ensure_future(rewrite))
+                        try:
+                            await _to_its_end(asyncio.ensure_future(rewrite))
+                        except OSError:  # the dead letters were not moved (_rewrite): they wait in the outbox too
+                            metrics.OUTBOX.set(len(remaining) + len(dead))
+                            raise
                         self._landed.difference_update(_charge_id(entry) for entry in landed)
                         still = {entry.to_json() for entry in remaining}
                         self._failures = {line: n for line, n in self._failures.items() if line in still}
@@ -310,11 +314,15 @@ class Outbox:
         disk beside it: a crash in between leaves a line in both files, never in neither (landing one again is
         idempotent). When either cannot be written (a full disk), the charges of `landed_ids` are marked landed in
         the file (LANDED_MARK): another router sharing it would land each again, and the store would answer that it
-        is this very charge, made before, counted by that router too."""
+        is this very charge, made before, counted by that router too. And the dead-letter file is cut back to what it
+        held before: the dead letters stay in the outbox alone, moved once by the replay that can rewrite it (each
+        replay until then appended them again, one line many times, for an operator to put back many times)."""
         tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+        dead_size: int | None = None  # what the dead-letter file held before these lines
         try:
             if dead:
                 with open(self.dead_path, "a", encoding="utf-8", opener=private_opener) as out:
+                    dead_size = os.fstat(out.fileno()).st_size
                     out.writelines(line + "\n" for line in dead)
                     out.flush()
                     os.fsync(out.fileno())
@@ -324,8 +332,12 @@ class Outbox:
                 os.fsync(out.fileno())
             os.replace(tmp, self.path)
         except OSError:
-            self._mark_landed(landed_ids)
-            self._landed.difference_update(landed_ids)  # no replay meets them again
+            try:
+                self._mark_landed(landed_ids)
+                self._landed.difference_update(landed_ids)  # no replay meets them again
+            finally:
+                if dead_size is not None:  # cutting a file short needs no room
+                    os.truncate(self.dead_path, dead_size)
             raise
 
     def _mark_landed(self, charge_ids: set[str]) -> None:

@@ -8,6 +8,7 @@ A real Redis behind a proxy that goes down."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
@@ -204,3 +205,45 @@ async def test_neither_store_takes_a_charge_past_the_spend_bound(store: Store) -
     assert await store.held_pico(account) == (1_000, 1_000)
     assert await store.charge(account, hold, 10**6 - 10**5, {"request_id": "r"}, charge_id="c1")
     assert await store.spent(account, day) == (spent + 10**6 - 10**5,) * 2
+
+
+@pytest.mark.parametrize("dead", ["unreadable line", "failing charge"])
+async def test_a_line_dead_lettered_by_a_replay_whose_file_was_not_rewritten_is_dead_lettered_once(
+    charger: charging.Charger, proxy: LossyProxy, redis_url: str, dead: str
+) -> None:
+    """The dead letters are written first, then the outbox rewritten without them: when the rewrite fails (a full disk,
+    here its scratch file's path taken) the lines stayed in the outbox, and each later replay appended them to the
+    dead-letter file again, every round while the disk stayed full. Mended and put back, a charge so copied is in
+    the budgets and the ledger once (by its charge id), but each copy landing in a later replay than the first is
+    counted again in the cost metrics (the store answers that it is this very charge, made before)."""
+    r, answer = await served(charger)
+    proxy.go_down()
+    await charger.settle(r, answer)
+    proxy.come_back()
+    outbox = charger.outbox
+    direct = RedisStore(redis_url)
+    try:
+        if dead == "unreadable line":
+            line = json.dumps({"account": {"tenant": "t"}})  # of no shape this version knows
+            with outbox.path.open("a", encoding="utf-8") as file:
+                file.write(line + "\n")
+        else:
+            line = outbox.waiting()[0].to_json()
+            await direct.redis.hset(AccountKeys.of(ACCOUNT).charged(r.request_id), "other", "1")  # WRONGTYPE
+            for _ in range(outbox.poison_replays - 1):
+                assert await outbox.replay(charger.store) == 0
+        blocked = outbox.path.with_suffix(f".{os.getpid()}.tmp")  # as Outbox._rewrite names it
+        blocked.mkdir()
+        for _ in range(3):  # upkeep rounds while the disk stays full
+            with pytest.raises(OSError):
+                await outbox.replay(charger.store)
+        assert outbox.dead_letters() == []  # not moved yet: kept in the outbox alone, and counted there
+        assert line in outbox.path.read_text(encoding="utf-8")
+        assert dead_letters() == 0 and METRICS.get_sample_value("llmrouter_router_outbox_charges") == 1
+        blocked.rmdir()
+        await outbox.replay(charger.store)
+        assert outbox.dead_letters() == [line]
+        assert dead_letters() == 1 and METRICS.get_sample_value("llmrouter_router_outbox_charges") == 0
+        assert line not in outbox.path.read_text(encoding="utf-8")
+    finally:
+        await direct.close()
