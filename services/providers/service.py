@@ -124,10 +124,15 @@ def upstream_request(model: ModelSpec, request: provider_pb2.GenerateRequest) ->
 
 
 async def send_cue(messages: AsyncIterator[provider_pb2.CuedRequest]) -> None:
-    """Wait for the caller's word to reach the upstream. Its side of the stream ending first is no word: gRPC ends it
-    that way for a caller that cancelled too, before the call itself is seen cancelled."""
+    """Wait for the caller's word to reach the upstream: `send` true, and nothing else (a `send` false, or a message
+    with neither field set, lets nothing go). A second request is refused: the call serves its first. Its side of the
+    stream ending first is no word: gRPC ends it that way for a caller that cancelled too, before the call itself is
+    seen cancelled."""
     async for message in messages:
-        if message.WhichOneof("kind") == "send":
+        kind = message.WhichOneof("kind")
+        if kind == "request":
+            raise invalid("the request comes once, first: the messages after it are `send`", "request")
+        if kind == "send" and message.send:
             return
     raise ServiceError(
         grpc.StatusCode.CANCELLED,

@@ -1,6 +1,7 @@
 """GenerateStreamOnCue: the upstream is reached only once the caller sends its word, after the `ready_to_send` chunk; a
-caller that leaves, or closes its side, before it never had the upstream called. The real service on loopback
-before the OpenAI wire-format fake."""
+caller that leaves, or closes its side, before it never had the upstream called. A `send` false, or a message with
+neither field, is no word (it was taken for one, and the upstream called); a second request is refused, not ignored
+while the first is served. The real service on loopback before the OpenAI wire-format fake."""
 
 from __future__ import annotations
 
@@ -110,3 +111,50 @@ async def test_a_stream_that_opens_with_the_word_rather_than_the_request_is_refu
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await call.read()
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize("not_the_word", [provider_pb2.CuedRequest(send=False), provider_pb2.CuedRequest()])
+async def test_a_message_other_than_send_true_is_no_word(
+    stub: provider_pb2_grpc.ProviderStub, openai_fake: FakeOpenAI, not_the_word: provider_pb2.CuedRequest
+) -> None:
+    call = stub.GenerateStreamOnCue(timeout=10)
+    await call.write(cued(request("cheap")))
+    assert (await call.read()).WhichOneof("kind") == "ready_to_send"
+    await call.write(not_the_word)
+    await call.done_writing()
+    with pytest.raises(grpc.aio.AioRpcError) as ended:
+        await call.read()
+    error = error_of(ended.value)
+    assert (error.code, error.reason, error.metadata["sent"]) == (
+        grpc.StatusCode.CANCELLED,
+        "UPSTREAM_NOT_REACHED",
+        "false",
+    )
+    assert openai_fake.requests == []
+
+
+async def test_the_word_after_a_send_false_lets_the_request_go(
+    stub: provider_pb2_grpc.ProviderStub, openai_fake: FakeOpenAI
+) -> None:
+    call = stub.GenerateStreamOnCue(timeout=10)
+    await call.write(cued(request("cheap")))
+    assert (await call.read()).WhichOneof("kind") == "ready_to_send"
+    await call.write(provider_pb2.CuedRequest(send=False))
+    await call.write(SEND)
+    await call.done_writing()
+    assert (await rest(call))[-1].final.usage.output_tokens > 0
+    assert len(openai_fake.requests) == 1
+
+
+async def test_a_second_request_is_refused_and_never_reaches_the_upstream(
+    stub: provider_pb2_grpc.ProviderStub, openai_fake: FakeOpenAI
+) -> None:
+    call = stub.GenerateStreamOnCue(timeout=10)
+    await call.write(cued(request("cheap")))
+    assert (await call.read()).WhichOneof("kind") == "ready_to_send"
+    await call.write(cued(request("strong")))
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await call.read()
+    error = error_of(refused.value)
+    assert (error.code, error.metadata["field"]) == (grpc.StatusCode.INVALID_ARGUMENT, "request")
+    assert openai_fake.requests == []
