@@ -11,19 +11,13 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Protocol
 
+from pydantic import ValidationError
+
 from llmrouter.errors import invalid
-from llmrouter.passthrough import END_USER_ID_CHARS, MAX_STOP
+from llmrouter.openai_fields import OpenAIFields, crossed, first_error, unservable
+from llmrouter.passthrough import END_USER_ID_CHARS
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
-# logit_bias as the edge's model accepts it from REST callers (services/edge/openai_api.py): token ids, as strings of
-# digits, to integer biases within OpenAI's range.
-TOKEN_ID = re.compile(r"[0-9]{1,9}")
-MAX_BIAS = 100
-# Passthrough fields the edge bounds for a REST caller (services/edge/openai_api.py), bounded alike for a gRPC caller:
-# numbers within a range (JSON true is none), and seed, a 64-bit integer; out of them, one was sent on after routing for
-# the upstream to refuse (or, where the gateway drops it, ignored).
-NUMBER_RANGES = {"top_p": (0, 1), "presence_penalty": (-2, 2), "frequency_penalty": (-2, 2)}
-SEED_RANGE = (-(2**63), 2**63 - 1)
 # OpenAI's bound on a chat's messages ("Invalid 'messages': array too long. Expected an array with maximum length
 # 2048, ...": github.com/obot-platform/obot/issues/1009), which the edge holds REST callers to; gRPC callers may send
 # one more, as the edge's Responses route does: its instructions, then up to 2048 input items. Past it, a caller's
@@ -134,10 +128,8 @@ def validate(request: GenerationRequest) -> Validated:
         raise invalid("temperature must be within [0, 2]", "temperature")
     tool_calls = [_tool_calls(m.tool_calls_json, i) for i, m in enumerate(request.messages)]
     extras = passthrough(request.passthrough_json)
-    _check_logit_bias(extras.get("logit_bias"))
     _check_end_user_ids(extras)
-    _check_stop(extras.get("stop"))
-    _check_sampling(extras)
+    _check_openai_fields(extras)
     return Validated(tool_calls, extras, _raw_arguments_at(request.messages, tool_calls))
 
 
@@ -196,25 +188,6 @@ def _finite(text: str) -> float:
     return number
 
 
-def _check_logit_bias(value: Any) -> None:
-    """A gRPC caller's logit_bias, checked as a REST caller's is: one of another shape (`[]`, `0`, a float bias) was
-    forwarded, to be refused by the upstream after routing, or dropped unseen by a model that does not apply it."""
-    if value is None:  # left out
-        return
-    if not isinstance(value, dict) or not all(
-        isinstance(token, str)
-        and TOKEN_ID.fullmatch(token)
-        and type(bias) is int  # a JSON true is no bias
-        and -MAX_BIAS <= bias <= MAX_BIAS
-        for token, bias in value.items()
-    ):
-        raise invalid(
-            f"logit_bias must be a JSON object mapping token ids (strings of digits) to integers within "
-            f"[-{MAX_BIAS}, {MAX_BIAS}]",
-            "logit_bias",
-        )
-
-
 def _check_end_user_ids(extras: dict[str, Any]) -> None:
     """A gRPC caller's end-user ids, bounded as a REST caller's are (END_USER_ID_CHARS): of any length, one was hashed
     and stored with nothing to refuse it, and one of another type was sent on for the upstream to refuse after routing.
@@ -226,27 +199,26 @@ def _check_end_user_ids(extras: dict[str, Any]) -> None:
             raise invalid(f"{name} must be a string of at most {bound} characters, got {got}", name)
 
 
-def _check_stop(value: Any) -> None:
-    """A gRPC caller's stop, checked as a REST caller's is: one of another shape was sent on for the upstream to refuse
-    after routing, and the local model, which honours stop itself, reads only strings."""
-    if value is None or isinstance(value, str):
-        return
-    if not isinstance(value, list) or len(value) > MAX_STOP or not all(isinstance(s, str) for s in value):
-        raise invalid(f"stop must be a string or a list of at most {MAX_STOP} strings", "stop")
+def _check_openai_fields(extras: dict[str, Any]) -> None:
+    """A gRPC caller's passthrough fields, held to the rules the edge holds a REST caller's to (OpenAIFields, crossed,
+    unservable): one of another shape (`{"tools": "x"}`, a top_p of 5) was routed, admitted and sent on for the upstream
+    to refuse, an attempt that may be charged or fallen back on. JSON null is a field left out; a field OpenAI does not
+    know is sent nowhere (llmrouter/passthrough.py). Refused naming the field set; the message names the path within."""
+    if (fault := unservable(extras)) is not None:
+        raise invalid(fault.message, fault.param)
+    known = {name: value for name, value in extras.items() if name in OpenAIFields.model_fields and value is not None}
+    try:
+        fields = OpenAIFields.model_validate(known)
+    except ValidationError as exc:
+        path, message = first_error(exc)
+        raise invalid(f"{path}: {message}", _field_of(path)) from None
+    if (fault := crossed(fields)) is not None:
+        raise invalid(fault.message, _field_of(fault.param))
 
 
-def _check_sampling(extras: dict[str, Any]) -> None:
-    """NUMBER_RANGES, seed and parallel_tool_calls as the edge checks them; JSON null is a field left out."""
-    for name, (low, high) in NUMBER_RANGES.items():
-        value = extras.get(name)
-        if value is not None and not (type(value) in (int, float) and low <= value <= high):
-            raise invalid(f"{name} must be a number within [{low}, {high}]", name)
-    seed = extras.get("seed")
-    if seed is not None and not (type(seed) is int and SEED_RANGE[0] <= seed <= SEED_RANGE[1]):
-        raise invalid("seed must be a 64-bit integer", "seed")
-    parallel = extras.get("parallel_tool_calls")
-    if parallel is not None and type(parallel) is not bool:
-        raise invalid("parallel_tool_calls must be a boolean", "parallel_tool_calls")
+def _field_of(path: str) -> str:
+    """The passthrough field a path is within (`tools` of `tools[0].function.name`)."""
+    return re.split(r"[.\[]", path, maxsplit=1)[0]
 
 
 def _json_type(value: Any) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import sys
 import time
 from collections.abc import Callable
@@ -16,7 +15,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Discriminator,
-    FailFast,
     Field,
     StrictBool,
     StrictFloat,
@@ -26,13 +24,25 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
-    model_validator,
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 from starlette.requests import ClientDisconnect, Request
 
 from llmrouter import parameters
-from llmrouter.passthrough import END_USER_ID_CHARS, MAX_STOP, PASSTHROUGH_FIELDS, TOP_LOGPROBS_ALONE
+from llmrouter.openai_fields import (
+    MAX_LOGIT_BIAS,
+    MAX_METADATA,
+    MAX_TOOLS,
+    REFUSED,
+    Closed,
+    FirstError,
+    OpenAIFields,
+    TextPart,
+    crossed,
+    first_error,
+    unservable,
+)
+from llmrouter.passthrough import END_USER_ID_CHARS, MAX_STOP, PASSTHROUGH_FIELDS
 from llmrouter.server import MAX_MESSAGE_BYTES
 from llmrouter.v1 import common_pb2, router_pb2
 from llmrouter.validation import MAX_MESSAGES, AmountError, parse_amount
@@ -64,19 +74,6 @@ MAPPED = {
     "n",
 } | ROUTER_EXTENSIONS
 ESCALATION_MODES = ("off", "auto", "strict")
-# Fields OpenAI knows that the router cannot honour, whatever their value (null is as if left out): refused by name,
-# as serving the request without them would give another answer than asked for, or a bill that the registry's
-# prices do not cover.
-REFUSED = {
-    "audio": "the router serves no audio output (it is billed apart)",
-    "web_search_options": "the router runs no web search (it is billed per call, apart from tokens)",
-    "moderation": "the router runs no moderation of the input or the output",
-    "functions": "the deprecated function calling is not served: send tools",
-    "function_call": "the deprecated function calling is not served: send tool_choice",
-}
-# service_tier values the router cannot buy at the registry's price: priority (and fast, its alias) is billed above
-# it, flex and scale are tiers the registry has no price for.
-REFUSED_TIERS = ("priority", "fast", "flex", "scale")
 # Fields OpenAI knows that only hint or tag, or ask for what the router never does: accepted (and type-checked) so that
 # an OpenAI client works unchanged, and sent to no provider, so that neither the answer nor the bill depends on them
 # (nor the response cache's key): metadata and store (nothing is kept at a provider), service_tier auto or default
@@ -97,14 +94,9 @@ IGNORED = frozenset(
     }
 )
 MAX_DEPTH = 64  # JSON nesting; deeper bodies are refused before anything re-encodes them
-# How pydantic names a union member in an error's path: a type (str, float, list[TextPart], TextPart,
-# function-after[...]), never one of the API's field names, which are lowercase words.
-UNION_MEMBER = re.compile(r"(str|int|float|bool|none|[A-Z]\w*|[\w-]+\[.*\])")
 INT32_MAX = 2**31 - 1  # bounds integers well inside the int64 fields of the contract
-# OpenAI's bounds on the arrays a caller sizes, besides messages (MAX_MESSAGES): tools 128
-# (github.com/vishalmysore/Tools4AI/issues/16) and an assistant message's tool_calls 128
-# (github.com/openai/openai-dotnet/issues/317).
-MAX_TOOLS = 128
+# OpenAI's bounds on the arrays a caller sizes, besides messages (MAX_MESSAGES) and tools (MAX_TOOLS): an assistant
+# message's tool_calls 128 (github.com/openai/openai-dotnet/issues/317).
 MAX_TOOL_CALLS = 128
 # OpenAI documents no bound on a message's content parts; unbounded, an 8 MB body of 200,000 empty text parts held the
 # event loop for seconds while they were validated. 2048 per message (the bound OpenAI puts on messages) is generous:
@@ -114,46 +106,8 @@ MAX_TOOL_CALLS = 128
 # in ~15. Both are checked on the parsed JSON, before any part is read.
 MAX_CONTENT_PARTS = 2048
 MAX_REQUEST_CONTENT_PARTS = 8192
-# OpenAI's bounds on the other arrays and objects a caller sizes whose every item is validated (unbounded, one of
-# 400,000 bad items held the event loop for seconds while pydantic reported each): stop 4 and metadata 16 (its API
-# reference; stop's, MAX_STOP, is the router's too), logit_bias 1024 ("Invalid 'logit_bias': too many properties.
-# Expected an object with at most 1024 properties, ...": tlyleung, "Experiments in Constrained LLM Decoding").
-MAX_METADATA = 16
-MAX_LOGIT_BIAS = 1024
 # OpenAI's 400 for stream_options without stream true (its code null).
 STREAM_OPTIONS_ALONE = "The 'stream_options' parameter is only allowed when 'stream' is enabled."
-
-
-class FirstError(FailFast):
-    """pydantic's FailFast (a list's validation stops at its first bad item), hashable: as a member of a union
-    (`StrictStr | Annotated[list[...], FirstError()]`) it must be."""
-
-    __hash__ = object.__hash__
-
-
-class Closed(BaseModel):
-    """A model that takes no field it does not know. pydantic reports each unknown key (and each bad item of a list)
-    as an error of its own, and turning 400,000 of them into errors held the event loop for seconds: an object with
-    more keys than the model has fields is refused by its first unknown key alone (lists are FailFast, and the
-    dicts a caller sizes bounded before validation: check_lengths)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _known_keys(cls, data: Any) -> Any:
-        if isinstance(data, dict) and len(data) > len(cls.model_fields):
-            known = set(cls.model_fields) | {f.alias for f in cls.model_fields.values() if f.alias}
-            unknown = next((key for key in data if key not in known), None)
-            if unknown is not None:
-                shown = str(unknown)[:64]
-                raise PydanticCustomError("extra_forbidden", "Extra inputs are not permitted: {key}", {"key": shown})
-        return data
-
-
-class TextPart(Closed):
-    type: Literal["text"]
-    text: StrictStr
 
 
 class RefusalPart(Closed):
@@ -256,64 +210,9 @@ class StreamOptions(Closed):
     include_obfuscation: StrictBool | None = None
 
 
-# The passthrough fields, typed as OpenAI documents them: a wrong type is the caller's 400 here, not a
-# provider's refusal later.
-JsonObject = dict[StrictStr, Any]
-Penalty = Annotated[StrictFloat | StrictInt, Field(ge=-2, le=2)]
+class ChatCompletionRequest(OpenAIFields):
+    """OpenAI's fields beside the messages (OpenAIFields), and those the edge maps to the router's request."""
 
-
-# OpenAI's rule for a tool's function name and a json_schema format's name: another is its 400 naming the param. Sent
-# on, such a name was refused by OpenAI's upstream and served by others, as routing chose.
-OPENAI_NAME = r"^[a-zA-Z0-9_-]{1,64}$"
-Name = Annotated[StrictStr, Field(min_length=1, max_length=64, pattern=OPENAI_NAME)]
-
-
-class FunctionDefinition(Closed):
-    name: Name
-    description: StrictStr | None = None
-    parameters: JsonObject | None = None
-    strict: StrictBool | None = None
-
-
-class Tool(Closed):
-    type: Literal["function"]
-    function: FunctionDefinition
-
-
-class NamedFunction(Closed):
-    name: StrictStr
-
-
-class NamedToolChoice(Closed):
-    type: Literal["function"]
-    function: NamedFunction
-
-
-class JsonSchemaFormat(Closed):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-    name: Name
-    description: StrictStr | None = None
-    json_schema: JsonObject | None = Field(default=None, alias="schema")
-    strict: StrictBool | None = None
-
-
-class ResponseFormat(Closed):
-    type: Literal["text", "json_object", "json_schema"]
-    json_schema: JsonSchemaFormat | None = None
-
-
-class Prediction(Closed):
-    type: Literal["content"]
-    content: StrictStr | Annotated[list[TextPart], FirstError()]
-
-
-class PromptCacheOptions(Closed):
-    mode: Literal["implicit", "explicit"] | None = None
-    ttl: Literal["30m"] | None = None
-
-
-class ChatCompletionRequest(Closed):
     model: StrictStr | None = None
     messages: Annotated[list[Message], FirstError()] = Field(min_length=1)
     stream: StrictBool | None = None  # null, as every optional field of OpenAI's: as if left out (not streamed)
@@ -322,37 +221,6 @@ class ChatCompletionRequest(Closed):
     max_completion_tokens: StrictInt | None = Field(default=None, ge=1, le=INT32_MAX)
     temperature: StrictFloat | StrictInt | None = Field(default=None, ge=0, le=2)
     n: StrictInt | None = Field(default=None, ge=1, le=1)  # more choices would multiply the output's cost
-    # Passed through (llmrouter/passthrough.py).
-    response_format: ResponseFormat | None = None
-    top_p: StrictFloat | StrictInt | None = Field(default=None, ge=0, le=1)
-    # The bound is the list's (check_lengths): on the union it bounded a single stop string to 4 characters.
-    stop: StrictStr | Annotated[list[StrictStr], FirstError(), Field(max_length=MAX_STOP)] | None = None
-    seed: StrictInt | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
-    tools: Annotated[list[Tool], FirstError()] | None = Field(default=None, max_length=128)
-    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
-    parallel_tool_calls: StrictBool | None = None
-    presence_penalty: Penalty | None = None
-    frequency_penalty: Penalty | None = None
-    logit_bias: (
-        dict[Annotated[StrictStr, Field(pattern=r"^[0-9]{1,9}$")], Annotated[StrictInt, Field(ge=-100, le=100)]] | None
-    ) = None
-    logprobs: StrictBool | None = None
-    top_logprobs: StrictInt | None = Field(default=None, ge=0, le=20)
-    user: StrictStr | None = None  # the end-user ids: bounded by refuse_long_end_user_ids
-    safety_identifier: StrictStr | None = None
-    prompt_cache_key: StrictStr | None = None
-    # Accepted and sent to no provider (IGNORED).
-    metadata: dict[Annotated[StrictStr, Field(max_length=64)], Annotated[StrictStr, Field(max_length=512)]] | None = (
-        Field(default=None, max_length=16)
-    )
-    store: StrictBool | None = None
-    service_tier: Literal["auto", "default"] | None = None
-    modalities: Annotated[list[Literal["text"]], FirstError()] | None = None
-    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
-    verbosity: Literal["low", "medium", "high"] | None = None
-    prediction: Prediction | None = None
-    prompt_cache_retention: Literal["in_memory", "in-memory", "24h"] | None = None
-    prompt_cache_options: PromptCacheOptions | None = None
     # Router extensions (also accepted as x-router-* headers).
     quality_target: StrictFloat | StrictInt | None = Field(default=None, ge=0, le=1)
     strong_share: StrictFloat | StrictInt | None = Field(default=None, ge=0, le=1)
@@ -417,7 +285,8 @@ def parse_request(body: bytes, max_messages: int = MAX_MESSAGES) -> tuple[ChatCo
         if name not in KNOWN_FIELDS and name not in REFUSED:
             shown = name[:64]
             raise ApiError(400, f"unrecognized request argument: {shown!r}", param=shown, code="unknown_parameter")
-    refuse_unservable(raw)
+    if (fault := unservable(raw)) is not None:
+        raise ApiError(400, fault.message, param=fault.param, code=fault.code)
     refuse_long_end_user_ids(raw)
     raw = {k: v for k, v in raw.items() if k not in REFUSED}  # each null: as if left out
     cost_as_written(raw)
@@ -426,20 +295,12 @@ def parse_request(body: bytes, max_messages: int = MAX_MESSAGES) -> tuple[ChatCo
     except ValidationError as exc:
         param, message = first_error(exc)
         raise ApiError(400, f"{param}: {message}", param=param, code="invalid_value") from None
-    if request.top_logprobs is not None and request.logprobs is not True:
-        raise ApiError(400, TOP_LOGPROBS_ALONE, param="top_logprobs", code="invalid_value")
-    if (asked := request.response_format) is not None and asked.type == "json_schema" and asked.json_schema is None:
-        # OpenAI's 400, in its words: routed on, it was a provider's refusal, "the provider refused the request".
-        message = "Missing required parameter: 'response_format.json_schema'."
-        raise ApiError(400, message, param="response_format.json_schema", code="missing_required_parameter")
+    if (fault := crossed(request)) is not None:
+        raise ApiError(400, fault.message, param=fault.param, code=fault.code)
     if request.stream_options is not None and not request.stream:
         # OpenAI's 400, in its words: sent on, OpenAI's upstream refused it (a generic "the provider refused the
         # request") and the others served it, as routing chose; asked for alone, usage rides on no stream.
         raise ApiError(400, STREAM_OPTIONS_ALONE, param="stream_options")
-    if not request.tools:
-        refuse_tool_options_alone(request)
-    else:
-        refuse_unknown_tool_choice(request)
     refuse_unanswerable_tool_results(request.messages)
     refuse_misplaced_refusals(request.messages)
     if request.max_cost_usd is not None:
@@ -464,28 +325,6 @@ def refuse_long_end_user_ids(raw: dict[str, Any]) -> None:
                 f"with length {len(value)} instead."
             )
             raise ApiError(400, message, param=name, code="string_above_max_length")
-
-
-def refuse_tool_options_alone(request: ChatCompletionRequest) -> None:
-    """OpenAI's 400, in its words and with its code (null), for tool_choice (even "none") or parallel_tool_calls
-    without tools: sent on, such a request was served by an upstream that ignores them and refused by OpenAI's (a
-    generic "the provider refused the request"), as routing happened to choose."""
-    for name in ("tool_choice", "parallel_tool_calls"):
-        if getattr(request, name) is not None:
-            message = f"Invalid value for '{name}': '{name}' is only allowed when 'tools' are specified."
-            raise ApiError(400, message, param=name)
-
-
-def refuse_unknown_tool_choice(request: ChatCompletionRequest) -> None:
-    """OpenAI's 400, in its words, for a tool_choice naming a function that is none of the tools: sent on, OpenAI's
-    upstream refused it and Anthropic's was asked to call a tool it was never given, as routing chose."""
-    choice, tools = request.tool_choice, request.tools or []
-    if isinstance(choice, NamedToolChoice) and all(tool.function.name != choice.function.name for tool in tools):
-        shown = choice.function.name[:64]
-        message = (
-            f"Invalid value for 'tool_choice': no function named {shown!r} was specified in the 'tools' parameter."
-        )
-        raise ApiError(400, message, param="tool_choice", code="invalid_value")
 
 
 def refuse_unanswerable_tool_results(messages: list[Message]) -> None:
@@ -578,45 +417,6 @@ def check_length(value: Any, param: str, limit: int) -> None:
             f"but got an array with length {len(value)} instead."
         )
         raise ApiError(400, message, param=param, code="array_above_max_length")
-
-
-def refuse_unservable(raw: dict[str, Any]) -> None:
-    """A 400 naming a field OpenAI knows that the router cannot honour (unsupported_parameter)."""
-
-    def refuse(name: str, message: str) -> ApiError:
-        return ApiError(400, message, param=name, code="unsupported_parameter")
-
-    for name, reason in REFUSED.items():
-        if raw.get(name) is not None:
-            raise refuse(name, f"{name} is not supported: {reason}")
-    if (tier := raw.get("service_tier")) in REFUSED_TIERS:
-        raise refuse("service_tier", f"service_tier {tier!r} is not supported: the router serves the default tier")
-    if isinstance(modalities := raw.get("modalities"), list) and "audio" in modalities:
-        raise refuse("modalities", "modalities with audio is not supported: the router serves text only")
-    if isinstance(n := raw.get("n"), int) and not isinstance(n, bool) and n > 1:
-        raise refuse("n", "n above 1 is not supported: the router returns one choice")
-
-
-def first_error(exc: ValidationError) -> tuple[str, str]:
-    """The field path and message a caller can act on. A value that fits no member of a union fails once per
-    member, each path naming the member's type (`temperature.float`, `content.list[TextPart].0.type`): the
-    deepest failure is the most specific (an image part: its type should be 'text'), and the type names are
-    pydantic's, not fields of the API."""
-    deepest = max(exc.errors(), key=lambda e: len(e["loc"]))  # the first of the deepest: max keeps the earliest
-    return param_path(deepest["loc"])[:256], deepest["msg"]
-
-
-def param_path(loc: tuple[int | str, ...]) -> str:
-    """A validation error's location as OpenAI spells a param: indexes in brackets, keys after dots
-    (`messages[0].content[1].type`). Union members' type names are pydantic's, not the API's, and so is the
-    `[key]` that marks a mapping's key as the failure (its message says so): both left out."""
-    path = ""
-    for part in loc:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        elif part != "[key]" and not UNION_MEMBER.fullmatch(part):
-            path += f".{part}" if path else part
-    return path
 
 
 def decode_json(body: bytes, check: Callable[[Any], None] | None = None) -> Any:

@@ -20,6 +20,7 @@ from pydantic import (
     ValidationError,
 )
 
+from llmrouter.openai_fields import Closed, FirstError, FunctionDefinition, JsonObject, Name, first_error
 from llmrouter.validation import MAX_MESSAGES
 from services.edge.openai_api import (
     INT32_MAX,
@@ -28,17 +29,11 @@ from services.edge.openai_api import (
     MAX_TOOLS,
     ROUTER_EXTENSIONS,
     ApiError,
-    Closed,
-    FirstError,
-    FunctionDefinition,
-    JsonObject,
-    Name,
     check_content_parts,
     check_length,
     check_properties,
     cost_as_written,
     decode_json,
-    first_error,
 )
 from services.edge.responses_errors import CALLS_ONLY, MESSAGE_ITEM, OUTPUT_ITEM, WHOLE, Origin
 

@@ -36,7 +36,8 @@ CALL_ITEM = {
     ".function.name": ".name",
     ".function.arguments": ".arguments",
 }
-# The router and the chat route's validation (openai_api.param_path) name an index in brackets, as OpenAI does.
+# The router and the chat route's validation (llmrouter.openai_fields.param_path) name an index in brackets, as
+# OpenAI does.
 INDEX = r"\[(\d{1,9})\]"
 MESSAGE_PATH = re.compile(rf"messages{INDEX}(.*)")
 CALL_PATH = re.compile(rf"\.tool_calls{INDEX}(.*)")

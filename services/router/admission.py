@@ -15,8 +15,8 @@ import grpc
 
 from llmrouter.auth import current_identity
 from llmrouter.errors import ServiceError, invalid
-from llmrouter.passthrough import TOP_LOGPROBS_ALONE, has_blank_stop, prompt_fields, prompt_json
-from llmrouter.registry import FORMAT_FIELDS, ModelSpec, RegistrySource
+from llmrouter.passthrough import has_blank_stop, prompt_fields, prompt_json
+from llmrouter.registry import ModelSpec, RegistrySource
 from llmrouter.tokens import count_prompt_tokens, fewest_prompt_tokens
 from llmrouter.v1 import router_pb2
 from llmrouter.validation import AmountError, check_message_count, parse_amount, validate
@@ -433,25 +433,16 @@ def _say_capped(decision: router_pb2.Decision, plan: policy.Plan, max_tokens: in
 
 
 def _response_format(passthrough: dict[str, Any]) -> str:
-    """The response_format type the answer must have ('' for text, or none asked): a gRPC caller's too, as the edge
-    checks it, since an unknown type would be routed as if it could be honoured anywhere."""
+    """The response_format type the answer must have ('' for text, or none asked; validated: one of OpenAI's)."""
     value = passthrough.get("response_format")
-    if value is None:
-        return ""
-    kind = value.get("type") if isinstance(value, dict) else None
-    if kind != "text" and kind not in FORMAT_FIELDS:
-        raise invalid(f"response_format.type must be one of {['text', *FORMAT_FIELDS]}", "response_format")
+    kind = value.get("type") if isinstance(value, dict) else "text"
     return "" if kind == "text" else str(kind)
 
 
 def _logprobs_asked(passthrough: dict[str, Any]) -> bool:
-    """Whether the caller asked for the answer's token log-probabilities (logprobs true). top_logprobs without it is
-    refused, a gRPC caller's too, as OpenAI and the edge refuse it: routed anywhere, it would reach a provider that
-    refuses it (Groq: a 400) or answer with no log-probabilities."""
-    asked = bool(passthrough.get("logprobs"))
-    if passthrough.get("top_logprobs") is not None and not asked:
-        raise invalid(TOP_LOGPROBS_ALONE, "top_logprobs")
-    return asked
+    """Whether the caller asked for the answer's token log-probabilities (logprobs true; validated: top_logprobs is
+    never without it)."""
+    return bool(passthrough.get("logprobs"))
 
 
 def _logit_bias_asked(passthrough: dict[str, Any], model: str) -> bool:

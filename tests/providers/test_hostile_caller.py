@@ -4,7 +4,9 @@ the caller got "Stream removed" (RESOURCE_EXHAUSTED, no ErrorInfo) instead of th
 range (1e999) in its passthrough_json or a message's tool_calls_json is refused naming the field, before any upstream
 is called: it was read as infinity and sent on as `Infinity`, which is no JSON. So are the sampling and log-probability
 fields out of the range or type the edge holds a REST caller to (a top_p of 5, a seed of 1.5): they were sent on, for
-the upstream to refuse after routing. The real service on loopback, the fake OpenAI upstream behind it."""
+the upstream to refuse after routing, and so is any passthrough field the edge would refuse a REST caller (`{"tools":
+"x"}`, tool_choice without tools, `n` of 2), naming it: the upstream was called, for it to refuse (its words kept from
+the caller, the attempt perhaps charged). The real service on loopback, the fake OpenAI upstream behind it."""
 
 from __future__ import annotations
 
@@ -70,6 +72,28 @@ async def test_a_sampling_field_out_of_its_range_is_refused_before_the_upstream(
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await stub.Generate(request("strong", passthrough_json=json.dumps({name: value})))
+    error = error_of(refused.value)
+    assert (error.code, error.metadata.get("field")) == (grpc.StatusCode.INVALID_ARGUMENT, name)
+    assert openai_fake.requests == []
+
+
+@pytest.mark.parametrize(
+    ("name", "fields"),
+    [
+        ("tools", {"tools": "x"}),
+        ("tools", {"tools": [{"type": "function", "function": {"name": "f", "parameters": []}}]}),
+        ("tool_choice", {"tool_choice": "required"}),
+        ("response_format", {"response_format": {"type": "json_schema"}}),
+        ("functions", {"functions": [{"name": "f"}]}),
+        ("n", {"n": 2}),
+        ("metadata", {"metadata": []}),
+    ],
+)
+async def test_a_passthrough_field_the_edge_refuses_is_refused_before_the_upstream(
+    stub: provider_pb2_grpc.ProviderStub, openai_fake: FakeOpenAI, name: str, fields: dict[str, object]
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.Generate(request("strong", passthrough_json=json.dumps(fields)))
     error = error_of(refused.value)
     assert (error.code, error.metadata.get("field")) == (grpc.StatusCode.INVALID_ARGUMENT, name)
     assert openai_fake.requests == []

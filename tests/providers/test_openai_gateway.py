@@ -162,15 +162,16 @@ async def test_key_from_a_mounted_secret_file(
 
 
 async def test_only_price_neutral_passthrough_reaches_the_upstream(stub, openai_fake: FakeOpenAI) -> None:
-    """Defence in depth for direct gRPC callers: fields that change the price or retention are not forwarded."""
+    """Defence in depth for direct gRPC callers: fields that could change the price or retention are not forwarded,
+    even at values that cannot (those that would are refused first: test_hostile_caller.py)."""
     passthrough = {
         "top_p": 0.5,
         "seed": 3,
-        "service_tier": "priority",
+        "service_tier": "default",
         "store": True,
-        "n": 4,
+        "n": 1,
         "prediction": {"type": "content", "content": "x"},
-        "modalities": ["text", "audio"],
+        "modalities": ["text"],
     }
     await stub.Generate(request("cheap", passthrough_json=json.dumps(passthrough)))
     body = openai_fake.requests[-1].json

@@ -44,7 +44,8 @@ UNHONOURED = [
     ("json-only", {"response_format": SCHEMA}, "response_format", "structured_outputs"),
     ("strong", {"logprobs": True}, "logprobs", "logprobs"),
     ("strong", {"logprobs": True, "top_logprobs": 2}, "logprobs", "logprobs"),
-    ("claude", {"top_logprobs": 0}, "top_logprobs", "logprobs"),
+    # (top_logprobs without logprobs true is refused as the edge refuses it, before any model is looked at)
+    ("claude", {"logprobs": True, "top_logprobs": 0}, "logprobs", "logprobs"),
     ("claude", {"logit_bias": BIAS}, "logit_bias", "logit_bias"),
     ("no-bias", {"logit_bias": BIAS}, "logit_bias", "logit_bias"),
 ]
@@ -54,7 +55,7 @@ UNHONOURED_IDS = [
     "json_schema-without-structured_outputs",
     "logprobs",
     "logprobs-and-top_logprobs",
-    "top_logprobs",
+    "logprobs-anthropic",
     "logit_bias-anthropic",
     "logit_bias-refused-upstream",
 ]

@@ -268,7 +268,11 @@ async def test_a_caller_leaving_while_the_hold_grows_leaves_no_hold_behind(redis
 
 @pytest.mark.parametrize(
     ("response_format", "wanted"),
-    [({"type": "json_object"}, "json_object"), ({"type": "json_schema"}, "json_schema"), ({"type": "text"}, "")],
+    [
+        ({"type": "json_object"}, "json_object"),
+        ({"type": "json_schema", "json_schema": {"name": "answer"}}, "json_schema"),
+        ({"type": "text"}, ""),
+    ],
 )
 async def test_the_response_format_asked_is_a_limit(response_format: Any, wanted: str) -> None:
     gate = admission.Admission(SETTINGS, REGISTRY, MemoryStore(), scratch_outbox())

@@ -39,6 +39,6 @@ async def test_a_stop_of_another_shape_is_refused_naming_it(tmp_path: Path) -> N
         for stop in SERVED:
             await router.Complete(ask("hello", "acme", passthrough_json=json.dumps({"stop": stop})), timeout=10)
     assert provider.generated == len(SERVED)
-    assert {(e.code, e.metadata["field"], e.message) for e in refused} == {
-        (grpc.StatusCode.INVALID_ARGUMENT, "stop", f"stop must be a string or a list of at most {MAX_STOP} strings")
-    }
+    # Each in the edge's words (llmrouter/openai_fields.py), its path within stop first (`stop[1]: ...`).
+    assert {(e.code, e.metadata["field"]) for e in refused} == {(grpc.StatusCode.INVALID_ARGUMENT, "stop")}
+    assert all(e.message.startswith("stop") for e in refused)

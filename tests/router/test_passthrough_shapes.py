@@ -1,0 +1,108 @@
+"""A gRPC caller's passthrough_json is held to the rules the edge holds a REST caller's body to (one set of them:
+llmrouter/openai_fields.py): a field of another shape, fields that do not go together, or one the router cannot honour
+is an INVALID_ARGUMENT naming the field, before anything is routed. `{"tools": "x"}` was routed, admitted and sent on
+for the upstream to refuse (an attempt that may be charged, retried or fallen back on). Each refused here is refused by
+the edge too, naming the same field; every passthrough the edge accepts (and sends on, or drops) is served. A real
+router gRPC server over the in-process store, a providers gRPC server on loopback answering."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from llmrouter.errors import ServiceError
+from llmrouter.v1 import router_pb2_grpc
+from services.edge.openai_api import ApiError, parse_request
+from services.router.store import MemoryStore
+from tests.router.servicer_kit import served_router
+from tests.router.test_cache_money import Answering, ask
+
+TOOL = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}
+LOOKUP = {"type": "function", "function": {"name": "lookup"}}
+# (the field named, the passthrough fields)
+REFUSED: list[tuple[str, dict[str, Any]]] = [
+    ("tools", {"tools": "x"}),
+    ("tools", {"tools": [{"type": "function", "function": {"name": "no spaces"}}]}),
+    ("tools", {"tools": [{"type": "retrieval"}]}),
+    ("tool_choice", {"tool_choice": "auto"}),
+    ("tool_choice", {"tools": [TOOL], "tool_choice": "sometimes"}),
+    ("tool_choice", {"tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "other"}}}),
+    ("parallel_tool_calls", {"parallel_tool_calls": True}),
+    ("response_format", {"response_format": {"type": "json_schema"}}),
+    ("response_format", {"response_format": {"type": "json_object", "strict": True}}),
+    ("logprobs", {"logprobs": "yes"}),
+    ("top_logprobs", {"logprobs": True, "top_logprobs": 21}),
+    ("functions", {"functions": [{"name": "lookup"}]}),
+    ("function_call", {"function_call": "auto"}),
+    ("audio", {"audio": {"voice": "alloy", "format": "wav"}}),
+    ("modalities", {"modalities": ["text", "audio"]}),
+    ("n", {"n": 2}),
+    ("service_tier", {"service_tier": "priority"}),
+    ("metadata", {"metadata": {"k": 5}}),
+    ("store", {"store": "yes"}),
+    ("reasoning_effort", {"reasoning_effort": "extreme"}),
+    ("prediction", {"prediction": {"type": "content"}}),
+]
+ACCEPTED: list[dict[str, Any]] = [
+    {"tools": [TOOL], "tool_choice": LOOKUP, "parallel_tool_calls": True},
+    {"tools": [TOOL], "tool_choice": "none"},
+    {"response_format": {"type": "json_object"}},
+    {"seed": 7, "top_p": 0.5, "stop": ["\n"]},  # logprobs: "cheap" returns none (test_admission.py has them)
+    {"logit_bias": {"50256": -100}, "presence_penalty": 1, "frequency_penalty": -1},
+    {"metadata": {"k": "v"}, "store": False, "service_tier": "auto", "modalities": ["text"], "n": 1},
+    {"reasoning_effort": "low", "verbosity": "high", "prediction": {"type": "content", "content": "x"}},
+    {"user": "u1", "tool_choice": None, "functions": None},
+]
+
+
+def edge_fault(fields: dict[str, Any]) -> str:
+    """The field the edge names refusing a body of these fields."""
+    body = {"messages": [{"role": "user", "content": "hello"}], **fields}
+    with pytest.raises(ApiError) as refused:
+        parse_request(json.dumps(body).encode())
+    assert refused.value.status == 400
+    return str(refused.value.param).partition(".")[0].partition("[")[0]
+
+
+def edge_passthrough(fields: dict[str, Any]) -> str:
+    """The passthrough_json the edge sends the router for a body of these fields (it accepts it)."""
+    parsed, raw = parse_request(json.dumps({"messages": [{"role": "user", "content": "hello"}], **fields}).encode())
+    return parsed.to_router(raw, "acme", "", "r1").passthrough_json
+
+
+async def test_passthrough_fields_the_edge_refuses_are_refused_naming_them_before_routing(tmp_path: Path) -> None:
+    refused: list[tuple[str, ServiceError]] = []
+    provider = Answering()
+    async with (
+        served_router(tmp_path, MemoryStore(), provider) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        router = router_pb2_grpc.RouterStub(channel)
+        for field, fields in REFUSED:
+            assert edge_fault(fields) == field
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await router.Complete(ask("hello", "acme", passthrough_json=json.dumps(fields)), timeout=10)
+            refused.append((field, ServiceError.from_rpc_error(caught.value)))
+    assert provider.generated == 0
+    assert [(e.code, e.metadata.get("field")) for _, e in refused] == [
+        (grpc.StatusCode.INVALID_ARGUMENT, field) for field, _ in refused
+    ]
+
+
+@pytest.mark.parametrize("fields", ACCEPTED)
+async def test_passthrough_fields_the_edge_accepts_are_served(tmp_path: Path, fields: dict[str, Any]) -> None:
+    """As the edge sends them on, and as a gRPC caller may write them (the fields the edge drops included)."""
+    provider = Answering()
+    async with (
+        served_router(tmp_path, MemoryStore(), provider) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        router = router_pb2_grpc.RouterStub(channel)
+        for prompt, written in (("from the edge", edge_passthrough(fields)), ("written so", json.dumps(fields))):
+            answer = await router.Complete(ask(prompt, "acme", passthrough_json=written), timeout=10)
+            assert answer.content == f"the answer to {prompt}"
+    assert provider.generated == 2
