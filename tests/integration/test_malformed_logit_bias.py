@@ -42,7 +42,7 @@ async def test_a_malformed_logit_bias_is_refused_naming_it(chain: Chain, model: 
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     error = ServiceError.from_rpc_error(caught.value)
     assert (error.reason, error.metadata) == ("INVALID_REQUEST", {"field": "logit_bias"})
-    assert "token ids" in error.message and "[-100, 100]" in error.message
+    assert error.message.startswith("logit_bias")  # the edge's own rule's words, with the path to what is wrong
     assert sent(chain) == before
 
 
