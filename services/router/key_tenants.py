@@ -18,7 +18,8 @@ import time
 import grpc
 
 from llmrouter.errors import ServiceError
-from services.router.store import KEYLESS, Account, Store
+from services.router.store import KEYLESS, Account, Store, StoreUnavailable
+from services.router.undoing import Undoing
 
 BOUND_S = 60.0
 # Bindings remembered at most; past it the oldest are forgotten (asked of the store again when next named).
@@ -31,8 +32,9 @@ def is_bound(key: str) -> bool:
 
 
 class KeyTenants:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, undoing: Undoing) -> None:
         self.store = store
+        self.undoing = undoing  # admission's: a binding is asked of the store as an admission is sent
         self._known: dict[str, tuple[str, float]] = {}  # key id -> (its tenant, until when, monotonic)
 
     async def check(self, account: Account) -> None:
@@ -43,7 +45,7 @@ class KeyTenants:
         known = self._known.get(account.key)
         now = time.monotonic()
         if known is None or known[1] <= now:
-            tenant = await self.store.bind_key(account.key, account.tenant)
+            tenant = await self._bind(account)
             self._remember(account.key, tenant, now + BOUND_S)
         else:
             tenant = known[0]
@@ -54,6 +56,20 @@ class KeyTenants:
                 "this API key belongs to another tenant: a key serves the one tenant it was first used with",
                 {"field": "tenant"},
             )
+
+    async def _bind(self, account: Account) -> str:
+        """Asked of the store as an admission is sent (undoing.py): refused at once while the store was out of reach a
+        moment ago, but for a probe, so an outage costs no request a wait for the store's timeouts; found out of reach
+        here, the requests after it are refused at once too (each would be refused all the same, after its wait)."""
+        if not self.undoing.may_send():
+            raise StoreUnavailable()
+        try:
+            tenant = await self.store.bind_key(account.key, account.tenant)
+        except StoreUnavailable:
+            self.undoing.out_of_reach()
+            raise
+        self.undoing.answered()
+        return tenant
 
     def _remember(self, key: str, tenant: str, until: float) -> None:
         self._known.pop(key, None)  # re-inserted last: the oldest entry is the first forgotten

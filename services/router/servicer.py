@@ -46,7 +46,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self.settings = settings
         self.available = AvailableModels(registry, providers, settings.models_refresh_s)
         self.admission = Admission(settings, registry, store, outbox)
-        self.key_tenants = KeyTenants(store)
+        self.key_tenants = KeyTenants(store, self.admission.undoing)
         self.routing = Routing(
             classifier,
             self.available,

@@ -5,7 +5,8 @@ id refusing the caller's retry. The undo names the one admission by its nonce (S
 the store waits in the outbox, replayed until it lands.
 
 An outage would otherwise make an undo, and an fsynced outbox line, of every request refused meanwhile (and a full
-store a marker for each). So once an undo finds the store unreachable, or the store refuses writes, admissions are
+store a marker for each). So once an undo (or a key's binding, asked before admission: key_tenants.py) finds the store
+unreachable, or the store refuses writes, admissions and bindings are
 not sent to it at all (refused at once, STORE_UNAVAILABLE), but for one probe every PROBE_S, until the store
 answers one: an outage leaves the admissions in flight when it began and one a probe to undo, not one per
 request."""
@@ -52,7 +53,7 @@ class Undoing:
         write included) whatever the caller does meanwhile; close() waits for it. A store that refuses writes (full,
         read-only) is treated as out of reach: it would refuse every admission sent meanwhile too."""
         if isinstance(failure, StoreRefusing):
-            self._out_of_reach()
+            self.out_of_reach()
         await asyncio.shield(self._run(self._undo(account, hold)))
 
     async def withdraw(self, account: Account, hold: Hold) -> None:
@@ -64,7 +65,9 @@ class Undoing:
         """For a caller that left while it was admitted: once the admission ends, undo it unless it was refused."""
         self._run(self._undo_if_held(admitting, account, hold))
 
-    def _out_of_reach(self) -> None:
+    def out_of_reach(self) -> None:
+        """The store was found out of reach (an undo, or a key's binding asked: key_tenants.py): admissions are sent but
+        for a probe every probe_s."""
         self._next_probe = time.monotonic() + self.probe_s
 
     async def close(self) -> None:
@@ -90,7 +93,7 @@ class Undoing:
         try:
             undone = await undo_or_give_back(self.store, account, hold)
         except StoreUnavailable:
-            self._out_of_reach()
+            self.out_of_reach()
             await self.outbox.add(OutboxUndo(account, hold))
             return
         log.warning("admission of a request not served undone", extra={"request_id": hold.request_id, "undone": undone})
