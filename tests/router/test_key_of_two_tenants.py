@@ -149,6 +149,13 @@ async def test_concurrent_first_uses_bind_the_key_to_one_tenant(any_redis_url: s
         assert await store.bind_key(KEY, "late") in bound
 
 
+async def test_every_store_keeps_a_keys_first_tenant(store: Store) -> None:
+    """The in-process store binds as Redis does: the first tenant, for good. (A router remembers the binding it met a
+    minute, which hid a store that let the last tenant named win.)"""
+    assert await store.bind_key(KEY, "acme") == "acme"
+    assert await store.bind_key(KEY, "other") == "acme"
+
+
 async def test_keyless_and_callers_keys_are_bound_to_no_tenant(tmp_path: Path, store: Store) -> None:
     """`anonymous` is every tenant's keyless requests (each on its own tenant's budget), and `caller:<name>` is paid by
     the tenant the router's caller list gives it: neither is an end user's key, and neither is refused."""

@@ -267,15 +267,27 @@ async def test_a_counted_request_shares_the_rate_limit_with_admissions(store: St
     assert await store.count_request(ACCOUNT, Allowance("day")) == ""  # no rate limit: nothing to count against
 
 
+async def test_a_count_sent_again_with_its_id_is_counted_once(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Decide's count resent after its reply was lost (its count id the same) is counted once, on every store."""
+    monkeypatch.setattr(time, "time", lambda: 1_800_000_000.25)  # one minute throughout
+    two = Allowance("day", per_minute=2)
+    assert [await store.count_request(ACCOUNT, two, "d1") for _ in range(2)] == ["", ""]  # the count, then its resend
+    assert await store.count_request(ACCOUNT, two, "d2") == ""
+    assert await store.count_request(ACCOUNT, two, "d3") == "rate"
+
+
 async def test_a_counted_request_lives_in_the_admissions_counter_as_long(any_redis_url: str) -> None:
     store = RedisStore(any_redis_url)
     client = connect(any_redis_url)
     try:
         now = time.time()
-        await store.count_request(ACCOUNT, Allowance("day", per_minute=3))
-        rate = AccountKeys.of(ACCOUNT).rate(now)
+        await store.count_request(ACCOUNT, Allowance("day", per_minute=3), "d1")
+        rate, counted = AccountKeys.of(ACCOUNT).rate(now), AccountKeys.of(ACCOUNT).rate_counted(now)
         assert await client.get(rate) == b"1"
         assert 0 < await client.ttl(rate) <= 61
+        # So does the set of the ids it counted, one entry per request: kept for good, it grew without end.
+        assert await client.smembers(counted) == {b"d1"}
+        assert 0 < await client.ttl(counted) <= 61
     finally:
         await store.close()
         await client.aclose()
