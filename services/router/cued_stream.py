@@ -37,7 +37,10 @@ async def provider_chunks(
     call = providers.GenerateStreamOnCue(timeout=time_left())
     cue.unreached, cue.failure = True, None
     try:
-        await call.write(provider_pb2.CuedRequest(request=request))
+        # A call that ended before the request was written (the providers service gone, its server shedding the call)
+        # raises InvalidStateError over a channel with interceptors, not its status: the first read raises that.
+        with suppress(asyncio.InvalidStateError):
+            await call.write(provider_pb2.CuedRequest(request=request))
         async for chunk in call:
             if chunk.WhichOneof("kind") != "ready_to_send":
                 yield chunk

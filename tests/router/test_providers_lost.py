@@ -11,9 +11,12 @@ from typing import Any
 
 import grpc
 import pytest
+from pydantic import SecretStr
 
+from llmrouter.channels import open_channel
 from llmrouter.errors import ServiceError
 from llmrouter.server import CHANNEL_OPTIONS
+from llmrouter.settings import ServiceSettings
 from llmrouter.v1 import provider_pb2, provider_pb2_grpc
 from services.router.serving import Serving, StreamState, worst_usd
 from tests.router.servicer_kit import NoDeadline
@@ -100,6 +103,26 @@ async def test_a_providers_service_gone_after_the_channel_connected_costs_nothin
         serving = Serving(provider_pb2_grpc.ProviderStub(channel), gate)
         with pytest.raises(ServiceError) as failed:
             await serving.generate(r, NoDeadline())
+    assert failed.value.code == grpc.StatusCode.UNAVAILABLE
+    assert r.owed == 0, failed.value.message
+
+
+async def test_a_cued_stream_to_a_providers_service_gone_falls_back_and_costs_nothing() -> None:
+    """As above, streamed over the router's channel with its call token: gRPC ends the call before its request is
+    written, and the write raised InvalidStateError (interceptors write from a task of their own), which escaped as
+    an internal error: no fallback, and the caller told a 500 for a providers service gone."""
+    server, port = await start(Generating())
+    gate, r = await routed(request(max_tokens=50))
+    r.registry, r.escalation = REGISTRY, "off"
+    await gate.admit(r)
+    channel = open_channel(f"127.0.0.1:{port}", ServiceSettings(call_token=SecretStr("a-token")))
+    await asyncio.wait_for(channel.channel_ready(), 10)
+    await server.stop(0)
+    serving = Serving(provider_pb2_grpc.ProviderStub(channel), gate)
+    with pytest.raises(ServiceError) as failed:
+        async for _ in serving.generate_stream(r, NoDeadline(), StreamState(r.plan.order[0].model)):
+            pass
+    await channel.close()
     assert failed.value.code == grpc.StatusCode.UNAVAILABLE
     assert r.owed == 0, failed.value.message
 
