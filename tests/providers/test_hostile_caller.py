@@ -97,3 +97,25 @@ async def test_a_passthrough_field_the_edge_refuses_is_refused_before_the_upstre
     error = error_of(refused.value)
     assert (error.code, error.metadata.get("field")) == (grpc.StatusCode.INVALID_ARGUMENT, name)
     assert openai_fake.requests == []
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("top_p", 0),
+        ("top_p", 1.0),
+        ("presence_penalty", -2),
+        ("presence_penalty", 2.0),
+        ("frequency_penalty", 2),
+        ("frequency_penalty", -2.0),
+        ("seed", 2**63 - 1),
+        ("seed", -(2**63)),
+        ("top_p", None),
+    ],
+)
+async def test_a_sampling_field_at_the_edge_of_its_range_is_sent_on(
+    stub: provider_pb2_grpc.ProviderStub, openai_fake: FakeOpenAI, name: str, value: object
+) -> None:
+    """What the edge accepts from a REST caller (its bounds inclusive, as OpenAI's; null a field left out)."""
+    await stub.Generate(request("strong", passthrough_json=json.dumps({name: value})))
+    assert openai_fake.requests[-1].json.get(name) == value

@@ -1,0 +1,74 @@
+"""A providers process that goes while a handler of its holds the router's call (killed, or drained past its grace on
+SIGTERM) fails the call UNAVAILABLE, never CANCELLED: the router owes the attempt's worst case (its upstream may be
+generating), which a call taken for one the providers' gRPC server shed (ServiceError.shed: CANCELLED without ErrorInfo,
+charged nothing) would not be. Unary and cued streams, over the router's own channel (its options, its call token's
+interceptors) to a real providers process on the services' own bootstrap (tests/router/holding_providers.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+from pydantic import SecretStr
+
+from llmrouter.channels import open_channel
+from llmrouter.errors import ServiceError
+from llmrouter.settings import ServiceSettings
+from llmrouter.v1 import provider_pb2_grpc
+from services.router.serving import Serving, StreamState, worst_usd
+from tests.router.servicer_kit import NoDeadline
+from tests.router.test_admission import REGISTRY, request, routed
+
+
+@asynccontextmanager
+async def holding_providers() -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
+    """The providers process, draining for no time on SIGTERM, and its port."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.router.holding_providers", "0", stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert process.stdout is not None
+        ready = (await asyncio.wait_for(process.stdout.readline(), 30)).split()
+        assert ready[:2] == [b"READY", b"providers"], ready
+        yield process, int(ready[2])
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
+
+
+@pytest.mark.parametrize("ends", [signal.SIGKILL, signal.SIGTERM])
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_a_providers_process_gone_mid_call_is_owed_the_attempts_worst_case(
+    streamed: bool, ends: signal.Signals
+) -> None:
+    gate, r = await routed(request(max_tokens=50))
+    r.registry, r.escalation = REGISTRY, "off"
+    await gate.admit(r)
+    async with holding_providers() as (process, port):
+        channel = open_channel(f"127.0.0.1:{port}", ServiceSettings(call_token=SecretStr("a-token")))
+        serving = Serving(provider_pb2_grpc.ProviderStub(channel), gate)
+
+        async def serve() -> None:
+            if streamed:
+                async for _ in serving.generate_stream(r, NoDeadline(), StreamState(r.plan.order[0].model)):
+                    pass
+            else:
+                await serving.generate(r, NoDeadline())
+
+        serving_task = asyncio.create_task(serve())
+        assert process.stdout is not None
+        reached = asyncio.ensure_future(process.stdout.readline())
+        await asyncio.wait([reached, serving_task], return_when=asyncio.FIRST_COMPLETED)
+        assert reached.done() and reached.result() == b"REACHED\n", serving_task
+        process.send_signal(ends)  # its handler holds the call; the fallback finds no server to connect to
+        with pytest.raises(ServiceError) as failed:
+            await serving_task
+        await channel.close()
+    assert not failed.value.shed, failed.value.message
+    # The cut attempt at its worst case; the unsent fallback, nothing.
+    assert r.owed == worst_usd(r, r.plan.order[0].model)
