@@ -166,7 +166,7 @@ def passthrough(raw: str) -> dict[str, Any]:
     except (ValueError, RecursionError):  # nested past the parser's depth is as unusable as malformed
         value = None
     if not isinstance(value, dict):
-        raise invalid("passthrough_json must be a JSON object", "passthrough_json")
+        raise invalid("passthrough_json must be a JSON object, every number in it finite", "passthrough_json")
     return value
 
 
@@ -240,5 +240,5 @@ def _tool_calls(raw: str, index: int) -> list[dict[str, Any]]:
         calls = None
     if not isinstance(calls, list) or not all(isinstance(c, dict) for c in calls):
         field = f"messages[{index}].tool_calls_json"
-        raise invalid(f"{field} must be a JSON array of objects", field)
+        raise invalid(f"{field} must be a JSON array of objects, every number in it finite", field)
     return calls

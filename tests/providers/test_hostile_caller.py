@@ -51,6 +51,7 @@ async def test_a_number_past_a_floats_range_is_refused_before_the_upstream(
         await stub.Generate(generate)
     error = error_of(refused.value)
     assert (error.code, error.metadata.get("field")) == (grpc.StatusCode.INVALID_ARGUMENT, field)
+    assert "every number in it finite" in error.message, error.message  # not a JSON object refused as none
     assert openai_fake.requests == []
 
 
