@@ -80,13 +80,16 @@ class Finding:
 
 
 def ledger_charges(rows: Iterable[Charge]) -> list[LedgerCharge]:
-    """The rows' charges, one per (tenant, request id): summed, named by the last (rows come oldest first)."""
+    """The rows' charges, one per (tenant, request id): summed, named by the last (rows come oldest first), dated by
+    the last charge landing."""
     found: dict[tuple[str, str], LedgerCharge] = {}
     for row in rows:
         tenant, request_id = str(row.tenant), str(row.request_id)
         before = found.get((tenant, request_id))
         pico = int(row.cost_pico) + (before.pico if before else 0)
-        landed_ms = max(landed(row), before.landed_ms if before else 0)
+        # A give-back (the only row of a negative cost: model.py, given_back_record) lands up to a TTL after the
+        # reconciled charge it amends and leaves its markers' TTL as it was (lua.py, GIVE_BACK): it dates nothing.
+        landed_ms = max(landed(row) if row.cost_pico >= 0 else 0, before.landed_ms if before else 0)
         found[(tenant, request_id)] = LedgerCharge(tenant, request_id, str(row.key_id), pico, landed_ms)
     return list(found.values())
 

@@ -90,3 +90,18 @@ async def test_a_charge_dated_before_the_ttl_by_its_router_but_landed_within_it_
     assert "'late1'" in out.err and "'expired1'" not in out.err
     ttl = await store.redis.pttl(AccountKeys.of(Account("acme", "k1")).charged("late1"))
     assert abs(ttl / 1000 - 0.5 * TTL_S) < 60 + (time.time() - started)  # until a TTL after it landed
+
+
+async def test_a_give_back_landing_later_does_not_date_the_charge_it_amends(
+    ledger: LedgerDB, store: RedisStore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The reconciler's charge landed past the TTL (its markers expired, as they should); part of it was given back
+    # within its TTL, when its router's outbox charge landed (GIVE_BACK keeps the markers' TTL): the id is free again.
+    insert(ledger, "amended", 1, age_s=1.2 * TTL_S, landed_age_s=1.2 * TTL_S)
+    given_back = ROWS_SQL.replace("7, 40", "-3, -3").replace("'ok'", "'given_back'")
+    values = {"n": 1, "age_s": 0.5 * TTL_S, "landed_age_s": 0.5 * TTL_S, "candidates": 2, "period": period_id("day")}
+    ledger._conn.execute(given_back, {**values, "prefix": "amended"})
+    ledger._conn.commit()
+    assert await check_ledger_charges(store, ledger, TTL_S, repair=True) == 0
+    assert "0 forgotten by the money store" in capsys.readouterr().out
+    assert not await store.redis.exists(AccountKeys.of(Account("acme", "k1")).charged("amended1"))
