@@ -11,10 +11,8 @@ import asyncio
 import re
 import sys
 
-from llmrouter.settings import load_settings
-from services.ledger.settings import LedgerSettings
 from services.router.admission import MAX_ID_CHARS
-from services.router.store import RedisStore
+from services.router.money_check import money_store
 
 KEY_ID = re.compile(r"[0-9a-f]{16}")
 
@@ -28,11 +26,10 @@ async def main(argv: list[str]) -> int:
         parser.error("key_id must be 16 lowercase hex digits (a key's id, as budgets and the ledger show it)")
     if not args.tenant or len(args.tenant) > MAX_ID_CHARS or "\x00" in args.tenant:
         parser.error(f"tenant must be 1 to {MAX_ID_CHARS} characters, no NUL, as a request's")
-    settings = load_settings(LedgerSettings)  # its redis_url is the router's money store; no server settings
-    if not settings.redis_url:
-        print("ROUTER_REDIS_URL is not set: the in-process store lives in its router", file=sys.stderr)
+    found = money_store()
+    if found is None:
         return 2
-    store = RedisStore(settings.redis_url)
+    _, store = found
     try:
         before = await store.move_key(args.key_id, args.tenant)
     finally:

@@ -167,6 +167,16 @@ async def check_ledger_spend(store: RedisStore, db: LedgerDB, budget_period: str
     return 1 if shortfalls and not repair else 0
 
 
+def money_store() -> tuple[LedgerSettings, RedisStore] | None:
+    """The routers' money Redis (ROUTER_REDIS_URL; no server settings) for an operator's command on it, beside the
+    settings naming it; None, said on stderr, when none is named: the in-process store lives in its router."""
+    settings = load_settings(LedgerSettings)
+    if not settings.redis_url:
+        print("ROUTER_REDIS_URL is not set: the in-process store lives in its router", file=sys.stderr)
+        return None
+    return settings, RedisStore(settings.redis_url)
+
+
 async def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.router.money_check", description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=["hold-totals", "bump-hold-totals-epoch", "ledger-spend", "ledger-charges"])
@@ -182,11 +192,10 @@ async def main(argv: list[str]) -> int:
         "each pending charge come back",
     )
     args = parser.parse_args(argv)
-    settings = load_settings(LedgerSettings)  # its redis_url is the router's money store; no server settings
-    if not settings.redis_url:
-        print("ROUTER_REDIS_URL is not set: the in-process store lives in its router", file=sys.stderr)
+    money = money_store()
+    if money is None:
         return 2
-    store = RedisStore(settings.redis_url)
+    settings, store = money
     try:
         if args.command == "ledger-charges":
             from services.router import ledger_charges  # imports services.ledger, as ledger-spend does below

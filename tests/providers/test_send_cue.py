@@ -32,6 +32,20 @@ async def rest(call: Any) -> list[provider_pb2.GenerateChunk]:
     return chunks
 
 
+async def ends_unreached(call: Any, openai_fake: FakeOpenAI) -> None:
+    """The caller closes its side without the word: the call ends told no upstream was reached, and none was."""
+    await call.done_writing()
+    with pytest.raises(grpc.aio.AioRpcError) as ended:
+        await call.read()
+    error = error_of(ended.value)
+    assert (error.code, error.reason, error.metadata["sent"]) == (
+        grpc.StatusCode.CANCELLED,
+        "UPSTREAM_NOT_REACHED",
+        "false",
+    )
+    assert openai_fake.requests == []
+
+
 async def test_the_upstream_is_asked_only_once_the_caller_sends_its_word(
     stub: provider_pb2_grpc.ProviderStub, openai_fake: FakeOpenAI
 ) -> None:
@@ -57,16 +71,7 @@ async def test_a_caller_that_closes_its_side_without_the_word_never_has_the_upst
     call = stub.GenerateStreamOnCue(timeout=10)
     await call.write(cued(request("cheap")))
     assert (await call.read()).WhichOneof("kind") == "ready_to_send"
-    await call.done_writing()
-    with pytest.raises(grpc.aio.AioRpcError) as ended:
-        await call.read()
-    error = error_of(ended.value)
-    assert (error.code, error.reason, error.metadata["sent"]) == (
-        grpc.StatusCode.CANCELLED,
-        "UPSTREAM_NOT_REACHED",
-        "false",
-    )
-    assert openai_fake.requests == []
+    await ends_unreached(call, openai_fake)
 
 
 async def test_a_caller_that_leaves_before_the_word_never_has_the_upstream_asked(
@@ -121,16 +126,7 @@ async def test_a_message_other_than_send_true_is_no_word(
     await call.write(cued(request("cheap")))
     assert (await call.read()).WhichOneof("kind") == "ready_to_send"
     await call.write(not_the_word)
-    await call.done_writing()
-    with pytest.raises(grpc.aio.AioRpcError) as ended:
-        await call.read()
-    error = error_of(ended.value)
-    assert (error.code, error.reason, error.metadata["sent"]) == (
-        grpc.StatusCode.CANCELLED,
-        "UPSTREAM_NOT_REACHED",
-        "false",
-    )
-    assert openai_fake.requests == []
+    await ends_unreached(call, openai_fake)
 
 
 async def test_the_word_after_a_send_false_lets_the_request_go(
