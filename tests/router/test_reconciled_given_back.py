@@ -1,9 +1,10 @@
 """A charge the reconciler settled at its hold, amended once its router's charge or undo, kept in an outbox through a
-store outage, lands: the difference is given back once, however often, and by however many routers, it lands (a
-replay after a reply lost, routers sharing an outbox), in the period charged; the ledger's entries for the request sum
-to what its caller was told, in the Redis streams and in the SQL ledger (PostgreSQL) alike, where the give-back is no
-request of its own; and the metrics' cost, less what they count given back, is the cost. A real Redis behind a proxy
-that goes down, a real PostgreSQL."""
+store outage, lands (or an undo its router makes with the store in reach: a request withdrawn): the difference is given
+back once, however often, and by however many routers, it lands (a replay after a reply lost, routers sharing an
+outbox), in the period charged, even once another has begun; the ledger's entries for the request sum to what its
+caller was told, in the Redis streams and in the SQL ledger (PostgreSQL) alike, where the give-back is no request of
+its own in any of the Stats' groupings; and the metrics' cost, less what they count given back, is the cost. A real
+Redis behind a proxy that goes down, a real PostgreSQL."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from services.ledger.db import LedgerDB
 from services.ledger.sink import LedgerSink, RedisSource
 from services.router import admission, charging
 from services.router.outbox import OutboxCharge, OutboxUndo
-from services.router.store import RedisStore, StoreUnavailable, period_id, to_pico
+from services.router.store import AccountKeys, RedisStore, StoreUnavailable, period_id, to_pico
+from services.router.store.clock import MONEY_CLOCK
 from tests.conftest import ledger_records
 from tests.fakes.lossy_proxy import LossyProxy
 from tests.ledger.conftest import fresh_postgres
@@ -149,3 +151,81 @@ async def test_the_sql_ledger_sums_a_given_back_charge_to_the_spend_and_one_requ
         finally:
             db.close()
             await client.aclose()
+
+
+async def test_stats_count_a_given_back_charge_as_one_request_in_every_grouping(
+    charger: charging.Charger, proxy: LossyProxy, redis_url: str
+) -> None:
+    """The give-back's row is money, not a request: by model, by tenant and by day (both rows land within a day), the
+    request is counted once, its model's share is whole, and its latency and success are the reconciled row's alone."""
+    reconciler = RedisStore(redis_url)
+    try:
+        request_id, cost, _ = await charge_reconciled_first(charger, proxy, reconciler)
+        await charger.outbox.replay(charger.store)
+    finally:
+        await reconciler.close()
+    client = connect(redis_url)
+    with fresh_postgres() as dsn:
+        db = LedgerDB(dsn=dsn)
+        try:
+            await LedgerSink(RedisSource(client, "sink", group=SINK_GROUP), db).drain()
+            rows = [row for row in await db.rows() if row.get("request_id") == request_id]
+            (reconciled,) = [row for row in rows if row.get("outcome") == "reconciled"]
+            for group_by in ("model", "tenant", "day"):
+                _, (group,) = stats.summarize(rows, group_by)
+                assert (group.cost_pico, group.requests) == (to_pico(cost), 1), group_by
+                assert group.model_share() == {reconciled.get("model"): 1.0}, group_by
+                assert (group.latencies, group.succeeded) == ([reconciled.get("latency_ms")], 0), group_by
+        finally:
+            db.close()
+            await client.aclose()
+
+
+async def test_a_charge_landing_the_day_after_its_reconciled_charge_gives_back_to_that_day(
+    charger: charging.Charger, proxy: LossyProxy, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Admitted and reconciled yesterday by the money's clock, its charge landing today: the hold less the cost is given
+    back to yesterday's spend, where the reconciler charged it, and its ledger entry names yesterday. Today's spend,
+    which never held it, is left alone (the tenant's other requests: room to give back there too)."""
+    monkeypatch.setattr(MONEY_CLOCK, "offset_s", -86400.0)
+    yesterday = period_id("day")
+    reconciler = RedisStore(redis_url)
+    try:
+        request_id, cost, _ = await charge_reconciled_first(charger, proxy, reconciler)
+        monkeypatch.setattr(MONEY_CLOCK, "offset_s", 0.0)  # the day has turned
+        today, others = period_id("day"), 10**12
+        assert today != yesterday
+        for counter in AccountKeys.of(ACCOUNT).spend(today):
+            await reconciler.redis.incrby(counter, others)
+        await charger.outbox.replay(charger.store)
+        records = [x for x in await ledger_records(reconciler.redis) if x["request_id"] == request_id]
+        assert [(x["outcome"], x["period"]) for x in records] == [("reconciled", yesterday), (GIVEN_BACK, yesterday)]
+        assert sum(Decimal(x["cost_usd"]) for x in records) == cost
+        assert await reconciler.spent(ACCOUNT, yesterday) == (to_pico(cost), to_pico(cost))
+        assert await reconciler.spent(ACCOUNT, today) == (others, others)
+    finally:
+        await reconciler.close()
+
+
+async def test_a_request_withdrawn_after_the_reconciler_charged_it_gets_its_hold_back_whole(
+    charger: charging.Charger, redis_url: str
+) -> None:
+    """Admitted, taken for its dead router's and charged its hold by another router's reconciler, then withdrawn by its
+    router (nothing sent for it) with the store in reach: Undoing's own undo, never the outbox's replay, gives the hold
+    back whole, once, and the request costs nothing."""
+    before = counted_net()
+    gate = admission.Admission(SETTINGS, REGISTRY, charger.store, charger.outbox)
+    _, r = await routed(request(), gate)
+    await gate.admit(r)
+    assert r.hold is not None
+    reconciler = RedisStore(redis_url)
+    try:
+        await eventually(lambda: reconciler.reconcile("router-alive", 0.2, 3600), "the admission reconciled")
+        assert await reconciler.spent(ACCOUNT, DAY) == (r.hold.pico, r.hold.pico)
+        await gate.withdraw(r)
+        await gate.withdraw(r)  # again: nothing more is given back
+        assert charger.outbox.waiting() == []
+        await assert_amended_once(reconciler, r.request_id, Decimal(0))
+    finally:
+        await reconciler.close()
+    assert counted_net() - before == pytest.approx(0.0, abs=1e-12)
