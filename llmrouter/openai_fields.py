@@ -138,10 +138,17 @@ class PromptCacheOptions(Closed):
     ttl: Literal["30m"] | None = None
 
 
+class StreamOptions(Closed):
+    include_usage: StrictBool = False
+    # OpenAI pads stream events with an `obfuscation` field unless this is false; the edge never pads, so either
+    # value is served as it is (a caller saving bandwidth with false gets what it asked for).
+    include_obfuscation: StrictBool | None = None
+
+
 class OpenAIFields(Closed):
-    """The fields passed through to a provider (llmrouter/passthrough.py), and those the edge accepts and sends to no
-    provider (its IGNORED), as OpenAI types and bounds them. The end-user ids' lengths are bounded apart
-    (END_USER_ID_CHARS), each door refusing in its own words."""
+    """The fields passed through to a provider (llmrouter/passthrough.py), those the edge accepts and sends to no
+    provider (its IGNORED), and n and stream_options, as OpenAI types and bounds them. The end-user ids' lengths are
+    bounded apart (END_USER_ID_CHARS), each door refusing in its own words."""
 
     # Passed through (llmrouter/passthrough.py).
     response_format: ResponseFormat | None = None
@@ -175,6 +182,11 @@ class OpenAIFields(Closed):
     prediction: Prediction | None = None
     prompt_cache_retention: Literal["in_memory", "in-memory", "24h"] | None = None
     prompt_cache_options: PromptCacheOptions | None = None
+    # Mapped by the edge to the router's request (one choice; usage on the stream), and sent nowhere from a gRPC
+    # caller's passthrough_json, but typed for both: a gRPC caller's n of "2" or stream_options of [] was served as if
+    # it asked for nothing, where OpenAI and the edge refuse it.
+    n: StrictInt | None = Field(default=None, ge=1, le=1)  # more choices would multiply the output's cost
+    stream_options: StreamOptions | None = None
 
 
 @dataclass(frozen=True)

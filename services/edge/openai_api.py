@@ -203,24 +203,15 @@ class Message(BaseModel):
         )
 
 
-class StreamOptions(Closed):
-    include_usage: StrictBool = False
-    # OpenAI pads stream events with an `obfuscation` field unless this is false; the edge never pads, so either
-    # value is served as it is (a caller saving bandwidth with false gets what it asked for).
-    include_obfuscation: StrictBool | None = None
-
-
 class ChatCompletionRequest(OpenAIFields):
     """OpenAI's fields beside the messages (OpenAIFields), and those the edge maps to the router's request."""
 
     model: StrictStr | None = None
     messages: Annotated[list[Message], FirstError()] = Field(min_length=1)
     stream: StrictBool | None = None  # null, as every optional field of OpenAI's: as if left out (not streamed)
-    stream_options: StreamOptions | None = None
     max_tokens: StrictInt | None = Field(default=None, ge=1, le=INT32_MAX)
     max_completion_tokens: StrictInt | None = Field(default=None, ge=1, le=INT32_MAX)
     temperature: StrictFloat | StrictInt | None = Field(default=None, ge=0, le=2)
-    n: StrictInt | None = Field(default=None, ge=1, le=1)  # more choices would multiply the output's cost
     # Router extensions (also accepted as x-router-* headers).
     quality_target: StrictFloat | StrictInt | None = Field(default=None, ge=0, le=1)
     strong_share: StrictFloat | StrictInt | None = Field(default=None, ge=0, le=1)

@@ -41,6 +41,15 @@ REFUSED: list[tuple[str, dict[str, Any]]] = [
     ("audio", {"audio": {"voice": "alloy", "format": "wav"}}),
     ("modalities", {"modalities": ["text", "audio"]}),
     ("n", {"n": 2}),
+    # Of the types OpenAI refuses: once sent nowhere unchecked (only an integer n above 1 was refused).
+    ("n", {"n": "2"}),
+    ("n", {"n": True}),
+    ("n", {"n": 1.0}),
+    ("n", {"n": 0}),
+    ("stream_options", {"stream_options": []}),
+    ("stream_options", {"stream_options": "yes"}),
+    ("stream_options", {"stream_options": {"include_usage": "yes"}}),
+    ("stream_options", {"stream_options": {"include_usage": True, "unknown": 1}}),
     ("service_tier", {"service_tier": "priority"}),
     ("metadata", {"metadata": {"k": 5}}),
     ("store", {"store": "yes"}),
@@ -106,3 +115,45 @@ async def test_passthrough_fields_the_edge_accepts_are_served(tmp_path: Path, fi
             answer = await router.Complete(ask(prompt, "acme", passthrough_json=written), timeout=10)
             assert answer.content == f"the answer to {prompt}"
     assert provider.generated == 2
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"n": 1, "stream_options": {"include_usage": True}},
+        {"n": None, "stream_options": {"include_usage": False, "include_obfuscation": False}},
+    ],
+)
+async def test_n_and_stream_options_of_openais_types_are_served_to_a_grpc_caller(
+    tmp_path: Path, fields: dict[str, Any]
+) -> None:
+    """Typed as OpenAI types them: the edge maps them itself, a gRPC caller's are sent nowhere."""
+    provider = Answering()
+    async with (
+        served_router(tmp_path, MemoryStore(), provider) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        router = router_pb2_grpc.RouterStub(channel)
+        written = json.dumps(fields)
+        answer = await router.Complete(ask("once", "acme", passthrough_json=written), timeout=10)
+        assert answer.content == "the answer to once"
+    assert provider.generated == 1
+
+
+@pytest.mark.parametrize("fields", [{"n": "2"}, {"stream_options": {"include_usage": "yes"}}])
+async def test_n_and_stream_options_of_other_types_are_refused_on_a_stream_too(
+    tmp_path: Path, fields: dict[str, Any]
+) -> None:
+    """CompleteStream is admitted as Complete is: refused before anything is routed."""
+    provider = Answering()
+    async with (
+        served_router(tmp_path, MemoryStore(), provider) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        router = router_pb2_grpc.RouterStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            async for _ in router.CompleteStream(ask("hello", "acme", passthrough_json=json.dumps(fields)), timeout=10):
+                pass
+    refused = ServiceError.from_rpc_error(caught.value)
+    assert (refused.code, refused.metadata.get("field")) == (grpc.StatusCode.INVALID_ARGUMENT, next(iter(fields)))
+    assert provider.generated == 0
