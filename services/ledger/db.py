@@ -196,6 +196,7 @@ class Charge(NamedTuple):
     cost_pico: int
     ts: float
     ledger_entry: str | None  # None in rows of the first version's table
+    reason: str  # a give-back's says whether its admission was undone (model.py, given_back_record)
 
 
 @dataclass(frozen=True)

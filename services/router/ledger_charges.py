@@ -34,13 +34,13 @@ from services.ledger.settings import LedgerSettings
 from services.router.settings import RequestIdSettings
 from services.router.store import Account, AccountKeys, RedisStore, lua, money_now, pending_field
 from services.router.store.keys import batches_key, hold_totals_epoch_key, models_key, pending_key, prices_key
-from services.router.store.model import CHARGED_TOTAL
+from services.router.store.model import CHARGED_TOTAL, UNDONE
 
 # Requests a script call repairs: each call blocks the shard's Redis for its length.
 CHUNK = 100
 # A row's ledger entry as the sink names a Redis stream's (services/ledger/sink.py, stream_entry): the stream, then
 # the entry id, whose first part is when Redis added it (Unix ms, by its own clock).
-STREAM_ENTRY = re.compile(r"\S+ (\d+)-\d+")
+STREAM_ENTRY = re.compile(r"\S+ (\d+)-(\d+)")
 
 
 @dataclass(frozen=True)
@@ -81,17 +81,24 @@ class Finding:
 
 def ledger_charges(rows: Iterable[Charge]) -> list[LedgerCharge]:
     """The rows' charges, one per (tenant, request id): summed, named by the last (rows come oldest first), dated by
-    the last charge landing."""
-    found: dict[tuple[str, str], LedgerCharge] = {}
+    the last charge landing. An undo's give-back (model.py, UNDONE) freed the request id (lua.py, GIVE_BACK): the
+    rows landed before it, the reconciled charge it gave back whole, are no charge of the id, which marked again would
+    refuse the retry of a request never served, and drop that retry's pending charge: served, and never charged."""
+    found: dict[tuple[str, str], list[Charge]] = {}
     for row in rows:
-        tenant, request_id = str(row.tenant), str(row.request_id)
-        before = found.get((tenant, request_id))
-        pico = int(row.cost_pico) + (before.pico if before else 0)
-        # A give-back (the only row of a negative cost: model.py, given_back_record) lands up to a TTL after the
-        # reconciled charge it amends and leaves its markers' TTL as it was (lua.py, GIVE_BACK): it dates nothing.
-        landed_ms = max(landed(row) if row.cost_pico >= 0 else 0, before.landed_ms if before else 0)
-        found[(tenant, request_id)] = LedgerCharge(tenant, request_id, str(row.key_id), pico, landed_ms)
-    return list(found.values())
+        found.setdefault((str(row.tenant), str(row.request_id)), []).append(row)
+    charges = []
+    for (tenant, request_id), each in found.items():
+        undone = [_landed_at(row) for row in each if row.reason == UNDONE and row.cost_pico < 0]
+        freed = max(undone, default=(-1, -1))
+        kept = [row for row in each if _landed_at(row) > freed]
+        if kept:
+            # A give-back (the only row of a negative cost: model.py, given_back_record) lands up to a TTL after the
+            # reconciled charge it amends and leaves its markers' TTL as it was (lua.py, GIVE_BACK): it dates nothing.
+            landed_ms = max((landed(row) for row in kept if row.cost_pico >= 0), default=0)
+            pico = sum(int(row.cost_pico) for row in kept)
+            charges.append(LedgerCharge(tenant, request_id, str(kept[-1].key_id), pico, landed_ms))
+    return charges
 
 
 def landed(row: Charge) -> int:
@@ -99,8 +106,14 @@ def landed(row: Charge) -> int:
     as it lands): its ledger entry id's time. Its `ts` is its router's own clock, seconds or minutes off on a skewed
     pod, and taken before the charge landed (an outbox's replay, hours later); only a row of no Redis stream (a
     version before named none) is dated by it."""
+    return _landed_at(row)[0]
+
+
+def _landed_at(row: Charge) -> tuple[int, int]:
+    """A row's place in its shard's ledger stream, whose entries Redis numbers in the order they landed, as its
+    request's markers changed: (ms, sequence). A row of no stream is placed by its `ts`."""
     entry = STREAM_ENTRY.fullmatch(str(row.ledger_entry or ""))
-    return int(entry.group(1)) if entry else int(float(row.ts) * 1000)
+    return (int(entry.group(1)), int(entry.group(2))) if entry else (int(float(row.ts) * 1000), 0)
 
 
 async def settle_forgotten(

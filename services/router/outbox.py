@@ -144,7 +144,7 @@ OutboxEntry = OutboxCharge | OutboxUndo
 async def undo_or_give_back(store: Store, account: Account, hold: Hold) -> bool:
     """Undo an admission whose caller was told nothing was admitted (once by its nonce, whenever it lands); when the
     reconciler charged it its hold first (its router taken for dead meanwhile), that charge given back whole
-    (Store.give_back), once. Whether it was undone."""
+    (Store.give_back), once, and the request id freed as the undo would have freed it. Whether it was undone."""
     if await store.undo(account, hold):
         return True
     await store.give_back(account, hold, None)

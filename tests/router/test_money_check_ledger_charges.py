@@ -21,6 +21,7 @@ from services.ledger.db import LedgerDB
 from services.ledger.sink import LedgerSink, RedisSource
 from services.router import money_check
 from services.router.money_check import audit_hold_totals
+from services.router.outbox import undo_or_give_back
 from services.router.store import (
     PICO,
     UNRECORDED_BATCH,
@@ -33,6 +34,7 @@ from services.router.store import (
     period_id,
 )
 from tests.ledger.conftest import fresh_postgres
+from tests.waiting import eventually
 
 ACME_K1, ACME_K2, GLOBEX_K1 = Account("acme", "k1"), Account("acme", "k2"), Account("globex", "k1")
 ALLOW = Allowance("day", tenant_pico=10_000)
@@ -343,3 +345,31 @@ async def test_a_charge_whose_markers_expired_is_no_charge_forgotten(
         assert await store.charge(ACME_K1, again, 200, {**record, "period": hold.period, "cost_usd": "0.0000000002"})
     finally:
         await store.close()
+
+
+async def test_a_request_whose_undo_gave_its_reconciled_hold_back_is_no_charge_to_mark(
+    store: RedisStore, client: redis.Redis, dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An undo landing after the reconciler charged its admission's hold gives it back and frees the request id (lua.py,
+    GIVE_BACK): the SQL ledger's reconciled charge is then no charge of the id. Marked again, the retry of a request
+    never served was refused; and one admitted meanwhile lost its pending charge, served and never charged."""
+    undone = Hold("undone", 400, period_id("day"), "router-cut-off", uuid.uuid4().hex)
+    assert (await store.admit(ACME_K1, ALLOW, undone)).refused == ""
+    await eventually(lambda: store.reconcile("router-alive", 0.2, 0), "the admission reconciled at its hold")
+    assert not await undo_or_give_back(store, ACME_K1, undone)
+    retry = await admit(store, ACME_K1, "undone", 400)  # the caller's retry, in flight
+    await copy_to_sql(client, dsn)
+    capsys.readouterr()
+
+    assert await money_check.main(["ledger-charges", "--repair"]) == 0
+    assert "'undone'" not in capsys.readouterr().err
+    pending = await store.pending_charge(ACME_K1, "undone")
+    assert pending is not None and pending.nonce == retry.nonce
+    assert await charge(store, ACME_K1, retry, 250)  # served: charged once, its own cost
+    assert await store.spent(ACME_K1, period_id("day")) == (250, 250)
+    await copy_to_sql(client, dsn)
+    await client.delete(AccountKeys.of(ACME_K1).charged("undone"))  # the retry's charge forgotten (a restore)
+    capsys.readouterr()
+    assert await money_check.main(["ledger-charges", "--repair"]) == 0
+    told = capsys.readouterr().err
+    assert "forgotten: tenant 'acme' request 'undone', charged 250 pico-USD by the SQL ledger" in told

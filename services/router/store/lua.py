@@ -684,19 +684,28 @@ return 1
 # reconciled record is dropped as it is given back: a replay or resend, by this router or another sharing its outbox,
 # finds it gone (or another admission's: the caller compares it whole, nonce included). Never more than either counter
 # holds (a counter of a period long over has expired: nothing is given back then).
+# An undo's give-back (nothing was served) leaves the request id as UNDO leaves it: this admission's entry dropped from
+# the charged marker, and the id free once no other admission's charge is marked on it nor a pending charge of it open
+# (one admitted after its markers expired is in flight: the id is its own). Else a retry of a request never served
+# was refused as a duplicate charged 0 for a day. A charge's give-back (served) keeps the id used, its marker telling
+# the amended total. Freeing it here returns no money a retry could then spend unpaid: the retry is a new admission,
+# with its own hold and pending charge, which its charge or the reconciler settles.
 GIVE_BACK = (
     _MUST_LAND
     + _EXACT
     + _PERMITTED
     + """
--- KEYS: reconciled, tenant spend, key spend (of the period it names), ledger, charged marker
--- ARGV: the reconciled record as the caller read it, pico to give back (at most what it names), ledger record
+-- KEYS: reconciled, tenant spend, key spend (of the period it names), ledger, charged marker, used id, pending charges
+-- ARGV: the reconciled record as the caller read it, pico to give back (at most what it names), ledger record,
+--       '1' for an undo's give-back (else a charge's), the pending field
 -- Returns 1 when given back now; 0 when the reconciled record is gone or another; -1 when a counter holds less.
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-local found = redis.call('TYPE', KEYS[4])['ok']
-if found ~= 'none' and found ~= 'stream' then return redis.error_reply('WRONGTYPE a key the give-back writes') end
+for i, kind in pairs({[4] = 'stream', [5] = 'string', [6] = 'string', [7] = 'hash'}) do
+  local found = redis.call('TYPE', KEYS[i])['ok']
+  if found ~= 'none' and found ~= kind then return redis.error_reply('WRONGTYPE a key the give-back writes') end
+end
 local refused = denied({{'DEL', KEYS[1]}, {'DECRBY', KEYS[2], ARGV[2]}, {'DECRBY', KEYS[3], ARGV[2]},
-  {'XADD', KEYS[4], '*', 'record', ARGV[3]}, {'SET', KEYS[5], ''}})
+  {'XADD', KEYS[4], '*', 'record', ARGV[3]}, {'SET', KEYS[5], ''}, {'DEL', KEYS[5]}, {'DEL', KEYS[6]}})
 if refused then return refused end
 local p_hi, p_lo = split(ARGV[2])
 for i = 2, 3 do
@@ -708,12 +717,32 @@ end
 -- What a duplicate's refusal says the id was charged in all (model.py, CHARGED_TOTAL), less as much.
 local marker = redis.call('GET', KEYS[5])
 local total = marker and string.match(marker, ' 1::pico=(%d+)$')
+local told = nil
 if total then
   local t_hi, t_lo = split(total)
-  if not less(t_hi, t_lo, p_hi, p_lo) then
-    local told = string.sub(marker, 1, #marker - #total) .. decimal(sub(t_hi, t_lo, p_hi, p_lo))
-    redis.call('SET', KEYS[5], told, 'KEEPTTL')
+  if not less(t_hi, t_lo, p_hi, p_lo) then told = decimal(sub(t_hi, t_lo, p_hi, p_lo)) end
+end
+if ARGV[4] == '1' then
+  -- The entries of other admissions' charges (CHARGE: '1:<charge id>:<nonce>'; one naming no admission, of a version
+  -- before, may be any's): those charges stand. A provider batch line's marker is its one admission's (CHARGE).
+  local nonce = string.match(ARGV[1], '^(%S+) ')
+  local others = {}
+  if marker and string.sub(marker, 1, 6) ~= 'batch:' then
+    for entry in string.gmatch(marker, '%S+') do
+      if string.sub(entry, 1, 8) ~= '1::pico=' and string.match(entry, '^1:[^:]*:(.+)$') ~= nonce then
+        others[#others + 1] = entry
+      end
+    end
   end
+  if #others > 0 then
+    if total and told then others[#others + 1] = '1::pico=' .. told end
+    redis.call('SET', KEYS[5], table.concat(others, ' '), 'KEEPTTL')
+  else
+    redis.call('DEL', KEYS[5])
+    if redis.call('HEXISTS', KEYS[7], ARGV[5]) == 0 then redis.call('DEL', KEYS[6]) end
+  end
+elseif told then
+  redis.call('SET', KEYS[5], string.sub(marker, 1, #marker - #total) .. told, 'KEEPTTL')
 end
 redis.call('DEL', KEYS[1])
 redis.call('DECRBY', KEYS[2], ARGV[2])

@@ -452,7 +452,8 @@ class Store(Protocol):
         """When the reconciler charged the admission of `hold` (its nonce) its hold, which its router's charge of
         `pico` (None: its undo, nothing served) kept in an outbox could not reach in time: give back what that charge
         took over `pico` (all of it for an undo) to the tenant's and key's spend of the period it was charged in, with
-        a ledger entry of minus as much (given_back_record). Once, whoever calls it how often: the pico-USD given
+        a ledger entry of minus as much (given_back_record); an undo's frees the request id as undo frees it, a
+        charge's keeps it charged, at the amended total. Once, whoever calls it how often: the pico-USD given
         back now, else 0 (given back before, nothing to give back, or the reconciler charged no such admission)."""
 
     async def pending_charge(self, account: Account, request_id: str) -> Pending | None:
@@ -543,6 +544,9 @@ def reconciled_record(pending: Pending) -> dict[str, Any]:
 
 # The ledger outcome of an entry giving back part of a reconciled charge (given_back_record): no request of its own.
 GIVEN_BACK = "given_back"
+# The ledger reason of a give-back of an admission its router undid (given_back_record): it freed the request id, so
+# the charges of the id it amends are no charges of it any more (ledger_charges.py).
+UNDONE = "undone"
 
 
 @dataclass(frozen=True)
@@ -567,13 +571,16 @@ class Reconciled:
         return cls(parts[0], int(parts[1]), parts[2], parts[3])
 
 
-def given_back_record(account: Account, request_id: str, reconciled: Reconciled, pico: int) -> dict[str, Any]:
+def given_back_record(
+    account: Account, request_id: str, reconciled: Reconciled, pico: int, undone: bool
+) -> dict[str, Any]:
     """The ledger entry giving back `pico` of a reconciled charge: a negative cost in the period it was charged in,
     under the model it named, so that the ledger's sums (per tenant, key, period, model) equal the spend counters,
     which the give-back lowers as much. Owed whole (no generation), as the reconciled charge it corrects. Every
-    version's SQL sink copies it as a row of its own (its ledger entry), summed with the charge it corrects."""
+    version's SQL sink copies it as a row of its own (its ledger entry), summed with the charge it corrects. An undo's
+    (`undone`: nothing served, the whole hold) says so by its reason (UNDONE): it freed the request id."""
     cost = format(-Decimal(pico) / PICO, "f")
-    if pico == reconciled.pico:
+    if undone:
         why = "its admission was undone by its router, which never served it: the reconciled hold given back whole"
     else:
         why = "its router's charge, kept through a store outage, landed after the reconciler charged the hold: "
@@ -588,7 +595,7 @@ def given_back_record(account: Account, request_id: str, reconciled: Reconciled,
         "generations": [],
         "owed_usd": cost,
         "model": reconciled.model,
-        "reason": RECONCILED,
+        "reason": UNDONE if undone else RECONCILED,
         "reason_detail": why,
         "outcome": GIVEN_BACK,
     }

@@ -335,10 +335,12 @@ class RedisStore:
         given = reconciled.pico - (pico or 0)
         if given <= 0:  # a charge of the hold or more: the reconciler charged what the router would have
             return 0
-        record = given_back_record(account, hold.request_id, reconciled, given)
+        undone = pico is None  # nothing served: the id freed, as an undo frees it (lua.py, GIVE_BACK)
+        record = given_back_record(account, hold.request_id, reconciled, given, undone)
         names = [keys.reconciled(hold.request_id), *keys.spend(reconciled.period), keys.ledger]
-        names += [keys.charged(hold.request_id)]
-        args = [reconciled.value(), given, ledger_entry.compact(record)]
+        names += [keys.charged(hold.request_id), keys.used(hold.request_id), keys.pending]
+        field = pending_field(account, hold.request_id)
+        args = [reconciled.value(), given, ledger_entry.compact(record), "1" if undone else "0", field]
         async with self._call():
             done = int(await self._give_back(keys=names, args=args))
         if done < 0:
