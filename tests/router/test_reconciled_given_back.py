@@ -215,7 +215,7 @@ async def test_a_request_withdrawn_after_the_reconciler_charged_it_gets_its_hold
 ) -> None:
     """Admitted, taken for its dead router's and charged its hold by another router's reconciler, then withdrawn by its
     router (nothing sent for it) with the store in reach: Undoing's own undo, never the outbox's replay, gives the hold
-    back whole, once, and the request costs nothing."""
+    back whole, once, the request costs nothing and its id is free again."""
     before = counted_net()
     gate = admission.Admission(SETTINGS, REGISTRY, charger.store, charger.outbox)
     _, r = await routed(request(), gate)
@@ -228,7 +228,7 @@ async def test_a_request_withdrawn_after_the_reconciler_charged_it_gets_its_hold
         await gate.withdraw(r)
         await gate.withdraw(r)  # again: nothing more is given back
         assert charger.outbox.waiting() == []
-        await assert_amended_once(reconciler, r.request_id, Decimal(0))
+        await assert_amended_once(reconciler, r.request_id, None)
     finally:
         await reconciler.close()
     assert counted_net() - before == pytest.approx(0.0, abs=1e-12)
