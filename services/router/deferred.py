@@ -44,6 +44,7 @@ import asyncio
 import dataclasses
 import logging
 import math
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
@@ -549,7 +550,11 @@ class Deferred:
         """A line settled before, reported at what the ledger charged it, which its outcome read again may not say: the
         hold it was charged when that outcome was unknown, or its batch given up on, or its hold lapsed, was told as 0,
         or as the answer's own cost. Told as read when its charged marker does not say (a router of the version before
-        charged it)."""
+        charged it). Its charge is counted here when it is counted nowhere yet: the reply to the collect that made it
+        was lost (Store.count_once)."""
+        counted = await self.store.count_once(account, request_id)
+        if counted is not None:
+            metrics.count_charge(counted)
         pico = await self.store.charged_pico(account, request_id)
         if pico is None:
             return line
@@ -597,12 +602,17 @@ class Deferred:
         """`line`, charged only while its pending charge (read before) is still open: one settled meanwhile (by another
         collect, or by the reconciler as its hold lapsed) is never charged again, even once its charged marker
         (kept for the request id TTL, which may be shorter than the hold) has expired, and is told at that charge.
-        Counted in the metrics when charged, so once: a capped charge (`reported`, as _owe_hold) as one too."""
+        Counted in the metrics once, by the collect that takes its count (Store.count_once): this one, once its charge
+        returns; else, its reply lost (this collect fails, and its caller collects again), a later collect of the line
+        (_as_charged). A capped charge (`reported`, as _owe_hold) is counted capped by this one alone."""
         held_account, hold = pending.account_and_hold()
-        if await self.store.charge(held_account, hold, pico, record, late=True):
-            metrics.count_charge(record)
-            if reported is not None:
-                count_capped(*reported, Decimal(pico) / PICO)
+        charge_id = secrets.token_hex(8)  # this charge: its count is this collect's to take
+        if await self.store.charge(held_account, hold, pico, record, late=True, charge_id=charge_id):
+            # A collect of the line meanwhile may have taken it (it found the line charged): counted there.
+            if await self.store.count_once(held_account, hold.request_id, charge_id) is not None:
+                metrics.count_charge(record)
+                if reported is not None:
+                    count_capped(*reported, Decimal(pico) / PICO)
             return line
         log.warning("batch line charged before; not charged again", extra={"request_id": hold.request_id})
         return await self._as_charged(account, hold.request_id, line)

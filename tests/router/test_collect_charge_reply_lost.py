@@ -1,28 +1,32 @@
-"""A provider batch line's charge whose reply is lost is counted in the router's metrics: the collect that made it
-fails (the store out of reach, as it heard), and its caller collects again; that collect finds the line charged
-before (its pending charge gone), tells the charge, and counts nothing, so the charge is counted nowhere. Not fixed:
-a collect's charge names no charge (no charge id) that a later collect could know for its own. A real Redis behind a
-proxy that loses the charge's reply."""
+"""A provider batch line's charge is counted in the router's metrics (requests, cost, tokens) once, across routers
+and collects: by the collect that made it, once its reply arrived; else, that reply lost (the store out of reach, as
+that collect heard: it fails, and its caller collects again), by the first later collect of the line, on whichever
+router, and by no other. The charge names itself (its charge id), and the store keeps it uncounted until one router
+takes its count. A real Redis, behind a proxy that loses the charge's reply, and the in-process store."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import grpc
 import pytest
+from prometheus_client import REGISTRY as METRICS
 
 from llmrouter.auth import acting_as
 from llmrouter.errors import ServiceError
 from llmrouter.v1 import router_pb2
-from services.router.store import RedisStore
+from services.router.store import MemoryStore, RedisStore, Store, period_id, to_pico
+from tests.conftest import ledger_records
 from tests.fakes.lossy_proxy import LossyProxy
 from tests.router import test_collect_model as batches
 from tests.router.servicer_kit import NoDeadline, router_servicer
 from tests.router.test_charge_counted_once import counted
 from tests.router.test_collect_again_tells_charge import EndedBatch
+
+COLLECT = router_pb2.CollectBatchRequest(model="strong", provider_batch_id="pbatch-1", request_ids=["line-1"])
 
 
 class ChargeReplyLost(RedisStore):
@@ -37,25 +41,129 @@ class ChargeReplyLost(RedisStore):
         return await super().charge(*args, **kwargs)
 
 
-@pytest.mark.xfail(strict=True, reason="a collect's charge names no charge a later collect could know: see docstring")
+class CollectedMeanwhile(RedisStore):
+    """Once given `meanwhile`, its next charge lands, then `meanwhile` runs before the charge's reply is heard."""
+
+    meanwhile: Callable[[], Awaitable[object]] | None = None
+
+    async def charge(self, *args: Any, **kwargs: Any) -> bool:
+        charged = await super().charge(*args, **kwargs)
+        if self.meanwhile is not None:
+            meanwhile, self.meanwhile = self.meanwhile, None
+            await meanwhile()
+        return charged
+
+
+def two_routers_dirs(tmp_path: Path) -> tuple[Path, Path]:
+    """A directory of each router's own (its registry file, its outbox)."""
+    made = tmp_path / "a", tmp_path / "b"
+    for each in made:
+        each.mkdir()
+    return made
+
+
+def output_tokens(model: str) -> float:
+    return METRICS.get_sample_value("llmrouter_router_tokens_total", {"model": model, "direction": "output"}) or 0.0
+
+
+@pytest.fixture
+def lossy_store(proxy: LossyProxy, redis_url: str) -> ChargeReplyLost:
+    return ChargeReplyLost(proxy.url_for(redis_url))
+
+
 async def test_a_batch_line_whose_charge_reply_was_lost_is_counted_when_collected_again(
-    tmp_path: Path, proxy: LossyProxy, redis_url: str
+    tmp_path: Path, proxy: LossyProxy, lossy_store: ChargeReplyLost
 ) -> None:
-    store = ChargeReplyLost(proxy.url(int(urlsplit(redis_url).path.strip("/") or 0)))
-    collect = router_pb2.CollectBatchRequest(model="strong", provider_batch_id="pbatch-1", request_ids=["line-1"])
     try:
-        async with router_servicer(tmp_path, store, EndedBatch(over_reported=False), batches.REGISTRY) as router:
+        async with router_servicer(tmp_path, lossy_store, EndedBatch(over_reported=False), batches.REGISTRY) as router:
             with acting_as(batches.TENANT_CALLER):
                 await router.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[batches.LINE]), NoDeadline())
                 before = counted("strong")
-                store.proxy = proxy
+                lossy_store.proxy = proxy
                 with pytest.raises(ServiceError) as failed:
-                    await router.CollectBatch(collect, NoDeadline())
+                    await router.CollectBatch(COLLECT, NoDeadline())
                 assert failed.value.code == grpc.StatusCode.UNAVAILABLE  # its caller collects again
-                (line,) = (await router.CollectBatch(collect, NoDeadline())).lines
+                (line,) = (await router.CollectBatch(COLLECT, NoDeadline())).lines
     finally:
-        await store.close()
+        await lossy_store.close()
     charged = Decimal(line.charged_usd)
     assert charged > 0
     requests, cost = counted("strong")
     assert (requests - before[0], cost - before[1]) == (1, pytest.approx(float(charged))), "the charge counted nowhere"
+
+
+@pytest.fixture(params=["redis", "memory"])
+def store(request: pytest.FixtureRequest) -> Store:
+    return request.getfixturevalue("redis_store") if request.param == "redis" else MemoryStore()
+
+
+async def test_a_line_collected_again_after_its_collects_reply_arrived_is_counted_once(
+    tmp_path: Path, store: Store
+) -> None:
+    provider = batches.BatchProvider()  # the line answered: its tokens are counted too
+    a, b = two_routers_dirs(tmp_path)
+    async with (
+        router_servicer(a, store, provider, batches.REGISTRY) as router,
+        router_servicer(b, store, provider, batches.REGISTRY) as another,
+    ):
+        with acting_as(batches.TENANT_CALLER):
+            await router.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[batches.LINE]), NoDeadline())
+            before, tokens_before = counted("strong"), output_tokens("strong")
+            (line,) = (await router.CollectBatch(COLLECT, NoDeadline())).lines
+            again = [(await servicer.CollectBatch(COLLECT, NoDeadline())).lines[0] for servicer in (router, another)]
+    assert line.succeeded and [each.response.cost_usd for each in again] == [line.response.cost_usd] * 2
+    requests, cost = counted("strong")
+    assert (requests - before[0], cost - before[1]) == (1, pytest.approx(float(Decimal(line.response.cost_usd))))
+    assert output_tokens("strong") - tokens_before == batches.USAGE.output_tokens
+
+
+async def test_two_routers_collecting_a_line_whose_charge_reply_was_lost_count_it_once(
+    tmp_path: Path, proxy: LossyProxy, lossy_store: ChargeReplyLost, redis_store: RedisStore
+) -> None:
+    provider = batches.BatchProvider()
+    a, b = two_routers_dirs(tmp_path)
+    try:
+        async with (
+            router_servicer(a, lossy_store, provider, batches.REGISTRY) as router,
+            router_servicer(b, redis_store, provider, batches.REGISTRY) as another,
+        ):
+            with acting_as(batches.TENANT_CALLER):
+                await router.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[batches.LINE]), NoDeadline())
+                before, tokens_before = counted("strong"), output_tokens("strong")
+                lossy_store.proxy = proxy
+                with pytest.raises(ServiceError):
+                    await router.CollectBatch(COLLECT, NoDeadline())
+                # Its caller collects again at another router, and again at the first.
+                told = [(await servicer.CollectBatch(COLLECT, NoDeadline())).lines[0] for servicer in (another, router)]
+        spent = await redis_store.spent(batches.ACCOUNT, period_id("day"))
+        charges = [r for r in await ledger_records(redis_store.redis) if r["request_id"] == batches.LINE.request_id]
+    finally:
+        await lossy_store.close()
+    assert [line.succeeded for line in told] == [True, True]
+    (cost_usd,) = {line.response.cost_usd for line in told}
+    assert spent == (batches.batch_cost("strong"),) * 2 == (to_pico(Decimal(cost_usd)),) * 2 and len(charges) == 1
+    requests, cost = counted("strong")
+    assert (requests - before[0], cost - before[1]) == (1, pytest.approx(float(Decimal(cost_usd))))
+    assert output_tokens("strong") - tokens_before == batches.USAGE.output_tokens
+
+
+async def test_a_line_collected_by_another_router_while_its_charge_returns_is_counted_once(
+    tmp_path: Path, redis_url: str, redis_store: RedisStore
+) -> None:
+    store = CollectedMeanwhile(redis_url)
+    provider = batches.BatchProvider()
+    a, b = two_routers_dirs(tmp_path)
+    try:
+        async with (
+            router_servicer(a, store, provider, batches.REGISTRY) as router,
+            router_servicer(b, redis_store, provider, batches.REGISTRY) as another,
+        ):
+            with acting_as(batches.TENANT_CALLER):
+                await router.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[batches.LINE]), NoDeadline())
+                before = counted("strong")
+                store.meanwhile = lambda: another.CollectBatch(COLLECT, NoDeadline())  # finds the line charged
+                (line,) = (await router.CollectBatch(COLLECT, NoDeadline())).lines
+    finally:
+        await store.close()
+    requests, cost = counted("strong")
+    assert (requests - before[0], cost - before[1]) == (1, pytest.approx(float(Decimal(line.response.cost_usd))))

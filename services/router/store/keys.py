@@ -226,6 +226,11 @@ class AccountKeys:
         """Set by the charge: a request id is charged once per tenant."""
         return f"{self._tenant}:charged:{request_id}"
 
+    def uncounted(self, request_id: str) -> str:
+        """Set by a provider batch line's charge that names itself (its charge id and ledger record), for as long as the
+        charged marker, until the router that counts the charge in its metrics takes it (lua.py, COUNT_ONCE)."""
+        return f"{self._tenant}:uncounted:{request_id}"
+
     def reconciled(self, request_id: str) -> str:
         """Set by the reconciler's charge at the hold (model.py, reconciled_value), for as long as the charged marker:
         what a charge or undo of that admission kept in an outbox gives back once it lands (lua.py, GIVE_BACK)."""

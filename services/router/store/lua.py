@@ -445,7 +445,7 @@ CHARGE = (
     + """
 -- KEYS: charged marker, tenant spend, key spend, ledger, tenant holds, key holds, pending charges, provider batches,
 --       models, prices, used id, the shard's hold-totals epoch, the tokens counter of the charge's minute, reconciled
---       (the reconciler's, keys.py)
+--       (the reconciler's, keys.py), the line's uncounted charge (keys.py, uncounted)
 -- ARGV: pico, marker ttl, record, spend ttl, hold member, pending field, late ('1': only if still pending),
 --       the charge's id ('' for none), its admission's nonce ('' for none), the reconciler's: the pending record
 --       as its sweep read it ('' for none), the tokens charged (input and output), and the reconciler's: what it
@@ -509,6 +509,7 @@ for _, holds in ipairs({KEYS[5], KEYS[6]}) do
   for _, command in ipairs(total_commands(holds)) do writes[#writes + 1] = command end
 end
 if ARGV[12] ~= '' then writes[#writes + 1] = {'SET', KEYS[14], ARGV[12]} end
+if ARGV[8] ~= '' then writes[#writes + 1] = {'SET', KEYS[15], ARGV[8]} end
 local refused = denied(writes)
 if refused then return refused end
 -- A pending charge of another admission of the request id (admitted again once its markers expired, while this
@@ -557,6 +558,10 @@ if string.sub(marker, 1, 6) ~= 'batch:' then
   end
 else
   marker = marker .. ' 1::pico=' .. ARGV[1]  -- a collect of the line again tells it (model.py, CHARGED_TOTAL)
+  -- Counted in no router's metrics until one takes it (COUNT_ONCE): its collect, once this reply arrives, by its
+  -- charge id; else (this reply lost) a later collect of the line. Beside the marker, which has no room for the id:
+  -- routers of the version before read the batch from 'batch:<id> 1::pico=<n>' as it stands.
+  if ARGV[8] ~= '' then redis.call('SET', KEYS[15], ARGV[8] .. ' ' .. ARGV[3], 'EX', ARGV[2]) end
 end
 redis.call('SET', KEYS[1], marker, 'EX', ARGV[2])
 -- The reconciler's: what it charged this admission, as long as the marker, for a charge or undo of it kept in an
@@ -639,6 +644,23 @@ for _, holds in ipairs({KEYS[2], KEYS[4]}) do
 end
 redis.call('HSET', KEYS[6], ARGV[7], ARGV[8])
 return ''
+"""
+)
+
+# A provider batch line's charge counted in no router's metrics yet (CHARGE keeps it, keys.py, uncounted), taken by
+# the one router that counts it: by its charge's id, the collect that made it once the charge's reply arrived; by any
+# id (''), a collect that found the line charged before (the reply to the charge's collect lost). Returns the charge's
+# ledger record, what the metrics count; nil when it is another charge's, or counted (taken) before, or none.
+COUNT_ONCE = (
+    _MUST_LAND
+    + """
+-- KEYS: the line's uncounted charge; ARGV: the charge's id ('' for any)
+local kept = redis.call('GET', KEYS[1])
+if not kept then return false end
+local id, record = string.match(kept, '^(%S+) (.*)$')
+if not id or (ARGV[1] ~= '' and id ~= ARGV[1]) then return false end
+redis.call('DEL', KEYS[1])
+return record
 """
 )
 

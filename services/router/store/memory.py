@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from typing import Any
 
 from services.router.store.clock import money_now
 from services.router.store.holds import Holds
@@ -56,6 +57,9 @@ class MemoryStore:
         self.used = RecentIds(request_id_ttl_s, self.MAX_REQUEST_IDS)  # admitted
         self.charged = RecentIds(request_id_ttl_s, self.MAX_REQUEST_IDS)
         self.undone = RecentIds(request_id_ttl_s, self.MAX_REQUEST_IDS)  # undone admissions, by nonce
+        # Provider batch lines' charges counted in no metrics yet (RedisStore's uncounted): (charge id, record), oldest
+        # first, as many as request ids at most. Each is taken as soon as its collect's charge returns.
+        self.uncounted: dict[str, tuple[str, dict]] = {}
         self.held: dict[str, Holds] = {}  # holds key -> member -> (expiry, pico), with the sum of their pico
         self.pending: dict[str, Pending] = {}  # as stored: provider_batch always None
         self.batches: dict[str, str] = {}  # pending field -> provider batch (RedisStore's batches hash)
@@ -217,6 +221,10 @@ class MemoryStore:
                 return False
             self.charged.discard(charged)
         self.charged.add(charged, marker_after_charge(met, charged_marker(batch, charge_id, hold.nonce), pico))
+        if batch is not None and charge_id:  # counted by the router that takes it (count_once; lua.py, CHARGE)
+            self.uncounted[keys.uncounted(hold.request_id)] = (charge_id, record)
+            if len(self.uncounted) > self.MAX_REQUEST_IDS:
+                del self.uncounted[next(iter(self.uncounted))]
         self.used.outlive(keys.used(hold.request_id), self.charged.ttl_s)  # as long as the charged marker (lua.py)
         for spend_key in keys.spend(hold.period):
             self.counters[spend_key] = self.counters.get(spend_key, 0) + pico
@@ -227,6 +235,14 @@ class MemoryStore:
         self.ledger.append(record)
         self.ledger_appended += 1
         return True
+
+    async def count_once(self, account: Account, request_id: str, charge_id: str = "") -> dict[str, Any] | None:
+        key = AccountKeys.of(account).uncounted(request_id)
+        named, record = self.uncounted.get(key, ("", None))
+        if record is None or charge_id not in ("", named):
+            return None
+        del self.uncounted[key]
+        return record
 
     async def extend(self, account: Account, allowance: Allowance, hold: Hold, pico: int) -> str:
         pending = self.pending.get(pending_field(account, hold.request_id))

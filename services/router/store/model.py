@@ -435,7 +435,16 @@ class Store(Protocol):
         only while the pending charge is still open, so a charge the reconciler settled is never added again.
         `charge_id` names this one charge (its charged marker keeps it, while it lives): when this very charge was
         made before (its reply lost, then replayed from the outbox or resent), True again, nothing added, so its
-        maker counts it once whichever call learned of it. StoreUnavailable when the store cannot be reached."""
+        maker counts it once whichever call learned of it. A provider batch line's marker has no room for it: its
+        charge is kept counted by no router instead, until one takes it to count (count_once). StoreUnavailable when
+        the store cannot be reached."""
+
+    async def count_once(self, account: Account, request_id: str, charge_id: str = "") -> dict[str, Any] | None:
+        """A provider batch line's charge (one that named itself by its `charge_id`) is counted in the metrics by one
+        router: the one this answers its ledger record to, once; None to any other call. `charge_id`: the collect that
+        made the charge, once its reply arrived; '' any, for a collect that found the line charged before (the reply to
+        the collect that made it lost, so counted nowhere yet). StoreUnavailable when the store cannot be reached
+        (then whether it was taken is unknown)."""
 
     async def extend(self, account: Account, allowance: Allowance, hold: Hold, pico: int) -> str:
         """Raise a hold to `pico` (before a fallback or escalation that may cost more than it covers): ''

@@ -4,6 +4,7 @@ extension and undo are one script each on the account's shard (keys.py); the res
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -165,6 +166,7 @@ class RedisStore:
         self._admit = self.redis.register_script(lua.ADMIT)
         self._count_request = self.redis.register_script(lua.COUNT_REQUEST)
         self._charge = self.redis.register_script(lua.CHARGE)
+        self._count_once = self.redis.register_script(lua.COUNT_ONCE)
         self._extend = self.redis.register_script(lua.EXTEND)
         self._undo = self.redis.register_script(lua.UNDO)
         self._give_back = self.redis.register_script(lua.GIVE_BACK)
@@ -276,6 +278,7 @@ class RedisStore:
         names = [keys.charged(hold.request_id), *keys.spend(hold.period), keys.ledger, *keys.held(), keys.pending]
         names += [keys.batches, keys.models, keys.prices, keys.used(hold.request_id), keys.hold_totals_epoch]
         names += [keys.tokens(money_now()), keys.reconciled(hold.request_id)]  # tokens: the minute it is charged in
+        names += [keys.uncounted(hold.request_id)]
         args: list[int | str] = [
             pico,
             self.request_id_ttl_s,
@@ -289,6 +292,12 @@ class RedisStore:
         ]
         async with self._call():
             return bool(await self._charge(keys=names, args=args))
+
+    async def count_once(self, account: Account, request_id: str, charge_id: str = "") -> dict[str, Any] | None:
+        keys = AccountKeys.of(account)
+        async with self._call():
+            record = await self._count_once(keys=[keys.uncounted(request_id)], args=[charge_id])
+        return None if record is None else ledger_entry.expanded(json.loads(record))
 
     async def extend(self, account: Account, allowance: Allowance, hold: Hold, pico: int) -> str:
         keys = AccountKeys.of(account)
