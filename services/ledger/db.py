@@ -346,6 +346,14 @@ class LedgerDB:
         given."""
         return await asyncio.to_thread(self._period_charges, period, since)
 
+    async def period_charges_and_give_backs(
+        self, period: str, since: float | None = None
+    ) -> tuple[list[tuple[str, str, int]], set[str]]:
+        """period_charges, and the ledger entries (stream_entry) of its give-backs (its rows of a negative cost:
+        services/router/store/model.py, given_back_record), read in one statement, so at one instant: which give-backs
+        the sums hold (services/router/money_check.py, ledger-spend)."""
+        return await asyncio.to_thread(self._period_charges_and_give_backs, period, since)
+
     async def accounts(self, tenant: str | None = None) -> list[tuple[str, str]]:
         """Every (tenant, key id) that has a row, of one tenant when given."""
         return await asyncio.to_thread(self._accounts, tenant)
@@ -545,6 +553,21 @@ class LedgerDB:
             found = conn.execute(sql + " GROUP BY tenant, key_id ORDER BY tenant, key_id", args).fetchall()
             conn.commit()  # ends PostgreSQL's implicit transaction
         return [(str(tenant), str(key), int(pico)) for tenant, key, pico in found]  # PostgreSQL's SUM: numeric
+
+    def _period_charges_and_give_backs(
+        self, period: str, since: float | None
+    ) -> tuple[list[tuple[str, str, int]], set[str]]:
+        where = f"period = {self._mark}" + ("" if since is None else f" AND ts >= {self._mark}")
+        args: list[Any] = [period] if since is None else [period, since]
+        sql = (
+            f"SELECT tenant, key_id, SUM(cost_pico), NULL FROM requests WHERE {where} GROUP BY tenant, key_id"
+            f" UNION ALL SELECT tenant, key_id, cost_pico, ledger_entry FROM requests WHERE {where} AND cost_pico < 0"
+        )
+        with self._connected() as conn:
+            found = conn.execute(sql, args + args).fetchall()
+            conn.commit()  # ends PostgreSQL's implicit transaction
+        charges = [(str(tenant), str(key), int(pico)) for tenant, key, pico, entry in found if entry is None]
+        return sorted(charges), {str(entry) for *_, entry in found if entry is not None}
 
     def _insert(self, rows: Sequence[tuple[Any, ...]], records: Sequence[str]) -> int:
         # Oldest first (a batch holds each stream's entries in turn): a bound deletes the oldest rows, not the newest

@@ -16,7 +16,8 @@ import logging
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 from redis.exceptions import RedisClusterException
@@ -25,7 +26,18 @@ from llmrouter.redis_connect import connect, each_primary
 from llmrouter.settings import load_settings
 from services.ledger.settings import LedgerSettings
 from services.router.settings import BudgetPeriodSettings
-from services.router.store import Account, AccountKeys, HoldsTotal, RedisStore, Store, money_now, period_id
+from services.router.store import (
+    Account,
+    AccountKeys,
+    HoldsTotal,
+    RedisStore,
+    Store,
+    ledger_key,
+    money_now,
+    period_id,
+    to_pico,
+)
+from services.router.store.keys import shard_of_key
 
 if TYPE_CHECKING:
     from services.ledger.db import LedgerDB
@@ -138,22 +150,59 @@ def ledger_spend(charges: Iterable[tuple[str, str, int]], period: str) -> dict[s
     return sums
 
 
-async def spend_shortfalls(store: RedisStore, db: LedgerDB, budget_period: str) -> list[SpendShortfall]:
+async def spend_shortfalls(
+    store: RedisStore, db: LedgerDB, budget_period: str, sink_group: str | None = None
+) -> list[SpendShortfall]:
     """The spend counters of the current `budget_period` (day, month, total) below the SQL ledger's charges of them.
-    A charge adds to its counters and its ledger entry in one script, and the SQL ledger copies entries later: a counter
-    is never below it unless the store lost charges (or the ledger was hand-edited). The SQL ledger is read first, so a
-    charge landing meanwhile can only hide a shortfall, never make one."""
+    A charge adds to its counters and its ledger entry in one script, and the SQL ledger copies entries later: the SQL
+    ledger is read first, so a charge landing meanwhile can only hide a shortfall, never make one. A give-back
+    (lua.py, GIVE_BACK) lowers its counters as it adds its negative entry: the SQL ledger is taken as it stands once
+    the give-backs it lacks are copied (given_back_waiting). A counter is then never below it unless the store lost
+    charges (or the ledger was hand-edited). `sink_group`: the SQL sink's consumer group (sink.GROUP but in tests)."""
+    from services.ledger.sink import GROUP, stream_entry  # imported here for the reason main() says
+
     look_back = LOOK_BACK_S.get(budget_period)
     period = period_id(budget_period)
-    charges = await db.period_charges(period, since=None if look_back is None else money_now() - look_back)
+    since = None if look_back is None else money_now() - look_back
+    # Before the SQL ledger is read: every entry before where the sink stood then is among the rows read.
+    unacked_from = await store.ledger_unacked_from(sink_group or GROUP)
+    charges, copied_give_backs = await db.period_charges_and_give_backs(period, since)
     sums = ledger_spend(charges, period)
-    counted = await store.spend_counters(sorted(sums))
+    counted: dict[str, int] = {}
+    for shard, counters in _by_shard(sums).items():
+        # The counters and the give-backs with them: none lands between the two reads.
+        values, given_back = await store.spend_and_given_back(shard, counters, unacked_from[shard])
+        counted.update(values)
+        for entry, record in given_back:
+            if stream_entry(ledger_key(shard), entry) not in copied_give_backs:
+                given_back_waiting(sums, record, period, since)
     return [SpendShortfall(c, sums[c], counted[c]) for c in sorted(sums) if counted[c] < sums[c]]
 
 
-async def check_ledger_spend(store: RedisStore, db: LedgerDB, budget_period: str, repair: bool) -> int:
+def given_back_waiting(sums: dict[str, int], record: dict[str, Any], period: str, since: float | None) -> None:
+    """Add to `sums` (ledger_spend's) a give-back the SQL ledger lacks, as it will hold it once copied (of `period`,
+    from `since`): minus as much in each of its counters that the ledger has charges in (one it has none in holds no
+    less than 0 anyway)."""
+    if record["period"] != period or (since is not None and float(record["ts"]) < since):
+        return
+    for counter in AccountKeys.of(Account(record["tenant"], record["key"])).spend(period):
+        if counter in sums:
+            sums[counter] += to_pico(Decimal(record["cost_usd"]))
+
+
+def _by_shard(counters: Iterable[str]) -> dict[int, list[str]]:
+    """The counters of each shard, in order: one script reads a shard's (all its keys share the shard's slot)."""
+    found: dict[int, list[str]] = {}
+    for counter in sorted(counters):
+        found.setdefault(shard_of_key(counter), []).append(counter)
+    return found
+
+
+async def check_ledger_spend(
+    store: RedisStore, db: LedgerDB, budget_period: str, repair: bool, sink_group: str | None = None
+) -> int:
     period = period_id(budget_period)
-    shortfalls = await spend_shortfalls(store, db, budget_period)
+    shortfalls = await spend_shortfalls(store, db, budget_period, sink_group)
     for short in shortfalls:
         lacking = short.ledger_pico - short.counted_pico
         print(

@@ -976,3 +976,47 @@ for _, name in ipairs(redis.call('CLUSTER', 'GETKEYSINSLOT', slot, redis.call('C
 end
 return {mine, beats}
 """
+
+# Where the SQL sink's group ARGV[1] stands on ledger stream KEYS[1], for money_check's ledger-spend: the XRANGE start
+# of every entry it has not acknowledged (its oldest pending entry, else after its last-delivered id; the whole stream
+# without a group). An entry before it was committed to the SQL ledger before now (the sink acknowledges after its
+# commit). Read-only.
+LEDGER_UNACKED_FROM = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return '-' end
+for _, info in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local fields = {}
+  for i = 1, #info, 2 do fields[info[i]] = info[i + 1] end
+  if fields['name'] == ARGV[1] then
+    local pending = redis.call('XPENDING', KEYS[1], ARGV[1])
+    if pending[1] > 0 then return pending[2] end
+    return '(' .. fields['last-delivered-id']
+  end
+end
+return '-'
+"""
+
+# Spend counters KEYS[2..] ('0' for none) and the give-backs (model.py, given_back_record, always written compact) on
+# their shard's ledger stream KEYS[1] from XRANGE start ARGV[1], as {counters, {entry id, record, ...}}: read at one
+# instant, so no give-back lowers a counter between the two (money_check.py, ledger-spend). The stream is read a page at
+# a time, so a long backlog is never all in the script's memory (it is all read, though: the script's time grows with
+# it). Read-only.
+SPEND_AND_GIVEN_BACK = """
+local PAGE = 1000
+local counted = {}
+for i = 2, #KEYS do counted[#counted + 1] = redis.call('GET', KEYS[i]) or '0' end
+local given, start = {}, ARGV[1]
+repeat
+  local entries = redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', PAGE)
+  for _, entry in ipairs(entries) do
+    local fields = entry[2]
+    for i = 1, #fields - 1, 2 do
+      if fields[i] == 'record' and string.find(fields[i + 1], '"outcome":"given_back"', 1, true) then
+        given[#given + 1] = entry[1]
+        given[#given + 1] = fields[i + 1]
+      end
+    end
+  end
+  if #entries > 0 then start = '(' .. entries[#entries][1] end
+until #entries < PAGE
+return {counted, given}
+"""

@@ -33,6 +33,7 @@ from services.router.store.keys import (
     hold_totals_epoch_key,
     key_everywhere,
     key_tenant_key,
+    ledger_key,
     limit_field,
     limits_key,
     pending_key,
@@ -40,6 +41,7 @@ from services.router.store.keys import (
     shard_of_key,
 )
 from services.router.store.model import (
+    GIVEN_BACK,
     HOLD_S,
     REQUEST_ID_TTL_S,
     Account,
@@ -175,6 +177,8 @@ class RedisStore:
         self._held = self.redis.register_script(lua.HELD)
         self._hold_total = self.redis.register_script(lua.HOLD_TOTAL)
         self._lease = self.redis.register_script(lua.LEASE)
+        self._ledger_unacked_from = self.redis.register_script(lua.LEDGER_UNACKED_FROM)
+        self._spend_and_given_back = self.redis.register_script(lua.SPEND_AND_GIVEN_BACK)
         self._missing_since: dict[str, float] = {}  # routers seen without a heartbeat, since when (monotonic)
         self._last_sweep = float("-inf")  # when the pending charges were last read
 
@@ -517,6 +521,27 @@ class RedisStore:
             if ttl_s:
                 pipe.expire(counter, ttl_s)
             await pipe.execute()
+
+    async def ledger_unacked_from(self, group: str) -> list[str]:
+        """Each shard's ledger stream's first entry the SQL sink's consumer group `group` has not acknowledged, as an
+        XRANGE start (lua.py, LEDGER_UNACKED_FROM): every entry before it is in the SQL ledger by now. One script a
+        shard, each on its own slot."""
+        async with self._call():
+            return [
+                _text(await self._ledger_unacked_from(keys=[ledger_key(shard)], args=[group]))
+                for shard in range(SHARDS)
+            ]
+
+    async def spend_and_given_back(
+        self, shard: int, counters: list[str], start: str
+    ) -> tuple[dict[str, int], list[tuple[str, dict[str, Any]]]]:
+        """What each spend counter named (all of `shard`) holds, and the give-backs on the shard's ledger stream from
+        XRANGE `start` as (entry id, record), read at one instant (lua.py, SPEND_AND_GIVEN_BACK)."""
+        async with self._call():
+            values, given = await self._spend_and_given_back(keys=[ledger_key(shard), *counters], args=[start])
+        counted = {counter: int(value) for counter, value in zip(counters, values, strict=True)}
+        records = [(_text(given[i]), json.loads(given[i + 1])) for i in range(0, len(given), 2)]
+        return counted, [(entry, record) for entry, record in records if record.get("outcome") == GIVEN_BACK]
 
     async def limit_overrides(self) -> dict[tuple[str, str], int]:
         async with self._call(), self.redis.pipeline(transaction=False) as pipe:
