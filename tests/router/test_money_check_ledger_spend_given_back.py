@@ -2,8 +2,11 @@
 SQL sink copied that charge; then the router's charge, kept in its outbox, landed and gave back the hold less its cost
 (lua.py, GIVE_BACK): the spend counters went down in the same script as the ledger entry of minus as much was added,
 and the sink copies that entry later. Meanwhile the counters hold less than the SQL ledger: no charge was lost, and
---repair must not raise them, taking back what was given back. Real Redis behind a proxy that goes down, real
-PostgreSQL (a throwaway database)."""
+--repair must not raise them, taking back what was given back. A give-back already copied is counted once (in the SQL
+ledger), also when the sink committed it and has not acknowledged it yet, or copied it while the check ran; each
+shard's give-backs touch its own counters only. Real Redis behind a proxy that goes down (the first test), one Redis
+server and a Redis Cluster (the others), the real sink on a consumer group of its own, real PostgreSQL (a throwaway
+database)."""
 
 from __future__ import annotations
 
