@@ -134,21 +134,53 @@ def registry_path() -> Path:
     return path if path.is_absolute() else REPO_ROOT / path
 
 
+class Stopped(Exception):
+    """SIGINT or SIGTERM before the stack serves: while it starts its services or runs the demo."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def on_stop_signals(stop: threading.Event, started: threading.Event) -> None:
+    """SIGINT and SIGTERM set `stop`; the first before `started` is set (the stack up and its demo done) also raises
+    Stopped, unwinding the start or the demo through running_stack, which stops the services started and deletes the
+    certificates. The default SIGTERM ended the launcher there and then, its services left running on their ports and
+    their keys on disk."""
+
+    def handle(signum: int, _frame: object) -> None:
+        first = not stop.is_set()
+        stop.set()
+        if first and not started.is_set():
+            raise Stopped(signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handle)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m services", description=__doc__.split("\n\n")[0])
     demo = parser.add_mutually_exclusive_group()
     demo.add_argument("--once", action="store_true", help="stop after the routing demo")
     demo.add_argument("--no-demo", action="store_true", help="serve without running the routing demo first")
     args = parser.parse_args()
+    stop, started = threading.Event(), threading.Event()
+    on_stop_signals(stop, started)
+    try:
+        serve(args, stop, started)
+    except Stopped as stopped:
+        print(f"llm-cost-router: {stopped} before serving; the stack is stopped", file=sys.stderr, flush=True)
+        raise SystemExit(128 + stopped.signum) from None
+
+
+def serve(args: argparse.Namespace, stop: threading.Event, started: threading.Event) -> None:
     with running_stack() as (base_url, procs):
         print(f"llm-cost-router is up: OpenAI-compatible API at {base_url}/v1")
         if not args.no_demo:
             run_demo(base_url, load_registry(registry_path()))
+        started.set()  # from here a stop signal only sets stop: the services are stopped as the block ends
         if not args.once:
             print(f"\nServing; try: curl {base_url}/v1/models   (Ctrl-C stops)", flush=True)
-            stop = threading.Event()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, lambda *_: stop.set())
             exited = supervise(procs, stop)
             if exited is not None:
                 name, code = exited

@@ -16,6 +16,7 @@ import pytest
 from services.__main__ import supervise
 from tests.conftest import ROOT
 from tests.integration.conftest import free_port
+from tests.waiting import eventually
 
 
 def python(code: str) -> subprocess.Popen[str]:
@@ -115,3 +116,39 @@ def test_a_dead_service_stops_the_stack_at_once() -> None:
         if launcher.poll() is None:
             launcher.send_signal(signal.SIGTERM)
             launcher.wait(timeout=60)
+
+
+async def test_a_stop_while_starting_stops_the_services_started() -> None:
+    """SIGTERM (a supervisor's stop, `docker stop`, `kill`) before the stack serves, as it starts its services or runs
+    the demo: those started are stopped and the certificates deleted. The default SIGTERM ended the launcher there and
+    then, its services left running on their ports (the next `make run` could not listen) and their keys on disk."""
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and not k.startswith("ROUTER_")}
+    for service in ("CLASSIFIER", "PROVIDERS", "ROUTER", "EDGE"):
+        env[f"{service}_PORT"] = str(free_port())
+        env[f"{service}_METRICS_PORT"] = "0"
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "services"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    started: dict[str, int] = {}
+    try:
+        assert launcher.stdout is not None
+        certificates = Path(launcher.stdout.readline().split(": ", 1)[1].split("/<service>")[0])
+        assert certificates.is_dir()
+
+        def some_started() -> bool:
+            started.update(children(launcher.pid))
+            return bool(started)
+
+        await eventually(some_started, "the launcher started a service")
+        launcher.send_signal(signal.SIGTERM)
+        launcher.communicate(timeout=60)
+        assert launcher.returncode == 128 + signal.SIGTERM
+        assert not [name for name, pid in started.items() if alive(pid)]
+        assert not certificates.exists()
+    finally:
+        for pid in started.values():
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
