@@ -18,11 +18,12 @@ import json
 import socket
 import struct
 import termios
+from typing import Any
 
 import httptools
 from prometheus_client import Counter
 from uvicorn.protocols.http.flow_control import FlowControl
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 MAX_HEAD_BYTES = 64 * 1024  # four times what nginx and Node accept by default
 # Requests a connection may have read ahead of their answers (HTTP/1.1 pipelining): uvicorn parses every request a
@@ -83,6 +84,28 @@ class TimedFlow(FlowControl):
     def held_s(self, now: float) -> float:
         """How long reading was paused, in all, up to now."""
         return self.paused_s + (now - self.paused_at if self.paused_at is not None else 0.0)
+
+
+LENGTH_HEADERS = {b"content-length", b"transfer-encoding"}
+
+
+class Http10Cycle(RequestResponseCycle):
+    """An HTTP/1.0 request's cycle. uvicorn sends an answer of no declared length (a stream) chunked whatever the
+    request's version, and an HTTP/1.0 caller reads no transfer coding (RFC 9112, 6.1: none is sent to one): it read
+    each event behind a chunk's size, and the end as a stray `0`. Such an answer is sent as is, its end the
+    connection's close (RFC 9112, 6.3)."""
+
+    close_delimited = False
+
+    async def send(self, message: Any) -> None:
+        if message["type"] == "http.response.start" and not self.response_started:
+            declared = {name.lower() for name, _ in message.get("headers", [])} & LENGTH_HEADERS
+            if not declared and self.scope["method"] != "HEAD" and message["status"] not in (204, 304):
+                self.close_delimited = True
+                self.keep_alive, self.chunked_encoding = False, False  # uvicorn then adds `connection: close` alone
+        elif self.close_delimited and message["type"] == "http.response.body":
+            self.expected_content_length = len(message.get("body", b""))  # each piece as long as uvicorn expects
+        await super().send(message)
 
 
 class BoundedReadProtocol(HttpToolsProtocol):
@@ -240,6 +263,8 @@ class BoundedReadProtocol(HttpToolsProtocol):
             self.unmade_upgrade = (self._get_upgrade() or b"").decode("latin-1")[:64]
             return
         super().on_headers_complete()
+        if self.cycle is not None and self.parser.get_http_version() == "1.0":
+            self.cycle.__class__ = Http10Cycle  # made by uvicorn's on_headers_complete, its app not yet begun
         if self.cycle is not None and self.cycle.waiting_for_100_continue:
             # Its caller waits for a 100 Continue (sent when the app first asks for the body, which then resumes
             # reading) before it sends the body: until then, time the app holds it up, as when it has yet to take
