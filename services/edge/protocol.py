@@ -265,6 +265,9 @@ class BoundedReadProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         if self.cycle is not None and self.parser.get_http_version() == "1.0":
             self.cycle.__class__ = Http10Cycle  # made by uvicorn's on_headers_complete, its app not yet begun
+            # RFC 9110, 10.1.1: HTTP/1.0 has no 1xx answers, and a server ignores such a request's 100-continue
+            # expectation (uvicorn sent the 100, which an HTTP/1.0 client may take for the answer).
+            self.cycle.waiting_for_100_continue = False
         if self.cycle is not None and self.cycle.waiting_for_100_continue:
             # Its caller waits for a 100 Continue (sent when the app first asks for the body, which then resumes
             # reading) before it sends the body: until then, time the app holds it up, as when it has yet to take

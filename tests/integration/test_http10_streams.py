@@ -1,6 +1,7 @@
-"""An HTTP/1.0 caller's stream: uvicorn sends an answer of no declared length chunked whatever the request's version,
-and an HTTP/1.0 client reads no transfer coding (RFC 9112, 6.1: a server must not send one to it), so it read each
-event behind a chunk's size in hex, and the stream's end as a stray `0`. Sent as is, its end the connection's close."""
+"""HTTP/1.0 callers. uvicorn sends an answer of no declared length chunked whatever the request's version, and an
+HTTP/1.0 client reads no transfer coding (RFC 9112, 6.1: a server must not send one to it), so it read each event of
+a stream behind a chunk's size in hex, and the stream's end as a stray `0`: sent as is, its end the connection's
+close. And a 100-continue expectation of theirs is ignored."""
 
 from __future__ import annotations
 
@@ -58,3 +59,13 @@ async def test_an_http_1_1_stream_is_still_chunked(chain: Chain) -> None:
     head, _, events = (await exchange(chain, request)).partition(b"\r\n\r\n")
     assert b"transfer-encoding: chunked" in head.lower().split(b"\r\n")
     assert events.endswith(b"\r\n0\r\n\r\n")
+
+
+async def test_an_http_1_0_request_s_100_continue_expectation_is_ignored(chain: Chain) -> None:
+    """RFC 9110, 10.1.1: HTTP/1.0 has no 1xx answers, and a server must ignore such a request's expectation. uvicorn
+    sent it an `HTTP/1.1 100 Continue`, which an HTTP/1.0 client may take for the answer itself."""
+    body = {"messages": [{"role": "user", "content": uuid.uuid4().hex}], "model": "cheap-model", "max_tokens": 8}
+    request = post(body, b"1.0").replace(b"Host: edge\r\n", b"Host: edge\r\nExpect: 100-continue\r\n")
+    answer = await exchange(chain, request)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:100]
+    assert json.loads(answer.partition(b"\r\n\r\n")[2])["choices"][0]["message"]["content"]
