@@ -103,10 +103,14 @@ def _running(env: dict[str, str]) -> Iterator[tuple[str, dict[str, subprocess.Po
     env.setdefault("ROUTER_CLASSIFIER_ADDR", f"{classifier.host}:{classifier.port}")
     env.setdefault("ROUTER_PROVIDERS_ADDR", f"{providers.host}:{providers.port}")
     env.setdefault("EDGE_ROUTER_ADDR", f"{router.host}:{router.port}")
-    procs = {name: launch(name, env) for name in ("classifier", "providers", "router")}
+    procs: dict[str, tuple[subprocess.Popen[str], threading.Event]] = {}
     try:
+        for name in ("classifier", "providers", "router"):
+            with SIGNALS.held():
+                procs[name] = launch(name, env)
         wait_ready(procs, ["classifier", "providers", "router"])
-        procs["edge"] = launch("edge", env)
+        with SIGNALS.held():
+            procs["edge"] = launch("edge", env)
         wait_ready(procs, ["edge"])
         yield f"http://{edge.host}:{edge.port}", {name: proc for name, (proc, _) in procs.items()}
     finally:
@@ -142,20 +146,45 @@ class Stopped(Exception):
         self.signum = signum
 
 
-def on_stop_signals(stop: threading.Event, started: threading.Event) -> None:
-    """SIGINT and SIGTERM set `stop`; the first before `started` is set (the stack up and its demo done) also raises
-    Stopped, unwinding the start or the demo through running_stack, which stops the services started and deletes the
-    certificates. The default SIGTERM ended the launcher there and then, its services left running on their ports and
-    their keys on disk."""
+class StopSignals:
+    """SIGINT and SIGTERM set `stop`. Until the stack serves (`raising`), the first also raises Stopped, unwinding the
+    start or the demo through running_stack, which stops the services started and deletes the certificates: the
+    default SIGTERM ended the launcher there and then, its services left running on their ports and their keys on
+    disk. Within `held()` (a service's process being started: raised in there, it would be lost to the stop), it is
+    raised as the block ends."""
 
-    def handle(signum: int, _frame: object) -> None:
-        first = not stop.is_set()
-        stop.set()
-        if first and not started.is_set():
-            raise Stopped(signum)
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.raising = True
+        self._holding = False
+        self._held: int | None = None
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, handle)
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        first = not self.stop.is_set()
+        self.stop.set()
+        if first and self.raising:
+            if self._holding:
+                self._held = signum
+            else:
+                raise Stopped(signum)
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        self._holding = True
+        try:
+            yield
+        finally:
+            self._holding = False
+            if (signum := self._held) is not None:
+                self._held = None
+                raise Stopped(signum)
+
+
+SIGNALS = StopSignals()  # installed by main(): imported, the launcher's parts leave signals as they are
 
 
 def main() -> None:
@@ -164,24 +193,23 @@ def main() -> None:
     demo.add_argument("--once", action="store_true", help="stop after the routing demo")
     demo.add_argument("--no-demo", action="store_true", help="serve without running the routing demo first")
     args = parser.parse_args()
-    stop, started = threading.Event(), threading.Event()
-    on_stop_signals(stop, started)
+    SIGNALS.install()
     try:
-        serve(args, stop, started)
+        serve(args)
     except Stopped as stopped:
         print(f"llm-cost-router: {stopped} before serving; the stack is stopped", file=sys.stderr, flush=True)
         raise SystemExit(128 + stopped.signum) from None
 
 
-def serve(args: argparse.Namespace, stop: threading.Event, started: threading.Event) -> None:
+def serve(args: argparse.Namespace) -> None:
     with running_stack() as (base_url, procs):
         print(f"llm-cost-router is up: OpenAI-compatible API at {base_url}/v1")
         if not args.no_demo:
             run_demo(base_url, load_registry(registry_path()))
-        started.set()  # from here a stop signal only sets stop: the services are stopped as the block ends
+        SIGNALS.raising = False  # from here a stop signal only sets stop: the services are stopped as the block ends
         if not args.once:
             print(f"\nServing; try: curl {base_url}/v1/models   (Ctrl-C stops)", flush=True)
-            exited = supervise(procs, stop)
+            exited = supervise(procs, SIGNALS.stop)
             if exited is not None:
                 name, code = exited
                 print(
