@@ -7,10 +7,12 @@ from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 DOMAIN = "llmrouter"
+# A service at its limit of calls in flight refusing one before any work (llmrouter.overload): RESOURCE_EXHAUSTED.
+OVERLOADED = "OVERLOADED"
 # A status carries its message twice (grpc-message and the details), and gRPC drops the whole status past 8 KiB of
 # metadata: a message quoting a caller's long value (a max_cost_usd of 20,000 digits) then reached the edge as a
 # transport error. Longer messages are cut; the exception keeps the whole one for logs.
@@ -35,12 +37,15 @@ class ServiceError(Exception):
         reason: str,
         message: str,
         metadata: Mapping[str, str] | None = None,
+        retry_delay_s: int | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
         self.reason = reason
         self.message = _cut(message, MAX_MESSAGE_CHARS)
         self.metadata = {key: _cut(value, MAX_METADATA_CHARS) for key, value in (metadata or {}).items()}
+        # google.rpc.RetryInfo: when a retry may succeed, for gRPC callers that back off on the standard detail.
+        self.retry_delay_s = retry_delay_s
         # Raised by one of our services (it travels with its ErrorInfo), rather than a call that broke between
         # services (a server that died or drained mid-call), which nobody on the other side answered.
         self.explained = True
@@ -54,10 +59,18 @@ class ServiceError(Exception):
 
     @property
     def shed(self) -> bool:
-        """The service's gRPC server dropped the call before any handler ran (CANCELLED without our ErrorInfo: past its
-        queue of calls waiting for a handler, as a loaded server does, or as it began to stop): it set off nothing. A
-        server that stops mid-call, or dies, fails it UNAVAILABLE instead (cut_mid_call)."""
-        return not self.explained and self.code == grpc.StatusCode.CANCELLED
+        """The service's gRPC server dropped the call before any handler ran: CANCELLED without our ErrorInfo (past its
+        queue of calls waiting for a handler, as a loaded server does, or as it began to stop), or refused it at its
+        limit of calls in flight (overloaded). It set off nothing. A server that stops mid-call, or dies, fails it
+        UNAVAILABLE instead (cut_mid_call)."""
+        return (not self.explained and self.code == grpc.StatusCode.CANCELLED) or self.overloaded
+
+    @property
+    def overloaded(self) -> bool:
+        """A service at its limit of calls in flight refused the call before authenticating or parsing it
+        (llmrouter.overload); metadata["service"] names which. Any other RESOURCE_EXHAUSTED (a rate limit, upstream or
+        the caller's own) is not this: it may come after work that costs."""
+        return self.explained and self.code == grpc.StatusCode.RESOURCE_EXHAUSTED and self.reason == OVERLOADED
 
     @property
     def never_connected(self) -> bool:
@@ -85,9 +98,11 @@ class ServiceError(Exception):
 
     def trailing_metadata(self) -> tuple[tuple[str, bytes], ...]:
         info = error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN, metadata=self.metadata)
-        detail = any_pb2.Any()
-        detail.Pack(info)
-        status = status_pb2.Status(code=self.code.value[0], message=self.message, details=[detail])
+        details = [_packed(info)]
+        if self.retry_delay_s is not None:
+            delay = duration_pb2.Duration(seconds=self.retry_delay_s)
+            details.append(_packed(error_details_pb2.RetryInfo(retry_delay=delay)))
+        status = status_pb2.Status(code=self.code.value[0], message=self.message, details=details)
         return ((_DETAILS_KEY, status.SerializeToString()),)
 
     @classmethod
@@ -95,7 +110,7 @@ class ServiceError(Exception):
         """Rebuild the error a downstream service raised, keeping its reason and metadata."""
         code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
         message = (err.details() if hasattr(err, "details") else None) or str(err)
-        reason, metadata, explained = "UPSTREAM_ERROR", {}, False
+        reason, metadata, explained, retry_delay_s = "UPSTREAM_ERROR", {}, False, None
         trailing = cast(
             Iterable[tuple[str, Any]], (err.trailing_metadata() if hasattr(err, "trailing_metadata") else None) or ()
         )
@@ -103,12 +118,20 @@ class ServiceError(Exception):
             if key == _DETAILS_KEY:
                 status = status_pb2.Status.FromString(value)
                 for detail in status.details:
-                    info = error_details_pb2.ErrorInfo()
+                    info, retry = error_details_pb2.ErrorInfo(), error_details_pb2.RetryInfo()
                     if detail.Unpack(info):
                         reason, metadata, explained = info.reason, dict(info.metadata), info.domain == DOMAIN
-        error = cls(code, reason, message, metadata)
+                    elif detail.Unpack(retry):
+                        retry_delay_s = retry.retry_delay.seconds
+        error = cls(code, reason, message, metadata, retry_delay_s)
         error.explained = explained
         return error
+
+
+def _packed(detail: Any) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(detail)
+    return packed
 
 
 def _cut(text: str, most: int) -> str:
@@ -117,3 +140,14 @@ def _cut(text: str, most: int) -> str:
 
 def invalid(message: str, field: str = "", reason: str = "INVALID_REQUEST") -> ServiceError:
     return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, reason, message, {"field": field} if field else None)
+
+
+def overloaded(service: str, retry_delay_s: int) -> ServiceError:
+    """A call refused at the service's limit of calls in flight, before any work: safe to retry after the delay."""
+    return ServiceError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        OVERLOADED,
+        f"the {service} service is at its limit of calls in flight: retry in {retry_delay_s} s",
+        {"service": service, "retry_after_s": str(retry_delay_s)},
+        retry_delay_s,
+    )

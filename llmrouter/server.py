@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from llmrouter.auth import Authenticator, parse_callers, parse_tokens
 from llmrouter.interceptors import ServiceInterceptor
 from llmrouter.logs import setup_logging
+from llmrouter.overload import GRPC_PENDING_CALLS, OverloadInterceptor
 from llmrouter.ports import GRPC_BIND_FAILED, GRPC_NO_PORT_SHARING, cannot_listen, serve_metrics, setting_name
 from llmrouter.settings import GrpcServiceSettings
 
@@ -41,6 +42,8 @@ SERVER_OPTIONS = [
     GRPC_NO_PORT_SHARING,
     ("grpc.max_connection_age_ms", 60_000),
     ("grpc.max_connection_age_grace_ms", 320_000),
+    # gRPC's default, named: each service's max_inflight_calls refuses calls with a reason before this queue fills.
+    ("grpc.server.max_pending_requests", GRPC_PENDING_CALLS),
 ]
 
 
@@ -87,7 +90,10 @@ async def start_server(
 ) -> RunningServer:
     """`on_started` is called once the server serves, e.g. to start work that reports its health."""
     authenticator = Authenticator(settings.auth, parse_callers(settings.callers), parse_tokens(settings.token_lines()))
-    server = grpc.aio.server(interceptors=[ServiceInterceptor(service, authenticator)], options=SERVER_OPTIONS)
+    # The overload check first: a call refused at the limit is neither authenticated nor parsed.
+    overload = OverloadInterceptor(service, settings.max_inflight_calls)
+    interceptors = [overload, ServiceInterceptor(service, authenticator)]
+    server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
     for add in registrations.values():
         add(server)
     health_servicer = health.aio.HealthServicer()

@@ -20,6 +20,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from llmrouter.auth import parse_callers, parse_tokens
+from llmrouter.overload import GRPC_PENDING_CALLS
 
 # The checkout (or the image's working copy) holding config/ and artefacts/.
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -73,6 +74,9 @@ class GrpcServiceSettings(ServiceSettings):
     callers: str = ""
     # A plaintext port serving only gRPC health checking (for kubelet probes, which do not speak mTLS).
     health_port: int | None = Field(default=None, ge=0, le=65535)
+    # Calls served at once (streams until they end); past it a call is refused OVERLOADED before any work
+    # (llmrouter.overload). Below gRPC's queue of calls waiting for a handler, past which gRPC cancels them unexplained.
+    max_inflight_calls: int = Field(default=512, gt=0, lt=GRPC_PENDING_CALLS)
 
     @field_validator("auth_tokens_file")
     @classmethod

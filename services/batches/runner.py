@@ -642,8 +642,11 @@ def not_admitted(error: ServiceError) -> bool:
     """A failure before the router admitted the request (nothing claimed, nothing charged): the same request
     id may be sent again. A call without the router's ErrorInfo that it never answered is the router itself
     unreachable, or stopping (a restart) and dropping the call unserved; with the ErrorInfo (reason
-    UPSTREAM_ERROR: the router's own call to the providers broke), the request was admitted."""
-    return error.unanswered or error.reason in ("STORE_UNAVAILABLE", "RATE_LIMITED")
+    UPSTREAM_ERROR: the router's own call to the providers broke), the request was admitted. So is a call the router
+    refused at its limit of calls in flight, before reading it; not the providers' such refusal, which the router passes
+    on once it has admitted the request (metadata["service"] names who refused)."""
+    refused_unread = error.overloaded and error.metadata.get("service") == "router"
+    return error.unanswered or refused_unread or error.reason in ("STORE_UNAVAILABLE", "RATE_LIMITED")
 
 
 def _seconds(text: str) -> float | None:

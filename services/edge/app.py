@@ -136,8 +136,10 @@ def api_error(err: grpc.RpcError, request_id: str, charging: bool = False) -> Ap
     status = HTTP_STATUS.get(error.code, 502)
     if error.reason == "UPSTREAM_ERROR" and error.metadata.get("upstream_status") not in ("400", "422"):
         status = 502  # a provider refusing our key or payload is the gateway's failure, not the caller's
-    if error.code == grpc.StatusCode.UNAVAILABLE or error.unanswered:
-        status = 503  # the router unreachable or restarting (no ErrorInfo), or a provider out of service
+    if error.code == grpc.StatusCode.UNAVAILABLE or error.unanswered or error.overloaded:
+        # The router unreachable or restarting (no ErrorInfo), a provider out of service, or a service at its limit of
+        # calls in flight (OVERLOADED): the service's load, not the caller's rate (429), is why.
+        status = 503
     elif error.past_deadline:
         status = 504  # the router did not answer by the edge's own deadline: a timeout, not a provider's failure
     code = OPENAI_CODES.get(error.reason, error.reason.lower())

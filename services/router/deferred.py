@@ -87,8 +87,9 @@ REPLY_BYTES = MAX_MESSAGE_BYTES // 2
 LINE_FRAMING_BYTES = 1024  # a collected line's fields beside its provider result: its id, model, cost...
 # The providers service's refusals of a SubmitBatch before any upload (no batch exists): its own BATCH_NOT_CREATED,
 # an unknown model, a line invalid as it stands or asking what its model cannot honour (a registry the router read
-# before a reload). So is a call no providers handler saw: shed by their gRPC server, or never connected
-# (ServiceError.shed, never_connected). Any other failure may come after the upload: its outcome is unknown.
+# before a reload). So is a call no providers handler saw: shed by their gRPC server or refused at their limit of calls
+# in flight (ServiceError.shed), or never connected (never_connected). Any other failure may come after the upload: its
+# outcome is unknown.
 NOT_CREATED = ("BATCH_NOT_CREATED", "MODEL_NOT_FOUND", "INVALID_REQUEST", "UNSUPPORTED_PARAMETER")
 # A SubmitBatch's lines go to their provider within this of the call's start, or are withdrawn (sent to Complete):
 # so a line's batch is created, or its creation's outcome unknown, and recorded within SENDING_S of its admission.

@@ -328,6 +328,37 @@ def test_hpa_bounds_crossed_are_refused_at_render(svc: str) -> None:
     assert (hpa["minReplicas"], hpa["maxReplicas"]) == (4, 4)
 
 
+def test_each_grpc_service_has_its_limit_of_calls_in_flight(docs: list[dict]) -> None:
+    """<service>.maxInflightCalls is the service's <PREFIX>_MAX_INFLIGHT_CALLS, within the settings' bounds (below
+    gRPC's queue of waiting calls); the edge, no gRPC server, has none."""
+    from llmrouter.overload import GRPC_PENDING_CALLS
+
+    for svc in GRPC_SERVICES:
+        limit = VALUES[svc]["maxInflightCalls"]
+        assert env(docs, svc)[f"{documented_ports()[svc][0]}_MAX_INFLIGHT_CALLS"] == str(limit)
+        assert VALUES[svc]["autoscaling"]["targetInflightPerPod"] < limit < GRPC_PENDING_CALLS
+    assert not any(name.endswith("_MAX_INFLIGHT_CALLS") for name in env(docs, "edge"))
+    with pytest.raises(subprocess.CalledProcessError) as on_edge:
+        render("--set", "edge.maxInflightCalls=64")
+    assert "at '/edge'" in on_edge.value.stderr
+    with pytest.raises(subprocess.CalledProcessError) as past_queue:
+        render("--set", f"router.maxInflightCalls={GRPC_PENDING_CALLS}")
+    assert "at '/router/maxInflightCalls'" in past_queue.value.stderr
+
+
+@pytest.mark.parametrize("svc", GRPC_SERVICES)
+def test_an_inflight_target_the_pods_would_refuse_is_refused_at_render(svc: str) -> None:
+    """With autoscaling on calls in flight, a target at or past the pods' limit is never reached: the HPA would never
+    scale on it while the pods refuse calls. Refused at `helm template`, naming both values."""
+    target = VALUES[svc]["autoscaling"]["targetInflightPerPod"]
+    with pytest.raises(subprocess.CalledProcessError) as unreachable:
+        render("--set", "autoscaling.inflight.enabled=true", "--set", f"{svc}.maxInflightCalls={target}")
+    assert f"{svc}.autoscaling.targetInflightPerPod ({target}) must be below {svc}.maxInflightCalls" in (
+        unreachable.value.stderr
+    )
+    render("--set", "autoscaling.inflight.enabled=true", "--set", f"{svc}.maxInflightCalls={target + 1}")
+
+
 @pytest.mark.parametrize("bound", ["minReplicas", "maxReplicas", "targetCPUUtilizationPercentage"])
 def test_an_enabled_hpa_without_a_bound_is_refused_by_the_schema(bound: str) -> None:
     """Left out (null deletes it), the HPA rendered a null the API server refuses; off, the bounds are not needed."""

@@ -233,6 +233,10 @@ refuses a list keyed by name holding one name twice). */}}
   value: {{ $root.Values.logLevel | quote }}
 - name: {{ $p }}_GRACE_SECONDS
   value: {{ include "llmrouter.envValue" $root.Values.drainSeconds }}
+{{- if ne $svc "edge" }}
+- name: {{ $p }}_MAX_INFLIGHT_CALLS
+  value: {{ include "llmrouter.envValue" $v.maxInflightCalls }}
+{{- end }}
 {{- if has $svc (list "router" "providers") }}
 - name: {{ $p }}_REGISTRY_PATH
   value: {{ printf "%s/models.yaml" $root.Values.registry.mountPath | quote }}

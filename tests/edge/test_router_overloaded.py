@@ -1,0 +1,100 @@
+"""A router at its limit of calls in flight (ROUTER_MAX_INFLIGHT_CALLS) refuses the edge's next call OVERLOADED before
+any work; the edge answers it as the service's load, not the caller's rate: a 503 with Retry-After, OpenAI's body
+(type server_error), no word of the service behind it, and nothing charged. A stand-in router's servicer behind the
+router's own gRPC server (its interceptors) on loopback, its one place held by a call waiting on an event."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import grpc
+import httpx
+from pydantic import SecretStr
+
+from llmrouter.errors import ServiceError
+from llmrouter.server import start_server
+from llmrouter.settings import GrpcServiceSettings
+from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
+from services.batches.runner import not_admitted
+from services.edge.keys import key_line
+from services.edge.settings import EdgeSettings
+from tests.integration.conftest import free_port, served_edge
+
+KEY = "sk-caller"
+CHAT = {"model": "cheap", "messages": [{"role": "user", "content": "hi"}]}
+
+
+class HeldRouter(router_pb2_grpc.RouterServicer):
+    def __init__(self) -> None:
+        self.release, self.reached = asyncio.Event(), asyncio.Event()
+
+    async def Complete(self, request: Any, context: Any) -> router_pb2.CompleteResponse:
+        self.reached.set()
+        await self.release.wait()
+        usage = common_pb2.Usage(input_tokens=1, output_tokens=1)
+        return router_pb2.CompleteResponse(content="an answer", model="cheap", usage=usage, cost_usd="0.000002")
+
+
+@asynccontextmanager
+async def router_with_one_place(servicer: HeldRouter) -> AsyncIterator[str]:
+    settings = GrpcServiceSettings(port=0, auth="none", max_inflight_calls=1)
+    add = router_pb2_grpc.add_RouterServicer_to_server
+    running = await start_server("router", settings, {"llmrouter.v1.Router": lambda s: add(servicer, s)})
+    try:
+        yield f"127.0.0.1:{running.port}"
+    finally:
+        servicer.release.set()
+        await running.stop(0)
+
+
+async def test_an_overloaded_router_is_a_503_with_retry_after() -> None:
+    router = HeldRouter()
+    async with router_with_one_place(router) as router_addr:
+        settings = EdgeSettings(
+            port=free_port(), router_addr=router_addr, access_log="off", metrics_port=0,
+            api_keys=SecretStr(key_line("caller", KEY)),
+        )  # fmt: skip
+        async with (
+            served_edge(settings) as base,
+            httpx.AsyncClient(base_url=base, headers={"authorization": f"Bearer {KEY}"}, timeout=30) as http,
+        ):
+            held = asyncio.ensure_future(http.post("/chat/completions", json=CHAT))
+            await asyncio.wait_for(router.reached.wait(), 20)
+            refused = await http.post("/chat/completions", json=CHAT)
+            router.release.set()
+            assert (await held).status_code == 200
+    assert refused.status_code == 503, refused.text
+    assert refused.headers["retry-after"] == "1"
+    assert "x-router-cost-usd" not in refused.headers and refused.headers.get("x-should-retry") != "false"
+    error = refused.json()["error"]
+    request_id = refused.headers["x-request-id"]
+    assert error == {
+        "message": f"the service is temporarily unavailable (request id {request_id})",
+        "type": "server_error",
+        "param": None,
+        "code": "overloaded",
+    }
+    assert "x_router" not in refused.json()  # nothing charged, nothing held
+
+
+async def test_a_batch_line_the_router_refused_overloaded_is_sent_again() -> None:
+    """The batch runner sends again, under the same request id, a line the router did not admit: its refusal at its
+    limit is one (the same line given the providers' refusal, passed on once admitted, is not: tests/router)."""
+    router = HeldRouter()
+    async with (
+        router_with_one_place(router) as router_addr,
+        grpc.aio.insecure_channel(router_addr) as channel,
+    ):
+        stub = router_pb2_grpc.RouterStub(channel)
+        held = asyncio.ensure_future(stub.Complete(router_pb2.CompleteRequest(), timeout=20))
+        await asyncio.wait_for(router.reached.wait(), 20)
+        try:
+            await stub.Complete(router_pb2.CompleteRequest(), timeout=20)
+        except grpc.aio.AioRpcError as err:
+            refused = ServiceError.from_rpc_error(err)
+        router.release.set()
+        await held
+    assert refused.overloaded and not_admitted(refused), (refused.code, refused.reason, refused.metadata)
