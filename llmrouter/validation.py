@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from llmrouter.errors import invalid
+from llmrouter.json_depth import MAX_JSON_DEPTH, nested_deeper
 from llmrouter.openai_fields import OpenAIFields, crossed, first_error, unservable
 from llmrouter.passthrough import END_USER_ID_CHARS
 
@@ -158,15 +159,21 @@ def _raw_arguments_at(messages: Sequence[ChatMessage], tool_calls: list[list[dic
 
 
 def passthrough(raw: str) -> dict[str, Any]:
-    """passthrough_json: a JSON object, or nothing."""
+    """passthrough_json: a JSON object nested at most MAX_JSON_DEPTH levels (as the edge holds a REST body), or
+    nothing."""
     if not raw.strip():
         return {}
+    too_deep = f"passthrough_json is nested deeper than {MAX_JSON_DEPTH} levels"
     try:
         value = _loads(raw)
-    except (ValueError, RecursionError):  # nested past the parser's depth is as unusable as malformed
+    except RecursionError:  # past the parser's own depth, far past the bound
+        raise invalid(too_deep, "passthrough_json") from None
+    except ValueError:
         value = None
     if not isinstance(value, dict):
         raise invalid("passthrough_json must be a JSON object, every number in it finite", "passthrough_json")
+    if nested_deeper(value):
+        raise invalid(too_deep, "passthrough_json")
     return value
 
 

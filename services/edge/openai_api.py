@@ -29,6 +29,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from starlette.requests import ClientDisconnect, Request
 
 from llmrouter import parameters
+from llmrouter.json_depth import MAX_JSON_DEPTH, nested_deeper
 from llmrouter.openai_fields import (
     MAX_LOGIT_BIAS,
     MAX_METADATA,
@@ -93,7 +94,6 @@ IGNORED = frozenset(
         "prompt_cache_options",
     }
 )
-MAX_DEPTH = 64  # JSON nesting; deeper bodies are refused before anything re-encodes them
 INT32_MAX = 2**31 - 1  # bounds integers well inside the int64 fields of the contract
 # OpenAI's bounds on the arrays a caller sizes, besides messages (MAX_MESSAGES) and tools (MAX_TOOLS): an assistant
 # message's tool_calls 128 (github.com/openai/openai-dotnet/issues/317).
@@ -412,7 +412,7 @@ def check_length(value: Any, param: str, limit: int) -> None:
 
 def decode_json(body: bytes, check: Callable[[Any], None] | None = None) -> Any:
     """Strict JSON in UTF-8: no NaN or Infinity, no key given twice in an object (unique_keys), no nesting deeper
-    than MAX_DEPTH and no lone UTF-16 surrogate (neither JSON nor protobuf strings can carry one onward). A body of
+    than MAX_JSON_DEPTH and no lone UTF-16 surrogate (neither JSON nor protobuf strings can carry one onward). A body of
     more than MAX_JSON_CONTAINERS objects and arrays, or MAX_JSON_ITEMS items in them, is a 413, counted before the
     parse, which is what it would cost. `check` sees the value first: a bound it refuses costs only the parse, not the
     walks over every node (which take ~3x as long)."""
@@ -422,6 +422,7 @@ def decode_json(body: bytes, check: Callable[[Any], None] | None = None) -> Any:
     if items_over(body, MAX_JSON_ITEMS):
         message = f"request body has over {MAX_JSON_ITEMS} JSON array elements and object members"
         raise ApiError(413, message, code="request_too_large")
+    too_deep = f"request body is nested deeper than {MAX_JSON_DEPTH} levels"
     try:
         text = body.decode()  # strict: UTF-8-encoded surrogates are refused here
         try:
@@ -433,13 +434,13 @@ def decode_json(body: bytes, check: Callable[[Any], None] | None = None) -> Any:
             message = f"request body gives {path!r} more than once: give each key once"
             raise ApiError(400, message, param=path, code="duplicate_parameter") from None
     except RecursionError:
-        raise ApiError(400, f"request body is nested deeper than {MAX_DEPTH} levels", code="invalid_json") from None
+        raise ApiError(400, too_deep, code="invalid_json") from None
     except ValueError as exc:  # UnicodeDecodeError is a ValueError too
         raise ApiError(400, f"request body is not valid JSON: {json_fault(exc)}", code="invalid_json") from None
     if check is not None:
         check(value)
-    if _depth_over(value, MAX_DEPTH):
-        raise ApiError(400, f"request body is nested deeper than {MAX_DEPTH} levels", code="invalid_json")
+    if nested_deeper(value):
+        raise ApiError(400, too_deep, code="invalid_json")
     if "\\u" in text:  # only an escape can bring a lone surrogate
         try:
             json.dumps(value, ensure_ascii=False).encode()
@@ -563,19 +564,6 @@ def loads_line(text: str) -> Any:
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
-
-
-def _depth_over(value: Any, limit: int) -> bool:
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
-        if children is None:
-            continue
-        if depth > limit:
-            return True
-        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
-    return False
 
 
 class ApiError(Exception):

@@ -16,6 +16,7 @@ import grpc
 import pytest
 
 from llmrouter.errors import MAX_METADATA_CHARS
+from llmrouter.json_depth import MAX_JSON_DEPTH
 from llmrouter.v1 import common_pb2, provider_pb2_grpc
 from tests.fakes import FakeOpenAI
 from tests.providers.helpers import error_of, request
@@ -120,3 +121,19 @@ async def test_a_sampling_field_at_the_edge_of_its_range_is_sent_on(
     """What the edge accepts from a REST caller (its bounds inclusive, as OpenAI's; null a field left out)."""
     await stub.Generate(request("strong", passthrough_json=json.dumps({name: value})))
     assert openai_fake.requests[-1].json.get(name) == value
+
+
+@pytest.mark.parametrize("depth", [65, 100_000], ids=["past-the-limit", "past-the-parsers-depth"])
+async def test_a_passthrough_nested_past_the_depth_limit_is_refused_naming_it(
+    stub: provider_pb2_grpc.ProviderStub, openai_fake: FakeOpenAI, depth: int
+) -> None:
+    """The edge's bound on a REST body's nesting (MAX_JSON_DEPTH), held to a gRPC caller's passthrough_json, and said:
+    it was refused as "must be a JSON object, every number in it finite", which it was (or, under the parser's depth,
+    sent on for the upstream)."""
+    nested = '{"metadata": ' + "[" * (depth - 1) + "]" * (depth - 1) + "}"
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.Generate(request("strong", passthrough_json=nested))
+    error = error_of(refused.value)
+    assert (error.code, error.metadata.get("field")) == (grpc.StatusCode.INVALID_ARGUMENT, "passthrough_json")
+    assert f"nested deeper than {MAX_JSON_DEPTH} levels" in error.message, error.message
+    assert openai_fake.requests == []
