@@ -256,6 +256,7 @@ class ChatCompletionRequest(OpenAIFields):
 
 
 KNOWN_FIELDS = MAPPED | PASSTHROUGH_FIELDS | IGNORED
+EMPTY_MODEL = "model must not be empty: leave it out or give 'auto' to have the router choose"
 
 
 def check_encoded_size(message: router_pb2.CompleteRequest) -> None:
@@ -288,6 +289,9 @@ def parse_request(body: bytes, max_messages: int = MAX_MESSAGES) -> tuple[ChatCo
         raise ApiError(400, f"{param}: {message}", param=param, code="invalid_value") from None
     if (fault := crossed(request)) is not None:
         raise ApiError(400, fault.message, param=fault.param, code=fault.code)
+    if request.model == "":
+        # OpenAI's 400: routing is promised for a model left out or "auto", not for one sent empty (likely a bug).
+        raise ApiError(400, EMPTY_MODEL, param="model", code="invalid_value")
     if request.stream_options is not None and not request.stream:
         # OpenAI's 400, in its words: sent on, OpenAI's upstream refused it (a generic "the provider refused the
         # request") and the others served it, as routing chose; asked for alone, usage rides on no stream.
