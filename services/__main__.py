@@ -8,7 +8,9 @@ status (a half stack would answer /healthz while every request fails).
 
 Ports come from the usual settings (CLASSIFIER_PORT, PROVIDERS_PORT, ROUTER_PORT, EDGE_PORT). The services
 authenticate each other with mTLS: unless *_TLS_DIR says otherwise, a throwaway CA and one certificate per
-service are made at start in a temporary directory, deleted at exit."""
+service are made at start in a temporary directory, deleted at exit (or, the launcher killed, by the next launch:
+services/stale_certificates.py). The services stop with their launcher, even a killed one
+(services/die_with_parent.py)."""
 
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from pathlib import Path
 from llmrouter.certs import LOOPBACK_NAMES, Authority
 from llmrouter.registry import DEFAULT_REGISTRY, load_registry
 from llmrouter.settings import REPO_ROOT
+from services import die_with_parent, stale_certificates
 from services.classifier.settings import ClassifierSettings
 from services.demo import run_demo
 from services.edge.settings import EdgeSettings
@@ -39,9 +42,12 @@ POLL_S = 0.2
 
 
 def launch(name: str, env: dict[str, str]) -> tuple[subprocess.Popen[str], threading.Event]:
-    """Start `python -m services.<name>`; the event is set when it reports READY (it listens)."""
+    """Start `python -m services.<name>`, bound to this process (it stops once the launcher is gone, however it went);
+    the event is set when it reports READY (it listens). Called from the main thread, whose end is what the binding
+    watches (PR_SET_PDEATHSIG): started from a thread that ended, a service would be stopped at once."""
+    guard = [sys.executable, "-S", die_with_parent.__file__, str(os.getpid())]
     proc = subprocess.Popen(
-        [sys.executable, "-m", f"services.{name}"], env=env, stdout=subprocess.PIPE, text=True, bufsize=1
+        [*guard, sys.executable, "-m", f"services.{name}"], env=env, stdout=subprocess.PIPE, text=True, bufsize=1
     )
     ready = threading.Event()
 
@@ -72,7 +78,9 @@ def wait_ready(procs: dict[str, tuple[subprocess.Popen[str], threading.Event]], 
 def running_stack() -> Iterator[tuple[str, dict[str, subprocess.Popen[str]]]]:
     """Start the four services, configured by the environment as usual; yield the edge's URL and the
     processes; on exit, SIGTERM each (they drain in-flight work) and wait."""
-    with tempfile.TemporaryDirectory(prefix="llmrouter-tls-") as certs:
+    stale_certificates.remove_stale()
+    with tempfile.TemporaryDirectory(prefix=stale_certificates.PREFIX) as certs:
+        stale_certificates.mark_owner(Path(certs))
         env = with_throwaway_certificates(dict(os.environ), Path(certs))
         with _running(env) as stack:
             yield stack
@@ -139,7 +147,7 @@ def registry_path() -> Path:
 
 
 class Stopped(Exception):
-    """SIGINT or SIGTERM before the stack serves: while it starts its services or runs the demo."""
+    """SIGINT, SIGTERM or SIGHUP before the stack serves: while it starts its services or runs the demo."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
@@ -147,8 +155,9 @@ class Stopped(Exception):
 
 
 class StopSignals:
-    """SIGINT and SIGTERM set `stop`. Until the stack serves (`raising`), the first also raises Stopped, unwinding the
-    start or the demo through running_stack, which stops the services started and deletes the certificates: the
+    """SIGINT, SIGTERM and SIGHUP (its terminal closed: by default the launcher ended at once, its services undrained
+    and its certificates left) set `stop`. Until the stack serves (`raising`), the first also raises Stopped, unwinding
+    the start or the demo through running_stack, which stops the services started and deletes the certificates: the
     default SIGTERM ended the launcher there and then, its services left running on their ports and their keys on
     disk. Within `held()` (a service's process being started: raised in there, it would be lost to the stop), it is
     raised as the block ends."""
@@ -160,7 +169,7 @@ class StopSignals:
         self._held: int | None = None
 
     def install(self) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, self._handle)
 
     def _handle(self, signum: int, _frame: object) -> None:

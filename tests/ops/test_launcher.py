@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -68,21 +69,30 @@ def alive(pid: int) -> bool:
         return False
 
 
-def start_stack() -> tuple[subprocess.Popen[str], list[str]]:
-    """The stack serving at once (the demo, tests/integration/test_stack.py, adds 20-40 s), on free ports. A port
-    free when chosen may be taken by the other test worker before a service binds it: then it starts again on others."""
+def stack_env(**extra: str) -> dict[str, str]:
+    """The launcher's environment: no provider keys nor router settings of the caller's, the services on free ports."""
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and not k.startswith("ROUTER_")}
+    for service in ("CLASSIFIER", "PROVIDERS", "ROUTER", "EDGE"):
+        env[f"{service}_PORT"] = str(free_port())
+        env[f"{service}_METRICS_PORT"] = str(free_port())
+    return {**env, **extra}
+
+
+def start_stack(
+    env: dict[str, str] | None = None, own_session: bool = False
+) -> tuple[subprocess.Popen[str], list[str]]:
+    """The stack serving at once (the demo, tests/integration/test_stack.py, adds 20-40 s), on free ports unless `env`
+    gives its own. A port free when chosen may be taken by the other test worker before a service binds it: then it
+    starts again on others. `own_session`: the launcher leads a process group of its own, as a terminal's job does."""
     for _ in range(3):
-        env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and not k.startswith("ROUTER_")}
-        for service in ("CLASSIFIER", "PROVIDERS", "ROUTER", "EDGE"):
-            env[f"{service}_PORT"] = str(free_port())
-            env[f"{service}_METRICS_PORT"] = str(free_port())
         launcher = subprocess.Popen(
             [sys.executable, "-m", "services", "--no-demo"],
             cwd=ROOT,
-            env=env,
+            env=env or stack_env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            start_new_session=own_session,
         )
         assert launcher.stdout is not None
         deadline, printed = time.monotonic() + 300, []
@@ -93,9 +103,27 @@ def start_stack() -> tuple[subprocess.Popen[str], list[str]]:
         if printed and printed[-1].startswith("Serving;") and launcher.poll() is None:
             return launcher, printed
         _, stderr = launcher.communicate(timeout=60)  # it ended its output: it has exited, or is exiting
-        if "in use" not in stderr.lower() and "bind" not in stderr.lower():
+        if env is not None or ("in use" not in stderr.lower() and "bind" not in stderr.lower()):
             break
     raise AssertionError(f"the stack did not come up: {stderr[-2000:]}")
+
+
+def certificates_of(printed: list[str]) -> Path:
+    """The run's certificate directory, as the launcher's first line names it."""
+    return Path(printed[0].split(": ", 1)[1].split("/<service>")[0])
+
+
+def stopped_services(stderr: str) -> set[str]:
+    """The gRPC services whose logs (JSON lines on stderr, the launcher's) say they drained and stopped."""
+    stopped: set[str] = set()
+    for line in stderr.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("msg") == "stopped":
+            stopped.add(str(record.get("service")))
+    return stopped
 
 
 @pytest.mark.usefixtures("local_model")
@@ -134,14 +162,13 @@ def stack_processes(edge_port: int) -> list[int]:
     return found
 
 
-async def test_a_stop_while_starting_stops_the_services_started() -> None:
-    """SIGTERM (a supervisor's stop, `docker stop`, `kill`) before the stack serves, as it starts its services or runs
-    the demo: those started are stopped and the certificates deleted. The default SIGTERM ended the launcher there and
-    then, its services left running on their ports (the next `make run` could not listen) and their keys on disk."""
-    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and not k.startswith("ROUTER_")}
-    for service in ("CLASSIFIER", "PROVIDERS", "ROUTER", "EDGE"):
-        env[f"{service}_PORT"] = str(free_port())
-        env[f"{service}_METRICS_PORT"] = "0"
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+async def test_a_stop_while_starting_stops_the_services_started(stop: signal.Signals) -> None:
+    """SIGTERM (a supervisor's stop, `docker stop`, `kill`) or SIGHUP (its terminal closed) before the stack serves, as
+    it starts its services or runs the demo: those started are stopped and the certificates deleted. The default
+    SIGTERM or SIGHUP ended the launcher there and then, its services left running on their ports (the next `make run`
+    could not listen) and their keys on disk."""
+    env = stack_env(**{f"{service}_METRICS_PORT": "0" for service in ("CLASSIFIER", "PROVIDERS", "ROUTER", "EDGE")})
     edge_port = int(env["EDGE_PORT"])
     launcher = subprocess.Popen(
         [sys.executable, "-m", "services"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -152,10 +179,10 @@ async def test_a_stop_while_starting_stops_the_services_started() -> None:
         assert certificates.is_dir()
         # The first three started, the launcher waits for them to listen.
         await eventually(lambda: len(children(launcher.pid)) >= 3, "the launcher started its first services")
-        launcher.send_signal(signal.SIGTERM)
+        launcher.send_signal(stop)
         _, stderr = launcher.communicate(timeout=60)
-        assert launcher.returncode == 128 + signal.SIGTERM
-        assert "SIGTERM before serving" in stderr
+        assert launcher.returncode == 128 + stop
+        assert f"{stop.name} before serving" in stderr
         assert stack_processes(edge_port) == []
         assert not certificates.exists()
     finally:
@@ -164,3 +191,54 @@ async def test_a_stop_while_starting_stops_the_services_started() -> None:
         if launcher.poll() is None:
             launcher.kill()
             launcher.wait()
+
+
+@pytest.mark.usefixtures("local_model")
+def test_a_killed_launcher_takes_its_services_with_it(tmp_path: Path) -> None:
+    """SIGKILL of the launcher (the OOM killer, `kill -9`) can run none of its clean-up: its services were left running
+    on their ports, so the next `make run` could not listen, and their certificates on disk. Now each service drains
+    and stops once its launcher is gone (PR_SET_PDEATHSIG), and the next launch deletes the certificate directory the
+    dead one left; it serves on the same ports."""
+    env = stack_env(TMPDIR=str(tmp_path))
+    launcher, printed = start_stack(env)
+    relaunched = None
+    try:
+        certificates, services = certificates_of(printed), children(launcher.pid)
+        assert set(services) == {"classifier", "providers", "router", "edge"}
+        launcher.kill()
+        _, stderr = launcher.communicate(timeout=60)  # its stderr, the services' too, ends once they all have exited
+        assert not [name for name, pid in services.items() if alive(pid)]
+        assert stopped_services(stderr) == {"classifier", "providers", "router"}  # drained, not killed
+        assert certificates.is_dir()  # nothing could delete them
+        relaunched, printed_again = start_stack(env)
+        assert certificates_of(printed_again).is_dir()
+        assert not certificates.exists()
+    finally:
+        for process in (launcher, relaunched):
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                process.wait(timeout=60)
+        for pid in stack_processes(int(env["EDGE_PORT"])):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.usefixtures("local_model")
+def test_a_closed_terminal_stops_the_stack_as_sigterm_does() -> None:
+    """Closing the terminal sends SIGHUP to its job, the launcher and its services. By default it ended every one at
+    once: no drain, the certificates left on disk. Now the launcher stops the stack as on SIGTERM."""
+    env = stack_env()
+    launcher, printed = start_stack(env, own_session=True)
+    try:
+        certificates, services = certificates_of(printed), children(launcher.pid)
+        os.killpg(launcher.pid, signal.SIGHUP)
+        _, stderr = launcher.communicate(timeout=60)
+        assert launcher.returncode == 0, stderr[-2000:]
+        assert not [name for name, pid in services.items() if alive(pid)]
+        assert stopped_services(stderr) == {"classifier", "providers", "router"}
+        assert not certificates.exists()
+    finally:
+        if launcher.poll() is None:
+            launcher.send_signal(signal.SIGTERM)
+            launcher.wait(timeout=60)
+        for pid in stack_processes(int(env["EDGE_PORT"])):
+            os.kill(pid, signal.SIGKILL)
