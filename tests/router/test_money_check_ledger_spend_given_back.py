@@ -100,6 +100,11 @@ class Ledger:
         entries = await self.source.read(0)
         await self.db.insert([row_from_record(record, entry) for entry, record in entries if isinstance(record, dict)])
 
+    async def read_uncommitted(self) -> None:
+        """The sink reads what waits and stops before its commit (a crash, a database outage): the entries stay
+        pending in its group, their rows in no SQL ledger."""
+        assert await self.source.read(0)
+
     async def check(self, repair: bool = False) -> int:
         return await money_check.check_ledger_spend(self.store, self.db, "day", repair, sink_group=self.group)
 
@@ -230,3 +235,59 @@ async def test_a_give_back_copied_while_the_check_runs_is_no_spend_lost(
         finally:
             db.close()
             await store.close()
+
+
+async def test_a_give_back_the_sink_read_and_never_committed_still_waits(
+    ledger: Ledger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Delivered to the sink, which stopped before its commit: pending in its group like one committed and not
+    acknowledged, but in no SQL row. The oldest pending entry is where the check reads from, that entry included."""
+    store = ledger.store
+    first, second = await reconciled(store, ACME, "r1"), await reconciled(store, ACME, "r2")
+    await ledger.copy()
+    assert await store.give_back(ACME, first, 300) == 700
+    assert await store.give_back(ACME, second, 400) == 600
+    await ledger.read_uncommitted()
+    capsys.readouterr()
+
+    assert await ledger.check(repair=True) == 0
+    assert "0 counter(s) behind the SQL ledger" in capsys.readouterr().out
+    assert await store.spent(ACME, DAY) == (700, 700), "--repair took a give-back back"
+
+
+async def test_another_consumer_group_on_the_stream_is_not_the_sinks(
+    ledger: Ledger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A group of another reader (named before the sink's: XINFO GROUPS lists them by name) that read everything: where
+    it stands says nothing of what the SQL ledger holds."""
+    store = ledger.store
+    hold = await reconciled(store, ACME, "r1")
+    await ledger.copy()
+    assert await store.give_back(ACME, hold, 250) == 750
+    stream = ledger_key(shard_of(ACME.tenant))
+    await store.redis.xgroup_create(stream, "a-reader-ahead", id="$")
+    capsys.readouterr()
+
+    assert await ledger.check(repair=True) == 0
+    assert "0 counter(s) behind the SQL ledger" in capsys.readouterr().out
+    assert await store.spent(ACME, DAY) == (250, 250)
+
+
+async def test_a_give_back_waiting_beside_the_charge_it_amends_is_no_spend_lost(
+    ledger: Ledger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Neither the reconciler's charge of a new key nor its give-back copied yet, beside the tenant's charges copied:
+    the SQL ledger has no charge in the key's counter (it lowers none of its sums), and the tenant's holds more than it
+    will."""
+    store = ledger.store
+    new_key = Account(ACME.tenant, "k2")
+    await reconciled(store, ACME, "r1")
+    await ledger.copy()
+    hold = await reconciled(store, new_key, "r2")
+    assert await store.give_back(new_key, hold, 250) == 750
+    capsys.readouterr()
+
+    assert await ledger.check(repair=True) == 0
+    assert "0 counter(s) behind the SQL ledger" in capsys.readouterr().out
+    assert await store.spent(ACME, DAY) == (HOLD + 250, HOLD)
+    assert await store.spent(new_key, DAY) == (HOLD + 250, 250)
