@@ -1,12 +1,12 @@
 """`money_check ledger-spend` while a give-back waits to be copied. The reconciler charged a request its hold, and the
 SQL sink copied that charge; then the router's charge, kept in its outbox, landed and gave back the hold less its cost
-(lua.py, GIVE_BACK): the spend counters went down in the same script as the ledger entry of minus as much was added,
-and the sink copies that entry later. Meanwhile the counters hold less than the SQL ledger: no charge was lost, and
---repair must not raise them, taking back what was given back. A give-back already copied is counted once (in the SQL
-ledger), also when the sink committed it and has not acknowledged it yet, or copied it while the check ran; each
-shard's give-backs touch its own counters only. Real Redis behind a proxy that goes down (the first test), one Redis
-server and a Redis Cluster (the others), the real sink on a consumer group of its own, real PostgreSQL (a throwaway
-database)."""
+(lua.py, GIVE_BACK): the spend counters went down in the same script as the ledger entry of minus as much was added, and
+the sink copies that entry later. Meanwhile the counters hold less than the SQL ledger: no charge was lost, and --repair
+must not raise them, taking back what was given back. A give-back already copied is counted once (in the SQL ledger),
+also when the sink committed it and has not acknowledged it yet, or copied it while the check ran; each shard's
+give-backs touch its own counters only. The backlog is read a page a script, each give-back once. Real Redis behind a
+proxy that goes down (the first test), one Redis server and a Redis Cluster (the others), the real sink on a consumer
+group of its own, real PostgreSQL (a throwaway database)."""
 
 from __future__ import annotations
 
@@ -291,3 +291,60 @@ async def test_a_give_back_waiting_beside_the_charge_it_amends_is_no_spend_lost(
     assert "0 counter(s) behind the SQL ledger" in capsys.readouterr().out
     assert await store.spent(ACME, DAY) == (HOLD + 250, HOLD)
     assert await store.spent(new_key, DAY) == (HOLD + 250, 250)
+
+
+async def the_ledger_of_three_give_backs(store: RedisStore) -> list[str]:
+    """Charges and give-backs interleaved on acme's shard (C1 C2 G1 C3 G2 G3): the give-backs' entry ids."""
+    holds = [await reconciled(store, ACME, "r1"), await reconciled(store, ACME, "r2")]
+    assert await store.give_back(ACME, holds[0], 100) == 900
+    holds.append(await reconciled(store, ACME, "r3"))
+    assert await store.give_back(ACME, holds[1], 200) == 800
+    assert await store.give_back(ACME, holds[2], 300) == 700
+    entries = await store.redis.xrange(ledger_key(shard_of(ACME.tenant)))
+    given = [entry.decode() for entry, fields in entries if b'"outcome":"given_back"' in fields[b"record"]]
+    assert len(entries) == 6 and len(given) == 3
+    return given
+
+
+async def test_one_script_reads_one_page_of_a_long_backlog(ledger: Ledger) -> None:
+    """The give-backs are read a page a script, the counters by the script that reaches the stream's end: a backlog of
+    any length blocks the master for a page at a time (lua.py, SPEND_AND_GIVEN_BACK)."""
+    store = ledger.store
+    given = await the_ledger_of_three_give_backs(store)
+    shard, tenant = shard_of(ACME.tenant), AccountKeys.of(ACME).spend(DAY)[0]
+
+    counted, found, after = await store.spend_and_given_back_page(shard, [tenant], "-", 3)
+    assert counted is None, "the counters are read at the stream's end only"
+    assert [entry for entry, _ in found] == given[:1]
+    assert after == f"({given[0]}"
+    counted, found, after = await store.spend_and_given_back_page(shard, [tenant], after, 3)
+    assert counted is None and [entry for entry, _ in found] == given[1:]
+    counted, found, _ = await store.spend_and_given_back_page(shard, [tenant], after, 3)
+    assert counted == {tenant: 600} and found == []
+
+
+@pytest.mark.parametrize("page", [1, 2, 3, 5, 6, 7])
+async def test_each_give_back_is_read_once_whatever_the_page(ledger: Ledger, page: int) -> None:
+    store = ledger.store
+    given = await the_ledger_of_three_give_backs(store)
+    counters = list(AccountKeys.of(ACME).spend(DAY))
+
+    counted, found = await store.spend_and_given_back(shard_of(ACME.tenant), counters, "-", page)
+    assert counted == dict.fromkeys(counters, 600)
+    assert [entry for entry, _ in found] == given
+    assert [record["cost_usd"] for _, record in found] == ["-0.0000000009", "-0.0000000008", "-0.0000000007"]
+
+
+async def test_a_give_back_landing_between_two_pages_is_read_with_its_counters(ledger: Ledger) -> None:
+    """Read by a later page than the one it landed after, and counted in the counters the last page reads."""
+    store = ledger.store
+    hold = await reconciled(store, ACME, "r1")
+    await reconciled(store, ACME, "r2")
+    shard, tenant = shard_of(ACME.tenant), AccountKeys.of(ACME).spend(DAY)[0]
+    counted, found, after = await store.spend_and_given_back_page(shard, [tenant], "-", 1)
+    assert (counted, found) == (None, [])
+    assert await store.give_back(ACME, hold, 250) == 750
+
+    counted, found = await store.spend_and_given_back(shard, [tenant], after, 1)
+    assert counted == {tenant: 2 * HOLD - 750}
+    assert [record["request_id"] for _, record in found] == ["r1"]

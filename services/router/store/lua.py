@@ -995,28 +995,27 @@ end
 return '-'
 """
 
-# Spend counters KEYS[2..] ('0' for none) and the give-backs (model.py, given_back_record, always written compact) on
-# their shard's ledger stream KEYS[1] from XRANGE start ARGV[1], as {counters, {entry id, record, ...}}: read at one
-# instant, so no give-back lowers a counter between the two (money_check.py, ledger-spend). The stream is read a page at
-# a time, so a long backlog is never all in the script's memory (it is all read, though: the script's time grows with
-# it). Read-only.
+# The give-backs (model.py, given_back_record, always written compact) among at most ARGV[2] entries of a shard's
+# ledger stream KEYS[1] from XRANGE start ARGV[1], for money_check's ledger-spend: {{}, {entry id, record, ...}, where
+# the next page starts} while a page is full, and at the stream's end {counters, {...}, ''}: spend counters KEYS[2..]
+# read in the same script as the last page, so no give-back lowers a counter between the two. One call reads one page:
+# a long backlog (a sink stopped for hours, a stream without its group) blocks the master for a page at a time, never
+# for the whole of it. Read-only.
 SPEND_AND_GIVEN_BACK = """
-local PAGE = 1000
-local counted = {}
-for i = 2, #KEYS do counted[#counted + 1] = redis.call('GET', KEYS[i]) or '0' end
-local given, start = {}, ARGV[1]
-repeat
-  local entries = redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', PAGE)
-  for _, entry in ipairs(entries) do
-    local fields = entry[2]
-    for i = 1, #fields - 1, 2 do
-      if fields[i] == 'record' and string.find(fields[i + 1], '"outcome":"given_back"', 1, true) then
-        given[#given + 1] = entry[1]
-        given[#given + 1] = fields[i + 1]
-      end
+local page = tonumber(ARGV[2])
+local entries = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', page)
+local given = {}
+for _, entry in ipairs(entries) do
+  local fields = entry[2]
+  for i = 1, #fields - 1, 2 do
+    if fields[i] == 'record' and string.find(fields[i + 1], '"outcome":"given_back"', 1, true) then
+      given[#given + 1] = entry[1]
+      given[#given + 1] = fields[i + 1]
     end
   end
-  if #entries > 0 then start = '(' .. entries[#entries][1] end
-until #entries < PAGE
-return {counted, given}
+end
+if #entries == page then return {{}, given, '(' .. entries[#entries][1]} end
+local counted = {}
+for i = 2, #KEYS do counted[#counted + 1] = redis.call('GET', KEYS[i]) or '0' end
+return {counted, given, ''}
 """

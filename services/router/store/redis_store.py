@@ -71,6 +71,8 @@ log = logging.getLogger("llmrouter.router")
 
 # At most about 1/LOOK_COST_SHARE of the time goes to looking at the heartbeats (choose_hold_totals).
 LOOK_COST_SHARE = 20
+# Ledger entries one script of ledger-spend reads (lua.py, SPEND_AND_GIVEN_BACK): about 3 ms of the master's time.
+LEDGER_PAGE = 1000
 CONNECTIONS = 64  # per client; on a cluster, per node at most
 
 
@@ -533,15 +535,34 @@ class RedisStore:
             ]
 
     async def spend_and_given_back(
-        self, shard: int, counters: list[str], start: str
+        self, shard: int, counters: list[str], start: str, page: int = LEDGER_PAGE
     ) -> tuple[dict[str, int], list[tuple[str, dict[str, Any]]]]:
         """What each spend counter named (all of `shard`) holds, and the give-backs on the shard's ledger stream from
-        XRANGE `start` as (entry id, record), read at one instant (lua.py, SPEND_AND_GIVEN_BACK)."""
+        XRANGE `start` as (entry id, record), `page` entries a script (spend_and_given_back_page). A give-back read
+        by an earlier page lowered the counters before the last page's script reads them (its entry and its decrement
+        are one script's), and none lands between that last page and the counters: they are read as at one instant."""
+        found: list[tuple[str, dict[str, Any]]] = []
+        while True:
+            counted, given, start = await self.spend_and_given_back_page(shard, counters, start, page)
+            found += given
+            if counted is not None:
+                return counted, found
+
+    async def spend_and_given_back_page(
+        self, shard: int, counters: list[str], start: str, page: int
+    ) -> tuple[dict[str, int] | None, list[tuple[str, dict[str, Any]]], str]:
+        """The give-backs among `page` entries of the shard's ledger stream from XRANGE `start`, and where the next
+        page starts; at the stream's end, the counters too, read in the same script (lua.py, SPEND_AND_GIVEN_BACK)
+        and None before it."""
         async with self._call():
-            values, given = await self._spend_and_given_back(keys=[ledger_key(shard), *counters], args=[start])
-        counted = {counter: int(value) for counter, value in zip(counters, values, strict=True)}
+            values, given, after = await self._spend_and_given_back(
+                keys=[ledger_key(shard), *counters], args=[start, max(page, 1)]
+            )
         records = [(_text(given[i]), json.loads(given[i + 1])) for i in range(0, len(given), 2)]
-        return counted, [(entry, record) for entry, record in records if record.get("outcome") == GIVEN_BACK]
+        found = [(entry, record) for entry, record in records if record.get("outcome") == GIVEN_BACK]
+        if _text(after):
+            return None, found, _text(after)
+        return {counter: int(value) for counter, value in zip(counters, values, strict=True)}, found, start
 
     async def limit_overrides(self) -> dict[tuple[str, str], int]:
         async with self._call(), self.redis.pipeline(transaction=False) as pipe:
