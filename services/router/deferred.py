@@ -112,6 +112,8 @@ NOT_FOUND = (
     "recorded), so the line is charged its hold at the batch price when the hold lapses"
 )
 OVER_REPORTED = "the provider reported more usage than the line may be billed"
+# An over-reported line's ledger record: the cost its reported usage came to at its batch price, what its hold capped.
+REPORTED = "reported_cost_usd"
 UNANSWERED = (
     "no result for request id {} in provider batch {!r}, and no provider batch is recorded for the line (it was sent "
     "by a router of the version before): it is charged its hold at the batch price"
@@ -512,7 +514,7 @@ class Deferred:
                 # More than the line could be billed (its prompt, max_tokens written): a false report, and a
                 # charge beyond the hold would pass the budget that admitted it. The operator absorbs the rest, as a
                 # request's charge capped at its hold: counted so.
-                return await self._owe_hold(account, pending, request_id, OVER_REPORTED, reported=(model.name, cost))
+                return await self._owe_hold(account, pending, request_id, OVER_REPORTED, reported=cost)
             response = router_pb2.CompleteResponse(
                 id=request_id,
                 content=reply.content,
@@ -555,7 +557,7 @@ class Deferred:
         was lost (Store.count_once)."""
         counted = await self.store.count_once(account, request_id)
         if counted is not None:
-            metrics.count_charge(counted)
+            _count(counted)
         pico = await self.store.charged_pico(account, request_id)
         if pico is None:
             return line
@@ -581,15 +583,17 @@ class Deferred:
         pending: Pending | None,
         request_id: str,
         why: str,
-        reported: tuple[str, Decimal] | None = None,
+        reported: Decimal | None = None,
     ) -> router_pb2.CollectedLine:
-        """The line charged its hold. `reported`: the model and cost of a report past the hold, capped by the charge."""
+        """The line charged its hold. `reported`: the cost of a report past the hold, capped by the charge."""
         if pending is None:
             return router_pb2.CollectedLine(request_id=request_id, error=why, charged_usd="0")
         charged = format(Decimal(pending.hold_pico) / PICO, "f")
         line = router_pb2.CollectedLine(request_id=request_id, error=why, charged_usd=charged)
         record = _unanswered(pending, charged, "batch_unknown", why)
-        return await self._charge(account, pending, pending.hold_pico, record, line, reported)
+        if reported is not None:  # on record, so whichever collect counts the charge counts it capped (_count)
+            record[REPORTED] = format(reported, "f")
+        return await self._charge(account, pending, pending.hold_pico, record, line)
 
     async def _charge(
         self,
@@ -598,22 +602,19 @@ class Deferred:
         pico: int,
         record: dict[str, Any],
         line: router_pb2.CollectedLine,
-        reported: tuple[str, Decimal] | None = None,
     ) -> router_pb2.CollectedLine:
         """`line`, charged only while its pending charge (read before) is still open: one settled meanwhile (by another
         collect, or by the reconciler as its hold lapsed) is never charged again, even once its charged marker
         (kept for the request id TTL, which may be shorter than the hold) has expired, and is told at that charge.
         Counted in the metrics once, by the collect that takes its count (Store.count_once): this one, once its charge
         returns; else, its reply lost (this collect fails, and its caller collects again), a later collect of the line
-        (_as_charged). A capped charge (`reported`, as _owe_hold) is counted capped by this one alone."""
+        (_as_charged). A capped charge is counted capped by that one, from its record (_owe_hold)."""
         held_account, hold = pending.account_and_hold()
         charge_id = secrets.token_hex(8)  # this charge: its count is this collect's to take
         if await self.store.charge(held_account, hold, pico, record, late=True, charge_id=charge_id):
             # A collect of the line meanwhile may have taken it (it found the line charged): counted there.
             if await self.store.count_once(held_account, hold.request_id, charge_id) is not None:
-                metrics.count_charge(record)
-                if reported is not None:
-                    count_capped(*reported, Decimal(pico) / PICO)
+                _count(record)
             return line
         log.warning("batch line charged before; not charged again", extra={"request_id": hold.request_id})
         return await self._as_charged(account, hold.request_id, line)
@@ -640,6 +641,14 @@ class Deferred:
             outcome=outcome,
             admitted_ts=pending.ts,
         )
+
+
+def _count(record: dict[str, Any]) -> None:
+    """A line's charge in the metrics, from its ledger record: capped at its hold too when a report past the hold is on
+    record (REPORTED), under the model the charge is counted under."""
+    metrics.count_charge(record)
+    if REPORTED in record:
+        count_capped(str(record.get("model", "")), Decimal(record[REPORTED]), Decimal(record["cost_usd"]))
 
 
 def _unanswered(pending: Pending, cost_usd: str, outcome: str, why: str) -> dict[str, Any]:

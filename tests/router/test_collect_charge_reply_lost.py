@@ -23,6 +23,7 @@ from tests.conftest import ledger_records
 from tests.fakes.lossy_proxy import LossyProxy
 from tests.router import test_collect_model as batches
 from tests.router.servicer_kit import NoDeadline, router_servicer
+from tests.router.test_capped_charge_metrics import capped
 from tests.router.test_charge_counted_once import counted
 from tests.router.test_collect_again_tells_charge import EndedBatch
 
@@ -167,3 +168,27 @@ async def test_a_line_collected_by_another_router_while_its_charge_returns_is_co
         await store.close()
     requests, cost = counted("strong")
     assert (requests - before[0], cost - before[1]) == (1, pytest.approx(float(Decimal(line.response.cost_usd))))
+
+
+async def test_a_capped_line_whose_charge_reply_was_lost_is_counted_capped_when_collected_again(
+    tmp_path: Path, proxy: LossyProxy, lossy_store: ChargeReplyLost
+) -> None:
+    try:
+        async with router_servicer(tmp_path, lossy_store, EndedBatch(over_reported=True), batches.REGISTRY) as router:
+            with acting_as(batches.TENANT_CALLER):
+                await router.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[batches.LINE]), NoDeadline())
+                before, capped_before = counted("strong"), capped("strong")
+                lossy_store.proxy = proxy
+                with pytest.raises(ServiceError):
+                    await router.CollectBatch(COLLECT, NoDeadline())
+                (line,) = (await router.CollectBatch(COLLECT, NoDeadline())).lines
+                await router.CollectBatch(COLLECT, NoDeadline())  # and again: counted before
+    finally:
+        await lossy_store.close()
+    hold = Decimal(line.response.cost_usd)  # read again, its answer is told at the charge, its hold
+    priced = batches.REGISTRY.get("strong").at_batch_price()  # type: ignore[union-attr]
+    reported = priced.cost_usd(100, 10 * batches.LINE.max_tokens)  # type: ignore[union-attr]
+    requests, cost = counted("strong")
+    assert (requests - before[0], cost - before[1]) == (1, pytest.approx(float(hold)))
+    charges, absorbed = capped("strong")
+    assert (charges - capped_before[0], absorbed - capped_before[1]) == (1, pytest.approx(float(reported - hold)))
