@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -182,6 +183,9 @@ class RedisStore:
         self._ledger_unacked_from = self.redis.register_script(lua.LEDGER_UNACKED_FROM)
         self._spend_and_given_back = self.redis.register_script(lua.SPEND_AND_GIVEN_BACK)
         self._missing_since: dict[str, float] = {}  # routers seen without a heartbeat, since when (monotonic)
+        # The reconciler's charges not heard back (the store out of reach as it answered), by the record swept: each
+        # sent again, as made (its charge id and record), until its reply arrives (settle_swept).
+        self.unanswered: dict[str, tuple[str, dict[str, Any]]] = {}
         self._last_sweep = float("-inf")  # when the pending charges were last read
 
     @asynccontextmanager
@@ -260,22 +264,47 @@ class RedisStore:
 
     async def settle_swept(self, swept: str) -> bool:
         """The reconciler's charge of a pending charge at its hold (its outcome never known): only while the store
-        still holds this very record, as read by the sweep. True when it was charged."""
+        still holds this very record, as read by the sweep. True when it was charged. Counted in the metrics once,
+        its reply lost too: the charge, named by its charge id, is kept unanswered and sent again, as made, by each
+        reconcile until it is heard back, which the store knows as made before (lua.py, CHARGE)."""
         charge = Pending.from_json(swept)
         account, hold = charge.account_and_hold()
-        # The model its admission recorded beside it: should the charge be settled and the id admitted again before
-        # the script runs, the record swept is gone and nothing is charged, so a model read here is never another's.
-        async with self._call():
-            model = await self.redis.hget(AccountKeys.of(account).models, charge.field)
-        charge = replace(charge, model=_text(model) if model else None)
-        record = reconciled_record(charge)
+        made = self.unanswered.get(swept)
+        if made is None:
+            # The model its admission recorded beside it: should the charge be settled and the id admitted again
+            # before the script runs, the record swept is gone and nothing is charged, so a model read here is never
+            # another's.
+            async with self._call():
+                model = await self.redis.hget(AccountKeys.of(account).models, charge.field)
+            made = secrets.token_hex(8), reconciled_record(replace(charge, model=_text(model) if model else None))
+        charge_id, record = made
         # What it charged, for its router's charge or undo kept in an outbox to give back (give_back): only an
         # admission with a nonce can be told from another of its request id.
         reconciled = Reconciled(hold.nonce, hold.pico, hold.period, record["model"]).value() if hold.nonce else ""
-        settled = await self._settle(account, hold, hold.pico, record, ["1", "", hold.nonce, swept], reconciled)
-        if settled:
+        self.unanswered[swept] = made
+        try:
+            args = ["1", charge_id, hold.nonce, swept]
+            settled = await self._settle(account, hold, hold.pico, record, args, reconciled)
+            counted = await self._reconciled_count(account, hold, charge_id, settled)
+        except StoreUnavailable:
+            raise  # unanswered: sent again
+        except Exception:
+            del self.unanswered[swept]  # answered: its own keys refused it (WRONGTYPE)
+            raise
+        del self.unanswered[swept]
+        if counted:
             metrics.count_charge(record)
         return settled
+
+    async def _reconciled_count(self, account: Account, hold: Hold, charge_id: str, settled: bool) -> bool:
+        """Whether the reconciler's charge is its to count. Another's is a provider batch line's (its charged marker
+        names its batch), which the store keeps uncounted beside the marker, counted by whichever router takes it:
+        this one, or a collect of the line that found it charged (lua.py, COUNT_ONCE). Else its own, when it landed
+        now or, sent again, before (its id in the marker); a batch line of the version before, with no batch
+        recorded, is charged so."""
+        if hold.until and await self.count_once(account, hold.request_id, charge_id) is not None:
+            return True
+        return settled and not (hold.until and await self.charged_batch(account, hold.request_id))
 
     async def _settle(
         self, account: Account, hold: Hold, pico: int, record: dict, only: list[str], reconciled: str = ""
@@ -590,14 +619,15 @@ class RedisStore:
 
     async def reconcile(self, router: str, lease_s: float, stale_s: float) -> int:
         async with _reachable():
+            resent = await self._send_unanswered()
             async with self._calls:  # the reconciler's calls count against the pool as requests' do
                 leased = await self._lease(keys=[LEASE], args=[router, int(lease_s * 1000)])
             if not leased:
                 metrics.RECONCILE_BACKLOG.set(0)  # the lease holder's is the release's
-                return 0
+                return resent
             now = time.monotonic()
             if now - self._last_sweep < lease_s:
-                return 0
+                return resent
             self._last_sweep = now
             records = [record async for record in self._pending()]
             swept = [(record, charge) for record in records if (charge := _readable(record)) is not None]
@@ -606,24 +636,36 @@ class RedisStore:
             self._missing_since = {r: self._missing_since.get(r, now) for r in others if not alive[r]}
             dead = {r for r, since in self._missing_since.items() if now - since >= lease_s}
             stale_before = money_now() - stale_s
-            settled = 0
+            settled = resent
             left = len(records) - len(swept)  # unreadable: no router will ever settle them
             for record, charge in swept:
                 # A provider batch line's is its collector's to settle until its hold lapses.
                 due = charge.until < money_now() if charge.until else charge.router in dead or charge.ts < stale_before
                 if due:
-                    try:
-                        settled += await self.settle_swept(record)  # False: charged or undone since the sweep read it
-                    except StoreUnavailable:
-                        raise
-                    except Exception:  # its own keys' fault (WRONGTYPE): the others are settled all the same
-                        metrics.RECONCILE_FAILURES.inc()  # its hold stays counted against the budget meanwhile
-                        log.exception("pending charge not settled; swept again next round", extra={"record": record})
-                        left += 1
+                    landed = await self._settle_logged(record)  # False: charged or undone since the sweep read it
+                    settled += bool(landed)
+                    left += landed is None
                 elif not charge.until and charge.router in self._missing_since:
                     left += 1  # its router gone, not yet past the grace before it is taken for dead
             metrics.RECONCILE_BACKLOG.set(left)
             return settled
+
+    async def _send_unanswered(self) -> int:
+        """This reconciler's charges whose reply was lost, sent again as made (settle_swept), the lease held or not:
+        another router may hold it by now, and each charge lands once whoever sends it. How many were charged now."""
+        landed = [await self._settle_logged(swept) for swept in list(self.unanswered)]
+        return sum(bool(each) for each in landed)
+
+    async def _settle_logged(self, swept: str) -> bool | None:
+        """settle_swept; None when its own keys refused it (WRONGTYPE), logged: the others are settled all the same."""
+        try:
+            return await self.settle_swept(swept)
+        except StoreUnavailable:
+            raise
+        except Exception:
+            metrics.RECONCILE_FAILURES.inc()  # its hold stays counted against the budget meanwhile
+            log.exception("pending charge not settled; swept again next round", extra={"record": swept})
+            return None
 
     async def _pending(self) -> AsyncIterator[str]:
         """Every pending charge's record, shard by shard, a page a call."""

@@ -1,0 +1,125 @@
+"""The reconciler's charge at a hold is counted in the router's metrics once, also when its reply was lost (the store
+out of reach as it answered: the sweep fails, and the next finds nothing left to settle): the reconciler sends that
+charge again, by its charge id, until it hears back, and counts it then. A provider batch line's, kept uncounted beside
+its charged marker, is counted by whichever of the reconciler and a collect of the line takes it. A real Redis behind a
+proxy that loses the charge's reply."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from llmrouter.redis_connect import connect
+from services.router.store import AccountKeys, Allowance, Hold, RedisStore, StoreUnavailable, period_id
+from tests.conftest import ledger_records
+from tests.fakes.lossy_proxy import LossyProxy
+from tests.router.test_charge_counted_once import counted
+from tests.router.test_collect_model import ACCOUNT
+from tests.waiting import eventually
+
+DAY = period_id("day")
+HOLD_PICO = 6_000_000_000  # $0.006
+LEASE_S = 0.05  # the reconciler sweeps at most once a lease
+
+
+class ReconcileReplyLost(RedisStore):
+    """Once given the proxy, its next charge runs in Redis, but its reply is lost on the way back."""
+
+    proxy: LossyProxy | None = None
+
+    async def _settle(self, *args: Any, **kwargs: Any) -> bool:
+        if self.proxy is not None:
+            self.proxy.lose_next_reply()
+            self.proxy = None
+        return await super()._settle(*args, **kwargs)
+
+
+@pytest.fixture
+async def reconciler(proxy: LossyProxy, redis_url: str) -> AsyncIterator[ReconcileReplyLost]:
+    store = ReconcileReplyLost(proxy.url_for(redis_url))
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def lapsed_line(store: RedisStore, redis_url: str) -> None:
+    """A provider batch line of pbatch-1, admitted by a router that is gone, whose hold has lapsed uncollected."""
+    hold = Hold("line-1", HOLD_PICO, DAY, "gone", "n1", time.time() + 3600)
+    assert (await store.admit(ACCOUNT, Allowance("day"), hold, model="strong")).refused == ""
+    await store.record_provider_batch(ACCOUNT, hold, "pbatch-1")
+    client = connect(redis_url)
+    try:
+        field, pending = json.dumps([ACCOUNT.tenant, "line-1"]), AccountKeys.of(ACCOUNT).pending
+        record = json.loads(await client.hget(pending, field))
+        await client.hset(pending, field, json.dumps({**record, "until": time.time() - 1}))
+    finally:
+        await client.aclose()
+
+
+async def reconciled_once(store: RedisStore, before: tuple[float, float]) -> bool:
+    """Swept again, until the charge is counted."""
+    await store.reconcile("alive", LEASE_S, 0.0)
+    return counted("strong")[0] > before[0]
+
+
+async def heard_back(store: RedisStore) -> bool:
+    """Swept again, until no charge of the reconciler's waits to be heard back."""
+    await store.reconcile("alive", LEASE_S, 0.0)
+    return not store.unanswered
+
+
+async def charged_once(store: RedisStore, request_id: str) -> None:
+    assert await store.spent(ACCOUNT, DAY) == (HOLD_PICO, HOLD_PICO)
+    assert len([r for r in await ledger_records(store.redis) if r["request_id"] == request_id]) == 1
+
+
+async def test_a_reconciled_charge_whose_reply_was_lost_is_counted_once_by_the_next_sweep(
+    proxy: LossyProxy, reconciler: ReconcileReplyLost, redis_store: RedisStore
+) -> None:
+    # Admitted by a router taken for dead (stale_s 0): the reconciler charges its hold.
+    hold = Hold("request-1", HOLD_PICO, DAY, "gone", "n1")
+    assert (await redis_store.admit(ACCOUNT, Allowance("day"), hold, model="strong")).refused == ""
+    before = counted("strong")
+    reconciler.proxy = proxy
+    with pytest.raises(StoreUnavailable):
+        await reconciler.reconcile("alive", LEASE_S, 0.0)
+    await eventually(lambda: reconciled_once(reconciler, before), "the lost reply's charge counted")
+    await eventually(lambda: heard_back(reconciler), "a sweep after it")  # nothing left to send again
+    await charged_once(redis_store, "request-1")
+    requests, cost = counted("strong")
+    assert (requests - before[0], cost - before[1]) == (1, pytest.approx(HOLD_PICO / 1e12))
+
+
+async def test_a_lapsed_line_whose_reconciled_charge_reply_was_lost_is_counted_once(
+    proxy: LossyProxy, reconciler: ReconcileReplyLost, redis_store: RedisStore, redis_url: str
+) -> None:
+    await lapsed_line(redis_store, redis_url)
+    before = counted("strong")
+    reconciler.proxy = proxy
+    with pytest.raises(StoreUnavailable):
+        await reconciler.reconcile("alive", LEASE_S, 0.0)
+    await eventually(lambda: reconciled_once(reconciler, before), "the lost reply's charge counted")
+    assert await redis_store.count_once(ACCOUNT, "line-1") is None  # a collect of the line after it counts nothing
+    await charged_once(redis_store, "line-1")
+    requests, cost = counted("strong")
+    assert (requests - before[0], cost - before[1]) == (1, pytest.approx(HOLD_PICO / 1e12))
+
+
+async def test_a_lapsed_line_collected_after_its_reconciled_charge_reply_was_lost_is_counted_there_alone(
+    proxy: LossyProxy, reconciler: ReconcileReplyLost, redis_store: RedisStore, redis_url: str
+) -> None:
+    await lapsed_line(redis_store, redis_url)
+    reconciler.proxy = proxy
+    with pytest.raises(StoreUnavailable):
+        await reconciler.reconcile("alive", LEASE_S, 0.0)
+    # A collect of the line finds it charged, and takes its count (Deferred._as_charged) before the reconciler hears.
+    assert await redis_store.count_once(ACCOUNT, "line-1") is not None
+    before = counted("strong")
+    await eventually(lambda: heard_back(reconciler), "the reconciler's charge heard back")
+    assert counted("strong") == before
+    await charged_once(redis_store, "line-1")
