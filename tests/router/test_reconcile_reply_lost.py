@@ -15,6 +15,7 @@ import pytest
 
 from llmrouter.redis_connect import connect
 from services.router.store import AccountKeys, Allowance, Hold, RedisStore, StoreUnavailable, period_id
+from services.router.store.keys import LEASE
 from tests.conftest import ledger_records
 from tests.fakes.lossy_proxy import LossyProxy
 from tests.router.test_charge_counted_once import counted
@@ -123,3 +124,26 @@ async def test_a_lapsed_line_collected_after_its_reconciled_charge_reply_was_los
     await eventually(lambda: heard_back(reconciler), "the reconciler's charge heard back")
     assert counted("strong") == before
     await charged_once(redis_store, "line-1")
+
+
+async def test_a_reconciled_charge_whose_reply_was_lost_is_counted_by_its_router_once_another_holds_the_lease(
+    proxy: LossyProxy, reconciler: ReconcileReplyLost, redis_store: RedisStore
+) -> None:
+    hold = Hold("request-1", HOLD_PICO, DAY, "gone", "n1")
+    assert (await redis_store.admit(ACCOUNT, Allowance("day"), hold, model="strong")).refused == ""
+    before = counted("strong")
+    reconciler.proxy = proxy
+    with pytest.raises(StoreUnavailable):
+        await reconciler.reconcile("alive", LEASE_S, 0.0)
+
+    async def leased_elsewhere() -> bool:
+        await redis_store.reconcile("another", 3600.0, 0.0)  # takes the lease once the first one's lapses
+        return await redis_store.redis.get(LEASE) == b"another"
+
+    await eventually(leased_elsewhere, "the lease held by another router")
+    assert counted("strong") == before  # the other router found nothing to settle, and counted nothing
+    await reconciler.reconcile("alive", LEASE_S, 0.0)  # not leased: its own charge sent again, as made, all the same
+    await charged_once(redis_store, "request-1")
+    requests, cost = counted("strong")
+    assert (requests - before[0], cost - before[1]) == (1, pytest.approx(HOLD_PICO / 1e12))
+    assert not reconciler.unanswered
