@@ -34,7 +34,7 @@ from services.ledger.settings import LedgerSettings
 from services.router.settings import RequestIdSettings
 from services.router.store import Account, AccountKeys, RedisStore, lua, money_now, pending_field
 from services.router.store.keys import batches_key, hold_totals_epoch_key, models_key, pending_key, prices_key
-from services.router.store.model import CHARGED_TOTAL, UNDONE
+from services.router.store.model import CHARGED_TOTAL, RECONCILED, UNDONE
 
 # Requests a script call repairs: each call blocks the shard's Redis for its length.
 CHUNK = 100
@@ -81,17 +81,17 @@ class Finding:
 
 def ledger_charges(rows: Iterable[Charge]) -> list[LedgerCharge]:
     """The rows' charges, one per (tenant, request id): summed, named by the last (rows come oldest first), dated by
-    the last charge landing. An undo's give-back (model.py, UNDONE) freed the request id (lua.py, GIVE_BACK): the
-    rows landed before it, the reconciled charge it gave back whole, are no charge of the id, which marked again would
-    refuse the retry of a request never served, and drop that retry's pending charge: served, and never charged."""
+    the last charge landing. An undo's give-back (model.py, UNDONE) freed the request id of its admission (lua.py,
+    GIVE_BACK): it and the reconciled charge it gave back whole are no charge of the id, which marked again would refuse
+    the retry of a request never served, and drop that retry's pending charge: served, and never charged. Another
+    admission's charge of the id (a store that lost one let it in again) stands, landed before it or after: GIVE_BACK
+    keeps the id used for it."""
     found: dict[tuple[str, str], list[Charge]] = {}
     for row in rows:
         found.setdefault((str(row.tenant), str(row.request_id)), []).append(row)
     charges = []
     for (tenant, request_id), each in found.items():
-        undone = [_landed_at(row) for row in each if row.reason == UNDONE and row.cost_pico < 0]
-        freed = max(undone, default=(-1, -1))
-        kept = [row for row in each if _landed_at(row) > freed]
+        kept = _without_undone(each)
         if kept:
             # A give-back (the only row of a negative cost: model.py, given_back_record) lands up to a TTL after the
             # reconciled charge it amends and leaves its markers' TTL as it was (lua.py, GIVE_BACK): it dates nothing.
@@ -99,6 +99,28 @@ def ledger_charges(rows: Iterable[Charge]) -> list[LedgerCharge]:
             pico = sum(int(row.cost_pico) for row in kept)
             charges.append(LedgerCharge(tenant, request_id, str(kept[-1].key_id), pico, landed_ms))
     return charges
+
+
+def _without_undone(rows: list[Charge]) -> list[Charge]:
+    """One request id's rows less each undo's give-back and the reconciled charge it gave back: the last of that
+    amount landed before it (by ledger entry order) not given back already. Rows name no admission; the reconciled
+    charge an undo gives back is its hold, whole. One whose charge is before the rows read is dropped alone."""
+    dropped: set[int] = set()
+    for i, row in sorted(enumerate(rows), key=lambda each: _landed_at(each[1])):
+        if row.reason != UNDONE or row.cost_pico >= 0:
+            continue
+        dropped.add(i)
+        amended = [
+            j
+            for j, charge in enumerate(rows)
+            if j not in dropped
+            and charge.reason == RECONCILED
+            and int(charge.cost_pico) == -int(row.cost_pico)
+            and _landed_at(charge) < _landed_at(row)
+        ]
+        if amended:
+            dropped.add(max(amended, key=lambda j: _landed_at(rows[j])))
+    return [row for i, row in enumerate(rows) if i not in dropped]
 
 
 def landed(row: Charge) -> int:

@@ -373,3 +373,32 @@ async def test_a_request_whose_undo_gave_its_reconciled_hold_back_is_no_charge_t
     assert await money_check.main(["ledger-charges", "--repair"]) == 0
     told = capsys.readouterr().err
     assert "forgotten: tenant 'acme' request 'undone', charged 250 pico-USD by the SQL ledger" in told
+
+
+async def test_an_undo_giving_back_its_reconciled_hold_leaves_another_admissions_charge_of_the_id(
+    store: RedisStore, client: redis.Redis, dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A store that lost an admission let its id in again, and both were charged: the served one by its router, the
+    other at its hold by the reconciler, then given back whole by its undo (lua.py, GIVE_BACK, which keeps the id used
+    for the served one). The undo's give-back takes back its own admission's charge only: the served one's charge, on
+    the ledger before it, is still the id's, and a store that forgot it is told it, or the caller's retry is served and
+    charged again."""
+    snapshot = await backup(client)
+    served = await admit(store, ACME_K1, "let-in-twice", 300)
+    await restore(client, snapshot)  # a failover that lost that admission: its router serves it all the same
+    undone = Hold("let-in-twice", 400, period_id("day"), "router-cut-off", uuid.uuid4().hex)
+    assert (await store.admit(ACME_K1, ALLOW, undone)).refused == ""
+    await eventually(lambda: store.reconcile("router-alive", 0.2, 0), "the admission reconciled at its hold")
+    assert await charge(store, ACME_K1, served, 250)
+    assert not await undo_or_give_back(store, ACME_K1, undone)
+    assert await store.charged_pico(ACME_K1, "let-in-twice") == 250
+    await copy_to_sql(client, dsn)
+    keys = AccountKeys.of(ACME_K1)
+    await client.delete(keys.charged("let-in-twice"), keys.used("let-in-twice"))  # forgotten (a restore)
+    capsys.readouterr()
+
+    assert await money_check.main(["ledger-charges", "--repair"]) == 0
+    told = capsys.readouterr().err
+    assert "forgotten: tenant 'acme' request 'let-in-twice', charged 250 pico-USD by the SQL ledger" in told
+    retry = await store.admit(ACME_K1, ALLOW, Hold("let-in-twice", 300, period_id("day"), "router-1", "0e"))
+    assert (retry.refused, retry.charged) == ("duplicate", 250)
