@@ -12,13 +12,16 @@ import asyncio
 import re
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
+from redis.exceptions import ResponseError
 
 from llmrouter.redis_connect import connect
 from services.router.outbox import undo_or_give_back
 from services.router.store import Account, AccountKeys, Allowance, Hold, RedisStore, period_id
+from services.router.store.clock import money_now
 from tests.conftest import ledger_records
 from tests.waiting import eventually
 
@@ -155,3 +158,43 @@ async def test_an_undo_landing_after_the_reconciler_keeps_another_admissions_cha
     assert await markers(direct, first.request_id) == (True, b"1:c:other 1::pico=500")
     refused = await store.admit(ACCOUNT, Allowance("day"), admission_of(first.request_id))
     assert (refused.refused, refused.charged) == ("duplicate", 500)
+
+
+async def test_a_batch_lines_undo_landing_after_its_hold_lapsed_and_was_charged_frees_the_request_id(
+    money: tuple[RedisStore, RedisStore, Any],
+) -> None:
+    """A provider batch line's marker names its batch, no admission ('batch:<id> 1::pico=<n>'): it is its one
+    admission's, and goes whole with that admission's give-back."""
+    store, _, direct = money
+    line = replace(admission_of(f"r-{uuid.uuid4().hex}"), until=money_now() + 1)
+    assert await admitted(store, line) == ""
+    await eventually(lambda: store.reconcile("router-alive", 0.2, 0), "the line's lapsed hold charged")
+    assert (await direct.get(KEYS.charged(line.request_id))).startswith(b"batch:")
+    assert not await undo_or_give_back(store, ACCOUNT, line)
+    assert await store.spent(ACCOUNT, DAY) == (0, 0)
+    assert await markers(direct, line.request_id) == (False, None)
+    assert await admitted(store, admission_of(line.request_id)) == ""
+
+
+async def test_an_undos_give_back_meeting_a_pending_charges_hash_of_another_type_changes_nothing(
+    money: tuple[RedisStore, RedisStore, Any],
+) -> None:
+    """Refused before any write: failing at its read of the pending charges, it left the marker deleted and the hold
+    not given back."""
+    store, _, direct = money
+    first = admission_of(f"r-{uuid.uuid4().hex}")
+    await reconciled(store, first)
+    before = await markers(direct, first.request_id)
+    kept = f"{KEYS.pending}:kept"  # the shard's, in its slot: put back after
+    if await direct.exists(KEYS.pending):
+        await direct.rename(KEYS.pending, kept)
+    await direct.set(KEYS.pending, "hand-edited")
+    try:
+        with pytest.raises(ResponseError, match="WRONGTYPE"):
+            await store.give_back(ACCOUNT, first, None)
+        assert await markers(direct, first.request_id) == before
+        assert await store.spent(ACCOUNT, DAY) == (HOLD_PICO, HOLD_PICO)
+    finally:
+        await direct.delete(KEYS.pending)
+        if await direct.exists(kept):
+            await direct.rename(kept, KEYS.pending)
