@@ -402,3 +402,26 @@ async def test_an_undo_giving_back_its_reconciled_hold_leaves_another_admissions
     assert "forgotten: tenant 'acme' request 'let-in-twice', charged 250 pico-USD by the SQL ledger" in told
     retry = await store.admit(ACME_K1, ALLOW, Hold("let-in-twice", 300, period_id("day"), "router-1", "0e"))
     assert (retry.refused, retry.charged) == ("duplicate", 250)
+
+
+async def test_a_retry_reconciled_at_the_hold_its_undone_admission_had_is_marked_from_its_own_charge(
+    store: RedisStore, client: redis.Redis, dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An undo's give-back takes back the reconciled charge landed before it, never the retry's landed after, of the
+    same hold: the id is marked charged until the TTL after the retry's charge, as that charge marked it."""
+    undone = Hold("held-alike", 400, period_id("day"), "router-cut-off", uuid.uuid4().hex)
+    assert (await store.admit(ACME_K1, ALLOW, undone)).refused == ""
+    await eventually(lambda: store.reconcile("router-alive", 0.2, 0), "the admission reconciled at its hold")
+    assert not await undo_or_give_back(store, ACME_K1, undone)
+    retry = Hold("held-alike", 400, period_id("day"), "router-cut-off", uuid.uuid4().hex)
+    assert (await store.admit(ACME_K1, ALLOW, retry)).refused == ""  # its router dies too
+    await eventually(lambda: store.reconcile("router-alive", 0.2, 0), "the retry reconciled at its hold")
+    keys = AccountKeys.of(ACME_K1)
+    marked_until = await client.pexpiretime(keys.charged("held-alike"))
+    await copy_to_sql(client, dsn)
+    await client.delete(keys.charged("held-alike"), keys.used("held-alike"))  # forgotten (a restore)
+    capsys.readouterr()
+
+    assert await money_check.main(["ledger-charges", "--repair"]) == 0
+    assert "forgotten: tenant 'acme' request 'held-alike', charged 400 pico-USD" in capsys.readouterr().err
+    assert await client.pexpiretime(keys.charged("held-alike")) == pytest.approx(marked_until, abs=5)
