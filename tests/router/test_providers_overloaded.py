@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from llmrouter.errors import OVERLOADED, ServiceError
@@ -147,22 +150,47 @@ async def test_a_batch_whose_creation_the_providers_refused_is_withdrawn_not_hel
     assert await redis_store.pending_charge(ACCOUNT, line.request_id) is None
 
 
-class RateLimitedBatches(BatchProvider):
-    """Its upstream's rate limit refuses a SubmitBatch: RESOURCE_EXHAUSTED too, but from a handler, after work."""
+class RefusedAfterWork(BatchProvider):
+    """A SubmitBatch refused from a handler, after work (an upload may have been made), with a RESOURCE_EXHAUSTED or
+    an OVERLOADED that is not the providers' own refusal at their limit: `refusal` aborts the call."""
+
+    def __init__(self, refusal: Callable[[Any], Awaitable[None]]) -> None:
+        self.refusal = refusal
 
     async def SubmitBatch(self, request: Any, context: Any) -> provider_pb2.SubmitBatchResponse:
-        raise ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, "UPSTREAM_RATE_LIMITED", "the provider rate limits")
+        await self.refusal(context)
+        raise AssertionError("the refusal did not end the call")
 
 
-async def test_a_batch_refused_by_an_upstream_rate_limit_is_not_taken_as_overload(
-    tmp_path: Path, redis_store: RedisStore
+async def upstream_rate_limit(context: Any) -> None:
+    raise ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, "UPSTREAM_RATE_LIMITED", "the provider rate limits")
+
+
+async def overloaded_in_another_domain(context: Any) -> None:
+    """OVERLOADED in an ErrorInfo not of our domain (a proxy's, or one a body quoted): not our refusal unread."""
+    info = any_pb2.Any()
+    info.Pack(error_details_pb2.ErrorInfo(reason=OVERLOADED, domain="upstream.example", metadata={"service": "x"}))
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    status = status_pb2.Status(code=code.value[0], message="busy", details=[info])
+    await context.abort(code, "busy", (("grpc-status-details-bin", status.SerializeToString()),))
+
+
+async def overloaded_under_another_code(context: Any) -> None:
+    """Our OVERLOADED reason under a code the interceptor never refuses with: not its refusal before any work."""
+    raise ServiceError(grpc.StatusCode.UNAVAILABLE, OVERLOADED, "the upstream is overloaded", {"service": "providers"})
+
+
+@pytest.mark.parametrize("refusal", [upstream_rate_limit, overloaded_in_another_domain, overloaded_under_another_code])
+async def test_a_batch_refused_after_work_is_not_taken_as_overload(
+    tmp_path: Path, redis_store: RedisStore, refusal: Callable[[Any], Awaitable[None]]
 ) -> None:
-    """Only the providers' OVERLOADED is a call that set off nothing: any other RESOURCE_EXHAUSTED may follow an
-    upload, so the line's hold stays, its outcome unknown (services/router/deferred.py)."""
+    """Only the providers' OVERLOADED (RESOURCE_EXHAUSTED, our domain) is a call that set off nothing: any other
+    RESOURCE_EXHAUSTED or OVERLOADED may follow an upload, so the line's hold stays, its outcome unknown
+    (services/router/deferred.py)."""
     settings = GrpcServiceSettings(port=0, auth="none")
     add = provider_pb2_grpc.add_ProviderServicer_to_server
     providers = await start_server(
-        "providers", settings, {"llmrouter.v1.Provider": lambda s: add(RateLimitedBatches(), s)}
+        "providers", settings, {"llmrouter.v1.Provider": lambda s: add(RefusedAfterWork(refusal), s)}
     )
     try:
         async with (
