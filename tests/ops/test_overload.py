@@ -17,15 +17,16 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import ValidationError
 
-from llmrouter.errors import DOMAIN, OVERLOADED
+from llmrouter.errors import DOMAIN, OVERLOADED, invalid
 from llmrouter.overload import GRPC_PENDING_CALLS
 from llmrouter.server import RunningServer, start_server
 from llmrouter.settings import GrpcServiceSettings
 from llmrouter.v1 import common_pb2, operator_pb2, operator_pb2_grpc, provider_pb2, provider_pb2_grpc
-from tests.waiting import rpcs_ended
+from tests.waiting import eventually, rpcs_ended
 
 SERVICE = "overload-test"
 LIMIT = 3
+FAILING = "failing"  # a model whose handlers fail at once
 
 
 class Held(provider_pb2_grpc.ProviderServicer):
@@ -39,11 +40,15 @@ class Held(provider_pb2_grpc.ProviderServicer):
         self.stream_ends: dict[str, asyncio.Event] = {}
 
     async def Generate(self, request: Any, context: Any) -> provider_pb2.GenerateResponse:
+        if request.model == FAILING:
+            raise invalid("refused by its handler", "model")
         await self._arrive()
         await self.release.wait()
         return provider_pb2.GenerateResponse(content="done")
 
     async def GenerateStream(self, request: Any, context: Any) -> AsyncIterator[provider_pb2.GenerateChunk]:
+        if request.model == FAILING:
+            raise invalid("refused by its handler", "model")
         end = self.stream_ends.setdefault(request.model, asyncio.Event())
         await self._arrive()
         yield provider_pb2.GenerateChunk(delta="first")
@@ -154,11 +159,48 @@ async def test_a_unary_call_holds_its_place_until_it_answers() -> None:
         await asyncio.gather(*calls)
 
 
+async def test_calls_that_fail_or_whose_callers_leave_give_their_places_back() -> None:
+    """A place is given back however a call ends: its handler failing, or its caller leaving mid-call (a unary call
+    waiting on its handler, a stream past its first chunk). After the limit's worth of each, the limit's worth of calls
+    is admitted still: one place kept by any of them would have the last refused."""
+    held = Held()
+    async with served(held) as channel:
+        stub = provider_pb2_grpc.ProviderStub(channel)
+        for _ in range(LIMIT):
+            failed = await _failure(stub.Generate(ask(FAILING), timeout=5))
+            assert failed.code() == grpc.StatusCode.INVALID_ARGUMENT, failed
+            with pytest.raises(grpc.aio.AioRpcError) as stream_failed:
+                await _read_all(stub.GenerateStream(ask(FAILING), timeout=5))
+            assert stream_failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+        left_before = rpcs_ended(SERVICE, "Generate", "CANCELLED"), rpcs_ended(SERVICE, "GenerateStream", "CANCELLED")
+        unary = [stub.Generate(ask(), timeout=20) for _ in range(LIMIT)]
+        await held.reached_at_least(LIMIT)
+        for call in unary:
+            call.cancel()
+        streams = [stub.GenerateStream(ask(f"left{i}"), timeout=20) for i in range(LIMIT)]
+        for stream in streams:
+            assert (await stream.read()).delta == "first"
+            stream.cancel()
+        await eventually(
+            lambda: (
+                (rpcs_ended(SERVICE, "Generate", "CANCELLED"), rpcs_ended(SERVICE, "GenerateStream", "CANCELLED"))
+                == (left_before[0] + LIMIT, left_before[1] + LIMIT)
+            ),
+            "the server saw every caller leave",
+        )
+
+        probes = [stub.GenerateStream(ask(f"probe{i}"), timeout=20) for i in range(LIMIT)]
+        for probe in probes:
+            assert (await probe.read()).delta == "first", "a place was kept by a call that ended"
+        assert_refused_overloaded(await _failure(stub.Generate(ask(), timeout=5)))
+
+
 async def _read_all(call: Any) -> list[Any]:
     return [chunk async for chunk in call]
 
 
-async def _failure(call: Any) -> BaseException:
+async def _failure(call: Any) -> grpc.aio.AioRpcError:
     try:
         await call
     except grpc.aio.AioRpcError as error:
