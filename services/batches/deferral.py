@@ -49,6 +49,13 @@ UNKNOWN = "provider_batch_outcome_unknown"  # the error file's code of a line ch
 OFFER_IN_DOUBT = "offer_in_doubt"
 
 
+def refused_unread(error: ServiceError) -> bool:
+    """The router itself refused the call at its limit of calls in flight, before reading it: it admitted nothing. Not
+    the providers' such refusal, which the router passes on once it has admitted the request (metadata["service"]
+    names who refused)."""
+    return error.overloaded and error.metadata.get("service") == "router"
+
+
 class Deferral:
     def __init__(
         self, store: Store, router: router_pb2_grpc.RouterStub, poll_s: float, max_file_bytes: int = 100 * 1024 * 1024
@@ -83,7 +90,8 @@ class Deferral:
                 if err.code() == grpc.StatusCode.UNIMPLEMENTED:  # a router from before provider batches
                     break
                 log.warning("batch lines not offered to provider batches", extra={"id": batch_id, "error": str(err)})
-                if ServiceError.from_rpc_error(err).never_connected and not doubted:
+                refused = ServiceError.from_rpc_error(err)
+                if (refused.never_connected or refused_unread(refused)) and not doubted:
                     # The router admitted none of this call's lines, and the earlier calls' replies were recorded.
                     await self.store.drop(batch_key(batch_id), OFFER_IN_DOUBT)
                 return None

@@ -62,7 +62,7 @@ from llmrouter.errors import ServiceError
 from llmrouter.tasks import stop as stop_task
 from llmrouter.v1 import router_pb2_grpc
 from services.batches import results, unparsed, wire
-from services.batches.deferral import OFFER_IN_DOUBT, Deferral, without_large_logprobs
+from services.batches.deferral import OFFER_IN_DOUBT, Deferral, refused_unread, without_large_logprobs
 from services.batches.pending import Pending
 from services.batches.store import (
     ENDED,
@@ -643,10 +643,8 @@ def not_admitted(error: ServiceError) -> bool:
     id may be sent again. A call without the router's ErrorInfo that it never answered is the router itself
     unreachable, or stopping (a restart) and dropping the call unserved; with the ErrorInfo (reason
     UPSTREAM_ERROR: the router's own call to the providers broke), the request was admitted. So is a call the router
-    refused at its limit of calls in flight, before reading it; not the providers' such refusal, which the router passes
-    on once it has admitted the request (metadata["service"] names who refused)."""
-    refused_unread = error.overloaded and error.metadata.get("service") == "router"
-    return error.unanswered or refused_unread or error.reason in ("STORE_UNAVAILABLE", "RATE_LIMITED")
+    refused at its limit of calls in flight, before reading it (refused_unread)."""
+    return error.unanswered or refused_unread(error) or error.reason in ("STORE_UNAVAILABLE", "RATE_LIMITED")
 
 
 def _seconds(text: str) -> float | None:

@@ -18,10 +18,14 @@ from llmrouter.errors import ServiceError
 from llmrouter.server import start_server
 from llmrouter.settings import GrpcServiceSettings
 from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
+from services.batches.deferral import OFFER_IN_DOUBT, Deferral
 from services.batches.runner import not_admitted
+from services.batches.store import MemoryStore as BatchStore
+from services.batches.store import batch_key
 from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
 from tests.integration.conftest import free_port, served_edge
+from tests.router.test_resubmitted_batch_lines import BATCH, BATCH_ID, LINES
 
 KEY = "sk-caller"
 CHAT = {"model": "cheap", "messages": [{"role": "user", "content": "hi"}]}
@@ -98,3 +102,23 @@ async def test_a_batch_line_the_router_refused_overloaded_is_sent_again() -> Non
         router.release.set()
         await held
     assert refused.overloaded and not_admitted(refused), (refused.code, refused.reason, refused.metadata)
+
+
+async def test_an_offer_the_router_refused_overloaded_is_not_left_in_doubt() -> None:
+    """A SubmitBatch the router refused at its limit admitted none of its lines, as one that never connected: the
+    batch is not marked as having an offer whose reply was lost (which would hold a cancel back until its back-off
+    ends, and have it ask the router, FindDeferred, about lines it never read)."""
+    router = HeldRouter()
+    files = BatchStore()
+    async with (
+        router_with_one_place(router) as router_addr,
+        grpc.aio.insecure_channel(router_addr) as channel,
+    ):
+        stub = router_pb2_grpc.RouterStub(channel)
+        held = asyncio.ensure_future(stub.Complete(router_pb2.CompleteRequest(), timeout=20))
+        await asyncio.wait_for(router.reached.wait(), 20)
+        offered = await Deferral(files, stub, poll_s=0.1).offer(BATCH_ID, dict(BATCH), LINES, set())
+        router.release.set()
+        await held
+    assert offered is None  # resumed later
+    assert OFFER_IN_DOUBT not in await files.get(batch_key(BATCH_ID))
