@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from abc import abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
@@ -58,28 +59,44 @@ def _parse(parse: Parser, raw: bytes) -> Any:
         raise invalid(f"malformed request message: {exc}") from None
 
 
-class ServiceInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, service: str, authenticator: Authenticator) -> None:
-        self.service = service
-        self.authenticator = authenticator
-        self._inflight = INFLIGHT.labels(service)
-        # Wrapped handlers per method path: grpc asks for a handler on every call, and building one (closures,
-        # metric children) cost more than the lookup. A server's methods are fixed once it serves.
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable["grpc.RpcMethodHandler[Any, Any] | None"]]
+
+
+class WrappingInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps each method's handler once, but those of the `exempt` method path prefixes: grpc asks for a handler on
+    every call, and building one (closures, metric children) cost more than the lookup. A server's methods are fixed
+    once it serves."""
+
+    exempt: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
         self._handlers: dict[str, grpc.RpcMethodHandler | None] = {}
 
     async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
-        details: grpc.HandlerCallDetails,
+        self, continuation: Continuation, details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler | None:
         if details.method in self._handlers:
             return self._handlers[details.method]
         handler = await continuation(details)
-        if handler is None or details.method.startswith(_UNMEASURED):
+        if handler is None or details.method.startswith(self.exempt):
             return handler
         wrapped = self._wrap(details.method.rsplit("/", 1)[-1], handler)
         self._handlers[details.method] = wrapped
         return wrapped
+
+    @abstractmethod
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler | None:
+        """The handler to serve `method` (its name, not its path) with in place of `handler`."""
+
+
+class ServiceInterceptor(WrappingInterceptor):
+    exempt = _UNMEASURED
+
+    def __init__(self, service: str, authenticator: Authenticator) -> None:
+        super().__init__()
+        self.service = service
+        self.authenticator = authenticator
+        self._inflight = INFLIGHT.labels(service)
 
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler | None:
         # Requests arrive as bytes and are parsed inside the guard, so a malformed message (invalid UTF-8 in

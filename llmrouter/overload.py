@@ -14,7 +14,7 @@ from typing import Any, cast
 import grpc
 
 from llmrouter.errors import overloaded
-from llmrouter.interceptors import RPCS
+from llmrouter.interceptors import RPCS, WrappingInterceptor
 from llmrouter.v1 import operator_pb2
 
 # gRPC's queue of calls received but given to no handler yet (its default, set explicitly in llmrouter.server).
@@ -24,27 +24,15 @@ RETRY_DELAY_S = 1
 OPERATOR = operator_pb2.DESCRIPTOR.services_by_name["Operator"].full_name
 NEVER_REFUSED = ("/grpc.health.", "/grpc.reflection.", f"/{OPERATOR}/")
 
-Continuation = Callable[[grpc.HandlerCallDetails], Awaitable["grpc.RpcMethodHandler[Any, Any] | None"]]
 
+class OverloadInterceptor(WrappingInterceptor):
+    exempt = NEVER_REFUSED
 
-class OverloadInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, service: str, limit: int) -> None:
+        super().__init__()
         self.service = service
         self.limit = limit
         self.inflight = 0  # one event loop serves every call: counted without a lock
-        self._handlers: dict[str, grpc.RpcMethodHandler | None] = {}  # per method path, as ServiceInterceptor's
-
-    async def intercept_service(
-        self, continuation: Continuation, details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler | None:
-        if details.method in self._handlers:
-            return self._handlers[details.method]
-        handler = await continuation(details)
-        if handler is None or details.method.startswith(NEVER_REFUSED):
-            return handler
-        wrapped = self._wrap(details.method.rsplit("/", 1)[-1], handler)
-        self._handlers[details.method] = wrapped
-        return wrapped
 
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         kinds = {
