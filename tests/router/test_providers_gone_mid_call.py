@@ -11,7 +11,9 @@ import signal
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
+import grpc
 import pytest
 from pydantic import SecretStr
 
@@ -41,6 +43,36 @@ async def holding_providers() -> AsyncIterator[tuple[asyncio.subprocess.Process,
         await process.wait()
 
 
+async def gone(process: asyncio.subprocess.Process, channel: grpc.aio.Channel) -> None:
+    """Returns once the providers' process is reaped (its sockets closed with it) and the channel has left the
+    connection to it: a call made now finds no server to connect to."""
+    await process.wait()
+    state = channel.get_state()
+    while state is grpc.ChannelConnectivity.READY:
+        await channel.wait_for_state_change(state)
+        state = channel.get_state()
+
+
+def fallback_once_gone(
+    stub: provider_pb2_grpc.ProviderStub, process: asyncio.subprocess.Process, channel: grpc.aio.Channel
+) -> provider_pb2_grpc.ProviderStub:
+    """The stub, its unary fallback held until the providers are gone. Made at once, gRPC may write it to the dying
+    connection (the channel still READY after the first call's "Socket closed"), failing it "Stream removed (sendmsg:
+    Broken pipe)": the transport's words for every call on it, the one whose handler ran among them, so rightly owed
+    its worst case. A streamed fallback needs no wait: failed before the word to send, it is owed nothing."""
+    first_call, calls = stub.Generate, 0
+
+    async def generate(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            await gone(process, channel)
+        return await first_call(*args, **kwargs)
+
+    stub.Generate = generate
+    return stub
+
+
 @pytest.mark.parametrize("ends", [signal.SIGKILL, signal.SIGTERM])
 @pytest.mark.parametrize("streamed", [False, True])
 async def test_a_providers_process_gone_mid_call_is_owed_the_attempts_worst_case(
@@ -51,7 +83,7 @@ async def test_a_providers_process_gone_mid_call_is_owed_the_attempts_worst_case
     await gate.admit(r)
     async with holding_providers() as (process, port):
         channel = open_channel(f"127.0.0.1:{port}", ServiceSettings(call_token=SecretStr("a-token")))
-        serving = Serving(provider_pb2_grpc.ProviderStub(channel), gate)
+        serving = Serving(fallback_once_gone(provider_pb2_grpc.ProviderStub(channel), process, channel), gate)
 
         async def serve() -> None:
             if streamed:
