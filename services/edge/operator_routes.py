@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from llmrouter.v1 import operator_pb2, operator_pb2_grpc, router_pb2_grpc
+from llmrouter.validation import DECIMAL
 from services.edge import router_headers
 from services.edge.given_once import single
 from services.edge.off_loop import parse_off_loop
@@ -36,17 +37,21 @@ def instant(params: QueryParams, name: str) -> float:
     text = single(params, name) or ""
     if not text:
         return 0.0
-    try:
-        value = float(text)
-    except ValueError:
+    refusal = ApiError(400, f"{name} must be Unix seconds or a UTC date YYYY-MM-DD", param=name)
+    # ASCII, and a number as JSON writes one: float() also takes `1_700_000_000`, Unicode digits (an Arabic-Indic
+    # one is 1) and blanks around it, and strptime's %Y Unicode digits, each read as a bound the caller did not write.
+    if not text.isascii():
+        raise refusal
+    if not DECIMAL.fullmatch(text):
         for layout in ("%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%SZ"):
             try:
                 return float(calendar.timegm(time.strptime(text, layout)))
             except ValueError:
                 pass
-        raise ApiError(400, f"{name} must be Unix seconds or a UTC date YYYY-MM-DD", param=name) from None
+        raise refusal
+    value = float(text)
     if not 0 <= value < 1e11:
-        raise ApiError(400, f"{name} must be Unix seconds or a UTC date YYYY-MM-DD", param=name)
+        raise refusal
     return value
 
 

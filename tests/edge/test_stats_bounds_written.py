@@ -1,0 +1,54 @@
+"""GET /v1/router/stats's `since` and `until` are Unix seconds as JSON writes a number, or a UTC date: anything else is
+a 400 naming the parameter. float() took `1_700_000_000`, Arabic-Indic digits and blanks around the number, and
+strptime's %Y Unicode digits, each served as a bound its caller did not write. The real edge; its router out of reach,
+so a bound it takes is a 503 (the stats were asked for) and one it refuses a 400 before any call."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from services.edge.keys import key_line
+from services.edge.settings import EdgeSettings
+from tests.integration.conftest import free_port, served_edge
+
+KEY = "sk-stats-reader"
+NOT_AS_WRITTEN = [
+    "1_700_000_000",
+    "\u0661\u0667\u0660\u0660\u0660\u0660\u0660\u0660\u0660\u0660",  # 1700000000 in Arabic-Indic digits
+    " 1700000000",
+    "1700000000\t",
+    "\u0662\u0660\u0662\u0666-12-05",  # a date whose year is in Arabic-Indic digits
+]
+TAKEN = ["1700000000", "1.7e9", "1700000000.5", "2026-12-05", "2026-12-05T00:00:00Z"]
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    settings = EdgeSettings(
+        port=free_port(),
+        router_addr="127.0.0.1:1",
+        access_log="off",
+        metrics_port=0,
+        api_keys=SecretStr(key_line("reader", KEY)),
+    )
+    headers = {"authorization": f"Bearer {KEY}"}
+    async with served_edge(settings) as base, httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as client:
+        yield client
+
+
+@pytest.mark.parametrize("name", ["since", "until"])
+async def test_a_bound_not_written_as_a_number_or_date_is_a_400_naming_it(http: httpx.AsyncClient, name: str) -> None:
+    found = {}
+    for text in NOT_AS_WRITTEN:
+        reply = await http.get("/router/stats", params={name: text})
+        found[text] = (reply.status_code, reply.json()["error"]["param"])
+    assert found == dict.fromkeys(NOT_AS_WRITTEN, (400, name))
+
+
+async def test_a_bound_written_as_a_number_or_date_is_asked_of_the_router(http: httpx.AsyncClient) -> None:
+    statuses = {text: (await http.get("/router/stats", params={"since": text})).status_code for text in TAKEN}
+    assert statuses == dict.fromkeys(TAKEN, 503)
