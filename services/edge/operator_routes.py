@@ -105,6 +105,13 @@ class OperatorRoutes:
         if request.method == "PUT":
             # strict: deep nesting is a 400, not a 500
             body = await parse_off_loop(await self.edge.read_body(request), decode_json)
+            # A field beside limit_usd sets nothing: ignored, a misspelt or hoped-for one (`limt_usd`, a `period`)
+            # answered 200 while the budget the admin believed set was not.
+            unknown = sorted(set(body) - {"limit_usd"}) if isinstance(body, dict) else []
+            if unknown:
+                shown = unknown[0][:64]
+                told = f"unrecognized request argument: {shown!r} (a budget takes limit_usd alone)"
+                raise ApiError(400, told, param=shown, code="unknown_parameter")
             limit = body.get("limit_usd") if isinstance(body, dict) else None
             if not isinstance(limit, str) or not limit:
                 raise ApiError(400, "limit_usd must be a decimal string of USD", param="limit_usd")

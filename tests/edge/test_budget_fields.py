@@ -1,0 +1,53 @@
+"""PUT /v1/router/budgets/{scope}/{name} takes limit_usd alone: any other field is a 400 naming it, before the router is
+asked. Ignored, a misspelt limit (`limt_usd` beside an old `limit_usd`) or a field hoped to set something (a `period`)
+was answered 200, the budget set otherwise than its admin believed. The real edge; its router out of reach, so a body
+it takes is a 503 (the router was asked) and one it refuses a 400 before any call."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from services.edge.keys import key_line
+from services.edge.settings import EdgeSettings
+from tests.integration.conftest import free_port, served_edge
+
+ADMIN_KEY = "sk-budget-admin"
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    settings = EdgeSettings(
+        port=free_port(),
+        router_addr="127.0.0.1:1",
+        access_log="off",
+        metrics_port=0,
+        api_keys=SecretStr(key_line("ops", ADMIN_KEY) + " admin"),
+    )
+    headers = {"authorization": f"Bearer {ADMIN_KEY}"}
+    async with served_edge(settings) as base, httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as client:
+        yield client
+
+
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        ({"limit_usd": "5", "period": "month"}, "period"),
+        ({"limit_usd": "5", "limt_usd": "0.5"}, "limt_usd"),
+        ({"limit_usd": "5", "tenant": "acme", "alert": "80%"}, "alert"),  # the first in order of names
+    ],
+)
+async def test_a_field_beside_limit_usd_is_a_400_naming_it(
+    http: httpx.AsyncClient, body: dict[str, str], named: str
+) -> None:
+    reply = await http.put("/router/budgets/tenant/acme", json=body)
+    error = reply.json()["error"]
+    assert (reply.status_code, error["param"], error["code"]) == (400, named, "unknown_parameter"), error
+
+
+async def test_limit_usd_alone_is_asked_of_the_router(http: httpx.AsyncClient) -> None:
+    reply = await http.put("/router/budgets/tenant/acme", json={"limit_usd": "5"})
+    assert reply.status_code == 503
