@@ -26,6 +26,7 @@ from services.edge.off_loop import parse_off_loop
 from services.edge.openai_api import ApiError, check_encoded_size, decode_json, parse_request
 
 GROUPINGS = ("", "model", "tenant", "day")
+STATS_PARAMETERS = ("since", "until", "group_by")
 
 
 def as_json(message: Any) -> dict[str, Any]:
@@ -79,6 +80,13 @@ class OperatorRoutes:
     async def stats(self, request: Request) -> Response:
         tenant, key = self.edge.caller(request)
         admin = self.edge.keys.is_admin(key)
+        # Ignored, a misspelt bound (`untill`) or grouping (`groupby`) answered 200 with stats of another window or
+        # shape than its caller believed it had asked for.
+        unknown = sorted(set(request.query_params) - set(STATS_PARAMETERS))
+        if unknown:
+            shown = unknown[0][:64]
+            told = f"unknown query parameter {shown!r}: stats take {', '.join(STATS_PARAMETERS)}"
+            raise ApiError(400, told, param=shown, code="unknown_parameter")
         group_by = single(request.query_params, "group_by") or ""
         if group_by not in GROUPINGS:
             raise ApiError(400, "group_by must be model, tenant or day", param="group_by")

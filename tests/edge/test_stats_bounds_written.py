@@ -1,7 +1,9 @@
 """GET /v1/router/stats's `since` and `until` are Unix seconds as JSON writes a number, or a UTC date: anything else is
-a 400 naming the parameter. float() took `1_700_000_000`, Arabic-Indic digits and blanks around the number, and
-strptime's %Y Unicode digits, each served as a bound its caller did not write. The real edge; its router out of reach,
-so a bound it takes is a 503 (the stats were asked for) and one it refuses a 400 before any call."""
+a 400 naming the parameter, and so is a query parameter it does not take (a misspelt `untill` or `groupby`, ignored,
+answered the stats of another window or shape). float() took `1_700_000_000`, Arabic-Indic digits and blanks around
+the number, and strptime's %Y Unicode digits, each served as a bound its caller did not write. The real edge; its
+router out of reach, so a bound it takes is a 503 (the stats were asked for) and one it refuses a 400 before any
+call."""
 
 from __future__ import annotations
 
@@ -52,3 +54,13 @@ async def test_a_bound_not_written_as_a_number_or_date_is_a_400_naming_it(http: 
 async def test_a_bound_written_as_a_number_or_date_is_asked_of_the_router(http: httpx.AsyncClient) -> None:
     statuses = {text: (await http.get("/router/stats", params={"since": text})).status_code for text in TAKEN}
     assert statuses == dict.fromkeys(TAKEN, 503)
+
+
+@pytest.mark.parametrize("params", [{"untill": "1700000000"}, {"groupby": "model"}, {"since": "0", "tenant": "acme"}])
+async def test_a_query_parameter_stats_do_not_take_is_a_400_naming_it(
+    http: httpx.AsyncClient, params: dict[str, str]
+) -> None:
+    named = next(name for name in params if name not in ("since", "until", "group_by"))
+    reply = await http.get("/router/stats", params=params)
+    error = reply.json()["error"]
+    assert (reply.status_code, error["param"], error["code"]) == (400, named, "unknown_parameter"), error
