@@ -16,8 +16,10 @@ charged when the hold lapses; while that creation may still run, the router answ
 failure like any (the batch backs off and asks again). An offer's call marks the
 batch (`offer_in_doubt`) until its lines are recorded; a batch cancelled or past its window meanwhile offers nothing
 again, but asks the router (FindDeferred, which admits nothing) for those lines (recover): each it sent is recorded and
-collected as above, each held with no batch recorded written to the error file at its hold. A call that never
-connected to a router leaves no mark of its own."""
+collected as above, each held with no batch recorded written to the error file at its hold. A call the router admitted
+nothing of (router_refusals.admitted_nothing: it never connected, was shed unhandled, or was refused at the router's
+limit of calls in flight) leaves no mark of its own. A call the router refused overloaded is told apart from a router
+out of reach (Unreached.overloaded_s): the batch waits the delay the router asked for (runner.py)."""
 
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -34,6 +37,7 @@ from llmrouter.errors import ServiceError
 from llmrouter.server import MAX_MESSAGE_BYTES
 from llmrouter.v1 import router_pb2, router_pb2_grpc
 from services.batches import results, unparsed, wire
+from services.batches.router_refusals import admitted_nothing, overloaded_retry_s
 from services.batches.store import Store, batch_key, deferred_key, results_key
 from services.edge.off_loop import in_parser
 from services.edge.openai_api import ApiError, completion_body, parse_request
@@ -49,11 +53,22 @@ UNKNOWN = "provider_batch_outcome_unknown"  # the error file's code of a line ch
 OFFER_IN_DOUBT = "offer_in_doubt"
 
 
-def refused_unread(error: ServiceError) -> bool:
-    """The router itself refused the call at its limit of calls in flight, before reading it: it admitted nothing. Not
-    the providers' such refusal, which the router passes on once it has admitted the request (metadata["service"]
-    names who refused)."""
-    return error.overloaded and error.metadata.get("service") == "router"
+@dataclass(frozen=True)
+class Unreached:
+    """The router did not take an offer's call, or FindDeferred's: the batch is resumed later. `overloaded_s`: the
+    router refused it at its limit of calls in flight and asked to be called again after that many seconds; None: it
+    was out of reach (or failed the call otherwise)."""
+
+    overloaded_s: float | None = None
+
+
+def _unreached(batch_id: str, what: str, error: ServiceError) -> Unreached:
+    overloaded_s = overloaded_retry_s(error)
+    if overloaded_s is None:
+        log.warning(what, extra={"id": batch_id, "code": error.code.name, "error": error.message})
+    else:
+        log.warning(f"{what}: the router is overloaded", extra={"id": batch_id, "retry_after_s": overloaded_s})
+    return Unreached(overloaded_s)
 
 
 class Deferral:
@@ -67,9 +82,9 @@ class Deferral:
 
     async def offer(
         self, batch_id: str, batch: dict[str, bytes], lines: wire.Lines, done: set[str]
-    ) -> dict[int, dict[str, str]] | None:
+    ) -> dict[int, dict[str, str]] | Unreached:
         """The deferred lines (index -> model and provider batch), the lines not yet offered offered first;
-        None when the router cannot be reached (the batch is resumed later)."""
+        Unreached when the router did not take the call (the batch is resumed later)."""
         deferred = await self.recorded(batch_id)
         if batch.get("offered") == b"1":
             return deferred
@@ -89,12 +104,11 @@ class Deferral:
             except grpc.RpcError as err:
                 if err.code() == grpc.StatusCode.UNIMPLEMENTED:  # a router from before provider batches
                     break
-                log.warning("batch lines not offered to provider batches", extra={"id": batch_id, "error": str(err)})
                 refused = ServiceError.from_rpc_error(err)
-                if (refused.never_connected or refused_unread(refused)) and not doubted:
+                if admitted_nothing(refused) and not doubted:
                     # The router admitted none of this call's lines, and the earlier calls' replies were recorded.
                     await self.store.drop(batch_key(batch_id), OFFER_IN_DOUBT)
-                return None
+                return _unreached(batch_id, "batch lines not offered to provider batches", refused)
             await self._record(batch_id, part, reply, deferred)
         await self.store.put(batch_key(batch_id), {"offered": "1"})
         await self.store.drop(batch_key(batch_id), OFFER_IN_DOUBT)
@@ -102,11 +116,11 @@ class Deferral:
 
     async def recover(
         self, batch_id: str, batch: dict[str, bytes], lines: wire.Lines, done: set[str]
-    ) -> dict[int, dict[str, str]] | None:
+    ) -> dict[int, dict[str, str]] | Unreached:
         """The deferred lines of a batch that offers no line any more (cancelled, or past its window), with those an
         offer whose reply was lost had sent: the router, asked (FindDeferred), admits none, and answers those it
-        sent as their SubmitBatch did, so they are collected rather than charged their hold unanswered. None when
-        the router cannot be reached (the batch is resumed later)."""
+        sent as their SubmitBatch did, so they are collected rather than charged their hold unanswered. Unreached when
+        the router did not take the call (the batch is resumed later)."""
         deferred = await self.recorded(batch_id)
         if OFFER_IN_DOUBT not in batch:
             return deferred
@@ -121,8 +135,7 @@ class Deferral:
                 if err.code() == grpc.StatusCode.UNIMPLEMENTED:  # a router of the version before cannot say
                     log.warning("lines of a lost offer reply not looked for", extra={"id": batch_id})
                     return deferred
-                log.warning("lines of a lost offer reply not found", extra={"id": batch_id, "error": str(err)})
-                return None
+                return _unreached(batch_id, "lines of a lost offer reply not found", ServiceError.from_rpc_error(err))
             await self._record(batch_id, part, reply, deferred)
         await self.store.drop(batch_key(batch_id), OFFER_IN_DOUBT)
         return deferred

@@ -15,10 +15,12 @@ meanwhile; a park of PARK_LEAVE_S or more (a rate limit's next window) ends the 
 running place and its lease given up, with its time to run again in the batch's hash (parked_until, seen by every
 edge's adoption); any other failure is the line's error (the error file). A run that finds the router out of reach
 as it offers the batch's lines (deferral.py) ends too, parked for a second, doubled each time in a row up to an
-adoption pass, never past its window's end (Store.back_off). A run that fails (raises) parks its batch
-too, for a time that doubles with each failure in a row (counted in the batch's hash), but not past its window's end,
-and its first failure past that end is run again at once: that run sends no new line (it needs no router but for
-lines in doubt or in provider batches), so it ends the batch `expired` on time unless it fails too. Stopping the edge
+adoption pass, never past its window's end (Store.back_off); one the router refused at its limit of calls in flight
+(OVERLOADED), for the delay the router asked for (within OVERLOADED_LEAST_S and OVERLOADED_MOST_S). A run that
+fails (raises) parks its batch too, for a time that doubles with each failure in a row (counted in the batch's
+hash), but not past its window's end, and its first failure past that end is run again at once: that run sends no
+new line (it needs no router but for lines in doubt or in provider batches), so it ends the batch `expired` on time
+unless it fails too. Stopping the edge
 (from the start of its shutdown, while its requests drain: Runner.stop) takes no batch and no line any more, lets the
 lines in flight finish and gives up its batches' leases; a crash loses the results of lines in flight, whose retry the
 router then refuses as a duplicate (charged once, in the ledger; the error file has that charge, counted once in the
@@ -47,7 +49,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import random
 import time
 import uuid
@@ -62,8 +63,9 @@ from llmrouter.errors import ServiceError
 from llmrouter.tasks import stop as stop_task
 from llmrouter.v1 import router_pb2_grpc
 from services.batches import results, unparsed, wire
-from services.batches.deferral import OFFER_IN_DOUBT, Deferral, refused_unread, without_large_logprobs
+from services.batches.deferral import OFFER_IN_DOUBT, Deferral, Unreached, without_large_logprobs
 from services.batches.pending import Pending
+from services.batches.router_refusals import admitted_nothing, seconds
 from services.batches.store import (
     ENDED,
     Store,
@@ -101,6 +103,13 @@ FAILED_MOST_S = 600.0
 UNREACHED_FIRST_S = 1.0
 UNREACHED_MOST_S = LEASE_S / 2
 UNREACHED = "unreached"  # the batch's hash field counting them
+# A run whose offer the router refused at its limit of calls in flight (OVERLOADED) ends too, parking its batch for the
+# delay the router asked for, at least OVERLOADED_LEAST_S (a delay of 0 would run it again at once, again and again)
+# and at most OVERLOADED_MOST_S (an adoption pass, as long as a router out of reach is waited for): the router answered,
+# so it is not counted as out of reach (that back-off starts again), but in its own field.
+OVERLOADED_LEAST_S = 1.0
+OVERLOADED_MOST_S = LEASE_S / 2
+OVERLOADED = "overloaded"  # the batch's hash field counting them, in a row
 # A resent line whose first attempt's charge is open is asked again after this at least (the park's backoff grows from
 # there): the charge lands when that attempt ends (a completion's seconds), or when the reconciler settles a dead
 # router's hold (its heartbeat TTL, 15 s by default). Each ask is routed and refused: no provider call, no charge.
@@ -345,18 +354,17 @@ class Runner:
                 await self.store.put(batch_key(batch_id), {"status": "in_progress", "in_progress_at": now()})
             expires_at = wire.expires_at(batch)
             if batch["status"] == b"cancelling" or time.time() >= expires_at:  # no line goes out any more
-                deferred: dict[int, dict[str, str]] | None = await self.deferral.recover(
+                deferred: dict[int, dict[str, str]] | Unreached = await self.deferral.recover(
                     batch_id, batch, lines, set(done)
                 )
             else:
                 deferred = await self.deferral.offer(batch_id, batch, lines, set(done))
-            if deferred is None:  # the router is out of reach: resumed at its back-off's end
-                until = await self.store.back_off(batch_id, UNREACHED_FIRST_S, UNREACHED_MOST_S, UNREACHED)
-                log.warning("batch parked: the router is out of reach", extra={"id": batch_id, "until": until})
-                self._ended_here.add(batch_id)  # the adoption wakes at `until`; its place goes to a waiting batch
+            if isinstance(deferred, Unreached):  # resumed at its park's end
+                await self._park_unreached(batch_id, batch, deferred)
                 return
-            if UNREACHED in batch:
-                await self.store.drop(batch_key(batch_id), UNREACHED)
+            for counter in (UNREACHED, OVERLOADED):
+                if counter in batch:
+                    await self.store.drop(batch_key(batch_id), counter)
             done = await self.store.get(results_key(batch_id))
             sent = await self.store.get(sent_key(batch_id))
             unfinished = [i for i in range(len(lines)) if str(i) not in done and i not in deferred]
@@ -465,6 +473,20 @@ class Runner:
             return not failed
         return True
 
+    async def _park_unreached(self, batch_id: str, batch: dict[str, bytes], unreached: Unreached) -> None:
+        """A batch whose lines the router did not take parked: for the delay it asked for when it refused them at its
+        limit of calls in flight; else (out of reach) for a back-off doubled each time in a row."""
+        if unreached.overloaded_s is None:
+            until = await self.store.back_off(batch_id, UNREACHED_FIRST_S, UNREACHED_MOST_S, UNREACHED)
+            log.warning("batch parked: the router is out of reach", extra={"id": batch_id, "until": until})
+        else:
+            wait_s = min(max(unreached.overloaded_s, OVERLOADED_LEAST_S), OVERLOADED_MOST_S)
+            until = await self.store.back_off(batch_id, wait_s, wait_s, OVERLOADED)  # not doubled: the router's
+            if UNREACHED in batch:
+                await self.store.drop(batch_key(batch_id), UNREACHED)
+            log.warning("batch parked: the router is overloaded", extra={"id": batch_id, "until": until})
+        self._ended_here.add(batch_id)  # the adoption wakes at `until`; its place goes to a waiting batch
+
     async def _park(self, batch_id: str, until: float) -> None:
         await self.store.put(batch_key(batch_id), {"parked_until": repr(until)})
         self._ended_here.add(batch_id)  # a batch waiting for a place starts now; the adoption wakes at `until`
@@ -562,7 +584,7 @@ class Runner:
         except grpc.RpcError as err:
             error = ServiceError.from_rpc_error(err)
             if not_admitted(error):
-                return Refused(_seconds(error.metadata.get("retry_after_s", "")), error.cut_mid_call)
+                return Refused(seconds(error.metadata.get("retry_after_s", "")), error.cut_mid_call)
             api_error = self.error_for(err, request_id)
             # Its body says what the failed line was charged (x_router), as the ledger does: a duplicate's, what the
             # line sent before was charged, or that its charge is still pending.
@@ -639,21 +661,12 @@ def _custom_ids(lines: wire.Lines, indices: Iterable[int]) -> dict[int, str | No
 
 
 def not_admitted(error: ServiceError) -> bool:
-    """A failure before the router admitted the request (nothing claimed, nothing charged): the same request
-    id may be sent again. A call without the router's ErrorInfo that it never answered is the router itself
-    unreachable, or stopping (a restart) and dropping the call unserved; with the ErrorInfo (reason
-    UPSTREAM_ERROR: the router's own call to the providers broke), the request was admitted. So is a call the router
-    refused at its limit of calls in flight, before reading it (refused_unread)."""
-    return error.unanswered or refused_unread(error) or error.reason in ("STORE_UNAVAILABLE", "RATE_LIMITED")
-
-
-def _seconds(text: str) -> float | None:
-    """The router's retry_after_s, when it gave a usable one."""
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return value if math.isfinite(value) and value >= 0 else None
+    """A line the router did not admit, which may be sent again under the same request id: a call it admitted nothing
+    of (router_refusals.admitted_nothing), or one it refused before admission (its money store out of reach, a rate
+    limit); or one it may have admitted, cut mid-call (cut_mid_call: Refused.maybe), whose retry the router answers as
+    a duplicate if it was. With the router's ErrorInfo (reason UPSTREAM_ERROR: its own call to the providers broke, or
+    the providers' OVERLOADED passed on), the request was admitted."""
+    return admitted_nothing(error) or error.cut_mid_call or error.reason in ("STORE_UNAVAILABLE", "RATE_LIMITED")
 
 
 def file_fields(

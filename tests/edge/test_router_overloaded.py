@@ -18,7 +18,7 @@ from llmrouter.errors import ServiceError
 from llmrouter.server import start_server
 from llmrouter.settings import GrpcServiceSettings
 from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
-from services.batches.deferral import OFFER_IN_DOUBT, Deferral
+from services.batches.deferral import OFFER_IN_DOUBT, Deferral, Unreached
 from services.batches.runner import not_admitted
 from services.batches.store import MemoryStore as BatchStore
 from services.batches.store import batch_key
@@ -120,5 +120,5 @@ async def test_an_offer_the_router_refused_overloaded_is_not_left_in_doubt() -> 
         offered = await Deferral(files, stub, poll_s=0.1).offer(BATCH_ID, dict(BATCH), LINES, set())
         router.release.set()
         await held
-    assert offered is None  # resumed later
+    assert offered == Unreached(overloaded_s=1)  # resumed after the delay the router asked for
     assert OFFER_IN_DOUBT not in await files.get(batch_key(BATCH_ID))
