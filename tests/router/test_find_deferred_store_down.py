@@ -18,7 +18,7 @@ import pytest
 from llmrouter.errors import ServiceError
 from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
 from services.batches import deferral
-from services.batches.deferral import OFFER_IN_DOUBT, Deferral
+from services.batches.deferral import OFFER_IN_DOUBT, Deferral, Unreached
 from services.batches.store import MemoryStore as BatchStore
 from services.batches.store import batch_key
 from services.router.store import Account, RedisStore
@@ -49,7 +49,7 @@ async def test_lines_looked_for_while_the_store_is_out_of_reach_are_asked_for_ag
     ):
         edge = Deferral(files, router_pb2_grpc.RouterStub(channel), poll_s=0.1)
         monkeypatch.setattr(deferral, "CALL_S", CREATE_S / 4)  # the edge's call ends before the router's reply
-        assert await edge.offer(BATCH_ID, dict(BATCH), LINES, set()) is None
+        assert await edge.offer(BATCH_ID, dict(BATCH), LINES, set()) == Unreached()
         monkeypatch.undo()
         for _ in range(100):  # the router ran the call to its end: the line admitted and sent in pbatch-1
             pending = await redis_store.pending_charge(account, line)
@@ -67,11 +67,11 @@ async def test_lines_looked_for_while_the_store_is_out_of_reach_are_asked_for_ag
         finally:
             proxy.come_back()
         # No answer: the batch is resumed later, its offer still in doubt.
-        assert found is None
+        assert found == Unreached()
         assert OFFER_IN_DOUBT in await files.get(batch_key(BATCH_ID))
         for _ in range(50):  # the router's connections to its store reopen
             found = await edge.recover(BATCH_ID, batch, LINES, set())
-            if found is not None:
+            if not isinstance(found, Unreached):
                 break
             await asyncio.sleep(0.1)
     assert found == {0: {"model": "strong", "provider_batch_id": "pbatch-1"}}

@@ -24,7 +24,7 @@ from llmrouter.errors import ServiceError
 from llmrouter.server import RunningServer
 from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2, router_pb2_grpc
 from services.batches import deferral, wire
-from services.batches.deferral import Deferral
+from services.batches.deferral import Deferral, Unreached
 from services.batches.store import MemoryStore as BatchStore
 from services.batches.store import results_key
 from services.router import deferred
@@ -76,7 +76,7 @@ async def test_lines_offered_again_after_a_lost_reply_are_found_in_their_provide
     async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
         edge = Deferral(files, router_pb2_grpc.RouterStub(channel), poll_s=0.1)
         monkeypatch.setattr(deferral, "CALL_S", CREATE_S / 4)  # the edge's call ends before the router's reply
-        assert await edge.offer(BATCH_ID, dict(BATCH), LINES, set()) is None  # out of reach: resumed later
+        assert await edge.offer(BATCH_ID, dict(BATCH), LINES, set()) == Unreached()  # out of reach: resumed later
         monkeypatch.undo()
         # The router ran the call to its end (SubmitBatch is shielded): the line was admitted and sent.
         line = f"{BATCH_ID}:c1"
