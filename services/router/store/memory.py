@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import secrets
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
+from services.router import metrics
 from services.router.store.clock import money_now
 from services.router.store.holds import Holds
 from services.router.store.keys import AccountKeys, key_everywhere, limit_field, rate_window
@@ -29,6 +31,7 @@ from services.router.store.model import (
     marker_names_charge,
     marker_spares_admission,
     pending_field,
+    reconciled_record,
     used_ttl_s,
 )
 from services.router.store.recent_ids import RecentIds
@@ -36,7 +39,8 @@ from services.router.store.recent_ids import RecentIds
 
 class MemoryStore:
     """Each method runs without awaiting, so it is atomic. Nothing outlives the process, so there is nothing to
-    reconcile. Memory is bounded: what grows with the requests served (request ids, ledger records) is capped."""
+    reconcile but provider batch lines whose holds lapsed uncollected (reconcile). Memory is bounded: what grows with
+    the requests served (request ids, ledger records) is capped."""
 
     shards_fail_apart = False  # never out of reach
 
@@ -386,7 +390,23 @@ class MemoryStore:
             self.limits[limit_field(scope, name)] = pico
 
     async def reconcile(self, router: str, lease_s: float, stale_s: float) -> int:
-        return 0
+        """No router but this one admits here, and it never takes itself for dead; but a provider batch line's hold may
+        outlive its collector (an edge that lost its batches, as the in-process batch store does at each restart): once
+        it lapses, the line is charged its hold, as RedisStore's reconciler charges it, so that it stops counting
+        against its budget. Counted in the metrics once, as that reconciler counts it."""
+        now, settled = money_now(), 0
+        for field in list(self.batches):  # the lines' pending charges alone: admit keeps a batch entry for each
+            pending = self.pending.get(field)
+            if pending is None or not pending.until or pending.until >= now:
+                continue
+            account, hold = pending.account_and_hold()
+            record = reconciled_record(replace(pending, model=self.models.get(field)))
+            charge_id = secrets.token_hex(8)
+            if await self.charge(account, hold, hold.pico, record, late=True, charge_id=charge_id):
+                settled += 1
+                if await self.count_once(account, hold.request_id, charge_id) is not None:
+                    metrics.count_charge(record)
+        return settled
 
     async def give_back(self, account: Account, hold: Hold, pico: int | None) -> int:
         return 0  # nothing is reconciled here: a router's store is its own, and it never takes itself for dead
