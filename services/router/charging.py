@@ -24,6 +24,7 @@ from services.router.store import PICO, Store, StoreUnavailable, money_now, to_p
 
 log = logging.getLogger("llmrouter.router")
 T = TypeVar("T")
+PAST = "past the hold"  # why a charge was capped at its hold, as its ledger record's reason_detail says (_cap_at_hold)
 
 
 def response(routed: Routed, served: Served) -> router_pb2.CompleteResponse:
@@ -92,7 +93,7 @@ class Charger:
             await asyncio.gather(*self._settling, return_exceptions=True)
 
     async def _charge(
-        self, routed: Routed, response: router_pb2.CompleteResponse, outcome: str, served: Served | None, capped: bool
+        self, routed: Routed, response: router_pb2.CompleteResponse, outcome: str, served: Served | None, capped: str
     ) -> None:
         cost = Decimal(response.cost_usd or "0")
         baseline_model = self.available.baseline()
@@ -118,7 +119,7 @@ class Charger:
         detail = routed.decision.reason + (f"; {routed.note}" if routed.note else "")
         if capped:
             reported = f"{response.usage.input_tokens} in, {response.usage.output_tokens} out"
-            detail += f"; usage reported past the hold ({reported}): charged the hold"
+            detail += f"; usage reported {capped} ({reported}): charged the hold"
         escalated = generated and response.escalated
         # Served by another model than the one chosen, not by escalation: a fallback after a failure.
         fallback = generated and bool(response.model) and response.model != routed.decision.model and not escalated
@@ -205,16 +206,20 @@ class Charger:
             response.cost_usd = format(routed.charged, "f")
 
 
-def _cap_at_hold(routed: Routed, response: router_pb2.CompleteResponse) -> bool:
+def _cap_at_hold(routed: Routed, response: router_pb2.CompleteResponse) -> str:
     """A cost past the request's hold (its worst case: prompt bound, max_tokens written, every attempt it made
     room for) comes from usage no upstream could have billed, a buggy or hostile provider's report (a count under
-    2^53 is still a count): charged the hold, so no budget or max_cost_usd is passed."""
+    2^53 is still a count): charged the hold, so no budget or max_cost_usd is passed. So is a cost below nothing (a
+    negative count, which no upstream bills either): charged as it stands, it would lower the spend, and the budgets
+    would let that much more through. Why it was capped ('' when it was not)."""
     assert routed.hold is not None  # only admitted requests are settled
     reported = Decimal(response.cost_usd or "0")
-    if to_pico(reported) > routed.hold.pico:
+    why = PAST if to_pico(reported) > routed.hold.pico else "below nothing" if reported < 0 else ""
+    if why:
         model = response.model or routed.decision.model
         log.warning(
-            "usage past the request's hold; charged the hold",
+            # Worded as operators grep for it (deploy/runbooks.md).
+            "usage past the request's hold; charged the hold" if why == PAST else f"usage {why}; charged the hold",
             extra={
                 "request_id": routed.request_id,
                 "model": model,
@@ -224,10 +229,10 @@ def _cap_at_hold(routed: Routed, response: router_pb2.CompleteResponse) -> bool:
         )
         hold = Decimal(routed.hold.pico) / PICO
         response.cost_usd = format(hold, "f")
-        # The difference is the operator's to pay: counted, so an upstream billing past any worst case is seen.
-        count_capped(model, reported, hold)
-        return True
-    return False
+        # The difference is the operator's to pay: counted, so an upstream billing past any worst case is seen (a cost
+        # below nothing, counted at no difference: the tenant pays the hold).
+        count_capped(model, max(reported, hold), hold)
+    return why
 
 
 def _consume_error(task: asyncio.Task[Any]) -> None:
