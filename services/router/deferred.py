@@ -112,6 +112,7 @@ NOT_FOUND = (
     "recorded), so the line is charged its hold at the batch price when the hold lapses"
 )
 OVER_REPORTED = "the provider reported more usage than the line may be billed"
+UNDER_REPORTED = "the provider reported a usage below nothing"
 # An over-reported line's ledger record: the cost its reported usage came to at its batch price, what its hold capped.
 REPORTED = "reported_cost_usd"
 UNANSWERED = (
@@ -515,6 +516,10 @@ class Deferred:
                 # charge beyond the hold would pass the budget that admitted it. The operator absorbs the rest, as a
                 # request's charge capped at its hold: counted so.
                 return await self._owe_hold(account, pending, request_id, OVER_REPORTED, reported=cost)
+            if pending is not None and cost < 0:
+                # A negative count, which no provider bills either: charged as it stands, it would lower the spend, and
+                # the budget would let that much more through. The hold, as for an outcome unknown.
+                return await self._owe_hold(account, pending, request_id, UNDER_REPORTED)
             response = router_pb2.CompleteResponse(
                 id=request_id,
                 content=reply.content,

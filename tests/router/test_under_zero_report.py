@@ -1,7 +1,8 @@
 """A providers service's report of a negative token count (no upstream bills one: the gateways take such a count for
 none, and count locally) is charged the hold, as a report past it is, never its negative cost: charged as it stood, the
-tenant's and key's spend went down by it, so the budget let through that much more than its limit. The router behind
-its own gRPC server, a real providers gRPC server on loopback, the money store on Redis."""
+tenant's and key's spend went down by it, so the budget let through that much more than its limit. So is a provider
+batch line's result reporting one, as a line's past its hold is. The router (behind its own gRPC server, or its
+servicer called as that server would) over a real providers gRPC server on loopback, the money store on Redis."""
 
 from __future__ import annotations
 
@@ -14,9 +15,12 @@ from typing import Any
 import grpc
 import pytest
 
+from llmrouter.auth import acting_as
 from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2, router_pb2_grpc
-from services.router.store import to_pico
-from tests.router.servicer_kit import served_router, store_on
+from services.router.deferred import UNDER_REPORTED
+from services.router.store import PICO, RedisStore, period_id, to_pico
+from tests.router import test_collect_model as batches
+from tests.router.servicer_kit import NoDeadline, router_servicer, served_router, store_on
 from tests.router.test_admission import REGISTRY
 from tests.router.test_escalation_money import settled
 
@@ -63,3 +67,27 @@ async def test_a_negative_report_is_charged_the_hold(tmp_path: Path, redis_url: 
     assert charged > 0 and Decimal(reply.cost_usd) == charged
     assert spent == (to_pico(charged), to_pico(charged)) and held == (0, 0)
     assert "usage reported below nothing" in record["reason_detail"]
+
+
+class UnderReportedBatch(batches.BatchProvider):
+    """The provider batch ended, its result for each line reporting a negative output count."""
+
+    async def PollBatch(self, request: Any, context: Any) -> provider_pb2.PollBatchResponse:
+        answer = provider_pb2.GenerateResponse(content="an answer", usage=NEGATIVE, finish_reason="stop")
+        results = [
+            provider_pb2.BatchLineResult(request_id=i, succeeded=True, response=answer) for i in request.request_ids
+        ]
+        return provider_pb2.PollBatchResponse(status="completed", ended=True, results=results)
+
+
+async def test_a_batch_line_reported_negative_is_charged_its_hold(tmp_path: Path, redis_store: RedisStore) -> None:
+    collect = router_pb2.CollectBatchRequest(model="strong", provider_batch_id="pbatch-1", request_ids=["line-1"])
+    async with router_servicer(tmp_path, redis_store, UnderReportedBatch(), batches.REGISTRY) as router:
+        with acting_as(batches.TENANT_CALLER):
+            submit = router_pb2.SubmitLinesRequest(lines=[batches.LINE])
+            (sent,) = (await router.SubmitBatch(submit, NoDeadline())).lines
+            (line,) = (await router.CollectBatch(collect, NoDeadline())).lines
+    spent = await redis_store.spent(batches.ACCOUNT, period_id("day"))
+    held = Decimal(sent.held_usd)
+    assert held > 0 and line.error == UNDER_REPORTED and Decimal(line.charged_usd) == held
+    assert spent == (to_pico(held), to_pico(held)) and Decimal(spent[0]) / PICO == held
