@@ -3,10 +3,14 @@
 The ledger (one Redis stream per shard of the money store) is never trimmed by the router. `export` appends
 every entry (or, with --older-than-days, those older than that) to a JSONL file; `trim` first exports the
 entries older than ROUTER_LEDGER_RETENTION_DAYS to the file (fsynced), then deletes exactly those, so nothing is
-dropped unexported. Each line is {"shard": <n>, "id": <stream id>, "record": {...}}, shard by shard, the record
+dropped unexported. Where the SQL sink (services/ledger/sink.py) reads a shard's stream, `trim` exports and deletes
+only those its consumer group has acknowledged (below its first entry not acknowledged, read before the export, and
+again by the deletion's script as the group stands then), so none is lost to the SQL ledger: the rest stay on the
+stream, said on stderr, for a later trim once the sink has copied them; a stream no such group reads is trimmed to
+the retention. Each line is {"shard": <n>, "id": <stream id>, "record": {...}}, shard by shard, the record
 as the router's charge built it (the stream keeps it compact: services/router/store/ledger_entry.py); a trim
 interrupted between the two steps exports the same entries again on its next run, with the same ids.
-`trim --copied-only` exports nothing: where the SQL sink (services/ledger/sink.py) keeps the ledger, it deletes
+`trim --copied-only` exports nothing: where the SQL sink keeps the ledger, it deletes
 the entries older than the retention that the sink's consumer group has copied and acknowledged, never one it
 has not (a shard whose stream has no such group keeps every entry); the sink acknowledges an entry that is no row
 (unreadable, or refused by the database) only once it is kept whole in the SQL ledger's ledger_rejected table."""
@@ -19,6 +23,9 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +34,15 @@ from llmrouter.redis_connect import connect
 from llmrouter.settings import load_settings
 from services.ledger.settings import LedgerSettings
 from services.ledger.sink import GROUP
-from services.router.store import SHARDS, ledger_key
+from services.router.store import SHARDS, ledger_key, lua
 from services.router.store.ledger_entry import expanded
 
 BATCH = 1000
 
 # Deletes the entries of KEYS[1] below ARGV[1] (a stream id) that group ARGV[2] has acknowledged: those up to its
 # last-delivered id and below its oldest pending one. One script, so the group's state cannot change between
-# being read and the trim. Returns the number deleted, or -1 when the stream has no such group.
+# being read and the trim. Returns the number deleted; on a stream with no such group, all below ARGV[1] when ARGV[3]
+# is '1' (trim --out: no sink copies them, the file has them), else none, and -1.
 TRIM_COPIED = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local function parse(id)
@@ -52,7 +60,10 @@ for _, info in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
   for i = 1, #info, 2 do fields[info[i]] = info[i + 1] end
   if fields['name'] == ARGV[2] then delivered = fields['last-delivered-id'] end
 end
-if not delivered then return -1 end
+if not delivered then
+  if ARGV[3] == '1' then return redis.call('XTRIM', KEYS[1], 'MINID', ARGV[1]) end
+  return -1
+end
 local bound = ARGV[1]
 local ms, seq = parse(delivered)
 local after = string.format('%.0f-%.0f', ms, seq + 1)
@@ -70,13 +81,23 @@ def older_than_ms(days: float) -> int:
     return 1 if days * 86400 >= now else int((now - days * 86400) * 1000)
 
 
+def _id(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq)
+
+
 async def export(client: Any, out: Path, before_ms: int | None = None) -> int:
     """Append the entries (older than `before_ms` when given) to `out`; returns how many were exported."""
+    below = None if before_ms is None else f"{before_ms}-0"
+    return await _export(client, out, [below] * SHARDS)
+
+
+async def _export(client: Any, out: Path, below: Sequence[str | None]) -> int:
+    """Append each shard's entries with ids below its bound in `below` (all of them for None) to `out`, fsynced."""
     exported = 0
-    end = f"{before_ms - 1}" if before_ms is not None else "+"
     with out.open("a", encoding="utf-8") as file:
         for shard in range(SHARDS):
-            start = "-"
+            start, end = "-", "+" if below[shard] is None else f"({below[shard]}"
             while True:
                 entries = await client.xrange(ledger_key(shard), min=start, max=end, count=BATCH)
                 for entry_id, fields in entries:
@@ -101,15 +122,64 @@ def _as_built(text: bytes) -> Any:
         return record
 
 
-async def trim(client: Any, out: Path, retention_days: int) -> int:
-    """Export the entries older than the retention, then delete them; returns how many were deleted."""
-    cutoff_ms = older_than_ms(retention_days)
-    if not await export(client, out, cutoff_ms):
-        return 0
-    deleted = 0
+@dataclass(frozen=True)
+class Trimmed:
+    """What a trim deleted, and, per shard, the oldest entry older than the retention it left on the stream: the sink's
+    group had not acknowledged it when the trim read where the group stood (the SQL ledger may not have it)."""
+
+    deleted: int
+    kept_back: dict[int, str]
+
+
+async def trim(client: Any, out: Path, retention_days: int, group: str = GROUP) -> Trimmed:
+    """Export the entries older than the retention, then delete them; but on a stream where the SQL sink's `group`
+    is, only up to its first entry not acknowledged: that one and those after it are kept (and not exported), as
+    `trim --copied-only` keeps them, until the sink has copied them."""
+    cutoff = f"{older_than_ms(retention_days)}-0"
+    below = []
     for shard in range(SHARDS):
-        deleted += int(await client.xtrim(ledger_key(shard), minid=str(cutoff_ms), approximate=False))
-    return deleted
+        unacknowledged = await _unacknowledged_from(client, shard, group)
+        below.append(cutoff if unacknowledged is None else min(cutoff, unacknowledged, key=_id))
+    deleted = 0
+    if await _export(client, out, below):
+        for shard in range(SHARDS):
+            # Bounded by the group as it stands now too: a group made since (a sink started) has acknowledged nothing.
+            deleted += int(await client.eval(TRIM_COPIED, 1, ledger_key(shard), below[shard], group, "1"))
+    return Trimmed(deleted, await _kept_back(client, cutoff))
+
+
+async def _unacknowledged_from(client: Any, shard: int, group: str) -> str | None:
+    """The id of the shard's first entry `group` has not acknowledged (lua.py, LEDGER_UNACKED_FROM), as a bound on
+    the ids below it; None where the stream has no such group."""
+    start = _text(await client.eval(lua.LEDGER_UNACKED_FROM, 1, ledger_key(shard), group))
+    if start == "-":
+        return None
+    if start.startswith("("):  # after the last entry delivered, none pending
+        ms, seq = _id(start[1:])
+        return f"{ms}-{seq + 1}"
+    return start  # its oldest pending entry
+
+
+async def _kept_back(client: Any, cutoff: str) -> dict[int, str]:
+    """Each shard's oldest entry below `cutoff` still on its stream."""
+    kept = {}
+    for shard in range(SHARDS):
+        oldest = await client.xrange(ledger_key(shard), min="-", max=f"({cutoff}", count=1)
+        if oldest:
+            kept[shard] = _text(oldest[0][0])
+    return kept
+
+
+def _kept(kept_back: dict[int, str]) -> str:
+    """Each shard's oldest entry kept, and when it was added (its id's time, by Redis' clock)."""
+    return "; ".join(
+        f"shard {shard} from entry {entry} ({datetime.fromtimestamp(_id(entry)[0] / 1000, UTC):%Y-%m-%d %H:%M:%S} UTC)"
+        for shard, entry in sorted(kept_back.items())
+    )
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 async def trim_copied(client: Any, retention_days: int, group: str = GROUP) -> tuple[int, list[int]]:
@@ -118,7 +188,7 @@ async def trim_copied(client: Any, retention_days: int, group: str = GROUP) -> t
     cutoff = f"{older_than_ms(retention_days)}-0"
     deleted, ungrouped = 0, []
     for shard in range(SHARDS):
-        found = int(await client.eval(TRIM_COPIED, 1, ledger_key(shard), cutoff, group))
+        found = int(await client.eval(TRIM_COPIED, 1, ledger_key(shard), cutoff, group, "0"))
         if found < 0:
             ungrouped.append(shard)
         else:
@@ -152,7 +222,11 @@ async def main(argv: list[str]) -> int:
                 print(f"shards {ungrouped} kept: their stream has no {GROUP} group (no sink read it)", file=sys.stderr)
                 return 1
         elif args.command == "trim":
-            print(f"trimmed {await trim(client, args.out, settings.ledger_retention_days)} entries into {args.out}")
+            trimmed = await trim(client, args.out, settings.ledger_retention_days)
+            print(f"trimmed {trimmed.deleted} entries into {args.out}")
+            if trimmed.kept_back:  # a failed run, so a scheduled one is seen: the sink is behind by the retention
+                print(f"kept, not copied by the ledger sink yet: {_kept(trimmed.kept_back)}", file=sys.stderr)
+                return 1
         else:
             before = None if args.older_than_days is None else older_than_ms(args.older_than_days)
             print(f"exported {await export(client, args.out, before)} entries into {args.out}")

@@ -233,7 +233,7 @@ async def test_ledger_trim_exports_before_it_deletes(money: RedisServer, tmp_pat
             await client.xadd(ledger_key(i), {"record": json.dumps({"n": i})}, id=f"{old_ms + i}-0")
         await client.xadd(ledger_key(0), {"record": json.dumps({"n": "recent"})})
         out = tmp_path / "ledger.jsonl"
-        assert await ledger.trim(client, out, retention_days=90) == 3
+        assert await ledger.trim(client, out, retention_days=90) == ledger.Trimmed(3, {})
         lines = [json.loads(line) for line in out.read_text().splitlines()]
         assert [(line["shard"], line["record"]["n"]) for line in lines] == [(0, 0), (1, 1), (2, 2)]
         assert [r["n"] for r in await ledger_records(client)] == ["recent"]
