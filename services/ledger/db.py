@@ -110,6 +110,8 @@ NOT_NEWEST = (
     " > (requests.ts, requests.request_id, requests.ledger_entry))"
 )
 OLDEST_DELETABLE = f"SELECT rowid, ts FROM requests WHERE {NOT_NEWEST} ORDER BY ts LIMIT ?"  # SQLite: the bound
+# The give-backs' rows (model.py, given_back_record: the only rows of a negative cost), each with its ledger entry.
+GIVE_BACKS = "SELECT tenant, key_id, cost_pico, ledger_entry FROM requests WHERE cost_pico < 0 AND"
 ACCOUNT_INDEX = "CREATE INDEX IF NOT EXISTS requests_account_ts ON requests (tenant, key_id, ts)"  # for NOT_NEWEST
 # PostgreSQL: CREATE INDEX takes a SHARE lock on the table, even with IF NOT EXISTS on an index already there: behind
 # any open write (a retention mid-delete), ahead of every router's inserts. So a start-up creates only the indexes a
@@ -354,6 +356,11 @@ class LedgerDB:
         the sums hold (services/router/money_check.py, ledger-spend)."""
         return await asyncio.to_thread(self._period_charges_and_give_backs, period, since)
 
+    async def period_give_backs(self, period: str, since: float | None = None) -> dict[str, tuple[str, str, int]]:
+        """The give-backs of period_charges_and_give_backs, each by its ledger entry (stream_entry): its tenant, key id
+        and (negative) cost_pico."""
+        return await asyncio.to_thread(self._period_give_backs, period, since)
+
     async def accounts(self, tenant: str | None = None) -> list[tuple[str, str]]:
         """Every (tenant, key id) that has a row, of one tenant when given."""
         return await asyncio.to_thread(self._accounts, tenant)
@@ -557,17 +564,28 @@ class LedgerDB:
     def _period_charges_and_give_backs(
         self, period: str, since: float | None
     ) -> tuple[list[tuple[str, str, int]], set[str]]:
-        where = f"period = {self._mark}" + ("" if since is None else f" AND ts >= {self._mark}")
-        args: list[Any] = [period] if since is None else [period, since]
+        where, args = self._period_where(period, since)
         sql = (
             f"SELECT tenant, key_id, SUM(cost_pico), NULL FROM requests WHERE {where} GROUP BY tenant, key_id"
-            f" UNION ALL SELECT tenant, key_id, cost_pico, ledger_entry FROM requests WHERE {where} AND cost_pico < 0"
+            f" UNION ALL {GIVE_BACKS} {where}"
         )
         with self._connected() as conn:
             found = conn.execute(sql, args + args).fetchall()
             conn.commit()  # ends PostgreSQL's implicit transaction
         charges = [(str(tenant), str(key), int(pico)) for tenant, key, pico, entry in found if entry is None]
         return sorted(charges), {str(entry) for *_, entry in found if entry is not None}
+
+    def _period_give_backs(self, period: str, since: float | None) -> dict[str, tuple[str, str, int]]:
+        where, args = self._period_where(period, since)
+        with self._connected() as conn:
+            found = conn.execute(f"{GIVE_BACKS} {where}", args).fetchall()
+            conn.commit()  # ends PostgreSQL's implicit transaction
+        return {str(entry): (str(tenant), str(key), int(pico)) for tenant, key, pico, entry in found}
+
+    def _period_where(self, period: str, since: float | None) -> tuple[str, list[Any]]:
+        """The rows of budget period `period` (with ts >= since when given): the condition and its arguments."""
+        where = f"period = {self._mark}" + ("" if since is None else f" AND ts >= {self._mark}")
+        return where, [period] if since is None else [period, since]
 
     def _insert(self, rows: Sequence[tuple[Any, ...]], records: Sequence[str]) -> int:
         # Oldest first (a batch holds each stream's entries in turn): a bound deletes the oldest rows, not the newest

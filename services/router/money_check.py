@@ -157,8 +157,11 @@ async def spend_shortfalls(
     A charge adds to its counters and its ledger entry in one script, and the SQL ledger copies entries later: the SQL
     ledger is read first, so a charge landing meanwhile can only hide a shortfall, never make one. A give-back
     (lua.py, GIVE_BACK) lowers its counters as it adds its negative entry: the SQL ledger is taken as it stands once
-    the give-backs it lacks are copied (given_back_waiting). A counter is then never below it unless the store lost
-    charges (or the ledger was hand-edited). `sink_group`: the SQL sink's consumer group (sink.GROUP but in tests)."""
+    the give-backs it lacks are added, those on the streams from where the sink stood (given_back_waiting) and those
+    the sink copied since and a trim deleted before their stream was read (read from the SQL ledger after the
+    streams, each counted if it landed before its counters were read). A counter is then never below it unless the
+    store lost charges (or the ledger was hand-edited). `sink_group`: the SQL sink's consumer group (sink.GROUP but in
+    tests)."""
     from services.ledger.sink import GROUP, stream_entry  # imported here for the reason main() says
 
     look_back = LOOK_BACK_S.get(budget_period)
@@ -169,25 +172,48 @@ async def spend_shortfalls(
     charges, copied_give_backs = await db.period_charges_and_give_backs(period, since)
     sums = ledger_spend(charges, period)
     counted: dict[str, int] = {}
+    read_to: dict[str, tuple[int, int]] = {}  # each stream read: its last entry's id when its counters were read
+    waiting: set[str] = set()
     for shard, counters in _by_shard(sums).items():
         # The counters and the give-backs with them: none lands between the two reads.
-        values, given_back = await store.spend_and_given_back(shard, counters, unacked_from[shard])
+        values, given_back, last = await store.spend_and_given_back(shard, counters, unacked_from[shard])
         counted.update(values)
+        read_to[ledger_key(shard)] = _entry_id(last)
         for entry, record in given_back:
             if stream_entry(ledger_key(shard), entry) not in copied_give_backs:
+                waiting.add(stream_entry(ledger_key(shard), entry))
                 given_back_waiting(sums, record, period, since)
+    # A give-back the sink copied after the rows were read, and a trim (trim --copied-only, or --out) deleted before
+    # its stream's page was read, is in neither: it is in the SQL ledger by now. Only those the counters hold count.
+    for entry, (tenant, key, pico) in (await db.period_give_backs(period, since)).items():
+        stream, _, entry_id = entry.rpartition(" ")
+        if entry in copied_give_backs or entry in waiting or stream not in read_to:
+            continue
+        if _entry_id(entry_id) <= read_to[stream]:
+            _given_back(sums, tenant, key, pico, period)
     return [SpendShortfall(c, sums[c], counted[c]) for c in sorted(sums) if counted[c] < sums[c]]
 
 
 def given_back_waiting(sums: dict[str, int], record: dict[str, Any], period: str, since: float | None) -> None:
     """Add to `sums` (ledger_spend's) a give-back the SQL ledger lacks, as it will hold it once copied (of `period`,
-    from `since`): minus as much in each of its counters that the ledger has charges in (one it has none in holds no
-    less than 0 anyway)."""
+    from `since`)."""
     if record["period"] != period or (since is not None and float(record["ts"]) < since):
         return
-    for counter in AccountKeys.of(Account(record["tenant"], record["key"])).spend(period):
+    _given_back(sums, record["tenant"], record["key"], to_pico(Decimal(record["cost_usd"])), period)
+
+
+def _given_back(sums: dict[str, int], tenant: str, key: str, pico: int, period: str) -> None:
+    """A give-back of `pico` (negative) in each of its counters that the ledger has charges in (one it has none in
+    holds no less than 0 anyway)."""
+    for counter in AccountKeys.of(Account(tenant, key)).spend(period):
         if counter in sums:
-            sums[counter] += to_pico(Decimal(record["cost_usd"]))
+            sums[counter] += pico
+
+
+def _entry_id(text: str) -> tuple[int, int]:
+    """A stream entry id, ordered as Redis orders them."""
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq)
 
 
 def _by_shard(counters: Iterable[str]) -> dict[int, list[str]]:

@@ -319,8 +319,9 @@ async def test_one_script_reads_one_page_of_a_long_backlog(ledger: Ledger) -> No
     assert after == f"({given[0]}"
     counted, found, after = await store.spend_and_given_back_page(shard, [tenant], after, 3)
     assert counted is None and [entry for entry, _ in found] == given[1:]
-    counted, found, _ = await store.spend_and_given_back_page(shard, [tenant], after, 3)
+    counted, found, last = await store.spend_and_given_back_page(shard, [tenant], after, 3)
     assert counted == {tenant: 600} and found == []
+    assert last == given[-1], "the stream's last entry when the counters were read"
 
 
 @pytest.mark.parametrize("page", [1, 2, 3, 5, 6, 7])
@@ -329,7 +330,7 @@ async def test_each_give_back_is_read_once_whatever_the_page(ledger: Ledger, pag
     given = await the_ledger_of_three_give_backs(store)
     counters = list(AccountKeys.of(ACME).spend(DAY))
 
-    counted, found = await store.spend_and_given_back(shard_of(ACME.tenant), counters, "-", page)
+    counted, found, _ = await store.spend_and_given_back(shard_of(ACME.tenant), counters, "-", page)
     assert counted == dict.fromkeys(counters, 600)
     assert [entry for entry, _ in found] == given
     assert [record["cost_usd"] for _, record in found] == ["-0.0000000009", "-0.0000000008", "-0.0000000007"]
@@ -345,6 +346,6 @@ async def test_a_give_back_landing_between_two_pages_is_read_with_its_counters(l
     assert (counted, found) == (None, [])
     assert await store.give_back(ACME, hold, 250) == 750
 
-    counted, found = await store.spend_and_given_back(shard, [tenant], after, 1)
+    counted, found, _ = await store.spend_and_given_back(shard, [tenant], after, 1)
     assert counted == {tenant: 2 * HOLD - 750}
     assert [record["request_id"] for _, record in found] == ["r1"]

@@ -565,33 +565,34 @@ class RedisStore:
 
     async def spend_and_given_back(
         self, shard: int, counters: list[str], start: str, page: int = LEDGER_PAGE
-    ) -> tuple[dict[str, int], list[tuple[str, dict[str, Any]]]]:
-        """What each spend counter named (all of `shard`) holds, and the give-backs on the shard's ledger stream from
-        XRANGE `start` as (entry id, record), `page` entries a script (spend_and_given_back_page). A give-back read
-        by an earlier page lowered the counters before the last page's script reads them (its entry and its decrement
-        are one script's), and none lands between that last page and the counters: they are read as at one instant."""
+    ) -> tuple[dict[str, int], list[tuple[str, dict[str, Any]]], str]:
+        """What each spend counter named (all of `shard`) holds, the give-backs on the shard's ledger stream from
+        XRANGE `start` as (entry id, record), `page` entries a script (spend_and_given_back_page), and the id of the
+        stream's last entry when the counters were read. A give-back read by an earlier page lowered the counters
+        before the last page's script reads them (its entry and its decrement are one script's), and none lands
+        between that last page and the counters: they are read as at one instant."""
         found: list[tuple[str, dict[str, Any]]] = []
         while True:
             counted, given, start = await self.spend_and_given_back_page(shard, counters, start, page)
             found += given
             if counted is not None:
-                return counted, found
+                return counted, found, start
 
     async def spend_and_given_back_page(
         self, shard: int, counters: list[str], start: str, page: int
     ) -> tuple[dict[str, int] | None, list[tuple[str, dict[str, Any]]], str]:
         """The give-backs among `page` entries of the shard's ledger stream from XRANGE `start`, and where the next
         page starts; at the stream's end, the counters too, read in the same script (lua.py, SPEND_AND_GIVEN_BACK)
-        and None before it."""
+        and None before it, with the id of the stream's last entry then in place of the next page's start."""
         async with self._call():
-            values, given, after = await self._spend_and_given_back(
+            values, given, after, last = await self._spend_and_given_back(
                 keys=[ledger_key(shard), *counters], args=[start, max(page, 1)]
             )
         records = [(_text(given[i]), json.loads(given[i + 1])) for i in range(0, len(given), 2)]
         found = [(entry, record) for entry, record in records if record.get("outcome") == GIVEN_BACK]
         if _text(after):
             return None, found, _text(after)
-        return {counter: int(value) for counter, value in zip(counters, values, strict=True)}, found, start
+        return {counter: int(value) for counter, value in zip(counters, values, strict=True)}, found, _text(last)
 
     async def limit_overrides(self) -> dict[tuple[str, str], int]:
         async with self._call(), self.redis.pipeline(transaction=False) as pipe:
