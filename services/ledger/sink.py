@@ -7,7 +7,7 @@ them (XAUTOCLAIM) once they have been idle for `claim_idle_s`. Rows are keyed by
 (its stream and entry id): an entry delivered twice is inserted once, and a request id charged twice (reused after
 its TTL, a new request) is in the table twice, as in the budgets. An entry that is no row (unreadable, no charge
 the table can hold, refused by the database) is kept whole in the ledger_rejected table before it is acknowledged:
-never retried forever, and never lost (`trim --copied-only` deletes acknowledged entries). The streams are read
+never retried forever, and never lost (a ledger trim deletes only acknowledged entries). The streams are read
 in turn without blocking (on a Redis Cluster they live on different masters), and the sink waits `block_s` only
 when all of them are drained. Without Redis (the in-process store) it reads the store's ledger list from a cursor.
 """
