@@ -231,6 +231,12 @@ class AccountKeys:
         charged marker, until the router that counts the charge in its metrics takes it (lua.py, COUNT_ONCE)."""
         return f"{self._tenant}:uncounted:{request_id}"
 
+    def counted(self, request_id: str) -> str:
+        """Set by the take of an uncounted charge (lua.py, COUNT_ONCE): the claim that took it and the charge's record,
+        for as long as the uncounted charge had left to live, so the same take sent again (its reply lost) gets the
+        record again, and any other taker nothing."""
+        return f"{self._tenant}:counted:{request_id}"
+
     def reconciled(self, request_id: str) -> str:
         """Set by the reconciler's charge at the hold (model.py, reconciled_value), for as long as the charged marker:
         what a charge or undo of that admission kept in an outbox gives back once it lands (lua.py, GIVE_BACK)."""

@@ -651,18 +651,31 @@ return ''
 # the one router that counts it: by its charge's id, the collect that made it once the charge's reply arrived; by any
 # id (''), a collect that found the line charged before (the reply to the charge's collect lost). Returns the charge's
 # ledger record, what the metrics count; nil when it is another charge's, or counted (taken) before, or none.
+# The taker names itself (its claim, one per take): the record taken is kept under that claim (keys.py, counted) for
+# as long as the uncounted charge had left, so the take sent again after its reply was lost (a Redis Cluster client
+# resends it; the store sends it again on one server) gets it again, and no other taker does. Routers of the version
+# before take by a script without a claim, which finds the uncounted charge gone once taken: counted once all the same.
 COUNT_ONCE = (
     _MUST_LAND
+    + _PERMITTED
     + """
--- KEYS: the line's uncounted charge; ARGV: the charge's id ('' for any)
+-- KEYS: the line's uncounted charge, its count taken; ARGV: the charge's id ('' for any), the taker's claim
 local kept = redis.call('GET', KEYS[1])
-if not kept then return false end
+if not kept then
+  local claim, record = string.match(redis.call('GET', KEYS[2]) or '', '^(%S+) (.*)$')
+  if claim ~= ARGV[2] then return false end
+  return record  -- this very take, sent again
+end
 local id, record = string.match(kept, '^(%S+) (.*)$')
 if not id or (ARGV[1] ~= '' and id ~= ARGV[1]) then return false end
+local refused = denied({{'SET', KEYS[2], ''}, {'DEL', KEYS[1]}})
+if refused then return refused end
+redis.call('SET', KEYS[2], ARGV[2] .. ' ' .. record, 'PX', redis.call('PTTL', KEYS[1]))
 redis.call('DEL', KEYS[1])
 return record
 """
 )
+
 
 # An admission whose reply was lost, undone: only the one admission named by its nonce (the pending record's), so a
 # late or replayed undo never touches a later admission of the same request id. The nonce is hex: no JSON escaping.

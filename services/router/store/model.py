@@ -443,8 +443,9 @@ class Store(Protocol):
         """A provider batch line's charge (one that named itself by its `charge_id`) is counted in the metrics by one
         router: the one this answers its ledger record to, once; None to any other call. `charge_id`: the collect that
         made the charge, once its reply arrived; '' any, for a collect that found the line charged before (the reply to
-        the collect that made it lost, so counted nowhere yet). StoreUnavailable when the store cannot be reached
-        (then whether it was taken is unknown)."""
+        the collect that made it lost, so counted nowhere yet). A take whose reply was lost is sent again as the same
+        take, which gets the record it took (RedisStore: its claim). StoreUnavailable when the store cannot be reached
+        again (then whether it was taken is unknown)."""
 
     async def extend(self, account: Account, allowance: Allowance, hold: Hold, pico: int) -> str:
         """Raise a hold to `pico` (before a fallback or escalation that may cost more than it covers): ''

@@ -329,9 +329,19 @@ class RedisStore:
             return bool(await self._charge(keys=names, args=args))
 
     async def count_once(self, account: Account, request_id: str, charge_id: str = "") -> dict[str, Any] | None:
+        """Taken under a claim of this call's own (lua.py, COUNT_ONCE): a Redis Cluster client resends the take whose
+        reply it lost, and on one server, where redis-py does not, it is sent again here, once; either way the take
+        sent again gets the record it took, and the charge is counted here rather than by no router."""
         keys = AccountKeys.of(account)
-        async with self._call():
-            record = await self._count_once(keys=[keys.uncounted(request_id)], args=[charge_id])
+        names, args = [keys.uncounted(request_id), keys.counted(request_id)], [charge_id, secrets.token_hex(8)]
+        try:
+            async with self._call():
+                record = await self._count_once(keys=names, args=args)
+        except StoreUnavailable:
+            if self.shards_fail_apart:  # a cluster: its client resent it already
+                raise
+            async with self._call():
+                record = await self._count_once(keys=names, args=args)
         return None if record is None else ledger_entry.expanded(json.loads(record))
 
     async def extend(self, account: Account, allowance: Allowance, hold: Hold, pico: int) -> str:
