@@ -14,12 +14,13 @@ from typing import Any
 import pytest
 
 from llmrouter.redis_connect import connect
-from services.router.store import AccountKeys, Allowance, Hold, RedisStore, StoreUnavailable, period_id
+from services.router.store import AccountKeys, Allowance, Hold, RedisStore, StoreUnavailable, lua, period_id
 from services.router.store.keys import LEASE
 from tests.conftest import ledger_records
 from tests.fakes.lossy_proxy import LossyProxy
 from tests.router.test_charge_counted_once import counted
 from tests.router.test_collect_model import ACCOUNT
+from tests.router.test_undone_admissions import proxied_store
 from tests.waiting import eventually
 
 DAY = period_id("day")
@@ -126,24 +127,85 @@ async def test_a_lapsed_line_collected_after_its_reconciled_charge_reply_was_los
     await charged_once(redis_store, "line-1")
 
 
-async def test_a_reconciled_charge_whose_reply_was_lost_is_counted_by_its_router_once_another_holds_the_lease(
+async def leased_elsewhere(store: RedisStore) -> bool:
+    """Swept by another router, until it holds the lease (once the first one's lapses)."""
+    await store.reconcile("another", 3600.0, 0.0)
+    return await store.redis.get(LEASE) == b"another"
+
+
+async def test_a_reconciled_charge_whose_reply_was_lost_is_counted_once_by_the_next_reconciler(
     proxy: LossyProxy, reconciler: ReconcileReplyLost, redis_store: RedisStore
 ) -> None:
+    """Its router dies holding the charge it never heard back (kept in its memory alone): the charge, kept uncounted
+    in the store, is counted by the router that reconciles next."""
     hold = Hold("request-1", HOLD_PICO, DAY, "gone", "n1")
     assert (await redis_store.admit(ACCOUNT, Allowance("day"), hold, model="strong")).refused == ""
     before = counted("strong")
     reconciler.proxy = proxy
     with pytest.raises(StoreUnavailable):
         await reconciler.reconcile("alive", LEASE_S, 0.0)
+    assert reconciler.unanswered  # and then it dies
+    listed = AccountKeys.of(ACCOUNT).uncounted_reconciled
+    await redis_store.redis.zadd(listed, {"hand-edited": 0})  # listed first: it holds up none of the others
+    await eventually(lambda: leased_elsewhere(redis_store), "the lease held by another router")
+    await redis_store.reconcile("another", 3600.0, 0.0)  # and again: counted before
+    await charged_once(redis_store, "request-1")
+    assert not await redis_store.redis.exists(listed)
+    requests, cost = counted("strong")
+    assert (requests - before[0], cost - before[1]) == (1, pytest.approx(HOLD_PICO / 1e12)), "counted by no router"
 
-    async def leased_elsewhere() -> bool:
-        await redis_store.reconcile("another", 3600.0, 0.0)  # takes the lease once the first one's lapses
-        return await redis_store.redis.get(LEASE) == b"another"
 
-    await eventually(leased_elsewhere, "the lease held by another router")
-    assert counted("strong") == before  # the other router found nothing to settle, and counted nothing
+async def test_a_reconciled_charge_whose_reply_was_lost_is_counted_once_whichever_router_hears_first(
+    proxy: LossyProxy, reconciler: ReconcileReplyLost, redis_store: RedisStore
+) -> None:
+    """Another router takes the lease and counts the charge left uncounted; its own router, still alive, sends it
+    again all the same (the lease not held) and counts nothing more."""
+    hold = Hold("request-1", HOLD_PICO, DAY, "gone", "n1")
+    assert (await redis_store.admit(ACCOUNT, Allowance("day"), hold, model="strong")).refused == ""
+    before = counted("strong")
+    reconciler.proxy = proxy
+    with pytest.raises(StoreUnavailable):
+        await reconciler.reconcile("alive", LEASE_S, 0.0)
+    await eventually(lambda: leased_elsewhere(redis_store), "the lease held by another router")
+    assert counted("strong")[0] == before[0] + 1  # counted there
     await reconciler.reconcile("alive", LEASE_S, 0.0)  # not leased: its own charge sent again, as made, all the same
     await charged_once(redis_store, "request-1")
     requests, cost = counted("strong")
     assert (requests - before[0], cost - before[1]) == (1, pytest.approx(HOLD_PICO / 1e12))
     assert not reconciler.unanswered
+
+
+class ClusterReconcileReplyLost(RedisStore):
+    """Once given the proxy in front of the account's node, its next charge runs there, but its reply is lost and the
+    node is out of reach from then on: the cluster client's resends find it so."""
+
+    proxy: LossyProxy | None = None
+
+    async def _settle(self, *args: Any, **kwargs: Any) -> bool:
+        if self.proxy is not None:
+            self.proxy.lose_next_reply(then_down=True)
+            self.proxy = None
+        return await super()._settle(*args, **kwargs)
+
+
+async def test_a_reconciled_charge_whose_router_died_unanswered_is_counted_once_on_a_cluster(cluster_url: str) -> None:
+    async with proxied_store(cluster_url, ClusterReconcileReplyLost) as money:
+        reconciler = money.store
+        assert isinstance(reconciler, ClusterReconcileReplyLost)
+        await money.direct.script_load(lua.CHARGE)  # the reply lost is the charge's, not a NOSCRIPT
+        hold = Hold("request-1", HOLD_PICO, DAY, "gone", "n1")
+        assert (await reconciler.admit(ACCOUNT, Allowance("day"), hold, model="strong")).refused == ""
+        before = counted("strong")
+        reconciler.proxy = money.proxy
+        with pytest.raises(StoreUnavailable):
+            await reconciler.reconcile("alive", LEASE_S, 0.0)
+        assert reconciler.unanswered  # and then it dies
+    another = RedisStore(cluster_url)
+    try:
+        await eventually(lambda: leased_elsewhere(another), "the lease held by another router")
+        await another.reconcile("another", 3600.0, 0.0)  # and again: counted before
+        await charged_once(another, "request-1")
+    finally:
+        await another.close()
+    requests, cost = counted("strong")
+    assert (requests - before[0], cost - before[1]) == (1, pytest.approx(HOLD_PICO / 1e12)), "counted by no router"

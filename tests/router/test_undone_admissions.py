@@ -48,7 +48,7 @@ class Proxied:
 
 
 @asynccontextmanager
-async def proxied_store(url: str) -> AsyncIterator[Proxied]:
+async def proxied_store(url: str, store_class: type[RedisStore] = RedisStore) -> AsyncIterator[Proxied]:
     async with AsyncExitStack() as stack:
         direct = connect(url)
         stack.push_async_callback(direct.aclose)
@@ -56,7 +56,7 @@ async def proxied_store(url: str) -> AsyncIterator[Proxied]:
         parts = urlsplit(url)
         if not is_cluster(url):
             proxy = await stack.enter_async_context(LossyProxy(parts.hostname or "127.0.0.1", parts.port or 6379))
-            store = RedisStore(proxy.url(int(parts.path.strip("/") or 0)))
+            store = store_class(proxy.url(int(parts.path.strip("/") or 0)))
             stack.push_async_callback(store.close)
             yield Proxied(store, proxy, direct)
             return
@@ -64,7 +64,7 @@ async def proxied_store(url: str) -> AsyncIterator[Proxied]:
         for node in parts.netloc.split(","):
             host, _, port = node.rpartition(":")
             proxies[(host, int(port))] = await stack.enter_async_context(LossyProxy(host, int(port)))
-        store = RedisStore("redis+cluster://" + ",".join(f"127.0.0.1:{p.port}" for p in proxies.values()))
+        store = store_class("redis+cluster://" + ",".join(f"127.0.0.1:{p.port}" for p in proxies.values()))
         stack.push_async_callback(store.close)
 
         def through_proxy(address: tuple[str, int]) -> tuple[str, int]:

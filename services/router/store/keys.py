@@ -33,6 +33,10 @@ KEYLESS = "anonymous"
 # window up to a minute.
 RATE_WINDOW_S = 60
 RATE_COUNTER_TTL_S = 61
+# How long a taken count's record is kept for its taker (AccountKeys.counted): its take is sent again within the call
+# that lost its reply (a Redis Cluster client's resends, or the store's one), seconds; a day, as the uncounted charge,
+# would keep every provider batch line's record a day after it was counted.
+TAKEN_KEPT_S = 600
 
 
 def rate_window(now: float) -> int:
@@ -111,6 +115,14 @@ def prices_key(shard: int) -> str:
     during an upgrade only (the next admission of the same field by this version writes or drops it), and a later
     admission of the request id by such a router must not read it as its own."""
     return f"{TAGS[shard]}:prices"
+
+
+def uncounted_reconciled_key(shard: int) -> str:
+    """The reconciler's charges of the shard counted in no router's metrics yet, a sorted set of '<charge id> <pending
+    field>' scored by when charged (lua.py, CHARGE): each charge's record waits in its request's uncounted key (not
+    in the router's memory), and the next reconciler, on any router, takes those its maker did not (lua.py,
+    COUNT_ONCE), so a router dying before it heard its charge back loses no count."""
+    return f"{TAGS[shard]}:uncounted-reconciled"
 
 
 def limits_key(shard: int) -> str:
@@ -227,14 +239,15 @@ class AccountKeys:
         return f"{self._tenant}:charged:{request_id}"
 
     def uncounted(self, request_id: str) -> str:
-        """Set by a provider batch line's charge that names itself (its charge id and ledger record), for as long as the
-        charged marker, until the router that counts the charge in its metrics takes it (lua.py, COUNT_ONCE)."""
+        """Set by a provider batch line's charge that names itself (its charge id and ledger record), and by any charge
+        of the reconciler's, for as long as the charged marker, until the router that counts the charge in its metrics
+        takes it (lua.py, COUNT_ONCE)."""
         return f"{self._tenant}:uncounted:{request_id}"
 
     def counted(self, request_id: str) -> str:
         """Set by the take of an uncounted charge (lua.py, COUNT_ONCE): the claim that took it and the charge's record,
-        for as long as the uncounted charge had left to live, so the same take sent again (its reply lost) gets the
-        record again, and any other taker nothing."""
+        for TAKEN_KEPT_S at most (no longer than the uncounted charge had left to live), so the same take sent again
+        (its reply lost) gets the record again, and any other taker nothing."""
         return f"{self._tenant}:counted:{request_id}"
 
     def reconciled(self, request_id: str) -> str:
@@ -277,6 +290,10 @@ class AccountKeys:
     @property
     def limits(self) -> str:
         return limits_key(self.shard)
+
+    @property
+    def uncounted_reconciled(self) -> str:
+        return uncounted_reconciled_key(self.shard)
 
     @property
     def hold_totals_epoch(self) -> str:

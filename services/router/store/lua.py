@@ -1,7 +1,7 @@
 """The money store's Redis scripts. Each touches the keys of one account's shard only (one hash slot), so it
 runs atomically on one server or on the one Redis Cluster master that owns the slot."""
 
-from services.router.store.keys import RATE_COUNTER_TTL_S, TOTAL_SUFFIX
+from services.router.store.keys import RATE_COUNTER_TTL_S, TAKEN_KEPT_S, TOTAL_SUFFIX
 from services.router.store.model import HOLDS_LINGER_S, SPEND_MAX_PICO, UNRECORDED_BATCH
 
 # Amounts are pico-dollar integers up to 2^63, beyond a Lua number's exact 2^53: the scripts that add them
@@ -445,7 +445,8 @@ CHARGE = (
     + """
 -- KEYS: charged marker, tenant spend, key spend, ledger, tenant holds, key holds, pending charges, provider batches,
 --       models, prices, used id, the shard's hold-totals epoch, the tokens counter of the charge's minute, reconciled
---       (the reconciler's, keys.py), the line's uncounted charge (keys.py, uncounted)
+--       (the reconciler's, keys.py), the uncounted charge (keys.py, uncounted), the shard's uncounted reconciler's
+--       charges (keys.py, uncounted_reconciled)
 -- ARGV: pico, marker ttl, record, spend ttl, hold member, pending field, late ('1': only if still pending),
 --       the charge's id ('' for none), its admission's nonce ('' for none), the reconciler's: the pending record
 --       as its sweep read it ('' for none), the tokens charged (input and output), and the reconciler's: what it
@@ -492,7 +493,8 @@ for i = 2, 3 do
     return redis.error_reply('ERR spend would overflow: ' .. KEYS[i] .. ' would pass ' .. SPEND_MAX .. ' pico-USD')
   end
 end
-for i, kind in pairs({[4] = 'stream', [5] = 'zset', [6] = 'zset', [8] = 'hash', [9] = 'hash', [10] = 'hash'}) do
+local typed = {[4] = 'stream', [5] = 'zset', [6] = 'zset', [8] = 'hash', [9] = 'hash', [10] = 'hash', [16] = 'zset'}
+for i, kind in pairs(typed) do
   local found = redis.call('TYPE', KEYS[i])['ok']
   if found ~= 'none' and found ~= kind then return redis.error_reply('WRONGTYPE a key the charge writes') end
 end
@@ -510,6 +512,7 @@ for _, holds in ipairs({KEYS[5], KEYS[6]}) do
 end
 if ARGV[12] ~= '' then writes[#writes + 1] = {'SET', KEYS[14], ARGV[12]} end
 if ARGV[8] ~= '' then writes[#writes + 1] = {'SET', KEYS[15], ARGV[8]} end
+if ARGV[10] ~= '' then writes[#writes + 1] = {'ZADD', KEYS[16], '0', ''} end
 local refused = denied(writes)
 if refused then return refused end
 -- A pending charge of another admission of the request id (admitted again once its markers expired, while this
@@ -558,10 +561,15 @@ if string.sub(marker, 1, 6) ~= 'batch:' then
   end
 else
   marker = marker .. ' 1::pico=' .. ARGV[1]  -- a collect of the line again tells it (model.py, CHARGED_TOTAL)
-  -- Counted in no router's metrics until one takes it (COUNT_ONCE): its collect, once this reply arrives, by its
-  -- charge id; else (this reply lost) a later collect of the line. Beside the marker, which has no room for the id:
-  -- routers of the version before read the batch from 'batch:<id> 1::pico=<n>' as it stands.
-  if ARGV[8] ~= '' then redis.call('SET', KEYS[15], ARGV[8] .. ' ' .. ARGV[3], 'EX', ARGV[2]) end
+end
+-- A provider batch line's charge, and any of the reconciler's, is counted in no router's metrics until one takes it
+-- (COUNT_ONCE): its maker, once this reply arrives, by its charge id; else (this reply lost) a later collect of the
+-- line, or the next reconciler, on any router, which finds the reconciler's listed in its shard: so a reconciler that
+-- dies before it hears back loses no count. Beside the marker, which has no room for the record (and a line's none
+-- for the id: routers of the version before read the batch from 'batch:<id> 1::pico=<n>' as it stands).
+if ARGV[8] ~= '' and (string.sub(marker, 1, 6) == 'batch:' or ARGV[10] ~= '') then
+  redis.call('SET', KEYS[15], ARGV[8] .. ' ' .. ARGV[3], 'EX', ARGV[2])
+  if ARGV[10] ~= '' then redis.call('ZADD', KEYS[16], redis.call('TIME')[1], ARGV[8] .. ' ' .. ARGV[6]) end
 end
 redis.call('SET', KEYS[1], marker, 'EX', ARGV[2])
 -- The reconciler's: what it charged this admission, as long as the marker, for a charge or undo of it kept in an
@@ -647,19 +655,27 @@ return ''
 """
 )
 
-# A provider batch line's charge counted in no router's metrics yet (CHARGE keeps it, keys.py, uncounted), taken by
-# the one router that counts it: by its charge's id, the collect that made it once the charge's reply arrived; by any
-# id (''), a collect that found the line charged before (the reply to the charge's collect lost). Returns the charge's
-# ledger record, what the metrics count; nil when it is another charge's, or counted (taken) before, or none.
-# The taker names itself (its claim, one per take): the record taken is kept under that claim (keys.py, counted) for
-# as long as the uncounted charge had left, so the take sent again after its reply was lost (a Redis Cluster client
-# resends it; the store sends it again on one server) gets it again, and no other taker does. Routers of the version
-# before take by a script without a claim, which finds the uncounted charge gone once taken: counted once all the same.
+# A provider batch line's charge, or one of the reconciler's, counted in no router's metrics yet (CHARGE keeps it,
+# keys.py, uncounted), taken by the one router that counts it: by its charge's id, its maker once the charge's reply
+# arrived, or the next reconciler (the reconciler's charges are listed in their shard, keys.py, uncounted_reconciled:
+# its maker may have died before it heard back); by any id (''), a collect that found the line charged before (the
+# reply to the charge's collect lost). Returns the charge's ledger record, what the metrics count; nil when it is
+# another charge's, or counted (taken) before, or none. A take naming the charge's entry in its shard's list drops it:
+# taken now, or before, or its record gone with its marker, no take finds it there again.
+# The taker names itself (its claim, one per take): the record taken is kept under that claim (keys.py, counted) a
+# while, so the take sent again after its reply was lost (a Redis Cluster client resends it; the store sends it again
+# on one server) gets it again, and no other taker does. Routers of the version before take by a script without a
+# claim, which finds the uncounted charge gone once taken: counted once all the same.
 COUNT_ONCE = (
     _MUST_LAND
     + _PERMITTED
+    + f"local TAKEN_KEPT_MS = {TAKEN_KEPT_S * 1000}\n"
     + """
--- KEYS: the line's uncounted charge, its count taken; ARGV: the charge's id ('' for any), the taker's claim
+-- KEYS: the uncounted charge, its count taken, the shard's uncounted reconciler's charges
+-- ARGV: the charge's id ('' for any), the taker's claim, the charge's entry in that list ('' for none)
+local refused = denied({{'SET', KEYS[2], ''}, {'DEL', KEYS[1]}, {'ZREM', KEYS[3], ARGV[3]}})
+if refused then return refused end
+if ARGV[3] ~= '' then redis.call('ZREM', KEYS[3], ARGV[3]) end
 local kept = redis.call('GET', KEYS[1])
 if not kept then
   local claim, record = string.match(redis.call('GET', KEYS[2]) or '', '^(%S+) (.*)$')
@@ -668,9 +684,9 @@ if not kept then
 end
 local id, record = string.match(kept, '^(%S+) (.*)$')
 if not id or (ARGV[1] ~= '' and id ~= ARGV[1]) then return false end
-local refused = denied({{'SET', KEYS[2], ''}, {'DEL', KEYS[1]}})
-if refused then return refused end
-redis.call('SET', KEYS[2], ARGV[2] .. ' ' .. record, 'PX', redis.call('PTTL', KEYS[1]))
+local kept_ms = redis.call('PTTL', KEYS[1])  -- no longer than the uncounted charge would have lived
+if kept_ms < 0 or kept_ms > TAKEN_KEPT_MS then kept_ms = TAKEN_KEPT_MS end
+redis.call('SET', KEYS[2], ARGV[2] .. ' ' .. record, 'PX', kept_ms)
 redis.call('DEL', KEYS[1])
 return record
 """

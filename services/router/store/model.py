@@ -440,7 +440,8 @@ class Store(Protocol):
         the store cannot be reached."""
 
     async def count_once(self, account: Account, request_id: str, charge_id: str = "") -> dict[str, Any] | None:
-        """A provider batch line's charge (one that named itself by its `charge_id`) is counted in the metrics by one
+        """A provider batch line's charge (one that named itself by its `charge_id`), or one of the reconciler's (a
+        RedisStore's, whose next reconciler counts those their makers did not), is counted in the metrics by one
         router: the one this answers its ledger record to, once; None to any other call. `charge_id`: the collect that
         made the charge, once its reply arrived; '' any, for a collect that found the line charged before (the reply to
         the collect that made it lost, so counted nowhere yet). A take whose reply was lost is sent again as the same

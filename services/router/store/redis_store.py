@@ -40,6 +40,7 @@ from services.router.store.keys import (
     pending_key,
     shard_of,
     shard_of_key,
+    uncounted_reconciled_key,
 )
 from services.router.store.model import (
     GIVEN_BACK,
@@ -74,6 +75,8 @@ log = logging.getLogger("llmrouter.router")
 LOOK_COST_SHARE = 20
 # Ledger entries one script of ledger-spend reads (lua.py, SPEND_AND_GIVEN_BACK): about 3 ms of the master's time.
 LEDGER_PAGE = 1000
+# The reconciler's charges left uncounted that one sweep counts, of each shard (_count_reconciled_left).
+UNCOUNTED_PAGE = 1000
 CONNECTIONS = 64  # per client; on a cluster, per node at most
 
 
@@ -285,26 +288,18 @@ class RedisStore:
         try:
             args = ["1", charge_id, hold.nonce, swept]
             settled = await self._settle(account, hold, hold.pico, record, args, reconciled)
-            counted = await self._reconciled_count(account, hold, charge_id, settled)
+            # Kept uncounted by the store, whether it landed now or, sent again, before: counted by whichever of this
+            # router and the next reconciler takes it (lua.py, COUNT_ONCE); a line's, by a collect of it maybe.
+            counted = await self._take(account, hold.request_id, charge_id, f"{charge_id} {charge.field}")
         except StoreUnavailable:
             raise  # unanswered: sent again
         except Exception:
             del self.unanswered[swept]  # answered: its own keys refused it (WRONGTYPE)
             raise
         del self.unanswered[swept]
-        if counted:
+        if counted is not None:
             metrics.count_charge(record)
         return settled
-
-    async def _reconciled_count(self, account: Account, hold: Hold, charge_id: str, settled: bool) -> bool:
-        """Whether the reconciler's charge is its to count. Another's is a provider batch line's (its charged marker
-        names its batch), which the store keeps uncounted beside the marker, counted by whichever router takes it:
-        this one, or a collect of the line that found it charged (lua.py, COUNT_ONCE). Else its own, when it landed
-        now or, sent again, before (its id in the marker); a batch line of the version before, with no batch
-        recorded, is charged so."""
-        if hold.until and await self.count_once(account, hold.request_id, charge_id) is not None:
-            return True
-        return settled and not (hold.until and await self.charged_batch(account, hold.request_id))
 
     async def _settle(
         self, account: Account, hold: Hold, pico: int, record: dict, only: list[str], reconciled: str = ""
@@ -313,7 +308,7 @@ class RedisStore:
         names = [keys.charged(hold.request_id), *keys.spend(hold.period), keys.ledger, *keys.held(), keys.pending]
         names += [keys.batches, keys.models, keys.prices, keys.used(hold.request_id), keys.hold_totals_epoch]
         names += [keys.tokens(money_now()), keys.reconciled(hold.request_id)]  # tokens: the minute it is charged in
-        names += [keys.uncounted(hold.request_id)]
+        names += [keys.uncounted(hold.request_id), keys.uncounted_reconciled]
         args: list[int | str] = [
             pico,
             self.request_id_ttl_s,
@@ -329,11 +324,16 @@ class RedisStore:
             return bool(await self._charge(keys=names, args=args))
 
     async def count_once(self, account: Account, request_id: str, charge_id: str = "") -> dict[str, Any] | None:
-        """Taken under a claim of this call's own (lua.py, COUNT_ONCE): a Redis Cluster client resends the take whose
-        reply it lost, and on one server, where redis-py does not, it is sent again here, once; either way the take
-        sent again gets the record it took, and the charge is counted here rather than by no router."""
+        return await self._take(account, request_id, charge_id, "")
+
+    async def _take(self, account: Account, request_id: str, charge_id: str, listed: str) -> dict[str, Any] | None:
+        """count_once, dropping `listed` from the shard's uncounted reconciler's charges (keys.py). Taken under a claim
+        of this call's own (lua.py, COUNT_ONCE): a Redis Cluster client resends the take whose reply it lost, and on
+        one server, where redis-py does not, it is sent again here, once; either way the take sent again gets the
+        record it took, and the charge is counted here rather than by no router."""
         keys = AccountKeys.of(account)
-        names, args = [keys.uncounted(request_id), keys.counted(request_id)], [charge_id, secrets.token_hex(8)]
+        names = [keys.uncounted(request_id), keys.counted(request_id), keys.uncounted_reconciled]
+        args = [charge_id, secrets.token_hex(8), listed]
         try:
             async with self._call():
                 record = await self._count_once(keys=names, args=args)
@@ -659,6 +659,7 @@ class RedisStore:
                 elif not charge.until and charge.router in self._missing_since:
                     left += 1  # its router gone, not yet past the grace before it is taken for dead
             metrics.RECONCILE_BACKLOG.set(left)
+            await self._count_reconciled_left()
             return settled
 
     async def _send_unanswered(self) -> int:
@@ -666,6 +667,27 @@ class RedisStore:
         another router may hold it by now, and each charge lands once whoever sends it. How many were charged now."""
         landed = [await self._settle_logged(swept) for swept in list(self.unanswered)]
         return sum(bool(each) for each in landed)
+
+    async def _count_reconciled_left(self) -> None:
+        """The reconciler's charges left uncounted (keys.py, uncounted_reconciled), counted here: their makers died
+        before they heard them back, or hear them back later, or are taking them now; each is counted by one router
+        (lua.py, COUNT_ONCE). At most a page of each shard's a sweep, the oldest first."""
+        for shard in range(SHARDS):
+            key = uncounted_reconciled_key(shard)
+            async with self._calls:
+                listed = [_text(member) for member in await self.redis.zrange(key, 0, UNCOUNTED_PAGE - 1)]
+            for entry in listed:
+                charge_id, _, field = entry.partition(" ")
+                try:
+                    tenant, request_id = json.loads(field)  # its pending field (model.py, pending_field)
+                except (ValueError, TypeError):  # hand-edited: dropped, so it holds up none of the others
+                    log.error("uncounted reconciler's charge unreadable: dropped", extra={"entry": entry[:500]})
+                    async with self._calls:
+                        await self.redis.zrem(key, entry)
+                    continue
+                record = await self._take(Account(tenant, ""), request_id, charge_id, entry)
+                if record is not None:
+                    metrics.count_charge(record)
 
     async def _settle_logged(self, swept: str) -> bool | None:
         """settle_swept; None when its own keys refused it (WRONGTYPE), logged: the others are settled all the same."""
