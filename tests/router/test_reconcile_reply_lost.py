@@ -145,12 +145,16 @@ async def test_a_reconciled_charge_whose_reply_was_lost_is_counted_once_by_the_n
     with pytest.raises(StoreUnavailable):
         await reconciler.reconcile("alive", LEASE_S, 0.0)
     assert reconciler.unanswered  # and then it dies
-    listed = AccountKeys.of(ACCOUNT).uncounted_reconciled
-    await redis_store.redis.zadd(listed, {"hand-edited": 0})  # listed first: it holds up none of the others
+    keys = AccountKeys.of(ACCOUNT)
+    listed = keys.uncounted_reconciled
+    # Listed first, neither holds up the others: an entry no router can read, and one whose own key is of another type.
+    mistyped = "c0 " + json.dumps([ACCOUNT.tenant, "mistyped"])
+    await redis_store.redis.hset(keys.counted("mistyped"), "hand", "edited")
+    await redis_store.redis.zadd(listed, {"hand-edited": 0, mistyped: 0})
     await eventually(lambda: leased_elsewhere(redis_store), "the lease held by another router")
     await redis_store.reconcile("another", 3600.0, 0.0)  # and again: counted before
     await charged_once(redis_store, "request-1")
-    assert not await redis_store.redis.exists(listed)
+    assert await redis_store.redis.zrange(listed, 0, -1) == [mistyped.encode()]  # left for an operator to mend
     requests, cost = counted("strong")
     assert (requests - before[0], cost - before[1]) == (1, pytest.approx(HOLD_PICO / 1e12)), "counted by no router"
 

@@ -673,6 +673,10 @@ COUNT_ONCE = (
     + """
 -- KEYS: the uncounted charge, its count taken, the shard's uncounted reconciler's charges
 -- ARGV: the charge's id ('' for any), the taker's claim, the charge's entry in that list ('' for none)
+for i, kind in pairs({[2] = 'string', [3] = 'zset'}) do
+  local found = redis.call('TYPE', KEYS[i])['ok']
+  if found ~= 'none' and found ~= kind then return redis.error_reply('WRONGTYPE a key the take writes') end
+end
 local refused = denied({{'SET', KEYS[2], ''}, {'DEL', KEYS[1]}, {'ZREM', KEYS[3], ARGV[3]}})
 if refused then return refused end
 if ARGV[3] ~= '' then redis.call('ZREM', KEYS[3], ARGV[3]) end

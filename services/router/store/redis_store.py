@@ -685,7 +685,15 @@ class RedisStore:
                     async with self._calls:
                         await self.redis.zrem(key, entry)
                     continue
-                record = await self._take(Account(tenant, ""), request_id, charge_id, entry)
+                try:
+                    record = await self._take(Account(tenant, ""), request_id, charge_id, entry)
+                except StoreUnavailable:
+                    raise
+                except Exception:  # its own keys refused it (WRONGTYPE): the others are counted all the same
+                    log.exception(
+                        "uncounted reconciler's charge not taken; taken again next sweep", extra={"entry": entry}
+                    )
+                    continue
                 if record is not None:
                     metrics.count_charge(record)
 
