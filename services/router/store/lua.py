@@ -696,7 +696,6 @@ return record
 """
 )
 
-
 # An admission whose reply was lost, undone: only the one admission named by its nonce (the pending record's), so a
 # late or replayed undo never touches a later admission of the same request id. The nonce is hex: no JSON escaping.
 UNDO = (

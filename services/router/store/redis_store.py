@@ -269,7 +269,8 @@ class RedisStore:
         """The reconciler's charge of a pending charge at its hold (its outcome never known): only while the store
         still holds this very record, as read by the sweep. True when it was charged. Counted in the metrics once,
         its reply lost too: the charge, named by its charge id, is kept unanswered and sent again, as made, by each
-        reconcile until it is heard back, which the store knows as made before (lua.py, CHARGE)."""
+        reconcile until it is heard back, which the store knows as made before (lua.py, CHARGE); should this router
+        die first, the store keeps the charge uncounted for the next reconciler (_count_reconciled_left)."""
         charge = Pending.from_json(swept)
         account, hold = charge.account_and_hold()
         made = self.unanswered.get(swept)
