@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from services.router.store import AccountKeys, Allowance, Hold, RedisStore, Stor
 from services.router.store.keys import LEASE
 from tests.conftest import ledger_records
 from tests.fakes.lossy_proxy import LossyProxy
+from tests.router.old_version import checkout, run
 from tests.router.test_charge_counted_once import counted
 from tests.router.test_collect_model import ACCOUNT
 from tests.router.test_undone_admissions import proxied_store
@@ -213,3 +215,37 @@ async def test_a_reconciled_charge_whose_router_died_unanswered_is_counted_once_
         await another.close()
     requests, cost = counted("strong")
     assert (requests - before[0], cost - before[1]) == (1, pytest.approx(HOLD_PICO / 1e12)), "counted by no router"
+
+
+BEFORE = "a1374e1"  # the version before the reconciler's charges were kept uncounted, its take without a claim
+OLD_TAKE = """
+import asyncio, sys
+from services.router.store import Account, RedisStore
+async def main():
+    store = RedisStore(sys.argv[1])
+    try:
+        print(await store.count_once(Account(sys.argv[2], sys.argv[3]), sys.argv[4]) is not None)
+    finally:
+        await store.close()
+asyncio.run(main())
+"""
+
+
+async def test_a_lapsed_lines_reconciled_charge_taken_by_a_router_of_the_version_before_is_counted_there_alone(
+    proxy: LossyProxy, reconciler: ReconcileReplyLost, redis_store: RedisStore, redis_url: str, tmp_path: Path
+) -> None:
+    """In a rolling upgrade: a collect of the line on a router of the version before takes the count the reconciler's
+    charge left listed, by that version's take, which knows no list; the next reconciler finds it taken, and counts
+    nothing."""
+    await lapsed_line(redis_store, redis_url)
+    await redis_store.redis.script_load(lua.CHARGE)  # the reply lost is the charge's, not a NOSCRIPT
+    reconciler.proxy = proxy
+    with pytest.raises(StoreUnavailable):
+        await reconciler.reconcile("alive", LEASE_S, 0.0)  # and then it dies
+    old_tree = checkout(BEFORE, tmp_path)
+    assert await run(old_tree, OLD_TAKE, redis_url, ACCOUNT.tenant, ACCOUNT.key, "line-1") == "True"  # counted there
+    before = counted("strong")
+    await eventually(lambda: leased_elsewhere(redis_store), "the lease held by another router")
+    assert counted("strong") == before
+    assert not await redis_store.redis.exists(AccountKeys.of(ACCOUNT).uncounted_reconciled)
+    await charged_once(redis_store, "line-1")
