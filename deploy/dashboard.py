@@ -100,6 +100,7 @@ def variable(name: str, query_text: str) -> dashboard.QueryVariable:
 
 
 GIVEN_BACK = "llmrouter_router_cost_given_back_usd_total"
+OVERLOADED = "llmrouter_grpc_overloaded_calls_total"
 
 
 def build() -> dict:
@@ -328,6 +329,42 @@ def build() -> dict:
                 "Requests in flight per pod (the HPA signal)",
                 "short",
                 (f"sum by (service, pod) ({s('llmrouter_inflight_requests')})", "{{service}} {{pod}}"),
+                span=12,
+            )
+        )
+        .with_panel(
+            series(
+                "Calls in flight against the limit per pod (1: refusing new calls; <service>.maxInflightCalls)",
+                "percentunit",
+                (
+                    f"max by (service, pod) ({s('llmrouter_inflight_requests')}"
+                    f" / {s('llmrouter_grpc_max_inflight_calls')})",
+                    "{{service}} {{pod}}",
+                ),
+                span=12,
+            )
+        )
+        .with_panel(
+            series(
+                "Share of calls refused at the limit of calls in flight (OVERLOADED) per service: alerts past 5%",
+                "percentunit",
+                (
+                    f"sum by (service) ({rate(OVERLOADED)})"
+                    f" / sum by (service) ({rate('llmrouter_grpc_requests_total')})",
+                    "{{service}}",
+                ),
+                span=12,
+            )
+        )
+        .with_panel(
+            series(
+                "Calls refused at the limit/s per service and method, and the edge's 503 overloaded answers by refuser",
+                "reqps",
+                (f"sum by (service, method) ({rate(OVERLOADED)})", "{{service}} {{method}}"),
+                (
+                    f"sum by (service) ({rate('llmrouter_edge_overloaded_answers_total')})",
+                    "edge 503, {{service}} refused",
+                ),
                 span=12,
             )
         )

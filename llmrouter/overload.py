@@ -3,7 +3,10 @@ counted until they end), a service refuses a new call at once with RESOURCE_EXHA
 RetryInfo (llmrouter.errors.overloaded), before it is authenticated or parsed: it sets off nothing and costs nothing,
 and its caller backs off or falls back (ServiceError.shed). The limit sits below gRPC's own queue of calls waiting for
 a handler (GRPC_PENDING_CALLS), past which gRPC cancels calls with no word of why. Health checks, reflection and the
-operator surface are never refused: a full server must still say it is alive, and its operator must reach it."""
+operator surface are never refused: a full server must still say it is alive, and its operator must reach it.
+
+Its own metrics, for operators: the refusals apart from any other RESOURCE_EXHAUSTED (a rate limit, a budget), and the
+limit itself, against which llmrouter_inflight_requests shows the headroom left."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from contextlib import aclosing
 from typing import Any, cast
 
 import grpc
+from prometheus_client import Counter, Gauge
 
 from llmrouter.errors import overloaded
 from llmrouter.interceptors import RPCS, WrappingInterceptor
@@ -24,6 +28,17 @@ RETRY_DELAY_S = 1
 OPERATOR = operator_pb2.DESCRIPTOR.services_by_name["Operator"].full_name
 NEVER_REFUSED = ("/grpc.health.", "/grpc.reflection.", f"/{OPERATOR}/")
 
+REFUSED = Counter(
+    "llmrouter_grpc_overloaded_calls_total",
+    "gRPC calls refused OVERLOADED at the service's limit of calls in flight, before any work",
+    ["service", "method"],
+)
+LIMIT = Gauge(
+    "llmrouter_grpc_max_inflight_calls",
+    "The service's limit of calls in flight (<PREFIX>_MAX_INFLIGHT_CALLS): past it a call is refused OVERLOADED",
+    ["service"],
+)
+
 
 class OverloadInterceptor(WrappingInterceptor):
     exempt = NEVER_REFUSED
@@ -33,8 +48,11 @@ class OverloadInterceptor(WrappingInterceptor):
         self.service = service
         self.limit = limit
         self.inflight = 0  # one event loop serves every call: counted without a lock
+        LIMIT.labels(service).set(limit)
 
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        # Each method's refusals counted from 0 once it is first called, so that rate() sees the first of them.
+        REFUSED.labels(self.service, method)
         kinds = {
             "request_deserializer": handler.request_deserializer,
             "response_serializer": handler.response_serializer,
@@ -75,6 +93,7 @@ class OverloadInterceptor(WrappingInterceptor):
         """Take a place, or refuse the call (the check and the count with no await between them)."""
         if self.inflight >= self.limit:
             RPCS.labels(self.service, method, grpc.StatusCode.RESOURCE_EXHAUSTED.name).inc()
+            REFUSED.labels(self.service, method).inc()
             refusal = overloaded(self.service, RETRY_DELAY_S)
             await context.abort(refusal.code, refusal.message, refusal.trailing_metadata())
         self.inflight += 1

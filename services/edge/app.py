@@ -69,6 +69,15 @@ HTTP_SECONDS = Histogram(
     # Up to the router's limit on a completion (ROUTER_REQUEST_TIMEOUT_S, 300 s): a quantile never passes the highest.
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 180, 300),
 )
+# The 503s among those that say `overloaded`, by the service at its limit of calls in flight that refused (its
+# ErrorInfo's `service`): the router, or the providers, whose refusal the router passes on once it has admitted the
+# request. Any other name is `other`, so the label stays bounded; each counted from 0, so that rate() sees the first.
+OVERLOADED_ANSWERS = Counter(
+    "llmrouter_edge_overloaded_answers_total",
+    "Requests answered overloaded (503): a service behind the edge at its limit of calls in flight",
+    ["service"],
+)
+OVERLOADED_BY = {service: OVERLOADED_ANSWERS.labels(service) for service in ("router", "providers", "other")}
 
 # gRPC status of the router -> HTTP status of the edge. Upstream trouble is 502/503/504, and so is the router
 # refusing the edge's own credentials (UNAUTHENTICATED, PERMISSION_DENIED): the deployment's fault, not the caller's.
@@ -140,6 +149,8 @@ def api_error(err: grpc.RpcError, request_id: str, charging: bool = False) -> Ap
         # The router unreachable or restarting (no ErrorInfo), a provider out of service, or a service at its limit of
         # calls in flight (OVERLOADED): the service's load, not the caller's rate (429), is why.
         status = 503
+        if error.overloaded:
+            OVERLOADED_BY.get(error.metadata.get("service", ""), OVERLOADED_BY["other"]).inc()
     elif error.past_deadline:
         status = 504  # the router did not answer by the edge's own deadline: a timeout, not a provider's failure
     code = OPENAI_CODES.get(error.reason, error.reason.lower())

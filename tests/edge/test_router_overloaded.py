@@ -12,9 +12,10 @@ from typing import Any
 
 import grpc
 import httpx
+from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
-from llmrouter.errors import ServiceError
+from llmrouter.errors import ServiceError, overloaded
 from llmrouter.server import start_server
 from llmrouter.settings import GrpcServiceSettings
 from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
@@ -42,6 +43,25 @@ class HeldRouter(router_pb2_grpc.RouterServicer):
         return router_pb2.CompleteResponse(content="an answer", model="cheap", usage=usage, cost_usd="0.000002")
 
 
+class PassingOnProvidersRefusal(HeldRouter):
+    """A router passing on the providers' refusal at their limit, as it does once it has admitted the request."""
+
+    async def Complete(self, request: Any, context: Any) -> router_pb2.CompleteResponse:
+        raise overloaded("providers", 1)
+
+
+def overloaded_answers(service: str) -> float:
+    labels = {"service": service}
+    return REGISTRY.get_sample_value("llmrouter_edge_overloaded_answers_total", labels) or 0.0
+
+
+def edge_settings(router_addr: str) -> EdgeSettings:
+    return EdgeSettings(
+        port=free_port(), router_addr=router_addr, access_log="off", metrics_port=0,
+        api_keys=SecretStr(key_line("caller", KEY)),
+    )  # fmt: skip
+
+
 @asynccontextmanager
 async def router_with_one_place(servicer: HeldRouter) -> AsyncIterator[str]:
     settings = GrpcServiceSettings(port=0, auth="none", max_inflight_calls=1)
@@ -57,12 +77,9 @@ async def router_with_one_place(servicer: HeldRouter) -> AsyncIterator[str]:
 async def test_an_overloaded_router_is_a_503_with_retry_after() -> None:
     router = HeldRouter()
     async with router_with_one_place(router) as router_addr:
-        settings = EdgeSettings(
-            port=free_port(), router_addr=router_addr, access_log="off", metrics_port=0,
-            api_keys=SecretStr(key_line("caller", KEY)),
-        )  # fmt: skip
+        answered_before = overloaded_answers("router"), overloaded_answers("providers")
         async with (
-            served_edge(settings) as base,
+            served_edge(edge_settings(router_addr)) as base,
             httpx.AsyncClient(base_url=base, headers={"authorization": f"Bearer {KEY}"}, timeout=30) as http,
         ):
             held = asyncio.ensure_future(http.post("/chat/completions", json=CHAT))
@@ -82,6 +99,27 @@ async def test_an_overloaded_router_is_a_503_with_retry_after() -> None:
         "code": "overloaded",
     }
     assert "x_router" not in refused.json()  # nothing charged, nothing held
+    # Seen by operators apart from the edge's other 503s, under the service that refused.
+    assert (overloaded_answers("router"), overloaded_answers("providers")) == (
+        answered_before[0] + 1,
+        answered_before[1],
+    )
+
+
+async def test_the_providers_refusal_the_router_passes_on_is_counted_under_the_providers() -> None:
+    async with router_with_one_place(PassingOnProvidersRefusal()) as router_addr:
+        answered_before = overloaded_answers("router"), overloaded_answers("providers")
+        async with (
+            served_edge(edge_settings(router_addr)) as base,
+            httpx.AsyncClient(base_url=base, headers={"authorization": f"Bearer {KEY}"}, timeout=30) as http,
+        ):
+            refused = await http.post("/chat/completions", json=CHAT)
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["error"]["code"] == "overloaded"
+    assert (overloaded_answers("router"), overloaded_answers("providers")) == (
+        answered_before[0],
+        answered_before[1] + 1,
+    )
 
 
 async def test_a_batch_line_the_router_refused_overloaded_is_sent_again() -> None:

@@ -15,9 +15,10 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import REGISTRY
 from pydantic import ValidationError
 
-from llmrouter.errors import DOMAIN, OVERLOADED, invalid
+from llmrouter.errors import DOMAIN, OVERLOADED, ServiceError, invalid
 from llmrouter.overload import GRPC_PENDING_CALLS
 from llmrouter.server import RunningServer, start_server
 from llmrouter.settings import GrpcServiceSettings
@@ -27,6 +28,7 @@ from tests.waiting import eventually, rpcs_ended
 SERVICE = "overload-test"
 LIMIT = 3
 FAILING = "failing"  # a model whose handlers fail at once
+RATE_LIMITED = "rate-limited"  # a model whose Generate is refused RESOURCE_EXHAUSTED by its handler, not the limit
 
 
 class Held(provider_pb2_grpc.ProviderServicer):
@@ -42,6 +44,8 @@ class Held(provider_pb2_grpc.ProviderServicer):
     async def Generate(self, request: Any, context: Any) -> provider_pb2.GenerateResponse:
         if request.model == FAILING:
             raise invalid("refused by its handler", "model")
+        if request.model == RATE_LIMITED:
+            raise ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED", "refused by its handler")
         await self._arrive()
         await self.release.wait()
         return provider_pb2.GenerateResponse(content="done")
@@ -103,6 +107,12 @@ def assert_refused_overloaded(error: BaseException) -> None:
     assert retry.retry_delay.seconds == 1 and info.metadata["retry_after_s"] == "1"
 
 
+def refused_overloaded(method: str) -> float:
+    """The calls of `method` this process's SERVICE servers refused at their limit, as operators see them."""
+    labels = {"service": SERVICE, "method": method}
+    return REGISTRY.get_sample_value("llmrouter_grpc_overloaded_calls_total", labels) or 0.0
+
+
 async def health(channel: grpc.aio.Channel, service: str) -> int:
     request = health_pb2.HealthCheckRequest(service=service)
     stub = health_pb2_grpc.HealthStub(channel)
@@ -141,6 +151,33 @@ async def test_calls_past_the_limit_are_refused_overloaded_while_streams_are_ope
         assert_refused_overloaded(await _failure(stub.Generate(ask(), timeout=5)))
         held.release.set()
         assert (await admitted).content == "done"
+
+
+async def test_refusals_at_the_limit_are_counted_apart_from_any_other_resource_exhausted() -> None:
+    """An operator tells a service shedding load from a caller's rate limit or budget, which
+    llmrouter_grpc_requests_total counts alike (RESOURCE_EXHAUSTED): llmrouter_grpc_overloaded_calls_total counts the
+    refusals at the limit alone, by method, and llmrouter_grpc_max_inflight_calls is the limit the in-flight gauge is
+    read against."""
+    held = Held()
+    async with served(held) as channel:
+        assert REGISTRY.get_sample_value("llmrouter_grpc_max_inflight_calls", {"service": SERVICE}) == LIMIT
+        stub = provider_pb2_grpc.ProviderStub(channel)
+        refused_before = refused_overloaded("Generate"), refused_overloaded("GenerateStream")
+        exhausted_before = rpcs_ended(SERVICE, "Generate", "RESOURCE_EXHAUSTED")
+
+        limited = await _failure(stub.Generate(ask(RATE_LIMITED), timeout=5))
+        assert limited.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, limited
+        calls = [asyncio.ensure_future(stub.Generate(ask(), timeout=20)) for _ in range(LIMIT)]
+        await held.reached_at_least(LIMIT)
+        for _ in range(2):
+            assert_refused_overloaded(await _failure(stub.Generate(ask(), timeout=5)))
+        assert_refused_overloaded(await _failure(_read_all(stub.GenerateStream(ask(), timeout=5))))
+        held.release.set()
+        await asyncio.gather(*calls)
+
+    assert rpcs_ended(SERVICE, "Generate", "RESOURCE_EXHAUSTED") == exhausted_before + 3  # the handler's refusal too
+    refused = refused_overloaded("Generate"), refused_overloaded("GenerateStream")
+    assert refused == (refused_before[0] + 2, refused_before[1] + 1)
 
 
 async def test_a_unary_call_holds_its_place_until_it_answers() -> None:
