@@ -106,6 +106,9 @@ BACKLOG_AGE = f"llmrouter_router_ledger_sink_backlog_age_seconds{{{PROD}}}"
         ("LLMRouterEdgeDown", "expr", "llmrouter-edge", "llmrouter-edg"),  # a dead edge must fire
         ("LLMRouterClassifierDown", "expr", 'namespace="prod",', ""),  # unscoped: staging's classifier masks it
         ("LLMRouterEdgeLatencyOverSLO", "expr", "> 0.05", "> 0"),  # no traffic floor: a trickle fires
+        ("LLMRouterServiceOverloaded", "for", "10m", "5m"),  # a burst refused, the limit doing its job, fires
+        ("LLMRouterServiceOverloaded", "expr", "\nand ", "\nor "),  # no floor: a few calls refused fire
+        ("LLMRouterServiceOverloaded", "expr", "> 0.05\n", "> 0.2\n"),  # too lax: 10% refused for good is missed
         ("LLMRouterCircuitBreakerOpen", "expr", "[5m]", "[1m]"),  # a slow failing probe hides a flapping outage
         ("LLMRouterBudgetRejectionsSpike", "expr", "or 0 *", "and 0 *"),  # nothing served: 100% refused is missed
         ("LLMRouterMoneyStoreUnreachable", "expr", ',store="money"', ""),  # the cache store taken for the money's
