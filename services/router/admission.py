@@ -188,24 +188,27 @@ class Admission:
         model of its plan writing all it may) against the budgets. When a budget cannot hold that, max_tokens
         is lowered to what it can pay for; refused when it cannot pay for even a short answer. Counted once, admitted
         or refused for a budget (it was routed all the same: a caller whose budget is spent is bounded by its requests
-        per minute too), however many admissions it takes (its count id). `until`: a
+        per minute too), however many admissions it takes (its count id), in the minute its first admission ran in,
+        whichever its last runs in. `until`: a
         deferred request's hold lasts until then (Hold.until). The model it is admitted for (its plan's first; a
         deferred request's only one) is recorded beside its pending charge (Pending.model), and a deferred request's
         prices too (Pending.prices): its collect, a day later perhaps, charges at them."""
         # The budget period is fixed here, once: a request admitted before midnight is charged to that day.
         period = period_id(self.settings.budget_period)
+        # So is its rate window: an admission resized into the next minute was counted in this one, and is not again.
+        counted_at = money_now()
         count_id = secrets.token_hex(8)  # names the request in the rate counter: counted once, whatever is resent
         for _ in range(ADMIT_ATTEMPTS):
             model = routed.plan.order[0].model  # a session's may be set aside by a refusal (_fit)
             nonce = secrets.token_hex(8)  # names this admission: its undo touches no other of the request id
             hold = Hold(routed.request_id, _worst_case(routed), period, self.settings.instance_id, nonce, until)
-            window = rate_window(money_now())  # the store counts it in this one or a later one (rate_refused.py)
-            verdict = await self._hold(routed.account, hold, model.name, _prices(model) if until else None, count_id)
+            prices = _prices(model) if until else None
+            verdict = await self._hold(routed.account, hold, model.name, prices, count_id, counted_at)
             if not verdict.refused:
                 routed.hold = hold
                 return
             if verdict.refused in ("rate", "tokens"):
-                self.rate_refused.add(routed.account, window, verdict.refused)
+                self.rate_refused.add(routed.account, rate_window(counted_at), verdict.refused)
             if verdict.refused not in ("tenant", "key"):
                 raise self._refusal(verdict, hold)
             self._fit(routed, verdict)
@@ -237,14 +240,18 @@ class Admission:
         if limit:
             raise self._rate_limited(limit)
 
-    async def _hold(self, account: Account, hold: Hold, model: str, prices: Prices | None, count_id: str) -> Verdict:
+    async def _hold(
+        self, account: Account, hold: Hold, model: str, prices: Prices | None, count_id: str, counted_at: float
+    ) -> Verdict:
         """The store's admission. One that is not known to have been refused, and is not served, is undone: the
         caller left meanwhile (the script may run after its reply is abandoned), or its reply was lost (a timeout,
         a dropped connection) after the script may have run. Undone before the refusal is answered, so a retry of
         the request id is admitted."""
         if not self.undoing.may_send():
             raise StoreUnavailable()  # out of reach a moment ago: the request is refused without a lost reply to undo
-        admitting = asyncio.ensure_future(self.store.admit(account, self.allowance, hold, model, prices, count_id))
+        admitting = asyncio.ensure_future(
+            self.store.admit(account, self.allowance, hold, model, prices, count_id, counted_at)
+        )
         try:
             verdict = await asyncio.shield(admitting)
         except asyncio.CancelledError:

@@ -19,9 +19,10 @@ class RateRefused:
         self._accounts: dict[Account, str] = {}
 
     def add(self, account: Account, window: int, limit: str) -> None:
-        """`window`: the one the store counted the refused request in, read before the store was called (the store's
-        own is that or a later one). Its reply may arrive in the next window, whose count the refusal says nothing of:
-        a refusal of a window already over is not kept. `limit`: the one reached, as the store named it ('rate' or
+        """`window`: the one the store counted the refused request in: an admission's, the one it named to the store
+        (Store.admit's counted_at); a Decide's, read before the store was called (the store's own is that or a later
+        one). Its reply may arrive in the next window, whose count the refusal says nothing of: a refusal of a window
+        already over is not kept. `limit`: the one reached, as the store named it ('rate' or
         'tokens')."""
         if window == rate_window(money_now()):
             self._current()[account] = limit

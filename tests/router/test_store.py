@@ -38,6 +38,7 @@ from services.router.store import (
 )
 from services.router.store.keys import LEASE, TAGS, limit_field, limits_key, shard_of
 from tests.conftest import ledger_records
+from tests.router.money_time import HeldMoneyClock
 
 ACCOUNT = Account("acme", "key1")
 SHARED_KEY = "0123456789abcdef"  # a key id a trusted caller names for two tenants
@@ -215,6 +216,21 @@ async def test_a_request_refused_for_its_budget_counts_against_the_rate_limit(st
     assert (await store.admit(ACCOUNT, limit, hold("c", 40), count_id="c")).refused == ""  # resized: not refused
     assert (await store.admit(ACCOUNT, limit, hold("e", 1), count_id="e")).refused == "rate"  # a, b, c: three
     assert await store.count_request(ACCOUNT, limit, "f") == "rate"
+
+
+async def test_a_request_resized_in_the_next_minute_is_counted_in_the_minute_it_was_counted_in(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refused for its budget in one minute (counted there), its admission resized to fit runs in the next: it names the
+    minute its first was counted in (counted_at), so it is neither counted again nor refused for the next minute's
+    count. Counted there too, it was refused once that minute's requests were used up, and took one of them."""
+    clock = HeldMoneyClock(monkeypatch)
+    limit, first_at = Allowance("day", per_minute=1, tenant_pico=100), clock.at
+    assert (await store.admit(ACCOUNT, limit, hold("b", 101), count_id="b", counted_at=first_at)).refused == "tenant"
+    clock.next_window()
+    assert (await store.admit(ACCOUNT, limit, hold("a", 1), count_id="a")).refused == ""  # the next minute's one
+    assert (await store.admit(ACCOUNT, limit, hold("b", 99), count_id="b", counted_at=first_at)).refused == ""
+    assert await store.count_request(ACCOUNT, limit, "c") == "rate"  # "a" alone is counted in this minute
 
 
 async def test_budgets_are_exact_to_the_pico_dollar_beyond_a_double(store: Store) -> None:

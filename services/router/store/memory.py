@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from services.router import metrics
@@ -35,6 +35,29 @@ from services.router.store.model import (
     used_ttl_s,
 )
 from services.router.store.recent_ids import RecentIds
+
+
+@dataclass
+class RateWindow:
+    """One rate window's counts (RedisStore's keys of that window): requests by rate counter, the count ids counted
+    (rate counter, count id), and tokens charged by tokens counter (AccountKeys.rate, rate_counted, tokens)."""
+
+    requests: dict[str, int] = field(default_factory=dict)
+    counted: set[tuple[str, str]] = field(default_factory=set)
+    tokens: dict[str, int] = field(default_factory=dict)
+
+    def counted_before(self, subject: str, count_id: str) -> bool:
+        return bool(count_id) and (subject, count_id) in self.counted
+
+    def count(self, subject: str, count_id: str) -> None:
+        self.requests[subject] = self.requests.get(subject, 0) + 1
+        if count_id:
+            self.counted.add((subject, count_id))
+
+    def over_tokens(self, counter: str, allowance: Allowance) -> bool:
+        """Whether the tokens charged on `counter` are at or over the allowance's tokens per minute."""
+        limit = allowance.tokens_per_minute
+        return bool(limit) and self.tokens.get(counter, 0) >= limit
 
 
 class MemoryStore:
@@ -71,9 +94,7 @@ class MemoryStore:
         self.prices: dict[str, Prices] = {}  # pending field -> prices admitted at (its prices hash)
         self.ledger: deque[dict] = deque(maxlen=self.MAX_LEDGER_RECORDS)
         self.ledger_appended = 0  # every record ever appended: the SQL sink's cursor counts against it
-        self.rate_window, self.rate_counts = 0, dict[str, int]()
-        self.rate_counted: set[tuple[str, str]] = set()  # (rate counter, count id) of the window's counted requests
-        self.token_counts: dict[str, int] = {}  # the window's tokens charged, by tokens counter (AccountKeys.tokens)
+        self.rate_windows: dict[int, RateWindow] = {}  # by rate window: the latest and the one before (_window)
 
     def _budgets(self, account: Account, allowance: Allowance, period: str) -> list[tuple[str, str, int | None, str]]:
         """(spend key, holds key, limit, name) of the tenant's and the key's budget."""
@@ -96,6 +117,7 @@ class MemoryStore:
         model: str = "",
         prices: Prices | None = None,
         count_id: str = "",
+        counted_at: float | None = None,
     ) -> Verdict:
         keys = AccountKeys.of(account)
         if keys.undone(hold.nonce) in self.undone:
@@ -112,12 +134,13 @@ class MemoryStore:
             charged = marker_charged_pico(marker)
             return Verdict("duplicate", charged=charged, held=None if in_flight is None else in_flight.hold_pico)
         now = money_now()
-        subject = self._rate_counter(keys, now)
+        rate_at = now if counted_at is None else counted_at
+        window, subject = self._window(rate_at), keys.rate(rate_at)
         # Counted whether admitted or refused for its budget, once a window (lua.py, ADMIT).
-        to_count = bool(allowance.per_minute) and not self._counted(subject, count_id)
-        if to_count and self.rate_counts.get(subject, 0) >= allowance.per_minute:
+        to_count = bool(allowance.per_minute) and not window.counted_before(subject, count_id)
+        if to_count and window.requests.get(subject, 0) >= allowance.per_minute:
             return Verdict("rate")
-        if self._over_tokens(keys, now, allowance):
+        if window.over_tokens(keys.tokens(rate_at), allowance):
             return Verdict("tokens")
         tightest, remaining, spend_budget, spend_left = "", None, "", None
         for spend_key, held_key, limit, name in self._budgets(account, allowance, hold.period):
@@ -133,7 +156,7 @@ class MemoryStore:
                 if spend_left is None or unspent < spend_left:
                     spend_budget, spend_left = name, unspent
         if to_count:
-            self._count(subject, count_id)
+            window.count(subject, count_id)
         if remaining is not None and spend_left is not None and hold.pico > remaining:
             return Verdict(tightest, remaining, spend_left, spend_budget)
         self.used.add(keys.used(hold.request_id), keys.key_hex, used_ttl_s(self.used.ttl_s, hold.until, now))
@@ -156,43 +179,33 @@ class MemoryStore:
             self.prices.pop(pending.field, None)
         return Verdict("")
 
-    def _rate_counter(self, keys: AccountKeys, now: float) -> str:
-        """The account's rate counter in the window of `now`; the counts of windows before are dropped."""
-        window = rate_window(now)
-        if window != self.rate_window:
-            self.rate_window, self.rate_counts, self.rate_counted, self.token_counts = window, {}, set(), {}
-        return keys.rate(now)
+    def _window(self, now: float) -> RateWindow:
+        """The counts of the rate window of `now`. The latest window's are kept with the one's before it, where a
+        request resized into the latest is counted (Store.admit's counted_at), as Redis keeps a window's counters a
+        little past it; those of windows before are dropped (a window older still: counts kept nowhere)."""
+        number = rate_window(now)
+        if number not in self.rate_windows:
+            self.rate_windows[number] = RateWindow()
+            latest = max(self.rate_windows)
+            self.rate_windows = {n: kept for n, kept in self.rate_windows.items() if n >= latest - 1}
+        return self.rate_windows.get(number, RateWindow())
 
     async def bind_key(self, key: str, tenant: str) -> str:
         return self.key_tenants.setdefault(key, tenant)
-
-    def _over_tokens(self, keys: AccountKeys, now: float, allowance: Allowance) -> bool:
-        """Whether the account's tokens charged in the window of `now` are at or over its tokens per minute."""
-        self._rate_counter(keys, now)
-        limit = allowance.tokens_per_minute
-        return bool(limit) and self.token_counts.get(keys.tokens(now), 0) >= limit
-
-    def _counted(self, subject: str, count_id: str) -> bool:
-        return bool(count_id) and (subject, count_id) in self.rate_counted
-
-    def _count(self, subject: str, count_id: str) -> None:
-        self.rate_counts[subject] = self.rate_counts.get(subject, 0) + 1
-        if count_id:
-            self.rate_counted.add((subject, count_id))
 
     async def count_request(self, account: Account, allowance: Allowance, count_id: str = "") -> str:
         if not (allowance.per_minute or allowance.tokens_per_minute):
             return ""
         keys, now = AccountKeys.of(account), money_now()
-        subject = self._rate_counter(keys, now)
-        if self._counted(subject, count_id):
+        window, subject = self._window(now), keys.rate(now)
+        if window.counted_before(subject, count_id):
             return ""
-        if allowance.per_minute and self.rate_counts.get(subject, 0) >= allowance.per_minute:
+        if allowance.per_minute and window.requests.get(subject, 0) >= allowance.per_minute:
             return "rate"
-        if self._over_tokens(keys, now, allowance):
+        if window.over_tokens(keys.tokens(now), allowance):
             return "tokens"
         if allowance.per_minute:
-            self._count(subject, count_id)
+            window.count(subject, count_id)
         return ""
 
     async def charge(
@@ -233,9 +246,8 @@ class MemoryStore:
         for spend_key in keys.spend(hold.period):
             self.counters[spend_key] = self.counters.get(spend_key, 0) + pico
         now = money_now()
-        self._rate_counter(keys, now)  # the counts of windows before dropped
-        tokens = keys.tokens(now)  # counted once, as the charge lands (lua.py, CHARGE)
-        self.token_counts[tokens] = self.token_counts.get(tokens, 0) + charged_tokens(record)
+        tokens = self._window(now).tokens  # counted once, as the charge lands (lua.py, CHARGE)
+        tokens[keys.tokens(now)] = tokens.get(keys.tokens(now), 0) + charged_tokens(record)
         self.ledger.append(record)
         self.ledger_appended += 1
         return True

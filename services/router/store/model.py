@@ -403,6 +403,7 @@ class Store(Protocol):
         model: str = "",
         prices: Prices | None = None,
         count_id: str = "",
+        counted_at: float | None = None,
     ) -> Verdict:
         """Let one request in when spend + holds + `hold` fits both budgets (a hold past its expiry counts while its
         pending charge is open, with that hold; lua.py, _OPEN): its id is then used, `hold` is held against both
@@ -410,8 +411,10 @@ class Store(Protocol):
         request's per-token prices) beside it: Pending.model, Pending.prices. A request refused as a duplicate, rate
         limited or undone changes nothing. One admitted or refused for a budget counts against the rate limit, once
         per `count_id` in a window (lua.py, _RATE: the request's, the same on its admission resized to fit the budget,
-        which is then not refused for its own count; '' counts each call). StoreUnavailable when the store cannot be
-        reached."""
+        which is then not refused for its own count; '' counts each call). `counted_at`: the money time whose window
+        the request is counted in, and its requests and tokens per minute read in (its first admission's, so one
+        resized in the next window is counted once, where it was counted); None for now. StoreUnavailable when the
+        store cannot be reached."""
 
     async def bind_key(self, key: str, tenant: str) -> str:
         """The tenant an API key id is bound to: the first it was bound with, for good (keys.py, key_tenant_key), which

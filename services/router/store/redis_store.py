@@ -204,8 +204,10 @@ class RedisStore:
         model: str = "",
         prices: Prices | None = None,
         count_id: str = "",
+        counted_at: float | None = None,
     ) -> Verdict:
         now = money_now()
+        rate_at = now if counted_at is None else counted_at
         keys = AccountKeys.of(account)
         tenant_spend, key_spend = keys.spend(hold.period)
         tenant_held, key_held = keys.held()
@@ -230,10 +232,10 @@ class RedisStore:
             count_id,
             allowance.tokens_per_minute,
         ]
-        names = [keys.rate(now), keys.used(hold.request_id), tenant_spend, tenant_held, key_spend, key_held]
+        names = [keys.rate(rate_at), keys.used(hold.request_id), tenant_spend, tenant_held, key_spend, key_held]
         names += [keys.limits, keys.pending, keys.charged(hold.request_id), keys.undone(hold.nonce), keys.batches]
         names += [keys.models, *keys.key_budget(hold.period), keys.prices, keys.hold_totals_epoch]
-        names += [keys.rate_counted(now), keys.tokens(now)]
+        names += [keys.rate_counted(rate_at), keys.tokens(rate_at)]
         async with self._call():
             refused, remaining, spend_left, spend_budget, *duplicate = await self._admit(keys=names, args=args)
         charged, held = (_pico_or_none(value) for value in duplicate or ["", ""])
