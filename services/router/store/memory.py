@@ -407,12 +407,12 @@ class MemoryStore:
         it lapses, the line is charged its hold, as RedisStore's reconciler charges it, so that it stops counting
         against its budget. Counted in the metrics once, as that reconciler counts it."""
         now, settled = money_now(), 0
-        for field in list(self.batches):  # the lines' pending charges alone: admit keeps a batch entry for each
-            pending = self.pending.get(field)
+        for line in list(self.batches):  # the lines' pending charges alone: admit keeps a batch entry for each
+            pending = self.pending.get(line)
             if pending is None or not pending.until or pending.until >= now:
                 continue
             account, hold = pending.account_and_hold()
-            record = reconciled_record(replace(pending, model=self.models.get(field)))
+            record = reconciled_record(replace(pending, model=self.models.get(line)))
             charge_id = secrets.token_hex(8)
             if await self.charge(account, hold, hold.pico, record, late=True, charge_id=charge_id):
                 settled += 1
