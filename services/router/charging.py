@@ -19,7 +19,7 @@ from services.router import metrics
 from services.router.capped_charges import count_capped
 from services.router.models import AvailableModels
 from services.router.outbox import Outbox, OutboxCharge
-from services.router.routed import Routed, Served, generation_entry
+from services.router.routed import Routed, Served, counts_below_nothing, generation_entry
 from services.router.store import PICO, Store, StoreUnavailable, money_now, to_pico
 
 log = logging.getLogger("llmrouter.router")
@@ -69,7 +69,7 @@ class Charger:
     ) -> None:
         """Charge once, whatever happens to the caller meanwhile: the charge runs shielded to its end. `served`: what
         the response was made of (its generations are on record); None for a cache hit, which generated nothing."""
-        capped = _cap_at_hold(routed, response)
+        capped = _cap_at_hold(routed, response, served)
         # Settled from here as far as the request goes: a caller that leaves while the charge is on its way must not
         # have its clean-up release the hold beside it (replayed first from the outbox, a release would settle the
         # request at nothing), nor may a charge kept neither by the store nor the outbox (its pending charge left to
@@ -206,15 +206,18 @@ class Charger:
             response.cost_usd = format(routed.charged, "f")
 
 
-def _cap_at_hold(routed: Routed, response: router_pb2.CompleteResponse) -> str:
+def _cap_at_hold(routed: Routed, response: router_pb2.CompleteResponse, served: Served | None) -> str:
     """A cost past the request's hold (its worst case: prompt bound, max_tokens written, every attempt it made
     room for) comes from usage no upstream could have billed, a buggy or hostile provider's report (a count under
     2^53 is still a count): charged the hold, so no budget or max_cost_usd is passed. So is a cost below nothing (a
     negative count, which no upstream bills either): charged as it stands, it would lower the spend, and the budgets
-    would let that much more through. Why it was capped ('' when it was not)."""
+    would let that much more through; and a generation reporting a negative count, whatever the sum came to. Why it
+    was capped ('' when it was not)."""
     assert routed.hold is not None  # only admitted requests are settled
     reported = Decimal(response.cost_usd or "0")
-    why = PAST if to_pico(reported) > routed.hold.pico else "below nothing" if reported < 0 else ""
+    generations = served.generations if served is not None else []
+    below = reported < 0 or any(counts_below_nothing(usage) for _, usage in generations)
+    why = PAST if to_pico(reported) > routed.hold.pico else "below nothing" if below else ""
     if why:
         model = response.model or routed.decision.model
         log.warning(

@@ -61,7 +61,7 @@ from services.router import admission as admitting
 from services.router import metrics
 from services.router.admission import Admission
 from services.router.capped_charges import count_capped
-from services.router.routed import Routed, generation_entry
+from services.router.routed import Routed, counts_below_nothing, generation_entry
 from services.router.serving import generate_request
 from services.router.store import (
     PICO,
@@ -516,9 +516,10 @@ class Deferred:
                 # charge beyond the hold would pass the budget that admitted it. The operator absorbs the rest, as a
                 # request's charge capped at its hold: counted so.
                 return await self._owe_hold(account, pending, request_id, OVER_REPORTED, reported=cost)
-            if pending is not None and cost < 0:
-                # A negative count, which no provider bills either: charged as it stands, it would lower the spend, and
-                # the budget would let that much more through. The hold, as for an outcome unknown.
+            if pending is not None and (cost < 0 or counts_below_nothing(reply.usage)):
+                # A negative count, which no provider bills either: charged as it stands, it would lower the spend (or
+                # the charge, below what the rest of the report was written for), and the budget would let that much
+                # more through. The hold, as for an outcome unknown.
                 return await self._owe_hold(account, pending, request_id, UNDER_REPORTED)
             response = router_pb2.CompleteResponse(
                 id=request_id,

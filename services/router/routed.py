@@ -127,6 +127,13 @@ def has_answer(reply: provider_pb2.GenerateResponse) -> bool:
     return bool(reply.content.strip() or reply.refusal or reply.tool_calls_json)
 
 
+def counts_below_nothing(usage: common_pb2.Usage) -> bool:
+    """A report with a negative token count, which no upstream bills: its cost is no cost, even when the rest of it
+    (output past a negative input) keeps the sum above nothing, a sum that would charge less than what was written."""
+    counts = (usage.input_tokens, usage.output_tokens, usage.cached_input_tokens, usage.cache_write_input_tokens)
+    return min(counts) < 0
+
+
 def generation_entry(model: str, usage: common_pb2.Usage) -> dict[str, Any]:
     """A generation as the ledger records it: its model and tokens, with those of its input the prompt cache served or
     took when there are any (cost = uncached input, cached input, cache writes and output, each at its price)."""

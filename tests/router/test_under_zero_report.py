@@ -26,34 +26,43 @@ from tests.router.test_escalation_money import settled
 
 # Ten million output tokens below nothing: -$15 at the cheap model's price, where its answer costs a cent at most.
 NEGATIVE = common_pb2.Usage(input_tokens=10, output_tokens=-10_000_000)
+# Partly below nothing: its cost still above nothing ($0.00005), a third of what its 100 output tokens alone cost.
+PARTLY_NEGATIVE = common_pb2.Usage(input_tokens=-200, output_tokens=100)
+REPORTS = pytest.mark.parametrize("report", [NEGATIVE, PARTLY_NEGATIVE], ids=["negative", "partly-negative"])
 
 
 class UnderReporting(provider_pb2_grpc.ProviderServicer):
-    """The cheap model answers, reporting a negative output count, unary or streamed."""
+    """The cheap model answers, reporting a negative token count, unary or streamed."""
+
+    def __init__(self, report: common_pb2.Usage) -> None:
+        self.report = report
 
     async def ListModels(self, request: Any, context: Any) -> common_pb2.ListModelsResponse:
         return common_pb2.ListModelsResponse(models=[REGISTRY.info(m) for m in REGISTRY.models])
 
     async def Generate(self, request: Any, context: Any) -> provider_pb2.GenerateResponse:
         return provider_pb2.GenerateResponse(
-            content="a fine answer", usage=NEGATIVE, model="cheap", provider="p", finish_reason="stop"
+            content="a fine answer", usage=self.report, model="cheap", provider="p", finish_reason="stop"
         )
 
     async def GenerateStream(
         self, request: provider_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[provider_pb2.GenerateChunk]:
         yield provider_pb2.GenerateChunk(delta="a fine answer")
-        final = provider_pb2.GenerateResponse(usage=NEGATIVE, model="cheap", provider="p", finish_reason="stop")
+        final = provider_pb2.GenerateResponse(usage=self.report, model="cheap", provider="p", finish_reason="stop")
         yield provider_pb2.GenerateChunk(final=final)
 
 
+@REPORTS
 @pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
-async def test_a_negative_report_is_charged_the_hold(tmp_path: Path, redis_url: str, stream: bool) -> None:
+async def test_a_negative_report_is_charged_the_hold(
+    tmp_path: Path, redis_url: str, stream: bool, report: common_pb2.Usage
+) -> None:
     message = common_pb2.ChatMessage(role="user", content=f"Hello {uuid.uuid4().hex}")
     request = router_pb2.CompleteRequest(messages=[message], tenant="acme", model="cheap", max_tokens=100)
     async with (
         store_on(redis_url) as store,
-        served_router(tmp_path, store, UnderReporting()) as running,
+        served_router(tmp_path, store, UnderReporting(report)) as running,
         grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
     ):
         router = router_pb2_grpc.RouterStub(channel)
@@ -70,19 +79,26 @@ async def test_a_negative_report_is_charged_the_hold(tmp_path: Path, redis_url: 
 
 
 class UnderReportedBatch(batches.BatchProvider):
-    """The provider batch ended, its result for each line reporting a negative output count."""
+    """The provider batch ended, its result for each line reporting a negative token count."""
+
+    def __init__(self, report: common_pb2.Usage) -> None:
+        super().__init__()
+        self.report = report
 
     async def PollBatch(self, request: Any, context: Any) -> provider_pb2.PollBatchResponse:
-        answer = provider_pb2.GenerateResponse(content="an answer", usage=NEGATIVE, finish_reason="stop")
+        answer = provider_pb2.GenerateResponse(content="an answer", usage=self.report, finish_reason="stop")
         results = [
             provider_pb2.BatchLineResult(request_id=i, succeeded=True, response=answer) for i in request.request_ids
         ]
         return provider_pb2.PollBatchResponse(status="completed", ended=True, results=results)
 
 
-async def test_a_batch_line_reported_negative_is_charged_its_hold(tmp_path: Path, redis_store: RedisStore) -> None:
+@REPORTS
+async def test_a_batch_line_reported_negative_is_charged_its_hold(
+    tmp_path: Path, redis_store: RedisStore, report: common_pb2.Usage
+) -> None:
     collect = router_pb2.CollectBatchRequest(model="strong", provider_batch_id="pbatch-1", request_ids=["line-1"])
-    async with router_servicer(tmp_path, redis_store, UnderReportedBatch(), batches.REGISTRY) as router:
+    async with router_servicer(tmp_path, redis_store, UnderReportedBatch(report), batches.REGISTRY) as router:
         with acting_as(batches.TENANT_CALLER):
             submit = router_pb2.SubmitLinesRequest(lines=[batches.LINE])
             (sent,) = (await router.SubmitBatch(submit, NoDeadline())).lines
