@@ -23,7 +23,7 @@ from services.router.admission import Admission
 from services.router.costs import affordable_output, floor_pico, least_pico, worst_pico
 from services.router.cued_stream import Cue, provider_chunks
 from services.router.end_users import EndUserScope
-from services.router.routed import Routed, Served
+from services.router.routed import Routed, Served, counts_below_nothing
 from services.router.store import PICO, to_pico
 
 log = logging.getLogger("llmrouter.router")
@@ -407,6 +407,10 @@ def attempt_cost(error: ServiceError, model: ModelSpec, worst: Decimal) -> Decim
     """What a failed provider call costs: what the providers measured it consumed (failed retries included),
     plus, when the upstream may have generated without saying so, the attempt's worst case."""
     measured = measured_usd(model, error.metadata) if "cost_usd" in error.metadata else Decimal(0)
+    if measured < 0 or _measured_below_nothing(error.metadata):
+        # A negative count, which no upstream bills: no measure, so the worst case, as for an outcome unknown. Owed as
+        # it stands, it took what the request is charged below what its answer's own tokens cost.
+        return worst
     unknown = (error.code in UNKNOWN_OUTCOME or cut_in_transit(error)) and error.metadata.get("sent") != "false"
     return measured + (worst if unknown else 0)
 
@@ -424,6 +428,13 @@ def measured_usage(measured: Mapping[str, str]) -> common_pb2.Usage:
         cached_input_tokens=count("cached_input_tokens"),
         cache_write_input_tokens=count("cache_write_input_tokens"),
     )
+
+
+def _measured_below_nothing(measured: Mapping[str, str]) -> bool:
+    try:
+        return counts_below_nothing(measured_usage(measured))
+    except ValueError:  # counts no int: measured_usd prices the providers' cost_usd, checked beside this
+        return False
 
 
 def measured_usd(model: ModelSpec, measured: Mapping[str, str]) -> Decimal:
