@@ -41,3 +41,19 @@ async def test_a_line_whose_hold_lapsed_uncollected_is_charged_its_hold(store: S
     assert (await store.admit(ACCOUNT, LIMIT, Hold("next", 3_000, DAY, "router-1", "n3"))).refused == ""
     if isinstance(store, MemoryStore):
         assert [r["outcome"] for r in store.ledger] == ["reconciled"]
+
+
+async def test_a_line_collected_after_its_reconciled_charge_is_not_charged_again(store: Store) -> None:
+    """Its collector back after the hold lapsed (a provider batch that ended late): the reconciler charged the line, and
+    the collect's own charge is refused, so the line is charged once, at its hold."""
+    line = Hold("line-2", 6_000, DAY, "router-1", "n1", money_now() + 0.2)
+    assert (await store.admit(ACCOUNT, LIMIT, line, "batch-model")).refused == ""
+
+    async def settled() -> bool:
+        await store.reconcile("router-1", 0.01, 3600)
+        return await store.pending_charge(ACCOUNT, "line-2") is None
+
+    await eventually(settled, "the lapsed line charged its hold")
+    assert not await store.charge(ACCOUNT, line, 2_000, {"outcome": "ok"}, late=True, charge_id="collect")
+    assert await store.spent(ACCOUNT, DAY) == (6_000, 6_000)
+    assert await store.reconcile("router-1", 0.01, 3600) == 0  # nothing left to charge
