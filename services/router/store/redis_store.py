@@ -292,8 +292,11 @@ class RedisStore:
             args = ["1", charge_id, hold.nonce, swept]
             settled = await self._settle(account, hold, hold.pico, record, args, reconciled)
             # Kept uncounted by the store, whether it landed now or, sent again, before: counted by whichever of this
-            # router and the next reconciler takes it (lua.py, COUNT_ONCE); a line's, by a collect of it maybe.
-            counted = await self._take(account, hold.request_id, charge_id, f"{charge_id} {charge.field}")
+            # router and the next reconciler takes it (lua.py, COUNT_ONCE); a line's, by a collect of it maybe. Taken
+            # under its charge id as claim, which no other taker makes: a take whose reply was lost, and its resend's
+            # too (the store out of reach), is sent again with the charge at the next round, and gets what it took.
+            listed = f"{charge_id} {charge.field}"
+            counted = await self._take(account, hold.request_id, charge_id, listed, claim=charge_id)
         except StoreUnavailable:
             raise  # unanswered: sent again
         except Exception:
@@ -329,14 +332,16 @@ class RedisStore:
     async def count_once(self, account: Account, request_id: str, charge_id: str = "") -> dict[str, Any] | None:
         return await self._take(account, request_id, charge_id, "")
 
-    async def _take(self, account: Account, request_id: str, charge_id: str, listed: str) -> dict[str, Any] | None:
-        """count_once, dropping `listed` from the shard's uncounted reconciler's charges (keys.py). Taken under a claim
-        of this call's own (lua.py, COUNT_ONCE): a Redis Cluster client resends the take whose reply it lost, and on
-        one server, where redis-py does not, it is sent again here, once; either way the take sent again gets the
-        record it took, and the charge is counted here rather than by no router."""
+    async def _take(
+        self, account: Account, request_id: str, charge_id: str, listed: str, claim: str = ""
+    ) -> dict[str, Any] | None:
+        """count_once, dropping `listed` from the shard's uncounted reconciler's charges (keys.py). Taken under `claim`,
+        else one of this call's own (lua.py, COUNT_ONCE): a Redis Cluster client resends the take whose reply it lost,
+        and on one server, where redis-py does not, it is sent again here, once; either way the take sent again gets
+        the record it took, and the charge is counted here rather than by no router."""
         keys = AccountKeys.of(account)
         names = [keys.uncounted(request_id), keys.counted(request_id), keys.uncounted_reconciled]
-        args = [charge_id, secrets.token_hex(8), listed]
+        args = [charge_id, claim or secrets.token_hex(8), listed]
         try:
             async with self._call():
                 record = await self._count_once(keys=names, args=args)
