@@ -690,6 +690,7 @@ local id, record = string.match(kept, '^(%S+) (.*)$')
 if not id or (ARGV[1] ~= '' and id ~= ARGV[1]) then return false end
 local kept_ms = redis.call('PTTL', KEYS[1])  -- no longer than the uncounted charge would have lived
 if kept_ms < 0 or kept_ms > TAKEN_KEPT_MS then kept_ms = TAKEN_KEPT_MS end
+if kept_ms == 0 then kept_ms = 1 end  -- expiring this very millisecond: PX 0 is an error, after the writes above
 redis.call('SET', KEYS[2], ARGV[2] .. ' ' .. record, 'PX', kept_ms)
 redis.call('DEL', KEYS[1])
 return record
