@@ -51,3 +51,11 @@ async def test_a_field_beside_limit_usd_is_a_400_naming_it(
 async def test_limit_usd_alone_is_asked_of_the_router(http: httpx.AsyncClient) -> None:
     reply = await http.put("/router/budgets/tenant/acme", json={"limit_usd": "5"})
     assert reply.status_code == 503
+
+
+async def test_a_long_unknown_field_is_named_by_its_first_64_characters(http: httpx.AsyncClient) -> None:
+    """A caller's name is quoted, not echoed whole: a 400 is no amplifier of what its caller sent."""
+    reply = await http.put("/router/budgets/tenant/acme", json={"limit_usd": "5", "y" * 100_000: "1"})
+    error = reply.json()["error"]
+    assert (reply.status_code, error["type"], error["param"]) == (400, "invalid_request_error", "y" * 64), error
+    assert len(error["message"]) < 200, error["message"]

@@ -24,6 +24,8 @@ NOT_AS_WRITTEN = [
     " 1700000000",
     "1700000000\t",
     "\u0662\u0660\u0662\u0666-12-05",  # a date whose year is in Arabic-Indic digits
+    "1e11",  # a number, but no Unix second of a ledger (the year 5138)
+    "-1",
 ]
 TAKEN = ["1700000000", "1.7e9", "1700000000.5", "2026-12-05", "2026-12-05T00:00:00Z"]
 
@@ -64,3 +66,11 @@ async def test_a_query_parameter_stats_do_not_take_is_a_400_naming_it(
     reply = await http.get("/router/stats", params=params)
     error = reply.json()["error"]
     assert (reply.status_code, error["param"], error["code"]) == (400, named, "unknown_parameter"), error
+
+
+async def test_a_long_unknown_parameter_is_named_by_its_first_64_characters(http: httpx.AsyncClient) -> None:
+    """A caller's name is quoted, not echoed whole: a 400 is no amplifier of what its caller sent."""
+    reply = await http.get("/router/stats", params={"x" * 2_000: "1"})
+    error = reply.json()["error"]
+    assert (reply.status_code, error["type"], error["param"]) == (400, "invalid_request_error", "x" * 64), error
+    assert len(error["message"]) < 200, error["message"]

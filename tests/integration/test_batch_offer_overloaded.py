@@ -110,6 +110,7 @@ async def test_an_offer_refused_overloaded_parks_the_batch_for_the_routers_delay
                 parked = await store.hgetall(batch_key(batch_id))
                 router.released.set()  # the router has room again: the batch runs at its park's end
                 done = await status_of(client, batch_id, "completed", ROUTER_DELAY_S + 10)
+                ended = await store.hgetall(batch_key(batch_id))
     finally:
         await store.aclose()
     parked_until = float(parked[b"parked_until"])
@@ -118,6 +119,7 @@ async def test_an_offer_refused_overloaded_parks_the_batch_for_the_routers_delay
     assert OFFER_IN_DOUBT.encode() not in parked  # the router admitted none of the lines it refused
     assert router.offers and router.offers[0] >= parked_until  # offered again only at the park's end
     assert done["request_counts"] == {"total": 2, "completed": 2, "failed": 0}
+    assert runner.OVERLOADED.encode() not in ended, ended  # refusals in a row: the run that offered them ends the row
     said = [r.getMessage() for r in caplog.records if r.name == "llmrouter.edge.batches"]
     assert "batch parked: the router is overloaded" in said and "batch parked: the router is out of reach" not in said
 
@@ -164,3 +166,45 @@ async def test_a_cancelled_batch_asking_an_overloaded_router_waits_for_the_route
     assert parked[runner.OVERLOADED.encode()] == b"1" and runner.UNREACHED.encode() not in parked, parked
     assert router.asked and router.asked[0] >= parked_until  # asked again only at the park's end
     assert cancelled["request_counts"] == {"total": 2, "completed": 0, "failed": 0}
+
+
+async def parked_by_overloaded_offers(redis_url: str, retry_delay_s: int, refusals: int) -> tuple[float, float, float]:
+    """A batch whose every offer the router refuses OVERLOADED asking for retry_delay_s, seen parked by its
+    `refusals`-th refusal in a row: when it was created, when that park was seen, and the park's end."""
+    router = AskedRouter()
+    store = redis.from_url(redis_url)
+    try:
+        async with refusing_router({SUBMIT_BATCH: explained(overloaded("router", retry_delay_s))}, router) as address:
+            settings = EdgeSettings(
+                port=free_port(),
+                router_addr=address,
+                batch_redis_url=RedisUrl(redis_url),
+                access_log="off",
+                metrics_port=0,
+            )
+            async with served_edge(settings) as base, httpx.AsyncClient(base_url=base, timeout=10) as client:
+                created = time.time()
+                batch_id = await create(client, "refused")
+                deadline = time.monotonic() + 10
+                while int(await store.hget(batch_key(batch_id), runner.OVERLOADED) or 0) < refusals:
+                    assert time.monotonic() < deadline, "the batch was not refused"
+                    await asyncio.sleep(0.01)
+                seen = time.time()
+                parked = await store.hgetall(batch_key(batch_id))
+    finally:
+        await store.aclose()
+    assert parked[runner.OVERLOADED.encode()] == str(refusals).encode(), parked
+    return created, seen, float(parked[b"parked_until"])
+
+
+async def test_a_router_asking_for_no_delay_parks_the_batch_a_second_each_time_not_doubled(redis_url: str) -> None:
+    """A delay of 0 would run the batch again at once, again and again: it waits OVERLOADED_LEAST_S, and each refusal
+    in a row waits that again, the router's word, not a back-off doubled."""
+    created, seen, parked_until = await parked_by_overloaded_offers(redis_url, 0, refusals=2)
+    assert seen - created >= runner.OVERLOADED_LEAST_S  # the first park was waited out
+    assert parked_until <= seen + runner.OVERLOADED_LEAST_S  # the second no longer
+
+
+async def test_a_router_asking_for_a_long_delay_parks_the_batch_no_longer_than_an_adoption_pass(redis_url: str) -> None:
+    created, seen, parked_until = await parked_by_overloaded_offers(redis_url, 600, refusals=1)
+    assert created + runner.OVERLOADED_MOST_S <= parked_until <= seen + runner.OVERLOADED_MOST_S

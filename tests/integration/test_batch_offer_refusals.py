@@ -20,8 +20,9 @@ import redis.asyncio as redis
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
-from llmrouter.errors import ServiceError, overloaded
+from llmrouter.errors import OVERLOADED, ServiceError, overloaded
 from llmrouter.interceptors import Continuation
+from llmrouter.overload import RETRY_DELAY_S
 from llmrouter.redis_url import RedisUrl
 from llmrouter.v1 import router_pb2, router_pb2_grpc
 from services.batches.deferral import OFFER_IN_DOUBT, Deferral, Unreached
@@ -113,17 +114,21 @@ MAYBE_ADMITTED = {
 }
 
 
-async def offered(refusal: Refusal, redis_url: str) -> tuple[dict[int, dict[str, str]] | Unreached, dict[str, bytes]]:
-    """The offer of a batch's lines to a router refusing it: what the offer returned, and the batch's hash then."""
+async def offered(
+    refusal: Refusal, redis_url: str, marks: dict[str, str] | None = None
+) -> tuple[dict[int, dict[str, str]] | Unreached, dict[str, bytes]]:
+    """The offer of a batch's lines (its hash with `marks` too) to a router refusing it: what the offer returned, and
+    the batch's hash then."""
     store = RedisStore(redis_url)
     try:
-        await store.put(batch_key(BATCH_ID), dict(BATCH))
+        batch = {**BATCH, **{name: value.encode() for name, value in (marks or {}).items()}}
+        await store.put(batch_key(BATCH_ID), dict(batch))
         async with (
             refusing_router({SUBMIT_BATCH: refusal}, AskedRouter()) as address,
             grpc.aio.insecure_channel(address) as channel,
         ):
             result = await Deferral(store, router_pb2_grpc.RouterStub(channel), 0.1).offer(
-                BATCH_ID, dict(BATCH), LINES, set()
+                BATCH_ID, batch, LINES, set()
             )
         return result, await store.get(batch_key(BATCH_ID))
     finally:
@@ -172,3 +177,44 @@ async def test_a_batch_whose_offers_were_shed_is_cancelled_at_once_without_askin
     assert not marked
     assert router.asked == []  # nothing asked about lines the router never read
     assert cancelled["request_counts"] == {"total": 2, "completed": 0, "failed": 0}
+
+
+def router_overloaded(retry_info_s: int | None, **metadata: str) -> Refusal:
+    """The router's OVERLOADED with these ErrorInfo metadata beside its service, and RetryInfo when given."""
+    return explained(
+        ServiceError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED, OVERLOADED, "busy", {"service": "router", **metadata}, retry_info_s
+        )
+    )
+
+
+# The delay the batch waits, read from the refusal: RetryInfo first (gRPC's standard word), then the ErrorInfo's
+# retry_after_s when usable, else the delay the router's admission gives.
+DELAYS = {
+    "RetryInfo over retry_after_s": (router_overloaded(3, retry_after_s="7"), 3.0),
+    "retry_after_s without RetryInfo": (router_overloaded(None, retry_after_s="4"), 4.0),
+    "neither": (router_overloaded(None), float(RETRY_DELAY_S)),
+    "a retry_after_s below nothing": (router_overloaded(None, retry_after_s="-5"), float(RETRY_DELAY_S)),
+    "a retry_after_s not finite": (router_overloaded(None, retry_after_s="nan"), float(RETRY_DELAY_S)),
+}
+
+
+@pytest.mark.parametrize(("refusal", "delay_s"), DELAYS.values(), ids=DELAYS.keys())
+async def test_an_offer_refused_overloaded_waits_the_delay_the_router_asked_for(
+    refusal: Refusal, delay_s: float, redis_url: str
+) -> None:
+    result, batch = await offered(refusal, redis_url)
+    assert result == Unreached(overloaded_s=delay_s)
+    assert OFFER_IN_DOUBT not in batch, batch
+
+
+@pytest.mark.parametrize("refusal", ADMITTED_NOTHING.values(), ids=ADMITTED_NOTHING.keys())
+async def test_an_offer_after_one_whose_reply_was_lost_stays_in_doubt_whatever_refused(
+    refusal: Refusal, redis_url: str
+) -> None:
+    """An earlier offer's reply was lost: the router may hold lines of it in provider batches. A later offer it
+    admitted nothing of says nothing of those: dropping the mark, a batch cancelled or past its window would never
+    ask for them (FindDeferred), and they would go uncollected, each charged its hold, unanswered in its files."""
+    result, batch = await offered(refusal, redis_url, {OFFER_IN_DOUBT: "1"})
+    assert isinstance(result, Unreached)
+    assert batch.get(OFFER_IN_DOUBT) == b"1", batch
