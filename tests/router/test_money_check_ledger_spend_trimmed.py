@@ -2,9 +2,10 @@
 SQL ledger, then each shard's stream from there (its give-backs) with its counters. A give-back the sink copies and
 acknowledges after the SQL ledger was read, and a trim (`trim --copied-only`, or `trim --out`: both delete what the
 group acknowledged) deletes before its stream is read, was in neither read: --repair took the give-back back. The
-check reads the SQL ledger's give-backs again after the streams, and counts those the counters hold. Real Redis (one
-server and a Redis Cluster), the real sink on a consumer group of its own, real PostgreSQL (a throwaway database), the
-real trims; the race is made by hooks on the SQL ledger's reads."""
+check reads the SQL ledger's give-backs again after the streams, and counts those the counters hold, each once: not
+one landing after the counters were read, nor one the stream read already counted. Real Redis (one server and a Redis
+Cluster), the real sink on a consumer group of its own, real PostgreSQL (a throwaway database), the real trims; the
+race is made by hooks on the SQL ledger's reads."""
 
 from __future__ import annotations
 
@@ -106,3 +107,32 @@ async def test_a_give_back_landing_after_the_counters_were_read_is_not_theirs(
     assert reported.err.splitlines() == [
         f"behind the ledger: {tenant} counts {HOLD - 50} pico-USD, the SQL ledger {HOLD} (50 lacking)"
     ]
+
+
+async def test_a_give_back_waiting_when_its_counters_were_read_and_copied_before_the_second_read_counts_once(
+    ledger: Ledger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On its stream, unacknowledged, when the counters are read (the stream read lowers the sums by it), then copied
+    before the SQL ledger's give-backs are read again: counted there too, it would lower the sums by as much once more
+    and hide a loss of up to its size."""
+    store, db = ledger.store, ledger.db
+    assert isinstance(db, HookedLedgerDB)
+    hold = await reconciled(store, ACME, "r1")
+    await ledger.copy()
+    assert await store.give_back(ACME, hold, 250) == 750  # waits for the sink
+    assert (await db.period_charges_and_give_backs(DAY))[1] == set(), "the give-back is not in the SQL ledger yet"
+    tenant = AccountKeys.of(ACME).spend(DAY)[0]
+    await lose(store, tenant, 50)  # below the 750 given back: what a second count of it would hide
+
+    async def copied() -> None:
+        await ledger.copy()
+        copied_give_backs = (await db.period_charges_and_give_backs(DAY))[1]
+        assert len(copied_give_backs) == 1, "the give-back copied before the second read"
+
+    db.before_give_backs = copied
+    capsys.readouterr()
+    assert await ledger.check(repair=True) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        f"behind the ledger: {tenant} counts 200 pico-USD, the SQL ledger 250 (50 lacking): raised"
+    ]
+    assert await store.spent(ACME, DAY) == (250, 250), "raised by the loss, and only by it"
