@@ -11,14 +11,15 @@ from dataclasses import dataclass
 
 import grpc
 
+from llmrouter.errors import ServiceError
 from llmrouter.v1 import provider_pb2, provider_pb2_grpc
 
 
 @dataclass
 class Cue:
     """Whether the attempt in progress surely never reached its upstream: its providers call waits for the router's
-    word to send, not yet given (or was refused as unknown, UNIMPLEMENTED, which reaches nothing either); and how its
-    providers call failed, once it has."""
+    word to send, not yet given (or was refused by a providers service of the version before, which reaches nothing
+    either); and how its providers call failed, once it has."""
 
     unreached: bool = False
     # Kept before the call's clean-up awaits anything: a caller that leaves while it does raises CancelledError in its
@@ -33,7 +34,7 @@ async def provider_chunks(
     cue: Cue,
 ) -> AsyncGenerator[provider_pb2.GenerateChunk]:
     """The stream's chunks (the `ready_to_send` one answered, not passed on). A providers service of the version before
-    (UNIMPLEMENTED, which reached no upstream) is asked with GenerateStream, whose upstream may be reached at once."""
+    (its refusal, _unheard, reached no upstream) is asked with GenerateStream, whose upstream may be reached at once."""
     call = providers.GenerateStreamOnCue(timeout=time_left())
     cue.unreached, cue.failure = True, None
     try:
@@ -53,7 +54,7 @@ async def provider_chunks(
                 await call.write(provider_pb2.CuedRequest(send=True))
         return
     except grpc.RpcError as err:
-        if err.code() != grpc.StatusCode.UNIMPLEMENTED or not cue.unreached:
+        if not cue.unreached or not _unheard(err):
             cue.failure = err
             raise
     finally:
@@ -71,3 +72,14 @@ async def provider_chunks(
             yield chunk
     finally:
         old.cancel()
+
+
+def _unheard(err: grpc.RpcError) -> bool:
+    """Whether a providers call that failed before the word to send may have been refused by a providers service of
+    the version before: UNIMPLEMENTED, or an INTERNAL without the providers' ErrorInfo. Such a service ends the call at
+    once, unread; the router's request, written meanwhile, fails in gRPC's core, and gRPC replaces the call's status
+    with its own INTERNAL ("Internal error from Core"), the real one lost (often, with the services in two processes).
+    Either way no upstream had the request: GenerateStream, asked next, answers with a status of its own."""
+    if err.code() == grpc.StatusCode.UNIMPLEMENTED:
+        return True
+    return err.code() == grpc.StatusCode.INTERNAL and not ServiceError.from_rpc_error(err).explained
