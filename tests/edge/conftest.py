@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+import httpx
 import pytest
+from pydantic import SecretStr
 
 from services.edge.settings import EdgeSettings
 from tests.fakes.recording_router import RecordingRouter
@@ -25,3 +28,15 @@ async def edge() -> AsyncIterator[Edge]:
         settings = EdgeSettings(port=free_port(), router_addr=router_addr, access_log="off", metrics_port=0)
         async with served_edge(settings) as base_url:
             yield Edge(base_url, router)
+
+
+@asynccontextmanager
+async def keyed_edge_without_router(keys: str, key: str) -> AsyncIterator[httpx.AsyncClient]:
+    """A client calling with `key` a real edge that knows `keys` (EDGE_API_KEYS lines) and whose router is out of
+    reach: what the edge refuses is a 400, what it passes on a 503."""
+    settings = EdgeSettings(
+        port=free_port(), router_addr="127.0.0.1:1", access_log="off", metrics_port=0, api_keys=SecretStr(keys)
+    )
+    headers = {"authorization": f"Bearer {key}"}
+    async with served_edge(settings) as base, httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as client:
+        yield client

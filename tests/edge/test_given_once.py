@@ -9,11 +9,9 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from pydantic import SecretStr
 
 from services.edge.keys import key_line
-from services.edge.settings import EdgeSettings
-from tests.integration.conftest import free_port, served_edge
+from tests.edge.conftest import keyed_edge_without_router
 
 KEY = "sk-lister"
 REPEATED = [
@@ -31,15 +29,7 @@ REPEATED = [
 
 @pytest.fixture
 async def http() -> AsyncIterator[httpx.AsyncClient]:
-    settings = EdgeSettings(
-        port=free_port(),
-        router_addr="127.0.0.1:1",
-        access_log="off",
-        metrics_port=0,
-        api_keys=SecretStr(key_line("lister", KEY)),
-    )
-    headers = {"authorization": f"Bearer {KEY}"}
-    async with served_edge(settings) as base, httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as client:
+    async with keyed_edge_without_router(key_line("lister", KEY), KEY) as client:
         yield client
 
 
