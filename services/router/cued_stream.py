@@ -8,11 +8,16 @@ import asyncio
 from collections.abc import AsyncGenerator, Callable
 from contextlib import suppress
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
+from grpc._cython import cygrpc
+from grpc.aio import _call, _interceptor
 
 from llmrouter.errors import ServiceError
 from llmrouter.v1 import provider_pb2, provider_pb2_grpc
+
+_WORD = provider_pb2.CuedRequest(send=True)
 
 
 @dataclass
@@ -48,10 +53,11 @@ async def provider_chunks(
                 continue
             # Given up before it is written: a caller that leaves while it is on its way may well have let it go.
             cue.unreached = False
-            # A call the providers ended meanwhile (a refusal crossing the word) raises InvalidStateError here, not
-            # its status: the next read raises that, and the stream ends with it (its `sent`, a fallback).
+            # A call the providers ended meanwhile (a refusal crossing the word) raises InvalidStateError here, or its
+            # write fails in gRPC's core, not its status: the next read raises that, and the stream ends with it (its
+            # `sent`, a fallback).
             with suppress(asyncio.InvalidStateError):
-                await call.write(provider_pb2.CuedRequest(send=True))
+                await _give_word(call)
         return
     except grpc.RpcError as err:
         if not cue.unreached or not _unheard(err):
@@ -72,6 +78,33 @@ async def provider_chunks(
             yield chunk
     finally:
         old.cancel()
+
+
+async def _give_word(call: Any) -> None:
+    """Write the word to send so that a call the providers end as it goes keeps their status, `sent: false` with it.
+    Their refusal crossing the word (its last moment to come passed) makes the write fail in gRPC's core in most such
+    crossings with the services in two processes, and grpc.aio's write (grpcio 1.85.1, aio/_call.py _write) then puts
+    its own status in the call's, INTERNAL "Internal error from Core" without their trailing metadata: the attempt was
+    charged its worst case (an outcome unknown) where the providers said they sent nothing, their status lost for good
+    when it had come first (cygrpc's _AioCall._set_status keeps the last status set). Written to the core call, a failed
+    write leaves the status to gRPC's own task that receives it, and the next read raises the providers' status.
+    A failed write alone is no proof that the providers never read the word (gRPC promises no such thing: a
+    GRPC_OP_SEND_MESSAGE that fails was only not "accepted by outgoing flow control"), so the attempt is charged nothing
+    only on their `sent: false`; any other status as it is without a crossing (INTERNAL, a timeout: the worst case).
+    grpc.aio's private parts used here are grpcio 1.85.1's (pinned): tests/router/test_cue_after_refusal.py fails when
+    they change. A call of another kind than grpc.aio's (a test's) is written to as it is."""
+    core = call
+    if isinstance(call, _interceptor.InterceptedStreamStreamCall):
+        # `ready_to_send` was read from it: its interceptors ran. Their call's writer task (it wrote the request, which
+        # the providers read before they were ready) waits for the next write and never takes this one.
+        core = call._interceptors_task.result()
+    if not isinstance(core, _call.StreamStreamCall):
+        await call.write(_WORD)
+        return
+    if core.done():
+        raise asyncio.InvalidStateError("the call ended before the word to send")
+    with suppress(cygrpc.InternalError):  # the call ended as the word went: the next read raises its status
+        await core._cython_call.send_serialized_message(_WORD.SerializeToString())
 
 
 def _unheard(err: grpc.RpcError) -> bool:

@@ -1,62 +1,142 @@
-"""The word to send written just as the providers' refusal ended the call (a slot freed at the last moment to send,
-the deadline's refusal on its way): gRPC's write raises InvalidStateError on a finished call, not the call's error.
-The stream must end with the providers' own status (a fallback, a clear error, `sent: false` read from it), never
-with InvalidStateError, which the router would answer as an internal error."""
+"""The word to send written just as the providers' refusal ended the call (the router's word not in by the last moment
+to send: DEADLINE_EXCEEDED, `sent: false`), with the providers in a process of their own: the write fails in gRPC's
+core, and grpc.aio's write replaced the call's status with its own INTERNAL ("Internal error from Core"), the providers'
+ErrorInfo lost. The stream was charged its worst case, as an outcome unknown, where the providers said they sent
+nothing, and failed INTERNAL, not with their status. The providers' gRPC server with an event loop in a thread of its
+own (as another process has), the router's servicer over the money store on the test's Redis, its loop held (as a
+loaded one's is) from the moment it reads `ready_to_send` until the providers' call has ended: the call's end arrives,
+unread, as the word goes. Over a channel without interceptors and over one with the call token's."""
 
 from __future__ import annotations
 
-import asyncio
+import threading
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from grpc.aio import _interceptor
 
-from llmrouter.v1 import provider_pb2
-from services.router.cued_stream import Cue, provider_chunks
+from llmrouter.auth import ANONYMOUS, acting_as
+from llmrouter.channels import bearer_token
+from llmrouter.errors import ServiceError
+from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2
+from services.router.store import Account, RedisStore, period_id
+from tests.router.servicer_kit import NoDeadline, router_servicer_to
+from tests.router.test_admission import REGISTRY
+from tests.router.test_providers_shed_calls import providers_in_a_thread
 
-REFUSED = grpc.aio.AioRpcError(
+# Streams, at most, to have the word's write fail in gRPC's core CROSSINGS times (it does in most of them).
+STREAMS, CROSSINGS = 50, 3
+REFUSAL = ServiceError(
     grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.aio.Metadata(),
-    grpc.aio.Metadata(("sent", "false")),
-    "no time left to send",
+    "UPSTREAM_TIMEOUT",
+    "p: the caller did not let the request go within the total timeout",
+    {"sent": "false"},
 )
 
 
-class RefusedAsTheWordWentCall:
-    """Ready to send; the providers' refusal ends the call before the word is written."""
+class RefusedAtTheWord(provider_pb2_grpc.ProviderServicer):
+    """Ready to send, then refuses at once, as the providers do when the router's word is not in by the last moment to
+    send. Tells `ended` once the call is over on its side, its status sent."""
 
     def __init__(self) -> None:
-        self.ready_given = False
+        self.ended = threading.Event()
 
-    def __aiter__(self) -> RefusedAsTheWordWentCall:
-        return self
+    async def ListModels(self, request: Any, context: Any) -> common_pb2.ListModelsResponse:
+        return common_pb2.ListModelsResponse(models=[REGISTRY.info(m) for m in REGISTRY.models])
 
-    async def write(self, message: provider_pb2.CuedRequest) -> None:
-        if message.send:  # as grpc.aio does on a call already done
-            raise asyncio.InvalidStateError("RPC already finished.")
-
-    async def done_writing(self) -> None:
-        pass
-
-    async def __anext__(self) -> Any:
-        if not self.ready_given:
-            self.ready_given = True
-            return provider_pb2.GenerateChunk(ready_to_send=True)
-        raise REFUSED
-
-    def cancel(self) -> None:
-        pass
+    async def GenerateStreamOnCue(self, requests: Any, context: Any) -> AsyncIterator[provider_pb2.GenerateChunk]:
+        context.add_done_callback(lambda _: self.ended.set())
+        await anext(aiter(requests))
+        yield provider_pb2.GenerateChunk(ready_to_send=True)
+        await context.abort(REFUSAL.code, REFUSAL.message, REFUSAL.trailing_metadata())
 
 
-class Providers:
-    def GenerateStreamOnCue(self, timeout: float | None = None) -> RefusedAsTheWordWentCall:
-        return RefusedAsTheWordWentCall()
+class CoreWrites:
+    """A grpc.aio call's core call, counting the writes that failed in gRPC's core (the call ended as they went)."""
+
+    def __init__(self, core: Any) -> None:
+        self.core, self.failed = core, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.core, name)
+
+    async def send_serialized_message(self, message: bytes) -> None:
+        try:
+            await self.core.send_serialized_message(message)
+        except Exception:
+            self.failed += 1
+            raise
 
 
-async def test_a_word_written_to_a_call_the_providers_ended_ends_with_their_status() -> None:
-    chunks = provider_chunks(Providers(), provider_pb2.GenerateRequest(model="m"), lambda: 5.0, Cue())  # type: ignore[arg-type]
-    with pytest.raises(grpc.aio.AioRpcError) as raised:
-        async for _ in chunks:
-            pass
-    assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert dict(raised.value.trailing_metadata()) == {"sent": "false"}
+class HeldAtTheWord:
+    """The router's providers stub, each GenerateStreamOnCue call's `ready_to_send` given to the router only once the
+    providers (in their thread) ended the call, the router's event loop held until then (blocking, in the response's
+    deserializer), so that it has not read the call's end when it writes the word. Counts the words whose write
+    failed in gRPC's core."""
+
+    def __init__(self, channel: grpc.aio.Channel, ended: threading.Event) -> None:
+        self.stub, self.ended = provider_pb2_grpc.ProviderStub(channel), ended
+        self.calls = channel.stream_stream(
+            "/llmrouter.v1.Provider/GenerateStreamOnCue",
+            request_serializer=provider_pb2.CuedRequest.SerializeToString,
+            response_deserializer=self._held_when_ready,
+        )
+        self.call: Any = None
+        self.writes: list[CoreWrites] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stub, name)
+
+    def GenerateStreamOnCue(self, *args: Any, **kwargs: Any) -> Any:
+        self.ended.clear()
+        self.call = self.calls(*args, **kwargs)
+        return self.call
+
+    @property
+    def crossings(self) -> int:
+        return sum(writes.failed for writes in self.writes)
+
+    def _held_when_ready(self, data: bytes) -> provider_pb2.GenerateChunk:
+        chunk = provider_pb2.GenerateChunk.FromString(data)
+        if chunk.ready_to_send:
+            core = self.call
+            if isinstance(core, _interceptor.InterceptedStreamStreamCall):  # its interceptors ran: the call is theirs
+                core = core._interceptors_task.result()
+            self.writes.append(CoreWrites(core._cython_call))
+            core._cython_call = self.writes[-1]
+            self.ended.wait(5)  # blocking: the loop held, the call's end not read
+        return chunk
+
+
+@pytest.mark.parametrize("interceptors", [[], bearer_token("token")], ids=["plain", "call-token"])
+async def test_a_word_crossing_the_providers_refusal_is_charged_nothing_and_fails_with_their_status(
+    tmp_path: Path, redis_store: RedisStore, interceptors: list[grpc.aio.ClientInterceptor]
+) -> None:
+    refusing = RefusedAtTheWord()
+    with providers_in_a_thread(refusing) as providers:
+        address = f"127.0.0.1:{providers.port}"
+        async with (
+            router_servicer_to(address, tmp_path, redis_store) as servicer,
+            grpc.aio.insecure_channel(address, interceptors=interceptors) as channel,
+        ):
+            held = HeldAtTheWord(channel, refusing.ended)
+            servicer.serving.providers = held  # type: ignore[assignment]
+            for n in range(STREAMS):
+                message = common_pb2.ChatMessage(role="user", content=f"Tell me story {n}")  # none from the cache
+                request = router_pb2.CompleteRequest(messages=[message], tenant="t", model="cheap", max_tokens=50)
+                with acting_as(ANONYMOUS), pytest.raises(ServiceError) as raised:
+                    async for _ in servicer.CompleteStream(request, NoDeadline()):
+                        pass
+                assert raised.value.code == grpc.StatusCode.DEADLINE_EXCEEDED, raised.value.message
+                assert raised.value.reason == "UPSTREAM_TIMEOUT" and raised.value.metadata.get("sent") == "false"
+                assert Decimal(raised.value.metadata.get("charged_usd", "0")) == 0, raised.value.metadata
+                if held.crossings == CROSSINGS:
+                    break
+    # Read once the servicer closed, its charges run to their end.
+    spent, _ = await redis_store.spent(Account("t", "anonymous"), period_id(servicer.settings.budget_period))
+    assert held.crossings == CROSSINGS  # the racy moment reached, each time charged nothing
+    assert spent == 0
