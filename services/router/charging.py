@@ -20,6 +20,7 @@ from services.router.capped_charges import count_capped
 from services.router.models import AvailableModels
 from services.router.outbox import Outbox, OutboxCharge
 from services.router.routed import Routed, Served, counts_below_nothing, generation_entry
+from services.router.settings import CHARGE_LANDS_S
 from services.router.store import PICO, Store, StoreUnavailable, money_now, to_pico
 
 log = logging.getLogger("llmrouter.router")
@@ -167,7 +168,9 @@ class Charger:
             # interval, a failover to a replica behind) is still charged what was served. The charged marker keeps
             # it once, a reconciler's charge of a router it took for dead included: it outlives any request
             # (request_id_ttl_s, settings).
-            charged = await self.store.charge(routed.account, routed.hold, to_pico(cost), record, charge_id=charge_id)
+            charged = await self.store.charge(
+                routed.account, routed.hold, to_pico(cost), record, late=_ran_past_its_life(routed), charge_id=charge_id
+            )
             counted = charged
         except Exception as exc:
             # Kept on local disk before the answer is released: charged once the store is back (out of reach), or,
@@ -204,6 +207,14 @@ class Charger:
         if pico is not None:
             routed.charged = Decimal(pico) / PICO
             response.cost_usd = format(routed.charged, "f")
+
+
+def _ran_past_its_life(routed: Routed) -> bool:
+    """Whether the request is charged later than any request runs and its charge lands: its router was frozen (SIGSTOP,
+    a paused VM), taken for dead meanwhile, and the reconciler's charge of it at its hold may be unmarked by now
+    (request_id_ttl_s is at least as long as that). Such a charge lands only while its own pending charge is open, as a
+    late outbox replay does: it must not take a settled request for one whose admission the store lost."""
+    return time.perf_counter() - routed.started > routed.timeout_s + CHARGE_LANDS_S
 
 
 def _cap_at_hold(routed: Routed, response: router_pb2.CompleteResponse, served: Served | None) -> str:

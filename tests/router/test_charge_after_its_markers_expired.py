@@ -1,0 +1,51 @@
+"""A router frozen mid-request (SIGSTOP, a paused VM) past its heartbeat is taken for dead: another router's
+reconciler charges its request the hold, and the charged marker keeps that charge once for ROUTER_REQUEST_ID_TTL_S.
+Frozen longer than that, the router thawed finds its request's pending charge and marker both gone, as after a store
+that lost the admission, which its charge still pays. But no request runs that long: a charge made past the
+request's time limit and the minute for its charge to land is late, and lands only while its own pending charge is
+open, as a late outbox replay does. Before, it was charged a second time over the reconciler's hold. Real Redis, the
+router's own Charger."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import redis.asyncio as redis
+
+from services.router import charging
+from services.router.settings import CHARGE_LANDS_S
+from services.router.store import AccountKeys, period_id
+from tests.conftest import ledger_records
+from tests.router.servicer_kit import charger_on, store_on
+from tests.router.test_admission import ACCOUNT
+from tests.router.test_charge_counted_once import served
+from tests.waiting import eventually
+
+DAY = period_id("day")
+
+
+async def test_a_charge_thawed_past_its_reconciled_markers_is_not_charged_again(redis_url: str, tmp_path: Path) -> None:
+    client: redis.Redis = redis.from_url(redis_url)
+    async with (
+        charger_on(redis_url, tmp_path / "data") as charger,
+        store_on(redis_url, request_id_ttl_s=1) as reconciler,  # its markers expire within the test
+    ):
+        r, response = await served(charger)
+        assert r.hold is not None
+        # The router frozen: its heartbeat missing past the grace, another router's reconciler charges the hold.
+        await eventually(lambda: reconciler.reconcile("reconciler", 0.05, 3600), "the request reconciled")
+        marker = AccountKeys.of(ACCOUNT).charged(r.request_id)
+        await eventually(lambda: _gone(client, marker), "the reconciler's charged marker expired")
+        r.started -= r.timeout_s + CHARGE_LANDS_S  # thawed past any request's run: what it charges now is late
+        await charging.Charger.settle(charger, r, response)
+        try:
+            assert await charger.store.spent(ACCOUNT, DAY) == (r.hold.pico, r.hold.pico), "charged again"
+            assert [x["outcome"] for x in await ledger_records(client) if x["request_id"] == r.request_id] == [
+                "reconciled"
+            ]
+        finally:
+            await client.aclose()
+
+
+async def _gone(client: redis.Redis, key: str) -> bool:
+    return not await client.exists(key)
