@@ -163,13 +163,14 @@ class Charger:
         }
         charge_id = secrets.token_hex(8)  # this charge, should its reply be lost and the outbox replay it
         charged_s = money_now()  # when, should the outbox keep it: its replay is late by the markers' clock
+        late = _ran_past_its_life(routed)
         try:
             # Not only while its pending charge is open: a store that lost the admission (a crash within its fsync
             # interval, a failover to a replica behind) is still charged what was served. The charged marker keeps
             # it once, a reconciler's charge of a router it took for dead included: it outlives any request
             # (request_id_ttl_s, settings).
             charged = await self.store.charge(
-                routed.account, routed.hold, to_pico(cost), record, late=_ran_past_its_life(routed), charge_id=charge_id
+                routed.account, routed.hold, to_pico(cost), record, late=late, charge_id=charge_id
             )
             counted = charged
         except Exception as exc:
@@ -182,7 +183,7 @@ class Charger:
             if not isinstance(exc, StoreUnavailable):
                 log.error("charge refused by the money store", extra={**record, "error": repr(exc)[:300]})
             await self.outbox.add(
-                OutboxCharge(routed.account, routed.hold, to_pico(cost), record, charge_id, charged_s)
+                OutboxCharge(routed.account, routed.hold, to_pico(cost), record, charge_id, charged_s, late)
             )
             charged, counted = True, False
         routed.settled = True

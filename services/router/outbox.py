@@ -85,6 +85,8 @@ class OutboxCharge:
     # When it was charged, by the money's clock (clock.py), which dates the markers' expiry too: what its lateness is
     # aged by. 0 in lines of routers of the versions before: aged by the record's `ts`, the router's own clock.
     charged_s: float = 0.0
+    # Charged past its request's life (charging.py, _ran_past_its_life): late from the start, whenever it is replayed.
+    late: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -100,8 +102,8 @@ class OutboxCharge:
         between the charge and its replay (NTP setting right a pod's clock) took a charge a moment old for late, and
         refused it when the store had lost its admission (a request served, never paid for), or one past its
         markers for one within them, and charged it again over the reconciler's charge at its hold."""
-        if self.charged_s:
-            late = money_now() - self.charged_s > marked_s
+        if self.late or self.charged_s:
+            late = self.late or money_now() - self.charged_s > marked_s
         else:
             late = time.time() - float(self.record.get("ts", 0)) > marked_s
         charged = await store.charge(
@@ -157,7 +159,15 @@ def entry_from_json(line: str) -> OutboxEntry:
         undo = raw["undo"]
         return OutboxUndo(Account(**undo["account"]), Hold(**undo["hold"]))
     account, hold = Account(**raw["account"]), Hold(**raw["hold"])
-    return OutboxCharge(account, hold, raw["pico"], raw["record"], raw.get("charge_id", ""), raw.get("charged_s", 0.0))
+    return OutboxCharge(
+        account,
+        hold,
+        raw["pico"],
+        raw["record"],
+        raw.get("charge_id", ""),
+        raw.get("charged_s", 0.0),
+        raw.get("late", False) is True,
+    )
 
 
 class Outbox:

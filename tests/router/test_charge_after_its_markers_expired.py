@@ -16,6 +16,7 @@ from services.router import charging
 from services.router.settings import CHARGE_LANDS_S
 from services.router.store import AccountKeys, period_id
 from tests.conftest import ledger_records
+from tests.fakes.lossy_proxy import LossyProxy
 from tests.router.servicer_kit import charger_on, store_on
 from tests.router.test_admission import ACCOUNT
 from tests.router.test_charge_counted_once import served
@@ -37,7 +38,7 @@ async def test_a_charge_thawed_past_its_reconciled_markers_is_not_charged_again(
         marker = AccountKeys.of(ACCOUNT).charged(r.request_id)
         await eventually(lambda: _gone(client, marker), "the reconciler's charged marker expired")
         r.started -= r.timeout_s + CHARGE_LANDS_S  # thawed past any request's run: what it charges now is late
-        await charging.Charger.settle(charger, r, response)
+        await charger.settle(r, response)
         try:
             assert await charger.store.spent(ACCOUNT, DAY) == (r.hold.pico, r.hold.pico), "charged again"
             assert [x["outcome"] for x in await ledger_records(client) if x["request_id"] == r.request_id] == [
@@ -49,3 +50,28 @@ async def test_a_charge_thawed_past_its_reconciled_markers_is_not_charged_again(
 
 async def _gone(client: redis.Redis, key: str) -> bool:
     return not await client.exists(key)
+
+
+async def test_a_late_charge_kept_in_the_outbox_stays_late_when_replayed(
+    charger: charging.Charger, proxy: LossyProxy, redis_url: str
+) -> None:
+    """Thawed with the store out of reach, its charge waits in the outbox: replayed a moment later, it is late all the
+    same, not charged again over the reconciler's hold whose marker has expired."""
+    client: redis.Redis = redis.from_url(redis_url)
+    async with store_on(redis_url, request_id_ttl_s=1) as reconciler:
+        r, response = await served(charger)
+        assert r.hold is not None
+        await eventually(lambda: reconciler.reconcile("reconciler", 0.05, 3600), "the request reconciled")
+        marker = AccountKeys.of(ACCOUNT).charged(r.request_id)
+        await eventually(lambda: _gone(client, marker), "the reconciler's charged marker expired")
+        r.started -= r.timeout_s + CHARGE_LANDS_S
+        proxy.go_down()
+        await charger.settle(r, response)
+        assert len(charger.outbox) == 1
+        proxy.come_back()
+        await charger.outbox.replay(charger.store)
+        try:
+            assert len(charger.outbox) == 0
+            assert await reconciler.spent(ACCOUNT, DAY) == (r.hold.pico, r.hold.pico), "charged again"
+        finally:
+            await client.aclose()
