@@ -168,7 +168,7 @@ class Charger:
             # Not only while its pending charge is open: a store that lost the admission (a crash within its fsync
             # interval, a failover to a replica behind) is still charged what was served. The charged marker keeps
             # it once, a reconciler's charge of a router it took for dead included: it outlives any request
-            # (request_id_ttl_s, settings).
+            # (request_id_ttl_s, settings), but maybe not a frozen router's, whose charge is late.
             charged = await self.store.charge(
                 routed.account, routed.hold, to_pico(cost), record, late=late, charge_id=charge_id
             )
