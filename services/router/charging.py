@@ -212,9 +212,10 @@ class Charger:
 
 def _ran_past_its_life(routed: Routed) -> bool:
     """Whether the request is charged later than any request runs and its charge lands: its router was frozen (SIGSTOP,
-    a paused VM), taken for dead meanwhile, and the reconciler's charge of it at its hold may be unmarked by now
+    a stalled process), taken for dead meanwhile, and the reconciler's charge of it at its hold may be unmarked by now
     (request_id_ttl_s is at least as long as that). Such a charge lands only while its own pending charge is open, as a
-    late outbox replay does: it must not take a settled request for one whose admission the store lost."""
+    late outbox replay does: it must not take a settled request for one whose admission the store lost. Measured on
+    the monotonic clock `started` is read from, which a suspended or paused machine may not advance."""
     return time.perf_counter() - routed.started > routed.timeout_s + CHARGE_LANDS_S
 
 

@@ -1,4 +1,4 @@
-"""A router frozen mid-request (SIGSTOP, a paused VM) past its heartbeat is taken for dead: another router's
+"""A router frozen mid-request (SIGSTOP, a stalled process) past its heartbeat is taken for dead: another router's
 reconciler charges its request the hold, and the charged marker keeps that charge once for ROUTER_REQUEST_ID_TTL_S.
 Frozen longer than that, the router thawed finds its request's pending charge and marker both gone, as after a store
 that lost the admission, which its charge still pays. But no request runs that long: a charge made past the
