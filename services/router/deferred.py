@@ -31,9 +31,11 @@ collect names when that batch's results hold its request id (else charged its ho
 for such lines alone, until their holds lapse, the old risks stay that another tenant's line of the same request id
 in the named batch settles it (and its answer is read), and that a collect naming a cheaper model of the same
 provider underprices it. A collect in the last `give_up_s` of the lines' holds gives up on a provider batch that has
-not ended (or cannot be read, or whose model lost its batch price while a line still pending has no admitted prices
-recorded: with them, the collect goes ahead at those): the lines still pending are charged their hold
-and reported ended, so the caller's batch ends too. A line whose batch is never collected is charged its hold by the
+not ended (or whose model lost its batch price while a line still pending has no admitted prices recorded: with
+them, the collect goes ahead at those): the lines still pending are charged their hold and reported ended, so the
+caller's batch ends too. So it does on one that cannot be read, but only once no try can read it: a poll failing for a
+reason that may pass is tried again until the lines' holds end (poll_retries), a caller whose deadline comes first
+told to collect again, nothing charged. A line whose batch is never collected is charged its hold by the
 reconciler when its hold lapses. A collect charges a line only while its pending charge is open: one the reconciler
 (or another collect) settled after the collect read it is never charged twice, whether or not its charged marker has
 expired."""
@@ -58,7 +60,7 @@ from llmrouter.server import MAX_MESSAGE_BYTES
 from llmrouter.upstream_messages import UPSTREAM_REASONS
 from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2
 from services.router import admission as admitting
-from services.router import metrics
+from services.router import metrics, poll_retries
 from services.router.admission import Admission
 from services.router.capped_charges import count_capped
 from services.router.routed import Routed, counts_below_nothing, generation_entry
@@ -141,6 +143,8 @@ class Deferred:
         self.hold_s = hold_s  # a deferred line's hold: the provider's window and a margin
         # Time enough before the holds end for the edge's next poll to land, however slow the provider batch.
         self.give_up_s = min(GIVE_UP_MAX_S, hold_s / 4)
+        # The wait before a poll is tried again (poll_retries): a test's clock passes it at once.
+        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
     async def submit(self, request: router_pb2.SubmitLinesRequest, context: Any) -> router_pb2.SubmitLinesResponse:
         started = time.monotonic()  # before any line's admission (SEND_START_S)
@@ -341,7 +345,8 @@ class Deferred:
         pending = {request_id: await self._pending_line(account, request_id) for request_id in ids}
         _refuse_another_model(pending, request.model)
         # Near the window's end the provider is still asked first: a batch that has ended gives its answers.
-        ending = self._window_ending(pending, batch_id)
+        last_moment = self._last_moment(pending, batch_id)
+        ending = last_moment is not None
         model = self.registry.current.get(request.model)
         priced = None if model is None else self.registry.current.batch_priced(model)
         if priced is None and model is not None and _admitted_with_prices(pending):
@@ -360,17 +365,7 @@ class Deferred:
         # The answers are read POLL_IDS lines at a time: each part's within one gRPC message.
         for start in range(0, len(ids), POLL_IDS):
             part = ids[start : start + POLL_IDS]
-            try:
-                polled = await self.providers.PollBatch(
-                    provider_pb2.PollBatchRequest(
-                        model=request.model, batch_id=batch_id, request_ids=part, partial=True
-                    ),
-                    timeout=PROVIDER_CALL_S,
-                )
-            except grpc.RpcError as err:
-                if not ending:
-                    raise _unread(err) from None
-                polled = provider_pb2.PollBatchResponse(status="unreadable")
+            polled = await self._poll(request.model, batch_id, part, last_moment, context)
             if not polled.ended:
                 if not ending:
                     return router_pb2.CollectBatchResponse(status=polled.status)
@@ -378,11 +373,11 @@ class Deferred:
                 lines.extend((await self._give_up(account, ids[start:], batch_id)).lines)
                 return router_pb2.CollectBatchResponse(status="window_ended", ended=True, lines=lines)
             results: dict[str, provider_pb2.BatchLineResult] = {}
-            for result in polled.results:
-                known = results.get(result.request_id)
+            for read in polled.results:
+                known = results.get(read.request_id)
                 # A line both answered and failed (a provider's duplicate) was billed: its first answer counts.
-                if known is None or (result.succeeded and not known.succeeded):
-                    results[result.request_id] = result
+                if known is None or (read.succeeded and not known.succeeded):
+                    results[read.request_id] = read
             unread = set(polled.unread_ids)  # left out of the poll's reply: not read, so not settled here
             for request_id in part:
                 result = results.get(request_id)
@@ -397,17 +392,39 @@ class Deferred:
                 size += LINE_FRAMING_BYTES + lines[-1].ByteSize()
         return router_pb2.CollectBatchResponse(status=polled.status, ended=True, lines=lines)
 
-    def _window_ending(self, pending: dict[str, Pending | None], batch_id: str) -> bool:
-        """Whether a line of this provider batch (or with none recorded) still pending has its hold end within
-        give_up_s: the batch is given up on before the reconciler charges the hold unseen by the caller, who would
-        then wait forever."""
-        return any(
-            line is not None
-            and line.provider_batch in (batch_id, "", None)
-            and line.until
-            and line.until - money_now() <= self.give_up_s
+    async def _poll(
+        self, model: str, batch_id: str, part: list[str], last_moment: float | None, context: Any
+    ) -> provider_pb2.PollBatchResponse:
+        """The provider batch's state and the part's results. Near its lines' window's end (`last_moment`: the
+        earliest end of their holds), a passing failure is tried again until then (poll_retries); a poll no try read
+        by then, or one that failed as no try will pass, answers 'unreadable' (not ended: the lines are given up on).
+        Any other failure is raised, for the caller to collect again."""
+        asked = provider_pb2.PollBatchRequest(model=model, batch_id=batch_id, request_ids=part, partial=True)
+
+        async def poll(timeout_s: float) -> provider_pb2.PollBatchResponse:
+            return await self.providers.PollBatch(asked, timeout=timeout_s)
+
+        try:
+            if last_moment is None:
+                return await poll(PROVIDER_CALL_S)
+            tries = poll_retries.Tries.before(last_moment, context.time_remaining(), PROVIDER_CALL_S)
+            polled = await poll_retries.through_passing_failures(poll, tries, self.sleep)
+        except grpc.RpcError as err:
+            raise _unread(err) from None
+        return provider_pb2.PollBatchResponse(status="unreadable") if polled is None else polled
+
+    def _last_moment(self, pending: dict[str, Pending | None], batch_id: str) -> float | None:
+        """The earliest end of the holds of this provider batch's lines (or with none recorded) still pending, when
+        within give_up_s: the batch is given up on by then, before the reconciler charges a hold unseen by the
+        caller, who would then wait forever. None while every hold has longer to run."""
+        ends = [
+            line.until
             for line in pending.values()
-        )
+            if line is not None and line.provider_batch in (batch_id, "", None) and line.until
+        ]
+        if not ends or min(ends) - money_now() > self.give_up_s:
+            return None
+        return min(ends)
 
     async def _give_up(self, account: Account, ids: list[str], batch_id: str) -> router_pb2.CollectBatchResponse:
         """The lines ended without asking the provider: each of this batch still pending charged its hold (its

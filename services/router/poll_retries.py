@@ -1,0 +1,94 @@
+"""A provider batch's poll in the last moments of its lines' holds, tried again through passing failures.
+
+Given up at its first failure there (deferred.py, Deferred.give_up_s), a one-off overload of the providers, a
+provider's 503 or one poll past its deadline had every line charged its hold, its answer unread though the provider
+batch had ended. So a passing failure (PASSING) is tried again, after a wait doubling from FIRST_WAIT_S up to
+MOST_WAIT_S, never shorter than the delay its RetryInfo asks (the providers' OVERLOADED), for as long as the next try
+starts before the lines' holds end (the real last moment: the reconciler then charges each its hold) and leaves
+LEAST_TRY_S of the caller's deadline (less REPLY_MARGIN_S, so the reply and the charges it tells reach the caller).
+Past the last moment the lines are given up on; past the caller's time first, the failure is the caller's, who
+collects again, nothing charged. Any other failure (the poll refused as invalid, a model with no Batch API here) no
+try will pass: given up on at once."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import grpc
+
+from llmrouter.errors import ServiceError
+from services.router.store import money_now
+
+log = logging.getLogger("llmrouter.router")
+
+T = TypeVar("T")
+FIRST_WAIT_S = 1.0
+MOST_WAIT_S = 30.0
+REPLY_MARGIN_S = 10.0
+LEAST_TRY_S = 5.0
+# The providers or the provider out of reach or overloaded (a provider's failure to read a batch is UNAVAILABLE, the
+# providers' limit of calls in flight RESOURCE_EXHAUSTED OVERLOADED), or one poll past its deadline. A call shed by the
+# providers' gRPC server unhandled (CANCELLED) is one too (ServiceError.shed).
+PASSING = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED}
+)
+
+
+@dataclass(frozen=True)
+class Tries:
+    """What bounds a poll's tries, on the money's clock (store/clock.py)."""
+
+    last_moment: float  # the earliest end of the lines' holds
+    caller_end: float | None  # by when the reply is on its way to the caller; None: the caller set no deadline
+    call_s: float  # the most one try is given
+
+    @classmethod
+    def before(cls, last_moment: float, time_remaining: float | None, call_s: float) -> Tries:
+        """Tries before `last_moment`, for a caller with `time_remaining` (gRPC's context.time_remaining())."""
+        caller_end = None if time_remaining is None else money_now() + time_remaining - REPLY_MARGIN_S
+        return cls(last_moment, caller_end, call_s)
+
+    def timeout_s(self) -> float:
+        if self.caller_end is None:
+            return self.call_s
+        return max(LEAST_TRY_S, min(self.call_s, self.caller_end - money_now()))
+
+
+def passing(error: ServiceError) -> bool:
+    return error.code in PASSING or error.shed
+
+
+def wait_s(error: ServiceError, failures: int) -> float:
+    """The wait after the `failures`-th failure in a row (1 for the first)."""
+    doubled = FIRST_WAIT_S * 2 ** min(failures - 1, 16)
+    return min(max(doubled, float(error.retry_delay_s or 0)), MOST_WAIT_S)
+
+
+async def through_passing_failures(
+    poll: Callable[[float], Awaitable[T]], tries: Tries, sleep: Callable[[float], Awaitable[None]]
+) -> T | None:
+    """`poll(timeout_s)`'s reply, tried again through passing failures; None when no try may pass before the last
+    moment (the lines are given up on). Raises the last failure (grpc.RpcError) when the caller's time ends first."""
+    failures = 0
+    while True:
+        try:
+            return await poll(tries.timeout_s())
+        except grpc.RpcError as err:
+            error = ServiceError.from_rpc_error(err)
+            if not passing(error):
+                return None
+            failures += 1
+            wait = wait_s(error, failures)
+            next_try = money_now() + wait
+            if next_try >= tries.last_moment:
+                return None
+            if tries.caller_end is not None and next_try + LEAST_TRY_S > tries.caller_end:
+                raise
+            log.warning(
+                "provider batch not read near its lines' holds' end; trying again",
+                extra={"code": error.code.name, "reason": error.reason, "failures": failures, "wait_s": wait},
+            )
+            await sleep(wait)
