@@ -340,6 +340,8 @@ class Deferred:
         batch_id = request.provider_batch_id
         if not 0 < len(ids) <= MAX_LINES:
             raise invalid(f"collect 1 to {MAX_LINES} lines at a time", "request_ids")
+        if not all(ids) or len(set(ids)) != len(ids):  # the reply's lines answer the ids asked for, in their order
+            raise invalid("name each line once, by its request_id", "request_ids")
         if not batch_id:
             raise invalid("name the provider batch the lines were sent in", "provider_batch_id")
         pending = {request_id: await self._pending_line(account, request_id) for request_id in ids}
