@@ -35,10 +35,10 @@ not ended (or whose model lost its batch price while a line still pending has no
 them, the collect goes ahead at those): the lines still pending are charged their hold and reported ended, so the
 caller's batch ends too. So it does on one that cannot be read, but only once no try can read it: a poll failing for a
 reason that may pass is tried again until the lines' holds end (poll_retries), a caller whose deadline comes first
-told to collect again, nothing charged. A line whose batch is never collected is charged its hold by the
-reconciler when its hold lapses. A collect charges a line only while its pending charge is open: one the reconciler
-(or another collect) settled after the collect read it is never charged twice, whether or not its charged marker has
-expired."""
+(or whose router stops) told to collect again, nothing charged. A line whose batch is never collected is charged
+its hold by the reconciler when its hold lapses. A collect charges a line only while its pending charge is open: one
+the reconciler (or another collect) settled after the collect read it is never charged twice, whether or not its
+charged marker has expired."""
 
 from __future__ import annotations
 
@@ -143,8 +143,22 @@ class Deferred:
         self.hold_s = hold_s  # a deferred line's hold: the provider's window and a margin
         # Time enough before the holds end for the edge's next poll to land, however slow the provider batch.
         self.give_up_s = min(GIVE_UP_MAX_S, hold_s / 4)
+        self._stopping = asyncio.Event()
         # The wait before a poll is tried again (poll_retries): a test's clock passes it at once.
-        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+        self.wait: Callable[[float], Awaitable[bool]] = self._wait
+
+    def stop(self) -> None:
+        """The router stops: a collect waiting to try its poll again fails now, for its caller to collect again (from
+        another router), nothing charged; the router's close does not wait for its retries."""
+        self._stopping.set()
+
+    async def _wait(self, seconds: float) -> bool:
+        """Whether `seconds` passed with the router still running."""
+        try:
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        except TimeoutError:
+            return True
+        return False
 
     async def submit(self, request: router_pb2.SubmitLinesRequest, context: Any) -> router_pb2.SubmitLinesResponse:
         started = time.monotonic()  # before any line's admission (SEND_START_S)
@@ -410,7 +424,7 @@ class Deferred:
             if last_moment is None:
                 return await poll(PROVIDER_CALL_S)
             tries = poll_retries.Tries.before(last_moment, context.time_remaining(), PROVIDER_CALL_S)
-            polled = await poll_retries.through_passing_failures(poll, tries, self.sleep)
+            polled = await poll_retries.through_passing_failures(poll, tries, self.wait)
         except grpc.RpcError as err:
             raise _unread(err) from None
         return provider_pb2.PollBatchResponse(status="unreadable") if polled is None else polled

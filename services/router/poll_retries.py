@@ -68,10 +68,11 @@ def wait_s(error: ServiceError, failures: int) -> float:
 
 
 async def through_passing_failures(
-    poll: Callable[[float], Awaitable[T]], tries: Tries, sleep: Callable[[float], Awaitable[None]]
+    poll: Callable[[float], Awaitable[T]], tries: Tries, wait: Callable[[float], Awaitable[bool]]
 ) -> T | None:
     """`poll(timeout_s)`'s reply, tried again through passing failures; None when no try may pass before the last
-    moment (the lines are given up on). Raises the last failure (grpc.RpcError) when the caller's time ends first."""
+    moment (the lines are given up on). Raises the last failure (grpc.RpcError) when the caller's time ends first,
+    or when `wait(seconds)` says the wait was cut short (the router stops)."""
     failures = 0
     while True:
         try:
@@ -81,14 +82,15 @@ async def through_passing_failures(
             if not passing(error):
                 return None
             failures += 1
-            wait = wait_s(error, failures)
-            next_try = money_now() + wait
+            pause_s = wait_s(error, failures)
+            next_try = money_now() + pause_s
             if next_try >= tries.last_moment:
                 return None
             if tries.caller_end is not None and next_try + LEAST_TRY_S > tries.caller_end:
                 raise
             log.warning(
                 "provider batch not read near its lines' holds' end; trying again",
-                extra={"code": error.code.name, "reason": error.reason, "failures": failures, "wait_s": wait},
+                extra={"code": error.code.name, "reason": error.reason, "failures": failures, "wait_s": pause_s},
             )
-            await sleep(wait)
+            if not await wait(pause_s):
+                raise

@@ -125,6 +125,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         return await asyncio.shield(self.charger.run_to_end(self.deferred.collect(request, context)))
 
     async def close(self) -> None:
+        self.deferred.stop()  # before the charges are waited for: a collect's retries are not
         await self.admission.close()
         await self.charger.close()
 

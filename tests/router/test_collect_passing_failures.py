@@ -38,7 +38,7 @@ COLLECT = router_pb2.CollectBatchRequest(model="strong", provider_batch_id="pbat
 
 
 class WaitingClock(HeldMoneyClock):
-    """The money's clock held from now on; the collect's waits (Deferred.sleep) move it on, recorded in `waits`.
+    """The money's clock held from now on; the collect's waits (Deferred.wait) move it on, recorded in `waits`.
     `on_wait` runs at each wait first (a test frees the providers then)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -46,11 +46,12 @@ class WaitingClock(HeldMoneyClock):
         self.waits: list[float] = []
         self.on_wait: Callable[[], Awaitable[None]] | None = None
 
-    async def sleep(self, seconds: float) -> None:
+    async def wait(self, seconds: float) -> bool:
         self.waits.append(seconds)
         if self.on_wait is not None:
             await self.on_wait()
         self.at += seconds
+        return True
 
 
 def cut(code: grpc.StatusCode, message: str) -> ServiceError:
@@ -68,12 +69,14 @@ class FailingFirst(BatchProvider):
 
     def __init__(self, *failures: ServiceError) -> None:
         self.failures = list(failures)
+        self.polled = asyncio.Event()
         self.polled_at: list[float] = []
         self.given_s: list[float] = []
         self.meanwhile: Callable[[], Awaitable[None]] | None = None
 
     async def PollBatch(self, request: Any, context: Any) -> provider_pb2.PollBatchResponse:
         self.polled_at.append(money_now())
+        self.polled.set()
         self.given_s.append(context.time_remaining())
         if self.failures:
             error = self.failures.pop(0)
@@ -93,14 +96,18 @@ class Deadline:
         return self.seconds
 
 
-async def sent_line(router: RouterServicer, store: RedisStore, clock: WaitingClock, before_end_s: float) -> float:
-    """LINE sent in provider batch pbatch-1, the clock moved to `before_end_s` before its hold ends: when it ends."""
+async def sent_line(
+    router: RouterServicer, store: RedisStore, clock: WaitingClock, before_end_s: float, waits_on_clock: bool = True
+) -> float:
+    """LINE sent in provider batch pbatch-1, the clock moved to `before_end_s` before its hold ends: when it ends.
+    The collect's waits pass on the clock, unless `waits_on_clock` is False: then they take their time."""
     with acting_as(TENANT_CALLER):
         (sent,) = (await router.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[LINE]), NoDeadline())).lines
     assert sent.deferred and sent.provider_batch_id == "pbatch-1", sent
     pending = await store.pending_charge(ACCOUNT, "line-1")
     assert pending is not None and pending.until
-    router.deferred.sleep = clock.sleep
+    if waits_on_clock:
+        router.deferred.wait = clock.wait
     clock.at = pending.until - before_end_s
     assert before_end_s <= router.deferred.give_up_s  # the window is ending
     return pending.until
@@ -216,6 +223,29 @@ async def test_a_failure_no_try_can_pass_gives_the_batch_up_at_once(
             (line,) = (await router.CollectBatch(COLLECT, NoDeadline())).lines
     assert line.error == f"{GAVE_UP} (request id line-1)" and Decimal(line.charged_usd) > 0
     assert clock.waits == [] and len(provider.polled_at) == 1
+
+
+async def test_a_stopping_router_tries_no_poll_again(
+    redis_store: RedisStore, tmp_path: Path, clock: WaitingClock
+) -> None:
+    """The router's servicer closed (its drain over) while a collect waits to try its poll again: the collect fails at
+    once, nothing charged, for its caller to collect again from another router, and the close does not wait out the
+    retries (until the caller's deadline, or the hold's end)."""
+    provider = FailingFirst(*[cut(grpc.StatusCode.UNAVAILABLE, "Connection refused")] * 100)
+    async with router_servicer(tmp_path, redis_store, provider, REGISTRY, provider_batch_hold_s=HOLD_S) as router:
+        await sent_line(router, redis_store, clock, 100.0, waits_on_clock=False)  # the clock held: it never ends
+        with acting_as(TENANT_CALLER):
+            collecting = asyncio.ensure_future(router.CollectBatch(COLLECT, NoDeadline()))
+        await provider.polled.wait()
+        try:
+            await asyncio.wait_for(router.close(), 10)
+        finally:
+            provider.failures.clear()  # a collect still trying ends with the next poll
+        with pytest.raises(ServiceError) as failed:
+            await collecting
+    assert failed.value.code == grpc.StatusCode.UNAVAILABLE
+    assert await redis_store.spent(ACCOUNT, period_id("day")) == (0, 0)
+    assert await redis_store.pending_charge(ACCOUNT, "line-1") is not None
 
 
 class HeldGenerate(BatchProvider):
