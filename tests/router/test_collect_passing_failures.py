@@ -25,7 +25,7 @@ from llmrouter.errors import ServiceError, invalid, overloaded
 from llmrouter.server import start_server
 from llmrouter.settings import GrpcServiceSettings
 from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2
-from services.router.deferred import GAVE_UP
+from services.router.deferred import GAVE_UP, POLL_IDS
 from services.router.servicer import RouterServicer
 from services.router.store import PICO, RedisStore, money_now, period_id
 from tests.conftest import ledger_records
@@ -223,6 +223,46 @@ async def test_a_failure_no_try_can_pass_gives_the_batch_up_at_once(
             (line,) = (await router.CollectBatch(COLLECT, NoDeadline())).lines
     assert line.error == f"{GAVE_UP} (request id line-1)" and Decimal(line.charged_usd) > 0
     assert clock.waits == [] and len(provider.polled_at) == 1
+
+
+class FailingSecondPartOnce(BatchProvider):
+    """The poll of the lines after the first POLL_IDS fails once (the providers out of reach), then answers."""
+
+    def __init__(self) -> None:
+        self.failed = False
+
+    async def PollBatch(self, request: Any, context: Any) -> provider_pb2.PollBatchResponse:
+        if request.request_ids[0] != "line-1" and not self.failed:
+            self.failed = True
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "Connection refused")
+        return await super().PollBatch(request, context)
+
+
+async def test_a_collect_read_in_parts_charges_each_line_once_through_a_passing_failure(
+    redis_store: RedisStore, tmp_path: Path, clock: WaitingClock
+) -> None:
+    """A collect of more lines than one poll reads: the first part's lines are charged their answers, then the next
+    part's poll fails once; tried again, its line is charged its answer too, not given up on at its hold."""
+    lines = []
+    for n in range(1, POLL_IDS + 2):
+        line = router_pb2.CompleteRequest()
+        line.CopyFrom(LINE)
+        line.request_id = f"line-{n}"
+        lines.append(line)
+    async with router_servicer(
+        tmp_path, redis_store, FailingSecondPartOnce(), REGISTRY, provider_batch_hold_s=HOLD_S
+    ) as router:
+        with acting_as(TENANT_CALLER):
+            sent = await router.SubmitBatch(router_pb2.SubmitLinesRequest(lines=lines), NoDeadline())
+            assert all(line.deferred for line in sent.lines)
+            pending = await redis_store.pending_charge(ACCOUNT, "line-1")
+            assert pending is not None and pending.until
+            clock.at, router.deferred.wait = pending.until - 100.0, clock.wait
+            ids = [line.request_id for line in lines]
+            collect = router_pb2.CollectBatchRequest(model="strong", provider_batch_id="pbatch-1", request_ids=ids)
+            reply = await router.CollectBatch(collect, NoDeadline())
+    assert [line.request_id for line in reply.lines] == ids and all(line.succeeded for line in reply.lines)
+    assert await spent(redis_store) == len(ids) * batch_cost("strong") and clock.waits == [1.0]
 
 
 async def test_a_stopping_router_tries_no_poll_again(
