@@ -6,9 +6,9 @@ batch had ended. So a passing failure (PASSING) is tried again, after a wait dou
 MOST_WAIT_S, never shorter than the delay its RetryInfo asks (the providers' OVERLOADED), for as long as the next try
 starts before the lines' holds end (the real last moment: the reconciler then charges each its hold) and leaves
 LEAST_TRY_S of the caller's deadline (less REPLY_MARGIN_S, so the reply and the charges it tells reach the caller).
-Past the last moment the lines are given up on; past the caller's time first, the failure is the caller's, who
-collects again, nothing charged. Any other failure (the poll refused as invalid, a model with no Batch API here) no
-try will pass: given up on at once."""
+Past the last moment the lines are given up on; past the caller's time first (or once the router stops), the failure
+is the caller's, who collects again, nothing charged. Any other failure (the poll refused as invalid, a model with no
+Batch API here) no try will pass: given up on at once."""
 
 from __future__ import annotations
 
