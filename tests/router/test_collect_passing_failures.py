@@ -11,7 +11,6 @@ moving it instead of taking time."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
@@ -38,11 +37,12 @@ COLLECT = router_pb2.CollectBatchRequest(model="strong", provider_batch_id="pbat
 
 
 class WaitingClock(HeldMoneyClock):
-    """The money's clock held from now on; the collect's waits (Deferred.wait) move it on, recorded in `waits`.
-    `on_wait` runs at each wait first (a test frees the providers then)."""
+    """The money's clock held (at 08:00 UTC, so a line's hold and its charge share a budget day); the collect's
+    waits (Deferred.wait) move it on, recorded in `waits`. `on_wait` runs at each wait first (a test frees the
+    providers then)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        super().__init__(monkeypatch, time.time())
+        super().__init__(monkeypatch)
         self.waits: list[float] = []
         self.on_wait: Callable[[], Awaitable[None]] | None = None
 
