@@ -1,14 +1,16 @@
 """A charge capped at its hold, counted: a provider reported usage past the request's worst case, the tenant was
 charged the hold and the operator absorbs the rest (alert LLMRouterChargesCappedAtHold). A request's charge
-(charging.py) and a Batch API line's (deferred.py) alike."""
+(charging.py) and a Batch API line's (deferred.py) alike, the latter by whichever router takes its count
+(count_charge)."""
 
 from __future__ import annotations
 
 import logging
 from decimal import Decimal
+from typing import Any
 
 from services.router import metrics
-from services.router.store import PICO, SPEND_MAX_PICO
+from services.router.store.model import PICO, SPEND_MAX_PICO
 
 log = logging.getLogger("llmrouter.router")
 
@@ -16,6 +18,9 @@ log = logging.getLogger("llmrouter.router")
 # int64 token count priced reaches $1e15, a cost written as a Decimal's exponent inf as a float); counted whole, one
 # such report would leave the counter inf, or every honest overage after it lost in its rounding.
 MAX_ABSORBED_USD = Decimal(SPEND_MAX_PICO) / PICO
+# A Batch API line's ledger record charged its hold for a report past it: the cost that report came to at its batch
+# price (deferred.py).
+REPORTED = "reported_cost_usd"
 
 
 def count_capped(model: str, reported_usd: Decimal, hold_usd: Decimal) -> None:
@@ -29,3 +34,13 @@ def count_capped(model: str, reported_usd: Decimal, hold_usd: Decimal) -> None:
         absorbed = MAX_ABSORBED_USD
     metrics.CHARGES_CAPPED.labels(model).inc()
     metrics.CAPPED_USD.labels(model).inc(float(absorbed))
+
+
+def count_charge(record: dict[str, Any]) -> None:
+    """A charge whose count a router took (Store.count_once), from its ledger record: in the charge counters, and
+    capped at its hold too when a report past the hold is on record (REPORTED), under the model the charge is counted
+    under. Its collect, a collect of the line again and the reconciler's sweep of the charges left uncounted count
+    it alike."""
+    metrics.count_charge(record)
+    if REPORTED in record:
+        count_capped(str(record.get("model", "")), Decimal(record[REPORTED]), Decimal(record["cost_usd"]))

@@ -60,9 +60,9 @@ from llmrouter.server import MAX_MESSAGE_BYTES
 from llmrouter.upstream_messages import UPSTREAM_REASONS
 from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2
 from services.router import admission as admitting
-from services.router import metrics, poll_retries
+from services.router import poll_retries
 from services.router.admission import Admission
-from services.router.capped_charges import count_capped
+from services.router.capped_charges import REPORTED, count_charge
 from services.router.routed import Routed, counts_below_nothing, generation_entry
 from services.router.serving import generate_request
 from services.router.store import (
@@ -72,6 +72,7 @@ from services.router.store import (
     Pending,
     Store,
     StoreUnavailable,
+    UncountedCharge,
     money_now,
     to_pico,
 )
@@ -115,8 +116,6 @@ NOT_FOUND = (
 )
 OVER_REPORTED = "the provider reported more usage than the line may be billed"
 UNDER_REPORTED = "the provider reported a usage below nothing"
-# An over-reported line's ledger record: the cost its reported usage came to at its batch price, what its hold capped.
-REPORTED = "reported_cost_usd"
 UNANSWERED = (
     "no result for request id {} in provider batch {!r}, and no provider batch is recorded for the line (it was sent "
     "by a router of the version before): it is charged its hold at the batch price"
@@ -347,6 +346,34 @@ class Deferred:
         await asyncio.gather(*(record(routed) for routed in group))
 
     async def collect(self, request: router_pb2.CollectBatchRequest, context: Any) -> router_pb2.CollectBatchResponse:
+        """The lines settled, and the charges the collect made (or found made and counted nowhere) counted in the
+        metrics at its end, each by the one collect that takes its count (Store.count_once_each): one call a shard,
+        not one a line. A collect that fails part way (a poll of a later part, the store out of reach) takes the counts
+        of the lines it charged before all the same; should that fail too, or the router die first, the reconciler's
+        sweep takes them (its shard lists each line's charge: lua.py, CHARGE)."""
+        counts: list[UncountedCharge] = []
+        try:
+            collected = await self._collect(request, counts)
+        except BaseException:
+            try:
+                await self._count(counts)
+            except Exception:  # the collect's own failure is the one its caller hears
+                log.exception(
+                    "batch lines' charges not counted here: left for the reconciler", extra={"lines": len(counts)}
+                )
+            raise
+        await self._count(counts)
+        return collected
+
+    async def _count(self, counts: list[UncountedCharge]) -> None:
+        if counts:
+            for record in await self.store.count_once_each(counts):
+                if record is not None:
+                    count_charge(record)
+
+    async def _collect(
+        self, request: router_pb2.CollectBatchRequest, counts: list[UncountedCharge]
+    ) -> router_pb2.CollectBatchResponse:
         account = admitting.account_for(
             router_pb2.CompleteRequest(tenant=request.tenant, api_key=request.api_key, api_key_id=request.api_key_id)
         )
@@ -369,7 +396,7 @@ class Deferred:
             priced = model  # its batch price gone since: each line is charged at the prices it was admitted with
         if priced is None:
             if ending:
-                return await self._give_up(account, ids, batch_id)
+                return await self._give_up(account, ids, batch_id, counts)
             raise ServiceError(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 "NO_BATCH_PRICE",
@@ -386,7 +413,7 @@ class Deferred:
                 if not ending:
                     return router_pb2.CollectBatchResponse(status=polled.status)
                 # The parts settled already keep their outcome; the rest are given up on.
-                lines.extend((await self._give_up(account, ids[start:], batch_id)).lines)
+                lines.extend((await self._give_up(account, ids[start:], batch_id, counts)).lines)
                 return router_pb2.CollectBatchResponse(status="window_ended", ended=True, lines=lines)
             results: dict[str, provider_pb2.BatchLineResult] = {}
             for read in polled.results:
@@ -404,7 +431,7 @@ class Deferred:
                         raise ServiceError(grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE", "no result was read")
                     log.info("provider batch collected in part", extra={"lines": len(lines), "asked": len(ids)})
                     return router_pb2.CollectBatchResponse(status=polled.status, ended=True, lines=lines)
-                lines.append(await self._settle(account, priced, batch_id, request_id, result, polled.status))
+                lines.append(await self._settle(account, priced, batch_id, request_id, result, polled.status, counts))
                 size += LINE_FRAMING_BYTES + lines[-1].ByteSize()
         return router_pb2.CollectBatchResponse(status=polled.status, ended=True, lines=lines)
 
@@ -442,7 +469,9 @@ class Deferred:
             return None
         return min(ends)
 
-    async def _give_up(self, account: Account, ids: list[str], batch_id: str) -> router_pb2.CollectBatchResponse:
+    async def _give_up(
+        self, account: Account, ids: list[str], batch_id: str, counts: list[UncountedCharge]
+    ) -> router_pb2.CollectBatchResponse:
         """The lines ended without asking the provider: each of this batch still pending charged its hold (its
         outcome is unknown: the provider batch may still run and bill it); one settled before only reported."""
         log.warning("provider batch given up at its window's end", extra={"lines": len(ids)})
@@ -453,10 +482,10 @@ class Deferred:
         lines = []
         for request_id, line in pending.items():
             told = _of_another_batch(line, request_id, batch_id) or await self._owe_hold(
-                account, line, request_id, f"{GAVE_UP} (request id {request_id})"
+                account, line, request_id, f"{GAVE_UP} (request id {request_id})", counts
             )
             if line is None:
-                told = await self._settled_before(account, request_id, batch_id, told) or told
+                told = await self._settled_before(account, request_id, batch_id, told, counts) or told
             lines.append(told)
         return router_pb2.CollectBatchResponse(status="window_ended", ended=True, lines=lines)
 
@@ -468,6 +497,7 @@ class Deferred:
         request_id: str,
         result: provider_pb2.BatchLineResult | None,
         status: str,
+        counts: list[UncountedCharge],
     ) -> router_pb2.CollectedLine:
         """One line's outcome, settled once, and only from the results of the provider batch it was sent in:
         request ids are the callers', so another tenant's line (or another of the account's batches) may have the
@@ -480,7 +510,7 @@ class Deferred:
             raise invalid(f"request {request_id!r} is not a provider batch line", "request_ids")
         if pending is not None:
             if pending.provider_batch == "":  # which batch ran it is unknown: its worst case, whatever batch is named
-                return await self._owe_hold(account, pending, request_id, UNRECORDED.format(request_id))
+                return await self._owe_hold(account, pending, request_id, UNRECORDED.format(request_id), counts)
             foreign = _of_another_batch(pending, request_id, batch_id)
             if foreign is not None:
                 return foreign
@@ -489,21 +519,27 @@ class Deferred:
                 return router_pb2.CollectedLine(request_id=request_id, error=error, charged_usd="0")
             if pending.provider_batch is None:  # a line of the version before
                 if result is None:  # nothing says it is this batch's (a failed one would release it): its worst case
-                    return await self._owe_hold(account, pending, request_id, UNANSWERED.format(request_id, batch_id))
+                    why = UNANSWERED.format(request_id, batch_id)
+                    return await self._owe_hold(account, pending, request_id, why, counts)
                 held_account, hold = pending.account_and_hold()  # its charge keeps the batch, so a collect again
                 await self.store.record_provider_batch(held_account, hold, batch_id)  # reports it
         else:  # settled before (an earlier collect, its reply lost, or the reconciler at its hold), or no line
-            outcome = await self._outcome(account, None, model, request_id, result, status)
-            settled = await self._settled_before(account, request_id, batch_id, outcome)
+            outcome = await self._outcome(account, None, model, request_id, result, status, counts)
+            settled = await self._settled_before(account, request_id, batch_id, outcome, counts)
             if settled is None:
                 # Neither held nor charged for this account from this batch: not its line, and not its answer to read.
                 error = f"no line of this account in provider batch {batch_id!r} (request id {request_id})"
                 return router_pb2.CollectedLine(request_id=request_id, error=error, charged_usd="0")
             return settled
-        return await self._outcome(account, pending, model, request_id, result, status)
+        return await self._outcome(account, pending, model, request_id, result, status, counts)
 
     async def _settled_before(
-        self, account: Account, request_id: str, batch_id: str, outcome: router_pb2.CollectedLine
+        self,
+        account: Account,
+        request_id: str,
+        batch_id: str,
+        outcome: router_pb2.CollectedLine,
+        counts: list[UncountedCharge],
     ) -> router_pb2.CollectedLine | None:
         """A line of the account settled before, told at what it was charged: `outcome` (read from this batch's
         results) for one charged from this batch; for one charged with no batch recorded (its worst case, from no
@@ -512,10 +548,10 @@ class Deferred:
         charged_from = await self.store.charged_batch(account, request_id)
         if charged_from == UNRECORDED_BATCH:
             unrecorded = router_pb2.CollectedLine(request_id=request_id, error=UNRECORDED.format(request_id))
-            return await self._as_charged(account, request_id, unrecorded)
+            return await self._as_charged(account, request_id, unrecorded, counts)
         if charged_from != batch_id:
             return None
-        return await self._as_charged(account, request_id, outcome)
+        return await self._as_charged(account, request_id, outcome, counts)
 
     async def _outcome(
         self,
@@ -525,6 +561,7 @@ class Deferred:
         request_id: str,
         result: provider_pb2.BatchLineResult | None,
         status: str,
+        counts: list[UncountedCharge],
     ) -> router_pb2.CollectedLine:
         """The line's outcome from its result, charged while `pending` (its open pending charge); None: settled
         before, so only reported."""
@@ -542,18 +579,18 @@ class Deferred:
         if result is not None and result.succeeded:
             reply = result.response
             if reply.usage.estimated:  # the provider said nothing of what it billed: the worst case
-                return await self._owe_hold(account, pending, request_id, "the provider reported no usage")
+                return await self._owe_hold(account, pending, request_id, "the provider reported no usage", counts)
             cost = model.usage_cost_usd(reply.usage)
             if pending is not None and to_pico(cost) > pending.hold_pico:
                 # More than the line could be billed (its prompt, max_tokens written): a false report, and a
                 # charge beyond the hold would pass the budget that admitted it. The operator absorbs the rest, as a
                 # request's charge capped at its hold: counted so.
-                return await self._owe_hold(account, pending, request_id, OVER_REPORTED, reported=cost)
+                return await self._owe_hold(account, pending, request_id, OVER_REPORTED, counts, reported=cost)
             if pending is not None and (cost < 0 or counts_below_nothing(reply.usage)):
                 # A negative count, which no provider bills either: charged as it stands, it would lower the spend (or
                 # the charge, below what the rest of the report was written for), and the budget would let that much
                 # more through. The hold, as for an outcome unknown.
-                return await self._owe_hold(account, pending, request_id, UNDER_REPORTED)
+                return await self._owe_hold(account, pending, request_id, UNDER_REPORTED, counts)
             response = router_pb2.CompleteResponse(
                 id=request_id,
                 content=reply.content,
@@ -573,30 +610,29 @@ class Deferred:
             )
             answered = router_pb2.CollectedLine(request_id=request_id, succeeded=True, response=response)
             if pending is not None:
-                return await self._charge(
-                    account, pending, to_pico(cost), self._record(pending, response, "ok"), answered
-                )
+                record = self._record(pending, response, "ok")
+                return await self._charge(account, pending, to_pico(cost), record, answered, counts)
             return answered
         if result is None and status != "failed":  # it ran, or may have: unknown, so its worst case
-            return await self._owe_hold(account, pending, request_id, f"no result from the provider batch ({status})")
+            why = f"no result from the provider batch ({status})"
+            return await self._owe_hold(account, pending, request_id, why, counts)
         error = result.error if result is not None else "the provider batch failed before running"
         error = f"{error} (request id {request_id})"
         failed = router_pb2.CollectedLine(request_id=request_id, error=error, charged_usd="0")
         if pending is not None:  # the provider bills none of it: released, on record at nothing
-            return await self._charge(account, pending, 0, _unanswered(pending, "0", "batch_failed", error), failed)
+            record = _unanswered(pending, "0", "batch_failed", error)
+            return await self._charge(account, pending, 0, record, failed, counts)
         return failed
 
     async def _as_charged(
-        self, account: Account, request_id: str, line: router_pb2.CollectedLine
+        self, account: Account, request_id: str, line: router_pb2.CollectedLine, counts: list[UncountedCharge]
     ) -> router_pb2.CollectedLine:
         """A line settled before, reported at what the ledger charged it, which its outcome read again may not say: the
         hold it was charged when that outcome was unknown, or its batch given up on, or its hold lapsed, was told as 0,
         or as the answer's own cost. Told as read when its charged marker does not say (a router of the version before
-        charged it). Its charge is counted here when it is counted nowhere yet: the reply to the collect that made it
-        was lost (Store.count_once)."""
-        counted = await self.store.count_once(account, request_id)
-        if counted is not None:
-            _count(counted)
+        charged it). Its charge is counted by this collect when it is counted nowhere yet: the reply to the collect that
+        made it was lost (`counts`, taken by any charge id at the collect's end)."""
+        counts.append(UncountedCharge(account, request_id))
         pico = await self.store.charged_pico(account, request_id)
         if pico is None:
             return line
@@ -622,6 +658,7 @@ class Deferred:
         pending: Pending | None,
         request_id: str,
         why: str,
+        counts: list[UncountedCharge],
         reported: Decimal | None = None,
     ) -> router_pb2.CollectedLine:
         """The line charged its hold. `reported`: the cost of a report past the hold, capped by the charge."""
@@ -630,9 +667,9 @@ class Deferred:
         charged = format(Decimal(pending.hold_pico) / PICO, "f")
         line = router_pb2.CollectedLine(request_id=request_id, error=why, charged_usd=charged)
         record = _unanswered(pending, charged, "batch_unknown", why)
-        if reported is not None:  # on record, so whichever collect counts the charge counts it capped (_count)
+        if reported is not None:  # on record, so whichever router counts the charge counts it capped (count_charge)
             record[REPORTED] = format(reported, "f")
-        return await self._charge(account, pending, pending.hold_pico, record, line)
+        return await self._charge(account, pending, pending.hold_pico, record, line, counts)
 
     async def _charge(
         self,
@@ -641,22 +678,23 @@ class Deferred:
         pico: int,
         record: dict[str, Any],
         line: router_pb2.CollectedLine,
+        counts: list[UncountedCharge],
     ) -> router_pb2.CollectedLine:
         """`line`, charged only while its pending charge (read before) is still open: one settled meanwhile (by another
         collect, or by the reconciler as its hold lapsed) is never charged again, even once its charged marker
         (kept for the request id TTL, which may be shorter than the hold) has expired, and is told at that charge.
-        Counted in the metrics once, by the collect that takes its count (Store.count_once): this one, once its charge
-        returns; else, its reply lost (this collect fails, and its caller collects again), a later collect of the line
-        (_as_charged). A capped charge is counted capped by that one, from its record (_owe_hold)."""
+        Counted in the metrics once, by the router that takes its count (Store.count_once_each): this collect, at its
+        end (`counts`), once its charge returns; else, its reply lost (this collect fails, and its caller collects
+        again), a later collect of the line (_as_charged), or the reconciler's sweep. A capped charge is counted capped
+        by that one, from its record (_owe_hold)."""
         held_account, hold = pending.account_and_hold()
         charge_id = secrets.token_hex(8)  # this charge: its count is this collect's to take
         if await self.store.charge(held_account, hold, pico, record, late=True, charge_id=charge_id):
-            # A collect of the line meanwhile may have taken it (it found the line charged): counted there.
-            if await self.store.count_once(held_account, hold.request_id, charge_id) is not None:
-                _count(record)
+            # Another router may take it first (a collect of the line that found it charged, the sweep): counted there.
+            counts.append(UncountedCharge(held_account, hold.request_id, charge_id))
             return line
         log.warning("batch line charged before; not charged again", extra={"request_id": hold.request_id})
-        return await self._as_charged(account, hold.request_id, line)
+        return await self._as_charged(account, hold.request_id, line, counts)
 
     def _record(self, pending: Pending, response: router_pb2.CompleteResponse, outcome: str) -> dict[str, Any]:
         baseline_model = self.baseline()
@@ -680,14 +718,6 @@ class Deferred:
             outcome=outcome,
             admitted_ts=pending.ts,
         )
-
-
-def _count(record: dict[str, Any]) -> None:
-    """A line's charge in the metrics, from its ledger record: capped at its hold too when a report past the hold is on
-    record (REPORTED), under the model the charge is counted under."""
-    metrics.count_charge(record)
-    if REPORTED in record:
-        count_capped(str(record.get("model", "")), Decimal(record[REPORTED]), Decimal(record["cost_usd"]))
 
 
 def _unanswered(pending: Pending, cost_usd: str, outcome: str, why: str) -> dict[str, Any]:

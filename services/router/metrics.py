@@ -67,7 +67,8 @@ CAPPED_USD = Counter(
 )
 RECONCILE_FAILURES = Counter(
     "llmrouter_router_reconcile_failures_total",
-    "Pending charges due to be settled at their hold that the reconciler could not settle (swept again next round)",
+    "Pending charges due to be settled at their hold that the reconciler could not settle (swept again next round), "
+    "and shards whose list of uncounted charges its sweep could not read (read again next round)",
 )
 LEDGER_REJECTED = Counter(
     "llmrouter_router_ledger_rejected_total",

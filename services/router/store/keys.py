@@ -118,10 +118,12 @@ def prices_key(shard: int) -> str:
 
 
 def uncounted_reconciled_key(shard: int) -> str:
-    """The reconciler's charges of the shard counted in no router's metrics yet, a sorted set of '<charge id> <pending
-    field>' scored by when charged (lua.py, CHARGE): each charge's record waits in its request's uncounted key (not
-    in the router's memory), and the next reconciler, on any router, takes those its maker did not (lua.py,
-    COUNT_ONCE), so a router dying before it heard its charge back loses no count."""
+    """The charges of the shard counted in no router's metrics yet, the reconciler's and provider batch lines', a
+    sorted set of '<charge id> <pending field>' scored by when charged (lua.py, CHARGE): each charge's record waits in
+    its request's uncounted key (not in the router's memory), and the next reconciler, on any router, takes those
+    their makers did not (lua.py, COUNT_ONCE), so a router dying before it heard its charge back, or before its
+    collect took the counts of the lines it charged, loses no count. Named for the reconciler's alone, which the
+    version before listed: the name is part of the data format."""
     return f"{TAGS[shard]}:uncounted-reconciled"
 
 

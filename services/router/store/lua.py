@@ -445,8 +445,8 @@ CHARGE = (
     + """
 -- KEYS: charged marker, tenant spend, key spend, ledger, tenant holds, key holds, pending charges, provider batches,
 --       models, prices, used id, the shard's hold-totals epoch, the tokens counter of the charge's minute, reconciled
---       (the reconciler's, keys.py), the uncounted charge (keys.py, uncounted), the shard's uncounted reconciler's
---       charges (keys.py, uncounted_reconciled)
+--       (the reconciler's, keys.py), the uncounted charge (keys.py, uncounted), the shard's listed uncounted charges
+--       (keys.py, uncounted_reconciled)
 -- ARGV: pico, marker ttl, record, spend ttl, hold member, pending field, late ('1': only if still pending),
 --       the charge's id ('' for none), its admission's nonce ('' for none), the reconciler's: the pending record
 --       as its sweep read it ('' for none), the tokens charged (input and output), and the reconciler's: what it
@@ -512,7 +512,7 @@ for _, holds in ipairs({KEYS[5], KEYS[6]}) do
 end
 if ARGV[12] ~= '' then writes[#writes + 1] = {'SET', KEYS[14], ARGV[12]} end
 if ARGV[8] ~= '' then writes[#writes + 1] = {'SET', KEYS[15], ARGV[8]} end
-if ARGV[10] ~= '' then writes[#writes + 1] = {'ZADD', KEYS[16], '0', ''} end
+if ARGV[8] ~= '' then writes[#writes + 1] = {'ZADD', KEYS[16], '0', ''} end
 local refused = denied(writes)
 if refused then return refused end
 -- A pending charge of another admission of the request id (admitted again once its markers expired, while this
@@ -563,13 +563,14 @@ else
   marker = marker .. ' 1::pico=' .. ARGV[1]  -- a collect of the line again tells it (model.py, CHARGED_TOTAL)
 end
 -- A provider batch line's charge, and any of the reconciler's, is counted in no router's metrics until one takes it
--- (COUNT_ONCE): its maker, once this reply arrives, by its charge id; else (this reply lost) a later collect of the
--- line, or the next reconciler, on any router, which finds the reconciler's listed in its shard: so a reconciler that
--- dies before it hears back loses no count. Beside the marker, which has no room for the record (and a line's none
--- for the id: routers of the version before read the batch from 'batch:<id> 1::pico=<n>' as it stands).
+-- (COUNT_ONCE): its maker, once this reply arrives, by its charge id; else (this reply lost, or its maker dead before
+-- its take) a later collect of the line, or the next reconciler, on any router, which finds each listed in its shard:
+-- so neither a reconciler that dies before it hears back nor a collect that dies before its take loses a count. Beside
+-- the marker, which has no room for the record (and a line's none for the id: routers of the version before read the
+-- batch from 'batch:<id> 1::pico=<n>' as it stands).
 if ARGV[8] ~= '' and (string.sub(marker, 1, 6) == 'batch:' or ARGV[10] ~= '') then
   redis.call('SET', KEYS[15], ARGV[8] .. ' ' .. ARGV[3], 'EX', ARGV[2])
-  if ARGV[10] ~= '' then redis.call('ZADD', KEYS[16], redis.call('TIME')[1], ARGV[8] .. ' ' .. ARGV[6]) end
+  redis.call('ZADD', KEYS[16], redis.call('TIME')[1], ARGV[8] .. ' ' .. ARGV[6])
 end
 redis.call('SET', KEYS[1], marker, 'EX', ARGV[2])
 -- The reconciler's: what it charged this admission, as long as the marker, for a charge or undo of it kept in an
@@ -656,44 +657,76 @@ return ''
 )
 
 # A provider batch line's charge, or one of the reconciler's, counted in no router's metrics yet (CHARGE keeps it,
-# keys.py, uncounted), taken by the one router that counts it: by its charge's id, its maker once the charge's reply
-# arrived, or the next reconciler (the reconciler's charges are listed in their shard, keys.py, uncounted_reconciled:
-# its maker may have died before it heard back); by any id (''), a collect that found the line charged before (the
-# reply to the charge's collect lost). Returns the charge's ledger record, what the metrics count; nil when it is
-# another charge's, or counted (taken) before, or none. A take naming the charge's entry in its shard's list drops it:
-# taken now, or before, or its record gone with its marker, no take finds it there again.
-# The taker names itself (its claim, one per take): the record taken is kept under that claim (keys.py, counted) a
-# while, so the take sent again after its reply was lost (a Redis Cluster client resends it; the store sends it again
-# on one server) gets it again, and no other taker does. Routers of the version before take by a script without a
-# claim, which finds the uncounted charge gone once taken: counted once all the same.
+# keys.py, uncounted, and lists it in its shard, keys.py, uncounted_reconciled: its maker may die before it takes it),
+# taken by the one router that counts it: by its charge's id, its maker once the charge's reply arrived, or the next
+# reconciler's sweep of the list; by any id (''), a collect that found the line charged before (the reply to the
+# charge's collect lost). Many takes of one shard a call (a collect's lines, a page of the list), all in its slot.
+# Each take answers the charge's ledger record, what the metrics count; nothing when it is another charge's, or
+# counted (taken) before, or none. A take naming the charge's entry in its shard's list drops it: taken now, or
+# before, or its record gone with its marker, no take finds it there again.
+# The taker names itself (its claim, one per call): the record taken is kept under that claim (keys.py, counted) a
+# while, so the same call sent again after its reply was lost (a Redis Cluster client resends it; the store sends it
+# again on one server) gets it again, and no other taker does; nor does a second take of the same charge in one call.
+# Routers of the version before take one charge a call, by a script of their own (or one without a claim), which
+# finds the uncounted charge gone once taken: counted once all the same.
 COUNT_ONCE = (
     _MUST_LAND
     + _PERMITTED
     + f"local TAKEN_KEPT_MS = {TAKEN_KEPT_S * 1000}\n"
     + """
--- KEYS: the uncounted charge, its count taken, the shard's uncounted reconciler's charges
--- ARGV: the charge's id ('' for any), the taker's claim, the charge's entry in that list ('' for none)
-for i, kind in pairs({[2] = 'string', [3] = 'zset'}) do
-  local found = redis.call('TYPE', KEYS[i])['ok']
-  if found ~= 'none' and found ~= kind then return redis.error_reply('WRONGTYPE a key the take writes') end
+-- KEYS: the shard's listed uncounted charges; then two a take: the uncounted charge, its count taken
+-- ARGV: the taker's claim; then two a take: the charge's id ('' for any), its entry in that list ('' for none)
+-- Returns two a take: the record taken (nil for none) and, for a take left alone, why (nil when it was not): one of its
+-- own keys holds another type (hand-edited), which holds up none of the others.
+local found = redis.call('TYPE', KEYS[1])['ok']
+if found ~= 'none' and found ~= 'zset' then return redis.error_reply('WRONGTYPE a key the take writes') end
+local takes = (#KEYS - 1) / 2
+local writes = {}
+for t = 0, takes - 1 do
+  local k, a = 2 + 2 * t, 2 + 2 * t
+  for _, write in ipairs({{'SET', KEYS[k + 1], ''}, {'DEL', KEYS[k]}, {'ZREM', KEYS[1], ARGV[a + 1]}}) do
+    writes[#writes + 1] = write
+  end
 end
-local refused = denied({{'SET', KEYS[2], ''}, {'DEL', KEYS[1]}, {'ZREM', KEYS[3], ARGV[3]}})
+local refused = denied(writes)
 if refused then return refused end
-if ARGV[3] ~= '' then redis.call('ZREM', KEYS[3], ARGV[3]) end
-local kept = redis.call('GET', KEYS[1])
-if not kept then
-  local claim, record = string.match(redis.call('GET', KEYS[2]) or '', '^(%S+) (.*)$')
-  if claim ~= ARGV[2] then return false end
-  return record  -- this very take, sent again
+local function mistyped(keys)
+  for _, key in ipairs(keys) do
+    local kind = redis.call('TYPE', key)['ok']
+    if kind ~= 'none' and kind ~= 'string' then return 'a key of another type: ' .. key end
+  end
+  return false
 end
-local id, record = string.match(kept, '^(%S+) (.*)$')
-if not id or (ARGV[1] ~= '' and id ~= ARGV[1]) then return false end
-local kept_ms = redis.call('PTTL', KEYS[1])  -- no longer than the uncounted charge would have lived
-if kept_ms < 0 or kept_ms > TAKEN_KEPT_MS then kept_ms = TAKEN_KEPT_MS end
-if kept_ms == 0 then kept_ms = 1 end  -- expiring this very millisecond: PX 0 is an error, after the writes above
-redis.call('SET', KEYS[2], ARGV[2] .. ' ' .. record, 'PX', kept_ms)
-redis.call('DEL', KEYS[1])
-return record
+local function take(uncounted, counted, id)
+  local kept = redis.call('GET', uncounted)
+  if not kept then
+    local claim, record = string.match(redis.call('GET', counted) or '', '^(%S+) (.*)$')
+    if claim ~= ARGV[1] then return false end
+    return record  -- this very call, sent again
+  end
+  local named, record = string.match(kept, '^(%S+) (.*)$')
+  if not named or (id ~= '' and named ~= id) then return false end
+  local kept_ms = redis.call('PTTL', uncounted)  -- no longer than the uncounted charge would have lived
+  if kept_ms < 0 or kept_ms > TAKEN_KEPT_MS then kept_ms = TAKEN_KEPT_MS end
+  if kept_ms == 0 then kept_ms = 1 end  -- expiring this very millisecond: PX 0 is an error, after the writes above
+  redis.call('SET', counted, ARGV[1] .. ' ' .. record, 'PX', kept_ms)
+  redis.call('DEL', uncounted)
+  return record
+end
+local answers, seen = {}, {}
+for t = 0, takes - 1 do
+  local k, a = 2 + 2 * t, 2 + 2 * t
+  local why = mistyped({KEYS[k], KEYS[k + 1]})
+  local record = false
+  if not why then
+    if ARGV[a + 1] ~= '' then redis.call('ZREM', KEYS[1], ARGV[a + 1]) end
+    if not seen[KEYS[k]] then record = take(KEYS[k], KEYS[k + 1], ARGV[a]) end
+    seen[KEYS[k]] = true
+  end
+  answers[#answers + 1] = record
+  answers[#answers + 1] = why
+end
+return answers
 """
 )
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -22,6 +22,7 @@ from services.router.store.model import (
     HoldsTotal,
     Pending,
     Prices,
+    UncountedCharge,
     Verdict,
     charged_marker,
     charged_tokens,
@@ -259,6 +260,9 @@ class MemoryStore:
             return None
         del self.uncounted[key]
         return record
+
+    async def count_once_each(self, charges: Sequence[UncountedCharge]) -> list[dict[str, Any] | None]:
+        return [await self.count_once(each.account, each.request_id, each.charge_id) for each in charges]
 
     async def extend(self, account: Account, allowance: Allowance, hold: Hold, pico: int) -> str:
         pending = self.pending.get(pending_field(account, hold.request_id))

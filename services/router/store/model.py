@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from decimal import ROUND_CEILING, Decimal
@@ -329,6 +329,16 @@ class HoldsTotal:
     scanned: tuple[int, int]
 
 
+@dataclass(frozen=True)
+class UncountedCharge:
+    """A charge whose metrics count a router takes (Store.count_once_each): a provider batch line's of `request_id`,
+    by its `charge_id` ('' any: a collect that found the line charged before)."""
+
+    account: Account
+    request_id: str
+    charge_id: str = ""
+
+
 class StoreUnavailable(ServiceError):
     """The money store cannot be reached: nothing is admitted without it (fail closed)."""
 
@@ -450,6 +460,11 @@ class Store(Protocol):
         the collect that made it lost, so counted nowhere yet). A take whose reply was lost is sent again as the same
         take, which gets the record it took (RedisStore: its claim). StoreUnavailable when the store cannot be reached
         again (then whether it was taken is unknown)."""
+
+    async def count_once_each(self, charges: Sequence[UncountedCharge]) -> list[dict[str, Any] | None]:
+        """count_once of each charge, answered in their order: one call a shard (RedisStore: of at most TAKE_PAGE
+        charges each) rather than one a charge. A charge named twice is answered once. StoreUnavailable as
+        count_once."""
 
     async def extend(self, account: Account, allowance: Allowance, hold: Hold, pico: int) -> str:
         """Raise a hold to `pico` (before a fallback or escalation that may cost more than it covers): ''

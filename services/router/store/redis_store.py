@@ -8,10 +8,10 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import SecretStr
 from redis.exceptions import ResponseError
@@ -20,6 +20,7 @@ from llmrouter.redis_connect import connect, is_cluster, is_cluster_client
 from llmrouter.redis_errors import StoreFailure, store_failure
 from llmrouter.tasks import raise_if_cancelled
 from services.router import metrics
+from services.router.capped_charges import count_charge
 from services.router.store import heartbeats, ledger_entry, lua
 from services.router.store.clock import MONEY_CLOCK, money_now
 from services.router.store.keys import (
@@ -56,6 +57,7 @@ from services.router.store.model import (
     Reconciled,
     StoreRefusing,
     StoreUnavailable,
+    UncountedCharge,
     Verdict,
     admitted_prices,
     charged_tokens,
@@ -75,8 +77,11 @@ log = logging.getLogger("llmrouter.router")
 LOOK_COST_SHARE = 20
 # Ledger entries one script of ledger-spend reads (lua.py, SPEND_AND_GIVEN_BACK): about 3 ms of the master's time.
 LEDGER_PAGE = 1000
-# The reconciler's charges left uncounted that one sweep counts, of each shard (_count_reconciled_left).
+# The charges left uncounted that one sweep counts, of each shard (_count_left_uncounted).
 UNCOUNTED_PAGE = 1000
+# Counts one script takes (lua.py, COUNT_ONCE), all of one shard: a few ms of the master's time at most
+# (benchmarks/count_once.py).
+TAKE_PAGE = 1000
 CONNECTIONS = 64  # per client; on a cluster, per node at most
 
 
@@ -134,6 +139,32 @@ def _limit_args(allowance: Allowance) -> list[str | int]:
         none if allowance.tenant_pico is None else allowance.tenant_pico,
         none if allowance.key_pico is None else allowance.key_pico,
     ]
+
+
+class _Take(NamedTuple):
+    """One charge's take of its count (lua.py, COUNT_ONCE): by its charge id ('' any), dropping its entry in its
+    shard's list ('' none)."""
+
+    keys: AccountKeys
+    request_id: str
+    charge_id: str
+    listed: str
+
+
+def _listed_take(shard: int, member: bytes) -> _Take | None:
+    """The take of an entry '<charge id> <pending field>' of the shard's list (keys.py, uncounted_reconciled); None for
+    one no router wrote (hand-edited): not text, no charge id, a field that is no [tenant, request id], or a tenant
+    of another shard, whose keys a take of this shard's slot cannot reach."""
+    try:
+        entry = member.decode()
+        charge_id, _, field = entry.partition(" ")
+        named = json.loads(field)  # its pending field (model.py, pending_field)
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, or nested past the parser's depth
+        return None
+    if not (charge_id and isinstance(named, list) and len(named) == 2 and all(isinstance(n, str) for n in named)):
+        return None
+    keys = AccountKeys.of(Account(named[0], ""))
+    return _Take(keys, named[1], charge_id, entry) if keys.shard == shard else None
 
 
 def _readable(record: str) -> Pending | None:
@@ -272,7 +303,7 @@ class RedisStore:
         still holds this very record, as read by the sweep. True when it was charged. Counted in the metrics once,
         its reply lost too: the charge, named by its charge id, is kept unanswered and sent again, as made, by each
         reconcile until it is heard back, which the store knows as made before (lua.py, CHARGE); should this router
-        die first, the store keeps the charge uncounted for the next reconciler (_count_reconciled_left)."""
+        die first, the store keeps the charge uncounted for the next reconciler (_count_left_uncounted)."""
         charge = Pending.from_json(swept)
         account, hold = charge.account_and_hold()
         made = self.unanswered.get(swept)
@@ -295,8 +326,9 @@ class RedisStore:
             # router and the next reconciler takes it (lua.py, COUNT_ONCE); a line's, by a collect of it maybe. Taken
             # under its charge id as claim, which no other taker makes: a take whose reply was lost, and its resend's
             # too (the store out of reach), is sent again with the charge at the next round, and gets what it took.
-            listed = f"{charge_id} {charge.field}"
-            counted = await self._take(account, hold.request_id, charge_id, listed, claim=charge_id)
+            keys = AccountKeys.of(account)
+            take = _Take(keys, hold.request_id, charge_id, f"{charge_id} {charge.field}")
+            (counted,) = await self._take(keys.shard, [take], claim=charge_id)
         except StoreUnavailable:
             raise  # unanswered: sent again
         except Exception:
@@ -304,7 +336,7 @@ class RedisStore:
             raise
         del self.unanswered[swept]
         if counted is not None:
-            metrics.count_charge(record)
+            count_charge(record)
         return settled
 
     async def _settle(
@@ -330,27 +362,58 @@ class RedisStore:
             return bool(await self._charge(keys=names, args=args))
 
     async def count_once(self, account: Account, request_id: str, charge_id: str = "") -> dict[str, Any] | None:
-        return await self._take(account, request_id, charge_id, "")
+        (record,) = await self.count_once_each([UncountedCharge(account, request_id, charge_id)])
+        return record
 
-    async def _take(
-        self, account: Account, request_id: str, charge_id: str, listed: str, claim: str = ""
-    ) -> dict[str, Any] | None:
-        """count_once, dropping `listed` from the shard's uncounted reconciler's charges (keys.py). Taken under `claim`,
-        else one of this call's own (lua.py, COUNT_ONCE): a Redis Cluster client resends the take whose reply it lost,
-        and on one server, where redis-py does not, it is sent again here, once; either way the take sent again gets
-        the record it took, and the charge is counted here rather than by no router."""
-        keys = AccountKeys.of(account)
-        names = [keys.uncounted(request_id), keys.counted(request_id), keys.uncounted_reconciled]
-        args = [charge_id, claim or secrets.token_hex(8), listed]
+    async def count_once_each(self, charges: Sequence[UncountedCharge]) -> list[dict[str, Any] | None]:
+        """Each take by a charge id drops the charge's entry in its shard's list (CHARGE lists it): its maker took it,
+        and no sweep need take it again."""
+        by_shard: dict[int, list[tuple[int, _Take]]] = {}
+        for index, charge in enumerate(charges):
+            keys = AccountKeys.of(charge.account)
+            listed = (
+                f"{charge.charge_id} {pending_field(charge.account, charge.request_id)}" if charge.charge_id else ""
+            )
+            take = _Take(keys, charge.request_id, charge.charge_id, listed)
+            by_shard.setdefault(keys.shard, []).append((index, take))
+        records: list[dict[str, Any] | None] = [None] * len(charges)
+        for shard, takes in by_shard.items():
+            for start in range(0, len(takes), TAKE_PAGE):
+                page = takes[start : start + TAKE_PAGE]
+                taken = await self._take(shard, [take for _, take in page])
+                for (index, _), record in zip(page, taken, strict=True):
+                    records[index] = record
+        return records
+
+    async def _take(self, shard: int, takes: list[_Take], claim: str = "") -> list[dict[str, Any] | None]:
+        """The takes of charges of `shard` (lua.py, COUNT_ONCE), in one script, each dropping its `listed` entry from
+        the shard's list (keys.py, uncounted_reconciled). Taken under `claim`, else one of this call's own: a Redis
+        Cluster client resends the take whose reply it lost, and on one server, where redis-py does not, it is sent
+        again here, once; either way the take sent again gets the records it took, and each charge is counted here
+        rather than by no router. A take whose own keys hold another type (hand-edited) is logged and takes nothing:
+        its entry stays listed, taken again by the next sweep once mended."""
+        names = [uncounted_reconciled_key(shard)]
+        args = [claim or secrets.token_hex(8)]
+        for take in takes:
+            names += [take.keys.uncounted(take.request_id), take.keys.counted(take.request_id)]
+            args += [take.charge_id, take.listed]
         try:
             async with self._call():
-                record = await self._count_once(keys=names, args=args)
+                answers = await self._count_once(keys=names, args=args)
         except StoreUnavailable:
             if self.shards_fail_apart:  # a cluster: its client resent it already
                 raise
             async with self._call():
-                record = await self._count_once(keys=names, args=args)
-        return None if record is None else ledger_entry.expanded(json.loads(record))
+                answers = await self._count_once(keys=names, args=args)
+        records: list[dict[str, Any] | None] = []
+        for take, record, why in zip(takes, answers[::2], answers[1::2], strict=True):
+            if why is not None:
+                log.error(
+                    "uncounted charge not taken; taken again next sweep",
+                    extra={"request_id": take.request_id, "listed": take.listed[:500], "why": _text(why)[:500]},
+                )
+            records.append(None if record is None else ledger_entry.expanded(json.loads(record)))
+        return records
 
     async def extend(self, account: Account, allowance: Allowance, hold: Hold, pico: int) -> str:
         keys = AccountKeys.of(account)
@@ -667,7 +730,7 @@ class RedisStore:
                 elif not charge.until and charge.router in self._missing_since:
                     left += 1  # its router gone, not yet past the grace before it is taken for dead
             metrics.RECONCILE_BACKLOG.set(left)
-            await self._count_reconciled_left()
+            await self._count_left_uncounted()
             return settled
 
     async def _send_unanswered(self) -> int:
@@ -676,34 +739,46 @@ class RedisStore:
         landed = [await self._settle_logged(swept) for swept in list(self.unanswered)]
         return sum(bool(each) for each in landed)
 
-    async def _count_reconciled_left(self) -> None:
-        """The reconciler's charges left uncounted (keys.py, uncounted_reconciled), counted here: their makers died
-        before they heard them back, or hear them back later, or are taking them now; each is counted by one router
-        (lua.py, COUNT_ONCE). At most a page of each shard's a sweep, the oldest first."""
+    async def _count_left_uncounted(self) -> None:
+        """The charges left uncounted (keys.py, uncounted_reconciled: the reconciler's and provider batch lines'),
+        counted here: their makers died before they took them, or take them later, or are taking them now; each is
+        counted by one router (lua.py, COUNT_ONCE). At most a page of each shard's a sweep, the oldest first, in one
+        take. A shard's list that cannot be read or taken (a key of another type: hand-edited) is logged and counted as
+        a failure of the reconciler, and holds up none of the other shards'."""
         for shard in range(SHARDS):
-            key = uncounted_reconciled_key(shard)
-            async with self._calls:
-                listed = [_text(member) for member in await self.redis.zrange(key, 0, UNCOUNTED_PAGE - 1)]
-            for entry in listed:
-                charge_id, _, field = entry.partition(" ")
-                try:
-                    tenant, request_id = json.loads(field)  # its pending field (model.py, pending_field)
-                except (ValueError, TypeError):  # hand-edited: dropped, so it holds up none of the others
-                    log.error("uncounted reconciler's charge unreadable: dropped", extra={"entry": entry[:500]})
-                    async with self._calls:
-                        await self.redis.zrem(key, entry)
-                    continue
-                try:
-                    record = await self._take(Account(tenant, ""), request_id, charge_id, entry)
-                except StoreUnavailable:
+            try:
+                await self._count_shard_left(shard)
+            except StoreUnavailable:
+                raise
+            except Exception as exc:
+                if store_failure(exc) is not None:  # the store's own state: every shard's (_reachable)
                     raise
-                except Exception:  # its own keys refused it (WRONGTYPE): the others are counted all the same
-                    log.exception(
-                        "uncounted reconciler's charge not taken; taken again next sweep", extra={"entry": entry}
-                    )
-                    continue
+                metrics.RECONCILE_FAILURES.inc()
+                log.error(
+                    "uncounted charges of a shard not counted; counted again next sweep",
+                    extra={"key": uncounted_reconciled_key(shard), "error": str(exc)[:200]},
+                )
+
+    async def _count_shard_left(self, shard: int) -> None:
+        key = uncounted_reconciled_key(shard)
+        async with self._calls:
+            listed = await self.redis.zrange(key, 0, UNCOUNTED_PAGE - 1)
+        takes, unreadable = [], []
+        for member in listed:
+            take = _listed_take(shard, member)
+            if take is None:
+                unreadable.append(member)
+            else:
+                takes.append(take)
+        for member in unreadable:  # dropped, so none holds up the others, nor is read again
+            log.error("uncounted charge's entry unreadable: dropped", extra={"key": key, "entry": repr(member)[:500]})
+        if unreadable:
+            async with self._calls:
+                await self.redis.zrem(key, *unreadable)
+        if takes:
+            for record in await self._take(shard, takes):
                 if record is not None:
-                    metrics.count_charge(record)
+                    count_charge(record)
 
     async def _settle_logged(self, swept: str) -> bool | None:
         """settle_swept; None when its own keys refused it (WRONGTYPE), logged: the others are settled all the same."""

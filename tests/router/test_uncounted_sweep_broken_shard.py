@@ -1,0 +1,94 @@
+"""One shard's list of uncounted charges (keys.py, uncounted_reconciled) that the reconciler's sweep cannot read never
+stops it: a list key of another type (hand-edited, or corrupt) made the sweep raise every round, before the later
+shards' charges were counted. It is logged and counted in llmrouter_router_reconcile_failures_total, and the other
+shards are swept all the same; an entry no router wrote (not text, no charge id, a field that is no [tenant, request
+id], a tenant of another shard) is dropped from its list with a log line, holding up none of the others. A real Redis
+and a real Redis Cluster."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+from prometheus_client import REGISTRY
+
+from services.router.store import Account, AccountKeys, Allowance, Hold, RedisStore, period_id
+from services.router.store.clock import money_now
+from services.router.store.keys import uncounted_reconciled_key
+from tests.router.test_charge_counted_once import counted
+from tests.router.test_reconcile_reply_lost import leased_elsewhere
+from tests.waiting import eventually
+
+DAY = period_id("day")
+BROKEN_SHARD = 0  # swept first
+SOUND = Account("globex", "key")  # of shard 7, swept after it
+PICO = 700_000_000  # $0.0007
+
+
+def failures() -> float:
+    return REGISTRY.get_sample_value("llmrouter_router_reconcile_failures_total") or 0.0
+
+
+async def line_left_uncounted(store: RedisStore) -> Hold:
+    """A provider batch line charged by a collect that died before it took the count: left for the sweep."""
+    hold = Hold(f"line-{uuid.uuid4().hex}", 1_000_000_000, DAY, "router-1", uuid.uuid4().hex, money_now() + 3_600)
+    assert (await store.admit(SOUND, Allowance("day"), hold, model="strong")).refused == ""
+    assert await store.record_provider_batch(SOUND, hold, "pbatch-1")
+    record = {
+        "request_id": hold.request_id,
+        "model": "strong",
+        "reason": "batch",
+        "outcome": "ok",
+        "cost_usd": "0.0007",
+    }
+    assert await store.charge(SOUND, hold, PICO, record, late=True, charge_id="made")
+    return hold
+
+
+async def test_a_shards_list_of_another_type_holds_up_no_other_shard(
+    any_redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert AccountKeys.of(SOUND).shard > BROKEN_SHARD
+    store = RedisStore(any_redis_url)
+    try:
+        await line_left_uncounted(store)
+        await store.redis.set(uncounted_reconciled_key(BROKEN_SHARD), "hand-edited")
+        before, failed_before = counted("strong"), failures()
+        await eventually(lambda: leased_elsewhere(store), "the reconciler's lease held")
+        assert await store.redis.get(uncounted_reconciled_key(BROKEN_SHARD)) == b"hand-edited"  # for an operator
+    finally:
+        await store.close()
+    requests, cost = counted("strong")
+    assert (requests - before[0], cost - before[1]) == (1, pytest.approx(PICO / 1e12)), "the later shard never swept"
+    assert failures() == failed_before + 1
+    assert "uncounted charges of a shard not counted" in caplog.text
+
+
+async def test_entries_no_router_wrote_are_dropped_and_hold_up_none_of_the_others(
+    any_redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = RedisStore(any_redis_url)
+    keys = AccountKeys.of(SOUND)
+    unreadable = [
+        b"\xff\xfe not text",
+        b" " + json.dumps([SOUND.tenant, "no-charge-id"]).encode(),
+        b"c1 " + json.dumps({SOUND.tenant: "a", "r": "b"}).encode(),
+        b"c2 " + json.dumps([SOUND.tenant, 7]).encode(),
+        b"c3 " + json.dumps(["acme", "of-shard-0"]).encode(),  # its keys out of this shard's slot
+        b"c4 " + b"[" * 100_000,
+        b"no-field",
+    ]
+    try:
+        await line_left_uncounted(store)
+        await store.redis.zadd(keys.uncounted_reconciled, {entry: 0 for entry in unreadable})  # listed first
+        before, failed_before = counted("strong"), failures()
+        await eventually(lambda: leased_elsewhere(store), "the reconciler's lease held")
+        listed = await store.redis.zrange(keys.uncounted_reconciled, 0, -1)
+    finally:
+        await store.close()
+    assert listed == []
+    requests, cost = counted("strong")
+    assert (requests - before[0], cost - before[1]) == (1, pytest.approx(PICO / 1e12))
+    assert failures() == failed_before
+    assert caplog.text.count("uncounted charge's entry unreadable: dropped") == len(unreadable)
