@@ -79,9 +79,9 @@ LOOK_COST_SHARE = 20
 LEDGER_PAGE = 1000
 # The charges left uncounted that one sweep counts, of each shard (_count_left_uncounted).
 UNCOUNTED_PAGE = 1000
-# Counts one script takes (lua.py, COUNT_ONCE), all of one shard: a few ms of the master's time at most
-# (benchmarks/count_once.py).
-TAKE_PAGE = 1000
+# Counts one script takes (lua.py, COUNT_ONCE), all of one shard: about 16 µs of the master's time each, so a call
+# blocks it for 4 ms or so (benchmarks/count_once.py), and a collect of 1,000 lines takes them in 4 calls.
+TAKE_PAGE = 250
 CONNECTIONS = 64  # per client; on a cluster, per node at most
 
 
