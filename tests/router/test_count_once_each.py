@@ -32,7 +32,9 @@ from services.router.store.clock import money_now
 from tests.router import test_collect_model as batches
 from tests.router.servicer_kit import NoDeadline, router_servicer
 from tests.router.test_charge_counted_once import counted
+from tests.router.test_reconcile_reply_lost import leased_elsewhere
 from tests.router.test_undone_admissions import Proxied, proxied_store
+from tests.waiting import eventually
 
 DAY = period_id("day")
 ACME, OTHER = Account("acme", "key"), Account("globex", "key")
@@ -146,6 +148,19 @@ def _line(request_id: str) -> router_pb2.CompleteRequest:
     line.CopyFrom(batches.LINE)
     line.request_id = request_id
     return line
+
+
+async def test_the_sweep_takes_what_is_left_a_page_a_call(
+    counting_store: CountsTakes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A collect that died before its take left its lines' charges listed: the reconciler's sweep takes them, no more
+    than TAKE_PAGE a script, so no one script holds the master long."""
+    lines = [await charged_line(counting_store, ACME) for _ in range(5)]
+    monkeypatch.setattr(redis_store_module, "TAKE_PAGE", 2)
+    await eventually(lambda: leased_elsewhere(counting_store), "the reconciler's lease held")
+    assert counting_store.takes == 3
+    asked = [UncountedCharge(ACME, line.request_id, "made") for line in lines]
+    assert taken_ids(await counting_store.count_once_each(asked)) == [None] * len(lines)  # the sweep took each
 
 
 @pytest.fixture

@@ -742,9 +742,9 @@ class RedisStore:
     async def _count_left_uncounted(self) -> None:
         """The charges left uncounted (keys.py, uncounted_reconciled: the reconciler's and provider batch lines'),
         counted here: their makers died before they took them, or take them later, or are taking them now; each is
-        counted by one router (lua.py, COUNT_ONCE). At most a page of each shard's a sweep, the oldest first, in one
-        take. A shard's list that cannot be read or taken (a key of another type: hand-edited) is logged and counted as
-        a failure of the reconciler, and holds up none of the other shards'."""
+        counted by one router (lua.py, COUNT_ONCE). At most a page of each shard's a sweep, the oldest first, TAKE_PAGE
+        a call. A shard's list that cannot be read or taken (a key of another type: hand-edited) is logged and counted
+        as a failure of the reconciler, and holds up none of the other shards'."""
         for shard in range(SHARDS):
             try:
                 await self._count_shard_left(shard)
@@ -775,8 +775,8 @@ class RedisStore:
         if unreadable:
             async with self._calls:
                 await self.redis.zrem(key, *unreadable)
-        if takes:
-            for record in await self._take(shard, takes):
+        for start in range(0, len(takes), TAKE_PAGE):
+            for record in await self._take(shard, takes[start : start + TAKE_PAGE]):
                 if record is not None:
                     count_charge(record)
 
