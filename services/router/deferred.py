@@ -353,7 +353,7 @@ class Deferred:
         sweep takes them (its shard lists each line's charge: lua.py, CHARGE)."""
         counts: list[UncountedCharge] = []
         try:
-            collected = await self._collect(request, counts)
+            collected = await self._collect(request, context, counts)
         except BaseException:
             try:
                 await self._count(counts)
@@ -372,7 +372,7 @@ class Deferred:
                     count_charge(record)
 
     async def _collect(
-        self, request: router_pb2.CollectBatchRequest, counts: list[UncountedCharge]
+        self, request: router_pb2.CollectBatchRequest, context: Any, counts: list[UncountedCharge]
     ) -> router_pb2.CollectBatchResponse:
         account = admitting.account_for(
             router_pb2.CompleteRequest(tenant=request.tenant, api_key=request.api_key, api_key_id=request.api_key_id)
