@@ -189,6 +189,24 @@ class Rejected:
     error: str
 
 
+class Unjudged(NamedTuple):
+    """An entry kept whole in ledger_rejected that reads as no charge: what it moved in the budgets is unknown. Its
+    `error` as the sink gave it, and the tenant and key id its record names (None: none, or not as text)."""
+
+    entry: str
+    error: str
+    tenant: str | None
+    key: str | None
+
+
+class RejectedCharges(NamedTuple):
+    """Of the entries kept whole in ledger_rejected (LedgerDB.period_rejected): those that read as the rows they would
+    have been, of a budget period, as (tenant, key id, pico) by their entry; and those that read as no charge."""
+
+    charges: dict[str, tuple[str, str, int]]
+    unjudged: list[Unjudged]
+
+
 class Charge(NamedTuple):
     """Of a ledger row, what it charged whom (LedgerDB.iter_charges)."""
 
@@ -360,6 +378,12 @@ class LedgerDB:
         """The give-backs of period_charges_and_give_backs, each by its ledger entry (stream_entry): its tenant, key id
         and (negative) cost_pico."""
         return await asyncio.to_thread(self._period_give_backs, period, since)
+
+    async def period_rejected(self, period: str, since: float | None = None) -> RejectedCharges:
+        """The entries kept whole in ledger_rejected (rejected at `since` or later when given: an entry is rejected
+        after its charge) as charges of budget period `period`: each one whose record reads as a row (one the database
+        refused) by its cost, as the row would have held it, and those that read as none apart."""
+        return await asyncio.to_thread(self._period_rejected, period, since)
 
     async def accounts(self, tenant: str | None = None) -> list[tuple[str, str]]:
         """Every (tenant, key id) that has a row, of one tenant when given."""
@@ -586,6 +610,33 @@ class LedgerDB:
         """The rows of budget period `period` (with ts >= since when given): the condition and its arguments."""
         where = f"period = {self._mark}" + ("" if since is None else f" AND ts >= {self._mark}")
         return where, [period] if since is None else [period, since]
+
+    def _period_rejected(self, period: str, since: float | None) -> RejectedCharges:
+        sql, args = "SELECT ledger_entry, record, error FROM ledger_rejected", []
+        if since is not None:
+            sql, args = sql + f" WHERE rejected_at >= {self._mark}", [since]
+        with self._connected() as conn:
+            found = conn.execute(sql, args).fetchall()
+            conn.commit()  # ends PostgreSQL's implicit transaction
+        charges: dict[str, tuple[str, str, int]] = {}
+        unjudged: list[Unjudged] = []
+        for entry, text, error in found:
+            try:
+                record = json.loads(text)
+            except ValueError:
+                record = None
+            try:
+                row = Row(row_from_record(record, str(entry)))
+            except (KeyError, TypeError, ValueError, ArithmeticError, AttributeError):
+                fields = record if isinstance(record, dict) else {}
+                if fields.get("period") in (None, period):  # one of another period names it: none of this one's
+                    tenant, key = fields.get("tenant"), fields.get("key")
+                    named = (tenant if isinstance(tenant, str) else None, key if isinstance(key, str) else None)
+                    unjudged.append(Unjudged(str(entry), str(error), *named))
+                continue
+            if row.get("period") == period and (since is None or row.get("ts") >= since):
+                charges[str(entry)] = (row.get("tenant"), row.get("key_id"), row.get("cost_pico"))
+        return RejectedCharges(charges, unjudged)
 
     def _insert(self, rows: Sequence[tuple[Any, ...]], records: Sequence[str]) -> int:
         # Oldest first (a batch holds each stream's entries in turn): a bound deletes the oldest rows, not the newest

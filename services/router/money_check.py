@@ -40,7 +40,7 @@ from services.router.store import (
 from services.router.store.keys import shard_of_key
 
 if TYPE_CHECKING:
-    from services.ledger.db import LedgerDB
+    from services.ledger.db import LedgerDB, Unjudged
 
 log = logging.getLogger("llmrouter.router")
 
@@ -132,11 +132,22 @@ LOOK_BACK_S = {"day": 2 * 86400, "month": 32 * 86400}
 
 @dataclass(frozen=True)
 class SpendShortfall:
-    """A spend counter (keys.py, AccountKeys.spend) holding less than the SQL ledger's charges of it."""
+    """A spend counter (keys.py, AccountKeys.spend) holding less than the SQL ledger's charges of it. `unjudged`: an
+    entry of ledger_rejected that reads as no charge and may be this counter's (a give-back, which lowered it): the
+    shortfall may be none, and is not repaired."""
 
     counter: str
     ledger_pico: int
     counted_pico: int
+    unjudged: str | None = None
+
+
+@dataclass(frozen=True)
+class SpendAudit:
+    """The shortfalls found, and the entries of ledger_rejected that read as no charge (db.Unjudged)."""
+
+    shortfalls: list[SpendShortfall]
+    unjudged: list[Unjudged]
 
 
 def ledger_spend(charges: Iterable[tuple[str, str, int]], period: str) -> dict[str, int]:
@@ -152,7 +163,7 @@ def ledger_spend(charges: Iterable[tuple[str, str, int]], period: str) -> dict[s
 
 async def spend_shortfalls(
     store: RedisStore, db: LedgerDB, budget_period: str, sink_group: str | None = None
-) -> list[SpendShortfall]:
+) -> SpendAudit:
     """The spend counters of the current `budget_period` (day, month, total) below the SQL ledger's charges of them.
     A charge adds to its counters and its ledger entry in one script, and the SQL ledger copies entries later: the SQL
     ledger is read first, so a charge landing meanwhile can only hide a shortfall, never make one. A give-back
@@ -160,8 +171,10 @@ async def spend_shortfalls(
     the give-backs it lacks are added, those on the streams from where the sink stood (given_back_waiting) and those
     the sink copied since and a trim deleted before their stream was read (read from the SQL ledger after the
     streams, each counted if it landed before its counters were read). A counter is then never below it unless the
-    store lost charges (or the ledger was hand-edited). `sink_group`: the SQL sink's consumer group (sink.GROUP but in
-    tests)."""
+    store lost charges (or the ledger was hand-edited). An entry the sink kept whole in ledger_rejected is in the SQL
+    ledger as a row is (acknowledged, so before where the sink stood): counted as the row it would have been, or, when
+    it reads as no charge, its tenant's counters (every counter, when it names no tenant) are not judged. `sink_group`:
+    the SQL sink's consumer group (sink.GROUP but in tests)."""
     from services.ledger.sink import GROUP, stream_entry  # imported here for the reason main() says
 
     look_back = LOOK_BACK_S.get(budget_period)
@@ -170,7 +183,9 @@ async def spend_shortfalls(
     # Before the SQL ledger is read: every entry before where the sink stood then is among the rows read.
     unacked_from = await store.ledger_unacked_from(sink_group or GROUP)
     charges, copied_give_backs = await db.period_charges_and_give_backs(period, since)
-    sums = ledger_spend(charges, period)
+    rejected = await db.period_rejected(period, since)
+    sums = ledger_spend([*charges, *rejected.charges.values()], period)
+    copied_give_backs |= rejected.charges.keys()
     counted: dict[str, int] = {}
     read_to: dict[str, tuple[int, int]] = {}  # each stream read: its last entry's id when its counters were read
     waiting: set[str] = set()
@@ -185,13 +200,42 @@ async def spend_shortfalls(
                 given_back_waiting(sums, record, period, since)
     # A give-back the sink copied after the rows were read, and a trim (trim --copied-only, or --out) deleted before
     # its stream's page was read, is in neither: it is in the SQL ledger by now. Only those the counters hold count.
-    for entry, (tenant, key, pico) in (await db.period_give_backs(period, since)).items():
+    # Those the sink kept in ledger_rejected meanwhile are found there, as at the first read.
+    give_backs = await db.period_give_backs(period, since)
+    rejected_again = await db.period_rejected(period, since)
+    give_backs.update((entry, charge) for entry, charge in rejected_again.charges.items() if charge[2] < 0)
+    for entry, (tenant, key, pico) in give_backs.items():
         stream, _, entry_id = entry.rpartition(" ")
         if entry in copied_give_backs or entry in waiting or stream not in read_to:
             continue
         if _entry_id(entry_id) <= read_to[stream]:
             _given_back(sums, tenant, key, pico, period)
-    return [SpendShortfall(c, sums[c], counted[c]) for c in sorted(sums) if counted[c] < sums[c]]
+    unjudged = list({found.entry: found for found in [*rejected.unjudged, *rejected_again.unjudged]}.values())
+    not_judged = _unjudged_counters(unjudged, charges, period)
+    shortfalls = [
+        SpendShortfall(c, sums[c], counted[c], not_judged.get(c, not_judged.get("")))
+        for c in sorted(sums)
+        if counted[c] < sums[c]
+    ]
+    return SpendAudit(shortfalls, unjudged)
+
+
+def _unjudged_counters(
+    unjudged: Iterable[Unjudged], charges: Iterable[tuple[str, str, int]], period: str
+) -> dict[str, str]:
+    """The counters an entry that reads as no charge may have moved, each with that entry: its tenant's, and the key
+    counters of its tenant's accounts (and of the key it names); under '' when it names no tenant (every counter)."""
+    accounts = [(tenant, key) for tenant, key, _ in charges]
+    found: dict[str, str] = {}
+    for entry in unjudged:
+        if entry.tenant is None:
+            found.setdefault("", entry.entry)
+            continue
+        keys = {key for tenant, key in accounts if tenant == entry.tenant} | ({entry.key} if entry.key else set())
+        for key in keys or {""}:
+            for counter in AccountKeys.of(Account(entry.tenant, key)).spend(period):
+                found.setdefault(counter, entry.entry)
+    return found
 
 
 def given_back_waiting(sums: dict[str, int], record: dict[str, Any], period: str, since: float | None) -> None:
@@ -228,18 +272,29 @@ async def check_ledger_spend(
     store: RedisStore, db: LedgerDB, budget_period: str, repair: bool, sink_group: str | None = None
 ) -> int:
     period = period_id(budget_period)
-    shortfalls = await spend_shortfalls(store, db, budget_period, sink_group)
-    for short in shortfalls:
+    audit = await spend_shortfalls(store, db, budget_period, sink_group)
+    for found in audit.unjudged:
+        whose = (
+            f"of tenant {found.tenant!r}: its counters are not repaired"
+            if found.tenant is not None
+            else "of no tenant it names: no counter is repaired"
+        )
+        print(f"cannot judge: ledger_rejected keeps entry {found.entry!r} ({found.error}), {whose}", file=sys.stderr)
+    for short in audit.shortfalls:
         lacking = short.ledger_pico - short.counted_pico
+        if short.unjudged is not None:
+            done = f": not raised, entry {short.unjudged!r} cannot be judged"
+        else:
+            done = ": raised" if repair else ""
         print(
             f"behind the ledger: {short.counter} counts {short.counted_pico} pico-USD, the SQL ledger "
-            f"{short.ledger_pico} ({lacking} lacking)" + (": raised" if repair else ""),
+            f"{short.ledger_pico} ({lacking} lacking){done}",
             file=sys.stderr,
         )
-        if repair:
+        if repair and short.unjudged is None:
             await store.add_spend(short.counter, lacking, period)
-    print(f"spend of period {period}: {len(shortfalls)} counter(s) behind the SQL ledger")
-    return 1 if shortfalls and not repair else 0
+    print(f"spend of period {period}: {len(audit.shortfalls)} counter(s) behind the SQL ledger")
+    return 1 if any(short.unjudged is not None or not repair for short in audit.shortfalls) else 0
 
 
 def money_store() -> tuple[LedgerSettings, RedisStore] | None:

@@ -1,0 +1,184 @@
+"""`money_check ledger-spend` beside the SQL sink's `ledger_rejected` table. An entry the sink cannot store as a row
+(refused by the database, unreadable) is kept whole there and acknowledged: it is behind where the sink's group stands,
+so the check does not read it on the stream, and no row holds it. A give-back so rejected lowered its counters all the
+same: read as no charge at all, it made the counters look below the SQL ledger, and --repair took back from the tenant
+what the give-back had returned. The check counts a rejected entry it can read as the row it would have been, and one
+it cannot read it reports by its entry and leaves the counters of its tenant (of every tenant, when it names none)
+unrepaired. Real Redis (one server and a Redis Cluster), the real sink on a consumer group of its own, real
+PostgreSQL (a throwaway database) refusing the give-back's row by a CHECK constraint."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from services.ledger.db import LedgerDB, Rejected, RejectedCharges
+from services.router import ledger as retention
+from services.router.store import AccountKeys, RedisStore, ledger_key
+from services.router.store.keys import shard_of
+from tests.ledger.conftest import fresh_postgres
+from tests.router.test_money_check_ledger_spend_given_back import ACME, DAY, HOLD, OTHER, Ledger, lose, reconciled
+from tests.router.test_money_check_ledger_spend_trimmed import EVERY_ENTRY_DAYS
+
+
+class HookedLedgerDB(LedgerDB):
+    """A SQL ledger whose first read of ledger_rejected by the check runs `after_rejected` just after it, before any
+    stream is read."""
+
+    after_rejected: Callable[[], Awaitable[None]] | None = None
+
+    async def period_rejected(self, period: str, since: float | None = None) -> RejectedCharges:
+        found = await super().period_rejected(period, since)
+        hook, self.after_rejected = self.after_rejected, None
+        if hook:
+            await hook()
+        return found
+
+
+@pytest.fixture
+async def ledger(any_redis_url: str) -> AsyncIterator[Ledger]:
+    store = RedisStore(any_redis_url)
+    with fresh_postgres() as dsn:
+        db = HookedLedgerDB(dsn=dsn)
+        try:
+            yield Ledger(store, db)
+        finally:
+            db.close()
+            await store.close()
+
+
+async def refuse_give_backs(ledger: Ledger) -> None:
+    """The database refuses every row of a negative cost from now on: the sink keeps each give-back in
+    ledger_rejected, and acknowledges it."""
+    db = ledger.db
+    with db._connected() as conn:
+        conn.execute("ALTER TABLE requests ADD CONSTRAINT no_give_backs CHECK (cost_pico >= 0)")
+        conn.commit()
+
+
+async def given_back_and_rejected(ledger: Ledger, cost: int) -> str:
+    """Acme charged HOLD by the reconciler (copied as a row), then its router's charge of `cost` landed: the hold less
+    the cost given back, the give-back rejected by the database, kept whole and acknowledged. Its ledger entry."""
+    store = ledger.store
+    hold = await reconciled(store, ACME, "r1")
+    await ledger.copy()
+    await refuse_give_backs(ledger)
+    assert await store.give_back(ACME, hold, cost) == HOLD - cost
+    await ledger.copy()
+    (rejected,) = await ledger.db.rejected()
+    assert "refused by the database" in rejected[2]
+    assert await store.redis.xpending(ledger_key(shard_of(ACME.tenant)), ledger.group) == {
+        "pending": 0,
+        "min": None,
+        "max": None,
+        "consumers": [],
+    }, "acknowledged"
+    return rejected[0]
+
+
+async def test_a_rejected_give_back_is_no_spend_lost(ledger: Ledger, capsys: pytest.CaptureFixture[str]) -> None:
+    store = ledger.store
+    await given_back_and_rejected(ledger, 250)
+    capsys.readouterr()
+
+    assert await ledger.check(repair=True) == 0
+    reported = capsys.readouterr()
+    assert reported.err == ""
+    assert "0 counter(s) behind the SQL ledger" in reported.out
+    assert await store.spent(ACME, DAY) == (250, 250), "--repair took the give-back back"
+
+
+async def test_a_rejected_give_back_leaves_a_loss_found_exactly(
+    ledger: Ledger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = ledger.store
+    await given_back_and_rejected(ledger, 250)
+    tenant = AccountKeys.of(ACME).spend(DAY)[0]
+    await lose(store, tenant, 50)
+    capsys.readouterr()
+
+    assert await ledger.check(repair=True) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        f"behind the ledger: {tenant} counts 200 pico-USD, the SQL ledger 250 (50 lacking): raised"
+    ]
+    assert await store.spent(ACME, DAY) == (250, 250), "raised by the loss, and only by it"
+
+
+async def test_a_give_back_rejected_and_trimmed_while_the_check_runs_is_no_spend_lost(
+    ledger: Ledger, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Rejected and acknowledged after ledger_rejected was first read, and trimmed before its stream was read: found in
+    ledger_rejected when the SQL ledger is read again, after the streams."""
+    store, db = ledger.store, ledger.db
+    assert isinstance(db, HookedLedgerDB)
+    hold = await reconciled(store, ACME, "r1")
+    await ledger.copy()
+    await refuse_give_backs(ledger)
+    assert await store.give_back(ACME, hold, 250) == 750  # waits for the sink
+
+    async def rejected_then_trimmed() -> None:
+        await ledger.copy()
+        await retention.trim(store.redis, tmp_path / "ledger.jsonl", EVERY_ENTRY_DAYS, group=ledger.group)
+        assert await store.redis.xlen(ledger_key(shard_of(ACME.tenant))) == 0
+        assert len(await db.rejected()) == 1
+
+    db.after_rejected = rejected_then_trimmed
+    capsys.readouterr()
+    assert await ledger.check(repair=True) == 0
+    assert "0 counter(s) behind the SQL ledger" in capsys.readouterr().out
+    assert await store.spent(ACME, DAY) == (250, 250), "--repair took the give-back back"
+
+
+async def test_a_rejected_entry_it_cannot_read_holds_back_the_repair_of_its_tenant(
+    ledger: Ledger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An entry kept whole that reads as no charge but names acme: acme's counters cannot be judged, and are not
+    raised; another tenant's shortfall is."""
+    store = ledger.store
+    await reconciled(store, ACME, "r1")
+    await reconciled(store, OTHER, "r2")
+    await ledger.copy()
+    acme_tenant, other_key = AccountKeys.of(ACME).spend(DAY)[0], AccountKeys.of(OTHER).spend(DAY)[1]
+    await lose(store, acme_tenant, 100)
+    await lose(store, other_key, 200)
+    entry = f"{ledger_key(shard_of(ACME.tenant))} 1-1"
+    record = json.dumps({"tenant": ACME.tenant, "key": ACME.key, "period": DAY, "cost_usd": "a lot"})
+    await ledger.db.reject([Rejected(entry, record, "no charge the table can hold: ValueError()")])
+    capsys.readouterr()
+
+    assert await ledger.check(repair=True) == 1
+    reported = capsys.readouterr()
+    assert reported.err.splitlines() == [
+        f"cannot judge: ledger_rejected keeps entry {entry!r} (no charge the table can hold: ValueError()), of tenant"
+        f" {ACME.tenant!r}: its counters are not repaired",
+        f"behind the ledger: {acme_tenant} counts {HOLD - 100} pico-USD, the SQL ledger {HOLD} (100 lacking): not"
+        f" raised, entry {entry!r} cannot be judged",
+        f"behind the ledger: {other_key} counts {HOLD - 200} pico-USD, the SQL ledger {HOLD} (200 lacking): raised",
+    ]
+    assert await store.spent(ACME, DAY) == (HOLD - 100, HOLD), "a counter raised that the check cannot judge"
+    assert await store.spent(OTHER, DAY) == (HOLD, HOLD)
+
+
+async def test_a_rejected_entry_naming_no_tenant_holds_back_every_repair(
+    ledger: Ledger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = ledger.store
+    await reconciled(store, OTHER, "r2")
+    await ledger.copy()
+    other_key = AccountKeys.of(OTHER).spend(DAY)[1]
+    await lose(store, other_key, 200)
+    entry = f"{ledger_key(shard_of(ACME.tenant))} 1-1"
+    await ledger.db.reject([Rejected(entry, json.dumps("{not json"), "unreadable record")])
+    capsys.readouterr()
+
+    assert await ledger.check(repair=True) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == (
+        f"cannot judge: ledger_rejected keeps entry {entry!r} (unreadable record), of no tenant it names: no counter"
+        " is repaired"
+    )
+    assert err[1].endswith(f"(200 lacking): not raised, entry {entry!r} cannot be judged")
+    assert await store.spent(OTHER, DAY) == (HOLD, HOLD - 200)
