@@ -9,7 +9,10 @@ again by the deletion's script as the group stands then), so none is lost to the
 stream, said on stderr, for a later trim once the sink has copied them; a stream no such group reads is trimmed to
 the retention. Each line is {"shard": <n>, "id": <stream id>, "record": {...}}, shard by shard, the record
 as the router's charge built it (the stream keeps it compact: services/router/store/ledger_entry.py); a trim
-interrupted between the two steps exports the same entries again on its next run, with the same ids.
+interrupted between the two steps exports the same entries again on its next run, with the same ids. A group no
+sink will read again keeps everything from where it stopped: the failed run says how long ago it last read, and the
+command that deletes it; `trim --out FILE --abandon-group llmrouter-sql-sink` deletes it itself where none of its
+consumers has read for ABANDON_IDLE_S, never a live sink's.
 `trim --copied-only` exports nothing: where the SQL sink keeps the ledger, it deletes
 the entries older than the retention that the sink's consumer group has copied and acknowledged, never one it
 has not (a shard whose stream has no such group keeps every entry); the sink acknowledges an entry that is no row
@@ -24,16 +27,18 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from redis.exceptions import ResponseError
 
 from llmrouter.cli.arguments import non_negative
 from llmrouter.redis_connect import connect
 from llmrouter.settings import load_settings
 from services.ledger.settings import LedgerSettings
-from services.ledger.sink import GROUP
+from services.ledger.sink import FORGET_IDLE_S, GROUP
 from services.router.store import SHARDS, ledger_key, lua
 from services.router.store.ledger_entry import expanded
 
@@ -72,6 +77,34 @@ local pending = redis.call('XPENDING', KEYS[1], ARGV[2])
 if pending[1] > 0 and below(pending[2], bound) then bound = pending[2] end
 return redis.call('XTRIM', KEYS[1], 'MINID', bound)
 """
+
+
+# Deletes group ARGV[1] of stream KEYS[1] when none of its consumers has read for ARGV[2] ms (or it has none): trim
+# --abandon-group, for a group no sink will read again. One script, so no sink's read slips between the check and the
+# deletion. Returns {1 when deleted else 0, the idle ms of its consumer that read last (-1: none)}; {0, -2} without
+# such a group.
+ABANDON_GROUP = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0, -2} end
+local found = false
+for _, info in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  for i = 1, #info, 2 do
+    if info[i] == 'name' and info[i + 1] == ARGV[1] then found = true end
+  end
+end
+if not found then return {0, -2} end
+local idle = -1
+for _, info in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  for i = 1, #info, 2 do
+    if info[i] == 'idle' and (idle < 0 or info[i + 1] < idle) then idle = info[i + 1] end
+  end
+end
+if idle >= 0 and idle < tonumber(ARGV[2]) then return {0, idle} end
+redis.call('XGROUP', 'DESTROY', KEYS[1], ARGV[1])
+return {1, idle}
+"""
+# A group whose consumers have all been idle this long is one no sink reads (a live sink reads every second or so; its
+# own clean-up takes a consumer idle this long for gone: sink.FORGET_IDLE_S).
+ABANDON_IDLE_S = FORGET_IDLE_S
 
 
 def older_than_ms(days: float) -> int:
@@ -125,17 +158,32 @@ def _as_built(text: bytes) -> Any:
 @dataclass(frozen=True)
 class Trimmed:
     """What a trim deleted, and, per shard, the oldest entry older than the retention it left on the stream: the sink's
-    group had not acknowledged it when the trim read where the group stood (the SQL ledger may not have it)."""
+    group had not acknowledged it when the trim read where the group stood (the SQL ledger may not have it). `idle_ms`:
+    of each shard kept back, how long ago the group's consumer that read last read (None: it has no consumer).
+    `abandoned`: the shards whose group was deleted (--abandon-group)."""
 
     deleted: int
     kept_back: dict[int, str]
+    idle_ms: dict[int, int | None] = field(default_factory=dict, compare=False)  # a measure, as of the trim
+    abandoned: list[int] = field(default_factory=list)
 
 
-async def trim(client: Any, out: Path, retention_days: int, group: str = GROUP) -> Trimmed:
+async def trim(
+    client: Any, out: Path, retention_days: int, group: str = GROUP, abandon_idle_s: float | None = None
+) -> Trimmed:
     """Export the entries older than the retention, then delete them; but on a stream where the SQL sink's `group`
     is, only up to its first entry not acknowledged: that one and those after it are kept (and not exported), as
-    `trim --copied-only` keeps them, until the sink has copied them."""
+    `trim --copied-only` keeps them, until the sink has copied them. With `abandon_idle_s` (the operator's word that no
+    sink will read the group again: --abandon-group), the group is first deleted where none of its consumers has read
+    for that long: its stream is then trimmed as one no sink reads, what the group had not acknowledged going to `out`
+    alone."""
     cutoff = f"{older_than_ms(retention_days)}-0"
+    abandoned = []
+    if abandon_idle_s is not None:
+        for shard in range(SHARDS):
+            deleted, _ = await client.eval(ABANDON_GROUP, 1, ledger_key(shard), group, int(abandon_idle_s * 1000))
+            if deleted:
+                abandoned.append(shard)
     below = []
     for shard in range(SHARDS):
         unacknowledged = await _unacknowledged_from(client, shard, group)
@@ -145,7 +193,19 @@ async def trim(client: Any, out: Path, retention_days: int, group: str = GROUP) 
         for shard in range(SHARDS):
             # Bounded by the group as it stands now too: a group made since (a sink started) has acknowledged nothing.
             deleted += int(await client.eval(TRIM_COPIED, 1, ledger_key(shard), below[shard], group, "1"))
-    return Trimmed(deleted, await _kept_back(client, cutoff))
+    kept_back = await _kept_back(client, cutoff)
+    idle_ms = {shard: await _group_idle_ms(client, shard, group) for shard in kept_back}
+    return Trimmed(deleted, kept_back, idle_ms, abandoned)
+
+
+async def _group_idle_ms(client: Any, shard: int, group: str) -> int | None:
+    """How long ago the group's consumer that read last read the shard's stream; None when it has no consumer (or the
+    group was deleted since the trim)."""
+    try:
+        consumers = await client.xinfo_consumers(ledger_key(shard), group)
+    except ResponseError:
+        return None
+    return min((int(consumer["idle"]) for consumer in consumers), default=None)
 
 
 async def _unacknowledged_from(client: Any, shard: int, group: str) -> str | None:
@@ -170,11 +230,35 @@ async def _kept_back(client: Any, cutoff: str) -> dict[int, str]:
     return kept
 
 
-def _kept(kept_back: dict[int, str]) -> str:
-    """Each shard's oldest entry kept, and when it was added (its id's time, by Redis' clock)."""
+def _kept(trimmed: Trimmed, group: str) -> str:
+    """Each shard's oldest entry kept, when it was added (its id's time, by Redis' clock), and when the group last read
+    its stream."""
     return "; ".join(
         f"shard {shard} from entry {entry} ({datetime.fromtimestamp(_id(entry)[0] / 1000, UTC):%Y-%m-%d %H:%M:%S} UTC)"
-        for shard, entry in sorted(kept_back.items())
+        f", {_last_read(trimmed.idle_ms.get(shard), group)}"
+        for shard, entry in sorted(trimmed.kept_back.items())
+    )
+
+
+def _last_read(idle_ms: int | None, group: str) -> str:
+    if idle_ms is None:
+        return f"group {group} has no consumer"
+    for unit, unit_s in (("days", 86400), ("h", 3600), ("min", 60)):
+        if idle_ms >= 2 * unit_s * 1000:
+            return f"group {group} last read {idle_ms / 1000 / unit_s:.1f} {unit} ago"
+    return f"group {group} last read {idle_ms / 1000:.1f} s ago"
+
+
+def _abandon_hint(trimmed: Trimmed, group: str, out: Path) -> str:
+    """What an operator whose sinks are off for good runs: the group deleted where it was left behind."""
+    idle = [shard for shard, ms in trimmed.idle_ms.items() if ms is None or ms >= ABANDON_IDLE_S * 1000]
+    if not idle:
+        return ""
+    destroy = "".join(f"\n  XGROUP DESTROY '{ledger_key(shard)}' {group}" for shard in sorted(idle))
+    return (
+        "\nif no sink will read the ledger again (ROUTER_LEDGER_SQL_SINK=false everywhere), delete the group where it"
+        f" was left behind (redis-cli, on ROUTER_REDIS_URL):{destroy}\nor trim again with --abandon-group {group}"
+        f" (the entries it has not acknowledged then go to {out} alone, never to the SQL ledger)"
     )
 
 
@@ -202,6 +286,12 @@ async def main(argv: list[str]) -> int:
     parser.add_argument("--out", type=Path, help="JSONL file the entries are appended to")
     parser.add_argument("--older-than-days", type=non_negative, help="export: only entries older than this")
     parser.add_argument(
+        "--abandon-group",
+        metavar="NAME",
+        help=f"trim --out: first delete the SQL sink's group ({GROUP}) where none of its consumers has read for "
+        f"{ABANDON_IDLE_S / 3600:g} h: no sink will read the ledger again",
+    )
+    parser.add_argument(
         "--copied-only",
         action="store_true",
         help="trim: export nothing, delete only entries the SQL ledger sink has copied (its table keeps them)",
@@ -209,6 +299,10 @@ async def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.copied_only != (args.out is None) or (args.copied_only and args.command != "trim"):
         parser.error("export and trim take --out FILE; trim --copied-only takes none")
+    if args.abandon_group is not None and (args.command != "trim" or args.copied_only):
+        parser.error("--abandon-group goes with trim --out FILE")
+    if args.abandon_group not in (None, GROUP):
+        parser.error(f"--abandon-group names the SQL sink's group, {GROUP}: the trim waits for no other")
     settings = load_settings(LedgerSettings)  # no server settings: no certificates needed
     if not settings.redis_url:
         print("ROUTER_REDIS_URL is not set: the in-process ledger lives and dies with its router", file=sys.stderr)
@@ -222,10 +316,19 @@ async def main(argv: list[str]) -> int:
                 print(f"shards {ungrouped} kept: their stream has no {GROUP} group (no sink read it)", file=sys.stderr)
                 return 1
         elif args.command == "trim":
-            trimmed = await trim(client, args.out, settings.ledger_retention_days)
+            abandon_idle_s = None if args.abandon_group is None else ABANDON_IDLE_S
+            trimmed = await trim(client, args.out, settings.ledger_retention_days, abandon_idle_s=abandon_idle_s)
+            if trimmed.abandoned:
+                streams = ", ".join(ledger_key(shard) for shard in trimmed.abandoned)
+                print(
+                    f"group {GROUP} deleted from {streams}: none of its consumers read in the last "
+                    f"{ABANDON_IDLE_S / 3600:g} h",
+                    file=sys.stderr,
+                )
             print(f"trimmed {trimmed.deleted} entries into {args.out}")
             if trimmed.kept_back:  # a failed run, so a scheduled one is seen: the sink is behind by the retention
-                print(f"kept, not copied by the ledger sink yet: {_kept(trimmed.kept_back)}", file=sys.stderr)
+                kept = _kept(trimmed, GROUP) + _abandon_hint(trimmed, GROUP, args.out)
+                print(f"kept, not copied by the ledger sink yet: {kept}", file=sys.stderr)
                 return 1
         else:
             before = None if args.older_than_days is None else older_than_ms(args.older_than_days)
