@@ -173,8 +173,12 @@ async def spend_shortfalls(
     streams, each counted if it landed before its counters were read). A counter is then never below it unless the
     store lost charges (or the ledger was hand-edited). An entry the sink kept whole in ledger_rejected is in the SQL
     ledger as a row is (acknowledged, so before where the sink stood): counted as the row it would have been, or, when
-    it reads as no charge, its tenant's counters (every counter, when it names no tenant) are not judged. `sink_group`:
-    the SQL sink's consumer group (sink.GROUP but in tests)."""
+    it reads as no charge, its tenant's counters (every counter, when it names no tenant) are not judged. Charges are
+    counted only as the rows (and rejected entries) read first hold them: one the sink had not copied then is in the
+    counters and not in the sum, whether it waits on its stream or was copied and trimmed since, while its give-back
+    is counted either way; the sum is then below the counters by that charge and hides a loss of up to it, never makes
+    one. (Exact would need the rows summed up to each stream's last entry read, and the charges on the streams read
+    too.) `sink_group`: the SQL sink's consumer group (sink.GROUP but in tests)."""
     from services.ledger.sink import GROUP, stream_entry  # imported here for the reason main() says
 
     look_back = LOOK_BACK_S.get(budget_period)
