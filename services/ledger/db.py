@@ -615,27 +615,31 @@ class LedgerDB:
         sql, args = "SELECT ledger_entry, record, error FROM ledger_rejected", []
         if since is not None:
             sql, args = sql + f" WHERE rejected_at >= {self._mark}", [since]
-        with self._connected() as conn:
-            found = conn.execute(sql, args).fetchall()
-            conn.commit()  # ends PostgreSQL's implicit transaction
+        # An entry refused once and copied as a row on a later delivery (a constraint dropped meanwhile) is that row.
+        mark = self._mark
+        copied_sql = f"SELECT 1 FROM requests WHERE tenant = {mark} AND request_id = {mark} AND ledger_entry = {mark}"
         charges: dict[str, tuple[str, str, int]] = {}
         unjudged: list[Unjudged] = []
-        for entry, text, error in found:
-            try:
-                record = json.loads(text)
-            except ValueError:
-                record = None
-            try:
-                row = Row(row_from_record(record, str(entry)))
-            except (KeyError, TypeError, ValueError, ArithmeticError, AttributeError):
-                fields = record if isinstance(record, dict) else {}
-                if fields.get("period") in (None, period):  # one of another period names it: none of this one's
-                    tenant, key = fields.get("tenant"), fields.get("key")
-                    named = (tenant if isinstance(tenant, str) else None, key if isinstance(key, str) else None)
-                    unjudged.append(Unjudged(str(entry), str(error), *named))
-                continue
-            if row.get("period") == period and (since is None or row.get("ts") >= since):
-                charges[str(entry)] = (row.get("tenant"), row.get("key_id"), row.get("cost_pico"))
+        with self._connected() as conn:
+            for entry, text, error in conn.execute(sql, args).fetchall():
+                try:
+                    record = json.loads(text)
+                except ValueError:
+                    record = None
+                try:
+                    row = Row(row_from_record(record, str(entry)))
+                except (KeyError, TypeError, ValueError, ArithmeticError, AttributeError):
+                    fields = record if isinstance(record, dict) else {}
+                    if fields.get("period") in (None, period):  # one of another period names it: none of this one's
+                        tenant, key = fields.get("tenant"), fields.get("key")
+                        named = (tenant if isinstance(tenant, str) else None, key if isinstance(key, str) else None)
+                        unjudged.append(Unjudged(str(entry), str(error), *named))
+                    continue
+                if row.get("period") != period or (since is not None and row.get("ts") < since):
+                    continue
+                if not conn.execute(copied_sql, (row.get("tenant"), row.get("request_id"), str(entry))).fetchone():
+                    charges[str(entry)] = (row.get("tenant"), row.get("key_id"), row.get("cost_pico"))
+            conn.commit()  # ends PostgreSQL's implicit transaction
         return RejectedCharges(charges, unjudged)
 
     def _insert(self, rows: Sequence[tuple[Any, ...]], records: Sequence[str]) -> int:

@@ -182,3 +182,24 @@ async def test_a_rejected_entry_naming_no_tenant_holds_back_every_repair(
     )
     assert err[1].endswith(f"(200 lacking): not raised, entry {entry!r} cannot be judged")
     assert await store.spent(OTHER, DAY) == (HOLD, HOLD - 200)
+
+
+async def test_an_entry_rejected_once_and_copied_later_is_counted_once(
+    ledger: Ledger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Refused by the database on one delivery (kept whole in ledger_rejected), copied as a row on a later one (the
+    constraint dropped meanwhile): counted twice, the charge made the SQL ledger HOLD more than the counters."""
+    store = ledger.store
+    await reconciled(store, ACME, "r1")
+    ((entry_id, fields),) = await store.redis.xrange(ledger_key(shard_of(ACME.tenant)))
+    entry = f"{ledger_key(shard_of(ACME.tenant))} {entry_id.decode()}"
+    await ledger.db.reject([Rejected(entry, fields[b"record"].decode(), "refused by the database: a constraint")])
+    await ledger.copy()
+    assert len(await ledger.db.rows()) == 1 and len(await ledger.db.rejected()) == 1
+    capsys.readouterr()
+
+    assert await ledger.check(repair=True) == 0
+    reported = capsys.readouterr()
+    assert reported.err == ""
+    assert "0 counter(s) behind the SQL ledger" in reported.out
+    assert await store.spent(ACME, DAY) == (HOLD, HOLD)
