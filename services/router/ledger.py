@@ -134,7 +134,7 @@ async def _export(client: Any, out: Path, below: Sequence[str | None]) -> int:
             while True:
                 entries = await client.xrange(ledger_key(shard), min=start, max=end, count=BATCH)
                 for entry_id, fields in entries:
-                    line = {"shard": shard, "id": entry_id.decode(), "record": _as_built(fields[b"record"])}
+                    line = {"shard": shard, "id": entry_id.decode(), "record": _as_built(fields)}
                     file.write(json.dumps(line) + "\n")
                 exported += len(entries)
                 if len(entries) < BATCH:
@@ -145,10 +145,16 @@ async def _export(client: Any, out: Path, below: Sequence[str | None]) -> int:
     return exported
 
 
-def _as_built(text: bytes) -> Any:
-    """An entry's record as the charge built it, from either form; one that is no such record as it is: exported
-    all the same, never dropped."""
-    record = json.loads(text)
+def _as_built(fields: dict[bytes, bytes]) -> Any:
+    """An entry's record as the charge built it, from either form; one that is no such record as it is (text not JSON:
+    that text; no record field: the entry's fields): exported all the same, never dropped, and the trim goes on."""
+    raw = fields.get(b"record")
+    if raw is None:
+        return {_text(name, "backslashreplace"): _text(value, "backslashreplace") for name, value in fields.items()}
+    try:
+        record = json.loads(raw)
+    except ValueError:  # UnicodeDecodeError too
+        return _text(raw, "backslashreplace")
     try:
         return expanded(record) if isinstance(record, dict) else record
     except (TypeError, ValueError, KeyError):
@@ -262,8 +268,8 @@ def _abandon_hint(trimmed: Trimmed, group: str, out: Path) -> str:
     )
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+def _text(value: Any, errors: str = "strict") -> str:
+    return value.decode(errors=errors) if isinstance(value, bytes) else str(value)
 
 
 async def trim_copied(client: Any, retention_days: int, group: str = GROUP) -> tuple[int, list[int]]:
