@@ -630,7 +630,8 @@ class LedgerDB:
                     row = Row(row_from_record(record, str(entry)))
                 except (KeyError, TypeError, ValueError, ArithmeticError, AttributeError):
                     fields = record if isinstance(record, dict) else {}
-                    if fields.get("period") in (None, period):  # one of another period names it: none of this one's
+                    named_period = fields.get("period")
+                    if not isinstance(named_period, str) or named_period == period:  # else another period's
                         tenant, key = fields.get("tenant"), fields.get("key")
                         named = (tenant if isinstance(tenant, str) else None, key if isinstance(key, str) else None)
                         unjudged.append(Unjudged(str(entry), str(error), *named))

@@ -203,3 +203,23 @@ async def test_an_entry_rejected_once_and_copied_later_is_counted_once(
     assert reported.err == ""
     assert "0 counter(s) behind the SQL ledger" in reported.out
     assert await store.spent(ACME, DAY) == (HOLD, HOLD)
+
+
+async def test_a_rejected_entry_of_another_period_holds_back_no_repair(
+    ledger: Ledger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An entry that reads as no charge but names a period before this one moved none of this period's counters."""
+    store = ledger.store
+    await reconciled(store, ACME, "r1")
+    await ledger.copy()
+    tenant = AccountKeys.of(ACME).spend(DAY)[0]
+    await lose(store, tenant, 100)
+    record = json.dumps({"tenant": ACME.tenant, "period": "19990101", "cost_usd": "a lot"})
+    await ledger.db.reject([Rejected(f"{ledger_key(shard_of(ACME.tenant))} 1-1", record, "no charge")])
+    capsys.readouterr()
+
+    assert await ledger.check(repair=True) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        f"behind the ledger: {tenant} counts {HOLD - 100} pico-USD, the SQL ledger {HOLD} (100 lacking): raised"
+    ]
+    assert await store.spent(ACME, DAY) == (HOLD, HOLD)
