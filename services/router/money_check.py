@@ -283,7 +283,8 @@ async def check_ledger_spend(
             if found.tenant is not None
             else "of no tenant it names: no counter is repaired"
         )
-        print(f"cannot judge: ledger_rejected keeps entry {found.entry!r} ({found.error}), {whose}", file=sys.stderr)
+        # The sink's reason quoted: it may carry the record's own text.
+        print(f"cannot judge: ledger_rejected keeps entry {found.entry!r} ({found.error!r}), {whose}", file=sys.stderr)
     for short in audit.shortfalls:
         lacking = short.ledger_pico - short.counted_pico
         if short.unjudged is not None:

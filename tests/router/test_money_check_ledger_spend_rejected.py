@@ -152,7 +152,7 @@ async def test_a_rejected_entry_it_cannot_read_holds_back_the_repair_of_its_tena
     assert await ledger.check(repair=True) == 1
     reported = capsys.readouterr()
     assert reported.err.splitlines() == [
-        f"cannot judge: ledger_rejected keeps entry {entry!r} (no charge the table can hold: ValueError()), of tenant"
+        f"cannot judge: ledger_rejected keeps entry {entry!r} ('no charge the table can hold: ValueError()'), of tenant"
         f" {ACME.tenant!r}: its counters are not repaired",
         f"behind the ledger: {acme_tenant} counts {HOLD - 100} pico-USD, the SQL ledger {HOLD} (100 lacking): not"
         f" raised, entry {entry!r} cannot be judged",
@@ -177,7 +177,7 @@ async def test_a_rejected_entry_naming_no_tenant_holds_back_every_repair(
     assert await ledger.check(repair=True) == 1
     err = capsys.readouterr().err.splitlines()
     assert err[0] == (
-        f"cannot judge: ledger_rejected keeps entry {entry!r} (unreadable record), of no tenant it names: no counter"
+        f"cannot judge: ledger_rejected keeps entry {entry!r} ('unreadable record'), of no tenant it names: no counter"
         " is repaired"
     )
     assert err[1].endswith(f"(200 lacking): not raised, entry {entry!r} cannot be judged")
