@@ -183,6 +183,56 @@ async def test_a_caller_leaving_once_the_upstream_has_the_request_is_charged_the
     assert Decimal(charged) / 10**12 == worst_case(record)
 
 
+class WordOnItsWay:
+    """The router's providers stub whose GenerateStreamOnCue calls send the word to send through gRPC's core, the
+    providers get it, and the router's write of it never completes (its completion not yet told, as on a loaded loop):
+    the caller leaves while the word is on its way."""
+
+    def __init__(self, stub: provider_pb2_grpc.ProviderStub) -> None:
+        self.stub = stub
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stub, name)
+
+    def GenerateStreamOnCue(self, *args: Any, **kwargs: Any) -> Any:
+        call = self.stub.GenerateStreamOnCue(*args, **kwargs)
+        call._cython_call = _WordNeverDone(call._cython_call)
+        return call
+
+
+class _WordNeverDone:
+    """A grpc.aio call's core call whose write of the word to send sends it and then never returns."""
+
+    def __init__(self, core: Any) -> None:
+        self.core = core
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.core, name)
+
+    async def send_serialized_message(self, message: bytes) -> None:
+        await self.core.send_serialized_message(message)
+        if provider_pb2.CuedRequest.FromString(message).send:
+            await asyncio.Event().wait()
+
+
+async def test_a_caller_leaving_as_the_word_to_send_goes_is_charged_the_worst_case(
+    tmp_path: Path, redis_store: RedisStore, redis_url: str
+) -> None:
+    """The word's write not yet done is no proof that it did not reach the providers: here their upstream has the
+    request when the caller leaves."""
+    with FakeOpenAI() as upstream:
+        upstream.enqueue(Fault.hang())  # the request sent, no token yet
+        async with served(tmp_path, redis_store, upstream) as (_, servicer):
+            servicer.serving.providers = WordOnItsWay(servicer.serving.providers)  # type: ignore[assignment]
+            await leave_when(servicer, upstream_asked(upstream, 1))
+        assert upstream.wait_disconnect(), "the upstream call ran on after the caller left"
+    record = await only_record(redis_url)
+    assert record["outcome"] == "cancelled"
+    assert Decimal(record["cost_usd"]) == worst_case(record) > 0
+    charged, _ = await redis_store.spent(ACCOUNT, period_id(servicer.settings.budget_period))
+    assert Decimal(charged) / 10**12 == worst_case(record)
+
+
 class PreviousVersion(provider_pb2_grpc.ProviderServicer):
     """A providers service of the version before: GenerateStream alone (GenerateStreamOnCue is UNIMPLEMENTED), whose
     upstream is reached at once; it has the request and sends nothing back."""
