@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 import pytest
+from grpc._cython import cygrpc
 from grpc.aio import _interceptor
 
 from llmrouter.auth import ANONYMOUS, acting_as
@@ -139,4 +140,71 @@ async def test_a_word_crossing_the_providers_refusal_is_charged_nothing_and_fail
     # Read once the servicer closed, its charges run to their end.
     spent, _ = await redis_store.spent(Account("t", "anonymous"), period_id(servicer.settings.budget_period))
     assert held.crossings == CROSSINGS  # the racy moment reached, each time charged nothing
+    assert spent == 0
+
+
+class ReadyReadAfterTheEnd:
+    """The router's providers stub, each GenerateStreamOnCue call's `ready_to_send` read by the router only once it has
+    the call's status too (the providers' refusal right after it), as a loaded loop may take both in one turn: the
+    call has ended, as the router sees it, when the word is to be given. Counts those calls."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.stub = provider_pb2_grpc.ProviderStub(channel)
+        self.ended_before_the_word = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stub, name)
+
+    def GenerateStreamOnCue(self, *args: Any, **kwargs: Any) -> Any:
+        call = self.stub.GenerateStreamOnCue(*args, **kwargs)
+        if isinstance(call, _interceptor.InterceptedStreamStreamCall):  # the call is its interceptors', once they ran
+            call._interceptors_task.add_done_callback(lambda ran: self._read_ready_after_the_end(ran.result()))
+        else:
+            self._read_ready_after_the_end(call)
+        return call
+
+    def _read_ready_after_the_end(self, core: Any) -> None:
+        core._cython_call = ReadyAfterTheStatus(core._cython_call, self)
+
+
+class ReadyAfterTheStatus:
+    """A grpc.aio call's core call whose read of `ready_to_send` returns once the call's status is in too."""
+
+    def __init__(self, core: Any, stub: ReadyReadAfterTheEnd) -> None:
+        self.core, self.stub = core, stub
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.core, name)
+
+    async def receive_serialized_message(self) -> Any:
+        message = await self.core.receive_serialized_message()
+        if message is not cygrpc.EOF and provider_pb2.GenerateChunk.FromString(message).ready_to_send:
+            await self.core.status()
+            self.stub.ended_before_the_word += 1
+        return message
+
+
+@pytest.mark.parametrize("interceptors", [[], bearer_token("token")], ids=["plain", "call-token"])
+async def test_a_refusal_read_before_the_word_is_charged_nothing_and_fails_with_their_status(
+    tmp_path: Path, redis_store: RedisStore, interceptors: list[grpc.aio.ClientInterceptor]
+) -> None:
+    """The word to send is not written to a call that has ended: its next read raises the providers' status."""
+    with providers_in_a_thread(RefusedAtTheWord()) as providers:
+        address = f"127.0.0.1:{providers.port}"
+        async with (
+            router_servicer_to(address, tmp_path, redis_store) as servicer,
+            grpc.aio.insecure_channel(address, interceptors=interceptors) as channel,
+        ):
+            ending = ReadyReadAfterTheEnd(channel)
+            servicer.serving.providers = ending  # type: ignore[assignment]
+            message = common_pb2.ChatMessage(role="user", content="Tell me a story")
+            request = router_pb2.CompleteRequest(messages=[message], tenant="t", model="cheap", max_tokens=50)
+            with acting_as(ANONYMOUS), pytest.raises(ServiceError) as raised:
+                async for _ in servicer.CompleteStream(request, NoDeadline()):
+                    pass
+    assert ending.ended_before_the_word == 1
+    assert raised.value.code == grpc.StatusCode.DEADLINE_EXCEEDED, raised.value.message
+    assert raised.value.reason == "UPSTREAM_TIMEOUT" and raised.value.metadata.get("sent") == "false"
+    assert Decimal(raised.value.metadata.get("charged_usd", "0")) == 0, raised.value.metadata
+    spent, _ = await redis_store.spent(Account("t", "anonymous"), period_id(servicer.settings.budget_period))
     assert spent == 0
