@@ -1,6 +1,7 @@
 """OpenAI's legacy completions (`POST /v1/completions`, prompt in, text out) as a chat completion of one user
 turn: the same routing, limits, headers and accounting. The request is translated before it reaches the chat
-path, the answer and stream chunks after; fields that only a completion model understands are refused."""
+path, the answer and stream chunks after. A field OpenAI's legacy route does not know (a chat field among them) is
+refused as OpenAI refuses it, and one that only a completion model understands by name."""
 
 from __future__ import annotations
 
@@ -8,15 +9,51 @@ import json
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
+from llmrouter.openai_fields import REFUSED
 from llmrouter.validation import MAX_MESSAGES
-from services.edge.openai_api import ApiError, check_lengths, cost_as_written, decode_json
+from services.edge.openai_api import (
+    KNOWN_FIELDS,
+    ROUTER_EXTENSIONS,
+    ApiError,
+    check_lengths,
+    cost_as_written,
+    decode_json,
+    unknown_argument,
+)
 
+# OpenAI's legacy completion fields (its SDK's completions.create), beside the router's own: any other is refused, as
+# OpenAI refuses it. Translated on, a chat field was served: tools generated a tool call that was charged while the
+# caller was shown "" for its text, messages were sent beside the prompt, response_format or max_completion_tokens
+# changed an answer OpenAI would have refused to give.
+COMPLETION_FIELDS = (
+    frozenset(
+        {
+            "model",
+            "prompt",
+            "best_of",
+            "echo",
+            "frequency_penalty",
+            "logit_bias",
+            "logprobs",
+            "max_tokens",
+            "n",
+            "presence_penalty",
+            "seed",
+            "stop",
+            "stream",
+            "stream_options",
+            "suffix",
+            "temperature",
+            "top_p",
+            "user",
+        }
+    )
+    | ROUTER_EXTENSIONS
+)
+CHAT_ONLY = (KNOWN_FIELDS | REFUSED.keys()) - COMPLETION_FIELDS
 # Meaningless for a chat model: refused by name instead of silently ignored, unless set to their defaults.
 UNSUPPORTED = {"suffix": ("",), "echo": (False,), "logprobs": (0,), "best_of": (1,)}
 DEFAULT_MAX_TOKENS = 16
-# Chat fields OpenAI's legacy route does not know (an unknown argument there) whose answer a text completion cannot
-# carry: translated on, a tool call was generated and charged, and the caller shown "" for its text.
-CHAT_TOOLS = ("tools", "tool_choice", "parallel_tool_calls")
 
 
 def to_chat(body: bytes) -> bytes:
@@ -26,6 +63,10 @@ def to_chat(body: bytes) -> bytes:
     raw = decode_json(body, lambda value: check_lengths(value, MAX_MESSAGES))
     if not isinstance(raw, dict):
         raise ApiError(400, "request body must be a JSON object", code="invalid_json")
+    for name in raw:
+        if name not in COMPLETION_FIELDS:
+            # top_logprobs among them: here logprobs, an integer, says how many.
+            raise unknown_argument(name, " (it belongs to /v1/chat/completions)" if name in CHAT_ONLY else "")
     prompt = raw.pop("prompt", None)
     if isinstance(prompt, list) and len(prompt) == 1:
         prompt = prompt[0]
@@ -35,17 +76,8 @@ def to_chat(body: bytes) -> bytes:
         value = raw.pop(field, None)
         if value is not None and not any(type(value) is type(d) and value == d for d in defaults):
             raise ApiError(400, f"{field} is not supported: the router serves chat models", param=field)
-    if raw.get("top_logprobs") is not None:  # a chat field: here logprobs, an integer, would say how many
-        message = "top_logprobs belongs to /v1/chat/completions (beside logprobs true); this route returns none"
-        raise ApiError(400, message, param="top_logprobs")
-    for field in CHAT_TOOLS:
-        if field in raw:
-            message = f"unrecognized request argument: {field!r} (tool calls are served on /v1/chat/completions)"
-            raise ApiError(400, message, param=field, code="unknown_parameter")
-    if "messages" in raw:
-        raise ApiError(400, "messages belongs to /v1/chat/completions; send prompt here", param="messages")
     raw["messages"] = [{"role": "user", "content": prompt}]
-    if raw.get("max_tokens") is None and raw.get("max_completion_tokens") is None:
+    if raw.get("max_tokens") is None:
         # OpenAI's default for this route: a caller leaving it out expects (and pays for) 16 tokens, not a
         # chat model's whole answer.
         raw["max_tokens"] = DEFAULT_MAX_TOKENS

@@ -275,8 +275,7 @@ def parse_request(body: bytes, max_messages: int = MAX_MESSAGES) -> tuple[ChatCo
         raise ApiError(400, "request body must be a JSON object", code="invalid_json")
     for name in raw:
         if name not in KNOWN_FIELDS and name not in REFUSED:
-            shown = name[:64]
-            raise ApiError(400, f"unrecognized request argument: {shown!r}", param=shown, code="unknown_parameter")
+            raise unknown_argument(name)
     if (fault := unservable(raw)) is not None:
         raise ApiError(400, fault.message, param=fault.param, code=fault.code)
     refuse_long_end_user_ids(raw)
@@ -307,6 +306,12 @@ def parse_request(body: bytes, max_messages: int = MAX_MESSAGES) -> tuple[ChatCo
             message = "max_cost_usd must be a non-negative decimal number"
             raise ApiError(400, message, param="max_cost_usd", code="invalid_value")
     return request, raw
+
+
+def unknown_argument(name: str, hint: str = "") -> ApiError:
+    """OpenAI's 400 for a field the route does not know, named by its first 64 characters; `hint` follows the name."""
+    shown = name[:64]
+    return ApiError(400, f"unrecognized request argument: {shown!r}{hint}", param=shown, code="unknown_parameter")
 
 
 def refuse_long_end_user_ids(raw: dict[str, Any]) -> None:

@@ -34,6 +34,7 @@ from services.edge.openai_api import (
     check_properties,
     cost_as_written,
     decode_json,
+    unknown_argument,
 )
 from services.edge.responses_errors import CALLS_ONLY, MESSAGE_ITEM, OUTPUT_ITEM, WHOLE, Origin
 
@@ -219,8 +220,7 @@ def check_fields(raw: dict[str, Any]) -> None:
     """Unknown fields as the chat route refuses them; fields that need state or a built-in capability by name."""
     for name in raw:
         if name not in KNOWN_FIELDS:
-            shown = name[:64]
-            raise ApiError(400, f"unrecognized request argument: {shown!r}", param=shown, code="unknown_parameter")
+            raise unknown_argument(name)
     for name, (reason, defaults) in REFUSED.items():
         value = raw.get(name)
         if value is not None and not any(type(value) is type(d) and value == d for d in defaults):

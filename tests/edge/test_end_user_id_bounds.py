@@ -1,7 +1,7 @@
 """An end-user id (user, safety_identifier, prompt_cache_key) longer than OpenAI takes is OpenAI's 400, in its words
 and with its code, naming the field: of any length, it was accepted, hashed and sent on (services/router/end_users.py).
-At its bound it is served. On every route that takes them; the real edge over loopback before a stand-in router that
-records what it is asked."""
+At its bound it is served. On every route that takes them (the legacy route takes user alone, as OpenAI's); the real
+edge over loopback before a stand-in router that records what it is asked."""
 
 from __future__ import annotations
 
@@ -26,8 +26,11 @@ def test_the_bounds_are_openais() -> None:
     assert END_USER_ID_CHARS == {"user": 512, "safety_identifier": 64, "prompt_cache_key": 64}
 
 
-@pytest.mark.parametrize("route", sorted(BODIES))
-@pytest.mark.parametrize("field", sorted(END_USER_ID_CHARS))
+@pytest.mark.parametrize(
+    ("route", "field"),
+    [("/completions", "user")]
+    + [(route, field) for route in ("/chat/completions", "/responses") for field in sorted(END_USER_ID_CHARS)],
+)
 async def test_an_end_user_id_past_its_bound_is_a_400_naming_it(edge: Edge, route: str, field: str) -> None:
     bound = END_USER_ID_CHARS[field]
     async with httpx.AsyncClient(base_url=edge.base_url, timeout=10) as http:

@@ -1,0 +1,96 @@
+"""Each OpenAI route takes the fields OpenAI's takes, as its official SDK types them, and refuses any other as OpenAI
+does: a 400 naming it, before anything is routed. /v1/completions took the chat route's fields (messages, tools,
+response_format, max_completion_tokens, ...) and served them. The official SDK as a caller, the real edge over
+loopback before a stand-in router that records what it is asked."""
+
+from __future__ import annotations
+
+import typing
+from typing import Any
+
+import openai
+import pytest
+from openai.types import completion_create_params
+
+from services.edge import legacy
+from services.edge.openai_api import ROUTER_EXTENSIONS
+from tests.edge.conftest import Edge
+
+USER = {"role": "user", "content": "hello"}
+TOOL = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}}}
+# What a caller would send for the chat fields it would most likely send here; any other a string.
+CHAT_VALUES: dict[str, Any] = {
+    "messages": [USER],
+    "tools": [TOOL],
+    "tool_choice": "auto",
+    "parallel_tool_calls": False,
+    "response_format": {"type": "json_object"},
+    "functions": [{"name": "lookup", "parameters": {"type": "object"}}],
+    "function_call": "auto",
+    "max_completion_tokens": 8,
+    "top_logprobs": 2,
+    "metadata": {"k": "v"},
+    "store": False,
+    "modalities": ["text"],
+    "safety_identifier": "someone",
+    "prompt_cache_key": "cache",
+}
+
+
+def sdk(edge: Edge) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=edge.base_url, api_key="unused", max_retries=0)
+
+
+def test_the_legacy_route_takes_the_sdks_completion_fields_and_the_routers_own() -> None:
+    sdk_fields = set(typing.get_type_hints(completion_create_params.CompletionCreateParamsBase))
+    assert sdk_fields | {"stream"} | ROUTER_EXTENSIONS == legacy.COMPLETION_FIELDS
+
+
+@pytest.mark.parametrize("field", sorted(legacy.CHAT_ONLY))
+async def test_a_chat_field_on_the_legacy_route_is_an_unknown_argument(edge: Edge, field: str) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        async with sdk(edge) as client:
+            await client.completions.create(
+                model="auto", prompt="hello", extra_body={field: CHAT_VALUES.get(field, "x")}
+            )
+    assert refused.value.body == {
+        "message": f"unrecognized request argument: {field!r} (it belongs to /v1/chat/completions)",
+        "type": "invalid_request_error",
+        "param": field,
+        "code": "unknown_parameter",
+    }
+    assert edge.router.asked == []
+
+
+async def test_a_field_no_route_knows_is_an_unknown_argument_on_the_legacy_route(edge: Edge) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        async with sdk(edge) as client:
+            await client.completions.create(model="auto", prompt="hello", extra_body={"x" * 100: None})
+    assert (refused.value.param, refused.value.code) == ("x" * 64, "unknown_parameter")
+    assert refused.value.body["message"] == f"unrecognized request argument: {'x' * 64!r}"  # type: ignore[index]
+    assert edge.router.asked == []
+
+
+async def test_every_legacy_field_the_sdk_sends_is_still_served(edge: Edge) -> None:
+    async with sdk(edge) as client:
+        await client.completions.create(
+            model="auto",
+            prompt="hello",
+            best_of=1,
+            echo=False,
+            frequency_penalty=0.1,
+            logit_bias={"50256": -100},
+            logprobs=0,
+            max_tokens=8,
+            n=1,
+            presence_penalty=0.1,
+            seed=5,
+            stop=["\n\n"],
+            suffix="",
+            temperature=0.2,
+            top_p=0.9,
+            user="end-user",
+            extra_body={"quality_target": 0.5, "max_cost_usd": "0.01"},
+        )
+    [asked] = edge.router.asked
+    assert (asked.max_tokens, asked.max_cost_usd, asked.messages[0].content) == (8, "0.01", "hello")
