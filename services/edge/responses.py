@@ -184,6 +184,13 @@ class TextConfig(Closed):
     verbosity: Literal["low", "medium", "high"] | None = None
 
 
+class StreamOptions(Closed):
+    """The Responses API's stream options: include_usage is the chat route's (this route's stream always ends with
+    its usage, in response.completed), and OpenAI's Responses route refuses it, as any key it does not know."""
+
+    include_obfuscation: StrictBool | None = None  # served as the chat route serves it: the edge never pads
+
+
 MIN_OUTPUT_TOKENS = 16
 
 
@@ -201,7 +208,7 @@ class ResponsesFields(BaseModel):
     parallel_tool_calls: StrictBool | None = None  # checked here: without tools it never reaches the chat route
     text: TextConfig | None = None
     stream: StrictBool | None = None  # null: as if left out (not streamed), as OpenAI takes it
-    stream_options: JsonObject | None = None
+    stream_options: StreamOptions | None = None
 
 
 def invalid(exc: ValidationError, prefix: str = "") -> ApiError:
@@ -371,7 +378,8 @@ def to_chat(body: bytes) -> tuple[bytes, Sent]:
     if fields.stream:
         # The usage (and cost) come in the chat stream's last chunk only when asked: response.completed carries them.
         chat["stream"] = True
-        chat["stream_options"] = {**(fields.stream_options or {}), "include_usage": True}
+        asked = fields.stream_options.model_dump(exclude_none=True) if fields.stream_options else {}
+        chat["stream_options"] = {**asked, "include_usage": True}
     elif fields.stream_options is not None:
         raise ApiError(400, "stream_options is only allowed with stream true", param="stream_options")
     # Written out again as JSON: its max_cost_usd as its caller wrote it, not the float's shortest form.

@@ -1,7 +1,8 @@
 """Each OpenAI route takes the fields OpenAI's takes, as its official SDK types them, and refuses any other as OpenAI
 does: a 400 naming it, before anything is routed. /v1/completions took the chat route's fields (messages, tools,
-response_format, max_completion_tokens, ...) and served them. The official SDK as a caller, the real edge over
-loopback before a stand-in router that records what it is asked."""
+response_format, max_completion_tokens, ...) and served them; /v1/responses took the chat route's
+stream_options.include_usage. The official SDK as a caller, the real edge over loopback before a stand-in router that
+records what it is asked."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from typing import Any
 import openai
 import pytest
 from openai.types import completion_create_params
+from openai.types.responses import response_create_params
 
-from services.edge import legacy
+from services.edge import legacy, responses
 from services.edge.openai_api import ROUTER_EXTENSIONS
 from tests.edge.conftest import Edge
 
@@ -44,6 +46,10 @@ def sdk(edge: Edge) -> openai.AsyncOpenAI:
 def test_the_legacy_route_takes_the_sdks_completion_fields_and_the_routers_own() -> None:
     sdk_fields = set(typing.get_type_hints(completion_create_params.CompletionCreateParamsBase))
     assert sdk_fields | {"stream"} | ROUTER_EXTENSIONS == legacy.COMPLETION_FIELDS
+
+
+def test_the_responses_stream_options_are_the_sdks() -> None:
+    assert set(responses.StreamOptions.model_fields) == set(typing.get_type_hints(response_create_params.StreamOptions))
 
 
 @pytest.mark.parametrize("field", sorted(legacy.CHAT_ONLY))
@@ -94,3 +100,34 @@ async def test_every_legacy_field_the_sdk_sends_is_still_served(edge: Edge) -> N
         )
     [asked] = edge.router.asked
     assert (asked.max_tokens, asked.max_cost_usd, asked.messages[0].content) == (8, "0.01", "hello")
+
+
+@pytest.mark.parametrize(
+    ("options", "param"),
+    [
+        ({"include_usage": True}, "stream_options.include_usage"),
+        ({"include_usage": False}, "stream_options.include_usage"),
+        ({"include_obfuscation": False, "include_usage": True}, "stream_options"),  # named in the message
+        ({"include_obfuscation": "no"}, "stream_options.include_obfuscation"),
+        ([], "stream_options"),
+    ],
+)
+async def test_stream_options_the_responses_api_does_not_take_are_a_400_naming_them(
+    edge: Edge, options: Any, param: str
+) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        async with sdk(edge) as client:
+            await client.responses.create(model="auto", input="hello", stream=True, stream_options=options)
+    assert (refused.value.param, refused.value.code, refused.value.type) == (
+        param,
+        "invalid_value",
+        "invalid_request_error",
+    )
+    assert "include_usage" in refused.value.message or "include_usage" not in str(options)
+    assert edge.router.asked == []
+
+
+def test_the_responses_stream_options_it_takes_reach_the_chat_path_with_the_usage() -> None:
+    body = b'{"input": "hi", "stream": true, "stream_options": {"include_obfuscation": false}}'
+    chat, _ = responses.to_chat(body)
+    assert b'"stream_options": {"include_obfuscation": false, "include_usage": true}' in chat
