@@ -21,7 +21,17 @@ from starlette.types import Message, Receive, Scope, Send
 
 from services.batches import wire
 from services.batches.runner import Runner, file_fields
-from services.batches.store import CANCELLABLE, Store, batch_key, delete_if_unread, file_key, now, readers_key, unread
+from services.batches.store import (
+    CANCELLABLE,
+    GROUPS,
+    Store,
+    batch_key,
+    delete_if_unread,
+    file_key,
+    now,
+    readers_key,
+    unread,
+)
 from services.edge.given_once import single
 from services.edge.openai_api import ApiError, decode_json, read_limited
 from services.edge.router_headers import refuse_unapplied
@@ -158,29 +168,27 @@ class BatchApi:
         try:
             await self.store.put(file_key(file_id), fields)
             await self.store.expire([file_key(file_id)], self.retention_s)
-            await self.store.index(tenant, "file", file_id, self.retention_s)
+            await self.store.index(tenant, "file", file_id, self.retention_s, "batch")
         except Exception:  # a file refused part way is not kept, unlisted (and perhaps without expiry) in the store
             await _undo(lambda: self.store.delete([file_key(file_id)]))
             raise
 
     async def list_files(self, request: Request) -> Response:
         """As OpenAI's: newest first unless order=asc, up to `limit` (1 to 10,000, all by default) past `after`,
-        of one `purpose` if given."""
+        of one `purpose` if given: read from that purpose's index, so a page of it costs its size, however many
+        files of other purposes the tenant has."""
         tenant, _ = self.caller(request)
         query = request.query_params
         order = single(query, "order")
         if order not in (None, "asc", "desc"):
             raise ApiError(400, "order must be 'asc' or 'desc'", param="order", code="invalid_value")
-        limit, purpose = _limit(single(query, "limit"), 10_000, 10_000), single(query, "purpose")
-        found = await self._list(
-            tenant,
-            "file",
-            single(query, "after"),
-            limit,
-            order != "asc",
-            FILE_LISTED,
-            lambda fields: purpose is None or fields["purpose"].decode() == purpose,
-        )
+        limit = _limit(single(query, "limit"), 10_000, 10_000)
+        purpose, after = single(query, "purpose"), single(query, "after")
+        if purpose is not None and purpose not in GROUPS["file"]:
+            # No file here has it: an empty page, its `after` checked as any listing's.
+            await self._list(tenant, "file", after, 0, True, ["tenant"])
+            return JSONResponse(_page([], limit))
+        found = await self._list(tenant, "file", after, limit, order != "asc", FILE_LISTED, purpose)
         return JSONResponse(_page([wire.file_body(i, f) for i, f in found], limit))
 
     async def delete_file(self, request: Request) -> Response:
@@ -259,7 +267,7 @@ class BatchApi:
             # edge reads it again.
             kept_s = self.window_s + self.retention_s
             await self.store.expire([file_key(input_id), readers_key(input_id)], kept_s)
-            await self.store.index(tenant, "file", input_id, kept_s)
+            await self.store.index(tenant, "file", input_id, kept_s, "batch")
             await self.store.index(tenant, "batch", batch_id, None)  # listed for as long as it runs, then retention_s
             await self.store.activate(batch_id, True)  # last: from here any edge runs it
         except Exception:
@@ -292,7 +300,7 @@ class BatchApi:
         tenant, _ = self.caller(request)
         limit = _limit(single(request.query_params, "limit"), 20, 100)
         after = single(request.query_params, "after")
-        found = await self._list(tenant, "batch", after, limit, True, None, lambda _: True)
+        found = await self._list(tenant, "batch", after, limit, True, None)
         return JSONResponse(_page([wire.batch_body(i, f) for i, f in found], limit))
 
     async def _list(
@@ -303,16 +311,16 @@ class BatchApi:
         limit: int,
         newest_first: bool,
         names: list[str] | None,
-        wanted: Callable[[dict[str, bytes]], bool],
+        group: str | None = None,
     ) -> list[tuple[str, dict[str, bytes]]]:
-        """Up to limit + 1 (the one past says there are more) of the tenant's listed items past `after`, from its
-        index. An entry whose hash is gone (evicted, or deleted) is passed over, and left to lapse."""
+        """Up to limit + 1 (the one past says there are more) of the tenant's listed items (of one group) past
+        `after`, from its index. An entry whose hash is gone (evicted, or deleted) is passed over, and left to lapse."""
         key = file_key if kind == "file" else batch_key
         found: list[tuple[str, dict[str, bytes]]] = []
         gone: list[str] = []
         cursor = after
         while len(found) <= limit:
-            ids = await self.store.page(tenant, kind, cursor, min(limit + 1, PAGE_CHUNK), newest_first)
+            ids = await self.store.page(tenant, kind, cursor, min(limit + 1, PAGE_CHUNK), newest_first, group)
             if ids is None:
                 raise ApiError(
                     400, f"after: no {kind} {cursor!r:.64} to list from", param="after", code="invalid_value"
@@ -320,7 +328,7 @@ class BatchApi:
             for item_id, fields in zip(ids, await self.store.fields([key(i) for i in ids], names), strict=True):
                 if fields.get("tenant", b"").decode() != tenant:
                     gone.append(item_id)
-                elif "deleted" not in fields and wanted(fields):
+                elif "deleted" not in fields:
                     found.append((item_id, fields))
             if len(ids) < min(limit + 1, PAGE_CHUNK):
                 break

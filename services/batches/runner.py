@@ -647,7 +647,8 @@ class Runner:
         await self.store.index(tenant, "batch", batch_id, self.retention_s)
         for kind in ("output", "error"):
             if f"{kind}_file_id" in fields:
-                await self.store.index(tenant, "file", str(fields[f"{kind}_file_id"]), self.retention_s)
+                output_id = str(fields[f"{kind}_file_id"])
+                await self.store.index(tenant, "file", output_id, self.retention_s, "batch_output")
         input_id = batch["input_file_id"].decode()
         await self.store.drop(readers_key(input_id), batch_id)  # before it leaves the active set: a rerun redoes it
         await delete_if_unread(self.store, input_id)  # deleted while the batch ran: now it goes

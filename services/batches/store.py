@@ -14,10 +14,14 @@ hash of the batches created on an input file (a deleted file's content stays whi
 A tenant's files and batches are listed from its index, never a scan of the keyspace: `index:{<tenant>}:<kind>`
 (kind `file` or `batch`) a sorted set of ids by creation time (ms), and `index:{<tenant>}:<kind>:until` the
 same ids by when their hash expires (+inf while it does not: a running batch). Entries past that time leave the
-index whenever it is written, and the index itself expires with its last entry. A deleted or vanished entry
+index whenever it is written, and the index itself expires with its last entry. A file is listed as well in the
+index of its purpose, `index:{<tenant>}:file:purpose:<purpose>` (the same ids and scores, those of one purpose, kept
+and expired with the file index), so that a listing of one purpose reads that index alone, not every file of the
+tenant. Every entry of the file index is in one purpose's index: when the purposes' hold fewer (an index written by an
+edge of an earlier version), a listing of one puts the others in theirs first. A deleted or vanished entry
 stays a TOMBSTONE_S more, hidden, so that a listing that deletes as it pages (the SDK's next page starts `after`
-the last id it saw) goes on from there. Both keys of a tenant share a Redis Cluster hash slot (the braces), so
-one script updates them together."""
+the last id it saw) goes on from there. A tenant's keys share a Redis Cluster hash slot (the braces), so one script
+updates them together."""
 
 from __future__ import annotations
 
@@ -60,7 +64,19 @@ def index_keys(tenant: str, kind: str) -> tuple[str, str]:
     return base, base + ":until"
 
 
+# The groups a kind's items are listed in as well, each an index of its own: a file's purpose, one of those files here
+# have (an upload's, and a batch's output and error files').
+GROUPS: dict[str, tuple[str, ...]] = {"file": ("batch", "batch_output"), "batch": ()}
+
+
+def group_keys(tenant: str, kind: str) -> list[str]:
+    """The indexes of the kind's groups, in the order of GROUPS."""
+    base = index_keys(tenant, kind)[0]
+    return [f"{base}:purpose:{group}" for group in GROUPS[kind]]
+
+
 TOMBSTONE_S = 3600
+HASHES_READ = 1000  # hashes read at a time to group an index's entries
 ENDED = (b"completed", b"failed", b"expired", b"cancelled")  # a batch in no other status still reads its input
 CANCELLABLE = ("validating", "in_progress")  # a batch that may be cancelled
 
@@ -115,15 +131,18 @@ class Store(Protocol):
 
     async def delete(self, keys: list[str]) -> None: ...
 
-    async def index(self, tenant: str, kind: str, item_id: str, ttl_s: float | None) -> None:
-        """List the item in its tenant's index, placed at its first listing, until ttl_s from now (None: for
-        as long as it has no expiry), as its hash's expiry is set."""
+    async def index(self, tenant: str, kind: str, item_id: str, ttl_s: float | None, group: str | None = None) -> None:
+        """List the item in its tenant's index (and its group's, one of GROUPS), placed at its first listing, until
+        ttl_s from now (None: for as long as it has no expiry), as its hash's expiry is set."""
 
     async def unindex(self, tenant: str, kind: str, item_id: str) -> None:
-        """The item is deleted or gone: its entry stays a TOMBSTONE_S more, if it had longer."""
+        """The item is deleted or gone: its entry stays a TOMBSTONE_S more, if it had longer (in its group's too)."""
 
-    async def page(self, tenant: str, kind: str, after: str | None, count: int, newest_first: bool) -> list[str] | None:
-        """Up to count ids of the tenant's index past `after`, in order of creation; None when `after` is not in it."""
+    async def page(
+        self, tenant: str, kind: str, after: str | None, count: int, newest_first: bool, group: str | None = None
+    ) -> list[str] | None:
+        """Up to count ids of the tenant's index (of one of its GROUPS), past `after`, in order of creation; None when
+        `after` is not in the kind's index (an id of another group is a place in this one all the same)."""
 
     async def close(self) -> None: ...
 
@@ -177,50 +196,90 @@ end
 return 0
 """
 
-# KEYS: a tenant's index (ids by creation) and its deadlines. ARGV: id, created (ms; only where not yet listed),
-# deadline ('+inf' for none), now, and 'drop' to only shorten the deadline (a tombstone). Then the entries past
-# their deadline leave (a thousand at a time), and the index expires with its last entry.
+# KEYS: a tenant's index (ids by creation), its deadlines, then its groups' indexes. ARGV: id,
+# created (ms; only where not yet listed), deadline ('+inf' for none), now, 'drop' to only shorten the deadline (a
+# tombstone), and the item's group (its index's place among the groups' keys, 0 for none). Then the entries past
+# their deadline leave every index (a thousand at a time), and the indexes expire with their last entry.
 INDEX = """
 if ARGV[5] == 'drop' then
   redis.call('ZADD', KEYS[2], 'XX', 'LT', ARGV[3], ARGV[1])
 else
   redis.call('ZADD', KEYS[1], 'NX', ARGV[2], ARGV[1])
   redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+  local group = tonumber(ARGV[6])
+  if group > 0 then
+    redis.call('ZADD', KEYS[2 + group], 'NX', redis.call('ZSCORE', KEYS[1], ARGV[1]), ARGV[1])
+  end
 end
 local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[4], 'LIMIT', 0, 1000)
 if #gone > 0 then
-  redis.call('ZREM', KEYS[1], unpack(gone))
-  redis.call('ZREM', KEYS[2], unpack(gone))
+  for _, key in ipairs(KEYS) do redis.call('ZREM', key, unpack(gone)) end
 end
 local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
-if #last == 0 then
-  redis.call('DEL', KEYS[1], KEYS[2])
-elseif last[2] == 'inf' then
-  redis.call('PERSIST', KEYS[1])
-  redis.call('PERSIST', KEYS[2])
-else
-  local at = math.ceil(tonumber(last[2]))
-  redis.call('EXPIREAT', KEYS[1], at)
-  redis.call('EXPIREAT', KEYS[2], at)
+for _, key in ipairs(KEYS) do
+  if #last == 0 then
+    redis.call('DEL', key)
+  elseif last[2] == 'inf' then
+    redis.call('PERSIST', key)
+  else
+    redis.call('EXPIREAT', key, math.ceil(tonumber(last[2])))
+  end
 end
 return 1
 """
 
-# KEYS: a tenant's index. ARGV: after ('' for the start), count, 'desc' for newest first. False: no such `after`.
+# KEYS: a tenant's index, then one group's index. ARGV: ids of that group. Each id still in the index joins the
+# group's, at its place; the group's index expires with the index.
+GROUP = """
+for _, id in ipairs(ARGV) do
+  local score = redis.call('ZSCORE', KEYS[1], id)
+  if score then redis.call('ZADD', KEYS[2], 'NX', score, id) end
+end
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl == -1 then redis.call('PERSIST', KEYS[2]) elseif ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+return 1
+"""
+
+# KEYS: a tenant's index, then its groups' indexes. How many of its entries are in none of them.
+UNGROUPED = """
+local ungrouped = redis.call('ZCARD', KEYS[1])
+for i = 2, #KEYS do ungrouped = ungrouped - redis.call('ZCARD', KEYS[i]) end
+return ungrouped
+"""
+
+# KEYS: the index paged (a tenant's, or one of its groups'), then the tenant's index. ARGV: after ('' for the start),
+# count, 'desc' for newest first. False: no such `after`. An `after` outside the group stands where its score (and
+# id, between equal scores, as Redis orders them: bytewise) would in it.
 PAGE = """
+local desc = ARGV[3] == 'desc'
+local function before(a, b)
+  for i = 1, math.min(#a, #b) do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x < y end
+  end
+  return #a < #b
+end
 local start = 0
 if ARGV[1] ~= '' then
   local rank
-  if ARGV[3] == 'desc' then
-    rank = redis.call('ZREVRANK', KEYS[1], ARGV[1])
+  if desc then rank = redis.call('ZREVRANK', KEYS[1], ARGV[1]) else rank = redis.call('ZRANK', KEYS[1], ARGV[1]) end
+  if rank then
+    start = rank + 1
   else
-    rank = redis.call('ZRANK', KEYS[1], ARGV[1])
+    local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
+    if not score then return false end
+    if desc then
+      start = redis.call('ZCOUNT', KEYS[1], '(' .. score, '+inf')
+    else
+      start = redis.call('ZCOUNT', KEYS[1], '-inf', '(' .. score)
+    end
+    for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], score, score)) do
+      if (desc and before(ARGV[1], id)) or (not desc and before(id, ARGV[1])) then start = start + 1 end
+    end
   end
-  if not rank then return false end
-  start = rank + 1
 end
 local stop = start + tonumber(ARGV[2]) - 1
-if ARGV[3] == 'desc' then return redis.call('ZREVRANGE', KEYS[1], start, stop) end
+if desc then return redis.call('ZREVRANGE', KEYS[1], start, stop) end
 return redis.call('ZRANGE', KEYS[1], start, stop)
 """
 
@@ -295,25 +354,56 @@ class RedisStore:
                 pipe.delete(key)
             await pipe.execute()
 
-    async def index(self, tenant: str, kind: str, item_id: str, ttl_s: float | None) -> None:
+    async def index(self, tenant: str, kind: str, item_id: str, ttl_s: float | None, group: str | None = None) -> None:
         at = time.time()
         until = "+inf" if ttl_s is None else str(at + ttl_s)
-        await self._index(tenant, kind, item_id, str(int(at * 1000)), until, "keep")
+        place = 0 if group is None else GROUPS[kind].index(group) + 1
+        await self._index(tenant, kind, item_id, str(int(at * 1000)), until, "keep", place)
 
     async def unindex(self, tenant: str, kind: str, item_id: str) -> None:
-        await self._index(tenant, kind, item_id, "0", str(time.time() + TOMBSTONE_S), "drop")
+        await self._index(tenant, kind, item_id, "0", str(time.time() + TOMBSTONE_S), "drop", 0)
 
-    async def _index(self, tenant: str, kind: str, item_id: str, created: str, until: str, mode: str) -> None:
-        keys = index_keys(tenant, kind)
-        await self.redis.eval(INDEX, 2, *keys, item_id, created, until, str(time.time()), mode)
+    async def _index(
+        self, tenant: str, kind: str, item_id: str, created: str, until: str, mode: str, group: int
+    ) -> None:
+        keys = [*index_keys(tenant, kind), *group_keys(tenant, kind)]
+        await self.redis.eval(INDEX, len(keys), *keys, item_id, created, until, str(time.time()), mode, group)
 
-    async def page(self, tenant: str, kind: str, after: str | None, count: int, newest_first: bool) -> list[str] | None:
-        order = "desc" if newest_first else "asc"
-        ids = await self.redis.eval(PAGE, 1, index_keys(tenant, kind)[0], after or "", count, order)
+    async def page(
+        self, tenant: str, kind: str, after: str | None, count: int, newest_first: bool, group: str | None = None
+    ) -> list[str] | None:
+        order, whole = "desc" if newest_first else "asc", index_keys(tenant, kind)[0]
+        paged = whole
+        if group is not None:
+            groups = group_keys(tenant, kind)
+            paged = groups[GROUPS[kind].index(group)]
+            if await self.redis.eval(UNGROUPED, 1 + len(groups), whole, *groups) > 0:
+                await self._group(tenant, kind)
+        ids = await self.redis.eval(PAGE, 2, paged, whole, after or "", count, order)
         return None if ids is None else [_text(i) for i in ids]
+
+    async def _group(self, tenant: str, kind: str) -> None:
+        """Every entry of a file index in its group's index, read from its hash (one whose hash is gone, or of no
+        group, in the first: a listing passes over it as over any gone): the entries an edge of an earlier version
+        listed, which indexed none by group. The ids read at once, so that none is passed over as others leave;
+        their hashes a thousand at a time."""
+        whole, groups = index_keys(tenant, kind)[0], group_keys(tenant, kind)
+        ids = [_text(i) for i in await self.redis.zrange(whole, 0, -1)]
+        for start in range(0, len(ids), HASHES_READ):
+            chunk = ids[start : start + HASHES_READ]
+            found = await self.fields([file_key(i) for i in chunk], ["purpose"])
+            places = [_place(GROUPS[kind], f.get("purpose", b"").decode()) for f in found]
+            for place, key in enumerate(groups):
+                if members := [i for i, at in zip(chunk, places, strict=True) if at == place]:
+                    await self.redis.eval(GROUP, 2, whole, key, *members)
 
     async def close(self) -> None:
         await self.redis.aclose()
+
+
+def _place(groups: tuple[str, ...], group: str) -> int:
+    """The group's place among the kind's; the first's for one of none of them."""
+    return groups.index(group) if group in groups else 0
 
 
 def _text(value: bytes | str) -> str:
@@ -329,8 +419,8 @@ class MemoryStore:
         self.hashes: dict[str, dict[str, bytes]] = {}
         self.running: set[str] = set()
         self.expiry: dict[str, float] = {}
-        # (tenant, kind) -> id -> (created, deadline), the deadline on the monotonic clock as `expiry`
-        self.indexes: dict[tuple[str, str], dict[str, tuple[float, float]]] = {}
+        # (tenant, kind) -> id -> (created, deadline, group), the deadline on the monotonic clock as `expiry`
+        self.indexes: dict[tuple[str, str], dict[str, tuple[float, float, str | None]]] = {}
 
     async def put(self, key: str, fields: dict[str, str | bytes]) -> None:
         entry = self.hashes.setdefault(key, {})
@@ -411,34 +501,35 @@ class MemoryStore:
             self.hashes.pop(key, None)
             self.expiry.pop(key, None)
 
-    async def index(self, tenant: str, kind: str, item_id: str, ttl_s: float | None) -> None:
+    async def index(self, tenant: str, kind: str, item_id: str, ttl_s: float | None, group: str | None = None) -> None:
         entries = self._entries(tenant, kind)
-        created = entries[item_id][0] if item_id in entries else time.time()
-        entries[item_id] = (created, math.inf if ttl_s is None else time.monotonic() + ttl_s)
+        created, _, listed = entries.get(item_id, (time.time(), 0.0, None))
+        entries[item_id] = (created, math.inf if ttl_s is None else time.monotonic() + ttl_s, group or listed)
 
     async def unindex(self, tenant: str, kind: str, item_id: str) -> None:
         entries = self._entries(tenant, kind)
         if item_id in entries:
-            created, until = entries[item_id]
-            entries[item_id] = (created, min(until, time.monotonic() + TOMBSTONE_S))
+            created, until, group = entries[item_id]
+            entries[item_id] = (created, min(until, time.monotonic() + TOMBSTONE_S), group)
 
-    def _entries(self, tenant: str, kind: str) -> dict[str, tuple[float, float]]:
+    def _entries(self, tenant: str, kind: str) -> dict[str, tuple[float, float, str | None]]:
         """The tenant's index, without the entries past their deadline."""
         entries = self.indexes.setdefault((tenant, kind), {})
         clock = time.monotonic()
-        for gone in [i for i, (_, until) in entries.items() if until <= clock]:
+        for gone in [i for i, (_, until, _) in entries.items() if until <= clock]:
             del entries[gone]
         return entries
 
-    async def page(self, tenant: str, kind: str, after: str | None, count: int, newest_first: bool) -> list[str] | None:
+    async def page(
+        self, tenant: str, kind: str, after: str | None, count: int, newest_first: bool, group: str | None = None
+    ) -> list[str] | None:
         entries = self._entries(tenant, kind)
         ordered = sorted(entries, key=lambda i: (entries[i][0], i), reverse=newest_first)
-        if after is None:
-            return ordered[:count]
-        if after not in entries:
-            return None
-        start = ordered.index(after) + 1
-        return ordered[start : start + count]
+        if after is not None:
+            if after not in entries:
+                return None
+            ordered = ordered[ordered.index(after) + 1 :]
+        return [i for i in ordered if group is None or entries[i][2] == group][:count]
 
     async def close(self) -> None:
         self.hashes.clear()

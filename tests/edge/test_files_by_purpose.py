@@ -1,0 +1,165 @@
+"""GET /v1/files?purpose=X reads that purpose's index, not every file of the tenant: with many files of another
+purpose, a page read the tenant's whole file index (and each file's hash) to filter them, a thousand at a time. The
+store on real Redis (one server and a Redis Cluster) and in process: each purpose pages exactly as the whole index
+does, from any file's id; an index written before purposes had theirs is grouped by the first listing of one."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+
+import openai
+import pytest
+
+from llmrouter.redis_connect import connect
+from services.batches.api import BatchApi
+from services.batches.store import RedisStore, Store, file_key, group_keys, index_keys, open_store
+from tests.edge.conftest import Edge
+from tests.edge.test_batch_store import store_url  # noqa: F401  (the fixture: Redis, a Redis Cluster, in process)
+
+LINE = {
+    "custom_id": "r0",
+    "method": "POST",
+    "url": "/v1/chat/completions",
+    "body": {"model": "auto", "messages": [{"role": "user", "content": "hi"}]},
+}
+
+
+@pytest.fixture
+async def store(store_url: str | None) -> AsyncIterator[Store]:  # noqa: F811
+    store = open_store(store_url)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def put_file(store: Store, tenant: str, file_id: str, purpose: str, *, grouped: bool = True) -> None:
+    await store.put(file_key(file_id), {"tenant": tenant, "purpose": purpose, "filename": "f.jsonl"})
+    await store.index(tenant, "file", file_id, 600, purpose if grouped else None)
+    await asyncio.sleep(0.002)  # a millisecond apart: each its own place
+
+
+async def test_a_purpose_pages_as_the_whole_index_does_from_any_files_id(store: Store) -> None:
+    kinds = ["batch", "batch_output", "batch_output", "batch", "batch_output", "batch"]
+    ids = [f"f{i}" for i in range(len(kinds))]
+    for file_id, purpose in zip(ids, kinds, strict=True):
+        await put_file(store, "t1", file_id, purpose)
+    await put_file(store, "t2", "theirs", "batch")
+    inputs = [i for i, k in zip(ids, kinds, strict=True) if k == "batch"]
+    assert await store.page("t1", "file", None, 10, True, "batch") == inputs[::-1]
+    assert await store.page("t1", "file", None, 10, False, "batch_output") == ["f1", "f2", "f4"]
+    assert await store.page("t1", "file", "f5", 1, True, "batch") == ["f3"]
+    # After a file of another purpose: from where it stands among them, either way.
+    assert await store.page("t1", "file", "f4", 10, True, "batch") == ["f3", "f0"]
+    assert await store.page("t1", "file", "f2", 10, False, "batch") == ["f3", "f5"]
+    assert await store.page("t1", "file", "f1", 10, True, "batch_output") == []
+    assert await store.page("t1", "file", "theirs", 10, True, "batch") is None  # another tenant's: no place here
+    await store.unindex("t1", "file", "f3")  # deleted: a place to page on from for a while, in its purpose too
+    assert await store.page("t1", "file", "f3", 10, True, "batch") == ["f0"]
+
+
+async def test_an_entry_leaves_its_purpose_with_its_expiry(store: Store) -> None:
+    await store.put(file_key("short"), {"tenant": "t1", "purpose": "batch"})
+    await store.index("t1", "file", "short", 0.05, "batch")
+    await put_file(store, "t1", "kept", "batch")
+    await asyncio.sleep(0.1)
+    await store.index("t1", "file", "new", 60, "batch_output")  # a write drops what expired, from every index
+    assert await store.page("t1", "file", None, 10, True, "batch") == ["kept"]
+    assert await store.page("t1", "file", "short", 10, True, "batch") is None
+
+
+async def test_an_index_written_before_purposes_had_theirs_is_grouped_by_a_listing_of_one(any_redis_url: str) -> None:
+    """As an edge of the version before writes it (one still running in a rolling upgrade, too): the file index alone.
+    A listing by purpose puts each entry in its purpose's index first, its place and expiry kept; one whose hash is
+    gone in the first, passed over as any gone. Entries listed since join theirs as they are listed."""
+    store, client = RedisStore(any_redis_url), connect(any_redis_url)
+    try:
+        order, until = index_keys("t1", "file")
+        deadline = time.time() + 600
+        old = {"old0": "batch", "old1": "batch_output", "old2": "batch", "old3": "batch_output", "old4": None}
+
+        async def written_before(file_id: str, score: int) -> None:
+            if purpose := old[file_id]:
+                await client.hset(file_key(file_id), mapping={"tenant": "t1", "purpose": purpose})
+            await client.zadd(order, {file_id: score})
+            await client.zadd(until, {file_id: deadline})
+
+        for i, file_id in enumerate(sorted(old)):
+            await written_before(file_id, 1000 + i)
+        await client.expireat(order, int(deadline) + 1)
+        await client.expireat(until, int(deadline) + 1)
+        await put_file(store, "t1", "new", "batch")
+        inputs, outputs = group_keys("t1", "file")
+        assert await store.page("t1", "file", None, 10, True, "batch") == ["new", "old4", "old2", "old0"]
+        assert await store.page("t1", "file", "old2", 10, False, "batch_output") == ["old3"]
+        assert await client.zscore(inputs, "old2") == 1002  # its place in the file index
+        assert 0 < await client.ttl(outputs) <= 601
+        old["late"] = "batch_output"  # an earlier edge, still running, lists a batch's output file since
+        await written_before("late", int(time.time() * 1000))
+        assert await store.page("t1", "file", None, 10, False, "batch_output") == ["old1", "old3", "late"]
+    finally:
+        await client.aclose()
+        await store.close()
+
+
+async def test_after_a_file_of_another_purpose_of_the_same_millisecond_stands_by_its_id(any_redis_url: str) -> None:
+    """Entries of one score are in their ids' byte order, in every index; an `after` outside the group stands among
+    them by its id (byte order, not the server's locale: '-' before '_' before 'a')."""
+    store, client = RedisStore(any_redis_url), connect(any_redis_url)
+    try:
+        order, until = index_keys("t1", "file")
+        purposes = {"f-a": "batch", "f_b": "batch_output", "fa": "batch", "fb": "batch"}
+        for file_id, purpose in purposes.items():
+            await client.hset(file_key(file_id), mapping={"tenant": "t1", "purpose": purpose})
+            await client.zadd(order, {file_id: 5000})
+            await client.zadd(until, {file_id: time.time() + 600})
+        assert await store.page("t1", "file", "f_b", 10, True, "batch") == ["f-a"]
+        assert await store.page("t1", "file", "f_b", 10, False, "batch") == ["fa", "fb"]
+    finally:
+        await client.aclose()
+        await store.close()
+
+
+class CountedStore(RedisStore):
+    """The real store, counting the file hashes a listing reads."""
+
+    hashes_read = 0
+
+    async def fields(self, keys: list[str], names: list[str] | None) -> list[dict[str, bytes]]:
+        self.hashes_read += len(keys)
+        return await super().fields(keys, names)
+
+
+async def test_a_page_of_one_purpose_reads_about_its_size_among_many_files_of_another(any_redis_url: str) -> None:
+    store = CountedStore(any_redis_url)
+    api = BatchApi(store, None, lambda _: ("t1", ""), 1, 600, 60, 1, 1, 1)  # type: ignore[arg-type]
+    try:
+        inputs = []
+        for i in range(3):
+            inputs.append(f"input{i}")
+            await put_file(store, "t1", f"input{i}", "batch")
+        for i in range(1500):
+            await store.put(file_key(f"output{i}"), {"tenant": "t1", "purpose": "batch_output"})
+            await store.index("t1", "file", f"output{i}", 600, "batch_output")
+        store.hashes_read = 0
+        # A page of 2, and the one past it that says there are more.
+        found = await api._list("t1", "file", None, 2, True, ["tenant", "purpose"], "batch")
+        assert [i for i, _ in found] == inputs[::-1] and store.hashes_read == 3
+        found = await api._list("t1", "file", "input1", 2, True, ["tenant", "purpose"], "batch")
+        assert [i for i, _ in found] == inputs[:1] and store.hashes_read == 4
+    finally:
+        await store.close()
+
+
+async def test_a_purpose_no_file_here_has_lists_none_and_its_after_is_checked(edge: Edge) -> None:
+    async with openai.AsyncOpenAI(base_url=edge.base_url, api_key="unused", max_retries=0) as client:
+        uploaded = await client.files.create(file=("b.jsonl", json.dumps(LINE).encode()), purpose="batch")
+        assert [f.id async for f in client.files.list(purpose="batch")] == [uploaded.id]
+        assert [f.id async for f in client.files.list(purpose="batch_output")] == []
+        assert [f.id async for f in client.files.list(purpose="fine-tune", after=uploaded.id)] == []
+        with pytest.raises(openai.BadRequestError) as refused:
+            await client.files.list(purpose="fine-tune", after="file-nowhere")
+    assert (refused.value.param, refused.value.code) == ("after", "invalid_value")
