@@ -100,13 +100,30 @@ def test_documented_module_is_not_imported_by_its_package(package: str) -> None:
     assert not imported, f"importing {package} imports {sorted(imported)}, which python -m then runs again"
 
 
-@pytest.mark.parametrize("module", ["services", "llmrouter.opscheck"])
+# The documented commands a newcomer and an operator run, by the name their usage line gives them.
+HELPED = {
+    "services": "python -m services",
+    "llmrouter.opscheck": "python -m llmrouter.opscheck",
+    "llmrouter.cli": "llmrouter",
+    "services.edge.keys": "python -m services.edge.keys",
+    "services.ledger": "python -m services.ledger",
+    "services.router.ledger": "python -m services.router.ledger",
+    "services.router.money_check": "python -m services.router.money_check",
+    "services.router.key_move": "python -m services.router.key_move",
+    "services.classifier.calibrate": "python -m services.classifier.calibrate",
+    "services.classifier.training": "python -m services.classifier.training",
+    "services.classifier.training.add_model": "python -m services.classifier.training.add_model",
+    "services.verifier.training": "python -m services.verifier.training",
+}
+
+
+@pytest.mark.parametrize("module", sorted(HELPED))
 def test_help_names_the_command_and_says_what_it_does_in_whole_sentences(module: str) -> None:
-    """The two commands a newcomer and an operator run first: `--help` showed `usage: __main__.py` and opscheck.py,
-    and a description cut at the docstring's first line, mid-sentence ("... as their own processes (as")."""
+    """`--help` showed `usage: __main__.py`, opscheck.py or calibrate.py, a description cut at the docstring's first
+    line, mid-sentence ("... as their own processes (as", "binds the key id (16 hex", "--json"), or none at all."""
     done = subprocess.run(
         [sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True, check=True
     )
-    assert done.stdout.startswith(f"usage: python -m {module} ")
+    assert done.stdout.startswith(f"usage: {HELPED[module]} ")
     description = done.stdout.split("\n\n")[1]
     assert description.rstrip().endswith((".", "?")), f"python -m {module} --help: {description!r}"

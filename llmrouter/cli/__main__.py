@@ -16,7 +16,7 @@ from llmrouter.cli.client import DEFAULT_URL, ApiFailure, Client
 
 
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="llmrouter", description=__doc__.split("\n")[0])
+    root = argparse.ArgumentParser(prog="llmrouter", description=__doc__.split("\n\n")[0])
     root.add_argument("--url", help=f"the edge's API base (default $LLMROUTER_URL or {DEFAULT_URL})")
     root.add_argument("--api-key", help="bearer key (default $LLMROUTER_API_KEY)")
     root.add_argument("--json", action="store_true", help="print JSON instead of tables")

@@ -69,7 +69,9 @@ class _UserMessage:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m services.classifier.calibrate", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR)
     parser.add_argument("--data-dir", type=Path, default=None, help="default: ROUTING_DATA_DIR or ../shared")
     parser.add_argument("--per-file", type=int, default=150)

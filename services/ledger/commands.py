@@ -79,7 +79,7 @@ async def run_sink(settings: LedgerSettings, db: LedgerDB, stopping: asyncio.Eve
 
 
 def parser() -> argparse.ArgumentParser:
-    commands = argparse.ArgumentParser(prog="python -m services.ledger", description=__doc__.split("\n")[0])
+    commands = argparse.ArgumentParser(prog="python -m services.ledger", description=__doc__.split("\n\n")[0])
     sub = commands.add_subparsers(dest="command", required=True)
     out = sub.add_parser("export", help="write the rows as CSV or JSONL")
     out.add_argument("--format", choices=export.FORMATS, default="jsonl")

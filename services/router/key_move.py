@@ -18,7 +18,7 @@ KEY_ID = re.compile(r"[0-9a-f]{16}")
 
 
 async def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m services.router.key_move", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m services.router.key_move", description=__doc__.split("\n\n")[0])
     parser.add_argument("key_id", help="the key's id: 16 hex digits, the first of its SHA-256")
     parser.add_argument("tenant", help="the tenant it serves from now on")
     args = parser.parse_args(argv)

@@ -287,7 +287,7 @@ async def trim_copied(client: Any, retention_days: int, group: str = GROUP) -> t
 
 
 async def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m services.router.ledger", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m services.router.ledger", description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=["export", "trim"])
     parser.add_argument("--out", type=Path, help="JSONL file the entries are appended to")
     parser.add_argument("--older-than-days", type=non_negative, help="export: only entries older than this")

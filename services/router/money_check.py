@@ -313,7 +313,7 @@ def money_store() -> tuple[LedgerSettings, RedisStore] | None:
 
 
 async def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m services.router.money_check", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m services.router.money_check", description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=["hold-totals", "bump-hold-totals-epoch", "ledger-spend", "ledger-charges"])
     parser.add_argument(
         "--period",

@@ -1,4 +1,6 @@
-"""python -m services.classifier.training --out artefacts/classifier"""
+"""Train the classifier on every trainable row of the routing data (ROUTING_DATA_DIR, else ../shared/data/routing) and
+write it, its tokenizer and metadata.json to --out: `python -m services.classifier.training --out artefacts/classifier`
+(`make train-classifier`, which then rebuilds the calibration)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from services.classifier.training.pipeline import train
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m services.classifier.training", description=__doc__)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)

@@ -58,7 +58,11 @@ def add_model(model_dir: Path, name: str, prompts: list[str], outcomes: np.ndarr
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m services.classifier.training.add_model",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR)
     parser.add_argument("--outcomes", type=Path, required=True)
     parser.add_argument("--model", required=True, help="the model's name in the outcome file")

@@ -1,4 +1,6 @@
-"""python -m services.verifier.training --out artefacts/verifier"""
+"""Train the verifier on the models' answers in the routing data (ROUTING_DATA_DIR, else ../shared/data/routing) and
+write it to --out: `python -m services.verifier.training --out artefacts/verifier` (`make train-verifier`, which then
+calibrates the router's escalation thresholds)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from services.verifier.training.pipeline import train
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m services.verifier.training", description=__doc__)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0, help="which MMLU-Pro questions are sampled")
     parser.add_argument("--mmlu-pro-sample", type=int, default=MMLU_PRO_SAMPLE, help="MMLU-Pro questions used")
