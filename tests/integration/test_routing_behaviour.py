@@ -32,10 +32,11 @@ REFERENCE_PER_FILE = 12  # 60 reference prompts: quick to score, enough to see t
 # classifier (edcc947f) trivial 19%, expert 44%; the leave-one-task-out one (51eb04f1) trivial 50%, expert 69%; no
 # target separates them for either; the static-embedding one (a18057c0) trivial 38%, expert 81%. The length-leaning
 # 256-token one (1bd8a831, LENGTH_WEIGHT 0.5): trivial 0%, expert 44%; the length-leaning static one (4b151f36,
-# LENGTH_WEIGHT 0.5): trivial 0% (passes), expert 0%; with one slope per file (ee2ffa93) the same. The assertions
-# stand and run on every build; until a classifier passes them they are reported as expected failures (an XPASS in the
-# output says one now does). The exact version cannot be named here: a retrain on another machine may differ in its
-# last bits.
+# LENGTH_WEIGHT 0.5): trivial 0% (passes), expert 0%; with one slope per file (ee2ffa93) the same. The trivial half
+# has passed with every length-leaning classifier since, as the README says it does, so it is an ordinary test: a
+# classifier or policy that sends cheap prompts to premium fails it. The expert half stands and runs on every build;
+# until a classifier passes it, it is reported as an expected failure (an XPASS in the output says one now does). The
+# exact version cannot be named here: a retrain on another machine may differ in its last bits.
 KNOWN_SHORT = pytest.mark.xfail(
     reason="the shipped classifier cannot tell these prompts apart; the policy cannot make up for it", strict=False
 )
@@ -118,7 +119,6 @@ def test_the_behaviour_set_spans_trivial_to_expert() -> None:
     assert {label: labels.count(label) for label in set(labels)} == {"trivial": 16, "moderate": 16, "expert": 16}
 
 
-@KNOWN_SHORT
 async def test_trivial_prompts_stay_off_the_premium_tier(premium_rates: dict[str, float]) -> None:
     assert premium_rates["trivial"] <= 0.05
 
