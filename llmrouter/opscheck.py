@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import urllib3
 from kubernetes import client, config
 from kubernetes.client import (
     V1ConfigMap,
@@ -176,14 +177,25 @@ def grpc_health(deployment: V1Deployment, namespace: str, context: str | None) -
         forward.wait(timeout=10)
 
 
+def api_problem(exc: Exception) -> str:
+    """One line: no kubeconfig, no cluster answering, or the API's refusal (its status, not its headers and body)."""
+    if isinstance(exc, client.ApiException):
+        return f"HTTP {exc.status} {exc.reason}"
+    return " ".join(str(exc).split())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m llmrouter.opscheck", description=__doc__.split("\n\n")[0])
     parser.add_argument("--namespace", required=True)
     parser.add_argument("--release", default="llm-cost-router", help="the Helm release name")
     parser.add_argument("--context", default=None, help="kubeconfig context (default: the current one)")
     args = parser.parse_args(argv)
-    config.load_kube_config(context=args.context)
-    objects = fetch(args.namespace, args.release)
+    try:
+        config.load_kube_config(context=args.context)
+        objects = fetch(args.namespace, args.release)
+    except (config.ConfigException, client.ApiException, urllib3.exceptions.HTTPError) as exc:
+        print(f"opscheck: cannot read the release from the Kubernetes API: {api_problem(exc)}", file=sys.stderr)
+        return 1
     findings = evaluate(objects)
     findings += [
         grpc_health(d, args.namespace, args.context) for d in objects.deployments if component(d) in GRPC_SERVICES

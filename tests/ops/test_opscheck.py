@@ -3,6 +3,12 @@ kubernetes client's own models (as the API returns them). A live release is chec
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import yaml
 from kubernetes.client import (
@@ -30,6 +36,8 @@ from kubernetes.client import (
 
 from llmrouter import opscheck
 from llmrouter.registry import DEFAULT_REGISTRY
+
+ROOT = Path(__file__).resolve().parents[2]
 
 SERVICES = opscheck.SERVICES
 
@@ -140,3 +148,42 @@ def test_an_invalid_registry_configmap_fails() -> None:
 def test_health_port_is_the_probe_port() -> None:
     assert opscheck.health_port(deployment("router")) == 50060
     assert opscheck.health_port(deployment("edge")) is None
+
+
+def run_opscheck(kubeconfig: Path) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "llmrouter.opscheck", "--namespace", "llm", "--release", "llm"]
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_no_kubeconfig_is_one_line_and_status_1(tmp_path: Path) -> None:
+    """Run where no cluster is configured, it printed kubernetes' ConfigException traceback."""
+    done = run_opscheck(tmp_path / "absent")
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr.startswith("opscheck: cannot read the release from the Kubernetes API: ")
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+
+
+def test_a_cluster_out_of_reach_is_one_line_and_status_1(tmp_path: Path) -> None:
+    with socket.socket() as held:  # bound, never listening: connections to it are refused
+        held.bind(("127.0.0.1", 0))
+        port = held.getsockname()[1]
+        kubeconfig = tmp_path / "config"
+        kubeconfig.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+                    "users": [{"name": "u", "user": {"token": "t"}}],
+                    "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                    "current-context": "x",
+                }
+            )
+        )
+        done = run_opscheck(kubeconfig)
+    assert done.returncode == 1
+    assert done.stderr.startswith("opscheck: cannot read the release from the Kubernetes API: ")
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    assert "Traceback" not in done.stderr
