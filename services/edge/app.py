@@ -300,6 +300,8 @@ class Edge:
             return ANONYMOUS_TENANT, ""
         auth = credentials[0] if credentials else ""
         key = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+        if not key:  # said apart, as OpenAI does: a client that never sent its key is told so, not that it is wrong
+            raise ApiError(401, "no API key: send it as 'Authorization: Bearer <key>'", code="invalid_api_key")
         tenant = self.keys.tenant_for(key)
         if tenant is None:
             raise ApiError(401, "invalid API key", code="invalid_api_key")
