@@ -34,8 +34,8 @@ provider underprices it. A collect in the last `give_up_s` of the lines' holds g
 not ended (or whose model lost its batch price while a line still pending has no admitted prices recorded: with
 them, the collect goes ahead at those): the lines still pending are charged their hold and reported ended, so the
 caller's batch ends too. So it does on one that cannot be read, but only once no try can read it: a poll failing for a
-reason that may pass is tried again until the lines' holds end (poll_retries), a caller whose deadline comes first
-(or whose router stops) told to collect again, nothing charged. A line whose batch is never collected is charged
+reason that may pass is tried again until the lines' holds end or the caller's deadline comes (poll_retries), a
+caller whose router stops told to collect again, nothing charged. A line whose batch is never collected is charged
 its hold by the reconciler when its hold lapses. A collect charges a line only while its pending charge is open: one
 the reconciler (or another collect) settled after the collect read it is never charged twice, whether or not its
 charged marker has expired."""
@@ -439,8 +439,9 @@ class Deferred:
         self, model: str, batch_id: str, part: list[str], last_moment: float | None, context: Any
     ) -> provider_pb2.PollBatchResponse:
         """The provider batch's state and the part's results. Near its lines' window's end (`last_moment`: the
-        earliest end of their holds), a passing failure is tried again until then (poll_retries); a poll no try read
-        by then, or one that failed as no try will pass, answers 'unreadable' (not ended: the lines are given up on).
+        earliest end of their holds), a passing failure is tried again until then, or the caller's deadline
+        (poll_retries); a poll no try read by then, or one that failed as no try will pass, answers 'unreadable' (not
+        ended: the lines are given up on).
         Any other failure is raised, for the caller to collect again."""
         asked = provider_pb2.PollBatchRequest(model=model, batch_id=batch_id, request_ids=part, partial=True)
 

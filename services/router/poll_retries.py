@@ -6,9 +6,10 @@ batch had ended. So a passing failure (PASSING) is tried again, after a wait dou
 MOST_WAIT_S, never shorter than the delay its RetryInfo asks (the providers' OVERLOADED), for as long as the next try
 starts before the lines' holds end (the real last moment: the reconciler then charges each its hold) and leaves
 LEAST_TRY_S of the caller's deadline (less REPLY_MARGIN_S, so the reply and the charges it tells reach the caller).
-Past the last moment the lines are given up on; past the caller's time first (or once the router stops), the failure
-is the caller's, who collects again, nothing charged. Any other failure (the poll refused as invalid, a model with no
-Batch API here) no try will pass: given up on at once."""
+Past the last moment, or past the caller's time first, the lines are given up on (the caller's next collect may come
+after the reconciler charged them, when no collect gives up on them any more); once the router stops, the failure is
+the caller's, who collects again (from another router), nothing charged. Any other failure (the poll refused as
+invalid, a model with no Batch API here) no try will pass: given up on at once."""
 
 from __future__ import annotations
 
@@ -71,8 +72,8 @@ async def through_passing_failures(
     poll: Callable[[float], Awaitable[T]], tries: Tries, wait: Callable[[float], Awaitable[bool]]
 ) -> T | None:
     """`poll(timeout_s)`'s reply, tried again through passing failures; None when no try may pass before the last
-    moment (the lines are given up on). Raises the last failure (grpc.RpcError) when the caller's time ends first,
-    or when `wait(seconds)` says the wait was cut short (the router stops)."""
+    moment or within the caller's time (the lines are given up on). Raises the last failure (grpc.RpcError) when
+    `wait(seconds)` says the wait was cut short (the router stops)."""
     failures = 0
     while True:
         try:
@@ -86,8 +87,11 @@ async def through_passing_failures(
             next_try = money_now() + pause_s
             if next_try >= tries.last_moment:
                 return None
+            # The caller's time ends first: given up on now all the same. This collect may be the caller's last before
+            # the holds end; once the reconciler has charged them no line is pending, and a poll failing for good (a
+            # batch the provider no longer knows, told UNAVAILABLE) would fail every collect after, the batch unended.
             if tries.caller_end is not None and next_try + LEAST_TRY_S > tries.caller_end:
-                raise
+                return None
             log.warning(
                 "provider batch not read near its lines' holds' end; trying again",
                 extra={"code": error.code.name, "reason": error.reason, "failures": failures, "wait_s": pause_s},

@@ -2,11 +2,11 @@
 failure of its poll: one OVERLOADED from the providers, one provider's 503, one poll past its deadline, and every line
 was charged its hold, its answer unread though the provider batch had ended. A passing failure is now tried again,
 after a bounded wait (at least the delay its RetryInfo asks), until the lines' holds end; only then are the lines
-charged their hold. One that outlasts the caller's deadline first fails the collect, nothing charged, for the caller
-to collect again. A line is charged once, its answer's cost or its hold, also when the reconciler charges its hold while
-its poll is under way. The router's servicer over Redis; a real providers gRPC server (behind its own interceptors
-where it refuses OVERLOADED at its limit of calls in flight); the money's clock held by the test, the collect's waits
-moving it instead of taking time."""
+charged their hold; so too when the caller's deadline comes first: its next collect could come after the reconciler
+charged the holds, and a batch unreadable for good would never end. A line is charged once, its answer's cost or its
+hold, also when the reconciler charges its hold while its poll is under way. The router's servicer over Redis; a
+real providers gRPC server (behind its own interceptors where it refuses OVERLOADED at its limit of calls in flight);
+the money's clock held by the test, the collect's waits moving it instead of taking time."""
 
 from __future__ import annotations
 
@@ -165,27 +165,26 @@ async def test_failures_lasting_to_the_holds_end_charge_the_hold_once(
     assert all(at < until for at in provider.polled_at) and until - provider.polled_at[-1] <= 30.0
 
 
-async def test_failures_outlasting_the_callers_deadline_charge_nothing_before_the_holds_end(
+async def test_failures_outlasting_the_callers_deadline_give_the_batch_up_within_it(
     redis_store: RedisStore, tmp_path: Path, clock: WaitingClock
 ) -> None:
-    """The caller's deadline (60 s) comes before the hold's end (200 s): the collect fails for it to try again, rather
-    than give up; collected again once the provider answers, the line is charged its answer."""
-    provider = FailingFirst(*[cut(grpc.StatusCode.UNAVAILABLE, "Connection refused")] * 6)
+    """The caller's deadline (60 s) comes before the hold's end (200 s): the collect tries again within the caller's
+    time, each try given no more than it leaves, then gives the batch up, its line charged its hold once, and its
+    reply reaches the caller before its deadline (less 10 s for the reply)."""
+    provider = FailingFirst(*[cut(grpc.StatusCode.UNAVAILABLE, "Connection refused")] * 100)
     async with router_servicer(tmp_path, redis_store, provider, REGISTRY, provider_batch_hold_s=HOLD_S) as router:
         await sent_line(router, redis_store, clock, 200.0)
+        held = (await redis_store.pending_charge(ACCOUNT, "line-1")).hold_pico  # type: ignore[union-attr]
         started = clock.at
-        with acting_as(TENANT_CALLER), pytest.raises(ServiceError) as failed:
-            await router.CollectBatch(COLLECT, Deadline(60.0))
-        assert failed.value.code == grpc.StatusCode.UNAVAILABLE
-        assert clock.at - started < 60.0 and len(provider.polled_at) > 1  # tried again within the caller's time
-        # Each try given no more than the caller's time leaves, less 10 s for the reply: 50 s, then less as it runs
-        # (as gRPC sends a deadline: rounded up, to within a second here).
-        assert max(provider.given_s) <= 51.0 and provider.given_s[-1] < provider.given_s[0] - 20.0
-        assert await spent(redis_store) == 0 and await redis_store.pending_charge(ACCOUNT, "line-1") is not None
-        provider.failures.clear()
         with acting_as(TENANT_CALLER):
-            (line,) = (await router.CollectBatch(COLLECT, Deadline(60.0))).lines
-    assert line.succeeded and await spent(redis_store) == batch_cost("strong")
+            reply = await router.CollectBatch(COLLECT, Deadline(60.0))
+    (line,) = reply.lines
+    assert (reply.ended, line.error) == (True, f"{GAVE_UP} (request id line-1)"), reply
+    assert clock.at - started < 50.0 and len(provider.polled_at) > 1  # tried again within the caller's time
+    # Each try given no more than the caller's time leaves, less 10 s for the reply: 50 s, then less as it runs
+    # (as gRPC sends a deadline: rounded up, to within a second here).
+    assert max(provider.given_s) <= 51.0 and provider.given_s[-1] < provider.given_s[0] - 20.0
+    assert Decimal(line.charged_usd) == Decimal(held) / PICO and await spent(redis_store) == held
 
 
 async def test_a_collect_whose_poll_outlasts_the_hold_is_charged_once(
@@ -341,3 +340,34 @@ async def test_the_providers_refusing_overloaded_at_their_limit_are_waited_out(
             (line,) = (await router.CollectBatch(COLLECT, NoDeadline())).lines
     assert line.succeeded and await spent(redis_store) == batch_cost("strong"), line
     assert clock.waits == [1.0]
+
+
+async def test_a_batch_unreadable_for_good_ends_though_the_callers_deadline_comes_first(
+    redis_store: RedisStore, tmp_path: Path, clock: WaitingClock
+) -> None:
+    """A poll that fails for good as a passing failure (the provider no longer knows the batch: 404, told UNAVAILABLE)
+    in the caller's last collect before the holds end, its deadline coming first: the lines are given up on then,
+    charged their hold once, and the batch ends. Failed for the caller to collect again, its next collect could come
+    after the reconciler charged the holds, no line pending any more, and fail with the same poll again and again."""
+    unknown = ServiceError(grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE", "the provider batch could not be read")
+    provider = FailingFirst(*[unknown] * 1000)
+    async with router_servicer(tmp_path, redis_store, provider, REGISTRY, provider_batch_hold_s=HOLD_S) as router:
+        until = await sent_line(router, redis_store, clock, 200.0)
+        held = (await redis_store.pending_charge(ACCOUNT, "line-1")).hold_pico  # type: ignore[union-attr]
+        replies = []
+        for _ in range(3):  # each collect 60 s from its caller's deadline; the next one after the hold's end
+            with acting_as(TENANT_CALLER):
+                try:
+                    replies.append(await router.CollectBatch(COLLECT, Deadline(60.0)))
+                except ServiceError as failed:
+                    assert failed.code == grpc.StatusCode.UNAVAILABLE
+            if replies:
+                break
+            clock.at = max(clock.at, until) + 1.0
+            await redis_store.reconcile("another-router", 0.001, 3600)
+    assert replies, "the batch never ended"
+    (line,) = replies[0].lines
+    assert (replies[0].ended, line.error) == (True, f"{GAVE_UP} (request id line-1)"), replies[0]
+    assert Decimal(line.charged_usd) == Decimal(held) / PICO
+    assert await spent(redis_store) == held
+    assert all(at < until for at in provider.polled_at)
