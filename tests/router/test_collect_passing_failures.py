@@ -371,3 +371,60 @@ async def test_a_batch_unreadable_for_good_ends_though_the_callers_deadline_come
     assert Decimal(line.charged_usd) == Decimal(held) / PICO
     assert await spent(redis_store) == held
     assert all(at < until for at in provider.polled_at)
+
+
+async def test_a_poll_shed_unhandled_is_tried_again(
+    redis_store: RedisStore, tmp_path: Path, clock: WaitingClock
+) -> None:
+    """A poll the providers' gRPC server dropped before any handler ran (CANCELLED, no ErrorInfo) set off nothing:
+    tried again, its answer is read and charged, the line not given up on at its hold."""
+    provider = FailingFirst(cut(grpc.StatusCode.CANCELLED, "Cancelled"))
+    async with router_servicer(tmp_path, redis_store, provider, REGISTRY, provider_batch_hold_s=HOLD_S) as router:
+        await sent_line(router, redis_store, clock, 100.0)
+        with acting_as(TENANT_CALLER):
+            (line,) = (await router.CollectBatch(COLLECT, NoDeadline())).lines
+    assert line.succeeded and await spent(redis_store) == batch_cost("strong"), line
+    assert clock.waits == [1.0]
+
+
+async def test_a_caller_with_little_time_left_still_gives_its_poll_the_least_try(
+    redis_store: RedisStore, tmp_path: Path, clock: WaitingClock
+) -> None:
+    """A caller whose deadline leaves 2 s past the 10 s for the reply: its poll is given LEAST_TRY_S (5 s), not a
+    deadline that passes before the providers can answer."""
+    provider = FailingFirst()
+    async with router_servicer(tmp_path, redis_store, provider, REGISTRY, provider_batch_hold_s=HOLD_S) as router:
+        await sent_line(router, redis_store, clock, 100.0)
+        with acting_as(TENANT_CALLER):
+            (line,) = (await router.CollectBatch(COLLECT, Deadline(12.0))).lines
+    assert line.succeeded and await spent(redis_store) == batch_cost("strong"), line
+    assert 4.0 < provider.given_s[0] <= 6.0  # as gRPC sends a deadline: rounded up
+
+
+async def test_tries_end_before_the_earliest_of_the_lines_holds_ends(
+    redis_store: RedisStore, tmp_path: Path, clock: WaitingClock
+) -> None:
+    """Two lines of one provider batch, the first's hold ending 150 s before the second's: failures tried again stop
+    before the first's ends (the reconciler charges it then, unseen by the collect), and both are given up on, each
+    charged its hold once."""
+    provider = FailingFirst(*[cut(grpc.StatusCode.UNAVAILABLE, "Connection refused")] * 100)
+    second = router_pb2.CompleteRequest()
+    second.CopyFrom(LINE)
+    second.request_id = "line-2"
+    async with router_servicer(tmp_path, redis_store, provider, REGISTRY, provider_batch_hold_s=HOLD_S) as router:
+        until = await sent_line(router, redis_store, clock, 100.0)
+        clock.at = until - HOLD_S + 150.0  # the second line admitted 150 s after the first
+        with acting_as(TENANT_CALLER):
+            (sent,) = (await router.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[second]), NoDeadline())).lines
+        assert sent.provider_batch_id == "pbatch-1"
+        clock.at = until - 100.0
+        both = router_pb2.CollectBatchRequest(
+            model="strong", provider_batch_id="pbatch-1", request_ids=["line-1", "line-2"]
+        )
+        with acting_as(TENANT_CALLER):
+            reply = await router.CollectBatch(both, NoDeadline())
+    assert reply.ended and [line.error for line in reply.lines] == [
+        f"{GAVE_UP} (request id {i})" for i in ("line-1", "line-2")
+    ]
+    assert len(provider.polled_at) > 2 and all(at < until for at in provider.polled_at)
+    assert await redis_store.pending_charge(ACCOUNT, "line-2") is None
