@@ -1,15 +1,15 @@
 """A provider batch's poll in the last moments of its lines' holds, tried again through passing failures.
 
-Given up at its first failure there (deferred.py, Deferred.give_up_s), a one-off overload of the providers, a
-provider's 503 or one poll past its deadline had every line charged its hold, its answer unread though the provider
-batch had ended. So a passing failure (PASSING) is tried again, after a wait doubling from FIRST_WAIT_S up to
-MOST_WAIT_S, never shorter than the delay its RetryInfo asks (the providers' OVERLOADED), for as long as the next try
-starts before the lines' holds end (the real last moment: the reconciler then charges each its hold) and leaves
-LEAST_TRY_S of the caller's deadline (less REPLY_MARGIN_S, so the reply and the charges it tells reach the caller).
-Past the last moment, or past the caller's time first, the lines are given up on (the caller's next collect may come
-after the reconciler charged them, when no collect gives up on them any more); once the router stops, the failure is
-the caller's, who collects again (from another router), nothing charged. Any other failure (the poll refused as
-invalid, a model with no Batch API here) no try will pass: given up on at once."""
+Given up at its first failure there (deferred.py, Deferred.give_up_s), a one-off overload of the providers, a provider's
+503 or one poll past its deadline had every line charged its hold, its answer unread though the provider batch had
+ended. So a passing failure (PASSING) is tried again, after a wait doubling from FIRST_WAIT_S, at least the delay its
+RetryInfo asks (the providers' OVERLOADED), at most MOST_WAIT_S (a longer delay asked would pass the holds' end unread),
+for as long as the next try starts before the lines' holds end (the real last moment: the reconciler then charges each
+its hold) and leaves LEAST_TRY_S of the caller's deadline (less REPLY_MARGIN_S, so the reply and the charges it tells
+reach the caller). Past the last moment, or past the caller's time first, the lines are given up on (the caller's next
+collect may come after the reconciler charged them, when no collect gives up on them any more); once the router stops,
+the failure is the caller's, who collects again (from another router), nothing charged. Any other failure (the poll
+refused as invalid, a model with no Batch API here) no try will pass: given up on at once."""
 
 from __future__ import annotations
 

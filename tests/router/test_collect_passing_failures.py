@@ -428,3 +428,17 @@ async def test_tries_end_before_the_earliest_of_the_lines_holds_ends(
     ]
     assert len(provider.polled_at) > 2 and all(at < until for at in provider.polled_at)
     assert await redis_store.pending_charge(ACCOUNT, "line-2") is None
+
+
+async def test_a_retry_delay_past_the_longest_wait_is_waited_at_most_that(
+    redis_store: RedisStore, tmp_path: Path, clock: WaitingClock
+) -> None:
+    """A RetryInfo asking 600 s, past the hold's end: the collect waits MOST_WAIT_S (30 s) and reads the answer, not
+    giving up on a line it could still read."""
+    provider = FailingFirst(overloaded("providers", 600))
+    async with router_servicer(tmp_path, redis_store, provider, REGISTRY, provider_batch_hold_s=HOLD_S) as router:
+        await sent_line(router, redis_store, clock, 100.0)
+        with acting_as(TENANT_CALLER):
+            (line,) = (await router.CollectBatch(COLLECT, NoDeadline())).lines
+    assert line.succeeded and await spent(redis_store) == batch_cost("strong"), line
+    assert clock.waits == [30.0]
