@@ -394,7 +394,8 @@ class LedgerDB:
         the entries kept whole in ledger_rejected that were rejected before then (by when they were rejected: an
         unreadable record has no time of its own; the sink rejects an entry as it reads it, so within moments of its
         charge); returns how many of both. Same retention for both: a rejected
-        entry is a charge as a row is, no more to be kept, and left alone it would grow the table forever."""
+        entry is a charge as a row is, no more to be kept, and left alone it would grow the table forever; but a
+        rejected give-back stays while its charge has a row (_delete_rejected)."""
         return await asyncio.to_thread(self._trim, before)
 
     async def build_indexes(self) -> None:
@@ -721,7 +722,7 @@ class LedgerDB:
                     # Rejected entries as old as the rows deleted; every one once no row is left to delete.
                     cutoff = oldest[-1][1] if oldest else time.time()
                     gone = len(oldest)
-                    gone += conn.execute("DELETE FROM ledger_rejected WHERE rejected_at < ?", (cutoff,)).rowcount
+                    gone += self._delete_rejected(conn, cutoff)
                     conn.commit()
                 except BaseException:
                     conn.rollback()
@@ -779,13 +780,36 @@ class LedgerDB:
             try:
                 sql = f"DELETE FROM requests WHERE ts < {self._mark} AND {NOT_NEWEST}"
                 deleted = conn.execute(sql, (before,)).rowcount
-                sql = f"DELETE FROM ledger_rejected WHERE rejected_at < {self._mark}"
-                deleted += conn.execute(sql, (before,)).rowcount
+                deleted += self._delete_rejected(conn, before)
                 conn.commit()
             except BaseException:
                 conn.rollback()
                 raise
         return int(deleted)
+
+    def _delete_rejected(self, conn: Any, before: float) -> int:
+        """Delete the entries kept in ledger_rejected rejected before `before`, but a give-back whose charge still has
+        a row (the account's newest outlives the retention, NOT_NEWEST): without it, ledger-spend would read that
+        charge as spent in full, and --repair take the give-back back from the tenant. Within the caller's
+        transaction; returns how many."""
+        mark = self._mark
+        old = conn.execute(f"SELECT ledger_entry, record FROM ledger_rejected WHERE rejected_at < {mark}", (before,))
+        charged = f"SELECT 1 FROM requests WHERE tenant = {mark} AND request_id = {mark} AND cost_pico > 0"
+        deleted = 0
+        for entry, text in old.fetchall():
+            give_back = _give_back_of(str(text), str(entry))
+            if give_back is None or not conn.execute(charged, give_back).fetchone():
+                deleted += conn.execute(f"DELETE FROM ledger_rejected WHERE ledger_entry = {mark}", (entry,)).rowcount
+        return int(deleted)
+
+
+def _give_back_of(text: str, entry: str) -> tuple[str, str] | None:
+    """The (tenant, request id) of a rejected entry that reads as a give-back (a negative cost); None for any other."""
+    try:
+        row = Row(row_from_record(json.loads(text), entry))
+    except (KeyError, TypeError, ValueError, ArithmeticError, AttributeError):
+        return None
+    return (row.get("tenant"), row.get("request_id")) if row.get("cost_pico") < 0 else None
 
 
 def _private_sqlite(path: Path) -> None:

@@ -10,6 +10,7 @@ PostgreSQL (a throwaway database) refusing the give-back's row by a CHECK constr
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -223,3 +224,26 @@ async def test_a_rejected_entry_of_another_period_holds_back_no_repair(
         f"behind the ledger: {tenant} counts {HOLD - 100} pico-USD, the SQL ledger {HOLD} (100 lacking): raised"
     ]
     assert await store.spent(ACME, DAY) == (HOLD, HOLD)
+
+
+async def test_the_sql_retention_keeps_a_rejected_give_back_while_its_charge_has_its_row(
+    ledger: Ledger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The retention by age deletes old rows but each account's newest, and old ledger_rejected entries: it deleted
+    the rejected give-back while the charge it corrects stayed (acme's newest row), so the SQL ledger read that charge
+    as spent in full, and --repair took the give-back back from acme."""
+    store, db = ledger.store, ledger.db
+    await given_back_and_rejected(ledger, 250)
+    later = time.time() + 60  # every row and rejected entry is older
+    assert await db.trim(later) == 0, "the charge is acme's newest row, and the give-back corrects it"
+    assert len(await db.rows()) == 1 and len(await db.rejected()) == 1
+    capsys.readouterr()
+
+    assert await ledger.check(repair=True) == 0
+    assert capsys.readouterr().err == ""
+    assert await store.spent(ACME, DAY) == (250, 250), "--repair took the give-back back"
+
+    await reconciled(store, ACME, "r2")  # a newer row: the old charge and its give-back age out together
+    await ledger.copy()
+    assert await db.trim(later) == 2
+    assert len(await db.rows()) == 1 and await db.rejected() == []
