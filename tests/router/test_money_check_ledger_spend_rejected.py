@@ -247,3 +247,47 @@ async def test_the_sql_retention_keeps_a_rejected_give_back_while_its_charge_has
     await ledger.copy()
     assert await db.trim(later) == 2
     assert len(await db.rows()) == 1 and await db.rejected() == []
+
+
+async def test_an_unreadable_entry_of_a_tenant_holds_back_its_keys_known_only_from_rejected_charges(
+    ledger: Ledger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Acme's only charge is kept whole in ledger_rejected (the database refused it), and an entry naming acme but no
+    key reads as no charge: it may have lowered any of acme's key counters, the one of that rejected charge too."""
+    store, db = ledger.store, ledger.db
+    with db._connected() as conn:
+        conn.execute("ALTER TABLE requests ADD CONSTRAINT no_charges CHECK (cost_pico <= 0)")
+        conn.commit()
+    await reconciled(store, ACME, "r1")
+    await ledger.copy()
+    assert await db.rows() == [] and len(await db.rejected()) == 1
+    key = AccountKeys.of(ACME).spend(DAY)[1]
+    await lose(store, key, 100)
+    entry = f"{ledger_key(shard_of(ACME.tenant))} 1-1"
+    record = json.dumps({"tenant": ACME.tenant, "period": DAY, "cost_usd": "a lot"})
+    await db.reject([Rejected(entry, record, "no charge")])
+    capsys.readouterr()
+
+    assert await ledger.check(repair=True) == 1
+    assert capsys.readouterr().err.splitlines()[1:] == [
+        f"behind the ledger: {key} counts {HOLD - 100} pico-USD, the SQL ledger {HOLD} (100 lacking): not raised, entry"
+        f" {entry!r} cannot be judged"
+    ]
+    assert await store.spent(ACME, DAY) == (HOLD, HOLD - 100), "a counter raised that the check cannot judge"
+
+
+async def test_an_entry_it_cannot_judge_fails_the_check_with_no_counter_behind(
+    ledger: Ledger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An entry that reads as no charge may be a charge the SQL ledger lacks, hiding a loss: the check cannot say all
+    is well, and exits 1 (as deploy/README.md says) though no counter is behind."""
+    await reconciled(ledger.store, ACME, "r1")
+    await ledger.copy()
+    entry = f"{ledger_key(shard_of(ACME.tenant))} 1-1"
+    await ledger.db.reject([Rejected(entry, json.dumps("{not json"), "unreadable record")])
+    capsys.readouterr()
+
+    assert await ledger.check(repair=True) == 1
+    reported = capsys.readouterr()
+    assert reported.err.startswith(f"cannot judge: ledger_rejected keeps entry {entry!r}")
+    assert "0 counter(s) behind the SQL ledger" in reported.out
