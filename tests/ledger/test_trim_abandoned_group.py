@@ -126,3 +126,25 @@ async def test_abandon_group_names_the_sinks_group_only(redis_url: str, tmp_path
     done = await run_trim(redis_url, tmp_path / "ledger.jsonl", "--abandon-group", "another-reader")
     assert done.returncode == 2
     assert f"--abandon-group names the SQL sink's group, {GROUP}" in done.stderr
+
+
+async def test_abandon_group_leaves_a_group_one_of_whose_consumers_reads_beside_a_dead_one(
+    client: Any, tmp_path: Path
+) -> None:
+    """A dead sink's consumer idle past the bound does not make the group abandoned while a live sink's one reads: the
+    consumer that read last decides."""
+    out = tmp_path / "ledger.jsonl"
+    idle_ms = 1500
+    await add(client, SHARD, "old-read", f"{OLD_MS}-0")
+    assert await RedisSource(client, "dead-sink", streams=[ledger_key(SHARD)]).read(0)
+    deadline = time.monotonic() + 30
+    while (await client.xinfo_consumers(ledger_key(SHARD), GROUP))[0]["idle"] < idle_ms:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    await RedisSource(client, "live-sink", streams=[ledger_key(SHARD)]).read(0)
+
+    trimmed = await ledger.trim(client, out, retention_days=7, abandon_idle_s=idle_ms / 1000)
+    assert (trimmed.deleted, trimmed.abandoned) == (0, [])
+    assert list(trimmed.kept_back) == [SHARD]
+    assert await request_ids(client, SHARD) == ["old-read"]
+    assert [group["name"] for group in await client.xinfo_groups(ledger_key(SHARD))] == [GROUP.encode()]
