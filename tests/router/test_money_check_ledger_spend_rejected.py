@@ -20,6 +20,7 @@ from services.ledger.db import LedgerDB, Rejected, RejectedCharges
 from services.router import ledger as retention
 from services.router.store import AccountKeys, RedisStore, ledger_key
 from services.router.store.keys import shard_of
+from services.router.store.model import period_id
 from tests.ledger.conftest import fresh_postgres
 from tests.router.test_money_check_ledger_spend_given_back import ACME, DAY, HOLD, OTHER, Ledger, lose, reconciled
 from tests.router.test_money_check_ledger_spend_trimmed import EVERY_ENTRY_DAYS
@@ -291,3 +292,47 @@ async def test_an_entry_it_cannot_judge_fails_the_check_with_no_counter_behind(
     reported = capsys.readouterr()
     assert reported.err.startswith(f"cannot judge: ledger_rejected keeps entry {entry!r}")
     assert "0 counter(s) behind the SQL ledger" in reported.out
+
+
+async def test_a_rejected_charge_of_the_period_before_counts_in_none_of_this_ones(
+    ledger: Ledger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A charge of yesterday refused by the database is within the day check's look-back, not in today's counters:
+    counted in today's sums, --repair charged it to acme again."""
+    store = ledger.store
+    await reconciled(store, ACME, "r1")
+    ((_, fields),) = await store.redis.xrange(ledger_key(shard_of(ACME.tenant)))
+    await ledger.copy()
+    record = json.loads(fields[b"record"])
+    yesterday = float(record["ts"]) - 86400
+    record.update(request_id="r0", ts=yesterday, period=period_id("day", yesterday))
+    entry = f"{ledger_key(shard_of(ACME.tenant))} {int(yesterday * 1000)}-0"
+    await ledger.db.reject([Rejected(entry, json.dumps(record), "refused by the database: a constraint")])
+    capsys.readouterr()
+
+    assert await ledger.check(repair=True) == 0
+    reported = capsys.readouterr()
+    assert reported.err == ""
+    assert "0 counter(s) behind the SQL ledger" in reported.out
+    assert await store.spent(ACME, DAY) == (HOLD, HOLD)
+
+
+async def test_an_unreadable_entry_naming_its_period_as_a_number_holds_back_the_repair(
+    ledger: Ledger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A period that is no text is no other period's: the entry may be this one's, and its tenant's repair waits."""
+    store = ledger.store
+    await reconciled(store, ACME, "r1")
+    await ledger.copy()
+    tenant = AccountKeys.of(ACME).spend(DAY)[0]
+    await lose(store, tenant, 100)
+    entry = f"{ledger_key(shard_of(ACME.tenant))} 1-1"
+    record = json.dumps({"tenant": ACME.tenant, "period": int(DAY), "cost_usd": "a lot"})
+    await ledger.db.reject([Rejected(entry, record, "no charge")])
+    capsys.readouterr()
+
+    assert await ledger.check(repair=True) == 1
+    assert (
+        capsys.readouterr().err.splitlines()[1].endswith(f"(100 lacking): not raised, entry {entry!r} cannot be judged")
+    )
+    assert await store.spent(ACME, DAY) == (HOLD - 100, HOLD)
