@@ -186,8 +186,10 @@ async def spend_shortfalls(
     since = None if look_back is None else money_now() - look_back
     # Before the SQL ledger is read: every entry before where the sink stood then is among the rows read.
     unacked_from = await store.ledger_unacked_from(sink_group or GROUP)
-    charges, copied_give_backs = await db.period_charges_and_give_backs(period, since)
+    # ledger_rejected before the rows: a retention between the two reads deletes a charge's row and its rejected
+    # give-back together, and only the charge read without its give-back would make a loss.
     rejected = await db.period_rejected(period, since)
+    charges, copied_give_backs = await db.period_charges_and_give_backs(period, since)
     sums = ledger_spend([*charges, *rejected.charges.values()], period)
     copied_give_backs |= rejected.charges.keys()
     counted: dict[str, int] = {}

@@ -28,9 +28,19 @@ from tests.router.test_money_check_ledger_spend_trimmed import EVERY_ENTRY_DAYS
 
 class HookedLedgerDB(LedgerDB):
     """A SQL ledger whose first read of ledger_rejected by the check runs `after_rejected` just after it, before any
-    stream is read."""
+    stream is read; and whose first read of the rows runs `after_rows` just after it."""
 
     after_rejected: Callable[[], Awaitable[None]] | None = None
+    after_rows: Callable[[], Awaitable[None]] | None = None
+
+    async def period_charges_and_give_backs(
+        self, period: str, since: float | None = None
+    ) -> tuple[list[tuple[str, str, int]], set[str]]:
+        found = await super().period_charges_and_give_backs(period, since)
+        hook, self.after_rows = self.after_rows, None
+        if hook:
+            await hook()
+        return found
 
     async def period_rejected(self, period: str, since: float | None = None) -> RejectedCharges:
         found = await super().period_rejected(period, since)
@@ -336,3 +346,25 @@ async def test_an_unreadable_entry_naming_its_period_as_a_number_holds_back_the_
         capsys.readouterr().err.splitlines()[1].endswith(f"(100 lacking): not raised, entry {entry!r} cannot be judged")
     )
     assert await store.spent(ACME, DAY) == (HOLD - 100, HOLD)
+
+
+async def test_a_retention_between_the_reads_of_the_rows_and_of_ledger_rejected_invents_no_loss(
+    ledger: Ledger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The retention deletes a charge's row (no longer acme's newest) and its rejected give-back in one transaction;
+    run after the check read the rows and before it read ledger_rejected, the sum held the charge without its
+    give-back, and --repair took the give-back back from acme."""
+    store, db = ledger.store, ledger.db
+    assert isinstance(db, HookedLedgerDB)
+    await given_back_and_rejected(ledger, 250)
+    await reconciled(store, ACME, "r2")
+    await ledger.copy()
+
+    async def retention() -> None:
+        assert await db.trim(time.time() + 60) == 2  # r1's row and its give-back: r2's row is acme's newest
+
+    db.after_rows = retention
+    capsys.readouterr()
+    assert await ledger.check(repair=True) == 0
+    assert capsys.readouterr().err == ""
+    assert await store.spent(ACME, DAY) == (250 + HOLD, 250 + HOLD), "--repair took the give-back back"
