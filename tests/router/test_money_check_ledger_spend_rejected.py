@@ -368,3 +368,26 @@ async def test_a_retention_between_the_reads_of_the_rows_and_of_ledger_rejected_
     assert await ledger.check(repair=True) == 0
     assert capsys.readouterr().err == ""
     assert await store.spent(ACME, DAY) == (250 + HOLD, 250 + HOLD), "--repair took the give-back back"
+
+
+async def test_an_unreadable_entry_rejected_before_the_look_back_holds_back_no_repair_of_the_day(
+    ledger: Ledger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An entry is rejected after its charge: one rejected three days ago moved no counter of today's, whatever its
+    record says, and holds back no repair of the day (else one such entry kept would hold every repair for good)."""
+    store, db = ledger.store, ledger.db
+    await reconciled(store, ACME, "r1")
+    await ledger.copy()
+    tenant = AccountKeys.of(ACME).spend(DAY)[0]
+    await lose(store, tenant, 100)
+    await db.reject([Rejected(f"{ledger_key(shard_of(ACME.tenant))} 1-1", json.dumps("{not json"), "unreadable")])
+    with db._connected() as conn:
+        conn.execute("UPDATE ledger_rejected SET rejected_at = %s", (time.time() - 3 * 86400,))
+        conn.commit()
+    capsys.readouterr()
+
+    assert await ledger.check(repair=True) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        f"behind the ledger: {tenant} counts {HOLD - 100} pico-USD, the SQL ledger {HOLD} (100 lacking): raised"
+    ]
+    assert await store.spent(ACME, DAY) == (HOLD, HOLD)
