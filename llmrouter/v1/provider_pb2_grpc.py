@@ -112,7 +112,9 @@ class ProviderServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PollBatch(self, request, context):
-        """The batch's status and, once it has ended, the result of every request it returned.
+        """The batch's status and, once it has ended, the result of every request it returned. Fails FAILED_PRECONDITION
+        with reason BATCH_UNREADABLE when no poll will read it (the provider no longer knows it, refuses the read as
+        invalid, or its results are too large); UNAVAILABLE with UPSTREAM_UNAVAILABLE when a later poll may.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -18,7 +18,7 @@ from llmrouter.v1 import common_pb2, provider_pb2
 from services.providers.accounting import decimal_str
 from services.providers.dispatch import MAX_LOGPROBS_BYTES, Dispatcher
 from services.providers.gateways.base import UpstreamError, UpstreamRequest, openai_finish_reason
-from services.providers.gateways.batch_client import LineResult, NotCreated, ProviderBatches
+from services.providers.gateways.batch_client import LineResult, NotCreated, ProviderBatches, unreadable
 
 log = logging.getLogger("llmrouter.providers")
 # The log-probabilities one poll's reply carries in all: its answers (a line of a result file may be 8 MiB, most of
@@ -31,6 +31,9 @@ POLL_REPLY_BYTES = MAX_MESSAGE_BYTES // 2
 # A batch id is a segment of the upstream URL it is read at (/batches/{id}): one with '/', '..', '?' or '#' would have
 # the provider's key read another path of its API. Providers' ids are plain tokens (batch_..., msgbatch_..., UUIDs).
 BATCH_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,255}")
+UNREADABLE = (
+    "the provider batch cannot be read: the provider no longer knows it, refuses its read, or its results are too large"
+)
 
 
 def batch_api(registry: Registry, model: ModelSpec, dispatcher: Dispatcher) -> tuple[ProviderBatches, ModelSpec]:
@@ -92,6 +95,8 @@ async def poll(
         state = await api.poll(batch_id, frozenset(request_ids))
     except UpstreamError as exc:
         log.warning("batch not read", extra={"batch": batch_id, "error": redact(exc.message)})
+        if unreadable(exc):  # no try will read it: the router gives its lines up near their window's end at once
+            raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION, "BATCH_UNREADABLE", UNREADABLE) from None
         raise ServiceError(
             grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE", "the provider batch could not be read"
         ) from None

@@ -28,6 +28,19 @@ log = logging.getLogger("llmrouter.providers")
 # A batch's files hold tens of thousands of answers, read as they stream (only the wanted lines are kept): this
 # bounds the time a read takes, not memory.
 MAX_FILE_BYTES = 64 * MAX_ANSWER_BYTES
+# A read of a batch refused so is refused again, whenever tried: the provider no longer knows the batch or its file
+# (404, 410), or refuses the read as invalid (400, 422). Any other failure may pass: 429, 5xx, a timeout, a connection
+# error, a 401 or 403 (a key the operator can fix).
+REFUSED_FOR_GOOD = frozenset({400, 404, 410, 422})
+
+
+class FileTooLarge(UpstreamError):
+    """A result file past MAX_FILE_BYTES: every read of it is."""
+
+
+def unreadable(exc: UpstreamError) -> bool:
+    """Whether a failed read of a batch fails again on every try."""
+    return isinstance(exc, FileTooLarge) or exc.status in REFUSED_FOR_GOOD
 
 
 class NotCreated(Exception):
@@ -132,7 +145,7 @@ class BatchClient:
                 async for raw in _file_lines(response.content):
                     read += len(raw or b"") + 1
                     if read > MAX_FILE_BYTES:
-                        raise UpstreamError("bad_response", f"batch file larger than {MAX_FILE_BYTES >> 20} MB")
+                        raise FileTooLarge("bad_response", f"batch file larger than {MAX_FILE_BYTES >> 20} MB")
                     result = _parsed(raw, parse)
                     if result is None or not wanted(result.custom_id):
                         continue
