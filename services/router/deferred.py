@@ -35,7 +35,10 @@ not ended (or whose model lost its batch price while a line still pending has no
 them, the collect goes ahead at those): the lines still pending are charged their hold and reported ended, so the
 caller's batch ends too. So it does on one that cannot be read, but only once no try can read it: a poll failing for a
 reason that may pass is tried again until the lines' holds end or the caller's deadline comes (poll_retries), a
-caller whose router stops told to collect again, nothing charged. A line whose batch is never collected is charged
+caller whose router stops told to collect again, nothing charged; one the providers say no try will read (the provider
+no longer knows the batch, refuses its read, or its results are too large: BATCH_UNREADABLE) is given up on at once.
+Before the window's end such a batch is told to its caller (FAILED_PRECONDITION BATCH_UNREADABLE), nothing charged:
+only a collect near the end settles its lines. A line whose batch is never collected is charged
 its hold by the reconciler when its hold lapses. A collect charges a line only while its pending charge is open: one
 the reconciler (or another collect) settled after the collect read it is never charged twice, whether or not its
 charged marker has expired."""
@@ -105,6 +108,10 @@ SEND_START_S = 60.0
 SENDING_S = SEND_START_S + PROVIDER_CALL_S + 60.0
 GIVE_UP_MAX_S = 600.0  # how early before its lines' holds end a provider batch is given up, at most
 UNREAD = "the provider batch could not be read: collect it again"
+UNREADABLE = (
+    "the provider batch cannot be read, nor will it be (the provider no longer knows it, refuses its read, or its "
+    "results are too large): collect it again near its lines' window's end, when each is charged its hold"
+)
 GAVE_UP = "the provider batch did not end within its window"
 UNRECORDED = (
     "no provider batch is recorded for request id {}: its batch's creation had an unknown outcome, or the store was "
@@ -770,13 +777,16 @@ def _of_another_batch(pending: Pending | None, request_id: str, batch_id: str) -
 
 
 def _unread(err: grpc.RpcError) -> ServiceError:
-    """A poll that failed, for the collect's caller to try again: the providers' own refusal as they gave it; a
-    provider's failure with its code and reason, in fixed words (not the provider's); a call that broke on the way (no
-    ErrorInfo) as UNAVAILABLE, without gRPC's text, which names the providers' address."""
+    """A poll that failed, for the collect's caller to try again: the providers' own refusal as they gave it; a batch
+    no poll will read (BATCH_UNREADABLE) told to be collected again near its lines' window's end; a provider's failure
+    with its code and reason, in fixed words (not the provider's); a call that broke on the way (no ErrorInfo) as
+    UNAVAILABLE, without gRPC's text, which names the providers' address."""
     error = ServiceError.from_rpc_error(err)
     if error.explained and error.metadata.get("field") == "batch_id":  # PollBatch's name for the caller's field
         said = error.message.replace("batch_id", "provider_batch_id", 1)
         return ServiceError(error.code, error.reason, said, {**error.metadata, "field": "provider_batch_id"})
+    if error.explained and error.reason == "BATCH_UNREADABLE":  # only the window's end settles its lines
+        return ServiceError(error.code, error.reason, UNREADABLE)
     if error.explained and error.reason not in UPSTREAM_REASONS:
         return error
     # A provider's failure (a providers service of the version before quoted its error body) told in fixed words.

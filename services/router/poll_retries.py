@@ -9,7 +9,8 @@ its hold) and leaves LEAST_TRY_S of the caller's deadline (less REPLY_MARGIN_S, 
 reach the caller). Past the last moment, or past the caller's time first, the lines are given up on (the caller's next
 collect may come after the reconciler charged them, when no collect gives up on them any more); once the router stops,
 the failure is the caller's, who collects again (from another router), nothing charged. Any other failure (the poll
-refused as invalid, a model with no Batch API here) no try will pass: given up on at once."""
+refused as invalid, a model with no Batch API here, a batch the providers call unreadable for good: BATCH_UNREADABLE,
+FAILED_PRECONDITION) no try will pass: given up on at once."""
 
 from __future__ import annotations
 
@@ -30,9 +31,9 @@ FIRST_WAIT_S = 1.0
 MOST_WAIT_S = 30.0
 REPLY_MARGIN_S = 10.0
 LEAST_TRY_S = 5.0
-# The providers or the provider out of reach or overloaded (a provider's failure to read a batch is UNAVAILABLE, the
-# providers' limit of calls in flight RESOURCE_EXHAUSTED OVERLOADED), or one poll past its deadline. A call shed by the
-# providers' gRPC server unhandled (CANCELLED) is one too (ServiceError.shed).
+# The providers or the provider out of reach or overloaded (a provider's passing failure to read a batch is
+# UNAVAILABLE, the providers' limit of calls in flight RESOURCE_EXHAUSTED OVERLOADED), or one poll past its deadline. A
+# call shed by the providers' gRPC server unhandled (CANCELLED) is one too (ServiceError.shed).
 PASSING = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED}
 )
@@ -88,8 +89,9 @@ async def through_passing_failures(
             if next_try >= tries.last_moment:
                 return None
             # The caller's time ends first: given up on now all the same. This collect may be the caller's last before
-            # the holds end; once the reconciler has charged them no line is pending, and a poll failing for good (a
-            # batch the provider no longer knows, told UNAVAILABLE) would fail every collect after, the batch unended.
+            # the holds end; once the reconciler has charged them no line is pending, and a poll failing for good but
+            # told UNAVAILABLE (by a providers service of the version before) would fail every collect after, the batch
+            # unended.
             if tries.caller_end is not None and next_try + LEAST_TRY_S > tries.caller_end:
                 return None
             log.warning(

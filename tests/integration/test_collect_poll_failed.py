@@ -1,6 +1,7 @@
 """Router.CollectBatch when the providers cannot read the provider batch (the provider refuses the id, or the
-providers service is out of reach): a status the caller can act on, UNAVAILABLE with the providers' own reason, or
-INVALID_ARGUMENT for an id no provider gives. The providers' gRPC error escaped the router's collect as it was, and
+providers service is out of reach): a status the caller can act on, UNAVAILABLE with the providers' own reason,
+FAILED_PRECONDITION BATCH_UNREADABLE for a batch the provider no longer knows, or INVALID_ARGUMENT for an id no provider
+gives. The providers' gRPC error escaped the router's collect as it was, and
 its caller got INTERNAL ('internal error in CollectBatch', a traceback in the router's log) on every try. A call that
 broke on the way carries no address of the deployment. Nothing is charged. The real router and providers on
 loopback, before the fake OpenAI Batch API."""
@@ -38,8 +39,8 @@ async def test_a_batch_the_providers_cannot_read_is_a_clear_status_not_internal(
     server = await start_router(stack)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.router_port}") as channel:
-            unknown = await refusal(channel, "batch_nobody_made")  # the provider answers 404
-            assert (unknown.code, unknown.reason) == (grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE")
+            unknown = await refusal(channel, "batch_nobody_made")  # the provider answers 404: no poll will read it
+            assert (unknown.code, unknown.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "BATCH_UNREADABLE")
             malformed = await refusal(channel, "../models")
             assert (malformed.code, malformed.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST")
             # Named as the caller sent it: CollectBatchRequest has no batch_id (PollBatch's name for it).
