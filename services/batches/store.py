@@ -17,8 +17,9 @@ same ids by when their hash expires (+inf while it does not: a running batch). E
 index whenever it is written, and the index itself expires with its last entry. A file is listed as well in the
 index of its purpose, `index:{<tenant>}:file:purpose:<purpose>` (the same ids and scores, those of one purpose, kept
 and expired with the file index), so that a listing of one purpose reads that index alone, not every file of the
-tenant. Every entry of the file index is in one purpose's index: when the purposes' hold fewer (an index written by an
-edge of an earlier version), a listing of one puts the others in theirs first. A deleted or vanished entry
+tenant. Every entry of the file index is in one purpose's index: when the purposes' hold another count, or a page of
+one an entry the file index no longer has (an index written by an edge of an earlier version, which drops entries past
+their deadline from the file index alone), a listing of one mends them first. A deleted or vanished entry
 stays a TOMBSTONE_S more, hidden, so that a listing that deletes as it pages (the SDK's next page starts `after`
 the last id it saw) goes on from there. A tenant's keys share a Redis Cluster hash slot (the braces), so one script
 updates them together."""
@@ -229,18 +230,19 @@ return 1
 """
 
 # KEYS: a tenant's index, then one group's index. ARGV: ids of that group. Each id still in the index joins the
-# group's, at its place; the group's index expires with the index.
+# group's, at its place, and one no longer in it leaves the group's; the group's index expires with the index.
 GROUP = """
 for _, id in ipairs(ARGV) do
   local score = redis.call('ZSCORE', KEYS[1], id)
-  if score then redis.call('ZADD', KEYS[2], 'NX', score, id) end
+  if score then redis.call('ZADD', KEYS[2], 'NX', score, id) else redis.call('ZREM', KEYS[2], id) end
 end
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl == -1 then redis.call('PERSIST', KEYS[2]) elseif ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
 return 1
 """
 
-# KEYS: a tenant's index, then its groups' indexes. How many of its entries are in none of them.
+# KEYS: a tenant's index, then its groups' indexes. How many of its entries are in none of them, less the groups'
+# entries no longer in it (0 when each entry is in one group, as every write of this version keeps them).
 UNGROUPED = """
 local ungrouped = redis.call('ZCARD', KEYS[1])
 for i = 2, #KEYS do ungrouped = ungrouped - redis.call('ZCARD', KEYS[i]) end
@@ -249,7 +251,8 @@ return ungrouped
 
 # KEYS: the index paged (a tenant's, or one of its groups'), then the tenant's index. ARGV: after ('' for the start),
 # count, 'desc' for newest first. False: no such `after`. An `after` outside the group stands where its score (and
-# id, between equal scores, as Redis orders them: bytewise) would in it.
+# id, between equal scores, as Redis orders them: bytewise) would in it. Else the page's ids, and 1 if it holds a
+# group's entry no longer in the tenant's index (one an earlier edge dropped from that index alone), 0 if not.
 PAGE = """
 local desc = ARGV[3] == 'desc'
 local function before(a, b)
@@ -279,8 +282,18 @@ if ARGV[1] ~= '' then
   end
 end
 local stop = start + tonumber(ARGV[2]) - 1
-if desc then return redis.call('ZREVRANGE', KEYS[1], start, stop) end
-return redis.call('ZRANGE', KEYS[1], start, stop)
+local ids
+if desc then
+  ids = redis.call('ZREVRANGE', KEYS[1], start, stop)
+else
+  ids = redis.call('ZRANGE', KEYS[1], start, stop)
+end
+if KEYS[1] ~= KEYS[2] then
+  for _, id in ipairs(ids) do
+    if not redis.call('ZSCORE', KEYS[2], id) then return {ids, 1} end
+  end
+end
+return {ids, 0}
 """
 
 
@@ -377,17 +390,27 @@ class RedisStore:
         if group is not None:
             groups = group_keys(tenant, kind)
             paged = groups[GROUPS[kind].index(group)]
-            if await self.redis.eval(UNGROUPED, 1 + len(groups), whole, *groups) > 0:
+            if await self.redis.eval(UNGROUPED, 1 + len(groups), whole, *groups) != 0:
                 await self._group(tenant, kind)
-        ids = await self.redis.eval(PAGE, 2, paged, whole, after or "", count, order)
-        return None if ids is None else [_text(i) for i in ids]
+        found = await self.redis.eval(PAGE, 2, paged, whole, after or "", count, order)
+        if found is not None and found[1]:
+            # Entries an earlier edge dropped from the index alone, which hid as many it listed in no group from the
+            # count: the groups are mended, and the page read again (a gone entry left in it is passed over).
+            await self._group(tenant, kind)
+            found = await self.redis.eval(PAGE, 2, paged, whole, after or "", count, order)
+        return None if found is None else [_text(i) for i in found[0]]
 
     async def _group(self, tenant: str, kind: str) -> None:
         """Every entry of a file index in its group's index, read from its hash (one whose hash is gone, or of no
         group, in the first: a listing passes over it as over any gone): the entries an edge of an earlier version
         listed, which indexed none by group. The ids read at once, so that none is passed over as others leave;
-        their hashes a thousand at a time."""
+        their hashes a thousand at a time. First, the groups' entries such an edge dropped from the index alone (past
+        their deadline) leave theirs: listed nowhere, they made up the count of as many entries in no group."""
         whole, groups = index_keys(tenant, kind)[0], group_keys(tenant, kind)
+        for key in groups:
+            members = [_text(i) for i in await self.redis.zrange(key, 0, -1)]
+            for start in range(0, len(members), HASHES_READ):
+                await self.redis.eval(GROUP, 2, whole, key, *members[start : start + HASHES_READ])
         ids = [_text(i) for i in await self.redis.zrange(whole, 0, -1)]
         for start in range(0, len(ids), HASHES_READ):
             chunk = ids[start : start + HASHES_READ]

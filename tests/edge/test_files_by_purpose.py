@@ -9,6 +9,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import openai
 import pytest
@@ -163,3 +164,73 @@ async def test_a_purpose_no_file_here_has_lists_none_and_its_after_is_checked(ed
         with pytest.raises(openai.BadRequestError) as refused:
             await client.files.list(purpose="fine-tune", after="file-nowhere")
     assert (refused.value.param, refused.value.code) == ("after", "invalid_value")
+
+
+# The index script of the edge before purposes had indexes (e9a1ec2^): it knows the file index and its deadlines alone.
+EARLIER_INDEX = """
+if ARGV[5] == 'drop' then
+  redis.call('ZADD', KEYS[2], 'XX', 'LT', ARGV[3], ARGV[1])
+else
+  redis.call('ZADD', KEYS[1], 'NX', ARGV[2], ARGV[1])
+  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+end
+local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[4], 'LIMIT', 0, 1000)
+if #gone > 0 then
+  redis.call('ZREM', KEYS[1], unpack(gone))
+  redis.call('ZREM', KEYS[2], unpack(gone))
+end
+local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+if #last == 0 then
+  redis.call('DEL', KEYS[1], KEYS[2])
+elseif last[2] == 'inf' then
+  redis.call('PERSIST', KEYS[1])
+  redis.call('PERSIST', KEYS[2])
+else
+  local at = math.ceil(tonumber(last[2]))
+  redis.call('EXPIREAT', KEYS[1], at)
+  redis.call('EXPIREAT', KEYS[2], at)
+end
+return 1
+"""
+
+
+async def expired_by_an_earlier_edge(store: Store, client: Any, *, dropped: int, kept: int) -> None:
+    """`dropped` files of this version, deleted, their entries dropped past their tombstone by an earlier edge's write
+    of an upload (the newest file), after `kept` files of this version."""
+    for i in range(dropped):
+        await store.put(file_key(f"deleted{i}"), {"tenant": "t1", "purpose": "batch"})
+        await store.index("t1", "file", f"deleted{i}", 0.3, "batch")  # its tombstone, short
+        await store.delete([file_key(f"deleted{i}")])
+    for i in range(kept):
+        await put_file(store, "t1", f"kept{i}", "batch")
+    async with asyncio.timeout(10):  # until each tombstone is past its deadline
+        while await client.zrangebyscore(index_keys("t1", "file")[1], "-inf", time.time()) != [
+            f"deleted{i}".encode() for i in range(dropped)
+        ]:
+            await asyncio.sleep(0.05)
+    await client.hset(file_key("upload"), mapping={"tenant": "t1", "purpose": "batch"})
+    now = time.time()
+    keys = index_keys("t1", "file")
+    await client.eval(EARLIER_INDEX, 2, *keys, "upload", int(now * 1000), now + 600, now, "keep")
+
+
+@pytest.mark.parametrize(("dropped", "kept", "limit"), [(1, 0, 10), (2, 2, 1)])
+async def test_entries_an_earlier_edge_expired_leave_the_purposes_and_hide_none_of_its_own(
+    any_redis_url: str, dropped: int, kept: int, limit: int
+) -> None:
+    """In a rolling upgrade, an earlier edge's write drops the entries past their deadline from the file index alone:
+    left in their purpose's, they made up the count of an upload that edge indexed in none, which no listing of the
+    purpose ever showed (its count check saw none, or fewer than none, to group). As many as it: the page shows one
+    (all gone); more, beyond the page: the count is below none."""
+    store, client = RedisStore(any_redis_url), connect(any_redis_url)
+    api = BatchApi(store, None, lambda _: ("t1", ""), 1, 600, 60, 1, 1, 1)  # type: ignore[arg-type]
+    try:
+        await expired_by_an_earlier_edge(store, client, dropped=dropped, kept=kept)
+        listed = ["upload", *(f"kept{i}" for i in reversed(range(kept)))]
+        for _ in range(2):
+            found = await api._list("t1", "file", None, limit, True, ["tenant", "purpose"], "batch")
+            assert [i for i, _ in found] == listed[: limit + 1]
+        assert sorted(await client.zrange(group_keys("t1", "file")[0], 0, -1)) == sorted(i.encode() for i in listed)
+    finally:
+        await client.aclose()
+        await store.close()
