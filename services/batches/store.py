@@ -401,17 +401,20 @@ class RedisStore:
         return None if found is None else [_text(i) for i in found[0]]
 
     async def _group(self, tenant: str, kind: str) -> None:
-        """Every entry of a file index in its group's index, read from its hash (one whose hash is gone, or of no
-        group, in the first: a listing passes over it as over any gone): the entries an edge of an earlier version
-        listed, which indexed none by group. The ids read at once, so that none is passed over as others leave;
-        their hashes a thousand at a time. First, the groups' entries such an edge dropped from the index alone (past
-        their deadline) leave theirs: listed nowhere, they made up the count of as many entries in no group."""
+        """Every entry of a file index in no group's index in its group's, read from its hash (one whose hash is
+        gone, or of no group, in the first: a listing passes over it as over any gone): the entries an edge of an
+        earlier version listed, which indexed none by group. The ids read at once, so that none is passed over as
+        others leave; their hashes a thousand at a time. First, the groups' entries such an edge dropped from the
+        index alone (past their deadline) leave theirs: listed nowhere, they made up the count of as many entries in
+        no group. An entry already in a group stays in that one alone, its hash perhaps gone (a deleted file's)."""
         whole, groups = index_keys(tenant, kind)[0], group_keys(tenant, kind)
+        grouped: set[str] = set()
         for key in groups:
             members = [_text(i) for i in await self.redis.zrange(key, 0, -1)]
             for start in range(0, len(members), HASHES_READ):
                 await self.redis.eval(GROUP, 2, whole, key, *members[start : start + HASHES_READ])
-        ids = [_text(i) for i in await self.redis.zrange(whole, 0, -1)]
+            grouped.update(members)
+        ids = [i for i in map(_text, await self.redis.zrange(whole, 0, -1)) if i not in grouped]
         for start in range(0, len(ids), HASHES_READ):
             chunk = ids[start : start + HASHES_READ]
             found = await self.fields([file_key(i) for i in chunk], ["purpose"])

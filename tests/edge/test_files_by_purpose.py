@@ -234,3 +234,24 @@ async def test_entries_an_earlier_edge_expired_leave_the_purposes_and_hide_none_
     finally:
         await client.aclose()
         await store.close()
+
+
+async def test_mending_leaves_a_grouped_entry_whose_hash_is_gone_in_its_own_alone(any_redis_url: str) -> None:
+    """A deleted batch output file (its hash removed, its entry a tombstone in batch_output's index) was put under
+    `batch` as well by the grouping an earlier edge's upload set off: in two purposes, it made the count below none,
+    and every listing of a purpose read the tenant's whole index again until the tombstone lapsed."""
+    store, client = RedisStore(any_redis_url), connect(any_redis_url)
+    try:
+        await put_file(store, "t1", "output", "batch_output")
+        await store.delete([file_key("output")])
+        await store.unindex("t1", "file", "output")
+        await client.hset(file_key("upload"), mapping={"tenant": "t1", "purpose": "batch"})
+        now = time.time()
+        keys = index_keys("t1", "file")
+        await client.eval(EARLIER_INDEX, 2, *keys, "upload", int(now * 1000), now + 600, now, "keep")
+        assert await store.page("t1", "file", None, 10, True, "batch") == ["upload"]
+        inputs, outputs = group_keys("t1", "file")
+        assert (await client.zrange(inputs, 0, -1), await client.zrange(outputs, 0, -1)) == ([b"upload"], [b"output"])
+    finally:
+        await client.aclose()
+        await store.close()
