@@ -199,7 +199,7 @@ async def expired_by_an_earlier_edge(store: Store, client: Any, *, dropped: int,
     of an upload (the newest file), after `kept` files of this version."""
     for i in range(dropped):
         await store.put(file_key(f"deleted{i}"), {"tenant": "t1", "purpose": "batch"})
-        await store.index("t1", "file", f"deleted{i}", 0.3, "batch")  # its tombstone, short
+        await store.index("t1", "file", f"deleted{i}", 1, "batch")  # its tombstone, short
         await store.delete([file_key(f"deleted{i}")])
     for i in range(kept):
         await put_file(store, "t1", f"kept{i}", "batch")
@@ -252,6 +252,26 @@ async def test_mending_leaves_a_grouped_entry_whose_hash_is_gone_in_its_own_alon
         assert await store.page("t1", "file", None, 10, True, "batch") == ["upload"]
         inputs, outputs = group_keys("t1", "file")
         assert (await client.zrange(inputs, 0, -1), await client.zrange(outputs, 0, -1)) == ([b"upload"], [b"output"])
+    finally:
+        await client.aclose()
+        await store.close()
+
+
+async def test_a_write_drops_expired_entries_from_every_purpose_which_expire_with_the_index(any_redis_url: str) -> None:
+    """Kept by the index script itself, not left to a listing's mending (which reads the tenant's whole index)."""
+    store, client = RedisStore(any_redis_url), connect(any_redis_url)
+    try:
+        await store.index("t1", "file", "kept", 600, "batch_output")
+        await store.index("t1", "file", "short", 0.05, "batch")
+        order, until = index_keys("t1", "file")
+        async with asyncio.timeout(10):
+            while await client.zrangebyscore(until, "-inf", time.time()) != [b"short"]:
+                await asyncio.sleep(0.05)
+        await store.index("t1", "file", "new", 60, "batch")
+        inputs, outputs = group_keys("t1", "file")
+        assert (await client.zrange(inputs, 0, -1), await client.zrange(outputs, 0, -1)) == ([b"new"], [b"kept"])
+        expiry = await client.expiretime(order)
+        assert expiry > time.time() + 599 and [await client.expiretime(k) for k in (inputs, outputs)] == [expiry] * 2
     finally:
         await client.aclose()
         await store.close()
