@@ -275,3 +275,19 @@ async def test_a_write_drops_expired_entries_from_every_purpose_which_expire_wit
     finally:
         await client.aclose()
         await store.close()
+
+
+async def test_after_of_another_purpose_stands_by_its_id_beside_an_id_it_begins(any_redis_url: str) -> None:
+    """The shorter of two ids one begins the other comes first among equal scores, as Redis orders them."""
+    store, client = RedisStore(any_redis_url), connect(any_redis_url)
+    try:
+        order, until = index_keys("t1", "file")
+        for file_id, purpose in {"f": "batch", "fa": "batch_output", "fb": "batch"}.items():
+            await client.hset(file_key(file_id), mapping={"tenant": "t1", "purpose": purpose})
+            await client.zadd(order, {file_id: 5000})
+            await client.zadd(until, {file_id: time.time() + 600})
+        assert await store.page("t1", "file", "fa", 10, True, "batch") == ["f"]
+        assert await store.page("t1", "file", "fa", 10, False, "batch") == ["fb"]
+    finally:
+        await client.aclose()
+        await store.close()
