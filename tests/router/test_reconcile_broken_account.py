@@ -9,9 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-import pytest
 from prometheus_client import REGISTRY
-from redis.exceptions import ResponseError
 
 from services.router.store import Account, Allowance, Hold, RedisStore, period_id
 from services.router.store.keys import AccountKeys, pending_key
@@ -77,12 +75,13 @@ async def test_an_unreadable_pending_record_holds_up_no_other(redis_url: str) ->
         await store.close()
 
 
-async def test_a_shards_uncounted_list_of_another_type_fails_the_reconcilers_charge_before_any_write(
+async def test_a_shards_uncounted_list_of_another_type_stands_in_the_way_of_no_reconcilers_charge(
     redis_url: str,
 ) -> None:
-    """The reconciler's charge lists itself in its shard's uncounted charges (keys.py, uncounted_reconciled). That key
-    of another type (hand-edited) fails the charge before any write: failing at the list, the script had dropped the
-    pending charge and the hold already, the charge never made, the hold's money back in the tenant's budget."""
+    """The reconciler's charge lists itself in its shard's uncounted charges (keys.py, uncounted_reconciled), for the
+    metrics alone. That key of another type (hand-edited) is left alone: the charge lands whole, and its maker takes
+    its count. Failing at the list, the script had dropped the pending charge and the hold already, the charge never
+    made; refused before any write, the hold stayed counted and the tenant uncharged, every sweep."""
     store = RedisStore(redis_url)
     try:
         hold = Hold("r-3", 3_000, DAY, "router-dead", "aaaa0003")
@@ -91,10 +90,12 @@ async def test_a_shards_uncounted_list_of_another_type_fails_the_reconcilers_cha
         await store.redis.set(keys.uncounted_reconciled, "hand-edited")
         swept = [record for record in await store.redis.hvals(keys.pending) if b'"r-3"' in record]
         assert len(swept) == 1
-        with pytest.raises(ResponseError, match="WRONGTYPE"):
-            await store.settle_swept(swept[0].decode())
-        assert await store.pending_charge(BROKEN, "r-3") is not None
-        assert await store.spent(BROKEN, DAY) == (0, 0)
-        assert await store.held_pico(BROKEN) == (3_000, 3_000)  # the hold still counted
+        assert await store.settle_swept(swept[0].decode())
+        assert not store.unanswered  # heard back, its count taken
+        assert await store.pending_charge(BROKEN, "r-3") is None
+        assert await store.spent(BROKEN, DAY) == (3_000, 3_000)
+        assert await store.held_pico(BROKEN) == (0, 0)
+        assert not await store.redis.exists(keys.uncounted("r-3"))  # taken, by its maker
+        assert await store.redis.get(keys.uncounted_reconciled) == b"hand-edited"  # left for an operator
     finally:
         await store.close()

@@ -238,6 +238,13 @@ local function denied(writes)
 end
 """
 
+# The shard's list of uncounted charges (keys.py, uncounted_reconciled) serves the metrics alone: a key of another type
+# there (hand-edited) is left alone by the scripts that write it (CHARGE, COUNT_ONCE), never refusing a charge or its
+# maker's take; the reconciler's sweep, which reads it, reports it.
+_LISTED = """
+local LISTABLE = {none = true, zset = true}
+"""
+
 # Scripts that take new memory (admission, a hold grown) are refused whole when the store is full (OOM under
 # noeviction: a flagged script is checked before it runs, never half-way); a charge or release of what was
 # already admitted must land even then (allow-oom): what was served is always paid for. Redis 7 or newer.
@@ -441,6 +448,7 @@ CHARGE = (
     + _HELD
     + _PERMITTED
     + _RATE
+    + _LISTED
     + f"local SPEND_MAX = {SPEND_MAX_PICO}\nlocal UNRECORDED_BATCH = '{UNRECORDED_BATCH}'\n"
     + """
 -- KEYS: charged marker, tenant spend, key spend, ledger, tenant holds, key holds, pending charges, provider batches,
@@ -493,7 +501,7 @@ for i = 2, 3 do
     return redis.error_reply('ERR spend would overflow: ' .. KEYS[i] .. ' would pass ' .. SPEND_MAX .. ' pico-USD')
   end
 end
-local typed = {[4] = 'stream', [5] = 'zset', [6] = 'zset', [8] = 'hash', [9] = 'hash', [10] = 'hash', [16] = 'zset'}
+local typed = {[4] = 'stream', [5] = 'zset', [6] = 'zset', [8] = 'hash', [9] = 'hash', [10] = 'hash'}
 for i, kind in pairs(typed) do
   local found = redis.call('TYPE', KEYS[i])['ok']
   if found ~= 'none' and found ~= kind then return redis.error_reply('WRONGTYPE a key the charge writes') end
@@ -512,7 +520,8 @@ for _, holds in ipairs({KEYS[5], KEYS[6]}) do
 end
 if ARGV[12] ~= '' then writes[#writes + 1] = {'SET', KEYS[14], ARGV[12]} end
 if ARGV[8] ~= '' then writes[#writes + 1] = {'SET', KEYS[15], ARGV[8]} end
-if ARGV[8] ~= '' then writes[#writes + 1] = {'ZADD', KEYS[16], '0', ''} end
+local listing = ARGV[8] ~= '' and LISTABLE[redis.call('TYPE', KEYS[16])['ok']]
+if listing then writes[#writes + 1] = {'ZADD', KEYS[16], '0', ''} end
 local refused = denied(writes)
 if refused then return refused end
 -- A pending charge of another admission of the request id (admitted again once its markers expired, while this
@@ -570,7 +579,7 @@ end
 -- batch from 'batch:<id> 1::pico=<n>' as it stands).
 if ARGV[8] ~= '' and (string.sub(marker, 1, 6) == 'batch:' or ARGV[10] ~= '') then
   redis.call('SET', KEYS[15], ARGV[8] .. ' ' .. ARGV[3], 'EX', ARGV[2])
-  redis.call('ZADD', KEYS[16], redis.call('TIME')[1], ARGV[8] .. ' ' .. ARGV[6])
+  if listing then redis.call('ZADD', KEYS[16], redis.call('TIME')[1], ARGV[8] .. ' ' .. ARGV[6]) end
 end
 redis.call('SET', KEYS[1], marker, 'EX', ARGV[2])
 -- The reconciler's: what it charged this admission, as long as the marker, for a charge or undo of it kept in an
@@ -672,21 +681,21 @@ return ''
 COUNT_ONCE = (
     _MUST_LAND
     + _PERMITTED
+    + _LISTED
     + f"local TAKEN_KEPT_MS = {TAKEN_KEPT_S * 1000}\n"
     + """
 -- KEYS: the shard's listed uncounted charges; then two a take: the uncounted charge, its count taken
 -- ARGV: the taker's claim; then two a take: the charge's id ('' for any), its entry in that list ('' for none)
 -- Returns two a take: the record taken (nil for none) and, for a take left alone, why (nil when it was not): one of its
 -- own keys holds another type (hand-edited), which holds up none of the others.
-local found = redis.call('TYPE', KEYS[1])['ok']
-if found ~= 'none' and found ~= 'zset' then return redis.error_reply('WRONGTYPE a key the take writes') end
+local listed = LISTABLE[redis.call('TYPE', KEYS[1])['ok']]
 local takes = (#KEYS - 1) / 2
 local writes = {}
 for t = 0, takes - 1 do
   local k, a = 2 + 2 * t, 2 + 2 * t
-  for _, write in ipairs({{'SET', KEYS[k + 1], ''}, {'DEL', KEYS[k]}, {'ZREM', KEYS[1], ARGV[a + 1]}}) do
-    writes[#writes + 1] = write
-  end
+  writes[#writes + 1] = {'SET', KEYS[k + 1], ''}
+  writes[#writes + 1] = {'DEL', KEYS[k]}
+  if listed then writes[#writes + 1] = {'ZREM', KEYS[1], ARGV[a + 1]} end
 end
 local refused = denied(writes)
 if refused then return refused end
@@ -719,7 +728,7 @@ for t = 0, takes - 1 do
   local why = mistyped({KEYS[k], KEYS[k + 1]})
   local record = false
   if not why then
-    if ARGV[a + 1] ~= '' then redis.call('ZREM', KEYS[1], ARGV[a + 1]) end
+    if listed and ARGV[a + 1] ~= '' then redis.call('ZREM', KEYS[1], ARGV[a + 1]) end
     if not seen[KEYS[k]] then record = take(KEYS[k], KEYS[k + 1], ARGV[a]) end
     seen[KEYS[k]] = true
   end
