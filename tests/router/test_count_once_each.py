@@ -83,6 +83,14 @@ async def test_each_charge_is_answered_to_its_one_taker_in_the_order_asked(store
     assert taken_ids(await store.count_once_each(again)) == [a.request_id, None]
 
 
+async def test_a_take_by_another_charges_id_leaves_the_charge_to_the_calls_take_by_its_own(store: Store) -> None:
+    """An entry of the list left by an earlier charge of the request id (its record gone with its marker) is swept in
+    the same call as the later charge's: the later one is taken all the same."""
+    line = await charged_line(store, ACME)
+    asked = [UncountedCharge(ACME, line.request_id, "earlier"), UncountedCharge(ACME, line.request_id, "made")]
+    assert taken_ids(await store.count_once_each(asked)) == [None, line.request_id]
+
+
 class CountsTakes(RedisStore):
     """Counts the calls of the take's script: each one round trip to the store."""
 
@@ -197,3 +205,15 @@ async def test_a_charge_whose_own_key_holds_another_type_holds_up_none_of_the_ot
     assert taken_ids(taken) == [first.request_id, None, last.request_id]
     assert len(listed) == 1 and broken.request_id.encode() in listed[0]  # left for the sweep, once mended
     assert "uncounted charge not taken" in caplog.text
+
+
+async def test_a_take_of_a_charge_named_by_another_id_first_whose_reply_was_lost_is_answered_once(
+    proxied: Proxied,
+) -> None:
+    line = await charged_line(proxied.store, ACME)
+    await proxied.direct.script_load(lua.COUNT_ONCE)  # the reply lost is the take's, not a NOSCRIPT
+    await proxied.store.redis.get(AccountKeys.of(ACME).uncounted(line.request_id))  # a connection open
+    proxied.proxy.lose_next_reply()
+    asked = [UncountedCharge(ACME, line.request_id, "earlier"), UncountedCharge(ACME, line.request_id, "made")]
+    taken = taken_ids(await proxied.store.count_once_each(asked))
+    assert sorted(taken, key=str) == [None, line.request_id], "counted by no router, or twice"

@@ -86,6 +86,26 @@ async def test_a_lines_charge_is_listed_until_its_collect_takes_its_count(any_re
     assert left == [], "its maker took it: no sweep need take it again"
 
 
+async def test_an_entry_an_earlier_charge_of_the_request_id_left_listed_holds_up_none_of_the_later_ones(
+    any_redis_url: str,
+) -> None:
+    """The earlier charge's maker died before its take, and its record went with its charged marker; the request id
+    admitted again, its line's collect dies as well: the sweep meets both entries in one page, and counts the later."""
+    store = RedisStore(any_redis_url)
+    try:
+        line = await charged_line(store)
+        earlier = f"earlier {pending_field(ACCOUNT, line.request_id)}"
+        await store.redis.zadd(KEYS.uncounted_reconciled, {earlier: 0})  # the oldest: listed first
+        before = counted("strong")
+        await eventually(lambda: leased_elsewhere(store), "the reconciler's lease held")
+        listed = await store.redis.zrange(KEYS.uncounted_reconciled, 0, -1)
+    finally:
+        await store.close()
+    requests, cost = counted("strong")
+    assert (requests - before[0], cost - before[1]) == (1, pytest.approx(PICO / 1e12)), "counted by no router"
+    assert listed == []
+
+
 class DiesBeforeItsTake(RedisStore):
     """A router killed once its collect's charges landed, before it takes their counts: its take never runs."""
 

@@ -729,8 +729,10 @@ for t = 0, takes - 1 do
   local record = false
   if not why then
     if listed and ARGV[a + 1] ~= '' then redis.call('ZREM', KEYS[1], ARGV[a + 1]) end
+    -- Answered once a call; a take that found another charge's (an entry an earlier charge of the request id left
+    -- listed) leaves it to this call's take by its own id.
     if not seen[KEYS[k]] then record = take(KEYS[k], KEYS[k + 1], ARGV[a]) end
-    seen[KEYS[k]] = true
+    if record then seen[KEYS[k]] = true end
   end
   answers[#answers + 1] = record
   answers[#answers + 1] = why
