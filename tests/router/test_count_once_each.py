@@ -11,10 +11,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from llmrouter.auth import acting_as
-from llmrouter.v1 import router_pb2
+from llmrouter.errors import ServiceError
+from llmrouter.v1 import provider_pb2, router_pb2
+from services.router.deferred import POLL_IDS
 from services.router.store import (
     Account,
     AccountKeys,
@@ -149,6 +152,42 @@ async def test_a_collect_takes_its_lines_counts_in_one_call(tmp_path: Path, redi
     requests, cost = counted("strong")
     expected = len(ids) * batches.batch_cost("strong") / 1e12
     assert (requests - before[0], cost - before[1]) == (len(ids), pytest.approx(expected))
+
+
+class FailsItsSecondPoll(batches.BatchProvider):
+    """Answers the first part of a collect read in parts; its next poll fails (the provider out of reach)."""
+
+    polls = 0
+
+    async def PollBatch(self, request: Any, context: Any) -> provider_pb2.PollBatchResponse:
+        self.polls += 1
+        if self.polls == 2:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the provider batch could not be read")
+        return await super().PollBatch(request, context)
+
+
+async def test_a_collect_failing_part_way_takes_the_counts_of_the_lines_it_charged(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Taken there and then, as its collect fails: not left for the reconciler's sweep to find."""
+    store = CountsTakes(redis_url)
+    ids = [f"line-{n}" for n in range(POLL_IDS + 1)]
+    collect = router_pb2.CollectBatchRequest(model="strong", provider_batch_id="pbatch-1", request_ids=ids)
+    try:
+        async with router_servicer(tmp_path, store, FailsItsSecondPoll(), batches.REGISTRY) as router:
+            with acting_as(batches.TENANT_CALLER):
+                await router.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[_line(i) for i in ids]), NoDeadline())
+                before = counted("strong")
+                with pytest.raises(ServiceError) as failed:
+                    await router.CollectBatch(collect, NoDeadline())
+        listed = await store.redis.zrange(AccountKeys.of(batches.ACCOUNT).uncounted_reconciled, 0, -1)
+    finally:
+        await store.close()
+    assert failed.value.code == grpc.StatusCode.UNAVAILABLE
+    assert (store.takes, listed) == (1, [])
+    requests, cost = counted("strong")
+    expected = POLL_IDS * batches.batch_cost("strong") / 1e12
+    assert (requests - before[0], cost - before[1]) == (POLL_IDS, pytest.approx(expected))
 
 
 def _line(request_id: str) -> router_pb2.CompleteRequest:
