@@ -72,6 +72,7 @@ from services.router.store import (
     PICO,
     UNRECORDED_BATCH,
     Account,
+    PartlyTaken,
     Pending,
     Store,
     StoreUnavailable,
@@ -373,10 +374,17 @@ class Deferred:
         return collected
 
     async def _count(self, counts: list[UncountedCharge]) -> None:
-        if counts:
-            for record in await self.store.count_once_each(counts):
-                if record is not None:
-                    count_charge(record)
+        if not counts:
+            return
+        try:
+            records = await self.store.count_once_each(counts)
+        except PartlyTaken as partly:  # what its calls took before the store failed is counted here or nowhere
+            for taken in partly.taken:
+                count_charge(taken)
+            raise
+        for record in records:
+            if record is not None:
+                count_charge(record)
 
     async def _collect(
         self, request: router_pb2.CollectBatchRequest, context: Any, counts: list[UncountedCharge]

@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from llmrouter.auth import acting_as
 from llmrouter.errors import ServiceError
@@ -26,6 +27,7 @@ from services.router.store import (
     MemoryStore,
     RedisStore,
     Store,
+    StoreUnavailable,
     UncountedCharge,
     lua,
     period_id,
@@ -188,6 +190,45 @@ async def test_a_collect_failing_part_way_takes_the_counts_of_the_lines_it_charg
     requests, cost = counted("strong")
     expected = POLL_IDS * batches.batch_cost("strong") / 1e12
     assert (requests - before[0], cost - before[1]) == (POLL_IDS, pytest.approx(expected))
+
+
+class OutOfReachAfterItsFirstTake(CountsTakes):
+    """The store drops out of reach once the first take's call was answered: every call after it fails."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        counting = self._count_once
+
+        async def first_alone(*args: Any, **kwargs: Any) -> Any:
+            if self.takes:
+                raise RedisConnectionError("Connection refused")
+            return await counting(*args, **kwargs)
+
+        self._count_once = first_alone
+
+
+async def test_a_collect_whose_later_take_fails_counts_the_lines_its_earlier_takes_took(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its first call took the counts of a page of lines (dropping their entries from the shard's list): they are this
+    collect's to count, whatever befalls the next page's; that page's stay listed, for the reconciler's sweep."""
+    monkeypatch.setattr(redis_store_module, "TAKE_PAGE", 2)
+    store = OutOfReachAfterItsFirstTake(redis_url)
+    ids = [f"line-{n}" for n in range(4)]
+    collect = router_pb2.CollectBatchRequest(model="strong", provider_batch_id="pbatch-1", request_ids=ids)
+    try:
+        async with router_servicer(tmp_path, store, batches.BatchProvider(), batches.REGISTRY) as router:
+            with acting_as(batches.TENANT_CALLER):
+                await router.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[_line(i) for i in ids]), NoDeadline())
+                before = counted("strong")
+                with pytest.raises(StoreUnavailable):
+                    await router.CollectBatch(collect, NoDeadline())
+        listed = await store.redis.zrange(AccountKeys.of(batches.ACCOUNT).uncounted_reconciled, 0, -1)
+    finally:
+        await store.close()
+    requests, cost = counted("strong")
+    assert (requests - before[0], cost - before[1]) == (2, pytest.approx(2 * batches.batch_cost("strong") / 1e12))
+    assert len(listed) == 2
 
 
 def _line(request_id: str) -> router_pb2.CompleteRequest:

@@ -356,6 +356,15 @@ class StoreRefusing(StoreUnavailable):
     router's user denied by an ACL."""
 
 
+class PartlyTaken(StoreUnavailable):
+    """count_once_each out of reach part way: `taken`, the records its calls answered before, are the caller's to
+    count (their charges' entries are dropped from their shards' lists: no sweep finds them)."""
+
+    def __init__(self, taken: list[dict[str, Any]]) -> None:
+        super().__init__()
+        self.taken = taken
+
+
 @dataclass(frozen=True)
 class Allowance:
     """What an account may do: requests per minute (0: unlimited), spend per period, in pico-USD (None:
@@ -464,7 +473,7 @@ class Store(Protocol):
     async def count_once_each(self, charges: Sequence[UncountedCharge]) -> list[dict[str, Any] | None]:
         """count_once of each charge, answered in their order: one call a shard (RedisStore: of at most TAKE_PAGE
         charges each) rather than one a charge. A charge named twice is answered once. StoreUnavailable as
-        count_once."""
+        count_once; PartlyTaken when calls were answered before it."""
 
     async def extend(self, account: Account, allowance: Allowance, hold: Hold, pico: int) -> str:
         """Raise a hold to `pico` (before a fallback or escalation that may cost more than it covers): ''

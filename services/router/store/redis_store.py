@@ -52,6 +52,7 @@ from services.router.store.model import (
     Hold,
     HoldsTotal,
     HoldTotals,
+    PartlyTaken,
     Pending,
     Prices,
     Reconciled,
@@ -380,7 +381,13 @@ class RedisStore:
         for shard, takes in by_shard.items():
             for start in range(0, len(takes), TAKE_PAGE):
                 page = takes[start : start + TAKE_PAGE]
-                taken = await self._take(shard, [take for _, take in page])
+                try:
+                    taken = await self._take(shard, [take for _, take in page])
+                except StoreUnavailable as failed:
+                    answered = [record for record in records if record is not None]
+                    if answered:
+                        raise PartlyTaken(answered) from failed
+                    raise
                 for (index, _), record in zip(page, taken, strict=True):
                     records[index] = record
         return records
