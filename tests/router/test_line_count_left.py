@@ -24,7 +24,9 @@ from services.router.store import (
     period_id,
 )
 from services.router.store.clock import money_now
+from services.router.store.keys import LEASE
 from tests.router import test_collect_model as batches
+from tests.router.old_version import checkout, run
 from tests.router.servicer_kit import NoDeadline, router_servicer
 from tests.router.test_capped_charge_metrics import capped
 from tests.router.test_charge_counted_once import counted
@@ -138,3 +140,42 @@ async def test_a_capped_line_whose_collect_died_before_its_take_is_counted_cappe
     requests, cost = counted("strong")
     assert (requests - before[0], cost - before[1]) == (1, pytest.approx(charged / 1e12)), "counted by no router"
     assert capped("strong")[0] - capped_before[0] == 1
+
+
+BEFORE = "89429a2"  # the version before lines' charges were listed: its sweep takes whatever its shards list
+OLD_SWEEP = """
+import asyncio, sys
+from prometheus_client import REGISTRY
+from services.router.store import RedisStore
+def counted():
+    return sum(s.value for m in REGISTRY.collect() if m.name == "llmrouter_router_requests" for s in m.samples
+               if s.name.endswith("_total") and s.labels.get("model") == "strong")
+async def main():
+    store = RedisStore(sys.argv[1])
+    try:
+        await store.reconcile("old", 3600.0, 0.0)
+        print(counted())
+    finally:
+        await store.close()
+asyncio.run(main())
+"""
+
+
+async def test_a_lines_charge_listed_and_swept_by_a_router_of_the_version_before_is_counted_there_alone(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """In a rolling upgrade: a router of the version before holds the reconciler's lease and sweeps the line's entry
+    before its collect takes its count; the collect's take, and the next sweep of this version, count nothing."""
+    store = RedisStore(redis_url)
+    try:
+        line = await charged_line(store)
+        old_tree = checkout(BEFORE, tmp_path)
+        assert float(await run(old_tree, OLD_SWEEP, redis_url)) == 1.0  # counted there
+        before = counted("strong")
+        assert await store.count_once(ACCOUNT, line.request_id, "made") is None  # its maker, alive after all
+        await store.redis.delete(LEASE)  # the router of the version before gone
+        await eventually(lambda: leased_elsewhere(store), "the reconciler's lease held")
+        listed = await store.redis.zrange(KEYS.uncounted_reconciled, 0, -1)
+    finally:
+        await store.close()
+    assert counted("strong") == before and listed == []
