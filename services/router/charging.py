@@ -162,8 +162,13 @@ class Charger:
             "outcome": outcome,
         }
         charge_id = secrets.token_hex(8)  # this charge, should its reply be lost and the outbox replay it
-        charged_s = money_now()  # when, should the outbox keep it: its replay is late by the markers' clock
-        late = _ran_past_its_life(routed)
+        # A charge past the request's life (its router stalled) lands without its pending charge, as one whose
+        # admission the store lost, only while any other charge of it is surely still marked (Outbox.marked_s, counted
+        # from the end of the request's life); later it is late. Kept in the outbox, it is dated back to the end of that
+        # life, so its replay turns late once those markers may have expired, whichever router reads the line.
+        overrun = _overrun_s(routed)
+        late = overrun > self.outbox.marked_s
+        charged_s = money_now() - max(overrun, 0.0)
         try:
             # Not only while its pending charge is open: a store that lost the admission (a crash within its fsync
             # interval, a failover to a replica behind) is still charged what was served. The charged marker keeps
@@ -210,13 +215,12 @@ class Charger:
             response.cost_usd = format(routed.charged, "f")
 
 
-def _ran_past_its_life(routed: Routed) -> bool:
-    """Whether the request is charged later than any request runs and its charge lands: its router was frozen (SIGSTOP,
-    a stalled process), taken for dead meanwhile, and the reconciler's charge of it at its hold may be unmarked by now
-    (request_id_ttl_s is at least as long as that). Such a charge lands only while its own pending charge is open, as a
-    late outbox replay does: it must not take a settled request for one whose admission the store lost. Measured on
-    the monotonic clock `started` is read from, which a suspended or paused machine may not advance."""
-    return time.perf_counter() - routed.started > routed.timeout_s + CHARGE_LANDS_S
+def _overrun_s(routed: Routed) -> float:
+    """How long past its life the request is charged: past its time limit and the minute for its charge to land, which
+    no request runs unless its router was stalled (CPU starved, SIGSTOP). Taken for dead meanwhile, the reconciler
+    charged it at its hold, and that charge's marker may have expired when the stall outlasted the request id TTL.
+    Measured on the monotonic clock `started` is read from, which a suspended or paused machine may not advance."""
+    return time.perf_counter() - routed.started - (routed.timeout_s + CHARGE_LANDS_S)
 
 
 def _cap_at_hold(routed: Routed, response: router_pb2.CompleteResponse, served: Served | None) -> str:

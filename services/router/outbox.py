@@ -83,9 +83,11 @@ class OutboxCharge:
     # of routers of the version before, which counted the charge in the metrics as they kept it here.
     charge_id: str = ""
     # When it was charged, by the money's clock (clock.py), which dates the markers' expiry too: what its lateness is
-    # aged by. 0 in lines of routers of the versions before: aged by the record's `ts`, the router's own clock.
+    # aged by. A charge made past its request's life (its router stalled) is dated back to the end of that life
+    # (charging.py, _overrun_s), so routers that read no `late` age it right too. 0 in lines of routers of the versions
+    # before: aged by the record's `ts`, the router's own clock.
     charged_s: float = 0.0
-    # Charged past its request's life (charging.py, _ran_past_its_life): late from the start, whenever it is replayed.
+    # Charged past its request's life and its markers' (charging.py, _overrun_s): late whenever it is replayed.
     late: bool = False
 
     def to_json(self) -> str:

@@ -14,6 +14,7 @@ import redis.asyncio as redis
 
 from services.router import admission, charging
 from services.router.routed import Served
+from services.router.settings import CHARGE_LANDS_S
 from services.router.store import period_id, to_pico
 from tests.conftest import ledger_records
 from tests.router.servicer_kit import charger_on
@@ -28,9 +29,13 @@ async def charger(redis_url: str, tmp_path: Path) -> AsyncIterator[charging.Char
         yield made
 
 
+@pytest.mark.parametrize("stalled_s", [0, CHARGE_LANDS_S + 120], ids=["in time", "router stalled past its life"])
 async def test_an_answer_is_charged_when_the_store_lost_its_admission(
-    charger: charging.Charger, redis_url: str
+    charger: charging.Charger, redis_url: str, stalled_s: float
 ) -> None:
+    """Also when its router stalled (CPU starved, a paused process) for minutes past the request's time limit: far
+    within the request id TTL, so any other charge of it (a reconciler's, its router taken for dead) is still marked,
+    and its charge, the only one it can ever have, is no repeat."""
     gate, r = await routed(request(), admission.Admission(SETTINGS, REGISTRY, charger.store, charger.outbox))
     await gate.admit(r)
     direct = redis.from_url(redis_url)
@@ -38,6 +43,7 @@ async def test_an_answer_is_charged_when_the_store_lost_its_admission(
         # The store restarts from an AOF without its last second: this request's admission (its used id, holds and
         # pending charge) is all it had written in that second, and all it loses. The request generates on.
         await direct.flushdb()
+        r.started -= r.timeout_s + stalled_s  # its whole time limit run, and the stall
         model = r.plan.order[0].model
         served = Served(model, content="an answer", input_tokens=10, output_tokens=5, cost=model.cost_usd(10, 5))
         await charger.settle(r, charging.response(r, served))
