@@ -241,13 +241,18 @@ def crossed(fields: OpenAIFields) -> Fault | None:
     return None
 
 
+NOT_AN_OBJECT = "Input should be a JSON object"
+
+
 def first_error(exc: ValidationError) -> tuple[str, str]:
     """The field path and message a caller can act on. A value that fits no member of a union fails once per
     member, each path naming the member's type (`temperature.float`, `content.list[TextPart].0.type`): the
     deepest failure is the most specific (an image part: its type should be 'text'), and the type names are
     pydantic's, not fields of the API."""
     deepest = max(exc.errors(), key=lambda e: len(e["loc"]))  # the first of the deepest: max keeps the earliest
-    return param_path(deepest["loc"])[:256], deepest["msg"]
+    # Pydantic's words for an object sent as another type name the class it validates with, not the API's field.
+    message = NOT_AN_OBJECT if deepest["type"] == "model_type" else deepest["msg"]
+    return param_path(deepest["loc"])[:256], message
 
 
 def param_path(loc: tuple[int | str, ...]) -> str:

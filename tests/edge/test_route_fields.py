@@ -9,6 +9,7 @@ from __future__ import annotations
 import typing
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from openai.types import completion_create_params
@@ -131,3 +132,24 @@ def test_the_responses_stream_options_it_takes_reach_the_chat_path_with_the_usag
     body = b'{"input": "hi", "stream": true, "stream_options": {"include_obfuscation": false}}'
     chat, _ = responses.to_chat(body)
     assert b'"stream_options": {"include_obfuscation": false, "include_usage": true}' in chat
+
+
+@pytest.mark.parametrize(
+    ("route", "body"),
+    [
+        ("chat/completions", {"model": "auto", "messages": [USER], "stream": True, "stream_options": "yes"}),
+        ("responses", {"model": "auto", "input": "hello", "stream": True, "stream_options": "yes"}),
+        ("chat/completions", {"model": "auto", "messages": ["hello"]}),
+    ],
+)
+async def test_an_object_sent_as_another_type_is_told_so_without_the_class_that_reads_it(
+    edge: Edge, route: str, body: dict[str, Any]
+) -> None:
+    """Pydantic's words ("a valid dictionary or instance of StreamOptions") named the edge's own classes."""
+    async with httpx.AsyncClient(base_url=edge.base_url, timeout=30) as http:
+        reply = await http.post(f"/{route}", json=body)
+    error = reply.json()["error"]
+    assert (reply.status_code, error["code"]) == (400, "invalid_value"), reply.text
+    assert error["message"].endswith("Input should be a JSON object"), error
+    assert "instance of" not in error["message"]
+    assert edge.router.asked == []
