@@ -91,15 +91,20 @@ async def given_back_and_rejected(ledger: Ledger, cost: int) -> str:
     return rejected[0]
 
 
+async def repairs_nothing(ledger: Ledger, capsys: pytest.CaptureFixture[str]) -> None:
+    """`ledger-spend --repair` finds every counter at the SQL ledger: it reports none behind and raises none."""
+    assert await ledger.check(repair=True) == 0
+    reported = capsys.readouterr()
+    assert reported.err == ""
+    assert "0 counter(s) behind the SQL ledger" in reported.out
+
+
 async def test_a_rejected_give_back_is_no_spend_lost(ledger: Ledger, capsys: pytest.CaptureFixture[str]) -> None:
     store = ledger.store
     await given_back_and_rejected(ledger, 250)
     capsys.readouterr()
 
-    assert await ledger.check(repair=True) == 0
-    reported = capsys.readouterr()
-    assert reported.err == ""
-    assert "0 counter(s) behind the SQL ledger" in reported.out
+    await repairs_nothing(ledger, capsys)
     assert await store.spent(ACME, DAY) == (250, 250), "--repair took the give-back back"
 
 
@@ -210,10 +215,7 @@ async def test_an_entry_rejected_once_and_copied_later_is_counted_once(
     assert len(await ledger.db.rows()) == 1 and len(await ledger.db.rejected()) == 1
     capsys.readouterr()
 
-    assert await ledger.check(repair=True) == 0
-    reported = capsys.readouterr()
-    assert reported.err == ""
-    assert "0 counter(s) behind the SQL ledger" in reported.out
+    await repairs_nothing(ledger, capsys)
     assert await store.spent(ACME, DAY) == (HOLD, HOLD)
 
 
@@ -320,10 +322,7 @@ async def test_a_rejected_charge_of_the_period_before_counts_in_none_of_this_one
     await ledger.db.reject([Rejected(entry, json.dumps(record), "refused by the database: a constraint")])
     capsys.readouterr()
 
-    assert await ledger.check(repair=True) == 0
-    reported = capsys.readouterr()
-    assert reported.err == ""
-    assert "0 counter(s) behind the SQL ledger" in reported.out
+    await repairs_nothing(ledger, capsys)
     assert await store.spent(ACME, DAY) == (HOLD, HOLD)
 
 
