@@ -24,6 +24,7 @@ from services.router import metrics, policy
 from services.router.costs import affordable_output, floor_pico, worst_pico
 from services.router.end_users import EndUserScope
 from services.router.input_bound import bound_input
+from services.router.key_tenants import KeyTenants
 from services.router.outbox import Outbox
 from services.router.rate_refused import RateRefused
 from services.router.routed import Routed
@@ -109,6 +110,7 @@ class Admission:
         self.registry = registry
         self.store = store
         self.undoing = Undoing(store, outbox)
+        self.key_tenants = KeyTenants(store, self.undoing)
         self.end_users = EndUserScope(settings.end_user_hash_secret)
         self.rate_refused = RateRefused()
         self.allowance = Allowance(
@@ -224,11 +226,17 @@ class Admission:
         Redis Cluster client resends it after a lost reply (its count id)."""
         if not (self.allowance.per_minute or self.allowance.tokens_per_minute):
             return
-        if not self.undoing.may_send():
-            raise StoreUnavailable()
         window = rate_window(money_now())  # the store counts it in this one or a later one (rate_refused.py)
-        refused = await self.store.count_request(account, self.allowance, secrets.token_hex(8))
-        self.undoing.answered()
+        count_id = secrets.token_hex(8)
+
+        async def count_under(moves: str) -> str:
+            if not self.undoing.may_send():
+                raise StoreUnavailable()
+            refused = await self.store.count_request(account, self.allowance, count_id, moves)
+            self.undoing.answered()
+            return refused
+
+        refused = await self.key_tenants.under_binding(account, count_under, lambda refused: refused)
         if refused:
             self.rate_refused.add(account, window, refused)
             raise self._rate_limited(refused)
@@ -243,14 +251,31 @@ class Admission:
     async def _hold(
         self, account: Account, hold: Hold, model: str, prices: Prices | None, count_id: str, counted_at: float
     ) -> Verdict:
-        """The store's admission. One that is not known to have been refused, and is not served, is undone: the
-        caller left meanwhile (the script may run after its reply is abandoned), or its reply was lost (a timeout,
+        """The store's admission, under the binding of the account's key (key_tenants.py: refused there when a key
+        move took the key from its tenant). One that is not known to have been refused, and is not served, is undone:
+        the caller left meanwhile (the script may run after its reply is abandoned), or its reply was lost (a timeout,
         a dropped connection) after the script may have run. Undone before the refusal is answered, so a retry of
         the request id is admitted."""
+
+        async def admit_under(moves: str) -> Verdict:
+            return await self._hold_under(account, hold, model, prices, count_id, counted_at, moves)
+
+        return await self.key_tenants.under_binding(account, admit_under, lambda verdict: verdict.refused)
+
+    async def _hold_under(
+        self,
+        account: Account,
+        hold: Hold,
+        model: str,
+        prices: Prices | None,
+        count_id: str,
+        counted_at: float,
+        moves: str,
+    ) -> Verdict:
         if not self.undoing.may_send():
             raise StoreUnavailable()  # out of reach a moment ago: the request is refused without a lost reply to undo
         admitting = asyncio.ensure_future(
-            self.store.admit(account, self.allowance, hold, model, prices, count_id, counted_at)
+            self.store.admit(account, self.allowance, hold, model, prices, count_id, counted_at, moves)
         )
         try:
             verdict = await asyncio.shield(admitting)

@@ -1,8 +1,9 @@
 """Move an API key to another tenant: `python -m services.router.key_move <key id> <tenant>` binds the key id (16 hex
 digits, as budgets and the ledger show it) to the tenant, in the money Redis of ROUTER_REDIS_URL, whatever it was bound
-to (services/router/key_tenants.py). For a key file line whose tenant changed. Every router follows within
-key_tenants.BOUND_S. The key's spend so far stays in its old tenant's shard: its key budget starts again with the new
-tenant for the rest of the period (README, *A key serves one tenant*)."""
+to (services/router/key_tenants.py). For a key file line whose tenant changed. Once it returns, every router admits the
+key for the new tenant alone (the move's key-moves token: store/keys.py, key_moves_key); a request admitted before may
+still finish, charged to the old one. The key's spend so far stays in its old tenant's shard: its key budget starts
+again with the new tenant for the rest of the period (README, *A key serves one tenant*)."""
 
 from __future__ import annotations
 
@@ -35,7 +36,10 @@ async def main(argv: list[str]) -> int:
     finally:
         await store.close()
     was = "bound to no tenant before" if before is None else f"moved from {before!r}"
-    print(f"key {args.key_id}: {was}; it serves {args.tenant!r} (every router within a minute)")
+    print(
+        f"key {args.key_id}: {was}; it serves {args.tenant!r} alone from now on, on every router"
+        " (a request admitted before may still finish, charged to the tenant that admitted it)"
+    )
     return 0
 
 

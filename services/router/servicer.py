@@ -17,7 +17,6 @@ from services.router.admission import Admission
 from services.router.cache import Cache, ResponseCache
 from services.router.calibration import Calibration
 from services.router.deferred import Deferred
-from services.router.key_tenants import KeyTenants
 from services.router.models import AvailableModels
 from services.router.outbox import Outbox
 from services.router.routed import Routed, Served
@@ -46,7 +45,6 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self.settings = settings
         self.available = AvailableModels(registry, providers, settings.models_refresh_s)
         self.admission = Admission(settings, registry, store, outbox)
-        self.key_tenants = KeyTenants(store, self.admission.undoing)
         self.routing = Routing(
             classifier,
             self.available,
@@ -138,7 +136,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         not serve before any of it (key_tenants.py)."""
         account = admission.account_for(request)
         limits = await self.admission.limits(request)
-        await self.key_tenants.check(account)
+        await self.admission.key_tenants.check(account)
         mode = escalation.mode_of(request.escalation, self.settings.escalation)
         verifier_threshold = escalation.verifier_threshold(request)
         self.admission.refuse_if_rate_limited(account)

@@ -55,9 +55,11 @@ def scratch_outbox() -> Outbox:
 async def routed(
     request: router_pb2.CompleteRequest, gate: admission.Admission | None = None
 ) -> tuple[admission.Admission, Routed]:
-    """A request as the servicer routes it: the cheap model first, the strong one as its fallback."""
+    """A request as the servicer routes it: the cheap model first, the strong one as its fallback; its key's binding
+    checked (key_tenants.py), so its admission sends nothing else (the binding remembered)."""
     gate = gate or admission.Admission(SETTINGS, REGISTRY, MemoryStore(), scratch_outbox())
     limits = await gate.limits(request)
+    await gate.key_tenants.check(ACCOUNT)
     plan = policy.plan(REGISTRY, policy.evaluate(REGISTRY.models, {}, limits), limits, classified=True)
     decision = routing.decision(plan, limits, "")
     caps = admission.output_caps(plan, limits, decision)

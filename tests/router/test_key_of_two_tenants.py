@@ -144,16 +144,16 @@ async def test_the_first_tenant_binds_the_key_on_every_router(tmp_path: Path, an
 async def test_concurrent_first_uses_bind_the_key_to_one_tenant(any_redis_url: str) -> None:
     names = [f"t{n}" for n in range(20)]
     async with store_on(any_redis_url) as store:
-        bound = set(await asyncio.gather(*(store.bind_key(KEY, name) for name in names)))
+        bound = {each.tenant for each in await asyncio.gather(*(store.bind_key(KEY, name) for name in names))}
         assert len(bound) == 1 and bound <= set(names)
-        assert await store.bind_key(KEY, "late") in bound
+        assert (await store.bind_key(KEY, "late")).tenant in bound
 
 
 async def test_every_store_keeps_a_keys_first_tenant(store: Store) -> None:
     """The in-process store binds as Redis does: the first tenant, for good. (A router remembers the binding it met a
     minute, which hid a store that let the last tenant named win.)"""
-    assert await store.bind_key(KEY, "acme") == "acme"
-    assert await store.bind_key(KEY, "other") == "acme"
+    assert (await store.bind_key(KEY, "acme")).tenant == "acme"
+    assert (await store.bind_key(KEY, "other")).tenant == "acme"
 
 
 async def test_keyless_and_callers_keys_are_bound_to_no_tenant(tmp_path: Path, store: Store) -> None:
@@ -195,9 +195,8 @@ async def test_a_key_an_operator_moved_serves_its_new_tenant(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """As README says to move a key to another tenant (python -m services.router.key_move): every router follows
-    within key_tenants.BOUND_S (here at once); the old tenant is refused the key from then on."""
-    monkeypatch.setattr(key_tenants, "BOUND_S", 0.0)
+    """As README says to move a key to another tenant (python -m services.router.key_move): the router that remembers
+    its old tenant serves the new one from then on, and refuses the old one (test_key_move_now: on every router)."""
     monkeypatch.setenv("ROUTER_REDIS_URL", redis_url)
     first, second = tenants(same_shard=False)
     async with router_servicer(tmp_path, redis_store, Answering()) as servicer:

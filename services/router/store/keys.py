@@ -159,6 +159,19 @@ def key_tenant_key(key: str) -> str:
     return "{k." + key.encode().hex() + "}:tenant"
 
 
+# What a shard's key-moves token (key_moves_key) reads before any key was moved (lua.py's ADMIT reads an unset one so).
+NO_MOVES = "0"
+
+
+def key_moves_key(shard: int) -> str:
+    """The last key move (key_move.py) to reach the shard: a random token each move writes to every shard once it has
+    rebound its key. A router remembers a key's binding with the token of its tenant's shard read just before it, and
+    the admission (lua.py, ADMIT) refuses one remembered under another token as 'moved': so a move is met by the next
+    admission after it, on every router. One per shard, as hold_totals_epoch_key: a script reaches its own slot
+    alone."""
+    return f"{TAGS[shard]}:key-moves"
+
+
 GLOBAL_SLOT = key_slot(GLOBAL.encode())  # a Redis Cluster's: every GLOBAL key is in it
 ALIVE_PREFIX = f"{GLOBAL}:alive:"
 
@@ -300,6 +313,10 @@ class AccountKeys:
     @property
     def hold_totals_epoch(self) -> str:
         return hold_totals_epoch_key(self.shard)
+
+    @property
+    def key_moves(self) -> str:
+        return key_moves_key(self.shard)
 
 
 def key_everywhere(key: str) -> list[AccountKeys]:

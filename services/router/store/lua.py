@@ -296,12 +296,14 @@ ADMIT = (
 -- KEYS: rate, used id, tenant spend, tenant holds, key spend, key holds, limit overrides, pending charges,
 --       charged id, undone marker (of this admission's nonce), provider batches, models, the spend and holds the
 --       key budget is checked against (keys.py, key_budget: a keyless request's tenant's), prices, the shard's
---       hold-totals epoch, the count ids counted in the rate counter's window, the tokens counter of that window
+--       hold-totals epoch, the count ids counted in the rate counter's window, the tokens counter of that window,
+--       the shard's key-moves token (keys.py, key_moves_key)
 -- ARGV: per minute, tenant default limit, key default limit ('' = none), now, hold member, hold expiry, id ttl,
 --       hold pico, pending field, pending record, tenant limit field, key limit field, provider batch line ('1'),
 --       the model the request is admitted for ('' = none), its prices (model.py, prices_value; '' = none), the
 --       admitting key's id (hex; what the used id keeps), '1' to count the holds by their totals (else by a scan),
---       the request's count id (_RATE; '' = none), tokens per minute (0 = no limit)
+--       the request's count id (_RATE; '' = none), tokens per minute (0 = no limit), the key-moves token its key's
+--       binding was read under ('' = a key bound to no tenant: unchecked)
 EPOCH = redis.call('GET', KEYS[16]) or '0'
 -- Undone before it ran (it reached the store after the router gave up on it and undid it): nothing happens.
 if redis.call('EXISTS', KEYS[10]) == 1 then return {'undone', '0', '0', ''} end
@@ -309,6 +311,9 @@ local recorded = redis.call('HGET', KEYS[8], ARGV[9])
 -- The very same admission sent again (a Redis Cluster client resends a command whose reply it lost; the record
 -- holds its admission time): it was admitted, once.
 if recorded == ARGV[10] then return {'', '0', '0', ''} end
+-- Its key's binding was read before a key move reached this shard: it may serve another tenant now. Nothing happens;
+-- the router reads the binding again. After the resend above: an admission made before the move stays made.
+if ARGV[20] ~= '' and (redis.call('GET', KEYS[19]) or '0') ~= ARGV[20] then return {'moved', '0', '0', ''} end
 -- Another request with this id is a duplicate while the id is used, in flight, or charged: the charged marker
 -- outlives the used one by the request's run time, and a request admitted then would be served and its charge
 -- refused as a repeat. Its refusal says what the id was charged in all, when the marker has it (model.py,
@@ -422,11 +427,13 @@ COUNT_REQUEST = (
     + _RATE
     + _PERMITTED
     + """
--- KEYS: rate, the count ids counted in its window, the tokens counter of that window
--- ARGV: per minute (0 = no limit), the request's count id ('' = none), tokens per minute (0 = no limit)
+-- KEYS: rate, the count ids counted in its window, the tokens counter of that window, the shard's key-moves token
+-- ARGV: per minute (0 = no limit), the request's count id ('' = none), tokens per minute (0 = no limit), the key-moves
+--       token its key's binding was read under ('' = unchecked), as ADMIT's
 -- Returns '' when let through (counted now, or before: a Redis Cluster client resent it after its reply was lost),
--- else the limit reached, 'rate' (the window's requests used up) or 'tokens' (nothing counted either way).
+-- else the limit reached, 'rate' (the window's requests used up) or 'tokens', or 'moved' as ADMIT (nothing counted).
 if already_counted(KEYS[2], ARGV[2]) then return '' end
+if ARGV[4] ~= '' and (redis.call('GET', KEYS[4]) or '0') ~= ARGV[4] then return 'moved' end
 local per_minute, tokens_per_minute = tonumber(ARGV[1]), tonumber(ARGV[3])
 if per_minute > 0 and tonumber(redis.call('GET', KEYS[1]) or '0') >= per_minute then return 'rate' end
 if tokens_per_minute > 0 and (tokens_counted(KEYS[3]) or 0) >= tokens_per_minute then return 'tokens' end

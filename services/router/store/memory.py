@@ -11,7 +11,7 @@ from typing import Any
 from services.router import metrics
 from services.router.store.clock import money_now
 from services.router.store.holds import Holds
-from services.router.store.keys import AccountKeys, key_everywhere, limit_field, rate_window
+from services.router.store.keys import NO_MOVES, AccountKeys, key_everywhere, limit_field, rate_window
 from services.router.store.model import (
     HOLD_S,
     REQUEST_ID_TTL_S,
@@ -20,6 +20,7 @@ from services.router.store.model import (
     Allowance,
     Hold,
     HoldsTotal,
+    KeyBinding,
     Pending,
     Prices,
     UncountedCharge,
@@ -119,7 +120,9 @@ class MemoryStore:
         prices: Prices | None = None,
         count_id: str = "",
         counted_at: float | None = None,
+        moves: str = "",
     ) -> Verdict:
+        del moves  # no key moves (key_move.py names a Redis): a binding read is never stale
         keys = AccountKeys.of(account)
         if keys.undone(hold.nonce) in self.undone:
             return Verdict("undone")
@@ -191,10 +194,11 @@ class MemoryStore:
             self.rate_windows = {n: kept for n, kept in self.rate_windows.items() if n >= latest - 1}
         return self.rate_windows.get(number, RateWindow())
 
-    async def bind_key(self, key: str, tenant: str) -> str:
-        return self.key_tenants.setdefault(key, tenant)
+    async def bind_key(self, key: str, tenant: str) -> KeyBinding:
+        return KeyBinding(self.key_tenants.setdefault(key, tenant), NO_MOVES)
 
-    async def count_request(self, account: Account, allowance: Allowance, count_id: str = "") -> str:
+    async def count_request(self, account: Account, allowance: Allowance, count_id: str = "", moves: str = "") -> str:
+        del moves  # as admit's
         if not (allowance.per_minute or allowance.tokens_per_minute):
             return ""
         keys, now = AccountKeys.of(account), money_now()

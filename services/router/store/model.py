@@ -75,6 +75,16 @@ class Account:
 
 
 @dataclass(frozen=True)
+class KeyBinding:
+    """The tenant an API key id is bound to (keys.py, key_tenant_key), and the key-moves token of the named tenant's
+    shard (keys.py, key_moves_key) read just before it: an admission under that token, while the shard still has it,
+    meets no move the binding missed."""
+
+    tenant: str
+    moves: str
+
+
+@dataclass(frozen=True)
 class Hold:
     """A request's worst-case cost, held against its budgets while it runs, and the budget period (an id
     such as 20261130) it is charged to, fixed at admission. `router` is the instance serving it; `nonce` names
@@ -384,7 +394,8 @@ class Verdict:
     used before, is in flight, or its charge is still remembered), 'rate' (over the requests this minute),
     'tokens' (the tokens charged this minute at or over Allowance.tokens_per_minute),
     'tenant' or 'key' (that budget cannot hold this request on top of its spend and the holds of requests in
-    flight), 'undone' (this very admission was undone before it ran: only a resent or delayed copy meets it). On
+    flight), 'undone' (this very admission was undone before it ran: only a resent or delayed copy meets it), 'moved'
+    (a key was moved since its key's binding was read: Store.admit's `moves`; nothing happened). On
     a budget refusal, `remaining` is what the tighter budget has left (pico-USD): a smaller hold up to it would
     have been admitted then; and `spend_left` what the budget tighter by its settled spend alone has left, the
     holds of requests in flight aside. Holds only come and go, while spend only grows within a period: when even
@@ -423,6 +434,7 @@ class Store(Protocol):
         prices: Prices | None = None,
         count_id: str = "",
         counted_at: float | None = None,
+        moves: str = "",
     ) -> Verdict:
         """Let one request in when spend + holds + `hold` fits both budgets (a hold past its expiry counts while its
         pending charge is open, with that hold; lua.py, _OPEN): its id is then used, `hold` is held against both
@@ -432,20 +444,22 @@ class Store(Protocol):
         per `count_id` in a window (lua.py, _RATE: the request's, the same on its admission resized to fit the budget,
         which is then not refused for its own count; '' counts each call). `counted_at`: the money time whose window
         the request is counted in, and its requests and tokens per minute read in (its first admission's, so one
-        resized in the next window is counted once, where it was counted); None for now. StoreUnavailable when the
-        store cannot be reached."""
+        resized in the next window is counted once, where it was counted); None for now. `moves`: the key-moves token
+        the account's key binding was read under (KeyBinding.moves), refused 'moved' when its shard has another; ''
+        for a key bound to no tenant (key_tenants.is_bound). StoreUnavailable when the store cannot be reached."""
 
-    async def bind_key(self, key: str, tenant: str) -> str:
+    async def bind_key(self, key: str, tenant: str) -> KeyBinding:
         """The tenant an API key id is bound to: the first it was bound with, for good (keys.py, key_tenant_key), which
-        is `tenant` when the key was bound to none until now. StoreUnavailable when the store cannot be reached."""
+        is `tenant` when the key was bound to none until now (or an operator moved it: key_move.py); with the key-moves
+        token of `tenant`'s shard, read before it. StoreUnavailable when the store cannot be reached."""
 
-    async def count_request(self, account: Account, allowance: Allowance, count_id: str = "") -> str:
+    async def count_request(self, account: Account, allowance: Allowance, count_id: str = "", moves: str = "") -> str:
         """Count one request that is not admitted (a Decide: routed, nothing held or charged) against the rate limit,
         in the counter admit counts in, once per `count_id` in a window, as admit counts: '' when counted, now or
         before (a resend after a lost reply); else, nothing counted, the limit reached, as admit's refusal names it:
-        'rate' (the window's requests used up) or 'tokens' (the tokens charged this minute at or over the limit). ''
-        with no call to the store when `allowance` sets neither limit. StoreUnavailable when the store cannot be
-        reached."""
+        'rate' (the window's requests used up) or 'tokens' (the tokens charged this minute at or over the limit), or
+        'moved' as admit refuses it (`moves`). '' with no call to the store when `allowance` sets neither limit.
+        StoreUnavailable when the store cannot be reached."""
 
     async def charge(
         self, account: Account, hold: Hold, pico: int, record: dict, late: bool = False, charge_id: str = ""

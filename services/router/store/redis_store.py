@@ -28,12 +28,14 @@ from services.router.store.keys import (
     HOLD_TOTALS_LOOK,
     KEEPS_HOLD_TOTALS,
     LEASE,
+    NO_MOVES,
     OLDER_ROUTERS,
     SHARDS,
     AccountKeys,
     alive_key,
     hold_totals_epoch_key,
     key_everywhere,
+    key_moves_key,
     key_tenant_key,
     ledger_key,
     limit_field,
@@ -52,6 +54,7 @@ from services.router.store.model import (
     Hold,
     HoldsTotal,
     HoldTotals,
+    KeyBinding,
     PartlyTaken,
     Pending,
     Prices,
@@ -237,6 +240,7 @@ class RedisStore:
         prices: Prices | None = None,
         count_id: str = "",
         counted_at: float | None = None,
+        moves: str = "",
     ) -> Verdict:
         now = money_now()
         rate_at = now if counted_at is None else counted_at
@@ -263,34 +267,53 @@ class RedisStore:
             self._trust_totals,
             count_id,
             allowance.tokens_per_minute,
+            moves,
         ]
         names = [keys.rate(rate_at), keys.used(hold.request_id), tenant_spend, tenant_held, key_spend, key_held]
         names += [keys.limits, keys.pending, keys.charged(hold.request_id), keys.undone(hold.nonce), keys.batches]
         names += [keys.models, *keys.key_budget(hold.period), keys.prices, keys.hold_totals_epoch]
-        names += [keys.rate_counted(rate_at), keys.tokens(rate_at)]
+        names += [keys.rate_counted(rate_at), keys.tokens(rate_at), keys.key_moves]
         async with self._call():
             refused, remaining, spend_left, spend_budget, *duplicate = await self._admit(keys=names, args=args)
         charged, held = (_pico_or_none(value) for value in duplicate or ["", ""])
         return Verdict(_text(refused), int(remaining), int(spend_left), _text(spend_budget), charged, held)
 
-    async def bind_key(self, key: str, tenant: str) -> str:
+    async def bind_key(self, key: str, tenant: str) -> KeyBinding:
+        """The token is read first: a move that wrote it had rebound its key before, so the binding read after it is
+        that move's or a later one's. One round trip on one server (a pipeline's commands run in order on its one
+        connection); two on a Redis Cluster, whose pipeline sends each node its share at once, in no order."""
+        moves_key, binding_key = AccountKeys.of(Account(tenant, "")).key_moves, key_tenant_key(key)
         async with self._call():
-            bound = await self.redis.set(key_tenant_key(key), tenant, nx=True, get=True)
-        return tenant if bound is None else _text(bound)
+            if is_cluster_client(self.redis):
+                moves = await self.redis.get(moves_key)
+                bound = await self.redis.set(binding_key, tenant, nx=True, get=True)
+            else:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    pipe.get(moves_key)
+                    pipe.set(binding_key, tenant, nx=True, get=True)
+                    moves, bound = await pipe.execute()
+        return KeyBinding(tenant if bound is None else _text(bound), NO_MOVES if moves is None else _text(moves))
 
     async def move_key(self, key: str, tenant: str) -> str | None:
-        """Bind an API key id to `tenant` whatever it was bound to (an operator's move: key_move.py); the tenant it was
-        bound to before, None for none."""
+        """Bind an API key id to `tenant` whatever it was bound to (an operator's move: key_move.py), then give every
+        shard a new key-moves token (keys.py, key_moves_key), after: an admission from then on, on any router, is
+        refused 'moved' unless its key's binding was read after the move. The tenant it was bound to before, None for
+        none. Failing between the two, the move is made but routers may not meet it for key_tenants.BOUND_S."""
+        token = secrets.token_hex(8)
         async with self._call():
             before = await self.redis.set(key_tenant_key(key), tenant, get=True)
+        async with self._call(), self.redis.pipeline(transaction=False) as pipe:
+            for shard in range(SHARDS):
+                pipe.set(key_moves_key(shard), token)
+            await pipe.execute()
         return None if before is None else _text(before)
 
-    async def count_request(self, account: Account, allowance: Allowance, count_id: str = "") -> str:
+    async def count_request(self, account: Account, allowance: Allowance, count_id: str = "", moves: str = "") -> str:
         if not (allowance.per_minute or allowance.tokens_per_minute):
             return ""
         keys, now = AccountKeys.of(account), money_now()
-        names = [keys.rate(now), keys.rate_counted(now), keys.tokens(now)]
-        args = [allowance.per_minute, count_id, allowance.tokens_per_minute]
+        names = [keys.rate(now), keys.rate_counted(now), keys.tokens(now), keys.key_moves]
+        args = [allowance.per_minute, count_id, allowance.tokens_per_minute, moves]
         async with self._call():
             return _text(await self._count_request(keys=names, args=args))
 

@@ -1,0 +1,152 @@
+"""A key an operator moved (python -m services.router.key_move) is met by every router at once. A router remembers a
+key's binding (services/router/key_tenants.py) for BOUND_S, a minute, and for that minute after a move an edge still
+sending the old tenant spent the old tenant's money with the key, while the new tenant was refused
+KEY_OF_ANOTHER_TENANT. The move now gives every shard a new key-moves token (store/keys.py, key_moves_key), and the
+store refuses an admission or rate count under a binding read before it ('moved'): once the move has returned, the next
+request naming the key, on any router, is refused for the old tenant and served for the new one. Two routers'
+servicers over one real Redis and a real Redis Cluster, BOUND_S as it ships; the store's scripts on both."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import grpc
+import pytest
+
+from services.router import key_move, key_tenants
+from services.router.servicer import RouterServicer
+from services.router.store import Account, Allowance, Hold, KeyBinding, RedisStore, period_id
+from services.router.store.keys import AccountKeys
+from tests.router.servicer_kit import router_servicer, store_on
+from tests.router.test_duplicate_across_keys import Answering
+from tests.router.test_key_of_two_tenants import (
+    KEY,
+    ask,
+    call,
+    refusal,
+    refused_for_another_tenant,
+    tenants,
+    untouched,
+)
+
+OLD, NEW = tenants(same_shard=False)
+DAY = period_id("day")
+PER_MINUTE = 1000  # a Decide is counted against it, in the store, under its key's binding
+
+
+async def routers(stack: AsyncExitStack, tmp_path: Path, url: str) -> list[tuple[RouterServicer, RedisStore]]:
+    """Two routers, each over its own store on `url`, as two replicas are."""
+    made = []
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+        store = await stack.enter_async_context(store_on(url))
+        servicer = await stack.enter_async_context(
+            router_servicer(tmp_path / name, store, Answering(), rate_limit_rpm=PER_MINUTE)
+        )
+        made.append((servicer, store))
+    return made
+
+
+@pytest.fixture
+def operator_on(any_redis_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The money Redis the operator's key_move names (ROUTER_REDIS_URL)."""
+    monkeypatch.setenv("ROUTER_REDIS_URL", any_redis_url)
+    return any_redis_url
+
+
+@pytest.mark.parametrize("method", ["Complete", "CompleteStream", "Decide"])
+async def test_once_a_move_returns_every_router_refuses_the_old_tenant_and_serves_the_new(
+    tmp_path: Path, operator_on: str, method: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Router one remembers the key's old tenant, and meets the move at the store (its admission, or a Decide's count,
+    refused 'moved'); router two remembers it too, and is asked for the new tenant first (a binding remembered for
+    another tenant is read again before a request is refused)."""
+    async with AsyncExitStack() as stack:
+        (one, store), (two, _) = await routers(stack, tmp_path, operator_on)
+        for n, router in enumerate((one, two)):
+            await call(router, method, ask(OLD, f"before-{n}"))
+        spent_before = await store.spent(Account(OLD, KEY), DAY)
+        assert await key_move.main([KEY, NEW]) == 0
+        refused_by_one = await refusal(one, method, ask(OLD, "after-1"))
+        await call(one, method, ask(NEW, "after-2"))
+        await call(two, method, ask(NEW, "after-3"))
+        refused_by_two = await refusal(two, method, ask(OLD, "after-4"))
+        assert await store.spent(Account(OLD, KEY), DAY) == spent_before  # the old tenant paid for nothing since
+        assert await store.held_pico(Account(OLD, KEY)) == (0, 0)
+    for refused in (refused_by_one, refused_by_two):
+        refused_for_another_tenant(refused, NEW)
+    assert "on every router" in capsys.readouterr().out
+
+
+class MovedAfterEachRead(RedisStore):
+    """A store whose every read of a key's binding an operator's move follows, to the tenant it found (a move that
+    changes nothing but the key-moves token): each admission under the binding read is refused 'moved'."""
+
+    async def bind_key(self, key: str, tenant: str) -> KeyBinding:
+        binding = await super().bind_key(key, tenant)
+        await self.move_key(key, binding.tenant)
+        return binding
+
+
+async def test_a_key_moved_again_between_each_read_and_its_admission_is_refused_for_a_retry(
+    tmp_path: Path, any_redis_url: str
+) -> None:
+    """Bounded: the router reads the binding again after each 'moved' a few times (key_tenants.SENDS), then answers
+    UNAVAILABLE, KEY_MOVING, a retry later, having admitted nothing."""
+    store = MovedAfterEachRead(any_redis_url)
+    try:
+        async with router_servicer(tmp_path, store, Answering()) as servicer:
+            refused = await refusal(servicer, "Complete", ask(OLD, "r1"))
+        assert (refused.code, refused.reason, refused.retry_delay_s) == (grpc.StatusCode.UNAVAILABLE, "KEY_MOVING", 1)
+        await untouched(store, Account(OLD, KEY))
+    finally:
+        await store.close()
+
+
+NOW = 1_800_000_000.25
+LIMITS = Allowance("day", per_minute=PER_MINUTE)
+
+
+@pytest.fixture
+async def frozen_store(any_redis_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[RedisStore]:
+    """A store on a frozen clock: an admission sent twice carries the very same arguments, as a resend does."""
+    monkeypatch.setattr(time, "time", lambda: NOW)
+    async with store_on(any_redis_url) as store:
+        yield store
+
+
+async def rate_counted(store: RedisStore, account: Account) -> int:
+    return int(await store.redis.get(AccountKeys.of(account).rate(NOW)) or 0)
+
+
+async def test_the_store_refuses_an_admission_under_a_binding_read_before_a_move(frozen_store: RedisStore) -> None:
+    """'moved' holds, counts and records nothing; the admission made before the move, sent again as it was made (a
+    Redis Cluster client's resend after a lost reply), is still admitted, once; one under the binding read since is
+    admitted."""
+    store, account = frozen_store, Account(OLD, KEY)
+    before = await store.bind_key(KEY, OLD)
+    made = Hold("r1", 100, DAY, "router-1", "n1")
+    assert (await store.admit(account, LIMITS, made, count_id="c1", moves=before.moves)).refused == ""
+    assert await store.move_key(KEY, OLD) == OLD  # a move of any key, this one to where it was, reaches every shard
+    late = Hold("r2", 100, DAY, "router-1", "n2")
+    assert (await store.admit(account, LIMITS, late, count_id="c2", moves=before.moves)).refused == "moved"
+    assert await store.count_request(account, LIMITS, "c3", moves=before.moves) == "moved"
+    assert (await store.held_pico(account), await rate_counted(store, account)) == ((100, 100), 1)
+    assert (await store.admit(account, LIMITS, made, count_id="c1", moves=before.moves)).refused == ""
+    assert (await store.held_pico(account), await rate_counted(store, account)) == ((100, 100), 1)
+    after = await store.bind_key(KEY, OLD)
+    assert after.tenant == OLD and after.moves != before.moves
+    assert (await store.admit(account, LIMITS, late, count_id="c2", moves=after.moves)).refused == ""
+    assert await store.count_request(account, LIMITS, "c3", moves=after.moves) == ""
+    assert (await store.held_pico(account), await rate_counted(store, account)) == ((200, 200), 3)
+
+
+async def test_keys_bound_to_no_tenant_are_admitted_unchecked(frozen_store: RedisStore) -> None:
+    """`anonymous` and a caller's own key (key_tenants.is_bound) carry no key-moves token: a move never stops them."""
+    store, account = frozen_store, Account(OLD, "anonymous")
+    assert await store.move_key(KEY, NEW) is None
+    hold = Hold("r1", 100, DAY, "router-1", "n1")
+    assert (await store.admit(account, LIMITS, hold, moves=key_tenants.UNCHECKED)).refused == ""
