@@ -14,6 +14,7 @@ import sys
 
 from services.router.admission import MAX_ID_CHARS
 from services.router.money_check import money_store
+from services.router.store import StoreRefusing, StoreUnavailable
 
 KEY_ID = re.compile(r"[0-9a-f]{16}")
 
@@ -33,6 +34,13 @@ async def main(argv: list[str]) -> int:
     _, store = found
     try:
         before = await store.move_key(args.key_id, args.tenant)
+    except (StoreUnavailable, StoreRefusing):
+        # The key may be rebound with no token written: routers would meet the move only within key_tenants.BOUND_S.
+        print(
+            f"key {args.key_id}: the money Redis failed the move, which may be made in part: run it again",
+            file=sys.stderr,
+        )
+        return 1
     finally:
         await store.close()
     was = "bound to no tenant before" if before is None else f"moved from {before!r}"

@@ -15,11 +15,13 @@ from pathlib import Path
 
 import grpc
 import pytest
+import redis.asyncio as redis
 
 from services.router import key_move, key_tenants
 from services.router.servicer import RouterServicer
 from services.router.store import Account, Allowance, Hold, KeyBinding, RedisStore, period_id
-from services.router.store.keys import AccountKeys
+from services.router.store.keys import AccountKeys, key_tenant_key
+from tests.redis_servers import RedisServer, money_redis
 from tests.router.servicer_kit import router_servicer, store_on
 from tests.router.test_duplicate_across_keys import Answering
 from tests.router.test_key_of_two_tenants import (
@@ -150,3 +152,29 @@ async def test_keys_bound_to_no_tenant_are_admitted_unchecked(frozen_store: Redi
     assert await store.move_key(KEY, NEW) is None
     hold = Hold("r1", 100, DAY, "router-1", "n1")
     assert (await store.admit(account, LIMITS, hold, moves=key_tenants.UNCHECKED)).refused == ""
+
+
+@pytest.fixture
+async def moves_denied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[redis.Redis]:
+    """A money Redis whose operator's user may write a key's binding, but no shard's key: the move rebinds the key and
+    fails writing its tokens. The operator's key_move names it (ROUTER_REDIS_URL); yielded, an admin's client."""
+    server: RedisServer = money_redis(tmp_path / "money").start()
+    admin = redis.Redis(port=server.port)
+    await admin.execute_command("ACL", "SETUSER", "operator", "on", ">pw", "resetkeys", "~{k.*", "+@all")
+    monkeypatch.setenv("ROUTER_REDIS_URL", f"redis://operator:pw@127.0.0.1:{server.port}/0")
+    try:
+        yield admin
+    finally:
+        await admin.aclose()
+        server.stop()
+
+
+async def test_a_move_failed_half_way_says_to_run_it_again(
+    moves_denied: redis.Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Rebound but no token written, routers would meet the move only within key_tenants.BOUND_S: the operator is told
+    it failed, not that it was made."""
+    assert await key_move.main([KEY, NEW]) == 1
+    assert await moves_denied.get(key_tenant_key(KEY)) == NEW.encode()  # the half that was made
+    said = capsys.readouterr()
+    assert "run it again" in said.err and "it serves" not in said.out
