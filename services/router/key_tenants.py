@@ -10,11 +10,11 @@ router's own caller list fixes (admission.account_for). Only requests that take 
 are checked: Complete, CompleteStream, Decide and a SubmitBatch's lines; a FindDeferred or CollectBatch only reads or
 settles lines admitted before.
 
-A binding changes only by an operator's move (key_move.py; README, *API keys and tenants*), which then gives every shard
-a new key-moves token (store/keys.py, key_moves_key). A router remembers a binding it read with the token of the named
-tenant's shard read just before it, and admits under that token (under_binding): the store refuses an admission or a
-rate count whose token its shard no longer has ('moved'), and the router reads the binding again. So once a move has
-returned, the next admission naming the key, on any router, meets it: the old tenant is refused, and the new one is
+A binding changes only by an operator's move (key_move.py; README, *A key serves one tenant*), which then gives every
+shard a new key-moves token (store/keys.py, key_moves_key). A router remembers a binding it read with the token of the
+named tenant's shard read just before it, and admits under that token (under_binding): the store refuses an admission
+or a rate count whose token its shard no longer has ('moved'), and the router reads the binding again. So once a move
+has returned, the next admission naming the key, on any router, meets it: the old tenant is refused, and the new one is
 served (a binding remembered for another tenant is read again before a request is refused). A request admitted before
 the move returned may still finish, charged to the tenant that admitted it. A router remembers a binding BOUND_S at
 most: the fallback where no token reaches the store (a Decide with no rate limit, which the store never sees; a move
