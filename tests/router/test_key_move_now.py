@@ -17,12 +17,16 @@ import grpc
 import pytest
 import redis.asyncio as redis
 
+from llmrouter.auth import ANONYMOUS, acting_as
+from llmrouter.v1 import router_pb2
 from services.router import key_move, key_tenants
 from services.router.servicer import RouterServicer
 from services.router.store import Account, Allowance, Hold, KeyBinding, RedisStore, period_id
 from services.router.store.keys import AccountKeys, key_tenant_key
 from tests.redis_servers import RedisServer, money_redis
-from tests.router.servicer_kit import router_servicer, store_on
+from tests.router.servicer_kit import NoDeadline, router_servicer, store_on
+from tests.router.test_collect_model import LINE, BatchProvider
+from tests.router.test_collect_model import REGISTRY as BATCH_REGISTRY
 from tests.router.test_duplicate_across_keys import Answering
 from tests.router.test_key_of_two_tenants import (
     KEY,
@@ -178,3 +182,29 @@ async def test_a_move_failed_half_way_says_to_run_it_again(
     assert await moves_denied.get(key_tenant_key(KEY)) == NEW.encode()  # the half that was made
     said = capsys.readouterr()
     assert "run it again" in said.err and "it serves" not in said.out
+
+
+async def test_after_a_move_a_batch_line_is_deferred_for_the_new_tenant_alone(
+    tmp_path: Path, redis_store: RedisStore, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SubmitBatch line is admitted as a Complete is: on a router that remembers the key's old tenant, a line naming
+    it is not deferred once the key has moved (nothing held for it), and one naming the new tenant is."""
+    monkeypatch.setenv("ROUTER_REDIS_URL", redis_url)
+
+    def line(tenant: str, request_id: str) -> router_pb2.CompleteRequest:
+        request = router_pb2.CompleteRequest()
+        request.CopyFrom(LINE)
+        request.tenant, request.api_key_id, request.request_id = tenant, KEY, request_id
+        return request
+
+    async with router_servicer(tmp_path, redis_store, BatchProvider(), BATCH_REGISTRY) as servicer:
+        with acting_as(ANONYMOUS):
+            before = await servicer.SubmitBatch(
+                router_pb2.SubmitLinesRequest(lines=[line(OLD, "line-1")]), NoDeadline()
+            )
+            assert await key_move.main([KEY, NEW]) == 0
+            held_before = await redis_store.held_pico(Account(OLD, KEY))
+            after = router_pb2.SubmitLinesRequest(lines=[line(OLD, "line-2"), line(NEW, "line-3")])
+            submitted = await servicer.SubmitBatch(after, NoDeadline())
+    assert [each.deferred for each in [*before.lines, *submitted.lines]] == [True, False, True]
+    assert await redis_store.held_pico(Account(OLD, KEY)) == held_before  # the line refused holds nothing
