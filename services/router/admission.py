@@ -39,6 +39,7 @@ from services.router.store import (
     StoreUnavailable,
     Verdict,
     key_id,
+    marked_until,
     money_now,
     period_id,
     to_pico,
@@ -203,7 +204,10 @@ class Admission:
         for _ in range(ADMIT_ATTEMPTS):
             model = routed.plan.order[0].model  # a session's may be set aside by a refusal (_fit)
             nonce = secrets.token_hex(8)  # names this admission: its undo touches no other of the request id
-            hold = Hold(routed.request_id, _worst_case(routed), period, self.settings.instance_id, nonce, until)
+            # Its charges marked as long as the store keeps its id used: a charge that finds nothing of it is late past
+            # that, by the store's clock, whatever the clock or request id TTL of the router charging it.
+            marked = marked_until(self.store.request_id_ttl_s, until, money_now())
+            hold = Hold(routed.request_id, _worst_case(routed), period, self.settings.instance_id, nonce, until, marked)
             prices = _prices(model) if until else None
             verdict = await self._hold(routed.account, hold, model.name, prices, count_id, counted_at)
             if not verdict.refused:

@@ -20,8 +20,7 @@ from services.router.capped_charges import count_capped
 from services.router.models import AvailableModels
 from services.router.outbox import Outbox, OutboxCharge
 from services.router.routed import Routed, Served, counts_below_nothing, generation_entry
-from services.router.settings import CHARGE_LANDS_S
-from services.router.store import PICO, Store, StoreUnavailable, money_now, to_pico
+from services.router.store import PICO, Store, StoreUnavailable, to_pico
 
 log = logging.getLogger("llmrouter.router")
 T = TypeVar("T")
@@ -162,21 +161,13 @@ class Charger:
             "outcome": outcome,
         }
         charge_id = secrets.token_hex(8)  # this charge, should its reply be lost and the outbox replay it
-        # A charge past the request's life (its router stalled) lands without its pending charge, as one whose
-        # admission the store lost, only while any other charge of it is surely still marked (Outbox.marked_s, counted
-        # from the end of the request's life); later it is late. Kept in the outbox, it is dated back to the end of that
-        # life, so its replay turns late once those markers may have expired, whichever router reads the line.
-        overrun = _overrun_s(routed)
-        late = overrun > self.outbox.marked_s
-        charged_s = money_now() - max(overrun, 0.0)
         try:
             # Not only while its pending charge is open: a store that lost the admission (a crash within its fsync
             # interval, a failover to a replica behind) is still charged what was served. The charged marker keeps
-            # it once, a reconciler's charge of a router it took for dead included: it outlives any request
-            # (request_id_ttl_s, settings), but maybe not a frozen router's, whose charge is late.
-            charged = await self.store.charge(
-                routed.account, routed.hold, to_pico(cost), record, late=late, charge_id=charge_id
-            )
+            # it once, a reconciler's charge of a router it took for dead included, until the admission's
+            # marked_until at least. Past that (its router frozen so long) the store takes it for late, by its own
+            # clock: this router's may not have moved while it was frozen (a suspended host, a paused VM).
+            charged = await self.store.charge(routed.account, routed.hold, to_pico(cost), record, charge_id=charge_id)
             counted = charged
         except Exception as exc:
             # Kept on local disk before the answer is released: charged once the store is back (out of reach), or,
@@ -187,9 +178,7 @@ class Charger:
             # counted by the router that makes it.
             if not isinstance(exc, StoreUnavailable):
                 log.error("charge refused by the money store", extra={**record, "error": repr(exc)[:300]})
-            await self.outbox.add(
-                OutboxCharge(routed.account, routed.hold, to_pico(cost), record, charge_id, charged_s, late)
-            )
+            await self.outbox.add(OutboxCharge.kept(routed.account, routed.hold, to_pico(cost), record, charge_id))
             charged, counted = True, False
         routed.settled = True
         if not charged:
@@ -213,14 +202,6 @@ class Charger:
         if pico is not None:
             routed.charged = Decimal(pico) / PICO
             response.cost_usd = format(routed.charged, "f")
-
-
-def _overrun_s(routed: Routed) -> float:
-    """How long past its life the request is charged: past its time limit and the minute for its charge to land, which
-    no request runs unless its router was stalled (CPU starved, SIGSTOP). Taken for dead meanwhile, the reconciler
-    charged it at its hold, and that charge's marker may have expired when the stall outlasted the request id TTL.
-    Measured on the monotonic clock `started` is read from, which a suspended or paused machine may not advance."""
-    return time.perf_counter() - routed.started - (routed.timeout_s + CHARGE_LANDS_S)
 
 
 def _cap_at_hold(routed: Routed, response: router_pb2.CompleteResponse, served: Served | None) -> str:

@@ -82,29 +82,43 @@ class OutboxCharge:
     # Names the charge (Store.charge): its attempt that met the outage may have landed, its reply lost. '' in lines
     # of routers of the version before, which counted the charge in the metrics as they kept it here.
     charge_id: str = ""
-    # When it was charged, by the money's clock (clock.py), which dates the markers' expiry too: what its lateness is
-    # aged by. A charge made past its request's life (its router stalled) is dated back to the end of that life
-    # (charging.py, _overrun_s), so routers that read no `late` age it right too. 0 in lines of routers of the versions
-    # before: aged by the record's `ts`, the router's own clock.
+    # When it was charged, by the money's clock (clock.py), which dates the markers' expiry too: what a line whose hold
+    # has no marked_until (a router of a version before kept it) is aged by, as are this version's lines by routers of
+    # the versions before. 0 in lines of routers of the versions before that: aged by the record's `ts`, the router's
+    # own clock.
     charged_s: float = 0.0
-    # Charged past its request's life and its markers' (charging.py, _overrun_s): late whenever it is replayed.
+    # Late whenever it is replayed, for a router that reads no marked_until: kept past it by the money's clock (by a
+    # router of the version before: charged past its request's life and its markers').
     late: bool = False
 
+    @classmethod
+    def kept(cls, account: Account, hold: Hold, pico: int, record: dict[str, Any], charge_id: str) -> OutboxCharge:
+        """A charge kept now: its replay judged late by the store (Hold.marked_until); `charged_s` and `late` say it
+        for routers of the version before, which read no marked_until."""
+        now = money_now()
+        return cls(account, hold, pico, record, charge_id, now, 0 < hold.marked_until <= now)
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
+        line = asdict(self)
+        line["hold"], line["marked_until"] = _hold_json(self.hold), self.hold.marked_until
+        return json.dumps(line, separators=(",", ":"))
 
     async def land(self, store: Store, marked_s: float) -> None:
-        """Within `marked_s` of the charge, a charge of the request by anyone else (the reconciler's, of a router it
-        took for dead) is surely still marked, so it lands whether or not its pending charge is open: a store that
-        lost the admission (a crash, a failover behind) is still paid. Later, only while it is open: the marker may
-        have expired. Counted in the metrics only when it is this charge that the store holds: one the reconciler
-        settled meanwhile is counted as its charge, at its hold, and this one never reaches the ledger.
+        """A charge whose hold says until when its request's charges are marked (Hold.marked_until) is judged late by
+        the store, by its own clock (lua.py, CHARGE): whichever router replays it, whatever its clock and settings.
 
-        Aged by the money's clock, as Redis ages the markers, not by the router's own: that clock stepped by a day
-        between the charge and its replay (NTP setting right a pod's clock) took a charge a moment old for late, and
-        refused it when the store had lost its admission (a request served, never paid for), or one past its
-        markers for one within them, and charged it again over the reconciler's charge at its hold."""
-        if self.late or self.charged_s:
+        A line of a router of a version before is judged here. Within `marked_s` of the charge, a charge of the request
+        by anyone else (the reconciler's, of a router it took for dead) is surely still marked, so it lands whether or
+        not its pending charge is open: a store that lost the admission (a crash, a failover behind) is still paid.
+        Later, only while it is open: the marker may have expired. Aged by the money's clock, as Redis ages the
+        markers, not by the router's own: that clock stepped by a day between the charge and its replay (NTP setting
+        right a pod's clock) took a charge a moment old for late, or one past its markers for one within them.
+
+        Counted in the metrics only when it is this charge that the store holds: one the reconciler settled meanwhile
+        is counted as its charge, at its hold, and this one never reaches the ledger."""
+        if self.hold.marked_until:
+            late = False  # the store's to judge
+        elif self.late or self.charged_s:
             late = self.late or money_now() - self.charged_s > marked_s
         else:
             late = time.time() - float(self.record.get("ts", 0)) > marked_s
@@ -133,7 +147,8 @@ class OutboxUndo:
     hold: Hold
 
     def to_json(self) -> str:
-        return json.dumps({"undo": asdict(self)}, separators=(",", ":"))
+        undo = {"account": asdict(self.account), "hold": _hold_json(self.hold)}
+        return json.dumps({"undo": undo}, separators=(",", ":"))
 
     async def land(self, store: Store, marked_s: float) -> None:
         await undo_or_give_back(store, self.account, self.hold)
@@ -155,12 +170,20 @@ async def undo_or_give_back(store: Store, account: Account, hold: Hold) -> bool:
     return False
 
 
+def _hold_json(hold: Hold) -> dict[str, Any]:
+    """A hold as a line keeps it: without marked_until (a charge's line keeps it beside), which a router of the
+    version before, making a Hold of every field there, would not know: it would dead-letter the line."""
+    fields = asdict(hold)
+    del fields["marked_until"]
+    return fields
+
+
 def entry_from_json(line: str) -> OutboxEntry:
     raw = json.loads(line)
     if "undo" in raw:
         undo = raw["undo"]
         return OutboxUndo(Account(**undo["account"]), Hold(**undo["hold"]))
-    account, hold = Account(**raw["account"]), Hold(**raw["hold"])
+    account, hold = Account(**raw["account"]), Hold(**raw["hold"], marked_until=raw.get("marked_until", 0.0))
     return OutboxCharge(
         account,
         hold,
@@ -177,7 +200,8 @@ class Outbox:
         self, data_dir: Path, marked_s: float = REQUEST_ID_TTL_S - HOLD_S, poison_replays: int = POISON_REPLAYS
     ) -> None:
         """`marked_s`: how long after a charge any other charge of its request is surely still marked (the request id
-        TTL less the longest a request runs and its charge lands); the default holds for every request timeout.
+        TTL less the longest a request runs and its charge lands), for lines of routers of a version before, whose
+        holds have no marked_until (OutboxCharge.land); the default holds for every request timeout.
         `poison_replays`: how many replays in a row an entry fails otherwise before it is dead-lettered."""
         self.marked_s = marked_s
         self.poison_replays = poison_replays

@@ -1,15 +1,17 @@
-"""A router frozen mid-request (SIGSTOP, a stalled process) past its heartbeat is taken for dead: another router's
-reconciler charges its request the hold, and the charged marker keeps that charge once for ROUTER_REQUEST_ID_TTL_S.
-Frozen longer than that, the router thawed finds its request's pending charge and marker both gone, as after a store
-that lost the admission, which its charge still pays. But no request runs that long: a charge made past the
-request's time limit and the minute for its charge to land is late, and lands only while its own pending charge is
-open, as a late outbox replay does. Before, it was charged a second time over the reconciler's hold. Real Redis, the
-router's own Charger."""
+"""A router frozen mid-request (SIGSTOP, a stalled process, a suspended host) past its heartbeat is taken for dead:
+another router's reconciler charges its request the hold, and the charged marker keeps that charge once, until the
+admission's Hold.marked_until at least (ROUTER_REQUEST_ID_TTL_S of the router that admitted it). Frozen longer than
+that, the router thawed finds its request's pending charge and marker both gone, as after a store that lost the
+admission, which its charge still pays. The store tells them apart by its own clock: past marked_until the charge is
+late, and lands only while its own pending charge is open, whatever the router's clock (which may have stood still
+while it was frozen) and its settings. Before, it was charged a second time over the reconciler's hold. Real Redis,
+the router's own Charger."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,7 @@ import redis.asyncio as redis
 from services.router import charging
 from services.router.outbox import Outbox, OutboxCharge
 from services.router.settings import CHARGE_LANDS_S
-from services.router.store import HOLD_S, REQUEST_ID_TTL_S, AccountKeys, period_id
+from services.router.store import HOLD_S, PICO, REQUEST_ID_TTL_S, AccountKeys, period_id
 from tests.conftest import ledger_records
 from tests.fakes.lossy_proxy import LossyProxy
 from tests.router.servicer_kit import charger_on, store_on
@@ -32,8 +34,8 @@ DAY = period_id("day")
 async def test_a_charge_thawed_past_its_reconciled_markers_is_not_charged_again(redis_url: str, tmp_path: Path) -> None:
     client: redis.Redis = redis.from_url(redis_url)
     async with (
-        # Markers kept 1 s, within the test: no longer than a request's life, as the routers' settings agree (a
-        # charge past that life is no longer surely marked: Outbox.marked_s, 0 here).
+        # Markers kept 1 s, within the test, by both routers (marked_s 0: a charge past its life is no longer surely
+        # marked, as its router's settings would have it).
         charger_on(redis_url, tmp_path / "data", request_id_ttl_s=1, marked_s=0) as charger,
         store_on(redis_url, request_id_ttl_s=1) as reconciler,
     ):
@@ -52,6 +54,95 @@ async def test_a_charge_thawed_past_its_reconciled_markers_is_not_charged_again(
             ]
         finally:
             await client.aclose()
+
+
+async def test_a_charge_thawed_on_a_clock_that_stood_still_is_not_charged_again(redis_url: str, tmp_path: Path) -> None:
+    """Frozen with its host (suspended, a paused VM), the router's monotonic clock stood still: to the router its
+    request is a moment old. The store's clock went on past the admission's markers (Hold.marked_until): its charge is
+    late, not charged again over the reconciler's hold whose marker has expired. Judged by the router's monotonic
+    clock, it was. The router's settings are production's (a day's marked_s); its store keeps markers 1 s."""
+    client: redis.Redis = redis.from_url(redis_url)
+    async with (
+        charger_on(redis_url, tmp_path / "data", request_id_ttl_s=1) as charger,
+        store_on(redis_url, request_id_ttl_s=1) as reconciler,
+    ):
+        r, response = await served(charger)
+        assert r.hold is not None
+        await eventually(lambda: reconciler.reconcile("reconciler", 0.05, 3600), "the request reconciled")
+        marker = AccountKeys.of(ACCOUNT).charged(r.request_id)
+        await eventually(lambda: _gone(client, marker), "the reconciler's charged marker expired")
+        await charger.settle(r, response)  # r.started as admitted: the router's clock saw no time pass
+        try:
+            assert await charger.store.spent(ACCOUNT, DAY) == (r.hold.pico, r.hold.pico), "charged again"
+            assert [x["outcome"] for x in await ledger_records(client) if x["request_id"] == r.request_id] == [
+                "reconciled"
+            ]
+        finally:
+            await client.aclose()
+
+
+async def test_a_charge_thawed_on_a_clock_that_stood_still_is_late_when_replayed(
+    charger: charging.Charger, proxy: LossyProxy, redis_url: str, tmp_path: Path
+) -> None:
+    """As above, the store out of reach as it thaws: its charge waits in the outbox, and is replayed by a router
+    restarted with production's settings (a day's marked_s). Late all the same: the store judges its line by the
+    admission's marked_until it keeps, not by when the router thought it charged."""
+    client: redis.Redis = redis.from_url(redis_url)
+    async with store_on(redis_url, request_id_ttl_s=1) as reconciler:
+        r, response = await served(charger)
+        assert r.hold is not None
+        await eventually(lambda: reconciler.reconcile("reconciler", 0.05, 3600), "the request reconciled")
+        marker = AccountKeys.of(ACCOUNT).charged(r.request_id)
+        await eventually(lambda: _gone(client, marker), "the reconciler's charged marker expired")
+        proxy.go_down()
+        await charger.settle(r, response)  # r.started as admitted: the router's clock saw no time pass
+        assert len(charger.outbox) == 1
+        proxy.come_back()
+        await Outbox(tmp_path / "data", REQUEST_ID_TTL_S - HOLD_S).replay(charger.store)
+        try:
+            assert len(charger.outbox) == 0
+            assert await reconciler.spent(ACCOUNT, DAY) == (r.hold.pico, r.hold.pico), "charged again"
+        finally:
+            await client.aclose()
+
+
+async def test_a_charge_is_judged_by_its_admissions_request_id_ttl_not_the_reconcilers(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Mid-rollout of a shorter ROUTER_REQUEST_ID_TTL_S: the router that admitted the request keeps markers 10 s, the
+    reconciler that charged it at its hold (taking the router, frozen, for dead) 1 s. The reconciler's marker is kept
+    as long as the admission's, so the router thawed 1.5 s later finds it: not charged again, and told the hold the
+    ledger charged. Kept for the reconciler's 1 s, the marker was gone, and the router, within its own TTL, charged the
+    request again."""
+    client: redis.Redis = redis.from_url(redis_url)
+    async with (
+        charger_on(redis_url, tmp_path / "data", request_id_ttl_s=10) as charger,
+        store_on(redis_url, request_id_ttl_s=1) as reconciler,
+    ):
+        r, response = await served(charger)
+        assert r.hold is not None
+        await eventually(lambda: reconciler.reconcile("reconciler", 0.05, 3600), "the request reconciled")
+        reconciled_s = await _store_now(client)
+        await eventually(
+            lambda: _store_time_past(client, reconciled_s + 1.5), "the reconciler's own request id TTL passed"
+        )
+        marker = AccountKeys.of(ACCOUNT).charged(r.request_id)
+        assert await client.exists(marker), "the reconciler's marker kept only its own TTL"
+        await charger.settle(r, response)
+        try:
+            assert await charger.store.spent(ACCOUNT, DAY) == (r.hold.pico, r.hold.pico), "charged again"
+            assert response.cost_usd == format(Decimal(r.hold.pico) / PICO, "f")  # told what the ledger charged
+        finally:
+            await client.aclose()
+
+
+async def _store_now(client: redis.Redis) -> float:
+    seconds, micros = await client.time()
+    return seconds + micros / 1e6
+
+
+async def _store_time_past(client: redis.Redis, at_s: float) -> bool:
+    return await _store_now(client) > at_s
 
 
 async def _gone(client: redis.Redis, key: str) -> bool:
@@ -94,11 +185,10 @@ async def test_a_late_charge_kept_in_the_outbox_stays_late_when_replayed(
 async def test_a_charge_past_its_life_kept_in_the_outbox_is_aged_from_the_end_of_that_life(
     proxy: LossyProxy, redis_url: str, tmp_path: Path
 ) -> None:
-    """Charged 2 s past its life, its router stalled, with the other charges of it surely marked 2.5 s past that life
-    (the reconciler's marker has 1 to 1.5 s left): timely, but kept in the outbox (the store out of reach). Its replay
-    once that marker has expired is over 3 s past the request's life: late. Dated by its charge alone, it was taken for
-    one under 2.5 s old and charged again over the reconciler's hold (by any router: one of a version before reads no
-    `late`)."""
+    """Charged 2 s past its life, its router stalled, while the other charges of it are surely marked (the
+    reconciler's marker has 1 to 1.5 s left): timely, but kept in the outbox (the store out of reach). Its replay once
+    that marker has expired is past the admission's marked_until: late. Dated by its charge alone, it was taken for
+    one under 2.5 s old and charged again over the reconciler's hold."""
     client: redis.Redis = redis.from_url(redis_url)
     async with (
         charger_on(proxy.url_for(redis_url), tmp_path / "data", request_id_ttl_s=3, marked_s=2.5) as charger,

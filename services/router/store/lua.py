@@ -465,8 +465,19 @@ CHARGE = (
 -- ARGV: pico, marker ttl, record, spend ttl, hold member, pending field, late ('1': only if still pending),
 --       the charge's id ('' for none), its admission's nonce ('' for none), the reconciler's: the pending record
 --       as its sweep read it ('' for none), the tokens charged (input and output), and the reconciler's: what it
---       charges (model.py, Reconciled; '' for none: not the reconciler's, or an admission without a nonce)
+--       charges (model.py, Reconciled; '' for none: not the reconciler's, or an admission without a nonce), until
+--       when the admission's charges are marked (Hold.marked_until, Unix ms; 0 for not known)
 EPOCH = redis.call('GET', KEYS[12]) or '0'
+-- Late: landing only while its pending charge is open. Asked so ('1': the reconciler's, a provider batch line's
+-- collect, an outbox line of a version before), or judged here: past the admission's marked_until by this store's
+-- clock, which expires the markers, and until which every charge of the admission kept its marker (below). Within it,
+-- a charge that finds no pending charge and no marker is one whose admission the store lost: still paid. So a router
+-- whose clock stood still while it was frozen (a suspended host, a paused VM), or one whose request id TTL is not the
+-- admitting router's, never takes a charge the reconciler settled, its marker expired since, for one of those.
+local MARKED = tonumber(ARGV[13]) or 0
+local clock = redis.call('TIME')
+local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local late = ARGV[7] == '1' or (MARKED > 0 and now_ms >= MARKED)
 -- Returns 1 when charged now, or before by this very charge (its id in the marker: its reply was lost); else 0.
 -- The charged marker: 'batch:<id> 1::pico=<what it was charged>' for a provider batch line's; else one entry per charge
 -- that landed on the request id, space-separated, each '1:<charge id>:<admission nonce>' (either may be ''), or '1' or
@@ -527,6 +538,9 @@ for _, holds in ipairs({KEYS[5], KEYS[6]}) do
 end
 if ARGV[12] ~= '' then writes[#writes + 1] = {'SET', KEYS[14], ARGV[12]} end
 if ARGV[8] ~= '' then writes[#writes + 1] = {'SET', KEYS[15], ARGV[8]} end
+if MARKED > 0 then
+  for _, key in ipairs({KEYS[1], KEYS[11], KEYS[14]}) do writes[#writes + 1] = {'PEXPIREAT', key, ARGV[13], 'GT'} end
+end
 local listing = ARGV[8] ~= '' and LISTABLE[redis.call('TYPE', KEYS[16])['ok']]
 if listing then writes[#writes + 1] = {'ZADD', KEYS[16], '0', ''} end
 local refused = denied(writes)
@@ -536,7 +550,7 @@ if refused then return refused end
 -- its own charge settles it, and its hold stays.
 local own = pending and ARGV[9] ~= '' and string.match(pending, '"nonce":%s*"([^"]*)"') == ARGV[9]
 if pending and ARGV[9] ~= '' and not own then
-  if ARGV[7] == '1' then return 0 end
+  if late then return 0 end
 else
   -- A line with no batch recorded ('' since its admission) is marked so (model.py, UNRECORDED_BATCH): a collect of it
   -- again tells its charge.
@@ -547,7 +561,7 @@ else
   redis.call('HDEL', KEYS[10], ARGV[6])
   drop_hold(KEYS[5], KEYS[6], {ARGV[5], held_member(KEYS[7], ARGV[6], ARGV[5])})
   redis.call('HDEL', KEYS[7], ARGV[6])
-  if not pending and ARGV[7] == '1' then return 0 end
+  if not pending and late then return 0 end
 end
 -- A marker met is another charge of the request id. It is another admission's, which must not make this one free,
 -- when this admission's pending charge is open (it was never charged: every charge drops it here), or when each of
@@ -595,6 +609,11 @@ if ARGV[12] ~= '' then redis.call('SET', KEYS[14], ARGV[12], 'EX', ARGV[2]) end
 -- The used id, naming the key that used it, lives at least as long as the charged marker (model.py, used_ttl_s): a
 -- charge landing late (past its hold) would otherwise leave the charge on record with no key to tell it to.
 redis.call('EXPIRE', KEYS[11], ARGV[2], 'GT')
+-- Each kept at least until the admission's marked_until, whatever this router's request id TTL: a charge of it
+-- arriving before then (its router frozen) finds the marker, and the reconciler's charge to give back.
+if MARKED > 0 then
+  for _, key in ipairs({KEYS[1], KEYS[11], KEYS[14]}) do redis.call('PEXPIREAT', key, ARGV[13], 'GT') end
+end
 for i = 2, 3 do
   redis.call('INCRBY', KEYS[i], ARGV[1])
   if tonumber(ARGV[4]) > 0 then redis.call('EXPIRE', KEYS[i], ARGV[4]) end

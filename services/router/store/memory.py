@@ -83,6 +83,7 @@ class MemoryStore:
         # The tenant each API key id is bound to (RedisStore's key_tenant_key): one entry per key ever used, as its
         # spend counters are, not per request.
         self.key_tenants: dict[str, str] = {}
+        self.request_id_ttl_s = request_id_ttl_s
         self.used = RecentIds(request_id_ttl_s, self.MAX_REQUEST_IDS)  # admitted
         self.charged = RecentIds(request_id_ttl_s, self.MAX_REQUEST_IDS)
         self.undone = RecentIds(request_id_ttl_s, self.MAX_REQUEST_IDS)  # undone admissions, by nonce
@@ -224,6 +225,10 @@ class MemoryStore:
         for spend_key in keys.spend(hold.period):  # refused whole, as RedisStore's CHARGE (SPEND_MAX_PICO)
             if self.counters.get(spend_key, 0) + pico > SPEND_MAX_PICO:
                 raise OverflowError(f"spend would overflow: {spend_key} would pass {SPEND_MAX_PICO} pico-USD")
+        # Late past the admission's marked_until, as RedisStore's CHARGE judges it; its marker kept at least that long.
+        now = money_now()
+        late = late or 0 < hold.marked_until <= now
+        marked_s = max(self.charged.ttl_s, hold.marked_until - now)
         field = pending_field(account, hold.request_id)
         pending, batch = self.pending.get(field), self.batches.get(field)
         own = pending is not None and bool(hold.nonce) and pending.nonce == hold.nonce
@@ -242,15 +247,15 @@ class MemoryStore:
             if not (own or marker_spares_admission(met, hold.nonce)):
                 return False
             self.charged.discard(charged)
-        self.charged.add(charged, marker_after_charge(met, charged_marker(batch, charge_id, hold.nonce), pico))
+        marker = marker_after_charge(met, charged_marker(batch, charge_id, hold.nonce), pico)
+        self.charged.add(charged, marker, marked_s)
         if batch is not None and charge_id:  # counted by the router that takes it (count_once; lua.py, CHARGE)
             self.uncounted[keys.uncounted(hold.request_id)] = (charge_id, record)
             if len(self.uncounted) > self.MAX_REQUEST_IDS:
                 del self.uncounted[next(iter(self.uncounted))]
-        self.used.outlive(keys.used(hold.request_id), self.charged.ttl_s)  # as long as the charged marker (lua.py)
+        self.used.outlive(keys.used(hold.request_id), marked_s)  # as long as the charged marker (lua.py)
         for spend_key in keys.spend(hold.period):
             self.counters[spend_key] = self.counters.get(spend_key, 0) + pico
-        now = money_now()
         tokens = self._window(now).tokens  # counted once, as the charge lands (lua.py, CHARGE)
         tokens[keys.tokens(now)] = tokens.get(keys.tokens(now), 0) + charged_tokens(record)
         self.ledger.append(record)

@@ -98,6 +98,20 @@ class Hold:
     nonce: str = ""
     # A deferred request's (a provider batch line's): when its hold lapses, Unix seconds; 0: HOLD_S after admission.
     until: float = 0.0
+    # Until when every charge of this admission is surely still marked (money-clock Unix seconds, marked_until): each
+    # keeps its charged marker at least that long, whatever its router's request id TTL, and the store judges by its
+    # own clock whether a charge that finds the pending charge gone is late (lua.py, CHARGE). 0: not known (a hold of
+    # a router of a version before), judged by its router.
+    marked_until: float = 0.0
+
+
+def marked_until(request_id_ttl_s: float, until: float, now: float) -> float:
+    """Until when an admission made `now` keeps its request's charges marked: as long as its used marker lives
+    (used_ttl_s), the admitting router's request id TTL past its admission (a provider batch line's, past its hold).
+    Within it, a charge that finds its pending charge gone and no marker is that of an admission the store lost (a
+    crash, a failover behind): still paid. Past it, the request may have been charged by the reconciler (its router
+    frozen), its marker expired since: the charge lands only while its pending charge is open."""
+    return now + used_ttl_s(request_id_ttl_s, until, now)
 
 
 class Prices(NamedTuple):
@@ -141,6 +155,9 @@ class Pending:
     # or a line admitted by a router of a version before prices were kept (charged at the prices of its collect's
     # registry, as that version did).
     prices: Prices | None = None
+    # Hold.marked_until, recorded so that the reconciler's charge keeps its marker as long (0: not recorded, a
+    # router of a version before admitted it).
+    marked_until: float = 0.0
 
     def ledger_record(self, **fields: Any) -> dict[str, Any]:
         """A ledger entry settling this charge: who pays, in which budget period, and `fields`."""
@@ -159,6 +176,7 @@ class Pending:
             money_now(),  # other routers age it (the reconciler, deferred.py): by the clock they all read
             hold.nonce,
             hold.until,
+            marked_until=hold.marked_until,
         )
 
     @classmethod
@@ -174,6 +192,8 @@ class Pending:
         record = asdict(self)
         for name in _BESIDE:
             del record[name]
+        if not self.marked_until:  # not known: the record as the version before wrote it
+            del record["marked_until"]
         return json.dumps(record)
 
     @property
@@ -181,7 +201,9 @@ class Pending:
         return pending_field(Account(self.tenant, self.key), self.request_id)
 
     def account_and_hold(self) -> tuple[Account, Hold]:
-        hold = Hold(self.request_id, self.hold_pico, self.period, self.router, self.nonce, self.until)
+        hold = Hold(
+            self.request_id, self.hold_pico, self.period, self.router, self.nonce, self.until, self.marked_until
+        )
         return Account(self.tenant, self.key), hold
 
 
@@ -425,6 +447,11 @@ class Store(Protocol):
     # failure of the store is every shard's.
     shards_fail_apart: bool
 
+    @property
+    def request_id_ttl_s(self) -> float:
+        """How long an admission keeps its request id used, and its charges marked (ROUTER_REQUEST_ID_TTL_S):
+        marked_until says until when."""
+
     async def admit(
         self,
         account: Account,
@@ -467,8 +494,10 @@ class Store(Protocol):
         """Settle the pending charge: add the cost to both budgets of the hold's period and the record to the
         ledger, once per request id, and drop the hold; the record's tokens (charged_tokens) are counted in the
         account's tokens of the minute, once, as the charge lands. Returns False when this request id was charged before
-        (nothing is added again). `late` (an outbox replay, perhaps after the charged marker expired): charge
-        only while the pending charge is still open, so a charge the reconciler settled is never added again.
+        (nothing is added again). `late` (an outbox line of a version before, perhaps after the charged marker
+        expired): charge only while the pending charge is still open, so a charge the reconciler settled is never
+        added again; the store takes any charge for late past its hold's marked_until, by its own clock, and keeps
+        the charged marker until then at least.
         `charge_id` names this one charge (its charged marker keeps it, while it lives): when this very charge was
         made before (its reply lost, then replayed from the outbox or resent), True again, nothing added, so its
         maker counts it once whichever call learned of it. A provider batch line's marker has no room for it: its

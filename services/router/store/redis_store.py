@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import secrets
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -381,6 +382,7 @@ class RedisStore:
             *only,
             charged_tokens(record),
             reconciled,
+            math.ceil(hold.marked_until * 1000),  # the store's TIME judges it (lua.py, CHARGE): 0 for not known
         ]
         async with self._call():
             return bool(await self._charge(keys=names, args=args))

@@ -1,0 +1,79 @@
+"""Whether a charge that finds nothing of its admission (no pending charge, no charged marker) is late is the store's
+to judge, by its own clock and the admission's Hold.marked_until, not by the clock or the request id TTL of the router
+that charges: within it the store lost the admission (a crash, a failover behind) and the answer is paid; past it the
+reconciler may have charged the request at its hold and its marker expired since, and nothing is charged again. Every
+charge keeps its marker (and the used id) until marked_until, whatever its own store's request id TTL. The Redis store
+(a real redis-server) and the in-process one alike."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import fields
+
+import pytest
+import redis.asyncio as redis
+
+from services.router.outbox import OutboxCharge, OutboxUndo, entry_from_json
+from services.router.store import Account, AccountKeys, Hold, MemoryStore, RedisStore, Store, money_now, period_id
+
+ACCOUNT = Account("acme", "key1")
+DAY = period_id("day")
+
+
+@pytest.fixture(params=["redis", "memory"])
+def store_url(request: pytest.FixtureRequest) -> str | None:
+    return None if request.param == "memory" else request.getfixturevalue("any_redis_url_redis")
+
+
+@pytest.fixture
+async def store(store_url: str | None) -> AsyncIterator[Store]:
+    made: Store = RedisStore(store_url) if store_url else MemoryStore()
+    yield made
+    await made.close()
+
+
+def lost(request_id: str, marked_until: float) -> Hold:
+    """The hold of an admission the store has no trace of (lost by it, or settled and its markers expired)."""
+    return Hold(request_id, 500, DAY, "router-1", "nonce-" + request_id, marked_until=marked_until)
+
+
+async def test_a_charge_finding_nothing_of_its_admission_is_paid_within_its_marked_until(store: Store) -> None:
+    assert await store.charge(ACCOUNT, lost("req-1", money_now() + 3600), 70, {"n": 1})
+    assert await store.spent(ACCOUNT, DAY) == (70, 70)
+
+
+async def test_a_charge_finding_nothing_of_its_admission_past_its_marked_until_is_late(store: Store) -> None:
+    """Not asked to be late (its router's clock says the request is young): the store's clock says it is."""
+    assert not await store.charge(ACCOUNT, lost("req-1", money_now() - 1), 70, {"n": 1})
+    assert await store.spent(ACCOUNT, DAY) == (0, 0)
+
+
+async def test_a_charge_keeps_its_marker_until_marked_until_past_its_stores_request_id_ttl(redis_url: str) -> None:
+    """A router whose request id TTL is 1 s (the reconciler mid-rollout of a shorter setting) charges an admission
+    whose router keeps markers 10 minutes: its marker lives those 10 minutes, and the same admission charged again
+    within them finds it."""
+    store, client = RedisStore(redis_url, request_id_ttl_s=1), redis.from_url(redis_url)
+    try:
+        assert await store.charge(ACCOUNT, lost("req-1", money_now() + 600), 70, {"n": 1})
+        keys = AccountKeys.of(ACCOUNT)
+        assert await client.pttl(keys.charged("req-1")) > 500_000
+        assert not await store.charge(ACCOUNT, lost("req-1", money_now() + 600), 70, {"n": 2})
+        assert await store.spent(ACCOUNT, DAY) == (70, 70)
+    finally:
+        await client.aclose()
+        await store.close()
+
+
+def test_an_outbox_line_keeps_marked_until_beside_its_hold_for_routers_of_the_version_before() -> None:
+    """A charge kept in the outbox carries its hold's marked_until (its replay is judged by it), beside the hold, not
+    in it: a router of the version before makes a Hold of every field of the line's hold, and one it does not know
+    would have it dead-letter the line. For such a router the line says it is late once kept past marked_until."""
+    for marked, late in ((money_now() + 600, False), (money_now() - 1, True)):
+        kept = OutboxCharge.kept(ACCOUNT, lost("req-1", marked), 70, {"n": 1}, "charge-1")
+        line = json.loads(kept.to_json())
+        assert set(line["hold"]) <= {f.name for f in fields(Hold)} - {"marked_until"}
+        assert line["late"] is late
+        assert entry_from_json(kept.to_json()) == kept
+    undo = OutboxUndo(ACCOUNT, lost("req-2", money_now() + 600))
+    assert "marked_until" not in json.loads(undo.to_json())["undo"]["hold"]
