@@ -38,8 +38,12 @@ reason that may pass is tried again until the lines' holds end or the caller's d
 caller whose router stops told to collect again, nothing charged; one the providers say no try will read (the provider
 no longer knows the batch, refuses its read, or its results are too large: BATCH_UNREADABLE) is given up on at once.
 Before the window's end such a batch is told to its caller (FAILED_PRECONDITION BATCH_UNREADABLE), nothing charged:
-only a collect near the end settles its lines. A line whose batch is never collected is charged
-its hold by the reconciler when its hold lapses. A collect charges a line only while its pending charge is open: one
+only a collect near the end settles its lines. A line whose batch is never collected
+is charged its hold by the reconciler when its hold lapses. A collect of lines all settled before (so charged, or
+charged by a collect whose reply was lost) asks the provider first all the same, trying a passing failure again for
+give_up_s or the caller's time; when no try reads the batch, or it has not ended, or its model is gone, the lines are
+told ended as the money store has them, at the charge each took, without their result (else such a batch, forgotten by
+its provider, never ended). A collect charges a line only while its pending charge is open: one
 the reconciler (or another collect) settled after the collect read it is never charged twice, whether or not its
 charged marker has expired."""
 
@@ -109,11 +113,16 @@ SEND_START_S = 60.0
 SENDING_S = SEND_START_S + PROVIDER_CALL_S + 60.0
 GIVE_UP_MAX_S = 600.0  # how early before its lines' holds end a provider batch is given up, at most
 UNREAD = "the provider batch could not be read: collect it again"
+UNREADABLE_STATUS = "unreadable"  # a poll's, when no try read the provider batch (Deferred._poll)
 UNREADABLE = (
     "the provider batch cannot be read, nor will it be (the provider no longer knows it, refuses its read, or its "
     "results are too large): collect it again near its lines' window's end, when each is charged its hold"
 )
 GAVE_UP = "the provider batch did not end within its window"
+SETTLED_UNREAD = (
+    "the provider's result could not be read, and the line's window is over: it is told at the charge it took (its "
+    "hold when that lapsed uncollected), without its result"
+)
 UNRECORDED = (
     "no provider batch is recorded for request id {}: its batch's creation had an unknown outcome, or the store was "
     "out of reach to record it, so no batch's results settle it; it is charged its hold at the batch price"
@@ -405,13 +414,24 @@ class Deferred:
         # Near the window's end the provider is still asked first: a batch that has ended gives its answers.
         last_moment = self._last_moment(pending, batch_id)
         ending = last_moment is not None
+        # Every line asked for settled before (its hold lapsed, or an earlier collect whose reply was lost charged it),
+        # one at least charged from this batch (else none is the account's line there: the poll's failure is told):
+        # none waits for the window's end any more, so a provider batch no try reads within the caller's time (or that
+        # has not ended) ends them as the money store has them, else no collect would ever end them.
+        settled = all(line is None for line in pending.values()) and await self._charged_from(account, ids, batch_id)
+        tries_until = money_now() + self.give_up_s if settled else last_moment
         model = self.registry.current.get(request.model)
         priced = None if model is None else self.registry.current.batch_priced(model)
-        if priced is None and model is not None and _admitted_with_prices(pending):
-            priced = model  # its batch price gone since: each line is charged at the prices it was admitted with
+        if priced is None and model is not None and (settled or _admitted_with_prices(pending)):
+            # Its batch price gone since: each line is charged at the prices it was admitted with, or was charged before
+            # (told at that charge, an answer read too).
+            priced = model
         if priced is None:
             if ending:
                 return await self._give_up(account, ids, batch_id, counts)
+            if settled:  # the model gone from the registry: its Batch API unknown
+                told = await self._told_settled(account, ids, batch_id, SETTLED_UNREAD, counts)
+                return router_pb2.CollectBatchResponse(status="window_ended", ended=True, lines=told)
             raise ServiceError(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 "NO_BATCH_PRICE",
@@ -423,8 +443,12 @@ class Deferred:
         # The answers are read POLL_IDS lines at a time: each part's within one gRPC message.
         for start in range(0, len(ids), POLL_IDS):
             part = ids[start : start + POLL_IDS]
-            polled = await self._poll(request.model, batch_id, part, last_moment, context)
+            polled = await self._poll(request.model, batch_id, part, tries_until, context)
             if not polled.ended:
+                if settled:  # the parts told already keep what they told; the rest are told as charged
+                    why = SETTLED_UNREAD if polled.status == UNREADABLE_STATUS else GAVE_UP
+                    lines.extend(await self._told_settled(account, ids[start:], batch_id, why, counts))
+                    return router_pb2.CollectBatchResponse(status="window_ended", ended=True, lines=lines)
                 if not ending:
                     return router_pb2.CollectBatchResponse(status=polled.status)
                 # The parts settled already keep their outcome; the rest are given up on.
@@ -451,26 +475,26 @@ class Deferred:
         return router_pb2.CollectBatchResponse(status=polled.status, ended=True, lines=lines)
 
     async def _poll(
-        self, model: str, batch_id: str, part: list[str], last_moment: float | None, context: Any
+        self, model: str, batch_id: str, part: list[str], tries_until: float | None, context: Any
     ) -> provider_pb2.PollBatchResponse:
-        """The provider batch's state and the part's results. Near its lines' window's end (`last_moment`: the
-        earliest end of their holds), a passing failure is tried again until then, or the caller's deadline
-        (poll_retries); a poll no try read by then, or one that failed as no try will pass, answers 'unreadable' (not
-        ended: the lines are given up on).
-        Any other failure is raised, for the caller to collect again."""
+        """The provider batch's state and the part's results. Near its lines' window's end (`tries_until`: the
+        earliest end of their holds), or once every line is settled (`tries_until`: give_up_s from now), a passing
+        failure is tried again until then, or the caller's deadline (poll_retries); a poll no try read by then, or one
+        that failed as no try will pass, answers UNREADABLE_STATUS (not ended: the lines are given up on, or told as
+        charged). Any other failure is raised, for the caller to collect again."""
         asked = provider_pb2.PollBatchRequest(model=model, batch_id=batch_id, request_ids=part, partial=True)
 
         async def poll(timeout_s: float) -> provider_pb2.PollBatchResponse:
             return await self.providers.PollBatch(asked, timeout=timeout_s)
 
         try:
-            if last_moment is None:
+            if tries_until is None:
                 return await poll(PROVIDER_CALL_S)
-            tries = poll_retries.Tries.before(last_moment, context.time_remaining(), PROVIDER_CALL_S)
+            tries = poll_retries.Tries.before(tries_until, context.time_remaining(), PROVIDER_CALL_S)
             polled = await poll_retries.through_passing_failures(poll, tries, self.wait)
         except grpc.RpcError as err:
             raise _unread(err) from None
-        return provider_pb2.PollBatchResponse(status="unreadable") if polled is None else polled
+        return provider_pb2.PollBatchResponse(status=UNREADABLE_STATUS) if polled is None else polled
 
     def _last_moment(self, pending: dict[str, Pending | None], batch_id: str) -> float | None:
         """The earliest end of the holds of this provider batch's lines (or with none recorded) still pending, when
@@ -542,12 +566,35 @@ class Deferred:
         else:  # settled before (an earlier collect, its reply lost, or the reconciler at its hold), or no line
             outcome = await self._outcome(account, None, model, request_id, result, status, counts)
             settled = await self._settled_before(account, request_id, batch_id, outcome, counts)
-            if settled is None:
-                # Neither held nor charged for this account from this batch: not its line, and not its answer to read.
-                error = f"no line of this account in provider batch {batch_id!r} (request id {request_id})"
-                return router_pb2.CollectedLine(request_id=request_id, error=error, charged_usd="0")
-            return settled
+            # Neither held nor charged for this account from this batch: not its line, and not its answer to read.
+            return settled or _no_line(request_id, batch_id)
         return await self._outcome(account, pending, model, request_id, result, status, counts)
+
+    async def _charged_from(self, account: Account, ids: list[str], batch_id: str) -> bool:
+        """Whether one of the account's request ids was charged as a line of this provider batch (or of none recorded,
+        told under any: _settled_before)."""
+        for request_id in ids:
+            if await self.store.charged_batch(account, request_id) in (batch_id, UNRECORDED_BATCH):
+                return True
+        return False
+
+    async def _told_settled(
+        self, account: Account, ids: list[str], batch_id: str, why: str, counts: list[UncountedCharge]
+    ) -> list[router_pb2.CollectedLine]:
+        """Lines all settled before, their window over, whose provider batch no try read (or that has not ended):
+        each told ended as the money store has it, without asking the provider again: at the charge it took, `why`
+        its error (one charged with no batch recorded as ever, UNRECORDED); one that is no line of the account there,
+        so. Nothing is charged. A line whose charge is not on record (a router of the version before charged it)
+        fails the collect, for its caller to collect again: told at nothing, the caller's files would not add up to
+        the ledger (once its charged marker expires, it is told as no line)."""
+        lines = []
+        for request_id in ids:
+            unread = router_pb2.CollectedLine(request_id=request_id, error=f"{why} (request id {request_id})")
+            told = await self._settled_before(account, request_id, batch_id, unread, counts)
+            if told is not None and not told.charged_usd:
+                raise ServiceError(grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE", UNREAD)
+            lines.append(told or _no_line(request_id, batch_id))
+        return lines
 
     async def _settled_before(
         self,
@@ -772,6 +819,11 @@ def _admitted_with_prices(pending: dict[str, Pending | None]) -> bool:
     charges them at those (Deferred._settle), whatever the registry says of the model's batch price by then."""
     lines = [line for line in pending.values() if line is not None]
     return bool(lines) and all(line.prices is not None for line in lines)
+
+
+def _no_line(request_id: str, batch_id: str) -> router_pb2.CollectedLine:
+    error = f"no line of this account in provider batch {batch_id!r} (request id {request_id})"
+    return router_pb2.CollectedLine(request_id=request_id, error=error, charged_usd="0")
 
 
 def _of_another_batch(pending: Pending | None, request_id: str, batch_id: str) -> router_pb2.CollectedLine | None:

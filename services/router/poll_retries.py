@@ -10,7 +10,8 @@ reach the caller). Past the last moment, or past the caller's time first, the li
 collect may come after the reconciler charged them, when no collect gives up on them any more); once the router stops,
 the failure is the caller's, who collects again (from another router), nothing charged. Any other failure (the poll
 refused as invalid, a model with no Batch API here, a batch the providers call unreadable for good: BATCH_UNREADABLE,
-FAILED_PRECONDITION) no try will pass: given up on at once."""
+FAILED_PRECONDITION) no try will pass: given up on at once. A collect of lines all settled before (their holds over)
+tries its poll so too, for deferred.py's give_up_s or the caller's time, then tells the lines as charged."""
 
 from __future__ import annotations
 

@@ -1,0 +1,238 @@
+"""A provider batch whose lines the money store has all settled (the reconciler charged their holds as they lapsed,
+or a collect whose reply was lost charged them) ends, though its provider batch can no longer be read: a providers
+service of the version before tells a batch the provider forgot (404) UNAVAILABLE, as any passing failure, and every
+collect after the holds' end failed so, the caller's batch never ending (the current providers' BATCH_UNREADABLE
+failed every such collect FAILED_PRECONDITION alike). The collect still asks the provider first (a batch that ended
+gives its answers, told at what each line was charged); when no try reads it within the caller's time, each line is
+told ended at the charge it took, its result unread, and nothing is charged again. The router's servicer over Redis;
+a real providers gRPC server; the money's clock held by the test, the collect's waits moving it."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from llmrouter.auth import acting_as
+from llmrouter.errors import ServiceError
+from llmrouter.registry import Registry
+from llmrouter.v1 import provider_pb2, router_pb2
+from services.router.deferred import GAVE_UP, SETTLED_UNREAD
+from services.router.servicer import RouterServicer
+from services.router.store import PICO, AccountKeys, RedisStore
+from tests.conftest import ledger_records
+from tests.fakes import FakeOpenAI
+from tests.router.servicer_kit import NoDeadline, router_servicer
+from tests.router.test_batch_admitted_prices import reprice, without_batch_price
+from tests.router.test_collect_model import ACCOUNT, LINE, REGISTRY, TENANT_CALLER, BatchProvider, batch_cost
+from tests.router.test_collect_passing_failures import (
+    COLLECT,
+    HOLD_S,
+    Deadline,
+    FailingFirst,
+    WaitingClock,
+    spent,
+)
+from tests.router.test_collect_unreadable_batch import sent_and_forgotten, served
+
+# A providers service of the version before, told a batch the provider no longer knows: a passing failure.
+FORGOTTEN_BEFORE = ServiceError(
+    grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE", "the provider batch could not be read"
+)
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> WaitingClock:
+    return WaitingClock(monkeypatch)
+
+
+async def sent_and_reconciled(router: RouterServicer, store: RedisStore, clock: WaitingClock) -> int:
+    """LINE sent in provider batch pbatch-1, then charged its hold by the reconciler as it lapsed: that hold."""
+    with acting_as(TENANT_CALLER):
+        (sent,) = (await router.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[LINE]), NoDeadline())).lines
+    assert sent.deferred and sent.provider_batch_id == "pbatch-1", sent
+    return await reconciled(router, store, clock)
+
+
+async def reconciled(router: RouterServicer, store: RedisStore, clock: WaitingClock) -> int:
+    pending = await store.pending_charge(ACCOUNT, LINE.request_id)
+    assert pending is not None and pending.until
+    router.deferred.wait = clock.wait
+    clock.at = pending.until + 1.0
+    assert await store.reconcile("another-router", 0.001, 3600) == 1
+    return pending.hold_pico
+
+
+def outcomes(records: list[dict[str, Any]]) -> list[str]:
+    return [r["outcome"] for r in records if r["tenant"] == "acme"]
+
+
+async def test_a_reconciled_batch_the_providers_of_the_version_before_cannot_read_ends_at_its_charge(
+    redis_store: RedisStore, tmp_path: Path, clock: WaitingClock
+) -> None:
+    provider = FailingFirst(*[FORGOTTEN_BEFORE] * 1000)
+    async with router_servicer(tmp_path, redis_store, provider, REGISTRY, provider_batch_hold_s=HOLD_S) as router:
+        held = await sent_and_reconciled(router, redis_store, clock)
+        started = clock.at
+        with acting_as(TENANT_CALLER):
+            reply = await router.CollectBatch(COLLECT, Deadline(60.0))
+            tried_at = list(provider.polled_at)
+            again = await router.CollectBatch(COLLECT, Deadline(60.0))
+    (line,) = reply.lines
+    assert (reply.status, reply.ended, line.succeeded) == ("window_ended", True, False), reply
+    assert line.error == f"{SETTLED_UNREAD} (request id line-1)"
+    assert Decimal(line.charged_usd) == Decimal(held) / PICO  # the charge it took, at its hold
+    assert again == reply  # told alike again
+    assert await spent(redis_store) == held  # charged once, by the reconciler
+    assert outcomes(await ledger_records(redis_store.redis)) == ["reconciled"]
+    # Tried again through the passing failures within the caller's time (60 s less 10 s for the reply) first.
+    assert len(tried_at) > 2 and tried_at[-1] - started < 50.0
+
+
+async def test_a_reconciled_batch_the_providers_call_unreadable_ends_at_once(
+    redis_store: RedisStore, tmp_path: Path, clock: WaitingClock
+) -> None:
+    with FakeOpenAI() as upstream:
+        async with served(tmp_path, redis_store, upstream) as router:
+            collect = await sent_and_forgotten(router, upstream)
+            held = await reconciled(router, redis_store, clock)
+            with acting_as(TENANT_CALLER):
+                reply = await router.CollectBatch(collect, NoDeadline())
+    (line,) = reply.lines
+    assert (reply.ended, line.error) == (True, f"{SETTLED_UNREAD} (request id line-1)"), reply
+    assert Decimal(line.charged_usd) == Decimal(held) / PICO
+    assert clock.waits == []  # no try would read it: not tried again
+    assert await spent(redis_store) == held
+
+
+class ForgettingAfterOnePoll(BatchProvider):
+    """Answers every line at its first poll; then the provider forgets the batch, told as the version before told it
+    (UNAVAILABLE)."""
+
+    def __init__(self) -> None:
+        self.polls = 0
+
+    async def PollBatch(self, request: Any, context: Any) -> provider_pb2.PollBatchResponse:
+        self.polls += 1
+        if self.polls > 1:
+            error = FORGOTTEN_BEFORE
+            await context.abort(error.code, error.message, error.trailing_metadata())
+        return await super().PollBatch(request, context)
+
+
+async def test_a_line_answered_by_a_collect_whose_reply_was_lost_is_told_its_charge_once_unreadable(
+    redis_store: RedisStore, tmp_path: Path, clock: WaitingClock
+) -> None:
+    """The collect that charged the line's answer lost its reply; the provider then forgot the batch. The next collect
+    ends the line at the answer's charge: neither charged again nor told at nothing."""
+    provider = ForgettingAfterOnePoll()
+    async with router_servicer(tmp_path, redis_store, provider, REGISTRY, provider_batch_hold_s=HOLD_S) as router:
+        router.deferred.wait = clock.wait
+        with acting_as(TENANT_CALLER):
+            (sent,) = (await router.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[LINE]), NoDeadline())).lines
+            assert sent.provider_batch_id == "pbatch-1"
+            lost = await router.CollectBatch(COLLECT, NoDeadline())  # its reply never reaches the caller
+            assert lost.lines[0].succeeded
+            reply = await router.CollectBatch(COLLECT, Deadline(60.0))
+    (line,) = reply.lines
+    assert (reply.ended, line.succeeded, line.error) == (True, False, f"{SETTLED_UNREAD} (request id line-1)")
+    assert Decimal(line.charged_usd) == Decimal(batch_cost("strong")) / PICO
+    assert await spent(redis_store) == batch_cost("strong")
+    assert outcomes(await ledger_records(redis_store.redis)) == ["ok"]
+
+
+class StillRunning(BatchProvider):
+    async def PollBatch(self, request: Any, context: Any) -> provider_pb2.PollBatchResponse:
+        return provider_pb2.PollBatchResponse(status="in_progress", ended=False)
+
+
+async def test_a_reconciled_batch_the_provider_says_still_runs_ends_at_its_charge(
+    redis_store: RedisStore, tmp_path: Path, clock: WaitingClock
+) -> None:
+    async with router_servicer(tmp_path, redis_store, StillRunning(), REGISTRY, provider_batch_hold_s=HOLD_S) as router:
+        held = await sent_and_reconciled(router, redis_store, clock)
+        with acting_as(TENANT_CALLER):
+            reply = await router.CollectBatch(COLLECT, NoDeadline())
+    (line,) = reply.lines
+    assert (reply.ended, line.error) == (True, f"{GAVE_UP} (request id line-1)"), reply
+    assert Decimal(line.charged_usd) == Decimal(held) / PICO and await spent(redis_store) == held
+
+
+async def test_a_line_still_held_keeps_its_batch_to_the_provider_before_its_window_ends(
+    redis_store: RedisStore, tmp_path: Path, clock: WaitingClock
+) -> None:
+    """One line reconciled, another of the same batch still held with its window to run: the collect reports nothing
+    from the store alone; it fails for its caller to collect again, nothing charged."""
+    provider = FailingFirst(*[FORGOTTEN_BEFORE] * 1000)
+    second = router_pb2.CompleteRequest()
+    second.CopyFrom(LINE)
+    second.request_id = "line-2"
+    async with router_servicer(tmp_path, redis_store, provider, REGISTRY, provider_batch_hold_s=HOLD_S) as router:
+        held = await sent_and_reconciled(router, redis_store, clock)
+        with acting_as(TENANT_CALLER):
+            (sent,) = (await router.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[second]), NoDeadline())).lines
+            assert sent.provider_batch_id == "pbatch-1"
+            both = router_pb2.CollectBatchRequest(
+                model="strong", provider_batch_id="pbatch-1", request_ids=["line-1", "line-2"]
+            )
+            with pytest.raises(ServiceError) as failed:
+                await router.CollectBatch(both, NoDeadline())
+    assert failed.value.code == grpc.StatusCode.UNAVAILABLE
+    assert await spent(redis_store) == held
+    assert await redis_store.pending_charge(ACCOUNT, "line-2") is not None
+
+
+def without_strong() -> Registry:
+    """The registry with the strong model gone (a reload dropped it)."""
+    raw = REGISTRY.model_dump(mode="json", exclude_none=True)
+    raw["models"] = [model for model in raw["models"] if model["name"] != "strong"]
+    return Registry.model_validate(raw)
+
+
+async def test_a_reconciled_line_whose_model_lost_its_batch_price_is_told_its_answer_at_its_charge(
+    redis_store: RedisStore, tmp_path: Path, clock: WaitingClock
+) -> None:
+    """Refused NO_BATCH_PRICE by every collect after its hold lapsed, the batch never ended."""
+    answering = BatchProvider()
+    async with router_servicer(tmp_path, redis_store, answering, REGISTRY, provider_batch_hold_s=HOLD_S) as router:
+        held = await sent_and_reconciled(router, redis_store, clock)
+        reprice(router, tmp_path / "models.yaml", without_batch_price())
+        with acting_as(TENANT_CALLER):
+            reply = await router.CollectBatch(COLLECT, NoDeadline())
+    (line,) = reply.lines
+    assert reply.ended and line.succeeded and line.response.content == "an answer", reply
+    assert Decimal(line.response.cost_usd) == Decimal(held) / PICO and await spent(redis_store) == held
+
+
+async def test_a_reconciled_line_whose_model_is_gone_is_told_at_its_charge(
+    redis_store: RedisStore, tmp_path: Path, clock: WaitingClock
+) -> None:
+    answering = BatchProvider()
+    async with router_servicer(tmp_path, redis_store, answering, REGISTRY, provider_batch_hold_s=HOLD_S) as router:
+        held = await sent_and_reconciled(router, redis_store, clock)
+        reprice(router, tmp_path / "models.yaml", without_strong())
+        with acting_as(TENANT_CALLER):
+            reply = await router.CollectBatch(COLLECT, NoDeadline())
+    (line,) = reply.lines
+    assert (reply.ended, line.error) == (True, f"{SETTLED_UNREAD} (request id line-1)"), reply
+    assert Decimal(line.charged_usd) == Decimal(held) / PICO and await spent(redis_store) == held
+
+
+async def test_a_line_whose_charge_is_not_on_record_is_not_told_at_nothing(
+    redis_store: RedisStore, tmp_path: Path, clock: WaitingClock
+) -> None:
+    """A line charged by a router of the version before, whose charged marker names its batch but not what it was
+    charged: told ended at nothing, the caller's files would not add up to the ledger. Its collect fails for its
+    caller to collect again (once the marker expires, the line is told as no line of the account)."""
+    provider = FailingFirst(*[FORGOTTEN_BEFORE] * 1000)
+    async with router_servicer(tmp_path, redis_store, provider, REGISTRY, provider_batch_hold_s=HOLD_S) as router:
+        held = await sent_and_reconciled(router, redis_store, clock)
+        marker = AccountKeys.of(ACCOUNT).charged(LINE.request_id)
+        assert await redis_store.redis.set(marker, "batch:pbatch-1", keepttl=True)  # as that version wrote it
+        with acting_as(TENANT_CALLER), pytest.raises(ServiceError) as failed:
+            await router.CollectBatch(COLLECT, Deadline(60.0))
+    assert (failed.value.code, failed.value.reason) == (grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE")
+    assert await spent(redis_store) == held
