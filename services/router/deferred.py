@@ -38,7 +38,8 @@ reason that may pass is tried again until the lines' holds end or the caller's d
 caller whose router stops told to collect again, nothing charged; one the providers say no try will read (the provider
 no longer knows the batch, refuses its read, or its results are too large: BATCH_UNREADABLE) is given up on at once.
 Before the window's end such a batch is told to its caller (FAILED_PRECONDITION BATCH_UNREADABLE), nothing charged:
-only a collect near the end settles its lines. A line whose batch is never collected
+only a collect near the end settles its lines. So does a poll's reply that reads none of the lines (the providers
+always read the first asked for): malformed, it is taken as a batch no try reads. A line whose batch is never collected
 is charged its hold by the reconciler when its hold lapses. A collect of lines all settled before (so charged, or
 charged by a collect whose reply was lost) asks the provider first all the same, trying a passing failure again for
 give_up_s or the caller's time; when no try reads the batch, or it has not ended, or its model is gone, the lines are
@@ -444,6 +445,14 @@ class Deferred:
         for start in range(0, len(ids), POLL_IDS):
             part = ids[start : start + POLL_IDS]
             polled = await self._poll(request.model, batch_id, part, tries_until, context)
+            if polled.ended and not lines and part[0] in polled.unread_ids:
+                # The providers never leave out the first line asked for: a reply that does is malformed and reads
+                # nothing. Given each time, it would fail every collect, near the window's end and after it: taken as a
+                # batch no try reads, it is given up on there, or its settled lines told as charged.
+                if not (ending or settled):
+                    raise ServiceError(grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE", "no result was read")
+                log.warning("provider batch poll read no line", extra={"batch": batch_id})
+                polled = provider_pb2.PollBatchResponse(status=UNREADABLE_STATUS)
             if not polled.ended:
                 if settled:  # the parts told already keep what they told; the rest are told as charged
                     why = SETTLED_UNREAD if polled.status == UNREADABLE_STATUS else GAVE_UP
@@ -465,9 +474,7 @@ class Deferred:
                 result = results.get(request_id)
                 weight = LINE_FRAMING_BYTES + (result.ByteSize() if result is not None else 0)
                 # The rest, unsettled, are the caller's next collect.
-                if request_id in unread or (lines and size + weight > REPLY_BYTES):
-                    if not lines:  # the providers never leave out the first asked for; were it so, none is settled
-                        raise ServiceError(grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE", "no result was read")
+                if request_id in unread or (lines and size + weight > REPLY_BYTES):  # never the first: read above
                     log.info("provider batch collected in part", extra={"lines": len(lines), "asked": len(ids)})
                     return router_pb2.CollectBatchResponse(status=polled.status, ended=True, lines=lines)
                 lines.append(await self._settle(account, priced, batch_id, request_id, result, polled.status, counts))
