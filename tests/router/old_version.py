@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from tests.ci import missing
@@ -32,3 +34,33 @@ async def run(tree: Path, script: str, *args: str) -> str:
     )
     assert ran.returncode == 0, ran.stderr[-600:]
     return ran.stdout.strip()
+
+
+@asynccontextmanager
+async def serving(tree: Path, script: str, *args: str, env: dict[str, str] | None = None) -> AsyncIterator[str]:
+    """A Python script run on the old code alone, kept running while the block runs (a server of the version before):
+    its first line of output (its port, say). Its stdin closes at the block's end: the script's cue to stop."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        script,
+        *args,
+        cwd=tree,
+        env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin", **(env or {})},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdin is not None and process.stdout is not None and process.stderr is not None
+    try:
+        first = (await asyncio.wait_for(process.stdout.readline(), 60)).decode().strip()
+        if not first:
+            raise AssertionError((await process.stderr.read())[-600:].decode())
+        yield first
+    finally:
+        process.stdin.close()
+        try:
+            await asyncio.wait_for(process.wait(), 10)
+        except TimeoutError:
+            process.kill()
+            await process.wait()

@@ -5,7 +5,8 @@ collect after the holds' end failed so, the caller's batch never ending (the cur
 failed every such collect FAILED_PRECONDITION alike). The collect still asks the provider first (a batch that ended
 gives its answers, told at what each line was charged); when no try reads it within the caller's time, each line is
 told ended at the charge it took, its result unread, and nothing is charged again. The router's servicer over Redis;
-a real providers gRPC server; the money's clock held by the test, the collect's waits moving it."""
+a real providers gRPC server (one a stand-in answering as the version before did; one that version's own code, in
+its own process, tests/router/old_version.py); the money's clock held by the test, the collect's waits moving it."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any
 
 import grpc
 import pytest
+import yaml
 
 from llmrouter.auth import acting_as
 from llmrouter.errors import ServiceError
@@ -25,7 +27,8 @@ from services.router.servicer import RouterServicer
 from services.router.store import PICO, AccountKeys, RedisStore
 from tests.conftest import ledger_records
 from tests.fakes import FakeOpenAI
-from tests.router.servicer_kit import NoDeadline, router_servicer
+from tests.router.old_version import checkout, serving
+from tests.router.servicer_kit import NoDeadline, router_servicer, router_servicer_to
 from tests.router.test_batch_admitted_prices import reprice, without_batch_price
 from tests.router.test_collect_model import ACCOUNT, LINE, REGISTRY, TENANT_CALLER, BatchProvider, batch_cost
 from tests.router.test_collect_passing_failures import (
@@ -236,3 +239,52 @@ async def test_a_line_whose_charge_is_not_on_record_is_not_told_at_nothing(
             await router.CollectBatch(COLLECT, Deadline(60.0))
     assert (failed.value.code, failed.value.reason) == (grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE")
     assert await spent(redis_store) == held
+
+
+PROVIDERS_BEFORE = "803e11e"  # the providers service before BATCH_UNREADABLE: a provider's 404 told UNAVAILABLE
+OLD_PROVIDERS = """
+import asyncio, sys
+from pathlib import Path
+from llmrouter.server import start_server
+from services.providers import ProvidersSettings, build
+
+async def main():
+    settings = ProvidersSettings(
+        port=0, metrics_port=0, registry_path=Path(sys.argv[1]), local_model_dir=Path(sys.argv[2])
+    )
+    running = await start_server("providers", settings, *await build(settings))
+    print(running.port, flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until the test closes it
+    await running.stop(0)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_reconciled_batch_forgotten_before_the_providers_of_the_version_before_ends(
+    redis_store: RedisStore, tmp_path: Path, clock: WaitingClock
+) -> None:
+    """The providers service of the version before itself, in its own process, before a fake OpenAI Batch API that
+    forgot the batch (404): every poll UNAVAILABLE."""
+    spec = REGISTRY.model_dump(mode="json", exclude_none=True)
+    with FakeOpenAI() as upstream:
+        spec["providers"]["p"].update(base_url=upstream.base_url, max_retries=0)
+        path = tmp_path / "providers.yaml"
+        path.write_text(yaml.safe_dump(spec))
+        (tmp_path / "before").mkdir()
+        tree = checkout(PROVIDERS_BEFORE, tmp_path / "before")
+        env = {"PROVIDERS_AUTH": "none"}
+        async with serving(tree, OLD_PROVIDERS, str(path), str(tmp_path / "no-model"), env=env) as port:
+            registry = Registry.model_validate(spec)
+            async with router_servicer_to(
+                f"127.0.0.1:{port}", tmp_path, redis_store, registry, provider_batch_hold_s=HOLD_S
+            ) as router:
+                collect = await sent_and_forgotten(router, upstream)
+                held = await reconciled(router, redis_store, clock)
+                with acting_as(TENANT_CALLER):
+                    reply = await router.CollectBatch(collect, Deadline(60.0))
+        polled = [r for r in upstream.requests if r.method == "GET" and r.path.startswith("/v1/batches/")]
+    (line,) = reply.lines
+    assert (reply.ended, line.error) == (True, f"{SETTLED_UNREAD} (request id line-1)"), reply
+    assert Decimal(line.charged_usd) == Decimal(held) / PICO and await spent(redis_store) == held
+    assert len(polled) > 1 and clock.waits  # told UNAVAILABLE, so tried again first
