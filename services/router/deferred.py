@@ -121,8 +121,8 @@ UNREADABLE = (
 )
 GAVE_UP = "the provider batch did not end within its window"
 SETTLED_UNREAD = (
-    "the provider's result could not be read, and the line's window is over: it is told at the charge it took (its "
-    "hold when that lapsed uncollected), without its result"
+    "the provider's result could not be read, and the line was settled before: it is told at the charge it took (its "
+    "hold, when that lapsed uncollected), without its result"
 )
 UNRECORDED = (
     "no provider batch is recorded for request id {}: its batch's creation had an unknown outcome, or the store was "
