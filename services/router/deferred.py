@@ -588,12 +588,12 @@ class Deferred:
     async def _told_settled(
         self, account: Account, ids: list[str], batch_id: str, why: str, counts: list[UncountedCharge]
     ) -> list[router_pb2.CollectedLine]:
-        """Lines all settled before, their window over, whose provider batch no try read (or that has not ended):
+        """Lines all settled before, whose provider batch no try read (or that has not ended past their holds):
         each told ended as the money store has it, without asking the provider again: at the charge it took, `why`
         its error (one charged with no batch recorded as ever, UNRECORDED); one that is no line of the account there,
-        so. Nothing is charged. A line whose charge is not on record (a router of the version before charged it)
-        fails the collect, for its caller to collect again: told at nothing, the caller's files would not add up to
-        the ledger (once its charged marker expires, it is told as no line)."""
+        so. Nothing is charged. A line whose charge is not on record (a router from before batch lines' charged
+        markers said it charged it) fails the collect, for its caller to collect again: told at nothing, the caller's
+        files would not add up to the ledger."""
         lines = []
         for request_id in ids:
             unread = router_pb2.CollectedLine(request_id=request_id, error=f"{why} (request id {request_id})")

@@ -227,14 +227,14 @@ async def test_a_reconciled_line_whose_model_is_gone_is_told_at_its_charge(
 async def test_a_line_whose_charge_is_not_on_record_is_not_told_at_nothing(
     redis_store: RedisStore, tmp_path: Path, clock: WaitingClock
 ) -> None:
-    """A line charged by a router of the version before, whose charged marker names its batch but not what it was
-    charged: told ended at nothing, the caller's files would not add up to the ledger. Its collect fails for its
-    caller to collect again (once the marker expires, the line is told as no line of the account)."""
+    """A line charged by a router from before batch lines' charged markers said what each was charged (the marker
+    names its batch alone): told ended at nothing, the caller's files would not add up to the ledger. Its collect
+    fails for its caller to collect again."""
     provider = FailingFirst(*[FORGOTTEN_BEFORE] * 1000)
     async with router_servicer(tmp_path, redis_store, provider, REGISTRY, provider_batch_hold_s=HOLD_S) as router:
         held = await sent_and_reconciled(router, redis_store, clock)
         marker = AccountKeys.of(ACCOUNT).charged(LINE.request_id)
-        assert await redis_store.redis.set(marker, "batch:pbatch-1", keepttl=True)  # as that version wrote it
+        assert await redis_store.redis.set(marker, "batch:pbatch-1", keepttl=True)  # as such a router wrote it
         with acting_as(TENANT_CALLER), pytest.raises(ServiceError) as failed:
             await router.CollectBatch(COLLECT, Deadline(60.0))
     assert (failed.value.code, failed.value.reason) == (grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE")
