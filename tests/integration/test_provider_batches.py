@@ -56,6 +56,7 @@ from tests.fakes.fake_openai import REFUSAL_CUE, REFUSED, FakeOpenAI
 from tests.fakes.server import Fault
 from tests.integration.conftest import free_port, start_edge
 from tests.integration.test_ledger_audit import audit_cost
+from tests.waiting import eventually
 
 BATCHED, REALTIME = "batch-model", "realtime-model"
 WINDOW_S = 4.0  # a deferred line's hold where the window's end is tested: given up on 1 s before it ends
@@ -948,3 +949,56 @@ async def test_an_edge_collects_in_more_calls_the_lines_a_collect_could_not_fit(
     charged, spend, held, pending = await money(stack)
     assert charged == costs_of(output) and spend == sum(to_pico(c) for c in charged.values())
     assert held == 0 and not pending
+
+
+async def test_a_batch_whose_lines_the_reconciler_charged_ends_though_the_provider_forgot_it(stack: Stack) -> None:
+    """No router runs through the deferred lines' window's end, so no collect gives them up: the reconciler charges
+    their holds. The provider then no longer knows the batch (a 404, told BATCH_UNREADABLE): every collect after
+    failed so, the edge asking again for ever. Now each line ends in the error file at the hold it was charged, once."""
+    stack.upstream.batches.release.clear()  # in_progress for ever
+    # Its reconciler's lease lasts 1 s once it stops.
+    server = await start_router(stack, provider_batch_hold_s=WINDOW_S, upkeep_interval_s=0.2, heartbeat_ttl_s=1.0)
+    edge, task, channel = await start_edge(stack.edge)
+    client = AsyncOpenAI(base_url=f"http://127.0.0.1:{stack.edge.port}/v1", api_key=stack.key, max_retries=5)
+    try:
+        batch_id = await run_batch(client, batch_file([(BATCHED, "line 0"), (BATCHED, "line 1")]))
+
+        def polled() -> bool:
+            return any(r.method == "GET" and r.path.startswith("/v1/batches/") for r in stack.upstream.requests)
+
+        await eventually(polled, "the provider batch recorded and collected", 10)
+        pending = (await money(stack))[3]
+        assert len(pending) == 2 and all(p.until for p in pending), pending
+        holds = {p.request_id: Decimal(p.hold_pico) / PICO for p in pending}
+        await server.stop(0)  # before the window's last second, when a collect would give the lines up
+        stack.upstream.batches.batches.clear()
+        await eventually(lambda: time.time() > max(p.until for p in pending), "the holds lapsed", 10)
+        reconciler = RedisStore(stack.redis_url)
+
+        async def reconciled() -> bool:  # once the stopped router's lease has lapsed
+            await reconciler.reconcile("another-router", 0.001, 3600)
+            return not (await money(stack))[3]
+
+        try:
+            await eventually(reconciled, "the reconciler charged the holds", 20)
+        finally:
+            await reconciler.close()
+        server = await start_router(stack, provider_batch_hold_s=WINDOW_S)
+        batch = await finished(client, batch_id, timeout_s=30)
+        errors = await lines_of(client, batch.error_file_id)
+    finally:
+        await client.close()
+        edge.should_exit = True
+        await task
+        await channel.close()
+        await server.stop(5)
+
+    assert batch.status == "completed" and batch.request_counts.failed == 2 and batch.output_file_id is None
+    for entry in errors.values():
+        error = entry["response"]["body"]["error"]
+        assert error["code"] == "provider_batch_outcome_unknown", error
+        assert "could not be read, and the line was settled before" in error["message"], error
+    assert costs_of(errors) == holds
+    assert {entry["outcome"] for entry in (await ledger_by_id(stack)).values()} == {"reconciled"}
+    charged, spend, held, left = await money(stack)
+    assert charged == holds and spend == sum(to_pico(c) for c in holds.values()) and held == 0 and not left
