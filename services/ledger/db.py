@@ -49,6 +49,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from llmrouter.json_depth import loads_stored
 from llmrouter.private_paths import private_file
 from services.router.metrics import LEDGER_REJECTED
 from services.router.store import ledger_entry, to_pico
@@ -624,7 +625,7 @@ class LedgerDB:
         with self._connected() as conn:
             for entry, text, error in conn.execute(sql, args).fetchall():
                 try:
-                    record = json.loads(text)
+                    record = loads_stored(text)
                 except ValueError:
                     record = None
                 try:
@@ -806,7 +807,7 @@ class LedgerDB:
 def _give_back_of(text: str, entry: str) -> tuple[str, str] | None:
     """The (tenant, request id) of a rejected entry that reads as a give-back (a negative cost); None for any other."""
     try:
-        row = Row(row_from_record(json.loads(text), entry))
+        row = Row(row_from_record(loads_stored(text), entry))
     except (KeyError, TypeError, ValueError, ArithmeticError, AttributeError):
         return None
     return (row.get("tenant"), row.get("request_id")) if row.get("cost_pico") < 0 else None

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
+from llmrouter.json_depth import loads_stored
 from services.ledger.db import COLUMNS, Row
 from services.router.budgets import usd
 from services.router.store import ledger_entry
@@ -38,12 +39,12 @@ def _exported(row: Row) -> dict[str, Any]:
     values = row.as_dict()
     # As dicts, whichever form the row holds them in: a router of the version before copied the stream's compact
     # candidates as they were (services/router/store/ledger_entry.py).
-    values["candidates"] = ledger_entry.candidates(json.loads(values["candidates"] or "[]"))
+    values["candidates"] = ledger_entry.candidates(loads_stored(values["candidates"] or "[]"))
     values["cost_usd"] = usd(values["cost_pico"])
     values["baseline_cost_usd"] = usd(values["baseline_pico"])
     values["owed_usd"] = None if values["owed_pico"] is None else usd(values["owed_pico"])
     if values["generations"] is not None:  # read for the CSV too: a row is written whole or the export fails
-        values["generations"] = json.loads(values["generations"])
+        values["generations"] = loads_stored(values["generations"])
     return values
 
 

@@ -25,6 +25,7 @@ import time
 import uuid
 from typing import Any, Protocol
 
+from llmrouter.json_depth import loads_stored
 from llmrouter.redis_connect import is_cluster_client
 from llmrouter.tasks import raise_if_cancelled
 from llmrouter.tasks import stop as stop_task
@@ -346,7 +347,7 @@ def _record(fields: Any) -> Record:
         return None  # the entry was trimmed from the stream after it was delivered
     raw = fields.get(b"record", fields.get("record"))
     try:
-        record = json.loads(raw)
+        record = loads_stored(raw)
     except (TypeError, ValueError):
         record = None
     if isinstance(record, dict):

@@ -35,6 +35,7 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from llmrouter.cli.arguments import non_negative
+from llmrouter.json_depth import loads_stored
 from llmrouter.redis_connect import connect
 from llmrouter.settings import load_settings
 from services.ledger.settings import LedgerSettings
@@ -152,8 +153,8 @@ def _as_built(fields: dict[bytes, bytes]) -> Any:
     if raw is None:
         return {_text(name, "backslashreplace"): _text(value, "backslashreplace") for name, value in fields.items()}
     try:
-        record = json.loads(raw)
-    except ValueError:  # UnicodeDecodeError too
+        record = loads_stored(raw)
+    except ValueError:  # UnicodeDecodeError and TooDeep too
         return _text(raw, "backslashreplace")
     try:
         return expanded(record) if isinstance(record, dict) else record

@@ -20,13 +20,13 @@ serving routers, and idempotent: a request whose charged marker is there is only
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from llmrouter.json_depth import loads_stored
 from llmrouter.settings import load_settings
 from services.ledger.db import Charge, LedgerDB
 from services.ledger.service import ledger_for
@@ -191,7 +191,7 @@ def _pending_key(record: Any) -> str | None:
     if record is None:
         return None
     try:
-        decoded = json.loads(record)
+        decoded = loads_stored(record)
     except ValueError:
         return None
     if not isinstance(decoded, dict):

@@ -39,6 +39,7 @@ from typing import IO, Any
 import grpc
 
 from llmrouter.errors import ServiceError
+from llmrouter.json_depth import loads_stored
 from llmrouter.private_paths import private_dir, private_file, private_opener
 from services.router import metrics
 from services.router.store import HOLD_S, REQUEST_ID_TTL_S, Account, Hold, Store, StoreUnavailable, money_now
@@ -179,7 +180,7 @@ def _hold_json(hold: Hold) -> dict[str, Any]:
 
 
 def entry_from_json(line: str) -> OutboxEntry:
-    raw = json.loads(line)
+    raw = loads_stored(line)
     if "undo" in raw:
         undo = raw["undo"]
         return OutboxUndo(Account(**undo["account"]), Hold(**undo["hold"]))

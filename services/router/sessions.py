@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
+from llmrouter.json_depth import loads_stored
 from llmrouter.registry import Registry
 from llmrouter.v1 import router_pb2
 from services.router import policy
@@ -104,7 +105,7 @@ class Sessions:
         if raw is None:
             return None
         try:
-            fields = json.loads(raw)
+            fields = loads_stored(raw)
             return Session(
                 fields["model"],
                 int(fields["turns"]),

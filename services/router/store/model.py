@@ -24,6 +24,7 @@ from typing import Any, Literal, NamedTuple, Protocol
 import grpc
 
 from llmrouter.errors import ServiceError
+from llmrouter.json_depth import loads_stored
 from services.router.store.clock import money_now
 from services.router.store.keys import KEYLESS
 
@@ -184,7 +185,7 @@ class Pending:
         """A stored record; fields this version does not know (written by a newer router) are left out, and so are
         provider_batch and model (the store keeps them beside the record)."""
         known = {f.name for f in fields(cls)} - set(_BESIDE)
-        return cls(**{name: value for name, value in json.loads(text).items() if name in known})
+        return cls(**{name: value for name, value in loads_stored(text).items() if name in known})
 
     def to_json(self) -> str:
         """The stored record, without provider_batch and model: a router of the version before builds a Pending of

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 from pydantic import SecretStr
 from redis.exceptions import ResponseError
 
+from llmrouter.json_depth import loads_stored
 from llmrouter.redis_connect import connect, is_cluster, is_cluster_client
 from llmrouter.redis_errors import StoreFailure, store_failure
 from llmrouter.tasks import raise_if_cancelled
@@ -163,8 +164,8 @@ def _listed_take(shard: int, member: bytes) -> _Take | None:
     try:
         entry = member.decode()
         charge_id, _, field = entry.partition(" ")
-        named = json.loads(field)  # its pending field (model.py, pending_field)
-    except (ValueError, RecursionError):  # not UTF-8, not JSON, or nested past the parser's depth
+        named = loads_stored(field)  # its pending field (model.py, pending_field)
+    except ValueError:  # not UTF-8, not JSON, or nested past the parser's depth (TooDeep)
         return None
     if not (charge_id and isinstance(named, list) and len(named) == 2 and all(isinstance(n, str) for n in named)):
         return None
