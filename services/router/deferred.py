@@ -344,8 +344,21 @@ class Deferred:
         }
 
     async def _withdraw(self, group: list[Routed]) -> None:
+        """Withdraw each line's admission. One that fails (its undo kept by neither the store nor the outbox: a
+        failing disk) leaves the others to be withdrawn all the same, or each would stay held for the provider's
+        window and then be charged its hold, for a line never sent; the first failure is raised once all were tried."""
+        failures: dict[str, Exception] = {}
         for routed in group:
-            await self.admission.withdraw(routed)
+            try:
+                await self.admission.withdraw(routed)
+            except Exception as exc:  # logged where it failed too (the outbox's critical line)
+                failures[routed.request_id] = exc
+        if failures:
+            log.critical(
+                "batch lines not withdrawn: held until their holds lapse",
+                extra={"lines": len(failures), "of": len(group), "request_ids": list(failures)[:20]},
+            )
+            raise next(iter(failures.values()))
 
     async def _record_batch(self, group: list[Routed], batch_id: str) -> None:
         """Each line's provider batch recorded beside its pending charge: only its results settle the line. One not
