@@ -11,11 +11,12 @@ from decimal import Decimal
 import grpc
 
 from llmrouter.errors import ServiceError
-from llmrouter.registry import FORMAT_FIELDS, ModelSpec, Registry
+from llmrouter.registry import FORMAT_FIELDS, ModelSpec, ProviderSpec, Registry
 from services.router.costs import floor_pico
 from services.router.exclusions import (
     BLANK_STOP_REFUSED,
     FORMAT_UNHONOURED,
+    LOCAL_UNAVAILABLE,
     LOGIT_BIAS_UNAPPLIED,
     LOGPROBS_UNRETURNED,
     NO_BLANK_STOP,
@@ -23,9 +24,11 @@ from services.router.exclusions import (
     NO_LOGPROBS,
     NO_RAW_ARGUMENTS,
     NO_TOOLS,
+    NOT_SERVED,
     OBJECT_ARGUMENTS_ONLY,
     TEMPERATURE_CAPPED,
     UNAVAILABLE,
+    UNAVAILABLE_REASONS,
 )
 from services.router.input_bound import InputBound
 from services.router.store import PICO
@@ -129,12 +132,25 @@ def evaluate(models: Sequence[ModelSpec], scores: Mapping[str, float] | None, li
     return options
 
 
-def without_unavailable(options: list[Option], usable: set[str]) -> list[Option]:
-    """The options with every model the providers cannot serve here excluded: they stay in the decision as
-    candidates, and never in a plan."""
+def without_unavailable(options: list[Option], usable: set[str], providers: Mapping[str, ProviderSpec]) -> list[Option]:
+    """The options with every model the providers cannot serve here excluded, saying why it can be (`providers`:
+    the registry's): they stay in the decision as candidates, and never in a plan."""
     return [
-        o if o.model.name in usable or o.excluded else dataclasses.replace(o, excluded=UNAVAILABLE) for o in options
+        o
+        if o.model.name in usable or o.excluded
+        else dataclasses.replace(o, excluded=unavailable_because(providers.get(o.model.provider)))
+        for o in options
     ]
+
+
+def unavailable_because(provider: ProviderSpec | None) -> str:
+    """Why a model of `provider` is not served here. Only a provider that needs a key is said to lack it: the
+    providers service serves the local model whenever it is built, and a remote one needing no key always."""
+    if provider is not None and provider.kind == "local":
+        return LOCAL_UNAVAILABLE
+    if provider is not None and provider.needs_key:
+        return UNAVAILABLE
+    return NOT_SERVED
 
 
 def capped_usd(cap: Decimal) -> str:
@@ -184,7 +200,7 @@ def escalation_target(order: list[Option], current: Option, registry: Registry) 
 
 def _nothing_fits(every: list[Option], limits: Limits) -> ServiceError:
     # What the caller can change is about the models available here; the others are listed only when none is.
-    options = [o for o in every if o.excluded != UNAVAILABLE] or every
+    options = [o for o in every if o.excluded not in UNAVAILABLE_REASONS] or every
     if all(o.excluded.startswith("prompt of") for o in options):
         return ServiceError(
             grpc.StatusCode.INVALID_ARGUMENT,

@@ -63,7 +63,7 @@ class Routing:
             # Every registry model is a candidate; those the providers cannot serve here are shown excluded,
             # beside what routing would choose with every provider configured.
             every = policy.evaluate(registry.models, scores, limits)
-            options = policy.without_unavailable(every, {m.name for m in models})
+            options = policy.without_unavailable(every, {m.name for m in models}, registry.providers)
             plan = policy.plan(registry, options, limits, classified=scores is not None)
             if options != every:
                 ideal = ideal_plan(registry, every, limits, scores)

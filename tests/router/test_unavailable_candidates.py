@@ -4,6 +4,7 @@ change which error a request that fits nothing gets."""
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 
 import pytest
@@ -13,6 +14,7 @@ from llmrouter.registry import load_registry
 from services.router import policy
 from services.router.input_bound import InputBound
 from services.router.routing import decision, ideal_plan
+from services.router.store import ledger_entry
 from tests.conftest import ROOT
 
 REGISTRY = load_registry(ROOT / "config" / "models.yaml")
@@ -31,7 +33,7 @@ def test_cloud_models_without_keys_are_candidates_and_the_ideal_choice_is_report
     assert LOCAL, "the shipped registry has a local model"
     scores = {m.quality_from: 0.9 for m in REGISTRY.models if m.quality_from}
     every = policy.evaluate(REGISTRY.models, scores, limits())
-    options = policy.without_unavailable(every, LOCAL)
+    options = policy.without_unavailable(every, LOCAL, REGISTRY.providers)
     plan = policy.plan(REGISTRY, options, limits(), classified=True)
     ideal = ideal_plan(REGISTRY, every, limits(), scores)
     assert ideal is not None
@@ -57,7 +59,9 @@ def test_a_cost_cap_that_rules_out_every_available_model_still_names_max_cost_us
     capped = limits(max_cost_usd=Decimal("0.0000000001"))
     every = policy.evaluate(REGISTRY.models, None, capped)
     cloud = {m.name for m in REGISTRY.models} - LOCAL
-    options = policy.without_unavailable(every, cloud)  # only the paid models here: the cap rules them out
+    options = policy.without_unavailable(
+        every, cloud, REGISTRY.providers
+    )  # only the paid models here: the cap rules them out
     with pytest.raises(ServiceError) as raised:
         policy.plan(REGISTRY, options, capped, classified=False)
     assert raised.value.reason == "NO_ELIGIBLE_MODEL" and raised.value.metadata == {"field": "max_cost_usd"}
@@ -72,3 +76,43 @@ def test_a_tiny_estimated_cost_is_in_plain_notation_as_every_other_amount() -> N
     ]
     assert tiny, "the shipped registry prices some answer under a millionth of a dollar"
     assert all("E" not in c.estimated_cost_usd.upper() for c in made.candidates), made.candidates
+
+
+def test_the_local_model_unavailable_is_never_said_to_lack_an_api_key() -> None:
+    """The local model needs no key: unavailable (its model not built), it is told so, in the decision and in the
+    error of a request nothing here can serve, and the ledger keeps it so; a cloud model is still told its key."""
+    every = policy.evaluate(REGISTRY.models, None, limits())
+    options = policy.without_unavailable(every, set(), REGISTRY.providers)  # nothing served here
+    why = {o.model.name: o.excluded for o in options}
+    for name in LOCAL:
+        assert "API key" not in why[name] and why[name] == policy.LOCAL_UNAVAILABLE, why[name]
+    assert all(why[m.name] == policy.UNAVAILABLE for m in REGISTRY.models if m.name not in LOCAL)
+    with pytest.raises(ServiceError) as raised:
+        policy.plan(REGISTRY, options, limits(), classified=False)
+    told = raised.value.message
+    for name in LOCAL:
+        assert f"{name}: {policy.LOCAL_UNAVAILABLE}" in told and f"{name}: {policy.UNAVAILABLE}" not in told, told
+    record = {"candidates": [{**c, "eligible": False} for c in _candidates(options)]}
+    kept = ledger_entry.expanded(json.loads(ledger_entry.compact(record)))
+    assert kept["candidates"] == record["candidates"]
+
+
+def test_a_keyless_remote_provider_unserved_is_not_said_to_lack_an_api_key() -> None:
+    keyless = {**REGISTRY.providers, "groq": REGISTRY.providers["groq"].model_copy(update={"api_key_env": ""})}
+    every = policy.evaluate(REGISTRY.models, None, limits())
+    options = policy.without_unavailable(every, LOCAL, keyless)
+    groq = [o for o in options if o.model.provider == "groq"]
+    assert groq and all(o.excluded == policy.NOT_SERVED for o in groq)
+
+
+def _candidates(options: list[policy.Option]) -> list[dict[str, object]]:
+    return [
+        {
+            "model": o.model.name,
+            "predicted_quality": o.quality,
+            "estimated_cost_usd": str(o.cost),
+            "eligible": not o.excluded,
+            "excluded_because": o.excluded,
+        }
+        for o in options
+    ]

@@ -38,6 +38,8 @@ CANDIDATE_FIELDS = {"model", "predicted_quality", "estimated_cost_usd", "eligibl
 # Exclusions that are fixed sentences, kept as a short code; a code reads back as this version's sentence.
 EXCLUSION_CODES = {
     exclusions.UNAVAILABLE: "unavailable",
+    exclusions.LOCAL_UNAVAILABLE: "local_unavailable",
+    exclusions.NOT_SERVED: "not_served",
     exclusions.NO_TOOLS: "no_tools",
     exclusions.NO_LOGPROBS: "no_logprobs",
     exclusions.NO_LOGIT_BIAS: "no_logit_bias",
