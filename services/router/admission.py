@@ -45,7 +45,7 @@ from services.router.store import (
     to_pico,
 )
 from services.router.store.keys import rate_retry_after_s, rate_window
-from services.router.undoing import Undoing
+from services.router.undoing import Undoing, UndoWaiting
 
 log = logging.getLogger("llmrouter.router")
 
@@ -216,7 +216,7 @@ class Admission:
             if verdict.refused in ("rate", "tokens"):
                 self.rate_refused.add(routed.account, rate_window(counted_at), verdict.refused)
             if verdict.refused not in ("tenant", "key"):
-                raise self._refusal(verdict, hold)
+                raise self._refusal(verdict, routed.account, hold)
             self._fit(routed, verdict)
         raise self._budget_spent(verdict.refused)
 
@@ -387,8 +387,10 @@ class Admission:
             {"budget": budget, **({"retryable": "false"} if for_good else {})},
         )
 
-    def _refusal(self, verdict: Verdict, hold: Hold) -> ServiceError:
+    def _refusal(self, verdict: Verdict, account: Account, hold: Hold) -> ServiceError:
         if verdict.refused == "duplicate":
+            if self.undoing.undo_waiting(account, hold.request_id):
+                return UndoWaiting(hold.request_id)
             return _duplicate(verdict, hold.request_id)
         if verdict.refused in ("rate", "tokens"):
             return self._rate_limited(verdict.refused)

@@ -179,6 +179,14 @@ def _hold_json(hold: Hold) -> dict[str, Any]:
     return fields
 
 
+def _undo_id(entry: OutboxUndo) -> tuple[str, str]:
+    return entry.account.tenant, entry.hold.request_id
+
+
+def _undo_ids(entries: list[OutboxEntry]) -> set[tuple[str, str]]:
+    return {_undo_id(entry) for entry in entries if isinstance(entry, OutboxUndo)}
+
+
 def entry_from_json(line: str) -> OutboxEntry:
     raw = loads_stored(line)
     if "undo" in raw:
@@ -219,7 +227,10 @@ class Outbox:
         # and so did marking them landed. The next replay drops them without landing them again: the store would
         # answer that each is this very charge, made before, and it would be counted again.
         self._landed: set[str] = set()
-        metrics.OUTBOX.set(len(self.waiting()))
+        waiting = self.waiting()
+        # The (tenant, request id) of each undo the file holds, as of its last read: a retry of one is not admitted yet.
+        self._undos = _undo_ids(waiting)
+        metrics.OUTBOX.set(len(waiting))
         metrics.OUTBOX_DEAD_LETTERS.set(len(self.dead_letters()))
 
     async def add(self, entry: OutboxEntry) -> None:
@@ -232,6 +243,8 @@ class Outbox:
                 # Neither the store nor the disk keeps it: the log is the last record, and the call fails.
                 log.critical(f"{what} kept by neither store nor outbox", extra={**fields, "error": str(exc)})
                 raise NotRecorded() from exc
+        if isinstance(entry, OutboxUndo):
+            self._undos.add(_undo_id(entry))
         metrics.OUTBOX.inc()
         log.error(f"money store unreachable: {what} kept in the outbox", extra=fields)
 
@@ -283,6 +296,7 @@ class Outbox:
                         done += 1
                 finally:
                     remaining = kept + waiting[done:]
+                    self._undos = _undo_ids(remaining)
                     metrics.OUTBOX.set(len(remaining))
                     if landed or dead or marked:
                         # Run to its end through a cancellation (the router stopping), the file locked meanwhile:
@@ -339,6 +353,11 @@ class Outbox:
         """What the file holds now, read without its lock (for the metric and tests): never waits."""
         with self.path.open(encoding="utf-8") as file:
             return _read(file)[0]
+
+    def undo_waiting(self, tenant: str, request_id: str) -> bool:
+        """Whether an undo of an admission of the request id waits here (added by this router, or read from the file at
+        its start or last replay): until it lands, the id is used by an admission its caller was told never was."""
+        return (tenant, request_id) in self._undos
 
     def dead_letters(self) -> list[str]:
         """The lines of the dead-letter file."""

@@ -18,12 +18,32 @@ import logging
 import time
 from typing import Any
 
+import grpc
+
+from llmrouter.errors import ServiceError
 from services.router.outbox import Outbox, OutboxUndo, undo_or_give_back
 from services.router.store import Account, Hold, Store, StoreRefusing, StoreUnavailable, Verdict
 
 log = logging.getLogger("llmrouter.router")
 
 PROBE_S = 1.0  # while the store is out of reach, one admission a second is sent to learn that it is back
+
+
+class UndoWaiting(StoreUnavailable):
+    """A request id used by an admission whose undo waits in this router's outbox (its reply lost, its caller told
+    STORE_UNAVAILABLE), sent again before the undo lands (within an upkeep round of the store's return): not admitted,
+    as STORE_UNAVAILABLE says, to be sent again, rather than refused as a duplicate told the hold of an admission that
+    is being undone and will cost nothing."""
+
+    def __init__(self, request_id: str) -> None:
+        ServiceError.__init__(
+            self,
+            grpc.StatusCode.UNAVAILABLE,
+            "STORE_UNAVAILABLE",
+            f"request id {request_id!r} is not admitted yet: its earlier admission, which was not served, is "
+            "still being undone; send it again in a moment",
+            {"retry_after_s": "2"},
+        )
 
 
 class Undoing:
@@ -43,6 +63,11 @@ class Undoing:
             return False
         self._next_probe = now + self.probe_s
         return True
+
+    def undo_waiting(self, account: Account, request_id: str) -> bool:
+        """Whether an undo of an admission of the request id waits in the outbox: a retry refused as a duplicate
+        meanwhile is the caller's retry of a request it was told was not admitted (UndoWaiting)."""
+        return self.outbox.undo_waiting(account.tenant, request_id)
 
     def answered(self) -> None:
         """The store answered an admission (or the upkeep's ping and heartbeat): it is within reach."""
