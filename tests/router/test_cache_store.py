@@ -13,7 +13,7 @@ from services.router import policy
 from services.router.cache import RedisCache, ResponseCache
 from services.router.input_bound import InputBound
 from services.router.routed import Routed, Served
-from services.router.sessions import Session, Sessions
+from services.router.sessions import Session, Sessions, session_key
 from services.router.store import Account
 
 REGISTRY = load_registry()
@@ -129,3 +129,16 @@ async def test_a_cached_answer_keeps_its_log_probabilities_and_is_only_served_to
         assert hit is not None and hit.logprobs_json == with_logprobs.logprobs_json
     finally:
         await cache.backend.close()
+
+
+async def test_an_unreadable_session_record_starts_the_session_afresh(redis_url: str) -> None:
+    """A session record nested past the parser's depth (a hostile writer of the cache Redis) raised RecursionError,
+    no ValueError: the request failed, every turn of the session, until the record expired."""
+    sessions = Sessions(RedisCache(redis_url), ttl_s=60)
+    try:
+        turn = routed("acme", "and then?")
+        turn.request.session_id = "chat-deep"
+        await sessions.backend.set(session_key("acme", "chat-deep", ACME.key), b"[" * 100_000, 60)
+        assert await sessions.get(ACME, turn.request) is None
+    finally:
+        await sessions.backend.close()

@@ -266,18 +266,19 @@ async def test_on_a_redis_cluster_each_shards_requests_are_mended_in_its_slot(
         await store.close()
 
 
+@pytest.mark.parametrize("record", ["{broken", "[" * 100_000], ids=["no JSON", "past the parser's depth"])
 async def test_a_pending_charge_no_router_can_read_is_left_and_told(
-    store: RedisStore, client: redis.Redis, dsn: str, capsys: pytest.CaptureFixture[str]
+    store: RedisStore, client: redis.Redis, dsn: str, capsys: pytest.CaptureFixture[str], record: str
 ) -> None:
-    """A hand-edited record (no JSON): which hold it stands for cannot be read, so it is left, and the repair says so
-    (exit 1) while it mends the rest."""
+    """A hand-edited record (no JSON, or nested past the parser's depth: a RecursionError, which ended the check):
+    which hold it stands for cannot be read, so it is left, and the repair says so (exit 1) while it mends the rest."""
     settled_after = await admit(store, ACME_K1, "settled-after", 400)
     snapshot = await backup(client)
     assert await charge(store, ACME_K1, settled_after, 250)
     assert await charge(store, GLOBEX_K1, await admit(store, GLOBEX_K1, "charged-after", 200), 100)
     await copy_to_sql(client, dsn)
     await restore(client, snapshot)
-    await client.hset(AccountKeys.of(ACME_K1).pending, pending_field(ACME_K1, "settled-after"), "{broken")
+    await client.hset(AccountKeys.of(ACME_K1).pending, pending_field(ACME_K1, "settled-after"), record)
     capsys.readouterr()
 
     assert await money_check.main(["ledger-charges", "--repair"]) == 1

@@ -62,6 +62,7 @@ async def test_an_unreadable_pending_record_holds_up_no_other(redis_url: str) ->
             "b": "[1, 2]",
             "c": json.dumps({"tenant": "x"}),
             "d": json.dumps({**json.loads(Pending.of(BROKEN, hold).to_json()), "router": ["router-dead"]}),
+            "e": "[" * 100_000,  # past the parser's depth: a RecursionError, which ended the sweep
         }
         await store.redis.hset(pending_key(0), mapping=unreadable)
         assert await store.reconcile("router-alive", 0.2, 3600) == 0  # the dead router seen missing once
