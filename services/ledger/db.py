@@ -192,12 +192,14 @@ class Rejected:
 
 class Unjudged(NamedTuple):
     """An entry kept whole in ledger_rejected that reads as no charge: what it moved in the budgets is unknown. Its
-    `error` as the sink gave it, and the tenant and key id its record names (None: none, or not as text)."""
+    `error` as the sink gave it, and the tenant and key id its record names (None: none, or not as text).
+    `on_stream`: read on its ledger stream instead, not copied yet (money_check.py, given-backs waiting)."""
 
     entry: str
     error: str
     tenant: str | None
     key: str | None
+    on_stream: bool = False
 
 
 class RejectedCharges(NamedTuple):

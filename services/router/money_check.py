@@ -195,6 +195,7 @@ async def spend_shortfalls(
     sums = ledger_spend([*charges, *rejected.charges.values()], period)
     copied_give_backs |= rejected.charges.keys()
     counted: dict[str, int] = {}
+    unreadable: list[Unjudged] = []  # give-backs waiting on their streams that read as none
     read_to: dict[str, tuple[int, int]] = {}  # each stream read: its last entry's id when its counters were read
     waiting: set[str] = set()
     for shard, counters in _by_shard(sums).items():
@@ -203,9 +204,13 @@ async def spend_shortfalls(
         counted.update(values)
         read_to[ledger_key(shard)] = _entry_id(last)
         for entry, record in given_back:
-            if stream_entry(ledger_key(shard), entry) not in copied_give_backs:
-                waiting.add(stream_entry(ledger_key(shard), entry))
-                given_back_waiting(sums, record, period, since)
+            named = stream_entry(ledger_key(shard), entry)
+            if named not in copied_give_backs:
+                waiting.add(named)
+                try:
+                    given_back_waiting(sums, record or {}, period, since)
+                except (KeyError, TypeError, ValueError, ArithmeticError) as exc:  # a record no router wrote
+                    unreadable.append(_unreadable_give_back(named, record, exc))
     # A give-back the sink copied after the rows were read, and a trim (trim --copied-only, or --out) deleted before
     # its stream's page was read, is in neither: it is in the SQL ledger by now. Only those the counters hold count.
     # Those the sink kept in ledger_rejected meanwhile are found there, as at the first read.
@@ -218,7 +223,8 @@ async def spend_shortfalls(
             continue
         if _entry_id(entry_id) <= read_to[stream]:
             _given_back(sums, tenant, key, pico, period)
-    unjudged = list({found.entry: found for found in [*rejected.unjudged, *rejected_again.unjudged]}.values())
+    every_unjudged = [*rejected.unjudged, *rejected_again.unjudged, *unreadable]
+    unjudged = list({found.entry: found for found in every_unjudged}.values())
     # Of every account the sums name: one known only by a rejected charge too.
     not_judged = _unjudged_counters(unjudged, [*charges, *rejected.charges.values()], period)
     shortfalls = [
@@ -245,6 +251,16 @@ def _unjudged_counters(
             for counter in AccountKeys.of(Account(entry.tenant, key)).spend(period):
                 found.setdefault(counter, entry.entry)
     return found
+
+
+def _unreadable_give_back(entry: str, record: dict[str, Any] | None, exc: Exception) -> Unjudged:
+    """A stream entry that names itself a give-back and reads as none: the tenant and key id it names, if as text."""
+    from services.ledger.db import Unjudged  # imported here for the reason main() says
+
+    tenant, key = (record or {}).get("tenant"), (record or {}).get("key")
+    error = "unreadable record" if record is None else f"no give-back the check can read: {exc!r}"
+    named = (tenant if isinstance(tenant, str) else None, key if isinstance(key, str) else None)
+    return Unjudged(entry, error, *named, on_stream=True)
 
 
 def given_back_waiting(sums: dict[str, int], record: dict[str, Any], period: str, since: float | None) -> None:
@@ -289,7 +305,8 @@ async def check_ledger_spend(
             else "of no tenant it names: no counter is repaired"
         )
         # The sink's reason quoted: it may carry the record's own text.
-        print(f"cannot judge: ledger_rejected keeps entry {found.entry!r} ({found.error!r}), {whose}", file=sys.stderr)
+        where = "its ledger stream holds, not copied yet," if found.on_stream else "ledger_rejected keeps"
+        print(f"cannot judge: {where} entry {found.entry!r} ({found.error!r}), {whose}", file=sys.stderr)
     for short in audit.shortfalls:
         lacking = short.ledger_pico - short.counted_pico
         if short.unjudged is not None:

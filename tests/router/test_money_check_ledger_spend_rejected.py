@@ -390,3 +390,31 @@ async def test_an_unreadable_entry_rejected_before_the_look_back_holds_back_no_r
         f"behind the ledger: {tenant} counts {HOLD - 100} pico-USD, the SQL ledger {HOLD} (100 lacking): raised"
     ]
     assert await store.spent(ACME, DAY) == (HOLD, HOLD)
+
+
+@pytest.mark.parametrize(
+    "record",
+    ['{"outcome":"given_back"' + "[" * 100_000, '{"outcome":"given_back", not json', '{"outcome":"given_back"}'],
+    ids=["past the parser's depth", "no JSON", "no fields"],
+)
+async def test_an_unreadable_give_back_waiting_on_its_stream_holds_back_every_repair(
+    ledger: Ledger, capsys: pytest.CaptureFixture[str], record: str
+) -> None:
+    """An entry on a ledger stream that names itself a give-back and reads as none (hand-edited, or a hostile writer
+    of the money Redis), not copied yet: the check ended in a traceback (json.loads' RecursionError or ValueError, a
+    KeyError) until the sink copied it. It is reported, by its entry, and no counter is repaired."""
+    store = ledger.store
+    await reconciled(store, OTHER, "r2")
+    await ledger.copy()
+    other_key = AccountKeys.of(OTHER).spend(DAY)[1]
+    await lose(store, other_key, 200)
+    stream = ledger_key(shard_of(OTHER.tenant))
+    entry = f"{stream} {(await store.redis.xadd(stream, {'record': record})).decode()}"
+    capsys.readouterr()
+
+    assert await ledger.check(repair=True) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith(f"cannot judge: its ledger stream holds, not copied yet, entry {entry!r} ("), err
+    assert err[0].endswith("of no tenant it names: no counter is repaired")
+    assert err[1].endswith(f"(200 lacking): not raised, entry {entry!r} cannot be judged")
+    assert await store.spent(OTHER, DAY) == (HOLD, HOLD - 200)

@@ -173,6 +173,15 @@ def _listed_take(shard: int, member: bytes) -> _Take | None:
     return _Take(keys, named[1], charge_id, entry) if keys.shard == shard else None
 
 
+def _object_or_none(text: bytes) -> dict[str, Any] | None:
+    """A ledger record read back: None for one that is no JSON object (hand-edited, or nested past any router's)."""
+    try:
+        record = loads_stored(text)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def _readable(record: str) -> Pending | None:
     """A swept record as a Pending; None for one no router could settle (not JSON, a field missing: hand-edited, or a
     restore gone wrong), counted and logged as a failure each round rather than ending the sweep before any other
@@ -679,13 +688,14 @@ class RedisStore:
 
     async def spend_and_given_back(
         self, shard: int, counters: list[str], start: str, page: int = LEDGER_PAGE
-    ) -> tuple[dict[str, int], list[tuple[str, dict[str, Any]]], str]:
+    ) -> tuple[dict[str, int], list[tuple[str, dict[str, Any] | None]], str]:
         """What each spend counter named (all of `shard`) holds, the give-backs on the shard's ledger stream from
-        XRANGE `start` as (entry id, record), `page` entries a script (spend_and_given_back_page), and the id of the
-        stream's last entry when the counters were read. A give-back read by an earlier page lowered the counters
+        XRANGE `start` as (entry id, record; None for one that names itself one and is no JSON object: no router
+        wrote it), `page` entries a script (spend_and_given_back_page), and the id of the stream's last entry when
+        the counters were read. A give-back read by an earlier page lowered the counters
         before the last page's script reads them (its entry and its decrement are one script's), and none lands
         between that last page and the counters: they are read as at one instant."""
-        found: list[tuple[str, dict[str, Any]]] = []
+        found: list[tuple[str, dict[str, Any] | None]] = []
         while True:
             counted, given, start = await self.spend_and_given_back_page(shard, counters, start, page)
             found += given
@@ -694,7 +704,7 @@ class RedisStore:
 
     async def spend_and_given_back_page(
         self, shard: int, counters: list[str], start: str, page: int
-    ) -> tuple[dict[str, int] | None, list[tuple[str, dict[str, Any]]], str]:
+    ) -> tuple[dict[str, int] | None, list[tuple[str, dict[str, Any] | None]], str]:
         """The give-backs among `page` entries of the shard's ledger stream from XRANGE `start`, and where the next
         page starts; at the stream's end, the counters too, read in the same script (lua.py, SPEND_AND_GIVEN_BACK)
         and None before it, with the id of the stream's last entry then in place of the next page's start."""
@@ -702,8 +712,8 @@ class RedisStore:
             values, given, after, last = await self._spend_and_given_back(
                 keys=[ledger_key(shard), *counters], args=[start, max(page, 1)]
             )
-        records = [(_text(given[i]), json.loads(given[i + 1])) for i in range(0, len(given), 2)]
-        found = [(entry, record) for entry, record in records if record.get("outcome") == GIVEN_BACK]
+        records = [(_text(given[i]), _object_or_none(given[i + 1])) for i in range(0, len(given), 2)]
+        found = [(entry, record) for entry, record in records if record is None or record.get("outcome") == GIVEN_BACK]
         if _text(after):
             return None, found, _text(after)
         return {counter: int(value) for counter, value in zip(counters, values, strict=True)}, found, _text(last)
