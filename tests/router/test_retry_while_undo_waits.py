@@ -44,4 +44,5 @@ async def test_a_retry_before_its_undo_lands_is_told_to_send_again_not_that_it_i
         assert await outbox.replay(money.store) == 1  # the undo lands: the id is free
         await gate.admit(retry)
         assert retry.hold is not None
-        assert (await money.store.pending_charge(ACCOUNT, first.request_id)).nonce == retry.hold.nonce  # type: ignore[union-attr]
+        pending = await money.store.pending_charge(ACCOUNT, first.request_id)
+        assert pending is not None and pending.nonce == retry.hold.nonce
