@@ -297,3 +297,19 @@ async def test_a_take_of_a_charge_named_by_another_id_first_whose_reply_was_lost
     asked = [UncountedCharge(ACME, line.request_id, "earlier"), UncountedCharge(ACME, line.request_id, "made")]
     taken = taken_ids(await proxied.store.count_once_each(asked))
     assert sorted(taken, key=str) == [None, line.request_id], "counted by no router, or twice"
+
+
+@pytest.mark.parametrize("record", ["[" * 100_000, "{not json", '{"candidates": [[1]]}'])
+async def test_a_record_no_router_wrote_is_taken_and_counted_nowhere(redis_url: str, record: str) -> None:
+    """An uncounted charge whose record is unreadable (nested past the parser's depth, not JSON, candidates in neither
+    form: hand-edited) ended the take in a traceback: the collect that had charged its lines failed, and the sweep's
+    count with it. It is taken, counted by no router, and the charges beside it are counted."""
+    store = RedisStore(redis_url)
+    try:
+        broken, sound = await charged_line(store, ACME), await charged_line(store, ACME)
+        await store.redis.set(AccountKeys.of(ACME).uncounted(broken.request_id), f"made {record}", keepttl=True)
+        asked = [UncountedCharge(ACME, broken.request_id, "made"), UncountedCharge(ACME, sound.request_id, "made")]
+        assert taken_ids(await store.count_once_each(asked)) == [None, sound.request_id]
+        assert taken_ids(await store.count_once_each(asked)) == [None, None]  # taken: no one counts it again
+    finally:
+        await store.close()
