@@ -113,6 +113,8 @@ NOT_NEWEST = (
 OLDEST_DELETABLE = f"SELECT rowid, ts FROM requests WHERE {NOT_NEWEST} ORDER BY ts LIMIT ?"  # SQLite: the bound
 # The give-backs' rows (model.py, given_back_record: the only rows of a negative cost), each with its ledger entry.
 GIVE_BACKS = "SELECT tenant, key_id, cost_pico, ledger_entry FROM requests WHERE cost_pico < 0 AND"
+# Several statements read at one instant (LedgerDB.period_ledger); read only, never refused for a write beside it.
+SNAPSHOT = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
 ACCOUNT_INDEX = "CREATE INDEX IF NOT EXISTS requests_account_ts ON requests (tenant, key_id, ts)"  # for NOT_NEWEST
 # PostgreSQL: CREATE INDEX takes a SHARE lock on the table, even with IF NOT EXISTS on an index already there: behind
 # any open write (a retention mid-delete), ahead of every router's inserts. So a start-up creates only the indexes a
@@ -208,6 +210,15 @@ class RejectedCharges(NamedTuple):
 
     charges: dict[str, tuple[str, str, int]]
     unjudged: list[Unjudged]
+
+
+class PeriodLedger(NamedTuple):
+    """A budget period's charges as one snapshot of the SQL ledger holds them (LedgerDB.period_ledger): each account's
+    rows summed, as (tenant, key id, pico); the ledger entries of its give-back rows; and ledger_rejected's entries."""
+
+    charges: list[tuple[str, str, int]]
+    give_backs: set[str]
+    rejected: RejectedCharges
 
 
 class Charge(NamedTuple):
@@ -369,13 +380,14 @@ class LedgerDB:
         given."""
         return await asyncio.to_thread(self._period_charges, period, since)
 
-    async def period_charges_and_give_backs(
-        self, period: str, since: float | None = None
-    ) -> tuple[list[tuple[str, str, int]], set[str]]:
-        """period_charges, and the ledger entries (stream_entry) of its give-backs (its rows of a negative cost:
-        services/router/store/model.py, given_back_record), read in one statement, so at one instant: which give-backs
-        the sums hold (services/router/money_check.py, ledger-spend)."""
-        return await asyncio.to_thread(self._period_charges_and_give_backs, period, since)
+    async def period_ledger(self, period: str, since: float | None = None) -> PeriodLedger:
+        """What the SQL ledger holds of budget period `period` (of the rows with ts >= since when given), as
+        services/router/money_check.py's ledger-spend judges it: period_charges, the ledger entries (stream_entry) of
+        its give-backs (its rows of a negative cost: services/router/store/model.py, given_back_record), and
+        period_rejected. Read in one snapshot: a retention (trim) deletes a charge and its give-back together, one
+        perhaps a row and the other kept in ledger_rejected, and reads at two instants could see one without the
+        other."""
+        return await asyncio.to_thread(self._period_ledger, period, since)
 
     async def period_give_backs(self, period: str, since: float | None = None) -> dict[str, tuple[str, str, int]]:
         """The give-backs of period_charges_and_give_backs, each by its ledger entry (stream_entry): its tenant, key id
@@ -589,17 +601,27 @@ class LedgerDB:
             conn.commit()  # ends PostgreSQL's implicit transaction
         return [(str(tenant), str(key), int(pico)) for tenant, key, pico in found]  # PostgreSQL's SUM: numeric
 
-    def _period_charges_and_give_backs(
-        self, period: str, since: float | None
+    def _period_ledger(self, period: str, since: float | None) -> PeriodLedger:
+        with self._connected() as conn:
+            try:
+                # PostgreSQL: every statement of a REPEATABLE READ transaction sees the snapshot its first took. SQLite
+                # (WAL): a read transaction sees the database as its first read found it.
+                conn.execute(SNAPSHOT if self.postgres else "BEGIN")
+                rejected = self._rejected_in(conn, period, since)
+                charges, give_backs = self._charges_and_give_backs_in(conn, period, since)
+            finally:
+                conn.rollback()  # read only: ends the snapshot
+        return PeriodLedger(charges, give_backs, rejected)
+
+    def _charges_and_give_backs_in(
+        self, conn: Any, period: str, since: float | None
     ) -> tuple[list[tuple[str, str, int]], set[str]]:
         where, args = self._period_where(period, since)
         sql = (
             f"SELECT tenant, key_id, SUM(cost_pico), NULL FROM requests WHERE {where} GROUP BY tenant, key_id"
             f" UNION ALL {GIVE_BACKS} {where}"
         )
-        with self._connected() as conn:
-            found = conn.execute(sql, args + args).fetchall()
-            conn.commit()  # ends PostgreSQL's implicit transaction
+        found = conn.execute(sql, args + args).fetchall()
         charges = [(str(tenant), str(key), int(pico)) for tenant, key, pico, entry in found if entry is None]
         return sorted(charges), {str(entry) for *_, entry in found if entry is not None}
 
@@ -616,6 +638,12 @@ class LedgerDB:
         return where, [period] if since is None else [period, since]
 
     def _period_rejected(self, period: str, since: float | None) -> RejectedCharges:
+        with self._connected() as conn:
+            found = self._rejected_in(conn, period, since)
+            conn.commit()  # ends PostgreSQL's implicit transaction
+        return found
+
+    def _rejected_in(self, conn: Any, period: str, since: float | None) -> RejectedCharges:
         sql, args = "SELECT ledger_entry, record, error FROM ledger_rejected", []
         if since is not None:
             sql, args = sql + f" WHERE rejected_at >= {self._mark}", [since]
@@ -624,27 +652,25 @@ class LedgerDB:
         copied_sql = f"SELECT 1 FROM requests WHERE tenant = {mark} AND request_id = {mark} AND ledger_entry = {mark}"
         charges: dict[str, tuple[str, str, int]] = {}
         unjudged: list[Unjudged] = []
-        with self._connected() as conn:
-            for entry, text, error in conn.execute(sql, args).fetchall():
-                try:
-                    record = loads_stored(text)
-                except ValueError:
-                    record = None
-                try:
-                    row = Row(row_from_record(record, str(entry)))
-                except (KeyError, TypeError, ValueError, ArithmeticError, AttributeError):
-                    fields = record if isinstance(record, dict) else {}
-                    named_period = fields.get("period")
-                    if not isinstance(named_period, str) or named_period == period:  # else another period's
-                        tenant, key = fields.get("tenant"), fields.get("key")
-                        named = (tenant if isinstance(tenant, str) else None, key if isinstance(key, str) else None)
-                        unjudged.append(Unjudged(str(entry), str(error), *named))
-                    continue
-                if row.get("period") != period or (since is not None and row.get("ts") < since):
-                    continue
-                if not conn.execute(copied_sql, (row.get("tenant"), row.get("request_id"), str(entry))).fetchone():
-                    charges[str(entry)] = (row.get("tenant"), row.get("key_id"), row.get("cost_pico"))
-            conn.commit()  # ends PostgreSQL's implicit transaction
+        for entry, text, error in conn.execute(sql, args).fetchall():
+            try:
+                record = loads_stored(text)
+            except ValueError:
+                record = None
+            try:
+                row = Row(row_from_record(record, str(entry)))
+            except (KeyError, TypeError, ValueError, ArithmeticError, AttributeError):
+                fields = record if isinstance(record, dict) else {}
+                named_period = fields.get("period")
+                if not isinstance(named_period, str) or named_period == period:  # else another period's
+                    tenant, key = fields.get("tenant"), fields.get("key")
+                    named = (tenant if isinstance(tenant, str) else None, key if isinstance(key, str) else None)
+                    unjudged.append(Unjudged(str(entry), str(error), *named))
+                continue
+            if row.get("period") != period or (since is not None and row.get("ts") < since):
+                continue
+            if not conn.execute(copied_sql, (row.get("tenant"), row.get("request_id"), str(entry))).fetchone():
+                charges[str(entry)] = (row.get("tenant"), row.get("key_id"), row.get("cost_pico"))
         return RejectedCharges(charges, unjudged)
 
     def _insert(self, rows: Sequence[tuple[Any, ...]], records: Sequence[str]) -> int:

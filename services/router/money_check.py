@@ -186,12 +186,9 @@ async def spend_shortfalls(
     since = None if look_back is None else money_now() - look_back
     # Before the SQL ledger is read: every entry before where the sink stood then is among the rows read.
     unacked_from = await store.ledger_unacked_from(sink_group or GROUP)
-    # ledger_rejected before the rows: a retention between the two reads deletes a charge's row and its rejected
-    # give-back together, and the charge read without its give-back would make a loss. (The reverse, a rejected charge
-    # whose give-back is a row, would need both tables read at one instant; the database refuses give-backs far more
-    # often than their charges.)
-    rejected = await db.period_rejected(period, since)
-    charges, copied_give_backs = await db.period_charges_and_give_backs(period, since)
+    # The rows and ledger_rejected at one instant: a retention deletes a charge and its give-back together, either of
+    # them perhaps kept in ledger_rejected, and a charge read without its give-back would make a loss.
+    charges, copied_give_backs, rejected = await db.period_ledger(period, since)
     sums = ledger_spend([*charges, *rejected.charges.values()], period)
     copied_give_backs |= rejected.charges.keys()
     counted: dict[str, int] = {}

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from services.ledger.db import LedgerDB, row_from_record
+from services.ledger.db import LedgerDB, PeriodLedger, row_from_record
 from services.ledger.sink import LedgerSink, RedisSource
 from services.router import charging, money_check
 from services.router.store import (
@@ -202,15 +202,8 @@ class CopiedWhileChecked(LedgerDB):
 
     ledger: Ledger
 
-    async def period_charges(self, period: str, since: float | None = None) -> list[tuple[str, str, int]]:
-        found = await super().period_charges(period, since)
-        await self.ledger.copy()
-        return found
-
-    async def period_charges_and_give_backs(
-        self, period: str, since: float | None = None
-    ) -> tuple[list[tuple[str, str, int]], set[str]]:
-        found = await super().period_charges_and_give_backs(period, since)
+    async def period_ledger(self, period: str, since: float | None = None) -> PeriodLedger:
+        found = await super().period_ledger(period, since)
         await self.ledger.copy()
         return found
 

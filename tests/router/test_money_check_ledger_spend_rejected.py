@@ -9,14 +9,16 @@ PostgreSQL (a throwaway database) refusing the give-back's row by a CHECK constr
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from services.ledger.db import LedgerDB, Rejected, RejectedCharges
+from services.ledger.db import LedgerDB, PeriodLedger, Rejected, RejectedCharges
 from services.router import ledger as retention
 from services.router.store import AccountKeys, RedisStore, ledger_key
 from services.router.store.keys import shard_of
@@ -27,24 +29,24 @@ from tests.router.test_money_check_ledger_spend_trimmed import EVERY_ENTRY_DAYS
 
 
 class HookedLedgerDB(LedgerDB):
-    """A SQL ledger whose first read of ledger_rejected by the check runs `after_rejected` just after it, before any
-    stream is read; and whose first read of the rows runs `after_rows` just after it."""
+    """A SQL ledger whose first read by the check (period_ledger) runs `mid_snapshot` (in its worker thread) just after
+    it has read ledger_rejected, before it reads the rows; and `after_snapshot` once it is read, before any stream is.
+    `beside`: another connection to the same database, as the retention has (it runs in the sinks' processes)."""
 
-    after_rejected: Callable[[], Awaitable[None]] | None = None
-    after_rows: Callable[[], Awaitable[None]] | None = None
+    mid_snapshot: Callable[[], None] | None = None
+    after_snapshot: Callable[[], Awaitable[None]] | None = None
+    beside: LedgerDB
 
-    async def period_charges_and_give_backs(
-        self, period: str, since: float | None = None
-    ) -> tuple[list[tuple[str, str, int]], set[str]]:
-        found = await super().period_charges_and_give_backs(period, since)
-        hook, self.after_rows = self.after_rows, None
+    def _rejected_in(self, conn: Any, period: str, since: float | None) -> RejectedCharges:
+        found = super()._rejected_in(conn, period, since)
+        hook, self.mid_snapshot = self.mid_snapshot, None
         if hook:
-            await hook()
+            hook()
         return found
 
-    async def period_rejected(self, period: str, since: float | None = None) -> RejectedCharges:
-        found = await super().period_rejected(period, since)
-        hook, self.after_rejected = self.after_rejected, None
+    async def period_ledger(self, period: str, since: float | None = None) -> PeriodLedger:
+        found = await super().period_ledger(period, since)
+        hook, self.after_snapshot = self.after_snapshot, None
         if hook:
             await hook()
         return found
@@ -55,20 +57,27 @@ async def ledger(any_redis_url: str) -> AsyncIterator[Ledger]:
     store = RedisStore(any_redis_url)
     with fresh_postgres() as dsn:
         db = HookedLedgerDB(dsn=dsn)
+        db.beside = LedgerDB(dsn=dsn)
         try:
             yield Ledger(store, db)
         finally:
+            db.beside.close()
             db.close()
             await store.close()
+
+
+def refuse(db: LedgerDB, rule: str) -> None:
+    """The database refuses every row breaking `rule` (SQL, on cost_pico) from now on: the sink keeps each such entry
+    in ledger_rejected, and acknowledges it."""
+    with db._connected() as conn:
+        conn.execute(f"ALTER TABLE requests ADD CONSTRAINT refused CHECK ({rule})")
+        conn.commit()
 
 
 async def refuse_give_backs(ledger: Ledger) -> None:
     """The database refuses every row of a negative cost from now on: the sink keeps each give-back in
     ledger_rejected, and acknowledges it."""
-    db = ledger.db
-    with db._connected() as conn:
-        conn.execute("ALTER TABLE requests ADD CONSTRAINT no_give_backs CHECK (cost_pico >= 0)")
-        conn.commit()
+    refuse(ledger.db, "cost_pico >= 0")
 
 
 async def given_back_and_rejected(ledger: Ledger, cost: int) -> str:
@@ -127,7 +136,7 @@ async def test_a_rejected_give_back_leaves_a_loss_found_exactly(
 async def test_a_give_back_rejected_and_trimmed_while_the_check_runs_is_no_spend_lost(
     ledger: Ledger, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Rejected and acknowledged after ledger_rejected was first read, and trimmed before its stream was read: found in
+    """Rejected and acknowledged after the SQL ledger was first read, and trimmed before its stream was read: found in
     ledger_rejected when the SQL ledger is read again, after the streams."""
     store, db = ledger.store, ledger.db
     assert isinstance(db, HookedLedgerDB)
@@ -142,7 +151,7 @@ async def test_a_give_back_rejected_and_trimmed_while_the_check_runs_is_no_spend
         assert await store.redis.xlen(ledger_key(shard_of(ACME.tenant))) == 0
         assert len(await db.rejected()) == 1
 
-    db.after_rejected = rejected_then_trimmed
+    db.after_snapshot = rejected_then_trimmed
     capsys.readouterr()
     assert await ledger.check(repair=True) == 0
     assert "0 counter(s) behind the SQL ledger" in capsys.readouterr().out
@@ -268,9 +277,7 @@ async def test_an_unreadable_entry_of_a_tenant_holds_back_its_keys_known_only_fr
     """Acme's only charge is kept whole in ledger_rejected (the database refused it), and an entry naming acme but no
     key reads as no charge: it may have lowered any of acme's key counters, the one of that rejected charge too."""
     store, db = ledger.store, ledger.db
-    with db._connected() as conn:
-        conn.execute("ALTER TABLE requests ADD CONSTRAINT no_charges CHECK (cost_pico <= 0)")
-        conn.commit()
+    refuse(db, "cost_pico <= 0")
     await reconciled(store, ACME, "r1")
     await ledger.copy()
     assert await db.rows() == [] and len(await db.rejected()) == 1
@@ -347,26 +354,43 @@ async def test_an_unreadable_entry_naming_its_period_as_a_number_holds_back_the_
     assert await store.spent(ACME, DAY) == (HOLD - 100, HOLD)
 
 
-async def test_a_retention_between_the_reads_of_the_rows_and_of_ledger_rejected_invents_no_loss(
-    ledger: Ledger, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("refused", ["give-back", "charge"])
+async def test_a_retention_while_the_sql_ledger_is_read_invents_no_loss_and_hides_none(
+    ledger: Ledger, refused: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The retention deletes a charge's row (no longer acme's newest) and its rejected give-back in one transaction;
-    run after the check read the rows and before it read ledger_rejected, the sum held the charge without its
-    give-back, and --repair took the give-back back from acme."""
+    """The retention deletes a charge and its give-back in one transaction, one a row and the other kept in
+    ledger_rejected (the database refused it). Run on its own connection between the check's reads of ledger_rejected
+    and of the rows, it left the sum with the rejected charge and not its give-back (a loss invented: --repair took the
+    give-back back from acme), or with the rejected give-back and not its charge (a loss hidden). The SQL ledger is
+    read as one snapshot: the loss is found exactly, either way."""
     store, db = ledger.store, ledger.db
     assert isinstance(db, HookedLedgerDB)
-    await given_back_and_rejected(ledger, 250)
-    await reconciled(store, ACME, "r2")
+    refuse(db, "cost_pico >= 0" if refused == "give-back" else "cost_pico <= 0")
+    hold = await reconciled(store, ACME, "r1")
     await ledger.copy()
+    assert await store.give_back(ACME, hold, 250) == 750
+    await ledger.copy()
+    with db._connected() as conn:
+        conn.execute("ALTER TABLE requests DROP CONSTRAINT refused")
+        conn.commit()
+    await reconciled(store, ACME, "r2")  # acme's newest row: r1's charge and give-back age out together
+    await ledger.copy()
+    assert (len(await db.rows()), len(await db.rejected())) == (2, 1), f"r1's {refused} kept in ledger_rejected"
+    tenant = AccountKeys.of(ACME).spend(DAY)[0]
+    await lose(store, tenant, 50)
 
-    async def retention() -> None:
-        assert await db.trim(time.time() + 60) == 2  # r1's row and its give-back: r2's row is acme's newest
+    def retention() -> None:
+        assert asyncio.run(db.beside.trim(time.time() + 60)) == 2, "r1's charge and give-back deleted"
 
-    db.after_rows = retention
+    db.mid_snapshot = retention
     capsys.readouterr()
     assert await ledger.check(repair=True) == 0
-    assert capsys.readouterr().err == ""
-    assert await store.spent(ACME, DAY) == (250 + HOLD, 250 + HOLD), "--repair took the give-back back"
+    assert capsys.readouterr().err.splitlines() == [
+        f"behind the ledger: {tenant} counts {250 + HOLD - 50} pico-USD, the SQL ledger {250 + HOLD} (50 lacking):"
+        " raised"
+    ]
+    assert await store.spent(ACME, DAY) == (250 + HOLD, 250 + HOLD), "raised by the loss, and only by it"
+    assert await db.rejected() == [], "the retention ran"
 
 
 async def test_an_unreadable_entry_rejected_before_the_look_back_holds_back_no_repair_of_the_day(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from services.ledger.db import LedgerDB
+from services.ledger.db import LedgerDB, PeriodLedger
 from services.router import ledger as retention
 from services.router.store import AccountKeys, RedisStore, ledger_key
 from services.router.store.keys import shard_of
@@ -32,10 +32,8 @@ class HookedLedgerDB(LedgerDB):
     after_rows: Callable[[], Awaitable[None]] | None = None
     before_give_backs: Callable[[], Awaitable[None]] | None = None
 
-    async def period_charges_and_give_backs(
-        self, period: str, since: float | None = None
-    ) -> tuple[list[tuple[str, str, int]], set[str]]:
-        found = await super().period_charges_and_give_backs(period, since)
+    async def period_ledger(self, period: str, since: float | None = None) -> PeriodLedger:
+        found = await super().period_ledger(period, since)
         if self.after_rows:
             await self.after_rows()
         return found
@@ -120,13 +118,13 @@ async def test_a_give_back_waiting_when_its_counters_were_read_and_copied_before
     hold = await reconciled(store, ACME, "r1")
     await ledger.copy()
     assert await store.give_back(ACME, hold, 250) == 750  # waits for the sink
-    assert (await db.period_charges_and_give_backs(DAY))[1] == set(), "the give-back is not in the SQL ledger yet"
+    assert (await db.period_ledger(DAY)).give_backs == set(), "the give-back is not in the SQL ledger yet"
     tenant = AccountKeys.of(ACME).spend(DAY)[0]
     await lose(store, tenant, 50)  # below the 750 given back: what a second count of it would hide
 
     async def copied() -> None:
         await ledger.copy()
-        copied_give_backs = (await db.period_charges_and_give_backs(DAY))[1]
+        copied_give_backs = (await db.period_ledger(DAY)).give_backs
         assert len(copied_give_backs) == 1, "the give-back copied before the second read"
 
     db.before_give_backs = copied
