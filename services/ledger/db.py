@@ -205,7 +205,7 @@ class Unjudged(NamedTuple):
 
 
 class RejectedCharges(NamedTuple):
-    """Of the entries kept whole in ledger_rejected (LedgerDB.period_rejected): those that read as the rows they would
+    """Of the entries kept whole in ledger_rejected (LedgerDB.period_ledger): those that read as the rows they would
     have been, of a budget period, as (tenant, key id, pico) by their entry; and those that read as no charge."""
 
     charges: dict[str, tuple[str, str, int]]
@@ -383,22 +383,13 @@ class LedgerDB:
     async def period_ledger(self, period: str, since: float | None = None) -> PeriodLedger:
         """What the SQL ledger holds of budget period `period` (of the rows with ts >= since when given), as
         services/router/money_check.py's ledger-spend judges it: period_charges, the ledger entries (stream_entry) of
-        its give-backs (its rows of a negative cost: services/router/store/model.py, given_back_record), and
-        period_rejected. Read in one snapshot: a retention (trim) deletes a charge and its give-back together, one
-        perhaps a row and the other kept in ledger_rejected, and reads at two instants could see one without the
-        other."""
+        its give-backs (its rows of a negative cost: services/router/store/model.py, given_back_record), and the
+        entries kept whole in ledger_rejected (rejected at `since` or later when given: an entry is rejected after its
+        charge) as charges of the period: each one whose record reads as a row (one the database refused) by its cost,
+        as the row would have held it, and those that read as none apart. Read in one snapshot: a retention (trim)
+        deletes a charge and its give-back together, one perhaps a row and the other kept in ledger_rejected, and reads
+        at two instants could see one without the other."""
         return await asyncio.to_thread(self._period_ledger, period, since)
-
-    async def period_give_backs(self, period: str, since: float | None = None) -> dict[str, tuple[str, str, int]]:
-        """The give-backs of period_charges_and_give_backs, each by its ledger entry (stream_entry): its tenant, key id
-        and (negative) cost_pico."""
-        return await asyncio.to_thread(self._period_give_backs, period, since)
-
-    async def period_rejected(self, period: str, since: float | None = None) -> RejectedCharges:
-        """The entries kept whole in ledger_rejected (rejected at `since` or later when given: an entry is rejected
-        after its charge) as charges of budget period `period`: each one whose record reads as a row (one the database
-        refused) by its cost, as the row would have held it, and those that read as none apart."""
-        return await asyncio.to_thread(self._period_rejected, period, since)
 
     async def accounts(self, tenant: str | None = None) -> list[tuple[str, str]]:
         """Every (tenant, key id) that has a row, of one tenant when given."""
@@ -625,23 +616,10 @@ class LedgerDB:
         charges = [(str(tenant), str(key), int(pico)) for tenant, key, pico, entry in found if entry is None]
         return sorted(charges), {str(entry) for *_, entry in found if entry is not None}
 
-    def _period_give_backs(self, period: str, since: float | None) -> dict[str, tuple[str, str, int]]:
-        where, args = self._period_where(period, since)
-        with self._connected() as conn:
-            found = conn.execute(f"{GIVE_BACKS} {where}", args).fetchall()
-            conn.commit()  # ends PostgreSQL's implicit transaction
-        return {str(entry): (str(tenant), str(key), int(pico)) for tenant, key, pico, entry in found}
-
     def _period_where(self, period: str, since: float | None) -> tuple[str, list[Any]]:
         """The rows of budget period `period` (with ts >= since when given): the condition and its arguments."""
         where = f"period = {self._mark}" + ("" if since is None else f" AND ts >= {self._mark}")
         return where, [period] if since is None else [period, since]
-
-    def _period_rejected(self, period: str, since: float | None) -> RejectedCharges:
-        with self._connected() as conn:
-            found = self._rejected_in(conn, period, since)
-            conn.commit()  # ends PostgreSQL's implicit transaction
-        return found
 
     def _rejected_in(self, conn: Any, period: str, since: float | None) -> RejectedCharges:
         sql, args = "SELECT ledger_entry, record, error FROM ledger_rejected", []

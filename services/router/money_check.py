@@ -32,6 +32,7 @@ from services.router.store import (
     HoldsTotal,
     RedisStore,
     Store,
+    StreamPosition,
     ledger_key,
     money_now,
     period_id,
@@ -144,10 +145,17 @@ class SpendShortfall:
 
 @dataclass(frozen=True)
 class SpendAudit:
-    """The shortfalls found, and the entries of ledger_rejected that read as no charge (db.Unjudged)."""
+    """The shortfalls found, and the entries of ledger_rejected that read as no charge (db.Unjudged). `trimmed`: the
+    shards whose ledger stream a trim cut into while the check read it (its shortfalls cannot be trusted)."""
 
     shortfalls: list[SpendShortfall]
     unjudged: list[Unjudged]
+    trimmed: list[int]
+
+
+# How many times ledger-spend reads the ledger when a trim cuts into what it reads (spend_shortfalls): a trim runs for
+# seconds, hourly or daily, so the next read finds none.
+READS = 3
 
 
 def ledger_spend(charges: Iterable[tuple[str, str, int]], period: str) -> dict[str, int]:
@@ -168,24 +176,38 @@ async def spend_shortfalls(
     A charge adds to its counters and its ledger entry in one script, and the SQL ledger copies entries later: the SQL
     ledger is read first, so a charge landing meanwhile can only hide a shortfall, never make one. A give-back
     (lua.py, GIVE_BACK) lowers its counters as it adds its negative entry: the SQL ledger is taken as it stands once
-    the give-backs it lacks are added, those on the streams from where the sink stood (given_back_waiting) and those
-    the sink copied since and a trim deleted before their stream was read (read from the SQL ledger after the
-    streams, each counted if it landed before its counters were read). A counter is then never below it unless the
-    store lost charges (or the ledger was hand-edited). An entry the sink kept whole in ledger_rejected is in the SQL
-    ledger as a row is (acknowledged, so before where the sink stood): counted as the row it would have been, or, when
-    it reads as no charge, its tenant's counters (every counter, when it names no tenant) are not judged. Charges are
-    counted only as the rows (and rejected entries) read first hold them: one the sink had not copied then is in the
-    counters and not in the sum, whether it waits on its stream or was copied and trimmed since, while its give-back
-    is counted either way; the sum is then below the counters by that charge and hides a loss of up to it, never makes
-    one. (Exact would need the rows summed up to each stream's last entry read, and the charges on the streams read
-    too.) `sink_group`: the SQL sink's consumer group (sink.GROUP but in tests)."""
-    from services.ledger.sink import GROUP, stream_entry  # imported here for the reason main() says
+    the give-backs it lacks are added, those on the streams from where the sink stood before the SQL ledger was read
+    (given_back_waiting). A counter is then never below it unless the store lost charges (or the ledger was
+    hand-edited). An entry the sink kept whole in ledger_rejected is in the SQL ledger as a row is (acknowledged, so
+    before where the sink stood): counted as the row it would have been, or, when it reads as no charge, its tenant's
+    counters (every counter, when it names no tenant) are not judged. Every entry the counters hold is then in the SQL
+    ledger read or on its stream when read, unless a trim deleted it from its stream after the SQL ledger was read (the
+    sink copied it meanwhile): the ledger is read again when a trim cut into a stream as it was read (_cut_into), READS
+    times at most (then SpendAudit.trimmed says where). Charges are counted only as the rows (and rejected entries) hold
+    them: one the sink had not copied is in the counters and not in the sum, while its give-back is counted; the sum is
+    then below the counters by that charge and hides a loss of up to it until a later check, never makes one. (Exact
+    would need the charges on the streams counted too, each known to be in the SQL ledger read or not.) `sink_group`:
+    the SQL sink's consumer group (sink.GROUP but in tests)."""
+    from services.ledger.sink import GROUP  # imported here for the reason main() says
+
+    for _ in range(READS):
+        audit = await _spend_read(store, db, budget_period, sink_group or GROUP)
+        if not audit.trimmed:
+            break
+    return audit
+
+
+async def _spend_read(store: RedisStore, db: LedgerDB, budget_period: str, sink_group: str) -> SpendAudit:
+    """spend_shortfalls, read once."""
+    from services.ledger.sink import stream_entry  # imported here for the reason main() says
 
     look_back = LOOK_BACK_S.get(budget_period)
     period = period_id(budget_period)
     since = None if look_back is None else money_now() - look_back
+    # Before where the sink stands: a trim from then on is seen (_cut_into).
+    before = await store.ledger_positions()
     # Before the SQL ledger is read: every entry before where the sink stood then is among the rows read.
-    unacked_from = await store.ledger_unacked_from(sink_group or GROUP)
+    unacked_from = await store.ledger_unacked_from(sink_group)
     # The rows and ledger_rejected at one instant: a retention deletes a charge and its give-back together, either of
     # them perhaps kept in ledger_rejected, and a charge read without its give-back would make a loss.
     charges, copied_give_backs, rejected = await db.period_ledger(period, since)
@@ -193,35 +215,21 @@ async def spend_shortfalls(
     copied_give_backs |= rejected.charges.keys()
     counted: dict[str, int] = {}
     unreadable: list[Unjudged] = []  # give-backs waiting on their streams that read as none
-    read_to: dict[str, tuple[int, int]] = {}  # each stream read: its last entry's id when its counters were read
-    waiting: set[str] = set()
+    trimmed = []
     for shard, counters in _by_shard(sums).items():
         # The counters and the give-backs with them: none lands between the two reads.
-        values, given_back, last = await store.spend_and_given_back(shard, counters, unacked_from[shard])
+        values, given_back, after = await store.spend_and_given_back(shard, counters, unacked_from[shard])
         counted.update(values)
-        read_to[ledger_key(shard)] = _entry_id(last)
+        if _cut_into(unacked_from[shard], before[shard], after):
+            trimmed.append(shard)
         for entry, record in given_back:
             named = stream_entry(ledger_key(shard), entry)
             if named not in copied_give_backs:
-                waiting.add(named)
                 try:
                     given_back_waiting(sums, record or {}, period, since)
                 except (KeyError, TypeError, ValueError, ArithmeticError) as exc:  # a record no router wrote
                     unreadable.append(_unreadable_give_back(named, record, exc))
-    # A give-back the sink copied after the rows were read, and a trim (trim --copied-only, or --out) deleted before
-    # its stream's page was read, is in neither: it is in the SQL ledger by now. Only those the counters hold count.
-    # Those the sink kept in ledger_rejected meanwhile are found there, as at the first read.
-    give_backs = await db.period_give_backs(period, since)
-    rejected_again = await db.period_rejected(period, since)
-    give_backs.update((entry, charge) for entry, charge in rejected_again.charges.items() if charge[2] < 0)
-    for entry, (tenant, key, pico) in give_backs.items():
-        stream, _, entry_id = entry.rpartition(" ")
-        if entry in copied_give_backs or entry in waiting or stream not in read_to:
-            continue
-        if _entry_id(entry_id) <= read_to[stream]:
-            _given_back(sums, tenant, key, pico, period)
-    every_unjudged = [*rejected.unjudged, *rejected_again.unjudged, *unreadable]
-    unjudged = list({found.entry: found for found in every_unjudged}.values())
+    unjudged = [*rejected.unjudged, *unreadable]
     # Of every account the sums name: one known only by a rejected charge too.
     not_judged = _unjudged_counters(unjudged, [*charges, *rejected.charges.values()], period)
     shortfalls = [
@@ -229,7 +237,16 @@ async def spend_shortfalls(
         for c in sorted(sums)
         if counted[c] < sums[c]
     ]
-    return SpendAudit(shortfalls, unjudged)
+    return SpendAudit(shortfalls, unjudged, trimmed)
+
+
+def _cut_into(start: str, before: StreamPosition, after: StreamPosition) -> bool:
+    """Whether a trim deleted, between the two positions of a stream, an entry at or after XRANGE `start` (which the
+    sink may have copied after the SQL ledger was read, so in neither read). A trim deletes from a stream's start only
+    (services/router/ledger.py, XTRIM MINID): one that deleted such an entry left the stream's first entry past
+    `start`, or none. (One that deleted only entries before it, and every one of them, is taken for one that did.)"""
+    deleted = after.added < before.added or after.added - after.length > before.added - before.length
+    return deleted and (start == "-" or not after.first or _entry_id(after.first) > _entry_id(start.lstrip("(")))
 
 
 def _unjudged_counters(
@@ -295,6 +312,14 @@ async def check_ledger_spend(
 ) -> int:
     period = period_id(budget_period)
     audit = await spend_shortfalls(store, db, budget_period, sink_group)
+    if audit.trimmed:
+        streams = ", ".join(ledger_key(shard) for shard in audit.trimmed)
+        print(
+            f"cannot judge: a trim cut into the ledger ({streams}) each of the {READS} times the check read it: no "
+            "counter is repaired; run the check again once the trim is done",
+            file=sys.stderr,
+        )
+        return 1
     for found in audit.unjudged:
         whose = (
             f"of tenant {found.tenant!r}: its counters are not repaired"

@@ -28,6 +28,7 @@ from services.router.store import (
     Allowance,
     Hold,
     RedisStore,
+    StreamPosition,
     ledger_key,
     period_id,
     to_pico,
@@ -306,15 +307,16 @@ async def test_one_script_reads_one_page_of_a_long_backlog(ledger: Ledger) -> No
     given = await the_ledger_of_three_give_backs(store)
     shard, tenant = shard_of(ACME.tenant), AccountKeys.of(ACME).spend(DAY)[0]
 
-    counted, found, after = await store.spend_and_given_back_page(shard, [tenant], "-", 3)
-    assert counted is None, "the counters are read at the stream's end only"
+    counted, found, after, position = await store.spend_and_given_back_page(shard, [tenant], "-", 3)
+    assert counted is None and position is None, "the counters are read at the stream's end only"
     assert [entry for entry, _ in found] == given[:1]
     assert after == f"({given[0]}"
-    counted, found, after = await store.spend_and_given_back_page(shard, [tenant], after, 3)
+    counted, found, after, position = await store.spend_and_given_back_page(shard, [tenant], after, 3)
     assert counted is None and [entry for entry, _ in found] == given[1:]
-    counted, found, last = await store.spend_and_given_back_page(shard, [tenant], after, 3)
-    assert counted == {tenant: 600} and found == []
-    assert last == given[-1], "the stream's last entry when the counters were read"
+    counted, found, after, position = await store.spend_and_given_back_page(shard, [tenant], after, 3)
+    assert counted == {tenant: 600} and found == [] and after == ""
+    ((first, _),) = await store.redis.xrange(ledger_key(shard), count=1)
+    assert position == StreamPosition(6, 6, first.decode()), "the stream as the counters were read"
 
 
 @pytest.mark.parametrize("page", [1, 2, 3, 5, 6, 7])
@@ -336,7 +338,7 @@ async def test_a_give_back_landing_between_two_pages_is_read_with_its_counters(l
     hold = await reconciled(store, ACME, "r1")
     await reconciled(store, ACME, "r2")
     shard, tenant = shard_of(ACME.tenant), AccountKeys.of(ACME).spend(DAY)[0]
-    counted, found, after = await store.spend_and_given_back_page(shard, [tenant], "-", 1)
+    counted, found, after, _ = await store.spend_and_given_back_page(shard, [tenant], "-", 1)
     assert (counted, found) == (None, [])
     assert await store.give_back(ACME, hold, 250) == 750
 

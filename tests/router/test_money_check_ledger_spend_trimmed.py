@@ -1,11 +1,11 @@
 """`money_check ledger-spend` while the ledger is trimmed. The check reads where the SQL sink's group stands, then the
-SQL ledger, then each shard's stream from there (its give-backs) with its counters. A give-back the sink copies and
+SQL ledger, then each shard's stream from there (its give-backs) with its counters. An entry the sink copies and
 acknowledges after the SQL ledger was read, and a trim (`trim --copied-only`, or `trim --out`: both delete what the
-group acknowledged) deletes before its stream is read, was in neither read: --repair took the give-back back. The
-check reads the SQL ledger's give-backs again after the streams, and counts those the counters hold, each once: not
-one landing after the counters were read, nor one the stream read already counted. Real Redis (one server and a Redis
-Cluster), the real sink on a consumer group of its own, real PostgreSQL (a throwaway database), the real trims; the
-race is made by hooks on the SQL ledger's reads."""
+group acknowledged) deletes before its stream is read, is in neither read: a give-back so lost made --repair take it
+back, a charge so lost hid a loss as large. The check sees a trim cut into what it reads (each stream's position before
+and after), and reads the ledger again. Real Redis (one server and a Redis Cluster), the real sink on a consumer group
+of its own, real PostgreSQL (a throwaway database), the real trims; the race is made by a hook on the SQL ledger's
+read."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import pytest
 
 from services.ledger.db import LedgerDB, PeriodLedger
 from services.router import ledger as retention
+from services.router.money_check import READS
 from services.router.store import AccountKeys, RedisStore, ledger_key
 from services.router.store.keys import shard_of
 from tests.ledger.conftest import fresh_postgres
@@ -26,22 +27,15 @@ EVERY_ENTRY_DAYS = -1
 
 
 class HookedLedgerDB(LedgerDB):
-    """A SQL ledger whose reads by the check run a hook: `after_rows` just after the rows (the sums) are read, before
-    any stream is; `before_give_backs` just before the give-backs are read again, after every stream was."""
+    """A SQL ledger whose every read by the check runs `after_rows` just after it, before any stream is read."""
 
     after_rows: Callable[[], Awaitable[None]] | None = None
-    before_give_backs: Callable[[], Awaitable[None]] | None = None
 
     async def period_ledger(self, period: str, since: float | None = None) -> PeriodLedger:
         found = await super().period_ledger(period, since)
         if self.after_rows:
             await self.after_rows()
         return found
-
-    async def period_give_backs(self, period: str, since: float | None = None) -> dict[str, tuple[str, str, int]]:
-        if self.before_give_backs:
-            await self.before_give_backs()
-        return await super().period_give_backs(period, since)
 
 
 @pytest.fixture
@@ -82,74 +76,21 @@ async def test_a_give_back_copied_and_trimmed_while_the_check_runs_is_no_spend_l
     assert await store.spent(ACME, DAY) == (250, 250), "--repair took the give-back back"
 
 
-async def test_a_give_back_landing_after_the_counters_were_read_is_not_theirs(
+async def test_a_charge_and_its_give_back_copied_and_trimmed_while_the_check_runs_hide_no_loss(
     ledger: Ledger, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Charged, given back and copied after the streams were read and before the SQL ledger's give-backs are: the
-    counters read hold neither, so the give-back lowers no sum, and hides no loss."""
-    store, db = ledger.store, ledger.db
-    assert isinstance(db, HookedLedgerDB)
-    await reconciled(store, ACME, "r1")
-    await ledger.copy()
-    tenant = AccountKeys.of(ACME).spend(DAY)[0]
-    await lose(store, tenant, 50)
-
-    async def charged_given_back_and_copied() -> None:
-        assert await store.give_back(ACME, await reconciled(store, ACME, "r2"), 250) == 750
-        await ledger.copy()
-
-    db.before_give_backs = charged_given_back_and_copied
-    capsys.readouterr()
-    assert await ledger.check() == 1
-    reported = capsys.readouterr()
-    assert reported.err.splitlines() == [
-        f"behind the ledger: {tenant} counts {HOLD - 50} pico-USD, the SQL ledger {HOLD} (50 lacking)"
-    ]
-
-
-async def test_a_give_back_waiting_when_its_counters_were_read_and_copied_before_the_second_read_counts_once(
-    ledger: Ledger, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """On its stream, unacknowledged, when the counters are read (the stream read lowers the sums by it), then copied
-    before the SQL ledger's give-backs are read again: counted there too, it would lower the sums by as much once more
-    and hide a loss of up to its size."""
-    store, db = ledger.store, ledger.db
-    assert isinstance(db, HookedLedgerDB)
-    hold = await reconciled(store, ACME, "r1")
-    await ledger.copy()
-    assert await store.give_back(ACME, hold, 250) == 750  # waits for the sink
-    assert (await db.period_ledger(DAY)).give_backs == set(), "the give-back is not in the SQL ledger yet"
-    tenant = AccountKeys.of(ACME).spend(DAY)[0]
-    await lose(store, tenant, 50)  # below the 750 given back: what a second count of it would hide
-
-    async def copied() -> None:
-        await ledger.copy()
-        copied_give_backs = (await db.period_ledger(DAY)).give_backs
-        assert len(copied_give_backs) == 1, "the give-back copied before the second read"
-
-    db.before_give_backs = copied
-    capsys.readouterr()
-    assert await ledger.check(repair=True) == 0
-    assert capsys.readouterr().err.splitlines() == [
-        f"behind the ledger: {tenant} counts 200 pico-USD, the SQL ledger 250 (50 lacking): raised"
-    ]
-    assert await store.spent(ACME, DAY) == (250, 250), "raised by the loss, and only by it"
-
-
-async def test_a_charge_and_its_give_back_copied_and_trimmed_while_the_check_runs_invent_no_loss(
-    ledger: Ledger, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """The reconciler's charge of a second request and its give-back, neither copied when the SQL ledger's rows are
-    read, both copied and trimmed before the stream is: the give-back is found by the second read, its charge by
-    none (the check counts the charges the sink had copied when it read the rows). The sum expected is lower than the
-    counters by that charge, which can hide a loss of up to it (services/router/money_check.py, spend_shortfalls),
-    and never makes one: nothing is reported, nothing raised."""
+    """The reconciler's charge of a second request and its give-back, neither copied when the SQL ledger is read, both
+    copied and trimmed before the stream is: the give-back was found by a second read of the SQL ledger, its charge by
+    none, and the sum, below the counters by that charge, hid a loss of up to it. The check sees the trim and reads the
+    ledger again: the loss is found exactly."""
     store, db = ledger.store, ledger.db
     assert isinstance(db, HookedLedgerDB)
     stream = ledger_key(shard_of(ACME.tenant))
     await reconciled(store, ACME, "r1")
     await ledger.copy()
     assert await store.give_back(ACME, await reconciled(store, ACME, "r2"), 250) == 750  # both wait for the sink
+    tenant = AccountKeys.of(ACME).spend(DAY)[0]
+    await lose(store, tenant, 50)
 
     async def copied_then_trimmed() -> None:
         await ledger.copy()
@@ -159,7 +100,59 @@ async def test_a_charge_and_its_give_back_copied_and_trimmed_while_the_check_run
     db.after_rows = copied_then_trimmed
     capsys.readouterr()
     assert await ledger.check(repair=True) == 0
-    reported = capsys.readouterr()
-    assert reported.err == ""
-    assert "0 counter(s) behind the SQL ledger" in reported.out
-    assert await store.spent(ACME, DAY) == (HOLD + 250, HOLD + 250), "raised by a loss the check invented"
+    assert capsys.readouterr().err.splitlines() == [
+        f"behind the ledger: {tenant} counts {HOLD + 200} pico-USD, the SQL ledger {HOLD + 250} (50 lacking): raised"
+    ]
+    assert await store.spent(ACME, DAY) == (HOLD + 250, HOLD + 250), "raised by the loss, and only by it"
+
+
+async def test_a_trim_beside_every_read_repairs_nothing(ledger: Ledger, capsys: pytest.CaptureFixture[str]) -> None:
+    """A new charge copied and trimmed each time the check has read the SQL ledger: each read may lack one, so none is
+    trusted. The check says so, raises no counter, and fails."""
+    store, db = ledger.store, ledger.db
+    assert isinstance(db, HookedLedgerDB)
+    await reconciled(store, ACME, "r0")
+    await ledger.copy()
+    await retention.trim_copied(store.redis, EVERY_ENTRY_DAYS, group=ledger.group)
+    tenant = AccountKeys.of(ACME).spend(DAY)[0]
+    await lose(store, tenant, 50)
+    requests = iter(range(1, 10))
+
+    async def charged_copied_then_trimmed() -> None:
+        await reconciled(store, ACME, f"r{next(requests)}")
+        await ledger.copy()
+        assert await retention.trim_copied(store.redis, EVERY_ENTRY_DAYS, group=ledger.group) == (1, [])
+
+    db.after_rows = charged_copied_then_trimmed
+    capsys.readouterr()
+    assert await ledger.check(repair=True) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"cannot judge: a trim cut into the ledger ({ledger_key(shard_of(ACME.tenant))}) each of the {READS} times the"
+        " check read it: no counter is repaired; run the check again once the trim is done"
+    ]
+    assert next(requests) == READS + 1, "the ledger read once more after each trim, and no more"
+    assert await store.spent(ACME, DAY) == ((READS + 1) * HOLD - 50, (READS + 1) * HOLD), "a counter raised"
+
+
+async def test_a_trim_of_entries_the_sink_had_copied_when_the_check_began_is_read_once(
+    ledger: Ledger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A trim beside the check that deletes only entries before where the sink stood when it began (the ledger-trim
+    CronJob, deleting what is past the retention) deletes none the check reads: the ledger is read once."""
+    store, db = ledger.store, ledger.db
+    assert isinstance(db, HookedLedgerDB)
+    stream = ledger_key(shard_of(ACME.tenant))
+    await reconciled(store, ACME, "r1")
+    await reconciled(store, ACME, "r2")
+    await ledger.copy()
+    _, second = [entry for entry, _ in await store.redis.xrange(stream)]
+    reads = []
+
+    async def oldest_trimmed() -> None:
+        reads.append(await store.redis.xtrim(stream, minid=second, approximate=False))
+
+    db.after_rows = oldest_trimmed
+    capsys.readouterr()
+    assert await ledger.check(repair=True) == 0
+    assert capsys.readouterr().err == ""
+    assert reads == [1], "read again for a trim of entries it does not read"

@@ -40,7 +40,7 @@ from services.router.store.model import (
     spend_ttl_s,
     to_pico,
 )
-from services.router.store.redis_store import RedisStore
+from services.router.store.redis_store import RedisStore, StreamPosition
 
 __all__ = [
     "DEFERRED_HOLD_S",
@@ -67,6 +67,7 @@ __all__ = [
     "Store",
     "StoreRefusing",
     "StoreUnavailable",
+    "StreamPosition",
     "UncountedCharge",
     "Verdict",
     "key_id",

@@ -1098,14 +1098,30 @@ end
 return '-'
 """
 
+# Of ledger stream KEYS[1] at one instant, for money_check's ledger-spend: {entries ever added, entries held, its first
+# entry's id ('' when it holds none)}; {0, 0, ''} before its first entry. Read-only.
+_STREAM_POSITION = """
+local function stream_position(key)
+  if redis.call('EXISTS', key) == 0 then return {0, 0, ''} end
+  local found = {}
+  local info = redis.call('XINFO', 'STREAM', key)
+  for i = 1, #info, 2 do found[info[i]] = info[i + 1] end
+  local first = found['first-entry']
+  return {found['entries-added'], found['length'], first and first[1] or ''}
+end
+"""
+LEDGER_POSITION = _STREAM_POSITION + "return stream_position(KEYS[1])"
+
 # The give-backs (model.py, given_back_record, always written compact) among at most ARGV[2] entries of a shard's
 # ledger stream KEYS[1] from XRANGE start ARGV[1], for money_check's ledger-spend: {{}, {entry id, record, ...}, where
-# the next page starts, ''} while a page is full, and at the stream's end {counters, {...}, '', last id}: spend
-# counters KEYS[2..] read in the same script as the last page, so no give-back lowers a counter between the two, and
-# the id of the last entry added before them ('0-0': none), so every entry after it came after. One call reads one
-# page: a long backlog (a sink stopped for hours, a stream without its group) blocks the master for a page at a time,
-# never for the whole of it. Read-only.
-SPEND_AND_GIVEN_BACK = """
+# the next page starts} while a page is full, and at the stream's end {counters, {...}, '', the stream's position}:
+# spend counters KEYS[2..] read in the same script as the last page, so no give-back lowers a counter between the two,
+# and the stream's position (_STREAM_POSITION) as they were read. One call reads one page: a long backlog (a sink
+# stopped for hours, a stream without its group) blocks the master for a page at a time, never for the whole of it.
+# Read-only.
+SPEND_AND_GIVEN_BACK = (
+    _STREAM_POSITION
+    + """
 local page = tonumber(ARGV[2])
 local entries = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', page)
 local given = {}
@@ -1118,15 +1134,9 @@ for _, entry in ipairs(entries) do
     end
   end
 end
-if #entries == page then return {{}, given, '(' .. entries[#entries][1], ''} end
+if #entries == page then return {{}, given, '(' .. entries[#entries][1]} end
 local counted = {}
 for i = 2, #KEYS do counted[#counted + 1] = redis.call('GET', KEYS[i]) or '0' end
-local last = '0-0'
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  local info = redis.call('XINFO', 'STREAM', KEYS[1])
-  for i = 1, #info, 2 do
-    if info[i] == 'last-generated-id' then last = info[i + 1] end
-  end
-end
-return {counted, given, '', last}
+return {counted, given, '', stream_position(KEYS[1])}
 """
+)

@@ -128,6 +128,11 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _position(told: list[Any]) -> StreamPosition:
+    added, length, first = told
+    return StreamPosition(int(added), int(length), _text(first))
+
+
 def _pico_or_none(value: Any) -> int | None:
     """A script's pico-USD amount, '' for none."""
     return int(value) if _text(value) else None
@@ -144,6 +149,15 @@ def _limit_args(allowance: Allowance) -> list[str | int]:
         none if allowance.tenant_pico is None else allowance.tenant_pico,
         none if allowance.key_pico is None else allowance.key_pico,
     ]
+
+
+class StreamPosition(NamedTuple):
+    """A ledger stream at one instant (lua.py, _STREAM_POSITION): how many entries were ever added to it, how many it
+    holds, and its first entry's id ('' when it holds none)."""
+
+    added: int
+    length: int
+    first: str
 
 
 class _Take(NamedTuple):
@@ -243,6 +257,7 @@ class RedisStore:
         self._lease = self.redis.register_script(lua.LEASE)
         self._ledger_unacked_from = self.redis.register_script(lua.LEDGER_UNACKED_FROM)
         self._spend_and_given_back = self.redis.register_script(lua.SPEND_AND_GIVEN_BACK)
+        self._ledger_position = self.redis.register_script(lua.LEDGER_POSITION)
         self._missing_since: dict[str, float] = {}  # routers seen without a heartbeat, since when (monotonic)
         # The reconciler's charges not heard back (the store out of reach as it answered), by the record swept: each
         # sent again, as made (its charge id and record), until its reply arrives (settle_swept).
@@ -698,37 +713,43 @@ class RedisStore:
                 for shard in range(SHARDS)
             ]
 
+    async def ledger_positions(self) -> list[StreamPosition]:
+        """Each shard's ledger stream's position (StreamPosition). One script a shard, each on its own slot."""
+        async with self._call():
+            return [_position(await self._ledger_position(keys=[ledger_key(shard)])) for shard in range(SHARDS)]
+
     async def spend_and_given_back(
         self, shard: int, counters: list[str], start: str, page: int = LEDGER_PAGE
-    ) -> tuple[dict[str, int], list[tuple[str, dict[str, Any] | None]], str]:
+    ) -> tuple[dict[str, int], list[tuple[str, dict[str, Any] | None]], StreamPosition]:
         """What each spend counter named (all of `shard`) holds, the give-backs on the shard's ledger stream from
         XRANGE `start` as (entry id, record; None for one that names itself one and is no JSON object: no router
-        wrote it), `page` entries a script (spend_and_given_back_page), and the id of the stream's last entry when
-        the counters were read. A give-back read by an earlier page lowered the counters
-        before the last page's script reads them (its entry and its decrement are one script's), and none lands
-        between that last page and the counters: they are read as at one instant."""
+        wrote it), `page` entries a script (spend_and_given_back_page), and the stream's position when the counters
+        were read. A give-back read by an earlier page lowered the counters before the last page's script reads them
+        (its entry and its decrement are one script's), and none lands between that last page and the counters: they
+        are read as at one instant."""
         found: list[tuple[str, dict[str, Any] | None]] = []
         while True:
-            counted, given, start = await self.spend_and_given_back_page(shard, counters, start, page)
+            counted, given, start, position = await self.spend_and_given_back_page(shard, counters, start, page)
             found += given
-            if counted is not None:
-                return counted, found, start
+            if counted is not None and position is not None:
+                return counted, found, position
 
     async def spend_and_given_back_page(
         self, shard: int, counters: list[str], start: str, page: int
-    ) -> tuple[dict[str, int] | None, list[tuple[str, dict[str, Any] | None]], str]:
+    ) -> tuple[dict[str, int] | None, list[tuple[str, dict[str, Any] | None]], str, StreamPosition | None]:
         """The give-backs among `page` entries of the shard's ledger stream from XRANGE `start`, and where the next
-        page starts; at the stream's end, the counters too, read in the same script (lua.py, SPEND_AND_GIVEN_BACK)
-        and None before it, with the id of the stream's last entry then in place of the next page's start."""
+        page starts; at the stream's end, '' for it, and the counters and the stream's position too, read in the same
+        script (lua.py, SPEND_AND_GIVEN_BACK), each None before it."""
         async with self._call():
-            values, given, after, last = await self._spend_and_given_back(
+            values, given, after, *position = await self._spend_and_given_back(
                 keys=[ledger_key(shard), *counters], args=[start, max(page, 1)]
             )
         records = [(_text(given[i]), _object_or_none(given[i + 1])) for i in range(0, len(given), 2)]
         found = [(entry, record) for entry, record in records if record is None or record.get("outcome") == GIVEN_BACK]
         if _text(after):
-            return None, found, _text(after)
-        return {counter: int(value) for counter, value in zip(counters, values, strict=True)}, found, _text(last)
+            return None, found, _text(after), None
+        counted = {counter: int(value) for counter, value in zip(counters, values, strict=True)}
+        return counted, found, "", _position(position[0])
 
     async def limit_overrides(self) -> dict[tuple[str, str], int]:
         async with self._call(), self.redis.pipeline(transaction=False) as pipe:
