@@ -186,8 +186,9 @@ async def spend_shortfalls(
     times at most (then SpendAudit.trimmed says where). Charges are counted only as the rows (and rejected entries) hold
     them: one the sink had not copied is in the counters and not in the sum, while its give-back is counted; the sum is
     then below the counters by that charge and hides a loss of up to it until a later check, never makes one. (Exact
-    would need the charges on the streams counted too, each known to be in the SQL ledger read or not.) `sink_group`:
-    the SQL sink's consumer group (sink.GROUP but in tests)."""
+    would need the charges on the streams counted too, each known to be in the SQL ledger read or not: a charge the
+    sink committed and had not acknowledged is in both, and only the snapshot itself, held open while the streams are
+    read, could tell.) `sink_group`: the SQL sink's consumer group (sink.GROUP but in tests)."""
     from services.ledger.sink import GROUP  # imported here for the reason main() says
 
     for _ in range(READS):
