@@ -69,7 +69,7 @@ async def test_deep_rejected_records_read_as_no_charge_and_are_trimmed(ledger_db
     # As an older version kept them, or as edited by hand: the record column itself nested too deep.
     await ledger_db.reject([Rejected("a", DEEP, "unreadable record"), Rejected("b", NEARLY, "unreadable record")])
 
-    found = await ledger_db.period_rejected("2026-12")
+    found = (await ledger_db.period_ledger("2026-12")).rejected
 
     assert found.charges == {}
     assert sorted(u.entry for u in found.unjudged) == ["a", "b"]
