@@ -380,7 +380,8 @@ class Deferred:
         """The lines settled, and the charges the collect made (or found made and counted nowhere) counted in the
         metrics at its end, each by the one collect that takes its count (Store.count_once_each): one call a shard,
         not one a line. A collect that fails part way (a poll of a later part, the store out of reach) takes the counts
-        of the lines it charged before all the same; should that fail too, or the router die first, the reconciler's
+        of the lines it charged before all the same; should that take go unheard, the store sends it again at its next
+        reconcile rounds and counts what it took; should it never be sent, or the router die first, the reconciler's
         sweep takes them (its shard lists each line's charge: lua.py, CHARGE)."""
         counts: list[UncountedCharge] = []
         try:

@@ -1,8 +1,9 @@
 """A provider batch line's charge whose count was taken (Store.count_once) but the take's reply lost (a dropped
 connection after the script ran) is still counted, once: the take names its taker (a claim of its own), and the same
 take sent again gets the record again, while any other taker gets nothing. A Redis Cluster client resends the take
-itself; on one server the store sends it again. A real Redis and a real Redis Cluster behind proxies that lose exactly
-that reply."""
+itself; on one server the store sends it again. That resend unheard too (the store out of reach), the store sends the
+take again at its reconcile rounds until heard, for as long as the store keeps what it took. A real Redis and a real
+Redis Cluster behind proxies that lose exactly that reply."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from services.router.store import AccountKeys, Allowance, Hold, lua, period_id
+from services.router.store import AccountKeys, Allowance, Hold, StoreUnavailable, lua, period_id, redis_store
 from services.router.store.clock import money_now
 from services.router.store.keys import TAKEN_KEPT_S
+from tests.router.test_charge_counted_once import counted
 from tests.router.test_collect_model import ACCOUNT
 from tests.router.test_undone_admissions import Proxied, proxied_store
 
@@ -32,17 +34,18 @@ async def charged_line(money: Proxied) -> Hold:
     """A provider batch line admitted and charged by its collect (charge id 'made'), its count not taken yet."""
     hold = Hold(f"line-{uuid.uuid4().hex}", 1_000, DAY, "router-1", uuid.uuid4().hex, money_now() + 3_600)
     assert (await money.store.admit(ACCOUNT, Allowance("day"), hold)).refused == ""
-    record = {"request_id": hold.request_id, "outcome": "ok", "cost_usd": "0.0000000007"}
+    record = {"request_id": hold.request_id, "model": "strong", "outcome": "ok", "cost_usd": "0.0000000007"}
     assert await money.store.charge(ACCOUNT, hold, 700, record, late=True, charge_id="made")
     return hold
 
 
-async def lose_the_next_reply(money: Proxied, line: Hold) -> None:
+async def lose_the_next_reply(money: Proxied, line: Hold, then_down: bool = False) -> None:
     """The next reply of the node that keeps the line's keys is lost, over a connection already open, and the take's
-    script is loaded: the reply lost is the take's, not a NOSCRIPT's or a new connection's hand-shake's."""
+    script is loaded: the reply lost is the take's, not a NOSCRIPT's or a new connection's hand-shake's. `then_down`:
+    that node out of reach from then on, until it comes back."""
     await money.direct.script_load(lua.COUNT_ONCE)
     await money.store.redis.get(KEYS.uncounted(line.request_id))
-    money.proxy.lose_next_reply()
+    money.proxy.lose_next_reply(then_down)
 
 
 async def test_a_take_whose_reply_was_lost_is_answered_to_its_taker_when_sent_again(proxied: Proxied) -> None:
@@ -65,3 +68,42 @@ async def test_a_taken_count_is_kept_for_its_taker_a_while_not_as_long_as_the_un
     assert await proxied.store.count_once(ACCOUNT, line.request_id, "made") is not None
     taken_ms = await proxied.direct.pttl(KEYS.counted(line.request_id))
     assert 0 < taken_ms <= TAKEN_KEPT_S * 1000 < uncounted_ms
+
+
+async def test_a_take_whose_reply_and_its_resends_were_lost_is_counted_at_the_next_reconcile_round(
+    proxied: Proxied,
+) -> None:
+    """The take ran, dropping the charge's entry from its shard's list, and the store was out of reach for its resend
+    (a failover as it answered): no sweep will find the charge, and a collect of the line again takes nothing. The
+    store keeps the take and sends it again, under its claim, at each reconcile round, lease held or not, until it is
+    heard back: counted then, once."""
+    line = await charged_line(proxied)
+    await lose_the_next_reply(proxied, line, then_down=True)
+    with pytest.raises(StoreUnavailable):
+        await proxied.store.count_once(ACCOUNT, line.request_id, "made")
+    assert not await proxied.direct.exists(KEYS.uncounted(line.request_id), KEYS.uncounted_reconciled)  # it ran
+    before = counted("strong")
+    with pytest.raises(StoreUnavailable):  # still out of reach: kept for the round after
+        await proxied.store.reconcile("router-1", 3600.0, 3600.0)
+    proxied.proxy.come_back()
+    await proxied.store.reconcile("router-1", 3600.0, 3600.0)
+    await proxied.store.reconcile("router-1", 3600.0, 3600.0)  # heard back: not sent again
+    requests, cost = counted("strong")
+    assert (requests - before[0], cost - before[1]) == (1, pytest.approx(700 / 1e12)), "counted by no router, or twice"
+    assert await proxied.store.count_once(ACCOUNT, line.request_id) is None
+
+
+async def test_a_take_unheard_past_the_time_the_store_keeps_its_count_is_given_up(
+    proxied: Proxied, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Sent again then, it would get nothing: the takes a long outage left unheard are not kept, nor sent, for ever."""
+    line = await charged_line(proxied)
+    await lose_the_next_reply(proxied, line, then_down=True)
+    with pytest.raises(StoreUnavailable):
+        await proxied.store.count_once(ACCOUNT, line.request_id, "made")
+    assert len(proxied.store.unheard) == 1
+    monkeypatch.setattr(redis_store, "TAKEN_KEPT_S", 0)  # its time up
+    proxied.proxy.come_back()
+    await proxied.store.reconcile("router-1", 3600.0, 3600.0)
+    assert proxied.store.unheard == {}
+    assert "counts taken but not heard back before the store let them go" in caplog.text

@@ -512,7 +512,8 @@ class Store(Protocol):
         made the charge, once its reply arrived; '' any, for a collect that found the line charged before (the reply to
         the collect that made it lost, so counted nowhere yet). A take whose reply was lost is sent again as the same
         take, which gets the record it took (RedisStore: its claim). StoreUnavailable when the store cannot be reached
-        again (then whether it was taken is unknown)."""
+        again: whether it was taken is unknown, and the store sends the take again at each reconcile round until it is
+        heard, counting what it took then (RedisStore: for as long as the store keeps a take's records)."""
 
     async def count_once_each(self, charges: Sequence[UncountedCharge]) -> list[dict[str, Any] | None]:
         """count_once of each charge, answered in their order: one call a shard (RedisStore: of at most TAKE_PAGE

@@ -32,6 +32,7 @@ from services.router.store.keys import (
     NO_MOVES,
     OLDER_ROUTERS,
     SHARDS,
+    TAKEN_KEPT_S,
     AccountKeys,
     alive_key,
     hold_totals_epoch_key,
@@ -170,6 +171,15 @@ class _Take(NamedTuple):
     listed: str
 
 
+class _Unheard(NamedTuple):
+    """A call of takes under a claim of its own whose reply, and its resend's, were lost: it may have run, dropping
+    their entries from the shard's list, so that no sweep finds them; sent again under that claim until heard back."""
+
+    shard: int
+    takes: list[_Take]
+    sent: float  # monotonic
+
+
 def _listed_take(shard: int, member: bytes) -> _Take | None:
     """The take of an entry '<charge id> <pending field>' of the shard's list (keys.py, uncounted_reconciled); None for
     one no router wrote (hand-edited): not text, no charge id, a field that is no [tenant, request id], or a tenant
@@ -262,6 +272,8 @@ class RedisStore:
         # The reconciler's charges not heard back (the store out of reach as it answered), by the record swept: each
         # sent again, as made (its charge id and record), until its reply arrives (settle_swept).
         self.unanswered: dict[str, tuple[str, dict[str, Any]]] = {}
+        # Takes of counts not heard back, by their claim: each sent again by every reconcile round until heard (_take).
+        self.unheard: dict[str, _Unheard] = {}
         self._last_sweep = float("-inf")  # when the pending charges were last read
 
     @asynccontextmanager
@@ -456,13 +468,47 @@ class RedisStore:
 
     async def _take(self, shard: int, takes: list[_Take], claim: str = "") -> list[dict[str, Any] | None]:
         """The takes of charges of `shard` (lua.py, COUNT_ONCE), in one script, each dropping its `listed` entry from
-        the shard's list (keys.py, uncounted_reconciled). Taken under `claim`, else one of this call's own: a Redis
-        Cluster client resends the take whose reply it lost, and on one server, where redis-py does not, it is sent
-        again here, once; either way the take sent again gets the records it took, and each charge is counted here
-        rather than by no router. A take whose own keys hold another type (hand-edited) is logged and takes nothing:
-        its entry stays listed, taken again by the next sweep once mended."""
+        the shard's list (keys.py, uncounted_reconciled). Taken under `claim`, the caller's to send again should it
+        go unheard (settle_swept), else under one of this call's own: a Redis Cluster client resends the take whose
+        reply it lost, and on one server, where redis-py does not, it is sent again here, once; either way the take
+        sent again gets the records it took, and each charge is counted here rather than by no router. That resend
+        unheard too (the store out of reach), the call is kept under its claim and sent again by each reconcile round
+        until heard (_send_unheard), which counts what it took. A take whose own keys hold another type (hand-edited)
+        is logged and takes nothing: its entry stays listed, taken again by the next sweep once mended."""
+        own = claim or secrets.token_hex(8)
+        try:
+            answers = await self._send_take(shard, takes, own)
+        except StoreUnavailable:
+            if not claim:
+                self.unheard[own] = _Unheard(shard, takes, time.monotonic())
+            raise
+        return self._answered(takes, answers)
+
+    async def _send_unheard(self) -> None:
+        """The takes whose replies were lost (_take), sent again under their claims: each gets the records it took, or
+        nothing if it never ran (its entries stay listed, for the sweep), and what it took is counted here. One older
+        than the store keeps what a take took (TAKEN_KEPT_S; the store out of reach all that time) is given up,
+        logged: sent again, it would get nothing."""
+        for claim in list(self.unheard):
+            unheard = self.unheard.pop(claim)
+            if time.monotonic() - unheard.sent > TAKEN_KEPT_S:
+                log.error(
+                    "counts taken but not heard back before the store let them go: counted by no router",
+                    extra={"charges": len(unheard.takes), "request_id": unheard.takes[0].request_id},
+                )
+                continue
+            try:
+                answers = await self._send_take(unheard.shard, unheard.takes, claim)
+            except StoreUnavailable:
+                self.unheard[claim] = unheard
+                raise
+            for record in self._answered(unheard.takes, answers):
+                if record is not None:
+                    count_charge(record)
+
+    async def _send_take(self, shard: int, takes: list[_Take], claim: str) -> Any:
         names = [uncounted_reconciled_key(shard)]
-        args = [claim or secrets.token_hex(8)]
+        args = [claim]
         for take in takes:
             names += [take.keys.uncounted(take.request_id), take.keys.counted(take.request_id)]
             args += [take.charge_id, take.listed]
@@ -474,6 +520,9 @@ class RedisStore:
                 raise
             async with self._call():
                 answers = await self._count_once(keys=names, args=args)
+        return answers
+
+    def _answered(self, takes: list[_Take], answers: Any) -> list[dict[str, Any] | None]:
         records: list[dict[str, Any] | None] = []
         for take, record, why in zip(takes, answers[::2], answers[1::2], strict=True):
             if why is not None:
@@ -778,6 +827,7 @@ class RedisStore:
     async def reconcile(self, router: str, lease_s: float, stale_s: float) -> int:
         async with _reachable():
             resent = await self._send_unanswered()
+            await self._send_unheard()
             async with self._calls:  # the reconciler's calls count against the pool as requests' do
                 leased = await self._lease(keys=[LEASE], args=[router, int(lease_s * 1000)])
             if not leased:
