@@ -68,7 +68,8 @@ CAPPED_USD = Counter(
 RECONCILE_FAILURES = Counter(
     "llmrouter_router_reconcile_failures_total",
     "Pending charges due to be settled at their hold that the reconciler could not settle (swept again next round), "
-    "and shards whose list of uncounted charges its sweep could not read (read again next round)",
+    "shards whose list of uncounted charges its sweep could not read (read again next round), and entries of those "
+    "lists whose own keys hold another type (moved behind the others, swept again once the sweep comes round)",
 )
 LEDGER_REJECTED = Counter(
     "llmrouter_router_ledger_rejected_total",

@@ -284,7 +284,7 @@ async def test_a_charge_whose_own_key_holds_another_type_holds_up_none_of_the_ot
         await store.close()
     assert taken_ids(taken) == [first.request_id, None, last.request_id]
     assert len(listed) == 1 and broken.request_id.encode() in listed[0]  # left for the sweep, once mended
-    assert "uncounted charge not taken" in caplog.text
+    assert "uncounted charges not taken" in caplog.text
 
 
 async def test_a_take_of_a_charge_named_by_another_id_first_whose_reply_was_lost_is_answered_once(

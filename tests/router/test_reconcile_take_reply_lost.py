@@ -23,7 +23,7 @@ class TakeReplyLost(RedisStore):
 
     proxy: LossyProxy | None = None
 
-    async def _take(self, *args: Any, **kwargs: Any) -> list[dict[str, Any] | None]:
+    async def _take(self, *args: Any, **kwargs: Any) -> Any:
         if self.proxy is not None:
             self.proxy.lose_next_reply(then_down=True)
             self.proxy = None

@@ -1,4 +1,4 @@
-"""An ACL that revokes one command the router's admission, extension, undo or Decide count script runs after its
+"""An ACL that revokes one command the router's admission, extension, undo, take or Decide count script runs after its
 first writes (the case lua.py's CHARGE checks for) refuses the script before any write, told as NOPERM: the store
 refusing the router. Redis stops a script at its first error keeping what it wrote, and 7.0 words an ACL denial inside
 a script as a bare ERR: an admission stopped half-way (its id used, its hold and pending charge recorded) failed as an
@@ -15,7 +15,8 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 import redis.asyncio as redis
 
-from services.router.store import Allowance, Hold, RedisStore, StoreRefusing, period_id
+from services.router.store import Allowance, Hold, RedisStore, StoreRefusing, UncountedCharge, period_id
+from services.router.store.clock import money_now
 from services.router.store.keys import RATE_COUNTER_TTL_S, AccountKeys
 from tests.router.test_admission import ACCOUNT
 
@@ -112,3 +113,24 @@ async def test_a_decides_count_an_acl_denies_one_write_writes_nothing(
     assert await store.count_request(ACCOUNT, ALLOWANCE) == ""
     [counter] = await admin.keys("*")
     assert 0 < await admin.ttl(counter) <= RATE_COUNTER_TTL_S
+
+
+async def test_a_take_an_acl_denies_the_move_of_an_entry_left_alone_writes_nothing(
+    acl_store: tuple[RedisStore, redis.Redis, Revoke],
+) -> None:
+    """The ZADD that moves the entry of a take left alone (a key of its own of another type) behind the others comes
+    after the takes before it in the call: denied there, the call had taken their counts and failed, the store not
+    refusing the router, so it was never sent again and those charges were counted by no router."""
+    store, admin, revoke = acl_store
+    for request_id in ("line-1", "line-2"):
+        line = Hold(request_id, 1_000_000, DAY, "router-1", "0b", money_now() + 3_600)
+        assert (await store.admit(ACCOUNT, Allowance("day"), line, model="strong")).refused == ""
+        assert await store.charge(ACCOUNT, line, 700, {"request_id": request_id, "cost_usd": "0"}, True, "made")
+    await admin.hset(AccountKeys.of(ACCOUNT).counted("line-2"), "hand", "edited")
+    before = await written(admin)
+    await revoke("-zadd")
+    with pytest.raises(StoreRefusing):  # the take is sent again once the store takes it
+        await store.count_once_each(
+            [UncountedCharge(ACCOUNT, "line-1", "made"), UncountedCharge(ACCOUNT, "line-2", "made")]
+        )
+    assert await written(admin) == before

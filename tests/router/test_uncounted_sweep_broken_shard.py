@@ -16,6 +16,7 @@ from prometheus_client import REGISTRY
 from services.router.store import Account, AccountKeys, Allowance, Hold, RedisStore, period_id
 from services.router.store.clock import money_now
 from services.router.store.keys import uncounted_reconciled_key
+from services.router.store.redis_store import TAKE_PAGE, UNCOUNTED_PAGE
 from tests.router.test_charge_counted_once import counted
 from tests.router.test_reconcile_reply_lost import leased_elsewhere
 from tests.waiting import eventually
@@ -92,3 +93,38 @@ async def test_entries_no_router_wrote_are_dropped_and_hold_up_none_of_the_other
     assert (requests - before[0], cost - before[1]) == (1, pytest.approx(PICO / 1e12))
     assert failures() == failed_before
     assert caplog.text.count("uncounted charge's entry unreadable: dropped") == len(unreadable)
+
+
+async def test_a_page_of_entries_whose_own_keys_hold_another_type_holds_up_none_listed_after_them(
+    any_redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A sweep's page (UNCOUNTED_PAGE, the oldest first) all of entries whose own keys hold another type (hand-edited):
+    each take leaves its entry listed, and every sweep read that same page, never the charges listed after it. Each
+    is skipped, reported (counted as a failure of the reconciler, logged once a call rather than once an entry) and
+    moved behind the entries listed before it, so the next sweep reaches the others; it is taken once mended."""
+    keys = AccountKeys.of(SOUND)
+    mistyped = [f"mistyped-{n}" for n in range(UNCOUNTED_PAGE)]
+    # 's' after 'm': listed after the line's entry ('made ...') should both be scored in the same second.
+    entries = {f"skipped-{n} " + json.dumps([SOUND.tenant, request_id]): 0 for n, request_id in enumerate(mistyped)}
+    store, next_reconciler = RedisStore(any_redis_url), RedisStore(any_redis_url)
+    try:
+        await line_left_uncounted(store)
+        async with store.redis.pipeline(transaction=False) as pipe:
+            for request_id in mistyped:
+                pipe.hset(keys.counted(request_id), "hand", "edited")
+            pipe.zadd(keys.uncounted_reconciled, entries)  # listed first
+            await pipe.execute()
+        before, failed_before = counted("strong"), failures()
+        caplog.clear()
+        await eventually(lambda: leased_elsewhere(store), "the reconciler's lease held")  # a sweep: the page skipped
+        assert counted("strong") == before
+        await eventually(lambda: leased_elsewhere(next_reconciler), "swept again")  # by a router of the same name
+        listed = await store.redis.zrange(keys.uncounted_reconciled, 0, -1)
+    finally:
+        await store.close()
+        await next_reconciler.close()
+    requests, cost = counted("strong")
+    assert (requests - before[0], cost - before[1]) == (1, pytest.approx(PICO / 1e12)), "stalled behind the page"
+    assert sorted(member.decode() for member in listed) == sorted(entries)  # left for an operator to mend
+    assert failures() == failed_before + UNCOUNTED_PAGE + (UNCOUNTED_PAGE - 1)  # the second page: the line, then 999
+    assert caplog.text.count("uncounted charges not taken") == 2 * UNCOUNTED_PAGE // TAKE_PAGE

@@ -704,6 +704,10 @@ return ''
 # again on one server) gets it again, and no other taker does; nor does a second take of the same charge in one call.
 # Routers of the version before take one charge a call, by a script of their own (or one without a claim), which
 # finds the uncounted charge gone once taken: counted once all the same.
+# A take left alone (one of its own keys of another type) leaves its entry listed, moved behind every entry listed
+# before (scored now, to the microsecond): the sweep reads the oldest first, a page a round, and a page of such
+# entries would otherwise be all it ever read. Still a sorted set: a router of the version before refuses charges on
+# a list key of another type.
 COUNT_ONCE = (
     _MUST_LAND
     + _PERMITTED
@@ -717,6 +721,7 @@ COUNT_ONCE = (
 local listed = LISTABLE[redis.call('TYPE', KEYS[1])['ok']]
 local takes = (#KEYS - 1) / 2
 local writes = {}
+if listed then writes[1] = {'ZADD', KEYS[1], 'XX', '0', ''} end
 for t = 0, takes - 1 do
   local k, a = 2 + 2 * t, 2 + 2 * t
   writes[#writes + 1] = {'SET', KEYS[k + 1], ''}
@@ -748,12 +753,18 @@ local function take(uncounted, counted, id)
   redis.call('DEL', uncounted)
   return record
 end
+local function to_the_end(entry)
+  local now = redis.call('TIME')
+  redis.call('ZADD', KEYS[1], 'XX', now[1] .. '.' .. string.format('%06d', now[2]), entry)
+end
 local answers, seen = {}, {}
 for t = 0, takes - 1 do
   local k, a = 2 + 2 * t, 2 + 2 * t
   local why = mistyped({KEYS[k], KEYS[k + 1]})
   local record = false
-  if not why then
+  if why then
+    if listed and ARGV[a + 1] ~= '' then to_the_end(ARGV[a + 1]) end
+  else
     if listed and ARGV[a + 1] ~= '' then redis.call('ZREM', KEYS[1], ARGV[a + 1]) end
     -- Answered once a call; a take that found another charge's (an entry an earlier charge of the request id left
     -- listed) leaves it to this call's take by its own id.

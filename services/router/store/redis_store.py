@@ -171,6 +171,14 @@ class _Take(NamedTuple):
     listed: str
 
 
+class _Taken(NamedTuple):
+    """What a call of takes answered: each take's record (None for none), in order, and how many it left alone (one of
+    their own keys of another type)."""
+
+    records: list[dict[str, Any] | None]
+    skipped: int
+
+
 class _Unheard(NamedTuple):
     """A call of takes under a claim of its own whose reply, and its resend's, were lost: it may have run, dropping
     their entries from the shard's list, so that no sweep finds them; sent again under that claim until heard back."""
@@ -402,7 +410,7 @@ class RedisStore:
             # too (the store out of reach), is sent again with the charge at the next round, and gets what it took.
             keys = AccountKeys.of(account)
             take = _Take(keys, hold.request_id, charge_id, f"{charge_id} {charge.field}")
-            (counted,) = await self._take(keys.shard, [take], claim=charge_id)
+            (counted,) = (await self._take(keys.shard, [take], claim=charge_id)).records
         except StoreUnavailable:
             raise  # unanswered: sent again
         except Exception:
@@ -456,7 +464,7 @@ class RedisStore:
             for start in range(0, len(takes), TAKE_PAGE):
                 page = takes[start : start + TAKE_PAGE]
                 try:
-                    taken = await self._take(shard, [take for _, take in page])
+                    taken = (await self._take(shard, [take for _, take in page])).records
                 except StoreUnavailable as failed:
                     answered = [record for record in records if record is not None]
                     if answered:
@@ -466,7 +474,7 @@ class RedisStore:
                     records[index] = record
         return records
 
-    async def _take(self, shard: int, takes: list[_Take], claim: str = "") -> list[dict[str, Any] | None]:
+    async def _take(self, shard: int, takes: list[_Take], claim: str = "") -> _Taken:
         """The takes of charges of `shard` (lua.py, COUNT_ONCE), in one script, each dropping its `listed` entry from
         the shard's list (keys.py, uncounted_reconciled). Taken under `claim`, the caller's to send again should it
         go unheard (settle_swept), else under one of this call's own: a Redis Cluster client resends the take whose
@@ -474,7 +482,8 @@ class RedisStore:
         sent again gets the records it took, and each charge is counted here rather than by no router. That resend
         unheard too (the store out of reach), the call is kept under its claim and sent again by each reconcile round
         until heard (_send_unheard), which counts what it took. A take whose own keys hold another type (hand-edited)
-        is logged and takes nothing: its entry stays listed, taken again by the next sweep once mended."""
+        takes nothing: its entry stays listed, behind the others (lua.py, COUNT_ONCE), taken by a sweep once mended;
+        logged once a call, however many."""
         own = claim or secrets.token_hex(8)
         try:
             answers = await self._send_take(shard, takes, own)
@@ -502,7 +511,7 @@ class RedisStore:
             except StoreUnavailable:
                 self.unheard[claim] = unheard
                 raise
-            for record in self._answered(unheard.takes, answers):
+            for record in self._answered(unheard.takes, answers).records:
                 if record is not None:
                     count_charge(record)
 
@@ -522,16 +531,21 @@ class RedisStore:
                 answers = await self._count_once(keys=names, args=args)
         return answers
 
-    def _answered(self, takes: list[_Take], answers: Any) -> list[dict[str, Any] | None]:
-        records: list[dict[str, Any] | None] = []
-        for take, record, why in zip(takes, answers[::2], answers[1::2], strict=True):
-            if why is not None:
-                log.error(
-                    "uncounted charge not taken; taken again next sweep",
-                    extra={"request_id": take.request_id, "listed": take.listed[:500], "why": _text(why)[:500]},
-                )
-            records.append(None if record is None else _taken_record(take, record))
-        return records
+    def _answered(self, takes: list[_Take], answers: Any) -> _Taken:
+        records = [None if r is None else _taken_record(take, r) for take, r in zip(takes, answers[::2], strict=True)]
+        skipped = [(take, why) for take, why in zip(takes, answers[1::2], strict=True) if why is not None]
+        if skipped:
+            take, why = skipped[0]
+            log.error(
+                "uncounted charges not taken, a key of their own of another type: left listed, behind the others",
+                extra={
+                    "charges": len(skipped),
+                    "request_id": take.request_id,
+                    "listed": take.listed[:500],
+                    "why": _text(why)[:500],
+                },
+            )
+        return _Taken(records, len(skipped))
 
     async def extend(self, account: Account, allowance: Allowance, hold: Hold, pico: int) -> str:
         keys = AccountKeys.of(account)
@@ -870,7 +884,8 @@ class RedisStore:
         counted here: their makers died before they took them, or take them later, or are taking them now; each is
         counted by one router (lua.py, COUNT_ONCE). At most a page of each shard's a sweep, the oldest first, TAKE_PAGE
         a call. A shard's list that cannot be read or taken (a key of another type: hand-edited) is logged and counted
-        as a failure of the reconciler, and holds up none of the other shards'."""
+        as a failure of the reconciler, and holds up none of the other shards'; so is each entry whose own keys hold
+        another type, which moves behind the others and holds up none listed after it (lua.py, COUNT_ONCE)."""
         for shard in range(SHARDS):
             try:
                 await self._count_shard_left(shard)
@@ -902,7 +917,9 @@ class RedisStore:
             async with self._calls:
                 await self.redis.zrem(key, *unreadable)
         for start in range(0, len(takes), TAKE_PAGE):
-            for record in await self._take(shard, takes[start : start + TAKE_PAGE]):
+            taken = await self._take(shard, takes[start : start + TAKE_PAGE])
+            metrics.RECONCILE_FAILURES.inc(taken.skipped)
+            for record in taken.records:
                 if record is not None:
                     count_charge(record)
 
