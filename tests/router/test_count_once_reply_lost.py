@@ -7,6 +7,7 @@ Redis Cluster behind proxies that lose exactly that reply."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
@@ -107,3 +108,22 @@ async def test_a_take_unheard_past_the_time_the_store_keeps_its_count_is_given_u
     await proxied.store.reconcile("router-1", 3600.0, 3600.0)
     assert proxied.store.unheard == {}
     assert "counts taken but not heard back before the store let them go" in caplog.text
+
+
+async def test_a_take_cancelled_after_it_ran_is_counted_at_the_next_reconcile_round(proxied: Proxied) -> None:
+    """Its caller gone as the take's reply was on its way (a collect whose caller cancelled it): the take ran, so no
+    sweep finds the charge, and it is counted when the take is sent again, once."""
+    line = await charged_line(proxied)
+    await proxied.direct.script_load(lua.COUNT_ONCE)  # the reply held is the take's, not a NOSCRIPT
+    await proxied.store.redis.get(KEYS.uncounted(line.request_id))  # a connection open
+    reply = proxied.proxy.hold_next_reply()
+    taking = asyncio.create_task(proxied.store.count_once(ACCOUNT, line.request_id, "made"))
+    await reply.arrived.wait()  # it ran
+    taking.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await taking
+    assert not await proxied.direct.exists(KEYS.uncounted(line.request_id), KEYS.uncounted_reconciled)
+    before = counted("strong")
+    await proxied.store.reconcile("router-1", 3600.0, 3600.0)
+    requests, cost = counted("strong")
+    assert (requests - before[0], cost - before[1]) == (1, pytest.approx(700 / 1e12)), "counted by no router, or twice"

@@ -480,14 +480,14 @@ class RedisStore:
         go unheard (settle_swept), else under one of this call's own: a Redis Cluster client resends the take whose
         reply it lost, and on one server, where redis-py does not, it is sent again here, once; either way the take
         sent again gets the records it took, and each charge is counted here rather than by no router. That resend
-        unheard too (the store out of reach), the call is kept under its claim and sent again by each reconcile round
-        until heard (_send_unheard), which counts what it took. A take whose own keys hold another type (hand-edited)
-        takes nothing: its entry stays listed, behind the others (lua.py, COUNT_ONCE), taken by a sweep once mended;
-        logged once a call, however many."""
+        unheard too (the store out of reach), or the call cancelled as it waited for its reply, it is kept under its
+        claim and sent again by each reconcile round until heard (_send_unheard), which counts what it took. A take
+        whose own keys hold another type (hand-edited) takes nothing: its entry stays listed, behind the others
+        (lua.py, COUNT_ONCE), taken by a sweep once mended; logged once a call, however many."""
         own = claim or secrets.token_hex(8)
         try:
             answers = await self._send_take(shard, takes, own)
-        except StoreUnavailable:
+        except (StoreUnavailable, asyncio.CancelledError):  # cancelled: its caller left; the take may have run
             if not claim:
                 self.unheard[own] = _Unheard(shard, takes, time.monotonic())
             raise
@@ -508,7 +508,7 @@ class RedisStore:
                 continue
             try:
                 answers = await self._send_take(unheard.shard, unheard.takes, claim)
-            except StoreUnavailable:
+            except (StoreUnavailable, asyncio.CancelledError):
                 self.unheard[claim] = unheard
                 raise
             for record in self._answered(unheard.takes, answers).records:
