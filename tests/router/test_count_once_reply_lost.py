@@ -10,10 +10,20 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
-from services.router.store import AccountKeys, Allowance, Hold, StoreUnavailable, lua, period_id, redis_store
+from services.router.store import (
+    AccountKeys,
+    Allowance,
+    Hold,
+    StoreUnavailable,
+    UncountedCharge,
+    lua,
+    period_id,
+    redis_store,
+)
 from services.router.store.clock import money_now
 from services.router.store.keys import TAKEN_KEPT_S
 from tests.router.test_charge_counted_once import counted
@@ -127,3 +137,36 @@ async def test_a_take_cancelled_after_it_ran_is_counted_at_the_next_reconcile_ro
     await proxied.store.reconcile("router-1", 3600.0, 3600.0)
     requests, cost = counted("strong")
     assert (requests - before[0], cost - before[1]) == (1, pytest.approx(700 / 1e12)), "counted by no router, or twice"
+
+
+async def test_a_take_of_many_cancelled_after_its_first_call_was_answered_counts_that_calls_charges_too(
+    proxied: Proxied, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelled as its second call's reply was on its way: the records its first call answered never reached its
+    caller either. Both calls are sent again, under their claims, at the next reconcile round: each charge counted
+    there, once."""
+    monkeypatch.setattr(redis_store, "TAKE_PAGE", 1)
+    first, second = await charged_line(proxied), await charged_line(proxied)
+    await proxied.direct.script_load(lua.COUNT_ONCE)
+    await proxied.store.redis.get(KEYS.uncounted(first.request_id))  # a connection open
+    answered = asyncio.Event()  # the first call's: set as the second call is sent, before its reply can arrive
+    original_take = proxied.store._take
+
+    async def take_noting_the_first(*args: Any, **kwargs: Any) -> Any:
+        taken = await original_take(*args, **kwargs)
+        answered.set()
+        return taken
+
+    monkeypatch.setattr(proxied.store, "_take", take_noting_the_first)
+    asked = [UncountedCharge(ACCOUNT, line.request_id, "made") for line in (first, second)]
+    taking = asyncio.create_task(proxied.store.count_once_each(asked))
+    await answered.wait()
+    reply = proxied.proxy.hold_next_reply()
+    await reply.arrived.wait()  # the second call ran
+    taking.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await taking
+    before = counted("strong")
+    await proxied.store.reconcile("router-1", 3600.0, 3600.0)
+    requests, cost = counted("strong")
+    assert (requests - before[0], cost - before[1]) == (2, pytest.approx(1400 / 1e12)), "counted by no router, or twice"

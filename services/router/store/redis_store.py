@@ -172,20 +172,23 @@ class _Take(NamedTuple):
 
 
 class _Taken(NamedTuple):
-    """What a call of takes answered: each take's record (None for none), in order, and how many it left alone (one of
-    their own keys of another type)."""
+    """What a call of takes answered: each take's record (None for none), in order, how many it left alone (one of
+    their own keys of another type), and the claim it took them under."""
 
     records: list[dict[str, Any] | None]
     skipped: int
+    claim: str
 
 
 class _Unheard(NamedTuple):
-    """A call of takes under a claim of its own whose reply, and its resend's, were lost: it may have run, dropping
-    their entries from the shard's list, so that no sweep finds them; sent again under that claim until heard back."""
+    """A call of takes under a claim of its own whose records never reached its caller (its reply and its resend's
+    lost, or the caller cancelled): it may have run, dropping their entries from the shard's list, so that no sweep
+    finds them; sent again under that claim until heard back."""
 
     shard: int
     takes: list[_Take]
     sent: float  # monotonic
+    claim: str
 
 
 def _listed_take(shard: int, member: bytes) -> _Take | None:
@@ -450,7 +453,9 @@ class RedisStore:
 
     async def count_once_each(self, charges: Sequence[UncountedCharge]) -> list[dict[str, Any] | None]:
         """Each take by a charge id drops the charge's entry in its shard's list (CHARGE lists it): its maker took it,
-        and no sweep need take it again."""
+        and no sweep need take it again. Cancelled part way, the calls answered before never reach the caller: kept
+        with the unheard ones, sent again under their claims by the next reconcile round (_send_unheard), which gets
+        the same records and counts them."""
         by_shard: dict[int, list[tuple[int, _Take]]] = {}
         for index, charge in enumerate(charges):
             keys = AccountKeys.of(charge.account)
@@ -460,17 +465,22 @@ class RedisStore:
             take = _Take(keys, charge.request_id, charge.charge_id, listed)
             by_shard.setdefault(keys.shard, []).append((index, take))
         records: list[dict[str, Any] | None] = [None] * len(charges)
+        calls: list[_Unheard] = []  # answered
         for shard, takes in by_shard.items():
             for start in range(0, len(takes), TAKE_PAGE):
                 page = takes[start : start + TAKE_PAGE]
                 try:
-                    taken = (await self._take(shard, [take for _, take in page])).records
+                    taken = await self._take(shard, [take for _, take in page])
                 except StoreUnavailable as failed:
                     answered = [record for record in records if record is not None]
                     if answered:
                         raise PartlyTaken(answered) from failed
                     raise
-                for (index, _), record in zip(page, taken, strict=True):
+                except asyncio.CancelledError:
+                    self.unheard.update((call.claim, call) for call in calls)
+                    raise
+                calls.append(_Unheard(shard, [take for _, take in page], time.monotonic(), taken.claim))
+                for (index, _), record in zip(page, taken.records, strict=True):
                     records[index] = record
         return records
 
@@ -489,9 +499,9 @@ class RedisStore:
             answers = await self._send_take(shard, takes, own)
         except (StoreUnavailable, asyncio.CancelledError):  # cancelled: its caller left; the take may have run
             if not claim:
-                self.unheard[own] = _Unheard(shard, takes, time.monotonic())
+                self.unheard[own] = _Unheard(shard, takes, time.monotonic(), own)
             raise
-        return self._answered(takes, answers)
+        return self._answered(takes, answers, own)
 
     async def _send_unheard(self) -> None:
         """The takes whose replies were lost (_take), sent again under their claims: each gets the records it took, or
@@ -511,7 +521,7 @@ class RedisStore:
             except (StoreUnavailable, asyncio.CancelledError):
                 self.unheard[claim] = unheard
                 raise
-            for record in self._answered(unheard.takes, answers).records:
+            for record in self._answered(unheard.takes, answers, claim).records:
                 if record is not None:
                     count_charge(record)
 
@@ -531,7 +541,7 @@ class RedisStore:
                 answers = await self._count_once(keys=names, args=args)
         return answers
 
-    def _answered(self, takes: list[_Take], answers: Any) -> _Taken:
+    def _answered(self, takes: list[_Take], answers: Any, claim: str) -> _Taken:
         records = [None if r is None else _taken_record(take, r) for take, r in zip(takes, answers[::2], strict=True)]
         skipped = [(take, why) for take, why in zip(takes, answers[1::2], strict=True) if why is not None]
         if skipped:
@@ -545,7 +555,7 @@ class RedisStore:
                     "why": _text(why)[:500],
                 },
             )
-        return _Taken(records, len(skipped))
+        return _Taken(records, len(skipped), claim)
 
     async def extend(self, account: Account, allowance: Allowance, hold: Hold, pico: int) -> str:
         keys = AccountKeys.of(account)
