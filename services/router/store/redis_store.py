@@ -504,18 +504,19 @@ class RedisStore:
         return self._answered(takes, answers, own)
 
     async def _send_unheard(self) -> None:
-        """The takes whose replies were lost (_take), sent again under their claims: each gets the records it took, or
-        nothing if it never ran (its entries stay listed, for the sweep), and what it took is counted here. One older
-        than the store keeps what a take took (TAKEN_KEPT_S; the store out of reach all that time) is given up,
-        logged: sent again, it would get nothing."""
-        for claim in list(self.unheard):
-            unheard = self.unheard.pop(claim)
+        """The takes whose records never reached their caller (_take, count_once_each), sent again under their claims:
+        each gets the records it took (or takes them now, if it never ran, unless another taker did meanwhile), counted
+        here. Those older than the store keeps what a take took (TAKEN_KEPT_S; the store out of reach all that time)
+        are given up first, logged: sent again, they would get nothing."""
+        for claim, unheard in list(self.unheard.items()):
             if time.monotonic() - unheard.sent > TAKEN_KEPT_S:
+                del self.unheard[claim]
                 log.error(
                     "counts taken but not heard back before the store let them go: counted by no router",
                     extra={"charges": len(unheard.takes), "request_id": unheard.takes[0].request_id},
                 )
-                continue
+        for claim in list(self.unheard):
+            unheard = self.unheard.pop(claim)
             try:
                 answers = await self._send_take(unheard.shard, unheard.takes, claim)
             except (StoreUnavailable, asyncio.CancelledError):
