@@ -191,6 +191,24 @@ class _Unheard(NamedTuple):
     claim: str
 
 
+def _answered(takes: list[_Take], answers: Any, claim: str) -> _Taken:
+    """What COUNT_ONCE answered a call of `takes`, two a take (lua.py): those left alone logged once a call."""
+    records = [None if r is None else _taken_record(take, r) for take, r in zip(takes, answers[::2], strict=True)]
+    skipped = [(take, why) for take, why in zip(takes, answers[1::2], strict=True) if why is not None]
+    if skipped:
+        take, why = skipped[0]
+        log.error(
+            "uncounted charges not taken, a key of their own of another type: left listed, behind the others",
+            extra={
+                "charges": len(skipped),
+                "request_id": take.request_id,
+                "listed": take.listed[:500],
+                "why": _text(why)[:500],
+            },
+        )
+    return _Taken(records, len(skipped), claim)
+
+
 def _listed_take(shard: int, member: bytes) -> _Take | None:
     """The take of an entry '<charge id> <pending field>' of the shard's list (keys.py, uncounted_reconciled); None for
     one no router wrote (hand-edited): not text, no charge id, a field that is no [tenant, request id], or a tenant
@@ -501,7 +519,7 @@ class RedisStore:
             if not claim:
                 self.unheard[own] = _Unheard(shard, takes, time.monotonic(), own)
             raise
-        return self._answered(takes, answers, own)
+        return _answered(takes, answers, own)
 
     async def _send_unheard(self) -> None:
         """The takes whose records never reached their caller (_take, count_once_each), sent again under their claims:
@@ -522,7 +540,7 @@ class RedisStore:
             except (StoreUnavailable, asyncio.CancelledError):
                 self.unheard[claim] = unheard
                 raise
-            for record in self._answered(unheard.takes, answers, claim).records:
+            for record in _answered(unheard.takes, answers, claim).records:
                 if record is not None:
                     count_charge(record)
 
@@ -541,22 +559,6 @@ class RedisStore:
             async with self._call():
                 answers = await self._count_once(keys=names, args=args)
         return answers
-
-    def _answered(self, takes: list[_Take], answers: Any, claim: str) -> _Taken:
-        records = [None if r is None else _taken_record(take, r) for take, r in zip(takes, answers[::2], strict=True)]
-        skipped = [(take, why) for take, why in zip(takes, answers[1::2], strict=True) if why is not None]
-        if skipped:
-            take, why = skipped[0]
-            log.error(
-                "uncounted charges not taken, a key of their own of another type: left listed, behind the others",
-                extra={
-                    "charges": len(skipped),
-                    "request_id": take.request_id,
-                    "listed": take.listed[:500],
-                    "why": _text(why)[:500],
-                },
-            )
-        return _Taken(records, len(skipped), claim)
 
     async def extend(self, account: Account, allowance: Allowance, hold: Hold, pico: int) -> str:
         keys = AccountKeys.of(account)
