@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 
@@ -149,20 +148,13 @@ async def test_a_take_of_many_cancelled_after_its_first_call_was_answered_counts
     first, second = await charged_line(proxied), await charged_line(proxied)
     await proxied.direct.script_load(lua.COUNT_ONCE)
     await proxied.store.redis.get(KEYS.uncounted(first.request_id))  # a connection open
-    answered = asyncio.Event()  # the first call's: set as the second call is sent, before its reply can arrive
-    original_take = proxied.store._take
-
-    async def take_noting_the_first(*args: Any, **kwargs: Any) -> Any:
-        taken = await original_take(*args, **kwargs)
-        answered.set()
-        return taken
-
-    monkeypatch.setattr(proxied.store, "_take", take_noting_the_first)
+    first_reply = proxied.proxy.hold_next_reply()
     asked = [UncountedCharge(ACCOUNT, line.request_id, "made") for line in (first, second)]
     taking = asyncio.create_task(proxied.store.count_once_each(asked))
-    await answered.wait()
-    reply = proxied.proxy.hold_next_reply()
-    await reply.arrived.wait()  # the second call ran
+    await first_reply.arrived.wait()
+    second_reply = proxied.proxy.hold_next_reply()
+    first_reply.released.set()  # the first call answered
+    await second_reply.arrived.wait()  # the second call ran
     taking.cancel()
     with pytest.raises(asyncio.CancelledError):
         await taking
