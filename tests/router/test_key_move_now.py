@@ -8,10 +8,12 @@ servicers over one real Redis and a real Redis Cluster, BOUND_S as it ships; the
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -22,7 +24,7 @@ from llmrouter.v1 import router_pb2
 from services.router import key_move, key_tenants
 from services.router.servicer import RouterServicer
 from services.router.store import Account, Allowance, Hold, KeyBinding, RedisStore, period_id
-from services.router.store.keys import AccountKeys, key_tenant_key
+from services.router.store.keys import SHARDS, AccountKeys, key_tenant_key, shard_of
 from tests.redis_servers import RedisServer, money_redis
 from tests.router.servicer_kit import NoDeadline, router_servicer, store_on
 from tests.router.test_collect_model import LINE, BatchProvider
@@ -208,3 +210,67 @@ async def test_after_a_move_a_batch_line_is_deferred_for_the_new_tenant_alone(
             submitted = await servicer.SubmitBatch(after, NoDeadline())
     assert [each.deferred for each in [*before.lines, *submitted.lines]] == [True, False, True]
     assert await redis_store.held_pico(Account(OLD, KEY)) == held_before  # the line refused holds nothing
+
+
+async def test_a_move_reaches_every_shard(frozen_store: RedisStore) -> None:
+    """A key of a tenant in any shard may be the one moved: a binding read before a move, in every shard, is met by
+    the move (each shard's count refused 'moved'), whichever key it moved."""
+    store = frozen_store
+    in_shard = [next(t for t in (f"t{n}" for n in itertools.count()) if shard_of(t) == s) for s in range(SHARDS)]
+    keys = [f"{shard:016x}" for shard in range(SHARDS)]
+    read = [await store.bind_key(key, tenant) for key, tenant in zip(keys, in_shard, strict=True)]
+    await store.move_key(KEY, NEW)
+    counted = [
+        await store.count_request(Account(tenant, key), LIMITS, f"c{n}", moves=binding.moves)
+        for n, (tenant, key, binding) in enumerate(zip(in_shard, keys, read, strict=True))
+    ]
+    assert counted == ["moved"] * SHARDS
+
+
+async def test_a_count_made_before_a_move_and_sent_again_is_let_through_once(frozen_store: RedisStore) -> None:
+    """A Decide's rate count sent again as it was (a Redis Cluster client's resend after a lost reply) after a move
+    reached its shard: it was counted before the move, so it is let through, not counted again, as an admission's
+    resend is ('moved' is for a count made under a binding read before the move, not one already made)."""
+    store, account = frozen_store, Account(OLD, KEY)
+    before = await store.bind_key(KEY, OLD)
+    assert await store.count_request(account, LIMITS, "c1", moves=before.moves) == ""
+    await store.move_key(KEY, OLD)
+    assert await store.count_request(account, LIMITS, "c1", moves=before.moves) == ""
+    assert await rate_counted(store, account) == 1
+
+
+class MovedBetweenReads:
+    """Runs an operator's move of KEY to NEW once, right after the first store command a bind_key sends on a Redis
+    Cluster (where it reads the shard's token and the key's binding one after the other, each from its own node)."""
+
+    def __init__(self, store: RedisStore, mover: RedisStore) -> None:
+        self.mover, self.armed, self.ran = mover, True, False
+        client = store.redis
+        for name in ("get", "set"):
+            setattr(client, name, self._then_move(getattr(client, name)))
+
+    def _then_move(self, command: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def sent(*args: Any, **kwargs: Any) -> Any:
+            answer = await command(*args, **kwargs)
+            if self.armed:
+                self.armed = False
+                await self.mover.move_key(KEY, NEW)
+                self.ran = True
+            return answer
+
+        return sent
+
+
+async def test_a_move_between_the_token_read_and_the_binding_read_is_met(tmp_path: Path, cluster_url: str) -> None:
+    """On a Redis Cluster a router reads its tenant's shard token, then the key's binding: a move between the two is
+    the binding's (read after the move), under the token of before it. The other order would remember the old tenant
+    under the move's own token, and serve it for a minute after the move returned."""
+    async with store_on(cluster_url) as store, store_on(cluster_url) as mover:
+        await mover.move_key(KEY, OLD)  # bound to the old tenant before this router reads it
+        async with router_servicer(tmp_path, store, Answering()) as servicer:
+            moving = MovedBetweenReads(store, mover)
+            refused = await refusal(servicer, "Complete", ask(OLD, "r1"))
+            assert moving.ran
+            await call(servicer, "Complete", ask(NEW, "r2"))
+        refused_for_another_tenant(refused, NEW)
+        await untouched(store, Account(OLD, KEY))
