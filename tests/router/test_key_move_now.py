@@ -24,7 +24,7 @@ from llmrouter.v1 import router_pb2
 from services.router import key_move, key_tenants
 from services.router.servicer import RouterServicer
 from services.router.store import Account, Allowance, Hold, KeyBinding, RedisStore, period_id
-from services.router.store.keys import SHARDS, AccountKeys, key_tenant_key, shard_of
+from services.router.store.keys import SHARDS, AccountKeys, key_moves_key, key_tenant_key, shard_of
 from tests.redis_servers import RedisServer, money_redis
 from tests.router.servicer_kit import NoDeadline, router_servicer, store_on
 from tests.router.test_collect_model import LINE, BatchProvider
@@ -240,19 +240,20 @@ async def test_a_count_made_before_a_move_and_sent_again_is_let_through_once(fro
 
 
 class MovedBetweenReads:
-    """Runs an operator's move of KEY to NEW once, right after the first store command a bind_key sends on a Redis
-    Cluster (where it reads the shard's token and the key's binding one after the other, each from its own node)."""
+    """Runs an operator's move of KEY to NEW once, right after the first of the two reads a bind_key of KEY sends on a
+    Redis Cluster (the shard's token and the key's binding, one after the other, each from its own node)."""
 
     def __init__(self, store: RedisStore, mover: RedisStore) -> None:
         self.mover, self.armed, self.ran = mover, True, False
+        self.reads = {key_tenant_key(KEY), *(key_moves_key(shard) for shard in range(SHARDS))}
         client = store.redis
         for name in ("get", "set"):
             setattr(client, name, self._then_move(getattr(client, name)))
 
     def _then_move(self, command: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-        async def sent(*args: Any, **kwargs: Any) -> Any:
-            answer = await command(*args, **kwargs)
-            if self.armed:
+        async def sent(name: str, *args: Any, **kwargs: Any) -> Any:
+            answer = await command(name, *args, **kwargs)
+            if self.armed and name in self.reads:
                 self.armed = False
                 await self.mover.move_key(KEY, NEW)
                 self.ran = True
