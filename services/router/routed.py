@@ -41,6 +41,9 @@ class Routed:
     escalation: Mode = "auto"  # when a weak answer is asked again of a stronger tier (escalation.py)
     verifier_threshold: float | None = None  # the request's own P(good) threshold for the verifier's signal
     session: Session | None = None  # the conversation this turn belongs to, as it stood before the turn
+    # The caller of a call served to its end whatever it does (unary, a buffered stream) left: the generation under
+    # way finishes and is charged, but no new one (an escalation, a fallback) is started for an answer no one reads.
+    caller_left: bool = False
 
     def time_left(self, context: Any) -> float:
         """What the request may still run: its own time limit, or the caller's deadline when that comes first."""

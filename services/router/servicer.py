@@ -88,7 +88,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     async def Complete(self, request: router_pb2.CompleteRequest, context: Any) -> router_pb2.CompleteResponse:
         routed = await self._route(request, context)
         # Shielded: a caller that leaves does not stop the generation it caused, which is charged when done.
-        return await asyncio.shield(self.charger.run_to_end(self._complete_and_settle(routed, context)))
+        return await _awaited_by_caller(routed, self.charger.run_to_end(self._complete_and_settle(routed, context)))
 
     async def CompleteStream(
         self, request: router_pb2.CompleteRequest, context: Any
@@ -205,7 +205,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         settled by itself whatever the caller does: nothing else may release its hold while it generates."""
         work = self.charger.run_to_end(self._complete_and_settle(routed, context))
         yield router_pb2.CompleteChunk(decision=routed.decision)
-        response = await asyncio.shield(work)
+        response = await _awaited_by_caller(routed, work)
         for chunk in answer_chunks(response):
             yield chunk
 
@@ -257,6 +257,18 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                     # of what the attempt's failed retries consumed.
                     routed.owed += stream.worst + stream.consumed_usd
             raise
+
+
+async def _awaited_by_caller(
+    routed: Routed, work: asyncio.Task[router_pb2.CompleteResponse]
+) -> router_pb2.CompleteResponse:
+    """The work of a call served to its end, awaited for its caller, shielded. A caller that leaves (the call cancelled,
+    its deadline passed) is noted on the request: no escalation or fallback is started for it afterwards."""
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        routed.caller_left = True
+        raise
 
 
 def answer_chunks(response: router_pb2.CompleteResponse) -> list[router_pb2.CompleteChunk]:

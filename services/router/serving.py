@@ -183,6 +183,10 @@ class Serving:
             )
         if not why:
             return
+        if routed.caller_left:  # a stronger answer would be paid for, and read by no one
+            log.info("the caller left; keeping the weak answer", extra={"signal": why})
+            served.circumstance = routed.note = "the caller left: no escalation made, the weak answer kept"
+            return
         if routed.time_left(context) < MIN_CALL_S:  # the providers would refuse it unsent
             log.warning("no time left to escalate; keeping the weak answer", extra={"signal": why})
             served.circumstance = "no time left"
@@ -296,7 +300,7 @@ class Serving:
         order = routed.plan.order
         if error.code not in FALLBACK_CODES or index + 1 >= len(order):
             raise error
-        if time_left < MIN_CALL_S:
+        if time_left < MIN_CALL_S or routed.caller_left:  # no time for it, or no one to read its answer
             raise error
         following = order[index + 1].model
         if not await self.admission.cover(routed, to_pico(worst_usd(routed, following))):

@@ -29,6 +29,7 @@ from services.router.store.keys import AccountKeys
 from tests.conftest import ledger_records
 from tests.router.servicer_kit import NearScores, served_router, store_on
 from tests.router.test_admission import REGISTRY
+from tests.waiting import eventually, rpcs_ended
 
 REFUSAL = "I'm sorry, but I can't help with that request."
 CHEAP, STRONG = REGISTRY.get("cheap"), REGISTRY.get("strong")
@@ -132,27 +133,38 @@ async def test_a_caller_leaving_while_the_stronger_answer_is_generated_pays_both
     assert record["escalated"] and record["escalation_signal"] == "refusal"
 
 
-async def test_a_caller_leaving_while_the_weak_answer_is_generated_still_has_it_escalated_and_pays_once(
-    tmp_path: Path, any_redis_url: str
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_caller_leaving_while_the_weak_answer_is_generated_pays_it_alone_and_has_nothing_escalated(
+    tmp_path: Path, any_redis_url: str, stream: bool
 ) -> None:
+    """The weak answer under way finishes and is charged; the stronger one, paid and read by no one, is never asked."""
     provider = Escalating(hold_cheap=True)
+    provider.release["strong"].set()
+    method = "CompleteStream" if stream else "Complete"
+    left = rpcs_ended("router", method, "CANCELLED")
     async with (
         store_on(any_redis_url) as store,
         served_router(tmp_path, store, provider, classifier=NearScores()) as running,
         grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
     ):
-        call = router_pb2_grpc.RouterStub(channel).Complete(ask(), timeout=30)
+        router = router_pb2_grpc.RouterStub(channel)
+        if stream:
+            call: Any = router.CompleteStream(ask(buffer_stream=True), timeout=30)
+            assert (await call.read()).WhichOneof("kind") == "decision"
+        else:
+            call = router.Complete(ask(), timeout=30)
         await provider.generating["cheap"].wait()
         call.cancel()
         with pytest.raises(asyncio.CancelledError):
-            await call
+            await (call.read() if stream else call)
+        await eventually(lambda: rpcs_ended("router", method, "CANCELLED") > left, "the router saw its caller leave")
         provider.release["cheap"].set()
-        provider.release["strong"].set()
-    spent, held, records = await settled(any_redis_url)
-    [written] = provider.max_tokens["strong"]
-    cost = weak_cost() + strong_cost(written)
-    assert spent == (to_pico(cost), to_pico(cost)) and held == (0, 0)
-    assert [Decimal(r["cost_usd"]) for r in records] == [cost]
+    # The router stopped: its charges still running finished first.
+    spent, held, [record] = await settled(any_redis_url)
+    assert "strong" not in provider.max_tokens
+    assert spent == (to_pico(weak_cost()), to_pico(weak_cost())) and held == (0, 0)
+    assert Decimal(record["cost_usd"]) == weak_cost() and [g["model"] for g in record["generations"]] == ["cheap"]
+    assert not record["escalated"] and "the caller left" in record["reason_detail"]
 
 
 @pytest.mark.parametrize("strong", ["cut", "over"])
