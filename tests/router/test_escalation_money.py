@@ -1,8 +1,9 @@
 """Escalation's money: a weak answer asked again of a stronger tier is two generations of one request, each charged
-once, on one ledger record, within the request's hold and its max_cost_usd, whatever the caller does between them
-(it leaves while the weak answer is generated, or while the stronger one is) and however the stronger attempt ends
-(answered, cut with an unknown outcome, or over-reported). The router behind its own gRPC server, real providers and
-classifier gRPC servers on loopback; the money store on one Redis server and on a real Redis Cluster."""
+once, on one ledger record, within the request's hold and its max_cost_usd, when the caller leaves while the stronger
+one is generated, and however the stronger attempt ends (answered, cut with an unknown outcome, or over-reported); a
+caller that leaves while the weak answer is generated has that one alone, charged once, and nothing escalated. The
+router behind its own gRPC server, real providers and classifier gRPC servers on loopback; the money store on one Redis
+server and on a real Redis Cluster."""
 
 from __future__ import annotations
 
