@@ -10,9 +10,9 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, MutableMapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote
 
 import grpc
@@ -59,6 +59,7 @@ from services.edge.shutdown_cut import SENT_REQUEST_ID, STREAM_ENDING, ShutdownC
 from services.router.store import KEYLESS
 
 log = logging.getLogger("llmrouter.edge")
+T = TypeVar("T")
 ROUTER_SERVICE = router_pb2.DESCRIPTOR.services_by_name["Router"].full_name
 
 HTTP_REQUESTS = Counter("llmrouter_edge_http_requests_total", "HTTP requests", ["route", "status"])
@@ -211,30 +212,37 @@ def error_response(error: ApiError) -> JSONResponse:
 async def first_chunks(call: Any, request: Request, request_id: str) -> tuple[router_pb2.Decision, Any]:
     """A stream's decision, then its first delta (or its final chunk), read before the response starts: routing
     errors and provider failures before any token become HTTP errors with their proper status, not a 200 with an
-    error event. Read while watching the client: one that leaves meanwhile has the call cancelled at once (a 499
-    naming the request id, which the access log keeps: the router may have admitted it and charges it under that id),
-    charged by the router as a stream left before its first token (nothing if not yet admitted). Unwatched, the
-    router's stream and its upstream ran on for nobody until the first token (a tool-call answer's first chunk is
-    its last: generated whole) or the request's timeout. Only the server's word that the client left counts: a
-    watch that ends otherwise (its receive failing, or another message) says nothing of the client, and the request
-    is served on unwatched rather than cancelled and lost. Any failure here cancels the call too."""
+    error event. Read while watching the client (unless_left): unwatched, the router's stream and its upstream ran on
+    for nobody until the first token (a tool-call answer's first chunk is its last: generated whole) or the request's
+    timeout. A client that leaves is charged by the router as a stream left before its first token (nothing if not
+    yet admitted)."""
 
     async def both() -> tuple[router_pb2.Decision, Any]:
         return (await call.read()).decision, await call.read()
 
-    reading, leaving = asyncio.create_task(both()), asyncio.create_task(client_left(request))
+    return await unless_left(both(), call, request, request_id)
+
+
+async def unless_left(reading: Awaitable[T], call: Any, request: Request, request_id: str) -> T:
+    """What a router call's `reading` reads, read while watching the client: one that leaves meanwhile has the call
+    cancelled at once (a 499 naming the request id, which the access log keeps: the router may have admitted it and
+    charges it under that id). A unary call's router finishes the generation under way and charges it, but starts no
+    escalation or fallback for a caller gone. Only the server's word that the client left counts: a watch that ends
+    otherwise (its receive failing, or another message) says nothing of the client, and the request is served on
+    unwatched rather than cancelled and lost. Any failure here cancels the call too."""
+    read, leaving = asyncio.ensure_future(reading), asyncio.create_task(client_left(request))
     try:
-        await asyncio.wait((reading, leaving), return_when=asyncio.FIRST_COMPLETED)
-        if not reading.done():
+        await asyncio.wait((read, leaving), return_when=asyncio.FIRST_COMPLETED)
+        if not read.done():
             if has_left(leaving):
                 raise ApiError(
                     499, "the client closed the request", code="client_closed_request", request_id=request_id
                 )
-            await reading
-        return reading.result()
+            await read
+        return read.result()
     except BaseException:
         call.cancel()
-        reading.cancel()
+        read.cancel()
         raise
     finally:
         leaving.cancel()
@@ -250,13 +258,13 @@ async def client_left(request: Request) -> bool:
 def has_left(watch: asyncio.Task[bool]) -> bool:
     """A watch that ended (client_left) ended on the client's leaving, not on its receive failing or another message."""
     if watch.cancelled():
-        log.warning("the client's watch was cancelled: the stream is read on unwatched")
+        log.warning("the client's watch was cancelled: the router's answer is read on unwatched")
         return False
     if (error := watch.exception()) is not None:
-        log.warning("the client's watch failed: the stream is read on unwatched", exc_info=error)
+        log.warning("the client's watch failed: the router's answer is read on unwatched", exc_info=error)
         return False
     if not watch.result():
-        log.warning("the server sent a message other than http.disconnect: the stream is read on unwatched")
+        log.warning("the server sent a message other than http.disconnect: the router's answer is read on unwatched")
     return watch.result()
 
 
@@ -365,7 +373,8 @@ class Edge:
         timeout = self.settings.request_timeout_s
         if not parsed.stream:
             try:
-                response = await self.router.Complete(message, timeout=timeout)
+                call = self.router.Complete(message, timeout=timeout)
+                response = await unless_left(call, call, request, request_id)
             except grpc.RpcError as err:
                 raise router_headers.named_as_sent(api_error(err, request_id, charging=True), request.headers) from None
             headers = {
