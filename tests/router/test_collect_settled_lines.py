@@ -22,7 +22,7 @@ from llmrouter.auth import acting_as
 from llmrouter.errors import ServiceError
 from llmrouter.registry import Registry
 from llmrouter.v1 import provider_pb2, router_pb2
-from services.router.deferred import GAVE_UP, SETTLED_UNREAD
+from services.router.deferred import GAVE_UP, POLL_IDS, SETTLED_UNREAD, UNRECORDED
 from services.router.servicer import RouterServicer
 from services.router.store import PICO, AccountKeys, RedisStore
 from tests.conftest import ledger_records
@@ -30,6 +30,7 @@ from tests.fakes import FakeOpenAI
 from tests.router.old_version import checkout, serving
 from tests.router.servicer_kit import NoDeadline, router_servicer, router_servicer_to
 from tests.router.test_batch_admitted_prices import reprice, without_batch_price
+from tests.router.test_collect_again_unrecorded_line import RedisRecordingRefused
 from tests.router.test_collect_model import ACCOUNT, LINE, REGISTRY, TENANT_CALLER, BatchProvider, batch_cost
 from tests.router.test_collect_passing_failures import (
     COLLECT,
@@ -145,6 +146,98 @@ async def test_a_line_answered_by_a_collect_whose_reply_was_lost_is_told_its_cha
     assert Decimal(line.charged_usd) == Decimal(batch_cost("strong")) / PICO
     assert await spent(redis_store) == batch_cost("strong")
     assert outcomes(await ledger_records(redis_store.redis)) == ["ok"]
+
+
+class ForgettingAfterTheFirstPart(BatchProvider):
+    """Answers the poll of the first part of the lines; then the provider forgets the batch, told as the version before
+    told it (UNAVAILABLE)."""
+
+    async def PollBatch(self, request: Any, context: Any) -> provider_pb2.PollBatchResponse:
+        if request.request_ids[0] != "line-1":
+            error = FORGOTTEN_BEFORE
+            await context.abort(error.code, error.message, error.trailing_metadata())
+        return await super().PollBatch(request, context)
+
+
+async def test_a_reconciled_batch_read_in_parts_tells_each_line_once_in_order(
+    redis_store: RedisStore, tmp_path: Path, clock: WaitingClock
+) -> None:
+    """More lines than one poll reads: the first part's answers are told at their charges, the rest (their poll never
+    read) told unread at theirs, each line once, in the order asked for (the edge takes a reply of more lines than it
+    asked for as a failure, and collects again for ever)."""
+    lines = []
+    for n in range(1, POLL_IDS + 2):
+        line = router_pb2.CompleteRequest()
+        line.CopyFrom(LINE)
+        line.request_id = f"line-{n}"
+        lines.append(line)
+    ids = [line.request_id for line in lines]
+    provider = ForgettingAfterTheFirstPart()
+    async with router_servicer(tmp_path, redis_store, provider, REGISTRY, provider_batch_hold_s=HOLD_S) as router:
+        with acting_as(TENANT_CALLER):
+            sent = await router.SubmitBatch(router_pb2.SubmitLinesRequest(lines=lines), NoDeadline())
+        assert all(line.deferred and line.provider_batch_id == "pbatch-1" for line in sent.lines), sent
+        pending = await redis_store.pending_charge(ACCOUNT, "line-1")
+        assert pending is not None and pending.until
+        router.deferred.wait = clock.wait
+        clock.at = pending.until + 1.0
+        while await redis_store.reconcile("another-router", 0.001, 3600):
+            pass
+        assert all([await redis_store.pending_charge(ACCOUNT, request_id) is None for request_id in ids])
+        collect = router_pb2.CollectBatchRequest(model="strong", provider_batch_id="pbatch-1", request_ids=ids)
+        with acting_as(TENANT_CALLER):
+            reply = await router.CollectBatch(collect, Deadline(60.0))
+    told = [line.request_id for line in reply.lines]
+    assert reply.ended and told == ids, told
+    held = Decimal(pending.hold_pico) / PICO
+    assert all(line.succeeded and Decimal(line.response.cost_usd) == held for line in reply.lines[:POLL_IDS])
+    (last,) = reply.lines[POLL_IDS:]
+    assert (last.error, Decimal(last.charged_usd)) == (f"{SETTLED_UNREAD} (request id {ids[-1]})", held)
+    assert await spent(redis_store) == len(ids) * pending.hold_pico  # charged once each, by the reconciler
+
+
+async def test_a_line_charged_from_another_batch_is_not_ended_at_nothing(
+    redis_store: RedisStore, tmp_path: Path, clock: WaitingClock
+) -> None:
+    """A line the reconciler charged from pbatch-1, collected naming another provider batch that cannot be read: no
+    line asked for was charged from the batch named, so nothing is told from the store alone (the line would be told
+    no line at 0, ended, against the hold the ledger charged it); the poll's failure is told at once, not tried again
+    for the caller's time."""
+    provider = FailingFirst(*[FORGOTTEN_BEFORE] * 1000)
+    async with router_servicer(tmp_path, redis_store, provider, REGISTRY, provider_batch_hold_s=HOLD_S) as router:
+        held = await sent_and_reconciled(router, redis_store, clock)
+        elsewhere = router_pb2.CollectBatchRequest(model="strong", provider_batch_id="pbatch-2", request_ids=["line-1"])
+        with acting_as(TENANT_CALLER), pytest.raises(ServiceError) as failed:
+            await router.CollectBatch(elsewhere, Deadline(60.0))
+    assert failed.value.code == grpc.StatusCode.UNAVAILABLE
+    assert clock.waits == [] and len(provider.polled_at) == 1
+    assert await spent(redis_store) == held
+
+
+async def test_a_line_charged_with_no_batch_recorded_is_told_its_hold_once_unreadable(
+    redis_url: str, tmp_path: Path, clock: WaitingClock
+) -> None:
+    """A line whose provider batch the store was out of reach to record is charged its hold by its first collect
+    (UNRECORDED), whose reply was lost; the provider then forgot the batch. The next collect ends the line at that
+    hold, as the collect that charged it told it: its charged marker names no batch, so it is charged from
+    any."""
+    store = RedisRecordingRefused(redis_url)
+    try:
+        async with router_servicer(
+            tmp_path, store, ForgettingAfterOnePoll(), REGISTRY, provider_batch_hold_s=HOLD_S
+        ) as router:
+            router.deferred.wait = clock.wait
+            with acting_as(TENANT_CALLER):
+                (sent,) = (await router.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[LINE]), NoDeadline())).lines
+                assert sent.provider_batch_id == "pbatch-1"
+                (lost,) = (await router.CollectBatch(COLLECT, NoDeadline())).lines  # its reply never reaches the caller
+                assert lost.error == UNRECORDED.format("line-1") and lost.charged_usd, lost
+                reply = await router.CollectBatch(COLLECT, Deadline(60.0))
+        (line,) = reply.lines
+        assert (reply.ended, line.error, line.charged_usd) == (True, lost.error, lost.charged_usd), reply
+        assert Decimal(await spent(store)) / PICO == Decimal(lost.charged_usd)  # charged once
+    finally:
+        await store.close()
 
 
 class StillRunning(BatchProvider):
