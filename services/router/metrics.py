@@ -69,7 +69,9 @@ RECONCILE_FAILURES = Counter(
     "llmrouter_router_reconcile_failures_total",
     "Pending charges due to be settled at their hold that the reconciler could not settle (swept again next round), "
     "shards whose list of uncounted charges its sweep could not read (read again next round), and entries of those "
-    "lists whose own keys hold another type (moved behind the others, swept again once the sweep comes round)",
+    "lists whose own keys hold another type (moved behind the others, swept again once the sweep comes round), and "
+    "charges whose count a take took but never heard back within TAKEN_KEPT_S (given up: in the ledger, in no router's "
+    "usage metrics)",
 )
 LEDGER_REJECTED = Counter(
     "llmrouter_router_ledger_rejected_total",

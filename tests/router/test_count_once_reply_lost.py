@@ -27,6 +27,7 @@ from services.router.store.clock import money_now
 from services.router.store.keys import TAKEN_KEPT_S
 from tests.router.test_charge_counted_once import counted
 from tests.router.test_collect_model import ACCOUNT
+from tests.router.test_uncounted_sweep_broken_shard import failures as reconcile_failures
 from tests.router.test_undone_admissions import Proxied, proxied_store
 
 DAY = period_id("day")
@@ -114,9 +115,12 @@ async def test_a_take_unheard_past_the_time_the_store_keeps_its_count_is_given_u
     assert len(proxied.store.unheard) == 1
     monkeypatch.setattr(redis_store, "TAKEN_KEPT_S", 0)  # its time up
     proxied.proxy.come_back()
+    failures = reconcile_failures()
     await proxied.store.reconcile("router-1", 3600.0, 3600.0)
     assert proxied.store.unheard == {}
     assert "counts taken but not heard back before the store let them go" in caplog.text
+    # The on-call sees it (LLMRouterReconcilerFailing): the charge is in the ledger, in no router's usage metrics.
+    assert reconcile_failures() - failures == 1
 
 
 async def test_a_take_cancelled_after_it_ran_is_counted_at_the_next_reconcile_round(proxied: Proxied) -> None:

@@ -525,10 +525,11 @@ class RedisStore:
         """The takes whose records never reached their caller (_take, count_once_each), sent again under their claims:
         each gets the records it took (or takes them now, if it never ran, unless another taker did meanwhile), counted
         here. Those older than the store keeps what a take took (TAKEN_KEPT_S; the store out of reach all that time)
-        are given up first, logged: sent again, they would get nothing."""
+        are given up first, logged and counted as failures of the reconciler: sent again, they would get nothing."""
         for claim, unheard in list(self.unheard.items()):
             if time.monotonic() - unheard.sent > TAKEN_KEPT_S:
                 del self.unheard[claim]
+                metrics.RECONCILE_FAILURES.inc(len(unheard.takes))  # in the ledger, never in the usage metrics
                 log.error(
                     "counts taken but not heard back before the store let them go: counted by no router",
                     extra={"charges": len(unheard.takes), "request_id": unheard.takes[0].request_id},
