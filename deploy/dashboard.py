@@ -573,11 +573,11 @@ def build() -> dict:
         )
         .with_panel(
             series(
-                "gRPC calls/s not OK per service and code",
+                "gRPC calls/s not OK per service, code and reason (KEY_MOVING, STORE_UNAVAILABLE...: conventions.md)",
                 "reqps",
                 (
-                    f"sum by (service, code) ({rate('llmrouter_grpc_requests_total', NOT_OK_RPC)})",
-                    "{{service}} {{code}}",
+                    f"sum by (service, code, reason) ({rate('llmrouter_grpc_requests_total', NOT_OK_RPC)})",
+                    "{{service}} {{code}} {{reason}}",
                 ),
                 span=12,
             )

@@ -22,7 +22,13 @@ from llmrouter.errors import ServiceError, invalid
 
 log = logging.getLogger("llmrouter.grpc")
 
-RPCS = Counter("llmrouter_grpc_requests_total", "gRPC calls handled", ["service", "method", "code"])
+# `reason`: a failed call's ErrorInfo reason (docs/conventions.md's table: KEY_MOVING and STORE_UNAVAILABLE share
+# UNAVAILABLE), "" for a call that succeeded or failed without one. Reasons are our services' constants: bounded.
+RPCS = Counter(
+    "llmrouter_grpc_requests_total",
+    "gRPC calls handled, by status code and, for a refusal of ours, its reason (docs/conventions.md, Errors)",
+    ["service", "method", "code", "reason"],
+)
 RPC_SECONDS = Histogram(
     "llmrouter_grpc_request_duration_seconds",
     "gRPC call duration (to the last message for streams)",
@@ -166,14 +172,14 @@ class ServiceInterceptor(WrappingInterceptor):
 
     @asynccontextmanager
     async def _guard(self, method: str, seconds: Histogram, context: grpc.aio.ServicerContext) -> AsyncIterator[Call]:
-        start, code = time.perf_counter(), grpc.StatusCode.OK
+        start, code, reason = time.perf_counter(), grpc.StatusCode.OK, ""
         inflight = self._inflight
         inflight.inc()
         call = Call()
         try:
             yield call
         except ServiceError as exc:
-            code = exc.code
+            code, reason = exc.code, exc.reason
             if not exc.explained:  # a call to a service behind this one that broke: gRPC's text names its address
                 told = {"error": exc.message, "request_id": getattr(call.request, "request_id", "")}
                 log.warning("%s failed: a call it made broke", method, extra=told)
@@ -191,5 +197,5 @@ class ServiceInterceptor(WrappingInterceptor):
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}")
         finally:
             inflight.dec()
-            RPCS.labels(self.service, method, code.name).inc()
+            RPCS.labels(self.service, method, code.name, reason).inc()
             seconds.observe(time.perf_counter() - start)

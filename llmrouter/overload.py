@@ -17,7 +17,7 @@ from typing import Any, cast
 import grpc
 from prometheus_client import Counter, Gauge
 
-from llmrouter.errors import overloaded
+from llmrouter.errors import OVERLOADED, overloaded
 from llmrouter.interceptors import RPCS, WrappingInterceptor
 from llmrouter.v1 import operator_pb2
 
@@ -92,7 +92,7 @@ class OverloadInterceptor(WrappingInterceptor):
     async def _enter(self, method: str, context: grpc.aio.ServicerContext) -> None:
         """Take a place, or refuse the call (the check and the count with no await between them)."""
         if self.inflight >= self.limit:
-            RPCS.labels(self.service, method, grpc.StatusCode.RESOURCE_EXHAUSTED.name).inc()
+            RPCS.labels(self.service, method, grpc.StatusCode.RESOURCE_EXHAUSTED.name, OVERLOADED).inc()
             REFUSED.labels(self.service, method).inc()
             refusal = overloaded(self.service, RETRY_DELAY_S)
             await context.abort(refusal.code, refusal.message, refusal.trailing_metadata())

@@ -103,7 +103,7 @@ async def test_metrics_account_for_cost_and_savings(chain: Chain, stub: router_p
         "requests": sample(
             "llmrouter_router_requests_total", model="cheap-model", reason="cheapest_near_best", outcome="ok"
         ),
-        "rpcs": sample("llmrouter_grpc_requests_total", service="router", method="Complete", code="OK"),
+        "rpcs": sample("llmrouter_grpc_requests_total", service="router", method="Complete", code="OK", reason=""),
     }
     reply = await stub.Complete(ask(uuid.uuid4().hex, quality_target=0), timeout=20)
     assert reply.model == "cheap-model"
@@ -115,7 +115,10 @@ async def test_metrics_account_for_cost_and_savings(chain: Chain, stub: router_p
         sample("llmrouter_router_requests_total", model="cheap-model", reason="cheapest_near_best", outcome="ok")
         == before["requests"] + 1
     )
-    assert sample("llmrouter_grpc_requests_total", service="router", method="Complete", code="OK") == before["rpcs"] + 1
+    assert (
+        sample("llmrouter_grpc_requests_total", service="router", method="Complete", code="OK", reason="")
+        == before["rpcs"] + 1
+    )
 
 
 async def test_caller_leaving_during_escalation_pays_for_both_generations(chain: Chain) -> None:

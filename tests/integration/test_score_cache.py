@@ -12,7 +12,7 @@ from tests.integration.conftest import Chain
 
 
 def classifier_scores() -> float:
-    labels = {"service": "classifier", "method": "Score", "code": "OK"}
+    labels = {"service": "classifier", "method": "Score", "code": "OK", "reason": ""}
     return REGISTRY.get_sample_value("llmrouter_grpc_requests_total", labels) or 0.0
 
 

@@ -392,7 +392,9 @@ async def test_metrics_follow_the_conventions(stub, openai_fake: FakeOpenAI) -> 
             "output": metric("llmrouter_provider_tokens_total", direction="output", **labels),
             "calls": metric("llmrouter_provider_request_duration_seconds_count", **labels),
             "ttft": metric("llmrouter_provider_time_to_first_token_seconds_count", **labels),
-            "rpc_ok": metric("llmrouter_grpc_requests_total", service="providers", method="Generate", code="OK"),
+            "rpc_ok": metric(
+                "llmrouter_grpc_requests_total", service="providers", method="Generate", code="OK", reason=""
+            ),
         }
 
     before = snapshot()
