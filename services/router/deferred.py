@@ -470,6 +470,11 @@ class Deferred:
             if not polled.ended:
                 if settled:  # the parts told already keep what they told; the rest are told as charged
                     why = SETTLED_UNREAD if polled.status == UNREADABLE_STATUS else GAVE_UP
+                    # Their callers get no answer for what they were charged: the on-call learns why here.
+                    log.warning(
+                        "provider batch ended as the money store has its lines, settled before: no result read",
+                        extra={"batch": batch_id, "lines": len(ids) - start, "status": polled.status},
+                    )
                     lines.extend(await self._told_settled(account, ids[start:], batch_id, why, counts))
                     return router_pb2.CollectBatchResponse(status="window_ended", ended=True, lines=lines)
                 if not ending:

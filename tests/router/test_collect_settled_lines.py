@@ -97,7 +97,7 @@ async def test_a_reconciled_batch_the_providers_of_the_version_before_cannot_rea
 
 
 async def test_a_reconciled_batch_the_providers_call_unreadable_ends_at_once(
-    redis_store: RedisStore, tmp_path: Path, clock: WaitingClock
+    redis_store: RedisStore, tmp_path: Path, clock: WaitingClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     with FakeOpenAI() as upstream:
         async with served(tmp_path, redis_store, upstream) as router:
@@ -110,6 +110,10 @@ async def test_a_reconciled_batch_the_providers_call_unreadable_ends_at_once(
     assert Decimal(line.charged_usd) == Decimal(held) / PICO
     assert clock.waits == []  # no try would read it: not tried again
     assert await spent(redis_store) == held
+    # Its caller got no answer for its charge: the router's log says which batch, and why (deploy/runbooks.md).
+    (logged,) = [r for r in caplog.records if r.getMessage().startswith("provider batch ended as the money store")]
+    told = {field: logged.__dict__[field] for field in ("batch", "lines", "status")}
+    assert told == {"batch": collect.provider_batch_id, "lines": 1, "status": "unreadable"}
 
 
 class ForgettingAfterOnePoll(BatchProvider):
