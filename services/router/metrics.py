@@ -75,7 +75,8 @@ RECONCILE_FAILURES = Counter(
 )
 LEDGER_REJECTED = Counter(
     "llmrouter_router_ledger_rejected_total",
-    "Ledger entries the SQL sink could not copy as rows (unreadable, or refused), kept whole in ledger_rejected",
+    "Ledger entries the SQL sink could not copy as rows (unreadable: not JSON, or nested deeper than 64 levels; or "
+    "refused), kept whole in ledger_rejected",
 )
 LEDGER_SINK_LAST_SUCCESS = Gauge(
     "llmrouter_router_ledger_sink_last_success_timestamp_seconds",
