@@ -33,7 +33,7 @@ from llmrouter.validation import MAX_MESSAGES, MAX_ROUTED_MESSAGES, parse_decima
 from services.batches.api import BatchApi
 from services.batches.runner import Runner
 from services.batches.store import open_store
-from services.edge import legacy, responses, router_headers
+from services.edge import idempotency, legacy, responses, router_headers
 from services.edge.access_log import AccessLog
 from services.edge.content_coding import ContentCoding
 from services.edge.off_loop import parse_off_loop
@@ -364,7 +364,8 @@ class Edge:
     async def _chat(
         self, request: Request, tenant: str, key: str, body: bytes, max_messages: int = MAX_MESSAGES
     ) -> Response:
-        request_id = uuid.uuid4().hex
+        sent_key = idempotency.sent_key(request.headers)
+        request_id = uuid.uuid4().hex if sent_key is None else idempotency.request_id(tenant, key, sent_key)
         parsed, raw = await parse_off_loop(body, functools.partial(parse_request, max_messages=max_messages))
         message = parsed.to_router(raw, tenant, key, request_id)
         self.apply_headers(request, message)
@@ -376,7 +377,7 @@ class Edge:
                 call = self.router.Complete(message, timeout=timeout)
                 response = await unless_left(call, call, request, request_id)
             except grpc.RpcError as err:
-                raise router_headers.named_as_sent(api_error(err, request_id, charging=True), request.headers) from None
+                raise self.refusal(err, request, request_id, sent_key) from None
             headers = {
                 "x-router-model": response.model,
                 "x-router-cost-usd": response.cost_usd,
@@ -388,7 +389,7 @@ class Edge:
         try:
             decision, pending = await first_chunks(call, request, request_id)
         except grpc.RpcError as err:
-            raise router_headers.named_as_sent(api_error(err, request_id, charging=True), request.headers) from None
+            raise self.refusal(err, request, request_id, sent_key) from None
         include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
         headers = {
             "x-router-model": decision.model,
@@ -404,6 +405,12 @@ class Edge:
             media_type="text/event-stream",
             headers=headers,
         )
+
+    def refusal(self, err: grpc.RpcError, request: Request, request_id: str, sent_key: str | None) -> ApiError:
+        """The router's refusal of a completion, as the caller sent it: its headers named, a duplicate of a request
+        sent with an Idempotency-Key told as the key's reuse."""
+        error = router_headers.named_as_sent(api_error(err, request_id, charging=True), request.headers)
+        return error if sent_key is None else idempotency.reused(error)
 
     async def _stream(
         self, call: Any, pending: Any, request_id: str, model: str, include_usage: bool

@@ -1,0 +1,253 @@
+"""The Idempotency-Key header, end to end through the real edge and router with the official openai SDK: a request
+retried with the same key (the SDK's own retry after a client-side timeout, which reuses `extra_headers`) is served
+and charged once, its retry refused with a 409 that says what the first was charged; two API keys sending the same
+value are two requests; a value outside the rule is a 400. Before, each retry was a new request, charged again."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import redis.asyncio as redis
+from pydantic import SecretStr
+
+from services.edge.keys import key_line
+from services.edge.settings import EdgeSettings
+from services.router.store import Account, AccountKeys, RedisStore, period_id
+from tests.conftest import ledger_records
+from tests.integration.conftest import Chain, free_port, served_edge
+from tests.waiting import eventually
+
+PICO = 10**12
+
+
+@dataclass
+class Tenant:
+    """A tenant of its own, with two API keys, behind an edge of its own over the session's router."""
+
+    name: str
+    keys: tuple[str, str]
+    base_url: str
+    chain: Chain
+
+    def client(self, key: int = 0, **options: Any) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(base_url=self.base_url, api_key=self.keys[key], **options)
+
+    async def ledger(self) -> list[dict]:
+        db = redis.from_url(self.chain.redis_url)
+        try:
+            return [r for r in await ledger_records(db) if r["tenant"] == self.name]
+        finally:
+            await db.aclose()
+
+    async def spent_pico(self) -> int:
+        """The tenant's spend counter for the day."""
+        db = redis.from_url(self.chain.redis_url)
+        try:
+            return int(await db.get(AccountKeys.of(Account(self.name, "")).spend(period_id("day"))[0]) or 0)
+        finally:
+            await db.aclose()
+
+    async def set_limit(self, usd: str | None) -> None:
+        store = RedisStore(self.chain.redis_url)
+        try:
+            await store.set_limit("tenant", self.name, None if usd is None else int(Decimal(usd) * PICO))
+        finally:
+            await store.close()
+
+
+@pytest.fixture
+async def tenant(chain: Chain) -> AsyncIterator[Tenant]:
+    name = f"idem-{secrets.token_hex(4)}"
+    keys = (f"sk-idem-a-{secrets.token_urlsafe(12)}", f"sk-idem-b-{secrets.token_urlsafe(12)}")
+    settings = EdgeSettings(
+        port=free_port(),
+        router_addr=chain.router_addr,
+        request_timeout_s=20,
+        api_keys=SecretStr(",".join(key_line(name, key) for key in keys)),
+    )
+    async with served_edge(settings) as base_url:
+        yield Tenant(name, keys, base_url, chain)
+
+
+def ask(**fields: Any) -> dict[str, Any]:
+    """A chat completion of the cheap model, its prompt unique (no response cache answers it)."""
+    text = f"say something {uuid.uuid4().hex}"
+    return {"model": "cheap-model", "max_tokens": 20, "messages": [{"role": "user", "content": text}], **fields}
+
+
+async def complete(client: openai.AsyncOpenAI, body: dict[str, Any], stream: bool, key: str) -> Any:
+    """The SDK's chat completion, sent with the Idempotency-Key: its cost (x_router, on the last chunk of a stream)."""
+    extra = {"Idempotency-Key": key}
+    if not stream:
+        return (await client.chat.completions.create(**body, extra_headers=extra)).model_extra["x_router"]["cost_usd"]
+    chunks = await client.chat.completions.create(
+        **body, stream=True, stream_options={"include_usage": True}, extra_headers=extra
+    )
+    return [chunk async for chunk in chunks][-1].model_extra["x_router"]["cost_usd"]
+
+
+def asked(tenant: Tenant, body: dict[str, Any]) -> int:
+    """How many times the upstream was asked this body's prompt."""
+    prompt = body["messages"][0]["content"]
+    return sum(prompt in str(r.body) for r in tenant.chain.budget.requests)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+async def test_the_sdks_retry_after_a_client_timeout_is_refused_and_the_request_charged_once(
+    tenant: Tenant, stream: bool
+) -> None:
+    body = ask()
+    # One retry, after a timeout the held upstream makes certain: the retry reaches the router while the first runs.
+    client = tenant.client(timeout=5, max_retries=1)
+    tenant.chain.budget.holding_answers = True
+    try:
+        sent = asyncio.ensure_future(complete(client, body, stream, "order-4711"))
+        await eventually(lambda: asked(tenant, body) == 1, "the first attempt is being generated")
+        with pytest.raises(openai.ConflictError) as refused:
+            await sent
+    finally:
+        tenant.chain.budget.holding_answers = False
+        await client.close()
+    error = refused.value.body
+    assert isinstance(error, dict)
+    assert error["code"] == "idempotency_key_reused" and error["param"] == "Idempotency-Key"
+    assert "not served or charged again" in error["message"]
+    # The first still running or just charged: the retry is told which, never charged itself.
+    assert refused.value.response.headers["x-request-id"].startswith("idem-")
+
+    await eventually(tenant.ledger, "the first attempt is charged")
+    [record] = await tenant.ledger()
+    assert asked(tenant, body) == 1  # the retry reached no upstream
+    assert record["request_id"] == refused.value.response.headers["x-request-id"]
+    assert Decimal(record["cost_usd"]) > 0
+    assert await tenant.spent_pico() == Decimal(record["cost_usd"]) * PICO
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+async def test_a_retry_after_the_answer_is_told_its_charge_and_two_keys_sending_one_value_are_both_served(
+    tenant: Tenant, stream: bool
+) -> None:
+    first, second = tenant.client(0, max_retries=0), tenant.client(1, max_retries=0)
+    try:
+        cost_first = await complete(first, ask(), stream, "same-value")
+        cost_second = await complete(second, ask(), stream, "same-value")  # the other key: a request of its own
+        for client, cost in ((first, cost_first), (second, cost_second)):
+            with pytest.raises(openai.ConflictError) as refused:
+                await complete(client, ask(), stream, "same-value")
+            error = refused.value.body
+            assert isinstance(error, dict) and error["code"] == "idempotency_key_reused"
+            assert f"it was charged {cost} USD" in error["message"]
+            assert refused.value.response.headers["x-router-cost-usd"] == cost
+            assert refused.value.response.headers["x-should-retry"] == "false"  # charged: the SDK tries no more
+    finally:
+        await first.close()
+        await second.close()
+    records = await tenant.ledger()
+    assert sorted(Decimal(r["cost_usd"]) for r in records) == sorted((Decimal(cost_first), Decimal(cost_second)))
+    assert await tenant.spent_pico() == (Decimal(cost_first) + Decimal(cost_second)) * PICO
+
+
+async def test_a_retry_after_a_refusal_that_charged_nothing_is_served_once(tenant: Tenant) -> None:
+    client = tenant.client(max_retries=0)
+    body = ask()
+    try:
+        await tenant.set_limit("0")
+        with pytest.raises(openai.RateLimitError) as refused:
+            await complete(client, body, False, "after-the-budget")
+        assert isinstance(refused.value.body, dict) and refused.value.body["code"] == "insufficient_quota"
+        await tenant.set_limit(None)
+        cost = await complete(client, body, False, "after-the-budget")  # the same key, once the budget allows it
+        with pytest.raises(openai.ConflictError):
+            await complete(client, body, False, "after-the-budget")
+    finally:
+        await client.close()
+    [record] = await tenant.ledger()
+    assert record["cost_usd"] == cost
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/completions", {"model": "cheap-model", "max_tokens": 20}),
+        ("/responses", {"model": "cheap-model", "max_output_tokens": 20}),
+    ],
+)
+async def test_the_other_completion_routes_take_the_key(tenant: Tenant, path: str, body: dict[str, Any]) -> None:
+    text = f"say something {uuid.uuid4().hex}"
+    sent = {**body, ("prompt" if path == "/completions" else "input"): text}
+    headers = {"authorization": f"Bearer {tenant.keys[0]}", "idempotency-key": "route-key"}
+    async with httpx.AsyncClient(timeout=20) as http:
+        served = await http.post(f"{tenant.base_url}{path}", json=sent, headers=headers)
+        again = await http.post(f"{tenant.base_url}{path}", json=sent, headers=headers)
+    assert served.status_code == 200, served.text
+    assert again.status_code == 409 and again.json()["error"]["code"] == "idempotency_key_reused"
+    assert again.headers["x-request-id"] == served.headers["x-request-id"]
+    assert len(await tenant.ledger()) == 1
+
+
+async def raw_post(base_url: str, api_key: str, header_lines: list[bytes]) -> tuple[int, bytes]:
+    """A chat completion sent byte for byte (an HTTP client refuses to send control characters in a header)."""
+    url = httpx.URL(base_url)
+    body = httpx.Request("POST", "http://x", json=ask()).read()
+    head = [
+        b"POST /v1/chat/completions HTTP/1.1",
+        f"host: {url.host}:{url.port}".encode(),
+        f"authorization: Bearer {api_key}".encode(),
+        b"content-type: application/json",
+        f"content-length: {len(body)}".encode(),
+        b"connection: close",
+        *header_lines,
+    ]
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    try:
+        writer.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
+        await writer.drain()
+        answer = await reader.read()
+    finally:
+        writer.close()
+    status_line, _, rest = answer.partition(b"\r\n")
+    return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2]
+
+
+EDGES = "invalid_idempotency_key"  # the edge's refusal, naming the header
+PROTOCOLS = "invalid_http_request"  # a byte no header may hold, refused by the HTTP protocol first, as in any header
+
+
+@pytest.mark.parametrize(
+    ("header_lines", "code"),
+    [
+        ([b"idempotency-key: " + b"k" * 256], EDGES),
+        ([b"idempotency-key: " + b"k" * 8000], EDGES),
+        ([b"idempotency-key: a\x01b"], PROTOCOLS),
+        ([b"idempotency-key: a\x7fb"], PROTOCOLS),
+        ([b"idempotency-key: a\tb"], EDGES),
+        ([b"idempotency-key: caf\xc3\xa9"], EDGES),
+        ([b"idempotency-key: two words"], EDGES),
+        ([b"idempotency-key:"], EDGES),
+        ([b"idempotency-key: one", b"idempotency-key: two"], EDGES),
+    ],
+    ids=["256", "8000", "control", "delete", "tab", "non-ascii", "space", "empty", "twice"],
+)
+async def test_a_hostile_key_is_a_400_and_reaches_no_router(
+    tenant: Tenant, header_lines: list[bytes], code: str
+) -> None:
+    before = len(tenant.chain.budget.requests)
+    status, body = await raw_post(tenant.base_url, tenant.keys[0], header_lines)
+    assert status == 400, body[:200]
+    error = json.loads(body)["error"]
+    assert error["code"] == code and error["type"] == "invalid_request_error"
+    if code == EDGES:
+        assert error["param"] == "Idempotency-Key"
+    assert "kkkk" not in error["message"]  # the value is never echoed
+    assert len(tenant.chain.budget.requests) == before
+    assert await tenant.ledger() == []
