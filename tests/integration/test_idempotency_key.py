@@ -10,9 +10,12 @@ import json
 import secrets
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import openai
@@ -24,7 +27,9 @@ from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
 from services.router.store import Account, AccountKeys, RedisStore, period_id
 from tests.conftest import ledger_records
+from tests.fakes.lossy_proxy import LossyProxy
 from tests.integration.conftest import Chain, free_port, served_edge
+from tests.integration.test_policy_in_chain import extra_router
 from tests.waiting import eventually
 
 PICO = 10**12
@@ -65,18 +70,25 @@ class Tenant:
             await store.close()
 
 
-@pytest.fixture
-async def tenant(chain: Chain) -> AsyncIterator[Tenant]:
+@asynccontextmanager
+async def tenant_before(chain: Chain, router_addr: str) -> AsyncIterator[Tenant]:
+    """A tenant of its own, behind an edge of its own over the router at `router_addr`."""
     name = f"idem-{secrets.token_hex(4)}"
     keys = (f"sk-idem-a-{secrets.token_urlsafe(12)}", f"sk-idem-b-{secrets.token_urlsafe(12)}")
     settings = EdgeSettings(
         port=free_port(),
-        router_addr=chain.router_addr,
+        router_addr=router_addr,
         request_timeout_s=20,
         api_keys=SecretStr(",".join(key_line(name, key) for key in keys)),
     )
     async with served_edge(settings) as base_url:
         yield Tenant(name, keys, base_url, chain)
+
+
+@pytest.fixture
+async def tenant(chain: Chain) -> AsyncIterator[Tenant]:
+    async with tenant_before(chain, chain.router_addr) as served:
+        yield served
 
 
 def ask(**fields: Any) -> dict[str, Any]:
@@ -173,6 +185,46 @@ async def test_a_retry_after_a_refusal_that_charged_nothing_is_served_once(tenan
         await client.close()
     [record] = await tenant.ledger()
     assert record["cost_usd"] == cost
+
+
+async def test_a_retry_after_the_money_store_was_out_of_reach_is_served_once(chain: Chain, tmp_path: Path) -> None:
+    """STORE_UNAVAILABLE: nothing admitted, so nothing charged; the same key, sent again once the store is back, is
+    served (a router of its own, its money store the chain's Redis behind a proxy that takes it out of reach)."""
+    parts = urlsplit(chain.redis_url)
+    async with LossyProxy(parts.hostname or "127.0.0.1", parts.port or 6379) as proxy:
+        router = await extra_router(chain, redis_url=proxy.url_for(chain.redis_url), data_dir=tmp_path / "data")
+        try:
+            async with tenant_before(chain, f"127.0.0.1:{router.port}") as tenant:
+                client = tenant.client(max_retries=0)
+                body = ask()
+                try:
+                    proxy.go_down()
+                    with pytest.raises(openai.InternalServerError) as refused:
+                        await complete(client, body, False, "store-down")
+                    assert refused.value.status_code == 503 and refused.value.code == "store_unavailable"
+                    proxy.come_back()
+                    served: list[str] = []
+
+                    async def retried() -> bool:
+                        """The same key sent again: refused (503) until the router has found its store back."""
+                        try:
+                            served.append(await complete(client, body, False, "store-down"))
+                        except openai.InternalServerError as again:
+                            assert again.status_code == 503 and again.code == "store_unavailable"
+                        return bool(served)
+
+                    await eventually(retried, "the retry is served once the store is back")
+                    [cost] = served
+                    with pytest.raises(openai.ConflictError):
+                        await complete(client, body, False, "store-down")
+                finally:
+                    proxy.come_back()
+                    await client.close()
+                [record] = await tenant.ledger()
+                assert record["cost_usd"] == cost
+                assert await tenant.spent_pico() == Decimal(cost) * PICO
+        finally:
+            await router.stop(1)
 
 
 @pytest.mark.parametrize(
