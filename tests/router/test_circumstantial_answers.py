@@ -83,6 +83,17 @@ async def test_a_weak_answer_kept_because_its_escalation_failed_is_circumstantia
     assert served.circumstance == "the stronger model failed"
 
 
+async def test_a_weak_answer_kept_because_its_caller_left_is_circumstantial() -> None:
+    """Its caller gone (Routed.caller_left), the weak answer is not escalated: a caller that stays, later, is owed the
+    stronger one, not this answer from the cache."""
+    serving, r = await admitted()
+    serving.providers = providers = Providers(REFUSAL)  # type: ignore[assignment]
+    r.caller_left = True
+    served = await serving.generate(r, NoDeadline())
+    assert providers.asked == ["cheap"] and not served.escalated
+    assert served.circumstance == "the caller left: no escalation made, the weak answer kept"
+
+
 async def room_after_a_weak_answer(usd: bool) -> tuple[Serving, Routed]:
     """A request whose stronger model alone could answer within its money, but not after the weak answer (10 tokens
     in, 5 out of cheap) is paid: its max_cost_usd (`usd`) or else its tenant's budget leaves exactly that."""
