@@ -178,7 +178,10 @@ class Charger:
             # counted by the router that makes it.
             if not isinstance(exc, StoreUnavailable):
                 log.error("charge refused by the money store", extra={**record, "error": repr(exc)[:300]})
-            await self.outbox.add(OutboxCharge.kept(routed.account, routed.hold, to_pico(cost), record, charge_id))
+            kept = OutboxCharge.kept(
+                routed.account, routed.hold, to_pico(cost), record, charge_id, self.outbox.marked_s
+            )
+            await self.outbox.add(kept)
             charged, counted = True, False
         routed.settled = True
         if not charged:

@@ -93,11 +93,17 @@ class OutboxCharge:
     late: bool = False
 
     @classmethod
-    def kept(cls, account: Account, hold: Hold, pico: int, record: dict[str, Any], charge_id: str) -> OutboxCharge:
+    def kept(
+        cls, account: Account, hold: Hold, pico: int, record: dict[str, Any], charge_id: str, marked_s: float
+    ) -> OutboxCharge:
         """A charge kept now: its replay judged late by the store (Hold.marked_until); `charged_s` and `late` say it
-        for routers of the version before, which read no marked_until."""
+        for routers of the version before, which read no marked_until and take a line for late once `marked_s` (the
+        outbox's) past its `charged_s`. Dated no later than `marked_s` before marked_until, as they dated their own
+        back to the end of the request's life: dated by its keeping (its router frozen long past that life), its
+        replay by them once the reconciler's marker had expired was young, and charged the request again."""
         now = money_now()
-        return cls(account, hold, pico, record, charge_id, now, 0 < hold.marked_until <= now)
+        charged_s = min(now, hold.marked_until - marked_s) if hold.marked_until else now
+        return cls(account, hold, pico, record, charge_id, charged_s, 0 < hold.marked_until <= now)
 
     def to_json(self) -> str:
         line = asdict(self)

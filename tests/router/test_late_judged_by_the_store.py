@@ -70,7 +70,7 @@ def test_an_outbox_line_keeps_marked_until_beside_its_hold_for_routers_of_the_ve
     in it: a router of the version before makes a Hold of every field of the line's hold, and one it does not know
     would have it dead-letter the line. For such a router the line says it is late once kept past marked_until."""
     for marked, late in ((money_now() + 600, False), (money_now() - 1, True)):
-        kept = OutboxCharge.kept(ACCOUNT, lost("req-1", marked), 70, {"n": 1}, "charge-1")
+        kept = OutboxCharge.kept(ACCOUNT, lost("req-1", marked), 70, {"n": 1}, "charge-1", 60)
         line = json.loads(kept.to_json())
         assert set(line["hold"]) <= {f.name for f in fields(Hold)} - {"marked_until"}
         assert line["late"] is late
