@@ -65,6 +65,25 @@ async def test_a_charge_keeps_its_marker_until_marked_until_past_its_stores_requ
         await store.close()
 
 
+async def test_a_marked_until_redis_cannot_expire_at_is_refused_before_the_charge_writes_anything(
+    redis_url: str,
+) -> None:
+    """A hold whose marked_until (a pending record or an outbox line, corrupted or hostile) is past what PEXPIREAT
+    takes: refused before anything is written. Failing at its PEXPIREAT, the charge left its marker set and nothing
+    charged, and that charge sent again (the outbox's replay) took the marker for its own landing: never paid."""
+    store, client = RedisStore(redis_url), redis.from_url(redis_url)
+    hold = lost("req-1", 1e20)
+    try:
+        for _ in range(2):  # as made, and as replayed
+            with pytest.raises(redis.ResponseError, match="marked_until"):
+                await store.charge(ACCOUNT, hold, 70, {"n": 1}, charge_id="charge-1")
+        assert not await client.exists(AccountKeys.of(ACCOUNT).charged("req-1"))
+        assert await store.spent(ACCOUNT, DAY) == (0, 0)
+    finally:
+        await client.aclose()
+        await store.close()
+
+
 def test_an_outbox_line_keeps_marked_until_beside_its_hold_for_routers_of_the_version_before() -> None:
     """A charge kept in the outbox carries its hold's marked_until (its replay is judged by it), beside the hold, not
     in it: a router of the version before makes a Hold of every field of the line's hold, and one it does not know

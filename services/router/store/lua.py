@@ -478,6 +478,12 @@ local MARKED = tonumber(ARGV[13]) or 0
 local clock = redis.call('TIME')
 local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local late = ARGV[7] == '1' or (MARKED > 0 and now_ms >= MARKED)
+-- One PEXPIREAT refuses (past 2^63 - 1 ms: a corrupted or hostile pending record or outbox line) is refused here,
+-- before any write: failing at that PEXPIREAT below, the marker was set and nothing charged, and this charge sent
+-- again took the marker for its own landing.
+if MARKED > 0 and not (string.match(ARGV[13], '^%d+$') and #ARGV[13] <= 18) then
+  return redis.error_reply('ERR marked_until is no expiry time Redis takes')
+end
 -- Returns 1 when charged now, or before by this very charge (its id in the marker: its reply was lost); else 0.
 -- The charged marker: 'batch:<id> 1::pico=<what it was charged>' for a provider batch line's; else one entry per charge
 -- that landed on the request id, space-separated, each '1:<charge id>:<admission nonce>' (either may be ''), or '1' or
