@@ -8,14 +8,17 @@ charge keeps its marker (and the used id) until marked_until, whatever its own s
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import fields
+from pathlib import Path
 
 import pytest
 import redis.asyncio as redis
 
-from services.router.outbox import OutboxCharge, OutboxUndo, entry_from_json
+from services.router.outbox import Outbox, OutboxCharge, OutboxUndo, entry_from_json
 from services.router.store import Account, AccountKeys, Hold, MemoryStore, RedisStore, Store, money_now, period_id
+from tests.waiting import eventually
 
 ACCOUNT = Account("acme", "key1")
 DAY = period_id("day")
@@ -63,6 +66,38 @@ async def test_a_charge_keeps_its_marker_until_marked_until_past_its_stores_requ
     finally:
         await client.aclose()
         await store.close()
+
+
+async def test_a_charge_met_again_within_marked_until_past_its_stores_request_id_ttl_is_refused(
+    store_url: str | None,
+) -> None:
+    """Either store, its request id TTL 1 s: a charge of an admission marked 10 minutes keeps its marker past that
+    second, so the admission charged again then (its router frozen, the store's clock short of marked_until: a charge
+    it takes for timely) is refused, not charged twice."""
+    store: Store = RedisStore(store_url, request_id_ttl_s=1) if store_url else MemoryStore(request_id_ttl_s=1)
+    hold = lost("req-1", money_now() + 600)
+    try:
+        assert await store.charge(ACCOUNT, hold, 70, {"n": 1})
+        ttl_passed = time.monotonic() + 1.5
+        await eventually(lambda: time.monotonic() > ttl_passed, "the store's request id TTL passed")
+        assert not await store.charge(ACCOUNT, hold, 70, {"n": 2})
+        assert await store.spent(ACCOUNT, DAY) == (70, 70)
+    finally:
+        await store.close()
+
+
+async def test_a_kept_charge_whose_admission_the_store_lost_is_paid_whatever_its_replayers_marked_s(
+    store: Store, tmp_path: Path
+) -> None:
+    """A line kept an hour's `marked_s` before its marked_until (dated back for routers of the version before),
+    replayed within marked_until by a router whose `marked_s` is a minute, onto a store that lost its admission: the
+    store judges it timely, and it is paid. Aged by the replaying router's settings, it was late, and never paid."""
+    record = {"request_id": "req-1", "model": "weak", "cost_usd": "0.00000007"}
+    line = OutboxCharge.kept(ACCOUNT, lost("req-1", money_now() + 600), 70, record, "charge-1", 3600)
+    outbox = Outbox(tmp_path / "data", marked_s=60)
+    await outbox.add(line)
+    assert await outbox.replay(store) == 1
+    assert await store.spent(ACCOUNT, DAY) == (70, 70)
 
 
 async def test_a_marked_until_redis_cannot_expire_at_is_refused_before_the_charge_writes_anything(
