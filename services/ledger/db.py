@@ -18,6 +18,10 @@ tokens at its model's prices (its batch prices for a Batch API line, reason 'bat
 pico-dollar. Both are NULL where that is not on record: rows copied before the columns were added, and records of
 routers of the versions before.
 
+Each row says until when its admission's charges are marked (`marked_until`, Unix seconds by the money's clock:
+Hold.marked_until), which a money Redis restored from a backup is told again (services/router/ledger_charges.py);
+NULL where not on record (rows copied before the column was added, records of routers of the versions before).
+
 SQLite (a file, the default) or PostgreSQL (when a DSN is set): the same table and statements on both. Money
 is stored as integer pico-dollars, as the money store keeps it, so sums here equal the budgets exactly.
 Calls run in a worker thread: the drivers are synchronous and the router's event loop must not wait on disk.
@@ -83,8 +87,12 @@ COLUMNS = (
     "period",
     "owed_pico",
     "generations",
+    "marked_until",
 )
 TS = COLUMNS.index("ts")
+# Past this a row's marked_until is none (Unix seconds): its milliseconds are past what Redis takes for an expiry, as
+# CHARGE refuses (lua.py).
+MARKED_UNTIL_MAX_S = 10**15
 # The columns of the first version's table (before ledger_entry and period).
 FIRST_COLUMNS = COLUMNS[: COLUMNS.index("error") + 1]
 # The ledger_entry of rows copied by versions that keyed rows by (tenant, request_id) alone (see LedgerDB._prepare).
@@ -166,6 +174,7 @@ CREATE TABLE IF NOT EXISTS {table} (
   period TEXT NOT NULL DEFAULT '',
   owed_pico BIGINT,
   generations TEXT,
+  marked_until DOUBLE PRECISION,
   PRIMARY KEY (tenant, request_id, ledger_entry)
 )"""
 
@@ -231,6 +240,8 @@ class Charge(NamedTuple):
     ts: float
     ledger_entry: str | None  # None in rows of the first version's table
     reason: str  # a give-back's says whether its admission was undone (model.py, given_back_record)
+    # Until when its admission's charges are marked (Hold.marked_until); None when not on record.
+    marked_until: float | None = None
 
 
 @dataclass(frozen=True)
@@ -284,7 +295,16 @@ def row_from_record(record: dict[str, Any], entry: str) -> tuple[Any, ...]:
         # NULL, not on record, from routers of the versions before: not 0, which would say nothing was owed.
         None if owed is None else to_pico(Decimal(str(owed))),
         None if generations is None else _json(generations),
+        _marked_until(record.get("marked_until")),
     )
+
+
+def _marked_until(value: Any) -> float | None:
+    """A record's Hold.marked_until (Unix seconds): NULL when it has none (a router of a version before, a charge of a
+    hold with none) or one no expiry could be (the stream edited by hand), never a row refused for it."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < MARKED_UNTIL_MAX_S:
+        return None
+    return float(value)
 
 
 def _json(value: Any) -> str:
@@ -509,7 +529,11 @@ class LedgerDB:
                 self._migrate(conn)
             if "period" not in self._columns(conn):  # made by the version before: its rows name no period
                 conn.execute("ALTER TABLE requests ADD COLUMN period TEXT NOT NULL DEFAULT ''")
-            for column, kind in (("owed_pico", "BIGINT"), ("generations", "TEXT")):
+            for column, kind in (
+                ("owed_pico", "BIGINT"),
+                ("generations", "TEXT"),
+                ("marked_until", "DOUBLE PRECISION"),
+            ):
                 if column not in self._columns(conn):  # made by a version before: its rows' make-up is NULL
                     conn.execute(f"ALTER TABLE requests ADD COLUMN {column} {kind}")
             if self.postgres:

@@ -20,6 +20,7 @@ serving routers, and idempotent: a request whose charged marker is there is only
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 from collections.abc import Iterable, Iterator
@@ -53,14 +54,20 @@ class LedgerCharge:
     key: str
     pico: int
     landed_ms: int
+    # Until when its admissions' charges are marked (Hold.marked_until, Unix ms; 0: not on record), which a router
+    # with a longer request id TTL than the repair's may have set.
+    marked_until_ms: int = 0
 
     @property
     def shard(self) -> int:
         return AccountKeys.of(Account(self.tenant, self.key)).shard
 
     def markers_expire_ms(self, request_id_ttl_s: int) -> int:
-        """When its last charge's markers expire (Unix ms, by Redis' clock), as that charge set them."""
-        return self.landed_ms + request_id_ttl_s * 1000
+        """When its last charge's markers expire (Unix ms, by Redis' clock), as that charge set them: the request id
+        TTL after it lands, and no sooner than its admission's marked_until (lua.py, CHARGE). Marked again to expire
+        sooner, a charge of the admission met before marked_until (its router frozen, or its reply lost and replayed
+        from an outbox) was taken for one whose admission the store lost, and charged again."""
+        return max(self.landed_ms + request_id_ttl_s * 1000, self.marked_until_ms)
 
 
 @dataclass(frozen=True)
@@ -97,7 +104,8 @@ def ledger_charges(rows: Iterable[Charge]) -> list[LedgerCharge]:
             # reconciled charge it amends and leaves its markers' TTL as it was (lua.py, GIVE_BACK): it dates nothing.
             landed_ms = max((landed(row) for row in kept if row.cost_pico >= 0), default=0)
             pico = sum(int(row.cost_pico) for row in kept)
-            charges.append(LedgerCharge(tenant, request_id, str(kept[-1].key_id), pico, landed_ms))
+            marked_ms = max((math.ceil(row.marked_until * 1000) for row in kept if row.marked_until), default=0)
+            charges.append(LedgerCharge(tenant, request_id, str(kept[-1].key_id), pico, landed_ms, marked_ms))
     return charges
 
 

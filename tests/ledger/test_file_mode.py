@@ -69,7 +69,7 @@ async def open_and_write(path: Path) -> dict[str, int]:
             "",
             "1-0",
         )
-        assert await db.insert([(*row, "", 0, None)]) == 1
+        assert await db.insert([(*row, "", 0, None, None)]) == 1
         return {p.name: mode(p) for p in sorted(path.parent.glob(f"{path.name}*"))}
     finally:
         await stop()

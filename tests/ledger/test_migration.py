@@ -362,3 +362,27 @@ def test_a_sqlite_file_whose_write_lock_another_process_holds_is_opened_once_it_
             db.close()
     finally:
         other.close()
+
+
+async def test_a_table_without_marked_until_gains_it_once_its_rows_not_on_record(backend: Backend) -> None:
+    """The table as the version before made it (no marked_until): processes starting at once add the column once. Its
+    rows, records of routers of the versions before, and records whose marked_until no expiry could be (edited by
+    hand) have it NULL, never refused; rows copied from now on carry it, and so do the charges a restore's repair
+    reads (services/router/ledger_charges.py)."""
+    old = {"request_id": "r0", "tenant": "acme", "ts": 1_780_000_000.0, "cost_usd": "0.001", "period": "20260601"}
+    make_table_without(backend, ("marked_until",), [row_from_record(old, "s 1")])
+    opened = at_once(4, backend.ledger)
+    try:
+        assert all(isinstance(db, LedgerDB) for db in opened), opened
+        db = opened[0]
+        assert isinstance(db, LedgerDB)
+        marked = [1_780_086_400.5, None, "soon", float("inf"), 1e300, True]
+        records = [{**old, "request_id": f"r{i}", "marked_until": m} for i, m in enumerate(marked, 1)]
+        assert await db.insert([row_from_record(r, f"s {i}") for i, r in enumerate(records, 2)]) == len(marked)
+        table = await db.rows(tenant="acme")
+        assert [r.get("marked_until") for r in table] == [None, 1_780_086_400.5, None, None, None, None, None]
+        assert [c.marked_until for c in db.iter_charges(0)][:2] == [None, 1_780_086_400.5]
+    finally:
+        for each in opened:
+            if isinstance(each, LedgerDB):
+                each.close()

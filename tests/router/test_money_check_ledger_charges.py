@@ -9,6 +9,7 @@ every key taken at the "backup"), the real SQL sink, a SQL ledger on the real Po
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -30,6 +31,7 @@ from services.router.store import (
     Allowance,
     Hold,
     RedisStore,
+    money_now,
     pending_field,
     period_id,
 )
@@ -426,3 +428,25 @@ async def test_a_retry_reconciled_at_the_hold_its_undone_admission_had_is_marked
     assert await money_check.main(["ledger-charges", "--repair"]) == 0
     assert "forgotten: tenant 'acme' request 'held-alike', charged 400 pico-USD" in capsys.readouterr().err
     assert await client.pexpiretime(keys.charged("held-alike")) == pytest.approx(marked_until, abs=5)
+
+
+async def test_a_forgotten_charge_is_marked_again_until_its_admissions_marked_until(
+    store: RedisStore, client: redis.Redis, dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The router that admitted the request keeps markers 10 minutes (its ROUTER_REQUEST_ID_TTL_S: Hold.marked_until),
+    the repair one (run mid-rollout of a shorter TTL). The charge kept its marker until marked_until (lua.py, CHARGE),
+    and so does the repair: marked again only a minute from the charge, the marker expired long before marked_until,
+    and a charge of the admission met within it (its reply lost, replayed from its router's outbox; its router frozen)
+    was taken for one whose admission the store lost, and charged again."""
+    snapshot = await backup(client)  # taken before the admission: the restore forgets all of it
+    hold = Hold("marked-long", 400, period_id("day"), "router-1", uuid.uuid4().hex, marked_until=money_now() + 600)
+    assert (await store.admit(ACME_K1, ALLOW, hold)).refused == ""
+    assert await charge(store, ACME_K1, hold, 300)
+    await copy_to_sql(client, dsn)
+    await restore(client, snapshot)
+    monkeypatch.setenv("ROUTER_REQUEST_ID_TTL_S", "60")
+
+    assert await money_check.main(["ledger-charges", "--repair"]) == 0
+    keys = AccountKeys.of(ACME_K1)
+    for marker in (keys.charged("marked-long"), keys.used("marked-long")):
+        assert await client.pexpiretime(marker) >= math.ceil(hold.marked_until * 1000), marker

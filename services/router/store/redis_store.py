@@ -450,6 +450,8 @@ class RedisStore:
         names += [keys.batches, keys.models, keys.prices, keys.used(hold.request_id), keys.hold_totals_epoch]
         names += [keys.tokens(money_now()), keys.reconciled(hold.request_id)]  # tokens: the minute it is charged in
         names += [keys.uncounted(hold.request_id), keys.uncounted_reconciled]
+        if hold.marked_until:  # on record for a restore's repair to mark it as long (ledger_charges.py)
+            record = {**record, "marked_until": hold.marked_until}
         args: list[int | str] = [
             pico,
             self.request_id_ttl_s,
