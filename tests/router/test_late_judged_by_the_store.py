@@ -24,9 +24,10 @@ ACCOUNT = Account("acme", "key1")
 DAY = period_id("day")
 
 
-@pytest.fixture(params=["redis", "memory"])
+@pytest.fixture(params=["redis", "cluster", "memory"])
 def store_url(request: pytest.FixtureRequest) -> str | None:
-    return None if request.param == "memory" else request.getfixturevalue("any_redis_url_redis")
+    """A Redis server, a Redis Cluster (PEXPIREAT GT as CHARGE sends it on both), or the in-process store."""
+    return None if request.param == "memory" else request.getfixturevalue("any_redis_url_" + request.param)
 
 
 @pytest.fixture
