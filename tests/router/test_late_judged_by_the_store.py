@@ -87,6 +87,25 @@ async def test_a_charge_met_again_within_marked_until_past_its_stores_request_id
         await store.close()
 
 
+async def test_another_admissions_charge_keeps_the_marker_to_the_first_ones_marked_until(store_url: str | None) -> None:
+    """Either store, its request id TTL 1 s. Admission A (marked 10 minutes) charged; the store lost it, and let the
+    id in again: admission B, marked a second, charged beside it. B's charge keeps the marker as long as A's needs:
+    A's charge met again (its reply lost, replayed) once B's second has passed is refused, not charged twice. Set
+    anew for B's second alone, the marker was gone, and A's charge, timely, was taken for a lost admission's."""
+    store: Store = RedisStore(store_url, request_id_ttl_s=1) if store_url else MemoryStore(request_id_ttl_s=1)
+    first = lost("req-1", money_now() + 600)
+    again = Hold("req-1", 500, DAY, "router-2", "nonce-again", marked_until=money_now() + 1)
+    try:
+        assert await store.charge(ACCOUNT, first, 70, {"n": 1})
+        assert await store.charge(ACCOUNT, again, 30, {"n": 2})
+        ttl_passed = time.monotonic() + 1.5
+        await eventually(lambda: time.monotonic() > ttl_passed, "the second admission's marked_until passed")
+        assert not await store.charge(ACCOUNT, first, 70, {"n": 3})
+        assert await store.spent(ACCOUNT, DAY) == (100, 100)
+    finally:
+        await store.close()
+
+
 async def test_a_kept_charge_whose_admission_the_store_lost_is_paid_whatever_its_replayers_marked_s(
     store: Store, tmp_path: Path
 ) -> None:

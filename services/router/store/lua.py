@@ -491,6 +491,7 @@ end
 -- in all>' while every one is known (model.py, CHARGED_TOTAL). More than one entry only when a store that lost an
 -- admission let the request id in again (model.py, charged_marker).
 local met = redis.call('GET', KEYS[1])
+local met_until = met and redis.call('PEXPIRETIME', KEYS[1]) or -1  -- read before any write (below)
 local function entries_of(value)
   if not value or string.sub(value, 1, 6) == 'batch:' then return {} end
   local found = {}
@@ -538,7 +539,7 @@ local writes = {{'HDEL', KEYS[7], ARGV[6]}, {'HDEL', KEYS[8], ARGV[6]}, {'HDEL',
   {'HDEL', KEYS[10], ARGV[6]}, {'ZREM', KEYS[5], ARGV[5]}, {'ZREM', KEYS[6], ARGV[5]}, {'SET', KEYS[1], marker},
   {'INCRBY', KEYS[2], ARGV[1]}, {'INCRBY', KEYS[3], ARGV[1]}, {'EXPIRE', KEYS[2], '1'}, {'EXPIRE', KEYS[3], '1'},
   {'XADD', KEYS[4], '*', 'record', ARGV[3]}, {'EXPIRE', KEYS[11], ARGV[2]}, {'INCRBY', KEYS[13], ARGV[11]},
-  {'EXPIRE', KEYS[13], tostring(RATE_TTL)}}
+  {'EXPIRE', KEYS[13], tostring(RATE_TTL)}, {'PEXPIREAT', KEYS[1], '0', 'GT'}}
 for _, holds in ipairs({KEYS[5], KEYS[6]}) do
   for _, command in ipairs(total_commands(holds)) do writes[#writes + 1] = command end
 end
@@ -608,7 +609,11 @@ if ARGV[8] ~= '' and (string.sub(marker, 1, 6) == 'batch:' or ARGV[10] ~= '') th
   redis.call('SET', KEYS[15], ARGV[8] .. ' ' .. ARGV[3], 'EX', ARGV[2])
   if listing then redis.call('ZADD', KEYS[16], redis.call('TIME')[1], ARGV[8] .. ' ' .. ARGV[6]) end
 end
+-- A marker met keeps its expiry when that is later: another admission's charge in it is kept to that admission's
+-- marked_until. Set anew for this charge's alone, it expired before, and that charge, met again then (its reply lost
+-- and replayed, its router frozen), was taken for one whose admission the store lost, and charged again.
 redis.call('SET', KEYS[1], marker, 'EX', ARGV[2])
+if met_until > 0 then redis.call('PEXPIREAT', KEYS[1], met_until, 'GT') end
 -- The reconciler's: what it charged this admission, as long as the marker, for a charge or undo of it kept in an
 -- outbox to give back once it lands (GIVE_BACK).
 if ARGV[12] ~= '' then redis.call('SET', KEYS[14], ARGV[12], 'EX', ARGV[2]) end

@@ -246,6 +246,7 @@ class MemoryStore:
             # Another admission's charge of the id (lua.py, CHARGE): kept beside this one. Else a repeat.
             if not (own or marker_spares_admission(met, hold.nonce)):
                 return False
+            marked_s = max(marked_s, self.charged.left_s(charged))  # kept as long as its charges need (lua.py)
             self.charged.discard(charged)
         marker = marker_after_charge(met, charged_marker(batch, charge_id, hold.nonce), pico)
         self.charged.add(charged, marker, marked_s)

@@ -51,6 +51,11 @@ class RecentIds:
             self._values[digest] = value
         return True
 
+    def left_s(self, request_key: str) -> float:
+        """How long the id is kept still (as Redis's PTTL); 0 when it is not kept."""
+        expiry = self._expiry.get(_digest(request_key))
+        return max(0.0, expiry - self._clock()) if expiry is not None else 0.0
+
     def outlive(self, request_key: str, ttl_s: float) -> None:
         """Keep the id, when kept, at least `ttl_s` from now (as Redis's EXPIRE GT)."""
         digest = _digest(request_key)
