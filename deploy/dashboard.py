@@ -634,9 +634,13 @@ def build() -> dict:
         )
         .with_panel(
             series(
-                "Provider retries/s",
+                "Provider retries/s, and answers/s whose usage the answer belies (an upstream under-reporting)",
                 "short",
                 (f"sum by (provider, model) ({rate('llmrouter_provider_retries_total')})", "{{provider}}/{{model}}"),
+                (
+                    f"sum by (provider, model, direction) ({rate('llmrouter_provider_usage_implausible_total')})",
+                    "under-reported {{provider}}/{{model}} {{direction}}",
+                ),
                 span=12,
             )
         )

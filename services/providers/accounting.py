@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -11,7 +12,18 @@ from llmrouter.passthrough import prompt_fields, prompt_json
 from llmrouter.registry import ModelSpec
 from llmrouter.tokens import count_prompt_tokens, count_text_tokens
 from llmrouter.v1 import common_pb2
+from services.providers import metrics
 from services.providers.gateways.base import UpstreamRequest
+
+log = logging.getLogger("llmrouter.providers")
+
+# An honest upstream's output count is never below 1/UNDER_COUNT_FACTOR of ours. Ours (cl100k_base, o200k_base: byte
+# level BPE) is never past the text's UTF-8 bytes, so an honest count under it would need the upstream's tokens to
+# average over 32 bytes each across a whole answer: real tokenizers average 3 to 5 in English, about 12 where a
+# tokenizer made for a script whole-word-tokenizes it (Hindi, Tamil) that ours splits near byte by byte, and tokens
+# as long as 32 bytes exist only for runs of spaces or punctuation, which ours merges too. The JSON framing of tool
+# calls counted here (ids, keys) and not billed stays within that too (about 30 tokens a call, against 5 at least).
+UNDER_COUNT_FACTOR = 32
 
 
 async def settle(
@@ -24,7 +36,15 @@ async def settle(
     cache_write_input_tokens: int = 0,
 ) -> tuple[common_pb2.Usage, str]:
     """Usage (flagged estimated when any count was made locally) and the exact cost as a decimal string. The cache
-    counts are parts of input_tokens: an input counted here has none (all of it at the input price)."""
+    counts are parts of input_tokens: an input counted here has none (all of it at the input price). A count the
+    answer belies (implausible_input, implausible_output) is taken for none: counted here, so an answer never goes
+    out free from an upstream that under-reports (a buggy self-hosted server, a proxy zeroing usage)."""
+    if input_tokens is not None and implausible_input(request, input_tokens):
+        count_implausible(model, "input")
+        input_tokens = None
+    if output_tokens is not None and await implausible_output(model, request.max_tokens, content, output_tokens):
+        count_implausible(model, "output")
+        output_tokens = None
     estimated = input_tokens is None or output_tokens is None
     if input_tokens is None:
         input_tokens = await estimated_input(model, request)
@@ -39,6 +59,34 @@ async def settle(
         cache_write_input_tokens=cache_write_input_tokens,
     )
     return usage, decimal_str(model.usage_cost_usd(usage))
+
+
+def implausible_input(request: UpstreamRequest, reported: int) -> bool:
+    """No input for a prompt with a message: no upstream reads one for nothing (each message's role and framing are
+    tokens of their own). A prompt read from the provider's cache is counted in the input too."""
+    return reported == 0 and bool(request.messages)
+
+
+async def implausible_output(model: ModelSpec, max_tokens: int | None, answer: str, reported: int) -> bool:
+    """Whether `reported` output tokens are too few for the answer delivered (its text, refusal, tool calls): none
+    for any of it, or under 1/UNDER_COUNT_FACTOR of its tokens counted here (within max_tokens, as counted_output).
+    Counted only when its UTF-8 bytes (which our count never passes) leave the report in doubt: an honest report's
+    answer is seldom counted at all. A count below nothing is left to the router, which charges it the hold."""
+    if not answer or reported * UNDER_COUNT_FACTOR >= len(answer.encode("utf-8", "surrogatepass")):
+        return False
+    if reported <= 0:
+        return reported == 0
+    counted = await count_text_tokens(answer, model.estimating_encoding)
+    counted = counted if max_tokens is None else min(counted, max_tokens)
+    return reported * UNDER_COUNT_FACTOR < counted
+
+
+def count_implausible(model: ModelSpec, direction: str) -> None:
+    metrics.USAGE_IMPLAUSIBLE.labels(model.provider, model.name, direction).inc()
+    log.warning(
+        "usage reported implausibly low; counted here",
+        extra={"provider": model.provider, "model": model.name, "direction": direction},
+    )
 
 
 async def counted_output(model: ModelSpec, request: UpstreamRequest, text: str) -> int:

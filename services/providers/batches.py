@@ -15,7 +15,7 @@ from llmrouter.errors import ServiceError, invalid
 from llmrouter.registry import ModelSpec, Registry
 from llmrouter.server import MAX_MESSAGE_BYTES
 from llmrouter.v1 import common_pb2, provider_pb2
-from services.providers.accounting import decimal_str
+from services.providers.accounting import count_implausible, decimal_str, implausible_output
 from services.providers.dispatch import MAX_LOGPROBS_BYTES, Dispatcher
 from services.providers.gateways.base import UpstreamError, UpstreamRequest, openai_finish_reason
 from services.providers.gateways.batch_client import LineResult, NotCreated, ProviderBatches, unreadable
@@ -101,7 +101,8 @@ async def poll(
             grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE", "the provider batch could not be read"
         ) from None
     order = {request_id: i for i, request_id in reversed(list(enumerate(request_ids)))}
-    results = sorted((_result(priced, r) for r in state.results), key=lambda r: order.get(r.request_id, 0))
+    answers = [await _result(priced, r) for r in state.results]
+    results = sorted(answers, key=lambda r: order.get(r.request_id, 0))
     room = POLL_LOGPROBS_BYTES
     for result in results:
         size = len(result.response.logprobs_json)
@@ -140,17 +141,26 @@ def _within_reply(
     return kept, []
 
 
-def _result(priced: ModelSpec, line: LineResult) -> provider_pb2.BatchLineResult:
+async def _result(priced: ModelSpec, line: LineResult) -> provider_pb2.BatchLineResult:
     answer = line.answer
     if answer is None:
         return provider_pb2.BatchLineResult(request_id=line.custom_id, error=line.error)
+    tool_calls = json.dumps(answer.tool_calls) if answer.tool_calls else ""
     # Without the provider's counts the usage is unknown here (the prompt is not at hand): flagged, and the router
-    # charges such a line its worst case.
-    estimated = answer.input_tokens is None or answer.output_tokens is None
+    # charges such a line its worst case. So are counts its answer belies (no input: every line has a prompt; no
+    # output, or far too little, for the answer it holds), as accounting.settle takes them for a realtime answer.
+    input_tokens, output_tokens = answer.input_tokens, answer.output_tokens
+    if input_tokens == 0:
+        count_implausible(priced, "input")
+        input_tokens = None
+    written = answer.content + answer.refusal + tool_calls
+    if output_tokens is not None and await implausible_output(priced, None, written, output_tokens):
+        count_implausible(priced, "output")
+        output_tokens = None
     usage = common_pb2.Usage(
-        input_tokens=answer.input_tokens or 0,
-        output_tokens=answer.output_tokens or 0,
-        estimated=estimated,
+        input_tokens=input_tokens or 0,
+        output_tokens=output_tokens or 0,
+        estimated=input_tokens is None or output_tokens is None,
         cached_input_tokens=answer.cached_input_tokens,
         cache_write_input_tokens=answer.cache_write_input_tokens,
     )
@@ -164,7 +174,7 @@ def _result(priced: ModelSpec, line: LineResult) -> provider_pb2.BatchLineResult
             cost_usd=decimal_str(priced.usage_cost_usd(usage)),
             finish_reason=openai_finish_reason(answer.finish_reason),
             model=priced.name,
-            tool_calls_json=json.dumps(answer.tool_calls) if answer.tool_calls else "",
+            tool_calls_json=tool_calls,
             # A batch line is sent as its caller wrote it (the router asks no log-probabilities of its own there).
             logprobs_json=json.dumps(answer.logprobs) if answer.logprobs else "",
         ),

@@ -25,7 +25,7 @@ from llmrouter.tokens import count_text_tokens
 from llmrouter.upstream_messages import upstream_message
 from llmrouter.v1 import common_pb2, provider_pb2
 from services.providers import metrics
-from services.providers.accounting import counted_output, decimal_str, input_bound, settle
+from services.providers.accounting import counted_output, decimal_str, implausible_input, input_bound, settle
 from services.providers.backoff import retry_delay
 from services.providers.breaker import CircuitBreaker, State
 from services.providers.gateways.base import (
@@ -184,7 +184,9 @@ class Dispatcher:
                             heard = time.perf_counter()  # alive: the silence the breaker judges starts again
                             if isinstance(event, Completion):
                                 _merge(end, event)
-                                if input_progress and event.input_tokens is not None:
+                                # An input the prompt belies is told as none: the router counts it, should its
+                                # caller leave before the end.
+                                if input_progress and _told_input(request, event):
                                     yield provider_pb2.GenerateChunk(input=_input_usage(end))
                                 if tool_call_progress and event.tool_text:
                                     tool_tokens += await count_text_tokens(event.tool_text, model.estimating_encoding)
@@ -482,6 +484,10 @@ def _merge(into: Completion, update: Completion) -> None:
         into.output_tokens = update.output_tokens
     into.tool_calls = update.tool_calls or into.tool_calls
     into.logprobs = update.logprobs or into.logprobs
+
+
+def _told_input(request: UpstreamRequest, event: Completion) -> bool:
+    return event.input_tokens is not None and not implausible_input(request, event.input_tokens)
 
 
 def _input_usage(end: Completion) -> common_pb2.Usage:

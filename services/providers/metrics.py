@@ -24,3 +24,9 @@ CIRCUIT = Gauge(
     "llmrouter_provider_circuit_state", "Circuit state: 0 closed, 1 half-open, 2 open", ["provider", "model"]
 )
 TOKENS = Counter("llmrouter_provider_tokens_total", "Tokens billed", ["provider", "model", "direction"])
+USAGE_IMPLAUSIBLE = Counter(
+    "llmrouter_provider_usage_implausible_total",
+    "Answers whose reported usage the answer belies (no input for a prompt, no output or far too little for the text "
+    "delivered): counted here instead, flagged estimated",
+    ["provider", "model", "direction"],
+)

