@@ -228,7 +228,7 @@ async def _spend_read(store: RedisStore, db: LedgerDB, budget_period: str, sink_
             if named not in copied_give_backs:
                 try:
                     given_back_waiting(sums, record or {}, period, since)
-                except (KeyError, TypeError, ValueError, ArithmeticError) as exc:  # a record no router wrote
+                except (KeyError, TypeError, ValueError, ArithmeticError, AttributeError) as exc:  # no router wrote it
                     unreadable.append(_unreadable_give_back(named, record, exc))
     unjudged = [*rejected.unjudged, *unreadable]
     # Of every account the sums name: one known only by a rejected charge too.

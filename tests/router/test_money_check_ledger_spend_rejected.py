@@ -418,15 +418,24 @@ async def test_an_unreadable_entry_rejected_before_the_look_back_holds_back_no_r
 
 @pytest.mark.parametrize(
     "record",
-    ['{"outcome":"given_back"' + "[" * 100_000, '{"outcome":"given_back", not json', '{"outcome":"given_back"}'],
-    ids=["past the parser's depth", "no JSON", "no fields"],
+    [
+        '{"outcome":"given_back"' + "[" * 100_000,
+        '{"outcome":"given_back", not json',
+        '{"outcome":"given_back"}',
+        json.dumps(
+            {"outcome": "given_back", "tenant": None, "key": "k1", "period": DAY, "ts": 4e9, "cost_usd": "-1e-9"},
+            separators=(",", ":"),  # as a router writes it, compact
+        ),
+    ],
+    ids=["past the parser's depth", "no JSON", "no fields", "a tenant not text"],
 )
 async def test_an_unreadable_give_back_waiting_on_its_stream_holds_back_every_repair(
     ledger: Ledger, capsys: pytest.CaptureFixture[str], record: str
 ) -> None:
     """An entry on a ledger stream that names itself a give-back and reads as none (hand-edited, or a hostile writer
     of the money Redis), not copied yet: the check ended in a traceback (json.loads' RecursionError or ValueError, a
-    KeyError) until the sink copied it. It is reported, by its entry, and no counter is repaired."""
+    KeyError, an AttributeError for a tenant or key id not text) until the sink copied it. It is reported, by its
+    entry, and no counter is repaired."""
     store = ledger.store
     await reconciled(store, OTHER, "r2")
     await ledger.copy()
