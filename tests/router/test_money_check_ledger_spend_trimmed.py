@@ -156,3 +156,56 @@ async def test_a_trim_of_entries_the_sink_had_copied_when_the_check_began_is_rea
     assert await ledger.check(repair=True) == 0
     assert capsys.readouterr().err == ""
     assert reads == [1], "read again for a trim of entries it does not read"
+
+
+async def test_a_stream_deleted_while_the_check_runs_is_read_again(
+    ledger: Ledger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A give-back copied after the SQL ledger was read, and its stream then deleted whole (every entry copied: a
+    clean-up by hand) before it is read, is in neither read, as under a trim: the stream counts fewer entries ever
+    added than before, and the check reads the ledger again rather than take the give-back back."""
+    store, db = ledger.store, ledger.db
+    assert isinstance(db, HookedLedgerDB)
+    stream = ledger_key(shard_of(ACME.tenant))
+    hold = await reconciled(store, ACME, "r1")
+    await ledger.copy()
+    assert await store.give_back(ACME, hold, 250) == 750  # waits for the sink
+    deleted: list[int] = []
+
+    async def copied_then_deleted() -> None:
+        if not deleted:
+            await ledger.copy()
+            deleted.append(await store.redis.delete(stream))
+
+    db.after_rows = copied_then_deleted
+    capsys.readouterr()
+    assert await ledger.check(repair=True) == 0
+    assert capsys.readouterr().err == ""
+    assert deleted == [1], "the stream deleted before it was read"
+    assert await store.spent(ACME, DAY) == (250, 250), "--repair took the give-back back"
+
+
+async def test_a_trim_of_a_stream_no_group_reads_is_read_again(
+    ledger: Ledger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Where no consumer group reads a stream (the sink's abandoned), the check reads it from its first entry: any
+    trim beside the check may have cut into what it reads, and the ledger is read again, not a traceback."""
+    store, db = ledger.store, ledger.db
+    assert isinstance(db, HookedLedgerDB)
+    stream = ledger_key(shard_of(ACME.tenant))
+    await reconciled(store, ACME, "r1")
+    await reconciled(store, ACME, "r2")
+    await ledger.copy()
+    assert await store.redis.xgroup_destroy(stream, ledger.group)
+    _, second = [entry for entry, _ in await store.redis.xrange(stream)]
+    reads: list[int] = []
+
+    async def oldest_trimmed() -> None:
+        reads.append(await store.redis.xtrim(stream, minid=second, approximate=False) if not reads else 0)
+
+    db.after_rows = oldest_trimmed
+    capsys.readouterr()
+    assert await ledger.check(repair=True) == 0
+    assert capsys.readouterr().err == ""
+    assert reads == [1, 0], "read again after a trim of a stream read from its first entry"
+    assert await store.spent(ACME, DAY) == (2 * HOLD, 2 * HOLD)
