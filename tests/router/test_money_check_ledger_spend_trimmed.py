@@ -17,13 +17,15 @@ import pytest
 from services.ledger.db import LedgerDB, PeriodLedger
 from services.router import ledger as retention
 from services.router.money_check import READS
-from services.router.store import AccountKeys, RedisStore, ledger_key
+from services.router.store import Account, AccountKeys, RedisStore, ledger_key
 from services.router.store.keys import shard_of
 from tests.ledger.conftest import fresh_postgres
 from tests.router.test_money_check_ledger_spend_given_back import ACME, DAY, HOLD, Ledger, lose, reconciled
 
 # A cutoff past every entry: a trim so set deletes all that the group has acknowledged.
 EVERY_ENTRY_DAYS = -1
+# Another tenant whose charges go to ACME's ledger stream.
+NEIGHBOUR = next(Account(f"t{n}", "k9") for n in range(1000) if shard_of(f"t{n}") == shard_of(ACME.tenant))
 
 
 class HookedLedgerDB(LedgerDB):
@@ -158,12 +160,14 @@ async def test_a_trim_of_entries_the_sink_had_copied_when_the_check_began_is_rea
     assert reads == [1], "read again for a trim of entries it does not read"
 
 
+@pytest.mark.parametrize("charged_after", [0, 3], ids=["deleted", "made again"])
 async def test_a_stream_deleted_while_the_check_runs_is_read_again(
-    ledger: Ledger, capsys: pytest.CaptureFixture[str]
+    ledger: Ledger, charged_after: int, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A give-back copied after the SQL ledger was read, and its stream then deleted whole (every entry copied: a
     clean-up by hand) before it is read, is in neither read, as under a trim: the stream counts fewer entries ever
-    added than before, and the check reads the ledger again rather than take the give-back back."""
+    added than before, or, made again by charges since (another tenant's of the same shard, as many as it ever held),
+    holds none of the entries it held; the check reads the ledger again rather than take the give-back back."""
     store, db = ledger.store, ledger.db
     assert isinstance(db, HookedLedgerDB)
     stream = ledger_key(shard_of(ACME.tenant))
@@ -176,6 +180,8 @@ async def test_a_stream_deleted_while_the_check_runs_is_read_again(
         if not deleted:
             await ledger.copy()
             deleted.append(await store.redis.delete(stream))
+            for n in range(charged_after):  # another tenant's: ACME's counters stay as they were
+                await reconciled(store, NEIGHBOUR, f"after{n}")
 
     db.after_rows = copied_then_deleted
     capsys.readouterr()

@@ -1121,15 +1121,15 @@ return '-'
 """
 
 # Of ledger stream KEYS[1] at one instant, for money_check's ledger-spend: {entries ever added, entries held, its first
-# entry's id ('' when it holds none)}; {0, 0, ''} before its first entry. Read-only.
+# entry's id ('' when it holds none), its last id given}; {0, 0, '', '0-0'} before its first entry. Read-only.
 _STREAM_POSITION = """
 local function stream_position(key)
-  if redis.call('EXISTS', key) == 0 then return {0, 0, ''} end
+  if redis.call('EXISTS', key) == 0 then return {0, 0, '', '0-0'} end
   local found = {}
   local info = redis.call('XINFO', 'STREAM', key)
   for i = 1, #info, 2 do found[info[i]] = info[i + 1] end
   local first = found['first-entry']
-  return {found['entries-added'], found['length'], first and first[1] or ''}
+  return {found['entries-added'], found['length'], first and first[1] or '', found['last-generated-id']}
 end
 """
 LEDGER_POSITION = _STREAM_POSITION + "return stream_position(KEYS[1])"

@@ -130,8 +130,8 @@ def _text(value: Any) -> str:
 
 
 def _position(told: list[Any]) -> StreamPosition:
-    added, length, first = told
-    return StreamPosition(int(added), int(length), _text(first))
+    added, length, first, last = told
+    return StreamPosition(int(added), int(length), _text(first), _text(last))
 
 
 def _pico_or_none(value: Any) -> int | None:
@@ -154,11 +154,12 @@ def _limit_args(allowance: Allowance) -> list[str | int]:
 
 class StreamPosition(NamedTuple):
     """A ledger stream at one instant (lua.py, _STREAM_POSITION): how many entries were ever added to it, how many it
-    holds, and its first entry's id ('' when it holds none)."""
+    holds, its first entry's id ('' when it holds none), and the last id it gave ('0-0' before any)."""
 
     added: int
     length: int
     first: str
+    last: str
 
 
 class _Take(NamedTuple):
