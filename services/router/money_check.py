@@ -246,12 +246,12 @@ def _cut_into(start: str, before: StreamPosition, after: StreamPosition) -> bool
     sink may have copied after the SQL ledger was read, so in neither read). A trim deletes from a stream's start only
     (services/router/ledger.py, XTRIM MINID): one that deleted such an entry left the stream's first entry past
     `start`, or none. (One that deleted only entries before it, and every one of them, is taken for one that did.) A
-    stream deleted and made again meanwhile counts fewer entries added, or, as many or more, holds none of those it
-    held (its ids follow theirs)."""
+    stream deleted and made again meanwhile counts fewer entries added, or fewer deleted, or holds none of those it
+    held (its ids follow theirs): one stream's counts never fall."""
     made_again = after.added < before.added or (
         before.length > 0 and (not after.first or _entry_id(after.first) > _entry_id(before.last))
     )
-    deleted = made_again or after.added - after.length > before.added - before.length
+    deleted = made_again or after.added - after.length != before.added - before.length
     return deleted and (start == "-" or not after.first or _entry_id(after.first) > _entry_id(start.lstrip("(")))
 
 

@@ -215,3 +215,35 @@ async def test_a_trim_of_a_stream_no_group_reads_is_read_again(
     assert capsys.readouterr().err == ""
     assert reads == [1, 0], "read again after a trim of a stream read from its first entry"
     assert await store.spent(ACME, DAY) == (2 * HOLD, 2 * HOLD)
+
+
+async def test_an_emptied_stream_deleted_and_made_again_while_the_check_runs_is_read_again(
+    ledger: Ledger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As above, of a stream a trim had emptied before the check began: a give-back added and copied after the SQL
+    ledger was read, then the stream deleted and made again by another tenant's charges (as many as it ever held). It
+    holds no entry it held, having held none: the entries it counts deleted are fewer than before, and the check reads
+    the ledger again rather than take the give-back back."""
+    store, db = ledger.store, ledger.db
+    assert isinstance(db, HookedLedgerDB)
+    stream = ledger_key(shard_of(ACME.tenant))
+    hold = await reconciled(store, ACME, "r1")
+    await ledger.copy()
+    await retention.trim_copied(store.redis, EVERY_ENTRY_DAYS, group=ledger.group)
+    assert await store.redis.xlen(stream) == 0
+    deleted: list[int] = []
+
+    async def given_back_copied_then_made_again() -> None:
+        if not deleted:
+            assert await store.give_back(ACME, hold, 250) == 750
+            await ledger.copy()
+            deleted.append(await store.redis.delete(stream))
+            for n in range(2):
+                await reconciled(store, NEIGHBOUR, f"after{n}")
+
+    db.after_rows = given_back_copied_then_made_again
+    capsys.readouterr()
+    assert await ledger.check(repair=True) == 0
+    assert capsys.readouterr().err == ""
+    assert deleted == [1], "the stream deleted before it was read"
+    assert await store.spent(ACME, DAY) == (250, 250), "--repair took the give-back back"
