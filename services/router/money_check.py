@@ -335,22 +335,25 @@ async def check_ledger_spend(
         # The sink's reason quoted: it may carry the record's own text.
         where = "its ledger stream holds, not copied yet," if found.on_stream else "ledger_rejected keeps"
         print(f"cannot judge: {where} entry {found.entry!r} ({found.error!r}), {whose}", file=sys.stderr)
+    moved = False
     for short in audit.shortfalls:
         lacking = short.ledger_pico - short.counted_pico
         if short.unjudged is not None:
             done = f": not raised, entry {short.unjudged!r} cannot be judged"
-        else:
-            done = ": raised" if repair else ""
+        elif not repair:
+            done = ""
+        elif await store.raise_spend(short.counter, short.counted_pico, lacking, period):
+            done = ": raised"
+        else:  # another repair raised it meanwhile, or money moved it: what it lacks now is unknown
+            done, moved = ": not raised, the counter moved since it was read: run the check again", True
         print(
             f"behind the ledger: {short.counter} counts {short.counted_pico} pico-USD, the SQL ledger "
             f"{short.ledger_pico} ({lacking} lacking){done}",
             file=sys.stderr,
         )
-        if repair and short.unjudged is None:
-            await store.add_spend(short.counter, lacking, period)
     print(f"spend of period {period}: {len(audit.shortfalls)} counter(s) behind the SQL ledger")
     # An entry it cannot judge may be a charge the SQL ledger lacks (a loss hidden): never all clear.
-    return 1 if audit.unjudged or (audit.shortfalls and not repair) else 0
+    return 1 if audit.unjudged or moved or (audit.shortfalls and not repair) else 0
 
 
 def money_store() -> tuple[LedgerSettings, RedisStore] | None:

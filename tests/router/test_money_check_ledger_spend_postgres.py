@@ -62,7 +62,7 @@ async def test_the_check_of_a_postgresql_ledger_sums_in_the_database_and_says_wh
     acme_k2 = AccountKeys.of(Account("acme", "k2")).spend(TODAY)[1]
     store = RedisStore(redis_url)
     try:
-        await store.add_spend(acme_k1, 3 * ROWS, TODAY)  # all of k1's counted; the tenant's and k2's lost
+        assert await store.raise_spend(acme_k1, 0, 3 * ROWS, TODAY)  # all of k1's counted; the tenant's and k2's lost
         capsys.readouterr()
 
         tracemalloc.start()

@@ -1102,6 +1102,16 @@ end
 return {mine, beats}
 """
 
+# Spend counter KEYS[1] raised by ARGV[2] pico-USD and kept ARGV[3] s (0: for good), for money_check's ledger-spend
+# --repair, only while it holds ARGV[1] (what the check read, '0' for none): one that moved since (another repair, a
+# charge or a give-back landing) is left as it is. Returns 1 when raised, else 0.
+RAISE_SPEND = """
+if (redis.call('GET', KEYS[1]) or '0') ~= ARGV[1] then return 0 end
+redis.call('INCRBY', KEYS[1], ARGV[2])
+if ARGV[3] ~= '0' then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
+return 1
+"""
+
 # Where the SQL sink's group ARGV[1] stands on ledger stream KEYS[1], for money_check's ledger-spend: the XRANGE start
 # of every entry it has not acknowledged (its oldest pending entry, else after its last-delivered id; the whole stream
 # without a group). An entry before it was committed to the SQL ledger before now (the sink acknowledges after its

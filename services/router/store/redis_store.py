@@ -298,6 +298,7 @@ class RedisStore:
         self._ledger_unacked_from = self.redis.register_script(lua.LEDGER_UNACKED_FROM)
         self._spend_and_given_back = self.redis.register_script(lua.SPEND_AND_GIVEN_BACK)
         self._ledger_position = self.redis.register_script(lua.LEDGER_POSITION)
+        self._raise_spend = self.redis.register_script(lua.RAISE_SPEND)
         self._missing_since: dict[str, float] = {}  # routers seen without a heartbeat, since when (monotonic)
         # The reconciler's charges not heard back (the store out of reach as it answered), by the record swept: each
         # sent again, as made (its charge id and record), until its reply arrives (settle_swept).
@@ -773,15 +774,13 @@ class RedisStore:
                 pipe.get(counter)
             return {counter: int(value or 0) for counter, value in zip(counters, await pipe.execute(), strict=True)}
 
-    async def add_spend(self, counter: str, pico: int, period: str) -> None:
+    async def raise_spend(self, counter: str, counted: int, pico: int, period: str) -> bool:
         """A spend counter of `period` raised by `pico`, and kept as long as a charge keeps it (money_check.py,
-        ledger-spend --repair: charges the store forgot)."""
-        ttl_s = spend_ttl_s(period)
-        async with self._call(), self.redis.pipeline(transaction=False) as pipe:
-            pipe.incrby(counter, pico)
-            if ttl_s:
-                pipe.expire(counter, ttl_s)
-            await pipe.execute()
+        ledger-spend --repair: charges the store forgot), only while it holds `counted` (lua.py, RAISE_SPEND): False,
+        raising nothing, when it moved since it was read. Two repairs at once would each raise it by the same loss."""
+        async with self._call():
+            args = [counted, pico, spend_ttl_s(period) or 0]
+            return bool(await self._raise_spend(keys=[counter], args=args))
 
     async def ledger_unacked_from(self, group: str) -> list[str]:
         """Each shard's ledger stream's first entry the SQL sink's consumer group `group` has not acknowledged, as an
