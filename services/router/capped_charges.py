@@ -36,6 +36,20 @@ def count_capped(model: str, reported_usd: Decimal, hold_usd: Decimal) -> None:
     metrics.CAPPED_USD.labels(model).inc(float(absorbed))
 
 
+def countable(record: dict[str, Any]) -> bool:
+    """Whether count_charge counts `record` whole: the charge counters' fields (metrics.countable), and a report past
+    the hold, when on record, a finite amount no less than the hold charged."""
+    if not metrics.countable(record):
+        return False
+    if REPORTED not in record:
+        return True
+    try:
+        reported = Decimal(record[REPORTED])
+    except (TypeError, ValueError, ArithmeticError):
+        return False
+    return reported.is_finite() and reported >= Decimal(record["cost_usd"])
+
+
 def count_charge(record: dict[str, Any]) -> None:
     """A charge whose count a router took (Store.count_once), from its ledger record: in the charge counters, and
     capped at its hold too when a report past the hold is on record (REPORTED), under the model the charge is counted

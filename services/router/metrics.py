@@ -155,6 +155,26 @@ def count_charge(record: dict[str, Any]) -> None:
         TOKENS.labels(generation["model"], "output").inc(generation["output_tokens"])
 
 
+def countable(record: dict[str, Any]) -> bool:
+    """Whether count_charge counts `record` whole, as a router builds it: one hand-edited (a cost missing or no finite
+    amount of at least nothing, a generation without its model or token counts) would fail it part way, counted in
+    part."""
+    try:
+        amounts = [Decimal(record["cost_usd"]), Decimal(record.get("baseline_cost_usd") or record["cost_usd"])]
+        generations = record.get("generations", [])
+        if not isinstance(generations, list):
+            return False
+        models = [g["model"] for g in generations]
+        counts = [n for g in generations for n in (g["input_tokens"], g["output_tokens"])]
+    except (KeyError, TypeError, ValueError, ArithmeticError):
+        return False
+    return (
+        all(amount.is_finite() and amount >= 0 for amount in amounts)
+        and all(isinstance(model, str) for model in models)
+        and all(type(n) is int and n >= 0 for n in counts)
+    )
+
+
 def count_given_back(record: dict[str, Any], pico: int) -> None:
     """`pico` of a reconciled charge given back, under the model its ledger record (the reconciled charge's) names."""
     COST_GIVEN_BACK.labels(str(record.get("model", ""))).inc(float(Decimal(pico).scaleb(-12)))

@@ -299,11 +299,27 @@ async def test_a_take_of_a_charge_named_by_another_id_first_whose_reply_was_lost
     assert sorted(taken, key=str) == [None, line.request_id], "counted by no router, or twice"
 
 
-@pytest.mark.parametrize("record", ["[" * 100_000, "{not json", '{"candidates": [[1]]}'])
+# Records no router wrote: nested past the parser's depth, not JSON, candidates in neither form; a JSON object the
+# metrics cannot count (no cost, a cost that is no number, a generation without its tokens or not an object, a report
+# past the hold that is no number).
+UNCOUNTABLE = [
+    "[" * 100_000,
+    "{not json",
+    '{"candidates": [[1]]}',
+    '{"request_id": "x", "outcome": "ok"}',
+    '{"cost_usd": "lots"}',
+    '{"cost_usd": "1", "generations": [{"model": "m"}]}',
+    '{"cost_usd": "1", "generations": "m"}',
+    '{"cost_usd": "1", "reported_cost_usd": "lots"}',
+]
+
+
+@pytest.mark.parametrize("record", UNCOUNTABLE)
 async def test_a_record_no_router_wrote_is_taken_and_counted_nowhere(redis_url: str, record: str) -> None:
     """An uncounted charge whose record is unreadable (nested past the parser's depth, not JSON, candidates in neither
-    form: hand-edited) ended the take in a traceback: the collect that had charged its lines failed, and the sweep's
-    count with it. It is taken, counted by no router, and the charges beside it are counted."""
+    form, fields the metrics count missing: hand-edited) ended the take, or the count after it, in a traceback: the
+    collect that had charged its lines failed, and the sweep's count with it. It is taken, counted by no router, and
+    the charges beside it are counted."""
     store = RedisStore(redis_url)
     try:
         broken, sound = await charged_line(store, ACME), await charged_line(store, ACME)
@@ -313,3 +329,19 @@ async def test_a_record_no_router_wrote_is_taken_and_counted_nowhere(redis_url: 
         assert taken_ids(await store.count_once_each(asked)) == [None, None]  # taken: no one counts it again
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("record", UNCOUNTABLE[3:])
+async def test_the_sweep_counts_the_charges_beside_one_whose_record_it_cannot_count(
+    counting_store: CountsTakes, record: str
+) -> None:
+    """A record the metrics cannot count (a JSON object lacking what they read) failed the sweep with a KeyError once
+    taken: the charges of its page taken with it were counted by no router."""
+    broken, sound = await charged_line(counting_store, ACME), await charged_line(counting_store, ACME)
+    uncounted = AccountKeys.of(ACME).uncounted(broken.request_id)
+    await counting_store.redis.set(uncounted, f"made {record}", keepttl=True)
+    before = counted("")
+    await counting_store.reconcile("router-1", 3600.0, 3600.0)
+    asked = [UncountedCharge(ACME, line.request_id, "made") for line in (broken, sound)]
+    assert taken_ids(await counting_store.count_once_each(asked)) == [None, None]  # the sweep took both
+    assert counted("")[0] == before[0] + 1  # the sound one counted, the broken one nowhere

@@ -21,7 +21,7 @@ from llmrouter.redis_connect import connect, is_cluster, is_cluster_client
 from llmrouter.redis_errors import StoreFailure, store_failure
 from llmrouter.tasks import raise_if_cancelled
 from services.router import metrics
-from services.router.capped_charges import count_charge
+from services.router.capped_charges import count_charge, countable
 from services.router.store import heartbeats, ledger_entry, lua
 from services.router.store.clock import MONEY_CLOCK, money_now
 from services.router.store.keys import (
@@ -227,14 +227,18 @@ def _listed_take(shard: int, member: bytes) -> _Take | None:
 
 
 def _taken_record(take: _Take, text: bytes) -> dict[str, Any] | None:
-    """A taken charge's record as the charge built it; None, logged, for one no router wrote (not a JSON object, or
-    nested past any router's: hand-edited): taken all the same, and counted in no router's metrics."""
+    """A taken charge's record as the charge built it; None, logged, for one no router wrote (not a JSON object,
+    nested past any router's, or lacking what the metrics count: hand-edited): taken all the same, and counted in no
+    router's metrics (counted, it would fail its collect or the sweep's page part way, and count it in part)."""
     record = _object_or_none(text)
     if record is not None:
         try:
-            return ledger_entry.expanded(record)
+            built = ledger_entry.expanded(record)
         except (TypeError, ValueError, KeyError):  # candidates in neither form
             pass
+        else:
+            if countable(built):
+                return built
     log.error("uncounted charge's record unreadable: not counted", extra={"request_id": take.request_id})
     return None
 
