@@ -205,9 +205,16 @@ class Deferred:
         for routed in admitted:
             if routed is not None:
                 groups.setdefault(routed.plan.order[0].model.name, []).append(routed)
-        # Each model's batch sent at once, not after the others' uploads: all start within SEND_START_S.
-        for sent in await asyncio.gather(*(self._send(model, group, started) for model, group in groups.items())):
-            answers.update(sent)
+        # Each model's batch sent at once, not after the others' uploads: all start within SEND_START_S. One failing
+        # (a withdrawal kept nowhere) fails the call once every other is sent and recorded: the call runs to its end
+        # (servicer.py) so that a stopping router cuts no send, which would leave its lines held with no batch
+        # recorded, charged their hold when it lapses; offered again, each line is answered as it was sent.
+        sends = [self._send(model, group, started) for model, group in groups.items()]
+        outcomes = await asyncio.gather(*sends, return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+            answers.update(outcome)
         return router_pb2.SubmitLinesResponse(lines=[answers[i] for i in ids])
 
     async def find(self, request: router_pb2.SubmitLinesRequest, context: Any) -> router_pb2.SubmitLinesResponse:
