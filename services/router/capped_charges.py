@@ -38,16 +38,16 @@ def count_capped(model: str, reported_usd: Decimal, hold_usd: Decimal) -> None:
 
 def countable(record: dict[str, Any]) -> bool:
     """Whether count_charge counts `record` whole: the charge counters' fields (metrics.countable), and a report past
-    the hold, when on record, a finite amount no less than the hold charged."""
+    the hold, when on record, an amount no less than the hold charged (an absurd one is counted at its bound)."""
     if not metrics.countable(record):
         return False
     if REPORTED not in record:
         return True
     try:
         reported = Decimal(record[REPORTED])
+        return not reported.is_nan() and reported >= Decimal(record["cost_usd"])
     except (TypeError, ValueError, ArithmeticError):
         return False
-    return reported.is_finite() and reported >= Decimal(record["cost_usd"])
 
 
 def count_charge(record: dict[str, Any]) -> None:
