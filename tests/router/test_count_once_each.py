@@ -6,6 +6,7 @@ in-process store where it has the behaviour; the router's servicer over a real p
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,11 +14,13 @@ from typing import Any
 
 import grpc
 import pytest
+from prometheus_client import REGISTRY as METRICS
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from llmrouter.auth import acting_as
 from llmrouter.errors import ServiceError
 from llmrouter.v1 import provider_pb2, router_pb2
+from services.router.capped_charges import REPORTED, count_charge
 from services.router.deferred import POLL_IDS
 from services.router.store import (
     Account,
@@ -345,3 +348,22 @@ async def test_the_sweep_counts_the_charges_beside_one_whose_record_it_cannot_co
     asked = [UncountedCharge(ACME, line.request_id, "made") for line in (broken, sound)]
     assert taken_ids(await counting_store.count_once_each(asked)) == [None, None]  # the sweep took both
     assert counted("")[0] == before[0] + 1  # the sound one counted, the broken one nowhere
+
+
+async def test_a_charge_capped_for_a_report_past_any_amount_is_taken_and_counted_at_its_bound(redis_url: str) -> None:
+    """A report past the hold written as no finite amount is one count_charge counts at its bound: no record taken for
+    one no router wrote."""
+    store = RedisStore(redis_url)
+    try:
+        line = await charged_line(store, ACME)
+        record = {"request_id": line.request_id, "model": "absurd", "cost_usd": "1", REPORTED: "Infinity"}
+        await store.redis.set(
+            AccountKeys.of(ACME).uncounted(line.request_id), f"made {json.dumps(record)}", keepttl=True
+        )
+        (taken,) = await store.count_once_each([UncountedCharge(ACME, line.request_id, "made")])
+    finally:
+        await store.close()
+    assert taken is not None and taken["request_id"] == line.request_id
+    before = METRICS.get_sample_value("llmrouter_router_charges_capped_total", {"model": "absurd"}) or 0.0
+    count_charge(taken)
+    assert METRICS.get_sample_value("llmrouter_router_charges_capped_total", {"model": "absurd"}) == before + 1
