@@ -203,8 +203,8 @@ async def test_a_reconciled_charge_whose_router_died_unanswered_is_counted_once_
         assert (await reconciler.admit(ACCOUNT, Allowance("day"), hold, model="strong")).refused == ""
         before = counted("strong")
         reconciler.proxy = money.proxy
-        with pytest.raises(StoreUnavailable):
-            await reconciler.reconcile("alive", LEASE_S, 0.0)
+        # Its node out of reach holds up only its shards: the round goes on with the others', this one kept unanswered.
+        assert await reconciler.reconcile("alive", LEASE_S, 0.0) == 0
         assert reconciler.unanswered  # and then it dies
     another = RedisStore(cluster_url)
     try:

@@ -316,6 +316,20 @@ class RedisStore:
         async with self._calls, _reachable():
             yield
 
+    @asynccontextmanager
+    async def _apart(self, shard: int, away: set[int]) -> AsyncIterator[None]:
+        """A part of the reconciler's round that concerns one shard: on a Redis Cluster (shards_fail_apart), the store
+        out of reach or refusing the router for it (its master down) notes the shard `away`, its later parts skipped
+        this round, and holds up none of the other shards' (their dead routers' holds settled all the same); on one
+        server that is every shard's, so raised."""
+        try:
+            async with _reachable():
+                yield
+        except StoreUnavailable:
+            if not self.shards_fail_apart:
+                raise
+            away.add(shard)
+
     async def admit(
         self,
         account: Account,
@@ -529,11 +543,12 @@ class RedisStore:
             raise
         return _answered(takes, answers, own)
 
-    async def _send_unheard(self) -> None:
+    async def _send_unheard(self, away: set[int]) -> None:
         """The takes whose records never reached their caller (_take, count_once_each), sent again under their claims:
         each gets the records it took (or takes them now, if it never ran, unless another taker did meanwhile), counted
         here. Those older than the store keeps what a take took (TAKEN_KEPT_S; the store out of reach all that time)
-        are given up first, logged and counted as failures of the reconciler: sent again, they would get nothing."""
+        are given up first, logged and counted as failures of the reconciler: sent again, they would get nothing. Those
+        of a shard `away` wait for a later round (_apart)."""
         for claim, unheard in list(self.unheard.items()):
             if time.monotonic() - unheard.sent > TAKEN_KEPT_S:
                 del self.unheard[claim]
@@ -542,16 +557,15 @@ class RedisStore:
                     "counts taken but not heard back before the store let them go: counted by no router",
                     extra={"charges": len(unheard.takes), "request_id": unheard.takes[0].request_id},
                 )
-        for claim in list(self.unheard):
-            unheard = self.unheard.pop(claim)
-            try:
+        for claim, unheard in list(self.unheard.items()):
+            if unheard.shard in away:
+                continue
+            async with self._apart(unheard.shard, away):
                 answers = await self._send_take(unheard.shard, unheard.takes, claim)
-            except (StoreUnavailable, asyncio.CancelledError):
-                self.unheard[claim] = unheard
-                raise
-            for record in _answered(unheard.takes, answers, claim).records:
-                if record is not None:
-                    count_charge(record)
+                del self.unheard[claim]  # heard: kept otherwise (out of reach, or cancelled as it waited)
+                for record in _answered(unheard.takes, answers, claim).records:
+                    if record is not None:
+                        count_charge(record)
 
     async def _send_take(self, shard: int, takes: list[_Take], claim: str) -> Any:
         names = [uncounted_reconciled_key(shard)]
@@ -859,9 +873,10 @@ class RedisStore:
             await pipe.execute()
 
     async def reconcile(self, router: str, lease_s: float, stale_s: float) -> int:
+        away: set[int] = set()  # shards out of reach this round, on a Redis Cluster (_apart)
         async with _reachable():
-            resent = await self._send_unanswered()
-            await self._send_unheard()
+            resent = await self._send_unanswered(away)
+            await self._send_unheard(away)
             async with self._calls:  # the reconciler's calls count against the pool as requests' do
                 leased = await self._lease(keys=[LEASE], args=[router, int(lease_s * 1000)])
             if not leased:
@@ -871,7 +886,7 @@ class RedisStore:
             if now - self._last_sweep < lease_s:
                 return resent
             self._last_sweep = now
-            records = [record async for record in self._pending()]
+            records = [record async for record in self._pending(away)]
             swept = [(record, charge) for record in records if (charge := _readable(record)) is not None]
             others = sorted({p.router for _, p in swept} - {router})
             alive = await self._alive(others)
@@ -883,23 +898,41 @@ class RedisStore:
             for record, charge in swept:
                 # A provider batch line's is its collector's to settle until its hold lapses.
                 due = charge.until < money_now() if charge.until else charge.router in dead or charge.ts < stale_before
-                if due:
-                    landed = await self._settle_logged(record)  # False: charged or undone since the sweep read it
+                shard = AccountKeys.of(Account(charge.tenant, charge.key)).shard
+                if due and shard not in away:
+                    landed: bool | None = None
+                    async with self._apart(shard, away):
+                        landed = await self._settle_logged(record)  # False: charged or undone since the sweep read it
                     settled += bool(landed)
                     left += landed is None
+                elif due:
+                    left += 1
                 elif not charge.until and charge.router in self._missing_since:
                     left += 1  # its router gone, not yet past the grace before it is taken for dead
             metrics.RECONCILE_BACKLOG.set(left)
-            await self._count_left_uncounted()
+            await self._count_left_uncounted(away)
+            if away:
+                log.error(
+                    "shards out of reach this reconcile round: their pending charges and counts wait for the next",
+                    extra={"shards": sorted(away)},
+                )
             return settled
 
-    async def _send_unanswered(self) -> int:
+    async def _send_unanswered(self, away: set[int]) -> int:
         """This reconciler's charges whose reply was lost, sent again as made (settle_swept), the lease held or not:
-        another router may hold it by now, and each charge lands once whoever sends it. How many were charged now."""
-        landed = [await self._settle_logged(swept) for swept in list(self.unanswered)]
-        return sum(bool(each) for each in landed)
+        another router may hold it by now, and each charge lands once whoever sends it. How many were charged now;
+        those of a shard `away` wait for a later round (_apart)."""
+        landed = 0
+        for swept in list(self.unanswered):
+            charge = Pending.from_json(swept)
+            shard = AccountKeys.of(Account(charge.tenant, charge.key)).shard
+            if shard in away:
+                continue
+            async with self._apart(shard, away):
+                landed += bool(await self._settle_logged(swept))
+        return landed
 
-    async def _count_left_uncounted(self) -> None:
+    async def _count_left_uncounted(self, away: set[int]) -> None:
         """The charges left uncounted (keys.py, uncounted_reconciled: the reconciler's and provider batch lines'),
         counted here: their makers died before they took them, or take them later, or are taking them now; each is
         counted by one router (lua.py, COUNT_ONCE). At most a page of each shard's a sweep, the oldest first, TAKE_PAGE
@@ -907,8 +940,11 @@ class RedisStore:
         as a failure of the reconciler, and holds up none of the other shards'; so is each entry whose own keys hold
         another type, which moves behind the others and holds up none listed after it (lua.py, COUNT_ONCE)."""
         for shard in range(SHARDS):
+            if shard in away:
+                continue
             try:
-                await self._count_shard_left(shard)
+                async with self._apart(shard, away):
+                    await self._count_shard_left(shard)
             except StoreUnavailable:
                 raise
             except Exception as exc:
@@ -954,17 +990,23 @@ class RedisStore:
             log.exception("pending charge not settled; swept again next round", extra={"record": swept})
             return None
 
-    async def _pending(self) -> AsyncIterator[str]:
-        """Every pending charge's record, shard by shard, a page a call."""
+    async def _pending(self, away: set[int]) -> AsyncIterator[str]:
+        """Every pending charge's record, shard by shard, a page a call; none of a shard `away` (_apart)."""
         for shard in range(SHARDS):
-            cursor = 0
-            while True:
-                async with self._calls:
-                    cursor, page = await self.redis.hscan(pending_key(shard), cursor, count=1000)
-                for value in page.values():
-                    yield _text(value)
-                if not cursor:
-                    break
+            if shard in away:
+                continue
+            records: list[str] = []
+            async with self._apart(shard, away):
+                cursor = 0
+                while True:
+                    async with self._calls:
+                        cursor, page = await self.redis.hscan(pending_key(shard), cursor, count=1000)
+                    records += (_text(value) for value in page.values())
+                    if not cursor:
+                        break
+            if shard not in away:
+                for record in records:
+                    yield record
 
     async def _alive(self, routers: list[str]) -> dict[str, bool]:
         if not routers:
