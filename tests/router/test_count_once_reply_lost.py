@@ -8,6 +8,7 @@ Redis Cluster behind proxies that lose exactly that reply."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 
@@ -94,8 +95,11 @@ async def test_a_take_whose_reply_and_its_resends_were_lost_is_counted_at_the_ne
         await proxied.store.count_once(ACCOUNT, line.request_id, "made")
     assert not await proxied.direct.exists(KEYS.uncounted(line.request_id), KEYS.uncounted_reconciled)  # it ran
     before = counted("strong")
-    with pytest.raises(StoreUnavailable):  # still out of reach: kept for the round after
+    # Still out of reach: kept for the round after. One server fails the round whole; a cluster's round goes on with
+    # the other masters' shards, and fails whole only when the lease's own master is the one away.
+    with contextlib.suppress(StoreUnavailable):
         await proxied.store.reconcile("router-1", 3600.0, 3600.0)
+    assert proxied.store.unheard and counted("strong") == before
     proxied.proxy.come_back()
     await proxied.store.reconcile("router-1", 3600.0, 3600.0)
     await proxied.store.reconcile("router-1", 3600.0, 3600.0)  # heard back: not sent again
