@@ -134,8 +134,12 @@ async def test_the_sdks_retry_after_a_client_timeout_is_refused_and_the_request_
     assert isinstance(error, dict)
     assert error["code"] == "idempotency_key_reused" and error["param"] == "Idempotency-Key"
     assert "not served or charged again" in error["message"]
-    # The first still running or just charged: the retry is told which, never charged itself.
     assert refused.value.response.headers["x-request-id"].startswith("idem-")
+    told = refused.value.response.json()["x_router"]
+    if not stream:  # the first still runs (its upstream held until now): told so and the hold it has, not a charge
+        assert "still in flight, holding" in error["message"]
+        assert told["cost_pending"] is True and Decimal(told["held_usd"]) > 0
+        assert "x-router-cost-usd" not in refused.value.response.headers
 
     await eventually(tenant.ledger, "the first attempt is charged")
     [record] = await tenant.ledger()
@@ -143,6 +147,8 @@ async def test_the_sdks_retry_after_a_client_timeout_is_refused_and_the_request_
     assert record["request_id"] == refused.value.response.headers["x-request-id"]
     assert Decimal(record["cost_usd"]) > 0
     assert await tenant.spent_pico() == Decimal(record["cost_usd"]) * PICO
+    if "cost_usd" in told:  # a stream is cut as its client leaves, charged what it generated: the retry told that
+        assert told["cost_usd"] == record["cost_usd"] and f"it was charged {record['cost_usd']} USD" in error["message"]
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
