@@ -49,7 +49,8 @@ def request_id(tenant: str, api_key: str, key: str) -> str:
 def reused(error: ApiError) -> ApiError:
     """The router's duplicate refusal of a request sent with an Idempotency-Key, told as the key's reuse: the request
     was not served or charged again. What the first was charged (or holds while it runs) is kept, as the router told
-    it; the request id names the first in the ledger and the logs."""
+    it; the request id names the first in the ledger and the logs. Only one still in flight may be retried (the SDKs
+    do so on their own): its admission may yet be undone, freeing the value."""
     if error.code != "duplicate_request":  # the router's DUPLICATE_REQUEST (app.OPENAI_CODES has no other name)
         return error
     if error.charged_usd:
@@ -63,4 +64,6 @@ def reused(error: ApiError) -> ApiError:
         f"or charged again; {told}. Send a new {SHOWN} for a new request"
     )
     error.code, error.param = "idempotency_key_reused", SHOWN
+    if not error.held_usd:  # the first ended (charged, even nothing): no retry with this value is ever served
+        error.retryable = False
     return error

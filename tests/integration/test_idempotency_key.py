@@ -28,6 +28,7 @@ from services.edge.settings import EdgeSettings
 from services.router.store import Account, AccountKeys, RedisStore, period_id
 from tests.conftest import ledger_records
 from tests.fakes.lossy_proxy import LossyProxy
+from tests.fakes.server import Fault
 from tests.integration.conftest import Chain, free_port, served_edge
 from tests.integration.test_policy_in_chain import extra_router
 from tests.waiting import eventually
@@ -191,6 +192,34 @@ async def test_a_retry_after_a_refusal_that_charged_nothing_is_served_once(tenan
         await client.close()
     [record] = await tenant.ledger()
     assert record["cost_usd"] == cost
+
+
+async def test_a_retry_after_a_failure_that_cost_nothing_is_refused_and_not_retried(tenant: Tenant) -> None:
+    """A first admitted and failed upstream (charged nothing) has used its value: the retry the SDK makes of that 503
+    is a 409 saying so, with `x-should-retry: false`, as no later one can be served either. Before, a 409 told a charge
+    of 0 was retried by the SDK, twice over, each retry refused again."""
+    faults = [Fault.error(500)] * 6  # every attempt on both models
+    tenant.chain.budget.enqueue(*faults)
+    tenant.chain.premium.enqueue(*faults)
+    replies: list[httpx.Response] = []
+
+    async def seen(response: httpx.Response) -> None:
+        replies.append(response)
+
+    http = httpx.AsyncClient(event_hooks={"response": [seen]})
+    client = tenant.client(max_retries=2, http_client=http)
+    try:
+        with pytest.raises(openai.ConflictError) as refused:
+            await complete(client, ask(), False, "fails-upstream")
+    finally:
+        await client.close()
+        for upstream in (tenant.chain.budget, tenant.chain.premium):  # the session's: none left for the next test
+            upstream.faults.clear()
+    assert [r.status_code for r in replies] == [503, 409]  # the SDK's retry of the 503, then no more
+    assert refused.value.response.headers["x-should-retry"] == "false"
+    assert "it was charged 0 USD" in refused.value.message
+    [record] = await tenant.ledger()
+    assert record["outcome"] == "failed" and record["cost_usd"] == "0"
 
 
 async def test_a_retry_after_the_money_store_was_out_of_reach_is_served_once(chain: Chain, tmp_path: Path) -> None:
