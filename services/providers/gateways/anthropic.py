@@ -91,10 +91,17 @@ class AnthropicGateway:
                             calls[index]["function"]["arguments"] += piece
                             yield Completion(tool_text=piece)
                 elif kind == "message_delta":
-                    output_tokens = _usage(payload.get("usage")).output_tokens
+                    ended = _usage(payload.get("usage"))
+                    output_tokens = ended.output_tokens
                     stop_reason = json_obj(payload.get("delta"), "message delta").get("stop_reason")
                     finish = _finish(stop_reason) if stop_reason else ""
-                    yield Completion(finish_reason=finish, output_tokens=output_tokens)
+                    if _more_input(ended, started_usage):
+                        started_usage = ended._replace(output_tokens=None)
+                        done = ended.completion()
+                        done.finish_reason = finish
+                        yield done
+                    else:
+                        yield Completion(finish_reason=finish, output_tokens=output_tokens)
                 elif kind == "message_stop":
                     stopped = True
                     break
@@ -244,6 +251,13 @@ def _translate_passthrough(extra: dict[str, Any]) -> dict[str, Any]:
 
 def _finish(stop_reason: Any) -> str:
     return FINISH_REASONS.get(str(stop_reason), str(stop_reason or "stop"))
+
+
+def _more_input(ended: Reported, started: Reported) -> bool:
+    """Whether message_delta's input (cumulative, as its every count: grown by server tools' rounds) says more than
+    message_start's. Anthropic-compatible servers say the input in one of them only, 0 in the other: the larger is
+    the one given, so neither a 0 at the start (counted here, in place of the count given) nor one at the end wins."""
+    return ended.input_tokens is not None and ended.input_tokens > (started.input_tokens or 0)
 
 
 def _usage(usage: Any) -> Reported:
