@@ -7,7 +7,9 @@ the fakes on loopback, unary and streamed, and a provider Batch API's result lin
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,7 +20,8 @@ from tests.fakes import FakeAnthropic, FakeOpenAI
 from tests.fakes.fake_openai import REFUSAL_CUE
 from tests.providers.conftest import model_entry, providers_service
 from tests.providers.helpers import collect, metric, request
-from tests.providers.test_tool_calls import tool_request
+from tests.providers.test_tool_calls import PROMPT as TOOL_PROMPT
+from tests.providers.test_tool_calls import TOOLS, tool_request
 
 LONG = "Tell me about the sea, the tides and the moon that pulls them, wave after wave. " * 8
 OUTPUT_KEY = {"cheap": "completion_tokens", "claude": "output_tokens"}
@@ -152,11 +155,26 @@ async def test_a_batch_line_whose_answer_belies_its_usage_is_flagged(
     model = {"fakeai": "cheap", "fakeanthropic": "claude"}[provider]
     fake = openai_fake if model == "cheap" else anthropic_fake
     fake.usage_as = {{"input": INPUT_KEY, "output": OUTPUT_KEY}[k][model]: v for k, v in usage_as.items()}
+    result = await batch_line(tmp_path, openai_fake, anthropic_fake, provider, LONG)
+    assert result.succeeded and count_tokens(result.response.content) > UNDER_COUNT_FACTOR
+    assert result.response.usage.estimated == estimated
+
+
+async def batch_line(
+    tmp_path: Path,
+    openai_fake: FakeOpenAI,
+    anthropic_fake: FakeAnthropic,
+    provider: str,
+    content: str,
+    passthrough_json: str = "",
+) -> provider_pb2.BatchLineResult:
+    """The result of a batch of one line sent to `provider`, polled until it ended."""
     line = provider_pb2.GenerateRequest(
         model="batchable",
         request_id="line-1",
-        messages=[common_pb2.ChatMessage(role="user", content=LONG)],
+        messages=[common_pb2.ChatMessage(role="user", content=content)],
         max_tokens=1000,
+        passthrough_json=passthrough_json,
     )
     batchable = model_entry("batchable", provider, "economy", "0.15", "0.60", **BATCH_PRICES)
     urls = openai_fake.base_url, anthropic_fake.base_url
@@ -167,8 +185,64 @@ async def test_a_batch_line_whose_answer_belies_its_usage_is_flagged(
         if not polled.ended:  # OpenAI's fake reports its batches in progress once
             polled = await stub.PollBatch(poll)
     (result,) = polled.results
-    assert result.succeeded and count_tokens(result.response.content) > UNDER_COUNT_FACTOR
-    assert result.response.usage.estimated == estimated
+    return result
+
+
+@pytest.mark.parametrize("provider", ["fakeai", "fakeanthropic"])
+async def test_a_batch_line_of_tool_calls_reported_as_no_output_is_flagged(
+    tmp_path: Path, openai_fake: FakeOpenAI, anthropic_fake: FakeAnthropic, provider: str
+) -> None:
+    """Its tool calls are output too, as a realtime answer's: taken for none, the line went out free."""
+    fake = openai_fake if provider == "fakeai" else anthropic_fake
+    fake.usage_as = {OUTPUT_KEY["cheap" if provider == "fakeai" else "claude"]: 0}
+    passthrough = json.dumps({"tools": TOOLS, "tool_choice": "auto"})
+    result = await batch_line(tmp_path, openai_fake, anthropic_fake, provider, TOOL_PROMPT, passthrough)
+    assert result.succeeded and result.response.tool_calls_json and not result.response.content
+    assert result.response.usage.estimated
+
+
+async def test_a_batch_lines_refusal_reported_as_no_output_is_flagged(
+    tmp_path: Path, openai_fake: FakeOpenAI, anthropic_fake: FakeAnthropic
+) -> None:
+    openai_fake.usage_as = {"completion_tokens": 0}
+    result = await batch_line(tmp_path, openai_fake, anthropic_fake, "fakeai", f"Do something bad {REFUSAL_CUE}")
+    assert result.succeeded and result.response.refusal and not result.response.content
+    assert result.response.usage.estimated
+
+
+def fully_cached(anthropic_fake: FakeAnthropic, body: dict[str, Any]) -> None:
+    """Every token of `body`'s prompt reported read from the cache: Anthropic's input_tokens (the uncached rest) is
+    0 then."""
+    _, _, usage = anthropic_fake.answer(body)
+    anthropic_fake.prompt_cache = (usage["input_tokens"], 0)
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["unary", "streamed"])
+async def test_a_prompt_read_whole_from_anthropics_cache_is_charged_as_reported(
+    stub: provider_pb2_grpc.ProviderStub, anthropic_fake: FakeAnthropic, streamed: bool
+) -> None:
+    """input_tokens 0 beside cache_read_input_tokens is an honest report of a prompt read whole from the cache: its
+    input is the reads (at their price), not a count made here."""
+    await generate(stub, "claude", streamed)
+    fully_cached(anthropic_fake, anthropic_fake.requests[-1].json)
+    before = implausible("claude", "input")
+    _, answer = await generate(stub, "claude", streamed)
+    read = anthropic_fake.prompt_cache[0]
+    assert honest(anthropic_fake)[0] == 0 < read  # as the wire says it
+    assert (answer.usage.input_tokens, answer.usage.cached_input_tokens) == (read, read)
+    assert not answer.usage.estimated and implausible("claude", "input") == before
+
+
+async def test_a_batch_lines_prompt_read_whole_from_anthropics_cache_is_charged_as_reported(
+    tmp_path: Path, openai_fake: FakeOpenAI, anthropic_fake: FakeAnthropic
+) -> None:
+    await batch_line(tmp_path, openai_fake, anthropic_fake, "fakeanthropic", LONG)
+    sent = list(anthropic_fake.batches.batches.values())[-1]  # the fake keeps every test's batches
+    fully_cached(anthropic_fake, sent["_requests"][0]["params"])
+    result = await batch_line(tmp_path, openai_fake, anthropic_fake, "fakeanthropic", LONG)
+    read = anthropic_fake.prompt_cache[0]
+    assert (result.response.usage.input_tokens, result.response.usage.cached_input_tokens) == (read, read)
+    assert not result.response.usage.estimated
 
 
 async def test_a_streams_input_the_prompt_belies_is_not_told_as_its_input(
