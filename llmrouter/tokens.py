@@ -9,6 +9,7 @@ import asyncio
 import base64
 import gzip
 import hashlib
+import math
 import re
 from collections.abc import Iterable, Iterator
 from functools import cache
@@ -110,13 +111,16 @@ async def count_prompt_tokens(
     return total
 
 
-async def count_text_tokens(text: str, name: Encoding = "cl100k_base") -> int:
+async def count_text_tokens(text: str, name: Encoding = "cl100k_base", stop_above: float = math.inf) -> int:
     """count_tokens for a text of any length (an answer an upstream sent: megabytes, from a hostile one), in chunks
     of CHUNK_CHARS with a turn of the event loop after each: counted in one go, it held every other call of the
-    process for seconds. Exact but where a run without a space is cut, which counts one token more per cut."""
+    process for seconds. Exact but where a run without a space is cut, which counts one token more per cut. Stops as
+    soon as the count passes `stop_above` (a report judged against it needs no exact count)."""
     total = 0
     for chunk, cuts in _chunks(text):
         total += count_tokens(chunk, name) + cuts
+        if total > stop_above:
+            return total
         await asyncio.sleep(0)
     return total
 

@@ -76,9 +76,11 @@ async def implausible_output(model: ModelSpec, max_tokens: int | None, answer: s
         return False
     if reported <= 0:
         return reported == 0
-    counted = await count_text_tokens(answer, model.estimating_encoding)
-    counted = counted if max_tokens is None else min(counted, max_tokens)
-    return reported * UNDER_COUNT_FACTOR < counted
+    believed = reported * UNDER_COUNT_FACTOR  # a count past it belies the report
+    if max_tokens is not None and max_tokens <= believed:
+        return False
+    # Counted only as far as it takes to pass `believed`: a belied answer is counted whole once, to be charged.
+    return await count_text_tokens(answer, model.estimating_encoding, stop_above=believed) > believed
 
 
 def count_implausible(model: ModelSpec, direction: str) -> None:
