@@ -529,11 +529,13 @@ class Wasted:
         elif end.input_tokens is None and end.output_tokens is None:
             return  # the upstream never began answering: nothing billed
         calls = json.dumps(end.tool_calls) if end.tool_calls else ""
-        # Unreported (OpenAI-style streams say it only at their end), the prompt is billed whole all the same:
-        # counted as high as the router holds for it, so the retry budget is never passed by what went uncounted.
-        billed_input = end.input_tokens if end.input_tokens is not None else await input_bound(model, request)
+        # Unreported (OpenAI-style streams say it only at their end), or reported as none (implausible_input), the
+        # prompt is billed whole all the same: counted as high as the router holds for it, so the retry budget is
+        # never passed by what went uncounted.
+        told = _told_input(request, end)
+        billed_input = end.input_tokens if told else await input_bound(model, request)
         usage, cost = await settle(model, request, calls, billed_input, end.output_tokens, *_cache_counts(end))
-        usage.estimated |= end.input_tokens is None
+        usage.estimated |= not told
         self.usage = summed(self.usage, usage)
         self.cost += Decimal(cost)
 

