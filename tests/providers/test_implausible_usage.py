@@ -20,6 +20,9 @@ from tests.fakes import FakeAnthropic, FakeOpenAI
 from tests.fakes.fake_openai import REFUSAL_CUE
 from tests.providers.conftest import model_entry, providers_service
 from tests.providers.helpers import collect, metric, request
+from tests.providers.test_counted_output_within_max_tokens import ANSWER as HINDI
+from tests.providers.test_counted_output_within_max_tokens import LLAMA, MAX_TOKENS
+from tests.providers.test_hostile_upstream import RawUpstream, events, openai_chunk
 from tests.providers.test_tool_calls import PROMPT as TOOL_PROMPT
 from tests.providers.test_tool_calls import TOOLS, tool_request
 
@@ -287,3 +290,19 @@ async def test_a_refusal_reported_as_no_output_is_charged_as_counted_here(
     answer = await stub.Generate(request("cheap", f"Do something bad {REFUSAL_CUE}"))
     assert answer.refusal and not answer.content
     assert answer.usage.output_tokens == count_tokens(answer.refusal) and answer.usage.estimated
+
+
+async def test_a_report_max_tokens_leaves_plausible_is_charged_as_reported(tmp_path: Path) -> None:
+    """Judged as counted_output counts (never past max_tokens, which no upstream writes past): a report of at least
+    1/UNDER_COUNT_FACTOR of max_tokens is believed, however many more tokens the estimating tokenizer finds in the
+    answer (cl100k_base counts Hindi near three times Llama 3's tokens)."""
+    reported = -(-MAX_TOKENS // UNDER_COUNT_FACTOR)
+    assert count_tokens(HINDI, "cl100k_base") > UNDER_COUNT_FACTOR * reported
+    usage = {"prompt_tokens": 20, "completion_tokens": reported, "total_tokens": 20 + reported}
+    wire = events(openai_chunk({"content": HINDI}), openai_chunk({}, "length") | {"usage": usage}, "[DONE]")
+    async with (
+        RawUpstream(wire) as upstream,
+        providers_service(tmp_path, upstream.url, upstream.url, extra_models=[LLAMA]) as stub,
+    ):
+        _, final = await collect(stub, request("llama", max_tokens=MAX_TOKENS))
+    assert final is not None and (final.usage.output_tokens, final.usage.estimated) == (reported, False)
