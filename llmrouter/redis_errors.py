@@ -25,6 +25,10 @@ class StoreFailure(enum.Enum):
 # these as bare ResponseErrors (the replies it knows, READONLY, OOM, LOADING, MASTERDOWN, TRYAGAIN, CLUSTERDOWN,
 # have classes of their own).
 _REFUSING = re.compile(r"(?:^|caused error: (?:\(['\"])?)(?:MISCONF|NOREPLICAS|BUSY) ")
+# An ACL denying a command a script runs, as Redis 7.0 words it: a bare ERR, where 7.2 and later reply NOPERM (a
+# NoPermissionError). The scripts ask before their writes (services/router/store/lua.py, _PERMITTED), not before their
+# reads: a read denied (say PEXPIRETIME, which CHARGE reads of a marker it meets) is the store denying this user too.
+_SCRIPT_DENIED = re.compile(r"(?:^|caused error: (?:\(['\"])?)The user executing the script can't run this command")
 # A Redis Cluster whose layout the client cannot learn, as redis-py words it: no node answers (its retry of a command
 # that met a dropped connection rediscovers the layout first, outside the errors it maps), or the nodes that do leave
 # slots uncovered or disagree. A bare RedisClusterException, as are the client's refusals of a command it cannot route
@@ -48,7 +52,9 @@ def store_failure(exc: BaseException) -> StoreFailure | None:
         return StoreFailure.UNREACHABLE
     if isinstance(exc, errors.ReadOnlyError):
         return StoreFailure.READ_ONLY
-    if isinstance(exc, errors.NoPermissionError):
+    if isinstance(exc, errors.NoPermissionError) or (
+        isinstance(exc, errors.ResponseError) and _SCRIPT_DENIED.search(str(exc))
+    ):
         return StoreFailure.DENIED
     if isinstance(exc, errors.OutOfMemoryError):
         return StoreFailure.FULL

@@ -134,3 +134,24 @@ async def test_a_take_an_acl_denies_the_move_of_an_entry_left_alone_writes_nothi
             [UncountedCharge(ACCOUNT, "line-1", "made"), UncountedCharge(ACCOUNT, "line-2", "made")]
         )
     assert await written(admin) == before
+
+
+@pytest.mark.parametrize("command", ["pexpiretime", "get"])
+async def test_a_charge_an_acl_denies_one_read_is_the_store_refusing_the_router(
+    acl_store: tuple[RedisStore, redis.Redis, Revoke], command: str
+) -> None:
+    """A read CHARGE makes before its writes (the marker's expiry, read once a marker is met: a charge sent again after
+    its reply was lost) denied by an ACL is the store refusing the router, as a denied write is: 7.0's bare ERR was
+    taken for the charge's own fault, so the outbox dead-lettered a good charge after its poison replays."""
+    store, admin, revoke = acl_store
+    assert (await store.admit(ACCOUNT, ALLOWANCE, HOLD)).refused == ""
+    record = {"request_id": HOLD.request_id, "cost_usd": "0"}
+    assert await store.charge(ACCOUNT, HOLD, 700, record, False, "c1")
+    before = await written(admin)
+    await revoke(f"-{command}")
+    with pytest.raises(StoreRefusing):  # held in the outbox until the store takes it again
+        await store.charge(ACCOUNT, HOLD, 700, record, False, "c1")
+    assert await written(admin) == before
+    await revoke("+@all")
+    assert await store.charge(ACCOUNT, HOLD, 700, record, False, "c1")  # its reply lost: known as this very charge
+    assert await store.spent(ACCOUNT, DAY) == (700, 700)
