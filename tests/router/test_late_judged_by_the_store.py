@@ -120,14 +120,16 @@ async def test_a_kept_charge_whose_admission_the_store_lost_is_paid_whatever_its
     assert await store.spent(ACCOUNT, DAY) == (70, 70)
 
 
+# Far past, and the first millisecond past 2^63 - 1 (19 digits, as many as the greatest PEXPIREAT takes).
+@pytest.mark.parametrize("marked_until", [1e20, 2**63 / 1000])
 async def test_a_marked_until_redis_cannot_expire_at_is_refused_before_the_charge_writes_anything(
-    redis_url: str,
+    redis_url: str, marked_until: float
 ) -> None:
     """A hold whose marked_until (a pending record or an outbox line, corrupted or hostile) is past what PEXPIREAT
     takes: refused before anything is written. Failing at its PEXPIREAT, the charge left its marker set and nothing
     charged, and that charge sent again (the outbox's replay) took the marker for its own landing: never paid."""
     store, client = RedisStore(redis_url), redis.from_url(redis_url)
-    hold = lost("req-1", 1e20)
+    hold = lost("req-1", marked_until)
     try:
         for _ in range(2):  # as made, and as replayed
             with pytest.raises(redis.ResponseError, match="marked_until"):
