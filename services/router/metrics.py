@@ -155,10 +155,14 @@ def count_charge(record: dict[str, Any]) -> None:
         TOKENS.labels(generation["model"], "output").inc(generation["output_tokens"])
 
 
+# The most tokens one generation's count says (a provider's int64): past what a float holds, a counter's inc raises.
+TOKEN_COUNT_MAX = 2**63 - 1
+
+
 def countable(record: dict[str, Any]) -> bool:
     """Whether count_charge counts `record` whole, as a router builds it: one hand-edited (a cost missing or no finite
-    amount of at least nothing, a generation without its model or token counts) would fail it part way, counted in
-    part."""
+    amount of at least nothing, a generation without its model or token counts, or a count past TOKEN_COUNT_MAX)
+    would fail it part way, counted in part."""
     try:
         amounts = [Decimal(record["cost_usd"]), Decimal(record.get("baseline_cost_usd") or record["cost_usd"])]
         generations = record.get("generations", [])
@@ -171,7 +175,7 @@ def countable(record: dict[str, Any]) -> bool:
     return (
         all(amount.is_finite() and amount >= 0 for amount in amounts)
         and all(isinstance(model, str) for model in models)
-        and all(type(n) is int and n >= 0 for n in counts)
+        and all(type(n) is int and 0 <= n <= TOKEN_COUNT_MAX for n in counts)
     )
 
 

@@ -304,7 +304,7 @@ async def test_a_take_of_a_charge_named_by_another_id_first_whose_reply_was_lost
 
 # Records no router wrote: nested past the parser's depth, not JSON, candidates in neither form; a JSON object the
 # metrics cannot count (no cost, a cost that is no number, a generation without its tokens or not an object, a report
-# past the hold that is no number).
+# past the hold that is no number, a token count no float holds: the counter's inc raised OverflowError part way).
 UNCOUNTABLE = [
     "[" * 100_000,
     "{not json",
@@ -314,6 +314,7 @@ UNCOUNTABLE = [
     '{"cost_usd": "1", "generations": [{"model": "m"}]}',
     '{"cost_usd": "1", "generations": "m"}',
     '{"cost_usd": "1", "reported_cost_usd": "lots"}',
+    '{"cost_usd": "1", "generations": [{"model": "m", "input_tokens": 1, "output_tokens": 1%s}]}' % ("0" * 400),
 ]
 
 
