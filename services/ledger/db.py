@@ -595,13 +595,17 @@ class LedgerDB:
         for values in fetched:
             yield Row(tuple(values))
 
-    def iter_charges(self, since: float) -> Iterator[Charge]:
-        """The rows with ts >= since, oldest first, as their charges alone: a row's candidates and texts are most of
-        its size, and a day of them would not fit a pod's memory."""
+    def iter_charges(self, since: float, marked_after: float | None = None) -> Iterator[Charge]:
+        """The rows with ts >= since (and, given `marked_after`, those older whose marked_until is past it), oldest
+        first, as their charges alone: a row's candidates and texts are most of its size, and a day of them would not
+        fit a pod's memory."""
         sql = f"SELECT {', '.join(Charge._fields)} FROM requests WHERE ts >= {self._mark}"
+        args = [since]
+        if marked_after is not None:
+            sql, args = sql + f" OR marked_until > {self._mark}", [since, marked_after]
         sql += " ORDER BY ts, tenant, request_id, ledger_entry"
         with self._connected() as conn:
-            fetched = conn.execute(sql, [since]).fetchall()
+            fetched = conn.execute(sql, args).fetchall()
             conn.commit()  # ends PostgreSQL's implicit transaction
         for values in fetched:
             yield Charge(*values)

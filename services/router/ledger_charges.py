@@ -4,11 +4,12 @@
 A store restored from before time T has forgotten the charges since T: their request ids are free again, so a
 client's retry is admitted and charged a second time; and the pending charges and holds of the requests settled
 since T are back, each holding its budget until the reconciler charges it its hold, a second charge. For each
-(tenant, request id) the SQL ledger charged within the request id TTL (ROUTER_REQUEST_ID_TTL_S) whose charged marker
-the store lacks, the repair marks the id used and charged until the TTL after its last charge, as that charge did
-(lua.py, CHARGE); and it drops the request's pending charge and hold as a charge drops them, adding no spend and no
-ledger entry: the charge is counted (ledger-spend raises the spend counters to the SQL ledger's charges). One script
-a shard's slot, each request in it atomically (lua.py, LEDGER_CHARGED).
+(tenant, request id) the SQL ledger charged within the request id TTL (ROUTER_REQUEST_ID_TTL_S), or earlier with its
+admission's marked_until still ahead, whose charged marker the store lacks, the repair marks the id used and charged
+until the TTL after its last charge (and no sooner than marked_until), as that charge did (lua.py, CHARGE); and it
+drops the request's pending charge and hold as a charge drops them, adding no spend and no ledger entry: the charge
+is counted (ledger-spend raises the spend counters to the SQL ledger's charges). One script a shard's slot, each
+request in it atomically (lua.py, LEDGER_CHARGED).
 
 A pending charge of such a request id is dropped whichever admission it is: the one the SQL ledger charged (come
 back with the restore), or a retry admitted since the restore, before the repair (the markers would have refused
@@ -217,9 +218,12 @@ async def check_ledger_charges(store: RedisStore, db: LedgerDB, request_id_ttl_s
     what was found printed. 1 when anything is to do (with `repair`: anything left alone), else 0."""
     # Rows are dated by their routers' clocks, and some landed long after (an outbox's replay): read a TTL further
     # back, and keep what landed within the TTL (settle_forgotten).
-    since = money_now() - 2 * request_id_ttl_s
-    now_ms = money_now() * 1000
-    charges = [c for c in ledger_charges(db.iter_charges(since)) if c.markers_expire_ms(request_id_ttl_s) > now_ms]
+    # And older ones whose admission's marked_until is ahead (admitted by a router of a longer TTL, a batch line's):
+    # their markers live till then (LedgerCharge.markers_expire_ms).
+    now = money_now()
+    since, now_ms = now - 2 * request_id_ttl_s, now * 1000
+    rows = db.iter_charges(since, marked_after=now)
+    charges = [c for c in ledger_charges(rows) if c.markers_expire_ms(request_id_ttl_s) > now_ms]
     findings = await settle_forgotten(store, charges, request_id_ttl_s, repair)
     for finding in findings:
         charge = finding.charge

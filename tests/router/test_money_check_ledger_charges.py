@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
+import psycopg
 import pytest
 import redis.asyncio as redis
 
@@ -449,4 +450,26 @@ async def test_a_forgotten_charge_is_marked_again_until_its_admissions_marked_un
     assert await money_check.main(["ledger-charges", "--repair"]) == 0
     keys = AccountKeys.of(ACME_K1)
     for marker in (keys.charged("marked-long"), keys.used("marked-long")):
+        assert await client.pexpiretime(marker) >= math.ceil(hold.marked_until * 1000), marker
+
+
+async def test_a_forgotten_charge_older_than_the_repairs_look_back_is_marked_while_its_marked_until_is_ahead(
+    store: RedisStore, client: redis.Redis, dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above, the charge landed five minutes before the repair: past the two TTLs of its own the repair read the
+    SQL ledger back for, yet within its admission's marked_until. Unread, it was left unmarked, and a charge of the
+    admission met before marked_until was charged again."""
+    snapshot = await backup(client)
+    hold = Hold("marked-older", 400, period_id("day"), "router-1", uuid.uuid4().hex, marked_until=money_now() + 600)
+    assert (await store.admit(ACME_K1, ALLOW, hold)).refused == ""
+    assert await charge(store, ACME_K1, hold, 300)
+    await copy_to_sql(client, dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:  # landed five minutes ago
+        conn.execute("UPDATE requests SET ts = ts - 300 WHERE request_id = 'marked-older'")
+    await restore(client, snapshot)
+    monkeypatch.setenv("ROUTER_REQUEST_ID_TTL_S", "60")
+
+    assert await money_check.main(["ledger-charges", "--repair"]) == 0
+    keys = AccountKeys.of(ACME_K1)
+    for marker in (keys.charged("marked-older"), keys.used("marked-older")):
         assert await client.pexpiretime(marker) >= math.ceil(hold.marked_until * 1000), marker
