@@ -27,7 +27,7 @@ from services.router.outbox import Outbox
 from services.router.store import Account, AccountKeys, Pending, to_pico
 from tests.conftest import ledger_records
 from tests.fakes.lossy_proxy import LossyProxy
-from tests.fakes.server import Fault
+from tests.fakes.server import FakeServer, Fault
 from tests.integration.conftest import Chain
 from tests.integration.test_money_faults import pending_of, wait_for
 from tests.integration.test_policy_in_chain import ask, extra_router
@@ -101,10 +101,17 @@ async def call(stub: router_pb2_grpc.RouterStub, request: router_pb2.CompleteReq
     return model
 
 
-async def down_once_admitted(router: ProxiedRouter) -> Pending:
+async def down_once_admitted(router: ProxiedRouter, cheap: FakeServer, sent_before: int) -> Pending:
     """Takes the store down as soon as the request is admitted, while its first attempt is still with the
-    (slowed) cheap upstream: the next thing the request asks of the store is the fallback's hold growth."""
+    (slowed) cheap upstream: the next thing the request asks of the store is the fallback's hold growth. Admitted is
+    the attempt reaching the upstream, not the pending charge in the store: the router may not have read its
+    admission's reply yet, and that reply lost, the admission is undone (STORE_UNAVAILABLE)."""
     pending = await router.admitted()
+
+    async def reached() -> bool:
+        return len(cheap.requests) > sent_before
+
+    await wait_for(reached, timeout=10)
     router.proxy.go_down()
     return pending
 
@@ -139,8 +146,9 @@ async def test_an_unknown_outcome_then_the_store_down_ends_with_the_attempts_err
     strong_calls = len(chain.premium.requests)
     request_id = f"r-{uuid.uuid4().hex}"
     request = cheap_first(request_id)
+    sent_before = len(chain.budget.requests)
     calling = asyncio.ensure_future(call(proxied_router.stub, request, streamed))
-    pending = await down_once_admitted(proxied_router)
+    pending = await down_once_admitted(proxied_router, chain.budget, sent_before)
     with pytest.raises(grpc.aio.AioRpcError) as failed:
         await calling
     error = ServiceError.from_rpc_error(failed.value)
@@ -176,8 +184,9 @@ async def test_a_refused_attempt_then_the_store_down_still_falls_back_and_is_cha
     chain.budget.latency = 0.3
     chain.budget.enqueue(Fault.error(500), Fault.error(500))
     request_id = f"r-{uuid.uuid4().hex}"
+    sent_before = len(chain.budget.requests)
     calling = asyncio.ensure_future(call(proxied_router.stub, cheap_first(request_id), False))
-    pending = await down_once_admitted(proxied_router)
+    pending = await down_once_admitted(proxied_router, chain.budget, sent_before)
     assert await calling == "strong-model"
     record = await settled_once(proxied_router, request_id, pending)
     assert record["outcome"] == "ok" and record["model"] == "strong-model" and record["fallback"]
