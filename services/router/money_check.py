@@ -141,6 +141,7 @@ class SpendShortfall:
     ledger_pico: int
     counted_pico: int
     unjudged: str | None = None
+    repairs: int = 0  # repairs that had raised it when read (keys.py, repairs_key): its raise names that count
 
 
 @dataclass(frozen=True)
@@ -215,12 +216,14 @@ async def _spend_read(store: RedisStore, db: LedgerDB, budget_period: str, sink_
     sums = ledger_spend([*charges, *rejected.charges.values()], period)
     copied_give_backs |= rejected.charges.keys()
     counted: dict[str, int] = {}
+    repairs: dict[str, int] = {}
     unreadable: list[Unjudged] = []  # give-backs waiting on their streams that read as none
     trimmed = []
     for shard, counters in _by_shard(sums).items():
         # The counters and the give-backs with them: none lands between the two reads.
         values, given_back, after = await store.spend_and_given_back(shard, counters, unacked_from[shard])
-        counted.update(values)
+        counted.update(values.pico)
+        repairs.update(values.repairs)
         if _cut_into(unacked_from[shard], before[shard], after):
             trimmed.append(shard)
         for entry, record in given_back:
@@ -234,7 +237,7 @@ async def _spend_read(store: RedisStore, db: LedgerDB, budget_period: str, sink_
     # Of every account the sums name: one known only by a rejected charge too.
     not_judged = _unjudged_counters(unjudged, [*charges, *rejected.charges.values()], period)
     shortfalls = [
-        SpendShortfall(c, sums[c], counted[c], not_judged.get(c, not_judged.get("")))
+        SpendShortfall(c, sums[c], counted[c], not_judged.get(c, not_judged.get("")), repairs[c])
         for c in sorted(sums)
         if counted[c] < sums[c]
     ]
@@ -342,10 +345,10 @@ async def check_ledger_spend(
             done = f": not raised, entry {short.unjudged!r} cannot be judged"
         elif not repair:
             done = ""
-        elif await store.raise_spend(short.counter, short.counted_pico, lacking, period):
+        elif await store.raise_spend(short.counter, short.repairs, lacking, period):
             done = ": raised"
-        else:  # another repair raised it meanwhile, or money moved it: what it lacks now is unknown
-            done, moved = ": not raised, the counter moved since it was read: run the check again", True
+        else:  # another repair raised it meanwhile, perhaps by this same loss: what it lacks now is unknown
+            done, moved = ": not raised, another repair raised it since it was read: run the check again", True
         print(
             f"behind the ledger: {short.counter} counts {short.counted_pico} pico-USD, the SQL ledger "
             f"{short.ledger_pico} ({lacking} lacking){done}",

@@ -1,34 +1,44 @@
 """Two `money_check ledger-spend --repair` at once (two operators, or one run again while the first still reads a long
 backlog): each reads the same counter short by the same loss, and each raised it by that loss, so the tenant paid it
-twice, money it never spent. A counter is raised only as it was read: the second repair finds it moved, raises
-nothing, and says to run the check again. Real Redis (one server and a Redis Cluster), the real sink, real PostgreSQL;
-the two runs interleaved by real ordering (the second runs whole as the first is about to raise)."""
+twice, money it never spent. A counter is raised only while no other repair raised it since it was read (its
+repairs count, keys.py, repairs_key): the second repair raises nothing, and says to run the check again. Routers
+serving meanwhile stop no repair: one that refused to raise a counter a charge had moved since the check read it kept
+refusing under live traffic, and never converged; the loss it found is still missing beside those charges, and is
+added exactly. Real Redis (one server and a Redis Cluster), the real sink, real PostgreSQL; the runs and the charges
+interleaved by real ordering (the other run, or the charges, land whole as the first repair is about to raise)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
 from services.ledger.db import LedgerDB
-from services.router.store import AccountKeys, RedisStore
+from services.router.store import PICO, Account, AccountKeys, Allowance, Hold, RedisStore
 from tests.ledger.conftest import fresh_postgres
 from tests.router.test_money_check_ledger_spend_given_back import ACME, DAY, HOLD, Ledger, lose, reconciled
 
 
 class OvertakenStore(RedisStore):
-    """A money Redis whose first raise of a counter (ledger-spend --repair) lets another whole check run first."""
+    """A money Redis whose first raise of a counter (ledger-spend --repair) lets another whole check run first, and
+    whose routers may serve before each raise."""
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
         self.address = url
         self.first_raise: Ledger | None = None
+        # What the routers do before each raise: money of their own landing on the counters the check read.
+        self.meanwhile: Callable[[], Awaitable[None]] | None = None
 
-    async def raise_spend(self, counter: str, counted: int, pico: int, period: str) -> bool:
+    async def raise_spend(self, counter: str, repairs: int, pico: int, period: str) -> bool:
         overtaking, self.first_raise = self.first_raise, None
         if overtaking is not None:
             assert await overtaking.check(repair=True) == 0, "the other check raised the counter"
-        return await super().raise_spend(counter, counted, pico, period)
+        if self.meanwhile is not None:
+            await self.meanwhile()
+        return await super().raise_spend(counter, repairs, pico, period)
 
 
 @pytest.fixture
@@ -66,8 +76,62 @@ async def test_two_repairs_at_once_raise_a_counter_by_its_loss_once(
     behind = f"behind the ledger: {tenant} counts {HOLD - 50} pico-USD, the SQL ledger {HOLD} (50 lacking)"
     assert err == [
         f"{behind}: raised",  # the other check's
-        f"{behind}: not raised, the counter moved since it was read: run the check again",
+        f"{behind}: not raised, another repair raised it since it was read: run the check again",
     ]
     capsys.readouterr()
     assert await ledger.check(repair=True) == 0
     assert "0 counter(s) behind the SQL ledger" in capsys.readouterr().out
+
+
+async def served(store: RedisStore, account: Account, request_id: str, pico: int) -> None:
+    """A router admits a request and charges it `pico`, its ledger entry written with the charge."""
+    hold = Hold(request_id, pico, DAY, "router-serving", uuid.uuid4().hex)
+    assert (await store.admit(account, Allowance("day"), hold)).refused == ""
+    record = {
+        "request_id": request_id,
+        "ts": time.time(),
+        "tenant": account.tenant,
+        "key": account.key,
+        "period": DAY,
+        "cost_usd": str(pico / PICO),
+    }
+    assert await store.charge(account, hold, pico, record, charge_id=uuid.uuid4().hex)
+
+
+async def test_charges_and_give_backs_landing_as_it_repairs_leave_the_counter_raised_by_its_loss_exactly(
+    ledger: Ledger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Between the check's read of the counters and each raise, a router charges the account and another's charge
+    gives back a reconciled hold (lua.py, GIVE_BACK): the repair still raises, by the loss read, and once the sink has
+    copied what landed, the counters equal the SQL ledger to the pico: nothing double-counted, nothing hidden."""
+    store = ledger.store
+    assert isinstance(store, OvertakenStore)
+    first = await reconciled(store, ACME, "r1")
+    await ledger.copy()
+    tenant, key = AccountKeys.of(ACME).spend(DAY)
+    await lose(store, tenant, 50)
+    await lose(store, key, 30)
+    landed = 0
+
+    async def serving() -> None:
+        nonlocal landed
+        landed += 1
+        await served(store, ACME, f"live-{landed}", 200)
+        if landed == 1:
+            assert await store.give_back(ACME, first, 300) == HOLD - 300
+
+    store.meanwhile = serving
+    capsys.readouterr()
+    assert await ledger.check(repair=True) == 0, "both counters raised, with charges landing before each raise"
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        f"behind the ledger: {key} counts {HOLD - 30} pico-USD, the SQL ledger {HOLD} (30 lacking): raised",
+        f"behind the ledger: {tenant} counts {HOLD - 50} pico-USD, the SQL ledger {HOLD} (50 lacking): raised",
+    ]
+    store.meanwhile = None
+    assert landed == 2
+    await ledger.copy()
+    assert await ledger.check() == 0
+    assert "0 counter(s) behind the SQL ledger" in capsys.readouterr().out
+    exact = 300 + 2 * 200  # the reconciled charge as given back, and the two served
+    assert await store.spent(ACME, DAY) == (exact, exact), "the counters as the SQL ledger holds them"

@@ -172,6 +172,13 @@ def key_moves_key(shard: int) -> str:
     return f"{TAGS[shard]}:key-moves"
 
 
+def repairs_key(counter: str) -> str:
+    """How many times `ledger-spend --repair` (money_check.py) raised a spend counter: a repair raises it only while
+    this still holds what the check read beside the counter (lua.py, RAISE_SPEND), so two repairs of one loss raise it
+    once, and charges landing meanwhile stop none. In the counter's slot (its name's hash tag)."""
+    return f"{counter}:repairs"
+
+
 GLOBAL_SLOT = key_slot(GLOBAL.encode())  # a Redis Cluster's: every GLOBAL key is in it
 ALIVE_PREFIX = f"{GLOBAL}:alive:"
 

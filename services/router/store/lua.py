@@ -1103,12 +1103,18 @@ return {mine, beats}
 """
 
 # Spend counter KEYS[1] raised by ARGV[2] pico-USD and kept ARGV[3] s (0: for good), for money_check's ledger-spend
-# --repair, only while it holds ARGV[1] (what the check read, '0' for none): one that moved since (another repair, a
-# charge or a give-back landing) is left as it is. Returns 1 when raised, else 0.
+# --repair, only while its repairs count KEYS[2] (keys.py, repairs_key) holds ARGV[1] (what the check read with the
+# counter, '0' for none), which the raise counts one more. So another repair since (which read the same loss) makes it
+# raise nothing, while a charge or a give-back landing since does not: those are money of their own, not in what the
+# check read, and the loss it found is still missing beside them. Returns 1 when raised, else 0.
 RAISE_SPEND = """
-if (redis.call('GET', KEYS[1]) or '0') ~= ARGV[1] then return 0 end
+if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[1] then return 0 end
 redis.call('INCRBY', KEYS[1], ARGV[2])
-if ARGV[3] ~= '0' then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
+redis.call('INCR', KEYS[2])
+if ARGV[3] ~= '0' then
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+  redis.call('EXPIRE', KEYS[2], ARGV[3])
+end
 return 1
 """
 
@@ -1146,10 +1152,12 @@ LEDGER_POSITION = _STREAM_POSITION + "return stream_position(KEYS[1])"
 
 # The give-backs (model.py, given_back_record, always written compact) among at most ARGV[2] entries of a shard's
 # ledger stream KEYS[1] from XRANGE start ARGV[1], for money_check's ledger-spend: {{}, {entry id, record, ...}, where
-# the next page starts} while a page is full, and at the stream's end {counters, {...}, '', the stream's position}:
-# spend counters KEYS[2..] read in the same script as the last page, so no give-back lowers a counter between the two,
-# and the stream's position (_STREAM_POSITION) as they were read. One call reads one page: a long backlog (a sink
-# stopped for hours, a stream without its group) blocks the master for a page at a time, never for the whole of it.
+# the next page starts} while a page is full, and at the stream's end {counters, {...}, '', the stream's position,
+# repairs}: spend counters KEYS[2..n+1] read in the same script as the last page, so no give-back lowers a counter
+# between the two, the stream's position (_STREAM_POSITION) as they were read, and each counter's repairs count
+# KEYS[n+2..] (keys.py, repairs_key: what RAISE_SPEND checks) at the same instant. One call reads one page: a long
+# backlog (a sink stopped for hours, a stream without its group) blocks the master for a page at a time, never for the
+# whole of it.
 # Read-only.
 SPEND_AND_GIVEN_BACK = (
     _STREAM_POSITION
@@ -1167,8 +1175,12 @@ for _, entry in ipairs(entries) do
   end
 end
 if #entries == page then return {{}, given, '(' .. entries[#entries][1]} end
-local counted = {}
-for i = 2, #KEYS do counted[#counted + 1] = redis.call('GET', KEYS[i]) or '0' end
-return {counted, given, '', stream_position(KEYS[1])}
+local counters = (#KEYS - 1) / 2
+local counted, repairs = {}, {}
+for i = 2, counters + 1 do
+  counted[#counted + 1] = redis.call('GET', KEYS[i]) or '0'
+  repairs[#repairs + 1] = redis.call('GET', KEYS[i + counters]) or '0'
+end
+return {counted, given, '', stream_position(KEYS[1]), repairs}
 """
 )

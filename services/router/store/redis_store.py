@@ -43,6 +43,7 @@ from services.router.store.keys import (
     limit_field,
     limits_key,
     pending_key,
+    repairs_key,
     shard_of,
     shard_of_key,
     uncounted_reconciled_key,
@@ -160,6 +161,14 @@ class StreamPosition(NamedTuple):
     length: int
     first: str
     last: str
+
+
+class SpendRead(NamedTuple):
+    """Spend counters read at one instant (RedisStore.spend_and_given_back): what each holds, and how many times a
+    repair raised it (keys.py, repairs_key), which a repair of what was read names (RedisStore.raise_spend)."""
+
+    pico: dict[str, int]
+    repairs: dict[str, int]
 
 
 class _Take(NamedTuple):
@@ -792,13 +801,14 @@ class RedisStore:
                 pipe.get(counter)
             return {counter: int(value or 0) for counter, value in zip(counters, await pipe.execute(), strict=True)}
 
-    async def raise_spend(self, counter: str, counted: int, pico: int, period: str) -> bool:
+    async def raise_spend(self, counter: str, repairs: int, pico: int, period: str) -> bool:
         """A spend counter of `period` raised by `pico`, and kept as long as a charge keeps it (money_check.py,
-        ledger-spend --repair: charges the store forgot), only while it holds `counted` (lua.py, RAISE_SPEND): False,
-        raising nothing, when it moved since it was read. Two repairs at once would each raise it by the same loss."""
+        ledger-spend --repair: charges the store forgot), only while no other repair raised it since it was read with
+        `repairs` (SpendRead; lua.py, RAISE_SPEND): False, raising nothing, when one did. Charges and give-backs
+        landing since stop no repair: the loss read is still missing beside them."""
         async with self._call():
-            args = [counted, pico, spend_ttl_s(period) or 0]
-            return bool(await self._raise_spend(keys=[counter], args=args))
+            args = [repairs, pico, spend_ttl_s(period) or 0]
+            return bool(await self._raise_spend(keys=[counter, repairs_key(counter)], args=args))
 
     async def ledger_unacked_from(self, group: str) -> list[str]:
         """Each shard's ledger stream's first entry the SQL sink's consumer group `group` has not acknowledged, as an
@@ -817,13 +827,13 @@ class RedisStore:
 
     async def spend_and_given_back(
         self, shard: int, counters: list[str], start: str, page: int = LEDGER_PAGE
-    ) -> tuple[dict[str, int], list[tuple[str, dict[str, Any] | None]], StreamPosition]:
-        """What each spend counter named (all of `shard`) holds, the give-backs on the shard's ledger stream from
-        XRANGE `start` as (entry id, record; None for one that names itself one and is no JSON object: no router
-        wrote it), `page` entries a script (spend_and_given_back_page), and the stream's position when the counters
-        were read. A give-back read by an earlier page lowered the counters before the last page's script reads them
-        (its entry and its decrement are one script's), and none lands between that last page and the counters: they
-        are read as at one instant."""
+    ) -> tuple[SpendRead, list[tuple[str, dict[str, Any] | None]], StreamPosition]:
+        """What each spend counter named (all of `shard`) holds (with its repairs count), the give-backs on the shard's
+        ledger stream from XRANGE `start` as (entry id, record; None for one that names itself one and is no JSON
+        object: no router wrote it), `page` entries a script (spend_and_given_back_page), and the stream's position
+        when the counters were read. A give-back read by an earlier page lowered the counters before the last page's
+        script reads them (its entry and its decrement are one script's), and none lands between that last page and
+        the counters: they are read as at one instant."""
         found: list[tuple[str, dict[str, Any] | None]] = []
         while True:
             counted, given, start, position = await self.spend_and_given_back_page(shard, counters, start, page)
@@ -833,20 +843,24 @@ class RedisStore:
 
     async def spend_and_given_back_page(
         self, shard: int, counters: list[str], start: str, page: int
-    ) -> tuple[dict[str, int] | None, list[tuple[str, dict[str, Any] | None]], str, StreamPosition | None]:
+    ) -> tuple[SpendRead | None, list[tuple[str, dict[str, Any] | None]], str, StreamPosition | None]:
         """The give-backs among `page` entries of the shard's ledger stream from XRANGE `start`, and where the next
         page starts; at the stream's end, '' for it, and the counters and the stream's position too, read in the same
         script (lua.py, SPEND_AND_GIVEN_BACK), each None before it."""
         async with self._call():
             values, given, after, *position = await self._spend_and_given_back(
-                keys=[ledger_key(shard), *counters], args=[start, max(page, 1)]
+                keys=[ledger_key(shard), *counters, *map(repairs_key, counters)], args=[start, max(page, 1)]
             )
         records = [(_text(given[i]), _object_or_none(given[i + 1])) for i in range(0, len(given), 2)]
         found = [(entry, record) for entry, record in records if record is None or record.get("outcome") == GIVEN_BACK]
         if _text(after):
             return None, found, _text(after), None
-        counted = {counter: int(value) for counter, value in zip(counters, values, strict=True)}
-        return counted, found, "", _position(position[0])
+        ended, repairs = position
+        counted = SpendRead(
+            {counter: int(value) for counter, value in zip(counters, values, strict=True)},
+            {counter: int(value) for counter, value in zip(counters, repairs, strict=True)},
+        )
+        return counted, found, "", _position(ended)
 
     async def limit_overrides(self) -> dict[tuple[str, str], int]:
         async with self._call(), self.redis.pipeline(transaction=False) as pipe:
