@@ -124,13 +124,17 @@ GIVE_BACKS = "SELECT tenant, key_id, cost_pico, ledger_entry FROM requests WHERE
 # Several statements read at one instant (LedgerDB.period_ledger); read only, never refused for a write beside it.
 SNAPSHOT = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
 ACCOUNT_INDEX = "CREATE INDEX IF NOT EXISTS requests_account_ts ON requests (tenant, key_id, ts)"  # for NOT_NEWEST
+# For the restore repair's read of older charges whose admission's marked_until is still ahead (charges_query), which
+# would otherwise scan the whole table: few rows are marked past now, the newest day's and batch lines'.
+MARKED_INDEX = "CREATE INDEX IF NOT EXISTS requests_marked_until ON requests (marked_until)"
 # PostgreSQL: CREATE INDEX takes a SHARE lock on the table, even with IF NOT EXISTS on an index already there: behind
 # any open write (a retention mid-delete), ahead of every router's inserts. So a start-up creates only the indexes a
-# table lacks, and the account index of a table with rows (tens of millions: minutes to build) concurrently, beside it.
+# table lacks, and these, of a table with rows (tens of millions: minutes to build), concurrently, beside it.
+BUILT_BESIDE = {"requests_account_ts": ACCOUNT_INDEX, "requests_marked_until": MARKED_INDEX}
 INDEX_VALID = "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)"
-# Held (for its session) by the process building the account index concurrently: the others leave it to that one.
+# Held (for its session) by the process building the indexes concurrently: the others leave them to that one.
 INDEX_BUILD_LOCK = PREPARE_LOCK + 1
-# A process stopping cancels its account index build (LedgerDB.stop_index_build), sending the cancel again this often
+# A process stopping cancels its index build (LedgerDB.stop_index_build), sending the cancel again this often
 # until the build's thread ends (one sent between two of its statements cancels nothing), for at most BUILD_STOP_S.
 BUILD_CANCEL_EVERY_S = 0.2
 BUILD_STOP_S = 10.0
@@ -315,6 +319,15 @@ class LedgerUnavailable(Exception):
     """The database did not answer (down, restarting, locked): try again later; nothing was written."""
 
 
+def charges_query(mark: str, marked: bool) -> str:
+    """LedgerDB.iter_charges' statement (`mark`: the driver's parameter mark): the rows from a time, and with `marked`
+    those older whose marked_until is past another too (MARKED_INDEX finds those)."""
+    sql = f"SELECT {', '.join(Charge._fields)} FROM requests WHERE ts >= {mark}"
+    if marked:
+        sql += f" OR marked_until > {mark}"
+    return sql + " ORDER BY ts, tenant, request_id, ledger_entry"
+
+
 class BadDsn(ValueError):
     """The DSN given cannot be read as a PostgreSQL connection string."""
 
@@ -331,7 +344,7 @@ class LedgerDB:
             raise ValueError("a ledger needs a PostgreSQL DSN or a SQLite path")
         self.postgres, self._dsn, self.max_bytes = bool(dsn), dsn, 0 if dsn else max_bytes
         self._lock = threading.Lock()
-        # The account index build (build_indexes): its connection while it runs, and whether it is to stop.
+        # The index build (build_indexes): its connection while it runs, and whether it is to stop.
         self._build_lock = threading.Lock()
         self._build_conn: Any = None
         self._build_stopped = False
@@ -425,14 +438,14 @@ class LedgerDB:
         return await asyncio.to_thread(self._trim, before)
 
     async def build_indexes(self) -> None:
-        """PostgreSQL: build the account index (NOT_NEWEST) a table with rows lacks, or a build cut short left
-        invalid, concurrently (inserts go on meanwhile), on a connection of its own; SQLite has it from start-up.
-        stop_index_build() cuts it short."""
+        """PostgreSQL: build the indexes (BUILT_BESIDE: the account index, NOT_NEWEST's, and MARKED_INDEX) a table with
+        rows lacks, or a build cut short left invalid, concurrently (inserts go on meanwhile), on a connection of its
+        own; SQLite has them from start-up. stop_index_build() cuts it short."""
         if self.postgres:
             await asyncio.to_thread(self._build_indexes)
 
     def stop_index_build(self) -> bool:
-        """Stop the account index build, now or before it starts: its statement is cancelled on the server, and it
+        """Stop the index build, now or before it starts: its statement is cancelled on the server, and it
         returns once the build's thread has ended (False when it did not within BUILD_STOP_S). A build takes minutes
         on a large table, and a process's exit waits for its worker threads: a stopping process is not held up for
         it. A concurrent build cut short leaves an INVALID index (still kept up by inserts), which the next start-up
@@ -442,7 +455,7 @@ class LedgerDB:
         deadline = time.monotonic() + BUILD_STOP_S
         while not self._build_ended.wait(BUILD_CANCEL_EVERY_S):
             if time.monotonic() >= deadline:
-                log.warning("ledger account index build not stopped; the process's exit waits for it")
+                log.warning("ledger index build not stopped; the process's exit waits for it")
                 return False
             with self._build_lock:
                 conn = self._build_conn
@@ -450,7 +463,7 @@ class LedgerDB:
                 try:
                     conn.cancel_safe(timeout=BUILD_CANCEL_EVERY_S * 10)
                 except Exception as exc:  # sent again next time round
-                    log.warning("ledger account index build not cancelled yet", extra={"error": str(exc)})
+                    log.warning("ledger index build not cancelled yet", extra={"error": str(exc)})
         return True
 
     def _build_indexes(self) -> None:
@@ -471,7 +484,7 @@ class LedgerDB:
         except psycopg.errors.QueryCanceled:
             if not self._build_stopped:
                 raise
-            log.info("ledger account index build stopped with the process; the next start-up builds it")
+            log.info("ledger index build stopped with the process; the next start-up builds it")
         finally:
             with self._build_lock:
                 self._build_conn = None
@@ -480,13 +493,14 @@ class LedgerDB:
     def _build_on(self, conn: Any) -> None:
         if conn.execute(f"SELECT pg_try_advisory_lock({INDEX_BUILD_LOCK})").fetchone() != (True,):
             return  # another process is building it
-        valid = conn.execute(INDEX_VALID, ("requests_account_ts",)).fetchone()
-        if valid == (True,):
-            return
-        if valid is not None:  # left invalid by a build cut short (stopped, or its process died): IF NOT EXISTS
-            conn.execute("DROP INDEX CONCURRENTLY IF EXISTS requests_account_ts")  # would keep it so
-        conn.execute(ACCOUNT_INDEX.replace("CREATE INDEX", "CREATE INDEX CONCURRENTLY"))
-        log.info("ledger account index built")
+        for name, index in BUILT_BESIDE.items():
+            valid = conn.execute(INDEX_VALID, (name,)).fetchone()
+            if valid == (True,):
+                continue
+            if valid is not None:  # left invalid by a build cut short (stopped, or its process died): IF NOT EXISTS
+                conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")  # would keep it so
+            conn.execute(index.replace("CREATE INDEX", "CREATE INDEX CONCURRENTLY"))
+            log.info("ledger index built", extra={"index": name})
 
     def close(self) -> None:
         with self._lock:
@@ -539,13 +553,15 @@ class LedgerDB:
             if self.postgres:
                 if conn.execute(INDEX_VALID, ("requests_ts",)).fetchone() is None:
                     conn.execute(INDEX)
-                missing = conn.execute(INDEX_VALID, ("requests_account_ts",)).fetchone() is None
+                missing = [i for n, i in BUILT_BESIDE.items() if conn.execute(INDEX_VALID, (n,)).fetchone() is None]
                 if missing and conn.execute("SELECT 1 FROM requests LIMIT 1").fetchone() is None:
-                    conn.execute(ACCOUNT_INDEX)  # an empty table's, at once; else build_indexes
+                    for index in missing:  # an empty table's, at once; else build_indexes
+                        conn.execute(index)
             else:
                 conn.execute(INDEX)
                 conn.execute(OLD_ACCOUNT_INDEX)
                 conn.execute(ACCOUNT_INDEX)  # every ledger: the retention by age needs it as the bound does
+                conn.execute(MARKED_INDEX)
             conn.execute(REJECTED_SCHEMA)
             conn.commit()
         except BaseException:
@@ -599,11 +615,8 @@ class LedgerDB:
         """The rows with ts >= since (and, given `marked_after`, those older whose marked_until is past it), oldest
         first, as their charges alone: a row's candidates and texts are most of its size, and a day of them would not
         fit a pod's memory."""
-        sql = f"SELECT {', '.join(Charge._fields)} FROM requests WHERE ts >= {self._mark}"
-        args = [since]
-        if marked_after is not None:
-            sql, args = sql + f" OR marked_until > {self._mark}", [since, marked_after]
-        sql += " ORDER BY ts, tenant, request_id, ledger_entry"
+        sql = charges_query(self._mark, marked_after is not None)
+        args = [since] if marked_after is None else [since, marked_after]
         with self._connected() as conn:
             fetched = conn.execute(sql, args).fetchall()
             conn.commit()  # ends PostgreSQL's implicit transaction

@@ -68,8 +68,8 @@ async def keep_retention(db: LedgerDB, days: float) -> None:
 async def build_indexes(db: LedgerDB) -> None:
     try:
         await db.build_indexes()
-    except Exception as exc:  # the retention works without it, by a slower plan; the next start-up tries again
-        log.warning("ledger account index not built", extra={"error": str(exc)})
+    except Exception as exc:  # retention and the restore repair work without them, more slowly; retried at start-up
+        log.warning("ledger indexes not built", extra={"error": str(exc)})
 
 
 async def open_ledger_sink(
