@@ -70,3 +70,14 @@ async def each_primary(client: Any, *command: str) -> dict[str, Any]:
         return {"server": await client.execute_command(*command)}
     await client.initialize()
     return {node.name: await client.execute_command(*command, target_nodes=node) for node in client.get_primaries()}
+
+
+def node_url(url: str | SecretStr, host: str, port: int) -> str:
+    """A `redis://` (`rediss://`) URL of one node of the Redis Cluster at `url`, with its user and password: for
+    commands that must run on one connection of that node (WAIT, which counts the writes of its own connection)."""
+    url = revealed(url)
+    parts = urlsplit(url)
+    credentials, _, _ = parts.netloc.rpartition("@")
+    scheme = "rediss" if CLUSTER_SCHEMES[parts.scheme.lower()] else "redis"
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return f"{scheme}://{credentials + '@' if credentials else ''}{address}/0"

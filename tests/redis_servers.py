@@ -75,11 +75,13 @@ class RedisCluster:
     money store must be (never evicting, AOF on). A missing redis-server is an error, never a skip. Without
     `full_coverage`, the masters serve their slots while another's are uncovered (cluster-require-full-coverage no)."""
 
-    def __init__(self, workdir: Path, masters: int = 3, full_coverage: bool = True) -> None:
+    def __init__(self, workdir: Path, masters: int = 3, full_coverage: bool = True, replicas: int = 0) -> None:
         coverage = ("--cluster-require-full-coverage", "yes" if full_coverage else "no")
         cluster_args = ("--cluster-enabled", "yes", "--cluster-node-timeout", "5000", *coverage)
         self.nodes = [money_redis(workdir / f"node-{i}") for i in range(masters)]
-        for node in self.nodes:
+        # `replicas` of each master (CLUSTER REPLICATE), master i's the i-th `replicas` of these.
+        self.replicas = [money_redis(workdir / f"replica-{i}") for i in range(masters * replicas)]
+        for node in [*self.nodes, *self.replicas]:
             config = ("--cluster-config-file", str(node.workdir / "nodes.conf"))
             # The bus port defaults to port + 10000, past 65535 for a high free port: one of its own.
             node.bus_port = free_port()
@@ -106,7 +108,30 @@ class RedisCluster:
             self._command(node, "CLUSTER", "ADDSLOTSRANGE", first, last)
         for node in self.nodes[1:]:
             self._command(self.nodes[0], "CLUSTER", "MEET", "127.0.0.1", node.port, node.bus_port)
+        self._ready()
+        for replica in self.replicas:
+            replica.start()
+            self._command(self.nodes[0], "CLUSTER", "MEET", "127.0.0.1", replica.port, replica.bus_port)
+        for i, replica in enumerate(self.replicas):
+            master = self._id(i * len(self.nodes) // len(self.replicas))
+            deadline = time.monotonic() + 30
+            while master.encode() not in self._command(replica, "CLUSTER", "NODES"):  # met once the gossip says so
+                if time.monotonic() > deadline:
+                    raise RuntimeError("a replica never learnt its master")
+                time.sleep(0.05)
+            self._command(replica, "CLUSTER", "REPLICATE", master)
+        for replica in self.replicas:
+            self.linked(replica)
         return self._ready()
+
+    @staticmethod
+    def linked(replica: RedisServer) -> None:
+        """Returns once `replica` has synced with its master."""
+        deadline = time.monotonic() + 30
+        while replica.info("replication").get("master_link_status") != "up":
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the replica on port {replica.port} never synced with its master")
+            time.sleep(0.05)
 
     def restart(self) -> RedisCluster:
         """Every node started again after stop(), on its port, from its own data and cluster configuration."""
@@ -185,5 +210,5 @@ class RedisCluster:
                 client.close()
 
     def stop(self) -> None:
-        for node in self.nodes:
+        for node in [*self.nodes, *self.replicas]:
             node.stop()

@@ -3,7 +3,11 @@ digits, as budgets and the ledger show it) to the tenant, in the money Redis of 
 to (services/router/key_tenants.py). For a key file line whose tenant changed. Once it returns, every router admits the
 key for the new tenant alone (the move's key-moves token: store/keys.py, key_moves_key); a request admitted before may
 still finish, charged to the old one. The key's spend so far stays in its old tenant's shard: its key budget starts
-again with the new tenant for the rest of the period (README, *A key serves one tenant*)."""
+again with the new tenant for the rest of the period (README, *A key serves one tenant*).
+
+With `--replicas N` it then waits (`--wait-s`) until N replicas of every master it wrote to have the move (Redis WAIT,
+store/replicated.py): one that failed over to a replica without it would lose the move silently, the key serving its
+old tenant again. Fewer in time exits 1, the move made on the masters but not yet replicated: run it again."""
 
 from __future__ import annotations
 
@@ -17,13 +21,24 @@ from services.router.money_check import money_store
 from services.router.store import StoreRefusing, StoreUnavailable
 
 KEY_ID = re.compile(r"[0-9a-f]{16}")
+WAIT_S = 10.0  # how long a move waits for its replicas by default (--wait-s)
+MAX_WAIT_S = 300.0
 
 
 async def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.router.key_move", description=__doc__.split("\n\n")[0])
     parser.add_argument("key_id", help="the key's id: 16 hex digits, the first of its SHA-256")
     parser.add_argument("tenant", help="the tenant it serves from now on")
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=0,
+        help="replicas of each master that must have the move before it returns (0: none waited for)",
+    )
+    parser.add_argument("--wait-s", type=float, default=WAIT_S, help=f"how long to wait for them (default {WAIT_S:g})")
     args = parser.parse_args(argv)
+    if args.replicas < 0 or not 0 < args.wait_s <= MAX_WAIT_S:
+        parser.error(f"--replicas must be 0 or more, --wait-s above 0 and at most {MAX_WAIT_S:g}")
     if not KEY_ID.fullmatch(args.key_id):
         parser.error("key_id must be 16 lowercase hex digits (a key's id, as budgets and the ledger show it)")
     if not args.tenant or len(args.tenant) > MAX_ID_CHARS or "\x00" in args.tenant:
@@ -33,7 +48,7 @@ async def main(argv: list[str]) -> int:
         return 2
     _, store = found
     try:
-        before = await store.move_key(args.key_id, args.tenant)
+        moved = await store.move_key(args.key_id, args.tenant, args.replicas, args.wait_s)
     except (StoreUnavailable, StoreRefusing):
         # The key may be rebound with no token written: routers would meet the move only within key_tenants.BOUND_S.
         print(
@@ -43,7 +58,16 @@ async def main(argv: list[str]) -> int:
         return 1
     finally:
         await store.close()
-    was = "bound to no tenant before" if before is None else f"moved from {before!r}"
+    was = "bound to no tenant before" if moved.before is None else f"moved from {moved.before!r}"
+    short = [told for told in moved.replicated if told.replicas < args.replicas]
+    if short:
+        masters = ", ".join(f"{told.replicas} of {args.replicas} replicas of {told.master}" for told in short)
+        print(
+            f"key {args.key_id}: {was} on the money Redis's masters, but not yet replicated ({masters} had it within"
+            f" {args.wait_s:g} s): a failover now would lose the move; run it again",
+            file=sys.stderr,
+        )
+        return 1
     print(
         f"key {args.key_id}: {was}; it serves {args.tenant!r} alone from now on, on every router"
         " (a request admitted before may still finish, charged to the tenant that admitted it)"

@@ -105,7 +105,7 @@ async def test_a_key_moved_mid_request_charges_the_tenant_that_admitted_it(
     monkeypatch.setattr(key_tenants, "BOUND_S", 0.0)
 
     async def move() -> None:
-        assert await redis_store.move_key(KEY, "globex") == "acme"
+        assert (await redis_store.move_key(KEY, "globex")).before == "acme"
 
     reply = await served_with(tmp_path, redis_store, ask("acme", "r1"), move)
     await charged_once(client, redis_store, Account("acme", KEY), reply)

@@ -138,7 +138,8 @@ async def test_the_store_refuses_an_admission_under_a_binding_read_before_a_move
     before = await store.bind_key(KEY, OLD)
     made = Hold("r1", 100, DAY, "router-1", "n1")
     assert (await store.admit(account, LIMITS, made, count_id="c1", moves=before.moves)).refused == ""
-    assert await store.move_key(KEY, OLD) == OLD  # a move of any key, this one to where it was, reaches every shard
+    # A move of any key, this one to where it was, reaches every shard.
+    assert (await store.move_key(KEY, OLD)).before == OLD
     late = Hold("r2", 100, DAY, "router-1", "n2")
     assert (await store.admit(account, LIMITS, late, count_id="c2", moves=before.moves)).refused == "moved"
     assert await store.count_request(account, LIMITS, "c3", moves=before.moves) == "moved"
@@ -155,7 +156,7 @@ async def test_the_store_refuses_an_admission_under_a_binding_read_before_a_move
 async def test_keys_bound_to_no_tenant_are_admitted_unchecked(frozen_store: RedisStore) -> None:
     """`anonymous` and a caller's own key (key_tenants.is_bound) carry no key-moves token: a move never stops them."""
     store, account = frozen_store, Account(OLD, "anonymous")
-    assert await store.move_key(KEY, NEW) is None
+    assert (await store.move_key(KEY, NEW)).before is None
     hold = Hold("r1", 100, DAY, "router-1", "n1")
     assert (await store.admit(account, LIMITS, hold, moves=key_tenants.UNCHECKED)).refused == ""
 

@@ -22,7 +22,7 @@ from llmrouter.redis_errors import StoreFailure, store_failure
 from llmrouter.tasks import raise_if_cancelled
 from services.router import metrics
 from services.router.capped_charges import count_charge, countable
-from services.router.store import heartbeats, ledger_entry, lua
+from services.router.store import heartbeats, ledger_entry, lua, replicated
 from services.router.store.clock import MONEY_CLOCK, money_now
 from services.router.store.keys import (
     GLOBAL,
@@ -77,6 +77,7 @@ from services.router.store.model import (
     spend_ttl_s,
     used_ttl_s,
 )
+from services.router.store.replicated import Replicated
 
 log = logging.getLogger("llmrouter.router")
 
@@ -169,6 +170,14 @@ class SpendRead(NamedTuple):
 
     pico: dict[str, int]
     repairs: dict[str, int]
+
+
+class KeyMoved(NamedTuple):
+    """A key move (RedisStore.move_key): the tenant the key was bound to before (None: none), and, when it waited for
+    replicas, how many of each master's had the move's writes (replicated.Replicated)."""
+
+    before: str | None
+    replicated: list[Replicated]
 
 
 class _Take(NamedTuple):
@@ -281,6 +290,7 @@ class RedisStore:
     def __init__(
         self, url: str | SecretStr, request_id_ttl_s: int = REQUEST_ID_TTL_S, hold_totals: HoldTotals = "trust"
     ) -> None:
+        self.url = url  # for a command that needs connections of its own (replicated.py)
         self.redis = connect(
             url, max_connections=CONNECTIONS, pool_timeout=5, socket_connect_timeout=2, socket_timeout=5
         )
@@ -402,19 +412,25 @@ class RedisStore:
                     moves, bound = await pipe.execute()
         return KeyBinding(tenant if bound is None else _text(bound), NO_MOVES if moves is None else _text(moves))
 
-    async def move_key(self, key: str, tenant: str) -> str | None:
+    async def move_key(self, key: str, tenant: str, replicas: int = 0, wait_s: float = 0.0) -> KeyMoved:
         """Bind an API key id to `tenant` whatever it was bound to (an operator's move: key_move.py), then give every
         shard a new key-moves token (keys.py, key_moves_key), after: an admission from then on, on any router, is
-        refused 'moved' unless its key's binding was read after the move. The tenant it was bound to before, None for
-        none. Failing between the two, the move is made but routers may not meet it for key_tenants.BOUND_S."""
+        refused 'moved' unless its key's binding was read after the move. Failing between the two, the move is made
+        but routers may not meet it for key_tenants.BOUND_S. With `replicas`, then waits up to `wait_s` for that many
+        replicas of each master written to to have the writes (replicated.py, WAIT), and says how many did."""
         token = secrets.token_hex(8)
+        if replicas:
+            writes = [(key_tenant_key(key), tenant), *((key_moves_key(shard), token) for shard in range(SHARDS))]
+            async with self._call():
+                written, told = await replicated.set_replicated(self.url, self.redis, writes, replicas, wait_s)
+            return KeyMoved(None if written[0] is None else _text(written[0]), told)
         async with self._call():
             before = await self.redis.set(key_tenant_key(key), tenant, get=True)
         async with self._call(), self.redis.pipeline(transaction=False) as pipe:
             for shard in range(SHARDS):
                 pipe.set(key_moves_key(shard), token)
             await pipe.execute()
-        return None if before is None else _text(before)
+        return KeyMoved(None if before is None else _text(before), [])
 
     async def count_request(self, account: Account, allowance: Allowance, count_id: str = "", moves: str = "") -> str:
         if not (allowance.per_minute or allowance.tokens_per_minute):

@@ -1,0 +1,151 @@
+"""A key move (python -m services.router.key_move) writes the key's new binding and a key-moves token per shard on the
+money Redis's masters. When a master failed over before its replica had those writes, the move was lost silently: the
+key served its old tenant again, and the operator had been told it was moved. With `--replicas N` the move waits (Redis
+WAIT, per master on a Redis Cluster) until N replicas of every master it wrote to have it, and fewer in time exit 1,
+`not yet replicated`, to be run again. A real primary and a real replica (`replicaof`) of this test's own, stopped to
+play a replica that lags; a real Redis Cluster of three masters with a replica each."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as redis
+
+from services.router import key_move
+from services.router.store.keys import SHARDS, key_moves_key, key_tenant_key
+from tests.redis_servers import RedisCluster, RedisServer, money_redis
+from tests.router.test_key_of_two_tenants import KEY, tenants
+
+OLD, NEW = tenants(same_shard=False)
+
+
+class Replicated:
+    """A money Redis primary and its replica."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.primary = money_redis(workdir / "primary").start()
+        self.replica = RedisServer(workdir / "replica", "--replicaof", "127.0.0.1", str(self.primary.port))
+
+    def start_replica(self) -> None:
+        self.replica.start()
+        RedisCluster.linked(self.replica)
+
+    def stop(self) -> None:
+        self.replica.stop()
+        self.primary.stop()
+
+
+@pytest.fixture
+def money(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Replicated]:
+    made = Replicated(tmp_path)
+    try:
+        made.start_replica()
+        monkeypatch.setenv("ROUTER_REDIS_URL", made.primary.url)
+        yield made
+    finally:
+        made.stop()
+
+
+async def move_as_read_by(server: RedisServer) -> tuple[Any, set[Any]]:
+    """What a server (a replica is read as its master is) holds of the move: the key's binding, its shards' tokens (as
+    text)."""
+    client = redis.from_url(server.url, decode_responses=True)
+    try:
+        tokens = {await client.get(key_moves_key(shard)) for shard in range(SHARDS)}
+        return await client.get(key_tenant_key(KEY)), tokens
+    finally:
+        await client.aclose()
+
+
+async def test_a_move_returns_once_the_replica_has_it(money: Replicated, capsys: pytest.CaptureFixture[str]) -> None:
+    assert await key_move.main([KEY, OLD]) == 0
+    assert await key_move.main([KEY, NEW, "--replicas", "1"]) == 0
+    assert f"key {KEY}: moved from {OLD!r}" in capsys.readouterr().out
+    on_primary = await move_as_read_by(money.primary)
+    assert on_primary[0] == NEW and len(on_primary[1]) == 1
+    assert await move_as_read_by(money.replica) == on_primary, "the replica had the move when it returned"
+
+
+async def test_a_move_the_replica_did_not_get_in_time_exits_1_and_is_run_again(
+    money: Replicated, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert await key_move.main([KEY, OLD, "--replicas", "1"]) == 0
+    money.replica.stop()  # a replica that lags (stopped, it acknowledges nothing)
+    capsys.readouterr()
+
+    assert await key_move.main([KEY, NEW, "--replicas", "1", "--wait-s", "0.2"]) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        f"key {KEY}: moved from {OLD!r} on the money Redis's masters, but not yet replicated (0 of 1 replicas of the"
+        " master had it within 0.2 s): a failover now would lose the move; run it again\n"
+    )
+    assert (await move_as_read_by(money.primary))[0] == NEW, "made on the master"
+
+    money.start_replica()
+    assert await key_move.main([KEY, NEW, "--replicas", "1"]) == 0
+    assert await move_as_read_by(money.replica) == await move_as_read_by(money.primary)
+
+
+async def test_without_replicas_asked_a_move_waits_for_none(
+    money: Replicated, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--replicas 0`, the default: as before, the move returns once its masters have it."""
+    money.replica.stop()
+    assert await key_move.main([KEY, NEW]) == 0
+    assert f"it serves {NEW!r} alone from now on" in capsys.readouterr().out
+
+
+@pytest.fixture
+def replicated_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[RedisCluster]:
+    cluster = RedisCluster(tmp_path / "cluster", replicas=1).start()
+    try:
+        monkeypatch.setenv("ROUTER_REDIS_URL", cluster.url)
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+async def test_on_a_cluster_each_master_waits_for_its_own_replica(
+    replicated_cluster: RedisCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every master holds some of the move (the binding's slot and the shards' tokens spread over them): each replica
+    has its master's share when the move returns; one replica stopped fails the move naming its master alone."""
+    cluster = replicated_cluster
+    assert await key_move.main([KEY, NEW, "--replicas", "1"]) == 0
+    binding = key_tenant_key(KEY)
+    for master, replica in zip(cluster.nodes, cluster.replicas, strict=True):
+        keys = await _keys(master)
+        held = [name for name in (binding, *map(key_moves_key, range(SHARDS))) if name in keys]
+        assert held, f"master on port {master.port} holds none of the move"
+        assert await _values(replica, held) == await _values(master, held)
+
+    cluster.replicas[1].stop()
+    capsys.readouterr()
+    assert await key_move.main([KEY, OLD, "--replicas", "1", "--wait-s", "0.2"]) == 1
+    err = capsys.readouterr().err
+    assert f"(0 of 1 replicas of master 127.0.0.1:{cluster.nodes[1].port} had it within 0.2 s)" in err
+    assert err.count("replicas of master") == 1, err
+
+
+def _client(server: RedisServer) -> redis.Redis:
+    return redis.Redis(port=server.port, decode_responses=True, single_connection_client=True)
+
+
+async def _keys(server: RedisServer) -> set[Any]:
+    client = _client(server)
+    try:
+        return set(await client.keys("*"))
+    finally:
+        await client.aclose()
+
+
+async def _values(server: RedisServer, names: list[str]) -> list[Any]:
+    client = _client(server)
+    try:
+        await client.execute_command("READONLY")  # a replica answers reads of its master's slots on this connection
+        return [await client.get(name) for name in names]
+    finally:
+        await client.aclose()
