@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmrouter.redis_connect import connect
+from llmrouter.redis_connect import connect, node_url
 from llmrouter.redis_url import check, redacted
 
 SHOWN = {
@@ -57,3 +57,17 @@ def test_a_url_its_password_broke_is_refused_and_shown_by_no_piece(url: str) -> 
         connect(url)
     assert "s3" not in str(refused.value) and "cret" not in str(refused.value)
     assert refused.value.__cause__ is None and refused.value.__context__ is None  # no chained error quoting it
+
+
+@pytest.mark.parametrize(
+    ("url", "host", "node"),
+    [
+        ("redis+cluster://a:1,b:2", "10.0.0.7", "redis://10.0.0.7:7000/0"),
+        ("rediss+cluster://router:p%2Fss@a:1,b:2", "10.0.0.7", "rediss://router:p%2Fss@10.0.0.7:7000/0"),
+        ("redis+cluster://:secret@[::1]:1", "::1", "redis://:secret@[::1]:7000/0"),
+    ],
+)
+def test_a_cluster_nodes_url_keeps_its_credentials_and_tls(url: str, host: str, node: str) -> None:
+    """key_move's wait for replicas (services/router/store/replicated.py) connects to each master by such a URL."""
+    assert node_url(url, host, 7000) == node
+    check(node)
