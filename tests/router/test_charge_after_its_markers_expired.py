@@ -17,10 +17,12 @@ from pathlib import Path
 import pytest
 import redis.asyncio as redis
 
+from llmrouter.v1 import router_pb2
 from services.router import charging
 from services.router.outbox import Outbox, OutboxCharge
+from services.router.routed import Routed
 from services.router.settings import CHARGE_LANDS_S
-from services.router.store import HOLD_S, PICO, REQUEST_ID_TTL_S, AccountKeys, period_id
+from services.router.store import HOLD_S, PICO, REQUEST_ID_TTL_S, AccountKeys, Hold, RedisStore, period_id
 from tests.conftest import ledger_records
 from tests.fakes.lossy_proxy import LossyProxy
 from tests.router.servicer_kit import charger_on, store_on
@@ -31,6 +33,17 @@ from tests.waiting import eventually
 DAY = period_id("day")
 
 
+async def served_then_reconciled(
+    charger: charging.Charger, reconciler: RedisStore
+) -> tuple[Routed, router_pb2.CompleteResponse, Hold]:
+    """A request the router served, whose charge is still to come (the router frozen), and that another router's
+    reconciler charged its hold, taking the router for dead; with that hold."""
+    r, response = await served(charger)
+    assert r.hold is not None
+    await eventually(lambda: reconciler.reconcile("reconciler", 0.05, 3600), "the request reconciled")
+    return r, response, r.hold
+
+
 async def test_a_charge_thawed_past_its_reconciled_markers_is_not_charged_again(redis_url: str, tmp_path: Path) -> None:
     client: redis.Redis = redis.from_url(redis_url)
     async with (
@@ -39,16 +52,14 @@ async def test_a_charge_thawed_past_its_reconciled_markers_is_not_charged_again(
         charger_on(redis_url, tmp_path / "data", request_id_ttl_s=1, marked_s=0) as charger,
         store_on(redis_url, request_id_ttl_s=1) as reconciler,
     ):
-        r, response = await served(charger)
-        assert r.hold is not None
         # The router frozen: its heartbeat missing past the grace, another router's reconciler charges the hold.
-        await eventually(lambda: reconciler.reconcile("reconciler", 0.05, 3600), "the request reconciled")
+        r, response, hold = await served_then_reconciled(charger, reconciler)
         marker = AccountKeys.of(ACCOUNT).charged(r.request_id)
         await eventually(lambda: _gone(client, marker), "the reconciler's charged marker expired")
         r.started -= r.timeout_s + CHARGE_LANDS_S  # thawed past any request's run: what it charges now is late
         await charger.settle(r, response)
         try:
-            assert await charger.store.spent(ACCOUNT, DAY) == (r.hold.pico, r.hold.pico), "charged again"
+            assert await charger.store.spent(ACCOUNT, DAY) == (hold.pico, hold.pico), "charged again"
             assert [x["outcome"] for x in await ledger_records(client) if x["request_id"] == r.request_id] == [
                 "reconciled"
             ]
@@ -66,14 +77,12 @@ async def test_a_charge_thawed_on_a_clock_that_stood_still_is_not_charged_again(
         charger_on(redis_url, tmp_path / "data", request_id_ttl_s=1) as charger,
         store_on(redis_url, request_id_ttl_s=1) as reconciler,
     ):
-        r, response = await served(charger)
-        assert r.hold is not None
-        await eventually(lambda: reconciler.reconcile("reconciler", 0.05, 3600), "the request reconciled")
+        r, response, hold = await served_then_reconciled(charger, reconciler)
         marker = AccountKeys.of(ACCOUNT).charged(r.request_id)
         await eventually(lambda: _gone(client, marker), "the reconciler's charged marker expired")
         await charger.settle(r, response)  # r.started as admitted: the router's clock saw no time pass
         try:
-            assert await charger.store.spent(ACCOUNT, DAY) == (r.hold.pico, r.hold.pico), "charged again"
+            assert await charger.store.spent(ACCOUNT, DAY) == (hold.pico, hold.pico), "charged again"
             assert [x["outcome"] for x in await ledger_records(client) if x["request_id"] == r.request_id] == [
                 "reconciled"
             ]
@@ -89,9 +98,7 @@ async def test_a_charge_thawed_on_a_clock_that_stood_still_is_late_when_replayed
     admission's marked_until it keeps, not by when the router thought it charged."""
     client: redis.Redis = redis.from_url(redis_url)
     async with store_on(redis_url, request_id_ttl_s=1) as reconciler:
-        r, response = await served(charger)
-        assert r.hold is not None
-        await eventually(lambda: reconciler.reconcile("reconciler", 0.05, 3600), "the request reconciled")
+        r, response, hold = await served_then_reconciled(charger, reconciler)
         marker = AccountKeys.of(ACCOUNT).charged(r.request_id)
         await eventually(lambda: _gone(client, marker), "the reconciler's charged marker expired")
         proxy.go_down()
@@ -101,7 +108,7 @@ async def test_a_charge_thawed_on_a_clock_that_stood_still_is_late_when_replayed
         await Outbox(tmp_path / "data", REQUEST_ID_TTL_S - HOLD_S).replay(charger.store)
         try:
             assert len(charger.outbox) == 0
-            assert await reconciler.spent(ACCOUNT, DAY) == (r.hold.pico, r.hold.pico), "charged again"
+            assert await reconciler.spent(ACCOUNT, DAY) == (hold.pico, hold.pico), "charged again"
         finally:
             await client.aclose()
 
@@ -119,9 +126,7 @@ async def test_a_charge_is_judged_by_its_admissions_request_id_ttl_not_the_recon
         charger_on(redis_url, tmp_path / "data", request_id_ttl_s=10) as charger,
         store_on(redis_url, request_id_ttl_s=1) as reconciler,
     ):
-        r, response = await served(charger)
-        assert r.hold is not None
-        await eventually(lambda: reconciler.reconcile("reconciler", 0.05, 3600), "the request reconciled")
+        r, response, hold = await served_then_reconciled(charger, reconciler)
         reconciled_s = await _store_now(client)
         await eventually(
             lambda: _store_time_past(client, reconciled_s + 1.5), "the reconciler's own request id TTL passed"
@@ -130,8 +135,8 @@ async def test_a_charge_is_judged_by_its_admissions_request_id_ttl_not_the_recon
         assert await client.exists(marker), "the reconciler's marker kept only its own TTL"
         await charger.settle(r, response)
         try:
-            assert await charger.store.spent(ACCOUNT, DAY) == (r.hold.pico, r.hold.pico), "charged again"
-            assert response.cost_usd == format(Decimal(r.hold.pico) / PICO, "f")  # told what the ledger charged
+            assert await charger.store.spent(ACCOUNT, DAY) == (hold.pico, hold.pico), "charged again"
+            assert response.cost_usd == format(Decimal(hold.pico) / PICO, "f")  # told what the ledger charged
         finally:
             await client.aclose()
 
@@ -164,9 +169,7 @@ async def test_a_late_charge_kept_in_the_outbox_stays_late_when_replayed(
     has settings that keep markers a day (restarted so): the line says it is late, whatever its replay's settings."""
     client: redis.Redis = redis.from_url(redis_url)
     async with store_on(redis_url, request_id_ttl_s=1) as reconciler:
-        r, response = await served(charger)
-        assert r.hold is not None
-        await eventually(lambda: reconciler.reconcile("reconciler", 0.05, 3600), "the request reconciled")
+        r, response, hold = await served_then_reconciled(charger, reconciler)
         marker = AccountKeys.of(ACCOUNT).charged(r.request_id)
         await eventually(lambda: _gone(client, marker), "the reconciler's charged marker expired")
         r.started -= r.timeout_s + CHARGE_LANDS_S
@@ -177,7 +180,7 @@ async def test_a_late_charge_kept_in_the_outbox_stays_late_when_replayed(
         await Outbox(tmp_path / "data", REQUEST_ID_TTL_S - HOLD_S).replay(charger.store)
         try:
             assert len(charger.outbox) == 0
-            assert await reconciler.spent(ACCOUNT, DAY) == (r.hold.pico, r.hold.pico), "charged again"
+            assert await reconciler.spent(ACCOUNT, DAY) == (hold.pico, hold.pico), "charged again"
         finally:
             await client.aclose()
 
@@ -194,9 +197,7 @@ async def test_a_charge_past_its_life_kept_in_the_outbox_is_aged_from_the_end_of
         charger_on(proxy.url_for(redis_url), tmp_path / "data", request_id_ttl_s=3, marked_s=2.5) as charger,
         store_on(redis_url, request_id_ttl_s=3) as reconciler,
     ):
-        r, response = await served(charger)
-        assert r.hold is not None
-        await eventually(lambda: reconciler.reconcile("reconciler", 0.05, 3600), "the request reconciled")
+        r, response, hold = await served_then_reconciled(charger, reconciler)
         marker = AccountKeys.of(ACCOUNT).charged(r.request_id)
         await eventually(lambda: _expiring_within(client, marker, 1500), "the reconciler's marker near its expiry")
         r.started = time.perf_counter() - (r.timeout_s + CHARGE_LANDS_S + 2)  # 2 s past its life: within the 2.5 s
@@ -209,7 +210,7 @@ async def test_a_charge_past_its_life_kept_in_the_outbox_is_aged_from_the_end_of
         await charger.outbox.replay(charger.store)
         try:
             assert len(charger.outbox) == 0
-            assert await reconciler.spent(ACCOUNT, DAY) == (r.hold.pico, r.hold.pico), "charged again"
+            assert await reconciler.spent(ACCOUNT, DAY) == (hold.pico, hold.pico), "charged again"
         finally:
             await client.aclose()
 

@@ -17,7 +17,7 @@ from tests.fakes.lossy_proxy import LossyProxy
 from tests.router.old_version import checkout, run
 from tests.router.servicer_kit import charger_on, store_on
 from tests.router.test_admission import ACCOUNT
-from tests.router.test_charge_counted_once import served
+from tests.router.test_charge_after_its_markers_expired import served_then_reconciled
 from tests.waiting import eventually
 
 BEFORE = "e479658"  # the version before the store judged lateness by marked_until
@@ -52,9 +52,7 @@ async def test_a_line_kept_past_its_requests_life_is_late_to_the_version_before_
         charger_on(proxy.url_for(redis_url), tmp_path / "data", request_id_ttl_s=6, marked_s=5.5) as charger,
         store_on(redis_url, request_id_ttl_s=6) as reconciler,
     ):
-        r, response = await served(charger)
-        assert r.hold is not None
-        await eventually(lambda: reconciler.reconcile("reconciler", 0.05, 3600), "the request reconciled")
+        r, response, hold = await served_then_reconciled(charger, reconciler)
         marker = AccountKeys.of(ACCOUNT).charged(r.request_id)
         await eventually(lambda: _expiring_within(client, marker, 2000), "the reconciler's marker 4 s old")
         proxy.go_down()
@@ -66,7 +64,7 @@ async def test_a_line_kept_past_its_requests_life_is_late_to_the_version_before_
         try:
             assert await run(old_tree, OLD_REPLAY, redis_url, str(tmp_path / "data"), "6", "5.5") == "1"
             assert len(charger.outbox) == 0
-            assert await reconciler.spent(ACCOUNT, DAY) == (r.hold.pico, r.hold.pico), "charged again"
+            assert await reconciler.spent(ACCOUNT, DAY) == (hold.pico, hold.pico), "charged again"
         finally:
             await client.aclose()
 
