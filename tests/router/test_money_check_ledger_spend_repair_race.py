@@ -9,6 +9,7 @@ interleaved by real ordering (the other run, or the charges, land whole as the f
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,6 +20,7 @@ from services.ledger.db import LedgerDB
 from services.router.store import PICO, Account, AccountKeys, Allowance, Hold, RedisStore
 from tests.ledger.conftest import fresh_postgres
 from tests.router.test_money_check_ledger_spend_given_back import ACME, DAY, HOLD, Ledger, lose, reconciled
+from tests.waiting import eventually
 
 
 class OvertakenStore(RedisStore):
@@ -135,3 +137,42 @@ async def test_charges_and_give_backs_landing_as_it_repairs_leave_the_counter_ra
     assert "0 counter(s) behind the SQL ledger" in capsys.readouterr().out
     exact = 300 + 2 * 200  # the reconciled charge as given back, and the two served
     assert await store.spent(ACME, DAY) == (exact, exact), "the counters as the SQL ledger holds them"
+
+
+async def test_a_repair_under_live_traffic_converges_on_the_ledger(
+    ledger: Ledger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A router charges the account again and again, in a task of its own, all the while a repair runs: the repair
+    raises each counter (never refused for a charge that moved it), and once the traffic stops and the sink has copied
+    it, the counters hold the SQL ledger's sum to the pico: the loss added once, every charge counted once. (A charge
+    landing between the check's read of the SQL ledger and its read of the counters hides as much of the loss until
+    the next check, as ever: the run after the traffic finds that rest.)"""
+    store = ledger.store
+    await reconciled(store, ACME, "r1")
+    await ledger.copy()
+    tenant, key = AccountKeys.of(ACME).spend(DAY)
+    await lose(store, tenant, 500)
+    await lose(store, key, 300)
+    served_count, stop = 0, asyncio.Event()
+
+    async def serving() -> None:
+        nonlocal served_count
+        while not stop.is_set():
+            served_count += 1
+            await served(store, ACME, f"live-{served_count}", 1)
+
+    traffic = asyncio.create_task(serving())
+    try:
+        await eventually(lambda: served_count > 3, "the router serving")
+        assert await ledger.check(repair=True) == 0, "raised under live traffic"
+    finally:
+        stop.set()
+        await traffic
+    assert "not raised" not in capsys.readouterr().err
+    await ledger.copy()
+    assert await ledger.check(repair=True) == 0  # the rest a charge hid, if any
+    capsys.readouterr()
+    assert await ledger.check() == 0
+    assert "0 counter(s) behind the SQL ledger" in capsys.readouterr().out
+    exact = HOLD + served_count
+    assert await store.spent(ACME, DAY) == (exact, exact), "the loss added once, every charge counted once"
