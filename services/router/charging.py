@@ -65,27 +65,36 @@ class Charger:
         return task
 
     async def settle(
-        self, routed: Routed, response: router_pb2.CompleteResponse, outcome: str = "ok", served: Served | None = None
+        self,
+        routed: Routed,
+        response: router_pb2.CompleteResponse,
+        outcome: str = "ok",
+        served: Served | None = None,
+        release: bool = False,
     ) -> None:
         """Charge once, whatever happens to the caller meanwhile: the charge runs shielded to its end. `served`: what
-        the response was made of (its generations are on record); None for a cache hit, which generated nothing."""
+        the response was made of (its generations are on record); None for a cache hit, which generated nothing.
+        `release`: nothing reached the caller, so a charge of exactly 0 frees the request id for a retry (Store.charge;
+        not one kept in the outbox, which keeps the id used, as before)."""
         capped = _cap_at_hold(routed, response, served)
         # Settled from here as far as the request goes: a caller that leaves while the charge is on its way must not
         # have its clean-up release the hold beside it (replayed first from the outbox, a release would settle the
         # request at nothing), nor may a charge kept neither by the store nor the outbox (its pending charge left to
         # the reconciler, at its hold) be released afterwards.
         routed.settled = True
-        await asyncio.shield(self.run_to_end(self._charge(routed, response, outcome, served, capped)))
+        await asyncio.shield(self.run_to_end(self._charge(routed, response, outcome, served, capped, release)))
 
     async def settle_unsettled(self, routed: Routed, model: ModelSpec) -> None:
         """A request that ends without an answer (refused upstream, failed, cancelled) is charged what its
         failed attempts cost, nothing when they cost nothing: either way on record in the ledger, as the outbox
         would have it had the store been out of reach. Runs shielded to its end, the outbox write included: a
-        caller that leaves meanwhile cannot leave the hold or the record half-done."""
+        caller that leaves meanwhile cannot leave the hold or the record half-done. Nothing of it reached the caller
+        (a request that delivered any part is settled at that before): charged nothing, its id is released for a
+        retry (an Idempotency-Key's)."""
         if routed.hold is None or routed.settled:
             return
         failed = Served(model, finish_reason="error", estimated=True)
-        await self.settle(routed, response(routed, failed), routed.failure, failed)
+        await self.settle(routed, response(routed, failed), routed.failure, failed, release=True)
 
     async def close(self) -> None:
         """Let charges still running finish: a stopping router loses none."""
@@ -93,7 +102,13 @@ class Charger:
             await asyncio.gather(*self._settling, return_exceptions=True)
 
     async def _charge(
-        self, routed: Routed, response: router_pb2.CompleteResponse, outcome: str, served: Served | None, capped: str
+        self,
+        routed: Routed,
+        response: router_pb2.CompleteResponse,
+        outcome: str,
+        served: Served | None,
+        capped: str,
+        release: bool,
     ) -> None:
         cost = Decimal(response.cost_usd or "0")
         baseline_model = self.available.baseline()
@@ -167,7 +182,10 @@ class Charger:
             # it once, a reconciler's charge of a router it took for dead included, until the admission's
             # marked_until at least. Past that (its router frozen so long) the store takes it for late, by its own
             # clock: this router's may not have moved while it was frozen (a suspended host, a paused VM).
-            charged = await self.store.charge(routed.account, routed.hold, to_pico(cost), record, charge_id=charge_id)
+            freed = release and cost == 0 and not capped
+            charged = await self.store.charge(
+                routed.account, routed.hold, to_pico(cost), record, charge_id=charge_id, release=freed
+            )
             counted = charged
         except Exception as exc:
             # Kept on local disk before the answer is released: charged once the store is back (out of reach), or,

@@ -194,32 +194,43 @@ async def test_a_retry_after_a_refusal_that_charged_nothing_is_served_once(tenan
     assert record["cost_usd"] == cost
 
 
-async def test_a_retry_after_a_failure_that_cost_nothing_is_refused_and_not_retried(tenant: Tenant) -> None:
-    """A first admitted and failed upstream (charged nothing) has used its value: the retry the SDK makes of that 503
-    is a 409 saying so, with `x-should-retry: false`, as no later one can be served either. Before, a 409 told a charge
-    of 0 was retried by the SDK, twice over, each retry refused again."""
-    faults = [Fault.error(500)] * 6  # every attempt on both models
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+async def test_the_sdks_retry_after_a_failure_that_cost_nothing_is_served_once(tenant: Tenant, stream: bool) -> None:
+    """A first admitted and failed upstream, charged nothing and nothing delivered, releases its value (lua.py,
+    CHARGE): the retry the SDK makes of that 503, with the same key, is served and charged once, and a retry after it is
+    the 409 telling that charge. Before, the retry was a 409 `idempotency_key_reused` charged 0, `x-should-retry:
+    false`: the key could never be used again though nothing was served."""
+    faults = [Fault.error(500)] * 6  # every attempt on both models, of the first request alone (cleared on its 503)
     tenant.chain.budget.enqueue(*faults)
     tenant.chain.premium.enqueue(*faults)
     replies: list[httpx.Response] = []
 
+    def clear_faults() -> None:
+        for upstream in (tenant.chain.budget, tenant.chain.premium):  # the session's: none left for the next test
+            upstream.faults.clear()
+
     async def seen(response: httpx.Response) -> None:
         replies.append(response)
+        clear_faults()  # before the SDK sends its retry
 
     http = httpx.AsyncClient(event_hooks={"response": [seen]})
     client = tenant.client(max_retries=2, http_client=http)
+    body = ask()
     try:
+        cost = await complete(client, body, stream, "fails-upstream")
         with pytest.raises(openai.ConflictError) as refused:
-            await complete(client, ask(), False, "fails-upstream")
+            await complete(client, body, stream, "fails-upstream")
     finally:
         await client.close()
-        for upstream in (tenant.chain.budget, tenant.chain.premium):  # the session's: none left for the next test
-            upstream.faults.clear()
-    assert [r.status_code for r in replies] == [503, 409]  # the SDK's retry of the 503, then no more
+        clear_faults()
+    assert [r.status_code for r in replies] == [503, 200, 409]  # the SDK's retry of the 503 served
+    assert len({r.headers["x-request-id"] for r in replies}) == 1  # one request id throughout
     assert refused.value.response.headers["x-should-retry"] == "false"
-    assert "it was charged 0 USD" in refused.value.message
-    [record] = await tenant.ledger()
-    assert record["outcome"] == "failed" and record["cost_usd"] == "0"
+    assert f"it was charged {cost} USD" in refused.value.message
+    failed, served = sorted(await tenant.ledger(), key=lambda record: record["ts"])
+    assert failed["outcome"] == "failed" and Decimal(failed["cost_usd"]) == 0
+    assert served["outcome"] == "ok" and served["cost_usd"] == cost and Decimal(cost) > 0
+    assert await tenant.spent_pico() == Decimal(cost) * PICO
 
 
 async def test_a_retry_after_the_money_store_was_out_of_reach_is_served_once(chain: Chain, tmp_path: Path) -> None:

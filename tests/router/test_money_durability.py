@@ -267,11 +267,18 @@ class SlowStore(RedisStore):
         self.charging = asyncio.Event()
 
     async def charge(
-        self, account: Account, hold: Hold, pico: int, record: dict, late: bool = False, charge_id: str = ""
+        self,
+        account: Account,
+        hold: Hold,
+        pico: int,
+        record: dict,
+        late: bool = False,
+        charge_id: str = "",
+        release: bool = False,
     ) -> bool:
         self.charging.set()
         await asyncio.sleep(0.3)
-        return await super().charge(account, hold, pico, record, late, charge_id)
+        return await super().charge(account, hold, pico, record, late, charge_id, release)
 
 
 async def test_a_charge_added_during_a_replay_is_kept(money: RedisServer, tmp_path: Path) -> None:

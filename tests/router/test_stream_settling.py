@@ -40,13 +40,20 @@ class Unreachable(MemoryStore):
         self.charging = asyncio.Event()
 
     async def charge(
-        self, account: Account, hold: Hold, pico: int, record: dict, late: bool = False, charge_id: str = ""
+        self,
+        account: Account,
+        hold: Hold,
+        pico: int,
+        record: dict,
+        late: bool = False,
+        charge_id: str = "",
+        release: bool = False,
     ) -> bool:
         if self.down:
             self.charging.set()
             await asyncio.sleep(0.5)
             raise StoreUnavailable()
-        return await super().charge(account, hold, pico, record, late, charge_id)
+        return await super().charge(account, hold, pico, record, late, charge_id, release)
 
 
 async def test_a_caller_leaving_while_its_stream_is_charged_never_has_the_hold_released_beside_it(

@@ -2,7 +2,13 @@
 runs atomically on one server or on the one Redis Cluster master that owns the slot."""
 
 from services.router.store.keys import RATE_COUNTER_TTL_S, TAKEN_KEPT_S, TOTAL_SUFFIX
-from services.router.store.model import HOLDS_LINGER_S, SPEND_MAX_PICO, UNRECORDED_BATCH
+from services.router.store.model import (
+    CHARGED_TOTAL,
+    HOLDS_LINGER_S,
+    RELEASED_TAIL,
+    SPEND_MAX_PICO,
+    UNRECORDED_BATCH,
+)
 
 # Amounts are pico-dollar integers up to 2^63, beyond a Lua number's exact 2^53: the scripts that add them
 # keep them as (high, low) pairs of base 10^9 digits, each exact as a Lua number.
@@ -285,6 +291,7 @@ end
 
 ADMIT = (
     _MAY_GROW
+    + f"local RELEASED_TAIL = '{RELEASED_TAIL}'\n"
     + _RATE
     + _EXACT
     + _TOTALS
@@ -321,7 +328,11 @@ if ARGV[20] ~= '' and (redis.call('GET', KEYS[19]) or '0') ~= ARGV[20] then retu
 -- keeps it): request ids are per tenant, and another key of the tenant learns nothing of that request. '1', from a
 -- router of the version before, names no key: any is told, as that version told it; told none, the key that sent it
 -- (a batch line sent again after its edge died mid-upgrade) was told nothing of a request the ledger charges.
-if recorded or redis.call('EXISTS', KEYS[2], KEYS[9]) > 0 then
+-- Released (model.py, RELEASED): every admission of the id was charged 0 and delivered nothing, and none is in flight;
+-- the key that used it may send it again. Its markers are kept: a charge of an admission before, replayed, is known.
+local released = not recorded and string.sub(redis.call('GET', KEYS[9]) or '', -#RELEASED_TAIL) == RELEASED_TAIL
+  and redis.call('GET', KEYS[2]) == ARGV[16]
+if not released and (recorded or redis.call('EXISTS', KEYS[2], KEYS[9]) > 0) then
   local user = redis.call('GET', KEYS[2])
   if user ~= ARGV[16] and user ~= '1' then return {'duplicate', '0', '0', '', '', ''} end
   local charged = string.match(redis.call('GET', KEYS[9]) or '', ' 1::pico=(%d+)$')
@@ -342,7 +353,7 @@ end
 local budgets = {{KEYS[3], KEYS[4], ARGV[2], ARGV[11], 'tenant'}, {KEYS[13], KEYS[14], ARGV[3], ARGV[12], 'key'}}
 local held = {KEYS[4], KEYS[6]}  -- where the hold goes: the tenant's and the key id's
 local function kept(key, value) return value ~= '' and {'HSET', key, ARGV[9], value} or {'HDEL', key, ARGV[9]} end
-local writes = {{'SET', KEYS[2], ARGV[16]}, {'HSET', KEYS[8], ARGV[9], ARGV[10]},
+local writes = {{'SET', KEYS[2], ARGV[16]}, {'PEXPIREAT', KEYS[2], '0', 'GT'}, {'HSET', KEYS[8], ARGV[9], ARGV[10]},
   {ARGV[13] == '1' and 'HSET' or 'HDEL', KEYS[11], ARGV[9], ''}, kept(KEYS[12], ARGV[14]), kept(KEYS[15], ARGV[15])}
 if to_count then
   for _, write in ipairs(count_writes(KEYS[1], KEYS[17], ARGV[18])) do writes[#writes + 1] = write end
@@ -404,6 +415,8 @@ if r_hi ~= nil then
 end
 if to_count then count_request(KEYS[1], KEYS[17], ARGV[18]) end
 redis.call('SET', KEYS[2], ARGV[16], 'EX', ARGV[7])
+-- The used id lives at least as long as the charged marker kept (CHARGE): a duplicate's refusal tells that key alone.
+if released then redis.call('PEXPIREAT', KEYS[2], redis.call('PEXPIRETIME', KEYS[9]), 'GT') end
 for _, holds in ipairs(held) do
   hold_add(holds, ARGV[6], ARGV[5])
   outlive_holds(holds)
@@ -457,6 +470,7 @@ CHARGE = (
     + _RATE
     + _LISTED
     + f"local SPEND_MAX = {SPEND_MAX_PICO}\nlocal UNRECORDED_BATCH = '{UNRECORDED_BATCH}'\n"
+    + f"local RELEASED_TAIL = '{RELEASED_TAIL}'\nlocal ZERO_TAIL = ' {CHARGED_TOTAL}0'\n"
     + """
 -- KEYS: charged marker, tenant spend, key spend, ledger, tenant holds, key holds, pending charges, provider batches,
 --       models, prices, used id, the shard's hold-totals epoch, the tokens counter of the charge's minute, reconciled
@@ -466,7 +480,8 @@ CHARGE = (
 --       the charge's id ('' for none), its admission's nonce ('' for none), the reconciler's: the pending record
 --       as its sweep read it ('' for none), the tokens charged (input and output), and the reconciler's: what it
 --       charges (model.py, Reconciled; '' for none: not the reconciler's, or an admission without a nonce), until
---       when the admission's charges are marked (Hold.marked_until, Unix ms; 0 for not known)
+--       when the admission's charges are marked (Hold.marked_until, Unix ms; 0 for not known), '1' to release the
+--       request id (model.py, RELEASED; '' or none: not)
 EPOCH = redis.call('GET', KEYS[12]) or '0'
 -- Late: landing only while its pending charge is open. Asked so ('1': the reconciler's, a provider batch line's
 -- collect, an outbox line of a version before), or judged here: past the admission's marked_until by this store's
@@ -595,6 +610,12 @@ if string.sub(marker, 1, 6) ~= 'batch:' then
   if before then
     local b_hi, b_lo = split(before)
     marker = marker .. ' 1::pico=' .. decimal(add(b_hi, b_lo, split(ARGV[1])))
+  end
+  -- Released for a retry (model.py, RELEASED, marker_after_release): a charge of 0 that asks it, on an id charged 0
+  -- in all whose every admission before was released. Any other charge rewrote the marker without it (above).
+  if ARGV[14] == '1' and (not met or string.sub(met, -#RELEASED_TAIL) == RELEASED_TAIL)
+      and string.sub(marker, -#ZERO_TAIL) == ZERO_TAIL then
+    marker = string.sub(marker, 1, #marker - #ZERO_TAIL) .. RELEASED_TAIL
   end
 else
   marker = marker .. ' 1::pico=' .. ARGV[1]  -- a collect of the line again tells it (model.py, CHARGED_TOTAL)

@@ -28,9 +28,11 @@ from services.router.store.model import (
     charged_marker,
     charged_tokens,
     marker_after_charge,
+    marker_after_release,
     marker_batch,
     marker_charged_pico,
     marker_names_charge,
+    marker_released,
     marker_spares_admission,
     pending_field,
     reconciled_record,
@@ -133,7 +135,9 @@ class MemoryStore:
         in_flight = self.pending.get(pending_field(account, hold.request_id))
         marker = self.charged.get(keys.charged(hold.request_id))
         user = self.used.get(keys.used(hold.request_id))
-        if user is not None or in_flight is not None or marker is not None:
+        # Released (model.py, RELEASED): the retry of a request never served, by the key that sent it, is let in.
+        released = in_flight is None and user == keys.key_hex and marker_released(marker)
+        if not released and (user is not None or in_flight is not None or marker is not None):
             if user != keys.key_hex:
                 return Verdict("duplicate")
             charged = marker_charged_pico(marker)
@@ -215,7 +219,14 @@ class MemoryStore:
         return ""
 
     async def charge(
-        self, account: Account, hold: Hold, pico: int, record: dict, late: bool = False, charge_id: str = ""
+        self,
+        account: Account,
+        hold: Hold,
+        pico: int,
+        record: dict,
+        late: bool = False,
+        charge_id: str = "",
+        release: bool = False,
     ) -> bool:
         keys = AccountKeys.of(account)
         charged = keys.charged(hold.request_id)
@@ -249,6 +260,8 @@ class MemoryStore:
             marked_s = max(marked_s, self.charged.left_s(charged))  # kept as long as its charges need (lua.py)
             self.charged.discard(charged)
         marker = marker_after_charge(met, charged_marker(batch, charge_id, hold.nonce), pico)
+        if release and batch is None:
+            marker = marker_after_release(met, marker)
         self.charged.add(charged, marker, marked_s)
         if batch is not None and charge_id:  # counted by the router that takes it (count_once; lua.py, CHARGE)
             self.uncounted[keys.uncounted(hold.request_id)] = (charge_id, record)

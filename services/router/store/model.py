@@ -315,6 +315,29 @@ def marker_after_charge(met: str | None, entry: str, pico: int) -> str:
     return " ".join([*marker_entries(met), entry]) + total
 
 
+# A request id whose every admission ended charged exactly 0 with nothing delivered (a request never served: its
+# upstream failed) is released for its caller's retry: its charged marker ends with RELEASED before its total of 0
+# (marker_after_charge), and admission lets the key that used the id in again, the marker kept so a charge of the
+# admission before, replayed, is still known as made (lua.py, ADMIT, CHARGE). Led by CHARGED_TOTAL, so routers of the
+# version before take it for no entry of theirs: they refuse the id as a duplicate charged 0, as they did, and their
+# charge on it drops it (the marker rewritten from its entries). Any charge that is not a release drops it so.
+RELEASED = f"{CHARGED_TOTAL}released"
+RELEASED_TAIL = f" {RELEASED} {CHARGED_TOTAL}0"
+
+
+def marker_released(marker: str | None) -> bool:
+    """Whether the request id of a charged marker is released for a retry (RELEASED)."""
+    return marker is not None and marker.endswith(RELEASED_TAIL)
+
+
+def marker_after_release(met: str | None, marker: str) -> str:
+    """The charged marker `marker` (marker_after_charge) of a charge that asked to release its id: released when the
+    id was charged 0 in all and every admission of it before was released, else as it is."""
+    if (met is not None and not marker_released(met)) or not marker.endswith(f" {CHARGED_TOTAL}0"):
+        return marker
+    return marker.removesuffix(f" {CHARGED_TOTAL}0") + RELEASED_TAIL
+
+
 def marker_names_charge(marker: str | None, charge_id: str) -> bool:
     """Whether the charge `charge_id` is one the marker names."""
     return any(entry.split(":")[1:2] == [charge_id] for entry in marker_entries(marker))
@@ -490,7 +513,14 @@ class Store(Protocol):
         StoreUnavailable when the store cannot be reached."""
 
     async def charge(
-        self, account: Account, hold: Hold, pico: int, record: dict, late: bool = False, charge_id: str = ""
+        self,
+        account: Account,
+        hold: Hold,
+        pico: int,
+        record: dict,
+        late: bool = False,
+        charge_id: str = "",
+        release: bool = False,
     ) -> bool:
         """Settle the pending charge: add the cost to both budgets of the hold's period and the record to the
         ledger, once per request id, and drop the hold; the record's tokens (charged_tokens) are counted in the
@@ -499,6 +529,9 @@ class Store(Protocol):
         expired): charge only while the pending charge is still open, so a charge the reconciler settled is never
         added again; the store takes any charge for late past its hold's marked_until, by its own clock, and keeps
         the charged marker until then at least.
+        `release`: a charge of 0 of a request that delivered nothing (its upstream failed) releases its id for a retry
+        by the key that sent it, when every admission of the id before was released so (RELEASED): atomically with
+        the charge, so its charge stays marked as made and is never taken again, whatever reply is lost.
         `charge_id` names this one charge (its charged marker keeps it, while it lives): when this very charge was
         made before (its reply lost, then replayed from the outbox or resent), True again, nothing added, so its
         maker counts it once whichever call learned of it. A provider batch line's marker has no room for it: its

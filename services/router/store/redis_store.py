@@ -442,9 +442,17 @@ class RedisStore:
             return _text(await self._count_request(keys=names, args=args))
 
     async def charge(
-        self, account: Account, hold: Hold, pico: int, record: dict, late: bool = False, charge_id: str = ""
+        self,
+        account: Account,
+        hold: Hold,
+        pico: int,
+        record: dict,
+        late: bool = False,
+        charge_id: str = "",
+        release: bool = False,
     ) -> bool:
-        return await self._settle(account, hold, pico, record, ["1" if late else "0", charge_id, hold.nonce, ""])
+        only = ["1" if late else "0", charge_id, hold.nonce, ""]
+        return await self._settle(account, hold, pico, record, only, release="1" if release else "")
 
     async def settle_swept(self, swept: str) -> bool:
         """The reconciler's charge of a pending charge at its hold (its outcome never known): only while the store
@@ -488,7 +496,14 @@ class RedisStore:
         return settled
 
     async def _settle(
-        self, account: Account, hold: Hold, pico: int, record: dict, only: list[str], reconciled: str = ""
+        self,
+        account: Account,
+        hold: Hold,
+        pico: int,
+        record: dict,
+        only: list[str],
+        reconciled: str = "",
+        release: str = "",
     ) -> bool:
         keys = AccountKeys.of(account)
         names = [keys.charged(hold.request_id), *keys.spend(hold.period), keys.ledger, *keys.held(), keys.pending]
@@ -508,6 +523,7 @@ class RedisStore:
             charged_tokens(record),
             reconciled,
             math.ceil(hold.marked_until * 1000),  # the store's TIME judges it (lua.py, CHARGE): 0 for not known
+            release,
         ]
         async with self._call():
             return bool(await self._charge(keys=names, args=args))
