@@ -33,7 +33,7 @@ from llmrouter.validation import MAX_MESSAGES, MAX_ROUTED_MESSAGES, parse_decima
 from services.batches.api import BatchApi
 from services.batches.runner import Runner
 from services.batches.store import open_store
-from services.edge import idempotency, legacy, responses, router_headers
+from services.edge import idempotency, legacy, replays, responses, router_headers
 from services.edge.access_log import AccessLog
 from services.edge.content_coding import ContentCoding
 from services.edge.off_loop import parse_off_loop
@@ -52,6 +52,7 @@ from services.edge.openai_api import (
 )
 from services.edge.operator_routes import OperatorRoutes
 from services.edge.protocol import CALLER_STATUS
+from services.edge.replays import Replays
 from services.edge.responses_errors import named_as_sent
 from services.edge.responses_stream import ResponseStream
 from services.edge.settings import EdgeSettings
@@ -60,6 +61,8 @@ from services.router.store import KEYLESS
 
 log = logging.getLogger("llmrouter.edge")
 T = TypeVar("T")
+BODY_DIGEST = "llmrouter.body_digest"  # the scope's: the request's route and body as sent (replays.digest)
+REPLAY = {replays.REPLAYED: "true"}
 ROUTER_SERVICE = router_pb2.DESCRIPTOR.services_by_name["Router"].full_name
 
 HTTP_REQUESTS = Counter("llmrouter_edge_http_requests_total", "HTTP requests", ["route", "status"])
@@ -270,7 +273,7 @@ def has_left(watch: asyncio.Task[bool]) -> bool:
 
 def retold(chat: Response, body: dict[str, Any]) -> JSONResponse:
     """An unstreamed chat completion's answer told in another route's body, with its headers (cost, request id)."""
-    headers = {k: v for k, v in chat.headers.items() if k.startswith("x-")}
+    headers = {k: v for k, v in chat.headers.items() if k.startswith("x-") or k == replays.REPLAYED}
     return JSONResponse(body, headers=headers)
 
 
@@ -292,6 +295,12 @@ class Edge:
         self.router = router_pb2_grpc.RouterStub(channel)
         self.health = health_pb2_grpc.HealthStub(channel)
         self.keys = settings.key_ring()
+        self.replays = Replays(
+            settings.idempotency_replay_s,
+            settings.idempotency_max_answer_bytes,
+            settings.idempotency_memory_bytes,
+            settings.batch_redis_url,
+        )
 
     def caller(self, request: Request) -> tuple[str, str]:
         """(tenant, api key) from the Authorization header alone; no header chooses the tenant. With no keys
@@ -366,6 +375,11 @@ class Edge:
     ) -> Response:
         sent_key = idempotency.sent_key(request.headers)
         request_id = uuid.uuid4().hex if sent_key is None else idempotency.request_id(tenant, key, sent_key)
+        sent = request.scope[BODY_DIGEST]
+        if sent_key is not None:
+            kept = await self.replays.lookup(request_id, sent)
+            if kept is not None and kept.body is not None:
+                return Response(kept.body, media_type="application/json", headers={**(kept.headers or {}), **REPLAY})
         parsed, raw = await parse_off_loop(body, functools.partial(parse_request, max_messages=max_messages))
         message = parsed.to_router(raw, tenant, key, request_id)
         self.apply_headers(request, message)
@@ -384,12 +398,17 @@ class Edge:
                 "x-router-reason": header_safe(response.decision.reason),
                 "x-request-id": request_id,
             }
-            return JSONResponse(completion_body(response), headers=headers)
+            answer = JSONResponse(completion_body(response), headers=headers)
+            if sent_key is not None:
+                await self.replays.keep(request_id, sent, bytes(answer.body), headers)
+            return answer
         call = self.router.CompleteStream(message, timeout=timeout)
         try:
             decision, pending = await first_chunks(call, request, request_id)
         except grpc.RpcError as err:
             raise self.refusal(err, request, request_id, sent_key) from None
+        if sent_key is not None:  # a stream's events are not kept: its digest alone, a retry of another body a 422
+            await self.replays.keep(request_id, sent, None, None)
         include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
         headers = {
             "x-router-model": decision.model,
@@ -460,7 +479,9 @@ class Edge:
         router_headers.apply(request.headers, message)
 
     async def read_body(self, request: Request) -> bytes:
-        return await read_limited(request, self.settings.max_body_bytes)
+        body = await read_limited(request, self.settings.max_body_bytes)
+        request.scope[BODY_DIGEST] = replays.digest(request.url.path, body)  # as sent: an Idempotency-Key's (_chat)
+        return body
 
     async def models(self, request: Request) -> Response:
         self.caller(request)
@@ -677,6 +698,7 @@ def create_app(settings: EdgeSettings, channel: grpc.aio.Channel) -> Starlette:
             await batches.close()  # a batch created meanwhile is left to the runner, which stops next
             await runner.close()
             await store.close()
+            await edge.replays.close()
             if access_log is not None:
                 access_log.close()
 

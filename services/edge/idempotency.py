@@ -1,7 +1,9 @@
 """The Idempotency-Key header: a caller's retry made safe. The router serves and charges a request id once per tenant
 (a second request with it is refused as a duplicate, told what the first was charged); the edge names each request
 by a fresh id, so a retry (the openai SDK's own, after a client-side timeout) was a new request, charged again. With
-the header, the request's id is derived from it, so every retry carrying it is the same request to the router.
+the header, the request's id is derived from it, so every retry carrying it is the same request to the router. A
+first that failed charged nothing, delivering nothing, leaves the id free for its retry (the router releases it); a
+finished unstreamed one's retry gets its kept answer again from the edge (replays.py).
 
 The id is a hash of (tenant, API key, header value): two keys sending the same value are two requests, and no key can
 name, probe or take another key's id, nor one of the edge's own (uuid4 hex, which has no '-')."""
@@ -50,7 +52,8 @@ def reused(error: ApiError) -> ApiError:
     """The router's duplicate refusal of a request sent with an Idempotency-Key, told as the key's reuse: the request
     was not served or charged again. What the first was charged (or holds while it runs) is kept, as the router told
     it; the request id names the first in the ledger and the logs. Only one still in flight may be retried (the SDKs
-    do so on their own): its admission may yet be undone, freeing the value."""
+    do so on their own): its admission may yet be undone, or its request fail charged nothing, freeing the value, or
+    end answered, its answer then sent again (replays.py)."""
     if error.code != "duplicate_request":  # the router's DUPLICATE_REQUEST (app.OPENAI_CODES has no other name)
         return error
     if error.charged_usd:
@@ -64,6 +67,6 @@ def reused(error: ApiError) -> ApiError:
         f"or charged again; {told}. Send a new {SHOWN} for a new request"
     )
     error.code, error.param = "idempotency_key_reused", SHOWN
-    if not error.held_usd:  # the first ended (charged, even nothing): no retry with this value is ever served
+    if not error.held_usd:  # the first ended and used the id (a release frees it first): no retry is ever served
         error.retryable = False
     return error

@@ -51,6 +51,12 @@ class EdgeSettings(ServiceSettings):
     # Batches (POST /v1/batches): their files and progress in this Redis, which edge replicas share and a
     # restarted edge resumes from: noeviction and persisted (the chart's redis.batches). Unset: in process.
     batch_redis_url: RedisUrl | None = None  # its password masked when shown (llmrouter/redis_url.py)
+    # Idempotency-Key: how long a finished unstreamed request's answer is kept to be sent again to its retry (0: never),
+    # the largest kept (a larger one's retry is the router's 409), and what this process keeps of them at most when no
+    # batch Redis is set (else they are kept there, shared by the replicas): services/edge/replays.py.
+    idempotency_replay_s: int = Field(default=DAY_S, ge=0)
+    idempotency_max_answer_bytes: int = Field(default=256 * 1024, gt=0)
+    idempotency_memory_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     batch_concurrency: int = Field(default=8, gt=0)  # lines in flight at once, across this edge's batches
     # How often a provider batch (lines sent through a provider's Batch API) is asked whether it has ended.
     batch_poll_s: float = Field(default=60.0, gt=0)

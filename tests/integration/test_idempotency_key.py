@@ -72,15 +72,19 @@ class Tenant:
 
 
 @asynccontextmanager
-async def tenant_before(chain: Chain, router_addr: str) -> AsyncIterator[Tenant]:
-    """A tenant of its own, behind an edge of its own over the router at `router_addr`."""
-    name = f"idem-{secrets.token_hex(4)}"
-    keys = (f"sk-idem-a-{secrets.token_urlsafe(12)}", f"sk-idem-b-{secrets.token_urlsafe(12)}")
+async def tenant_before(
+    chain: Chain, router_addr: str, like: Tenant | None = None, **edge_settings: Any
+) -> AsyncIterator[Tenant]:
+    """A tenant of its own (or the one `like` is, behind another edge), behind an edge of its own over the router at
+    `router_addr`; edge_settings: the edge's others."""
+    name = like.name if like else f"idem-{secrets.token_hex(4)}"
+    keys = like.keys if like else (f"sk-idem-a-{secrets.token_urlsafe(12)}", f"sk-idem-b-{secrets.token_urlsafe(12)}")
     settings = EdgeSettings(
         port=free_port(),
         router_addr=router_addr,
         request_timeout_s=20,
         api_keys=SecretStr(",".join(key_line(name, key) for key in keys)),
+        **edge_settings,
     )
     async with served_edge(settings) as base_url:
         yield Tenant(name, keys, base_url, chain)
@@ -107,6 +111,12 @@ async def complete(client: openai.AsyncOpenAI, body: dict[str, Any], stream: boo
         **body, stream=True, stream_options={"include_usage": True}, extra_headers=extra
     )
     return [chunk async for chunk in chunks][-1].model_extra["x_router"]["cost_usd"]
+
+
+async def answered(client: openai.AsyncOpenAI, body: dict[str, Any], key: str) -> httpx.Response:
+    """The SDK's unstreamed chat completion sent with the Idempotency-Key, as the edge answered it (2xx)."""
+    raw = await client.chat.completions.with_raw_response.create(**body, extra_headers={"Idempotency-Key": key})
+    return raw.http_response
 
 
 def asked(tenant: Tenant, body: dict[str, Any]) -> int:
@@ -152,17 +162,18 @@ async def test_the_sdks_retry_after_a_client_timeout_is_refused_and_the_request_
         assert told["cost_usd"] == record["cost_usd"] and f"it was charged {record['cost_usd']} USD" in error["message"]
 
 
-@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
-async def test_a_retry_after_the_answer_is_told_its_charge_and_two_keys_sending_one_value_are_both_served(
-    tenant: Tenant, stream: bool
+async def test_a_streams_retry_after_the_answer_is_told_its_charge_and_two_keys_sending_one_value_are_both_served(
+    tenant: Tenant,
 ) -> None:
+    """A stream's answer is not kept to be sent again (services/edge/replays.py): its retry is the 409."""
     first, second = tenant.client(0, max_retries=0), tenant.client(1, max_retries=0)
+    bodies = (ask(), ask())
     try:
-        cost_first = await complete(first, ask(), stream, "same-value")
-        cost_second = await complete(second, ask(), stream, "same-value")  # the other key: a request of its own
-        for client, cost in ((first, cost_first), (second, cost_second)):
+        cost_first = await complete(first, bodies[0], True, "same-value")
+        cost_second = await complete(second, bodies[1], True, "same-value")  # the other key: a request of its own
+        for client, body, cost in ((first, bodies[0], cost_first), (second, bodies[1], cost_second)):
             with pytest.raises(openai.ConflictError) as refused:
-                await complete(client, ask(), stream, "same-value")
+                await complete(client, body, True, "same-value")
             error = refused.value.body
             assert isinstance(error, dict) and error["code"] == "idempotency_key_reused"
             assert f"it was charged {cost} USD" in error["message"]
@@ -186,8 +197,8 @@ async def test_a_retry_after_a_refusal_that_charged_nothing_is_served_once(tenan
         assert isinstance(refused.value.body, dict) and refused.value.body["code"] == "insufficient_quota"
         await tenant.set_limit(None)
         cost = await complete(client, body, False, "after-the-budget")  # the same key, once the budget allows it
-        with pytest.raises(openai.ConflictError):
-            await complete(client, body, False, "after-the-budget")
+        again = await answered(client, body, "after-the-budget")  # its answer, sent again
+        assert again.headers["idempotent-replayed"] == "true" and again.json()["x_router"]["cost_usd"] == cost
     finally:
         await client.close()
     [record] = await tenant.ledger()
@@ -218,15 +229,18 @@ async def test_the_sdks_retry_after_a_failure_that_cost_nothing_is_served_once(t
     body = ask()
     try:
         cost = await complete(client, body, stream, "fails-upstream")
-        with pytest.raises(openai.ConflictError) as refused:
-            await complete(client, body, stream, "fails-upstream")
+        if stream:  # its answer is not kept: a retry after it is the 409 telling its charge
+            with pytest.raises(openai.ConflictError) as refused:
+                await complete(client, body, stream, "fails-upstream")
+            assert refused.value.response.headers["x-should-retry"] == "false"
+            assert f"it was charged {cost} USD" in refused.value.message
+        else:  # sent again
+            assert (await answered(client, body, "fails-upstream")).headers["idempotent-replayed"] == "true"
     finally:
         await client.close()
         clear_faults()
-    assert [r.status_code for r in replies] == [503, 200, 409]  # the SDK's retry of the 503 served
+    assert [r.status_code for r in replies] == [503, 200, 409 if stream else 200]  # the SDK's retry of the 503 served
     assert len({r.headers["x-request-id"] for r in replies}) == 1  # one request id throughout
-    assert refused.value.response.headers["x-should-retry"] == "false"
-    assert f"it was charged {cost} USD" in refused.value.message
     failed, served = sorted(await tenant.ledger(), key=lambda record: record["ts"])
     assert failed["outcome"] == "failed" and Decimal(failed["cost_usd"]) == 0
     assert served["outcome"] == "ok" and served["cost_usd"] == cost and Decimal(cost) > 0
@@ -261,8 +275,8 @@ async def test_a_retry_after_the_money_store_was_out_of_reach_is_served_once(cha
 
                     await eventually(retried, "the retry is served once the store is back")
                     [cost] = served
-                    with pytest.raises(openai.ConflictError):
-                        await complete(client, body, False, "store-down")
+                    again = await answered(client, body, "store-down")
+                    assert again.headers["idempotent-replayed"] == "true"
                 finally:
                     proxy.come_back()
                     await client.close()
@@ -288,8 +302,9 @@ async def test_the_other_completion_routes_take_the_key(tenant: Tenant, path: st
         served = await http.post(f"{tenant.base_url}{path}", json=sent, headers=headers)
         again = await http.post(f"{tenant.base_url}{path}", json=sent, headers=headers)
     assert served.status_code == 200, served.text
-    assert again.status_code == 409 and again.json()["error"]["code"] == "idempotency_key_reused"
-    assert again.headers["x-request-id"] == served.headers["x-request-id"]
+    assert again.status_code == 200 and again.headers["idempotent-replayed"] == "true"
+    assert again.json() == served.json() and again.headers["x-request-id"] == served.headers["x-request-id"]
+    assert again.headers["x-router-cost-usd"] == served.headers["x-router-cost-usd"]
     assert len(await tenant.ledger()) == 1
 
 

@@ -1,0 +1,100 @@
+"""A retry of a finished unstreamed request sent with an Idempotency-Key gets its first answer back (services/edge/
+replays.py), through the real edge and router with the official openai SDK: byte for byte, marked
+`Idempotent-Replayed: true`, reaching no router or upstream and charged nothing again. A retry whose route or body
+differs is a 422 `idempotency_key_mismatch`, never another request's answer; a stream's retry, and one of an answer
+over the edge's limit, keep the router's 409. Kept in the edge's Redis, which its replicas share, when it has one;
+in the edge's memory otherwise. Before, every such retry was the 409."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import openai
+import pytest
+
+from tests.integration.conftest import Chain
+from tests.integration.test_idempotency_key import Tenant, answered, ask, asked, complete, tenant_before
+
+
+@pytest.fixture
+async def tenant(chain: Chain) -> AsyncIterator[Tenant]:
+    async with tenant_before(chain, chain.router_addr) as served:
+        yield served
+
+
+async def test_the_answer_is_sent_again_byte_for_byte_and_charged_once(tenant: Tenant) -> None:
+    client = tenant.client(max_retries=0)
+    body = ask()
+    try:
+        first = await answered(client, body, "order-1")
+        again = await answered(client, body, "order-1")
+        parsed = await client.chat.completions.create(**body, extra_headers={"Idempotency-Key": "order-1"})
+    finally:
+        await client.close()
+    assert "idempotent-replayed" not in first.headers
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.content == first.content  # the same id, created time, content and cost
+    assert parsed.id == first.json()["id"] and parsed.choices[0].message.content
+    for header in ("x-request-id", "x-router-cost-usd", "x-router-model"):
+        assert again.headers[header] == first.headers[header]
+    assert asked(tenant, body) == 1  # neither retry reached an upstream
+    [record] = await tenant.ledger()
+    assert record["cost_usd"] == first.headers["x-router-cost-usd"]
+
+
+async def test_another_body_or_route_with_the_key_is_a_422_and_reaches_no_router(tenant: Tenant) -> None:
+    client = tenant.client(max_retries=2)  # a 422 is not retried
+    try:
+        await answered(client, ask(), "order-2")
+        await complete(client, ask(), True, "order-3")  # a stream: its digest kept, its events not
+        for body, stream, key in ((ask(), False, "order-2"), (ask(), True, "order-3")):
+            with pytest.raises(openai.UnprocessableEntityError) as refused:
+                await complete(client, body, stream, key)
+            error = refused.value.body
+            assert isinstance(error, dict)
+            assert error["code"] == "idempotency_key_mismatch" and error["param"] == "Idempotency-Key"
+        headers = {"authorization": f"Bearer {tenant.keys[0]}", "idempotency-key": "order-2"}
+        async with httpx.AsyncClient(timeout=20) as http:
+            other_route = await http.post(
+                f"{tenant.base_url}/completions", json={"model": "cheap-model", "prompt": "hi"}, headers=headers
+            )
+        assert other_route.status_code == 422 and other_route.json()["error"]["code"] == "idempotency_key_mismatch"
+    finally:
+        await client.close()
+    assert len(await tenant.ledger()) == 2  # the first two alone
+
+
+async def test_an_answer_over_the_limit_keeps_the_409(chain: Chain) -> None:
+    async with tenant_before(chain, chain.router_addr, idempotency_max_answer_bytes=64) as tenant:
+        client = tenant.client(max_retries=0)
+        body = ask()
+        try:
+            cost = await complete(client, body, False, "big")
+            with pytest.raises(openai.ConflictError) as refused:
+                await complete(client, body, False, "big")
+            assert f"it was charged {cost} USD" in refused.value.message
+            with pytest.raises(openai.UnprocessableEntityError):  # its digest kept all the same
+                await complete(client, ask(), False, "big")
+        finally:
+            await client.close()
+
+
+async def test_the_edges_redis_keeps_the_answer_for_every_replica(chain: Chain, redis_url: str) -> None:
+    async with (
+        tenant_before(chain, chain.router_addr, batch_redis_url=redis_url) as one,
+        tenant_before(chain, chain.router_addr, like=one, batch_redis_url=redis_url) as other,
+        tenant_before(chain, chain.router_addr, like=one) as in_memory,
+    ):
+        clients = [one.client(max_retries=0), other.client(max_retries=0), in_memory.client(max_retries=0)]
+        body = ask()
+        try:
+            first = await answered(clients[0], body, "shared")
+            again = await answered(clients[1], body, "shared")  # another replica, the same Redis
+            assert again.headers["idempotent-replayed"] == "true" and again.content == first.content
+            with pytest.raises(openai.ConflictError):  # an edge keeping its own in memory knows none of it
+                await complete(clients[2], body, False, "shared")
+        finally:
+            for client in clients:
+                await client.close()
+        assert len(await one.ledger()) == 1
