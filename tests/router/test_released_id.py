@@ -63,6 +63,21 @@ async def test_only_a_release_of_an_id_charged_nothing_frees_it(store: Store) ->
     assert await store.admit(ACCOUNT, FREE, hold("cccc0003", "twice")) == Verdict("duplicate", charged=0)
 
 
+async def test_a_retry_whose_admission_is_undone_leaves_the_id_released(store: Store) -> None:
+    """The retry's admission undone (its reply lost, its caller told STORE_UNAVAILABLE: send it again): UNDO frees the
+    used id with it, and the id is still released for the next retry, not refused as a duplicate told nothing."""
+    first = hold("aaaa0001")
+    assert (await store.admit(ACCOUNT, FREE, first)).refused == ""
+    assert await store.charge(ACCOUNT, first, 0, {}, charge_id="c0ffee01", release=True)
+    lost = hold("bbbb0002")
+    assert (await store.admit(ACCOUNT, FREE, lost)).refused == ""
+    assert await store.undo(ACCOUNT, lost)
+    retry = hold("cccc0003")
+    assert (await store.admit(ACCOUNT, FREE, retry)).refused == ""
+    assert await store.charge(ACCOUNT, retry, 9, {}, charge_id="c0ffee03")
+    assert await store.admit(ACCOUNT, FREE, hold("dddd0004")) == Verdict("duplicate", charged=9)
+
+
 OLD_ROUTER = """
 import asyncio, sys
 from services.router.store import Account, Allowance, Hold, RedisStore

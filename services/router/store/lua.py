@@ -329,9 +329,13 @@ if ARGV[20] ~= '' and (redis.call('GET', KEYS[19]) or '0') ~= ARGV[20] then retu
 -- router of the version before, names no key: any is told, as that version told it; told none, the key that sent it
 -- (a batch line sent again after its edge died mid-upgrade) was told nothing of a request the ledger charges.
 -- Released (model.py, RELEASED): every admission of the id was charged 0 and delivered nothing, and none is in flight;
--- the key that used it may send it again. Its markers are kept: a charge of an admission before, replayed, is known.
+-- the key that used it may send it again (or any, once an undone admission of it freed the used id: UNDO). Its
+-- markers are kept: a charge of an admission before, replayed, is known as made.
 local released = not recorded and string.sub(redis.call('GET', KEYS[9]) or '', -#RELEASED_TAIL) == RELEASED_TAIL
-  and redis.call('GET', KEYS[2]) == ARGV[16]
+if released then
+  local user = redis.call('GET', KEYS[2])
+  released = not user or user == ARGV[16]
+end
 if not released and (recorded or redis.call('EXISTS', KEYS[2], KEYS[9]) > 0) then
   local user = redis.call('GET', KEYS[2])
   if user ~= ARGV[16] and user ~= '1' then return {'duplicate', '0', '0', '', '', ''} end

@@ -135,8 +135,9 @@ class MemoryStore:
         in_flight = self.pending.get(pending_field(account, hold.request_id))
         marker = self.charged.get(keys.charged(hold.request_id))
         user = self.used.get(keys.used(hold.request_id))
-        # Released (model.py, RELEASED): the retry of a request never served, by the key that sent it, is let in.
-        released = in_flight is None and user == keys.key_hex and marker_released(marker)
+        # Released (model.py, RELEASED): the retry of a request never served, by the key that sent it (or any, once an
+        # undone admission of it freed the used id), is let in.
+        released = in_flight is None and user in (None, keys.key_hex) and marker_released(marker)
         if not released and (user is not None or in_flight is not None or marker is not None):
             if user != keys.key_hex:
                 return Verdict("duplicate")
