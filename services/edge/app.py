@@ -10,7 +10,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 from urllib.parse import unquote
@@ -226,26 +226,38 @@ async def first_chunks(call: Any, request: Request, request_id: str) -> tuple[ro
     return await unless_left(both(), call, request, request_id)
 
 
-async def unless_left(reading: Awaitable[T], call: Any, request: Request, request_id: str) -> T:
+async def unless_left(
+    reading: Awaitable[T],
+    call: Any,
+    request: Request,
+    request_id: str,
+    taken_on: Callable[[asyncio.Future[T]], None] | None = None,
+) -> T:
     """What a router call's `reading` reads, read while watching the client: one that leaves meanwhile has the call
     cancelled at once (a 499 naming the request id, which the access log keeps: the router may have admitted it and
     charges it under that id). A unary call's router finishes the generation under way and charges it, but starts no
     escalation or fallback for a caller gone. Only the server's word that the client left counts: a watch that ends
     otherwise (its receive failing, or another message) says nothing of the client, and the request is served on
-    unwatched rather than cancelled and lost. Any failure here cancels the call too."""
+    unwatched rather than cancelled and lost. Any failure here cancels the call too. `taken_on`: given, it takes the
+    reading of a call whose client left on, uncancelled (an Idempotency-Key's answer, kept for the retry)."""
     read, leaving = asyncio.ensure_future(reading), asyncio.create_task(client_left(request))
+    taken = False
     try:
         await asyncio.wait((read, leaving), return_when=asyncio.FIRST_COMPLETED)
         if not read.done():
             if has_left(leaving):
+                if taken_on is not None:
+                    taken_on(read)
+                    taken = True
                 raise ApiError(
                     499, "the client closed the request", code="client_closed_request", request_id=request_id
                 )
             await read
         return read.result()
     except BaseException:
-        call.cancel()
-        read.cancel()
+        if not taken:
+            call.cancel()
+            read.cancel()
         raise
     finally:
         leaving.cancel()
@@ -269,6 +281,31 @@ def has_left(watch: asyncio.Task[bool]) -> bool:
     if not watch.result():
         log.warning("the server sent a message other than http.disconnect: the router's answer is read on unwatched")
     return watch.result()
+
+
+def answered(response: router_pb2.CompleteResponse, request_id: str) -> JSONResponse:
+    """The router's answer as an unstreamed chat completion, with its headers."""
+    headers = {
+        "x-router-model": response.model,
+        "x-router-cost-usd": response.cost_usd,
+        "x-router-reason": header_safe(response.decision.reason),
+        "x-request-id": request_id,
+    }
+    return JSONResponse(completion_body(response), headers=headers)
+
+
+def replayed(kept: replays.Kept) -> Response:
+    """A kept answer sent again, marked so."""
+    return Response(kept.body, media_type="application/json", headers={**(kept.headers or {}), **REPLAY})
+
+
+def _left_running(serving: asyncio.Future[Any]) -> None:
+    """A request sent with an Idempotency-Key whose caller left runs on (Edge._keyed tracks it)."""
+
+
+def router_told(answer: Response) -> dict[str, str]:
+    """An answer's headers of the router's telling (cost, model, request id), as kept to be sent again."""
+    return {k: v for k, v in answer.headers.items() if k.startswith("x-")}
 
 
 def retold(chat: Response, body: dict[str, Any]) -> JSONResponse:
@@ -301,6 +338,7 @@ class Edge:
             settings.idempotency_memory_bytes,
             settings.batch_redis_url,
         )
+        self._answering: dict[str, set[asyncio.Task[JSONResponse]]] = {}  # _keyed's, by request id
 
     def caller(self, request: Request) -> tuple[str, str]:
         """(tenant, api key) from the Authorization header alone; no header chooses the tenant. With no keys
@@ -379,7 +417,7 @@ class Edge:
         if sent_key is not None:
             kept = await self.replays.lookup(request_id, sent)
             if kept is not None and kept.body is not None:
-                return Response(kept.body, media_type="application/json", headers={**(kept.headers or {}), **REPLAY})
+                return replayed(kept)
         parsed, raw = await parse_off_loop(body, functools.partial(parse_request, max_messages=max_messages))
         message = parsed.to_router(raw, tenant, key, request_id)
         self.apply_headers(request, message)
@@ -387,21 +425,14 @@ class Edge:
         request.scope[SENT_REQUEST_ID] = request_id  # a shutdown cutting it from here tells its id (shutdown_cut.py)
         timeout = self.settings.request_timeout_s
         if not parsed.stream:
+            call = self.router.Complete(message, timeout=timeout)
+            if sent_key is not None:
+                return await self._keyed(call, request, request_id, sent, sent_key)
             try:
-                call = self.router.Complete(message, timeout=timeout)
                 response = await unless_left(call, call, request, request_id)
             except grpc.RpcError as err:
                 raise self.refusal(err, request, request_id, sent_key) from None
-            headers = {
-                "x-router-model": response.model,
-                "x-router-cost-usd": response.cost_usd,
-                "x-router-reason": header_safe(response.decision.reason),
-                "x-request-id": request_id,
-            }
-            answer = JSONResponse(completion_body(response), headers=headers)
-            if sent_key is not None:
-                await self.replays.keep(request_id, sent, bytes(answer.body), headers)
-            return answer
+            return answered(response, request_id)
         call = self.router.CompleteStream(message, timeout=timeout)
         try:
             decision, pending = await first_chunks(call, request, request_id)
@@ -424,6 +455,51 @@ class Edge:
             media_type="text/event-stream",
             headers=headers,
         )
+
+    async def _keyed(self, call: Any, request: Request, request_id: str, sent: str, sent_key: str) -> Response:
+        """A request sent with an Idempotency-Key, served to its end whatever its caller does: its answer is kept for
+        the retry (the SDK's, after its own timeout), which gets it once it is there. A retry the router refuses as
+        ended while this edge is still keeping the first's answer (charged, not kept yet) waits for it."""
+        serving = asyncio.ensure_future(self._serve_and_keep(call, request_id, sent))
+        others = list(self._answering.get(request_id, ()))
+        self._answering.setdefault(request_id, set()).add(serving)
+        serving.add_done_callback(functools.partial(self._answered, request_id))
+        try:
+            return await unless_left(serving, call, request, request_id, taken_on=_left_running)
+        except grpc.RpcError as err:
+            error = self.refusal(err, request, request_id, sent_key)
+        # Ended at the router (no hold told), its answer maybe not kept yet: waited for, within its call's timeout.
+        if error.code == "idempotency_key_reused" and not error.held_usd and others:
+            await asyncio.wait(others)
+            kept = await self.replays.lookup(request_id, sent)
+            if kept is not None and kept.body is not None:
+                return replayed(kept)
+        raise error
+
+    async def _serve_and_keep(self, call: Any, request_id: str, sent: str) -> JSONResponse:
+        try:
+            answer = answered(await call, request_id)
+        except asyncio.CancelledError:
+            call.cancel()  # the edge stopping (close): the router charges what it did
+            raise
+        await self.replays.keep(request_id, sent, bytes(answer.body), router_told(answer))
+        return answer
+
+    def _answered(self, request_id: str, task: asyncio.Task[JSONResponse]) -> None:
+        serving = self._answering.get(request_id, set())
+        serving.discard(task)
+        if not serving:
+            self._answering.pop(request_id, None)
+        if not task.cancelled():
+            task.exception()  # its caller may be gone: a failure is the router's, logged there
+
+    async def close(self) -> None:
+        """Calls whose callers left, their answers awaited to be kept, cancelled (the router charges what they did)."""
+        serving = [task for tasks in self._answering.values() for task in tasks]
+        for task in serving:
+            task.cancel()
+        await asyncio.gather(*serving, return_exceptions=True)
+        await self.replays.close()
 
     def refusal(self, err: grpc.RpcError, request: Request, request_id: str, sent_key: str | None) -> ApiError:
         """The router's refusal of a completion, as the caller sent it: its headers named, a duplicate of a request
@@ -698,7 +774,7 @@ def create_app(settings: EdgeSettings, channel: grpc.aio.Channel) -> Starlette:
             await batches.close()  # a batch created meanwhile is left to the runner, which stops next
             await runner.close()
             await store.close()
-            await edge.replays.close()
+            await edge.close()
             if access_log is not None:
                 access_log.close()
 

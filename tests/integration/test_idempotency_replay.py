@@ -15,6 +15,7 @@ import pytest
 
 from tests.integration.conftest import Chain
 from tests.integration.test_idempotency_key import Tenant, answered, ask, asked, complete, tenant_before
+from tests.waiting import eventually
 
 
 @pytest.fixture
@@ -41,6 +42,38 @@ async def test_the_answer_is_sent_again_byte_for_byte_and_charged_once(tenant: T
     assert asked(tenant, body) == 1  # neither retry reached an upstream
     [record] = await tenant.ledger()
     assert record["cost_usd"] == first.headers["x-router-cost-usd"]
+
+
+async def test_the_sdks_retry_after_its_own_timeout_gets_the_answer_once_it_is_there(tenant: Tenant) -> None:
+    """The first's caller gone (the SDK's client-side timeout), the request is served to its end all the same and its
+    answer kept: a retry while it runs is the 409 telling it in flight, and one after it the answer, charged once."""
+    client = tenant.client(timeout=3, max_retries=0)
+    body = ask()
+    tenant.chain.budget.holding_answers = True
+    try:
+        with pytest.raises(openai.APITimeoutError):
+            await complete(client, body, False, "slow-order")
+        with pytest.raises(openai.ConflictError) as in_flight:
+            await complete(client, body, False, "slow-order")
+        assert "still in flight" in in_flight.value.message
+        tenant.chain.budget.holding_answers = False
+
+        async def replayed() -> bool:
+            try:
+                again = await answered(client, body, "slow-order")
+            except openai.ConflictError as refused:
+                assert "still in flight" in refused.message  # not yet answered: never the 409 of a charge
+                return False
+            assert again.headers["idempotent-replayed"] == "true"
+            return True
+
+        await eventually(replayed, "the retry gets the first's answer")
+    finally:
+        tenant.chain.budget.holding_answers = False
+        await client.close()
+    assert asked(tenant, body) == 1
+    [record] = await tenant.ledger()
+    assert record["outcome"] == "ok"
 
 
 async def test_another_body_or_route_with_the_key_is_a_422_and_reaches_no_router(tenant: Tenant) -> None:
