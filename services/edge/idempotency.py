@@ -56,10 +56,14 @@ def reused(error: ApiError) -> ApiError:
     end answered, its answer then sent again (replays.py)."""
     if error.code != "duplicate_request":  # the router's DUPLICATE_REQUEST (app.OPENAI_CODES has no other name)
         return error
-    if error.charged_usd:
-        told = f"it was charged {error.charged_usd} USD"
-    elif error.held_usd:
+    # In flight first: an id with a charge on record and a request of it in flight is one retried after a release
+    # (charged 0 before) or one a store that lost its admission let in again; that request is what is under way.
+    if error.held_usd:
         told = f"it is still in flight, holding {error.held_usd} USD until it is charged"
+        if error.charged_usd.strip("0."):  # some, not 0
+            told += f" (its request id was charged {error.charged_usd} USD before)"
+    elif error.charged_usd:
+        told = f"it was charged {error.charged_usd} USD"
     else:
         told = "its charge, if any, is in the ledger under its request id"
     error.message = (

@@ -364,3 +364,38 @@ async def test_a_hostile_key_is_a_400_and_reaches_no_router(
     assert "kkkk" not in error["message"]  # the value is never echoed
     assert len(tenant.chain.budget.requests) == before
     assert await tenant.ledger() == []
+
+
+async def test_two_retries_racing_after_a_failure_that_cost_nothing_are_served_once(tenant: Tenant) -> None:
+    """The value released (its first failed upstream, charged nothing): of two retries sent at once, one is served and
+    the other refused as in flight (the router's ADMIT lets one in), never both served and charged."""
+    faults = [Fault.error(500)] * 6
+    tenant.chain.budget.enqueue(*faults)
+    tenant.chain.premium.enqueue(*faults)
+    client = tenant.client(max_retries=0)
+    body = ask()
+    try:
+        with pytest.raises(openai.InternalServerError):
+            await complete(client, body, False, "racing")
+        for upstream in (tenant.chain.budget, tenant.chain.premium):
+            upstream.faults.clear()
+        before = asked(tenant, body)
+        tenant.chain.budget.holding_answers = True
+        racing = [asyncio.ensure_future(complete(client, body, False, "racing")) for _ in range(2)]
+        await eventually(lambda: asked(tenant, body) == before + 1, "one retry is being generated")
+        done, _ = await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
+        [refused] = done
+        with pytest.raises(openai.ConflictError) as conflict:
+            refused.result()
+        assert "still in flight" in conflict.value.message
+        tenant.chain.budget.holding_answers = False
+        served = await next(task for task in racing if task is not refused)
+    finally:
+        tenant.chain.budget.holding_answers = False
+        for upstream in (tenant.chain.budget, tenant.chain.premium):
+            upstream.faults.clear()
+        await client.close()
+    assert asked(tenant, body) == before + 1
+    failed, ok = sorted(await tenant.ledger(), key=lambda record: record["ts"])
+    assert failed["outcome"] == "failed" and ok["cost_usd"] == served
+    assert await tenant.spent_pico() == Decimal(served) * PICO
