@@ -417,6 +417,10 @@ def build() -> dict:
                 (f"sum(increase({s('llmrouter_router_ledger_rejected_total')}[1h]))", "kept in ledger_rejected"),
                 (f"sum(increase({s('llmrouter_router_reconciled_charges_total')}[1h]))", "settled at their hold"),
                 (f"sum(increase({s('llmrouter_router_reconcile_failures_total')}[1h]))", "failed to settle"),
+                (
+                    f"sum by (why) (increase({s('llmrouter_router_uncounted_entries_dropped_total')}[1h]))",
+                    "uncounted entries dropped: {{why}}",
+                ),
             )
         )
         .with_panel(

@@ -73,6 +73,18 @@ RECONCILE_FAILURES = Counter(
     "charges whose count a take took but never heard back within TAKEN_KEPT_S (given up: in the ledger, in no router's "
     "usage metrics)",
 )
+# Why a sweep drops an entry of a shard's list of uncounted charges (keys.py, uncounted_reconciled) that no router
+# wrote: a fixed set, so the series stay bounded whatever the entries hold.
+UNCOUNTED_DROPPED_WHY = ("unreadable", "other_shard")
+UNCOUNTED_ENTRIES_DROPPED = Counter(
+    "llmrouter_router_uncounted_entries_dropped_total",
+    "Entries of the shards' lists of uncounted charges that the reconciler's sweep dropped, no router having written "
+    "them (hand-edited), by why: unreadable (not text, no charge id, or a field that is no [tenant, request id]) or "
+    "other_shard (a tenant of another shard, whose keys the shard's take cannot reach)",
+    ["why"],
+)
+for _why in UNCOUNTED_DROPPED_WHY:
+    UNCOUNTED_ENTRIES_DROPPED.labels(_why)  # each series from 0, so increase() sees the first drop
 LEDGER_REJECTED = Counter(
     "llmrouter_router_ledger_rejected_total",
     "Ledger entries the SQL sink could not copy as rows (unreadable: not JSON, or nested deeper than 64 levels; or "

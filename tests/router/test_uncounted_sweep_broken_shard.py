@@ -2,8 +2,9 @@
 stops it: a list key of another type (hand-edited, or corrupt) made the sweep raise every round, before the later
 shards' charges were counted. It is logged and counted in llmrouter_router_reconcile_failures_total, and the other
 shards are swept all the same; an entry no router wrote (not text, no charge id, a field that is no [tenant, request
-id], a tenant of another shard) is dropped from its list with a log line, holding up none of the others. A real Redis
-and a real Redis Cluster."""
+id], a tenant of another shard) is dropped from its list with a log line and counted in
+llmrouter_router_uncounted_entries_dropped_total{why}, holding up none of the others. A real Redis and a real Redis
+Cluster."""
 
 from __future__ import annotations
 
@@ -29,6 +30,10 @@ PICO = 700_000_000  # $0.0007
 
 def failures() -> float:
     return REGISTRY.get_sample_value("llmrouter_router_reconcile_failures_total") or 0.0
+
+
+def dropped(why: str) -> float:
+    return REGISTRY.get_sample_value("llmrouter_router_uncounted_entries_dropped_total", {"why": why}) or 0.0
 
 
 async def line_left_uncounted(store: RedisStore) -> Hold:
@@ -84,6 +89,7 @@ async def test_entries_no_router_wrote_are_dropped_and_hold_up_none_of_the_other
         await line_left_uncounted(store)
         await store.redis.zadd(keys.uncounted_reconciled, {entry: 0 for entry in unreadable})  # listed first
         before, failed_before = counted("strong"), failures()
+        dropped_before = {why: dropped(why) for why in ("unreadable", "other_shard")}
         await eventually(lambda: leased_elsewhere(store), "the reconciler's lease held")
         listed = await store.redis.zrange(keys.uncounted_reconciled, 0, -1)
     finally:
@@ -92,6 +98,8 @@ async def test_entries_no_router_wrote_are_dropped_and_hold_up_none_of_the_other
     requests, cost = counted("strong")
     assert (requests - before[0], cost - before[1]) == (1, pytest.approx(PICO / 1e12))
     assert failures() == failed_before
+    assert dropped("unreadable") - dropped_before["unreadable"] == len(unreadable) - 1
+    assert dropped("other_shard") - dropped_before["other_shard"] == 1
     assert caplog.text.count("uncounted charge's entry unreadable: dropped") == len(unreadable)
 
 

@@ -228,20 +228,21 @@ def _answered(takes: list[_Take], answers: Any, claim: str) -> _Taken:
     return _Taken(records, len(skipped), claim)
 
 
-def _listed_take(shard: int, member: bytes) -> _Take | None:
-    """The take of an entry '<charge id> <pending field>' of the shard's list (keys.py, uncounted_reconciled); None for
-    one no router wrote (hand-edited): not text, no charge id, a field that is no [tenant, request id], or a tenant
-    of another shard, whose keys a take of this shard's slot cannot reach."""
+def _listed_take(shard: int, member: bytes) -> _Take | str:
+    """The take of an entry '<charge id> <pending field>' of the shard's list (keys.py, uncounted_reconciled); for one
+    no router wrote (hand-edited), why it is dropped (metrics.UNCOUNTED_DROPPED_WHY): 'unreadable' (not text, no charge
+    id, a field that is no [tenant, request id]) or 'other_shard' (a tenant whose keys a take of this shard's slot
+    cannot reach)."""
     try:
         entry = member.decode()
         charge_id, _, field = entry.partition(" ")
         named = loads_stored(field)  # its pending field (model.py, pending_field)
     except ValueError:  # not UTF-8, not JSON, or nested past the parser's depth (TooDeep)
-        return None
+        return "unreadable"
     if not (charge_id and isinstance(named, list) and len(named) == 2 and all(isinstance(n, str) for n in named)):
-        return None
+        return "unreadable"
     keys = AccountKeys.of(Account(named[0], ""))
-    return _Take(keys, named[1], charge_id, entry) if keys.shard == shard else None
+    return _Take(keys, named[1], charge_id, entry) if keys.shard == shard else "other_shard"
 
 
 def _taken_record(take: _Take, text: bytes) -> dict[str, Any] | None:
@@ -1006,18 +1007,23 @@ class RedisStore:
         key = uncounted_reconciled_key(shard)
         async with self._calls:
             listed = await self.redis.zrange(key, 0, UNCOUNTED_PAGE - 1)
-        takes, unreadable = [], []
+        takes: list[_Take] = []
+        unreadable: dict[bytes, str] = {}  # each entry no router wrote, and why
         for member in listed:
             take = _listed_take(shard, member)
-            if take is None:
-                unreadable.append(member)
+            if isinstance(take, str):
+                unreadable[member] = take
             else:
                 takes.append(take)
-        for member in unreadable:  # dropped, so none holds up the others, nor is read again
-            log.error("uncounted charge's entry unreadable: dropped", extra={"key": key, "entry": repr(member)[:500]})
-        if unreadable:
+        if unreadable:  # dropped, so none holds up the others, nor is read again; counted once gone
             async with self._calls:
                 await self.redis.zrem(key, *unreadable)
+        for member, why in unreadable.items():
+            metrics.UNCOUNTED_ENTRIES_DROPPED.labels(why).inc()
+            log.error(
+                "uncounted charge's entry unreadable: dropped",
+                extra={"key": key, "entry": repr(member)[:500], "why": why},
+            )
         for start in range(0, len(takes), TAKE_PAGE):
             taken = await self._take(shard, takes[start : start + TAKE_PAGE])
             metrics.RECONCILE_FAILURES.inc(taken.skipped)
