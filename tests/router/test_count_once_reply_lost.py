@@ -18,14 +18,15 @@ from services.router.store import (
     AccountKeys,
     Allowance,
     Hold,
+    RedisStore,
     StoreUnavailable,
     UncountedCharge,
     lua,
     period_id,
     redis_store,
 )
-from services.router.store.clock import money_now
-from services.router.store.keys import TAKEN_KEPT_S
+from services.router.store.clock import MONEY_CLOCK, money_now
+from services.router.store.keys import CLAIM_ADOPTED_AFTER_S, TAKEN_KEPT_S, taken_claims_key
 from tests.router.test_charge_counted_once import counted
 from tests.router.test_collect_model import ACCOUNT
 from tests.router.test_uncounted_sweep_broken_shard import failures as reconcile_failures
@@ -33,6 +34,7 @@ from tests.router.test_undone_admissions import Proxied, proxied_store
 
 DAY = period_id("day")
 KEYS = AccountKeys.of(ACCOUNT)
+LEASE_S = 0.001  # over at once: each round sweeps
 
 
 @pytest.fixture
@@ -125,6 +127,68 @@ async def test_a_take_unheard_past_the_time_the_store_keeps_its_count_is_given_u
     assert "counts taken but not heard back before the store let them go" in caplog.text
     # The on-call sees it (LLMRouterReconcilerFailing): the charge is in the ledger, in no router's usage metrics.
     assert reconcile_failures() - failures == 1
+
+
+async def test_a_take_unheard_by_a_router_that_died_is_counted_once_by_another_routers_reconciler(
+    proxied: Proxied, any_redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its taker killed with the take unheard: kept in that router's memory alone, no other router knew of it, and the
+    charge was counted by none (given up once the store let what it took go). The store notes each take's claim until
+    its taker acknowledges the reply (keys.py, taken_claims_key): past CLAIM_ADOPTED_AFTER_S another router's reconciler
+    adopts it and counts the charge, once; the taker, were it alive after all and sending it again, counts nothing."""
+    line = await charged_line(proxied)
+    await lose_the_next_reply(proxied, line, then_down=True)
+    with pytest.raises(StoreUnavailable):
+        await proxied.store.count_once(ACCOUNT, line.request_id, "made")
+    assert not await proxied.direct.exists(KEYS.uncounted(line.request_id), KEYS.uncounted_reconciled)  # it ran
+    before = counted("strong")
+    other = RedisStore(any_redis_url)  # another router: the taker's memory is not its
+    try:
+        await other.reconcile("router-2", LEASE_S, 3600.0)
+        assert counted("strong") == before  # too young: its taker may be about to hear it
+        monkeypatch.setattr(MONEY_CLOCK, "offset_s", MONEY_CLOCK.offset_s + CLAIM_ADOPTED_AFTER_S + 1)
+        await other.reconcile("router-2", LEASE_S, 3600.0)
+        requests, cost = counted("strong")
+        assert (requests - before[0], cost - before[1]) == (1, pytest.approx(700 / 1e12)), "counted by no router"
+        await other.reconcile("router-2", LEASE_S, 3600.0)
+        proxied.proxy.come_back()  # the taker not dead after all: its resend gets nothing
+        await proxied.store.reconcile("router-1", LEASE_S, 3600.0)
+        assert not proxied.store.unheard and not other.unheard
+        assert counted("strong")[0] - before[0] == 1, "counted twice"
+        assert await proxied.direct.hlen(taken_claims_key(KEYS.shard)) == 0
+    finally:
+        await other.close()
+
+
+async def test_a_take_its_taker_hears_back_as_another_router_adopts_it_is_counted_by_the_adopter_alone(
+    proxied: Proxied, any_redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The taker, cut off past CLAIM_ADOPTED_AFTER_S, sends its take again; that resend has run, its records on their
+    way back, when another router's reconciler adopts the claim. The taker's acknowledgement (lua.py, ACK_TAKE) then
+    finds its counted keys moved to the adopter's claim: it counts nothing, the adopter the charge, once."""
+    line = await charged_line(proxied)
+    await lose_the_next_reply(proxied, line, then_down=True)
+    with pytest.raises(StoreUnavailable):
+        await proxied.store.count_once(ACCOUNT, line.request_id, "made")
+    proxied.proxy.come_back()
+    await proxied.direct.script_load(lua.ACK_TAKE)  # the reply held is the resend's, not a NOSCRIPT
+    await proxied.store.redis.get(KEYS.uncounted(line.request_id))  # a connection open
+    before = counted("strong")
+    reply = proxied.proxy.hold_next_reply()
+    resending = asyncio.create_task(proxied.store.reconcile("router-1", 3600.0, 3600.0))
+    await reply.arrived.wait()  # the resend ran
+    monkeypatch.setattr(MONEY_CLOCK, "offset_s", MONEY_CLOCK.offset_s + CLAIM_ADOPTED_AFTER_S + 1)
+    other = RedisStore(any_redis_url)
+    try:
+        await other.reconcile("router-2", LEASE_S, 3600.0)
+    finally:
+        await other.close()
+    assert counted("strong")[0] - before[0] == 1, "the adopter counted nothing"
+    reply.released.set()
+    await resending
+    requests, cost = counted("strong")
+    assert (requests - before[0], cost - before[1]) == (1, pytest.approx(700 / 1e12)), "counted twice"
+    assert not proxied.store.unheard
 
 
 async def test_a_take_cancelled_after_it_ran_is_counted_at_the_next_reconcile_round(proxied: Proxied) -> None:

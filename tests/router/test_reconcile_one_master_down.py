@@ -95,6 +95,7 @@ async def test_one_master_down_holds_up_only_its_own_shards_in_the_reconcile_rou
         store.unanswered[swept] = ("reconciled", reconciled_record(replace(Pending.from_json(swept), model=MODEL)))
     for script in (
         lua.COUNT_ONCE,
+        lua.ACK_TAKE,
         lua.CHARGE,
         lua.LEASE,
         lua.HELD,

@@ -37,6 +37,10 @@ RATE_COUNTER_TTL_S = 61
 # that lost its reply (a Redis Cluster client's resends, or the store's one), seconds; a day, as the uncounted charge,
 # would keep every provider batch line's record a day after it was counted.
 TAKEN_KEPT_S = 600
+# How long a take's claim may go unacknowledged (keys.py, taken_claims_key) before the reconciler adopts it: its taker
+# died with its reply unheard, or has been cut off from the store that long. Far past a take's round trips, well within
+# TAKEN_KEPT_S, so what it took is still kept when adopted.
+CLAIM_ADOPTED_AFTER_S = 60
 
 
 def rate_window(now: float) -> int:
@@ -125,6 +129,16 @@ def uncounted_reconciled_key(shard: int) -> str:
     collect took the counts of the lines it charged, loses no count. Named for the reconciler's alone, which the
     version before listed: the name is part of the data format."""
     return f"{TAGS[shard]}:uncounted-reconciled"
+
+
+def taken_claims_key(shard: int) -> str:
+    """The shard's takes of counts not acknowledged yet, a hash: field the take's claim, value '<when taken, ms by the
+    store's clock> <the counted keys it took, a JSON list>' (lua.py, COUNT_ONCE), dropped by its taker once it heard
+    the records back (lua.py, ACK_TAKE). So a take whose reply its taker never heard (the taker dead, or cut off) is
+    known to the store, not to that taker's memory alone: the reconciler adopts it past CLAIM_ADOPTED_AFTER_S (lua.py,
+    ADOPT_CLAIM) and counts what it took. Routers of the version before take without it: their unheard takes stay
+    their own, as before."""
+    return f"{TAGS[shard]}:taken-claims"
 
 
 def limits_key(shard: int) -> str:

@@ -249,6 +249,7 @@ end
 # maker's take; the reconciler's sweep, which reads it, reports it.
 _LISTED = """
 local LISTABLE = {none = true, zset = true}
+local CLAIMABLE = {none = true, hash = true}
 """
 
 # Scripts that take new memory (admission, a hold grown) are refused whole when the store is full (OOM under
@@ -744,22 +745,28 @@ return ''
 # before (scored now, to the microsecond): the sweep reads the oldest first, a page a round, and a page of such
 # entries would otherwise be all it ever read. Still a sorted set: a router of the version before refuses charges on
 # a list key of another type.
+# A call that took a charge now notes its claim in the shard's taken claims (keys.py, taken_claims_key), with when and
+# the counted keys it took, until its taker acknowledges the reply (ACK_TAKE): one whose taker never heard it is
+# adopted by the reconciler (ADOPT_CLAIM). One of another type there (hand-edited) is left alone, as the list is.
 COUNT_ONCE = (
     _MUST_LAND
     + _PERMITTED
     + _LISTED
     + f"local TAKEN_KEPT_MS = {TAKEN_KEPT_S * 1000}\n"
     + """
--- KEYS: the shard's listed uncounted charges; then two a take: the uncounted charge, its count taken
+-- KEYS: the shard's listed uncounted charges, the shard's taken claims; then two a take: the uncounted charge, its
+--       count taken
 -- ARGV: the taker's claim; then two a take: the charge's id ('' for any), its entry in that list ('' for none)
 -- Returns two a take: the record taken (nil for none) and, for a take left alone, why (nil when it was not): one of its
 -- own keys holds another type (hand-edited), which holds up none of the others.
 local listed = LISTABLE[redis.call('TYPE', KEYS[1])['ok']]
-local takes = (#KEYS - 1) / 2
+local claims = CLAIMABLE[redis.call('TYPE', KEYS[2])['ok']]
+local takes = (#KEYS - 2) / 2
 local writes = {}
 if listed then writes[1] = {'ZADD', KEYS[1], 'XX', '0', ''} end
+if claims then writes[#writes + 1] = {'HSET', KEYS[2], ARGV[1], ''} end
 for t = 0, takes - 1 do
-  local k, a = 2 + 2 * t, 2 + 2 * t
+  local k, a = 3 + 2 * t, 2 + 2 * t
   writes[#writes + 1] = {'SET', KEYS[k + 1], ''}
   writes[#writes + 1] = {'DEL', KEYS[k]}
   if listed then writes[#writes + 1] = {'ZREM', KEYS[1], ARGV[a + 1]} end
@@ -793,9 +800,9 @@ local function to_the_end(entry)
   local now = redis.call('TIME')
   redis.call('ZADD', KEYS[1], 'XX', now[1] .. '.' .. string.format('%06d', now[2]), entry)
 end
-local answers, seen = {}, {}
+local answers, seen, fresh = {}, {}, {}
 for t = 0, takes - 1 do
-  local k, a = 2 + 2 * t, 2 + 2 * t
+  local k, a = 3 + 2 * t, 2 + 2 * t
   local why = mistyped({KEYS[k], KEYS[k + 1]})
   local record = false
   if why then
@@ -804,13 +811,85 @@ for t = 0, takes - 1 do
     if listed and ARGV[a + 1] ~= '' then redis.call('ZREM', KEYS[1], ARGV[a + 1]) end
     -- Answered once a call; a take that found another charge's (an entry an earlier charge of the request id left
     -- listed) leaves it to this call's take by its own id.
-    if not seen[KEYS[k]] then record = take(KEYS[k], KEYS[k + 1], ARGV[a]) end
+    if not seen[KEYS[k]] then
+      local was = redis.call('EXISTS', KEYS[k])
+      record = take(KEYS[k], KEYS[k + 1], ARGV[a])
+      if record and was == 1 then fresh[#fresh + 1] = KEYS[k + 1] end  -- taken now, not this call sent again
+    end
     if record then seen[KEYS[k]] = true end
   end
   answers[#answers + 1] = record
   answers[#answers + 1] = why
 end
+if claims and #fresh > 0 then
+  local now = redis.call('TIME')
+  local noted = redis.call('HGET', KEYS[2], ARGV[1])  -- a call sent again that took more: one note of them all
+  if noted then
+    for _, key in ipairs(cjson.decode(string.match(noted, '^%S+ (.*)$'))) do fresh[#fresh + 1] = key end
+  end
+  redis.call('HSET', KEYS[2], ARGV[1], now[1] * 1000 + math.floor(now[2] / 1000) .. ' ' .. cjson.encode(fresh))
+end
 return answers
+"""
+)
+
+# A take's reply heard (COUNT_ONCE): its claim's note dropped from the shard's taken claims, and whether what it took is
+# still its own, which it then counts: not when the reconciler adopted the claim (ADOPT_CLAIM) before this ran, which
+# moved its counted keys to its own claim and counts them. Sent again (its reply lost), it finds them as it left them.
+ACK_TAKE = (
+    _MUST_LAND
+    + _PERMITTED
+    + """
+-- KEYS: the shard's taken claims; then the counted key of each charge the take answered
+-- ARGV: the take's claim
+-- Returns 1 when none of them was adopted, else 0.
+if redis.call('TYPE', KEYS[1])['ok'] == 'hash' then
+  local refused = denied({{'HDEL', KEYS[1], ARGV[1]}})
+  if refused then return refused end
+  redis.call('HDEL', KEYS[1], ARGV[1])
+end
+for i = 2, #KEYS do
+  if redis.call('TYPE', KEYS[i])['ok'] == 'string' then
+    local claim = string.match(redis.call('GET', KEYS[i]), '^(%S+) ')
+    if claim and claim ~= ARGV[1] then return 0 end
+  end
+end
+return 1
+"""
+)
+
+# A take's claim its taker never acknowledged (ACK_TAKE) in time: the reconciler takes it over under a claim of its
+# own, only while the note it read stands (neither acknowledged nor adopted since): each counted key still holding the
+# old claim moves to the new one (its expiry kept), and the note with it, dated now. The adopter then sends the take
+# again under its claim (COUNT_ONCE), which answers those records, and acknowledges it: counted once, by it.
+ADOPT_CLAIM = (
+    _MUST_LAND
+    + _PERMITTED
+    + """
+-- KEYS: the shard's taken claims; then the counted keys the note names
+-- ARGV: the old claim, the note as read, the new claim
+-- Returns how many counted keys moved to the new claim, -1 when the note changed since read.
+if redis.call('TYPE', KEYS[1])['ok'] ~= 'hash' or redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return -1 end
+local writes = {{'HDEL', KEYS[1], ARGV[1]}, {'HSET', KEYS[1], ARGV[3], ''}}
+for i = 2, #KEYS do writes[#writes + 1] = {'SET', KEYS[i], ''} end
+local refused = denied(writes)
+if refused then return refused end
+local moved = {}
+for i = 2, #KEYS do
+  if redis.call('TYPE', KEYS[i])['ok'] == 'string' then
+    local claim, record = string.match(redis.call('GET', KEYS[i]), '^(%S+) (.*)$')
+    if claim == ARGV[1] then
+      redis.call('SET', KEYS[i], ARGV[3] .. ' ' .. record, 'KEEPTTL')
+      moved[#moved + 1] = KEYS[i]
+    end
+  end
+end
+redis.call('HDEL', KEYS[1], ARGV[1])
+if #moved > 0 then
+  local now = redis.call('TIME')
+  redis.call('HSET', KEYS[1], ARGV[3], now[1] * 1000 + math.floor(now[2] / 1000) .. ' ' .. cjson.encode(moved))
+end
+return #moved
 """
 )
 

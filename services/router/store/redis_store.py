@@ -25,6 +25,7 @@ from services.router.capped_charges import count_charge, countable
 from services.router.store import heartbeats, ledger_entry, lua, replicated
 from services.router.store.clock import MONEY_CLOCK, money_now
 from services.router.store.keys import (
+    CLAIM_ADOPTED_AFTER_S,
     GLOBAL,
     HOLD_TOTALS_LOOK,
     KEEPS_HOLD_TOTALS,
@@ -46,6 +47,7 @@ from services.router.store.keys import (
     repairs_key,
     shard_of,
     shard_of_key,
+    taken_claims_key,
     uncounted_reconciled_key,
 )
 from services.router.store.model import (
@@ -262,6 +264,27 @@ def _taken_record(take: _Take, text: bytes) -> dict[str, Any] | None:
     return None
 
 
+def _noted(shard: int, note: bytes) -> tuple[int, list[_Take]] | None:
+    """A taken claim's note (keys.py, taken_claims_key): when taken (ms), and the takes of the counts it took, to send
+    again; None for one no router wrote, or naming a key out of the shard's slot (hand-edited)."""
+    when, _, listed = _text(note).partition(" ")
+    try:
+        counted = loads_stored(listed)
+    except ValueError:
+        return None
+    if not (when.isdigit() and isinstance(counted, list) and counted):
+        return None
+    takes = []
+    for key in counted:
+        # '<shard tag>:t:<tenant hex>:counted:<request id>' (keys.py, AccountKeys.counted): the hex has no ':'.
+        tenant_hex, _, request_id = str(key).partition(":t:")[2].partition(":counted:")
+        keys = AccountKeys(shard, tenant_hex, "")
+        if not isinstance(key, str) or keys.counted(request_id) != key:
+            return None
+        takes.append(_Take(keys, request_id, "", ""))
+    return int(when), takes
+
+
 def _object_or_none(text: bytes) -> dict[str, Any] | None:
     """A ledger record read back: None for one that is no JSON object (hand-edited, or nested past any router's)."""
     try:
@@ -311,6 +334,8 @@ class RedisStore:
         self._count_request = self.redis.register_script(lua.COUNT_REQUEST)
         self._charge = self.redis.register_script(lua.CHARGE)
         self._count_once = self.redis.register_script(lua.COUNT_ONCE)
+        self._ack_take = self.redis.register_script(lua.ACK_TAKE)
+        self._adopt_claim = self.redis.register_script(lua.ADOPT_CLAIM)
         self._extend = self.redis.register_script(lua.EXTEND)
         self._undo = self.redis.register_script(lua.UNDO)
         self._give_back = self.redis.register_script(lua.GIVE_BACK)
@@ -610,20 +635,79 @@ class RedisStore:
                         count_charge(record)
 
     async def _send_take(self, shard: int, takes: list[_Take], claim: str) -> Any:
-        names = [uncounted_reconciled_key(shard)]
+        """COUNT_ONCE's answers, then, when it answered records, its acknowledgement (lua.py, ACK_TAKE), which drops the
+        claim's note in the store: records the reconciler adopted meanwhile (_adopt_claims) are answered as none, its to
+        count. Either call unheard raises, as the take's reply lost: sent again under its claim, it gets the same."""
+        names = [uncounted_reconciled_key(shard), taken_claims_key(shard)]
         args = [claim]
         for take in takes:
             names += [take.keys.uncounted(take.request_id), take.keys.counted(take.request_id)]
             args += [take.charge_id, take.listed]
+        answers = await self._once_resent(self._count_once, names, args)
+        answered = [take.keys.counted(take.request_id) for take, r in zip(takes, answers[::2], strict=True) if r]
+        if answered and not await self._once_resent(self._ack_take, [taken_claims_key(shard), *answered], [claim]):
+            answers = [None if i % 2 == 0 else why for i, why in enumerate(answers)]  # adopted: counted there
+        return answers
+
+    async def _once_resent(self, script: Any, names: list[str], args: list[Any]) -> Any:
+        """A script whose reply, lost, is the same sent again: on one server sent again here, once; a Redis Cluster
+        client has resent it already."""
         try:
             async with self._call():
-                answers = await self._count_once(keys=names, args=args)
+                return await script(keys=names, args=args)
         except StoreUnavailable:
-            if self.shards_fail_apart:  # a cluster: its client resent it already
+            if self.shards_fail_apart:
                 raise
             async with self._call():
-                answers = await self._count_once(keys=names, args=args)
-        return answers
+                return await script(keys=names, args=args)
+
+    async def _adopt_claims(self, away: set[int]) -> None:
+        """The takes whose taker never acknowledged their reply within CLAIM_ADOPTED_AFTER_S (keys.py,
+        taken_claims_key; its router dead, or cut off from the store), taken over under a claim of this router's
+        (lua.py, ADOPT_CLAIM) and sent again with the unheard ones (_send_unheard): each charge counted once, here or
+        by its taker should it acknowledge first. A note whose counted keys are all gone (past TAKEN_KEPT_S) is given up
+        as _send_unheard gives up its own, a failure of the reconciler; one unreadable (hand-edited) is dropped, logged.
+        Those of a shard `away` wait for a later round (_apart); this router's own unheard ones are its to send."""
+        due_ms = (money_now() - CLAIM_ADOPTED_AFTER_S) * 1000
+        for shard in range(SHARDS):
+            if shard in away:
+                continue
+            key = taken_claims_key(shard)
+            async with self._apart(shard, away):
+                async with self._calls:
+                    notes = await self.redis.hgetall(key) if await self.redis.type(key) == b"hash" else {}
+                for claim, note in notes.items():
+                    if _text(claim) in self.unheard:
+                        continue
+                    noted = _noted(shard, note)
+                    if noted is None:
+                        log.error(
+                            "taken claim's note unreadable: dropped", extra={"key": key, "note": repr(note)[:500]}
+                        )
+                        async with self._calls:
+                            await self.redis.hdel(key, claim)
+                    elif noted[0] < due_ms:
+                        await self._adopt(shard, _text(claim), _text(note), noted[1])
+
+    async def _adopt(self, shard: int, claim: str, note: str, takes: list[_Take]) -> None:
+        own = secrets.token_hex(8)
+        # Kept unheard first: should the adoption's reply be lost, it was made or not, and sent again under its claim
+        # the take gets what it moved, or nothing.
+        self.unheard[own] = _Unheard(shard, takes, time.monotonic(), own)
+        names = [taken_claims_key(shard), *(take.keys.counted(take.request_id) for take in takes)]
+        moved = await self._once_resent(self._adopt_claim, names, [claim, note, own])
+        if int(moved) <= 0:
+            del self.unheard[own]
+        if int(moved) == 0:
+            metrics.RECONCILE_FAILURES.inc(len(takes))  # in the ledger, never in the usage metrics
+            log.error(
+                "counts taken but not heard back before the store let them go: counted by no router",
+                extra={"charges": len(takes), "claim": claim},
+            )
+        elif int(moved) > 0:
+            log.warning(
+                "counts whose taker never heard them back adopted", extra={"charges": int(moved), "claim": claim}
+            )
 
     async def extend(self, account: Account, allowance: Allowance, hold: Hold, pico: int) -> str:
         keys = AccountKeys.of(account)
@@ -958,6 +1042,8 @@ class RedisStore:
                     left += 1  # its router gone, not yet past the grace before it is taken for dead
             metrics.RECONCILE_BACKLOG.set(left)
             await self._count_left_uncounted(away)
+            await self._adopt_claims(away)
+            await self._send_unheard(away)  # those adopted now among them
             if away:
                 log.error(
                     "shards out of reach this reconcile round: their pending charges and counts wait for the next",
