@@ -218,14 +218,18 @@ async def test_a_take_of_many_cancelled_after_its_first_call_was_answered_counts
     there, once."""
     monkeypatch.setattr(redis_store, "TAKE_PAGE", 1)
     first, second = await charged_line(proxied), await charged_line(proxied)
-    await proxied.direct.script_load(lua.COUNT_ONCE)
+    for script in (lua.COUNT_ONCE, lua.ACK_TAKE):
+        await proxied.direct.script_load(script)
     await proxied.store.redis.get(KEYS.uncounted(first.request_id))  # a connection open
     first_reply = proxied.proxy.hold_next_reply()
     asked = [UncountedCharge(ACCOUNT, line.request_id, "made") for line in (first, second)]
     taking = asyncio.create_task(proxied.store.count_once_each(asked))
     await first_reply.arrived.wait()
-    second_reply = proxied.proxy.hold_next_reply()
+    acknowledged = proxied.proxy.hold_next_reply()
     first_reply.released.set()  # the first call answered
+    await acknowledged.arrived.wait()
+    second_reply = proxied.proxy.hold_next_reply()
+    acknowledged.released.set()  # and acknowledged (lua.py, ACK_TAKE)
     await second_reply.arrived.wait()  # the second call ran
     taking.cancel()
     with pytest.raises(asyncio.CancelledError):
