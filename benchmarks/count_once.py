@@ -27,19 +27,21 @@ FILL_PIPELINE = 5_000  # writes a pipeline sends at once while filling
 
 
 class CountsScripts(RedisStore):
-    """Counts the take's script calls: each one round trip to the store."""
+    """Counts the take's script calls and their acknowledgements (lua.py, ACK_TAKE): each one round trip."""
 
     calls = 0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        script = self._count_once
+        self._count_once = self._counting(self._count_once)
+        self._ack_take = self._counting(self._ack_take)
 
+    def _counting(self, script: Any) -> Any:
         async def counting(*args: Any, **kwargs: Any) -> Any:
             self.calls += 1
             return await script(*args, **kwargs)
 
-        self._count_once = counting
+        return counting
 
 
 def line_record(request_id: str) -> dict[str, Any]:
