@@ -2,9 +2,10 @@
 ledger it was copied from, so an entry delivered again is a no-op while a request id charged again (reused after
 ROUTER_REQUEST_ID_TTL_S: a new request, charged again by the budgets) is a row of its own.
 
-Each row names the budget period its charge was counted in (`period`, fixed at admission: a charge that lands after
-midnight, or a batch line collected the next day, still counts in the day it was admitted; '' in rows of the
-versions before), so sums per tenant and period equal the budgets' spend counters.
+Each row names the budget period its charge was counted in (`period`, the one it landed in: a charge that lands after
+midnight, or a batch line collected the next day, counts in the new day, whose budget its hold was counted against;
+routers of the versions before counted it in the day it was admitted; '' in rows of older versions still), so sums
+per tenant and period equal the budgets' spend counters.
 
 Each row lists the candidates its request's decision weighed (`candidates`: JSON text, a list of {model,
 predicted_quality, estimated_cost_usd, eligible, excluded_because}; rows an older router's sink copied during a

@@ -196,7 +196,8 @@ class Admission:
         deferred request's hold lasts until then (Hold.until). The model it is admitted for (its plan's first; a
         deferred request's only one) is recorded beside its pending charge (Pending.model), and a deferred request's
         prices too (Pending.prices): its collect, a day later perhaps, charges at them."""
-        # The budget period is fixed here, once: a request admitted before midnight is charged to that day.
+        # The budget period its limits are checked against, fixed here, once; its charge lands in the one it settles in
+        # (store/model.py, landing_period), no earlier than this.
         period = period_id(self.settings.budget_period)
         # So is its rate window: an admission resized into the next minute was counted in this one, and is not again.
         counted_at = money_now()

@@ -143,7 +143,7 @@ class Charger:
             "ts": time.time(),
             "tenant": routed.account.tenant,
             "key": routed.account.key,
-            "period": routed.hold.period,  # the budget period charged, fixed at admission (ts may fall in the next)
+            "period": routed.hold.period,  # the admission's: the store writes the one the charge lands in
             "model": response.model,
             "provider": response.provider,
             "input_tokens": input_tokens,

@@ -163,8 +163,9 @@ async def test_the_tokens_charged_in_a_minute_limit_the_requests_let_in(
     charge lands), not a prediction of the request's own. Under it a request is let in, however large; at or over it
     one is refused (nothing held) and so is a Decide's count. Another key has its own. What is charged is untouched."""
     monkeypatch.setattr(time, "time", lambda: 1_800_000_000.25)  # one minute throughout
+    day = period_id("day")  # that minute's: where its charges land
     limit = Allowance("day", tokens_per_minute=100)
-    first, second = Hold("t-1", 5_000, DAY, "router-1", "n1"), Hold("t-2", 900_000, DAY, "router-1", "n2")
+    first, second = Hold("t-1", 5_000, day, "router-1", "n1"), Hold("t-2", 900_000, day, "router-1", "n2")
     assert (await store.admit(ACCOUNT, limit, first)).refused == ""
     charged = {"request_id": "t-1", "input_tokens": 60, "output_tokens": 39}
     assert await store.charge(ACCOUNT, first, 1_000, charged, charge_id="c1")
@@ -172,11 +173,11 @@ async def test_the_tokens_charged_in_a_minute_limit_the_requests_let_in(
     assert (await store.admit(ACCOUNT, limit, second)).refused == ""  # 99 of 100: let in
     assert await store.count_request(ACCOUNT, limit) == ""
     assert await store.charge(ACCOUNT, second, 2_000, {"request_id": "t-2", "input_tokens": 1, "output_tokens": 0})
-    assert (await store.admit(ACCOUNT, limit, Hold("t-3", 1, DAY, "router-1", "n3"))).refused == "tokens"
+    assert (await store.admit(ACCOUNT, limit, Hold("t-3", 1, day, "router-1", "n3"))).refused == "tokens"
     assert await store.pending_charge(ACCOUNT, "t-3") is None
     assert await store.count_request(ACCOUNT, limit) == "tokens"
-    assert (await store.admit(Account("acme", "key2"), limit, Hold("t-4", 1, DAY, "router-1", "n4"))).refused == ""
-    assert await store.spent(ACCOUNT, DAY) == (3_000, 3_000)
+    assert (await store.admit(Account("acme", "key2"), limit, Hold("t-4", 1, day, "router-1", "n4"))).refused == ""
+    assert await store.spent(ACCOUNT, day) == (3_000, 3_000)
     assert await store.held_pico(ACCOUNT) == (1, 0)  # key2's request, held in the tenant's budget alone
 
 
@@ -186,17 +187,18 @@ async def test_a_tokens_counter_of_another_type_never_stands_in_the_way_of_a_cha
     """A hand-edited tokens counter (another type, or no count) is left alone: the charge lands whole, counted in no
     limit, and admission reads it as no tokens charged."""
     monkeypatch.setattr(time, "time", lambda: 1_800_000_000.25)
+    day = period_id("day")  # that minute's: where its charges land
     store, client = RedisStore(any_redis_url), connect(any_redis_url)
     limit, tokens = Allowance("day", tokens_per_minute=10), AccountKeys.of(ACCOUNT).tokens(time.time())
     try:
         for n, corrupt in enumerate((client.hset(tokens, "x", "1"), client.set(tokens, "many"))):
             await client.delete(tokens)
             await corrupt
-            held = Hold(f"c-{n}", 5_000, DAY, "router-1", f"n{n}")
+            held = Hold(f"c-{n}", 5_000, day, "router-1", f"n{n}")
             assert (await store.admit(ACCOUNT, limit, held)).refused == ""
             charged = {"request_id": held.request_id, "input_tokens": 60, "output_tokens": 39}
             assert await store.charge(ACCOUNT, held, 1_000, charged, charge_id=f"c{n}")
-        assert await store.spent(ACCOUNT, DAY) == (2_000, 2_000)
+        assert await store.spent(ACCOUNT, day) == (2_000, 2_000)
         assert len(await ledger_records(client)) == 2
     finally:
         await store.close()

@@ -27,6 +27,7 @@ from services.router.store.model import (
     Verdict,
     charged_marker,
     charged_tokens,
+    landing_period,
     marker_after_charge,
     marker_after_release,
     marker_batch,
@@ -234,7 +235,9 @@ class MemoryStore:
         met = self.charged.get(charged)
         if charge_id and marker_names_charge(met, charge_id):
             return True  # this very charge, made before
-        for spend_key in keys.spend(hold.period):  # refused whole, as RedisStore's CHARGE (SPEND_MAX_PICO)
+        landed = landing_period(hold.period)  # as RedisStore's charge lands it
+        record = {**record, "period": landed}
+        for spend_key in keys.spend(landed):  # refused whole, as RedisStore's CHARGE (SPEND_MAX_PICO)
             if self.counters.get(spend_key, 0) + pico > SPEND_MAX_PICO:
                 raise OverflowError(f"spend would overflow: {spend_key} would pass {SPEND_MAX_PICO} pico-USD")
         # Late past the admission's marked_until, as RedisStore's CHARGE judges it; its marker kept at least that long.
@@ -269,7 +272,7 @@ class MemoryStore:
             if len(self.uncounted) > self.MAX_REQUEST_IDS:
                 del self.uncounted[next(iter(self.uncounted))]
         self.used.outlive(keys.used(hold.request_id), marked_s)  # as long as the charged marker (lua.py)
-        for spend_key in keys.spend(hold.period):
+        for spend_key in keys.spend(landed):
             self.counters[spend_key] = self.counters.get(spend_key, 0) + pico
         tokens = self._window(now).tokens  # counted once, as the charge lands (lua.py, CHARGE)
         tokens[keys.tokens(now)] = tokens.get(keys.tokens(now), 0) + charged_tokens(record)
@@ -294,7 +297,7 @@ class MemoryStore:
             return "settled"
         keys = AccountKeys.of(account)
         held = keys.hold_member(self._held(account, hold).pico, hold.request_id)
-        for spend_key, held_key, limit, name in self._budgets(account, allowance, hold.period):
+        for spend_key, held_key, limit, name in self._budgets(account, allowance, landing_period(hold.period)):
             holds = self.held.get(held_key)
             others = 0 if holds is None else holds.total - (holds[held][1] if held in holds else 0)
             if limit is not None and self.counters.get(spend_key, 0) + others + pico > limit:

@@ -88,8 +88,9 @@ class KeyBinding:
 @dataclass(frozen=True)
 class Hold:
     """A request's worst-case cost, held against its budgets while it runs, and the budget period (an id
-    such as 20261130) it is charged to, fixed at admission. `router` is the instance serving it; `nonce` names
-    this one admission (recorded in its pending charge), so undoing it never touches another of the same id.
+    such as 20261130) it was admitted in, fixed then: its charge lands in the one it settles in (landing_period).
+    `router` is the instance serving it; `nonce` names this one admission (recorded in its pending charge), so
+    undoing it never touches another of the same id.
     `until` is set for a request whose result comes later than any router lives (a provider batch line)."""
 
     request_id: str
@@ -244,6 +245,17 @@ def period_id(period: str, now: float | None = None) -> str:
     the same instant)."""
     day = datetime.fromtimestamp(now if now is not None else money_now(), UTC)
     return {"day": day.strftime("%Y%m%d"), "month": day.strftime("%Y%m"), "total": "all"}[period]
+
+
+def landing_period(admitted: str, now: float | None = None) -> str:
+    """The budget period a charge lands in: the one it settles in (`now`, by default now by the money's clock), of its
+    admission's kind (`admitted`, its period_id), never one before its admission's. A request's hold counts against
+    every period it is held in (the holds are no period's own), so a request admitted before a period's end and charged
+    after it is charged to the new period, whose budget its hold was counted against: the hold and the charge agree."""
+    kind = {8: "day", 6: "month"}.get(len(admitted), "total" if admitted == "all" else "")
+    if not kind:
+        return admitted  # no period_id of any kind (hand-edited): as admitted
+    return max(admitted, period_id(kind, now))  # the ids of one kind sort by time
 
 
 def spend_ttl_s(period: str) -> int:

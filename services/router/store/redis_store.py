@@ -71,6 +71,7 @@ from services.router.store.model import (
     admitted_prices,
     charged_tokens,
     given_back_record,
+    landing_period,
     marker_batch,
     marker_charged_pico,
     pending_field,
@@ -478,7 +479,9 @@ class RedisStore:
         release: bool = False,
     ) -> bool:
         only = ["1" if late else "0", charge_id, hold.nonce, ""]
-        return await self._settle(account, hold, pico, record, only, release="1" if release else "")
+        return await self._settle(
+            account, hold, pico, record, only, landing_period(hold.period), release="1" if release else ""
+        )
 
     async def settle_swept(self, swept: str) -> bool:
         """The reconciler's charge of a pending charge at its hold (its outcome never known): only while the store
@@ -499,11 +502,12 @@ class RedisStore:
         charge_id, record = made
         # What it charged, for its router's charge or undo kept in an outbox to give back (give_back): only an
         # admission with a nonce can be told from another of its request id.
-        reconciled = Reconciled(hold.nonce, hold.pico, hold.period, record["model"]).value() if hold.nonce else ""
+        landed = landing_period(hold.period)
+        reconciled = Reconciled(hold.nonce, hold.pico, landed, record["model"]).value() if hold.nonce else ""
         self.unanswered[swept] = made
         try:
             args = ["1", charge_id, hold.nonce, swept]
-            settled = await self._settle(account, hold, hold.pico, record, args, reconciled)
+            settled = await self._settle(account, hold, hold.pico, record, args, landed, reconciled)
             # Kept uncounted by the store, whether it landed now or, sent again, before: counted by whichever of this
             # router and the next reconciler takes it (lua.py, COUNT_ONCE); a line's, by a collect of it maybe. Taken
             # under its charge id as claim, which no other taker makes: a take whose reply was lost, and its resend's
@@ -528,11 +532,15 @@ class RedisStore:
         pico: int,
         record: dict,
         only: list[str],
+        landed: str,
         reconciled: str = "",
         release: str = "",
     ) -> bool:
+        """The charge, into the spend of the period it lands in (`landed`: model.py, landing_period), which its ledger
+        record names, so that the ledger's sums per period equal the spend counters."""
         keys = AccountKeys.of(account)
-        names = [keys.charged(hold.request_id), *keys.spend(hold.period), keys.ledger, *keys.held(), keys.pending]
+        record = {**record, "period": landed}
+        names = [keys.charged(hold.request_id), *keys.spend(landed), keys.ledger, *keys.held(), keys.pending]
         names += [keys.batches, keys.models, keys.prices, keys.used(hold.request_id), keys.hold_totals_epoch]
         names += [keys.tokens(money_now()), keys.reconciled(hold.request_id)]  # tokens: the minute it is charged in
         names += [keys.uncounted(hold.request_id), keys.uncounted_reconciled]
@@ -542,7 +550,7 @@ class RedisStore:
             pico,
             self.request_id_ttl_s,
             ledger_entry.compact(record),
-            spend_ttl_s(hold.period),
+            spend_ttl_s(landed),
             keys.hold_member(hold.pico, hold.request_id),
             pending_field(account, hold.request_id),
             *only,
@@ -711,7 +719,8 @@ class RedisStore:
 
     async def extend(self, account: Account, allowance: Allowance, hold: Hold, pico: int) -> str:
         keys = AccountKeys.of(account)
-        tenant_spend, key_spend = keys.spend(hold.period)
+        landing = landing_period(hold.period)  # the period the grown hold's charge lands in, as things stand
+        tenant_spend, key_spend = keys.spend(landing)
         tenant_held, key_held = keys.held()
         grown = replace(hold, pico=pico)
         pending = Pending.of(account, grown)
@@ -728,7 +737,7 @@ class RedisStore:
             self._trust_totals,
         ]
         names = [tenant_spend, tenant_held, key_spend, key_held, keys.limits, keys.pending]
-        names += [*keys.key_budget(hold.period), keys.hold_totals_epoch]
+        names += [*keys.key_budget(landing), keys.hold_totals_epoch]
         async with self._call():
             return _text(await self._extend(keys=names, args=args) or "")
 
