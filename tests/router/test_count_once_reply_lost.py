@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import uuid
 from collections.abc import AsyncIterator
 
 import pytest
 
 from services.router.store import (
+    Account,
     AccountKeys,
     Allowance,
     Hold,
@@ -238,3 +240,33 @@ async def test_a_take_of_many_cancelled_after_its_first_call_was_answered_counts
     await proxied.store.reconcile("router-1", 3600.0, 3600.0)
     requests, cost = counted("strong")
     assert (requests - before[0], cost - before[1]) == (2, pytest.approx(1400 / 1e12)), "counted by no router, or twice"
+
+
+async def test_notes_no_router_wrote_are_dropped_and_one_whose_counts_are_gone_is_given_up(
+    any_redis_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A shard's taken claims (keys.py, taken_claims_key) hand-edited: a note that is not '<ms> <JSON list of counted
+    keys>', or that names a key out of the shard's slot, is dropped with a log line, never sent (a cluster refuses a
+    script across slots); one whose counted keys are gone (past TAKEN_KEPT_S: no reconciler ran meanwhile) is given up,
+    logged and counted as a failure of the reconciler, as its taker gives up its own."""
+    monkeypatch.setattr(MONEY_CLOCK, "offset_s", MONEY_CLOCK.offset_s + CLAIM_ADOPTED_AFTER_S + 1)
+    other = AccountKeys.of(Account("globex", "key"))  # of another shard
+    assert other.shard != KEYS.shard
+    notes = {
+        "unreadable": "not a note",
+        "no-list": "1 {}",
+        "out-of-slot": "1 " + json.dumps([other.counted("r-1")]),
+        "gone": "1 " + json.dumps([KEYS.counted("r-gone")]),
+    }
+    store = RedisStore(any_redis_url)
+    try:
+        await store.redis.hset(taken_claims_key(KEYS.shard), mapping=notes)
+        failures = reconcile_failures()
+        await store.reconcile("router-2", LEASE_S, 3600.0)
+        assert await store.redis.hlen(taken_claims_key(KEYS.shard)) == 0
+        assert not store.unheard
+    finally:
+        await store.close()
+    assert caplog.text.count("taken claim's note unreadable: dropped") == 3
+    assert "counts taken but not heard back before the store let them go" in caplog.text
+    assert reconcile_failures() - failures == 1
