@@ -252,8 +252,9 @@ async def test_notes_no_router_wrote_are_dropped_and_one_whose_counts_are_gone_i
     monkeypatch.setattr(MONEY_CLOCK, "offset_s", MONEY_CLOCK.offset_s + CLAIM_ADOPTED_AFTER_S + 1)
     other = AccountKeys.of(Account("globex", "key"))  # of another shard
     assert other.shard != KEYS.shard
-    notes = {
+    notes: dict[str, str | bytes] = {
         "unreadable": "not a note",
+        "not-text": b"1 \xff\xfe",
         "no-list": "1 {}",
         "out-of-slot": "1 " + json.dumps([other.counted("r-1")]),
         "gone": "1 " + json.dumps([KEYS.counted("r-gone")]),
@@ -267,6 +268,6 @@ async def test_notes_no_router_wrote_are_dropped_and_one_whose_counts_are_gone_i
         assert not store.unheard
     finally:
         await store.close()
-    assert caplog.text.count("taken claim's note unreadable: dropped") == 3
+    assert caplog.text.count("taken claim's note unreadable: dropped") == 4
     assert "counts taken but not heard back before the store let them go" in caplog.text
     assert reconcile_failures() - failures == 1

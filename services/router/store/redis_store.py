@@ -268,12 +268,12 @@ def _taken_record(take: _Take, text: bytes) -> dict[str, Any] | None:
 def _noted(shard: int, note: bytes) -> tuple[int, list[_Take]] | None:
     """A taken claim's note (keys.py, taken_claims_key): when taken (ms), and the takes of the counts it took, to send
     again; None for one no router wrote, or naming a key out of the shard's slot (hand-edited)."""
-    when, _, listed = _text(note).partition(" ")
     try:
+        when, _, listed = note.decode().partition(" ")
         counted = loads_stored(listed)
-    except ValueError:
+    except ValueError:  # not UTF-8, not JSON, or nested past the parser's depth
         return None
-    if not (when.isdigit() and isinstance(counted, list) and counted):
+    if not (when.isascii() and when.isdigit() and isinstance(counted, list) and counted):
         return None
     takes = []
     for key in counted:
