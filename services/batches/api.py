@@ -5,6 +5,7 @@ tenant: another tenant's file or batch is a 404, and never listed."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import uuid
@@ -19,7 +20,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
-from services.batches import wire
+from services.batches import idempotent, wire
+from services.batches.idempotent import Claim
 from services.batches.runner import Runner, file_fields
 from services.batches.store import (
     CANCELLABLE,
@@ -33,6 +35,7 @@ from services.batches.store import (
     unread,
 )
 from services.edge.given_once import single
+from services.edge.idempotency import sent_key
 from services.edge.openai_api import ApiError, decode_json, read_limited
 from services.edge.router_headers import refuse_unapplied
 from services.router.store import key_id
@@ -112,10 +115,11 @@ class BatchApi:
         ]
 
     async def create_file(self, request: Request) -> Response:
-        tenant, _ = self.caller(request)
+        tenant, key = self.caller(request)
         refuse_unapplied(request.headers, "POST /v1/files")  # before a place is taken or the body read
+        sent = sent_key(request.headers)
         async with self._upload_slot(tenant):
-            return await self._create_file(request, tenant)
+            return await self._create_file(request, tenant, key, sent)
 
     @asynccontextmanager
     async def _upload_slot(self, tenant: str) -> AsyncIterator[None]:
@@ -137,7 +141,7 @@ class BatchApi:
             if not self.uploads[tenant]:
                 del self.uploads[tenant]
 
-    async def _create_file(self, request: Request, tenant: str) -> Response:
+    async def _create_file(self, request: Request, tenant: str, key: str, sent: str | None) -> Response:
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_file_bytes + 64 * 1024:
             raise ApiError(413, f"file over {self.max_file_bytes} bytes", code="request_too_large")
@@ -159,19 +163,43 @@ class BatchApi:
             raise ApiError(413, f"file over {self.max_file_bytes} bytes", code="request_too_large")
         # A bad file is refused now, naming its first bad line.
         count = await wire.check_lines_off_loop(content, self.max_line_bytes)
+        filename = (upload.filename or "batch.jsonl")[:256]
+        claim = None
+        if sent is not None:  # the same file is its name, purpose and content
+            asked = await asyncio.to_thread(_file_request, filename, purpose, content)  # up to max_file_bytes hashed
+            claim = idempotent.claim_for("file", tenant, key, sent, asked)
+            if made := await idempotent.existing(self.store, claim, self._file_there(tenant)):
+                return await self._file_reply(made)
         file_id = f"file-{uuid.uuid4().hex}"
-        fields = file_fields(tenant, (upload.filename or "batch.jsonl")[:256], content, "batch", count)
-        await self._to_end(self._write_file(tenant, file_id, fields))
+        fields = file_fields(tenant, filename, content, "batch", count)
+        return await self._file_reply(await self._to_end(self._write_file(tenant, file_id, fields, claim)))
+
+    async def _file_reply(self, file_id: str) -> Response:
         return JSONResponse(wire.file_body(file_id, (await self.store.fields([file_key(file_id)], FILE_LISTED))[0]))
 
-    async def _write_file(self, tenant: str, file_id: str, fields: dict[str, str | bytes]) -> None:
+    def _file_there(self, tenant: str) -> idempotent.StillThere:
+        async def there(file_id: str) -> bool:
+            fields = (await self.store.fields([file_key(file_id)], ["tenant", "deleted"]))[0]
+            return fields.get("tenant", b"").decode() == tenant and "deleted" not in fields
+
+        return there
+
+    async def _write_file(self, tenant: str, file_id: str, fields: dict[str, str | bytes], claim: Claim | None) -> str:
+        """The file written and listed; the id of the file its Idempotency-Key's record names (this one, unless an
+        upload with the same key made one first: this one is then dropped)."""
         try:
             await self.store.put(file_key(file_id), fields)
             await self.store.expire([file_key(file_id)], self.retention_s)
+            if claim is not None:
+                made = await idempotent.take(self.store, claim, file_id, self.retention_s, self._file_there(tenant))
+                if made != file_id:
+                    await self.store.delete([file_key(file_id)])  # not listed yet
+                    return made
             await self.store.index(tenant, "file", file_id, self.retention_s, "batch")
         except Exception:  # a file refused part way is not kept, unlisted (and perhaps without expiry) in the store
-            await _undo(lambda: self.store.delete([file_key(file_id)]))
+            await _undo(lambda: self.store.delete([file_key(file_id)]), *self._unclaim(claim, file_id))
             raise
+        return file_id
 
     async def list_files(self, request: Request) -> Response:
         """As OpenAI's: newest first unless order=asc, up to `limit` (1 to 10,000, all by default) past `after`,
@@ -225,10 +253,17 @@ class BatchApi:
     async def create_batch(self, request: Request) -> Response:
         tenant, key = self.caller(request)
         refuse_unapplied(request.headers, "POST /v1/batches")
+        sent = sent_key(request.headers)
         body = decode_json(await read_limited(request, SMALL_BODY_BYTES))
         if not isinstance(body, dict):
             raise ApiError(400, "request body must be a JSON object", code="invalid_json")
         _check(body)
+        claim = None
+        if sent is not None:
+            # Before the input file is looked at: a retry gets its batch even once that file is deleted.
+            claim = idempotent.claim_for("batch", tenant, key, sent, json.dumps(body, sort_keys=True).encode())
+            if made := await idempotent.existing(self.store, claim, self._batch_there(tenant)):
+                return JSONResponse(wire.batch_body(made, await self.store.get(batch_key(made))))
         input_id = body["input_file_id"]
         fields = (await self.store.fields([file_key(input_id)], FILE_LISTED))[0]
         if fields.get("tenant", b"").decode() != tenant or "deleted" in fields:
@@ -251,16 +286,34 @@ class BatchApi:
         }
         if body.get("metadata") is not None:
             batch["metadata"] = json.dumps(body["metadata"])
-        await self._to_end(self._write_batch(tenant, batch_id, batch))
+        made = await self._to_end(self._write_batch(tenant, batch_id, batch, claim))
+        if made != batch_id:  # a creation with the same Idempotency-Key made it first
+            return JSONResponse(wire.batch_body(made, await self.store.get(batch_key(made))))
         # Its fields as written: a read failing now would tell the caller of a batch that runs that it failed.
         return JSONResponse(
             wire.batch_body(batch_id, {k: v.encode() if isinstance(v, str) else v for k, v in batch.items()})
         )
 
-    async def _write_batch(self, tenant: str, batch_id: str, batch: dict[str, str | bytes]) -> None:
+    def _batch_there(self, tenant: str) -> idempotent.StillThere:
+        async def there(batch_id: str) -> bool:
+            fields = (await self.store.fields([batch_key(batch_id)], ["tenant"]))[0]
+            return fields.get("tenant", b"").decode() == tenant
+
+        return there
+
+    async def _write_batch(self, tenant: str, batch_id: str, batch: dict[str, str | bytes], claim: Claim | None) -> str:
+        """The batch written and started; the id of the batch its Idempotency-Key's record names (this one, unless a
+        creation with the same key made one first: this one is then dropped, never run)."""
         input_id, created = str(batch["input_file_id"]), batch["created_at"]
         try:
             await self.store.put(batch_key(batch_id), batch)
+            if claim is not None:
+                # As long as any batch is kept: its window, then retention_s once it ended.
+                kept_s = self.window_s + self.retention_s
+                made = await idempotent.take(self.store, claim, batch_id, kept_s, self._batch_there(tenant))
+                if made != batch_id:
+                    await self.store.delete([batch_key(batch_id)])  # nothing else of it written yet
+                    return made
             # Its content stays, deleted, until the batch ends.
             await self.store.put(readers_key(input_id), {batch_id: created})
             # The input file outlives the batch's window, however short the retention: a batch resumed by another
@@ -278,9 +331,17 @@ class BatchApi:
                 lambda: self.store.activate(batch_id, False),
                 lambda: self.store.drop(readers_key(input_id), batch_id),
                 lambda: self.store.unindex(tenant, "batch", batch_id),
+                *self._unclaim(claim, batch_id),
             )
             raise
         self.runner.start(batch_id)
+        return batch_id
+
+    def _unclaim(self, claim: Claim | None, item_id: str) -> list[Callable[[], Awaitable[None]]]:
+        """The undo of a creation's claim of its Idempotency-Key, if any: a retry creates it anew."""
+        if claim is None:
+            return []
+        return [lambda: self.store.unclaim(claim.key, claim.value(item_id))]
 
     async def _count(self, tenant: str, file_id: str) -> int:
         """The requests of a file uploaded before files kept their count: its content read and checked again,
@@ -433,6 +494,11 @@ def _bounded(request: Request, limit: int) -> Request:
         return message
 
     return Request(request.scope, receive)
+
+
+def _file_request(filename: str, purpose: str, content: bytes) -> bytes:
+    """What an upload asked, as its Idempotency-Key's record tells it apart: a digest of its content, and its name."""
+    return json.dumps([filename, purpose, hashlib.sha256(content).hexdigest()]).encode()
 
 
 def _check(body: dict[str, Any]) -> None:

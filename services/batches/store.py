@@ -9,7 +9,9 @@ reach, runner.py); `batch:<id>:results` a hash from line index to
 its result line, written once (the line counts once however often it is retried); `batch:<id>:deferred` a hash from
 line index to the provider batch it was sent in (deferral.py); `active` the set of batches still to run;
 `lease:<id>` which edge runs a batch now (one at a time, or two would send each line twice); `file:<id>:readers` a
-hash of the batches created on an input file (a deleted file's content stays while one of them runs).
+hash of the batches created on an input file (a deleted file's content stays while one of them runs);
+`idempotency:<kind>:<hash>` a string, '<id> <body digest>': the file or batch an Idempotency-Key created
+(idempotent.py).
 
 A tenant's files and batches are listed from its index, never a scan of the keyspace: `index:{<tenant>}:<kind>`
 (kind `file` or `batch`) a sorted set of ids by creation time (ms), and `index:{<tenant>}:<kind>:until` the
@@ -145,8 +147,33 @@ class Store(Protocol):
         """Up to count ids of the tenant's index (of one of its GROUPS), past `after`, in order of creation; None when
         `after` is not in the kind's index (an id of another group is a place in this one all the same)."""
 
+    async def claim(self, key: str, value: str, ttl_s: int, replacing: str = "") -> str | None:
+        """Hold `key` with `value` for ttl_s when no value holds it, or `replacing` does (a record whose item is gone);
+        None when this call holds it, else the value that does: an Idempotency-Key's record (idempotent.py)."""
+
+    async def claimed(self, key: str) -> str | None:
+        """The value holding `key`, if any."""
+
+    async def unclaim(self, key: str, value: str) -> None:
+        """Let go of `key` if `value` still holds it: a creation undone frees its Idempotency-Key."""
+
     async def close(self) -> None: ...
 
+
+# Set when free (or held by ARGV[3], a record whose item is gone), in one step: of creations racing on one
+# Idempotency-Key one alone holds it. KEYS: the record. ARGV: value, ttl_s, the value it may replace.
+CLAIM = """
+local held = redis.call('GET', KEYS[1])
+if held and held ~= ARGV[3] then return held end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return false
+"""
+
+# Only its holder's: a record replaced since stays the new holder's.
+UNCLAIM = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"""
 
 # Take the lease when free, renew it when ours: one step, so two edges never both hold it.
 LEASE = """
@@ -423,6 +450,17 @@ class RedisStore:
                 if members := [i for i, at in zip(chunk, places, strict=True) if at == place]:
                     await self.redis.eval(GROUP, 2, whole, key, *members)
 
+    async def claim(self, key: str, value: str, ttl_s: int, replacing: str = "") -> str | None:
+        held = await self.redis.eval(CLAIM, 1, key, value, ttl_s, replacing)
+        return None if held is None else _text(held)
+
+    async def claimed(self, key: str) -> str | None:
+        held = await self.redis.get(key)
+        return None if held is None else _text(held)
+
+    async def unclaim(self, key: str, value: str) -> None:
+        await self.redis.eval(UNCLAIM, 1, key, value)
+
     async def close(self) -> None:
         await self.redis.aclose()
 
@@ -447,6 +485,7 @@ class MemoryStore:
         self.expiry: dict[str, float] = {}
         # (tenant, kind) -> id -> (created, deadline, group), the deadline on the monotonic clock as `expiry`
         self.indexes: dict[tuple[str, str], dict[str, tuple[float, float, str | None]]] = {}
+        self.claims: dict[str, tuple[str, float]] = {}  # key -> (value, deadline on the monotonic clock)
 
     async def put(self, key: str, fields: dict[str, str | bytes]) -> None:
         entry = self.hashes.setdefault(key, {})
@@ -556,6 +595,24 @@ class MemoryStore:
                 return None
             ordered = ordered[ordered.index(after) + 1 :]
         return [i for i in ordered if group is None or entries[i][2] == group][:count]
+
+    async def claim(self, key: str, value: str, ttl_s: int, replacing: str = "") -> str | None:
+        held = await self.claimed(key)
+        if held is not None and held != replacing:
+            return held
+        self.claims[key] = (value, time.monotonic() + ttl_s)
+        return None
+
+    async def claimed(self, key: str) -> str | None:
+        value, until = self.claims.get(key, ("", 0.0))
+        if until <= time.monotonic():
+            self.claims.pop(key, None)
+            return None
+        return value
+
+    async def unclaim(self, key: str, value: str) -> None:
+        if await self.claimed(key) == value:
+            del self.claims[key]
 
     async def close(self) -> None:
         self.hashes.clear()

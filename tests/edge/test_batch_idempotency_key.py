@@ -1,0 +1,174 @@
+"""An Idempotency-Key on POST /v1/batches and POST /v1/files: a retry after a timeout gets the batch (or file) the first
+request created, not a second one whose lines are held and charged again; the same value with another request is a
+422; creations racing on one value make one; two API keys sending one value are apart. The real edge over loopback,
+its batch store in process and in a real Redis; the recording stand-in router counts the lines sent."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from llmrouter.redis_url import RedisUrl
+from services.batches import wire
+from services.edge.keys import key_line
+from services.edge.settings import EdgeSettings
+from tests.fakes.recording_router import RecordingRouter
+from tests.integration.conftest import free_port, served_edge, served_router
+from tests.waiting import eventually
+
+LINE = {
+    "custom_id": "a",
+    "method": "POST",
+    "url": wire.ENDPOINT,
+    "body": {"messages": [{"role": "user", "content": "hi"}]},
+}
+BATCH = {"endpoint": wire.ENDPOINT, "completion_window": "24h"}
+KEYS = {"acme-a": "sk-acme-a", "acme-b": "sk-acme-b"}
+
+
+@dataclass
+class Edge:
+    base_url: str
+    router: RecordingRouter
+
+    def client(self, key: str = KEYS["acme-a"]) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.base_url, headers={"authorization": f"Bearer {key}"}, timeout=30)
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store_url(request: pytest.FixtureRequest) -> RedisUrl | None:
+    """The batch store: in process, then a real Redis."""
+    return RedisUrl(request.getfixturevalue("redis_url")) if request.param == "redis" else None
+
+
+@pytest.fixture
+async def edge(store_url: RedisUrl | None) -> AsyncIterator[Edge]:
+    """Two API keys of one tenant."""
+    store = store_url
+    router = RecordingRouter()
+    keys = SecretStr(",".join(key_line("acme", key) for key in KEYS.values()))
+    async with served_router(router) as router_addr:
+        settings = EdgeSettings(
+            port=free_port(),
+            router_addr=router_addr,
+            access_log="off",
+            metrics_port=0,
+            api_keys=keys,
+            batch_redis_url=store,
+            batch_max_concurrent_uploads=16,  # 8 a tenant: the racing uploads all taken
+        )
+        async with served_edge(settings) as base_url:
+            yield Edge(base_url, router)
+
+
+async def upload(http: httpx.AsyncClient, key: str | None = None, content: bytes | None = None) -> httpx.Response:
+    files = {"file": ("batch.jsonl", content or json.dumps(LINE).encode())}
+    headers = {} if key is None else {"Idempotency-Key": key}
+    return await http.post("/files", files=files, data={"purpose": "batch"}, headers=headers)
+
+
+async def create(http: httpx.AsyncClient, file_id: str, key: str, **extra: Any) -> httpx.Response:
+    body = {**BATCH, "input_file_id": file_id, **extra}
+    return await http.post("/batches", json=body, headers={"Idempotency-Key": key})
+
+
+async def listed(http: httpx.AsyncClient, what: str) -> list[str]:
+    reply = await http.get(f"/{what}")
+    assert reply.status_code == 200, reply.text
+    return [item["id"] for item in reply.json()["data"]]
+
+
+async def test_a_retried_batch_creation_returns_the_first_batch_and_runs_its_lines_once(edge: Edge) -> None:
+    async with edge.client() as http:
+        file_id = (await upload(http)).json()["id"]
+        first = await create(http, file_id, "retry-1")
+        assert first.status_code == 200, first.text
+        again = await create(http, file_id, "retry-1")
+        assert again.status_code == 200, again.text
+        assert again.json()["id"] == first.json()["id"]
+        assert await listed(http, "batches") == [first.json()["id"]]
+
+        async def ended() -> bool:
+            reply = await http.get(f"/batches/{first.json()['id']}")
+            return bool(reply.json()["status"] == "completed")
+
+        await eventually(ended, "the batch completed")
+        assert [r.request_id.rsplit(":", 1)[-1] for r in edge.router.asked] == ["a"]  # its one line, sent once
+        # Asked again once it ended (its input file deleted meanwhile): the same batch, ended, none run again.
+        assert (await http.delete(f"/files/{file_id}")).status_code == 200
+        late = await create(http, file_id, "retry-1")
+        assert late.status_code == 200, late.text
+        assert (late.json()["id"], late.json()["status"]) == (first.json()["id"], "completed")
+        assert len(edge.router.asked) == 1
+
+
+async def test_the_same_key_with_another_body_is_refused_and_creates_nothing(edge: Edge) -> None:
+    async with edge.client() as http:
+        file_id = (await upload(http)).json()["id"]
+        first = (await create(http, file_id, "k")).json()["id"]
+        other = await create(http, file_id, "k", metadata={"run": "2"})
+        assert other.status_code == 422, other.text
+        error = other.json()["error"]
+        assert (error["code"], error["param"], error["type"]) == (
+            "idempotency_key_mismatch",
+            "Idempotency-Key",
+            "invalid_request_error",
+        )
+        assert first in error["message"]
+        assert await listed(http, "batches") == [first]
+
+
+async def test_creations_racing_on_one_key_make_one_batch(edge: Edge) -> None:
+    async with edge.client() as http:
+        file_id = (await upload(http)).json()["id"]
+        replies = await asyncio.gather(*(create(http, file_id, "race") for _ in range(8)))
+        assert {r.status_code for r in replies} == {200}, [r.text for r in replies]
+        ids = {r.json()["id"] for r in replies}
+        assert len(ids) == 1
+        assert await listed(http, "batches") == list(ids)
+
+
+async def test_two_api_keys_sending_one_value_create_two_batches(edge: Edge) -> None:
+    async with edge.client(KEYS["acme-a"]) as a, edge.client(KEYS["acme-b"]) as b:
+        file_id = (await upload(a)).json()["id"]
+        made_a = (await create(a, file_id, "shared")).json()["id"]
+        made_b = await create(b, file_id, "shared")
+        assert made_b.status_code == 200, made_b.text
+        assert made_b.json()["id"] != made_a
+        assert sorted(await listed(a, "batches")) == sorted([made_a, made_b.json()["id"]])
+
+
+async def test_a_bad_key_is_refused_before_anything_is_created(edge: Edge) -> None:
+    async with edge.client() as http:
+        file_id = (await upload(http)).json()["id"]
+        reply = await create(http, file_id, "a key with spaces")
+        assert reply.status_code == 400, reply.text
+        assert reply.json()["error"]["code"] == "invalid_idempotency_key"
+        assert await listed(http, "batches") == []
+
+
+async def test_a_retried_upload_returns_the_first_file(edge: Edge) -> None:
+    async with edge.client() as http:
+        first = await upload(http, "up-1")
+        assert first.status_code == 200, first.text
+        again = await upload(http, "up-1")
+        assert again.status_code == 200, again.text
+        assert again.json() == first.json()
+        other = await upload(http, "up-1", json.dumps({**LINE, "custom_id": "b"}).encode())
+        assert other.status_code == 422, other.text
+        assert other.json()["error"]["code"] == "idempotency_key_mismatch"
+        raced = await asyncio.gather(*(upload(http, "up-2") for _ in range(6)))
+        assert {r.status_code for r in raced} == {200}, [r.text for r in raced]
+        assert len({r.json()["id"] for r in raced}) == 1
+        assert sorted(await listed(http, "files")) == sorted([first.json()["id"], raced[0].json()["id"]])
+        # A file deleted since is no file to return: the key makes a new one.
+        assert (await http.delete(f"/files/{first.json()['id']}")).status_code == 200
+        anew = await upload(http, "up-1")
+        assert anew.status_code == 200 and anew.json()["id"] != first.json()["id"]
