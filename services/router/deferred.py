@@ -43,8 +43,9 @@ always read the first asked for): malformed, it is taken as a batch no try reads
 is charged its hold by the reconciler when its hold lapses. A collect of lines all settled before (so charged, or
 charged by a collect whose reply was lost) asks the provider first all the same, trying a passing failure again for
 give_up_s or the caller's time; when no try reads the batch, or it has not ended, or its model is gone, the lines are
-told ended as the money store has them, at the charge each took, without their result (else such a batch, forgotten by
-its provider, never ended). A collect charges a line only while its pending charge is open: one
+told ended as the money store has them, at the charge each took (else such a batch, forgotten by its provider, never
+ended): as the collect that charged each told it, answer included, when that collect kept it (ANSWER_KEPT_S), else
+without their result. A collect charges a line only while its pending charge is open: one
 the reconciler (or another collect) settled after the collect read it is never charged twice, whether or not its
 charged marker has expired."""
 
@@ -56,11 +57,13 @@ import logging
 import math
 import secrets
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from llmrouter.errors import ServiceError, invalid
 from llmrouter.registry import ModelSpec, RegistrySource
@@ -112,6 +115,13 @@ SEND_START_S = 60.0
 # never be collected, its answer lost and its hold blocking the budget a day; the caller is told to ask again
 # (BATCH_BEING_SENT).
 SENDING_S = SEND_START_S + PROVIDER_CALL_S + 60.0
+# Each line a collect settles is kept, as it tells it, before it is charged (Store.keep_answer): a collect whose reply
+# is lost leaves it for the next, which tells it again whether or not the provider can be read by then (else an answer
+# charged was lost to its caller in an outage of the providers). Compressed, at most ANSWER_KEPT_BYTES (one over it is
+# kept without its log-probabilities), for ANSWER_KEPT_S: a day, the caller's batch window, within which its batch
+# collects the line again.
+ANSWER_KEPT_BYTES = 1024 * 1024
+ANSWER_KEPT_S = 86_400.0
 GIVE_UP_MAX_S = 600.0  # how early before its lines' holds end a provider batch is given up, at most
 UNREAD = "the provider batch could not be read: collect it again"
 UNREADABLE_STATUS = "unreadable"  # a poll's, when no try read the provider batch (Deferred._poll)
@@ -625,7 +635,7 @@ class Deferred:
         for request_id in ids:
             unread = router_pb2.CollectedLine(request_id=request_id, error=f"{why} (request id {request_id})")
             told = await self._settled_before(account, request_id, batch_id, unread, counts)
-            if told is not None and not told.charged_usd:
+            if told is not None and not told.succeeded and not told.charged_usd:  # an answer kept is told at its cost
                 raise ServiceError(grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE", UNREAD)
             lines.append(told or _no_line(request_id, batch_id))
         return lines
@@ -648,6 +658,10 @@ class Deferred:
             return await self._as_charged(account, request_id, unrecorded, counts)
         if charged_from != batch_id:
             return None
+        if not outcome.succeeded:
+            # No answer read now (the provider's result unread, or none): the line as the collect that charged it told
+            # it, when kept, with the answer it was charged for.
+            outcome = await self._kept(account, request_id, batch_id) or outcome
         return await self._as_charged(account, request_id, outcome, counts)
 
     async def _outcome(
@@ -785,6 +799,7 @@ class Deferred:
         again), a later collect of the line (_as_charged), or the reconciler's sweep. A capped charge is counted capped
         by that one, from its record (_owe_hold)."""
         held_account, hold = pending.account_and_hold()
+        await self._keep(held_account, hold.request_id, pending.provider_batch or "", line)
         charge_id = secrets.token_hex(8)  # this charge: its count is this collect's to take
         if await self.store.charge(held_account, hold, pico, record, late=True, charge_id=charge_id):
             # Another router may take it first (a collect of the line that found it charged, the sweep): counted there.
@@ -792,6 +807,21 @@ class Deferred:
             return line
         log.warning("batch line charged before; not charged again", extra={"request_id": hold.request_id})
         return await self._as_charged(account, hold.request_id, line, counts)
+
+    async def _keep(self, account: Account, request_id: str, batch_id: str, line: router_pb2.CollectedLine) -> None:
+        """The line as this collect tells it, kept before its charge (ANSWER_KEPT_BYTES, ANSWER_KEPT_S) under the batch
+        it was read from: a charge whose reply is lost leaves it to the next collect (_kept). One too large even
+        without its log-probabilities is not kept: a later collect reads it from the provider, or tells it unread."""
+        kept = kept_line(batch_id, line)
+        if kept is None:
+            log.warning("batch line's answer too large to keep", extra={"request_id": request_id})
+            return
+        await self.store.keep_answer(account, request_id, kept, ANSWER_KEPT_S)
+
+    async def _kept(self, account: Account, request_id: str, batch_id: str) -> router_pb2.CollectedLine | None:
+        """The line as the collect that settled it from `batch_id` told it, while kept."""
+        kept = await self.store.kept_answer(account, request_id)
+        return None if kept is None else told_line(kept, batch_id)
 
     def _record(self, pending: Pending, response: router_pb2.CompleteResponse, outcome: str) -> dict[str, Any]:
         baseline_model = self.baseline()
@@ -815,6 +845,35 @@ class Deferred:
             outcome=outcome,
             admitted_ts=pending.ts,
         )
+
+
+def kept_line(batch_id: str, line: router_pb2.CollectedLine) -> bytes | None:
+    """A line as kept (Store.keep_answer): the batch it was read from, a newline, the line compressed; without its
+    log-probabilities when over ANSWER_KEPT_BYTES; None when still over."""
+    for kept in (line, _without_logprobs(line)):
+        packed = batch_id.encode() + b"\n" + zlib.compress(kept.SerializeToString())
+        if len(packed) <= ANSWER_KEPT_BYTES:
+            return packed
+    return None
+
+
+def told_line(kept: bytes, batch_id: str) -> router_pb2.CollectedLine | None:
+    """The line kept_line kept, when it was read from `batch_id` (and can be read: else None, as if not kept)."""
+    kept_from, _, packed = kept.partition(b"\n")
+    if kept_from != batch_id.encode():
+        return None
+    try:
+        return router_pb2.CollectedLine.FromString(zlib.decompress(packed))
+    except (zlib.error, DecodeError):
+        log.warning("a kept batch line's answer could not be read: told without it")
+        return None
+
+
+def _without_logprobs(line: router_pb2.CollectedLine) -> router_pb2.CollectedLine:
+    lighter = router_pb2.CollectedLine()
+    lighter.CopyFrom(line)
+    lighter.response.ClearField("logprobs_json")
+    return lighter
 
 
 def _unanswered(pending: Pending, cost_usd: str, outcome: str, why: str) -> dict[str, Any]:

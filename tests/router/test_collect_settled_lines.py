@@ -4,7 +4,8 @@ service of the version before tells a batch the provider forgot (404) UNAVAILABL
 collect after the holds' end failed so, the caller's batch never ending (the current providers' BATCH_UNREADABLE
 failed every such collect FAILED_PRECONDITION alike). The collect still asks the provider first (a batch that ended
 gives its answers, told at what each line was charged); when no try reads it within the caller's time, each line is
-told ended at the charge it took, its result unread, and nothing is charged again. The router's servicer over Redis;
+told ended at the charge it took, its result unread (an answer its charging collect kept told with it), and nothing is
+charged again. The router's servicer over Redis;
 a real providers gRPC server (one a stand-in answering as the version before did; one that version's own code, in
 its own process, tests/router/old_version.py); the money's clock held by the test, the collect's waits moving it."""
 
@@ -135,7 +136,8 @@ async def test_a_line_answered_by_a_collect_whose_reply_was_lost_is_told_its_cha
     redis_store: RedisStore, tmp_path: Path, clock: WaitingClock
 ) -> None:
     """The collect that charged the line's answer lost its reply; the provider then forgot the batch. The next collect
-    ends the line at the answer's charge: neither charged again nor told at nothing."""
+    ends the line with that answer (kept by the collect that charged it), at its charge: neither charged again, nor
+    told at nothing, nor without the answer it was charged for."""
     provider = ForgettingAfterOnePoll()
     async with router_servicer(tmp_path, redis_store, provider, REGISTRY, provider_batch_hold_s=HOLD_S) as router:
         router.deferred.wait = clock.wait
@@ -146,8 +148,9 @@ async def test_a_line_answered_by_a_collect_whose_reply_was_lost_is_told_its_cha
             assert lost.lines[0].succeeded
             reply = await router.CollectBatch(COLLECT, Deadline(60.0))
     (line,) = reply.lines
-    assert (reply.ended, line.succeeded, line.error) == (True, False, f"{SETTLED_UNREAD} (request id line-1)")
-    assert Decimal(line.charged_usd) == Decimal(batch_cost("strong")) / PICO
+    assert (reply.ended, line.succeeded) == (True, True), reply
+    assert line.response == lost.lines[0].response
+    assert Decimal(line.response.cost_usd) == Decimal(batch_cost("strong")) / PICO
     assert await spent(redis_store) == batch_cost("strong")
     assert outcomes(await ledger_records(redis_store.redis)) == ["ok"]
 

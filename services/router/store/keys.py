@@ -274,6 +274,11 @@ class AccountKeys:
         """Set by the charge: a request id is charged once per tenant."""
         return f"{self._tenant}:charged:{request_id}"
 
+    def answer(self, request_id: str) -> str:
+        """Set by a provider batch line's collect before it charges the line: the line as that collect tells it, for a
+        later collect to tell again should the reply be lost (Store.keep_answer)."""
+        return f"{self._tenant}:answer:{request_id}"
+
     def uncounted(self, request_id: str) -> str:
         """Set by a provider batch line's charge that names itself (its charge id and ledger record), and by any charge
         of the reconciler's, for as long as the charged marker, until the router that counts the charge in its metrics

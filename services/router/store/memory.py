@@ -76,6 +76,7 @@ class MemoryStore:
     # this store serves one development router, where a retry comes within seconds, not 10,000 requests later.
     # An id seen again after that many newer ones is admitted (and charged) as a new request.
     MAX_REQUEST_IDS = 10_000
+    MAX_KEPT_ANSWERS = 1_000
     # Records kept for the SQL sink, which reads them within a second or so: a bound, so a long-running
     # process does not grow by every record it ever charged (measured: +290 MB over 100,000 requests).
     MAX_LEDGER_RECORDS = 10_000
@@ -90,6 +91,8 @@ class MemoryStore:
         self.used = RecentIds(request_id_ttl_s, self.MAX_REQUEST_IDS)  # admitted
         self.charged = RecentIds(request_id_ttl_s, self.MAX_REQUEST_IDS)
         self.undone = RecentIds(request_id_ttl_s, self.MAX_REQUEST_IDS)  # undone admissions, by nonce
+        # Provider batch lines' answers (keep_answer), each up to deferred.ANSWER_KEPT_BYTES: fewer of them.
+        self.answers = RecentIds(request_id_ttl_s, self.MAX_KEPT_ANSWERS)
         # Provider batch lines' charges counted in no metrics yet (RedisStore's uncounted): (charge id, record), oldest
         # first, as many as request ids at most. Each is taken as soon as its collect's charge returns.
         self.uncounted: dict[str, tuple[str, dict]] = {}
@@ -381,6 +384,13 @@ class MemoryStore:
     async def charged_batch(self, account: Account, request_id: str) -> str | None:
         marker = self._charged_marker(account, request_id)
         return None if marker is None else marker_batch(marker)
+
+    async def keep_answer(self, account: Account, request_id: str, answer: bytes, ttl_s: float) -> None:
+        self.answers.add(AccountKeys.of(account).answer(request_id), answer.decode("latin-1"), ttl_s)
+
+    async def kept_answer(self, account: Account, request_id: str) -> bytes | None:
+        kept = self.answers.get(AccountKeys.of(account).answer(request_id))
+        return None if kept is None else kept.encode("latin-1")
 
     async def charged_pico(self, account: Account, request_id: str) -> int | None:
         return marker_charged_pico(self._charged_marker(account, request_id))

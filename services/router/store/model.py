@@ -603,6 +603,15 @@ class Store(Protocol):
         None as for charged_batch, or when the marker does not say (a line charged by a router of the version
         before)."""
 
+    async def keep_answer(self, account: Account, request_id: str, answer: bytes, ttl_s: float) -> None:
+        """Keep `answer` (a provider batch line as the collect settling it tells it) for ttl_s under the tenant's
+        request id, unless one is kept already: a later collect tells it again when the reply to that collect was lost,
+        whether or not the provider can be read by then. Read only by a collect of the key whose charge it is
+        (Deferred). StoreUnavailable when the store cannot be reached."""
+
+    async def kept_answer(self, account: Account, request_id: str) -> bytes | None:
+        """What keep_answer kept for the tenant's request id, while it is kept."""
+
     async def spent(self, account: Account, period: str) -> tuple[int, int]:
         """What the account's tenant and key spent in a period (an id from period_id). Without a tenant, the
         key's spend wherever it is kept (an operator's view of one key)."""

@@ -806,6 +806,16 @@ class RedisStore:
     async def charged_pico(self, account: Account, request_id: str) -> int | None:
         return marker_charged_pico(await self._charged_marker(account, request_id))
 
+    async def keep_answer(self, account: Account, request_id: str, answer: bytes, ttl_s: float) -> None:
+        async with self._call():
+            key, ttl_ms = AccountKeys.of(account).answer(request_id), max(1, int(ttl_s * 1000))
+            await self.redis.set(key, answer, px=ttl_ms, nx=True)
+
+    async def kept_answer(self, account: Account, request_id: str) -> bytes | None:
+        async with self._call():
+            kept = await self.redis.get(AccountKeys.of(account).answer(request_id))
+        return None if kept is None else bytes(kept)
+
     async def _charged_marker(self, account: Account, request_id: str) -> str | None:
         """The request id's charged marker, when the account's key used the id."""
         keys = AccountKeys.of(account)

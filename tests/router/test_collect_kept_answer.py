@@ -1,0 +1,86 @@
+"""A batch line answered and charged by a collect whose reply was lost, then a providers outage longer than the next
+collect's deadline: that collect ended the line "settled before", at its charge, without the answer the provider gave,
+which was lost to the caller though it paid for it. The collect now keeps each line it settles, as it tells it, in
+the money store before the charge, and a later collect tells that again. The router's servicer over Redis and the
+real providers service on loopback, before the fake OpenAI Batch API (its outage: a 503 to every request); the
+money's clock held by the test, the collect's waits moving it."""
+
+from __future__ import annotations
+
+import secrets
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from llmrouter.auth import acting_as
+from llmrouter.v1 import router_pb2
+from services.router.deferred import ANSWER_KEPT_BYTES, kept_line, told_line
+from services.router.servicer import RouterServicer
+from services.router.store import PICO, RedisStore
+from tests.conftest import ledger_records
+from tests.fakes import FakeOpenAI, Fault
+from tests.router.servicer_kit import NoDeadline
+from tests.router.test_collect_model import LINE, TENANT_CALLER
+from tests.router.test_collect_passing_failures import Deadline, WaitingClock, spent
+from tests.router.test_collect_unreadable_batch import polls, served
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> WaitingClock:
+    return WaitingClock(monkeypatch)
+
+
+async def collected(router: RouterServicer, collect: router_pb2.CollectBatchRequest) -> router_pb2.CollectBatchResponse:
+    """The collect of a provider batch the fake runs as it is polled: asked until it ended."""
+    for _ in range(10):
+        reply = await router.CollectBatch(collect, NoDeadline())
+        if reply.ended:
+            return reply
+    raise AssertionError("the fake provider batch never ended")
+
+
+async def test_an_answer_whose_collect_reply_was_lost_is_told_through_a_providers_outage(
+    redis_store: RedisStore, tmp_path: Path, clock: WaitingClock
+) -> None:
+    with FakeOpenAI() as upstream:
+        async with served(tmp_path, redis_store, upstream) as router:
+            router.deferred.wait = clock.wait
+            with acting_as(TENANT_CALLER):
+                (sent,) = (await router.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[LINE]), NoDeadline())).lines
+                collect = router_pb2.CollectBatchRequest(
+                    model="strong", provider_batch_id=sent.provider_batch_id, request_ids=[LINE.request_id]
+                )
+                lost = await collected(router, collect)  # its reply never reaches the caller
+                (answered,) = lost.lines
+                assert answered.succeeded and answered.response.content, lost
+                charged = await spent(redis_store)
+                assert charged > 0
+                upstream.enqueue(*[Fault.error(503)] * 1000)  # the provider out of reach past the caller's time
+                before = polls(upstream)
+                reply = await router.CollectBatch(collect, Deadline(60.0))
+                again = await router.CollectBatch(collect, Deadline(60.0))
+            tried = polls(upstream) - before
+    (line,) = reply.lines
+    assert (reply.ended, line.succeeded) == (True, True), reply
+    assert line.response == answered.response  # the answer charged, its cost that charge
+    assert Decimal(line.response.cost_usd) == Decimal(charged) / PICO
+    assert again == reply
+    assert tried > 2 and clock.waits  # the provider was asked, through its outage, within the caller's time
+    assert await spent(redis_store) == charged  # charged once
+    assert [r["outcome"] for r in await ledger_records(redis_store.redis) if r["tenant"] == "acme"] == ["ok"]
+
+
+def test_a_kept_line_is_bounded_and_read_only_for_its_batch() -> None:
+    line = router_pb2.CollectedLine(request_id="r1", succeeded=True)
+    line.response.content = "an answer"
+    line.response.logprobs_json = "[" + ",".join(f'{{"token": "t{i}", "logprob": -{i}.5}}' for i in range(10)) + "]"
+    kept = kept_line("pbatch-1", line)
+    assert kept is not None and told_line(kept, "pbatch-1") == line
+    assert told_line(kept, "pbatch-2") is None  # kept for another batch: not this one's answer
+    # Past the bound, its log-probabilities (the bulk of a long answer) are left out; the answer's text stays.
+    line.response.logprobs_json = secrets.token_hex(ANSWER_KEPT_BYTES)  # no compression brings it within
+    heavy = kept_line("pbatch-1", line)
+    assert heavy is not None and len(heavy) <= ANSWER_KEPT_BYTES
+    lighter = told_line(heavy, "pbatch-1")
+    assert lighter is not None and (lighter.response.content, lighter.response.logprobs_json) == ("an answer", "")
