@@ -13,10 +13,12 @@ from typing import Any
 
 import httpx
 import pytest
+import redis.asyncio as redis
 from pydantic import SecretStr
 
 from llmrouter.redis_url import RedisUrl
 from services.batches import wire
+from services.batches.store import ACTIVE
 from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
 from tests.fakes.recording_router import RecordingRouter
@@ -172,3 +174,28 @@ async def test_a_retried_upload_returns_the_first_file(edge: Edge) -> None:
         assert (await http.delete(f"/files/{first.json()['id']}")).status_code == 200
         anew = await upload(http, "up-1")
         assert anew.status_code == 200 and anew.json()["id"] != first.json()["id"]
+
+
+async def test_a_creation_that_failed_leaves_its_key_free(redis_url: str) -> None:
+    """The batch store refusing the creation's last write (the set of batches to run, of another type here): the batch
+    is undone, and a retry with the key creates it."""
+    router, client = RecordingRouter(), redis.Redis.from_url(redis_url)
+    async with served_router(router) as router_addr:
+        settings = EdgeSettings(
+            port=free_port(),
+            router_addr=router_addr,
+            access_log="off",
+            metrics_port=0,
+            batch_redis_url=RedisUrl(redis_url),
+        )
+        async with served_edge(settings) as base_url, httpx.AsyncClient(base_url=base_url, timeout=30) as http:
+            file_id = (await upload(http)).json()["id"]
+            await client.set(ACTIVE, "not a set")
+            failed = await create(http, file_id, "once")
+            assert failed.status_code >= 500, failed.text
+            assert await listed(http, "batches") == []
+            await client.delete(ACTIVE)
+            again = await create(http, file_id, "once")
+            assert again.status_code == 200, again.text
+            assert await listed(http, "batches") == [again.json()["id"]]
+    await client.aclose()

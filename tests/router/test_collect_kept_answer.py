@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,13 +18,27 @@ from llmrouter.auth import acting_as
 from llmrouter.v1 import router_pb2
 from services.router.deferred import ANSWER_KEPT_BYTES, kept_line, told_line
 from services.router.servicer import RouterServicer
-from services.router.store import PICO, RedisStore
+from services.router.store import PICO, MemoryStore, RedisStore, Store, period_id
 from tests.conftest import ledger_records
 from tests.fakes import FakeOpenAI, Fault
 from tests.router.servicer_kit import NoDeadline
-from tests.router.test_collect_model import LINE, TENANT_CALLER
-from tests.router.test_collect_passing_failures import Deadline, WaitingClock, spent
+from tests.router.test_collect_model import ACCOUNT, LINE, TENANT_CALLER
+from tests.router.test_collect_passing_failures import Deadline, WaitingClock
 from tests.router.test_collect_unreadable_batch import polls, served
+
+
+@pytest.fixture(params=["redis", "memory"])
+def store(request: pytest.FixtureRequest) -> Store:
+    return request.getfixturevalue("redis_store") if request.param == "redis" else MemoryStore()
+
+
+async def spent(store: Store) -> int:
+    return (await store.spent(ACCOUNT, period_id("day")))[0]
+
+
+async def records(store: Store) -> list[dict[str, Any]]:
+    kept = await ledger_records(store.redis) if isinstance(store, RedisStore) else list(store.ledger)  # type: ignore[attr-defined]
+    return [r for r in kept if r["tenant"] == "acme"]
 
 
 @pytest.fixture
@@ -41,10 +56,10 @@ async def collected(router: RouterServicer, collect: router_pb2.CollectBatchRequ
 
 
 async def test_an_answer_whose_collect_reply_was_lost_is_told_through_a_providers_outage(
-    redis_store: RedisStore, tmp_path: Path, clock: WaitingClock
+    store: Store, tmp_path: Path, clock: WaitingClock
 ) -> None:
     with FakeOpenAI() as upstream:
-        async with served(tmp_path, redis_store, upstream) as router:
+        async with served(tmp_path, store, upstream) as router:  # type: ignore[arg-type]
             router.deferred.wait = clock.wait
             with acting_as(TENANT_CALLER):
                 (sent,) = (await router.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[LINE]), NoDeadline())).lines
@@ -54,7 +69,7 @@ async def test_an_answer_whose_collect_reply_was_lost_is_told_through_a_provider
                 lost = await collected(router, collect)  # its reply never reaches the caller
                 (answered,) = lost.lines
                 assert answered.succeeded and answered.response.content, lost
-                charged = await spent(redis_store)
+                charged = await spent(store)
                 assert charged > 0
                 upstream.enqueue(*[Fault.error(503)] * 1000)  # the provider out of reach past the caller's time
                 before = polls(upstream)
@@ -67,8 +82,8 @@ async def test_an_answer_whose_collect_reply_was_lost_is_told_through_a_provider
     assert Decimal(line.response.cost_usd) == Decimal(charged) / PICO
     assert again == reply
     assert tried > 2 and clock.waits  # the provider was asked, through its outage, within the caller's time
-    assert await spent(redis_store) == charged  # charged once
-    assert [r["outcome"] for r in await ledger_records(redis_store.redis) if r["tenant"] == "acme"] == ["ok"]
+    assert await spent(store) == charged  # charged once
+    assert [r["outcome"] for r in await records(store)] == ["ok"]
 
 
 def test_a_kept_line_is_bounded_and_read_only_for_its_batch() -> None:
