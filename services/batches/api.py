@@ -295,9 +295,16 @@ class BatchApi:
         )
 
     def _batch_there(self, tenant: str) -> idempotent.StillThere:
+        """Whether the tenant's batch is there to be told: not gone, nor one whose creation died part way (its edge
+        killed between its record's claim and its activation), which no edge would ever run or end."""
+
         async def there(batch_id: str) -> bool:
-            fields = (await self.store.fields([batch_key(batch_id)], ["tenant"]))[0]
-            return fields.get("tenant", b"").decode() == tenant
+            fields = (await self.store.fields([batch_key(batch_id)], ["tenant", "status", "created_at"]))[0]
+            if fields.get("tenant", b"").decode() != tenant:
+                return False
+            if fields.get("status") != b"validating" or await self.store.is_active(batch_id):
+                return True
+            return int(now()) - int(fields.get("created_at", b"0")) < idempotent.CREATING_S  # still being written
 
         return there
 

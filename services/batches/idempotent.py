@@ -5,7 +5,8 @@ The record lives in the batch store beside what it names (store.py): `idempotenc
 digest and value>`, holding '<id> <digest of the request>', for as long as the item is kept. The item is written
 before its record is claimed, and the claim is one step: of creations racing on one value, one holds the record and
 the others drop what they wrote and answer its item, which is there to be read. A record whose item is gone (undone,
-deleted, expired) is taken over by the next creation. The same value with another request is a 422."""
+deleted, expired, or a batch whose creation died part way: CREATING_S) is taken over by the next creation. The same
+value with another request is a 422."""
 
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ from services.batches.store import PREFIX, Store
 from services.edge.idempotency import SHOWN
 from services.edge.openai_api import ApiError
 
+# A batch still `validating`, not among those to run, this long after its creation was left so by a creation that died
+# part way (its writes take seconds, each failing within the store's 10 s timeout): taken over, as one gone.
+CREATING_S = 600
 TAKES = 3  # a record whose item is gone is taken over; racing takers that many times is a 409 to try again
 StillThere = Callable[[str], Awaitable[bool]]
 

@@ -103,6 +103,9 @@ class Store(Protocol):
 
     async def active(self) -> set[str]: ...
 
+    async def is_active(self, batch_id: str) -> bool:
+        """Whether the batch is among those still to run (one member read, not the set)."""
+
     async def lease(self, batch_id: str, owner: str, ttl_s: int) -> bool:
         """Take or renew the right to run a batch for ttl_s; False while another owner holds it."""
 
@@ -351,6 +354,9 @@ class RedisStore:
     async def active(self) -> set[str]:
         return {_text(m) for m in await self.redis.smembers(ACTIVE)}
 
+    async def is_active(self, batch_id: str) -> bool:
+        return bool(await self.redis.sismember(ACTIVE, batch_id))
+
     async def lease(self, batch_id: str, owner: str, ttl_s: int) -> bool:
         return bool(await self.redis.eval(LEASE, 1, f"{PREFIX}lease:{batch_id}", owner, ttl_s))
 
@@ -514,6 +520,9 @@ class MemoryStore:
 
     async def active(self) -> set[str]:
         return set(self.running)
+
+    async def is_active(self, batch_id: str) -> bool:
+        return batch_id in self.running
 
     async def lease(self, batch_id: str, owner: str, ttl_s: int) -> bool:
         return True  # one process: the runner itself never runs a batch twice

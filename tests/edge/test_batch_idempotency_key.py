@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -17,8 +18,8 @@ import redis.asyncio as redis
 from pydantic import SecretStr
 
 from llmrouter.redis_url import RedisUrl
-from services.batches import wire
-from services.batches.store import ACTIVE
+from services.batches import idempotent, wire
+from services.batches.store import ACTIVE, RedisStore, batch_key
 from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
 from tests.fakes.recording_router import RecordingRouter
@@ -199,3 +200,41 @@ async def test_a_creation_that_failed_leaves_its_key_free(redis_url: str) -> Non
             assert again.status_code == 200, again.text
             assert await listed(http, "batches") == [again.json()["id"]]
     await client.aclose()
+
+
+async def test_a_batch_whose_creation_died_part_way_is_taken_over_by_a_retry(redis_url: str) -> None:
+    """An edge killed between the record's claim and the batch's activation left a batch `validating` that no edge
+    runs: a retry with the key, past CREATING_S, creates one that runs, rather than being told that one for ever."""
+    router, store = RecordingRouter(), RedisStore(redis_url)
+    keys = SecretStr(key_line("acme", KEYS["acme-a"]))
+    async with served_router(router) as router_addr:
+        settings = EdgeSettings(
+            port=free_port(),
+            router_addr=router_addr,
+            access_log="off",
+            metrics_port=0,
+            api_keys=keys,
+            batch_redis_url=RedisUrl(redis_url),
+        )
+        async with served_edge(settings) as base_url, Edge(base_url, router).client() as http:
+            file_id = (await upload(http)).json()["id"]
+            body = {**BATCH, "input_file_id": file_id}
+            claim = idempotent.claim_for(
+                "batch", "acme", KEYS["acme-a"], "died", json.dumps(body, sort_keys=True).encode()
+            )
+            created = str(int(time.time()) - idempotent.CREATING_S - 1)
+            dead = {"tenant": "acme", "input_file_id": file_id, "endpoint": wire.ENDPOINT, "status": "validating"}
+            dead |= {"completion_window": "24h", "created_at": created, "expires_at": created, "total": "1"}
+            await store.put(batch_key("batch_dead"), dead)
+            assert await store.claim(claim.key, claim.value("batch_dead"), 3600) is None
+            retried = await create(http, file_id, "died")
+            assert retried.status_code == 200, retried.text
+            made = retried.json()["id"]
+            assert made != "batch_dead"
+
+            async def ended() -> bool:
+                return bool((await http.get(f"/batches/{made}")).json()["status"] == "completed")
+
+            await eventually(ended, "the batch created anew completed")
+            assert (await create(http, file_id, "died")).json()["id"] == made  # the record names it now
+    await store.close()
