@@ -1,7 +1,8 @@
 """An Idempotency-Key on POST /v1/batches and POST /v1/files: a retry after a timeout gets the batch (or file) the first
 request created, not a second one whose lines are held and charged again; the same value with another request is a
 422; creations racing on one value make one; two API keys sending one value are apart. The real edge over loopback,
-its batch store in process and in a real Redis; the recording stand-in router counts the lines sent."""
+its batch store in process, in a real Redis and in a Redis Cluster; the recording stand-in router counts the lines
+sent."""
 
 from __future__ import annotations
 
@@ -45,10 +46,10 @@ class Edge:
         return httpx.AsyncClient(base_url=self.base_url, headers={"authorization": f"Bearer {key}"}, timeout=30)
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 def store_url(request: pytest.FixtureRequest) -> RedisUrl | None:
-    """The batch store: in process, then a real Redis."""
-    return RedisUrl(request.getfixturevalue("redis_url")) if request.param == "redis" else None
+    """The batch store: in process, then a real Redis, then a Redis Cluster."""
+    return None if request.param == "memory" else RedisUrl(request.getfixturevalue(f"{request.param}_url"))
 
 
 @pytest.fixture
