@@ -13,6 +13,7 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -53,6 +54,63 @@ def test_a_prompt_file_it_cannot_read_is_one_line_and_status_1(tmp_path: Path, p
     assert result.returncode == 1
     assert result.stderr == f"llmrouter evaluate: cannot read {path}: {said}\n"
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("line", "said"),
+    [
+        # a line of the routing data's answers file, given for its prompts file: its Python repr was routed
+        ('{"prompt_id": "p1", "model": "gpt-4o", "answer": "4"}', 'a JSON object without a "prompt" string'),
+        ('{"prompt": 5}', 'a JSON object without a "prompt" string'),  # routed as "5"
+        ('{"prompt": null}', 'a JSON object without a "prompt" string'),  # routed as "None"
+        ('{"prompt": "  "}', "an empty prompt"),
+        ('""', "an empty prompt"),
+    ],
+)
+def test_a_prompt_file_line_that_holds_no_prompt_is_one_line_and_status_1(tmp_path: Path, line: str, said: str) -> None:
+    """Read before anything is sent: the edge this run names is out of reach, and the file's line is what it says."""
+    path = tmp_path / "prompts.jsonl"
+    path.write_text('{"prompt": "What is 2+2?"}\n\n' + line + "\n")
+    result = llmrouter("evaluate", str(path))
+    assert result.returncode == 1
+    assert result.stderr == f"llmrouter evaluate: cannot read {path}: line 3 is {said}\n"
+    assert result.stdout == ""
+
+
+class RecordingDecide(BaseHTTPRequestHandler):
+    """An edge's /router/decide that records the prompts it is asked about."""
+
+    prompts: ClassVar[list[str]] = []
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
+        self.prompts.append(body["messages"][0]["content"])
+        answer = json.dumps({"model": "m", "candidates": [{"model": "m", "eligible": True, "estimated_cost_usd": "1"}]})
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer.encode())
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_a_prompt_file_line_of_plain_text_is_the_prompt_as_written(tmp_path: Path) -> None:
+    """A plain line that happens to parse as JSON other than a string or an object (`true`, `1e3`, `[1, 2]`) is
+    plain text, sent as written, not as Python writes the value it parses to (`True`, `1000.0`)."""
+    handler: type[RecordingDecide] = type("Recording", (RecordingDecide,), {"prompts": []})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        path = tmp_path / "prompts.txt"
+        path.write_text('true\n1e3\n[1, 2]\nWhat is 2+2?\n"a JSON string"\n{"prompt": "an object\'s prompt"}\n')
+        result = llmrouter("--url", f"http://127.0.0.1:{server.server_address[1]}/v1", "evaluate", str(path))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.returncode == 0, result.stderr
+    assert handler.prompts == ["true", "1e3", "[1, 2]", "What is 2+2?", "a JSON string", "an object's prompt"]
 
 
 @pytest.mark.parametrize(

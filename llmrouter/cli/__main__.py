@@ -47,7 +47,7 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--until", type=moment, help="Unix seconds or YYYY-MM-DD (UTC)")
     export.add_argument("--tenant")
     evaluate = sub.add_parser("evaluate", help="route a prompt file (decisions only) and sum what it would cost")
-    evaluate.add_argument("prompts", type=Path, help="JSONL with a 'prompt' field, or one prompt per line")
+    evaluate.add_argument("prompts", type=Path, help="JSONL of objects with a 'prompt' string, or one prompt per line")
     evaluate.add_argument("--limit", type=positive_int, help="only the first N prompts")
     return root
 

@@ -24,7 +24,7 @@ class Result:
 
 
 class InputFailure(Exception):
-    """A file the command reads cannot be read (missing, a directory, not UTF-8 text)."""
+    """A file the command reads cannot be read (missing, a directory, not UTF-8 text, a line without what it reads)."""
 
 
 # What reading a field of a JSON reply raises when the reply lacks it or holds it as another type: a key or an index
@@ -158,15 +158,29 @@ def read_prompts(path: Path) -> list[str]:
     except UnicodeDecodeError as exc:
         raise InputFailure(f"cannot read {path}: not UTF-8 text (at byte {exc.start})") from None
     prompts = []
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except ValueError:
-            item = line
-        prompts.append(str(item["prompt"]) if isinstance(item, dict) and "prompt" in item else str(item))
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            prompts.append(prompt_of(line, f"cannot read {path}: line {number} is"))
     return prompts
+
+
+def prompt_of(line: str, where: str) -> str:
+    """A line's prompt: a JSON object's "prompt" string, a JSON string, else the line as written (plain text, even
+    one that parses as another JSON value: `true` is asked as written, not as Python writes it). An object without
+    one (a line of the routing data's answers file) is refused, never routed as its Python repr."""
+    try:
+        item = json.loads(line)
+    except ValueError:
+        return line
+    if isinstance(item, dict):
+        item = item.get("prompt")
+        if not isinstance(item, str):
+            raise InputFailure(f'{where} a JSON object without a "prompt" string')
+    elif not isinstance(item, str):
+        return line
+    if not item.strip():
+        raise InputFailure(f"{where} an empty prompt")
+    return item
 
 
 def evaluate(client: Client, args: argparse.Namespace) -> Result:
