@@ -231,6 +231,8 @@ def crossed(fields: OpenAIFields) -> Fault | None:
                     name, f"Invalid value for '{name}': '{name}' is only allowed when 'tools' are specified.", None
                 )
         return None
+    if (twice := twice_named(fields.tools)) is not None:
+        return twice
     choice = fields.tool_choice
     if isinstance(choice, NamedToolChoice) and all(tool.function.name != choice.function.name for tool in fields.tools):
         shown = choice.function.name[:64]
@@ -238,6 +240,23 @@ def crossed(fields: OpenAIFields) -> Fault | None:
             f"Invalid value for 'tool_choice': no function named {shown!r} was specified in the 'tools' parameter."
         )
         return Fault("tool_choice", message)
+    return None
+
+
+def twice_named(tools: list[Tool]) -> Fault | None:
+    """Two functions of one name: a call names both. Anthropic's Messages API refuses them ("tools: Tool names must
+    be unique."), as do other OpenAI-compatible APIs; an upstream taking them calls one of them, which, no one says."""
+    first: dict[str, int] = {}
+    for i, tool in enumerate(tools):
+        name = tool.function.name
+        if name in first:
+            param = f"tools[{i}].function.name"
+            message = (
+                f"Invalid '{param}': the function name {name!r} is given twice (tools[{first[name]}] too): each "
+                "tool's name must be unique."
+            )
+            return Fault(param, message)
+        first[name] = i
     return None
 
 

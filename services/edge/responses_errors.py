@@ -41,6 +41,7 @@ CALL_ITEM = {
 INDEX = r"\[(\d{1,9})\]"
 MESSAGE_PATH = re.compile(rf"messages{INDEX}(.*)")
 CALL_PATH = re.compile(rf"\.tool_calls{INDEX}(.*)")
+TOOL_PATH = re.compile(rf"tools{INDEX}\.function(\..*)")
 WHOLE_CALLS = (".tool_calls", ".tool_calls_json")  # the turn's calls as a whole: named by its first item
 
 
@@ -77,6 +78,8 @@ def named_as_sent(error: ApiError, origins: Sequence[Origin]) -> ApiError:
     (`messages[1].tool_calls[1].function.arguments must be a JSON object for ...`). Names not mapped stay."""
     chat_param = error.param or ""
     sent = sent_name(chat_param, origins)
+    if sent is None and (tool := TOOL_PATH.fullmatch(chat_param)):
+        sent = f"tools[{tool[1]}]{tool[2]}"  # a Responses function tool is flat: its name beside its type
     if sent is None:
         error.param = CHAT_PARAMS.get(chat_param, error.param)
         return error

@@ -35,7 +35,8 @@ def too_long(param: str, limit: int, length: int) -> dict[str, Any]:
 
 def test_chat_tools_past_128_are_openais_400() -> None:
     assert refusal(parse_request, {"messages": [USER], "tools": [TOOL] * 129}) == too_long("tools", 128, 129)
-    parse_request(json.dumps({"messages": [USER], "tools": [TOOL] * 128}).encode())
+    tools = [{"type": "function", "function": {"name": f"f{i}"}} for i in range(128)]  # each its own name
+    parse_request(json.dumps({"messages": [USER], "tools": tools}).encode())
 
 
 def test_an_assistant_messages_tool_calls_past_128_are_openais_400() -> None:
@@ -49,7 +50,7 @@ def test_an_assistant_messages_tool_calls_past_128_are_openais_400() -> None:
 def test_responses_tools_past_128_are_openais_400() -> None:
     tool = {"type": "function", "name": "f"}
     assert refusal(responses.to_chat, {"input": "hi", "tools": [tool] * 129}) == too_long("tools", 128, 129)
-    responses.to_chat(json.dumps({"input": "hi", "tools": [tool] * 128}).encode())
+    responses.to_chat(json.dumps({"input": "hi", "tools": [tool | {"name": f"f{i}"} for i in range(128)]}).encode())
 
 
 def test_the_bound_is_checked_before_any_item_is_read() -> None:

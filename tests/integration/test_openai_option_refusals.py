@@ -146,3 +146,45 @@ async def test_the_options_beside_what_they_depend_on_are_served(chain: Chain) -
         assert reply.status_code == 200, (path, reply.text)
         streamed = reply.headers["content-type"].startswith("text/event-stream")
         assert streamed == bool(body.get("stream")), (path, body)
+
+
+TWIN = {"type": "function", "function": {"name": "lookup", "description": "another lookup"}}
+TWICE = (
+    "Invalid 'tools[1].function.name': the function name 'lookup' is given twice (tools[0] too): each tool's name "
+    "must be unique."
+)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/chat/completions", {"model": "auto", "messages": [USER], "tools": [TOOL, TWIN]}, "tools[1].function.name"),
+        ("/chat/completions", {"model": "auto", "messages": [USER], "stream": True, "tools": [TOOL, TWIN]}, None),
+        ("/router/decide", {"model": "auto", "messages": [USER], "tools": [TOOL, TWIN]}, "tools[1].function.name"),
+        (
+            "/responses",
+            {
+                "model": "auto",
+                "input": "hello",
+                "tools": [{"type": "function", "name": "lookup"}, {"type": "function", "name": "lookup"}],
+            },
+            "tools[1].name",  # the Responses API's function tool is flat
+        ),
+    ],
+)
+async def test_two_tools_of_one_name_are_a_400_that_reaches_no_upstream(
+    chain: Chain, path: str, body: dict[str, Any], param: str | None
+) -> None:
+    """Which of two functions of one name a call means is anyone's guess: Anthropic's Messages API refuses them
+    ("tools: Tool names must be unique."), as do other OpenAI-compatible APIs, and an upstream taking them calls one
+    of them by a name that names both. Sent on, they were served or refused (a generic 502 or 400, its reason not
+    said) as routing chose."""
+    before = upstream_calls(chain)
+    reply = await post(chain, path, body)
+    assert reply.status_code == 400, reply.text
+    refused = reply.json()["error"]
+    assert (refused["type"], refused["code"]) == ("invalid_request_error", "invalid_value")
+    assert "is given twice" in refused["message"] and "'lookup'" in refused["message"]
+    if param is not None:
+        assert (refused["param"], refused["message"]) == (param, TWICE.replace("tools[1].function.name", param))
+    assert upstream_calls(chain) == before

@@ -32,6 +32,7 @@ REFUSED: list[tuple[str, dict[str, Any]]] = [
     ("tool_choice", {"tools": [TOOL], "tool_choice": "sometimes"}),
     ("tool_choice", {"tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "other"}}}),
     ("parallel_tool_calls", {"parallel_tool_calls": True}),
+    ("tools", {"tools": [TOOL, LOOKUP]}),  # two functions of one name: Anthropic's 400, the others' guess
     ("response_format", {"response_format": {"type": "json_schema"}}),
     ("response_format", {"response_format": {"type": "json_object", "strict": True}}),
     ("logprobs", {"logprobs": "yes"}),
