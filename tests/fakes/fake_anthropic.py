@@ -7,6 +7,7 @@ calls as tool_use blocks (whole in JSON, as input_json_delta pieces in SSE); the
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +18,7 @@ from tests.fakes.server import TOOL_CUE, FakeServer, Fault, Received, Reply, pie
 
 ReplyFn = Callable[[dict[str, Any]], str]
 # The Messages API's request fields: any other is refused ("Extra inputs are not permitted"), as by api.anthropic.com.
+TOOL_ID = "^[a-zA-Z0-9_-]+$"  # the pattern Anthropic holds tool_use ids to
 KNOWN_FIELDS = frozenset(
     {
         "model",
@@ -153,7 +155,19 @@ class FakeAnthropic(FakeServer):
             return self._invalid("system: text content blocks must contain non-whitespace text")
         if not body.get("messages"):
             return self._invalid("messages: at least one message is required")
-        return self._blank_content(body["messages"])
+        return self._blank_content(body["messages"]) or self._tool_ids(body["messages"])
+
+    def _tool_ids(self, messages: list[Any]) -> dict[str, Any] | None:
+        """As api.anthropic.com: a tool_use block's id, and a tool_result's tool_use_id, must match TOOL_ID (another
+        provider's ids need not: Kimi K2's `functions.lookup:0`), else a 400 naming the block."""
+        for i, message in enumerate(messages):
+            content = message.get("content")
+            for j, block in enumerate(content if isinstance(content, list) else []):
+                field = {"tool_use": "id", "tool_result": "tool_use_id"}.get(block.get("type"))
+                if field and not re.fullmatch(TOOL_ID, str(block.get(field))):
+                    where = f"messages.{i}.content.{j}.{block['type']}.{field}"
+                    return self._invalid(f"{where}: String should match pattern '{TOOL_ID}'")
+        return None
 
     def _blank_content(self, messages: list[Any]) -> dict[str, Any] | None:
         """As api.anthropic.com: a turn without content, or a text block of only whitespace, is a 400 (the last turn

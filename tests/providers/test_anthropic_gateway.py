@@ -4,6 +4,7 @@ content blocks out, stop reasons mapped to OpenAI's finish_reason, the streaming
 from __future__ import annotations
 
 import json
+import re
 from decimal import Decimal
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 from llmrouter.tokens import count_message_tokens
 from llmrouter.v1 import common_pb2, provider_pb2
 from tests.fakes import FakeAnthropic, Fault
+from tests.fakes.fake_anthropic import TOOL_ID
 from tests.providers.conftest import ANTHROPIC_KEY
 from tests.providers.helpers import collect, cost, request
 
@@ -137,6 +139,50 @@ async def test_blank_text_is_not_sent_as_a_block(stub, anthropic_fake: FakeAnthr
         {"role": "assistant", "content": [{"type": "tool_use", "id": "call_1", "name": "look", "input": {"q": "sea"}}]},
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_1", "content": "blue"}]},
     ]
+
+
+def foreign_ids_request(ids: list[str]) -> provider_pb2.GenerateRequest:
+    """A conversation whose tool calls another provider made, with its ids: Kimi K2's (through Groq, Together)
+    `functions.<name>:<n>`, or any a client wrote."""
+    calls = [{"id": i, "type": "function", "function": {"name": "look", "arguments": "{}"}} for i in ids]
+    messages = [
+        common_pb2.ChatMessage(role="user", content="Look up the sea"),
+        common_pb2.ChatMessage(role="assistant", tool_calls_json=json.dumps(calls)),
+        *(common_pb2.ChatMessage(role="tool", tool_call_id=i, content=f"blue {n}") for n, i in enumerate(ids)),
+    ]
+    return provider_pb2.GenerateRequest(model="claude", messages=messages, request_id="t-foreign-ids")
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+@pytest.mark.parametrize(
+    ("ids", "longer"),
+    [
+        (["functions.look:0", "functions.look:1"], set()),
+        (["call|1", "call:1", "call_1"], {"call|1", "call:1"}),  # two foreign ids made alike, and the id made so
+        (["", "caf\u00e9"], {""}),
+    ],
+)
+async def test_tool_call_ids_anthropic_refuses_are_sent_as_ids_it_takes(
+    stub, anthropic_fake: FakeAnthropic, streamed: bool, ids: list[str], longer: set[str]
+) -> None:
+    """Anthropic holds tool_use ids to ^[a-zA-Z0-9_-]+$ (a 400 "messages.1.content.0.tool_use.id: String should
+    match pattern"); OpenAI's API takes any string. A conversation another provider's model called tools in was
+    refused there, served elsewhere, as routing chose. Each id is sent as one it takes, distinct, no longer in bytes
+    than it was (what the hold counted) but for "" and one made like an id in use, and each result still answers its
+    call."""
+    if streamed:
+        _, final = await collect(stub, foreign_ids_request(ids))
+        assert final is not None and final.finish_reason == "stop"
+    else:
+        resp = await stub.Generate(foreign_ids_request(ids))
+        assert resp.finish_reason == "stop"
+    sent = anthropic_fake.requests[-1].json["messages"]
+    used = [block["id"] for block in sent[1]["content"]]
+    answered = [block["tool_use_id"] for block in sent[2]["content"]]
+    assert used == answered and len(set(used)) == len(ids)
+    assert all(re.fullmatch(TOOL_ID, i) for i in used)
+    assert all(len(new.encode()) <= len(old.encode()) for old, new in zip(ids, used, strict=True) if old not in longer)
+    assert [i for i in used if i in ids] == [i for i in ids if re.fullmatch(TOOL_ID, i)]  # those it takes, as sent
 
 
 async def test_a_last_assistant_turn_is_sent_without_trailing_whitespace(stub, anthropic_fake: FakeAnthropic) -> None:

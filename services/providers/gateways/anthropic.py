@@ -6,7 +6,8 @@ OpenAI's shape."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator
+import re
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any
 
 from llmrouter.registry import ProviderSpec
@@ -28,6 +29,11 @@ PATH = "/v1/messages"
 API_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096  # Anthropic requires max_tokens; the servicer normally sets it from the registry
 MAX_USER_ID = 256  # metadata.user_id's length limit
+# A tool_use block's id (and a tool_result's tool_use_id) must match this, else a 400
+# ("messages.1.content.0.tool_use.id: String should match pattern"); OpenAI's API takes any string, and other
+# providers' models write others.
+TOOL_ID = re.compile(r"[a-zA-Z0-9_-]+")
+NOT_IN_TOOL_ID = re.compile(r"[^a-zA-Z0-9_-]")
 FINISH_REASONS = {
     "end_turn": "stop",
     "stop_sequence": "stop",
@@ -148,9 +154,10 @@ def body(request: UpstreamRequest) -> dict[str, Any]:
     # non-whitespace text"), which OpenAI's API takes: blank system messages are left out, and none left is no system.
     system = "\n\n".join(m.content for m in request.messages if m.role == "system" and m.content.strip())
     messages: list[dict[str, Any]] = []
+    ids = tool_ids(request.messages)
     for m in request.messages:
         # A turn with nothing Anthropic takes (only blank text) is left out: an empty turn is its 400 too.
-        if m.role == "system" or not (blocks := _blocks(m)):
+        if m.role == "system" or not (blocks := _blocks(m, ids)):
             continue
         # Anthropic knows only user and assistant turns, and wants one turn per side: consecutive ones merge,
         # so the results of parallel tool calls share the user turn that follows the calls.
@@ -188,9 +195,28 @@ def _trim_prefill(messages: list[dict[str, Any]]) -> None:
         last["text"] = last["text"].rstrip()
 
 
-def _blocks(m: Message) -> list[dict[str, Any]]:
+def tool_ids(messages: Sequence[Message]) -> Mapping[str, str]:
+    """Each tool call id of the conversation as Anthropic takes it (TOOL_ID; a 400 else): as sent when it matches,
+    else its other characters written `_` (another provider's, Kimi K2's `functions.look:0`, is `functions_look_0`),
+    never in more UTF-8 bytes than it had (what the hold counted), but for "" (`_`) and one made like an id already
+    in use, which takes `_`s after it until it is no other's: a result still answers its own call."""
+    sent = {call.get("id", "") for m in messages for call in m.tool_calls} | {
+        m.tool_call_id for m in messages if m.role == "tool"
+    }
+    taken = {i for i in sent if TOOL_ID.fullmatch(i)}
+    ids = {i: i for i in taken}
+    for original in sorted(sent - taken):
+        made = NOT_IN_TOOL_ID.sub("_", original) or "_"
+        while made in taken:
+            made += "_"
+        taken.add(made)
+        ids[original] = made
+    return ids
+
+
+def _blocks(m: Message, ids: Mapping[str, str]) -> list[dict[str, Any]]:
     if m.role == "tool":
-        return [{"type": "tool_result", "tool_use_id": m.tool_call_id, "content": m.content}]
+        return [{"type": "tool_result", "tool_use_id": ids[m.tool_call_id], "content": m.content}]
     # Anthropic refuses a text block that is empty or only whitespace (400, "text content blocks must contain
     # non-whitespace text"), which OpenAI's API takes: an assistant turn that said nothing, a blank user turn.
     blocks: list[dict[str, Any]] = [{"type": "text", "text": m.content}] if m.content.strip() else []
@@ -201,7 +227,7 @@ def _blocks(m: Message) -> list[dict[str, Any]]:
         if (arguments := object_arguments(call)) is None:
             raise UpstreamError("rejected", "a tool call's arguments are not a JSON object", status=400)
         blocks.append(
-            {"type": "tool_use", "id": call.get("id", ""), "name": function.get("name", ""), "input": arguments}
+            {"type": "tool_use", "id": ids[call.get("id", "")], "name": function.get("name", ""), "input": arguments}
         )
     return blocks
 
