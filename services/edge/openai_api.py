@@ -296,6 +296,7 @@ def parse_request(body: bytes, max_messages: int = MAX_MESSAGES) -> tuple[ChatCo
         # request") and the others served it, as routing chose; asked for alone, usage rides on no stream.
         raise ApiError(400, STREAM_OPTIONS_ALONE, param="stream_options")
     refuse_unanswerable_tool_results(request.messages)
+    refuse_unanswered_tool_calls(request.messages)
     refuse_misplaced_refusals(request.messages)
     if request.max_cost_usd is not None:
         try:
@@ -339,6 +340,29 @@ def refuse_unanswerable_tool_results(messages: list[Message]) -> None:
             param = f"messages[{i}].tool_call_id"
             message_text = f"{param}: no tool call with id {answered[:64]!r} comes before this tool result"
             raise ApiError(400, message_text, param=param, code="invalid_value")
+
+
+UNANSWERED_CALLS = (
+    "An assistant message with 'tool_calls' must be followed by tool messages responding to each 'tool_call_id'. "
+    "The following tool_call_ids did not have response messages: {ids}"
+)
+
+
+def refuse_unanswered_tool_calls(messages: list[Message]) -> None:
+    """A 400 for an assistant turn's tool calls that the tool messages right after it do not all answer, in OpenAI's
+    words: OpenAI and Anthropic refuse it (Anthropic's results must be the turn after the calls), a local model
+    answered it, as routing chose an upstream."""
+    for i, message in enumerate(messages):
+        if message.role != "assistant" or not message.tool_calls:
+            continue
+        answered = set()
+        for later in messages[i + 1 :]:
+            if later.role != "tool":
+                break
+            answered.add(later.tool_call_id or "")
+        if missing := [call.id[:64] for call in message.tool_calls if call.id not in answered]:
+            text = UNANSWERED_CALLS.format(ids=", ".join(missing))
+            raise ApiError(400, text, param=f"messages[{i}].tool_calls", code="invalid_value")
 
 
 def refuse_misplaced_refusals(messages: list[Message]) -> None:

@@ -41,7 +41,9 @@ def test_chat_tools_past_128_are_openais_400() -> None:
 
 def test_an_assistant_messages_tool_calls_past_128_are_openais_400() -> None:
     def body(calls: int) -> dict[str, Any]:
-        return {"messages": [USER, {"role": "assistant", "tool_calls": [CALL] * calls}]}
+        made = [CALL | {"id": f"c{i}"} for i in range(calls)]
+        results = [{"role": "tool", "tool_call_id": f"c{i}", "content": "x"} for i in range(calls)]
+        return {"messages": [USER, {"role": "assistant", "tool_calls": made}, *results]}
 
     assert refusal(parse_request, body(129)) == too_long("messages[1].tool_calls", 128, 129)
     parse_request(json.dumps(body(128)).encode())

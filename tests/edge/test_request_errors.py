@@ -146,6 +146,33 @@ def test_a_tool_result_answering_no_call_made_before_it_is_a_400_naming_its_id(
     assert error.message.startswith(f"{param}: no tool call with id ")
 
 
+UNANSWERED = (
+    "An assistant message with 'tool_calls' must be followed by tool messages responding to each 'tool_call_id'. "
+    "The following tool_call_ids did not have response messages: "
+)
+
+
+@pytest.mark.parametrize(
+    ("messages", "param", "missing"),
+    [
+        ([USER, assistant_calling("c1")], "messages[1].tool_calls", "c1"),  # the calls, and no result yet
+        ([USER, assistant_calling("c1"), USER], "messages[1].tool_calls", "c1"),  # the user went on without it
+        ([USER, assistant_calling("c1", "c2", "c3"), result("c2")], "messages[1].tool_calls", "c1, c3"),
+        # answered, but only after another turn: Anthropic wants the results in the turn right after the calls
+        ([USER, assistant_calling("c1"), USER, result("c1")], "messages[1].tool_calls", "c1"),
+        ([USER, assistant_calling("c1"), result("c1"), USER, assistant_calling("c2")], "messages[4].tool_calls", "c2"),
+    ],
+)
+def test_a_tool_call_no_result_follows_is_openais_400_naming_it(
+    messages: list[dict[str, Any]], param: str, missing: str
+) -> None:
+    """OpenAI refuses it in these words, Anthropic too ("tool_use ids were found without tool_result blocks immediately
+    after"); sent on, it was their refusal ("the provider refused the request") or another upstream's answer, as
+    routing chose."""
+    error = refused({"messages": messages})
+    assert (error.param, error.code, error.message) == (param, "invalid_value", UNANSWERED + missing)
+
+
 def test_tool_results_answering_calls_made_before_them_are_served() -> None:
     parse_request(json.dumps({"messages": [USER, assistant_calling("c1", "c2"), result("c2"), result("c1")]}).encode())
     # A provider's call without an id is handed on with id "" (gateways/openai.py): its result may leave it out.

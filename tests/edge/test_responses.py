@@ -35,11 +35,12 @@ def test_an_answer_with_text_and_calls_sent_back_is_one_assistant_turn() -> None
         "role": "assistant",
         "content": [{"type": "output_text", "text": "Let me look.", "annotations": []}],
     }
-    chat = translated(input=[{"role": "user", "content": "hi"}, message, call, {**call, "call_id": "call_2"}])
+    outputs = [{"type": "function_call_output", "call_id": c, "output": "x"} for c in ("call_1", "call_2")]
+    chat = translated(input=[{"role": "user", "content": "hi"}, message, call, {**call, "call_id": "call_2"}, *outputs])
     tool_calls = [
         {"id": c, "type": "function", "function": {"name": "f", "arguments": "{}"}} for c in ("call_1", "call_2")
     ]
-    assert chat["messages"][1:] == [{"role": "assistant", "content": "Let me look.", "tool_calls": tool_calls}]
+    assert chat["messages"][1:2] == [{"role": "assistant", "content": "Let me look.", "tool_calls": tool_calls}]
 
 
 def call(call_id: str) -> dict[str, Any]:
@@ -217,3 +218,18 @@ def test_text_then_a_refusal_are_two_parts_of_one_message_each_done_before_the_n
         {"type": "output_text", "text": "Well,", "annotations": [], "logprobs": []},
         {"type": "refusal", "refusal": "I can't help."},
     ]
+
+
+def test_a_function_call_no_output_follows_is_a_400_naming_its_item() -> None:
+    """OpenAI's Responses API refuses it, as its chat route and Anthropic do: sent on, it was refused or answered as
+    routing chose."""
+    chat, sent = to_chat(
+        json.dumps(
+            {"input": [{"role": "user", "content": "hi"}, call("c1"), {"role": "user", "content": "go on"}]}
+        ).encode()
+    )
+    with pytest.raises(ApiError) as caught:
+        parse_request(chat)
+    error = named_as_sent(caught.value, sent.origins)
+    assert (error.status, error.param) == (400, "input[1]")
+    assert error.message.endswith("The following tool_call_ids did not have response messages: c1")
