@@ -38,7 +38,7 @@ def instant(params: QueryParams, name: str) -> float:
     text = single(params, name) or ""
     if not text:
         return 0.0
-    refusal = ApiError(400, f"{name} must be Unix seconds or a UTC date YYYY-MM-DD", param=name)
+    refusal = ApiError(400, f"{name} must be Unix seconds or a UTC date YYYY-MM-DD", param=name, code="invalid_value")
     # ASCII, and a number as JSON writes one: float() also takes `1_700_000_000`, Unicode digits (an Arabic-Indic
     # one is 1) and blanks around it, and strptime's %Y Unicode digits, each read as a bound the caller did not write.
     if not text.isascii():
@@ -89,7 +89,7 @@ class OperatorRoutes:
             raise ApiError(400, told, param=shown, code="unknown_parameter")
         group_by = single(request.query_params, "group_by") or ""
         if group_by not in GROUPINGS:
-            raise ApiError(400, "group_by must be model, tenant or day", param="group_by")
+            raise ApiError(400, "group_by must be model, tenant or day", param="group_by", code="invalid_value")
         since, until = instant(request.query_params, "since"), instant(request.query_params, "until")
         # The key too: a key that is no admin's sees its own requests, not its colleagues'.
         message = operator_pb2.StatsRequest(
@@ -122,7 +122,8 @@ class OperatorRoutes:
                 raise ApiError(400, told, param=shown, code="unknown_parameter")
             limit = body.get("limit_usd") if isinstance(body, dict) else None
             if not isinstance(limit, str) or not limit:
-                raise ApiError(400, "limit_usd must be a decimal string of USD", param="limit_usd")
+                told = "limit_usd must be a decimal string of USD"
+                raise ApiError(400, told, param="limit_usd", code="invalid_value")
         message = operator_pb2.SetBudgetRequest(
             scope=request.path_params["scope"], name=request.path_params["name"], limit_usd=limit, admin=True
         )

@@ -49,3 +49,12 @@ async def test_a_long_unknown_field_is_named_by_its_first_64_characters(http: ht
     error = reply.json()["error"]
     assert (reply.status_code, error["type"], error["param"]) == (400, "invalid_request_error", "y" * 64), error
     assert len(error["message"]) < 200, error["message"]
+
+
+@pytest.mark.parametrize("body", [{"limit_usd": 5}, {"limit_usd": ""}, {"limit_usd": None}, {}, [], "5"])
+async def test_a_limit_that_is_no_decimal_string_is_an_invalid_value(http: httpx.AsyncClient, body: object) -> None:
+    """As a limit the router refuses ("limit_usd must be between 0 and 9000000") is: a caller branching on the code
+    met null for some bad limits and invalid_value for others."""
+    reply = await http.put("/router/budgets/tenant/acme", json=body)
+    error = reply.json()["error"]
+    assert (reply.status_code, error["param"], error["code"]) == (400, "limit_usd", "invalid_value"), error

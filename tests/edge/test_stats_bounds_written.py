@@ -39,8 +39,14 @@ async def test_a_bound_not_written_as_a_number_or_date_is_a_400_naming_it(http: 
     found = {}
     for text in NOT_AS_WRITTEN:
         reply = await http.get("/router/stats", params={name: text})
-        found[text] = (reply.status_code, reply.json()["error"]["param"])
-    assert found == dict.fromkeys(NOT_AS_WRITTEN, (400, name))
+        found[text] = (reply.status_code, reply.json()["error"]["param"], reply.json()["error"]["code"])
+    assert found == dict.fromkeys(NOT_AS_WRITTEN, (400, name, "invalid_value"))
+
+
+async def test_a_group_by_stats_do_not_know_is_an_invalid_value(http: httpx.AsyncClient) -> None:
+    reply = await http.get("/router/stats", params={"group_by": "key"})
+    error = reply.json()["error"]
+    assert (reply.status_code, error["param"], error["code"]) == (400, "group_by", "invalid_value"), error
 
 
 async def test_a_bound_written_as_a_number_or_date_is_asked_of_the_router(http: httpx.AsyncClient) -> None:
