@@ -348,18 +348,26 @@ UNANSWERED_CALLS = (
 )
 
 
+DUPLICATE_RESULT = (
+    "Invalid parameter: Duplicate value for 'tool_call_id' of {id!r}, in messages[{first}] and messages[{j}]."
+)
+
+
 def refuse_unanswered_tool_calls(messages: list[Message]) -> None:
-    """A 400 for an assistant turn's tool calls that the tool messages right after it do not all answer, in OpenAI's
-    words: OpenAI and Anthropic refuse it (Anthropic's results must be the turn after the calls), a local model
-    answered it, as routing chose an upstream."""
+    """A 400 for an assistant turn's tool calls that the tool messages right after it do not all answer, or one of
+    them answers twice, in OpenAI's words: OpenAI and Anthropic refuse either (Anthropic's results must be the turn
+    after the calls, one each), a local model answered it, as routing chose an upstream."""
     for i, message in enumerate(messages):
         if message.role != "assistant" or not message.tool_calls:
             continue
-        answered = set()
-        for later in messages[i + 1 :]:
+        answered: dict[str, int] = {}
+        for j, later in enumerate(messages[i + 1 :], start=i + 1):
             if later.role != "tool":
                 break
-            answered.add(later.tool_call_id or "")
+            if (answer := later.tool_call_id or "") in answered:
+                text = DUPLICATE_RESULT.format(id=answer[:64], first=answered[answer], j=j)
+                raise ApiError(400, text, param=f"messages[{j}].tool_call_id")
+            answered[answer] = j
         if missing := [call.id[:64] for call in message.tool_calls if call.id not in answered]:
             text = UNANSWERED_CALLS.format(ids=", ".join(missing))
             raise ApiError(400, text, param=f"messages[{i}].tool_calls", code="invalid_value")

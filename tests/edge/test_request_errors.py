@@ -173,6 +173,23 @@ def test_a_tool_call_no_result_follows_is_openais_400_naming_it(
     assert (error.param, error.code, error.message) == (param, "invalid_value", UNANSWERED + missing)
 
 
+@pytest.mark.parametrize(
+    ("messages", "first", "again"),
+    [
+        ([USER, assistant_calling("c1"), result("c1"), result("c1")], 2, 3),
+        ([USER, assistant_calling("c1", "c2"), result("c1"), result("c2"), result("c1")], 2, 4),
+    ],
+)
+def test_a_call_answered_twice_is_openais_400_naming_the_second_result(
+    messages: list[dict[str, Any]], first: int, again: int
+) -> None:
+    """OpenAI refuses it in these words ("Invalid parameter: Duplicate value for 'tool_call_id'"), and Anthropic a
+    tool_use with two results; sent on, it was refused or answered, as routing chose."""
+    error = refused({"messages": messages})
+    told = f"Invalid parameter: Duplicate value for 'tool_call_id' of 'c1', in messages[{first}] and messages[{again}]."
+    assert (error.param, error.code, error.message) == (f"messages[{again}].tool_call_id", None, told)
+
+
 def test_tool_results_answering_calls_made_before_them_are_served() -> None:
     parse_request(json.dumps({"messages": [USER, assistant_calling("c1", "c2"), result("c2"), result("c1")]}).encode())
     # A provider's call without an id is handed on with id "" (gateways/openai.py): its result may leave it out.
