@@ -16,6 +16,9 @@ back with the restore), or a retry admitted since the restore, before the repair
 it): that retry's charge then meets the charged marker and is refused as a repeat, so the request is charged once.
 But not one whose charged marker is there naming only other admissions (a store that lost the admission charged let
 the id in again): CHARGE charges that one all the same, by its own charge or the reconciler's, so it keeps its hold.
+A charged marker that released its id for a retry (model.py, RELEASED) naming fewer charges than the SQL ledger holds
+is taken for forgotten: the restore went back to before the retry's charge, and left so, the retry of that served
+retry was admitted again, or its pending charge taken for another admission in flight and charged its hold.
 A request the SQL ledger has no charge of (in flight, or its charge not copied yet) is never touched. Safe beside
 serving routers, and idempotent: a request whose charged marker is there is only looked at for a pending charge."""
 
@@ -58,6 +61,9 @@ class LedgerCharge:
     # Until when its admissions' charges are marked (Hold.marked_until, Unix ms; 0: not on record), which a router
     # with a longer request id TTL than the repair's may have set.
     marked_until_ms: int = 0
+    # How many charges landed on it (give-backs aside): a charged marker released for a retry (model.py, RELEASED)
+    # that names fewer is one a restore took back to before the retry's charge (lua.py, LEDGER_CHARGED).
+    charges: int = 0
 
     @property
     def shard(self) -> int:
@@ -106,7 +112,8 @@ def ledger_charges(rows: Iterable[Charge]) -> list[LedgerCharge]:
             landed_ms = max((landed(row) for row in kept if row.cost_pico >= 0), default=0)
             pico = sum(int(row.cost_pico) for row in kept)
             marked_ms = max((math.ceil(row.marked_until * 1000) for row in kept if row.marked_until), default=0)
-            charges.append(LedgerCharge(tenant, request_id, str(kept[-1].key_id), pico, landed_ms, marked_ms))
+            count = sum(1 for row in kept if row.cost_pico >= 0)
+            charges.append(LedgerCharge(tenant, request_id, str(kept[-1].key_id), pico, landed_ms, marked_ms, count))
     return charges
 
 
@@ -176,7 +183,7 @@ async def settle_forgotten(
             # charge's (lua.py, CHARGE); the total is what a duplicate's refusal tells.
             marker = f"1 {CHARGED_TOTAL}{charge.pico}"
             member = held_by.hold_member(0, charge.request_id)
-            args += [field, member, key or "", used_by.key_hex, expiry_ms, marker]
+            args += [field, member, key or "", used_by.key_hex, expiry_ms, marker, charge.charges]
         told = await script(keys=names, args=args)
         for charge, (forgotten, held, left) in zip(chunk, told, strict=True):
             finding = Finding(charge, _text(forgotten) == "1", int(_text(held)) if _text(held) else None, _text(left))

@@ -473,3 +473,54 @@ async def test_a_forgotten_charge_older_than_the_repairs_look_back_is_marked_whi
     keys = AccountKeys.of(ACME_K1)
     for marker in (keys.charged("marked-older"), keys.used("marked-older")):
         assert await client.pexpiretime(marker) >= math.ceil(hold.marked_until * 1000), marker
+
+
+async def release(store: RedisStore, account: Account, hold: Hold) -> None:
+    """Charged 0 with nothing delivered, its id released for the caller's retry (model.py, RELEASED)."""
+    record = {"request_id": hold.request_id, "ts": time.time(), "tenant": account.tenant, "key": account.key}
+    record |= {"period": hold.period, "cost_usd": "0", "outcome": "failed"}
+    assert await store.charge(account, hold, 0, record, charge_id=uuid.uuid4().hex, release=True)
+
+
+@pytest.mark.parametrize("retry_in_backup", [True, False], ids=["retry-in-flight-at-the-backup", "retry-after-it"])
+async def test_a_released_id_whose_retry_was_charged_since_the_backup_is_marked_charged(
+    store: RedisStore, client: redis.Redis, dsn: str, capsys: pytest.CaptureFixture[str], retry_in_backup: bool
+) -> None:
+    """A request id released (its first charged 0, nothing delivered) and its retry charged after the backup: the
+    restored store has the released marker, naming the first alone, and perhaps the retry's pending charge back. Taken
+    for a marker the store kept, the id stayed released (the served retry's own retry admitted and charged again) and
+    the retry's pending charge for another admission in flight, its hold charged by the reconciler on top of its own
+    charge."""
+    await release(store, ACME_K1, await admit(store, ACME_K1, "released", 400))
+    retry = await admit(store, ACME_K1, "released", 400) if retry_in_backup else None
+    snapshot = await backup(client)
+    if retry is None:
+        retry = await admit(store, ACME_K1, "released", 400)
+    assert await charge(store, ACME_K1, retry, 250)
+    await copy_to_sql(client, dsn)
+    await restore(client, snapshot)
+    capsys.readouterr()
+
+    assert await money_check.main(["ledger-charges", "--repair"]) == 0
+    assert "forgotten: tenant 'acme' request 'released', charged 250 pico-USD" in capsys.readouterr().err
+    assert await store.held_pico(ACME_K1) == (0, 0)
+    assert await store.reconcile("router-2", lease_s=1.0, stale_s=0.0) == 0
+    again = await store.admit(ACME_K1, ALLOW, Hold("released", 200, period_id("day"), "router-1", "2f"))
+    assert (again.refused, again.charged) == ("duplicate", 250)
+    audit = await audit_hold_totals(store)
+    assert (audit.drifted, audit.stale) == ([], [])
+
+
+async def test_a_released_id_the_ledger_has_no_later_charge_of_stays_released(
+    store: RedisStore, client: redis.Redis, dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Released before the backup and not charged since: the marker is right as it is, the retry still let in."""
+    await release(store, ACME_K1, await admit(store, ACME_K1, "released", 400))
+    snapshot = await backup(client)
+    await copy_to_sql(client, dsn)
+    await restore(client, snapshot)
+    capsys.readouterr()
+
+    assert await money_check.main(["ledger-charges", "--repair"]) == 0
+    assert "'released'" not in capsys.readouterr().err
+    await admit(store, ACME_K1, "released", 400)

@@ -1015,13 +1015,14 @@ LEDGER_CHARGED = (
     + _TOTALS
     + _HELD
     + _PERMITTED
-    + f"local UNRECORDED_BATCH = '{UNRECORDED_BATCH}'\n"
+    + f"local UNRECORDED_BATCH = '{UNRECORDED_BATCH}'\nlocal RELEASED_TAIL = '{RELEASED_TAIL}'\n"
     + """
 -- KEYS: the shard's pending charges, provider batches, models, prices, hold-totals epoch; then four a request: its
 --       used id, charged marker, tenant holds, key holds (of the key its pending charge was read with)
--- ARGV: '1' to repair, else only to tell; then six a request: its pending field, its hold member (at any pico: its
+-- ARGV: '1' to repair, else only to tell; then seven a request: its pending field, its hold member (at any pico: its
 --       pending charge's is dropped), the key its pending charge was read with ('' for none), the used id's value
---       (the key id of its last charge, hex), when its markers expire (Unix ms), its charged marker
+--       (the key id of its last charge, hex), when its markers expire (Unix ms), its charged marker, how many charges
+--       of it the SQL ledger holds
 -- Returns a triple a request: '1' when its charged marker is missing (its markers set), the hold (pico-USD) of the
 -- pending charge dropped ('' for none), and why it was left alone ('' when it was not).
 EPOCH = redis.call('GET', KEYS[5]) or '0'
@@ -1069,9 +1070,19 @@ local function in_flight(value, record)
   end
   return named > 0
 end
+-- Whether a charged marker is one released for a retry (model.py, RELEASED) that names fewer charges than the SQL
+-- ledger holds of its id: a charge since (its retry's, served) that the restore forgot, whose id is used again.
+local function released_before(value, ledger_charges)
+  if not value or string.sub(value, -#RELEASED_TAIL) ~= RELEASED_TAIL then return false end
+  local named = 0
+  for entry in string.gmatch(value, '%S+') do
+    if string.sub(entry, 1, 8) ~= '1::pico=' then named = named + 1 end
+  end
+  return named < (tonumber(ledger_charges) or 0)
+end
 local told = {}
 for r = 0, requests - 1 do
-  local k, a = 5 + 4 * r, 1 + 6 * r
+  local k, a = 5 + 4 * r, 1 + 7 * r
   local used, charged, holds = KEYS[k + 1], KEYS[k + 2], {KEYS[k + 3], KEYS[k + 4]}
   local field, member, key, user, at = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
   local marker = ARGV[a + 6]
@@ -1083,11 +1094,14 @@ for r = 0, requests - 1 do
   if result[3] == '' and totals_typed(holds) then result[3] = 'a holds total of another type' end
   if result[3] == '' then
     local record = redis.call('HGET', KEYS[1], field)
+    local kept = redis.call('GET', charged)
+    -- Released before a charge the restore forgot: as forgotten, its retry's pending charge come back no other
+    -- admission in flight (the released marker names the first's alone).
+    local forgotten = not kept or released_before(kept, ARGV[a + 7])
     if record then
       result[3] = read_with(record, key)
-      if result[3] ~= '' or in_flight(redis.call('GET', charged), record) then record = nil end
+      if result[3] ~= '' or (kept and not forgotten and in_flight(kept, record)) then record = nil end
     end
-    local forgotten = redis.call('EXISTS', charged) == 0
     if forgotten then result[1] = '1' end
     if record then result[2] = string.match(record, '"hold_pico":%s*(%d+)') or '0' end
     if repair and forgotten then
@@ -1097,7 +1111,9 @@ for r = 0, requests - 1 do
         local named = batch ~= '' and batch or UNRECORDED_BATCH
         marker = 'batch:' .. named .. (string.match(marker, ' 1::pico=%d+$') or '')
       end
+      local kept_until = kept and redis.call('PEXPIRETIME', charged) or -1
       redis.call('SET', charged, marker, 'PXAT', at)
+      if kept_until > 0 then redis.call('PEXPIREAT', charged, kept_until, 'GT') end
       if redis.call('EXISTS', used) == 1 then
         redis.call('PEXPIREAT', used, at, 'GT')
       else
