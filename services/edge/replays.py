@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import sys
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -50,7 +51,12 @@ class Kept:
     headers: dict[str, str] | None = None
 
     def size(self) -> int:
-        return len(self.body or b"") + sum(len(k) + len(v) for k, v in (self.headers or {}).items()) + 128
+        """What the process holds for it, its objects included (a stream's, a digest alone, is mostly those)."""
+        held = sys.getsizeof(self) + sys.getsizeof(self.digest) + (sys.getsizeof(self.body) if self.body else 0)
+        if self.headers is not None:
+            held += sys.getsizeof(self.headers)
+            held += sum(sys.getsizeof(name) + sys.getsizeof(value) for name, value in self.headers.items())
+        return held
 
     def dumps(self) -> str:
         body = None if self.body is None else self.body.decode()  # an answer is JSON: UTF-8 text
@@ -71,7 +77,8 @@ class Replays:
         self.max_answer_bytes = max_answer_bytes
         self.memory_bytes = memory_bytes
         self._redis: Any = connect(url, socket_connect_timeout=2, socket_timeout=5) if url else None
-        self._memory: OrderedDict[str, tuple[float, Kept]] = OrderedDict()  # request id -> (expiry, kept)
+        # request id -> (expiry, kept, what the entry holds: kept_size)
+        self._memory: OrderedDict[str, tuple[float, Kept, int]] = OrderedDict()
         self._memory_used = 0
 
     async def lookup(self, request_id: str, sent: str) -> Kept | None:
@@ -127,10 +134,21 @@ class Replays:
         now = time.monotonic()
         old = self._memory.pop(request_id, None)
         if old is not None:
-            self._memory_used -= old[1].size()
-        self._memory[request_id] = (now + self.ttl_s, kept)
-        self._memory_used += kept.size()
+            self._memory_used -= old[2]
+        size = kept_size(request_id, kept)
+        self._memory[request_id] = (now + self.ttl_s, kept, size)
+        self._memory_used += size
         # Oldest first (all share one TTL, so also the first to expire): those expired, then any past the bound.
         while self._memory and (self._memory_used > self.memory_bytes or next(iter(self._memory.values()))[0] <= now):
-            _, (_, dropped) = self._memory.popitem(last=False)
-            self._memory_used -= dropped.size()
+            _, (_, _, dropped) = self._memory.popitem(last=False)
+            self._memory_used -= dropped
+
+
+# An entry's own objects beside its Kept: its (expiry, kept, size) tuple, the float and int, and its node and slot in
+# the OrderedDict (measured with tracemalloc: tests/edge/test_idempotency_replays.py).
+ENTRY_OVERHEAD = 256
+
+
+def kept_size(request_id: str, kept: Kept) -> int:
+    """What one kept entry holds in memory, counted against EDGE_IDEMPOTENCY_MEMORY_BYTES."""
+    return sys.getsizeof(request_id) + kept.size() + ENTRY_OVERHEAD

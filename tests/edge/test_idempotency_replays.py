@@ -4,6 +4,10 @@ fails passed over (the router still serves the id once: a 409, never a second ch
 
 from __future__ import annotations
 
+import gc
+import secrets
+import tracemalloc
+
 import pytest
 
 from services.edge.openai_api import ApiError
@@ -33,3 +37,26 @@ async def test_a_redis_out_of_reach_is_passed_over() -> None:
         assert await replays.lookup("idem-1", sent) is None
     finally:
         await replays.close()
+
+
+@pytest.mark.parametrize("answer", [None, b'{"id": "chatcmpl-1"}'], ids=["a-streams-digest", "a-small-answer"])
+async def test_memory_the_kept_answers_take_stays_within_the_bound(answer: bytes | None) -> None:
+    """The bound is on what the process holds for them: each entry's request id, digest, objects and headers, not only
+    its body. Counted by body and header text alone, a stream's digest (kept alone) was counted 128 bytes and took near
+    460: 64 MiB of them held near 230 MiB."""
+    bound = 1 << 20
+    replays = Replays(ttl_s=3600, max_answer_bytes=1000, memory_bytes=bound, url=None)
+    headers = {"x-router-model": "cheap-model", "x-router-cost-usd": "0.000001", "x-request-id": "idem-1"}
+    gc.collect()
+    tracemalloc.start()
+    try:
+        for _ in range(20_000):  # 20,000 entries are several times the bound, however they are counted
+            request_id = "idem-" + secrets.token_hex(24)  # made per request, as the edge makes them
+            sent = digest("/v1/chat/completions", secrets.token_bytes(16))
+            kept = (None, None) if answer is None else (bytes(answer), dict(headers))  # a stream's: its digest alone
+            await replays.keep(request_id, sent, *kept)
+        gc.collect()
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < bound * 1.1, f"{held / bound:.2f} times the bound"
