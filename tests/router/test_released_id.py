@@ -12,7 +12,19 @@ from pathlib import Path
 
 import redis.asyncio as redis
 
-from services.router.store import Account, AccountKeys, Allowance, Hold, RedisStore, Store, Verdict, period_id
+from services.router.store import (
+    Account,
+    AccountKeys,
+    Allowance,
+    Hold,
+    MemoryStore,
+    RedisStore,
+    Store,
+    Verdict,
+    money_now,
+    pending_field,
+    period_id,
+)
 from tests.router.old_version import checkout, run
 
 ACCOUNT = Account("acme", "key1")
@@ -111,6 +123,48 @@ async def test_a_router_of_the_version_before_keeps_a_released_id_used(redis_url
         assert await run(tree, OLD_ROUTER, redis_url, "charge", "idem-1", "cccc0003", DAY) == "True"
         assert await store.admit(ACCOUNT, FREE, hold("dddd0004")) == Verdict("duplicate", charged=0)
         assert await client.xlen(AccountKeys.of(ACCOUNT).ledger) == 2  # each charge once
+    finally:
+        await store.close()
+        await client.aclose()
+
+
+async def lose_admission(store: Store, request_id: str) -> None:
+    """The admission of `request_id` lost by the store (a failover to a replica behind): used id, pending charge."""
+    keys = AccountKeys.of(ACCOUNT)
+    if isinstance(store, RedisStore):
+        await store.redis.delete(keys.used(request_id))
+        await store.redis.hdel(keys.pending, pending_field(ACCOUNT, request_id))
+    else:
+        assert isinstance(store, MemoryStore)
+        store.used.discard(keys.used(request_id))
+        del store.pending[pending_field(ACCOUNT, request_id)]
+
+
+async def test_an_id_a_served_charge_of_0_marked_is_never_released_by_another_admissions(store: Store) -> None:
+    """A store that lost an admission let its id in again: the first admission is served and charged 0 (a cache hit,
+    its answer delivered), the second fails charged 0 asking the release. The id was served: it stays used, or a third
+    request with it was served again."""
+    served, failed = hold("aaaa0001", "lost-once"), hold("bbbb0002", "lost-once")
+    assert (await store.admit(ACCOUNT, FREE, served)).refused == ""
+    await lose_admission(store, "lost-once")
+    assert (await store.admit(ACCOUNT, FREE, failed)).refused == ""
+    assert await store.charge(ACCOUNT, served, 0, {}, charge_id="c0ffee01")
+    assert await store.charge(ACCOUNT, failed, 0, {}, charge_id="c0ffee02", release=True)
+    assert await store.admit(ACCOUNT, FREE, hold("cccc0003", "lost-once")) == Verdict("duplicate", charged=0)
+
+
+async def test_a_retry_let_in_keeps_its_used_id_as_long_as_the_released_marker(redis_url: str) -> None:
+    """The first admission's charged marker is kept to its marked_until, past the retry's router's request id TTL: the
+    retry's used id, naming the key a duplicate's refusal tells, lives as long."""
+    store, client = RedisStore(redis_url, request_id_ttl_s=60), redis.from_url(redis_url)
+    keys = AccountKeys.of(ACCOUNT)
+    try:
+        first = Hold("marked-long", 5_000, DAY, "router-1", "aaaa0001", marked_until=money_now() + 3_600)
+        assert (await store.admit(ACCOUNT, FREE, first)).refused == ""
+        assert await store.charge(ACCOUNT, first, 0, {}, charge_id="c0ffee01", release=True)
+        assert (await store.admit(ACCOUNT, FREE, hold("bbbb0002", "marked-long"))).refused == ""
+        marker_until = await client.pexpiretime(keys.charged("marked-long"))
+        assert await client.pexpiretime(keys.used("marked-long")) >= marker_until > (money_now() + 3_000) * 1000
     finally:
         await store.close()
         await client.aclose()
