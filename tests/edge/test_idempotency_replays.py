@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import gc
 import secrets
+import time
 import tracemalloc
 
 import pytest
 
+from services.edge import replays as replays_module
 from services.edge.openai_api import ApiError
 from services.edge.replays import Replays, digest
 
@@ -60,3 +62,19 @@ async def test_memory_the_kept_answers_take_stays_within_the_bound(answer: bytes
     finally:
         tracemalloc.stop()
     assert held < bound * 1.1, f"{held / bound:.2f} times the bound"
+
+
+async def test_an_answer_kept_past_its_time_is_not_sent_again_and_is_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """EDGE_IDEMPOTENCY_REPLAY_S: past it, the retry reaches the router (which tells the 409, or serves an id it has
+    forgotten since), and the next answer kept drops the expired one from memory."""
+    replays = Replays(ttl_s=60, max_answer_bytes=1000, memory_bytes=1 << 20, url=None)
+    sent = digest("/v1/chat/completions", b"{}")
+    now = time.monotonic()
+    monkeypatch.setattr(replays_module.time, "monotonic", lambda: now)
+    await replays.keep("idem-old", sent, b"{}", {"x-request-id": "idem-old"})
+    assert await replays.lookup("idem-old", sent) is not None
+    monkeypatch.setattr(replays_module.time, "monotonic", lambda: now + 61)
+    assert await replays.lookup("idem-old", sent) is None
+    with_one_more = replays._memory_used
+    await replays.keep("idem-new", sent, b"{}", {"x-request-id": "idem-new"})
+    assert list(replays._memory) == ["idem-new"] and replays._memory_used == with_one_more
