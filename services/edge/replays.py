@@ -27,6 +27,7 @@ from typing import Any
 from pydantic import SecretStr
 from redis.exceptions import RedisClusterException, RedisError
 
+from llmrouter.json_depth import loads_stored
 from llmrouter.redis_connect import connect
 from services.edge.openai_api import ApiError
 
@@ -63,10 +64,21 @@ class Kept:
         return json.dumps({"digest": self.digest, "body": body, "headers": self.headers})
 
     @classmethod
-    def loads(cls, text: str | bytes) -> Kept:
-        kept = json.loads(text)
-        body = kept.get("body")
-        return cls(kept["digest"], None if body is None else body.encode(), kept.get("headers"))
+    def loads(cls, text: str | bytes) -> Kept | None:
+        """The kept entry `dumps` wrote; None for a value no edge wrote (hand-edited, cut short, another program's)."""
+        try:
+            kept = loads_stored(text)
+            digest, body, headers = kept["digest"], kept.get("body"), kept.get("headers")
+            readable = isinstance(digest, str) and isinstance(body, str | None)
+            if not readable or not (headers is None or _text_pairs(headers)):
+                return None
+            return cls(digest, None if body is None else body.encode(), headers)
+        except (ValueError, TypeError, KeyError):  # TooDeep and UnicodeError (a lone surrogate) are ValueErrors
+            return None
+
+
+def _text_pairs(headers: Any) -> bool:
+    return isinstance(headers, dict) and all(isinstance(v, str) for v in headers.values())
 
 
 class Replays:
@@ -128,7 +140,10 @@ class Replays:
         except (RedisError, RedisClusterException, OSError) as err:
             log.warning("idempotency answer not read", extra={"request_id": request_id, "error": repr(err)[:200]})
             return None
-        return None if text is None else Kept.loads(text)
+        kept = None if text is None else Kept.loads(text)
+        if text is not None and kept is None:
+            log.warning("idempotency answer unreadable, passed over", extra={"request_id": request_id})
+        return kept
 
     def _keep_in_memory(self, request_id: str, kept: Kept) -> None:
         now = time.monotonic()

@@ -78,3 +78,31 @@ async def test_an_answer_kept_past_its_time_is_not_sent_again_and_is_dropped(mon
     with_one_more = replays._memory_used
     await replays.keep("idem-new", sent, b"{}", {"x-request-id": "idem-new"})
     assert list(replays._memory) == ["idem-new"] and replays._memory_used == with_one_more
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        b"not json",
+        b"[1, 2]",
+        b'{"body": "{}"}',
+        b'{"digest": 5}',
+        b'{"digest": "d", "body": 7}',
+        b'{"digest": "d", "body": "{}", "headers": [1]}',
+        b'{"digest": "d", "body": "\\ud800"}',
+        b"\xff\xfe",
+    ],
+)
+async def test_a_kept_answer_no_edge_wrote_is_passed_over(redis_url: str, stored: bytes) -> None:
+    """A value in the edge's Redis that is not a kept answer (hand-edited, another program's, cut short) is as if none
+    were kept: the router's 409 tells the retry, never a 500 nor another request's answer."""
+    import redis.asyncio as redis
+
+    replays = Replays(ttl_s=3600, max_answer_bytes=1000, memory_bytes=3000, url=redis_url)
+    client = redis.from_url(redis_url)
+    try:
+        await client.set(replays_module.PREFIX + "idem-1", stored)
+        assert await replays.lookup("idem-1", digest("/v1/chat/completions", b"{}")) is None
+    finally:
+        await client.aclose()
+        await replays.close()
