@@ -18,6 +18,8 @@ import pytest
 
 from services.ledger.db import LedgerDB
 from services.router.store import PICO, Account, AccountKeys, Allowance, Hold, RedisStore
+from services.router.store.keys import repairs_key
+from services.router.store.model import spend_ttl_s
 from tests.ledger.conftest import fresh_postgres
 from tests.router.test_money_check_ledger_spend_given_back import ACME, DAY, HOLD, Ledger, lose, reconciled
 from tests.waiting import eventually
@@ -176,3 +178,22 @@ async def test_a_repair_under_live_traffic_converges_on_the_ledger(
     assert "0 counter(s) behind the SQL ledger" in capsys.readouterr().out
     exact = HOLD + served_count
     assert await store.spent(ACME, DAY) == (exact, exact), "the loss added once, every charge counted once"
+
+
+async def test_a_repairs_count_lives_as_long_as_the_counter_it_counts(
+    ledger: Ledger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A day's counter raised: its repairs count (keys.py, repairs_key) is kept the counter's TTL too, not for good,
+    or every repaired counter of every day would leave a key behind in the money Redis, which never evicts."""
+    store = ledger.store
+    await reconciled(store, ACME, "r1")
+    await ledger.copy()
+    tenant, _ = AccountKeys.of(ACME).spend(DAY)
+    await lose(store, tenant, 50)
+    assert await ledger.check(repair=True) == 0
+    raised = f"{tenant} counts {HOLD - 50} pico-USD, the SQL ledger {HOLD} (50 lacking): raised"
+    assert raised in capsys.readouterr().err
+    assert await store.redis.get(repairs_key(tenant)) == b"1"
+    kept = spend_ttl_s(DAY)
+    for name in (tenant, repairs_key(tenant)):
+        assert kept - 60 < await store.redis.ttl(name) <= kept, f"{name} kept as a day's counter is"
