@@ -23,6 +23,9 @@ from services.router.store import StoreRefusing, StoreUnavailable
 KEY_ID = re.compile(r"[0-9a-f]{16}")
 WAIT_S = 10.0  # how long a move waits for its replicas by default (--wait-s)
 MAX_WAIT_S = 300.0
+# More than any master has: a count past what WAIT takes (a 64-bit integer) would be refused by Redis once the move
+# was written.
+MAX_REPLICAS = 100
 
 
 async def main(argv: list[str]) -> int:
@@ -33,12 +36,13 @@ async def main(argv: list[str]) -> int:
         "--replicas",
         type=int,
         default=0,
-        help="replicas of each master that must have the move before it returns (0: none waited for)",
+        help=f"replicas of each master that must have the move before it returns (0: none waited for; at most"
+        f" {MAX_REPLICAS})",
     )
     parser.add_argument("--wait-s", type=float, default=WAIT_S, help=f"how long to wait for them (default {WAIT_S:g})")
     args = parser.parse_args(argv)
-    if args.replicas < 0 or not 0 < args.wait_s <= MAX_WAIT_S:
-        parser.error(f"--replicas must be 0 or more, --wait-s above 0 and at most {MAX_WAIT_S:g}")
+    if not 0 <= args.replicas <= MAX_REPLICAS or not 0 < args.wait_s <= MAX_WAIT_S:
+        parser.error(f"--replicas must be 0 to {MAX_REPLICAS}, --wait-s above 0 and at most {MAX_WAIT_S:g}")
     if not KEY_ID.fullmatch(args.key_id):
         parser.error("key_id must be 16 lowercase hex digits (a key's id, as budgets and the ledger show it)")
     if not args.tenant or len(args.tenant) > MAX_ID_CHARS or "\x00" in args.tenant:

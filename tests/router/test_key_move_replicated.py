@@ -149,3 +149,26 @@ async def _values(server: RedisServer, names: list[str]) -> list[Any]:
         return [await client.get(name) for name in names]
     finally:
         await client.aclose()
+
+
+@pytest.mark.parametrize(
+    "asked",
+    [
+        ["--replicas", "-1"],
+        ["--replicas", str(2**63)],  # past what WAIT takes: refused by Redis once the move was written
+        ["--wait-s", "0"],
+        ["--wait-s", "nan"],
+        ["--wait-s", "301"],
+    ],
+)
+async def test_a_move_asking_what_no_wait_can_give_is_refused_before_it_writes(
+    money: Replicated, asked: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Bad `--replicas` or `--wait-s`: exit 2 saying what each takes, nothing moved (never a traceback after the move
+    was made, which left the operator to guess whether it was)."""
+    with pytest.raises(SystemExit) as exited:
+        await key_move.main([KEY, NEW, "--replicas", "1", *asked])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "--replicas must be 0 to 100, --wait-s above 0 and at most 300" in err
+    assert await move_as_read_by(money.primary) == (None, {None}), "nothing written"
