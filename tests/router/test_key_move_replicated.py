@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as redis
+from redis.crc import key_slot
 
 from services.router import key_move
 from services.router.store.keys import SHARDS, key_moves_key, key_tenant_key
@@ -172,3 +173,31 @@ async def test_a_move_asking_what_no_wait_can_give_is_refused_before_it_writes(
     err = capsys.readouterr().err
     assert "--replicas must be 0 to 100, --wait-s above 0 and at most 300" in err
     assert await move_as_read_by(money.primary) == (None, {None}), "nothing written"
+
+
+async def test_a_move_meeting_its_slot_on_the_move_exits_1_to_be_run_again(
+    replicated_cluster: RedisCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The binding's slot migrating to another master as the move writes it (a resharding): its master redirects the
+    write (ASK) on the move's own connection, which follows no redirection. The move exits 1, to be run again, never a
+    traceback; once the slot has settled, it is made and replicated."""
+    cluster = replicated_cluster
+    slot = key_slot(key_tenant_key(KEY).encode())
+    owner = next(i for i in range(len(cluster.nodes)) if _owns(i, len(cluster.nodes), slot))
+    target = (owner + 1) % len(cluster.nodes)
+    owner_id, target_id = cluster._id(owner), cluster._id(target)
+    cluster._command(cluster.nodes[target], "CLUSTER", "SETSLOT", slot, "IMPORTING", owner_id)
+    cluster._command(cluster.nodes[owner], "CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+
+    assert await key_move.main([KEY, NEW, "--replicas", "1"]) == 1
+    assert "the money Redis failed the move, which may be made in part: run it again" in capsys.readouterr().err
+
+    for node in cluster.nodes:  # the resharding given up: the slot stays its owner's
+        cluster._command(node, "CLUSTER", "SETSLOT", slot, "NODE", owner_id)
+    assert await key_move.main([KEY, NEW, "--replicas", "1"]) == 0
+    assert await _values(cluster.replicas[owner], [key_tenant_key(KEY)]) == [NEW]
+
+
+def _owns(master: int, masters: int, slot: int) -> bool:
+    """Whether master `master` of RedisCluster's equal ranges serves `slot`."""
+    return master * 16384 // masters <= slot < (master + 1) * 16384 // masters
