@@ -7,6 +7,7 @@ play a replica that lags; a real Redis Cluster of three masters with a replica e
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,8 @@ import redis.asyncio as redis
 from redis.crc import key_slot
 
 from services.router import key_move
-from services.router.store.keys import SHARDS, key_moves_key, key_tenant_key
+from services.router.store import Account, Allowance, Hold, KeyBinding, RedisStore, period_id, replicated
+from services.router.store.keys import SHARDS, key_moves_key, key_tenant_key, shard_of
 from tests.redis_servers import RedisCluster, RedisServer, money_redis
 from tests.router.test_key_of_two_tenants import KEY, tenants
 
@@ -201,3 +203,47 @@ async def test_a_move_meeting_its_slot_on_the_move_exits_1_to_be_run_again(
 def _owns(master: int, masters: int, slot: int) -> bool:
     """Whether master `master` of RedisCluster's equal ranges serves `slot`."""
     return master * 16384 // masters <= slot < (master + 1) * 16384 // masters
+
+
+async def test_no_router_reads_a_masters_new_token_with_the_binding_of_before(
+    replicated_cluster: RedisCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The move's writes go master by master, each waiting for its replica. A router reading its tenant's shard token
+    and the key's binding between two masters' shares must not find the move's token beside the old binding: it would
+    remember the old tenant under the move's own token, and serve it for a minute after the move returned. The
+    binding's master goes first, the binding first of its share; a router reads after each share, its tenant's shard on
+    another master than the binding's."""
+    cluster = replicated_cluster
+    masters = len(cluster.nodes)
+    binding_master = _master_of(key_tenant_key(KEY), masters)
+    old = next(t for t in (f"t{n}" for n in itertools.count()) if _master_of(_token_of(t), masters) != binding_master)
+    store, reader = RedisStore(cluster.url), RedisStore(cluster.url)
+    read: list[KeyBinding] = []
+    share = replicated._share
+
+    async def read_after(*args: Any) -> tuple[list[Any], int]:
+        done = await share(*args)
+        read.append(await reader.bind_key(KEY, old))
+        return done
+
+    monkeypatch.setattr(replicated, "_share", read_after)
+    try:
+        await store.move_key(KEY, old)
+        assert (await store.move_key(KEY, NEW, replicas=1, wait_s=5)).before == old
+        assert len(read) == masters, "a read after every master's share"
+        for n, binding in enumerate(read):
+            hold = Hold(f"r{n}", 100, period_id("day"), "router-1", f"n{n}")
+            verdict = await store.admit(Account(old, KEY), Allowance("day"), hold, moves=binding.moves)
+            assert binding.tenant == NEW or verdict.refused == "moved", "the old tenant served under the new token"
+    finally:
+        await store.close()
+        await reader.close()
+
+
+def _master_of(key: str, masters: int) -> int:
+    slot = key_slot(key.encode())
+    return next(i for i in range(masters) if _owns(i, masters, slot))
+
+
+def _token_of(tenant: str) -> str:
+    return key_moves_key(shard_of(tenant))
