@@ -32,6 +32,8 @@ from services.router.store import (
     HoldsTotal,
     RedisStore,
     Store,
+    StoreRefusing,
+    StoreUnavailable,
     StreamPosition,
     ledger_key,
     money_now,
@@ -345,10 +347,9 @@ async def check_ledger_spend(
             done = f": not raised, entry {short.unjudged!r} cannot be judged"
         elif not repair:
             done = ""
-        elif await store.raise_spend(short.counter, short.repairs, lacking, period):
-            done = ": raised"
-        else:  # another repair raised it meanwhile, perhaps by this same loss: what it lacks now is unknown
-            done, moved = ": not raised, another repair raised it since it was read: run the check again", True
+        else:
+            done, again = await _raised(store, short, lacking, period)
+            moved = moved or again
         print(
             f"behind the ledger: {short.counter} counts {short.counted_pico} pico-USD, the SQL ledger "
             f"{short.ledger_pico} ({lacking} lacking){done}",
@@ -357,6 +358,17 @@ async def check_ledger_spend(
     print(f"spend of period {period}: {len(audit.shortfalls)} counter(s) behind the SQL ledger")
     # An entry it cannot judge may be a charge the SQL ledger lacks (a loss hidden): never all clear.
     return 1 if audit.unjudged or moved or (audit.shortfalls and not repair) else 0
+
+
+async def _raised(store: RedisStore, short: SpendShortfall, lacking: int, period: str) -> tuple[str, bool]:
+    """A shortfall's raise, said as the check prints it, and whether it must be run again."""
+    try:
+        if await store.raise_spend(short.counter, short.repairs, lacking, period):
+            return ": raised", False
+    except (StoreUnavailable, StoreRefusing):  # its reply lost, perhaps after it ran: the next check reads which
+        return ": not known whether raised, the money Redis did not answer: run the check again", True
+    # Another repair raised it meanwhile, perhaps by this same loss: what it lacks now is unknown.
+    return ": not raised, another repair raised it since it was read: run the check again", True
 
 
 def money_store() -> tuple[LedgerSettings, RedisStore] | None:

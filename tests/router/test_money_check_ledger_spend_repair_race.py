@@ -17,9 +17,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 from services.ledger.db import LedgerDB
-from services.router.store import PICO, Account, AccountKeys, Allowance, Hold, RedisStore
+from services.router.store import PICO, Account, AccountKeys, Allowance, Hold, RedisStore, lua
 from services.router.store.keys import repairs_key
 from services.router.store.model import spend_ttl_s
+from tests.fakes.lossy_proxy import LossyProxy
 from tests.ledger.conftest import fresh_postgres
 from tests.router.test_money_check_ledger_spend_given_back import ACME, DAY, HOLD, Ledger, lose, reconciled
 from tests.waiting import eventually
@@ -197,3 +198,54 @@ async def test_a_repairs_count_lives_as_long_as_the_counter_it_counts(
     kept = spend_ttl_s(DAY)
     for name in (tenant, repairs_key(tenant)):
         assert kept - 60 < await store.redis.ttl(name) <= kept, f"{name} kept as a day's counter is"
+
+
+class ReplyLostStore(RedisStore):
+    """A money Redis reached through a proxy that drops the reply of the first raise: the raise made, its caller sees
+    the connection drop."""
+
+    def __init__(self, url: str, proxy: LossyProxy) -> None:
+        super().__init__(url)
+        self.proxy = proxy
+        self.lost = False
+
+    async def raise_spend(self, counter: str, repairs: int, pico: int, period: str) -> bool:
+        if not self.lost:
+            self.lost = True
+            await self.redis.script_load(lua.RAISE_SPEND)  # the reply lost is the raise's, not a NOSCRIPT's
+            self.proxy.lose_next_reply()
+        return await super().raise_spend(counter, repairs, pico, period)
+
+
+async def test_a_raise_whose_reply_was_lost_raises_the_counter_once(
+    proxy: LossyProxy, redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The raise ran, its reply lost: the check cannot know whether it raised the counter, and says so (exit 1, run
+    it again), going on with the other counters, never a traceback that leaves them unrepaired and the operator
+    guessing. Run again, it finds the counter raised by its loss once, nothing behind."""
+    store = ReplyLostStore(proxy.url_for(redis_url), proxy)
+    with fresh_postgres() as dsn:
+        db = LedgerDB(dsn=dsn)
+        ledger = Ledger(store, db)
+        try:
+            await reconciled(store, ACME, "r1")
+            await ledger.copy()
+            tenant, _ = AccountKeys.of(ACME).spend(DAY)
+            await lose(store, tenant, 50)
+            key = AccountKeys.of(ACME).spend(DAY)[1]
+            await lose(store, key, 30)
+            capsys.readouterr()
+            assert await ledger.check(repair=True) == 1
+            assert store.lost
+            assert capsys.readouterr().err.splitlines() == [
+                f"behind the ledger: {key} counts {HOLD - 30} pico-USD, the SQL ledger {HOLD} (30 lacking): not known"
+                " whether raised, the money Redis did not answer: run the check again",
+                f"behind the ledger: {tenant} counts {HOLD - 50} pico-USD, the SQL ledger {HOLD} (50 lacking): raised",
+            ]
+            assert await store.spent(ACME, DAY) == (HOLD, HOLD), "each raised by its loss once"
+            capsys.readouterr()
+            assert await ledger.check() == 0
+            assert "0 counter(s) behind the SQL ledger" in capsys.readouterr().out
+        finally:
+            db.close()
+            await store.close()
