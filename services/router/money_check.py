@@ -29,6 +29,7 @@ from services.router.settings import BudgetPeriodSettings
 from services.router.store import (
     Account,
     AccountKeys,
+    CounterRead,
     HoldsTotal,
     RedisStore,
     Store,
@@ -144,6 +145,7 @@ class SpendShortfall:
     counted_pico: int
     unjudged: str | None = None
     repairs: int = 0  # repairs that had raised it when read (keys.py, repairs_key): its raise names that count
+    ledger_last: str = ""  # its shard's ledger stream's last id when read (StreamPosition.last): its raise names it
 
 
 @dataclass(frozen=True)
@@ -219,6 +221,7 @@ async def _spend_read(store: RedisStore, db: LedgerDB, budget_period: str, sink_
     copied_give_backs |= rejected.charges.keys()
     counted: dict[str, int] = {}
     repairs: dict[str, int] = {}
+    ledger_last: dict[str, str] = {}
     unreadable: list[Unjudged] = []  # give-backs waiting on their streams that read as none
     trimmed = []
     for shard, counters in _by_shard(sums).items():
@@ -226,6 +229,7 @@ async def _spend_read(store: RedisStore, db: LedgerDB, budget_period: str, sink_
         values, given_back, after = await store.spend_and_given_back(shard, counters, unacked_from[shard])
         counted.update(values.pico)
         repairs.update(values.repairs)
+        ledger_last.update(dict.fromkeys(counters, after.last))
         if _cut_into(unacked_from[shard], before[shard], after):
             trimmed.append(shard)
         for entry, record in given_back:
@@ -239,7 +243,7 @@ async def _spend_read(store: RedisStore, db: LedgerDB, budget_period: str, sink_
     # Of every account the sums name: one known only by a rejected charge too.
     not_judged = _unjudged_counters(unjudged, [*charges, *rejected.charges.values()], period)
     shortfalls = [
-        SpendShortfall(c, sums[c], counted[c], not_judged.get(c, not_judged.get("")), repairs[c])
+        SpendShortfall(c, sums[c], counted[c], not_judged.get(c, not_judged.get("")), repairs[c], ledger_last[c])
         for c in sorted(sums)
         if counted[c] < sums[c]
     ]
@@ -362,13 +366,21 @@ async def check_ledger_spend(
 
 async def _raised(store: RedisStore, short: SpendShortfall, lacking: int, period: str) -> tuple[str, bool]:
     """A shortfall's raise, said as the check prints it, and whether it must be run again."""
+    read = CounterRead(short.counted_pico, short.repairs, short.ledger_last)
     try:
-        if await store.raise_spend(short.counter, short.repairs, lacking, period):
-            return ": raised", False
+        raised = await store.raise_spend(short.counter, read, lacking, period)
     except (StoreUnavailable, StoreRefusing):  # its reply lost, perhaps after it ran: the next check reads which
         return ": not known whether raised, the money Redis did not answer: run the check again", True
-    # Another repair raised it meanwhile, perhaps by this same loss: what it lacks now is unknown.
-    return ": not raised, another repair raised it since it was read: run the check again", True
+    if raised == "raised":
+        return ": raised", False
+    if raised == "repaired since":  # perhaps by this same loss: what it lacks now is unknown
+        return ": not raised, another repair raised it since it was read: run the check again", True
+    # No charge or give-back moved it: a repair that counts no repair (the version before's) may have added this loss.
+    return (
+        ": not raised, it moved since it was read with no ledger entry beside it (a repair of the version before?): run"
+        " the check again",
+        True,
+    )
 
 
 def money_store() -> tuple[LedgerSettings, RedisStore] | None:

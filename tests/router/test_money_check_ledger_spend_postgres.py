@@ -13,7 +13,7 @@ import pytest
 
 from services.ledger.db import LedgerDB
 from services.router import money_check
-from services.router.store import Account, AccountKeys, RedisStore, period_id
+from services.router.store import Account, AccountKeys, CounterRead, RedisStore, period_id
 from tests.ledger.conftest import fresh_postgres
 
 ROWS = 50_000  # of acme's key k1, today, at 3 pico each; as many of the day before, at 11
@@ -62,7 +62,8 @@ async def test_the_check_of_a_postgresql_ledger_sums_in_the_database_and_says_wh
     acme_k2 = AccountKeys.of(Account("acme", "k2")).spend(TODAY)[1]
     store = RedisStore(redis_url)
     try:
-        assert await store.raise_spend(acme_k1, 0, 3 * ROWS, TODAY)  # all of k1's counted; the tenant's and k2's lost
+        unread = CounterRead(0, 0, "")  # all of k1's counted; the tenant's and k2's lost
+        assert await store.raise_spend(acme_k1, unread, 3 * ROWS, TODAY) == "raised"
         capsys.readouterr()
 
         tracemalloc.start()

@@ -13,15 +13,17 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import pytest
 
 from services.ledger.db import LedgerDB
-from services.router.store import PICO, Account, AccountKeys, Allowance, Hold, RedisStore, lua
+from services.router.store import PICO, Account, AccountKeys, Allowance, CounterRead, Hold, Raised, RedisStore, lua
 from services.router.store.keys import repairs_key
 from services.router.store.model import spend_ttl_s
 from tests.fakes.lossy_proxy import LossyProxy
 from tests.ledger.conftest import fresh_postgres
+from tests.router.old_version import checkout, run
 from tests.router.test_money_check_ledger_spend_given_back import ACME, DAY, HOLD, Ledger, lose, reconciled
 from tests.waiting import eventually
 
@@ -37,13 +39,13 @@ class OvertakenStore(RedisStore):
         # What the routers do before each raise: money of their own landing on the counters the check read.
         self.meanwhile: Callable[[], Awaitable[None]] | None = None
 
-    async def raise_spend(self, counter: str, repairs: int, pico: int, period: str) -> bool:
+    async def raise_spend(self, counter: str, read: CounterRead, pico: int, period: str) -> Raised:
         overtaking, self.first_raise = self.first_raise, None
         if overtaking is not None:
             assert await overtaking.check(repair=True) == 0, "the other check raised the counter"
         if self.meanwhile is not None:
             await self.meanwhile()
-        return await super().raise_spend(counter, repairs, pico, period)
+        return await super().raise_spend(counter, read, pico, period)
 
 
 @pytest.fixture
@@ -209,12 +211,12 @@ class ReplyLostStore(RedisStore):
         self.proxy = proxy
         self.lost = False
 
-    async def raise_spend(self, counter: str, repairs: int, pico: int, period: str) -> bool:
+    async def raise_spend(self, counter: str, read: CounterRead, pico: int, period: str) -> Raised:
         if not self.lost:
             self.lost = True
             await self.redis.script_load(lua.RAISE_SPEND)  # the reply lost is the raise's, not a NOSCRIPT's
             self.proxy.lose_next_reply()
-        return await super().raise_spend(counter, repairs, pico, period)
+        return await super().raise_spend(counter, read, pico, period)
 
 
 async def test_a_raise_whose_reply_was_lost_raises_the_counter_once(
@@ -245,6 +247,74 @@ async def test_a_raise_whose_reply_was_lost_raises_the_counter_once(
             assert await store.spent(ACME, DAY) == (HOLD, HOLD), "each raised by its loss once"
             capsys.readouterr()
             assert await ledger.check() == 0
+            assert "0 counter(s) behind the SQL ledger" in capsys.readouterr().out
+        finally:
+            db.close()
+            await store.close()
+
+
+BEFORE = "ffb9399"  # the version before the repairs count: its repair raises a counter only as it read it
+OLD_REPAIR = """
+import asyncio, sys
+from services.ledger.db import LedgerDB
+from services.router.money_check import check_ledger_spend
+from services.router.store import RedisStore
+
+async def main() -> None:
+    store, db = RedisStore(sys.argv[1]), LedgerDB(dsn=sys.argv[2])
+    try:
+        print(await check_ledger_spend(store, db, "day", True, sink_group=sys.argv[3]))
+    finally:
+        db.close()
+        await store.close()
+
+asyncio.run(main())
+"""
+
+
+class OldRepairFirst(RedisStore):
+    """A money Redis on which a whole repair of the version before runs as this one is about to raise its first
+    counter."""
+
+    def __init__(self, url: str, tree: Path) -> None:
+        super().__init__(url)
+        self.tree = tree
+        self.overtaking: tuple[str, str] | None = None  # the SQL ledger's DSN and the sink's group
+
+    async def raise_spend(self, counter: str, read: CounterRead, pico: int, period: str) -> Raised:
+        overtaking, self.overtaking = self.overtaking, None
+        if overtaking is not None:
+            said = await run(self.tree, OLD_REPAIR, str(self.url), *overtaking)
+            assert said.splitlines()[-1] == "0", "the old repair raised it"
+        return await super().raise_spend(counter, read, pico, period)
+
+
+async def test_a_repair_of_the_version_before_between_the_read_and_the_raise_is_not_added_to(
+    redis_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Routers kept off the store (as a restore's runbook has them), an operator runs the repair of the version before
+    beside this one: it raises the counter, counting no repair. The counter moved since this check read it, and no
+    ledger entry was added to its shard meanwhile: no charge or give-back moved it, so this repair raises nothing (it
+    added the loss a second time: the tenant's budget short by money never spent) and says to run it again."""
+    store = OldRepairFirst(redis_url, checkout(BEFORE, tmp_path))
+    with fresh_postgres() as dsn:
+        db = LedgerDB(dsn=dsn)
+        ledger = Ledger(store, db)
+        try:
+            await reconciled(store, ACME, "r1")
+            await ledger.copy()
+            tenant, _ = AccountKeys.of(ACME).spend(DAY)
+            await lose(store, tenant, 50)
+            store.overtaking = (dsn, ledger.group)
+            capsys.readouterr()
+            assert await ledger.check(repair=True) == 1
+            assert await store.spent(ACME, DAY) == (HOLD, HOLD), "raised by the loss once, by the old repair"
+            behind = f"behind the ledger: {tenant} counts {HOLD - 50} pico-USD, the SQL ledger {HOLD} (50 lacking)"
+            assert capsys.readouterr().err.splitlines() == [
+                f"{behind}: not raised, it moved since it was read with no ledger entry beside it (a repair of the"
+                " version before?): run the check again"
+            ]
+            assert await ledger.check(repair=True) == 0
             assert "0 counter(s) behind the SQL ledger" in capsys.readouterr().out
         finally:
             db.close()

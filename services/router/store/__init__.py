@@ -40,7 +40,7 @@ from services.router.store.model import (
     spend_ttl_s,
     to_pico,
 )
-from services.router.store.redis_store import RedisStore, StreamPosition
+from services.router.store.redis_store import CounterRead, Raised, RedisStore, StreamPosition
 
 __all__ = [
     "DEFERRED_HOLD_S",
@@ -55,6 +55,7 @@ __all__ = [
     "Account",
     "AccountKeys",
     "Allowance",
+    "CounterRead",
     "Hold",
     "HoldTotals",
     "HoldsTotal",
@@ -63,6 +64,7 @@ __all__ = [
     "PartlyTaken",
     "Pending",
     "Prices",
+    "Raised",
     "RedisStore",
     "Store",
     "StoreRefusing",

@@ -1222,21 +1222,6 @@ end
 return {mine, beats}
 """
 
-# Spend counter KEYS[1] raised by ARGV[2] pico-USD and kept ARGV[3] s (0: for good), for money_check's ledger-spend
-# --repair, only while its repairs count KEYS[2] (keys.py, repairs_key) holds ARGV[1] (what the check read with the
-# counter, '0' for none), which the raise counts one more. So another repair since (which read the same loss) makes it
-# raise nothing, while a charge or a give-back landing since does not: those are money of their own, not in what the
-# check read, and the loss it found is still missing beside them. Returns 1 when raised, else 0.
-RAISE_SPEND = """
-if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[1] then return 0 end
-redis.call('INCRBY', KEYS[1], ARGV[2])
-redis.call('INCR', KEYS[2])
-if ARGV[3] ~= '0' then
-  redis.call('EXPIRE', KEYS[1], ARGV[3])
-  redis.call('EXPIRE', KEYS[2], ARGV[3])
-end
-return 1
-"""
 
 # Where the SQL sink's group ARGV[1] stands on ledger stream KEYS[1], for money_check's ledger-spend: the XRANGE start
 # of every entry it has not acknowledged (its oldest pending entry, else after its last-delivered id; the whole stream
@@ -1269,6 +1254,29 @@ local function stream_position(key)
 end
 """
 LEDGER_POSITION = _STREAM_POSITION + "return stream_position(KEYS[1])"
+
+# Spend counter KEYS[1] raised by ARGV[2] pico-USD and kept ARGV[3] s (0: for good), for money_check's ledger-spend
+# --repair, only while its repairs count KEYS[2] (keys.py, repairs_key) holds ARGV[1] (what the check read with the
+# counter, '0' for none), which the raise counts one more. So another repair since (which read the same loss) makes it
+# raise nothing, while a charge or a give-back landing since does not: those are money of their own, not in what the
+# check read, and the loss it found is still missing beside them. Nor does it raise a counter that moved from ARGV[4]
+# (as the check read it) while its shard's ledger stream KEYS[3] was added nothing since (its last id still ARGV[5]):
+# no charge or give-back moved it, but a repair of the version before, which counts no repair (or a hand edit).
+# Returns 1 when raised, 0 when another repair raised it since, -1 when it moved with no ledger entry beside it.
+RAISE_SPEND = (
+    _STREAM_POSITION
+    + """
+if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[1] then return 0 end
+if (redis.call('GET', KEYS[1]) or '0') ~= ARGV[4] and stream_position(KEYS[3])[4] == ARGV[5] then return -1 end
+redis.call('INCRBY', KEYS[1], ARGV[2])
+redis.call('INCR', KEYS[2])
+if ARGV[3] ~= '0' then
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+  redis.call('EXPIRE', KEYS[2], ARGV[3])
+end
+return 1
+"""
+)
 
 # The give-backs (model.py, given_back_record, always written compact) among at most ARGV[2] entries of a shard's
 # ledger stream KEYS[1] from XRANGE start ARGV[1], for money_check's ledger-spend: {{}, {entry id, record, ...}, where

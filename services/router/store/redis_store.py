@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from pydantic import SecretStr
 from redis.exceptions import ResponseError
@@ -173,6 +173,22 @@ class SpendRead(NamedTuple):
 
     pico: dict[str, int]
     repairs: dict[str, int]
+
+
+class CounterRead(NamedTuple):
+    """A spend counter as money_check's ledger-spend read it (RedisStore.spend_and_given_back), which its raise names
+    (RedisStore.raise_spend): what it held, its repairs count (keys.py, repairs_key), and its shard's ledger stream's
+    last id then (StreamPosition.last)."""
+
+    pico: int
+    repairs: int
+    ledger_last: str
+
+
+# What a raise of a spend counter did (RedisStore.raise_spend): raised it; nothing, another repair having raised it
+# since it was read; nothing, it having moved since with no ledger entry beside it (a repair of the version before).
+Raised = Literal["raised", "repaired since", "moved off the ledger"]
+_RAISED: dict[int, Raised] = {1: "raised", 0: "repaired since", -1: "moved off the ledger"}
 
 
 class KeyMoved(NamedTuple):
@@ -937,14 +953,16 @@ class RedisStore:
                 pipe.get(counter)
             return {counter: int(value or 0) for counter, value in zip(counters, await pipe.execute(), strict=True)}
 
-    async def raise_spend(self, counter: str, repairs: int, pico: int, period: str) -> bool:
+    async def raise_spend(self, counter: str, read: CounterRead, pico: int, period: str) -> Raised:
         """A spend counter of `period` raised by `pico`, and kept as long as a charge keeps it (money_check.py,
-        ledger-spend --repair: charges the store forgot), only while no other repair raised it since it was read with
-        `repairs` (SpendRead; lua.py, RAISE_SPEND): False, raising nothing, when one did. Charges and give-backs
-        landing since stop no repair: the loss read is still missing beside them."""
+        ledger-spend --repair: charges the store forgot), only while no other repair raised it since it was `read`
+        (lua.py, RAISE_SPEND), and unless it moved since with no entry added to its shard's ledger. Charges and
+        give-backs landing since stop no repair: the loss read is still missing beside them."""
+        shard = shard_of_key(counter)
         async with self._call():
-            args = [repairs, pico, spend_ttl_s(period) or 0]
-            return bool(await self._raise_spend(keys=[counter, repairs_key(counter)], args=args))
+            args = [read.repairs, pico, spend_ttl_s(period) or 0, read.pico, read.ledger_last]
+            keys = [counter, repairs_key(counter), ledger_key(shard)]
+            return _RAISED[int(await self._raise_spend(keys=keys, args=args))]
 
     async def ledger_unacked_from(self, group: str) -> list[str]:
         """Each shard's ledger stream's first entry the SQL sink's consumer group `group` has not acknowledged, as an
