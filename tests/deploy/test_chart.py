@@ -910,11 +910,46 @@ def test_egress_lets_the_providers_reach_each_registry_provider_on_its_port() ->
 
 
 def test_egress_to_an_external_redis() -> None:
+    """ci/production-values.yaml: the money and batch Redis' URLs in a Secret, which the chart cannot read, are reached
+    on networkPolicy.egress.redisPort (6380); the cache's URL in values names its own port (6379), which the router
+    must reach too, or every cache read and write fails."""
     docs = render("-f", str(CHART / "ci" / "production-values.yaml"))
-    for svc in ("router", "edge"):  # money and cache; batches
-        egress = _egress_ports(by_kind(docs, "NetworkPolicy")[name(svc)])
-        assert egress[6380] == [{"ipBlock": {"cidr": "10.20.0.0/24"}}], svc
-        assert 6379 not in egress, svc
+    peers = [{"ipBlock": {"cidr": "10.20.0.0/24"}}]
+    router = _egress_ports(by_kind(docs, "NetworkPolicy")[name("router")])
+    assert router[6380] == peers  # money (urlSecret)
+    assert router[6379] == peers  # cache: redis://llm-cache.redis.svc:6379/0
+    edge = _egress_ports(by_kind(docs, "NetworkPolicy")[name("edge")])
+    assert edge[6380] == peers  # batches (urlSecret)
+    assert 6379 not in edge
+
+
+@pytest.mark.parametrize(
+    ("url", "ports"),
+    [
+        ("redis://money.example/0", {6379}),  # no port: Redis' own
+        ("rediss://:secret@money.example:6390/0", {6390}),
+        ("redis+cluster://node-a:7000,node-b:7001,[fd00::1]:7002", {7000, 7001, 7002}),  # each node's
+    ],
+)
+def test_egress_reaches_a_redis_given_by_url_on_the_urls_ports(url: str, ports: set[int]) -> None:
+    """A money Redis in redis.money.url: the router, the ledger-trim CronJob and the ledger sink reach it on the ports
+    its URL names, not on networkPolicy.egress.redisPort (for a URL in a Secret), which let none of their calls out."""
+    peers = [{"ipBlock": {"cidr": "10.20.0.0/24"}}]
+    docs = render(
+        "--set-json", f"redis.money.url={json.dumps(url)}",
+        "--set", "networkPolicy.egress.enabled=true",
+        "--set-json", f"networkPolicy.egress.redisTo={json.dumps(peers)}",
+        "--set", "networkPolicy.egress.redisPort=6400",
+        "--set", "router.ledgerDsnSecret.name=llm-ledger,router.ledgerDsnSecret.key=dsn",
+        "--set-json", 'networkPolicy.egress.ledgerTo=[{"ipBlock": {"cidr": "10.30.0.5/32"}}]',
+        "--set", "router.ledgerSink.enabled=true",
+    )  # fmt: skip
+    policies = by_kind(docs, "NetworkPolicy")
+    for component in ("router", "ledger-trim", "ledger-sink"):
+        egress = _egress_ports(policies[name(component)])
+        for port in ports:
+            assert peers[0] in egress.get(port, []), (component, port)
+        assert 6400 not in egress, component
 
 
 def test_external_batch_redis_alone_opens_the_edge_only() -> None:

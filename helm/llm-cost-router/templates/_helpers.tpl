@@ -145,6 +145,40 @@ Call with (list $ "money cache"). */}}
 {{- end }}
 {{- end }}
 
+{{/* The TCP ports the external Redis of these roles are reached on, as JSON: the ports a URL in values names (each
+node's of a redis+cluster:// URL; 6379 where it names none), networkPolicy.egress.redisPort for one in a Secret (the
+chart cannot read it). Call with (list $ "money cache"). */}}
+{{- define "llmrouter.externalRedisPorts" -}}
+{{- $root := index . 0 }}
+{{- $ports := list }}
+{{- range $role := without (splitList " " (index . 1)) "" }}
+{{- with index $root.Values.redis $role }}
+{{- if .urlSecret.name }}
+{{- $ports = append $ports ($root.Values.networkPolicy.egress.redisPort | int) }}
+{{- else if .url }}
+{{- /* The hosts: past the scheme and any user info, up to the path or query. */}}
+{{- $hosts := regexReplaceAll "^[^:]*://" .url "" }}
+{{- $hosts = regexReplaceAll "^.*@" (regexReplaceAll "[/?#].*$" $hosts "") "" }}
+{{- range $host := splitList "," $hosts }}
+{{- $ports = append $ports (regexFind "[0-9]+$" (regexFind ":[0-9]+$" $host) | default "6379" | int) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- $ports | uniq | sortAlpha | toJson }}
+{{- end }}
+
+{{/* The egress rule to the external Redis of these roles: networkPolicy.egress.redisTo on their ports. Call with
+(list $ "money cache"). */}}
+{{- define "llmrouter.externalRedisEgress" -}}
+- ports:
+    {{- range include "llmrouter.externalRedisPorts" . | fromJsonArray }}
+    - {port: {{ . }}, protocol: TCP}
+    {{- end }}
+  to:
+    {{- toYaml (index . 0).Values.networkPolicy.egress.redisTo | nindent 4 }}
+{{- end }}
+
 {{/* The Redis role holding the edge's batches (edge.batchRedis) when that role has a Redis; empty: in process. */}}
 {{- define "llmrouter.batchRedis" -}}
 {{- with .Values.edge.batchRedis }}{{ if include "llmrouter.redisEnabled" (list $ .) }}{{ . }}{{ end }}{{ end }}
