@@ -712,6 +712,25 @@ def test_shutdown_lets_the_longest_request_finish(docs: list[dict], svc: str) ->
     assert pod["terminationGracePeriodSeconds"] > sleep + drain
 
 
+def test_the_kill_leaves_the_router_its_shutdown_after_the_drain() -> None:
+    """Past its drain the router lets its last charges reach the money store (a Redis call, up to its socket timeout,
+    before the outbox takes the charge) and stops its SQL sink's round in flight (SINK_STOP_GRACE_S): the kubelet's
+    kill at terminationGracePeriodSeconds must leave it that long after preStopSleepSeconds + drainSeconds, or a charge
+    is cut between its pending record and its settlement (the reconciler then charges its whole hold)."""
+    from services.ledger.service import SINK_STOP_GRACE_S
+    from services.router.store.redis_store import RedisStore
+
+    store_call_s = RedisStore("redis://127.0.0.1:1/0").redis.connection_pool.connection_kwargs["socket_timeout"]
+    needed = int(store_call_s + SINK_STOP_GRACE_S)
+    drained = VALUES["preStopSleepSeconds"] + VALUES["drainSeconds"]
+    assert VALUES["terminationGracePeriodSeconds"] >= drained + needed
+    with pytest.raises(subprocess.CalledProcessError) as failure:
+        render("--set", f"terminationGracePeriodSeconds={drained + needed - 1}")
+    assert "terminationGracePeriodSeconds" in failure.value.stderr
+    assert f"+ {needed} s" in failure.value.stderr  # the margin is named
+    assert render("--set", f"terminationGracePeriodSeconds={drained + needed}")
+
+
 def test_grpc_connection_age_grace_outlasts_the_longest_request() -> None:
     from llmrouter.server import SERVER_OPTIONS
 
@@ -1209,6 +1228,17 @@ def _notes(*args: str) -> str:
     ).stdout.split("NOTES:", 1)[1]
 
 
+def test_notes_warn_of_alerts_without_the_charts_scraping() -> None:
+    """The PrometheusRule's alerts select the targets by the job (llmrouter-<service>) and release labels the chart's
+    ServiceMonitor gives them: with it off and the rule on, LLMRouter<Service>Down (absent(up{job=...})) fire from the
+    first minutes and every other alert stays silent, unless the operator's own scraping gives those labels."""
+    off = ("--set", "monitoring.serviceMonitor.enabled=false", "--set", "edge.allowAnonymous=true")
+    notes = _notes(*off)
+    assert "monitoring.serviceMonitor.enabled=false" in notes and "LLMRouterEdgeDown" in notes
+    for quiet in ((), ("--set", "monitoring.prometheusRule.enabled=false")):
+        assert "serviceMonitor" not in _notes(*off[: 2 * bool(quiet)], *quiet, "--set", "edge.allowAnonymous=true")
+
+
 def test_the_ledger_is_trimmed_daily_where_the_sql_sink_keeps_it() -> None:
     """The money Redis (noeviction) keeps a ledger entry per request until trimmed: untrimmed, the default 2gb is
     full in about 2 days at 5 requests/s, and then refuses every request. With the ledger in PostgreSQL a CronJob
@@ -1500,7 +1530,7 @@ def test_whole_numbers_reach_the_services_as_integers(tmp_path: Path) -> None:
                 },
                 "router": {"env": {"ROUTER_REQUEST_ID_TTL_S": 14 * 86400, "ROUTER_TENANT_BUDGET_USD": 2500000}},
                 "drainSeconds": 1000000,
-                "terminationGracePeriodSeconds": 1000010,
+                "terminationGracePeriodSeconds": 1000020,
             }
         )
     )
