@@ -122,6 +122,7 @@ SENDING_S = SEND_START_S + PROVIDER_CALL_S + 60.0
 # collects the line again.
 ANSWER_KEPT_BYTES = 1024 * 1024
 ANSWER_KEPT_S = 86_400.0
+KEEP_OFF_LOOP_BYTES = 64 * 1024  # a line longer than this is compressed in a thread: ~20 ms of CPU a megabyte
 GIVE_UP_MAX_S = 600.0  # how early before its lines' holds end a provider batch is given up, at most
 UNREAD = "the provider batch could not be read: collect it again"
 UNREADABLE_STATUS = "unreadable"  # a poll's, when no try read the provider batch (Deferred._poll)
@@ -812,7 +813,10 @@ class Deferred:
         """The line as this collect tells it, kept before its charge (ANSWER_KEPT_BYTES, ANSWER_KEPT_S) under the batch
         it was read from: a charge whose reply is lost leaves it to the next collect (_kept). One too large even
         without its log-probabilities is not kept: a later collect reads it from the provider, or tells it unread."""
-        kept = kept_line(batch_id, line)
+        # Compressed off the loop when long: megabytes of log-probabilities held every tenant's calls for a tenth of a
+        # second and more.
+        long = line.ByteSize() > KEEP_OFF_LOOP_BYTES
+        kept = await asyncio.to_thread(kept_line, batch_id, line) if long else kept_line(batch_id, line)
         if kept is None:
             log.warning("batch line's answer too large to keep", extra={"request_id": request_id})
             return
