@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from pydantic import SecretStr
 
 from llmrouter.redis_url import RedisUrl
 from services.batches import idempotent, wire
-from services.batches.store import ACTIVE, RedisStore, batch_key
+from services.batches.store import ACTIVE, RedisStore, batch_key, file_key
 from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
 from tests.fakes.recording_router import RecordingRouter
@@ -197,10 +198,70 @@ async def test_a_creation_that_failed_leaves_its_key_free(redis_url: str) -> Non
             assert failed.status_code >= 500, failed.text
             assert await listed(http, "batches") == []
             await client.delete(ACTIVE)
-            again = await create(http, file_id, "once")
+            # Free, not held by the batch undone: another request may use it too.
+            again = await create(http, file_id, "once", metadata={"run": "2"})
             assert again.status_code == 200, again.text
             assert await listed(http, "batches") == [again.json()["id"]]
     await client.aclose()
+
+
+async def test_creations_racing_on_one_key_leave_one_batch_and_one_file_in_the_store(redis_url: str) -> None:
+    """The creations that lost the race drop what they wrote: a batch's hash has no expiry until the batch ends, so a
+    loser's, never run nor listed, stayed in the store for good; a file's stayed unlisted until its expiry."""
+    router, client = RecordingRouter(), redis.Redis.from_url(redis_url)
+    async with served_router(router) as router_addr:
+        settings = EdgeSettings(
+            port=free_port(),
+            router_addr=router_addr,
+            access_log="off",
+            metrics_port=0,
+            batch_redis_url=RedisUrl(redis_url),
+            batch_max_concurrent_uploads=16,
+        )
+        async with served_edge(settings) as base_url, httpx.AsyncClient(base_url=base_url, timeout=30) as http:
+            raced = await asyncio.gather(*(upload(http, "up") for _ in range(6)))
+            assert {r.status_code for r in raced} == {200}, [r.text for r in raced]
+            file_id = raced[0].json()["id"]
+            made = await asyncio.gather(*(create(http, file_id, "race") for _ in range(8)))
+            assert {r.status_code for r in made} == {200}, [r.text for r in made]
+            stored = {key.decode() async for key in client.scan_iter(match="llmrouter:batch:*")}
+    await client.aclose()
+    assert {k for k in stored if re.fullmatch(r"llmrouter:batch:file:file-[0-9a-f]{32}", k)} == {file_key(file_id)}
+    batch_id = made[0].json()["id"]
+    assert {k for k in stored if re.fullmatch(r"llmrouter:batch:batch:batch_[0-9a-f]{32}", k)} == {batch_key(batch_id)}
+
+
+async def test_a_batch_waiting_for_an_edge_that_serves_its_key_is_not_taken_over(redis_url: str) -> None:
+    """A batch still `validating` past CREATING_S but among those to run (its key served by no edge yet, in a rolling
+    change of keys) is the batch a retry is told: taken over as one whose creation died, both would run."""
+    router, store = RecordingRouter(), RedisStore(redis_url)
+    async with served_router(router) as router_addr:
+        settings = EdgeSettings(
+            port=free_port(),
+            router_addr=router_addr,
+            access_log="off",
+            metrics_port=0,
+            api_keys=SecretStr(key_line("acme", KEYS["acme-a"])),
+            batch_redis_url=RedisUrl(redis_url),
+        )
+        async with served_edge(settings) as base_url, Edge(base_url, router).client() as http:
+            file_id = (await upload(http)).json()["id"]
+            body = {**BATCH, "input_file_id": file_id}
+            claim = idempotent.claim_for(
+                "batch", "acme", KEYS["acme-a"], "waits", json.dumps(body, sort_keys=True).encode()
+            )
+            created = int(time.time()) - idempotent.CREATING_S - 1
+            waiting = {"tenant": "acme", "key_id": "0123456789abcdef", "input_file_id": file_id, "total": "1"}
+            waiting |= {"endpoint": wire.ENDPOINT, "status": "validating", "completion_window": "24h"}
+            waiting |= {"created_at": str(created), "expires_at": str(created + 86_400)}
+            await store.put(batch_key("batch_waiting"), waiting)
+            await store.activate("batch_waiting", True)
+            assert await store.claim(claim.key, claim.value("batch_waiting"), 3600) is None
+            retried = await create(http, file_id, "waits")
+            assert retried.status_code == 200, retried.text
+            assert retried.json()["id"] == "batch_waiting"
+            assert router.asked == []  # nothing sent: no batch of its own was created
+    await store.close()
 
 
 async def test_a_batch_whose_creation_died_part_way_is_taken_over_by_a_retry(redis_url: str) -> None:

@@ -225,3 +225,17 @@ async def test_only_a_running_batch_is_cancelled(store: Store) -> None:
     gone = f"b-{uuid.uuid4().hex}"
     assert not await store.advance(gone, CANCELLABLE, "cancelling", "1700000000")
     assert await store.get(batch_key(gone)) == {}
+
+
+async def test_an_idempotency_record_is_let_go_only_by_its_holder(store: Store) -> None:
+    """A creation undone lets go of its Idempotency-Key's record only while its own value holds it: one that another
+    creation took over meanwhile (the undone batch's hash deleted first, so it read as gone) stays that creation's, or
+    a retry would create a second batch beside the one running."""
+    key = f"llmrouter:batch:idempotency:batch:{uuid.uuid4().hex}"
+    assert await store.claim(key, "batch_a d1", 60) is None
+    assert await store.claim(key, "batch_b d1", 60) == "batch_a d1"  # held: told who holds it
+    assert await store.claim(key, "batch_b d1", 60, "batch_a d1") is None  # batch_a gone: taken over
+    await store.unclaim(key, "batch_a d1")  # batch_a's undo, late
+    assert await store.claimed(key) == "batch_b d1"
+    await store.unclaim(key, "batch_b d1")
+    assert await store.claimed(key) is None

@@ -99,3 +99,14 @@ def test_a_kept_line_is_bounded_and_read_only_for_its_batch() -> None:
     assert heavy is not None and len(heavy) <= ANSWER_KEPT_BYTES
     lighter = told_line(heavy, "pbatch-1")
     assert lighter is not None and (lighter.response.content, lighter.response.logprobs_json) == ("an answer", "")
+
+
+async def test_the_first_line_kept_stays(store: Store) -> None:
+    """A line is kept once: of two collects settling it at once, the second to keep it (its charge then refused as
+    charged before, told at that charge) keeps nothing over the first. Else one that gave the line up near its window's
+    end (the provider unread) would leave its error over the answer charged, for the next collect to tell."""
+    answered, given_up = kept_line("pbatch-1", router_pb2.CollectedLine(request_id="r1", succeeded=True)), b"later"
+    assert answered is not None
+    await store.keep_answer(ACCOUNT, "r1", answered, 60.0)
+    await store.keep_answer(ACCOUNT, "r1", given_up, 60.0)
+    assert await store.kept_answer(ACCOUNT, "r1") == answered
