@@ -169,37 +169,41 @@ class BatchApi:
             asked = await asyncio.to_thread(_file_request, filename, purpose, content)  # up to max_file_bytes hashed
             claim = idempotent.claim_for("file", tenant, key, sent, asked)
             if made := await idempotent.existing(self.store, claim, self._file_there(tenant)):
-                return await self._file_reply(made)
+                return JSONResponse(wire.file_body(*made))
         file_id = f"file-{uuid.uuid4().hex}"
         fields = file_fields(tenant, filename, content, "batch", count)
-        return await self._file_reply(await self._to_end(self._write_file(tenant, file_id, fields, claim)))
+        if made := await self._to_end(self._write_file(tenant, file_id, fields, claim)):
+            return JSONResponse(wire.file_body(*made))
+        return await self._file_reply(file_id)
 
     async def _file_reply(self, file_id: str) -> Response:
         return JSONResponse(wire.file_body(file_id, (await self.store.fields([file_key(file_id)], FILE_LISTED))[0]))
 
     def _file_there(self, tenant: str) -> idempotent.StillThere:
-        async def there(file_id: str) -> bool:
-            fields = (await self.store.fields([file_key(file_id)], ["tenant", "deleted"]))[0]
-            return fields.get("tenant", b"").decode() == tenant and "deleted" not in fields
+        async def there(file_id: str) -> dict[str, bytes] | None:
+            fields = (await self.store.fields([file_key(file_id)], FILE_LISTED))[0]
+            return fields if fields.get("tenant", b"").decode() == tenant and "deleted" not in fields else None
 
         return there
 
-    async def _write_file(self, tenant: str, file_id: str, fields: dict[str, str | bytes], claim: Claim | None) -> str:
-        """The file written and listed; the id of the file its Idempotency-Key's record names (this one, unless an
-        upload with the same key made one first: this one is then dropped)."""
+    async def _write_file(
+        self, tenant: str, file_id: str, fields: dict[str, str | bytes], claim: Claim | None
+    ) -> idempotent.Made | None:
+        """The file written and listed; or, when an upload with the same Idempotency-Key made one first, that file (and
+        its fields), this one dropped."""
         try:
             await self.store.put(file_key(file_id), fields)
             await self.store.expire([file_key(file_id)], self.retention_s)
             if claim is not None:
                 made = await idempotent.take(self.store, claim, file_id, self.retention_s, self._file_there(tenant))
-                if made != file_id:
+                if made is not None:
                     await self.store.delete([file_key(file_id)])  # not listed yet
                     return made
             await self.store.index(tenant, "file", file_id, self.retention_s, "batch")
         except Exception:  # a file refused part way is not kept, unlisted (and perhaps without expiry) in the store
             await _undo(lambda: self.store.delete([file_key(file_id)]), *self._unclaim(claim, file_id))
             raise
-        return file_id
+        return None
 
     async def list_files(self, request: Request) -> Response:
         """As OpenAI's: newest first unless order=asc, up to `limit` (1 to 10,000, all by default) past `after`,
@@ -263,7 +267,7 @@ class BatchApi:
             # Before the input file is looked at: a retry gets its batch even once that file is deleted.
             claim = idempotent.claim_for("batch", tenant, key, sent, json.dumps(body, sort_keys=True).encode())
             if made := await idempotent.existing(self.store, claim, self._batch_there(tenant)):
-                return JSONResponse(wire.batch_body(made, await self.store.get(batch_key(made))))
+                return JSONResponse(wire.batch_body(*made))
         input_id = body["input_file_id"]
         fields = (await self.store.fields([file_key(input_id)], FILE_LISTED))[0]
         if fields.get("tenant", b"").decode() != tenant or "deleted" in fields:
@@ -286,31 +290,33 @@ class BatchApi:
         }
         if body.get("metadata") is not None:
             batch["metadata"] = json.dumps(body["metadata"])
-        made = await self._to_end(self._write_batch(tenant, batch_id, batch, claim))
-        if made != batch_id:  # a creation with the same Idempotency-Key made it first
-            return JSONResponse(wire.batch_body(made, await self.store.get(batch_key(made))))
+        if made := await self._to_end(self._write_batch(tenant, batch_id, batch, claim)):
+            return JSONResponse(wire.batch_body(*made))  # a creation with the same Idempotency-Key made it first
         # Its fields as written: a read failing now would tell the caller of a batch that runs that it failed.
         return JSONResponse(
             wire.batch_body(batch_id, {k: v.encode() if isinstance(v, str) else v for k, v in batch.items()})
         )
 
     def _batch_there(self, tenant: str) -> idempotent.StillThere:
-        """Whether the tenant's batch is there to be told: not gone, nor one whose creation died part way (its edge
-        killed between its record's claim and its activation), which no edge would ever run or end."""
+        """The tenant's batch's fields when it is there to be told: not gone, nor one whose creation died part way (its
+        edge killed between its record's claim and its activation), which no edge would ever run or end."""
 
-        async def there(batch_id: str) -> bool:
-            fields = (await self.store.fields([batch_key(batch_id)], ["tenant", "status", "created_at"]))[0]
+        async def there(batch_id: str) -> dict[str, bytes] | None:
+            fields = await self.store.get(batch_key(batch_id))
             if fields.get("tenant", b"").decode() != tenant:
-                return False
+                return None
             if fields.get("status") != b"validating" or await self.store.is_active(batch_id):
-                return True
-            return int(now()) - int(fields.get("created_at", b"0")) < idempotent.CREATING_S  # still being written
+                return fields
+            # Still being written, or left so by a creation that died part way.
+            return fields if int(now()) - int(fields.get("created_at", b"0")) < idempotent.CREATING_S else None
 
         return there
 
-    async def _write_batch(self, tenant: str, batch_id: str, batch: dict[str, str | bytes], claim: Claim | None) -> str:
-        """The batch written and started; the id of the batch its Idempotency-Key's record names (this one, unless a
-        creation with the same key made one first: this one is then dropped, never run)."""
+    async def _write_batch(
+        self, tenant: str, batch_id: str, batch: dict[str, str | bytes], claim: Claim | None
+    ) -> idempotent.Made | None:
+        """The batch written and started; or, when a creation with the same Idempotency-Key made one first, that batch
+        (and its fields), this one dropped, never run."""
         input_id, created = str(batch["input_file_id"]), batch["created_at"]
         try:
             await self.store.put(batch_key(batch_id), batch)
@@ -318,7 +324,7 @@ class BatchApi:
                 # As long as any batch is kept: its window, then retention_s once it ended.
                 kept_s = self.window_s + self.retention_s
                 made = await idempotent.take(self.store, claim, batch_id, kept_s, self._batch_there(tenant))
-                if made != batch_id:
+                if made is not None:
                     await self.store.delete([batch_key(batch_id)])  # nothing else of it written yet
                     return made
             # Its content stays, deleted, until the batch ends.
@@ -342,7 +348,7 @@ class BatchApi:
             )
             raise
         self.runner.start(batch_id)
-        return batch_id
+        return None
 
     def _unclaim(self, claim: Claim | None, item_id: str) -> list[Callable[[], Awaitable[None]]]:
         """The undo of a creation's claim of its Idempotency-Key, if any: a retry creates it anew."""

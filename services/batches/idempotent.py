@@ -23,7 +23,10 @@ from services.edge.openai_api import ApiError
 # part way (its writes take seconds, each failing within the store's 10 s timeout): taken over, as one gone.
 CREATING_S = 600
 TAKES = 3  # a record whose item is gone is taken over; racing takers that many times is a 409 to try again
-StillThere = Callable[[str], Awaitable[bool]]
+# An item's fields, read once, when it is there to be told (else None): its reply is made of them, not of a second read
+# that finds it gone since (a 500).
+StillThere = Callable[[str], Awaitable[dict[str, bytes] | None]]
+Made = tuple[str, dict[str, bytes]]
 
 
 @dataclass(frozen=True)
@@ -45,26 +48,28 @@ def claim_for(kind: str, tenant: str, api_key: str, sent: str, request: bytes) -
     return Claim(kind, name, hashlib.sha256(request).hexdigest())
 
 
-async def existing(store: Store, claim: Claim, still_there: StillThere) -> str | None:
-    """The item the record names, while there is one and it is still there; a 422 when another request made it."""
+async def existing(store: Store, claim: Claim, still_there: StillThere) -> Made | None:
+    """The item the record names and its fields, while there is one and it is still there; a 422 when another request
+    made it."""
     held = await store.claimed(claim.key)
     if held is None:
         return None
     item_id = _named(held, claim)
-    return item_id if await still_there(item_id) else None
+    fields = await still_there(item_id)
+    return None if fields is None else (item_id, fields)
 
 
-async def take(store: Store, claim: Claim, item_id: str, ttl_s: int, still_there: StillThere) -> str:
-    """The record claimed for `item_id` (written already) for ttl_s: `item_id` when this creation holds it, else the
-    item of the creation that does (the caller drops its own)."""
+async def take(store: Store, claim: Claim, item_id: str, ttl_s: int, still_there: StillThere) -> Made | None:
+    """The record claimed for `item_id` (written already) for ttl_s: None when this creation holds it, else the item of
+    the creation that does and its fields (the caller drops its own)."""
     replacing = ""
     for _ in range(TAKES):
         held = await store.claim(claim.key, claim.value(item_id), ttl_s, replacing)
         if held is None:
-            return item_id
+            return None
         other = _named(held, claim)
-        if await still_there(other):
-            return other
+        if (fields := await still_there(other)) is not None:
+            return other, fields
         replacing = held  # its item undone or gone since: taken over, unless another creation took it first
     raise ApiError(
         409,

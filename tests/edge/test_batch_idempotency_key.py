@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -24,6 +25,7 @@ from services.batches import idempotent, wire
 from services.batches.store import ACTIVE, RedisStore, batch_key, file_key
 from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
+from tests.fakes.lossy_proxy import LossyProxy
 from tests.fakes.recording_router import RecordingRouter
 from tests.integration.conftest import free_port, served_edge, served_router
 from tests.waiting import eventually
@@ -300,3 +302,41 @@ async def test_a_batch_whose_creation_died_part_way_is_taken_over_by_a_retry(red
             await eventually(ended, "the batch created anew completed")
             assert (await create(http, file_id, "died")).json()["id"] == made  # the record names it now
     await store.close()
+
+
+async def test_a_batch_gone_between_its_look_and_its_reply_is_no_500(redis_url: str) -> None:
+    """The batch a retry's record names is read once, told as read: read a second time for the reply, a batch gone in
+    between (its creation undone as the store failed, or its retention over) was a 500 (its fields missing). The edge's
+    batch store behind a proxy that holds the look's reply while the batch goes."""
+    router, direct = RecordingRouter(), RedisStore(redis_url)
+    async with (
+        LossyProxy("127.0.0.1", int(urlsplit(redis_url).port or 6379)) as proxy,
+        served_router(router) as router_addr,
+    ):
+        settings = EdgeSettings(
+            port=free_port(),
+            router_addr=router_addr,
+            access_log="off",
+            metrics_port=0,
+            batch_redis_url=RedisUrl(proxy.url_for(redis_url)),
+        )
+        async with served_edge(settings) as base_url, httpx.AsyncClient(base_url=base_url, timeout=30) as http:
+            file_id = (await upload(http)).json()["id"]
+            body = {**BATCH, "input_file_id": file_id}
+            claim = idempotent.claim_for("batch", "default", "", "gone", json.dumps(body, sort_keys=True).encode())
+            ran = {"tenant": "default", "input_file_id": file_id, "endpoint": wire.ENDPOINT, "total": "1"}
+            ran |= {"status": "in_progress", "completion_window": "24h", "created_at": str(int(time.time()))}
+            await direct.put(batch_key("batch_going"), ran | {"expires_at": str(int(time.time()) + 86_400)})
+            assert await direct.claim(claim.key, claim.value("batch_going"), 3600) is None
+            record_read = proxy.hold_next_reply()
+            retried = asyncio.ensure_future(create(http, file_id, "gone"))
+            await record_read.arrived.wait()
+            record_read.released.set()
+            batch_read = proxy.hold_next_reply()  # the look at the batch the record names
+            await batch_read.arrived.wait()
+            await direct.delete([batch_key("batch_going")])
+            batch_read.released.set()
+            reply = await retried
+    await direct.close()
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["id"] == "batch_going"  # as it was read
