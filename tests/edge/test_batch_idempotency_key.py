@@ -10,7 +10,7 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -208,28 +208,40 @@ async def test_a_creation_that_failed_leaves_its_key_free(redis_url: str) -> Non
 
 
 async def test_creations_racing_on_one_key_leave_one_batch_and_one_file_in_the_store(redis_url: str) -> None:
-    """The creations that lost the race drop what they wrote: a batch's hash has no expiry until the batch ends, so a
-    loser's, never run nor listed, stayed in the store for good; a file's stayed unlisted until its expiry."""
+    """The creation that lost the race drops what it wrote: a batch's hash has no expiry until the batch ends, so a
+    loser's, never run nor listed, stayed in the store for good; a file's stayed unlisted until its expiry. The edge's
+    batch store behind a proxy that holds the first creation's look at the record until the second is made."""
     router, client = RecordingRouter(), redis.Redis.from_url(redis_url)
-    async with served_router(router) as router_addr:
+    async with (
+        LossyProxy("127.0.0.1", int(urlsplit(redis_url).port or 6379)) as proxy,
+        served_router(router) as router_addr,
+    ):
         settings = EdgeSettings(
             port=free_port(),
             router_addr=router_addr,
             access_log="off",
             metrics_port=0,
-            batch_redis_url=RedisUrl(redis_url),
-            batch_max_concurrent_uploads=16,
+            batch_redis_url=RedisUrl(proxy.url_for(redis_url)),
         )
         async with served_edge(settings) as base_url, httpx.AsyncClient(base_url=base_url, timeout=30) as http:
-            raced = await asyncio.gather(*(upload(http, "up") for _ in range(6)))
-            assert {r.status_code for r in raced} == {200}, [r.text for r in raced]
-            file_id = raced[0].json()["id"]
-            made = await asyncio.gather(*(create(http, file_id, "race") for _ in range(8)))
-            assert {r.status_code for r in made} == {200}, [r.text for r in made]
+
+            async def raced(make: Callable[[], Awaitable[httpx.Response]]) -> tuple[httpx.Response, httpx.Response]:
+                look = proxy.hold_next_reply()  # the first creation's look at the record: none there yet
+                first = asyncio.ensure_future(make())
+                await look.arrived.wait()
+                second = await make()  # made meanwhile, the record its own
+                look.released.set()
+                return await first, second
+
+            lost_file, won_file = await raced(lambda: upload(http, "up"))
+            file_id = won_file.json()["id"]
+            lost_batch, won_batch = await raced(lambda: create(http, file_id, "race"))
             stored = {key.decode() async for key in client.scan_iter(match="llmrouter:batch:*")}
     await client.aclose()
+    assert (lost_file.status_code, lost_file.json()["id"]) == (200, file_id), lost_file.text
+    batch_id = won_batch.json()["id"]
+    assert (lost_batch.status_code, lost_batch.json()["id"]) == (200, batch_id), lost_batch.text
     assert {k for k in stored if re.fullmatch(r"llmrouter:batch:file:file-[0-9a-f]{32}", k)} == {file_key(file_id)}
-    batch_id = made[0].json()["id"]
     assert {k for k in stored if re.fullmatch(r"llmrouter:batch:batch:batch_[0-9a-f]{32}", k)} == {batch_key(batch_id)}
 
 
