@@ -299,7 +299,9 @@ class BatchApi:
 
     def _batch_there(self, tenant: str) -> idempotent.StillThere:
         """The tenant's batch's fields when it is there to be told: not gone, nor one whose creation died part way (its
-        edge killed between its record's claim and its activation), which no edge would ever run or end."""
+        edge killed between its record's claim and its activation), which no edge would ever run or end. One still
+        being created is a 409 to retry: told now, its creation undone next (the store failing), its caller would hold
+        the id of a batch that never was."""
 
         async def there(batch_id: str) -> dict[str, bytes] | None:
             fields = await self.store.get(batch_key(batch_id))
@@ -307,8 +309,9 @@ class BatchApi:
                 return None
             if fields.get("status") != b"validating" or await self.store.is_active(batch_id):
                 return fields
-            # Still being written, or left so by a creation that died part way.
-            return fields if int(now()) - int(fields.get("created_at", b"0")) < idempotent.CREATING_S else None
+            if int(now()) - int(fields.get("created_at", b"0")) < idempotent.CREATING_S:
+                raise idempotent.in_use("batch")  # still being written
+            return None  # left so by a creation that died part way
 
         return there
 

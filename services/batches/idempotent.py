@@ -4,7 +4,8 @@ batch or file the first request created, not a second one (a second batch's line
 The record lives in the batch store beside what it names (store.py): `idempotency:<kind>:<hash of tenant, API key
 digest and value>`, holding '<id> <digest of the request>', for as long as the item is kept. The item is written
 before its record is claimed, and the claim is one step: of creations racing on one value, one holds the record and
-the others drop what they wrote and answer its item, which is there to be read. A record whose item is gone (undone,
+the others drop what they wrote and answer its item, which is there to be read (a batch still being created, which
+may yet be undone, is a 409 to retry: in_use). A record whose item is gone (undone,
 deleted, expired, or a batch whose creation died part way: CREATING_S) is taken over by the next creation. The same
 value with another request is a 422."""
 
@@ -23,8 +24,8 @@ from services.edge.openai_api import ApiError
 # part way (its writes take seconds, each failing within the store's 10 s timeout): taken over, as one gone.
 CREATING_S = 600
 TAKES = 3  # a record whose item is gone is taken over; racing takers that many times is a 409 to try again
-# An item's fields, read once, when it is there to be told (else None): its reply is made of them, not of a second read
-# that finds it gone since (a 500).
+# An item's fields, read once, when it is there to be told (else None; in_use while it is still being created, which
+# may yet be undone): its reply is made of them, not of a second read that finds it gone since (a 500).
 StillThere = Callable[[str], Awaitable[dict[str, bytes] | None]]
 Made = tuple[str, dict[str, bytes]]
 
@@ -71,9 +72,14 @@ async def take(store: Store, claim: Claim, item_id: str, ttl_s: int, still_there
         if (fields := await still_there(other)) is not None:
             return other, fields
         replacing = held  # its item undone or gone since: taken over, unless another creation took it first
-    raise ApiError(
+    raise in_use(claim.kind)
+
+
+def in_use(kind: str) -> ApiError:
+    """The 409 of a value whose item is still being created (as Stripe's: the openai SDK retries it on its own)."""
+    return ApiError(
         409,
-        f"this {SHOWN} is being used by another request creating a {claim.kind}: retry shortly",
+        f"this {SHOWN} is being used by another request creating a {kind}: retry shortly",
         param=SHOWN,
         code="idempotency_key_in_use",
         retry_after="1",

@@ -22,7 +22,7 @@ from pydantic import SecretStr
 
 from llmrouter.redis_url import RedisUrl
 from services.batches import idempotent, wire
-from services.batches.store import ACTIVE, RedisStore, batch_key, file_key
+from services.batches.store import ACTIVE, RedisStore, batch_key, file_key, index_keys
 from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
 from tests.fakes.lossy_proxy import LossyProxy
@@ -132,10 +132,21 @@ async def test_the_same_key_with_another_body_is_refused_and_creates_nothing(edg
         assert await listed(http, "batches") == [first]
 
 
+async def created(http: httpx.AsyncClient, file_id: str, key: str) -> httpx.Response:
+    """A creation retried, as the openai SDK does, while its Idempotency-Key's batch is still being created (409)."""
+    for _ in range(100):
+        reply = await create(http, file_id, key)
+        if reply.status_code != 409:
+            return reply
+        assert (reply.json()["error"]["code"], reply.headers["retry-after"]) == ("idempotency_key_in_use", "1")
+    raise AssertionError("the batch was never created")
+
+
 async def test_creations_racing_on_one_key_make_one_batch(edge: Edge) -> None:
+    """Those that lose are told to retry while the one that won creates its batch, then told that batch."""
     async with edge.client() as http:
         file_id = (await upload(http)).json()["id"]
-        replies = await asyncio.gather(*(create(http, file_id, "race") for _ in range(8)))
+        replies = await asyncio.gather(*(created(http, file_id, "race") for _ in range(8)))
         assert {r.status_code for r in replies} == {200}, [r.text for r in replies]
         ids = {r.json()["id"] for r in replies}
         assert len(ids) == 1
@@ -352,3 +363,44 @@ async def test_a_batch_gone_between_its_look_and_its_reply_is_no_500(redis_url: 
     await direct.close()
     assert reply.status_code == 200, reply.text
     assert reply.json()["id"] == "batch_going"  # as it was read
+
+
+async def test_a_batch_still_being_created_is_a_409_not_an_id_that_may_never_be(redis_url: str) -> None:
+    """A retry racing a creation that has claimed the record but not yet started its batch is told to retry (409
+    idempotency_key_in_use): told that batch's id, it held the id of a batch that never was once the creation was
+    undone next (the batch store failing it: its tenant's batch index of another type here). Its retry, the store
+    mended, creates one that runs. The edge's batch store behind a proxy that holds the creation's claim's reply."""
+    router, client = RecordingRouter(), redis.Redis.from_url(redis_url)
+    async with (
+        LossyProxy("127.0.0.1", int(urlsplit(redis_url).port or 6379)) as proxy,
+        served_router(router) as router_addr,
+    ):
+        settings = EdgeSettings(
+            port=free_port(),
+            router_addr=router_addr,
+            access_log="off",
+            metrics_port=0,
+            batch_redis_url=RedisUrl(proxy.url_for(redis_url)),
+        )
+        async with served_edge(settings) as base_url, httpx.AsyncClient(base_url=base_url, timeout=30) as http:
+            file_id = (await upload(http)).json()["id"]
+            batch_index, _ = index_keys("default", "batch")
+            await client.set(batch_index, "not a sorted set")
+            reply = proxy.hold_next_reply()
+            first = asyncio.ensure_future(create(http, file_id, "being-made"))
+            for _ in range(3):  # the record's look, the input file's, the batch's write: its claim's reply held next
+                await reply.arrived.wait()
+                reply.released.set()
+                reply = proxy.hold_next_reply()
+            await reply.arrived.wait()
+            retried = await create(http, file_id, "being-made")
+            reply.released.set()
+            failed = await first
+            await client.delete(batch_index)
+            again = await create(http, file_id, "being-made")
+            assert again.status_code == 200, again.text
+            assert (await http.get(f"/batches/{again.json()['id']}")).status_code == 200
+    await client.aclose()
+    assert failed.status_code >= 500, failed.text  # undone
+    assert retried.status_code == 409, retried.text
+    assert (retried.json()["error"]["code"], retried.headers["retry-after"]) == ("idempotency_key_in_use", "1")
