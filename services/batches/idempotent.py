@@ -5,9 +5,9 @@ The record lives in the batch store beside what it names (store.py): `idempotenc
 digest and value>`, holding '<id> <digest of the request>', for as long as the item is kept. The item is written
 before its record is claimed, and the claim is one step: of creations racing on one value, one holds the record and
 the others drop what they wrote and answer its item, which is there to be read (a batch still being created, which
-may yet be undone, is a 409 to retry: in_use). A record whose item is gone (undone,
-deleted, expired, or a batch whose creation died part way: CREATING_S) is taken over by the next creation. The same
-value with another request is a 422."""
+may yet be undone, is a 409 to retry: in_use). A record whose item is gone (undone, deleted, expired, or a batch whose
+creation died part way: CREATING_S) is taken over by the next creation. The same value with another request is a
+422."""
 
 from __future__ import annotations
 
