@@ -12,18 +12,23 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from llmrouter.auth import acting_as
+from llmrouter.errors import ServiceError
 from llmrouter.v1 import router_pb2
 from services.router.deferred import ANSWER_KEPT_BYTES, kept_line, told_line
 from services.router.servicer import RouterServicer
 from services.router.store import PICO, MemoryStore, RedisStore, Store, period_id
 from tests.conftest import ledger_records
 from tests.fakes import FakeOpenAI, Fault
-from tests.router.servicer_kit import NoDeadline
-from tests.router.test_collect_model import ACCOUNT, LINE, TENANT_CALLER
-from tests.router.test_collect_passing_failures import Deadline, WaitingClock
+from tests.fakes.lossy_proxy import LossyProxy
+from tests.router.servicer_kit import NoDeadline, router_servicer
+from tests.router.test_collect_charge_reply_lost import COLLECT, ChargeReplyLost
+from tests.router.test_collect_model import ACCOUNT, LINE, REGISTRY, TENANT_CALLER, batch_cost
+from tests.router.test_collect_passing_failures import HOLD_S, Deadline, WaitingClock
+from tests.router.test_collect_settled_lines import ForgettingAfterOnePoll
 from tests.router.test_collect_unreadable_batch import polls, served
 
 
@@ -110,3 +115,31 @@ async def test_the_first_line_kept_stays(store: Store) -> None:
     await store.keep_answer(ACCOUNT, "r1", answered, 60.0)
     await store.keep_answer(ACCOUNT, "r1", given_up, 60.0)
     assert await store.kept_answer(ACCOUNT, "r1") == answered
+
+
+async def test_an_answer_whose_charges_reply_was_lost_is_told_through_a_providers_outage(
+    tmp_path: Path, proxy: LossyProxy, redis_url: str, clock: WaitingClock
+) -> None:
+    """The line is kept before its charge: its charge's reply lost (the store out of reach, as the collect heard it:
+    it fails, nothing told), the charge made all the same, the next collect tells the answer charged though the
+    provider forgot the batch meanwhile. Kept after the charge, it was never kept. A real Redis behind a proxy that
+    loses the charge's reply; a stand-in providers service answering once, then forgetting the batch."""
+    store = ChargeReplyLost(proxy.url_for(redis_url))
+    provider = ForgettingAfterOnePoll()
+    try:
+        async with router_servicer(tmp_path, store, provider, REGISTRY, provider_batch_hold_s=HOLD_S) as router:
+            router.deferred.wait = clock.wait
+            with acting_as(TENANT_CALLER):
+                await router.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[LINE]), NoDeadline())
+                store.proxy = proxy
+                with pytest.raises(ServiceError) as failed:
+                    await router.CollectBatch(COLLECT, NoDeadline())
+                assert failed.value.code == grpc.StatusCode.UNAVAILABLE  # its caller collects again
+                reply = await router.CollectBatch(COLLECT, Deadline(60.0))
+        charged = await spent(store)
+    finally:
+        await store.close()
+    (line,) = reply.lines
+    assert (reply.ended, line.succeeded, line.response.content) == (True, True, "an answer"), reply
+    assert Decimal(line.response.cost_usd) == Decimal(charged) / PICO
+    assert charged == batch_cost("strong")  # charged once, by the collect whose reply was lost
