@@ -1,8 +1,9 @@
 """What a provider batch line's kept answer (services/router/deferred.py, kept_line: the line as its collect told it,
 compressed, kept in the money store a day so that a collect whose reply was lost leaves it to the next) holds in
 Redis: the line's size as sent, as kept, and `MEMORY USAGE` of its key, for answers of 50, 500 and 4,000 tokens, and
-of 500 tokens with 5 top log-probabilities each. Text of short words drawn at random (seeded): a real answer compresses
-about as well. The Redis is the benchmark's own (redis-server on a free loopback port, in a temporary directory).
+of 500 tokens with 5 top log-probabilities each (never kept: the last is kept as the 500 tokens' text). Text of short
+words drawn at random (seeded): a real answer compresses about as well. The Redis is the benchmark's own
+(redis-server on a free loopback port, in a temporary directory).
 
     python -m benchmarks.kept_answer_size"""
 

@@ -117,9 +117,9 @@ SEND_START_S = 60.0
 SENDING_S = SEND_START_S + PROVIDER_CALL_S + 60.0
 # Each line a collect settles is kept, as it tells it, before it is charged (Store.keep_answer): a collect whose reply
 # is lost leaves it for the next, which tells it again whether or not the provider can be read by then (else an answer
-# charged was lost to its caller in an outage of the providers). Compressed, at most ANSWER_KEPT_BYTES (one over it is
-# kept without its log-probabilities), for ANSWER_KEPT_S: a day, the caller's batch window, within which its batch
-# collects the line again.
+# charged was lost to its caller in an outage of the providers). Compressed, without its log-probabilities, at most
+# ANSWER_KEPT_BYTES (one over it is not kept), for ANSWER_KEPT_S: a day, the caller's batch window, within which its
+# batch collects the line again.
 ANSWER_KEPT_BYTES = 1024 * 1024
 ANSWER_KEPT_S = 86_400.0
 KEEP_OFF_LOOP_BYTES = 64 * 1024  # a line longer than this is compressed in a thread: ~20 ms of CPU a megabyte
@@ -811,10 +811,10 @@ class Deferred:
 
     async def _keep(self, account: Account, request_id: str, batch_id: str, line: router_pb2.CollectedLine) -> None:
         """The line as this collect tells it, kept before its charge (ANSWER_KEPT_BYTES, ANSWER_KEPT_S) under the batch
-        it was read from: a charge whose reply is lost leaves it to the next collect (_kept). One too large even
-        without its log-probabilities is not kept: a later collect reads it from the provider, or tells it unread."""
-        # Compressed off the loop when long: megabytes of log-probabilities held every tenant's calls for a tenth of a
-        # second and more.
+        it was read from: a charge whose reply is lost leaves it to the next collect (_kept). One too large is not kept:
+        a later collect reads it from the provider, or tells it unread."""
+        # Compressed off the loop when long: a line of megabytes held every tenant's calls for a tenth of a second and
+        # more.
         long = line.ByteSize() > KEEP_OFF_LOOP_BYTES
         kept = await asyncio.to_thread(kept_line, batch_id, line) if long else kept_line(batch_id, line)
         if kept is None:
@@ -852,13 +852,12 @@ class Deferred:
 
 
 def kept_line(batch_id: str, line: router_pb2.CollectedLine) -> bytes | None:
-    """A line as kept (Store.keep_answer): the batch it was read from, a newline, the line compressed; without its
-    log-probabilities when over ANSWER_KEPT_BYTES; None when still over."""
-    for kept in (line, _without_logprobs(line)):
-        packed = batch_id.encode() + b"\n" + zlib.compress(kept.SerializeToString())
-        if len(packed) <= ANSWER_KEPT_BYTES:
-            return packed
-    return None
+    """A line as kept (Store.keep_answer): the batch it was read from, a newline, the line compressed, never its
+    log-probabilities; None when over ANSWER_KEPT_BYTES. Log-probabilities are ~25x the answer's text (20 top
+    log-probabilities a token): kept, a tenant's day of cheap batch lines would fill the money Redis every tenant's
+    charges need, for an answer told only when a collect's reply was lost."""
+    packed = batch_id.encode() + b"\n" + zlib.compress(_without_logprobs(line).SerializeToString())
+    return packed if len(packed) <= ANSWER_KEPT_BYTES else None
 
 
 def told_line(kept: bytes, batch_id: str) -> router_pb2.CollectedLine | None:

@@ -1,8 +1,8 @@
-"""A batch line's answer with its log-probabilities (megabytes of JSON: 16,000 tokens with 20 top log-probabilities each
-are ~17 MB, as large as a poll's message lets a line be) is kept compressed (deferred.kept_line) off the router's event
-loop: compressed on it, ~20 ms of CPU a megabyte, one such line held the loop, every tenant's admissions, charges and
-streams with it, for a third of a second. The router's servicer over Redis, a stand-in providers gRPC server on
-loopback answering the line (3.7 MB: a test channel's messages are at most 4 MB)."""
+"""A batch line's long answer (megabytes: as large as a poll's message lets a line be) is kept compressed
+(deferred.kept_line) off the router's event loop: compressed on it, ~20 ms of CPU a megabyte, one such line held the
+loop, every tenant's admissions, charges and streams with it, for a third of a second. The router's servicer over
+Redis, a stand-in providers gRPC server on loopback answering the line (3.7 MB: a test channel's messages are at most
+4 MB)."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ from tests.router.servicer_kit import NoDeadline, router_servicer
 from tests.router.test_collect_model import ACCOUNT, LINE, REGISTRY, TENANT_CALLER, USAGE, BatchProvider
 
 
-def logprobs(tokens: int, top: int) -> str:
-    """choices[0].logprobs as OpenAI sends it, random figures (as compressible as a real one)."""
+def long_answer(tokens: int, top: int) -> str:
+    """An answer of megabytes: JSON of random figures (an answer asked as JSON compresses about as well)."""
     draw = random.Random(7)
 
     def entry(i: int) -> dict[str, Any]:
@@ -32,9 +32,7 @@ def logprobs(tokens: int, top: int) -> str:
     return json.dumps({"content": content})
 
 
-ANSWER = provider_pb2.GenerateResponse(
-    content="an answer", usage=USAGE, finish_reason="stop", logprobs_json=logprobs(2400, 20)
-)
+ANSWER = provider_pb2.GenerateResponse(content=long_answer(2400, 20), usage=USAGE, finish_reason="stop")
 
 
 class LongAnswers(BatchProvider):
@@ -48,7 +46,7 @@ class LongAnswers(BatchProvider):
 
 async def test_a_long_answer_is_kept_without_holding_the_routers_loop(redis_store: RedisStore, tmp_path: Path) -> None:
     line = router_pb2.CollectedLine(request_id=LINE.request_id, succeeded=True)
-    line.response.logprobs_json = ANSWER.logprobs_json
+    line.response.content = ANSWER.content
 
     def one_keep() -> float:
         started = time.thread_time()
@@ -76,7 +74,7 @@ async def test_a_long_answer_is_kept_without_holding_the_routers_loop(redis_stor
             finally:
                 watcher.cancel()
     (told,) = reply.lines
-    assert told.succeeded and told.response.logprobs_json == ANSWER.logprobs_json, reply.ended
+    assert told.succeeded and told.response.content == ANSWER.content, reply.ended
     assert await redis_store.kept_answer(ACCOUNT, LINE.request_id) is not None  # kept all the same
     # A 2-core machine, load average 10: the keep 0.07 s of CPU; the collect's longest hold of the loop 0.014-0.015 s
     # (the answer's gRPC messages). On the loop, the keep held it for all of it (0.074 s).
