@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import calendar
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -20,6 +21,7 @@ import pytest
 
 from services.router.budgets import period_end
 from services.router.store import PICO, Account, Allowance, Hold, MemoryStore, RedisStore, Store, period_id
+from services.router.store.clock import MONEY_CLOCK
 from tests.conftest import ledger_records
 from tests.router.old_version import checkout, run
 
@@ -29,11 +31,16 @@ HELD = 600  # the request's worst case, held at admission
 COST = 250  # what it cost, charged after the period's end
 
 
+def the_last_start(period: str) -> int:
+    """When the period the machine's clock is in began (Unix seconds)."""
+    today = datetime.fromtimestamp(time.time(), UTC)
+    return calendar.timegm((today.year, today.month, 1 if period == "month" else today.day, 0, 0, 0))
+
+
 def the_last_rollover(period: str) -> tuple[str, str]:
     """The period that ended last and the one that followed (the machine's clock is in it), as period_id reads them a
     second before that end and at it: a charge made now is made after the rollover."""
-    today = datetime.fromtimestamp(time.time(), UTC)
-    start = calendar.timegm((today.year, today.month, 1 if period == "month" else today.day, 0, 0, 0))
+    start = the_last_start(period)
     old, new = period_id(period, start - 1), period_id(period, start)
     assert old != new == period_id(period) and period_end(period, start - 1) == start
     return old, new
@@ -162,3 +169,49 @@ async def test_a_router_of_the_version_before_gives_back_from_the_period_the_rec
         assert sum(Decimal(record["cost_usd"]) for record in records) == Decimal(COST) / PICO
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("period", ["day", "month"])
+async def test_a_request_admitted_for_the_old_period_after_a_charge_landed_in_the_new_one_is_checked_against_it(
+    store: Store, period: str
+) -> None:
+    """Its period named before the end and its admission run after it (the store's round trip, an admission resized
+    and sent again, a router's clock a moment behind another's), once another request's charge landed in the new
+    period: its own charge lands there too, so the new period's spend is checked as well as the old one's. Checked
+    against the old period's alone, both charges landed in the new one, its budget exceeded."""
+    old, new = the_last_rollover(period)
+    allowance = Allowance(period, tenant_pico=LIMIT, key_pico=LIMIT)
+    first = Hold("charged-after-the-end", HELD, old, "router-1", "nonce-1")
+    assert (await store.admit(ACCOUNT, allowance, first)).refused == ""
+    assert await store.charge(ACCOUNT, first, HELD, record(first), charge_id="charge-1")
+    assert await store.spent(ACCOUNT, new) == (HELD, HELD)
+    second = Hold("admitted-for-the-old-period", HELD, old, "router-2", "nonce-2")
+    verdict = await store.admit(ACCOUNT, allowance, second)
+    assert (verdict.refused, verdict.remaining, verdict.spend_left) == ("tenant", LIMIT - HELD, LIMIT - HELD)
+    assert await store.held_pico(ACCOUNT) == (0, 0)
+    fits = Hold("admitted-for-the-old-period", LIMIT - HELD, old, "router-2", "nonce-3")
+    assert (await store.admit(ACCOUNT, allowance, fits)).refused == ""
+    assert await store.charge(ACCOUNT, fits, LIMIT - HELD, record(fits), charge_id="charge-2")
+    assert await store.spent(ACCOUNT, new) == (LIMIT, LIMIT)
+
+
+@pytest.mark.parametrize("period", ["day", "month"])
+async def test_a_hold_grown_by_a_router_still_in_the_old_period_is_checked_against_the_new_one_too(
+    store: Store, period: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hold grown by a router whose clock still reads the old period (its extension sent a moment before the end, run
+    after a charge landed in the new period), charged once the new one began: the new period's spend is checked too."""
+    old, new = the_last_rollover(period)
+    allowance = Allowance(period, tenant_pico=LIMIT, key_pico=LIMIT)
+    first = Hold("charged-after-the-end", HELD, old, "router-1", "nonce-1")
+    assert (await store.admit(ACCOUNT, allowance, first)).refused == ""
+    assert await store.charge(ACCOUNT, first, HELD, record(first), charge_id="charge-1")
+    grown = Hold("grown-before-the-end", 1, old, "router-2", "nonce-2")
+    assert (await store.admit(ACCOUNT, allowance, grown)).refused == ""
+    with monkeypatch.context() as behind:  # that router's clock: a second before the end
+        behind.setattr(MONEY_CLOCK, "offset_s", the_last_start(period) - 1 - time.time())
+        assert period_id(period) == old
+        assert await store.extend(ACCOUNT, allowance, grown, HELD) == "tenant"
+        assert await store.extend(ACCOUNT, allowance, grown, LIMIT - HELD) == ""
+    assert await store.charge(ACCOUNT, replace(grown, pico=LIMIT - HELD), LIMIT - HELD, record(grown), charge_id="c2")
+    assert await store.spent(ACCOUNT, new) == (LIMIT, LIMIT)

@@ -35,6 +35,7 @@ from services.router.store.model import (
     marker_names_charge,
     marker_released,
     marker_spares_admission,
+    next_period,
     pending_field,
     reconciled_record,
     used_ttl_s,
@@ -118,6 +119,12 @@ class MemoryStore:
         tenant, key = (keys.spend(period)[0], keys.held()[0]), keys.key_budget(period)
         return [(*tenant, limits[0], "tenant"), (*key, limits[1], "key")]
 
+    def _spent(self, spend_key: str, period: str) -> int:
+        """A budget's spend as RedisStore's ADMIT and EXTEND check it (lua.py, _SPENT): the greater of its period's and
+        the next period's, where its charge may land."""
+        following = spend_key.removesuffix(period) + next_period(period)
+        return max(self.counters.get(spend_key, 0), self.counters.get(following, 0))
+
     async def admit(
         self,
         account: Account,
@@ -163,7 +170,7 @@ class MemoryStore:
             if limit is not None:
                 # Nothing left, never less, as RedisStore's ADMIT counts it: of two budgets past their limits (one
                 # lowered below its spend), the first is named, not the one spent further past.
-                unspent = max(limit - self.counters.get(spend_key, 0), 0)
+                unspent = max(limit - self._spent(spend_key, hold.period), 0)
                 left = max(unspent - held.total, 0)
                 if remaining is None or left < remaining:
                     tightest, remaining = name, left
@@ -300,10 +307,11 @@ class MemoryStore:
             return "settled"
         keys = AccountKeys.of(account)
         held = keys.hold_member(self._held(account, hold).pico, hold.request_id)
-        for spend_key, held_key, limit, name in self._budgets(account, allowance, landing_period(hold.period)):
+        landing = landing_period(hold.period)
+        for spend_key, held_key, limit, name in self._budgets(account, allowance, landing):
             holds = self.held.get(held_key)
             others = 0 if holds is None else holds.total - (holds[held][1] if held in holds else 0)
-            if limit is not None and self.counters.get(spend_key, 0) + others + pico > limit:
+            if limit is not None and self._spent(spend_key, landing) + others + pico > limit:
                 return name
         field = pending_field(account, hold.request_id)
         batch, model, prices = self.batches.get(field), self.models.get(field), self.prices.get(field)

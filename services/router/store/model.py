@@ -258,6 +258,21 @@ def landing_period(admitted: str, now: float | None = None) -> str:
     return max(admitted, period_id(kind, now))  # the ids of one kind sort by time
 
 
+def next_period(period: str) -> str:
+    """The budget period after `period` (a period_id): its charges may land there (landing_period), so its admissions
+    and grown holds are checked against that one's spend too. 'all', or no period_id (hand-edited): itself."""
+    try:
+        if len(period) == 8:
+            start = datetime.strptime(period, "%Y%m%d").replace(tzinfo=UTC).timestamp()
+            return period_id("day", start + 86400)
+        if len(period) == 6:
+            start = datetime.strptime(period, "%Y%m").replace(tzinfo=UTC).timestamp()
+            return period_id("month", start + 32 * 86400)
+    except ValueError:
+        pass
+    return period
+
+
 def spend_ttl_s(period: str) -> int:
     """Spend counters outlive their period (a day id has 8 digits, a month 6, 'all' never ends); every charge
     renews the TTL, so a counter is never dropped before its period is over."""

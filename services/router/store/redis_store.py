@@ -74,6 +74,7 @@ from services.router.store.model import (
     landing_period,
     marker_batch,
     marker_charged_pico,
+    next_period,
     pending_field,
     prices_value,
     reconciled_record,
@@ -327,6 +328,13 @@ def _readable(record: str) -> Pending | None:
     return None
 
 
+def _next_spends(keys: AccountKeys, period: str) -> list[str]:
+    """The spend counters of the period after `period` that ADMIT and EXTEND check too (lua.py, _SPENT): the tenant's
+    and the one the key budget is checked against."""
+    following = next_period(period)
+    return [keys.spend(following)[0], keys.key_budget(following)[0]]
+
+
 class RedisStore:
     def __init__(
         self, url: str | SecretStr, request_id_ttl_s: int = REQUEST_ID_TTL_S, hold_totals: HoldTotals = "trust"
@@ -434,6 +442,7 @@ class RedisStore:
         names += [keys.limits, keys.pending, keys.charged(hold.request_id), keys.undone(hold.nonce), keys.batches]
         names += [keys.models, *keys.key_budget(hold.period), keys.prices, keys.hold_totals_epoch]
         names += [keys.rate_counted(rate_at), keys.tokens(rate_at), keys.key_moves]
+        names += _next_spends(keys, hold.period)
         async with self._call():
             refused, remaining, spend_left, spend_budget, *duplicate = await self._admit(keys=names, args=args)
         charged, held = (_pico_or_none(value) for value in duplicate or ["", ""])
@@ -753,7 +762,7 @@ class RedisStore:
             self._trust_totals,
         ]
         names = [tenant_spend, tenant_held, key_spend, key_held, keys.limits, keys.pending]
-        names += [*keys.key_budget(landing), keys.hold_totals_epoch]
+        names += [*keys.key_budget(landing), keys.hold_totals_epoch, *_next_spends(keys, landing)]
         async with self._call():
             return _text(await self._extend(keys=names, args=args) or "")
 
