@@ -193,6 +193,35 @@ async def test_a_take_its_taker_hears_back_as_another_router_adopts_it_is_counte
     assert not proxied.store.unheard
 
 
+async def test_a_take_heard_by_its_taker_after_the_adopter_counted_it_and_the_store_let_it_go_is_not_counted_again(
+    proxied: Proxied, any_redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The taker frozen (a paused VM) with the take's reply on its way: another router's reconciler adopts the claim
+    and counts the charge; past TAKEN_KEPT_S the store lets the counted key go. The taker, thawed, acknowledges the
+    take (lua.py, ACK_TAKE): its note is gone (adopted), and its counted key too, which tells no claim: not its own to
+    count. Taken for its own (no other claim found on it), the charge was counted twice."""
+    line = await charged_line(proxied)
+    for script in (lua.COUNT_ONCE, lua.ACK_TAKE):
+        await proxied.direct.script_load(script)
+    await proxied.store.redis.get(KEYS.uncounted(line.request_id))  # a connection open
+    before = counted("strong")
+    reply = proxied.proxy.hold_next_reply()
+    taking = asyncio.create_task(proxied.store.count_once(ACCOUNT, line.request_id, "made"))
+    await reply.arrived.wait()  # the take ran
+    monkeypatch.setattr(MONEY_CLOCK, "offset_s", MONEY_CLOCK.offset_s + CLAIM_ADOPTED_AFTER_S + 1)
+    other = RedisStore(any_redis_url)
+    try:
+        await other.reconcile("router-2", LEASE_S, 3600.0)
+    finally:
+        await other.close()
+    assert counted("strong")[0] - before[0] == 1, "the adopter counted nothing"
+    await proxied.direct.delete(KEYS.counted(line.request_id))  # TAKEN_KEPT_S on: the store let it go
+    reply.released.set()
+    assert await taking is None
+    requests, cost = counted("strong")
+    assert (requests - before[0], cost - before[1]) == (1, pytest.approx(700 / 1e12)), "counted twice"
+
+
 async def test_a_take_cancelled_after_it_ran_is_counted_at_the_next_reconcile_round(proxied: Proxied) -> None:
     """Its caller gone as the take's reply was on its way (a collect whose caller cancelled it): the take ran, so no
     sweep finds the charge, and it is counted when the take is sent again, once."""

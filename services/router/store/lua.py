@@ -854,7 +854,9 @@ return answers
 
 # A take's reply heard (COUNT_ONCE): its claim's note dropped from the shard's taken claims, and whether what it took is
 # still its own, which it then counts: not when the reconciler adopted the claim (ADOPT_CLAIM) before this ran, which
-# moved its counted keys to its own claim and counts them. Sent again (its reply lost), it finds them as it left them.
+# moved its counted keys to its own claim and counts them; a counted key gone (past TAKEN_KEPT_S, its taker frozen that
+# long) tells no claim, and is the adopter's, counted by it, when the note was gone too. Sent again (its reply lost),
+# it finds them as it left them.
 ACK_TAKE = (
     _MUST_LAND
     + _PERMITTED
@@ -862,16 +864,16 @@ ACK_TAKE = (
 -- KEYS: the shard's taken claims; then the counted key of each charge the take answered
 -- ARGV: the take's claim
 -- Returns 1 when none of them was adopted, else 0.
+local noted = false
 if redis.call('TYPE', KEYS[1])['ok'] == 'hash' then
   local refused = denied({{'HDEL', KEYS[1], ARGV[1]}})
   if refused then return refused end
-  redis.call('HDEL', KEYS[1], ARGV[1])
+  noted = redis.call('HDEL', KEYS[1], ARGV[1]) == 1
 end
 for i = 2, #KEYS do
-  if redis.call('TYPE', KEYS[i])['ok'] == 'string' then
-    local claim = string.match(redis.call('GET', KEYS[i]), '^(%S+) ')
-    if claim and claim ~= ARGV[1] then return 0 end
-  end
+  local claim = nil
+  if redis.call('TYPE', KEYS[i])['ok'] == 'string' then claim = string.match(redis.call('GET', KEYS[i]), '^(%S+) ') end
+  if claim ~= ARGV[1] and (claim or not noted) then return 0 end
 end
 return 1
 """
