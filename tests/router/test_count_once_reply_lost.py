@@ -222,6 +222,46 @@ async def test_a_take_heard_by_its_taker_after_the_adopter_counted_it_and_the_st
     assert (requests - before[0], cost - before[1]) == (1, pytest.approx(700 / 1e12)), "counted twice"
 
 
+async def test_a_take_acknowledged_after_the_reconciler_read_its_note_is_not_adopted(
+    proxied: Proxied, any_redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reconciler read the shard's taken claims while a note was old enough to adopt; its taker, slow but alive,
+    heard the take back and acknowledged it before the adoption ran. The adoption finds the note gone (lua.py,
+    ADOPT_CLAIM): nothing moved, the charge its taker's to count alone. Adopted on the note as read (the counted keys
+    still name the taker's claim), it was counted by both."""
+    line = await charged_line(proxied)
+    for script in (lua.COUNT_ONCE, lua.ACK_TAKE):
+        await proxied.direct.script_load(script)
+    await proxied.store.redis.get(KEYS.uncounted(line.request_id))  # a connection open
+    reply = proxied.proxy.hold_next_reply()
+    taking = asyncio.create_task(proxied.store.count_once(ACCOUNT, line.request_id, "made"))
+    await reply.arrived.wait()  # the take ran
+    # Another router's take, made a moment ago: the shard's taken claims outlive this one's note.
+    young = f"{int((money_now() + 3_600) * 1000)} {json.dumps([KEYS.counted('another-line')])}"
+    await proxied.direct.hset(taken_claims_key(KEYS.shard), "another-take", young)
+    monkeypatch.setattr(MONEY_CLOCK, "offset_s", MONEY_CLOCK.offset_s + CLAIM_ADOPTED_AFTER_S + 1)
+    other = RedisStore(any_redis_url)
+    read = other.redis.hgetall
+
+    async def read_then_taker_hears_back(key: str) -> object:
+        notes = await read(key)
+        if key == taken_claims_key(KEYS.shard) and notes:
+            reply.released.set()
+            assert await taking is not None  # its taker's to count
+        return notes
+
+    monkeypatch.setattr(other.redis, "hgetall", read_then_taker_hears_back)
+    before = counted("strong")
+    try:
+        await other.reconcile("router-2", LEASE_S, 3600.0)
+        await other.reconcile("router-2", LEASE_S, 3600.0)
+    finally:
+        await other.close()
+    assert taking.done()
+    assert counted("strong") == before, "counted by the adopter too"
+    assert not other.unheard
+
+
 async def test_a_take_cancelled_after_it_ran_is_counted_at_the_next_reconcile_round(proxied: Proxied) -> None:
     """Its caller gone as the take's reply was on its way (a collect whose caller cancelled it): the take ran, so no
     sweep finds the charge, and it is counted when the take is sent again, once."""
