@@ -162,6 +162,35 @@ async def test_a_take_unheard_by_a_router_that_died_is_counted_once_by_another_r
         await other.close()
 
 
+async def test_a_take_another_router_adopted_is_no_failure_of_its_taker_cut_off_past_the_time_the_store_keeps_it(
+    proxied: Proxied, any_redis_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its taker cut off from the store past TAKEN_KEPT_S, alive: another router's reconciler adopted the take and
+    counted the charge meanwhile. The taker, back, gives its unheard take up as one whose count the store let go, but
+    its note is gone (adopted): no failure of the reconciler, no 'counted by no router' (one the on-call is paged for,
+    the charge counted all the same)."""
+    line = await charged_line(proxied)
+    await lose_the_next_reply(proxied, line, then_down=True)
+    with pytest.raises(StoreUnavailable):
+        await proxied.store.count_once(ACCOUNT, line.request_id, "made")
+    before = counted("strong")
+    monkeypatch.setattr(MONEY_CLOCK, "offset_s", MONEY_CLOCK.offset_s + CLAIM_ADOPTED_AFTER_S + 1)
+    other = RedisStore(any_redis_url)
+    try:
+        await other.reconcile("router-2", LEASE_S, 3600.0)
+    finally:
+        await other.close()
+    assert counted("strong")[0] - before[0] == 1, "counted by no router"
+    monkeypatch.setattr(redis_store, "TAKEN_KEPT_S", 0)  # its time up
+    proxied.proxy.come_back()
+    failures = reconcile_failures()
+    await proxied.store.reconcile("router-1", 3600.0, 3600.0)
+    assert not proxied.store.unheard
+    assert "counted by no router" not in caplog.text
+    assert reconcile_failures() == failures
+    assert counted("strong")[0] - before[0] == 1
+
+
 async def test_a_take_its_taker_hears_back_as_another_router_adopts_it_is_counted_by_the_adopter_alone(
     proxied: Proxied, any_redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

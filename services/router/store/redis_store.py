@@ -647,17 +647,22 @@ class RedisStore:
         """The takes whose records never reached their caller (_take, count_once_each), sent again under their claims:
         each gets the records it took (or takes them now, if it never ran, unless another taker did meanwhile), counted
         here. Those older than the store keeps what a take took (TAKEN_KEPT_S; the store out of reach all that time)
-        are given up first, logged and counted as failures of the reconciler: sent again, they would get nothing. Those
-        of a shard `away` wait for a later round (_apart)."""
+        are given up first (sent again, they would get nothing), logged and counted as failures of the reconciler unless
+        another router's reconciler adopted them meanwhile (_give_up_note). Those of a shard `away` wait for a later
+        round (_apart)."""
+        for claim, unheard in list(self.unheard.items()):
+            if time.monotonic() - unheard.sent > TAKEN_KEPT_S and unheard.shard not in away:
+                async with self._apart(unheard.shard, away):
+                    if await self._give_up_note(unheard.shard, claim):
+                        metrics.RECONCILE_FAILURES.inc(len(unheard.takes))  # in the ledger, never in the usage metrics
+                        log.error(
+                            "counts taken but not heard back before the store let them go: counted by no router",
+                            extra={"charges": len(unheard.takes), "request_id": unheard.takes[0].request_id},
+                        )
+                    del self.unheard[claim]
         for claim, unheard in list(self.unheard.items()):
             if time.monotonic() - unheard.sent > TAKEN_KEPT_S:
-                del self.unheard[claim]
-                metrics.RECONCILE_FAILURES.inc(len(unheard.takes))  # in the ledger, never in the usage metrics
-                log.error(
-                    "counts taken but not heard back before the store let them go: counted by no router",
-                    extra={"charges": len(unheard.takes), "request_id": unheard.takes[0].request_id},
-                )
-        for claim, unheard in list(self.unheard.items()):
+                continue  # its shard away: given up once it is back
             if unheard.shard in away:
                 continue
             async with self._apart(unheard.shard, away):
@@ -666,6 +671,19 @@ class RedisStore:
                 for record in _answered(unheard.takes, answers, claim).records:
                     if record is not None:
                         count_charge(record)
+
+    async def _give_up_note(self, shard: int, claim: str) -> bool:
+        """A take given up (_send_unheard): its claim's note dropped (keys.py, taken_claims_key), so none adopts it;
+        whether its charges went uncounted. Not when its note was gone: another router's reconciler adopted it, and
+        counted them, or gave them up itself (_adopt); nor when the take never ran (no note either), its charges still
+        listed for the sweep. (Nor, wrongly, when its acknowledgement ran and both its reply and the resend's were lost:
+        rare, and told apart from an adoption by nothing the store keeps.) A note kept under another type (hand-edited)
+        tells nothing: taken as uncounted."""
+        key = taken_claims_key(shard)
+        async with self._calls:
+            if await self.redis.type(key) not in (b"hash", b"none"):
+                return True
+            return bool(await self.redis.hdel(key, claim))
 
     async def _send_take(self, shard: int, takes: list[_Take], claim: str) -> Any:
         """COUNT_ONCE's answers, then, when it answered records, its acknowledgement (lua.py, ACK_TAKE), which drops the
