@@ -272,8 +272,9 @@ async def test_a_cancelled_batch_sends_no_more_lines_and_charges_only_those_it_a
 async def test_a_line_the_router_admitted_is_not_sent_again_when_its_providers_call_breaks(chain: Chain) -> None:
     """After admission, the router's call to the providers service breaks (the providers went away): the router
     answers UNAVAILABLE, reason UPSTREAM_ERROR, with its own ErrorInfo. The batch runner must not take that for the
-    router being unreachable and send the request id again: the router refuses it as a duplicate, and the line's
-    error file would say DUPLICATE_REQUEST rather than what failed."""
+    router being unreachable and send the request id again: its attempt reached no upstream, so it was charged 0 and
+    its id released (an Idempotency-Key's retry is served), and sent again it would only fail again, the line held
+    and settled twice for nothing."""
     p_settings = ProvidersSettings(port=0, registry_path=chain.registry_path)
     own_providers = await start_server("providers", p_settings, *await providers.build(p_settings))
     router = await extra_router(chain, providers_addr=f"127.0.0.1:{own_providers.port}", redis_url=None)
@@ -296,9 +297,9 @@ async def test_a_line_the_router_admitted_is_not_sent_again_when_its_providers_c
             error = ServiceError.from_rpc_error(failed.value)
             assert (error.code, error.reason) == (grpc.StatusCode.UNAVAILABLE, "UPSTREAM_ERROR")
             assert not not_admitted(error)
-            with pytest.raises(grpc.aio.AioRpcError) as again:  # what sending it again would get
+            with pytest.raises(grpc.aio.AioRpcError) as again:  # what sending it again would get: admitted again
                 await stub.Complete(line, timeout=20)
-            assert ServiceError.from_rpc_error(again.value).reason == "DUPLICATE_REQUEST"
+            assert ServiceError.from_rpc_error(again.value).reason == "UPSTREAM_ERROR"
             await router.stop(0)
             with pytest.raises(grpc.aio.AioRpcError) as unreachable:  # the router itself gone: sent again
                 await stub.Complete(line, timeout=5)

@@ -42,7 +42,7 @@ def charge_record(request_id: str) -> dict[str, Any]:
         "ts": 1_780_000_000.5,
         "tenant": ACCOUNT.tenant,
         "key": ACCOUNT.key,
-        "period": "20260528",
+        "period": "all",  # a total budget's: a day's is charged to the day it lands in (model.landing_period)
         "model": "gpt-4o-mini",
         "provider": "openai",
         "input_tokens": 812,
@@ -95,7 +95,7 @@ async def test_old_and_compact_entries_become_the_same_row_and_export(
     try:
         # The compact one through the store's real charge path; the old one as the version before appended it.
         now = charge_record("now")
-        await store.charge(ACCOUNT, Hold("now", 0, "20260528"), to_pico(Decimal(now["cost_usd"])), now)
+        await store.charge(ACCOUNT, Hold("now", 0, "all"), to_pico(Decimal(now["cost_usd"])), now)
         await client.xadd(ledger_key(0), {"record": json.dumps(charge_record("before"))})
     finally:
         await store.close()
