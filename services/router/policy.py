@@ -7,6 +7,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Literal
 
 import grpc
 
@@ -159,27 +160,74 @@ def capped_usd(cap: Decimal) -> str:
     return format(Decimal(floor_pico(cap)) / PICO, "f")
 
 
-def plan(registry: Registry, options: list[Option], limits: Limits, classified: bool) -> Plan:
+# How a request the classifier could not score is routed (ROUTER_CLASSIFIER_FALLBACK): `length`, the tier its
+# prompt's length picks (services/router/length_rule.py); `strongest`, the strongest tier; `cheapest`, the cheapest
+# model; each within the request's limits.
+FallbackRule = Literal["length", "strongest", "cheapest"]
+
+
+@dataclass(frozen=True)
+class Fallback:
+    rule: FallbackRule
+    tier: str = ""  # length: the tier picked for the prompt
+    why: str = ""  # length: how it was picked, for the reason
+
+
+STRONGEST = Fallback("strongest")
+
+
+def plan(
+    registry: Registry, options: list[Option], limits: Limits, classified: bool, fallback: Fallback = STRONGEST
+) -> Plan:
     """The cheapest model predicted to reach `quality_target` of the best candidate's predicted quality. The
     target is relative, so a prompt the classifier reads poorly (every prediction low) still goes to a cheap
-    model that is about as good as any, never to the priciest by default. Without the classifier, the
-    strongest tier within limits: quality is kept, savings are not."""
+    model that is about as good as any, never to the priciest by default. Without the classifier, `fallback`."""
     within = [o for o in options if not o.excluded]
     if not within:
         raise _nothing_fits(options, limits)
     if not classified:
-        order = sorted(within, key=lambda o: (-registry.tier_rank(o.model), o.cost))
-        return Plan(options, order, "classifier_unavailable", "classifier unavailable: strongest tier within limits")
-    best = max(within, key=lambda o: (o.quality, -o.cost))
-    bar = min(limits.quality_target * best.quality, best.quality)  # the best meets it, even unknown (-1)
-    meeting = sorted((o for o in within if o.quality >= bar), key=lambda o: (o.cost, -o.quality))
-    below = sorted((o for o in within if o.quality < bar), key=lambda o: (-o.quality, o.cost))
-    first = meeting[0]
+        return _unclassified(registry, options, within, fallback)
+    order, best = near_best(within, limits.quality_target)
+    first = order[0]
     reason = (
         f"cheapest model predicted within {limits.quality_target:.2f} of the best "
         f"({best.model.name} {best.quality:.2f}): predicted {first.quality:.2f}, est. ${first.cost:f}"
     )
-    return Plan(options, meeting + below, "cheapest_near_best", reason)
+    return Plan(options, order, "cheapest_near_best", reason)
+
+
+def near_best(within: list[Option], target: float) -> tuple[list[Option], Option]:
+    """The options in the order to try at a relative target (the cheapest predicted within it of the best first,
+    then the rest, best predicted first), and the best. Also how the reference mix is routed (length_rule.py)."""
+    best = max(within, key=lambda o: (o.quality, -o.cost))
+    bar = min(target * best.quality, best.quality)  # the best meets it, even unknown (-1)
+    meeting = sorted((o for o in within if o.quality >= bar), key=lambda o: (o.cost, -o.quality))
+    below = sorted((o for o in within if o.quality < bar), key=lambda o: (-o.quality, o.cost))
+    return meeting + below, best
+
+
+def _unclassified(registry: Registry, options: list[Option], within: list[Option], fallback: Fallback) -> Plan:
+    """Every option within limits, in the fallback's order: each stays there for a provider's failure and for
+    escalation to a stronger tier."""
+    code = "classifier_unavailable"  # whatever the rule: dashboards and alerts count the requests routed without it
+    if fallback.rule == "cheapest":
+        order = sorted(within, key=lambda o: (o.cost, -registry.tier_rank(o.model)))
+        return Plan(options, order, code, "classifier unavailable: cheapest model within limits")
+    if fallback.rule == "length":
+        # The tier picked first, cheapest first; none of it within limits, the next stronger tier (the prompt needs
+        # at least that), then the weaker ones, strongest first.
+        picked = registry.tiers.index(fallback.tier)
+
+        def distance(o: Option) -> tuple[int, int, Decimal]:
+            rank = registry.tier_rank(o.model)
+            return (0, rank, o.cost) if rank >= picked else (1, -rank, o.cost)
+
+        order = sorted(within, key=distance)
+        first = order[0].model
+        where = "" if first.tier == fallback.tier else f"; none of {fallback.tier} within limits, {first.tier}"
+        return Plan(options, order, code, f"classifier unavailable: {fallback.why}{where}")
+    order = sorted(within, key=lambda o: (-registry.tier_rank(o.model), o.cost))
+    return Plan(options, order, code, "classifier unavailable: strongest tier within limits")
 
 
 def explicit(options: list[Option], name: str, limits: Limits) -> Plan:

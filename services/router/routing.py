@@ -16,7 +16,8 @@ from services.router import metrics, policy
 from services.router.models import AvailableModels
 from services.router.routed import Routed
 from services.router.score_cache import ScoreCache, prompt_key
-from services.router.targets import Targets
+from services.router.targets import Target, Targets
+from services.router.unclassified import Unclassified
 
 log = logging.getLogger("llmrouter.router")
 
@@ -29,9 +30,11 @@ class Routing:
         classifier_timeout_s: float,
         targets: Targets,
         tenant_labels: metrics.BoundedLabels,
+        unclassified: Unclassified,
         score_cache: ScoreCache | None = None,
     ) -> None:
         self.classifier = classifier
+        self.unclassified = unclassified
         self.score_cache = ScoreCache(0) if score_cache is None else score_cache
         self.available = available
         self.classifier_timeout_s = classifier_timeout_s
@@ -56,17 +59,22 @@ class Routing:
             options = policy.evaluate(models, None, limits)
             plan, version = policy.explicit(options, request.model, limits), ""
         else:
-            scores, version = await self._classify(request, tenant, time_remaining)
+            prompt = scored_prompt(request)
+            scores, version = await self._classify(prompt, tenant, time_remaining)
+            fallback = ideal_fallback = policy.STRONGEST
             if scores is not None:
-                target = self.targets.choose(request, tenant, models, registry, version)
+                target: Target | None = self.targets.choose(request, tenant, models, registry, version)
+            else:
+                fallback, ideal_fallback, target = self.unclassified.fallback(request, tenant, prompt, models, registry)
+            if target is not None:
                 limits, note = dataclasses.replace(limits, quality_target=target.quality), target.note
             # Every registry model is a candidate; those the providers cannot serve here are shown excluded,
             # beside what routing would choose with every provider configured.
             every = policy.evaluate(registry.models, scores, limits)
             options = policy.without_unavailable(every, {m.name for m in models}, registry.providers)
-            plan = policy.plan(registry, options, limits, classified=scores is not None)
+            plan = policy.plan(registry, options, limits, scores is not None, fallback)
             if options != every:
-                ideal = ideal_plan(registry, every, limits, scores)
+                ideal = ideal_plan(registry, every, limits, scores is not None, ideal_fallback)
                 return plan, decision(plan, limits, version, note, ideal), registry
         return plan, decision(plan, limits, version, note), registry
 
@@ -84,10 +92,9 @@ class Routing:
                 metrics.QUALITY_KEPT.labels(tenant).observe(plan.order[0].quality / best)
 
     async def _classify(
-        self, request: router_pb2.CompleteRequest, tenant: str, time_remaining: float | None
+        self, prompt: str, tenant: str, time_remaining: float | None
     ) -> tuple[dict[str, float] | None, str]:
-        """The classifier's predictions for the last user turn; None when it cannot answer in time."""
-        prompt = next((m.content for m in reversed(request.messages) if m.role == "user"), request.messages[-1].content)
+        """The classifier's predictions for `prompt`; None when it cannot answer in time."""
         key = prompt_key(tenant, prompt)
         if (kept := self.score_cache.get(key)) is not None:
             metrics.SCORE_CACHE.labels("hit").inc()
@@ -104,11 +111,20 @@ class Routing:
         return scores, reply.model_version
 
 
+def scored_prompt(request: router_pb2.CompleteRequest) -> str:
+    """What the classifier scores: the last user turn."""
+    return next((m.content for m in reversed(request.messages) if m.role == "user"), request.messages[-1].content)
+
+
 def ideal_plan(
-    registry: Registry, options: list[policy.Option], limits: policy.Limits, scores: dict[str, float] | None
+    registry: Registry,
+    options: list[policy.Option],
+    limits: policy.Limits,
+    classified: bool,
+    fallback: policy.Fallback = policy.STRONGEST,
 ) -> policy.Plan | None:
     try:
-        return policy.plan(registry, options, limits, classified=scores is not None)
+        return policy.plan(registry, options, limits, classified, fallback)
     except ServiceError:
         return None  # nothing fits even with every provider: the decision says so by leaving it empty
 

@@ -27,6 +27,7 @@ from services.router.sessions import Sessions, stick
 from services.router.settings import RouterSettings
 from services.router.store import Store
 from services.router.targets import Targets
+from services.router.unclassified import Unclassified
 from services.router.verifying import ClassifierVerifier
 
 
@@ -45,12 +46,14 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self.settings = settings
         self.available = AvailableModels(registry, providers, settings.models_refresh_s)
         self.admission = Admission(settings, registry, store, outbox)
+        targets = Targets(settings, reference)
         self.routing = Routing(
             classifier,
             self.available,
             settings.classifier_timeout_s,
-            Targets(settings, reference),
+            targets,
             metrics.BoundedLabels(settings.metrics_tenants),
+            Unclassified(settings.classifier_fallback, reference, targets, settings.expected_output_tokens),
             ScoreCache(settings.score_cache_entries),
         )
         self.charger = charging.Charger(store, outbox, self.available)

@@ -61,8 +61,8 @@ def session_key(tenant: str, session_id: str, key: str = KEYLESS) -> str:
 def stick(plan: policy.Plan, session: Session | None, registry: Registry) -> policy.Plan | None:
     """The plan with the session's model first, when affinity applies: its model is within the turn's limits
     (available, eligible) and the turn's own choice is no stronger a tier. Without the classifier the turn's
-    need is unknown (the plan is then the strongest tier): the session's model is the better guess, so a
-    classifier outage does not move every session up for good. None when the plan stands."""
+    need is only guessed (ROUTER_CLASSIFIER_FALLBACK: its length, or the strongest tier): the session's model is
+    the better guess, so a classifier outage moves no session up for good. None when the plan stands."""
     if session is None:
         return None
     current = next((o for o in plan.order if o.model.name == session.model), None)

@@ -16,6 +16,7 @@ from llmrouter.registry import DEFAULT_REGISTRY
 from llmrouter.settings import REPO_ROOT, GrpcServiceSettings, RepoPath
 from services.ledger.settings import LedgerSettings
 from services.router.end_users import secret_bytes
+from services.router.policy import FallbackRule
 from services.router.store import DEFERRED_HOLD_S, HOLD_S, HOLDS_LINGER_S, REQUEST_ID_TTL_S, HoldTotals
 
 # The time kept for a request's charge to land after its last token.
@@ -119,6 +120,10 @@ class RouterSettings(GrpcServiceSettings, LedgerSettings, BudgetPeriodSettings, 
     # output tokens, the request is refused rather than served with a smaller max_tokens.
     min_output_tokens: int = Field(default=16, gt=0)
     classifier_timeout_s: float = Field(default=0.5, gt=0)
+    # How a request is routed when the classifier cannot score it within classifier_timeout_s (services/router/
+    # unclassified.py): `length`, the tier its prompt's length picks, calibrated on the reference mix; `strongest`
+    # (quality kept, savings lost: the price of the strongest tier for the whole outage); `cheapest`.
+    classifier_fallback: FallbackRule = "length"
     # Classifier answers kept for prompts seen again (services/router/score_cache.py); 0 turns the cache off.
     score_cache_entries: int = Field(default=10_000, ge=0)
     # The longest a request may run from admission to its last token, fallbacks and escalation included, whatever

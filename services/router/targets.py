@@ -90,3 +90,11 @@ class Targets:
             newer = "needs a calibration with the prompts' sizes (make calibrate); default target"
             return Target(default, f"{aim.kind} {aim.value:.2f} {newer}")
         return Target(quality, f"{aim.kind} {aim.value:.2f} on the reference mix")
+
+    def reference(
+        self, request: router_pb2.CompleteRequest, tenant: str, models: list[ModelSpec], registry: Registry
+    ) -> Target:
+        """The target `choose` gives a request no classifier scored (so none says which version it is): the
+        calibration is taken as the deployed classifier's."""
+        version = self.calibration.classifier_version if self.calibration is not None else ""
+        return self.choose(request, tenant, models, registry, version)

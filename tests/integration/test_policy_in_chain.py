@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from decimal import Decimal
 from typing import Any
 
@@ -17,7 +18,7 @@ from prometheus_client import REGISTRY
 from llmrouter.errors import ServiceError
 from llmrouter.registry import load_registry
 from llmrouter.server import RunningServer, start_server
-from llmrouter.v1 import common_pb2, router_pb2, router_pb2_grpc
+from llmrouter.v1 import classifier_pb2, classifier_pb2_grpc, common_pb2, router_pb2, router_pb2_grpc
 from services import router
 from services.router.settings import RouterSettings
 from tests.conftest import ledger_records
@@ -81,15 +82,71 @@ async def test_rate_limit_refuses_with_retry_after(chain: Chain) -> None:
         await limited.stop(1)
 
 
-async def test_routing_goes_on_when_the_classifier_is_down(chain: Chain) -> None:
-    blind = await extra_router(chain, classifier_addr=f"127.0.0.1:{free_port()}", classifier_timeout_s=0.5)
+class Stalled(classifier_pb2_grpc.ClassifierServicer):
+    """A classifier that answers no Score until the test ends: slower than any router's classifier timeout."""
+
+    def __init__(self) -> None:
+        self.released = asyncio.Event()
+
+    async def Score(self, request: Any, context: Any) -> classifier_pb2.ScoreResponse:
+        await self.released.wait()
+        return classifier_pb2.ScoreResponse()
+
+
+@asynccontextmanager
+async def blind_router(chain: Chain, classifier: str, fallback: str) -> AsyncIterator[router_pb2_grpc.RouterStub]:
+    """A router of the chain whose classifier is `stopped` (nothing listens at its address) or `slow` (it never
+    answers within the router's 0.5 s), routing without it by ROUTER_CLASSIFIER_FALLBACK `fallback`."""
+    stalled = Stalled()
+    server = grpc.aio.server()
+    classifier_pb2_grpc.add_ClassifierServicer_to_server(stalled, server)
+    port = server.add_insecure_port("127.0.0.1:0") if classifier == "slow" else free_port()
+    await server.start()
+    blind = await extra_router(
+        chain, classifier_addr=f"127.0.0.1:{port}", classifier_timeout_s=0.5, classifier_fallback=fallback
+    )
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{blind.port}") as channel:
-            reply = await router_pb2_grpc.RouterStub(channel).Complete(ask(uuid.uuid4().hex), timeout=20)
-        assert reply.model == "strong-model"  # quality is kept when predictions are missing
-        assert "classifier unavailable" in reply.decision.reason
+            yield router_pb2_grpc.RouterStub(channel)
     finally:
+        stalled.released.set()
         await blind.stop(1)
+        await server.stop(None)
+
+
+# At the default target 0.85 the classifier sends 59% of the reference mix to the chain's premium strong-model: the
+# length rule sends it the prompts of 88 tokens and more (test_length_rule.py checks the shares).
+SHORT = "What is the capital of France?"
+LONG = "Prove that there are infinitely many primes of the form 4k+3, with every step justified. " * 8
+
+
+@pytest.mark.parametrize("classifier", ["stopped", "slow"])
+@pytest.mark.parametrize(
+    ("fallback", "short", "long"),
+    [
+        ("length", "cheap-model", "strong-model"),
+        ("strongest", "strong-model", "strong-model"),
+        ("cheapest", "cheap-model", "cheap-model"),
+    ],
+)
+async def test_routing_goes_on_without_the_classifier_by_the_fallback_setting(
+    chain: Chain, classifier: str, fallback: str, short: str, long: str
+) -> None:
+    async with blind_router(chain, classifier, fallback) as stub:
+        for text, model in ((SHORT, short), (LONG, long)):
+            reply = await stub.Complete(ask(f"{text} {uuid.uuid4().hex}"), timeout=20)
+            assert reply.model == model, (text, reply.decision.reason)
+            assert reply.decision.reason.startswith("classifier unavailable: ")
+            assert ("length rule" in reply.decision.reason) == (fallback == "length")
+        assert sample("llmrouter_router_requests_total", model=short, reason="classifier_unavailable", outcome="ok")
+
+
+async def test_without_the_classifier_a_weak_answer_still_escalates(chain: Chain) -> None:
+    async with blind_router(chain, "stopped", "length") as stub:
+        reply = await stub.Complete(ask(f"{SILENCE} {uuid.uuid4().hex}"), timeout=20)
+    assert reply.escalated and reply.model == "strong-model"
+    assert "length rule, a prompt of" in reply.decision.reason and "economy" in reply.decision.reason
+    assert reply.decision.quality_target == pytest.approx(0.85)  # the target the rule was calibrated at
 
 
 def sample(name: str, **labels: str) -> float:

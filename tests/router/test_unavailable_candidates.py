@@ -35,7 +35,7 @@ def test_cloud_models_without_keys_are_candidates_and_the_ideal_choice_is_report
     every = policy.evaluate(REGISTRY.models, scores, limits())
     options = policy.without_unavailable(every, LOCAL, REGISTRY.providers)
     plan = policy.plan(REGISTRY, options, limits(), classified=True)
-    ideal = ideal_plan(REGISTRY, every, limits(), scores)
+    ideal = ideal_plan(REGISTRY, every, limits(), scores is not None)
     assert ideal is not None
     made = decision(plan, limits(), "v1", ideal=ideal)
     assert {c.model for c in made.candidates} == {m.name for m in REGISTRY.models}

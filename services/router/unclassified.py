@@ -1,0 +1,73 @@
+"""How a request the classifier cannot score in time is routed (ROUTER_CLASSIFIER_FALLBACK): `length` (the
+default), the tier its prompt's length picks, calibrated on the reference mix at the request's target
+(length_rule.py); `strongest`, the strongest tier; `cheapest`, the cheapest model; each within its limits.
+
+Without a calibration holding the prompts' sizes, `length` has no thresholds: it sends every such request to the
+tier just below the strongest available (the standard tier of the shipped registry, where the classifier sends
+most of the reference mix at the default target), never the strongest tier's price for a whole outage, nor the
+weakest tier's answers for a hard prompt; a warning at start says so."""
+
+from __future__ import annotations
+
+import logging
+
+from llmrouter.registry import ModelSpec, Registry
+from llmrouter.tokens import count_message_tokens
+from llmrouter.v1 import common_pb2, router_pb2
+from services.router import policy
+from services.router.calibration import Calibration
+from services.router.length_rule import LengthRule
+from services.router.targets import Target, Targets
+
+log = logging.getLogger("llmrouter.router")
+
+
+class Unclassified:
+    def __init__(
+        self, rule: policy.FallbackRule, calibration: Calibration | None, targets: Targets, output_tokens: int
+    ) -> None:
+        self.rule = rule
+        self.targets = targets
+        self.output_tokens = output_tokens
+        usable = calibration is not None and calibration.input_tokens is not None
+        self.length = LengthRule(calibration) if calibration is not None and usable else None
+        if rule == "length" and self.length is None:
+            log.warning(
+                "ROUTER_CLASSIFIER_FALLBACK=length without a calibration holding the prompts' sizes "
+                "(ROUTER_CALIBRATION_PATH; make calibrate): requests the classifier cannot score go to the tier "
+                "below the strongest"
+            )
+
+    def fallback(
+        self,
+        request: router_pb2.CompleteRequest,
+        tenant: str,
+        prompt: str,
+        models: list[ModelSpec],
+        registry: Registry,
+    ) -> tuple[policy.Fallback, policy.Fallback, Target | None]:
+        """For a request whose `prompt` (the text the classifier would have scored) went unscored: the fallback
+        among `models` (those available), the one were every registry model available, and the target the length
+        rule was calibrated at."""
+        if self.rule != "length" or not models:
+            return policy.Fallback(self.rule), policy.Fallback(self.rule), None
+        if self.length is None:
+            return _below_strongest(models, registry), _below_strongest(registry.models, registry), None
+        target = self.targets.reference(request, tenant, models, registry)
+        tokens = count_message_tokens([common_pb2.ChatMessage(role="user", content=prompt)])  # as calibrate counts
+        fallbacks = []
+        for among in (models, registry.models):
+            tier, why = self.length.tiers(target.quality, among, registry, self.output_tokens).tier_for(tokens)
+            fallbacks.append(policy.Fallback("length", tier, f"{why} as the classifier at target {target.quality:.2f}"))
+        return fallbacks[0], fallbacks[1], target
+
+
+def _below_strongest(models: list[ModelSpec], registry: Registry) -> policy.Fallback:
+    tier = below_strongest(models, registry)
+    why = f"no calibration for the length rule (make calibrate): {tier}, the tier below the strongest"
+    return policy.Fallback("length", tier, why)
+
+
+def below_strongest(models: list[ModelSpec], registry: Registry) -> str:
+    ranks = sorted({registry.tier_rank(m) for m in models})
+    return registry.tiers[ranks[-2] if len(ranks) > 1 else ranks[0]]

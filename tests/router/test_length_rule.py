@@ -1,0 +1,109 @@
+"""The length rule's calibration (services/router/length_rule.py): on the shipped reference mix, the share of prompts
+it sends each tier is the share the classifier's predictions send there through the policy, at the default target
+and at a strong share, within one prompt; thresholds split prompts of one size to the nearer side."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from llmrouter.registry import ModelSpec, load_registry
+from llmrouter.v1 import router_pb2
+from services.router import policy
+from services.router.calibration import Calibration
+from services.router.length_rule import LengthRule, thresholds
+from services.router.settings import RouterSettings
+from services.router.targets import Targets
+from services.router.unclassified import Unclassified
+from tests.conftest import ROOT
+from tests.router.test_policy import limits
+
+REGISTRY = load_registry()
+OUTPUT_TOKENS = RouterSettings().expected_output_tokens
+SERVED = {"gpt-4o-mini", "gpt-4o", "claude-3-5-haiku", "claude-sonnet-4"}  # OpenAI's and Anthropic's keys alone
+
+
+@pytest.fixture(scope="module")
+def reference() -> Calibration:
+    path = ROOT / "artefacts" / "classifier" / "calibration.json"
+    if not path.is_file():
+        pytest.fail("artefacts/classifier/calibration.json is missing: `make setup` (or make calibrate) builds it")
+    return Calibration.read(path)
+
+
+def classifier_tiers(reference: Calibration, models: list[ModelSpec], target: float) -> Counter[str]:
+    """The tier policy.plan picks for each reference prompt from the classifier's scores at `target`."""
+    assert reference.input_tokens is not None
+    picked: Counter[str] = Counter()
+    for row, tokens in zip(reference.scores, reference.input_tokens, strict=True):
+        scores = dict(zip(reference.models, row, strict=True))
+        lim = limits(quality_target=target, input_tokens=tokens, expected_output_tokens=OUTPUT_TOKENS)
+        plan = policy.plan(REGISTRY, policy.evaluate(models, scores, lim), lim, classified=True)
+        picked[plan.order[0].model.tier] += 1
+    return picked
+
+
+def length_tiers(reference: Calibration, models: list[ModelSpec], target: float) -> Counter[str]:
+    assert reference.input_tokens is not None
+    tiers = LengthRule(reference).tiers(target, models, REGISTRY, OUTPUT_TOKENS)
+    return Counter(tiers.tier_for(tokens)[0] for tokens in reference.input_tokens)
+
+
+@pytest.mark.parametrize("served", [None, SERVED], ids=["every model", "openai and anthropic"])
+def test_each_tiers_share_is_the_classifiers_at_the_default_target(
+    reference: Calibration, served: set[str] | None
+) -> None:
+    models = [m for m in REGISTRY.models if served is None or m.name in served]
+    target = RouterSettings().default_quality_target
+    by_classifier = classifier_tiers(reference, models, target)
+    by_length = length_tiers(reference, models, target)
+    assert by_classifier["premium"] > 0  # the strong share is no trivial 0
+    for tier in REGISTRY.tiers:
+        assert abs(by_length[tier] - by_classifier[tier]) <= 1, (tier, by_length, by_classifier)
+
+
+def test_a_strong_share_is_kept_without_the_classifier(reference: Calibration) -> None:
+    settings = RouterSettings()
+    aimed = router_pb2.CompleteRequest(strong_share=0.2)
+    target = Targets(settings, reference).reference(aimed, "acme", REGISTRY.models, REGISTRY)
+    assert target.note == "strong share 0.20 on the reference mix"
+    by_classifier = classifier_tiers(reference, REGISTRY.models, target.quality)
+    by_length = length_tiers(reference, REGISTRY.models, target.quality)
+    assert abs(by_length["premium"] - by_classifier["premium"]) <= 1
+    assert by_length["premium"] / len(reference.scores) == pytest.approx(0.2, abs=0.01)
+
+
+def test_prompts_of_one_size_go_to_the_nearer_side() -> None:
+    tokens = [10, 20, 20, 20, 30, 40]
+    # Four to the weaker tier: the three of 20 tokens go with it (4 below, off by none).
+    assert thresholds([4, 2], tokens, ["a", "b"]).starts == [0, 30]
+    # Two to the weaker tier: of the 20-token prompts none (1 below, off by one) rather than all (4, off by two).
+    assert thresholds([2, 4], tokens, ["a", "b"]).starts == [0, 20]
+    # Three: one either way, the weaker side taking them (cheaper).
+    split = thresholds([3, 3], tokens, ["a", "b"])
+    assert split.starts == [0, 21] and split.shares == [4 / 6, 2 / 6]
+    assert split.tier_for(20)[0] == "a" and split.tier_for(21)[0] == "b"
+    # A tier of no prompts gets no range; one of them all gets every length.
+    assert thresholds([0, 6, 0], tokens, ["a", "b", "c"]).tiers == ["b"]
+    assert thresholds([0, 6, 0], tokens, ["a", "b", "c"]).tier_for(10**6)[0] == "b"
+
+
+def test_a_prompts_tier_among_the_models_available_and_with_every_provider(reference: Calibration) -> None:
+    settings = RouterSettings()
+    rule = Unclassified("length", reference, Targets(settings, reference), OUTPUT_TOKENS)
+    served = [m for m in REGISTRY.models if m.name in SERVED]
+    short = "What is the capital of France?"  # 14 tokens: the economy tier's, with every provider
+    fallback, ideal, target = rule.fallback(router_pb2.CompleteRequest(), "acme", short, served, REGISTRY)
+    assert target is not None and target.quality == settings.default_quality_target
+    assert (fallback.tier, ideal.tier) == ("standard", "economy")
+    assert fallback.why == (
+        "length rule, a prompt of 14 tokens: standard (0 to 543 tokens, 97.7% of the reference mix) "
+        "as the classifier at target 0.85"
+    )
+    long = "word " * 600
+    fallback, ideal, _ = rule.fallback(router_pb2.CompleteRequest(), "acme", long, served, REGISTRY)
+    assert (fallback.tier, ideal.tier) == ("premium", "premium")
+    aimed = router_pb2.CompleteRequest(quality_target=0.95)  # the request's own target moves the thresholds
+    fallback, _, target = rule.fallback(aimed, "acme", "word " * 60, served, REGISTRY)
+    assert target is not None and target.quality == pytest.approx(0.95) and fallback.tier == "premium"
