@@ -57,10 +57,11 @@ class LengthRule:
 
     def tiers(self, target: float, models: list[ModelSpec], registry: Registry, output_tokens: int) -> Tiers:
         assert self.calibration.input_tokens is not None
-        counts = self._curve(models, registry, output_tokens).at(target)
+        counts = self.curve(models, registry, output_tokens).at(target)
         return thresholds(counts, sorted(self.calibration.input_tokens), registry.tiers)
 
-    def _curve(self, models: list[ModelSpec], registry: Registry, output_tokens: int) -> ShareCurve:
+    def curve(self, models: list[ModelSpec], registry: Registry, output_tokens: int) -> ShareCurve:
+        """The mix's shares per tier at any target for these models, built once (tens of milliseconds) and kept."""
         prices = tuple((m.name, m.input_usd_per_mtok, m.output_usd_per_mtok, m.max_output_tokens) for m in models)
         qualities = tuple((m.name, m.tier, m.quality_from, m.quality_prior) for m in models)
         key: tuple[object, ...] = (tuple(registry.tiers), qualities, prices, output_tokens)

@@ -47,13 +47,15 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self.available = AvailableModels(registry, providers, settings.models_refresh_s)
         self.admission = Admission(settings, registry, store, outbox)
         targets = Targets(settings, reference)
+        unclassified = Unclassified(settings.classifier_fallback, reference, targets, settings.expected_output_tokens)
+        unclassified.warm(registry.current)
         self.routing = Routing(
             classifier,
             self.available,
             settings.classifier_timeout_s,
             targets,
             metrics.BoundedLabels(settings.metrics_tenants),
-            Unclassified(settings.classifier_fallback, reference, targets, settings.expected_output_tokens),
+            unclassified,
             ScoreCache(settings.score_cache_entries),
         )
         self.charger = charging.Charger(store, outbox, self.available)

@@ -38,6 +38,12 @@ class Unclassified:
                 "below the strongest"
             )
 
+    def warm(self, registry: Registry) -> None:
+        """Builds the length rule for every registry model now, at start, rather than on the first request the
+        classifier fails (the models available then are built for on the first such request)."""
+        if self.rule == "length" and self.length is not None:
+            self.length.curve(registry.models, registry, self.output_tokens)
+
     def fallback(
         self,
         request: router_pb2.CompleteRequest,
