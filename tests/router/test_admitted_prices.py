@@ -56,11 +56,11 @@ async def test_a_cut_stream_and_a_failed_attempt_are_charged_at_the_prices_the_r
 ) -> None:
     async with store_on(redis_url) as store:
         async with (
-            served_router(tmp_path, store, ReloadedProviders()) as running,
+            served_router(tmp_path, store, ReloadedProviders(), classifier_fallback="strongest") as running,
             grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
         ):
             stub = router_pb2_grpc.RouterStub(channel)
-            # No classifier answers: the strongest tier first, the cheap model its fallback.
+            # No classifier answers, and the fallback is the strongest tier: it first, the cheap model behind it.
             message = common_pb2.ChatMessage(role="user", content="Hello there")
             request = router_pb2.CompleteRequest(messages=[message], tenant="t", max_tokens=50, request_id="r")
             deltas = []
