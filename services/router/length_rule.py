@@ -35,12 +35,11 @@ class Tiers:
 
 @dataclass
 class ShareCurve:
-    """The reference mix's prompts per tier as a function of the target: `base` at the lowest target, and each
-    event (ratio, from, to) moving one prompt for every target above its ratio."""
+    """The reference mix's prompts per tier rank as a function of the target: counts[0] at the lowest target,
+    counts[i] once it is above ratios[i - 1] (each ratio moving one prompt to a stronger choice)."""
 
-    base: list[int]  # per tier rank
     ratios: list[float]  # sorted
-    counts: list[list[int]]  # counts[i]: per tier rank, with the first i events applied
+    counts: list[list[int]]  # counts[i]: per tier rank, with the first i moves made
 
     def at(self, target: float) -> list[int]:
         return self.counts[bisect.bisect_left(self.ratios, target)]
@@ -50,10 +49,6 @@ class ShareCurve:
 class LengthRule:
     calibration: Calibration
     _curves: dict[tuple[object, ...], ShareCurve] = field(default_factory=dict, repr=False)
-
-    @property
-    def usable(self) -> bool:
-        return self.calibration.input_tokens is not None  # a file built before it held the prompts' sizes
 
     def tiers(self, target: float, models: list[ModelSpec], registry: Registry, output_tokens: int) -> Tiers:
         assert self.calibration.input_tokens is not None
@@ -107,7 +102,7 @@ class LengthRule:
             now[before] -= 1
             now[after] += 1
             counts.append(now)
-        return ShareCurve(base, [ratio for ratio, _, _ in events], counts)
+        return ShareCurve([ratio for ratio, _, _ in events], counts)
 
 
 def thresholds(counts: list[int], tokens: list[int], tiers: list[str]) -> Tiers:

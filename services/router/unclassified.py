@@ -29,8 +29,9 @@ class Unclassified:
         self.rule = rule
         self.targets = targets
         self.output_tokens = output_tokens
-        usable = calibration is not None and calibration.input_tokens is not None
-        self.length = LengthRule(calibration) if calibration is not None and usable else None
+        # Thresholds need the prompts' sizes, which a file built before they were written lacks.
+        sized = calibration is not None and calibration.input_tokens is not None
+        self.length = LengthRule(calibration) if sized and calibration is not None else None
         if rule == "length" and self.length is None:
             log.warning(
                 "ROUTER_CLASSIFIER_FALLBACK=length without a calibration holding the prompts' sizes "
