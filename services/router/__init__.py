@@ -100,7 +100,8 @@ async def build(
         registry.start()
 
     # In this order (the server's stop runs them so): the servicer's charges land while the heartbeat still says
-    # this router lives (no reconciler takes them for a dead one's), and before the stores and channels close.
+    # this router lives (no reconciler takes them for a dead one's), then the upkeep's last replay of the outbox takes
+    # those that went there, before the stores and channels close.
     closers = [servicer.close, upkeep.close, registry.close, stop_watch, stop_sink, store.close, cache.close]
     closers += [classifier.close, providers.close]
     return registrations, closers, on_started
