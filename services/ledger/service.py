@@ -25,7 +25,7 @@ from services.router.store import MemoryStore, Store
 log = logging.getLogger("llmrouter.ledger")
 RETENTION_EVERY_S = 3600
 # How long a stopping router waits for its sink's round in flight: far more than a round takes, and well within what
-# the pod has left after its drain (the chart's terminationGracePeriodSeconds leaves 10 s past drainSeconds).
+# the pod has left after its drain (the chart's terminationGracePeriodSeconds leaves 15 s past drainSeconds).
 SINK_STOP_GRACE_S = 5.0
 
 

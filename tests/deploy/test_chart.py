@@ -5,6 +5,7 @@ under CI=true)."""
 from __future__ import annotations
 
 import json
+import math
 import re
 import subprocess
 from pathlib import Path
@@ -714,14 +715,17 @@ def test_shutdown_lets_the_longest_request_finish(docs: list[dict], svc: str) ->
 
 def test_the_kill_leaves_the_router_its_shutdown_after_the_drain() -> None:
     """Past its drain the router lets its last charges reach the money store (a Redis call, up to its socket timeout,
-    before the outbox takes the charge) and stops its SQL sink's round in flight (SINK_STOP_GRACE_S): the kubelet's
-    kill at terminationGracePeriodSeconds must leave it that long after preStopSleepSeconds + drainSeconds, or a charge
-    is cut between its pending record and its settlement (the reconciler then charges its whole hold)."""
+    before the outbox takes the charge), replays its outbox once more (FINAL_REPLAY_S: the outbox is deleted with the
+    pod) and stops its SQL sink's round in flight (SINK_STOP_GRACE_S): the kubelet's kill at
+    terminationGracePeriodSeconds must leave it that long after preStopSleepSeconds + drainSeconds, or a charge is cut
+    between its pending record and its settlement, or left in the outbox (the reconciler then charges its whole
+    hold)."""
     from services.ledger.service import SINK_STOP_GRACE_S
     from services.router.store.redis_store import RedisStore
+    from services.router.upkeep import FINAL_REPLAY_S
 
     store_call_s = RedisStore("redis://127.0.0.1:1/0").redis.connection_pool.connection_kwargs["socket_timeout"]
-    needed = int(store_call_s + SINK_STOP_GRACE_S)
+    needed = math.ceil(store_call_s + FINAL_REPLAY_S + SINK_STOP_GRACE_S)
     drained = VALUES["preStopSleepSeconds"] + VALUES["drainSeconds"]
     assert VALUES["terminationGracePeriodSeconds"] >= drained + needed
     with pytest.raises(subprocess.CalledProcessError) as failure:
@@ -1627,7 +1631,7 @@ def test_shutdown_outlasting_the_longest_request_is_kept_when_values_change(
     with pytest.raises(subprocess.CalledProcessError) as failure:
         render(*(arg for setting in settings for arg in ("--set", setting)))
     assert complaint in failure.value.stderr
-    raised = ["edge.env.EDGE_REQUEST_TIMEOUT_S=400", "drainSeconds=405", "terminationGracePeriodSeconds=420"]
+    raised = ["edge.env.EDGE_REQUEST_TIMEOUT_S=400", "drainSeconds=405", "terminationGracePeriodSeconds=425"]
     docs = render(*(arg for setting in raised for arg in ("--set", setting)))
     assert env(docs, "edge")["EDGE_REQUEST_TIMEOUT_S"] == "400"
     lowered = ["router.env.ROUTER_REQUEST_TIMEOUT_S=100", "edge.env.EDGE_REQUEST_TIMEOUT_S=110"]
