@@ -17,6 +17,7 @@ from llmrouter.errors import invalid
 from llmrouter.json_depth import MAX_JSON_DEPTH, nested_deeper
 from llmrouter.openai_fields import OpenAIFields, crossed, first_error, unservable
 from llmrouter.passthrough import END_USER_ID_CHARS
+from llmrouter.tool_pairing import Turn, pairing_fault
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 # OpenAI's bound on a chat's messages ("Invalid 'messages': array too long. Expected an array with maximum length
@@ -78,6 +79,7 @@ def parse_amount(text: str) -> Decimal:
 class ChatMessage(Protocol):
     role: str
     content: str
+    tool_call_id: str
     tool_calls_json: str
 
 
@@ -128,6 +130,7 @@ def validate(request: GenerationRequest) -> Validated:
     if request.HasField("temperature") and not 0 <= request.temperature <= 2:
         raise invalid("temperature must be within [0, 2]", "temperature")
     tool_calls = [_tool_calls(m.tool_calls_json, i) for i, m in enumerate(request.messages)]
+    _check_tool_pairing(request.messages, tool_calls)
     extras = passthrough(request.passthrough_json)
     _check_end_user_ids(extras)
     _check_openai_fields(extras)
@@ -228,8 +231,25 @@ def _field_of(path: str) -> str:
     return re.split(r"[.\[]", path, maxsplit=1)[0]
 
 
+def _check_tool_pairing(messages: Sequence[ChatMessage], tool_calls: list[list[dict[str, Any]]]) -> None:
+    """A gRPC caller's tool calls and results, paired as the edge holds a REST caller's to (llmrouter/tool_pairing.py):
+    refused before routing, not sent on for OpenAI or Anthropic to refuse and another upstream to answer. A call's id
+    is a string, or left out ("", as a provider's call without one is handed on)."""
+    turns = []
+    for i, (message, calls) in enumerate(zip(messages, tool_calls, strict=True)):
+        for j, call in enumerate(calls):
+            if not isinstance(call_id := call.get("id", ""), str):
+                field = f"messages[{i}].tool_calls[{j}].id"
+                raise invalid(f"{field} must be a string, got a JSON {_json_type(call_id)}", field)
+        turns.append(Turn(message.role, [call.get("id", "") for call in calls], message.tool_call_id))
+    if (fault := pairing_fault(turns)) is not None:
+        raise invalid(fault.message, fault.param)
+
+
 def _json_type(value: Any) -> str:
-    """The JSON type of a value json.loads returned (no string, no null)."""
+    """The JSON type of a value json.loads returned (no string)."""
+    if value is None:
+        return "null"
     if isinstance(value, dict):
         return "object"
     if isinstance(value, list):

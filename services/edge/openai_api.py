@@ -45,6 +45,7 @@ from llmrouter.openai_fields import (
 )
 from llmrouter.passthrough import END_USER_ID_CHARS, MAX_STOP, PASSTHROUGH_FIELDS
 from llmrouter.server import MAX_MESSAGE_BYTES
+from llmrouter.tool_pairing import Turn, pairing_fault
 from llmrouter.v1 import common_pb2, router_pb2
 from llmrouter.validation import MAX_MESSAGES, AmountError, parse_amount
 from services.edge.json_bounds import MAX_JSON_CONTAINERS, MAX_JSON_ITEMS, containers_over, items_over
@@ -296,7 +297,7 @@ def parse_request(body: bytes, max_messages: int = MAX_MESSAGES) -> tuple[ChatCo
         # request") and the others served it, as routing chose; asked for alone, usage rides on no stream.
         raise ApiError(400, STREAM_OPTIONS_ALONE, param="stream_options")
     refuse_unanswerable_tool_results(request.messages)
-    refuse_unanswered_tool_calls(request.messages)
+    refuse_unpaired_tool_calls(request.messages)
     refuse_misplaced_refusals(request.messages)
     if request.max_cost_usd is not None:
         try:
@@ -342,35 +343,12 @@ def refuse_unanswerable_tool_results(messages: list[Message]) -> None:
             raise ApiError(400, message_text, param=param, code="invalid_value")
 
 
-UNANSWERED_CALLS = (
-    "An assistant message with 'tool_calls' must be followed by tool messages responding to each 'tool_call_id'. "
-    "The following tool_call_ids did not have response messages: {ids}"
-)
-
-
-DUPLICATE_RESULT = (
-    "Invalid parameter: Duplicate value for 'tool_call_id' of {id!r}, in messages[{first}] and messages[{j}]."
-)
-
-
-def refuse_unanswered_tool_calls(messages: list[Message]) -> None:
-    """A 400 for an assistant turn's tool calls that the tool messages right after it do not all answer, or one of
-    them answers twice, in OpenAI's words: OpenAI and Anthropic refuse either (Anthropic's results must be the turn
-    after the calls, one each), a local model answered it, as routing chose an upstream."""
-    for i, message in enumerate(messages):
-        if message.role != "assistant" or not message.tool_calls:
-            continue
-        answered: dict[str, int] = {}
-        for j, later in enumerate(messages[i + 1 :], start=i + 1):
-            if later.role != "tool":
-                break
-            if (answer := later.tool_call_id or "") in answered:
-                text = DUPLICATE_RESULT.format(id=answer[:64], first=answered[answer], j=j)
-                raise ApiError(400, text, param=f"messages[{j}].tool_call_id")
-            answered[answer] = j
-        if missing := [call.id[:64] for call in message.tool_calls if call.id not in answered]:
-            text = UNANSWERED_CALLS.format(ids=", ".join(missing))
-            raise ApiError(400, text, param=f"messages[{i}].tool_calls", code="invalid_value")
+def refuse_unpaired_tool_calls(messages: list[Message]) -> None:
+    """A 400 for tool calls and results not paired as OpenAI and Anthropic pair them (llmrouter/tool_pairing.py),
+    before routing: the router refuses it too, for its gRPC callers."""
+    turns = [Turn(m.role, [call.id for call in m.tool_calls or ()], m.tool_call_id or "") for m in messages]
+    if (fault := pairing_fault(turns)) is not None:
+        raise ApiError(400, fault.message, param=fault.param, code=fault.code)
 
 
 def refuse_misplaced_refusals(messages: list[Message]) -> None:

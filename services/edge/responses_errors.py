@@ -42,6 +42,9 @@ INDEX = r"\[(\d{1,9})\]"
 MESSAGE_PATH = re.compile(rf"messages{INDEX}(.*)")
 CALL_PATH = re.compile(rf"\.tool_calls{INDEX}(.*)")
 TOOL_PATH = re.compile(rf"tools{INDEX}\.function(\..*)")
+# A path into `messages` as an error's message writes one, whole (messages[1].tool_calls[0], not its start): a message
+# may name more than its param (a tool result's call answered twice: in messages[2] and messages[4]).
+MESSAGE_PATHS = re.compile(rf"messages{INDEX}(?:\.\w+|{INDEX})*")
 WHOLE_CALLS = (".tool_calls", ".tool_calls_json")  # the turn's calls as a whole: named by its first item
 
 
@@ -75,7 +78,8 @@ def sent_name(chat_param: str, origins: Sequence[Origin]) -> str | None:
 
 def named_as_sent(error: ApiError, origins: Sequence[Origin]) -> ApiError:
     """The chat path's error naming the field as the caller sent it, in its message too where that names the path
-    (`messages[1].tool_calls[1].function.arguments must be a JSON object for ...`). Names not mapped stay."""
+    (`messages[1].tool_calls[1].function.arguments must be a JSON object for ...`) or another message's (the first
+    result of a call answered twice). Names not mapped stay."""
     chat_param = error.param or ""
     sent = sent_name(chat_param, origins)
     if sent is None and (tool := TOOL_PATH.fullmatch(chat_param)):
@@ -86,4 +90,5 @@ def named_as_sent(error: ApiError, origins: Sequence[Origin]) -> ApiError:
     error.param = sent
     # The whole path only: not the start of a longer one (messages[1].tool_calls within messages[1].tool_calls[0]).
     error.message = re.sub(rf"{re.escape(chat_param)}(?![\w\[]|\.\w)", lambda _: sent, error.message)
+    error.message = MESSAGE_PATHS.sub(lambda path: sent_name(path[0], origins) or path[0], error.message)
     return error

@@ -114,7 +114,7 @@ def test_the_message_names_the_item_where_it_names_the_chat_path() -> None:
     _, sent = to_chat(json.dumps({"input": CONVERSATION}).encode())
     said = "messages[1].tool_calls is wrong: see messages[1].tool_calls[1] and messages[1].tool_calls."
     error = named_as_sent(ApiError(400, said, param="messages[1].tool_calls"), sent.origins)
-    assert error.message == "input[2] is wrong: see messages[1].tool_calls[1] and input[2]."
+    assert error.message == "input[2] is wrong: see input[3] and input[2]."
     # A whole name is renamed as the param only: the message's words are the router's.
     error = named_as_sent(ApiError(400, "messages have no content", param="messages"), sent.origins)
     assert (error.param, error.message) == ("input", "messages have no content")
@@ -233,3 +233,24 @@ def test_a_function_call_no_output_follows_is_a_400_naming_its_item() -> None:
     error = named_as_sent(caught.value, sent.origins)
     assert (error.status, error.param) == (400, "input[1]")
     assert error.message.endswith("The following tool_call_ids did not have response messages: c1")
+
+
+def unpaired(items: list[dict[str, Any]]) -> ApiError:
+    chat, sent = to_chat(json.dumps({"input": [{"role": "user", "content": "hi"}, *items]}).encode())
+    with pytest.raises(ApiError) as caught:
+        parse_request(chat)
+    return named_as_sent(caught.value, sent.origins)
+
+
+def test_a_call_answered_twice_names_both_outputs_as_input_items() -> None:
+    """The chat route's message names the two tool messages (messages[2] and messages[3]), which a Responses caller
+    never sent: each is named as the input item it came from."""
+    error = unpaired([call("c1"), output("c1"), output("c1")])
+    assert (error.status, error.param) == (400, "input[3].call_id")
+    assert error.message == "Invalid parameter: Duplicate value for 'tool_call_id' of 'c1', in input[2] and input[3]."
+
+
+def test_two_calls_of_one_id_name_both_items() -> None:
+    error = unpaired([call("c1"), call("c1"), output("c1")])
+    assert (error.status, error.param) == (400, "input[2].call_id")
+    assert error.message.startswith("Invalid parameter: Duplicate value for 'id' of 'c1', in input[1] and input[2]:")
