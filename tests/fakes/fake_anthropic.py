@@ -159,7 +159,9 @@ class FakeAnthropic(FakeServer):
 
     def _tool_ids(self, messages: list[Any]) -> dict[str, Any] | None:
         """As api.anthropic.com: a tool_use block's id, and a tool_result's tool_use_id, must match TOOL_ID (another
-        provider's ids need not: Kimi K2's `functions.lookup:0`), else a 400 naming the block."""
+        provider's ids need not: Kimi K2's `functions.lookup:0`), else a 400 naming the block; and tool_use ids are
+        unique in the request, whatever turn each is in (another provider's model may write `call_0` each turn)."""
+        used: set[str] = set()
         for i, message in enumerate(messages):
             content = message.get("content")
             for j, block in enumerate(content if isinstance(content, list) else []):
@@ -167,6 +169,10 @@ class FakeAnthropic(FakeServer):
                 if field and not re.fullmatch(TOOL_ID, str(block.get(field))):
                     where = f"messages.{i}.content.{j}.{block['type']}.{field}"
                     return self._invalid(f"{where}: String should match pattern '{TOOL_ID}'")
+                if block.get("type") == "tool_use":
+                    if block["id"] in used:
+                        return self._invalid(f"messages.{i}.content.{j}: `tool_use` ids must be unique")
+                    used.add(block["id"])
         return None
 
     def _blank_content(self, messages: list[Any]) -> dict[str, Any] | None:

@@ -8,8 +8,10 @@ import re
 from decimal import Decimal
 from typing import Any
 
+import grpc
 import pytest
 
+from llmrouter.errors import ServiceError
 from llmrouter.tokens import count_message_tokens
 from llmrouter.v1 import common_pb2, provider_pb2
 from tests.fakes import FakeAnthropic, Fault
@@ -183,6 +185,61 @@ async def test_tool_call_ids_anthropic_refuses_are_sent_as_ids_it_takes(
     assert all(re.fullmatch(TOOL_ID, i) for i in used)
     assert all(len(new.encode()) <= len(old.encode()) for old, new in zip(ids, used, strict=True) if old not in longer)
     assert [i for i in used if i in ids] == [i for i in ids if re.fullmatch(TOOL_ID, i)]  # those it takes, as sent
+
+
+def tool_turns_request(turns: list[list[Any]]) -> provider_pb2.GenerateRequest:
+    """A conversation of turns of tool calls of these ids, each call answered right after its turn."""
+    messages = [common_pb2.ChatMessage(role="user", content="Look up the sea")]
+    for ids in turns:
+        calls = [{"id": i, "type": "function", "function": {"name": "look", "arguments": "{}"}} for i in ids]
+        messages.append(common_pb2.ChatMessage(role="assistant", tool_calls_json=json.dumps(calls)))
+        messages += [common_pb2.ChatMessage(role="tool", tool_call_id=str(i), content="blue") for i in ids]
+    return provider_pb2.GenerateRequest(model="claude", messages=messages, request_id="t-tool-turns")
+
+
+def sent_tool_ids(anthropic_fake: FakeAnthropic) -> tuple[list[str], list[str]]:
+    """The tool_use ids of the last request Anthropic got, and its tool_result ids, in order."""
+    sent = anthropic_fake.requests[-1].json["messages"]
+    blocks = [block for message in sent for block in message["content"]]
+    used = [block["id"] for block in blocks if block["type"] == "tool_use"]
+    return used, [block["tool_use_id"] for block in blocks if block["type"] == "tool_result"]
+
+
+async def test_an_id_used_again_in_a_later_turn_is_sent_as_another(stub, anthropic_fake: FakeAnthropic) -> None:
+    """Anthropic holds tool_use ids unique in a request (400 "`tool_use` ids must be unique"), OpenAI's API takes an
+    id again in a later turn, where a model writes one (`call_0` each turn): sent as written, such a conversation was
+    refused there, served elsewhere, as routing chose. Each turn's results are sent their own call's id."""
+    resp = await stub.Generate(tool_turns_request([["call_0"], ["call_0", "call_1"], ["call_0", "call_0_1"]]))
+    assert resp.finish_reason == "stop"
+    used, answered = sent_tool_ids(anthropic_fake)
+    assert used == answered and len(set(used)) == len(used) == 5
+    assert [used[0], used[2], used[4]] == ["call_0", "call_1", "call_0_1"]  # each the first time, as written
+
+
+async def test_ids_made_alike_are_sent_at_most_a_count_longer(stub, anthropic_fake: FakeAnthropic) -> None:
+    """Ids Anthropic refuses that are made alike (each `a_`) are sent distinct, at most `_` and a count longer in
+    bytes than written, what the hold counted: a `_` added for each made already grew them as their number, 600 ids
+    of 3 bytes sent as 180,000 bytes of ids, billed past the hold, and as slow to make as their square."""
+    ids = ["a" + chr(0x100 + k) for k in range(600)]
+    resp = await stub.Generate(tool_turns_request([ids]))
+    assert resp.finish_reason == "stop"
+    used, answered = sent_tool_ids(anthropic_fake)
+    assert used == answered and len(set(used)) == len(ids)
+    assert all(len(new.encode()) <= len(old.encode()) + len("_600") for old, new in zip(ids, used, strict=True))
+
+
+async def test_a_tool_call_id_of_another_type_is_refused_naming_it(stub, anthropic_fake: FakeAnthropic) -> None:
+    """An INVALID_ARGUMENT naming the call's id, nothing sent: it was the gateway's own TypeError (a 500-like
+    INTERNAL) while making the ids Anthropic takes."""
+    before = len(anthropic_fake.requests)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Generate(tool_turns_request([[7]]))
+    refused = ServiceError.from_rpc_error(caught.value)
+    assert (refused.code, refused.metadata.get("field")) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "messages[1].tool_calls[0].id",
+    )
+    assert len(anthropic_fake.requests) == before
 
 
 async def test_a_last_assistant_turn_is_sent_without_trailing_whitespace(stub, anthropic_fake: FakeAnthropic) -> None:

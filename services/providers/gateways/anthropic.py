@@ -155,9 +155,9 @@ def body(request: UpstreamRequest) -> dict[str, Any]:
     system = "\n\n".join(m.content for m in request.messages if m.role == "system" and m.content.strip())
     messages: list[dict[str, Any]] = []
     ids = tool_ids(request.messages)
-    for m in request.messages:
+    for m, sent_ids in zip(request.messages, ids, strict=True):
         # A turn with nothing Anthropic takes (only blank text) is left out: an empty turn is its 400 too.
-        if m.role == "system" or not (blocks := _blocks(m, ids)):
+        if m.role == "system" or not (blocks := _blocks(m, sent_ids)):
             continue
         # Anthropic knows only user and assistant turns, and wants one turn per side: consecutive ones merge,
         # so the results of parallel tool calls share the user turn that follows the calls.
@@ -195,23 +195,56 @@ def _trim_prefill(messages: list[dict[str, Any]]) -> None:
         last["text"] = last["text"].rstrip()
 
 
-def tool_ids(messages: Sequence[Message]) -> Mapping[str, str]:
-    """Each tool call id of the conversation as Anthropic takes it (TOOL_ID; a 400 else): as sent when it matches,
-    else its other characters written `_` (another provider's, Kimi K2's `functions.look:0`, is `functions_look_0`),
-    never in more UTF-8 bytes than it had (what the hold counted), but for "" (`_`) and one made like an id already
-    in use, which takes `_`s after it until it is no other's: a result still answers its own call."""
-    sent = {call.get("id", "") for m in messages for call in m.tool_calls} | {
-        m.tool_call_id for m in messages if m.role == "tool"
-    }
-    taken = {i for i in sent if TOOL_ID.fullmatch(i)}
-    ids = {i: i for i in taken}
-    for original in sorted(sent - taken):
-        made = NOT_IN_TOOL_ID.sub("_", original) or "_"
-        while made in taken:
-            made += "_"
-        taken.add(made)
-        ids[original] = made
+def tool_ids(messages: Sequence[Message]) -> list[Mapping[str, str]]:
+    """Per message, its tool call ids (a tool message's, the id it answers) as Anthropic takes them: matching TOOL_ID
+    (a 400 else) and unique in the request (a 400 "tool_use ids must be unique" else), where OpenAI's API takes any
+    string and the same id in another turn (a model writing `call_0` each turn). Pairing (llmrouter/tool_pairing.py)
+    holds a tool message to the calls of the turn right before it, of ids of their own: each result is sent its
+    call's id. An id is sent as written the first time it is used, when it matches; any other is made, distinct from
+    every id sent and every one written that matches (_IdMaker)."""
+    make = _IdMaker({i for m in messages for i in _ids_of(m) if TOOL_ID.fullmatch(i)})
+    ids: list[Mapping[str, str]] = []
+    turn: dict[str, str] = {}  # the ids of the last turn with calls, as sent
+    for m in messages:
+        if m.role == "tool":
+            if m.tool_call_id not in turn:  # answering no call of that turn (only a caller skipping validation)
+                turn[m.tool_call_id] = make(m.tool_call_id)
+        elif m.tool_calls:
+            turn = {}
+            for call in m.tool_calls:
+                if (original := call.get("id", "")) not in turn:
+                    turn[original] = make(original)
+        ids.append(turn)
     return ids
+
+
+def _ids_of(m: Message) -> list[str]:
+    return [m.tool_call_id] if m.role == "tool" else [call.get("id", "") for call in m.tool_calls]
+
+
+class _IdMaker:
+    """Ids Anthropic takes, each distinct from the others made and from `written` (those of the request that match
+    TOOL_ID). An id matching TOOL_ID is kept the first time; any other has its other characters written `_`
+    (another provider's, Kimi K2's `functions.look:0`, is `functions_look_0`), "" is `_`, and one so made that is in
+    use already is followed by `_` and the least count that makes it unused. So it is never longer in UTF-8 bytes
+    than the id written (what the hold counted) but by that count (1 + its digits) or, "", 1 byte; and the ids are
+    made in time linear in their number (a count is never tried twice)."""
+
+    def __init__(self, written: set[str]) -> None:
+        self.taken = set(written)  # every id sent, and every one written that matches: none is made again
+        self.kept: set[str] = set()
+        self.counts: dict[str, int] = {}
+
+    def __call__(self, original: str) -> str:
+        if TOOL_ID.fullmatch(original) and original not in self.kept:
+            self.kept.add(original)
+            return original
+        made = base = NOT_IN_TOOL_ID.sub("_", original) or "_"
+        while made in self.taken:
+            self.counts[base] = count = self.counts.get(base, 0) + 1
+            made = f"{base}_{count}"
+        self.taken.add(made)
+        return made
 
 
 def _blocks(m: Message, ids: Mapping[str, str]) -> list[dict[str, Any]]:
