@@ -113,6 +113,27 @@ def test_a_prompt_file_line_of_plain_text_is_the_prompt_as_written(tmp_path: Pat
     assert handler.prompts == ["true", "1e3", "[1, 2]", "What is 2+2?", "a JSON string", "an object's prompt"]
 
 
+def test_a_prompt_file_saved_with_a_bom_and_crlf_or_a_line_separator_in_a_prompt_is_read_line_by_line(
+    tmp_path: Path,
+) -> None:
+    """A file an editor saved with a byte order mark and CRLF line ends, and a JSON line whose prompt holds U+2028 as
+    JSON allows it unescaped: the BOM made the first line no JSON, routed as its text (`{"prompt": ...}`), and the
+    line separator split one line in two, each routed as a fragment of JSON."""
+    handler: type[RecordingDecide] = type("Recording", (RecordingDecide,), {"prompts": []})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        path = tmp_path / "prompts.jsonl"
+        lines = ['{"prompt": "first"}', '{"prompt": "one\u2028line"}', "plain"]
+        path.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode() + b"\r\n")
+        result = llmrouter("--url", f"http://127.0.0.1:{server.server_address[1]}/v1", "evaluate", str(path))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.returncode == 0, result.stderr
+    assert handler.prompts == ["first", "one\u2028line", "plain"]
+
+
 @pytest.mark.parametrize(
     ("argv", "option", "said"),
     [

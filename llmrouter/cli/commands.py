@@ -152,14 +152,16 @@ def budgets(client: Client, args: argparse.Namespace) -> Result:
 
 def read_prompts(path: Path) -> list[str]:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte order mark an editor wrote is no part of the first line
     except OSError as exc:
         raise InputFailure(f"cannot read {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
         raise InputFailure(f"cannot read {path}: not UTF-8 text (at byte {exc.start})") from None
     prompts = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
+    # Lines end at \n (\r\n too) alone: splitlines() also ends one at U+2028 and other separators, which a JSON string
+    # may hold unescaped, splitting a prompt's line into fragments of JSON.
+    for number, line in enumerate(text.split("\n"), start=1):
+        if (line := line.removesuffix("\r")).strip():
             prompts.append(prompt_of(line, f"cannot read {path}: line {number} is"))
     return prompts
 
