@@ -4,6 +4,7 @@ content blocks out, stop reasons mapped to OpenAI's finish_reason, the streaming
 from __future__ import annotations
 
 import json
+import random
 import re
 from decimal import Decimal
 from typing import Any
@@ -14,6 +15,8 @@ import pytest
 from llmrouter.errors import ServiceError
 from llmrouter.tokens import count_message_tokens
 from llmrouter.v1 import common_pb2, provider_pb2
+from services.providers.gateways import anthropic
+from services.providers.gateways.base import Message, UpstreamRequest
 from tests.fakes import FakeAnthropic, Fault
 from tests.fakes.fake_anthropic import TOOL_ID
 from tests.providers.conftest import ANTHROPIC_KEY
@@ -226,6 +229,29 @@ async def test_ids_made_alike_are_sent_at_most_a_count_longer(stub, anthropic_fa
     used, answered = sent_tool_ids(anthropic_fake)
     assert used == answered and len(set(used)) == len(ids)
     assert all(len(new.encode()) <= len(old.encode()) + len("_600") for old, new in zip(ids, used, strict=True))
+
+
+def test_made_ids_never_meet_an_id_written_or_made_in_any_mix() -> None:
+    """Ids written alike or made alike (`a.b`, `a:b`, `a_b`, `a_b_1`, ``, `_`), used again in later turns, in every mix
+    a seeded draw makes: every tool_use id sent is unique and Anthropic's, each result is sent its call's, an id written
+    that matches is sent as written the first time, and none is longer than written but by `_` and a count."""
+    alphabet = ["a.b", "a:b", "a_b", "a_b_1", "a_b_2", "", "_", "_1", "x\u00e9", "x_", "call_0"]
+    draw = random.Random(7)
+    for _ in range(300):
+        turns = [list(dict.fromkeys(draw.choices(alphabet, k=draw.randint(1, 5)))) for _ in range(draw.randint(1, 4))]
+        messages = [Message("user", "look")]
+        for ids in turns:
+            messages.append(Message("assistant", "", tool_calls=[{"id": i, "function": {"name": "f"}} for i in ids]))
+            messages += [Message("tool", "blue", tool_call_id=i) for i in ids]
+        sent = [b for m in anthropic.body(UpstreamRequest("claude", messages))["messages"] for b in m["content"]]
+        used = [b["id"] for b in sent if b["type"] == "tool_use"]
+        assert used == [b["tool_use_id"] for b in sent if b["type"] == "tool_result"]
+        assert len(set(used)) == len(used) and all(re.fullmatch(TOOL_ID, i) for i in used), turns
+        written = [i for ids in turns for i in ids]
+        for old, new in zip(written, used, strict=True):
+            assert len(new.encode()) <= max(len(old.encode()), 1) + len("_99"), (old, new)
+        firsts = {i: used[written.index(i)] for i in written if re.fullmatch(TOOL_ID, i)}
+        assert all(new == old for old, new in firsts.items()), turns
 
 
 async def test_a_tool_call_id_of_another_type_is_refused_naming_it(stub, anthropic_fake: FakeAnthropic) -> None:
