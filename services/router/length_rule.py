@@ -6,6 +6,7 @@ output tokens, no request's own limits); its shortest prompts go to the weakest 
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import math
 from dataclasses import dataclass, field
@@ -49,22 +50,39 @@ class ShareCurve:
 class LengthRule:
     calibration: Calibration
     _curves: dict[tuple[object, ...], ShareCurve] = field(default_factory=dict, repr=False)
+    _building: dict[tuple[object, ...], asyncio.Future[ShareCurve]] = field(default_factory=dict, repr=False)
 
-    def tiers(self, target: float, models: list[ModelSpec], registry: Registry, output_tokens: int) -> Tiers:
+    async def tiers(self, target: float, models: list[ModelSpec], registry: Registry, output_tokens: int) -> Tiers:
         assert self.calibration.input_tokens is not None
-        counts = self.curve(models, registry, output_tokens).at(target)
+        counts = (await self.curve(models, registry, output_tokens)).at(target)
         return thresholds(counts, sorted(self.calibration.input_tokens), registry.tiers)
 
-    def curve(self, models: list[ModelSpec], registry: Registry, output_tokens: int) -> ShareCurve:
-        """The mix's shares per tier at any target for these models, built once (tens of milliseconds) and kept."""
-        prices = tuple((m.name, m.input_usd_per_mtok, m.output_usd_per_mtok, m.max_output_tokens) for m in models)
-        qualities = tuple((m.name, m.tier, m.quality_from, m.quality_prior) for m in models)
-        key: tuple[object, ...] = (tuple(registry.tiers), qualities, prices, output_tokens)
-        if key not in self._curves:
-            if len(self._curves) >= 32:  # model sets and prices rarely change; never let them pile up
-                self._curves.clear()
-            self._curves[key] = self._share_curve(models, registry, output_tokens)
-        return self._curves[key]
+    def build(self, models: list[ModelSpec], registry: Registry, output_tokens: int) -> None:
+        """Builds the curve for these models now, here (at start, before any request waits on it)."""
+        self._curves[_key(models, registry, output_tokens)] = self._share_curve(models, registry, output_tokens)
+
+    async def curve(self, models: list[ModelSpec], registry: Registry, output_tokens: int) -> ShareCurve:
+        """The mix's shares per tier at any target for these models, built once and kept. A build takes tens of
+        milliseconds: it runs in a thread, not on the event loop, once however many requests wait for it, and
+        whichever of them leaves."""
+        key = _key(models, registry, output_tokens)
+        if (kept := self._curves.get(key)) is not None:
+            return kept
+        building = self._building.get(key)
+        if building is None:
+            build = asyncio.to_thread(self._share_curve, list(models), registry, output_tokens)
+            building = asyncio.ensure_future(build)
+            self._building[key] = building
+            building.add_done_callback(lambda done: self._built(key, done))
+        return await asyncio.shield(building)
+
+    def _built(self, key: tuple[object, ...], done: asyncio.Future[ShareCurve]) -> None:
+        del self._building[key]
+        if done.cancelled() or done.exception() is not None:
+            return  # the next request builds it again
+        if len(self._curves) >= 32:  # model sets and prices rarely change; never let them pile up
+            self._curves.clear()
+        self._curves[key] = done.result()
 
     def _share_curve(self, models: list[ModelSpec], registry: Registry, output_tokens: int) -> ShareCurve:
         """Per prompt, the policy's choice as the target rises: the first of its options in near_best's order (the
@@ -128,6 +146,12 @@ def thresholds(counts: list[int], tokens: list[int], tiers: list[str]) -> Tiers:
     edges = [bisect.bisect_left(tokens, start) for start in starts] + [total]
     shares = [(edges[i + 1] - edges[i]) / total for i in range(len(starts))]
     return Tiers(names, starts, shares)
+
+
+def _key(models: list[ModelSpec], registry: Registry, output_tokens: int) -> tuple[object, ...]:
+    prices = tuple((m.name, m.input_usd_per_mtok, m.output_usd_per_mtok, m.max_output_tokens) for m in models)
+    qualities = tuple((m.name, m.tier, m.quality_from, m.quality_prior) for m in models)
+    return (tuple(registry.tiers), qualities, prices, output_tokens)
 
 
 def _option(model: ModelSpec, scores: dict[str, float], tokens: int, output_tokens: int) -> Option:

@@ -65,7 +65,8 @@ class Routing:
             if scores is not None:
                 target: Target | None = self.targets.choose(request, tenant, models, registry, version)
             else:
-                fallback, ideal_fallback, target = self.unclassified.fallback(request, tenant, prompt, models, registry)
+                unscored = await self.unclassified.fallback(request, tenant, prompt, models, registry)
+                fallback, ideal_fallback, target = unscored
             if target is not None:
                 limits, note = dataclasses.replace(limits, quality_target=target.quality), target.note
             # Every registry model is a candidate; those the providers cannot serve here are shown excluded,

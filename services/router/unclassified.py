@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 
 from llmrouter.registry import ModelSpec, Registry
-from llmrouter.tokens import count_message_tokens
+from llmrouter.tokens import count_prompt_tokens
 from llmrouter.v1 import common_pb2, router_pb2
 from services.router import policy
 from services.router.calibration import Calibration
@@ -43,9 +43,9 @@ class Unclassified:
         """Builds the length rule for every registry model now, at start, rather than on the first request the
         classifier fails (the models available then are built for on the first such request)."""
         if self.rule == "length" and self.length is not None:
-            self.length.curve(registry.models, registry, self.output_tokens)
+            self.length.build(registry.models, registry, self.output_tokens)
 
-    def fallback(
+    async def fallback(
         self,
         request: router_pb2.CompleteRequest,
         tenant: str,
@@ -61,12 +61,20 @@ class Unclassified:
         if self.length is None:
             return _below_strongest(models, registry), _below_strongest(registry.models, registry), None
         target = self.targets.reference(request, tenant, models, registry)
-        tokens = count_message_tokens([common_pb2.ChatMessage(role="user", content=prompt)])  # as calibrate counts
+        tokens = await self._tokens(prompt)
         fallbacks = []
         for among in (models, registry.models):
-            tier, why = self.length.tiers(target.quality, among, registry, self.output_tokens).tier_for(tokens)
+            tiers = await self.length.tiers(target.quality, among, registry, self.output_tokens)
+            tier, why = tiers.tier_for(tokens)
             fallbacks.append(policy.Fallback("length", tier, f"{why} as the classifier at target {target.quality:.2f}"))
         return fallbacks[0], fallbacks[1], target
+
+    async def _tokens(self, prompt: str) -> int:
+        """The prompt's tokens as calibrate counts a one-message prompt, in chunks that give the event loop turns (a
+        prompt of megabytes stalls no other request), and no further than past the longest reference prompt."""
+        assert self.length is not None and self.length.calibration.input_tokens is not None
+        longest = max(self.length.calibration.input_tokens)
+        return await count_prompt_tokens([common_pb2.ChatMessage(role="user", content=prompt)], "", False, longest)
 
 
 def _below_strongest(models: list[ModelSpec], registry: Registry) -> policy.Fallback:

@@ -80,10 +80,10 @@ def request(**fields: object) -> router_pb2.CompleteRequest:
     return router_pb2.CompleteRequest(**fields)  # type: ignore[arg-type]
 
 
-def test_without_a_calibration_length_goes_to_the_tier_below_the_strongest() -> None:
+async def test_without_a_calibration_length_goes_to_the_tier_below_the_strongest() -> None:
     settings = RouterSettings()
     rule = Unclassified("length", None, Targets(settings, None), 256)
-    fallback, _, target = rule.fallback(request(), "acme", "hi " * 5000, REGISTRY.models, REGISTRY)
+    fallback, _, target = await rule.fallback(request(), "acme", "hi " * 5000, REGISTRY.models, REGISTRY)
     assert (fallback.rule, fallback.tier, target) == ("length", "standard", None)
     assert "no calibration for the length rule (make calibrate)" in fallback.why
     two = [m for m in REGISTRY.models if m.tier in ("economy", "premium")]
@@ -91,15 +91,15 @@ def test_without_a_calibration_length_goes_to_the_tier_below_the_strongest() -> 
     assert below_strongest([m for m in REGISTRY.models if m.tier == "premium"], REGISTRY) == "premium"
     # A calibration written before it held the prompts' sizes has no thresholds either.
     old = Calibration("v", ["gpt-4-1106-preview"], [[0.5]], None)
-    fallback, _, _ = Unclassified("length", old, Targets(settings, old), 256).fallback(
+    fallback, _, _ = await Unclassified("length", old, Targets(settings, old), 256).fallback(
         request(), "acme", "hi", REGISTRY.models, REGISTRY
     )
     assert fallback.tier == "standard"
 
 
 @pytest.mark.parametrize("rule", ["strongest", "cheapest"])
-def test_the_other_settings_need_no_calibration(rule: policy.FallbackRule) -> None:
-    fallback, ideal, target = Unclassified(rule, None, Targets(RouterSettings(), None), 256).fallback(
+async def test_the_other_settings_need_no_calibration(rule: policy.FallbackRule) -> None:
+    fallback, ideal, target = await Unclassified(rule, None, Targets(RouterSettings(), None), 256).fallback(
         request(), "acme", "hi", REGISTRY.models, REGISTRY
     )
     assert (fallback, ideal, target) == (policy.Fallback(rule), policy.Fallback(rule), None)

@@ -4,6 +4,7 @@ and at a strong share, within one prompt; thresholds split prompts of one size t
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 
 import pytest
@@ -44,32 +45,32 @@ def classifier_tiers(reference: Calibration, models: list[ModelSpec], target: fl
     return picked
 
 
-def length_tiers(reference: Calibration, models: list[ModelSpec], target: float) -> Counter[str]:
+async def length_tiers(reference: Calibration, models: list[ModelSpec], target: float) -> Counter[str]:
     assert reference.input_tokens is not None
-    tiers = LengthRule(reference).tiers(target, models, REGISTRY, OUTPUT_TOKENS)
+    tiers = await LengthRule(reference).tiers(target, models, REGISTRY, OUTPUT_TOKENS)
     return Counter(tiers.tier_for(tokens)[0] for tokens in reference.input_tokens)
 
 
 @pytest.mark.parametrize("served", [None, SERVED], ids=["every model", "openai and anthropic"])
-def test_each_tiers_share_is_the_classifiers_at_the_default_target(
+async def test_each_tiers_share_is_the_classifiers_at_the_default_target(
     reference: Calibration, served: set[str] | None
 ) -> None:
     models = [m for m in REGISTRY.models if served is None or m.name in served]
     target = RouterSettings().default_quality_target
     by_classifier = classifier_tiers(reference, models, target)
-    by_length = length_tiers(reference, models, target)
+    by_length = await length_tiers(reference, models, target)
     assert by_classifier["premium"] > 0  # the strong share is no trivial 0
     for tier in REGISTRY.tiers:
         assert abs(by_length[tier] - by_classifier[tier]) <= 1, (tier, by_length, by_classifier)
 
 
-def test_a_strong_share_is_kept_without_the_classifier(reference: Calibration) -> None:
+async def test_a_strong_share_is_kept_without_the_classifier(reference: Calibration) -> None:
     settings = RouterSettings()
     aimed = router_pb2.CompleteRequest(strong_share=0.2)
     target = Targets(settings, reference).reference(aimed, "acme", REGISTRY.models, REGISTRY)
     assert target.note == "strong share 0.20 on the reference mix"
     by_classifier = classifier_tiers(reference, REGISTRY.models, target.quality)
-    by_length = length_tiers(reference, REGISTRY.models, target.quality)
+    by_length = await length_tiers(reference, REGISTRY.models, target.quality)
     assert abs(by_length["premium"] - by_classifier["premium"]) <= 1
     assert by_length["premium"] / len(reference.scores) == pytest.approx(0.2, abs=0.01)
 
@@ -89,12 +90,12 @@ def test_prompts_of_one_size_go_to_the_nearer_side() -> None:
     assert thresholds([0, 6, 0], tokens, ["a", "b", "c"]).tier_for(10**6)[0] == "b"
 
 
-def test_a_prompts_tier_among_the_models_available_and_with_every_provider(reference: Calibration) -> None:
+async def test_a_prompts_tier_among_the_models_available_and_with_every_provider(reference: Calibration) -> None:
     settings = RouterSettings()
     rule = Unclassified("length", reference, Targets(settings, reference), OUTPUT_TOKENS)
     served = [m for m in REGISTRY.models if m.name in SERVED]
     short = "What is the capital of France?"  # 14 tokens: the economy tier's, with every provider
-    fallback, ideal, target = rule.fallback(router_pb2.CompleteRequest(), "acme", short, served, REGISTRY)
+    fallback, ideal, target = await rule.fallback(router_pb2.CompleteRequest(), "acme", short, served, REGISTRY)
     assert target is not None and target.quality == settings.default_quality_target
     assert (fallback.tier, ideal.tier) == ("standard", "economy")
     assert fallback.why == (
@@ -102,8 +103,43 @@ def test_a_prompts_tier_among_the_models_available_and_with_every_provider(refer
         "as the classifier at target 0.85"
     )
     long = "word " * 600
-    fallback, ideal, _ = rule.fallback(router_pb2.CompleteRequest(), "acme", long, served, REGISTRY)
+    fallback, ideal, _ = await rule.fallback(router_pb2.CompleteRequest(), "acme", long, served, REGISTRY)
     assert (fallback.tier, ideal.tier) == ("premium", "premium")
     aimed = router_pb2.CompleteRequest(quality_target=0.95)  # the request's own target moves the thresholds
-    fallback, _, target = rule.fallback(aimed, "acme", "word " * 60, served, REGISTRY)
+    fallback, _, target = await rule.fallback(aimed, "acme", "word " * 60, served, REGISTRY)
     assert target is not None and target.quality == pytest.approx(0.95) and fallback.tier == "premium"
+
+
+async def test_a_model_set_first_seen_is_built_off_the_event_loop_once_for_every_request(
+    reference: Calibration,
+) -> None:
+    # A provider down while the classifier is: the models available are a set the start did not build for.
+    rule = Unclassified("length", reference, Targets(RouterSettings(), reference), OUTPUT_TOKENS)
+    rule.warm(REGISTRY)
+    served = [m for m in REGISTRY.models if m.name in SERVED]
+    assert rule.length is not None
+    waiting = [
+        asyncio.ensure_future(rule.fallback(router_pb2.CompleteRequest(), "acme", "hi", served, REGISTRY))
+        for _ in range(20)
+    ]
+    leaving = asyncio.ensure_future(rule.fallback(router_pb2.CompleteRequest(), "acme", "hi", served, REGISTRY))
+    await asyncio.sleep(0)
+    # The build is under way in a thread: the event loop runs this, and the requests wait for it.
+    assert not any(task.done() for task in waiting)
+    assert len(rule.length._building) == 1
+    leaving.cancel()  # a caller leaving stops no one else's build
+    answers = await asyncio.gather(*waiting)
+    assert {fallback.tier for fallback, _, _ in answers} == {"standard"}
+    assert len(rule.length._curves) == 2 and not rule.length._building  # every registry model, and these
+
+
+async def test_a_prompt_of_megabytes_is_counted_only_past_the_longest_reference_prompt(reference: Calibration) -> None:
+    # Every threshold is passed there: counting further (the tokenizer on megabytes, on the event loop) tells nothing.
+    rule = Unclassified("length", reference, Targets(RouterSettings(), reference), OUTPUT_TOKENS)
+    rule.warm(REGISTRY)
+    assert reference.input_tokens is not None
+    huge = "x" * 4_000_000  # no space in it: the tokenizer's slowest text
+    fallback, ideal, _ = await rule.fallback(router_pb2.CompleteRequest(), "acme", huge, REGISTRY.models, REGISTRY)
+    assert (fallback.tier, ideal.tier) == ("premium", "premium")
+    counted = int(fallback.why.split("a prompt of ")[1].split(" tokens")[0])
+    assert max(reference.input_tokens) < counted < max(reference.input_tokens) + 4096
