@@ -143,3 +143,14 @@ async def test_a_prompt_of_megabytes_is_counted_only_past_the_longest_reference_
     assert (fallback.tier, ideal.tier) == ("premium", "premium")
     counted = int(fallback.why.split("a prompt of ")[1].split(" tokens")[0])
     assert max(reference.input_tokens) < counted < max(reference.input_tokens) + 4096
+
+
+async def test_a_requests_strong_share_sets_the_length_rules_target(reference: Calibration) -> None:
+    # No classifier answered, so none says which version scored it: the calibration is taken as the deployed one's.
+    settings = RouterSettings()
+    rule = Unclassified("length", reference, Targets(settings, reference), OUTPUT_TOKENS)
+    aimed = router_pb2.CompleteRequest(strong_share=0.2)
+    _, _, target = await rule.fallback(aimed, "acme", "hi", REGISTRY.models, REGISTRY)
+    assert target is not None and target.note == "strong share 0.20 on the reference mix"
+    assert target == Targets(settings, reference).reference(aimed, "acme", REGISTRY.models, REGISTRY)
+    assert target.quality != settings.default_quality_target
