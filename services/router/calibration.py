@@ -44,7 +44,13 @@ class Calibration:
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise CalibrationError(f"unreadable calibration file {path}: {exc}") from None
         width = len(calibration.models)
-        if not calibration.scores or any(len(row) != width for row in calibration.scores):
+        if (
+            not isinstance(calibration.scores, list)
+            or not calibration.scores
+            or not all(
+                isinstance(row, list) and len(row) == width and all(map(_is_score, row)) for row in calibration.scores
+            )
+        ):
             raise CalibrationError(f"calibration file {path}: expected rows of {width} scores")
         if calibration.input_tokens is not None and (
             len(calibration.input_tokens) != len(calibration.scores) or min(calibration.input_tokens) < 0
@@ -158,6 +164,11 @@ class KeptCurve:
 def _quality(model: ModelSpec, scores: dict[str, float]) -> float:
     quality = predicted_quality(model, scores)
     return -1.0 if quality is None else quality
+
+
+def _is_score(value: object) -> bool:
+    """A prediction: a finite number (JSON's true is none, though Python's bool is an int)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def load(path: Path) -> Calibration | None:

@@ -229,3 +229,16 @@ def test_a_model_of_unknown_quality_counts_for_nothing_as_the_policy_never_picks
     for wanted in (0.7, 0.8, 0.95):
         target = SIZED.quality_target_keeping(wanted, registry.models, registry, 256)
         assert target == SIZED.quality_target_keeping(wanted, REGISTRY.models, REGISTRY, 256)
+
+
+@pytest.mark.parametrize(
+    "scores",
+    [[["0.5", 0.4]], [[None, 0.4]], [[float("nan"), 0.4]], ["ab"], {"weak": [1, 2]}, [[True, 0.4]]],
+    ids=["text", "null", "nan", "a row of text", "an object", "a boolean"],
+)
+def test_a_score_that_is_no_number_is_a_bad_file(tmp_path: Path, scores: object) -> None:
+    # Read as is, they route the length rule's whole mix to the weakest tier, or stop the router with a TypeError.
+    path = tmp_path / "calibration.json"
+    path.write_text(json.dumps({"classifier_version": "v1", "models": ["weak", "big"], "scores": scores}))
+    with pytest.raises(CalibrationError, match="rows of 2 scores"):
+        calibration.load(path)
