@@ -2,7 +2,8 @@
 default), the tier its prompt's length picks, calibrated on the reference mix at the request's target
 (length_rule.py); `strongest`, the strongest tier; `cheapest`, the cheapest model; each within its limits.
 
-Without a calibration holding the prompts' sizes, `length` has no thresholds: it sends every such request to the
+Without a calibration holding the prompts' sizes (or with one predicting none of the registry's models),
+`length` has no thresholds: it sends every such request to the
 tier just below the strongest available (the standard tier of the shipped registry, where the classifier sends
 most of the reference mix at the default target), never the strongest tier's price for a whole outage, nor the
 weakest tier's answers for a hard prompt; a warning at start says so."""
@@ -42,8 +43,16 @@ class Unclassified:
     def warm(self, registry: Registry) -> None:
         """Builds the length rule for every registry model now, at start, rather than on the first request the
         classifier fails (the models available then are built for on the first such request)."""
-        if self.rule == "length" and self.length is not None:
+        if self.rule != "length" or self.length is None:
+            return
+        if self._predicts(registry.models):
             self.length.build(registry.models, registry, self.output_tokens)
+        else:
+            log.warning(
+                "ROUTER_CLASSIFIER_FALLBACK=length with a calibration predicting none of the registry's models "
+                "(ROUTER_CALIBRATION_PATH; make calibrate): requests the classifier cannot score go to the tier "
+                "below the strongest"
+            )
 
     async def fallback(
         self,
@@ -58,7 +67,7 @@ class Unclassified:
         rule was calibrated at."""
         if self.rule != "length" or not models:
             return policy.Fallback(self.rule), policy.Fallback(self.rule), None
-        if self.length is None:
+        if self.length is None or not self._predicts(registry.models):
             return _below_strongest(models, registry), _below_strongest(registry.models, registry), None
         target = self.targets.reference(request, tenant, models, registry)
         tokens = await self._tokens(prompt)
@@ -68,6 +77,13 @@ class Unclassified:
             tier, why = tiers.tier_for(tokens)
             fallbacks.append(policy.Fallback("length", tier, f"{why} as the classifier at target {target.quality:.2f}"))
         return fallbacks[0], fallbacks[1], target
+
+    def _predicts(self, models: list[ModelSpec]) -> bool:
+        """Whether the calibration holds predictions for any of these models: one of other models' (another
+        registry's classifier) makes every prompt look alike, and the rule would send them all to the weakest tier."""
+        assert self.length is not None
+        scored = set(self.length.calibration.models)
+        return any(m.quality_from in scored for m in models)
 
     async def _tokens(self, prompt: str) -> int:
         """The prompt's tokens as calibrate counts a one-message prompt, in chunks that give the event loop turns (a

@@ -109,3 +109,14 @@ def test_the_setting_is_checked_at_start() -> None:
     assert RouterSettings().classifier_fallback == "length"
     with pytest.raises(ValueError, match="'length', 'strongest' or 'cheapest'"):
         RouterSettings(classifier_fallback="fastest")  # type: ignore[arg-type]
+
+
+async def test_a_calibration_of_other_models_is_no_calibration_for_the_length_rule() -> None:
+    # It predicts none of the registry's models: every prompt looks alike and went to the weakest tier.
+    settings = RouterSettings()
+    other = Calibration("v", ["another-model", "and-another"], [[0.1, 0.9], [0.8, 0.2]], [3, 900])
+    rule = Unclassified("length", other, Targets(settings, other), 256)
+    rule.warm(REGISTRY)
+    fallback, ideal, target = await rule.fallback(request(), "acme", "hi", REGISTRY.models, REGISTRY)
+    assert (fallback.tier, ideal.tier, target) == ("standard", "standard", None)
+    assert "no calibration for the length rule (make calibrate)" in fallback.why
