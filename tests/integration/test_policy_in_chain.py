@@ -141,6 +141,34 @@ async def test_routing_goes_on_without_the_classifier_by_the_fallback_setting(
         assert sample("llmrouter_router_requests_total", model=short, reason="classifier_unavailable", outcome="ok")
 
 
+def chat(*turns: tuple[str, str], **fields: Any) -> router_pb2.CompleteRequest:
+    messages = [common_pb2.ChatMessage(role=role, content=content) for role, content in turns]
+    return router_pb2.CompleteRequest(messages=messages, **fields)
+
+
+async def test_the_length_rule_routes_any_prompt_shape(chain: Chain) -> None:
+    """What the classifier would have scored is the last user turn: absent, empty, after tool messages, or long."""
+    tool_call = '[{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]'
+    shapes = {
+        "only a system message": chat(("system", "You are terse.")),
+        "an empty last user turn": chat(("user", LONG), ("assistant", "ok"), ("user", "")),
+        "a long run without a space": chat(("user", "x" * 200_000)),
+    }
+    async with blind_router(chain, "stopped", "length") as stub:
+        for shape, request in shapes.items():
+            reply = await stub.Complete(request, timeout=20)
+            assert "length rule" in reply.decision.reason, shape
+        after_tool = router_pb2.CompleteRequest(
+            messages=[
+                common_pb2.ChatMessage(role="user", content=SHORT),
+                common_pb2.ChatMessage(role="assistant", content="", tool_calls_json=tool_call),
+                common_pb2.ChatMessage(role="tool", content="42", tool_call_id="c1"),
+            ]
+        )
+        reply = await stub.Complete(after_tool, timeout=20)
+        assert "length rule" in reply.decision.reason
+
+
 async def test_without_the_classifier_a_weak_answer_still_escalates(chain: Chain) -> None:
     async with blind_router(chain, "stopped", "length") as stub:
         reply = await stub.Complete(ask(f"{SILENCE} {uuid.uuid4().hex}"), timeout=20)
