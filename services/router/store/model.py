@@ -549,8 +549,9 @@ class Store(Protocol):
         charge_id: str = "",
         release: bool = False,
     ) -> bool:
-        """Settle the pending charge: add the cost to both budgets of the hold's period and the record to the
-        ledger, once per request id, and drop the hold; the record's tokens (charged_tokens) are counted in the
+        """Settle the pending charge: add the cost to both budgets of the period it lands in (landing_period: the one
+        it settles in, never one before the hold's) and the record, naming that period, to the ledger, once per
+        request id, and drop the hold; the record's tokens (charged_tokens) are counted in the
         account's tokens of the minute, once, as the charge lands. Returns False when this request id was charged before
         (nothing is added again). `late` (an outbox line of a version before, perhaps after the charged marker
         expired): charge only while the pending charge is still open, so a charge the reconciler settled is never
