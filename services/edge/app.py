@@ -299,8 +299,15 @@ def replayed(kept: replays.Kept) -> Response:
     return Response(kept.body, media_type="application/json", headers={**(kept.headers or {}), **REPLAY})
 
 
-def _left_running(serving: asyncio.Future[Any]) -> None:
-    """A request sent with an Idempotency-Key whose caller left runs on (Edge._keyed tracks it)."""
+def _left_running(answer: asyncio.Future[Any]) -> None:
+    """A request sent with an Idempotency-Key whose caller left runs on (Edge._keyed tracks it): its answer, or its
+    failure, is no one's to read now."""
+    answer.add_done_callback(lambda done: done.cancelled() or done.exception())
+
+
+def duplicate(err: BaseException) -> bool:
+    """Whether the router refused the request as a duplicate of its id (DUPLICATE_REQUEST): another request's."""
+    return isinstance(err, grpc.RpcError) and ServiceError.from_rpc_error(err).reason == "DUPLICATE_REQUEST"
 
 
 def router_told(answer: Response) -> dict[str, str]:
@@ -337,6 +344,8 @@ class Edge:
             settings.idempotency_max_answer_bytes,
             settings.idempotency_memory_bytes,
             settings.batch_redis_url,
+            in_flight_s=settings.request_timeout_s,
+            arrival_timeout_s=settings.idempotency_lookup_timeout_s,
         )
         self._answering: dict[str, set[asyncio.Task[JSONResponse]]] = {}  # _keyed's, by request id
 
@@ -414,20 +423,22 @@ class Edge:
         sent_key = idempotency.sent_key(request.headers)
         request_id = uuid.uuid4().hex if sent_key is None else idempotency.request_id(tenant, key, sent_key)
         sent = request.scope[BODY_DIGEST]
-        if sent_key is not None:
-            kept = await self.replays.lookup(request_id, sent)
-            if kept is not None and kept.body is not None:
-                return replayed(kept)
         parsed, raw = await parse_off_loop(body, functools.partial(parse_request, max_messages=max_messages))
         message = parsed.to_router(raw, tenant, key, request_id)
         self.apply_headers(request, message)
         check_encoded_size(message)
+        started = None  # the in-flight marker this request wrote (replays.py), taken back should it fail
+        if sent_key is not None:
+            arrival = await self.replays.arrive(request_id, sent)
+            if arrival.replay is not None:
+                return replayed(arrival.replay)
+            started = arrival.started
         request.scope[SENT_REQUEST_ID] = request_id  # a shutdown cutting it from here tells its id (shutdown_cut.py)
         timeout = self.settings.request_timeout_s
         if not parsed.stream:
             call = self.router.Complete(message, timeout=timeout)
             if sent_key is not None:
-                return await self._keyed(call, request, request_id, sent, sent_key)
+                return await self._keyed(call, request, request_id, sent, sent_key, started)
             try:
                 response = await unless_left(call, call, request, request_id)
             except grpc.RpcError as err:
@@ -435,7 +446,11 @@ class Edge:
             return answered(response, request_id)
         call = self.router.CompleteStream(message, timeout=timeout)
         try:
-            decision, pending = await first_chunks(call, request, request_id)
+            try:
+                decision, pending = await first_chunks(call, request, request_id)
+            except BaseException as err:
+                await self._failed(request_id, started, err)
+                raise
         except grpc.RpcError as err:
             raise self.refusal(err, request, request_id, sent_key) from None
         if sent_key is not None:  # a stream's events are not kept: its digest alone, a retry of another body a 422
@@ -456,16 +471,20 @@ class Edge:
             headers=headers,
         )
 
-    async def _keyed(self, call: Any, request: Request, request_id: str, sent: str, sent_key: str) -> Response:
+    async def _keyed(
+        self, call: Any, request: Request, request_id: str, sent: str, sent_key: str, started: replays.Kept | None
+    ) -> Response:
         """A request sent with an Idempotency-Key, served to its end whatever its caller does: its answer is kept for
-        the retry (the SDK's, after its own timeout), which gets it once it is there. A retry the router refuses as
-        ended while this edge is still keeping the first's answer (charged, not kept yet) waits for it."""
-        serving = asyncio.ensure_future(self._serve_and_keep(call, request_id, sent))
+        the retry (the SDK's, after its own timeout), which gets it once it is there. The caller has its answer as it
+        comes, the keeping after it: a slow store holds no caller up. A retry the router refuses as ended while this
+        edge is still keeping the first's answer (charged, not kept yet) waits for it."""
+        answer: asyncio.Future[JSONResponse] = asyncio.get_running_loop().create_future()
+        serving = asyncio.ensure_future(self._serve_and_keep(call, request_id, sent, started, answer))
         others = list(self._answering.get(request_id, ()))
         self._answering.setdefault(request_id, set()).add(serving)
         serving.add_done_callback(functools.partial(self._answered, request_id))
         try:
-            return await unless_left(serving, call, request, request_id, taken_on=_left_running)
+            return await unless_left(answer, call, request, request_id, taken_on=_left_running)
         except grpc.RpcError as err:
             error = self.refusal(err, request, request_id, sent_key)
         # Ended at the router (no hold told), its answer maybe not kept yet: waited for, within its call's timeout.
@@ -476,14 +495,40 @@ class Edge:
                 return replayed(kept)
         raise error
 
-    async def _serve_and_keep(self, call: Any, request_id: str, sent: str) -> JSONResponse:
+    async def _serve_and_keep(
+        self,
+        call: Any,
+        request_id: str,
+        sent: str,
+        started: replays.Kept | None,
+        answer: asyncio.Future[JSONResponse],
+    ) -> JSONResponse:
+        """The call's answer, set on `answer` as soon as it comes and kept for the retry after; a failure, set on
+        `answer` once its marker is taken back (so its retry finds the id free)."""
         try:
-            answer = answered(await call, request_id)
+            try:
+                response = answered(await call, request_id)
+            except BaseException as err:
+                await self._failed(request_id, started, err)
+                raise
         except asyncio.CancelledError:
             call.cancel()  # the edge stopping (close): the router charges what it did
+            answer.cancel()
             raise
-        await self.replays.keep(request_id, sent, bytes(answer.body), router_told(answer))
-        return answer
+        except BaseException as err:
+            if not answer.done():
+                answer.set_exception(err)
+            raise
+        if not answer.done():
+            answer.set_result(response)
+        await self.replays.keep(request_id, sent, bytes(response.body), router_told(response))
+        return response
+
+    async def _failed(self, request_id: str, started: replays.Kept | None, err: BaseException) -> None:
+        """A request that failed takes back the in-flight marker it wrote: the router decides its retry (served when
+        the first cost nothing). Not when the router refused it as a duplicate: the id is another request's."""
+        if started is not None and not duplicate(err):
+            await self.replays.release(request_id, started)
 
     def _answered(self, request_id: str, task: asyncio.Task[JSONResponse]) -> None:
         serving = self._answering.get(request_id, set())
@@ -556,7 +601,8 @@ class Edge:
 
     async def read_body(self, request: Request) -> bytes:
         body = await read_limited(request, self.settings.max_body_bytes)
-        request.scope[BODY_DIGEST] = replays.digest(request.url.path, body)  # as sent: an Idempotency-Key's (_chat)
+        # As sent, with the x-router-* headers that change its routing: an Idempotency-Key's retry must repeat them.
+        request.scope[BODY_DIGEST] = replays.digest(request.url.path, body, router_headers.routing(request.headers))
         return body
 
     async def models(self, request: Request) -> Response:

@@ -8,22 +8,32 @@ over EDGE_IDEMPOTENCY_MAX_ANSWER_BYTES, and a stream's (its events are not kept)
 retry is the router's 409 as before, a different body the 422. Only answers are kept: a failure stores nothing, and
 its retry reaches the router, which serves it when the first cost nothing (its id released) or refuses it.
 
+While the first runs, its digest is kept too, as a marker naming it in flight (for the call's timeout and a minute,
+EDGE_REQUEST_TIMEOUT_S): a request with the same key and another body, on this edge or another sharing its Redis, is
+the same 422 at once, never served. A first that fails takes its marker back (the router decides its retry: served when
+it cost nothing, the 409 when it did), unless the router refused it as a duplicate (the marker is another's).
+
 Where: the edge's Redis (EDGE_BATCH_REDIS_URL), which its replicas share, when set; else this process's memory,
 bounded by EDGE_IDEMPOTENCY_MEMORY_BYTES (oldest dropped first), so a retry reaching another replica, or one after
-a restart, gets the 409. A store that fails is passed over (logged): the router still serves and charges the request
-id once, so a replay missed is a 409, never a second charge."""
+a restart, gets the 409. A store that fails, or is slower than EDGE_IDEMPOTENCY_LOOKUP_TIMEOUT_S as a request arrives,
+is passed over (logged, counted in llmrouter_edge_idempotency_store_passed_total): the router still serves and charges
+the request id once, so a replay or marker missed is a 409, never a second charge. The answer is kept after it is
+sent (app.Edge._keyed): a slow store never holds a caller's answer up."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
 import sys
 import time
+import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+from prometheus_client import Counter
 from pydantic import SecretStr
 from redis.exceptions import RedisClusterException, RedisError
 
@@ -36,24 +46,47 @@ log = logging.getLogger("llmrouter.edge")
 PREFIX = "llmrouter:edge:idempotency:"
 REPLAYED = "idempotent-replayed"  # the header a replayed answer carries, as Stripe's
 MISMATCH = "idempotency_key_mismatch"
+# Started markers outlive the call they name by this much (its timeout bounds it): the first's answer being kept.
+IN_FLIGHT_MARGIN_S = 60
+STORE_PASSED = Counter(
+    "llmrouter_edge_idempotency_store_passed_total",
+    "Idempotency-Key store reads and writes passed over (failed, or too slow as a request arrives): a replay or an "
+    "in-flight marker missed, the router's 409 telling the retry instead",
+    ["step"],
+)
+PASSED = {step: STORE_PASSED.labels(step) for step in ("arrival", "keep", "release")}
+# Deletes the marker only if it is still the one this request wrote (not the answer kept since, nor another's marker).
+RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
 
 
-def digest(route: str, body: bytes) -> str:
-    """What a request sent with an Idempotency-Key must repeat to be replayed: its route and its body, byte for byte."""
-    return hashlib.sha256(route.encode() + b"\n" + body).hexdigest()
+def digest(route: str, body: bytes, routing: list[tuple[str, str]] | None = None) -> str:
+    """What a request sent with an Idempotency-Key must repeat to be replayed: its route, its body byte for byte, and
+    the headers that change how it is routed and charged (`routing`, router_headers.routing). Without those, the
+    digest of a route and body alone, as edges before them wrote it (a kept answer stays readable across an upgrade);
+    with them, a JSON prefix no route (which starts with '/') begins with."""
+    if not routing:
+        return hashlib.sha256(route.encode() + b"\n" + body).hexdigest()
+    return hashlib.sha256(json.dumps([route, routing]).encode() + b"\n" + body).hexdigest()
 
 
 @dataclass(frozen=True)
 class Kept:
-    """A finished request's digest, and its answer (body and headers) when it is kept to be sent again."""
+    """A finished request's digest, and its answer (body and headers) when it is kept to be sent again; or, with a
+    `started` token, the marker of a request in flight (its digest alone: an edge before markers reads it as a
+    finished stream's, which it checks the digest of just the same)."""
 
     digest: str
     body: bytes | None = None
     headers: dict[str, str] | None = None
+    started: str | None = None
 
     def size(self) -> int:
         """What the process holds for it, its objects included (a stream's, a digest alone, is mostly those)."""
         held = sys.getsizeof(self) + sys.getsizeof(self.digest) + (sys.getsizeof(self.body) if self.body else 0)
+        held += sys.getsizeof(self.started) if self.started is not None else 0
         if self.headers is not None:
             held += sys.getsizeof(self.headers)
             held += sum(sys.getsizeof(name) + sys.getsizeof(value) for name, value in self.headers.items())
@@ -61,7 +94,10 @@ class Kept:
 
     def dumps(self) -> str:
         body = None if self.body is None else self.body.decode()  # an answer is JSON: UTF-8 text
-        return json.dumps({"digest": self.digest, "body": body, "headers": self.headers})
+        kept: dict[str, Any] = {"digest": self.digest, "body": body, "headers": self.headers}
+        if self.started is not None:
+            kept["started"] = self.started
+        return json.dumps(kept)
 
     @classmethod
     def loads(cls, text: str | bytes) -> Kept | None:
@@ -69,29 +105,85 @@ class Kept:
         try:
             kept = loads_stored(text)
             digest, body, headers = kept["digest"], kept.get("body"), kept.get("headers")
-            readable = isinstance(digest, str) and isinstance(body, str | None)
+            started = kept.get("started")
+            readable = isinstance(digest, str) and isinstance(body, str | None) and isinstance(started, str | None)
             if not readable or not (headers is None or _text_pairs(headers)):
                 return None
-            return cls(digest, None if body is None else body.encode(), headers)
+            return cls(digest, None if body is None else body.encode(), headers, started)
         except (ValueError, TypeError, KeyError):  # TooDeep and UnicodeError (a lone surrogate) are ValueErrors
             return None
+
+
+def check(kept: Kept, sent: str) -> None:
+    """A 422 when the request kept for a key (answered, or in flight) had another digest than the one sent."""
+    if kept.digest != sent:
+        raise ApiError(
+            422,
+            "this Idempotency-Key was used before by this API key with another request (its route, body or x-router-* "
+            "headers differ), answered or still in flight: the request was not served; send a new Idempotency-Key for "
+            "a new request",
+            param="Idempotency-Key",
+            code=MISMATCH,
+        )
 
 
 def _text_pairs(headers: Any) -> bool:
     return isinstance(headers, dict) and all(isinstance(v, str) for v in headers.values())
 
 
+@dataclass(frozen=True)
+class Arrival:
+    """What the store says of a request sent with an Idempotency-Key as it arrives: a kept answer to send again, or
+    the token of the marker it wrote (its to take back should it fail); neither when another request's marker or
+    digest (the same body's) is there, or the store was passed over."""
+
+    replay: Kept | None = None
+    started: Kept | None = None
+
+
 class Replays:
     """Where the answers are kept: in memory (bounded) or in a Redis (by its URL)."""
 
-    def __init__(self, ttl_s: int, max_answer_bytes: int, memory_bytes: int, url: str | SecretStr | None) -> None:
+    def __init__(
+        self,
+        ttl_s: int,
+        max_answer_bytes: int,
+        memory_bytes: int,
+        url: str | SecretStr | None,
+        in_flight_s: float = 300,
+        arrival_timeout_s: float = 0.5,
+    ) -> None:
         self.ttl_s = ttl_s
         self.max_answer_bytes = max_answer_bytes
         self.memory_bytes = memory_bytes
+        self.marker_ttl_s = max(1, min(ttl_s, int(in_flight_s) + IN_FLIGHT_MARGIN_S))
+        self.arrival_timeout_s = arrival_timeout_s
         self._redis: Any = connect(url, socket_connect_timeout=2, socket_timeout=5) if url else None
         # request id -> (expiry, kept, what the entry holds: kept_size)
         self._memory: OrderedDict[str, tuple[float, Kept, int]] = OrderedDict()
         self._memory_used = 0
+
+    async def arrive(self, request_id: str, sent: str) -> Arrival:
+        """A request of id `request_id` with digest `sent` arriving: marked in flight when nothing is kept for its id
+        (atomically: of two arriving at once, on any edges sharing the store, one marks it and the other reads that
+        marker); else the answer kept to send again. A 422 when what is kept (answer, digest or marker) has another
+        digest. Bounded by arrival_timeout_s: a store slower is passed over, the router's id rules telling the retry."""
+        if self.ttl_s == 0:
+            return Arrival()
+        marker = Kept(sent, started=uuid.uuid4().hex)
+        try:
+            async with asyncio.timeout(self.arrival_timeout_s):
+                if await self._mark(request_id, marker):
+                    return Arrival(started=marker)
+                kept = await self._get(request_id)
+        except TimeoutError:
+            PASSED["arrival"].inc()
+            log.warning("idempotency store too slow, passed over", extra={"request_id": request_id})
+            return Arrival()
+        if kept is None:
+            return Arrival()
+        check(kept, sent)
+        return Arrival(replay=kept if kept.body is not None else None)
 
     async def lookup(self, request_id: str, sent: str) -> Kept | None:
         """The kept answer to send again for request id `request_id` sent with digest `sent`: None when none is kept
@@ -101,15 +193,23 @@ class Replays:
         kept = await self._get(request_id)
         if kept is None:
             return None
-        if kept.digest != sent:
-            raise ApiError(
-                422,
-                "this Idempotency-Key was used before by this API key with another request (its route or body "
-                "differs): the request was not served; send a new Idempotency-Key for a new request",
-                param="Idempotency-Key",
-                code=MISMATCH,
-            )
+        check(kept, sent)
         return kept if kept.body is not None else None
+
+    async def release(self, request_id: str, marker: Kept) -> None:
+        """Take back the `marker` a request that failed wrote, if it is still there (not an answer kept since, nor
+        another's marker): its retry, whatever its body, is the router's to serve or refuse."""
+        if self._redis is None:
+            entry = self._memory.get(request_id)
+            if entry is not None and entry[1] == marker:
+                self._memory_used -= self._memory.pop(request_id)[2]
+            return
+        try:
+            async with asyncio.timeout(self.arrival_timeout_s):  # the failure's caller waits on it
+                await self._redis.eval(RELEASE, 1, PREFIX + request_id, marker.dumps())
+        except (RedisError, RedisClusterException, OSError, TimeoutError) as err:
+            PASSED["release"].inc()
+            log.warning("idempotency marker not taken back", extra={"request_id": request_id, "error": repr(err)[:200]})
 
     async def keep(self, request_id: str, sent: str, body: bytes | None, headers: dict[str, str] | None) -> None:
         """Keep a finished request's digest, and its answer when within max_answer_bytes (None: a stream's, kept as
@@ -120,12 +220,27 @@ class Replays:
             body, headers = None, None
         kept = Kept(sent, body, headers)
         if self._redis is None:
-            self._keep_in_memory(request_id, kept)
+            self._keep_in_memory(request_id, kept, self.ttl_s)
             return
         try:
             await self._redis.set(PREFIX + request_id, kept.dumps(), ex=self.ttl_s)
         except (RedisError, RedisClusterException, OSError) as err:
+            PASSED["keep"].inc()
             log.warning("idempotency answer not kept", extra={"request_id": request_id, "error": repr(err)[:200]})
+
+    async def _mark(self, request_id: str, marker: Kept) -> bool:
+        """Write `marker` unless something is kept for the id: whether it was written. A store that fails: not."""
+        if self._redis is None:
+            if self._get_in_memory(request_id) is not None:
+                return False
+            self._keep_in_memory(request_id, marker, self.marker_ttl_s)
+            return True
+        try:
+            return bool(await self._redis.set(PREFIX + request_id, marker.dumps(), ex=self.marker_ttl_s, nx=True))
+        except (RedisError, RedisClusterException, OSError) as err:
+            PASSED["arrival"].inc()
+            log.warning("idempotency marker not written", extra={"request_id": request_id, "error": repr(err)[:200]})
+            return False
 
     async def close(self) -> None:
         if self._redis is not None:
@@ -133,8 +248,7 @@ class Replays:
 
     async def _get(self, request_id: str) -> Kept | None:
         if self._redis is None:
-            entry = self._memory.get(request_id)
-            return entry[1] if entry is not None and entry[0] > time.monotonic() else None
+            return self._get_in_memory(request_id)
         try:
             text = await self._redis.get(PREFIX + request_id)
         except (RedisError, RedisClusterException, OSError) as err:
@@ -145,15 +259,20 @@ class Replays:
             log.warning("idempotency answer unreadable, passed over", extra={"request_id": request_id})
         return kept
 
-    def _keep_in_memory(self, request_id: str, kept: Kept) -> None:
+    def _get_in_memory(self, request_id: str) -> Kept | None:
+        entry = self._memory.get(request_id)
+        return entry[1] if entry is not None and entry[0] > time.monotonic() else None
+
+    def _keep_in_memory(self, request_id: str, kept: Kept, ttl_s: int) -> None:
         now = time.monotonic()
         old = self._memory.pop(request_id, None)
         if old is not None:
             self._memory_used -= old[2]
         size = kept_size(request_id, kept)
-        self._memory[request_id] = (now + self.ttl_s, kept, size)
+        self._memory[request_id] = (now + ttl_s, kept, size)
         self._memory_used += size
-        # Oldest first (all share one TTL, so also the first to expire): those expired, then any past the bound.
+        # Oldest first: those expired, then any past the bound. A marker's TTL is shorter than an answer's, so one
+        # expired behind the first is dropped when it comes first or is read (_get_in_memory passes it over).
         while self._memory and (self._memory_used > self.memory_bytes or next(iter(self._memory.values()))[0] <= now):
             _, (_, _, dropped) = self._memory.popitem(last=False)
             self._memory_used -= dropped

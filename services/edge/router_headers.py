@@ -30,6 +30,13 @@ FIELDS = {
 PREFIX = "x-router-"
 
 
+def routing(headers: Headers) -> list[tuple[str, str]]:
+    """The x-router-* headers sent, as sent (every copy), in FIELDS' order: what changes how a request is routed and
+    charged beside its body, so a retry with an Idempotency-Key must send them again alike (replays.digest). Auth
+    (the key is in the request id) and tracing headers change neither, and are not among them."""
+    return [(header, value) for header in FIELDS for value in headers.getlist(header)]
+
+
 def refuse_unknown(headers: Headers) -> None:
     """A 400 naming the first x-router-* header that is none of FIELDS, and listing those: ignored, a misspelt cap
     (`x-router-max-cost-usdd`) left the request uncapped while its caller believed it capped. Spelt with underscores

@@ -57,6 +57,9 @@ class EdgeSettings(ServiceSettings):
     idempotency_replay_s: int = Field(default=DAY_S, ge=0)
     idempotency_max_answer_bytes: int = Field(default=256 * 1024, gt=0)
     idempotency_memory_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+    # How long a keyed request waits on the edge Redis as it arrives (its kept answer, its in-flight marker): past
+    # it the store is passed over (counted), the router's id rules telling a retry (a 409, never a second charge).
+    idempotency_lookup_timeout_s: float = Field(default=0.5, gt=0)
     batch_concurrency: int = Field(default=8, gt=0)  # lines in flight at once, across this edge's batches
     # How often a provider batch (lines sent through a provider's Batch API) is asked whether it has ended.
     batch_poll_s: float = Field(default=60.0, gt=0)

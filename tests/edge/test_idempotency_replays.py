@@ -1,19 +1,24 @@
 """The edge's kept answers (services/edge/replays.py), in memory: bounded in bytes, oldest dropped first; an answer
 over the limit kept as its digest alone (its retry is the router's 409, another body's the 422); and a Redis that
-fails passed over (the router still serves the id once: a 409, never a second charge)."""
+fails passed over (the router still serves the id once: a 409, never a second charge); the marker of a request in
+flight, refusing another body at once, taken back by its writer alone; the digest of a request without routing
+headers the one edges before them wrote."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import hashlib
 import secrets
 import time
 import tracemalloc
+from collections.abc import AsyncIterator
 
 import pytest
 
 from services.edge import replays as replays_module
 from services.edge.openai_api import ApiError
-from services.edge.replays import Replays, digest
+from services.edge.replays import Arrival, Kept, Replays, digest
 
 
 async def test_memory_is_bounded_oldest_first_and_a_large_answer_kept_as_its_digest() -> None:
@@ -106,3 +111,57 @@ async def test_a_kept_answer_no_edge_wrote_is_passed_over(redis_url: str, stored
     finally:
         await client.aclose()
         await replays.close()
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[str | None]:
+    """Where the kept answers and markers are: in memory (None) or the test's Redis database (its URL)."""
+    yield None if request.param == "memory" else request.getfixturevalue("redis_url")
+
+
+async def test_a_marker_names_the_first_in_flight_and_only_its_writer_takes_it_back(store: str | None) -> None:
+    replays = Replays(ttl_s=3600, max_answer_bytes=1000, memory_bytes=1 << 20, url=store)
+    first, other = digest("/v1/chat/completions", b"{}"), digest("/v1/chat/completions", b"{ }")
+    try:
+        arrived = await replays.arrive("idem-1", first)
+        assert arrived.started is not None and arrived.replay is None
+        with pytest.raises(ApiError) as refused:  # another body while the first runs
+            await replays.arrive("idem-1", other)
+        assert refused.value.status == 422 and refused.value.code == "idempotency_key_mismatch"
+        assert await replays.arrive("idem-1", first) == Arrival()  # the same body: the router's to refuse
+        await replays.release("idem-1", Kept(first, started="another-request"))
+        with pytest.raises(ApiError):  # not its writer's: still there
+            await replays.arrive("idem-1", other)
+        await replays.release("idem-1", arrived.started)
+        taken = await replays.arrive("idem-1", other)  # taken back: another body may use the key
+        assert taken.started is not None
+        await replays.keep("idem-1", other, b"{}", {"x-request-id": "idem-1"})
+        await replays.release("idem-1", taken.started)  # an answer kept since is never taken back
+        kept = await replays.arrive("idem-1", other)
+        assert kept.replay is not None and kept.replay.body == b"{}"
+    finally:
+        await replays.close()
+
+
+async def test_of_two_edges_sharing_a_redis_one_marks_a_key_and_the_others_body_is_refused(redis_url: str) -> None:
+    edges = [Replays(ttl_s=3600, max_answer_bytes=1000, memory_bytes=1 << 20, url=redis_url) for _ in range(2)]
+    sent = [digest("/v1/chat/completions", body) for body in (b"{}", b"{ }")]
+    try:
+        arrivals = await asyncio.gather(
+            *(edge.arrive("idem-1", one) for edge, one in zip(edges, sent, strict=True)), return_exceptions=True
+        )
+    finally:
+        for edge in edges:
+            await edge.close()
+    marked = [a for a in arrivals if isinstance(a, Arrival)]
+    refused = [a for a in arrivals if isinstance(a, ApiError)]
+    assert len(marked) == 1 and marked[0].started is not None
+    assert len(refused) == 1 and refused[0].code == "idempotency_key_mismatch"
+
+
+def test_without_routing_headers_the_digest_is_the_one_edges_before_them_wrote() -> None:
+    """An answer kept by an edge of the version before stays readable (and comparable) across an upgrade."""
+    legacy = hashlib.sha256(b"/v1/chat/completions\n{}").hexdigest()
+    assert digest("/v1/chat/completions", b"{}") == digest("/v1/chat/completions", b"{}", []) == legacy
+    routed = digest("/v1/chat/completions", b"{}", [("x-router-max-cost-usd", "1")])
+    assert routed != legacy != digest("/v1/chat/completions", b"{}", [("x-router-max-cost-usd", "2")])

@@ -2,7 +2,8 @@
 a reply lost after the command ran (`lose_next_reply`: the server applied it, its caller only sees the connection
 drop; and with `then_down`, the server out of reach from then on, until `come_back`), a reply held back after the
 command ran (`hold_next_reply`: its caller waits, and may leave meanwhile) and a command lost before it ran
-(`swallow_next`: never forwarded, the connection dropped a little later). Runs in the test's own event loop."""
+(`swallow_next`: never forwarded, the connection dropped a little later), and a command held back before it ran
+(`hold_command`: a slow server, as its caller sees it, until released). Runs in the test's own event loop."""
 
 from __future__ import annotations
 
@@ -21,6 +22,17 @@ class HeldReply:
         self.released = asyncio.Event()
 
 
+class HeldCommand:
+    """A command held back (LossyProxy.hold_command): `arrived` once its caller has sent it, forwarded once `released`
+    is set; `abandoned` if its caller closed the connection first (gave up waiting), the command then never run."""
+
+    def __init__(self, part: bytes) -> None:
+        self.part = part
+        self.arrived = asyncio.Event()
+        self.released = asyncio.Event()
+        self.abandoned = asyncio.Event()
+
+
 class LossyProxy:
     def __init__(self, host: str, port: int) -> None:
         self.target = (host, port)
@@ -32,6 +44,7 @@ class LossyProxy:
         self._swallow_s: float | None = None
         self.swallowed = asyncio.Event()  # set once swallow_next has taken its command
         self._hold_reply: HeldReply | None = None
+        self._hold_command: HeldCommand | None = None
         self._pipes: set[asyncio.Task[None]] = set()
 
     def url(self, db: int = 0) -> str:
@@ -60,6 +73,11 @@ class LossyProxy:
         its caller has not heard back. Dropped if the caller's connection closes first."""
         self._hold_reply = HeldReply()
         return self._hold_reply
+
+    def hold_command(self, part: bytes) -> HeldCommand:
+        """The next command holding the bytes `part` waits in the proxy, unsent to the server, until it is released."""
+        self._hold_command = HeldCommand(part)
+        return self._hold_command
 
     def swallow_next(self, seconds: float) -> None:
         """The next request from a client is not forwarded; its connection is dropped `seconds` later."""
@@ -104,9 +122,28 @@ class LossyProxy:
                 self.swallowed.set()
                 await asyncio.sleep(seconds)
                 return  # the connection drops; the command never reached the server
+            if self._hold_command is not None and self._hold_command.part in data:
+                held, self._hold_command = self._hold_command, None
+                if not await self._released(held, source):
+                    return  # the connection drops; the command never reached the server
             server.write(data)
             with contextlib.suppress(ConnectionError):
                 await server.drain()
+
+    @staticmethod
+    async def _released(held: HeldCommand, source: asyncio.StreamReader) -> bool:
+        """Whether `held` was released before its caller closed its connection (which sends nothing else meanwhile: it
+        awaits the command's reply)."""
+        held.arrived.set()
+        closing = asyncio.ensure_future(source.read(1))
+        releasing = asyncio.ensure_future(held.released.wait())
+        await asyncio.wait((closing, releasing), return_when=asyncio.FIRST_COMPLETED)
+        closing.cancel()
+        releasing.cancel()
+        if not releasing.done() or releasing.cancelled():
+            held.abandoned.set()
+            return False
+        return True
 
     async def _replies(self, source: asyncio.StreamReader, client: asyncio.StreamWriter) -> None:
         while data := await source.read(65536):

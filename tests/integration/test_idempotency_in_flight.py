@@ -1,0 +1,165 @@
+"""An Idempotency-Key's request while the first with it still runs (services/edge/replays.py, its in-flight marker),
+and what a retry must repeat to be the same request, through the real edge and router with the official openai SDK:
+another body, or other x-router-* routing headers, is a 422 `idempotency_key_mismatch` reaching no router, on the
+first's edge or another sharing its Redis; a first that failed charging nothing takes its marker back, so its retry
+with another body is served; and a slow edge Redis never holds a keyed answer up. Before, a request with another body
+sent while the first ran was the router's 409 (as if it were the same request), one with other routing headers after
+it got the first's answer, and the answer waited on its write to the edge's Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+from urllib.parse import urlsplit
+
+import openai
+import pytest
+
+from tests.fakes.lossy_proxy import LossyProxy
+from tests.fakes.server import Fault
+from tests.integration.conftest import Chain
+from tests.integration.test_idempotency_key import Tenant, answered, ask, asked, complete, tenant_before
+from tests.waiting import eventually
+
+
+@asynccontextmanager
+async def two_edges(chain: Chain, where: str, redis_url: str) -> AsyncIterator[tuple[Tenant, Tenant]]:
+    """The edge the first request is sent to and the one its second is: the same edge (in memory, or with a Redis),
+    or two edges sharing a Redis."""
+    async with AsyncExitStack() as stack:
+        store: dict[str, Any] = {} if where == "memory" else {"batch_redis_url": redis_url}
+        first = await stack.enter_async_context(tenant_before(chain, chain.router_addr, **store))
+        second = first
+        if where == "two-edges":
+            second = await stack.enter_async_context(tenant_before(chain, chain.router_addr, like=first, **store))
+        yield first, second
+
+
+@pytest.fixture
+async def tenant(chain: Chain) -> AsyncIterator[Tenant]:
+    async with tenant_before(chain, chain.router_addr) as served:
+        yield served
+
+
+def mismatch(refused: pytest.ExceptionInfo[openai.UnprocessableEntityError]) -> bool:
+    body = refused.value.body
+    return isinstance(body, dict) and body["code"] == "idempotency_key_mismatch" and body["param"] == "Idempotency-Key"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+@pytest.mark.parametrize("where", ["memory", "redis", "two-edges"])
+async def test_another_body_while_the_first_runs_is_a_422_and_is_never_served(
+    chain: Chain, redis_url: str, where: str, stream: bool
+) -> None:
+    async with two_edges(chain, where, redis_url) as (first_edge, second_edge):
+        first_client, second_client = first_edge.client(max_retries=0), second_edge.client(max_retries=2)
+        body, other = ask(), ask()
+        chain.budget.holding_answers = True
+        try:
+            first = asyncio.ensure_future(complete(first_client, body, stream, "in-flight"))
+            await eventually(lambda: asked(first_edge, body) == 1, "the first is being generated")
+            with pytest.raises(openai.UnprocessableEntityError) as refused:  # a 422 is not retried
+                await complete(second_client, other, stream, "in-flight")
+            assert mismatch(refused)
+            with pytest.raises(openai.ConflictError) as same:  # the same body: the router's 409, in flight
+                await complete(second_client.with_options(max_retries=0), body, stream, "in-flight")
+            assert "still in flight" in same.value.message
+            chain.budget.holding_answers = False
+            cost = await first
+        finally:
+            chain.budget.holding_answers = False
+            await first_client.close()
+            await second_client.close()
+        assert asked(first_edge, other) == 0
+        [record] = await first_edge.ledger()
+        assert record["cost_usd"] == cost
+
+
+@pytest.mark.parametrize("where", ["memory", "redis"])
+async def test_a_first_that_failed_charging_nothing_leaves_the_key_to_another_body(
+    chain: Chain, redis_url: str, where: str
+) -> None:
+    """Its marker taken back as it fails, the retry with another body is the router's to decide: served, the id
+    released as the first was charged 0."""
+    async with two_edges(chain, where, redis_url) as (tenant, _):
+        chain.budget.enqueue(*[Fault.error(500)] * 6)  # every attempt of the first, on both models
+        chain.premium.enqueue(*[Fault.error(500)] * 6)
+        client = tenant.client(max_retries=0)
+        try:
+            with pytest.raises(openai.InternalServerError):
+                await complete(client, ask(), False, "failed-first")
+            for upstream in (chain.budget, chain.premium):
+                upstream.faults.clear()
+            other = ask()
+            cost = await complete(client, other, False, "failed-first")
+        finally:
+            for upstream in (chain.budget, chain.premium):
+                upstream.faults.clear()
+            await client.close()
+        assert asked(tenant, other) == 1
+        failed, served = sorted(await tenant.ledger(), key=lambda record: record["ts"])
+        assert failed["outcome"] == "failed" and served["cost_usd"] == cost
+
+
+ROUTING = {"x-router-quality-target": "0.9", "x-router-max-cost-usd": "1"}
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        {"x-router-quality-target": "0.2", "x-router-max-cost-usd": "1"},
+        {"x-router-quality-target": "0.9"},  # one left out
+        {**ROUTING, "x-router-escalation": "off"},  # one more
+    ],
+    ids=["another-value", "one-left-out", "one-more"],
+)
+async def test_a_retry_with_other_routing_headers_is_a_422_and_tracing_headers_do_not_count(
+    tenant: Tenant, changed: dict[str, str]
+) -> None:
+    client = tenant.client(max_retries=0)
+    body = ask()
+    try:
+        first = await client.chat.completions.with_raw_response.create(
+            **body, extra_headers={"Idempotency-Key": "routed", **ROUTING}
+        )
+        traced = {"Idempotency-Key": "routed", **ROUTING, "traceparent": f"00-{'1' * 32}-{'2' * 16}-01"}
+        again = await client.chat.completions.with_raw_response.create(**body, extra_headers=traced)
+        assert again.http_response.headers["idempotent-replayed"] == "true"
+        assert again.http_response.content == first.http_response.content
+        with pytest.raises(openai.UnprocessableEntityError) as refused:
+            await client.chat.completions.create(**body, extra_headers={"Idempotency-Key": "routed", **changed})
+        assert mismatch(refused)
+        with pytest.raises(openai.UnprocessableEntityError):  # none at all: as the first without its headers
+            await answered(client, body, "routed")
+    finally:
+        await client.close()
+    assert asked(tenant, body) == 1
+
+
+async def test_a_slow_edge_redis_never_holds_the_answer_up_and_the_answer_is_kept_once_it_answers(
+    chain: Chain, redis_url: str
+) -> None:
+    """The answer's write to the edge's Redis held back (a slow store, as the edge sees it): the caller has its
+    answer while the write still waits, and the write, once the store answers, keeps it for the retry (sent again,
+    charged once). Before, the caller waited on the write up to the client's socket timeout (5 s), which then gave
+    it up: the answer never kept, its retry the 409."""
+    port = int(urlsplit(redis_url).port or 6379)
+    async with (
+        LossyProxy("127.0.0.1", port) as proxy,
+        tenant_before(chain, chain.router_addr, batch_redis_url=proxy.url_for(redis_url)) as tenant,
+    ):
+        client = tenant.client(max_retries=0)
+        body = ask()
+        try:
+            write = proxy.hold_command(b'"x-request-id": "idem-')  # the answer's (a marker has no headers)
+            first = await answered(client, body, "slow-store")
+            assert write.arrived.is_set() and not write.abandoned.is_set()  # answered while the write waits
+            write.released.set()
+            again = await answered(client, body, "slow-store")
+        finally:
+            await client.close()
+        assert again.headers["idempotent-replayed"] == "true" and again.content == first.content
+        assert asked(tenant, body) == 1
+        assert len(await tenant.ledger()) == 1
