@@ -10,7 +10,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 from urllib.parse import unquote
@@ -348,6 +348,7 @@ class Edge:
             arrival_timeout_s=settings.idempotency_lookup_timeout_s,
         )
         self._answering: dict[str, set[asyncio.Task[JSONResponse]]] = {}  # _keyed's, by request id
+        self._keeping: set[asyncio.Task[None]] = set()  # streams' digests being kept (_beside)
 
     def caller(self, request: Request) -> tuple[str, str]:
         """(tenant, api key) from the Authorization header alone; no header chooses the tenant. With no keys
@@ -454,7 +455,9 @@ class Edge:
         except grpc.RpcError as err:
             raise self.refusal(err, request, request_id, sent_key) from None
         if sent_key is not None:  # a stream's events are not kept: its digest alone, a retry of another body a 422
-            await self.replays.keep(request_id, sent, None, None)
+            # Kept beside the stream, not before it: a slow store never holds its first event up (its marker, there
+            # already, tells a retry of another body meanwhile).
+            self._beside(self.replays.keep(request_id, sent, None, None))
         include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
         headers = {
             "x-router-model": decision.model,
@@ -530,6 +533,12 @@ class Edge:
         if started is not None and not duplicate(err):
             await self.replays.release(request_id, started)
 
+    def _beside(self, keeping: Coroutine[Any, Any, None]) -> None:
+        """Keep a digest beside the answer (its failures are the store's, logged and counted there)."""
+        task = asyncio.ensure_future(keeping)
+        self._keeping.add(task)
+        task.add_done_callback(self._keeping.discard)
+
     def _answered(self, request_id: str, task: asyncio.Task[JSONResponse]) -> None:
         serving = self._answering.get(request_id, set())
         serving.discard(task)
@@ -539,8 +548,10 @@ class Edge:
             task.exception()  # its caller may be gone: a failure is the router's, logged there
 
     async def close(self) -> None:
-        """Calls whose callers left, their answers awaited to be kept, cancelled (the router charges what they did)."""
-        serving = [task for tasks in self._answering.values() for task in tasks]
+        """Calls whose callers left, their answers awaited to be kept, cancelled (the router charges what they did), and
+        the keeping of streams' digests."""
+        serving: list[asyncio.Future[Any]] = [task for tasks in self._answering.values() for task in tasks]
+        serving += self._keeping
         for task in serving:
             task.cancel()
         await asyncio.gather(*serving, return_exceptions=True)

@@ -12,7 +12,6 @@ import hashlib
 import secrets
 import time
 import tracemalloc
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -113,13 +112,9 @@ async def test_a_kept_answer_no_edge_wrote_is_passed_over(redis_url: str, stored
         await replays.close()
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[str | None]:
-    """Where the kept answers and markers are: in memory (None) or the test's Redis database (its URL)."""
-    yield None if request.param == "memory" else request.getfixturevalue("redis_url")
-
-
-async def test_a_marker_names_the_first_in_flight_and_only_its_writer_takes_it_back(store: str | None) -> None:
+@pytest.mark.parametrize("where", ["memory", "redis"])
+async def test_a_marker_names_the_first_in_flight_and_only_its_writer_takes_it_back(redis_url: str, where: str) -> None:
+    store = None if where == "memory" else redis_url
     replays = Replays(ttl_s=3600, max_answer_bytes=1000, memory_bytes=1 << 20, url=store)
     first, other = digest("/v1/chat/completions", b"{}"), digest("/v1/chat/completions", b"{ }")
     try:
