@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 import openai
 import pytest
+from prometheus_client import REGISTRY
 
 from tests.fakes.lossy_proxy import LossyProxy
 from tests.fakes.server import Fault
@@ -154,8 +155,11 @@ async def test_a_slow_edge_redis_never_holds_the_answer_up_and_the_answer_is_kep
         body = ask()
         try:
             write = proxy.hold_command(b'"x-request-id": "idem-')  # the answer's (a marker has no headers)
+            given_up = keeps_given_up()
             first = await answered(client, body, "slow-store")
-            assert write.arrived.is_set() and not write.abandoned.is_set()  # answered while the write waits
+            # Answered while the write waits: neither given up by the edge nor by its connection.
+            assert keeps_given_up() == given_up
+            assert write.arrived.is_set() and not write.abandoned.is_set()
             write.released.set()
             again = await answered(client, body, "slow-store")
         finally:
@@ -163,3 +167,33 @@ async def test_a_slow_edge_redis_never_holds_the_answer_up_and_the_answer_is_kep
         assert again.headers["idempotent-replayed"] == "true" and again.content == first.content
         assert asked(tenant, body) == 1
         assert len(await tenant.ledger()) == 1
+
+
+async def test_a_slow_edge_redis_never_holds_a_keyed_stream_up(chain: Chain, redis_url: str) -> None:
+    """A stream's digest (its events are not kept) is written beside it: the stream runs to its end while the write
+    waits, and a retry of another body is the 422 all along. Before, its first event waited on the write."""
+    port = int(urlsplit(redis_url).port or 6379)
+    async with (
+        LossyProxy("127.0.0.1", port) as proxy,
+        tenant_before(chain, chain.router_addr, batch_redis_url=proxy.url_for(redis_url)) as tenant,
+    ):
+        client = tenant.client(max_retries=0)
+        try:
+            write = proxy.hold_command(b'"headers": null}')  # the digest's alone (a marker's goes on: "started")
+            given_up = keeps_given_up()
+            cost = await complete(client, ask(), True, "slow-stream")
+            assert keeps_given_up() == given_up
+            assert write.arrived.is_set() and not write.abandoned.is_set()
+            with pytest.raises(openai.UnprocessableEntityError) as refused:  # its marker tells it meanwhile
+                await complete(client, ask(), True, "slow-stream")
+            assert mismatch(refused)
+            write.released.set()
+        finally:
+            await client.close()
+        [record] = await tenant.ledger()
+        assert record["cost_usd"] == cost
+
+
+def keeps_given_up() -> float:
+    """How many answers this process's edges gave up keeping (their store failed or timed out)."""
+    return REGISTRY.get_sample_value("llmrouter_edge_idempotency_store_passed_total", {"step": "keep"}) or 0.0
