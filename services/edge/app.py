@@ -4,13 +4,14 @@ unchanged. It authenticates, validates and translates; every decision is the rou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, MutableMapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 from urllib.parse import unquote
@@ -295,8 +296,26 @@ def answered(response: router_pb2.CompleteResponse, request_id: str) -> JSONResp
 
 
 def replayed(kept: replays.Kept) -> Response:
-    """A kept answer sent again, marked so."""
-    return Response(kept.body, media_type="application/json", headers={**(kept.headers or {}), **REPLAY})
+    """A kept answer sent again, marked so: a stream's events in one response (an SSE client reads them alike)."""
+    media_type = "text/event-stream" if kept.stream else "application/json"
+    return Response(kept.body, media_type=media_type, headers={**(kept.headers or {}), **REPLAY})
+
+
+async def kept_whole(
+    events: AsyncGenerator[bytes, None], kept_as: Callable[[bytes], None], cap: int
+) -> AsyncIterator[bytes]:
+    """A stream's events as sent, handed to `kept_as` once it has ended whole, its [DONE] sent: not one cut before
+    (its caller gone, an error event, the edge's shutdown), nor one over `cap` bytes (only so many are held)."""
+    held: list[bytes] = []
+    size, last = 0, b""
+    async with contextlib.aclosing(events):  # closed with this one: its call cancelled at once
+        async for event in events:
+            yield event
+            last, size = event, size + len(event)
+            if size <= cap:
+                held.append(event)
+    if last == DONE and size <= cap:
+        kept_as(b"".join(held))
 
 
 def _left_running(answer: asyncio.Future[Any]) -> None:
@@ -328,6 +347,9 @@ def header_safe(text: str) -> str:
 def sse(payload: dict[str, Any] | str) -> bytes:
     data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
     return f"data: {data}\n\n".encode()
+
+
+DONE = sse("[DONE]")
 
 
 ANONYMOUS_TENANT = "default"  # the router's own name for a request without a tenant
@@ -381,7 +403,7 @@ class Edge:
 
     async def chat_completions(self, request: Request) -> Response:
         tenant, key = self.caller(request)
-        return await self._chat(request, tenant, key, await self.read_body(request))
+        return await self._chat(request, tenant, key, await self.read_body(request), keeps_stream=True)
 
     async def completions(self, request: Request) -> Response:
         """OpenAI's legacy completions, served as a chat completion of one user turn."""
@@ -419,8 +441,16 @@ class Edge:
         raise ApiError(404, f"Response with id {shown!r} not found: the router stores no responses", code="not_found")
 
     async def _chat(
-        self, request: Request, tenant: str, key: str, body: bytes, max_messages: int = MAX_MESSAGES
+        self,
+        request: Request,
+        tenant: str,
+        key: str,
+        body: bytes,
+        max_messages: int = MAX_MESSAGES,
+        keeps_stream: bool = False,
     ) -> Response:
+        """keeps_stream: a keyed stream's events, as this sends them, are kept for its retry (the chat route's: the
+        others send them otherwise, their streams' retries the 409)."""
         sent_key = idempotency.sent_key(request.headers)
         request_id = uuid.uuid4().hex if sent_key is None else idempotency.request_id(tenant, key, sent_key)
         sent = request.scope[BODY_DIGEST]
@@ -457,7 +487,7 @@ class Edge:
         if sent_key is not None:  # a stream's events are not kept: its digest alone, a retry of another body a 422
             # Kept beside the stream, not before it: a slow store never holds its first event up (its marker, there
             # already, tells a retry of another body meanwhile).
-            self._beside(self.replays.keep(request_id, sent, None, None))
+            digest_kept = self._beside(self.replays.keep(request_id, sent, None, None))
         include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
         headers = {
             "x-router-model": decision.model,
@@ -468,11 +498,12 @@ class Edge:
         }
         # Cut by the shutdown, it ends with an error event, as _stream's failure does (legacy's passes it on as it is).
         request.scope[STREAM_ENDING] = sse
-        return StreamingResponse(
-            self._stream(call, pending, request_id, decision.model, include_usage),
-            media_type="text/event-stream",
-            headers=headers,
-        )
+        stream = self._stream(call, pending, request_id, decision.model, include_usage)
+        events: AsyncIterator[bytes] = stream
+        if sent_key is not None and keeps_stream:
+            kept_as = functools.partial(self._keep_stream, request_id, sent, headers, digest_kept)
+            events = kept_whole(stream, kept_as, self.replays.max_answer_bytes)
+        return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 
     async def _keyed(
         self, call: Any, request: Request, request_id: str, sent: str, sent_key: str, started: replays.Kept | None
@@ -533,11 +564,24 @@ class Edge:
         if started is not None and not duplicate(err):
             await self.replays.release(request_id, started)
 
-    def _beside(self, keeping: Coroutine[Any, Any, None]) -> None:
-        """Keep a digest beside the answer (its failures are the store's, logged and counted there)."""
+    def _beside(self, keeping: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Keep a stream's digest or events beside it (its failures are the store's, logged and counted there)."""
         task = asyncio.ensure_future(keeping)
         self._keeping.add(task)
         task.add_done_callback(self._keeping.discard)
+        return task
+
+    def _keep_stream(
+        self, request_id: str, sent: str, headers: dict[str, str], digest_kept: asyncio.Task[None], events: bytes
+    ) -> None:
+        self._beside(self._kept_stream(request_id, sent, headers, digest_kept, events))
+
+    async def _kept_stream(
+        self, request_id: str, sent: str, headers: dict[str, str], digest_kept: asyncio.Task[None], events: bytes
+    ) -> None:
+        """A whole stream's events kept after its digest's write: that never lands over them."""
+        await asyncio.wait((digest_kept,))
+        await self.replays.keep(request_id, sent, events, headers, stream=True)
 
     def _answered(self, request_id: str, task: asyncio.Task[JSONResponse]) -> None:
         serving = self._answering.get(request_id, set())
@@ -565,7 +609,7 @@ class Edge:
 
     async def _stream(
         self, call: Any, pending: Any, request_id: str, model: str, include_usage: bool
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         created = int(time.time())
         # An answer that is only tool calls has null content, as unstreamed: OpenAI's first chunk says so. So does
         # one that opens with a refusal, whose first chunk has an empty refusal instead, as OpenAI's.
@@ -598,7 +642,7 @@ class Edge:
                         tail = chunk_body(request_id, created, final.model, {})
                         tail.update(choices=[], usage=usage_body(final), x_router=router_extension(final))
                         yield sse(tail)
-            yield sse("[DONE]")
+            yield DONE
         except grpc.RpcError as err:
             # Headers are gone: report the failure in the stream, as OpenAI does, and end it; with what it was
             # charged (what reached the caller), as x-router-cost-usd would have said, or that its charge is pending.

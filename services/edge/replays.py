@@ -1,12 +1,14 @@
 """The answers of requests sent with an Idempotency-Key, kept to be sent again (as Stripe's API does): a retry of a
-finished unstreamed request gets its first answer back, marked `Idempotent-Replayed: true`, rather than the router's
-409; one whose body differs from the first's is a 422, never another request's answer.
+finished request gets its first answer back (a chat completion's stream, its events), marked `Idempotent-Replayed:
+true`, rather than the router's 409; one whose body differs from the first's is a 422, never another request's answer.
 
 Each is kept under the request id the key derives (idempotency.request_id: tenant, API key and value), with a digest
 of the route and the body byte for byte (what an SDK's own retry sends again), for EDGE_IDEMPOTENCY_REPLAY_S. An answer
-over EDGE_IDEMPOTENCY_MAX_ANSWER_BYTES, and a stream's (its events are not kept), is kept as its digest alone: its
-retry is the router's 409 as before, a different body the 422. Only answers are kept: a failure stores nothing, and
-its retry reaches the router, which serves it when the first cost nothing (its id released) or refuses it.
+over EDGE_IDEMPOTENCY_MAX_ANSWER_BYTES, a stream cut before its end (or one of the legacy or Responses routes), is kept
+as its digest alone: its retry is the router's 409 as before, a different body the 422. Only answers are kept: a
+failure stores nothing, and its retry reaches the router, which serves it when the first cost nothing (its id
+released) or refuses it. A stream's events are kept under `events`, not `body`: an edge before them reads the entry as
+a digest alone (the 409), never sending events as a JSON answer.
 
 While the first runs, its digest is kept too, as a marker naming it in flight (for the call's timeout and a minute,
 EDGE_REQUEST_TIMEOUT_S): a request with the same key and another body, on this edge or another sharing its Redis, is
@@ -79,9 +81,10 @@ class Kept:
     finished stream's, which it checks the digest of just the same)."""
 
     digest: str
-    body: bytes | None = None
+    body: bytes | None = None  # a stream's: its events, as sent (server-sent events)
     headers: dict[str, str] | None = None
     started: str | None = None
+    stream: bool = False
 
     def size(self) -> int:
         """What the process holds for it, its objects included (a stream's, a digest alone, is mostly those)."""
@@ -95,6 +98,8 @@ class Kept:
     def dumps(self) -> str:
         body = None if self.body is None else self.body.decode()  # an answer is JSON: UTF-8 text
         kept: dict[str, Any] = {"digest": self.digest, "body": body, "headers": self.headers}
+        if self.stream:
+            kept["body"], kept["events"] = None, body
         if self.started is not None:
             kept["started"] = self.started
         return json.dumps(kept)
@@ -105,11 +110,13 @@ class Kept:
         try:
             kept = loads_stored(text)
             digest, body, headers = kept["digest"], kept.get("body"), kept.get("headers")
-            started = kept.get("started")
-            readable = isinstance(digest, str) and isinstance(body, str | None) and isinstance(started, str | None)
-            if not readable or not (headers is None or _text_pairs(headers)):
+            started, events = kept.get("started"), kept.get("events")
+            texts = (body, started, events)
+            readable = isinstance(digest, str) and all(isinstance(text, str | None) for text in texts)
+            if not readable or not (headers is None or _text_pairs(headers)) or (body and events):
                 return None
-            return cls(digest, None if body is None else body.encode(), headers, started)
+            answer = events if events is not None else body
+            return cls(digest, None if answer is None else answer.encode(), headers, started, events is not None)
         except (ValueError, TypeError, KeyError):  # TooDeep and UnicodeError (a lone surrogate) are ValueErrors
             return None
 
@@ -211,14 +218,16 @@ class Replays:
             PASSED["release"].inc()
             log.warning("idempotency marker not taken back", extra={"request_id": request_id, "error": repr(err)[:200]})
 
-    async def keep(self, request_id: str, sent: str, body: bytes | None, headers: dict[str, str] | None) -> None:
-        """Keep a finished request's digest, and its answer when within max_answer_bytes (None: a stream's, kept as
-        its digest alone)."""
+    async def keep(
+        self, request_id: str, sent: str, body: bytes | None, headers: dict[str, str] | None, stream: bool = False
+    ) -> None:
+        """Keep a finished request's digest, and its answer when within max_answer_bytes (None: its digest alone;
+        `stream`: the answer is a stream's events)."""
         if self.ttl_s == 0:
             return
         if body is not None and len(body) > self.max_answer_bytes:
             body, headers = None, None
-        kept = Kept(sent, body, headers)
+        kept = Kept(sent, body, headers, stream=stream and body is not None)
         if self._redis is None:
             self._keep_in_memory(request_id, kept, self.ttl_s)
             return

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import hashlib
+import json
 import secrets
 import time
 import tracemalloc
@@ -95,6 +96,8 @@ async def test_an_answer_kept_past_its_time_is_not_sent_again_and_is_dropped(mon
         b'{"digest": "d", "body": "{}", "headers": [1]}',
         b'{"digest": "d", "body": "\\ud800"}',
         b"\xff\xfe",
+        b'{"digest": "d", "events": 5}',
+        b'{"digest": "d", "body": "{}", "events": "data: [DONE]\\n\\n"}',
     ],
 )
 async def test_a_kept_answer_no_edge_wrote_is_passed_over(redis_url: str, stored: bytes) -> None:
@@ -160,3 +163,17 @@ def test_without_routing_headers_the_digest_is_the_one_edges_before_them_wrote()
     assert digest("/v1/chat/completions", b"{}") == digest("/v1/chat/completions", b"{}", []) == legacy
     routed = digest("/v1/chat/completions", b"{}", [("x-router-max-cost-usd", "1")])
     assert routed != legacy != digest("/v1/chat/completions", b"{}", [("x-router-max-cost-usd", "2")])
+
+
+async def test_a_streams_events_are_kept_apart_from_a_body_an_edge_before_them_reads() -> None:
+    """Kept under `events`, with `body` null: an edge of the version before reads the entry as a digest alone (the
+    409), never sending the events as a JSON answer; this one sends them again as a stream."""
+    events = b'data: {"id":"chatcmpl-1"}\n\ndata: [DONE]\n\n'
+    stored = Kept("d", events, {"x-request-id": "idem-1"}, stream=True).dumps()
+    assert json.loads(stored)["body"] is None and json.loads(stored)["events"] == events.decode()
+    assert Kept.loads(stored) == Kept("d", events, {"x-request-id": "idem-1"}, stream=True)
+    replays = Replays(ttl_s=3600, max_answer_bytes=1000, memory_bytes=1 << 20, url=None)
+    sent = digest("/v1/chat/completions", b"{}")
+    await replays.keep("idem-1", sent, events, {"x-request-id": "idem-1"}, stream=True)
+    kept = await replays.lookup("idem-1", sent)
+    assert kept is not None and kept.stream and kept.body == events

@@ -165,26 +165,31 @@ async def test_the_sdks_retry_after_a_client_timeout_is_refused_and_the_request_
 async def test_a_streams_retry_after_the_answer_is_told_its_charge_and_two_keys_sending_one_value_are_both_served(
     tenant: Tenant,
 ) -> None:
-    """A stream's answer is not kept to be sent again (services/edge/replays.py): its retry is the 409."""
+    """A stream's answer is sent again (services/edge/replays.py) as a chat completion's; on the legacy route, whose
+    streams are not kept, its retry is the 409 telling its charge."""
     first, second = tenant.client(0, max_retries=0), tenant.client(1, max_retries=0)
     bodies = (ask(), ask())
     try:
         cost_first = await complete(first, bodies[0], True, "same-value")
         cost_second = await complete(second, bodies[1], True, "same-value")  # the other key: a request of its own
         for client, body, cost in ((first, bodies[0], cost_first), (second, bodies[1], cost_second)):
-            with pytest.raises(openai.ConflictError) as refused:
-                await complete(client, body, True, "same-value")
-            error = refused.value.body
-            assert isinstance(error, dict) and error["code"] == "idempotency_key_reused"
-            assert f"it was charged {cost} USD" in error["message"]
-            assert refused.value.response.headers["x-router-cost-usd"] == cost
-            assert refused.value.response.headers["x-should-retry"] == "false"  # charged: the SDK tries no more
+            assert await complete(client, body, True, "same-value") == cost  # its events sent again
+        legacy = {"model": "cheap-model", "prompt": f"say {uuid.uuid4().hex}", "max_tokens": 20, "stream": True}
+        assert [chunk async for chunk in await first.completions.create(**legacy, extra_headers=KEYED)]
+        with pytest.raises(openai.ConflictError) as refused:
+            await first.completions.create(**legacy, extra_headers=KEYED)
+        error = refused.value.body
+        assert isinstance(error, dict) and error["code"] == "idempotency_key_reused"
+        assert "it was charged" in error["message"]
+        assert refused.value.response.headers["x-should-retry"] == "false"  # charged: the SDK tries no more
     finally:
         await first.close()
         await second.close()
-    records = await tenant.ledger()
-    assert sorted(Decimal(r["cost_usd"]) for r in records) == sorted((Decimal(cost_first), Decimal(cost_second)))
-    assert await tenant.spent_pico() == (Decimal(cost_first) + Decimal(cost_second)) * PICO
+    costs = [Decimal(r["cost_usd"]) for r in await tenant.ledger()]
+    assert len(costs) == 3 and Decimal(cost_first) in costs and Decimal(cost_second) in costs  # each charged once
+
+
+KEYED = {"Idempotency-Key": "legacy-stream"}
 
 
 async def test_a_retry_after_a_refusal_that_charged_nothing_is_served_once(tenant: Tenant) -> None:
@@ -229,17 +234,12 @@ async def test_the_sdks_retry_after_a_failure_that_cost_nothing_is_served_once(t
     body = ask()
     try:
         cost = await complete(client, body, stream, "fails-upstream")
-        if stream:  # its answer is not kept: a retry after it is the 409 telling its charge
-            with pytest.raises(openai.ConflictError) as refused:
-                await complete(client, body, stream, "fails-upstream")
-            assert refused.value.response.headers["x-should-retry"] == "false"
-            assert f"it was charged {cost} USD" in refused.value.message
-        else:  # sent again
-            assert (await answered(client, body, "fails-upstream")).headers["idempotent-replayed"] == "true"
+        assert await complete(client, body, stream, "fails-upstream") == cost  # sent again
     finally:
         await client.close()
         clear_faults()
-    assert [r.status_code for r in replies] == [503, 200, 409 if stream else 200]  # the SDK's retry of the 503 served
+    assert [r.status_code for r in replies] == [503, 200, 200]  # the SDK's retry of the 503 served
+    assert replies[-1].headers["idempotent-replayed"] == "true"
     assert len({r.headers["x-request-id"] for r in replies}) == 1  # one request id throughout
     failed, served = sorted(await tenant.ledger(), key=lambda record: record["ts"])
     assert failed["outcome"] == "failed" and Decimal(failed["cost_usd"]) == 0

@@ -1,8 +1,9 @@
 """A retry of a finished unstreamed request sent with an Idempotency-Key gets its first answer back (services/edge/
 replays.py), through the real edge and router with the official openai SDK: byte for byte, marked
 `Idempotent-Replayed: true`, reaching no router or upstream and charged nothing again. A retry whose route or body
-differs is a 422 `idempotency_key_mismatch`, never another request's answer; a stream's retry, and one of an answer
-over the edge's limit, keep the router's 409. Kept in the edge's Redis, which its replicas share, when it has one;
+differs is a 422 `idempotency_key_mismatch`, never another request's answer; a chat stream that ended whole is sent
+again as its events; the retry of a stream cut before its end, and one of an answer over the edge's limit, keep the
+router's 409. Kept in the edge's Redis, which its replicas share, when it has one;
 in the edge's memory otherwise. Before, every such retry was the 409."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import httpx
 import openai
 import pytest
 
+from tests.fakes.server import Fault
 from tests.integration.conftest import Chain
 from tests.integration.test_idempotency_key import Tenant, answered, ask, asked, complete, tenant_before
 from tests.waiting import eventually
@@ -131,3 +133,48 @@ async def test_the_edges_redis_keeps_the_answer_for_every_replica(chain: Chain, 
             for client in clients:
                 await client.close()
         assert len(await one.ledger()) == 1
+
+
+async def test_a_finished_stream_is_sent_again_as_its_events_and_charged_once(tenant: Tenant) -> None:
+    """A chat completion's stream that ended whole: its retry gets its events again, byte for byte, as a stream
+    (text/event-stream, `Idempotent-Replayed: true`), reaching no upstream. Before, the 409."""
+    body = {**ask(), "stream": True, "stream_options": {"include_usage": True}}
+    headers = {"authorization": f"Bearer {tenant.keys[0]}", "idempotency-key": "streamed"}
+    async with httpx.AsyncClient(timeout=20) as http:
+        first = await http.post(f"{tenant.base_url}/chat/completions", json=body, headers=headers)
+        again = await http.post(f"{tenant.base_url}/chat/completions", json=body, headers=headers)
+    assert first.status_code == again.status_code == 200
+    assert "idempotent-replayed" not in first.headers and again.headers["idempotent-replayed"] == "true"
+    assert again.headers["content-type"].startswith("text/event-stream")
+    assert again.content == first.content and first.content.endswith(b"data: [DONE]\n\n")
+    assert again.headers["x-request-id"] == first.headers["x-request-id"]
+    assert asked(tenant, body) == 1
+    assert len(await tenant.ledger()) == 1
+
+
+@pytest.mark.parametrize("how", ["cut-upstream", "over-the-limit"])
+async def test_a_stream_cut_before_its_end_or_over_the_limit_is_not_kept(chain: Chain, how: str) -> None:
+    """A stream that did not end whole (an error event after part of it), or is longer than
+    EDGE_IDEMPOTENCY_MAX_ANSWER_BYTES, is kept as its digest alone: its retry is the 409 telling its charge, another
+    body the 422."""
+    limit = {"idempotency_max_answer_bytes": 64} if how == "over-the-limit" else {}
+    async with tenant_before(chain, chain.router_addr, **limit) as tenant:
+        if how == "cut-upstream":
+            chain.budget.enqueue(Fault.cut(after_chunks=1))
+        client = tenant.client(max_retries=0)
+        body = ask()
+        try:
+            if how == "cut-upstream":
+                with pytest.raises(openai.APIError):  # the error event ending the cut stream
+                    await complete(client, body, True, "cut")
+            else:
+                await complete(client, body, True, "cut")
+            with pytest.raises(openai.ConflictError) as refused:
+                await complete(client, body, True, "cut")
+            assert "it was charged" in refused.value.message
+            with pytest.raises(openai.UnprocessableEntityError):
+                await complete(client, ask(), True, "cut")
+        finally:
+            chain.budget.faults.clear()
+            await client.close()
+        assert asked(tenant, body) == 1
