@@ -3,7 +3,7 @@
 by a fresh id, so a retry (the openai SDK's own, after a client-side timeout) was a new request, charged again. With
 the header, the request's id is derived from it, so every retry carrying it is the same request to the router. A
 first that failed charged nothing, delivering nothing, leaves the id free for its retry (the router releases it); a
-finished unstreamed one's retry gets its kept answer again from the edge (replays.py).
+finished one's retry gets its kept answer (a chat stream's, its events) again from the edge (replays.py).
 
 The id is a hash of (tenant, API key, header value): two keys sending the same value are two requests, and no key can
 name, probe or take another key's id, nor one of the edge's own (uuid4 hex, which has no '-')."""
