@@ -174,10 +174,12 @@ async def test_a_streams_retry_after_the_answer_is_told_its_charge_and_two_keys_
         cost_second = await complete(second, bodies[1], True, "same-value")  # the other key: a request of its own
         for client, body, cost in ((first, bodies[0], cost_first), (second, bodies[1], cost_second)):
             assert await complete(client, body, True, "same-value") == cost  # its events sent again
-        legacy = {"model": "cheap-model", "prompt": f"say {uuid.uuid4().hex}", "max_tokens": 20, "stream": True}
-        assert [chunk async for chunk in await first.completions.create(**legacy, extra_headers=KEYED)]
+        prompt = f"say {uuid.uuid4().hex}"
+        legacy = first.completions.create  # the same request each time: the model, prompt and limit below
+        streamed = await legacy(model="cheap-model", prompt=prompt, max_tokens=20, stream=True, extra_headers=KEYED)
+        assert [chunk async for chunk in streamed]
         with pytest.raises(openai.ConflictError) as refused:
-            await first.completions.create(**legacy, extra_headers=KEYED)
+            await legacy(model="cheap-model", prompt=prompt, max_tokens=20, stream=True, extra_headers=KEYED)
         error = refused.value.body
         assert isinstance(error, dict) and error["code"] == "idempotency_key_reused"
         assert "it was charged" in error["message"]

@@ -9,6 +9,7 @@ in the edge's memory otherwise. Before, every such retry was the 409."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import openai
@@ -157,7 +158,7 @@ async def test_a_stream_cut_before_its_end_or_over_the_limit_is_not_kept(chain: 
     """A stream that did not end whole (an error event after part of it), or is longer than
     EDGE_IDEMPOTENCY_MAX_ANSWER_BYTES, is kept as its digest alone: its retry is the 409 telling its charge, another
     body the 422."""
-    limit = {"idempotency_max_answer_bytes": 64} if how == "over-the-limit" else {}
+    limit: dict[str, Any] = {"idempotency_max_answer_bytes": 64} if how == "over-the-limit" else {}
     async with tenant_before(chain, chain.router_addr, **limit) as tenant:
         if how == "cut-upstream":
             chain.budget.enqueue(Fault.cut(after_chunks=3))  # after some text went out
