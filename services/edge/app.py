@@ -336,6 +336,7 @@ class Edge:
             settings.idempotency_replay_s,
             settings.idempotency_max_answer_bytes,
             settings.idempotency_memory_bytes,
+            settings.idempotency_tenant_bytes,
             settings.batch_redis_url,
         )
         self._answering: dict[str, set[asyncio.Task[JSONResponse]]] = {}  # _keyed's, by request id
@@ -427,7 +428,7 @@ class Edge:
         if not parsed.stream:
             call = self.router.Complete(message, timeout=timeout)
             if sent_key is not None:
-                return await self._keyed(call, request, request_id, sent, sent_key)
+                return await self._keyed(call, request, tenant, request_id, sent, sent_key)
             try:
                 response = await unless_left(call, call, request, request_id)
             except grpc.RpcError as err:
@@ -439,7 +440,7 @@ class Edge:
         except grpc.RpcError as err:
             raise self.refusal(err, request, request_id, sent_key) from None
         if sent_key is not None:  # a stream's events are not kept: its digest alone, a retry of another body a 422
-            await self.replays.keep(request_id, sent, None, None)
+            await self.replays.keep(request_id, sent, None, None, tenant=tenant)
         include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
         headers = {
             "x-router-model": decision.model,
@@ -456,11 +457,13 @@ class Edge:
             headers=headers,
         )
 
-    async def _keyed(self, call: Any, request: Request, request_id: str, sent: str, sent_key: str) -> Response:
+    async def _keyed(
+        self, call: Any, request: Request, tenant: str, request_id: str, sent: str, sent_key: str
+    ) -> Response:
         """A request sent with an Idempotency-Key, served to its end whatever its caller does: its answer is kept for
         the retry (the SDK's, after its own timeout), which gets it once it is there. A retry the router refuses as
         ended while this edge is still keeping the first's answer (charged, not kept yet) waits for it."""
-        serving = asyncio.ensure_future(self._serve_and_keep(call, request_id, sent))
+        serving = asyncio.ensure_future(self._serve_and_keep(call, tenant, request_id, sent))
         others = list(self._answering.get(request_id, ()))
         self._answering.setdefault(request_id, set()).add(serving)
         serving.add_done_callback(functools.partial(self._answered, request_id))
@@ -476,13 +479,13 @@ class Edge:
                 return replayed(kept)
         raise error
 
-    async def _serve_and_keep(self, call: Any, request_id: str, sent: str) -> JSONResponse:
+    async def _serve_and_keep(self, call: Any, tenant: str, request_id: str, sent: str) -> JSONResponse:
         try:
             answer = answered(await call, request_id)
         except asyncio.CancelledError:
             call.cancel()  # the edge stopping (close): the router charges what it did
             raise
-        await self.replays.keep(request_id, sent, bytes(answer.body), router_told(answer))
+        await self.replays.keep(request_id, sent, bytes(answer.body), router_told(answer), tenant=tenant)
         return answer
 
     def _answered(self, request_id: str, task: asyncio.Task[JSONResponse]) -> None:

@@ -57,6 +57,10 @@ class EdgeSettings(ServiceSettings):
     idempotency_replay_s: int = Field(default=DAY_S, ge=0)
     idempotency_max_answer_bytes: int = Field(default=256 * 1024, gt=0)
     idempotency_memory_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+    # In the batch Redis (noeviction, shared by every tenant's batches), one tenant's answers kept per replay window:
+    # past it the answer is kept as its digest alone. Cache hits cost nothing, so without it one tenant could fill the
+    # store for free with a request resent under new keys.
+    idempotency_tenant_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
     batch_concurrency: int = Field(default=8, gt=0)  # lines in flight at once, across this edge's batches
     # How often a provider batch (lines sent through a provider's Batch API) is asked whether it has ended.
     batch_poll_s: float = Field(default=60.0, gt=0)
