@@ -3,9 +3,11 @@ of admissions whose reply was lost, likewise.
 
 A charge is written here (and fsynced) before the answer is released, so a Redis outage at charge time never
 loses it; a background task replays the file. Replays are idempotent: the store charges a request id once, and
-undoes an admission (by its nonce) once. The file is locked while it is appended to or rewritten, so routers
-sharing a data dir do not interleave; the lock is waited for without blocking the event loop or a thread, so
-routers in one process (tests start many) take turns rather than freeze it.
+undoes an admission (by its nonce) once. A charge of 0 of a request that delivered nothing carries the release of its
+id for the caller's retry, landed with the charge as the charge made directly would have (OutboxCharge.release).
+The file is locked while it is appended to or rewritten, so routers sharing a data dir do not interleave; the lock
+is waited for without blocking the event loop or a thread, so routers in one process (tests start many) take turns
+rather than freeze it.
 
 On a Redis Cluster (Store.shards_fail_apart), the store out of reach, or refusing the router, for one shard only
 (keys.py: a tenant's keys are all on one of SHARDS hash slots; a master down or refusing its keys) holds up that shard's
