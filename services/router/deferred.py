@@ -679,9 +679,13 @@ class Deferred:
             return None
         if not outcome.succeeded:
             # No answer read now (the provider's result unread, or none): the line as a collect kept it before its
-            # charge, when that charge is the one on record (_as_charged), with the answer it was charged for.
+            # charge, with the answer it was charged for, when that charge is the one on record. A collect keeps the
+            # line before charging it: one whose charge never landed (it failed, or the line was charged meanwhile at
+            # its hold, without an answer) leaves a line the ledger does not have, told as the charge on record is.
+            # Told as kept when the marker says no amount (a router of the version before charged it).
             kept = await self._kept(account, request_id, batch_id)
-            if kept is not None and _told_as(kept) == await self.store.charged_pico(account, request_id):
+            charged = await self.store.charged_pico(account, request_id)
+            if kept is not None and charged in (None, _told_as(kept)):
                 outcome = kept
         return await self._as_charged(account, request_id, outcome, counts)
 

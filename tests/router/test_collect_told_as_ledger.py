@@ -15,13 +15,16 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from llmrouter.auth import acting_as
+from llmrouter.errors import ServiceError
 from llmrouter.v1 import provider_pb2, router_pb2
 from services.router.deferred import CHARGED_UNANSWERED
 from services.router.store import PICO, Account, Pending, RedisStore, period_id
 from tests.conftest import ledger_records
+from tests.fakes.lossy_proxy import LossyProxy
 from tests.router.servicer_kit import NoDeadline, router_servicer
 from tests.router.test_collect_model import ACCOUNT, LINE, REGISTRY, TENANT_CALLER, batch_cost
 from tests.router.test_collect_passing_failures import HOLD_S, Deadline, WaitingClock
@@ -88,3 +91,63 @@ async def test_a_line_charged_its_hold_before_its_answer_was_charged_is_told_as_
         assert reply.ended and not line.succeeded, reply  # not an answer the ledger never charged
         assert Decimal(line.charged_usd) == Decimal(held.hold_pico) / PICO
     assert first.lines[0].error == CHARGED_UNANSWERED.format(LINE.request_id)
+
+
+class FirstChargeCut(RedisStore):
+    """The money store on Redis through a proxy: its first charge meets the store out of reach (the proxy down), so it
+    never lands; the line's kept answer, written before, stays."""
+
+    proxy: LossyProxy
+
+    cut = True
+
+    async def charge(self, *args: Any, **kwargs: Any) -> bool:
+        if not self.cut:
+            return await super().charge(*args, **kwargs)
+        self.cut = False
+        self.proxy.go_down()
+        try:
+            return await super().charge(*args, **kwargs)
+        finally:
+            self.proxy.come_back()
+
+
+async def test_a_kept_answer_whose_charge_never_landed_is_not_told_for_the_hold_charged_later(
+    redis_url: str, proxy: LossyProxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A collect read the answer and kept it, but its charge never landed (the store out of reach): it failed, nothing
+    told. The provider then forgot the batch, so a collect near the window's end gave it up, charging the line its hold
+    (the ledger: `batch_unknown`). Collected again (that reply lost), the line was told as the kept answer, `succeeded`
+    at the hold; it is told as the ledger has it, charged its hold without its result."""
+    store = FirstChargeCut(proxy.url_for(redis_url))
+    store.proxy = proxy
+    clock = WaitingClock(monkeypatch)
+    try:
+        provider = ForgettingAfterOnePoll()
+        async with router_servicer(tmp_path, store, provider, REGISTRY, provider_batch_hold_s=HOLD_S) as router:
+            router.deferred.wait = clock.wait
+            with acting_as(TENANT_CALLER):
+                (sent,) = (await router.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[LINE]), NoDeadline())).lines
+                held = await store.pending_charge(ACCOUNT, LINE.request_id)
+                assert held is not None
+                collect = router_pb2.CollectBatchRequest(
+                    model="strong", provider_batch_id=sent.provider_batch_id, request_ids=[LINE.request_id]
+                )
+                with pytest.raises(ServiceError) as failed:
+                    await router.CollectBatch(collect, NoDeadline())
+                assert failed.value.code == grpc.StatusCode.UNAVAILABLE  # its caller collects again
+                assert await store.kept_answer(ACCOUNT, LINE.request_id) is not None  # kept before its charge
+                clock.at = held.until - 100  # within the window's last quarter: a batch no try reads is given up
+                given_up = await router.CollectBatch(collect, Deadline(60.0))  # its reply lost
+                again = await router.CollectBatch(collect, Deadline(60.0))
+        spent, _ = await store.spent(ACCOUNT, period_id("day", clock.at))
+        ledger = [r for r in await ledger_records(store.redis) if r["tenant"] == "acme"]
+    finally:
+        await store.close()
+    hold = Decimal(held.hold_pico) / PICO
+    assert [(r["outcome"], r["cost_usd"]) for r in ledger] == [("batch_unknown", str(hold))]
+    assert spent == held.hold_pico
+    for reply in (given_up, again):
+        (line,) = reply.lines
+        assert reply.ended and not line.succeeded, reply  # not the kept answer, which the ledger never charged
+        assert Decimal(line.charged_usd) == hold
