@@ -812,6 +812,14 @@ class Deferred:
         """The line charged its hold. `reported`: the cost of a report past the hold, capped by the charge."""
         if pending is None:
             return router_pb2.CollectedLine(request_id=request_id, error=why, charged_usd="0")
+        held_account, _ = pending.account_and_hold()
+        kept = await self._kept(held_account, request_id, pending.provider_batch or "")
+        if kept is not None and kept.succeeded:
+            # A collect read its answer from this batch and kept it, but its charge never landed (it failed): the line
+            # is charged that answer, as read (at its admitted prices), not its hold as an outcome unknown, which the
+            # kept answer, told by a later collect, would contradict.
+            record = self._record(pending, kept.response, "ok")
+            return await self._charge(account, pending, _told_as(kept), record, kept, counts)
         charged = format(Decimal(pending.hold_pico) / PICO, "f")
         line = router_pb2.CollectedLine(request_id=request_id, error=why, charged_usd=charged)
         record = _unanswered(pending, charged, "batch_unknown", why)

@@ -117,8 +117,9 @@ async def test_a_kept_answer_whose_charge_never_landed_is_not_told_for_the_hold_
 ) -> None:
     """A collect read the answer and kept it, but its charge never landed (the store out of reach): it failed, nothing
     told. The provider then forgot the batch, so a collect near the window's end gave it up, charging the line its hold
-    (the ledger: `batch_unknown`). Collected again (that reply lost), the line was told as the kept answer, `succeeded`
-    at the hold; it is told as the ledger has it, charged its hold without its result."""
+    (the ledger: `batch_unknown`) and telling it so; collected again (that reply lost), the line was told as the kept
+    answer, `succeeded` at the hold. The collect giving the batch up now charges the kept answer, as read: the ledger,
+    that collect and the next all say the answer, at its own cost."""
     store = FirstChargeCut(proxy.url_for(redis_url))
     store.proxy = proxy
     clock = WaitingClock(monkeypatch)
@@ -144,10 +145,10 @@ async def test_a_kept_answer_whose_charge_never_landed_is_not_told_for_the_hold_
         ledger = [r for r in await ledger_records(store.redis) if r["tenant"] == "acme"]
     finally:
         await store.close()
-    hold = Decimal(held.hold_pico) / PICO
-    assert [(r["outcome"], r["cost_usd"]) for r in ledger] == [("batch_unknown", str(hold))]
-    assert spent == held.hold_pico
+    cost = Decimal(batch_cost("strong")) / PICO
+    assert [(r["outcome"], Decimal(r["cost_usd"])) for r in ledger] == [("ok", cost)]
+    assert spent == batch_cost("strong") < held.hold_pico  # charged once, the answer's cost, not the hold
     for reply in (given_up, again):
         (line,) = reply.lines
-        assert reply.ended and not line.succeeded, reply  # not the kept answer, which the ledger never charged
-        assert Decimal(line.charged_usd) == hold
+        assert reply.ended and line.succeeded and line.response.content == "an answer", reply
+        assert Decimal(line.response.cost_usd) == cost
