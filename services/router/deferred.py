@@ -809,7 +809,8 @@ class Deferred:
         counts: list[UncountedCharge],
         reported: Decimal | None = None,
     ) -> router_pb2.CollectedLine:
-        """The line charged its hold. `reported`: the cost of a report past the hold, capped by the charge."""
+        """The line charged its hold; or, when a collect before read its answer from this batch and kept it (its charge
+        never landed), charged that answer. `reported`: the cost of a report past the hold, capped by the charge."""
         if pending is None:
             return router_pb2.CollectedLine(request_id=request_id, error=why, charged_usd="0")
         held_account, _ = pending.account_and_hold()
