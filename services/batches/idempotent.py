@@ -6,8 +6,8 @@ digest and value>`, holding '<id> <digest of the request>', for as long as the i
 before its record is claimed, and the claim is one step: of creations racing on one value, one holds the record and
 the others drop what they wrote and answer its item, which is there to be read (a batch still being created, which
 may yet be undone, is a 409 to retry: in_use). A record whose item is gone (undone, deleted, expired, or a batch whose
-creation died part way: CREATING_S) is taken over by the next creation. The same value with another request is a
-422."""
+creation died part way: CREATING_S) is taken over by the next creation, whatever its request. The same value with
+another request is a 422 while its item is there."""
 
 from __future__ import annotations
 
@@ -53,11 +53,7 @@ async def existing(store: Store, claim: Claim, still_there: StillThere) -> Made 
     """The item the record names and its fields, while there is one and it is still there; a 422 when another request
     made it."""
     held = await store.claimed(claim.key)
-    if held is None:
-        return None
-    item_id = _named(held, claim)
-    fields = await still_there(item_id)
-    return None if fields is None else (item_id, fields)
+    return None if held is None else await _told(held, claim, still_there)
 
 
 async def take(store: Store, claim: Claim, item_id: str, ttl_s: int, still_there: StillThere) -> Made | None:
@@ -68,9 +64,8 @@ async def take(store: Store, claim: Claim, item_id: str, ttl_s: int, still_there
         held = await store.claim(claim.key, claim.value(item_id), ttl_s, replacing)
         if held is None:
             return None
-        other = _named(held, claim)
-        if (fields := await still_there(other)) is not None:
-            return other, fields
+        if (made := await _told(held, claim, still_there)) is not None:
+            return made
         replacing = held  # its item undone or gone since: taken over, unless another creation took it first
     raise in_use(claim.kind)
 
@@ -86,8 +81,13 @@ def in_use(kind: str) -> ApiError:
     )
 
 
-def _named(held: str, claim: Claim) -> str:
+async def _told(held: str, claim: Claim, still_there: StillThere) -> Made | None:
+    """The item the record `held` names and its fields while it is there; a 422 when another request made it. Gone
+    (deleted, undone, expired), it names nothing: the value is free, whatever request used it before."""
     item_id, _, digest = held.partition(" ")
+    fields = await still_there(item_id)
+    if fields is None:
+        return None
     if digest != claim.digest:
         raise ApiError(
             422,
@@ -96,4 +96,4 @@ def _named(held: str, claim: Claim) -> str:
             param=SHOWN,
             code="idempotency_key_mismatch",
         )
-    return item_id
+    return item_id, fields

@@ -365,6 +365,7 @@ class Edge:
             settings.idempotency_replay_s,
             settings.idempotency_max_answer_bytes,
             settings.idempotency_memory_bytes,
+            settings.idempotency_tenant_bytes,
             settings.batch_redis_url,
             in_flight_s=settings.request_timeout_s,
             arrival_timeout_s=settings.idempotency_lookup_timeout_s,
@@ -469,7 +470,7 @@ class Edge:
         if not parsed.stream:
             call = self.router.Complete(message, timeout=timeout)
             if sent_key is not None:
-                return await self._keyed(call, request, request_id, sent, sent_key, started)
+                return await self._keyed(call, request, tenant, request_id, sent, sent_key, started)
             try:
                 response = await unless_left(call, call, request, request_id)
             except grpc.RpcError as err:
@@ -487,7 +488,7 @@ class Edge:
         if sent_key is not None:  # a stream's events are not kept: its digest alone, a retry of another body a 422
             # Kept beside the stream, not before it: a slow store never holds its first event up (its marker, there
             # already, tells a retry of another body meanwhile).
-            digest_kept = self._beside(self.replays.keep(request_id, sent, None, None))
+            digest_kept = self._beside(self.replays.keep(request_id, sent, None, None, tenant=tenant))
         include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
         headers = {
             "x-router-model": decision.model,
@@ -501,19 +502,26 @@ class Edge:
         stream = self._stream(call, pending, request_id, decision.model, include_usage)
         events: AsyncIterator[bytes] = stream
         if sent_key is not None and keeps_stream:
-            kept_as = functools.partial(self._keep_stream, request_id, sent, headers, digest_kept)
+            kept_as = functools.partial(self._keep_stream, tenant, request_id, sent, headers, digest_kept)
             events = kept_whole(stream, kept_as, self.replays.max_answer_bytes)
         return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 
     async def _keyed(
-        self, call: Any, request: Request, request_id: str, sent: str, sent_key: str, started: replays.Kept | None
+        self,
+        call: Any,
+        request: Request,
+        tenant: str,
+        request_id: str,
+        sent: str,
+        sent_key: str,
+        started: replays.Kept | None,
     ) -> Response:
         """A request sent with an Idempotency-Key, served to its end whatever its caller does: its answer is kept for
         the retry (the SDK's, after its own timeout), which gets it once it is there. The caller has its answer as it
         comes, the keeping after it: a slow store holds no caller up. A retry the router refuses as ended while this
         edge is still keeping the first's answer (charged, not kept yet) waits for it."""
         answer: asyncio.Future[JSONResponse] = asyncio.get_running_loop().create_future()
-        serving = asyncio.ensure_future(self._serve_and_keep(call, request_id, sent, started, answer))
+        serving = asyncio.ensure_future(self._serve_and_keep(call, tenant, request_id, sent, started, answer))
         others = list(self._answering.get(request_id, ()))
         self._answering.setdefault(request_id, set()).add(serving)
         serving.add_done_callback(functools.partial(self._answered, request_id))
@@ -532,6 +540,7 @@ class Edge:
     async def _serve_and_keep(
         self,
         call: Any,
+        tenant: str,
         request_id: str,
         sent: str,
         started: replays.Kept | None,
@@ -555,7 +564,7 @@ class Edge:
             raise
         if not answer.done():
             answer.set_result(response)
-        await self.replays.keep(request_id, sent, bytes(response.body), router_told(response))
+        await self.replays.keep(request_id, sent, bytes(response.body), router_told(response), tenant=tenant)
         return response
 
     async def _failed(self, request_id: str, started: replays.Kept | None, err: BaseException) -> None:
@@ -572,16 +581,21 @@ class Edge:
         return task
 
     def _keep_stream(
-        self, request_id: str, sent: str, headers: dict[str, str], digest_kept: asyncio.Task[None], events: bytes
-    ) -> None:
-        self._beside(self._kept_stream(request_id, sent, headers, digest_kept, events))
-
-    async def _kept_stream(
-        self, request_id: str, sent: str, headers: dict[str, str], digest_kept: asyncio.Task[None], events: bytes
+        self,
+        tenant: str,
+        request_id: str,
+        sent: str,
+        headers: dict[str, str],
+        digest_kept: asyncio.Task[None],
+        events: bytes,
     ) -> None:
         """A whole stream's events kept after its digest's write: that never lands over them."""
-        await asyncio.wait((digest_kept,))
-        await self.replays.keep(request_id, sent, events, headers, stream=True)
+
+        async def keeping() -> None:
+            await asyncio.wait((digest_kept,))
+            await self.replays.keep(request_id, sent, events, headers, tenant=tenant, stream=True)
+
+        self._beside(keeping())
 
     def _answered(self, request_id: str, task: asyncio.Task[JSONResponse]) -> None:
         serving = self._answering.get(request_id, set())

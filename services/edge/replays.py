@@ -17,10 +17,14 @@ it cost nothing, the 409 when it did), unless the router refused it as a duplica
 
 Where: the edge's Redis (EDGE_BATCH_REDIS_URL), which its replicas share, when set; else this process's memory,
 bounded by EDGE_IDEMPOTENCY_MEMORY_BYTES (oldest dropped first), so a retry reaching another replica, or one after
-a restart, gets the 409. A store that fails, or is slower than EDGE_IDEMPOTENCY_LOOKUP_TIMEOUT_S as a request arrives,
-is passed over (logged, counted in llmrouter_edge_idempotency_store_passed_total): the router still serves and charges
-the request id once, so a replay or marker missed is a 409, never a second charge. The answer is kept after it is
-sent (app.Edge._keyed): a slow store never holds a caller's answer up."""
+a restart, gets the 409. In the Redis, which has no bound of its own (noeviction: it holds every tenant's batches),
+each tenant keeps at most EDGE_IDEMPOTENCY_TENANT_BYTES of answers per replay window (so at most twice that at once):
+past it an answer is kept as its digest. A response cache hit costs nothing, so unbounded, one tenant resending a
+long answer's request under new keys filled the store, for free, until every tenant's batch creation failed. A store
+that fails, or is slower than EDGE_IDEMPOTENCY_LOOKUP_TIMEOUT_S as a request arrives, is passed over (logged, counted
+in llmrouter_edge_idempotency_store_passed_total): the router still serves and charges the request id once, so a
+replay or marker missed is a 409, never a second charge. The answer is kept after it is sent (app.Edge._keyed): a slow
+store never holds a caller's answer up."""
 
 from __future__ import annotations
 
@@ -46,6 +50,7 @@ from services.edge.openai_api import ApiError
 log = logging.getLogger("llmrouter.edge")
 
 PREFIX = "llmrouter:edge:idempotency:"
+KEPT_BYTES = "llmrouter:edge:idempotency-bytes:"  # + tenant and window: the bytes of answers the tenant kept in it
 REPLAYED = "idempotent-replayed"  # the header a replayed answer carries, as Stripe's
 MISMATCH = "idempotency_key_mismatch"
 # Started markers outlive the call they name by this much (its timeout bounds it): the first's answer being kept.
@@ -156,6 +161,7 @@ class Replays:
         ttl_s: int,
         max_answer_bytes: int,
         memory_bytes: int,
+        tenant_bytes: int,
         url: str | SecretStr | None,
         in_flight_s: float = 300,
         arrival_timeout_s: float = 0.5,
@@ -165,6 +171,7 @@ class Replays:
         self.memory_bytes = memory_bytes
         self.marker_ttl_s = max(1, min(ttl_s, int(in_flight_s) + IN_FLIGHT_MARGIN_S))
         self.arrival_timeout_s = arrival_timeout_s
+        self.tenant_bytes = tenant_bytes
         self._redis: Any = connect(url, socket_connect_timeout=2, socket_timeout=5) if url else None
         # request id -> (expiry, kept, what the entry holds: kept_size)
         self._memory: OrderedDict[str, tuple[float, Kept, int]] = OrderedDict()
@@ -219,19 +226,28 @@ class Replays:
             log.warning("idempotency marker not taken back", extra={"request_id": request_id, "error": repr(err)[:200]})
 
     async def keep(
-        self, request_id: str, sent: str, body: bytes | None, headers: dict[str, str] | None, stream: bool = False
+        self,
+        request_id: str,
+        sent: str,
+        body: bytes | None,
+        headers: dict[str, str] | None,
+        *,
+        tenant: str,
+        stream: bool = False,
     ) -> None:
-        """Keep a finished request's digest, and its answer when within max_answer_bytes (None: its digest alone;
-        `stream`: the answer is a stream's events)."""
+        """Keep a finished request's digest, and its answer when within max_answer_bytes and, in the Redis, the
+        tenant's tenant_bytes (None: its digest alone; `stream`: the answer is a stream's events)."""
         if self.ttl_s == 0:
             return
         if body is not None and len(body) > self.max_answer_bytes:
             body, headers = None, None
-        kept = Kept(sent, body, headers, stream=stream and body is not None)
         if self._redis is None:
-            self._keep_in_memory(request_id, kept, self.ttl_s)
+            self._keep_in_memory(request_id, Kept(sent, body, headers, stream=stream and body is not None), self.ttl_s)
             return
         try:
+            if body is not None and not await self._within_tenant_bytes(tenant, len(body)):
+                body, headers = None, None
+            kept = Kept(sent, body, headers, stream=stream and body is not None)
             await self._redis.set(PREFIX + request_id, kept.dumps(), ex=self.ttl_s)
         except (RedisError, RedisClusterException, OSError) as err:
             PASSED["keep"].inc()
@@ -250,6 +266,21 @@ class Replays:
             PASSED["arrival"].inc()
             log.warning("idempotency marker not written", extra={"request_id": request_id, "error": repr(err)[:200]})
             return False
+
+    async def _within_tenant_bytes(self, tenant: str, size: int) -> bool:
+        """Whether an answer of `size` bytes is within what `tenant` may keep in this replay window, counted with it.
+        Answers live ttl_s, so those kept at once are of this window and the last: at most twice tenant_bytes."""
+        counter = f"{KEPT_BYTES}{tenant}:{int(time.time()) // self.ttl_s}"
+        async with self._redis.pipeline(transaction=False) as pipe:  # one key: its cluster node alone
+            pipe.incrby(counter, size)
+            pipe.expire(counter, 2 * self.ttl_s)
+            total, _ = await pipe.execute()
+        if total > self.tenant_bytes:
+            log.warning(
+                "idempotency answer kept as its digest: its tenant's bytes kept are spent", extra={"tenant": tenant}
+            )
+            return False
+        return True
 
     async def close(self) -> None:
         if self._redis is not None:

@@ -219,7 +219,7 @@ class Admission:
             if verdict.refused not in ("tenant", "key"):
                 raise self._refusal(verdict, routed.account, hold)
             self._fit(routed, verdict)
-        raise self._budget_spent(verdict.refused)
+        raise self._budget_spent(routed, verdict.refused)
 
     async def count(self, account: Account) -> None:
         """Count a request that is routed but never admitted (a Decide) against the rate limit, in the counter
@@ -358,7 +358,7 @@ class Admission:
             # Named then after the budget that is spent (whose limit is the one to raise), not the one the holds of
             # requests in flight leave least room in.
             for_good = self._affordable(routed, plan.order[0], verdict.spend_left) is None
-            raise self._budget_spent(verdict.spend_budget if for_good else verdict.refused, for_good)
+            raise self._budget_spent(routed, verdict.spend_budget if for_good else verdict.refused, for_good)
         routed.plan = dataclasses.replace(plan, order=kept)
 
     def _affordable(self, routed: Routed, option: policy.Option, pico: int) -> int | None:
@@ -366,14 +366,20 @@ class Admission:
         a short answer (ROUTER_MIN_OUTPUT_TOKENS, or max_tokens when lower)."""
         model = option.model
         affordable = affordable_output(model, routed.limits.billed_input(model), pico)
-        return affordable if affordable >= min(self.settings.min_output_tokens, routed.max_tokens[model.name]) else None
+        return affordable if affordable >= self._short_answer(routed, model.name) else None
 
-    def _budget_spent(self, budget: str, for_good: bool = False) -> ServiceError:
-        """A budget refusal. `for_good`: the budget's settled spend alone leaves too little, so the same request can
-        never be admitted this period (ErrorInfo `retryable: false`; the edge tells OpenAI's SDKs not to retry);
-        otherwise the holds of requests in flight take part, and a retry once they settle may be admitted."""
+    def _short_answer(self, routed: Routed, model: str) -> int:
+        """The fewest tokens of an answer a budget must pay for: ROUTER_MIN_OUTPUT_TOKENS, or max_tokens when lower."""
+        return min(self.settings.min_output_tokens, routed.max_tokens[model])
+
+    def _budget_spent(self, routed: Routed, budget: str, for_good: bool = False) -> ServiceError:
+        """A budget refusal, naming the short answer the request's first model could not be paid for (its max_tokens
+        when below ROUTER_MIN_OUTPUT_TOKENS). `for_good`: the budget's settled spend alone leaves too little, so the
+        same request can never be admitted this period (ErrorInfo `retryable: false`; the edge tells OpenAI's SDKs not
+        to retry); otherwise the holds of requests in flight take part, and a retry once they settle may be admitted."""
         metrics.BUDGET_REJECTIONS.inc()
-        period, short = self.settings.budget_period, self.settings.min_output_tokens
+        period = self.settings.budget_period
+        short = self._short_answer(routed, routed.plan.order[0].model.name)
         if for_good:
             why = f"is spent: what remains cannot pay for a {short}-token answer"
         else:

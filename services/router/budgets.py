@@ -1,6 +1,9 @@
 """Budgets as operators and tenants see them: per tenant and per key, the limit (an admin's override or the
 default), what the period has spent, what requests in flight hold, what remains, and when the period ends.
-Read from the money store, the same numbers admission decides with."""
+Read from the money store, the same numbers admission decides with: a hold counts against every period it is held in
+(it is no period's own), so each view shows every hold the account has now beside its period's spend, a hold admitted
+before a period's end in that period's view and, still held, in the next one's; what remains is what admission
+leaves, from the greater of the period's spend and the next one's (charges landing there already: landing_period)."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from services.router.store import KEYLESS, PICO, Account, Allowance, Store, money_now, period_id
+from services.router.store import KEYLESS, PICO, Account, Allowance, Store, money_now, next_period, period_id
 
 SCOPES = ("tenant", "key")
 
@@ -26,6 +29,9 @@ class BudgetView:
     period_id: str  # the period its spend was read for (period_id): at a period's end, not the next one's
     period_end: int
     overridden: bool
+    # The next period's spend (next_period): charges landing after the period's end by the store's clock, which a
+    # reader a moment behind it still sees as this period's. Admission checks the greater of the two.
+    next_spent_pico: int = 0
 
     @property
     def ident(self) -> str:
@@ -48,7 +54,9 @@ class BudgetView:
 
     @property
     def remaining_pico(self) -> int | None:
-        return None if self.limit_pico is None else max(self.limit_pico - self.spent_pico - self.held_pico, 0)
+        if self.limit_pico is None:
+            return None
+        return max(self.limit_pico - max(self.spent_pico, self.next_spent_pico) - self.held_pico, 0)
 
 
 def period_end(period: str, now: float | None = None) -> int:
@@ -76,6 +84,7 @@ async def budgets(store: Store, allowance: Allowance, accounts: list[Account]) -
     views, seen = [], set()
     for account in accounts:
         spent = await store.spent(account, period)
+        spent_next = await store.spent(account, next_period(period)) if next_period(period) != period else (0, 0)
         held = await store.held_pico(account)
         for index, (scope, name, default) in enumerate(
             (("tenant", account.tenant, allowance.tenant_pico), ("key", account.key, allowance.key_pico))
@@ -85,7 +94,17 @@ async def budgets(store: Store, allowance: Allowance, accounts: list[Account]) -
             limit = overrides.get((scope, name), default)
             overridden = (scope, name) in overrides
             view = BudgetView(
-                scope, name, account.tenant, limit, spent[index], held[index], allowance.period, period, end, overridden
+                scope,
+                name,
+                account.tenant,
+                limit,
+                spent[index],
+                held[index],
+                allowance.period,
+                period,
+                end,
+                overridden,
+                spent_next[index],
             )
             if view.ident not in seen:
                 seen.add(view.ident)

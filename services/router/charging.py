@@ -75,7 +75,7 @@ class Charger:
         """Charge once, whatever happens to the caller meanwhile: the charge runs shielded to its end. `served`: what
         the response was made of (its generations are on record); None for a cache hit, which generated nothing.
         `release`: nothing reached the caller, so a charge of exactly 0 frees the request id for a retry (Store.charge;
-        not one kept in the outbox, which keeps the id used, as before)."""
+        one kept in the outbox frees it as it lands from there)."""
         capped = _cap_at_hold(routed, response, served)
         # Settled from here as far as the request goes: a caller that leaves while the charge is on its way must not
         # have its clean-up release the hold beside it (replayed first from the outbox, a release would settle the
@@ -176,13 +176,13 @@ class Charger:
             "outcome": outcome,
         }
         charge_id = secrets.token_hex(8)  # this charge, should its reply be lost and the outbox replay it
+        freed = release and cost == 0 and not capped
         try:
             # Not only while its pending charge is open: a store that lost the admission (a crash within its fsync
             # interval, a failover to a replica behind) is still charged what was served. The charged marker keeps
             # it once, a reconciler's charge of a router it took for dead included, until the admission's
             # marked_until at least. Past that (its router frozen so long) the store takes it for late, by its own
             # clock: this router's may not have moved while it was frozen (a suspended host, a paused VM).
-            freed = release and cost == 0 and not capped
             charged = await self.store.charge(
                 routed.account, routed.hold, to_pico(cost), record, charge_id=charge_id, release=freed
             )
@@ -197,7 +197,7 @@ class Charger:
             if not isinstance(exc, StoreUnavailable):
                 log.error("charge refused by the money store", extra={**record, "error": repr(exc)[:300]})
             kept = OutboxCharge.kept(
-                routed.account, routed.hold, to_pico(cost), record, charge_id, self.outbox.marked_s
+                routed.account, routed.hold, to_pico(cost), record, charge_id, self.outbox.marked_s, freed
             )
             await self.outbox.add(kept)
             charged, counted = True, False

@@ -44,7 +44,7 @@ is charged its hold by the reconciler when its hold lapses. A collect of lines a
 charged by a collect whose reply was lost) asks the provider first all the same, trying a passing failure again for
 give_up_s or the caller's time; when no try reads the batch, or it has not ended, or its model is gone, the lines are
 told ended as the money store has them, at the charge each took (else such a batch, forgotten by its provider, never
-ended): as the collect that charged each told it, answer included, when that collect kept it (ANSWER_KEPT_S), else
+ended): as the collect that charged each told it, answer included, when that collect kept it (KeptAnswers), else
 without their result. A collect charges a line only while its pending charge is open: one
 the reconciler (or another collect) settled after the collect read it is never charged twice, whether or not its
 charged marker has expired."""
@@ -77,6 +77,8 @@ from services.router.capped_charges import REPORTED, count_charge
 from services.router.routed import Routed, counts_below_nothing, generation_entry
 from services.router.serving import generate_request
 from services.router.store import (
+    ANSWER_KEPT_BYTES,
+    ANSWER_KEPT_S,
     PICO,
     UNRECORDED_BATCH,
     Account,
@@ -115,13 +117,22 @@ SEND_START_S = 60.0
 # never be collected, its answer lost and its hold blocking the budget a day; the caller is told to ask again
 # (BATCH_BEING_SENT).
 SENDING_S = SEND_START_S + PROVIDER_CALL_S + 60.0
+
+
 # Each line a collect settles is kept, as it tells it, before it is charged (Store.keep_answer): a collect whose reply
 # is lost leaves it for the next, which tells it again whether or not the provider can be read by then (else an answer
 # charged was lost to its caller in an outage of the providers). Compressed, without its log-probabilities, at most
-# ANSWER_KEPT_BYTES (one over it is not kept), for ANSWER_KEPT_S: a day, the caller's batch window, within which its
-# batch collects the line again.
-ANSWER_KEPT_BYTES = 1024 * 1024
-ANSWER_KEPT_S = 86_400.0
+# KeptAnswers.most_bytes (one over it is not kept), for KeptAnswers.kept_s: by default (ROUTER_BATCH_ANSWER_KEPT_S,
+# ROUTER_BATCH_ANSWER_KEPT_BYTES) 1 MiB, for a day, the caller's batch window, within which its batch collects the line
+# again.
+@dataclasses.dataclass(frozen=True)
+class KeptAnswers:
+    """How long a settled line is kept (Store.keep_answer), and the most bytes a kept one takes (kept_line)."""
+
+    kept_s: float = ANSWER_KEPT_S
+    most_bytes: int = ANSWER_KEPT_BYTES
+
+
 KEEP_OFF_LOOP_BYTES = 64 * 1024  # a line longer than this is compressed in a thread: ~20 ms of CPU a megabyte
 GIVE_UP_MAX_S = 600.0  # how early before its lines' holds end a provider batch is given up, at most
 UNREAD = "the provider batch could not be read: collect it again"
@@ -143,6 +154,11 @@ NOT_FOUND = (
     "no provider batch is recorded for request id {}: its batch's creation had an unknown outcome (or was not "
     "recorded), so the line is charged its hold at the batch price when the hold lapses"
 )
+CHARGED_UNANSWERED = (
+    "request id {} was charged without its answer (its hold, its outcome unknown: the reconciler charged it as its "
+    "hold lapsed, or a collect gave its provider batch up) before this answer was read: it is told at that charge, "
+    "as the ledger has it"
+)
 NO_USAGE = "the provider reported no usage, or one its answer belies"
 OVER_REPORTED = "the provider reported more usage than the line may be billed"
 UNDER_REPORTED = "the provider reported a usage below nothing"
@@ -162,6 +178,7 @@ class Deferred:
         registry: RegistrySource,
         baseline: Callable[[], ModelSpec | None],
         hold_s: float,
+        kept: KeptAnswers = KeptAnswers(),
     ) -> None:
         self.route = route  # routes a request without admitting it (the servicer's)
         self.admission = admission
@@ -170,6 +187,7 @@ class Deferred:
         self.registry = registry
         self.baseline = baseline  # the strongest available model, as the ledger's baseline
         self.hold_s = hold_s  # a deferred line's hold: the provider's window and a margin
+        self.kept = kept
         # Time enough before the holds end for the edge's next poll to land, however slow the provider batch.
         self.give_up_s = min(GIVE_UP_MAX_S, hold_s / 4)
         self._stopping = asyncio.Event()
@@ -660,9 +678,15 @@ class Deferred:
         if charged_from != batch_id:
             return None
         if not outcome.succeeded:
-            # No answer read now (the provider's result unread, or none): the line as the collect that charged it told
-            # it, when kept, with the answer it was charged for.
-            outcome = await self._kept(account, request_id, batch_id) or outcome
+            # No answer read now (the provider's result unread, or none): the line as a collect kept it before its
+            # charge, with the answer it was charged for, when that charge is the one on record. A collect keeps the
+            # line before charging it: one whose charge never landed (it failed, or the line was charged meanwhile at
+            # its hold, without an answer) leaves a line the ledger does not have, told as the charge on record is.
+            # Told as kept when the marker says no amount (a router of the version before charged it).
+            kept = await self._kept(account, request_id, batch_id)
+            charged = await self.store.charged_pico(account, request_id)
+            if kept is not None and charged in (None, _told_as(kept)):
+                outcome = kept
         return await self._as_charged(account, request_id, outcome, counts)
 
     async def _outcome(
@@ -737,7 +761,12 @@ class Deferred:
         return failed
 
     async def _as_charged(
-        self, account: Account, request_id: str, line: router_pb2.CollectedLine, counts: list[UncountedCharge]
+        self,
+        account: Account,
+        request_id: str,
+        line: router_pb2.CollectedLine,
+        counts: list[UncountedCharge],
+        at_admitted_prices: bool = False,
     ) -> router_pb2.CollectedLine:
         """A line settled before, reported at what the ledger charged it, which its outcome read again may not say: the
         hold it was charged when that outcome was unknown, or its batch given up on, or its hold lapsed, was told as 0,
@@ -751,9 +780,16 @@ class Deferred:
         charged = format(Decimal(pico) / PICO, "f")
         # An answer is told at that charge whatever its usage costs now: read again, it is priced at today's prices,
         # not those it was admitted at, so a cost past the charge may be a price rise, not a report past its hold.
-        if line.succeeded:
+        if line.succeeded and not at_admitted_prices:
             line.response.cost_usd = charged
-        else:
+        elif line.succeeded and _told_as(line) != pico:
+            # Read at the prices the line was admitted at, yet charged otherwise: that charge was made without this
+            # answer (its hold, by the reconciler or a collect that gave up), and the ledger says so. Told as the
+            # ledger has it, an outcome unknown at that charge, not as an answer the ledger never charged.
+            line = router_pb2.CollectedLine(
+                request_id=request_id, error=CHARGED_UNANSWERED.format(request_id), charged_usd=charged
+            )
+        elif not line.succeeded:
             line.charged_usd = charged
         return line
 
@@ -773,9 +809,18 @@ class Deferred:
         counts: list[UncountedCharge],
         reported: Decimal | None = None,
     ) -> router_pb2.CollectedLine:
-        """The line charged its hold. `reported`: the cost of a report past the hold, capped by the charge."""
+        """The line charged its hold; or, when a collect before read its answer from this batch and kept it (its charge
+        never landed), charged that answer. `reported`: the cost of a report past the hold, capped by the charge."""
         if pending is None:
             return router_pb2.CollectedLine(request_id=request_id, error=why, charged_usd="0")
+        held_account, _ = pending.account_and_hold()
+        kept = await self._kept(held_account, request_id, pending.provider_batch or "")
+        if kept is not None and kept.succeeded:
+            # A collect read its answer from this batch and kept it, but its charge never landed (it failed): the line
+            # is charged that answer, as read (at its admitted prices), not its hold as an outcome unknown, which the
+            # kept answer, told by a later collect, would contradict.
+            record = self._record(pending, kept.response, "ok")
+            return await self._charge(account, pending, _told_as(kept), record, kept, counts)
         charged = format(Decimal(pending.hold_pico) / PICO, "f")
         line = router_pb2.CollectedLine(request_id=request_id, error=why, charged_usd=charged)
         record = _unanswered(pending, charged, "batch_unknown", why)
@@ -807,20 +852,23 @@ class Deferred:
             counts.append(UncountedCharge(held_account, hold.request_id, charge_id))
             return line
         log.warning("batch line charged before; not charged again", extra={"request_id": hold.request_id})
-        return await self._as_charged(account, hold.request_id, line, counts)
+        # An answer read while the line was pending is priced at its admitted prices, when it has them (_outcome).
+        priced = pending.prices is not None
+        return await self._as_charged(account, hold.request_id, line, counts, at_admitted_prices=priced)
 
     async def _keep(self, account: Account, request_id: str, batch_id: str, line: router_pb2.CollectedLine) -> None:
-        """The line as this collect tells it, kept before its charge (ANSWER_KEPT_BYTES, ANSWER_KEPT_S) under the batch
+        """The line as this collect tells it, kept before its charge (self.kept: how long, how large) under the batch
         it was read from: a charge whose reply is lost leaves it to the next collect (_kept). One too large is not kept:
         a later collect reads it from the provider, or tells it unread."""
         # Compressed off the loop when long: a line of megabytes held every tenant's calls for a tenth of a second and
         # more.
         long = line.ByteSize() > KEEP_OFF_LOOP_BYTES
-        kept = await asyncio.to_thread(kept_line, batch_id, line) if long else kept_line(batch_id, line)
+        most = self.kept.most_bytes
+        kept = await asyncio.to_thread(kept_line, batch_id, line, most) if long else kept_line(batch_id, line, most)
         if kept is None:
             log.warning("batch line's answer too large to keep", extra={"request_id": request_id})
             return
-        await self.store.keep_answer(account, request_id, kept, ANSWER_KEPT_S)
+        await self.store.keep_answer(account, request_id, kept, self.kept.kept_s)
 
     async def _kept(self, account: Account, request_id: str, batch_id: str) -> router_pb2.CollectedLine | None:
         """The line as the collect that settled it from `batch_id` told it, while kept."""
@@ -851,13 +899,13 @@ class Deferred:
         )
 
 
-def kept_line(batch_id: str, line: router_pb2.CollectedLine) -> bytes | None:
+def kept_line(batch_id: str, line: router_pb2.CollectedLine, most_bytes: int = ANSWER_KEPT_BYTES) -> bytes | None:
     """A line as kept (Store.keep_answer): the batch it was read from, a newline, the line compressed, never its
-    log-probabilities; None when over ANSWER_KEPT_BYTES. Log-probabilities are ~25x the answer's text (20 top
+    log-probabilities; None when over `most_bytes`. Log-probabilities are ~25x the answer's text (20 top
     log-probabilities a token): kept, a tenant's day of cheap batch lines would fill the money Redis every tenant's
     charges need, for an answer told only when a collect's reply was lost."""
     packed = batch_id.encode() + b"\n" + zlib.compress(_without_logprobs(line).SerializeToString())
-    return packed if len(packed) <= ANSWER_KEPT_BYTES else None
+    return packed if len(packed) <= most_bytes else None
 
 
 def told_line(kept: bytes, batch_id: str) -> router_pb2.CollectedLine | None:
@@ -870,6 +918,11 @@ def told_line(kept: bytes, batch_id: str) -> router_pb2.CollectedLine | None:
     except (zlib.error, DecodeError):
         log.warning("a kept batch line's answer could not be read: told without it")
         return None
+
+
+def _told_as(line: router_pb2.CollectedLine) -> int:
+    """What a line as a collect told it says it is charged (pico-USD): its answer's cost, else its charge."""
+    return to_pico(Decimal(line.response.cost_usd if line.succeeded else line.charged_usd or "0"))
 
 
 def _without_logprobs(line: router_pb2.CollectedLine) -> router_pb2.CollectedLine:

@@ -3,9 +3,11 @@ of admissions whose reply was lost, likewise.
 
 A charge is written here (and fsynced) before the answer is released, so a Redis outage at charge time never
 loses it; a background task replays the file. Replays are idempotent: the store charges a request id once, and
-undoes an admission (by its nonce) once. The file is locked while it is appended to or rewritten, so routers
-sharing a data dir do not interleave; the lock is waited for without blocking the event loop or a thread, so
-routers in one process (tests start many) take turns rather than freeze it.
+undoes an admission (by its nonce) once. A charge of 0 of a request that delivered nothing carries the release of its
+id for the caller's retry, landed with the charge as the charge made directly would have (OutboxCharge.release).
+The file is locked while it is appended to or rewritten, so routers sharing a data dir do not interleave; the lock
+is waited for without blocking the event loop or a thread, so routers in one process (tests start many) take turns
+rather than freeze it.
 
 On a Redis Cluster (Store.shards_fail_apart), the store out of reach, or refusing the router, for one shard only
 (keys.py: a tenant's keys are all on one of SHARDS hash slots; a master down or refusing its keys) holds up that shard's
@@ -91,10 +93,23 @@ class OutboxCharge:
     # Late whenever it is replayed, for a router that reads no marked_until: kept past it by the money's clock (by a
     # router of the version before: charged past its request's life and its markers').
     late: bool = False
+    # A charge of 0 of a request that delivered nothing, which releases its id for the caller's retry (Store.charge)
+    # as it lands, atomically, as the charge made directly would have. A top-level field, which every version before
+    # ignores (each reads the fields it knows by name, entry_from_json): such a router lands the charge of 0 and
+    # leaves the id used, as it would its own; one that rewrites the file while the line waits keeps the charge and
+    # drops the field alike. False in lines of the versions before: none asked it.
+    release: bool = False
 
     @classmethod
     def kept(
-        cls, account: Account, hold: Hold, pico: int, record: dict[str, Any], charge_id: str, marked_s: float
+        cls,
+        account: Account,
+        hold: Hold,
+        pico: int,
+        record: dict[str, Any],
+        charge_id: str,
+        marked_s: float,
+        release: bool = False,
     ) -> OutboxCharge:
         """A charge kept now: its replay judged late by the store (Hold.marked_until); `charged_s` and `late` say it
         for routers of the version before, which read no marked_until and take a line for late once `marked_s` (the
@@ -103,7 +118,7 @@ class OutboxCharge:
         replay by them once the reconciler's marker had expired was young, and charged the request again."""
         now = money_now()
         charged_s = min(now, hold.marked_until - marked_s) if hold.marked_until else now
-        return cls(account, hold, pico, record, charge_id, charged_s, 0 < hold.marked_until <= now)
+        return cls(account, hold, pico, record, charge_id, charged_s, 0 < hold.marked_until <= now, release)
 
     def to_json(self) -> str:
         line = asdict(self)
@@ -129,8 +144,11 @@ class OutboxCharge:
             late = self.late or money_now() - self.charged_s > marked_s
         else:
             late = time.time() - float(self.record.get("ts", 0)) > marked_s
+        # Released only where the direct charge would have released it (lua.py, CHARGE): never when this charge landed
+        # before (its reply lost, or replayed again after a crash before the file's rewrite; the charge id is in the
+        # marker), nor on an id a retry has used since (its charge rewrote the marker unreleased).
         charged = await store.charge(
-            self.account, self.hold, self.pico, self.record, late=late, charge_id=self.charge_id
+            self.account, self.hold, self.pico, self.record, late=late, charge_id=self.charge_id, release=self.release
         )
         if charged:
             if self.charge_id:  # a line of the version before was counted when it was kept
@@ -207,6 +225,7 @@ def entry_from_json(line: str) -> OutboxEntry:
         raw.get("charge_id", ""),
         raw.get("charged_s", 0.0),
         raw.get("late", False) is True,
+        raw.get("release", False) is True,
     )
 
 

@@ -16,7 +16,7 @@ from services.router import admission, charging, escalation, metrics
 from services.router.admission import Admission
 from services.router.cache import Cache, ResponseCache
 from services.router.calibration import Calibration
-from services.router.deferred import Deferred
+from services.router.deferred import Deferred, KeptAnswers
 from services.router.models import AvailableModels
 from services.router.outbox import Outbox
 from services.router.routed import Routed, Served
@@ -80,6 +80,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             registry,
             self.available.baseline,
             settings.provider_batch_hold_s,
+            KeptAnswers(settings.batch_answer_kept_s, settings.batch_answer_kept_bytes),
         )
 
     async def ListModels(self, request: common_pb2.ListModelsRequest, context: Any) -> common_pb2.ListModelsResponse:

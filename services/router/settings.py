@@ -17,7 +17,15 @@ from llmrouter.settings import REPO_ROOT, GrpcServiceSettings, RepoPath
 from services.ledger.settings import LedgerSettings
 from services.router.end_users import secret_bytes
 from services.router.policy import FallbackRule
-from services.router.store import DEFERRED_HOLD_S, HOLD_S, HOLDS_LINGER_S, REQUEST_ID_TTL_S, HoldTotals
+from services.router.store import (
+    ANSWER_KEPT_BYTES,
+    ANSWER_KEPT_S,
+    DEFERRED_HOLD_S,
+    HOLD_S,
+    HOLDS_LINGER_S,
+    REQUEST_ID_TTL_S,
+    HoldTotals,
+)
 
 # The time kept for a request's charge to land after its last token.
 CHARGE_LANDS_S = 60
@@ -93,6 +101,13 @@ class RouterSettings(GrpcServiceSettings, LedgerSettings, BudgetPeriodSettings, 
     # provider batch: the lines still pending are charged their hold. Shorter than the provider's window only in
     # tests (the lines are then charged their hold before the provider may answer).
     provider_batch_hold_s: float = Field(default=DEFERRED_HOLD_S, ge=1, le=7 * 86400)
+    # Each provider batch line a collect settles is kept in the money Redis, as the collect tells it (compressed,
+    # without log-probabilities), for a later collect to tell again should the reply be lost: for this long (at least
+    # a provider's 24 h window, within which the caller's batch collects again; at most a week, the longest hold), and
+    # only when at most this large (at least 4 KiB, a short answer; at most 8 MiB, half a reply's gRPC message).
+    # Longer or larger holds more of the money Redis, which every tenant's charges need (redis.money.maxmemory).
+    batch_answer_kept_s: float = Field(default=ANSWER_KEPT_S, ge=86_400, le=7 * 86_400)
+    batch_answer_kept_bytes: int = Field(default=ANSWER_KEPT_BYTES, ge=4 * 1024, le=8 * 1024 * 1024)
     # How admission counts a budget's holds in the money Redis: 'trust', by each holds set's running total (constant
     # time, however many requests are in flight), 'maintain', by a scan of the set (time growing with the requests
     # in flight), the totals still kept, or 'auto': 'maintain' while any live router's heartbeat says it keeps no

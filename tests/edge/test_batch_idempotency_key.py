@@ -192,6 +192,23 @@ async def test_a_retried_upload_returns_the_first_file(edge: Edge) -> None:
         assert anew.status_code == 200 and anew.json()["id"] != first.json()["id"]
 
 
+async def test_a_deleted_files_key_is_free_for_another_upload(edge: Edge) -> None:
+    """The value names no file once its file is deleted: another upload with it (another content) makes a new file,
+    as a batch creation undone leaves its value free for another request, rather than a 422 naming a file that is
+    gone, for as long as files are kept (30 days)."""
+    async with edge.client() as http:
+        first = await upload(http, "up-3")
+        assert first.status_code == 200, first.text
+        assert (await http.delete(f"/files/{first.json()['id']}")).status_code == 200
+        other = await upload(http, "up-3", json.dumps({**LINE, "custom_id": "b"}).encode())
+        assert other.status_code == 200, other.text
+        assert other.json()["id"] != first.json()["id"]
+        assert await listed(http, "files") == [other.json()["id"]]
+        # The value now names the new file: its retry gets it, the first content is another request.
+        assert (await upload(http, "up-3", json.dumps({**LINE, "custom_id": "b"}).encode())).json() == other.json()
+        assert (await upload(http, "up-3")).status_code == 422
+
+
 async def test_a_creation_that_failed_leaves_its_key_free(redis_url: str) -> None:
     """The batch store refusing the creation's last write (the set of batches to run, of another type here): the batch
     is undone, and a retry with the key creates it."""

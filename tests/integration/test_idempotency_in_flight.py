@@ -157,9 +157,10 @@ async def test_a_slow_edge_redis_never_holds_the_answer_up_and_the_answer_is_kep
             write = proxy.hold_command(b'"x-request-id": "idem-')  # the answer's (a marker has no headers)
             given_up = keeps_given_up()
             first = await answered(client, body, "slow-store")
-            # Answered while the write waits: neither given up by the edge nor by its connection.
+            # Answered while the write waits (or before it is even sent): not given up by the edge, nor its connection.
             assert keeps_given_up() == given_up
-            assert write.arrived.is_set() and not write.abandoned.is_set()
+            await eventually(write.arrived.is_set, "the answer's write reaches the store")
+            assert not write.abandoned.is_set()
             write.released.set()
             again = await answered(client, body, "slow-store")
         finally:
@@ -183,7 +184,8 @@ async def test_a_slow_edge_redis_never_holds_a_keyed_stream_up(chain: Chain, red
             given_up = keeps_given_up()
             cost = await complete(client, ask(), True, "slow-stream")
             assert keeps_given_up() == given_up
-            assert write.arrived.is_set() and not write.abandoned.is_set()
+            await eventually(write.arrived.is_set, "the digest's write reaches the store")
+            assert not write.abandoned.is_set()
             with pytest.raises(openai.UnprocessableEntityError) as refused:  # its marker tells it meanwhile
                 await complete(client, ask(), True, "slow-stream")
             assert mismatch(refused)

@@ -289,6 +289,65 @@ async def test_a_retry_after_the_money_store_was_out_of_reach_is_served_once(cha
             await router.stop(1)
 
 
+async def test_a_retry_after_a_failure_settled_through_the_outbox_is_served_once(chain: Chain, tmp_path: Path) -> None:
+    """The first fails upstream, charged nothing, as the money store goes out of reach: its charge of 0 waits in the
+    router's outbox. Landing from there, it releases the value as the charge made in time would have: the retry is
+    served and charged once (before, the value stayed used: every retry the 409 of a request charged 0)."""
+    faults = [Fault.error(500)] * 6  # every attempt on both models
+    parts = urlsplit(chain.redis_url)
+    async with LossyProxy(parts.hostname or "127.0.0.1", parts.port or 6379) as proxy:
+        router = await extra_router(chain, redis_url=proxy.url_for(chain.redis_url), data_dir=tmp_path / "data")
+        try:
+            async with tenant_before(chain, f"127.0.0.1:{router.port}") as tenant:
+                client = tenant.client(max_retries=0)
+                body = ask()
+                upstreams = (tenant.chain.budget, tenant.chain.premium)
+                try:
+                    for upstream in upstreams:
+                        upstream.enqueue(*faults)
+                    tenant.chain.budget.holding_answers = True
+                    first = asyncio.ensure_future(complete(client, body, False, "outbox-release"))
+                    await eventually(lambda: asked(tenant, body) == 1, "the first admitted and sent upstream")
+                    proxy.go_down()  # its charge of 0 goes to the outbox
+                    tenant.chain.budget.holding_answers = False
+                    with pytest.raises(openai.APIStatusError) as failed:
+                        await first
+                    assert failed.value.status_code >= 500
+                    for upstream in upstreams:
+                        upstream.faults.clear()
+                    assert '"release":true' in (tmp_path / "data" / "charges-outbox.jsonl").read_text()
+                    proxy.come_back()
+                    served: list[str] = []
+
+                    async def retried() -> bool:
+                        """The same key sent again: the request in flight (its charge still in the outbox) or the store
+                        not yet found back, until the outbox's charge of 0 lands and releases the value."""
+                        try:
+                            served.append(await complete(client, body, False, "outbox-release"))
+                        except openai.ConflictError as again:
+                            assert "still in flight" in again.message
+                        except openai.InternalServerError as again:
+                            assert again.status_code == 503 and again.code == "store_unavailable"
+                        return bool(served)
+
+                    await eventually(retried, "the retry is served once the outbox's release lands")
+                    [cost] = served
+                    again = await answered(client, body, "outbox-release")  # its answer sent again, not served again
+                    assert again.headers["idempotent-replayed"] == "true"
+                finally:
+                    tenant.chain.budget.holding_answers = False
+                    proxy.come_back()
+                    for upstream in upstreams:
+                        upstream.faults.clear()
+                    await client.close()
+                failed_record, served_record = sorted(await tenant.ledger(), key=lambda record: record["ts"])
+                assert failed_record["outcome"] == "failed" and Decimal(failed_record["cost_usd"]) == 0
+                assert served_record["outcome"] == "ok" and served_record["cost_usd"] == cost and Decimal(cost) > 0
+                assert await tenant.spent_pico() == Decimal(cost) * PICO
+        finally:
+            await router.stop(1)
+
+
 @pytest.mark.parametrize(
     ("path", "body"),
     [

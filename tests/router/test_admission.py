@@ -160,6 +160,19 @@ async def test_a_refusal_for_good_names_the_budget_that_is_spent() -> None:
     assert err.value.message.startswith("the key budget for this day is spent")
 
 
+@pytest.mark.parametrize(("fields", "short"), [({"max_tokens": 5}, 5), ({}, 16)])
+async def test_a_refusal_names_the_short_answer_the_request_asked(fields: dict[str, Any], short: int) -> None:
+    """A request whose max_tokens is under ROUTER_MIN_OUTPUT_TOKENS needs a budget that pays for that many: its refusal
+    says so, not a 16-token answer it never asked for."""
+    gate, r = await routed(request(**fields))
+    assert isinstance(gate.store, MemoryStore)
+    await gate.store.set_limit("tenant", ACCOUNT.tenant, 1_000)  # not a token of either model
+    with pytest.raises(ServiceError) as err:
+        await gate.admit(r)
+    assert err.value.reason == "BUDGET_EXCEEDED"
+    assert f"cannot pay for a {short}-token answer" in err.value.message, err.value.message
+
+
 async def test_a_cost_cap_below_any_short_answer_names_max_cost_usd() -> None:
     with pytest.raises(ServiceError) as err:
         await routed(request(max_cost_usd=str(Decimal("0.0000001"))))

@@ -2,7 +2,8 @@
 in the batch's files, whose costs add up to the ledger's. Collected again (the reply to the collect that settled it
 lost: its edge restarted, or the call timed out while the router, which runs it to its end, charged the line), a line
 charged its hold (no result, or usage past what it may be billed) was told 0, or the over-reported usage's cost; one
-the reconciler charged its hold while its collect ran was told its answer's cost. The router's servicer over Redis
+the reconciler charged its hold while its collect ran was told its answer's cost (now told as that charge, made
+without its answer). The router's servicer over Redis
 (the money store) and over the in-process store; a real providers gRPC server whose Batch API has ended."""
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pytest
 
 from llmrouter.auth import acting_as
 from llmrouter.v1 import common_pb2, provider_pb2, router_pb2
-from services.router.deferred import OVER_REPORTED
+from services.router.deferred import CHARGED_UNANSWERED, OVER_REPORTED
 from services.router.servicer import RouterServicer
 from services.router.store import PICO, Account, MemoryStore, Pending, RedisStore, Store, period_id
 from tests.router.servicer_kit import NoDeadline, router_servicer
@@ -111,5 +112,8 @@ async def test_a_line_the_reconciler_charged_during_its_collect_is_told_that_cha
         spent, _ = await store.spent(ACCOUNT, period_id("day"))
     finally:
         await store.close()
-    assert not store.armed and line.succeeded  # its answer, charged the hold by the reconciler
-    assert Decimal(line.response.cost_usd) == Decimal(sent.held_usd) == Decimal(spent) / PICO
+    # Charged its hold by the reconciler, without its answer: told so, as the ledger has it (an outcome unknown at its
+    # hold, the error file's), not as an answer at the hold (test_collect_told_as_ledger.py).
+    assert not store.armed and not line.succeeded
+    assert line.error == CHARGED_UNANSWERED.format(LINE.request_id)
+    assert Decimal(line.charged_usd) == Decimal(sent.held_usd) == Decimal(spent) / PICO

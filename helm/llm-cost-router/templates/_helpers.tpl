@@ -284,6 +284,10 @@ refuses a list keyed by name holding one name twice). */}}
 {{- include "llmrouter.redisUrlEnv" (list $root "cache" "ROUTER_CACHE_REDIS_URL") }}
 - name: ROUTER_HOLD_TOTALS
   value: {{ $v.holdTotals | quote }}
+- name: ROUTER_BATCH_ANSWER_KEPT_S
+  value: {{ include "llmrouter.envValue" $v.batchAnswers.keptSeconds }}
+- name: ROUTER_BATCH_ANSWER_KEPT_BYTES
+  value: {{ include "llmrouter.envValue" $v.batchAnswers.keptBytes }}
 {{- with $v.endUserHashSecret }}{{ if .name }}
 - name: ROUTER_END_USER_HASH_SECRET
   valueFrom:

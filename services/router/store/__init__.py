@@ -11,6 +11,8 @@ from services.router.store.clock import money_now
 from services.router.store.keys import KEYLESS, SHARDS, AccountKeys, ledger_key, pending_key
 from services.router.store.memory import MemoryStore
 from services.router.store.model import (
+    ANSWER_KEPT_BYTES,
+    ANSWER_KEPT_S,
     DEFERRED_HOLD_S,
     HOLD_S,
     HOLDS_LINGER_S,
@@ -34,6 +36,7 @@ from services.router.store.model import (
     Verdict,
     key_id,
     marked_until,
+    next_period,
     pending_field,
     period_id,
     reconciled_record,
@@ -43,6 +46,8 @@ from services.router.store.model import (
 from services.router.store.redis_store import CounterRead, Raised, RedisStore, StreamPosition
 
 __all__ = [
+    "ANSWER_KEPT_BYTES",
+    "ANSWER_KEPT_S",
     "DEFERRED_HOLD_S",
     "HOLDS_LINGER_S",
     "HOLD_S",
@@ -76,6 +81,7 @@ __all__ = [
     "ledger_key",
     "marked_until",
     "money_now",
+    "next_period",
     "open_store",
     "pending_field",
     "pending_key",

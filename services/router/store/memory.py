@@ -92,7 +92,7 @@ class MemoryStore:
         self.used = RecentIds(request_id_ttl_s, self.MAX_REQUEST_IDS)  # admitted
         self.charged = RecentIds(request_id_ttl_s, self.MAX_REQUEST_IDS)
         self.undone = RecentIds(request_id_ttl_s, self.MAX_REQUEST_IDS)  # undone admissions, by nonce
-        # Provider batch lines' answers (keep_answer), each up to deferred.ANSWER_KEPT_BYTES: fewer of them.
+        # Provider batch lines' answers (keep_answer), each up to ROUTER_BATCH_ANSWER_KEPT_BYTES: fewer of them.
         self.answers = RecentIds(request_id_ttl_s, self.MAX_KEPT_ANSWERS)
         # Provider batch lines' charges counted in no metrics yet (RedisStore's uncounted): (charge id, record), oldest
         # first, as many as request ids at most. Each is taken as soon as its collect's charge returns.

@@ -39,6 +39,10 @@ HOLDS_LINGER_S = 7 * 86400
 # A line sent through a provider's Batch API: its hold lasts the provider's 24 h window and a margin for its
 # results to be collected; only then does the reconciler charge it (at its hold: its outcome was never known).
 DEFERRED_HOLD_S = 26 * 3600
+# A provider batch line a collect settled is kept (Store.keep_answer) by default this long, when at most this large
+# (ROUTER_BATCH_ANSWER_KEPT_S, ROUTER_BATCH_ANSWER_KEPT_BYTES; deferred.py, KeptAnswers).
+ANSWER_KEPT_S = 86_400.0
+ANSWER_KEPT_BYTES = 1024 * 1024
 # The most a spend counter may hold: Redis' INCRBY fails past 2^63 - 1 (9.22e18 pico-USD, $9.22M), and a charge that
 # would take a counter there is refused whole (lua.py, CHARGE; MemoryStore.charge), ahead of any write. Below 2^63 - 1
 # by more than a double's error there: the script compares Lua numbers.
