@@ -326,6 +326,14 @@ def build() -> dict:
         )
         .with_panel(
             series(
+                "Edge Idempotency-Key store passed over/s (failed, or slower than EDGE_IDEMPOTENCY_LOOKUP_TIMEOUT_S)",
+                "short",
+                (f"sum by (step) ({rate('llmrouter_edge_idempotency_store_passed_total')})", "{{step}}"),
+                span=12,
+            )
+        )
+        .with_panel(
+            series(
                 "Requests in flight per pod (the HPA signal)",
                 "short",
                 (f"sum by (service, pod) ({s('llmrouter_inflight_requests')})", "{{service}} {{pod}}"),
