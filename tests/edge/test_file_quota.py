@@ -163,5 +163,5 @@ async def test_a_batchs_output_file_counts_against_its_tenant(edge: Edge) -> Non
 
 
 def test_a_quota_under_the_largest_file_is_refused_at_start() -> None:
-    with pytest.raises(ValidationError, match="EDGE_FILES_TENANT_BYTES \\(1000\\) is under .* EDGE_BATCH_MAX_FILE"):
+    with pytest.raises(ValidationError, match=r"EDGE_FILES_TENANT_BYTES \(1000\) is under .* EDGE_BATCH_MAX_FILE"):
         EdgeSettings(files_tenant_bytes=1000, batch_max_file_bytes=2000)

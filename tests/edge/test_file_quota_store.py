@@ -13,7 +13,16 @@ import pytest
 from llmrouter.redis_connect import connect
 from services.batches import store as store_module
 from services.batches.quota import FileQuota
-from services.batches.store import RedisStore, Store, file_key, open_store, quota_keys
+from services.batches.store import (
+    RedisStore,
+    Store,
+    batch_key,
+    delete_if_unread,
+    file_key,
+    open_store,
+    quota_keys,
+    readers_key,
+)
 from tests.waiting import eventually
 
 
@@ -41,23 +50,39 @@ async def test_a_count_past_the_quota_is_refused_and_tenants_are_apart(store: St
     assert await store.count_file("t1", "f4", 1, 6000) == 6000
 
 
-async def test_of_counts_racing_at_the_quotas_edge_one_passes(store: Store) -> None:
+@pytest.fixture
+async def edges(store: Store, store_url: str | None) -> AsyncIterator[list[Store]]:
+    """Stores racing as edge replicas would, each its own connection, open: eight on Redis, the one in process."""
+    edges = [store] if store_url is None else [RedisStore(store_url) for _ in range(8)]
+    try:
+        for i, edge in enumerate(edges):
+            await edge.count_file("warm", f"w{i}", 1, None)
+        yield edges
+    finally:
+        for edge in edges if store_url is not None else []:
+            await edge.close()
+
+
+async def test_of_counts_racing_at_the_quotas_edge_one_passes(store: Store, edges: list[Store]) -> None:
     await store.count_file("t1", "first", 400, 1000)
-    told = await asyncio.gather(*(store.count_file("t1", f"f{i}", 600, 1000) for i in range(20)))
+    racing = (edges[i % len(edges)].count_file("t1", f"f{i}", 600, 1000) for i in range(16))
+    told = await asyncio.gather(*racing)
     assert told.count(None) == 1
     assert await store.count_file("t1", "more", 1, 1000) == 1000
 
 
-async def test_a_files_bytes_come_back_once_however_many_deletes_race(store: Store) -> None:
+async def test_a_files_bytes_come_back_once_however_many_deletes_race(store: Store, edges: list[Store]) -> None:
     await store.count_file("t1", "f1", 600, 1000)
     await store.count_file("t1", "f2", 400, 1000)
-    given_back = await asyncio.gather(*(store.uncount_file("t1", "f1") for _ in range(10)))
+    given_back = await asyncio.gather(*(edges[i % len(edges)].uncount_file("t1", "f1") for i in range(16)))
     assert given_back.count(True) == 1
     assert await store.count_file("t1", "f3", 601, 1000) == 400  # f1's 600 back once: 400 counted, not -200
     assert await store.count_file("t1", "f3", 600, 1000) is None
 
 
 async def test_a_files_bytes_come_back_when_it_expires_and_not_again_at_its_delete(store: Store) -> None:
+    await store.count_file("t1", "kept", 100, 1000)
+    await store.keep_counted("t1", "kept", 3600)
     await store.count_file("t1", "f1", 600, 1000)
     await store.keep_counted("t1", "f1", 0.05)  # its hash expires as soon
 
@@ -66,16 +91,18 @@ async def test_a_files_bytes_come_back_when_it_expires_and_not_again_at_its_dele
 
     await eventually(room, "the expired file's bytes came back")
     assert not await store.uncount_file("t1", "f1")  # a delete racing its expiry gives nothing back twice
-    assert await store.count_file("t1", "f3", 400, 1000) == 700
+    assert await store.count_file("t1", "f3", 300, 1000) == 800
 
 
 async def test_a_count_whose_file_was_never_stored_lapses(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     """An edge died between counting an upload and storing it (keep_counted never came): the count lapses."""
+    await store.count_file("t1", "kept", 100, 1000)
+    await store.keep_counted("t1", "kept", 3600)
     monkeypatch.setattr(store_module, "COUNTING_S", 0.05)
-    await store.count_file("t1", "never-stored", 1000, 1000)
+    await store.count_file("t1", "never-stored", 900, 1000)
 
     async def room() -> bool:
-        return await store.count_file("t1", "f2", 1000, 1000) is None
+        return await store.count_file("t1", "f2", 900, 1000) is None
 
     await eventually(room, "the count of a file never stored lapsed")
 
@@ -113,3 +140,15 @@ async def test_the_redis_counts_expire_with_the_last_and_go_with_it(any_redis_ur
     finally:
         await client.aclose()
         await store.close()
+
+
+async def test_a_file_deleted_while_a_batch_reads_it_counts_until_the_batch_ends(store: Store) -> None:
+    await store.count_file("t1", "f1", 1000, 1000)
+    await store.put(file_key("f1"), {"tenant": "t1", "deleted": "1"})
+    await store.put(readers_key("f1"), {"b1": "1"})
+    await store.put(batch_key("b1"), {"status": "in_progress"})
+    await delete_if_unread(store, "f1")
+    assert await store.count_file("t1", "f2", 1, 1000) == 1000  # its content is still stored
+    await store.put(batch_key("b1"), {"status": "completed"})
+    await delete_if_unread(store, "f1")  # as the batch's end calls it
+    assert await store.count_file("t1", "f2", 1000, 1000) is None
