@@ -53,7 +53,7 @@ async def test_a_count_past_the_quota_is_refused_and_tenants_are_apart(store: St
 @pytest.fixture
 async def edges(store: Store, store_url: str | None) -> AsyncIterator[list[Store]]:
     """Stores racing as edge replicas would, each its own connection, open: eight on Redis, the one in process."""
-    edges = [store] if store_url is None else [RedisStore(store_url) for _ in range(8)]
+    edges: list[Store] = [store] if store_url is None else [RedisStore(store_url) for _ in range(8)]
     try:
         for i, edge in enumerate(edges):
             await edge.count_file("warm", f"w{i}", 1, None)
