@@ -1530,7 +1530,12 @@ def test_whole_numbers_reach_the_services_as_integers(tmp_path: Path) -> None:
             {
                 "edge": {
                     "env": {"EDGE_BATCH_RETENTION_S": 60 * 86400, "EDGE_REQUEST_TIMEOUT_S": 330.5},
-                    "batches": {"maxFileBytes": 104857600, "maxConcurrentUploads": 1000000, "maxRunning": 2000000},
+                    "batches": {
+                        "maxFileBytes": 104857600,
+                        "maxConcurrentUploads": 1000000,
+                        "maxRunning": 2000000,
+                        "filesTenantBytes": 4 * 1024**3,
+                    },
                 },
                 "router": {"env": {"ROUTER_REQUEST_ID_TTL_S": 14 * 86400, "ROUTER_TENANT_BUDGET_USD": 2500000}},
                 "drainSeconds": 1000000,
@@ -1543,10 +1548,11 @@ def test_whole_numbers_reach_the_services_as_integers(tmp_path: Path) -> None:
     assert edge["EDGE_BATCH_RETENTION_S"] == str(60 * 86400)
     assert edge["EDGE_REQUEST_TIMEOUT_S"] == "330.5"
     assert edge["EDGE_BATCH_MAX_CONCURRENT_UPLOADS"] == "1000000"
+    assert edge["EDGE_FILES_TENANT_BYTES"] == str(4 * 1024**3)
     assert edge["EDGE_GRACE_SECONDS"] == "1000000"
     assert router["ROUTER_REQUEST_ID_TTL_S"] == str(14 * 86400)
     # and the services take them
-    names = ("EDGE_BATCH_", "EDGE_REQUEST_TIMEOUT_S", "EDGE_GRACE_SECONDS")
+    names = ("EDGE_BATCH_", "EDGE_FILES_", "EDGE_REQUEST_TIMEOUT_S", "EDGE_GRACE_SECONDS")
     EdgeSettings.model_validate({k[5:].lower(): v for k, v in edge.items() if k.startswith(names)})
     ttl, budget = router["ROUTER_REQUEST_ID_TTL_S"], router["ROUTER_TENANT_BUDGET_USD"]
     _settings_class("router").model_validate({"auth": "none", "request_id_ttl_s": ttl, "tenant_budget_usd": budget})

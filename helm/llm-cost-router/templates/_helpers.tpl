@@ -337,6 +337,8 @@ refuses a list keyed by name holding one name twice). */}}
   value: {{ include "llmrouter.envValue" $v.batches.maxConcurrentUploads }}
 - name: EDGE_BATCH_MAX_RUNNING
   value: {{ include "llmrouter.envValue" $v.batches.maxRunning }}
+- name: EDGE_FILES_TENANT_BYTES
+  value: {{ include "llmrouter.envValue" $v.batches.filesTenantBytes }}
 {{- with include "llmrouter.batchRedis" $root }}
 {{- include "llmrouter.redisUrlEnv" (list $root . "EDGE_BATCH_REDIS_URL") }}
 {{- end }}
