@@ -136,9 +136,8 @@ async def test_racing_deletes_give_a_files_bytes_back_once(edge: Edge) -> None:
         assert (await upload(http)).status_code == 400  # given back twice, it would have fit
 
 
+@pytest.mark.parametrize("store_url", ["redis", "cluster"], indirect=True)  # the counts are read from the store's keys
 async def test_a_batchs_output_file_counts_against_its_tenant(edge: Edge) -> None:
-    if edge.store_url is None:
-        pytest.skip("the quota's counts are read from the Redis store")
     async with edge.client() as http:
         file_id = (await upload(http)).json()["id"]
         body = {"input_file_id": file_id, "endpoint": wire.ENDPOINT, "completion_window": "24h"}
