@@ -149,6 +149,7 @@ async def test_a_batchs_output_file_counts_against_its_tenant(edge: Edge) -> Non
         await eventually(ended, "the batch completed")
         output_id = (await http.get(f"/batches/{batch_id}")).json()["output_file_id"]
         size = (await http.get(f"/files/{output_id}")).json()["bytes"]
+    assert edge.store_url is not None
     client = connect(edge.store_url)
     try:
         counted = await client.hgetall(quota_keys("acme")[0])
