@@ -41,10 +41,12 @@ starting with a letter): Helm takes release names the API server would refuse th
 "-"), and further where the name would pass what Kubernetes allows a kind the component has: a Service's name is a
 DNS label (63 characters); a CronJob's 52 (its Jobs' names add 11); a StatefulSet's 52 in practice (its pods carry
 the label controller-revision-hash, the name and 11 more, which holds 63: past it the API server takes the
-StatefulSet and refuses every pod). Names within those limits are as they always were. Call with (list $ "router"). */}}
+StatefulSet and refuses every pod: redis-money, redis-batches, and the router with router.outbox.persistence). Names
+within those limits are as they always were. Call with (list $ "router"). */}}
 {{- define "llmrouter.component" -}}
 {{- $component := index . 1 }}
-{{- $limit := ternary 52 63 (has $component (list "ledger-trim" "redis-money" "redis-batches")) }}
+{{- $statefulSet := and (eq $component "router") (eq (include "llmrouter.outboxPersistent" (index . 0)) "true") }}
+{{- $limit := ternary 52 63 (or $statefulSet (has $component (list "ledger-trim" "redis-money" "redis-batches"))) }}
 {{- $fullname := include "llmrouter.fullname" (index . 0) | trunc 52 | trimSuffix "-" }}
 {{- printf "%s-%s" ($fullname | trunc (sub $limit (add1 (len $component)) | int) | trimSuffix "-") $component }}
 {{- end }}
@@ -251,6 +253,30 @@ refuses a list keyed by name holding one name twice). */}}
 {{/* Where a router pod without ledgerDsnSecret keeps its SQLite ledger: an emptyDir of its own. */}}
 {{- define "llmrouter.sqliteLedgerDir" -}}/var/lib/llmrouter/ledger{{- end }}
 
+{{/* "true" when the router keeps its charge outbox on a claim of its own per pod (router.outbox.persistence): the
+router is then a StatefulSet. */}}
+{{- define "llmrouter.outboxPersistent" -}}
+{{- if .Values.router.outbox.persistence.enabled }}true{{ end }}
+{{- end }}
+
+{{/* The kind of a service's workload: a StatefulSet for the router with a persistent outbox, else a Deployment. */}}
+{{- define "llmrouter.workloadKind" -}}
+{{- $root := index . 0 }}
+{{- ternary "StatefulSet" "Deployment" (and (eq (index . 1) "router") (eq (include "llmrouter.outboxPersistent" $root) "true")) }}
+{{- end }}
+
+{{/* Where the router's outbox claim is mounted; ROUTER_DATA_DIR is a directory inside it, which the router makes 0700
+(the mount point is the volume's root, group-writable for fsGroup: the router refuses a data dir others may write). */}}
+{{- define "llmrouter.outboxMount" -}}/var/lib/llmrouter/outbox{{- end }}
+
+{{/* The headless Service governing the router's StatefulSet (spec.serviceName): the router's own when the gRPC
+Services are headless, else one of its own that nothing scrapes or calls. */}}
+{{- define "llmrouter.routerPodsService" -}}
+{{- if .Values.grpcHeadlessServices }}{{ include "llmrouter.component" (list . "router") }}
+{{- else }}{{ include "llmrouter.component" (list . "router-pods") }}
+{{- end }}
+{{- end }}
+
 {{/* What the chart sets of one service's environment: <PREFIX>_HOST/PORT/METRICS_PORT/LOG_LEVEL, its peers. */}}
 {{- define "llmrouter.chartEnv" -}}
 {{- $root := index . 0 }}
@@ -288,6 +314,10 @@ refuses a list keyed by name holding one name twice). */}}
   value: {{ include "llmrouter.envValue" $v.batchAnswers.keptSeconds }}
 - name: ROUTER_BATCH_ANSWER_KEPT_BYTES
   value: {{ include "llmrouter.envValue" $v.batchAnswers.keptBytes }}
+{{- if include "llmrouter.outboxPersistent" $root }}
+- name: ROUTER_DATA_DIR
+  value: {{ printf "%s/router" (include "llmrouter.outboxMount" $root) | quote }}
+{{- end }}
 {{- with $v.endUserHashSecret }}{{ if .name }}
 - name: ROUTER_END_USER_HASH_SECRET
   valueFrom:
