@@ -44,7 +44,9 @@ def name(svc: str) -> str:
 
 
 def container(docs: list[dict], svc: str) -> dict:
-    (c,) = by_kind(docs, "Deployment")[name(svc)]["spec"]["template"]["spec"]["containers"]
+    """The service's container, of its Deployment or StatefulSet (the router's, with router.outbox.persistence)."""
+    workloads = by_kind(docs, "Deployment") | by_kind(docs, "StatefulSet")
+    (c,) = workloads[name(svc)]["spec"]["template"]["spec"]["containers"]
     return c
 
 
@@ -1507,7 +1509,7 @@ def expanded_only(entries: list[dict]) -> set[str]:
     }
 
 
-@pytest.mark.parametrize("values", [None, "production-values.yaml", "minimal-values.yaml"])
+@pytest.mark.parametrize("values", [None, "production-values.yaml", "minimal-values.yaml", "outbox-volume-values.yaml"])
 def test_every_env_the_chart_sets_is_a_setting_of_its_service(values: str | None) -> None:
     """An env name no settings class reads is silently ignored (extra="ignore"): a misspelt one leaves the
     service on its default, whatever values.yaml says."""
