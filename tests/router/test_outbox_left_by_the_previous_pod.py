@@ -16,14 +16,15 @@ import pytest
 from llmrouter.redis_url import RedisUrl
 from llmrouter.server import start_server
 from services import router
-from services.router import charging
-from services.router.outbox import Outbox
+from services.router import admission, charging
+from services.router.outbox import Outbox, OutboxUndo
 from services.router.settings import RouterSettings
-from services.router.store import RedisStore, period_id, to_pico
+from services.router.store import RedisStore, StoreUnavailable, period_id, to_pico
 from tests.conftest import ledger_records
 from tests.fakes.lossy_proxy import LossyProxy
-from tests.router.test_admission import ACCOUNT
+from tests.router.test_admission import ACCOUNT, REGISTRY, SETTINGS, request, routed
 from tests.router.test_charge_counted_once import served
+from tests.router.test_undone_admissions import proxied_store
 from tests.waiting import eventually
 
 DAY = period_id("day")
@@ -84,3 +85,32 @@ async def test_a_router_started_on_the_outbox_of_one_gone_lands_what_it_left(
         assert spent == (r.hold.pico, r.hold.pico)  # lost with the pod: the request costs its hold
     else:
         assert spent == (0, 0) and records == []  # not yet even that: the reconciler settles it later, at its hold
+
+
+@pytest.mark.parametrize("volume", ["claim kept", "emptyDir lost"])
+async def test_an_undo_left_by_a_router_gone_frees_what_the_reconciler_charged(
+    redis_url: str, tmp_path: Path, volume: str
+) -> None:
+    """Worse than a charge at its hold: an admission whose reply was lost, its caller told nothing was admitted, its
+    undo kept in the outbox. Lost with the pod, the reconciler charges the tenant the whole hold for a request that
+    never ran; on a kept claim, the router made again gives it all back before it serves."""
+    async with proxied_store(redis_url) as money:
+        outbox = Outbox(tmp_path / "data")
+        gate, r = await routed(request(), admission.Admission(SETTINGS, REGISTRY, money.store, outbox))
+        await money.store.ping()  # connected: the admission is the next command
+        money.proxy.lose_next_reply(then_down=True)
+        with pytest.raises(StoreUnavailable):
+            await gate.admit(r)  # the caller is told nothing was admitted
+        (undo,) = outbox.waiting()
+        assert isinstance(undo, OutboxUndo)
+        store = RedisStore(redis_url)
+        try:
+            await eventually(lambda: store.reconcile("router-alive", 0.2, 3600), "the request reconciled")
+            hold = undo.hold.pico
+            assert await store.spent(ACCOUNT, DAY) == (hold, hold)
+            data_dir = tmp_path / "data" if volume == "claim kept" else tmp_path / "new-empty-dir"
+            waiting, spent, _ = await router_built_on(data_dir, redis_url, store)
+        finally:
+            await store.close()
+    assert waiting == 0
+    assert spent == ((0, 0) if volume == "claim kept" else (hold, hold))
