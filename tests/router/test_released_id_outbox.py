@@ -8,6 +8,7 @@ this version lands as they were."""
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -25,10 +26,12 @@ from services.router.store import (
     Verdict,
     lua,
     period_id,
+    to_pico,
 )
 from tests.fakes.lossy_proxy import LossyProxy
 from tests.router.old_version import checkout, run
 from tests.router.test_admission import ACCOUNT, REGISTRY, SETTINGS, request, routed
+from tests.router.test_give_back_once import reconciled
 from tests.waiting import eventually
 
 FREE = Allowance("day")
@@ -229,3 +232,21 @@ async def test_a_release_landing_after_the_reconciler_charged_its_hold_frees_the
 
 async def eventually_reconciled(reconciler: RedisStore) -> None:
     await eventually(lambda: reconciler.reconcile("router-alive", 0.2, 3600), "the request reconciled")
+
+
+async def test_a_give_back_asking_the_release_frees_no_id_charged_something(
+    charger: charging.Charger, proxy: LossyProxy, redis_url: str
+) -> None:
+    """The release of a give-back holds only when the id is left charged 0 in all (lua.py, GIVE_BACK): one whose
+    charge stands at what was served stays used, told that charge."""
+    reconciler = RedisStore(redis_url)
+    try:
+        r, response = await reconciled(charger, proxy, reconciler)
+        assert r.hold is not None
+        cost = to_pico(Decimal(response.cost_usd))
+        assert 0 < cost < r.hold.pico
+        assert await reconciler.give_back(ACCOUNT, r.hold, cost, release=True) == r.hold.pico - cost
+        retry = Hold(r.request_id, 5_000, r.hold.period, "router-2", "cccc0003")
+        assert await reconciler.admit(ACCOUNT, FREE, retry) == refused_as_charged(cost)
+    finally:
+        await reconciler.close()
