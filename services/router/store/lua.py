@@ -960,8 +960,10 @@ return 1
 # the charged marker, and the id free once no other admission's charge is marked on it nor a pending charge of it open
 # (one admitted after its markers expired is in flight: the id is its own). Else a retry of a request never served
 # was refused as a duplicate charged 0 for a day. A charge's give-back (served) keeps the id used, its marker telling
-# the amended total. Freeing it here returns no money a retry could then spend unpaid: the retry is a new admission,
-# with its own hold and pending charge, which its charge or the reconciler settles.
+# the amended total; a charge of 0 that asked the release (nothing delivered) leaves it released when that total is 0,
+# as that charge landing first would have (CHARGE, RELEASED). Freeing it here returns no money a retry could then
+# spend unpaid: the retry is a new admission, with its own hold and pending charge, which its charge or the reconciler
+# settles.
 GIVE_BACK = (
     _MUST_LAND
     + _EXACT
