@@ -51,6 +51,37 @@ REFUSED: list[tuple[list[dict[str, Any]], str, str]] = [
     ([USER, calling("c1"), result("c1"), result("c2")], "messages[3].tool_call_id", "must be a response"),
 ]
 
+# Fields of one role's messages on another's, which OpenAI refuses: a user's tool calls went to Anthropic inside a user
+# turn (its 400), and to a local model as the user's own words.
+MISPLACED: list[tuple[list[dict[str, Any]], str, str]] = [
+    (
+        [{**calling("c1"), "role": "user", "content": "x"}, result("c1")],
+        "messages[0].tool_calls",
+        "Invalid parameter: only messages with role 'assistant' can have 'tool_calls'; messages[0] has role 'user'.",
+    ),
+    ([{**calling("c1"), "role": "system", "content": "x"}, USER], "messages[0].tool_calls", "has role 'system'"),
+    (
+        [USER, calling("c1"), {**result("c1"), "tool_calls": calling("c2")["tool_calls"]}],
+        "messages[2].tool_calls",
+        "role 'tool'",
+    ),
+    (
+        [{**USER, "tool_call_id": "c1"}],
+        "messages[0].tool_call_id",
+        "Invalid parameter: only messages with role 'tool' can have 'tool_call_id'; messages[0] has role 'user'.",
+    ),
+    ([USER, {**calling("c1"), "tool_call_id": "c1"}, result("c1")], "messages[1].tool_call_id", "role 'assistant'"),
+]
+REFUSED += MISPLACED
+
+
+def test_misplaced_tool_fields_are_openais_400_at_the_edge() -> None:
+    for messages, field, says in MISPLACED:
+        with pytest.raises(ApiError) as refused:
+            parse_request(json.dumps({"messages": messages}).encode())
+        assert (refused.value.status, refused.value.param, refused.value.code) == (400, field, "invalid_value")
+        assert says in refused.value.message
+
 
 def asked(messages: list[dict[str, Any]]) -> router_pb2.CompleteRequest:
     chat = [
