@@ -27,10 +27,13 @@ class Tiers:
     def tier_for(self, tokens: int) -> tuple[str, str]:
         """The tier for a prompt of `tokens`, and how it was picked, for the decision's reason."""
         i = bisect.bisect_right(self.starts, tokens) - 1
-        ends = f"{self.starts[i + 1] - 1}" if i + 1 < len(self.starts) else "more"
+        if i + 1 < len(self.starts):
+            span = f"{self.starts[i]} to {self.starts[i + 1] - 1} tokens"
+        else:
+            span = f"{self.starts[i]} tokens or more"
         return self.tiers[i], (
-            f"length rule, a prompt of {tokens} tokens: {self.tiers[i]} ({self.starts[i]} to {ends} tokens, "
-            f"{self.shares[i]:.1%} of the reference mix)"
+            f"length rule, a prompt of {tokens} tokens: {self.tiers[i]} ({span}, {self.shares[i]:.1%} of the "
+            "reference mix)"
         )
 
 

@@ -105,6 +105,11 @@ async def test_a_prompts_tier_among_the_models_available_and_with_every_provider
     long = "word " * 600
     fallback, ideal, _ = await rule.fallback(router_pb2.CompleteRequest(), "acme", long, served, REGISTRY)
     assert (fallback.tier, ideal.tier) == ("premium", "premium")
+    # The strongest tier's range has no end: it reads so, not "(544 to more tokens".
+    assert fallback.why == (
+        "length rule, a prompt of 608 tokens: premium (544 tokens or more, 2.3% of the reference mix) "
+        "as the classifier at target 0.85"
+    )
     aimed = router_pb2.CompleteRequest(quality_target=0.95)  # the request's own target moves the thresholds
     fallback, _, target = await rule.fallback(aimed, "acme", "word " * 60, served, REGISTRY)
     assert target is not None and target.quality == pytest.approx(0.95) and fallback.tier == "premium"
