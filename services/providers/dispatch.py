@@ -127,6 +127,9 @@ class Dispatcher:
                         async with asyncio.timeout_at(deadline):
                             completion = await self.gateway.complete(request)
                     except (UpstreamError, TimeoutError) as exc:
+                        # Cut (its deadline), a unary call's usage is never known: it comes in the one body with the
+                        # answer, parsed only whole. So it stays an unknown outcome, its worst case owed (a stream's
+                        # usage can come before its cut: generate_stream).
                         err = self._judge(breaker, exc, budget_s, heard)
                         await self._backoff(model, request, err, retries, deadline)
                         retries += 1
