@@ -108,9 +108,9 @@ async def refusal(router: router_pb2_grpc.RouterStub, method: str, request: rout
 
 @pytest.mark.parametrize("method", ["Complete", "CompleteStream", "Decide"])
 async def test_unpaired_tool_calls_are_refused_naming_the_field_before_routing(tmp_path: Path, method: str) -> None:
-    provider = Answering()
+    provider, store = Answering(), MemoryStore()
     async with (
-        served_router(tmp_path, MemoryStore(), provider) as running,
+        served_router(tmp_path, store, provider) as running,
         grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
     ):
         router = router_pb2_grpc.RouterStub(channel)
@@ -133,6 +133,7 @@ async def test_unpaired_tool_calls_are_refused_naming_the_field_before_routing(t
         )
         assert refused.message == "messages[1].tool_calls[0].id must be a string, got a JSON number"
     assert provider.generated == 0
+    assert list(store.ledger) == []  # refused before admission: nothing charged
 
 
 async def test_paired_tool_calls_are_served(tmp_path: Path) -> None:
