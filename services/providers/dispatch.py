@@ -53,6 +53,11 @@ _UNHEALTHY = {"timeout", "unavailable", "bad_response", "lost"}
 # Failures after which nobody knows what the upstream generated: the router charges the attempt's worst case,
 # which covers whatever it consumed, so that is not reported on top.
 _UNKNOWN_OUTCOME = {"timeout", "bad_response", "lost"}
+# Refusals the request as sent earns, whatever the upstream's health: a prompt past the model's context, or a 400,
+# 413 or 422 (bad input, or our own gateway's refusal of it before sending). Counted apart as outcome "refused", so
+# that LLMRouterProviderHighErrorRatio never pages on a caller's mistakes. Other 4xx (401/403: our key; 402: our
+# account; 404: a model the registry names wrongly) stay "error": they are the operator's to fix.
+_REFUSED_STATUSES = frozenset({400, 413, 422})
 
 log = logging.getLogger("llmrouter.providers")
 MAX_LOGPROBS_BYTES = 4 * 1024 * 1024  # well inside a reply's 16 MiB gRPC message, beside the answer itself
@@ -359,8 +364,8 @@ class Dispatcher:
         wasted: Wasted | None,
         reported_whole: bool = False,
     ) -> ServiceError:
-        code, reason, outcome = _STATUS[err.kind]
-        metrics.REQUESTS.labels(self.provider, model.name, outcome).inc()
+        code, reason, _ = _STATUS[err.kind]
+        metrics.REQUESTS.labels(self.provider, model.name, _outcome(err)).inc()
         log.warning("upstream call failed", extra={**self._log_fields(model, request, err), "retries": retries})
         metadata = {"provider": self.provider, "model": model.name, "retries": str(retries)}
         if err.status is not None:
@@ -388,7 +393,7 @@ class Dispatcher:
         """The caller already holds part of the answer: fail, charging exactly what was served, the tool calls the
         upstream had streamed so far (generated and sent, so billed, though a caller gets them only whole), and
         what attempts that failed before it consumed."""
-        metrics.REQUESTS.labels(self.provider, model.name, _STATUS[err.kind][2]).inc()
+        metrics.REQUESTS.labels(self.provider, model.name, _outcome(err)).inc()
         log.warning("upstream stream interrupted", extra=self._log_fields(model, request, err))
         output = served + (json.dumps(end.tool_calls) if end.tool_calls else "")
         # What the upstream sent, counted here, unless it said it generated more: its count is cumulative (Anthropic's
@@ -465,6 +470,12 @@ def retry_after_header(seconds: float) -> str:
     which clients parse as an integer), rounded up so no retry comes early. "1.5" (from retry-after-ms),
     "3.99812" (an HTTP date) or "inf" made clients that parse it strictly (urllib3) fail."""
     return str(math.ceil(min(seconds, MAX_RETRY_AFTER_S)))
+
+
+def _outcome(err: UpstreamError) -> str:
+    """The failure's `outcome` in llmrouter_provider_requests_total: "refused" when the request itself earned it."""
+    refused = err.kind == "context_length" or (err.kind == "rejected" and err.status in _REFUSED_STATUSES)
+    return "refused" if refused else _STATUS[err.kind][2]
 
 
 def _send_by(deadline: float) -> float:
