@@ -348,6 +348,9 @@ Services are headless, else one of its own that nothing scrapes or calls. */}}
   value: {{ include "llmrouter.envValue" (div (mul $v.sqliteLedger.sizeLimitMiB 3) 4) }}
 - name: ROUTER_LEDGER_SQL_RETENTION_DAYS
   value: {{ include "llmrouter.envValue" $v.sqliteLedger.retentionDays }}
+{{- if include "llmrouter.ledgerTrim" $root }}
+{{- include "llmrouter.ledgerRetentionEnv" $root }}
+{{- end }}
 {{- end }}
 {{- end }}
 {{- if eq $svc "providers" }}
@@ -514,12 +517,20 @@ checkov.io/skip{{ add1 $i }}: {{ $skip }}
   value: {{ include "llmrouter.envValue" .Values.router.ledgerTrim.retentionDays }}
 {{- end }}
 
-{{/* "true" when the ledger-trim CronJob runs: router.ledgerTrim on, a money Redis (holding the streams) and the
-SQL ledger in PostgreSQL (router.ledgerDsnSecret: a SQLite one, per pod, dies with its pod). */}}
+{{/* "true" when the ledger-trim CronJob runs: router.ledgerTrim on, a money Redis (holding the streams), and the
+SQL ledger in PostgreSQL (router.ledgerDsnSecret: a SQLite one, per pod, dies with its pod) or a volume to trim to
+(router.ledgerTrim.archive.existingClaim: llmrouter.ledgerTrimArchive). */}}
 {{- define "llmrouter.ledgerTrim" -}}
 {{- with .Values.router }}
-{{- if and .ledgerTrim.enabled .ledgerDsnSecret.name (include "llmrouter.redisEnabled" (list $ "money")) }}true{{ end }}
+{{- $kept := or .ledgerDsnSecret.name .ledgerTrim.archive.existingClaim }}
+{{- if and .ledgerTrim.enabled $kept (include "llmrouter.redisEnabled" (list $ "money")) }}true{{ end }}
 {{- end }}
+{{- end }}
+
+{{/* "true" when the ledger-trim CronJob writes what it trims to the archive volume (`trim --out`): no SQL ledger
+in PostgreSQL holds it. */}}
+{{- define "llmrouter.ledgerTrimArchive" -}}
+{{- if and (include "llmrouter.ledgerTrim" .) (not .Values.router.ledgerDsnSecret.name) }}true{{ end }}
 {{- end }}
 
 {{/* "true" when the PrometheusRule records llmrouter:ledger_trim_cronjob_info (the series naming the release's
