@@ -46,6 +46,8 @@ COPY ${ARTEFACTS}/classifier artefacts/classifier
 COPY ${ARTEFACTS}/verifier artefacts/verifier
 COPY ${ARTEFACTS}/smollm2 artefacts/smollm2
 USER 10001:10001
-EXPOSE 8080 50051 50052 50053 9101 9102 9103 9104
+# The services' ports (edge HTTP, gRPC, metrics), the ledger sink's metrics, and the chart's plaintext health port
+# (tls.healthPort): tests/deploy/test_dockerfile_ports.py keeps this list whole.
+EXPOSE 8080 50051 50052 50053 9101 9102 9103 9104 9105 8086
 # No default service: Kubernetes sets the command; this one only says how to start.
 CMD ["python", "-c", "print('run: python -m services.<edge|router|classifier|providers>')"]

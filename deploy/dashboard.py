@@ -310,7 +310,8 @@ def build() -> dict:
         )
         .with_panel(
             series(
-                "Targets up per service (none for 3 minutes: LLMRouter<Service>Down)",
+                "Targets up per service (none for 3 minutes: LLMRouter<Service>Down; "
+                "the ledger sink for 10 minutes: LLMRouterLedgerSinkDown)",
                 "short",
                 (f"sum by (job) ({s('up', SERVICE_JOBS)})", "{{job}}"),
                 span=12,

@@ -77,6 +77,7 @@ GOOD: dict[str, dict | Path] = {
     "ledger-trim-off": {"ledger_dsn_secret": {"name": "llm-ledger"}, "ledger_trim": {"enabled": False}},
     "ledger-trim-macro": {"ledger_dsn_secret": {"name": "llm-ledger"}, "ledger_trim": {"schedule": "@daily"}},
     "ledger-sink": {"ledger_dsn_secret": {"name": "llm-ledger"}, "ledger_sink": {"enabled": True}},
+    "outbox-persistence": {"outbox_persistence": {"enabled": True, "storage_class_name": "fast", "size": "2Gi"}},
     "redis-password-secret": {"redis_password_secret": {"name": "llm-redis-auth", "keys": {"money": "money-pw"}}},
 }
 
@@ -97,6 +98,7 @@ EXPECTED: dict[str, dict] = {
             "ledgerSink": {
                 k: CHART_DEFAULTS["router"]["ledgerSink"][k] for k in ("enabled", "replicas", "metricsPort")
             },
+            "outbox": CHART_DEFAULTS["router"]["outbox"],
         },
     },
     "example": {
@@ -121,6 +123,18 @@ EXPECTED: dict[str, dict] = {
     },
     "ledger-trim-macro": {"router": {"ledgerTrim": {"enabled": True, "schedule": "@daily"}}},
     "ledger-sink": {"router": {"ledgerSink": {"enabled": True, "replicas": 1, "metricsPort": 9105}}},
+    "outbox-persistence": {
+        "router": {
+            "outbox": {
+                "persistence": {
+                    "enabled": True,
+                    "storageClassName": "fast",
+                    "size": "2Gi",
+                    "accessModes": ["ReadWriteOnce"],
+                }
+            }
+        }
+    },
     "redis-password-secret": {
         "redis": {
             "auth": {
@@ -180,6 +194,12 @@ BAD: list[tuple[dict, str]] = [
     ({"ledger_sink": {"metrics_port": 0}}, "ledger_sink.metrics_port must be a port number"),
     ({"ledger_sink": {"metrics_port": 65536}}, "ledger_sink.metrics_port must be a port number"),
     ({"hold_totals": "scan"}, "hold_totals must be"),
+    ({"outbox_persistence": {"size": "0Gi"}}, "outbox_persistence.size must be a whole number"),
+    ({"outbox_persistence": {"size": "1.5Gi"}}, "outbox_persistence.size must be a whole number"),
+    ({"outbox_persistence": {"size": "1gb"}}, "outbox_persistence.size must be a whole number"),
+    ({"outbox_persistence": {"storage_class_name": "Fast SSD"}}, "outbox_persistence.storage_class_name must be"),
+    ({"outbox_persistence": {"access_modes": ["ReadOnlyMany"]}}, "outbox_persistence.access_modes must name"),
+    ({"outbox_persistence": {"access_modes": []}}, "outbox_persistence.access_modes must name"),
 ]
 
 # What each example passes to the root module, so that its install is one to run: the edge's keys, the SQL ledger in

@@ -1,5 +1,6 @@
 """`python -m llmrouter.opscheck --namespace NS [--release NAME] [--context CTX]`: is a release of the chart
-healthy, as the Kubernetes API and the services themselves say? Its Deployments rolled out, its HPAs reading
+healthy, as the Kubernetes API and the services themselves say? Its Deployments and StatefulSets (the router's, with
+router.outbox.persistence; the in-chart Redis') rolled out, its HPAs reading
 their metrics, a PodDisruptionBudget and a NetworkPolicy per service, the registry ConfigMap a valid registry,
 and each gRPC service answering grpc.health.v1 SERVING through a port-forward (kubectl) to its probe port.
 
@@ -13,7 +14,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from kubernetes.client import (
     V1DeploymentStatus,
     V1NetworkPolicy,
     V1PodDisruptionBudget,
+    V1StatefulSet,
     V2HorizontalPodAutoscaler,
 )
 
@@ -32,6 +34,9 @@ from llmrouter.registry import parse_registry
 
 SERVICES = ("classifier", "providers", "router", "edge")
 GRPC_SERVICES = ("classifier", "providers", "router")
+
+# A service's pods: a Deployment, or a StatefulSet (the router's, its outbox on a claim per pod).
+Workload = V1Deployment | V1StatefulSet
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,10 @@ class Objects:
     pdbs: list[V1PodDisruptionBudget]
     policies: list[V1NetworkPolicy]
     configmaps: list[V1ConfigMap]
+    statefulsets: list[V1StatefulSet] = field(default_factory=list)
+
+    def workloads(self) -> list[Workload]:
+        return [*self.deployments, *self.statefulsets]
 
 
 def name(obj: Any) -> str:
@@ -63,11 +72,15 @@ def component(obj: Any) -> str:
     return ((obj.metadata.labels or {}) if obj.metadata else {}).get("app.kubernetes.io/component", "")
 
 
-def rolled_out(deployment: V1Deployment) -> Finding:
-    want = deployment.spec.replicas if deployment.spec and deployment.spec.replicas is not None else 1
-    status = deployment.status or V1DeploymentStatus()
+def kind(workload: Workload) -> str:
+    return "StatefulSet" if isinstance(workload, V1StatefulSet) else "Deployment"
+
+
+def rolled_out(workload: Workload) -> Finding:
+    want = workload.spec.replicas if workload.spec and workload.spec.replicas is not None else 1
+    status = workload.status or V1DeploymentStatus()  # none yet: no count (a StatefulSet's are the same)
     problems = []
-    generation = deployment.metadata.generation if deployment.metadata else None
+    generation = workload.metadata.generation if workload.metadata else None
     if (status.observed_generation or 0) < (generation or 0):
         problems.append("the controller has not acted on the latest spec yet")
     if (status.updated_replicas or 0) < want:
@@ -76,7 +89,7 @@ def rolled_out(deployment: V1Deployment) -> Finding:
         problems.append(f"{status.available_replicas or 0}/{want} replicas available")
     if (status.replicas or 0) > want:
         problems.append(f"{status.replicas} replicas, old ones still terminating")
-    return Finding(not problems, f"Deployment {name(deployment)} rolled out", "; ".join(problems))
+    return Finding(not problems, f"{kind(workload)} {name(workload)} rolled out", "; ".join(problems))
 
 
 def reads_its_metrics(hpa: V2HorizontalPodAutoscaler) -> Finding:
@@ -113,8 +126,8 @@ def registry_valid(configmaps: list[V1ConfigMap]) -> Finding:
 
 
 def evaluate(objects: Objects) -> list[Finding]:
-    findings = [one_per_service("Deployment", objects.deployments)]
-    findings += [rolled_out(d) for d in objects.deployments]
+    findings = [one_per_service("Deployment or StatefulSet", objects.workloads())]
+    findings += [rolled_out(w) for w in objects.workloads()]
     findings += [reads_its_metrics(h) for h in objects.hpas]
     findings.append(one_per_service("PodDisruptionBudget", objects.pdbs))
     findings.append(one_per_service("NetworkPolicy", objects.policies))
@@ -122,9 +135,9 @@ def evaluate(objects: Objects) -> list[Finding]:
     return findings
 
 
-def health_port(deployment: V1Deployment) -> int | None:
+def health_port(workload: Workload) -> int | None:
     """The port the kubelet's native gRPC probe checks (the plaintext health port under mTLS)."""
-    pod = deployment.spec.template.spec if deployment.spec else None
+    pod = workload.spec.template.spec if workload.spec else None
     if pod is None or not pod.containers:
         return None
     container = pod.containers[0]
@@ -142,19 +155,20 @@ def fetch(namespace: str, release: str) -> Objects:
         policy.list_namespaced_pod_disruption_budget(namespace, label_selector=selector).items,
         networking.list_namespaced_network_policy(namespace, label_selector=selector).items,
         core.list_namespaced_config_map(namespace, label_selector=selector).items,
+        apps.list_namespaced_stateful_set(namespace, label_selector=selector).items,
     )
 
 
-def grpc_health(deployment: V1Deployment, namespace: str, context: str | None) -> Finding:
-    """grpc.health.v1 Check through `kubectl port-forward` to one pod of the Deployment."""
+def grpc_health(workload: Workload, namespace: str, context: str | None) -> Finding:
+    """grpc.health.v1 Check through `kubectl port-forward` to one pod of the Deployment or StatefulSet."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    what = f"{name(deployment)} answers gRPC health"
-    port = health_port(deployment)
+    what = f"{name(workload)} answers gRPC health"
+    port = health_port(workload)
     if port is None:
         return Finding(False, what, "no gRPC readiness probe to find the health port")
-    command = ["kubectl", "port-forward", "-n", namespace, f"deployment/{name(deployment)}", f":{port}"]
+    command = ["kubectl", "port-forward", "-n", namespace, f"{kind(workload).lower()}/{name(workload)}", f":{port}"]
     forward = subprocess.Popen(
         [*command, *(["--context", context] if context else [])], stdout=subprocess.PIPE, text=True
     )
@@ -198,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     findings = evaluate(objects)
     findings += [
-        grpc_health(d, args.namespace, args.context) for d in objects.deployments if component(d) in GRPC_SERVICES
+        grpc_health(w, args.namespace, args.context) for w in objects.workloads() if component(w) in GRPC_SERVICES
     ]
     for finding in findings:
         print(finding.line())

@@ -2,7 +2,8 @@
 the router's gRPC callers (llmrouter/validation.py): an assistant turn's tool calls have ids of their own (a result
 names its call by its id alone), and the tool messages right after the turn answer each of them, once, and nothing
 else. OpenAI and Anthropic refuse any other conversation; an upstream taking it (a local model) answered it, so the
-same request was served or refused as routing chose an upstream. Refused in OpenAI's words where it has some."""
+same request was served or refused as routing chose an upstream. Refused in OpenAI's words where it has some; so
+are tool calls on a message that is no assistant's, and the id of a call answered on one that is no tool message."""
 
 from __future__ import annotations
 
@@ -25,6 +26,10 @@ DUPLICATE_CALL = (
 STRAY_RESULT = (
     "Invalid parameter: messages with role 'tool' must be a response to a preceeding message with 'tool_calls'."
 )
+# A field of one role's messages on another's. OpenAI refuses it with a 400; sent on, Anthropic's gateway put a user
+# message's tool calls in a user turn (Anthropic's 400) and a local model read them as the user's, as routing chose.
+MISPLACED = "Invalid parameter: only messages with role '{owner}' can have '{field}'; messages[{i}] has role '{role}'."
+OWNERS = {"tool_calls": "assistant", "tool_call_id": "tool"}
 SHOWN = 64  # of an id a caller wrote, the characters a message quotes
 
 
@@ -45,6 +50,8 @@ def pairing_fault(turns: Sequence[Turn]) -> Fault | None:
     answered: dict[str, int] = {}  # of those, the ones answered, by the tool message that did
     caller = -1  # that turn's index; -1 when the message before is no tool message or turn with calls
     for i, turn in enumerate(turns):
+        if (fault := _misplaced(i, turn)) is not None:
+            return fault
         if turn.role == "tool":
             if caller < 0 or turn.answers not in calls:
                 return Fault(f"messages[{i}].tool_call_id", STRAY_RESULT, None)
@@ -64,6 +71,15 @@ def pairing_fault(turns: Sequence[Turn]) -> Fault | None:
                 calls[call_id] = j
             caller = i
     return _unanswered(caller, calls, answered)
+
+
+def _misplaced(i: int, turn: Turn) -> Fault | None:
+    """Tool calls on any message but an assistant's, or the id of the call answered on any but a tool message's."""
+    for field, given in (("tool_calls", bool(turn.call_ids)), ("tool_call_id", bool(turn.answers))):
+        if given and turn.role != OWNERS[field]:
+            text = MISPLACED.format(owner=OWNERS[field], field=field, i=i, role=turn.role[:SHOWN])
+            return Fault(f"messages[{i}].{field}", text)
+    return None
 
 
 def _unanswered(caller: int, calls: dict[str, int], answered: dict[str, int]) -> Fault | None:

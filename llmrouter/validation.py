@@ -134,7 +134,7 @@ def validate(request: GenerationRequest) -> Validated:
     extras = passthrough(request.passthrough_json)
     _check_end_user_ids(extras)
     _check_openai_fields(extras)
-    return Validated(tool_calls, extras, _raw_arguments_at(request.messages, tool_calls))
+    return Validated(tool_calls, extras, _raw_arguments_at(tool_calls))
 
 
 def object_arguments(call: dict[str, Any]) -> dict[str, Any] | None:
@@ -151,11 +151,10 @@ def object_arguments(call: dict[str, Any]) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _raw_arguments_at(messages: Sequence[ChatMessage], tool_calls: list[list[dict[str, Any]]]) -> str:
-    """Validated.raw_arguments_at. Only the tool calls Anthropic's gateway sends are looked at: it sends a tool
-    message as its tool result alone, a system or developer message as system text alone."""
-    for i, (message, calls) in enumerate(zip(messages, tool_calls, strict=True)):
-        for j, call in enumerate(calls if message.role not in ("tool", "system", "developer") else []):
+def _raw_arguments_at(tool_calls: list[list[dict[str, Any]]]) -> str:
+    """Validated.raw_arguments_at. Only an assistant message has tool calls (pairing refuses them elsewhere)."""
+    for i, calls in enumerate(tool_calls):
+        for j, call in enumerate(calls):
             if object_arguments(call) is None:
                 return f"messages[{i}].tool_calls[{j}].function.arguments"
     return ""

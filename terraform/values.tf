@@ -58,6 +58,14 @@ locals {
         replicas    = var.ledger_sink.replicas
         metricsPort = var.ledger_sink.metrics_port
       }
+      outbox = {
+        persistence = {
+          enabled          = var.outbox_persistence.enabled
+          storageClassName = var.outbox_persistence.storage_class_name
+          size             = var.outbox_persistence.size
+          accessModes      = var.outbox_persistence.access_modes
+        }
+      }
     }
     fullnameOverride = var.release_name
     redis = {

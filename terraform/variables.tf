@@ -314,6 +314,35 @@ variable "ledger_sink" {
   }
 }
 
+variable "outbox_persistence" {
+  description = "The router's charge outbox (the chart's router.outbox.persistence): charges the money Redis could not take wait in a file until they land. Off (the chart's default), the file is on each router pod's emptyDir, and what is left there when the pod is deleted is settled at its hold. On, the router is a StatefulSet with a PersistentVolumeClaim per pod (outbox-<pod>, of size, in storage_class_name: \"\" the cluster's default, \"-\" none), kept when pods go, and a pod started again under that name replays what was left. A claim's size cannot change once made (grow the PVC itself)."
+  type = object({
+    enabled            = optional(bool, false)
+    storage_class_name = optional(string, "")
+    size               = optional(string, "1Gi")
+    access_modes       = optional(list(string), ["ReadWriteOnce"])
+  })
+  default  = {}
+  nullable = false
+
+  validation {
+    condition     = can(regex("^[1-9][0-9]*(Mi|Gi|Ti|M|G|T)$", var.outbox_persistence.size))
+    error_message = "outbox_persistence.size must be a whole number of Mi, Gi or Ti (or M, G, T), e.g. 1Gi."
+  }
+  validation {
+    condition     = can(regex("^(|-|[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?)$", var.outbox_persistence.storage_class_name))
+    error_message = "outbox_persistence.storage_class_name must be a StorageClass name, \"\" (the cluster's default) or \"-\" (none)."
+  }
+  validation {
+    condition = (
+      length(var.outbox_persistence.access_modes) > 0
+      && length(distinct(var.outbox_persistence.access_modes)) == length(var.outbox_persistence.access_modes)
+      && alltrue([for m in var.outbox_persistence.access_modes : contains(["ReadWriteOnce", "ReadWriteOncePod", "ReadWriteMany"], m)])
+    )
+    error_message = "outbox_persistence.access_modes must name ReadWriteOnce, ReadWriteOncePod or ReadWriteMany, each once (the router writes the outbox)."
+  }
+}
+
 # --- exposure and operations ---------------------------------------------------------------------------------
 variable "ingress" {
   description = "Expose the edge through an Ingress at this host; null keeps it cluster-internal."

@@ -22,6 +22,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from services.batches import idempotent, wire
 from services.batches.idempotent import Claim
+from services.batches.quota import FileQuota
 from services.batches.runner import Runner, file_fields
 from services.batches.store import (
     CANCELLABLE,
@@ -32,6 +33,7 @@ from services.batches.store import (
     file_key,
     now,
     readers_key,
+    remove_file,
     unread,
 )
 from services.edge.given_once import single
@@ -63,8 +65,10 @@ class BatchApi:
         max_uploads: int,
         max_uploads_per_tenant: int,
         max_line_bytes: int,
+        tenant_file_bytes: int,
     ) -> None:
         self.store = store
+        self.quota = FileQuota(store, tenant_file_bytes)  # a tenant's uploaded files stored at once, in bytes
         # Each upload is held whole in memory (up to max_file_bytes, once: its lines are checked one at a time):
         # past max_uploads at once a new one is refused (429) before its body is read. One tenant holds at most
         # max_uploads_per_tenant of them, so its slow transfers cannot lock every other tenant out.
@@ -172,7 +176,7 @@ class BatchApi:
                 return JSONResponse(wire.file_body(*made))
         file_id = f"file-{uuid.uuid4().hex}"
         fields = file_fields(tenant, filename, content, "batch", count)
-        if made := await self._to_end(self._write_file(tenant, file_id, fields, claim)):
+        if made := await self._to_end(self._write_file(tenant, file_id, fields, len(content), claim)):
             return JSONResponse(wire.file_body(*made))
         return await self._file_reply(file_id)
 
@@ -187,21 +191,31 @@ class BatchApi:
         return there
 
     async def _write_file(
-        self, tenant: str, file_id: str, fields: dict[str, str | bytes], claim: Claim | None
+        self, tenant: str, file_id: str, fields: dict[str, str | bytes], size: int, claim: Claim | None
     ) -> idempotent.Made | None:
-        """The file written and listed; or, when an upload with the same Idempotency-Key made one first, that file (and
-        its fields), this one dropped."""
+        """The file counted against its tenant's quota (or refused, nothing stored), written and listed; or, when an
+        upload with the same Idempotency-Key made one first, that file (and its fields), this one dropped."""
+        if (counted := await self.quota.take(tenant, file_id, size)) is not None:
+            raise ApiError(
+                400,
+                f"file storage limit reached: your files stored take {counted} bytes of your "
+                f"{self.quota.most}, and this one would take {size} more (each file counts at least 1024); delete "
+                "files (DELETE /v1/files/{file_id}) or wait for them to expire",
+                param="file",
+                code="storage_limit_exceeded",
+            )
         try:
             await self.store.put(file_key(file_id), fields)
             await self.store.expire([file_key(file_id)], self.retention_s)
             if claim is not None:
                 made = await idempotent.take(self.store, claim, file_id, self.retention_s, self._file_there(tenant))
                 if made is not None:
-                    await self.store.delete([file_key(file_id)])  # not listed yet
+                    await remove_file(self.store, tenant, file_id)  # not listed yet
                     return made
+            await self.store.keep_counted(tenant, file_id, self.retention_s)  # counted as long as it is kept
             await self.store.index(tenant, "file", file_id, self.retention_s, "batch")
         except Exception:  # a file refused part way is not kept, unlisted (and perhaps without expiry) in the store
-            await _undo(lambda: self.store.delete([file_key(file_id)]), *self._unclaim(claim, file_id))
+            await _undo(lambda: remove_file(self.store, tenant, file_id), *self._unclaim(claim, file_id))
             raise
         return None
 
@@ -230,11 +244,11 @@ class BatchApi:
         file_id, _ = await self._file(request)
         if await unread(self.store, file_id):
             # Removed at once, before any write: a full batch Redis (noeviction) refuses writes but takes deletes,
-            # and the room freed lets the unindexing through.
-            await self.store.delete([file_key(file_id), readers_key(file_id)])
+            # and the room freed lets the unindexing through. Its bytes given back even if the request is cancelled.
+            await self._to_end(remove_file(self.store, tenant, file_id))
         else:
             await self.store.put(file_key(file_id), {"deleted": now()})
-            await delete_if_unread(self.store, file_id)  # its batches may have ended since
+            await delete_if_unread(self.store, file_id)  # its batches may have ended since: its bytes back then
         await self.store.unindex(tenant, "file", file_id)
         return JSONResponse({"id": file_id, "object": "file", "deleted": True})
 
@@ -336,6 +350,7 @@ class BatchApi:
             # edge reads it again.
             kept_s = self.window_s + self.retention_s
             await self.store.expire([file_key(input_id), readers_key(input_id)], kept_s)
+            await self.store.keep_counted(tenant, input_id, kept_s)  # its bytes counted as long
             await self.store.index(tenant, "file", input_id, kept_s, "batch")
             await self.store.index(tenant, "batch", batch_id, None)  # listed for as long as it runs, then retention_s
             await self.store.activate(batch_id, True)  # last: from here any edge runs it

@@ -65,6 +65,7 @@ from llmrouter.v1 import router_pb2_grpc
 from services.batches import results, unparsed, wire
 from services.batches.deferral import OFFER_IN_DOUBT, Deferral, Unreached, without_large_logprobs
 from services.batches.pending import Pending
+from services.batches.quota import counted_bytes
 from services.batches.router_refusals import admitted_nothing, seconds
 from services.batches.store import (
     ENDED,
@@ -633,6 +634,9 @@ class Runner:
             if lines:
                 content = ("\n".join(lines) + "\n").encode()
                 file_id = f"file-{batch_id}-{kind}"
+                # Counted against the tenant's quota, never refused: its lines were served and charged, and this
+                # write settles the batch. The tenant's uploads are refused while its outputs fill its quota.
+                await self.store.count_file(tenant, file_id, counted_bytes(len(content)), None)
                 await self.store.put(file_key(file_id), file_fields(tenant, f"{batch_id}_{kind}.jsonl", content))
                 fields[f"{kind}_file_id"] = file_id
         await self.store.put(batch_key(batch_id), fields)
@@ -648,6 +652,7 @@ class Runner:
         for kind in ("output", "error"):
             if f"{kind}_file_id" in fields:
                 output_id = str(fields[f"{kind}_file_id"])
+                await self.store.keep_counted(tenant, output_id, self.retention_s)  # as long as it is kept
                 await self.store.index(tenant, "file", output_id, self.retention_s, "batch_output")
         input_id = batch["input_file_id"].decode()
         await self.store.drop(readers_key(input_id), batch_id)  # before it leaves the active set: a rerun redoes it

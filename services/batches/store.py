@@ -24,7 +24,12 @@ one an entry the file index no longer has (an index written by an edge of an ear
 their deadline from the file index alone), a listing of one mends them first. A deleted or vanished entry
 stays a TOMBSTONE_S more, hidden, so that a listing that deletes as it pages (the SDK's next page starts `after`
 the last id it saw) goes on from there. A tenant's keys share a Redis Cluster hash slot (the braces), so one script
-updates them together."""
+updates them together.
+
+A tenant's stored files are counted against its quota (Store.count_file): `quota:{<tenant>}:file` a hash from file id
+to the bytes it is counted (`*`: their sum), and `quota:{<tenant>}:file:until` the same ids by when their count lapses,
+as their hash expires. A script checks, counts and uncounts in one step, dropping first the counts past their time:
+two uploads at the quota's edge never both pass, and a file's bytes come back once, however it goes."""
 
 from __future__ import annotations
 
@@ -78,7 +83,15 @@ def group_keys(tenant: str, kind: str) -> list[str]:
     return [f"{base}:purpose:{group}" for group in GROUPS[kind]]
 
 
+def quota_keys(tenant: str) -> tuple[str, str]:
+    base = f"{PREFIX}quota:{{{tenant}}}:file"
+    return base, base + ":until"
+
+
 TOMBSTONE_S = 3600
+# A file's count lapses this long after it was taken, until its file is stored (count_file, then keep_counted): an
+# edge dying between the two leaks its tenant's quota no longer. At least as long as storing a file takes.
+COUNTING_S = 600
 HASHES_READ = 1000  # hashes read at a time to group an index's entries
 ENDED = (b"completed", b"failed", b"expired", b"cancelled")  # a batch in no other status still reads its input
 CANCELLABLE = ("validating", "in_progress")  # a batch that may be cancelled
@@ -149,6 +162,21 @@ class Store(Protocol):
     ) -> list[str] | None:
         """Up to count ids of the tenant's index (of one of its GROUPS), past `after`, in order of creation; None when
         `after` is not in the kind's index (an id of another group is a place in this one all the same)."""
+
+    async def count_file(self, tenant: str, file_id: str, size: int, most: int | None) -> int | None:
+        """Count the file's `size` bytes against its tenant's quota for COUNTING_S (keep_counted then follows its
+        hash's expiry) unless that takes the tenant's count past `most` (None: never refused); a file counted
+        already is counted anew (its later lapse kept). None when counted, else the bytes the tenant has counted
+        (nothing written)."""
+
+    async def keep_counted(self, tenant: str, file_id: str, ttl_s: float) -> None:
+        """The file's count, if any, lapses ttl_s from now: as its hash's expiry is set."""
+
+    async def uncount_file(self, tenant: str, file_id: str) -> bool:
+        """The file's bytes given back, if still counted: True for the one call that gave them back."""
+
+    async def counted_files(self, tenant: str) -> list[str]:
+        """The tenant's files counted past COUNTING_S from now (their file stored, or so it was when counted)."""
 
     async def claim(self, key: str, value: str, ttl_s: int, replacing: str = "") -> str | None:
         """Hold `key` with `value` for ttl_s when no value holds it, or `replacing` does (a record whose item is gone);
@@ -327,6 +355,72 @@ return {ids, 0}
 """
 
 
+# KEYS: a tenant's quota_keys. The counts past their time (ARGV[1], now) leave first, a thousand at a time, and the
+# keys expire with the last count.
+QUOTA_LAPSE = """
+local function lapse(now)
+  local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 1000)
+  for _, id in ipairs(gone) do
+    local size = redis.call('HGET', KEYS[1], id)
+    if size then
+      redis.call('HINCRBY', KEYS[1], '*', -tonumber(size))
+      redis.call('HDEL', KEYS[1], id)
+    end
+  end
+  if #gone > 0 then redis.call('ZREM', KEYS[2], unpack(gone)) end
+end
+local function settle()
+  local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+  if #last == 0 then
+    redis.call('DEL', KEYS[1], KEYS[2])
+  else
+    for _, key in ipairs(KEYS) do redis.call('EXPIREAT', key, math.ceil(tonumber(last[2]))) end
+  end
+end
+lapse(ARGV[1])
+"""
+
+# ARGV: now, file id, bytes, until (a later one kept), most ('' for none). False when counted, else the tenant's count
+# (nothing written).
+COUNT_FILE = (
+    QUOTA_LAPSE
+    + """
+local total = tonumber(redis.call('HGET', KEYS[1], '*') or '0')
+local after = total - tonumber(redis.call('HGET', KEYS[1], ARGV[2]) or '0') + tonumber(ARGV[3])
+if ARGV[5] ~= '' and after > tonumber(ARGV[5]) then return total end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3], '*', after)
+redis.call('ZADD', KEYS[2], 'GT', ARGV[4], ARGV[2])
+settle()
+return false
+"""
+)
+
+# ARGV: now, file id, until. Only a count still there.
+KEEP_COUNTED = (
+    QUOTA_LAPSE
+    + """
+redis.call('ZADD', KEYS[2], 'XX', ARGV[3], ARGV[2])
+settle()
+return 1
+"""
+)
+
+# ARGV: now, file id. 1 when this call gave its bytes back.
+UNCOUNT_FILE = (
+    QUOTA_LAPSE
+    + """
+local size = redis.call('HGET', KEYS[1], ARGV[2])
+if size then
+  redis.call('HINCRBY', KEYS[1], '*', -tonumber(size))
+  redis.call('HDEL', KEYS[1], ARGV[2])
+  redis.call('ZREM', KEYS[2], ARGV[2])
+end
+settle()
+return size and 1 or 0
+"""
+)
+
+
 class RedisStore:
     def __init__(self, url: str | SecretStr) -> None:
         self.redis = connect(url, socket_connect_timeout=2, socket_timeout=10)
@@ -456,6 +550,23 @@ class RedisStore:
                 if members := [i for i, at in zip(chunk, places, strict=True) if at == place]:
                     await self.redis.eval(GROUP, 2, whole, key, *members)
 
+    async def count_file(self, tenant: str, file_id: str, size: int, most: int | None) -> int | None:
+        until = repr(time.time() + COUNTING_S)
+        args = (repr(time.time()), file_id, size, until, "" if most is None else most)
+        total = await self.redis.eval(COUNT_FILE, 2, *quota_keys(tenant), *args)
+        return None if total is None else int(total)
+
+    async def keep_counted(self, tenant: str, file_id: str, ttl_s: float) -> None:
+        at = time.time()
+        await self.redis.eval(KEEP_COUNTED, 2, *quota_keys(tenant), repr(at), file_id, repr(at + ttl_s))
+
+    async def uncount_file(self, tenant: str, file_id: str) -> bool:
+        return bool(await self.redis.eval(UNCOUNT_FILE, 2, *quota_keys(tenant), repr(time.time()), file_id))
+
+    async def counted_files(self, tenant: str) -> list[str]:
+        since = repr(time.time() + COUNTING_S)
+        return [_text(i) for i in await self.redis.zrangebyscore(quota_keys(tenant)[1], since, "+inf")]
+
     async def claim(self, key: str, value: str, ttl_s: int, replacing: str = "") -> str | None:
         held = await self.redis.eval(CLAIM, 1, key, value, ttl_s, replacing)
         return None if held is None else _text(held)
@@ -492,6 +603,7 @@ class MemoryStore:
         # (tenant, kind) -> id -> (created, deadline, group), the deadline on the monotonic clock as `expiry`
         self.indexes: dict[tuple[str, str], dict[str, tuple[float, float, str | None]]] = {}
         self.claims: dict[str, tuple[str, float]] = {}  # key -> (value, deadline on the monotonic clock)
+        self.counted: dict[str, dict[str, tuple[int, float]]] = {}  # tenant -> file id -> (bytes, deadline, monotonic)
 
     async def put(self, key: str, fields: dict[str, str | bytes]) -> None:
         entry = self.hashes.setdefault(key, {})
@@ -605,6 +717,34 @@ class MemoryStore:
             ordered = ordered[ordered.index(after) + 1 :]
         return [i for i in ordered if group is None or entries[i][2] == group][:count]
 
+    async def count_file(self, tenant: str, file_id: str, size: int, most: int | None) -> int | None:
+        counts = self._counts(tenant)
+        total = sum(s for s, _ in counts.values())
+        if most is not None and total - counts.get(file_id, (0, 0.0))[0] + size > most:
+            return total
+        counts[file_id] = (size, max(time.monotonic() + COUNTING_S, counts.get(file_id, (0, 0.0))[1]))
+        return None
+
+    async def keep_counted(self, tenant: str, file_id: str, ttl_s: float) -> None:
+        counts = self._counts(tenant)
+        if file_id in counts:
+            counts[file_id] = (counts[file_id][0], time.monotonic() + ttl_s)
+
+    async def uncount_file(self, tenant: str, file_id: str) -> bool:
+        return self._counts(tenant).pop(file_id, None) is not None
+
+    async def counted_files(self, tenant: str) -> list[str]:
+        since = time.monotonic() + COUNTING_S
+        return [i for i, (_, until) in self._counts(tenant).items() if until > since]
+
+    def _counts(self, tenant: str) -> dict[str, tuple[int, float]]:
+        """The tenant's counted files, without those past their time."""
+        counts = self.counted.setdefault(tenant, {})
+        clock = time.monotonic()
+        for gone in [i for i, (_, until) in counts.items() if until <= clock]:
+            del counts[gone]
+        return counts
+
     async def claim(self, key: str, value: str, ttl_s: int, replacing: str = "") -> str | None:
         held = await self.claimed(key)
         if held is not None and held != replacing:
@@ -636,12 +776,18 @@ async def unread(store: Store, file_id: str) -> bool:
 
 async def delete_if_unread(store: Store, file_id: str) -> None:
     """Remove a file marked deleted once no running batch reads it: one deleted while its batch runs keeps its
-    content until the batch ends. Called after each change to either (the mark, a batch's end), so whichever
-    comes last removes it."""
-    if "deleted" not in (await store.fields([file_key(file_id)], ["deleted"]))[0]:
-        return
-    if await unread(store, file_id):
-        await store.delete([file_key(file_id), readers_key(file_id)])
+    content (and its count against its tenant's quota) until the batch ends. Called after each change to either
+    (the mark, a batch's end), so whichever comes last removes it."""
+    fields = (await store.fields([file_key(file_id)], ["deleted", "tenant"]))[0]
+    if "deleted" in fields and await unread(store, file_id):
+        await remove_file(store, fields["tenant"].decode(), file_id)
+
+
+async def remove_file(store: Store, tenant: str, file_id: str) -> None:
+    """The file removed, then its bytes given back to its tenant: in this order, an edge dying between the two leaves
+    it counted, not stored (quota.FileQuota mends that), where the other would leave it stored uncounted."""
+    await store.delete([file_key(file_id), readers_key(file_id)])
+    await store.uncount_file(tenant, file_id)
 
 
 def open_store(url: str | SecretStr | None) -> Store:

@@ -877,6 +877,7 @@ def create_app(settings: EdgeSettings, channel: grpc.aio.Channel) -> Starlette:
         # others room. Without keys there is one tenant, which may have them all.
         max(1, settings.batch_max_concurrent_uploads // 2) if edge.keys else settings.batch_max_concurrent_uploads,
         settings.max_body_bytes,
+        settings.files_tenant_bytes,
     )
     access_log = AccessLog.open(settings.access_log)
 

@@ -9,6 +9,7 @@ from pydantic_settings import SettingsConfigDict
 
 from llmrouter.redis_url import RedisUrl
 from llmrouter.settings import ServiceSettings, is_loopback
+from services.batches.quota import counted_bytes
 from services.batches.wire import DAY_S
 from services.edge.keys import KeyRing, parse_keys
 
@@ -68,6 +69,10 @@ class EdgeSettings(ServiceSettings):
     # How often a provider batch (lines sent through a provider's Batch API) is asked whether it has ended.
     batch_poll_s: float = Field(default=60.0, gt=0)
     batch_max_file_bytes: int = Field(default=100 * 1024 * 1024, gt=0)
+    # One tenant's files stored at once in the batch store (noeviction, shared by every tenant), in bytes: an upload
+    # past it is refused (400 storage_limit_exceeded) until files are deleted or expire. Its batches' output and error
+    # files count too, never refused. At least batch_max_file_bytes, or no file of that size could ever be uploaded.
+    files_tenant_bytes: int = Field(default=1024 * 1024 * 1024, gt=0, validate_default=True)
     # File uploads at once in this process, each held whole in memory: past it a 429 (Retry-After) before the body.
     batch_max_concurrent_uploads: int = Field(default=4, gt=0)
     # Batches this process runs at once, each holding its input file's content: the others wait in the store,
@@ -78,6 +83,17 @@ class EdgeSettings(ServiceSettings):
     # A batch's completion window: lines not sent by its expires_at never are, and it ends `expired`. 24 h, the
     # only window OpenAI's API takes; shorter only in tests, which cannot wait a day for a batch to expire.
     batch_window_s: int = Field(default=DAY_S, gt=0, le=DAY_S)
+
+    @field_validator("files_tenant_bytes")
+    @classmethod
+    def _room_for_a_file(cls, most: int, info: ValidationInfo) -> int:
+        largest = counted_bytes(info.data.get("batch_max_file_bytes", 0))
+        if most < largest:
+            raise ValueError(
+                f"EDGE_FILES_TENANT_BYTES ({most}) is under what a file of EDGE_BATCH_MAX_FILE_BYTES counts "
+                f"({largest}; each at least 1024): no file of the largest size allowed could ever be stored; raise it"
+            )
+        return most
 
     @field_validator("api_keys")
     @classmethod

@@ -1,7 +1,8 @@
 """The SQL ledger's settings (ROUTER_LEDGER_SQL_*, and ROUTER_REDIS_URL for a sink): part of the router's, and all
 that the ledger's commands (`python -m services.ledger`, `llmrouter ledger export`, `python -m
-services.router.ledger`, the chart's ledger-trim CronJob) read. Those serve nothing, so they need none of the
-router's server settings (its certificates above all)."""
+services.router.ledger`, the chart's ledger-trim CronJob) and the operator's commands on the money Redis
+(services/router/money_check.py, money_store: `python -m services.router.key_move`...) read. Those serve nothing, so
+they need none of the router's server settings (its certificates above all)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from llmrouter.private_paths import default_path
 from llmrouter.redis_url import RedisUrl
 from llmrouter.settings import RepoPath
+
+# More than any master has: a count past what Redis WAIT takes (a 64-bit integer) would be refused once a key move
+# was written.
+MAX_KEY_MOVE_REPLICAS = 100
 
 
 class LedgerSettings(BaseSettings):
@@ -46,3 +51,7 @@ class LedgerSettings(BaseSettings):
     # sink reports the same metrics on the router's port.
     ledger_sink_metrics_port: int = Field(default=9105, ge=0, le=65535)
     ledger_sink_metrics_host: str = "127.0.0.1"
+    # How many replicas of each master of the money Redis `python -m services.router.key_move` waits for by default
+    # (its --replicas, which overrides this): set once where that Redis has replicas (the chart's router.env), so that
+    # every move run in a router pod waits until a failover can no longer lose it. The router itself does not use it.
+    key_move_replicas: int = Field(default=0, ge=0, le=MAX_KEY_MOVE_REPLICAS)

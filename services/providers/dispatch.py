@@ -19,7 +19,7 @@ from decimal import Decimal
 import grpc
 
 from llmrouter.deadlines import MIN_SEND_S, PROVIDERS_MARGIN_S
-from llmrouter.errors import ServiceError
+from llmrouter.errors import USAGE_FINAL, ServiceError
 from llmrouter.registry import ModelSpec, ProviderSpec
 from llmrouter.tokens import count_text_tokens
 from llmrouter.upstream_messages import upstream_message
@@ -53,6 +53,11 @@ _UNHEALTHY = {"timeout", "unavailable", "bad_response", "lost"}
 # Failures after which nobody knows what the upstream generated: the router charges the attempt's worst case,
 # which covers whatever it consumed, so that is not reported on top.
 _UNKNOWN_OUTCOME = {"timeout", "bad_response", "lost"}
+# Refusals the request as sent earns, whatever the upstream's health: a prompt past the model's context, or a 400,
+# 413 or 422 (bad input, or our own gateway's refusal of it before sending). Counted apart as outcome "refused", so
+# that LLMRouterProviderHighErrorRatio never pages on a caller's mistakes. Other 4xx (401/403: our key; 402: our
+# account; 404: a model the registry names wrongly) stay "error": they are the operator's to fix.
+_REFUSED_STATUSES = frozenset({400, 413, 422})
 
 log = logging.getLogger("llmrouter.providers")
 MAX_LOGPROBS_BYTES = 4 * 1024 * 1024  # well inside a reply's 16 MiB gRPC message, beside the answer itself
@@ -127,6 +132,9 @@ class Dispatcher:
                         async with asyncio.timeout_at(deadline):
                             completion = await self.gateway.complete(request)
                     except (UpstreamError, TimeoutError) as exc:
+                        # Cut (its deadline), a unary call's usage is never known: it comes in the one body with the
+                        # answer, parsed only whole. So it stays an unknown outcome, its worst case owed (a stream's
+                        # usage can come before its cut: generate_stream).
                         err = self._judge(breaker, exc, budget_s, heard)
                         await self._backoff(model, request, err, retries, deadline)
                         retries += 1
@@ -166,6 +174,7 @@ class Dispatcher:
         # to a caller that did not ask for them too, since it gets them whole in the final chunk.
         refused: list[str] = []
         wasted = Wasted()  # what attempts that failed before delivering anything consumed
+        reported_whole = False  # whether the last attempt, failed, had reported its whole usage (in `wasted`)
         try:
             async with self._slot(deadline):
                 if cue is not None:
@@ -209,13 +218,19 @@ class Dispatcher:
                         if err.kind not in _UNKNOWN_OUTCOME:
                             consumed = exc.consumed if isinstance(exc, UpstreamError) else None
                             await wasted.add(model, request, end, consumed)
+                        else:
+                            # Cut (a timeout: the caller's deadline) after the upstream said it was done and what it
+                            # bills, before its stream's end marker (OpenAI's [DONE], Anthropic's message_stop): the
+                            # bill is known, so it is charged, not the attempt's worst case, when the counts hold.
+                            # Before that, what it generates is unknown (never retried: its worst case is owed).
+                            reported_whole = _finished(end) and await wasted.add_exact(model, request, end)
                         if retry_budget is not None and wasted.cost > retry_budget:
                             # Another attempt could write its all on top: past what the caller holds for the call.
-                            raise self._failure(model, request, err, retries, wasted) from None
+                            raise self._failure(model, request, err, retries, wasted, reported_whole) from None
                         if wasted.cost or wasted.usage.input_tokens:
                             # Said before the retry: a caller that leaves during it still knows what to charge.
                             yield provider_pb2.GenerateChunk(consumed=wasted.response())
-                        await self._backoff(model, request, err, retries, deadline, wasted)
+                        await self._backoff(model, request, err, retries, deadline, wasted, reported_whole)
                         retries += 1
                         continue
                     except BaseException:  # cancelled, closed, or a gateway's bug: no verdict; the probe freed
@@ -314,6 +329,7 @@ class Dispatcher:
         retries: int,
         deadline: float,
         wasted: Wasted | None = None,
+        reported_whole: bool = False,
     ) -> None:
         """Sleep before the next attempt, or raise when retrying is not allowed or the retry could not be sent in
         time. Raised, it is this failure, with what the failed attempts consumed: never an unsent refusal, since the
@@ -322,13 +338,13 @@ class Dispatcher:
         give_up = not err.retryable or retries >= self.spec.max_retries
         loop = asyncio.get_running_loop()
         if give_up or loop.time() + delay >= _send_by(deadline):
-            raise self._failure(model, request, err, retries, wasted)
+            raise self._failure(model, request, err, retries, wasted, reported_whole)
         log.warning(
             "retrying upstream call", extra={**self._log_fields(model, request, err), "delay_s": round(delay, 3)}
         )
         await asyncio.sleep(delay)
         if loop.time() >= _send_by(deadline):  # the sleep ended late (a busy event loop)
-            raise self._failure(model, request, err, retries, wasted)
+            raise self._failure(model, request, err, retries, wasted, reported_whole)
         metrics.RETRIES.labels(self.provider, model.name).inc()
 
     def _log_fields(self, model: ModelSpec, request: UpstreamRequest, err: UpstreamError) -> dict[str, str]:
@@ -340,10 +356,16 @@ class Dispatcher:
         }
 
     def _failure(
-        self, model: ModelSpec, request: UpstreamRequest, err: UpstreamError, retries: int, wasted: Wasted | None
+        self,
+        model: ModelSpec,
+        request: UpstreamRequest,
+        err: UpstreamError,
+        retries: int,
+        wasted: Wasted | None,
+        reported_whole: bool = False,
     ) -> ServiceError:
-        code, reason, outcome = _STATUS[err.kind]
-        metrics.REQUESTS.labels(self.provider, model.name, outcome).inc()
+        code, reason, _ = _STATUS[err.kind]
+        metrics.REQUESTS.labels(self.provider, model.name, _outcome(err)).inc()
         log.warning("upstream call failed", extra={**self._log_fields(model, request, err), "retries": retries})
         metadata = {"provider": self.provider, "model": model.name, "retries": str(retries)}
         if err.status is not None:
@@ -352,6 +374,10 @@ class Dispatcher:
             metadata["retry_after_s"] = retry_after_header(err.retry_after)
         if wasted and wasted.cost:  # tokens the failed attempts consumed: the caller charges them
             metadata.update(wasted.metadata())
+        if reported_whole and err.kind in _UNKNOWN_OUTCOME:
+            # Of a failure that is otherwise of unknown outcome, its usage is known whole (in the metadata): the
+            # caller charges that, not the attempt's worst case.
+            metadata[USAGE_FINAL] = "true"
         # The provider's own words (logged above) stay here: the caller is told the kind of failure alone.
         return ServiceError(code, reason, upstream_message(reason, metadata), metadata)
 
@@ -367,7 +393,7 @@ class Dispatcher:
         """The caller already holds part of the answer: fail, charging exactly what was served, the tool calls the
         upstream had streamed so far (generated and sent, so billed, though a caller gets them only whole), and
         what attempts that failed before it consumed."""
-        metrics.REQUESTS.labels(self.provider, model.name, _STATUS[err.kind][2]).inc()
+        metrics.REQUESTS.labels(self.provider, model.name, _outcome(err)).inc()
         log.warning("upstream stream interrupted", extra=self._log_fields(model, request, err))
         output = served + (json.dumps(end.tool_calls) if end.tool_calls else "")
         # What the upstream sent, counted here, unless it said it generated more: its count is cumulative (Anthropic's
@@ -446,6 +472,12 @@ def retry_after_header(seconds: float) -> str:
     return str(math.ceil(min(seconds, MAX_RETRY_AFTER_S)))
 
 
+def _outcome(err: UpstreamError) -> str:
+    """The failure's `outcome` in llmrouter_provider_requests_total: "refused" when the request itself earned it."""
+    refused = err.kind == "context_length" or (err.kind == "rejected" and err.status in _REFUSED_STATUSES)
+    return "refused" if refused else _STATUS[err.kind][2]
+
+
 def _send_by(deadline: float) -> float:
     """The last moment an attempt may start: it needs MIN_SEND_S to reach its upstream before the deadline."""
     return deadline - MIN_SEND_S
@@ -521,6 +553,15 @@ class Wasted:
         self.usage = common_pb2.Usage()
         self.cost = Decimal(0)
 
+    async def add_exact(self, model: ModelSpec, request: UpstreamRequest, end: Completion) -> bool:
+        """Adds the attempt's usage if its upstream reported it all, none of it belied (settle): whether it did.
+        Counted here instead, it would be charged beside the attempt's worst case, twice."""
+        usage, cost = await _settled(model, request, end)
+        if usage.estimated:
+            return False
+        self.usage, self.cost = summed(self.usage, usage), self.cost + Decimal(cost)
+        return True
+
     async def add(
         self, model: ModelSpec, request: UpstreamRequest, end: Completion, consumed: Completion | None
     ) -> None:
@@ -528,14 +569,7 @@ class Wasted:
             _merge(end, consumed)
         elif end.input_tokens is None and end.output_tokens is None:
             return  # the upstream never began answering: nothing billed
-        calls = json.dumps(end.tool_calls) if end.tool_calls else ""
-        # Unreported (OpenAI-style streams say it only at their end), or reported as none (implausible_input), the
-        # prompt is billed whole all the same: counted as high as the router holds for it, so the retry budget is
-        # never passed by what went uncounted.
-        told = _told_input(request, end)
-        billed_input = end.input_tokens if told else await input_bound(model, request)
-        usage, cost = await settle(model, request, calls, billed_input, end.output_tokens, *_cache_counts(end))
-        usage.estimated |= not told
+        usage, cost = await _settled(model, request, end)
         self.usage = summed(self.usage, usage)
         self.cost += Decimal(cost)
 
@@ -549,6 +583,25 @@ class Wasted:
 
     def metadata(self) -> dict[str, str]:
         return {**usage_metadata(self.usage), "cost_usd": decimal_str(self.cost)}
+
+
+async def _settled(model: ModelSpec, request: UpstreamRequest, end: Completion) -> tuple[common_pb2.Usage, str]:
+    """What a failed attempt consumed, its tool calls so far the output when no count is reported."""
+    calls = json.dumps(end.tool_calls) if end.tool_calls else ""
+    # Unreported (OpenAI-style streams say it only at their end), or reported as none (implausible_input), the
+    # prompt is billed whole all the same: counted as high as the router holds for it, so the retry budget is
+    # never passed by what went uncounted.
+    told = _told_input(request, end)
+    billed_input = end.input_tokens if told else await input_bound(model, request)
+    usage, cost = await settle(model, request, calls, billed_input, end.output_tokens, *_cache_counts(end))
+    usage.estimated |= not told
+    return usage, cost
+
+
+def _finished(end: Completion) -> bool:
+    """Whether a stream said it finished and what it bills: its finish and both counts, which come last (Anthropic's
+    message_delta, OpenAI's usage chunk after its finish_reason). Nothing the upstream bills can follow them."""
+    return bool(end.finish_reason) and end.input_tokens is not None and end.output_tokens is not None
 
 
 def summed(one: common_pb2.Usage, other: common_pb2.Usage) -> common_pb2.Usage:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmrouter.registry import ModelSpec, Registry
+from services.router.built_once import BuiltOnce
 from services.router.policy import predicted_quality
 
 
@@ -27,8 +28,9 @@ class Calibration:
     # Per reference prompt, its tokens as the router counts a one-message prompt: what ranks models by cost when a
     # quality to keep is turned into a target. None in a file built before they were written.
     input_tokens: list[int] | None = None
-    _ratios: dict[tuple[object, ...], list[float]] = field(default_factory=dict, repr=False)
-    _curves: dict[tuple[object, ...], KeptCurve] = field(default_factory=dict, repr=False)
+    # Built once per model set (and prices), off the event loop: a pass over the mix takes milliseconds.
+    _ratios: BuiltOnce[tuple[object, ...], list[float]] = field(default_factory=BuiltOnce, repr=False)
+    _curves: BuiltOnce[tuple[object, ...], KeptCurve] = field(default_factory=BuiltOnce, repr=False)
 
     @classmethod
     def read(cls, path: Path) -> Calibration:
@@ -58,10 +60,11 @@ class Calibration:
             raise CalibrationError(f"calibration file {path}: expected a token count >= 0 per reference prompt")
         return calibration
 
-    def quality_target(self, strong_share: float, models: list[ModelSpec], registry: Registry) -> float:
+    async def quality_target(self, strong_share: float, models: list[ModelSpec], registry: Registry) -> float:
         """The smallest relative target that routes at least `strong_share` of the reference mix to the
         strongest tier, halfway to the next prompt's ratio so that it is not tuned to one prompt."""
-        ratios = self._ratios_for(models, registry)
+        chosen = list(models)
+        ratios = await self._ratios.get(_models_key(chosen, registry), lambda: self._strong_ratios(chosen, registry))
         k = math.ceil(strong_share * len(ratios) - 1e-9)  # reference prompts that must go to the strong tier
         if k == 0:
             return 0.0
@@ -71,7 +74,7 @@ class Calibration:
         following = ratios[k] if k < len(ratios) and ratios[k] != math.inf else 1.0
         return min(1.0, (max(last, 0.0) + max(following, 0.0)) / 2)
 
-    def quality_target_keeping(
+    async def quality_target_keeping(
         self, kept: float, models: list[ModelSpec], registry: Registry, output_tokens: int
     ) -> float | None:
         """The smallest relative target whose routing of the reference mix (the cheapest model within the target of
@@ -80,13 +83,11 @@ class Calibration:
         to one prompt. None when the file has no prompt sizes to rank the models' costs by."""
         if self.input_tokens is None:
             return None
-        prices = tuple((m.name, m.input_usd_per_mtok, m.output_usd_per_mtok, m.max_output_tokens) for m in models)
-        key = (_models_key(models, registry), prices, output_tokens)
-        if key not in self._curves:
-            if len(self._curves) >= 32:  # model sets and prices rarely change; never let them pile up
-                self._curves.clear()
-            self._curves[key] = self._kept_curve(models, output_tokens)
-        return self._curves[key].smallest_target(kept)
+        chosen = list(models)
+        prices = tuple((m.name, m.input_usd_per_mtok, m.output_usd_per_mtok, m.max_output_tokens) for m in chosen)
+        key = (_models_key(chosen, registry), prices, output_tokens)
+        curve = await self._curves.get(key, lambda: self._kept_curve(chosen, output_tokens))
+        return curve.smallest_target(kept)
 
     def _kept_curve(self, models: list[ModelSpec], output_tokens: int) -> KeptCurve:
         """What the mix keeps at each target: each prompt goes to the first of its models, cheapest first (the
@@ -116,22 +117,17 @@ class Calibration:
                     chosen = quality
         return KeptCurve(base, best_sum, sorted(steps.items()))
 
-    def _ratios_for(self, models: list[ModelSpec], registry: Registry) -> list[float]:
+    def _strong_ratios(self, models: list[ModelSpec], registry: Registry) -> list[float]:
         """Per reference prompt, sorted: the target above which the policy picks the strongest tier, the best
         weaker model's prediction over the best prediction (inf: a weaker model is predicted best)."""
-        key = _models_key(models, registry)
-        if key not in self._ratios:
-            top = max((registry.tier_rank(m) for m in models), default=0)
-            ratios = []
-            for row in self.scores:
-                scores = dict(zip(self.models, row, strict=True))
-                strong = max((_quality(m, scores) for m in models if registry.tier_rank(m) == top), default=-1.0)
-                weak = max((_quality(m, scores) for m in models if registry.tier_rank(m) < top), default=-math.inf)
-                ratios.append(math.inf if weak >= strong else weak / strong if strong > 0 else -math.inf)
-            if len(self._ratios) >= 32:  # model sets rarely change; never let them pile up
-                self._ratios.clear()
-            self._ratios[key] = sorted(ratios)
-        return self._ratios[key]
+        top = max((registry.tier_rank(m) for m in models), default=0)
+        ratios = []
+        for row in self.scores:
+            scores = dict(zip(self.models, row, strict=True))
+            strong = max((_quality(m, scores) for m in models if registry.tier_rank(m) == top), default=-1.0)
+            weak = max((_quality(m, scores) for m in models if registry.tier_rank(m) < top), default=-math.inf)
+            ratios.append(math.inf if weak >= strong else weak / strong if strong > 0 else -math.inf)
+        return sorted(ratios)
 
 
 def _models_key(models: list[ModelSpec], registry: Registry) -> tuple[object, ...]:

@@ -5,9 +5,10 @@ key for the new tenant alone (the move's key-moves token: store/keys.py, key_mov
 still finish, charged to the old one. The key's spend so far stays in its old tenant's shard: its key budget starts
 again with the new tenant for the rest of the period (README, *A key serves one tenant*).
 
-With `--replicas N` it then waits (`--wait-s`) until N replicas of every master it wrote to have the move (Redis WAIT,
-store/replicated.py): one that failed over to a replica without it would lose the move silently, the key serving its
-old tenant again. Fewer in time exits 1, the move made on the masters but not yet replicated: run it again."""
+With `--replicas N` (by default ROUTER_KEY_MOVE_REPLICAS, else 0) it then waits (`--wait-s`) until N replicas of every
+master it wrote to have the move (Redis WAIT, store/replicated.py): one that failed over to a replica without it would
+lose the move silently, the key serving its old tenant again. Fewer in time exits 1, the move made on the masters but
+not yet replicated: run it again."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import asyncio
 import re
 import sys
 
+from services.ledger.settings import MAX_KEY_MOVE_REPLICAS
 from services.router.admission import MAX_ID_CHARS
 from services.router.money_check import money_store
 from services.router.store import StoreRefusing, StoreUnavailable
@@ -23,9 +25,6 @@ from services.router.store import StoreRefusing, StoreUnavailable
 KEY_ID = re.compile(r"[0-9a-f]{16}")
 WAIT_S = 10.0  # how long a move waits for its replicas by default (--wait-s)
 MAX_WAIT_S = 300.0
-# More than any master has: a count past what WAIT takes (a 64-bit integer) would be refused by Redis once the move
-# was written.
-MAX_REPLICAS = 100
 
 
 async def main(argv: list[str]) -> int:
@@ -35,24 +34,25 @@ async def main(argv: list[str]) -> int:
     parser.add_argument(
         "--replicas",
         type=int,
-        default=0,
+        default=None,
         help=f"replicas of each master that must have the move before it returns (0: none waited for; at most"
-        f" {MAX_REPLICAS})",
+        f" {MAX_KEY_MOVE_REPLICAS}; default: ROUTER_KEY_MOVE_REPLICAS, else 0)",
     )
     parser.add_argument("--wait-s", type=float, default=WAIT_S, help=f"how long to wait for them (default {WAIT_S:g})")
     args = parser.parse_args(argv)
-    if not 0 <= args.replicas <= MAX_REPLICAS or not 0 < args.wait_s <= MAX_WAIT_S:
-        parser.error(f"--replicas must be 0 to {MAX_REPLICAS}, --wait-s above 0 and at most {MAX_WAIT_S:g}")
+    if not 0 <= (args.replicas or 0) <= MAX_KEY_MOVE_REPLICAS or not 0 < args.wait_s <= MAX_WAIT_S:
+        parser.error(f"--replicas must be 0 to {MAX_KEY_MOVE_REPLICAS}, --wait-s above 0 and at most {MAX_WAIT_S:g}")
     if not KEY_ID.fullmatch(args.key_id):
         parser.error("key_id must be 16 lowercase hex digits (a key's id, as budgets and the ledger show it)")
     if not args.tenant or len(args.tenant) > MAX_ID_CHARS or "\x00" in args.tenant:
         parser.error(f"tenant must be 1 to {MAX_ID_CHARS} characters, no NUL, as a request's")
-    found = money_store()
+    found = money_store()  # a bad ROUTER_KEY_MOVE_REPLICAS exits 2 here, saying so
     if found is None:
         return 2
-    _, store = found
+    settings, store = found
+    replicas = settings.key_move_replicas if args.replicas is None else args.replicas
     try:
-        moved = await store.move_key(args.key_id, args.tenant, args.replicas, args.wait_s)
+        moved = await store.move_key(args.key_id, args.tenant, replicas, args.wait_s)
     except (StoreUnavailable, StoreRefusing):
         # The key may be rebound with no token written: routers would meet the move only within key_tenants.BOUND_S.
         print(
@@ -63,9 +63,9 @@ async def main(argv: list[str]) -> int:
     finally:
         await store.close()
     was = "bound to no tenant before" if moved.before is None else f"moved from {moved.before!r}"
-    short = [told for told in moved.replicated if told.replicas < args.replicas]
+    short = [told for told in moved.replicated if told.replicas < replicas]
     if short:
-        masters = ", ".join(f"{told.replicas} of {args.replicas} replicas of {told.master}" for told in short)
+        masters = ", ".join(f"{told.replicas} of {replicas} replicas of {told.master}" for told in short)
         print(
             f"key {args.key_id}: {was} on the money Redis's masters, but not yet replicated ({masters} had it within"
             f" {args.wait_s:g} s): a failover now would lose the move; run it again",

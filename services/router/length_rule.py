@@ -6,12 +6,12 @@ output tokens, no request's own limits); its shortest prompts go to the weakest 
 
 from __future__ import annotations
 
-import asyncio
 import bisect
 import math
 from dataclasses import dataclass, field
 
 from llmrouter.registry import ModelSpec, Registry
+from services.router.built_once import BuiltOnce
 from services.router.calibration import Calibration
 from services.router.policy import Option, near_best, predicted_quality
 
@@ -27,10 +27,13 @@ class Tiers:
     def tier_for(self, tokens: int) -> tuple[str, str]:
         """The tier for a prompt of `tokens`, and how it was picked, for the decision's reason."""
         i = bisect.bisect_right(self.starts, tokens) - 1
-        ends = f"{self.starts[i + 1] - 1}" if i + 1 < len(self.starts) else "more"
+        if i + 1 < len(self.starts):
+            span = f"{self.starts[i]} to {self.starts[i + 1] - 1} tokens"
+        else:
+            span = f"{self.starts[i]} tokens or more"
         return self.tiers[i], (
-            f"length rule, a prompt of {tokens} tokens: {self.tiers[i]} ({self.starts[i]} to {ends} tokens, "
-            f"{self.shares[i]:.1%} of the reference mix)"
+            f"length rule, a prompt of {tokens} tokens: {self.tiers[i]} ({span}, {self.shares[i]:.1%} of the "
+            "reference mix)"
         )
 
 
@@ -49,8 +52,7 @@ class ShareCurve:
 @dataclass
 class LengthRule:
     calibration: Calibration
-    _curves: dict[tuple[object, ...], ShareCurve] = field(default_factory=dict, repr=False)
-    _building: dict[tuple[object, ...], asyncio.Future[ShareCurve]] = field(default_factory=dict, repr=False)
+    _curves: BuiltOnce[tuple[object, ...], ShareCurve] = field(default_factory=BuiltOnce, repr=False)
 
     async def tiers(self, target: float, models: list[ModelSpec], registry: Registry, output_tokens: int) -> Tiers:
         assert self.calibration.input_tokens is not None
@@ -59,30 +61,14 @@ class LengthRule:
 
     def build(self, models: list[ModelSpec], registry: Registry, output_tokens: int) -> None:
         """Builds the curve for these models now, here (at start, before any request waits on it)."""
-        self._curves[_key(models, registry, output_tokens)] = self._share_curve(models, registry, output_tokens)
+        key = _key(models, registry, output_tokens)
+        self._curves.build_here(key, lambda: self._share_curve(models, registry, output_tokens))
 
     async def curve(self, models: list[ModelSpec], registry: Registry, output_tokens: int) -> ShareCurve:
-        """The mix's shares per tier at any target for these models, built once and kept. A build takes tens of
-        milliseconds: it runs in a thread, not on the event loop, once however many requests wait for it, and
-        whichever of them leaves."""
-        key = _key(models, registry, output_tokens)
-        if (kept := self._curves.get(key)) is not None:
-            return kept
-        building = self._building.get(key)
-        if building is None:
-            build = asyncio.to_thread(self._share_curve, list(models), registry, output_tokens)
-            building = asyncio.ensure_future(build)
-            self._building[key] = building
-            building.add_done_callback(lambda done: self._built(key, done))
-        return await asyncio.shield(building)
-
-    def _built(self, key: tuple[object, ...], done: asyncio.Future[ShareCurve]) -> None:
-        del self._building[key]
-        if done.cancelled() or done.exception() is not None:
-            return  # the next request builds it again
-        if len(self._curves) >= 32:  # model sets and prices rarely change; never let them pile up
-            self._curves.clear()
-        self._curves[key] = done.result()
+        """The mix's shares per tier at any target for these models, built once (off the event loop) and kept."""
+        chosen = list(models)
+        key = _key(chosen, registry, output_tokens)
+        return await self._curves.get(key, lambda: self._share_curve(chosen, registry, output_tokens))
 
     def _share_curve(self, models: list[ModelSpec], registry: Registry, output_tokens: int) -> ShareCurve:
         """Per prompt, the policy's choice as the target rises: the first of its options in near_best's order (the

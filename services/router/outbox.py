@@ -157,7 +157,7 @@ class OutboxCharge:
         # Settled meanwhile by the reconciler at its hold, while this router's caller was told this charge: amended to
         # it (Store.give_back, which counts what it gives back). A line of the version before was counted when kept,
         # beside the reconciler's hold: its own cost is given back in the metrics too.
-        if await store.give_back(self.account, self.hold, self.pico) and not self.charge_id:
+        if await store.give_back(self.account, self.hold, self.pico, self.release) and not self.charge_id:
             metrics.count_given_back(self.record, self.pico)
 
     def logged(self) -> tuple[str, dict[str, Any]]:

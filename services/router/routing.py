@@ -63,7 +63,7 @@ class Routing:
             scores, version = await self._classify(prompt, tenant, time_remaining)
             fallback = ideal_fallback = policy.STRONGEST
             if scores is not None:
-                target: Target | None = self.targets.choose(request, tenant, models, registry, version)
+                target: Target | None = await self.targets.choose(request, tenant, models, registry, version)
             else:
                 unscored = await self.unclassified.fallback(request, tenant, prompt, models, registry)
                 fallback, ideal_fallback, target = unscored

@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 
 from llmrouter.deadlines import MIN_SEND_S, PROVIDERS_MARGIN_S, REACH_PROVIDERS_S
-from llmrouter.errors import NEVER_CONNECTED, ServiceError
+from llmrouter.errors import NEVER_CONNECTED, USAGE_FINAL, ServiceError
 from llmrouter.registry import ModelSpec
 from llmrouter.tokens import count_text_tokens
 from llmrouter.upstream_messages import UPSTREAM_REASONS, upstream_message
@@ -415,7 +415,11 @@ def attempt_cost(error: ServiceError, model: ModelSpec, worst: Decimal) -> Decim
         # A negative count, which no upstream bills: no measure, so the worst case, as for an outcome unknown. Owed as
         # it stands, it took what the request is charged below what its answer's own tokens cost.
         return worst
-    unknown = (error.code in UNKNOWN_OUTCOME or cut_in_transit(error)) and error.metadata.get("sent") != "false"
+    # Nothing unknown when no upstream had the request, nor when the providers report the upstream's whole usage
+    # before a timeout cut the call (usage_final, services/providers/dispatch.py: a stream that said it finished and
+    # what it bills, cut before its end marker): the measure is the bill.
+    known = error.metadata.get("sent") == "false" or error.metadata.get(USAGE_FINAL) == "true"
+    unknown = (error.code in UNKNOWN_OUTCOME or cut_in_transit(error)) and not known
     return measured + (worst if unknown else 0)
 
 

@@ -83,11 +83,12 @@ class RouterSettings(GrpcServiceSettings, LedgerSettings, BudgetPeriodSettings, 
     instance_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}")
     # Where charges wait (an append-only file) when the money store is unreachable. The default, in this user's own
     # directory under the temp directory (<tempdir>/llmrouter-<uid>/router, made 0700), survives container restarts
-    # in the chart (an emptyDir on /tmp); a volume that outlives the pod is better still. Charges lost with it are not
-    # lost to the budgets: the reconciler settles them at their hold. Its lines are replayed as charges, so the start
-    # refuses a directory or file of another user's, a symbolic link, or one others may write (a file of this user's
-    # they may only read is made private); below the temp directory its group too, and every directory on the way
-    # (llmrouter/private_paths.py has the rules).
+    # in the chart (an emptyDir on /tmp); a volume that outlives the pod is better still (the chart's
+    # router.outbox.persistence: a claim per pod, which the pod made again replays at its start). Charges lost with it
+    # are not lost to the budgets: the reconciler settles them at their hold. Its lines are replayed as charges, so the
+    # start refuses a directory or file of another user's, a symbolic link, or one others may write (a file of this
+    # user's they may only read is made private); below the temp directory its group too, and every directory on the
+    # way (llmrouter/private_paths.py has the rules).
     data_dir: RepoPath = default_path("router")
     # The upkeep loop: heartbeat, outbox replay, reconciler. A router whose heartbeat is older than
     # heartbeat_ttl_s is dead: its pending charges are settled at their hold.

@@ -56,7 +56,7 @@ class Targets:
             return Aim("quality kept", settings.default_quality_kept)
         return None
 
-    def choose(
+    async def choose(
         self,
         request: router_pb2.CompleteRequest,
         tenant: str,
@@ -82,19 +82,19 @@ class Targets:
                 )
             return Target(default, f"{aim.kind} {aim.value:.2f} not calibrated for this classifier; default target")
         if aim.kind == "strong share":
-            quality: float | None = calibration.quality_target(aim.value, models, registry)
+            quality: float | None = await calibration.quality_target(aim.value, models, registry)
         else:
             output = self.settings.expected_output_tokens
-            quality = calibration.quality_target_keeping(aim.value, models, registry, output)
+            quality = await calibration.quality_target_keeping(aim.value, models, registry, output)
         if quality is None:  # a calibration file written before it held the prompts' sizes
             newer = "needs a calibration with the prompts' sizes (make calibrate); default target"
             return Target(default, f"{aim.kind} {aim.value:.2f} {newer}")
         return Target(quality, f"{aim.kind} {aim.value:.2f} on the reference mix")
 
-    def reference(
+    async def reference(
         self, request: router_pb2.CompleteRequest, tenant: str, models: list[ModelSpec], registry: Registry
     ) -> Target:
         """The target `choose` gives a request no classifier scored (so none says which version it is): the
         calibration is taken as the deployed classifier's."""
         version = self.calibration.classifier_version if self.calibration is not None else ""
-        return self.choose(request, tenant, models, registry, version)
+        return await self.choose(request, tenant, models, registry, version)

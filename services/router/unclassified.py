@@ -69,7 +69,7 @@ class Unclassified:
             return policy.Fallback(self.rule), policy.Fallback(self.rule), None
         if self.length is None or not self._predicts(registry.models):
             return _below_strongest(models, registry), _below_strongest(registry.models, registry), None
-        target = self.targets.reference(request, tenant, models, registry)
+        target = await self.targets.reference(request, tenant, models, registry)
         tokens = await self._tokens(prompt)
         fallbacks = []
         for among in (models, registry.models):

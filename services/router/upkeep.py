@@ -60,8 +60,9 @@ class Upkeep:
 
     async def close(self) -> None:
         """Stops the loop, then replays the outbox once more (the router's closers run this after its last charge is
-        written): the outbox is on the pod's volume, deleted with it, and a charge left there is settled by the
-        reconciler at its hold, not at what was generated. What does not land in FINAL_REPLAY_S stays in the file."""
+        written): the outbox is on the pod's emptyDir unless the chart keeps it on a volume claim, and a charge left in
+        one deleted with its pod is settled by the reconciler at its hold, not at what was generated. What does not
+        land in FINAL_REPLAY_S stays in the file, for the next router started on it (its first tick replays it)."""
         for task in (self._task, self.look):
             if task is not None:
                 await stop_task(task)

@@ -44,7 +44,9 @@ def name(svc: str) -> str:
 
 
 def container(docs: list[dict], svc: str) -> dict:
-    (c,) = by_kind(docs, "Deployment")[name(svc)]["spec"]["template"]["spec"]["containers"]
+    """The service's container, of its Deployment or StatefulSet (the router's, with router.outbox.persistence)."""
+    workloads = by_kind(docs, "Deployment") | by_kind(docs, "StatefulSet")
+    (c,) = workloads[name(svc)]["spec"]["template"]["spec"]["containers"]
     return c
 
 
@@ -1507,7 +1509,7 @@ def expanded_only(entries: list[dict]) -> set[str]:
     }
 
 
-@pytest.mark.parametrize("values", [None, "production-values.yaml", "minimal-values.yaml"])
+@pytest.mark.parametrize("values", [None, "production-values.yaml", "minimal-values.yaml", "outbox-volume-values.yaml"])
 def test_every_env_the_chart_sets_is_a_setting_of_its_service(values: str | None) -> None:
     """An env name no settings class reads is silently ignored (extra="ignore"): a misspelt one leaves the
     service on its default, whatever values.yaml says."""
@@ -1530,7 +1532,12 @@ def test_whole_numbers_reach_the_services_as_integers(tmp_path: Path) -> None:
             {
                 "edge": {
                     "env": {"EDGE_BATCH_RETENTION_S": 60 * 86400, "EDGE_REQUEST_TIMEOUT_S": 330.5},
-                    "batches": {"maxFileBytes": 104857600, "maxConcurrentUploads": 1000000, "maxRunning": 2000000},
+                    "batches": {
+                        "maxFileBytes": 104857600,
+                        "maxConcurrentUploads": 1000000,
+                        "maxRunning": 2000000,
+                        "filesTenantBytes": 4 * 1024**3,
+                    },
                 },
                 "router": {"env": {"ROUTER_REQUEST_ID_TTL_S": 14 * 86400, "ROUTER_TENANT_BUDGET_USD": 2500000}},
                 "drainSeconds": 1000000,
@@ -1543,10 +1550,11 @@ def test_whole_numbers_reach_the_services_as_integers(tmp_path: Path) -> None:
     assert edge["EDGE_BATCH_RETENTION_S"] == str(60 * 86400)
     assert edge["EDGE_REQUEST_TIMEOUT_S"] == "330.5"
     assert edge["EDGE_BATCH_MAX_CONCURRENT_UPLOADS"] == "1000000"
+    assert edge["EDGE_FILES_TENANT_BYTES"] == str(4 * 1024**3)
     assert edge["EDGE_GRACE_SECONDS"] == "1000000"
     assert router["ROUTER_REQUEST_ID_TTL_S"] == str(14 * 86400)
     # and the services take them
-    names = ("EDGE_BATCH_", "EDGE_REQUEST_TIMEOUT_S", "EDGE_GRACE_SECONDS")
+    names = ("EDGE_BATCH_", "EDGE_FILES_", "EDGE_REQUEST_TIMEOUT_S", "EDGE_GRACE_SECONDS")
     EdgeSettings.model_validate({k[5:].lower(): v for k, v in edge.items() if k.startswith(names)})
     ttl, budget = router["ROUTER_REQUEST_ID_TTL_S"], router["ROUTER_TENANT_BUDGET_USD"]
     _settings_class("router").model_validate({"auth": "none", "request_id_ttl_s": ttl, "tenant_budget_usd": budget})

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .support import CHART, ROOT, code_metrics, render
+from .support import CHART, ROOT, SERVICES, code_metrics, render
 from .test_alerts import ALERTS, RULES, RUNBOOKS, series_names
 
 ARROW = "\u203a"  # between a dashboard row's title and its panel's, as the runbooks write them
@@ -158,3 +158,41 @@ def test_every_metric_the_documents_name_is_the_codes() -> None:
             labels = code[family][1] | TARGET_LABELS | ({"le"} if name.endswith("_bucket") else set())
             written = re.findall(r"([a-z_]+)\s*(?:=~|!~|!=|=|,|\})", selector or "")
             assert not set(written) - labels, f"{doc.relative_to(ROOT)}: {match.group(0)} has no such label"
+
+
+# A panel title's stated wait for an alert it shows, "<N> minutes: <alert>" (<Service>: each service's alert).
+STATED_WAIT = re.compile(r"(\d+) minutes?: (LLMRouter[A-Za-z<>]+)")
+SERVICE_ALERT_NAMES = "|".join(s.capitalize() for s in SERVICES)
+
+
+def stated_wait(title: str, alert: str) -> str | None:
+    """The wait a panel title states for the alert ("3m"), its own name first, then a <Service> pattern; None when
+    the title states none for it."""
+    waits = STATED_WAIT.findall(title)
+    for minutes, named in waits:
+        if named == alert:
+            return f"{minutes}m"
+    for minutes, named in waits:
+        pattern = re.escape(named).replace(re.escape("<Service>"), f"({SERVICE_ALERT_NAMES})")
+        if re.fullmatch(pattern, alert):
+            return f"{minutes}m"
+    return None
+
+
+@pytest.mark.parametrize("rule", ALERTS, ids=lambda r: r["alert"])
+def test_a_panel_stating_how_long_an_alert_waits_states_its_wait(rule: dict) -> None:
+    """A runbook sending the on-call to a panel that says "none for 3 minutes" for an alert that waits 10 has them
+    look for the wrong thing: a panel that states waits states the right one for every alert that names it."""
+    line = rule_line(rule["alert"]).split(" Dashboard: ", 1)[1]
+    for _, title in re.findall(rf"`([^`]+)` {ARROW} `([^`]+)`", line):
+        if STATED_WAIT.search(title):
+            assert stated_wait(title, rule["alert"]) == rule["for"], f"{rule['alert']} waits {rule['for']}: {title}"
+
+
+def test_the_stated_wait_check_catches_a_wrong_one() -> None:
+    title = (
+        "Targets up (none for 3 minutes: LLMRouter<Service>Down; the ledger sink's 10 minutes: LLMRouterLedgerSinkDown)"
+    )
+    assert stated_wait(title, "LLMRouterEdgeDown") == "3m"
+    assert stated_wait(title, "LLMRouterLedgerSinkDown") == "10m"
+    assert stated_wait("Targets up (none for 3 minutes: LLMRouter<Service>Down)", "LLMRouterLedgerSinkDown") is None

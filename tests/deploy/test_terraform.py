@@ -115,6 +115,22 @@ def test_the_standalone_ledger_sink_reaches_the_chart(tmp_path: Path) -> None:
         assert "ROUTER_LEDGER_SQL_SINK" not in router_env(docs)
 
 
+def test_the_outbox_on_a_volume_reaches_the_chart(tmp_path: Path) -> None:
+    """outbox_persistence gives the chart's router.outbox.persistence: the router a StatefulSet with a claim per pod, of
+    the class and size given; off by default, as in the chart (the router a Deployment)."""
+    variables = {"outbox_persistence": {"enabled": True, "storage_class_name": "fast", "size": "2Gi"}}
+    docs = render("-f", str(module_values(tmp_path, variables)))
+    router = by_kind(docs, "StatefulSet")["llm-cost-router-router"]
+    (claim,) = router["spec"]["volumeClaimTemplates"]
+    assert (claim["spec"]["storageClassName"], claim["spec"]["resources"]["requests"]["storage"]) == ("fast", "2Gi")
+    (container,) = router["spec"]["template"]["spec"]["containers"]
+    assert {"name": "ROUTER_DATA_DIR", "value": "/var/lib/llmrouter/outbox/router"} in container["env"]
+
+    defaults = render("-f", str(module_values(tmp_path, {})))
+    assert "llm-cost-router-router" in by_kind(defaults, "Deployment")
+    assert "llm-cost-router-router" not in by_kind(defaults, "StatefulSet")
+
+
 def test_the_standalone_ledger_sink_is_refused_without_postgresql() -> None:
     """It copies into PostgreSQL: without ledger_dsn_secret the plan stops (the chart would refuse it later, at
     `helm install`, after Terraform made the namespace)."""
@@ -163,6 +179,16 @@ REFUSED_BY_THE_CHART = [
         {"budget_webhook_secret": {"name": "llm-budget-hook", "key": ""}},
         "router.budgetWebhookSecret.name=llm-budget-hook,router.budgetWebhookSecret.key=",
         "budget_webhook_secret.key must be a Secret key",
+    ),
+    (
+        {"outbox_persistence": {"size": "0Gi"}},
+        "router.outbox.persistence.size=0Gi",
+        "outbox_persistence.size must be a whole number",
+    ),
+    (
+        {"outbox_persistence": {"access_modes": ["ReadOnlyMany"]}},
+        "router.outbox.persistence.accessModes={ReadOnlyMany}",
+        "outbox_persistence.access_modes must name",
     ),
     (
         {"release_name": "1llm"},  # the module's fullnameOverride

@@ -136,7 +136,7 @@ class CountedStore(RedisStore):
 
 async def test_a_page_of_one_purpose_reads_about_its_size_among_many_files_of_another(any_redis_url: str) -> None:
     store = CountedStore(any_redis_url)
-    api = BatchApi(store, None, lambda _: ("t1", ""), 1, 600, 60, 1, 1, 1)  # type: ignore[arg-type]
+    api = BatchApi(store, None, lambda _: ("t1", ""), 1, 600, 60, 1, 1, 1, 1024)  # type: ignore[arg-type]
     try:
         inputs = []
         for i in range(3):
@@ -227,7 +227,7 @@ async def test_entries_an_earlier_edge_expired_leave_the_purposes_and_hide_none_
     purpose ever showed (its count check saw none, or fewer than none, to group). As many as it: the page shows one
     (all gone); more, beyond the page: the count is below none."""
     store, client = RedisStore(any_redis_url), connect(any_redis_url)
-    api = BatchApi(store, None, lambda _: ("t1", ""), 1, 600, 60, 1, 1, 1)  # type: ignore[arg-type]
+    api = BatchApi(store, None, lambda _: ("t1", ""), 1, 600, 60, 1, 1, 1, 1024)  # type: ignore[arg-type]
     try:
         await expired_by_an_earlier_edge(store, client, dropped=dropped, kept=kept)
         listed = ["upload", *(f"kept{i}" for i in reversed(range(kept)))]

@@ -128,11 +128,13 @@ async def test_object_arguments_still_go_to_anthropic(mixed: Mixed, arguments: s
 
 
 @pytest.mark.parametrize("role", ["system", "developer"])
-async def test_a_system_messages_tool_calls_are_not_looked_at(mixed: Mixed, role: str) -> None:
-    # Anthropic's gateway sends a system (or developer) message as its system text alone, never its tool calls:
-    # their arguments, whatever they hold, keep no model from the request (they did not before).
+async def test_a_system_messages_tool_calls_are_openais_400(mixed: Mixed, role: str) -> None:
+    # Only an assistant message has tool calls, as OpenAI holds them (llmrouter/tool_pairing.py): a system or developer
+    # message's are refused naming them, before any provider is called, whatever their arguments hold.
     call = {"id": "call_9", "type": "function", "function": {"name": "get_time", "arguments": "{"}}
     messages = [{"role": role, "content": "Be brief.", "tool_calls": [call]}, *ask("Hello")]
+    calls_before = len(mixed.claude.requests)
     reply = await complete(mixed, {"model": "claude-model", "messages": messages})
-    assert reply.status_code == 200, reply.text
-    assert mixed.claude.requests[-1].json["system"] == "Be brief."
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["error"]["param"] == "messages[0].tool_calls"
+    assert len(mixed.claude.requests) == calls_before

@@ -25,6 +25,9 @@ from kubernetes.client import (
     V1PodSpec,
     V1PodTemplateSpec,
     V1Probe,
+    V1StatefulSet,
+    V1StatefulSetSpec,
+    V1StatefulSetStatus,
     V2CrossVersionObjectReference,
     V2HorizontalPodAutoscaler,
     V2HorizontalPodAutoscalerCondition,
@@ -58,6 +61,18 @@ def deployment(svc: str, replicas: int = 2, available: int = 2, updated: int = 2
         spec=V1DeploymentSpec(replicas=replicas, selector=V1LabelSelector(), template=V1PodTemplateSpec(spec=pod)),
         status=V1DeploymentStatus(
             replicas=replicas, updated_replicas=updated, available_replicas=available, observed_generation=observed
+        ),
+    )
+
+
+def statefulset(svc: str, replicas: int = 2, available: int = 2, updated: int = 2) -> V1StatefulSet:
+    """A service's StatefulSet (the router's, its outbox on a claim per pod: router.outbox.persistence)."""
+    pod = deployment(svc).spec.template
+    return V1StatefulSet(
+        metadata=meta(svc),
+        spec=V1StatefulSetSpec(replicas=replicas, selector=V1LabelSelector(), service_name=f"llm-{svc}", template=pod),
+        status=V1StatefulSetStatus(
+            replicas=replicas, updated_replicas=updated, available_replicas=available, observed_generation=1
         ),
     )
 
@@ -116,6 +131,24 @@ def test_a_deployment_not_rolled_out_fails(broken: V1Deployment, complaint: str)
     objects.deployments[2] = broken
     (problem,) = failing(opscheck.evaluate(objects))
     assert "Deployment llm-router rolled out" in problem and complaint in problem
+
+
+def test_a_router_statefulset_is_its_workload_and_checked_rolled_out() -> None:
+    """With its outbox on a claim per pod the router is a StatefulSet: it counts as the router's workload (before,
+    the release failed "a Deployment per service: none for router"), and is checked as a Deployment is."""
+    objects = healthy()
+    objects.deployments.pop(2)
+    objects.statefulsets = [statefulset("router")]
+    findings = opscheck.evaluate(objects)
+    assert not failing(findings)
+    assert "ok   StatefulSet llm-router rolled out" in [f.line() for f in findings]
+    objects.statefulsets = [statefulset("router", available=1)]
+    (problem,) = failing(opscheck.evaluate(objects))
+    assert "StatefulSet llm-router rolled out" in problem and "1/2 replicas available" in problem
+    objects.statefulsets = []
+    (problem,) = failing(opscheck.evaluate(objects))
+    assert "per service: none for router" in problem
+    assert opscheck.health_port(statefulset("router")) == 50060
 
 
 def test_an_hpa_without_its_metrics_fails() -> None:

@@ -1,13 +1,16 @@
 """Strong share to quality target: on a reference mix, the target routes the requested share of prompts to
 the strongest tier through the real policy; which target a request gets; bounded tenant labels."""
 
+import asyncio
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
+from llmrouter.registry import ModelSpec, Registry
 from llmrouter.v1 import router_pb2
 from services import router
 from services.router import calibration, policy
@@ -31,25 +34,27 @@ def strong_calls(target: float) -> int:
 
 
 @pytest.mark.parametrize(("share", "calls"), [(0, 0), (0.1, 1), (1 / 6, 1), (0.34, 3), (0.5, 3), (0.8, 5)])
-def test_the_target_sends_the_requested_share_of_the_reference_mix_to_the_strong_tier(share: float, calls: int) -> None:
-    target = REFERENCE.quality_target(share, REGISTRY.models, REGISTRY)
+async def test_the_target_sends_the_requested_share_of_the_reference_mix_to_the_strong_tier(
+    share: float, calls: int
+) -> None:
+    target = await REFERENCE.quality_target(share, REGISTRY.models, REGISTRY)
     assert strong_calls(target) == calls
 
 
-def test_the_target_sits_halfway_between_reference_prompts() -> None:
-    assert REFERENCE.quality_target(0.3, REGISTRY.models, REGISTRY) == pytest.approx(0.65)  # between 0.6 and 0.7
-    assert REFERENCE.quality_target(0.0, REGISTRY.models, REGISTRY) == 0.0
+async def test_the_target_sits_halfway_between_reference_prompts() -> None:
+    assert await REFERENCE.quality_target(0.3, REGISTRY.models, REGISTRY) == pytest.approx(0.65)  # between 0.6 and 0.7
+    assert await REFERENCE.quality_target(0.0, REGISTRY.models, REGISTRY) == 0.0
 
 
-def test_a_share_beyond_reach_is_the_highest_target() -> None:
+async def test_a_share_beyond_reach_is_the_highest_target() -> None:
     """On one prompt the weak model is predicted best: no target sends it to the strong tier."""
-    assert REFERENCE.quality_target(1.0, REGISTRY.models, REGISTRY) == 1.0
+    assert await REFERENCE.quality_target(1.0, REGISTRY.models, REGISTRY) == 1.0
     assert strong_calls(1.0) == 5
 
 
-def test_with_one_tier_available_everything_is_the_strong_tier() -> None:
+async def test_with_one_tier_available_everything_is_the_strong_tier() -> None:
     strong_only = [m for m in REGISTRY.models if m.name == "strong"]
-    assert REFERENCE.quality_target(0.5, strong_only, REGISTRY) == 0.0
+    assert await REFERENCE.quality_target(0.5, strong_only, REGISTRY) == 0.0
 
 
 def test_calibration_file_round_trip_and_bad_files(tmp_path: Path) -> None:
@@ -70,27 +75,28 @@ def request(**fields: Any) -> router_pb2.CompleteRequest:
     return router_pb2.CompleteRequest(**fields)
 
 
-def test_which_target_a_request_gets() -> None:
+async def test_which_target_a_request_gets() -> None:
     settings = RouterSettings(default_quality_target=0.8, tenant_strong_share={"acme": 0.5})
     targets = Targets(settings, REFERENCE)
     choose = targets.choose
     models = REGISTRY.models
-    assert (
-        choose(request(quality_target=0.3), "acme", models, REGISTRY, "v1").quality == 0.3
-    )  # the request's own target
-    own = choose(request(strong_share=0.3), "acme", models, REGISTRY, "v1")
+    own_target = await choose(request(quality_target=0.3), "acme", models, REGISTRY, "v1")
+    assert own_target.quality == 0.3  # the request's own target
+    own = await choose(request(strong_share=0.3), "acme", models, REGISTRY, "v1")
     assert own.quality == pytest.approx(0.65) and own.note == "strong share 0.30 on the reference mix"
-    assert choose(request(), "acme", models, REGISTRY, "v1").quality == pytest.approx(0.75)  # the tenant's share
-    assert choose(request(), "other", models, REGISTRY, "v1").quality == 0.8  # the default target
+    assert (await choose(request(), "acme", models, REGISTRY, "v1")).quality == pytest.approx(
+        0.75
+    )  # the tenant's share
+    assert (await choose(request(), "other", models, REGISTRY, "v1")).quality == 0.8  # the default target
     with_default = Targets(RouterSettings(default_strong_share=0.1), REFERENCE)
-    assert with_default.choose(request(), "other", models, REGISTRY, "v1").quality == pytest.approx(0.55)
+    assert (await with_default.choose(request(), "other", models, REGISTRY, "v1")).quality == pytest.approx(0.55)
 
 
-def test_a_strong_share_needs_the_calibration_of_the_classifier_that_scored() -> None:
+async def test_a_strong_share_needs_the_calibration_of_the_classifier_that_scored() -> None:
     settings = RouterSettings(default_quality_target=0.8)
-    stale = Targets(settings, REFERENCE).choose(request(strong_share=0.3), "t", REGISTRY.models, REGISTRY, "v2")
+    stale = await Targets(settings, REFERENCE).choose(request(strong_share=0.3), "t", REGISTRY.models, REGISTRY, "v2")
     assert stale.quality == 0.8 and "not calibrated for this classifier" in stale.note
-    missing = Targets(settings, None).choose(request(strong_share=0.3), "t", REGISTRY.models, REGISTRY, "v1")
+    missing = await Targets(settings, None).choose(request(strong_share=0.3), "t", REGISTRY.models, REGISTRY, "v1")
     assert missing.quality == 0.8 and "not calibrated" in missing.note
 
 
@@ -132,23 +138,23 @@ def kept_by_policy(target: float) -> float:
 
 
 @pytest.mark.parametrize("wanted", [0.5, 0.8, 0.9, 0.95, 0.99, 1.0])
-def test_the_target_keeps_the_requested_quality_of_the_reference_mix(wanted: float) -> None:
-    target = SIZED.quality_target_keeping(wanted, REGISTRY.models, REGISTRY, 256)
+async def test_the_target_keeps_the_requested_quality_of_the_reference_mix(wanted: float) -> None:
+    target = await SIZED.quality_target_keeping(wanted, REGISTRY.models, REGISTRY, 256)
     assert target is not None and kept_by_policy(target) >= wanted
     # The smallest such target: every lower ratio on the mix (where routing changes) keeps less.
     ratios = sorted({min(row) / max(row) for row in ROWS if row[0] < row[1]})
     assert all(kept_by_policy(r - 1e-9) < wanted for r in ratios if r < target)
 
 
-def test_the_kept_target_sits_halfway_between_the_ratios_where_routing_changes() -> None:
+async def test_the_kept_target_sits_halfway_between_the_ratios_where_routing_changes() -> None:
     # Kept at 0 / in (0.5, 0.6] / (0.6, 0.7] / (0.7, 0.8] / (0.8, 0.9] / (0.9, 1]: 3.51, 3.91, 4.11, 4.41, 4.51, 4.6
     # of 4.6.
-    assert SIZED.quality_target_keeping(0.7, REGISTRY.models, REGISTRY, 256) == 0.0
-    assert SIZED.quality_target_keeping(0.95, REGISTRY.models, REGISTRY, 256) == pytest.approx(0.75)
-    assert SIZED.quality_target_keeping(1.0, REGISTRY.models, REGISTRY, 256) == pytest.approx(0.95)
+    assert await SIZED.quality_target_keeping(0.7, REGISTRY.models, REGISTRY, 256) == 0.0
+    assert await SIZED.quality_target_keeping(0.95, REGISTRY.models, REGISTRY, 256) == pytest.approx(0.75)
+    assert await SIZED.quality_target_keeping(1.0, REGISTRY.models, REGISTRY, 256) == pytest.approx(0.95)
 
 
-def test_models_are_ranked_by_their_cost_for_each_reference_prompt() -> None:
+async def test_models_are_ranked_by_their_cost_for_each_reference_prompt() -> None:
     """A model cheap to read but dear to write is the cheaper one for long prompts only: what is kept, and so the
     target, depends on the prompts' sizes and the answer length, as the policy ranks them."""
     flip = REGISTRY.model_copy(
@@ -162,31 +168,35 @@ def test_models_are_ranked_by_their_cost_for_each_reference_prompt() -> None:
     long_prompts = Calibration("v1", ["weak", "big"], [[0.5, 1.0]], [10_000])
     short_prompts = Calibration("v1", ["weak", "big"], [[0.5, 1.0]], [10])
     # Long: the weak model is the cheaper, so half the quality is kept only at a target up to 0.5.
-    assert long_prompts.quality_target_keeping(0.5, flip.models, flip, 256) == 0.0
-    assert long_prompts.quality_target_keeping(0.9, flip.models, flip, 256) == pytest.approx(0.75)
+    assert await long_prompts.quality_target_keeping(0.5, flip.models, flip, 256) == 0.0
+    assert await long_prompts.quality_target_keeping(0.9, flip.models, flip, 256) == pytest.approx(0.75)
     # Short: the strong model is the cheaper and is chosen at any target, keeping all.
-    assert short_prompts.quality_target_keeping(0.9, flip.models, flip, 256) == 0.0
+    assert await short_prompts.quality_target_keeping(0.9, flip.models, flip, 256) == 0.0
 
 
-def test_which_target_a_quality_kept_gives() -> None:
+async def test_which_target_a_quality_kept_gives() -> None:
     settings = RouterSettings(default_quality_target=0.8, tenant_quality_kept={"acme": 0.95})
     targets = Targets(settings, SIZED)
     models = REGISTRY.models
-    own = targets.choose(request(quality_kept=1.0), "acme", models, REGISTRY, "v1")
+    own = await targets.choose(request(quality_kept=1.0), "acme", models, REGISTRY, "v1")
     assert own.quality == pytest.approx(0.95) and own.note == "quality kept 1.00 on the reference mix"
-    assert targets.choose(request(), "acme", models, REGISTRY, "v1").quality == pytest.approx(0.75)  # the tenant's
-    assert targets.choose(request(quality_target=0.3), "acme", models, REGISTRY, "v1").quality == 0.3
-    assert targets.choose(request(), "other", models, REGISTRY, "v1").quality == 0.8
+    assert (await targets.choose(request(), "acme", models, REGISTRY, "v1")).quality == pytest.approx(
+        0.75
+    )  # the tenant's
+    assert (await targets.choose(request(quality_target=0.3), "acme", models, REGISTRY, "v1")).quality == 0.3
+    assert (await targets.choose(request(), "other", models, REGISTRY, "v1")).quality == 0.8
     with_default = Targets(RouterSettings(default_quality_kept=1.0), SIZED)
-    assert with_default.choose(request(), "other", models, REGISTRY, "v1").quality == pytest.approx(0.95)
+    assert (await with_default.choose(request(), "other", models, REGISTRY, "v1")).quality == pytest.approx(0.95)
     # A tenant's strong share is its own aim, over the default quality kept.
     mixed = Targets(RouterSettings(default_quality_kept=1.0, tenant_strong_share={"acme": 0.1}), SIZED)
-    assert mixed.choose(request(), "acme", models, REGISTRY, "v1").note == "strong share 0.10 on the reference mix"
+    assert (
+        await mixed.choose(request(), "acme", models, REGISTRY, "v1")
+    ).note == "strong share 0.10 on the reference mix"
 
 
-def test_a_quality_kept_needs_a_calibration_with_the_prompts_sizes() -> None:
+async def test_a_quality_kept_needs_a_calibration_with_the_prompts_sizes() -> None:
     unsized = Targets(RouterSettings(default_quality_target=0.8), REFERENCE)
-    target = unsized.choose(request(quality_kept=0.9), "t", REGISTRY.models, REGISTRY, "v1")
+    target = await unsized.choose(request(quality_kept=0.9), "t", REGISTRY.models, REGISTRY, "v1")
     assert target.quality == 0.8 and "needs a calibration with the prompts' sizes (make calibrate)" in target.note
 
 
@@ -208,17 +218,64 @@ def test_calibration_files_carry_one_token_count_per_prompt(tmp_path: Path) -> N
         calibration.load(path)
 
 
-def test_a_callers_many_qualities_kept_share_one_curve_per_model_set() -> None:
+async def test_a_callers_many_qualities_kept_share_one_curve_per_model_set() -> None:
     """Sent by any caller, each distinct quality_kept must not cost another pass over the mix (a second of CPU per
     thousand values, on the event loop): the curve is built once per model set and prices, then read."""
     sized = Calibration("v1", ["weak", "big"], ROWS, TOKENS)
-    targets = [sized.quality_target_keeping(0.8 + i / 10_000, REGISTRY.models, REGISTRY, 256) for i in range(1000)]
+    targets = [
+        await sized.quality_target_keeping(0.8 + i / 10_000, REGISTRY.models, REGISTRY, 256) for i in range(1000)
+    ]
     assert len(sized._curves) == 1
     known = [t for t in targets if t is not None]
     assert len(known) == len(targets) and known == sorted(known)  # what is kept only grows with the target
 
 
-def test_a_model_of_unknown_quality_counts_for_nothing_as_the_policy_never_picks_it() -> None:
+class Watched(Calibration):
+    """A calibration whose table builds say on which thread they ran, and wait for `go`: meanwhile the test sees what
+    the event loop does."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.loop = asyncio.get_running_loop()
+        self.builds: list[int] = []  # the thread of each build
+        self.started = asyncio.Event()
+        self.go = threading.Event()
+
+    def _strong_ratios(self, models: list[ModelSpec], registry: Registry) -> list[float]:
+        self._watch()
+        return super()._strong_ratios(models, registry)
+
+    def _kept_curve(self, models: list[ModelSpec], output_tokens: int) -> calibration.KeptCurve:
+        self._watch()
+        return super()._kept_curve(models, output_tokens)
+
+    def _watch(self) -> None:
+        self.builds.append(threading.get_ident())
+        self.loop.call_soon_threadsafe(self.started.set)
+        self.go.wait(10)  # a bound, not a synchronisation: the test sets it once it has looked
+
+
+@pytest.mark.parametrize("aim", [{"strong_share": 0.3}, {"quality_kept": 0.95}])
+async def test_a_model_set_first_seen_is_built_once_off_the_event_loop(aim: dict[str, float]) -> None:
+    """A pass over the reference mix takes ~11 ms for the shipped one: for a model set first seen (a provider down)
+    it runs in a thread, the event loop serving other requests meanwhile, once for every request waiting on it."""
+    watched = Watched("v1", ["weak", "big"], ROWS, TOKENS)
+    targets = Targets(RouterSettings(), watched)
+    asked = [
+        asyncio.ensure_future(targets.choose(request(**aim), "acme", REGISTRY.models, REGISTRY, "v1")) for _ in range(5)
+    ]
+    await watched.started.wait()  # the build has started in its thread; the loop runs this meanwhile
+    assert not any(task.done() for task in asked)
+    assert watched._ratios.building + watched._curves.building == 1
+    watched.go.set()
+    chosen = {(await task).quality for task in asked}
+    assert watched.builds != [threading.get_ident()] and len(watched.builds) == 1
+    assert len(chosen) == 1  # every request got the one table's target
+    await targets.choose(request(**aim), "acme", REGISTRY.models, REGISTRY, "v1")
+    assert len(watched.builds) == 1  # kept
+
+
+async def test_a_model_of_unknown_quality_counts_for_nothing_as_the_policy_never_picks_it() -> None:
     """The cheapest model has no prediction (no quality_from, no prior): policy.plan never picks it at any target, so
     the mix keeps at each target what the policy's picks among the others keep."""
     mystery = REGISTRY.models[0].model_copy(
@@ -227,8 +284,8 @@ def test_a_model_of_unknown_quality_counts_for_nothing_as_the_policy_never_picks
     registry = REGISTRY.model_copy(update={"models": [mystery, *REGISTRY.models]})
     assert policy.predicted_quality(mystery, {"weak": 0.5, "big": 0.9}) is None
     for wanted in (0.7, 0.8, 0.95):
-        target = SIZED.quality_target_keeping(wanted, registry.models, registry, 256)
-        assert target == SIZED.quality_target_keeping(wanted, REGISTRY.models, REGISTRY, 256)
+        target = await SIZED.quality_target_keeping(wanted, registry.models, registry, 256)
+        assert target == await SIZED.quality_target_keeping(wanted, REGISTRY.models, REGISTRY, 256)
 
 
 @pytest.mark.parametrize(

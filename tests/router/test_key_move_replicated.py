@@ -101,6 +101,27 @@ async def test_without_replicas_asked_a_move_waits_for_none(
     assert f"it serves {NEW!r} alone from now on" in capsys.readouterr().out
 
 
+async def test_the_replicas_a_move_waits_for_are_a_setting_the_flag_overrides(
+    money: Replicated, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ROUTER_KEY_MOVE_REPLICAS, set once where the money Redis has replicas (router.env: every move run in a router
+    pod reads it), is the moves' --replicas; the flag given overrides it; a value WAIT could not take stops the move
+    before it is made, naming the setting."""
+    monkeypatch.setenv("ROUTER_KEY_MOVE_REPLICAS", "1")
+    assert await key_move.main([KEY, OLD]) == 0
+    money.replica.stop()
+    capsys.readouterr()
+    assert await key_move.main([KEY, NEW, "--wait-s", "0.2"]) == 1
+    assert "(0 of 1 replicas of the master had it within 0.2 s)" in capsys.readouterr().err
+    assert await key_move.main([KEY, NEW, "--replicas", "0"]) == 0  # the flag overrides the setting
+
+    monkeypatch.setenv("ROUTER_KEY_MOVE_REPLICAS", "101")
+    with pytest.raises(SystemExit) as refused:
+        await key_move.main([KEY, OLD])
+    assert refused.value.code == 2 and "ROUTER_KEY_MOVE_REPLICAS" in capsys.readouterr().err
+    assert (await move_as_read_by(money.primary))[0] == NEW, "not moved"
+
+
 @pytest.fixture
 def replicated_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[RedisCluster]:
     cluster = RedisCluster(tmp_path / "cluster", replicas=1).start()

@@ -67,7 +67,7 @@ async def test_each_tiers_share_is_the_classifiers_at_the_default_target(
 async def test_a_strong_share_is_kept_without_the_classifier(reference: Calibration) -> None:
     settings = RouterSettings()
     aimed = router_pb2.CompleteRequest(strong_share=0.2)
-    target = Targets(settings, reference).reference(aimed, "acme", REGISTRY.models, REGISTRY)
+    target = await Targets(settings, reference).reference(aimed, "acme", REGISTRY.models, REGISTRY)
     assert target.note == "strong share 0.20 on the reference mix"
     by_classifier = classifier_tiers(reference, REGISTRY.models, target.quality)
     by_length = await length_tiers(reference, REGISTRY.models, target.quality)
@@ -105,6 +105,11 @@ async def test_a_prompts_tier_among_the_models_available_and_with_every_provider
     long = "word " * 600
     fallback, ideal, _ = await rule.fallback(router_pb2.CompleteRequest(), "acme", long, served, REGISTRY)
     assert (fallback.tier, ideal.tier) == ("premium", "premium")
+    # The strongest tier's range has no end: it reads so, not "(544 to more tokens".
+    assert fallback.why == (
+        "length rule, a prompt of 608 tokens: premium (544 tokens or more, 2.3% of the reference mix) "
+        "as the classifier at target 0.85"
+    )
     aimed = router_pb2.CompleteRequest(quality_target=0.95)  # the request's own target moves the thresholds
     fallback, _, target = await rule.fallback(aimed, "acme", "word " * 60, served, REGISTRY)
     assert target is not None and target.quality == pytest.approx(0.95) and fallback.tier == "premium"
@@ -126,11 +131,11 @@ async def test_a_model_set_first_seen_is_built_off_the_event_loop_once_for_every
     await asyncio.sleep(0)
     # The build is under way in a thread: the event loop runs this, and the requests wait for it.
     assert not any(task.done() for task in waiting)
-    assert len(rule.length._building) == 1
+    assert rule.length._curves.building == 1
     leaving.cancel()  # a caller leaving stops no one else's build
     answers = await asyncio.gather(*waiting)
     assert {fallback.tier for fallback, _, _ in answers} == {"standard"}
-    assert len(rule.length._curves) == 2 and not rule.length._building  # every registry model, and these
+    assert len(rule.length._curves) == 2 and not rule.length._curves.building  # every registry model, and these
 
 
 async def test_a_prompt_of_megabytes_is_counted_only_past_the_longest_reference_prompt(reference: Calibration) -> None:
@@ -152,5 +157,5 @@ async def test_a_requests_strong_share_sets_the_length_rules_target(reference: C
     aimed = router_pb2.CompleteRequest(strong_share=0.2)
     _, _, target = await rule.fallback(aimed, "acme", "hi", REGISTRY.models, REGISTRY)
     assert target is not None and target.note == "strong share 0.20 on the reference mix"
-    assert target == Targets(settings, reference).reference(aimed, "acme", REGISTRY.models, REGISTRY)
+    assert target == await Targets(settings, reference).reference(aimed, "acme", REGISTRY.models, REGISTRY)
     assert target.quality != settings.default_quality_target

@@ -175,7 +175,7 @@ async def test_one_master_down_holds_up_no_healthy_shards_charge_and_admission_s
         assert not (await store.admit(account, limited, Hold("r1", 2 * PICO, DAY, "router-1", nonce="01"))).refused
         await store.redis.script_load(lua.CHARGE)  # every master knows it (test_one_shard_down_holds_up_only...)
         await store.redis.delete(HOLD_TOTALS_LOOK, OLDER_ROUTERS)  # the next look is due
-        cluster.nodes[DOWN].stop()
+        cluster.nodes[DOWN].shut_down()  # not killed: its restart must hold what it acknowledged (AOF everysec)
         await upkeep.tick()
         await upkeep.looked()
         assert len(upkeep.outbox) == 0  # both landed

@@ -8,6 +8,7 @@ this version lands as they were."""
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -25,10 +26,13 @@ from services.router.store import (
     Verdict,
     lua,
     period_id,
+    to_pico,
 )
 from tests.fakes.lossy_proxy import LossyProxy
 from tests.router.old_version import checkout, run
 from tests.router.test_admission import ACCOUNT, REGISTRY, SETTINGS, request, routed
+from tests.router.test_give_back_once import reconciled
+from tests.waiting import eventually
 
 FREE = Allowance("day")
 DAY = period_id("day")
@@ -191,3 +195,58 @@ async def test_a_line_of_the_version_before_lands_as_it_was_kept(redis_url: str,
         assert await ledger_size(store) == 1
     finally:
         await store.close()
+
+
+async def test_a_release_landing_after_the_reconciler_charged_its_hold_frees_the_id(
+    charger: charging.Charger, proxy: LossyProxy, redis_url: str
+) -> None:
+    """The router cut off from the store as the request that delivered nothing is charged 0 (kept in the outbox), and
+    another router's reconciler, taking it for dead, charges the request its hold meanwhile. The line landing gives
+    that hold back whole: the request charged 0 in all, nothing delivered, its id is released as the charge made in
+    time would have released it (before, the id stayed used: every retry the 409 of a request charged 0). Landed again,
+    it frees nothing: a third attempt is refused as charged what the retry was."""
+    reconciler = RedisStore(redis_url)
+    gate, r = await routed(request(), admission.Admission(SETTINGS, REGISTRY, charger.store, charger.outbox))
+    try:
+        await gate.admit(r)
+        assert r.hold is not None
+        proxy.go_down()
+        await charger.settle_unsettled(r, r.plan.order[0].model)
+        (kept,) = charger.outbox.waiting()
+        assert isinstance(kept, OutboxCharge) and kept.release
+        await eventually_reconciled(reconciler)
+        proxy.come_back()
+        assert await charger.outbox.replay(charger.store) == 1
+        assert await reconciler.spent(ACCOUNT, r.hold.period) == (0, 0)
+        retry = Hold(r.request_id, 5_000, r.hold.period, "router-2", "cccc0003")
+        assert (await reconciler.admit(ACCOUNT, FREE, retry)).refused == "", "the hold given back, the id still used"
+        served = {**FAILED, "request_id": r.request_id, "cost_usd": "0.000001234", "outcome": "ok"}
+        assert await reconciler.charge(ACCOUNT, retry, SERVED, served, charge_id="c0ffee03")
+        await kept.land(charger.store, charger.outbox.marked_s)  # landed again (a crash before the file's rewrite)
+        third = Hold(r.request_id, 5_000, r.hold.period, "router-2", "dddd0004")
+        assert await reconciler.admit(ACCOUNT, FREE, third) == refused_as_charged(SERVED)
+        assert await reconciler.spent(ACCOUNT, r.hold.period) == (SERVED, SERVED)
+    finally:
+        await reconciler.close()
+
+
+async def eventually_reconciled(reconciler: RedisStore) -> None:
+    await eventually(lambda: reconciler.reconcile("router-alive", 0.2, 3600), "the request reconciled")
+
+
+async def test_a_give_back_asking_the_release_frees_no_id_charged_something(
+    charger: charging.Charger, proxy: LossyProxy, redis_url: str
+) -> None:
+    """The release of a give-back holds only when the id is left charged 0 in all (lua.py, GIVE_BACK): one whose
+    charge stands at what was served stays used, told that charge."""
+    reconciler = RedisStore(redis_url)
+    try:
+        r, response = await reconciled(charger, proxy, reconciler)
+        assert r.hold is not None
+        cost = to_pico(Decimal(response.cost_usd))
+        assert 0 < cost < r.hold.pico
+        assert await reconciler.give_back(ACCOUNT, r.hold, cost, release=True) == r.hold.pico - cost
+        retry = Hold(r.request_id, 5_000, r.hold.period, "router-2", "cccc0003")
+        assert await reconciler.admit(ACCOUNT, FREE, retry) == refused_as_charged(cost)
+    finally:
+        await reconciler.close()

@@ -51,6 +51,37 @@ REFUSED: list[tuple[list[dict[str, Any]], str, str]] = [
     ([USER, calling("c1"), result("c1"), result("c2")], "messages[3].tool_call_id", "must be a response"),
 ]
 
+# Fields of one role's messages on another's, which OpenAI refuses: a user's tool calls went to Anthropic inside a user
+# turn (its 400), and to a local model as the user's own words.
+MISPLACED: list[tuple[list[dict[str, Any]], str, str]] = [
+    (
+        [{**calling("c1"), "role": "user", "content": "x"}, result("c1")],
+        "messages[0].tool_calls",
+        "Invalid parameter: only messages with role 'assistant' can have 'tool_calls'; messages[0] has role 'user'.",
+    ),
+    ([{**calling("c1"), "role": "system", "content": "x"}, USER], "messages[0].tool_calls", "has role 'system'"),
+    (
+        [USER, calling("c1"), {**result("c1"), "tool_calls": calling("c2")["tool_calls"]}],
+        "messages[2].tool_calls",
+        "role 'tool'",
+    ),
+    (
+        [{**USER, "tool_call_id": "c1"}],
+        "messages[0].tool_call_id",
+        "Invalid parameter: only messages with role 'tool' can have 'tool_call_id'; messages[0] has role 'user'.",
+    ),
+    ([USER, {**calling("c1"), "tool_call_id": "c1"}, result("c1")], "messages[1].tool_call_id", "role 'assistant'"),
+]
+REFUSED += MISPLACED
+
+
+def test_misplaced_tool_fields_are_openais_400_at_the_edge() -> None:
+    for messages, field, says in MISPLACED:
+        with pytest.raises(ApiError) as refused:
+            parse_request(json.dumps({"messages": messages}).encode())
+        assert (refused.value.status, refused.value.param, refused.value.code) == (400, field, "invalid_value")
+        assert says in refused.value.message
+
 
 def asked(messages: list[dict[str, Any]]) -> router_pb2.CompleteRequest:
     chat = [
@@ -77,9 +108,9 @@ async def refusal(router: router_pb2_grpc.RouterStub, method: str, request: rout
 
 @pytest.mark.parametrize("method", ["Complete", "CompleteStream", "Decide"])
 async def test_unpaired_tool_calls_are_refused_naming_the_field_before_routing(tmp_path: Path, method: str) -> None:
-    provider = Answering()
+    provider, store = Answering(), MemoryStore()
     async with (
-        served_router(tmp_path, MemoryStore(), provider) as running,
+        served_router(tmp_path, store, provider) as running,
         grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
     ):
         router = router_pb2_grpc.RouterStub(channel)
@@ -102,6 +133,7 @@ async def test_unpaired_tool_calls_are_refused_naming_the_field_before_routing(t
         )
         assert refused.message == "messages[1].tool_calls[0].id must be a string, got a JSON number"
     assert provider.generated == 0
+    assert list(store.ledger) == []  # refused before admission: nothing charged
 
 
 async def test_paired_tool_calls_are_served(tmp_path: Path) -> None:

@@ -41,10 +41,12 @@ starting with a letter): Helm takes release names the API server would refuse th
 "-"), and further where the name would pass what Kubernetes allows a kind the component has: a Service's name is a
 DNS label (63 characters); a CronJob's 52 (its Jobs' names add 11); a StatefulSet's 52 in practice (its pods carry
 the label controller-revision-hash, the name and 11 more, which holds 63: past it the API server takes the
-StatefulSet and refuses every pod). Names within those limits are as they always were. Call with (list $ "router"). */}}
+StatefulSet and refuses every pod: redis-money, redis-batches, and the router with router.outbox.persistence). Names
+within those limits are as they always were. Call with (list $ "router"). */}}
 {{- define "llmrouter.component" -}}
 {{- $component := index . 1 }}
-{{- $limit := ternary 52 63 (has $component (list "ledger-trim" "redis-money" "redis-batches")) }}
+{{- $statefulSet := and (eq $component "router") (eq (include "llmrouter.outboxPersistent" (index . 0)) "true") }}
+{{- $limit := ternary 52 63 (or $statefulSet (has $component (list "ledger-trim" "redis-money" "redis-batches"))) }}
 {{- $fullname := include "llmrouter.fullname" (index . 0) | trunc 52 | trimSuffix "-" }}
 {{- printf "%s-%s" ($fullname | trunc (sub $limit (add1 (len $component)) | int) | trimSuffix "-") $component }}
 {{- end }}
@@ -251,6 +253,30 @@ refuses a list keyed by name holding one name twice). */}}
 {{/* Where a router pod without ledgerDsnSecret keeps its SQLite ledger: an emptyDir of its own. */}}
 {{- define "llmrouter.sqliteLedgerDir" -}}/var/lib/llmrouter/ledger{{- end }}
 
+{{/* "true" when the router keeps its charge outbox on a claim of its own per pod (router.outbox.persistence): the
+router is then a StatefulSet. */}}
+{{- define "llmrouter.outboxPersistent" -}}
+{{- if .Values.router.outbox.persistence.enabled }}true{{ end }}
+{{- end }}
+
+{{/* The kind of a service's workload: a StatefulSet for the router with a persistent outbox, else a Deployment. */}}
+{{- define "llmrouter.workloadKind" -}}
+{{- $root := index . 0 }}
+{{- ternary "StatefulSet" "Deployment" (and (eq (index . 1) "router") (eq (include "llmrouter.outboxPersistent" $root) "true")) }}
+{{- end }}
+
+{{/* Where the router's outbox claim is mounted; ROUTER_DATA_DIR is a directory inside it, which the router makes 0700
+(the mount point is the volume's root, group-writable for fsGroup: the router refuses a data dir others may write). */}}
+{{- define "llmrouter.outboxMount" -}}/var/lib/llmrouter/outbox{{- end }}
+
+{{/* The headless Service governing the router's StatefulSet (spec.serviceName): the router's own when the gRPC
+Services are headless, else one of its own that nothing scrapes or calls. */}}
+{{- define "llmrouter.routerPodsService" -}}
+{{- if .Values.grpcHeadlessServices }}{{ include "llmrouter.component" (list . "router") }}
+{{- else }}{{ include "llmrouter.component" (list . "router-pods") }}
+{{- end }}
+{{- end }}
+
 {{/* What the chart sets of one service's environment: <PREFIX>_HOST/PORT/METRICS_PORT/LOG_LEVEL, its peers. */}}
 {{- define "llmrouter.chartEnv" -}}
 {{- $root := index . 0 }}
@@ -288,6 +314,10 @@ refuses a list keyed by name holding one name twice). */}}
   value: {{ include "llmrouter.envValue" $v.batchAnswers.keptSeconds }}
 - name: ROUTER_BATCH_ANSWER_KEPT_BYTES
   value: {{ include "llmrouter.envValue" $v.batchAnswers.keptBytes }}
+{{- if include "llmrouter.outboxPersistent" $root }}
+- name: ROUTER_DATA_DIR
+  value: {{ printf "%s/router" (include "llmrouter.outboxMount" $root) | quote }}
+{{- end }}
 {{- with $v.endUserHashSecret }}{{ if .name }}
 - name: ROUTER_END_USER_HASH_SECRET
   valueFrom:
@@ -318,6 +348,9 @@ refuses a list keyed by name holding one name twice). */}}
   value: {{ include "llmrouter.envValue" (div (mul $v.sqliteLedger.sizeLimitMiB 3) 4) }}
 - name: ROUTER_LEDGER_SQL_RETENTION_DAYS
   value: {{ include "llmrouter.envValue" $v.sqliteLedger.retentionDays }}
+{{- if include "llmrouter.ledgerTrim" $root }}
+{{- include "llmrouter.ledgerRetentionEnv" $root }}
+{{- end }}
 {{- end }}
 {{- end }}
 {{- if eq $svc "providers" }}
@@ -337,6 +370,8 @@ refuses a list keyed by name holding one name twice). */}}
   value: {{ include "llmrouter.envValue" $v.batches.maxConcurrentUploads }}
 - name: EDGE_BATCH_MAX_RUNNING
   value: {{ include "llmrouter.envValue" $v.batches.maxRunning }}
+- name: EDGE_FILES_TENANT_BYTES
+  value: {{ include "llmrouter.envValue" $v.batches.filesTenantBytes }}
 {{- with include "llmrouter.batchRedis" $root }}
 {{- include "llmrouter.redisUrlEnv" (list $root . "EDGE_BATCH_REDIS_URL") }}
 {{- end }}
@@ -482,12 +517,20 @@ checkov.io/skip{{ add1 $i }}: {{ $skip }}
   value: {{ include "llmrouter.envValue" .Values.router.ledgerTrim.retentionDays }}
 {{- end }}
 
-{{/* "true" when the ledger-trim CronJob runs: router.ledgerTrim on, a money Redis (holding the streams) and the
-SQL ledger in PostgreSQL (router.ledgerDsnSecret: a SQLite one, per pod, dies with its pod). */}}
+{{/* "true" when the ledger-trim CronJob runs: router.ledgerTrim on, a money Redis (holding the streams), and the
+SQL ledger in PostgreSQL (router.ledgerDsnSecret: a SQLite one, per pod, dies with its pod) or a volume to trim to
+(router.ledgerTrim.archive.existingClaim: llmrouter.ledgerTrimArchive). */}}
 {{- define "llmrouter.ledgerTrim" -}}
 {{- with .Values.router }}
-{{- if and .ledgerTrim.enabled .ledgerDsnSecret.name (include "llmrouter.redisEnabled" (list $ "money")) }}true{{ end }}
+{{- $kept := or .ledgerDsnSecret.name .ledgerTrim.archive.existingClaim }}
+{{- if and .ledgerTrim.enabled $kept (include "llmrouter.redisEnabled" (list $ "money")) }}true{{ end }}
 {{- end }}
+{{- end }}
+
+{{/* "true" when the ledger-trim CronJob writes what it trims to the archive volume (`trim --out`): no SQL ledger
+in PostgreSQL holds it. */}}
+{{- define "llmrouter.ledgerTrimArchive" -}}
+{{- if and (include "llmrouter.ledgerTrim" .) (not .Values.router.ledgerDsnSecret.name) }}true{{ end }}
 {{- end }}
 
 {{/* "true" when the PrometheusRule records llmrouter:ledger_trim_cronjob_info (the series naming the release's

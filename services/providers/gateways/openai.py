@@ -69,7 +69,11 @@ class OpenAIGateway:
                     reported = _usage(said)
                     end.input_tokens, end.output_tokens = reported.input_tokens, reported.output_tokens
                     end.cached_input_tokens = reported.cached_input_tokens
-                    yield reported.completion()
+                    told = reported.completion()
+                    # With the finish said before or with it, the usage is the whole answer's (OpenAI sends it after
+                    # every choice finished; some servers with every chunk): a stream cut after it is billed so.
+                    told.finish_reason = end.finish_reason
+                    yield told
             if not done and not end.finish_reason:
                 raise UpstreamError("unavailable", "upstream stream ended before it was complete", retryable=True)
         except UpstreamError as exc:

@@ -960,16 +960,20 @@ return 1
 # the charged marker, and the id free once no other admission's charge is marked on it nor a pending charge of it open
 # (one admitted after its markers expired is in flight: the id is its own). Else a retry of a request never served
 # was refused as a duplicate charged 0 for a day. A charge's give-back (served) keeps the id used, its marker telling
-# the amended total. Freeing it here returns no money a retry could then spend unpaid: the retry is a new admission,
-# with its own hold and pending charge, which its charge or the reconciler settles.
+# the amended total; a charge of 0 that asked the release (nothing delivered) leaves it released when that total is 0,
+# as that charge landing first would have (CHARGE, RELEASED). Freeing it here returns no money a retry could then
+# spend unpaid: the retry is a new admission, with its own hold and pending charge, which its charge or the reconciler
+# settles.
 GIVE_BACK = (
     _MUST_LAND
     + _EXACT
     + _PERMITTED
+    + f"local RELEASED_TAIL = '{RELEASED_TAIL}'\nlocal ZERO_TAIL = ' {CHARGED_TOTAL}0'\n"
     + """
 -- KEYS: reconciled, tenant spend, key spend (of the period it names), ledger, charged marker, used id, pending charges
 -- ARGV: the reconciled record as the caller read it, pico to give back (at most what it names), ledger record,
---       '1' for an undo's give-back (else a charge's), the pending field
+--       '1' for an undo's give-back (else a charge's), the pending field, '1' for a charge's that asked to release the
+--       request id (model.py, RELEASED; '' or none: not)
 -- Returns 1 when given back now; 0 when the reconciled record is gone or another; -1 when a counter holds less.
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 for i, kind in pairs({[4] = 'stream', [5] = 'string', [6] = 'string', [7] = 'hash'}) do
@@ -1014,7 +1018,14 @@ if ARGV[4] == '1' then
     if redis.call('HEXISTS', KEYS[7], ARGV[5]) == 0 then redis.call('DEL', KEYS[6]) end
   end
 elseif told then
-  redis.call('SET', KEYS[5], string.sub(marker, 1, #marker - #total) .. told, 'KEEPTTL')
+  local amended = string.sub(marker, 1, #marker - #total) .. told
+  -- A charge of 0 that asked to release the id (a request that delivered nothing): released as that charge, landing
+  -- before the reconciler's, would have released it (CHARGE), when the id is now charged 0 in all. Its marker is kept:
+  -- the reconciler's charge, and this one, replayed, are still known as made.
+  if ARGV[6] == '1' and string.sub(amended, 1, 6) ~= 'batch:' and string.sub(amended, -#ZERO_TAIL) == ZERO_TAIL then
+    amended = string.sub(amended, 1, #amended - #ZERO_TAIL) .. RELEASED_TAIL
+  end
+  redis.call('SET', KEYS[5], amended, 'KEEPTTL')
 end
 redis.call('DEL', KEYS[1])
 redis.call('DECRBY', KEYS[2], ARGV[2])

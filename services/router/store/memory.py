@@ -469,7 +469,7 @@ class MemoryStore:
                     metrics.count_charge(record)
         return settled
 
-    async def give_back(self, account: Account, hold: Hold, pico: int | None) -> int:
+    async def give_back(self, account: Account, hold: Hold, pico: int | None, release: bool = False) -> int:
         return 0  # nothing is reconciled here: a router's store is its own, and it never takes itself for dead
 
     async def ping(self) -> bool:

@@ -596,13 +596,15 @@ class Store(Protocol):
         admission admits nothing, should it run only later. Any other admission of the id is left alone. True
         when something was undone. Idempotent."""
 
-    async def give_back(self, account: Account, hold: Hold, pico: int | None) -> int:
+    async def give_back(self, account: Account, hold: Hold, pico: int | None, release: bool = False) -> int:
         """When the reconciler charged the admission of `hold` (its nonce) its hold, which its router's charge of
         `pico` (None: its undo, nothing served) kept in an outbox could not reach in time: give back what that charge
         took over `pico` (all of it for an undo) to the tenant's and key's spend of the period it was charged in, with
         a ledger entry of minus as much (given_back_record); an undo's frees the request id as undo frees it, a
-        charge's keeps it charged, at the amended total. Once, whoever calls it how often: the pico-USD given
-        back now, else 0 (given back before, nothing to give back, or the reconciler charged no such admission)."""
+        charge's keeps it charged, at the amended total, or, `release` (a charge of 0 that asked it, charge), released
+        for a retry when that total is 0, as the charge landing first would have released it. Once, whoever calls it
+        how often: the pico-USD given back now, else 0 (given back before, nothing to give back, or the reconciler
+        charged no such admission)."""
 
     async def pending_charge(self, account: Account, request_id: str) -> Pending | None:
         """The request's pending charge; None once it is settled (or was never admitted)."""

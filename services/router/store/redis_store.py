@@ -794,7 +794,7 @@ class RedisStore:
         async with self._call():
             return bool(await self._undo(keys=names, args=args))
 
-    async def give_back(self, account: Account, hold: Hold, pico: int | None) -> int:
+    async def give_back(self, account: Account, hold: Hold, pico: int | None, release: bool = False) -> int:
         if not hold.nonce:
             return 0
         keys = AccountKeys.of(account)
@@ -812,6 +812,7 @@ class RedisStore:
         names += [keys.charged(hold.request_id), keys.used(hold.request_id), keys.pending]
         field = pending_field(account, hold.request_id)
         args = [reconciled.value(), given, ledger_entry.compact(record), "1" if undone else "0", field]
+        args.append("1" if release else "")
         async with self._call():
             done = int(await self._give_back(keys=names, args=args))
         if done < 0:

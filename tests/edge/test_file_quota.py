@@ -1,0 +1,167 @@
+"""A tenant's file storage quota (EDGE_FILES_TENANT_BYTES) at the real edge over loopback, its batch store in process,
+in a real Redis and in a Redis Cluster: an upload past it is a 400 naming the limit (the openai SDK's BadRequestError,
+not retried) and stores nothing; a deleted file's bytes come back once; uploads racing at its edge never both pass;
+another tenant's quota is its own; a batch's output file counts; a bad setting is refused at start."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+import openai
+import pytest
+from pydantic import SecretStr, ValidationError
+
+from llmrouter.redis_connect import connect
+from llmrouter.redis_url import RedisUrl
+from services.batches import wire
+from services.batches.store import quota_keys
+from services.edge.keys import key_line
+from services.edge.settings import EdgeSettings
+from tests.fakes.recording_router import RecordingRouter
+from tests.integration.conftest import free_port, served_edge, served_router
+from tests.waiting import eventually
+
+QUOTA = 5000
+FILE = 1600  # three fit, a fourth does not
+KEYS = {"acme": "sk-acme", "other": "sk-other"}
+
+
+@dataclass
+class Edge:
+    base_url: str
+    store_url: RedisUrl | None
+
+    def client(self, tenant: str = "acme") -> httpx.AsyncClient:
+        auth = {"authorization": f"Bearer {KEYS[tenant]}"}
+        return httpx.AsyncClient(base_url=self.base_url, headers=auth, timeout=30)
+
+
+@pytest.fixture(params=["memory", "redis", "cluster"])
+def store_url(request: pytest.FixtureRequest) -> RedisUrl | None:
+    return None if request.param == "memory" else RedisUrl(request.getfixturevalue(f"{request.param}_url"))
+
+
+@pytest.fixture
+async def edge(store_url: RedisUrl | None) -> AsyncIterator[Edge]:
+    keys = SecretStr(",".join(key_line(tenant, key) for tenant, key in KEYS.items()))
+    async with served_router(RecordingRouter()) as router_addr:
+        settings = EdgeSettings(
+            port=free_port(),
+            router_addr=router_addr,
+            access_log="off",
+            metrics_port=0,
+            api_keys=keys,
+            batch_redis_url=store_url,
+            batch_max_file_bytes=2000,
+            files_tenant_bytes=QUOTA,
+            batch_max_concurrent_uploads=16,  # 8 a tenant: racing uploads all taken
+        )
+        async with served_edge(settings) as base_url:
+            yield Edge(base_url, store_url)
+
+
+def jsonl(size: int, custom_id: str = "a") -> bytes:
+    """A batch input file of one line, `size` bytes long."""
+
+    def line(pad: int) -> bytes:
+        body = {"messages": [{"role": "user", "content": "x" * pad}]}
+        return json.dumps({"custom_id": custom_id, "method": "POST", "url": wire.ENDPOINT, "body": body}).encode()
+
+    return line(size - len(line(0)) - 1) + b"\n"
+
+
+async def upload(http: httpx.AsyncClient, size: int = FILE, custom_id: str = "a") -> httpx.Response:
+    return await http.post("/files", files={"file": ("b.jsonl", jsonl(size, custom_id))}, data={"purpose": "batch"})
+
+
+async def listed(http: httpx.AsyncClient) -> list[str]:
+    reply = await http.get("/files")
+    assert reply.status_code == 200, reply.text
+    return [item["id"] for item in reply.json()["data"]]
+
+
+async def test_an_upload_past_the_quota_is_refused_stores_nothing_and_fits_once_a_file_is_deleted(edge: Edge) -> None:
+    async with edge.client() as http:
+        stored = []
+        for _ in range(3):
+            reply = await upload(http)
+            assert reply.status_code == 200, reply.text
+            stored.append(reply.json()["id"])
+        refused = await upload(http)
+        assert refused.status_code == 400, refused.text
+        error = refused.json()["error"]
+        assert (error["code"], error["type"], error["param"]) == (
+            "storage_limit_exceeded",
+            "invalid_request_error",
+            "file",
+        )
+        assert f"{3 * FILE} bytes of your {QUOTA}" in error["message"]
+        assert sorted(await listed(http)) == sorted(stored)  # nothing stored
+        async with edge.client("other") as other:  # another tenant's quota is its own
+            assert (await upload(other)).status_code == 200
+        assert (await http.delete(f"/files/{stored[0]}")).status_code == 200
+        assert (await upload(http)).status_code == 200  # its bytes came back
+        assert (await upload(http)).status_code == 400  # once
+
+
+async def test_the_openai_sdk_is_told_the_limit_and_does_not_retry(edge: Edge) -> None:
+    async with openai.AsyncOpenAI(base_url=edge.base_url, api_key=KEYS["acme"], max_retries=2) as client:
+        for _ in range(3):
+            await client.files.create(file=("b.jsonl", jsonl(FILE)), purpose="batch")
+        with pytest.raises(openai.BadRequestError) as refused:
+            await client.files.create(file=("b.jsonl", jsonl(FILE)), purpose="batch")
+        assert refused.value.code == "storage_limit_exceeded"
+        assert f"of your {QUOTA}" in refused.value.message
+
+
+async def test_uploads_racing_at_the_quotas_edge_never_both_pass(edge: Edge) -> None:
+    async with edge.client() as http:
+        for _ in range(2):
+            assert (await upload(http)).status_code == 200
+        raced = await asyncio.gather(*(upload(http, custom_id=f"r{i}") for i in range(6)))
+        assert sorted(r.status_code for r in raced) == [200] + [400] * 5, [r.text for r in raced]
+        assert len(await listed(http)) == 3
+
+
+async def test_racing_deletes_give_a_files_bytes_back_once(edge: Edge) -> None:
+    async with edge.client() as http:
+        ids = [(await upload(http)).json()["id"] for _ in range(3)]
+        deleted = await asyncio.gather(*(http.delete(f"/files/{ids[0]}") for _ in range(4)))
+        assert 200 in {r.status_code for r in deleted} <= {200, 404}
+        assert (await upload(http)).status_code == 200
+        assert (await upload(http)).status_code == 400  # given back twice, it would have fit
+
+
+@pytest.mark.parametrize("store_url", ["redis", "cluster"], indirect=True)  # the counts are read from the store's keys
+async def test_a_batchs_output_file_counts_against_its_tenant(edge: Edge) -> None:
+    async with edge.client() as http:
+        file_id = (await upload(http)).json()["id"]
+        body = {"input_file_id": file_id, "endpoint": wire.ENDPOINT, "completion_window": "24h"}
+        batch_id = (await http.post("/batches", json=body)).json()["id"]
+
+        async def ended() -> bool:
+            return bool((await http.get(f"/batches/{batch_id}")).json()["status"] == "completed")
+
+        await eventually(ended, "the batch completed")
+        output_id = (await http.get(f"/batches/{batch_id}")).json()["output_file_id"]
+        size = (await http.get(f"/files/{output_id}")).json()["bytes"]
+    assert edge.store_url is not None
+    client = connect(edge.store_url)
+    try:
+        counted = await client.hgetall(quota_keys("acme")[0])
+    finally:
+        await client.aclose()
+    assert {k.decode(): int(v) for k, v in counted.items()} == {
+        file_id: FILE,
+        output_id: max(size, 1024),
+        "*": FILE + max(size, 1024),
+    }
+
+
+def test_a_quota_under_the_largest_file_is_refused_at_start() -> None:
+    with pytest.raises(ValidationError, match=r"EDGE_FILES_TENANT_BYTES \(1000\) is under .* EDGE_BATCH_MAX_FILE"):
+        EdgeSettings(files_tenant_bytes=1000, batch_max_file_bytes=2000)

@@ -1,0 +1,87 @@
+"""A stream cut by the call's deadline after its upstream said it had finished and what it bills (OpenAI's usage chunk
+after the finish, Anthropic's message_delta), only its end marker ([DONE], message_stop) still to come: nothing
+unknown is left, so the failure carries that usage, marked whole (usage_final), for the router to charge it rather
+than the attempt's worst case. Cut before the usage, the outcome is unknown, as before: no measure, no mark. An
+answer of tool calls alone, which delivers nothing before the end; real providers service, upstreams on loopback."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import pytest
+
+from llmrouter.errors import USAGE_FINAL
+from tests.fakes.raw_upstream import StallingUpstream
+from tests.providers.conftest import providers_service
+from tests.providers.helpers import cost, request, stream_to_failure
+from tests.providers.test_hostile_upstream import MESSAGE_START, events, openai_chunk
+
+ARGUMENTS = json.dumps({"query": "the capital of France"})
+OUTPUT_TOKENS = 40  # as the upstreams report it: at least what the tool call counts to
+
+
+def openai_wire(with_usage: bool) -> bytes:
+    call = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "search", "arguments": ARGUMENTS}}
+    usage = {
+        "id": "c",
+        "object": "chat.completion.chunk",
+        "choices": [],
+        "usage": {"prompt_tokens": 25, "completion_tokens": OUTPUT_TOKENS},
+    }
+    told = [openai_chunk({"role": "assistant", "tool_calls": [call]}), openai_chunk({}, "tool_calls")]
+    return events(*told, *([usage] if with_usage else []))  # and no [DONE]: the upstream stalls
+
+
+def anthropic_wire(with_usage: bool) -> bytes:
+    tool = {"type": "tool_use", "id": "toolu_1", "name": "search", "input": {}}
+    delta = {"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": OUTPUT_TOKENS}}
+    return events(
+        MESSAGE_START,  # input 10
+        {"type": "content_block_start", "index": 0, "content_block": tool},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": ARGUMENTS}},
+        {"type": "content_block_stop", "index": 0},
+        *([delta] if with_usage else []),  # and no message_stop: the upstream stalls
+        anthropic=True,
+    )
+
+
+# (model, its wire, the input it reports, its prices per million input and output tokens)
+CASES = [("cheap", openai_wire, 25, "0.15", "0.60"), ("claude", anthropic_wire, 10, "3.00", "15.00")]
+
+
+@pytest.mark.parametrize(("model", "wire", "input_tokens", "input_price", "output_price"), CASES)
+async def test_a_stream_cut_after_its_whole_usage_carries_that_usage_marked_whole(
+    tmp_path: Path,
+    model: str,
+    wire: Callable[[bool], bytes],
+    input_tokens: int,
+    input_price: str,
+    output_price: str,
+) -> None:
+    async with (
+        StallingUpstream(wire(True)) as upstream,
+        providers_service(tmp_path, upstream.url, upstream.url, total_timeout_s=1.0, read_timeout_s=10.0) as stub,
+    ):
+        deltas, err = await stream_to_failure(stub, request(model))
+    assert deltas == [""] * len(deltas)  # tool calls alone: nothing delivered before the end
+    assert (err.code, err.reason) == (grpc.StatusCode.DEADLINE_EXCEEDED, "UPSTREAM_TIMEOUT")
+    assert err.metadata.get(USAGE_FINAL) == "true"
+    assert (err.metadata["input_tokens"], err.metadata["output_tokens"]) == (str(input_tokens), str(OUTPUT_TOKENS))
+    assert err.metadata["estimated"] == "false"
+    assert err.metadata["cost_usd"] == cost(input_tokens, OUTPUT_TOKENS, input_price, output_price)
+
+
+@pytest.mark.parametrize(("model", "wire"), [(model, wire) for model, wire, *_ in CASES])
+async def test_a_stream_cut_before_its_usage_is_of_unknown_outcome(
+    tmp_path: Path, model: str, wire: Callable[[bool], bytes]
+) -> None:
+    async with (
+        StallingUpstream(wire(False)) as upstream,
+        providers_service(tmp_path, upstream.url, upstream.url, total_timeout_s=1.0, read_timeout_s=10.0) as stub,
+    ):
+        _, err = await stream_to_failure(stub, request(model))
+    assert (err.code, err.reason) == (grpc.StatusCode.DEADLINE_EXCEEDED, "UPSTREAM_TIMEOUT")
+    assert USAGE_FINAL not in err.metadata and "cost_usd" not in err.metadata  # the router owes its worst case
