@@ -244,11 +244,19 @@ class Replays:
         if self._redis is None:
             self._keep_in_memory(request_id, Kept(sent, body, headers, stream=stream and body is not None), self.ttl_s)
             return
+        key = PREFIX + request_id
+        # Its answer, else its digest alone; counted as kept (its key and JSON text: an emoji's 4 bytes are 12 there).
+        entries = [Kept(sent, body, headers, stream=stream).dumps()] if body is not None else []
+        entries.append(Kept(sent).dumps())
         try:
-            if body is not None and not await self._within_tenant_bytes(tenant, len(body)):
-                body, headers = None, None
-            kept = Kept(sent, body, headers, stream=stream and body is not None)
-            await self._redis.set(PREFIX + request_id, kept.dumps(), ex=self.ttl_s)
+            for entry in entries:
+                if await self._within_tenant_bytes(tenant, len(key) + len(entry.encode())):
+                    await self._redis.set(key, entry, ex=self.ttl_s)
+                    return
+                log.warning(
+                    "idempotency entry not kept: its tenant's bytes kept are spent",
+                    extra={"request_id": request_id, "tenant": tenant, "digest_alone": entry == entries[-1]},
+                )
         except (RedisError, RedisClusterException, OSError) as err:
             PASSED["keep"].inc()
             log.warning("idempotency answer not kept", extra={"request_id": request_id, "error": repr(err)[:200]})

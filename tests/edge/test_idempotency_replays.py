@@ -189,7 +189,7 @@ async def test_in_redis_a_tenant_keeps_answers_up_to_its_bytes_and_others_keep_t
     request under new keys (each a response cache hit, free) kept an answer per key. Past its bytes in the window, its
     answers are kept as their digests (the retry is the router's 409, a different body the 422); another tenant's are
     kept still."""
-    replays = Replays(ttl_s=3600, max_answer_bytes=1000, memory_bytes=3000, tenant_bytes=2000, url=redis_url)
+    replays = Replays(ttl_s=3600, max_answer_bytes=1000, memory_bytes=3000, tenant_bytes=2500, url=redis_url)
     sent, answer = digest("/v1/chat/completions", b"{}"), b"x" * 900
     try:
         for n in range(3):
@@ -201,4 +201,28 @@ async def test_in_redis_a_tenant_keeps_answers_up_to_its_bytes_and_others_keep_t
             await replays.lookup("idem-2", digest("/v1/chat/completions", b"{ }"))
         assert refused.value.code == "idempotency_key_mismatch"
     finally:
+        await replays.close()
+
+
+async def test_in_redis_a_tenants_bytes_bound_what_its_answers_take_there(redis_url: str) -> None:
+    """EDGE_IDEMPOTENCY_TENANT_BYTES bounds what the tenant's answers take in the store, not their bodies' length:
+    kept as JSON text, an answer's non-ASCII characters are escaped (an emoji's 4 UTF-8 bytes are 12), and its headers
+    and digest are kept beside it. Counted by its body's length, a tenant's answers took over three times the bound."""
+    import redis.asyncio as redis
+
+    bound = 10_000
+    replays = Replays(ttl_s=3600, max_answer_bytes=1000, memory_bytes=3000, tenant_bytes=bound, url=redis_url)
+    client = redis.from_url(redis_url)
+    sent, answer = digest("/v1/chat/completions", b"{}"), "\N{GRINNING FACE}".encode() * 225  # 900 bytes
+    headers = {"x-router-model": "cheap-model", "x-router-reason": "r" * 200}
+    try:
+        for n in range(20):
+            await replays.keep(f"idem-{n}", sent, answer, headers, tenant="hog")
+        kept = [n for n in range(20) if await replays.lookup(f"idem-{n}", sent) is not None]
+        assert kept and kept == list(range(len(kept)))  # the first ones, up to the bound
+        keys = [replays_module.PREFIX + f"idem-{n}" for n in kept]
+        took = sum([len(key) + await client.strlen(key) for key in keys])
+        assert took <= bound, (kept, took)
+    finally:
+        await client.aclose()
         await replays.close()
