@@ -226,3 +226,29 @@ async def test_in_redis_a_tenants_bytes_bound_what_its_answers_take_there(redis_
     finally:
         await client.aclose()
         await replays.close()
+
+
+async def test_in_redis_a_tenants_bytes_are_given_back_in_the_next_replay_window(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bytes are counted per replay window, for as long as the store keeps the window's answers (twice the window):
+    a tenant past its bytes keeps answers again in the next window, and its counter is not kept forever."""
+    import redis.asyncio as redis
+
+    replays = Replays(ttl_s=3600, max_answer_bytes=1000, memory_bytes=3000, tenant_bytes=2500, url=redis_url)
+    client = redis.from_url(redis_url)
+    sent, answer = digest("/v1/chat/completions", b"{}"), b"x" * 900
+    now = 3600 * 500_000 + 1800.0
+    monkeypatch.setattr(replays_module.time, "time", lambda: now)
+    try:
+        for n in range(3):
+            await replays.keep(f"idem-{n}", sent, answer, {}, tenant="hog")
+        assert await replays.lookup("idem-2", sent) is None  # past its bytes
+        counters = [key async for key in client.scan_iter(replays_module.KEPT_BYTES + "*")]
+        assert len(counters) == 1 and 0 < await client.ttl(counters[0]) <= 2 * 3600
+        monkeypatch.setattr(replays_module.time, "time", lambda: now + 3600)
+        await replays.keep("idem-next", sent, answer, {}, tenant="hog")
+        assert await replays.lookup("idem-next", sent) is not None
+    finally:
+        await client.aclose()
+        await replays.close()
