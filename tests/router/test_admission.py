@@ -173,6 +173,27 @@ async def test_a_refusal_names_the_short_answer_the_request_asked(fields: dict[s
     assert f"cannot pay for a {short}-token answer" in err.value.message, err.value.message
 
 
+@pytest.mark.parametrize(("short_by", "admitted"), [(0, True), (1, False)])
+async def test_a_budget_that_pays_the_max_tokens_under_the_short_answer_admits_the_request(
+    short_by: int, admitted: bool
+) -> None:
+    """A max_tokens under ROUTER_MIN_OUTPUT_TOKENS is the short answer the budget must pay for: a budget that pays for
+    exactly its 5 tokens on the chosen model (not the strong fallback, dropped) admits it, holding that; a pico-dollar
+    less is refused."""
+    gate, r = await routed(request(max_tokens=5))
+    assert isinstance(gate.store, MemoryStore)
+    cheap = REGISTRY.models[0]
+    worst = worst_pico(cheap, r.limits.billed_input(cheap), 5)
+    await gate.store.set_limit("tenant", ACCOUNT.tenant, worst - short_by)
+    if admitted:
+        await gate.admit(r)
+        assert r.hold is not None and r.hold.pico == worst and [o.model.name for o in r.plan.order] == ["cheap"]
+    else:
+        with pytest.raises(ServiceError) as err:
+            await gate.admit(r)
+        assert "cannot pay for a 5-token answer" in err.value.message, err.value.message
+
+
 async def test_a_cost_cap_below_any_short_answer_names_max_cost_usd() -> None:
     with pytest.raises(ServiceError) as err:
         await routed(request(max_cost_usd=str(Decimal("0.0000001"))))
