@@ -18,13 +18,14 @@ it cost nothing, the 409 when it did), unless the router refused it as a duplica
 Where: the edge's Redis (EDGE_BATCH_REDIS_URL), which its replicas share, when set; else this process's memory,
 bounded by EDGE_IDEMPOTENCY_MEMORY_BYTES (oldest dropped first), so a retry reaching another replica, or one after
 a restart, gets the 409. In the Redis, which has no bound of its own (noeviction: it holds every tenant's batches),
-each tenant keeps at most EDGE_IDEMPOTENCY_TENANT_BYTES of answers per replay window (so at most twice that at once):
-past it an answer is kept as its digest. A response cache hit costs nothing, so unbounded, one tenant resending a
-long answer's request under new keys filled the store, for free, until every tenant's batch creation failed. A store
-that fails, or is slower than EDGE_IDEMPOTENCY_LOOKUP_TIMEOUT_S as a request arrives, is passed over (logged, counted
-in llmrouter_edge_idempotency_store_passed_total): the router still serves and charges the request id once, so a
-replay or marker missed is a 409, never a second charge. The answer is kept after it is sent (app.Edge._keyed): a slow
-store never holds a caller's answer up."""
+each tenant's entries take at most EDGE_IDEMPOTENCY_TENANT_BYTES per replay window (so at most twice that at once),
+counted as stored (key and JSON text): past it an answer is kept as its digest, and past that nothing is (its retry
+is the router's 409, as one of another body). A response cache hit costs nothing, so unbounded, one tenant resending a
+request under new keys filled the store, for free, until every tenant's batch creation failed. A store that fails, or
+is slower than EDGE_IDEMPOTENCY_LOOKUP_TIMEOUT_S as a request arrives, is passed over (logged, counted in
+llmrouter_edge_idempotency_store_passed_total): the router still serves and charges the request id once, so a replay
+or marker missed is a 409, never a second charge. The answer is kept after it is sent (app.Edge._keyed): a slow store
+never holds a caller's answer up."""
 
 from __future__ import annotations
 
@@ -50,7 +51,18 @@ from services.edge.openai_api import ApiError
 log = logging.getLogger("llmrouter.edge")
 
 PREFIX = "llmrouter:edge:idempotency:"
-KEPT_BYTES = "llmrouter:edge:idempotency-bytes:"  # + tenant and window: the bytes of answers the tenant kept in it
+KEPT_BYTES = "llmrouter:edge:idempotency-bytes:"  # + tenant and window: the bytes of entries the tenant kept in it
+# Count ARGV[1] bytes on the counter KEYS[1] (kept ARGV[3] s) when its total stays within ARGV[2], in one step across
+# edges: bytes refused are not counted.
+COUNT = """
+local total = redis.call('INCRBY', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+if total > tonumber(ARGV[2]) then
+  redis.call('DECRBY', KEYS[1], ARGV[1])
+  return 0
+end
+return 1
+"""
 REPLAYED = "idempotent-replayed"  # the header a replayed answer carries, as Stripe's
 MISMATCH = "idempotency_key_mismatch"
 # Started markers outlive the call they name by this much (its timeout bounds it): the first's answer being kept.
@@ -276,19 +288,11 @@ class Replays:
             return False
 
     async def _within_tenant_bytes(self, tenant: str, size: int) -> bool:
-        """Whether an answer of `size` bytes is within what `tenant` may keep in this replay window, counted with it.
-        Answers live ttl_s, so those kept at once are of this window and the last: at most twice tenant_bytes."""
+        """Whether an entry of `size` bytes is within what `tenant` may keep in this replay window: counted then, else
+        not (the room it would take is left for its digest). Entries live ttl_s, so those kept at once are of this
+        window and the last: at most twice tenant_bytes."""
         counter = f"{KEPT_BYTES}{tenant}:{int(time.time()) // self.ttl_s}"
-        async with self._redis.pipeline(transaction=False) as pipe:  # one key: its cluster node alone
-            pipe.incrby(counter, size)
-            pipe.expire(counter, 2 * self.ttl_s)
-            total, _ = await pipe.execute()
-        if total > self.tenant_bytes:
-            log.warning(
-                "idempotency answer kept as its digest: its tenant's bytes kept are spent", extra={"tenant": tenant}
-            )
-            return False
-        return True
+        return bool(await self._redis.eval(COUNT, 1, counter, size, self.tenant_bytes, 2 * self.ttl_s))
 
     async def close(self) -> None:
         if self._redis is not None:

@@ -252,3 +252,30 @@ async def test_in_redis_a_tenants_bytes_are_given_back_in_the_next_replay_window
     finally:
         await client.aclose()
         await replays.close()
+
+
+async def test_in_redis_a_tenants_digests_count_against_its_bytes_too(redis_url: str) -> None:
+    """A stream (or an answer past the tenant's bytes) is kept as its digest, which takes room too: counted against its
+    tenant's bytes, and past them not kept at all (a retry is the router's 409, as when the store is out of reach).
+    Kept whatever the bound, a tenant resending a request (a response cache hit, free) under new keys kept a digest
+    per key, without end, in the store every tenant's batches share. Another tenant's are kept still."""
+    import redis.asyncio as redis
+
+    bound = 2000
+    replays = Replays(ttl_s=3600, max_answer_bytes=1000, memory_bytes=3000, tenant_bytes=bound, url=redis_url)
+    client = redis.from_url(redis_url)
+    sent = digest("/v1/chat/completions", b"{}")
+    try:
+        for n in range(100):
+            await replays.keep(f"idem-{n}", sent, None, None, tenant="hog")  # a stream's
+        await replays.keep("idem-other", sent, None, None, tenant="acme")
+        keys = [key async for key in client.scan_iter(replays_module.PREFIX + "idem-*")]
+        hogs = [key for key in keys if key != (replays_module.PREFIX + "idem-other").encode()]
+        took = sum([len(key) + await client.strlen(key) for key in hogs])
+        assert 0 < took <= bound, (len(hogs), took)
+        assert len(keys) == len(hogs) + 1  # the other tenant's digest kept
+        with pytest.raises(ApiError):  # the first ones, within the bound, still tell another body's retry
+            await replays.lookup("idem-0", digest("/v1/chat/completions", b"{ }"))
+    finally:
+        await client.aclose()
+        await replays.close()
