@@ -279,3 +279,27 @@ async def test_in_redis_a_tenants_digests_count_against_its_bytes_too(redis_url:
     finally:
         await client.aclose()
         await replays.close()
+
+
+async def test_in_redis_two_edges_keeping_at_once_stay_within_the_tenants_bytes(redis_url: str) -> None:
+    """Two edges keeping one tenant's answers at once count them on one counter, each in one step: together they keep
+    no more than its bytes, and no less than the bound leaves room for."""
+    import redis.asyncio as redis
+
+    bound = 10_000
+    edges = [
+        Replays(ttl_s=3600, max_answer_bytes=1000, memory_bytes=3000, tenant_bytes=bound, url=redis_url)
+        for _ in range(2)
+    ]
+    client = redis.from_url(redis_url)
+    sent, answer = digest("/v1/chat/completions", b"{}"), b"x" * 900
+    try:
+        await asyncio.gather(*(edges[n % 2].keep(f"idem-{n:02}", sent, answer, {}, tenant="hog") for n in range(60)))
+        keys = [key async for key in client.scan_iter(replays_module.PREFIX + "idem-*")]
+        took = sum([len(key) + await client.strlen(key) for key in keys])
+        one = len(keys[0]) + len(Kept(sent, answer, {}).dumps())
+        assert bound - one < took <= bound, took
+    finally:
+        await client.aclose()
+        for replays in edges:
+            await replays.close()
