@@ -158,6 +158,7 @@ class Dispatcher:
         input_progress: bool = False,
         cue: Callable[[], Awaitable[None]] | None = None,
         refusal_progress: bool = False,
+        usage_final: bool = False,
     ) -> AsyncGenerator[provider_pb2.GenerateChunk, None]:
         """Retried before the first delivered token; what failed attempts consumed is reported on top, and no
         attempt is retried once that exceeds `retry_budget` (USD; None: no limit). With `tool_call_progress`, the
@@ -165,7 +166,9 @@ class Dispatcher:
         `input_progress`, the attempt's input once the upstream reports it (an `input` chunk); with
         `refusal_progress`, the model's refusal as it streams in (`refusal_delta` chunks; without it, the refusal
         comes whole in the final chunk only). With `cue`, the upstream is reached only once it returns, after a
-        `ready_to_send` chunk (GenerateStreamOnCue)."""
+        `ready_to_send` chunk (GenerateStreamOnCue). With `usage_final`, an attempt cut by its deadline after its
+        upstream reported its whole usage fails with that usage, marked so (without it, a caller of a version before
+        would charge it on top of the attempt's worst case)."""
         start = time.perf_counter()
         deadline = self._deadline(budget_s)
         retries = 0
@@ -223,12 +226,16 @@ class Dispatcher:
                             # bills, before its stream's end marker (OpenAI's [DONE], Anthropic's message_stop): the
                             # bill is known, so it is charged, not the attempt's worst case, when the counts hold.
                             # Before that, what it generates is unknown (never retried: its worst case is owed).
-                            reported_whole = _finished(end) and await wasted.add_exact(model, request, end)
+                            reported_whole = (
+                                usage_final and _finished(end) and await wasted.add_exact(model, request, end)
+                            )
                         if retry_budget is not None and wasted.cost > retry_budget:
                             # Another attempt could write its all on top: past what the caller holds for the call.
                             raise self._failure(model, request, err, retries, wasted, reported_whole) from None
-                        if wasted.cost or wasted.usage.input_tokens:
-                            # Said before the retry: a caller that leaves during it still knows what to charge.
+                        if (wasted.cost or wasted.usage.input_tokens) and not reported_whole:
+                            # Said before the retry: a caller that leaves during it still knows what to charge. Not
+                            # the usage of an attempt cut after its whole usage, which no retry follows: a caller that
+                            # got it but not the failure (it left between them) owes the worst case on top.
                             yield provider_pb2.GenerateChunk(consumed=wasted.response())
                         await self._backoff(model, request, err, retries, deadline, wasted, reported_whole)
                         retries += 1

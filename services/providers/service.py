@@ -65,6 +65,7 @@ class ProviderServicer(provider_pb2_grpc.ProviderServicer):
             request.input_progress,
             cue,
             request.refusal_progress,
+            request.usage_final,
         )
         # aclosing: a caller that goes away closes the upstream stream now, not whenever the GC gets to it.
         async with aclosing(stream) as chunks:

@@ -247,6 +247,7 @@ class Serving:
             request = generate_request(routed, option.model, self.admission.end_users)
             request.retry_budget_usd = format(retry_budget(routed, stream.worst), "f")
             request.tool_call_progress = request.input_progress = request.refusal_progress = True
+            request.usage_final = True  # attempt_cost reads the mark
             chunks = provider_chunks(self.providers, request, lambda: routed.time_left(context), stream.cue)
             try:
                 async for chunk in chunks:

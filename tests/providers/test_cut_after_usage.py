@@ -2,7 +2,11 @@
 after the finish, Anthropic's message_delta), only its end marker ([DONE], message_stop) still to come: nothing
 unknown is left, so the failure carries that usage, marked whole (usage_final), for the router to charge it rather
 than the attempt's worst case. Cut before the usage, the outcome is unknown, as before: no measure, no mark. An
-answer of tool calls alone, which delivers nothing before the end; real providers service, upstreams on loopback."""
+answer of tool calls alone, which delivers nothing before the end; real providers service, upstreams on loopback.
+Only a caller that asks (GenerateRequest.usage_final) is told so: a router of the version before charges a timeout's
+worst case on top of what its metadata measures, and would pay that usage twice. No `consumed` chunk carries it
+either: no retry follows, and a router that got the chunk but never the failure (its caller left between them) owes
+the worst case on top of what the chunk said."""
 
 from __future__ import annotations
 
@@ -13,10 +17,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from llmrouter.errors import USAGE_FINAL
+from llmrouter.errors import USAGE_FINAL, ServiceError
+from llmrouter.v1 import provider_pb2, provider_pb2_grpc
 from tests.fakes.raw_upstream import StallingUpstream
 from tests.providers.conftest import providers_service
-from tests.providers.helpers import cost, request, stream_to_failure
+from tests.providers.helpers import cost, error_of, request, stream_to_failure
 from tests.providers.test_hostile_upstream import MESSAGE_START, events, openai_chunk
 
 ARGUMENTS = json.dumps({"query": "the capital of France"})
@@ -65,8 +70,8 @@ async def test_a_stream_cut_after_its_whole_usage_carries_that_usage_marked_whol
         StallingUpstream(wire(True)) as upstream,
         providers_service(tmp_path, upstream.url, upstream.url, total_timeout_s=1.0, read_timeout_s=10.0) as stub,
     ):
-        deltas, err = await stream_to_failure(stub, request(model))
-    assert deltas == [""] * len(deltas)  # tool calls alone: nothing delivered before the end
+        chunks, err = await chunks_to_failure(stub, request(model, usage_final=True))
+    assert chunks == []  # tool calls alone: nothing delivered before the end; no `consumed` chunk either
     assert (err.code, err.reason) == (grpc.StatusCode.DEADLINE_EXCEEDED, "UPSTREAM_TIMEOUT")
     assert err.metadata.get(USAGE_FINAL) == "true"
     assert (err.metadata["input_tokens"], err.metadata["output_tokens"]) == (str(input_tokens), str(OUTPUT_TOKENS))
@@ -82,6 +87,32 @@ async def test_a_stream_cut_before_its_usage_is_of_unknown_outcome(
         StallingUpstream(wire(False)) as upstream,
         providers_service(tmp_path, upstream.url, upstream.url, total_timeout_s=1.0, read_timeout_s=10.0) as stub,
     ):
-        _, err = await stream_to_failure(stub, request(model))
+        _, err = await stream_to_failure(stub, request(model, usage_final=True))
     assert (err.code, err.reason) == (grpc.StatusCode.DEADLINE_EXCEEDED, "UPSTREAM_TIMEOUT")
     assert USAGE_FINAL not in err.metadata and "cost_usd" not in err.metadata  # the router owes its worst case
+
+
+@pytest.mark.parametrize(("model", "wire"), [(model, wire) for model, wire, *_ in CASES])
+async def test_a_caller_that_does_not_ask_is_told_an_unknown_outcome_as_before(
+    tmp_path: Path, model: str, wire: Callable[[bool], bytes]
+) -> None:
+    async with (
+        StallingUpstream(wire(True)) as upstream,
+        providers_service(tmp_path, upstream.url, upstream.url, total_timeout_s=1.0, read_timeout_s=10.0) as stub,
+    ):
+        chunks, err = await chunks_to_failure(stub, request(model))
+    assert chunks == []
+    assert (err.code, err.reason) == (grpc.StatusCode.DEADLINE_EXCEEDED, "UPSTREAM_TIMEOUT")
+    # Its worst case is all it is charged: the usage measured on top would be that attempt's tokens paid twice.
+    assert USAGE_FINAL not in err.metadata and "cost_usd" not in err.metadata
+
+
+async def chunks_to_failure(
+    stub: provider_pb2_grpc.ProviderStub, req: provider_pb2.GenerateRequest
+) -> tuple[list[provider_pb2.GenerateChunk], ServiceError]:
+    """A stream that must end in an error: every chunk it sent first (of any kind), and that error."""
+    chunks: list[provider_pb2.GenerateChunk] = []
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for chunk in stub.GenerateStream(req):
+            chunks.append(chunk)
+    return chunks, error_of(caught.value)

@@ -37,7 +37,7 @@ class CutAfterUsage(provider_pb2_grpc.ProviderServicer):
         cost = REGISTRY.models[0].usage_cost_usd(USAGE)
         metadata = {"provider": "p", "model": request.model, "retries": "0", "estimated": "false"}
         metadata |= {"input_tokens": "20", "output_tokens": "30", "cost_usd": format(cost, "f")}
-        if self.final:
+        if self.final and request.usage_final:  # told only to a caller that asks, as the providers tell it
             metadata[USAGE_FINAL] = "true"
         error = ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED, "UPSTREAM_TIMEOUT", "p: no answer in time", metadata)
         await context.abort(error.code, error.message, error.trailing_metadata())
