@@ -116,3 +116,42 @@ async def chunks_to_failure(
         async for chunk in stub.GenerateStream(req):
             chunks.append(chunk)
     return chunks, error_of(caught.value)
+
+
+def openai_wire_counting_as_it_goes() -> bytes:
+    """A server that reports the usage so far with every chunk (vLLM's continuous usage stats), cut before its finish:
+    the count it last gave is not the whole answer's."""
+    call = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "search", "arguments": ARGUMENTS}}
+    told = openai_chunk({"role": "assistant", "tool_calls": [call]})
+    told["usage"] = {"prompt_tokens": 25, "completion_tokens": 12}
+    return events(told)  # and no finish: the upstream stalls while still generating
+
+
+def anthropic_wire_reporting_nothing_written() -> bytes:
+    """A finish whose count the answer belies: no output for a tool call's arguments (a proxy zeroing usage)."""
+    tool = {"type": "tool_use", "id": "toolu_1", "name": "search", "input": {}}
+    delta = {"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 0}}
+    return events(
+        MESSAGE_START,
+        {"type": "content_block_start", "index": 0, "content_block": tool},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": ARGUMENTS}},
+        {"type": "content_block_stop", "index": 0},
+        delta,
+        anthropic=True,
+    )
+
+
+@pytest.mark.parametrize(
+    ("model", "wire"),
+    [("cheap", openai_wire_counting_as_it_goes), ("claude", anthropic_wire_reporting_nothing_written)],
+)
+async def test_a_usage_before_the_finish_or_one_the_answer_belies_is_no_whole_bill(
+    tmp_path: Path, model: str, wire: Callable[[], bytes]
+) -> None:
+    async with (
+        StallingUpstream(wire()) as upstream,
+        providers_service(tmp_path, upstream.url, upstream.url, total_timeout_s=1.0, read_timeout_s=10.0) as stub,
+    ):
+        _, err = await stream_to_failure(stub, request(model, usage_final=True))
+    assert (err.code, err.reason) == (grpc.StatusCode.DEADLINE_EXCEEDED, "UPSTREAM_TIMEOUT")
+    assert USAGE_FINAL not in err.metadata and "cost_usd" not in err.metadata  # the router owes its worst case
