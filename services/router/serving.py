@@ -418,8 +418,10 @@ def attempt_cost(error: ServiceError, model: ModelSpec, worst: Decimal) -> Decim
         return worst
     # Nothing unknown when no upstream had the request, nor when the providers report the upstream's whole usage
     # before a timeout cut the call (usage_final, services/providers/dispatch.py: a stream that said it finished and
-    # what it bills, cut before its end marker): the measure is the bill.
-    known = error.metadata.get("sent") == "false" or error.metadata.get(USAGE_FINAL) == "true"
+    # what it bills, cut before its end marker): the measure is the bill. Marked without a measure (the providers price
+    # it at nothing, their registry reloaded on its own; or a buggy service's), it is no bill: the worst case stands.
+    whole = error.metadata.get(USAGE_FINAL) == "true" and "cost_usd" in error.metadata
+    known = error.metadata.get("sent") == "false" or whole
     unknown = (error.code in UNKNOWN_OUTCOME or cut_in_transit(error)) and not known
     return measured + (worst if unknown else 0)
 

@@ -27,8 +27,8 @@ USAGE = common_pb2.Usage(input_tokens=20, output_tokens=30)
 class CutAfterUsage(provider_pb2_grpc.ProviderServicer):
     """Fails a stream as the providers fail one cut by its deadline, with the usage the upstream reported."""
 
-    def __init__(self, final: bool) -> None:
-        self.final = final
+    def __init__(self, final: bool, measured: bool = True) -> None:
+        self.final, self.measured = final, measured
 
     async def ListModels(self, request: Any, context: Any) -> common_pb2.ListModelsResponse:
         return common_pb2.ListModelsResponse(models=[REGISTRY.info(m) for m in REGISTRY.models])
@@ -36,7 +36,8 @@ class CutAfterUsage(provider_pb2_grpc.ProviderServicer):
     async def GenerateStream(self, request: Any, context: Any) -> AsyncIterator[provider_pb2.GenerateChunk]:
         cost = REGISTRY.models[0].usage_cost_usd(USAGE)
         metadata = {"provider": "p", "model": request.model, "retries": "0", "estimated": "false"}
-        metadata |= {"input_tokens": "20", "output_tokens": "30", "cost_usd": format(cost, "f")}
+        if self.measured:
+            metadata |= {"input_tokens": "20", "output_tokens": "30", "cost_usd": format(cost, "f")}
         if self.final and request.usage_final:  # told only to a caller that asks, as the providers tell it
             metadata[USAGE_FINAL] = "true"
         error = ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED, "UPSTREAM_TIMEOUT", "p: no answer in time", metadata)
@@ -44,12 +45,12 @@ class CutAfterUsage(provider_pb2_grpc.ProviderServicer):
         yield provider_pb2.GenerateChunk()  # never reached: a generator, as the servicer's method is
 
 
-async def charged(tmp_path: Path, final: bool) -> Decimal:
+async def charged(tmp_path: Path, final: bool, measured: bool = True) -> Decimal:
     """What a stream of the cheap model, cut so, was charged in the ledger."""
     store = MemoryStore()
     message = common_pb2.ChatMessage(role="user", content="Look it up.")
     request = router_pb2.CompleteRequest(messages=[message], tenant="t", model="cheap", max_tokens=50)
-    async with router_servicer(tmp_path, store, CutAfterUsage(final)) as servicer:
+    async with router_servicer(tmp_path, store, CutAfterUsage(final, measured)) as servicer:
         with acting_as(ANONYMOUS), pytest.raises(ServiceError):
             async for _ in servicer.CompleteStream(request, NoDeadline()):
                 pass
@@ -67,3 +68,12 @@ async def test_a_timeout_of_unknown_outcome_is_owed_its_worst_case_too(tmp_path:
     cheap = REGISTRY.get("cheap")
     assert cheap is not None
     assert await charged(tmp_path, final=False) > cheap.usage_cost_usd(USAGE)
+
+
+async def test_a_whole_usage_marked_without_its_measure_is_no_bill(tmp_path: Path) -> None:
+    """The mark with no counts (the providers leave them out of a failure they price at nothing: their registry,
+    reloaded on its own, at a price of 0 the request was not admitted at; or a buggy providers service) is charged
+    the worst case, not nothing."""
+    worst = await charged(tmp_path, final=False, measured=False)
+    assert worst > 0
+    assert await charged(tmp_path, final=True, measured=False) == worst
