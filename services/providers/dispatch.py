@@ -379,7 +379,9 @@ class Dispatcher:
             metadata["upstream_status"] = str(err.status)
         if err.retry_after is not None:
             metadata["retry_after_s"] = retry_after_header(err.retry_after)
-        if wasted and wasted.cost:  # tokens the failed attempts consumed: the caller charges them
+        # Tokens the failed attempts consumed: the caller charges them (at its own prices). A whole usage is told even
+        # priced at nothing here: its mark without them would leave the caller no measure.
+        if wasted and (wasted.cost or reported_whole):
             metadata.update(wasted.metadata())
         if reported_whole and err.kind in _UNKNOWN_OUTCOME:
             # Of a failure that is otherwise of unknown outcome, its usage is known whole (in the metadata): the

@@ -20,7 +20,7 @@ import pytest
 from llmrouter.errors import USAGE_FINAL, ServiceError
 from llmrouter.v1 import provider_pb2, provider_pb2_grpc
 from tests.fakes.raw_upstream import StallingUpstream
-from tests.providers.conftest import providers_service
+from tests.providers.conftest import model_entry, providers_service
 from tests.providers.helpers import cost, error_of, request, stream_to_failure
 from tests.providers.test_hostile_upstream import MESSAGE_START, events, openai_chunk
 
@@ -155,3 +155,20 @@ async def test_a_usage_before_the_finish_or_one_the_answer_belies_is_no_whole_bi
         _, err = await stream_to_failure(stub, request(model, usage_final=True))
     assert (err.code, err.reason) == (grpc.StatusCode.DEADLINE_EXCEEDED, "UPSTREAM_TIMEOUT")
     assert USAGE_FINAL not in err.metadata and "cost_usd" not in err.metadata  # the router owes its worst case
+
+
+async def test_a_whole_usage_priced_at_nothing_is_told_with_its_counts(tmp_path: Path) -> None:
+    """A model the providers' registry prices at 0 (reloaded on its own, it may differ from the prices the router
+    admitted the request at, which it charges the counts at): the counts are told all the same, with the mark. Left
+    out, the router had the mark and no measure: the worst case, not the usage."""
+    free = model_entry("free", "fakeai", "economy", "0", "0", upstream="cheap-upstream-v1")
+    async with (
+        StallingUpstream(openai_wire(True)) as upstream,
+        providers_service(
+            tmp_path, upstream.url, upstream.url, extra_models=[free], total_timeout_s=1.0, read_timeout_s=10.0
+        ) as stub,
+    ):
+        _, err = await stream_to_failure(stub, request("free", usage_final=True))
+    assert err.metadata.get(USAGE_FINAL) == "true"
+    assert (err.metadata.get("input_tokens"), err.metadata.get("output_tokens")) == ("25", str(OUTPUT_TOKENS))
+    assert err.metadata.get("cost_usd") == "0"
