@@ -1,0 +1,146 @@
+"""What a collect charges and tells of a provider batch line when another collect got there first, or kept a line
+whose charge never landed. A collect giving a batch up charges a kept *answer* in place of the hold (the line was
+read, and the ledger says so at its cost); a kept line that is no answer (the provider said the line failed) is no
+answer to charge: the hold, as an outcome unknown. A collect that read the answer and found it charged meanwhile, at
+that answer's cost by another router's collect, tells the answer it read, not an outcome unknown. The router's
+servicer over Redis, the money's clock held by the test; real providers gRPC servers on loopback."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from llmrouter.auth import acting_as
+from llmrouter.errors import ServiceError
+from llmrouter.v1 import provider_pb2, router_pb2
+from services.router.servicer import RouterServicer
+from services.router.store import PICO, Account, Pending, RedisStore, period_id
+from tests.conftest import ledger_records
+from tests.fakes.lossy_proxy import LossyProxy
+from tests.router.servicer_kit import NoDeadline, router_servicer
+from tests.router.test_collect_model import ACCOUNT, LINE, REGISTRY, TENANT_CALLER, BatchProvider, batch_cost
+from tests.router.test_collect_passing_failures import HOLD_S, Deadline, WaitingClock
+from tests.router.test_collect_settled_lines import FORGOTTEN_BEFORE
+from tests.router.test_collect_told_as_ledger import FirstChargeCut
+
+
+class FailingThenForgetting(BatchProvider):
+    """Tells every line failed (billed nothing) at its first poll; then the provider forgets the batch."""
+
+    polls = 0
+
+    async def PollBatch(self, request: Any, context: Any) -> provider_pb2.PollBatchResponse:
+        self.polls += 1
+        if self.polls > 1:
+            await context.abort(FORGOTTEN_BEFORE.code, FORGOTTEN_BEFORE.message, FORGOTTEN_BEFORE.trailing_metadata())
+        results = [
+            provider_pb2.BatchLineResult(request_id=request_id, succeeded=False, error="server_error")
+            for request_id in request.request_ids
+        ]
+        return provider_pb2.PollBatchResponse(status="completed", ended=True, results=results)
+
+
+async def test_a_kept_line_that_is_no_answer_is_not_charged_as_one_when_the_batch_is_given_up(
+    redis_url: str, proxy: LossyProxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A collect read the line failed and kept it so, but its release never landed (the store out of reach). The
+    provider then forgot the batch; the collect giving it up charges the hold (batch_unknown), not the kept failure as
+    an answer (an `ok` record of no model and no tokens, at nothing)."""
+    store = FirstChargeCut(proxy.url_for(redis_url))
+    store.proxy = proxy
+    clock = WaitingClock(monkeypatch)
+    try:
+        async with router_servicer(
+            tmp_path, store, FailingThenForgetting(), REGISTRY, provider_batch_hold_s=HOLD_S
+        ) as router:
+            router.deferred.wait = clock.wait
+            with acting_as(TENANT_CALLER):
+                (sent,) = (await router.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[LINE]), NoDeadline())).lines
+                held = await store.pending_charge(ACCOUNT, LINE.request_id)
+                assert held is not None
+                collect = router_pb2.CollectBatchRequest(
+                    model="strong", provider_batch_id=sent.provider_batch_id, request_ids=[LINE.request_id]
+                )
+                with pytest.raises(ServiceError) as failed:
+                    await router.CollectBatch(collect, NoDeadline())
+                assert failed.value.code == grpc.StatusCode.UNAVAILABLE
+                assert await store.kept_answer(ACCOUNT, LINE.request_id) is not None  # kept before its release
+                clock.at = held.until - 100  # within the window's last quarter: a batch no try reads is given up
+                (given_up,) = (await router.CollectBatch(collect, Deadline(60.0))).lines
+        spent, _ = await store.spent(ACCOUNT, period_id("day", clock.at))
+        ledger = [r for r in await ledger_records(store.redis) if r["tenant"] == "acme"]
+    finally:
+        await store.close()
+    hold = Decimal(held.hold_pico) / PICO
+    assert [(r["outcome"], Decimal(r["cost_usd"])) for r in ledger] == [("batch_unknown", hold)]
+    assert spent == held.hold_pico
+    assert not given_up.succeeded and Decimal(given_up.charged_usd) == hold, given_up
+
+
+class CollectedElsewhereMeanwhile(RedisStore):
+    """The money store on Redis. Once armed, its next read of a pending charge answers what it read only after another
+    router's collect of the same line has run to its end (charged the line its answer)."""
+
+    armed = False
+    another: RouterServicer
+    collect: router_pb2.CollectBatchRequest
+    elsewhere: router_pb2.CollectBatchResponse | None = None
+
+    async def pending_charge(self, account: Account, request_id: str) -> Pending | None:
+        pending = await super().pending_charge(account, request_id)
+        if self.armed and pending is not None:
+            self.armed = False
+            self.elsewhere = await self.another.CollectBatch(self.collect, NoDeadline())
+        return pending
+
+
+class ArmingAtItsPoll(BatchProvider):
+    """Arms the store at each poll: the collect's next read of the line is the one its charge follows."""
+
+    def __init__(self, store: CollectedElsewhereMeanwhile) -> None:
+        self.store = store
+
+    async def PollBatch(self, request: Any, context: Any) -> provider_pb2.PollBatchResponse:
+        self.store.armed = self.store.elsewhere is None
+        return await super().PollBatch(request, context)
+
+
+async def test_a_line_charged_its_answer_by_another_collect_meanwhile_is_told_its_answer(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two routers collect the same line: the second's runs to its end (the line charged its answer) between the
+    first's read of the answer and its charge. The first finds the line charged at the very cost it read: the answer,
+    told as the ledger has it, not an outcome unknown."""
+    store = CollectedElsewhereMeanwhile(redis_url)
+    other_store = RedisStore(redis_url)
+    WaitingClock(monkeypatch)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    try:
+        async with (
+            router_servicer(tmp_path / "a", store, ArmingAtItsPoll(store), REGISTRY, provider_batch_hold_s=HOLD_S) as a,
+            router_servicer(tmp_path / "b", other_store, BatchProvider(), REGISTRY, provider_batch_hold_s=HOLD_S) as b,
+        ):
+            with acting_as(TENANT_CALLER):
+                (sent,) = (await a.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[LINE]), NoDeadline())).lines
+                store.another, store.collect = (
+                    b,
+                    router_pb2.CollectBatchRequest(
+                        model="strong", provider_batch_id=sent.provider_batch_id, request_ids=[LINE.request_id]
+                    ),
+                )
+                (first,) = (await a.CollectBatch(store.collect, NoDeadline())).lines
+        ledger = [r for r in await ledger_records(store.redis) if r["tenant"] == "acme"]
+    finally:
+        await other_store.close()
+        await store.close()
+    assert store.elsewhere is not None  # the other router's collect ran between this one's read and its charge
+    cost = Decimal(batch_cost("strong")) / PICO
+    assert [(r["outcome"], Decimal(r["cost_usd"])) for r in ledger] == [("ok", cost)]
+    for line in (store.elsewhere.lines[0], first):
+        assert line.succeeded and line.response.content == "an answer", line
+        assert Decimal(line.response.cost_usd) == cost
