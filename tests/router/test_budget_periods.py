@@ -56,3 +56,21 @@ async def test_what_remains_is_what_admission_leaves_while_a_reader_is_behind_th
         assert views[scope] == (old, 0, HELD, remaining)
     assert (await store.admit(ACCOUNT, allowance, Hold("one-more", remaining + 1, old, "r", "n3"))).refused == "tenant"
     assert (await store.admit(ACCOUNT, allowance, Hold("the-rest", remaining, old, "r", "n4"))).refused == ""
+
+
+async def test_a_keys_remaining_counts_its_own_spend_in_the_next_period_not_its_tenants(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another key of the tenant charged in the new day: the tenant's view has that spend to reckon with, the key's
+    view none of it, as admission sees them."""
+    clock = HeldMoneyClock(monkeypatch, DAY_END)
+    old, new = period_id("day", DAY_END - 1), period_id("day", DAY_END)
+    allowance = Allowance("day", tenant_pico=10 * LIMIT, key_pico=LIMIT)
+    another = Account(ACCOUNT.tenant, "key2")
+    landed = Hold("another-keys-charge", COST, new, "router-1", "n1")
+    assert (await store.admit(another, allowance, landed)).refused == ""
+    assert await store.charge(another, landed, COST, {"request_id": landed.request_id}, charge_id="c1")
+    clock.at = DAY_END - 1  # this reader's clock a moment behind the store's: the old day still
+    views = views_by_scope(await budgets(store, allowance, [ACCOUNT]))
+    assert views == {"tenant": (old, 0, 0, 10 * LIMIT - COST), "key": (old, 0, 0, LIMIT)}
+    assert (await store.admit(ACCOUNT, allowance, Hold("the-keys-all", LIMIT, old, "r", "n2"))).refused == ""
