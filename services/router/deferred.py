@@ -814,7 +814,10 @@ class Deferred:
         if pending is None:
             return router_pb2.CollectedLine(request_id=request_id, error=why, charged_usd="0")
         held_account, _ = pending.account_and_hold()
-        kept = await self._kept(held_account, request_id, pending.provider_batch or "")
+        # Only a line with its batch recorded: one with none is settled from no batch's results, and what is kept under
+        # none ('') is another line's (a line of the version before keeps its answer so), its request id used again.
+        batch = pending.provider_batch
+        kept = await self._kept(held_account, request_id, batch) if batch else None
         if kept is not None and kept.succeeded:
             # A collect read its answer from this batch and kept it, but its charge never landed (it failed): the line
             # is charged that answer, as read (at its admitted prices), not its hold as an outcome unknown, which the

@@ -14,11 +14,21 @@ from typing import Any
 import grpc
 import pytest
 
-from llmrouter.auth import acting_as
+from llmrouter.auth import Identity, acting_as
 from llmrouter.errors import ServiceError
 from llmrouter.v1 import provider_pb2, router_pb2
 from services.router.servicer import RouterServicer
-from services.router.store import PICO, Account, Pending, RedisStore, period_id
+from services.router.store import (
+    PICO,
+    Account,
+    AccountKeys,
+    Hold,
+    Pending,
+    RedisStore,
+    StoreUnavailable,
+    pending_field,
+    period_id,
+)
 from tests.conftest import ledger_records
 from tests.fakes.lossy_proxy import LossyProxy
 from tests.router.servicer_kit import NoDeadline, router_servicer
@@ -144,3 +154,55 @@ async def test_a_line_charged_its_answer_by_another_collect_meanwhile_is_told_it
     for line in (store.elsewhere.lines[0], first):
         assert line.succeeded and line.response.content == "an answer", line
         assert Decimal(line.response.cost_usd) == cost
+
+
+class RecordingCut(RedisStore):
+    """The money store on Redis; once `cut`, recording a line's provider batch meets the store out of reach."""
+
+    cut = False
+
+    async def record_provider_batch(self, account: Account, hold: Hold, batch_id: str) -> bool:
+        if self.cut:
+            raise StoreUnavailable()
+        return await super().record_provider_batch(account, hold, batch_id)
+
+
+async def test_a_line_with_no_batch_recorded_is_charged_its_hold_not_an_answer_kept_for_its_request_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_url: str
+) -> None:
+    """A line a router of the version before admitted (nothing recorded beside its pending charge) is collected here
+    and charged its answer. Its request id, once no longer used, is sent again by another key of the tenant, whose
+    line's provider batch goes unrecorded (the store out of reach): settled from no batch's results, it is charged its
+    hold, its worst case; never the first line's answer, kept meanwhile, told to the other key at that line's cost."""
+    store = RecordingCut(redis_url)
+    WaitingClock(monkeypatch)
+    another = Identity("reports", "acme")
+    keys, first_field = AccountKeys.of(ACCOUNT), pending_field(ACCOUNT, LINE.request_id)
+    try:
+        async with router_servicer(tmp_path, store, BatchProvider(), REGISTRY, provider_batch_hold_s=HOLD_S) as router:
+            with acting_as(TENANT_CALLER):
+                (sent,) = (await router.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[LINE]), NoDeadline())).lines
+                for recorded in (keys.batches, keys.models, keys.prices):  # as a router of the version before
+                    assert await store.redis.hdel(recorded, first_field) == 1
+                collect = router_pb2.CollectBatchRequest(
+                    model="strong", provider_batch_id=sent.provider_batch_id, request_ids=[LINE.request_id]
+                )
+                (first,) = (await router.CollectBatch(collect, NoDeadline())).lines
+            assert first.succeeded
+            # The request id's lifetime over (ROUTER_REQUEST_ID_TTL_S); its answer kept for longer (up to a week).
+            assert await store.redis.delete(keys.used(LINE.request_id), keys.charged(LINE.request_id)) == 2
+            store.cut = True
+            with acting_as(another):
+                await router.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[LINE]), NoDeadline())
+                store.cut = False
+                other = Account("acme", "caller:reports")
+                held = await store.pending_charge(other, LINE.request_id)
+                assert held is not None and held.provider_batch == ""  # its batch unrecorded
+                (second,) = (await router.CollectBatch(collect, NoDeadline())).lines
+        ledger = [r for r in await ledger_records(store.redis) if r["tenant"] == "acme"]
+    finally:
+        await store.close()
+    hold = Decimal(held.hold_pico) / PICO
+    assert not second.succeeded and second.response.content == "", second  # not the other key's answer
+    assert Decimal(second.charged_usd) == hold
+    assert [(r["outcome"], Decimal(r["cost_usd"])) for r in ledger][1:] == [("batch_unknown", hold)]
