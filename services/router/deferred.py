@@ -677,16 +677,19 @@ class Deferred:
             return await self._as_charged(account, request_id, unrecorded, counts)
         if charged_from != batch_id:
             return None
-        if not outcome.succeeded:
-            # No answer read now (the provider's result unread, or none): the line as a collect kept it before its
-            # charge, with the answer it was charged for, when that charge is the one on record. A collect keeps the
-            # line before charging it: one whose charge never landed (it failed, or the line was charged meanwhile at
-            # its hold, without an answer) leaves a line the ledger does not have, told as the charge on record is.
-            # Told as kept when the marker says no amount (a router of the version before charged it).
-            kept = await self._kept(account, request_id, batch_id)
-            charged = await self.store.charged_pico(account, request_id)
-            if kept is not None and charged in (None, _told_as(kept)):
-                outcome = kept
+        # The line as a collect kept it before its charge, with the answer it was charged for, when that charge is the
+        # one on record. A collect keeps the line before charging it: one whose charge never landed (it failed, or the
+        # line was charged meanwhile at its hold, without an answer) leaves a line the ledger does not have, told as
+        # the charge on record is. Told as kept when the marker says no amount (a router of the version before
+        # charged it).
+        kept = await self._kept(account, request_id, batch_id)
+        charged = await self.store.charged_pico(account, request_id)
+        if kept is not None and kept.succeeded and charged is not None and charged != _told_as(kept):
+            # A collect read its answer while it was pending, but the line was charged without it (its hold): told so
+            # by every collect, as the ledger has it, whether or not the provider gives the answer again.
+            outcome = router_pb2.CollectedLine(request_id=request_id, error=CHARGED_UNANSWERED.format(request_id))
+        elif not outcome.succeeded and kept is not None and charged in (None, _told_as(kept)):
+            outcome = kept  # no answer read now (the provider's result unread, or none): as kept
         return await self._as_charged(account, request_id, outcome, counts)
 
     async def _outcome(

@@ -17,6 +17,7 @@ import pytest
 from llmrouter.auth import Identity, acting_as
 from llmrouter.errors import ServiceError
 from llmrouter.v1 import provider_pb2, router_pb2
+from services.router.deferred import CHARGED_UNANSWERED
 from services.router.servicer import RouterServicer
 from services.router.store import (
     PICO,
@@ -35,7 +36,7 @@ from tests.router.servicer_kit import NoDeadline, router_servicer
 from tests.router.test_collect_model import ACCOUNT, LINE, REGISTRY, TENANT_CALLER, BatchProvider, batch_cost
 from tests.router.test_collect_passing_failures import HOLD_S, Deadline, WaitingClock
 from tests.router.test_collect_settled_lines import FORGOTTEN_BEFORE
-from tests.router.test_collect_told_as_ledger import FirstChargeCut
+from tests.router.test_collect_told_as_ledger import FirstChargeCut, ReconciledMeanwhile
 
 
 class FailingThenForgetting(BatchProvider):
@@ -206,3 +207,50 @@ async def test_a_line_with_no_batch_recorded_is_charged_its_hold_not_an_answer_k
     assert not second.succeeded and second.response.content == "", second  # not the other key's answer
     assert Decimal(second.charged_usd) == hold
     assert [(r["outcome"], Decimal(r["cost_usd"])) for r in ledger][1:] == [("batch_unknown", hold)]
+
+
+class ArmingAtItsFirstPoll(BatchProvider):
+    """Answers every line at every poll; arms the store at the first: the collect's next read of the line is the one
+    its charge follows."""
+
+    polls = 0
+
+    def __init__(self, store: ReconciledMeanwhile) -> None:
+        self.store = store
+
+    async def PollBatch(self, request: Any, context: Any) -> provider_pb2.PollBatchResponse:
+        self.store.armed = self.polls == 0
+        self.polls += 1
+        return await super().PollBatch(request, context)
+
+
+async def test_a_line_reconciled_while_its_answer_was_read_is_told_so_by_every_collect_while_the_provider_answers(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reconciler charged the line its hold between a collect's read of its answer and its charge: that collect
+    tells it charged without its answer, as the ledger has it (`reconciled`). A collect again (that reply lost) whose
+    provider still answers tells it so too, not the answer `succeeded` at the hold the ledger charged without it."""
+    store = ReconciledMeanwhile(redis_url)
+    store.clock = clock = WaitingClock(monkeypatch)
+    try:
+        async with router_servicer(
+            tmp_path, store, ArmingAtItsFirstPoll(store), REGISTRY, provider_batch_hold_s=HOLD_S
+        ) as router:
+            router.deferred.wait = clock.wait
+            with acting_as(TENANT_CALLER):
+                (sent,) = (await router.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[LINE]), NoDeadline())).lines
+                held = await store.pending_charge(ACCOUNT, LINE.request_id)
+                collect = router_pb2.CollectBatchRequest(
+                    model="strong", provider_batch_id=sent.provider_batch_id, request_ids=[LINE.request_id]
+                )
+                (first,) = (await router.CollectBatch(collect, NoDeadline())).lines
+                (again,) = (await router.CollectBatch(collect, NoDeadline())).lines
+        ledger = [r for r in await ledger_records(store.redis) if r["tenant"] == "acme"]
+    finally:
+        await store.close()
+    assert held is not None and not store.armed  # the reconciler ran between the collect's read and its charge
+    hold = Decimal(held.hold_pico) / PICO
+    assert [(r["outcome"], Decimal(r["cost_usd"])) for r in ledger] == [("reconciled", hold)]
+    for line in (first, again):
+        assert not line.succeeded and line.error == CHARGED_UNANSWERED.format(LINE.request_id), line
+        assert Decimal(line.charged_usd) == hold
