@@ -35,7 +35,7 @@ from tests.fakes.lossy_proxy import LossyProxy
 from tests.router.servicer_kit import NoDeadline, router_servicer
 from tests.router.test_collect_model import ACCOUNT, LINE, REGISTRY, TENANT_CALLER, BatchProvider, batch_cost
 from tests.router.test_collect_passing_failures import HOLD_S, Deadline, WaitingClock
-from tests.router.test_collect_settled_lines import FORGOTTEN_BEFORE
+from tests.router.test_collect_settled_lines import FORGOTTEN_BEFORE, ForgettingAfterOnePoll
 from tests.router.test_collect_told_as_ledger import FirstChargeCut, ReconciledMeanwhile
 
 
@@ -254,3 +254,34 @@ async def test_a_line_reconciled_while_its_answer_was_read_is_told_so_by_every_c
     for line in (first, again):
         assert not line.succeeded and line.error == CHARGED_UNANSWERED.format(LINE.request_id), line
         assert Decimal(line.charged_usd) == hold
+
+
+async def test_a_line_whose_charge_says_no_amount_is_told_as_kept_once_unreadable(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The collect that charged the line's answer lost its reply, and its charged marker says no amount (as a router
+    of the version before wrote it); the provider then forgot the batch. The next collect tells the answer kept, at its
+    cost: with no charge on record to tell otherwise, not failed for want of one."""
+    store = RedisStore(redis_url)
+    clock = WaitingClock(monkeypatch)
+    charged = AccountKeys.of(ACCOUNT).charged(LINE.request_id)
+    try:
+        async with router_servicer(
+            tmp_path, store, ForgettingAfterOnePoll(), REGISTRY, provider_batch_hold_s=HOLD_S
+        ) as router:
+            router.deferred.wait = clock.wait
+            with acting_as(TENANT_CALLER):
+                (sent,) = (await router.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[LINE]), NoDeadline())).lines
+                collect = router_pb2.CollectBatchRequest(
+                    model="strong", provider_batch_id=sent.provider_batch_id, request_ids=[LINE.request_id]
+                )
+                (lost,) = (await router.CollectBatch(collect, NoDeadline())).lines  # its reply never reaches the caller
+                marker = (await store.redis.get(charged)).decode()
+                assert await store.redis.set(charged, marker.rsplit(" ", 1)[0], keepttl=True)  # its amount dropped
+                assert await store.charged_pico(ACCOUNT, LINE.request_id) is None
+                (again,) = (await router.CollectBatch(collect, Deadline(60.0))).lines
+    finally:
+        await store.close()
+    assert lost.succeeded and again.succeeded, again
+    assert again.response == lost.response
+    assert Decimal(again.response.cost_usd) == Decimal(batch_cost("strong")) / PICO
