@@ -109,11 +109,26 @@ async def test_the_first_line_kept_stays(store: Store) -> None:
     """A line is kept once: of two collects settling it at once, the second to keep it (its charge then refused as
     charged before, told at that charge) keeps nothing over the first. Else one that gave the line up near its window's
     end (the provider unread) would leave its error over the answer charged, for the next collect to tell."""
-    answered, given_up = kept_line("pbatch-1", router_pb2.CollectedLine(request_id="r1", succeeded=True)), b"later"
-    assert answered is not None
+    answered = kept_line("pbatch-1", router_pb2.CollectedLine(request_id="r1", succeeded=True))
+    given_up = kept_line("pbatch-1", router_pb2.CollectedLine(request_id="r1", error="gave up", charged_usd="1"))
+    assert answered is not None and given_up is not None
     await store.keep_answer(ACCOUNT, "r1", answered, 60.0)
     await store.keep_answer(ACCOUNT, "r1", given_up, 60.0)
     assert await store.kept_answer(ACCOUNT, "r1") == answered
+
+
+async def test_a_line_kept_for_another_batch_is_replaced(store: Store) -> None:
+    """The tenant's request id used again in a new provider batch while its earlier line is kept: the new line is kept
+    over it (no collect of the new batch would tell the old one), and stays as the first kept for its batch."""
+    old, new, later = (
+        kept_line(batch, router_pb2.CollectedLine(request_id="r1", succeeded=True, error=why))
+        for batch, why in (("pbatch-1", ""), ("pbatch-10", ""), ("pbatch-10", "later"))
+    )
+    assert old is not None and new is not None and later is not None
+    await store.keep_answer(ACCOUNT, "r1", old, 60.0)
+    await store.keep_answer(ACCOUNT, "r1", new, 60.0)  # pbatch-10 begins with pbatch-1: not the same batch
+    await store.keep_answer(ACCOUNT, "r1", later, 60.0)
+    assert await store.kept_answer(ACCOUNT, "r1") == new
 
 
 async def test_an_answer_whose_charges_reply_was_lost_is_told_through_a_providers_outage(

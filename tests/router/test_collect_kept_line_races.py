@@ -285,3 +285,56 @@ async def test_a_line_whose_charge_says_no_amount_is_told_as_kept_once_unreadabl
     assert lost.succeeded and again.succeeded, again
     assert again.response == lost.response
     assert Decimal(again.response.cost_usd) == Decimal(batch_cost("strong")) / PICO
+
+
+class BatchAfterBatch(BatchProvider):
+    """A provider batch id of its own for each SubmitBatch; answers every line until it forgets every batch."""
+
+    created = 0
+    forgetting = False
+
+    async def SubmitBatch(self, request: Any, context: Any) -> provider_pb2.SubmitBatchResponse:
+        self.created += 1
+        return provider_pb2.SubmitBatchResponse(batch_id=f"pbatch-{self.created}")
+
+    async def PollBatch(self, request: Any, context: Any) -> provider_pb2.PollBatchResponse:
+        if self.forgetting:
+            await context.abort(FORGOTTEN_BEFORE.code, FORGOTTEN_BEFORE.message, FORGOTTEN_BEFORE.trailing_metadata())
+        return await super().PollBatch(request, context)
+
+
+async def test_a_request_id_used_again_keeps_its_new_lines_answer_over_the_one_kept_for_its_old_batch(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A line's answer is kept for a week (ROUTER_BATCH_ANSWER_KEPT_S at its bound), longer than its request id stays
+    used. The request id, free again, is sent in a new provider batch; the collect that charges that line's answer loses
+    its reply, and the provider forgets the batch. The next collect tells the new line's answer: it was kept over the
+    old batch's (which no collect of the new batch tells), not left out as one kept already."""
+    store = RedisStore(redis_url)
+    clock = WaitingClock(monkeypatch)
+    provider = BatchAfterBatch()
+    keys = AccountKeys.of(ACCOUNT)
+    try:
+        async with router_servicer(
+            tmp_path, store, provider, REGISTRY, provider_batch_hold_s=HOLD_S, batch_answer_kept_s=7 * 86_400
+        ) as router:
+            router.deferred.wait = clock.wait
+            with acting_as(TENANT_CALLER):
+                for sent_in in ("pbatch-1", "pbatch-2"):
+                    (sent,) = (
+                        await router.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[LINE]), NoDeadline())
+                    ).lines
+                    assert sent.provider_batch_id == sent_in
+                    collect = router_pb2.CollectBatchRequest(
+                        model="strong", provider_batch_id=sent_in, request_ids=[LINE.request_id]
+                    )
+                    (lost,) = (await router.CollectBatch(collect, NoDeadline())).lines  # the second's reply lost
+                    assert lost.succeeded
+                    # The request id's lifetime over (ROUTER_REQUEST_ID_TTL_S past its hold); its answer still kept.
+                    if sent_in == "pbatch-1":
+                        assert await store.redis.delete(keys.used(LINE.request_id), keys.charged(LINE.request_id)) == 2
+                provider.forgetting = True
+                (again,) = (await router.CollectBatch(collect, Deadline(60.0))).lines
+    finally:
+        await store.close()
+    assert again.succeeded and again.response == lost.response, again

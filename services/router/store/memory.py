@@ -27,6 +27,7 @@ from services.router.store.model import (
     Verdict,
     charged_marker,
     charged_tokens,
+    kept_batch,
     landing_period,
     marker_after_charge,
     marker_after_release,
@@ -394,7 +395,10 @@ class MemoryStore:
         return None if marker is None else marker_batch(marker)
 
     async def keep_answer(self, account: Account, request_id: str, answer: bytes, ttl_s: float) -> None:
-        self.answers.add(AccountKeys.of(account).answer(request_id), answer.decode("latin-1"), ttl_s)
+        key, kept = AccountKeys.of(account).answer(request_id), await self.kept_answer(account, request_id)
+        if kept is not None and not kept.startswith(kept_batch(answer)):  # another batch's: replaced (lua.py)
+            self.answers.discard(key)
+        self.answers.add(key, answer.decode("latin-1"), ttl_s)
 
     async def kept_answer(self, account: Account, request_id: str) -> bytes | None:
         kept = self.answers.get(AccountKeys.of(account).answer(request_id))

@@ -283,6 +283,12 @@ def spend_ttl_s(period: str) -> int:
     return {8: 2 * 86400, 6: 62 * 86400}.get(len(period), 0) if period != "all" else 0
 
 
+def kept_batch(answer: bytes) -> bytes:
+    """A kept provider batch line's first line, its newline included: the batch it was read from (deferred.py,
+    kept_line). Store.keep_answer keeps no line over one of the same batch."""
+    return answer.partition(b"\n")[0] + b"\n"
+
+
 # The batch a provider batch line's charged marker names when no batch was recorded for it (its creation's outcome
 # unknown, or the store out of reach to record it): charged its hold, its worst case, from no batch's results. Outside
 # a provider batch id's alphabet (providers/batches.py, BATCH_ID), so no collect's batch is taken for it; a collect
@@ -627,9 +633,10 @@ class Store(Protocol):
 
     async def keep_answer(self, account: Account, request_id: str, answer: bytes, ttl_s: float) -> None:
         """Keep `answer` (a provider batch line as the collect settling it tells it) for ttl_s under the tenant's
-        request id, unless one is kept already: a later collect tells it again when the reply to that collect was lost,
-        whether or not the provider can be read by then. Read only by a collect of the key whose charge it is
-        (Deferred). StoreUnavailable when the store cannot be reached."""
+        request id, unless one of the same batch (kept_batch) is kept already; one of another batch (the request id
+        used again while its earlier line is kept) is replaced: a later collect tells it again when the reply to that
+        collect was lost, whether or not the provider can be read by then. Read only by a collect of the key whose
+        charge it is (Deferred). StoreUnavailable when the store cannot be reached."""
 
     async def kept_answer(self, account: Account, request_id: str) -> bytes | None:
         """What keep_answer kept for the tenant's request id, while it is kept."""

@@ -71,6 +71,7 @@ from services.router.store.model import (
     admitted_prices,
     charged_tokens,
     given_back_record,
+    kept_batch,
     landing_period,
     marker_batch,
     marker_charged_pico,
@@ -365,6 +366,7 @@ class RedisStore:
         self._undo = self.redis.register_script(lua.UNDO)
         self._give_back = self.redis.register_script(lua.GIVE_BACK)
         self._record_batch = self.redis.register_script(lua.RECORD_BATCH)
+        self._keep_answer = self.redis.register_script(lua.KEEP_ANSWER)
         self._pending_charge = self.redis.register_script(lua.PENDING_CHARGE)
         self._held = self.redis.register_script(lua.HELD)
         self._hold_total = self.redis.register_script(lua.HOLD_TOTAL)
@@ -853,7 +855,7 @@ class RedisStore:
     async def keep_answer(self, account: Account, request_id: str, answer: bytes, ttl_s: float) -> None:
         async with self._call():
             key, ttl_ms = AccountKeys.of(account).answer(request_id), max(1, int(ttl_s * 1000))
-            await self.redis.set(key, answer, px=ttl_ms, nx=True)
+            await self._keep_answer(keys=[key], args=[answer, kept_batch(answer), ttl_ms])
 
     async def kept_answer(self, account: Account, request_id: str) -> bytes | None:
         async with self._call():
