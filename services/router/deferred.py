@@ -851,21 +851,27 @@ class Deferred:
         again), a later collect of the line (_as_charged), or the reconciler's sweep. A capped charge is counted capped
         by that one, from its record (_owe_hold)."""
         held_account, hold = pending.account_and_hold()
-        await self._keep(held_account, hold.request_id, pending.provider_batch or "", line)
+        unkept = await self._keep(held_account, hold.request_id, pending.provider_batch or "", line)
         charge_id = secrets.token_hex(8)  # this charge: its count is this collect's to take
         if await self.store.charge(held_account, hold, pico, record, late=True, charge_id=charge_id):
             # Another router may take it first (a collect of the line that found it charged, the sweep): counted there.
             counts.append(UncountedCharge(held_account, hold.request_id, charge_id))
+            if unkept is not None:
+                await self._keep_over(held_account, hold.request_id, unkept)
             return line
         log.warning("batch line charged before; not charged again", extra={"request_id": hold.request_id})
         # An answer read while the line was pending is priced at its admitted prices, when it has them (_outcome).
         priced = pending.prices is not None
         return await self._as_charged(account, hold.request_id, line, counts, at_admitted_prices=priced)
 
-    async def _keep(self, account: Account, request_id: str, batch_id: str, line: router_pb2.CollectedLine) -> None:
+    async def _keep(
+        self, account: Account, request_id: str, batch_id: str, line: router_pb2.CollectedLine
+    ) -> bytes | None:
         """The line as this collect tells it, kept before its charge (self.kept: how long, how large) under the batch
         it was read from: a charge whose reply is lost leaves it to the next collect (_kept). One too large is not kept:
-        a later collect reads it from the provider, or tells it unread."""
+        a later collect reads it from the provider, or tells it unread. The line as kept when another collect's line of
+        the batch was kept first (Store.keep_answer), for this one to keep over it should its charge be the one that
+        lands (_keep_over)."""
         # Compressed off the loop when long: a line of megabytes held every tenant's calls for a tenth of a second and
         # more.
         long = line.ByteSize() > KEEP_OFF_LOOP_BYTES
@@ -873,8 +879,18 @@ class Deferred:
         kept = await asyncio.to_thread(kept_line, batch_id, line, most) if long else kept_line(batch_id, line, most)
         if kept is None:
             log.warning("batch line's answer too large to keep", extra={"request_id": request_id})
-            return
-        await self.store.keep_answer(account, request_id, kept, self.kept.kept_s)
+            return None
+        return None if await self.store.keep_answer(account, request_id, kept, self.kept.kept_s) else kept
+
+    async def _keep_over(self, account: Account, request_id: str, kept: bytes) -> None:
+        """The line whose charge landed kept over the one another collect kept first and whose charge was refused (two
+        collects at once: one giving the batch up at its hold, the other reading its answer): else a collect whose reply
+        was lost left the line charged told without the answer charged. Not kept (the store out of reach): this reply
+        still tells it."""
+        try:
+            await self.store.keep_answer(account, request_id, kept, self.kept.kept_s, replace=True)
+        except StoreUnavailable:
+            log.warning("batch line charged not kept over another collect's", extra={"request_id": request_id})
 
     async def _kept(self, account: Account, request_id: str, batch_id: str) -> router_pb2.CollectedLine | None:
         """The line as the collect that settled it from `batch_id` told it, while kept."""

@@ -125,10 +125,24 @@ async def test_a_line_kept_for_another_batch_is_replaced(store: Store) -> None:
         for batch, why in (("pbatch-1", ""), ("pbatch-10", ""), ("pbatch-10", "later"))
     )
     assert old is not None and new is not None and later is not None
-    await store.keep_answer(ACCOUNT, "r1", old, 60.0)
-    await store.keep_answer(ACCOUNT, "r1", new, 60.0)  # pbatch-10 begins with pbatch-1: not the same batch
-    await store.keep_answer(ACCOUNT, "r1", later, 60.0)
+    assert await store.keep_answer(ACCOUNT, "r1", old, 60.0)
+    assert await store.keep_answer(ACCOUNT, "r1", new, 60.0)  # pbatch-10 begins with pbatch-1: not the same batch
+    assert not await store.keep_answer(ACCOUNT, "r1", later, 60.0)
     assert await store.kept_answer(ACCOUNT, "r1") == new
+
+
+async def test_the_line_whose_charge_landed_replaces_the_one_kept_first(store: Store) -> None:
+    """Of two collects settling a line at once, the one whose charge landed keeps its line over the other's, kept
+    first (Deferred._keep_over)."""
+    given_up, answered = (
+        kept_line("pbatch-1", router_pb2.CollectedLine(request_id="r1", succeeded=succeeded))
+        for succeeded in (False, True)
+    )
+    assert given_up is not None and answered is not None
+    assert await store.keep_answer(ACCOUNT, "r1", given_up, 60.0)
+    assert not await store.keep_answer(ACCOUNT, "r1", answered, 60.0)
+    assert await store.keep_answer(ACCOUNT, "r1", answered, 60.0, replace=True)
+    assert await store.kept_answer(ACCOUNT, "r1") == answered
 
 
 async def test_an_answer_whose_charges_reply_was_lost_is_told_through_a_providers_outage(

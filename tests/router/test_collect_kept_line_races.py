@@ -338,3 +338,63 @@ async def test_a_request_id_used_again_keeps_its_new_lines_answer_over_the_one_k
     finally:
         await store.close()
     assert again.succeeded and again.response == lost.response, again
+
+
+class AnsweredElsewhereBeforeTheCharge(RedisStore):
+    """The money store on Redis. Once armed, its next charge runs only after another router's collect of the same line
+    has run to its end (charged the line its answer)."""
+
+    armed = False
+    another: RouterServicer
+    collect: router_pb2.CollectBatchRequest
+    elsewhere: router_pb2.CollectBatchResponse | None = None
+
+    async def charge(self, *args: Any, **kwargs: Any) -> bool:
+        if self.armed:
+            self.armed = False
+            self.elsewhere = await self.another.CollectBatch(self.collect, NoDeadline())
+        return await super().charge(*args, **kwargs)
+
+
+async def test_the_answer_charged_is_kept_over_the_line_a_collect_that_lost_the_race_kept_first(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A collect near the window's end gives the batch up (its provider unread) and keeps the line as given up at its
+    hold; before its charge, another router's collect reads the answer and charges it. The answer charged is the line
+    kept: that collect's reply lost, the provider forgetting the batch, the next collect tells the answer, at its cost,
+    not the given-up line's error (no answer for what was charged)."""
+    store = AnsweredElsewhereBeforeTheCharge(redis_url)
+    other_store = RedisStore(redis_url)
+    clock = WaitingClock(monkeypatch)
+    forgetting = BatchAfterBatch()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    try:
+        async with (
+            router_servicer(tmp_path / "a", store, forgetting, REGISTRY, provider_batch_hold_s=HOLD_S) as a,
+            router_servicer(tmp_path / "b", other_store, BatchProvider(), REGISTRY, provider_batch_hold_s=HOLD_S) as b,
+        ):
+            a.deferred.wait = clock.wait
+            with acting_as(TENANT_CALLER):
+                (sent,) = (await a.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[LINE]), NoDeadline())).lines
+                held = await store.pending_charge(ACCOUNT, LINE.request_id)
+                assert held is not None
+                store.another, store.collect = (
+                    b,
+                    router_pb2.CollectBatchRequest(
+                        model="strong", provider_batch_id=sent.provider_batch_id, request_ids=[LINE.request_id]
+                    ),
+                )
+                forgetting.forgetting, store.armed = True, True
+                clock.at = held.until - 100  # within the window's last quarter: a batch no try reads is given up
+                await a.CollectBatch(store.collect, Deadline(60.0))
+                (again,) = (await a.CollectBatch(store.collect, Deadline(60.0))).lines
+        ledger = [r for r in await ledger_records(store.redis) if r["tenant"] == "acme"]
+    finally:
+        await other_store.close()
+        await store.close()
+    assert store.elsewhere is not None  # the other router's collect charged the answer before this one's charge
+    (answered,) = store.elsewhere.lines  # its reply lost
+    cost = Decimal(batch_cost("strong")) / PICO
+    assert [(r["outcome"], Decimal(r["cost_usd"])) for r in ledger] == [("ok", cost)]
+    assert answered.succeeded and again.succeeded and again.response == answered.response, again

@@ -1168,12 +1168,14 @@ return told
 
 # A provider batch line as a collect tells it (deferred.py, kept_line: the batch it was read from, a newline, the line),
 # kept unless a line of the same batch is kept already: the first collect's to keep it stays (a second's, its charge
-# refused as charged before, keeps nothing over it). One kept for another batch (the tenant's request id used again
+# refused as charged before, keeps nothing over it), unless replaced by the collect whose charge landed (its own line
+# kept after another's: deferred.py, _keep_over). One kept for another batch (the tenant's request id used again
 # while its earlier line's answer is kept) is replaced: no collect of this batch tells it.
 KEEP_ANSWER = """
--- KEYS: the request id's kept line; ARGV: the line, the batch it was read from and a newline, its TTL in ms
+-- KEYS: the request id's kept line; ARGV: the line, the batch it was read from and a newline, its TTL in ms, '1' to
+-- replace a line of the same batch
 local kept = redis.call('GET', KEYS[1])
-if kept and string.sub(kept, 1, #ARGV[2]) == ARGV[2] then return 0 end
+if kept and ARGV[4] ~= '1' and string.sub(kept, 1, #ARGV[2]) == ARGV[2] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
 return 1
 """

@@ -394,11 +394,13 @@ class MemoryStore:
         marker = self._charged_marker(account, request_id)
         return None if marker is None else marker_batch(marker)
 
-    async def keep_answer(self, account: Account, request_id: str, answer: bytes, ttl_s: float) -> None:
+    async def keep_answer(
+        self, account: Account, request_id: str, answer: bytes, ttl_s: float, replace: bool = False
+    ) -> bool:
         key, kept = AccountKeys.of(account).answer(request_id), await self.kept_answer(account, request_id)
-        if kept is not None and not kept.startswith(kept_batch(answer)):  # another batch's: replaced (lua.py)
+        if kept is not None and (replace or not kept.startswith(kept_batch(answer))):  # replaced (lua.py, KEEP_ANSWER)
             self.answers.discard(key)
-        self.answers.add(key, answer.decode("latin-1"), ttl_s)
+        return self.answers.add(key, answer.decode("latin-1"), ttl_s)
 
     async def kept_answer(self, account: Account, request_id: str) -> bytes | None:
         kept = self.answers.get(AccountKeys.of(account).answer(request_id))

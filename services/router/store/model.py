@@ -631,12 +631,14 @@ class Store(Protocol):
         None as for charged_batch, or when the marker does not say (a line charged by a router of the version
         before)."""
 
-    async def keep_answer(self, account: Account, request_id: str, answer: bytes, ttl_s: float) -> None:
+    async def keep_answer(
+        self, account: Account, request_id: str, answer: bytes, ttl_s: float, replace: bool = False
+    ) -> bool:
         """Keep `answer` (a provider batch line as the collect settling it tells it) for ttl_s under the tenant's
-        request id, unless one of the same batch (kept_batch) is kept already; one of another batch (the request id
-        used again while its earlier line is kept) is replaced: a later collect tells it again when the reply to that
-        collect was lost, whether or not the provider can be read by then. Read only by a collect of the key whose
-        charge it is (Deferred). StoreUnavailable when the store cannot be reached."""
+        request id, unless one of the same batch (kept_batch) is kept already (False), or `replace`; one of another
+        batch (the request id used again while its earlier line is kept) is replaced: a later collect tells it again
+        when the reply to that collect was lost, whether or not the provider can be read by then. Read only by a
+        collect of the key whose charge it is (Deferred). StoreUnavailable when the store cannot be reached."""
 
     async def kept_answer(self, account: Account, request_id: str) -> bytes | None:
         """What keep_answer kept for the tenant's request id, while it is kept."""

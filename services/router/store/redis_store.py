@@ -852,10 +852,13 @@ class RedisStore:
     async def charged_pico(self, account: Account, request_id: str) -> int | None:
         return marker_charged_pico(await self._charged_marker(account, request_id))
 
-    async def keep_answer(self, account: Account, request_id: str, answer: bytes, ttl_s: float) -> None:
+    async def keep_answer(
+        self, account: Account, request_id: str, answer: bytes, ttl_s: float, replace: bool = False
+    ) -> bool:
         async with self._call():
             key, ttl_ms = AccountKeys.of(account).answer(request_id), max(1, int(ttl_s * 1000))
-            await self._keep_answer(keys=[key], args=[answer, kept_batch(answer), ttl_ms])
+            args = [answer, kept_batch(answer), ttl_ms, "1" if replace else ""]
+            return bool(await self._keep_answer(keys=[key], args=args))
 
     async def kept_answer(self, account: Account, request_id: str) -> bytes | None:
         async with self._call():
