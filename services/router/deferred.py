@@ -860,6 +860,11 @@ class Deferred:
                 await self._keep_over(held_account, hold.request_id, unkept)
             return line
         log.warning("batch line charged before; not charged again", extra={"request_id": hold.request_id})
+        if not line.succeeded and pending.provider_batch:
+            # No answer read here, the line charged meanwhile: by another collect that read its answer, told as kept.
+            told = await self._settled_before(account, hold.request_id, pending.provider_batch, line, counts)
+            if told is not None:
+                return told
         # An answer read while the line was pending is priced at its admitted prices, when it has them (_outcome).
         priced = pending.prices is not None
         return await self._as_charged(account, hold.request_id, line, counts, at_admitted_prices=priced)

@@ -361,8 +361,8 @@ async def test_the_answer_charged_is_kept_over_the_line_a_collect_that_lost_the_
 ) -> None:
     """A collect near the window's end gives the batch up (its provider unread) and keeps the line as given up at its
     hold; before its charge, another router's collect reads the answer and charges it. The answer charged is the line
-    kept: that collect's reply lost, the provider forgetting the batch, the next collect tells the answer, at its cost,
-    not the given-up line's error (no answer for what was charged)."""
+    kept, told by the collect that gave up (its charge refused) and, that other collect's reply lost and the provider
+    forgetting the batch, by the next: at its cost, not the given-up line's error (no answer for what was charged)."""
     store = AnsweredElsewhereBeforeTheCharge(redis_url)
     other_store = RedisStore(redis_url)
     clock = WaitingClock(monkeypatch)
@@ -387,7 +387,7 @@ async def test_the_answer_charged_is_kept_over_the_line_a_collect_that_lost_the_
                 )
                 forgetting.forgetting, store.armed = True, True
                 clock.at = held.until - 100  # within the window's last quarter: a batch no try reads is given up
-                await a.CollectBatch(store.collect, Deadline(60.0))
+                (given_up,) = (await a.CollectBatch(store.collect, Deadline(60.0))).lines
                 (again,) = (await a.CollectBatch(store.collect, Deadline(60.0))).lines
         ledger = [r for r in await ledger_records(store.redis) if r["tenant"] == "acme"]
     finally:
@@ -397,4 +397,6 @@ async def test_the_answer_charged_is_kept_over_the_line_a_collect_that_lost_the_
     (answered,) = store.elsewhere.lines  # its reply lost
     cost = Decimal(batch_cost("strong")) / PICO
     assert [(r["outcome"], Decimal(r["cost_usd"])) for r in ledger] == [("ok", cost)]
-    assert answered.succeeded and again.succeeded and again.response == answered.response, again
+    assert answered.succeeded, answered
+    for line in (given_up, again):  # the collect that lost the race tells the answer charged too
+        assert line.succeeded and line.response == answered.response, line
