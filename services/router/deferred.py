@@ -625,7 +625,8 @@ class Deferred:
                     why = UNANSWERED.format(request_id, batch_id)
                     return await self._owe_hold(account, pending, request_id, why, counts)
                 held_account, hold = pending.account_and_hold()  # its charge keeps the batch, so a collect again
-                await self.store.record_provider_batch(held_account, hold, batch_id)  # reports it
+                if await self.store.record_provider_batch(held_account, hold, batch_id):  # reports it, its answer
+                    pending = dataclasses.replace(pending, provider_batch=batch_id)  # kept under it (_charge)
         else:  # settled before (an earlier collect, its reply lost, or the reconciler at its hold), or no line
             outcome = await self._outcome(account, None, model, request_id, result, status, counts)
             settled = await self._settled_before(account, request_id, batch_id, outcome, counts)

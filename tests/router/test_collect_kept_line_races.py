@@ -17,7 +17,7 @@ import pytest
 from llmrouter.auth import Identity, acting_as
 from llmrouter.errors import ServiceError
 from llmrouter.v1 import provider_pb2, router_pb2
-from services.router.deferred import CHARGED_UNANSWERED
+from services.router.deferred import CHARGED_UNANSWERED, kept_line
 from services.router.servicer import RouterServicer
 from services.router.store import (
     PICO,
@@ -171,10 +171,11 @@ class RecordingCut(RedisStore):
 async def test_a_line_with_no_batch_recorded_is_charged_its_hold_not_an_answer_kept_for_its_request_id(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_url: str
 ) -> None:
-    """A line a router of the version before admitted (nothing recorded beside its pending charge) is collected here
-    and charged its answer. Its request id, once no longer used, is sent again by another key of the tenant, whose
-    line's provider batch goes unrecorded (the store out of reach): settled from no batch's results, it is charged its
-    hold, its worst case; never the first line's answer, kept meanwhile, told to the other key at that line's cost."""
+    """A line a router of the version before admitted (nothing recorded beside its pending charge) was collected and
+    charged its answer, kept under no batch by a router of the version before this one. Its request id, once no longer
+    used, is sent again by another key of the tenant, whose line's provider batch goes unrecorded (the store out of
+    reach): settled from no batch's results, it is charged its hold, its worst case; never the first line's answer,
+    kept meanwhile, told to the other key at that line's cost."""
     store = RecordingCut(redis_url)
     WaitingClock(monkeypatch)
     another = Identity("reports", "acme")
@@ -190,6 +191,11 @@ async def test_a_line_with_no_batch_recorded_is_charged_its_hold_not_an_answer_k
                 )
                 (first,) = (await router.CollectBatch(collect, NoDeadline())).lines
             assert first.succeeded
+            # Kept as the router of the version before this one (d5593eb) kept a line of the version before it: under
+            # no batch (its pending charge, read before the collect recorded the batch, named none).
+            kept = kept_line("", first)
+            assert kept is not None
+            assert await store.redis.set(keys.answer(LINE.request_id), kept, px=7 * 86_400_000)
             # The request id's lifetime over (ROUTER_REQUEST_ID_TTL_S); its answer kept for longer (up to a week).
             assert await store.redis.delete(keys.used(LINE.request_id), keys.charged(LINE.request_id)) == 2
             store.cut = True
@@ -400,3 +406,32 @@ async def test_the_answer_charged_is_kept_over_the_line_a_collect_that_lost_the_
     assert answered.succeeded, answered
     for line in (given_up, again):  # the collect that lost the race tells the answer charged too
         assert line.succeeded and line.response == answered.response, line
+
+
+async def test_a_line_of_the_version_before_keeps_its_answer_for_the_batch_that_settled_it(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A line a router of the version before admitted (nothing recorded beside its pending charge) is settled here from
+    the batch a collect names, which its charge records: that collect's reply lost and the provider forgetting the
+    batch, the next collect tells the answer charged, kept under that batch (it was kept under none, which no collect
+    names: the answer was lost)."""
+    store = RedisStore(redis_url)
+    clock = WaitingClock(monkeypatch)
+    keys, field = AccountKeys.of(ACCOUNT), pending_field(ACCOUNT, LINE.request_id)
+    provider = BatchAfterBatch()
+    try:
+        async with router_servicer(tmp_path, store, provider, REGISTRY, provider_batch_hold_s=HOLD_S) as router:
+            router.deferred.wait = clock.wait
+            with acting_as(TENANT_CALLER):
+                (sent,) = (await router.SubmitBatch(router_pb2.SubmitLinesRequest(lines=[LINE]), NoDeadline())).lines
+                for recorded in (keys.batches, keys.models, keys.prices):  # as a router of the version before
+                    assert await store.redis.hdel(recorded, field) == 1
+                collect = router_pb2.CollectBatchRequest(
+                    model="strong", provider_batch_id=sent.provider_batch_id, request_ids=[LINE.request_id]
+                )
+                (lost,) = (await router.CollectBatch(collect, NoDeadline())).lines  # its reply never reaches the caller
+                provider.forgetting = True
+                (again,) = (await router.CollectBatch(collect, Deadline(60.0))).lines
+    finally:
+        await store.close()
+    assert lost.succeeded and again.succeeded and again.response == lost.response, again
