@@ -2,7 +2,7 @@
 over the limit kept as its digest alone (its retry is the router's 409, another body's the 422); and a Redis that
 fails passed over (the router still serves the id once: a 409, never a second charge); the marker of a request in
 flight, refusing another body at once, taken back by its writer alone; the digest of a request without routing
-headers the one edges before them wrote."""
+headers the one edges before them wrote; and a read given up as too slow leaves no reply for another's."""
 
 from __future__ import annotations
 
@@ -13,12 +13,15 @@ import json
 import secrets
 import time
 import tracemalloc
+from urllib.parse import urlsplit
 
 import pytest
 
 from services.edge import replays as replays_module
 from services.edge.openai_api import ApiError
 from services.edge.replays import Arrival, Kept, Replays, digest
+from tests.fakes.lossy_proxy import LossyProxy
+from tests.waiting import eventually
 
 
 async def test_memory_is_bounded_oldest_first_and_a_large_answer_kept_as_its_digest() -> None:
@@ -140,6 +143,24 @@ async def test_a_marker_names_the_first_in_flight_and_only_its_writer_takes_it_b
         kept = await replays.arrive("idem-1", other)
         assert kept.replay is not None and kept.replay.body == b"{}"
     finally:
+        await replays.close()
+
+
+async def test_a_marker_lasts_its_calls_timeout_and_a_minute_not_the_replay_window(redis_url: str) -> None:
+    """A marker whose writer never took it back (its edge killed, or the store passed over as it failed) ties the key
+    to its body only until the call it names has surely ended (EDGE_REQUEST_TIMEOUT_S and a minute), not for the day
+    an answer is kept: after that, the router's id rules tell its retry, whatever its body."""
+    import redis.asyncio as redis
+
+    replays = Replays(
+        ttl_s=86400, max_answer_bytes=1000, memory_bytes=1 << 20, tenant_bytes=1 << 20, url=redis_url, in_flight_s=20
+    )
+    client = redis.from_url(redis_url)
+    try:
+        assert (await replays.arrive("idem-1", digest("/v1/chat/completions", b"{}"))).started is not None
+        assert 0 < await client.ttl(replays_module.PREFIX + "idem-1") <= 20 + replays_module.IN_FLIGHT_MARGIN_S
+    finally:
+        await client.aclose()
         await replays.close()
 
 
@@ -302,4 +323,37 @@ async def test_in_redis_two_edges_keeping_at_once_stay_within_the_tenants_bytes(
     finally:
         await client.aclose()
         for replays in edges:
+            await replays.close()
+
+
+async def test_a_read_cut_by_the_arrival_timeout_leaves_no_reply_for_another_tenants_read(redis_url: str) -> None:
+    """A keyed request's read of the store given up as too slow (EDGE_IDEMPOTENCY_LOOKUP_TIMEOUT_S) drops its
+    connection: given back to the pool with the reply still to come, the next read on it (another tenant's, another
+    key's) would take that reply, and with it another request's answer to send again."""
+    port = int(urlsplit(redis_url).port or 6379)
+    async with LossyProxy("127.0.0.1", port) as proxy:
+        replays = Replays(
+            ttl_s=3600,
+            max_answer_bytes=1000,
+            memory_bytes=1 << 20,
+            tenant_bytes=1 << 20,
+            url=proxy.url_for(redis_url),
+            arrival_timeout_s=0.2,
+        )
+        sent = {name: digest("/v1/chat/completions", name.encode()) for name in ("a", "b", "c")}
+        try:
+            for name in sent:
+                await replays.keep(f"idem-{name}", sent[name], f'"{name}"'.encode(), {"x": name}, tenant=name)
+            held = proxy.hold_command(b"$3\r\nGET\r\n")  # tenant a's read, after its marker found an answer
+            assert await replays.arrive("idem-a", sent["a"]) == Arrival()  # too slow: passed over
+            # Its connection dropped, not given back to the pool with a reply still to come for the next read there.
+            await eventually(held.abandoned.is_set, "tenant a's connection dropped")
+            held.released.set()
+            for _ in range(3):
+                for name in ("b", "c"):
+                    arrival = await replays.arrive(f"idem-{name}", sent[name])
+                    assert arrival.replay is not None and arrival.replay.body == f'"{name}"'.encode()
+                    kept = await replays.lookup(f"idem-{name}", sent[name])
+                    assert kept is not None and kept.body == f'"{name}"'.encode()
+        finally:
             await replays.close()

@@ -78,23 +78,24 @@ async def test_another_body_while_the_first_runs_is_a_422_and_is_never_served(
         assert record["cost_usd"] == cost
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
 @pytest.mark.parametrize("where", ["memory", "redis"])
 async def test_a_first_that_failed_charging_nothing_leaves_the_key_to_another_body(
-    chain: Chain, redis_url: str, where: str
+    chain: Chain, redis_url: str, where: str, stream: bool
 ) -> None:
-    """Its marker taken back as it fails, the retry with another body is the router's to decide: served, the id
-    released as the first was charged 0."""
+    """Its marker taken back as it fails (a stream's, before its first event), the retry with another body is the
+    router's to decide: served, the id released as the first was charged 0."""
     async with two_edges(chain, where, redis_url) as (tenant, _):
         chain.budget.enqueue(*[Fault.error(500)] * 6)  # every attempt of the first, on both models
         chain.premium.enqueue(*[Fault.error(500)] * 6)
         client = tenant.client(max_retries=0)
         try:
             with pytest.raises(openai.InternalServerError):
-                await complete(client, ask(), False, "failed-first")
+                await complete(client, ask(), stream, "failed-first")
             for upstream in (chain.budget, chain.premium):
                 upstream.faults.clear()
             other = ask()
-            cost = await complete(client, other, False, "failed-first")
+            cost = await complete(client, other, stream, "failed-first")
         finally:
             for upstream in (chain.budget, chain.premium):
                 upstream.faults.clear()
@@ -102,6 +103,40 @@ async def test_a_first_that_failed_charging_nothing_leaves_the_key_to_another_bo
         assert asked(tenant, other) == 1
         failed, served = sorted(await tenant.ledger(), key=lambda record: record["ts"])
         assert failed["outcome"] == "failed" and served["cost_usd"] == cost
+
+
+async def test_a_duplicates_marker_stays_guarding_a_first_on_an_edge_that_wrote_none(
+    chain: Chain, redis_url: str
+) -> None:
+    """The first in flight on an edge keeping its answers in memory (as an edge before markers, or one whose store was
+    passed over): the same body on an edge with the Redis writes the marker, and the router refuses it as the
+    duplicate. That marker names the first truly, so it stays (replays.py): another body after it is the 422, reaching
+    no router. Taken back as a failure's, another body reached the router and was its 409, as if the same request."""
+    async with (
+        tenant_before(chain, chain.router_addr) as first_edge,
+        tenant_before(chain, chain.router_addr, like=first_edge, batch_redis_url=redis_url) as second_edge,
+    ):
+        first_client, second_client = first_edge.client(max_retries=0), second_edge.client(max_retries=0)
+        body, other = ask(), ask()
+        chain.budget.holding_answers = True
+        try:
+            first = asyncio.ensure_future(complete(first_client, body, False, "unmarked-first"))
+            await eventually(lambda: asked(first_edge, body) == 1, "the first is being generated")
+            with pytest.raises(openai.ConflictError) as same:  # marks the key, then the router's duplicate
+                await complete(second_client, body, False, "unmarked-first")
+            assert "still in flight" in same.value.message
+            with pytest.raises(openai.UnprocessableEntityError) as refused:
+                await complete(second_client, other, False, "unmarked-first")
+            assert mismatch(refused)
+            chain.budget.holding_answers = False
+            cost = await first
+        finally:
+            chain.budget.holding_answers = False
+            await first_client.close()
+            await second_client.close()
+        assert asked(first_edge, other) == 0
+        [record] = await first_edge.ledger()
+        assert record["cost_usd"] == cost
 
 
 ROUTING = {"x-router-quality-target": "0.9", "x-router-max-cost-usd": "1"}
