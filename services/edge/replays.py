@@ -3,7 +3,8 @@ finished request gets its first answer back (a chat completion's stream, its eve
 true`, rather than the router's 409; one whose body differs from the first's is a 422, never another request's answer.
 
 Each is kept under the request id the key derives (idempotency.request_id: tenant, API key and value), with a digest
-of the route and the body byte for byte (what an SDK's own retry sends again), for EDGE_IDEMPOTENCY_REPLAY_S. An answer
+of the route and the body byte for byte (what an SDK's own retry sends again) and, kept beside it (`routing`: an edge
+before them compares the first alone), of its x-router-* headers, for EDGE_IDEMPOTENCY_REPLAY_S. An answer
 over EDGE_IDEMPOTENCY_MAX_ANSWER_BYTES, a stream cut before its end (or one of the legacy or Responses routes), is kept
 as its digest alone: its retry is the router's 409 as before, a different body the 422. Only answers are kept: a
 failure stores nothing, and its retry reaches the router, which serves it when the first cost nothing (its id
@@ -67,6 +68,7 @@ REPLAYED = "idempotent-replayed"  # the header a replayed answer carries, as Str
 MISMATCH = "idempotency_key_mismatch"
 # Started markers outlive the call they name by this much (its timeout bounds it): the first's answer being kept.
 IN_FLIGHT_MARGIN_S = 60
+ROUTED = "+"  # in a digest (hex either side): the route and body's, then the routing headers' (kept as `routing`)
 STORE_PASSED = Counter(
     "llmrouter_edge_idempotency_store_passed_total",
     "Idempotency-Key store reads and writes passed over (failed, or too slow as a request arrives): a replay or an "
@@ -82,13 +84,18 @@ return 0
 
 
 def digest(route: str, body: bytes, routing: list[tuple[str, str]] | None = None) -> str:
-    """What a request sent with an Idempotency-Key must repeat to be replayed: its route, its body byte for byte, and
-    the headers that change how it is routed and charged (`routing`, router_headers.routing). Without those, the
-    digest of a route and body alone, as edges before them wrote it (a kept answer stays readable across an upgrade);
-    with them, a JSON prefix no route (which starts with '/') begins with."""
-    if not routing:
-        return hashlib.sha256(route.encode() + b"\n" + body).hexdigest()
-    return hashlib.sha256(json.dumps([route, routing]).encode() + b"\n" + body).hexdigest()
+    """What a request sent with an Idempotency-Key must repeat to be replayed: its route and body byte for byte, and
+    after ROUTED the headers that change how it is routed and charged (`routing`, router_headers.routing). The two are
+    kept apart (Kept.dumps): the route and body's digest alone is what edges before those headers counted wrote and
+    compare, so a retry crossing a rolling upgrade (or an answer kept before it) is never another request's 422."""
+    sent = hashlib.sha256(route.encode() + b"\n" + body).hexdigest()
+    return sent + ROUTED + hashlib.sha256(json.dumps(routing or []).encode()).hexdigest()
+
+
+def same_request(kept: str, sent: str) -> bool:
+    """Whether the digest `kept` names the request of digest `sent`: an entry an edge before routing headers wrote has
+    its route and body's alone, compared as that edge compares it."""
+    return kept == sent or (ROUTED not in kept and kept == sent.partition(ROUTED)[0])
 
 
 @dataclass(frozen=True)
@@ -114,7 +121,11 @@ class Kept:
 
     def dumps(self) -> str:
         body = None if self.body is None else self.body.decode()  # an answer is JSON: UTF-8 text
-        kept: dict[str, Any] = {"digest": self.digest, "body": body, "headers": self.headers}
+        digest, _, routing = self.digest.partition(ROUTED)
+        kept: dict[str, Any] = {"digest": digest}
+        if routing:
+            kept["routing"] = routing
+        kept.update(body=body, headers=self.headers)
         if self.stream:
             kept["body"], kept["events"] = None, body
         if self.started is not None:
@@ -127,12 +138,13 @@ class Kept:
         try:
             kept = loads_stored(text)
             digest, body, headers = kept["digest"], kept.get("body"), kept.get("headers")
-            started, events = kept.get("started"), kept.get("events")
-            texts = (body, started, events)
+            started, events, routing = kept.get("started"), kept.get("events"), kept.get("routing")
+            texts = (body, started, events, routing)
             readable = isinstance(digest, str) and all(isinstance(text, str | None) for text in texts)
             if not readable or not (headers is None or _text_pairs(headers)) or (body and events):
                 return None
             answer = events if events is not None else body
+            digest = digest if routing is None else digest + ROUTED + routing
             return cls(digest, None if answer is None else answer.encode(), headers, started, events is not None)
         except (ValueError, TypeError, KeyError):  # TooDeep and UnicodeError (a lone surrogate) are ValueErrors
             return None
@@ -140,7 +152,7 @@ class Kept:
 
 def check(kept: Kept, sent: str) -> None:
     """A 422 when the request kept for a key (answered, or in flight) had another digest than the one sent."""
-    if kept.digest != sent:
+    if not same_request(kept.digest, sent):
         raise ApiError(
             422,
             "this Idempotency-Key was used before by this API key with another request (its route, body or x-router-* "

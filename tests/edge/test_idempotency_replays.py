@@ -1,8 +1,8 @@
 """The edge's kept answers (services/edge/replays.py), in memory: bounded in bytes, oldest dropped first; an answer
 over the limit kept as its digest alone (its retry is the router's 409, another body's the 422); and a Redis that
 fails passed over (the router still serves the id once: a 409, never a second charge); the marker of a request in
-flight, refusing another body at once, taken back by its writer alone; the digest of a request without routing
-headers the one edges before them wrote; and a read given up as too slow leaves no reply for another's."""
+flight, refusing another body at once, taken back by its writer alone; the digest an edge before routing
+headers wrote and compares kept apart from theirs; and a read given up as too slow leaves no reply for another's."""
 
 from __future__ import annotations
 
@@ -103,6 +103,7 @@ async def test_an_answer_kept_past_its_time_is_not_sent_again_and_is_dropped(mon
         b"\xff\xfe",
         b'{"digest": "d", "events": 5}',
         b'{"digest": "d", "body": "{}", "events": "data: [DONE]\\n\\n"}',
+        b'{"digest": "d", "body": "{}", "routing": 5}',
     ],
 )
 async def test_a_kept_answer_no_edge_wrote_is_passed_over(redis_url: str, stored: bytes) -> None:
@@ -183,12 +184,35 @@ async def test_of_two_edges_sharing_a_redis_one_marks_a_key_and_the_others_body_
     assert len(refused) == 1 and refused[0].code == "idempotency_key_mismatch"
 
 
-def test_without_routing_headers_the_digest_is_the_one_edges_before_them_wrote() -> None:
-    """An answer kept by an edge of the version before stays readable (and comparable) across an upgrade."""
-    legacy = hashlib.sha256(b"/v1/chat/completions\n{}").hexdigest()
-    assert digest("/v1/chat/completions", b"{}") == digest("/v1/chat/completions", b"{}", []) == legacy
-    routed = digest("/v1/chat/completions", b"{}", [("x-router-max-cost-usd", "1")])
-    assert routed != legacy != digest("/v1/chat/completions", b"{}", [("x-router-max-cost-usd", "2")])
+async def test_the_digest_kept_is_the_one_edges_before_routing_headers_wrote_and_compare(redis_url: str) -> None:
+    """Routing headers' digest is kept beside the route and body's (`routing`), so an edge before them (which compares
+    the route and body's alone) reads the entries of this one as before, and this one reads theirs: a retry crossing a
+    rolling upgrade, with the headers its first had, is never another request's 422. Compared as one digest, an entry
+    the previous version kept for a request sent with x-router-* headers was a 422 to its retry here, and one kept here
+    a 422 to its retry on a previous edge (an SDK's retry of a request in flight, told it sent another request)."""
+    import redis.asyncio as redis
+
+    legacy = hashlib.sha256(b"/v1/chat/completions\n{}").hexdigest()  # the previous version's digest of the request
+    sent = digest("/v1/chat/completions", b"{}", [("x-router-max-cost-usd", "1")])
+    assert sent != digest("/v1/chat/completions", b"{}") == digest("/v1/chat/completions", b"{}", [])
+    stored = json.loads(Kept(sent, b"{}", {"x-request-id": "idem-1"}).dumps())
+    assert stored["digest"] == legacy  # what the previous version compares its own digest to
+    assert Kept.loads(json.dumps(stored)) == Kept(sent, b"{}", {"x-request-id": "idem-1"})
+    replays = Replays(ttl_s=3600, max_answer_bytes=1000, memory_bytes=1 << 20, tenant_bytes=1 << 20, url=redis_url)
+    client = redis.from_url(redis_url)
+    try:  # the previous version's answer, kept as it kept them, to the retry of its request
+        await client.set(replays_module.PREFIX + "idem-1", json.dumps({"digest": legacy, "body": "{}", "headers": {}}))
+        kept = await replays.lookup("idem-1", sent)
+        assert kept is not None and kept.body == b"{}"
+        await replays.keep("idem-2", sent, b"{}", None, tenant="acme")
+        with pytest.raises(ApiError) as refused:  # kept here: its routing headers compared
+            await replays.lookup("idem-2", digest("/v1/chat/completions", b"{}", [("x-router-max-cost-usd", "2")]))
+        assert refused.value.code == "idempotency_key_mismatch"
+        with pytest.raises(ApiError):  # none at all is not the first's
+            await replays.lookup("idem-2", digest("/v1/chat/completions", b"{}"))
+    finally:
+        await client.aclose()
+        await replays.close()
 
 
 async def test_a_streams_events_are_kept_apart_from_a_body_an_edge_before_them_reads() -> None:
