@@ -232,7 +232,7 @@ class Dispatcher:
                         if retry_budget is not None and wasted.cost > retry_budget:
                             # Another attempt could write its all on top: past what the caller holds for the call.
                             raise self._failure(model, request, err, retries, wasted, reported_whole) from None
-                        if (wasted.cost or wasted.usage.input_tokens) and not reported_whole:
+                        if wasted.consumed_tokens and not reported_whole:
                             # Said before the retry: a caller that leaves during it still knows what to charge. Not
                             # the usage of an attempt cut after its whole usage, which no retry follows: a caller that
                             # got it but not the failure (it left between them) owes the worst case on top.
@@ -379,9 +379,10 @@ class Dispatcher:
             metadata["upstream_status"] = str(err.status)
         if err.retry_after is not None:
             metadata["retry_after_s"] = retry_after_header(err.retry_after)
-        # Tokens the failed attempts consumed: the caller charges them (at its own prices). A whole usage is told even
-        # priced at nothing here: its mark without them would leave the caller no measure.
-        if wasted and (wasted.cost or reported_whole):
+        # Tokens the failed attempts consumed: the caller charges them, at the prices it admitted the request at. Told
+        # whenever there are any, even priced at nothing here (a free model, or a registry reloaded to a price of 0
+        # the caller did not admit at): left out, the caller had no measure and charged tokens the upstream bills 0.
+        if wasted and wasted.consumed_tokens:
             metadata.update(wasted.metadata())
         if reported_whole and err.kind in _UNKNOWN_OUTCOME:
             # Of a failure that is otherwise of unknown outcome, its usage is known whole (in the metadata): the
@@ -582,8 +583,15 @@ class Wasted:
         self.usage = summed(self.usage, usage)
         self.cost += Decimal(cost)
 
+    @property
+    def consumed_tokens(self) -> bool:
+        """Whether the failed attempts consumed any tokens: told to the caller, who prices them, whatever they cost
+        here."""
+        usage = self.usage
+        return any((usage.input_tokens, usage.output_tokens, usage.cached_input_tokens, usage.cache_write_input_tokens))
+
     def on_top(self, usage: common_pb2.Usage, cost: str) -> tuple[common_pb2.Usage, str]:
-        if not self.cost and not self.usage.input_tokens:
+        if not self.consumed_tokens:
             return usage, cost
         return summed(usage, self.usage), decimal_str(Decimal(cost) + self.cost)
 
