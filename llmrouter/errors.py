@@ -21,9 +21,10 @@ MAX_MESSAGE_CHARS = 2_000
 # passed gRPC's 16 KiB hard limit, and the caller got "Stream removed" instead of the refusal. As long as any id kept.
 MAX_METADATA_CHARS = 256
 _DETAILS_KEY = "grpc-status-details-bin"
-# A provider failure's ErrorInfo metadata key, "true" when a failure otherwise of unknown outcome (a timeout) came after
-# the upstream reported its whole usage (a stream cut by the deadline before its end marker): the usage and cost the
-# metadata carries are the whole bill, and the router charges them rather than the attempt's worst case.
+# A provider failure's ErrorInfo metadata key, "true" when a failure otherwise of unknown outcome (a timeout, a
+# malformed event, a connection lost) came after the upstream reported its whole usage (a stream that said its finish
+# and counts, cut before its end marker): the usage the metadata carries is the whole bill, and the router charges it
+# rather than the attempt's worst case.
 USAGE_FINAL = "usage_final"
 
 

@@ -166,9 +166,10 @@ class Dispatcher:
         `input_progress`, the attempt's input once the upstream reports it (an `input` chunk); with
         `refusal_progress`, the model's refusal as it streams in (`refusal_delta` chunks; without it, the refusal
         comes whole in the final chunk only). With `cue`, the upstream is reached only once it returns, after a
-        `ready_to_send` chunk (GenerateStreamOnCue). With `usage_final`, an attempt cut by its deadline after its
-        upstream reported its whole usage fails with that usage, marked so (without it, a caller of a version before
-        would charge it on top of the attempt's worst case)."""
+        `ready_to_send` chunk (GenerateStreamOnCue). With `usage_final`, an attempt failed with an otherwise unknown
+        outcome (its deadline, a malformed event, the connection lost) after its upstream reported its whole usage
+        fails with that usage, marked so (without it, a caller of a version before would charge it on top of the
+        attempt's worst case)."""
         start = time.perf_counter()
         deadline = self._deadline(budget_s)
         retries = 0
@@ -222,9 +223,10 @@ class Dispatcher:
                             consumed = exc.consumed if isinstance(exc, UpstreamError) else None
                             await wasted.add(model, request, end, consumed)
                         else:
-                            # Cut (a timeout: the caller's deadline) after the upstream said it was done and what it
-                            # bills, before its stream's end marker (OpenAI's [DONE], Anthropic's message_stop): the
-                            # bill is known, so it is charged, not the attempt's worst case, when the counts hold.
+                            # Cut (the caller's deadline, a malformed event, the connection lost) after the upstream
+                            # said it was done and what it bills, before its stream's end marker (OpenAI's [DONE],
+                            # Anthropic's message_stop): the bill is known, so it is charged, not the attempt's worst
+                            # case, when the counts hold.
                             # Before that, what it generates is unknown (never retried: its worst case is owed).
                             reported_whole = (
                                 usage_final and _finished(end) and await wasted.add_exact(model, request, end)

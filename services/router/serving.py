@@ -417,9 +417,10 @@ def attempt_cost(error: ServiceError, model: ModelSpec, worst: Decimal) -> Decim
         # it stands, it took what the request is charged below what its answer's own tokens cost.
         return worst
     # Nothing unknown when no upstream had the request, nor when the providers report the upstream's whole usage
-    # before a timeout cut the call (usage_final, services/providers/dispatch.py: a stream that said it finished and
-    # what it bills, cut before its end marker): the measure is the bill. Marked without a measure (the providers price
-    # it at nothing, their registry reloaded on its own; or a buggy service's), it is no bill: the worst case stands.
+    # before a failure otherwise of unknown outcome cut the call (usage_final, services/providers/dispatch.py: a stream
+    # that said it finished and what it bills, cut before its end marker): the measure is the bill. Marked without a
+    # measure (providers of a version before left out what they priced at nothing; or a buggy service's), it is no
+    # bill: the worst case stands.
     whole = error.metadata.get(USAGE_FINAL) == "true" and "cost_usd" in error.metadata
     known = error.metadata.get("sent") == "false" or whole
     unknown = (error.code in UNKNOWN_OUTCOME or cut_in_transit(error)) and not known

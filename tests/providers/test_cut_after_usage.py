@@ -22,7 +22,7 @@ from llmrouter.v1 import provider_pb2, provider_pb2_grpc
 from tests.fakes.raw_upstream import StallingUpstream
 from tests.providers.conftest import model_entry, providers_service
 from tests.providers.helpers import cost, error_of, request, stream_to_failure
-from tests.providers.test_hostile_upstream import MESSAGE_START, events, openai_chunk
+from tests.providers.test_hostile_upstream import MESSAGE_START, RawUpstream, events, openai_chunk
 
 ARGUMENTS = json.dumps({"query": "the capital of France"})
 OUTPUT_TOKENS = 40  # as the upstreams report it: at least what the tool call counts to
@@ -172,3 +172,26 @@ async def test_a_whole_usage_priced_at_nothing_is_told_with_its_counts(tmp_path:
     assert err.metadata.get(USAGE_FINAL) == "true"
     assert (err.metadata.get("input_tokens"), err.metadata.get("output_tokens")) == ("25", str(OUTPUT_TOKENS))
     assert err.metadata.get("cost_usd") == "0"
+
+
+@pytest.mark.parametrize(("model", "wire", "input_tokens", "input_price", "output_price"), CASES)
+async def test_a_malformed_event_after_the_whole_usage_carries_that_usage_marked_whole(
+    tmp_path: Path,
+    model: str,
+    wire: Callable[[bool], bytes],
+    input_tokens: int,
+    input_price: str,
+    output_price: str,
+) -> None:
+    """Not a timeout alone: any failure otherwise of unknown outcome (here a malformed reply, UPSTREAM_ERROR) after
+    the upstream said it finished and what it bills leaves nothing billed unknown, and is marked so
+    (docs/conventions.md)."""
+    async with (
+        RawUpstream(wire(True) + b"data: {not json\n\n") as upstream,
+        providers_service(tmp_path, upstream.url, upstream.url) as stub,
+    ):
+        _, err = await stream_to_failure(stub, request(model, usage_final=True))
+    assert (err.code, err.reason) == (grpc.StatusCode.INTERNAL, "UPSTREAM_ERROR")
+    assert err.metadata.get(USAGE_FINAL) == "true"
+    assert (err.metadata["input_tokens"], err.metadata["output_tokens"]) == (str(input_tokens), str(OUTPUT_TOKENS))
+    assert err.metadata["cost_usd"] == cost(input_tokens, OUTPUT_TOKENS, input_price, output_price)
