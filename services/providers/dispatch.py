@@ -383,7 +383,7 @@ class Dispatcher:
             metadata["retry_after_s"] = retry_after_header(err.retry_after)
         # Tokens the failed attempts consumed: the caller charges them, at the prices it admitted the request at. Told
         # whenever there are any, even priced at nothing here (a free model, or a registry reloaded to a price of 0
-        # the caller did not admit at): left out, the caller had no measure and charged tokens the upstream bills 0.
+        # the caller did not admit at): left out, the caller had no measure and charged 0 for tokens the upstream bills.
         if wasted and wasted.consumed_tokens:
             metadata.update(wasted.metadata())
         if reported_whole and err.kind in _UNKNOWN_OUTCOME:
