@@ -48,6 +48,16 @@ SMALL_BODY_BYTES = 64 * 1024  # a batch creation's JSON: ids and metadata, never
 FILE_LISTED = ["tenant", "filename", "purpose", "created_at", "bytes", "deleted", "lines"]  # never the content
 SENT_PART_BYTES = 1024 * 1024  # a file's content sent at a time
 PAGE_CHUNK = 1000  # ids read from an index at a time
+# A batch failed as a retry took over its stalled creation (_batch_there): its record names it no longer.
+TAKEN_OVER = "taken_over"
+TAKEN_OVER_FIELDS = {
+    TAKEN_OVER: "1",
+    "errors": wire.batch_errors(
+        "creation_taken_over",
+        "The batch's creation stalled, and a retry with its Idempotency-Key created another batch in its place: this "
+        "one never runs.",
+    ),
+}
 
 Caller = Callable[[Request], tuple[str, str]]
 T = TypeVar("T")
@@ -319,13 +329,19 @@ class BatchApi:
 
         async def there(batch_id: str) -> dict[str, bytes] | None:
             fields = await self.store.get(batch_key(batch_id))
-            if fields.get("tenant", b"").decode() != tenant:
+            if fields.get("tenant", b"").decode() != tenant or TAKEN_OVER in fields:
                 return None
             if fields.get("status") != b"validating" or await self.store.is_active(batch_id):
                 return fields
             if int(now()) - int(fields.get("created_at", b"0")) < idempotent.CREATING_S:
                 raise idempotent.in_use("batch")  # still being written
-            return None  # left so by a creation that died part way
+            # Left so by a creation that died part way, or stalled there (its edge paused), which may yet resume and
+            # activate it: failed first, in one step only while still `validating` (its run moves it on the same way),
+            # so that it never runs beside the batch that takes its place. Moved on meanwhile, it is told as it is.
+            if await self.store.advance(batch_id, ("validating",), "failed", now(), TAKEN_OVER_FIELDS):
+                await self.store.expire([batch_key(batch_id)], self.retention_s)  # kept as an ended batch is
+                return None
+            return await there(batch_id)
 
         return there
 

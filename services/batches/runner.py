@@ -324,6 +324,8 @@ class Runner:
                 # without failing, its count of failures in a row is kept (`batch` left empty for _settle).
                 return
             batch = found
+            if batch.get("status") == b"validating":
+                batch = await self._start_progress(batch_id, batch)
             if not batch:  # evicted from the store: nothing left to run or to report to
                 await self.store.activate(batch_id, False)
                 self._ended_here.add(batch_id)
@@ -351,8 +353,6 @@ class Runner:
                 return
             lines = await wire.index_off_loop(content)  # validated at upload; each line parsed as it is sent
             done = await self.store.get(results_key(batch_id))
-            if batch["status"] == b"validating":
-                await self.store.put(batch_key(batch_id), {"status": "in_progress", "in_progress_at": now()})
             expires_at = wire.expires_at(batch)
             if batch["status"] == b"cancelling" or time.time() >= expires_at:  # no line goes out any more
                 deferred: dict[int, dict[str, str]] | Unreached = await self.deferral.recover(
@@ -455,6 +455,15 @@ class Runner:
                     await self.store.release(batch_id, self.owner)
                 except Exception:
                     log.warning("batch lease not released; it lapses", extra={"id": batch_id}, exc_info=True)
+
+    async def _start_progress(self, batch_id: str, batch: dict[str, bytes]) -> dict[str, bytes]:
+        """The batch read `validating`, `in_progress` from now in one step only while still `validating`: moved on
+        since it was read (failed as a retry took over its stalled creation, idempotent.py; or cancelled), it is not
+        run as read but as it is now (a failed one ends, sending nothing). Its fields as they stand."""
+        at = now()
+        if await self.store.advance(batch_id, ("validating",), "in_progress", at):
+            return batch | {"status": b"in_progress", "in_progress_at": at.encode()}
+        return await self.store.get(batch_key(batch_id))
 
     async def _settle(self, batch_id: str, batch: dict[str, bytes], failed: bool) -> bool:
         """A failed run's batch backs off; one that ran without failing starts its count again. False when the

@@ -133,9 +133,12 @@ class Store(Protocol):
         if any, ended by then) parks it until now: run again at once, it ends `expired` (sending no new line) unless
         it fails again, backed off then. When it is parked until; None when the batch is gone (nothing written)."""
 
-    async def advance(self, batch_id: str, statuses: tuple[str, ...], status: str, at: str) -> bool:
-        """The batch in `status` since `at` (its `<status>_at`), if it is in one of `statuses`, in one step: a cancel
-        and a run ending the batch meanwhile (on this edge or another) do not undo each other. True when it moved."""
+    async def advance(
+        self, batch_id: str, statuses: tuple[str, ...], status: str, at: str, also: dict[str, str] | None = None
+    ) -> bool:
+        """The batch in `status` since `at` (its `<status>_at`), with the fields `also`, if it is in one of `statuses`,
+        in one step: a cancel, a run starting or ending the batch and the takeover of its stalled creation meanwhile
+        (on this edge or another) do not undo each other. True when it moved."""
 
     async def expire(self, keys: list[str], ttl_s: int) -> None: ...
 
@@ -243,12 +246,14 @@ redis.call('HSET', KEYS[1], 'parked_until', parked)
 return parked
 """
 
-# KEYS: a batch's hash. ARGV: its new status, when, then the statuses it may move from. Store.advance.
+# KEYS: a batch's hash. ARGV: its new status, when, how many statuses it may move from, those, then the fields written
+# with the move (name, value, ...). A hash that is gone has no status: never recreated. Store.advance.
 ADVANCE = """
 local status = redis.call('HGET', KEYS[1], 'status')
-for i = 3, #ARGV do
+local from = tonumber(ARGV[3])
+for i = 4, 3 + from do
   if status == ARGV[i] then
-    redis.call('HSET', KEYS[1], 'status', ARGV[1], ARGV[1] .. '_at', ARGV[2])
+    redis.call('HSET', KEYS[1], 'status', ARGV[1], ARGV[1] .. '_at', ARGV[2], unpack(ARGV, 4 + from))
     return 1
   end
 end
@@ -462,8 +467,12 @@ class RedisStore:
         until = await self.redis.eval(BACK_OFF, 1, batch_key(batch_id), *args)
         return None if until is None else float(until)
 
-    async def advance(self, batch_id: str, statuses: tuple[str, ...], status: str, at: str) -> bool:
-        return bool(await self.redis.eval(ADVANCE, 1, batch_key(batch_id), status, at, *statuses))
+    async def advance(
+        self, batch_id: str, statuses: tuple[str, ...], status: str, at: str, also: dict[str, str] | None = None
+    ) -> bool:
+        written = [part for field in (also or {}).items() for part in field]
+        moved = await self.redis.eval(ADVANCE, 1, batch_key(batch_id), status, at, len(statuses), *statuses, *written)
+        return bool(moved)
 
     async def expire(self, keys: list[str], ttl_s: int) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -658,10 +667,12 @@ class MemoryStore:
         await self.put(batch_key(batch_id), {"parked_until": repr(until)})
         return until
 
-    async def advance(self, batch_id: str, statuses: tuple[str, ...], status: str, at: str) -> bool:
+    async def advance(
+        self, batch_id: str, statuses: tuple[str, ...], status: str, at: str, also: dict[str, str] | None = None
+    ) -> bool:
         if (await self.get(batch_key(batch_id))).get("status", b"").decode() not in statuses:
-            return False
-        await self.put(batch_key(batch_id), {"status": status, f"{status}_at": at})
+            return False  # read and written with no await between them that yields: one step
+        await self.put(batch_key(batch_id), {"status": status, f"{status}_at": at, **(also or {})})
         return True
 
     async def expire(self, keys: list[str], ttl_s: int) -> None:

@@ -227,6 +227,24 @@ async def test_only_a_running_batch_is_cancelled(store: Store) -> None:
     assert await store.get(batch_key(gone)) == {}
 
 
+async def test_a_batch_moves_with_its_fields_only_from_the_statuses_given(store: Store) -> None:
+    """A stalled creation's batch is failed, with its errors, in one step only while still `validating`: one whose run
+    moved it on meanwhile keeps running, its fields untouched (and a gone one is not written back)."""
+    also = {"errors": "[]", "taken_over": "1"}
+    waiting = f"b-{uuid.uuid4().hex}"
+    await store.put(batch_key(waiting), {"status": "validating"})
+    assert await store.advance(waiting, ("validating",), "failed", "1700000000", also)
+    expected = {"status": b"failed", "failed_at": b"1700000000", "errors": b"[]", "taken_over": b"1"}
+    assert await store.get(batch_key(waiting)) == expected
+    running = f"b-{uuid.uuid4().hex}"
+    await store.put(batch_key(running), {"status": "in_progress"})
+    assert not await store.advance(running, ("validating",), "failed", "1700000000", also)
+    assert await store.get(batch_key(running)) == {"status": b"in_progress"}
+    gone = f"b-{uuid.uuid4().hex}"
+    assert not await store.advance(gone, ("validating",), "failed", "1700000000", also)
+    assert await store.get(batch_key(gone)) == {}
+
+
 async def test_an_idempotency_record_is_let_go_only_by_its_holder(store: Store) -> None:
     """A creation undone lets go of its Idempotency-Key's record only while its own value holds it: one that another
     creation took over meanwhile (the undone batch's hash deleted first, so it read as gone) stays that creation's, or
