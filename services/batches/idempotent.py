@@ -8,8 +8,8 @@ the others drop what they wrote and answer its item, which is there to be read (
 may yet be undone, is a 409 to retry: in_use). A record whose item is gone (undone, deleted, expired, or a batch whose
 creation died part way: CREATING_S) is taken over by the next creation, whatever its request. A batch so taken over is
 failed first, in one step while still `validating` (api.py), and a run starts only a batch still `validating`, in one
-step too (runner.py): a creation that only stalled, resuming, activates a batch that ends without running. The same value with
-another request is a 422 while its item is there."""
+step too (runner.py): a creation that only stalled, resuming, activates a batch that ends without running. The same
+value with another request is a 422 while its item is there."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """A batch creation stalled past CREATING_S between its Idempotency-Key's claim and its batch's activation (its edge
 paused, its VM frozen) is taken over by a retry: the stalled creation, resuming, must not run its batch beside the
-one that took its place (both ran, and were charged: the tenant paid twice for one keyed request). The stall made at
+one that took its place (both ran, and were charged: the tenant paid twice for one keyed request); nor a run undo a
+cancel that came as it read its batch, by the same one step of its start. The stall made at
 chosen store calls of the edge (held there until the test lets them go), never by sleeping; on the store in process,
 a Redis and a Redis Cluster."""
 
@@ -190,3 +191,28 @@ async def test_a_run_reading_its_batch_as_it_is_taken_over_never_runs_it(edge: E
     reading.released.set()
     assert (await first).status_code == 200
     await ran_once(edge, retried)
+
+
+async def test_a_batch_cancelled_as_its_run_reads_it_ends_cancelled_sending_nothing(edge: Edge) -> None:
+    """Cancelled between its run's read (`validating`) and its start: the same one step keeps the cancel (read, then
+    written apart, `in_progress` overwrote `cancelling` and the batch ran to `completed`)."""
+    files = {"file": ("batch.jsonl", json.dumps(LINE).encode())}
+    file_id = (await edge.http.post("/files", files=files, data={"purpose": "batch"})).json()["id"]
+    activating = edge.store.activating
+    assert activating is not None
+    creating = asyncio.ensure_future(create(edge.http, file_id))
+    await activating.arrived.wait()
+    edge.store.reading = reading = Hold()
+    activating.released.set()
+    await reading.arrived.wait()  # its run read it `validating`
+    batch_id = (await creating).json()["id"]
+    cancelling = await edge.http.post(f"/batches/{batch_id}/cancel")
+    assert (cancelling.status_code, cancelling.json()["status"]) == (200, "cancelling"), cancelling.text
+    reading.released.set()
+
+    async def ended() -> bool:
+        return bool((await edge.http.get(f"/batches/{batch_id}")).json()["status"] not in ("cancelling", "in_progress"))
+
+    await eventually(ended, "the batch ended")
+    assert (await edge.http.get(f"/batches/{batch_id}")).json()["status"] == "cancelled"
+    assert edge.router.asked == []
