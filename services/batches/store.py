@@ -790,8 +790,12 @@ async def delete_if_unread(store: Store, file_id: str) -> None:
     content (and its count against its tenant's quota) until the batch ends. Called after each change to either
     (the mark, a batch's end), so whichever comes last removes it."""
     fields = (await store.fields([file_key(file_id)], ["deleted", "tenant"]))[0]
-    if "deleted" in fields and await unread(store, file_id):
+    if "deleted" not in fields or not await unread(store, file_id):
+        return
+    if "tenant" in fields:
         await remove_file(store, fields["tenant"].decode(), file_id)
+    else:  # a mark alone, written by a DELETE after the file went (a batch's end removed it, or it expired)
+        await store.delete([file_key(file_id), readers_key(file_id)])
 
 
 async def remove_file(store: Store, tenant: str, file_id: str) -> None:
