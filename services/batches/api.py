@@ -26,6 +26,7 @@ from services.batches.quota import FileQuota
 from services.batches.runner import Runner, file_fields
 from services.batches.store import (
     CANCELLABLE,
+    COUNTING_S,
     GROUPS,
     Store,
     batch_key,
@@ -194,35 +195,52 @@ class BatchApi:
         return JSONResponse(wire.file_body(file_id, (await self.store.fields([file_key(file_id)], FILE_LISTED))[0]))
 
     def _file_there(self, tenant: str) -> idempotent.StillThere:
+        """The tenant's file's fields when it is there to be told: not deleted, nor one whose upload died part way. One
+        still being uploaded (`creating`: its record claimed, not yet counted or stored) is a 409 to retry: told now,
+        its upload refused next (the quota) or undone, its caller would hold the id of a file that never was."""
+
         async def there(file_id: str) -> dict[str, bytes] | None:
-            fields = (await self.store.fields([file_key(file_id)], FILE_LISTED))[0]
-            return fields if fields.get("tenant", b"").decode() == tenant and "deleted" not in fields else None
+            fields = (await self.store.fields([file_key(file_id)], [*FILE_LISTED, "creating"]))[0]
+            if fields.get("tenant", b"").decode() != tenant or "deleted" in fields:
+                return None
+            if "creating" not in fields:
+                return fields
+            if int(now()) - int(fields.get("created_at", b"0")) < idempotent.CREATING_S:
+                raise idempotent.in_use("file")
+            return None  # left so by an upload that died part way
 
         return there
 
     async def _write_file(
         self, tenant: str, file_id: str, fields: dict[str, str | bytes], size: int, claim: Claim | None
     ) -> idempotent.Made | None:
-        """The file counted against its tenant's quota (or refused, nothing stored), written and listed; or, when an
-        upload with the same Idempotency-Key made one first, that file (and its fields), this one dropped."""
-        if (counted := await self.quota.take(tenant, file_id, size)) is not None:
-            raise ApiError(
-                400,
-                f"file storage limit reached: your files stored take {counted} bytes of your "
-                f"{self.quota.most}, and this one would take {size} more (each file counts at least 1024); delete "
-                "files (DELETE /v1/files/{file_id}) or wait for them to expire",
-                param="file",
-                code="storage_limit_exceeded",
-            )
+        """The file counted against its tenant's quota (or refused, nothing kept), written and listed; or, when an
+        upload with the same Idempotency-Key made one first, that file (and its fields), this one dropped. Its fields
+        without content, marked `creating`, come first, then the record's claim, then the count: a retry racing it is
+        told to retry (409) until the file is there, where counted a second time it was refused at the quota's edge
+        though the first stored the file."""
+        creating = {name: value for name, value in fields.items() if name != "content"} | {"creating": "1"}
         try:
-            await self.store.put(file_key(file_id), fields)
-            await self.store.expire([file_key(file_id)], self.retention_s)
+            await self.store.put(file_key(file_id), creating)
+            await self.store.expire([file_key(file_id)], COUNTING_S)  # as its count: lapses if this edge dies
             if claim is not None:
                 made = await idempotent.take(self.store, claim, file_id, self.retention_s, self._file_there(tenant))
                 if made is not None:
-                    await remove_file(self.store, tenant, file_id)  # not listed yet
+                    await remove_file(self.store, tenant, file_id)  # not counted nor listed yet
                     return made
+            if (counted := await self.quota.take(tenant, file_id, size)) is not None:
+                raise ApiError(
+                    400,
+                    f"file storage limit reached: your files stored take {counted} bytes of your "
+                    f"{self.quota.most}, and this one would take {size} more (each file counts at least 1024); "
+                    "delete files (DELETE /v1/files/{file_id}) or wait for them to expire",
+                    param="file",
+                    code="storage_limit_exceeded",
+                )
+            await self.store.put(file_key(file_id), fields)  # whole: written anew if its first fields lapsed
             await self.store.keep_counted(tenant, file_id, self.retention_s)  # counted as long as it is kept
+            await self.store.drop(file_key(file_id), "creating")
+            await self.store.expire([file_key(file_id)], self.retention_s)
             await self.store.index(tenant, "file", file_id, self.retention_s, "batch")
         except Exception:  # a file refused part way is not kept, unlisted (and perhaps without expiry) in the store
             await _undo(lambda: remove_file(self.store, tenant, file_id), *self._unclaim(claim, file_id))

@@ -9,6 +9,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import httpx
 import openai
@@ -17,10 +18,12 @@ from pydantic import SecretStr, ValidationError
 
 from llmrouter.redis_connect import connect
 from llmrouter.redis_url import RedisUrl
-from services.batches import wire
-from services.batches.store import quota_keys
+from services.batches import idempotent, wire
+from services.batches.api import _file_request
+from services.batches.store import RedisStore, file_key, now, quota_keys
 from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
+from tests.fakes.lossy_proxy import LossyProxy
 from tests.fakes.recording_router import RecordingRouter
 from tests.integration.conftest import free_port, served_edge, served_router
 from tests.waiting import eventually
@@ -74,8 +77,12 @@ def jsonl(size: int, custom_id: str = "a") -> bytes:
     return line(size - len(line(0)) - 1) + b"\n"
 
 
-async def upload(http: httpx.AsyncClient, size: int = FILE, custom_id: str = "a") -> httpx.Response:
-    return await http.post("/files", files={"file": ("b.jsonl", jsonl(size, custom_id))}, data={"purpose": "batch"})
+async def upload(
+    http: httpx.AsyncClient, size: int = FILE, custom_id: str = "a", key: str | None = None
+) -> httpx.Response:
+    headers = {} if key is None else {"Idempotency-Key": key}
+    files = {"file": ("b.jsonl", jsonl(size, custom_id))}
+    return await http.post("/files", files=files, data={"purpose": "batch"}, headers=headers)
 
 
 async def listed(http: httpx.AsyncClient) -> list[str]:
@@ -165,3 +172,66 @@ async def test_a_batchs_output_file_counts_against_its_tenant(edge: Edge) -> Non
 def test_a_quota_under_the_largest_file_is_refused_at_start() -> None:
     with pytest.raises(ValidationError, match=r"EDGE_FILES_TENANT_BYTES \(1000\) is under .* EDGE_BATCH_MAX_FILE"):
         EdgeSettings(files_tenant_bytes=1000, batch_max_file_bytes=2000)
+
+
+async def test_a_keyed_upload_retried_while_its_first_is_counted_is_told_to_retry_not_refused(redis_url: str) -> None:
+    """The openai SDK retries an upload after its timeout, the first still being stored: at the quota's edge the retry
+    was counted a second time and refused (400, not retried), though the first stored the file. The Idempotency-Key is
+    claimed before the count, so the retry is told to retry (409 idempotency_key_in_use) until the first's file is
+    there, then gets it. The edge's batch store behind a proxy holding the reply after which the first is counted."""
+    client = connect(redis_url)
+    async with (
+        LossyProxy("127.0.0.1", int(urlsplit(redis_url).port or 6379)) as proxy,
+        served_router(RecordingRouter()) as router_addr,
+    ):
+        settings = EdgeSettings(
+            port=free_port(),
+            router_addr=router_addr,
+            access_log="off",
+            metrics_port=0,
+            api_keys=SecretStr(key_line("acme", KEYS["acme"])),
+            batch_redis_url=RedisUrl(proxy.url_for(redis_url)),
+            batch_max_file_bytes=2000,
+            files_tenant_bytes=2 * FILE - 1,  # the file fits once
+        )
+        async with served_edge(settings) as base_url:
+            edge = Edge(base_url, None)
+            async with edge.client() as http:
+                reply = proxy.hold_next_reply()
+                first = asyncio.ensure_future(upload(http, key="up"))
+                while True:  # the first's replies let through one at a time until it is counted
+                    await reply.arrived.wait()
+                    if await client.hget(quota_keys("acme")[0], "*"):
+                        break
+                    reply.released.set()
+                    reply = proxy.hold_next_reply()
+                retried = await upload(http, key="up")
+                reply.released.set()
+                stored = await first
+                again = await upload(http, key="up")
+    await client.aclose()
+    assert stored.status_code == 200, stored.text
+    assert retried.status_code == 409, retried.text
+    assert (retried.json()["error"]["code"], retried.headers["retry-after"]) == ("idempotency_key_in_use", "1")
+    assert (again.status_code, again.json()) == (200, stored.json())
+
+
+@pytest.mark.parametrize("store_url", ["redis", "cluster"], indirect=True)  # its hash written as a dead edge left it
+async def test_a_keyed_upload_whose_edge_died_while_creating_is_taken_over(edge: Edge) -> None:
+    """An edge died part way through a keyed upload, its file left `creating` (no expiry: killed before it was set):
+    past CREATING_S a retry makes the file anew rather than a 409 for ever."""
+    assert edge.store_url is not None
+    store = RedisStore(edge.store_url)
+    claim = idempotent.claim_for("file", "acme", KEYS["acme"], "up", _file_request("b.jsonl", "batch", jsonl(FILE)))
+    try:
+        created = str(int(now()) - idempotent.CREATING_S - 1)
+        dead = {"tenant": "acme", "filename": "b.jsonl", "purpose": "batch", "bytes": "1", "created_at": created}
+        await store.put(file_key("file-dead"), {**dead, "creating": "1"})
+        assert await store.claim(claim.key, claim.value("file-dead"), 60) is None
+        async with edge.client() as http:
+            retried = await upload(http, key="up")
+            assert retried.status_code == 200, retried.text
+            assert retried.json()["id"] != "file-dead"
+            assert await listed(http) == [retried.json()["id"]]
+    finally:
+        await store.close()
