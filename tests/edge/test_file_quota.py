@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -235,3 +236,34 @@ async def test_a_keyed_upload_whose_edge_died_while_creating_is_taken_over(edge:
             assert await listed(http) == [retried.json()["id"]]
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("store_url", ["redis", "cluster"], indirect=True)  # the counts are read from the store's keys
+async def test_a_files_count_lapses_no_sooner_than_the_file(edge: Edge) -> None:
+    """Each file's count is kept as long as its hash: an upload's, its input's once a batch reads it (kept past the
+    batch's window), and the batch's output file's. A count left at COUNTING_S lapsed ten minutes after the upload,
+    the file stored uncounted for the rest of its 30 days."""
+    assert edge.store_url is not None
+    client = connect(edge.store_url)
+
+    async def lapses_with_its_file(file_id: str) -> None:
+        lapse = await client.zscore(quota_keys("acme")[1], file_id)
+        kept_s = await client.ttl(file_key(file_id))
+        assert lapse is not None and kept_s > 0
+        assert lapse >= time.time() + kept_s - 2, (file_id, lapse - time.time(), kept_s)
+
+    try:
+        async with edge.client() as http:
+            file_id = (await upload(http)).json()["id"]
+            await lapses_with_its_file(file_id)
+            body = {"input_file_id": file_id, "endpoint": wire.ENDPOINT, "completion_window": "24h"}
+            batch_id = (await http.post("/batches", json=body)).json()["id"]
+            await lapses_with_its_file(file_id)
+
+            async def ended() -> bool:
+                return bool((await http.get(f"/batches/{batch_id}")).json()["status"] == "completed")
+
+            await eventually(ended, "the batch completed")
+            await lapses_with_its_file((await http.get(f"/batches/{batch_id}")).json()["output_file_id"])
+    finally:
+        await client.aclose()

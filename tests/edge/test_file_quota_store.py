@@ -161,3 +161,14 @@ async def test_a_deletion_mark_left_on_a_file_gone_is_removed(store: Store) -> N
     await store.put(file_key("f1"), {"deleted": "1"})
     await delete_if_unread(store, "f1")
     assert await store.fields([file_key("f1")], None) == [{}]
+
+
+async def test_a_kept_count_is_kept_when_counted_again_and_only_a_count_is_kept(store: Store) -> None:
+    """A batch's end run again (its edge died after keeping its output file's count) counts that file anew: its count
+    keeps its later lapse, not COUNTING_S, past which the file stayed stored uncounted. A file never counted (stored
+    before the quota) is not made counted by keeping its count."""
+    await store.count_file("t1", "out", 100, None)
+    await store.keep_counted("t1", "out", 3600)
+    await store.count_file("t1", "out", 100, None)
+    await store.keep_counted("t1", "before-the-quota", 3600)
+    assert await store.counted_files("t1") == ["out"]
