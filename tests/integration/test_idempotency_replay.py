@@ -183,3 +183,33 @@ async def test_a_stream_cut_before_its_end_or_over_the_limit_is_not_kept(chain: 
 def streamed(body: dict[str, object]) -> dict[str, object]:
     """The body as `complete` streams it (the SDK's request for a stream with its usage)."""
     return {**body, "stream": True, "stream_options": {"include_usage": True}}
+
+
+async def test_in_the_edges_redis_each_tenant_keeps_answers_up_to_its_own_bytes(chain: Chain, redis_url: str) -> None:
+    """EDGE_IDEMPOTENCY_TENANT_BYTES reaches the edge and counts by the request's tenant: one answer fits, a tenant's
+    second is kept as its digest (its retry the router's 409), and another tenant behind another replica keeps its own.
+    The bound is one and a half answers, of the size one answer measured first."""
+    async with tenant_before(chain, chain.router_addr) as measuring:
+        client = measuring.client(max_retries=0)
+        try:
+            size = len((await answered(client, ask(), "measure")).content)
+        finally:
+            await client.close()
+    bounded = {"batch_redis_url": redis_url, "idempotency_tenant_bytes": size * 3 // 2}
+    async with (
+        tenant_before(chain, chain.router_addr, **bounded) as hog,
+        tenant_before(chain, chain.router_addr, **bounded) as other,
+    ):
+        clients = [hog.client(max_retries=0), other.client(max_retries=0)]
+        first, second, others = ask(), ask(), ask()
+        try:
+            await answered(clients[0], first, "hog-1")
+            await answered(clients[0], second, "hog-2")
+            await answered(clients[1], others, "other-1")
+            assert (await answered(clients[0], first, "hog-1")).headers["idempotent-replayed"] == "true"
+            with pytest.raises(openai.ConflictError):  # past the tenant's bytes: its digest alone
+                await complete(clients[0], second, False, "hog-2")
+            assert (await answered(clients[1], others, "other-1")).headers["idempotent-replayed"] == "true"
+        finally:
+            for client in clients:
+                await client.close()
