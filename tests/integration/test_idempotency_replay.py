@@ -195,10 +195,10 @@ async def test_in_the_edges_redis_each_tenant_keeps_answers_up_to_its_own_bytes(
             size = len((await answered(client, ask(), "measure")).content)
         finally:
             await client.close()
-    bounded = {"batch_redis_url": redis_url, "idempotency_tenant_bytes": size * 3 // 2}
+    bound = size * 3 // 2
     async with (
-        tenant_before(chain, chain.router_addr, **bounded) as hog,
-        tenant_before(chain, chain.router_addr, **bounded) as other,
+        tenant_before(chain, chain.router_addr, batch_redis_url=redis_url, idempotency_tenant_bytes=bound) as hog,
+        tenant_before(chain, chain.router_addr, batch_redis_url=redis_url, idempotency_tenant_bytes=bound) as other,
     ):
         clients = [hog.client(max_retries=0), other.client(max_retries=0)]
         first, second, others = ask(), ask(), ask()
