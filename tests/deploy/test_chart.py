@@ -331,6 +331,24 @@ def test_hpa_bounds_crossed_are_refused_at_render(svc: str) -> None:
     assert (hpa["minReplicas"], hpa["maxReplicas"]) == (4, 4)
 
 
+def test_a_file_quota_under_the_largest_file_is_refused_at_render() -> None:
+    """The edge refuses to start with EDGE_FILES_TENANT_BYTES under what a file of EDGE_BATCH_MAX_FILE_BYTES counts
+    (its pods crash-looping after the install went through): the chart refuses it at `helm template`. Equal fits."""
+    with pytest.raises(subprocess.CalledProcessError) as under:
+        render("--set", "edge.batches.maxFileBytes=2000", "--set", "edge.batches.filesTenantBytes=1999")
+    assert "edge.batches.filesTenantBytes (1999) is under what a file of edge.batches.maxFileBytes counts (2000;" in (
+        under.value.stderr
+    )
+    with pytest.raises(subprocess.CalledProcessError) as tiny:  # a file counts at least 1024
+        render("--set", "edge.batches.maxFileBytes=10", "--set", "edge.batches.filesTenantBytes=1000")
+    assert "counts (1024;" in tiny.value.stderr
+    fits = render("--set", "edge.batches.maxFileBytes=2000", "--set", "edge.batches.filesTenantBytes=2000")
+    edge = env(fits, "edge")
+    EdgeSettings.model_validate(
+        {k[5:].lower(): v for k, v in edge.items() if k.startswith(("EDGE_BATCH_", "EDGE_FILES_"))}
+    )
+
+
 def test_each_grpc_service_has_its_limit_of_calls_in_flight(docs: list[dict]) -> None:
     """<service>.maxInflightCalls is the service's <PREFIX>_MAX_INFLIGHT_CALLS, within the settings' bounds (below
     gRPC's queue of waiting calls); the edge, no gRPC server, has none."""
