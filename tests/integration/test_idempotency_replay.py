@@ -14,7 +14,9 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import redis.asyncio as redis
 
+from services.edge.replays import KEPT_BYTES
 from tests.fakes.server import Fault
 from tests.integration.conftest import Chain
 from tests.integration.test_idempotency_key import Tenant, answered, ask, asked, complete, tenant_before
@@ -187,14 +189,19 @@ def streamed(body: dict[str, object]) -> dict[str, object]:
 
 async def test_in_the_edges_redis_each_tenant_keeps_answers_up_to_its_own_bytes(chain: Chain, redis_url: str) -> None:
     """EDGE_IDEMPOTENCY_TENANT_BYTES reaches the edge and counts by the request's tenant: one answer fits, a tenant's
-    second is kept as its digest (its retry the router's 409), and another tenant behind another replica keeps its own.
-    The bound is one and a half answers, of the size one answer measured first."""
-    async with tenant_before(chain, chain.router_addr) as measuring:
+    second is not kept (its retry the router's 409), and another tenant behind another replica keeps its own. The bound
+    is one and a half of what one answer counted, as measured first."""
+    store = redis.Redis.from_url(redis_url)
+    async with tenant_before(chain, chain.router_addr, batch_redis_url=redis_url) as measuring:
         client = measuring.client(max_retries=0)
         try:
-            size = len((await answered(client, ask(), "measure")).content)
+            await answered(client, ask(), "measure")
         finally:
             await client.close()
+    counters = [key async for key in store.scan_iter(match=f"{KEPT_BYTES}{measuring.name}:*")]
+    size = sum([int(await store.get(key) or 0) for key in counters])
+    await store.aclose()
+    assert size > 0
     bound = size * 3 // 2
     async with (
         tenant_before(chain, chain.router_addr, batch_redis_url=redis_url, idempotency_tenant_bytes=bound) as hog,
