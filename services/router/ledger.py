@@ -9,7 +9,8 @@ again by the deletion's script as the group stands then), so none is lost to the
 stream, said on stderr, for a later trim once the sink has copied them; a stream no such group reads is trimmed to
 the retention. Each line is {"shard": <n>, "id": <stream id>, "record": {...}}, shard by shard, the record
 as the router's charge built it (the stream keeps it compact: services/router/store/ledger_entry.py); a trim
-interrupted between the two steps exports the same entries again on its next run, with the same ids. A group no
+interrupted between the two steps exports the same entries again on its next run, with the same ids. A run holds its
+file alone (an exclusive lock) while it exports and deletes: another run on the same file waits for it. A group no
 sink will read again keeps everything from where it stopped: the failed run says how long ago it last read, and the
 command that deletes it; `trim --out FILE --abandon-group llmrouter-sql-sink` deletes it itself where none of its
 consumers has read for ABANDON_IDLE_S, never a live sink's.
@@ -22,15 +23,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fcntl
 import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from redis.exceptions import ResponseError
 
@@ -123,26 +126,36 @@ def _id(entry_id: str) -> tuple[int, int]:
 async def export(client: Any, out: Path, before_ms: int | None = None) -> int:
     """Append the entries (older than `before_ms` when given) to `out`; returns how many were exported."""
     below = None if before_ms is None else f"{before_ms}-0"
-    return await _export(client, out, [below] * SHARDS)
+    async with _appending(out) as file:
+        return await _export(client, file, [below] * SHARDS)
 
 
-async def _export(client: Any, out: Path, below: Sequence[str | None]) -> int:
-    """Append each shard's entries with ids below its bound in `below` (all of them for None) to `out`, fsynced."""
-    exported = 0
+@asynccontextmanager
+async def _appending(out: Path) -> AsyncIterator[TextIO]:
+    """`out` opened to append, held alone until closed (an exclusive flock, waited for off the event loop): two runs on
+    one file (the chart's scheduled trim beside a manual Job) would export the same entries twice and cut each other's
+    lines; the one that waits reads the streams once the other has deleted what it exported."""
     with out.open("a", encoding="utf-8") as file:
-        for shard in range(SHARDS):
-            start, end = "-", "+" if below[shard] is None else f"({below[shard]}"
-            while True:
-                entries = await client.xrange(ledger_key(shard), min=start, max=end, count=BATCH)
-                for entry_id, fields in entries:
-                    line = {"shard": shard, "id": entry_id.decode(), "record": _as_built(fields)}
-                    file.write(json.dumps(line) + "\n")
-                exported += len(entries)
-                if len(entries) < BATCH:
-                    break
-                start = "(" + entries[-1][0].decode()
-        file.flush()
-        os.fsync(file.fileno())
+        await asyncio.to_thread(fcntl.flock, file.fileno(), fcntl.LOCK_EX)
+        yield file
+
+
+async def _export(client: Any, file: TextIO, below: Sequence[str | None]) -> int:
+    """Append each shard's entries with ids below its bound in `below` (all of them for None) to `file`, fsynced."""
+    exported = 0
+    for shard in range(SHARDS):
+        start, end = "-", "+" if below[shard] is None else f"({below[shard]}"
+        while True:
+            entries = await client.xrange(ledger_key(shard), min=start, max=end, count=BATCH)
+            for entry_id, fields in entries:
+                line = {"shard": shard, "id": entry_id.decode(), "record": _as_built(fields)}
+                file.write(json.dumps(line) + "\n")
+            exported += len(entries)
+            if len(entries) < BATCH:
+                break
+            start = "(" + entries[-1][0].decode()
+    file.flush()
+    os.fsync(file.fileno())
     return exported
 
 
@@ -184,22 +197,23 @@ async def trim(
     sink will read the group again: --abandon-group), the group is first deleted where none of its consumers has read
     for that long: its stream is then trimmed as one no sink reads, what the group had not acknowledged going to `out`
     alone."""
-    cutoff = f"{older_than_ms(retention_days)}-0"
-    abandoned = []
-    if abandon_idle_s is not None:
+    async with _appending(out) as file:
+        cutoff = f"{older_than_ms(retention_days)}-0"
+        abandoned = []
+        if abandon_idle_s is not None:
+            for shard in range(SHARDS):
+                deleted, _ = await client.eval(ABANDON_GROUP, 1, ledger_key(shard), group, int(abandon_idle_s * 1000))
+                if deleted:
+                    abandoned.append(shard)
+        below = []
         for shard in range(SHARDS):
-            deleted, _ = await client.eval(ABANDON_GROUP, 1, ledger_key(shard), group, int(abandon_idle_s * 1000))
-            if deleted:
-                abandoned.append(shard)
-    below = []
-    for shard in range(SHARDS):
-        unacknowledged = await _unacknowledged_from(client, shard, group)
-        below.append(cutoff if unacknowledged is None else min(cutoff, unacknowledged, key=_id))
-    deleted = 0
-    if await _export(client, out, below):
-        for shard in range(SHARDS):
-            # Bounded by the group as it stands now too: a group made since (a sink started) has acknowledged nothing.
-            deleted += int(await client.eval(TRIM_COPIED, 1, ledger_key(shard), below[shard], group, "1"))
+            unacknowledged = await _unacknowledged_from(client, shard, group)
+            below.append(cutoff if unacknowledged is None else min(cutoff, unacknowledged, key=_id))
+        deleted = 0
+        if await _export(client, file, below):
+            for shard in range(SHARDS):
+                # Bounded by the group as it stands now too: a group made since (a sink started) acknowledged nothing.
+                deleted += int(await client.eval(TRIM_COPIED, 1, ledger_key(shard), below[shard], group, "1"))
     kept_back = await _kept_back(client, cutoff)
     idle_ms = {shard: await _group_idle_ms(client, shard, group) for shard in kept_back}
     return Trimmed(deleted, kept_back, idle_ms, abandoned)
