@@ -77,6 +77,7 @@ GOOD: dict[str, dict | Path] = {
     "ledger-trim-off": {"ledger_dsn_secret": {"name": "llm-ledger"}, "ledger_trim": {"enabled": False}},
     "ledger-trim-macro": {"ledger_dsn_secret": {"name": "llm-ledger"}, "ledger_trim": {"schedule": "@daily"}},
     "ledger-sink": {"ledger_dsn_secret": {"name": "llm-ledger"}, "ledger_sink": {"enabled": True}},
+    "ledger-trim-archive": {"ledger_trim": {"archive": {"existing_claim": "llm-ledger-archive"}}},
     "outbox-persistence": {"outbox_persistence": {"enabled": True, "storage_class_name": "fast", "size": "2Gi"}},
     "redis-password-secret": {"redis_password_secret": {"name": "llm-redis-auth", "keys": {"money": "money-pw"}}},
 }
@@ -93,7 +94,7 @@ EXPECTED: dict[str, dict] = {
             "holdTotals": CHART_DEFAULTS["router"]["holdTotals"],
             "ledgerTrim": {
                 k: CHART_DEFAULTS["router"]["ledgerTrim"][k]
-                for k in ("enabled", "schedule", "timeZone", "retentionDays")
+                for k in ("enabled", "schedule", "timeZone", "retentionDays", "archive")
             },
             "ledgerSink": {
                 k: CHART_DEFAULTS["router"]["ledgerSink"][k] for k in ("enabled", "replicas", "metricsPort")
@@ -123,6 +124,9 @@ EXPECTED: dict[str, dict] = {
     },
     "ledger-trim-macro": {"router": {"ledgerTrim": {"enabled": True, "schedule": "@daily"}}},
     "ledger-sink": {"router": {"ledgerSink": {"enabled": True, "replicas": 1, "metricsPort": 9105}}},
+    "ledger-trim-archive": {
+        "router": {"ledgerTrim": {"archive": {"existingClaim": "llm-ledger-archive", "file": "ledger-trimmed.jsonl"}}}
+    },
     "outbox-persistence": {
         "router": {
             "outbox": {
@@ -194,6 +198,12 @@ BAD: list[tuple[dict, str]] = [
     ({"ledger_sink": {"metrics_port": 0}}, "ledger_sink.metrics_port must be a port number"),
     ({"ledger_sink": {"metrics_port": 65536}}, "ledger_sink.metrics_port must be a port number"),
     ({"hold_totals": "scan"}, "hold_totals must be"),
+    ({"ledger_trim": {"archive": {"existing_claim": "Ledger Archive"}}}, "ledger_trim.archive.existing_claim must be"),
+    ({"ledger_trim": {"archive": {"existing_claim": "a", "file": "../x"}}}, "ledger_trim.archive.file must be"),
+    (
+        {"ledger_dsn_secret": {"name": "llm-ledger"}, "ledger_trim": {"archive": {"existing_claim": "a"}}},
+        "ledger_trim.archive needs no ledger_dsn_secret",
+    ),
     ({"outbox_persistence": {"size": "0Gi"}}, "outbox_persistence.size must be a whole number"),
     ({"outbox_persistence": {"size": "1.5Gi"}}, "outbox_persistence.size must be a whole number"),
     ({"outbox_persistence": {"size": "1gb"}}, "outbox_persistence.size must be a whole number"),

@@ -52,6 +52,10 @@ locals {
         schedule      = var.ledger_trim.schedule
         timeZone      = var.ledger_trim.time_zone
         retentionDays = var.ledger_trim.retention_days
+        archive = {
+          existingClaim = var.ledger_trim.archive.existing_claim
+          file          = var.ledger_trim.archive.file
+        }
       }
       ledgerSink = {
         enabled     = var.ledger_sink.enabled

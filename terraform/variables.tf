@@ -266,12 +266,18 @@ variable "hold_totals" {
 
 # --- ledger --------------------------------------------------------------------------------------------------
 variable "ledger_trim" {
-  description = "The CronJob deleting from the ledger streams in the money Redis (noeviction) the entries older than retention_days (ROUTER_LEDGER_RETENTION_DAYS, given to the router too) that the SQL sink copied into PostgreSQL (`python -m services.router.ledger trim --copied-only`). It runs only with ledger_dsn_secret and a money Redis; without it (or enabled = false) nothing trims the streams, and the money Redis fills and then refuses every request: schedule `trim --out FILE` yourself. The chart's money maxmemory (2gb) holds 1 request/s with 7 days kept, with room for entries of the versions before (2 KB each, not 900 B) while they age out (deploy/README.md, sizing)."
+  description = "The CronJob deleting from the ledger streams in the money Redis (noeviction) the entries older than retention_days (ROUTER_LEDGER_RETENTION_DAYS, given to the router too) that the SQL sink copied into PostgreSQL (`python -m services.router.ledger trim --copied-only`). It runs with a money Redis and either ledger_dsn_secret or, without PostgreSQL, archive.existing_claim: a PersistentVolumeClaim it runs `trim --out /archive/<archive.file>` onto, appending what it deletes to that file (the streams' only copy; rotate it on the volume). Without either (or enabled = false) nothing trims the streams, and the money Redis fills and then refuses every request (a Job of your own cannot reach the in-chart money Redis). The chart's money maxmemory (2gb) holds 1 request/s with 7 days kept, with room for entries of the versions before (2 KB each, not 900 B) while they age out (deploy/README.md, sizing)."
   type = object({
     enabled        = optional(bool, true)
     schedule       = optional(string, "17 3 * * *") # daily at 03:17, in time_zone; or a macro such as @daily
     time_zone      = optional(string, "Etc/UTC")    # an IANA name (the CronJob's spec.timeZone)
     retention_days = optional(number, 7)            # days of ledger the streams keep: PostgreSQL holds the ledger
+    # Without ledger_dsn_secret: a PersistentVolumeClaim the CronJob runs `trim --out /archive/<file>` onto (the
+    # chart's router.ledgerTrim.archive); "": no trim without PostgreSQL.
+    archive = optional(object({
+      existing_claim = optional(string, "")
+      file           = optional(string, "ledger-trimmed.jsonl") # appended to by every run: rotate it on the volume
+    }), {})
   })
   default  = {}
   nullable = false
@@ -287,6 +293,18 @@ variable "ledger_trim" {
   validation {
     condition     = var.ledger_trim.retention_days >= 1 && floor(var.ledger_trim.retention_days) == var.ledger_trim.retention_days
     error_message = "ledger_trim.retention_days must be a whole number of days, at least 1."
+  }
+  validation {
+    condition     = can(regex("^(|[a-z0-9]([-.a-z0-9]{0,251}[a-z0-9])?)$", var.ledger_trim.archive.existing_claim))
+    error_message = "ledger_trim.archive.existing_claim must be a PersistentVolumeClaim name (DNS-1123 subdomain), or \"\" for none."
+  }
+  validation {
+    condition     = can(regex("^[A-Za-z0-9_][A-Za-z0-9._-]*$", var.ledger_trim.archive.file))
+    error_message = "ledger_trim.archive.file must be a file name: letters, digits, '.', '_' and '-', not starting with '.' or '-'."
+  }
+  validation {
+    condition     = var.ledger_trim.archive.existing_claim == "" || var.ledger_dsn_secret == null
+    error_message = "ledger_trim.archive needs no ledger_dsn_secret: with PostgreSQL the trim deletes only what the sink copied (--copied-only) and writes no file; leave existing_claim empty."
   }
 }
 

