@@ -413,7 +413,7 @@ def build() -> dict:
         )
         .with_panel(
             series(
-                "Charges waiting in the outbox (lost if the pod goes)",
+                "Charges waiting in the outbox (lost with the pod unless router.outbox.persistence)",
                 "short",
                 (f"sum by (pod) ({s('llmrouter_router_outbox_charges')})", "{{pod}}"),
                 (f"sum by (pod) ({s('llmrouter_router_outbox_dead_letters')})", "{{pod}} dead letters"),

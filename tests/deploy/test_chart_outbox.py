@@ -6,6 +6,7 @@ policy. Needs helm and kubernetes-validate (deploy/install-tools.sh; without the
 from __future__ import annotations
 
 import copy
+import json
 import subprocess
 from pathlib import Path
 
@@ -184,3 +185,17 @@ def test_with_the_claims_the_manifests_pass_the_kubernetes_schemas(tmp_path: Pat
         text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_on_the_dashboard_does_not_call_the_outbox_lost_with_its_pod() -> None:
+    """The on-call whom LLMRouterOutboxNotDraining sends to the outbox panel must not read that the charges there go
+    with the pod when they are on its claim: the panel's title says when they are lost."""
+    docs = render(*ON)
+    (dashboard,) = [c for c in by_kind(docs, "ConfigMap").values() if c["metadata"]["labels"].get("grafana_dashboard")]
+    (body,) = dashboard["data"].values()
+    (title,) = [
+        p["title"]
+        for p in json.loads(body)["panels"]
+        if any("llmrouter_router_outbox_charges" in t["expr"] for t in p.get("targets", []))
+    ]
+    assert "lost" not in title or "router.outbox.persistence" in title, title
