@@ -199,3 +199,24 @@ def test_on_the_dashboard_does_not_call_the_outbox_lost_with_its_pod() -> None:
         if any("llmrouter_router_outbox_charges" in t["expr"] for t in p.get("targets", []))
     ]
     assert "lost" not in title or "router.outbox.persistence" in title, title
+
+
+@pytest.mark.parametrize(
+    "single",
+    [
+        ("--set", "router.autoscaling.enabled=false", "--set", "router.replicas=1"),
+        ("--set", "router.autoscaling.minReplicas=1"),
+    ],
+)
+def test_on_the_notes_warn_that_one_router_pod_serves_nothing_while_it_rolls(single: tuple[str, ...]) -> None:
+    """A StatefulSet rolls without surge: a single router pod is stopped (its drain, up to the grace period) before its
+    successor starts, where the Deployment's surge kept one serving."""
+
+    def notes(*args: str) -> str:
+        install = [tool("helm"), "install", "llm", str(CHART), "--dry-run", *args]
+        return " ".join(subprocess.run(install, check=True, capture_output=True, text=True).stdout.split())
+
+    warning = "WARNING: router.outbox.persistence with a single router pod"
+    assert warning in notes(*ON, *single)
+    assert warning not in notes(*ON)  # two at least (the HPA's minReplicas)
+    assert warning not in notes(*single)  # a Deployment surges
