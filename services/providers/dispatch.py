@@ -53,11 +53,13 @@ _UNHEALTHY = {"timeout", "unavailable", "bad_response", "lost"}
 # Failures after which nobody knows what the upstream generated: the router charges the attempt's worst case,
 # which covers whatever it consumed, so that is not reported on top.
 _UNKNOWN_OUTCOME = {"timeout", "bad_response", "lost"}
-# Refusals the request as sent earns, whatever the upstream's health: a prompt past the model's context, or a 400,
-# 413 or 422 (bad input, or our own gateway's refusal of it before sending). Counted apart as outcome "refused", so
-# that LLMRouterProviderHighErrorRatio never pages on a caller's mistakes. Other 4xx (401/403: our key; 402: our
-# account; 404: a model the registry names wrongly) stay "error": they are the operator's to fix.
-_REFUSED_STATUSES = frozenset({400, 413, 422})
+# Refusals the request as sent earns, whatever the upstream's health: a prompt past the model's context, or a 400 or
+# 422 (bad input, or our own gateway's refusal of it before sending), the refusals the edge answers as the caller's
+# (services/edge/app.py; any other it answers 502). Counted apart as outcome "refused", so that
+# LLMRouterProviderHighErrorRatio never pages on a caller's mistakes (LLMRouterProviderRefusingMost watches them).
+# Other 4xx (401/403: our key; 402: our account; 404: a model the registry names wrongly; 413: our body past the
+# provider's limit) stay "error": they are the operator's to fix.
+_REFUSED_STATUSES = frozenset({400, 422})
 
 log = logging.getLogger("llmrouter.providers")
 MAX_LOGPROBS_BYTES = 4 * 1024 * 1024  # well inside a reply's 16 MiB gRPC message, beside the answer itself

@@ -38,8 +38,10 @@ def outcomes(provider: str, model: str) -> dict[str, float]:
         (Fault.error(400, message=CONTEXT_TOO_LONG), "refused"),
         (Fault.error(401, message="invalid x-api-key"), "error"),
         (Fault.error(404, message="model not found"), "error"),
+        # Our body past the provider's limit, which the edge answers 502 (the gateway's failure, not the caller's).
+        (Fault.error(413, message="request entity too large"), "error"),
     ],
-    ids=["400", "422", "context-length", "401", "404"],
+    ids=["400", "422", "context-length", "401", "404", "413"],
 )
 async def test_a_refusal_the_request_earned_is_counted_refused_not_error(
     stub, upstream: tuple[str, str, FakeOpenAI | FakeAnthropic], fault: Fault, expected: str
