@@ -137,7 +137,15 @@ async def _appending(out: Path) -> AsyncIterator[TextIO]:
     lines; the one that waits reads the streams once the other has deleted what it exported."""
     with out.open("a", encoding="utf-8") as file:
         await asyncio.to_thread(fcntl.flock, file.fileno(), fcntl.LOCK_EX)
+        if file.tell() and _last_byte(out) != b"\n":  # a run stopped mid-line: its cut line ends here, not ours
+            file.write("\n")
         yield file
+
+
+def _last_byte(path: Path) -> bytes:
+    with path.open("rb") as file:
+        file.seek(-1, os.SEEK_END)
+        return file.read(1)
 
 
 async def _export(client: Any, file: TextIO, below: Sequence[str | None]) -> int:

@@ -43,3 +43,16 @@ async def test_two_trims_onto_one_file_export_each_entry_once_on_whole_lines(cli
     counts = Counter((line["shard"], line["id"]) for line in lines)
     assert len(counts) == SHARDS * PER_SHARD and set(counts.values()) == {1}
     assert all([await client.xlen(ledger_key(shard)) == 0 for shard in range(SHARDS)])
+
+
+async def test_a_line_a_failed_run_cut_short_is_ended_before_the_next_run_appends(client: Any, tmp_path: Path) -> None:
+    """A run stopped mid-write (the archive volume full, the pod killed) leaves a line without its end, and deletes
+    nothing; the next run starts on a line of its own, so its first entry stays readable."""
+    out = tmp_path / "ledger-trimmed.jsonl"
+    out.write_text('{"shard": 0, "id": "1-0", "record": {"request_id": "cut')
+    await add(client, 0, "old", f"{OLD_MS}-0")
+
+    assert (await ledger.trim(client, out, retention_days=90)).deleted == 1
+    cut, whole = out.read_text().splitlines()
+    assert cut.endswith('"cut')
+    assert json.loads(whole)["record"]["request_id"] == "old"
