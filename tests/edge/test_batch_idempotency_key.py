@@ -353,6 +353,8 @@ async def test_a_batch_whose_creation_died_part_way_is_taken_over_by_a_retry(red
             assert (await create(http, file_id, "died")).json()["id"] == made  # the record names it now
             dead_now = (await http.get("/batches/batch_dead")).json()  # failed as it was taken over: it never runs
             assert (dead_now["status"], dead_now["errors"]["data"][0]["code"]) == ("failed", "creation_taken_over")
+            # Kept as an ended batch is, then gone: never finished by a run (its creation died), it had no lapse.
+            assert 0 < await store.redis.ttl(batch_key("batch_dead")) <= settings.batch_retention_s
     await store.close()
 
 
