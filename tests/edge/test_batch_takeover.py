@@ -216,3 +216,31 @@ async def test_a_batch_cancelled_as_its_run_reads_it_ends_cancelled_sending_noth
     await eventually(ended, "the batch ended")
     assert (await edge.http.get(f"/batches/{batch_id}")).json()["status"] == "cancelled"
     assert edge.router.asked == []
+
+
+async def test_a_retry_finding_the_stalled_batch_started_as_it_looked_is_told_that_batch(edge: Edge) -> None:
+    """The takeover reads the stalled batch `validating` and not active; then the stalled creation activates it and its
+    run starts it (`in_progress`) before the takeover fails it: the takeover, failing it only while still `validating`,
+    must leave it running and tell the retry that batch (failing a running batch, it ran beside the retry's own)."""
+    file_id, first, activating = await stall(edge)
+    edge.store.looking = looking = Hold()
+    retrying = asyncio.ensure_future(create(edge.http, file_id))
+    await looking.arrived.wait()  # the retry found the stalled batch not active
+    activating.released.set()
+    assert (await first).status_code == 200
+    stalled = edge.store.stalled
+
+    async def started() -> bool:
+        return (await edge.store.store.get(batch_key(stalled))).get("status") != b"validating"
+
+    await eventually(started, "the stalled batch's run started it")
+    looking.released.set()
+    retried = await retrying
+    assert (retried.status_code, retried.json()["id"]) == (200, stalled), retried.text
+
+    async def completed() -> bool:
+        return bool((await edge.http.get(f"/batches/{stalled}")).json()["status"] == "completed")
+
+    await eventually(completed, "the stalled batch completed")
+    assert "errors" not in await edge.store.store.get(batch_key(stalled))
+    assert [r.request_id.rsplit(":", 1)[-1] for r in edge.router.asked] == ["a"]  # one line, sent once
