@@ -221,8 +221,7 @@ class BatchApi:
         though the first stored the file."""
         creating = {name: value for name, value in fields.items() if name != "content"} | {"creating": "1"}
         try:
-            await self.store.put(file_key(file_id), creating)
-            await self.store.expire([file_key(file_id)], COUNTING_S)  # as its count: lapses if this edge dies
+            await self.store.put(file_key(file_id), creating, COUNTING_S)  # as its count: lapses if this edge dies
             if claim is not None:
                 made = await idempotent.take(self.store, claim, file_id, self.retention_s, self._file_there(tenant))
                 if made is not None:

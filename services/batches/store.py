@@ -103,7 +103,10 @@ def sent_key(batch_id: str) -> str:
 
 
 class Store(Protocol):
-    async def put(self, key: str, fields: dict[str, str | bytes]) -> None: ...
+    async def put(self, key: str, fields: dict[str, str | bytes], ttl_s: int | None = None) -> None:
+        """The fields written, with the key's expiry in the same step when ttl_s is given: a process killed between
+        the two writes left the key without expiry, for ever."""
+        ...
 
     async def get(self, key: str) -> dict[str, bytes]: ...
 
@@ -201,6 +204,13 @@ local held = redis.call('GET', KEYS[1])
 if held and held ~= ARGV[3] then return held end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return false
+"""
+
+# A hash's fields and its expiry, in one step. KEYS: the hash. ARGV: ttl_s, then field, value, ...
+PUT_EXPIRING = """
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
 """
 
 # Only its holder's: a record replaced since stays the new holder's.
@@ -431,8 +441,11 @@ class RedisStore:
         self.redis = connect(url, socket_connect_timeout=2, socket_timeout=10)
         self._reading = asyncio.Lock()
 
-    async def put(self, key: str, fields: dict[str, str | bytes]) -> None:
-        await self.redis.hset(key, mapping=fields)
+    async def put(self, key: str, fields: dict[str, str | bytes], ttl_s: int | None = None) -> None:
+        if ttl_s is None:
+            await self.redis.hset(key, mapping=fields)
+        else:
+            await self.redis.eval(PUT_EXPIRING, 1, key, ttl_s, *(part for field in fields.items() for part in field))
 
     async def get(self, key: str) -> dict[str, bytes]:
         raw = await self.redis.hgetall(key)
@@ -614,9 +627,11 @@ class MemoryStore:
         self.claims: dict[str, tuple[str, float]] = {}  # key -> (value, deadline on the monotonic clock)
         self.counted: dict[str, dict[str, tuple[int, float]]] = {}  # tenant -> file id -> (bytes, deadline, monotonic)
 
-    async def put(self, key: str, fields: dict[str, str | bytes]) -> None:
+    async def put(self, key: str, fields: dict[str, str | bytes], ttl_s: int | None = None) -> None:
         entry = self.hashes.setdefault(key, {})
         entry.update({k: v.encode() if isinstance(v, str) else v for k, v in fields.items()})
+        if ttl_s is not None:
+            await self.expire([key], ttl_s)
 
     async def get(self, key: str) -> dict[str, bytes]:
         if self.expiry.get(key, math.inf) <= time.monotonic():
