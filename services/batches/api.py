@@ -310,8 +310,8 @@ class BatchApi:
             if made := await idempotent.existing(self.store, claim, self._batch_there(tenant)):
                 return JSONResponse(wire.batch_body(*made))
         input_id = body["input_file_id"]
-        fields = (await self.store.fields([file_key(input_id)], FILE_LISTED))[0]
-        if fields.get("tenant", b"").decode() != tenant or "deleted" in fields:
+        fields = (await self.store.fields([file_key(input_id)], [*FILE_LISTED, "creating"]))[0]
+        if not _readable(fields, tenant):
             raise ApiError(404, f"no file {input_id[:64]!r}", param="input_file_id", code="not_found")
         if fields["purpose"] != b"batch":
             raise ApiError(400, "the input file's purpose is not 'batch'", param="input_file_id", code="invalid_file")
@@ -483,8 +483,8 @@ class BatchApi:
     async def _file(self, request: Request) -> tuple[str, dict[str, bytes]]:
         tenant, _ = self.caller(request)
         file_id = request.path_params["id"]
-        fields = (await self.store.fields([file_key(file_id)], FILE_LISTED))[0]  # not its content
-        if fields.get("tenant", b"").decode() != tenant or "deleted" in fields:
+        fields = (await self.store.fields([file_key(file_id)], [*FILE_LISTED, "creating"]))[0]  # not its content
+        if not _readable(fields, tenant):
             raise ApiError(404, f"no file {file_id[:64]!r}", code="not_found")
         return file_id, fields
 
@@ -508,6 +508,12 @@ class _Sent(Response):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             await self.place.aclose()
+
+
+def _readable(fields: dict[str, bytes], tenant: str) -> bool:
+    """The tenant's file, neither deleted nor still being uploaded (`creating`: not yet counted, it may yet be refused
+    and removed; a DELETE removing it, its upload wrote it anew uncounted, without expiry)."""
+    return fields.get("tenant", b"").decode() == tenant and "deleted" not in fields and "creating" not in fields
 
 
 async def _undo(*steps: Callable[[], Awaitable[None]]) -> None:

@@ -68,6 +68,10 @@ async def edge(store_url: RedisUrl | None) -> AsyncIterator[Edge]:
             yield Edge(base_url, store_url)
 
 
+def _text(key: bytes | str) -> str:
+    return key.decode() if isinstance(key, bytes) else key
+
+
 def jsonl(size: int, custom_id: str = "a") -> bytes:
     """A batch input file of one line, `size` bytes long."""
 
@@ -265,5 +269,53 @@ async def test_a_files_count_lapses_no_sooner_than_the_file(edge: Edge) -> None:
 
             await eventually(ended, "the batch completed")
             await lapses_with_its_file((await http.get(f"/batches/{batch_id}")).json()["output_file_id"])
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize("store_url", ["redis", "cluster"], indirect=True)  # its hash written as an upload holds it
+async def test_a_file_still_being_uploaded_is_no_file_to_read_delete_or_batch(edge: Edge) -> None:
+    """A file still `creating` (its upload not yet counted: it may yet be refused and removed) is a 404 to GET, its
+    content, DELETE and a batch, as one never stored: its id reached by another request (told by an edge of the version
+    before, which knows no `creating`), a DELETE removed it and the upload then wrote it anew, uncounted and without
+    expiry, and a batch read a file its quota then refused."""
+    assert edge.store_url is not None
+    store = RedisStore(edge.store_url)
+    try:
+        held = {"tenant": "acme", "filename": "b.jsonl", "purpose": "batch", "bytes": str(FILE), "created_at": now()}
+        await store.put(file_key("file-held"), {**held, "lines": "1", "content": jsonl(FILE), "creating": "1"})
+        await store.expire([file_key("file-held")], 60)
+        async with edge.client() as http:
+            body = {"input_file_id": "file-held", "endpoint": wire.ENDPOINT, "completion_window": "24h"}
+            replies = [
+                await http.get("/files/file-held"),
+                await http.get("/files/file-held/content"),
+                await http.post("/batches", json=body),
+                await http.delete("/files/file-held"),
+            ]
+        assert [r.status_code for r in replies] == [404] * 4, [r.text for r in replies]
+        assert (await store.get(file_key("file-held")))["creating"] == b"1"  # left to its upload
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("store_url", ["redis", "cluster"], indirect=True)  # the record read from the store's keys
+async def test_a_keyed_upload_refused_at_the_quota_leaves_neither_its_record_nor_its_file(edge: Edge) -> None:
+    """The quota's refusal undoes the claim and the `creating` fields: left, the record stayed for the files' retention
+    (30 days) and its retry, once a file was deleted to make room, was a 409 for ten minutes (its file `creating`)."""
+    assert edge.store_url is not None
+    client = connect(edge.store_url)
+    claim = idempotent.claim_for("file", "acme", KEYS["acme"], "up", _file_request("b.jsonl", "batch", jsonl(FILE)))
+    try:
+        async with edge.client() as http:
+            stored = [(await upload(http, custom_id=str(i))).json()["id"] for i in range(3)]
+            refused = await upload(http, key="up")
+            assert refused.status_code == 400, refused.text
+            assert not await client.exists(claim.key)
+            hashes = {_text(k) async for k in client.scan_iter(match=file_key("*"))}
+            assert hashes == {file_key(i) for i in stored}  # the refused upload's `creating` fields gone too
+            assert (await http.delete(f"/files/{stored[0]}")).status_code == 200
+            retried = await upload(http, key="up")
+            assert retried.status_code == 200, retried.text
     finally:
         await client.aclose()
