@@ -21,7 +21,7 @@ from llmrouter.redis_connect import connect
 from llmrouter.redis_url import RedisUrl
 from services.batches import idempotent, wire
 from services.batches.api import _file_request
-from services.batches.store import RedisStore, file_key, now, quota_keys
+from services.batches.store import ACTIVE, RedisStore, file_key, now, quota_keys
 from services.edge.keys import key_line
 from services.edge.settings import EdgeSettings
 from tests.fakes.lossy_proxy import LossyProxy
@@ -264,8 +264,9 @@ async def test_a_files_count_lapses_no_sooner_than_the_file(edge: Edge) -> None:
             batch_id = (await http.post("/batches", json=body)).json()["id"]
             await lapses_with_its_file(file_id)
 
-            async def ended() -> bool:
-                return bool((await http.get(f"/batches/{batch_id}")).json()["status"] == "completed")
+            async def ended() -> bool:  # its end written whole: the active set left last, after the output's count
+                completed = (await http.get(f"/batches/{batch_id}")).json()["status"] == "completed"
+                return completed and not await client.sismember(ACTIVE, batch_id)
 
             await eventually(ended, "the batch completed")
             await lapses_with_its_file((await http.get(f"/batches/{batch_id}")).json()["output_file_id"])
