@@ -25,11 +25,11 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from llmrouter.passthrough import MAX_STOP, TOP_LOGPROBS_ALONE
+from llmrouter.passthrough import MAX_STOP, MAX_STOP_CHARS, TOP_LOGPROBS_ALONE
 
-# How pydantic names a union member in an error's path: a type (str, float, list[TextPart], TextPart,
+# How pydantic names a union member in an error's path: a type (str, float, constrained-str, list[TextPart], TextPart,
 # function-after[...]), never one of the API's field names, which are lowercase words.
-UNION_MEMBER = re.compile(r"(str|int|float|bool|none|[A-Z]\w*|[\w-]+\[.*\])")
+UNION_MEMBER = re.compile(r"(str|int|float|bool|none|constrained-\w+|[A-Z]\w*|[\w-]+\[.*\])")
 # Fields OpenAI knows that the router cannot honour, whatever their value (null is as if left out): refused by name,
 # as serving the request without them would give another answer than asked for, or a bill that the registry's
 # prices do not cover.
@@ -91,6 +91,7 @@ Penalty = Annotated[StrictFloat | StrictInt, Field(ge=-2, le=2)]
 # on, such a name was refused by OpenAI's upstream and served by others, as routing chose.
 OPENAI_NAME = r"^[a-zA-Z0-9_-]{1,64}$"
 Name = Annotated[StrictStr, Field(min_length=1, max_length=64, pattern=OPENAI_NAME)]
+StopSequence = Annotated[StrictStr, Field(max_length=MAX_STOP_CHARS)]
 
 
 class FunctionDefinition(Closed):
@@ -106,7 +107,7 @@ class Tool(Closed):
 
 
 class NamedFunction(Closed):
-    name: StrictStr
+    name: Name  # a tool's (OPENAI_NAME): unbounded, a 100 kB name was read whole before anything refused it
 
 
 class NamedToolChoice(Closed):
@@ -153,9 +154,9 @@ class OpenAIFields(Closed):
     # Passed through (llmrouter/passthrough.py).
     response_format: ResponseFormat | None = None
     top_p: StrictFloat | StrictInt | None = Field(default=None, ge=0, le=1)
-    # The bound is the list's (the edge's check_lengths too): on the union it bounded a single stop string to 4
-    # characters.
-    stop: StrictStr | Annotated[list[StrictStr], FirstError(), Field(max_length=MAX_STOP)] | None = None
+    # The count's bound is the list's (the edge's check_lengths too): on the union it bounded a single stop string to 4
+    # characters. Each sequence is bounded apart (MAX_STOP_CHARS).
+    stop: StopSequence | Annotated[list[StopSequence], FirstError(), Field(max_length=MAX_STOP)] | None = None
     seed: StrictInt | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
     tools: Annotated[list[Tool], FirstError()] | None = Field(default=None, max_length=MAX_TOOLS)
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None

@@ -50,6 +50,10 @@ SENT_BY_KIND = {
 }
 # OpenAI's bound on `stop`: a string, or a list of at most this many.
 MAX_STOP = 4
+# Each stop sequence's bound, in characters. OpenAI documents none; a stop sequence is a delimiter of a few tokens, and
+# unbounded, a 100 kB one was accepted and sent on (a local model scans its output for each sequence as it writes). 512,
+# as OpenAI bounds a metadata value and the router a `user` id (END_USER_ID_CHARS).
+MAX_STOP_CHARS = 512
 
 
 def stop_sequences_of(passthrough: dict[str, Any]) -> list[str]:

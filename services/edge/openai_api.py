@@ -43,7 +43,7 @@ from llmrouter.openai_fields import (
     first_error,
     unservable,
 )
-from llmrouter.passthrough import END_USER_ID_CHARS, MAX_STOP, PASSTHROUGH_FIELDS
+from llmrouter.passthrough import END_USER_ID_CHARS, MAX_STOP, MAX_STOP_CHARS, PASSTHROUGH_FIELDS
 from llmrouter.server import MAX_MESSAGE_BYTES
 from llmrouter.tool_pairing import Turn, pairing_fault
 from llmrouter.v1 import common_pb2, router_pb2
@@ -320,13 +320,7 @@ def refuse_long_end_user_ids(raw: dict[str, Any]) -> None:
     """OpenAI's 400, in its words and with its code, for an end-user id past its bound (END_USER_ID_CHARS). One that
     is no string is left for the model's validation to refuse."""
     for name, bound in END_USER_ID_CHARS.items():
-        value = raw.get(name)
-        if isinstance(value, str) and len(value) > bound:
-            message = (
-                f"Invalid '{name}': string too long. Expected a string with maximum length {bound}, but got a string "
-                f"with length {len(value)} instead."
-            )
-            raise ApiError(400, message, param=name, code="string_above_max_length")
+        check_string_length(raw.get(name), name, bound)
 
 
 def refuse_unanswerable_tool_results(messages: list[Message]) -> None:
@@ -381,9 +375,21 @@ def check_lengths(raw: Any, max_messages: int) -> None:
     check_content_parts(messages, "messages", ("content",))
     if isinstance(prediction := raw.get("prediction"), dict):
         check_length(prediction.get("content"), "prediction.content", MAX_CONTENT_PARTS)
-    check_length(raw.get("stop"), "stop", MAX_STOP)
+    check_length(stop := raw.get("stop"), "stop", MAX_STOP)
+    for i, sequence in enumerate(stop if isinstance(stop, list) else [stop]):
+        check_string_length(sequence, "stop" if isinstance(stop, str) else f"stop[{i}]", MAX_STOP_CHARS)
     check_properties(raw.get("logit_bias"), "logit_bias", MAX_LOGIT_BIAS)
     check_properties(raw.get("metadata"), "metadata", MAX_METADATA)
+
+
+def check_string_length(value: Any, param: str, limit: int) -> None:
+    """A 400 in OpenAI's words for a string longer than its bound; a value of another type is left to validation."""
+    if isinstance(value, str) and len(value) > limit:
+        message = (
+            f"Invalid '{param}': string too long. Expected a string with maximum length {limit}, but got a string "
+            f"with length {len(value)} instead."
+        )
+        raise ApiError(400, message, param=param, code="string_above_max_length")
 
 
 def check_properties(value: Any, param: str, limit: int) -> None:

@@ -166,7 +166,7 @@ class FunctionTool(FunctionDefinition):
 
 class NamedFunctionChoice(Closed):
     type: Literal["function"]
-    name: StrictStr
+    name: Name  # a tool's (OPENAI_NAME), as the chat route's tool_choice names one
 
 
 class TextFormat(Closed):

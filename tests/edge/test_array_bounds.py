@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from llmrouter.passthrough import MAX_STOP_CHARS
 from llmrouter.validation import MAX_ROUTED_MESSAGES
 from services.edge import legacy, responses
 from services.edge.openai_api import MAX_CONTENT_PARTS, MAX_REQUEST_CONTENT_PARTS, ApiError, parse_request
@@ -162,3 +163,33 @@ def test_responses_input_items_content_and_output_parts_are_bounded_before_any_i
     over_all = {"input": [full] * 4 + [{"role": "user", "content": [deep]}]}
     assert refusal(responses.to_chat, over_all) == parts_too_many("input[4].content", "input")
     responses.to_chat(json.dumps({"input": [full] * 4}).encode())
+
+
+def too_long_a_string(param: str, limit: int, length: int) -> dict[str, Any]:
+    message = (
+        f"Invalid '{param}': string too long. Expected a string with maximum length {limit}, "
+        f"but got a string with length {length} instead."
+    )
+    return {"message": message, "type": "invalid_request_error", "param": param, "code": "string_above_max_length"}
+
+
+def test_a_stop_sequence_past_its_bound_is_a_400_naming_it_on_chat_and_legacy() -> None:
+    """A 100 kB stop sequence was accepted and sent on: each sequence, alone or in the list, is bounded."""
+    long = "x" * (MAX_STOP_CHARS + 1)
+    chat = {"messages": [USER]}
+    assert refusal(parse_request, {**chat, "stop": long}) == too_long_a_string("stop", MAX_STOP_CHARS, len(long))
+    listed = too_long_a_string("stop[1]", MAX_STOP_CHARS, len(long))
+    assert refusal(parse_request, {**chat, "stop": [".", long]}) == listed
+    assert refusal(legacy.to_chat, {"prompt": "hi", "stop": [".", long]}) == listed
+    parse_request(json.dumps({**chat, "stop": ["x" * MAX_STOP_CHARS]}).encode())  # at the bound: served
+
+
+def test_a_named_tool_choice_is_held_to_a_tools_name() -> None:
+    """Unbounded, a 100 kB tool_choice name was read whole before the rule that it names a tool refused it."""
+    choice = {"type": "function", "function": {"name": "f" * 100_000}}
+    error = refusal(parse_request, {"messages": [USER], "tools": [TOOL], "tool_choice": choice})
+    assert error["param"] == "tool_choice.function.name" and "100000" not in error["message"]
+    named = {"type": "function", "name": "f" * 100_000}
+    tools = [{"type": "function", "name": "f"}]
+    error = refusal(responses.to_chat, {"input": "hi", "tools": tools, "tool_choice": named})
+    assert error["param"] == "tool_choice.name"

@@ -1,7 +1,8 @@
 """A gRPC caller's `stop` (in passthrough_json) is held to the shape a REST caller's is (OpenAI's): a string, or a list
-of at most MAX_STOP strings; any other is an INVALID_ARGUMENT naming stop before anything is routed. It was sent on,
-for an upstream to refuse after routing, or dropped unseen by the local model, which reads only strings. A real router
-gRPC server over the in-process store, a providers gRPC server on loopback answering."""
+of at most MAX_STOP strings, each of at most MAX_STOP_CHARS characters; any other is an INVALID_ARGUMENT naming stop
+before anything is routed. It was sent on, for an upstream to refuse after routing, or dropped unseen by the local
+model, which reads only strings. A real router gRPC server over the in-process store, a providers gRPC server on
+loopback answering."""
 
 from __future__ import annotations
 
@@ -13,14 +14,16 @@ import grpc
 import pytest
 
 from llmrouter.errors import ServiceError
-from llmrouter.passthrough import MAX_STOP
+from llmrouter.passthrough import MAX_STOP, MAX_STOP_CHARS
 from llmrouter.v1 import router_pb2_grpc
 from services.router.store import MemoryStore
 from tests.router.servicer_kit import served_router
 from tests.router.test_cache_money import Answering, ask
 
-REFUSED: list[Any] = [7, ["\n", 7], {"text": "\n"}, ["."] * (MAX_STOP + 1), True]
-SERVED: list[Any] = [None, "", "\n", [], ["."] * MAX_STOP]
+# A sequence past MAX_STOP_CHARS, alone or listed: a 100 kB one was accepted and sent on.
+LONG = "x" * (MAX_STOP_CHARS + 1)
+REFUSED: list[Any] = [7, ["\n", 7], {"text": "\n"}, ["."] * (MAX_STOP + 1), True, LONG, [".", LONG]]
+SERVED: list[Any] = [None, "", "\n", [], ["."] * MAX_STOP, "x" * MAX_STOP_CHARS]
 
 
 async def test_a_stop_of_another_shape_is_refused_naming_it(tmp_path: Path) -> None:
