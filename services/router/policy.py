@@ -155,9 +155,12 @@ def unavailable_because(provider: ProviderSpec | None) -> str:
 
 
 def capped_usd(cap: Decimal) -> str:
-    """A caller's cap as applied, rounded down to the pico-dollar, in plain notation: its text may be 1e-999999999,
-    whose plain notation would take a gigabyte."""
-    return format(Decimal(floor_pico(cap)) / PICO, "f")
+    """A caller's cap as the caller gave it: in plain notation, as every amount shown ('0.0000001', never '1E-7'), when
+    it is whole pico-dollars; finer, in scientific notation ('1E-30'), which names the caller's own value where the cap
+    rounded down to the pico-dollar read '0', and stays short where plain notation of 1e-999999999 would take a
+    gigabyte."""
+    applied = Decimal(floor_pico(cap)) / PICO
+    return format(applied, "f") if applied == cap else format(cap, "E")
 
 
 # How a request the classifier could not score is routed (ROUTER_CLASSIFIER_FALLBACK): `length`, the tier its

@@ -245,7 +245,18 @@ def test_amounts_in_reasons_are_written_in_plain_notation() -> None:
     excluded = next(o for o in options if o.model.name == "cheap").excluded
     assert excluded.endswith("over max_cost_usd 0.0000001") and "E-" not in excluded
     options = policy.evaluate(REGISTRY.models, {"weak": 1}, limits(max_cost_usd=Decimal("1e-999999999")))
-    assert next(o for o in options if o.model.name == "cheap").excluded.endswith("over max_cost_usd 0")
+    assert next(o for o in options if o.model.name == "cheap").excluded.endswith("over max_cost_usd 1E-999999999")
+
+
+@pytest.mark.parametrize(
+    ("cap", "shown"), [("1e-30", "1E-30"), ("1.5e-13", "1.5E-13"), ("0", "0"), ("1e-7", "0.0000001")]
+)
+def test_a_cap_finer_than_a_pico_dollar_is_named_as_the_caller_gave_it(cap: str, shown: str) -> None:
+    """A max_cost_usd of 1e-30 was echoed "over max_cost_usd 0": rounded down to the pico-dollar, not the caller's
+    value. Finer than a pico-dollar, it is shown in scientific notation; whole pico-dollars stay in plain notation."""
+    options = policy.evaluate(REGISTRY.models, {"weak": 1}, limits(max_cost_usd=Decimal(cap)))
+    excluded = next(o for o in options if o.model.name == "cheap").excluded
+    assert excluded.endswith(f"over max_cost_usd {shown}"), excluded
 
 
 FIELD = "messages[1].tool_calls[0].function.arguments"
