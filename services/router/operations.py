@@ -20,6 +20,7 @@ from services.ledger.stats import GROUPINGS, Group, summarize
 from services.router.admission import check_id
 from services.router.budgets import SCOPES, BudgetView, budgets
 from services.router.costs import floor_pico
+from services.router.key_tenants import is_bound
 from services.router.store import Account, Allowance, Store, key_id
 
 log = logging.getLogger("llmrouter.router")
@@ -107,6 +108,12 @@ class Operations:
         accounts += [Account("", name) for scope, name in overrides if scope == "key" and name not in known_keys]
         return await budgets(self.store, self.allowance, accounts)
 
+    async def _tenant_of(self, key: str) -> str:
+        """The tenant a key id is bound to (key_tenants.py), whose shard keeps the key's spend: the reply to setting
+        its budget named no tenant, and read the key's spend from the shard of tenant ''. '' for a key bound to none (a
+        caller's own key, `anonymous`, or a key never used yet)."""
+        return (await self.store.key_tenant(key) if is_bound(key) else None) or ""
+
     async def set_budget(self, who: str | None, scope: str, name: str, limit_usd: str) -> BudgetView:
         _admin_only(who)
         if scope not in SCOPES:
@@ -130,6 +137,6 @@ class Operations:
                 raise invalid("limit_usd must be between 0 and 9000000", "limit_usd")
             pico = floor_pico(amount)  # rounded down, as caps are: the budget is never exceeded
         await self.store.set_limit(scope, name, pico)
-        account = Account(name, "") if scope == "tenant" else Account("", name)
+        account = Account(name, "") if scope == "tenant" else Account(await self._tenant_of(name), name)
         views = await budgets(self.store, self.allowance, [account])
         return next(v for v in views if v.scope == scope)

@@ -307,3 +307,16 @@ async def test_a_budget_lowered_under_requests_in_flight_holds_them_to_what_was_
     assert provider.strong < 3  # the fallbacks that found no room ended with their failed attempt's error
     if lowered == "to what is held":
         assert spent <= Decimal(settled.limit_usd)
+
+
+async def test_the_reply_to_setting_a_key_budget_names_the_keys_tenant_and_its_spend(served: Served) -> None:
+    """The reply to SetBudget (PUT /v1/router/budgets/key/<id> too) named tenant '' for a key: it now names the tenant
+    the key is bound to, and its spend, read from that tenant's shard, is the key's."""
+    answer = await served.router.Complete(ask("acme", KEY_A), metadata=as_("edge"), timeout=10)
+    request = operator_pb2.SetBudgetRequest(scope="key", name=key_id(KEY_A), limit_usd="5", admin=True)
+    capped = await served.operator.SetBudget(request, metadata=as_("edge"), timeout=10)
+    assert (capped.tenant, capped.name, capped.limit_usd) == ("acme", key_id(KEY_A), "5")
+    assert Decimal(capped.spent_usd) == Decimal(answer.cost_usd) > 0
+    # A key never used is bound to no tenant: none to name.
+    unused = operator_pb2.SetBudgetRequest(scope="key", name=key_id("sk-never-used"), limit_usd="5", admin=True)
+    assert (await served.operator.SetBudget(unused, metadata=as_("edge"), timeout=10)).tenant == ""

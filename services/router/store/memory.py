@@ -215,6 +215,9 @@ class MemoryStore:
     async def bind_key(self, key: str, tenant: str) -> KeyBinding:
         return KeyBinding(self.key_tenants.setdefault(key, tenant), NO_MOVES)
 
+    async def key_tenant(self, key: str) -> str | None:
+        return self.key_tenants.get(key)
+
     async def count_request(self, account: Account, allowance: Allowance, count_id: str = "", moves: str = "") -> str:
         del moves  # as admit's
         if not (allowance.per_minute or allowance.tokens_per_minute):

@@ -541,6 +541,10 @@ class Store(Protocol):
         is `tenant` when the key was bound to none until now (or an operator moved it: key_move.py); with the key-moves
         token of `tenant`'s shard, read before it. StoreUnavailable when the store cannot be reached."""
 
+    async def key_tenant(self, key: str) -> str | None:
+        """The tenant an API key id is bound to (bind_key), None when it is bound to none; binds nothing.
+        StoreUnavailable when the store cannot be reached."""
+
     async def count_request(self, account: Account, allowance: Allowance, count_id: str = "", moves: str = "") -> str:
         """Count one request that is not admitted (a Decide: routed, nothing held or charged) against the rate limit,
         in the counter admit counts in, once per `count_id` in a window, as admit counts: '' when counted, now or

@@ -466,6 +466,11 @@ class RedisStore:
                     moves, bound = await pipe.execute()
         return KeyBinding(tenant if bound is None else _text(bound), NO_MOVES if moves is None else _text(moves))
 
+    async def key_tenant(self, key: str) -> str | None:
+        async with self._call():
+            bound = await self.redis.get(key_tenant_key(key))
+        return None if bound is None else _text(bound)
+
     async def move_key(self, key: str, tenant: str, replicas: int = 0, wait_s: float = 0.0) -> KeyMoved:
         """Bind an API key id to `tenant` whatever it was bound to (an operator's move: key_move.py), then give every
         shard a new key-moves token (keys.py, key_moves_key), after: an admission from then on, on any router, is
