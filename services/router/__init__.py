@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from llmrouter.auth import parse_callers
 from llmrouter.channels import open_channel
 from llmrouter.private_paths import UnsafePath
 from llmrouter.registry import LiveRegistry
@@ -82,7 +83,7 @@ async def build(
     from services.router.operator_servicer import OperatorServicer
 
     ledger, stop_sink = await open_ledger_sink(settings, store)
-    operations = Operations(store, servicer.admission.allowance, ledger)
+    operations = Operations(store, servicer.admission.allowance, ledger, parse_callers(settings.callers))
     operator = OperatorServicer(operations)
     stop_watch = start_budget_watch(settings, operations)
     registrations = {

@@ -6,13 +6,13 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from decimal import Decimal
 
 import grpc
 
-from llmrouter.auth import current_identity
+from llmrouter.auth import Identity, current_identity
 from llmrouter.errors import ServiceError, invalid
 from llmrouter.validation import AmountError, parse_amount
 from services.ledger.db import LedgerDB, LedgerUnavailable
@@ -28,6 +28,7 @@ log = logging.getLogger("llmrouter.router")
 # itself: llmrouter.auth).
 NAME = re.compile(r"(?:caller:)?[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
 ALL = None  # an admin's view: every tenant
+CALLER = "caller:"  # a caller's own key id: caller:<its name>
 
 
 def viewer(tenant: str, admin: bool) -> str | None:
@@ -73,10 +74,13 @@ def ledger_reachable() -> Iterator[None]:
 
 
 class Operations:
-    def __init__(self, store: Store, allowance: Allowance, ledger: LedgerDB) -> None:
+    def __init__(
+        self, store: Store, allowance: Allowance, ledger: LedgerDB, callers: Mapping[str, Identity] | None = None
+    ) -> None:
         self.store = store
         self.allowance = allowance
         self.ledger = ledger
+        self.callers = callers or {}  # the router's callers (ROUTER_CALLERS): a caller's own key pays as its tenant
 
     async def stats(self, who: Account | None, since: float, until: float, group_by: str) -> tuple[Group, list[Group]]:
         """An admin's (ALL): every tenant's requests; anyone else's: its own key's."""
@@ -109,9 +113,13 @@ class Operations:
         return await budgets(self.store, self.allowance, accounts)
 
     async def _tenant_of(self, key: str) -> str:
-        """The tenant a key id is bound to (key_tenants.py), whose shard keeps the key's spend: the reply to setting
-        its budget named no tenant, and read the key's spend from the shard of tenant ''. '' for a key bound to none (a
-        caller's own key, `anonymous`, or a key never used yet)."""
+        """The tenant a key id pays as, whose shard keeps the key's spend: the reply to setting its budget named no
+        tenant, and read the key's spend from the shard of tenant ''. A caller's own key, `caller:<name>`, pays as the
+        caller's tenant (admission.account_for); an end user's as the tenant it is bound to (key_tenants.py). '' for
+        `anonymous` (each tenant's), a key never used yet, or a caller the router does not know."""
+        if key.startswith(CALLER):
+            caller = self.callers.get(key.removeprefix(CALLER))
+            return "" if caller is None or caller.may_act_for_tenants else caller.tenant or caller.name
         return (await self.store.key_tenant(key) if is_bound(key) else None) or ""
 
     async def set_budget(self, who: str | None, scope: str, name: str, limit_usd: str) -> BudgetView:

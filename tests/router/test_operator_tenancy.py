@@ -197,6 +197,7 @@ async def test_an_admin_caps_the_key_of_a_caller_whose_name_is_as_long_as_may_be
     request = operator_pb2.SetBudgetRequest(scope="key", name=f"caller:{LONG}", limit_usd="0", admin=True)
     capped = await served.operator.SetBudget(request, metadata=as_("edge"), timeout=10)
     assert (capped.name, capped.limit_usd, capped.overridden) == (f"caller:{LONG}", "0", True)
+    assert capped.tenant == "acme"  # the tenant the caller pays as (ROUTER_CALLERS), where it answered ''
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await served.router.Complete(ask(), metadata=as_(LONG), timeout=10)
     assert ServiceError.from_rpc_error(refused.value).reason == "BUDGET_EXCEEDED"
