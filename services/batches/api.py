@@ -236,8 +236,11 @@ class BatchApi:
                     param="file",
                     code="storage_limit_exceeded",
                 )
-            await self.store.put(file_key(file_id), fields)  # whole: written anew if its first fields lapsed
-            await self.store.keep_counted(tenant, file_id, self.retention_s)  # counted as long as it is kept
+            # A stall past COUNTING_S lapses the hash or its count: stored then, it would stay uncounted (undone).
+            if not await self.store.update(file_key(file_id), fields):
+                raise _stalled()
+            if not await self.store.keep_counted(tenant, file_id, self.retention_s):  # counted as long as it is kept
+                raise _stalled()
             await self.store.drop(file_key(file_id), "creating")
             await self.store.expire([file_key(file_id)], self.retention_s)
             await self.store.index(tenant, "file", file_id, self.retention_s, "batch")
@@ -514,6 +517,17 @@ def _readable(fields: dict[str, bytes], tenant: str) -> bool:
     """The tenant's file, neither deleted nor still being uploaded (`creating`: not yet counted, it may yet be refused
     and removed; a DELETE removing it, its upload wrote it anew uncounted, without expiry)."""
     return fields.get("tenant", b"").decode() == tenant and "deleted" not in fields and "creating" not in fields
+
+
+def _stalled() -> ApiError:
+    """An upload that took longer than COUNTING_S to store: undone, to be sent again."""
+    return ApiError(
+        503,
+        "the upload took too long to store and was undone: retry it",
+        param="file",
+        code="upload_timed_out",
+        retry_after="1",
+    )
 
 
 async def _undo(*steps: Callable[[], Awaitable[None]]) -> None:

@@ -110,6 +110,11 @@ class Store(Protocol):
 
     async def get(self, key: str) -> dict[str, bytes]: ...
 
+    async def update(self, key: str, fields: dict[str, str | bytes]) -> bool:
+        """The fields written if the hash is still there, in one step: False when it is gone (lapsed, say), nothing
+        written. A plain put then would recreate it without expiry."""
+        ...
+
     async def put_once(self, key: str, field: str, value: bytes) -> bool:
         """Set a field unless it is set already; True when this call set it."""
 
@@ -175,8 +180,9 @@ class Store(Protocol):
         already is counted anew (its later lapse kept). None when counted, else the bytes the tenant has counted
         (nothing written)."""
 
-    async def keep_counted(self, tenant: str, file_id: str, ttl_s: float) -> None:
-        """The file's count, if any, lapses ttl_s from now: as its hash's expiry is set."""
+    async def keep_counted(self, tenant: str, file_id: str, ttl_s: float) -> bool:
+        """The file's count, if any, lapses ttl_s from now: as its hash's expiry is set. False when it had none (it
+        lapsed, say): nothing extended, the file is not counted."""
 
     async def uncount_file(self, tenant: str, file_id: str) -> bool:
         """The file's bytes given back, if still counted: True for the one call that gave them back."""
@@ -210,6 +216,13 @@ return false
 PUT_EXPIRING = """
 redis.call('HSET', KEYS[1], unpack(ARGV, 2))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+
+# A hash's fields if the hash is there, in one step: never recreated. KEYS: the hash. ARGV: field, value, ...
+UPDATE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
 return 1
 """
 
@@ -410,13 +423,14 @@ return false
 """
 )
 
-# ARGV: now, file id, until. Only a count still there.
+# ARGV: now, file id, until. Only a count still there: 1 when there was one.
 KEEP_COUNTED = (
     QUOTA_LAPSE
     + """
+local kept = redis.call('ZSCORE', KEYS[2], ARGV[2])
 redis.call('ZADD', KEYS[2], 'XX', ARGV[3], ARGV[2])
 settle()
-return 1
+return kept and 1 or 0
 """
 )
 
@@ -446,6 +460,9 @@ class RedisStore:
             await self.redis.hset(key, mapping=fields)
         else:
             await self.redis.eval(PUT_EXPIRING, 1, key, ttl_s, *(part for field in fields.items() for part in field))
+
+    async def update(self, key: str, fields: dict[str, str | bytes]) -> bool:
+        return bool(await self.redis.eval(UPDATE, 1, key, *(part for field in fields.items() for part in field)))
 
     async def get(self, key: str) -> dict[str, bytes]:
         raw = await self.redis.hgetall(key)
@@ -578,9 +595,9 @@ class RedisStore:
         total = await self.redis.eval(COUNT_FILE, 2, *quota_keys(tenant), *args)
         return None if total is None else int(total)
 
-    async def keep_counted(self, tenant: str, file_id: str, ttl_s: float) -> None:
+    async def keep_counted(self, tenant: str, file_id: str, ttl_s: float) -> bool:
         at = time.time()
-        await self.redis.eval(KEEP_COUNTED, 2, *quota_keys(tenant), repr(at), file_id, repr(at + ttl_s))
+        return bool(await self.redis.eval(KEEP_COUNTED, 2, *quota_keys(tenant), repr(at), file_id, repr(at + ttl_s)))
 
     async def uncount_file(self, tenant: str, file_id: str) -> bool:
         return bool(await self.redis.eval(UNCOUNT_FILE, 2, *quota_keys(tenant), repr(time.time()), file_id))
@@ -632,6 +649,12 @@ class MemoryStore:
         entry.update({k: v.encode() if isinstance(v, str) else v for k, v in fields.items()})
         if ttl_s is not None:
             await self.expire([key], ttl_s)
+
+    async def update(self, key: str, fields: dict[str, str | bytes]) -> bool:
+        if not await self.get(key):  # read and written with no await between them that yields: one step
+            return False
+        await self.put(key, fields)
+        return True
 
     async def get(self, key: str) -> dict[str, bytes]:
         if self.expiry.get(key, math.inf) <= time.monotonic():
@@ -751,10 +774,12 @@ class MemoryStore:
         counts[file_id] = (size, max(time.monotonic() + COUNTING_S, counts.get(file_id, (0, 0.0))[1]))
         return None
 
-    async def keep_counted(self, tenant: str, file_id: str, ttl_s: float) -> None:
+    async def keep_counted(self, tenant: str, file_id: str, ttl_s: float) -> bool:
         counts = self._counts(tenant)
-        if file_id in counts:
-            counts[file_id] = (counts[file_id][0], time.monotonic() + ttl_s)
+        if file_id not in counts:
+            return False
+        counts[file_id] = (counts[file_id][0], time.monotonic() + ttl_s)
+        return True
 
     async def uncount_file(self, tenant: str, file_id: str) -> bool:
         return self._counts(tenant).pop(file_id, None) is not None

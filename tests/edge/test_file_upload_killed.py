@@ -14,7 +14,7 @@ from services.batches.runner import file_fields
 from services.batches.store import RedisStore, file_key, quota_keys
 
 WRITES = ["put", "expire", "drop", "delete", "index", "unindex", "count_file", "keep_counted", "uncount_file"]
-WRITES += ["claim", "unclaim"]
+WRITES += ["claim", "unclaim", "update"]
 CONTENT = b'{"custom_id": "a"}\n'
 
 
