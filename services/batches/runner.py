@@ -634,6 +634,7 @@ class Runner:
         parsed = [json.loads(results[str(i)]) for i in range(int(batch["total"])) if str(i) in results]
         tenant = batch["tenant"].decode()
         fields: dict[str, str | bytes] = {"status": status}
+        counted: dict[str, int] = {}  # output and error file id -> the bytes it counts
         if status != "expired" and not again:  # an expired batch's expired_at: when it expired, not its last line
             fields[f"{status}_at"] = now()
         if errors is not None:
@@ -645,7 +646,8 @@ class Runner:
                 file_id = f"file-{batch_id}-{kind}"
                 # Counted against the tenant's quota, never refused: its lines were served and charged, and this
                 # write settles the batch. The tenant's uploads are refused while its outputs fill its quota.
-                await self.store.count_file(tenant, file_id, counted_bytes(len(content)), None)
+                counted[file_id] = counted_bytes(len(content))
+                await self.store.count_file(tenant, file_id, counted[file_id], None)
                 await self.store.put(file_key(file_id), file_fields(tenant, f"{batch_id}_{kind}.jsonl", content))
                 fields[f"{kind}_file_id"] = file_id
         await self.store.put(batch_key(batch_id), fields)
@@ -661,7 +663,10 @@ class Runner:
         for kind in ("output", "error"):
             if f"{kind}_file_id" in fields:
                 output_id = str(fields[f"{kind}_file_id"])
-                await self.store.keep_counted(tenant, output_id, self.retention_s)  # as long as it is kept
+                # As long as it is kept. Its count lapsed meanwhile (this end stalled past COUNTING_S): counted
+                # again, or the file stays stored uncounted for its whole retention.
+                while not await self.store.keep_counted(tenant, output_id, self.retention_s):
+                    await self.store.count_file(tenant, output_id, counted[output_id], None)
                 await self.store.index(tenant, "file", output_id, self.retention_s, "batch_output")
         input_id = batch["input_file_id"].decode()
         await self.store.drop(readers_key(input_id), batch_id)  # before it leaves the active set: a rerun redoes it

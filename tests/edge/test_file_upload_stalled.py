@@ -1,19 +1,23 @@
 """A keyed upload stalled past COUNTING_S (its edge paused) in process, on a real Redis and on a Redis Cluster: its
 `creating` hash or its count lapsed meanwhile (the lapse injected between two of its steps), it stores nothing, counts
 nothing, frees its Idempotency-Key and answers a retryable 503; sent again, it is stored and counted. Written on
-regardless, its content was stored uncounted for 30 days (its hash recreated without expiry, or its count gone)."""
+regardless, its content was stored uncounted for 30 days (its hash recreated without expiry, or its count gone). A
+batch's end stalled the same way counts its output file again (outputs are never refused)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import grpc
 import pytest
 
+from llmrouter.v1 import router_pb2_grpc
 from services.batches import idempotent
 from services.batches.api import BatchApi
-from services.batches.runner import file_fields
-from services.batches.store import Store, file_key, open_store
+from services.batches.runner import Runner, file_fields
+from services.batches.store import Store, batch_key, file_key, open_store, results_key
 from services.edge.openai_api import ApiError
 
 CONTENT = b'{"custom_id": "a"}\n'
@@ -89,3 +93,37 @@ async def test_an_upload_stalled_past_its_lapse_is_undone_and_retryable(
     assert await _api(store)._write_file("t1", FILE_ID, fields, len(CONTENT), claim) is None
     assert (await store.content(file_key(FILE_ID))) == CONTENT
     assert FILE_ID in await store.counted_files("t1")  # counted as long as it is kept
+
+
+async def test_a_batch_output_whose_count_lapsed_before_kept_is_counted_again(store: Store) -> None:
+    """A batch's end stalled past COUNTING_S between counting its output file and keeping that count (the lapse
+    injected between the two): the output, never refused, is counted again for its retention, not stored uncounted."""
+    batch_id = "b-stalled"
+    output_id = f"file-{batch_id}-output"
+    line = json.dumps({"custom_id": "a", "response": {"status_code": 200}})
+    batch: dict[str, str | bytes] = {"status": "in_progress", "tenant": "t1", "total": "1", "input_file_id": "file-in"}
+    await store.put(batch_key(batch_id), batch)
+    await store.put(results_key(batch_id), {"0": json.dumps({"line": line, "ok": True})})
+
+    async def output_count_lapses(inner: Store) -> None:
+        await inner.uncount_file("t1", output_id)
+
+    channel = grpc.aio.insecure_channel("127.0.0.1:1")  # never called: no line left to send
+    runner = Runner(
+        Lapsing(store, "keep_counted", output_count_lapses, False),
+        router_pb2_grpc.RouterStub(channel),
+        error_for=lambda error, request_id: None,  # type: ignore[arg-type,return-value]
+        serves=lambda tenant, key_id: True,
+        concurrency=1,
+        timeout_s=5,
+        retention_s=3600,
+    )
+    try:
+        await runner._finish(batch_id, await store.get(batch_key(batch_id)), "completed")
+        assert (await store.get(batch_key(batch_id)))["output_file_id"] == output_id.encode()
+        assert output_id in await store.counted_files("t1")  # counted as long as it is kept
+    finally:
+        await runner.close()
+        await channel.close()
+        await store.delete([batch_key(batch_id), results_key(batch_id), file_key(output_id)])
+        await store.uncount_file("t1", output_id)
