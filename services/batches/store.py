@@ -29,7 +29,8 @@ updates them together.
 A tenant's stored files are counted against its quota (Store.count_file): `quota:{<tenant>}:file` a hash from file id
 to the bytes it is counted (`*`: their sum), and `quota:{<tenant>}:file:until` the same ids by when their count lapses,
 as their hash expires. A script checks, counts and uncounts in one step, dropping first the counts past their time:
-two uploads at the quota's edge never both pass, and a file's bytes come back once, however it goes."""
+two uploads at the quota's edge never both pass, and a file's bytes come back once, however it goes. The counts' times
+are Redis's clock, so that edges whose clocks disagree agree on when a count lapses."""
 
 from __future__ import annotations
 
@@ -383,9 +384,12 @@ return {ids, 0}
 """
 
 
-# KEYS: a tenant's quota_keys. The counts past their time (ARGV[1], now) leave first, a thousand at a time, and the
-# keys expire with the last count.
+# KEYS: a tenant's quota_keys. The counts past their time leave first, a thousand at a time, and the keys expire with
+# the last count. Times are Redis's own (TIME; effects replication, Redis 7), not the calling edge's: an edge whose
+# clock is off by more than COUNTING_S would lapse others' counts early, or its own at once.
 QUOTA_LAPSE = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 local function lapse(now)
   local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 1000)
   for _, id in ipairs(gone) do
@@ -405,49 +409,56 @@ local function settle()
     for _, key in ipairs(KEYS) do redis.call('EXPIREAT', key, math.ceil(tonumber(last[2]))) end
   end
 end
-lapse(ARGV[1])
+lapse(now)
 """
 
-# ARGV: now, file id, bytes, until (a later one kept), most ('' for none). False when counted, else the tenant's count
-# (nothing written).
+# ARGV: file id, bytes, for how long (s; a later lapse kept), most ('' for none). False when counted, else the tenant's
+# count (nothing written).
 COUNT_FILE = (
     QUOTA_LAPSE
     + """
 local total = tonumber(redis.call('HGET', KEYS[1], '*') or '0')
-local after = total - tonumber(redis.call('HGET', KEYS[1], ARGV[2]) or '0') + tonumber(ARGV[3])
-if ARGV[5] ~= '' and after > tonumber(ARGV[5]) then return total end
-redis.call('HSET', KEYS[1], ARGV[2], ARGV[3], '*', after)
-redis.call('ZADD', KEYS[2], 'GT', ARGV[4], ARGV[2])
+local after = total - tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0') + tonumber(ARGV[2])
+if ARGV[4] ~= '' and after > tonumber(ARGV[4]) then return total end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2], '*', after)
+redis.call('ZADD', KEYS[2], 'GT', now + tonumber(ARGV[3]), ARGV[1])
 settle()
 return false
 """
 )
 
-# ARGV: now, file id, until. Only a count still there: 1 when there was one.
+# ARGV: file id, for how long (s). Only a count still there: 1 when there was one.
 KEEP_COUNTED = (
     QUOTA_LAPSE
     + """
-local kept = redis.call('ZSCORE', KEYS[2], ARGV[2])
-redis.call('ZADD', KEYS[2], 'XX', ARGV[3], ARGV[2])
+local kept = redis.call('ZSCORE', KEYS[2], ARGV[1])
+redis.call('ZADD', KEYS[2], 'XX', now + tonumber(ARGV[2]), ARGV[1])
 settle()
 return kept and 1 or 0
 """
 )
 
-# ARGV: now, file id. 1 when this call gave its bytes back.
+# ARGV: file id. 1 when this call gave its bytes back.
 UNCOUNT_FILE = (
     QUOTA_LAPSE
     + """
-local size = redis.call('HGET', KEYS[1], ARGV[2])
+local size = redis.call('HGET', KEYS[1], ARGV[1])
 if size then
   redis.call('HINCRBY', KEYS[1], '*', -tonumber(size))
-  redis.call('HDEL', KEYS[1], ARGV[2])
-  redis.call('ZREM', KEYS[2], ARGV[2])
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('ZREM', KEYS[2], ARGV[1])
 end
 settle()
 return size and 1 or 0
 """
 )
+
+# KEYS: a tenant's quota_keys. ARGV: how far from now (s). The ids counted past then, by Redis's clock.
+COUNTED_FILES = """
+local clock = redis.call('TIME')
+local since = tonumber(clock[1]) + tonumber(clock[2]) / 1000000 + tonumber(ARGV[1])
+return redis.call('ZRANGEBYSCORE', KEYS[2], since, '+inf')
+"""
 
 
 class RedisStore:
@@ -590,21 +601,18 @@ class RedisStore:
                     await self.redis.eval(GROUP, 2, whole, key, *members)
 
     async def count_file(self, tenant: str, file_id: str, size: int, most: int | None) -> int | None:
-        until = repr(time.time() + COUNTING_S)
-        args = (repr(time.time()), file_id, size, until, "" if most is None else most)
+        args = (file_id, size, repr(COUNTING_S), "" if most is None else most)
         total = await self.redis.eval(COUNT_FILE, 2, *quota_keys(tenant), *args)
         return None if total is None else int(total)
 
     async def keep_counted(self, tenant: str, file_id: str, ttl_s: float) -> bool:
-        at = time.time()
-        return bool(await self.redis.eval(KEEP_COUNTED, 2, *quota_keys(tenant), repr(at), file_id, repr(at + ttl_s)))
+        return bool(await self.redis.eval(KEEP_COUNTED, 2, *quota_keys(tenant), file_id, repr(ttl_s)))
 
     async def uncount_file(self, tenant: str, file_id: str) -> bool:
-        return bool(await self.redis.eval(UNCOUNT_FILE, 2, *quota_keys(tenant), repr(time.time()), file_id))
+        return bool(await self.redis.eval(UNCOUNT_FILE, 2, *quota_keys(tenant), file_id))
 
     async def counted_files(self, tenant: str) -> list[str]:
-        since = repr(time.time() + COUNTING_S)
-        return [_text(i) for i in await self.redis.zrangebyscore(quota_keys(tenant)[1], since, "+inf")]
+        return [_text(i) for i in await self.redis.eval(COUNTED_FILES, 2, *quota_keys(tenant), repr(COUNTING_S))]
 
     async def claim(self, key: str, value: str, ttl_s: int, replacing: str = "") -> str | None:
         held = await self.redis.eval(CLAIM, 1, key, value, ttl_s, replacing)

@@ -172,3 +172,26 @@ async def test_a_kept_count_is_kept_when_counted_again_and_only_a_count_is_kept(
     await store.count_file("t1", "out", 100, None)
     await store.keep_counted("t1", "before-the-quota", 3600)
     assert await store.counted_files("t1") == ["out"]
+
+
+@pytest.mark.parametrize("skew_s", [-2 * store_module.COUNTING_S, 2 * store_module.COUNTING_S], ids=["behind", "ahead"])
+async def test_an_edge_with_a_skewed_clock_keeps_every_count_for_its_duration(
+    any_redis_url: str, skew_s: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The quota's times are Redis's, not the edge's: an edge whose clock is off by more than COUNTING_S neither lapses
+    its own count at once (behind) nor another edge's pending counts early (ahead), nor keeps a count short."""
+    honest, skewed = RedisStore(any_redis_url), RedisStore(any_redis_url)
+    try:
+        assert await honest.count_file("t1", "pending", 100, None) is None  # an upload not yet stored
+        real = store_module.time.time
+        monkeypatch.setattr(store_module.time, "time", lambda: real() + skew_s)
+        assert await skewed.count_file("t1", "skewed-pending", 100, None) is None
+        assert await skewed.count_file("t1", "skewed-kept", 100, None) is None
+        assert await skewed.keep_counted("t1", "skewed-kept", 3 * store_module.COUNTING_S)
+        monkeypatch.undo()
+        assert await honest.counted_files("t1") == ["skewed-kept"]  # kept past COUNTING_S from now
+        for file_id in ("pending", "skewed-pending", "skewed-kept"):
+            assert await honest.uncount_file("t1", file_id), f"{file_id}'s count lapsed early"
+    finally:
+        await honest.close()
+        await skewed.close()
