@@ -10,6 +10,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
+from services.batches.store import Store, open_store
 from services.edge.settings import EdgeSettings
 from tests.fakes.recording_router import RecordingRouter
 from tests.integration.conftest import free_port, served_edge, served_router
@@ -40,3 +41,18 @@ async def keyed_edge_without_router(keys: str, key: str) -> AsyncIterator[httpx.
     headers = {"authorization": f"Bearer {key}"}
     async with served_edge(settings) as base, httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as client:
         yield client
+
+
+@pytest.fixture(params=["redis", "cluster", "memory"])
+def store_url(request: pytest.FixtureRequest) -> str | None:
+    """The batch store's URL: a Redis server, a Redis Cluster, and None for the in-process store."""
+    return None if request.param == "memory" else request.getfixturevalue(f"any_redis_url_{request.param}")
+
+
+@pytest.fixture
+async def store(store_url: str | None) -> AsyncIterator[Store]:
+    store = open_store(store_url)
+    try:
+        yield store
+    finally:
+        await store.close()

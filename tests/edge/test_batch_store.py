@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -20,7 +19,6 @@ from services.batches.store import (
     batch_key,
     file_key,
     index_keys,
-    open_store,
     results_key,
 )
 
@@ -73,21 +71,6 @@ async def test_a_result_is_written_once_and_retention_expires_keys(any_redis_url
         client = connect(any_redis_url)
         assert 0 < await client.ttl(batch_key("b1")) <= 100 and 0 < await client.ttl(results_key("b1")) <= 100
         await client.aclose()
-    finally:
-        await store.close()
-
-
-@pytest.fixture(params=["redis", "cluster", "memory"])
-def store_url(request: pytest.FixtureRequest) -> str | None:
-    """A Redis server, a Redis Cluster, and None for the in-process store: all list alike."""
-    return None if request.param == "memory" else request.getfixturevalue(f"any_redis_url_{request.param}")
-
-
-@pytest.fixture
-async def store(store_url: str | None) -> AsyncIterator[Store]:
-    store = open_store(store_url)
-    try:
-        yield store
     finally:
         await store.close()
 

@@ -19,25 +19,10 @@ from services.batches.store import (
     batch_key,
     delete_if_unread,
     file_key,
-    open_store,
     quota_keys,
     readers_key,
 )
 from tests.waiting import eventually
-
-
-@pytest.fixture(params=["redis", "cluster", "memory"])
-def store_url(request: pytest.FixtureRequest) -> str | None:
-    return None if request.param == "memory" else request.getfixturevalue(f"any_redis_url_{request.param}")
-
-
-@pytest.fixture
-async def store(store_url: str | None) -> AsyncIterator[Store]:
-    store = open_store(store_url)
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 async def test_a_count_past_the_quota_is_refused_and_tenants_are_apart(store: Store) -> None:

@@ -7,7 +7,7 @@ batch's end stalled the same way counts its output file again (outputs are never
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -17,7 +17,7 @@ from llmrouter.v1 import router_pb2_grpc
 from services.batches import idempotent
 from services.batches.api import BatchApi
 from services.batches.runner import Runner, file_fields
-from services.batches.store import Store, batch_key, file_key, open_store, results_key
+from services.batches.store import Store, batch_key, file_key, results_key
 from services.edge.openai_api import ApiError
 
 CONTENT = b'{"custom_id": "a"}\n'
@@ -45,20 +45,6 @@ class Lapsing:
             return result
 
         return call
-
-
-@pytest.fixture(params=["redis", "cluster", "memory"])
-def store_url(request: pytest.FixtureRequest) -> str | None:
-    return None if request.param == "memory" else request.getfixturevalue(f"any_redis_url_{request.param}")
-
-
-@pytest.fixture
-async def store(store_url: str | None) -> AsyncIterator[Store]:
-    store = open_store(store_url)
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 async def _record_lapses(store: Store) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import openai
@@ -16,9 +15,8 @@ import pytest
 
 from llmrouter.redis_connect import connect
 from services.batches.api import BatchApi
-from services.batches.store import RedisStore, Store, file_key, group_keys, index_keys, open_store
+from services.batches.store import RedisStore, Store, file_key, group_keys, index_keys
 from tests.edge.conftest import Edge
-from tests.edge.test_batch_store import store_url  # noqa: F401  (the fixture: Redis, a Redis Cluster, in process)
 
 LINE = {
     "custom_id": "r0",
@@ -26,15 +24,6 @@ LINE = {
     "url": "/v1/chat/completions",
     "body": {"model": "auto", "messages": [{"role": "user", "content": "hi"}]},
 }
-
-
-@pytest.fixture
-async def store(store_url: str | None) -> AsyncIterator[Store]:  # noqa: F811
-    store = open_store(store_url)
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 async def put_file(store: Store, tenant: str, file_id: str, purpose: str, *, grouped: bool = True) -> None:
