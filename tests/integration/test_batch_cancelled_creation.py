@@ -53,8 +53,10 @@ async def test_a_creation_whose_request_is_cancelled_part_way_completes(
         input_id = (await client.post("/files", **upload)).json()["id"] if kind == "batch" else ""
         written, stalled = RedisStore.put, asyncio.Event()
 
-        async def then_stalled(self: RedisStore, key: str, fields: dict[str, str | bytes]) -> None:
-            await written(self, key, fields)
+        async def then_stalled(
+            self: RedisStore, key: str, fields: dict[str, str | bytes], ttl_s: int | None = None
+        ) -> None:
+            await written(self, key, fields, ttl_s)
             if key.startswith(batch_key("") if kind == "batch" else file_key("")):
                 admin.execute_command("CLIENT", "PAUSE", "1500", "WRITE")  # the creation's next write waits
                 stalled.set()

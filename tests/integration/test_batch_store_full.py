@@ -158,8 +158,8 @@ async def test_a_file_whose_listing_the_store_refuses_is_not_kept(
     admin = redis.Redis(port=batch_redis.port)
     written = RedisStore.put
 
-    async def then_full(store: RedisStore, key: str, fields: dict[str, str | bytes]) -> None:
-        await written(store, key, fields)
+    async def then_full(store: RedisStore, key: str, fields: dict[str, str | bytes], ttl_s: int | None = None) -> None:
+        await written(store, key, fields, ttl_s)
         admin.config_set("maxmemory", "1")
 
     monkeypatch.setattr(RedisStore, "put", then_full)
