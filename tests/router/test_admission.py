@@ -17,7 +17,7 @@ import pytest
 import redis.asyncio as redis
 
 from llmrouter.errors import ServiceError
-from llmrouter.passthrough import END_USER_ID_CHARS
+from llmrouter.passthrough import END_USER_ID_CHARS, MAX_STOP, MAX_STOP_CHARS
 from llmrouter.registry import Registry
 from llmrouter.v1 import common_pb2, router_pb2
 from services.router import admission, policy, routing
@@ -365,7 +365,8 @@ async def test_the_logprobs_asked_are_a_limit(fields: dict[str, Any], wanted: bo
 @pytest.mark.parametrize(
     "beside",
     [
-        {"stop": ["word " * 20_000]},  # ~20,000 tokens written: no model reads them as prompt
+        # As many stop sequences as long as they may be (~400 tokens written): no model reads them as prompt
+        {"stop": [("word " * MAX_STOP_CHARS)[:MAX_STOP_CHARS]] * MAX_STOP},
         {name: "u" * bound for name, bound in END_USER_ID_CHARS.items()},  # each as long as it may be
         {"seed": 7, "top_p": 0.5, "presence_penalty": 1, "frequency_penalty": -1, "logprobs": True, "top_logprobs": 5},
     ],
@@ -373,8 +374,8 @@ async def test_the_logprobs_asked_are_a_limit(fields: dict[str, Any], wanted: bo
 )
 async def test_the_fields_read_beside_the_prompt_are_not_counted_as_its_input(beside: dict[str, Any]) -> None:
     """A provider bills its input for the prompt it renders: the messages, tool definitions, the response format. A
-    stop sequence or an end-user id counted as prompt made a short prompt a CONTEXT_LENGTH_EXCEEDED (the
-    stop here) or multiplied its hold."""
+    stop sequence or an end-user id counted as prompt made a short prompt a CONTEXT_LENGTH_EXCEEDED (before
+    stop sequences were bounded) or multiplied its hold."""
     gate = admission.Admission(SETTINGS, REGISTRY, MemoryStore(), scratch_outbox())
     tools = {"tools": [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]}
     alone = await gate.limits(request(passthrough_json=json.dumps(tools)))
