@@ -214,6 +214,15 @@ class ModelSpec(BaseModel):
             supported_parameters=parameters.for_model(self, kind),
         )
 
+    def prices(self) -> common_pb2.Prices:
+        """The model's prices, as a caller that admitted a request at them tells the providers service."""
+        return common_pb2.Prices(
+            input_usd_per_mtok=format(self.input_usd_per_mtok, "f"),
+            output_usd_per_mtok=format(self.output_usd_per_mtok, "f"),
+            cached_input_usd_per_mtok=_plain_price(self.cached_input_usd_per_mtok),
+            cache_write_usd_per_mtok=_plain_price(self.cache_write_usd_per_mtok),
+        )
+
     def at_batch_price(self) -> ModelSpec | None:
         """The model priced as its provider's Batch API bills it; None without a batch price."""
         if self.batch_input_usd_per_mtok is None or self.batch_output_usd_per_mtok is None:
@@ -277,6 +286,11 @@ class ModelSpec(BaseModel):
 
 def _price(usd_per_mtok: Decimal | None) -> str:
     return "" if usd_per_mtok is None else str(usd_per_mtok)
+
+
+def _plain_price(usd_per_mtok: Decimal | None) -> str:
+    """A price in plain notation (never "1E-7", which is no amount a caller may write), empty for none."""
+    return "" if usd_per_mtok is None else format(usd_per_mtok, "f")
 
 
 class Registry(BaseModel):

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19llmrouter/v1/common.proto\x12\x0cllmrouter.v1\"i\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x14\n\x0ctool_call_id\x18\x04 \x01(\t\x12\x17\n\x0ftool_calls_json\x18\x05 \x01(\t\"\x86\x01\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x03\x12\x15\n\routput_tokens\x18\x02 \x01(\x03\x12\x11\n\testimated\x18\x03 \x01(\x08\x12\x1b\n\x13\x63\x61\x63hed_input_tokens\x18\x04 \x01(\x03\x12 \n\x18\x63\x61\x63he_write_input_tokens\x18\x05 \x01(\x03\"\xca\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x0c\n\x04tier\x18\x03 \x01(\t\x12\x1a\n\x12input_usd_per_mtok\x18\x04 \x01(\t\x12\x1b\n\x13output_usd_per_mtok\x18\x05 \x01(\t\x12\x16\n\x0e\x63ontext_window\x18\x06 \x01(\x03\x12\x16\n\x0elatency_slo_ms\x18\x07 \x01(\x03\x12 \n\x18\x62\x61tch_input_usd_per_mtok\x18\x08 \x01(\t\x12!\n\x19\x62\x61tch_output_usd_per_mtok\x18\t \x01(\t\x12\x1c\n\x14supported_parameters\x18\n \x03(\t\x12!\n\x19\x63\x61\x63hed_input_usd_per_mtok\x18\x0b \x01(\t\x12 \n\x18\x63\x61\x63he_write_usd_per_mtok\x18\x0c \x01(\t\"\x13\n\x11ListModelsRequest\"=\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.llmrouter.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19llmrouter/v1/common.proto\x12\x0cllmrouter.v1\"i\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x14\n\x0ctool_call_id\x18\x04 \x01(\t\x12\x17\n\x0ftool_calls_json\x18\x05 \x01(\t\"\x86\x01\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x03\x12\x15\n\routput_tokens\x18\x02 \x01(\x03\x12\x11\n\testimated\x18\x03 \x01(\x08\x12\x1b\n\x13\x63\x61\x63hed_input_tokens\x18\x04 \x01(\x03\x12 \n\x18\x63\x61\x63he_write_input_tokens\x18\x05 \x01(\x03\"\xca\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x0c\n\x04tier\x18\x03 \x01(\t\x12\x1a\n\x12input_usd_per_mtok\x18\x04 \x01(\t\x12\x1b\n\x13output_usd_per_mtok\x18\x05 \x01(\t\x12\x16\n\x0e\x63ontext_window\x18\x06 \x01(\x03\x12\x16\n\x0elatency_slo_ms\x18\x07 \x01(\x03\x12 \n\x18\x62\x61tch_input_usd_per_mtok\x18\x08 \x01(\t\x12!\n\x19\x62\x61tch_output_usd_per_mtok\x18\t \x01(\t\x12\x1c\n\x14supported_parameters\x18\n \x03(\t\x12!\n\x19\x63\x61\x63hed_input_usd_per_mtok\x18\x0b \x01(\t\x12 \n\x18\x63\x61\x63he_write_usd_per_mtok\x18\x0c \x01(\t\"\x86\x01\n\x06Prices\x12\x1a\n\x12input_usd_per_mtok\x18\x01 \x01(\t\x12\x1b\n\x13output_usd_per_mtok\x18\x02 \x01(\t\x12!\n\x19\x63\x61\x63hed_input_usd_per_mtok\x18\x03 \x01(\t\x12 \n\x18\x63\x61\x63he_write_usd_per_mtok\x18\x04 \x01(\t\"\x13\n\x11ListModelsRequest\"=\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.llmrouter.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,8 +37,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_USAGE']._serialized_end=285
   _globals['_MODELINFO']._serialized_start=288
   _globals['_MODELINFO']._serialized_end=618
-  _globals['_LISTMODELSREQUEST']._serialized_start=620
-  _globals['_LISTMODELSREQUEST']._serialized_end=639
-  _globals['_LISTMODELSRESPONSE']._serialized_start=641
-  _globals['_LISTMODELSRESPONSE']._serialized_end=702
+  _globals['_PRICES']._serialized_start=621
+  _globals['_PRICES']._serialized_end=755
+  _globals['_LISTMODELSREQUEST']._serialized_start=757
+  _globals['_LISTMODELSREQUEST']._serialized_end=776
+  _globals['_LISTMODELSRESPONSE']._serialized_start=778
+  _globals['_LISTMODELSRESPONSE']._serialized_end=839
 # @@protoc_insertion_point(module_scope)

@@ -62,6 +62,18 @@ class ModelInfo(_message.Message):
     cache_write_usd_per_mtok: str
     def __init__(self, name: _Optional[str] = ..., provider: _Optional[str] = ..., tier: _Optional[str] = ..., input_usd_per_mtok: _Optional[str] = ..., output_usd_per_mtok: _Optional[str] = ..., context_window: _Optional[int] = ..., latency_slo_ms: _Optional[int] = ..., batch_input_usd_per_mtok: _Optional[str] = ..., batch_output_usd_per_mtok: _Optional[str] = ..., supported_parameters: _Optional[_Iterable[str]] = ..., cached_input_usd_per_mtok: _Optional[str] = ..., cache_write_usd_per_mtok: _Optional[str] = ...) -> None: ...
 
+class Prices(_message.Message):
+    __slots__ = ("input_usd_per_mtok", "output_usd_per_mtok", "cached_input_usd_per_mtok", "cache_write_usd_per_mtok")
+    INPUT_USD_PER_MTOK_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_USD_PER_MTOK_FIELD_NUMBER: _ClassVar[int]
+    CACHED_INPUT_USD_PER_MTOK_FIELD_NUMBER: _ClassVar[int]
+    CACHE_WRITE_USD_PER_MTOK_FIELD_NUMBER: _ClassVar[int]
+    input_usd_per_mtok: str
+    output_usd_per_mtok: str
+    cached_input_usd_per_mtok: str
+    cache_write_usd_per_mtok: str
+    def __init__(self, input_usd_per_mtok: _Optional[str] = ..., output_usd_per_mtok: _Optional[str] = ..., cached_input_usd_per_mtok: _Optional[str] = ..., cache_write_usd_per_mtok: _Optional[str] = ...) -> None: ...
+
 class ListModelsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from llmrouter.v1 import common_pb2 as llmrouter_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bllmrouter/v1/provider.proto\x12\x0cllmrouter.v1\x1a\x19llmrouter/v1/common.proto\"\xfd\x02\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12+\n\x08messages\x18\x02 \x03(\x0b\x32\x19.llmrouter.v1.ChatMessage\x12\x17\n\nmax_tokens\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x18\n\x10passthrough_json\x18\x06 \x01(\t\x12\x17\n\x0fwant_confidence\x18\x07 \x01(\x08\x12\x1d\n\x10retry_budget_usd\x18\x08 \x01(\tH\x02\x88\x01\x01\x12\x1a\n\x12tool_call_progress\x18\t \x01(\x08\x12\x16\n\x0einput_progress\x18\n \x01(\x08\x12\x18\n\x10refusal_progress\x18\x0b \x01(\x08\x12\x13\n\x0busage_final\x18\x0c \x01(\x08\x42\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x13\n\x11_retry_budget_usd\"W\n\x0b\x43uedRequest\x12\x30\n\x07request\x18\x01 \x01(\x0b\x32\x1d.llmrouter.v1.GenerateRequestH\x00\x12\x0e\n\x04send\x18\x02 \x01(\x08H\x00\x42\x06\n\x04kind\"\xa3\x02\n\x10GenerateResponse\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\"\n\x05usage\x18\x02 \x01(\x0b\x32\x13.llmrouter.v1.Usage\x12\x10\n\x08\x63ost_usd\x18\x03 \x01(\t\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\x12\x10\n\x08provider\x18\x06 \x01(\t\x12\x0f\n\x07retries\x18\x07 \x01(\x03\x12\x12\n\nlatency_ms\x18\x08 \x01(\x03\x12\x17\n\x0ftool_calls_json\x18\t \x01(\t\x12\x19\n\x0cmean_logprob\x18\n \x01(\x01H\x00\x88\x01\x01\x12\x15\n\rlogprobs_json\x18\x0b \x01(\t\x12\x0f\n\x07refusal\x18\x0c \x01(\tB\x0f\n\r_mean_logprob\"\x81\x02\n\rGenerateChunk\x12\x0f\n\x05\x64\x65lta\x18\x01 \x01(\tH\x00\x12/\n\x05\x66inal\x18\x02 \x01(\x0b\x32\x1e.llmrouter.v1.GenerateResponseH\x00\x12\x32\n\x08\x63onsumed\x18\x03 \x01(\x0b\x32\x1e.llmrouter.v1.GenerateResponseH\x00\x12\x1a\n\x10tool_call_tokens\x18\x04 \x01(\x03H\x00\x12$\n\x05input\x18\x05 \x01(\x0b\x32\x13.llmrouter.v1.UsageH\x00\x12\x17\n\rready_to_send\x18\x06 \x01(\x08H\x00\x12\x17\n\rrefusal_delta\x18\x07 \x01(\tH\x00\x42\x06\n\x04kind\"T\n\x12SubmitBatchRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12/\n\x08requests\x18\x02 \x03(\x0b\x32\x1d.llmrouter.v1.GenerateRequest\"\'\n\x13SubmitBatchResponse\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\"Y\n\x10PollBatchRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\t\x12\x13\n\x0brequest_ids\x18\x03 \x03(\t\x12\x0f\n\x07partial\x18\x04 \x01(\x08\"y\n\x0f\x42\x61tchLineResult\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tsucceeded\x18\x02 \x01(\x08\x12\x30\n\x08response\x18\x03 \x01(\x0b\x32\x1e.llmrouter.v1.GenerateResponse\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"v\n\x11PollBatchResponse\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\r\n\x05\x65nded\x18\x02 \x01(\x08\x12.\n\x07results\x18\x03 \x03(\x0b\x32\x1d.llmrouter.v1.BatchLineResult\x12\x12\n\nunread_ids\x18\x04 \x03(\t2\xeb\x03\n\x08Provider\x12I\n\x08Generate\x12\x1d.llmrouter.v1.GenerateRequest\x1a\x1e.llmrouter.v1.GenerateResponse\x12N\n\x0eGenerateStream\x12\x1d.llmrouter.v1.GenerateRequest\x1a\x1b.llmrouter.v1.GenerateChunk0\x01\x12Q\n\x13GenerateStreamOnCue\x12\x19.llmrouter.v1.CuedRequest\x1a\x1b.llmrouter.v1.GenerateChunk(\x01\x30\x01\x12O\n\nListModels\x12\x1f.llmrouter.v1.ListModelsRequest\x1a .llmrouter.v1.ListModelsResponse\x12R\n\x0bSubmitBatch\x12 .llmrouter.v1.SubmitBatchRequest\x1a!.llmrouter.v1.SubmitBatchResponse\x12L\n\tPollBatch\x12\x1e.llmrouter.v1.PollBatchRequest\x1a\x1f.llmrouter.v1.PollBatchResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bllmrouter/v1/provider.proto\x12\x0cllmrouter.v1\x1a\x19llmrouter/v1/common.proto\"\xc5\x03\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12+\n\x08messages\x18\x02 \x03(\x0b\x32\x19.llmrouter.v1.ChatMessage\x12\x17\n\nmax_tokens\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x18\n\x10passthrough_json\x18\x06 \x01(\t\x12\x17\n\x0fwant_confidence\x18\x07 \x01(\x08\x12\x1d\n\x10retry_budget_usd\x18\x08 \x01(\tH\x02\x88\x01\x01\x12\x1a\n\x12tool_call_progress\x18\t \x01(\x08\x12\x16\n\x0einput_progress\x18\n \x01(\x08\x12\x18\n\x10refusal_progress\x18\x0b \x01(\x08\x12\x13\n\x0busage_final\x18\x0c \x01(\x08\x12\x32\n\x0f\x61\x64mitted_prices\x18\r \x01(\x0b\x32\x14.llmrouter.v1.PricesH\x03\x88\x01\x01\x42\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x13\n\x11_retry_budget_usdB\x12\n\x10_admitted_prices\"W\n\x0b\x43uedRequest\x12\x30\n\x07request\x18\x01 \x01(\x0b\x32\x1d.llmrouter.v1.GenerateRequestH\x00\x12\x0e\n\x04send\x18\x02 \x01(\x08H\x00\x42\x06\n\x04kind\"\xa3\x02\n\x10GenerateResponse\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\"\n\x05usage\x18\x02 \x01(\x0b\x32\x13.llmrouter.v1.Usage\x12\x10\n\x08\x63ost_usd\x18\x03 \x01(\t\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\x12\x10\n\x08provider\x18\x06 \x01(\t\x12\x0f\n\x07retries\x18\x07 \x01(\x03\x12\x12\n\nlatency_ms\x18\x08 \x01(\x03\x12\x17\n\x0ftool_calls_json\x18\t \x01(\t\x12\x19\n\x0cmean_logprob\x18\n \x01(\x01H\x00\x88\x01\x01\x12\x15\n\rlogprobs_json\x18\x0b \x01(\t\x12\x0f\n\x07refusal\x18\x0c \x01(\tB\x0f\n\r_mean_logprob\"\x81\x02\n\rGenerateChunk\x12\x0f\n\x05\x64\x65lta\x18\x01 \x01(\tH\x00\x12/\n\x05\x66inal\x18\x02 \x01(\x0b\x32\x1e.llmrouter.v1.GenerateResponseH\x00\x12\x32\n\x08\x63onsumed\x18\x03 \x01(\x0b\x32\x1e.llmrouter.v1.GenerateResponseH\x00\x12\x1a\n\x10tool_call_tokens\x18\x04 \x01(\x03H\x00\x12$\n\x05input\x18\x05 \x01(\x0b\x32\x13.llmrouter.v1.UsageH\x00\x12\x17\n\rready_to_send\x18\x06 \x01(\x08H\x00\x12\x17\n\rrefusal_delta\x18\x07 \x01(\tH\x00\x42\x06\n\x04kind\"T\n\x12SubmitBatchRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12/\n\x08requests\x18\x02 \x03(\x0b\x32\x1d.llmrouter.v1.GenerateRequest\"\'\n\x13SubmitBatchResponse\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\"Y\n\x10PollBatchRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\t\x12\x13\n\x0brequest_ids\x18\x03 \x03(\t\x12\x0f\n\x07partial\x18\x04 \x01(\x08\"y\n\x0f\x42\x61tchLineResult\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tsucceeded\x18\x02 \x01(\x08\x12\x30\n\x08response\x18\x03 \x01(\x0b\x32\x1e.llmrouter.v1.GenerateResponse\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"v\n\x11PollBatchResponse\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\r\n\x05\x65nded\x18\x02 \x01(\x08\x12.\n\x07results\x18\x03 \x03(\x0b\x32\x1d.llmrouter.v1.BatchLineResult\x12\x12\n\nunread_ids\x18\x04 \x03(\t2\xeb\x03\n\x08Provider\x12I\n\x08Generate\x12\x1d.llmrouter.v1.GenerateRequest\x1a\x1e.llmrouter.v1.GenerateResponse\x12N\n\x0eGenerateStream\x12\x1d.llmrouter.v1.GenerateRequest\x1a\x1b.llmrouter.v1.GenerateChunk0\x01\x12Q\n\x13GenerateStreamOnCue\x12\x19.llmrouter.v1.CuedRequest\x1a\x1b.llmrouter.v1.GenerateChunk(\x01\x30\x01\x12O\n\nListModels\x12\x1f.llmrouter.v1.ListModelsRequest\x1a .llmrouter.v1.ListModelsResponse\x12R\n\x0bSubmitBatch\x12 .llmrouter.v1.SubmitBatchRequest\x1a!.llmrouter.v1.SubmitBatchResponse\x12L\n\tPollBatch\x12\x1e.llmrouter.v1.PollBatchRequest\x1a\x1f.llmrouter.v1.PollBatchResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,23 +33,23 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'llmrouter.v1.provider_pb2',
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GENERATEREQUEST']._serialized_start=73
-  _globals['_GENERATEREQUEST']._serialized_end=454
-  _globals['_CUEDREQUEST']._serialized_start=456
-  _globals['_CUEDREQUEST']._serialized_end=543
-  _globals['_GENERATERESPONSE']._serialized_start=546
-  _globals['_GENERATERESPONSE']._serialized_end=837
-  _globals['_GENERATECHUNK']._serialized_start=840
-  _globals['_GENERATECHUNK']._serialized_end=1097
-  _globals['_SUBMITBATCHREQUEST']._serialized_start=1099
-  _globals['_SUBMITBATCHREQUEST']._serialized_end=1183
-  _globals['_SUBMITBATCHRESPONSE']._serialized_start=1185
-  _globals['_SUBMITBATCHRESPONSE']._serialized_end=1224
-  _globals['_POLLBATCHREQUEST']._serialized_start=1226
-  _globals['_POLLBATCHREQUEST']._serialized_end=1315
-  _globals['_BATCHLINERESULT']._serialized_start=1317
-  _globals['_BATCHLINERESULT']._serialized_end=1438
-  _globals['_POLLBATCHRESPONSE']._serialized_start=1440
-  _globals['_POLLBATCHRESPONSE']._serialized_end=1558
-  _globals['_PROVIDER']._serialized_start=1561
-  _globals['_PROVIDER']._serialized_end=2052
+  _globals['_GENERATEREQUEST']._serialized_end=526
+  _globals['_CUEDREQUEST']._serialized_start=528
+  _globals['_CUEDREQUEST']._serialized_end=615
+  _globals['_GENERATERESPONSE']._serialized_start=618
+  _globals['_GENERATERESPONSE']._serialized_end=909
+  _globals['_GENERATECHUNK']._serialized_start=912
+  _globals['_GENERATECHUNK']._serialized_end=1169
+  _globals['_SUBMITBATCHREQUEST']._serialized_start=1171
+  _globals['_SUBMITBATCHREQUEST']._serialized_end=1255
+  _globals['_SUBMITBATCHRESPONSE']._serialized_start=1257
+  _globals['_SUBMITBATCHRESPONSE']._serialized_end=1296
+  _globals['_POLLBATCHREQUEST']._serialized_start=1298
+  _globals['_POLLBATCHREQUEST']._serialized_end=1387
+  _globals['_BATCHLINERESULT']._serialized_start=1389
+  _globals['_BATCHLINERESULT']._serialized_end=1510
+  _globals['_POLLBATCHRESPONSE']._serialized_start=1512
+  _globals['_POLLBATCHRESPONSE']._serialized_end=1630
+  _globals['_PROVIDER']._serialized_start=1633
+  _globals['_PROVIDER']._serialized_end=2124
 # @@protoc_insertion_point(module_scope)

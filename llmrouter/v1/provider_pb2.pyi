@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("model", "messages", "max_tokens", "temperature", "request_id", "passthrough_json", "want_confidence", "retry_budget_usd", "tool_call_progress", "input_progress", "refusal_progress", "usage_final")
+    __slots__ = ("model", "messages", "max_tokens", "temperature", "request_id", "passthrough_json", "want_confidence", "retry_budget_usd", "tool_call_progress", "input_progress", "refusal_progress", "usage_final", "admitted_prices")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -21,6 +21,7 @@ class GenerateRequest(_message.Message):
     INPUT_PROGRESS_FIELD_NUMBER: _ClassVar[int]
     REFUSAL_PROGRESS_FIELD_NUMBER: _ClassVar[int]
     USAGE_FINAL_FIELD_NUMBER: _ClassVar[int]
+    ADMITTED_PRICES_FIELD_NUMBER: _ClassVar[int]
     model: str
     messages: _containers.RepeatedCompositeFieldContainer[_common_pb2.ChatMessage]
     max_tokens: int
@@ -33,7 +34,8 @@ class GenerateRequest(_message.Message):
     input_progress: bool
     refusal_progress: bool
     usage_final: bool
-    def __init__(self, model: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., request_id: _Optional[str] = ..., passthrough_json: _Optional[str] = ..., want_confidence: _Optional[bool] = ..., retry_budget_usd: _Optional[str] = ..., tool_call_progress: _Optional[bool] = ..., input_progress: _Optional[bool] = ..., refusal_progress: _Optional[bool] = ..., usage_final: _Optional[bool] = ...) -> None: ...
+    admitted_prices: _common_pb2.Prices
+    def __init__(self, model: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., request_id: _Optional[str] = ..., passthrough_json: _Optional[str] = ..., want_confidence: _Optional[bool] = ..., retry_budget_usd: _Optional[str] = ..., tool_call_progress: _Optional[bool] = ..., input_progress: _Optional[bool] = ..., refusal_progress: _Optional[bool] = ..., usage_final: _Optional[bool] = ..., admitted_prices: _Optional[_Union[_common_pb2.Prices, _Mapping]] = ...) -> None: ...
 
 class CuedRequest(_message.Message):
     __slots__ = ("request", "send")

@@ -161,9 +161,11 @@ class Dispatcher:
         cue: Callable[[], Awaitable[None]] | None = None,
         refusal_progress: bool = False,
         usage_final: bool = False,
+        budget_pricing: ModelSpec | None = None,
     ) -> AsyncGenerator[provider_pb2.GenerateChunk, None]:
         """Retried before the first delivered token; what failed attempts consumed is reported on top, and no
-        attempt is retried once that exceeds `retry_budget` (USD; None: no limit). With `tool_call_progress`, the
+        attempt is retried once that, priced as `budget_pricing` prices it (the caller's admitted prices; None: the
+        model's), exceeds `retry_budget` (USD; None: no limit). With `tool_call_progress`, the
         output tokens of the attempt's tool calls so far are told as they grow (a `tool_call_tokens` chunk); with
         `input_progress`, the attempt's input once the upstream reports it (an `input` chunk); with
         `refusal_progress`, the model's refusal as it streams in (`refusal_delta` chunks; without it, the refusal
@@ -179,7 +181,7 @@ class Dispatcher:
         # The refusal's pieces: delivered as the content's are (no retry after one; charged when the stream is cut),
         # to a caller that did not ask for them too, since it gets them whole in the final chunk.
         refused: list[str] = []
-        wasted = Wasted()  # what attempts that failed before delivering anything consumed
+        wasted = Wasted(budget_pricing or model)  # what attempts that failed before delivering anything consumed
         reported_whole = False  # whether the last attempt, failed, had reported its whole usage (in `wasted`)
         try:
             async with self._slot(deadline):
@@ -233,7 +235,7 @@ class Dispatcher:
                             reported_whole = (
                                 usage_final and _finished(end) and await wasted.add_exact(model, request, end)
                             )
-                        if retry_budget is not None and wasted.cost > retry_budget:
+                        if retry_budget is not None and wasted.budget_cost > retry_budget:
                             # Another attempt could write its all on top: past what the caller holds for the call.
                             raise self._failure(model, request, err, retries, wasted, reported_whole) from None
                         if wasted.consumed_tokens and not reported_whole:
@@ -563,9 +565,13 @@ class Wasted:
     """Usage of stream attempts that failed before delivering anything but had the upstream generating: it
     bills them, so they are added to the final usage (or the failure's metadata) and charged."""
 
-    def __init__(self) -> None:
+    def __init__(self, budget_pricing: ModelSpec) -> None:
         self.usage = common_pb2.Usage()
         self.cost = Decimal(0)
+        # The same at the prices the caller holds for the call at, which its retry budget is room at: this service's
+        # registry is reloaded on its own (and of another version during a rolling upgrade).
+        self.budget_pricing = budget_pricing
+        self.budget_cost = Decimal(0)
 
     async def add_exact(self, model: ModelSpec, request: UpstreamRequest, end: Completion) -> bool:
         """Adds the attempt's usage if its upstream reported it all, none of it belied (settle): whether it did.
@@ -573,7 +579,7 @@ class Wasted:
         usage, cost = await _settled(model, request, end)
         if usage.estimated:
             return False
-        self.usage, self.cost = summed(self.usage, usage), self.cost + Decimal(cost)
+        self._add(usage, cost)
         return True
 
     async def add(
@@ -583,9 +589,11 @@ class Wasted:
             _merge(end, consumed)
         elif end.input_tokens is None and end.output_tokens is None:
             return  # the upstream never began answering: nothing billed
-        usage, cost = await _settled(model, request, end)
-        self.usage = summed(self.usage, usage)
-        self.cost += Decimal(cost)
+        self._add(*await _settled(model, request, end))
+
+    def _add(self, usage: common_pb2.Usage, cost: str) -> None:
+        self.usage, self.cost = summed(self.usage, usage), self.cost + Decimal(cost)
+        self.budget_cost += self.budget_pricing.usage_cost_usd(usage)
 
     @property
     def consumed_tokens(self) -> bool:

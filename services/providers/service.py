@@ -61,11 +61,12 @@ class ProviderServicer(provider_pb2_grpc.ProviderServicer):
             upstream,
             context.time_remaining(),
             retry_budget(request),
-            request.tool_call_progress,
-            request.input_progress,
-            cue,
-            request.refusal_progress,
-            request.usage_final,
+            tool_call_progress=request.tool_call_progress,
+            input_progress=request.input_progress,
+            cue=cue,
+            refusal_progress=request.refusal_progress,
+            usage_final=request.usage_final,
+            budget_pricing=admitted_pricing(model, request),
         )
         # aclosing: a caller that goes away closes the upstream stream now, not whenever the GC gets to it.
         async with aclosing(stream) as chunks:
@@ -154,6 +155,37 @@ def retry_budget(request: provider_pb2.GenerateRequest) -> Decimal | None:
     if budget < 0:
         raise invalid("retry_budget_usd must be a non-negative number", "retry_budget_usd")
     return budget
+
+
+def admitted_pricing(model: ModelSpec, request: provider_pb2.GenerateRequest) -> ModelSpec:
+    """The model at the prices its caller admitted the request at (admitted_prices), which retry_budget_usd is room
+    at; at the registry's when the caller did not say (a version before)."""
+    if not request.HasField("admitted_prices"):
+        return model
+    prices = request.admitted_prices
+    return model.model_copy(
+        update={
+            "input_usd_per_mtok": _price(prices.input_usd_per_mtok, "input_usd_per_mtok"),
+            "output_usd_per_mtok": _price(prices.output_usd_per_mtok, "output_usd_per_mtok"),
+            "cached_input_usd_per_mtok": _optional_price(prices.cached_input_usd_per_mtok, "cached_input_usd_per_mtok"),
+            "cache_write_usd_per_mtok": _optional_price(prices.cache_write_usd_per_mtok, "cache_write_usd_per_mtok"),
+        }
+    )
+
+
+def _optional_price(text: str, name: str) -> Decimal | None:
+    return None if text == "" else _price(text, name)
+
+
+def _price(text: str, name: str) -> Decimal:
+    field = f"admitted_prices.{name}"
+    try:
+        price = parse_amount(text)
+    except AmountError as exc:
+        raise invalid(f"{field} {exc}", field) from None
+    if price < 0:
+        raise invalid(f"{field} must be a non-negative number", field)
+    return price
 
 
 async def build(settings: ProvidersSettings) -> tuple[Registrations, list[Closer]]:

@@ -246,6 +246,9 @@ class Serving:
             stream.consumed, stream.tool_call_tokens, stream.input = common_pb2.Usage(), 0, None
             request = generate_request(routed, option.model, self.admission.end_users)
             request.retry_budget_usd = format(retry_budget(routed, stream.worst), "f")
+            request.admitted_prices.CopyFrom(
+                option.model.prices()
+            )  # the budget's prices, not the providers' registry's
             request.tool_call_progress = request.input_progress = request.refusal_progress = True
             request.usage_final = True  # attempt_cost reads the mark
             chunks = provider_chunks(self.providers, request, lambda: routed.time_left(context), stream.cue)
