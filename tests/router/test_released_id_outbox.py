@@ -250,3 +250,44 @@ async def test_a_give_back_asking_the_release_frees_no_id_charged_something(
         assert await reconciler.admit(ACCOUNT, FREE, retry) == refused_as_charged(cost)
     finally:
         await reconciler.close()
+
+
+# What a router of the version before writes whenever its replay rewrites the file (anything landed or dead-lettered,
+# the line itself out of reach meanwhile: its Redis Cluster shard away, the store gone mid-replay): each line written
+# back from the fields that version knows.
+OLD_REWRITE = """
+import sys
+from pathlib import Path
+from services.router.outbox import Outbox
+outbox = Outbox(Path(sys.argv[1]))
+outbox._rewrite(outbox.waiting(), [], set())
+print(len(outbox))
+"""
+
+
+@pytest.mark.parametrize("reconciled_meanwhile", [False, True])
+async def test_a_release_line_a_router_of_the_version_before_rewrote_lands_a_charge_of_0_and_loses_no_money(
+    redis_url: str, tmp_path: Path, reconciled_meanwhile: bool
+) -> None:
+    """The version before drops the release as it rewrites the line (README, Idempotency-Key): landed by this version
+    after that, it is a plain charge of 0, once; a reconciler's charge of the hold meanwhile is given back whole. No
+    money lost or charged twice: only the id stays used, told charged 0, where a retry would have been served."""
+    (tmp_path / "old").mkdir()
+    tree = checkout(BEFORE, tmp_path / "old")
+    store, outbox = RedisStore(redis_url), Outbox(tmp_path / "data")
+    try:
+        first = hold("aaaa0001")
+        assert (await store.admit(ACCOUNT, FREE, first)).refused == ""
+        await outbox.add(OutboxCharge.kept(ACCOUNT, first, 0, FAILED, "c0ffee01", outbox.marked_s, True))
+        assert '"release":true' in outbox.path.read_text()
+        assert await run(tree, OLD_REWRITE, str(tmp_path / "data")) == "1"
+        assert '"release"' not in outbox.path.read_text() and '"charge_id":"c0ffee01"' in outbox.path.read_text()
+        if reconciled_meanwhile:
+            await eventually(lambda: store.reconcile("router-alive", 0.2, 3600), "the request reconciled")
+            assert await store.spent(ACCOUNT, DAY) == (first.pico, first.pico)
+        assert await outbox.replay(store) == 1
+        assert await outbox.replay(store) == 0 and len(outbox) == 0
+        assert await store.spent(ACCOUNT, DAY) == (0, 0)
+        assert await store.admit(ACCOUNT, FREE, hold("bbbb0002")) == refused_as_charged(0)
+    finally:
+        await store.close()
