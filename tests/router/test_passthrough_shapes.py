@@ -158,3 +158,38 @@ async def test_n_and_stream_options_of_other_types_are_refused_on_a_stream_too(
     refused = ServiceError.from_rpc_error(caught.value)
     assert (refused.code, refused.metadata.get("field")) == (grpc.StatusCode.INVALID_ARGUMENT, next(iter(fields)))
     assert provider.generated == 0
+
+
+# The chat body's fields the request carries itself (the edge maps a REST caller's there), written in passthrough_json.
+OWN_FIELDS: list[dict[str, Any]] = [
+    {"max_tokens": 5},
+    {"max_completion_tokens": 5},
+    {"max_cost_usd": "0.000001"},
+    {"max_latency_ms": 1},
+    {"temperature": 0.2},
+    {"quality_target": 0},
+    {"session_id": "s1"},
+    {"model": "cheap"},
+    {"messages": []},
+    {"stream": False},
+]
+
+
+async def test_the_requests_own_fields_written_in_passthrough_are_refused_naming_them(tmp_path: Path) -> None:
+    """Sent to no provider, they were ignored: a gRPC caller's `{"max_cost_usd": ...}` or `{"max_tokens": 5}` there was
+    served uncapped, and charged so, where the edge applies a REST caller's. Refused before anything is routed, as a
+    cap the edge cannot read (a misspelt header) is."""
+    provider = Answering()
+    async with (
+        served_router(tmp_path, MemoryStore(), provider) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        router = router_pb2_grpc.RouterStub(channel)
+        for fields in OWN_FIELDS:
+            (field,) = fields
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await router.Complete(ask("hello", "acme", passthrough_json=json.dumps(fields)), timeout=10)
+            refused = ServiceError.from_rpc_error(caught.value)
+            assert (refused.code, refused.metadata.get("field")) == (grpc.StatusCode.INVALID_ARGUMENT, field)
+            assert "passthrough_json" in refused.message
+    assert provider.generated == 0
