@@ -28,6 +28,25 @@ PASSTHROUGH_FIELDS = frozenset(
         "prompt_cache_key",
     }
 )
+# The router's own body fields, beside OpenAI's (the edge takes them as x-router-* headers too).
+ROUTER_EXTENSIONS = frozenset(
+    {
+        "quality_target",
+        "strong_share",
+        "quality_kept",
+        "max_cost_usd",
+        "max_latency_ms",
+        "session_id",
+        "escalation",
+        "buffer_stream",
+        "verifier_threshold",
+    }
+)
+# A chat body's fields a CompleteRequest carries as its own (the edge maps a REST caller's there). Written in a gRPC
+# caller's passthrough_json they would reach no provider and cap nothing: refused, never served uncapped.
+REQUEST_FIELDS = (
+    frozenset({"model", "messages", "stream", "max_tokens", "max_completion_tokens", "temperature"}) | ROUTER_EXTENSIONS
+)
 # The end-user ids' bounds, in characters, for the edge's REST callers and the router's gRPC callers alike. OpenAI
 # documents and enforces 64 for safety_identifier, and enforces 64 for prompt_cache_key; it documents none for user
 # (deprecated for those two), where callers send longer ids to other upstreams: 512, as OpenAI bounds a metadata value.

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from llmrouter.errors import invalid
 from llmrouter.json_depth import MAX_JSON_DEPTH, nested_deeper
 from llmrouter.openai_fields import OpenAIFields, crossed, first_error, unservable
-from llmrouter.passthrough import END_USER_ID_CHARS
+from llmrouter.passthrough import END_USER_ID_CHARS, REQUEST_FIELDS
 from llmrouter.tool_pairing import Turn, pairing_fault
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
@@ -135,6 +135,15 @@ def validate(request: GenerationRequest) -> Validated:
     _check_end_user_ids(extras)
     _check_openai_fields(extras)
     return Validated(tool_calls, extras, _raw_arguments_at(tool_calls))
+
+
+def check_request_fields(passthrough: dict[str, Any]) -> None:
+    """A CompleteRequest's passthrough fields naming one of the request's own (REQUEST_FIELDS: max_tokens, max_cost_usd,
+    temperature...): no provider reads them there, so the request would be served as if they were not set, uncapped.
+    JSON null is a field left out."""
+    for name in sorted(REQUEST_FIELDS & passthrough.keys()):
+        if passthrough[name] is not None:
+            raise invalid(f"{name} is a field of the request itself, not of passthrough_json: set it there", name)
 
 
 def object_arguments(call: dict[str, Any]) -> dict[str, Any] | None:

@@ -10,10 +10,10 @@ from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
 from llmrouter.openai_fields import REFUSED
+from llmrouter.passthrough import ROUTER_EXTENSIONS
 from llmrouter.validation import MAX_MESSAGES
 from services.edge.openai_api import (
     KNOWN_FIELDS,
-    ROUTER_EXTENSIONS,
     ApiError,
     check_lengths,
     cost_as_written,

@@ -43,38 +43,15 @@ from llmrouter.openai_fields import (
     first_error,
     unservable,
 )
-from llmrouter.passthrough import END_USER_ID_CHARS, MAX_STOP, MAX_STOP_CHARS, PASSTHROUGH_FIELDS
+from llmrouter.passthrough import END_USER_ID_CHARS, MAX_STOP, MAX_STOP_CHARS, PASSTHROUGH_FIELDS, REQUEST_FIELDS
 from llmrouter.server import MAX_MESSAGE_BYTES
 from llmrouter.tool_pairing import Turn, pairing_fault
 from llmrouter.v1 import common_pb2, router_pb2
 from llmrouter.validation import MAX_MESSAGES, AmountError, parse_amount
 from services.edge.json_bounds import MAX_JSON_CONTAINERS, MAX_JSON_ITEMS, containers_over, items_over
 
-# The router's own body fields, beside OpenAI's (also accepted as x-router-* headers).
-ROUTER_EXTENSIONS = frozenset(
-    {
-        "quality_target",
-        "strong_share",
-        "quality_kept",
-        "max_cost_usd",
-        "max_latency_ms",
-        "session_id",
-        "escalation",
-        "buffer_stream",
-        "verifier_threshold",
-    }
-)
 # Body fields the edge maps to the router's request itself.
-MAPPED = {
-    "model",
-    "messages",
-    "stream",
-    "stream_options",
-    "max_tokens",
-    "max_completion_tokens",
-    "temperature",
-    "n",
-} | ROUTER_EXTENSIONS
+MAPPED = REQUEST_FIELDS | {"stream_options", "n"}
 ESCALATION_MODES = ("off", "auto", "strict")
 # Fields OpenAI knows that only hint or tag, or ask for what the router never does: accepted (and type-checked) so that
 # an OpenAI client works unchanged, and sent to no provider, so that neither the answer nor the bill depends on them

@@ -21,13 +21,13 @@ from pydantic import (
 )
 
 from llmrouter.openai_fields import Closed, FirstError, FunctionDefinition, JsonObject, Name, first_error
+from llmrouter.passthrough import ROUTER_EXTENSIONS
 from llmrouter.validation import MAX_MESSAGES
 from services.edge.openai_api import (
     INT32_MAX,
     MAX_METADATA,
     MAX_TOOL_CALLS,
     MAX_TOOLS,
-    ROUTER_EXTENSIONS,
     ApiError,
     check_content_parts,
     check_length,

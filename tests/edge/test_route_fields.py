@@ -15,8 +15,8 @@ import pytest
 from openai.types import completion_create_params
 from openai.types.responses import response_create_params
 
+from llmrouter.passthrough import ROUTER_EXTENSIONS
 from services.edge import legacy, responses
-from services.edge.openai_api import ROUTER_EXTENSIONS
 from tests.edge.conftest import Edge
 
 USER = {"role": "user", "content": "hello"}
