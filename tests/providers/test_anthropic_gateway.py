@@ -268,6 +268,29 @@ async def test_a_tool_call_id_of_another_type_is_refused_naming_it(stub, anthrop
     assert len(anthropic_fake.requests) == before
 
 
+@pytest.mark.parametrize("function", ["look", ["look"], None])
+async def test_a_tool_calls_function_that_is_no_object_is_refused_naming_it(
+    stub, anthropic_fake: FakeAnthropic, function: Any
+) -> None:
+    """An INVALID_ARGUMENT naming the call's function, nothing sent: it was the gateway's own AttributeError (INTERNAL)
+    while writing the call as a tool_use block."""
+    call = {"id": "c1", "type": "function", "function": function}
+    messages = [
+        common_pb2.ChatMessage(role="user", content="Look up the sea"),
+        common_pb2.ChatMessage(role="assistant", tool_calls_json=json.dumps([call])),
+        common_pb2.ChatMessage(role="tool", tool_call_id="c1", content="blue"),
+    ]
+    before = len(anthropic_fake.requests)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Generate(provider_pb2.GenerateRequest(model="claude", messages=messages, request_id="t-function"))
+    refused = ServiceError.from_rpc_error(caught.value)
+    assert (refused.code, refused.metadata.get("field")) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "messages[1].tool_calls[0].function",
+    )
+    assert len(anthropic_fake.requests) == before
+
+
 async def test_a_last_assistant_turn_is_sent_without_trailing_whitespace(stub, anthropic_fake: FakeAnthropic) -> None:
     # To Anthropic a last assistant turn begins the answer, and one ending in whitespace is its 400.
     messages = [

@@ -149,3 +149,47 @@ async def test_paired_tool_calls_are_served(tmp_path: Path) -> None:
         answer = await router_pb2_grpc.RouterStub(channel).Complete(asked(messages), timeout=10)
     assert answer.content == "the answer to blue"
     assert provider.generated == 1
+
+
+# A call's fields a gRPC caller wrote in another shape than OpenAI's (the field named). Sent on, a `function` that is no
+# object failed Anthropic's gateway (the providers' INTERNAL), and the others went on for an upstream to refuse.
+MISSHAPEN: list[tuple[dict[str, Any], str]] = [
+    ({"id": "c1", "type": "function", "function": "look"}, "messages[1].tool_calls[0].function"),
+    ({"id": "c1", "type": "function", "function": ["look"]}, "messages[1].tool_calls[0].function"),
+    (
+        {"id": "c1", "type": "function", "function": {"name": 5, "arguments": "{}"}},
+        "messages[1].tool_calls[0].function.name",
+    ),
+    (
+        {"id": "c1", "type": "function", "function": {"name": "look", "arguments": {"q": 1}}},
+        "messages[1].tool_calls[0].function.arguments",
+    ),
+    (
+        {"id": "c1", "type": "retrieval", "function": {"name": "look", "arguments": "{}"}},
+        "messages[1].tool_calls[0].type",
+    ),
+]
+
+
+@pytest.mark.parametrize("method", ["Complete", "CompleteStream", "Decide"])
+async def test_tool_calls_of_another_shape_are_refused_naming_the_field_before_routing(
+    tmp_path: Path, method: str
+) -> None:
+    provider, store = Answering(), MemoryStore()
+    async with (
+        served_router(tmp_path, store, provider) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        router = router_pb2_grpc.RouterStub(channel)
+        for call, field in MISSHAPEN:
+            messages: list[dict[str, Any]] = [
+                USER,
+                {"role": "assistant", "content": "", "tool_calls": [call]},
+                result("c1"),
+            ]
+            with pytest.raises(ApiError):  # the edge refuses it too
+                parse_request(json.dumps({"messages": messages}).encode())
+            refused = await refusal(router, method, asked(messages))
+            assert (refused.code, refused.metadata.get("field")) == (grpc.StatusCode.INVALID_ARGUMENT, field), call
+    assert provider.generated == 0
+    assert list(store.ledger) == []
