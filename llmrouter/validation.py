@@ -255,9 +255,11 @@ def _check_tool_pairing(messages: Sequence[ChatMessage], tool_calls: list[list[d
 
 
 def _json_type(value: Any) -> str:
-    """The JSON type of a value json.loads returned (no string)."""
+    """The JSON type of a value json.loads returned."""
     if value is None:
         return "null"
+    if isinstance(value, str):
+        return "string"
     if isinstance(value, dict):
         return "object"
     if isinstance(value, list):
@@ -276,4 +278,22 @@ def _tool_calls(raw: str, index: int) -> list[dict[str, Any]]:
     if not isinstance(calls, list) or not all(isinstance(c, dict) for c in calls):
         field = f"messages[{index}].tool_calls_json"
         raise invalid(f"{field} must be a JSON array of objects, every number in it finite", field)
+    for j, call in enumerate(calls):
+        _check_call_shape(call, f"messages[{index}].tool_calls[{j}]")
     return calls
+
+
+def _check_call_shape(call: dict[str, Any], at: str) -> None:
+    """A call in OpenAI's shape, as the edge types a REST caller's: its `function` an object naming the function, its
+    arguments (when given) the JSON text the model wrote, its type (when given) "function". Sent on otherwise, a
+    `function` of another type failed Anthropic's gateway (INTERNAL), and the rest went on for an upstream to refuse."""
+    function = call.get("function")
+    if not isinstance(function, dict):
+        raise invalid(f"{at}.function must be an object, got a JSON {_json_type(function)}", f"{at}.function")
+    for name, required in (("name", True), ("arguments", False)):
+        value = function.get(name)
+        if not isinstance(value, str) and (required or value is not None):
+            field = f"{at}.function.{name}"
+            raise invalid(f"{field} must be a string, got a JSON {_json_type(value)}", field)
+    if call.get("type", "function") != "function":
+        raise invalid(f"{at}.type must be 'function'", f"{at}.type")
