@@ -143,7 +143,8 @@ def check_request_fields(passthrough: dict[str, Any]) -> None:
     JSON null is a field left out."""
     for name in sorted(REQUEST_FIELDS & passthrough.keys()):
         if passthrough[name] is not None:
-            raise invalid(f"{name} is a field of the request itself, not of passthrough_json: set it there", name)
+            how = "call CompleteStream" if name == "stream" else "set the request's own field"
+            raise invalid(f"{name} is not read from passthrough_json, where it would be ignored: {how}", name)
 
 
 def object_arguments(call: dict[str, Any]) -> dict[str, Any] | None:
