@@ -47,6 +47,14 @@ def non_negative(text: str) -> float:
     return value
 
 
+def percent(text: str) -> float:
+    """A finite number within [0, 100] (a share of a volume)."""
+    value = finite_float(text)
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"must be within [0, 100], not {text}")
+    return value
+
+
 def retention_days(text: str) -> float:
     """A finite number of days above 0: ROUTER_LEDGER_SQL_RETENTION_DAYS=0 is no retention, so a trim to 0 days, which
     would delete every row but each account's newest, is refused rather than read either way."""

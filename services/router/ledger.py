@@ -14,6 +14,11 @@ file alone (an exclusive lock) while it exports and deletes: another run on the 
 sink will read again keeps everything from where it stopped: the failed run says how long ago it last read, and the
 command that deletes it; `trim --out FILE --abandon-group llmrouter-sql-sink` deletes it itself where none of its
 consumers has read for ABANDON_IDLE_S, never a live sink's.
+`trim --out FILE --monthly` appends each entry to the file of the month (UTC) Redis added it in, beside FILE
+(ledger-trimmed.jsonl: ledger-trimmed-2026-11.jsonl), so a month's file stops growing once it is over and can be copied
+away and deleted; an entry exported again lands in the file it is already in. FILE is still the lock (a run of a
+version before appends to it). `--min-free-percent P` fails the run (exit 1, after trimming) when the volume holding
+FILE has less than P% of its space free, so the failed Job is seen before the volume fills.
 `trim --copied-only` exports nothing: where the SQL sink keeps the ledger, it deletes
 the entries older than the retention that the sink's consumer group has copied and acknowledged, never one it
 has not (a shard whose stream has no such group keeps every entry); the sink acknowledges an entry that is no row
@@ -37,7 +42,7 @@ from typing import Any, TextIO
 
 from redis.exceptions import ResponseError
 
-from llmrouter.cli.arguments import non_negative
+from llmrouter.cli.arguments import non_negative, percent
 from llmrouter.json_depth import loads_stored
 from llmrouter.redis_connect import connect
 from llmrouter.settings import load_settings
@@ -127,7 +132,7 @@ async def export(client: Any, out: Path, before_ms: int | None = None) -> int:
     """Append the entries (older than `before_ms` when given) to `out`; returns how many were exported."""
     below = None if before_ms is None else f"{before_ms}-0"
     async with _appending(out) as file:
-        return await _export(client, file, [below] * SHARDS)
+        return await _export(client, _Archive(out, file), [below] * SHARDS)
 
 
 @asynccontextmanager
@@ -137,9 +142,69 @@ async def _appending(out: Path) -> AsyncIterator[TextIO]:
     lines; the one that waits reads the streams once the other has deleted what it exported."""
     with out.open("a", encoding="utf-8") as file:
         await asyncio.to_thread(fcntl.flock, file.fileno(), fcntl.LOCK_EX)
-        if file.tell() and _last_byte(out) != b"\n":  # a run stopped mid-line: its cut line ends here, not ours
-            file.write("\n")
+        _end_cut_line(file, out)
         yield file
+
+
+def _end_cut_line(file: TextIO, path: Path) -> None:
+    if file.tell() and _last_byte(path) != b"\n":  # a run stopped mid-line: its cut line ends here, not ours
+        file.write("\n")
+
+
+def month_file(out: Path, entry_id: str) -> Path:
+    """The file beside `out` of the month (UTC) Redis added the entry in, by its id: <stem>-YYYY-MM<suffix>."""
+    added = datetime.fromtimestamp(_id(entry_id)[0] / 1000, UTC)
+    return out.with_name(f"{out.stem}-{added:%Y-%m}{out.suffix}")
+
+
+class _Archive:
+    """Where each exported entry's line goes: `out` (its lock held, open as `file`), or with `monthly` the file of the
+    entry's month beside it, opened to append on first use. The month is the entry's, not the run's: a run interrupted
+    between the export and the deletion exports the same entries again into the files they are already in, and two
+    runs around a month's end never split an entry between two files."""
+
+    def __init__(self, out: Path, file: TextIO, monthly: bool = False) -> None:
+        self._out, self._monthly = out, monthly
+        self._files: dict[Path, TextIO] = {out: file}
+        self._made = False
+
+    def file_for(self, entry_id: str) -> TextIO:
+        if not self._monthly:
+            return self._files[self._out]
+        path = month_file(self._out, entry_id)
+        if path not in self._files:
+            self._made |= not path.exists()
+            file = self._files[path] = path.open("a", encoding="utf-8")
+            _end_cut_line(file, path)
+        return self._files[path]
+
+    @property
+    def paths(self) -> list[Path]:
+        """The files lines go to: `out`, or the months' files written."""
+        return [path for path in self._files if path != self._out or not self._monthly]
+
+    def sync(self) -> None:
+        """Every line written made durable (a new file's name too) before any entry is deleted."""
+        for file in self._files.values():
+            file.flush()
+            os.fsync(file.fileno())
+        if self._made:
+            directory = os.open(self._out.parent, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+
+    def close(self) -> None:
+        for path, file in self._files.items():
+            if path != self._out:  # the lock's own file is closed by _appending
+                file.close()
+
+
+def volume_free_percent(path: Path) -> float:
+    """How much of the volume holding `path` is free to write for an unprivileged user, in percent."""
+    stat = os.statvfs(path)
+    return 100.0 * stat.f_bavail / stat.f_blocks if stat.f_blocks else 100.0
 
 
 def _last_byte(path: Path) -> bytes:
@@ -148,8 +213,8 @@ def _last_byte(path: Path) -> bytes:
         return file.read(1)
 
 
-async def _export(client: Any, file: TextIO, below: Sequence[str | None]) -> int:
-    """Append each shard's entries with ids below its bound in `below` (all of them for None) to `file`, fsynced."""
+async def _export(client: Any, archive: _Archive, below: Sequence[str | None]) -> int:
+    """Append each shard's entries with ids below its bound in `below` (all of them for None) to `archive`, fsynced."""
     exported = 0
     for shard in range(SHARDS):
         start, end = "-", "+" if below[shard] is None else f"({below[shard]}"
@@ -157,13 +222,12 @@ async def _export(client: Any, file: TextIO, below: Sequence[str | None]) -> int
             entries = await client.xrange(ledger_key(shard), min=start, max=end, count=BATCH)
             for entry_id, fields in entries:
                 line = {"shard": shard, "id": entry_id.decode(), "record": _as_built(fields)}
-                file.write(json.dumps(line) + "\n")
+                archive.file_for(line["id"]).write(json.dumps(line) + "\n")
             exported += len(entries)
             if len(entries) < BATCH:
                 break
             start = "(" + entries[-1][0].decode()
-    file.flush()
-    os.fsync(file.fileno())
+    archive.sync()
     return exported
 
 
@@ -188,24 +252,31 @@ class Trimmed:
     """What a trim deleted, and, per shard, the oldest entry older than the retention it left on the stream: the sink's
     group had not acknowledged it when the trim read where the group stood (the SQL ledger may not have it). `idle_ms`:
     of each shard kept back, how long ago the group's consumer that read last read (None: it has no consumer).
-    `abandoned`: the shards whose group was deleted (--abandon-group)."""
+    `abandoned`: the shards whose group was deleted (--abandon-group). `into`: the files the entries went to."""
 
     deleted: int
     kept_back: dict[int, str]
     idle_ms: dict[int, int | None] = field(default_factory=dict, compare=False)  # a measure, as of the trim
     abandoned: list[int] = field(default_factory=list)
+    into: list[Path] = field(default_factory=list, compare=False)
 
 
 async def trim(
-    client: Any, out: Path, retention_days: int, group: str = GROUP, abandon_idle_s: float | None = None
+    client: Any,
+    out: Path,
+    retention_days: int,
+    group: str = GROUP,
+    abandon_idle_s: float | None = None,
+    monthly: bool = False,
 ) -> Trimmed:
     """Export the entries older than the retention, then delete them; but on a stream where the SQL sink's `group`
     is, only up to its first entry not acknowledged: that one and those after it are kept (and not exported), as
     `trim --copied-only` keeps them, until the sink has copied them. With `abandon_idle_s` (the operator's word that no
     sink will read the group again: --abandon-group), the group is first deleted where none of its consumers has read
     for that long: its stream is then trimmed as one no sink reads, what the group had not acknowledged going to `out`
-    alone."""
+    alone. With `monthly`, each entry goes to its month's file beside `out` (month_file), `out` staying the lock."""
     async with _appending(out) as file:
+        archive = _Archive(out, file, monthly)
         cutoff = f"{older_than_ms(retention_days)}-0"
         abandoned = []
         if abandon_idle_s is not None:
@@ -218,13 +289,16 @@ async def trim(
             unacknowledged = await _unacknowledged_from(client, shard, group)
             below.append(cutoff if unacknowledged is None else min(cutoff, unacknowledged, key=_id))
         deleted = 0
-        if await _export(client, file, below):
-            for shard in range(SHARDS):
-                # Bounded by the group as it stands now too: a group made since (a sink started) acknowledged nothing.
-                deleted += int(await client.eval(TRIM_COPIED, 1, ledger_key(shard), below[shard], group, "1"))
+        try:
+            if await _export(client, archive, below):
+                for shard in range(SHARDS):
+                    # Bounded by the group as it stands now too: a group made since (a sink started) acknowledged none.
+                    deleted += int(await client.eval(TRIM_COPIED, 1, ledger_key(shard), below[shard], group, "1"))
+        finally:
+            archive.close()
     kept_back = await _kept_back(client, cutoff)
     idle_ms = {shard: await _group_idle_ms(client, shard, group) for shard in kept_back}
-    return Trimmed(deleted, kept_back, idle_ms, abandoned)
+    return Trimmed(deleted, kept_back, idle_ms, abandoned, archive.paths)
 
 
 async def _group_idle_ms(client: Any, shard: int, group: str) -> int | None:
@@ -321,6 +395,16 @@ async def main(argv: list[str]) -> int:
         f"{ABANDON_IDLE_S / 3600:g} h: no sink will read the ledger again",
     )
     parser.add_argument(
+        "--monthly",
+        action="store_true",
+        help="trim --out: append each entry to its month's file beside FILE (<stem>-YYYY-MM<suffix>); FILE is the lock",
+    )
+    parser.add_argument(
+        "--min-free-percent",
+        type=percent,
+        help="trim --out: fail (exit 1, after trimming) when the volume holding FILE has less than this %% free",
+    )
+    parser.add_argument(
         "--copied-only",
         action="store_true",
         help="trim: export nothing, delete only entries the SQL ledger sink has copied (its table keeps them)",
@@ -330,6 +414,8 @@ async def main(argv: list[str]) -> int:
         parser.error("export and trim take --out FILE; trim --copied-only takes none")
     if args.abandon_group is not None and (args.command != "trim" or args.copied_only):
         parser.error("--abandon-group goes with trim --out FILE")
+    if (args.monthly or args.min_free_percent is not None) and (args.command != "trim" or args.copied_only):
+        parser.error("--monthly and --min-free-percent go with trim --out FILE")
     if args.abandon_group not in (None, GROUP):
         parser.error(f"--abandon-group names the SQL sink's group, {GROUP}: the trim waits for no other")
     settings = load_settings(LedgerSettings)  # no server settings: no certificates needed
@@ -346,7 +432,9 @@ async def main(argv: list[str]) -> int:
                 return 1
         elif args.command == "trim":
             abandon_idle_s = None if args.abandon_group is None else ABANDON_IDLE_S
-            trimmed = await trim(client, args.out, settings.ledger_retention_days, abandon_idle_s=abandon_idle_s)
+            trimmed = await trim(
+                client, args.out, settings.ledger_retention_days, abandon_idle_s=abandon_idle_s, monthly=args.monthly
+            )
             if trimmed.abandoned:
                 streams = ", ".join(ledger_key(shard) for shard in trimmed.abandoned)
                 print(
@@ -354,10 +442,21 @@ async def main(argv: list[str]) -> int:
                     f"{ABANDON_IDLE_S / 3600:g} h",
                     file=sys.stderr,
                 )
-            print(f"trimmed {trimmed.deleted} entries into {args.out}")
+            print(f"trimmed {trimmed.deleted} entries into {', '.join(map(str, trimmed.into)) or args.out}")
+            failed = False
             if trimmed.kept_back:  # a failed run, so a scheduled one is seen: the sink is behind by the retention
                 kept = _kept(trimmed, GROUP) + _abandon_hint(trimmed, GROUP, args.out)
                 print(f"kept, not copied by the ledger sink yet: {kept}", file=sys.stderr)
+                failed = True
+            free = volume_free_percent(args.out.parent)
+            if args.min_free_percent is not None and free < args.min_free_percent:  # failed too: seen before it fills
+                print(
+                    f"the volume holding {args.out} has {free:.1f}% free, under --min-free-percent "
+                    f"{args.min_free_percent:g}: copy the archive's older files away and delete them, or grow it",
+                    file=sys.stderr,
+                )
+                failed = True
+            if failed:
                 return 1
         else:
             before = None if args.older_than_days is None else older_than_ms(args.older_than_days)

@@ -1,0 +1,155 @@
+"""`trim --out FILE --monthly` (the chart's archive on router.ledgerTrim.archive.existingClaim, where the trimmed
+entries are the ledger's only record): each entry goes to the file of the month (UTC) Redis added it in, beside FILE,
+so no file grows for ever; FILE stays the lock. An entry is in exactly one archive file: one exported again (a run
+interrupted between its export and its deletion) lands in the file it is already in, and two runs at once (a manual Job
+beside the scheduled one, or a run of the version before, which appends to FILE itself) never both export it.
+`--min-free-percent` fails a run that leaves the archive's volume fuller than that, after trimming. Real Redis (one
+server and a Redis Cluster), real files."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llmrouter.redis_connect import connect
+from services.router import ledger
+from services.router.store import SHARDS, ledger_key
+from tests.conftest import ROOT
+from tests.ledger.test_trim_beside_the_sink import add
+
+
+def ms(day: datetime) -> int:
+    return int(day.timestamp() * 1000)
+
+
+OCTOBER_END = ms(datetime(2025, 11, 1, tzinfo=UTC)) - 1  # the last millisecond of October, UTC
+NOVEMBER = ms(datetime(2025, 11, 1, tzinfo=UTC))
+PER_SHARD = 150  # ~80 KB of lines in all: many times a file buffer, so a run's writes land while the other's do
+
+
+@pytest.fixture
+async def client(any_redis_url: str) -> AsyncIterator[Any]:
+    made = connect(any_redis_url)
+    yield made
+    await made.aclose()
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def archived(folder: Path) -> Counter[tuple[int, str]]:
+    """How many times each entry (shard, id) is in the archive files of `folder`, over all of them."""
+    return Counter((line["shard"], line["id"]) for path in folder.iterdir() for line in lines(path))
+
+
+async def test_each_entry_goes_to_the_file_of_the_month_redis_added_it_in(client: Any, tmp_path: Path) -> None:
+    out = tmp_path / "ledger-trimmed.jsonl"
+    await add(client, 0, "october", f"{OCTOBER_END}-0")
+    await add(client, 0, "november", f"{NOVEMBER}-0")
+    await add(client, 3, "november-3", f"{NOVEMBER}-0")
+
+    trimmed = await ledger.trim(client, out, retention_days=90, monthly=True)
+
+    october, november = tmp_path / "ledger-trimmed-2025-10.jsonl", tmp_path / "ledger-trimmed-2025-11.jsonl"
+    assert trimmed == ledger.Trimmed(3, {}) and trimmed.into == [october, november]
+    assert [line["record"]["request_id"] for line in lines(october)] == ["october"]
+    assert [(line["shard"], line["record"]["request_id"]) for line in lines(november)] == [
+        (0, "november"),
+        (3, "november-3"),
+    ]
+    assert out.read_text() == ""  # the lock, nothing in it
+    assert [await client.xlen(ledger_key(shard)) for shard in (0, 3)] == [0, 0]
+
+
+async def test_an_entry_exported_again_lands_in_the_file_it_is_already_in(client: Any, tmp_path: Path) -> None:
+    """A run stopped between its export and its deletion (its pod killed) left the entry on the stream and in its
+    month's file, its last line cut; the next run, a month later by the clock, exports it again into that file, on a
+    line of its own, and into no other."""
+    out = tmp_path / "ledger-trimmed.jsonl"
+    entry = await add(client, 0, "october", f"{OCTOBER_END}-0")
+    october = tmp_path / "ledger-trimmed-2025-10.jsonl"
+    october.write_text(json.dumps({"shard": 0, "id": entry, "record": {"request_id": "october"}}) + '\n{"shard": 0')
+
+    assert (await ledger.trim(client, out, retention_days=90, monthly=True)).deleted == 1
+
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["ledger-trimmed-2025-10.jsonl", "ledger-trimmed.jsonl"]
+    first, cut, again = october.read_text().splitlines()
+    assert json.loads(first)["id"] == json.loads(again)["id"] == entry and cut == '{"shard": 0'
+
+
+@pytest.mark.parametrize("other_monthly", [True, False], ids=["two-monthly-runs", "beside-a-run-of-the-version-before"])
+async def test_two_runs_at_once_export_each_entry_into_one_file_once(
+    client: Any, tmp_path: Path, other_monthly: bool
+) -> None:
+    """The lock is FILE's, which a run of the version before (no --monthly: it appends to FILE itself) takes too."""
+    out = tmp_path / "ledger-trimmed.jsonl"
+    for shard in range(SHARDS):
+        for n in range(PER_SHARD):
+            # Half of each shard's entries in October's last milliseconds, half in November's first.
+            await add(client, shard, f"old-{shard}-{n}", f"{OCTOBER_END - PER_SHARD // 2 + 1 + n}-0")
+
+    runs = await asyncio.gather(
+        ledger.trim(client, out, retention_days=90, monthly=True),
+        ledger.trim(client, out, retention_days=90, monthly=other_monthly),
+    )
+
+    assert sorted(run.deleted for run in runs) == [0, SHARDS * PER_SHARD]
+    counts = archived(tmp_path)  # every line whole, too
+    assert len(counts) == SHARDS * PER_SHARD and set(counts.values()) == {1}
+    if other_monthly:
+        assert len(lines(tmp_path / "ledger-trimmed-2025-10.jsonl")) == SHARDS * PER_SHARD // 2
+    assert all([await client.xlen(ledger_key(shard)) == 0 for shard in range(SHARDS)])
+
+
+def run_trim(redis_url: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "ROUTER_REDIS_URL": redis_url, "ROUTER_LEDGER_RETENTION_DAYS": "90"}
+    return subprocess.run(
+        [sys.executable, "-m", "services.router.ledger", "trim", *argv],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+async def test_a_run_leaving_the_volume_fuller_than_allowed_trims_and_fails(redis_url: str, tmp_path: Path) -> None:
+    """Seen as a failed Job (LLMRouterLedgerTrimFailing) before the archive's volume is full; the run's work is done
+    all the same. No real volume is ever 100% free: the threshold of 100 always trips, 0 never."""
+    client = connect(redis_url)
+    try:
+        await add(client, 0, "october", f"{OCTOBER_END}-0")
+        out = tmp_path / "ledger-trimmed.jsonl"
+        full = run_trim(redis_url, "--out", str(out), "--monthly", "--min-free-percent", "100")
+        assert full.returncode == 1, full.stderr
+        assert f"the volume holding {out} has" in full.stderr and "under --min-free-percent 100" in full.stderr
+        assert f"trimmed 1 entries into {tmp_path / 'ledger-trimmed-2025-10.jsonl'}" in full.stdout
+        assert await client.xlen(ledger_key(0)) == 0
+    finally:
+        await client.aclose()
+    roomy = run_trim(redis_url, "--out", str(out), "--monthly", "--min-free-percent", "0")
+    assert roomy.returncode == 0 and "trimmed 0 entries" in roomy.stdout, roomy.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["--copied-only", "--monthly"], "--monthly and --min-free-percent go with trim --out FILE"),
+        (["--copied-only", "--min-free-percent", "20"], "--monthly and --min-free-percent go with trim --out FILE"),
+        (["--out", "x", "--min-free-percent", "101"], "must be within [0, 100], not 101"),
+    ],
+)
+def test_the_archive_options_without_a_file_or_out_of_range_are_usage_errors(argv: list[str], said: str) -> None:
+    result = run_trim("redis://127.0.0.1:1/0", *argv)
+    assert result.returncode == 2 and said in result.stderr
