@@ -125,7 +125,16 @@ EXPECTED: dict[str, dict] = {
     "ledger-trim-macro": {"router": {"ledgerTrim": {"enabled": True, "schedule": "@daily"}}},
     "ledger-sink": {"router": {"ledgerSink": {"enabled": True, "replicas": 1, "metricsPort": 9105}}},
     "ledger-trim-archive": {
-        "router": {"ledgerTrim": {"archive": {"existingClaim": "llm-ledger-archive", "file": "ledger-trimmed.jsonl"}}}
+        "router": {
+            "ledgerTrim": {
+                "archive": {
+                    "existingClaim": "llm-ledger-archive",
+                    "file": "ledger-trimmed.jsonl",
+                    "monthly": True,
+                    "minFreePercent": 20,
+                }
+            }
+        }
     },
     "outbox-persistence": {
         "router": {
@@ -200,6 +209,8 @@ BAD: list[tuple[dict, str]] = [
     ({"hold_totals": "scan"}, "hold_totals must be"),
     ({"ledger_trim": {"archive": {"existing_claim": "Ledger Archive"}}}, "ledger_trim.archive.existing_claim must be"),
     ({"ledger_trim": {"archive": {"existing_claim": "a", "file": "../x"}}}, "ledger_trim.archive.file must be"),
+    ({"ledger_trim": {"archive": {"min_free_percent": -1}}}, "ledger_trim.archive.min_free_percent must be within"),
+    ({"ledger_trim": {"archive": {"min_free_percent": 101}}}, "ledger_trim.archive.min_free_percent must be within"),
     (
         {"ledger_dsn_secret": {"name": "llm-ledger"}, "ledger_trim": {"archive": {"existing_claim": "a"}}},
         "ledger_trim.archive needs no ledger_dsn_secret",

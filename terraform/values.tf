@@ -53,8 +53,10 @@ locals {
         timeZone      = var.ledger_trim.time_zone
         retentionDays = var.ledger_trim.retention_days
         archive = {
-          existingClaim = var.ledger_trim.archive.existing_claim
-          file          = var.ledger_trim.archive.file
+          existingClaim  = var.ledger_trim.archive.existing_claim
+          file           = var.ledger_trim.archive.file
+          monthly        = var.ledger_trim.archive.monthly
+          minFreePercent = var.ledger_trim.archive.min_free_percent
         }
       }
       ledgerSink = {

@@ -266,7 +266,7 @@ variable "hold_totals" {
 
 # --- ledger --------------------------------------------------------------------------------------------------
 variable "ledger_trim" {
-  description = "The CronJob deleting from the ledger streams in the money Redis (noeviction) the entries older than retention_days (ROUTER_LEDGER_RETENTION_DAYS, given to the router too) that the SQL sink copied into PostgreSQL (`python -m services.router.ledger trim --copied-only`). It runs with a money Redis and either ledger_dsn_secret or, without PostgreSQL, archive.existing_claim: a PersistentVolumeClaim it runs `trim --out /archive/<archive.file>` onto, appending what it deletes to that file (the streams' only copy; rotate it on the volume). Without either (or enabled = false) nothing trims the streams, and the money Redis fills and then refuses every request (a Job of your own cannot reach the in-chart money Redis). The chart's money maxmemory (2gb) holds 1 request/s with 7 days kept, with room for entries of the versions before (2 KB each, not 900 B) while they age out (deploy/README.md, sizing)."
+  description = "The CronJob deleting from the ledger streams in the money Redis (noeviction) the entries older than retention_days (ROUTER_LEDGER_RETENTION_DAYS, given to the router too) that the SQL sink copied into PostgreSQL (`python -m services.router.ledger trim --copied-only`). It runs with a money Redis and either ledger_dsn_secret or, without PostgreSQL, archive.existing_claim: a PersistentVolumeClaim it runs `trim --out /archive/<archive.file>` onto, appending what it deletes (the streams' only copy) to one file per month of the entries named after archive.file (archive.monthly; false: to archive.file itself, for ever), and failing a run that leaves the volume with less than archive.min_free_percent free (LLMRouterLedgerTrimFailing). Without either (or enabled = false) nothing trims the streams, and the money Redis fills and then refuses every request (a Job of your own cannot reach the in-chart money Redis). The chart's money maxmemory (2gb) holds 1 request/s with 7 days kept, with room for entries of the versions before (2 KB each, not 900 B) while they age out (deploy/README.md, sizing)."
   type = object({
     enabled        = optional(bool, true)
     schedule       = optional(string, "17 3 * * *") # daily at 03:17, in time_zone; or a macro such as @daily
@@ -275,8 +275,10 @@ variable "ledger_trim" {
     # Without ledger_dsn_secret: a PersistentVolumeClaim the CronJob runs `trim --out /archive/<file>` onto (the
     # chart's router.ledgerTrim.archive); "": no trim without PostgreSQL.
     archive = optional(object({
-      existing_claim = optional(string, "")
-      file           = optional(string, "ledger-trimmed.jsonl") # appended to by every run: rotate it on the volume
+      existing_claim   = optional(string, "")
+      file             = optional(string, "ledger-trimmed.jsonl") # with monthly the lock, the months' files named after it
+      monthly          = optional(bool, true)                     # <file stem>-YYYY-MM<suffix> per month of the entries
+      min_free_percent = optional(number, 20)                     # a run leaving less free fails; 0: no check
     }), {})
   })
   default  = {}
@@ -301,6 +303,10 @@ variable "ledger_trim" {
   validation {
     condition     = can(regex("^[A-Za-z0-9_][A-Za-z0-9._-]*$", var.ledger_trim.archive.file))
     error_message = "ledger_trim.archive.file must be a file name: letters, digits, '.', '_' and '-', not starting with '.' or '-'."
+  }
+  validation {
+    condition     = var.ledger_trim.archive.min_free_percent >= 0 && var.ledger_trim.archive.min_free_percent <= 100
+    error_message = "ledger_trim.archive.min_free_percent must be within 0 and 100 (0: no check)."
   }
   validation {
     condition     = var.ledger_trim.archive.existing_claim == "" || var.ledger_dsn_secret == null

@@ -25,7 +25,8 @@ def test_with_an_archive_claim_the_charts_cronjob_trims_into_a_file_on_it() -> N
     pod = trim_pod(docs)
     (trim,) = pod["containers"]
     assert trim["command"][:4] == ["python", "-m", "services.router.ledger", "trim"]
-    assert trim["command"][4:] == ["--out", "/archive/ledger-trimmed.jsonl"]
+    # One file per month of the entries, ledger-trimmed.jsonl the lock; the run fails with the volume 80% full.
+    assert trim["command"][4:] == ["--out", "/archive/ledger-trimmed.jsonl", "--monthly", "--min-free-percent", "20"]
     volumes = {v["name"]: v for v in pod["volumes"]}
     mounts = {m["mountPath"]: m for m in trim["volumeMounts"]}
     archive = mounts["/archive"]
@@ -57,7 +58,7 @@ def test_with_an_archive_claim_the_charts_cronjob_trims_into_a_file_on_it() -> N
 def test_the_archive_file_is_named_on_the_claim() -> None:
     docs = render(*ARCHIVE, "--set", "router.ledgerTrim.archive.file=ledger-2026.jsonl")
     (trim,) = trim_pod(docs)["containers"]
-    assert trim["command"][-2:] == ["--out", "/archive/ledger-2026.jsonl"]
+    assert trim["command"][4:6] == ["--out", "/archive/ledger-2026.jsonl"]
     with pytest.raises(subprocess.CalledProcessError) as outside:
         render(*ARCHIVE, "--set", "router.ledgerTrim.archive.file=../etc/ledger.jsonl")
     assert "/router/ledgerTrim/archive/file" in outside.value.stderr
@@ -75,3 +76,23 @@ def test_with_the_sql_ledger_the_trim_copies_nothing_and_an_archive_claim_is_ref
     with pytest.raises(subprocess.CalledProcessError) as both:
         render(*DSN, *ARCHIVE)
     assert "router.ledgerTrim.archive.existingClaim: with router.ledgerDsnSecret" in both.value.stderr
+
+
+def test_the_archive_rotation_and_the_free_space_check_can_be_turned_off() -> None:
+    """monthly false: every run appends to the one file, as before rotation; minFreePercent 0: no check. Anything
+    but a share of the volume is refused by the schema at `helm template`, not by the trim's usage error a day later."""
+    docs = render(*ARCHIVE, "--set", "router.ledgerTrim.archive.monthly=false")
+    assert trim_pod(docs)["containers"][0]["command"][4:] == [
+        "--out",
+        "/archive/ledger-trimmed.jsonl",
+        "--min-free-percent",
+        "20",
+    ]
+    docs = render(*ARCHIVE, "--set", "router.ledgerTrim.archive.minFreePercent=0")
+    assert trim_pod(docs)["containers"][0]["command"][4:] == ["--out", "/archive/ledger-trimmed.jsonl", "--monthly"]
+    docs = render(*ARCHIVE, "--set-json", "router.ledgerTrim.archive.minFreePercent=12.5")
+    assert trim_pod(docs)["containers"][0]["command"][-2:] == ["--min-free-percent", "12.5"]
+    for wrong in ("101", "-1", '"full"'):
+        with pytest.raises(subprocess.CalledProcessError) as refused:
+            render(*ARCHIVE, "--set-json", f"router.ledgerTrim.archive.minFreePercent={wrong}")
+        assert "/router/ledgerTrim/archive/minFreePercent" in refused.value.stderr

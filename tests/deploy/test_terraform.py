@@ -99,7 +99,7 @@ def test_the_trim_onto_an_archive_claim_reaches_the_chart(tmp_path: Path) -> Non
     (cron,) = by_kind(render("-f", str(module_values(tmp_path, variables))), "CronJob").values()
     job = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     (container,) = job["containers"]
-    assert container["command"][-2:] == ["--out", "/archive/trimmed.jsonl"]
+    assert container["command"][4:] == ["--out", "/archive/trimmed.jsonl", "--monthly", "--min-free-percent", "20"]
     assert {"name": "archive", "persistentVolumeClaim": {"claimName": "llm-ledger-archive"}} in job["volumes"]
 
     if not TOOLS_PYTHON.is_file():
