@@ -296,26 +296,36 @@ def answered(response: router_pb2.CompleteResponse, request_id: str) -> JSONResp
 
 
 def replayed(kept: replays.Kept) -> Response:
-    """A kept answer sent again, marked so: a stream's events in one response (an SSE client reads them alike)."""
-    media_type = "text/event-stream" if kept.stream else "application/json"
-    return Response(kept.body, media_type=media_type, headers={**(kept.headers or {}), **REPLAY})
+    """A kept answer sent again, marked so: a stream's chat events as a stream, one by one, which the legacy and
+    Responses routes tell as their own as they told the first's."""
+    headers = {**(kept.headers or {}), **REPLAY}
+    if kept.stream and kept.body is not None:
+        return StreamingResponse(events_of(kept.body), media_type="text/event-stream", headers=headers)
+    return Response(kept.body, media_type="application/json", headers=headers)
+
+
+async def events_of(stream: bytes) -> AsyncIterator[bytes]:
+    """A kept chat stream's events: each `data: ...` and its blank line (compact JSON holds no line break)."""
+    for event in stream.split(b"\n\n")[:-1]:
+        yield event + b"\n\n"
 
 
 async def kept_whole(
     events: AsyncGenerator[bytes, None], kept_as: Callable[[bytes], None], cap: int
 ) -> AsyncIterator[bytes]:
-    """A stream's events as sent, handed to `kept_as` once it has ended whole, its [DONE] sent: not one cut before
-    (its caller gone, an error event, the edge's shutdown), nor one over `cap` bytes (only so many are held)."""
+    """A chat stream's events as sent, handed to `kept_as` once it has ended whole, as its [DONE] goes out (the
+    Responses route's stream ends there, closing this one): not one cut before (its caller gone, an error event, the
+    edge's shutdown), nor one over `cap` bytes (only so many are held)."""
     held: list[bytes] = []
-    size, last = 0, b""
+    size = 0
     async with contextlib.aclosing(events):  # closed with this one: its call cancelled at once
         async for event in events:
-            yield event
-            last, size = event, size + len(event)
+            size += len(event)
             if size <= cap:
                 held.append(event)
-    if last == DONE and size <= cap:
-        kept_as(b"".join(held))
+                if event == DONE:  # the last: the router's answer ended whole, and was charged so
+                    kept_as(b"".join(held))
+            yield event
 
 
 def _left_running(answer: asyncio.Future[Any]) -> None:
@@ -404,14 +414,14 @@ class Edge:
 
     async def chat_completions(self, request: Request) -> Response:
         tenant, key = self.caller(request)
-        return await self._chat(request, tenant, key, await self.read_body(request), keeps_stream=True)
+        return await self._chat(request, tenant, key, await self.read_body(request))
 
     async def completions(self, request: Request) -> Response:
         """OpenAI's legacy completions, served as a chat completion of one user turn."""
         tenant, key = self.caller(request)
         chat = await parse_off_loop(await self.read_body(request), legacy.to_chat)
         try:
-            response = await self._chat(request, tenant, key, chat)
+            response = await self._chat(request, tenant, key, chat, retold=True)
         except ApiError as error:
             raise legacy.named_as_sent(error) from None
         if isinstance(response, StreamingResponse):
@@ -425,13 +435,15 @@ class Edge:
         chat, sent = await parse_off_loop(await self.read_body(request), responses.to_chat)
         try:
             # Its instructions come first as one more message than its input items.
-            response = await self._chat(request, tenant, key, chat, max_messages=MAX_ROUTED_MESSAGES)
+            response = await self._chat(request, tenant, key, chat, max_messages=MAX_ROUTED_MESSAGES, retold=True)
         except ApiError as error:
             raise named_as_sent(error, sent.origins) from None
         if isinstance(response, StreamingResponse):
             stream = ResponseStream(sent.echoed)
             response.body_iterator = stream.events(response.body_iterator)
-            request.scope[STREAM_ENDING] = stream.failed  # cut by the shutdown, it ends as a failed chat stream does
+            # Cut by the shutdown, it ends as a failed chat stream does; a replay, no router call, is just cut.
+            if replays.REPLAYED not in response.headers:
+                request.scope[STREAM_ENDING] = stream.failed
             return response
         return retold(response, responses.response_body(json.loads(bytes(response.body)), sent.echoed))
 
@@ -448,10 +460,10 @@ class Edge:
         key: str,
         body: bytes,
         max_messages: int = MAX_MESSAGES,
-        keeps_stream: bool = False,
+        retold: bool = False,
     ) -> Response:
-        """keeps_stream: a keyed stream's events, as this sends them, are kept for its retry (the chat route's: the
-        others send them otherwise, their streams' retries the 409)."""
+        """retold: the route tells the chat answer as its own (legacy, Responses), its kept stream too (replays.Kept).
+        A keyed stream's chat events are kept for its retry, which its route tells again as it told the first's."""
         sent_key = idempotency.sent_key(request.headers)
         request_id = uuid.uuid4().hex if sent_key is None else idempotency.request_id(tenant, key, sent_key)
         sent = request.scope[BODY_DIGEST]
@@ -485,7 +497,7 @@ class Edge:
                 raise
         except grpc.RpcError as err:
             raise self.refusal(err, request, request_id, sent_key) from None
-        if sent_key is not None:  # a stream's events are not kept: its digest alone, a retry of another body a 422
+        if sent_key is not None:  # its digest first, a retry of another body a 422; its events once it ends whole
             # Kept beside the stream, not before it: a slow store never holds its first event up (its marker, there
             # already, tells a retry of another body meanwhile).
             digest_kept = self._beside(self.replays.keep(request_id, sent, None, None, tenant=tenant))
@@ -501,8 +513,8 @@ class Edge:
         request.scope[STREAM_ENDING] = sse
         stream = self._stream(call, pending, request_id, decision.model, include_usage)
         events: AsyncIterator[bytes] = stream
-        if sent_key is not None and keeps_stream:
-            kept_as = functools.partial(self._keep_stream, tenant, request_id, sent, headers, digest_kept)
+        if sent_key is not None:
+            kept_as = functools.partial(self._keep_stream, tenant, request_id, sent, headers, digest_kept, retold)
             events = kept_whole(stream, kept_as, self.replays.max_answer_bytes)
         return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 
@@ -587,13 +599,14 @@ class Edge:
         sent: str,
         headers: dict[str, str],
         digest_kept: asyncio.Task[None],
+        retold: bool,
         events: bytes,
     ) -> None:
         """A whole stream's events kept after its digest's write: that never lands over them."""
 
         async def keeping() -> None:
             await asyncio.wait((digest_kept,))
-            await self.replays.keep(request_id, sent, events, headers, tenant=tenant, stream=True)
+            await self.replays.keep(request_id, sent, events, headers, tenant=tenant, stream=True, retold=retold)
 
         self._beside(keeping())
 

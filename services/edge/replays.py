@@ -1,15 +1,18 @@
 """The answers of requests sent with an Idempotency-Key, kept to be sent again (as Stripe's API does): a retry of a
-finished request gets its first answer back (a chat completion's stream, its events), marked `Idempotent-Replayed:
-true`, rather than the router's 409; one whose body differs from the first's is a 422, never another request's answer.
+finished request gets its first answer back (a stream, its events), marked `Idempotent-Replayed: true`, rather than
+the router's 409; one whose body differs from the first's is a 422, never another request's answer.
 
 Each is kept under the request id the key derives (idempotency.request_id: tenant, API key and value), with a digest
 of the route and the body byte for byte (what an SDK's own retry sends again) and, kept beside it (`routing`: an edge
 before them compares the first alone), of its x-router-* headers, for EDGE_IDEMPOTENCY_REPLAY_S. An answer
-over EDGE_IDEMPOTENCY_MAX_ANSWER_BYTES, a stream cut before its end (or one of the legacy or Responses routes), is kept
-as its digest alone: its retry is the router's 409 as before, a different body the 422. Only answers are kept: a
-failure stores nothing, and its retry reaches the router, which serves it when the first cost nothing (its id
-released) or refuses it. A stream's events are kept under `events`, not `body`: an edge before them reads the entry as
-a digest alone (the 409), never sending events as a JSON answer.
+over EDGE_IDEMPOTENCY_MAX_ANSWER_BYTES, or a stream cut before its end, is kept as its digest alone: its retry is the
+router's 409 as before, a different body the 422. Only answers are kept: a failure stores nothing, and its retry
+reaches the router, which serves it when the first cost nothing (its id released) or refuses it. As the legacy and
+Responses routes keep an unstreamed answer as the chat completion they told it from, they keep a stream as its chat
+events, told as their own again when sent again (the telling is a function of the events and the request). A stream's
+events are kept under `events`, not `body`, and a legacy or Responses stream's under `retold_events`: an edge before
+them reads the entry as a digest alone (the 409), never sending events as a JSON answer nor a chat stream's on another
+route.
 
 While the first runs, its digest is kept too, as a marker naming it in flight (for the call's timeout and a minute,
 EDGE_REQUEST_TIMEOUT_S): a request with the same key and another body, on this edge or another sharing its Redis, is
@@ -98,17 +101,21 @@ def same_request(kept: str, sent: str) -> bool:
     return kept == sent or (ROUTED not in kept and kept == sent.partition(ROUTED)[0])
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: its fields are in the object getsizeof counts (Kept.size), no dict
 class Kept:
     """A finished request's digest, and its answer (body and headers) when it is kept to be sent again; or, with a
     `started` token, the marker of a request in flight (its digest alone: an edge before markers reads it as a
     finished stream's, which it checks the digest of just the same)."""
 
     digest: str
-    body: bytes | None = None  # a stream's: its events, as sent (server-sent events)
+    body: bytes | None = None  # a stream's: its chat events, as the chat route sent them (server-sent events)
     headers: dict[str, str] | None = None
     started: str | None = None
     stream: bool = False
+    # A stream of the legacy or Responses route, its chat events told as that route's as they are sent again: kept
+    # under `retold_events`, which an edge before them passes over (the 409). Under `events` it read them as a chat
+    # stream's and, on those routes, took them for a JSON answer to retell (a 500).
+    retold: bool = False
 
     def size(self) -> int:
         """What the process holds for it, its objects included (a stream's, a digest alone, is mostly those)."""
@@ -127,7 +134,7 @@ class Kept:
             kept["routing"] = routing
         kept.update(body=body, headers=self.headers)
         if self.stream:
-            kept["body"], kept["events"] = None, body
+            kept["body"], kept["retold_events" if self.retold else "events"] = None, body
         if self.started is not None:
             kept["started"] = self.started
         return json.dumps(kept)
@@ -139,13 +146,16 @@ class Kept:
             kept = loads_stored(text)
             digest, body, headers = kept["digest"], kept.get("body"), kept.get("headers")
             started, events, routing = kept.get("started"), kept.get("events"), kept.get("routing")
-            texts = (body, started, events, routing)
+            retold = kept.get("retold_events")
+            texts = (body, started, events, routing, retold)
             readable = isinstance(digest, str) and all(isinstance(text, str | None) for text in texts)
-            if not readable or not (headers is None or _text_pairs(headers)) or (body and events):
+            answers = [answer for answer in (body, events, retold) if answer is not None]
+            if not readable or not (headers is None or _text_pairs(headers)) or len(answers) > 1:
                 return None
-            answer = events if events is not None else body
+            answer = answers[0].encode() if answers else None
             digest = digest if routing is None else digest + ROUTED + routing
-            return cls(digest, None if answer is None else answer.encode(), headers, started, events is not None)
+            stream = events is not None or retold is not None
+            return cls(digest, answer, headers, started, stream, retold is not None)
         except (ValueError, TypeError, KeyError):  # TooDeep and UnicodeError (a lone surrogate) are ValueErrors
             return None
 
@@ -258,19 +268,22 @@ class Replays:
         *,
         tenant: str,
         stream: bool = False,
+        retold: bool = False,
     ) -> None:
         """Keep a finished request's digest, and its answer when within max_answer_bytes and, in the Redis, the
-        tenant's tenant_bytes (None: its digest alone; `stream`: the answer is a stream's events)."""
+        tenant's tenant_bytes (None: its digest alone; `stream`: the answer is a chat stream's events, `retold` as
+        another route's)."""
         if self.ttl_s == 0:
             return
         if body is not None and len(body) > self.max_answer_bytes:
             body, headers = None, None
         if self._redis is None:
-            self._keep_in_memory(request_id, Kept(sent, body, headers, stream=stream and body is not None), self.ttl_s)
+            answer = Kept(sent, body, headers, stream=stream and body is not None, retold=retold and body is not None)
+            self._keep_in_memory(request_id, answer, self.ttl_s)
             return
         key = PREFIX + request_id
         # Its answer, else its digest alone; counted as kept (its key and JSON text: an emoji's 4 bytes are 12 there).
-        entries = [Kept(sent, body, headers, stream=stream).dumps()] if body is not None else []
+        entries = [Kept(sent, body, headers, stream=stream, retold=retold).dumps()] if body is not None else []
         entries.append(Kept(sent).dumps())
         try:
             for entry in entries:

@@ -104,6 +104,8 @@ async def test_an_answer_kept_past_its_time_is_not_sent_again_and_is_dropped(mon
         b'{"digest": "d", "events": 5}',
         b'{"digest": "d", "body": "{}", "events": "data: [DONE]\\n\\n"}',
         b'{"digest": "d", "body": "{}", "routing": 5}',
+        b'{"digest": "d", "retold_events": 5}',
+        b'{"digest": "d", "events": "data: [DONE]\\n\\n", "retold_events": "data: [DONE]\\n\\n"}',
     ],
 )
 async def test_a_kept_answer_no_edge_wrote_is_passed_over(redis_url: str, stored: bytes) -> None:
@@ -227,6 +229,29 @@ async def test_a_streams_events_are_kept_apart_from_a_body_an_edge_before_them_r
     await replays.keep("idem-1", sent, events, {"x-request-id": "idem-1"}, tenant="acme", stream=True)
     kept = await replays.lookup("idem-1", sent)
     assert kept is not None and kept.stream and kept.body == events
+
+
+async def test_a_retold_streams_events_are_kept_where_an_edge_before_them_does_not_look(redis_url: str) -> None:
+    """A legacy or Responses stream's chat events are kept under `retold_events`: an edge of the version before reads
+    the entry as a digest alone (the 409; under `events` it took them for a chat answer to retell as JSON, a 500), and
+    this one reads them back as the stream its route tells again."""
+    import redis.asyncio as redis
+
+    events = b'data: {"id":"chatcmpl-1"}\n\ndata: [DONE]\n\n'
+    stored = json.loads(Kept("d", events, {"x-request-id": "idem-1"}, stream=True, retold=True).dumps())
+    assert stored["body"] is None and "events" not in stored and stored["retold_events"] == events.decode()
+    replays = Replays(ttl_s=3600, max_answer_bytes=1000, memory_bytes=1 << 20, tenant_bytes=1 << 20, url=redis_url)
+    client = redis.from_url(redis_url)
+    sent = digest("/v1/completions", b"{}")
+    try:
+        await replays.keep("idem-1", sent, events, {"x-request-id": "idem-1"}, tenant="acme", stream=True, retold=True)
+        previous = json.loads(await client.get(replays_module.PREFIX + "idem-1") or b"null")
+        assert previous.get("body") is None and previous.get("events") is None  # what an edge before reads
+        kept = await replays.lookup("idem-1", sent)
+        assert kept is not None and kept.stream and kept.retold and kept.body == events
+    finally:
+        await client.aclose()
+        await replays.close()
 
 
 async def test_in_redis_a_tenant_keeps_answers_up_to_its_bytes_and_others_keep_theirs(redis_url: str) -> None:

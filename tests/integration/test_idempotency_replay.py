@@ -8,6 +8,7 @@ in the edge's memory otherwise. Before, every such retry was the 409."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -155,31 +156,99 @@ async def test_a_finished_stream_is_sent_again_as_its_events_and_charged_once(te
     assert len(await tenant.ledger()) == 1
 
 
+@pytest.mark.parametrize("route", ["chat", "completions", "responses"])
 @pytest.mark.parametrize("how", ["cut-upstream", "over-the-limit"])
-async def test_a_stream_cut_before_its_end_or_over_the_limit_is_not_kept(chain: Chain, how: str) -> None:
+async def test_a_stream_cut_before_its_end_or_over_the_limit_is_not_kept(chain: Chain, how: str, route: str) -> None:
     """A stream that did not end whole (an error event after part of it), or is longer than
-    EDGE_IDEMPOTENCY_MAX_ANSWER_BYTES, is kept as its digest alone: its retry is the 409 telling its charge, another
-    body the 422."""
+    EDGE_IDEMPOTENCY_MAX_ANSWER_BYTES, is kept as its digest alone, on every route: its retry is the 409 telling its
+    charge, another body the 422."""
     limit: dict[str, Any] = {"idempotency_max_answer_bytes": 64} if how == "over-the-limit" else {}
     async with tenant_before(chain, chain.router_addr, **limit) as tenant:
         if how == "cut-upstream":
             chain.budget.enqueue(Fault.cut(after_chunks=3))  # after some text went out
-        body = ask()
+        path, body, prompt = streamed_on(route)
         try:
             # Read to its end (an SDK stops at an error event, and may leave before the edge ends its stream), and
             # sent again as read: the same bytes.
             headers = {"authorization": f"Bearer {tenant.keys[0]}", "idempotency-key": "cut"}
             async with httpx.AsyncClient(base_url=tenant.base_url, headers=headers, timeout=20) as http:
-                first = await http.post("/chat/completions", json=streamed(body))
-                again = await http.post("/chat/completions", json=streamed(body))
-                other = await http.post("/chat/completions", json=streamed(ask()))
-            ended_whole = first.content.endswith(b"data: [DONE]\n\n")
-            assert first.status_code == 200 and ended_whole == (how == "over-the-limit")
+                first = await http.post(path, json=body)
+                again = await http.post(path, json=body)
+                other = await http.post(path, json=streamed_on(route)[1])
+            assert first.status_code == 200 and ended_whole(route, first.content) == (how == "over-the-limit")
             assert again.status_code == 409 and "it was charged" in again.json()["error"]["message"]
             assert other.status_code == 422 and other.json()["error"]["code"] == "idempotency_key_mismatch"
         finally:
             chain.budget.faults.clear()
-        assert asked(tenant, body) == 1
+        assert upstream_asked(tenant, prompt) == 1
+
+
+def streamed_on(route: str) -> tuple[str, dict[str, Any], str]:
+    """A streamed request of `route` (its path under /v1, and body) and its prompt, unique."""
+    chat = ask()
+    prompt = chat["messages"][0]["content"]
+    if route == "completions":
+        return "/completions", {"model": "cheap-model", "max_tokens": 20, "prompt": prompt, "stream": True}, prompt
+    if route == "responses":
+        return "/responses", {"model": "cheap-model", "max_output_tokens": 20, "input": prompt, "stream": True}, prompt
+    return "/chat/completions", streamed(chat), prompt
+
+
+def ended_whole(route: str, content: bytes) -> bool:
+    """Whether a stream of `route` as its caller read it ended whole: [DONE], or the Responses' last event (completed,
+    or incomplete at its token limit), never response.failed."""
+    if route == "responses":
+        ended = b"event: response.completed\n" in content or b"event: response.incomplete\n" in content
+        return ended and b"event: response.failed\n" not in content
+    return content.endswith(b"data: [DONE]\n\n")
+
+
+def legacy_text(content: bytes) -> str:
+    """The text a legacy completion's stream carries, joined from its events."""
+    events = [line.removeprefix(b"data: ") for line in content.split(b"\n\n") if line.startswith(b"data: {")]
+    return "".join(choice["text"] for event in events for choice in json.loads(event)["choices"])
+
+
+def upstream_asked(tenant: Tenant, prompt: str) -> int:
+    return sum(prompt in str(r.body) for r in tenant.chain.budget.requests)
+
+
+@pytest.mark.parametrize("route", ["completions", "responses"])
+async def test_a_finished_stream_of_the_legacy_or_responses_route_is_sent_again_as_its_events(
+    tenant: Tenant, route: str
+) -> None:
+    """A legacy completion's or a Responses stream that ended whole is sent again as the chat route's is: its events
+    byte for byte (text/event-stream, `Idempotent-Replayed: true`), read by the openai SDK as the stream it was,
+    reaching no upstream and charged once. Before, its retry was the router's 409."""
+    _, body, prompt = streamed_on(route)
+    fields = {name: value for name, value in body.items() if name != "stream"}
+    client = tenant.client(max_retries=0)
+    create = client.completions if route == "completions" else client.responses
+    headers = {"Idempotency-Key": f"streamed-{route}"}
+    try:
+        answers = []
+        for _ in range(2):  # each read to its end before the next is sent
+            raw = await create.with_raw_response.create(**fields, stream=True, extra_headers=headers)
+            await raw.http_response.aread()
+            answers.append(raw.http_response)
+        first, again = answers
+        stream = await create.create(**fields, stream=True, extra_headers=headers)  # as an SDK reads the replay
+        events = [event async for event in stream]
+    finally:
+        await client.close()
+    assert first.status_code == again.status_code == 200 and ended_whole(route, first.content)
+    assert "idempotent-replayed" not in first.headers and again.headers["idempotent-replayed"] == "true"
+    assert again.headers["content-type"].startswith("text/event-stream")
+    assert again.content == first.content
+    assert again.headers["x-request-id"] == first.headers["x-request-id"]
+    if route == "completions":
+        text = "".join(choice.text for event in events for choice in event.choices)
+        assert text and text == legacy_text(first.content)
+    else:
+        assert events[-1].type in ("response.completed", "response.incomplete")
+        assert events[-1].response.id.encode() in first.content
+    assert upstream_asked(tenant, prompt) == 1
+    assert len(await tenant.ledger()) == 1
 
 
 def streamed(body: dict[str, object]) -> dict[str, object]:
