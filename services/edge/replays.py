@@ -180,8 +180,13 @@ def _text_pairs(headers: Any) -> bool:
 @dataclass(frozen=True)
 class Arrival:
     """What the store says of a request sent with an Idempotency-Key as it arrives: a kept answer to send again, or
-    the token of the marker it wrote (its to take back should it fail); neither when another request's marker or
-    digest (the same body's) is there, or the store was passed over."""
+    the token of the marker it wrote, or may have (its to take back should it fail); neither when another request's
+    marker or digest (the same body's) is there, or the store was passed over reading it.
+
+    A marker whose write failed or timed out, its reply unheard, may have landed: its token is the request's all the
+    same, taken back by compare-and-delete should it fail (never another's marker, nor an answer kept since). Passed
+    over as unwritten, it tied the key to the body for the call's timeout and a minute: the retry of a failure that
+    cost nothing, with another body, was a false 422 rather than served."""
 
     replay: Kept | None = None
     started: Kept | None = None
@@ -219,15 +224,17 @@ class Replays:
         if self.ttl_s == 0:
             return Arrival()
         marker = Kept(sent, started=uuid.uuid4().hex)
+        marked: bool | None = None
         try:
             async with asyncio.timeout(self.arrival_timeout_s):
-                if await self._mark(request_id, marker):
+                marked = await self._mark(request_id, marker)
+                if marked is not False:
                     return Arrival(started=marker)
                 kept = await self._get(request_id)
         except TimeoutError:
             PASSED["arrival"].inc()
             log.warning("idempotency store too slow, passed over", extra={"request_id": request_id})
-            return Arrival()
+            return Arrival(started=marker if marked is None else None)
         if kept is None:
             return Arrival()
         check(kept, sent)
@@ -298,8 +305,9 @@ class Replays:
             PASSED["keep"].inc()
             log.warning("idempotency answer not kept", extra={"request_id": request_id, "error": repr(err)[:200]})
 
-    async def _mark(self, request_id: str, marker: Kept) -> bool:
-        """Write `marker` unless something is kept for the id: whether it was written. A store that fails: not."""
+    async def _mark(self, request_id: str, marker: Kept) -> bool | None:
+        """Write `marker` unless something is kept for the id: whether it was written; None when the store failed,
+        its reply unheard (the marker may have landed all the same)."""
         if self._redis is None:
             if self._get_in_memory(request_id) is not None:
                 return False
@@ -310,7 +318,7 @@ class Replays:
         except (RedisError, RedisClusterException, OSError) as err:
             PASSED["arrival"].inc()
             log.warning("idempotency marker not written", extra={"request_id": request_id, "error": repr(err)[:200]})
-            return False
+            return None
 
     async def _within_tenant_bytes(self, tenant: str, size: int) -> bool:
         """Whether an entry of `size` bytes is within what `tenant` may keep in this replay window: counted then, else

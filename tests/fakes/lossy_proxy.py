@@ -1,7 +1,8 @@
 """A TCP proxy on loopback in front of a real server (Redis here), for the failures no server makes on its own:
 a reply lost after the command ran (`lose_next_reply`: the server applied it, its caller only sees the connection
 drop; and with `then_down`, the server out of reach from then on, until `come_back`), a reply held back after the
-command ran (`hold_next_reply`: its caller waits, and may leave meanwhile) and a command lost before it ran
+command ran (`hold_next_reply`, or `hold_reply_to` a command of given bytes: its caller waits, and may leave
+meanwhile) and a command lost before it ran
 (`swallow_next`: never forwarded, the connection dropped a little later), and a command held back before it ran
 (`hold_command`: a slow server, as its caller sees it, until released). Runs in the test's own event loop."""
 
@@ -45,6 +46,7 @@ class LossyProxy:
         self.swallowed = asyncio.Event()  # set once swallow_next has taken its command
         self._hold_reply: HeldReply | None = None
         self._hold_command: HeldCommand | None = None
+        self._hold_reply_to: tuple[bytes, HeldReply] | None = None
         self._pipes: set[asyncio.Task[None]] = set()
 
     def url(self, db: int = 0) -> str:
@@ -74,6 +76,13 @@ class LossyProxy:
         self._hold_reply = HeldReply()
         return self._hold_reply
 
+    def hold_reply_to(self, part: bytes) -> HeldReply:
+        """The reply to the next command holding the bytes `part` waits in the proxy until it is released: the server
+        has run that command, its caller has not heard back (on a connection it closes first, never)."""
+        held = HeldReply()
+        self._hold_reply_to = (part, held)
+        return held
+
     def hold_command(self, part: bytes) -> HeldCommand:
         """The next command holding the bytes `part` waits in the proxy, unsent to the server, until it is released."""
         self._hold_command = HeldCommand(part)
@@ -101,9 +110,10 @@ class LossyProxy:
             client_out.transport.abort()
             return
         server_in, server_out = await asyncio.open_connection(*self.target)
+        replies_held: list[HeldReply] = []  # this connection's, in the order of their commands (hold_reply_to)
         pipes = [
-            asyncio.ensure_future(self._requests(client_in, server_out)),
-            asyncio.ensure_future(self._replies(server_in, client_out)),
+            asyncio.ensure_future(self._requests(client_in, server_out, replies_held)),
+            asyncio.ensure_future(self._replies(server_in, client_out, replies_held)),
         ]
         self._pipes.update(pipes)
         try:
@@ -115,8 +125,13 @@ class LossyProxy:
             for writer in (client_out, server_out):
                 writer.transport.abort()
 
-    async def _requests(self, source: asyncio.StreamReader, server: asyncio.StreamWriter) -> None:
+    async def _requests(
+        self, source: asyncio.StreamReader, server: asyncio.StreamWriter, replies_held: list[HeldReply]
+    ) -> None:
         while data := await source.read(65536):
+            if self._hold_reply_to is not None and self._hold_reply_to[0] in data:
+                replies_held.append(self._hold_reply_to[1])  # its caller awaits its reply: the next on this connection
+                self._hold_reply_to = None
             if self._swallow_s is not None:
                 seconds, self._swallow_s = self._swallow_s, None
                 self.swallowed.set()
@@ -145,8 +160,14 @@ class LossyProxy:
             return False
         return True
 
-    async def _replies(self, source: asyncio.StreamReader, client: asyncio.StreamWriter) -> None:
+    async def _replies(
+        self, source: asyncio.StreamReader, client: asyncio.StreamWriter, replies_held: list[HeldReply]
+    ) -> None:
         while data := await source.read(65536):
+            if replies_held:
+                held = replies_held.pop(0)
+                held.arrived.set()
+                await held.released.wait()
             if self._hold_reply is not None:
                 held, self._hold_reply = self._hold_reply, None
                 held.arrived.set()

@@ -139,6 +139,41 @@ async def test_a_duplicates_marker_stays_guarding_a_first_on_an_edge_that_wrote_
         assert record["cost_usd"] == cost
 
 
+async def test_a_marker_whose_reply_came_too_late_is_taken_back_as_its_request_fails(
+    chain: Chain, redis_url: str
+) -> None:
+    """The marker's write landed, its reply later than EDGE_IDEMPOTENCY_LOOKUP_TIMEOUT_S (the store passed over, the
+    request served on): the request failing, charging nothing, takes it back all the same (by its token: never
+    another's), so a retry with another body is the router's to serve. Before, the edge took it for unwritten and
+    left it, tying the key to the first body for the call's timeout and a minute: that retry was a false 422."""
+    port = int(urlsplit(redis_url).port or 6379)
+    async with (
+        LossyProxy("127.0.0.1", port) as proxy,
+        tenant_before(
+            chain, chain.router_addr, batch_redis_url=proxy.url_for(redis_url), idempotency_lookup_timeout_s=0.2
+        ) as tenant,
+    ):
+        chain.budget.enqueue(*[Fault.error(500)] * 6)  # every attempt of the first, on both models
+        chain.premium.enqueue(*[Fault.error(500)] * 6)
+        client = tenant.client(max_retries=0)
+        try:
+            marker = proxy.hold_reply_to(b'"started": "')  # the marker's write: run, its reply held
+            with pytest.raises(openai.InternalServerError):
+                await complete(client, ask(), False, "late-marker")
+            assert marker.arrived.is_set()  # it landed, its reply unheard
+            for upstream in (chain.budget, chain.premium):
+                upstream.faults.clear()
+            other = ask()
+            cost = await complete(client, other, False, "late-marker")
+        finally:
+            for upstream in (chain.budget, chain.premium):
+                upstream.faults.clear()
+            await client.close()
+        assert asked(tenant, other) == 1
+        failed, served = sorted(await tenant.ledger(), key=lambda record: record["ts"])
+        assert failed["outcome"] == "failed" and served["cost_usd"] == cost
+
+
 ROUTING = {"x-router-quality-target": "0.9", "x-router-max-cost-usd": "1"}
 
 
