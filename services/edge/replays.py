@@ -21,11 +21,12 @@ it cost nothing, the 409 when it did), unless the router refused it as a duplica
 
 Where: the edge's Redis (EDGE_BATCH_REDIS_URL), which its replicas share, when set; else this process's memory,
 bounded by EDGE_IDEMPOTENCY_MEMORY_BYTES (oldest dropped first), so a retry reaching another replica, or one after
-a restart, gets the 409. In the Redis, which has no bound of its own (noeviction: it holds every tenant's batches),
-each tenant's entries take at most EDGE_IDEMPOTENCY_TENANT_BYTES per replay window (so at most twice that at once),
-counted as stored (key and JSON text): past it an answer is kept as its digest, and past that nothing is (its retry
-is the router's 409, as one of another body). A response cache hit costs nothing, so unbounded, one tenant resending a
-request under new keys filled the store, for free, until every tenant's batch creation failed. A store that fails, or
+a restart, gets the 409. Each tenant's entries take at most EDGE_IDEMPOTENCY_TENANT_BYTES per replay window (so at
+most twice that at once), counted as stored in the Redis (key and JSON text), as held in memory: past it an answer is
+kept as its digest, and past that nothing is (its retry is the router's 409, as one of another body). A response cache
+hit costs nothing, so unbounded, one tenant resending a request under new keys filled the Redis, which has no bound of
+its own (noeviction: it holds every tenant's batches), for free, until every tenant's batch creation failed; or, in
+memory, dropped every other tenant's answers. A store that fails, or
 is slower than EDGE_IDEMPOTENCY_LOOKUP_TIMEOUT_S as a request arrives, is passed over (logged, counted in
 llmrouter_edge_idempotency_store_passed_total): the router still serves and charges the request id once, so a replay
 or marker missed is a 409, never a second charge. The answer is kept after it is sent (app.Edge._keyed): a slow store
@@ -215,6 +216,7 @@ class Replays:
         # request id -> (expiry, kept, what the entry holds: kept_size)
         self._memory: OrderedDict[str, tuple[float, Kept, int]] = OrderedDict()
         self._memory_used = 0
+        self._tenant_bytes_kept: dict[str, tuple[int, int]] = {}  # tenant -> (replay window, bytes kept in it)
 
     async def arrive(self, request_id: str, sent: str) -> Arrival:
         """A request of id `request_id` with digest `sent` arriving: marked in flight when nothing is kept for its id
@@ -277,25 +279,19 @@ class Replays:
         stream: bool = False,
         retold: bool = False,
     ) -> None:
-        """Keep a finished request's digest, and its answer when within max_answer_bytes and, in the Redis, the
-        tenant's tenant_bytes (None: its digest alone; `stream`: the answer is a chat stream's events, `retold` as
-        another route's)."""
+        """Keep a finished request's digest, and its answer when within max_answer_bytes and the tenant's
+        tenant_bytes (None: its digest alone; `stream`: the answer is a chat stream's events, `retold` as another
+        route's)."""
         if self.ttl_s == 0:
             return
         if body is not None and len(body) > self.max_answer_bytes:
             body, headers = None, None
-        if self._redis is None:
-            answer = Kept(sent, body, headers, stream=stream and body is not None, retold=retold and body is not None)
-            self._keep_in_memory(request_id, answer, self.ttl_s)
-            return
-        key = PREFIX + request_id
-        # Its answer, else its digest alone; counted as kept (its key and JSON text: an emoji's 4 bytes are 12 there).
-        entries = [Kept(sent, body, headers, stream=stream, retold=retold).dumps()] if body is not None else []
-        entries.append(Kept(sent).dumps())
+        # Its answer, else its digest alone, each if within its tenant's bytes.
+        entries = [Kept(sent, body, headers, stream=stream, retold=retold)] if body is not None else []
+        entries.append(Kept(sent))
         try:
             for entry in entries:
-                if await self._within_tenant_bytes(tenant, len(key) + len(entry.encode())):
-                    await self._redis.set(key, entry, ex=self.ttl_s)
+                if await self._kept_within_tenant_bytes(request_id, entry, tenant):
                     return
                 log.warning(
                     "idempotency entry not kept: its tenant's bytes kept are spent",
@@ -304,6 +300,20 @@ class Replays:
         except (RedisError, RedisClusterException, OSError) as err:
             PASSED["keep"].inc()
             log.warning("idempotency answer not kept", extra={"request_id": request_id, "error": repr(err)[:200]})
+
+    async def _kept_within_tenant_bytes(self, request_id: str, kept: Kept, tenant: str) -> bool:
+        """Keep `kept` if it is within what `tenant` may keep in this replay window: whether it was. Counted as held:
+        in the Redis its key and JSON text (an emoji's 4 bytes are 12 there), in memory what the process holds."""
+        if self._redis is None:
+            if not self._within_tenant_bytes_in_memory(tenant, kept_size(request_id, kept)):
+                return False
+            self._keep_in_memory(request_id, kept, self.ttl_s)
+            return True
+        key, entry = PREFIX + request_id, kept.dumps()
+        if not await self._within_tenant_bytes(tenant, len(key) + len(entry.encode())):
+            return False
+        await self._redis.set(key, entry, ex=self.ttl_s)
+        return True
 
     async def _mark(self, request_id: str, marker: Kept) -> bool | None:
         """Write `marker` unless something is kept for the id: whether it was written; None when the store failed,
@@ -326,6 +336,17 @@ class Replays:
         window and the last: at most twice tenant_bytes."""
         counter = f"{KEPT_BYTES}{tenant}:{int(time.time()) // self.ttl_s}"
         return bool(await self._redis.eval(COUNT, 1, counter, size, self.tenant_bytes, 2 * self.ttl_s))
+
+    def _within_tenant_bytes_in_memory(self, tenant: str, size: int) -> bool:
+        """As _within_tenant_bytes, in this process: one tenant's answers never drop every other's, oldest first,
+        from the memory they share (memory_bytes)."""
+        window = int(time.time()) // self.ttl_s
+        counted_in, counted = self._tenant_bytes_kept.get(tenant, (window, 0))
+        counted = counted if counted_in == window else 0
+        if counted + size > self.tenant_bytes:
+            return False
+        self._tenant_bytes_kept[tenant] = (window, counted + size)
+        return True
 
     async def close(self) -> None:
         if self._redis is not None:

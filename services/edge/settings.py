@@ -61,9 +61,10 @@ class EdgeSettings(ServiceSettings):
     # How long a keyed request waits on the edge Redis as it arrives (its kept answer, its in-flight marker): past
     # it the store is passed over (counted), the router's id rules telling a retry (a 409, never a second charge).
     idempotency_lookup_timeout_s: float = Field(default=0.5, gt=0)
-    # In the batch Redis (noeviction, shared by every tenant's batches), one tenant's answers and digests kept per
-    # replay window, as stored: past it an answer is kept as its digest alone, and past that nothing. Cache hits cost
-    # nothing, so without it one tenant could fill the store for free with a request resent under new keys.
+    # One tenant's answers and digests kept per replay window, in the batch Redis (noeviction, shared by every tenant's
+    # batches) as stored, else in memory as held: past it an answer is kept as its digest alone, and past that nothing.
+    # Cache hits cost nothing, so without it one tenant could fill the store for free with a request resent under new
+    # keys (in memory, drop every other tenant's answers, oldest first).
     idempotency_tenant_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
     batch_concurrency: int = Field(default=8, gt=0)  # lines in flight at once, across this edge's batches
     # How often a provider batch (lines sent through a provider's Batch API) is asked whether it has ended.

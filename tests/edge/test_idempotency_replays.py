@@ -56,8 +56,8 @@ async def test_memory_the_kept_answers_take_stays_within_the_bound(answer: bytes
     """The bound is on what the process holds for them: each entry's request id, digest, objects and headers, not only
     its body. Counted by body and header text alone, a stream's digest (kept alone) was counted 128 bytes and took near
     460: 64 MiB of them held near 230 MiB."""
-    bound = 1 << 20
-    replays = Replays(ttl_s=3600, max_answer_bytes=1000, memory_bytes=bound, tenant_bytes=1 << 20, url=None)
+    bound = 1 << 20  # the memory's alone: no tenant's bytes reached
+    replays = Replays(ttl_s=3600, max_answer_bytes=1000, memory_bytes=bound, tenant_bytes=1 << 40, url=None)
     headers = {"x-router-model": "cheap-model", "x-router-cost-usd": "0.000001", "x-request-id": "idem-1"}
     gc.collect()
     tracemalloc.start()
@@ -272,6 +272,24 @@ async def test_in_redis_a_tenant_keeps_answers_up_to_its_bytes_and_others_keep_t
         assert refused.value.code == "idempotency_key_mismatch"
     finally:
         await replays.close()
+
+
+async def test_in_memory_a_tenant_keeps_answers_up_to_its_bytes_and_others_keep_theirs() -> None:
+    """EDGE_IDEMPOTENCY_TENANT_BYTES in memory too, counted as held: one tenant resending a request under new keys
+    (each a cache hit, free) no longer drops every other tenant's answers from the memory they share. Past its bytes
+    its answers are kept as their digests (a different body's retry the 422); another tenant's are kept still. Before,
+    the bound applied in the Redis alone: every answer was kept."""
+    sent, answer = digest("/v1/chat/completions", b"{}"), b"x" * 900
+    one = replays_module.kept_size("idem-0", Kept(sent, answer, {}))
+    replays = Replays(ttl_s=3600, max_answer_bytes=1000, memory_bytes=1 << 20, tenant_bytes=one * 5 // 2, url=None)
+    for n in range(3):
+        await replays.keep(f"idem-{n}", sent, answer, {}, tenant="hog")
+    await replays.keep("idem-other", sent, answer, {}, tenant="acme")
+    assert [await replays.lookup(f"idem-{n}", sent) is not None for n in range(3)] == [True, True, False]
+    assert await replays.lookup("idem-other", sent) is not None
+    with pytest.raises(ApiError) as refused:  # its digest kept all the same
+        await replays.lookup("idem-2", digest("/v1/chat/completions", b"{ }"))
+    assert refused.value.code == "idempotency_key_mismatch"
 
 
 async def test_in_redis_a_tenants_bytes_bound_what_its_answers_take_there(redis_url: str) -> None:
