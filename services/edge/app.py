@@ -619,14 +619,23 @@ class Edge:
             task.exception()  # its caller may be gone: a failure is the router's, logged there
 
     async def close(self) -> None:
-        """Calls whose callers left, their answers awaited to be kept, cancelled (the router charges what they did), and
-        the keeping of streams' digests."""
-        serving: list[asyncio.Future[Any]] = [task for tasks in self._answering.values() for task in tasks]
-        serving += self._keeping
-        for task in serving:
+        """Answers still being kept for Idempotency-Key retries (sent first, kept after: a stream's digest and events,
+        an answer whose caller left, its call awaited) are given EDGE_IDEMPOTENCY_DRAIN_S to land, so that a retry after
+        a rolling restart is sent them rather than the router's 409; those left then are cancelled (the router charges
+        what their calls did)."""
+        pending = self._pending()
+        if pending:
+            log.info("waiting for Idempotency-Key answers being kept", extra={"pending": len(pending)})
+            await asyncio.wait(pending, timeout=self.settings.idempotency_drain_s)
+        pending = self._pending()  # some may have begun another (a stream's events, after its digest)
+        for task in pending:
             task.cancel()
-        await asyncio.gather(*serving, return_exceptions=True)
+        await asyncio.gather(*pending, return_exceptions=True)
         await self.replays.close()
+
+    def _pending(self) -> list[asyncio.Future[Any]]:
+        serving: list[asyncio.Future[Any]] = [task for tasks in self._answering.values() for task in tasks]
+        return [task for task in [*serving, *self._keeping] if not task.done()]
 
     def refusal(self, err: grpc.RpcError, request: Request, request_id: str, sent_key: str | None) -> ApiError:
         """The router's refusal of a completion, as the caller sent it: its headers named, a duplicate of a request

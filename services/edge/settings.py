@@ -61,6 +61,10 @@ class EdgeSettings(ServiceSettings):
     # How long a keyed request waits on the edge Redis as it arrives (its kept answer, its in-flight marker): past
     # it the store is passed over (counted), the router's id rules telling a retry (a 409, never a second charge).
     idempotency_lookup_timeout_s: float = Field(default=0.5, gt=0)
+    # At shutdown, once the requests have drained, how long the answers still being kept (each is sent first, kept
+    # after) are given to land before they are given up: a retry after a rolling restart then gets the answer, not
+    # the router's 409. Within the 15 s the chart leaves after the drain (terminationGracePeriodSeconds).
+    idempotency_drain_s: float = Field(default=5.0, ge=0)
     # One tenant's answers and digests kept per replay window, in the batch Redis (noeviction, shared by every tenant's
     # batches) as stored, else in memory as held: past it an answer is kept as its digest alone, and past that nothing.
     # Cache hits cost nothing, so without it one tenant could fill the store for free with a request resent under new

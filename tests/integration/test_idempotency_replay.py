@@ -8,9 +8,13 @@ in the edge's memory otherwise. Before, every such retry was the 409."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import openai
@@ -18,6 +22,7 @@ import pytest
 import redis.asyncio as redis
 
 from services.edge.replays import KEPT_BYTES
+from tests.fakes.lossy_proxy import LossyProxy
 from tests.fakes.server import Fault
 from tests.integration.conftest import Chain
 from tests.integration.test_idempotency_key import Tenant, answered, ask, asked, complete, tenant_before
@@ -289,3 +294,39 @@ async def test_in_the_edges_redis_each_tenant_keeps_answers_up_to_its_own_bytes(
         finally:
             for client in clients:
                 await client.close()
+
+
+async def test_an_answer_still_being_kept_at_shutdown_lands_and_is_sent_again_after_the_restart(
+    chain: Chain, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An answer is sent first and kept after: one whose write is still under way as the edge shuts down (a rolling
+    restart) is given EDGE_IDEMPOTENCY_DRAIN_S to land, and the retry, on the edge that replaces it, gets it again,
+    charged once. Before, the shutdown cancelled the write: the retry was the router's 409."""
+    caplog.set_level(logging.INFO, logger="llmrouter.edge")
+    port = int(urlsplit(redis_url).port or 6379)
+    async with LossyProxy("127.0.0.1", port) as proxy, AsyncExitStack() as restarting:
+        stopping = await restarting.enter_async_context(
+            tenant_before(chain, chain.router_addr, batch_redis_url=proxy.url_for(redis_url), idempotency_drain_s=60)
+        )
+        client = stopping.client(max_retries=0)
+        body = ask()
+        try:
+            write = proxy.hold_command(b'"x-request-id": "idem-')  # the answer's (a marker has no headers)
+            first = await answered(client, body, "restarted")
+        finally:
+            await client.close()
+        await eventually(write.arrived.is_set, "the answer's write reaches the store")
+        shutdown = asyncio.ensure_future(restarting.aclose())
+        await eventually(lambda: "answers being kept" in caplog.text, "the shutdown waits for the answer's write")
+        assert not write.abandoned.is_set()
+        write.released.set()
+        await shutdown
+        async with tenant_before(chain, chain.router_addr, like=stopping, batch_redis_url=redis_url) as replaced:
+            client = replaced.client(max_retries=0)
+            try:
+                again = await answered(client, body, "restarted")
+            finally:
+                await client.close()
+    assert again.headers["idempotent-replayed"] == "true" and again.content == first.content
+    assert asked(stopping, body) == 1
+    assert len(await stopping.ledger()) == 1
