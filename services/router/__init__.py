@@ -46,7 +46,9 @@ async def build(
         from services.router.money_check import check_money_redis
 
         await check_money_redis(settings.redis_url, settings.allow_evicting_money_store, settings.cache_redis_url)
-    store = open_store(settings.redis_url, settings.request_id_ttl_s, settings.hold_totals)
+    store = open_store(
+        settings.redis_url, settings.request_id_ttl_s, settings.hold_totals, settings.reconcile_master_answers_s
+    )
     cache = open_cache(settings.cache_redis_url)
     try:
         outbox = Outbox(settings.data_dir, settings.request_id_ttl_s - settings.request_timeout_s - CHARGE_LANDS_S)

@@ -8,6 +8,7 @@ is back. A real Redis Cluster of the test's own, one master stopped and started 
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
@@ -28,10 +29,11 @@ from services.router.store import (
     period_id,
 )
 from services.router.store.clock import money_now
+from services.router.store.keys import SHARDS, shard_of
 from services.router.store.model import pending_field, reconciled_record
 from tests.redis_servers import RedisCluster
 from tests.router.test_charge_counted_once import counted
-from tests.router.test_outbox_one_shard_down import DOWN, tenant_on
+from tests.router.test_outbox_one_shard_down import DOWN, master_of, tenant_on
 from tests.waiting import eventually
 
 DAY = period_id("day")
@@ -117,3 +119,60 @@ async def test_one_master_down_holds_up_only_its_own_shards_in_the_reconcile_rou
     assert not store.unheard and not store.unanswered
     requests, _ = counted(MODEL)
     assert requests - before[0] == 3  # the two reconciled charges and the line's, each once
+
+
+@pytest.mark.parametrize("down_as", ["closing", "silent"])
+async def test_a_master_out_of_reach_is_asked_once_a_round(
+    cluster: RedisCluster, store: RedisStore, down_as: str
+) -> None:
+    """Each call of a shard whose master was down waited out the cluster client's retries (ten, with backoff), and a
+    round made one a shard: about 20 s for the five shards of one master of three, the healthy shards' charges
+    settled only once those had failed (as long again where the master's address takes connections but never answers:
+    a host cut off). Now the round asks every master once as it begins and passes over the shards of the one that did
+    not answer. Its place taken by a listener that counts the connections asked of it, then closes them ('closing', a
+    master gone) or never answers ('silent')."""
+    tenants: dict[int, str] = {}  # one on each shard
+    for n in range(10_000):
+        tenants.setdefault(shard_of(f"tenant-{n}"), f"tenant-{n}")
+    assert len(tenants) == SHARDS
+    masters = len(cluster.nodes)
+    healthy = [t for t in tenants.values() if master_of(t, masters) != DOWN]
+    on_down = [t for t in tenants.values() if master_of(t, masters) == DOWN]
+    for tenant in tenants.values():
+        await left_by_a_dead_router(store, Account(tenant, "k"))
+    for script in (lua.COUNT_ONCE, lua.ACK_TAKE, lua.CHARGE, lua.LEASE):
+        await store.redis.script_load(script)
+    node = cluster.nodes[DOWN]
+    node.shut_down()  # not killed: its restart must hold the holds just admitted
+    asked = 0
+    released = asyncio.Event()
+
+    async def answer(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal asked
+        asked += 1
+        if down_as == "silent":
+            await released.wait()
+        writer.close()
+
+    listener = await asyncio.start_server(answer, "127.0.0.1", node.port)
+    # Another router's, with no connection to that master yet: each it asks of it is a new one. Its address is not
+    # among those the reconciler starts from (none is asked at its start).
+    reconciler = RedisStore(f"redis+cluster://127.0.0.1:{cluster.nodes[0].port}")
+    try:
+        landed = await reconciler.reconcile("alive", LEASE_S, 0.0)
+    finally:
+        await reconciler.close()
+        released.set()
+        listener.close()
+        await listener.wait_closed()
+    assert asked == 1  # once, for every shard of its
+    assert landed == len(healthy)
+    for tenant in healthy:
+        assert await store.spent(Account(tenant, "k"), DAY) == (HOLD_PICO, HOLD_PICO)
+    cluster.restart_node(DOWN)
+    for tenant in on_down:  # left as they were, for a round once the master is back
+        assert await store.held_pico(Account(tenant, "k")) == (HOLD_PICO, HOLD_PICO)
+    for tenant in on_down:
+        await eventually(settled(store, Account(tenant, "k"), HOLD_PICO), "a round settling the shard once it is back")
+    for tenant in tenants.values():  # each charged once
+        assert await store.spent(Account(tenant, "k"), DAY) == (HOLD_PICO, HOLD_PICO)

@@ -43,7 +43,7 @@ from services.router.store.model import (
     spend_ttl_s,
     to_pico,
 )
-from services.router.store.redis_store import CounterRead, Raised, RedisStore, StreamPosition
+from services.router.store.redis_store import MASTER_ANSWERS_S, CounterRead, Raised, RedisStore, StreamPosition
 
 __all__ = [
     "ANSWER_KEPT_BYTES",
@@ -52,6 +52,7 @@ __all__ = [
     "HOLDS_LINGER_S",
     "HOLD_S",
     "KEYLESS",
+    "MASTER_ANSWERS_S",
     "PICO",
     "REQUEST_ID_TTL_S",
     "SHARDS",
@@ -93,10 +94,13 @@ __all__ = [
 
 
 def open_store(
-    redis_url: str | SecretStr | None, request_id_ttl_s: int = REQUEST_ID_TTL_S, hold_totals: HoldTotals = "auto"
+    redis_url: str | SecretStr | None,
+    request_id_ttl_s: int = REQUEST_ID_TTL_S,
+    hold_totals: HoldTotals = "auto",
+    master_answers_s: float = MASTER_ANSWERS_S,
 ) -> Store:
     """The in-process store keeps its totals itself (holds.py): no other process writes its holds, so it always
     trusts them."""
     if redis_url:
-        return RedisStore(redis_url, request_id_ttl_s, hold_totals)
+        return RedisStore(redis_url, request_id_ttl_s, hold_totals, master_answers_s)
     return MemoryStore(request_id_ttl_s)

@@ -481,6 +481,9 @@ class MemoryStore:
     async def give_back(self, account: Account, hold: Hold, pico: int | None, release: bool = False) -> int:
         return 0  # nothing is reconciled here: a router's store is its own, and it never takes itself for dead
 
+    async def shards_away(self) -> set[int]:
+        return set()
+
     async def ping(self) -> bool:
         return True
 

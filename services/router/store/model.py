@@ -682,6 +682,11 @@ class Store(Protocol):
         pending for over `stale_s` (no request runs that long: its charge was lost); a deferred one (Hold.until)
         only once its hold has lapsed, whatever became of its router. Returns how many were settled."""
 
+    async def shards_away(self) -> set[int]:
+        """The shards (keys.py) out of reach now, each master asked once, briefly: on a Redis Cluster those of a
+        master that does not answer, passed over by a reconcile round or an outbox replay without waiting out a call
+        of theirs; none where shards never fail apart. StoreUnavailable when the store cannot be reached at all."""
+
     async def ping(self) -> bool: ...
 
     async def close(self) -> None: ...

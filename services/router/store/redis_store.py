@@ -14,7 +14,7 @@ from dataclasses import replace
 from typing import Any, Literal, NamedTuple
 
 from pydantic import SecretStr
-from redis.exceptions import ResponseError
+from redis.exceptions import ResponseError, SlotNotCoveredError
 
 from llmrouter.json_depth import loads_stored
 from llmrouter.redis_connect import connect, is_cluster, is_cluster_client
@@ -96,6 +96,8 @@ UNCOUNTED_PAGE = 1000
 # blocks it for 4 ms or so (benchmarks/count_once.py), and a collect of 1,000 lines takes them in 4 calls.
 TAKE_PAGE = 250
 CONNECTIONS = 64  # per client; on a cluster, per node at most
+# How long the reconciler and the outbox wait for each master of a Redis Cluster to answer (shards_away).
+MASTER_ANSWERS_S = 1.0
 
 
 # What the log says of a store refusing this router (a deployment to fix); a read-only store is a failover under way.
@@ -338,7 +340,11 @@ def _next_spends(keys: AccountKeys, period: str) -> list[str]:
 
 class RedisStore:
     def __init__(
-        self, url: str | SecretStr, request_id_ttl_s: int = REQUEST_ID_TTL_S, hold_totals: HoldTotals = "trust"
+        self,
+        url: str | SecretStr,
+        request_id_ttl_s: int = REQUEST_ID_TTL_S,
+        hold_totals: HoldTotals = "trust",
+        master_answers_s: float = MASTER_ANSWERS_S,
     ) -> None:
         self.url = url  # for a command that needs connections of its own (replicated.py)
         self.redis = connect(
@@ -356,6 +362,7 @@ class RedisStore:
         self._trust_totals = "1" if hold_totals == "trust" else "0"
         # On a Redis Cluster one master's failure says nothing of the shards on the others (the outbox's replay).
         self.shards_fail_apart = is_cluster(url)
+        self.master_answers_s = master_answers_s
         self._admit = self.redis.register_script(lua.ADMIT)
         self._count_request = self.redis.register_script(lua.COUNT_REQUEST)
         self._charge = self.redis.register_script(lua.CHARGE)
@@ -1079,8 +1086,8 @@ class RedisStore:
             await pipe.execute()
 
     async def reconcile(self, router: str, lease_s: float, stale_s: float) -> int:
-        away: set[int] = set()  # shards out of reach this round, on a Redis Cluster (_apart)
         async with _reachable():
+            away = await self.shards_away()  # shards out of reach this round, on a Redis Cluster (_apart)
             resent = await self._send_unanswered(away)
             await self._send_unheard(away)
             async with self._calls:  # the reconciler's calls count against the pool as requests' do
@@ -1125,6 +1132,47 @@ class RedisStore:
                     extra={"shards": sorted(away)},
                 )
             return settled
+
+    async def shards_away(self) -> set[int]:
+        """On a Redis Cluster, the shards whose master does not answer a PING within master_answers_s, every master
+        asked once, all at once, as the reconciler's round or the outbox's replay begins: it passes over them (_apart)
+        without a call of theirs, each of which would wait out the cluster client's retries (ten, with backoff: about
+        4 s a call, and a round made one a shard, SHARDS / masters of them). A master that goes away later costs each
+        of its shards one such call. Their work stays for a later round."""
+        if not self.shards_fail_apart:
+            return set()
+        async with _reachable():
+            await self.redis.initialize()
+        away: set[int] = set()
+        masters: dict[str, tuple[Any, list[int]]] = {}  # by name: the node, its shards
+        for shard in range(SHARDS):
+            try:
+                node = self.redis.get_node_from_key(pending_key(shard))
+            except SlotNotCoveredError:  # no master at all, as the client last learnt the cluster's layout
+                away.add(shard)
+                continue
+            masters.setdefault(node.name, (node, []))[1].append(shard)
+        answers = await asyncio.gather(*(self._answers(node) for node, _ in masters.values()))
+        for (_, shards), answered in zip(masters.values(), answers, strict=True):
+            if not answered:
+                away.update(shards)
+        return away
+
+    async def _answers(self, node: Any) -> bool:
+        """Whether a master answers a PING in time: asked once, its node named, which the cluster client never
+        retries."""
+        try:
+            async with self._calls, asyncio.timeout(self.master_answers_s):
+                await self.redis.execute_command("PING", target_nodes=node)
+        except TimeoutError:
+            return False
+        except Exception as exc:
+            if store_failure(exc) is None:
+                raise
+            return False
+        finally:
+            raise_if_cancelled()
+        return True
 
     async def _send_unanswered(self, away: set[int]) -> int:
         """This reconciler's charges whose reply was lost, sent again as made (settle_swept), the lease held or not:
