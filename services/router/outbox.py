@@ -13,7 +13,10 @@ On a Redis Cluster (Store.shards_fail_apart), the store out of reach, or refusin
 (keys.py: a tenant's keys are all on one of SHARDS hash slots; a master down or refusing its keys) holds up that shard's
 entries only: the replay keeps
 the entry whose call failed so, in its place, keeps every later entry of its shard without asking the store again (at
-most one failed call per shard and replay, however long the file), and lands the other shards' entries. An account's
+most one failed call per shard and replay, however long the file), and lands the other shards' entries. A replay
+begins by asking each master for a PING, once (Store.shards_away): the entries of the shards of one that does not
+answer are kept so at once, without that call, which would wait out the cluster client's retries (seconds a shard)
+with the file locked. An account's
 entries, all of one shard, keep their order; entries of different shards touch none of each other's keys (and each
 lands once, by its charge id or nonce), so landing one before another queued ahead of it changes nothing. On one
 server a failure is every shard's: the replay stops there, rather than wait out a timeout per shard with the file
@@ -45,7 +48,7 @@ from llmrouter.json_depth import loads_stored
 from llmrouter.private_paths import private_dir, private_file, private_opener
 from services.router import metrics
 from services.router.store import HOLD_S, REQUEST_ID_TTL_S, Account, Hold, Store, StoreUnavailable, money_now
-from services.router.store.keys import shard_of
+from services.router.store.keys import SHARDS, shard_of
 
 log = logging.getLogger("llmrouter.router")
 
@@ -289,7 +292,10 @@ class Outbox:
                 dead = [(line, unread) for line in unreadable]
                 landed: list[OutboxEntry] = []
                 done = 0  # entries of `waiting` dealt with
-                away: set[int] = set()  # shards the store failed this replay, for its own sake
+                # Shards the store failed this replay, for its own sake: first those whose master does not answer now,
+                # their entries kept without a call that would wait out the cluster client's retries, seconds a shard,
+                # with the file locked.
+                away = await _shards_away(store) if waiting else set()
                 try:
                     for entry in waiting:
                         if _charge_id(entry) not in self._landed:
@@ -454,6 +460,15 @@ async def _to_its_end(work: asyncio.Future[None]) -> None:
             log.error("outbox rewrite failed as its replay was cancelled", exc_info=error)
         raise asyncio.CancelledError
     work.result()
+
+
+async def _shards_away(store: Store) -> set[int]:
+    """The shards whose master does not answer now (Store.shards_away); every shard when the store cannot be reached
+    at all, none of its entries asked."""
+    try:
+        return await store.shards_away()
+    except StoreUnavailable:
+        return set(range(SHARDS))
 
 
 def _charge_id(entry: OutboxEntry) -> str:
