@@ -98,10 +98,10 @@ class RouterSettings(GrpcServiceSettings, LedgerSettings, BudgetPeriodSettings, 
     # A pending charge of a live router older than this lost its charge (store and outbox both failed): it is
     # settled at its hold. Longer than any request may run: at least request_timeout_s + CHARGE_LANDS_S.
     pending_stale_s: float = Field(default=3600.0, gt=0, le=HOLDS_LINGER_S)
-    # On a Redis Cluster money store, how long the reconciler waits for each master to answer a PING as its round
-    # begins: the shards of one that has not are passed over that round (their charges wait in the store for the
-    # next), where each call of theirs would wait out the cluster client's retries, seconds a shard. At most the
-    # client's socket timeout (5 s), past which no answer comes anyway.
+    # On a Redis Cluster money store, how long the reconciler's round and the outbox's replay wait for each master to
+    # answer a PING as they begin: the shards of one that has not are passed over that round (their charges wait, in
+    # the store or the outbox, for the next), where each call of theirs would wait out the cluster client's retries,
+    # seconds a shard. At most the client's socket timeout (5 s), past which no answer comes anyway.
     reconcile_master_answers_s: float = Field(default=MASTER_ANSWERS_S, gt=0, le=5)
     # How long a provider batch line's hold lasts (the provider's 24 h window and a margin to collect it): admission
     # counts it against the budgets that long. A collect in its last quarter, at most 600 s, gives up on the
