@@ -207,7 +207,12 @@ class BatchApi:
                 return fields
             if int(now()) - int(fields.get("created_at", b"0")) < idempotent.CREATING_S:
                 raise idempotent.in_use("file")
-            return None  # left so by an upload that died part way
+            # Left so by an upload that died part way, or stalled there (its edge paused), which may yet resume: taken
+            # from it in one step, so that it stores nothing beside the file that takes its place. Stored meanwhile,
+            # it is told as it is.
+            if await self.store.abandon(file_key(file_id)):
+                return None
+            return await there(file_id)
 
         return there
 
@@ -218,7 +223,8 @@ class BatchApi:
         upload with the same Idempotency-Key made one first, that file (and its fields), this one dropped. Its fields
         without content, marked `creating`, come first, then the record's claim, then the count: a retry racing it is
         told to retry (409) until the file is there, where counted a second time it was refused at the quota's edge
-        though the first stored the file."""
+        though the first stored the file. Its content is written last, in one step with the end of `creating`, unless
+        a retry took the upload over (it stalled past CREATING_S): then it is undone."""
         creating = {name: value for name, value in fields.items() if name != "content"} | {"creating": "1"}
         try:
             await self.store.put(file_key(file_id), creating, COUNTING_S)  # as its count: lapses if this edge dies
@@ -236,13 +242,13 @@ class BatchApi:
                     param="file",
                     code="storage_limit_exceeded",
                 )
-            # A stall past COUNTING_S lapses the hash or its count: stored then, it would stay uncounted (undone).
-            if not await self.store.update(file_key(file_id), fields):
+            # A stall past COUNTING_S lapses the hash or its count, or a retry takes the upload over (abandoning its
+            # hash): stored then, it would stay uncounted, or be a second file of one Idempotency-Key (undone). Its
+            # count is kept first: a file stored is counted as long as it is kept.
+            if not await self.store.keep_counted(tenant, file_id, self.retention_s):
                 raise _stalled()
-            if not await self.store.keep_counted(tenant, file_id, self.retention_s):  # counted as long as it is kept
+            if not await self.store.complete(file_key(file_id), fields, self.retention_s):
                 raise _stalled()
-            await self.store.drop(file_key(file_id), "creating")
-            await self.store.expire([file_key(file_id)], self.retention_s)
             await self.store.index(tenant, "file", file_id, self.retention_s, "batch")
         except Exception:  # a file refused part way is not kept, unlisted (and perhaps without expiry) in the store
             await _undo(lambda: remove_file(self.store, tenant, file_id), *self._unclaim(claim, file_id))

@@ -15,8 +15,9 @@ hash of the batches created on an input file (a deleted file's content stays whi
 
 A tenant's files and batches are listed from its index, never a scan of the keyspace: `index:{<tenant>}:<kind>`
 (kind `file` or `batch`) a sorted set of ids by creation time (ms), and `index:{<tenant>}:<kind>:until` the
-same ids by when their hash expires (+inf while it does not: a running batch). Entries past that time leave the
-index whenever it is written, and the index itself expires with its last entry. A file is listed as well in the
+same ids by when their hash expires (+inf while it does not: a running batch), both by Redis's clock, as the quota's
+below. Entries past that time leave the index whenever it is written, and the index itself expires with its last
+entry. A file is listed as well in the
 index of its purpose, `index:{<tenant>}:file:purpose:<purpose>` (the same ids and scores, those of one purpose, kept
 and expired with the file index), so that a listing of one purpose reads that index alone, not every file of the
 tenant. Every entry of the file index is in one purpose's index: when the purposes' hold another count, or a page of
@@ -111,9 +112,14 @@ class Store(Protocol):
 
     async def get(self, key: str) -> dict[str, bytes]: ...
 
-    async def update(self, key: str, fields: dict[str, str | bytes]) -> bool:
-        """The fields written if the hash is still there, in one step: False when it is gone (lapsed, say), nothing
-        written. A plain put then would recreate it without expiry."""
+    async def complete(self, key: str, fields: dict[str, str | bytes], ttl_s: int) -> bool:
+        """The fields of an item still `creating` written, its `creating` dropped and its expiry set to ttl_s, in one
+        step: False when it is not (gone, or abandoned as a retry took its creation over), nothing written."""
+        ...
+
+    async def abandon(self, key: str) -> bool:
+        """The item deleted if it is still `creating`, in one step: True when it was. A creation that stalled and
+        resumes then completes nothing (complete), and one completed first is kept."""
         ...
 
     async def put_once(self, key: str, field: str, value: bytes) -> bool:
@@ -220,10 +226,20 @@ redis.call('EXPIRE', KEYS[1], ARGV[1])
 return 1
 """
 
-# A hash's fields if the hash is there, in one step: never recreated. KEYS: the hash. ARGV: field, value, ...
-UPDATE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV))
+# An item's creation ended, in one step, only while it is `creating`: one abandoned (ABANDON) stays gone. KEYS: the
+# hash. ARGV: ttl_s, then field, value, ...
+COMPLETE = """
+if redis.call('HEXISTS', KEYS[1], 'creating') == 0 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('HDEL', KEYS[1], 'creating')
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+
+# An item deleted only while `creating`: one completed (COMPLETE) first is kept. KEYS: the hash.
+ABANDON = """
+if redis.call('HEXISTS', KEYS[1], 'creating') == 0 then return 0 end
+redis.call('DEL', KEYS[1])
 return 1
 """
 
@@ -247,18 +263,20 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
 """
 
-# KEYS: a batch's hash. ARGV: now, first_s, most_s, a day (its window when it has no expires_at, as
-# wire.expires_at), the field counting its failures in a row. Never recreates a hash that is gone (evicted, or
-# expired). Store.back_off says when it parks.
+# KEYS: a batch's hash. ARGV: first_s, most_s, a day (its window when it has no expires_at, as wire.expires_at), the
+# field counting its failures in a row. Never recreates a hash that is gone (evicted, or expired). Store.back_off says
+# when it parks. Now is Redis's (TIME; effects replication, Redis 7): an edge whose clock is ahead parked the batch
+# for every edge that much longer, one behind not at all.
 BACK_OFF = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-local failures = redis.call('HINCRBY', KEYS[1], ARGV[5], 1)
-local now = tonumber(ARGV[1])
-local wait = math.min(tonumber(ARGV[2]) * 2 ^ (failures - 1), tonumber(ARGV[3]))
+local failures = redis.call('HINCRBY', KEYS[1], ARGV[4], 1)
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local wait = math.min(tonumber(ARGV[1]) * 2 ^ (failures - 1), tonumber(ARGV[2]))
 local expires = tonumber(redis.call('HGET', KEYS[1], 'expires_at') or '')
 if not expires then
   local created = tonumber(redis.call('HGET', KEYS[1], 'created_at') or '')
-  if created then expires = created + tonumber(ARGV[4]) end
+  if created then expires = created + tonumber(ARGV[3]) end
 end
 local parked = now + wait
 if expires and now < expires and parked > expires then parked = expires end
@@ -284,22 +302,28 @@ end
 return 0
 """
 
-# KEYS: a tenant's index (ids by creation), its deadlines, then its groups' indexes. ARGV: id,
-# created (ms; only where not yet listed), deadline ('+inf' for none), now, 'drop' to only shorten the deadline (a
-# tombstone), and the item's group (its index's place among the groups' keys, 0 for none). Then the entries past
-# their deadline leave every index (a thousand at a time), and the indexes expire with their last entry.
+# KEYS: a tenant's index (ids by creation), its deadlines, then its groups' indexes. ARGV: id, how long from now
+# until its deadline (s; '' for none), 'drop' to only shorten the deadline (a tombstone), and the item's group (its
+# index's place among the groups' keys, 0 for none). Then the entries past their deadline leave every index (a
+# thousand at a time), and the indexes expire with their last entry. Its times (the creation, in ms, where not yet
+# listed; the deadlines) are Redis's (TIME; effects replication, Redis 7), not the calling edge's: an edge whose clock
+# is behind would list its items past their deadline, gone at the next write, and one ahead drop others' early.
 INDEX = """
-if ARGV[5] == 'drop' then
-  redis.call('ZADD', KEYS[2], 'XX', 'LT', ARGV[3], ARGV[1])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local deadline = '+inf'
+if ARGV[2] ~= '' then deadline = string.format('%.6f', now + tonumber(ARGV[2])) end
+if ARGV[3] == 'drop' then
+  redis.call('ZADD', KEYS[2], 'XX', 'LT', deadline, ARGV[1])
 else
-  redis.call('ZADD', KEYS[1], 'NX', ARGV[2], ARGV[1])
-  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
-  local group = tonumber(ARGV[6])
+  redis.call('ZADD', KEYS[1], 'NX', string.format('%d', clock[1] * 1000 + math.floor(clock[2] / 1000)), ARGV[1])
+  redis.call('ZADD', KEYS[2], deadline, ARGV[1])
+  local group = tonumber(ARGV[4])
   if group > 0 then
     redis.call('ZADD', KEYS[2 + group], 'NX', redis.call('ZSCORE', KEYS[1], ARGV[1]), ARGV[1])
   end
 end
-local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[4], 'LIMIT', 0, 1000)
+local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', string.format('%.6f', now), 'LIMIT', 0, 1000)
 if #gone > 0 then
   for _, key in ipairs(KEYS) do redis.call('ZREM', key, unpack(gone)) end
 end
@@ -472,8 +496,12 @@ class RedisStore:
         else:
             await self.redis.eval(PUT_EXPIRING, 1, key, ttl_s, *(part for field in fields.items() for part in field))
 
-    async def update(self, key: str, fields: dict[str, str | bytes]) -> bool:
-        return bool(await self.redis.eval(UPDATE, 1, key, *(part for field in fields.items() for part in field)))
+    async def complete(self, key: str, fields: dict[str, str | bytes], ttl_s: int) -> bool:
+        written = (part for field in fields.items() for part in field)
+        return bool(await self.redis.eval(COMPLETE, 1, key, ttl_s, *written))
+
+    async def abandon(self, key: str) -> bool:
+        return bool(await self.redis.eval(ABANDON, 1, key))
 
     async def get(self, key: str) -> dict[str, bytes]:
         raw = await self.redis.hgetall(key)
@@ -504,7 +532,7 @@ class RedisStore:
         await self.redis.eval(RELEASE, 1, f"{PREFIX}lease:{batch_id}", owner)
 
     async def back_off(self, batch_id: str, first_s: float, most_s: float, counter: str = "failures") -> float | None:
-        args = (repr(time.time()), first_s, most_s, wire.DAY_S, counter)
+        args = (first_s, most_s, wire.DAY_S, counter)
         until = await self.redis.eval(BACK_OFF, 1, batch_key(batch_id), *args)
         return None if until is None else float(until)
 
@@ -545,19 +573,15 @@ class RedisStore:
             await pipe.execute()
 
     async def index(self, tenant: str, kind: str, item_id: str, ttl_s: float | None, group: str | None = None) -> None:
-        at = time.time()
-        until = "+inf" if ttl_s is None else str(at + ttl_s)
         place = 0 if group is None else GROUPS[kind].index(group) + 1
-        await self._index(tenant, kind, item_id, str(int(at * 1000)), until, "keep", place)
+        await self._index(tenant, kind, item_id, "" if ttl_s is None else repr(ttl_s), "keep", place)
 
     async def unindex(self, tenant: str, kind: str, item_id: str) -> None:
-        await self._index(tenant, kind, item_id, "0", str(time.time() + TOMBSTONE_S), "drop", 0)
+        await self._index(tenant, kind, item_id, repr(TOMBSTONE_S), "drop", 0)
 
-    async def _index(
-        self, tenant: str, kind: str, item_id: str, created: str, until: str, mode: str, group: int
-    ) -> None:
+    async def _index(self, tenant: str, kind: str, item_id: str, ttl_s: str, mode: str, group: int) -> None:
         keys = [*index_keys(tenant, kind), *group_keys(tenant, kind)]
-        await self.redis.eval(INDEX, len(keys), *keys, item_id, created, until, str(time.time()), mode, group)
+        await self.redis.eval(INDEX, len(keys), *keys, item_id, ttl_s, mode, group)
 
     async def page(
         self, tenant: str, kind: str, after: str | None, count: int, newest_first: bool, group: str | None = None
@@ -658,10 +682,17 @@ class MemoryStore:
         if ttl_s is not None:
             await self.expire([key], ttl_s)
 
-    async def update(self, key: str, fields: dict[str, str | bytes]) -> bool:
-        if not await self.get(key):  # read and written with no await between them that yields: one step
+    async def complete(self, key: str, fields: dict[str, str | bytes], ttl_s: int) -> bool:
+        if "creating" not in await self.get(key):  # read and written with no await between them that yields: one step
             return False
-        await self.put(key, fields)
+        await self.put(key, fields, ttl_s)
+        del self.hashes[key]["creating"]
+        return True
+
+    async def abandon(self, key: str) -> bool:
+        if "creating" not in await self.get(key):
+            return False
+        await self.delete([key])
         return True
 
     async def get(self, key: str) -> dict[str, bytes]:

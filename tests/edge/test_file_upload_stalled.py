@@ -1,8 +1,9 @@
 """A keyed upload stalled past COUNTING_S (its edge paused) in process, on a real Redis and on a Redis Cluster: its
-`creating` hash or its count lapsed meanwhile (the lapse injected between two of its steps), it stores nothing, counts
-nothing, frees its Idempotency-Key and answers a retryable 503; sent again, it is stored and counted. Written on
-regardless, its content was stored uncounted for 30 days (its hash recreated without expiry, or its count gone). A
-batch's end stalled the same way counts its output file again (outputs are never refused)."""
+`creating` hash or its count lapsed meanwhile (the lapse injected between two of its steps), it stores nothing,
+counts nothing, frees its Idempotency-Key and answers a retryable 503; sent again, it is stored and counted. Written
+on regardless, its content was stored uncounted for 30 days (its hash recreated without expiry, or its count gone).
+One taken over by its retry meanwhile stores nothing beside the retry's file. A batch's end stalled the same way
+counts its output file again (outputs are never refused)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from llmrouter.v1 import router_pb2_grpc
 from services.batches import idempotent
 from services.batches.api import BatchApi
 from services.batches.runner import Runner, file_fields
-from services.batches.store import Store, batch_key, file_key, results_key
+from services.batches.store import Store, batch_key, file_key, now, results_key
 from services.edge.openai_api import ApiError
 
 CONTENT = b'{"custom_id": "a"}\n'
@@ -79,6 +80,37 @@ async def test_an_upload_stalled_past_its_lapse_is_undone_and_retryable(
     assert await _api(store)._write_file("t1", FILE_ID, fields, len(CONTENT), claim) is None
     assert (await store.content(file_key(FILE_ID))) == CONTENT
     assert FILE_ID in await store.counted_files("t1")  # counted as long as it is kept
+
+
+@pytest.mark.parametrize(
+    ("step", "after"), [("count_file", True), ("keep_counted", False)], ids=["after-counting", "before-keeping"]
+)
+async def test_an_upload_stalled_and_taken_over_by_its_retry_stores_nothing(
+    store: Store, step: str, after: bool
+) -> None:
+    """A keyed upload stalled (its edge paused, not dead) past CREATING_S, its retry taking it over meanwhile (injected
+    between two of its steps): the retry's file is the one stored, listed and counted; the stalled upload, resuming,
+    stores nothing and gives its count back. Written on regardless, it stored a second file of one Idempotency-Key,
+    listed and counted for 30 days."""
+    claim = idempotent.claim_for("file", "t1", "sk", "key-taken-over", CONTENT)
+    fields = file_fields("t1", "b.jsonl", CONTENT, "batch", 1)
+    retry_id = "file-retry"
+
+    async def retry_takes_over(inner: Store) -> None:
+        stalled_since = str(int(now()) - idempotent.CREATING_S - 1)  # as its stall would leave it
+        await inner.put(file_key(FILE_ID), {"created_at": stalled_since})
+        assert await _api(inner)._write_file("t1", retry_id, fields, len(CONTENT), claim) is None
+
+    with pytest.raises(ApiError) as refused:
+        stalled = _api(Lapsing(store, step, retry_takes_over, after))
+        await stalled._write_file("t1", FILE_ID, fields, len(CONTENT), claim)
+    assert (refused.value.status, refused.value.code) == (503, "upload_timed_out")
+    assert await store.get(file_key(FILE_ID)) == {}
+    assert await store.content(file_key(retry_id)) == CONTENT
+    assert await store.page("t1", "file", None, 10, True) == [retry_id]
+    assert await store.counted_files("t1") == [retry_id]
+    assert not await store.uncount_file("t1", FILE_ID)  # its count given back
+    assert await store.claimed(claim.key) == claim.value(retry_id)
 
 
 async def test_a_batch_output_whose_count_lapsed_before_kept_is_counted_again(store: Store) -> None:
