@@ -513,6 +513,13 @@ def build() -> dict:
                 (f"sum({rate('llmrouter_edge_batch_cost_usd_total')}) * 3600", "batch lines"),
             )
         )
+        .with_panel(
+            series(
+                "File quota counts mended per hour (left for files gone: an edge killed mid-removal, or a bug)",
+                "short",
+                (f"sum by (pod) (increase({s('llmrouter_edge_file_counts_mended_total')}[1h]))", "{{pod}}"),
+            )
+        )
         .with_row(dashboard.Row("Redis (the in-chart ones, from their exporter sidecars: redis.exporter)"))
         .with_panel(
             series(

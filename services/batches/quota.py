@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import time
 
+from prometheus_client import Counter
+
 from services.batches.store import Store, file_key
 
 # A file counts at least this much: its keys and index entries take room of their own, so that a tenant's quota
@@ -14,6 +16,12 @@ MIN_COUNTED_BYTES = 1024
 # How often a tenant's counts are checked against its files here, at most: a check reads every counted file's hash.
 MEND_EVERY_S = 60.0
 HASHES_READ = 1000
+# Each is a count left for a file an edge removed without giving its bytes back (killed between the two, or a bug
+# leaving counts behind): the tenant was refused uploads it had room for until then.
+MENDED = Counter(
+    "llmrouter_edge_file_counts_mended_total",
+    "Counts of tenants' files gone from the batch store that a quota check gave back",
+)
 
 
 def counted_bytes(size: int) -> int:
@@ -47,6 +55,7 @@ class FileQuota:
             chunk = ids[start : start + HASHES_READ]
             found = await self.store.fields([file_key(i) for i in chunk], ["tenant"])
             for file_id, fields in zip(chunk, found, strict=True):
-                if fields.get("tenant", b"").decode() != tenant:
-                    freed |= await self.store.uncount_file(tenant, file_id)
+                if fields.get("tenant", b"").decode() != tenant and await self.store.uncount_file(tenant, file_id):
+                    MENDED.inc()  # once per count, however many edges mend at once: uncount_file tells the one
+                    freed = True
         return freed

@@ -1,7 +1,7 @@
 """A tenant's file quota in the batch store, in process, on a real Redis and on a Redis Cluster: a count past the quota
 is refused and writes nothing, of counts racing at its edge one passes, a file's bytes come back once (deletes racing
 each other, or its expiry), a count whose file was never stored lapses, and counts an edge left behind for files gone
-are mended at a refusal."""
+are mended at a refusal (and counted, for operators)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+from prometheus_client import REGISTRY
 
 from llmrouter.redis_connect import connect
 from services.batches import store as store_module
@@ -101,7 +102,9 @@ async def test_counts_left_for_files_gone_are_mended_at_a_refusal(store: Store) 
         await store.put(file_key(file_id), {"tenant": "t1", "bytes": "1024"})
         await store.keep_counted("t1", file_id, 3600)
     await store.delete([file_key("gone")])  # and its bytes never given back
+    mended = REGISTRY.get_sample_value("llmrouter_edge_file_counts_mended_total") or 0.0
     assert await quota.take("t1", "new", 1024) is None
+    assert REGISTRY.get_sample_value("llmrouter_edge_file_counts_mended_total") == mended + 1  # told operators
     assert await store.count_file("t1", "more", 1, 2048) == 2048  # `kept` and `new` counted, `gone` no more
     assert await store.counted_files("t1") == ["kept"]  # `new`: its file not stored yet
 
