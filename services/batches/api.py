@@ -46,7 +46,8 @@ from services.router.store import key_id
 log = logging.getLogger("llmrouter.edge.batches")
 
 SMALL_BODY_BYTES = 64 * 1024  # a batch creation's JSON: ids and metadata, never content
-FILE_LISTED = ["tenant", "filename", "purpose", "created_at", "bytes", "deleted", "lines"]  # never the content
+# Never the content.
+FILE_LISTED = ["tenant", "filename", "purpose", "created_at", "bytes", "deleted", "lines", "status_details"]
 SENT_PART_BYTES = 1024 * 1024  # a file's content sent at a time
 PAGE_CHUNK = 1000  # ids read from an index at a time
 # A batch failed as a retry took over its stalled creation (_batch_there): its record names it no longer.

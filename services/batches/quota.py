@@ -24,6 +24,27 @@ MENDED = Counter(
 )
 
 
+PAST_QUOTA = Counter(
+    "llmrouter_edge_batch_outputs_past_quota_total",
+    "Batch output and error files stored past their tenant's file quota (never refused: their lines were charged)",
+)
+PAST_QUOTA_DETAILS = (
+    "Stored past your file storage limit: your batch's lines were served and charged, so their results are kept "
+    "whatever room is left. Your uploads are refused until you delete files (DELETE /v1/files/{file_id}) or they "
+    "expire."
+)
+
+
+async def count_output(store: Store, tenant: str, file_id: str, size: int, most: int | None) -> bool:
+    """Count a batch's output (or error) file of `size` bytes, never refused; True when it takes its tenant past
+    `most` (None: no quota), told to operators (PAST_QUOTA) and to the tenant (the file's status_details)."""
+    if most is None or await store.count_file(tenant, file_id, counted_bytes(size), most) is None:
+        return False
+    await store.count_file(tenant, file_id, counted_bytes(size), None)
+    PAST_QUOTA.inc()
+    return True
+
+
 def counted_bytes(size: int) -> int:
     """What a file of `size` bytes counts against its tenant's quota."""
     return max(size, MIN_COUNTED_BYTES)

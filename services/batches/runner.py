@@ -65,7 +65,7 @@ from llmrouter.v1 import router_pb2_grpc
 from services.batches import results, unparsed, wire
 from services.batches.deferral import OFFER_IN_DOUBT, Deferral, Unreached, without_large_logprobs
 from services.batches.pending import Pending
-from services.batches.quota import counted_bytes
+from services.batches.quota import PAST_QUOTA_DETAILS, count_output, counted_bytes
 from services.batches.router_refusals import admitted_nothing, seconds
 from services.batches.store import (
     ENDED,
@@ -155,8 +155,10 @@ class Runner:
         poll_s: float = 60.0,
         max_running: int = 4,
         max_file_bytes: int = 100 * 1024 * 1024,
+        tenant_file_bytes: int | None = None,
     ) -> None:
         self.store = store
+        self.tenant_file_bytes = tenant_file_bytes  # the file quota an output is counted against, never refused by
         # Each batch running holds its input file's content: past max_running the others stay in the store's
         # active set, run by another edge, or here once a batch running here ends.
         self.max_running = max_running
@@ -645,10 +647,13 @@ class Runner:
                 content = ("\n".join(lines) + "\n").encode()
                 file_id = f"file-{batch_id}-{kind}"
                 # Counted against the tenant's quota, never refused: its lines were served and charged, and this
-                # write settles the batch. The tenant's uploads are refused while its outputs fill its quota.
+                # write settles the batch. The tenant's uploads are refused while its outputs fill its quota; one
+                # past it says so in its status_details.
                 counted[file_id] = counted_bytes(len(content))
-                await self.store.count_file(tenant, file_id, counted[file_id], None)
-                await self.store.put(file_key(file_id), file_fields(tenant, f"{batch_id}_{kind}.jsonl", content))
+                stored = file_fields(tenant, f"{batch_id}_{kind}.jsonl", content)
+                if await count_output(self.store, tenant, file_id, len(content), self.tenant_file_bytes):
+                    stored["status_details"] = PAST_QUOTA_DETAILS
+                await self.store.put(file_key(file_id), stored)
                 fields[f"{kind}_file_id"] = file_id
         await self.store.put(batch_key(batch_id), fields)
         kept = [

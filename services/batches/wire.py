@@ -256,7 +256,7 @@ def file_body(file_id: str, fields: dict[str, bytes]) -> dict[str, Any]:
         "filename": fields["filename"].decode(),
         "purpose": fields["purpose"].decode(),
         "status": "processed",
-        "status_details": None,
+        "status_details": fields["status_details"].decode() if "status_details" in fields else None,
     }
 
 

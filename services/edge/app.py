@@ -886,6 +886,7 @@ def create_app(settings: EdgeSettings, channel: grpc.aio.Channel) -> Starlette:
         settings.batch_poll_s,
         settings.batch_max_running,
         settings.batch_max_file_bytes,
+        settings.files_tenant_bytes,
     )
     batches = BatchApi(
         store,
