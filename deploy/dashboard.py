@@ -520,6 +520,13 @@ def build() -> dict:
                 (f"sum by (pod) (increase({s('llmrouter_edge_file_counts_mended_total')}[1h]))", "{{pod}}"),
             )
         )
+        .with_panel(
+            series(
+                "Batch output files stored past their tenant's file quota per hour (never refused; its uploads are)",
+                "short",
+                (f"sum(increase({s('llmrouter_edge_batch_outputs_past_quota_total')}[1h]))", "outputs"),
+            )
+        )
         .with_row(dashboard.Row("Redis (the in-chart ones, from their exporter sidecars: redis.exporter)"))
         .with_panel(
             series(
