@@ -22,8 +22,7 @@ MENDED = Counter(
     "llmrouter_edge_file_counts_mended_total",
     "Counts of tenants' files gone from the batch store that a quota check gave back",
 )
-
-
+# Each is an output that took its tenant past its quota: told on the file too (status_details).
 PAST_QUOTA = Counter(
     "llmrouter_edge_batch_outputs_past_quota_total",
     "Batch output and error files stored past their tenant's file quota (never refused: their lines were charged)",
