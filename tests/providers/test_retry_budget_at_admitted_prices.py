@@ -75,6 +75,16 @@ async def test_without_admitted_prices_the_registry_prices_the_budget(stub, open
             common_pb2.Prices(input_usd_per_mtok="1", output_usd_per_mtok="1", cache_write_usd_per_mtok="lots"),
             "admitted_prices.cache_write_usd_per_mtok",
         ),
+        # What Decimal() alone would take: no amount, nor one past any price (a budget of it never reached).
+        (
+            common_pb2.Prices(input_usd_per_mtok="1", output_usd_per_mtok="1", cached_input_usd_per_mtok="NaN"),
+            "admitted_prices.cached_input_usd_per_mtok",
+        ),
+        (
+            common_pb2.Prices(input_usd_per_mtok="1", output_usd_per_mtok="Infinity"),
+            "admitted_prices.output_usd_per_mtok",
+        ),
+        (common_pb2.Prices(input_usd_per_mtok="1e31", output_usd_per_mtok="1"), "admitted_prices.input_usd_per_mtok"),
     ],
 )
 async def test_admitted_prices_that_are_no_prices_are_refused(stub, prices: common_pb2.Prices, field: str) -> None:
