@@ -22,6 +22,7 @@ from llmrouter import parameters
 from llmrouter.deadlines import MIN_SEND_S, MIN_TOTAL_TIMEOUT_S
 from llmrouter.settings import REPO_ROOT
 from llmrouter.v1 import common_pb2
+from llmrouter.validation import AmountError, parse_amount
 
 if TYPE_CHECKING:
     from llmrouter.tokens import Encoding
@@ -181,6 +182,20 @@ class ModelSpec(BaseModel):
     # or, for a model it cannot predict, from the fixed prior `quality_prior`.
     quality_from: str = ""
     quality_prior: float | None = Field(default=None, ge=0, le=1)
+
+    @field_validator(
+        "input_usd_per_mtok", "output_usd_per_mtok", "cached_input_usd_per_mtok", "cache_write_usd_per_mtok"
+    )
+    @classmethod
+    def _an_amount(cls, usd_per_mtok: Decimal | None) -> Decimal | None:
+        # Told to the providers as the prices a stream was admitted at (prices()), which they refuse unless an amount:
+        # past that form, every stream to the model would be refused, INVALID_ARGUMENT.
+        if usd_per_mtok is not None:
+            try:
+                parse_amount(_plain_price(usd_per_mtok))
+            except AmountError as exc:
+                raise ValueError(f"the price {exc}") from None
+        return usd_per_mtok
 
     @model_validator(mode="after")
     def _batch_price_whole(self) -> ModelSpec:
