@@ -291,6 +291,27 @@ async def test_a_tool_calls_function_that_is_no_object_is_refused_naming_it(
     assert len(anthropic_fake.requests) == before
 
 
+async def test_a_call_leaving_out_its_id_type_or_arguments_is_sent_as_a_tool_use(
+    stub, anthropic_fake: FakeAnthropic
+) -> None:
+    """The calls a router hands on as its caller wrote them (a router of the version before held them to no shape): a
+    call's id, type and arguments may be left out, its arguments null or "", and each is sent, its input {}."""
+    calls = [
+        {"function": {"name": "look"}},
+        {"id": "c2", "function": {"name": "look", "arguments": None}},
+        {"id": "c3", "type": "function", "function": {"name": "look", "arguments": ""}},
+    ]
+    messages = [
+        common_pb2.ChatMessage(role="user", content="Look up the sea"),
+        common_pb2.ChatMessage(role="assistant", tool_calls_json=json.dumps(calls)),
+        *(common_pb2.ChatMessage(role="tool", tool_call_id=i, content="blue") for i in ("", "c2", "c3")),
+    ]
+    resp = await stub.Generate(provider_pb2.GenerateRequest(model="claude", messages=messages, request_id="t-sparse"))
+    assert resp.finish_reason == "stop"
+    sent = anthropic_fake.requests[-1].json["messages"][1]["content"]
+    assert [(block["type"], block["name"], block["input"]) for block in sent] == [("tool_use", "look", {})] * 3
+
+
 async def test_a_last_assistant_turn_is_sent_without_trailing_whitespace(stub, anthropic_fake: FakeAnthropic) -> None:
     # To Anthropic a last assistant turn begins the answer, and one ending in whitespace is its 400.
     messages = [

@@ -172,6 +172,11 @@ OWN_FIELDS: list[dict[str, Any]] = [
     {"model": "cheap"},
     {"messages": []},
     {"stream": False},
+    {"strong_share": 0.5},
+    {"quality_kept": 0.9},
+    {"escalation": "off"},
+    {"buffer_stream": True},
+    {"verifier_threshold": 0.5},
 ]
 
 
@@ -193,3 +198,19 @@ async def test_the_requests_own_fields_written_in_passthrough_are_refused_naming
             assert (refused.code, refused.metadata.get("field")) == (grpc.StatusCode.INVALID_ARGUMENT, field)
             assert "passthrough_json" in refused.message
     assert provider.generated == 0
+
+
+async def test_the_requests_own_fields_written_null_in_passthrough_are_left_out(tmp_path: Path) -> None:
+    """JSON null is a field left out, as everywhere in passthrough_json: a caller writing every field OpenAI knows, the
+    ones it does not set null, is served."""
+    provider = Answering()
+    written = json.dumps({name: None for fields in OWN_FIELDS for name in fields})
+    async with (
+        served_router(tmp_path, MemoryStore(), provider) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        answer = await router_pb2_grpc.RouterStub(channel).Complete(
+            ask("hello", "acme", passthrough_json=written), timeout=10
+        )
+    assert answer.content == "the answer to hello"
+    assert provider.generated == 1

@@ -168,6 +168,7 @@ MISSHAPEN: list[tuple[dict[str, Any], str]] = [
         {"id": "c1", "type": "retrieval", "function": {"name": "look", "arguments": "{}"}},
         "messages[1].tool_calls[0].type",
     ),
+    ({"id": "c1", "type": "function", "function": {"arguments": "{}"}}, "messages[1].tool_calls[0].function.name"),
 ]
 
 
@@ -191,5 +192,42 @@ async def test_tool_calls_of_another_shape_are_refused_naming_the_field_before_r
                 parse_request(json.dumps({"messages": messages}).encode())
             refused = await refusal(router, method, asked(messages))
             assert (refused.code, refused.metadata.get("field")) == (grpc.StatusCode.INVALID_ARGUMENT, field), call
+        refused = await refusal(router, method, asked([USER, {**calling("c1"), "tool_calls": [MISSHAPEN[0][0]]}]))
+        assert refused.message == "messages[1].tool_calls[0].function must be an object, got a JSON string"
     assert provider.generated == 0
     assert list(store.ledger) == []
+
+
+# A call as a gRPC caller may write it, and as the providers hand on an upstream's: its id, type and arguments left out
+# (a call without an id is answered by a tool message without one), arguments null, "" or "{}" (the OpenAI SDK's for a
+# call of no parameters), parallel calls answered in any order.
+SPARSE_TURNS: list[dict[str, Any]] = [
+    USER,
+    {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "look"}}]},
+    result(""),
+    USER,
+    {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [
+            {"id": "c1", "function": {"name": "look", "arguments": None}},
+            {"id": "c2", "type": "function", "function": {"name": "look", "arguments": ""}},
+            {"id": "c3", "type": "function", "function": {"name": "look", "arguments": "{}"}},
+        ],
+    },
+    result("c3"),
+    result("c1"),
+    result("c2"),
+]
+
+
+async def test_tool_calls_leaving_out_what_a_call_may_leave_out_are_served(tmp_path: Path) -> None:
+    """Held to OpenAI's shape, a call is not held to more: only its function and that function's name are required."""
+    provider = Answering()
+    async with (
+        served_router(tmp_path, MemoryStore(), provider) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        answer = await router_pb2_grpc.RouterStub(channel).Complete(asked(SPARSE_TURNS), timeout=10)
+    assert answer.content == "the answer to blue"
+    assert provider.generated == 1
