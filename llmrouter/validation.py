@@ -142,9 +142,16 @@ def check_request_fields(passthrough: dict[str, Any]) -> None:
     temperature...): no provider reads them there, so the request would be served as if they were not set, uncapped.
     JSON null is a field left out."""
     for name in sorted(REQUEST_FIELDS & passthrough.keys()):
-        if passthrough[name] is not None:
-            how = "call CompleteStream" if name == "stream" else "set the request's own field"
-            raise invalid(f"{name} is not read from passthrough_json, where it would be ignored: {how}", name)
+        if passthrough[name] is None:
+            continue
+        if name == "stream":
+            # The request has no stream field, the method called is it: "call CompleteStream" was the wrong way for a
+            # stream false on Complete, and for a stream on CompleteStream already.
+            how = "the method called decides, CompleteStream streaming and Complete not"
+            raise invalid(f"stream is not read from passthrough_json: {how}", name)
+        raise invalid(
+            f"{name} is not read from passthrough_json, where it would be ignored: set the request's own field", name
+        )
 
 
 def object_arguments(call: dict[str, Any]) -> dict[str, Any] | None:

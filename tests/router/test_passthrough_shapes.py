@@ -200,6 +200,33 @@ async def test_the_requests_own_fields_written_in_passthrough_are_refused_naming
     assert provider.generated == 0
 
 
+@pytest.mark.parametrize(("method", "stream"), [("Complete", False), ("CompleteStream", True), ("Complete", True)])
+async def test_a_stream_written_in_passthrough_is_refused_saying_the_method_decides(
+    tmp_path: Path, method: str, stream: bool
+) -> None:
+    """Whatever it says: told to call CompleteStream, a caller that asked Complete not to stream, or was streaming
+    already, was sent the wrong way."""
+    provider = Answering()
+    request = ask("hello", "acme", passthrough_json=json.dumps({"stream": stream}))
+    async with (
+        served_router(tmp_path, MemoryStore(), provider) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        router = router_pb2_grpc.RouterStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            if method == "CompleteStream":
+                async for _ in router.CompleteStream(request, timeout=10):
+                    pass
+            else:
+                await router.Complete(request, timeout=10)
+    refused = ServiceError.from_rpc_error(caught.value)
+    assert (refused.code, refused.metadata.get("field")) == (grpc.StatusCode.INVALID_ARGUMENT, "stream")
+    assert refused.message == (
+        "stream is not read from passthrough_json: the method called decides, CompleteStream streaming and Complete not"
+    )
+    assert provider.generated == 0
+
+
 async def test_the_requests_own_fields_written_null_in_passthrough_are_left_out(tmp_path: Path) -> None:
     """JSON null is a field left out, as everywhere in passthrough_json: a caller writing every field OpenAI knows, the
     ones it does not set null, is served."""
