@@ -188,8 +188,9 @@ async def test_tool_calls_of_another_shape_are_refused_naming_the_field_before_r
                 {"role": "assistant", "content": "", "tool_calls": [call]},
                 result("c1"),
             ]
-            with pytest.raises(ApiError):  # the edge refuses it too
+            with pytest.raises(ApiError) as at_the_edge:  # the edge refuses it too, naming the same field
                 parse_request(json.dumps({"messages": messages}).encode())
+            assert at_the_edge.value.param == field
             refused = await refusal(router, method, asked(messages))
             assert (refused.code, refused.metadata.get("field")) == (grpc.StatusCode.INVALID_ARGUMENT, field), call
         refused = await refusal(router, method, asked([USER, {**calling("c1"), "tool_calls": [MISSHAPEN[0][0]]}]))
