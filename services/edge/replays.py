@@ -22,7 +22,8 @@ it cost nothing, the 409 when it did), unless the router refused it as a duplica
 Where: the edge's Redis (EDGE_BATCH_REDIS_URL), which its replicas share, when set; else this process's memory,
 bounded by EDGE_IDEMPOTENCY_MEMORY_BYTES (oldest dropped first), so a retry reaching another replica, or one after
 a restart, gets the 409. Each tenant's entries take at most EDGE_IDEMPOTENCY_TENANT_BYTES per replay window (so at
-most twice that at once), counted as stored in the Redis (key and JSON text), as held in memory: past it an answer is
+most twice that at once), counted as stored in the Redis (key and JSON text), as held in memory (there at most a
+quarter of EDGE_IDEMPOTENCY_MEMORY_BYTES, so that the other tenants keep half of it): past it an answer is
 kept as its digest, and past that nothing is (its retry is the router's 409, as one of another body). A response cache
 hit costs nothing, so unbounded, one tenant resending a request under new keys filled the Redis, which has no bound of
 its own (noeviction: it holds every tenant's batches), for free, until every tenant's batch creation failed; or, in
@@ -211,7 +212,10 @@ class Replays:
         self.memory_bytes = memory_bytes
         self.marker_ttl_s = max(1, min(ttl_s, int(in_flight_s) + IN_FLIGHT_MARGIN_S))
         self.arrival_timeout_s = arrival_timeout_s
-        self.tenant_bytes = tenant_bytes
+        # In memory a tenant's entries share memory_bytes with every other's: a tenant keeps at most a quarter of it
+        # per window, so at most half at once (its entries live two windows), however large tenant_bytes is (its
+        # default is four times memory_bytes': held against it alone, one tenant still dropped all the others').
+        self.tenant_bytes = tenant_bytes if url else min(tenant_bytes, memory_bytes // 4)
         self._redis: Any = connect(url, socket_connect_timeout=2, socket_timeout=5) if url else None
         # request id -> (expiry, kept, what the entry holds: kept_size)
         self._memory: OrderedDict[str, tuple[float, Kept, int]] = OrderedDict()

@@ -68,7 +68,8 @@ class EdgeSettings(ServiceSettings):
     # One tenant's answers and digests kept per replay window, in the batch Redis (noeviction, shared by every tenant's
     # batches) as stored, else in memory as held: past it an answer is kept as its digest alone, and past that nothing.
     # Cache hits cost nothing, so without it one tenant could fill the store for free with a request resent under new
-    # keys (in memory, drop every other tenant's answers, oldest first).
+    # keys (in memory, drop every other tenant's answers, oldest first: there a tenant keeps at most a quarter of
+    # idempotency_memory_bytes per window too).
     idempotency_tenant_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
     batch_concurrency: int = Field(default=8, gt=0)  # lines in flight at once, across this edge's batches
     # How often a provider batch (lines sent through a provider's Batch API) is asked whether it has ended.

@@ -20,18 +20,21 @@ import pytest
 from services.edge import replays as replays_module
 from services.edge.openai_api import ApiError
 from services.edge.replays import Arrival, Kept, Replays, digest
+from services.edge.settings import EdgeSettings
 from tests.fakes.lossy_proxy import LossyProxy
 from tests.waiting import eventually
 
 
 async def test_memory_is_bounded_oldest_first_and_a_large_answer_kept_as_its_digest() -> None:
-    replays = Replays(ttl_s=3600, max_answer_bytes=1000, memory_bytes=3000, tenant_bytes=1 << 20, url=None)
     sent = digest("/v1/chat/completions", b"{}")
-    for n in range(5):
-        await replays.keep(f"idem-{n}", sent, b"x" * 900, {"x-request-id": f"idem-{n}"}, tenant="acme")
+    one = replays_module.kept_size("idem-0", Kept(sent, b"x" * 900, {"x-request-id": "idem-0"}))
+    replays = Replays(ttl_s=3600, max_answer_bytes=1000, memory_bytes=4 * one, tenant_bytes=1 << 20, url=None)
+    for n in range(6):
+        # Each its own tenant's: one tenant keeps at most a quarter of the memory.
+        await replays.keep(f"idem-{n}", sent, b"x" * 900, {"x-request-id": f"idem-{n}"}, tenant=f"tenant-{n}")
     assert await replays.lookup("idem-0", sent) is None and await replays.lookup("idem-1", sent) is None
-    kept = await replays.lookup("idem-4", sent)
-    assert kept is not None and kept.body == b"x" * 900 and kept.headers == {"x-request-id": "idem-4"}
+    kept = await replays.lookup("idem-5", sent)
+    assert kept is not None and kept.body == b"x" * 900 and kept.headers == {"x-request-id": "idem-5"}
     await replays.keep("idem-big", sent, b"x" * 1001, {"x-request-id": "idem-big"}, tenant="acme")
     assert await replays.lookup("idem-big", sent) is None  # not sent again: the router's 409
     with pytest.raises(ApiError) as refused:
@@ -56,17 +59,17 @@ async def test_memory_the_kept_answers_take_stays_within_the_bound(answer: bytes
     """The bound is on what the process holds for them: each entry's request id, digest, objects and headers, not only
     its body. Counted by body and header text alone, a stream's digest (kept alone) was counted 128 bytes and took near
     460: 64 MiB of them held near 230 MiB."""
-    bound = 1 << 20  # the memory's alone: no tenant's bytes reached
+    bound = 1 << 20  # the memory's alone: no tenant's bytes reached (a hundred tenants)
     replays = Replays(ttl_s=3600, max_answer_bytes=1000, memory_bytes=bound, tenant_bytes=1 << 40, url=None)
     headers = {"x-router-model": "cheap-model", "x-router-cost-usd": "0.000001", "x-request-id": "idem-1"}
     gc.collect()
     tracemalloc.start()
     try:
-        for _ in range(20_000):  # 20,000 entries are several times the bound, however they are counted
+        for n in range(20_000):  # 20,000 entries are several times the bound, however they are counted
             request_id = "idem-" + secrets.token_hex(24)  # made per request, as the edge makes them
             sent = digest("/v1/chat/completions", secrets.token_bytes(16))
             kept = (None, None) if answer is None else (bytes(answer), dict(headers))  # a stream's: its digest alone
-            await replays.keep(request_id, sent, *kept, tenant="acme")
+            await replays.keep(request_id, sent, *kept, tenant=f"tenant-{n % 100}")  # each within its quarter
         gc.collect()
         held, _ = tracemalloc.get_traced_memory()
     finally:
@@ -290,6 +293,26 @@ async def test_in_memory_a_tenant_keeps_answers_up_to_its_bytes_and_others_keep_
     with pytest.raises(ApiError) as refused:  # its digest kept all the same
         await replays.lookup("idem-2", digest("/v1/chat/completions", b"{ }"))
     assert refused.value.code == "idempotency_key_mismatch"
+
+
+async def test_in_memory_one_tenant_never_drops_every_others_answers_at_the_default_bytes() -> None:
+    """EDGE_IDEMPOTENCY_TENANT_BYTES (256 MiB) is four times EDGE_IDEMPOTENCY_MEMORY_BYTES (64 MiB) by default: held
+    against it alone, one tenant resending a request under new keys (cache hits, free) still dropped every other
+    tenant's answers, oldest first. In memory a tenant keeps at most a quarter of the memory per replay window (its
+    entries live two), so the others keep half of it whatever it sends."""
+    default_tenant_bytes = EdgeSettings.model_fields["idempotency_tenant_bytes"].default
+    bound = 1 << 20
+    replays = Replays(
+        ttl_s=3600, max_answer_bytes=1000, memory_bytes=bound, tenant_bytes=default_tenant_bytes, url=None
+    )
+    sent, answer = digest("/v1/chat/completions", b"{}"), b"x" * 900
+    await replays.keep("idem-acme", sent, answer, {}, tenant="acme")
+    for n in range(4 * bound // len(answer)):  # four times the memory's bound, whatever each entry holds
+        await replays.keep(f"idem-hog-{n}", sent, answer, {}, tenant="hog")
+    kept = await replays.lookup("idem-acme", sent)
+    assert kept is not None and kept.body == answer
+    held_by_hog = sum(size for request_id, (_, _, size) in replays._memory.items() if "hog" in request_id)
+    assert held_by_hog <= bound // 2
 
 
 async def test_in_redis_a_tenants_bytes_bound_what_its_answers_take_there(redis_url: str) -> None:
