@@ -301,9 +301,18 @@ class Replays:
                     "idempotency entry not kept: its tenant's bytes kept are spent",
                     extra={"request_id": request_id, "tenant": tenant, "digest_alone": entry == entries[-1]},
                 )
+            self._drop_marker_in_memory(request_id, sent)
         except (RedisError, RedisClusterException, OSError) as err:
             PASSED["keep"].inc()
             log.warning("idempotency answer not kept", extra={"request_id": request_id, "error": repr(err)[:200]})
+
+    def _drop_marker_in_memory(self, request_id: str, sent: str) -> None:
+        """A finished request's marker, nothing of it kept past its tenant's bytes, taken back from memory: uncounted,
+        it held on for the call's timeout and a minute, and one tenant's requests dropped the others' answers with
+        them. (In the Redis, which drops nothing for another, a marker expires with its TTL.)"""
+        entry = self._memory.get(request_id) if self._redis is None else None
+        if entry is not None and entry[1].started is not None and entry[1].digest == sent:
+            self._memory_used -= self._memory.pop(request_id)[2]
 
     async def _kept_within_tenant_bytes(self, request_id: str, kept: Kept, tenant: str) -> bool:
         """Keep `kept` if it is within what `tenant` may keep in this replay window: whether it was. Counted as held:

@@ -13,6 +13,7 @@ import json
 import secrets
 import time
 import tracemalloc
+import uuid
 from urllib.parse import urlsplit
 
 import pytest
@@ -313,6 +314,22 @@ async def test_in_memory_one_tenant_never_drops_every_others_answers_at_the_defa
     assert kept is not None and kept.body == answer
     held_by_hog = sum(size for request_id, (_, _, size) in replays._memory.items() if "hog" in request_id)
     assert held_by_hog <= bound // 2
+
+
+async def test_in_memory_a_tenant_past_its_bytes_leaves_no_marker_to_drop_the_others_answers() -> None:
+    """A request's in-flight marker is written as it arrives, before its tenant's bytes are counted: one that ends
+    past them, nothing of it kept, takes its marker back, which held on for the call's timeout and a minute,
+    uncounted, and one tenant resending a request under new keys dropped every other tenant's answers with them."""
+    bound = 1 << 20
+    replays = Replays(ttl_s=3600, max_answer_bytes=1000, memory_bytes=bound, tenant_bytes=1 << 40, url=None)
+    sent, answer = digest("/v1/chat/completions", b"{}"), b"x" * 900
+    await replays.keep("idem-acme", sent, answer, {}, tenant="acme")
+    marker = replays_module.kept_size("idem-hog-0", Kept(sent, started=uuid.uuid4().hex))
+    for n in range(4 * bound // marker):  # its markers alone four times the memory's bound
+        assert (await replays.arrive(f"idem-hog-{n}", sent)).started is not None
+        await replays.keep(f"idem-hog-{n}", sent, answer, {}, tenant="hog")
+    kept = await replays.lookup("idem-acme", sent)
+    assert kept is not None and kept.body == answer
 
 
 async def test_in_redis_a_tenants_bytes_bound_what_its_answers_take_there(redis_url: str) -> None:
