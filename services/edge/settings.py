@@ -63,7 +63,7 @@ class EdgeSettings(ServiceSettings):
     idempotency_lookup_timeout_s: float = Field(default=0.5, gt=0)
     # At shutdown, once the requests have drained, how long the answers still being kept (each is sent first, kept
     # after) are given to land before they are given up: a retry after a rolling restart then gets the answer, not
-    # the router's 409. Within the 15 s the chart leaves after the drain (terminationGracePeriodSeconds).
+    # the router's 409. Under the 15 s the chart leaves after the drain (terminationGracePeriodSeconds), as it checks.
     idempotency_drain_s: float = Field(default=5.0, ge=0)
     # One tenant's answers and digests kept per replay window, in the batch Redis (noeviction, shared by every tenant's
     # batches) as stored, else in memory as held: past it an answer is kept as its digest alone, and past that nothing.

@@ -1647,6 +1647,8 @@ def test_nginx_examples_let_the_longest_request_and_the_largest_upload_through(e
         # the edge would cut a completion the router serves on: a 504 with its charge pending
         (["router.env.ROUTER_REQUEST_TIMEOUT_S=310"], "ROUTER_REQUEST_TIMEOUT_S"),
         (["edge.env.EDGE_REQUEST_TIMEOUT_S=120"], "ROUTER_REQUEST_TIMEOUT_S"),
+        # the kubelet kills the edge while the Idempotency-Key answers it still keeps are landing
+        (["edge.env.EDGE_IDEMPOTENCY_DRAIN_S=15"], "EDGE_IDEMPOTENCY_DRAIN_S"),
     ],
 )
 def test_shutdown_outlasting_the_longest_request_is_kept_when_values_change(
@@ -1660,6 +1662,8 @@ def test_shutdown_outlasting_the_longest_request_is_kept_when_values_change(
     raised = ["edge.env.EDGE_REQUEST_TIMEOUT_S=400", "drainSeconds=405", "terminationGracePeriodSeconds=425"]
     docs = render(*(arg for setting in raised for arg in ("--set", setting)))
     assert env(docs, "edge")["EDGE_REQUEST_TIMEOUT_S"] == "400"
+    docs = render("--set", "edge.env.EDGE_IDEMPOTENCY_DRAIN_S=14")
+    assert env(docs, "edge")["EDGE_IDEMPOTENCY_DRAIN_S"] == "14"
     lowered = ["router.env.ROUTER_REQUEST_TIMEOUT_S=100", "edge.env.EDGE_REQUEST_TIMEOUT_S=110"]
     docs = render(*(arg for setting in lowered for arg in ("--set", setting)))
     assert env(docs, "edge")["EDGE_REQUEST_TIMEOUT_S"] == "110"
