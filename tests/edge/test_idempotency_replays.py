@@ -332,6 +332,24 @@ async def test_in_memory_a_tenant_past_its_bytes_leaves_no_marker_to_drop_the_ot
     assert kept is not None and kept.body == answer
 
 
+async def test_in_memory_a_tenants_bytes_are_counted_afresh_each_replay_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In memory, as in the Redis, a tenant's bytes are counted per replay window: past them in one, its answers are
+    kept again in the next (those of the window before expire as it ends). Counted without end, a tenant that once
+    reached its bytes kept no answer again until the edge restarted."""
+    sent, answer = digest("/v1/chat/completions", b"{}"), b"x" * 900
+    one = replays_module.kept_size("idem-0", Kept(sent, answer, {}))
+    replays = Replays(ttl_s=60, max_answer_bytes=1000, memory_bytes=1 << 20, tenant_bytes=one * 3 // 2, url=None)
+    now = time.time()
+    monkeypatch.setattr(replays_module.time, "time", lambda: now)
+    for n in range(2):
+        await replays.keep(f"idem-{n}", sent, answer, {}, tenant="acme")
+    assert [await replays.lookup(f"idem-{n}", sent) is not None for n in range(2)] == [True, False]
+    monkeypatch.setattr(replays_module.time, "time", lambda: now + 60)
+    await replays.keep("idem-2", sent, answer, {}, tenant="acme")
+    assert await replays.lookup("idem-2", sent) is not None
+    assert replays._memory_used == sum(size for _, _, size in replays._memory.values())
+
+
 async def test_in_redis_a_tenants_bytes_bound_what_its_answers_take_there(redis_url: str) -> None:
     """EDGE_IDEMPOTENCY_TENANT_BYTES bounds what the tenant's answers take in the store, not their bodies' length:
     kept as JSON text, an answer's non-ASCII characters are escaped (an emoji's 4 UTF-8 bytes are 12), and its headers
