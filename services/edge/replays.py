@@ -186,7 +186,8 @@ class Arrival:
     marker or digest (the same body's) is there, or the store was passed over reading it.
 
     A marker whose write failed or timed out, its reply unheard, may have landed: its token is the request's all the
-    same, taken back by compare-and-delete should it fail (never another's marker, nor an answer kept since). Passed
+    same, taken back by compare-and-delete should it fail (never another's marker, nor an answer kept since); so is
+    one found under its token where the write said none was written (a Redis Cluster client's resend of it). Passed
     over as unwritten, it tied the key to the body for the call's timeout and a minute: the retry of a failure that
     cost nothing, with another body, was a false 422 rather than served."""
 
@@ -243,6 +244,8 @@ class Replays:
             return Arrival(started=marker if marked is None else None)
         if kept is None:
             return Arrival()
+        if kept.started == marker.started:  # its own: a Redis Cluster client resends a write whose reply was lost
+            return Arrival(started=marker)
         check(kept, sent)
         return Arrival(replay=kept if kept.body is not None else None)
 

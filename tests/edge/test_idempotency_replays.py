@@ -14,9 +14,11 @@ import secrets
 import time
 import tracemalloc
 import uuid
+from contextlib import AsyncExitStack
 from urllib.parse import urlsplit
 
 import pytest
+from redis.crc import key_slot
 
 from services.edge import replays as replays_module
 from services.edge.openai_api import ApiError
@@ -151,6 +153,36 @@ async def test_a_marker_names_the_first_in_flight_and_only_its_writer_takes_it_b
         assert kept.replay is not None and kept.replay.body == b"{}"
     finally:
         await replays.close()
+
+
+async def test_a_marker_whose_write_a_cluster_client_resent_after_a_lost_reply_is_its_writers(cluster_url: str) -> None:
+    """A Redis Cluster client resends a command whose reply was lost (its connection dropped): the marker's write
+    landed, its resend finds it there (SET NX: not written). It is the request's own all the same (its token), taken
+    back should the request fail. Before, the edge read it as another request's and left it, tying the key to the
+    first body for the call's timeout and a minute: a retry of the failure with another body was a false 422."""
+    first, other = digest("/v1/chat/completions", b"{}"), digest("/v1/chat/completions", b"{ }")
+    async with AsyncExitStack() as stack:
+        proxies = {}
+        for node in urlsplit(cluster_url).netloc.split(","):
+            host, _, port = node.rpartition(":")
+            proxies[(host, int(port))] = await stack.enter_async_context(LossyProxy(host, int(port)))
+        url = "redis+cluster://" + ",".join(f"127.0.0.1:{proxy.port}" for proxy in proxies.values())
+        # Waits out the client's backoff before its resend: the resend's reply, not the arrival's timeout, is read.
+        replays = Replays(
+            ttl_s=3600, max_answer_bytes=1000, memory_bytes=1 << 20, tenant_bytes=1 << 20, url=url, arrival_timeout_s=60
+        )
+        stack.push_async_callback(replays.close)
+        nodes = replays._redis.nodes_manager
+        nodes.address_remap = lambda address: ("127.0.0.1", proxies[address].port) if address in proxies else address
+        key = replays_module.PREFIX + "idem-1"
+        assert await replays._redis.get(key) is None  # its node's connection open: the reply lost is the marker's
+        owner = nodes.get_node_from_slot(key_slot(key.encode()))
+        (proxy,) = [proxy for proxy in proxies.values() if proxy.port == owner.port]
+        proxy.lose_next_reply()
+        arrived = await replays.arrive("idem-1", first)
+        assert arrived.started is not None
+        await replays.release("idem-1", arrived.started)  # the request failed
+        assert (await replays.arrive("idem-1", other)).started is not None  # its retry, another body: not a 422
 
 
 async def test_a_marker_lasts_its_calls_timeout_and_a_minute_not_the_replay_window(redis_url: str) -> None:
