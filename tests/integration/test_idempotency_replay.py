@@ -21,7 +21,7 @@ import openai
 import pytest
 import redis.asyncio as redis
 
-from services.edge.replays import KEPT_BYTES
+from services.edge.replays import KEPT_BYTES, PREFIX
 from tests.fakes.lossy_proxy import LossyProxy
 from tests.fakes.server import Fault
 from tests.integration.conftest import Chain
@@ -254,6 +254,37 @@ async def test_a_finished_stream_of_the_legacy_or_responses_route_is_sent_again_
         assert events[-1].response.id.encode() in first.content
     assert upstream_asked(tenant, prompt) == 1
     assert len(await tenant.ledger()) == 1
+
+
+@pytest.mark.parametrize(
+    ("route", "field"), [("chat", "events"), ("completions", "retold_events"), ("responses", "retold_events")]
+)
+async def test_a_streams_events_are_kept_where_an_edge_before_reads_them_as_its_route_did(
+    chain: Chain, redis_url: str, route: str, field: str
+) -> None:
+    """A legacy or Responses stream's chat events are kept under `retold_events`, which an edge of the version before
+    (beside this one in a rolling upgrade, sharing its Redis) reads as a digest alone: its retry there is the 409. Under
+    `events`, as a chat stream's, that edge took them for the route's JSON answer to retell: a 500."""
+    path, body, _ = streamed_on(route)
+    store = redis.Redis.from_url(redis_url)
+    try:
+        async with tenant_before(chain, chain.router_addr, batch_redis_url=redis_url) as tenant:
+            headers = {"authorization": f"Bearer {tenant.keys[0]}", "idempotency-key": f"kept-{route}"}
+            async with httpx.AsyncClient(base_url=tenant.base_url, headers=headers, timeout=20) as http:
+                first = await http.post(path, json=body)
+            assert first.status_code == 200 and ended_whole(route, first.content)
+            key = PREFIX + first.headers["x-request-id"]
+
+            async def answer_kept() -> bool:
+                stored = await store.get(key)
+                return stored is not None and json.loads(stored).get(field) is not None
+
+            await eventually(answer_kept, "the stream's events kept")
+        kept = json.loads(await store.get(key) or b"{}")
+    finally:
+        await store.aclose()
+    assert kept["body"] is None and kept[field].endswith("data: [DONE]\n\n")
+    assert {"events", "retold_events"} & set(kept) == {field}
 
 
 def streamed(body: dict[str, object]) -> dict[str, object]:
