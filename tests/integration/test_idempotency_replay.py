@@ -23,9 +23,11 @@ import redis.asyncio as redis
 
 from services.edge.replays import KEPT_BYTES, PREFIX
 from tests.fakes.lossy_proxy import LossyProxy
-from tests.fakes.server import Fault
+from tests.fakes.server import TOOL_CUE, Fault
 from tests.integration.conftest import Chain
+from tests.integration.test_chain import unique
 from tests.integration.test_idempotency_key import Tenant, answered, ask, asked, complete, tenant_before
+from tests.integration.test_responses_api import RESPONSE_TOOLS
 from tests.waiting import eventually
 
 
@@ -285,6 +287,23 @@ async def test_a_streams_events_are_kept_where_an_edge_before_reads_them_as_its_
         await store.aclose()
     assert kept["body"] is None and kept[field].endswith("data: [DONE]\n\n")
     assert {"events", "retold_events"} & set(kept) == {field}
+
+
+async def test_a_responses_stream_of_function_calls_is_sent_again_byte_for_byte(tenant: Tenant) -> None:
+    """A Responses stream that called tools: its retry gets the same events (the response's, its items' and calls'
+    ids, created_at and sequence numbers told from the chat events kept), reaching no upstream, charged once."""
+    prompt = unique(f"What is the weather in Paris? {TOOL_CUE}")
+    body = {"model": "cheap-model", "input": prompt, "tools": RESPONSE_TOOLS, "stream": True}
+    headers = {"authorization": f"Bearer {tenant.keys[0]}", "idempotency-key": "streamed-calls"}
+    async with httpx.AsyncClient(base_url=tenant.base_url, headers=headers, timeout=20) as http:
+        first = await http.post("/responses", json=body)
+        again = await http.post("/responses", json=body)
+    assert first.status_code == again.status_code == 200 and ended_whole("responses", first.content)
+    assert b"event: response.function_call_arguments.done\n" in first.content
+    assert "idempotent-replayed" not in first.headers and again.headers["idempotent-replayed"] == "true"
+    assert again.content == first.content
+    assert upstream_asked(tenant, prompt) == 1
+    assert len(await tenant.ledger()) == 1
 
 
 def streamed(body: dict[str, object]) -> dict[str, object]:
