@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -25,7 +26,7 @@ from llmrouter.redis_connect import connect
 from services.router import ledger
 from services.router.store import SHARDS, ledger_key
 from tests.conftest import ROOT
-from tests.ledger.test_trim_beside_the_sink import add
+from tests.ledger.test_trim_beside_the_sink import SinkActingMidTrim, add
 
 
 def ms(day: datetime) -> int:
@@ -86,6 +87,47 @@ async def test_an_entry_exported_again_lands_in_the_file_it_is_already_in(client
     assert sorted(path.name for path in tmp_path.iterdir()) == ["ledger-trimmed-2025-10.jsonl", "ledger-trimmed.jsonl"]
     first, cut, again = october.read_text().splitlines()
     assert json.loads(first)["id"] == json.loads(again)["id"] == entry and cut == '{"shard": 0'
+
+
+@pytest.mark.parametrize("zone", ["America/Los_Angeles", "Pacific/Kiritimati"])
+async def test_the_month_is_utcs_whatever_the_zone_of_the_pod(
+    client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, zone: str
+) -> None:
+    """A pod's TZ (UTC-8 and UTC+14 here) moves no entry: October's last millisecond and November's first stay in
+    their UTC months, so the same entry lands in the same file whichever pod exports it."""
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        out = tmp_path / "ledger-trimmed.jsonl"
+        await add(client, 0, "october", f"{OCTOBER_END}-0")
+        await add(client, 0, "november", f"{NOVEMBER}-0")
+        await ledger.trim(client, out, retention_days=90, monthly=True)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    october, november = tmp_path / "ledger-trimmed-2025-10.jsonl", tmp_path / "ledger-trimmed-2025-11.jsonl"
+    assert [line["record"]["request_id"] for line in lines(october)] == ["october"]
+    assert [line["record"]["request_id"] for line in lines(november)] == ["november"]
+
+
+async def test_every_line_is_in_its_months_file_before_the_first_deletion(client: Any, tmp_path: Path) -> None:
+    """Read from the disk as the first stream is trimmed: each month's file already holds its lines (written out and
+    fsynced, not left in the run's buffers to land, or not, once the entries are gone)."""
+    out = tmp_path / "ledger-trimmed.jsonl"
+    october, november = tmp_path / "ledger-trimmed-2025-10.jsonl", tmp_path / "ledger-trimmed-2025-11.jsonl"
+    for n in range(PER_SHARD):
+        await add(client, 0, f"october-{n}", f"{OCTOBER_END - PER_SHARD + n + 1}-0")
+    for n in range(PER_SHARD):
+        await add(client, 0, f"november-{n}", f"{NOVEMBER + n}-0")
+    on_disk: dict[str, int] = {}
+
+    async def read_the_files() -> None:
+        on_disk.update({path.name: len(lines(path)) for path in (october, november)})
+
+    await ledger.trim(SinkActingMidTrim(client, 0, read_the_files), out, retention_days=90, monthly=True)
+
+    assert on_disk == {october.name: PER_SHARD, november.name: PER_SHARD}
+    assert await client.xlen(ledger_key(0)) == 0
 
 
 @pytest.mark.parametrize("other_monthly", [True, False], ids=["two-monthly-runs", "beside-a-run-of-the-version-before"])
