@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -148,3 +149,24 @@ async def test_abandon_group_leaves_a_group_one_of_whose_consumers_reads_beside_
     assert list(trimmed.kept_back) == [SHARD]
     assert await request_ids(client, SHARD) == ["old-read"]
     assert [group["name"] for group in await client.xinfo_groups(ledger_key(SHARD))] == [GROUP.encode()]
+
+
+async def test_a_monthly_runs_hint_trims_again_into_the_months_files(
+    client: Any, redis_url: str, tmp_path: Path
+) -> None:
+    """The chart's trim rotates (--monthly): the failed run's hint says to trim again as it does, so the abandoned
+    group's entries go to their month's file, not to FILE, the lock, which holds only what runs before rotation
+    appended (and may have been copied away and emptied)."""
+    out = tmp_path / "ledger-trimmed.jsonl"
+    await left_behind(client)
+
+    done = await run_trim(redis_url, out, "--monthly")
+    assert done.returncode == 1, done.stderr
+    (again,) = re.findall(r"or trim again with (.*?) \(", done.stderr)
+    month = out.with_name(f"ledger-trimmed-{datetime.fromtimestamp(OLD_MS / 1000, UTC):%Y-%m}.jsonl")
+    assert f"go to the months' files beside {out} alone" in done.stderr, done.stderr
+
+    done = await run_trim(redis_url, out, *shlex.split(again))
+    assert done.returncode == 0, done.stderr
+    assert exported(month) == [(SHARD, "old-unread")] and out.read_text() == ""
+    assert await request_ids(client, SHARD) == []
