@@ -352,16 +352,19 @@ def _last_read(idle_ms: int | None, group: str) -> str:
     return f"group {group} last read {idle_ms / 1000:.1f} s ago"
 
 
-def _abandon_hint(trimmed: Trimmed, group: str, out: Path) -> str:
-    """What an operator whose sinks are off for good runs: the group deleted where it was left behind."""
+def _abandon_hint(trimmed: Trimmed, group: str, out: Path, monthly: bool) -> str:
+    """What an operator whose sinks are off for good runs: the group deleted where it was left behind. A rotating
+    run's hint rotates too: without --monthly the entries would go to `out`, the lock."""
     idle = [shard for shard, ms in trimmed.idle_ms.items() if ms is None or ms >= ABANDON_IDLE_S * 1000]
     if not idle:
         return ""
     destroy = "".join(f"\n  XGROUP DESTROY '{ledger_key(shard)}' {group}" for shard in sorted(idle))
+    into = f"the months' files beside {out}" if monthly else str(out)
     return (
         "\nif no sink will read the ledger again (ROUTER_LEDGER_SQL_SINK=false everywhere), delete the group where it"
         f" was left behind (redis-cli, on ROUTER_REDIS_URL):{destroy}\nor trim again with --abandon-group {group}"
-        f" (the entries it has not acknowledged then go to {out} alone, never to the SQL ledger)"
+        f"{' --monthly' if monthly else ''} (the entries it has not acknowledged then go to {into} alone, never to the"
+        " SQL ledger)"
     )
 
 
@@ -445,7 +448,7 @@ async def main(argv: list[str]) -> int:
             print(f"trimmed {trimmed.deleted} entries into {', '.join(map(str, trimmed.into)) or args.out}")
             failed = False
             if trimmed.kept_back:  # a failed run, so a scheduled one is seen: the sink is behind by the retention
-                kept = _kept(trimmed, GROUP) + _abandon_hint(trimmed, GROUP, args.out)
+                kept = _kept(trimmed, GROUP) + _abandon_hint(trimmed, GROUP, args.out, args.monthly)
                 print(f"kept, not copied by the ledger sink yet: {kept}", file=sys.stderr)
                 failed = True
             free = volume_free_percent(args.out.parent)
