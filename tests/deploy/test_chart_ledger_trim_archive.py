@@ -96,3 +96,7 @@ def test_the_archive_rotation_and_the_free_space_check_can_be_turned_off() -> No
         with pytest.raises(subprocess.CalledProcessError) as refused:
             render(*ARCHIVE, "--set-json", f"router.ledgerTrim.archive.minFreePercent={wrong}")
         assert "/router/ledgerTrim/archive/minFreePercent" in refused.value.stderr
+    # A string would be true to the template: "false" would rotate.
+    with pytest.raises(subprocess.CalledProcessError) as refused:
+        render(*ARCHIVE, "--set-json", 'router.ledgerTrim.archive.monthly="false"')
+    assert "/router/ledgerTrim/archive/monthly" in refused.value.stderr
