@@ -15,10 +15,12 @@ sink will read again keeps everything from where it stopped: the failed run says
 command that deletes it; `trim --out FILE --abandon-group llmrouter-sql-sink` deletes it itself where none of its
 consumers has read for ABANDON_IDLE_S, never a live sink's.
 `trim --out FILE --monthly` appends each entry to the file of the month (UTC) Redis added it in, beside FILE
-(ledger-trimmed.jsonl: ledger-trimmed-2026-11.jsonl), so a month's file stops growing once it is over and can be copied
-away and deleted; an entry exported again lands in the file it is already in. FILE is still the lock (a run of a
-version before appends to it). `--min-free-percent P` fails the run (exit 1, after trimming) when the volume holding
-FILE has less than P% of its space free, so the failed Job is seen before the volume fills.
+(ledger-trimmed.jsonl: ledger-trimmed-2026-11.jsonl), so no file grows for ever; an entry exported again lands in the
+file it is already in. A month's file is written to until a run at least the retention after the month's end keeps
+nothing back (none of its entries is left older than the retention); only then can it be copied away and deleted.
+FILE is still the lock (a run of a version before appends to it). `--min-free-percent P` fails the run (exit 1, after
+trimming) when the volume holding FILE has less than P% of its space free, so the failed Job is seen before the volume
+fills.
 `trim --copied-only` exports nothing: where the SQL sink keeps the ledger, it deletes
 the entries older than the retention that the sink's consumer group has copied and acknowledged, never one it
 has not (a shard whose stream has no such group keeps every entry); the sink acknowledges an entry that is no row
