@@ -156,12 +156,13 @@ async def test_a_monthly_runs_hint_trims_again_into_the_months_files(
 ) -> None:
     """The chart's trim rotates (--monthly): the failed run's hint says to trim again as it does, so the abandoned
     group's entries go to their month's file, not to FILE, the lock, which holds only what runs before rotation
-    appended (and may have been copied away and emptied)."""
+    appended (and may have been copied away and emptied). A volume too full is said too, not hidden behind them."""
     out = tmp_path / "ledger-trimmed.jsonl"
     await left_behind(client)
 
-    done = await run_trim(redis_url, out, "--monthly")
+    done = await run_trim(redis_url, out, "--monthly", "--min-free-percent", "100")
     assert done.returncode == 1, done.stderr
+    assert "under --min-free-percent 100" in done.stderr, done.stderr
     (again,) = re.findall(r"or trim again with (.*?) \(", done.stderr)
     month = out.with_name(f"ledger-trimmed-{datetime.fromtimestamp(OLD_MS / 1000, UTC):%Y-%m}.jsonl")
     assert f"go to the months' files beside {out} alone" in done.stderr, done.stderr
