@@ -457,7 +457,8 @@ async def main(argv: list[str]) -> int:
             if args.min_free_percent is not None and free < args.min_free_percent:  # failed too: seen before it fills
                 print(
                     f"the volume holding {args.out} has {free:.1f}% free, under --min-free-percent "
-                    f"{args.min_free_percent:g}: copy the archive's older files away and delete them, or grow it",
+                    f"{args.min_free_percent:g}: copy away the months' files complete (a run at least the retention "
+                    "after the month's end kept nothing back) and delete them, or grow it",
                     file=sys.stderr,
                 )
                 failed = True
