@@ -168,14 +168,12 @@ class _Archive:
     def __init__(self, out: Path, file: TextIO, monthly: bool = False) -> None:
         self._out, self._monthly = out, monthly
         self._files: dict[Path, TextIO] = {out: file}
-        self._made = False
 
     def file_for(self, entry_id: str) -> TextIO:
         if not self._monthly:
             return self._files[self._out]
         path = month_file(self._out, entry_id)
         if path not in self._files:
-            self._made |= not path.exists()
             file = self._files[path] = path.open("a", encoding="utf-8")
             _end_cut_line(file, path)
         return self._files[path]
@@ -186,16 +184,16 @@ class _Archive:
         return [path for path in self._files if path != self._out or not self._monthly]
 
     def sync(self) -> None:
-        """Every line written made durable (a new file's name too) before any entry is deleted."""
+        """Every line written made durable before any entry is deleted, and the files' names with them: always, since
+        a file a killed run created may not have had its name synced, and a crash after the deletion would lose it."""
         for file in self._files.values():
             file.flush()
             os.fsync(file.fileno())
-        if self._made:
-            directory = os.open(self._out.parent, os.O_RDONLY)
-            try:
-                os.fsync(directory)
-            finally:
-                os.close(directory)
+        directory = os.open(self._out.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
 
     def close(self) -> None:
         for path, file in self._files.items():

@@ -195,3 +195,28 @@ async def test_a_run_leaving_the_volume_fuller_than_allowed_trims_and_fails(redi
 def test_the_archive_options_without_a_file_or_out_of_range_are_usage_errors(argv: list[str], said: str) -> None:
     result = run_trim("redis://127.0.0.1:1/0", *argv)
     assert result.returncode == 2 and said in result.stderr
+
+
+async def test_the_folder_is_synced_before_the_deletion_even_for_a_file_a_killed_run_made(
+    client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A killed run may have created the month's file without its name reaching the disk: a run writing into it
+    syncs the folder too before deleting anything, or a crash after the deletion could lose the file and its entries."""
+    out = tmp_path / "ledger-trimmed.jsonl"
+    (tmp_path / "ledger-trimmed-2025-10.jsonl").write_text("")  # made by a run killed before its sync
+    await add(client, 0, "october", f"{OCTOBER_END}-0")
+    synced: list[str] = []
+    real_fsync, real_eval = os.fsync, client.eval
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    async def eval_(script: str, *args: Any) -> Any:
+        if script == ledger.TRIM_COPIED:
+            assert str(tmp_path) in synced, "entries deleted before the folder was synced"
+        return await real_eval(script, *args)
+
+    monkeypatch.setattr(ledger.os, "fsync", fsync)
+    monkeypatch.setattr(client, "eval", eval_)
+    assert (await ledger.trim(client, out, retention_days=90, monthly=True)).deleted == 1
