@@ -270,13 +270,15 @@ def _nothing_fits(every: list[Option], limits: Limits) -> ServiceError:
             f"{arguments} must be a JSON object for {names}: no model within limits ({reasons})",
             {"field": arguments},
         )
-    # When the caller's own cost or latency cap, or the response_format, logprobs, logit_bias, temperature or stop
-    # asked, is what rules out every model, name it as the field to change.
+    # When the caller's own cost or latency cap, or the tools, response_format, logprobs, logit_bias, temperature or
+    # stop asked, is what rules out every model, name it as the field to change.
     field = None
     if options and all("max_cost_usd" in o.excluded for o in options):
         field = {"field": "max_cost_usd"}
     elif options and all("max_latency_ms" in o.excluded for o in options):
         field = {"field": "max_latency_ms"}
+    elif options and all(o.excluded == NO_TOOLS for o in options):
+        field = {"field": "tools"}
     elif options and all(o.excluded.startswith(FORMAT_UNHONOURED) for o in options):
         field = {"field": "response_format"}
     elif options and all(o.excluded.startswith(LOGPROBS_UNRETURNED) for o in options):

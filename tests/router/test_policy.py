@@ -149,6 +149,14 @@ def test_a_request_offering_tools_skips_models_that_cannot_call_them() -> None:
     assert "tools" in next(o for o in plan.options if o.model.name == "strong").excluded
 
 
+def test_when_no_model_can_call_the_tools_the_refusal_names_tools() -> None:
+    """As for response_format: the field the caller sent and can drop, as OpenAI's param."""
+    with pytest.raises(ServiceError) as refused:
+        policy.explicit(policy.evaluate(REGISTRY.models, None, limits(needs_tools=True)), "strong", limits())
+    assert (refused.value.reason, refused.value.metadata) == ("NO_ELIGIBLE_MODEL", {"field": "tools"})
+    assert "strong: cannot call the tools the request offers" in refused.value.message
+
+
 def test_a_response_format_skips_models_that_do_not_guarantee_it() -> None:
     registry = Registry.model_validate(
         {
