@@ -17,6 +17,7 @@ from llmrouter.errors import ServiceError, invalid
 from llmrouter.validation import AmountError, parse_amount
 from services.ledger.db import LedgerDB, LedgerUnavailable
 from services.ledger.stats import GROUPINGS, Group, summarize
+from services.router.admission import KEY_ID as END_USER_KEY_ID
 from services.router.admission import check_id
 from services.router.budgets import SCOPES, BudgetView, budgets
 from services.router.costs import floor_pico
@@ -24,8 +25,10 @@ from services.router.key_tenants import is_bound
 from services.router.store import Account, Allowance, Store, key_id
 
 log = logging.getLogger("llmrouter.router")
-# A key id: an end user's (16 hex digits, or 'anonymous'), or a caller's, caller:<its name> (up to 128 characters
-# itself: llmrouter.auth).
+# A key id: an end user's (16 lowercase hex digits, the first of its key's SHA-256: store.key_id; or 'anonymous'), or
+# a caller's, caller:<its name> (llmrouter.auth's caller names). A budget under any other name matches no request.
+KEY_ID = re.compile(rf"{END_USER_KEY_ID.pattern}|caller:[A-Za-z0-9][A-Za-z0-9_.:@-]{{0,127}}")
+# What one set before key ids were checked may be named, to be cleared.
 NAME = re.compile(r"(?:caller:)?[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
 ALL = None  # an admin's view: every tenant
 CALLER = "caller:"  # a caller's own key id: caller:<its name>
@@ -132,8 +135,12 @@ class Operations:
             check_id(name, "name")
             if not name:
                 raise invalid("name must be a tenant", "name")
-        elif not NAME.fullmatch(name):
-            raise invalid("name must be a key id (letters, digits, '_', '.', ':', '@', '-')", "name")
+        elif not (KEY_ID.fullmatch(name) or (not limit_usd and NAME.fullmatch(name))):
+            raise invalid(
+                "name must be a key id: 16 lowercase hex digits (the first of the key's SHA-256, as budgets and the"
+                " ledger show it), 'anonymous' or caller:<name>",
+                "name",
+            )
         pico = None
         if limit_usd:
             # As a max_cost_usd is read: Decimal() alone also takes '1_0' (10), Unicode digits and spaces.

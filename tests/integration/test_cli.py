@@ -120,3 +120,18 @@ async def test_a_budget_name_with_url_syntax_changes_no_other_budget(
     code, out, err = await run(capsys, *admin_args, "--json", "budgets", "--set", "key", f"caller:{who['a']}", "1")
     assert code == 0, err
     assert any(b["name"] == f"caller:{who['a']}" and b["limit_usd"] == "1" for b in json.loads(out)["budgets"])
+
+
+async def test_a_key_budget_under_a_name_no_key_has_is_one_clear_line(
+    keyed_edge: tuple[str, dict[str, str]],  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`zz` (a typo, or the key itself rather than its id) could match no request: set, it capped nothing."""
+    base_url, who = keyed_edge
+    admin_args = ["--url", base_url, "--api-key", who["key_root"]]
+    code, out, err = await run(capsys, *admin_args, "budgets", "--set", "key", "zz", "1")
+    assert (code, out) == (1, "")
+    assert err.strip() == (
+        "llmrouter budgets: HTTP 400: name must be a key id: 16 lowercase hex digits (the first of the key's SHA-256,"
+        " as budgets and the ledger show it), 'anonymous' or caller:<name>"
+    )

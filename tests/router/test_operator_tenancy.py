@@ -35,8 +35,8 @@ from llmrouter.v1 import (
 )
 from services import router
 from services.router.settings import RouterSettings
-from services.router.store import key_id
-from tests.router.servicer_kit import NearScores, registry_file, serve_providers
+from services.router.store import PICO, key_id
+from tests.router.servicer_kit import NearScores, registry_file, serve_providers, store_on
 from tests.router.test_admission import REGISTRY
 from tests.router.test_duplicate_across_keys import Answering
 
@@ -231,6 +231,34 @@ async def test_no_budget_is_set_for_a_tenant_no_request_may_name(served: Served,
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await served.operator.SetBudget(request, metadata=as_("edge"), timeout=10)
     assert ServiceError.from_rpc_error(refused.value).metadata["field"] == "name"
+
+
+@pytest.mark.parametrize("name", ["zz", "ABCDEF0123456789", "0123456789abcde", "caller:", "anonymous2", "sk-acme-a"])
+async def test_no_budget_is_set_for_a_key_id_no_key_has(served: Served, name: str) -> None:
+    """A key id is 16 lowercase hex digits (its SHA-256's first), 'anonymous' or a caller's caller:<name>: a budget
+    under any other name (a typo, the key itself) could never match a request, and capped nothing while saying set."""
+    request = operator_pb2.SetBudgetRequest(scope="key", name=name, limit_usd="1", admin=True)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await served.operator.SetBudget(request, metadata=as_("edge"), timeout=10)
+    error = ServiceError.from_rpc_error(refused.value)
+    assert (refused.value.code(), error.metadata["field"]) == (grpc.StatusCode.INVALID_ARGUMENT, "name")
+    assert "16 lowercase hex digits" in error.message
+    admin = await served.operator.Budgets(operator_pb2.BudgetsRequest(admin=True), metadata=as_("edge"))
+    assert not any(b.overridden for b in admin.budgets)
+
+
+async def test_a_key_budget_set_under_a_name_no_key_has_stays_readable_and_clearable(
+    served: Served, redis_url: str
+) -> None:
+    """Set before key ids were checked: listed as it is, and an admin can still take it away."""
+    async with store_on(redis_url) as store:
+        await store.set_limit("key", "zz", int(5 * PICO))
+    admin = await served.operator.Budgets(operator_pb2.BudgetsRequest(admin=True), metadata=as_("edge"))
+    assert [(b.name, b.limit_usd) for b in admin.budgets if b.scope == "key"] == [("zz", "5")]
+    cleared = operator_pb2.SetBudgetRequest(scope="key", name="zz", limit_usd="", admin=True)
+    assert not (await served.operator.SetBudget(cleared, metadata=as_("edge"), timeout=10)).overridden
+    admin = await served.operator.Budgets(operator_pb2.BudgetsRequest(admin=True), metadata=as_("edge"))
+    assert not any(b.overridden for b in admin.budgets)
 
 
 class CheapFailsLate(Answering):
