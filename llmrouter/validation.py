@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from llmrouter.errors import invalid
 from llmrouter.json_depth import MAX_JSON_DEPTH, nested_deeper
+from llmrouter.message_names import name_fault
 from llmrouter.openai_fields import OpenAIFields, crossed, first_error, unservable
 from llmrouter.passthrough import END_USER_ID_CHARS, REQUEST_FIELDS
 from llmrouter.tool_pairing import Turn, pairing_fault
@@ -79,6 +80,7 @@ def parse_amount(text: str) -> Decimal:
 class ChatMessage(Protocol):
     role: str
     content: str
+    name: str
     tool_call_id: str
     tool_calls_json: str
 
@@ -123,6 +125,8 @@ def validate(request: GenerationRequest) -> Validated:
             raise invalid(
                 f"messages[{i}].role must be one of {sorted(ROLES)}, got {message.role!r}", f"messages[{i}].role"
             )
+        if (fault := name_fault(message.name, f"messages[{i}].name")) is not None:
+            raise invalid(fault.message, fault.param)
     if not any(m.content.strip() for m in request.messages):
         raise invalid("messages have no content", "messages")
     if request.HasField("max_tokens") and request.max_tokens <= 0:

@@ -30,6 +30,7 @@ from starlette.requests import ClientDisconnect, Request
 
 from llmrouter import parameters
 from llmrouter.json_depth import MAX_JSON_DEPTH, nested_deeper
+from llmrouter.message_names import name_fault
 from llmrouter.openai_fields import (
     MAX_LOGIT_BIAS,
     MAX_METADATA,
@@ -273,6 +274,7 @@ def parse_request(body: bytes, max_messages: int = MAX_MESSAGES) -> tuple[ChatCo
         # OpenAI's 400, in its words: sent on, OpenAI's upstream refused it (a generic "the provider refused the
         # request") and the others served it, as routing chose; asked for alone, usage rides on no stream.
         raise ApiError(400, STREAM_OPTIONS_ALONE, param="stream_options")
+    refuse_bad_names(request.messages)
     refuse_unanswerable_tool_results(request.messages)
     refuse_unpaired_tool_calls(request.messages)
     refuse_misplaced_refusals(request.messages)
@@ -298,6 +300,14 @@ def refuse_long_end_user_ids(raw: dict[str, Any]) -> None:
     is no string is left for the model's validation to refuse."""
     for name, bound in END_USER_ID_CHARS.items():
         check_string_length(raw.get(name), name, bound)
+
+
+def refuse_bad_names(messages: list[Message]) -> None:
+    """A 400 for a message's name too long or holding a control character (llmrouter/message_names.py), before
+    routing: the router refuses it too, for its gRPC callers."""
+    for i, message in enumerate(messages):
+        if message.name is not None and (fault := name_fault(message.name, f"messages[{i}].name")) is not None:
+            raise ApiError(400, fault.message, param=fault.param, code=fault.code)
 
 
 def refuse_unanswerable_tool_results(messages: list[Message]) -> None:
