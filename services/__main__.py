@@ -10,7 +10,10 @@ Ports come from the usual settings (CLASSIFIER_PORT, PROVIDERS_PORT, ROUTER_PORT
 authenticate each other with mTLS: unless *_TLS_DIR says otherwise, a throwaway CA and one certificate per
 service are made at start in a temporary directory, deleted at exit (or, the launcher killed, by the next launch:
 services/stale_certificates.py). The services stop with their launcher, even a killed one
-(services/die_with_parent.py)."""
+(services/die_with_parent.py).
+
+Each service logs to a file of its own, in a directory the launcher names at start and keeps
+(services/service_logs.py): its errors are shown on the launcher's stderr too, the rest stays out of the demo's way."""
 
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ from pathlib import Path
 from llmrouter.certs import LOOPBACK_NAMES, Authority
 from llmrouter.registry import DEFAULT_REGISTRY, load_registry
 from llmrouter.settings import REPO_ROOT
-from services import die_with_parent, stale_certificates
+from services import die_with_parent, service_logs, stale_certificates
 from services.classifier.settings import ClassifierSettings
 from services.demo import run_demo
 from services.edge.settings import EdgeSettings
@@ -41,14 +44,21 @@ SERVICES = ("classifier", "providers", "router", "edge")
 POLL_S = 0.2
 
 
-def launch(name: str, env: dict[str, str]) -> tuple[subprocess.Popen[str], threading.Event]:
-    """Start `python -m services.<name>`, bound to this process (it stops once the launcher is gone, however it went);
+def launch(name: str, env: dict[str, str], log: Path) -> tuple[subprocess.Popen[str], threading.Event]:
+    """Start `python -m services.<name>`, bound to this process (it stops once the launcher is gone, however it went),
+    logging to `log` (a file, not a pipe of the launcher's: a service draining after a killed launcher still logs);
     the event is set when it reports READY (it listens). Called from the main thread, whose end is what the binding
     watches (PR_SET_PDEATHSIG): started from a thread that ended, a service would be stopped at once."""
     guard = [sys.executable, "-S", die_with_parent.__file__, str(os.getpid())]
-    proc = subprocess.Popen(
-        [*guard, sys.executable, "-m", f"services.{name}"], env=env, stdout=subprocess.PIPE, text=True, bufsize=1
-    )
+    with log.open("w") as stderr:
+        proc = subprocess.Popen(
+            [*guard, sys.executable, "-m", f"services.{name}"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            bufsize=1,
+        )
     ready = threading.Event()
 
     def watch() -> None:
@@ -63,26 +73,29 @@ def launch(name: str, env: dict[str, str]) -> tuple[subprocess.Popen[str], threa
     return proc, ready
 
 
-def wait_ready(procs: dict[str, tuple[subprocess.Popen[str], threading.Event]], names: list[str]) -> None:
+def wait_ready(procs: dict[str, tuple[subprocess.Popen[str], threading.Event]], names: list[str], logs: Path) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     for name in names:
         proc, ready = procs[name]
         while not ready.wait(0.2):
             if proc.poll() is not None:
-                raise SystemExit(f"{name} exited with code {proc.returncode} (its log is above)")
+                raise SystemExit(f"{name} exited with code {proc.returncode} (its log: {logs / name}.log)")
             if time.monotonic() > deadline:
                 raise SystemExit(f"{name} did not start within {START_TIMEOUT_S} s")
 
 
 @contextmanager
-def running_stack() -> Iterator[tuple[str, dict[str, subprocess.Popen[str]]]]:
-    """Start the four services, configured by the environment as usual; yield the edge's URL and the
-    processes; on exit, SIGTERM each (they drain in-flight work) and wait."""
+def running_stack(logs: Path | None = None) -> Iterator[tuple[str, dict[str, subprocess.Popen[str]]]]:
+    """Start the four services, configured by the environment as usual, each logging to <logs>/<service>.log (a new
+    directory unless given); yield the edge's URL and the processes; on exit, SIGTERM each (they drain in-flight
+    work) and wait."""
     stale_certificates.remove_stale()
     with tempfile.TemporaryDirectory(prefix=stale_certificates.PREFIX) as certs:
         stale_certificates.mark_owner(Path(certs))
         env = with_throwaway_certificates(dict(os.environ), Path(certs))
-        with _running(env) as stack:
+        logs = logs or service_logs.run_directory()
+        print(f"the services' logs (JSON lines; errors shown here too): {logs}/<service>.log", flush=True)
+        with _running(env, logs) as stack:
             yield stack
 
 
@@ -100,7 +113,7 @@ def with_throwaway_certificates(env: dict[str, str], directory: Path) -> dict[st
 
 
 @contextmanager
-def _running(env: dict[str, str]) -> Iterator[tuple[str, dict[str, subprocess.Popen[str]]]]:
+def _running(env: dict[str, str], logs: Path) -> Iterator[tuple[str, dict[str, subprocess.Popen[str]]]]:
     def tls_dir(name: str) -> Path:
         return Path(env[f"{name.upper()}_TLS_DIR"])
 
@@ -112,14 +125,22 @@ def _running(env: dict[str, str]) -> Iterator[tuple[str, dict[str, subprocess.Po
     env.setdefault("ROUTER_PROVIDERS_ADDR", f"{providers.host}:{providers.port}")
     env.setdefault("EDGE_ROUTER_ADDR", f"{router.host}:{router.port}")
     procs: dict[str, tuple[subprocess.Popen[str], threading.Event]] = {}
+    followed = threading.Event()  # set once the services have exited: their logs are then shown to the end
+    followers: list[threading.Thread] = []
+
+    def start(name: str) -> None:
+        with SIGNALS.held():
+            procs[name] = launch(name, env, logs / f"{name}.log")
+        follower = threading.Thread(target=service_logs.follow, args=(logs / f"{name}.log", followed), daemon=True)
+        follower.start()
+        followers.append(follower)
+
     try:
         for name in ("classifier", "providers", "router"):
-            with SIGNALS.held():
-                procs[name] = launch(name, env)
-        wait_ready(procs, ["classifier", "providers", "router"])
-        with SIGNALS.held():
-            procs["edge"] = launch("edge", env)
-        wait_ready(procs, ["edge"])
+            start(name)
+        wait_ready(procs, ["classifier", "providers", "router"], logs)
+        start("edge")
+        wait_ready(procs, ["edge"], logs)
         yield f"http://{edge.host}:{edge.port}", {name: proc for name, (proc, _) in procs.items()}
     finally:
         for proc, _ in procs.values():
@@ -129,6 +150,9 @@ def _running(env: dict[str, str]) -> Iterator[tuple[str, dict[str, subprocess.Po
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        followed.set()
+        for follower in followers:
+            follower.join()
 
 
 def supervise(procs: dict[str, subprocess.Popen[str]], stop: threading.Event) -> tuple[str, int] | None:
@@ -211,7 +235,8 @@ def main() -> None:
 
 
 def serve(args: argparse.Namespace) -> None:
-    with running_stack() as (base_url, procs):
+    logs = service_logs.run_directory()
+    with running_stack(logs) as (base_url, procs):
         print(f"llm-cost-router is up: OpenAI-compatible API at {base_url}/v1")
         if not args.no_demo:
             run_demo(base_url, load_registry(registry_path()))
@@ -222,7 +247,7 @@ def serve(args: argparse.Namespace) -> None:
             if exited is not None:
                 name, code = exited
                 print(
-                    f"llm-cost-router: {name} exited with code {code} (its log is above); stopping the stack",
+                    f"llm-cost-router: {name} exited with code {code} (its log: {logs / name}.log); stopping the stack",
                     file=sys.stderr,
                     flush=True,
                 )

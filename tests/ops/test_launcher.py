@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from llmrouter.ports import GRPC_BIND_FAILED
 from services.__main__ import supervise
 from tests.conftest import ROOT
 from tests.integration.conftest import free_port
@@ -113,10 +115,28 @@ def certificates_of(printed: list[str]) -> Path:
     return Path(printed[0].split(": ", 1)[1].split("/<service>")[0])
 
 
-def stopped_services(stderr: str) -> set[str]:
-    """The gRPC services whose logs (JSON lines on stderr, the launcher's) say they drained and stopped."""
+def logs_of(printed: list[str]) -> Path:
+    """The run's log directory, as the launcher's second line names it."""
+    return Path(printed[1].split(": ", 1)[1].split("/<service>")[0])
+
+
+def records(text: str) -> list[dict]:
+    """The log records (JSON lines) of a text."""
+    found = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            found.append(record)
+    return found
+
+
+def stopped_services(logs: Path) -> set[str]:
+    """The gRPC services whose logs (JSON lines, each service's file) say they drained and stopped."""
     stopped: set[str] = set()
-    for line in stderr.splitlines():
+    for line in "".join(log.read_text() for log in logs.glob("*.log")).splitlines():
         try:
             record = json.loads(line)
         except ValueError:
@@ -144,6 +164,33 @@ def test_a_dead_service_stops_the_stack_at_once() -> None:
         if launcher.poll() is None:
             launcher.send_signal(signal.SIGTERM)
             launcher.wait(timeout=60)
+
+
+def test_the_services_logs_go_to_their_files_and_only_errors_to_the_terminal() -> None:
+    """The services' JSON lines were printed amid the demo's own output, burying it for a reader following the README;
+    now each service logs to its file, named at start, and what a reader must see (here the providers' port taken: a
+    line that is no log record) is still on the terminal."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = stack_env(PROVIDERS_PORT=str(port))
+        done = subprocess.run(
+            [sys.executable, "-m", "services", "--no-demo"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    assert done.returncode == 1, done.stderr
+    logs = logs_of(done.stdout.splitlines(keepends=True))
+    said = f"providers: cannot listen on 127.0.0.1:{port} ({GRPC_BIND_FAILED}): set PROVIDERS_PORT to a free port"
+    assert said in done.stderr.splitlines()
+    assert done.stderr.strip().splitlines()[-1] == f"providers exited with code 1 (its log: {logs}/providers.log)"
+    assert records(done.stdout) == records(done.stderr) == []  # no service's log record on the terminal
+    assert said in (logs / "providers.log").read_text()
+    assert {r["msg"] for r in records((logs / "classifier.log").read_text())} >= {"stopped"}
 
 
 def stack_processes(edge_port: int) -> list[int]:
@@ -194,7 +241,7 @@ async def test_a_stop_while_starting_stops_the_services_started(stop: signal.Sig
 
 
 @pytest.mark.usefixtures("local_model")
-def test_a_killed_launcher_takes_its_services_with_it(tmp_path: Path) -> None:
+async def test_a_killed_launcher_takes_its_services_with_it(tmp_path: Path) -> None:
     """SIGKILL of the launcher (the OOM killer, `kill -9`) can run none of its clean-up: its services were left running
     on their ports, so the next `make run` could not listen, and their certificates on disk. Now each service drains
     and stops once its launcher is gone (PR_SET_PDEATHSIG), and the next launch deletes the certificate directory the
@@ -206,9 +253,9 @@ def test_a_killed_launcher_takes_its_services_with_it(tmp_path: Path) -> None:
         certificates, services = certificates_of(printed), children(launcher.pid)
         assert set(services) == {"classifier", "providers", "router", "edge"}
         launcher.kill()
-        _, stderr = launcher.communicate(timeout=60)  # its stderr, the services' too, ends once they all have exited
-        assert not [name for name, pid in services.items() if alive(pid)]
-        assert stopped_services(stderr) == {"classifier", "providers", "router"}  # drained, not killed
+        launcher.wait(timeout=60)
+        await eventually(lambda: not [pid for pid in services.values() if alive(pid)], "the services exited", 60)
+        assert stopped_services(logs_of(printed)) == {"classifier", "providers", "router"}  # drained, not killed
         assert certificates.is_dir()  # nothing could delete them
         relaunched, printed_again = start_stack(env)
         assert certificates_of(printed_again).is_dir()
@@ -234,7 +281,7 @@ def test_a_closed_terminal_stops_the_stack_as_sigterm_does() -> None:
         _, stderr = launcher.communicate(timeout=60)
         assert launcher.returncode == 0, stderr[-2000:]
         assert not [name for name, pid in services.items() if alive(pid)]
-        assert stopped_services(stderr) == {"classifier", "providers", "router"}
+        assert stopped_services(logs_of(printed)) == {"classifier", "providers", "router"}
         assert not certificates.exists()
     finally:
         if launcher.poll() is None:
