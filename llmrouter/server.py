@@ -45,6 +45,13 @@ SERVER_OPTIONS = [
     # gRPC's default, named: each service's max_inflight_calls refuses calls with a reason before this queue fills.
     ("grpc.server.max_pending_requests", GRPC_PENDING_CALLS),
 ]
+# How long before a drain's grace ends a service's own cut (RunningServer.cut) ends the calls still running, before
+# gRPC cancels them with no details: the time their charges take to land and their statuses to go (half a short grace).
+CUT_MARGIN_S = 1.0
+
+
+def cut_at(grace: float) -> float:
+    return max(grace - CUT_MARGIN_S, grace / 2)
 
 
 @dataclass
@@ -56,6 +63,8 @@ class RunningServer:
     closers: list[Closer] = field(default_factory=list)
     health_server: grpc.aio.Server | None = None  # plaintext, health checking only (for probes)
     stopping: bool = False
+    # Ends the calls still running as the grace nears its end, each with a status of the service's (cut_at).
+    cut: Callable[[], None] | None = None
 
     async def set_serving(self, serving: bool) -> None:
         """Report the services (un)able to serve, e.g. while a store they need is unreachable; once stopping,
@@ -68,13 +77,19 @@ class RunningServer:
             await self.health.set(name, status)
 
     async def stop(self, grace: float | None = None) -> None:
-        """Stop taking calls (health NOT_SERVING), drain in-flight ones for `grace` seconds, then run the closers in
-        the order given: what uses the others first (the router's servicer lets its charges land before the money
-        store, and its generations end before the providers channel, closes)."""
+        """Stop taking calls (health NOT_SERVING), drain in-flight ones for `grace` seconds (those still running near
+        its end cut by `cut`, when set), then run the closers in the order given: what uses the others first (the
+        router's servicer lets its charges land before the money store, and its generations end before the providers
+        channel, closes)."""
         self.stopping = True
         for name in [*self.services, ""]:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        await self.server.stop(grace)
+        stopped = asyncio.ensure_future(self.server.stop(grace))
+        if self.cut is not None and grace:
+            drained, _ = await asyncio.wait({stopped}, timeout=cut_at(grace))
+            if not drained:
+                self.cut()
+        await stopped
         if self.health_server is not None:
             await self.health_server.stop(None)
         for close in self.closers:

@@ -141,12 +141,14 @@ def whole_seconds(text: str) -> str:
 
 
 def api_error(err: grpc.RpcError, request_id: str, charging: bool = False) -> ApiError:
-    """charging: the call admits and charges (a completion). The router dropping one mid-call (it died, or drained past
-    its grace) may have admitted it, and its hold is then charged by the reconciler; one that has not answered by the
-    edge's deadline (EDGE_REQUEST_TIMEOUT_S) serves an admitted completion to its end all the same, and charges it.
-    Either way a retry would be charged again."""
+    """charging: the call admits and charges (a completion). The router dropping one mid-call (it died) may have
+    admitted it, and its hold is then charged by the reconciler; one that has not answered by the edge's deadline
+    (EDGE_REQUEST_TIMEOUT_S) serves an admitted completion to its end all the same, and charges it; one it cut as its
+    drain's grace ended says its charge is pending (cost_pending: services/router/shutdown_cut.py). Each way a retry
+    would be charged again."""
     error = ServiceError.from_rpc_error(err)
-    in_doubt = charging and (error.cut_mid_call or error.past_deadline)
+    told_pending = error.metadata.get("cost_pending") == "true"
+    in_doubt = charging and (error.cut_mid_call or error.past_deadline or told_pending)
     status = HTTP_STATUS.get(error.code, 502)
     if error.reason == "UPSTREAM_ERROR" and error.metadata.get("upstream_status") not in ("400", "422"):
         status = 502  # a provider refusing our key or payload is the gateway's failure, not the caller's

@@ -101,6 +101,7 @@ async def build(
 
         upkeep.start(report)
         registry.start()
+        server.cut = servicer.admitted.cut
 
     # In this order (the server's stop runs them so): the servicer's charges land while the heartbeat still says
     # this router lives (no reconciler takes them for a dead one's), then the upkeep's last replay of the outbox takes

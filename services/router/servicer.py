@@ -25,6 +25,7 @@ from services.router.score_cache import ScoreCache
 from services.router.serving import Serving, StreamState, could_escalate
 from services.router.sessions import Sessions, stick
 from services.router.settings import RouterSettings
+from services.router.shutdown_cut import AdmittedCalls, cut_error
 from services.router.store import Store
 from services.router.targets import Targets
 from services.router.unclassified import Unclassified
@@ -82,6 +83,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             settings.provider_batch_hold_s,
             KeptAnswers(settings.batch_answer_kept_s, settings.batch_answer_kept_bytes),
         )
+        self.admitted = AdmittedCalls()
 
     async def ListModels(self, request: common_pb2.ListModelsRequest, context: Any) -> common_pb2.ListModelsResponse:
         models = await self.available.get(context.time_remaining())
@@ -94,25 +96,44 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     async def Complete(self, request: router_pb2.CompleteRequest, context: Any) -> router_pb2.CompleteResponse:
         routed = await self._route(request, context)
         # Shielded: a caller that leaves does not stop the generation it caused, which is charged when done.
-        return await _awaited_by_caller(routed, self.charger.run_to_end(self._complete_and_settle(routed, context)))
+        work = self.charger.run_to_end(self._complete_and_settle(routed, context))
+        with self.admitted.tracked():
+            try:
+                return await _awaited_by_caller(routed, work)
+            except asyncio.CancelledError:
+                if self.admitted.was_cut():
+                    raise cut_error(routed.request_id, None) from None
+                raise
 
     async def CompleteStream(
         self, request: router_pb2.CompleteRequest, context: Any
     ) -> AsyncIterator[router_pb2.CompleteChunk]:
         routed = await self._route(request, context)
-        if request.buffer_stream:
-            async for chunk in self._buffered_stream(routed, context):
-                yield chunk
-            return
-        try:
-            async with aclosing(self._complete_stream(routed, context)) as chunks:
-                async for chunk in chunks:
-                    yield chunk
-        except ServiceError as failed:
-            await self._settle_failed(routed, failed)
-            raise
-        finally:
-            await self.charger.settle_unsettled(routed, routed.plan.order[0].model)
+        with self.admitted.tracked():
+            if request.buffer_stream:
+                try:
+                    async for chunk in self._buffered_stream(routed, context):
+                        yield chunk
+                except asyncio.CancelledError:
+                    if self.admitted.was_cut():
+                        raise cut_error(routed.request_id, None) from None
+                    raise
+                return
+            try:
+                async with aclosing(self._complete_stream(routed, context)) as chunks:
+                    async for chunk in chunks:
+                        yield chunk
+            except ServiceError as failed:
+                await self._settle_failed(routed, failed)
+                raise
+            except asyncio.CancelledError:
+                if not self.admitted.was_cut():
+                    raise
+                # Charged as a caller leaving is (_complete_stream): what it delivered, or its worst case before it.
+                await self.charger.settle_unsettled(routed, routed.plan.order[0].model)
+                raise cut_error(routed.request_id, format(routed.charged, "f")) from None
+            finally:
+                await self.charger.settle_unsettled(routed, routed.plan.order[0].model)
 
     async def SubmitBatch(self, request: router_pb2.SubmitLinesRequest, context: Any) -> router_pb2.SubmitLinesResponse:
         # Run to its end whatever the caller does: lines admitted and not sent would hold their budget a day.

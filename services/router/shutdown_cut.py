@@ -1,0 +1,68 @@
+"""The completions a draining router is still serving when its grace period ends. gRPC then cancels every call
+("Cancelling all calls": UNAVAILABLE, no error details), and its caller learnt nothing of the money: yet the router had
+charged a stream what it delivered (outcome cancelled) and ran a unary call's generation to its end, charging it whole.
+So the router ends them itself a moment before (llmrouter/server.py, cut_at), as a caller leaving ends them (a stream
+charged what it delivered, or its worst case before its first token; a unary call's generation left to finish and be
+charged), and tells each caller so: UNAVAILABLE with ErrorInfo SHUTTING_DOWN, `retryable` false (a retry is another
+request, charged again), and `charged_usd` (a stream's charge, settled) or `cost_pending` (a unary call's, still to
+come: the ledger says what it was). A call being routed, not yet admitted, is left to gRPC's cancellation: it costs
+nothing."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import grpc
+
+from llmrouter.errors import ServiceError
+
+SHUTTING_DOWN = "SHUTTING_DOWN"
+
+
+class AdmittedCalls:
+    """The tasks serving admitted completions, to cut at the grace's end."""
+
+    def __init__(self) -> None:
+        self._running: set[asyncio.Task] = set()
+        self._cut: set[asyncio.Task] = set()
+
+    @contextmanager
+    def tracked(self) -> Iterator[None]:
+        task = asyncio.current_task()
+        assert task is not None
+        self._running.add(task)
+        try:
+            yield
+        finally:
+            self._running.discard(task)
+            self._cut.discard(task)
+
+    def cut(self) -> None:
+        for task in self._running - self._cut:
+            self._cut.add(task)
+            task.cancel()
+
+    def was_cut(self) -> bool:
+        """Whether the current task's cancellation is the cut's (then taken back: the call goes on to its status)."""
+        task = asyncio.current_task()
+        if task not in self._cut:
+            return False
+        assert task is not None
+        task.uncancel()
+        return True
+
+
+def cut_error(request_id: str, charged_usd: str | None) -> ServiceError:
+    """`charged_usd`: what a cut stream was charged; None for a unary call, whose charge is still to come."""
+    if charged_usd is None:
+        message = (
+            "the router shut down before this request was answered; its answer is still generated and charged when "
+            f"done (request id {request_id}): the ledger says what it cost"
+        )
+        told = {"cost_pending": "true"}
+    else:
+        message = f"the router shut down before this answer was finished: it was charged {charged_usd} USD"
+        told = {"charged_usd": charged_usd}
+    return ServiceError(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN, message, {**told, "retryable": "false"})

@@ -1,0 +1,27 @@
+"""A completion the router cut as its drain's grace ended (services/router/shutdown_cut.py) reaches a REST caller as a
+503 that is not retried, saying what the router said of the money: the charge still pending (a unary call's answer
+generated on, charged when done), or what a cut stream was charged. As the router's bare UNAVAILABLE was before, which
+the edge took for a call dropped mid-way (its charge pending): told with details, it was an answer free to retry."""
+
+from __future__ import annotations
+
+from grpc.aio import AioRpcError, Metadata
+
+from llmrouter.errors import ServiceError
+from services.edge.app import api_error
+from services.router.shutdown_cut import cut_error
+
+
+def as_received(error: ServiceError) -> AioRpcError:
+    return AioRpcError(error.code, Metadata(), Metadata(*error.trailing_metadata()), error.message)
+
+
+def test_a_unary_call_cut_is_a_503_whose_charge_is_pending() -> None:
+    answer = api_error(as_received(cut_error("r1", None)), "r1", charging=True)
+    assert (answer.status, answer.retryable, answer.cost_pending, answer.charged_usd) == (503, False, True, "")
+    assert answer.body()["x_router"] == {"cost_pending": True}
+
+
+def test_a_stream_cut_is_a_503_saying_what_it_was_charged() -> None:
+    answer = api_error(as_received(cut_error("r2", "0.000123")), "r2", charging=True)
+    assert (answer.status, answer.retryable, answer.cost_pending, answer.charged_usd) == (503, False, False, "0.000123")

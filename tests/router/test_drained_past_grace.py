@@ -1,0 +1,140 @@
+"""A completion a draining router (SIGTERM) is still serving as its grace period ends. gRPC cancelled every call then
+("Cancelling all calls": UNAVAILABLE without details), while the router charged a stream what it delivered and ran a
+unary call's generation to its end, charging it whole: its caller, told nothing of either, could only guess whether a
+retry would be charged again. Now the router ends such calls itself just before: UNAVAILABLE with ErrorInfo
+SHUTTING_DOWN, retryable false, and what the stream was charged (charged_usd), or the unary call's charge still to come
+(cost_pending); charged once, as the ledger says. A real router (router.build) on loopback over real Redis, its
+providers a gRPC server of the test's whose generations hold until released."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import redis.asyncio as redis
+
+from llmrouter.errors import ServiceError
+from llmrouter.redis_url import RedisUrl
+from llmrouter.server import RunningServer, start_server
+from llmrouter.v1 import common_pb2, provider_pb2, router_pb2, router_pb2_grpc
+from services import router
+from services.router.settings import RouterSettings
+from tests.conftest import ledger_records
+from tests.router.servicer_kit import registry_file, serve_providers
+from tests.router.test_admission import REGISTRY
+from tests.router.test_duplicate_across_keys import Answering
+from tests.waiting import eventually
+
+GRACE_S = 2.0
+
+
+class Held(Answering):
+    """Each generation reaches its upstream, then holds (a stream after its first delta) until `release`."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.reached = 0
+
+    async def Generate(self, request: Any, context: Any) -> provider_pb2.GenerateResponse:
+        self.reached += 1
+        await self.release.wait()
+        return await super().Generate(request, context)
+
+    async def GenerateStreamOnCue(self, requests: Any, context: Any) -> AsyncIterator[provider_pb2.GenerateChunk]:
+        messages = aiter(requests)
+        await anext(messages)  # the request
+        yield provider_pb2.GenerateChunk(ready_to_send=True)
+        await anext(messages)  # the word to send it
+        self.reached += 1
+        yield provider_pb2.GenerateChunk(delta="the first words of a long answer")
+        await self.release.wait()
+        raise AssertionError("a stream cut by the shutdown is not read on")
+
+
+@asynccontextmanager
+async def draining_router(tmp_path: Path, redis_url: str, provider: Held) -> AsyncIterator[RunningServer]:
+    providers, providers_port = await serve_providers(provider, None)
+    settings = RouterSettings(
+        port=0,
+        registry_path=registry_file(tmp_path, REGISTRY),
+        classifier_addr="127.0.0.1:1",
+        providers_addr=f"127.0.0.1:{providers_port}",
+        redis_url=RedisUrl(redis_url),
+        data_dir=tmp_path / "data",
+        ledger_sql_path=tmp_path / "ledger.sqlite3",
+        verifier=False,
+        auth="none",
+    )
+    running = await start_server("router", settings, *await router.build(settings))
+    try:
+        yield running
+    finally:
+        provider.release.set()
+        await running.stop(0)  # stopped already by the test: a no-op then
+        await providers.stop(0)
+
+
+def ask() -> router_pb2.CompleteRequest:
+    message = common_pb2.ChatMessage(role="user", content="Write a long essay")
+    return router_pb2.CompleteRequest(
+        messages=[message], model="cheap", tenant="acme", request_id=uuid.uuid4().hex, max_tokens=64
+    )
+
+
+async def charges_of(redis_url: str, request_id: str) -> list[dict]:
+    db: Any = redis.from_url(redis_url)
+    try:
+        return [r for r in await ledger_records(db) if r["request_id"] == request_id]
+    finally:
+        await db.aclose()
+
+
+async def test_a_stream_cut_by_the_drain_tells_its_caller_what_it_was_charged(tmp_path: Path, redis_url: str) -> None:
+    provider, request = Held(), ask()
+    async with (
+        draining_router(tmp_path, redis_url, provider) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        chunks = router_pb2_grpc.RouterStub(channel).CompleteStream(request, timeout=30)
+        assert (await chunks.read()).HasField("decision")
+        assert (await chunks.read()).delta == "the first words of a long answer"
+        stopping = asyncio.create_task(running.stop(GRACE_S))
+        with pytest.raises(grpc.aio.AioRpcError) as cut:
+            await chunks.read()
+        await stopping
+    told = ServiceError.from_rpc_error(cut.value)
+    assert (told.code, told.reason) == (grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN")
+    assert told.metadata["retryable"] == "false" and "cost_pending" not in told.metadata
+    (charge,) = await charges_of(redis_url, request.request_id)
+    assert charge["outcome"] == "cancelled"
+    assert Decimal(told.metadata["charged_usd"]) == Decimal(charge["cost_usd"]) > 0  # what was delivered, once
+
+
+async def test_a_unary_call_cut_by_the_drain_is_told_its_charge_is_pending(tmp_path: Path, redis_url: str) -> None:
+    provider, request = Held(), ask()
+    async with (
+        draining_router(tmp_path, redis_url, provider) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        call = router_pb2_grpc.RouterStub(channel).Complete(request, timeout=30)
+        await eventually(lambda: provider.reached == 1, "the generation reached its upstream")
+        stopping = asyncio.create_task(running.stop(GRACE_S))
+        with pytest.raises(grpc.aio.AioRpcError) as cut:
+            await call
+        assert await charges_of(redis_url, request.request_id) == []  # still generating
+        provider.release.set()  # the generation ends as the router drains: charged then
+        await stopping
+    told = ServiceError.from_rpc_error(cut.value)
+    assert (told.code, told.reason) == (grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN")
+    assert told.metadata == {"cost_pending": "true", "retryable": "false"}
+    assert request.request_id in told.message
+    (charge,) = await charges_of(redis_url, request.request_id)  # once
+    # The whole answer: 12 tokens in at $0.50 per million, 34 out at $1.50.
+    assert (charge["outcome"], charge["output_tokens"], charge["cost_usd"]) == ("ok", 34, "0.000057")
