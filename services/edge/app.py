@@ -106,6 +106,7 @@ OPENAI_CODES = {
     "UPSTREAM_RATE_LIMITED": "rate_limit_exceeded",
     "MODEL_NOT_FOUND": "model_not_found",
     "CONTEXT_LENGTH_EXCEEDED": "context_length_exceeded",
+    "SHUTTING_DOWN": "server_shutting_down",  # the router's drain cut it, as the edge's own shutdown names its cut
 }
 
 

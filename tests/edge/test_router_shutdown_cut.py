@@ -20,6 +20,7 @@ def test_a_unary_call_cut_is_a_503_whose_charge_is_pending() -> None:
     answer = api_error(as_received(cut_error("r1", None)), "r1", charging=True)
     assert (answer.status, answer.retryable, answer.cost_pending, answer.charged_usd) == (503, False, True, "")
     assert answer.body()["x_router"] == {"cost_pending": True}
+    assert answer.code == "server_shutting_down"  # as the edge's own shutdown names a call it cut
 
 
 def test_a_stream_cut_is_a_503_saying_what_it_was_charged() -> None:
