@@ -24,6 +24,13 @@ class Cluster(RedisCluster):
             await self.initialize()
         return await super().execute_command(*args, **kwargs)
 
+    def node_unanswered(self, node: ClusterNode) -> None:
+        """A node that did not answer within a caller's own time limit, which cancels the call: redis-py takes only a
+        connection error or its own socket timeout for a node failing, and learns the layout again after those alone.
+        Asked for so, the next command learns it (once due), as after a connection error: a failover's promoted
+        replica is found even where the old master's address takes connections, or packets, and never answers."""
+        self._request_refresh(last_failed_node_name=node.name)
+
 
 def is_cluster(url: str | SecretStr) -> bool:
     return revealed(url).split("://", 1)[0].lower() in CLUSTER_SCHEMES

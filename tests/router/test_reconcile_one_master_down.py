@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from redis.crc import key_slot
 
 from services.router.store import (
     Account,
@@ -176,3 +177,70 @@ async def test_a_master_out_of_reach_is_asked_once_a_round(
         await eventually(settled(store, Account(tenant, "k"), HOLD_PICO), "a round settling the shard once it is back")
     for tenant in tenants.values():  # each charged once
         assert await store.spent(Account(tenant, "k"), DAY) == (HOLD_PICO, HOLD_PICO)
+
+
+@pytest.fixture
+def replicated(tmp_path: Path) -> Iterator[RedisCluster]:
+    cluster = RedisCluster(tmp_path / "cluster", full_coverage=False, replicas=1).start()
+    yield cluster
+    cluster.stop()
+
+
+def served_by(cluster: RedisCluster, slot: int) -> int:
+    """The port of the master serving `slot`, as the first master tells it."""
+    for first, last, (_, port, *_), *_ in cluster._command(cluster.nodes[0], "CLUSTER", "SLOTS"):
+        if first <= slot <= last:
+            return int(port)
+    return 0
+
+
+async def test_a_master_failed_over_behind_a_silent_address_is_found_again(replicated: RedisCluster) -> None:
+    """A failover (the master's host cut off, its replica promoted) leaves the reconciler's map of the cluster naming
+    the old master, whose address takes connections but never answers. The round's PING to it was timed out by the
+    round itself, which the cluster client never took for the node failing: it never learnt the layout again, and the
+    round passed over that master's shards every time, their dead routers' holds never settled (the outbox's replay
+    kept their charges so too), as long as no other call met that address. Each PING unanswered now asks the client
+    to learn the layout again, and a later round finds the promoted replica."""
+    cluster = replicated
+    masters = len(cluster.nodes)
+    down = Account(tenant_on(DOWN, masters), "k")
+    first = f"redis+cluster://127.0.0.1:{cluster.nodes[0].port}"  # never the old master's address
+    store = RedisStore(first)
+    reconciler = RedisStore(first, master_answers_s=0.2)
+    try:
+        await left_by_a_dead_router(store, down)
+        for script in (lua.COUNT_ONCE, lua.ACK_TAKE, lua.CHARGE, lua.LEASE, lua.HELD):  # a router running a while
+            await store.redis.script_load(script)
+        # Its map names the master about to go, and it holds no connection to it that its shutdown would close: as
+        # one held to a host cut off, which hangs.
+        await reconciler.redis.initialize()
+        old, replica = cluster.nodes[DOWN], cluster.replicas[DOWN]
+        slot = key_slot(AccountKeys.of(down).pending.encode())
+        assert served_by(cluster, slot) == old.port
+        offset = old.info("replication")["master_repl_offset"]
+        await eventually(lambda: replica.info("replication")["slave_repl_offset"] >= offset, "the replica in sync")
+        old.shut_down()
+        cluster._command(replica, "CLUSTER", "FAILOVER", "TAKEOVER")
+        await eventually(lambda: served_by(cluster, slot) == replica.port, "the replica promoted, the cluster told")
+        released = asyncio.Event()
+
+        async def silent(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await released.wait()
+            writer.close()
+
+        listener = await asyncio.start_server(silent, "127.0.0.1", old.port)
+        try:
+
+            async def a_round_settled() -> bool:  # the reconciler asked nothing else, as between requests
+                await reconciler.reconcile("alive", LEASE_S, 0.0)
+                return await store.held_pico(down) == (0, 0)
+
+            await eventually(a_round_settled, "a round settling the failed-over master's shard")
+        finally:
+            released.set()
+            listener.close()
+            await listener.wait_closed()
+        assert await store.spent(down, DAY) == (HOLD_PICO, HOLD_PICO)
+    finally:
+        await reconciler.close()
+        await store.close()

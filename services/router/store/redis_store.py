@@ -1160,11 +1160,14 @@ class RedisStore:
 
     async def _answers(self, node: Any) -> bool:
         """Whether a master answers a PING in time: asked once, its node named, which the cluster client never
-        retries."""
+        retries. One that does not makes the client learn the cluster's layout again before a later call: the PING
+        timed out here is no failure to the client, and a master failed over from behind an address that never
+        answers (a host cut off) stayed in its map, its shards passed over every round, for good."""
         try:
             async with self._calls, asyncio.timeout(self.master_answers_s):
                 await self.redis.execute_command("PING", target_nodes=node)
         except TimeoutError:
+            self.redis.node_unanswered(node)
             return False
         except Exception as exc:
             if store_failure(exc) is None:
