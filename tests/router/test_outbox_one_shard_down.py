@@ -136,6 +136,34 @@ async def test_one_shard_down_holds_up_only_its_own_outbox_entries(
         assert await store.spent(Account(tenant, "key"), DAY) == (PICO, PICO)
 
 
+async def test_a_cluster_never_reached_is_asked_for_no_entry(
+    cluster: RedisCluster, store: Tried, tmp_path: Path
+) -> None:
+    """A router that has not reached the cluster since it started, and cannot (every master down): the replay's look at
+    the masters (Store.shards_away) fails as the client cannot learn the layout, and every shard is taken for away,
+    its entries kept in place without a call; each shard's first entry was asked for otherwise, a wait out of the
+    client's retries apiece with the file locked."""
+    masters = len(cluster.nodes)
+    tenants = [tenant_on(master, masters) for master in range(masters)]
+    outbox = Outbox(tmp_path / "data", poison_replays=1)
+    order = [await queued(store, outbox, tenant) for tenant in tenants]
+    await store.redis.script_load(lua.CHARGE)
+    cluster.stop()
+    started = Tried(cluster.url)
+    try:
+        assert await outbox.replay(started) == 0
+        assert started.tenants == []
+        waiting = [entry.record["request_id"] for entry in outbox.waiting()]  # type: ignore[union-attr]
+        assert waiting == order and outbox.dead_letters() == []
+        cluster.restart()
+        assert await outbox.replay(started) == masters
+        assert len(outbox) == 0
+    finally:
+        await started.close()
+    for tenant in tenants:
+        assert await store.spent(Account(tenant, "key"), DAY) == (PICO, PICO)
+
+
 async def test_on_one_server_the_first_failure_ends_the_replay(tmp_path: Path) -> None:
     """One server holds every shard: its failure is every entry's, so the replay stops at the first, rather than wait
     out a timeout per shard with the file locked."""
