@@ -198,17 +198,17 @@ class Runner:
         """Start the batches that may run, as places allow; returns when to look again (a parked batch's time)."""
         active = list(await self.store.active())
         random.shuffle(active)  # past max_running, the same few do not always go first
-        names = ["parked_until", "status", "tenant", "key_id", "created_at", "expires_at", "failures", OFFER_IN_DOUBT]
+        names = ["status", "tenant", "key_id", "created_at", "expires_at", "failures", OFFER_IN_DOUBT]
         states = await self.store.fields([batch_key(b) for b in active], names)
+        parked = await self.store.parked_s(active)
         wake_s = LEASE_S / 2
-        for batch_id, state in zip(active, states, strict=True):
+        for batch_id, state, parked_s in zip(active, states, parked, strict=True):
             if self.stopping:
                 break
             if batch_id in self.runs or not self._may_run(state):
                 continue
             # A parked batch waits for its time, unless cancelled: its run then ends it at once (unless it fails, or
             # must first ask the router, out of reach then, what became of the lines of an offer whose reply was lost).
-            parked_s = float(state.get("parked_until", b"0")) - time.time()
             waits = "failures" in state or OFFER_IN_DOUBT in state
             if parked_s > 0 and (state.get("status") != b"cancelling" or waits):
                 wake_s = min(wake_s, parked_s)
@@ -399,8 +399,9 @@ class Runner:
                     # A cancelled run waits out its park here: resumed elsewhere, a cancelled batch runs again at once.
                     if wait_s >= PARK_LEAVE_S and pending.parked() and not pending.in_flight and not cancelled:
                         # Its place and input file go to other batches; any edge resumes it at its time (_adopt).
-                        until = time.time() + wait_s  # or its window's end, when it ends sooner: it expires then
-                        await self._park(batch_id, until if time.time() >= expires_at else min(until, expires_at))
+                        # Or until its window's end, when it ends sooner: it expires then.
+                        left_s = expires_at - time.time()
+                        await self._park(batch_id, wait_s if left_s <= 0 else min(wait_s, left_s))
                         return
                     if wait_s > 0:  # parked, holding no slot; or only lines in flight are left
                         await pending.changed(min(wait_s, STOP_CHECK_S))
@@ -499,9 +500,9 @@ class Runner:
             log.warning("batch parked: the router is overloaded", extra={"id": batch_id, "until": until})
         self._ended_here.add(batch_id)  # the adoption wakes at `until`; its place goes to a waiting batch
 
-    async def _park(self, batch_id: str, until: float) -> None:
-        await self.store.put(batch_key(batch_id), {"parked_until": repr(until)})
-        self._ended_here.add(batch_id)  # a batch waiting for a place starts now; the adoption wakes at `until`
+    async def _park(self, batch_id: str, wait_s: float) -> None:
+        await self.store.park(batch_id, wait_s)
+        self._ended_here.add(batch_id)  # a batch waiting for a place starts now; the adoption wakes at its time
 
     async def _renew(self, batch_id: str) -> None:
         """Keeps the lease while the batch runs; returns when it is lost (the run then stops taking lines)."""

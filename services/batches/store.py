@@ -3,10 +3,10 @@ restarted edge resumes from), or in process without it (a restart loses them). P
 of another tenant is not found.
 
 Keys (prefix llmrouter:batch:): `file:<id>` a hash (tenant, filename, purpose, created_at, bytes, content);
-`batch:<id>` a hash (the batch's fields, counters included, `parked_until`: the epoch time before which no edge runs
-it again, `failures`: its runs that failed in a row, and `unreached`: its runs in a row that found the router out of
-reach, runner.py); `batch:<id>:results` a hash from line index to
-its result line, written once (the line counts once however often it is retried); `batch:<id>:deferred` a hash from
+`batch:<id>` a hash (the batch's fields, counters included, `parked_until`: the epoch time, by Redis's clock,
+before which no edge runs it again, `failures`: its runs that failed in a row, and `unreached`: its runs in a row
+that found the router out of reach, runner.py); `batch:<id>:results` a hash from line index to its result line,
+written once (the line counts once however often it is retried); `batch:<id>:deferred` a hash from
 line index to the provider batch it was sent in (deferral.py); `active` the set of batches still to run;
 `lease:<id>` which edge runs a batch now (one at a time, or two would send each line twice); `file:<id>:readers` a
 hash of the batches created on an input file (a deleted file's content stays while one of them runs);
@@ -148,6 +148,14 @@ class Store(Protocol):
         if any, ended by then) parks it until now: run again at once, it ends `expired` (sending no new line) unless
         it fails again, backed off then. When it is parked until; None when the batch is gone (nothing written)."""
 
+    async def park(self, batch_id: str, wait_s: float) -> None:
+        """The batch parked for wait_s from now by Redis's clock, as back_off parks it (never recreated when gone)."""
+
+    async def parked_s(self, batch_ids: list[str]) -> list[float]:
+        """How long each batch is still parked (0 when it is not), by the clock its park was written in: Redis's, of
+        the node holding its hash. An edge's own clock, ahead, ran a parked batch at once (a failing one with no
+        back-off at all), and behind, left it parked that much longer."""
+
     async def advance(
         self, batch_id: str, statuses: tuple[str, ...], status: str, at: str, also: dict[str, str] | None = None
     ) -> bool:
@@ -286,6 +294,25 @@ end
 parked = string.format('%.6f', parked)
 redis.call('HSET', KEYS[1], 'parked_until', parked)
 return parked
+"""
+
+# KEYS: a batch's hash. ARGV: for how long (s). Parked until then by Redis's clock, as BACK_OFF; never recreated.
+PARK = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+redis.call('HSET', KEYS[1], 'parked_until', string.format('%.6f', now + tonumber(ARGV[1])))
+return 1
+"""
+
+# KEYS: a batch's hash. How long it is still parked by this node's clock, the one its park was written in (s, as text);
+# false when it is not.
+PARKED_S = """
+local parked = tonumber(redis.call('HGET', KEYS[1], 'parked_until') or '0')
+local clock = redis.call('TIME')
+local left = parked - (tonumber(clock[1]) + tonumber(clock[2]) / 1000000)
+if left > 0 then return string.format('%.6f', left) end
+return false
 """
 
 # KEYS: a batch's hash. ARGV: its new status, when, how many statuses it may move from, those, then the fields written
@@ -536,6 +563,16 @@ class RedisStore:
         until = await self.redis.eval(BACK_OFF, 1, batch_key(batch_id), *args)
         return None if until is None else float(until)
 
+    async def park(self, batch_id: str, wait_s: float) -> None:
+        await self.redis.eval(PARK, 1, batch_key(batch_id), repr(wait_s))
+
+    async def parked_s(self, batch_ids: list[str]) -> list[float]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for batch_id in batch_ids:
+                pipe.eval(PARKED_S, 1, batch_key(batch_id))
+            replies = await pipe.execute()
+        return [0.0 if left is None else float(left) for left in replies]
+
     async def advance(
         self, batch_id: str, statuses: tuple[str, ...], status: str, at: str, also: dict[str, str] | None = None
     ) -> bool:
@@ -743,6 +780,14 @@ class MemoryStore:
                 until = at
         await self.put(batch_key(batch_id), {"parked_until": repr(until)})
         return until
+
+    async def park(self, batch_id: str, wait_s: float) -> None:
+        if await self.get(batch_key(batch_id)):  # read and written with no await between them that yields: one step
+            await self.put(batch_key(batch_id), {"parked_until": repr(time.time() + wait_s)})
+
+    async def parked_s(self, batch_ids: list[str]) -> list[float]:
+        parked = await self.fields([batch_key(b) for b in batch_ids], ["parked_until"])
+        return [max(0.0, float(p.get("parked_until", b"0")) - time.time()) for p in parked]
 
     async def advance(
         self, batch_id: str, statuses: tuple[str, ...], status: str, at: str, also: dict[str, str] | None = None

@@ -9,9 +9,12 @@ from __future__ import annotations
 import time
 import uuid
 
+import grpc
 import pytest
 
+from llmrouter.v1 import router_pb2_grpc
 from services.batches import store as store_module
+from services.batches.runner import Runner
 from services.batches.store import RedisStore, batch_key
 
 SKEW_S = 2 * store_module.TOMBSTONE_S
@@ -57,3 +60,53 @@ async def test_an_edge_with_a_skewed_clock_parks_a_batch_for_its_back_off(
         assert until is not None and before + 30 - 1e-5 <= until <= real() + 30
     finally:
         await skewed.close()
+
+
+def _runner(store: RedisStore, channel: grpc.aio.Channel) -> Runner:
+    return Runner(
+        store,
+        router_pb2_grpc.RouterStub(channel),
+        error_for=lambda error, request_id: None,  # type: ignore[arg-type,return-value]
+        serves=lambda tenant, key_id: True,
+        concurrency=1,
+        timeout_s=5,
+        retention_s=60,
+    )
+
+
+@pytest.mark.parametrize("skew_s", [-SKEW_S, SKEW_S], ids=["behind", "ahead"])
+@pytest.mark.parametrize("parks", ["back_off", "park"])
+async def test_an_edge_with_a_skewed_clock_waits_out_a_batch_s_park(
+    any_redis_url: str, skew_s: float, parks: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch parked for 10 s (its run failed: back_off; or its lines wait for the router: park) by an edge whose
+    clock is off: every edge's adoption, this one's too, leaves it parked for those 10 s and wakes then. Its time
+    judged by the edge's clock, an edge ahead ran it again at once (a failing batch not backed off at all), one
+    behind left it that much longer."""
+    store = RedisStore(any_redis_url)
+    channel = grpc.aio.insecure_channel("127.0.0.1:1")  # never called: the batch is not run
+    runner = _runner(store, channel)
+    batch_id = f"b-{uuid.uuid4().hex}"
+    try:
+        fields: dict[str, str | bytes] = {"status": "in_progress", "tenant": "t1", "key_id": "k"}
+        fields |= {"input_file_id": "file-x", "created_at": str(int(time.time()))}
+        fields["expires_at"] = str(int(time.time()) + 86_400)
+        await store.put(batch_key(batch_id), fields)
+        await store.activate(batch_id, True)
+        real = time.time
+        monkeypatch.setattr(store_module.time, "time", lambda: real() + skew_s)
+        if parks == "back_off":
+            await store.back_off(batch_id, 10, 200)
+        else:
+            await runner._park(batch_id, 10)
+        wake_s = await runner._adopt()
+        assert batch_id not in runner.runs, "a parked batch was run before its time"
+        assert 5 < wake_s <= 10  # not its next pass (LEASE_S / 2)
+    finally:
+        monkeypatch.undo()
+        runner.stop()
+        await runner.close()
+        await store.delete([batch_key(batch_id)])
+        await store.activate(batch_id, False)
+        await channel.close()
+        await store.close()
