@@ -17,8 +17,9 @@ import pytest
 from llmrouter.v1 import router_pb2_grpc
 from services.batches import idempotent
 from services.batches.api import BatchApi
+from services.batches.quota import counted_bytes
 from services.batches.runner import Runner, file_fields
-from services.batches.store import Store, batch_key, file_key, now, results_key
+from services.batches.store import COUNTING_S, Store, batch_key, file_key, now, results_key
 from services.edge.openai_api import ApiError
 
 CONTENT = b'{"custom_id": "a"}\n'
@@ -83,7 +84,9 @@ async def test_an_upload_stalled_past_its_lapse_is_undone_and_retryable(
 
 
 @pytest.mark.parametrize(
-    ("step", "after"), [("count_file", True), ("keep_counted", False)], ids=["after-counting", "before-keeping"]
+    ("step", "after"),
+    [("count_file", True), ("keep_counted", False), ("complete", False)],
+    ids=["after-counting", "before-keeping", "kept-before-completing"],
 )
 async def test_an_upload_stalled_and_taken_over_by_its_retry_stores_nothing(
     store: Store, step: str, after: bool
@@ -111,6 +114,34 @@ async def test_an_upload_stalled_and_taken_over_by_its_retry_stores_nothing(
     assert await store.counted_files("t1") == [retry_id]
     assert not await store.uncount_file("t1", FILE_ID)  # its count given back
     assert await store.claimed(claim.key) == claim.value(retry_id)
+
+
+async def test_an_upload_completed_as_its_retry_takes_it_over_is_kept_and_told_to_the_retry(store: Store) -> None:
+    """A keyed upload stalled past CREATING_S resumes and completes between its retry's read of its `creating` record
+    and the retry's takeover (injected there): the takeover leaves it (it completed first), and the retry is told that
+    file, stored, listed and counted once, its own dropped. Deleted regardless of `creating`, the file its caller was
+    told of was gone, still counted for 30 days."""
+    claim = idempotent.claim_for("file", "t1", "sk", "key-completed", CONTENT)
+    fields = file_fields("t1", "b.jsonl", CONTENT, "batch", 1)
+    stalled_since = str(int(now()) - idempotent.CREATING_S - 1)
+    creating = {n: v for n, v in fields.items() if n != "content"} | {"created_at": stalled_since, "creating": "1"}
+    await store.put(file_key(FILE_ID), creating, COUNTING_S)
+    assert await store.claim(claim.key, claim.value(FILE_ID), 3600) is None
+    assert await store.count_file("t1", FILE_ID, counted_bytes(len(CONTENT)), None) is None
+
+    async def stalled_upload_completes(inner: Store) -> None:
+        assert await inner.keep_counted("t1", FILE_ID, 3600)
+        assert await inner.complete(file_key(FILE_ID), fields, 3600)
+        await inner.index("t1", "file", FILE_ID, 3600, "batch")
+
+    retry = _api(Lapsing(store, "abandon", stalled_upload_completes, False))
+    made = await retry._write_file("t1", "file-retry", fields, len(CONTENT), claim)
+    assert made is not None and made[0] == FILE_ID
+    assert await store.content(file_key(FILE_ID)) == CONTENT
+    assert await store.get(file_key("file-retry")) == {}
+    assert await store.page("t1", "file", None, 10, True) == [FILE_ID]
+    assert await store.counted_files("t1") == [FILE_ID]
+    assert await store.claimed(claim.key) == claim.value(FILE_ID)
 
 
 async def test_a_batch_output_whose_count_lapsed_before_kept_is_counted_again(store: Store) -> None:
