@@ -25,12 +25,14 @@ def _past_quota() -> float:
     return REGISTRY.get_sample_value("llmrouter_edge_batch_outputs_past_quota_total") or 0.0
 
 
-async def _finish(store: Store, batch_id: str) -> dict[str, bytes]:
-    """The batch, one line answered, finished by a runner under QUOTA: its output file's listed fields."""
-    line = json.dumps({"custom_id": "a", "response": {"status_code": 200}})
-    batch: dict[str, str | bytes] = {"status": "in_progress", "tenant": "t1", "total": "1", "input_file_id": "file-in"}
-    await store.put(batch_key(batch_id), batch)
-    await store.put(results_key(batch_id), {"0": json.dumps({"line": line, "ok": True})})
+async def _finish(store: Store, batch_id: str, rerun: bool = False) -> dict[str, bytes]:
+    """The batch, one line answered, finished by a runner under QUOTA (once more, as it ended, when `rerun`): its
+    output file's listed fields."""
+    if not rerun:
+        line = json.dumps({"custom_id": "a", "response": {"status_code": 200}})
+        batch: dict[str, str | bytes] = {"status": "in_progress", "tenant": "t1", "total": "1"}
+        await store.put(batch_key(batch_id), batch | {"input_file_id": "file-in"})
+        await store.put(results_key(batch_id), {"0": json.dumps({"line": line, "ok": True})})
     channel = grpc.aio.insecure_channel("127.0.0.1:1")  # never called: no line left to send
     runner = Runner(
         store,
@@ -66,3 +68,16 @@ async def test_a_batch_output_past_the_quota_is_stored_and_told(store: Store, st
     else:
         assert output["status_details"] is None
         assert _past_quota() == before
+
+
+async def test_a_finish_run_again_counts_its_output_past_the_quota_once(store: Store) -> None:
+    """A batch's finish run again (another edge's adoption read it active just before its run ended it, or the
+    finish was interrupted past its status) stores the same output again: told again on the file, but counted once by
+    llmrouter_edge_batch_outputs_past_quota_total, an output past the quota, not a finish."""
+    assert await store.count_file("t1", "file-upload", QUOTA - MIN_COUNTED_BYTES // 2, QUOTA) is None
+    assert await store.keep_counted("t1", "file-upload", 3600)
+    before = _past_quota()
+    await _finish(store, "b-again")
+    output = await _finish(store, "b-again", rerun=True)
+    assert wire.file_body("file-b-again-output", output)["status_details"] is not None
+    assert _past_quota() == before + 1
