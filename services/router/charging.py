@@ -82,7 +82,9 @@ class Charger:
         # request at nothing), nor may a charge kept neither by the store nor the outbox (its pending charge left to
         # the reconciler, at its hold) be released afterwards.
         routed.settled = True
-        await asyncio.shield(self.run_to_end(self._charge(routed, response, outcome, served, capped, release)))
+        charging = self.run_to_end(self._charge(routed, response, outcome, served, capped, release))
+        routed.charging = routed.charging or charging  # a partial charge's counting, when that came first
+        await asyncio.shield(charging)
 
     async def settle_unsettled(self, routed: Routed, model: ModelSpec) -> None:
         """A request that ends without an answer (refused upstream, failed, cancelled) is charged what its
@@ -95,6 +97,14 @@ class Charger:
             return
         failed = Served(model, finish_reason="error", estimated=True)
         await self.settle(routed, response(routed, failed), routed.failure, failed, release=True)
+
+    async def charged(self, routed: Routed, model: ModelSpec) -> Decimal:
+        """What the request was charged, settled first if it was not: a charge already on its way (its call cancelled
+        while it ran on, shielded) waited for, not taken for nothing."""
+        await self.settle_unsettled(routed, model)
+        if routed.charging is not None:
+            await asyncio.wait({routed.charging})  # waited for, not cancelled with its waiter
+        return routed.charged
 
     async def close(self) -> None:
         """Let charges still running finish: a stopping router loses none."""

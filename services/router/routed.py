@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -35,6 +36,9 @@ class Routed:
     # What failed attempts (fallbacks, escalation) cost: what they consumed, or their worst case if unknown.
     owed: Decimal = Decimal(0)
     charged: Decimal = Decimal(0)  # what its settlement charged (capped at the hold), a failure's error says it
+    # Its charge under way (Charger.settle), which runs on, shielded, when the call is cancelled: what it charged is
+    # known once it ends (Charger.charged).
+    charging: asyncio.Future[None] | None = None
     failure: str = "failed"  # the ledger outcome when the request ends without an answer
     note: str = ""  # what its ledger line's reason_detail says after the routing's reason (why it was charged so)
     registry: Registry | None = None  # the snapshot the plan came from, kept for the request's life

@@ -129,9 +129,10 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             except asyncio.CancelledError:
                 if not self.admitted.was_cut():
                     raise
-                # Charged as a caller leaving is (_complete_stream): what it delivered, or its worst case before it.
-                await self.charger.settle_unsettled(routed, routed.plan.order[0].model)
-                raise cut_error(routed.request_id, format(routed.charged, "f")) from None
+                # Charged as a caller leaving is (_complete_stream): what it delivered, or its worst case before it; or
+                # whole, when the cut came as its answer's charge was on its way.
+                charged = await self.charger.charged(routed, routed.plan.order[0].model)
+                raise cut_error(routed.request_id, format(charged, "f")) from None
             finally:
                 await self.charger.settle_unsettled(routed, routed.plan.order[0].model)
 
@@ -272,7 +273,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 # Counting what was delivered takes turns of the event loop: run to its end, shielded, and nothing
                 # else may settle the request (at what it owes alone) while it runs.
                 routed.settled = True
-                await asyncio.shield(self.charger.run_to_end(self._charge_partial(routed, stream, outcome, measured)))
+                routed.charging = self.charger.run_to_end(self._charge_partial(routed, stream, outcome, measured))
+                await asyncio.shield(routed.charging)
             elif not stream.delivered and stream.served is None and not isinstance(exc, ServiceError):
                 routed.failure = "cancelled"
                 if failed is not None:  # what the failed attempt cost, as a caller who stayed owes it

@@ -26,6 +26,7 @@ from llmrouter.server import RunningServer, start_server
 from llmrouter.v1 import common_pb2, provider_pb2, router_pb2, router_pb2_grpc
 from services import router
 from services.router.settings import RouterSettings
+from services.router.store.redis_store import RedisStore
 from tests.conftest import ledger_records
 from tests.router.servicer_kit import registry_file, serve_providers
 from tests.router.test_admission import REGISTRY
@@ -138,3 +139,60 @@ async def test_a_unary_call_cut_by_the_drain_is_told_its_charge_is_pending(tmp_p
     (charge,) = await charges_of(redis_url, request.request_id)  # once
     # The whole answer: 12 tokens in at $0.50 per million, 34 out at $1.50.
     assert (charge["outcome"], charge["output_tokens"], charge["cost_usd"]) == ("ok", 34, "0.000057")
+
+
+class Streamed(Held):
+    """A stream answered whole at once (Answering's answer, one delta and its final chunk)."""
+
+    async def GenerateStreamOnCue(self, requests: Any, context: Any) -> AsyncIterator[provider_pb2.GenerateChunk]:
+        messages = aiter(requests)
+        first = await anext(messages)
+        yield provider_pb2.GenerateChunk(ready_to_send=True)
+        await anext(messages)
+        reply = await Answering.Generate(self, first.request, context)
+        yield provider_pb2.GenerateChunk(delta=reply.content)
+        yield provider_pb2.GenerateChunk(final=reply)
+
+
+async def test_a_stream_cut_while_its_answer_is_charged_is_told_that_charge(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cut landing while the whole answer's charge is on its way to the store (it runs on, shielded): the caller
+    was told the stream cost 0, the charge not yet known, while the ledger charged it whole."""
+    charging, charge_goes_on = asyncio.Event(), asyncio.Event()
+    charge = RedisStore.charge
+
+    async def held(self: RedisStore, *args: Any, **kwargs: Any) -> bool:
+        charging.set()
+        await charge_goes_on.wait()
+        return await charge(self, *args, **kwargs)
+
+    monkeypatch.setattr(RedisStore, "charge", held)
+    provider, request = Streamed(), ask()
+    async with (
+        draining_router(tmp_path, redis_url, provider) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        chunks = router_pb2_grpc.RouterStub(channel).CompleteStream(request, timeout=30)
+        assert (await chunks.read()).HasField("decision")
+        assert (await chunks.read()).delta == "an answer"
+        await charging.wait()
+        cut, landed = running.cut, asyncio.Event()
+        assert cut is not None
+
+        def cut_and_note() -> None:
+            cut()
+            landed.set()
+
+        running.cut = cut_and_note
+        stopping = asyncio.create_task(running.stop(GRACE_S))
+        await landed.wait()
+        charge_goes_on.set()
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            await chunks.read()
+        await stopping
+    told = ServiceError.from_rpc_error(ended.value)
+    assert (told.code, told.reason) == (grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN")
+    (charge_record,) = await charges_of(redis_url, request.request_id)
+    assert charge_record["outcome"] == "ok"
+    assert Decimal(told.metadata["charged_usd"]) == Decimal(charge_record["cost_usd"]) > 0
