@@ -196,3 +196,40 @@ async def test_a_stream_cut_while_its_answer_is_charged_is_told_that_charge(
     (charge_record,) = await charges_of(redis_url, request.request_id)
     assert charge_record["outcome"] == "ok"
     assert Decimal(told.metadata["charged_usd"]) == Decimal(charge_record["cost_usd"]) > 0
+
+
+class HeldBeforeItsFirstToken(Held):
+    """The upstream reached (the word to send it given), holding before its first token."""
+
+    async def GenerateStreamOnCue(self, requests: Any, context: Any) -> AsyncIterator[provider_pb2.GenerateChunk]:
+        messages = aiter(requests)
+        await anext(messages)
+        yield provider_pb2.GenerateChunk(ready_to_send=True)
+        await anext(messages)
+        self.reached += 1
+        await self.release.wait()
+        raise AssertionError("a stream cut by the shutdown is not read on")
+
+
+async def test_a_stream_cut_before_its_first_token_is_told_its_worst_case_charged(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Nothing delivered, its upstream reached: charged its worst case as the cut ends it (settled then, not after its
+    status went), and told that, not 0."""
+    provider, request = HeldBeforeItsFirstToken(), ask()
+    async with (
+        draining_router(tmp_path, redis_url, provider) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        chunks = router_pb2_grpc.RouterStub(channel).CompleteStream(request, timeout=30)
+        assert (await chunks.read()).HasField("decision")
+        await eventually(lambda: provider.reached == 1, "the generation reached its upstream")
+        stopping = asyncio.create_task(running.stop(GRACE_S))
+        with pytest.raises(grpc.aio.AioRpcError) as cut:
+            await chunks.read()
+        await stopping
+    told = ServiceError.from_rpc_error(cut.value)
+    assert (told.code, told.reason) == (grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN")
+    (charge,) = await charges_of(redis_url, request.request_id)
+    assert charge["outcome"] == "cancelled"
+    assert Decimal(told.metadata["charged_usd"]) == Decimal(charge["cost_usd"]) > 0
