@@ -60,7 +60,10 @@ class Held(Answering):
 
 
 @asynccontextmanager
-async def draining_router(tmp_path: Path, redis_url: str, provider: Held) -> AsyncIterator[RunningServer]:
+async def draining_router(
+    tmp_path: Path, redis_url: str, provider: Held
+) -> AsyncIterator[tuple[RunningServer, router_pb2_grpc.RouterStub]]:
+    """A router over `provider`, and a stub calling it."""
     providers, providers_port = await serve_providers(provider, None)
     settings = RouterSettings(
         port=0,
@@ -75,11 +78,19 @@ async def draining_router(tmp_path: Path, redis_url: str, provider: Held) -> Asy
     )
     running = await start_server("router", settings, *await router.build(settings))
     try:
-        yield running
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            yield running, router_pb2_grpc.RouterStub(channel)
     finally:
         provider.release.set()
         await running.stop(0)  # stopped already by the test: a no-op then
         await providers.stop(0)
+
+
+def shutting_down(error: grpc.aio.AioRpcError) -> ServiceError:
+    """The status a call the drain cut ends with, read as a ServiceError."""
+    told = ServiceError.from_rpc_error(error)
+    assert (told.code, told.reason) == (grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN")
+    return told
 
 
 def ask() -> router_pb2.CompleteRequest:
@@ -99,19 +110,15 @@ async def charges_of(redis_url: str, request_id: str) -> list[dict]:
 
 async def test_a_stream_cut_by_the_drain_tells_its_caller_what_it_was_charged(tmp_path: Path, redis_url: str) -> None:
     provider, request = Held(), ask()
-    async with (
-        draining_router(tmp_path, redis_url, provider) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-    ):
-        chunks = router_pb2_grpc.RouterStub(channel).CompleteStream(request, timeout=30)
+    async with draining_router(tmp_path, redis_url, provider) as (running, stub):
+        chunks = stub.CompleteStream(request, timeout=30)
         assert (await chunks.read()).HasField("decision")
         assert (await chunks.read()).delta == "the first words of a long answer"
         stopping = asyncio.create_task(running.stop(GRACE_S))
         with pytest.raises(grpc.aio.AioRpcError) as cut:
             await chunks.read()
         await stopping
-    told = ServiceError.from_rpc_error(cut.value)
-    assert (told.code, told.reason) == (grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN")
+    told = shutting_down(cut.value)
     assert told.metadata["retryable"] == "false" and "cost_pending" not in told.metadata
     (charge,) = await charges_of(redis_url, request.request_id)
     assert charge["outcome"] == "cancelled"
@@ -120,11 +127,8 @@ async def test_a_stream_cut_by_the_drain_tells_its_caller_what_it_was_charged(tm
 
 async def test_a_unary_call_cut_by_the_drain_is_told_its_charge_is_pending(tmp_path: Path, redis_url: str) -> None:
     provider, request = Held(), ask()
-    async with (
-        draining_router(tmp_path, redis_url, provider) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-    ):
-        call = router_pb2_grpc.RouterStub(channel).Complete(request, timeout=30)
+    async with draining_router(tmp_path, redis_url, provider) as (running, stub):
+        call = stub.Complete(request, timeout=30)
         await eventually(lambda: provider.reached == 1, "the generation reached its upstream")
         stopping = asyncio.create_task(running.stop(GRACE_S))
         with pytest.raises(grpc.aio.AioRpcError) as cut:
@@ -132,8 +136,7 @@ async def test_a_unary_call_cut_by_the_drain_is_told_its_charge_is_pending(tmp_p
         assert await charges_of(redis_url, request.request_id) == []  # still generating
         provider.release.set()  # the generation ends as the router drains: charged then
         await stopping
-    told = ServiceError.from_rpc_error(cut.value)
-    assert (told.code, told.reason) == (grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN")
+    told = shutting_down(cut.value)
     assert told.metadata == {"cost_pending": "true", "retryable": "false"}
     assert request.request_id in told.message
     (charge,) = await charges_of(redis_url, request.request_id)  # once
@@ -169,11 +172,8 @@ async def test_a_stream_cut_while_its_answer_is_charged_is_told_that_charge(
 
     monkeypatch.setattr(RedisStore, "charge", held)
     provider, request = Streamed(), ask()
-    async with (
-        draining_router(tmp_path, redis_url, provider) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-    ):
-        chunks = router_pb2_grpc.RouterStub(channel).CompleteStream(request, timeout=30)
+    async with draining_router(tmp_path, redis_url, provider) as (running, stub):
+        chunks = stub.CompleteStream(request, timeout=30)
         assert (await chunks.read()).HasField("decision")
         assert (await chunks.read()).delta == "an answer"
         await charging.wait()
@@ -191,8 +191,7 @@ async def test_a_stream_cut_while_its_answer_is_charged_is_told_that_charge(
         with pytest.raises(grpc.aio.AioRpcError) as ended:
             await chunks.read()
         await stopping
-    told = ServiceError.from_rpc_error(ended.value)
-    assert (told.code, told.reason) == (grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN")
+    told = shutting_down(ended.value)
     (charge_record,) = await charges_of(redis_url, request.request_id)
     assert charge_record["outcome"] == "ok"
     assert Decimal(told.metadata["charged_usd"]) == Decimal(charge_record["cost_usd"]) > 0
@@ -217,19 +216,15 @@ async def test_a_stream_cut_before_its_first_token_is_told_its_worst_case_charge
     """Nothing delivered, its upstream reached: charged its worst case as the cut ends it (settled then, not after its
     status went), and told that, not 0."""
     provider, request = HeldBeforeItsFirstToken(), ask()
-    async with (
-        draining_router(tmp_path, redis_url, provider) as running,
-        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
-    ):
-        chunks = router_pb2_grpc.RouterStub(channel).CompleteStream(request, timeout=30)
+    async with draining_router(tmp_path, redis_url, provider) as (running, stub):
+        chunks = stub.CompleteStream(request, timeout=30)
         assert (await chunks.read()).HasField("decision")
         await eventually(lambda: provider.reached == 1, "the generation reached its upstream")
         stopping = asyncio.create_task(running.stop(GRACE_S))
         with pytest.raises(grpc.aio.AioRpcError) as cut:
             await chunks.read()
         await stopping
-    told = ServiceError.from_rpc_error(cut.value)
-    assert (told.code, told.reason) == (grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN")
+    told = shutting_down(cut.value)
     (charge,) = await charges_of(redis_url, request.request_id)
     assert charge["outcome"] == "cancelled"
     assert Decimal(told.metadata["charged_usd"]) == Decimal(charge["cost_usd"]) > 0
