@@ -5,11 +5,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
+import grpc
 import httpx
 import pytest
 from pydantic import SecretStr
 
+from llmrouter.v1 import router_pb2_grpc
+from services.batches.runner import Runner
 from services.batches.store import Store, open_store
 from services.edge.settings import EdgeSettings
 from tests.fakes.recording_router import RecordingRouter
@@ -56,3 +60,20 @@ async def store(store_url: str | None) -> AsyncIterator[Store]:
         yield store
     finally:
         await store.close()
+
+
+def runner_sending_nothing(store: Store, channel: grpc.aio.Channel, **settings: Any) -> Runner:
+    """A batch runner for what a run does with the store alone: its router (over `channel`, one that leads nowhere) is
+    never called. `settings`: Runner's own, over these."""
+    defaults: dict[str, Any] = {
+        "serves": lambda tenant, key_id: True,
+        "concurrency": 1,
+        "timeout_s": 5,
+        "retention_s": 60,
+    }
+    return Runner(
+        store,
+        router_pb2_grpc.RouterStub(channel),
+        error_for=lambda error, request_id: None,  # type: ignore[arg-type,return-value]
+        **(defaults | settings),
+    )

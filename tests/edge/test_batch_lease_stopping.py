@@ -10,24 +10,15 @@ import uuid
 
 import grpc
 
-from llmrouter.v1 import router_pb2_grpc
-from services.batches.runner import Runner
 from services.batches.store import RedisStore, batch_key
+from tests.edge.conftest import runner_sending_nothing
 
 
 async def test_a_batch_started_as_the_shutdown_begins_is_left_unleased(redis_url: str) -> None:
     store = RedisStore(redis_url)
     channel = grpc.aio.insecure_channel("127.0.0.1:1")  # never called: the run sends nothing
     batch_id = f"b-{uuid.uuid4().hex}"
-    runner = Runner(
-        store,
-        router_pb2_grpc.RouterStub(channel),
-        error_for=lambda error, request_id: None,  # type: ignore[arg-type,return-value]
-        serves=lambda tenant, key_id: True,
-        concurrency=1,
-        timeout_s=5,
-        retention_s=60,
-    )
+    runner = runner_sending_nothing(store, channel)
     try:
         fields: dict[str, str | bytes] = {"status": "in_progress", "tenant": "t", "key_id": "k"}
         fields |= {"input_file_id": "file-x", "created_at": str(int(time.time()))}

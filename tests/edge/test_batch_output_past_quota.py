@@ -11,12 +11,11 @@ import grpc
 import pytest
 from prometheus_client import REGISTRY
 
-from llmrouter.v1 import router_pb2_grpc
 from services.batches import wire
 from services.batches.api import FILE_LISTED
 from services.batches.quota import MIN_COUNTED_BYTES
-from services.batches.runner import Runner
 from services.batches.store import Store, batch_key, file_key, results_key
+from tests.edge.conftest import runner_sending_nothing
 
 QUOTA = 4 * MIN_COUNTED_BYTES
 
@@ -34,16 +33,7 @@ async def _finish(store: Store, batch_id: str, rerun: bool = False) -> dict[str,
         await store.put(batch_key(batch_id), batch | {"input_file_id": "file-in"})
         await store.put(results_key(batch_id), {"0": json.dumps({"line": line, "ok": True})})
     channel = grpc.aio.insecure_channel("127.0.0.1:1")  # never called: no line left to send
-    runner = Runner(
-        store,
-        router_pb2_grpc.RouterStub(channel),
-        error_for=lambda error, request_id: None,  # type: ignore[arg-type,return-value]
-        serves=lambda tenant, key_id: True,
-        concurrency=1,
-        timeout_s=5,
-        retention_s=3600,
-        tenant_file_bytes=QUOTA,
-    )
+    runner = runner_sending_nothing(store, channel, retention_s=3600, tenant_file_bytes=QUOTA)
     try:
         await runner._finish(batch_id, await store.get(batch_key(batch_id)), "completed")
     finally:

@@ -12,10 +12,9 @@ import uuid
 import grpc
 import pytest
 
-from llmrouter.v1 import router_pb2_grpc
 from services.batches import store as store_module
-from services.batches.runner import Runner
 from services.batches.store import RedisStore, batch_key
+from tests.edge.conftest import runner_sending_nothing
 
 SKEW_S = 2 * store_module.TOMBSTONE_S
 KEPT_S = store_module.TOMBSTONE_S  # shorter than the skew: listed with the edge's clock, it would lapse at once
@@ -62,18 +61,6 @@ async def test_an_edge_with_a_skewed_clock_parks_a_batch_for_its_back_off(
         await skewed.close()
 
 
-def _runner(store: RedisStore, channel: grpc.aio.Channel) -> Runner:
-    return Runner(
-        store,
-        router_pb2_grpc.RouterStub(channel),
-        error_for=lambda error, request_id: None,  # type: ignore[arg-type,return-value]
-        serves=lambda tenant, key_id: True,
-        concurrency=1,
-        timeout_s=5,
-        retention_s=60,
-    )
-
-
 @pytest.mark.parametrize("skew_s", [-SKEW_S, SKEW_S], ids=["behind", "ahead"])
 @pytest.mark.parametrize("parks", ["back_off", "park"])
 async def test_an_edge_with_a_skewed_clock_waits_out_a_batch_s_park(
@@ -85,7 +72,7 @@ async def test_an_edge_with_a_skewed_clock_waits_out_a_batch_s_park(
     behind left it that much longer."""
     store = RedisStore(any_redis_url)
     channel = grpc.aio.insecure_channel("127.0.0.1:1")  # never called: the batch is not run
-    runner = _runner(store, channel)
+    runner = runner_sending_nothing(store, channel)
     batch_id = f"b-{uuid.uuid4().hex}"
     try:
         fields: dict[str, str | bytes] = {"status": "in_progress", "tenant": "t1", "key_id": "k"}

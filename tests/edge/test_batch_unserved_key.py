@@ -10,24 +10,15 @@ import uuid
 
 import grpc
 
-from llmrouter.v1 import router_pb2_grpc
-from services.batches.runner import Runner
 from services.batches.store import RedisStore, batch_key
+from tests.edge.conftest import runner_sending_nothing
 
 
 async def test_a_run_on_a_key_not_served_keeps_the_batchs_failures_count(redis_url: str) -> None:
     store = RedisStore(redis_url)
     channel = grpc.aio.insecure_channel("127.0.0.1:1")  # never called: the run sends nothing
     batch_id = f"b-{uuid.uuid4().hex}"
-    runner = Runner(
-        store,
-        router_pb2_grpc.RouterStub(channel),
-        error_for=lambda error, request_id: None,  # type: ignore[arg-type,return-value]
-        serves=lambda tenant, key_id: False,  # the batch's key is no longer this edge's
-        concurrency=1,
-        timeout_s=5,
-        retention_s=60,
-    )
+    runner = runner_sending_nothing(store, channel, serves=lambda tenant, key_id: False)  # the key is no longer ours
     try:
         fields: dict[str, str | bytes] = {
             "status": "in_progress",

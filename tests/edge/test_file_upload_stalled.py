@@ -14,13 +14,13 @@ from typing import Any
 import grpc
 import pytest
 
-from llmrouter.v1 import router_pb2_grpc
 from services.batches import idempotent
 from services.batches.api import BatchApi
 from services.batches.quota import counted_bytes
-from services.batches.runner import Runner, file_fields
+from services.batches.runner import file_fields
 from services.batches.store import COUNTING_S, Store, batch_key, file_key, now, results_key
 from services.edge.openai_api import ApiError
+from tests.edge.conftest import runner_sending_nothing
 
 CONTENT = b'{"custom_id": "a"}\n'
 FILE_ID = "file-stalled"
@@ -158,14 +158,8 @@ async def test_a_batch_output_whose_count_lapsed_before_kept_is_counted_again(st
         await inner.uncount_file("t1", output_id)
 
     channel = grpc.aio.insecure_channel("127.0.0.1:1")  # never called: no line left to send
-    runner = Runner(
-        Lapsing(store, "keep_counted", output_count_lapses, False),
-        router_pb2_grpc.RouterStub(channel),
-        error_for=lambda error, request_id: None,  # type: ignore[arg-type,return-value]
-        serves=lambda tenant, key_id: True,
-        concurrency=1,
-        timeout_s=5,
-        retention_s=3600,
+    runner = runner_sending_nothing(
+        Lapsing(store, "keep_counted", output_count_lapses, False), channel, retention_s=3600
     )
     try:
         await runner._finish(batch_id, await store.get(batch_key(batch_id)), "completed")
