@@ -503,7 +503,8 @@ class Edge:
         if sent_key is not None:  # its digest first, a retry of another body a 422; its events once it ends whole
             # Kept beside the stream, not before it: a slow store never holds its first event up (its marker, there
             # already, tells a retry of another body meanwhile).
-            digest_kept = self._beside(self.replays.keep(request_id, sent, None, None, tenant=tenant))
+            keeping = self.replays.keep(request_id, sent, None, None, tenant=tenant, started=started)
+            digest_kept = self._beside(keeping)
         include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
         headers = {
             "x-router-model": decision.model,
@@ -517,7 +518,9 @@ class Edge:
         stream = self._stream(call, pending, request_id, decision.model, include_usage)
         events: AsyncIterator[bytes] = stream
         if sent_key is not None:
-            kept_as = functools.partial(self._keep_stream, tenant, request_id, sent, headers, digest_kept, retold)
+            kept_as = functools.partial(
+                self._keep_stream, tenant, request_id, sent, started, headers, digest_kept, retold
+            )
             events = kept_whole(stream, kept_as, self.replays.max_answer_bytes)
         return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 
@@ -579,7 +582,8 @@ class Edge:
             raise
         if not answer.done():
             answer.set_result(response)
-        await self.replays.keep(request_id, sent, bytes(response.body), router_told(response), tenant=tenant)
+        told = router_told(response)
+        await self.replays.keep(request_id, sent, bytes(response.body), told, tenant=tenant, started=started)
         return response
 
     async def _failed(self, request_id: str, started: replays.Kept | None, err: BaseException) -> None:
@@ -600,6 +604,7 @@ class Edge:
         tenant: str,
         request_id: str,
         sent: str,
+        started: replays.Kept | None,
         headers: dict[str, str],
         digest_kept: asyncio.Task[None],
         retold: bool,
@@ -609,7 +614,9 @@ class Edge:
 
         async def keeping() -> None:
             await asyncio.wait((digest_kept,))
-            await self.replays.keep(request_id, sent, events, headers, tenant=tenant, stream=True, retold=retold)
+            await self.replays.keep(
+                request_id, sent, events, headers, tenant=tenant, stream=True, retold=retold, started=started
+            )
 
         self._beside(keeping())
 

@@ -17,7 +17,8 @@ route.
 While the first runs, its digest is kept too, as a marker naming it in flight (for the call's timeout and a minute,
 EDGE_REQUEST_TIMEOUT_S): a request with the same key and another body, on this edge or another sharing its Redis, is
 the same 422 at once, never served. A first that fails takes its marker back (the router decides its retry: served when
-it cost nothing, the 409 when it did), unless the router refused it as a duplicate (the marker is another's).
+it cost nothing, the 409 when it did), unless the router refused it as a duplicate (the marker is another's); so does
+one that ends with nothing kept (past its tenant's bytes): a marker lasts its request's life, uncounted (Replays.keep).
 
 Where: the edge's Redis (EDGE_BATCH_REDIS_URL), which its replicas share, when set; else this process's memory,
 bounded by EDGE_IDEMPOTENCY_MEMORY_BYTES (oldest dropped first), so a retry reaching another replica, or one after
@@ -285,10 +286,16 @@ class Replays:
         tenant: str,
         stream: bool = False,
         retold: bool = False,
+        started: Kept | None = None,
     ) -> None:
         """Keep a finished request's digest, and its answer when within max_answer_bytes and the tenant's
         tenant_bytes (None: its digest alone; `stream`: the answer is a chat stream's events, `retold` as another
-        route's)."""
+        route's). Nothing of it kept (past the tenant's bytes), its in-flight marker (`started`) is taken back: left,
+        uncounted, it outlived the request by the call's timeout and a minute, in the Redis (so that a tenant past its
+        bytes filled it with markers, one per request, for free) as in memory (where they dropped the other tenants'
+        answers). Markers are not counted against tenant_bytes: each lasts its request's life alone, replaced by what
+        is kept (counted) or taken back, while counting each for the window would spend the bytes of answers on
+        markers gone within minutes."""
         if self.ttl_s == 0:
             return
         if body is not None and len(body) > self.max_answer_bytes:
@@ -304,18 +311,12 @@ class Replays:
                     "idempotency entry not kept: its tenant's bytes kept are spent",
                     extra={"request_id": request_id, "tenant": tenant, "digest_alone": entry == entries[-1]},
                 )
-            self._drop_marker_in_memory(request_id, sent)
         except (RedisError, RedisClusterException, OSError) as err:
             PASSED["keep"].inc()
             log.warning("idempotency answer not kept", extra={"request_id": request_id, "error": repr(err)[:200]})
-
-    def _drop_marker_in_memory(self, request_id: str, sent: str) -> None:
-        """A finished request's marker, nothing of it kept past its tenant's bytes, taken back from memory: uncounted,
-        it held on for the call's timeout and a minute, and one tenant's requests dropped the others' answers with
-        them. (In the Redis, which drops nothing for another, a marker expires with its TTL.)"""
-        entry = self._memory.get(request_id) if self._redis is None else None
-        if entry is not None and entry[1].started is not None and entry[1].digest == sent:
-            self._memory_used -= self._memory.pop(request_id)[2]
+            return
+        if started is not None:
+            await self.release(request_id, started)
 
     async def _kept_within_tenant_bytes(self, request_id: str, kept: Kept, tenant: str) -> bool:
         """Keep `kept` if it is within what `tenant` may keep in this replay window: whether it was. Counted as held:

@@ -358,10 +358,42 @@ async def test_in_memory_a_tenant_past_its_bytes_leaves_no_marker_to_drop_the_ot
     await replays.keep("idem-acme", sent, answer, {}, tenant="acme")
     marker = replays_module.kept_size("idem-hog-0", Kept(sent, started=uuid.uuid4().hex))
     for n in range(4 * bound // marker):  # its markers alone four times the memory's bound
-        assert (await replays.arrive(f"idem-hog-{n}", sent)).started is not None
-        await replays.keep(f"idem-hog-{n}", sent, answer, {}, tenant="hog")
+        started = (await replays.arrive(f"idem-hog-{n}", sent)).started
+        assert started is not None
+        await replays.keep(f"idem-hog-{n}", sent, answer, {}, tenant="hog", started=started)
     kept = await replays.lookup("idem-acme", sent)
     assert kept is not None and kept.body == answer
+
+
+async def test_in_redis_a_tenant_past_its_bytes_leaves_no_marker_behind_its_requests(redis_url: str) -> None:
+    """As in memory, a request ending past its tenant's bytes, nothing of it kept, takes its in-flight marker back
+    from the Redis: left there, uncounted, each outlived its request by the call's timeout and a minute, so a tenant
+    resending a request (a response cache hit, free) under new keys filled the store every tenant's batches share
+    with markers, past its bytes. Those within them are replaced by what is kept (counted); the marker of a request
+    still in flight stays, telling another body's retry the 422."""
+    import redis.asyncio as redis
+
+    bound = 2000
+    replays = Replays(ttl_s=3600, max_answer_bytes=1000, memory_bytes=3000, tenant_bytes=bound, url=redis_url)
+    client = redis.from_url(redis_url)
+    sent, other = digest("/v1/chat/completions", b"{}"), digest("/v1/chat/completions", b"{ }")
+    try:
+        for n in range(100):
+            started = (await replays.arrive(f"idem-{n}", sent)).started
+            assert started is not None
+            await replays.keep(f"idem-{n}", sent, b"x" * 900, {}, tenant="hog", started=started)
+        assert (await replays.arrive("idem-running", sent)).started is not None
+        keys = [key async for key in client.scan_iter(replays_module.PREFIX + "idem-*")]
+        entries = [Kept.loads(await client.get(key) or b"") for key in keys]
+        markers = [key for key, entry in zip(keys, entries, strict=True) if entry and entry.started is not None]
+        assert markers == [(replays_module.PREFIX + "idem-running").encode()]
+        took = sum([len(key) + await client.strlen(key) for key in keys if key not in markers])
+        assert 0 < took <= bound, (len(keys), took)
+        with pytest.raises(ApiError):  # the one in flight still tells another body's retry
+            await replays.arrive("idem-running", other)
+    finally:
+        await client.aclose()
+        await replays.close()
 
 
 async def test_in_memory_a_tenants_bytes_are_counted_afresh_each_replay_window(monkeypatch: pytest.MonkeyPatch) -> None:
