@@ -384,7 +384,7 @@ class Edge:
             arrival_timeout_s=settings.idempotency_lookup_timeout_s,
         )
         self._answering: dict[str, set[asyncio.Task[JSONResponse]]] = {}  # _keyed's, by request id
-        self._keeping: set[asyncio.Task[None]] = set()  # streams' digests being kept (_beside)
+        self._keeping: dict[str, set[asyncio.Task[None]]] = {}  # streams' digests and events being kept, by request id
 
     def caller(self, request: Request) -> tuple[str, str]:
         """(tenant, api key) from the Authorization header alone; no header chooses the tenant. With no keys
@@ -499,12 +499,14 @@ class Edge:
                 await self._failed(request_id, started, err)
                 raise
         except grpc.RpcError as err:
-            raise self.refusal(err, request, request_id, sent_key) from None
+            error = self.refusal(err, request, request_id, sent_key)
+            # The retry of a stream that ended whole, its events still being kept here, waits for them.
+            return await self._kept_meanwhile(error, request_id, sent, list(self._keeping.get(request_id, ())))
         if sent_key is not None:  # its digest first, a retry of another body a 422; its events once it ends whole
             # Kept beside the stream, not before it: a slow store never holds its first event up (its marker, there
             # already, tells a retry of another body meanwhile).
             keeping = self.replays.keep(request_id, sent, None, None, tenant=tenant, started=started)
-            digest_kept = self._beside(keeping)
+            digest_kept = self._beside(request_id, keeping)
         include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
         headers = {
             "x-router-model": decision.model,
@@ -547,13 +549,21 @@ class Edge:
             return await unless_left(answer, call, request, request_id, taken_on=_left_running)
         except grpc.RpcError as err:
             error = self.refusal(err, request, request_id, sent_key)
-        # Ended at the router (no hold told), its answer maybe not kept yet: waited for, within its call's timeout.
+        return await self._kept_meanwhile(error, request_id, sent, others)
+
+    async def _kept_meanwhile(
+        self, error: ApiError, request_id: str, sent: str, others: list[asyncio.Task[Any]]
+    ) -> Response:
+        """A keyed request the router refused. One refused as ended (no hold told) while this edge is still keeping
+        the first's answer or stream (`others`: charged, its answer not kept yet) is sent that answer once kept, as a
+        retry after it is; else the refusal. The wait is bounded as `others` are: by the first's call timeout and the
+        store's write timeouts."""
         if error.code == "idempotency_key_reused" and not error.held_usd and others:
             await asyncio.wait(others)
             kept = await self.replays.lookup(request_id, sent)
-            if kept is not None and kept.body is not None:
+            if kept is not None:
                 return replayed(kept)
-        raise error
+        raise error from None  # its gRPC cause is told in it
 
     async def _serve_and_keep(
         self,
@@ -592,12 +602,19 @@ class Edge:
         if started is not None and not duplicate(err):
             await self.replays.release(request_id, started)
 
-    def _beside(self, keeping: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        """Keep a stream's digest or events beside it (its failures are the store's, logged and counted there)."""
+    def _beside(self, request_id: str, keeping: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Keep a stream's digest or events beside it (its failures are the store's, logged and counted there),
+        known by its request id until kept: a retry refused meanwhile waits for them (_kept_meanwhile)."""
         task = asyncio.ensure_future(keeping)
-        self._keeping.add(task)
-        task.add_done_callback(self._keeping.discard)
+        self._keeping.setdefault(request_id, set()).add(task)
+        task.add_done_callback(functools.partial(self._kept, request_id))
         return task
+
+    def _kept(self, request_id: str, task: asyncio.Task[None]) -> None:
+        keeping = self._keeping.get(request_id, set())
+        keeping.discard(task)
+        if not keeping:
+            self._keeping.pop(request_id, None)
 
     def _keep_stream(
         self,
@@ -618,7 +635,7 @@ class Edge:
                 request_id, sent, events, headers, tenant=tenant, stream=True, retold=retold, started=started
             )
 
-        self._beside(keeping())
+        self._beside(request_id, keeping())
 
     def _answered(self, request_id: str, task: asyncio.Task[JSONResponse]) -> None:
         serving = self._answering.get(request_id, set())
@@ -645,7 +662,8 @@ class Edge:
 
     def _pending(self) -> list[asyncio.Future[Any]]:
         serving: list[asyncio.Future[Any]] = [task for tasks in self._answering.values() for task in tasks]
-        return [task for task in [*serving, *self._keeping] if not task.done()]
+        keeping = [task for tasks in self._keeping.values() for task in tasks]
+        return [task for task in [*serving, *keeping] if not task.done()]
 
     def refusal(self, err: grpc.RpcError, request: Request, request_id: str, sent_key: str | None) -> ApiError:
         """The router's refusal of a completion, as the caller sent it: its headers named, a duplicate of a request

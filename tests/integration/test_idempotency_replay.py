@@ -2,9 +2,10 @@
 replays.py), through the real edge and router with the official openai SDK: byte for byte, marked
 `Idempotent-Replayed: true`, reaching no router or upstream and charged nothing again. A retry whose route or body
 differs is a 422 `idempotency_key_mismatch`, never another request's answer; a chat stream that ended whole is sent
-again as its events; the retry of a stream cut before its end, and one of an answer over the edge's limit, keep the
-router's 409. Kept in the edge's Redis, which its replicas share, when it has one;
-in the edge's memory otherwise. Before, every such retry was the 409."""
+again as its events (to a retry reaching its edge while they are still being written, once written); the retry of a
+stream cut before its end, and one of an answer over the edge's limit, keep the router's 409. Kept in the edge's
+Redis, which its replicas share, when it has one; in the edge's memory otherwise. Before, every such retry was the
+409."""
 
 from __future__ import annotations
 
@@ -16,12 +17,14 @@ from contextlib import AsyncExitStack
 from typing import Any
 from urllib.parse import urlsplit
 
+import grpc
 import httpx
 import openai
 import pytest
 import redis.asyncio as redis
 
-from services.edge.replays import KEPT_BYTES, PREFIX
+from services.edge import app as app_module
+from services.edge.replays import KEPT_BYTES, PREFIX, Replays
 from tests.fakes.lossy_proxy import LossyProxy
 from tests.fakes.server import TOOL_CUE, Fault
 from tests.integration.conftest import Chain
@@ -380,3 +383,49 @@ async def test_an_answer_still_being_kept_at_shutdown_lands_and_is_sent_again_af
     assert again.headers["idempotent-replayed"] == "true" and again.content == first.content
     assert asked(stopping, body) == 1
     assert len(await stopping.ledger()) == 1
+
+
+@pytest.mark.parametrize("route", ["chat", "completions", "responses"])
+@pytest.mark.parametrize("where", ["memory", "redis"])
+async def test_a_streams_retry_while_its_events_are_being_kept_waits_for_them(
+    chain: Chain, redis_url: str, monkeypatch: pytest.MonkeyPatch, where: str, route: str
+) -> None:
+    """A stream that ended whole is kept after its last event: a retry reaching its edge while the events' write is
+    still under way, refused by the router as ended, waits for that write and gets the events, as an unstreamed
+    answer's retry does, charged once. Before, it was the 409 of a key used, not retried."""
+    path, body, prompt = streamed_on(route)
+    writing, written = asyncio.Event(), asyncio.Event()
+    refused = asyncio.Event()
+    keep, read_first = Replays.keep, app_module.first_chunks
+
+    async def keep_held(replays: Replays, *answer: Any, **how: Any) -> None:
+        if how.get("stream") and answer[2] is not None:  # the events' write, not the digest's
+            writing.set()
+            await written.wait()
+        await keep(replays, *answer, **how)
+
+    async def read_first_told(*call: Any) -> Any:
+        try:
+            return await read_first(*call)
+        except grpc.RpcError:
+            refused.set()
+            raise
+
+    monkeypatch.setattr(Replays, "keep", keep_held)
+    monkeypatch.setattr(app_module, "first_chunks", read_first_told)
+    store: dict[str, Any] = {} if where == "memory" else {"batch_redis_url": redis_url}
+    async with tenant_before(chain, chain.router_addr, **store) as tenant:
+        headers = {"authorization": f"Bearer {tenant.keys[0]}", "idempotency-key": f"kept-late-{route}"}
+        async with httpx.AsyncClient(base_url=tenant.base_url, headers=headers, timeout=20) as http:
+            first = await http.post(path, json=body)
+            assert first.status_code == 200 and ended_whole(route, first.content)
+            await eventually(writing.is_set, "the stream's events are being kept")
+            retry = asyncio.ensure_future(http.post(path, json=body))
+            await eventually(refused.is_set, "the router refuses the retry")  # its wait begun, the write still held
+            written.set()
+            again = await retry
+        assert again.status_code == 200, again.text
+        assert again.headers["idempotent-replayed"] == "true" and again.content == first.content
+        assert again.headers["x-request-id"] == first.headers["x-request-id"]
+        assert upstream_asked(tenant, prompt) == 1
+        assert len(await tenant.ledger()) == 1
