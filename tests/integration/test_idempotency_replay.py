@@ -393,7 +393,7 @@ async def test_a_streams_retry_while_its_events_are_being_kept_waits_for_them(
     """A stream that ended whole is kept after its last event: a retry reaching its edge while the events' write is
     still under way, refused by the router as ended, waits for that write and gets the events, as an unstreamed
     answer's retry does, charged once. Before, it was the 409 of a key used, not retried."""
-    path, body, prompt = streamed_on(route)
+    _, body, prompt = streamed_on(route)
     writing, written = asyncio.Event(), asyncio.Event()
     refused = asyncio.Event()
     keep, read_first = Replays.keep, app_module.first_chunks
@@ -414,17 +414,27 @@ async def test_a_streams_retry_while_its_events_are_being_kept_waits_for_them(
     monkeypatch.setattr(Replays, "keep", keep_held)
     monkeypatch.setattr(app_module, "first_chunks", read_first_told)
     store: dict[str, Any] = {} if where == "memory" else {"batch_redis_url": redis_url}
+    fields = {name: value for name, value in body.items() if name != "stream"}
     async with tenant_before(chain, chain.router_addr, **store) as tenant:
-        headers = {"authorization": f"Bearer {tenant.keys[0]}", "idempotency-key": f"kept-late-{route}"}
-        async with httpx.AsyncClient(base_url=tenant.base_url, headers=headers, timeout=20) as http:
-            first = await http.post(path, json=body)
-            assert first.status_code == 200 and ended_whole(route, first.content)
+        client = tenant.client(max_retries=0)
+        create: Any = {"chat": client.chat.completions, "completions": client.completions}.get(route, client.responses)
+
+        async def sent() -> httpx.Response:  # as the SDK sends it (the same bytes each time), read to its end
+            headers = {"Idempotency-Key": f"kept-late-{route}"}
+            raw = await create.with_raw_response.create(**fields, stream=True, extra_headers=headers)
+            await raw.http_response.aread()
+            return raw.http_response
+
+        try:
+            first = await sent()
+            assert ended_whole(route, first.content)
             await eventually(writing.is_set, "the stream's events are being kept")
-            retry = asyncio.ensure_future(http.post(path, json=body))
+            retry = asyncio.ensure_future(sent())
             await eventually(refused.is_set, "the router refuses the retry")  # its wait begun, the write still held
             written.set()
             again = await retry
-        assert again.status_code == 200, again.text
+        finally:
+            await client.close()
         assert again.headers["idempotent-replayed"] == "true" and again.content == first.content
         assert again.headers["x-request-id"] == first.headers["x-request-id"]
         assert upstream_asked(tenant, prompt) == 1
