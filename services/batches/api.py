@@ -327,7 +327,9 @@ class BatchApi:
             raise ApiError(400, "the input file's purpose is not 'batch'", param="input_file_id", code="invalid_file")
         total = int(fields["lines"]) if "lines" in fields else await self._count(tenant, input_id)
         batch_id = f"batch_{uuid.uuid4().hex}"
-        created = now()
+        # By the store's clock, as every edge's runner judges its expires_at (Store.window_left_s): this edge's own,
+        # off, had it expire early or late.
+        created = str(int(await self.store.clock(batch_key(batch_id))))
         batch: dict[str, str | bytes] = {
             "tenant": tenant,
             "key_id": key_id(key),
@@ -360,7 +362,8 @@ class BatchApi:
                 return None
             if fields.get("status") != b"validating" or await self.store.is_active(batch_id):
                 return fields
-            if int(now()) - int(fields.get("created_at", b"0")) < idempotent.CREATING_S:
+            created = int(fields.get("created_at", b"0"))  # by the store's clock, as read here
+            if await self.store.clock(batch_key(batch_id)) - created < idempotent.CREATING_S:
                 raise idempotent.in_use("batch")  # still being written
             # Left so by a creation that died part way, or stalled there (its edge paused), which may yet resume and
             # activate it: failed first, in one step only while still `validating` (its run moves it on the same way),

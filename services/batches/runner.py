@@ -198,14 +198,15 @@ class Runner:
         """Start the batches that may run, as places allow; returns when to look again (a parked batch's time)."""
         active = list(await self.store.active())
         random.shuffle(active)  # past max_running, the same few do not always go first
-        names = ["status", "tenant", "key_id", "created_at", "expires_at", "failures", OFFER_IN_DOUBT]
+        names = ["status", "tenant", "key_id", "failures", OFFER_IN_DOUBT]
         states = await self.store.fields([batch_key(b) for b in active], names)
         parked = await self.store.parked_s(active)
+        windows_left = await self.store.window_left_s(active)  # by the store's clock, not this edge's
         wake_s = LEASE_S / 2
-        for batch_id, state, parked_s in zip(active, states, parked, strict=True):
+        for batch_id, state, parked_s, left_s in zip(active, states, parked, windows_left, strict=True):
             if self.stopping:
                 break
-            if batch_id in self.runs or not self._may_run(state):
+            if batch_id in self.runs or not self._may_run(state, left_s <= 0):
                 continue
             # A parked batch waits for its time, unless cancelled: its run then ends it at once (unless it fails, or
             # must first ask the router, out of reach then, what became of the lines of an offer whose reply was lost).
@@ -215,12 +216,10 @@ class Runner:
                 continue
             # Past its window, a batch that finds no place still ends on time, `expired`; cancelled, it ends at once,
             # `cancelled`, as OpenAI's do, not after the batches running (_expiring).
-            ending = "tenant" in state and (
-                time.time() >= wire.expires_at(state) or state.get("status") == b"cancelling"
-            )
+            ending = "tenant" in state and (left_s <= 0 or state.get("status") == b"cancelling")
             if self._full() and not (ending and not self._expiring):
                 if "tenant" in state and not ending:  # it expires then: looked at again at that time
-                    wake_s = min(wake_s, max(0.0, wire.expires_at(state) - time.time()))
+                    wake_s = min(wake_s, left_s)
                 continue
             # Only batches no other edge runs run here (its run renews the lease taken now).
             self._leasing = batch_id
@@ -231,13 +230,13 @@ class Runner:
             self._leasing = None
         return wake_s
 
-    def _may_run(self, batch: dict[str, bytes]) -> bool:
+    def _may_run(self, batch: dict[str, bytes], past_window: bool) -> bool:
         """A batch whose key this edge does not serve (revoked, or not yet given to this edge in a rolling change of
         keys) sends no line from here: it is left to an edge that serves it. Once cancelled, or its window over,
         any edge may end it, which sends no line that was never sent."""
         if "tenant" not in batch or batch.get("status") == b"cancelling":
             return True  # gone from the store, or only to be ended: its run sorts that out
-        return self._serves(batch) or time.time() >= wire.expires_at(batch)
+        return self._serves(batch) or past_window
 
     def _serves(self, batch: dict[str, bytes]) -> bool:
         return self.serves(batch["tenant"].decode(), batch.get("key_id", b"").decode())
@@ -321,7 +320,15 @@ class Runner:
         failed = False
         try:
             found = await self.store.get(batch_key(batch_id))
-            if not self._may_run(found):
+            # Its window's end on this edge's monotonic clock, from what it has left by the clock that stamped it (the
+            # store's, Store.clock): this edge's own clock, off, expired it early or late, and a step of it moves this
+            # not at all. One round trip per run, not one per line.
+            window_ends = time.monotonic() + (await self.store.window_left_s([batch_id]))[0]
+
+            def past_window() -> bool:
+                return time.monotonic() >= window_ends
+
+            if not self._may_run(found, past_window()):
                 # Left to an edge that serves its key, having sent nothing: neither a failed run nor one that ran
                 # without failing, its count of failures in a row is kept (`batch` left empty for _settle).
                 return
@@ -338,7 +345,7 @@ class Runner:
                 # it never sent, and ended `completed`.
                 await self._finish(batch_id, batch, batch["status"].decode())
                 return
-            cancelled_in_window = batch["status"] == b"cancelling" and time.time() < wire.expires_at(batch)
+            cancelled_in_window = batch["status"] == b"cancelling" and not past_window()
             if (
                 cancelled_in_window
                 and OFFER_IN_DOUBT not in batch
@@ -355,8 +362,7 @@ class Runner:
                 return
             lines = await wire.index_off_loop(content)  # validated at upload; each line parsed as it is sent
             done = await self.store.get(results_key(batch_id))
-            expires_at = wire.expires_at(batch)
-            if batch["status"] == b"cancelling" or time.time() >= expires_at:  # no line goes out any more
+            if batch["status"] == b"cancelling" or past_window():  # no line goes out any more
                 deferred: dict[int, dict[str, str]] | Unreached = await self.deferral.recover(
                     batch_id, batch, lines, set(done)
                 )
@@ -386,13 +392,13 @@ class Runner:
             checked = 0.0  # when a parked batch last looked for a cancel
 
             def ending() -> str:  # why the batch ends, as the run stands now ("" while it runs on)
-                return "cancelled" if cancelled else "expired" if time.time() >= expires_at else ""
+                return "cancelled" if cancelled else "expired" if past_window() else ""
 
             async with asyncio.TaskGroup() as group:
                 while (wait_s := pending.wait_s()) is not None:
                     if self.stopping or renewing.done():  # stopping, or the lease is lost: another edge resumes
                         return
-                    if time.time() >= expires_at and pending.keep(in_doubt):
+                    if past_window() and pending.keep(in_doubt):
                         expired = True  # the lines in flight finish (those refused meanwhile wait); no new one is sent
                     if cancelled:
                         pending.keep(in_doubt)  # and a line refused meanwhile, unless in doubt, is not sent again
@@ -400,7 +406,7 @@ class Runner:
                     if wait_s >= PARK_LEAVE_S and pending.parked() and not pending.in_flight and not cancelled:
                         # Its place and input file go to other batches; any edge resumes it at its time (_adopt).
                         # Or until its window's end, when it ends sooner: it expires then.
-                        left_s = expires_at - time.time()
+                        left_s = window_ends - time.monotonic()
                         await self._park(batch_id, wait_s if left_s <= 0 else min(wait_s, left_s))
                         return
                     if wait_s > 0:  # parked, holding no slot; or only lines in flight are left
@@ -412,7 +418,7 @@ class Runner:
                     await self.slots.acquire()
                     sending = False  # the slot goes to the line's task, which gives it back
                     try:
-                        if time.time() >= expires_at and pending.keep(in_doubt):
+                        if past_window() and pending.keep(in_doubt):
                             expired = True
                         if pending.wait_s() == 0 and not cancelled and await self._cancelling(batch_id):
                             cancelled = True  # the lines in flight finish, those in doubt sent again; no other
@@ -612,7 +618,8 @@ class Runner:
         """The window ended with lines unsent: they go to the error file as OpenAI writes them, and count as failed.
         Lines in doubt are not among them: sent again past the window, they have the router's answer; those not sent
         again (`in_doubt`: their key not served here) go to the error file as of an unknown outcome."""
-        await self.store.put_once(batch_key(batch_id), "expired_at", now().encode())  # when, kept if run again
+        expired_at = str(int(await self.store.clock(batch_key(batch_id))))  # by the clock its expires_at is
+        await self.store.put_once(batch_key(batch_id), "expired_at", expired_at.encode())  # when, kept if run again
         done = await self.store.get(results_key(batch_id))
         unsent = [i for i in range(len(lines)) if str(i) not in done and i not in deferred]
         # Up to every line parsed for its custom_id: off the event loop, as the file's check is.

@@ -151,6 +151,14 @@ class Store(Protocol):
     async def park(self, batch_id: str, wait_s: float) -> None:
         """The batch parked for wait_s from now by Redis's clock, as back_off parks it (never recreated when gone)."""
 
+    async def clock(self, key: str) -> float:
+        """Now (Unix seconds) by the clock of the store's node holding `key`: Redis's, which stamps a batch's creation
+        (so its expires_at) as BACK_OFF and PARK read it, not the calling edge's."""
+
+    async def window_left_s(self, batch_ids: list[str]) -> list[float]:
+        """How long each batch's window has left (negative once past; inf for a batch gone), by the clock its
+        expires_at was stamped in (Store.clock): an edge whose clock is ahead expired batches early, one behind late."""
+
     async def parked_s(self, batch_ids: list[str]) -> list[float]:
         """How long each batch is still parked (0 when it is not), by the clock its park was written in: Redis's, of
         the node holding its hash. An edge's own clock, ahead, ran a parked batch at once (a failing one with no
@@ -313,6 +321,25 @@ local clock = redis.call('TIME')
 local left = parked - (tonumber(clock[1]) + tonumber(clock[2]) / 1000000)
 if left > 0 then return string.format('%.6f', left) end
 return false
+"""
+
+# KEYS: any key, whose node's clock is read (Store.clock).
+TIME = """
+local clock = redis.call('TIME')
+return string.format('%d.%06d', clock[1], clock[2])
+"""
+
+# KEYS: a batch's hash. ARGV: a day (its window when it has no expires_at, as wire.expires_at). How long its window
+# has left by this node's clock, the one its creation was stamped in (s, as text); false when the batch is gone.
+WINDOW_LEFT_S = """
+local expires = tonumber(redis.call('HGET', KEYS[1], 'expires_at') or '')
+if not expires then
+  local created = tonumber(redis.call('HGET', KEYS[1], 'created_at') or '')
+  if not created then return false end
+  expires = created + tonumber(ARGV[1])
+end
+local clock = redis.call('TIME')
+return string.format('%.6f', expires - (tonumber(clock[1]) + tonumber(clock[2]) / 1000000))
 """
 
 # KEYS: a batch's hash. ARGV: its new status, when, how many statuses it may move from, those, then the fields written
@@ -566,6 +593,16 @@ class RedisStore:
     async def park(self, batch_id: str, wait_s: float) -> None:
         await self.redis.eval(PARK, 1, batch_key(batch_id), repr(wait_s))
 
+    async def clock(self, key: str) -> float:
+        return float(await self.redis.eval(TIME, 1, key))
+
+    async def window_left_s(self, batch_ids: list[str]) -> list[float]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for batch_id in batch_ids:
+                pipe.eval(WINDOW_LEFT_S, 1, batch_key(batch_id), wire.DAY_S)
+            replies = await pipe.execute()
+        return [math.inf if left is None else float(left) for left in replies]
+
     async def parked_s(self, batch_ids: list[str]) -> list[float]:
         async with self.redis.pipeline(transaction=False) as pipe:
             for batch_id in batch_ids:
@@ -784,6 +821,13 @@ class MemoryStore:
     async def park(self, batch_id: str, wait_s: float) -> None:
         if await self.get(batch_key(batch_id)):  # read and written with no await between them that yields: one step
             await self.put(batch_key(batch_id), {"parked_until": repr(time.time() + wait_s)})
+
+    async def clock(self, key: str) -> float:
+        return time.time()  # one process: its clock is the only one
+
+    async def window_left_s(self, batch_ids: list[str]) -> list[float]:
+        found = await self.fields([batch_key(b) for b in batch_ids], ["created_at", "expires_at"])
+        return [wire.expires_at(f) - time.time() if f else math.inf for f in found]
 
     async def parked_s(self, batch_ids: list[str]) -> list[float]:
         parked = await self.fields([batch_key(b) for b in batch_ids], ["parked_until"])

@@ -419,7 +419,9 @@ async def test_a_batch_still_being_created_is_a_409_not_an_id_that_may_never_be(
             await client.set(batch_index, "not a sorted set")
             reply = proxy.hold_next_reply()
             first = asyncio.ensure_future(create(http, file_id, "being-made"))
-            for _ in range(3):  # the record's look, the input file's, the batch's write: its claim's reply held next
+            # The record's look, the input file's, the store's clock (its created_at), the batch's write: its claim's
+            # reply held next.
+            for _ in range(4):
                 await reply.arrived.wait()
                 reply.released.set()
                 reply = proxy.hold_next_reply()
