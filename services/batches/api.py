@@ -206,7 +206,7 @@ class BatchApi:
                 return None
             if "creating" not in fields:
                 return fields
-            if int(now()) - int(fields.get("created_at", b"0")) < idempotent.CREATING_S:
+            if await self.store.clock(file_key(file_id)) - _upload_began(fields) < idempotent.CREATING_S:
                 raise idempotent.in_use("file")
             # Left so by an upload that died part way, or stalled there (its edge paused), which may yet resume: taken
             # from it in one step, so that it stores nothing beside the file that takes its place. Stored meanwhile,
@@ -226,7 +226,9 @@ class BatchApi:
         told to retry (409) until the file is there, where counted a second time it was refused at the quota's edge
         though the first stored the file. Its content is written last, in one step with the end of `creating`, unless
         a retry took the upload over (it stalled past CREATING_S): then it is undone."""
-        creating = {name: value for name, value in fields.items() if name != "content"} | {"creating": "1"}
+        creating = {name: value for name, value in fields.items() if name != "content"}
+        began = str(int(await self.store.clock(file_key(file_id))))
+        creating |= {"creating": began, "created_at": CREATING_CREATED_AT}  # its created_at as COMPLETE writes it
         try:
             await self.store.put(file_key(file_id), creating, COUNTING_S)  # as its count: lapses if this edge dies
             if claim is not None:
@@ -527,6 +529,21 @@ def _readable(fields: dict[str, bytes], tenant: str) -> bool:
     """The tenant's file, neither deleted nor still being uploaded (`creating`: not yet counted, it may yet be refused
     and removed; a DELETE removing it, its upload wrote it anew uncounted, without expiry)."""
     return fields.get("tenant", b"").decode() == tenant and "deleted" not in fields and "creating" not in fields
+
+
+# The created_at of a file still being uploaded (its `creating` holds when the upload began, by the store's clock): an
+# edge of the version before (which wrote `creating` 1 and judged a stall by created_at, its own clock) reads it as an
+# upload just begun, a 409 to retry, so it never takes over an upload of this version, whose last write it would not
+# stop (COMPLETE: it leaves the hash `creating`), and two files of one Idempotency-Key were stored. The hash lapses
+# COUNTING_S after it is written: its takeover then finds it gone, as a dead upload's is to any edge.
+CREATING_CREATED_AT = "9999999999"
+OLD_CREATING = b"1"  # the `creating` of an upload of the version before: its created_at says when it began
+
+
+def _upload_began(fields: dict[str, bytes]) -> int:
+    """When an upload still `creating` began, by the store's clock; one of the version before, by its edge's."""
+    creating = fields["creating"]
+    return int(fields.get("created_at", b"0")) if creating == OLD_CREATING else int(creating)
 
 
 def _stalled() -> ApiError:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -18,9 +19,10 @@ from services.batches import idempotent
 from services.batches.api import BatchApi
 from services.batches.quota import counted_bytes
 from services.batches.runner import file_fields
-from services.batches.store import COUNTING_S, Store, batch_key, file_key, now, results_key
+from services.batches.store import COUNTING_S, RedisStore, Store, batch_key, file_key, now, results_key
 from services.edge.openai_api import ApiError
 from tests.edge.conftest import runner_sending_nothing
+from tests.router.old_version import checkout, run
 
 CONTENT = b'{"custom_id": "a"}\n'
 FILE_ID = "file-stalled"
@@ -100,8 +102,8 @@ async def test_an_upload_stalled_and_taken_over_by_its_retry_stores_nothing(
     retry_id = "file-retry"
 
     async def retry_takes_over(inner: Store) -> None:
-        stalled_since = str(int(now()) - idempotent.CREATING_S - 1)  # as its stall would leave it
-        await inner.put(file_key(FILE_ID), {"created_at": stalled_since})
+        stalled_since = str(int(await inner.clock(file_key(FILE_ID))) - idempotent.CREATING_S - 1)  # as its stall
+        await inner.put(file_key(FILE_ID), {"creating": stalled_since})  # would leave it
         assert await _api(inner)._write_file("t1", retry_id, fields, len(CONTENT), claim) is None
 
     with pytest.raises(ApiError) as refused:
@@ -170,3 +172,59 @@ async def test_a_batch_output_whose_count_lapsed_before_kept_is_counted_again(st
         await channel.close()
         await store.delete([batch_key(batch_id), results_key(batch_id), file_key(output_id)])
         await store.uncount_file("t1", output_id)
+
+
+BEFORE_ABANDON = "3e71035"  # the version before ABANDON and COMPLETE: its takeover leaves the upload `creating`
+OLD_EDGE_RETRIES = """
+import asyncio, sys, time
+real = time.time
+time.time = lambda: real() + float(sys.argv[4])  # the old edge's clock: it sees the upload as stalled that long
+from services.batches import idempotent
+from services.batches.api import BatchApi
+from services.batches.runner import file_fields
+from services.batches.store import RedisStore
+from services.edge.openai_api import ApiError
+async def main():
+    store = RedisStore(sys.argv[1])
+    api = BatchApi(store, None, lambda _: ("t1", ""), 1000, 3600, 60, 1, 1, 1000, 10_000)
+    content = sys.argv[3].encode()
+    claim = idempotent.claim_for("file", "t1", "sk", sys.argv[2], content)
+    try:
+        fields = file_fields("t1", "b.jsonl", content, "batch", 1)
+        print(await api._write_file("t1", "file-old-retry", fields, len(content), claim) or "stored")
+    except ApiError as refused:
+        print(refused.status, refused.code)
+    finally:
+        await store.close()
+asyncio.run(main())
+"""
+
+
+async def test_an_upload_stalled_is_not_taken_over_by_an_edge_of_the_version_before(
+    any_redis_url: str, tmp_path: Path
+) -> None:
+    """A keyed upload of this version stalled (its edge paused; or an old edge's clock is ahead, which sees it as
+    stalled sooner), its retry on an edge of the version before meanwhile (injected between its count and the keeping
+    of it): the old edge cannot end its `creating` (it has no ABANDON), so it is told to retry (409) while the upload
+    may yet complete, which stores the one file of the Idempotency-Key. Taken over, the old edge stored a second file,
+    listed and counted for 30 days beside the one the resumed upload stored."""
+    old_tree = checkout(BEFORE_ABANDON, tmp_path)
+    store = RedisStore(any_redis_url)
+    claim = idempotent.claim_for("file", "t1", "sk", "key-old-edge", CONTENT)
+    told: list[str] = []
+
+    async def old_edge_retries(inner: Store) -> None:
+        ahead_s = str(idempotent.CREATING_S + 60)
+        told.append(await run(old_tree, OLD_EDGE_RETRIES, any_redis_url, "key-old-edge", CONTENT.decode(), ahead_s))
+
+    try:
+        fields = file_fields("t1", "b.jsonl", CONTENT, "batch", 1)
+        stalled = _api(Lapsing(store, "keep_counted", old_edge_retries, False))
+        assert await stalled._write_file("t1", FILE_ID, fields, len(CONTENT), claim) is None
+        assert told == ["409 idempotency_key_in_use"]
+        assert await store.page("t1", "file", None, 10, True) == [FILE_ID]
+        assert await store.counted_files("t1") == [FILE_ID]
+        assert await store.get(file_key("file-old-retry")) == {}
+        assert await store.claimed(claim.key) == claim.value(FILE_ID)
+    finally:
+        await store.close()
