@@ -36,10 +36,11 @@ reported as never sent, nor left out of a cancelled batch's files. An edge endin
 batch of a key it does not serve does not send it again: it goes to the error file as `outcome_unknown`, expired or
 cancelled.
 
-A batch expires at its expires_at (EDGE_BATCH_WINDOW_S after its creation), as OpenAI's do: no line is sent or
-offered after it; the lines in flight finish and are recorded; the lines never sent go to the error file as
-`batch_expired` (failed in request_counts); not those of an offer whose reply was lost, which the router is asked
-about (Deferral.recover), as a cancelled batch's are. The lines in provider batches were sent: they finish within their
+A batch expires at its expires_at (EDGE_BATCH_WINDOW_S after its creation, both by the store's clock, Store.clock:
+edges whose clocks disagree end it at the same time), as OpenAI's do: no line is sent or offered after it; the lines
+in flight finish and are recorded; the lines never sent go to the error file as `batch_expired` (failed in
+request_counts); not those of an offer whose reply was lost, which the router is asked about (Deferral.recover), as a
+cancelled batch's are. The lines in provider batches were sent: they finish within their
 provider's window, bounded by the router's hold on them, and are collected as ever, so a charged line keeps its
 answer; the batch then ends `expired` (or `completed`, when every line was sent in time). A batch whose input file
 is gone from the store ends `failed`, with OpenAI's `errors` and the files of the lines that finished."""
