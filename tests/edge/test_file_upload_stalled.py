@@ -8,6 +8,7 @@ counts its output file again (outputs are never refused)."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -226,5 +227,36 @@ async def test_an_upload_stalled_is_not_taken_over_by_an_edge_of_the_version_bef
         assert await store.counted_files("t1") == [FILE_ID]
         assert await store.get(file_key("file-old-retry")) == {}
         assert await store.claimed(claim.key) == claim.value(FILE_ID)
+    finally:
+        await store.close()
+
+
+async def test_an_upload_under_way_is_not_taken_over_by_an_edge_whose_clock_is_ahead(
+    any_redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A keyed upload's start is dated by the store's clock: its retry on an edge whose clock is ahead by more than
+    CREATING_S (injected between the upload's count and its keeping) is told to retry (409), and the upload stores its
+    file. Dated by the edges' clocks, the retry took over an upload just begun, which answered 503 for nothing."""
+    store = RedisStore(any_redis_url)
+    claim = idempotent.claim_for("file", "t1", "sk", "key-clock-ahead", CONTENT)
+    fields = file_fields("t1", "b.jsonl", CONTENT, "batch", 1)
+    told: list[str | None] = []
+
+    async def retry_on_an_edge_ahead(inner: Store) -> None:
+        real = time.time
+        monkeypatch.setattr(time, "time", lambda: real() + idempotent.CREATING_S + 60)
+        try:
+            await _api(inner)._write_file("t1", "file-retry", fields, len(CONTENT), claim)
+        except ApiError as refused:
+            told.append(refused.code)
+        finally:
+            monkeypatch.undo()
+
+    try:
+        under_way = _api(Lapsing(store, "keep_counted", retry_on_an_edge_ahead, False))
+        assert await under_way._write_file("t1", FILE_ID, fields, len(CONTENT), claim) is None
+        assert told == ["idempotency_key_in_use"]
+        assert await store.page("t1", "file", None, 10, True) == [FILE_ID]
+        assert await store.get(file_key("file-retry")) == {}
     finally:
         await store.close()
