@@ -79,6 +79,22 @@ async def each_primary(client: Any, *command: str) -> dict[str, Any]:
     return {node.name: await client.execute_command(*command, target_nodes=node) for node in client.get_primaries()}
 
 
+async def each_answering_primary(client: Any, *command: str) -> tuple[dict[str, Any], list[str]]:
+    """each_primary's answers of the primaries that answer, and the names of those out of reach (a master of a Redis
+    Cluster down while the others serve their slots); a single server out of reach raises, as any other error does."""
+    if not is_cluster_client(client):
+        return await each_primary(client, *command), []
+    await client.initialize()
+    answers: dict[str, Any] = {}
+    unreachable: list[str] = []
+    for node in client.get_primaries():
+        try:
+            answers[node.name] = await client.execute_command(*command, target_nodes=node)
+        except (redis.ConnectionError, redis.TimeoutError):
+            unreachable.append(node.name)
+    return answers, unreachable
+
+
 def node_url(url: str | SecretStr, host: str, port: int) -> str:
     """A `redis://` (`rediss://`) URL of one node of the Redis Cluster at `url`, with its user and password: for
     commands that must run on one connection of that node (WAIT, which counts the writes of its own connection)."""

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from llmrouter.redis_scripts import Script
 from llmrouter.tasks import raise_if_cancelled
 from services.ledger.sink_metrics import PROCESS_SINK_METRICS, SinkMetrics
 
@@ -67,7 +68,7 @@ class Backlog:
 async def read_backlog(client: Any, streams: list[str], group: str) -> Backlog:
     """The backlog of `group` over `streams`. One script a stream, each on its own slot on a Redis Cluster; not
     pipelined (sink.RedisSource.read says why)."""
-    script = client.register_script(BACKLOG)
+    script = Script(client, BACKLOG)
     replies = [await script(keys=[stream], args=[group]) for stream in streams]
     unread = [int(reply[2]) for reply in replies]
     return Backlog(

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 from llmrouter.json_depth import loads_stored
 from llmrouter.redis_connect import is_cluster_client
+from llmrouter.redis_scripts import Script
 from llmrouter.tasks import raise_if_cancelled
 from llmrouter.tasks import stop as stop_task
 from services.ledger.backlog import Backlog, read_backlog
@@ -184,7 +185,7 @@ class RedisSource:
     async def forget_idle_consumers(self) -> int:
         """Delete the group's consumers idle for forget_idle_s that hold nothing (FORGET_IDLE_CONSUMERS), after this
         sink claimed what the dead ones held; returns how many."""
-        script = self.client.register_script(FORGET_IDLE_CONSUMERS)
+        script = Script(self.client, FORGET_IDLE_CONSUMERS)
         deleted = 0
         for stream in self.streams:
             deleted += int(await script(keys=[stream], args=[self.group, self.forget_idle_ms, self.consumer]))

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import httpx
 
 from llmrouter.redis_connect import connect
+from llmrouter.redis_scripts import Script
 from llmrouter.tasks import stop as stop_task
 from services.router import metrics
 from services.router.budgets import SCOPES, BudgetView, usd
@@ -91,7 +92,7 @@ return 0
 class RedisOnce:
     def __init__(self, client: Any) -> None:
         self.client = client
-        self._release = client.register_script(_RELEASE)
+        self._release = Script(client, _RELEASE)
 
     async def claim(self, key: str, lease_s: float) -> str | None:
         token = uuid.uuid4().hex

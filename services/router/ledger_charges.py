@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmrouter.json_depth import loads_stored
+from llmrouter.redis_scripts import Script
 from llmrouter.settings import load_settings
 from services.ledger.db import Charge, LedgerDB
 from services.ledger.service import ledger_for
@@ -160,7 +161,7 @@ async def settle_forgotten(
     """Each charge's Finding (only those with something found); with `repair`, each mended as Finding says. A charge
     whose markers have expired by now is none the store forgot: its request id is free again, and a request that uses
     it again is a new one, whose pending charge is no charge come back."""
-    script = store.redis.register_script(lua.LEDGER_CHARGED)
+    script = Script(store.redis, lua.LEDGER_CHARGED)
     findings = []
     for shard, listed in _chunks(charges):
         now_ms = money_now() * 1000

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import SecretStr
 from redis.exceptions import RedisClusterException
 
-from llmrouter.redis_connect import connect, each_primary
+from llmrouter.redis_connect import connect, each_answering_primary, each_primary
 from llmrouter.settings import load_settings
 from services.ledger.settings import LedgerSettings
 from services.router.settings import BudgetPeriodSettings
@@ -59,14 +59,24 @@ async def check_money_redis(
 
     client = connect(url, socket_connect_timeout=5, socket_timeout=5)
     try:
-        memory = await each_primary(client, "INFO", "memory")
-        persistence = await each_primary(client, "INFO", "persistence")
-        servers = await each_primary(client, "INFO", "server")
+        # A master of a Redis Cluster down at start-up fails only the requests of its shards: the router starts, and
+        # its scripts reach that master once it is back (llmrouter.redis_scripts).
+        memory, unreachable = await each_answering_primary(client, "INFO", "memory")
+        if not memory:
+            raise redis.ConnectionError("no master answers")
+        persistence, _ = await each_answering_primary(client, "INFO", "persistence")
+        servers, _ = await each_answering_primary(client, "INFO", "server")
     except (redis.ConnectionError, redis.TimeoutError, redis.RedisError, RedisClusterException, OSError) as exc:
         reason = type(exc).__name__
         raise SystemExit(f"router: the money store (ROUTER_REDIS_URL) cannot be reached: {reason}") from None
     finally:
         await client.aclose()
+    if unreachable:
+        log.error(
+            "masters of the money store out of reach at start-up: the requests of their shards fail until they are "
+            "back, and their maxmemory-policy and AOF are not checked",
+            extra={"masters": unreachable},
+        )
     money_ids = {str(info.get("run_id")) for info in servers.values()}
     if cache_url and (await _server_ids(cache_url)) & money_ids:
         # maxmemory and its policy are per server, whatever the database: under noeviction the cache's fill would

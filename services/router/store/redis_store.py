@@ -19,6 +19,7 @@ from redis.exceptions import ResponseError, SlotNotCoveredError
 from llmrouter.json_depth import loads_stored
 from llmrouter.redis_connect import connect, is_cluster, is_cluster_client
 from llmrouter.redis_errors import StoreFailure, store_failure
+from llmrouter.redis_scripts import Script
 from llmrouter.tasks import raise_if_cancelled
 from services.router import metrics
 from services.router.capped_charges import count_charge, countable
@@ -363,25 +364,25 @@ class RedisStore:
         # On a Redis Cluster one master's failure says nothing of the shards on the others (the outbox's replay).
         self.shards_fail_apart = is_cluster(url)
         self.master_answers_s = master_answers_s
-        self._admit = self.redis.register_script(lua.ADMIT)
-        self._count_request = self.redis.register_script(lua.COUNT_REQUEST)
-        self._charge = self.redis.register_script(lua.CHARGE)
-        self._count_once = self.redis.register_script(lua.COUNT_ONCE)
-        self._ack_take = self.redis.register_script(lua.ACK_TAKE)
-        self._adopt_claim = self.redis.register_script(lua.ADOPT_CLAIM)
-        self._extend = self.redis.register_script(lua.EXTEND)
-        self._undo = self.redis.register_script(lua.UNDO)
-        self._give_back = self.redis.register_script(lua.GIVE_BACK)
-        self._record_batch = self.redis.register_script(lua.RECORD_BATCH)
-        self._keep_answer = self.redis.register_script(lua.KEEP_ANSWER)
-        self._pending_charge = self.redis.register_script(lua.PENDING_CHARGE)
-        self._held = self.redis.register_script(lua.HELD)
-        self._hold_total = self.redis.register_script(lua.HOLD_TOTAL)
-        self._lease = self.redis.register_script(lua.LEASE)
-        self._ledger_unacked_from = self.redis.register_script(lua.LEDGER_UNACKED_FROM)
-        self._spend_and_given_back = self.redis.register_script(lua.SPEND_AND_GIVEN_BACK)
-        self._ledger_position = self.redis.register_script(lua.LEDGER_POSITION)
-        self._raise_spend = self.redis.register_script(lua.RAISE_SPEND)
+        self._admit = Script(self.redis, lua.ADMIT)
+        self._count_request = Script(self.redis, lua.COUNT_REQUEST)
+        self._charge = Script(self.redis, lua.CHARGE)
+        self._count_once = Script(self.redis, lua.COUNT_ONCE)
+        self._ack_take = Script(self.redis, lua.ACK_TAKE)
+        self._adopt_claim = Script(self.redis, lua.ADOPT_CLAIM)
+        self._extend = Script(self.redis, lua.EXTEND)
+        self._undo = Script(self.redis, lua.UNDO)
+        self._give_back = Script(self.redis, lua.GIVE_BACK)
+        self._record_batch = Script(self.redis, lua.RECORD_BATCH)
+        self._keep_answer = Script(self.redis, lua.KEEP_ANSWER)
+        self._pending_charge = Script(self.redis, lua.PENDING_CHARGE)
+        self._held = Script(self.redis, lua.HELD)
+        self._hold_total = Script(self.redis, lua.HOLD_TOTAL)
+        self._lease = Script(self.redis, lua.LEASE)
+        self._ledger_unacked_from = Script(self.redis, lua.LEDGER_UNACKED_FROM)
+        self._spend_and_given_back = Script(self.redis, lua.SPEND_AND_GIVEN_BACK)
+        self._ledger_position = Script(self.redis, lua.LEDGER_POSITION)
+        self._raise_spend = Script(self.redis, lua.RAISE_SPEND)
         self._missing_since: dict[str, float] = {}  # routers seen without a heartbeat, since when (monotonic)
         # The reconciler's charges not heard back (the store out of reach as it answered), by the record swept: each
         # sent again, as made (its charge id and record), until its reply arrives (settle_swept).
