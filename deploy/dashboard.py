@@ -427,6 +427,10 @@ def build() -> dict:
                 (f"sum(increase({s('llmrouter_router_reconciled_charges_total')}[1h]))", "settled at their hold"),
                 (f"sum(increase({s('llmrouter_router_reconcile_failures_total')}[1h]))", "failed to settle"),
                 (
+                    f"sum(increase({s('llmrouter_router_reconcile_rounds_unleased_total')}[1h]))",
+                    "rounds without the lease (its master away)",
+                ),
+                (
                     f"sum by (why) (increase({s('llmrouter_router_uncounted_entries_dropped_total')}[1h]))",
                     "uncounted entries dropped: {{why}}",
                 ),

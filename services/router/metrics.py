@@ -126,6 +126,11 @@ SINK_METRICS = (
     LEDGER_SINK_FAILURES,
     LEDGER_SINK_BACKLOG_ENTRIES,
 )
+RECONCILE_UNLEASED = Counter(
+    "llmrouter_router_reconcile_rounds_unleased_total",
+    "Reconcile rounds that could not ask for the reconciler's lease, the Redis Cluster master of its slot "
+    "({llmrouter}) not answering: no pending charge was swept, nor uncounted charge counted, that round",
+)
 RECONCILE_BACKLOG = Gauge(
     "llmrouter_router_reconcile_backlog_charges",
     "Pending charges whose router is gone (dead, or within the grace before the reconciler takes it for dead) or that "

@@ -1088,9 +1088,19 @@ class RedisStore:
 
     async def reconcile(self, router: str, lease_s: float, stale_s: float) -> int:
         async with _reachable():
-            away = await self.shards_away()  # shards out of reach this round, on a Redis Cluster (_apart)
+            keys_away = await self._keys_away([*map(pending_key, range(SHARDS)), LEASE])
+            away = {shard for shard in range(SHARDS) if pending_key(shard) in keys_away}  # passed over (_apart)
             resent = await self._send_unanswered(away)
             await self._send_unheard(away)
+            if LEASE in keys_away:
+                # Its call would wait out the cluster client's retries (about 4 s) to fail the round all the same.
+                metrics.RECONCILE_UNLEASED.inc()
+                log.error(
+                    "the reconciler's lease is out of reach (the master of the {llmrouter} slot did not answer): no "
+                    "pending charge is swept this round, nor uncounted charges counted",
+                    extra={"key": LEASE},
+                )
+                return resent
             async with self._calls:  # the reconciler's calls count against the pool as requests' do
                 leased = await self._lease(keys=[LEASE], args=[router, int(lease_s * 1000)])
             if not leased:
@@ -1140,23 +1150,29 @@ class RedisStore:
         without a call of theirs, each of which would wait out the cluster client's retries (ten, with backoff: about
         4 s a call, and a round made one a shard, SHARDS / masters of them). A master that goes away later costs each
         of its shards one such call. Their work stays for a later round."""
+        keys_away = await self._keys_away([pending_key(shard) for shard in range(SHARDS)])
+        return {shard for shard in range(SHARDS) if pending_key(shard) in keys_away}
+
+    async def _keys_away(self, keys: list[str]) -> set[str]:
+        """On a Redis Cluster, those of `keys` whose master does not answer a PING within master_answers_s, every
+        master asked once, all at once (shards_away); none on one server."""
         if not self.shards_fail_apart:
             return set()
         async with _reachable():
             await self.redis.initialize()
-        away: set[int] = set()
-        masters: dict[str, tuple[Any, list[int]]] = {}  # by name: the node, its shards
-        for shard in range(SHARDS):
+        away: set[str] = set()
+        masters: dict[str, tuple[Any, list[str]]] = {}  # by name: the node, its keys
+        for key in keys:
             try:
-                node = self.redis.get_node_from_key(pending_key(shard))
+                node = self.redis.get_node_from_key(key)
             except SlotNotCoveredError:  # no master at all, as the client last learnt the cluster's layout
-                away.add(shard)
+                away.add(key)
                 continue
-            masters.setdefault(node.name, (node, []))[1].append(shard)
+            masters.setdefault(node.name, (node, []))[1].append(key)
         answers = await asyncio.gather(*(self._answers(node) for node, _ in masters.values()))
-        for (_, shards), answered in zip(masters.values(), answers, strict=True):
+        for (_, served), answered in zip(masters.values(), answers, strict=True):
             if not answered:
-                away.update(shards)
+                away.update(served)
         return away
 
     async def _answers(self, node: Any) -> bool:

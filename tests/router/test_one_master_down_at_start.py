@@ -1,0 +1,135 @@
+"""A Redis Cluster money store with one master down (the cluster told to serve the others' slots meanwhile:
+cluster-require-full-coverage no). A router started then exited (its check of every master's eviction policy could not
+reach that one), and, started all the same, ran no script at all: redis-py loads a script it finds unknown on every
+master (SCRIPT LOAD), which failed on the one down, so that no request was admitted or charged on any master, and the
+reconciler never took its lease. And with the master of the lease's own slot ({llmrouter}) down, each reconcile round
+waited out the cluster client's retries (about 4 s, or for good where the master's address never answers) on the
+lease, to fail all the same. Now the router starts, serves the tenants of the masters that answer, and loads its
+scripts on the one that was down once it is back (NOSCRIPT: the script sent whole); a round whose lease's master does
+not answer the round's PING passes over the lease, counted and logged. Real Redis Clusters of the tests' own."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from redis.crc import key_slot
+
+from services.router import metrics
+from services.router.money_check import check_money_redis
+from services.router.store import Account, AccountKeys, Allowance, Hold, RedisStore, StoreUnavailable, period_id
+from services.router.store.keys import GLOBAL
+from services.router.store.model import to_pico
+from tests.redis_servers import RedisCluster
+from tests.router.test_outbox_one_shard_down import DOWN, tenant_on
+from tests.router.test_reconcile_one_master_down import LEASE_S, left_by_a_dead_router, settled
+from tests.waiting import eventually
+
+DAY = period_id("day")
+HOLD_PICO = 2_000_000
+PICO = 1_000_000
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[RedisCluster]:
+    cluster = RedisCluster(tmp_path / "cluster", full_coverage=False).start()
+    yield cluster
+    cluster.stop()
+
+
+async def ledger_pico(store: RedisStore, account: Account) -> int:
+    """What the account's shard's ledger stream charged the account's tenant."""
+    entries = await store.redis.xrange(AccountKeys.of(account).ledger)
+    records = [json.loads(fields[b"record"]) for _, fields in entries]
+    return sum(to_pico(Decimal(r["cost_usd"])) for r in records if r.get("tenant") == account.tenant)
+
+
+async def served(store: RedisStore, account: Account) -> None:
+    """A request of `account` admitted and charged PICO of its hold."""
+    hold = Hold(uuid.uuid4().hex, HOLD_PICO, DAY, "alive", uuid.uuid4().hex[:8])
+    assert (await store.admit(account, Allowance("day"), hold)).refused == ""
+    record = {"request_id": hold.request_id, "tenant": account.tenant, "model": "m", "cost_usd": "0.000001"}
+    assert await store.charge(account, hold, PICO, record, charge_id=uuid.uuid4().hex)
+
+
+async def test_a_router_started_with_one_master_down_serves_the_others_and_that_one_once_back(
+    cluster: RedisCluster,
+) -> None:
+    masters = len(cluster.nodes)
+    down, up = Account(tenant_on(DOWN, masters), "k"), Account(tenant_on(0, masters), "k")
+    # Shut down, not killed: its restart holds what it was told before (nothing yet, no script either).
+    cluster.nodes[DOWN].shut_down()
+    await check_money_redis(cluster.url, allow_eviction=False)  # no exit: the router starts
+    store = RedisStore(cluster.url)  # knows no script, nor does any master
+    try:
+        await served(store, up)
+        await left_by_a_dead_router(store, up)  # settled at its hold by the reconciler
+        await eventually(settled(store, up, PICO + HOLD_PICO), "the reconciler taking its lease and settling")
+        with pytest.raises(StoreUnavailable):  # fails closed: its master is down
+            await store.admit(down, Allowance("day"), Hold(uuid.uuid4().hex, HOLD_PICO, DAY, "alive"))
+        cluster.restart_node(DOWN)
+
+        async def served_once_back() -> bool:  # the cluster may say CLUSTERDOWN a moment as it learns it is back
+            try:
+                await served(store, down)
+            except StoreUnavailable:
+                return False
+            return True
+
+        await eventually(served_once_back, "a request of the master that came back, its scripts loaded on it")
+        assert await store.spent(down, DAY) == (PICO, PICO)
+        assert await store.spent(up, DAY) == (PICO + HOLD_PICO, PICO + HOLD_PICO)  # each charged once
+        for account in (up, down):
+            assert await store.held_pico(account) == (0, 0)
+            assert await ledger_pico(store, account) == (await store.spent(account, DAY))[0]
+    finally:
+        await store.close()
+
+
+async def test_a_round_whose_lease_master_does_not_answer_passes_over_the_lease_and_the_next_takes_it(
+    cluster: RedisCluster,
+) -> None:
+    """The lease's master replaced by a listener that takes connections and never answers (a host cut off), which
+    counts them: the round asks it for its PING alone, once, and ends at master_answers_s."""
+    lease_master = cluster.owner(key_slot(GLOBAL.strip("{}").encode()))
+    masters = len(cluster.nodes)
+    others = [i for i in range(masters) if i != lease_master]
+    store = RedisStore(f"redis+cluster://127.0.0.1:{cluster.nodes[others[0]].port}")
+    account = Account(tenant_on(others[1], masters), "k")
+    try:
+        await left_by_a_dead_router(store, account)
+        node = cluster.nodes[lease_master]
+        node.shut_down()  # not killed: its restart must keep what it was told
+        asked = 0
+        released = asyncio.Event()
+
+        async def silent(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal asked
+            asked += 1
+            await released.wait()
+            writer.close()
+
+        listener = await asyncio.start_server(silent, "127.0.0.1", node.port)
+        reconciler = RedisStore(f"redis+cluster://127.0.0.1:{cluster.nodes[others[0]].port}", master_answers_s=0.2)
+        unleased = metrics.RECONCILE_UNLEASED._value.get()
+        try:
+            assert await reconciler.reconcile("alive", LEASE_S, 0.0) == 0
+        finally:
+            await reconciler.close()
+            released.set()
+            listener.close()
+            await listener.wait_closed()
+        assert asked == 1  # its PING, and no call of the lease
+        assert metrics.RECONCILE_UNLEASED._value.get() == unleased + 1
+        assert await store.held_pico(account) == (HOLD_PICO, HOLD_PICO)  # no sweep without the lease
+        cluster.restart_node(lease_master)
+        await eventually(settled(store, account, HOLD_PICO), "a round taking the lease once its master is back")
+        assert await store.held_pico(account) == (0, 0)
+        assert await ledger_pico(store, account) == HOLD_PICO  # charged once
+    finally:
+        await store.close()
