@@ -18,6 +18,7 @@ from llmrouter.json_depth import MAX_JSON_DEPTH, nested_deeper
 from llmrouter.message_names import name_fault
 from llmrouter.openai_fields import OpenAIFields, crossed, first_error, unservable
 from llmrouter.passthrough import END_USER_ID_CHARS, REQUEST_FIELDS
+from llmrouter.repeated_keys import RepeatedKey, repeated_key, unique_keys
 from llmrouter.tool_pairing import Turn, pairing_fault
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
@@ -188,9 +189,12 @@ def passthrough(raw: str) -> dict[str, Any]:
         return {}
     too_deep = f"passthrough_json is nested deeper than {MAX_JSON_DEPTH} levels"
     try:
-        value = _loads(raw)
+        value = _caller_json(raw)
     except RecursionError:  # past the parser's own depth, far past the bound
         raise invalid(too_deep, "passthrough_json") from None
+    except _GivenTwice as twice:
+        message = f"passthrough_json gives {twice.path!r} more than once: give each key once"
+        raise invalid(message, _field_of(twice.path)) from None
     except ValueError:
         value = None
     if not isinstance(value, dict):
@@ -205,6 +209,25 @@ def _loads(text: str) -> Any:
     Python reads a number past a float's range as (1e999: infinity): read, each was written again for a provider to
     refuse (json.dumps writes Infinity)."""
     return json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+
+
+class _GivenTwice(Exception):
+    """Caller-written JSON with a key given twice: `path`, the first such key's (as param_path spells one)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.path = path
+
+
+def _caller_json(text: str) -> Any:
+    """_loads for JSON a caller wrote for the router (passthrough_json, tool_calls_json), each key given once in an
+    object (llmrouter/repeated_keys.py), as the edge holds a REST body: json.loads kept the last copy, so
+    `{"max_tokens": 5, "max_tokens": null}` was served uncapped where anything reading the first copy saw a cap.
+    A model's tool call arguments are no caller's: object_arguments reads them as written."""
+    try:
+        return json.loads(text, parse_constant=_no_constant, parse_float=_finite, object_pairs_hook=unique_keys)
+    except RepeatedKey:  # parsed again for its path; a JSON error past the key is the text's own (a ValueError)
+        raise _GivenTwice(repeated_key(text)) from None
 
 
 def _no_constant(name: str) -> Any:
@@ -284,7 +307,11 @@ def _tool_calls(raw: str, index: int) -> list[dict[str, Any]]:
     if not raw:
         return []
     try:
-        calls = _loads(raw)
+        calls = _caller_json(raw)
+    except _GivenTwice as twice:
+        field = f"messages[{index}].tool_calls" + (twice.path if twice.path.startswith("[") else f".{twice.path}")
+        message = f"messages[{index}].tool_calls_json gives {field!r} more than once: give each key once"
+        raise invalid(message, field) from None
     except (ValueError, RecursionError):
         calls = None
     if not isinstance(calls, list) or not all(isinstance(c, dict) for c in calls):

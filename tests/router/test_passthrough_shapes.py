@@ -241,3 +241,57 @@ async def test_the_requests_own_fields_written_null_in_passthrough_are_left_out(
         )
     assert answer.content == "the answer to hello"
     assert provider.generated == 1
+
+
+# passthrough_json with a key given twice (the field named, the path in the message, the text). json.loads kept the
+# last copy: the first two were served uncapped and unrefused, whatever anything reading the first copy saw.
+GIVEN_TWICE: list[tuple[str, str, str]] = [
+    ("max_tokens", "max_tokens", '{"max_tokens": 5, "max_tokens": null}'),
+    ("tenant", "tenant", '{"tenant": "someone-else", "tenant": null}'),
+    ("user", "user", '{"user": "u1", "user": "u2"}'),
+    ("seed", "seed", '{"seed": 1, "s\\u0065ed": 2}'),  # one key to JSON, though not to a proxy comparing the text
+    (
+        "tools",
+        "tools[0].function.name",
+        '{"tools": [{"type": "function", "function": {"name": "a", "name": "b"}}]}',
+    ),
+]
+
+
+@pytest.mark.parametrize(("field", "path", "text"), GIVEN_TWICE)
+async def test_a_key_given_twice_in_passthrough_is_refused_naming_it(
+    tmp_path: Path, field: str, path: str, text: str
+) -> None:
+    """As the edge refuses a REST body with one (tests/edge/test_repeated_json_keys.py)."""
+    provider = Answering()
+    async with (
+        served_router(tmp_path, MemoryStore(), provider) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        router = router_pb2_grpc.RouterStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await router.Complete(ask("hi", "acme", passthrough_json=text), timeout=10)
+    refused = ServiceError.from_rpc_error(caught.value)
+    assert (refused.code, refused.metadata.get("field")) == (grpc.StatusCode.INVALID_ARGUMENT, field)
+    assert refused.message == f"passthrough_json gives {path!r} more than once: give each key once"
+    assert provider.generated == 0
+
+
+async def test_a_key_given_twice_in_a_tool_call_is_refused_naming_it(tmp_path: Path) -> None:
+    """`{"id": "c1", "id": "c2"}`: the result answering c2 was paired with the copy json.loads kept."""
+    call = '[{"id": "c1", "id": "c2", "type": "function", "function": {"name": "look", "arguments": "{}"}}]'
+    asked = ask("hi", "acme")
+    asked.messages.add(role="assistant", content="", tool_calls_json=call)
+    asked.messages.add(role="tool", content="blue", tool_call_id="c2")
+    provider = Answering()
+    async with (
+        served_router(tmp_path, MemoryStore(), provider) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await router_pb2_grpc.RouterStub(channel).Complete(asked, timeout=10)
+    refused = ServiceError.from_rpc_error(caught.value)
+    field = "messages[1].tool_calls[0].id"
+    assert (refused.code, refused.metadata.get("field")) == (grpc.StatusCode.INVALID_ARGUMENT, field)
+    assert refused.message == f"messages[1].tool_calls_json gives {field!r} more than once: give each key once"
+    assert provider.generated == 0
