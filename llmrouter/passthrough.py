@@ -47,6 +47,11 @@ ROUTER_EXTENSIONS = frozenset(
 REQUEST_FIELDS = (
     frozenset({"model", "messages", "stream", "max_tokens", "max_completion_tokens", "temperature"}) | ROUTER_EXTENSIONS
 )
+# The CompleteRequest's fields that say who pays and which request this is, which the edge sets for a REST caller
+# (its API key's tenant, a request id of its own) and no REST body names: written in a gRPC caller's passthrough_json,
+# they would bill, authenticate or deduplicate nothing, and are refused as REQUEST_FIELDS are. OpenAI's own `user` and
+# `metadata` are no such field: an end user's id, a tag.
+CALLER_FIELDS = frozenset({"tenant", "api_key", "api_key_id", "request_id"})
 # The end-user ids' bounds, in characters, for the edge's REST callers and the router's gRPC callers alike. OpenAI
 # documents and enforces 64 for safety_identifier, and enforces 64 for prompt_cache_key; it documents none for user
 # (deprecated for those two), where callers send longer ids to other upstreams: 512, as OpenAI bounds a metadata value.

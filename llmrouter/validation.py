@@ -17,7 +17,7 @@ from llmrouter.errors import invalid
 from llmrouter.json_depth import MAX_JSON_DEPTH, nested_deeper
 from llmrouter.message_names import name_fault
 from llmrouter.openai_fields import OpenAIFields, crossed, first_error, unservable
-from llmrouter.passthrough import END_USER_ID_CHARS, REQUEST_FIELDS
+from llmrouter.passthrough import CALLER_FIELDS, END_USER_ID_CHARS, REQUEST_FIELDS
 from llmrouter.repeated_keys import RepeatedKey, repeated_key, unique_keys
 from llmrouter.tool_pairing import Turn, pairing_fault
 
@@ -144,9 +144,11 @@ def validate(request: GenerationRequest) -> Validated:
 
 def check_request_fields(passthrough: dict[str, Any]) -> None:
     """A CompleteRequest's passthrough fields naming one of the request's own (REQUEST_FIELDS: max_tokens, max_cost_usd,
-    temperature...): no provider reads them there, so the request would be served as if they were not set, uncapped.
-    JSON null is a field left out."""
-    for name in sorted(REQUEST_FIELDS & passthrough.keys()):
+    temperature...): no provider reads them there, so the request would be served as if they were not set, uncapped;
+    or one of those saying who pays and which request this is (CALLER_FIELDS: tenant, api_key, request_id), which the
+    router reads from the request alone: a caller writing them there believed it was billed or deduplicated as it
+    said, and was not. JSON null is a field left out."""
+    for name in sorted((REQUEST_FIELDS | CALLER_FIELDS) & passthrough.keys()):
         if passthrough[name] is None:
             continue
         if name == "stream":

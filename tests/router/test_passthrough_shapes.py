@@ -15,6 +15,7 @@ import grpc
 import pytest
 
 from llmrouter.errors import ServiceError
+from llmrouter.passthrough import CALLER_FIELDS, PASSTHROUGH_FIELDS
 from llmrouter.v1 import router_pb2_grpc
 from services.edge.openai_api import ApiError, parse_request
 from services.router.store import MemoryStore
@@ -240,6 +241,41 @@ async def test_the_requests_own_fields_written_null_in_passthrough_are_left_out(
             ask("hello", "acme", passthrough_json=written), timeout=10
         )
     assert answer.content == "the answer to hello"
+    assert provider.generated == 1
+
+
+# The request's fields saying who pays and which request it is, which the edge sets for a REST caller (no REST body
+# names them: a 400 there, an unknown parameter) and never writes in passthrough_json (it writes PASSTHROUGH_FIELDS).
+CALLER_WRITTEN: list[dict[str, Any]] = [
+    {"tenant": "someone-else"},
+    {"api_key": "sk-someone-else"},
+    {"api_key_id": "0123456789abcdef"},
+    {"request_id": "r-once"},
+]
+
+
+async def test_who_pays_and_the_request_id_written_in_passthrough_are_refused_naming_them(tmp_path: Path) -> None:
+    """Read from the request alone, they were ignored there: a caller writing `{"request_id": ...}` believed its retry
+    deduplicated, and one writing `{"tenant": ...}` believed it was billed so. OpenAI's `user` and `metadata`, which the
+    edge accepts, are served (ACCEPTED)."""
+    assert not CALLER_FIELDS & PASSTHROUGH_FIELDS
+    provider = Answering()
+    async with (
+        served_router(tmp_path, MemoryStore(), provider) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        router = router_pb2_grpc.RouterStub(channel)
+        for fields in CALLER_WRITTEN:
+            (field,) = fields
+            assert edge_fault(fields) == field
+            for method in ("Complete", "Decide"):
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await getattr(router, method)(ask("hi", "acme", passthrough_json=json.dumps(fields)), timeout=10)
+                refused = ServiceError.from_rpc_error(caught.value)
+                assert (refused.code, refused.metadata.get("field")) == (grpc.StatusCode.INVALID_ARGUMENT, field)
+                assert "passthrough_json" in refused.message
+        served = await router.Complete(ask("hi", "acme", passthrough_json='{"tenant": null}'), timeout=10)
+        assert served.content == "the answer to hi"  # null: a field left out, as for the request's own fields
     assert provider.generated == 1
 
 
