@@ -161,6 +161,18 @@ def check_request_fields(passthrough: dict[str, Any]) -> None:
         )
 
 
+def check_call_ids(tool_calls: list[list[dict[str, Any]]]) -> None:
+    """A CompleteRequest's tool calls each give their id, as OpenAI and the edge require ("" is one: the router hands
+    on an upstream's call that had none so). Without one, OpenAI refused the call and Anthropic's gateway made up an
+    id and served it, as routing chose. Not the providers service's rule: a router of the version before hands on
+    such calls, admitted and held for."""
+    for i, calls in enumerate(tool_calls):
+        for j, call in enumerate(calls):
+            if "id" not in call:
+                field = f"messages[{i}].tool_calls[{j}].id"
+                raise invalid(f"Missing required parameter: '{field}'.", field)
+
+
 def object_arguments(call: dict[str, Any]) -> dict[str, Any] | None:
     """A tool call's arguments (OpenAI's: the JSON text the model wrote) as the JSON object they hold, an empty one when
     none are given; None when they hold no object (`{`, `[1,2]`, a NaN, nesting past the parser's depth, no string)."""
@@ -326,8 +338,10 @@ def _tool_calls(raw: str, index: int) -> list[dict[str, Any]]:
 
 def _check_call_shape(call: dict[str, Any], at: str) -> None:
     """A call in OpenAI's shape, as the edge types a REST caller's: its `function` an object naming the function, its
-    arguments (when given) the JSON text the model wrote, its type (when given) "function". Sent on otherwise, a
-    `function` of another type failed Anthropic's gateway (INTERNAL), and the rest went on for an upstream to refuse."""
+    arguments (when given) the JSON text the model wrote, its type (when given) "function" (OpenAI's gateway writes it
+    when left out, as OpenAI's SDKs do). Sent on otherwise, a `function` of another type failed Anthropic's gateway
+    (INTERNAL), and the rest went on for an upstream to refuse. Its id is required at the router's door alone
+    (check_call_ids)."""
     function = call.get("function")
     if not isinstance(function, dict):
         raise invalid(f"{at}.function must be an object, got a JSON {_json_type(function)}", f"{at}.function")

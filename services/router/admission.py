@@ -19,7 +19,14 @@ from llmrouter.passthrough import has_blank_stop, prompt_fields, prompt_json
 from llmrouter.registry import ModelSpec, RegistrySource
 from llmrouter.tokens import count_prompt_tokens, fewest_prompt_tokens
 from llmrouter.v1 import router_pb2
-from llmrouter.validation import AmountError, check_message_count, check_request_fields, parse_amount, validate
+from llmrouter.validation import (
+    AmountError,
+    check_call_ids,
+    check_message_count,
+    check_request_fields,
+    parse_amount,
+    validate,
+)
 from services.router import metrics, policy
 from services.router.costs import affordable_output, floor_pico, worst_pico
 from services.router.end_users import EndUserScope
@@ -137,6 +144,7 @@ class Admission:
         if fewest_prompt_tokens(len(request.messages)) > self.max_context:  # known without reading them
             raise self._over_every_window()
         valid = validate(request)
+        check_call_ids(valid.tool_calls)
         check_request_fields(valid.passthrough)
         aims = [name for name in ("quality_target", "strong_share", "quality_kept") if request.HasField(name)]
         for name in aims:

@@ -53,6 +53,18 @@ def write_as_long_as_allowed(body: dict[str, Any]) -> str:
     return " lorem" * (limit + 8)  # one token per word in cl100k_base; the fake truncates to max_tokens
 
 
+def missing_call_field(messages: list[Any]) -> str | None:
+    """As api.openai.com: an assistant message's tool call without its id or type is a 400 naming the first such
+    field (messages[i].tool_calls[j].id)."""
+    for i, message in enumerate(messages):
+        calls = message.get("tool_calls") if isinstance(message, dict) else None
+        for j, call in enumerate(calls if isinstance(calls, list) else []):
+            for field in ("id", "type"):
+                if isinstance(call, dict) and field not in call:
+                    return f"messages[{i}].tool_calls[{j}].{field}"
+    return None
+
+
 class FakeOpenAI(FakeServer):
     """Use as a context manager; point clients at `base_url` (ends in /v1, like the OpenAI SDK expects).
 
@@ -165,10 +177,14 @@ class FakeOpenAI(FakeServer):
         if request.method != "POST" or request.path != "/v1/chat/completions":
             return None
         unknown = sorted(set(request.json) - KNOWN_FIELDS)
-        if not unknown:
-            return None
-        message = f"Unrecognized request argument supplied: {unknown[0]}"
-        return {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}}
+        if unknown:
+            message = f"Unrecognized request argument supplied: {unknown[0]}"
+            return {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}}
+        if (missing := missing_call_field(request.json.get("messages") or [])) is not None:
+            message = f"Missing required parameter: '{missing}'."
+            error = {"message": message, "type": "invalid_request_error", "param": missing}
+            return {"error": {**error, "code": "missing_required_parameter"}}
+        return None
 
     def malformed_event(self) -> bytes:
         return b'data: {"id": "chatcmpl-broken", "choices": [{\n\n'

@@ -199,12 +199,13 @@ async def test_tool_calls_of_another_shape_are_refused_naming_the_field_before_r
     assert list(store.ledger) == []
 
 
-# A call as a gRPC caller may write it, and as the providers hand on an upstream's: its id, type and arguments left out
-# (a call without an id is answered by a tool message without one), arguments null, "" or "{}" (the OpenAI SDK's for a
-# call of no parameters), parallel calls answered in any order.
+# A call as a gRPC caller may write it, and as the providers hand on an upstream's: its id "" (an upstream's call
+# without one, answered by a tool message without one), its type and arguments left out, arguments null, "" or "{}"
+# (the OpenAI SDK's for a call of no parameters), parallel calls answered in any order. Its id left out is refused
+# (test_tool_calls_written_sparse.py).
 SPARSE_TURNS: list[dict[str, Any]] = [
     USER,
-    {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "look"}}]},
+    {"role": "assistant", "content": "", "tool_calls": [{"id": "", "function": {"name": "look"}}]},
     result(""),
     USER,
     {

@@ -217,7 +217,9 @@ def _message(m: Message, names: bool) -> dict[str, Any]:
     if m.tool_call_id:
         out["tool_call_id"] = m.tool_call_id
     if m.tool_calls:
-        out["tool_calls"] = m.tool_calls
+        # A call's type may be left out (validation: it can only be "function"), where OpenAI's API requires it: a
+        # gRPC caller's call without it was refused by OpenAI and served by Anthropic. Written as OpenAI's SDKs do.
+        out["tool_calls"] = [{**call, "type": "function"} for call in m.tool_calls]
     return out
 
 
