@@ -2,7 +2,7 @@
 parse takes: 200,000 messages (chat) or input items (/v1/responses), or 2,700,000 zeros, 2,000,000 empty lists or
 2,000,000 empty objects, or 1,600,000 fractions, short strings or `true`s as metadata, in a body under
 EDGE_MAX_BODY_BYTES (8 MiB), posted to `python -m services.edge` while a second client asks /healthz every 5 ms. A
-body of over 100,000 objects and arrays or 200,000 items in them (services/edge/json_bounds.py) is a 413 before it is
+body of over 100,000 objects and arrays or 200,000 items in them (llmrouter/json_bounds.py) is a 413 before it is
 parsed.
 Reported per body: the longest /healthz wait meanwhile (the event loop's stall) and the body's own answer time, median
 of --runs, and how much the edge's peak RSS (VmHWM) grew over them (an edge of its own for each body), for --before

@@ -14,8 +14,8 @@ from array import array
 from collections.abc import Iterator
 from typing import Any
 
+from llmrouter.json_bounds import MAX_JSON_CONTAINERS, MAX_JSON_ITEMS, containers_over, items_over
 from llmrouter.repeated_keys import RepeatedKey, repeated_key, unique_keys
-from services.edge.json_bounds import MAX_JSON_CONTAINERS, MAX_JSON_ITEMS, containers_over, items_over
 from services.edge.openai_api import ApiError, json_fault, loads_line, written_number
 
 ENDPOINT = "/v1/chat/completions"

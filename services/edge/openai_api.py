@@ -29,6 +29,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from starlette.requests import ClientDisconnect, Request
 
 from llmrouter import parameters
+from llmrouter.json_bounds import MAX_JSON_CONTAINERS, MAX_JSON_ITEMS, containers_over, items_over
 from llmrouter.json_depth import MAX_JSON_DEPTH, nested_deeper
 from llmrouter.message_names import name_fault
 from llmrouter.openai_fields import (
@@ -50,7 +51,6 @@ from llmrouter.server import MAX_MESSAGE_BYTES
 from llmrouter.tool_pairing import Turn, pairing_fault
 from llmrouter.v1 import common_pb2, router_pb2
 from llmrouter.validation import MAX_MESSAGES, AmountError, parse_amount
-from services.edge.json_bounds import MAX_JSON_CONTAINERS, MAX_JSON_ITEMS, containers_over, items_over
 
 # Body fields the edge maps to the router's request itself.
 MAPPED = REQUEST_FIELDS | {"stream_options", "n"}

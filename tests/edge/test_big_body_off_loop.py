@@ -1,7 +1,7 @@
 """A large body of millions of tiny JSON values is parsed and checked off the edge's event loop: inline, its ~0.5 s
 held every other request of the process (benchmarks/item_stall.py). Other requests are answered meanwhile, and
 its refusal is the one the inline parse makes. The bounds on a body's objects and arrays and the items in them
-(services/edge/json_bounds.py) now refuse these bodies before their parse: lifted here, the parse is the one watched."""
+(llmrouter/json_bounds.py) now refuse these bodies before their parse: lifted here, the parse is the one watched."""
 
 from __future__ import annotations
 

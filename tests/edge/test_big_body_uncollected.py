@@ -2,7 +2,7 @@
 (every request of the process), for as long as it walks the objects it counts: a body of millions of empty arrays made
 json.loads, in the parser's thread, set off pass after pass over all of them, ~1 s held for 8 MB where a body of as
 many zeros is parsed in ~0.13 s (benchmarks/item_stall.py). The bounds on a body's objects and arrays and the items in
-them (services/edge/json_bounds.py) now refuse such a body before its parse; lifted here, the parse is the one
+them (llmrouter/json_bounds.py) now refuse such a body before its parse; lifted here, the parse is the one
 watched.
 
 What is watched is how many objects the parser thread's passes walk, counted as each pass starts, not how long they

@@ -11,9 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
+from llmrouter.json_bounds import MAX_JSON_CONTAINERS
 from services.batches import wire
 from services.edge import legacy, openai_api, responses
-from services.edge.json_bounds import MAX_JSON_CONTAINERS
 from services.edge.openai_api import ApiError, parse_request
 from tests.edge.conftest import Edge
 

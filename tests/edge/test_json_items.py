@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
+from llmrouter.json_bounds import MAX_JSON_ITEMS
 from services.edge import openai_api
-from services.edge.json_bounds import MAX_JSON_ITEMS
 from services.edge.openai_api import ApiError, decode_json, parse_request
 from tests.edge.conftest import Edge
 from tests.edge.test_big_body_off_loop import one_answer, peak_rss_mb
