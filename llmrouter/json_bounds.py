@@ -7,6 +7,8 @@ most messages (2048) and content parts across them (8192) the edge takes are ~10
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 MAX_JSON_CONTAINERS = 100_000
 # Array elements and object members, counted by the commas between them (a lower bound: a container's first item has
 # none before it). Within it, a parse holds ~40 MB of Python objects at most besides the strings' characters (an
@@ -15,15 +17,32 @@ MAX_JSON_ITEMS = 200_000
 CHUNK_BYTES = 1024 * 1024  # strings set apart a chunk at a time: their pieces for one chunk in memory, not the body's
 
 
+CONTAINER_MARKS = (b"{", b"[")
+ITEM_MARKS = (b",",)  # `limit` commas between items make one more item than that
+
+
 def containers_over(data: bytes, limit: int, start: int = 0, end: int | None = None) -> bool:
     """Whether data[start:end], JSON, opens more than `limit` objects and arrays."""
-    return _over(data, (b"{", b"["), limit, start, end)
+    return _over(data, CONTAINER_MARKS, limit, start, end)
 
 
 def items_over(data: bytes, limit: int, start: int = 0, end: int | None = None) -> bool:
     """Whether data[start:end], JSON, has more than `limit` array elements and object members: `limit` commas between
     them make one more item than that."""
-    return _over(data, (b",",), limit - 1, start, end)
+    return _over(data, ITEM_MARKS, limit - 1, start, end)
+
+
+def first_over(texts: Sequence[bytes], marks: tuple[bytes, ...], limit: int) -> int | None:
+    """The index of the text at which `texts`, JSON each, together have more than `limit` of `marks` outside their
+    strings (CONTAINER_MARKS, ITEM_MARKS); None when they have no more. Counted as _over counts one text."""
+    if sum(text.count(mark) for text in texts for mark in marks) <= limit:
+        return None
+    found = 0
+    for i, text in enumerate(texts):
+        found += _outside_strings(text, marks, limit - found)
+        if found > limit:
+            return i
+    return None
 
 
 def _over(data: bytes, marks: tuple[bytes, ...], limit: int, start: int, end: int | None) -> bool:

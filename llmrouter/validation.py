@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from llmrouter.errors import invalid
+from llmrouter.json_bounds import CONTAINER_MARKS, ITEM_MARKS, MAX_JSON_CONTAINERS, MAX_JSON_ITEMS, first_over
 from llmrouter.json_depth import MAX_JSON_DEPTH, nested_deeper
 from llmrouter.message_names import name_fault
 from llmrouter.openai_fields import OpenAIFields, crossed, first_error, unservable
@@ -134,12 +135,35 @@ def validate(request: GenerationRequest) -> Validated:
         raise invalid("max_tokens must be positive", "max_tokens")
     if request.HasField("temperature") and not 0 <= request.temperature <= 2:
         raise invalid("temperature must be within [0, 2]", "temperature")
+    _check_json_size(request)
     tool_calls = [_tool_calls(m.tool_calls_json, i) for i, m in enumerate(request.messages)]
     _check_tool_pairing(request.messages, tool_calls)
     extras = passthrough(request.passthrough_json)
     _check_end_user_ids(extras)
     _check_openai_fields(extras)
     return Validated(tool_calls, extras, _raw_arguments_at(tool_calls))
+
+
+# The most JSON objects and arrays, and items in them, a request's JSON fields (its messages' tool_calls_json and
+# passthrough_json) hold together, counted before they are parsed. The edge bounds a REST body so (llmrouter/
+# json_bounds.py), and what it sends on is part of the body, re-encoded: twice its bounds refuses nothing it sends.
+# Unbounded, a gRPC caller's 16 MiB of `[[],[],...]` in a field sent nowhere held the router's event loop for tens of
+# seconds, once to validate it and again each time it was sent on.
+MAX_REQUEST_CONTAINERS = 2 * MAX_JSON_CONTAINERS
+MAX_REQUEST_ITEMS = 2 * MAX_JSON_ITEMS
+
+
+def _check_json_size(request: GenerationRequest) -> None:
+    """The request's JSON fields within MAX_REQUEST_CONTAINERS and MAX_REQUEST_ITEMS, the field passing one named."""
+    names = [f"messages[{i}].tool_calls_json" for i in range(len(request.messages))] + ["passthrough_json"]
+    texts = [m.tool_calls_json.encode() for m in request.messages] + [request.passthrough_json.encode()]
+    for marks, marks_allowed, bound, what in (
+        (CONTAINER_MARKS, MAX_REQUEST_CONTAINERS, MAX_REQUEST_CONTAINERS, "JSON objects and arrays"),
+        (ITEM_MARKS, MAX_REQUEST_ITEMS - 1, MAX_REQUEST_ITEMS, "JSON array elements and object members"),
+    ):
+        if (at := first_over(texts, marks, marks_allowed)) is not None:
+            message = f"{names[at]} takes the request's tool calls and passthrough_json past {bound} {what}"
+            raise invalid(message, names[at])
 
 
 def check_request_fields(passthrough: dict[str, Any]) -> None:

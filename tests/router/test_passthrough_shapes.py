@@ -15,6 +15,7 @@ import grpc
 import pytest
 
 from llmrouter.errors import ServiceError
+from llmrouter.json_bounds import MAX_JSON_CONTAINERS
 from llmrouter.passthrough import CALLER_FIELDS, PASSTHROUGH_FIELDS
 from llmrouter.v1 import router_pb2_grpc
 from services.edge.openai_api import ApiError, parse_request
@@ -331,3 +332,45 @@ async def test_a_key_given_twice_in_a_tool_call_is_refused_naming_it(tmp_path: P
     assert (refused.code, refused.metadata.get("field")) == (grpc.StatusCode.INVALID_ARGUMENT, field)
     assert refused.message == f"messages[1].tool_calls_json gives {field!r} more than once: give each key once"
     assert provider.generated == 0
+
+
+async def test_json_fields_past_twice_the_edges_bounds_are_refused_before_they_are_parsed(tmp_path: Path) -> None:
+    """A gRPC caller's 16 MiB of `[[],[],...]` in a field sent nowhere held the router's event loop for seconds, once
+    to validate it and again each time it was sent on. Counted together, the tool calls and passthrough_json are
+    bounded at twice what the edge takes in a REST body (what it sends on is part of one), the field passing it named;
+    commas and brackets within strings count for nothing, and a field of the edge's bounds is served."""
+    call = {"id": "c1", "type": "function", "function": {"name": "look", "arguments": "{}"}, "x": [0] * 300_000}
+    with_calls = ask("hi", "acme")
+    with_calls.messages.add(role="assistant", content="", tool_calls_json=json.dumps([call]))
+    with_calls.messages.add(role="tool", content="blue", tool_call_id="c1")
+    with_calls.passthrough_json = json.dumps({"x": [0] * 100_000})  # within the bound alone, past it with the call
+    containers = ask("hi", "acme", passthrough_json=json.dumps({"x": [[]] * (2 * MAX_JSON_CONTAINERS)}))
+    provider = Answering()
+    async with (
+        served_router(tmp_path, MemoryStore(), provider) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        router = router_pb2_grpc.RouterStub(channel)
+        refused: list[tuple[grpc.StatusCode, str | None, str]] = []
+        for asked in (containers, with_calls):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await router.Complete(asked, timeout=30)
+            error = ServiceError.from_rpc_error(caught.value)
+            refused.append((error.code, error.metadata.get("field"), error.message))
+        within = {"x": [[]] * (MAX_JSON_CONTAINERS - 1), "y": "[{,}]" * 500_000}
+        served = await router.Complete(ask("hi", "acme", passthrough_json=json.dumps(within)), timeout=30)
+    assert refused == [
+        (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "passthrough_json",
+            "passthrough_json takes the request's tool calls and passthrough_json past 200000 JSON objects and arrays",
+        ),
+        (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "passthrough_json",
+            "passthrough_json takes the request's tool calls and passthrough_json past 400000 JSON array elements and "
+            "object members",
+        ),
+    ]
+    assert served.content == "the answer to hi"
+    assert provider.generated == 1
