@@ -341,20 +341,26 @@ def _json_type(value: Any) -> str:
 
 
 def _tool_calls(raw: str, index: int) -> list[dict[str, Any]]:
-    """A message's tool_calls_json: a JSON array of objects, or nothing."""
+    """A message's tool_calls_json: a JSON array of objects nested at most MAX_JSON_DEPTH levels, as passthrough_json
+    and a REST body are (unbounded, a call nested 900 levels was sent on whole to an OpenAI-compatible upstream, and
+    one past the parser's own limit was said to be no array), or nothing."""
     if not raw:
         return []
+    field = f"messages[{index}].tool_calls_json"
+    too_deep = f"{field} is nested deeper than {MAX_JSON_DEPTH} levels"
     try:
         calls = _caller_json(raw)
+    except RecursionError:  # past the parser's own depth, far past the bound
+        raise invalid(too_deep, field) from None
     except _GivenTwice as twice:
-        field = f"messages[{index}].tool_calls" + (twice.path if twice.path.startswith("[") else f".{twice.path}")
-        message = f"messages[{index}].tool_calls_json gives {field!r} more than once: give each key once"
-        raise invalid(message, field) from None
-    except (ValueError, RecursionError):
+        named = f"messages[{index}].tool_calls" + (twice.path if twice.path.startswith("[") else f".{twice.path}")
+        raise invalid(f"{field} gives {named!r} more than once: give each key once", named) from None
+    except ValueError:
         calls = None
     if not isinstance(calls, list) or not all(isinstance(c, dict) for c in calls):
-        field = f"messages[{index}].tool_calls_json"
         raise invalid(f"{field} must be a JSON array of objects, every number in it finite", field)
+    if nested_deeper(calls):
+        raise invalid(too_deep, field)
     for j, call in enumerate(calls):
         _check_call_shape(call, f"messages[{index}].tool_calls[{j}]")
     return calls

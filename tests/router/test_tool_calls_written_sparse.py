@@ -114,3 +114,18 @@ async def test_a_tool_call_without_its_id_is_refused_naming_it_before_any_hold(
         assert [r for r in await ledger_records(client) if r["request_id"] == asked.request_id] == []
     finally:
         await client.aclose()
+
+
+@pytest.mark.parametrize("model_name", MODELS)
+async def test_a_tool_call_nested_past_the_json_depth_bound_is_refused_naming_it(stack: Stack, model_name: str) -> None:
+    """As a deeper passthrough_json or REST body is (64 levels): unbounded, one nested 900 levels was served (sent on
+    whole to the OpenAI-compatible upstream), and one past the parser's own limit was said to be no array."""
+    nested = json.loads("[" * 900 + "]" * 900)
+    asked = request(model_name, {"id": "call_1", "function": LOOK, "x": nested}, "call_1")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stack.router.Complete(asked, timeout=20)
+    refused = ServiceError.from_rpc_error(caught.value)
+    field = "messages[1].tool_calls_json"
+    assert (refused.code, refused.metadata.get("field")) == (grpc.StatusCode.INVALID_ARGUMENT, field)
+    assert refused.message == f"{field} is nested deeper than 64 levels"
+    assert len(stack.openai.requests) == len(stack.claude.requests) == 0
