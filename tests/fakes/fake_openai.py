@@ -180,10 +180,16 @@ class FakeOpenAI(FakeServer):
         if unknown:
             message = f"Unrecognized request argument supplied: {unknown[0]}"
             return {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}}
-        if (missing := missing_call_field(request.json.get("messages") or [])) is not None:
+        messages = request.json.get("messages") or []
+        if (missing := missing_call_field(messages)) is not None:
             message = f"Missing required parameter: '{missing}'."
             error = {"message": message, "type": "invalid_request_error", "param": missing}
             return {"error": {**error, "code": "missing_required_parameter"}}
+        for i, message in enumerate(messages):
+            if isinstance(message, dict) and message.get("role") == "tool" and "tool_call_id" not in message:
+                text = "Missing parameter 'tool_call_id': messages with role 'tool' must have a 'tool_call_id'."
+                error = {"message": text, "type": "invalid_request_error", "param": f"messages[{i}].tool_call_id"}
+                return {"error": {**error, "code": None}}
         return None
 
     def malformed_event(self) -> bytes:

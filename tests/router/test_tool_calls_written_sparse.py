@@ -91,6 +91,17 @@ async def test_a_tool_call_without_its_type_is_served_by_either_kind_of_upstream
 
 
 @pytest.mark.parametrize("model_name", MODELS)
+async def test_a_tool_call_of_an_empty_id_is_answered_by_either_kind_of_upstream(stack: Stack, model_name: str) -> None:
+    """The id "" is the router's for an upstream's call that had none: the result answering it is sent with it, where
+    OpenAI's gateway left it out (OpenAI's 400: a tool message must have a tool_call_id; Anthropic served it)."""
+    answer = await stack.router.Complete(request(model_name, {"id": "", "function": LOOK}, ""), timeout=20)
+    assert (answer.model, answer.content) == (model_name, f"[{model_name}] The tool said: blue")
+    if model_name == "openai-model":
+        (sent,) = stack.openai.requests
+        assert sent.json["messages"][2] == {"role": "tool", "content": "blue", "tool_call_id": ""}
+
+
+@pytest.mark.parametrize("model_name", MODELS)
 @pytest.mark.parametrize("method", ["Complete", "CompleteStream"])
 async def test_a_tool_call_without_its_id_is_refused_naming_it_before_any_hold(
     stack: Stack, model_name: str, method: str

@@ -214,7 +214,9 @@ def _message(m: Message, names: bool) -> dict[str, Any]:
     out: dict[str, Any] = {"role": m.role, "content": m.content or (None if m.tool_calls else "")}
     if m.name and names:
         out["name"] = m.name
-    if m.tool_call_id:
+    if m.role == "tool":
+        # Even "": the id of a call an upstream gave none (handed on so), which pairing matched. Left out, it was
+        # OpenAI's 400 (a tool message must have a tool_call_id) where Anthropic's gateway served the turn.
         out["tool_call_id"] = m.tool_call_id
     if m.tool_calls:
         # A call's type may be left out (validation: it can only be "function"), where OpenAI's API requires it: a
