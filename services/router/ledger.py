@@ -134,7 +134,7 @@ async def export(client: Any, out: Path, before_ms: int | None = None) -> int:
     """Append the entries (older than `before_ms` when given) to `out`; returns how many were exported."""
     below = None if before_ms is None else f"{before_ms}-0"
     async with _appending(out) as file:
-        return await _export(client, _Archive(out, file), [below] * SHARDS)
+        return sum(count for count, _ in await _export(client, _Archive(out, file), [below] * SHARDS))
 
 
 @asynccontextmanager
@@ -213,20 +213,23 @@ def _last_byte(path: Path) -> bytes:
         return file.read(1)
 
 
-async def _export(client: Any, archive: _Archive, below: Sequence[str | None]) -> int:
-    """Append each shard's entries with ids below its bound in `below` (all of them for None) to `archive`, fsynced."""
-    exported = 0
+async def _export(client: Any, archive: _Archive, below: Sequence[str | None]) -> list[tuple[int, str | None]]:
+    """Append each shard's entries with ids below its bound in `below` (all of them for None) to `archive`, fsynced;
+    returns, shard by shard, how many were exported and the id of the last (None: none)."""
+    exported: list[tuple[int, str | None]] = []
     for shard in range(SHARDS):
         start, end = "-", "+" if below[shard] is None else f"({below[shard]}"
+        count, last = 0, None
         while True:
             entries = await client.xrange(ledger_key(shard), min=start, max=end, count=BATCH)
             for entry_id, fields in entries:
                 line = {"shard": shard, "id": entry_id.decode(), "record": _as_built(fields)}
                 archive.file_for(line["id"]).write(json.dumps(line) + "\n")
-            exported += len(entries)
+                count, last = count + 1, line["id"]
             if len(entries) < BATCH:
                 break
             start = "(" + entries[-1][0].decode()
+        exported.append((count, last))
     archive.sync()
     return exported
 
@@ -290,10 +293,15 @@ async def trim(
             below.append(cutoff if unacknowledged is None else min(cutoff, unacknowledged, key=_id))
         deleted = 0
         try:
-            if await _export(client, archive, below):
-                for shard in range(SHARDS):
-                    # Bounded by the group as it stands now too: a group made since (a sink started) acknowledged none.
-                    deleted += int(await client.eval(TRIM_COPIED, 1, ledger_key(shard), below[shard], group, "1"))
+            for shard, (_, last) in enumerate(await _export(client, archive, below)):
+                if last is None:
+                    continue
+                # Up to the last entry exported, not the cutoff: one added since this shard was read is below the
+                # cutoff too when this host's clock is ahead of Redis' (which dates the ids) by more than the
+                # retention, and was deleted unexported. Bounded by the group as it stands now too: a group made since
+                # (a sink started) acknowledged none.
+                ms, seq = _id(last)
+                deleted += int(await client.eval(TRIM_COPIED, 1, ledger_key(shard), f"{ms}-{seq + 1}", group, "1"))
         finally:
             archive.close()
     kept_back = await _kept_back(client, cutoff)
