@@ -689,7 +689,9 @@ class LedgerDB:
                 continue
             if row.get("period") != period or (since is not None and row.get("ts") < since):
                 continue
-            if not conn.execute(copied_sql, (row.get("tenant"), row.get("request_id"), str(entry))).fetchone():
+            ids = (row.get("tenant"), row.get("request_id"))
+            # Text no row can hold is never looked up: the database would refuse it again, failing the whole read.
+            if not self._holds(*ids) or not conn.execute(copied_sql, (*ids, str(entry))).fetchone():
                 charges[str(entry)] = (row.get("tenant"), row.get("key_id"), row.get("cost_pico"))
         return RejectedCharges(charges, unjudged)
 
@@ -784,6 +786,18 @@ class LedgerDB:
             extra={"deleted": deleted, "max_bytes": self.max_bytes},
         )
 
+    def _holds(self, *texts: str) -> bool:
+        """Whether a row's text column can hold each of `texts`: UTF-8 (no lone surrogate) and, on PostgreSQL, no
+        NUL. An entry kept in ledger_rejected for such text is no row; a lookup by it is refused as its insert was."""
+        for text in texts:
+            if self.postgres and "\x00" in text:
+                return False
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+        return True
+
     def _rejected(self) -> list[tuple[str, str, str]]:
         with self._connected() as conn:
             found = conn.execute(
@@ -847,7 +861,9 @@ class LedgerDB:
         deleted = 0
         for entry, text in old.fetchall():
             give_back = _give_back_of(str(text), str(entry))
-            if give_back is None or not conn.execute(charged, give_back).fetchone():
+            # A give-back whose ids no row can hold has no charge kept beside it (nor is it looked up: refused again,
+            # the retention would fail every run).
+            if give_back is None or not self._holds(*give_back) or not conn.execute(charged, give_back).fetchone():
                 deleted += conn.execute(f"DELETE FROM ledger_rejected WHERE ledger_entry = {mark}", (entry,)).rowcount
         return int(deleted)
 
