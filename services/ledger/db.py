@@ -364,7 +364,15 @@ class LedgerDB:
             self._conninfo = dsn if timed else psycopg.conninfo.make_conninfo(dsn, connect_timeout=CONNECT_TIMEOUT_S)
             self._conn: Any = None  # connected by the first call that reaches the server (_connected)
             self._mark = "%s"
-            self._data_errors: tuple[type[Exception], ...] = (psycopg.DataError, psycopg.IntegrityError, ValueError)
+            # A row's own fault, refused whatever the server's state: kept whole (reject), never retried. Ids too long
+            # for the primary key's index are refused as ProgramLimitExceeded, an OperationalError to psycopg, which
+            # the sink would otherwise take for the server out of reach, retrying that batch for ever.
+            self._data_errors: tuple[type[Exception], ...] = (
+                psycopg.DataError,
+                psycopg.IntegrityError,
+                psycopg.errors.ProgramLimitExceeded,
+                ValueError,
+            )
         else:
             assert path is not None
             _private_sqlite(path)
