@@ -39,7 +39,8 @@ async def test_a_charge_landing_during_a_trim_run_by_a_clock_ahead_is_kept_or_ex
     try:
         await client.xadd(ledger_key(0), {"record": json.dumps({"n": "old"})})
         monkeypatch.setattr(ledger, "time", types.SimpleNamespace(time=lambda: time.time() + AHEAD_S))
-        exported_from, landed = client.xrange, []
+        exported_from = client.xrange
+        landed: list[bytes | str] = []
 
         async def xrange_then_a_charge_lands(name: str, **kwargs: Any) -> Any:
             entries = await exported_from(name, **kwargs)
