@@ -216,7 +216,7 @@ class Charger:
             log.warning("request id charged before; not charged again", extra={"request_id": routed.request_id})
             await self._as_charged(routed, response)
             return
-        routed.charged = cost
+        routed.charged, routed.released = cost, freed
         log.info("request served", extra=record)
         if counted:
             metrics.count_charge(record)

@@ -36,6 +36,7 @@ class Routed:
     # What failed attempts (fallbacks, escalation) cost: what they consumed, or their worst case if unknown.
     owed: Decimal = Decimal(0)
     charged: Decimal = Decimal(0)  # what its settlement charged (capped at the hold), a failure's error says it
+    released: bool = False  # its settlement, of 0 with nothing delivered, freed its request id for a retry
     # Its charge under way (Charger.settle), which runs on, shielded, when the call is cancelled: what it charged is
     # known once it ends (Charger.charged).
     charging: asyncio.Future[None] | None = None

@@ -95,6 +95,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
 
     async def Complete(self, request: router_pb2.CompleteRequest, context: Any) -> router_pb2.CompleteResponse:
         routed = await self._route(request, context)
+        await self._refuse_if_cut(routed)
         # Shielded: a caller that leaves does not stop the generation it caused, which is charged when done.
         work = self.charger.run_to_end(self._complete_and_settle(routed, context))
         with self.admitted.tracked():
@@ -109,6 +110,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self, request: router_pb2.CompleteRequest, context: Any
     ) -> AsyncIterator[router_pb2.CompleteChunk]:
         routed = await self._route(request, context)
+        await self._refuse_if_cut(routed)
         with self.admitted.tracked():
             if request.buffer_stream:
                 try:
@@ -132,7 +134,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 # Charged as a caller leaving is (_complete_stream): what it delivered, or its worst case before it; or
                 # whole, when the cut came as its answer's charge was on its way.
                 charged = await self.charger.charged(routed, routed.plan.order[0].model)
-                raise cut_error(routed.request_id, format(charged, "f")) from None
+                raise cut_error(routed.request_id, format(charged, "f"), routed.released) from None
             finally:
                 await self.charger.settle_unsettled(routed, routed.plan.order[0].model)
 
@@ -185,6 +187,15 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             await self.admission.admit(routed)
             self.routing.count(routed)
         return routed
+
+    async def _refuse_if_cut(self, routed: Routed) -> None:
+        """A call admitted once the drain's cut ran (it was being routed then) is not served: gRPC would cancel it at
+        the grace's end with no details. Settled at nothing, its id released, and refused: a retry elsewhere is safe."""
+        if not self.admitted.ran:
+            return
+        routed.failure, routed.note = "cancelled", "refused unserved: the router was shutting down"
+        charged = await self.charger.charged(routed, routed.plan.order[0].model)
+        raise cut_error(routed.request_id, format(charged, "f"), routed.released)
 
     async def _complete_and_settle(self, routed: Routed, context: Any) -> router_pb2.CompleteResponse:
         try:

@@ -3,10 +3,12 @@
 charged a stream what it delivered (outcome cancelled) and ran a unary call's generation to its end, charging it whole.
 So the router ends them itself a moment before (llmrouter/server.py, cut_at), as a caller leaving ends them (a stream
 charged what it delivered, or its worst case before its first token; a unary call's generation left to finish and be
-charged), and tells each caller so: UNAVAILABLE with ErrorInfo SHUTTING_DOWN, `retryable` false (a retry is another
-request, charged again), and `charged_usd` (a stream's charge, settled) or `cost_pending` (a unary call's, still to
-come: the ledger says what it was). A call being routed, not yet admitted, is left to gRPC's cancellation: it costs
-nothing."""
+charged), and tells each caller so: UNAVAILABLE with ErrorInfo SHUTTING_DOWN, and `charged_usd` (a stream's charge,
+settled) or `cost_pending` (a unary call's, still to come: the ledger says what it was). `retryable` is false (a retry
+is another request, charged again), but for a call that nothing reached and that was charged nothing, its request id
+released (a stream cut before its upstream was reached): a retry elsewhere is safe. A call admitted once the cut ran
+(routed as it came) is refused so at once, released at nothing. A call being routed, not yet admitted, is left to
+gRPC's cancellation: it costs nothing."""
 
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ class AdmittedCalls:
     def __init__(self) -> None:
         self._running: set[asyncio.Task] = set()
         self._cut: set[asyncio.Task] = set()
+        self.ran = False  # the cut ran: a call admitted since is refused, not served
 
     @contextmanager
     def tracked(self) -> Iterator[None]:
@@ -40,6 +43,7 @@ class AdmittedCalls:
             self._cut.discard(task)
 
     def cut(self) -> None:
+        self.ran = True
         for task in self._running - self._cut:
             self._cut.add(task)
             task.cancel()
@@ -54,15 +58,20 @@ class AdmittedCalls:
         return True
 
 
-def cut_error(request_id: str, charged_usd: str | None) -> ServiceError:
-    """`charged_usd`: what a cut stream was charged; None for a unary call, whose charge is still to come."""
+def cut_error(request_id: str, charged_usd: str | None, retryable: bool = False) -> ServiceError:
+    """`charged_usd`: what the call was charged; None for a unary call, whose charge is still to come.
+    `retryable`: nothing of it reached its caller and it was charged nothing, its request id released."""
     if charged_usd is None:
         message = (
             "the router shut down before this request was answered; its answer is still generated and charged when "
             f"done (request id {request_id}): the ledger says what it cost"
         )
         told = {"cost_pending": "true"}
+    elif retryable:
+        message = "the router shut down before serving this request: nothing was charged, and it may be sent again"
+        told = {"charged_usd": charged_usd}
     else:
         message = f"the router shut down before this answer was finished: it was charged {charged_usd} USD"
         told = {"charged_usd": charged_usd}
-    return ServiceError(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN, message, {**told, "retryable": "false"})
+    retry = "true" if retryable else "false"
+    return ServiceError(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN, message, {**told, "retryable": retry})

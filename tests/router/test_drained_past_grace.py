@@ -25,7 +25,9 @@ from llmrouter.redis_url import RedisUrl
 from llmrouter.server import RunningServer, start_server
 from llmrouter.v1 import common_pb2, provider_pb2, router_pb2, router_pb2_grpc
 from services import router
+from services.router.admission import Admission
 from services.router.settings import RouterSettings
+from services.router.store import PICO, Account, AccountKeys, key_id, period_id
 from services.router.store.redis_store import RedisStore
 from tests.conftest import ledger_records
 from tests.router.servicer_kit import registry_file, serve_providers
@@ -104,6 +106,19 @@ async def charges_of(redis_url: str, request_id: str) -> list[dict]:
     db: Any = redis.from_url(redis_url)
     try:
         return [r for r in await ledger_records(db) if r["request_id"] == request_id]
+    finally:
+        await db.aclose()
+
+
+async def ledger_is_spend(redis_url: str, tenant: str = "acme") -> None:
+    """The tenant's spend is what its ledger lines charged, and nothing stays held."""
+    db: Any = redis.from_url(redis_url)
+    try:
+        keys = AccountKeys.of(Account(tenant, key_id("")))
+        spent = Decimal(int(await db.get(keys.spend(period_id("day"))[0]) or 0)) / PICO
+        charged = sum((Decimal(r["cost_usd"]) for r in await ledger_records(db) if r["tenant"] == tenant), Decimal(0))
+        assert spent == charged
+        assert await db.zcard(keys.held()[0]) == 0
     finally:
         await db.aclose()
 
@@ -228,3 +243,86 @@ async def test_a_stream_cut_before_its_first_token_is_told_its_worst_case_charge
     (charge,) = await charges_of(redis_url, request.request_id)
     assert charge["outcome"] == "cancelled"
     assert Decimal(told.metadata["charged_usd"]) == Decimal(charge["cost_usd"]) > 0
+
+
+class HeldBeforeItsUpstream(Held):
+    """The providers hold before asking for the word to send: no upstream has the request."""
+
+    async def GenerateStreamOnCue(self, requests: Any, context: Any) -> AsyncIterator[provider_pb2.GenerateChunk]:
+        await anext(aiter(requests))
+        await self.release.wait()
+        raise AssertionError("a stream cut by the shutdown is not read on")
+        yield  # an async generator, as the servicer method it stands for
+
+
+async def test_a_stream_cut_before_its_upstream_was_reached_is_told_it_may_be_sent_again(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Nothing served and nothing charged, its id released: told `retryable` true, not false, and a retry of the same
+    request on another router is served."""
+    provider, request = HeldBeforeItsUpstream(), ask()
+    async with draining_router(tmp_path, redis_url, provider) as (running, stub):
+        chunks = stub.CompleteStream(request, timeout=30)
+        assert (await chunks.read()).HasField("decision")
+        stopping = asyncio.create_task(running.stop(GRACE_S))
+        with pytest.raises(grpc.aio.AioRpcError) as cut:
+            await chunks.read()
+        await stopping
+    told = shutting_down(cut.value)
+    assert told.metadata == {"charged_usd": "0", "retryable": "true"}
+    (charge,) = await charges_of(redis_url, request.request_id)
+    assert (charge["outcome"], Decimal(charge["cost_usd"])) == ("cancelled", 0)
+    (tmp_path / "elsewhere").mkdir()
+    async with draining_router(tmp_path / "elsewhere", redis_url, Streamed()) as (_, stub):
+        answered = [chunk async for chunk in stub.CompleteStream(request, timeout=30)]
+    assert answered[-1].final.cost_usd == "0.000057"
+    await ledger_is_spend(redis_url)
+
+
+def call_of(stub: router_pb2_grpc.RouterStub, streamed: bool, request: router_pb2.CompleteRequest) -> Any:
+    """The call's outcome as an awaitable: a unary call's answer, a stream's first chunk."""
+    if streamed:
+        return stub.CompleteStream(request, timeout=30).read()
+    return stub.Complete(request, timeout=30)
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["unary", "stream"])
+async def test_a_call_admitted_after_the_cut_is_refused_at_once_holding_nothing(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch, streamed: bool
+) -> None:
+    """Being admitted as the cut ran, it was not cut, and gRPC cancelled it at the grace's end with no details (a unary
+    call's generation run and charged meanwhile). Now it is refused before it is served: nothing charged, its hold
+    released, and told it may be sent again."""
+    admitting, admit_goes_on = asyncio.Event(), asyncio.Event()
+    admit = Admission.admit
+
+    async def held(self: Admission, *args: Any, **kwargs: Any) -> Any:
+        admitting.set()
+        await admit_goes_on.wait()
+        return await admit(self, *args, **kwargs)
+
+    monkeypatch.setattr(Admission, "admit", held)
+    provider, request = Held(), ask()
+    async with draining_router(tmp_path, redis_url, provider) as (running, stub):
+        call = asyncio.ensure_future(call_of(stub, streamed, request))
+        await admitting.wait()
+        cut, landed = running.cut, asyncio.Event()
+        assert cut is not None
+
+        def cut_and_note() -> None:
+            cut()
+            landed.set()
+
+        running.cut = cut_and_note
+        stopping = asyncio.create_task(running.stop(GRACE_S))
+        await landed.wait()
+        admit_goes_on.set()
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await call
+        await stopping
+    told = shutting_down(refused.value)
+    assert told.metadata == {"charged_usd": "0", "retryable": "true"}
+    assert provider.reached == 0
+    (charge,) = await charges_of(redis_url, request.request_id)
+    assert (charge["outcome"], Decimal(charge["cost_usd"])) == ("cancelled", 0)
+    await ledger_is_spend(redis_url)
