@@ -49,6 +49,15 @@ def response(routed: Routed, served: Served) -> router_pb2.CompleteResponse:
     )
 
 
+def landed(routed: Routed) -> Decimal | None:
+    """What the request was charged once its charge has landed (kept by the store or the outbox); None before, or
+    when it failed to be kept."""
+    charging = routed.charging
+    if charging is None or not charging.done() or charging.exception() is not None:
+        return None
+    return routed.charged
+
+
 class Charger:
     def __init__(self, store: Store, outbox: Outbox, available: AvailableModels) -> None:
         self.store = store

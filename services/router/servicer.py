@@ -99,12 +99,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         # Shielded: a caller that leaves does not stop the generation it caused, which is charged when done.
         work = self.charger.run_to_end(self._complete_and_settle(routed, context))
         with self.admitted.tracked():
-            try:
-                return await _awaited_by_caller(routed, work)
-            except asyncio.CancelledError:
-                if self.admitted.was_cut():
-                    raise cut_error(routed.request_id, None) from None
-                raise
+            return await self._awaited_unless_cut(routed, work)
 
     async def CompleteStream(
         self, request: router_pb2.CompleteRequest, context: Any
@@ -113,13 +108,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         await self._refuse_if_cut(routed)
         with self.admitted.tracked():
             if request.buffer_stream:
-                try:
-                    async for chunk in self._buffered_stream(routed, context):
-                        yield chunk
-                except asyncio.CancelledError:
-                    if self.admitted.was_cut():
-                        raise cut_error(routed.request_id, None) from None
-                    raise
+                async for chunk in self._buffered_stream(routed, context):
+                    yield chunk
                 return
             try:
                 async with aclosing(self._complete_stream(routed, context)) as chunks:
@@ -197,6 +187,23 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         charged = await self.charger.charged(routed, routed.plan.order[0].model)
         raise cut_error(routed.request_id, format(charged, "f"), routed.released)
 
+    async def _awaited_unless_cut(
+        self, routed: Routed, work: asyncio.Task[router_pb2.CompleteResponse]
+    ) -> router_pb2.CompleteResponse:
+        """A call served to its end (unary, a buffered stream), awaited for its caller. Cut by the drain, it is told
+        its outcome when its work ended in the cut's own turn; else SHUTTING_DOWN with its charge if that landed,
+        pending if not."""
+        try:
+            return await _awaited_by_caller(routed, work)
+        except asyncio.CancelledError:
+            if not self.admitted.was_cut():
+                raise
+            if work.done():
+                return work.result()  # its answer, or its failure (saying what it was charged)
+            landed = charging.landed(routed)
+            charged = None if landed is None else format(landed, "f")
+            raise cut_error(routed.request_id, charged, landed is not None and routed.released) from None
+
     async def _complete_and_settle(self, routed: Routed, context: Any) -> router_pb2.CompleteResponse:
         try:
             return await self._complete(routed, context)
@@ -244,7 +251,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         settled by itself whatever the caller does: nothing else may release its hold while it generates."""
         work = self.charger.run_to_end(self._complete_and_settle(routed, context))
         yield router_pb2.CompleteChunk(decision=routed.decision)
-        response = await _awaited_by_caller(routed, work)
+        response = await self._awaited_unless_cut(routed, work)
         for chunk in answer_chunks(response):
             yield chunk
 

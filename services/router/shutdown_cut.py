@@ -3,12 +3,12 @@
 charged a stream what it delivered (outcome cancelled) and ran a unary call's generation to its end, charging it whole.
 So the router ends them itself a moment before (llmrouter/server.py, cut_at), as a caller leaving ends them (a stream
 charged what it delivered, or its worst case before its first token; a unary call's generation left to finish and be
-charged), and tells each caller so: UNAVAILABLE with ErrorInfo SHUTTING_DOWN, and `charged_usd` (a stream's charge,
-settled) or `cost_pending` (a unary call's, still to come: the ledger says what it was). `retryable` is false (a retry
-is another request, charged again), but for a call that nothing reached and that was charged nothing, its request id
-released (a stream cut before its upstream was reached): a retry elsewhere is safe. A call admitted once the cut ran
-(routed as it came) is refused so at once, released at nothing. A call being routed, not yet admitted, is left to
-gRPC's cancellation: it costs nothing."""
+charged), and tells each caller so: UNAVAILABLE with ErrorInfo SHUTTING_DOWN, and `charged_usd` (what it was charged,
+settled: a stream's, or a unary call's whose charge had landed) or `cost_pending` (a unary call's charge still to come:
+the ledger says what it was). `retryable` is false (a retry is another request, charged again), but for a call that
+nothing reached and that was charged nothing, its request id released (a stream cut before its upstream was reached):
+a retry elsewhere is safe. A call admitted once the cut ran (routed as it came) is refused so at once, released at
+nothing. A call being routed, not yet admitted, is left to gRPC's cancellation: it costs nothing."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ class AdmittedCalls:
 
 
 def cut_error(request_id: str, charged_usd: str | None, retryable: bool = False) -> ServiceError:
-    """`charged_usd`: what the call was charged; None for a unary call, whose charge is still to come.
+    """`charged_usd`: what the call was charged; None while its charge is still to come (a unary call's generation).
     `retryable`: nothing of it reached its caller and it was charged nothing, its request id released."""
     if charged_usd is None:
         message = (

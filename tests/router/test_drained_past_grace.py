@@ -26,6 +26,7 @@ from llmrouter.server import RunningServer, start_server
 from llmrouter.v1 import common_pb2, provider_pb2, router_pb2, router_pb2_grpc
 from services import router
 from services.router.admission import Admission
+from services.router.sessions import Sessions
 from services.router.settings import RouterSettings
 from services.router.store import PICO, Account, AccountKeys, key_id, period_id
 from services.router.store.redis_store import RedisStore
@@ -325,4 +326,64 @@ async def test_a_call_admitted_after_the_cut_is_refused_at_once_holding_nothing(
     assert provider.reached == 0
     (charge,) = await charges_of(redis_url, request.request_id)
     assert (charge["outcome"], Decimal(charge["cost_usd"])) == ("cancelled", 0)
+    await ledger_is_spend(redis_url)
+
+
+async def test_a_unary_call_whose_charge_landed_as_the_cut_ran_is_told_that_charge(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cut running as the answer's charge lands (its clean-up, the cache and the session, still to run): told
+    `cost_pending`, as if still generating; now the charge the ledger has."""
+    cut_now: list[Any] = []
+    charge = RedisStore.charge
+
+    async def cut_as_it_lands(self: RedisStore, *args: Any, **kwargs: Any) -> bool:
+        charged = await charge(self, *args, **kwargs)
+        cut_now.pop()()
+        return charged
+
+    monkeypatch.setattr(RedisStore, "charge", cut_as_it_lands)
+    provider, request = Held(), ask()
+    async with draining_router(tmp_path, redis_url, provider) as (running, stub):
+        call = stub.Complete(request, timeout=30)
+        await eventually(lambda: provider.reached == 1, "the generation reached its upstream")
+        cut_now.append(running.cut)
+        running.cut = lambda: None  # cut as the charge lands, not at cut_at
+        stopping = asyncio.create_task(running.stop(GRACE_S))
+        provider.release.set()
+        with pytest.raises(grpc.aio.AioRpcError) as cut:
+            await call
+        await stopping
+    told = shutting_down(cut.value)
+    (charge_record,) = await charges_of(redis_url, request.request_id)
+    assert charge_record["outcome"] == "ok"
+    assert told.metadata == {"charged_usd": charge_record["cost_usd"], "retryable": "false"}
+    await ledger_is_spend(redis_url)
+
+
+async def test_a_unary_call_done_as_the_cut_ran_gets_its_answer(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cut running in the turn its work ended (its session recorded last): its answer, not `cost_pending`."""
+    cut_now: list[Any] = []
+    record = Sessions.record
+
+    async def cut_once_recorded(self: Sessions, *args: Any, **kwargs: Any) -> None:
+        await record(self, *args, **kwargs)
+        cut_now.pop()()
+
+    monkeypatch.setattr(Sessions, "record", cut_once_recorded)
+    provider, request = Held(), ask()
+    async with draining_router(tmp_path, redis_url, provider) as (running, stub):
+        call = stub.Complete(request, timeout=30)
+        await eventually(lambda: provider.reached == 1, "the generation reached its upstream")
+        cut_now.append(running.cut)
+        running.cut = lambda: None  # cut as the work ends, not at cut_at
+        stopping = asyncio.create_task(running.stop(GRACE_S))
+        provider.release.set()
+        answer = await call
+        await stopping
+    (charge_record,) = await charges_of(redis_url, request.request_id)
+    assert (charge_record["outcome"], answer.content) == ("ok", "an answer")
+    assert answer.cost_usd == charge_record["cost_usd"] == "0.000057"
     await ledger_is_spend(redis_url)
