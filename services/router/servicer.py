@@ -114,7 +114,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             try:
                 async with aclosing(self._complete_stream(routed, context)) as chunks:
                     async for chunk in chunks:
-                        yield chunk
+                        with self.admitted.sending(cut_after=not chunk.HasField("final")):
+                            yield chunk
             except ServiceError as failed:
                 await self._settle_failed(routed, failed)
                 raise

@@ -8,7 +8,14 @@ settled: a stream's, or a unary call's whose charge had landed) or `cost_pending
 the ledger says what it was). `retryable` is false (a retry is another request, charged again), but for a call that
 nothing reached and that was charged nothing, its request id released (a stream cut before its upstream was reached):
 a retry elsewhere is safe. A call admitted once the cut ran (routed as it came) is refused so at once, released at
-nothing. A call being routed, not yet admitted, is left to gRPC's cancellation: it costs nothing."""
+nothing. A call being routed, not yet admitted, is left to gRPC's cancellation: it costs nothing.
+
+A stream whose chunk is in gRPC's send (a slow reader's window full) is not cancelled there: gRPC's own loop does that
+send for a handler written as an async generator, and drops a cancellation in it without a status. Its cut waits for the
+send (AdmittedCalls.sending) and lands as the stream resumes. A reader that reads nothing by the grace's end is reset by
+gRPC then, with no details: no status could reach it anyway (HTTP/2 sends a stream's trailers after its data, which
+waits for the reader's window). Its handler, left at its `yield`, is closed then and charges what it delivered, as for
+a caller leaving. (A buffered stream's chunks are sent at once and are not so guarded.)"""
 
 from __future__ import annotations
 
@@ -29,6 +36,7 @@ class AdmittedCalls:
     def __init__(self) -> None:
         self._running: set[asyncio.Task] = set()
         self._cut: set[asyncio.Task] = set()
+        self._sending: set[asyncio.Task] = set()
         self.ran = False  # the cut ran: a call admitted since is refused, not served
 
     @contextmanager
@@ -42,11 +50,27 @@ class AdmittedCalls:
             self._running.discard(task)
             self._cut.discard(task)
 
+    @contextmanager
+    def sending(self, cut_after: bool = True) -> Iterator[None]:
+        """Around a stream's `yield`, where gRPC's loop sends the chunk and would drop a cancellation without a status
+        (grpc.aio's _handle_exceptions). A cut meanwhile waits for the send (its caller reading), then lands as the
+        stream resumes; `cut_after` false for its last chunk, after which nothing is left to cut."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._sending.add(task)
+        try:
+            yield
+        finally:
+            self._sending.discard(task)
+        if cut_after and task in self._cut:
+            raise asyncio.CancelledError  # as the cut's cancellation would have, had the stream been awaiting
+
     def cut(self) -> None:
         self.ran = True
         for task in self._running - self._cut:
             self._cut.add(task)
-            task.cancel()
+            if task not in self._sending:
+                task.cancel()
 
     def was_cut(self) -> bool:
         """Whether the current task's cancellation is the cut's (then taken back: the call goes on to its status)."""

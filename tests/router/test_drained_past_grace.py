@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from services import router
 from services.router.admission import Admission
 from services.router.sessions import Sessions
 from services.router.settings import RouterSettings
+from services.router.shutdown_cut import AdmittedCalls
 from services.router.store import PICO, Account, AccountKeys, key_id, period_id
 from services.router.store.redis_store import RedisStore
 from tests.conftest import ledger_records
@@ -64,9 +65,9 @@ class Held(Answering):
 
 @asynccontextmanager
 async def draining_router(
-    tmp_path: Path, redis_url: str, provider: Held
+    tmp_path: Path, redis_url: str, provider: Held, channel_options: list[tuple[str, Any]] | None = None
 ) -> AsyncIterator[tuple[RunningServer, router_pb2_grpc.RouterStub]]:
-    """A router over `provider`, and a stub calling it."""
+    """A router over `provider`, and a stub calling it (over a channel with `channel_options`)."""
     providers, providers_port = await serve_providers(provider, None)
     settings = RouterSettings(
         port=0,
@@ -81,7 +82,7 @@ async def draining_router(
     )
     running = await start_server("router", settings, *await router.build(settings))
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}", options=channel_options) as channel:
             yield running, router_pb2_grpc.RouterStub(channel)
     finally:
         provider.release.set()
@@ -386,4 +387,94 @@ async def test_a_unary_call_done_as_the_cut_ran_gets_its_answer(
     (charge_record,) = await charges_of(redis_url, request.request_id)
     assert (charge_record["outcome"], answer.content) == ("ok", "an answer")
     assert answer.cost_usd == charge_record["cost_usd"] == "0.000057"
+    await ledger_is_spend(redis_url)
+
+
+# No BDP probing: a stream's window stays at 64 KiB while its caller reads nothing.
+SLOW_READER = [("grpc.http2.bdp_probe", 0)]
+
+
+def noting_the_second_send(monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """Set as a stream's second chunk (the decision's, then the first delta) goes to gRPC's send."""
+    sends, second = 0, asyncio.Event()
+    sending = AdmittedCalls.sending
+
+    @contextmanager
+    def noted(self: AdmittedCalls, cut_after: bool = True) -> Iterator[None]:
+        nonlocal sends
+        with sending(self, cut_after):
+            sends += 1
+            if sends == 2:
+                second.set()
+            yield
+
+    monkeypatch.setattr(AdmittedCalls, "sending", noted)
+    return second
+
+
+class HeldAfterALongDelta(Held):
+    """Its first delta longer than a reader's HTTP/2 window, then holding."""
+
+    async def GenerateStreamOnCue(self, requests: Any, context: Any) -> AsyncIterator[provider_pb2.GenerateChunk]:
+        messages = aiter(requests)
+        await anext(messages)
+        yield provider_pb2.GenerateChunk(ready_to_send=True)
+        await anext(messages)
+        yield provider_pb2.GenerateChunk(delta="word " * 200_000)
+        await self.release.wait()
+        raise AssertionError("a stream cut by the shutdown is not read on")
+
+
+async def test_a_stream_cut_while_its_chunk_waits_for_a_slow_reader_is_told_its_charge_once_read(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gRPC sends a chunk from its own loop, where a cancellation is dropped without a status: the cut, landing in the
+    send of a chunk its caller had not read, left the caller gRPC's reset at the grace's end. It now waits for the
+    send, and the caller reading on is told SHUTTING_DOWN and what it was charged."""
+    delta_in_send = noting_the_second_send(monkeypatch)
+    provider, request = HeldAfterALongDelta(), ask()
+    async with draining_router(tmp_path, redis_url, provider, SLOW_READER) as (running, stub):
+        chunks = stub.CompleteStream(request, timeout=30)
+        assert (await chunks.read()).HasField("decision")
+        await delta_in_send.wait()
+        cut, landed = running.cut, asyncio.Event()
+        assert cut is not None
+
+        def cut_and_note() -> None:
+            cut()
+            landed.set()
+
+        running.cut = cut_and_note
+        stopping = asyncio.create_task(running.stop(GRACE_S))
+        await landed.wait()
+        assert (await chunks.read()).delta.startswith("word word")  # read at last, after the cut
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            await chunks.read()
+        await stopping
+    told = shutting_down(ended.value)
+    (charge,) = await charges_of(redis_url, request.request_id)
+    assert charge["outcome"] == "cancelled"
+    assert told.metadata == {"charged_usd": charge["cost_usd"], "retryable": "false"}
+    assert Decimal(charge["cost_usd"]) > 0
+    await ledger_is_spend(redis_url)
+
+
+async def test_a_stream_whose_caller_reads_nothing_by_the_graces_end_is_charged_what_it_delivered_once(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Out of the cut's reach (no status passes the unread chunk): reset by gRPC at the grace's end, its handler closed
+    then, and charged once what it delivered, before the router's charges are waited for."""
+    delta_in_send = noting_the_second_send(monkeypatch)
+    provider, request = HeldAfterALongDelta(), ask()
+    async with draining_router(tmp_path, redis_url, provider, SLOW_READER) as (running, stub):
+        chunks = stub.CompleteStream(request, timeout=30)
+        assert (await chunks.read()).HasField("decision")
+        await delta_in_send.wait()
+        await running.stop(GRACE_S)
+        with pytest.raises(grpc.aio.AioRpcError) as reset:
+            while await chunks.read() is not grpc.aio.EOF:
+                pass
+    assert reset.value.code() == grpc.StatusCode.UNAVAILABLE and not ServiceError.from_rpc_error(reset.value).explained
+    (charge,) = await charges_of(redis_url, request.request_id)
+    assert charge["outcome"] == "cancelled" and Decimal(charge["cost_usd"]) > 0
     await ledger_is_spend(redis_url)
