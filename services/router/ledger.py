@@ -9,15 +9,17 @@ again by the deletion's script as the group stands then), so none is lost to the
 stream, said on stderr, for a later trim once the sink has copied them; a stream no such group reads is trimmed to
 the retention. Each line is {"shard": <n>, "id": <stream id>, "record": {...}}, shard by shard, the record
 as the router's charge built it (the stream keeps it compact: services/router/store/ledger_entry.py); a trim
-interrupted between the two steps exports the same entries again on its next run, with the same ids. A run holds its
-file alone (an exclusive lock) while it exports and deletes: another run on the same file waits for it. A group no
+interrupted between the two steps finds the same entries again on its next run, which appends only those its file
+does not hold whole (services/router/archived_lines.py): each is archived once (`export` appends every entry it
+reads). A run holds its file alone (an exclusive lock) while it exports and deletes: another run on the same file
+waits for it. A group no
 sink will read again keeps everything from where it stopped: the failed run says how long ago it last read, and the
 command that deletes it; `trim --out FILE --abandon-group llmrouter-sql-sink` deletes it itself where none of its
 consumers has read for ABANDON_IDLE_S, never a live sink's.
 `trim --out FILE --monthly` appends each entry to the file of the month (UTC) Redis added it in, beside FILE
-(ledger-trimmed.jsonl: ledger-trimmed-2026-11.jsonl), so no file grows for ever; an entry exported again lands in the
-file it is already in. A month's file is written to until a run at least the retention after the month's end keeps
-nothing back (none of its entries is left older than the retention); only then can it be copied away and deleted.
+(ledger-trimmed.jsonl: ledger-trimmed-2026-11.jsonl), so no file grows for ever; an entry found again is looked for
+in the file it is already in. A month's file is written to until a run at least the retention after the month's end
+keeps nothing back (none of its entries is left older than the retention); only then can it be copied away and deleted.
 FILE is still the lock (a run of a version before appends to it). `--min-free-percent P` fails the run (exit 1, after
 trimming) when the volume holding FILE has less than P% of its space free, so the failed Job is seen before the volume
 fills.
@@ -50,6 +52,7 @@ from llmrouter.redis_connect import connect
 from llmrouter.settings import load_settings
 from services.ledger.settings import LedgerSettings
 from services.ledger.sink import FORGET_IDLE_S, GROUP
+from services.router.archived_lines import Archived, EntryId, entry_id, tail_start
 from services.router.store import SHARDS, ledger_key, lua
 from services.router.store.ledger_entry import expanded
 
@@ -125,11 +128,6 @@ def older_than_ms(days: float) -> int:
     return 1 if days * 86400 >= now else int((now - days * 86400) * 1000)
 
 
-def _id(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq)
-
-
 async def export(client: Any, out: Path, before_ms: int | None = None) -> int:
     """Append the entries (older than `before_ms` when given) to `out`; returns how many were exported."""
     below = None if before_ms is None else f"{before_ms}-0"
@@ -151,32 +149,72 @@ async def _appending(out: Path) -> AsyncIterator[TextIO]:
 def _end_cut_line(file: TextIO, path: Path) -> None:
     if file.tell() and _last_byte(path) != b"\n":  # a run stopped mid-line: its cut line ends here, not ours
         file.write("\n")
+        file.flush()  # on the disk's side of the file before it is read
 
 
-def month_file(out: Path, entry_id: str) -> Path:
+def month_file(out: Path, entry: str) -> Path:
     """The file beside `out` of the month (UTC) Redis added the entry in, by its id: <stem>-YYYY-MM<suffix>."""
-    added = datetime.fromtimestamp(_id(entry_id)[0] / 1000, UTC)
-    return out.with_name(f"{out.stem}-{added:%Y-%m}{out.suffix}")
+    return out.with_name(f"{out.stem}-{_added(entry):%Y-%m}{out.suffix}")
+
+
+def _added(entry: str) -> datetime:
+    """When Redis added the entry, by its id (Redis' clock, in ms), in UTC."""
+    return datetime.fromtimestamp(entry_id(entry)[0] / 1000, UTC)
 
 
 class _Archive:
     """Where each exported entry's line goes: `out` (its lock held, open as `file`), or with `monthly` the file of the
     entry's month beside it, opened to append on first use. The month is the entry's, not the run's: a run interrupted
-    between the export and the deletion exports the same entries again into the files they are already in, and two
-    runs around a month's end never split an entry between two files."""
+    between the export and the deletion leaves the entries in the files the next run finds them again for, and two
+    runs around a month's end never split an entry between two files. Given `first` (each shard's first entry on its
+    stream, as of the export), an entry a file already holds whole is not appended again (archived_lines.py)."""
 
-    def __init__(self, out: Path, file: TextIO, monthly: bool = False) -> None:
-        self._out, self._monthly = out, monthly
-        self._files: dict[Path, TextIO] = {out: file}
+    def __init__(self, out: Path, file: TextIO, monthly: bool = False, first: dict[int, str] | None = None) -> None:
+        self._out, self._monthly, self._first = out, monthly, first
+        self._files: dict[Path, TextIO] = {}
+        self._tails: dict[Path, tuple[int | None, int]] = {}  # each file's tail that may hold entries, and its end
+        self._archived: tuple[Path, int, Archived] | None = None  # the tail being read, of a file and a shard
+        self._open(out, file)
 
-    def file_for(self, entry_id: str) -> TextIO:
-        if not self._monthly:
-            return self._files[self._out]
-        path = month_file(self._out, entry_id)
+    def write(self, shard: int, entry: str, line: str) -> None:
+        """Append `line`, the entry's, unless its file already holds the entry."""
+        path = month_file(self._out, entry) if self._monthly else self._out
         if path not in self._files:
-            file = self._files[path] = path.open("a", encoding="utf-8")
-            _end_cut_line(file, path)
-        return self._files[path]
+            self._open(path, path.open("a", encoding="utf-8"))
+        if not self._holds(path, shard, entry_id(entry)):
+            self._files[path].write(line)
+
+    def _open(self, path: Path, file: TextIO) -> None:
+        _end_cut_line(file, path)
+        self._files[path] = file
+        if self._first is not None and (path != self._out or not self._monthly):
+            end = os.fstat(file.fileno()).st_size
+            self._tails[path] = (self._tail_start(path, end), end)
+
+    def _tail_start(self, path: Path, end: int) -> int | None:
+        """Where the lines that may be entries still on their streams start. With `monthly`, a shard whose stream starts
+        in a later month has none in this month's file, so none is looked for."""
+        assert self._first is not None
+        first = {
+            shard: entry_id(entry)
+            for shard, entry in self._first.items()
+            if not self._monthly or month_file(self._out, entry) <= path  # the months' names sort as the months do
+        }
+        return tail_start(path, end, first)
+
+    def _holds(self, path: Path, shard: int, entry: EntryId) -> bool:
+        start, end = self._tails.get(path, (None, 0))
+        if start is None:
+            return False
+        if self._archived is None or self._archived[:2] != (path, shard):  # a run reads each file's shard once
+            self._close_archived()
+            self._archived = (path, shard, Archived(path, start, end, shard))
+        return self._archived[2].has(entry)
+
+    def _close_archived(self) -> None:
+        if self._archived is not None:
+            self._archived[2].close()
+            self._archived = None
 
     @property
     def paths(self) -> list[Path]:
@@ -196,6 +234,7 @@ class _Archive:
             os.close(directory)
 
     def close(self) -> None:
+        self._close_archived()
         for path, file in self._files.items():
             if path != self._out:  # the lock's own file is closed by _appending
                 file.close()
@@ -222,10 +261,10 @@ async def _export(client: Any, archive: _Archive, below: Sequence[str | None]) -
         count, last = 0, None
         while True:
             entries = await client.xrange(ledger_key(shard), min=start, max=end, count=BATCH)
-            for entry_id, fields in entries:
-                line = {"shard": shard, "id": entry_id.decode(), "record": _as_built(fields)}
-                archive.file_for(line["id"]).write(json.dumps(line) + "\n")
-                count, last = count + 1, line["id"]
+            for raw_id, fields in entries:
+                line = {"shard": shard, "id": raw_id.decode(), "record": _as_built(fields)}
+                archive.write(shard, line["id"], json.dumps(line) + "\n")
+                count, last = count + 1, line["id"]  # one the file held already too: deleted as exported
             if len(entries) < BATCH:
                 break
             start = "(" + entries[-1][0].decode()
@@ -279,7 +318,7 @@ async def trim(
     for that long: its stream is then trimmed as one no sink reads, what the group had not acknowledged going to `out`
     alone. With `monthly`, each entry goes to its month's file beside `out` (month_file), `out` staying the lock."""
     async with _appending(out) as file:
-        archive = _Archive(out, file, monthly)
+        archive = _Archive(out, file, monthly, await _first_entries(client))
         cutoff = f"{older_than_ms(retention_days)}-0"
         abandoned = []
         if abandon_idle_s is not None:
@@ -290,7 +329,7 @@ async def trim(
         below = []
         for shard in range(SHARDS):
             unacknowledged = await _unacknowledged_from(client, shard, group)
-            below.append(cutoff if unacknowledged is None else min(cutoff, unacknowledged, key=_id))
+            below.append(cutoff if unacknowledged is None else min(cutoff, unacknowledged, key=entry_id))
         deleted = 0
         try:
             for shard, (_, last) in enumerate(await _export(client, archive, below)):
@@ -300,13 +339,23 @@ async def trim(
                 # cutoff too when this host's clock is ahead of Redis' (which dates the ids) by more than the
                 # retention, and was deleted unexported. Bounded by the group as it stands now too: a group made since
                 # (a sink started) acknowledged none.
-                ms, seq = _id(last)
+                ms, seq = entry_id(last)
                 deleted += int(await client.eval(TRIM_COPIED, 1, ledger_key(shard), f"{ms}-{seq + 1}", group, "1"))
         finally:
             archive.close()
     kept_back = await _kept_back(client, cutoff)
     idle_ms = {shard: await _group_idle_ms(client, shard, group) for shard in kept_back}
     return Trimmed(deleted, kept_back, idle_ms, abandoned, archive.paths)
+
+
+async def _first_entries(client: Any) -> dict[int, str]:
+    """Each shard's first entry on its stream (none for an empty one): the oldest an export can find there again."""
+    first = {}
+    for shard in range(SHARDS):
+        oldest = await client.xrange(ledger_key(shard), min="-", max="+", count=1)
+        if oldest:
+            first[shard] = _text(oldest[0][0])
+    return first
 
 
 async def _group_idle_ms(client: Any, shard: int, group: str) -> int | None:
@@ -326,7 +375,7 @@ async def _unacknowledged_from(client: Any, shard: int, group: str) -> str | Non
     if start == "-":
         return None
     if start.startswith("("):  # after the last entry delivered, none pending
-        ms, seq = _id(start[1:])
+        ms, seq = entry_id(start[1:])
         return f"{ms}-{seq + 1}"
     return start  # its oldest pending entry
 
@@ -345,7 +394,7 @@ def _kept(trimmed: Trimmed, group: str) -> str:
     """Each shard's oldest entry kept, when it was added (its id's time, by Redis' clock), and when the group last read
     its stream."""
     return "; ".join(
-        f"shard {shard} from entry {entry} ({datetime.fromtimestamp(_id(entry)[0] / 1000, UTC):%Y-%m-%d %H:%M:%S} UTC)"
+        f"shard {shard} from entry {entry} ({_added(entry):%Y-%m-%d %H:%M:%S} UTC)"
         f", {_last_read(trimmed.idle_ms.get(shard), group)}"
         for shard, entry in sorted(trimmed.kept_back.items())
     )

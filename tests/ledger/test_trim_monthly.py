@@ -1,8 +1,9 @@
 """`trim --out FILE --monthly` (the chart's archive on router.ledgerTrim.archive.existingClaim, where the trimmed
 entries are the ledger's only record): each entry goes to the file of the month (UTC) Redis added it in, beside FILE,
-so no file grows for ever; FILE stays the lock. An entry is in exactly one archive file: one exported again (a run
-interrupted between its export and its deletion) lands in the file it is already in, and two runs at once (a manual Job
-beside the scheduled one, or a run of the version before, which appends to FILE itself) never both export it.
+so no file grows for ever; FILE stays the lock. An entry is in exactly one archive file, once: one exported again (a
+run interrupted between its export and its deletion) is not appended again to the file it is already in
+(test_trim_killed.py), and two runs at once (a manual Job beside the scheduled one, or a run of the version before,
+which appends to FILE itself) never both export it.
 `--min-free-percent` fails a run that leaves the archive's volume fuller than that, after trimming. Real Redis (one
 server and a Redis Cluster), real files."""
 
@@ -73,20 +74,21 @@ async def test_each_entry_goes_to_the_file_of_the_month_redis_added_it_in(client
     assert [await client.xlen(ledger_key(shard)) for shard in (0, 3)] == [0, 0]
 
 
-async def test_an_entry_exported_again_lands_in_the_file_it_is_already_in(client: Any, tmp_path: Path) -> None:
-    """A run stopped between its export and its deletion (its pod killed) left the entry on the stream and in its
-    month's file, its last line cut; the next run, a month later by the clock, exports it again into that file, on a
-    line of its own, and into no other."""
+async def test_an_entry_found_again_is_not_appended_to_the_file_it_is_already_in(client: Any, tmp_path: Path) -> None:
+    """A run stopped between its export and its deletion (its pod killed) left two entries on the stream and in their
+    month's file, the second's line cut; the next run, a month later by the clock, appends to that file the second
+    alone, on a line of its own, and writes no other file."""
     out = tmp_path / "ledger-trimmed.jsonl"
-    entry = await add(client, 0, "october", f"{OCTOBER_END}-0")
+    whole = await add(client, 0, "whole", f"{OCTOBER_END - 1}-0")
+    cut = await add(client, 0, "cut", f"{OCTOBER_END}-0")
     october = tmp_path / "ledger-trimmed-2025-10.jsonl"
-    october.write_text(json.dumps({"shard": 0, "id": entry, "record": {"request_id": "october"}}) + '\n{"shard": 0')
+    october.write_text(json.dumps({"shard": 0, "id": whole, "record": {"request_id": "whole"}}) + '\n{"shard": 0')
 
-    assert (await ledger.trim(client, out, retention_days=90, monthly=True)).deleted == 1
+    assert (await ledger.trim(client, out, retention_days=90, monthly=True)).deleted == 2
 
     assert sorted(path.name for path in tmp_path.iterdir()) == ["ledger-trimmed-2025-10.jsonl", "ledger-trimmed.jsonl"]
-    first, cut, again = october.read_text().splitlines()
-    assert json.loads(first)["id"] == json.loads(again)["id"] == entry and cut == '{"shard": 0'
+    first, cut_line, again = october.read_text().splitlines()
+    assert json.loads(first)["id"] == whole and cut_line == '{"shard": 0' and json.loads(again)["id"] == cut
 
 
 @pytest.mark.parametrize("zone", ["America/Los_Angeles", "Pacific/Kiritimati"])

@@ -44,7 +44,7 @@ async def test_a_charge_landing_during_a_trim_run_by_a_clock_ahead_is_kept_or_ex
 
         async def xrange_then_a_charge_lands(name: str, **kwargs: Any) -> Any:
             entries = await exported_from(name, **kwargs)
-            if name == ledger_key(0) and not landed:
+            if name == ledger_key(0) and kwargs.get("count") == ledger.BATCH and not landed:  # the export's read
                 # A router's charge lands on the shard just read (Redis dates it by its own clock).
                 landed.append(await client.xadd(ledger_key(0), {"record": json.dumps({"n": "landed during the trim"})}))
             return entries
