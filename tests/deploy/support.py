@@ -88,14 +88,15 @@ def render(
     monitoring_crds: bool = True,
     cert_manager: bool = False,
     kubeconfig: Path | None = None,
+    chart: Path = CHART,
 ) -> list[dict]:
-    """`helm template` of the chart as a release ("llm" by default) with extra arguments, by default for a cluster
-    with the Prometheus Operator's CRDs and without cert-manager's; the manifests, parsed. With a kubeconfig, rendered
-    against that cluster (`--dry-run=server`: its `lookup` answers)."""
+    """`helm template` of the chart (or a copy of it, `chart`) as a release ("llm" by default) with extra arguments, by
+    default for a cluster with the Prometheus Operator's CRDs and without cert-manager's; the manifests, parsed. With a
+    kubeconfig, rendered against that cluster (`--dry-run=server`: its `lookup` answers)."""
     apis = [*(MONITORING_APIS if monitoring_crds else ()), *(("cert-manager.io/v1",) if cert_manager else ())]
     cluster = ["--dry-run=server", "--disable-openapi-validation"] if kubeconfig else []
     out = subprocess.run(
-        [tool("helm"), "template", release, str(CHART), "--namespace", namespace, *cluster, *args]
+        [tool("helm"), "template", release, str(chart), "--namespace", namespace, *cluster, *args]
         + [arg for api in apis for arg in ("--api-versions", api)],
         check=True,
         capture_output=True,

@@ -5,11 +5,14 @@ CronJob run it, onto that claim. The rendered manifests, by the real helm (deplo
 
 from __future__ import annotations
 
+import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
+import yaml
 
-from .support import by_kind, render
+from .support import CHART, by_kind, render
 from .test_chart import _callers, _notes, env, name
 
 ARCHIVE = ("--set", "router.ledgerTrim.archive.existingClaim=ledger-archive")
@@ -100,3 +103,29 @@ def test_the_archive_rotation_and_the_free_space_check_can_be_turned_off() -> No
     with pytest.raises(subprocess.CalledProcessError) as refused:
         render(*ARCHIVE, "--set-json", 'router.ledgerTrim.archive.monthly="false"')
     assert "/router/ledgerTrim/archive/monthly" in refused.value.stderr
+
+
+def test_an_upgrade_reusing_the_values_of_the_chart_before_rotation_rotates_and_checks_the_free_space(
+    tmp_path: Path,
+) -> None:
+    """`helm upgrade --reuse-values` renders this chart's templates with the values of the release's chart, the one
+    before (its values.yaml and the user's, not this values.yaml: Helm's action.Upgrade.reuseValues), which had no
+    archive.monthly nor minFreePercent: the schema takes them absent and the CronJob runs as on an install, with
+    values.yaml's defaults. Here that chart's values are this chart's without those two keys."""
+    before = shutil.copytree(CHART, tmp_path / "llm-cost-router")
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    for key in ("monthly", "minFreePercent"):
+        del values["router"]["ledgerTrim"]["archive"][key]
+    (before / "values.yaml").write_text(yaml.safe_dump(values))
+    user = (*ARCHIVE, "--set", "router.ledgerTrim.archive.file=ledger-2026.jsonl")
+
+    reused = trim_pod(render(*user, chart=before))["containers"][0]["command"]
+
+    assert reused == trim_pod(render(*user))["containers"][0]["command"]
+    assert reused[4:] == ["--out", "/archive/ledger-2026.jsonl", "--monthly", "--min-free-percent", "20"]
+    # What the user sets over them is kept, off included.
+    off = ("--set", "router.ledgerTrim.archive.monthly=false", "--set", "router.ledgerTrim.archive.minFreePercent=0")
+    assert trim_pod(render(*user, *off, chart=before))["containers"][0]["command"][4:] == [
+        "--out",
+        "/archive/ledger-2026.jsonl",
+    ]
