@@ -5,9 +5,11 @@ not delete (a sink's group made meanwhile held them back). Appending them again 
 Each shard's lines are appended in id order, and a run deletes a shard's entries from its stream's start: so the
 only lines of a shard that can be entries still on its stream are at the file's end, from the last line of that shard
 older than the stream's first entry on. `tail_start` finds where that tail begins, reading the file backwards from its
-end until each shard's older line (the whole file only for a shard none of whose lines it holds); `Archived` reads
-the tail forwards beside the entries being exported, both in id order, so neither is ever held in memory. A line is
-an entry archived only whole (valid JSON, its shard, id and record): a cut line a killed run left is written again."""
+end until each shard's older line (the whole file only for a shard none of whose lines it holds yet: once a month's
+file, for each shard it is given entries of); `Archived` reads the tail forwards beside the entries being exported,
+both in id order, so neither is ever held in memory. A line is an entry archived only whole (valid JSON, its shard,
+id and record): a cut line a killed run left is written again. Lines out of id order (files of the versions before,
+which appended an entry again) can only make an entry be appended again, never skipped unarchived."""
 
 from __future__ import annotations
 
@@ -31,6 +33,8 @@ def entry_id(text: str) -> EntryId:
 def tail_start(path: Path, end: int, first: dict[int, EntryId]) -> int | None:
     """The offset of the first line before `end` that may be an entry still on its stream: of a shard in `first` (its
     stream's first entry) with an id not below that. None when no line may be."""
+    if not first:
+        return None
     waiting = dict(first)  # the shards whose last line older than their stream's first entry is not reached yet
     start = None
     for offset, line in _backwards(path, end):

@@ -166,8 +166,8 @@ class _Archive:
     """Where each exported entry's line goes: `out` (its lock held, open as `file`), or with `monthly` the file of the
     entry's month beside it, opened to append on first use. The month is the entry's, not the run's: a run interrupted
     between the export and the deletion leaves the entries in the files the next run finds them again for, and two
-    runs around a month's end never split an entry between two files. Given `first` (each shard's first entry on its
-    stream, as of the export), an entry a file already holds whole is not appended again (archived_lines.py)."""
+    runs around a month's end never split an entry between two files. Given `first` (the first entry on its stream of
+    each shard the export reads from), an entry a file already holds whole is not appended again (archived_lines.py)."""
 
     def __init__(self, out: Path, file: TextIO, monthly: bool = False, first: dict[int, str] | None = None) -> None:
         self._out, self._monthly, self._first = out, monthly, first
@@ -318,7 +318,6 @@ async def trim(
     for that long: its stream is then trimmed as one no sink reads, what the group had not acknowledged going to `out`
     alone. With `monthly`, each entry goes to its month's file beside `out` (month_file), `out` staying the lock."""
     async with _appending(out) as file:
-        archive = _Archive(out, file, monthly, await _first_entries(client))
         cutoff = f"{older_than_ms(retention_days)}-0"
         abandoned = []
         if abandon_idle_s is not None:
@@ -330,6 +329,7 @@ async def trim(
         for shard in range(SHARDS):
             unacknowledged = await _unacknowledged_from(client, shard, group)
             below.append(cutoff if unacknowledged is None else min(cutoff, unacknowledged, key=entry_id))
+        archive = _Archive(out, file, monthly, await _first_exported(client, below))
         deleted = 0
         try:
             for shard, (_, last) in enumerate(await _export(client, archive, below)):
@@ -348,11 +348,12 @@ async def trim(
     return Trimmed(deleted, kept_back, idle_ms, abandoned, archive.paths)
 
 
-async def _first_entries(client: Any) -> dict[int, str]:
-    """Each shard's first entry on its stream (none for an empty one): the oldest an export can find there again."""
+async def _first_exported(client: Any, below: Sequence[str]) -> dict[int, str]:
+    """Each shard's first entry on its stream where it is below the shard's bound in `below`: where the export starts,
+    for the shards it exports from (the oldest entry a file may hold already)."""
     first = {}
     for shard in range(SHARDS):
-        oldest = await client.xrange(ledger_key(shard), min="-", max="+", count=1)
+        oldest = await client.xrange(ledger_key(shard), min="-", max=f"({below[shard]}", count=1)
         if oldest:
             first[shard] = _text(oldest[0][0])
     return first

@@ -99,12 +99,24 @@ class SinkActingMidTrim:
 
 async def test_a_sink_group_made_after_the_export_keeps_what_it_has_not_read(client: Any, tmp_path: Path) -> None:
     """Read with no group on the stream, so exported whole; a sink starting before the deletion (its group from the
-    stream's first entry) has acknowledged none of it: the deletion, reading the group as it stands, keeps it all."""
+    stream's first entry) has acknowledged none of it: the deletion, reading the group as it stands, keeps it all. Once
+    the sink has copied it, the next trim deletes it without writing it to the file a second time."""
+    out = tmp_path / "ledger.jsonl"
     await add(client, 2, "old", f"{OLD_MS}-0")
     sink_starts = SinkActingMidTrim(client, 2, lambda: client.xgroup_create(ledger_key(2), GROUP, id="0"))
-    trimmed = await ledger.trim(sink_starts, tmp_path / "ledger.jsonl", retention_days=90, group=GROUP)
+    trimmed = await ledger.trim(sink_starts, out, retention_days=90, group=GROUP)
     assert trimmed == ledger.Trimmed(0, {2: f"{OLD_MS}-0"})
     assert await request_ids(client, 2) == ["old"]
+    assert exported(out) == [(2, "old")]
+
+    sink = RedisSource(client, "sink", streams=[ledger_key(2)], group=GROUP)
+    db = LedgerDB(path=tmp_path / "ledger.sqlite3")
+    try:
+        await LedgerSink(sink, db).drain()
+    finally:
+        db.close()
+    assert await ledger.trim(client, out, retention_days=90, group=GROUP) == ledger.Trimmed(1, {})
+    assert exported(out) == [(2, "old")]
 
 
 async def test_an_entry_the_sink_copies_after_the_export_is_left_for_the_next_file(client: Any, tmp_path: Path) -> None:
