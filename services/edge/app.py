@@ -337,9 +337,13 @@ def _left_running(answer: asyncio.Future[Any]) -> None:
     answer.add_done_callback(lambda done: done.cancelled() or done.exception())
 
 
-def duplicate(err: BaseException) -> bool:
-    """Whether the router refused the request as a duplicate of its id (DUPLICATE_REQUEST): another request's."""
-    return isinstance(err, grpc.RpcError) and ServiceError.from_rpc_error(err).reason == "DUPLICATE_REQUEST"
+def duplicate_in_flight(err: BaseException) -> bool:
+    """Whether the router refused the request as a duplicate of its id still in flight (DUPLICATE_REQUEST telling a
+    hold): another request's, running."""
+    if not isinstance(err, grpc.RpcError):
+        return False
+    refused = ServiceError.from_rpc_error(err)
+    return refused.reason == "DUPLICATE_REQUEST" and bool(refused.metadata.get("held_usd"))
 
 
 def router_told(answer: Response) -> dict[str, str]:
@@ -598,8 +602,10 @@ class Edge:
 
     async def _failed(self, request_id: str, started: replays.Kept | None, err: BaseException) -> None:
         """A request that failed takes back the in-flight marker it wrote: the router decides its retry (served when
-        the first cost nothing). Not when the router refused it as a duplicate: the id is another request's."""
-        if started is not None and not duplicate(err):
+        the first cost nothing). Not when the router refused it as the duplicate of a request still in flight: the
+        marker names that first truly (whose own went unwritten). One refused as the duplicate of a request ended names
+        none: left, uncounted, it outlived its request by the call's timeout and a minute (the first kept nothing)."""
+        if started is not None and not duplicate_in_flight(err):
             await self.replays.release(request_id, started)
 
     def _beside(self, request_id: str, keeping: Coroutine[Any, Any, None]) -> asyncio.Task[None]:

@@ -17,8 +17,9 @@ route.
 While the first runs, its digest is kept too, as a marker naming it in flight (for the call's timeout and a minute,
 EDGE_REQUEST_TIMEOUT_S): a request with the same key and another body, on this edge or another sharing its Redis, is
 the same 422 at once, never served. A first that fails takes its marker back (the router decides its retry: served when
-it cost nothing, the 409 when it did), unless the router refused it as a duplicate (the marker is another's); so does
-one that ends with nothing kept (past its tenant's bytes): a marker lasts its request's life, uncounted (Replays.keep).
+it cost nothing, the 409 when it did), unless the router refused it as the duplicate of one still in flight (the marker
+names that first, whose own went unwritten); so does one that ends with nothing kept (past its tenant's bytes): a
+marker lasts its request's life, uncounted (Replays.keep).
 
 Where: the edge's Redis (EDGE_BATCH_REDIS_URL), which its replicas share, when set; else this process's memory,
 bounded by EDGE_IDEMPOTENCY_MEMORY_BYTES (oldest dropped first), so a retry reaching another replica, or one after

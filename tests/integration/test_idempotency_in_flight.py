@@ -16,8 +16,11 @@ from urllib.parse import urlsplit
 
 import openai
 import pytest
+import redis.asyncio as redis
 from prometheus_client import REGISTRY
 
+from services.edge import idempotency
+from services.edge.replays import PREFIX
 from tests.fakes.lossy_proxy import LossyProxy
 from tests.fakes.server import Fault
 from tests.integration.conftest import Chain
@@ -136,6 +139,36 @@ async def test_a_duplicates_marker_stays_guarding_a_first_on_an_edge_that_wrote_
             await second_client.close()
         assert asked(first_edge, other) == 0
         [record] = await first_edge.ledger()
+        assert record["cost_usd"] == cost
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+async def test_a_retry_refused_as_its_first_ended_takes_its_marker_back(
+    chain: Chain, redis_url: str, stream: bool
+) -> None:
+    """A tenant past its bytes keeps nothing of a request, which takes its marker back as it ends (Replays.keep): its
+    retry finds the key free, marks it, and is the router's 409 of a request ended, charged once. That marker names no
+    request in flight: it is taken back too. Left, uncounted, it outlived the retry by the call's timeout and a minute,
+    so a tenant past its bytes sending each request twice (a response cache hit costs nothing) filled the Redis with
+    markers, one per request, for free; and a retry with another body meanwhile was a false 422."""
+    async with tenant_before(chain, chain.router_addr, batch_redis_url=redis_url, idempotency_tenant_bytes=1) as tenant:
+        client = tenant.client(max_retries=0)
+        body = ask()
+        store = redis.from_url(redis_url)
+        key = PREFIX + idempotency.request_id(tenant.name, tenant.keys[0], "spent")
+        try:
+            cost = await complete(client, body, stream, "spent")
+            with pytest.raises(openai.ConflictError) as refused:
+                await complete(client, body, stream, "spent")
+            assert f"it was charged {cost} USD" in refused.value.message
+            assert await store.get(key) is None  # neither request's marker left
+            with pytest.raises(openai.ConflictError):  # another body: the router's 409 too, never a marker's 422
+                await complete(client, ask(), stream, "spent")
+        finally:
+            await client.close()
+            await store.aclose()
+        assert asked(tenant, body) == 1
+        [record] = await tenant.ledger()
         assert record["cost_usd"] == cost
 
 
