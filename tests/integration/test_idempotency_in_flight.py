@@ -172,6 +172,29 @@ async def test_a_retry_refused_as_its_first_ended_takes_its_marker_back(
         assert record["cost_usd"] == cost
 
 
+async def test_a_stream_past_its_tenants_bytes_with_no_events_kept_leaves_no_marker(
+    chain: Chain, redis_url: str
+) -> None:
+    """A stream's digest is kept as it starts, its events only once it ends whole within the edge's limit: past its
+    tenant's bytes, its digest not kept, its marker is taken back then, as its end may write nothing (over the limit
+    here, or cut). Left for a write at its end, it outlived the stream by the call's timeout and a minute."""
+    settings: dict[str, Any] = {"idempotency_tenant_bytes": 1, "idempotency_max_answer_bytes": 64}
+    async with tenant_before(chain, chain.router_addr, batch_redis_url=redis_url, **settings) as tenant:
+        client = tenant.client(max_retries=0)
+        store = redis.from_url(redis_url)
+        key = PREFIX + idempotency.request_id(tenant.name, tenant.keys[0], "streamed-past")
+
+        async def taken_back() -> bool:
+            return not await store.exists(key)
+
+        try:
+            await complete(client, ask(), True, "streamed-past")
+            await eventually(taken_back, "the stream's marker is taken back")
+        finally:
+            await client.close()
+            await store.aclose()
+
+
 async def test_a_marker_whose_reply_came_too_late_is_taken_back_as_its_request_fails(
     chain: Chain, redis_url: str
 ) -> None:

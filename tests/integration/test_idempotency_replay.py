@@ -439,3 +439,38 @@ async def test_a_streams_retry_while_its_events_are_being_kept_waits_for_them(
         assert again.headers["x-request-id"] == first.headers["x-request-id"]
         assert upstream_asked(tenant, prompt) == 1
         assert len(await tenant.ledger()) == 1
+
+
+async def test_a_streams_events_still_being_kept_at_shutdown_land_and_are_sent_again_after_the_restart(
+    chain: Chain, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As an unstreamed answer's: a whole stream's events whose write is still under way as the edge shuts down are
+    given EDGE_IDEMPOTENCY_DRAIN_S to land (those being kept, by request id, are among what its shutdown waits for),
+    and the retry, on the edge that replaces it, gets them, charged once."""
+    caplog.set_level(logging.INFO, logger="llmrouter.edge")
+    port = int(urlsplit(redis_url).port or 6379)
+    path, body, prompt = streamed_on("chat")
+
+    async def sent(tenant: Tenant) -> httpx.Response:
+        headers = {"authorization": f"Bearer {tenant.keys[0]}", "idempotency-key": "restarted-stream"}
+        async with httpx.AsyncClient(base_url=tenant.base_url, headers=headers, timeout=20) as http:
+            return await http.post(path, json=body)
+
+    async with LossyProxy("127.0.0.1", port) as proxy, AsyncExitStack() as restarting:
+        stopping = await restarting.enter_async_context(
+            tenant_before(chain, chain.router_addr, batch_redis_url=proxy.url_for(redis_url), idempotency_drain_s=60)
+        )
+        write = proxy.hold_command(b'"events": "data: ')  # the events' (the digest's, as the stream starts, has none)
+        first = await sent(stopping)
+        assert ended_whole("chat", first.content)
+        await eventually(write.arrived.is_set, "the events' write reaches the store")
+        shutdown = asyncio.ensure_future(restarting.aclose())
+        await eventually(lambda: "answers being kept" in caplog.text, "the shutdown waits for the events' write")
+        assert not write.abandoned.is_set()
+        write.released.set()
+        await shutdown
+        async with tenant_before(chain, chain.router_addr, like=stopping, batch_redis_url=redis_url) as replaced:
+            again = await sent(replaced)
+    assert again.headers["idempotent-replayed"] == "true" and again.content == first.content
+    assert upstream_asked(stopping, prompt) == 1
+    assert len(await stopping.ledger()) == 1
