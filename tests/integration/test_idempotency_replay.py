@@ -411,8 +411,16 @@ async def test_a_streams_retry_while_its_events_are_being_kept_waits_for_them(
             refused.set()
             raise
 
+    edges: list[app_module.Edge] = []
+    beside = app_module.Edge._beside
+
+    def beside_seen(edge: app_module.Edge, *keeping: Any) -> asyncio.Task[None]:
+        edges.append(edge)
+        return beside(edge, *keeping)
+
     monkeypatch.setattr(Replays, "keep", keep_held)
     monkeypatch.setattr(app_module, "first_chunks", read_first_told)
+    monkeypatch.setattr(app_module.Edge, "_beside", beside_seen)
     store: dict[str, Any] = {} if where == "memory" else {"batch_redis_url": redis_url}
     fields = {name: value for name, value in body.items() if name != "stream"}
     async with tenant_before(chain, chain.router_addr, **store) as tenant:
@@ -439,6 +447,8 @@ async def test_a_streams_retry_while_its_events_are_being_kept_waits_for_them(
         assert again.headers["x-request-id"] == first.headers["x-request-id"]
         assert upstream_asked(tenant, prompt) == 1
         assert len(await tenant.ledger()) == 1
+        # Its keeps done, the edge holds nothing of it (by request id: one left per stream grew without end).
+        await eventually(lambda: not edges[0]._keeping, "the edge forgets the stream's keeps once done")
 
 
 async def test_a_streams_events_still_being_kept_at_shutdown_land_and_are_sent_again_after_the_restart(
