@@ -128,11 +128,15 @@ async def test_a_tool_call_without_its_id_is_refused_naming_it_before_any_hold(
 
 
 @pytest.mark.parametrize("model_name", MODELS)
-async def test_a_tool_call_nested_past_the_json_depth_bound_is_refused_naming_it(stack: Stack, model_name: str) -> None:
+@pytest.mark.parametrize("levels", [900, 100_000], ids=["within the parser's depth", "past the parser's depth"])
+async def test_a_tool_call_nested_past_the_json_depth_bound_is_refused_naming_it(
+    stack: Stack, model_name: str, levels: int
+) -> None:
     """As a deeper passthrough_json or REST body is (64 levels): unbounded, one nested 900 levels was served (sent on
     whole to the OpenAI-compatible upstream), and one past the parser's own limit was said to be no array."""
-    nested = json.loads("[" * 900 + "]" * 900)
-    asked = request(model_name, {"id": "call_1", "function": LOOK, "x": nested}, "call_1")
+    asked = request(model_name, {"id": "call_1", "function": LOOK}, "call_1")
+    call = json.dumps({"id": "call_1", "function": LOOK})
+    asked.messages[1].tool_calls_json = f'[{call[:-1]}, "x": {"[" * levels}{"]" * levels}}}]'
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stack.router.Complete(asked, timeout=20)
     refused = ServiceError.from_rpc_error(caught.value)
