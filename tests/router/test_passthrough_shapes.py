@@ -15,9 +15,9 @@ import grpc
 import pytest
 
 from llmrouter.errors import ServiceError
-from llmrouter.json_bounds import MAX_JSON_CONTAINERS
+from llmrouter.json_bounds import MAX_JSON_CONTAINERS, MAX_JSON_ITEMS
 from llmrouter.passthrough import CALLER_FIELDS, PASSTHROUGH_FIELDS
-from llmrouter.v1 import router_pb2_grpc
+from llmrouter.v1 import router_pb2, router_pb2_grpc
 from services.edge.openai_api import ApiError, parse_request
 from services.router.store import MemoryStore
 from tests.router.servicer_kit import served_router
@@ -374,3 +374,50 @@ async def test_json_fields_past_twice_the_edges_bounds_are_refused_before_they_a
     ]
     assert served.content == "the answer to hi"
     assert provider.generated == 1
+
+
+def at_the_bound(call_items: list[Any], passthrough_items: list[Any]) -> router_pb2.CompleteRequest:
+    """A turn whose one tool call carries `call_items` (beside its id, type and function) answered, and
+    passthrough_json carrying `passthrough_items`."""
+    call = {"id": "c1", "type": "function", "function": {"name": "look", "arguments": "{}"}, "x": call_items}
+    asked = ask("hi", "acme", passthrough_json=json.dumps({"x": passthrough_items}))
+    asked.messages.add(role="assistant", content="", tool_calls_json=json.dumps([call]))
+    asked.messages.add(role="tool", content="blue", tool_call_id="c1")
+    return asked
+
+
+async def test_json_fields_summed_to_twice_the_edges_bounds_are_served_and_one_more_is_refused(
+    tmp_path: Path,
+) -> None:
+    """The bounds, at their edge, across a tool call and passthrough_json. Containers: the call's list, the call, its
+    function and its x (its arguments' braces are within a string) and passthrough_json's object and x: 6 besides the
+    empty arrays. Items are counted by the commas between them (MAX_REQUEST_ITEMS less one): the call's four members
+    and its function's two make 4, and the two arrays' N items N - 1 each, so their items total the commas less 2."""
+    containers = 2 * MAX_JSON_CONTAINERS - 6  # empty arrays, split between the call and passthrough_json
+    commas = 2 * MAX_JSON_ITEMS - 1 - 2  # zeros, split between them
+    served_asks = [
+        at_the_bound([[]] * 1_000, [[]] * (containers - 1_000)),
+        at_the_bound([0] * 1_000, [0] * (commas - 1_000)),
+    ]
+    refused_asks = [
+        at_the_bound([[]] * 1_000, [[]] * (containers - 1_000 + 1)),
+        at_the_bound([0] * 1_000, [0] * (commas - 1_000 + 1)),
+    ]
+    provider = Answering()
+    async with (
+        served_router(tmp_path, MemoryStore(), provider) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        router = router_pb2_grpc.RouterStub(channel)
+        served = [(await router.Complete(asked, timeout=30)).content for asked in served_asks]
+        refused: list[tuple[grpc.StatusCode, str | None, str]] = []
+        for asked in refused_asks:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await router.Complete(asked, timeout=30)
+            error = ServiceError.from_rpc_error(caught.value)
+            refused.append((error.code, error.metadata.get("field"), error.message))
+    assert served == ["the answer to blue"] * 2
+    assert [(code, field) for code, field, _ in refused] == [(grpc.StatusCode.INVALID_ARGUMENT, "passthrough_json")] * 2
+    assert "past 200000 JSON objects and arrays" in refused[0][2]
+    assert "past 400000 JSON array elements and object members" in refused[1][2]
+    assert provider.generated == 2
