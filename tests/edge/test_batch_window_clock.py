@@ -7,6 +7,7 @@ a batch with hours left (its lines never sent), one behind left an expired batch
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -16,10 +17,14 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from services.batches.api import BatchApi
+from services.batches import idempotent, wire
+from services.batches.api import TAKEN_OVER, BatchApi
 from services.batches.runner import Runner, file_fields
 from services.batches.store import RedisStore, batch_key, file_key, readers_key
+from services.edge.openai_api import ApiError
 from tests.edge.conftest import runner_sending_nothing
+from tests.integration.conftest import served_router
+from tests.integration.test_batch_parking import RateLimitingRouter
 
 SKEW_S = 2 * 3600.0
 WINDOW_S = 3600
@@ -53,10 +58,10 @@ def skew_clock(monkeypatch: pytest.MonkeyPatch, skew_s: float) -> None:
     monkeypatch.setattr(time, "time", lambda: real() + skew_s)
 
 
-async def put_batch(store: RedisStore, tenant: str, expires_in_s: float) -> str:
+async def put_batch(store: RedisStore, tenant: str, expires_in_s: float, line: bytes = b'{"custom_id": "a"}\n') -> str:
     """A batch of one line, running, whose window ends expires_in_s from now by the store's clock."""
     batch_id, input_id = f"batch_{uuid.uuid4().hex}", f"file-{uuid.uuid4().hex}"
-    await store.put(file_key(input_id), file_fields(tenant, "in.jsonl", b'{"custom_id": "a"}\n', "batch", 1), 600)
+    await store.put(file_key(input_id), file_fields(tenant, "in.jsonl", line, "batch", 1), 600)
     created = int(await store.clock(batch_key(batch_id)))
     fields: dict[str, str | bytes] = {"status": "in_progress", "tenant": tenant, "key_id": "k", "total": "1"}
     fields |= {"input_file_id": input_id, "created_at": str(created - 60)}
@@ -116,4 +121,76 @@ async def test_an_edge_whose_clock_is_behind_ends_a_batch_at_its_window_s_end(
     assert fields["status"] == b"expired"
     # Dated by the clock its window was: not hours before its end.
     assert int(fields["expired_at"]) >= int(fields["expires_at"])
+    assert not await store.is_active(batch_id)
+
+
+async def test_a_keyed_batch_just_begun_is_not_taken_over_by_a_retry_on_an_edge_whose_clock_is_ahead(
+    store: RedisStore, runner: Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A keyed batch's creation under way (`validating`, not yet among those to run), stamped by the store's clock: its
+    retry on an edge whose clock is ahead by more than CREATING_S is told to retry (409), and the batch is left to its
+    creation. Judged by that edge's clock, the retry failed a creation just begun (taken over) and made a second."""
+    tenant, input_id, begun_id = f"t-{uuid.uuid4().hex}", f"file-{uuid.uuid4().hex}", f"batch_{uuid.uuid4().hex}"
+    await store.put(file_key(input_id), file_fields(tenant, "in.jsonl", b'{"custom_id": "a"}\n', "batch", 1), 600)
+    body = {"input_file_id": input_id, "endpoint": wire.ENDPOINT, "completion_window": "24h"}
+    claim = idempotent.claim_for("batch", tenant, "sk", "begun", json.dumps(body, sort_keys=True).encode())
+    created = int(await store.clock(batch_key(begun_id)))
+    begun: dict[str, str | bytes] = {"tenant": tenant, "key_id": "k", "input_file_id": input_id, "total": "1"}
+    begun |= {"endpoint": wire.ENDPOINT, "status": "validating", "completion_window": "24h"}
+    begun |= {"created_at": str(created), "expires_at": str(created + WINDOW_S)}
+    await store.put(batch_key(begun_id), begun, 600)
+    assert await store.claim(claim.key, claim.value(begun_id), 600) is None
+    api = BatchApi(store, runner, lambda _: (tenant, "sk"), 1024, 600, WINDOW_S, 1, 1, 1024, 10_000)
+    skew_clock(monkeypatch, idempotent.CREATING_S + 60)
+    with pytest.raises(ApiError) as retried:  # as POST /v1/batches looks for the record's batch
+        await idempotent.existing(store, claim, api._batch_there(tenant))
+    assert (retried.value.status, retried.value.code) == (409, "idempotency_key_in_use")
+    fields = await store.get(batch_key(begun_id))
+    assert fields["status"] == b"validating" and TAKEN_OVER not in fields
+    assert await store.claimed(claim.key) == claim.value(begun_id)
+
+
+async def test_a_batch_parked_by_an_edge_whose_clock_is_ahead_runs_again_at_its_window_s_end(
+    store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run whose line the router refuses for a minute parks its batch (PARK_LEAVE_S or more) only until its window's
+    end, half a minute away by the store's clock, on an edge whose clock is hours ahead: any edge resumes it then and
+    ends it on time. Parked for the whole minute (its window's end judged by this edge's clock, long past), it ended
+    that much late."""
+    line = json.dumps(
+        {
+            "custom_id": "a",
+            "method": "POST",
+            "url": wire.ENDPOINT,
+            "body": {"messages": [{"role": "user", "content": "hi"}]},
+        }
+    ).encode()
+    batch_id = await put_batch(store, f"t-{uuid.uuid4().hex}", 30, line + b"\n")
+    skew_clock(monkeypatch, SKEW_S)
+    async with served_router(RateLimitingRouter(retry_after_s="60")) as limited:
+        channel = grpc.aio.insecure_channel(limited)
+        runner = runner_sending_nothing(store, channel)
+        try:
+            await ran(runner)
+        finally:
+            runner.stop()
+            await runner.close()
+            await channel.close()
+    fields = await store.get(batch_key(batch_id))
+    assert float(fields["parked_until"]) <= int(fields["expires_at"]) + 1, fields
+    await store.activate(batch_id, False)
+
+
+async def test_a_batch_written_without_expires_at_ends_a_day_after_its_creation(
+    store: RedisStore, runner: Runner
+) -> None:
+    """A batch of an edge of a version before expires_at was written (created_at alone) ends a day after its creation
+    (wire.expires_at), judged by the store's clock as any batch's window: not left running for ever."""
+    batch_id = await put_batch(store, f"t-{uuid.uuid4().hex}", -1)
+    created = int(await store.clock(batch_key(batch_id))) - wire.DAY_S - 1
+    await store.put(batch_key(batch_id), {"created_at": str(created)})
+    await store.drop(batch_key(batch_id), "expires_at")
+    await ran(runner)
+    fields = await store.get(batch_key(batch_id))
+    assert fields["status"] == b"expired"
     assert not await store.is_active(batch_id)
