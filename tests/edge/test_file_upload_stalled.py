@@ -260,3 +260,35 @@ async def test_an_upload_under_way_is_not_taken_over_by_an_edge_whose_clock_is_a
         assert await store.get(file_key("file-retry")) == {}
     finally:
         await store.close()
+
+
+async def test_an_upload_begun_on_an_edge_whose_clock_is_behind_is_not_taken_over_early(
+    any_redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A keyed upload on an edge whose clock is behind by more than CREATING_S dates its start by the store's clock: its
+    retry on an honest edge (injected between the upload's count and its keeping) is told to retry (409), and the
+    upload stores its file. Dated by the uploading edge's clock, the upload looked stalled from its start: the retry
+    took it over, and it answered 503 for nothing."""
+    store = RedisStore(any_redis_url)
+    claim = idempotent.claim_for("file", "t1", "sk", "key-clock-behind", CONTENT)
+    fields = file_fields("t1", "b.jsonl", CONTENT, "batch", 1)
+    told: list[str | None] = []
+
+    async def retry_on_an_honest_edge(inner: Store) -> None:
+        monkeypatch.undo()
+        try:
+            await _api(inner)._write_file("t1", "file-retry", fields, len(CONTENT), claim)
+        except ApiError as refused:
+            told.append(refused.code)
+
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() - idempotent.CREATING_S - 60)
+    try:
+        behind = _api(Lapsing(store, "keep_counted", retry_on_an_honest_edge, False))
+        assert await behind._write_file("t1", FILE_ID, fields, len(CONTENT), claim) is None
+        assert told == ["idempotency_key_in_use"]
+        assert await store.page("t1", "file", None, 10, True) == [FILE_ID]
+        assert await store.get(file_key("file-retry")) == {}
+    finally:
+        monkeypatch.undo()
+        await store.close()
