@@ -292,3 +292,28 @@ async def test_an_upload_begun_on_an_edge_whose_clock_is_behind_is_not_taken_ove
     finally:
         monkeypatch.undo()
         await store.close()
+
+
+@pytest.mark.parametrize(("began_s_ago", "taken_over"), [(0, False), (idempotent.CREATING_S + 1, True)])
+async def test_an_upload_of_the_version_before_is_dated_by_its_created_at(
+    store: Store, began_s_ago: int, taken_over: bool
+) -> None:
+    """A keyed upload of an edge of the version before (its `creating` 1, its start in created_at) under way: its retry
+    on this version's edge is told to retry (409) while it is younger than CREATING_S, and takes it over past that.
+    Dated otherwise (its `creating` read as a time: 1970), an upload just begun was taken over, its hash deleted."""
+    claim = idempotent.claim_for("file", "t1", "sk", "key-old-upload", CONTENT)
+    fields = file_fields("t1", "b.jsonl", CONTENT, "batch", 1)
+    began = int(await store.clock(file_key(FILE_ID))) - began_s_ago
+    old = {name: value for name, value in fields.items() if name != "content"}
+    await store.put(file_key(FILE_ID), old | {"creating": "1", "created_at": str(began)}, COUNTING_S)
+    assert await store.claim(claim.key, claim.value(FILE_ID), 3600) is None
+    if taken_over:
+        assert await _api(store)._write_file("t1", "file-retry", fields, len(CONTENT), claim) is None
+        assert await store.get(file_key(FILE_ID)) == {}
+        assert await store.claimed(claim.key) == claim.value("file-retry")
+    else:
+        with pytest.raises(ApiError) as retried:
+            await _api(store)._write_file("t1", "file-retry", fields, len(CONTENT), claim)
+        assert (retried.value.status, retried.value.code) == (409, "idempotency_key_in_use")
+        assert (await store.get(file_key(FILE_ID)))["creating"] == b"1"
+        assert await store.claimed(claim.key) == claim.value(FILE_ID)
