@@ -194,3 +194,26 @@ async def test_a_batch_written_without_expires_at_ends_a_day_after_its_creation(
     fields = await store.get(batch_key(batch_id))
     assert fields["status"] == b"expired"
     assert not await store.is_active(batch_id)
+
+
+async def test_a_batch_cancelled_within_its_window_ends_cancelled_on_an_edge_whose_clock_is_ahead(
+    store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch cancelled with an hour of its window left (by the store's clock) and no line out, its input file gone
+    meanwhile, run by an edge whose clock is hours ahead: it ends `cancelled` at once, its input never read. Judged by
+    that edge's clock its window was over: the run read its input, found it gone, and failed the batch."""
+    batch_id = await put_batch(store, f"t-{uuid.uuid4().hex}", WINDOW_S)
+    input_id = (await store.get(batch_key(batch_id)))["input_file_id"].decode()
+    await store.delete([file_key(input_id)])
+    await store.put(batch_key(batch_id), {"status": "cancelling"})
+    skew_clock(monkeypatch, SKEW_S)
+    channel = grpc.aio.insecure_channel("127.0.0.1:1")  # never called: nothing is sent
+    runner = runner_sending_nothing(store, channel)
+    try:
+        await ran(runner)
+    finally:
+        runner.stop()
+        await runner.close()
+        await channel.close()
+    fields = await store.get(batch_key(batch_id))
+    assert fields["status"] == b"cancelled" and "expired_at" not in fields, fields
