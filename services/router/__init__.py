@@ -40,12 +40,18 @@ async def build(
         )
     for name in ("cl100k_base", "o200k_base"):  # loaded now: on a request each would hold the event loop ~0.3 s
         encoding(name)
+    policy = None
     if settings.redis_url:
         # Imported here: `python -m services.router.money_check` imports this package first, and runpy warns of a
         # module it is about to run that is imported already.
         from services.router.money_check import check_money_redis
+        from services.router.money_policy import EvictionRecheck
 
-        await check_money_redis(settings.redis_url, settings.allow_evicting_money_store, settings.cache_redis_url)
+        unchecked = await check_money_redis(
+            settings.redis_url, settings.allow_evicting_money_store, settings.cache_redis_url
+        )
+        if unchecked:  # checked by the upkeep once back
+            policy = EvictionRecheck(settings.redis_url, settings.allow_evicting_money_store).never_evicts
     store = open_store(
         settings.redis_url, settings.request_id_ttl_s, settings.hold_totals, settings.reconcile_master_answers_s
     )
@@ -64,6 +70,7 @@ async def build(
         settings.heartbeat_ttl_s,
         settings.pending_stale_s,
         StoreMemory(redis_clients(store, cache)),
+        policy,
     )
     await upkeep.tick()  # heartbeat first: pending charges must never belong to a router not known alive
     classifier = open_channel(settings.classifier_addr, settings)

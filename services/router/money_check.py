@@ -51,10 +51,11 @@ log = logging.getLogger("llmrouter.router")
 
 async def check_money_redis(
     url: str | SecretStr, allow_eviction: bool, cache_url: str | SecretStr | None = None
-) -> None:
+) -> list[str]:
     """Exit with a clear message when the money Redis cannot be reached, may evict, or also serves the cache;
     warn when AOF is off. On a Redis Cluster every master is checked: one that evicts loses the budgets of the
-    tenants it holds."""
+    tenants it holds. Returns the masters out of reach, not checked (money_policy.EvictionRecheck checks them once
+    back)."""
     import redis.asyncio as redis
 
     client = connect(url, socket_connect_timeout=5, socket_timeout=5)
@@ -74,7 +75,7 @@ async def check_money_redis(
     if unreachable:
         log.error(
             "masters of the money store out of reach at start-up: the requests of their shards fail until they are "
-            "back, and their maxmemory-policy and AOF are not checked",
+            "back, their maxmemory-policy checked then (the router fails closed if one evicts), their AOF never",
             extra={"masters": unreachable},
         )
     money_ids = {str(info.get("run_id")) for info in servers.values()}
@@ -86,21 +87,29 @@ async def check_money_redis(
             "the response cache needs a Redis of its own (maxmemory-policy allkeys-lru), or leave it unset for "
             "an in-process cache."
         )
+    for message in evicting(memory):
+        if not allow_eviction:
+            raise SystemExit(message)
+        log.warning(message)
+    if not all(int(info.get("aof_enabled", 0)) for info in persistence.values()):
+        log.warning("the money store has AOF off: a Redis restart loses the charges since its last snapshot")
+    return unreachable
+
+
+def evicting(memory: dict[str, Any]) -> list[str]:
+    """What is wrong with each master (each_primary's INFO memory of them) whose maxmemory-policy may evict."""
+    found = []
     for node, info in memory.items():
         policy = str(info.get("maxmemory_policy", ""))
         if policy != "noeviction":
             where = "" if node == "server" else f" on master {node}"
-            message = (
+            found.append(
                 f"router: the money store (ROUTER_REDIS_URL) has maxmemory-policy {policy!r}{where}: it may evict "
                 "spend counters, holds and request ids, and budgets would reset. Set maxmemory-policy noeviction "
                 "(the response cache belongs on ROUTER_CACHE_REDIS_URL), or for development only "
                 "ROUTER_ALLOW_EVICTING_MONEY_STORE=true."
             )
-            if not allow_eviction:
-                raise SystemExit(message)
-            log.warning(message)
-    if not all(int(info.get("aof_enabled", 0)) for info in persistence.values()):
-        log.warning("the money store has AOF off: a Redis restart loses the charges since its last snapshot")
+    return found
 
 
 async def _server_ids(url: str | SecretStr) -> set[str]:

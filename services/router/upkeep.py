@@ -19,6 +19,8 @@ from services.router.store_memory import StoreMemory
 log = logging.getLogger("llmrouter.router")
 
 HealthReport = Callable[[bool], Awaitable[None]]
+# Whether the money store's masters allow the router to serve (money_policy.EvictionRecheck.never_evicts).
+PolicyCheck = Callable[[], Awaitable[bool]]
 
 # The longest the router's shutdown waits for its last replay of the outbox (Upkeep.close). A store in reach lands
 # hundreds of charges in it; one out of reach fails the replay at its first call (a Redis call times out after 5 s).
@@ -36,9 +38,11 @@ class Upkeep:
         heartbeat_ttl_s: float,
         stale_s: float,
         memory: StoreMemory | None = None,
+        policy: PolicyCheck | None = None,
     ) -> None:
         self.store = store
         self.memory = memory
+        self.policy = policy
         self.outbox = outbox
         self.router = router
         self.interval_s = interval_s
@@ -98,7 +102,8 @@ class Upkeep:
             await self.memory.refresh()
 
     async def _settle_money(self) -> None:
-        up = await self.store.ping() and await self._heartbeat()
+        # The policy asked after the heartbeat: a master slow to answer it delays none of this round's.
+        up = await self.store.ping() and await self._heartbeat() and (self.policy is None or await self.policy())
         if up != self.up:
             self.up = up
             metrics.STORE_UP.labels("money").set(1 if up else 0)

@@ -13,19 +13,31 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 
+import grpc
 import pytest
+import redis.asyncio as redis
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from redis.crc import key_slot
 
+from llmrouter.redis_url import RedisUrl
+from llmrouter.server import start_server
+from services import router
 from services.router import metrics
 from services.router.money_check import check_money_redis
+from services.router.money_policy import EvictionRecheck
+from services.router.outbox import Outbox
+from services.router.settings import RouterSettings
 from services.router.store import Account, AccountKeys, Allowance, Hold, RedisStore, StoreUnavailable, period_id
 from services.router.store.keys import GLOBAL
 from services.router.store.model import to_pico
+from services.router.upkeep import Upkeep
 from tests.redis_servers import RedisCluster
+from tests.router.servicer_kit import registry_file
+from tests.router.test_admission import REGISTRY
 from tests.router.test_outbox_one_shard_down import DOWN, tenant_on
 from tests.router.test_reconcile_one_master_down import LEASE_S, left_by_a_dead_router, settled
 from tests.waiting import eventually
@@ -133,3 +145,72 @@ async def test_a_round_whose_lease_master_does_not_answer_passes_over_the_lease_
         assert await ledger_pico(store, account) == HOLD_PICO  # charged once
     finally:
         await store.close()
+
+
+async def test_a_master_back_evicting_fails_the_router_closed_until_its_policy_is_mended(
+    cluster: RedisCluster, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The master out of reach at start-up went unchecked: back with an evicting maxmemory-policy (a node replaced by
+    one of a provider's defaults), it dropped spend counters and holds unseen for as long as the router ran. The
+    upkeep checks it once back: the router fails closed, as it would have refused to start, until it is mended."""
+    cluster.nodes[DOWN].shut_down()
+    address = f"127.0.0.1:{cluster.nodes[DOWN].port}"
+    assert await check_money_redis(cluster.url, allow_eviction=False) == [address]
+    assert "out of reach at start-up" in caplog.text
+    store = RedisStore(cluster.url)
+    recheck = EvictionRecheck(cluster.url, allow_eviction=False)
+    upkeep = Upkeep(store, Outbox(tmp_path / "data"), "router-1", 0.001, 15, 3600, policy=recheck.never_evicts)
+    node = redis.Redis(port=cluster.nodes[DOWN].port)
+    try:
+        await upkeep.tick()
+        assert upkeep.up is True  # the other masters' tenants served meanwhile
+        cluster.restart_node(DOWN)
+        await node.config_set("maxmemory-policy", "allkeys-lru")
+        await upkeep.tick()
+        assert upkeep.up is False
+        assert metrics.STORE_UP.labels("money")._value.get() == 0
+        assert f"maxmemory-policy 'allkeys-lru' on master {address}" in caplog.text
+        await node.config_set("maxmemory-policy", "noeviction")
+        await upkeep.tick()
+        assert upkeep.up is True
+        assert not recheck.due  # every master checked: asked no more
+    finally:
+        await node.aclose()
+        await store.close()
+
+
+async def test_a_router_started_with_a_master_down_checks_it_once_back(cluster: RedisCluster, tmp_path: Path) -> None:
+    """The same, through the router as it starts (router.build): not serving once that master is back evicting."""
+    cluster.nodes[DOWN].shut_down()
+    settings = RouterSettings(
+        port=0,
+        registry_path=registry_file(tmp_path, REGISTRY),
+        classifier_addr="127.0.0.1:1",
+        providers_addr="127.0.0.1:1",
+        redis_url=RedisUrl(cluster.url),
+        data_dir=tmp_path / "data",
+        ledger_sql_path=tmp_path / "ledger.sqlite3",
+        verifier=False,
+        auth="none",
+        upkeep_interval_s=0.05,
+    )
+    running = await start_server("router", settings, *await router.build(settings))
+    node = redis.Redis(port=cluster.nodes[DOWN].port)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            check = health_pb2.HealthCheckRequest(service="llmrouter.v1.Router")
+
+            def serving(expected: int) -> Callable[[], Awaitable[bool]]:
+                async def answers() -> bool:
+                    return (await health.Check(check, timeout=5)).status == expected  # type: ignore[attr-defined]  # stubs list no methods
+
+                return answers
+
+            await eventually(serving(health_pb2.HealthCheckResponse.SERVING), "serving the other masters' tenants")
+            cluster.restart_node(DOWN)
+            await node.config_set("maxmemory-policy", "allkeys-lru")
+            await eventually(serving(health_pb2.HealthCheckResponse.NOT_SERVING), "failing closed")
+    finally:
+        await node.aclose()
+        await running.stop(0)
