@@ -14,6 +14,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 
@@ -31,15 +32,24 @@ from services.router.money_check import check_money_redis
 from services.router.money_policy import EvictionRecheck
 from services.router.outbox import Outbox
 from services.router.settings import RouterSettings
-from services.router.store import Account, AccountKeys, Allowance, Hold, RedisStore, StoreUnavailable, period_id
+from services.router.store import (
+    Account,
+    AccountKeys,
+    Allowance,
+    Hold,
+    Pending,
+    RedisStore,
+    StoreUnavailable,
+    period_id,
+)
 from services.router.store.keys import GLOBAL
-from services.router.store.model import to_pico
+from services.router.store.model import pending_field, reconciled_record, to_pico
 from services.router.upkeep import Upkeep
 from tests.redis_servers import RedisCluster
 from tests.router.servicer_kit import registry_file
 from tests.router.test_admission import REGISTRY
 from tests.router.test_outbox_one_shard_down import DOWN, tenant_on
-from tests.router.test_reconcile_one_master_down import LEASE_S, left_by_a_dead_router, settled
+from tests.router.test_reconcile_one_master_down import LEASE_S, MODEL, left_by_a_dead_router, settled
 from tests.waiting import eventually
 
 DAY = period_id("day")
@@ -107,14 +117,17 @@ async def test_a_round_whose_lease_master_does_not_answer_passes_over_the_lease_
     cluster: RedisCluster,
 ) -> None:
     """The lease's master replaced by a listener that takes connections and never answers (a host cut off), which
-    counts them: the round asks it for its PING alone, once, and ends at master_answers_s."""
+    counts them: the round asks it for its PING alone, once, and ends at master_answers_s. What needs no lease is
+    done all the same: the reconciler's charge whose reply was lost (as settle_swept keeps it) is sent again."""
     lease_master = cluster.owner(key_slot(GLOBAL.strip("{}").encode()))
     masters = len(cluster.nodes)
     others = [i for i in range(masters) if i != lease_master]
     store = RedisStore(f"redis+cluster://127.0.0.1:{cluster.nodes[others[0]].port}")
-    account = Account(tenant_on(others[1], masters), "k")
+    account, lost = Account(tenant_on(others[1], masters), "k"), Account(tenant_on(others[0], masters), "k")
     try:
         await left_by_a_dead_router(store, account)
+        hold = await left_by_a_dead_router(store, lost)
+        swept = (await store.redis.hget(AccountKeys.of(lost).pending, pending_field(lost, hold.request_id))).decode()
         node = cluster.nodes[lease_master]
         node.shut_down()  # not killed: its restart must keep what it was told
         asked = 0
@@ -128,9 +141,10 @@ async def test_a_round_whose_lease_master_does_not_answer_passes_over_the_lease_
 
         listener = await asyncio.start_server(silent, "127.0.0.1", node.port)
         reconciler = RedisStore(f"redis+cluster://127.0.0.1:{cluster.nodes[others[0]].port}", master_answers_s=0.2)
+        reconciler.unanswered[swept] = ("reconciled", reconciled_record(replace(Pending.from_json(swept), model=MODEL)))
         unleased = metrics.RECONCILE_UNLEASED._value.get()
         try:
-            assert await reconciler.reconcile("alive", LEASE_S, 0.0) == 0
+            assert await reconciler.reconcile("alive", LEASE_S, 0.0) == 1  # the lost reply's charge
         finally:
             await reconciler.close()
             released.set()
@@ -139,6 +153,7 @@ async def test_a_round_whose_lease_master_does_not_answer_passes_over_the_lease_
         assert asked == 1  # its PING, and no call of the lease
         assert metrics.RECONCILE_UNLEASED._value.get() == unleased + 1
         assert await store.held_pico(account) == (HOLD_PICO, HOLD_PICO)  # no sweep without the lease
+        assert await store.spent(lost, DAY) == (HOLD_PICO, HOLD_PICO)
         cluster.restart_node(lease_master)
         await eventually(settled(store, account, HOLD_PICO), "a round taking the lease once its master is back")
         assert await store.held_pico(account) == (0, 0)
