@@ -140,7 +140,8 @@ async def test_a_round_whose_lease_master_does_not_answer_passes_over_the_lease_
             writer.close()
 
         listener = await asyncio.start_server(silent, "127.0.0.1", node.port)
-        reconciler = RedisStore(f"redis+cluster://127.0.0.1:{cluster.nodes[others[0]].port}", master_answers_s=0.2)
+        # Long enough for a healthy master's PING on a busy machine: one passed over would keep its resend back.
+        reconciler = RedisStore(f"redis+cluster://127.0.0.1:{cluster.nodes[others[0]].port}", master_answers_s=1.0)
         reconciler.unanswered[swept] = ("reconciled", reconciled_record(replace(Pending.from_json(swept), model=MODEL)))
         unleased = metrics.RECONCILE_UNLEASED._value.get()
         try:
@@ -194,6 +195,7 @@ async def test_a_master_back_evicting_fails_the_router_closed_until_its_policy_i
             assert upkeep.up is True
         assert not recheck.due  # every master checked: asked no more
     finally:
+        await upkeep.looked()  # the look at the heartbeats a round began, over before its store closes
         await node.aclose()
         await store.close()
 
