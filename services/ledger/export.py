@@ -1,7 +1,8 @@
 """Export of the ledger table as CSV or JSONL (candidates and generations as their JSON text in CSV, as lists in
 JSONL); money as exact USD decimal strings beside the pico-dollar integers. A row whose make-up is not on record
 (copied before the generations and owed_pico columns, or written by a router of the versions before) has them
-empty in CSV, null in JSONL."""
+empty in CSV, null in JSONL. In CSV a text cell a spreadsheet would run as a formula has a leading quote
+(spreadsheet_safe); JSONL keeps every value exact."""
 
 from __future__ import annotations
 
@@ -19,7 +20,10 @@ from services.router.budgets import usd
 from services.router.store import ledger_entry
 
 FORMATS = ("csv", "jsonl")
-FIELDS = (*COLUMNS, "cost_usd", "baseline_cost_usd", "owed_usd")
+AMOUNTS = ("cost_usd", "baseline_cost_usd", "owed_usd")
+FIELDS = (*COLUMNS, *AMOUNTS)
+# OWASP's CSV injection rule: a cell starting with one of these is a formula (or a DDE payload) to a spreadsheet.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 class UnreadableRow(ValueError):
@@ -48,6 +52,18 @@ def _exported(row: Row) -> dict[str, Any]:
     return values
 
 
+def spreadsheet_safe(values: dict[str, Any]) -> dict[str, Any]:
+    """A CSV row whose text cells a spreadsheet shows as text: tenant names, session, end-user and request ids,
+    models, errors are the callers' own text, and `=HYPERLINK(...)` would be a live formula in an auditor's sheet.
+    Text only: the USD amounts, written by the export ("-0.5" of a give-back), and numbers stay numbers."""
+    return {
+        field: f"'{value}"
+        if field not in AMOUNTS and isinstance(value, str) and value.startswith(FORMULA_STARTS)
+        else value
+        for field, value in values.items()
+    }
+
+
 def write(rows: Iterable[Row], out: IO[str], fmt: str) -> int:
     """Write the rows; returns how many."""
     if fmt not in FORMATS:
@@ -60,7 +76,8 @@ def write(rows: Iterable[Row], out: IO[str], fmt: str) -> int:
         values = exported(row)
         if writer is not None:
             candidates = json.dumps(values["candidates"], separators=(",", ":"))
-            writer.writerow({**values, "candidates": candidates, "generations": row.get("generations")})  # as kept
+            as_kept = {**values, "candidates": candidates, "generations": row.get("generations")}
+            writer.writerow(spreadsheet_safe(as_kept))
         else:
             out.write(json.dumps(values, separators=(",", ":")) + "\n")
         count += 1
