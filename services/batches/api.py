@@ -35,6 +35,7 @@ from services.batches.store import (
     now,
     readers_key,
     remove_file,
+    stamp,
     unread,
 )
 from services.edge.given_once import single
@@ -227,7 +228,7 @@ class BatchApi:
         though the first stored the file. Its content is written last, in one step with the end of `creating`, unless
         a retry took the upload over (it stalled past CREATING_S): then it is undone."""
         creating = {name: value for name, value in fields.items() if name != "content"}
-        began = str(int(await self.store.clock(file_key(file_id))))
+        began = await stamp(self.store, file_key(file_id))
         creating |= {"creating": began, "created_at": CREATING_CREATED_AT}  # its created_at as COMPLETE writes it
         try:
             await self.store.put(file_key(file_id), creating, COUNTING_S)  # as its count: lapses if this edge dies
@@ -331,7 +332,7 @@ class BatchApi:
         batch_id = f"batch_{uuid.uuid4().hex}"
         # By the store's clock, as every edge's runner judges its expires_at (Store.window_left_s): this edge's own,
         # off, had it expire early or late.
-        created = str(int(await self.store.clock(batch_key(batch_id))))
+        created = await stamp(self.store, batch_key(batch_id))
         batch: dict[str, str | bytes] = {
             "tenant": tenant,
             "key_id": key_id(key),
@@ -370,7 +371,7 @@ class BatchApi:
             # Left so by a creation that died part way, or stalled there (its edge paused), which may yet resume and
             # activate it: failed first, in one step only while still `validating` (its run moves it on the same way),
             # so that it never runs beside the batch that takes its place. Moved on meanwhile, it is told as it is.
-            if await self.store.advance(batch_id, ("validating",), "failed", now(), TAKEN_OVER_FIELDS):
+            if await self.store.advance(batch_id, ("validating",), "failed", TAKEN_OVER_FIELDS) is not None:
                 await self.store.expire([batch_key(batch_id)], self.retention_s)  # kept as an ended batch is
                 return None
             return await there(batch_id)
@@ -483,7 +484,7 @@ class BatchApi:
         """Lines not yet sent are not sent; those in flight finish (those in doubt too: runner.py). The batch ends
         `cancelled`, with the files of the lines that finished. A batch already ending or ended is returned as it is."""
         batch_id, _ = await self._batch(request)
-        if await self.store.advance(batch_id, CANCELLABLE, "cancelling", now()):  # not one its run ended meanwhile
+        if await self.store.advance(batch_id, CANCELLABLE, "cancelling") is not None:  # not one its run ended meanwhile
             self.runner.start(batch_id)  # on this edge, if no other runs it: it ends the batch
         return JSONResponse(wire.batch_body(batch_id, await self.store.get(batch_key(batch_id))))
 

@@ -79,6 +79,7 @@ from services.batches.store import (
     readers_key,
     results_key,
     sent_key,
+    stamp,
 )
 from services.edge.off_loop import parse_off_loop
 from services.edge.openai_api import ApiError, check_encoded_size, completion_body, parse_request
@@ -470,8 +471,8 @@ class Runner:
         """The batch read `validating`, `in_progress` from now in one step only while still `validating`: moved on
         since it was read (failed as a retry took over its stalled creation, idempotent.py; or cancelled), it is not
         run as read but as it is now (a failed one ends, sending nothing). Its fields as they stand."""
-        at = now()
-        if await self.store.advance(batch_id, ("validating",), "in_progress", at):
+        at = await self.store.advance(batch_id, ("validating",), "in_progress")
+        if at is not None:
             return batch | {"status": b"in_progress", "in_progress_at": at.encode()}
         return await self.store.get(batch_key(batch_id))
 
@@ -619,7 +620,7 @@ class Runner:
         """The window ended with lines unsent: they go to the error file as OpenAI writes them, and count as failed.
         Lines in doubt are not among them: sent again past the window, they have the router's answer; those not sent
         again (`in_doubt`: their key not served here) go to the error file as of an unknown outcome."""
-        expired_at = str(int(await self.store.clock(batch_key(batch_id))))  # by the clock its expires_at is
+        expired_at = await stamp(self.store, batch_key(batch_id))  # by the clock its expires_at is
         await self.store.put_once(batch_key(batch_id), "expired_at", expired_at.encode())  # when, kept if run again
         done = await self.store.get(results_key(batch_id))
         unsent = [i for i in range(len(lines)) if str(i) not in done and i not in deferred]
@@ -639,15 +640,15 @@ class Runner:
         if status == "completed" and not again:
             # Cancelled since its run last looked (its last lines in flight, or at providers): `cancelled`, as the
             # cancel answered (`cancelling`), with every line's result.
-            finalizing = await self.store.advance(batch_id, FINISHING, "finalizing", now())
-            status = "completed" if finalizing else "cancelled"
+            finalizing = await self.store.advance(batch_id, FINISHING, "finalizing")
+            status = "completed" if finalizing is not None else "cancelled"
         results = await self.store.get(results_key(batch_id))
         parsed = [json.loads(results[str(i)]) for i in range(int(batch["total"])) if str(i) in results]
         tenant = batch["tenant"].decode()
         fields: dict[str, str | bytes] = {"status": status}
         counted: dict[str, int] = {}  # output and error file id -> the bytes it counts
         if status != "expired" and not again:  # an expired batch's expired_at: when it expired, not its last line
-            fields[f"{status}_at"] = now()
+            fields[f"{status}_at"] = await stamp(self.store, batch_key(batch_id))  # by the clock of its created_at
         if errors is not None:
             fields["errors"] = errors
         for kind, ok in (("output", True), ("error", False)):

@@ -165,11 +165,12 @@ class Store(Protocol):
         back-off at all), and behind, left it parked that much longer."""
 
     async def advance(
-        self, batch_id: str, statuses: tuple[str, ...], status: str, at: str, also: dict[str, str] | None = None
-    ) -> bool:
-        """The batch in `status` since `at` (its `<status>_at`), with the fields `also`, if it is in one of `statuses`,
-        in one step: a cancel, a run starting or ending the batch and the takeover of its stalled creation meanwhile
-        (on this edge or another) do not undo each other. True when it moved."""
+        self, batch_id: str, statuses: tuple[str, ...], status: str, also: dict[str, str] | None = None
+    ) -> str | None:
+        """The batch in `status` from now (its `<status>_at`, by the store's clock as its created_at: an edge's own,
+        off, dated its run before its creation), with the fields `also`, if it is in one of `statuses`, in one step:
+        a cancel, a run starting or ending the batch and the takeover of its stalled creation meanwhile (on this edge
+        or another) do not undo each other. When it moved (Unix seconds, as written); None when it did not."""
 
     async def expire(self, keys: list[str], ttl_s: int) -> None: ...
 
@@ -342,18 +343,20 @@ local clock = redis.call('TIME')
 return string.format('%.6f', expires - (tonumber(clock[1]) + tonumber(clock[2]) / 1000000))
 """
 
-# KEYS: a batch's hash. ARGV: its new status, when, how many statuses it may move from, those, then the fields written
-# with the move (name, value, ...). A hash that is gone has no status: never recreated. Store.advance.
+# KEYS: a batch's hash. ARGV: its new status, how many statuses it may move from, those, then the fields written with
+# the move (name, value, ...). A hash that is gone has no status: never recreated. Moved at now by Redis's clock (TIME;
+# effects replication, Redis 7), returned; false when it did not move. Store.advance.
 ADVANCE = """
 local status = redis.call('HGET', KEYS[1], 'status')
-local from = tonumber(ARGV[3])
-for i = 4, 3 + from do
+local from = tonumber(ARGV[2])
+for i = 3, 2 + from do
   if status == ARGV[i] then
-    redis.call('HSET', KEYS[1], 'status', ARGV[1], ARGV[1] .. '_at', ARGV[2], unpack(ARGV, 4 + from))
-    return 1
+    local at = redis.call('TIME')[1]
+    redis.call('HSET', KEYS[1], 'status', ARGV[1], ARGV[1] .. '_at', at, unpack(ARGV, 3 + from))
+    return at
   end
 end
-return 0
+return false
 """
 
 # KEYS: a tenant's index (ids by creation), its deadlines, then its groups' indexes. ARGV: id, how long from now
@@ -611,11 +614,11 @@ class RedisStore:
         return [0.0 if left is None else float(left) for left in replies]
 
     async def advance(
-        self, batch_id: str, statuses: tuple[str, ...], status: str, at: str, also: dict[str, str] | None = None
-    ) -> bool:
+        self, batch_id: str, statuses: tuple[str, ...], status: str, also: dict[str, str] | None = None
+    ) -> str | None:
         written = [part for field in (also or {}).items() for part in field]
-        moved = await self.redis.eval(ADVANCE, 1, batch_key(batch_id), status, at, len(statuses), *statuses, *written)
-        return bool(moved)
+        at = await self.redis.eval(ADVANCE, 1, batch_key(batch_id), status, len(statuses), *statuses, *written)
+        return None if at is None else _text(at)
 
     async def expire(self, keys: list[str], ttl_s: int) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -834,12 +837,13 @@ class MemoryStore:
         return [max(0.0, float(p.get("parked_until", b"0")) - time.time()) for p in parked]
 
     async def advance(
-        self, batch_id: str, statuses: tuple[str, ...], status: str, at: str, also: dict[str, str] | None = None
-    ) -> bool:
+        self, batch_id: str, statuses: tuple[str, ...], status: str, also: dict[str, str] | None = None
+    ) -> str | None:
         if (await self.get(batch_key(batch_id))).get("status", b"").decode() not in statuses:
-            return False  # read and written with no await between them that yields: one step
+            return None  # read and written with no await between them that yields: one step
+        at = now()
         await self.put(batch_key(batch_id), {"status": status, f"{status}_at": at, **(also or {})})
-        return True
+        return at
 
     async def expire(self, keys: list[str], ttl_s: int) -> None:
         now = time.monotonic()
@@ -978,4 +982,10 @@ def open_store(url: str | SecretStr | None) -> Store:
 
 
 def now() -> str:
+    """Now by this edge's clock, as a file's times are written; a batch's are the store's (stamp)."""
     return str(int(time.time()))
+
+
+async def stamp(store: Store, key: str) -> str:
+    """Now by the clock of the store's node holding `key` (Store.clock), in whole seconds as a batch's times are."""
+    return str(int(await store.clock(key)))

@@ -198,15 +198,17 @@ async def test_only_a_running_batch_is_cancelled(store: Store) -> None:
     for status in CANCELLABLE:
         batch_id = f"b-{uuid.uuid4().hex}"
         await store.put(batch_key(batch_id), {"status": status})
-        assert await store.advance(batch_id, CANCELLABLE, "cancelling", "1700000000")
-        assert await store.get(batch_key(batch_id)) == {"status": b"cancelling", "cancelling_at": b"1700000000"}
+        before = int(await store.clock(batch_key(batch_id)))
+        at = await store.advance(batch_id, CANCELLABLE, "cancelling")
+        assert at is not None and before <= int(at) <= await store.clock(batch_key(batch_id))  # by the store's clock
+        assert await store.get(batch_key(batch_id)) == {"status": b"cancelling", "cancelling_at": at.encode()}
     for status in ("cancelling", "finalizing", "completed", "cancelled", "expired", "failed"):
         batch_id = f"b-{uuid.uuid4().hex}"
         await store.put(batch_key(batch_id), {"status": status})
-        assert not await store.advance(batch_id, CANCELLABLE, "cancelling", "1700000000")
+        assert await store.advance(batch_id, CANCELLABLE, "cancelling") is None
         assert await store.get(batch_key(batch_id)) == {"status": status.encode()}
     gone = f"b-{uuid.uuid4().hex}"
-    assert not await store.advance(gone, CANCELLABLE, "cancelling", "1700000000")
+    assert await store.advance(gone, CANCELLABLE, "cancelling") is None
     assert await store.get(batch_key(gone)) == {}
 
 
@@ -216,15 +218,16 @@ async def test_a_batch_moves_with_its_fields_only_from_the_statuses_given(store:
     also = {"errors": "[]", "taken_over": "1"}
     waiting = f"b-{uuid.uuid4().hex}"
     await store.put(batch_key(waiting), {"status": "validating"})
-    assert await store.advance(waiting, ("validating",), "failed", "1700000000", also)
-    expected = {"status": b"failed", "failed_at": b"1700000000", "errors": b"[]", "taken_over": b"1"}
+    at = await store.advance(waiting, ("validating",), "failed", also)
+    assert at is not None
+    expected = {"status": b"failed", "failed_at": at.encode(), "errors": b"[]", "taken_over": b"1"}
     assert await store.get(batch_key(waiting)) == expected
     running = f"b-{uuid.uuid4().hex}"
     await store.put(batch_key(running), {"status": "in_progress"})
-    assert not await store.advance(running, ("validating",), "failed", "1700000000", also)
+    assert await store.advance(running, ("validating",), "failed", also) is None
     assert await store.get(batch_key(running)) == {"status": b"in_progress"}
     gone = f"b-{uuid.uuid4().hex}"
-    assert not await store.advance(gone, ("validating",), "failed", "1700000000", also)
+    assert await store.advance(gone, ("validating",), "failed", also) is None
     assert await store.get(batch_key(gone)) == {}
 
 

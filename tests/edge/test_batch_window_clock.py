@@ -2,7 +2,9 @@
 Redis Cluster, an edge whose clock is hours off (ahead or behind) stamps a batch's created_at and expires_at as an
 honest edge does, and its runner ends a batch neither before its window's end nor after it. With the edge's clock, a
 batch created by one edge and run by another expired as early or as late as their clocks disagreed: an edge ahead ended
-a batch with hours left (its lines never sent), one behind left an expired batch unended."""
+a batch with hours left (its lines never sent), one behind left an expired batch unended. Its other times
+(in_progress_at, finalizing_at, completed_at, cancelling_at, cancelled_at, failed_at) are the store's clock too: by the
+edge's, a batch completed hours before it was created."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from services.batches import idempotent, wire
+from services.batches import idempotent, results, wire
 from services.batches.api import TAKEN_OVER, BatchApi
 from services.batches.runner import Runner, file_fields
 from services.batches.store import RedisStore, batch_key, file_key, readers_key
@@ -53,18 +55,38 @@ async def runner(store: RedisStore) -> AsyncIterator[Runner]:
         await channel.close()
 
 
+@pytest.fixture
+async def serving_runner(store: RedisStore) -> AsyncIterator[Runner]:
+    """A runner of an edge serving every key, whose router is never called: the batches it runs have no line to send."""
+    channel = grpc.aio.insecure_channel("127.0.0.1:1")
+    runner = runner_sending_nothing(store, channel)
+    try:
+        yield runner
+    finally:
+        runner.stop()
+        await runner.close()
+        await channel.close()
+
+
 def skew_clock(monkeypatch: pytest.MonkeyPatch, skew_s: float) -> None:
     real = time.time
     monkeypatch.setattr(time, "time", lambda: real() + skew_s)
 
 
-async def put_batch(store: RedisStore, tenant: str, expires_in_s: float, line: bytes = b'{"custom_id": "a"}\n') -> str:
-    """A batch of one line, running, whose window ends expires_in_s from now by the store's clock."""
+async def put_batch(
+    store: RedisStore,
+    tenant: str,
+    expires_in_s: float,
+    line: bytes = b'{"custom_id": "a"}\n',
+    status: str = "in_progress",
+) -> str:
+    """A batch of one line, in `status`, whose window ends expires_in_s from now by the store's clock."""
     batch_id, input_id = f"batch_{uuid.uuid4().hex}", f"file-{uuid.uuid4().hex}"
     await store.put(file_key(input_id), file_fields(tenant, "in.jsonl", line, "batch", 1), 600)
     created = int(await store.clock(batch_key(batch_id)))
-    fields: dict[str, str | bytes] = {"status": "in_progress", "tenant": tenant, "key_id": "k", "total": "1"}
+    fields: dict[str, str | bytes] = {"status": status, "tenant": tenant, "key_id": "k", "total": "1"}
     fields |= {"input_file_id": input_id, "created_at": str(created - 60)}
+    fields |= {"endpoint": "/v1/chat/completions", "completion_window": "24h"}
     fields["expires_at"] = str(int(created + expires_in_s))
     await store.put(batch_key(batch_id), fields, 600)
     await store.put(readers_key(input_id), {batch_id: "1"}, 600)
@@ -217,3 +239,55 @@ async def test_a_batch_cancelled_within_its_window_ends_cancelled_on_an_edge_who
         await channel.close()
     fields = await store.get(batch_key(batch_id))
     assert fields["status"] == b"cancelled" and "expired_at" not in fields, fields
+
+
+async def dated_by_the_store(store: RedisStore, batch_id: str, *stamps: str) -> dict[str, int]:
+    """The batch's `stamps`, each asserted between its created_at and now by the store's clock."""
+    fields = await store.get(batch_key(batch_id))
+    store_now = await store.clock(batch_key(batch_id))
+    dated = {name: int(fields[name]) for name in ("created_at", *stamps)}
+    assert all(dated["created_at"] <= dated[name] <= store_now for name in stamps), (dated, store_now)
+    return dated
+
+
+@pytest.mark.parametrize("skew_s", [-SKEW_S, SKEW_S], ids=["behind", "ahead"])
+async def test_a_batch_s_run_is_dated_by_the_store_s_clock(
+    store: RedisStore, serving_runner: Runner, skew_s: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Validating, its one line's result already in (nothing to send): run, it starts and completes."""
+    batch_id = await put_batch(store, f"t-{uuid.uuid4().hex}", WINDOW_S, status="validating")
+    await results.record(store, batch_id, 0, "a", 200, {"choices": []})
+    skew_clock(monkeypatch, skew_s)
+    await ran(serving_runner)
+    assert (await store.get(batch_key(batch_id)))["status"] == b"completed"
+    await dated_by_the_store(store, batch_id, "in_progress_at", "finalizing_at", "completed_at")
+
+
+@pytest.mark.parametrize("skew_s", [-SKEW_S, SKEW_S], ids=["behind", "ahead"])
+async def test_a_batch_that_cannot_run_fails_dated_by_the_store_s_clock(
+    store: RedisStore, serving_runner: Runner, skew_s: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batch_id = await put_batch(store, f"t-{uuid.uuid4().hex}", WINDOW_S, status="validating")
+    await store.delete([file_key((await store.get(batch_key(batch_id)))["input_file_id"].decode())])  # evicted
+    skew_clock(monkeypatch, skew_s)
+    await ran(serving_runner)
+    assert (await store.get(batch_key(batch_id)))["status"] == b"failed"
+    await dated_by_the_store(store, batch_id, "in_progress_at", "failed_at")
+
+
+@pytest.mark.parametrize("skew_s", [-SKEW_S, SKEW_S], ids=["behind", "ahead"])
+async def test_a_cancel_is_dated_by_the_store_s_clock(
+    store: RedisStore, serving_runner: Runner, skew_s: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tenant = f"t-{uuid.uuid4().hex}"
+    batch_id = await put_batch(store, tenant, WINDOW_S)
+    api = BatchApi(store, serving_runner, lambda _: (tenant, "sk"), 1024, 600, WINDOW_S, 1, 1, 1024, 10_000)
+    skew_clock(monkeypatch, skew_s)
+    transport = httpx.ASGITransport(app=Starlette(routes=api.routes()))
+    async with httpx.AsyncClient(transport=transport, base_url="http://edge") as client:
+        cancelled = await client.post(f"/v1/batches/{batch_id}/cancel")
+    assert cancelled.status_code == 200, cancelled.text
+    await ran(serving_runner)
+    assert (await store.get(batch_key(batch_id)))["status"] == b"cancelled"
+    dated = await dated_by_the_store(store, batch_id, "cancelling_at", "cancelled_at")
+    assert dated["cancelling_at"] <= dated["cancelled_at"]
