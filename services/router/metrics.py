@@ -47,7 +47,8 @@ MONEY_CLOCK_OFFSET = Gauge(
 )
 STORE_MEMORY = Gauge(
     "llmrouter_router_store_memory_ratio",
-    "Memory the store's Redis uses against its maxmemory, its fullest master's on a cluster (NaN: no maxmemory)",
+    "Memory the store's Redis uses against its maxmemory, its fullest master's on a cluster, of those that answer "
+    "(NaN: no maxmemory)",
     ["store"],
 )
 PENDING_RECONCILED = Counter(

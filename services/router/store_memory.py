@@ -8,7 +8,7 @@ import math
 import time
 from typing import Any
 
-from llmrouter.redis_connect import each_primary
+from llmrouter.redis_connect import each_answering_primary
 from services.router import metrics
 
 log = logging.getLogger("llmrouter.router")
@@ -30,13 +30,16 @@ def memory_ratio(infos: dict[str, Any]) -> float:
 class StoreMemory:
     """llmrouter_router_store_memory_ratio of each store with a Redis (`clients`, by store label: money, cache), read
     at most every `every_s`. A store that cannot be read has no series until it can: never a stale ratio (the
-    store's llmrouter_router_store_up says why)."""
+    store's llmrouter_router_store_up says why). A Redis Cluster with masters out of reach (one down while the others
+    serve their slots) is the fullest of those that answer, the others logged: their memory is not known, not 0, and
+    a master nearly full elsewhere still fires the alert."""
 
     def __init__(self, clients: dict[str, Any], every_s: float = READ_EVERY_S) -> None:
         self.clients = clients
         self.every_s = every_s
         self._due = float("-inf")  # monotonic
         self._unread: set[str] = set()  # stores whose last read failed, logged once
+        self._left_out: dict[str, list[str]] = {}  # store -> its masters out of reach at the last read, logged once
 
     async def refresh(self) -> None:
         now = time.monotonic()
@@ -45,7 +48,7 @@ class StoreMemory:
         self._due = now + self.every_s
         for store, client in self.clients.items():
             try:
-                ratio = memory_ratio(await each_primary(client, "INFO", "memory"))
+                ratio = memory_ratio(await self._answering(store, client))
             except Exception:  # out of reach, or INFO denied: no figure rather than an old one
                 if store not in self._unread:
                     log.warning(f"the {store} store's memory use cannot be read", exc_info=True)
@@ -54,3 +57,17 @@ class StoreMemory:
                 continue
             self._unread.discard(store)
             metrics.STORE_MEMORY.labels(store).set(ratio)
+
+    async def _answering(self, store: str, client: Any) -> dict[str, Any]:
+        """INFO memory of the store's masters that answer; raises when none does (no figure: not NaN, which says
+        unbounded)."""
+        infos, out_of_reach = await each_answering_primary(client, "INFO", "memory")
+        unreachable = sorted(out_of_reach)
+        if not infos:
+            raise ConnectionError(f"no master answers: {', '.join(unreachable)}")
+        if unreachable and unreachable != self._left_out.get(store):
+            log.warning(
+                f"the {store} store's memory use leaves out its masters out of reach", extra={"masters": unreachable}
+            )
+        self._left_out[store] = unreachable
+        return infos

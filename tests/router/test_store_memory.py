@@ -128,6 +128,34 @@ async def test_the_fullest_master_of_a_cluster(tmp_path: Path) -> None:
         cluster.stop()
 
 
+async def test_a_cluster_with_a_master_down_is_the_fullest_of_those_that_answer(tmp_path: Path) -> None:
+    """One master down while the others serve their slots (cluster-require-full-coverage no): the figure is still
+    the fullest of the masters that answer, not gone for the whole store (nor the one down read as empty)."""
+    cluster = RedisCluster(tmp_path / "cluster", full_coverage=False).start()
+    store = RedisStore(cluster.url)
+    try:
+        half, nearly_full, down = cluster.nodes  # the startup node and the heartbeats' slot are not on the one down
+        set_maxmemory(half, 2 * counted(half))
+        set_maxmemory(nearly_full, int(counted(nearly_full) / 0.8))
+        set_maxmemory(down, 10 * counted(down))
+        memory = StoreMemory({"money": store.redis}, 0)
+        await memory.refresh()
+        assert 0.78 < (ratio("money") or 0) < 0.9
+        down.shut_down()
+        await memory.refresh()
+        assert 0.78 < (ratio("money") or 0) < 0.9
+        set_maxmemory(nearly_full, 0)  # unbounded now: the one left, half full, is the figure
+        await memory.refresh()
+        assert 0.4 < (ratio("money") or 0) < 0.6
+        for node in (half, nearly_full):
+            node.shut_down()
+        await memory.refresh()
+        assert ratio("money") is None  # no master answers: no figure, not NaN (which says unbounded)
+    finally:
+        await store.close()
+        cluster.stop()
+
+
 async def test_the_response_cache_too(tmp_path: Path) -> None:
     server = cache_redis(tmp_path / "cache", maxmemory="64mb").start()
     cache = RedisCache(server.url)
