@@ -26,10 +26,11 @@ from llmrouter.server import RunningServer, start_server
 from llmrouter.v1 import common_pb2, provider_pb2, router_pb2, router_pb2_grpc
 from services import router
 from services.router.admission import Admission
+from services.router.outbox import Outbox
 from services.router.sessions import Sessions
 from services.router.settings import RouterSettings
 from services.router.shutdown_cut import AdmittedCalls
-from services.router.store import PICO, Account, AccountKeys, key_id, period_id
+from services.router.store import PICO, Account, AccountKeys, StoreUnavailable, key_id, period_id
 from services.router.store.redis_store import RedisStore
 from tests.conftest import ledger_records
 from tests.router.servicer_kit import registry_file, serve_providers
@@ -242,6 +243,7 @@ async def test_a_stream_cut_before_its_first_token_is_told_its_worst_case_charge
             await chunks.read()
         await stopping
     told = shutting_down(cut.value)
+    assert told.metadata["retryable"] == "false"  # released at its worst case, which a retry would be charged again
     (charge,) = await charges_of(redis_url, request.request_id)
     assert charge["outcome"] == "cancelled"
     assert Decimal(told.metadata["charged_usd"]) == Decimal(charge["cost_usd"]) > 0
@@ -327,6 +329,18 @@ async def test_a_call_admitted_after_the_cut_is_refused_at_once_holding_nothing(
     assert provider.reached == 0
     (charge,) = await charges_of(redis_url, request.request_id)
     assert (charge["outcome"], Decimal(charge["cost_usd"])) == ("cancelled", 0)
+    # Sent again, as told it may be, to another router: served, and charged once.
+    monkeypatch.setattr(Admission, "admit", admit)
+    (tmp_path / "elsewhere").mkdir()
+    answering = Streamed()
+    answering.release.set()
+    async with draining_router(tmp_path / "elsewhere", redis_url, answering) as (_, stub):
+        if streamed:
+            answer = [chunk async for chunk in stub.CompleteStream(request, timeout=30)][-1].final
+        else:
+            answer = await stub.Complete(request, timeout=30)
+    assert answer.cost_usd == "0.000057"
+    assert [c["cost_usd"] for c in await charges_of(redis_url, request.request_id)] == ["0", "0.000057"]
     await ledger_is_spend(redis_url)
 
 
@@ -478,3 +492,90 @@ async def test_a_stream_whose_caller_reads_nothing_by_the_graces_end_is_charged_
     (charge,) = await charges_of(redis_url, request.request_id)
     assert charge["outcome"] == "cancelled" and Decimal(charge["cost_usd"]) > 0
     await ledger_is_spend(redis_url)
+
+
+def outbox_unwritable(tmp_path: Path) -> None:
+    """The router's outbox file replaced by a directory: every write to it fails (as on a full disk), so a charge the
+    store fails is kept nowhere. (Not /dev/full: the upkeep's replay would read its endless zeros.)"""
+    outbox = tmp_path / "data" / "charges-outbox.jsonl"
+    outbox.unlink(missing_ok=True)
+    outbox.mkdir()
+
+
+async def still_pending(redis_url: str, request_id: str, tenant: str = "acme") -> bool:
+    """Whether the request is held, its pending charge left for the reconciler to charge at its hold."""
+    db: Any = redis.from_url(redis_url)
+    try:
+        keys = AccountKeys.of(Account(tenant, key_id("")))
+        held = await db.zrange(keys.held()[0], 0, -1)
+        return any(request_id.encode() in member for member in held)
+    finally:
+        await db.aclose()
+
+
+async def test_a_unary_call_cut_while_its_answer_is_charged_is_told_its_charge_is_pending(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cut landing while the answer's charge is on its way to the store: not yet landed, so `cost_pending`, and
+    charged once as it lands."""
+    charging, charge_goes_on = asyncio.Event(), asyncio.Event()
+    charge = RedisStore.charge
+
+    async def held(self: RedisStore, *args: Any, **kwargs: Any) -> bool:
+        charging.set()
+        await charge_goes_on.wait()
+        return await charge(self, *args, **kwargs)
+
+    monkeypatch.setattr(RedisStore, "charge", held)
+    provider, request = Held(), ask()
+    provider.release.set()
+    async with draining_router(tmp_path, redis_url, provider) as (running, stub):
+        call = stub.Complete(request, timeout=30)
+        await charging.wait()
+        stopping = asyncio.create_task(running.stop(GRACE_S))
+        with pytest.raises(grpc.aio.AioRpcError) as cut:
+            await call
+        charge_goes_on.set()
+        await stopping
+    told = shutting_down(cut.value)
+    assert told.metadata == {"cost_pending": "true", "retryable": "false"}
+    (charge_record,) = await charges_of(redis_url, request.request_id)
+    assert (charge_record["outcome"], charge_record["cost_usd"]) == ("ok", "0.000057")
+    await ledger_is_spend(redis_url)
+
+
+async def test_a_unary_call_cut_as_its_charge_failed_is_told_its_charge_is_pending(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cut running as the answer's charge fails, kept neither by the store (down) nor the outbox (its file
+    unwritable): that charge did not land (the reconciler charges the hold), so `cost_pending`, not `charged_usd` 0."""
+    cut_now: list[Any] = []
+    add = Outbox.add
+
+    async def down(self: RedisStore, *args: Any, **kwargs: Any) -> bool:
+        raise StoreUnavailable()
+
+    async def cut_as_it_fails(self: Outbox, *args: Any, **kwargs: Any) -> None:
+        try:
+            await add(self, *args, **kwargs)
+        finally:
+            cut_now.pop()()
+
+    monkeypatch.setattr(RedisStore, "charge", down)
+    monkeypatch.setattr(Outbox, "add", cut_as_it_fails)
+    provider, request = Held(), ask()
+    async with draining_router(tmp_path, redis_url, provider) as (running, stub):
+        outbox_unwritable(tmp_path)
+        call = stub.Complete(request, timeout=30)
+        await eventually(lambda: provider.reached == 1, "the generation reached its upstream")
+        cut_now.append(running.cut)
+        running.cut = lambda: None  # cut as the charge fails, not at cut_at
+        stopping = asyncio.create_task(running.stop(GRACE_S))
+        provider.release.set()
+        with pytest.raises(grpc.aio.AioRpcError) as cut:
+            await call
+        await stopping
+    told = shutting_down(cut.value)
+    assert told.metadata == {"cost_pending": "true", "retryable": "false"}
+    assert await charges_of(redis_url, request.request_id) == []
+    assert await still_pending(redis_url, request.request_id)
