@@ -109,10 +109,12 @@ class Charger:
 
     async def charged(self, routed: Routed, model: ModelSpec) -> Decimal:
         """What the request was charged, settled first if it was not: a charge already on its way (its call cancelled
-        while it ran on, shielded) waited for, not taken for nothing."""
+        while it ran on, shielded) waited for, not taken for nothing. A charge that failed raises its error
+        (MONEY_NOT_RECORDED: kept nowhere, left to the reconciler), as it did to the call it was made for."""
         await self.settle_unsettled(routed, model)
         if routed.charging is not None:
             await asyncio.wait({routed.charging})  # waited for, not cancelled with its waiter
+            routed.charging.result()
         return routed.charged
 
     async def close(self) -> None:

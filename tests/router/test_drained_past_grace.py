@@ -513,6 +513,48 @@ async def still_pending(redis_url: str, request_id: str, tenant: str = "acme") -
         await db.aclose()
 
 
+async def test_a_stream_cut_while_its_answers_charge_fails_is_not_told_it_was_charged_nothing(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cut landing while the whole answer's charge is on its way, and that charge kept neither by the store (down)
+    nor the outbox (its file unwritable): the ledger will hold its hold (the reconciler's), yet the caller was told
+    SHUTTING_DOWN, `charged_usd` 0 and not retryable (Charger.charged read the charge it waited for as if it had
+    landed). Told MONEY_NOT_RECORDED, as a stream whose charge so fails uncut is."""
+    charging, charge_goes_on = asyncio.Event(), asyncio.Event()
+
+    async def down(self: RedisStore, *args: Any, **kwargs: Any) -> bool:
+        charging.set()
+        await charge_goes_on.wait()
+        raise StoreUnavailable()
+
+    monkeypatch.setattr(RedisStore, "charge", down)
+    provider, request = Streamed(), ask()
+    async with draining_router(tmp_path, redis_url, provider) as (running, stub):
+        outbox_unwritable(tmp_path)
+        chunks = stub.CompleteStream(request, timeout=30)
+        assert (await chunks.read()).HasField("decision")
+        assert (await chunks.read()).delta == "an answer"
+        await charging.wait()
+        cut, landed = running.cut, asyncio.Event()
+        assert cut is not None
+
+        def cut_and_note() -> None:
+            cut()
+            landed.set()
+
+        running.cut = cut_and_note
+        stopping = asyncio.create_task(running.stop(GRACE_S))
+        await landed.wait()
+        charge_goes_on.set()
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            await chunks.read()
+        await stopping
+    told = ServiceError.from_rpc_error(ended.value)
+    assert told.reason == "MONEY_NOT_RECORDED" and "charged_usd" not in told.metadata
+    assert await charges_of(redis_url, request.request_id) == []
+    assert await still_pending(redis_url, request.request_id)
+
+
 async def test_a_unary_call_cut_while_its_answer_is_charged_is_told_its_charge_is_pending(
     tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
