@@ -621,3 +621,33 @@ async def test_a_unary_call_cut_as_its_charge_failed_is_told_its_charge_is_pendi
     assert told.metadata == {"cost_pending": "true", "retryable": "false"}
     assert await charges_of(redis_url, request.request_id) == []
     assert await still_pending(redis_url, request.request_id)
+
+
+async def test_a_stream_cut_as_its_final_chunk_is_sent_ends_whole(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cut running while the stream's final chunk is in gRPC's send: nothing is left to cut, so the caller, who has
+    the whole answer and its cost, is not told SHUTTING_DOWN after it."""
+    cut_now: list[Any] = []
+    sends, sending = 0, AdmittedCalls.sending
+
+    @contextmanager
+    def cut_in_the_last_send(self: AdmittedCalls, cut_after: bool = True) -> Iterator[None]:
+        nonlocal sends
+        with sending(self, cut_after):
+            sends += 1
+            if sends == 3:  # the decision's, the answer's delta, then its final chunk
+                cut_now.pop()()
+            yield
+
+    monkeypatch.setattr(AdmittedCalls, "sending", cut_in_the_last_send)
+    provider, request = Streamed(), ask()
+    async with draining_router(tmp_path, redis_url, provider) as (running, stub):
+        cut_now.append(running.cut)
+        running.cut = lambda: None  # cut as the final chunk is sent, not at cut_at
+        answered = [chunk async for chunk in stub.CompleteStream(request, timeout=30)]
+        await running.stop(GRACE_S)
+    assert cut_now == []  # the cut ran
+    (charge,) = await charges_of(redis_url, request.request_id)
+    assert answered[-1].final.cost_usd == charge["cost_usd"] == "0.000057"
+    await ledger_is_spend(redis_url)
