@@ -254,7 +254,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         yield router_pb2.CompleteChunk(decision=routed.decision)
         response = await self._awaited_unless_cut(routed, work)
         for chunk in answer_chunks(response):
-            yield chunk
+            with self.admitted.sending(cut_after=False):  # its answer generated and charged: nothing left to cut
+                yield chunk
 
     async def _complete_stream(self, routed: Routed, context: Any) -> AsyncGenerator[router_pb2.CompleteChunk]:
         yield router_pb2.CompleteChunk(decision=routed.decision)

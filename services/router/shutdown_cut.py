@@ -15,7 +15,8 @@ send for a handler written as an async generator, and drops a cancellation in it
 send (AdmittedCalls.sending) and lands as the stream resumes. A reader that reads nothing by the grace's end is reset by
 gRPC then, with no details: no status could reach it anyway (HTTP/2 sends a stream's trailers after its data, which
 waits for the reader's window). Its handler, left at its `yield`, is closed then and charges what it delivered, as for
-a caller leaving. (A buffered stream's chunks are sent at once and are not so guarded.)"""
+a caller leaving. A buffered stream's answer chunks are so guarded too, with no cut after them: generated and
+charged, the answer leaves nothing to cut."""
 
 from __future__ import annotations
 

@@ -25,6 +25,7 @@ from llmrouter.redis_url import RedisUrl
 from llmrouter.server import RunningServer, start_server
 from llmrouter.v1 import common_pb2, provider_pb2, router_pb2, router_pb2_grpc
 from services import router
+from services.router import servicer
 from services.router.admission import Admission
 from services.router.outbox import Outbox
 from services.router.sessions import Sessions
@@ -650,4 +651,51 @@ async def test_a_stream_cut_as_its_final_chunk_is_sent_ends_whole(
     assert cut_now == []  # the cut ran
     (charge,) = await charges_of(redis_url, request.request_id)
     assert answered[-1].final.cost_usd == charge["cost_usd"] == "0.000057"
+    await ledger_is_spend(redis_url)
+
+
+class AnsweringLong(Held):
+    """A unary generation answering at once with more words than a reader's HTTP/2 window."""
+
+    async def Generate(self, request: Any, context: Any) -> provider_pb2.GenerateResponse:
+        usage = common_pb2.Usage(input_tokens=12, output_tokens=34)
+        return provider_pb2.GenerateResponse(content="word " * 200_000, usage=usage, model=request.model)
+
+
+async def test_a_buffered_stream_cut_while_its_answer_waits_for_a_slow_reader_ends_whole(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A buffered stream's answer, generated and charged, in gRPC's send to a caller slow to read it as the cut runs:
+    nothing is left to cut. Cancelled in that send, gRPC dropped it without a status and reset the stream at the
+    grace's end, the caller left without its answer's end or its cost."""
+    answering = asyncio.Event()
+    chunks_of = servicer.answer_chunks
+
+    def noted(response: router_pb2.CompleteResponse) -> list[router_pb2.CompleteChunk]:
+        answering.set()
+        return chunks_of(response)
+
+    monkeypatch.setattr(servicer, "answer_chunks", noted)
+    provider, request = AnsweringLong(), ask()
+    request.buffer_stream = True
+    async with draining_router(tmp_path, redis_url, provider, SLOW_READER) as (running, stub):
+        chunks = stub.CompleteStream(request, timeout=30)
+        assert (await chunks.read()).HasField("decision")
+        await answering.wait()
+        cut, landed = running.cut, asyncio.Event()
+        assert cut is not None
+
+        def cut_and_note() -> None:
+            cut()
+            landed.set()
+
+        running.cut = cut_and_note
+        stopping = asyncio.create_task(running.stop(GRACE_S))
+        await landed.wait()
+        answered = [await chunks.read(), await chunks.read()]
+        assert await chunks.read() is grpc.aio.EOF
+        await stopping
+    assert answered[0].delta.startswith("word word")
+    (charge,) = await charges_of(redis_url, request.request_id)
+    assert answered[-1].final.cost_usd == charge["cost_usd"]
     await ledger_is_spend(redis_url)
