@@ -148,6 +148,12 @@ CONNECT_TIMEOUT_S = 5
 OLD_ACCOUNT_INDEX = "DROP INDEX IF EXISTS requests_account"
 # The write-ahead log is truncated back to this after a checkpoint (else it keeps the size a long reader grew it to).
 WAL_LIMIT_BYTES = 4 * 1024 * 1024
+# PostgreSQL's program_limit_exceeded is a row's own fault when a value is too long for an index row (past a btree
+# row's bound, or any index row's: index_form_tuple before PostgreSQL 15), told by the function that raised it: the
+# same SQLSTATE is the server's own state too (no new transaction id near a wraparound: every write refused till a
+# VACUUM).
+PROGRAM_LIMIT_EXCEEDED = "54000"
+ROW_TOO_LONG_FOR_INDEX = frozenset({"_bt_check_third_page", "index_form_tuple_context", "index_form_tuple"})
 
 
 def _schema(table: str) -> str:
@@ -366,7 +372,8 @@ class LedgerDB:
             self._mark = "%s"
             # A row's own fault, refused whatever the server's state: kept whole (reject), never retried. Ids too long
             # for the primary key's index are refused as ProgramLimitExceeded, an OperationalError to psycopg, which
-            # the sink would otherwise take for the server out of reach, retrying that batch for ever.
+            # the sink would otherwise take for the server out of reach, retrying that batch for ever; one the
+            # server's state raised is retried (_refused_for_itself).
             self._data_errors: tuple[type[Exception], ...] = (
                 psycopg.DataError,
                 psycopg.IntegrityError,
@@ -732,6 +739,8 @@ class LedgerDB:
                     added += self._insert_all(conn, [row])
                 except self._data_errors as exc:
                     conn.rollback()
+                    if not _refused_for_itself(exc):  # the batch is retried, as when the server is out of reach
+                        raise
                     entry = row[COLUMNS.index("ledger_entry")]
                     record = records[i] if records else json.dumps(row, default=str)
                     refused.append(Rejected(entry, record, f"refused by the database: {exc}"))
@@ -874,6 +883,14 @@ class LedgerDB:
             if give_back is None or not self._holds(*give_back) or not conn.execute(charged, give_back).fetchone():
                 deleted += conn.execute(f"DELETE FROM ledger_rejected WHERE ledger_entry = {mark}", (entry,)).rowcount
         return int(deleted)
+
+
+def _refused_for_itself(exc: Exception) -> bool:
+    """Whether the database refused a row for the row itself, not for its own state: a good charge kept in
+    ledger_rejected is in no row the Budgets or the restore repair (LedgerDB.iter_charges) read."""
+    if getattr(exc, "sqlstate", None) != PROGRAM_LIMIT_EXCEEDED:
+        return True
+    return exc.diag.source_function in ROW_TOO_LONG_FOR_INDEX  # type: ignore[attr-defined]  # a psycopg error's
 
 
 def _give_back_of(text: str, entry: str) -> tuple[str, str] | None:
