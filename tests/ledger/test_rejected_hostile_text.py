@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from pathlib import Path
 
 import pytest
 
@@ -55,3 +56,20 @@ async def test_the_retention_deletes_an_old_give_back_refused_for_its_text(ledge
     # No row can hold its tenant: no charge of it is kept that the give-back must stay beside.
     assert await ledger_db.trim(now + 60) == 1
     assert await ledger_db.rejected() == []
+
+
+async def test_on_sqlite_an_entry_with_a_nul_rejected_once_and_copied_since_is_counted_once(tmp_path: Path) -> None:
+    """SQLite's text holds a NUL (PostgreSQL's does not): such an entry refused once (for another value) and copied as
+    a row on a later delivery (the constraint dropped meanwhile) is looked up as any other, and counted as that row."""
+    db = LedgerDB(path=tmp_path / "ledger.sqlite3")
+    try:
+        copied = charge("nul\x00", "r1", "0.000001", time.time())
+        await db.reject([Rejected("ledger:0 1-0", json.dumps(copied), "refused by the database: a constraint")])
+        await db.insert([row_from_record(copied, "ledger:0 1-0")])
+
+        read = await db.period_ledger(DAY)
+
+        assert read.charges == [("nul\x00", ACME.key, 1_000_000)]
+        assert read.rejected.charges == {}
+    finally:
+        db.close()
