@@ -49,8 +49,8 @@ async def test_a_charge_landing_during_a_trim_run_by_a_clock_ahead_is_kept_or_ex
             entries = await exported_from(name, **kwargs)
             if name == ledger_key(shard) and kwargs.get("count") == ledger.BATCH and not landed:  # the export's read
                 # A router's charge lands on the shard just read (Redis dates it by its own clock).
-                charge = {"record": json.dumps({"n": "landed during the trim"})}
-                landed.append(await client.xadd(ledger_key(shard), charge))
+                charge = json.dumps({"n": "landed during the trim"})
+                landed.append(await client.xadd(ledger_key(shard), {"record": charge}))
             return entries
 
         monkeypatch.setattr(client, "xrange", xrange_then_a_charge_lands)
