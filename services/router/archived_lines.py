@@ -1,15 +1,17 @@
 """Which entries a trim is about to append to an archive file the file holds already: those a run stopped between its
-export and its deletion (its pod killed) left both there and on their streams, or those a run exported and then did
-not delete (a sink's group made meanwhile held them back). Appending them again would archive them twice.
+export and its deletion (its pod killed) left both there and on their streams, or those a run exported and then did not
+delete (a sink's group made meanwhile held them back). Appending them again would archive them twice.
 
-Each shard's lines are appended in id order, and a run deletes a shard's entries from its stream's start: so the
-only lines of a shard that can be entries still on its stream are at the file's end, from the last line of that shard
-older than the stream's first entry on. `tail_start` finds where that tail begins, reading the file backwards from its
-end until each shard's older line (the whole file only for a shard none of whose lines it holds yet: once a month's
-file, for each shard it is given entries of); `Archived` reads the tail forwards beside the entries being exported,
-both in id order, so neither is ever held in memory. A line is an entry archived only whole (valid JSON, its shard,
-id and record): a cut line a killed run left is written again. Lines out of id order (files of the versions before,
-which appended an entry again) can only make an entry be appended again, never skipped unarchived."""
+Each shard's lines are appended in id order, and a run deletes a shard's entries from its stream's start: so the only
+lines of a shard that can be entries still on its stream are at the file's end, from the last line of that shard older
+than the stream's first entry on. `tail_start` finds where that tail begins, reading the file backwards from its end
+until each shard's older line (the whole file only for a shard none of whose lines it holds yet: once a month's file,
+for each shard it is given entries of); `Archived` reads the tail forwards beside the entries being exported, both in id
+order, so neither is ever held in memory. A line is an entry archived only whole and the same (valid JSON, its shard, id
+and record): a cut line a killed run left is written again, and so is an entry whose id a line of another record has
+(another store's entry archived to the same file, or one its stream held before it was made again). Lines out of id
+order (files of the versions before, which appended an entry again) can only make an entry be appended again, never
+skipped unarchived."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 # The start of a line as the export writes it (json.dumps of {"shard", "id", "record"}): enough to place a line.
 _LINE_START = re.compile(rb'\{"shard": (\d+), "id": "(\d+)-(\d+)"')
@@ -77,23 +80,25 @@ class Archived:
         self._file.seek(start)
         self._end, self._shard = end, shard
         self._head: EntryId | None = None
+        self._head_line: Any = None  # the head's line, parsed
         self._next()
 
-    def has(self, entry: EntryId) -> bool:
+    def has(self, entry: EntryId, line: str) -> bool:
+        """Whether the entry's `line` (as the export writes it) is held: its id on a whole line with the same JSON."""
         while self._head is not None and self._head < entry:
             self._next()
-        return self._head == entry
+        return self._head == entry and self._head_line == json.loads(line)
 
     def _next(self) -> None:
         self._head = None
         while self._file.tell() < self._end:
-            found = self._whole(self._file.readline())
-            if found is not None:
-                self._head = found
+            parsed = self._whole(self._file.readline())
+            if parsed is not None:
+                self._head, self._head_line = parsed
                 return
 
-    def _whole(self, line: bytes) -> EntryId | None:
-        """The id of this shard's entry on `line` when the line is whole, else None."""
+    def _whole(self, line: bytes) -> tuple[EntryId, Any] | None:
+        """The id of this shard's entry on `line` when the line is whole, and the line parsed; else None."""
         try:
             parsed = json.loads(line)
         except ValueError:  # a cut line (UnicodeDecodeError too)
@@ -101,7 +106,7 @@ class Archived:
         if not isinstance(parsed, dict) or parsed.get("shard") != self._shard or "record" not in parsed:
             return None
         try:
-            return entry_id(parsed["id"])
+            return entry_id(parsed["id"]), parsed
         except (TypeError, ValueError, AttributeError):
             return None
 

@@ -181,7 +181,7 @@ class _Archive:
         path = month_file(self._out, entry) if self._monthly else self._out
         if path not in self._files:
             self._open(path, path.open("a", encoding="utf-8"))
-        if not self._holds(path, shard, entry_id(entry)):
+        if not self._holds(path, shard, entry_id(entry), line):
             self._files[path].write(line)
 
     def _open(self, path: Path, file: TextIO) -> None:
@@ -202,14 +202,14 @@ class _Archive:
         }
         return tail_start(path, end, first)
 
-    def _holds(self, path: Path, shard: int, entry: EntryId) -> bool:
+    def _holds(self, path: Path, shard: int, entry: EntryId, line: str) -> bool:
         start, end = self._tails.get(path, (None, 0))
         if start is None:
             return False
         if self._archived is None or self._archived[:2] != (path, shard):  # a run reads each file's shard once
             self._close_archived()
             self._archived = (path, shard, Archived(path, start, end, shard))
-        return self._archived[2].has(entry)
+        return self._archived[2].has(entry, line)
 
     def _close_archived(self) -> None:
         if self._archived is not None:

@@ -59,15 +59,21 @@ def test_only_the_files_end_is_read_to_find_where_entries_still_on_the_streams_m
 
 
 def test_a_shards_entries_held_whole_are_found_in_id_order(tmp_path: Path) -> None:
-    """Lines of other shards between them, a cut line (a kill mid-write), and lines past the end (this run's)."""
+    """Lines of other shards between them, a cut line (a kill mid-write), a line of another record with an entry's id,
+    and lines past the end (this run's)."""
     path = tmp_path / "archive.jsonl"
     cut = line(0, 30)[:-10] + b"\n"
-    path.write_bytes(line(0, 10) + line(1, 20) + line(0, 20) + cut + line(0, 40, 1) + line(1, 50) + line(0, 60))
+    another = json.dumps({"shard": 0, "id": "35-0", "record": {"n": "another"}}).encode() + b"\n"
+    path.write_bytes(
+        line(0, 10) + line(1, 20) + line(0, 20) + cut + another + line(0, 40, 1) + line(1, 50) + line(0, 60)
+    )
     end = path.stat().st_size - len(line(0, 60))
     archived = Archived(path, 0, end, 0)
     try:
-        found = [ms for ms in (5, 10, 15, 20, 30) if archived.has((ms, 0))]
-        found += [ms for ms, seq in ((40, 0), (40, 1), (50, 0), (60, 0)) if archived.has((ms, seq))]
+        found = [ms for ms in (5, 10, 15, 20, 30, 35) if archived.has((ms, 0), line(0, ms).decode())]
+        found += [
+            ms for ms, seq in ((40, 0), (40, 1), (50, 0), (60, 0)) if archived.has((ms, seq), line(0, ms, seq).decode())
+        ]
     finally:
         archived.close()
     assert found == [10, 20, 40]

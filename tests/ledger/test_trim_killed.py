@@ -124,3 +124,24 @@ async def test_a_run_killed_at_any_step_then_run_again_archives_each_entry_once(
         assert [await client.xlen(ledger_key(shard)) for shard in OLD] == [0, 0, 0]
         assert [entry.decode() for entry, _ in await client.xrange(ledger_key(2))] == [recent]
         at += 1
+
+
+async def test_a_line_of_another_record_with_the_entrys_id_does_not_stand_for_it(client: Any, tmp_path: Path) -> None:
+    """The file holds a whole line with the entry's shard and id but another record (another store's entry archived to
+    the same file, or one its stream held before it was made again): the entry is appended all the same before it is
+    deleted, never deleted unarchived."""
+    out = tmp_path / "ledger-trimmed.jsonl"
+    for shard in range(SHARDS):
+        await client.delete(ledger_key(shard))
+    entry = await add(client, 0, "on-the-stream", f"{NOVEMBER}-0")
+    other = {"shard": 0, "id": entry, "record": {"request_id": "another"}}
+    out.write_text(json.dumps(other) + "\n")
+
+    trimmed = await ledger.trim(client, out, retention_days=90)
+
+    assert trimmed.deleted == 1
+    lines = [json.loads(text) for text in out.read_text().splitlines()]
+    assert [(line["id"], line["record"]["request_id"]) for line in lines] == [
+        (entry, "another"),
+        (entry, "on-the-stream"),
+    ]

@@ -82,7 +82,9 @@ async def test_an_entry_found_again_is_not_appended_to_the_file_it_is_already_in
     whole = await add(client, 0, "whole", f"{OCTOBER_END - 1}-0")
     cut = await add(client, 0, "cut", f"{OCTOBER_END}-0")
     october = tmp_path / "ledger-trimmed-2025-10.jsonl"
-    october.write_text(json.dumps({"shard": 0, "id": whole, "record": {"request_id": "whole"}}) + '\n{"shard": 0')
+    [(_, fields)] = await client.xrange(ledger_key(0), min=whole, max=whole)
+    as_exported = {"shard": 0, "id": whole, "record": ledger._as_built(fields)}
+    october.write_text(json.dumps(as_exported) + '\n{"shard": 0')
 
     assert (await ledger.trim(client, out, retention_days=90, monthly=True)).deleted == 2
 
