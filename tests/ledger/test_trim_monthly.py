@@ -224,3 +224,60 @@ async def test_the_folder_is_synced_before_the_deletion_even_for_a_file_a_killed
     monkeypatch.setattr(ledger.os, "fsync", fsync)
     monkeypatch.setattr(client, "eval", eval_)
     assert (await ledger.trim(client, out, retention_days=90, monthly=True)).deleted == 1
+
+
+async def test_a_months_file_is_read_from_its_end_alone_for_the_shards_whose_entries_may_be_in_it(
+    client: Any, tmp_path: Path
+) -> None:
+    """October's file is 4.8 MB of shard 0's lines the stream no longer holds. A run exporting shard 0's last October
+    entry reads only that file's end: shard 3, whose stream starts in November, and shard 5, none of whose entries is
+    older than the retention, have no line there that may be on their streams, so the file is not read through for
+    them. The bytes read are the kernel's count of this process's reads (/proc/self/io, rchar), Redis' replies too."""
+    out = tmp_path / "ledger-trimmed.jsonl"
+    october = tmp_path / "ledger-trimmed-2025-10.jsonl"
+    size = write_shard_0s_lines_gone_from_its_stream(october)
+    await add(client, 0, "october", f"{OCTOBER_END}-0")
+    await add(client, 3, "november", f"{NOVEMBER}-0")
+    await add(client, 5, "recent")
+
+    before = bytes_read()
+    trimmed = await ledger.trim(client, out, retention_days=90, monthly=True)
+    read = bytes_read() - before
+
+    assert trimmed.deleted == 2 and trimmed.kept_back == {}
+    assert [line["record"]["request_id"] for line in lines(october)[90_000:]] == ["october"]
+    assert read < size // 10
+
+
+def bytes_read() -> int:
+    fields = dict(row.split(": ") for row in Path("/proc/self/io").read_text().splitlines())
+    return int(fields["rchar"])
+
+
+async def test_one_file_is_read_from_its_end_alone_for_the_shards_the_export_reads_from(
+    client: Any, tmp_path: Path
+) -> None:
+    """Without --monthly too: shard 5, none of whose entries is older than the retention, is not looked for in the
+    file (it holds none of its lines: it would be read through)."""
+    out = tmp_path / "ledger-trimmed.jsonl"
+    size = write_shard_0s_lines_gone_from_its_stream(out)
+    await add(client, 0, "october", f"{OCTOBER_END}-0")
+    await add(client, 5, "recent")
+
+    before = bytes_read()
+    trimmed = await ledger.trim(client, out, retention_days=90)
+    read = bytes_read() - before
+
+    assert trimmed.deleted == 1 and trimmed.kept_back == {}
+    assert [line["record"]["request_id"] for line in lines(out)[90_000:]] == ["october"]
+    assert read < size // 10
+
+
+def write_shard_0s_lines_gone_from_its_stream(path: Path) -> int:
+    """4.8 MB of shard 0's lines older than its entries on its stream (all in October); the file's size."""
+    with path.open("w") as file:
+        for n in range(90_000):
+            file.write(json.dumps({"shard": 0, "id": f"{OCTOBER_END - 100_000 + n}-0", "record": {"n": n}}) + "\n")
+    size = path.stat().st_size
+    assert size > 4_800_000
+    return size
