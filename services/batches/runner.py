@@ -698,10 +698,18 @@ def _custom_ids(lines: wire.Lines, indices: Iterable[int]) -> dict[int, str | No
 def not_admitted(error: ServiceError) -> bool:
     """A line the router did not admit, which may be sent again under the same request id: a call it admitted nothing
     of (router_refusals.admitted_nothing), or one it refused before admission (its money store out of reach, a rate
-    limit); or one it may have admitted, cut mid-call (cut_mid_call: Refused.maybe), whose retry the router answers as
-    a duplicate if it was. With the router's ErrorInfo (reason UPSTREAM_ERROR: its own call to the providers broke, or
-    the providers' OVERLOADED passed on), the request was admitted."""
-    return admitted_nothing(error) or error.cut_mid_call or error.reason in ("STORE_UNAVAILABLE", "RATE_LIMITED")
+    limit), or one a draining router refused as its cut ran, charged nothing and its id released (SHUTTING_DOWN,
+    `retryable` true: services/router/shutdown_cut.py); or one it may have admitted, cut mid-call (cut_mid_call:
+    Refused.maybe), whose retry the router answers as a duplicate if it was. With the router's ErrorInfo (reason
+    UPSTREAM_ERROR: its own call to the providers broke, or the providers' OVERLOADED passed on), the request was
+    admitted."""
+    released = error.reason == "SHUTTING_DOWN" and error.metadata.get("retryable") == "true"
+    return (
+        admitted_nothing(error)
+        or error.cut_mid_call
+        or released
+        or error.reason in ("STORE_UNAVAILABLE", "RATE_LIMITED")
+    )
 
 
 def file_fields(
