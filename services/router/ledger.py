@@ -329,7 +329,7 @@ async def trim(
         for shard in range(SHARDS):
             unacknowledged = await _unacknowledged_from(client, shard, group)
             below.append(cutoff if unacknowledged is None else min(cutoff, unacknowledged, key=entry_id))
-        archive = _Archive(out, file, monthly, await _first_exported(client, below))
+        archive = _Archive(out, file, monthly, await _first_below(client, below))
         deleted = 0
         try:
             for shard, (_, last) in enumerate(await _export(client, archive, below)):
@@ -343,14 +343,14 @@ async def trim(
                 deleted += int(await client.eval(TRIM_COPIED, 1, ledger_key(shard), f"{ms}-{seq + 1}", group, "1"))
         finally:
             archive.close()
-    kept_back = await _kept_back(client, cutoff)
+    kept_back = await _first_below(client, [cutoff] * SHARDS)
     idle_ms = {shard: await _group_idle_ms(client, shard, group) for shard in kept_back}
     return Trimmed(deleted, kept_back, idle_ms, abandoned, archive.paths)
 
 
-async def _first_exported(client: Any, below: Sequence[str]) -> dict[int, str]:
-    """Each shard's first entry on its stream where it is below the shard's bound in `below`: where the export starts,
-    for the shards it exports from (the oldest entry a file may hold already)."""
+async def _first_below(client: Any, below: Sequence[str]) -> dict[int, str]:
+    """Each shard's first entry on its stream where it is below the shard's bound in `below`: where an export starts,
+    for the shards it exports from (the oldest entry a file may hold already), or the oldest entry a trim kept back."""
     first = {}
     for shard in range(SHARDS):
         oldest = await client.xrange(ledger_key(shard), min="-", max=f"({below[shard]}", count=1)
@@ -379,16 +379,6 @@ async def _unacknowledged_from(client: Any, shard: int, group: str) -> str | Non
         ms, seq = entry_id(start[1:])
         return f"{ms}-{seq + 1}"
     return start  # its oldest pending entry
-
-
-async def _kept_back(client: Any, cutoff: str) -> dict[int, str]:
-    """Each shard's oldest entry below `cutoff` still on its stream."""
-    kept = {}
-    for shard in range(SHARDS):
-        oldest = await client.xrange(ledger_key(shard), min="-", max=f"({cutoff}", count=1)
-        if oldest:
-            kept[shard] = _text(oldest[0][0])
-    return kept
 
 
 def _kept(trimmed: Trimmed, group: str) -> str:
