@@ -92,6 +92,21 @@ async def draining_router(
         await providers.stop(0)
 
 
+async def stopping_once_cut(running: RunningServer) -> asyncio.Task[None]:
+    """The router's stop past its grace, under way, returned once its cut has run (not before, as cut_at would)."""
+    cut, landed = running.cut, asyncio.Event()
+    assert cut is not None
+
+    def cut_and_note() -> None:
+        cut()
+        landed.set()
+
+    running.cut = cut_and_note
+    stopping = asyncio.create_task(running.stop(GRACE_S))
+    await landed.wait()
+    return stopping
+
+
 def shutting_down(error: grpc.aio.AioRpcError) -> ServiceError:
     """The status a call the drain cut ends with, read as a ServiceError."""
     told = ServiceError.from_rpc_error(error)
@@ -196,16 +211,7 @@ async def test_a_stream_cut_while_its_answer_is_charged_is_told_that_charge(
         assert (await chunks.read()).HasField("decision")
         assert (await chunks.read()).delta == "an answer"
         await charging.wait()
-        cut, landed = running.cut, asyncio.Event()
-        assert cut is not None
-
-        def cut_and_note() -> None:
-            cut()
-            landed.set()
-
-        running.cut = cut_and_note
-        stopping = asyncio.create_task(running.stop(GRACE_S))
-        await landed.wait()
+        stopping = await stopping_once_cut(running)
         charge_goes_on.set()
         with pytest.raises(grpc.aio.AioRpcError) as ended:
             await chunks.read()
@@ -311,16 +317,7 @@ async def test_a_call_admitted_after_the_cut_is_refused_at_once_holding_nothing(
     async with draining_router(tmp_path, redis_url, provider) as (running, stub):
         call = asyncio.ensure_future(call_of(stub, streamed, request))
         await admitting.wait()
-        cut, landed = running.cut, asyncio.Event()
-        assert cut is not None
-
-        def cut_and_note() -> None:
-            cut()
-            landed.set()
-
-        running.cut = cut_and_note
-        stopping = asyncio.create_task(running.stop(GRACE_S))
-        await landed.wait()
+        stopping = await stopping_once_cut(running)
         admit_goes_on.set()
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await call
@@ -452,16 +449,7 @@ async def test_a_stream_cut_while_its_chunk_waits_for_a_slow_reader_is_told_its_
         chunks = stub.CompleteStream(request, timeout=30)
         assert (await chunks.read()).HasField("decision")
         await delta_in_send.wait()
-        cut, landed = running.cut, asyncio.Event()
-        assert cut is not None
-
-        def cut_and_note() -> None:
-            cut()
-            landed.set()
-
-        running.cut = cut_and_note
-        stopping = asyncio.create_task(running.stop(GRACE_S))
-        await landed.wait()
+        stopping = await stopping_once_cut(running)
         assert (await chunks.read()).delta.startswith("word word")  # read at last, after the cut
         with pytest.raises(grpc.aio.AioRpcError) as ended:
             await chunks.read()
@@ -536,16 +524,7 @@ async def test_a_stream_cut_while_its_answers_charge_fails_is_not_told_it_was_ch
         assert (await chunks.read()).HasField("decision")
         assert (await chunks.read()).delta == "an answer"
         await charging.wait()
-        cut, landed = running.cut, asyncio.Event()
-        assert cut is not None
-
-        def cut_and_note() -> None:
-            cut()
-            landed.set()
-
-        running.cut = cut_and_note
-        stopping = asyncio.create_task(running.stop(GRACE_S))
-        await landed.wait()
+        stopping = await stopping_once_cut(running)
         charge_goes_on.set()
         with pytest.raises(grpc.aio.AioRpcError) as ended:
             await chunks.read()
@@ -682,16 +661,7 @@ async def test_a_buffered_stream_cut_while_its_answer_waits_for_a_slow_reader_en
         chunks = stub.CompleteStream(request, timeout=30)
         assert (await chunks.read()).HasField("decision")
         await answering.wait()
-        cut, landed = running.cut, asyncio.Event()
-        assert cut is not None
-
-        def cut_and_note() -> None:
-            cut()
-            landed.set()
-
-        running.cut = cut_and_note
-        stopping = asyncio.create_task(running.stop(GRACE_S))
-        await landed.wait()
+        stopping = await stopping_once_cut(running)
         answered = [await chunks.read(), await chunks.read()]
         assert await chunks.read() is grpc.aio.EOF
         await stopping
