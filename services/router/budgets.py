@@ -35,10 +35,12 @@ class BudgetView:
 
     @property
     def ident(self) -> str:
-        """What names the budget: its scope and name, and for a keyless request's key budget (one per tenant, on
-        its tenant's spend: store/keys.py, KEYLESS) its tenant too."""
-        keyless = self.scope == "key" and self.name == KEYLESS
-        return f"{self.scope}:{self.name}" + (f"@{self.tenant.encode().hex()}" if keyless else "")
+        """What names the budget: its scope and name, and for a key's budget its tenant too (but for the keyless
+        limit named for every tenant). A key's spend is kept in its tenant's shard, so each tenant it has paid as has a
+        budget of its own: a keyless request's key budget is one per tenant (store/keys.py, KEYLESS), and a key an
+        operator moved (key_move.py) starts its budget again under the new tenant, the old one's spend left behind."""
+        of_tenant = self.scope == "key" and self.tenant
+        return f"{self.scope}:{self.name}" + (f"@{self.tenant.encode().hex()}" if of_tenant else "")
 
     @property
     def tenant_wide(self) -> bool:

@@ -246,3 +246,32 @@ async def test_a_crossing_read_before_midnight_and_notified_after_it_is_the_old_
         assert hook.received[-1]["spent_usd"] == "1" and hook.received[-1]["period_end"] == 1_767_312_000
     finally:
         db.close()
+
+
+async def test_a_moved_keys_budget_in_its_new_tenant_is_listed_and_alerted(
+    tmp_path: Path, webhook: tuple[str, Webhook]
+) -> None:
+    """A key moved to another tenant (key_move.py) starts its key budget again on the new tenant's shard: two budgets
+    of one key id, each on its own tenant's spend. Named by the key id alone, the old tenant's row (first by name) hid
+    the new one's from an admin's listing and from the watch: the new tenant spent the key's whole limit, no row
+    showing it and no alert."""
+    url, hook = webhook
+    store = MemoryStore()
+    db = LedgerDB(path=tmp_path / "ledger.sqlite3")
+    sink = LedgerSink(MemorySource(store), db)
+    operations = Operations(store, Allowance("day", key_pico=10 * PICO), db)
+    watch = BudgetWatch(operations, MemoryOnce(), url, attempts=3, backoff_s=0.01)
+    key = "0123456789abcdef"
+    try:
+        await charge(store, Account("acme", key), "r1", 3 * PICO)  # before the move
+        await charge(store, Account("globex", key), "r2", 10 * PICO)  # after it, paid by its new tenant
+        await sink.drain()
+        listed = [(v.tenant, v.spent_pico) for v in await operations.budgets(None) if v.scope == "key"]
+        assert listed == [("acme", 3 * PICO), ("globex", 10 * PICO)]
+        assert await watch.check() == 1
+        assert [(m["scope"], m["name"], m["tenant"], m["threshold"]) for m in hook.received] == [
+            ("key", key, "globex", 1.0)
+        ]
+        assert gauge("llmrouter_router_budget_use_ratio", scope="key") == pytest.approx(1.0)
+    finally:
+        db.close()
