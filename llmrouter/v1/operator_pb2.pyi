@@ -114,13 +114,15 @@ class BudgetsResponse(_message.Message):
     def __init__(self, budgets: _Optional[_Iterable[_Union[Budget, _Mapping]]] = ...) -> None: ...
 
 class SetBudgetRequest(_message.Message):
-    __slots__ = ("scope", "name", "limit_usd", "admin")
+    __slots__ = ("scope", "name", "limit_usd", "admin", "api_key")
     SCOPE_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     LIMIT_USD_FIELD_NUMBER: _ClassVar[int]
     ADMIN_FIELD_NUMBER: _ClassVar[int]
+    API_KEY_FIELD_NUMBER: _ClassVar[int]
     scope: str
     name: str
     limit_usd: str
     admin: bool
-    def __init__(self, scope: _Optional[str] = ..., name: _Optional[str] = ..., limit_usd: _Optional[str] = ..., admin: _Optional[bool] = ...) -> None: ...
+    api_key: str
+    def __init__(self, scope: _Optional[str] = ..., name: _Optional[str] = ..., limit_usd: _Optional[str] = ..., admin: _Optional[bool] = ..., api_key: _Optional[str] = ...) -> None: ...

@@ -106,8 +106,8 @@ class OperatorRoutes:
         return JSONResponse(as_json(reply))
 
     async def set_budget(self, request: Request) -> Response:
-        _, admin = self._who(request)
-        if not admin:
+        _, key = self.edge.caller(request)
+        if not self.edge.keys.is_admin(key):
             raise ApiError(403, "only an admin key may set budgets", code="permission_denied")
         limit: Any = ""
         if request.method == "PUT":
@@ -125,7 +125,11 @@ class OperatorRoutes:
                 told = "limit_usd must be a decimal string of USD"
                 raise ApiError(400, told, param="limit_usd", code="invalid_value")
         message = operator_pb2.SetBudgetRequest(
-            scope=request.path_params["scope"], name=request.path_params["name"], limit_usd=limit, admin=True
+            scope=request.path_params["scope"],
+            name=request.path_params["name"],
+            limit_usd=limit,
+            admin=True,
+            api_key=key,  # the change's record names the admin's key id
         )
         return JSONResponse(as_json(await self._call(self.operator.SetBudget, message)))
 
@@ -140,10 +144,6 @@ class OperatorRoutes:
             return JSONResponse(as_json(await self._call(self.router.Decide, message)))
         except ApiError as error:
             raise router_headers.named_as_sent(error, request.headers) from None
-
-    def _who(self, request: Request) -> tuple[str, bool]:
-        tenant, key = self.edge.caller(request)
-        return tenant, self.edge.keys.is_admin(key)
 
     async def _call(self, method: Any, message: Any) -> Any:
         try:

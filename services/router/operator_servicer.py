@@ -7,7 +7,7 @@ from typing import Any
 from llmrouter.v1 import operator_pb2, operator_pb2_grpc
 from services.ledger.stats import Group
 from services.router.budgets import BudgetView, usd
-from services.router.operations import Operations, account_viewer, viewer
+from services.router.operations import Operations, account_viewer, changed_by, viewer
 
 
 def group_message(group: Group) -> operator_pb2.StatsGroup:
@@ -72,5 +72,6 @@ class OperatorServicer(operator_pb2_grpc.OperatorServicer):
 
     async def SetBudget(self, request: operator_pb2.SetBudgetRequest, context: Any) -> operator_pb2.Budget:
         who = viewer("", request.admin)
-        view = await self.operations.set_budget(who, request.scope, request.name, request.limit_usd)
+        by = changed_by(request.api_key)
+        view = await self.operations.set_budget(who, request.scope, request.name, request.limit_usd, by)
         return budget_message(view)

@@ -1,0 +1,70 @@
+"""An auditor asks of any limit a tenant was held to who set it, when and what it was before: the router recorded
+nothing of an admin's PUT or DELETE of /v1/router/budgets (the access log has the path, not the admin, nor the limit).
+Each change is now a log line of the router naming the admin key's id (never the key) and the caller it came through,
+the limit before and after. The real edge, an admin key among its keys, in front of the router's Operator service on
+loopback."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from llmrouter.server import start_server
+from llmrouter.v1 import operator_pb2_grpc
+from services.edge.keys import key_line
+from services.edge.settings import EdgeSettings
+from services.ledger.db import LedgerDB
+from services.router.operations import Operations
+from services.router.operator_servicer import OperatorServicer
+from services.router.settings import RouterSettings
+from services.router.store import Allowance, MemoryStore, key_id
+from tests.integration.conftest import free_port, served_edge
+
+ADMIN_KEY = "sk-budget-admin"
+
+
+@pytest.fixture
+async def admin(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    """A client calling, with an admin key, a real edge in front of the router's Operator service."""
+    db = LedgerDB(path=tmp_path / "ledger.sqlite3")
+    servicer = OperatorServicer(Operations(MemoryStore(), Allowance("day"), db))
+    add = operator_pb2_grpc.add_OperatorServicer_to_server
+    settings = RouterSettings(port=0, data_dir=tmp_path / "data")
+    running = await start_server("router", settings, {"llmrouter.v1.Operator": lambda server: add(servicer, server)})
+    keys = SecretStr(key_line("ops", ADMIN_KEY) + " admin")
+    edge = EdgeSettings(
+        port=free_port(), router_addr=f"127.0.0.1:{running.port}", access_log="off", metrics_port=0, api_keys=keys
+    )
+    headers = {"authorization": f"Bearer {ADMIN_KEY}"}
+    try:
+        async with served_edge(edge) as base, httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as client:
+            yield client
+    finally:
+        await running.stop(0)
+        db.close()
+
+
+async def test_every_budget_change_names_the_admin_and_the_limit_before_and_after(
+    admin: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="llmrouter.router")
+    for limit in ("5", "0.5"):
+        assert (await admin.put("/router/budgets/tenant/acme", json={"limit_usd": limit})).status_code == 200
+    assert (await admin.delete("/router/budgets/tenant/acme")).status_code == 200
+    changes = [
+        (r.by, r.budget_scope, r.budget_name, r.limit_usd_before, r.limit_usd)  # type: ignore[attr-defined]
+        for r in caplog.records
+        if r.getMessage().startswith("budget limit set")
+    ]
+    by = changes[0][0] if changes else ""
+    assert by.endswith(f"(key {key_id(ADMIN_KEY)})"), by
+    assert changes == [
+        (by, "tenant", "acme", "", "5"),  # '' before: the default
+        (by, "tenant", "acme", "5", "0.5"),
+        (by, "tenant", "acme", "0.5", ""),
+    ]
+    assert not any(ADMIN_KEY in str(r.__dict__) for r in caplog.records)
