@@ -6,9 +6,10 @@ charged what it delivered, or its worst case before its first token; a unary cal
 charged), and tells each caller so: UNAVAILABLE with ErrorInfo SHUTTING_DOWN, and `charged_usd` (what it was charged,
 settled: a stream's, or a unary call's whose charge had landed) or `cost_pending` (a unary call's charge still to come:
 the ledger says what it was). `retryable` is false (a retry is another request, charged again), but for a call that
-nothing reached and that was charged nothing, its request id released (a stream cut before its upstream was reached):
-a retry elsewhere is safe. A call admitted once the cut ran (routed as it came) is refused so at once, released at
-nothing. A call being routed, not yet admitted, is left to gRPC's cancellation: it costs nothing.
+nothing reached and that was charged nothing, its request id released (a stream cut before its upstream was reached; a
+unary call whose failed attempt, costing nothing, was settled so as the cut came): a retry elsewhere is safe. A call
+admitted once the cut ran (routed as it came) is refused so at once, released at nothing. A call being routed, not yet
+admitted, is left to gRPC's cancellation: it costs nothing.
 
 A stream whose chunk is in gRPC's send (a slow reader's window full) is not cancelled there: gRPC's own loop does that
 send for a handler written as an async generator, and drops a cancellation in it without a status. Its cut waits for the

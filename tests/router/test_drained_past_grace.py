@@ -374,6 +374,59 @@ async def test_a_unary_call_whose_charge_landed_as_the_cut_ran_is_told_that_char
     await ledger_is_spend(redis_url)
 
 
+class HeldThenRefused(Held):
+    """Its generation, once released, refused by the upstream (a 400): the attempt cost nothing, and no fallback
+    follows a refusal of the request itself."""
+
+    async def Generate(self, request: Any, context: Any) -> provider_pb2.GenerateResponse:
+        self.reached += 1
+        await self.release.wait()
+        refused = ServiceError(
+            grpc.StatusCode.INVALID_ARGUMENT, "UPSTREAM_ERROR", "p: refused", {"upstream_status": "400"}
+        )
+        await context.abort(refused.code, refused.message, refused.trailing_metadata())
+        raise AssertionError("abort raises")
+
+
+async def test_a_unary_call_released_at_nothing_as_the_cut_ran_is_told_it_may_be_sent_again(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cut running as the charge of a failed attempt lands at nothing, its request id released (its failure still
+    to reach the caller): told `retryable` true with `charged_usd` 0, as a stream nothing reached is, and a retry of
+    the same request on another router is served and charged once. Told `retryable` false, a caller that could safely
+    send it again was told it must not."""
+    cut_now: list[Any] = []
+    charge = RedisStore.charge
+
+    async def cut_as_it_lands(self: RedisStore, *args: Any, **kwargs: Any) -> bool:
+        charged = await charge(self, *args, **kwargs)
+        cut_now.pop()()
+        return charged
+
+    monkeypatch.setattr(RedisStore, "charge", cut_as_it_lands)
+    provider, request = HeldThenRefused(), ask()
+    async with draining_router(tmp_path, redis_url, provider) as (running, stub):
+        call = stub.Complete(request, timeout=30)
+        await eventually(lambda: provider.reached == 1, "the generation reached its upstream")
+        cut_now.append(running.cut)
+        running.cut = lambda: None  # cut as the charge lands, not at cut_at
+        stopping = asyncio.create_task(running.stop(GRACE_S))
+        provider.release.set()
+        with pytest.raises(grpc.aio.AioRpcError) as cut:
+            await call
+        await stopping
+    assert shutting_down(cut.value).metadata == {"charged_usd": "0", "retryable": "true"}
+    monkeypatch.setattr(RedisStore, "charge", charge)
+    (tmp_path / "elsewhere").mkdir()
+    answering = Held()
+    answering.release.set()
+    async with draining_router(tmp_path / "elsewhere", redis_url, answering) as (_, stub):
+        answer = await stub.Complete(request, timeout=30)
+    assert answer.cost_usd == "0.000057"
+    assert [c["cost_usd"] for c in await charges_of(redis_url, request.request_id)] == ["0", "0.000057"]
+    await ledger_is_spend(redis_url)
+
+
 async def test_a_unary_call_done_as_the_cut_ran_gets_its_answer(
     tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
