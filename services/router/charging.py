@@ -50,8 +50,8 @@ def response(routed: Routed, served: Served) -> router_pb2.CompleteResponse:
 
 
 def landed(routed: Routed) -> Decimal | None:
-    """What the request was charged once its charge has landed (kept by the store or the outbox); None before, or
-    when it failed to be kept."""
+    """What the request was charged once its charge has landed (kept by the store or the outbox); None before, when it
+    failed to be kept, or when it landed on a charge made before that this router could not read (the ledger says)."""
     charging = routed.charging
     if charging is None or not charging.done() or charging.exception() is not None:
         return None
@@ -107,10 +107,11 @@ class Charger:
         failed = Served(model, finish_reason="error", estimated=True)
         await self.settle(routed, response(routed, failed), routed.failure, failed, release=True)
 
-    async def charged(self, routed: Routed, model: ModelSpec) -> Decimal:
+    async def charged(self, routed: Routed, model: ModelSpec) -> Decimal | None:
         """What the request was charged, settled first if it was not: a charge already on its way (its call cancelled
         while it ran on, shielded) waited for, not taken for nothing. A charge that failed raises its error
-        (MONEY_NOT_RECORDED: kept nowhere, left to the reconciler), as it did to the call it was made for."""
+        (MONEY_NOT_RECORDED: kept nowhere, left to the reconciler), as it did to the call it was made for. None: it
+        met a charge made before, which this router could not read (_as_charged)."""
         await self.settle_unsettled(routed, model)
         if routed.charging is not None:
             await asyncio.wait({routed.charging})  # waited for, not cancelled with its waiter
@@ -234,8 +235,10 @@ class Charger:
 
     async def _as_charged(self, routed: Routed, response: router_pb2.CompleteResponse) -> None:
         """A request charged before (the reconciler settled it at its hold while it ran, its router taken for dead)
-        is told at what the ledger charged it, which its charged marker says; as computed when the marker does not say
-        (a router of the version before charged it) or cannot be read (the caller is answered all the same)."""
+        is told at what the ledger charged it, which its charged marker says. When the marker does not say (a router of
+        the version before charged it) or cannot be read, its answer says what it computed (the caller is answered all
+        the same), but the request's charge is unknown (None): a status telling it says it pending, not 0."""
+        routed.charged = None
         try:
             pico = await self.store.charged_pico(routed.account, routed.request_id)
         except Exception:

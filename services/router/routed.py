@@ -35,7 +35,9 @@ class Routed:
     settled: bool = False  # charged (which drops the hold)
     # What failed attempts (fallbacks, escalation) cost: what they consumed, or their worst case if unknown.
     owed: Decimal = Decimal(0)
-    charged: Decimal = Decimal(0)  # what its settlement charged (capped at the hold), a failure's error says it
+    # What its settlement charged (capped at the hold), a failure's error says it; None when it met a charge made before
+    # (the reconciler's) whose amount this router could not read: the ledger has it.
+    charged: Decimal | None = Decimal(0)
     released: bool = False  # its settlement, of 0 with nothing delivered, freed its request id for a retry
     # Its charge under way (Charger.settle), which runs on, shielded, when the call is cancelled: what it charged is
     # known once it ends (Charger.charged).

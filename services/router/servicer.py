@@ -125,7 +125,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 # Charged as a caller leaving is (_complete_stream): what it delivered, or its worst case before it; or
                 # whole, when the cut came as its answer's charge was on its way.
                 charged = await self.charger.charged(routed, routed.plan.order[0].model)
-                raise cut_error(routed.request_id, format(charged, "f"), routed.released) from None
+                raise cut_error(routed.request_id, charged, routed.released) from None
             finally:
                 await self.charger.settle_unsettled(routed, routed.plan.order[0].model)
 
@@ -186,7 +186,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             return
         routed.failure, routed.note = "cancelled", "refused unserved: the router was shutting down"
         charged = await self.charger.charged(routed, routed.plan.order[0].model)
-        raise cut_error(routed.request_id, format(charged, "f"), routed.released)
+        raise cut_error(routed.request_id, charged, routed.released)
 
     async def _awaited_unless_cut(
         self, routed: Routed, work: asyncio.Task[router_pb2.CompleteResponse]
@@ -202,8 +202,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             if work.done():
                 return work.result()  # its answer, or its failure (saying what it was charged)
             landed = charging.landed(routed)
-            charged = None if landed is None else format(landed, "f")
-            raise cut_error(routed.request_id, charged, landed is not None and routed.released) from None
+            raise cut_error(routed.request_id, landed, landed is not None and routed.released) from None
 
     async def _complete_and_settle(self, routed: Routed, context: Any) -> router_pb2.CompleteResponse:
         try:

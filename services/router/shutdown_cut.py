@@ -4,12 +4,13 @@ charged a stream what it delivered (outcome cancelled) and ran a unary call's ge
 So the router ends them itself a moment before (llmrouter/server.py, cut_at), as a caller leaving ends them (a stream
 charged what it delivered, or its worst case before its first token; a unary call's generation left to finish and be
 charged), and tells each caller so: UNAVAILABLE with ErrorInfo SHUTTING_DOWN, and `charged_usd` (what it was charged,
-settled: a stream's, or a unary call's whose charge had landed) or `cost_pending` (a unary call's charge still to come:
-the ledger says what it was). `retryable` is false (a retry is another request, charged again), but for a call that
-nothing reached and that was charged nothing, its request id released (a stream cut before its upstream was reached; a
-unary call whose failed attempt, costing nothing, was settled so as the cut came): a retry elsewhere is safe. A call
-admitted once the cut ran (routed as it came) is refused so at once, released at nothing. A call being routed, not yet
-admitted, is left to gRPC's cancellation: it costs nothing.
+settled: a stream's, or a unary call's whose charge had landed) or `cost_pending` (a unary call's charge still to come,
+or a charge that met one made before, the reconciler's, whose amount could not be read: the ledger says what it was).
+`retryable` is false (a retry is another request, charged again), but for a call that nothing reached and that was
+charged nothing, its request id released (a stream cut before its upstream was reached; a unary call whose failed
+attempt, costing nothing, was settled so as the cut came): a retry elsewhere is safe. A call admitted once the cut ran
+(routed as it came) is refused so at once, released at nothing. A call being routed, not yet admitted, is left to gRPC's
+cancellation: it costs nothing.
 
 A stream whose chunk is in gRPC's send (a slow reader's window full) is not cancelled there: gRPC's own loop does that
 send for a handler written as an async generator, and drops a cancellation in it without a status. Its cut waits for the
@@ -24,6 +25,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
+from decimal import Decimal
 
 import grpc
 
@@ -84,20 +86,21 @@ class AdmittedCalls:
         return True
 
 
-def cut_error(request_id: str, charged_usd: str | None, retryable: bool = False) -> ServiceError:
-    """`charged_usd`: what the call was charged; None while its charge is still to come (a unary call's generation).
-    `retryable`: nothing of it reached its caller and it was charged nothing, its request id released."""
-    if charged_usd is None:
+def cut_error(request_id: str, charged: Decimal | None, retryable: bool = False) -> ServiceError:
+    """`charged`: what the call was charged; None while its charge is still to come (a unary call's generation), or
+    when it is not known here (it met a charge made before, unread). `retryable`: nothing of it reached its caller and
+    it was charged nothing, its request id released."""
+    if charged is None:
         message = (
-            "the router shut down before this request was answered; its answer is still generated and charged when "
-            f"done (request id {request_id}): the ledger says what it cost"
+            "the router shut down before this request was answered; its charge is still to come or not known here "
+            f"(request id {request_id}): the ledger says what it cost"
         )
         told = {"cost_pending": "true"}
     elif retryable:
         message = "the router shut down before serving this request: nothing was charged, and it may be sent again"
-        told = {"charged_usd": charged_usd}
+        told = {"charged_usd": format(charged, "f")}
     else:
-        message = f"the router shut down before this answer was finished: it was charged {charged_usd} USD"
-        told = {"charged_usd": charged_usd}
+        message = f"the router shut down before this answer was finished: it was charged {charged:f} USD"
+        told = {"charged_usd": format(charged, "f")}
     retry = "true" if retryable else "false"
     return ServiceError(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN, message, {**told, "retryable": retry})

@@ -6,6 +6,8 @@ cut before anything of it was served or charged (its id released) is a 503 to re
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from grpc.aio import AioRpcError, Metadata
 
 from llmrouter.errors import ServiceError
@@ -25,15 +27,15 @@ def test_a_unary_call_cut_is_a_503_whose_charge_is_pending() -> None:
 
 
 def test_a_stream_cut_is_a_503_saying_what_it_was_charged() -> None:
-    answer = api_error(as_received(cut_error("r2", "0.000123")), "r2", charging=True)
+    answer = api_error(as_received(cut_error("r2", Decimal("0.000123"))), "r2", charging=True)
     assert (answer.status, answer.retryable, answer.cost_pending, answer.charged_usd) == (503, False, False, "0.000123")
 
 
 def test_a_call_cut_with_nothing_served_or_charged_is_a_503_to_retry() -> None:
-    answer = api_error(as_received(cut_error("r3", "0", retryable=True)), "r3", charging=True)
+    answer = api_error(as_received(cut_error("r3", Decimal("0"), retryable=True)), "r3", charging=True)
     assert (answer.status, answer.retryable, answer.cost_pending, answer.charged_usd) == (503, True, False, "0")
     assert answer.code == "server_shutting_down"
     headers = error_response(answer).headers
     assert "x-should-retry" not in headers and headers["retry-after"] == "1"
-    charged = api_error(as_received(cut_error("r4", "0.000123")), "r4", charging=True)
+    charged = api_error(as_received(cut_error("r4", Decimal("0.000123"))), "r4", charging=True)
     assert error_response(charged).headers["x-should-retry"] == "false"

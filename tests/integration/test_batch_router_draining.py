@@ -8,6 +8,7 @@ false) is not sent again: its retry would be refused as a duplicate, and the lin
 from __future__ import annotations
 
 import secrets
+from decimal import Decimal
 
 import grpc
 import pytest
@@ -26,14 +27,14 @@ class DrainingOnce(router_pb2_grpc.RouterServicer):
     """Refuses its first Complete as a draining router's cut does (`charged_usd`, retryable when it is 0 and
     `released`), then answers as a router that serves."""
 
-    def __init__(self, charged_usd: str, released: bool) -> None:
-        self.charged_usd, self.released = charged_usd, released
+    def __init__(self, charged: Decimal, released: bool) -> None:
+        self.charged, self.released = charged, released
         self.asked: list[str] = []
 
     async def Complete(self, request: router_pb2.CompleteRequest, context: grpc.aio.ServicerContext) -> object:
         self.asked.append(request.request_id)
         if len(self.asked) == 1:
-            error = cut_error(request.request_id, self.charged_usd, self.released)
+            error = cut_error(request.request_id, self.charged, self.released)
             await context.abort(error.code, error.message, error.trailing_metadata())
         return router_pb2.CompleteResponse(id=request.request_id, model="cheap-model", content="hi", cost_usd="0")
 
@@ -41,7 +42,7 @@ class DrainingOnce(router_pb2_grpc.RouterServicer):
 @pytest.mark.parametrize("released", [True, False], ids=["released", "charged"])
 async def test_a_line_the_draining_router_refused_unserved_is_sent_again(released: bool) -> None:
     tenant, key = f"draining-{secrets.token_hex(4)}", f"sk-draining-{secrets.token_urlsafe(12)}"
-    router = DrainingOnce("0" if released else "0.000123", released)
+    router = DrainingOnce(Decimal(0 if released else "0.000123"), released)
     async with served_router(router) as router_addr:
         settings = EdgeSettings(
             port=free_port(), router_addr=router_addr, access_log="off", metrics_port=0,
