@@ -215,9 +215,12 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
 
     async def _settle_failed(self, routed: Routed, failed: ServiceError) -> None:
         """A request ending in an error is settled first, so the error says what it was charged (charged_usd): what
-        its attempts cost, or what a cut stream delivered."""
+        its attempts cost, or what a cut stream delivered; or that its charge is pending when the ledger has one made
+        before that this router could not read (cost_pending: the edge lets no retry charge it again)."""
         await self.charger.settle_unsettled(routed, routed.plan.order[0].model)
-        if routed.charged:
+        if routed.charged is None:
+            failed.metadata["cost_pending"] = "true"
+        elif routed.charged:
             failed.metadata["charged_usd"] = format(routed.charged, "f")
 
     async def _complete(self, routed: Routed, context: Any) -> router_pb2.CompleteResponse:

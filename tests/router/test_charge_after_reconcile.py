@@ -22,7 +22,7 @@ from llmrouter.errors import ServiceError
 from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2
 from services.router import metrics
 from services.router.settings import RouterSettings
-from services.router.store import Account, AccountKeys, RedisStore, key_id, period_id
+from services.router.store import Account, AccountKeys, RedisStore, StoreUnavailable, key_id, period_id
 from tests.router.servicer_kit import NoDeadline, router_servicer
 from tests.router.test_admission import REGISTRY
 from tests.waiting import eventually
@@ -140,5 +140,42 @@ async def test_a_request_the_reconciler_settled_that_then_failed_tells_the_hold_
         assert failed.value.metadata.get("charged_usd") == hold, failed.value.metadata
     finally:
         await db.aclose()
+        await store.close()
+        await reconciler.close()
+
+
+async def test_a_request_the_reconciler_settled_that_then_failed_tells_its_charge_pending_when_unread(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The charged marker unread (the store out of reach just then), the router does not know what the ledger charged:
+    its error says the charge is pending (the ledger has it), as a cut call's does. It said nothing of the money, and
+    the edge let the SDK retry a failure the ledger had charged its hold."""
+
+    async def unread(self: RedisStore, account: Account, request_id: str) -> int | None:
+        raise StoreUnavailable()
+
+    monkeypatch.setattr(RedisStore, "charged_pico", unread)
+    held = HeldThenFailed()
+    store, reconciler = RedisStore(redis_url), RedisStore(redis_url)
+    try:
+        async with router_servicer(tmp_path, store, held) as servicer:
+            message = common_pb2.ChatMessage(role="user", content="Hello there")
+            request = router_pb2.CompleteRequest(
+                messages=[message], tenant=ACCOUNT.tenant, model="cheap", max_tokens=50, request_id="r-unread"
+            )
+
+            async def complete() -> router_pb2.CompleteResponse:
+                with acting_as(ANONYMOUS):
+                    return await servicer.Complete(request, NoDeadline())
+
+            completing = asyncio.create_task(complete())
+            await held.called.wait()
+            await eventually(lambda: reconciler.reconcile("router-alive", 0.2, 3600), "the request reconciled")
+            held.answer.set()
+            with pytest.raises(ServiceError) as failed:
+                await completing
+        assert failed.value.metadata.get("cost_pending") == "true", failed.value.metadata
+        assert "charged_usd" not in failed.value.metadata
+    finally:
         await store.close()
         await reconciler.close()
