@@ -32,7 +32,6 @@ from services.batches.store import (
     batch_key,
     delete_if_unread,
     file_key,
-    now,
     readers_key,
     remove_file,
     stamp,
@@ -230,6 +229,7 @@ class BatchApi:
         creating = {name: value for name, value in fields.items() if name != "content"}
         began = await stamp(self.store, file_key(file_id))
         creating |= {"creating": began, "created_at": CREATING_CREATED_AT}  # its created_at as COMPLETE writes it
+        fields = fields | {"created_at": began}  # by the store's clock, as a batch's: not this edge's own
         try:
             await self.store.put(file_key(file_id), creating, COUNTING_S)  # as its count: lapses if this edge dies
             if claim is not None:
@@ -287,7 +287,7 @@ class BatchApi:
             # and the room freed lets the unindexing through. Its bytes given back even if the request is cancelled.
             await self._to_end(remove_file(self.store, tenant, file_id))
         else:
-            await self.store.put(file_key(file_id), {"deleted": now()})
+            await self.store.put(file_key(file_id), {"deleted": await stamp(self.store, file_key(file_id))})
             await delete_if_unread(self.store, file_id)  # its batches may have ended since: its bytes back then
         await self.store.unindex(tenant, "file", file_id)
         return JSONResponse({"id": file_id, "object": "file", "deleted": True})

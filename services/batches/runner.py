@@ -75,7 +75,6 @@ from services.batches.store import (
     deferred_key,
     delete_if_unread,
     file_key,
-    now,
     readers_key,
     results_key,
     sent_key,
@@ -647,8 +646,9 @@ class Runner:
         tenant = batch["tenant"].decode()
         fields: dict[str, str | bytes] = {"status": status}
         counted: dict[str, int] = {}  # output and error file id -> the bytes it counts
+        ended = await stamp(self.store, batch_key(batch_id))  # by the clock of its created_at, as its files' are
         if status != "expired" and not again:  # an expired batch's expired_at: when it expired, not its last line
-            fields[f"{status}_at"] = await stamp(self.store, batch_key(batch_id))  # by the clock of its created_at
+            fields[f"{status}_at"] = ended
         if errors is not None:
             fields["errors"] = errors
         for kind, ok in (("output", True), ("error", False)):
@@ -660,7 +660,7 @@ class Runner:
                 # write settles the batch. The tenant's uploads are refused while its outputs fill its quota; one
                 # past it says so in its status_details.
                 counted[file_id] = counted_bytes(len(content))
-                stored = file_fields(tenant, f"{batch_id}_{kind}.jsonl", content)
+                stored = file_fields(tenant, f"{batch_id}_{kind}.jsonl", content) | {"created_at": ended}
                 if await count_output(self.store, tenant, file_id, len(content), self.tenant_file_bytes):
                     stored["status_details"] = PAST_QUOTA_DETAILS
                 await self.store.put(file_key(file_id), stored)
@@ -715,12 +715,12 @@ def not_admitted(error: ServiceError) -> bool:
 def file_fields(
     tenant: str, filename: str, content: bytes, purpose: str = "batch_output", lines: int | None = None
 ) -> dict[str, str | bytes]:
-    """`lines`: an input file's requests, counted at upload, so that a batch's creation never reads its content."""
+    """A file's fields but its created_at, which its writer stamps by the store's clock (stamp): `lines`, an input
+    file's requests, counted at upload, so that a batch's creation never reads its content."""
     fields: dict[str, str | bytes] = {
         "tenant": tenant,
         "filename": filename,
         "purpose": purpose,
-        "created_at": now(),
         "bytes": str(len(content)),
         "content": content,
     }

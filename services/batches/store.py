@@ -982,7 +982,7 @@ def open_store(url: str | SecretStr | None) -> Store:
 
 
 def now() -> str:
-    """Now by this edge's clock, as a file's times are written; a batch's are the store's (stamp)."""
+    """Now by this process's clock, the in-process store's: a Redis's is its own (stamp)."""
     return str(int(time.time()))
 
 

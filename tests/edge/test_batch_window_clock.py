@@ -4,7 +4,8 @@ honest edge does, and its runner ends a batch neither before its window's end no
 batch created by one edge and run by another expired as early or as late as their clocks disagreed: an edge ahead ended
 a batch with hours left (its lines never sent), one behind left an expired batch unended. Its other times
 (in_progress_at, finalizing_at, completed_at, cancelling_at, cancelled_at, failed_at) are the store's clock too: by the
-edge's, a batch completed hours before it was created."""
+edge's, a batch completed hours before it was created. So are a file's created_at and its deleted mark: by the edge's, a
+batch's output file was dated hours from its batch's end, an upload hours from its batches' creation."""
 
 from __future__ import annotations
 
@@ -260,7 +261,9 @@ async def test_a_batch_s_run_is_dated_by_the_store_s_clock(
     skew_clock(monkeypatch, skew_s)
     await ran(serving_runner)
     assert (await store.get(batch_key(batch_id)))["status"] == b"completed"
-    await dated_by_the_store(store, batch_id, "in_progress_at", "finalizing_at", "completed_at")
+    dated = await dated_by_the_store(store, batch_id, "in_progress_at", "finalizing_at", "completed_at")
+    output = await store.get(file_key(f"file-{batch_id}-output"))  # its file's created_at, by the same clock
+    assert dated["created_at"] <= int(output["created_at"]) <= await store.clock(batch_key(batch_id)), output
 
 
 @pytest.mark.parametrize("skew_s", [-SKEW_S, SKEW_S], ids=["behind", "ahead"])
@@ -291,3 +294,29 @@ async def test_a_cancel_is_dated_by_the_store_s_clock(
     assert (await store.get(batch_key(batch_id)))["status"] == b"cancelled"
     dated = await dated_by_the_store(store, batch_id, "cancelling_at", "cancelled_at")
     assert dated["cancelling_at"] <= dated["cancelled_at"]
+
+
+@pytest.mark.parametrize("skew_s", [-SKEW_S, SKEW_S], ids=["behind", "ahead"])
+async def test_a_file_is_dated_and_marked_deleted_by_the_store_s_clock(
+    store: RedisStore, serving_runner: Runner, skew_s: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upload's created_at, as told and stored, and the deleted mark of a file a running batch still reads (the
+    file kept, unseen, until that batch ends)."""
+    tenant, reader = f"t-{uuid.uuid4().hex}", f"batch_{uuid.uuid4().hex}"
+    line = {"custom_id": "a", "method": "POST", "url": wire.ENDPOINT, "body": {"messages": []}}
+    api = BatchApi(store, serving_runner, lambda _: (tenant, "sk"), 1024, 600, WINDOW_S, 1, 1, 1024, 10_000)
+    skew_clock(monkeypatch, skew_s)
+    transport = httpx.ASGITransport(app=Starlette(routes=api.routes()))
+    async with httpx.AsyncClient(transport=transport, base_url="http://edge") as client:
+        sent = {"file": ("in.jsonl", json.dumps(line).encode() + b"\n")}
+        uploaded = await client.post("/v1/files", data={"purpose": "batch"}, files=sent)
+        assert uploaded.status_code == 200, uploaded.text
+        file_id = uploaded.json()["id"]
+        await store.put(batch_key(reader), {"status": "in_progress"}, 600)
+        await store.put(readers_key(file_id), {reader: "1"}, 600)
+        deleted = await client.delete(f"/v1/files/{file_id}")
+    assert deleted.status_code == 200, deleted.text
+    fields = await store.get(file_key(file_id))
+    store_now = await store.clock(file_key(file_id))
+    created, marked = int(fields["created_at"]), int(fields["deleted"])
+    assert store_now - 5 <= uploaded.json()["created_at"] == created <= marked <= store_now, (fields, store_now)
