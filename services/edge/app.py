@@ -314,21 +314,27 @@ async def events_of(stream: bytes) -> AsyncIterator[bytes]:
 
 
 async def kept_whole(
-    events: AsyncGenerator[bytes, None], kept_as: Callable[[bytes], None], cap: int
+    events: AsyncGenerator[bytes, None], kept_as: Callable[[bytes | None], None], cap: int
 ) -> AsyncIterator[bytes]:
     """A chat stream's events as sent, handed to `kept_as` once it has ended whole, as its [DONE] goes out (the
-    Responses route's stream ends there, closing this one): not one cut before (its caller gone, an error event, the
-    edge's shutdown), nor one over `cap` bytes (only so many are held)."""
+    Responses route's stream ends there, closing this one); None, as it ends, for one cut before (its caller gone, an
+    error event, the edge's shutdown) or over `cap` bytes (only so many are held)."""
     held: list[bytes] = []
     size = 0
-    async with contextlib.aclosing(events):  # closed with this one: its call cancelled at once
-        async for event in events:
-            size += len(event)
-            if size <= cap:
-                held.append(event)
-                if event == DONE:  # the last: the router's answer ended whole, and was charged so
-                    kept_as(b"".join(held))
-            yield event
+    told = False
+    try:
+        async with contextlib.aclosing(events):  # closed with this one: its call cancelled at once
+            async for event in events:
+                size += len(event)
+                if size <= cap:
+                    held.append(event)
+                    if event == DONE:  # the last: the router's answer ended whole, and was charged so
+                        kept_as(b"".join(held))
+                        told = True
+                yield event
+    finally:
+        if not told:
+            kept_as(None)
 
 
 def _left_running(answer: asyncio.Future[Any]) -> None:
@@ -388,7 +394,7 @@ class Edge:
             arrival_timeout_s=settings.idempotency_lookup_timeout_s,
         )
         self._answering: dict[str, set[asyncio.Task[JSONResponse]]] = {}  # _keyed's, by request id
-        self._keeping: dict[str, set[asyncio.Task[None]]] = {}  # streams' digests and events being kept, by request id
+        self._keeping: dict[str, set[asyncio.Task[None]]] = {}  # streams' events (or digests) being kept, by request id
 
     def caller(self, request: Request) -> tuple[str, str]:
         """(tenant, api key) from the Authorization header alone; no header chooses the tenant. With no keys
@@ -504,13 +510,8 @@ class Edge:
                 raise
         except grpc.RpcError as err:
             error = self.refusal(err, request, request_id, sent_key)
-            # The retry of a stream that ended whole, its events still being kept here, waits for them.
+            # A retry of a stream that ended whole, its events still being kept (on any edge), waits for them.
             return await self._kept_meanwhile(error, request_id, sent, list(self._keeping.get(request_id, ())))
-        if sent_key is not None:  # its digest first, a retry of another body a 422; its events once it ends whole
-            # Kept beside the stream, not before it: a slow store never holds its first event up (its marker, there
-            # already, tells a retry of another body meanwhile).
-            keeping = self.replays.keep(request_id, sent, None, None, tenant=tenant, started=started)
-            digest_kept = self._beside(request_id, keeping)
         include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
         headers = {
             "x-router-model": decision.model,
@@ -523,10 +524,8 @@ class Edge:
         request.scope[STREAM_ENDING] = sse
         stream = self._stream(call, pending, request_id, decision.model, include_usage)
         events: AsyncIterator[bytes] = stream
-        if sent_key is not None:
-            kept_as = functools.partial(
-                self._keep_stream, tenant, request_id, sent, started, headers, digest_kept, retold
-            )
+        if sent_key is not None:  # its marker, there already, tells a retry meanwhile: it runs (another body: a 422)
+            kept_as = functools.partial(self._keep_stream, tenant, request_id, sent, started, headers, retold)
             events = kept_whole(stream, kept_as, self.replays.max_answer_bytes)
         return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 
@@ -558,16 +557,23 @@ class Edge:
     async def _kept_meanwhile(
         self, error: ApiError, request_id: str, sent: str, others: list[asyncio.Task[Any]]
     ) -> Response:
-        """A keyed request the router refused. One refused as ended (no hold told) while this edge is still keeping
-        the first's answer or stream (`others`: charged, its answer not kept yet) is sent that answer once kept, as a
-        retry after it is; else the refusal. The wait is bounded as `others` are: by the first's call timeout and the
-        store's write timeouts."""
-        if error.code == "idempotency_key_reused" and not error.held_usd and others:
+        """A keyed request the router refused. One refused as ended (no hold told) while the first's answer or stream
+        (charged) is still being kept is sent that answer once kept, as a retry after it is; else the refusal. Kept on
+        this edge (`others`), the wait is bounded as they are: by the first's call timeout and the store's write
+        timeouts. On another edge sharing the store, its marker still there, at most EDGE_IDEMPOTENCY_KEEPING_WAIT_S:
+        past it the refusal says so, to be retried."""
+        if error.code != "idempotency_key_reused" or error.held_usd:
+            raise error from None  # its gRPC cause is told in it
+        if others:
             await asyncio.wait(others)
             kept = await self.replays.lookup(request_id, sent)
-            if kept is not None:
-                return replayed(kept)
-        raise error from None  # its gRPC cause is told in it
+        else:
+            kept = await self.replays.settled(request_id, sent, self.settings.idempotency_keeping_wait_s)
+        if kept is not None and kept.body is not None:
+            return replayed(kept)
+        if kept is not None and kept.started is not None:
+            raise idempotency.still_being_kept(error, self.settings.idempotency_keeping_wait_s) from None
+        raise error from None
 
     async def _serve_and_keep(
         self,
@@ -629,19 +635,16 @@ class Edge:
         sent: str,
         started: replays.Kept | None,
         headers: dict[str, str],
-        digest_kept: asyncio.Task[None],
         retold: bool,
-        events: bytes,
+        events: bytes | None,
     ) -> None:
-        """A whole stream's events kept after its digest's write: that never lands over them."""
-
-        async def keeping() -> None:
-            await asyncio.wait((digest_kept,))
-            await self.replays.keep(
-                request_id, sent, events, headers, tenant=tenant, stream=True, retold=retold, started=started
-            )
-
-        self._beside(request_id, keeping())
+        """A stream's events kept as it ends whole, else its digest alone, in place of its marker: kept beside the
+        stream, never before its first event or its end (a slow store holds neither up). The marker stands until then,
+        so a retry refused as ended, on any edge, knows its answer may yet be kept (_kept_meanwhile)."""
+        keeping = self.replays.keep(
+            request_id, sent, events, headers, tenant=tenant, stream=True, retold=retold, started=started
+        )
+        self._beside(request_id, keeping)
 
     def _answered(self, request_id: str, task: asyncio.Task[JSONResponse]) -> None:
         serving = self._answering.get(request_id, set())

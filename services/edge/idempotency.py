@@ -74,3 +74,14 @@ def reused(error: ApiError) -> ApiError:
     if not error.held_usd:  # the first ended and used the id (a release frees it first): no retry is ever served
         error.retryable = False
     return error
+
+
+def still_being_kept(error: ApiError, waited_s: float) -> ApiError:
+    """The key's reuse (`reused`) by a retry of a request that ended on another edge, its answer still being kept
+    there after waited_s: it may be there for the next retry, which the SDKs then send (`retryable`)."""
+    error.message += (
+        f". Its answer was still being kept by the edge that served it after {waited_s:g} s: retry with this {SHOWN} "
+        "to be sent it"
+    )
+    error.retryable = True
+    return error

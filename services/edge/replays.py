@@ -19,7 +19,10 @@ EDGE_REQUEST_TIMEOUT_S): a request with the same key and another body, on this e
 the same 422 at once, never served. A first that fails takes its marker back (the router decides its retry: served when
 it cost nothing, the 409 when it did), unless the router refused it as the duplicate of one still in flight (the marker
 names that first, whose own went unwritten); so does one that ends with nothing kept (past its tenant's bytes): a
-marker lasts its request's life, uncounted (Replays.keep).
+marker lasts its request's life, uncounted (Replays.keep): a stream's until its end, replaced then by its events or
+its digest alone. A retry the router refuses as ended while the marker stands, on another edge sharing the Redis,
+knows the first's answer may still be being written: it waits for what replaces the marker (Replays.settled), at most
+EDGE_IDEMPOTENCY_KEEPING_WAIT_S, and is sent the answer, rather than the 409.
 
 Where: the edge's Redis (EDGE_BATCH_REDIS_URL), which its replicas share, when set; else this process's memory,
 bounded by EDGE_IDEMPOTENCY_MEMORY_BYTES (oldest dropped first), so a retry reaching another replica, or one after
@@ -75,6 +78,9 @@ REPLAYED = "idempotent-replayed"  # the header a replayed answer carries, as Str
 MISMATCH = "idempotency_key_mismatch"
 # Started markers outlive the call they name by this much (its timeout bounds it): the first's answer being kept.
 IN_FLIGHT_MARGIN_S = 60
+# A retry waiting for an answer being kept on another edge reads the store again after FIRST_LOOK_S, then twice as long
+# each time, at most LAST_LOOK_S: an answer kept within milliseconds is sent within them, one slower costs few reads.
+FIRST_LOOK_S, LAST_LOOK_S = 0.01, 0.25
 ROUTED = "+"  # in a digest (hex either side): the route and body's, then the routing headers' (kept as `routing`)
 STORE_PASSED = Counter(
     "llmrouter_edge_idempotency_store_passed_total",
@@ -261,6 +267,25 @@ class Replays:
             return None
         check(kept, sent)
         return kept if kept.body is not None else None
+
+    async def settled(self, request_id: str, sent: str, wait_s: float) -> Kept | None:
+        """What is kept for request id `request_id` sent with digest `sent` once no marker names it in flight: a
+        request that ended on another edge sharing the store (the router refusing its retry as ended) may still be
+        keeping its answer there, after its call's end and its last event. The store is read again, backing off, for
+        at most wait_s while a marker is there; one still there then is returned as it is. None when nothing is kept; a
+        422 when the request kept had another digest."""
+        if self.ttl_s == 0:
+            return None
+        loop = asyncio.get_running_loop()
+        deadline, pause = loop.time() + wait_s, FIRST_LOOK_S
+        kept = await self._get(request_id)
+        while kept is not None and kept.started is not None and (left := deadline - loop.time()) > 0:
+            await asyncio.sleep(min(pause, left))  # a write on another edge: no event of this process tells it
+            pause = min(2 * pause, LAST_LOOK_S)
+            kept = await self._get(request_id)
+        if kept is not None:
+            check(kept, sent)
+        return kept
 
     async def release(self, request_id: str, marker: Kept) -> None:
         """Take back the `marker` a request that failed wrote, if it is still there (not an answer kept since, nor

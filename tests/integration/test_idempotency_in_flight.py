@@ -175,9 +175,9 @@ async def test_a_retry_refused_as_its_first_ended_takes_its_marker_back(
 async def test_a_stream_past_its_tenants_bytes_with_no_events_kept_leaves_no_marker(
     chain: Chain, redis_url: str
 ) -> None:
-    """A stream's digest is kept as it starts, its events only once it ends whole within the edge's limit: past its
-    tenant's bytes, its digest not kept, its marker is taken back then, as its end may write nothing (over the limit
-    here, or cut). Left for a write at its end, it outlived the stream by the call's timeout and a minute."""
+    """A stream's marker stands until it ends, replaced then by its events (ended whole within the edge's limit) or its
+    digest: past its tenant's bytes, neither kept, its marker is taken back then (over the limit here). Left, it
+    outlived the stream by the call's timeout and a minute."""
     settings: dict[str, Any] = {"idempotency_tenant_bytes": 1, "idempotency_max_answer_bytes": 64}
     async with tenant_before(chain, chain.router_addr, batch_redis_url=redis_url, **settings) as tenant:
         client = tenant.client(max_retries=0)
@@ -297,8 +297,8 @@ async def test_a_slow_edge_redis_never_holds_the_answer_up_and_the_answer_is_kep
 
 
 async def test_a_slow_edge_redis_never_holds_a_keyed_stream_up(chain: Chain, redis_url: str) -> None:
-    """A stream's digest (its events are not kept) is written beside it: the stream runs to its end while the write
-    waits, and a retry of another body is the 422 all along. Before, its first event waited on the write."""
+    """A stream's events are written beside it, at its end: the stream runs to its end while the write waits, and a
+    retry of another body is the 422 all along (its marker). Before, its first event waited on the digest's write."""
     port = int(urlsplit(redis_url).port or 6379)
     async with (
         LossyProxy("127.0.0.1", port) as proxy,
@@ -306,11 +306,11 @@ async def test_a_slow_edge_redis_never_holds_a_keyed_stream_up(chain: Chain, red
     ):
         client = tenant.client(max_retries=0)
         try:
-            write = proxy.hold_command(b'"headers": null}')  # the digest's alone (a marker's goes on: "started")
+            write = proxy.hold_command(b'"events": "data: ')  # the events' (a marker's has none)
             given_up = keeps_given_up()
             cost = await complete(client, ask(), True, "slow-stream")
             assert keeps_given_up() == given_up
-            await eventually(write.arrived.is_set, "the digest's write reaches the store")
+            await eventually(write.arrived.is_set, "the events' write reaches the store")
             assert not write.abandoned.is_set()
             with pytest.raises(openai.UnprocessableEntityError) as refused:  # its marker tells it meanwhile
                 await complete(client, ask(), True, "slow-stream")

@@ -2,7 +2,8 @@
 replays.py), through the real edge and router with the official openai SDK: byte for byte, marked
 `Idempotent-Replayed: true`, reaching no router or upstream and charged nothing again. A retry whose route or body
 differs is a 422 `idempotency_key_mismatch`, never another request's answer; a chat stream that ended whole is sent
-again as its events (to a retry reaching its edge while they are still being written, once written); the retry of a
+again as its events (to a retry reaching its edge, or another sharing its Redis, while they are still being written,
+once written); the retry of a
 stream cut before its end, and one of an answer over the edge's limit, keep the router's 409. Kept in the edge's
 Redis, which its replicas share, when it has one; in the edge's memory otherwise. Before, every such retry was the
 409."""
@@ -13,7 +14,7 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,8 +25,9 @@ import pytest
 import redis.asyncio as redis
 
 from services.edge import app as app_module
-from services.edge.replays import KEPT_BYTES, PREFIX, Replays
-from tests.fakes.lossy_proxy import LossyProxy
+from services.edge import idempotency
+from services.edge.replays import KEPT_BYTES, PREFIX, Kept, Replays
+from tests.fakes.lossy_proxy import HeldCommand, LossyProxy
 from tests.fakes.server import TOOL_CUE, Fault
 from tests.integration.conftest import Chain
 from tests.integration.test_chain import unique
@@ -470,7 +472,7 @@ async def test_a_streams_events_still_being_kept_at_shutdown_land_and_are_sent_a
         stopping = await restarting.enter_async_context(
             tenant_before(chain, chain.router_addr, batch_redis_url=proxy.url_for(redis_url), idempotency_drain_s=60)
         )
-        write = proxy.hold_command(b'"events": "data: ')  # the events' (the digest's, as the stream starts, has none)
+        write = proxy.hold_command(b'"events": "data: ')  # the events' (the marker's has none)
         first = await sent(stopping)
         assert ended_whole("chat", first.content)
         await eventually(write.arrived.is_set, "the events' write reaches the store")
@@ -484,3 +486,94 @@ async def test_a_streams_events_still_being_kept_at_shutdown_land_and_are_sent_a
     assert again.headers["idempotent-replayed"] == "true" and again.content == first.content
     assert upstream_asked(stopping, prompt) == 1
     assert len(await stopping.ledger()) == 1
+
+
+@asynccontextmanager
+async def two_edges_keeping_slowly(
+    chain: Chain, redis_url: str, stream: bool, **second_settings: Any
+) -> AsyncIterator[tuple[Tenant, Tenant, HeldCommand]]:
+    """Two edges of one tenant sharing a Redis: the first reaches it through a proxy holding the write of its answer
+    (a stream's events, or an unstreamed answer), the second directly."""
+    port = int(urlsplit(redis_url).port or 6379)
+    async with (
+        LossyProxy("127.0.0.1", port) as proxy,
+        tenant_before(chain, chain.router_addr, batch_redis_url=proxy.url_for(redis_url)) as first,
+        tenant_before(chain, chain.router_addr, like=first, batch_redis_url=redis_url, **second_settings) as second,
+    ):
+        # The answer's write alone: a marker's has "body": null and no events.
+        yield first, second, proxy.hold_command(b'"events": "data: ' if stream else b'"body": "{')
+
+
+async def sent_keyed(tenant: Tenant, body: dict[str, Any], key: str) -> httpx.Response:
+    """The SDK's chat completion (streamed if the body says so) sent with the Idempotency-Key, read to its end."""
+    client = tenant.client(max_retries=0)
+    try:
+        raw = await client.chat.completions.with_raw_response.create(**body, extra_headers={"Idempotency-Key": key})
+        await raw.http_response.aread()
+        return raw.http_response
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "unary"])
+async def test_a_retry_on_another_edge_while_the_first_s_answer_is_being_kept_waits_for_it(
+    chain: Chain, redis_url: str, monkeypatch: pytest.MonkeyPatch, stream: bool
+) -> None:
+    """A retry reaching another edge sharing the Redis after the first ended, its answer (a stream's events) still
+    being written there by the first's edge: refused by the router as ended, it waits for that write (the first's
+    marker still there tells it is under way) and is sent the answer byte for byte, charged once. Before, it was the
+    409 of a key used, not retried, while a retry on the first's edge waited and was sent it."""
+    body = streamed(ask()) if stream else ask()
+    refused = asyncio.Event()
+    refusal = app_module.Edge.refusal
+
+    def refusal_seen(edge: app_module.Edge, *told: Any) -> Any:
+        refused.set()
+        return refusal(edge, *told)
+
+    monkeypatch.setattr(app_module.Edge, "refusal", refusal_seen)
+    async with two_edges_keeping_slowly(chain, redis_url, stream) as (first_edge, second_edge, write):
+        first = await sent_keyed(first_edge, body, "kept-elsewhere")
+        await eventually(write.arrived.is_set, "the first's answer is being written")
+        retry = asyncio.ensure_future(sent_keyed(second_edge, body, "kept-elsewhere"))
+        await eventually(refused.is_set, "the router refuses the retry as its first ended")
+        write.released.set()
+        again = await retry
+    assert "idempotent-replayed" not in first.headers and again.headers["idempotent-replayed"] == "true"
+    assert again.content == first.content
+    assert again.headers["x-request-id"] == first.headers["x-request-id"]
+    assert asked(first_edge, body) == 1
+    assert len(await first_edge.ledger()) == 1
+
+
+async def test_a_retry_on_another_edge_is_told_to_retry_when_the_first_s_answer_is_not_kept_within_the_wait(
+    chain: Chain, redis_url: str
+) -> None:
+    """The first's answer still unwritten after EDGE_IDEMPOTENCY_KEEPING_WAIT_S, the retry on the other edge is a 409
+    saying so, which the SDKs retry (no `x-should-retry: false`); once the answer is written, the next retry is sent
+    it. Never served or charged again."""
+    body = streamed(ask())
+    async with two_edges_keeping_slowly(chain, redis_url, True, idempotency_keeping_wait_s=0.1) as edges:
+        first_edge, second_edge, write = edges
+        first = await sent_keyed(first_edge, body, "kept-late")
+        await eventually(write.arrived.is_set, "the first's answer is being written")
+        with pytest.raises(openai.ConflictError) as refused:
+            await sent_keyed(second_edge, body, "kept-late")
+        assert "still being kept by the edge that served it after 0.1 s" in refused.value.message
+        assert refused.value.response.headers.get("x-should-retry") != "false"
+        write.released.set()
+        store = redis.from_url(redis_url)
+        key = PREFIX + idempotency.request_id(first_edge.name, first_edge.keys[0], "kept-late")
+
+        async def written() -> bool:
+            kept = Kept.loads(await store.get(key) or b"")
+            return kept is not None and kept.body is not None
+
+        try:
+            await eventually(written, "the first's answer is written")
+        finally:
+            await store.aclose()
+        again = await sent_keyed(second_edge, body, "kept-late")
+    assert again.headers["idempotent-replayed"] == "true" and again.content == first.content
+    assert asked(first_edge, body) == 1
+    assert len(await first_edge.ledger()) == 1
