@@ -5,6 +5,8 @@ their keys in one hash slot (services/router/store/keys.py does)."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -13,6 +15,9 @@ from pydantic import SecretStr
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from llmrouter.redis_url import CLUSTER_SCHEMES, check, cluster_addresses, revealed
+
+# How long a master has to answer before the next is asked too, as the default node is chosen (first_to_answer).
+STAGGER_S = 0.5
 
 
 class Cluster(RedisCluster):
@@ -30,6 +35,53 @@ class Cluster(RedisCluster):
         Asked for so, the next command learns it (once due), as after a connection error: a failover's promoted
         replica is found even where the old master's address takes connections, or packets, and never answers."""
         self._request_refresh(last_failed_node_name=node.name)
+
+    async def _refresh_topology(
+        self,
+        additional_startup_nodes_info: list[tuple[str, int]] | None = None,
+        last_failed_node_name: str | None = None,
+    ) -> None:
+        """redis-py's refresh, with one change: the default node, where keyless commands go (PING, TIME, INFO, SCRIPT,
+        and the command table the first refresh reads), is the first primary to answer (first_to_answer), not always
+        the first listed (slot 0's). With that one down, every command of the client failed, on every master: a router
+        started then served no tenant at all, though the other masters served their slots."""
+        await self.nodes_manager.initialize(
+            additional_startup_nodes_info=additional_startup_nodes_info, last_failed_node_name=last_failed_node_name
+        )
+        node = await first_to_answer(self.get_primaries())
+        self.nodes_manager.default_node = node
+        if self.commands_parser.commands:
+            self.commands_parser.node = node
+        else:
+            await self.commands_parser.initialize(node)
+
+
+async def first_to_answer(nodes: Sequence[ClusterNode], stagger_s: float = STAGGER_S) -> ClusterNode:
+    """The first of `nodes` to answer a PING, asked in their order: the next one as soon as those asked have failed,
+    or after `stagger_s` without an answer (an address that never answers costs that, not its timeout); the first
+    listed when none answers, whose call then fails as it would have. One that answers at once is the only one asked."""
+    asking: dict[asyncio.Future[Any], ClusterNode] = {}
+    waiting: set[asyncio.Future[Any]] = set()
+    try:
+        for place, node in enumerate(nodes):
+            asked = asyncio.ensure_future(node.execute_command("PING"))
+            asking[asked] = node
+            waiting.add(asked)
+            last = place == len(nodes) - 1
+            while waiting:
+                done, waiting = await asyncio.wait(
+                    waiting, timeout=None if last else stagger_s, return_when=asyncio.FIRST_COMPLETED
+                )
+                for answer in done:
+                    if answer.exception() is None:
+                        return asking[answer]
+                if not done:
+                    break  # slow to answer: the next one is asked too
+        return nodes[0]
+    finally:
+        for asked in asking:
+            asked.cancel()
+        await asyncio.gather(*asking, return_exceptions=True)
 
 
 def is_cluster(url: str | SecretStr) -> bool:

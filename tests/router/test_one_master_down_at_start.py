@@ -11,6 +11,7 @@ not answer the round's PING passes over the lease, counted and logged. Real Redi
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -22,7 +23,7 @@ import grpc
 import pytest
 import redis.asyncio as redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from redis.crc import key_slot
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from llmrouter.redis_url import RedisUrl
 from llmrouter.server import start_server
@@ -42,12 +43,14 @@ from services.router.store import (
     StoreUnavailable,
     period_id,
 )
-from services.router.store.keys import GLOBAL
+from services.router.store.keys import GLOBAL, key_tenant_key
 from services.router.store.model import pending_field, reconciled_record, to_pico
 from services.router.upkeep import Upkeep
 from tests.redis_servers import RedisCluster
-from tests.router.servicer_kit import registry_file
+from tests.router.servicer_kit import registry_file, router_servicer
 from tests.router.test_admission import REGISTRY
+from tests.router.test_duplicate_across_keys import Answering
+from tests.router.test_key_of_two_tenants import ask, call, refusal
 from tests.router.test_outbox_one_shard_down import DOWN, tenant_on
 from tests.router.test_reconcile_one_master_down import LEASE_S, MODEL, left_by_a_dead_router, settled
 from tests.waiting import eventually
@@ -235,3 +238,40 @@ async def test_a_router_started_with_a_master_down_checks_it_once_back(cluster: 
     finally:
         await node.aclose()
         await running.stop(0)
+
+
+def key_on(master: int, masters: int) -> str:
+    """An API key id whose binding to its tenant (key_tenants.py) is kept on `master` (equal slot ranges)."""
+    for n in itertools.count():
+        slot = key_slot(key_tenant_key(key := f"{n:016x}").encode())
+        if next(i for i in range(masters) if slot <= (i + 1) * REDIS_CLUSTER_HASH_SLOTS // masters - 1) == master:
+            return key
+    raise AssertionError("unreachable")
+
+
+async def test_a_router_started_with_slot_zero_master_down_serves_the_other_masters_tenants(
+    cluster: RedisCluster, tmp_path: Path
+) -> None:
+    """redis-py sends a Redis Cluster's keyless commands (PING, TIME, INFO, and the command table it reads as it first
+    learns the layout) to its default node, the master of slot 0: that one down failed every call of the router's
+    client, on every master, so the router refused to start ("cannot be reached"), or started, served no tenant. Now
+    the default node is a master that answers: only the down master's tenants are refused, STORE_UNAVAILABLE."""
+    masters = len(cluster.nodes)
+    up, down = Account(tenant_on(1, masters), key_on(1, masters)), Account(tenant_on(0, masters), key_on(0, masters))
+    assert cluster.owner(0) == 0
+    cluster.nodes[0].shut_down()
+    await check_money_redis(cluster.url, allow_eviction=False)  # no exit: the router starts
+    store = RedisStore(cluster.url)
+    upkeep = Upkeep(store, Outbox(tmp_path / "upkeep"), "router-1", 1, 15, 3600)
+    try:
+        await upkeep.tick()
+        assert upkeep.up is True  # its ping, the money's clock and its heartbeat answered
+        async with router_servicer(tmp_path, store, Answering()) as servicer:
+            await call(servicer, "Complete", ask(up.tenant, "r1", up.key))
+            refused = await refusal(servicer, "Complete", ask(down.tenant, "r2", down.key))
+        assert (refused.code, refused.reason) == (grpc.StatusCode.UNAVAILABLE, "STORE_UNAVAILABLE")
+        spent, _ = await store.spent(up, DAY)
+        assert spent > 0 and await store.held_pico(up) == (0, 0)  # charged, its hold released
+    finally:
+        await upkeep.looked()
+        await store.close()
