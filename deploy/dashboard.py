@@ -480,6 +480,13 @@ def build() -> dict:
         )
         .with_panel(
             series(
+                "Cluster masters out of reach per store (money: their tenants refused, the others served)",
+                "short",
+                (f"max by (store) ({s('llmrouter_router_store_masters_unreachable')})", "{{store}}"),
+            )
+        )
+        .with_panel(
+            series(
                 "Store memory against maxmemory (money refuses every request at 100%; a warm cache sits near it)",
                 "percentunit",
                 (f"max by (store) ({s('llmrouter_router_store_memory_ratio')})", "{{store}}"),

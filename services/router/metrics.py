@@ -51,6 +51,12 @@ STORE_MEMORY = Gauge(
     "(NaN: no maxmemory)",
     ["store"],
 )
+STORE_MASTERS_UNREACHABLE = Gauge(
+    "llmrouter_router_store_masters_unreachable",
+    "Masters of the store's Redis Cluster that did not answer the router's last read of them: their slots' keys (the "
+    "money of the tenants they hold) cannot be used meanwhile, while the other masters serve theirs (0 on one server)",
+    ["store"],
+)
 PENDING_RECONCILED = Counter(
     "llmrouter_router_reconciled_charges_total", "Pending charges of dead routers settled at their hold"
 )

@@ -1,5 +1,7 @@
 """How full the router's Redis stores are, for the alert that comes before a full money store: under noeviction a
-full one refuses writes and the router then refuses every request. Read by the upkeep loop, never on a request."""
+full one refuses writes and the router then refuses every request; and, by the same read, how many masters of a Redis
+Cluster store are out of reach, for the alert on one master down (its tenants refused while the router stays up).
+Read by the upkeep loop, never on a request."""
 
 from __future__ import annotations
 
@@ -32,7 +34,8 @@ class StoreMemory:
     at most every `every_s`. A store that cannot be read has no series until it can: never a stale ratio (the
     store's llmrouter_router_store_up says why). A Redis Cluster with masters out of reach (one down while the others
     serve their slots) is the fullest of those that answer, the others logged: their memory is not known, not 0, and
-    a master nearly full elsewhere still fires the alert."""
+    a master nearly full elsewhere still fires the alert. How many are out of reach is
+    llmrouter_router_store_masters_unreachable (no series either while the store cannot be read)."""
 
     def __init__(self, clients: dict[str, Any], every_s: float = READ_EVERY_S) -> None:
         self.clients = clients
@@ -54,6 +57,7 @@ class StoreMemory:
                     log.warning(f"the {store} store's memory use cannot be read", exc_info=True)
                     self._unread.add(store)
                     metrics.STORE_MEMORY.remove(store)
+                    metrics.STORE_MASTERS_UNREACHABLE.remove(store)
                 continue
             self._unread.discard(store)
             metrics.STORE_MEMORY.labels(store).set(ratio)
@@ -65,6 +69,7 @@ class StoreMemory:
         unreachable = sorted(out_of_reach)
         if not infos:
             raise ConnectionError(f"no master answers: {', '.join(unreachable)}")
+        metrics.STORE_MASTERS_UNREACHABLE.labels(store).set(len(unreachable))
         if unreachable and unreachable != self._left_out.get(store):
             log.warning(
                 f"the {store} store's memory use leaves out its masters out of reach", extra={"masters": unreachable}

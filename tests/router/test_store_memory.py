@@ -28,6 +28,13 @@ def ratio(store: str) -> float | None:
     return float(metrics.STORE_MEMORY.labels(store)._value.get())
 
 
+def unreachable(store: str) -> float | None:
+    """How many of the store's masters the last read found out of reach, None when it has no series for the store."""
+    if (store,) not in metrics.STORE_MASTERS_UNREACHABLE._metrics:
+        return None
+    return float(metrics.STORE_MASTERS_UNREACHABLE.labels(store)._value.get())
+
+
 def counted(server: RedisServer) -> int:
     """Memory as Redis weighs it against maxmemory."""
     info = server.info("memory")
@@ -46,9 +53,11 @@ def set_maxmemory(server: RedisServer, value: int) -> None:
 def no_series() -> Iterator[None]:
     for store in ("money", "cache"):
         metrics.STORE_MEMORY.remove(store)
+        metrics.STORE_MASTERS_UNREACHABLE.remove(store)
     yield
     for store in ("money", "cache"):
         metrics.STORE_MEMORY.remove(store)
+        metrics.STORE_MASTERS_UNREACHABLE.remove(store)
 
 
 @pytest.fixture
@@ -90,8 +99,10 @@ async def test_no_maxmemory_is_nan_and_a_store_out_of_reach_has_no_series(money:
         await memory.refresh()
         assert 0.4 < (ratio("money") or 0) < 0.6
         money.stop()
+        assert unreachable("money") == 0  # one server: its reach is STORE_UP's to say
         await memory.refresh()
         assert ratio("money") is None  # never the last figure read: STORE_UP says why
+        assert unreachable("money") is None
         money.start()  # a new process: CONFIG SET was not kept
         set_maxmemory(money, 4 * counted(money))
         await memory.refresh()
@@ -133,7 +144,9 @@ async def test_a_cluster_with_a_master_down_is_the_fullest_of_those_that_answer(
 ) -> None:
     """One master down while the others serve their slots (cluster-require-full-coverage no): the figure is still
     the fullest of the masters that answer, not gone for the whole store (nor the one down read as empty), and the
-    log names the one left out, once while it stays out (the runbook sends the operator there)."""
+    log names the one left out, once while it stays out (the runbook sends the operator there). How many are left out
+    is a gauge of its own (LLMRouterMoneyStoreMasterUnreachable): a master out of reach refuses its tenants' requests
+    while the router stays up, which no other series said."""
     cluster = RedisCluster(tmp_path / "cluster", full_coverage=False).start()
     store = RedisStore(cluster.url)
     try:
@@ -144,9 +157,11 @@ async def test_a_cluster_with_a_master_down_is_the_fullest_of_those_that_answer(
         memory = StoreMemory({"money": store.redis}, 0)
         await memory.refresh()
         assert 0.78 < (ratio("money") or 0) < 0.9
+        assert unreachable("money") == 0
         down.shut_down()
         await memory.refresh()
         assert 0.78 < (ratio("money") or 0) < 0.9
+        assert unreachable("money") == 1
         await memory.refresh()  # still out: not logged again
         left_out = [record for record in caplog.records if hasattr(record, "masters")]
         assert [record.masters for record in left_out] == [[f"127.0.0.1:{down.port}"]]
@@ -157,6 +172,7 @@ async def test_a_cluster_with_a_master_down_is_the_fullest_of_those_that_answer(
             node.shut_down()
         await memory.refresh()
         assert ratio("money") is None  # no master answers: no figure, not NaN (which says unbounded)
+        assert unreachable("money") is None  # the store out of reach: LLMRouterMoneyStoreUnreachable's to say
     finally:
         await store.close()
         cluster.stop()
