@@ -60,11 +60,11 @@ async def first_to_answer(nodes: Sequence[ClusterNode], stagger_s: float = STAGG
     """The first of `nodes` to answer a PING, asked in their order: the next one as soon as those asked have failed,
     or after `stagger_s` without an answer (an address that never answers costs that, not its timeout); the first
     listed when none answers, whose call then fails as it would have. One that answers at once is the only one asked."""
-    asking: dict[asyncio.Future[Any], ClusterNode] = {}
-    waiting: set[asyncio.Future[Any]] = set()
+    asking: dict[asyncio.Task[Any], ClusterNode] = {}
+    waiting: set[asyncio.Task[Any]] = set()
     try:
         for place, node in enumerate(nodes):
-            asked = asyncio.ensure_future(node.execute_command("PING"))
+            asked = asyncio.create_task(node.execute_command("PING"))
             asking[asked] = node
             waiting.add(asked)
             last = place == len(nodes) - 1
@@ -79,8 +79,8 @@ async def first_to_answer(nodes: Sequence[ClusterNode], stagger_s: float = STAGG
                     break  # slow to answer: the next one is asked too
         return nodes[0]
     finally:
-        for asked in asking:
-            asked.cancel()
+        for task in asking:
+            task.cancel()
         await asyncio.gather(*asking, return_exceptions=True)
 
 

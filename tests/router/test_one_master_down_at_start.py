@@ -275,3 +275,34 @@ async def test_a_router_started_with_slot_zero_master_down_serves_the_other_mast
     finally:
         await upkeep.looked()
         await store.close()
+
+
+async def test_a_router_whose_slot_zero_master_never_answers_serves_all_the_same(
+    cluster: RedisCluster, tmp_path: Path
+) -> None:
+    """That master's address taking connections and never answering (a host cut off): the client's first call waited
+    for its command table until the socket timed out, and failed; now the next master is asked once that one has not
+    answered for a moment."""
+    node = cluster.nodes[0]
+    node.shut_down()
+    released = asyncio.Event()
+
+    async def silent(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await released.wait()
+        writer.close()
+
+    listener = await asyncio.start_server(silent, "127.0.0.1", node.port)
+    store = RedisStore(f"redis+cluster://127.0.0.1:{cluster.nodes[1].port}")
+    recheck = EvictionRecheck(cluster.url, allow_eviction=False)
+    upkeep = Upkeep(store, Outbox(tmp_path / "data"), "router-1", 1, 15, 3600, policy=recheck.never_evicts)
+    try:
+        await upkeep.tick()
+        assert upkeep.up is True  # its ping, heartbeat and the other masters' policy answered
+        assert recheck.due  # the silent one's to check once it answers
+        await served(store, Account(tenant_on(1, len(cluster.nodes)), "k"))
+    finally:
+        await upkeep.looked()
+        await store.close()
+        released.set()
+        listener.close()
+        await listener.wait_closed()
