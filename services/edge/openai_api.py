@@ -88,6 +88,8 @@ MAX_CONTENT_PARTS = 2048
 MAX_REQUEST_CONTENT_PARTS = 8192
 # OpenAI's 400 for stream_options without stream true (its code null).
 STREAM_OPTIONS_ALONE = "The 'stream_options' parameter is only allowed when 'stream' is enabled."
+# OpenAI's 400 for both output bounds at once (its param max_tokens).
+BOTH_MAX_TOKENS = "Setting 'max_tokens' and 'max_completion_tokens' at the same time is not supported."
 
 
 class RefusalPart(Closed):
@@ -271,6 +273,10 @@ def parse_request(body: bytes, max_messages: int = MAX_MESSAGES) -> tuple[ChatCo
     if request.model == "":
         # OpenAI's 400: routing is promised for a model left out or "auto", not for one sent empty (likely a bug).
         raise ApiError(400, EMPTY_MODEL, param="model", code="invalid_value")
+    if request.max_tokens is not None and request.max_completion_tokens is not None:
+        # OpenAI's 400, in its words: served, max_tokens was dropped for max_completion_tokens, and a caller bounding
+        # its answer (and its cost) by max_tokens was served and charged up to the other bound.
+        raise ApiError(400, BOTH_MAX_TOKENS, param="max_tokens", code="invalid_parameter_combination")
     if request.stream_options is not None and not request.stream:
         # OpenAI's 400, in its words: sent on, OpenAI's upstream refused it (a generic "the provider refused the
         # request") and the others served it, as routing chose; asked for alone, usage rides on no stream.

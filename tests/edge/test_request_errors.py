@@ -194,3 +194,21 @@ def test_tool_results_answering_calls_made_before_them_are_served() -> None:
     parse_request(json.dumps({"messages": [USER, assistant_calling("c1", "c2"), result("c2"), result("c1")]}).encode())
     # A provider's call without an id is handed on with id "" (gateways/openai.py): its result may leave it out.
     parse_request(json.dumps({"messages": [USER, assistant_calling(""), result(None)]}).encode())
+
+
+@pytest.mark.parametrize("bounds", [(5, 500), (500, 5), (5, 5)])
+def test_max_tokens_beside_max_completion_tokens_is_openais_400(bounds: tuple[int, int]) -> None:
+    """OpenAI refuses both output bounds at once. Served, max_tokens was dropped for max_completion_tokens: a caller
+    bounding its answer at 5 tokens was served (and charged) up to 500. Either alone, or the other null, is served."""
+    max_tokens, max_completion_tokens = bounds
+    error = refused({"messages": [USER], "max_tokens": max_tokens, "max_completion_tokens": max_completion_tokens})
+    message = "Setting 'max_tokens' and 'max_completion_tokens' at the same time is not supported."
+    expected = {
+        "message": message,
+        "type": "invalid_request_error",
+        "param": "max_tokens",
+        "code": "invalid_parameter_combination",
+    }
+    assert error.body()["error"] == expected
+    parsed, _ = parse_request(json.dumps({"messages": [USER], "max_tokens": 5, "max_completion_tokens": None}).encode())
+    assert parsed.to_router({}, "t", "", "r").max_tokens == 5
