@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, TypeVar
 
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -37,9 +37,9 @@ from services.batches.store import (
     stamp,
     unread,
 )
-from services.edge.given_once import single
+from services.edge.given_once import known_only, single
 from services.edge.idempotency import sent_key
-from services.edge.openai_api import ApiError, decode_json, read_limited
+from services.edge.openai_api import ApiError, decode_json, read_limited, unknown_argument
 from services.edge.router_headers import refuse_unapplied
 from services.router.store import key_id
 
@@ -48,6 +48,9 @@ log = logging.getLogger("llmrouter.edge.batches")
 SMALL_BODY_BYTES = 64 * 1024  # a batch creation's JSON: ids and metadata, never content
 # Never the content.
 FILE_LISTED = ["tenant", "filename", "purpose", "created_at", "bytes", "deleted", "lines", "status_details"]
+FILE_LISTING = ("after", "limit", "order", "purpose")  # OpenAI's query parameters of each listing
+BATCH_LISTING = ("after", "limit")
+UPLOAD_FIELDS = ("file", "purpose")
 SENT_PART_BYTES = 1024 * 1024  # a file's content sent at a time
 PAGE_CHUNK = 1000  # ids read from an index at a time
 # A batch failed as a retry took over its stalled creation (_batch_there): its record names it no longer.
@@ -169,6 +172,7 @@ class BatchApi:
             raise
         except Exception:  # starlette's MultiPartException and a malformed or oversized body alike
             raise ApiError(400, "expected a multipart form with file and purpose", code="invalid_file") from None
+        refuse_unknown_fields(form)
         upload, purpose = form.get("file"), single(form, "purpose", "form field")
         if purpose != "batch":
             raise ApiError(400, "purpose must be 'batch'", param="purpose", code="invalid_value")
@@ -265,6 +269,7 @@ class BatchApi:
         files of other purposes the tenant has."""
         tenant, _ = self.caller(request)
         query = request.query_params
+        known_only(query, FILE_LISTING, "a file listing takes")
         order = single(query, "order")
         if order not in (None, "asc", "desc"):
             raise ApiError(400, "order must be 'asc' or 'desc'", param="order", code="invalid_value")
@@ -439,6 +444,8 @@ class BatchApi:
     async def list_batches(self, request: Request) -> Response:
         """As OpenAI's: newest first, up to `limit` (1 to 100, 20 by default) past `after`."""
         tenant, _ = self.caller(request)
+        # OpenAI's batch listing has no order (nor purpose): newest first, always.
+        known_only(request.query_params, BATCH_LISTING, "a batch listing takes")
         limit = _limit(single(request.query_params, "limit"), 20, 100)
         after = single(request.query_params, "after")
         found = await self._list(tenant, "batch", after, limit, True, None)
@@ -606,6 +613,19 @@ def _bounded(request: Request, limit: int) -> Request:
         return message
 
     return Request(request.scope, receive)
+
+
+def refuse_unknown_fields(form: FormData) -> None:
+    """A 400 naming an upload's form field other than file and purpose. OpenAI's expires_after (`expires_after[anchor]`,
+    `expires_after[seconds]`) is unsupported_parameter: ignored, a file its caller asked to expire within the hour was
+    kept the retention (EDGE_BATCH_RETENTION_S, 30 days by default)."""
+    for name in form:
+        if name.startswith("expires_after"):
+            shown = name[:64]
+            told = f"{shown} is not supported: a file is kept until deleted (DELETE /v1/files/{{file_id}}) or the "
+            raise ApiError(400, told + "server's retention ends", param=shown, code="unsupported_parameter")
+        if name not in UPLOAD_FIELDS:
+            raise unknown_argument(name)
 
 
 def _file_request(filename: str, purpose: str, content: bytes) -> bytes:

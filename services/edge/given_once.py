@@ -6,9 +6,10 @@ does not serve)."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import TypeVar
 
-from starlette.datastructures import ImmutableMultiDict
+from starlette.datastructures import ImmutableMultiDict, QueryParams
 
 from services.edge.openai_api import ApiError
 
@@ -22,3 +23,14 @@ def single(values: ImmutableMultiDict[str, V], name: str, kind: str = "query par
         message = f"{kind} {name!r} given {len(given)} times: give it once"
         raise ApiError(400, message, param=name, code="duplicate_parameter")
     return given[0] if given else None
+
+
+def known_only(params: QueryParams, known: Collection[str], takes: str) -> None:
+    """A 400 naming the first query parameter not among `known`, and listing those (`takes`: what takes them, as
+    "stats take"): ignored, a misspelt bound or order (`untill`, `order=asc` where no order is taken) answered 200 with
+    another window or page than its caller believed it had asked for."""
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        shown = unknown[0][:64]
+        told = f"unknown query parameter {shown!r}: {takes} {', '.join(known)}"
+        raise ApiError(400, told, param=shown, code="unknown_parameter")

@@ -21,7 +21,7 @@ from starlette.routing import Route
 from llmrouter.v1 import operator_pb2, operator_pb2_grpc, router_pb2_grpc
 from llmrouter.validation import DECIMAL
 from services.edge import router_headers
-from services.edge.given_once import single
+from services.edge.given_once import known_only, single
 from services.edge.off_loop import parse_off_loop
 from services.edge.openai_api import ApiError, check_encoded_size, decode_json, parse_request
 
@@ -80,13 +80,7 @@ class OperatorRoutes:
     async def stats(self, request: Request) -> Response:
         tenant, key = self.edge.caller(request)
         admin = self.edge.keys.is_admin(key)
-        # Ignored, a misspelt bound (`untill`) or grouping (`groupby`) answered 200 with stats of another window or
-        # shape than its caller believed it had asked for.
-        unknown = sorted(set(request.query_params) - set(STATS_PARAMETERS))
-        if unknown:
-            shown = unknown[0][:64]
-            told = f"unknown query parameter {shown!r}: stats take {', '.join(STATS_PARAMETERS)}"
-            raise ApiError(400, told, param=shown, code="unknown_parameter")
+        known_only(request.query_params, STATS_PARAMETERS, "stats take")
         group_by = single(request.query_params, "group_by") or ""
         if group_by not in GROUPINGS:
             raise ApiError(400, "group_by must be model, tenant or day", param="group_by", code="invalid_value")
