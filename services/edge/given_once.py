@@ -32,5 +32,5 @@ def known_only(params: QueryParams, known: Collection[str], takes: str) -> None:
     unknown = sorted(set(params) - set(known))
     if unknown:
         shown = unknown[0][:64]
-        told = f"unknown query parameter {shown!r}: {takes} {', '.join(known)}"
+        told = f"unknown query parameter {shown!r}: {takes} {', '.join(known) or 'none'}"
         raise ApiError(400, told, param=shown, code="unknown_parameter")

@@ -93,6 +93,7 @@ class OperatorRoutes:
 
     async def budgets(self, request: Request) -> Response:
         tenant, key = self.edge.caller(request)
+        known_only(request.query_params, (), "budgets take")  # ignored, `?tenant=acme` listed every tenant's
         admin = self.edge.keys.is_admin(key)
         # The key too: a key that is no admin's sees its tenant's budget and its own, not its colleagues' spend.
         message = operator_pb2.BudgetsRequest(tenant=tenant, admin=admin, api_key=key)

@@ -1,5 +1,5 @@
-"""A query parameter a file or batch listing does not take, or an upload's form field other than file and purpose, is
-a 400 naming it, as the stats route refuses one: ignored, `GET /v1/batches?order=asc` (OpenAI's batch listing has no
+"""A query parameter a file, batch or budget listing does not take, or an upload's form field other than file and
+purpose, is a 400 naming it, as the stats route refuses one: ignored, `GET /v1/batches?order=asc` (OpenAI's batch listing has no
 order) listed newest first, and a file uploaded with OpenAI's expires_after of an hour was kept the retention (30
 days). The real edge, its batch store in process; the official SDK as the caller."""
 
@@ -44,6 +44,16 @@ async def test_a_query_parameter_the_listing_does_not_take_is_a_400_naming_it(
     assert (error["param"], error["code"]) == (param, "unknown_parameter")
     kind = {"batches": "batch", "files": "file"}[listing]
     assert error["message"].startswith(f"unknown query parameter {param!r}: a {kind} listing takes after, limit")
+
+
+async def test_a_query_parameter_on_the_budgets_is_a_400_naming_it(client: openai.AsyncOpenAI) -> None:
+    """GET /v1/router/budgets takes none: an admin's `?tenant=acme` listed every tenant's budget."""
+    with pytest.raises(openai.BadRequestError) as caught:
+        await client.get("/router/budgets", cast_to=object, options={"params": {"tenant": "acme"}})
+    error = caught.value.body
+    assert isinstance(error, dict)
+    assert (error["param"], error["code"]) == ("tenant", "unknown_parameter")
+    assert error["message"] == "unknown query parameter 'tenant': budgets take none"
 
 
 async def test_the_query_parameters_a_listing_takes_are_served(client: openai.AsyncOpenAI) -> None:
