@@ -1,7 +1,7 @@
 """A query parameter a file, batch or budget listing does not take, or an upload's form field other than file and
-purpose, is a 400 naming it, as the stats route refuses one: ignored, `GET /v1/batches?order=asc` (OpenAI's batch listing has no
-order) listed newest first, and a file uploaded with OpenAI's expires_after of an hour was kept the retention (30
-days). The real edge, its batch store in process; the official SDK as the caller."""
+purpose, is a 400 naming it, as the stats route refuses one: ignored, `GET /v1/batches?order=asc` (OpenAI's batch
+listing has no order) listed newest first, and a file uploaded with OpenAI's expires_after of an hour was kept the
+retention (30 days). The real edge, its batch store in process; the official SDK as the caller."""
 
 from __future__ import annotations
 
