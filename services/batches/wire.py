@@ -21,6 +21,7 @@ from services.edge.openai_api import ApiError, json_fault, loads_line, written_n
 ENDPOINT = "/v1/chat/completions"
 MAX_LINES = 50_000  # as OpenAI
 MAX_CUSTOM_ID = 200
+LINE_KEYS = ("custom_id", "method", "url", "body")  # a line's, as OpenAI's
 DAY_S = 86_400
 EXPIRED_MESSAGE = "This request could not be executed before the completion window expired."
 # A line in doubt (sent, its result lost) that was not sent again: as an edge not serving the batch's key sends none,
@@ -166,6 +167,12 @@ def _check_line(number: int, line: str, seen: set[str]) -> None:
         raise _bad(number, f"must be method POST to url {ENDPOINT}")
     if not isinstance(entry.get("body"), dict):
         raise _bad(number, "needs a body object")
+    if len(entry) > len(LINE_KEYS):
+        # Ignored, a request's field written beside its body rather than in it (a max_cost_usd) was served without it:
+        # a line capped as its caller believed, run uncapped.
+        other = next(key for key in entry if key not in LINE_KEYS)
+        beside = f"has {other[:64]!r} beside custom_id, method, url and body"
+        raise _bad(number, f"{beside}: a request's fields go in its body")
     seen.add(custom_id)
 
 

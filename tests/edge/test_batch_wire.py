@@ -58,3 +58,14 @@ def test_a_custom_id_the_router_would_refuse_is_refused_at_upload() -> None:
     content = (entry(1) + "\n" + json.dumps(line)).encode()
     with pytest.raises(ApiError, match="line 2 of the batch file has a custom_id with a NUL character"):
         wire.check_lines(content, LINE_BYTES)
+
+
+@pytest.mark.parametrize("beside", [{"max_cost_usd": "0.001"}, {"headers": {"x-router-max-cost-usd": "0.001"}}])
+def test_a_key_beside_a_lines_four_is_refused_at_upload_naming_it(beside: dict) -> None:
+    """A line is custom_id, method, url and body: a cap written beside the body, not in it, was ignored and its request
+    served uncapped."""
+    line = {"custom_id": "a", "method": "POST", "url": wire.ENDPOINT, "body": {}, **beside}
+    content = (entry(1) + "\n" + json.dumps(line)).encode()
+    name = next(iter(beside))
+    with pytest.raises(ApiError, match=f"line 2 of the batch file has {name!r} beside custom_id, method, url and body"):
+        wire.check_lines(content, LINE_BYTES)
