@@ -5,11 +5,14 @@ retention (30 days). The real edge, its batch store in process; the official SDK
 
 from __future__ import annotations
 
+import typing
 from collections.abc import AsyncIterator
 
 import openai
 import pytest
+from openai.types import batch_list_params, file_list_params
 
+from services.batches.api import BATCH_LISTING, FILE_LISTING
 from services.edge.keys import key_line
 from tests.edge.conftest import keyed_edge_without_router
 
@@ -23,6 +26,11 @@ async def client() -> AsyncIterator[openai.AsyncOpenAI]:
         sdk = openai.AsyncOpenAI(base_url=str(http.base_url), api_key=KEY, max_retries=0)
         async with sdk:
             yield sdk
+
+
+def test_each_listing_takes_the_sdks_query_parameters() -> None:
+    assert set(FILE_LISTING) == set(typing.get_type_hints(file_list_params.FileListParams))
+    assert set(BATCH_LISTING) == set(typing.get_type_hints(batch_list_params.BatchListParams))
 
 
 @pytest.mark.parametrize(
