@@ -143,7 +143,7 @@ class ToolCall(BaseModel):
 
 
 class Message(BaseModel):
-    model_config = ConfigDict(extra="allow")  # audio, annotations, ... are tolerated
+    model_config = ConfigDict(extra="allow")  # audio, annotations, a null function_call, ... are tolerated
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: StrictStr | Annotated[list[ContentPart], FirstError()] | None = None
@@ -285,6 +285,7 @@ def parse_request(body: bytes, max_messages: int = MAX_MESSAGES) -> tuple[ChatCo
     refuse_unanswerable_tool_results(request.messages)
     refuse_unpaired_tool_calls(request.messages)
     refuse_misplaced_refusals(request.messages)
+    refuse_function_calls(request.messages)
     if request.max_cost_usd is not None:
         try:
             cost = parse_amount(str(request.max_cost_usd))
@@ -353,6 +354,17 @@ def refuse_misplaced_refusals(messages: list[Message]) -> None:
                 param = f"messages[{i}].content[{j}].type"
                 message_text = f"{param}: a refusal part is only allowed in an assistant message; a {message.role} "
                 raise ApiError(400, message_text + "message's parts are text", param=param, code="invalid_value")
+
+
+def refuse_function_calls(messages: list[Message]) -> None:
+    """An assistant message's deprecated function_call (tolerated as an extra, as its SDK sends back null) is a 400
+    naming it, as the request's functions and function_call are: dropped, the turn reached the model as if its
+    assistant had called nothing."""
+    for i, message in enumerate(messages):
+        if (message.model_extra or {}).get("function_call") is not None:
+            param = f"messages[{i}].function_call"
+            told = f"{param} is not supported: the deprecated function calling is not served"
+            raise ApiError(400, f"{told}: send the call as tool_calls", param=param, code="unsupported_parameter")
 
 
 def check_lengths(raw: Any, max_messages: int) -> None:

@@ -212,3 +212,15 @@ def test_max_tokens_beside_max_completion_tokens_is_openais_400(bounds: tuple[in
     assert error.body()["error"] == expected
     parsed, _ = parse_request(json.dumps({"messages": [USER], "max_tokens": 5, "max_completion_tokens": None}).encode())
     assert parsed.to_router({}, "t", "", "r").max_tokens == 5
+
+
+def test_an_assistant_messages_deprecated_function_call_is_unsupported_naming_it() -> None:
+    """Tolerated as an extra and dropped, an assistant's function_call reached the model as a turn that called
+    nothing. Null, as the SDK sends an answer's message back, it is as if left out."""
+    call = {"name": "lookup", "arguments": "{}"}
+    error = refused({"messages": [USER, {"role": "assistant", "content": None, "function_call": call}, USER]})
+    assert (error.param, error.code) == ("messages[1].function_call", "unsupported_parameter")
+    assert error.message.startswith("messages[1].function_call is not supported")
+    answer = {"role": "assistant", "content": "hi", "function_call": None, "audio": None, "annotations": []}
+    parsed, _ = parse_request(json.dumps({"messages": [USER, answer, USER]}).encode())
+    assert parsed.messages[1].text() == "hi"
