@@ -221,6 +221,12 @@ def test_an_assistant_messages_deprecated_function_call_is_unsupported_naming_it
     error = refused({"messages": [USER, {"role": "assistant", "content": None, "function_call": call}, USER]})
     assert (error.param, error.code) == ("messages[1].function_call", "unsupported_parameter")
     assert error.message.startswith("messages[1].function_call is not supported")
-    answer = {"role": "assistant", "content": "hi", "function_call": None, "audio": None, "annotations": []}
+    answer: dict[str, Any] = {
+        "role": "assistant",
+        "content": "hi",
+        "function_call": None,
+        "audio": None,
+        "annotations": [],
+    }
     parsed, _ = parse_request(json.dumps({"messages": [USER, answer, USER]}).encode())
     assert parsed.messages[1].text() == "hi"
