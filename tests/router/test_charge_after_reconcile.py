@@ -23,6 +23,7 @@ from llmrouter.v1 import common_pb2, provider_pb2, provider_pb2_grpc, router_pb2
 from services.router import metrics
 from services.router.settings import RouterSettings
 from services.router.store import Account, AccountKeys, RedisStore, StoreUnavailable, key_id, period_id
+from services.router.store.model import CHARGED_TOTAL
 from tests.router.servicer_kit import NoDeadline, router_servicer
 from tests.router.test_admission import REGISTRY
 from tests.waiting import eventually
@@ -177,5 +178,45 @@ async def test_a_request_the_reconciler_settled_that_then_failed_tells_its_charg
         assert failed.value.metadata.get("cost_pending") == "true", failed.value.metadata
         assert "charged_usd" not in failed.value.metadata
     finally:
+        await store.close()
+        await reconciler.close()
+
+
+async def test_a_request_charged_before_under_a_marker_without_its_total_tells_its_charge_pending(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """The charged marker read but saying no amount (written by a router of the version before, which kept no total):
+    the router does not know what the ledger charged either, so its error says the charge is pending, not nothing
+    (which the edge let the SDKs retry, charged again)."""
+    held = HeldThenFailed()
+    store, reconciler = RedisStore(redis_url), RedisStore(redis_url)
+    db: Any = redis.from_url(redis_url)
+    marker = AccountKeys.of(ACCOUNT).charged("r-untotalled")
+    try:
+        async with router_servicer(tmp_path, store, held) as servicer:
+            message = common_pb2.ChatMessage(role="user", content="Hello there")
+            request = router_pb2.CompleteRequest(
+                messages=[message], tenant=ACCOUNT.tenant, model="cheap", max_tokens=50, request_id="r-untotalled"
+            )
+
+            async def complete() -> router_pb2.CompleteResponse:
+                with acting_as(ANONYMOUS):
+                    return await servicer.Complete(request, NoDeadline())
+
+            completing = asyncio.create_task(complete())
+            await held.called.wait()
+            await eventually(lambda: reconciler.reconcile("router-alive", 0.2, 3600), "the request reconciled")
+            entries, total = (await db.get(marker)).decode().rsplit(" ", 1)
+            assert total.startswith(CHARGED_TOTAL)
+            await db.set(marker, entries, keepttl=True)  # as the version before wrote it: its entries alone
+            held.answer.set()
+            with pytest.raises(ServiceError) as failed:
+                await completing
+        assert failed.value.metadata.get("cost_pending") == "true", failed.value.metadata
+        assert "charged_usd" not in failed.value.metadata
+        records = [json.loads(r[b"record"]) for _, r in await db.xrange(AccountKeys.of(ACCOUNT).ledger)]
+        assert [(r["request_id"], r["outcome"]) for r in records] == [("r-untotalled", "reconciled")]  # charged once
+    finally:
+        await db.aclose()
         await store.close()
         await reconciler.close()
