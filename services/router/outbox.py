@@ -69,13 +69,15 @@ POISON_REPLAYS = 30
 class NotRecorded(ServiceError):
     """Neither the money store nor the outbox kept a charge, a release or an undo. The request stays admitted (its
     pending charge is settled at its hold by the reconciler, see ROUTER_PENDING_STALE_S), so this is never
-    STORE_UNAVAILABLE, which tells the caller that nothing was admitted and to send the same request id again."""
+    STORE_UNAVAILABLE, which tells the caller that nothing was admitted and to send the same request id again; and its
+    charge is pending (`cost_pending`): the edge lets no SDK retry it as a failure that cost nothing, charged again."""
 
     def __init__(self) -> None:
         super().__init__(
             grpc.StatusCode.INTERNAL,
             "MONEY_NOT_RECORDED",
             "the money store is unreachable, and what this request owes could not be kept on disk either",
+            {"cost_pending": "true"},
         )
 
 

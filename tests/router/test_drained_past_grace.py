@@ -584,6 +584,7 @@ async def test_a_stream_cut_while_its_answers_charge_fails_is_not_told_it_was_ch
         await stopping
     told = ServiceError.from_rpc_error(ended.value)
     assert told.reason == "MONEY_NOT_RECORDED" and "charged_usd" not in told.metadata
+    assert told.metadata.get("cost_pending") == "true"  # the reconciler charges its hold: the edge lets no SDK retry it
     assert await charges_of(redis_url, request.request_id) == []
     assert await still_pending(redis_url, request.request_id)
 
