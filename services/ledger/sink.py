@@ -78,8 +78,6 @@ class Source(Protocol):
         """The age of the oldest entry not acknowledged yet (0: none waits) and how many wait: backlog.py reports
         it."""
 
-    async def backlog_age_s(self) -> float: ...
-
 
 def stream_entry(stream: str, entry_id: str) -> str:
     """A Redis ledger entry's id as the sink reads it: its stream (a shard's, services/router/store/keys.py) and
@@ -205,9 +203,6 @@ class RedisSource:
     async def backlog(self) -> Backlog:
         return await read_backlog(self.client, self.streams, self.group)
 
-    async def backlog_age_s(self) -> float:
-        return (await self.backlog()).age_s
-
 
 class MemorySource:
     """The in-process store's ledger, read from a cursor over every record it ever appended. Ids are
@@ -244,9 +239,6 @@ class MemorySource:
             return Backlog(0.0, 0.0, float(unread))
         oldest = ledger[max(len(ledger) - unread, 0)]
         return Backlog(max(time.time() - float(oldest["ts"]), 0.0), 0.0, float(unread))
-
-    async def backlog_age_s(self) -> float:
-        return (await self.backlog()).age_s
 
 
 class LedgerSink:

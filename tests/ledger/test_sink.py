@@ -481,7 +481,7 @@ def first_ms(entry_ids: list[str]) -> int:
 async def assert_backlog_since(reader: RedisSource, client: Any, since_ms: int) -> None:
     """The backlog is the age of the entry Redis stamped at `since_ms`, by Redis' clock at the read."""
     before = await redis_ms(client)
-    age = await reader.backlog_age_s()
+    age = (await reader.backlog()).age_s
     after = await redis_ms(client)
     assert (before - since_ms) / 1000 <= age <= (after - since_ms) / 1000
 
@@ -495,7 +495,7 @@ async def test_the_backlog_is_the_age_of_the_oldest_entry_the_sink_has_not_copie
     store = RedisStore(any_redis_url)
     reader = source(client, "sink-slow")
     try:
-        assert await reader.backlog_age_s() == 0  # nothing charged yet
+        assert (await reader.backlog()).age_s == 0  # nothing charged yet
         await charge_some(store, 0, 20, random.Random(5))
         first = [entry for entry, _ in await ledger_entries(client)]
         assert len({entry.rpartition(" ")[0] for entry in first}) >= 3  # several shards' streams
@@ -506,7 +506,7 @@ async def test_the_backlog_is_the_age_of_the_oldest_entry_the_sink_has_not_copie
         await assert_backlog_since(reader, client, first_ms(first))
 
         await reader.ack([entry for entry, _ in taken])
-        assert await reader.backlog_age_s() == 0  # all copied
+        assert (await reader.backlog()).age_s == 0  # all copied
 
         await charge_some(store, 20, 6, random.Random(6))
         later = [entry for entry, _ in await ledger_entries(client) if entry not in first]
@@ -550,14 +550,14 @@ async def test_the_backlog_gauge_grows_while_the_database_refuses_and_falls_once
 async def test_the_backlog_of_the_in_process_ledger(ledger_db: LedgerDB) -> None:
     store = MemoryStore()
     reader = MemorySource(store)
-    assert await reader.backlog_age_s() == 0
+    assert (await reader.backlog()).age_s == 0
     rng = random.Random(9)
     for i, age_s in enumerate((90, 30)):
         entry = {**record(f"req-{i}", TENANTS[0], rng), "ts": time.time() - age_s}
         await store.charge(TENANTS[0], Hold(f"req-{i}", 0, "all"), to_pico(Decimal(entry["cost_usd"])), entry)
-    assert 90 <= await reader.backlog_age_s() < 120  # the oldest unread
+    assert 90 <= (await reader.backlog()).age_s < 120  # the oldest unread
     await LedgerSink(reader, ledger_db).drain()
-    assert await reader.backlog_age_s() == 0
+    assert (await reader.backlog()).age_s == 0
 
 
 async def test_the_router_reports_the_backlog_only_with_a_sink(redis_url: str, tmp_path: Path) -> None:
