@@ -992,13 +992,6 @@ class RedisStore:
             beat = f"{time.time()} {KEEPS_HOLD_TOTALS}"
             await self.redis.set(alive_key(router), beat, px=int(ttl_s * 1000))
 
-    async def spend_counters(self, counters: list[str]) -> dict[str, int]:
-        """What each spend counter named (keys.py, AccountKeys.spend) holds now, 0 for one there is none of."""
-        async with self._call(), self.redis.pipeline(transaction=False) as pipe:
-            for counter in counters:
-                pipe.get(counter)
-            return {counter: int(value or 0) for counter, value in zip(counters, await pipe.execute(), strict=True)}
-
     async def raise_spend(self, counter: str, read: CounterRead, pico: int, period: str) -> Raised:
         """A spend counter of `period` raised by `pico`, and kept as long as a charge keeps it (money_check.py,
         ledger-spend --repair: charges the store forgot), only while no other repair raised it since it was `read`
