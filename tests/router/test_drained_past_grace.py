@@ -107,6 +107,26 @@ async def stopping_once_cut(running: RunningServer) -> asyncio.Task[None]:
     return stopping
 
 
+def held_in(monkeypatch: pytest.MonkeyPatch, owner: type, method: str) -> tuple[asyncio.Event, asyncio.Event]:
+    """`owner.method` (a coroutine's) patched to hold each call: the first event set as it is called, the call run on
+    once the test sets the second."""
+    reached, goes_on = asyncio.Event(), asyncio.Event()
+    run = getattr(owner, method)
+
+    async def holding(self: Any, *args: Any, **kwargs: Any) -> Any:
+        reached.set()
+        await goes_on.wait()
+        return await run(self, *args, **kwargs)
+
+    monkeypatch.setattr(owner, method, holding)
+    return reached, goes_on
+
+
+async def store_down(self: RedisStore, *args: Any, **kwargs: Any) -> bool:
+    """RedisStore.charge of a store out of reach."""
+    raise StoreUnavailable()
+
+
 def shutting_down(error: grpc.aio.AioRpcError) -> ServiceError:
     """The status a call the drain cut ends with, read as a ServiceError."""
     told = ServiceError.from_rpc_error(error)
@@ -196,15 +216,7 @@ async def test_a_stream_cut_while_its_answer_is_charged_is_told_that_charge(
 ) -> None:
     """The cut landing while the whole answer's charge is on its way to the store (it runs on, shielded): the caller
     was told the stream cost 0, the charge not yet known, while the ledger charged it whole."""
-    charging, charge_goes_on = asyncio.Event(), asyncio.Event()
-    charge = RedisStore.charge
-
-    async def held(self: RedisStore, *args: Any, **kwargs: Any) -> bool:
-        charging.set()
-        await charge_goes_on.wait()
-        return await charge(self, *args, **kwargs)
-
-    monkeypatch.setattr(RedisStore, "charge", held)
+    charging, charge_goes_on = held_in(monkeypatch, RedisStore, "charge")
     provider, request = Streamed(), ask()
     async with draining_router(tmp_path, redis_url, provider) as (running, stub):
         chunks = stub.CompleteStream(request, timeout=30)
@@ -304,15 +316,8 @@ async def test_a_call_admitted_after_the_cut_is_refused_at_once_holding_nothing(
     """Being admitted as the cut ran, it was not cut, and gRPC cancelled it at the grace's end with no details (a unary
     call's generation run and charged meanwhile). Now it is refused before it is served: nothing charged, its hold
     released, and told it may be sent again."""
-    admitting, admit_goes_on = asyncio.Event(), asyncio.Event()
     admit = Admission.admit
-
-    async def held(self: Admission, *args: Any, **kwargs: Any) -> Any:
-        admitting.set()
-        await admit_goes_on.wait()
-        return await admit(self, *args, **kwargs)
-
-    monkeypatch.setattr(Admission, "admit", held)
+    admitting, admit_goes_on = held_in(monkeypatch, Admission, "admit")
     provider, request = Held(), ask()
     async with draining_router(tmp_path, redis_url, provider) as (running, stub):
         call = asyncio.ensure_future(call_of(stub, streamed, request))
@@ -562,14 +567,8 @@ async def test_a_stream_cut_while_its_answers_charge_fails_is_not_told_it_was_ch
     nor the outbox (its file unwritable): the ledger will hold its hold (the reconciler's), yet the caller was told
     SHUTTING_DOWN, `charged_usd` 0 and not retryable (Charger.charged read the charge it waited for as if it had
     landed). Told MONEY_NOT_RECORDED, as a stream whose charge so fails uncut is."""
-    charging, charge_goes_on = asyncio.Event(), asyncio.Event()
-
-    async def down(self: RedisStore, *args: Any, **kwargs: Any) -> bool:
-        charging.set()
-        await charge_goes_on.wait()
-        raise StoreUnavailable()
-
-    monkeypatch.setattr(RedisStore, "charge", down)
+    monkeypatch.setattr(RedisStore, "charge", store_down)
+    charging, charge_goes_on = held_in(monkeypatch, RedisStore, "charge")
     provider, request = Streamed(), ask()
     async with draining_router(tmp_path, redis_url, provider) as (running, stub):
         outbox_unwritable(tmp_path)
@@ -594,15 +593,7 @@ async def test_a_unary_call_cut_while_its_answer_is_charged_is_told_its_charge_i
 ) -> None:
     """The cut landing while the answer's charge is on its way to the store: not yet landed, so `cost_pending`, and
     charged once as it lands."""
-    charging, charge_goes_on = asyncio.Event(), asyncio.Event()
-    charge = RedisStore.charge
-
-    async def held(self: RedisStore, *args: Any, **kwargs: Any) -> bool:
-        charging.set()
-        await charge_goes_on.wait()
-        return await charge(self, *args, **kwargs)
-
-    monkeypatch.setattr(RedisStore, "charge", held)
+    charging, charge_goes_on = held_in(monkeypatch, RedisStore, "charge")
     provider, request = Held(), ask()
     provider.release.set()
     async with draining_router(tmp_path, redis_url, provider) as (running, stub):
@@ -628,16 +619,13 @@ async def test_a_unary_call_cut_as_its_charge_failed_is_told_its_charge_is_pendi
     cut_now: list[Any] = []
     add = Outbox.add
 
-    async def down(self: RedisStore, *args: Any, **kwargs: Any) -> bool:
-        raise StoreUnavailable()
-
     async def cut_as_it_fails(self: Outbox, *args: Any, **kwargs: Any) -> None:
         try:
             await add(self, *args, **kwargs)
         finally:
             cut_now.pop()()
 
-    monkeypatch.setattr(RedisStore, "charge", down)
+    monkeypatch.setattr(RedisStore, "charge", store_down)
     monkeypatch.setattr(Outbox, "add", cut_as_it_fails)
     provider, request = Held(), ask()
     async with draining_router(tmp_path, redis_url, provider) as (running, stub):
